@@ -1,0 +1,88 @@
+"""Benchmark registry for ``labqfl bench``.
+
+A benchmark measures a figure *and* a named baseline side by side in the same process on the same
+machine, and reports their ratio (never an absolute time judged against a constant in a unit test).
+Add entries in a module under :mod:`labqfl.bench.entries` with the :func:`benchmark` decorator::
+
+    @benchmark("toeplitz", "Toeplitz hashing of 10^7-bit blocks", target="≥ 100 Mbit/s")
+    def _toeplitz(quick: bool) -> BenchResult: ...
+
+``quick=True`` asks for a small size (used by the test suite to check the entry runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class BenchResult:
+    """One benchmark's outcome. ``ratio`` = figure / baseline_figure (both in ``unit``)."""
+
+    figure: float
+    unit: str
+    baseline: str
+    baseline_figure: float
+    higher_is_better: bool = True
+    target: str = ""
+    passed: bool | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.figure / self.baseline_figure if self.baseline_figure else float("inf")
+
+
+@dataclass
+class BenchEntry:
+    name: str
+    description: str
+    fn: Callable[[bool], BenchResult]
+    target: str = ""
+
+
+_REGISTRY: dict[str, BenchEntry] = {}
+
+
+def benchmark(name: str, description: str, target: str = "") -> Callable[[Callable[[bool], BenchResult]], Callable[[bool], BenchResult]]:
+    def deco(fn: Callable[[bool], BenchResult]) -> Callable[[bool], BenchResult]:
+        if name in _REGISTRY:
+            raise ValueError(f"benchmark {name!r} registered twice")
+        _REGISTRY[name] = BenchEntry(name, description, fn, target)
+        return fn
+
+    return deco
+
+
+def registry() -> dict[str, BenchEntry]:
+    """All registered benchmarks (imports every module of :mod:`labqfl.bench.entries`)."""
+    from labqfl.bench import entries
+
+    for mod in pkgutil.iter_modules(entries.__path__):
+        importlib.import_module(f"{entries.__name__}.{mod.name}")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, Python and platform — printed with every benchmark report."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+            "python": platform.python_version(), "platform": platform.platform()}

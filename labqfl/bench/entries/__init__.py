@@ -1,0 +1,1 @@
+"""Benchmark entries; every module here is imported by :func:`labqfl.bench.registry`."""

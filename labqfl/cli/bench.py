@@ -1,0 +1,59 @@
+"""``labqfl bench [NAME...]``: run registered benchmarks, each against its named baseline."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.table import Table
+
+from labqfl.bench import machine_info, registry
+from labqfl.cli.common import JSON_OPTION, emit, fail, handle_errors, progress_bar
+
+
+@handle_errors
+def bench(
+    names: list[str] = typer.Argument(None, help="Benchmarks to run (default: all). See --list."),
+    quick: bool = typer.Option(False, "--quick", help="Small sizes (a smoke run; figures not representative)."),
+    list_only: bool = typer.Option(False, "--list", help="List the benchmarks and exit."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Run benchmarks: each reports its figure, the baseline run beside it, the ratio and the machine."""
+    reg = registry()
+    if list_only:
+        emit({"benchmarks": {n: {"description": e.description, "target": e.target} for n, e in reg.items()}},
+             as_json, lambda con: [con.print(f"[bold]{n}[/]: {e.description}  [dim]{e.target}[/]") for n, e in reg.items()])
+        return
+    selected = names or list(reg)
+    unknown = [n for n in selected if n not in reg]
+    if unknown:
+        raise fail(f"unknown benchmark(s) {unknown}; available: {list(reg)}")
+    results = {}
+    with progress_bar() as prog:
+        task = prog.add_task("benchmarks", total=len(selected))
+        for n in selected:
+            prog.update(task, description=f"bench {n}")
+            t0 = time.perf_counter()
+            r = reg[n].fn(quick)
+            results[n] = {"description": reg[n].description, "figure": r.figure, "unit": r.unit,
+                          "baseline": r.baseline, "baseline_figure": r.baseline_figure, "ratio": r.ratio,
+                          "higher_is_better": r.higher_is_better, "target": r.target or reg[n].target,
+                          "passed": r.passed, "details": r.details, "wall_s": time.perf_counter() - t0}
+            prog.advance(task)
+    data = {"machine": machine_info(), "quick": quick, "results": results}
+
+    def render(con):  # type: ignore[no-untyped-def]
+        m = data["machine"]
+        con.print(f"machine: {m['cpu']} ({m['usable_cores']} usable of {m['logical_cores']} cores), Python {m['python']}")
+        t = Table("benchmark", "figure", "baseline", "ratio", "target", "met")
+        for n, r in results.items():
+            met = {True: "[green]yes[/]", False: "[red]no[/]", None: "—"}[r["passed"]]
+            t.add_row(n, f"{r['figure']:.4g} {r['unit']}", f"{r['baseline']}: {r['baseline_figure']:.4g} {r['unit']}",
+                      f"{r['ratio']:.3g}×", r["target"], met)
+        con.print(t)
+
+    emit(data, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

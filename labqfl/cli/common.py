@@ -1,0 +1,131 @@
+"""Conventions shared by every CLI command.
+
+* ``--json``: machine-readable output on **stdout** (one JSON document), nothing else on stdout.
+* Humans get rich text and progress bars on **stderr**.
+* A failure exits non-zero with one clear line on stderr: ``error: <what was wrong>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from labqfl.errors import LabqflError
+
+#: All human-facing output goes to stderr, so stdout carries only JSON.
+console = Console(stderr=True, highlight=False)
+
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+CONFIG_OPTION = typer.Option(
+    None, "--config", "-c", help="Station TOML file (default: the embedded simulated 4-client station).",
+    dir_okay=False,
+)
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, dataclasses, paths and non-finite floats into JSON types."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(asdict(obj))
+    if hasattr(obj, "model_dump"):
+        return to_jsonable(obj.model_dump(mode="json"))
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, bytes | bytearray):
+        raise TypeError("refusing to serialise raw bytes (possible key material)")
+    return obj
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = None) -> None:
+    """Print ``data`` as JSON on stdout, or call ``render(console)`` for humans on stderr."""
+    if as_json:
+        print_json(data)
+    elif render is not None:
+        render(console)
+    else:
+        console.print_json(json.dumps(to_jsonable(data)))
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
+    """Print one clear error line and return the Exit to raise: ``raise fail("...")``."""
+    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except LabqflError as exc:
+            raise fail(str(exc)) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted by user (Ctrl-C); instruments were put in their safe state", EXIT_INTERRUPTED) from None
+        except (OSError, ValueError) as exc:
+            raise fail(f"{exc.__class__.__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Progress]:
+    """A rich progress bar on stderr (hidden when ``enabled`` is False or stderr is not a terminal)."""
+    prog = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=not enabled,
+    )
+    with prog:
+        yield prog

@@ -1,0 +1,366 @@
+"""Station configuration: a TOML file validated by pydantic models.
+
+The station is the Sagnac-loop testbed (see ``ARCHITECTURE.md``): a central node with a pulsed
+laser, a 50:50 beam splitter closing a fibre loop, two single-photon detectors D0/D1 and a time
+tagger; clients C1..CK in series on the loop, each with a phase modulator and an attenuator.
+
+Every instrument is addressed by **role** (:meth:`StationConfig.roles`): ``laser``, ``D0``,
+``D1``, ``time_tagger``, ``power_meter``, ``C<k>.phase_modulator``, ``C<k>.attenuator``.  Each role
+is either simulated (``driver = "sim"``) or a real driver named by vendor and model with its VISA
+or serial ``resource`` string.
+
+The physical parameters below are the *model* of the station: for a simulated instrument they are
+the simulator's truth; for real instruments they are the nominal / calibrated values the key-rate
+model uses (calibration files overwrite them, see ``labqfl calibrate``).
+
+Units are SI or stated in the field name (``_hz``, ``_ns``, ``_ps``, ``_km``, ``_db``).
+The embedded default (``labqfl/data/default_station.toml``) is the simulated four-client testbed.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from labqfl.errors import ConfigError
+
+DEFAULT_STATION_NAME = "default_station.toml"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InstrumentConfig(_Model):
+    """How to reach one instrument: ``driver = "sim"`` or a real driver class name."""
+
+    driver: str = Field("sim", description="'sim' or a driver class name, e.g. 'IDQuantiqueID120'")
+    resource: str | None = Field(None, description="VISA/serial resource string for real drivers")
+    visa_library: str | None = Field(
+        None, description="pyvisa backend, e.g. '@py' or 'path/to/device.yaml@sim' for pyvisa-sim"
+    )
+    timeout_ms: int = Field(2000, gt=0, description="I/O timeout per command [ms]")
+    options: dict[str, Any] = Field(default_factory=dict, description="driver-specific options")
+
+    @model_validator(mode="after")
+    def _real_needs_resource(self) -> InstrumentConfig:
+        if self.driver != "sim" and not self.resource and self.driver not in _RESOURCELESS_DRIVERS:
+            raise ValueError(f"driver {self.driver!r} needs a 'resource' string (e.g. 'ASRL/dev/ttyUSB0::INSTR')")
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        return self.driver == "sim"
+
+
+# Drivers that find their hardware without a VISA resource (vendor SDKs by serial number).
+_RESOURCELESS_DRIVERS = {"SwabianTimeTagger"}
+
+
+class LaserConfig(InstrumentConfig):
+    """Pulsed laser of the central node."""
+
+    rep_rate_hz: float = Field(100e6, gt=0, le=10e9, description="pulse repetition rate [Hz]")
+    wavelength_nm: float = Field(1550.0, gt=0, description="centre wavelength [nm]")
+    pulse_width_ps: float = Field(50.0, gt=0, description="optical pulse FWHM [ps]")
+    timing_jitter_ps: float = Field(2.0, ge=0, description="rms pulse timing jitter [ps]")
+    power_mw: float = Field(1.0, gt=0, description="average output power into the loop [mW]")
+
+
+class PhaseModulatorConfig(InstrumentConfig):
+    """Client phase modulator driven by an AWG/DAC (four-phase alphabet 0, π/2, π, 3π/2)."""
+
+    v_pi_v: float = Field(4.0, gt=0, description="half-wave voltage Vπ [V]")
+    v_pi_error: float = Field(0.0, ge=-0.5, le=0.5, description="relative error of the Vπ used to compute drive voltages (sim truth)")
+    bias_phase_rad: float = Field(0.0, description="static bias phase φ0 of the modulator [rad]")
+    gate_delay_ps: float = Field(0.0, description="AWG trigger delay so the gate hits this client's pulse [ps]")
+
+
+class AttenuatorConfig(InstrumentConfig):
+    """Client intensity modulator or variable attenuator setting the decoy levels."""
+
+    max_attenuation_db: float = Field(60.0, gt=0, description="attenuation range [dB]")
+
+
+class DetectorConfig(InstrumentConfig):
+    """Single-photon detector at one output of the beam splitter."""
+
+    kind: Literal["snspd", "spad"] = "snspd"
+    efficiency: float = Field(0.8, gt=0, le=1, description="detection efficiency (incl. coupling)")
+    dark_count_rate_hz: float = Field(50.0, ge=0, description="dark-count rate, free-running [Hz]")
+    dead_time_ns: float = Field(30.0, ge=0, description="non-paralysable dead time [ns]")
+    afterpulse_prob: float = Field(0.0, ge=0, lt=1, description="total afterpulse probability per detection")
+    afterpulse_decay_ns: float = Field(100.0, gt=0, description="exponential decay time of afterpulsing [ns]")
+    jitter_ps: float = Field(50.0, ge=0, description="rms timing jitter [ps]")
+    gated: bool = Field(False, description="gated (SPAD) instead of free-running")
+    gate_width_ns: float = Field(1.0, gt=0, description="gate width when gated [ns]")
+    gate_delay_ps: float = Field(0.0, description="gate delay relative to the laser trigger [ps]")
+    temperature_k: float = Field(2.5, gt=0, description="operating temperature [K]")
+    bias_current_ua: float = Field(10.0, ge=0, description="bias (current for SNSPD [µA], voltage for SPAD [V])")
+
+
+class TimeTaggerConfig(InstrumentConfig):
+    """Time tagger: sync channel from the laser, one channel per detector."""
+
+    resolution_ps: float = Field(1.0, gt=0, description="timestamp bin [ps]")
+    sync_channel: int = Field(1, ge=1, description="channel number of the laser sync")
+    detector_channels: dict[str, int] = Field(
+        default_factory=lambda: {"D0": 2, "D1": 3}, description="tagger channel per detector"
+    )
+    sync_divider: int = Field(1024, ge=1, description="one sync tag every N laser pulses")
+    input_delays_ps: dict[str, float] = Field(
+        default_factory=dict, description="software input delay per channel name ('sync','D0','D1') [ps]"
+    )
+    cable_delays_ps: dict[str, float] = Field(
+        default_factory=lambda: {"sync": 0.0, "D0": 3_150.0, "D1": 3_420.0},
+        description="true propagation delay of each signal to the tagger [ps] (sim truth)",
+    )
+    trigger_level_v: float = Field(0.5, description="input trigger level [V]")
+
+
+class PowerMeterConfig(InstrumentConfig):
+    """Optical power meter used as the reference in efficiency calibration."""
+
+    wavelength_nm: float = Field(1550.0, gt=0)
+    relative_uncertainty: float = Field(0.02, ge=0, lt=1, description="calibration uncertainty of the head")
+
+
+class ClientConfig(_Model):
+    """One client (user) on the loop: its QRNG seed, encoding and instruments."""
+
+    name: str = Field(..., pattern=r"^C[0-9]+$", description="client name, 'C1'..'CK'")
+    seed: int = Field(..., ge=0, description="seed of this client's random stream (stands in for its QRNG)")
+    intensities: list[float] = Field(
+        default_factory=lambda: [0.1, 0.02, 0.0],
+        description="mean photon numbers per pulse leaving the client towards the node; index 0 = signal",
+    )
+    intensity_probs: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
+    basis_x_prob: float = Field(0.9, gt=0, lt=1, description="probability of basis X = {0, π}; Y = {π/2, 3π/2} otherwise")
+    insertion_loss_db: float = Field(1.0, ge=0, description="insertion loss of the client's modulators [dB]")
+    phase_modulator: PhaseModulatorConfig = Field(default_factory=PhaseModulatorConfig)
+    attenuator: AttenuatorConfig = Field(default_factory=AttenuatorConfig)
+
+    @field_validator("intensities")
+    @classmethod
+    def _intensities(cls, v: list[float]) -> list[float]:
+        if not 1 <= len(v) <= 8:
+            raise ValueError(f"expected 1 to 8 intensities, got {len(v)}")
+        if any((not math.isfinite(x)) or x < 0 for x in v):
+            raise ValueError("intensities must be finite mean photon numbers >= 0")
+        if v[0] <= 0:
+            raise ValueError("the signal intensity (index 0) must be > 0")
+        return v
+
+    @model_validator(mode="after")
+    def _probs(self) -> ClientConfig:
+        p = self.intensity_probs
+        if len(p) != len(self.intensities):
+            raise ValueError(
+                f"intensity_probs has {len(p)} entries but intensities has {len(self.intensities)}; expected one probability per intensity"
+            )
+        if any(x < 0 for x in p) or abs(sum(p) - 1.0) > 1e-9:
+            raise ValueError(f"intensity_probs must be >= 0 and sum to 1, got sum {sum(p):.6g}")
+        return self
+
+
+class LoopConfig(_Model):
+    """The fibre loop: segments between node and clients, splitter and interference."""
+
+    segments_km: list[float] = Field(
+        default_factory=lambda: [2.0, 2.0, 2.0, 2.0, 2.0],
+        description="fibre lengths node→C1, C1→C2, …, CK→node [km]; K+1 entries",
+    )
+    fiber_loss_db_per_km: float = Field(0.2, ge=0, description="fibre attenuation [dB/km]")
+    node_loss_db: float = Field(1.0, ge=0, description="loss from the loop back to the splitter (circulator, connectors) [dB]")
+    beam_splitter_ratio: float = Field(0.5, gt=0, lt=1, description="splitter transmission (0.5 = 50:50)")
+    visibility: float = Field(0.99, gt=0, le=1, description="interference visibility V")
+    phase_drift_rad_per_sqrt_s: float = Field(
+        0.01, ge=0, description="random-walk strength of the loop's residual phase drift [rad/√s]"
+    )
+    fiber_refractive_index: float = Field(1.468, gt=1)
+
+    @field_validator("segments_km")
+    @classmethod
+    def _segments(cls, v: list[float]) -> list[float]:
+        if any((not math.isfinite(x)) or x < 0 for x in v):
+            raise ValueError("segment lengths must be finite and >= 0 km")
+        return v
+
+
+class ScheduleConfig(_Model):
+    """Time-division schedule: pairs take turns on the loop in frames of consecutive slots."""
+
+    slots_per_frame: int = Field(65536, ge=1, description="consecutive pulse slots given to one pair")
+    pairs: list[tuple[str, str]] | Literal["all"] = Field("all", description="'all' or a list of [Ci, Cj]")
+
+
+class InterceptResendConfig(_Model):
+    enabled: bool = False
+    client: str = Field("C1", description="Eve sits on the segment right after this client's pulse leaves")
+    fraction: float = Field(1.0, ge=0, le=1, description="fraction of pulses intercepted")
+
+
+class FaultsConfig(_Model):
+    visibility_collapse_at_s: float | None = Field(None, ge=0, description="time at which V drops [s]")
+    visibility_after_collapse: float = Field(0.5, gt=0, le=1)
+    detector_dies: str | None = Field(None, description="'D0' or 'D1' stops clicking at detector_dies_at_s")
+    detector_dies_at_s: float = Field(0.0, ge=0)
+    sync_drop_prob: float = Field(0.0, ge=0, lt=1, description="probability that a sync tag is lost")
+
+
+class SimulationConfig(_Model):
+    """Settings of the Monte-Carlo simulator (only used by simulated instruments)."""
+
+    seed: int = Field(12345, ge=0, description="seed of the channel/detector randomness (not the clients')")
+    block_duration_s: float = Field(0.01, gt=0, description="simulated time per streamed block [s]")
+    intercept_resend: InterceptResendConfig = Field(default_factory=InterceptResendConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
+
+
+class StationConfig(_Model):
+    """The whole station. Load with :func:`load_station_config`."""
+
+    name: str = Field("sagnac-4client-sim", min_length=1)
+    description: str = ""
+    laser: LaserConfig = Field(default_factory=LaserConfig)
+    loop: LoopConfig = Field(default_factory=LoopConfig)
+    clients: list[ClientConfig]
+    detectors: dict[str, DetectorConfig] = Field(
+        default_factory=lambda: {"D0": DetectorConfig(), "D1": DetectorConfig()}
+    )
+    time_tagger: TimeTaggerConfig = Field(default_factory=TimeTaggerConfig)
+    power_meter: PowerMeterConfig = Field(default_factory=PowerMeterConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @model_validator(mode="after")
+    def _consistency(self) -> StationConfig:
+        names = [c.name for c in self.clients]
+        if len(self.clients) < 2:
+            raise ValueError(f"a station needs at least 2 clients, got {len(self.clients)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"client names must be unique, got {names}")
+        if set(self.detectors) != {"D0", "D1"}:
+            raise ValueError(f"detectors must be exactly D0 and D1, got {sorted(self.detectors)}")
+        if len(self.loop.segments_km) != len(self.clients) + 1:
+            raise ValueError(
+                f"loop.segments_km has {len(self.loop.segments_km)} entries; expected {len(self.clients) + 1} "
+                f"(node→C1, …, C{len(self.clients)}→node)"
+            )
+        missing = {"D0", "D1"} - set(self.time_tagger.detector_channels)
+        if missing:
+            raise ValueError(f"time_tagger.detector_channels lacks {sorted(missing)}")
+        chans = list(self.time_tagger.detector_channels.values()) + [self.time_tagger.sync_channel]
+        if len(set(chans)) != len(chans):
+            raise ValueError(f"time tagger channels must be distinct, got sync + detectors = {chans}")
+        if self.schedule.pairs != "all":
+            for a, b in self.schedule.pairs:
+                if a not in names or b not in names or a == b:
+                    raise ValueError(f"schedule pair ({a}, {b}) must name two different clients from {names}")
+        ir = self.simulation.intercept_resend
+        if ir.enabled and ir.client not in names:
+            raise ValueError(f"simulation.intercept_resend.client {ir.client!r} is not one of {names}")
+        dd = self.simulation.faults.detector_dies
+        if dd is not None and dd not in ("D0", "D1"):
+            raise ValueError(f"simulation.faults.detector_dies must be 'D0' or 'D1', got {dd!r}")
+        return self
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def client_names(self) -> list[str]:
+        return [c.name for c in self.clients]
+
+    def client(self, name: str) -> ClientConfig:
+        for c in self.clients:
+            if c.name == name:
+                return c
+        raise ConfigError(f"no client {name!r} in station {self.name!r}; clients are {self.client_names}")
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """Scheduled pairs (i, j) with i before j on the loop, in schedule order."""
+        if self.schedule.pairs == "all":
+            n = self.client_names
+            return [(n[a], n[b]) for a in range(len(n)) for b in range(a + 1, len(n))]
+        order = {n: k for k, n in enumerate(self.client_names)}
+        return [tuple(sorted(p, key=order.__getitem__)) for p in self.schedule.pairs]  # type: ignore[misc]
+
+    def roles(self) -> dict[str, InstrumentConfig]:
+        """Every instrument by role name, in the order the Station opens them."""
+        r: dict[str, InstrumentConfig] = {"laser": self.laser}
+        for c in self.clients:
+            r[f"{c.name}.phase_modulator"] = c.phase_modulator
+            r[f"{c.name}.attenuator"] = c.attenuator
+        r["D0"] = self.detectors["D0"]
+        r["D1"] = self.detectors["D1"]
+        r["time_tagger"] = self.time_tagger
+        r["power_meter"] = self.power_meter
+        return r
+
+    def role(self, role: str) -> InstrumentConfig:
+        roles = self.roles()
+        if role not in roles:
+            raise ConfigError(f"station {self.name!r} has no role {role!r}; roles are {list(roles)}")
+        return roles[role]
+
+    @property
+    def all_simulated(self) -> bool:
+        return all(r.simulated for r in self.roles().values())
+
+
+def _format_validation_error(source: str, err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f"; got {got!r}"
+    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field (check spelling; see `labqfl station show` for valid fields)"
+    return f"{source}: field '{loc}': {msg}{got_s}{more}"
+
+
+def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> StationConfig:
+    """Validate a station mapping; raise :class:`ConfigError` with one line naming the field."""
+    try:
+        return StationConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(source, err)) from None
+
+
+def default_station_text() -> str:
+    """TOML text of the embedded default station (the simulated four-client Sagnac testbed)."""
+    return resources.files("labqfl.data").joinpath(DEFAULT_STATION_NAME).read_text(encoding="utf-8")
+
+
+def load_station_config(path: str | Path | None = None) -> StationConfig:
+    """Load and validate a station file; ``None`` gives the embedded default station."""
+    if path is None:
+        text, source = default_station_text(), f"<embedded {DEFAULT_STATION_NAME}>"
+    else:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise ConfigError(f"{source}: station file not found; expected a TOML station file")
+        if p.is_dir():
+            raise ConfigError(f"{source}: is a directory; expected a TOML station file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{source}: cannot read station file ({exc.__class__.__name__}: {exc})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}; expected a TOML station file") from None
+    return parse_station_config(data, source)
+
+
+def station_to_toml_dict(cfg: StationConfig) -> dict[str, Any]:
+    """Plain (TOML/JSON-safe) dict of the resolved config, ``None`` values dropped."""
+    return cfg.model_dump(mode="json", exclude_none=True)

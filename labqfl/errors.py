@@ -1,0 +1,60 @@
+"""Exception hierarchy. Every error a user can cause is a :class:`LabqflError` whose
+message is one clear line naming what was wrong and what was expected."""
+
+from __future__ import annotations
+
+
+class LabqflError(Exception):
+    """Base class for every error labqfl reports to a user (exit code 1 on the CLI)."""
+
+
+class ConfigError(LabqflError):
+    """A station file (or other configuration) is missing, malformed or invalid."""
+
+
+class InstrumentError(LabqflError):
+    """An instrument failed: timeout, bad reply, error queue entry, or not connected.
+
+    Carries the instrument name, its resource string and the command that failed.
+    """
+
+    def __init__(self, message: str, *, instrument: str = "", resource: str = "", command: str = ""):
+        self.instrument = instrument
+        self.resource = resource
+        self.command = command
+        where = ", ".join(
+            p for p in (
+                f"instrument {instrument!r}" if instrument else "",
+                f"resource {resource!r}" if resource else "",
+                f"command {command!r}" if command else "",
+            ) if p
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+
+
+class InstrumentTimeout(InstrumentError):
+    """The instrument did not answer within its timeout."""
+
+
+class InstrumentReplyError(InstrumentError):
+    """The instrument answered something that could not be parsed (garbage, wrong termination)."""
+
+
+class InstrumentQueueError(InstrumentError):
+    """The instrument's error queue reported an error after a command."""
+
+
+class DataFormatError(LabqflError):
+    """A data file (HDF5 recording, key export, calibration file) is corrupt, truncated or foreign."""
+
+
+class KeyStoreError(LabqflError):
+    """The key store refused an operation (corrupt file, unknown pair, not enough key)."""
+
+
+class InsufficientKeyError(KeyStoreError):
+    """A pair's pool holds fewer unconsumed bits than requested."""
+
+
+class SecurityAbort(LabqflError):
+    """Post-processing aborted: error rate or phase-error bound above threshold; no key produced."""

@@ -1,0 +1,142 @@
+"""Base class of every instrument: identity, one lock, settings with units, snapshot, safe state.
+
+Implementations (real drivers or simulated instruments) subclass an interface from
+:mod:`labqfl.instruments.interfaces` and fill in the abstract methods. Public methods of an
+instrument may be called from several threads at once (GUI + acquisition); implementations guard
+their I/O with :attr:`Instrument.lock` (an ``RLock``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from labqfl.log import instrument_logger
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Declaration of one instrument setting, for snapshots, GUIs and docs."""
+
+    name: str
+    unit: str
+    doc: str
+    writable: bool = True
+
+
+@dataclass(frozen=True)
+class TagBlock:
+    """A block of time tags exactly as a hardware time tagger streams them.
+
+    ``timestamps``: int64 picoseconds since the start of acquisition, non-decreasing.
+    ``channels``: int16 tagger channel numbers (negative = falling edge, as in Swabian's API).
+    ``overflow``: True if the tagger reported lost tags inside this block.
+    """
+
+    timestamps: np.ndarray
+    channels: np.ndarray
+    overflow: bool = False
+
+    def __post_init__(self) -> None:
+        if self.timestamps.dtype != np.int64 or self.channels.dtype != np.int16:
+            raise TypeError(
+                f"TagBlock expects int64 timestamps and int16 channels, got {self.timestamps.dtype} and {self.channels.dtype}"
+            )
+        if self.timestamps.shape != self.channels.shape or self.timestamps.ndim != 1:
+            raise ValueError(
+                f"TagBlock arrays must be 1-D and of equal length, got {self.timestamps.shape} and {self.channels.shape}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.timestamps.shape[0])
+
+
+class Instrument(ABC):
+    """Common behaviour of every instrument.
+
+    Subclasses declare ``SETTINGS`` (tuple of :class:`Setting`) and implement :meth:`identity`,
+    :meth:`get_setting` (via attribute access by default), :meth:`safe_state` and :meth:`_close`.
+    """
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = ()
+
+    def __init__(self, name: str, resource: str = "sim") -> None:
+        self.name = name
+        self.resource = resource
+        self.lock = threading.RLock()
+        self.log: logging.LoggerAdapter[logging.Logger] = instrument_logger(name)
+        self._closed = False
+
+    # -- identity / lifecycle -------------------------------------------------------------
+    @abstractmethod
+    def identity(self) -> str:
+        """Vendor, model, serial and firmware, as the instrument reports them."""
+
+    def status(self) -> dict[str, Any]:
+        """Short health summary for ``station check`` (override to add readings)."""
+        return {"connected": not self._closed}
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Put the instrument in its safe state (laser off, detector bias safe, outputs off)."""
+
+    def reconnect(self) -> None:
+        """Close and reopen the session (default: no-op for instruments without a session)."""
+        with self.lock:
+            self._closed = False
+
+    def close(self) -> None:
+        """Safe state, then release the resource. Idempotent."""
+        with self.lock:
+            if self._closed:
+                return
+            try:
+                self.safe_state()
+            except Exception as exc:  # closing must not raise on a dead instrument
+                self.log.warning("safe_state failed during close: %s", exc)
+            try:
+                self._close()
+            finally:
+                self._closed = True
+
+    def _close(self) -> None:
+        """Release the resource (override)."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- settings ---------------------------------------------------------------------------
+    def get_setting(self, name: str) -> Any:
+        """Current value of a declared setting (default: the attribute of that name)."""
+        return getattr(self, name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """All declared settings with units: ``{name: {"value": v, "unit": u}}`` plus identity."""
+        out: dict[str, Any] = {"identity": self.identity(), "resource": self.resource,
+                               "class": type(self).__name__, "settings": {}}
+        for s in self.SETTINGS:
+            try:
+                value = self.get_setting(s.name)
+            except Exception as exc:
+                value = f"<error: {exc}>"
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            elif isinstance(value, np.generic):
+                value = value.item()
+            out["settings"][s.name] = {"value": value, "unit": s.unit}
+        return out
+
+    def __enter__(self) -> Instrument:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} at {self.resource!r}>"
