@@ -71,3 +71,54 @@ class ModulationLog(Protocol):
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         """The client's intensity and phase indices in the given slots (int64 array)."""
         ...
+
+
+#: Sifting rule of labqfl's protocol (docs/protocol.md): the raw key of a pair is made of the
+#: slots where BOTH clients chose the signal intensity (index 0) AND basis X, and the node
+#: announced a click (outcome 1, 2 or 3). Key bit at Ci: its bit; at Cj: its bit XOR (outcome == 2).
+#: A double click (3) is mapped to a uniformly random bit by Cj (squashing), counted as a click.
+#: Every other clicked slot is test data: both clients announce intensity, basis and bit.
+KEY_INTENSITY_INDEX = 0
+KEY_BASIS = 0  # X
+
+
+@dataclass
+class PairCounts:
+    """Observed statistics of one pair over one block, handed to parameter estimation.
+
+    Arrays have shape (K_i, K_j, 2, 2): intensity index of Ci, of Cj, basis of Ci, of Cj.
+    ``clicks``: announced slots (outcome 1, 2 or 3) with those choices.
+    ``errors``: among them, for equal bases only, slots whose outcome contradicts the bits
+    (D1 for equal bits or D0 for different bits; a double click counts as an error with
+    probability 1/2 — counted as half in ``errors_x2`` = 2·errors to stay integer).
+    ``double_clicks``: outcome 3 counts.
+    ``n_slots``: slots in which this pair was scheduled (all choices). Expected numbers sent per
+    combination are n_slots·p_k(i)·p_k(j)·p_b(i)·p_b(j).
+    """
+
+    pair: str
+    n_slots: int
+    intensities_i: tuple[float, ...]
+    intensities_j: tuple[float, ...]
+    intensity_probs_i: tuple[float, ...]
+    intensity_probs_j: tuple[float, ...]
+    basis_x_prob_i: float
+    basis_x_prob_j: float
+    clicks: np.ndarray
+    errors_x2: np.ndarray
+    double_clicks: np.ndarray
+
+    def expected_sent(self) -> np.ndarray:
+        pi = np.asarray(self.intensity_probs_i)[:, None, None, None]
+        pj = np.asarray(self.intensity_probs_j)[None, :, None, None]
+        bi = np.array([self.basis_x_prob_i, 1 - self.basis_x_prob_i])[None, None, :, None]
+        bj = np.array([self.basis_x_prob_j, 1 - self.basis_x_prob_j])[None, None, None, :]
+        return self.n_slots * pi * pj * bi * bj
+
+    def __add__(self, other: PairCounts) -> PairCounts:
+        if other.pair != self.pair or other.clicks.shape != self.clicks.shape:
+            raise ValueError(f"cannot add counts of {other.pair} to {self.pair}")
+        return PairCounts(self.pair, self.n_slots + other.n_slots, self.intensities_i, self.intensities_j,
+                          self.intensity_probs_i, self.intensity_probs_j, self.basis_x_prob_i, self.basis_x_prob_j,
+                          self.clicks + other.clicks, self.errors_x2 + other.errors_x2,
+                          self.double_clicks + other.double_clicks)
