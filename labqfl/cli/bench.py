@@ -21,8 +21,12 @@ def bench(
     """Run benchmarks: each reports its figure, the baseline run beside it, the ratio and the machine."""
     reg = registry()
     if list_only:
+        def render_list(con):  # type: ignore[no-untyped-def]
+            for n, e in reg.items():
+                con.print(f"[bold]{n}[/]: {e.description}  [dim]{e.target}[/]")
+
         emit({"benchmarks": {n: {"description": e.description, "target": e.target} for n, e in reg.items()}},
-             as_json, lambda con: [con.print(f"[bold]{n}[/]: {e.description}  [dim]{e.target}[/]") for n, e in reg.items()])
+             as_json, render_list)
         return
     selected = names or list(reg)
     unknown = [n for n in selected if n not in reg]

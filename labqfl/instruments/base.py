@@ -104,8 +104,8 @@ class Instrument(ABC):
             finally:
                 self._closed = True
 
-    def _close(self) -> None:
-        """Release the resource (override)."""
+    def _close(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Release the resource (override when the instrument holds a session)."""
 
     @property
     def closed(self) -> bool:
