@@ -1,1 +1,35 @@
-"""placeholder"""
+"""Real instrument drivers, by vendor and model. Only :mod:`labqfl.station` imports this package.
+
+:data:`DRIVERS` maps the ``driver`` name used in station files to the class; each class takes
+``(role, config)`` and implements one interface of :mod:`labqfl.instruments`.
+"""
+
+from __future__ import annotations
+
+from labqfl.errors import ConfigError
+from labqfl.instruments.base import Instrument
+
+from ._link import resolve_visa_library
+from .idquantique_id120 import IDQuantiqueID120
+from .keysight_33500b import Keysight33500B
+from .keysight_n7764a import KeysightN7764A
+from .swabian_timetagger import SwabianTimeTagger
+from .thorlabs_pm100usb import ThorlabsPM100USB
+from .thorlabs_pro8000 import ThorlabsPRO8000
+
+DRIVERS: dict[str, type[Instrument]] = {
+    cls.__name__: cls
+    for cls in (ThorlabsPRO8000, Keysight33500B, KeysightN7764A, IDQuantiqueID120, SwabianTimeTagger, ThorlabsPM100USB)
+}
+
+
+def get_driver(name: str) -> type[Instrument]:
+    """The driver class called ``name``; :class:`ConfigError` listing the known ones otherwise."""
+    try:
+        return DRIVERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown driver {name!r}; expected 'sim' or one of {sorted(DRIVERS)}") from None
+
+
+__all__ = ["DRIVERS", "IDQuantiqueID120", "Keysight33500B", "KeysightN7764A", "SwabianTimeTagger",
+           "ThorlabsPM100USB", "ThorlabsPRO8000", "get_driver", "resolve_visa_library"]

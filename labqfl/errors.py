@@ -58,3 +58,37 @@ class InsufficientKeyError(KeyStoreError):
 
 class SecurityAbort(LabqflError):
     """Post-processing aborted: error rate or phase-error bound above threshold; no key produced."""
+
+
+class SecureAggregationError(LabqflError):
+    """Secure aggregation refused or aborted a round (bit budget, too few survivors, key mismatch)."""
+
+
+class BitBudgetError(SecureAggregationError, ValueError):
+    """A quantisation/modulus configuration whose sum of N client values could wrap mod 2^q."""
+
+
+class KeyStarvationError(InsufficientKeyError):
+    """A pair lacks the key bits a federated round needs (after waiting, or at once with 'fail')."""
+
+    def __init__(self, message: str, *, pair: str = "", needed_bits: int = 0, available_bits: int = 0):
+        self.pair = pair
+        self.needed_bits = needed_bits
+        self.available_bits = available_bits
+        super().__init__(message)
+
+
+class QKDInputError(LabqflError, ValueError):
+    """A post-processing stage got arrays of the wrong dtype, shape or length (names what was expected)."""
+
+
+class AuthenticationError(LabqflError):
+    """A classical post-processing message failed authentication (tampered, injected or replayed)."""
+
+
+class VerificationError(LabqflError):
+    """Error verification found the two corrected keys differ; the block is discarded."""
+
+
+class StationError(LabqflError):
+    """The Station could not be built: a role failed to open, or two roles share one resource."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
 from labqfl.config import load_station_config, station_to_toml_dict
 
 station_app = typer.Typer(help="Inspect and check the station (instruments by role).", no_args_is_help=True)
@@ -45,6 +45,36 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
                   + ", ".join(f"{a}-{b}" for a, b in cfg.pairs()))
 
     emit(data, as_json, render)
+
+
+@station_app.command("check")
+@handle_errors
+def check(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Open every instrument, report identity and status per role; exit 1 naming failed roles."""
+    from labqfl.station import Station
+
+    cfg = load_station_config(config)
+    base_dir = config.resolve().parent if config else None
+    station = Station.open(cfg, base_dir=base_dir, tolerant=True)
+    try:
+        report = station.check()
+    finally:
+        station.close()
+
+    def render(con):  # type: ignore[no-untyped-def]
+        con.print(f"[bold]{report['station']}[/] ({'embedded default' if config is None else config})")
+        t = Table("role", "driver", "resource", "ok", "identity / error", title="station check")
+        for role, r in report["roles"].items():
+            t.add_row(role, r["driver"], r["resource"] or "—", "[green]ok[/]" if r["ok"] else "[red]FAILED[/]",
+                      r["identity"] if r["ok"] else r.get("error", ""))
+        con.print(t)
+
+    emit(report, as_json, render)
+    if not report["ok"]:
+        failed = [role for role, r in report["roles"].items() if not r["ok"]]
+        first = report["roles"][failed[0]].get("error", "")
+        raise fail(f"station {report['station']!r}: {len(failed)} role(s) failed: {', '.join(failed)} "
+                   f"(first: {failed[0]}: {first})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,290 @@
+"""I/O session shared by every message-based driver: one pymeasure ``Adapter`` plus error handling.
+
+Every SCPI/serial driver in :mod:`labqfl.drivers` talks to its instrument through a :class:`Link`:
+
+* the transport is a PyMeasure adapter — :class:`pymeasure.adapters.VISAAdapter` for real hardware
+  and pyvisa-sim, or an injected adapter (``ProtocolAdapter`` in expected-protocol tests);
+* VISA timeouts, undecodable bytes (serial garbage), unparsable replies and instrument error-queue
+  entries (``SYST:ERR?``) become :class:`~labqfl.errors.InstrumentTimeout`,
+  :class:`~labqfl.errors.InstrumentReplyError` and :class:`~labqfl.errors.InstrumentQueueError`
+  naming the instrument, its resource and the command;
+* every exchange runs under the owning instrument's ``RLock``, so a GUI thread and an acquisition
+  thread can call the same instrument at once (a query's write and read are never interleaved);
+* a process-wide registry refuses to open one resource twice (two driver objects sharing a session
+  would interleave commands).
+
+``visa_library`` values (see :func:`resolve_visa_library`): ``None``/``""`` (the system VISA),
+``"@py"`` (pyvisa-py), ``"path/device.yaml@sim"`` (pyvisa-sim; a relative path is resolved
+against ``base_dir``, normally the station file's folder), and ``"@sim:<file>.yaml"`` — a YAML
+shipped in ``labqfl/sim_backends/visa/``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyvisa
+from pymeasure.adapters import Adapter, VISAAdapter
+
+from labqfl.config import InstrumentConfig
+from labqfl.errors import (
+    ConfigError,
+    InstrumentError,
+    InstrumentQueueError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+)
+from labqfl.instruments.base import Instrument
+
+T = TypeVar("T")
+
+#: Resources currently open in this process: key -> instrument name holding it.
+_OPEN: dict[tuple[str, str], str] = {}
+_OPEN_LOCK = threading.Lock()
+
+#: Maximum number of error-queue entries drained after one command.
+_MAX_QUEUE = 32
+
+PACKAGED_SIM_PREFIX = "@sim:"
+
+
+def packaged_sim_yaml(filename: str) -> Path:
+    """Path of a pyvisa-sim YAML shipped in ``labqfl/sim_backends/visa/``."""
+    root = resources.files("labqfl.sim_backends").joinpath("visa")
+    path = Path(str(root.joinpath(filename)))
+    if not path.is_file():
+        shipped = sorted(p.name for p in Path(str(root)).glob("*.yaml"))
+        raise ConfigError(f"no packaged pyvisa-sim file {filename!r}; shipped files are {shipped}")
+    return path
+
+
+def resolve_visa_library(value: str | None, base_dir: Path | None = None) -> str:
+    """Turn a station file's ``visa_library`` into what ``pyvisa.ResourceManager`` expects.
+
+    ``"@sim:<file>.yaml"`` → the packaged YAML; ``"rel/dev.yaml@sim"`` → ``base_dir/rel/dev.yaml@sim``
+    (``base_dir`` defaults to the working directory); anything else is returned unchanged.
+    """
+    if not value:
+        return ""
+    if value.startswith(PACKAGED_SIM_PREFIX):
+        return f"{packaged_sim_yaml(value[len(PACKAGED_SIM_PREFIX):])}@sim"
+    if value.endswith("@sim") and value != "@sim":
+        path = Path(value[: -len("@sim")]).expanduser()
+        if not path.is_absolute():
+            path = (base_dir or Path.cwd()) / path
+        if not path.is_file():
+            raise ConfigError(f"pyvisa-sim file {str(path)!r} (from visa_library {value!r}) does not exist")
+        return f"{path.resolve()}@sim"
+    return value
+
+
+def _registry_key(library: str, resource: str) -> tuple[str, str]:
+    return (library, resource.strip().upper())
+
+
+class Link:
+    """One message-based session to one instrument (see the module docstring).
+
+    ``adapter``: an already-built pymeasure adapter (tests); otherwise a ``VISAAdapter`` is opened
+    on ``config.resource`` with ``config.visa_library`` and ``config.timeout_ms``.
+    ``error_query``: the error-queue query (``None`` for instruments without one); its reply must
+    start with an integer code, 0 meaning "no error".
+    """
+
+    def __init__(
+        self,
+        owner: Instrument,
+        config: InstrumentConfig,
+        *,
+        adapter: Adapter | None = None,
+        read_termination: str = "\n",
+        write_termination: str = "\n",
+        error_query: str | None = "SYST:ERR?",
+        serial: dict[str, Any] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.config = config
+        self.read_termination = read_termination
+        self.write_termination = write_termination
+        self.error_query = error_query
+        self.serial = dict(serial or {})
+        self._injected = adapter
+        self.adapter: Adapter | None = None
+        self.library = resolve_visa_library(config.visa_library)
+        self._key: tuple[str, str] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def resource(self) -> str:
+        return self.config.resource or ""
+
+    def open(self) -> None:
+        """Open the session (registers the resource as in use by this instrument)."""
+        with self.owner.lock:
+            if self.adapter is not None:
+                return
+            if self._injected is not None:
+                self.adapter = self._injected
+                return
+            key = _registry_key(self.library, self.resource)
+            with _OPEN_LOCK:
+                holder = _OPEN.get(key)
+                if holder is not None:
+                    raise InstrumentError(
+                        f"resource is already open by instrument {holder!r}; close it first or share that instance",
+                        instrument=self.owner.name, resource=self.resource,
+                    )
+                _OPEN[key] = self.owner.name
+            kwargs: dict[str, Any] = {
+                "timeout": self.config.timeout_ms,
+                "read_termination": self.read_termination,
+                "write_termination": self.write_termination,
+            }
+            if self.resource.upper().startswith("ASRL"):
+                kwargs.update(self.serial)
+            try:
+                self.adapter = VISAAdapter(self.resource, visa_library=self.library, **kwargs)
+            except Exception as exc:
+                with _OPEN_LOCK:
+                    _OPEN.pop(key, None)
+                raise InstrumentError(
+                    f"cannot open: {_describe(exc)}", instrument=self.owner.name, resource=self.resource
+                ) from exc
+            self._key = key
+
+    def close(self) -> None:
+        """Close the session; idempotent."""
+        with self.owner.lock:
+            adapter, self.adapter = self.adapter, None
+            try:
+                if adapter is not None and self._injected is None:
+                    adapter.close()
+            except Exception as exc:  # a dead session must not make close() raise
+                self.owner.log.warning("closing the VISA session failed: %s", exc)
+            finally:
+                if self._key is not None:
+                    with _OPEN_LOCK:
+                        _OPEN.pop(self._key, None)
+                    self._key = None
+
+    # -- I/O ------------------------------------------------------------------------------------
+    def _adapter(self, command: str) -> Adapter:
+        if self.adapter is None:
+            raise InstrumentError("instrument is not connected (closed); call reconnect()",
+                                  instrument=self.owner.name, resource=self.resource, command=command)
+        return self.adapter
+
+    def call(self, command: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which does I/O on this link) under the lock, translating failures."""
+        with self.owner.lock:
+            self._adapter(command)
+            try:
+                return fn()
+            except (InstrumentError, AssertionError):
+                raise
+            except pyvisa.errors.VisaIOError as exc:
+                if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                    raise InstrumentTimeout(
+                        f"no reply within {self.config.timeout_ms} ms (instrument off or busy, wrong address, "
+                        f"or wrong termination: expecting replies ending in {self.read_termination!r})",
+                        instrument=self.owner.name, resource=self.resource, command=command,
+                    ) from exc
+                raise InstrumentError(f"VISA I/O error: {exc.description}", instrument=self.owner.name,
+                                      resource=self.resource, command=command) from exc
+            except UnicodeDecodeError as exc:
+                raise InstrumentReplyError(
+                    "reply is not text (serial garbage: check baud rate, cabling and termination)",
+                    instrument=self.owner.name, resource=self.resource, command=command,
+                ) from exc
+            except (ValueError, TypeError, IndexError) as exc:
+                raise InstrumentReplyError(f"unexpected reply: {exc}", instrument=self.owner.name,
+                                           resource=self.resource, command=command) from exc
+            except (OSError, ConnectionError) as exc:
+                raise InstrumentError(f"I/O failed: {_describe(exc)}", instrument=self.owner.name,
+                                      resource=self.resource, command=command) from exc
+
+    def write(self, command: str, *, check: bool = True) -> None:
+        """Send ``command``; then drain the error queue (``check``) and raise on any entry."""
+        with self.owner.lock:
+            self.call(command, lambda: self._adapter(command).write(command))
+            if check:
+                self.check_errors(command)
+
+    def query(self, command: str) -> str:
+        """Send ``command`` and return the stripped reply text."""
+        with self.owner.lock:
+            def _q() -> str:
+                a = self._adapter(command)
+                a.write(command)
+                return str(a.read())
+            raw = self.call(command, _q)
+            if raw.endswith(("\r", "\n")) or raw.startswith(("\r", "\n")):
+                raise InstrumentReplyError(
+                    f"reply {raw!r} ends in an unexpected line ending (wrong termination: expected {self.read_termination!r})",
+                    instrument=self.owner.name, resource=self.resource, command=command)
+            reply = raw.strip()
+            if not reply:
+                raise InstrumentReplyError("empty reply (wrong resource, or the instrument does not know this query)",
+                                           instrument=self.owner.name, resource=self.resource, command=command)
+            if not reply.isprintable():
+                raise InstrumentReplyError(f"reply {reply!r} contains control characters (serial garbage or wrong termination)",
+                                           instrument=self.owner.name, resource=self.resource, command=command)
+            return reply
+
+    def query_float(self, command: str) -> float:
+        reply = self.query(command)
+        try:
+            return float(reply)
+        except ValueError:
+            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected a number",
+                                       instrument=self.owner.name, resource=self.resource, command=command) from None
+
+    def query_int(self, command: str) -> int:
+        value = self.query_float(command)
+        if value != int(value):
+            raise InstrumentReplyError(f"unexpected reply {value!r}; expected an integer",
+                                       instrument=self.owner.name, resource=self.resource, command=command)
+        return int(value)
+
+    def query_bool(self, command: str) -> bool:
+        reply = self.query(command).upper()
+        if reply in ("1", "ON", "+1"):
+            return True
+        if reply in ("0", "OFF", "+0"):
+            return False
+        raise InstrumentReplyError(f"unexpected reply {reply!r}; expected 0/1 or ON/OFF",
+                                   instrument=self.owner.name, resource=self.resource, command=command)
+
+    def check_errors(self, command: str = "") -> None:
+        """Drain the error queue; raise :class:`InstrumentQueueError` listing every entry."""
+        if self.error_query is None:
+            return
+        with self.owner.lock:
+            entries: list[str] = []
+            for _ in range(_MAX_QUEUE):
+                reply = self.query(self.error_query)
+                code_text = reply.split(",", 1)[0].strip()
+                try:
+                    code = int(float(code_text))
+                except ValueError:
+                    raise InstrumentReplyError(
+                        f"unexpected error-queue reply {reply!r}; expected '<code>,\"<message>\"'",
+                        instrument=self.owner.name, resource=self.resource, command=self.error_query,
+                    ) from None
+                if code == 0:
+                    break
+                entries.append(reply)
+            if entries:
+                raise InstrumentQueueError(
+                    f"instrument reported {'; '.join(entries)}",
+                    instrument=self.owner.name, resource=self.resource, command=command,
+                )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

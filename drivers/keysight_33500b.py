@@ -1,0 +1,157 @@
+"""Keysight (Agilent) 33500B-series waveform generator driving a client's phase modulator.
+
+Wraps PyMeasure's :class:`pymeasure.instruments.agilent.Agilent33500` (channel ``options.channel``,
+1 or 2, default 1). The phase pattern is played as an arbitrary waveform, one sample per laser
+pulse: the sample rate is ``options.sample_rate_hz`` (default: the laser repetition rate the
+pattern is clocked at, 100 MSa/s; at most 250 MSa/s) and each external trigger (the frame sync,
+``TRIG<ch>:SOUR EXT``) plays the pattern once (triggered burst of one cycle).
+
+Drive voltage for phase index a: V = wrap(a·π/2 − bias_phase) · Vπ/π with the phase wrapped into
+[−π, π) (equivalent modulo 2π to :meth:`PhaseModulator.drive_voltage`, and it keeps the drive within
+±Vπ). Vπ and the bias phase are properties of the modulator, kept
+by this driver and used when a pattern is loaded; ``gate_delay_ps`` is the generator's trigger
+delay ``TRIG<ch>:DEL`` [s on the wire]; the output window is ±5 V into 50 Ω.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pymeasure.adapters import Adapter
+from pymeasure.instruments.agilent import Agilent33500
+
+from labqfl.config import InstrumentConfig
+from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD, PhaseModulator
+
+from ._base import MessageDriver, check_bool, check_range
+
+AMPLITUDE_VPP = (0.01, 10.0)
+MAX_ABS_V = 5.0
+V_PI_V = (0.1, 20.0)
+GATE_DELAY_PS = (0.0, 1e12)  # 0 … 1 s
+SAMPLE_RATE_HZ = (1.0, 250e6)
+PATTERN_POINTS = (8, 65536)
+ARB_NAME = "LABQFL"
+
+
+class Keysight33500B(MessageDriver, PhaseModulator):
+    """A 33500B channel as a :class:`PhaseModulator` (PyMeasure ``Agilent33500`` underneath)."""
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        opts = config.options
+        self.channel = int(check_range("options.channel", opts.get("channel", 1), 1, 2))
+        self.sample_rate_hz = check_range("options.sample_rate_hz", opts.get("sample_rate_hz", 100e6), *SAMPLE_RATE_HZ, "Hz")
+        self._v_pi = check_range("v_pi_v", getattr(config, "v_pi_v", 4.0), *V_PI_V, "V")
+        self._bias = float(getattr(config, "bias_phase_rad", 0.0))
+        self.pattern_length = 0
+        super().__init__(name, config, adapter=adapter)
+
+    def _on_open(self) -> None:
+        assert self.link.adapter is not None
+        self.pm = Agilent33500(self.link.adapter)
+        self.ch = self.pm.ch_1 if self.channel == 1 else self.pm.ch_2
+        self._identity = self.link.call("*IDN?", lambda: str(self.pm.id))
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _set(self, label: str, fn: Any) -> None:
+        with self.lock:
+            self.link.call(label, fn)
+            self.link.check_errors(label)
+
+    # -- settings -------------------------------------------------------------------------------
+    @property
+    def output_enabled(self) -> bool:
+        return bool(self.link.call(f"OUTP{self.channel}?", lambda: self.ch.output))
+
+    @output_enabled.setter
+    def output_enabled(self, value: bool) -> None:
+        v = check_bool("output_enabled", value)
+        self._set(f"OUTP{self.channel} {int(v)}", lambda: setattr(self.ch, "output", v))
+
+    @property
+    def amplitude_vpp(self) -> float:
+        return float(self.link.call(f"SOUR{self.channel}:VOLT?", lambda: self.ch.amplitude))
+
+    @amplitude_vpp.setter
+    def amplitude_vpp(self, value: float) -> None:
+        v = check_range("amplitude_vpp", value, *AMPLITUDE_VPP, unit="V")
+        self._set(f"SOUR{self.channel}:VOLT", lambda: setattr(self.ch, "amplitude", v))
+
+    @property
+    def v_pi_v(self) -> float:
+        return self._v_pi
+
+    @v_pi_v.setter
+    def v_pi_v(self, value: float) -> None:
+        self._v_pi = check_range("v_pi_v", value, *V_PI_V, unit="V")
+
+    @property
+    def bias_phase_rad(self) -> float:
+        return self._bias
+
+    @bias_phase_rad.setter
+    def bias_phase_rad(self, value: float) -> None:
+        self._bias = check_range("bias_phase_rad", value, -2 * math.pi, 2 * math.pi, "rad")
+
+    @property
+    def gate_delay_ps(self) -> float:
+        return self.link.query_float(f"TRIG{self.channel}:DEL?") * 1e12
+
+    @gate_delay_ps.setter
+    def gate_delay_ps(self, value: float) -> None:
+        v = check_range("gate_delay_ps", value, *GATE_DELAY_PS, unit="ps")
+        self.link.write(f"TRIG{self.channel}:DEL {v * 1e-12:.6e}")
+
+    # -- waveforms ------------------------------------------------------------------------------
+    def pattern_levels(self, phase_indices: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Normalised samples in [-1, 1], amplitude [Vpp] and offset [V] realising the pattern."""
+        idx = np.asarray(phase_indices)
+        if idx.ndim != 1 or not PATTERN_POINTS[0] <= idx.size <= PATTERN_POINTS[1]:
+            raise ValueError(f"phase pattern must be 1-D with {PATTERN_POINTS[0]} to {PATTERN_POINTS[1]} slots, got shape {idx.shape}")
+        if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() > 3:
+            raise ValueError("phase pattern must hold integer phase indices 0..3 (phase a·π/2)")
+        # phases are equivalent modulo 2π: wrap into [-π, π) to keep the drive inside ±Vπ
+        phase = np.mod(PHASE_ALPHABET_RAD[idx.astype(np.intp)] - self._bias + math.pi, 2 * math.pi) - math.pi
+        volts = phase * self._v_pi / math.pi
+        vmax, vmin = float(volts.max()), float(volts.min())
+        vpp = max(vmax - vmin, AMPLITUDE_VPP[0])
+        offset = (vmax + vmin) / 2
+        if abs(offset) + vpp / 2 > MAX_ABS_V + 1e-9:
+            raise ValueError(f"pattern needs {vmin:.3f} V to {vmax:.3f} V, beyond the ±{MAX_ABS_V:g} V output window; "
+                             f"check v_pi_v ({self._v_pi:g} V) and bias_phase_rad")
+        samples = np.clip((volts - offset) / (vpp / 2), -1.0, 1.0)
+        return samples, vpp, offset
+
+    def load_pattern(self, phase_indices: np.ndarray) -> None:
+        """Upload the per-slot phase pattern and play it once per external trigger."""
+        samples, vpp, offset = self.pattern_levels(phase_indices)
+        points = [f"{s:.4f}" for s in samples]
+        ch = self.ch
+        with self.lock:
+            self._set(f"SOUR{self.channel}:DATA:VOL:CLE", ch.data_volatile_clear)
+            self._set(f"SOUR{self.channel}:DATA:ARB {ARB_NAME}, <{len(points)} points>",
+                      lambda: ch.data_arb(ARB_NAME, points, data_format="float"))
+            self._set(f"SOUR{self.channel}:FUNC ARB", lambda: setattr(ch, "shape", "ARB"))
+            self._set(f"SOUR{self.channel}:FUNC:ARB {ARB_NAME}", lambda: setattr(ch, "arb_file", ARB_NAME))
+            self._set(f"SOUR{self.channel}:FUNC:ARB:SRAT", lambda: setattr(ch, "arb_srate", self.sample_rate_hz))
+            self._set(f"SOUR{self.channel}:VOLT", lambda: setattr(ch, "amplitude", vpp))
+            self._set(f"SOUR{self.channel}:VOLT:OFFS", lambda: setattr(ch, "offset", offset))
+            self._set(f"SOUR{self.channel}:BURS:NCYC 1", lambda: setattr(ch, "burst_ncycles", 1))
+            self._set(f"SOUR{self.channel}:BURS:STAT 1", lambda: setattr(ch, "burst_state", True))
+            self.link.write(f"TRIG{self.channel}:SOUR EXT")
+            self.pattern_length = len(points)
+
+    def set_dc_voltage(self, volts: float) -> None:
+        """Constant drive voltage [V] (Vπ fringe scan): DC function at offset ``volts``."""
+        v = check_range("volts", volts, -4.995, 4.995, "V")
+        with self.lock:
+            self._set(f"SOUR{self.channel}:FUNC DC", lambda: setattr(self.ch, "shape", "DC"))
+            self._set(f"SOUR{self.channel}:VOLT:OFFS", lambda: setattr(self.ch, "offset", v))
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st.update(channel=self.channel, output_enabled=self.output_enabled, pattern_length=self.pattern_length)
+        return st
+

@@ -1,0 +1,68 @@
+"""Keysight N7764A multi-channel variable optical attenuator (SCPI, LAN/USB/GPIB).
+
+One labqfl role drives one channel (``options.channel``, 1 … 4, default 1). Commands (Keysight
+N77xx programming guide, ``:INPut`` / ``:OUTPut`` subsystems)::
+
+    :INP<ch>:ATT <dB>          attenuation [dB]                   :INP<ch>:ATT?  → dB
+    :INP<ch>:WAV <m>           calibration wavelength [m]         :INP<ch>:WAV?  → m
+    :OUTP<ch>:STAT <0|1>       output (shutter) open = 1          :OUTP<ch>:STAT? → 0/1
+    SYST:ERR?                  error queue, ``<code>,"<message>"``
+
+The attenuation limit is ``min(config.max_attenuation_db, options.max_db)`` with
+``options.max_db`` = 45 dB by default (set it to your unit's specified range).
+"""
+
+from __future__ import annotations
+
+from pymeasure.adapters import Adapter
+
+from labqfl.config import InstrumentConfig
+from labqfl.instruments.interfaces import VariableAttenuator
+
+from ._base import MessageDriver, check_bool, check_range
+
+WAVELENGTH_NM = (1260.0, 1640.0)
+DEFAULT_MAX_DB = 45.0
+
+
+class KeysightN7764A(MessageDriver, VariableAttenuator):
+    """One channel of a Keysight N7764A VOA as a :class:`VariableAttenuator`."""
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        opts = config.options
+        self.channel = int(check_range("options.channel", opts.get("channel", 1), 1, 4))
+        self.max_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)),
+                          float(opts.get("max_db", DEFAULT_MAX_DB)))
+        super().__init__(name, config, adapter=adapter)
+
+    @property
+    def attenuation_db(self) -> float:
+        return self.link.query_float(f":INP{self.channel}:ATT?")
+
+    @attenuation_db.setter
+    def attenuation_db(self, value: float) -> None:
+        v = check_range("attenuation_db", value, 0.0, self.max_db, "dB")
+        self.link.write(f":INP{self.channel}:ATT {v:.3f}")
+
+    @property
+    def shutter_closed(self) -> bool:
+        return not self.link.query_bool(f":OUTP{self.channel}:STAT?")
+
+    @shutter_closed.setter
+    def shutter_closed(self, value: bool) -> None:
+        closed = check_bool("shutter_closed", value)
+        self.link.write(f":OUTP{self.channel}:STAT {0 if closed else 1}")
+
+    @property
+    def wavelength_nm(self) -> float:
+        return self.link.query_float(f":INP{self.channel}:WAV?") * 1e9
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        v = check_range("wavelength_nm", value, *WAVELENGTH_NM, unit="nm")
+        self.link.write(f":INP{self.channel}:WAV {v * 1e-9:.6e}")
+
+    def status(self) -> dict[str, object]:
+        st = super().status()
+        st.update(channel=self.channel, attenuation_db=self.attenuation_db, shutter_closed=self.shutter_closed)
+        return st

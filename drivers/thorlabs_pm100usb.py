@@ -1,0 +1,89 @@
+"""Thorlabs PM100USB optical power meter (PM100 family, SCPI over USB-TMC).
+
+Wraps PyMeasure's :class:`pymeasure.instruments.thorlabs.ThorlabsPM100USB` (which reads the
+sensor head's ID and flags at open). PyMeasure clips out-of-range wavelengths silently; this
+driver refuses them with ``ValueError`` using the head's own range (``SENS:CORR:WAV? MIN|MAX``).
+Averaging uses ``SENS:AVER:COUN`` (samples, 1 … 10000); power is ``MEAS:POW?`` [W].
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pymeasure.adapters import Adapter
+from pymeasure.instruments.thorlabs import ThorlabsPM100USB as _PM100USB
+
+from labqfl.config import InstrumentConfig
+from labqfl.errors import InstrumentError
+from labqfl.instruments.interfaces import PowerMeter
+
+from ._base import MessageDriver, check_range
+
+AVERAGING = (1, 10000)
+
+
+class ThorlabsPM100USB(MessageDriver, PowerMeter):
+    """PM100USB console + photodiode/thermal head as a :class:`PowerMeter`."""
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        super().__init__(name, config, adapter=adapter)
+
+    def _on_open(self) -> None:
+        assert self.link.adapter is not None
+
+        def build() -> _PM100USB:
+            with warnings.catch_warnings():  # PyMeasure's "SCPI support unknown" FutureWarning
+                warnings.simplefilter("ignore", FutureWarning)
+                try:
+                    return _PM100USB(self.link.adapter)  # queries SYST:SENSOR:IDN?
+                except OSError as exc:  # PyMeasure: "No sensor connected."
+                    raise InstrumentError(f"power meter reports no sensor head ({exc})", instrument=self.name,
+                                          resource=self.resource, command="SYST:SENSOR:IDN?") from exc
+
+        self.pm = self.link.call("SYST:SENSOR:IDN?", build)
+        self._identity = self.link.query("*IDN?")
+        self._wl_range = (
+            float(self.link.call("SENS:CORR:WAV? MIN", lambda: self.pm.wavelength_min)),
+            float(self.link.call("SENS:CORR:WAV? MAX", lambda: self.pm.wavelength_max)),
+        )
+        # PyMeasure caches the range on first use; hand it the values already read.
+        self.pm._wavelength_min, self.pm._wavelength_max = self._wl_range
+
+    @property
+    def sensor(self) -> str:
+        """Name and serial number of the sensor head."""
+        return f"{self.pm.sensor_name} #{self.pm.sensor_sn}"
+
+    @property
+    def wavelength_nm(self) -> float:
+        return float(self.link.call("SENSE:CORR:WAV?", lambda: self.pm.wavelength))
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        if not self.pm.wavelength_settable:
+            raise ValueError(f"sensor {self.sensor} does not allow setting the wavelength")
+        v = check_range("wavelength_nm", value, *self._wl_range, unit="nm")
+        with self.lock:
+            self.link.call("SENSE:CORR:WAV", lambda: setattr(self.pm, "wavelength", v))
+            self.link.check_errors("SENSE:CORR:WAV")
+
+    @property
+    def averaging(self) -> int:
+        return self.link.query_int("SENS:AVER:COUN?")
+
+    @averaging.setter
+    def averaging(self, value: int) -> None:
+        if isinstance(value, bool) or int(value) != value:
+            raise ValueError(f"averaging must be an integer number of samples, got {value!r}")
+        v = int(check_range("averaging", value, *AVERAGING))
+        self.link.write(f"SENS:AVER:COUN {v:d}")
+
+    def power_w(self) -> float:
+        """Measured optical power [W]."""
+        return float(self.link.call("MEAS:POW?", lambda: self.pm.power))
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st.update(sensor=self.sensor, power_w=self.power_w())
+        return st

@@ -1,0 +1,141 @@
+"""Thorlabs PRO8000 modular laser-diode controller driving the central node's pulsed laser.
+
+Wraps PyMeasure's :class:`pymeasure.instruments.thorlabs.ThorlabsPro8000`: an LDC module (slot
+``options.ld_slot``, default 1) sets the diode current and switches the laser; a TED module (slot
+``options.tec_slot``, default 2) sets the diode temperature. The pulse train itself comes from the
+external pattern generator that gates the diode, so:
+
+* ``power_mw`` ↔ LD current through the diode's L–I line, P = slope·(I − I_th) for I > I_th
+  (``options.slope_mw_per_ma`` default 0.1 mW/mA, ``options.threshold_ma`` default 10 mA,
+  ``options.max_current_ma`` default 100 mA — take them from the diode's test sheet);
+* ``wavelength_nm`` ↔ TEC set temperature, λ = λ0 + k·(T − T0) with λ0 = the station's
+  ``laser.wavelength_nm`` at T0 = ``options.t0_c`` (25 °C), k = ``options.tuning_nm_per_k``
+  (0.1 nm/K, typical DFB), T within ``options.temp_min_c`` … ``options.temp_max_c`` (15 … 35 °C);
+* ``rep_rate_hz`` is the nominal rate of the external clock (the PRO8000 does not set it); it is
+  recorded here so snapshots carry it.
+
+Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, ``:ILD:SET <A>``,
+``:LASER ON|OFF``, ``:TEMP:SET <°C>``, error queue ``:SYST:ERR?``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from pymeasure.adapters import Adapter
+from pymeasure.instruments.thorlabs import ThorlabsPro8000
+
+from labqfl.config import InstrumentConfig
+from labqfl.errors import InstrumentReplyError
+from labqfl.instruments.interfaces import PulsedLaser
+
+from ._base import MessageDriver, check_bool, check_range
+
+REP_RATE_HZ = (1.0, 10e9)
+
+
+class ThorlabsPRO8000(MessageDriver, PulsedLaser):
+    """LDC + TED modules of a PRO8000 mainframe as a :class:`PulsedLaser`."""
+
+    ERROR_QUERY = ":SYST:ERR?"
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        o = config.options
+        self.ld_slot = int(check_range("options.ld_slot", o.get("ld_slot", 1), 1, 8))
+        self.tec_slot = int(check_range("options.tec_slot", o.get("tec_slot", 2), 1, 8))
+        self.slope_mw_per_ma = check_range("options.slope_mw_per_ma", o.get("slope_mw_per_ma", 0.1), 1e-6, 10.0, "mW/mA")
+        self.threshold_ma = check_range("options.threshold_ma", o.get("threshold_ma", 10.0), 0.0, 1000.0, "mA")
+        self.max_current_ma = check_range("options.max_current_ma", o.get("max_current_ma", 100.0), self.threshold_ma, 4000.0, "mA")
+        self.t0_c = float(o.get("t0_c", 25.0))
+        self.tuning_nm_per_k = check_range("options.tuning_nm_per_k", o.get("tuning_nm_per_k", 0.1), 1e-4, 10.0, "nm/K")
+        self.temp_range_c = (float(o.get("temp_min_c", 15.0)), float(o.get("temp_max_c", 35.0)))
+        self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
+        self._rep_rate = check_range("rep_rate_hz", getattr(config, "rep_rate_hz", 100e6), *REP_RATE_HZ, "Hz")
+        super().__init__(name, config, adapter=adapter)
+
+    def _on_open(self) -> None:
+        assert self.link.adapter is not None
+
+        def build() -> ThorlabsPro8000:
+            with warnings.catch_warnings():  # PyMeasure's "SCPI support unknown" FutureWarning
+                warnings.simplefilter("ignore", FutureWarning)
+                return ThorlabsPro8000(self.link.adapter)  # writes :SYST:ANSW VALUE
+
+        self.pm = self.link.call(":SYST:ANSW VALUE", build)
+        self.link.check_errors(":SYST:ANSW VALUE")
+        self._identity = self.link.query("*IDN?")
+
+    # -- slot-addressed I/O ------------------------------------------------------------------
+    def _get(self, slot: int, label: str, attr: str) -> Any:
+        with self.lock:
+            return self.link.call(label, lambda: (setattr(self.pm, "slot", slot), getattr(self.pm, attr))[1])
+
+    def _set(self, slot: int, label: str, attr: str, value: Any) -> None:
+        with self.lock:
+            self.link.call(label, lambda: (setattr(self.pm, "slot", slot), setattr(self.pm, attr, value)))
+            self.link.check_errors(label)
+
+    # -- settings -------------------------------------------------------------------------------
+    @property
+    def output_enabled(self) -> bool:
+        reply = str(self._get(self.ld_slot, ":LASER?", "LDCStatus")).strip().upper()
+        if reply in ("ON", "1", "1.0"):
+            return True
+        if reply in ("OFF", "0", "0.0"):
+            return False
+        raise InstrumentReplyError(f"unexpected reply {reply!r}; expected ON or OFF", instrument=self.name,
+                                   resource=self.resource, command=":LASER?")
+
+    @output_enabled.setter
+    def output_enabled(self, value: bool) -> None:
+        on = check_bool("output_enabled", value)
+        self._set(self.ld_slot, f":LASER {'ON' if on else 'OFF'}", "LDCStatus", "ON" if on else "OFF")
+
+    @property
+    def current_ma(self) -> float:
+        """LD current set point [mA]."""
+        return float(self._get(self.ld_slot, ":ILD:SET?", "LDCCurrent")) * 1e3
+
+    @property
+    def power_mw(self) -> float:
+        """Average optical power [mW] from the current set point through the L–I line."""
+        return max(0.0, self.slope_mw_per_ma * (self.current_ma - self.threshold_ma))
+
+    @power_mw.setter
+    def power_mw(self, value: float) -> None:
+        p_max = self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
+        p = check_range("power_mw", value, 0.0, p_max, "mW")
+        i_ma = self.threshold_ma + p / self.slope_mw_per_ma if p > 0 else 0.0
+        self._set(self.ld_slot, ":ILD:SET", "LDCCurrent", round(i_ma * 1e-3, 9))
+
+    @property
+    def temperature_c(self) -> float:
+        """TEC set temperature [°C]."""
+        return float(self._get(self.tec_slot, ":TEMP:SET?", "TEDSetTemperature"))
+
+    @property
+    def wavelength_nm(self) -> float:
+        return self.lambda0_nm + self.tuning_nm_per_k * (self.temperature_c - self.t0_c)
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        lo, hi = (self.lambda0_nm + self.tuning_nm_per_k * (t - self.t0_c) for t in self.temp_range_c)
+        lam = check_range("wavelength_nm", value, lo, hi, "nm")
+        t = self.t0_c + (lam - self.lambda0_nm) / self.tuning_nm_per_k
+        self._set(self.tec_slot, ":TEMP:SET", "TEDSetTemperature", round(t, 4))
+
+    @property
+    def rep_rate_hz(self) -> float:
+        return self._rep_rate
+
+    @rep_rate_hz.setter
+    def rep_rate_hz(self, value: float) -> None:
+        self._rep_rate = check_range("rep_rate_hz", value, *REP_RATE_HZ, "Hz")
+        self.log.info("rep_rate_hz recorded as %g Hz; set the external pulse generator to match", self._rep_rate)
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st.update(output_enabled=self.output_enabled, current_ma=round(self.current_ma, 4),
+                  temperature_c=self.temperature_c)
+        return st

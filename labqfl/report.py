@@ -1,0 +1,164 @@
+"""Run report: PNG plots and a self-contained ``report.html`` built from a run's ``metrics.json``.
+
+The report reads only the documented metrics schema (``docs/metrics.md``); sections whose data
+is absent are left out rather than drawn empty. Plots are written to ``plots/`` in the run folder
+and embedded in the HTML as base64 so the file can be mailed on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from labqfl.runs import RunRecord  # noqa: E402
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#1d2330}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5rem 0;font-size:.92rem} td,th{border:1px solid #ccd;padding:.25rem .6rem;text-align:right}
+th{background:#f1f3f8} td:first-child,th:first-child{text-align:left} .muted{color:#667} img{max-width:100%}
+.badge{display:inline-block;padding:.1rem .5rem;border-radius:.6rem;background:#e8f0fe;margin-right:.4rem}
+.warn{background:#fdecea}
+"""
+
+
+def _fig(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] = (7.0, 3.6)) -> Path:
+    fig, ax = plt.subplots(figsize=figsize, dpi=110)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
+    """Draw every plot the metrics allow; returns {title: png path}."""
+    plots: dict[str, Path] = {}
+    acq = m.get("acquire") or {}
+    series = acq.get("count_rate_series")
+    if series and series.get("t_s"):
+        def draw_rates(ax: Any) -> None:
+            for ch, rates in series["rates_hz"].items():
+                ax.plot(series["t_s"], [r / 1e6 for r in rates], label=ch)
+            ax.set_xlabel("time [s]")
+            ax.set_ylabel("count rate [MHz]")
+            ax.set_title("Detector count rates")
+            ax.legend()
+        plots["Count rates"] = _fig(run.plot_path("count_rates.png"), draw_rates)
+
+    dist = m.get("distill") or {}
+    timeline = dist.get("timeline") or []
+    if timeline:
+        pairs = sorted({e["pair"] for e in timeline})
+
+        def draw_qber(ax: Any) -> None:
+            for p in pairs:
+                ev = [e for e in timeline if e["pair"] == p and e.get("qber") is not None]
+                ax.plot([e["t_s"] for e in ev], [100 * e["qber"] for e in ev], "o-", ms=3, label=p)
+            ax.set_xlabel("acquisition time [s]")
+            ax.set_ylabel("QBER (key basis) [%]")
+            ax.set_title("QBER per pair")
+            ax.legend(ncol=3, fontsize=8)
+
+        def draw_rate(ax: Any) -> None:
+            for p in pairs:
+                ev = [e for e in timeline if e["pair"] == p]
+                ax.plot([e["t_s"] for e in ev], [e.get("secure_key_rate_bps", 0) / 1e3 for e in ev], "o-", ms=3, label=p)
+            ax.set_xlabel("acquisition time [s]")
+            ax.set_ylabel("secure key rate [kbit/s]")
+            ax.set_title("Secure key rate per pair")
+            ax.legend(ncol=3, fontsize=8)
+
+        plots["QBER per pair"] = _fig(run.plot_path("qber.png"), draw_qber)
+        plots["Secure key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate)
+
+    keys = (m.get("keys") or {}).get("pairs") or {}
+    if keys:
+        names = sorted(keys)
+
+        def draw_pools(ax: Any) -> None:
+            x = range(len(names))
+            distilled = [keys[p].get("distilled_bits", 0) for p in names]
+            consumed = [keys[p].get("consumed_bits", 0) for p in names]
+            ax.bar([i - 0.2 for i in x], distilled, width=0.4, label="distilled")
+            ax.bar([i + 0.2 for i in x], consumed, width=0.4, label="consumed (masks + auth)")
+            ax.set_xticks(list(x), names)
+            ax.set_ylabel("bits")
+            ax.set_yscale("log")
+            ax.set_title("Key pools against consumption")
+            ax.legend()
+        plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools)
+
+    train = m.get("train") or {}
+    rounds = train.get("rounds") or []
+    if rounds:
+        def draw_train(ax: Any) -> None:
+            r = [e["round"] for e in rounds]
+            ax.plot(r, [100 * e["test_accuracy"] for e in rounds], "o-", color="tab:blue", label="test accuracy")
+            ax.set_xlabel("round")
+            ax.set_ylabel("test accuracy [%]", color="tab:blue")
+            ax2 = ax.twinx()
+            ax2.plot(r, [e["test_loss"] for e in rounds], "s--", color="tab:red", label="test loss")
+            ax2.set_ylabel("test loss", color="tab:red")
+            ax.set_title(f"Federated training ({train.get('task', '')}, keys: {train.get('key_source', '?')})")
+        plots["Training"] = _fig(run.plot_path("training.png"), draw_train)
+    return plots
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
+    body = ""
+    for r in rows:
+        cells = []
+        for k, _ in cols:
+            v = r.get(k, "")
+            if isinstance(v, float):
+                v = f"{v:.4g}"
+            cells.append(f"<td>{html.escape(str(v))}</td>")
+        body += "<tr>" + "".join(cells) + "</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
+    m = metrics if metrics is not None else run.read_metrics()
+    plots = make_plots(run, m)
+    parts = [f"<h1>labqfl run {html.escape(run.name)}</h1>"]
+    status = m.get("status", "unknown")
+    parts.append(
+        f"<p><span class='badge{' warn' if status != 'complete' else ''}'>status: {html.escape(status)}</span>"
+        f"<span class='badge'>station: {html.escape(str(m.get('station', '?')))}</span>"
+        f"<span class='badge'>key source: {html.escape(str(m.get('key_source', '?')))}</span></p>"
+    )
+    dist = (m.get("distill") or {}).get("pairs") or {}
+    if dist:
+        rows = [{"pair": p, **v} for p, v in sorted(dist.items())]
+        parts.append("<h2>Key distillation</h2>")
+        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted bits"), ("qber_x", "QBER X"),
+                                   ("phase_error_upper", "phase-error bound"), ("leaked_bits", "leaked (EC)"),
+                                   ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
+                                   ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
+    train = m.get("train") or {}
+    if train:
+        parts.append("<h2>Federated training</h2>")
+        parts.append(_table([train], [("task", "task"), ("clients", "clients"), ("q", "q [bits]"),
+                                      ("rounds_run", "rounds"), ("final_test_accuracy", "final test accuracy"),
+                                      ("key_bits_total", "key bits used"), ("upload_bits_per_client", "upload bits/client/round"),
+                                      ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
+    for title, path in plots.items():
+        b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+    parts.append("<p class='muted'>Generated by labqfl from metrics.json; schema in docs/metrics.md.</p>")
+    doc = f"<!doctype html><html><head><meta charset='utf-8'><title>labqfl {html.escape(run.name)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    out = run.path / "report.html"
+    out.write_text(doc, encoding="utf-8")
+    return out

@@ -1,0 +1,281 @@
+"""The Station: every instrument of the testbed by role, real or simulated, behind one object.
+
+``Station(config)`` (or ``Station.open(config)``) builds every role of
+:meth:`StationConfig.roles`:
+
+* roles with ``driver = "sim"`` come from :func:`labqfl.sim_backends.create_simulated_instruments`
+  (called once: all simulated roles share one simulated testbed);
+* other roles name a driver class of :mod:`labqfl.drivers` (the only import of that package in the
+  code base), constructed as ``DriverClass(role, instrument_config)``.
+
+Nothing above the Station knows which kind it holds. Instruments are closed in reverse opening
+order (:meth:`close`, idempotent; also on leaving a ``with`` block). Two roles mapped to the same
+resource are refused, naming both roles. ``visa_library`` values ending in ``@sim`` with a relative
+path are resolved against ``base_dir`` (the station file's folder; the CLI passes it), and
+``"@sim:<file>.yaml"`` names a pyvisa-sim file shipped in ``labqfl/sim_backends/visa/``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+from labqfl.config import InstrumentConfig, StationConfig
+from labqfl.errors import ConfigError, StationError
+from labqfl.instruments.base import Instrument
+from labqfl.instruments.interfaces import (
+    IntensityModulator,
+    PhaseModulator,
+    PhotonDetector,
+    PowerMeter,
+    PulsedLaser,
+    TimeTagger,
+    VariableAttenuator,
+)
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+
+def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:
+    """Interface(s) an instrument must implement to serve ``role``."""
+    if role == "laser":
+        return (PulsedLaser,)
+    if role.endswith(".phase_modulator"):
+        return (PhaseModulator,)
+    if role.endswith(".attenuator"):
+        return (VariableAttenuator, IntensityModulator)
+    if role in ("D0", "D1"):
+        return (PhotonDetector,)
+    if role == "time_tagger":
+        return (TimeTagger,)
+    if role == "power_meter":
+        return (PowerMeter,)
+    raise ConfigError(f"unknown role {role!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Station:
+    """Instruments by role (see the module docstring).
+
+    ``tolerant=True`` keeps going when a role fails to open and records the reason in
+    :attr:`failures` (used by ``labqfl station check``); otherwise the first failure closes what
+    was opened and raises :class:`StationError` naming the role.
+    """
+
+    def __init__(self, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> None:
+        self.config = config
+        self.name = config.name
+        self.base_dir = base_dir
+        self.instruments: dict[str, Instrument] = {}
+        self.failures: dict[str, str] = {}
+        self._closed = False
+        self._check_duplicate_resources()
+        try:
+            self._open_all(tolerant)
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> Station:
+        """Build and open every role; same as ``Station(config, ...)``."""
+        return cls(config, base_dir=base_dir, tolerant=tolerant)
+
+    # -- building -------------------------------------------------------------------------------
+    def _check_duplicate_resources(self) -> None:
+        seen: dict[tuple[str, str], str] = {}
+        for role, ic in self.config.roles().items():
+            if ic.simulated or not ic.resource:
+                continue
+            key = (ic.visa_library or "", ic.resource.strip().upper())
+            if key in seen:
+                raise StationError(
+                    f"roles {seen[key]!r} and {role!r} both use resource {ic.resource!r}"
+                    f"{' via ' + ic.visa_library if ic.visa_library else ''}; give each role its own instrument"
+                )
+            seen[key] = role
+
+    def _open_all(self, tolerant: bool) -> None:
+        roles = self.config.roles()
+        sim_roles = [r for r, ic in roles.items() if ic.simulated]
+        opened: dict[str, Instrument] = {}
+        if sim_roles:
+            try:
+                sims = self._create_simulated()
+                missing = [r for r in sim_roles if r not in sims]
+                for r, inst in sims.items():
+                    if r in sim_roles:
+                        opened[r] = inst
+                    else:  # the factory built a role the config makes real: not ours to keep
+                        inst.close()
+                if missing:
+                    raise StationError(f"the simulator did not build roles {missing}")
+            except Exception as exc:
+                for inst in opened.values():
+                    inst.close()
+                opened.clear()
+                if not tolerant:
+                    raise StationError(f"simulated roles {sim_roles} failed to open: {_one_line(exc)}") from exc
+                for r in sim_roles:
+                    self.failures[r] = _one_line(exc)
+        # keep the config's role order (close() goes in reverse)
+        for role, ic in roles.items():
+            if ic.simulated:
+                if role in opened:
+                    self._add(role, opened[role])
+                continue
+            try:
+                self._add(role, self._open_real(role, ic))
+            except Exception as exc:
+                if not tolerant:
+                    raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}) failed to open: {_one_line(exc)}") from exc
+                self.failures[role] = _one_line(exc)
+                log.info("role %s failed to open: %s", role, exc)
+
+    def _add(self, role: str, inst: Instrument) -> None:
+        want = expected_interfaces(role)
+        if not isinstance(inst, want):
+            inst.close()
+            raise StationError(f"role {role!r} got a {type(inst).__name__}; expected a {' or '.join(w.__name__ for w in want)}")
+        self.instruments[role] = inst
+
+    def _create_simulated(self) -> dict[str, Instrument]:
+        try:
+            from labqfl import sim_backends
+            factory = sim_backends.create_simulated_instruments
+        except (ImportError, AttributeError) as exc:
+            raise StationError("simulated instruments are unavailable: labqfl.sim_backends has no "
+                               "create_simulated_instruments(config)") from exc
+        return dict(factory(self.config))
+
+    def _open_real(self, role: str, ic: InstrumentConfig) -> Instrument:
+        from labqfl.drivers import get_driver, resolve_visa_library
+
+        cls = get_driver(ic.driver)
+        want = expected_interfaces(role)
+        if not issubclass(cls, want):
+            kinds = [b.__name__ for b in cls.__mro__ if b in (PulsedLaser, PhaseModulator, VariableAttenuator, IntensityModulator,
+                                                              PhotonDetector, TimeTagger, PowerMeter)]
+            raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {'/'.join(kinds) or 'different instrument'}; "
+                              f"expected a {' or '.join(w.__name__ for w in want)} driver")
+        resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, self.base_dir) or None})
+        return cls(role, resolved)  # type: ignore[call-arg]
+
+    # -- access ---------------------------------------------------------------------------------
+    def __getitem__(self, role: str) -> Instrument:
+        try:
+            return self.instruments[role]
+        except KeyError:
+            if role in self.failures:
+                raise StationError(f"role {role!r} is not available: {self.failures[role]}") from None
+            raise ConfigError(f"station {self.name!r} has no role {role!r}; roles are {list(self.config.roles())}") from None
+
+    def __contains__(self, role: object) -> bool:
+        return role in self.instruments
+
+    @property
+    def roles(self) -> list[str]:
+        """Roles that opened, in opening order."""
+        return list(self.instruments)
+
+    @property
+    def laser(self) -> PulsedLaser:
+        return cast(PulsedLaser, self["laser"])
+
+    def phase_modulator(self, client: str) -> PhaseModulator:
+        return cast(PhaseModulator, self[f"{client}.phase_modulator"])
+
+    def attenuator(self, client: str) -> VariableAttenuator | IntensityModulator:
+        return cast(VariableAttenuator | IntensityModulator, self[f"{client}.attenuator"])
+
+    def detector(self, name: str) -> PhotonDetector:
+        if name not in ("D0", "D1"):
+            raise ConfigError(f"no detector {name!r}; detectors are 'D0' and 'D1'")
+        return cast(PhotonDetector, self[name])
+
+    @property
+    def time_tagger(self) -> TimeTagger:
+        return cast(TimeTagger, self["time_tagger"])
+
+    @property
+    def power_meter(self) -> PowerMeter:
+        return cast(PowerMeter, self["power_meter"])
+
+    # -- records, checks, shutdown ------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """All settings of every role with units, for run records (JSON-serialisable)."""
+        roles: dict[str, Any] = {}
+        for role, ic in self.config.roles().items():
+            entry: dict[str, Any] = {"driver": ic.driver, "resource": ic.resource, "simulated": ic.simulated}
+            if role in self.instruments:
+                try:
+                    entry.update(self.instruments[role].snapshot())
+                except Exception as exc:
+                    entry["error"] = _one_line(exc)
+            else:
+                entry["error"] = self.failures.get(role, "not open")
+            roles[role] = entry
+        return {"station": self.name, "roles": roles}
+
+    def check(self) -> dict[str, Any]:
+        """Identity and status per role: ``{"station", "ok", "roles": {role: {...}}}``."""
+        roles: dict[str, Any] = {}
+        for role, ic in self.config.roles().items():
+            entry: dict[str, Any] = {"ok": False, "driver": ic.driver, "resource": ic.resource, "identity": None}
+            inst = self.instruments.get(role)
+            if inst is None:
+                entry["error"] = self.failures.get(role, "not open")
+            else:
+                try:
+                    entry["identity"] = inst.identity()
+                    entry["status"] = inst.status()
+                    entry["ok"] = True
+                except Exception as exc:
+                    entry["error"] = _one_line(exc)
+            roles[role] = entry
+        return {"station": self.name, "ok": all(r["ok"] for r in roles.values()), "roles": roles}
+
+    def safe_state(self) -> dict[str, str]:
+        """Every instrument to its safe state (reverse order); returns ``{role: error}`` of failures."""
+        failed: dict[str, str] = {}
+        for role in reversed(list(self.instruments)):
+            try:
+                self.instruments[role].safe_state()
+            except Exception as exc:
+                failed[role] = _one_line(exc)
+                log.error("role %s: safe_state failed: %s", role, exc)
+        return failed
+
+    def close(self) -> None:
+        """Safe state and release every instrument, in reverse opening order. Idempotent."""
+        if self._closed:
+            return
+        for role in reversed(list(self.instruments)):
+            try:
+                self.instruments[role].close()
+            except Exception as exc:  # keep closing the others
+                log.error("role %s: close failed: %s", role, exc)
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Station:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            self.safe_state()
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
+
+
+__all__ = ["Station", "expected_interfaces"]

@@ -1,0 +1,72 @@
+"""KeysightN7764A: real driver class against its pyvisa-sim device and a protocol fake."""
+
+from __future__ import annotations
+
+import pytest
+from labqfl.drivers.keysight_n7764a import KeysightN7764A
+from pymeasure.test import expected_protocol
+
+from labqfl.config import AttenuatorConfig
+from labqfl.errors import InstrumentQueueError, InstrumentTimeout
+
+RES = "TCPIP0::10.0.0.21::inst0::INSTR"
+
+
+@pytest.fixture
+def voa(sim_library):  # type: ignore[no-untyped-def]
+    cfg = AttenuatorConfig(driver="KeysightN7764A", resource=RES, visa_library=sim_library("keysight_n7764a.yaml"),
+                           timeout_ms=150, max_attenuation_db=60.0, options={"max_db": 60.0})
+    d = KeysightN7764A("C1.attenuator", cfg)
+    yield d
+    d.close()
+
+
+def test_n7764a_identity_settings_and_ranges(voa: KeysightN7764A) -> None:
+    assert "N7764A" in voa.identity()
+    voa.attenuation_db, voa.shutter_closed, voa.wavelength_nm = 33.25, False, 1310.0
+    assert voa.attenuation_db == 33.25 and voa.shutter_closed is False
+    assert voa.wavelength_nm == pytest.approx(1310.0)
+    for name, bad in [("attenuation_db", -0.1), ("attenuation_db", 61), ("wavelength_nm", 1000), ("shutter_closed", "x")]:
+        with pytest.raises(ValueError, match=name):
+            setattr(voa, name, bad)
+    voa.safe_state()
+    assert voa.shutter_closed is True
+
+
+def test_n7764a_device_limit_reaches_error_queue(voa: KeysightN7764A) -> None:
+    # the station allows 60 dB but the (simulated) unit stops at 45 dB: its error queue says so
+    with pytest.raises(InstrumentQueueError, match=r"Command error.*C1.attenuator.*:INP1:ATT 50.000"):
+        voa.attenuation_db = 50
+    assert voa.attenuation_db == 10.0
+    with pytest.raises(InstrumentTimeout):
+        voa.link.query(":INP1:NOPE?")
+
+
+def test_n7764a_two_threads(voa: KeysightN7764A, threads) -> None:  # type: ignore[no-untyped-def]
+    def work(i: int) -> None:
+        for _k in range(25):
+            voa.attenuation_db = 5.0 * (i + 1)
+            assert voa.attenuation_db in (5.0, 10.0)
+            voa.shutter_closed = bool(i)
+    threads(work)
+
+
+def test_n7764a_exact_protocol() -> None:
+    cfg = AttenuatorConfig(driver="KeysightN7764A", resource=RES, options={"channel": 3})
+    ok = (b"SYST:ERR?", b'+0,"No error"')
+    with expected_protocol(lambda a: KeysightN7764A("C1.attenuator", cfg, adapter=a), [
+        (b"*IDN?", b"Keysight Technologies,N7764A,X,1"),
+        (b":INP3:ATT 12.500", None), ok,
+        (b":OUTP3:STAT 1", None), ok,
+        (b":INP3:WAV 1.550000e-06", None), ok,
+        (b":INP3:ATT?", b"+12.500"), (b":OUTP3:STAT?", b"1"), (b":INP3:WAV?", b"+1.55000000E-006"),
+        (b":INP3:ATT 45.000", None), (b"SYST:ERR?", b'-222,"Data out of range"'), (b"SYST:ERR?", b'+0,"No error"'),
+        (b":OUTP3:STAT 0", None), ok,
+    ]) as d:
+        d.attenuation_db, d.shutter_closed, d.wavelength_nm = 12.5, False, 1550
+        assert (d.attenuation_db, d.shutter_closed) == (12.5, False)
+        assert d.wavelength_nm == pytest.approx(1550.0)
+        with pytest.raises(InstrumentQueueError, match="Data out of range"):
+            d.attenuation_db = 45
+        d.close()
+        d.close()

@@ -1,0 +1,124 @@
+"""Station: building roles, typed access, snapshot, check, safe state, close order, refusals."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from labqfl.config import load_station_config
+from labqfl.errors import ConfigError, StationError
+from labqfl.instruments import (
+    PhaseModulator,
+    PhotonDetector,
+    PowerMeter,
+    PulsedLaser,
+    TimeTagger,
+    VariableAttenuator,
+)
+from labqfl.station import Station
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
+
+
+def test_station_all_real_drivers(all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_station_config(all_real_station_file)
+    with Station.open(cfg, base_dir=all_real_station_file.parent) as st:
+        assert st.roles == list(cfg.roles())
+        assert isinstance(st.laser, PulsedLaser) and isinstance(st.power_meter, PowerMeter)
+        assert isinstance(st.phase_modulator("C2"), PhaseModulator)
+        assert isinstance(st.attenuator("C4"), VariableAttenuator)
+        assert isinstance(st.detector("D1"), PhotonDetector) and isinstance(st.time_tagger, TimeTagger)
+        st.laser.output_enabled = True
+        st.attenuator("C1").attenuation_db = 7.5
+        snap = st.snapshot()
+        json.dumps(snap)
+        assert snap["roles"]["C1.attenuator"]["settings"]["attenuation_db"] == {"value": 7.5, "unit": "dB"}
+        assert snap["roles"]["laser"]["settings"]["output_enabled"]["value"] is True
+        rep = st.check()
+        assert rep["ok"] and set(rep["roles"]) == set(cfg.roles())
+        assert st.safe_state() == {}
+        assert st.laser.output_enabled is False and st.attenuator("C1").shutter_closed is True
+        with pytest.raises(ConfigError, match="no detector"):
+            st.detector("D2")
+        with pytest.raises(ConfigError, match="no role"):
+            st["C9.attenuator"]
+        inst = list(st.instruments.values())
+    assert st.closed and all(i.closed for i in inst)
+    st.close()  # idempotent
+
+
+def test_station_closes_in_reverse_order(all_real_station_file: Path, fake_timetagger_sdk, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    st = Station(load_station_config(all_real_station_file))
+    order: list[str] = []
+    for role, inst in st.instruments.items():
+        orig = inst.close
+        monkeypatch.setattr(inst, "close", lambda r=role, o=orig: (order.append(r), o()))
+    st.close()
+    assert order == list(reversed(st.roles))
+
+
+def test_station_refuses_two_roles_on_one_resource(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8").replace('resource = "ASRL2::INSTR"', 'resource = "ASRL1::INSTR"')
+    p = tmp_path / "dup.toml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(StationError, match="roles 'D0' and 'D1' both use resource 'ASRL1::INSTR'"):
+        Station(load_station_config(p))
+
+
+def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    base = all_real_station_file.read_text(encoding="utf-8")
+    p = tmp_path / "bad.toml"
+    p.write_text(base.replace('driver = "ThorlabsPRO8000"', 'driver = "ThorlabsPM100USB"', 1), encoding="utf-8")
+    st = Station(load_station_config(p), tolerant=True)
+    try:
+        assert "expected a PulsedLaser driver" in st.failures["laser"]
+        with pytest.raises(StationError, match="role 'laser' is not available"):
+            _ = st.laser
+    finally:
+        st.close()
+    p.write_text(base.replace('driver = "KeysightN7764A"', 'driver = "AcmeVOA9000"', 1), encoding="utf-8")
+    with pytest.raises(StationError, match=r"role 'C1.attenuator'.*unknown driver 'AcmeVOA9000'"):
+        Station(load_station_config(p))
+
+
+def test_station_failure_closes_opened_roles(tmp_path: Path, all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    text = all_real_station_file.read_text(encoding="utf-8").replace('resource = "ASRL2::INSTR"', 'resource = "ASRL7::INSTR"')
+    p = tmp_path / "missing.toml"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(StationError, match=r"role 'D1'.*ASRL7::INSTR"):
+        Station(load_station_config(p))
+    # everything opened before D1 was released again: the same resources open fine now
+    st = Station(load_station_config(p), tolerant=True)
+    assert "D0" in st and "D1" in st.failures
+    st.close()
+
+
+def test_station_relative_sim_path_resolved_against_station_file(tmp_path: Path) -> None:
+    yaml_src = ROOT / "sim_backends" / "visa" / "keysight_n7764a.yaml"
+    (tmp_path / "devs").mkdir()
+    (tmp_path / "devs" / "voa.yaml").write_text(yaml_src.read_text(encoding="utf-8"), encoding="utf-8")
+    text = EXAMPLE.read_text(encoding="utf-8").replace('visa_library = "@sim:keysight_n7764a.yaml"',
+                                                      'visa_library = "devs/voa.yaml@sim"')
+    p = tmp_path / "rel.toml"
+    p.write_text(text, encoding="utf-8")
+    st = Station(load_station_config(p), base_dir=p.parent, tolerant=True)
+    try:
+        assert all(f"C{k}.attenuator" in st for k in range(1, 5))
+    finally:
+        st.close()
+
+
+def test_only_the_station_imports_drivers() -> None:
+    pattern = re.compile(r"^\s*(from\s+labqfl\.drivers\b|import\s+labqfl\.drivers\b|from\s+labqfl\s+import\s+.*\bdrivers\b)", re.M)
+    offenders = []
+    for folder in ("labqfl", "sim_backends", "calibration", "gui"):
+        for f in (ROOT / folder).rglob("*.py"):
+            if f == ROOT / "labqfl" / "station.py":
+                continue
+            if pattern.search(f.read_text(encoding="utf-8", errors="replace")):
+                offenders.append(str(f.relative_to(ROOT)))
+    assert offenders == [], f"only labqfl/station.py may import labqfl.drivers; also found in {offenders}"
