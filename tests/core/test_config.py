@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from labqfl.config import load_station_config, parse_station_config
+import tomllib
+
+from labqfl.config import default_station_text, load_station_config, parse_station_config
 from labqfl.errors import ConfigError
+from labqfl.runs import dump_toml
 
 
 def test_embedded_default_is_simulated_four_client_sagnac():
@@ -29,28 +32,52 @@ def test_roles_cover_every_instrument():
         cfg.role("D2")
 
 
-def test_good_file_round_trips(station_file):
-    cfg = load_station_config(station_file({"visibility = 0.99": "visibility = 0.975"}))
+def test_good_file_round_trips(tmp_path):
+    data = tomllib.loads(default_station_text())
+    data["loop"]["visibility"] = 0.975
+    p = tmp_path / "good.toml"
+    p.write_text(dump_toml(data), encoding="utf-8")
+    cfg = load_station_config(p)
     assert cfg.loop.visibility == 0.975
+    assert cfg.model_dump(exclude={"loop"}) == load_station_config().model_dump(exclude={"loop"})
+
+
+def _edit(data: dict, path: str, value) -> None:
+    """Set ``a.b.0.c`` in a nested dict/list; value ``DELETE`` removes the key."""
+    *head, last = path.split(".")
+    node = data
+    for part in head:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if value == "DELETE":
+        del node[last]
+    elif isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
 
 
 @pytest.mark.parametrize(
-    ("edit", "expect"),
+    ("edits", "expect"),
     [
-        ({"visibility = 0.99": "visibility = 1.5"}, r"field 'loop\.visibility'.*less than or equal to 1.*got 1\.5"),
-        ({"efficiency = 0.8 ": "efficiency = -0.1 "}, r"field 'detectors\.D0\.efficiency'.*got -0\.1"),
-        ({"rep_rate_hz = 100e6": 'rep_rate_hz = "fast"'}, r"field 'laser\.rep_rate_hz'.*got 'fast'"),
-        ({"intensity_probs = [0.8, 0.1, 0.1]": "intensity_probs = [0.8, 0.1, 0.2]"}, r"clients\.0.*sum to 1"),
-        ({"intensity_probs = [0.8, 0.1, 0.1]": "intensity_probs = [0.9, 0.1]"}, r"one probability per intensity"),
-        ({'name = "C2"': 'name = "C1"'}, r"client names must be unique"),
-        ({"[2.0, 2.0, 2.0, 2.0, 2.0]": "[2.0, 2.0]"}, r"segments_km has 2 entries; expected 5"),
-        ({"sync_channel = 1": "sync_channel = 2"}, r"channels must be distinct"),
-        ({"dead_time_ns = 30.0": "dead_tme_ns = 30.0"}, r"field 'detectors\.D0\.dead_tme_ns': unknown field"),
-        ({'[detectors.D0]\ndriver = "sim"': '[detectors.D0]\ndriver = "IDQuantiqueID120"'}, r"needs a 'resource'"),
+        ({"loop.visibility": 1.5}, r"field 'loop\.visibility'.*less than or equal to 1.*got 1\.5"),
+        ({"detectors.D0.efficiency": -0.1}, r"field 'detectors\.D0\.efficiency'.*got -0\.1"),
+        ({"laser.rep_rate_hz": "fast"}, r"field 'laser\.rep_rate_hz'.*got 'fast'"),
+        ({"clients.0.intensity_probs": [0.8, 0.1, 0.2]}, r"clients\.0.*sum to 1"),
+        ({"clients.0.intensity_probs": [0.9, 0.1]}, r"one probability per intensity"),
+        ({"clients.1.name": "C1"}, r"client names must be unique"),
+        ({"loop.segments_km": [2.0, 2.0]}, r"segments_km has 2 entries; expected 5"),
+        ({"time_tagger.sync_channel": 2}, r"channels must be distinct"),
+        ({"detectors.D0.dead_tme_ns": 30.0}, r"field 'detectors\.D0\.dead_tme_ns': unknown field"),
+        ({"detectors.D0.driver": "IDQuantiqueID120"}, r"needs a 'resource'"),
+        ({"clients.2.seed": "DELETE"}, r"field 'clients\.2\.seed': Field required"),
     ],
 )
-def test_bad_field_gives_one_line_naming_file_field_and_value(station_file, edit, expect):
-    path = station_file(edit)
+def test_bad_field_gives_one_line_naming_file_field_and_value(tmp_path, edits, expect):
+    data = tomllib.loads(default_station_text())
+    for path, value in edits.items():
+        _edit(data, path, value)
+    path = tmp_path / "station.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
     with pytest.raises(ConfigError, match=expect) as info:
         load_station_config(path)
     msg = str(info.value)
