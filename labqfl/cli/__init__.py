@@ -14,6 +14,11 @@ from labqfl.log import set_verbosity
 COMMAND_MODULES: list[str] = [
     "station",
     "bench",
+    "keyrate",
+    "keys",
+    "acquire",
+    "distill",
+    "train",
 ]
 
 app = typer.Typer(

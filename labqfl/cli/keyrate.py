@@ -1,0 +1,190 @@
+"""``labqfl keyrate``: predicted gains, error rates, phase-error bound and secure key rate per pair.
+
+The prediction is the security analysis of docs/protocol.md (CAL19 protocol, CL21-style finite
+key) applied to the expected counts of the analytical station model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
+from labqfl.config import StationConfig, load_station_config
+from labqfl.qkd.keyrate import (
+    KeyRatePrediction,
+    optimize_pair,
+    predict_pair,
+    station_pair_channel,
+)
+from labqfl.qkd.types import split_pair
+
+#: Block sizes [slots per pair] of the key-rate-versus-block-size plot.
+BLOCK_SWEEP = (1e8, 3e8, 1e9, 3e9, 1e10, 3e10, 1e11, 1e12, 1e13)
+
+
+def parse_loss_spec(spec: str | None) -> list[float]:
+    """'' → [0]; '3' → [3]; '0,5,10' → list; '0:30:5' → 0, 5, …, 30 (inclusive) [dB]."""
+    if spec is None or not spec.strip():
+        return [0.0]
+    s = spec.strip()
+    try:
+        if ":" in s:
+            parts = [float(x) for x in s.split(":")]
+            if len(parts) != 3 or parts[2] <= 0 or parts[1] < parts[0]:
+                raise ValueError
+            n = int(math.floor((parts[1] - parts[0]) / parts[2] + 1e-9)) + 1
+            vals = [parts[0] + k * parts[2] for k in range(n)]
+        else:
+            vals = [float(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(
+            f"--loss-db {spec!r} is not a loss specification; expected a value '3', a list '0,5,10' "
+            "or a range 'start:stop:step' in dB"
+        ) from None
+    if not vals or any(v < 0 or not math.isfinite(v) for v in vals):
+        raise ValueError(f"--loss-db {spec!r}: losses must be finite and >= 0 dB")
+    if len(vals) > 200:
+        raise ValueError(f"--loss-db {spec!r} gives {len(vals)} points; at most 200 allowed")
+    return vals
+
+
+def _select_pairs(cfg: StationConfig, pair: str | None) -> list[tuple[str, str]]:
+    scheduled = cfg.pairs()
+    if pair is None:
+        return scheduled
+    try:
+        a, b = split_pair(pair)
+    except ValueError:
+        raise ValueError(f"--pair {pair!r} is not of the form 'Ci-Cj'") from None
+    for pr in scheduled:
+        if {a, b} == set(pr):
+            return [pr]
+    raise ValueError(f"--pair {pair!r} is not a scheduled pair; scheduled pairs: "
+                     + ", ".join(f"{x}-{y}" for x, y in scheduled))
+
+
+def _row(pred: KeyRatePrediction, loss: float, optimized: bool) -> dict[str, Any]:
+    d = pred.as_dict()
+    d["extra_loss_db"] = loss
+    d["optimized"] = optimized
+    return d
+
+
+def _plot(path: Path, results: list[dict[str, Any]], sweep: str, block: float, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pairs = list(dict.fromkeys(r["pair"] for r in results))
+    for k, pr in enumerate(pairs):
+        rows = [r for r in results if r["pair"] == pr]
+        x = [r["extra_loss_db"] if sweep == "loss" else r["n_slots"] for r in rows]
+        y = [max(r["bits_per_second"], 0.0) for r in rows]
+        ya = [max(r["asymptotic_bits_per_second"], 0.0) for r in rows]
+        color = f"C{k % 10}"
+        ax.plot(x, np.where(np.array(y) > 0, y, np.nan), "o-", color=color, label=f"{pr} (N = {block:.0e})" if sweep == "loss" else pr)
+        ax.plot(x, np.where(np.array(ya) > 0, ya, np.nan), "--", color=color, alpha=0.6,
+                label=f"{pr} asymptotic" if k == 0 else None)
+    ax.set_yscale("log")
+    if sweep == "loss":
+        ax.set_xlabel("extra loss per arm [dB]")
+    else:
+        ax.set_xscale("log")
+        ax.set_xlabel("block size [slots per pair]")
+    ax.axhline(32.8e3, color="grey", lw=0.8, ls=":", label="32.8 kbit/s")
+    ax.set_ylabel("secure key rate per pair [bit/s]")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("keyrate")
+    @handle_errors
+    def keyrate(
+        config: Path | None = CONFIG_OPTION,
+        pair: str | None = typer.Option(None, "--pair", help="Only this pair, e.g. C1-C4 (default: all scheduled pairs)."),
+        block_size: float = typer.Option(1e10, "--block-size", "-n", help="Block size N in slots of the pair (finite-key analysis)."),
+        loss_db: str | None = typer.Option(
+            None, "--loss-db",
+            help="Extra loss added to BOTH arms [dB]: a value '3', a list '0,5,10' or a range 'start:stop:step'.",
+        ),
+        optimize: bool = typer.Option(False, "--optimize", help="Optimise intensities and probabilities per pair and point (~20 s each)."),
+        plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: key rate vs loss (loss sweep) or vs block size.", dir_okay=False),
+        ec_efficiency: float = typer.Option(1.1, "--ec-efficiency", help="Error-correction efficiency f (leak = f·n·h(Q))."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
+        if not (block_size >= 1 and math.isfinite(block_size)):
+            raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+        if not 1.0 <= ec_efficiency <= 2.0:
+            raise fail(f"--ec-efficiency must lie in [1, 2], got {ec_efficiency}")
+        if plot is not None and plot.suffix.lower() != ".png":
+            raise fail(f"--plot {str(plot)!r}: expected a .png file name")
+        cfg = load_station_config(config)
+        try:
+            losses = parse_loss_spec(loss_db)
+            pairs = _select_pairs(cfg, pair)
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        n_pairs = len(cfg.pairs())
+        rep = cfg.laser.rep_rate_hz
+        sweep = "loss" if len(losses) > 1 else "block"
+        points: list[tuple[tuple[str, str], float, float]] = [(pr, L, block_size) for pr in pairs for L in losses]
+        if plot is not None and sweep == "block":
+            points += [(pr, losses[0], n) for pr in pairs for n in BLOCK_SWEEP if n != block_size]
+        results: list[dict[str, Any]] = []
+        with progress_bar(enabled=not as_json and len(points) > 1) as prog:
+            task = prog.add_task("key rate", total=len(points))
+            for pr, L, n in points:
+                ch = station_pair_channel(cfg, pr, L)
+                if optimize:
+                    pred = optimize_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency).prediction
+                else:
+                    pred = predict_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency)
+                results.append(_row(pred, L, optimize))
+                prog.advance(task)
+        main = [r for r in results if r["n_slots"] == block_size]
+        data = {
+            "station": cfg.name, "block_size": block_size, "n_pairs": n_pairs, "rep_rate_hz": rep,
+            "ec_efficiency": ec_efficiency, "protocol": "CAL19 (npj QI 5, 64) + finite key CL21 (npj QI 7, 22); docs/protocol.md",
+            "results": main,
+        }
+        if plot is not None:
+            rows = results if sweep == "block" else main
+            rows = sorted(rows, key=lambda r: (r["pair"], r["n_slots"], r["extra_loss_db"]))
+            _plot(plot, rows, sweep, block_size, f"{cfg.name}: {n_pairs} pairs, {rep / 1e6:g} MHz"
+                  + (" (optimised)" if optimize else ""))
+            data["plot"] = str(plot)
+
+        def render(con) -> None:  # type: ignore[no-untyped-def]
+            con.print(f"[bold]{cfg.name}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
+                      f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)")
+            t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
+                      "asym.", title="secure key rate per pair (bit/s include the 1/P time share)")
+            for r in main:
+                t.add_row(
+                    r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
+                    f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
+                    f"{r['qber_key']:.3f}", f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
+                    f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
+                )
+            con.print(t)
+            for r in main:
+                if r["abort"]:
+                    con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")
+            if plot is not None:
+                con.print(f"plot written to {plot}")
+
+        emit(data, as_json, render)

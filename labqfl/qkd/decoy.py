@@ -1,0 +1,208 @@
+"""Decoy-state bounds for the four-phase testbed and the Curty–Azuma–Lo phase-error bound.
+
+Notation (docs/protocol.md §4):
+
+* ``Y_nm`` — yield of the Fock state |n⟩_i|m⟩_j: probability that the node announces a click
+  (outcome 1, 2 or 3) when client i sends n photons and client j sends m photons. Eve's
+  measurement does not depend on the setting, so the same Y_nm govern test and key rounds.
+* Test rounds are randomised over only the **four phases** a·π/2. Averaged uniformly over the four
+  phases (labqfl reweights the announced basis cells to a uniform average, see
+  :mod:`labqfl.qkd.estimation`), a coherent state of mean photon number μ becomes
+
+      ρ_μ = Σ_{r=0..3} P_r(μ) |λ_r(μ)⟩⟨λ_r(μ)|,   P_r(μ) = Σ_{n ≡ r (mod 4)} e^(−μ) μⁿ/n!,
+
+  with |λ_r(μ)⟩ ∝ Σ_{n ≡ r (mod 4)} μ^(n/2)/√n! |n⟩ ("pseudo-Fock" states, Cao et al., PRA 92,
+  042325 (2015); Currás-Lorenzo, Wooltorton, Razavi, PRApplied 15, 014016 (2021)). They are not
+  Fock states: |λ_r⟩ = √(1−T_r)|r⟩ + √T_r|rest⟩ with T_r(μ) = 1 − p_r(μ)/P_r(μ) ≈ μ⁴/((r+4)!/r!).
+  labqfl does **not** approximate them by Fock states. For any 0 ≤ M ≤ 1 and a product state
+  |ψ⟩ = √(1−T)|rs⟩ + √T|φ⟩ (|φ⟩ ⊥ |rs⟩), Cauchy–Schwarz gives
+  |⟨ψ|M|ψ⟩ − Y_rs| ≤ T + 2√(T·Y_rs) ≤ T(1 + 1/c) + c·Y_rs for every c > 0 (and ≤ T + 2√T),
+  so each measured gain constrains the true Fock yields linearly with a rigorous slack
+  (several choices of c per term at once, see ``SLACK_GUESSES_*``). This is labqfl's own bound; it reduces to the usual decoy constraints
+  when T → 0 (continuous phase randomisation).
+
+* Phase-error bound (Curty, Azuma, Lo, npj Quantum Inf. 5, 64 (2019), Eq. (5)–(7); its finite
+  version, Currás-Lorenzo et al., npj Quantum Inf. 7, 22 (2021)): in a key round both clients
+  send |±√μ⟩; in the virtual protocol the ancilla Z-values equal the photon-number parities, and a
+  phase error is a click with *equal* parities. With Poisson weights p_n(μ) and M ≥ 0,
+
+      Pr[click ∧ phase error | key setting] ≤ Σ_{par ∈ {even, odd}} ( Σ_{n,m ≡ par} √(p_n(μ_i) p_m(μ_j) Y_nm) )²,
+
+  summed over both announcements: per-detector yields are replaced by the total click yield,
+  which is valid by the triangle inequality in ℝ² (Σ_j (Σ w√Y^j)² ≤ (Σ w√(ΣY^j))²) and tight
+  for a symmetric splitter. The function is concave in Y, so for coherent attacks the bound
+  holds for the slot-averaged yields Ȳ = (1/N)Σ_t Y^(t) (Jensen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linprog
+
+#: Number of test-round phases (a·π/2, a = 0..3).
+N_PHASES = 4
+#: Guesses g of the yields used to pick the AM–GM constant c = √(T/g) of each term of (P4):
+#: g for the vacuum-vacuum yield Y_00 (dark counts) and for all other yields. Every choice gives a
+#: valid constraint; all combinations are imposed and the LP uses the tightest.
+SLACK_GUESSES_VACUUM: tuple[float, ...] = (1e-7, 1e-5, 1e-3)
+SLACK_GUESSES_OTHER: tuple[float, ...] = (3e-3, 0.03, 0.3)
+#: Photon-number cut-off for the Poisson sums of the phase-error bound (tail bounded by Y ≤ 1).
+N_MAX_FOCK = 40
+
+
+def poisson_pmf(mu: float, n_max: int = N_MAX_FOCK) -> np.ndarray:
+    """p_n(μ) = e^(−μ) μⁿ/n!, n = 0..n_max (float64)."""
+    n = np.arange(n_max + 1, dtype=float)
+    if mu <= 0:
+        out = np.zeros(n_max + 1)
+        out[0] = 1.0
+        return out
+    logp = -mu + n * math.log(mu) - np.array([math.lgamma(k + 1.0) for k in range(n_max + 1)])
+    return np.exp(logp)
+
+
+def pseudo_fock(mu: float, n_phases: int = N_PHASES) -> tuple[np.ndarray, np.ndarray]:
+    """(P_r, T_r), r = 0..n_phases−1, of a coherent state averaged over n_phases uniform phases.
+
+    P_r: probability of the pseudo-Fock state |λ_r(μ)⟩; T_r: its weight outside |r⟩
+    (1 − |⟨r|λ_r⟩|²). Shapes (n_phases,).
+    """
+    p = poisson_pmf(mu, N_MAX_FOCK + n_phases)
+    P = np.array([p[r::n_phases].sum() for r in range(n_phases)])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        T = np.where(P > 0, 1.0 - p[:n_phases] / np.where(P > 0, P, 1.0), 0.0)
+    return P, np.clip(T, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DecoyBounds:
+    """Result of the decoy linear programs.
+
+    ``y_upper``/``y_lower``: bounds on the slot-averaged Fock yields Ȳ_rs, r, s = 0..3,
+    shape (4, 4). ``feasible``: False if the measured gains are inconsistent with any yields
+    (then ``y_upper`` is all ones and ``y_lower`` all zeros: the most conservative choice).
+    """
+
+    y_upper: np.ndarray
+    y_lower: np.ndarray
+    feasible: bool
+
+
+def _constraint_rows(
+    mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Linear constraints A·y ≤ b on y = vec(Ȳ_rs) (16 entries) from the gain bounds."""
+    rows: list[np.ndarray] = []
+    rhs: list[float] = []
+    R = N_PHASES
+    for k, mk in enumerate(mu_i):
+        Pi, Ti = pseudo_fock(mk)
+        for l_, ml in enumerate(mu_j):
+            Pj, Tj = pseudo_fock(ml)
+            W = np.outer(Pi, Pj).ravel()  # P_r(μ_k) P_s(μ_l)
+            T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
+            qL, qU = float(gain_lower[k, l_]), float(gain_upper[k, l_])
+            scale = 1.0 / max(qU, 1e-12)  # rows normalised so the LP tolerance is relative
+            exact = bool(np.all(T <= 0.0))
+            # constant slack T + 2√T (uses Y ≤ 1), then per-term AM–GM slacks c_rs = √(T_rs/g_rs)
+            variants: list[tuple[np.ndarray, np.ndarray, float]] = []
+            const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
+            variants.append((W, W, const0))
+            if not exact:
+                for gv in SLACK_GUESSES_VACUUM:
+                    for go in SLACK_GUESSES_OTHER:
+                        g = np.full(R * R, go)
+                        g[0] = gv
+                        with np.errstate(divide="ignore", invalid="ignore"):
+                            c = np.where(T > 0, np.sqrt(T / g), 0.0)
+                            extra = np.where(T > 0, T * (1.0 + 1.0 / np.where(c > 0, c, 1.0)), 0.0)
+                        variants.append((W * (1.0 - c), W * (1.0 + c), float(np.sum(W * extra))))
+            for wu, wl, const in variants:
+                # Σ W(1−c)Y − const ≤ qU      and      Σ W(1+c)Y + const ≥ qL
+                rows.append(wu * scale)
+                rhs.append((qU + const) * scale)
+                rows.append(-wl * scale)
+                rhs.append((-qL + const) * scale)
+    A = np.array(rows).reshape(-1, R * R)
+    return A, np.array(rhs)
+
+
+def decoy_yield_bounds(
+    mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+    targets: Sequence[tuple[int, int]] | None = None, lower: bool = True,
+) -> DecoyBounds:
+    """Bound the Fock yields Ȳ_rs (r, s ≤ 3) from bounds on the slot-averaged gains.
+
+    Parameters
+    ----------
+    mu_i, mu_j: mean photon numbers of the intensity settings of Ci and Cj (leaving the client).
+    gain_lower, gain_upper: shape (K_i, K_j); bounds on Q̄_kl = probability of a click per slot
+        given intensities (k, l) and phases uniformly random over the four values.
+    targets: (r, s) pairs to bound (default: all 16); others get [0, 1].
+    lower: also compute lower bounds (else ``y_lower`` is all zeros).
+
+    One linear program per bound (scipy HiGHS). A small relative margin (1e-7) is added to
+    protect the bounds against solver tolerance.
+    """
+    R = N_PHASES
+    A, b = _constraint_rows(mu_i, mu_j, np.asarray(gain_lower, float), np.asarray(gain_upper, float))
+    up = np.ones((R, R))
+    lo = np.zeros((R, R))
+    tgt = [(r, s) for r in range(R) for s in range(R)] if targets is None else list(targets)
+    bounds = [(0.0, 1.0)] * (R * R)
+    for r, s in tgt:
+        c = np.zeros(R * R)
+        c[r * R + s] = -1.0
+        res = linprog(c, A_ub=A, b_ub=b, bounds=bounds, method="highs")
+        if res.status == 2:  # infeasible
+            return DecoyBounds(np.ones((R, R)), np.zeros((R, R)), False)
+        if res.status == 0:
+            up[r, s] = min(1.0, -res.fun * (1 + 1e-7) + 1e-12)
+        if not lower:
+            continue
+        res = linprog(-c, A_ub=A, b_ub=b, bounds=bounds, method="highs")
+        if res.status == 0:
+            lo[r, s] = max(0.0, res.fun * (1 - 1e-7) - 1e-12)
+    return DecoyBounds(up, lo, True)
+
+
+#: (r, s) yields that enter the phase-error bound with n, m ≤ 3 (equal parities).
+PHASE_ERROR_TARGETS: tuple[tuple[int, int], ...] = tuple(
+    (r, s) for r in range(N_PHASES) for s in range(N_PHASES) if (r - s) % 2 == 0
+)
+
+
+def phase_error_probability_bound(mu_i: float, mu_j: float, y_upper: np.ndarray) -> float:
+    """Upper bound on Pr[click ∧ phase error] per key-setting slot (CAL19 Eq. (7), see module doc).
+
+    ``y_upper``: square array of upper bounds on Ȳ_nm (n, m < y_upper.shape[0], usually 4 from
+    the decoy LPs; a larger exact matrix gives the ideal-decoy value); yields beyond it are
+    bounded by 1. Poisson sums run to n = N_MAX_FOCK.
+    """
+    pi, pj = poisson_pmf(mu_i), poisson_pmf(mu_j)
+    Y = np.ones((pi.size, pj.size))
+    R = min(y_upper.shape[0], pi.size)
+    Y[:R, :R] = np.clip(np.asarray(y_upper, dtype=float)[:R, :R], 0.0, 1.0)
+    amp = np.sqrt(np.outer(pi, pj) * Y)
+    par_i = np.arange(pi.size) % 2
+    par_j = np.arange(pj.size) % 2
+    total = 0.0
+    for par in (0, 1):
+        total += float(amp[np.ix_(par_i == par, par_j == par)].sum()) ** 2
+    return total
+
+
+def ideal_fock_yields(eta_i: float, eta_j: float, p_dark_total: float = 0.0, n_max: int = N_MAX_FOCK) -> np.ndarray:
+    """Exact Fock yields of a lossy channel with threshold detectors (the "infinite decoy" limit).
+
+    Y_nm = 1 − (1 − p_dark_total)(1 − η_i)ⁿ(1 − η_j)ᵐ: no click iff every photon is lost and no
+    dark count — exact for phase-randomised Fock inputs when both detectors have the same
+    efficiency (η_i, η_j include it). ``p_dark_total``: probability of ≥ 1 dark click per slot.
+    Shape (n_max+1, n_max+1).
+    """
+    n = np.arange(n_max + 1, dtype=float)
+    return 1.0 - (1.0 - p_dark_total) * np.outer((1.0 - eta_i) ** n, (1.0 - eta_j) ** n)

@@ -1,0 +1,278 @@
+"""Parameter estimation and secure key length of one block (docs/protocol.md §4–§6).
+
+Protocol: Curty–Azuma–Lo TF-type QKD (npj Quantum Inf. 5, 64 (2019), "CAL19") with the
+finite-key analysis of Currás-Lorenzo et al. (npj Quantum Inf. 7, 22 (2021), "CL21"), adapted to
+labqfl's four-phase testbed (test rounds randomised over a·π/2, handled rigorously with the
+pseudo-Fock slack of :mod:`labqfl.qkd.decoy`).
+
+Steps of :func:`secure_key_length`:
+
+1. For every test cell c = (k_i, k_j, b_i, b_j) (all cells, including the key cell, whose click
+   *count* is public), Kato's inequality turns the click count M_c into bounds on
+   S_c = Σ_t Pr[setting c ∧ click | past] (:func:`labqfl.qkd.finite_key.conditional_sum_bounds`).
+2. The four basis cells of each intensity pair are reweighted to a uniform phase average:
+   Q̄_kl = Σ_b S_klb / (4 p_bi p_bj) / (N p_k p_l) — the slot-averaged gain of the four-phase
+   randomised states of intensities (μ_k, μ_l).
+3. Decoy linear programs bound the slot-averaged Fock yields Ȳ_nm, n, m ≤ 3.
+4. CAL19's bound gives Pr[click ∧ phase error | key setting] ≤ f(Ȳ); the expected number of phase
+   errors is ≤ N p_key f(Ȳ^U) (concavity, Jensen), and Kato (K2) bounds the actual number N_ph^U.
+5. ℓ = ⌊ n_X (1 − h(N_ph^U/n_X)) − λ_EC − log2(2/ε_cor) − log2(1/ε_PA) ⌋ (CL21 key length in the
+   phase-error/complementarity framework, Koashi 2009; Hayashi–Tsurumaru 2012), which is
+   ε_cor-correct and ε_sec-secret with ε_sec = √2·√(ε_PE + ε_PA).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labqfl.qkd.decoy import (
+    PHASE_ERROR_TARGETS,
+    decoy_yield_bounds,
+    phase_error_probability_bound,
+)
+from labqfl.qkd.finite_key import binary_entropy, conditional_sum_bounds, count_upper_bound
+from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts
+
+
+@dataclass(frozen=True)
+class SecurityParameters:
+    """Security settings of the key-length computation (defaults as in CL21's simulations).
+
+    eps_sec: secrecy parameter ε_sec of the final key (trace distance to an ideal key).
+    eps_cor: correctness parameter ε_cor; the verification hash costs log2(2/ε_cor) bits.
+    eps_pa_fraction: share of ε_sec²/2 given to privacy amplification (ε_PA); the rest is
+        ε_PE, split equally among all Kato bounds (union bound). ε_sec = √2·√(ε_PE + ε_PA).
+    max_qber: abort when the reconciled error rate exceeds it (sanity threshold; the key length
+        formula itself gives 0 well before for realistic phase errors).
+    max_phase_error: abort when the phase-error bound N_ph^U/n_X exceeds it.
+    finite_size: False → asymptotic analysis (no Kato deviations, no ε terms), used to check
+        that the finite-key rate tends to the asymptotic one.
+    yield_lower_bounds: also compute (report-only) lower bounds on the yields (8 more LPs).
+    """
+
+    eps_sec: float = 1e-10
+    eps_cor: float = 1e-15
+    eps_pa_fraction: float = 0.5
+    max_qber: float = 0.11
+    max_phase_error: float = 0.45
+    finite_size: bool = True
+    yield_lower_bounds: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0 < self.eps_sec < 1 and 0 < self.eps_cor < 1):
+            raise ValueError(f"eps_sec and eps_cor must lie in (0, 1), got {self.eps_sec}, {self.eps_cor}")
+        if not 0 < self.eps_pa_fraction < 1:
+            raise ValueError(f"eps_pa_fraction must lie in (0, 1), got {self.eps_pa_fraction}")
+        if not (0 < self.max_qber <= 0.5 and 0 < self.max_phase_error <= 0.5):
+            raise ValueError("max_qber and max_phase_error must lie in (0, 0.5]")
+
+    @property
+    def eps_pa(self) -> float:
+        """ε_PA: failure probability of privacy amplification (phase-error correction)."""
+        return self.eps_pa_fraction * self.eps_sec**2 / 2.0
+
+    @property
+    def eps_pe(self) -> float:
+        """ε_PE: total failure probability of all parameter-estimation (Kato) bounds."""
+        return (1.0 - self.eps_pa_fraction) * self.eps_sec**2 / 2.0
+
+
+@dataclass
+class KeyLengthReport:
+    """Every quantity of one key-length computation (reported in run records and the CLI).
+
+    Probabilities are per slot of the pair; counts are numbers of slots/events; bits are bits.
+    Arrays: gains (K_i, K_j); yields (4, 4) indexed [n photons of Ci, m photons of Cj].
+    """
+
+    pair: str
+    n_slots: int
+    n_key_bits: int
+    qber_key: float
+    leak_ec_bits: int
+    key_length_bits: int
+    key_length_real: float
+    abort: bool
+    abort_reason: str
+    phase_error_upper: float
+    phase_errors_upper: float
+    phase_error_sum_upper: float
+    phase_error_prob_per_key_slot: float
+    key_setting_prob: float
+    gains_observed: np.ndarray
+    gains_lower: np.ndarray
+    gains_upper: np.ndarray
+    yields_upper: np.ndarray
+    yields_lower: np.ndarray
+    decoy_feasible: bool
+    n_kato_bounds: int
+    eps_per_kato_bound: float
+    eps_sec: float
+    eps_cor: float
+    eps_pa: float
+    eps_pe: float
+    finite_size: bool
+    terms_bits: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def secret_fraction(self) -> float:
+        """Final key bits per sifted key bit."""
+        return self.key_length_bits / self.n_key_bits if self.n_key_bits else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (arrays → nested lists, non-finite floats → None)."""
+
+        def conv(v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                return conv(v.tolist())
+            if isinstance(v, dict):
+                return {str(k): conv(x) for k, x in v.items()}
+            if isinstance(v, list | tuple):
+                return [conv(x) for x in v]
+            if isinstance(v, np.bool_ | bool):
+                return bool(v)
+            if isinstance(v, np.integer):
+                return int(v)
+            if isinstance(v, float | np.floating):
+                f = float(v)
+                return f if math.isfinite(f) else None
+            return v
+
+        d = conv(asdict(self))
+        d["secret_fraction"] = self.secret_fraction
+        return d
+
+
+def _validate(counts: PairCounts, n_key_bits: int, qber_key: float, leak_ec_bits: int) -> None:
+    ki, kj = len(counts.intensities_i), len(counts.intensities_j)
+    for name in ("clicks", "errors_x2", "double_clicks"):
+        arr = np.asarray(getattr(counts, name))
+        if arr.shape != (ki, kj, 2, 2):
+            raise ValueError(f"PairCounts.{name} of {counts.pair} has shape {arr.shape}; expected {(ki, kj, 2, 2)}")
+        if np.any(arr < 0) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"PairCounts.{name} of {counts.pair} must be finite and >= 0")
+    if counts.n_slots <= 0:
+        raise ValueError(f"PairCounts.n_slots of {counts.pair} must be > 0, got {counts.n_slots}")
+    if n_key_bits < 0 or leak_ec_bits < 0:
+        raise ValueError(f"n_key_bits and leak_ec_bits must be >= 0, got {n_key_bits}, {leak_ec_bits}")
+    if not 0.0 <= qber_key <= 1.0:
+        raise ValueError(f"qber_key must lie in [0, 1], got {qber_key}")
+    key_clicks = float(np.asarray(counts.clicks)[KEY_INTENSITY_INDEX, KEY_INTENSITY_INDEX, KEY_BASIS, KEY_BASIS])
+    if n_key_bits > key_clicks + 1e-6 * max(key_clicks, 1.0):
+        raise ValueError(
+            f"n_key_bits={n_key_bits} exceeds the clicks in the key cell of {counts.pair} ({key_clicks:.0f}); "
+            "expected the sifted key of this block (or a part of it)"
+        )
+
+
+def secure_key_length(
+    counts: PairCounts,
+    n_key_bits: int,
+    qber_key: float,
+    leak_ec_bits: int,
+    params: SecurityParameters | None = None,
+) -> KeyLengthReport:
+    """Secure key length of one block of one pair (CAL19 + CL21, four-phase test rounds).
+
+    Parameters
+    ----------
+    counts: observed statistics of the block (all cells, including the key cell's click count).
+    n_key_bits: sifted key length of the block (slots with both clients at intensity 0, basis X,
+        and a click); may be a part of the key cell, never more.
+    qber_key: bit error rate found by reconciliation on that key.
+    leak_ec_bits: bits disclosed by error correction (syndromes/parities), NOT counting the
+        verification hash, which is charged here as log2(2/ε_cor).
+    params: security settings (default :class:`SecurityParameters`).
+
+    Returns a :class:`KeyLengthReport`; on abort ``key_length_bits`` is 0 and ``abort_reason``
+    says why. Pure function; counts may be float expectations (station model).
+    """
+    p = params or SecurityParameters()
+    _validate(counts, n_key_bits, qber_key, leak_ec_bits)
+    N = float(counts.n_slots)
+    mu_i, mu_j = tuple(counts.intensities_i), tuple(counts.intensities_j)
+    ki, kj = len(mu_i), len(mu_j)
+    clicks = np.asarray(counts.clicks, dtype=float)
+    sent = counts.expected_sent()  # N p_c
+    pc = sent / N
+    active = pc > 0
+    n_bounds = 2 * int(active.sum()) + 1
+    eps_b = p.eps_pe / n_bounds
+
+    # 1. Kato bounds on S_c for every cell
+    s_lo = np.zeros_like(clicks)
+    s_hi = np.zeros_like(clicks)
+    for idx in zip(*np.nonzero(active), strict=True):
+        m = float(clicks[idx])
+        if p.finite_size:
+            s_lo[idx], s_hi[idx] = conditional_sum_bounds(m, N, eps_b)
+        else:
+            s_lo[idx] = s_hi[idx] = m
+
+    # 2. reweight basis cells to a uniform four-phase average
+    bx_i = np.array([counts.basis_x_prob_i, 1.0 - counts.basis_x_prob_i])
+    bx_j = np.array([counts.basis_x_prob_j, 1.0 - counts.basis_x_prob_j])
+    wb = 1.0 / (4.0 * np.outer(bx_i, bx_j))  # (2, 2)
+    pk = np.outer(np.asarray(counts.intensity_probs_i), np.asarray(counts.intensity_probs_j))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = N * pk
+        g_obs = np.where(denom > 0, (clicks * wb).sum(axis=(2, 3)) / denom, 0.0)
+        g_lo = np.where(denom > 0, (s_lo * wb).sum(axis=(2, 3)) / denom, 0.0)
+        g_hi = np.where(denom > 0, (s_hi * wb).sum(axis=(2, 3)) / denom, 1.0)
+    g_lo, g_hi = np.clip(g_lo, 0.0, 1.0), np.clip(g_hi, 0.0, 1.0)
+
+    # 3. decoy LPs (only intensity pairs that were actually sent)
+    used_i = [k for k in range(ki) if counts.intensity_probs_i[k] > 0]
+    used_j = [k for k in range(kj) if counts.intensity_probs_j[k] > 0]
+    db = decoy_yield_bounds(
+        [mu_i[k] for k in used_i], [mu_j[k] for k in used_j],
+        g_lo[np.ix_(used_i, used_j)], g_hi[np.ix_(used_i, used_j)], targets=PHASE_ERROR_TARGETS,
+        lower=p.yield_lower_bounds,
+    )
+
+    # 4. phase errors
+    k0 = KEY_INTENSITY_INDEX
+    p_key = float(pc[k0, k0, KEY_BASIS, KEY_BASIS])
+    f_ph = phase_error_probability_bound(mu_i[k0], mu_j[k0], db.y_upper)
+    s_ph = N * p_key * f_ph
+    n_ph = count_upper_bound(s_ph, N, eps_b) if p.finite_size else s_ph
+    n_x = float(n_key_bits)
+    e_ph = min(n_ph / n_x, 0.5) if n_x > 0 else 0.5
+
+    # 5. key length
+    pa_term = n_x * binary_entropy(e_ph)
+    cor_term = math.log2(2.0 / p.eps_cor) if p.finite_size else 0.0
+    epa_term = math.log2(1.0 / p.eps_pa) if p.finite_size else 0.0
+    ell = n_x - pa_term - float(leak_ec_bits) - cor_term - epa_term
+
+    abort, reason = False, ""
+    if n_key_bits == 0:
+        abort, reason = True, "empty sifted key"
+    elif qber_key > p.max_qber:
+        abort, reason = True, f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}"
+    elif not db.feasible:
+        abort, reason = True, "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"
+    elif e_ph > p.max_phase_error:
+        abort, reason = True, f"phase-error bound {e_ph:.4f} above threshold {p.max_phase_error:.4f}"
+    elif ell < 1.0:
+        abort, reason = True, f"finite-size key length not positive ({ell:.0f} bits): block too small or too noisy"
+    length = 0 if abort else int(math.floor(ell))
+
+    return KeyLengthReport(
+        pair=counts.pair, n_slots=int(counts.n_slots), n_key_bits=int(n_key_bits), qber_key=float(qber_key),
+        leak_ec_bits=int(leak_ec_bits), key_length_bits=length, key_length_real=float(ell), abort=abort,
+        abort_reason=reason, phase_error_upper=float(e_ph), phase_errors_upper=float(n_ph),
+        phase_error_sum_upper=float(s_ph), phase_error_prob_per_key_slot=float(f_ph), key_setting_prob=p_key,
+        gains_observed=g_obs, gains_lower=g_lo, gains_upper=g_hi, yields_upper=db.y_upper,
+        yields_lower=db.y_lower, decoy_feasible=db.feasible, n_kato_bounds=n_bounds,
+        eps_per_kato_bound=float(eps_b), eps_sec=p.eps_sec, eps_cor=p.eps_cor, eps_pa=p.eps_pa, eps_pe=p.eps_pe,
+        finite_size=p.finite_size,
+        terms_bits={
+            "sifted": n_x, "privacy_amplification_n_h_eph": pa_term, "leak_ec": float(leak_ec_bits),
+            "verification_log2_2_over_eps_cor": cor_term, "pa_log2_1_over_eps_pa": epa_term,
+        },
+    )

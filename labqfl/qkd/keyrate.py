@@ -1,0 +1,342 @@
+"""Station model → expected counts → predicted secure key rate, and the operating-point optimiser.
+
+The expected statistics come from :mod:`labqfl.qkd.channel_model` (the analytical Sagnac-loop
+model the simulator is checked against): for every cell (k_i, k_j, b_i, b_j) the outcome
+probabilities are averaged over the two bit values of each client. The predicted key length of a
+block of N slots is :func:`labqfl.qkd.estimation.secure_key_length` applied to those expected
+counts, with the error-correction leakage modelled as λ_EC = f·n_X·h(Q_X) (f = ``ec_efficiency``,
+default 1.1: Cascade/LDPC reach f ≈ 1.04–1.16, see docs/protocol.md §6).
+
+Rates: ``bits_per_slot`` = ℓ/N per slot of the pair; a pair owns 1/P of the laser's slots (time
+division among P scheduled pairs), so ``bits_per_second`` = ℓ/N · rep_rate / P and
+``bits_per_pulse`` = ℓ/N / P per laser pulse.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from scipy.optimize import minimize
+
+from labqfl.config import StationConfig
+from labqfl.qkd.channel_model import PairChannel, pair_channel
+from labqfl.qkd.decoy import ideal_fock_yields, phase_error_probability_bound
+from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
+from labqfl.qkd.finite_key import binary_entropy
+from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
+
+#: Default error-correction efficiency f (leak = f·n·h(Q)).
+DEFAULT_EC_EFFICIENCY = 1.1
+
+
+def expected_counts(ch: PairChannel, n_slots: float, drift_rad: float = 0.0) -> PairCounts:
+    """Expected :class:`PairCounts` (float arrays) of a pair over ``n_slots`` slots.
+
+    Per cell: clicks = N p_c (1 − P(no click)); errors (equal bases only) = D1-only for equal bits
+    + D0-only for different bits + ½ double clicks (``errors_x2`` holds twice that);
+    double_clicks = N p_c P(both). Bits are uniform within each basis.
+    """
+    ki, kj = len(ch.intensities_i), len(ch.intensities_j)
+    clicks = np.zeros((ki, kj, 2, 2))
+    errors_x2 = np.zeros((ki, kj, 2, 2))
+    doubles = np.zeros((ki, kj, 2, 2))
+    pb_i = (ch.basis_x_prob_i, 1.0 - ch.basis_x_prob_i)
+    pb_j = (ch.basis_x_prob_j, 1.0 - ch.basis_x_prob_j)
+    for k in range(ki):
+        for l_ in range(kj):
+            for bi in range(2):
+                for bj in range(2):
+                    pc = n_slots * ch.intensity_probs_i[k] * ch.intensity_probs_j[l_] * pb_i[bi] * pb_j[bj]
+                    c = e = d = 0.0
+                    for xi in range(2):
+                        for xj in range(2):
+                            o = ch.outcome_probabilities(k, l_, bi + 2 * xi, bj + 2 * xj, drift_rad)
+                            c += 0.25 * (1.0 - o[0])
+                            d += 0.25 * o[3]
+                            if bi == bj:
+                                e += 0.25 * ((o[2] if xi == xj else o[1]) + 0.5 * o[3])
+                    clicks[k, l_, bi, bj] = pc * c
+                    doubles[k, l_, bi, bj] = pc * d
+                    errors_x2[k, l_, bi, bj] = 2.0 * pc * e
+    return PairCounts(
+        pair=pair_name(*ch.pair), n_slots=int(round(n_slots)), intensities_i=tuple(ch.intensities_i),
+        intensities_j=tuple(ch.intensities_j), intensity_probs_i=tuple(ch.intensity_probs_i),
+        intensity_probs_j=tuple(ch.intensity_probs_j), basis_x_prob_i=ch.basis_x_prob_i,
+        basis_x_prob_j=ch.basis_x_prob_j, clicks=clicks, errors_x2=errors_x2, double_clicks=doubles,
+    )
+
+
+@dataclass
+class KeyRatePrediction:
+    """Predicted performance of one pair at one operating point and block size."""
+
+    pair: str
+    n_slots: float
+    n_pairs: int
+    rep_rate_hz: float
+    eta_cw: float
+    eta_ccw: float
+    intensities_i: tuple[float, ...]
+    intensities_j: tuple[float, ...]
+    intensity_probs_i: tuple[float, ...]
+    intensity_probs_j: tuple[float, ...]
+    basis_x_prob_i: float
+    basis_x_prob_j: float
+    gain_key: float  # click probability per key-setting slot (Q_X at signal intensities)
+    qber_key: float  # expected bit error rate of the sifted key
+    sifted_per_slot: float  # sifted key bits per slot of the pair
+    phase_error_upper: float
+    key_bits_per_slot: float  # secure bits per slot of the pair (finite block)
+    asymptotic_bits_per_slot: float
+    report: KeyLengthReport
+
+    @property
+    def bits_per_pulse(self) -> float:
+        """Secure bits per laser pulse (the pair owns 1/P of the pulses)."""
+        return self.key_bits_per_slot / self.n_pairs
+
+    @property
+    def bits_per_second(self) -> float:
+        """Secure key rate of this pair [bit/s] including the 1/P time share."""
+        return self.key_bits_per_slot * self.rep_rate_hz / self.n_pairs
+
+    @property
+    def asymptotic_bits_per_second(self) -> float:
+        return self.asymptotic_bits_per_slot * self.rep_rate_hz / self.n_pairs
+
+    @property
+    def acquisition_time_s(self) -> float:
+        """Wall time to accumulate the block of ``n_slots`` slots for this pair [s]."""
+        return self.n_slots * self.n_pairs / self.rep_rate_hz
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pair": self.pair, "n_slots": self.n_slots, "acquisition_time_s": self.acquisition_time_s,
+            "n_pairs": self.n_pairs, "rep_rate_hz": self.rep_rate_hz, "eta_cw": self.eta_cw,
+            "eta_ccw": self.eta_ccw, "intensities_i": list(self.intensities_i),
+            "intensities_j": list(self.intensities_j), "intensity_probs_i": list(self.intensity_probs_i),
+            "intensity_probs_j": list(self.intensity_probs_j), "basis_x_prob_i": self.basis_x_prob_i,
+            "basis_x_prob_j": self.basis_x_prob_j, "gain_key": self.gain_key, "qber_key": self.qber_key,
+            "sifted_per_slot": self.sifted_per_slot, "phase_error_upper": self.phase_error_upper,
+            "key_bits_per_slot": self.key_bits_per_slot, "bits_per_pulse": self.bits_per_pulse,
+            "bits_per_second": self.bits_per_second,
+            "asymptotic_bits_per_slot": self.asymptotic_bits_per_slot,
+            "asymptotic_bits_per_second": self.asymptotic_bits_per_second,
+            "abort": self.report.abort, "abort_reason": self.report.abort_reason,
+            "gains": self.report.gains_observed.tolist(),
+            "yields_upper": self.report.yields_upper.tolist(),
+        }
+
+
+def _key_length_from_model(
+    ch: PairChannel, n_slots: float, params: SecurityParameters, ec_efficiency: float,
+) -> tuple[KeyLengthReport, float, float]:
+    counts = expected_counts(ch, n_slots)
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    n_x = float(counts.clicks[k0, k0, b0, b0])
+    q = float(counts.errors_x2[k0, k0, b0, b0]) / 2.0 / n_x if n_x > 0 else 0.5
+    leak = int(math.ceil(ec_efficiency * n_x * binary_entropy(q)))
+    rep = secure_key_length(counts, int(math.floor(n_x)), q, leak, params)
+    return rep, n_x, q
+
+
+def predict_pair(
+    ch: PairChannel,
+    n_slots: float,
+    n_pairs: int,
+    rep_rate_hz: float,
+    params: SecurityParameters | None = None,
+    ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
+    with_asymptotic: bool = True,
+) -> KeyRatePrediction:
+    """Predicted finite-block (and asymptotic) key rate of one pair from the analytical model.
+
+    ``n_slots``: block size in slots of this pair; ``n_pairs``: P (time share 1/P);
+    ``rep_rate_hz``: laser repetition rate.
+    """
+    if n_slots < 1 or n_pairs < 1 or rep_rate_hz <= 0:
+        raise ValueError(f"need n_slots >= 1, n_pairs >= 1, rep_rate_hz > 0; got {n_slots}, {n_pairs}, {rep_rate_hz}")
+    p = params or SecurityParameters()
+    rep, n_x, q = _key_length_from_model(ch, n_slots, replace(p, finite_size=True), ec_efficiency)
+    asym = 0.0
+    if with_asymptotic:
+        rep_a, _, _ = _key_length_from_model(ch, n_slots, replace(p, finite_size=False), ec_efficiency)
+        asym = max(rep_a.key_length_real, 0.0) / n_slots if not rep_a.abort else 0.0
+    return KeyRatePrediction(
+        pair=pair_name(*ch.pair), n_slots=float(n_slots), n_pairs=n_pairs, rep_rate_hz=rep_rate_hz,
+        eta_cw=ch.eta_cw, eta_ccw=ch.eta_ccw, intensities_i=tuple(ch.intensities_i),
+        intensities_j=tuple(ch.intensities_j), intensity_probs_i=tuple(ch.intensity_probs_i),
+        intensity_probs_j=tuple(ch.intensity_probs_j), basis_x_prob_i=ch.basis_x_prob_i,
+        basis_x_prob_j=ch.basis_x_prob_j,
+        gain_key=n_x / (n_slots * rep.key_setting_prob) if rep.key_setting_prob > 0 else 0.0,
+        qber_key=q, sifted_per_slot=n_x / n_slots, phase_error_upper=rep.phase_error_upper,
+        key_bits_per_slot=rep.key_length_bits / n_slots, asymptotic_bits_per_slot=asym, report=rep,
+    )
+
+
+def ideal_decoy_asymptotic_rate(ch: PairChannel, ec_efficiency: float = DEFAULT_EC_EFFICIENCY) -> float:
+    """Asymptotic CAL19 key bits per slot with exactly known Fock yields ("infinite decoys").
+
+    Independent of the decoy LPs: the yields are those of the lossy channel with threshold
+    detectors (:func:`labqfl.qkd.decoy.ideal_fock_yields`, exact for equal detector
+    efficiencies), e_ph = f(Y)/Q_X (CAL19 Eq. (7)) and R = p_key·Q_X·[1 − h(e_ph) − f_EC·h(E_X)].
+    Upper limit of what :func:`predict_pair` can reach with the same operating point.
+    """
+    counts = expected_counts(ch, 1.0)
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    n_x = float(counts.clicks[k0, k0, b0, b0])
+    if n_x <= 0:
+        return 0.0
+    q = float(counts.errors_x2[k0, k0, b0, b0]) / 2.0 / n_x
+    p_key = float(counts.expected_sent()[k0, k0, b0, b0]) / counts.n_slots
+    t = ch.splitter_t
+    eta_i = ch.eta_cw * (t * ch.eta_d0 + (1 - t) * ch.eta_d1)
+    eta_j = ch.eta_ccw * ((1 - t) * ch.eta_d0 + t * ch.eta_d1)
+    p_dark = 1.0 - (1.0 - ch.p_dark_d0) * (1.0 - ch.p_dark_d1)
+    f_ph = phase_error_probability_bound(ch.intensities_i[k0], ch.intensities_j[k0], ideal_fock_yields(eta_i, eta_j, p_dark))
+    e_ph = min(f_ph * p_key / n_x, 0.5)
+    return max(n_x * (1.0 - binary_entropy(e_ph) - ec_efficiency * binary_entropy(q)), 0.0)
+
+
+def station_pair_channel(cfg: StationConfig, pair: tuple[str, str], extra_loss_db: float = 0.0) -> PairChannel:
+    """:class:`PairChannel` of a scheduled pair with ``extra_loss_db`` added to BOTH arms.
+
+    The extra loss models attenuation inserted in the loop next to the node (it enters
+    ``node_loss_db`` and thus η_cw and η_ccw equally; the total client-to-client loss grows by
+    2·extra_loss_db).
+    """
+    if extra_loss_db < 0:
+        raise ValueError(f"extra loss must be >= 0 dB, got {extra_loss_db}")
+    if extra_loss_db:
+        cfg = cfg.model_copy(deep=True)
+        cfg.loop.node_loss_db = cfg.loop.node_loss_db + extra_loss_db
+    return pair_channel(cfg, *pair)
+
+
+def predict_station(
+    cfg: StationConfig,
+    n_slots: float,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    extra_loss_db: float = 0.0,
+    params: SecurityParameters | None = None,
+    ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
+) -> list[KeyRatePrediction]:
+    """Predictions for the station's scheduled pairs (time share 1/P with P = all scheduled pairs)."""
+    scheduled = cfg.pairs()
+    n_pairs = len(scheduled)
+    sel = scheduled if pairs is None else list(pairs)
+    return [
+        predict_pair(station_pair_channel(cfg, pr, extra_loss_db), n_slots, n_pairs, cfg.laser.rep_rate_hz,
+                     params, ec_efficiency)
+        for pr in sel
+    ]
+
+
+# ---------------------------------------------------------------- optimiser
+
+
+@dataclass
+class OptimizedOperatingPoint:
+    """Result of :func:`optimize_pair`: the best settings found and their prediction."""
+
+    prediction: KeyRatePrediction
+    start_bits_per_slot: float
+    evaluations: int
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self.prediction.as_dict()
+        d.update(start_key_bits_per_slot=self.start_bits_per_slot, evaluations=self.evaluations)
+        return d
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+def optimize_pair(
+    ch: PairChannel,
+    n_slots: float,
+    n_pairs: int = 1,
+    rep_rate_hz: float = 1.0,
+    params: SecurityParameters | None = None,
+    ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
+    max_evaluations: int = 250,
+) -> OptimizedOperatingPoint:
+    """Maximise the finite-block key rate of one pair over its operating point.
+
+    Free variables (three intensities per client: signal μ, decoy ν, vacuum 0): μ_i, μ_j, ν_i,
+    ν_j (each ≤ 1; the decoy may exceed the signal: in CAL19 the key intensity is small and the
+    test intensities bound the two-photon yields), the probabilities of signal and vacuum (decoy gets the rest),
+    shared by both clients, and one X-basis probability per client. Asymmetric pairs get
+    different μ_i, μ_j (balancing η_cw·μ_i against η_ccw·μ_j, cf. Zhong et al., PRApplied 2021,
+    asymmetric TF-QKD). Nelder–Mead on unconstrained transforms, started from the channel's
+    current settings; the result is never worse than the start.
+    """
+    p = params or SecurityParameters()
+    base = ch
+    if len(ch.intensities_i) != 3 or len(ch.intensities_j) != 3:
+        raise ValueError("the optimiser handles three intensities per client (signal, decoy, vacuum)")
+
+    def unpack(x: np.ndarray) -> PairChannel:
+        mu_i, mu_j = min(math.exp(x[0]), 1.0), min(math.exp(x[1]), 1.0)
+        nu_i, nu_j = min(math.exp(x[2]), 1.0), min(math.exp(x[3]), 1.0)
+        ps = _sigmoid(x[4])
+        pv = (1 - ps) * _sigmoid(x[5])
+        pd = 1 - ps - pv
+        return replace(
+            base,
+            intensities_i=(mu_i, nu_i, 0.0),
+            intensities_j=(mu_j, nu_j, 0.0),
+            intensity_probs_i=(ps, pd, pv), intensity_probs_j=(ps, pd, pv),
+            basis_x_prob_i=_sigmoid(x[6]), basis_x_prob_j=_sigmoid(x[7]),
+        )
+
+    def rate(c: PairChannel) -> float:
+        rep, _, _ = _key_length_from_model(c, n_slots, p, ec_efficiency)
+        return max(rep.key_length_real, 0.0) / n_slots if not rep.abort else 0.0
+
+    def encode(c: PairChannel) -> np.ndarray:
+        mi, mj, pi_ = c.intensities_i, c.intensities_j, c.intensity_probs_i
+        return np.array([
+            math.log(max(mi[0], 1e-4)), math.log(max(mj[0], 1e-4)),
+            math.log(max(mi[1], 1e-4)), math.log(max(mj[1], 1e-4)),
+            _logit(pi_[0]), _logit(pi_[2] / max(1 - pi_[0], 1e-9)),
+            _logit(c.basis_x_prob_i), _logit(c.basis_x_prob_j),
+        ])
+
+    n_eval = 0
+
+    def obj(x: np.ndarray) -> float:
+        nonlocal n_eval
+        n_eval += 1
+        return -rate(unpack(x))
+
+    start = rate(ch)
+    # coarse start: the given point and a few intensity-balanced signal levels
+    # (μ_i·η_cw = μ_j·η_ccw at the splitter), keep the best
+    cands = [encode(ch)]
+    bal = math.sqrt(ch.eta_ccw / ch.eta_cw) if ch.eta_cw > 0 and ch.eta_ccw > 0 else 1.0
+    for mu in (0.01, 0.02, 0.04):
+        c = replace(ch, intensities_i=(mu * bal, 0.1, 0.0), intensities_j=(mu / bal, 0.1, 0.0))
+        cands.append(encode(c))
+    vals = [obj(x) for x in cands]
+    x0 = cands[int(np.argmin(vals))]
+    best_val = min(vals)
+    if best_val < 0:
+        res = minimize(obj, x0, method="Nelder-Mead",
+                       options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-4 * -best_val,
+                                "initial_simplex": x0 + np.vstack([np.zeros(8), 0.25 * np.eye(8)])})
+        if res.fun < best_val:
+            x0, best_val = res.x, float(res.fun)
+    best = unpack(x0) if -best_val > start else ch
+    pred = predict_pair(best, n_slots, n_pairs, rep_rate_hz, p, ec_efficiency)
+    return OptimizedOperatingPoint(prediction=pred, start_bits_per_slot=start, evaluations=n_eval)
