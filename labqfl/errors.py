@@ -92,3 +92,8 @@ class VerificationError(LabqflError):
 
 class StationError(LabqflError):
     """The Station could not be built: a role failed to open, or two roles share one resource."""
+
+
+class CalibrationError(LabqflError):
+    """A calibration procedure could not produce a trustworthy value (no light, saturated
+    detector, no fringe, failed fit) or was aborted; instruments were put in their safe state."""

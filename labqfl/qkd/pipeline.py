@@ -1,0 +1,479 @@
+"""Streaming distillation: time tags → identical secret keys at both clients of every pair.
+
+Data path per :class:`TagBlock` (docs/postprocessing.md):
+
+1. :class:`~labqfl.qkd.slotting.Slotter` turns tags into final (slot, outcome) events;
+2. the events are split by the schedule into each pair's announcements and **sifted** with each
+   client's own modulation log (:func:`~labqfl.qkd.sifting.sift`);
+3. per pair the sifted key and its statistics accumulate until ``block_bits`` sifted bits, then
+   the block is **reconciled** (Cascade or LDPC; Ci holds the reference key, Cj corrects),
+   **verified** (2-universal hash, ε_cor), its **secure length** is computed
+   (:func:`labqfl.qkd.estimation.secure_key_length`, abort rules there), and it is **amplified**
+   (Toeplitz, seed from the OS CSPRNG) — at both ends separately — and **delivered** to a sink
+   (the nodes' key stores). Every classical message (reconciliation, verification tag,
+   amplification seed) crosses an authenticated channel (Wegman–Carter, key from the pair's
+   authentication pool, which is refilled from the block's final key: the cost is deducted).
+
+Memory is bounded: one tag block, and per pair at most one key block plus one sift chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from labqfl.config import StationConfig
+from labqfl.errors import AuthenticationError, QKDInputError
+from labqfl.instruments.base import TagBlock
+from labqfl.log import get_logger
+from labqfl.qkd.authentication import (
+    BitPool,
+    TranscriptAuthenticator,
+    TranscriptPair,
+    confirm_transcripts,
+)
+from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
+from labqfl.qkd.messaging import LocalChannel, Message
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.sifting import ClientSetup, SiftResult, sift, with_key_errors
+from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
+from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+from labqfl.qkd.types import ModulationLog, PairCounts, split_pair
+from labqfl.qkd.verification import hash_tag, verification_tag_length
+
+log = get_logger(__name__)
+
+__all__ = ["DistillSettings", "BlockResult", "PairResult", "KeySink", "MemorySink", "KeyStoreSink",
+           "Distiller", "distill_stream", "ENGINES"]
+
+STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
+
+
+def _engine(name: str) -> Callable[..., Any]:
+    if name == "cascade":
+        from labqfl.qkd.cascade import reconcile_cascade
+
+        return reconcile_cascade
+    if name == "ldpc":
+        try:
+            from labqfl.qkd.ldpc import reconcile_ldpc
+        except ImportError:
+            raise QKDInputError("engine 'ldpc' is not available in this installation; use 'cascade'") from None
+        return reconcile_ldpc
+    raise QKDInputError(f"unknown error-correction engine {name!r}; expected 'cascade' or 'ldpc'")
+
+
+ENGINES = ("cascade", "ldpc")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """Knobs of the orchestrator.
+
+    ``block_bits``: sifted bits per pair that trigger a block (the finite-key block size);
+    ``min_final_block_bits``: at the end of the stream a smaller rest is still processed if it has
+    at least this many bits (else it is dropped and reported); ``auth_lanes``: 64-bit lanes per
+    Wegman–Carter tag; ``preshared_auth_bits``: initial shared authentication key per pair (the
+    usual pre-shared secret of QKD), refilled from every block's final key.
+    """
+
+    block_bits: int = 1_000_000
+    engine: str = "cascade"
+    params: SecurityParameters = field(default_factory=SecurityParameters)
+    min_final_block_bits: int = 10_000
+    auth_lanes: int = 1
+    preshared_auth_bits: int = 1 << 16
+    qber_floor: float = 0.005
+    qber_default: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.block_bits < 1000:
+            raise QKDInputError(f"block_bits must be >= 1000, got {self.block_bits}")
+        if self.engine not in ENGINES:
+            raise QKDInputError(f"unknown error-correction engine {self.engine!r}; expected one of {ENGINES}")
+
+
+@dataclass
+class BlockResult:
+    """One key block of one pair (no key material)."""
+
+    pair: str
+    block_id: str
+    n_slots: int
+    sifted_bits: int
+    qber_key: float
+    qber_estimate: float
+    leaked_ec_bits: int
+    verification_bits: int
+    efficiency_f: float
+    verified: bool
+    keys_identical: bool
+    final_key_bits: int
+    auth_key_bits: int
+    delivered_bits: int
+    abort: bool
+    abort_reason: str
+    report: dict[str, Any] | None
+    times_s: dict[str, float]
+
+
+@dataclass
+class PairResult:
+    """Totals of one pair over the run (the JSON of ``labqfl distill`` per pair)."""
+
+    pair: str
+    n_slots: int = 0
+    sifted_bits: int = 0
+    processed_bits: int = 0
+    dropped_bits: int = 0
+    key_errors: int = 0
+    test_clicks: dict[str, int] = field(default_factory=dict)
+    test_errors_x2: dict[str, int] = field(default_factory=dict)
+    leaked_ec_bits: int = 0
+    verification_bits: int = 0
+    final_key_bits: int = 0
+    auth_key_bits: int = 0
+    delivered_bits: int = 0
+    blocks: list[BlockResult] = field(default_factory=list)
+    times_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def as_dict(self, duration_s: float) -> dict[str, Any]:
+        h = sum(_h2(b.qber_key) * b.sifted_bits for b in self.blocks if not b.abort or b.leaked_ec_bits)
+        f = self.leaked_ec_bits / h if h > 0 else None
+        pe = [b.report["phase_error_upper"] for b in self.blocks if b.report and b.report.get("phase_error_upper") is not None]
+        tc, te = self.test_clicks, self.test_errors_x2
+        return {
+            "pair": self.pair,
+            "n_slots": self.n_slots,
+            "sifted_bits": self.sifted_bits,
+            "processed_bits": self.processed_bits,
+            "dropped_bits": self.dropped_bits,
+            "error_rate": {
+                "X_key": self.key_errors / self.processed_bits if self.processed_bits else None,
+                "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X") else None,
+                "Y_test": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
+            },
+            "phase_error_bound": max(pe) if pe else None,
+            "leaked_ec_bits": self.leaked_ec_bits,
+            "verification_bits": self.verification_bits,
+            "efficiency_f": f,
+            "final_key_bits": self.final_key_bits,
+            "auth_key_bits": self.auth_key_bits,
+            "delivered_bits": self.delivered_bits,
+            "secure_key_rate_bps": self.final_key_bits / duration_s if duration_s > 0 else None,
+            "net_key_rate_bps": self.delivered_bits / duration_s if duration_s > 0 else None,
+            "blocks": len(self.blocks),
+            "aborted_blocks": sum(b.abort for b in self.blocks),
+            "abort_reasons": sorted({b.abort_reason for b in self.blocks if b.abort}),
+            "times_s": dict(self.times_s),
+        }
+
+
+def _h2(p: float) -> float:
+    return 0.0 if p <= 0 or p >= 1 else -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+class KeySink(Protocol):
+    """Where final keys go: one call per block with both ends' (identical) keys."""
+
+    def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None: ...
+
+
+class MemorySink:
+    """Keeps keys in memory (tests and benchmarks only; never logged or pickled)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
+        self.keys.setdefault(pair, []).append((bits_i.copy(), bits_j.copy()))
+
+    def __repr__(self) -> str:
+        return f"MemorySink(pairs={sorted(self.keys)})"
+
+
+class KeyStoreSink:
+    """Writes each block into both nodes' key stores under the same block ID."""
+
+    def __init__(self, stores: Mapping[str, Any], run_id: str = "") -> None:
+        self.stores = dict(stores)
+        self.run_id = run_id
+
+    def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
+        ci, cj = split_pair(pair)
+        for node, bits in ((ci, bits_i), (cj, bits_j)):
+            if node not in self.stores:
+                raise QKDInputError(f"no key store for node {node!r}")
+            self.stores[node].add_block(pair, bits, block_id=block_id, run_id=self.run_id, meta=meta)
+
+
+class _CjEnd:
+    """Cj's side of verification and amplification (answers Ci's requests)."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        self.bits = bits
+        self.final: np.ndarray | None = None
+
+    def handle(self, req: Message) -> Message:
+        if req.kind == "verify/request":
+            t = int(req.get("t"))
+            seed = np.unpackbits(np.frombuffer(req.get("seed"), np.uint8), count=self.bits.size + t - 1, bitorder="little")
+            mine = hash_tag(self.bits, seed, t)
+            return Message("verify/result", {"ok": int(np.array_equal(mine, req.disclosed))})
+        if req.kind == "pa/seed":
+            m = int(req.get("out_len"))
+            seed = np.unpackbits(np.frombuffer(req.get("seed"), np.uint8), count=self.bits.size + m - 1, bitorder="little")
+            self.final = toeplitz_hash(self.bits, seed, m)
+            return Message("pa/done", {"n": m})
+        raise QKDInputError(f"unexpected post-processing message {req.kind!r}")
+
+
+class _PairState:
+    def __init__(self, pair: str, setup_i: ClientSetup, setup_j: ClientSetup, settings: DistillSettings) -> None:
+        self.pair = pair
+        self.setup_i, self.setup_j = setup_i, setup_j
+        self.chunks: list[SiftResult] = []
+        self.n_bits = 0
+        self.counts: PairCounts | None = None
+        self.result = PairResult(pair)
+        self.last_qber: float | None = None
+        pre = np.unpackbits(np.frombuffer(secrets.token_bytes(settings.preshared_auth_bits // 8), np.uint8))
+        self.pool_i, self.pool_j = BitPool(pre), BitPool(pre.copy())
+        self.auth_i = TranscriptAuthenticator(self.pool_i, settings.auth_lanes)
+        self.auth_j = TranscriptAuthenticator(self.pool_j, settings.auth_lanes)
+
+
+class Distiller:
+    """Streaming orchestrator. ``push`` tag blocks, then ``finish``; see the module docstring.
+
+    ``logs``: each client's own :class:`ModulationLog` (by client name). ``sink``: where keys
+    go. ``rng``: Cj's squashing randomness (default: OS-seeded).
+    """
+
+    def __init__(self, cfg: StationConfig, logs: Mapping[str, ModulationLog], sink: KeySink,
+                 settings: DistillSettings | None = None, *, slotting: SlottingParams | None = None,
+                 rng: np.random.Generator | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.settings = settings or DistillSettings()
+        self.reconcile = _engine(self.settings.engine)
+        self.schedule = PairSchedule.from_config(cfg)
+        self.slotter = Slotter(slotting or SlottingParams.from_config(cfg))
+        self.logs = dict(logs)
+        for a, b in cfg.pairs():
+            for c in (a, b):
+                if c not in self.logs:
+                    raise QKDInputError(f"no modulation log for client {c!r}")
+        self.sink = sink
+        self.rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+        self.progress = progress
+        self.pairs = {
+            name: _PairState(name, ClientSetup.from_config(cfg.client(a)), ClientSetup.from_config(cfg.client(b)), self.settings)
+            for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True)
+        }
+        self._final_slots = 0
+        self._slot_time = 0.0
+        self._finished = False
+
+    # -- streaming ---------------------------------------------------------------------------
+    def push(self, block: TagBlock) -> list[BlockResult]:
+        t0 = time.perf_counter()
+        events = self.slotter.push(block)
+        self._slot_time += time.perf_counter() - t0
+        return self._after_slotting(events, self.slotter.final_slots, final=False)
+
+    def finish(self, total_slots: int | None = None) -> dict[str, PairResult]:
+        """End of stream: flush, process the remaining blocks, return per-pair results."""
+        if self._finished:
+            raise QKDInputError("Distiller.finish() called twice")
+        self._finished = True
+        t0 = time.perf_counter()
+        events = self.slotter.finish()
+        self._slot_time += time.perf_counter() - t0
+        n = self.slotter.final_slots if total_slots is None else max(int(total_slots), self.slotter.last_emitted + 1)
+        self._after_slotting(events, n, final=True)
+        # slotting is shared by all pairs: attribute it by their share of clicks
+        tot = sum(p.result.sifted_bits for p in self.pairs.values()) or 1
+        for p in self.pairs.values():
+            p.result.times_s["slotting"] = self._slot_time * p.result.sifted_bits / tot
+        return {k: p.result for k, p in self.pairs.items()}
+
+    @property
+    def n_slots(self) -> int:
+        return self._final_slots
+
+    def _after_slotting(self, events: Any, final_slots: int, final: bool) -> list[BlockResult]:
+        prev = self._final_slots
+        self._final_slots = final_slots
+        out: list[BlockResult] = []
+        t0 = time.perf_counter()
+        anns = announcements_by_pair(events, self.schedule)
+        for name, ann in anns.items():
+            st = self.pairs[name]
+            ci, cj = split_pair(name)
+            n_slots = self.schedule.slots_of_pair(name, final_slots) - self.schedule.slots_of_pair(name, prev)
+            ts = time.perf_counter()
+            res = sift(ann, self.logs[ci], self.logs[cj], st.setup_i, st.setup_j, n_slots, self.rng)
+            st.result.times_s["sifting"] += time.perf_counter() - ts
+            st.chunks.append(res)
+            st.n_bits += res.n_key
+            st.counts = res.counts if st.counts is None else st.counts + res.counts
+            st.result.n_slots += n_slots
+            st.result.sifted_bits += res.n_key
+            c = res.counts
+            for basis, b in (("X", 0), ("Y", 1)):
+                clicks = c.clicks[:, :, b, b].copy()
+                errs = c.errors_x2[:, :, b, b].copy()
+                if b == 0:
+                    clicks[0, 0] = 0
+                st.result.test_clicks[basis] = st.result.test_clicks.get(basis, 0) + int(clicks.sum())
+                st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + int(errs.sum())
+            if st.n_bits >= self.settings.block_bits:
+                out.append(self._process_block(st))
+        del t0
+        if final:
+            for st in self.pairs.values():
+                if st.n_bits >= self.settings.min_final_block_bits:
+                    out.append(self._process_block(st))
+                elif st.n_bits:
+                    st.result.dropped_bits += st.n_bits
+                    st.chunks, st.n_bits, st.counts = [], 0, None
+        return out
+
+    # -- one block ---------------------------------------------------------------------------
+    def _qber_estimate(self, st: _PairState, counts: PairCounts) -> float:
+        s = self.settings
+        if st.last_qber is not None:
+            q = st.last_qber
+        else:
+            k = min(counts.clicks.shape[0], counts.clicks.shape[1])
+            idx = [i for i in range(1, k) if counts.intensities_i[i] > 0 and counts.intensities_j[i] > 0]
+            clicks = sum(int(counts.clicks[i, i, 0, 0]) for i in idx)
+            errs = sum(int(counts.errors_x2[i, i, 0, 0]) for i in idx) / 2
+            q = errs / clicks if clicks >= 200 else s.qber_default
+        return float(min(max(q, s.qber_floor), 0.25))
+
+    def _process_block(self, st: _PairState) -> BlockResult:
+        s = self.settings
+        chunks, counts = st.chunks, st.counts
+        assert counts is not None
+        st.chunks, st.n_bits, st.counts = [], 0, None
+        bits_i = np.concatenate([c.bits_i for c in chunks])
+        bits_j = np.concatenate([c.bits_j for c in chunks])
+        n = int(bits_i.size)
+        times = dict.fromkeys(STAGES, 0.0)
+        block_id = str(uuid.uuid4())
+        auth_before = st.auth_i.key_bits_used
+        qest = self._qber_estimate(st, counts)
+
+        def done(**kw: Any) -> BlockResult:
+            auth_bits = st.auth_i.key_bits_used - auth_before
+            br = BlockResult(pair=st.pair, block_id=block_id, n_slots=counts.n_slots, sifted_bits=n,
+                             qber_estimate=qest, auth_key_bits=auth_bits, times_s=times, **kw)
+            r = st.result
+            r.blocks.append(br)
+            r.processed_bits += n
+            r.leaked_ec_bits += br.leaked_ec_bits
+            r.verification_bits += br.verification_bits
+            r.final_key_bits += br.final_key_bits
+            r.auth_key_bits += auth_bits
+            r.delivered_bits += br.delivered_bits
+            r.key_errors += int(round(br.qber_key * n))
+            for k, v in times.items():
+                r.times_s[k] += v
+            log.info("block %s of %s: %d sifted bits, QBER %.4f, final %d bits%s", block_id[:8], st.pair, n,
+                     br.qber_key, br.final_key_bits, f" (abort: {br.abort_reason})" if br.abort else "")
+            if self.progress:
+                self.progress(st.pair)
+            return br
+
+        # 1. error correction (Cj corrects towards Ci), authenticated channel
+        t = time.perf_counter()
+        ec = self.reconcile(bits_i, bits_j, qest, channel_authenticator=TranscriptPair(st.auth_i, st.auth_j, requester="j"))
+        corrected = np.asarray(ec.corrected, dtype=np.uint8)
+        times["reconciliation"] = time.perf_counter() - t
+        errors = int(np.count_nonzero(corrected != bits_j))
+        qber = errors / n if n else 0.0
+        st.last_qber = qber
+        leak = int(ec.leaked_bits)
+        f = leak / (n * _h2(qber)) if _h2(qber) > 0 else float("nan")
+        common = dict(qber_key=qber, leaked_ec_bits=leak, efficiency_f=f)
+        if not getattr(ec, "success", True):
+            return done(verification_bits=0, verified=False, keys_identical=False, final_key_bits=0,
+                        delivered_bits=0, abort=True, abort_reason="error correction failed (decoder did not converge)",
+                        report=None, **common)
+        # 2. verification: Ci sends seed + tag, Cj compares
+        t = time.perf_counter()
+        tlen = min(verification_tag_length(s.params.eps_cor), n)
+        vseed = toeplitz_seed(n, tlen)
+        cj_end = _CjEnd(corrected)
+        ch = LocalChannel(cj_end, authenticator=TranscriptPair(st.auth_i, st.auth_j, requester="i"))
+        reply = ch.request(Message("verify/request", {"t": tlen, "seed": np.packbits(vseed, bitorder="little").tobytes()},
+                                   disclosed=hash_tag(bits_i, vseed, tlen)))
+        verified = bool(reply.get("ok"))
+        times["verification"] = time.perf_counter() - t
+        rep: KeyLengthReport | None = None
+        ell = 0
+        reason = ""
+        if not verified:
+            reason = "verification failed: keys differ after error correction; block discarded"
+        else:
+            # 3. secure key length (abort rules inside)
+            t = time.perf_counter()
+            rep = secure_key_length(with_key_errors(counts, errors), n, qber, leak, s.params)
+            times["estimation"] = time.perf_counter() - t
+            ell = 0 if rep.abort else int(rep.key_length_bits)
+            if ell <= 0:
+                reason = (rep.abort_reason if rep.abort else "") or "secure key length is zero for this block (finite-key bound)"
+        final_i = final_j = None
+        if ell > 0:
+            # 4. privacy amplification at both ends (Ci draws the seed and sends it)
+            t = time.perf_counter()
+            pseed = toeplitz_seed(n, ell)
+            final_i = toeplitz_hash(bits_i, pseed, ell)
+            ch.request(Message("pa/seed", {"out_len": ell, "seed": np.packbits(pseed, bitorder="little").tobytes()}))
+            final_j = cj_end.final
+            times["amplification"] = time.perf_counter() - t
+        # authenticate the whole transcript (reconciliation, verification, PA seed) both ways
+        t = time.perf_counter()
+        try:
+            confirm_transcripts(st.auth_i, st.auth_j)
+        except AuthenticationError as exc:
+            ell, reason = 0, str(exc)
+        times["verification"] += time.perf_counter() - t
+        report = rep.as_dict() if rep is not None else None
+        if ell <= 0 or final_i is None or final_j is None:
+            return done(verification_bits=tlen, verified=verified, keys_identical=verified, final_key_bits=0,
+                        delivered_bits=0, abort=True, abort_reason=reason, report=report, **common)
+        identical = bool(np.array_equal(final_i, final_j))
+        # 5. refill the authentication pools with what this block's messages consumed, deliver the rest
+        t = time.perf_counter()
+        used = st.auth_i.key_bits_used - auth_before
+        refill = min(used, ell)
+        st.pool_i.add(final_i[:refill])
+        st.pool_j.add(final_j[:refill])
+        deliver_i, deliver_j = final_i[refill:], final_j[refill:]
+        if deliver_i.size:
+            meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
+                    "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor}
+            self.sink.deliver(st.pair, block_id, deliver_i, deliver_j, meta)
+        times["delivery"] = time.perf_counter() - t
+        return done(verification_bits=tlen, verified=True, keys_identical=identical, final_key_bits=ell,
+                    delivered_bits=int(deliver_i.size), abort=False, abort_reason="", report=report, **common)
+
+
+def distill_stream(cfg: StationConfig, blocks: Iterable[TagBlock], logs: Mapping[str, ModulationLog], sink: KeySink,
+                   settings: DistillSettings | None = None, total_slots: int | None = None,
+                   **kw: Any) -> tuple[dict[str, PairResult], Distiller]:
+    """Run a whole stream through a :class:`Distiller`; returns (per-pair results, distiller)."""
+    d = Distiller(cfg, logs, sink, settings, **kw)
+    for b in blocks:
+        d.push(b)
+    return d.finish(total_slots), d

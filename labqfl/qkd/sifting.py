@@ -1,0 +1,234 @@
+"""Sifting: the node's announcements + each client's own modulation log → raw keys and statistics.
+
+Protocol (docs/protocol.md, rule in :mod:`labqfl.qkd.types`). For every clicked slot the node
+announced, each client looks up its *own* choices and publicly announces one flag: "signal
+intensity and basis X" (a key candidate) or not. Slots flagged by both are **key slots**:
+
+* Ci keeps its bit ``a_i // 2``;
+* Cj keeps ``(a_j // 2) XOR (outcome == 2)``; for a double click (outcome 3) Cj draws a uniformly
+  random bit (squashing).
+
+All other clicked slots are **test slots**: both clients announce intensity, basis and bit, and
+the test statistics :class:`~labqfl.qkd.types.PairCounts` are tallied per (k_i, k_j, basis_i,
+basis_j): clicks, errors (equal bases only; a double click counts as half an error, ``errors_x2``
+keeps 2·errors integer) and double clicks. Key slots are counted as clicks in the (0, 0, X, X)
+cell; their errors are unknown at sifting time (``errors_x2`` there is 0) and are filled in from
+the error-correction result by the orchestrator (:func:`with_key_errors`).
+
+Only the flags and the test-slot choices cross between the clients; ``sift`` computes each
+party's key from that party's record plus public data (see :func:`key_flags`,
+:func:`client_i_key`, :func:`client_j_key`). :func:`sift_counts` is the fast one-pass Numba kernel
+for the statistics; :func:`sift_reference` the slow pure-Python reference.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, replace
+
+import numba
+import numpy as np
+
+from labqfl.errors import QKDInputError
+from labqfl.qkd.types import (
+    KEY_BASIS,
+    KEY_INTENSITY_INDEX,
+    OUTCOME_BOTH,
+    OUTCOME_D1,
+    Announcements,
+    ModulationLog,
+    ModulationRecord,
+    PairCounts,
+    split_pair,
+)
+
+__all__ = [
+    "ClientSetup",
+    "SiftResult",
+    "sift",
+    "sift_records",
+    "sift_counts",
+    "sift_reference",
+    "key_flags",
+    "client_i_key",
+    "client_j_key",
+    "with_key_errors",
+]
+
+
+@dataclass(frozen=True)
+class ClientSetup:
+    """A client's public encoding parameters (from its ``ClientConfig``)."""
+
+    name: str
+    intensities: tuple[float, ...]
+    intensity_probs: tuple[float, ...]
+    basis_x_prob: float
+
+    @classmethod
+    def from_config(cls, client: object) -> ClientSetup:
+        c = client
+        return cls(c.name, tuple(c.intensities), tuple(c.intensity_probs), float(c.basis_x_prob))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class SiftResult:
+    """Sifted raw keys of one pair over one block. ``bits_i`` is held by Ci, ``bits_j`` by Cj."""
+
+    pair: str
+    key_slots: np.ndarray  # int64
+    bits_i: np.ndarray  # uint8 0/1
+    bits_j: np.ndarray  # uint8 0/1
+    counts: PairCounts
+
+    @property
+    def n_key(self) -> int:
+        return int(self.key_slots.shape[0])
+
+
+def _check_record(rec: ModulationRecord, slots: np.ndarray, who: str, n_int: int) -> None:
+    for name in ("intensity_idx", "phase_idx"):
+        arr = getattr(rec, name)
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.uint8:
+            raise QKDInputError(f"sifting: {who}.{name} must be a uint8 array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+        if arr.shape != slots.shape:
+            raise QKDInputError(f"sifting: {who}.{name} has {arr.shape[0] if arr.ndim else 0} entries for {slots.shape[0]} announced slots")
+    if rec.phase_idx.size and int(rec.phase_idx.max()) > 3:
+        raise QKDInputError(f"sifting: {who}.phase_idx must be in 0..3, found {int(rec.phase_idx.max())}")
+    if rec.intensity_idx.size and int(rec.intensity_idx.max()) >= n_int:
+        raise QKDInputError(f"sifting: {who}.intensity_idx {int(rec.intensity_idx.max())} >= number of intensities {n_int}")
+
+
+def key_flags(rec: ModulationRecord) -> np.ndarray:
+    """A client's public per-slot flag: signal intensity and basis X (bool array)."""
+    return (rec.intensity_idx == KEY_INTENSITY_INDEX) & ((rec.phase_idx & 1) == KEY_BASIS)
+
+
+def client_i_key(rec_i: ModulationRecord, key_mask: np.ndarray) -> np.ndarray:
+    """Ci's raw key: its bit ``a // 2`` in the key slots."""
+    return (rec_i.phase_idx[key_mask] >> 1).astype(np.uint8)
+
+
+def client_j_key(rec_j: ModulationRecord, outcomes: np.ndarray, key_mask: np.ndarray,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Cj's raw key: its bit XOR (outcome == D1); a double click becomes a random bit."""
+    out = outcomes[key_mask]
+    bits = (rec_j.phase_idx[key_mask] >> 1) ^ (out == OUTCOME_D1).astype(np.uint8)
+    both = out == OUTCOME_BOTH
+    nb = int(np.count_nonzero(both))
+    if nb:
+        bits[both] = rng.integers(0, 2, nb, dtype=np.uint8)
+    return bits.astype(np.uint8)
+
+
+@numba.njit(cache=True)
+def _counts_kernel(outcomes, ki, ai, kj, aj, n_ki, n_kj):  # type: ignore[no-untyped-def]
+    clicks = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    doubles = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    n = outcomes.shape[0]
+    for s in range(n):
+        o = outcomes[s]
+        a = ai[s]
+        b = aj[s]
+        ba = a & 1
+        bb = b & 1
+        x = ki[s]
+        y = kj[s]
+        clicks[x, y, ba, bb] += 1
+        if o == 3:
+            doubles[x, y, ba, bb] += 1
+        key = x == 0 and y == 0 and ba == 0 and bb == 0
+        if ba == bb and not key:
+            if o == 3:
+                errors_x2[x, y, ba, bb] += 1
+            else:
+                differ = (a >> 1) != (b >> 1)
+                if (o == 1) == differ:
+                    errors_x2[x, y, ba, bb] += 2
+    return clicks, errors_x2, doubles
+
+
+def sift_counts(outcomes: np.ndarray, rec_i: ModulationRecord, rec_j: ModulationRecord,
+                n_ki: int, n_kj: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clicks, errors_x2, double_clicks), each int64 of shape (n_ki, n_kj, 2, 2); one pass."""
+    return _counts_kernel(outcomes, rec_i.intensity_idx, rec_i.phase_idx, rec_j.intensity_idx,
+                          rec_j.phase_idx, n_ki, n_kj)
+
+
+def sift_records(ann: Announcements, rec_i: ModulationRecord, rec_j: ModulationRecord,
+                 setup_i: ClientSetup, setup_j: ClientSetup, n_slots: int,
+                 rng: np.random.Generator | None = None) -> SiftResult:
+    """Sift from the two clients' records of the announced slots (see module docstring)."""
+    if not isinstance(ann, Announcements):
+        raise QKDInputError(f"sifting: expected Announcements, got {type(ann).__name__}")
+    if n_slots < 0:
+        raise QKDInputError(f"sifting: n_slots must be >= 0, got {n_slots}")
+    ni, nj = len(setup_i.intensities), len(setup_j.intensities)
+    _check_record(rec_i, ann.slots, setup_i.name, ni)
+    _check_record(rec_j, ann.slots, setup_j.name, nj)
+    if ann.outcomes.size and (int(ann.outcomes.min()) < 1 or int(ann.outcomes.max()) > 3):
+        raise QKDInputError("sifting: outcomes must be 1, 2 or 3 (clicked slots only)")
+    if rng is None:
+        rng = np.random.default_rng(secrets.randbits(128))
+    # Public step: each client announces its flag; key slots are where both flags are set.
+    key_mask = key_flags(rec_i) & key_flags(rec_j)
+    bits_i = client_i_key(rec_i, key_mask)
+    bits_j = client_j_key(rec_j, ann.outcomes, key_mask, rng)
+    clicks, errors_x2, doubles = sift_counts(ann.outcomes, rec_i, rec_j, ni, nj)
+    counts = PairCounts(ann.pair, int(n_slots), setup_i.intensities, setup_j.intensities,
+                        setup_i.intensity_probs, setup_j.intensity_probs, setup_i.basis_x_prob,
+                        setup_j.basis_x_prob, clicks, errors_x2, doubles)
+    return SiftResult(ann.pair, ann.slots[key_mask], bits_i, bits_j, counts)
+
+
+def sift(ann: Announcements, log_i: ModulationLog, log_j: ModulationLog, setup_i: ClientSetup,
+         setup_j: ClientSetup, n_slots: int, rng: np.random.Generator | None = None) -> SiftResult:
+    """Sift one pair's announcements. Each client queries only its own log for the announced slots."""
+    ci, cj = split_pair(ann.pair)
+    if (log_i.client, log_j.client) != (ci, cj) or (setup_i.name, setup_j.name) != (ci, cj):
+        raise QKDInputError(f"sifting: logs/setups of {log_i.client}/{log_j.client} do not match pair {ann.pair}")
+    return sift_records(ann, log_i.choices(ann.slots), log_j.choices(ann.slots), setup_i, setup_j, n_slots, rng)
+
+
+def with_key_errors(counts: PairCounts, key_errors: int) -> PairCounts:
+    """Counts with the key cell's errors filled in (``key_errors`` found by error correction)."""
+    e = counts.errors_x2.copy()
+    e[KEY_INTENSITY_INDEX, KEY_INTENSITY_INDEX, KEY_BASIS, KEY_BASIS] = 2 * int(key_errors)
+    return replace(counts, errors_x2=e)
+
+
+def sift_reference(outcomes: np.ndarray, rec_i: ModulationRecord, rec_j: ModulationRecord,
+                   n_ki: int, n_kj: int, squash_bits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Pure-Python reference: (key_index, bits_i, bits_j, clicks, errors_x2, doubles).
+
+    ``squash_bits`` supplies Cj's random bits for double-click key slots, in order.
+    """
+    clicks = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros_like(clicks)
+    doubles = np.zeros_like(clicks)
+    key_idx, bi, bj = [], [], []
+    q = 0
+    for s in range(len(outcomes)):
+        o = int(outcomes[s])
+        x, y = int(rec_i.intensity_idx[s]), int(rec_j.intensity_idx[s])
+        a, b = int(rec_i.phase_idx[s]), int(rec_j.phase_idx[s])
+        basis_a, basis_b, bit_a, bit_b = a % 2, b % 2, a // 2, b // 2
+        clicks[x, y, basis_a, basis_b] += 1
+        if o == 3:
+            doubles[x, y, basis_a, basis_b] += 1
+        if x == 0 and y == 0 and basis_a == 0 and basis_b == 0:
+            key_idx.append(s)
+            bi.append(bit_a)
+            if o == 3:
+                bj.append(int(squash_bits[q]))
+                q += 1
+            else:
+                bj.append(bit_b ^ (1 if o == 2 else 0))
+        elif basis_a == basis_b:
+            if o == 3:
+                errors_x2[x, y, basis_a, basis_b] += 1
+            elif (o == 1 and bit_a != bit_b) or (o == 2 and bit_a == bit_b):
+                errors_x2[x, y, basis_a, basis_b] += 2
+    return (np.array(key_idx, dtype=np.int64), np.array(bi, dtype=np.uint8), np.array(bj, dtype=np.uint8),
+            clicks, errors_x2, doubles)

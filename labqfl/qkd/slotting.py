@@ -1,0 +1,516 @@
+"""Slotting: time tags → (pulse-slot index, detector outcome), streaming, block by block.
+
+Model of the tags (docs/postprocessing.md, "Slotting"). The laser emits pulse ``s`` at time
+``s·T`` (``T = 1/rep_rate``) in the tagger's clock; the sync output fires once every
+``D = sync_divider`` pulses, for pulses ``k·D``. A tag on channel ``c`` is recorded at
+``t_true + delay[c]`` where ``delay[c] = cable_delays_ps[c] + input_delays_ps[c]`` (the
+calibrated propagation delay plus the tagger's software input delay); slotting subtracts it
+(rounded to whole ps) to get the *corrected* time.
+
+Sync anchors. The first sync seen gets index ``k = round(t / (D·T))`` (acquisition starts at
+slot 0 at time 0). Each later sync is placed ``g = round(Δt / (D·T̂))`` sync periods after the
+previous anchor, ``T̂`` being the period measured on the previous sync interval; ``g > 1`` means
+``g − 1`` sync tags were dropped, ``g < 1`` or a gap ``|Δt/(D·T̂) − g| > gap_tolerance`` marks a
+spurious sync, which is ignored. Every interval between two anchors gets its own period
+``P = Δt / (Δk·D)`` — re-anchoring on every sync tracks clock drift.
+
+Detections. A detector tag at corrected time ``t`` in the interval starting at anchor ``(t_a, k_a)``
+belongs to slot ``k_a·D + ⌊(t − t_a − o)/P + 1/2⌋`` where ``o`` is the detector's window centre
+offset; it is accepted if its residual ``|t − t_a − o − r·P| ≤ w/2`` (acceptance window ``w``; for
+gated detectors the gate width) and, in burst mode, if ``slot mod burst_period < burst_on``.
+Tags before the first anchor are extrapolated back with the first interval's period (negative
+slots are dropped); tags after the last anchor wait for the next sync (or, at the end of the
+stream, use the last period). D0 and D1 in the same slot give outcome 3 (double click).
+
+Blocks. :class:`Slotter` carries the last anchors, the tags still waiting for a sync and the slots
+that a later block could still complete, so the output does not depend on how the stream was cut
+into blocks (tested against :func:`slot_tags_reference` on the whole stream).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from labqfl.config import StationConfig
+from labqfl.errors import QKDInputError
+from labqfl.instruments.base import TagBlock
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.types import Announcements
+
+__all__ = [
+    "SlottingParams",
+    "SlotEvents",
+    "SlottingStats",
+    "Slotter",
+    "slot_tags",
+    "slot_tags_reference",
+    "announcements_by_pair",
+]
+
+#: Tags allowed to wait for a first/next sync before we call the sync channel dead.
+MAX_PENDING_TAGS = 5_000_000
+
+
+@dataclass(frozen=True)
+class SlottingParams:
+    """Everything slotting needs, in ps. Build from a station with :meth:`from_config`.
+
+    ``delays_ps``: total delay (cable + input) of D0 and D1; ``sync_delay_ps`` of the sync;
+    ``window_ps``: acceptance window width per detector, centred at ``window_offset_ps``
+    relative to the slot time; ``burst_period_slots``/``burst_on_slots``: only the first
+    ``burst_on`` slots of every ``burst_period`` carry pulses (0 = continuous).
+    """
+
+    period_ps: float
+    sync_divider: int
+    sync_channel: int
+    detector_channels: tuple[int, int]
+    sync_delay_ps: int = 0
+    delays_ps: tuple[int, int] = (0, 0)
+    window_ps: tuple[float, float] = (math.inf, math.inf)
+    window_offset_ps: tuple[float, float] = (0.0, 0.0)
+    burst_period_slots: int = 0
+    burst_on_slots: int = 0
+    gap_tolerance: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (self.period_ps > 0 and math.isfinite(self.period_ps)):
+            raise QKDInputError(f"slotting: period_ps must be a finite positive number, got {self.period_ps}")
+        if self.sync_divider < 1:
+            raise QKDInputError(f"slotting: sync_divider must be >= 1, got {self.sync_divider}")
+        if any(not w > 0 for w in self.window_ps):
+            raise QKDInputError(f"slotting: acceptance windows must be > 0 ps, got {self.window_ps}")
+        if self.burst_period_slots < 0 or not 0 <= self.burst_on_slots <= max(self.burst_period_slots, 0):
+            raise QKDInputError("slotting: need 0 <= burst_on_slots <= burst_period_slots")
+        if not 0 < self.gap_tolerance < 0.5:
+            raise QKDInputError(f"slotting: gap_tolerance must be in (0, 0.5), got {self.gap_tolerance}")
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: StationConfig,
+        window_ps: float | None = None,
+        burst_period_slots: int = 0,
+        burst_on_slots: int = 0,
+    ) -> SlottingParams:
+        """Parameters of a station: period from the rep rate, channels and delays from
+        ``time_tagger`` (delay = cable + input delay per channel name, plus the loop's
+        propagation time n·ΣL/c for the detectors), window = whole slot
+        unless given; a gated detector's window is its gate width (centred on the pulse)."""
+        tt = cfg.time_tagger
+        period = 1e12 / cfg.laser.rep_rate_hz
+        w_default = period if window_ps is None else float(window_ps)
+
+        # Photons of a slot reach the detectors after one trip round the loop (n·ΣL/c) plus the
+        # cable delay; the tagger adds its input delay (same convention as the simulator).
+        loop_ps = cfg.loop.fiber_refractive_index * sum(cfg.loop.segments_km) * 1e3 / 299_792_458.0 * 1e12
+
+        def delay(name: str) -> int:
+            optical = loop_ps if name in ("D0", "D1") else 0.0
+            return int(round(optical + tt.cable_delays_ps.get(name, 0.0))) + int(round(tt.input_delays_ps.get(name, 0.0)))
+
+        windows = []
+        for d in ("D0", "D1"):
+            det = cfg.detectors[d]
+            windows.append(min(w_default, det.gate_width_ns * 1e3) if det.gated else w_default)
+        return cls(
+            period_ps=period,
+            sync_divider=tt.sync_divider,
+            sync_channel=tt.sync_channel,
+            detector_channels=(tt.detector_channels["D0"], tt.detector_channels["D1"]),
+            sync_delay_ps=delay("sync"),
+            delays_ps=(delay("D0"), delay("D1")),
+            window_ps=(windows[0], windows[1]),
+            burst_period_slots=burst_period_slots,
+            burst_on_slots=burst_on_slots,
+        )
+
+
+@dataclass(frozen=True)
+class SlotEvents:
+    """Clicked slots (int64, strictly increasing) and outcomes (uint8 1/2/3), all pairs together."""
+
+    slots: np.ndarray
+    outcomes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.slots.shape[0])
+
+
+@dataclass
+class SlottingStats:
+    """Counters of one slotting run (for diagnostics and the distill report)."""
+
+    sync_tags: int = 0
+    dropped_syncs: int = 0
+    spurious_syncs: int = 0
+    detector_tags: int = 0
+    other_tags: int = 0
+    outside_window: int = 0
+    outside_burst: int = 0
+    before_first_slot: int = 0
+    double_clicks: int = 0
+    clicked_slots: int = 0
+    overflow_blocks: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Numba kernels
+
+
+@numba.njit(cache=True)
+def _anchor_syncs(sync_t, have_prev, prev_t, prev_k, period_est, divider, period_nominal, tol):  # type: ignore[no-untyped-def]
+    """Sequential sync → anchor assignment. Returns (anchor_t, anchor_k, state..., counters)."""
+    n = sync_t.shape[0]
+    out_t = np.empty(n, dtype=np.int64)
+    out_k = np.empty(n, dtype=np.int64)
+    m = 0
+    dropped = 0
+    spurious = 0
+    for idx in range(n):
+        t = sync_t[idx]
+        if not have_prev:
+            k = np.int64(math.floor(t / (divider * period_nominal) + 0.5))
+            have_prev = True
+        else:
+            gap = t - prev_t
+            g = gap / (divider * period_est)
+            gi = math.floor(g + 0.5)
+            if gi < 1 or abs(g - gi) > tol:
+                spurious += 1
+                continue
+            k = prev_k + np.int64(gi)
+            dropped += gi - 1
+            period_est = gap / (gi * divider)
+        out_t[m] = t
+        out_k[m] = k
+        m += 1
+        prev_t = t
+        prev_k = k
+    return out_t[:m], out_k[:m], have_prev, prev_t, prev_k, period_est, dropped, spurious
+
+
+@numba.njit(cache=True)
+def _combine(slots, bits):  # type: ignore[no-untyped-def]
+    """Merge detections of equal slots (input sorted by slot): OR of detector bits → outcome."""
+    n = slots.shape[0]
+    out_s = np.empty(n, dtype=np.int64)
+    out_o = np.empty(n, dtype=np.uint8)
+    m = -1
+    for i in range(n):
+        if m >= 0 and out_s[m] == slots[i]:
+            out_o[m] |= bits[i]
+        else:
+            m += 1
+            out_s[m] = slots[i]
+            out_o[m] = bits[i]
+    return out_s[: m + 1], out_o[: m + 1]
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _interval_periods(anchor_t: np.ndarray, anchor_k: np.ndarray, divider: int, fallback: float) -> np.ndarray:
+    """Period of each interval starting at an anchor; the last one repeats the previous (or fallback)."""
+    n = anchor_t.shape[0]
+    per = np.empty(n, dtype=np.float64)
+    if n >= 2:
+        per[:-1] = (anchor_t[1:] - anchor_t[:-1]) / ((anchor_k[1:] - anchor_k[:-1]) * divider)
+        per[-1] = per[-2]
+    elif n == 1:
+        per[0] = fallback
+    return per
+
+
+@numba.njit(cache=True)
+def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w, burst_period, burst_on):  # type: ignore[no-untyped-def]
+    """Per detection: interval by binary search, nearest slot, window and burst checks."""
+    n = det_t.shape[0]
+    na = anchor_t.shape[0]
+    slots = np.empty(n, dtype=np.int64)
+    bits = np.empty(n, dtype=np.uint8)
+    m = 0
+    n_out = 0
+    n_neg = 0
+    n_burst = 0
+    a = 0
+    for q in range(n):
+        t = det_t[q]
+        # last anchor with anchor_t <= t (0 if none); start from the previous answer
+        if a >= na or anchor_t[a] > t:
+            lo, hi = 0, na
+        else:
+            lo, hi = a, na
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if anchor_t[mid] <= t:
+                lo = mid + 1
+            else:
+                hi = mid
+        a = lo - 1 if lo > 0 else 0
+        d = det_id[q]
+        rel = float(t - anchor_t[a]) - off[d]
+        P = per[a]
+        r = math.floor(rel / P + 0.5)
+        resid = rel - r * P
+        if abs(resid) > half_w[d]:
+            n_out += 1
+            continue
+        s = anchor_k[a] * divider + np.int64(r)
+        if s < 0:
+            n_neg += 1
+            continue
+        if burst_period > 0 and s % burst_period >= burst_on:
+            n_burst += 1
+            continue
+        slots[m] = s
+        bits[m] = np.uint8(1) << np.uint8(d)
+        m += 1
+    return slots[:m], bits[:m], n_out, n_neg, n_burst
+
+
+def _assign(det_t: np.ndarray, det_id: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray,
+            per: np.ndarray, p: SlottingParams, stats: SlottingStats) -> tuple[np.ndarray, np.ndarray]:
+    """Slots and detector bits (1 = D0, 2 = D1) of detections whose interval is known."""
+    slots, bits, n_out, n_neg, n_burst = _assign_kernel(
+        np.ascontiguousarray(det_t), np.ascontiguousarray(det_id), anchor_t, anchor_k, per,
+        np.int64(p.sync_divider), np.asarray(p.window_offset_ps, dtype=np.float64),
+        np.asarray(p.window_ps, dtype=np.float64) / 2.0, np.int64(p.burst_period_slots), np.int64(p.burst_on_slots))
+    stats.outside_window += int(n_out)
+    stats.before_first_slot += int(n_neg)
+    stats.outside_burst += int(n_burst)
+    return slots, bits
+
+
+class Slotter:
+    """Streaming slotter: feed :class:`TagBlock` s with :meth:`push`, then call :meth:`finish`.
+
+    Memory is bounded by one block plus the tags of the last sync interval.
+    """
+
+    def __init__(self, params: SlottingParams) -> None:
+        self.p = params
+        self.stats = SlottingStats()
+        self._have_prev = False
+        self._prev_t = 0
+        self._prev_k = 0
+        self._period_est = float(params.period_ps)
+        self._anchor_t = np.empty(0, dtype=np.int64)
+        self._anchor_k = np.empty(0, dtype=np.int64)
+        self._pend_t = np.empty(0, dtype=np.int64)
+        self._pend_id = np.empty(0, dtype=np.int64)
+        self._held_s = np.empty(0, dtype=np.int64)
+        self._held_b = np.empty(0, dtype=np.uint8)
+        self._final_upto = 0  # every slot < this is final (emitted or empty)
+        self._last_emitted = -1
+        self._finished = False
+        self._last_raw: int | None = None
+        self._max_delay = max(params.delays_ps)
+        finite_w = [w for w in params.window_ps if math.isfinite(w)]
+        reach = max(abs(o) for o in params.window_offset_ps) + (max(finite_w) if finite_w else params.period_ps)
+        self._margin_slots = int(math.ceil(reach / params.period_ps)) + 2
+
+    @property
+    def last_emitted(self) -> int:
+        """Largest slot emitted so far (−1 before the first)."""
+        return self._last_emitted
+
+    @property
+    def final_slots(self) -> int:
+        """Number of slots from 0 whose outcomes are final (emitted so far)."""
+        return self._final_upto
+
+    def push(self, block: TagBlock) -> SlotEvents:
+        """Process one block; return the clicked slots that are now final."""
+        if self._finished:
+            raise QKDInputError("slotting: push() after finish()")
+        if not isinstance(block, TagBlock):
+            raise QKDInputError(f"slotting: expected a TagBlock, got {type(block).__name__}")
+        ts, ch = block.timestamps, block.channels
+        if ts.size > 1 and np.any(ts[1:] < ts[:-1]):
+            raise QKDInputError("slotting: TagBlock timestamps must be non-decreasing")
+        if self._last_raw is not None and ts.size and ts[0] < self._last_raw:
+            raise QKDInputError("slotting: TagBlock starts before the end of the previous block (blocks out of order)")
+        if block.overflow:
+            self.stats.overflow_blocks += 1
+        p = self.p
+        is_sync = ch == p.sync_channel
+        is_d0 = ch == p.detector_channels[0]
+        is_d1 = ch == p.detector_channels[1]
+        self.stats.other_tags += int(ts.size - np.count_nonzero(is_sync | is_d0 | is_d1))
+        sync_t = ts[is_sync] - p.sync_delay_ps
+        self.stats.sync_tags += int(sync_t.size)
+        is_det = is_d0 | is_d1
+        det_id_new = is_d1[is_det].astype(np.int64)
+        det_t_new = ts[is_det] - np.where(det_id_new == 1, p.delays_ps[1], p.delays_ps[0])
+        self.stats.detector_tags += int(det_t_new.size)
+
+        a_t, a_k, self._have_prev, self._prev_t, self._prev_k, self._period_est, dropped, spurious = _anchor_syncs(
+            sync_t, self._have_prev, np.int64(self._prev_t), np.int64(self._prev_k), float(self._period_est),
+            p.sync_divider, float(p.period_ps), float(p.gap_tolerance))
+        self.stats.dropped_syncs += int(dropped)
+        self.stats.spurious_syncs += int(spurious)
+        anchor_t = np.concatenate([self._anchor_t, a_t])
+        anchor_k = np.concatenate([self._anchor_k, a_k])
+        det_t = np.concatenate([self._pend_t, det_t_new])
+        det_id = np.concatenate([self._pend_id, det_id_new])
+        if ts.size:
+            self._last_raw = int(ts[-1])
+        return self._process(anchor_t, anchor_k, det_t, det_id, last_raw=self._last_raw, flush=False)
+
+    def finish(self) -> SlotEvents:
+        """End of stream: assign the waiting tags with the last period and emit everything."""
+        if self._finished:
+            return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
+        self._finished = True
+        out = self._process(self._anchor_t, self._anchor_k, self._pend_t, self._pend_id, last_raw=None, flush=True)
+        return out
+
+    def _process(self, anchor_t: np.ndarray, anchor_k: np.ndarray, det_t: np.ndarray, det_id: np.ndarray,
+                 last_raw: int | None, flush: bool) -> SlotEvents:
+        p = self.p
+        n_a = anchor_t.size
+        if n_a == 0:
+            ready = np.zeros(det_t.size, dtype=bool)
+            if flush:  # no sync tag ever: nothing can be placed
+                self.stats.before_first_slot += int(det_t.size)
+                det_t, det_id = det_t[:0], det_id[:0]
+                ready = ready[:0]
+        elif flush:
+            ready = np.ones(det_t.size, dtype=bool)
+        elif n_a < 2:
+            ready = np.zeros(det_t.size, dtype=bool)
+        else:
+            ready = np.searchsorted(anchor_t, det_t, side="right") - 1 < n_a - 1
+        per = _interval_periods(anchor_t, anchor_k, p.sync_divider, self._period_est)
+        if n_a:
+            s_new, b_new = _assign(det_t[ready], det_id[ready], anchor_t, anchor_k, per, p, self.stats)
+        else:
+            s_new, b_new = np.empty(0, np.int64), np.empty(0, np.uint8)
+        pend_t, pend_id = det_t[~ready], det_id[~ready]
+        if not flush and pend_t.size > MAX_PENDING_TAGS:
+            raise QKDInputError(
+                f"slotting: {pend_t.size} detector tags without a sync tag on channel {p.sync_channel}; "
+                f"check time_tagger.sync_channel and the sync cable")
+        # Merge with held slots, sort, combine.
+        s_all = np.concatenate([self._held_s, s_new])
+        b_all = np.concatenate([self._held_b, b_new])
+        order = np.argsort(s_all, kind="stable")
+        slots, outcomes = _combine(s_all[order], b_all[order])
+        if flush:
+            threshold = np.iinfo(np.int64).max
+            keep_from = n_a
+        elif n_a == 0 or last_raw is None:
+            threshold = -1
+            keep_from = 0
+        else:
+            # Every later detection has corrected time >= t_min (raw >= last_raw, or waiting
+            # after the last anchor), so slots below `threshold` can no longer change.
+            t_min = min(last_raw - self._max_delay, int(anchor_t[-1]))
+            j0 = max(0, int(np.searchsorted(anchor_t, t_min, side="right")) - 2)
+            P0 = per[j0]
+            base = int(anchor_k[j0]) * p.sync_divider + int(math.floor((t_min - int(anchor_t[j0])) / P0))
+            threshold = max(base - self._margin_slots, self._final_upto)
+            keep_from = j0
+        emit = slots < threshold
+        self._held_s, self._held_b = slots[~emit], outcomes[~emit]
+        self._pend_t, self._pend_id = pend_t, pend_id
+        self._anchor_t, self._anchor_k = anchor_t[keep_from:], anchor_k[keep_from:]
+        es, eo = slots[emit], outcomes[emit]
+        if es.size:
+            self._last_emitted = int(es[-1])
+        if flush:
+            last_anchor_end = (int(anchor_k[-1]) + 1) * p.sync_divider if n_a else 0
+            self._final_upto = max(self._final_upto, last_anchor_end, self._last_emitted + 1)
+        elif threshold > self._final_upto:
+            self._final_upto = int(threshold)
+        self.stats.double_clicks += int(np.count_nonzero(eo == 3))
+        self.stats.clicked_slots += int(es.size)
+        return SlotEvents(es, eo)
+
+    def run(self, blocks: Iterable[TagBlock]) -> Iterator[SlotEvents]:
+        """Slot a whole stream: yields the final events after each block and at the end."""
+        for b in blocks:
+            yield self.push(b)
+        yield self.finish()
+
+
+def slot_tags(timestamps: np.ndarray, channels: np.ndarray, params: SlottingParams) -> SlotEvents:
+    """Slot one complete tag stream (int64 ps timestamps, int16 channels) in one call."""
+    s = Slotter(params)
+    a = s.push(TagBlock(timestamps, channels))
+    b = s.finish()
+    return SlotEvents(np.concatenate([a.slots, b.slots]), np.concatenate([a.outcomes, b.outcomes]))
+
+
+def slot_tags_reference(timestamps: np.ndarray, channels: np.ndarray, params: SlottingParams) -> SlotEvents:
+    """Slow pure-Python reference of the same rules on a whole stream (for tests)."""
+    p = params
+    D, Tn = p.sync_divider, p.period_ps
+    anchors: list[tuple[int, int]] = []
+    est = Tn
+    for t_raw, c in zip(timestamps.tolist(), channels.tolist(), strict=True):
+        if c != p.sync_channel:
+            continue
+        t = t_raw - p.sync_delay_ps
+        if not anchors:
+            anchors.append((t, math.floor(t / (D * Tn) + 0.5)))
+            continue
+        pt, pk = anchors[-1]
+        gap = t - pt
+        g = gap / (D * est)
+        gi = math.floor(g + 0.5)
+        if gi < 1 or abs(g - gi) > p.gap_tolerance:
+            continue
+        est = gap / (gi * D)
+        anchors.append((t, pk + gi))
+    if not anchors:
+        return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
+    periods = []
+    for a in range(len(anchors)):
+        if a + 1 < len(anchors):
+            (t0, k0), (t1, k1) = anchors[a], anchors[a + 1]
+            periods.append((t1 - t0) / ((k1 - k0) * D))
+        elif a >= 1:
+            periods.append(periods[-1])
+        else:
+            periods.append(est)
+    clicks: dict[int, int] = {}
+    for t_raw, c in zip(timestamps.tolist(), channels.tolist(), strict=True):
+        if c == p.sync_channel or c not in p.detector_channels:
+            continue
+        d = 1 if c == p.detector_channels[1] else 0
+        t = t_raw - p.delays_ps[d]
+        a = 0
+        for i, (ta, _) in enumerate(anchors):
+            if ta <= t:
+                a = i
+        ta, ka = anchors[a]
+        P = periods[a]
+        rel = float(t - ta) - p.window_offset_ps[d]
+        r = math.floor(rel / P + 0.5)
+        if abs(rel - r * P) > p.window_ps[d] / 2.0:
+            continue
+        slot = ka * D + r
+        if slot < 0:
+            continue
+        if p.burst_period_slots > 0 and slot % p.burst_period_slots >= p.burst_on_slots:
+            continue
+        clicks[slot] = clicks.get(slot, 0) | (1 << d)
+    ks = sorted(clicks)
+    return SlotEvents(np.array(ks, dtype=np.int64), np.array([clicks[k] for k in ks], dtype=np.uint8))
+
+
+def announcements_by_pair(events: SlotEvents, schedule: PairSchedule) -> dict[str, Announcements]:
+    """Split clicked slots by the pair scheduled in them: the measurement node's announcements."""
+    pidx = schedule.pair_index(events.slots)
+    out: dict[str, Announcements] = {}
+    for i, name in enumerate(schedule.names):
+        sel = pidx == i
+        out[name] = Announcements(name, np.ascontiguousarray(events.slots[sel]), np.ascontiguousarray(events.outcomes[sel]))
+    return out

@@ -1,0 +1,87 @@
+"""Sifting: fast path vs pure-Python reference, known answers, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labqfl.errors import QKDInputError
+from labqfl.qkd.sifting import ClientSetup, sift, sift_records, sift_reference, with_key_errors
+from labqfl.qkd.types import Announcements, ModulationRecord
+
+SETUP_I = ClientSetup("C1", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9)
+SETUP_J = ClientSetup("C2", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9)
+
+
+class ArrayLog:
+    """A client's own log: seeded per-slot choices (stands in for the QRNG/AWG record)."""
+
+    def __init__(self, client: str, seed: int, n: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.client = client
+        self.k = rng.choice(3, n, p=[0.6, 0.2, 0.2]).astype(np.uint8)
+        self.a = rng.integers(0, 4, n).astype(np.uint8)
+        self.a[rng.random(n) < 0.5] &= 2  # bias towards X
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        return ModulationRecord(self.client, slots, self.k[slots], self.a[slots])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 400))
+def test_sift_matches_reference(seed, n):
+    rng = np.random.default_rng(seed)
+    slots = np.sort(rng.choice(4 * n + 1, n, replace=False)).astype(np.int64)
+    outcomes = rng.integers(1, 4, n).astype(np.uint8)
+    li, lj = ArrayLog("C1", seed, 4 * n + 1), ArrayLog("C2", seed + 1, 4 * n + 1)
+    ann = Announcements("C1-C2", slots, outcomes)
+    res = sift(ann, li, lj, SETUP_I, SETUP_J, n_slots=4 * n + 1, rng=np.random.default_rng(7))
+    ri, rj = li.choices(slots), lj.choices(slots)
+    key_mask = (ri.intensity_idx == 0) & (ri.phase_idx % 2 == 0) & (rj.intensity_idx == 0) & (rj.phase_idx % 2 == 0)
+    n_sq = int(np.count_nonzero(outcomes[key_mask] == 3))
+    squash = np.random.default_rng(7).integers(0, 2, n_sq, dtype=np.uint8)
+    k_idx, bi, bj, clicks, e2, dbl = sift_reference(outcomes, ri, rj, 3, 3, squash)
+    np.testing.assert_array_equal(res.key_slots, slots[k_idx])
+    np.testing.assert_array_equal(res.bits_i, bi)
+    np.testing.assert_array_equal(res.bits_j, bj)
+    np.testing.assert_array_equal(res.counts.clicks, clicks)
+    np.testing.assert_array_equal(res.counts.errors_x2, e2)
+    np.testing.assert_array_equal(res.counts.double_clicks, dbl)
+    assert res.counts.clicks.sum() == n
+
+
+def test_known_answer_rule():
+    # slot 0: both signal X, bits 0/0, D0 -> key bits 0/0
+    # slot 1: both signal X, Ci bit 1 (a=2), Cj bit 0, D1 -> Ci 1, Cj 0^1 = 1
+    # slot 2: both signal X, bits equal, D1 -> key error (Ci 0, Cj 1)
+    # slot 3: Y/Y decoy (k=1), equal bits (a=1,1), D1 -> test error, 2 in errors_x2
+    # slot 4: Y/Y decoy, double click -> half error
+    ri = ModulationRecord("C1", np.arange(5), np.array([0, 0, 0, 1, 1], np.uint8), np.array([0, 2, 0, 1, 3], np.uint8))
+    rj = ModulationRecord("C2", np.arange(5), np.array([0, 0, 0, 1, 1], np.uint8), np.array([0, 0, 0, 1, 3], np.uint8))
+    ann = Announcements("C1-C2", np.arange(5, dtype=np.int64), np.array([1, 2, 2, 2, 3], np.uint8))
+    r = sift_records(ann, ri, rj, SETUP_I, SETUP_J, n_slots=100)
+    assert r.bits_i.tolist() == [0, 1, 0]
+    assert r.bits_j.tolist() == [0, 1, 1]
+    assert r.counts.clicks[0, 0, 0, 0] == 3
+    assert r.counts.errors_x2[1, 1, 1, 1] == 3
+    assert r.counts.double_clicks[1, 1, 1, 1] == 1
+    assert r.counts.errors_x2[0, 0, 0, 0] == 0
+    assert with_key_errors(r.counts, 1).errors_x2[0, 0, 0, 0] == 2
+
+
+def test_bad_records_give_clear_errors():
+    ann = Announcements("C1-C2", np.arange(3, dtype=np.int64), np.array([1, 2, 1], np.uint8))
+    good = ModulationRecord("C1", np.arange(3), np.zeros(3, np.uint8), np.zeros(3, np.uint8))
+    short = ModulationRecord("C2", np.arange(2), np.zeros(2, np.uint8), np.zeros(2, np.uint8))
+    wrong = ModulationRecord("C2", np.arange(3), np.zeros(3, np.int64), np.zeros(3, np.uint8))
+    with pytest.raises(QKDInputError, match="2 entries for 3"):
+        sift_records(ann, good, short, SETUP_I, SETUP_J, 10)
+    with pytest.raises(QKDInputError, match="uint8"):
+        sift_records(ann, good, wrong, SETUP_I, SETUP_J, 10)
+    bad_phase = ModulationRecord("C2", np.arange(3), np.zeros(3, np.uint8), np.full(3, 7, np.uint8))
+    with pytest.raises(QKDInputError, match="0..3"):
+        sift_records(ann, good, bad_phase, SETUP_I, SETUP_J, 10)
+    with pytest.raises(QKDInputError, match="do not match pair"):
+        sift(ann, ArrayLog("C3", 1, 5), ArrayLog("C2", 1, 5), SETUP_I, SETUP_J, 10)

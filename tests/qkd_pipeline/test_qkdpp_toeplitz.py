@@ -1,0 +1,79 @@
+"""Toeplitz privacy amplification: bit-for-bit agreement with randextract, exactness, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from galois import GF2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from randextract import ToeplitzHashing
+
+from labqfl.errors import QKDInputError
+from labqfl.qkd import toeplitz_hash
+from labqfl.qkd.toeplitz import (
+    toeplitz_hash_ntt,
+    toeplitz_hash_reference,
+    toeplitz_seed,
+    toeplitz_seed_length,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 600), frac=st.floats(0.0, 1.0))
+def test_matches_randextract_and_reference_bit_for_bit(seed, n, frac):
+    m = max(1, int(round(frac * n)))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
+    ours = toeplitz_hash(x, s, m)
+    theirs = np.asarray(ToeplitzHashing(n, m).extract(GF2(x), GF2(s))).astype(np.uint8)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, toeplitz_hash_reference(x, s, m))
+    np.testing.assert_array_equal(ours, toeplitz_hash_ntt(x, s, m))
+    assert ours.dtype == np.uint8 and ours.shape == (m,)
+
+
+def test_known_answer_small_matrix():
+    # T[i, j] = seed[(i - j) mod 4] for n = 3, m = 2: rows [s0 s3 s2], [s1 s0 s3]
+    seed = np.array([1, 0, 1, 1], dtype=np.uint8)
+    x = np.array([1, 1, 0], dtype=np.uint8)
+    assert toeplitz_hash(x, seed, 2).tolist() == [(1 + 1) % 2, (0 + 1) % 2]
+
+
+def test_fft_path_is_exact_on_a_large_block_against_the_ntt():
+    rng = np.random.default_rng(11)
+    n, m = 1 << 20, 300_000
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = toeplitz_seed(n, m)
+    np.testing.assert_array_equal(toeplitz_hash(x, s, m), toeplitz_hash_ntt(x, s, m))
+
+
+def test_large_block_spot_rows_against_direct_parities():
+    rng = np.random.default_rng(5)
+    n, m = 3_000_000, 1_000_000
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, n + m - 1, dtype=np.uint8)
+    y = toeplitz_hash(x, s, m)
+    L = n + m - 1
+    j = np.arange(n)
+    for i in (0, 1, 777, m - 1):
+        assert y[i] == int(np.dot(s[(i - j) % L].astype(np.int64), x.astype(np.int64)) % 2)
+
+
+def test_seed_comes_from_csprng_with_right_length():
+    a, b = toeplitz_seed(1000, 100), toeplitz_seed(1000, 100)
+    assert a.shape == (1099,) and a.dtype == np.uint8
+    assert not np.array_equal(a, b)
+
+
+def test_bad_inputs():
+    x = np.zeros(10, np.uint8)
+    with pytest.raises(QKDInputError, match="expected 14 bits, got 13"):
+        toeplitz_hash(x, np.zeros(13, np.uint8), 5)
+    with pytest.raises(QKDInputError, match="dtype uint8"):
+        toeplitz_hash(x.astype(np.int32), np.zeros(14, np.uint8), 5)
+    with pytest.raises(QKDInputError, match="out_len"):
+        toeplitz_hash(x, np.zeros(20, np.uint8), 11)
+    with pytest.raises(QKDInputError, match="0 or 1"):
+        toeplitz_hash(np.full(10, 2, np.uint8), np.zeros(14, np.uint8), 5)
