@@ -1,0 +1,290 @@
+"""Where the pairwise mask keys come from: the QKD key store (``qkd``) or a CSPRNG (``csprng``).
+
+A :class:`KeySource` hands out, for a pair "Ci-Cj" and a round, bits that *both* ends hold.
+Every run records which source it used (``RoundResult.key_source``):
+
+- ``qkd`` (:class:`KeyStoreKeySource`): bits consumed from the pair's pool in the per-node SQLite
+  key stores — ``take`` on the master's store (the pair's first client), ``take_exact`` with the
+  same refs on the slave's; the two are compared (a mismatch aborts the round without printing
+  them). Consumed bits are marked used by the store and never handed out again. One-time-pad
+  masks from these keys are information-theoretically secure.
+- ``csprng`` (:class:`CsprngKeySource`): a stand-in for runs larger than the key supply (the
+  paper's 200-client simulation used pseudo-random masks). Per pair and round a fresh 256-bit
+  seed from the OS (``secrets``) is expanded with AES-256 in counter mode (a standard
+  cryptographic PRG; in a deployed protocol the pair would agree on the seed, e.g. by key
+  agreement). Masks are then only *computationally* secure, not information-theoretically.
+
+Key starvation (qkd): before a round draws anything, :meth:`KeyStoreKeySource.ensure_available`
+checks every pair of the mask graph; with ``starvation="wait"`` it polls the stores, reporting
+progress through a callback, until all pairs have enough or ``wait_timeout_s`` passes; with
+``"fail"`` it raises :class:`~labqfl.errors.KeyStarvationError` at once. The error names the pair,
+the bits needed and the bits available.
+
+Key bits are never logged, printed or pickled: sources log only pair names and bit counts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from labqfl.errors import KeyStarvationError, SecureAggregationError
+from labqfl.fl.masks import split_pair, words_from_bits
+from labqfl.fl.quantize import uint_dtype
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+KEY_PURPOSE = "fl"
+_ZERO_NONCE = bytes(16)  # each AES key (fresh OS seed) encrypts exactly one stream
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Pairwise shared key bits for masks.
+
+    ``name`` is ``"qkd"`` or ``"csprng"``. ``shared_keys(pair, nbits, round_index=r)`` returns
+    ``nbits`` bits (uint8 0/1, shape (nbits,)) that both ends of ``pair`` hold; no bit is ever
+    returned twice.
+    """
+
+    name: str
+
+    def shared_keys(self, pair: str, nbits: int, *, round_index: int) -> np.ndarray: ...
+
+
+def key_words(source: KeySource, pair: str, n_words: int, q: int, *, round_index: int) -> np.ndarray:
+    """n_words mask words of q bits for ``pair`` (``uint{q}``), from q·n_words fresh key bits.
+
+    Uses the source's ``shared_words`` fast path when it has one (same bits → same words as
+    :func:`~labqfl.fl.masks.words_from_bits`), else packs ``shared_keys``.
+    """
+    dt = uint_dtype(q)
+    fast = getattr(source, "shared_words", None)
+    if fast is not None:
+        w = fast(pair, n_words, q, round_index=round_index)
+    else:
+        w = words_from_bits(source.shared_keys(pair, q * n_words, round_index=round_index), q)
+    if w.dtype != dt or w.shape != (n_words,):
+        raise SecureAggregationError(f"key source {source.name!r} returned wrong words for pair {pair!r}")
+    return w
+
+
+class _Accounting:
+    """Bits handed out per pair (no key material, only counts)."""
+
+    def __init__(self) -> None:
+        self.bits_used: dict[str, int] = {}
+
+    def _count(self, pair: str, nbits: int) -> None:
+        self.bits_used[pair] = self.bits_used.get(pair, 0) + int(nbits)
+
+
+class CsprngKeySource(_Accounting):
+    """Stand-in pairwise keys: per call a fresh OS seed expanded by AES-256-CTR (not QKD).
+
+    Computationally secure only. Fresh seeds per call mean no stream is ever reused.
+    """
+
+    name = "csprng"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._zeros = b""
+
+    def _stream(self, nbytes: int) -> np.ndarray:
+        """``nbytes`` of AES-256-CTR keystream under a fresh 256-bit OS seed (uint8 array)."""
+        enc = Cipher(algorithms.AES(secrets.token_bytes(32)), modes.CTR(_ZERO_NONCE)).encryptor()
+        if len(self._zeros) < nbytes:
+            self._zeros = bytes(nbytes)
+        out = np.empty(nbytes + 15, dtype=np.uint8)  # update_into wants room for one more block
+        n = enc.update_into(memoryview(self._zeros)[:nbytes], out.data)
+        enc.finalize()
+        return out[:n]
+
+    def shared_keys(self, pair: str, nbits: int, *, round_index: int) -> np.ndarray:
+        split_pair(pair)
+        if nbits < 0:
+            raise ValueError(f"nbits must be >= 0, got {nbits}")
+        raw = self._stream((nbits + 7) // 8)
+        self._count(pair, nbits)
+        return np.unpackbits(raw)[:nbits]
+
+    def shared_words(self, pair: str, n_words: int, q: int, *, round_index: int) -> np.ndarray:
+        """Fast path: n_words uniform q-bit words from q·n_words fresh stream bits.
+
+        The stream is read as native-endian words (no byte swap): every stream is fresh and used
+        by this call only, so no other party needs to reproduce the bits → words convention.
+        """
+        split_pair(pair)
+        dt = uint_dtype(q)
+        raw = self._stream(n_words * q // 8)
+        self._count(pair, n_words * q)
+        return raw.view(dt)
+
+    def __reduce__(self) -> Any:  # pragma: no cover - holds no key, but keep it unpicklable anyway
+        raise TypeError("key sources are not picklable")
+
+
+@dataclass(frozen=True)
+class StarvationProgress:
+    """Progress of a round waiting for key: which pair, bits needed and available, time waited."""
+
+    pair: str
+    needed_bits: int
+    available_bits: int
+    waited_s: float
+    timeout_s: float
+
+
+class KeyStoreKeySource(_Accounting):
+    """Keys from the per-node QKD key stores (``labqfl.keystore``), consumed once, ever.
+
+    ``stores`` maps node (client) name → that node's ``KeyStore``. For pair "Ci-Cj", Ci's store
+    is the master (``take``), Cj's the slave (``take_exact`` with the master's refs).
+    """
+
+    name = "qkd"
+
+    def __init__(
+        self,
+        stores: Mapping[str, Any],
+        *,
+        starvation: Literal["wait", "fail"] = "wait",
+        wait_timeout_s: float = 60.0,
+        poll_interval_s: float = 0.5,
+        progress: Callable[[StarvationProgress], None] | None = None,
+        purpose: str = KEY_PURPOSE,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        if starvation not in ("wait", "fail"):
+            raise ValueError(f"starvation must be 'wait' or 'fail', got {starvation!r}")
+        if wait_timeout_s < 0 or poll_interval_s <= 0:
+            raise ValueError("wait_timeout_s must be >= 0 and poll_interval_s > 0")
+        self.stores = dict(stores)
+        self.starvation = starvation
+        self.wait_timeout_s = float(wait_timeout_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self.progress = progress
+        self.purpose = purpose
+        self._sleep = sleep
+        self._clock = clock
+
+    def _ends(self, pair: str) -> tuple[Any, Any]:
+        a, b = split_pair(pair)
+        missing = [n for n in (a, b) if n not in self.stores]
+        if missing:
+            raise SecureAggregationError(
+                f"no key store for node(s) {missing} of pair {pair!r}; stores: {sorted(self.stores)}")
+        return self.stores[a], self.stores[b]
+
+    def available_bits(self, pair: str) -> int:
+        """Unconsumed bits of ``pair`` for this purpose held by *both* ends (min of the two)."""
+        master, slave = self._ends(pair)
+        return min(int(master.available_bits(pair, self.purpose)), int(slave.available_bits(pair, self.purpose)))
+
+    def ensure_available(self, needs: Mapping[str, int]) -> None:
+        """Block until every pair has its needed bits ('wait'), or raise at once ('fail').
+
+        Raises :class:`KeyStarvationError` naming the pair, bits needed and available.
+        """
+        t0 = self._clock()
+        while True:
+            short = []
+            for pair, need in needs.items():
+                have = self.available_bits(pair)
+                if have < need:
+                    short.append((pair, int(need), have))
+            if not short:
+                return
+            waited = self._clock() - t0
+            pair, need, have = short[0]
+            if self.progress is not None:
+                for p, n, h in short:
+                    self.progress(StarvationProgress(p, n, h, waited, self.wait_timeout_s))
+            if self.starvation == "fail" or waited >= self.wait_timeout_s:
+                how = "" if self.starvation == "fail" else f" after waiting {waited:.1f} s"
+                others = f" (and {len(short) - 1} more pair(s) short)" if len(short) > 1 else ""
+                raise KeyStarvationError(
+                    f"key starvation{how}: pair {pair} needs {need} key bits for this round, "
+                    f"{have} available (purpose {self.purpose!r}){others}",
+                    pair=pair, needed_bits=need, available_bits=have)
+            log.info("waiting for key: pair %s needs %d bits, %d available", pair, need, have)
+            self._sleep(min(self.poll_interval_s, self.wait_timeout_s - waited))
+
+    def shared_keys(self, pair: str, nbits: int, *, round_index: int) -> np.ndarray:
+        if nbits < 0:
+            raise ValueError(f"nbits must be >= 0, got {nbits}")
+        self.ensure_available({pair: nbits})
+        master, slave = self._ends(pair)
+        a, refs = take_master_keys(master, pair, nbits, round_index=round_index, purpose=self.purpose)
+        b = take_slave_keys(slave, pair, refs, round_index=round_index, purpose=self.purpose)
+        same = a.shape == b.shape == (nbits,) and np.array_equal(a, b)
+        b[:] = 0
+        if not same:
+            a[:] = 0
+            raise SecureAggregationError(
+                f"key mismatch for pair {pair} in round {round_index}: master and slave stores "
+                f"returned different bits for the same refs; round aborted (the bits are spent)")
+        self._count(pair, nbits)
+        log.debug("round %d: took %d key bits for pair %s", round_index, nbits, pair)
+        return a
+
+    def __reduce__(self) -> Any:  # pragma: no cover
+        raise TypeError("key sources are not picklable")
+
+
+def take_master_keys(store: Any, pair: str, nbits: int, *, round_index: int,
+                     purpose: str = KEY_PURPOSE) -> tuple[np.ndarray, list[Any]]:
+    """Master end (the pair's first client) of a distributed round: consume ``nbits`` from its
+    own key store. Returns ``(bits, refs)``; send ``refs`` (not the bits) to the partner, who calls
+    :func:`take_slave_keys`. The store's in-memory copy is wiped."""
+    km = store.take(pair, nbits, purpose=purpose, info={"use": "fl-mask", "round": int(round_index)})
+    try:
+        return np.array(km.bits, dtype=np.uint8), list(km.refs)
+    finally:
+        km.wipe()
+
+
+def take_slave_keys(store: Any, pair: str, refs: Any, *, round_index: int,
+                    purpose: str = KEY_PURPOSE) -> np.ndarray:
+    """Slave end (the pair's second client): consume exactly the bits the master named."""
+    km = store.take_exact(pair, refs, purpose=purpose, info={"use": "fl-mask", "round": int(round_index)})
+    try:
+        return np.array(km.bits, dtype=np.uint8)
+    finally:
+        km.wipe()
+
+
+def make_key_source(
+    kind: str,
+    *,
+    keystore_dir: Path | None = None,
+    nodes: list[str] | None = None,
+    starvation: Literal["wait", "fail"] = "wait",
+    wait_timeout_s: float = 60.0,
+    poll_interval_s: float = 0.5,
+    progress: Callable[[StarvationProgress], None] | None = None,
+) -> KeySource:
+    """Build a key source by name: ``"csprng"`` or ``"qkd"`` (needs ``keystore_dir`` and ``nodes``)."""
+    if kind == "csprng":
+        return CsprngKeySource()
+    if kind == "qkd":
+        if keystore_dir is None or not nodes:
+            raise SecureAggregationError("key source 'qkd' needs keystore_dir and the list of nodes")
+        # local import: the key store is optional for csprng runs
+        from labqfl.keystore import open_node_stores
+
+        stores = open_node_stores(nodes, Path(keystore_dir))
+        return KeyStoreKeySource(stores, starvation=starvation, wait_timeout_s=wait_timeout_s,
+                                 poll_interval_s=poll_interval_s, progress=progress)
+    raise SecureAggregationError(f"unknown key source {kind!r}; expected 'qkd' or 'csprng'")

@@ -1,0 +1,320 @@
+"""Secure aggregation with pairwise one-time-pad masks (QuNetQFL, arXiv 2501.12709).
+
+One round: every client clips and quantises its update to integers on a range sized by its
+FedAvg weight (:mod:`labqfl.fl.quantize`), adds its pairwise mask m_i built from keys shared with
+its neighbours in the mask graph (:mod:`labqfl.fl.masks`, keys from :mod:`labqfl.fl.keysource`),
+and uploads q bits per parameter. The server sums the uploads mod 2^q; the masks cancel; clients
+lost after masking are handled by their surviving partners revealing the keys they shared with
+them; the server dequantises the exact integer sum into the weighted average.
+
+Framework-free: the in-process simulation and the Flower engine only move these arrays. The
+one-call :func:`secure_round` runs all parties in one process (simulation); the pieces
+(:func:`~labqfl.fl.quantize.quantize`, :func:`~labqfl.fl.masks.mask_update`,
+:func:`~labqfl.fl.masks.aggregate`) are what separate processes call. See
+``docs/secure_aggregation.md`` for the protocol, the bit budget and the threat model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from labqfl.errors import BitBudgetError, SecureAggregationError
+from labqfl.fl.keysource import KeySource, key_words
+from labqfl.fl.masks import (
+    aggregate,
+    apply_pair_key,
+    components,
+    dangling_pairs,
+    mask_graph,
+    order_clients,
+    parse_graph,
+    split_pair,
+)
+from labqfl.fl.quantize import (
+    SUPPORTED_Q,
+    ceil_log2,
+    dequantize_sum,
+    quantize,
+    uint_dtype,
+    weight_ranges,
+)
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Secure-aggregation settings.
+
+    q: modulus bits (8, 16 or 32) — also the upload size per parameter.
+    clip: updates are clipped to [-clip, clip] (the count of clipped values is reported).
+    rounding: "nearest" or "stochastic" (unbiased).
+    graph: "all" (every pair, as in the paper) or "ring-k" (Harary graph, k neighbours, k even).
+    k: neighbours per client for "ring-k".
+    value_bits: explicit bits per value b; ``None`` → b = q − ⌈log2 N⌉ (the largest safe b).
+    min_survivors: a round with fewer surviving clients is aborted (an "aggregate" of one
+        client would be that client's update).
+    """
+
+    q: int = 8
+    clip: float = 1.0
+    rounding: Literal["nearest", "stochastic"] = "nearest"
+    graph: str = "all"
+    k: int = 0
+    value_bits: int | None = None
+    min_survivors: int = 2
+
+    def __post_init__(self) -> None:
+        if self.q not in SUPPORTED_Q:
+            raise ValueError(f"SecAggConfig.q must be one of {SUPPORTED_Q}, got {self.q}")
+        if not (isinstance(self.clip, int | float) and np.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"SecAggConfig.clip must be a positive finite number, got {self.clip!r}")
+        if self.rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"SecAggConfig.rounding must be 'nearest' or 'stochastic', got {self.rounding!r}")
+        kind, k = parse_graph(self.graph, self.k)
+        object.__setattr__(self, "graph", kind)
+        object.__setattr__(self, "k", k)
+        if self.value_bits is not None and not 1 <= self.value_bits <= self.q:
+            raise ValueError(f"SecAggConfig.value_bits must lie in [1, q={self.q}], got {self.value_bits}")
+        if self.min_survivors < 1:
+            raise ValueError(f"SecAggConfig.min_survivors must be >= 1, got {self.min_survivors}")
+
+    def check_bit_budget(self, n_clients: int) -> int:
+        """Bits per value b for N clients; raise :class:`BitBudgetError` if the sum could wrap.
+
+        A sum of N values of b bits is exact mod 2^q only if b <= q − ⌈log2 N⌉. The default b is
+        that bound; it must be >= 2 (one bit cannot represent a signed update usefully).
+        """
+        if n_clients < 1:
+            raise BitBudgetError(f"secure aggregation needs at least one client, got N={n_clients}")
+        avail = self.q - ceil_log2(n_clients)
+        if self.value_bits is not None:
+            if self.value_bits > avail:
+                raise BitBudgetError(
+                    f"bit budget exceeded: N={n_clients} clients with q={self.q} leave {avail} bits per "
+                    f"value (b <= q - ceil(log2 N)), but value_bits={self.value_bits} was requested; "
+                    f"the modular sum could wrap. Use a larger q or fewer bits per value.")
+            b = self.value_bits
+        else:
+            b = avail
+        if b < 2:
+            raise BitBudgetError(
+                f"bit budget too small: N={n_clients} clients with q={self.q} leave {avail} bit(s) per "
+                f"value (b = q - ceil(log2 N)); at least 2 are needed. Use q >= {ceil_log2(n_clients) + 2}.")
+        return b
+
+    def pairs(self, clients: list[str]) -> list[str]:
+        """The mask graph's pairs over ``clients`` (in loop order)."""
+        return mask_graph(clients, self.graph, self.k)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"q": self.q, "clip": self.clip, "rounding": self.rounding, "graph": self.graph,
+                "k": self.k, "value_bits": self.value_bits, "min_survivors": self.min_survivors}
+
+
+@dataclass
+class RoundResult:
+    """Outcome and accounting of one secure-aggregation round (no key material inside).
+
+    aggregate: float64, the updates' shape — weighted average of the surviving clients' clipped
+        and quantised updates (effective weights M_i/ΣM, see :mod:`labqfl.fl.quantize`).
+    key_bits_per_pair: key bits consumed by each pair of the mask graph this round (q·n_params).
+    upload_bits_per_client: q·n_params; baseline_upload_bits_per_client: 32·n_params (float32).
+    plain_quantized_sum: the unmasked integer sum — only with ``debug=True`` (tests), else None.
+    """
+
+    aggregate: np.ndarray
+    key_bits_per_pair: dict[str, int]
+    key_bits_total: int
+    upload_bits_per_client: int
+    baseline_upload_bits_per_client: int
+    communication_saving: float
+    key_source: str
+    dropped: tuple[str, ...]
+    survivors: tuple[str, ...]
+    q: int
+    value_bits: int
+    n_params: int
+    graph: str
+    k: int
+    all_pairs_count: int
+    reveal_bits_total: int
+    clipped_values: int
+    effective_weights: dict[str, float]
+    round_index: int
+    plain_quantized_sum: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_clients(self) -> int:
+        return len(self.survivors) + len(self.dropped)
+
+    @property
+    def key_saving_vs_all_pairs(self) -> float:
+        """1 − (pairs used)/(N(N−1)/2): key saved by the sparse graph (0 for "all")."""
+        if not self.all_pairs_count:
+            return 0.0
+        return 1.0 - len(self.key_bits_per_pair) / self.all_pairs_count
+
+    def accounting(self) -> dict[str, Any]:
+        """JSON-ready accounting for metrics.json (never contains keys or the plain sum)."""
+        return {
+            "round": self.round_index,
+            "key_source": self.key_source,
+            "q": self.q,
+            "value_bits": self.value_bits,
+            "n_params": self.n_params,
+            "n_clients": self.n_clients,
+            "graph": self.graph if self.graph == "all" else f"ring-{self.k}",
+            "pairs": len(self.key_bits_per_pair),
+            "all_pairs": self.all_pairs_count,
+            "key_saving_vs_all_pairs": self.key_saving_vs_all_pairs,
+            "key_bits_per_pair": dict(self.key_bits_per_pair),
+            "key_bits_total": self.key_bits_total,
+            "upload_bits_per_client": self.upload_bits_per_client,
+            "baseline_upload_bits_per_client": self.baseline_upload_bits_per_client,
+            "communication_saving": self.communication_saving,
+            "reveal_bits_total": self.reveal_bits_total,
+            "dropped": list(self.dropped),
+            "clipped_values": self.clipped_values,
+        }
+
+
+def secure_round(
+    updates: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    cfg: SecAggConfig,
+    key_source: KeySource,
+    *,
+    round_index: int,
+    rng: np.random.Generator,
+    dropped: Collection[str] = (),
+    debug: bool = False,
+) -> RoundResult:
+    """Run one secure-aggregation round for all clients in this process.
+
+    ``updates``: client name → float update (same shape for all). ``weights``: client name →
+    FedAvg weight (e.g. sample count; public to the server). ``dropped``: clients that masked
+    but whose uploads never arrive (dropout recovery: their surviving partners reveal the shared
+    keys; those keys are spent either way). ``rng`` drives stochastic rounding only; masks come
+    from ``key_source``. Every pair of the mask graph consumes q·n_params key bits.
+
+    Raises :class:`BitBudgetError` (sum could wrap), :class:`SecureAggregationError` (fewer than
+    ``cfg.min_survivors`` survivors, or survivors split into several groups by the dropouts —
+    unmasking would then reveal partial sums), ``KeyStarvationError`` (a pair lacks key).
+    """
+    if not updates:
+        raise SecureAggregationError("secure_round needs at least one client update")
+    clients = order_clients(updates.keys())
+    missing_w = [c for c in clients if c not in weights]
+    if missing_w:
+        raise SecureAggregationError(f"no FedAvg weight for client(s) {missing_w}")
+    unknown = sorted(set(dropped) - set(clients))
+    if unknown:
+        raise SecureAggregationError(f"dropped client(s) {unknown} are not among the clients {clients}")
+    n_clients = len(clients)
+    b = cfg.check_bit_budget(n_clients)
+    q = cfg.q
+    dt = uint_dtype(q)
+
+    shape = np.asarray(updates[clients[0]]).shape
+    for c in clients:
+        if np.asarray(updates[c]).shape != shape:
+            raise SecureAggregationError(
+                f"update of {c!r} has shape {np.asarray(updates[c]).shape}, expected {shape}")
+    n_params = int(np.prod(shape)) if shape else 1
+    if n_params == 0:
+        raise SecureAggregationError("updates are empty (0 parameters); nothing to aggregate")
+
+    pairs = cfg.pairs(clients)
+    drop = set(dropped)
+    survivors = [c for c in clients if c not in drop]
+    needs = {p: q * n_params for p in pairs}
+    ensure = getattr(key_source, "ensure_available", None)
+    if ensure is not None:
+        ensure(needs)
+
+    try:
+        ranges = weight_ranges([float(weights[c]) for c in clients], b)
+    except ValueError as exc:
+        raise SecureAggregationError(f"FedAvg weights {dict(weights)}: {exc}") from None
+    m_of = dict(zip(clients, (int(m) for m in ranges), strict=True))
+
+    # -- clients: quantise (into the buffer that becomes the masked upload) -----------------
+    uploads: dict[str, np.ndarray] = {}
+    clipped = 0
+    for c in clients:
+        try:
+            v, nc = quantize(np.asarray(updates[c]).reshape(-1), clip=cfg.clip, levels=m_of[c], q=q,
+                             rounding=cfg.rounding, rng=rng)
+        except ValueError as exc:
+            raise SecureAggregationError(f"update of client {c}: {exc}") from None
+        clipped += nc
+        uploads[c] = v
+    plain = None
+    if debug:
+        plain = np.zeros(n_params, dtype=dt)
+        for c in survivors:
+            plain += uploads[c]
+
+    # -- clients: add pairwise masks (one vector op per pair end; keys drawn once per pair) -
+    revealed: dict[str, np.ndarray] = {}
+    key_bits_per_pair: dict[str, int] = {}
+    for p in pairs:
+        a, bb = split_pair(p)
+        kw = key_words(key_source, p, n_params, q, round_index=round_index)
+        apply_pair_key(uploads[a], uploads[bb], kw)
+        key_bits_per_pair[p] = q * n_params
+        if drop and (a in drop) != (bb in drop):
+            revealed[p] = kw  # kept only for the reveal step after the drop
+
+    # -- network: dropped clients' uploads never arrive ------------------------------------
+    for c in drop:
+        del uploads[c]
+    if len(survivors) < cfg.min_survivors:
+        raise SecureAggregationError(
+            f"round {round_index} aborted: {len(survivors)} survivor(s) after dropouts "
+            f"{sorted(drop)}, at least {cfg.min_survivors} needed")
+    if drop:
+        groups = components(survivors, pairs)
+        if len(groups) > 1:
+            raise SecureAggregationError(
+                f"round {round_index} aborted before any key reveal: dropouts {sorted(drop)} split the "
+                f"survivors into {len(groups)} groups in the mask graph, so unmasking would reveal "
+                f"partial sums; use a denser graph (larger k)")
+
+    # -- server: sum, remove dangling masks with the revealed keys, dequantise -------------
+    needed = dangling_pairs(pairs, survivors, drop) if drop else []
+    total = aggregate(uploads, q, dropped=drop, revealed={p: revealed[p] for p in needed},
+                      pairs=pairs if drop else None)
+    total_levels = sum(m_of[c] for c in survivors)
+    if total_levels == 0:
+        raise SecureAggregationError(
+            f"round {round_index}: the surviving clients' weights are all zero; nothing to average")
+    agg = dequantize_sum(total, clip=cfg.clip, total_levels=total_levels).reshape(shape)
+
+    key_total = sum(key_bits_per_pair.values())
+    return RoundResult(
+        aggregate=agg,
+        key_bits_per_pair=key_bits_per_pair,
+        key_bits_total=key_total,
+        upload_bits_per_client=q * n_params,
+        baseline_upload_bits_per_client=32 * n_params,
+        communication_saving=1.0 - q / 32.0,
+        key_source=str(key_source.name),
+        dropped=tuple(c for c in clients if c in drop),
+        survivors=tuple(survivors),
+        q=q,
+        value_bits=b,
+        n_params=n_params,
+        graph=cfg.graph,
+        k=cfg.k,
+        all_pairs_count=n_clients * (n_clients - 1) // 2,
+        reveal_bits_total=q * n_params * len(needed),
+        clipped_values=clipped,
+        effective_weights={c: m_of[c] / total_levels for c in survivors},
+        round_index=round_index,
+        plain_quantized_sum=plain,
+    )
+

@@ -1,0 +1,18 @@
+"""The ``secure_aggregation`` benchmark entry runs (quick size); no timing is asserted."""
+
+from __future__ import annotations
+
+from labqfl.bench import registry
+
+
+def test_secure_aggregation_bench_runs_quick() -> None:
+    entry = registry()["secure_aggregation"]
+    r = entry.fn(True)
+    assert r.unit == "CPU s per round" and r.figure > 0 and r.baseline_figure > 0
+    d = r.details
+    assert d["n_params"] == 61_706 and d["key_source"] == "csprng"
+    assert d["pairs"] == d["all_pairs"] == 66  # ring-16 over 12 clients is every pair
+    assert d["upload_bits_per_client"] == 16 * 61_706
+    assert d["baseline_upload_bits_per_client"] == 32 * 61_706
+    # the secure aggregate is the clipped weighted mean up to quantisation error (b = 12 bits)
+    assert d["max_abs_error_vs_plain_clipped_mean"] <= 2 * d["clip"] / (2**12 - 1)
