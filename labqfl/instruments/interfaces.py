@@ -198,5 +198,14 @@ class PowerMeter(Instrument):
     def power_w(self) -> float:
         """Measured optical power [W]."""
 
+    def place_at(self, position: str) -> None:
+        """Have the head measure at ``position``: ``"laser"`` (the laser's monitor tap) or a client
+        name (that client's output towards the node). Used by the efficiency calibration.
+
+        A real head cannot move itself: the default logs the request for the operator (who moves
+        the fibre before confirming); simulated meters switch their tap.
+        """
+        self.log.warning("place the power-meter head at %r (calibration reference point)", position)
+
     def safe_state(self) -> None:
         """A power meter has no hazardous state."""

@@ -1,0 +1,439 @@
+"""Numba kernels of the Sagnac Monte-Carlo (see :mod:`labqfl.sim_backends.testbed` for the model).
+
+All randomness is counter-based (:mod:`labqfl.sim_backends.qrng`): a kernel's output depends on its
+keys and on absolute slot / time indices only, never on how a run is cut into blocks.
+Times are int64 picoseconds; slot ``s`` is emitted at ``round(s·T)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+from labqfl.sim_backends.qrng import mix64
+from scipy.special import ndtri
+
+_G = np.uint64(0x9E3779B97F4A7C15)
+_G2 = np.uint64(0xD1B54A32D192ED03)
+_U11 = np.uint64(11)
+_U48 = np.uint64(48)
+_U1 = np.uint64(1)
+_U32 = np.uint64(32)
+_MASK31 = np.uint64(0x7FFFFFFF)
+_U2 = np.uint64(2)
+_INV53 = 1.0 / 9007199254740992.0
+_TWO_PI = 2.0 * math.pi
+INT64_MAX = np.iinfo(np.int64).max
+N_PHASE = 5  # phase indices 0..3 from the alphabet + 4 = constant (DC / undriven) phase
+K_MAX = 8
+PEND_CAP = 64
+
+#: Inverse-CDF table of the standard normal: 2^16 equiprobable quantiles (|x| ≤ 4.4).
+GAUSS_TABLE = ndtri((np.arange(65536, dtype=np.float64) + 0.5) / 65536.0)
+GAUSS_TABLE_MAX = float(GAUSS_TABLE[-1])
+
+
+@nb.njit(inline="always")
+def _u01_open(x: np.uint64) -> float:
+    """Uniform in (0, 1] from a uint64."""
+    return (float(x >> _U11) + 1.0) * _INV53
+
+
+@nb.njit(inline="always")
+def _gauss(key: np.uint64, m: np.int64) -> float:
+    u1 = _u01_open(mix64(key + np.uint64(2 * m) * _G))
+    u2 = float(mix64(key + np.uint64(2 * m + 1) * _G) >> _U11) * _INV53
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
+
+
+@nb.njit(cache=True)
+def drift_phase(chunk: np.int64, state: np.ndarray, sigma_chunk: float, key: np.uint64) -> float:
+    """Loop phase θ of ``chunk`` for a random walk θ_m = θ_{m−1} + σ·N_m (θ_0 = 0).
+
+    ``state`` = [last chunk, θ(last chunk)] is advanced in place (chunks must not go backwards).
+    """
+    last = np.int64(state[0])
+    theta = state[1]
+    if sigma_chunk > 0.0:
+        for m in range(last + 1, chunk + 1):
+            theta += sigma_chunk * _gauss(key, m)
+    if chunk > last:
+        state[0] = chunk
+        state[1] = theta
+    return theta
+
+
+@nb.njit(cache=True)
+def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: float, mu: np.ndarray,
+                 cnk: np.ndarray, phase: np.ndarray, pmode: np.ndarray, t: float, vis: float,
+                 eta_d0: float, eta_d1: float, theta: float) -> float:
+    """Cumulative outcome probabilities per (k_i, k_j, a_i, a_j), normalised by their maximum.
+
+    Mean photon numbers exactly as :meth:`labqfl.qkd.channel_model.PairChannel.mean_photons`:
+    A = η_cw·μ_i, B = η_ccw·μ_j, m0 = η_D0[tA + (1−t)B + 2V√(t(1−t)AB)cos δ],
+    m1 = η_D1[(1−t)A + tB − 2V√(t(1−t)AB)cos δ]; signal clicks p = 1 − e^(−m) (dark counts are a
+    separate Poisson process, which reproduces 1 − (1 − p_dark)e^(−m) per slot window).
+    Returns p_max = max over combinations of P(any signal click).
+    """
+    ai_lo, ai_hi = (4, 5) if pmode[ci] == 1 else (0, 4)
+    aj_lo, aj_hi = (4, 5) if pmode[cj] == 1 else (0, 4)
+    pmax = 0.0
+    for ki in range(cnk[ci]):
+        A = eta_cw * mu[ci, ki]
+        for kj in range(cnk[cj]):
+            B = eta_ccw * mu[cj, kj]
+            amp = 2.0 * vis * math.sqrt(t * (1.0 - t) * A * B)
+            for ai in range(ai_lo, ai_hi):
+                for aj in range(aj_lo, aj_hi):
+                    cross = amp * math.cos(phase[ci, ai] - phase[cj, aj] + theta)
+                    m0 = eta_d0 * (t * A + (1.0 - t) * B + cross)
+                    m1 = eta_d1 * ((1.0 - t) * A + t * B - cross)
+                    m0 = max(m0, 0.0)
+                    m1 = max(m1, 0.0)
+                    p0 = -math.expm1(-m0)
+                    p1 = -math.expm1(-m1)
+                    idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+                    e1 = p0 * (1.0 - p1)
+                    e2 = e1 + (1.0 - p0) * p1
+                    e3 = e2 + p0 * p1
+                    table[idx, 0] = e1
+                    table[idx, 1] = e2
+                    table[idx, 2] = e3
+                    if e3 > pmax:
+                        pmax = e3
+    if pmax > 0.0:
+        for ki in range(cnk[ci]):
+            for kj in range(cnk[cj]):
+                for ai in range(ai_lo, ai_hi):
+                    for aj in range(aj_lo, aj_hi):
+                        idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+                        table[idx, 0] /= pmax
+                        table[idx, 1] /= pmax
+                        table[idx, 2] /= pmax
+    return pmax
+
+
+@nb.njit(inline="always")
+def _choice(key: np.uint64, thr: np.ndarray, n_k: int, thr_x: np.uint64, s: np.int64) -> tuple[int, int]:
+    """Branch-free twin of :func:`labqfl.sim_backends.qrng.client_choice` (same output)."""
+    h = mix64(key + np.uint64(s) * _G)
+    hi = h >> _U32
+    k = 0
+    for m in range(n_k - 1):
+        k += hi >= thr[m]
+    basis = np.int64(((h >> _U1) & _MASK31) >= thr_x)
+    return k, basis + 2 * np.int64(h & _U1)
+
+
+GUIDE = 1024
+_Q_STEP = 0.005  # thinning rates are rounded up to a 0.5 % grid so geometric-gap tables can be cached
+
+
+@nb.njit(cache=True)
+def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
+    """Geometric gaps g = ⌊ln u / ln(1−q)⌋ for u in bin i = (i/G, (i+1)/G]: bounds [glo, ghi].
+    Where they agree the gap is known without a logarithm."""
+    l1q = math.log1p(-q)
+    ghi[0] = INT64_MAX
+    glo[0] = np.int64(math.floor(math.log(1.0 / GUIDE) / l1q))
+    for i in range(1, GUIDE):
+        glo[i] = np.int64(math.floor(math.log((i + 1.0) / GUIDE) / l1q))
+        ghi[i] = np.int64(math.floor(math.log(i / GUIDE) / l1q))
+
+
+@nb.njit(cache=True)
+def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q: float,
+             glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
+             key_i: np.uint64, thr_i: np.ndarray, nk_i: int, thrx_i: np.uint64, mode_i: int, fix_i: bool,
+             pat_i: np.ndarray, key_j: np.uint64, thr_j: np.ndarray, nk_j: int, thrx_j: np.uint64, mode_j: int,
+             fix_j: bool, pat_j: np.ndarray, eve_side: int, eve_frac: float, key_eve: np.uint64,
+             key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
+    """Thinning over one segment [seg, seg_end) of a single pair and fixed parameters.
+
+    Candidates at rate q ≥ p_max (geometric gaps, guide table ``glo/ghi`` for q < 1), each accepted
+    with p(choices)/q (``table`` holds p/p_max, so the uniform is scaled by q/p_max)."""
+    cap = out_slot.shape[0]
+    l1q = math.log1p(-q) if q < 1.0 else -math.inf
+    scale = q / pmax
+    s = seg - 1
+    while True:
+        rng += _G
+        if q < 1.0:
+            x = mix64(rng)
+            b = np.int64(x >> np.uint64(54))
+            g = glo[b]
+            if g != ghi[b]:
+                gf = math.log(_u01_open(x)) / l1q
+                if gf >= seg_end - s:
+                    break
+                g = np.int64(gf)
+            elif g >= seg_end - s:
+                break
+            s = s + 1 + g
+        else:
+            s = s + 1
+        if s >= seg_end:
+            break
+        if s < s0:
+            continue
+        ki, ai = _choice(key_i, thr_i, nk_i, thrx_i, s)
+        kj, aj = _choice(key_j, thr_j, nk_j, thrx_j, s)
+        if fix_i:
+            ki = 0
+        if fix_j:
+            kj = 0
+        if mode_i == 1:
+            ai = 4
+        elif mode_i == 2:
+            ai = np.int64(pat_i[s % pat_i.shape[0]])
+        if mode_j == 1:
+            aj = 4
+        elif mode_j == 2:
+            aj = np.int64(pat_j[s % pat_j.shape[0]])
+        if eve_side != 0:
+            h = mix64(key_eve + np.uint64(s) * _G)
+            if float(h >> _U11) * _INV53 < eve_frac:
+                be = np.int64(h & _U1)
+                bit_e = np.int64((h >> _U1) & _U1)
+                if eve_side == 1 and ai < 4 and be != ai % 2:
+                    ai = be + 2 * bit_e
+                elif eve_side == 2 and aj < 4 and be != aj % 2:
+                    aj = be + 2 * bit_e
+        idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+        ua = float(mix64(key_acc + np.uint64(s) * _G) >> _U11) * _INV53 * scale
+        if ua < table[idx, 2]:
+            if n >= cap:
+                return -1, rng
+            out_slot[n] = s
+            out_outcome[n] = 1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1])
+            n += 1
+    return n, rng
+
+
+@nb.njit(cache=True)
+def signal_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
+                  pair_ci: np.ndarray, pair_cj: np.ndarray, pair_eta_cw: np.ndarray, pair_eta_ccw: np.ndarray,
+                  ckey: np.ndarray, cthr: np.ndarray, cnk: np.ndarray, cthrx: np.ndarray,
+                  mu: np.ndarray, phase: np.ndarray, pmode: np.ndarray, fixk0: np.ndarray,
+                  pat: np.ndarray, pat_off: np.ndarray, pat_len: np.ndarray,
+                  t_split: float, eta_d0: float, eta_d1: float, vis_before: float, vis_after: float,
+                  collapse_slot: np.int64, drift_sigma_chunk: float, drift_state: np.ndarray,
+                  key_gap: np.uint64, key_acc: np.uint64, key_eve: np.uint64, key_drift: np.uint64,
+                  eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
+                  guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray) -> int:
+    """Signal clicks (before dead time) in slots [s0, s1) by thinning.
+
+    Candidates are drawn with geometric gaps at p_max (the largest any-click probability of the
+    active pair's combinations); each candidate evaluates both clients' choices and is accepted
+    with P(outcome | choices)/p_max. Writes slot and outcome (1 D0, 2 D1, 3 both); returns the
+    count, or −1 if the output arrays are too small. ``guide_*``: per-pair cache of geometric-gap
+    tables (rates in ``guide_q``; 0 = none yet), reused across calls.
+    """
+    n_pairs = pair_ci.shape[0]
+    table = np.zeros((K_MAX * K_MAX * N_PHASE * N_PHASE, 3))
+    n = 0
+    c_first = s0 // chunk_slots
+    c_last = (s1 - 1) // chunk_slots
+    for c in range(c_first, c_last + 1):
+        cs = c * chunk_slots
+        ce = min(cs + chunk_slots, s1)
+        theta = drift_phase(c, drift_state, drift_sigma_chunk, key_drift)
+        rng = mix64(key_gap ^ (np.uint64(c) * _G2))
+        seg = cs
+        while seg < ce:
+            f = seg // frame_len
+            p = f % n_pairs
+            seg_end = min(ce, (f + 1) * frame_len)
+            if seg < collapse_slot < seg_end:
+                seg_end = collapse_slot
+            vis = vis_before if seg < collapse_slot else vis_after
+            ci = pair_ci[p]
+            cj = pair_cj[p]
+            pmax = _build_table(table, ci, cj, pair_eta_cw[p], pair_eta_ccw[p], mu, cnk, phase, pmode,
+                                t_split, vis, eta_d0, eta_d1, theta)
+            if pmax > 0.0:
+                eve_side = 0
+                if eve_client >= 0:
+                    eve_side = 1 if ci == eve_client else (2 if cj == eve_client else 0)
+                q = 1.0
+                if pmax < 1.0:
+                    q = min(math.exp(math.ceil(math.log(pmax) / _Q_STEP) * _Q_STEP), 1.0)
+                    if q < 1.0 and guide_q[p] != q:
+                        _build_guide(q, guide_lo[p], guide_hi[p])
+                        guide_q[p] = q
+                n, rng = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
+                                  ckey[ci], cthr[ci], cnk[ci], cthrx[ci], pmode[ci], fixk0[ci] != 0,
+                                  pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
+                                  ckey[cj], cthr[cj], cnk[cj], cthrx[cj], pmode[cj], fixk0[cj] != 0,
+                                  pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
+                                  eve_side, eve_frac, key_eve, key_acc, out_slot, out_outcome, n)
+                if n < 0:
+                    return -1
+            seg = seg_end
+    return n
+
+
+@nb.njit(cache=True)
+def dark_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, period_ps: float, t_off: np.int64,
+                rate_per_ps: float, key: np.uint64, out: np.ndarray) -> int:
+    """Dark-count times (Poisson, rate ``rate_per_ps``) in [s0·T, s1·T) + t_off; −1 if ``out`` is full."""
+    n = 0
+    if rate_per_ps <= 0.0:
+        return 0
+    cap = out.shape[0]
+    lo = s0 * period_ps
+    hi = s1 * period_ps
+    for c in range(s0 // chunk_slots, (s1 - 1) // chunk_slots + 1):
+        t = c * chunk_slots * period_ps
+        t_end = min((c + 1) * chunk_slots * period_ps, hi)
+        rng = mix64(key ^ (np.uint64(c) * _G2))
+        while True:
+            rng += _G
+            t += -math.log(_u01_open(mix64(rng))) / rate_per_ps
+            if t >= t_end:
+                break
+            if t < lo:
+                continue
+            if n >= cap:
+                return -1
+            out[n] = np.int64(math.floor(t)) + t_off
+            n += 1
+    return n
+
+
+@nb.njit(cache=True)
+def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: np.ndarray, win_end: np.int64,
+                    t_die: np.int64, gated: bool, gate_delay_ps: float, gate_width_ps: float, period_ps: float,
+                    dead_ps: np.int64, p_ap: float, ap_decay_ps: float, key_ap: np.uint64, key_jit: np.uint64,
+                    sigma_sig: float, sigma_other: float, delay_ps: np.int64, res_ps: np.int64,
+                    gtable: np.ndarray, out_meas: np.ndarray, out_kind: np.ndarray) -> int:
+    """One detector over one window of true time: gating, death, non-paralysable dead time,
+    afterpulsing, jitter, cable delay and tagger quantisation.
+
+    ``sig``/``dark``: sorted true arrival times [ps]. ``pend``: pending afterpulse times (sorted,
+    first ``state[1]`` valid) carried across windows; ``state`` = [dead_until, n_pending].
+    An accepted click at t makes the detector blind until t + τ_dead; with probability ``p_ap`` it
+    schedules an afterpulse at t + τ_dead + Exp(τ_ap). Measured time = t + delay + σ·N(0,1)
+    (σ includes laser/pulse jitter for photon clicks), floored to the tagger resolution.
+    Returns the number of clicks written (out_kind: 0 photon, 1 dark, 2 afterpulse), −1 if full.
+    """
+    cap = out_meas.shape[0]
+    dead_until = state[0]
+    npend = state[1]
+    i = 0
+    j = 0
+    n = 0
+    ns = sig.shape[0]
+    nd = dark.shape[0]
+    while True:
+        best = INT64_MAX
+        src = -1
+        if i < ns:
+            best = sig[i]
+            src = 0
+        if j < nd and dark[j] < best:
+            best = dark[j]
+            src = 1
+        if npend > 0 and pend[0] < best:
+            best = pend[0]
+            src = 2
+        if src == -1:
+            break
+        if src == 0:
+            i += 1
+        elif src == 1:
+            j += 1
+        else:
+            if best >= win_end:
+                break
+            for q in range(npend - 1):
+                pend[q] = pend[q + 1]
+            npend -= 1
+        t = best
+        if t >= t_die:
+            continue
+        if gated:
+            x = (t - gate_delay_ps) - math.floor((t - gate_delay_ps) / period_ps) * period_ps
+            if x >= gate_width_ps:
+                continue
+        if t < dead_until:
+            continue
+        dead_until = t + dead_ps
+        if n >= cap:
+            return -1
+        h = mix64(key_jit + np.uint64(t) * _G)
+        sigma = sigma_sig if src == 0 else sigma_other
+        m = t + delay_ps + np.int64(round(sigma * gtable[np.int64(h >> _U48)]))
+        if res_ps > 1:
+            m = (m // res_ps) * res_ps
+        out_meas[n] = m
+        out_kind[n] = src
+        n += 1
+        if p_ap > 0.0:
+            h2 = mix64(key_ap + np.uint64(t) * _G)
+            if float(h2 >> _U11) * _INV53 < p_ap:
+                u = _u01_open(mix64(h2 ^ _G2))
+                tap = t + dead_ps + np.int64(-math.log(u) * ap_decay_ps)
+                if npend < pend.shape[0]:
+                    q = npend
+                    while q > 0 and pend[q - 1] > tap:
+                        pend[q] = pend[q - 1]
+                        q -= 1
+                    pend[q] = tap
+                    npend += 1
+    state[0] = dead_until
+    state[1] = npend
+    return n
+
+
+@nb.njit(cache=True)
+def insertion_sort(a: np.ndarray) -> None:
+    """In-place sort, O(n) for nearly sorted input (jitter only swaps close neighbours)."""
+    for i in range(1, a.shape[0]):
+        x = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > x:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = x
+
+
+@nb.njit(cache=True)
+def sync_kernel(s0: np.int64, s1: np.int64, divider: np.int64, period_ps: float, delay_ps: np.int64,
+                res_ps: np.int64, drop_prob: float, key: np.uint64) -> np.ndarray:
+    """Sync tag times for slots ≡ 0 (mod divider) in [s0, s1), each lost with ``drop_prob``."""
+    first = ((s0 + divider - 1) // divider) * divider
+    nmax = max(np.int64(0), (s1 - first + divider - 1) // divider)
+    out = np.empty(nmax, dtype=np.int64)
+    n = 0
+    for m in range(nmax):
+        s = first + m * divider
+        if drop_prob > 0.0 and float(mix64(key + np.uint64(s) * _G) >> _U11) * _INV53 < drop_prob:
+            continue
+        t = np.int64(round(s * period_ps)) + delay_ps
+        if res_ps > 1:
+            t = (t // res_ps) * res_ps
+        out[n] = t
+        n += 1
+    return out[:n]
+
+
+@nb.njit(cache=True)
+def start_stop_histogram(ts: np.ndarray, ch: np.ndarray, start_ch: int, click_ch: int, binwidth: np.int64,
+                         hist: np.ndarray, last_start: np.ndarray) -> None:
+    """Accumulate a start–stop histogram: each click binned by its delay after the latest start.
+
+    ``last_start[0]`` carries the latest start time across blocks (−1 = none yet).
+    """
+    ls = last_start[0]
+    nb_ = hist.shape[0]
+    for n in range(ts.shape[0]):
+        c = ch[n]
+        if c == start_ch:
+            ls = ts[n]
+        elif c == click_ch and ls >= 0:
+            b = (ts[n] - ls) // binwidth
+            if 0 <= b < nb_:
+                hist[b] += 1
+    last_start[0] = ls

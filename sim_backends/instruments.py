@@ -1,0 +1,542 @@
+"""Simulated instruments: every interface of :mod:`labqfl.instruments.interfaces`, backed by one
+shared :class:`~labqfl.sim_backends.testbed.SagnacTestbed`.
+
+Each setting is validated (``ValueError`` naming the setting and its valid range), guarded by the
+instrument's ``RLock`` and written into the testbed's live state, which the physics reads at the
+start of every block: laser off → no photon clicks; detector disabled → no clicks on it;
+attenuator → that client's intensities; phase-modulator Vπ / bias settings → the applied phases.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from labqfl.sim_backends.testbed import SagnacTestbed
+
+from labqfl.config import StationConfig
+from labqfl.instruments.base import Instrument, Setting, TagBlock
+from labqfl.instruments.interfaces import (
+    PhaseModulator,
+    PhotonDetector,
+    PowerMeter,
+    PulsedLaser,
+    TimeTagger,
+    VariableAttenuator,
+)
+
+_VENDOR = "labqfl"
+_FW = "sim-1.0"
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, unit: str = "", *, lo_open: bool = False) -> float:
+    """``float(value)`` if it lies in [lo, hi] (or (lo, hi]); else ValueError naming the setting."""
+    rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" + (f" {unit}" if unit else "")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in {rng}, got {value!r}") from None
+    if not (math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi):
+        raise ValueError(f"{name} must be in {rng}, got {value!r}")
+    return v
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+class _SimMixin:
+    """Shared plumbing: testbed, identity."""
+
+    testbed: SagnacTestbed
+    _model: str
+
+    def identity(self) -> str:
+        return f"{_VENDOR},{self._model},SIM-{self.name},{_FW}"  # type: ignore[attr-defined]
+
+
+class SimulatedLaser(_SimMixin, PulsedLaser):
+    """Simulated pulsed laser of the central node (starts emitting; safe state = off)."""
+
+    _model = "SimPulsedLaser"
+
+    def __init__(self, name: str, testbed: SagnacTestbed) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+
+    @property
+    def output_enabled(self) -> bool:  # type: ignore[override]
+        return self.testbed.live.laser_on
+
+    @output_enabled.setter
+    def output_enabled(self, value: bool) -> None:
+        v = _check_bool("output_enabled", value)
+        with self.lock, self.testbed.lock:
+            self.testbed.live.laser_on = v
+            self.testbed.touch()
+        self.log.info("output %s", "on" if v else "off")
+
+    @property
+    def rep_rate_hz(self) -> float:  # type: ignore[override]
+        return self.testbed.live.rep_rate_hz
+
+    @rep_rate_hz.setter
+    def rep_rate_hz(self, value: float) -> None:
+        v = _check_range("rep_rate_hz", value, 1e3, 10e9, "Hz")
+        with self.lock, self.testbed.lock:
+            self.testbed.live.rep_rate_hz = v
+            self.testbed.touch()
+
+    @property
+    def power_mw(self) -> float:  # type: ignore[override]
+        return self.testbed.live.power_mw
+
+    @power_mw.setter
+    def power_mw(self, value: float) -> None:
+        v = _check_range("power_mw", value, 0.0, 100.0, "mW")
+        with self.lock, self.testbed.lock:
+            self.testbed.live.power_mw = v
+            self.testbed.touch()
+
+    @property
+    def wavelength_nm(self) -> float:  # type: ignore[override]
+        return self.testbed.live.wavelength_nm
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        v = _check_range("wavelength_nm", value, 1260.0, 1650.0, "nm")
+        with self.lock, self.testbed.lock:
+            self.testbed.live.wavelength_nm = v
+            self.testbed.touch()
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "output_enabled": self.output_enabled, "power_mw": self.power_mw}
+
+
+class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
+    """A client's simulated phase modulator + AWG.
+
+    Normally the client's QRNG drives it (counter-based, see :mod:`..qrng`). ``load_pattern``
+    replaces the phase indices by a repeating pattern (index ``slot % len``);
+    ``set_dc_voltage`` holds a constant level on this client's pulse (and its signal intensity),
+    the Vπ fringe-scan mode; ``clear_dc`` / ``clear_pattern`` return to QRNG drive.
+    """
+
+    _model = "SimPhaseModulator"
+
+    def __init__(self, name: str, testbed: SagnacTestbed, client: str) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+        self.client = client
+
+    @property
+    def _cl(self):  # type: ignore[no-untyped-def]
+        return self.testbed.live.clients[self.client]
+
+    def _set(self, attr: str, value: Any) -> None:
+        with self.lock, self.testbed.lock:
+            setattr(self._cl, attr, value)
+            self.testbed.touch()
+
+    @property
+    def output_enabled(self) -> bool:  # type: ignore[override]
+        return self._cl.pm_enabled
+
+    @output_enabled.setter
+    def output_enabled(self, value: bool) -> None:
+        self._set("pm_enabled", _check_bool("output_enabled", value))
+
+    @property
+    def v_pi_v(self) -> float:  # type: ignore[override]
+        return self._cl.v_pi_set
+
+    @v_pi_v.setter
+    def v_pi_v(self, value: float) -> None:
+        self._set("v_pi_set", _check_range("v_pi_v", value, 0.0, 20.0, "V", lo_open=True))
+
+    @property
+    def bias_phase_rad(self) -> float:  # type: ignore[override]
+        return self._cl.bias_set
+
+    @bias_phase_rad.setter
+    def bias_phase_rad(self, value: float) -> None:
+        self._set("bias_set", _check_range("bias_phase_rad", value, -4 * math.pi, 4 * math.pi, "rad"))
+
+    @property
+    def gate_delay_ps(self) -> float:  # type: ignore[override]
+        return self._cl.gate_delay_set_ps
+
+    @gate_delay_ps.setter
+    def gate_delay_ps(self, value: float) -> None:
+        self._set("gate_delay_set_ps", _check_range("gate_delay_ps", value, -1e9, 1e9, "ps"))
+
+    @property
+    def amplitude_vpp(self) -> float:  # type: ignore[override]
+        return self._cl.amplitude_vpp
+
+    @amplitude_vpp.setter
+    def amplitude_vpp(self, value: float) -> None:
+        self._set("amplitude_vpp", _check_range("amplitude_vpp", value, 0.0, 40.0, "V"))
+
+    @property
+    def dc_voltage(self) -> float | None:
+        """The DC level in volts, or None when the QRNG/pattern drives the modulator."""
+        return self._cl.dc_volts
+
+    def load_pattern(self, phase_indices: np.ndarray) -> None:
+        arr = np.asarray(phase_indices)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"phase pattern must be a non-empty 1-D array, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 3:
+            raise ValueError("phase pattern entries must be integers in 0..3 (phase index a, phase a·π/2)")
+        with self.lock, self.testbed.lock:
+            self._cl.pattern = arr.astype(np.uint8).copy()
+            self._cl.dc_volts = None
+            self.testbed.touch()
+
+    def clear_pattern(self) -> None:
+        self._set("pattern", None)
+
+    def set_dc_voltage(self, volts: float) -> None:
+        self._set("dc_volts", _check_range("dc voltage", volts, -20.0, 20.0, "V"))
+
+    def clear_dc(self) -> None:
+        self._set("dc_volts", None)
+
+
+class SimulatedAttenuator(_SimMixin, VariableAttenuator):
+    """A client's simulated variable attenuator. Intensities are the configured ones at the
+    nominal attenuation (``options.nominal_attenuation_db``, default min(50 dB, max range)) and
+    scale as 10^(−Δ/10) with the change Δ of the attenuation."""
+
+    _model = "SimVOA"
+
+    def __init__(self, name: str, testbed: SagnacTestbed, client: str, max_attenuation_db: float) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+        self.client = client
+        self.max_attenuation_db = float(max_attenuation_db)
+        self._wavelength = testbed.config.laser.wavelength_nm
+
+    @property
+    def _cl(self):  # type: ignore[no-untyped-def]
+        return self.testbed.live.clients[self.client]
+
+    @property
+    def attenuation_db(self) -> float:  # type: ignore[override]
+        return self._cl.attenuation_db
+
+    @attenuation_db.setter
+    def attenuation_db(self, value: float) -> None:
+        v = _check_range("attenuation_db", value, 0.0, self.max_attenuation_db, "dB")
+        with self.lock, self.testbed.lock:
+            self._cl.attenuation_db = v
+            self.testbed.touch()
+
+    @property
+    def shutter_closed(self) -> bool:  # type: ignore[override]
+        return self._cl.shutter_closed
+
+    @shutter_closed.setter
+    def shutter_closed(self, value: bool) -> None:
+        v = _check_bool("shutter_closed", value)
+        with self.lock, self.testbed.lock:
+            self._cl.shutter_closed = v
+            self.testbed.touch()
+
+    @property
+    def wavelength_nm(self) -> float:  # type: ignore[override]
+        return self._wavelength
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        with self.lock:
+            self._wavelength = _check_range("wavelength_nm", value, 1260.0, 1650.0, "nm")
+
+
+class SimulatedDetector(_SimMixin, PhotonDetector):
+    """Simulated SNSPD / SPAD. Dark-count rate follows the bias: DCR₀·exp((bias − bias₀)/scale)
+    with scale ``options.dark_bias_scale`` (1 µA SNSPD, 0.5 V SPAD); efficiency is the
+    ``efficiency`` setting."""
+
+    _model = "SimSPD"
+
+    def __init__(self, name: str, testbed: SagnacTestbed) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+        self._kind = testbed.config.detectors[name].kind
+        self._temperature = testbed.config.detectors[name].temperature_k
+
+    @property
+    def _d(self):  # type: ignore[no-untyped-def]
+        return self.testbed.live.detectors[self.name]
+
+    def _set(self, attr: str, value: Any) -> None:
+        with self.lock, self.testbed.lock:
+            setattr(self._d, attr, value)
+            self.testbed.touch()
+
+    @property
+    def enabled(self) -> bool:  # type: ignore[override]
+        return self._d.enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._set("enabled", _check_bool("enabled", value))
+
+    @property
+    def efficiency(self) -> float:  # type: ignore[override]
+        return self._d.efficiency
+
+    @efficiency.setter
+    def efficiency(self, value: float) -> None:
+        self._set("efficiency", _check_range("efficiency", value, 0.0, 1.0, "", lo_open=True))
+
+    @property
+    def bias(self) -> float:  # type: ignore[override]
+        return self._d.bias
+
+    @bias.setter
+    def bias(self, value: float) -> None:
+        hi = 30.0 if self._kind == "snspd" else 10.0
+        self._set("bias", _check_range("bias", value, 0.0, hi, "µA" if self._kind == "snspd" else "V"))
+
+    @property
+    def dead_time_ns(self) -> float:  # type: ignore[override]
+        return self._d.dead_time_ns
+
+    @dead_time_ns.setter
+    def dead_time_ns(self, value: float) -> None:
+        self._set("dead_time_ns", _check_range("dead_time_ns", value, 0.0, 1e5, "ns"))
+
+    @property
+    def gated(self) -> bool:  # type: ignore[override]
+        return self._d.gated
+
+    @gated.setter
+    def gated(self, value: bool) -> None:
+        self._set("gated", _check_bool("gated", value))
+
+    @property
+    def gate_width_ns(self) -> float:  # type: ignore[override]
+        return self._d.gate_width_ns
+
+    @gate_width_ns.setter
+    def gate_width_ns(self, value: float) -> None:
+        self._set("gate_width_ns", _check_range("gate_width_ns", value, 0.0, 1e3, "ns", lo_open=True))
+
+    @property
+    def gate_delay_ps(self) -> float:  # type: ignore[override]
+        return self._d.gate_delay_ps
+
+    @gate_delay_ps.setter
+    def gate_delay_ps(self, value: float) -> None:
+        self._set("gate_delay_ps", _check_range("gate_delay_ps", value, -1e9, 1e9, "ps"))
+
+    @property
+    def temperature_k(self) -> float:
+        return self._temperature
+
+    def dark_count_rate_hz(self) -> float:
+        """True dark-count rate at the current bias [Hz] (simulator truth)."""
+        return self._d.dcr_hz() if self._d.enabled else 0.0
+
+    def count_rate_hz(self, integration_s: float = 0.1) -> float:
+        t = _check_range("integration_s", integration_s, 0.0, 3600.0, "s", lo_open=True)
+        with self.lock:
+            return self.testbed.detector_count_rates(t)[self.name]
+
+    def status(self) -> dict[str, Any]:
+        return {**super().status(), "enabled": self.enabled, "temperature_k": self.temperature_k}
+
+
+class SimulatedTimeTagger(_SimMixin, TimeTagger):
+    """Simulated time tagger streaming the testbed's tags (int64 ps, int16 channels)."""
+
+    _model = "SimTimeTagger"
+
+    def __init__(self, name: str, testbed: SagnacTestbed) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+        tt = testbed.config.time_tagger
+        self._all_channels = sorted({tt.sync_channel, *tt.detector_channels.values()})
+
+    @property
+    def channels(self) -> list[int]:  # type: ignore[override]
+        return sorted(self.testbed.live.enabled_channels)
+
+    @channels.setter
+    def channels(self, value: list[int]) -> None:
+        chans = list(value)
+        bad = [c for c in chans if c not in self._all_channels]
+        if bad:
+            raise ValueError(f"channels must be a subset of {self._all_channels}, got {chans}")
+        with self.lock, self.testbed.lock:
+            self.testbed.live.enabled_channels = set(chans)
+            self.testbed.touch()
+
+    @property
+    def trigger_levels_v(self) -> dict[int, float]:  # type: ignore[override]
+        return dict(self.testbed.live.trigger_levels_v)
+
+    @trigger_levels_v.setter
+    def trigger_levels_v(self, value: dict[int, float]) -> None:
+        new = {}
+        for ch, v in dict(value).items():
+            if ch not in self._all_channels:
+                raise ValueError(f"trigger_levels_v: channel must be one of {self._all_channels}, got {ch!r}")
+            new[ch] = _check_range(f"trigger_levels_v[{ch}]", v, -2.5, 2.5, "V")
+        with self.lock, self.testbed.lock:
+            self.testbed.live.trigger_levels_v.update(new)
+            self.testbed.touch()
+
+    @property
+    def input_delays_ps(self) -> dict[int, int]:  # type: ignore[override]
+        return {ch: self.testbed.live.input_delays_ps.get(ch, 0) for ch in self._all_channels}
+
+    @input_delays_ps.setter
+    def input_delays_ps(self, value: dict[int, int]) -> None:
+        new = {}
+        for ch, v in dict(value).items():
+            if ch not in self._all_channels:
+                raise ValueError(f"input_delays_ps: channel must be one of {self._all_channels}, got {ch!r}")
+            new[ch] = int(round(_check_range(f"input_delays_ps[{ch}]", v, -1e6, 1e6, "ps")))
+        with self.lock, self.testbed.lock:
+            self.testbed.live.input_delays_ps.update(new)
+            self.testbed.touch()
+
+    @property
+    def resolution_ps(self) -> float:
+        return self.testbed.config.time_tagger.resolution_ps
+
+    @property
+    def acquisition_epoch(self) -> int | None:
+        """Epoch of the latest :meth:`stream` (pass it to ``client_log(config, name, epoch)``)."""
+        return self.testbed.last_epoch
+
+    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
+        d = _check_range("duration_s", duration_s, 0.0, 1e7, "s", lo_open=True)
+        if block_duration_s is not None:
+            _check_range("block_duration_s", block_duration_s, 0.0, 1e7, "s", lo_open=True)
+        with self.lock:
+            return self.testbed.stream(d, block_duration_s)
+
+    def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
+        t = _check_range("integration_s", integration_s, 0.0, 3600.0, "s", lo_open=True)
+        with self.lock:
+            return self.testbed.count_rates(t)
+
+    def histogram(self, start_channel: int, click_channel: int, binwidth_ps: int, n_bins: int,
+                  integration_s: float) -> np.ndarray:
+        for nm, ch in (("start_channel", start_channel), ("click_channel", click_channel)):
+            if ch not in self._all_channels:
+                raise ValueError(f"{nm} must be one of {self._all_channels}, got {ch!r}")
+        bw = int(_check_range("binwidth_ps", binwidth_ps, 1, 1e12, "ps"))
+        nb_ = int(_check_range("n_bins", n_bins, 1, 1e8))
+        t = _check_range("integration_s", integration_s, 0.0, 3600.0, "s", lo_open=True)
+        with self.lock:
+            return self.testbed.histogram(start_channel, click_channel, bw, nb_, t)
+
+
+class SimulatedPowerMeter(_SimMixin, PowerMeter):
+    """Simulated optical power meter on a calibration tap.
+
+    ``tap``: ``"laser"`` (the laser's monitor tap, ``options.laser_tap_ratio`` = 0.01 of its power)
+    or a client name (the power that client sends at its signal level). Readings carry Gaussian
+    noise of ``options.noise_rel`` (1e-3) / √averaging and ``options.noise_floor_w`` (1e-12 W).
+    """
+
+    _model = "SimPowerMeter"
+    SETTINGS = (*PowerMeter.SETTINGS, Setting("tap", "", "which calibration tap the head sits on"))
+
+    def __init__(self, name: str, testbed: SagnacTestbed, options: dict[str, Any]) -> None:
+        super().__init__(name, "sim")
+        self.testbed = testbed
+        pm = testbed.config.power_meter
+        self._wavelength = pm.wavelength_nm
+        self._averaging = 1
+        self._tap = "laser"
+        self._tap_ratio = float(options.get("laser_tap_ratio", 0.01))
+        self._noise_rel = float(options.get("noise_rel", 1e-3))
+        self._noise_floor = float(options.get("noise_floor_w", 1e-12))
+        self._rng = np.random.default_rng([testbed.config.simulation.seed, 0x504D])
+
+    @property
+    def wavelength_nm(self) -> float:  # type: ignore[override]
+        return self._wavelength
+
+    @wavelength_nm.setter
+    def wavelength_nm(self, value: float) -> None:
+        with self.lock:
+            self._wavelength = _check_range("wavelength_nm", value, 800.0, 1700.0, "nm")
+
+    @property
+    def averaging(self) -> int:  # type: ignore[override]
+        return self._averaging
+
+    @averaging.setter
+    def averaging(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= int(value) <= 10000:
+            raise ValueError(f"averaging must be an integer in [1, 10000], got {value!r}")
+        with self.lock:
+            self._averaging = int(value)
+
+    @property
+    def tap(self) -> str:
+        return self._tap
+
+    @tap.setter
+    def tap(self, value: str) -> None:
+        valid = ["laser", *self.testbed.config.client_names]
+        if value not in valid:
+            raise ValueError(f"tap must be one of {valid}, got {value!r}")
+        with self.lock:
+            self._tap = value
+
+    def place_at(self, position: str) -> None:
+        """Switch the simulated head to a calibration tap (see :attr:`tap`)."""
+        self.tap = position
+
+    def true_power_w(self) -> float:
+        """Noise-free power at the current tap [W] (simulator truth)."""
+        return self.testbed.tap_power_w(self._tap, self._tap_ratio)
+
+    def power_w(self) -> float:
+        with self.lock:
+            p = self.true_power_w()
+            sd = math.hypot(self._noise_rel * p, self._noise_floor) / math.sqrt(self._averaging)
+            return float(p + sd * self._rng.standard_normal())
+
+
+def create_simulated_instruments(config: StationConfig, testbed: SagnacTestbed | None = None) -> dict[str, Instrument]:
+    """Every role with ``driver == "sim"``, keyed by role name, all sharing one testbed.
+
+    The testbed is also reachable as ``instrument.testbed`` on each of them.
+    """
+    tb = testbed if testbed is not None else SagnacTestbed(config)
+    out: dict[str, Instrument] = {}
+    for role, ic in config.roles().items():
+        if not ic.simulated:
+            continue
+        inst: Instrument
+        if role == "laser":
+            inst = SimulatedLaser(role, tb)
+        elif role.endswith(".phase_modulator"):
+            inst = SimulatedPhaseModulator(role, tb, role.split(".")[0])
+        elif role.endswith(".attenuator"):
+            client = role.split(".")[0]
+            inst = SimulatedAttenuator(role, tb, client, config.client(client).attenuator.max_attenuation_db)
+        elif role in ("D0", "D1"):
+            inst = SimulatedDetector(role, tb)
+        elif role == "time_tagger":
+            inst = SimulatedTimeTagger(role, tb)
+        elif role == "power_meter":
+            inst = SimulatedPowerMeter(role, tb, config.power_meter.options)
+        else:  # pragma: no cover - roles() lists only the kinds above
+            raise ValueError(f"no simulated instrument for role {role!r}")
+        out[role] = inst
+    return out

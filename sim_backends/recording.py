@@ -1,0 +1,397 @@
+"""HDF5 recordings of time-tag streams, and their replay as a time-tagger backend.
+
+Layout (format ``labqfl-tags``, version 1; see docs/simulator.md)::
+
+    /                      attrs: format="labqfl-tags", format_version=1, created_utc,
+                                  duration_s, rep_rate_hz, epoch, complete (bool), n_tags, n_blocks,
+                                  sync_channel, detector_channels (JSON), source
+    /config_toml           scalar string: the station config (TOML) of the run
+    /tags/timestamps       int64 [ps], chunked, resizable, non-decreasing
+    /tags/channels         int16, same length
+    /tags/block_end        int64, cumulative tag count at the end of each block
+    /tags/block_overflow   bool, per block
+    /clients/<name>/       attrs: generator ("splitmix64-counter-v1"), seed, epoch,
+                                  intensity_probs, basis_x_prob, intensities
+                           (the client's counter-based QRNG: rebuild its log with
+                           ``Recording.client_log(name)``)
+
+A recording whose writer did not finish (``complete = False``) is refused unless
+``allow_incomplete=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from labqfl.sim_backends import _kernels as K
+from labqfl.sim_backends.qrng import GENERATOR_NAME, ClientQRNGLog
+
+from labqfl.config import StationConfig, load_station_config
+from labqfl.errors import ConfigError, DataFormatError
+from labqfl.instruments.base import TagBlock
+from labqfl.instruments.interfaces import TimeTagger
+from labqfl.runs import dump_toml
+
+FORMAT = "labqfl-tags"
+FORMAT_VERSION = 1
+_CHUNK = 1 << 16
+
+
+class RecordingWriter:
+    """Append :class:`TagBlock` s to a new HDF5 recording. Use as a context manager; the file is
+    marked complete only when the writer closes without an exception."""
+
+    def __init__(self, path: str | Path, config: StationConfig, *, epoch: int | None = None,
+                 client_logs: list[ClientQRNGLog] | None = None, source: str = "sim") -> None:
+        self.path = Path(path)
+        self.config = config
+        try:
+            self._f = h5py.File(self.path, "w")
+        except OSError as exc:
+            raise DataFormatError(f"{self.path}: cannot create recording ({exc})") from None
+        f = self._f
+        tt = config.time_tagger
+        f.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "duration_s": 0.0, "rep_rate_hz": float(config.laser.rep_rate_hz),
+            "epoch": -1 if epoch is None else int(epoch), "complete": False, "n_tags": 0, "n_blocks": 0,
+            "sync_channel": int(tt.sync_channel), "detector_channels": json.dumps(tt.detector_channels),
+            "source": source,
+        })
+        f.create_dataset("config_toml", data=dump_toml(config.model_dump(mode="json", exclude_none=True)),
+                         dtype=h5py.string_dtype())
+        g = f.create_group("tags")
+        g.create_dataset("timestamps", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_CHUNK,))
+        g.create_dataset("channels", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(_CHUNK,))
+        g.create_dataset("block_end", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
+        g.create_dataset("block_overflow", shape=(0,), maxshape=(None,), dtype=bool, chunks=(1024,))
+        cg = f.create_group("clients")
+        for log in client_logs or []:
+            sub = cg.create_group(log.client)
+            cc = config.client(log.client)
+            sub.attrs.update({"generator": log.generator, "seed": int(log.seed), "epoch": int(log.epoch),
+                              "intensity_probs": np.asarray(log.intensity_probs, dtype=np.float64),
+                              "basis_x_prob": float(log.basis_x_prob),
+                              "intensities": np.asarray(cc.intensities, dtype=np.float64)})
+        self._n = 0
+        self._blocks = 0
+        self._last_t = np.iinfo(np.int64).min
+
+    def append(self, block: TagBlock) -> None:
+        n = len(block)
+        if n:
+            if block.timestamps[0] < self._last_t:
+                raise DataFormatError(f"{self.path}: blocks must be appended in time order")
+            self._last_t = int(block.timestamps[-1])
+        g = self._f["tags"]
+        for name, arr in (("timestamps", block.timestamps), ("channels", block.channels)):
+            ds = g[name]
+            ds.resize((self._n + n,))
+            ds[self._n:] = arr
+        self._n += n
+        self._blocks += 1
+        for name, val in (("block_end", self._n), ("block_overflow", bool(block.overflow))):
+            ds = g[name]
+            ds.resize((self._blocks,))
+            ds[-1] = val
+        self._f.attrs["n_tags"] = self._n
+        self._f.attrs["n_blocks"] = self._blocks
+
+    def close(self, duration_s: float | None = None, complete: bool = True) -> None:
+        if not self._f:
+            return
+        if duration_s is not None:
+            self._f.attrs["duration_s"] = float(duration_s)
+        self._f.attrs["complete"] = bool(complete)
+        self._f.close()
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(complete=exc_type is None)
+
+
+def record(tagger: TimeTagger, path: str | Path, duration_s: float, config: StationConfig, *,
+           block_duration_s: float | None = None, progress: Any = None) -> Path:
+    """Acquire ``duration_s`` from ``tagger`` into a recording at ``path``.
+
+    Client logs are stored when the tagger is simulated (it has an ``acquisition_epoch``).
+    ``progress(done_s)`` is called after each block.
+    """
+    blocks = tagger.stream(duration_s, block_duration_s)
+    epoch = getattr(tagger, "acquisition_epoch", None)
+    logs = ([ClientQRNGLog(c.name, int(c.seed), int(epoch), tuple(c.intensity_probs), float(c.basis_x_prob))
+             for c in config.clients] if epoch is not None else [])
+    w = RecordingWriter(path, config, epoch=epoch, client_logs=logs, source="sim" if epoch is not None else "hardware")
+    done = 0.0
+    bd = block_duration_s or config.simulation.block_duration_s
+    try:
+        for blk in blocks:
+            w.append(blk)
+            done = min(duration_s, done + bd)
+            if progress is not None:
+                progress(done)
+    except BaseException:
+        w.close(duration_s=done, complete=False)
+        raise
+    w.close(duration_s=duration_s, complete=True)
+    return Path(path)
+
+
+class Recording:
+    """A recording opened for reading: ``.config``, ``.duration_s``, ``.epoch``, ``.blocks()``,
+    ``.client_log(name)``. Open with :meth:`open` / :func:`read_recording`."""
+
+    def __init__(self, path: Path, f: h5py.File, config: StationConfig) -> None:
+        self.path = path
+        self._f = f
+        self.config = config
+        a = f.attrs
+        self.duration_s = float(a["duration_s"])
+        self.rep_rate_hz = float(a["rep_rate_hz"])
+        self.epoch = int(a["epoch"])
+        self.complete = bool(a["complete"])
+        self.n_tags = int(f["tags/timestamps"].shape[0])
+        self.block_end = np.asarray(f["tags/block_end"][...], dtype=np.int64)
+        self.block_overflow = np.asarray(f["tags/block_overflow"][...], dtype=bool)
+        self.source = str(a.get("source", ""))
+
+    @classmethod
+    def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Recording:
+        p = Path(path)
+        if not p.exists():
+            raise DataFormatError(f"{p}: recording not found; expected an HDF5 file written by `labqfl acquire --out`")
+        try:
+            f = h5py.File(p, "r")
+        except OSError as exc:
+            raise DataFormatError(f"{p}: not a readable HDF5 file ({exc}); the file is corrupt, truncated or not a labqfl recording") from None
+        try:
+            a = f.attrs
+            if a.get("format") != FORMAT:
+                raise DataFormatError(f"{p}: not a labqfl tag recording (attribute format={a.get('format')!r}, expected {FORMAT!r})")
+            if int(a.get("format_version", -1)) != FORMAT_VERSION:
+                raise DataFormatError(f"{p}: unsupported recording format_version {a.get('format_version')!r}; expected {FORMAT_VERSION}")
+            for name in ("config_toml", "tags/timestamps", "tags/channels", "tags/block_end", "tags/block_overflow", "clients"):
+                if name not in f:
+                    raise DataFormatError(f"{p}: recording lacks '/{name}'; the file is truncated or corrupt")
+            if not bool(a.get("complete", False)) and not allow_incomplete:
+                raise DataFormatError(f"{p}: recording is incomplete (the acquisition was interrupted); pass allow_incomplete=True to read what was written")
+            ts, ch = f["tags/timestamps"], f["tags/channels"]
+            if ts.dtype != np.int64 or ch.dtype != np.int16 or ts.shape != ch.shape:
+                raise DataFormatError(f"{p}: /tags/timestamps must be int64 and /tags/channels int16 of equal length, got {ts.dtype}{ts.shape} and {ch.dtype}{ch.shape}")
+            be = f["tags/block_end"][...]
+            if be.size and (np.any(np.diff(be) < 0) or be[-1] != ts.shape[0]):
+                raise DataFormatError(f"{p}: /tags/block_end does not match the number of tags ({be[-1] if be.size else 0} vs {ts.shape[0]}); the file is truncated or corrupt")
+            text = f["config_toml"][()]
+            text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+            cfg = _parse_config_text(text, p)
+            rec = cls(p, f, cfg)
+        except DataFormatError:
+            f.close()
+            raise
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            f.close()
+            raise DataFormatError(f"{p}: corrupt recording ({exc.__class__.__name__}: {exc})") from None
+        return rec
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> Recording:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client_names(self) -> list[str]:
+        return sorted(self._f["clients"].keys(), key=lambda s: int(s[1:]) if s[1:].isdigit() else 0)
+
+    def client_log(self, name: str) -> ClientQRNGLog:
+        """The modulation log of client ``name`` stored in ``/clients/<name>``."""
+        if name not in self._f["clients"]:
+            raise DataFormatError(f"{self.path}: no modulation record for client {name!r}; recorded clients: {self.client_names}")
+        a = self._f["clients"][name].attrs
+        if a.get("generator") != GENERATOR_NAME:
+            raise DataFormatError(f"{self.path}: client {name!r} uses generator {a.get('generator')!r}; this labqfl reads {GENERATOR_NAME!r}")
+        return ClientQRNGLog(client=name, seed=int(a["seed"]), epoch=int(a["epoch"]),
+                             intensity_probs=tuple(float(x) for x in a["intensity_probs"]),
+                             basis_x_prob=float(a["basis_x_prob"]))
+
+    def blocks(self, max_tags: int | None = None) -> Iterator[TagBlock]:
+        """The recorded blocks in order (a recorded block above ``max_tags`` tags is split)."""
+        ts, ch = self._f["tags/timestamps"], self._f["tags/channels"]
+        start = 0
+        for k, end in enumerate(self.block_end.tolist()):
+            step = (end - start) if max_tags is None else max(1, max_tags)
+            a = start
+            while a < end or (a == end == start):
+                b = min(end, a + step) if step else end
+                try:
+                    t = np.asarray(ts[a:b], dtype=np.int64)
+                    c = np.asarray(ch[a:b], dtype=np.int16)
+                except OSError as exc:
+                    raise DataFormatError(f"{self.path}: cannot read tags {a}..{b} ({exc}); the file is corrupt") from None
+                yield TagBlock(t, c, overflow=bool(self.block_overflow[k]))
+                if b == a:
+                    break
+                a = b
+            start = end
+
+    def tags(self) -> TagBlock:
+        """All tags at once (small recordings only)."""
+        return TagBlock(np.asarray(self._f["tags/timestamps"][...]), np.asarray(self._f["tags/channels"][...]))
+
+
+def _parse_config_text(text: str, p: Path) -> StationConfig:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d) / "config.toml"
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            return load_station_config(tmp)
+        except ConfigError as exc:
+            raise DataFormatError(f"{p}: the stored station config is invalid: {exc}") from None
+
+
+def read_recording(path: str | Path, *, allow_incomplete: bool = False) -> Recording:
+    """Open a recording; :class:`DataFormatError` with a clear message if corrupt/truncated/foreign."""
+    return Recording.open(path, allow_incomplete=allow_incomplete)
+
+
+class ReplayTimeTagger(TimeTagger):
+    """A time-tagger backend that streams a recording block by block (``stream`` re-bins the
+    recorded tags into blocks of ``block_duration_s``; ``duration_s`` beyond the recording ends
+    the stream early)."""
+
+    def __init__(self, path: str | Path, name: str = "time_tagger") -> None:
+        super().__init__(name, str(path))
+        self.recording = read_recording(path)
+        tt = self.recording.config.time_tagger
+        self._all = sorted({tt.sync_channel, *tt.detector_channels.values()})
+        self._channels = list(self._all)
+        self._delays: dict[int, int] = {}
+        self._levels = {c: tt.trigger_level_v for c in self._all}
+
+    def identity(self) -> str:
+        return f"labqfl,ReplayTimeTagger,{self.recording.path.name},{FORMAT}-v{FORMAT_VERSION}"
+
+    @property
+    def channels(self) -> list[int]:  # type: ignore[override]
+        return list(self._channels)
+
+    @channels.setter
+    def channels(self, value: list[int]) -> None:
+        bad = [c for c in value if c not in self._all]
+        if bad:
+            raise ValueError(f"channels must be a subset of {self._all}, got {list(value)}")
+        with self.lock:
+            self._channels = list(value)
+
+    @property
+    def trigger_levels_v(self) -> dict[int, float]:  # type: ignore[override]
+        return dict(self._levels)
+
+    @trigger_levels_v.setter
+    def trigger_levels_v(self, value: dict[int, float]) -> None:
+        with self.lock:
+            self._levels.update({int(k): float(v) for k, v in value.items()})
+
+    @property
+    def input_delays_ps(self) -> dict[int, int]:  # type: ignore[override]
+        return {c: self._delays.get(c, 0) for c in self._all}
+
+    @input_delays_ps.setter
+    def input_delays_ps(self, value: dict[int, int]) -> None:
+        for c in value:
+            if c not in self._all:
+                raise ValueError(f"input_delays_ps: channel must be one of {self._all}, got {c!r}")
+        with self.lock:
+            self._delays.update({int(k): int(v) for k, v in value.items()})
+
+    @property
+    def resolution_ps(self) -> float:
+        return self.recording.config.time_tagger.resolution_ps
+
+    @property
+    def acquisition_epoch(self) -> int | None:
+        return self.recording.epoch if self.recording.epoch >= 0 else None
+
+    def _filtered(self) -> Iterator[TagBlock]:
+        chans = np.array(self._channels, dtype=np.int16)
+        delays = dict(self._delays)
+        for blk in self.recording.blocks():
+            keep = np.isin(blk.channels, chans)
+            t, c = blk.timestamps[keep], blk.channels[keep]
+            if any(delays.values()):
+                t = t.copy()
+                for chn, d in delays.items():
+                    t[c == chn] += d
+                o = np.argsort(t, kind="stable")
+                t, c = t[o], c[o]
+            yield TagBlock(t, c, blk.overflow)
+
+    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
+        bd = block_duration_s or self.recording.config.simulation.block_duration_s
+        bd_ps = int(round(bd * 1e12))
+        end_ps = int(round(duration_s * 1e12))
+
+        def gen() -> Iterator[TagBlock]:
+            t = np.zeros(0, np.int64)
+            c = np.zeros(0, np.int16)
+            edge = min(bd_ps, end_ps)
+            for blk in self._filtered():
+                t = np.concatenate([t, blk.timestamps])
+                c = np.concatenate([c, blk.channels])
+                # later recorded tags are >= t[-1]: every tag before `edge` is in hand once t[-1] >= edge
+                while t.size and t[-1] >= edge:
+                    k = int(np.searchsorted(t, edge))
+                    yield TagBlock(t[:k].copy(), c[:k].copy())
+                    t, c = t[k:], c[k:]
+                    if edge >= end_ps:
+                        return
+                    edge = min(edge + bd_ps, end_ps)
+            while t.size:
+                k = int(np.searchsorted(t, edge))
+                yield TagBlock(t[:k].copy(), c[:k].copy())
+                t, c = t[k:], c[k:]
+                if edge >= end_ps:
+                    return
+                edge = min(edge + bd_ps, end_ps)
+
+        return gen()
+
+    def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
+        counts = dict.fromkeys(self._channels, 0)
+        for blk in self.stream(integration_s):
+            u, n = np.unique(blk.channels, return_counts=True)
+            for a, b in zip(u.tolist(), n.tolist(), strict=True):
+                counts[a] = counts.get(a, 0) + b
+        return {c: n / integration_s for c, n in counts.items()}
+
+    def histogram(self, start_channel: int, click_channel: int, binwidth_ps: int, n_bins: int,
+                  integration_s: float) -> np.ndarray:
+        hist = np.zeros(int(n_bins), dtype=np.int64)
+        last = np.array([-1], dtype=np.int64)
+        for blk in self.stream(integration_s):
+            K.start_stop_histogram(blk.timestamps, blk.channels, int(start_channel), int(click_channel),
+                                   np.int64(binwidth_ps), hist, last)
+        return hist
+
+    def _close(self) -> None:
+        self.recording.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return super().snapshot()

@@ -1,0 +1,590 @@
+"""The simulated Sagnac-loop testbed: a Monte-Carlo of laser, loop, clients, detectors and tagger.
+
+Model (documented in docs/simulator.md):
+
+* **Laser**: slot ``s`` (one pulse) is emitted at ``round(s·T)`` ps, T = 1/rep_rate. Timing jitter
+  (rms) and pulse width (FWHM/2.355) add to the detectors' Gaussian jitter for photon clicks.
+* **Schedule**: :class:`labqfl.qkd.schedule.PairSchedule`; in a frame of pair (Ci, Cj) client i
+  modulates the clockwise pulse and client j the counter-clockwise one.
+* **Clients**: choices from the counter-based QRNG (:mod:`labqfl.sim_backends.qrng`). Mean photon
+  numbers = config ``intensities`` × (laser power / configured power) × 10^(−(att − att_nom)/10)
+  (0 with the shutter closed). Applied phase of index a:
+  V = clip((aπ/2 − bias_set)·Vπ_set/π, ±amplitude/2), φ = πV/Vπ_true + φ0_true with
+  Vπ_true = v_pi_v/(1 + v_pi_error) and φ0_true = config ``bias_phase_rad``.
+* **Loop and splitter**: per-pair transmittances from :func:`labqfl.qkd.channel_model.transmittances`
+  and click probabilities with exactly the formulas of
+  :class:`labqfl.qkd.channel_model.PairChannel` (δ = φ_i − φ_j + θ, θ a random walk of strength
+  ``phase_drift_rad_per_sqrt_s`` stepped every chunk of 65 536 slots).
+* **Thinning**: per frame segment, candidate slots are drawn with geometric gaps at p_max and
+  accepted with p/p_max, so the cost grows with detections, not pulses.
+* **Detectors**: dark counts (Poisson in continuous time), gating, non-paralysable dead time,
+  afterpulsing (probability per click, exponential delay after the dead time), Gaussian jitter.
+  Photons from slot s reach the detectors at ``round(s·T) + τ_loop``, τ_loop = n·ΣL/c.
+* **Time tagger**: tag = arrival + cable delay + input delay (+ jitter), floored to the
+  resolution; a sync tag at ``round(s·T) + delay_sync`` for every ``sync_divider``-th slot.
+* **Faults / adversary** from ``config.simulation``.
+
+Each call of :meth:`SagnacTestbed.stream` is one *acquisition* with its own epoch (0, 1, 2, …),
+slots counted from 0; the clients' choices of that acquisition are
+``client_log(config, name, epoch=testbed.last_epoch)``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+from labqfl.sim_backends import _kernels as K
+from labqfl.sim_backends.qrng import (
+    ClientQRNGLog,
+    basis_threshold,
+    client_key,
+    derive_key,
+    intensity_thresholds,
+    log_for_client,
+)
+
+from labqfl.config import StationConfig
+from labqfl.instruments.base import TagBlock
+from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
+from labqfl.qkd.channel_model import transmittances
+
+C_LIGHT = 299_792_458.0
+H_PLANCK = 6.626_070_15e-34
+CHUNK_SLOTS = 65536
+_INTERNAL_EPOCH_BASE = 1 << 32
+
+
+@dataclass
+class ClientLive:
+    """Live settings of one client's instruments (written by the simulated instruments)."""
+
+    attenuation_db: float
+    nominal_attenuation_db: float
+    shutter_closed: bool = False
+    pm_enabled: bool = True
+    v_pi_set: float = 4.0
+    bias_set: float = 0.0
+    gate_delay_set_ps: float = 0.0
+    gate_delay_true_ps: float = 0.0
+    gate_tolerance_ps: float = 500.0
+    amplitude_vpp: float = 16.0
+    dc_volts: float | None = None
+    pattern: np.ndarray | None = None
+
+
+@dataclass
+class DetectorLive:
+    enabled: bool
+    efficiency: float
+    bias: float
+    bias_nominal: float
+    bias_scale: float
+    dark_count_rate_hz: float
+    dead_time_ns: float
+    afterpulse_prob: float
+    afterpulse_decay_ns: float
+    jitter_ps: float
+    gated: bool
+    gate_width_ns: float
+    gate_delay_ps: float
+
+    def dcr_hz(self) -> float:
+        """Dark-count rate at the current bias: DCR₀·exp((bias − bias₀)/scale)."""
+        return self.dark_count_rate_hz * math.exp((self.bias - self.bias_nominal) / self.bias_scale)
+
+
+@dataclass
+class LiveState:
+    """Everything the instruments can change; the physics reads it at every block."""
+
+    laser_on: bool
+    power_mw: float
+    rep_rate_hz: float
+    wavelength_nm: float
+    clients: dict[str, ClientLive]
+    detectors: dict[str, DetectorLive]
+    enabled_channels: set[int]
+    input_delays_ps: dict[int, int]
+    trigger_levels_v: dict[int, float]
+    pairs: list[tuple[str, str]] | None = None
+    version: int = 0
+
+
+@dataclass
+class _Acq:
+    """State of one acquisition carried across blocks."""
+
+    epoch: int
+    period_ps: float
+    n_slots: int
+    keys: dict[str, np.uint64]
+    delays: dict[str, int]  # total delay slot-emission → tag per channel name, without jitter
+    channels: dict[str, int]
+    res_ps: int
+    cut_margin: int
+    drift_state: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0]))
+    det_state: dict[str, np.ndarray] = field(default_factory=dict)
+    det_pend: dict[str, np.ndarray] = field(default_factory=dict)
+    cap_sig: int = 4096
+    client_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    guide_q: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    guide_lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.int64))
+    guide_hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.int64))
+
+
+def _round_ps(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+class SagnacTestbed:
+    """Monte-Carlo model of the whole station; shared by the simulated instruments.
+
+    Parameters come from ``config`` (the simulator's truth); live instrument settings are in
+    :attr:`live` and are read at the start of every block (timing settings — repetition rate,
+    tagger delays, resolution — at the start of every acquisition).
+    """
+
+    def __init__(self, config: StationConfig) -> None:
+        self.config = config.model_copy(deep=True)
+        self.lock = threading.RLock()
+        cfg = self.config
+        self.live = LiveState(
+            laser_on=True, power_mw=cfg.laser.power_mw, rep_rate_hz=cfg.laser.rep_rate_hz,
+            wavelength_nm=cfg.laser.wavelength_nm,
+            clients={
+                c.name: ClientLive(
+                    attenuation_db=float(c.attenuator.options.get("nominal_attenuation_db", min(50.0, c.attenuator.max_attenuation_db))),
+                    nominal_attenuation_db=float(c.attenuator.options.get("nominal_attenuation_db", min(50.0, c.attenuator.max_attenuation_db))),
+                    v_pi_set=c.phase_modulator.v_pi_v,
+                    bias_set=float(c.phase_modulator.options.get("bias_setting_rad", 0.0)),
+                    gate_delay_set_ps=c.phase_modulator.gate_delay_ps,
+                    gate_delay_true_ps=float(c.phase_modulator.options.get("true_gate_delay_ps", c.phase_modulator.gate_delay_ps)),
+                    gate_tolerance_ps=float(c.phase_modulator.options.get("gate_tolerance_ps", 500.0)),
+                    amplitude_vpp=float(c.phase_modulator.options.get("amplitude_vpp", 4.0 * c.phase_modulator.v_pi_v)),
+                )
+                for c in cfg.clients
+            },
+            detectors={
+                n: DetectorLive(
+                    enabled=True, efficiency=d.efficiency, bias=d.bias_current_ua, bias_nominal=d.bias_current_ua,
+                    bias_scale=float(d.options.get("dark_bias_scale", 1.0 if d.kind == "snspd" else 0.5)),
+                    dark_count_rate_hz=d.dark_count_rate_hz, dead_time_ns=d.dead_time_ns,
+                    afterpulse_prob=d.afterpulse_prob, afterpulse_decay_ns=d.afterpulse_decay_ns,
+                    jitter_ps=d.jitter_ps, gated=d.gated, gate_width_ns=d.gate_width_ns, gate_delay_ps=d.gate_delay_ps,
+                )
+                for n, d in cfg.detectors.items()
+            },
+            enabled_channels={cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()},
+            input_delays_ps={self.channel_of(n): int(round(v)) for n, v in cfg.time_tagger.input_delays_ps.items()},
+            trigger_levels_v={ch: cfg.time_tagger.trigger_level_v
+                              for ch in [cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()]},
+        )
+        self._eta = {p: transmittances(cfg, *p) for p in cfg.pairs()}
+        self._epoch = 0
+        self._internal_epoch = 0
+        self.last_epoch: int | None = None
+        self._client_index = {c.name: k for k, c in enumerate(cfg.clients)}
+        self._cache_version = -1
+        self._cache: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+
+    # -- small helpers ---------------------------------------------------------------------
+    def touch(self) -> None:
+        """Mark the live state as changed (instruments call this after writing a setting)."""
+        with self.lock:
+            self.live.version += 1
+
+    def channel_of(self, name: str) -> int:
+        """Tagger channel of 'sync', 'D0' or 'D1' (or the number itself as a string)."""
+        tt = self.config.time_tagger
+        if name == "sync":
+            return tt.sync_channel
+        if name in tt.detector_channels:
+            return tt.detector_channels[name]
+        try:
+            return int(name)
+        except ValueError:
+            raise ValueError(f"unknown tagger channel name {name!r}; expected 'sync', 'D0', 'D1' or a number") from None
+
+    @property
+    def loop_delay_ps(self) -> float:
+        """Propagation time around the whole loop τ_loop = n·ΣL/c [ps] (same for CW and CCW)."""
+        lp = self.config.loop
+        return lp.fiber_refractive_index * sum(lp.segments_km) * 1e3 / C_LIGHT * 1e12
+
+    def true_delays_ps(self) -> dict[str, int]:
+        """Delay from a slot's emission to its tag, per channel name, without jitter [ps]:
+        sync = cable + input delay; D0/D1 = τ_loop + cable + input delay (simulator truth)."""
+        tt = self.config.time_tagger
+        with self.lock:
+            ind = dict(self.live.input_delays_ps)
+        out = {"sync": _round_ps(tt.cable_delays_ps.get("sync", 0.0)) + ind.get(tt.sync_channel, 0)}
+        for d, ch in tt.detector_channels.items():
+            out[d] = _round_ps(self.loop_delay_ps + tt.cable_delays_ps.get(d, 0.0)) + ind.get(ch, 0)
+        return out
+
+    def client_log(self, client: str, epoch: int | None = None) -> ClientQRNGLog:
+        """Modulation log of ``client`` for ``epoch`` (default: the last acquisition)."""
+        e = self.last_epoch if epoch is None else epoch
+        if e is None:
+            e = 0
+        return log_for_client(self.config.client(client), e)
+
+    def restrict_pairs(self, pairs: list[tuple[str, str]] | None) -> None:
+        """Run only these pairs (in this order) instead of the configured schedule; None restores it."""
+        with self.lock:
+            if pairs is not None:
+                names = self.config.client_names
+                order = {n: k for k, n in enumerate(names)}
+                fixed: list[tuple[str, str]] = []
+                for a, b in pairs:
+                    if a not in order or b not in order or a == b:
+                        raise ValueError(f"pair ({a}, {b}) must name two different clients from {names}")
+                    fixed.append((a, b) if order[a] < order[b] else (b, a))
+                self.live.pairs = fixed
+            else:
+                self.live.pairs = None
+            self.live.version += 1
+
+    def active_pairs(self) -> list[tuple[str, str]]:
+        with self.lock:
+            return list(self.live.pairs) if self.live.pairs is not None else self.config.pairs()
+
+    # -- physics parameters of one block ---------------------------------------------------
+    def _client_arrays(self) -> dict[str, np.ndarray]:
+        cfg, live = self.config, self.live
+        nc = len(cfg.clients)
+        mu = np.zeros((nc, K.K_MAX))
+        phase = np.zeros((nc, K.N_PHASE))
+        pmode = np.zeros(nc, dtype=np.int64)
+        fixk0 = np.zeros(nc, dtype=np.uint8)
+        cnk = np.zeros(nc, dtype=np.int64)
+        cthr = np.zeros((nc, K.K_MAX), dtype=np.uint64)
+        cthrx = np.zeros(nc, dtype=np.uint64)
+        pats: list[np.ndarray] = []
+        pat_off = np.zeros(nc, dtype=np.int64)
+        pat_len = np.ones(nc, dtype=np.int64)
+        off = 0
+        power_scale = (live.power_mw / cfg.laser.power_mw) if live.laser_on else 0.0
+        for c, cc in enumerate(cfg.clients):
+            cl = live.clients[cc.name]
+            scale = 0.0 if cl.shutter_closed else power_scale * 10.0 ** (-(cl.attenuation_db - cl.nominal_attenuation_db) / 10.0)
+            kk = len(cc.intensities)
+            cnk[c] = kk
+            mu[c, :kk] = np.asarray(cc.intensities) * scale
+            cthr[c, :kk] = intensity_thresholds(cc.intensity_probs)
+            cthrx[c] = basis_threshold(cc.basis_x_prob)
+            pmc = cc.phase_modulator
+            vpi_true = pmc.v_pi_v / (1.0 + pmc.v_pi_error)
+            phi0 = pmc.bias_phase_rad
+            half = cl.amplitude_vpp / 2.0
+            for a in range(4):
+                v = (PHASE_ALPHABET_RAD[a] - cl.bias_set) * cl.v_pi_set / math.pi
+                v = min(max(v, -half), half)
+                phase[c, a] = math.pi * v / vpi_true + phi0
+            gate_miss = abs(cl.gate_delay_set_ps - cl.gate_delay_true_ps) > cl.gate_tolerance_ps
+            if not cl.pm_enabled or gate_miss:
+                pmode[c] = 1
+                phase[c, 4] = phi0
+            elif cl.dc_volts is not None:
+                pmode[c] = 1
+                fixk0[c] = 1
+                v = min(max(cl.dc_volts, -half), half)
+                phase[c, 4] = math.pi * v / vpi_true + phi0
+            elif cl.pattern is not None and cl.pattern.size:
+                pmode[c] = 2
+                pats.append(cl.pattern)
+                pat_off[c] = off
+                pat_len[c] = cl.pattern.size
+                off += cl.pattern.size
+        pat = np.concatenate(pats).astype(np.uint8) if pats else np.zeros(1, dtype=np.uint8)
+        return {"mu": mu, "phase": phase, "pmode": pmode, "fixk0": fixk0, "cnk": cnk, "cthr": cthr,
+                "cthrx": cthrx, "pat": pat, "pat_off": pat_off, "pat_len": pat_len}
+
+    def _pair_arrays(self) -> dict[str, np.ndarray]:
+        pairs = self.live.pairs if self.live.pairs is not None else self.config.pairs()
+        idx = self._client_index
+        etas = []
+        for p in pairs:
+            if p not in self._eta:
+                self._eta[p] = transmittances(self.config, *p)
+            etas.append(self._eta[p])
+        return {"ci": np.array([idx[a] for a, _ in pairs], dtype=np.int64),
+                "cj": np.array([idx[b] for _, b in pairs], dtype=np.int64),
+                "eta_cw": np.array([e[0] for e in etas]), "eta_ccw": np.array([e[1] for e in etas])}
+
+    # -- acquisition -----------------------------------------------------------------------
+    def _new_acq(self, epoch: int, n_slots: int) -> _Acq:
+        cfg = self.config
+        seed = cfg.simulation.seed
+        keys = {name: np.uint64(derive_key(seed, epoch, sid)) for sid, name in enumerate(
+            ["gap", "acc", "eve", "drift", "dark_D0", "dark_D1", "jit_D0", "jit_D1", "ap_D0", "ap_D1", "sync"])}
+        with self.lock:
+            period = 1e12 / self.live.rep_rate_hz
+            delays = self.true_delays_ps()
+            chans = {"sync": cfg.time_tagger.sync_channel, **cfg.time_tagger.detector_channels}
+            jit = max(d.jitter_ps for d in self.live.detectors.values())
+        res = max(1, int(round(cfg.time_tagger.resolution_ps)))
+        sig_extra = math.hypot(cfg.laser.timing_jitter_ps, cfg.laser.pulse_width_ps / 2.3548)
+        margin = int(math.ceil(math.hypot(jit, sig_extra) * K.GAUSS_TABLE_MAX)) + res + 2
+        acq = _Acq(epoch=epoch, period_ps=period, n_slots=n_slots, keys=keys, delays=delays, channels=chans,
+                   res_ps=res, cut_margin=margin)
+        acq.client_keys = np.array([client_key(c.seed, epoch) for c in cfg.clients], dtype=np.uint64)
+        for d in ("D0", "D1"):
+            acq.det_state[d] = np.array([np.iinfo(np.int64).min, 0], dtype=np.int64)
+            acq.det_pend[d] = np.zeros(K.PEND_CAP, dtype=np.int64)
+        return acq
+
+    def _cut(self, acq: _Acq, s1: int) -> int:
+        """No tag of a later window can be earlier than this time [ps]."""
+        t = _round_ps(s1 * acq.period_ps)
+        d_min = min(acq.delays["D0"], acq.delays["D1"]) - acq.cut_margin
+        return min(t + acq.delays["sync"], t + d_min)
+
+    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Tags of slots [s0, s1): a list of per-channel sorted time arrays and their channels."""
+        cfg = self.config
+        sim = cfg.simulation
+        with self.lock:
+            live = self.live
+            if self._cache_version != live.version:
+                self._cache = (self._client_arrays(), self._pair_arrays())
+                self._cache_version = live.version
+            ca, pa = self._cache
+            dets = {n: DetectorLive(**vars(d)) for n, d in live.detectors.items()}
+            laser_on = live.laser_on
+            enabled = set(live.enabled_channels)
+            frame = cfg.schedule.slots_per_frame
+        period = acq.period_ps
+        t_loop = _round_ps(self.loop_delay_ps)
+        out_t: list[np.ndarray] = []
+        out_c: list[np.ndarray] = []
+        # signal clicks
+        if laser_on and ca["mu"].any():
+            fl = sim.faults
+            collapse = (math.ceil(fl.visibility_collapse_at_s * self.live.rep_rate_hz)
+                        if fl.visibility_collapse_at_s is not None else np.iinfo(np.int64).max)
+            ir = sim.intercept_resend
+            eve = self._client_index[ir.client] if ir.enabled else -1
+            drift_chunk = cfg.loop.phase_drift_rad_per_sqrt_s * math.sqrt(CHUNK_SLOTS * period * 1e-12)
+            npairs = pa["ci"].size
+            if acq.guide_q.size != npairs:
+                acq.guide_q = np.zeros(npairs)
+                acq.guide_lo = np.zeros((npairs, K.GUIDE), dtype=np.int64)
+                acq.guide_hi = np.zeros((npairs, K.GUIDE), dtype=np.int64)
+            while True:
+                cap = acq.cap_sig
+                slots = np.empty(cap, dtype=np.int64)
+                outc = np.empty(cap, dtype=np.uint8)
+                dstate = acq.drift_state.copy()
+                n = K.signal_kernel(
+                    np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame),
+                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"],
+                    acq.client_keys,
+                    ca["cthr"], ca["cnk"], ca["cthrx"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
+                    ca["pat"], ca["pat_off"], ca["pat_len"],
+                    cfg.loop.beam_splitter_ratio, dets["D0"].efficiency, dets["D1"].efficiency,
+                    cfg.loop.visibility, sim.faults.visibility_after_collapse, np.int64(collapse),
+                    drift_chunk, dstate, acq.keys["gap"], acq.keys["acc"], acq.keys["eve"], acq.keys["drift"],
+                    eve, ir.fraction, acq.guide_q, acq.guide_lo, acq.guide_hi, slots, outc)
+                if n >= 0:
+                    acq.drift_state = dstate
+                    break
+                acq.cap_sig = cap * 2
+            slots, outc = slots[:n], outc[:n]
+            acq.cap_sig = max(acq.cap_sig, int(n * 1.3) + 4096)
+        else:
+            slots = np.zeros(0, dtype=np.int64)
+            outc = np.zeros(0, dtype=np.uint8)
+        # slot emission times (int64 ps)
+        if period == round(period):
+            t_emit = slots * np.int64(round(period))
+        else:
+            t_emit = np.floor(slots * period + 0.5).astype(np.int64)
+        win_end = _round_ps(s1 * period) + t_loop
+        sig_extra = math.hypot(cfg.laser.timing_jitter_ps, cfg.laser.pulse_width_ps / 2.3548)
+        fl = sim.faults
+        for bit, d in ((1, "D0"), (2, "D1")):
+            dl = dets[d]
+            ch = acq.channels[d]
+            state = acq.det_state[d].copy()
+            pend = acq.det_pend[d].copy()
+            if not dl.enabled:
+                continue
+            sig_t = t_emit[(outc & bit) != 0] + t_loop
+            rate = dl.dcr_hz() * 1e-12
+            exp_dark = rate * (s1 - s0) * period
+            dcap = int(exp_dark + 10 * math.sqrt(exp_dark) + 64)
+            while True:
+                dark = np.empty(dcap, dtype=np.int64)
+                nd = K.dark_kernel(np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), period, np.int64(t_loop),
+                                   rate, acq.keys[f"dark_{d}"], dark)
+                if nd >= 0:
+                    break
+                dcap *= 2
+            dark = dark[:nd]
+            t_die = (np.int64(round(fl.detector_dies_at_s * 1e12)) if fl.detector_dies == d
+                     else np.iinfo(np.int64).max)
+            ocap = sig_t.size + nd + K.PEND_CAP + 16
+            while True:
+                st, pd = state.copy(), pend.copy()
+                meas = np.empty(ocap, dtype=np.int64)
+                kind = np.empty(ocap, dtype=np.uint8)
+                nm = K.detector_kernel(
+                    sig_t, dark, pd, st, np.int64(win_end), np.int64(t_die), bool(dl.gated),
+                    float(dl.gate_delay_ps), float(dl.gate_width_ns * 1e3), period,
+                    np.int64(round(dl.dead_time_ns * 1e3)), float(dl.afterpulse_prob), float(dl.afterpulse_decay_ns * 1e3),
+                    acq.keys[f"ap_{d}"], acq.keys[f"jit_{d}"], math.hypot(dl.jitter_ps, sig_extra), float(dl.jitter_ps),
+                    np.int64(acq.delays[d] - t_loop), np.int64(acq.res_ps), K.GAUSS_TABLE, meas, kind)
+                if nm >= 0:
+                    break
+                ocap *= 2
+            acq.det_state[d], acq.det_pend[d] = st, pd
+            if ch in enabled and nm:
+                m = meas[:nm]
+                K.insertion_sort(m)
+                out_t.append(m)
+                out_c.append(np.full(nm, ch, dtype=np.int16))
+        ch = acq.channels["sync"]
+        if ch in enabled:
+            st_ = K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), period,
+                                np.int64(acq.delays["sync"]), np.int64(acq.res_ps),
+                                float(fl.sync_drop_prob), acq.keys["sync"])
+            if st_.size:
+                out_t.append(st_)
+                out_c.append(np.full(st_.size, ch, dtype=np.int16))
+        return out_t, out_c
+
+    def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None) -> Iterator[TagBlock]:
+        if not (duration_s > 0 and math.isfinite(duration_s)):
+            raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
+        bd = self.config.simulation.block_duration_s if block_duration_s is None else block_duration_s
+        if not (bd > 0 and math.isfinite(bd)):
+            raise ValueError(f"block_duration_s must be a finite number > 0, got {bd!r}")
+        with self.lock:
+            rep = self.live.rep_rate_hz
+        n_slots = max(1, int(round(duration_s * rep)))
+        b_slots = max(1, int(round(bd * rep)))
+        acq = self._new_acq(epoch, n_slots)
+        t_end = _round_ps(n_slots * acq.period_ps)
+        carry_t = np.zeros(0, dtype=np.int64)
+        carry_c = np.zeros(0, dtype=np.int16)
+        for s0 in range(0, n_slots, b_slots):
+            s1 = min(s0 + b_slots, n_slots)
+            ts_list, ch_list = self._window(acq, s0, s1)
+            ts = np.concatenate([carry_t, *ts_list])
+            ch = np.concatenate([carry_c, *ch_list])
+            order = np.argsort(ts, kind="stable")
+            ts, ch = ts[order], ch[order]
+            cut = self._cut(acq, s1) if s1 < n_slots else t_end
+            k = int(np.searchsorted(ts, cut, side="left"))
+            lo = int(np.searchsorted(ts, 0, side="left"))
+            carry_t, carry_c = (ts[k:], ch[k:]) if s1 < n_slots else (carry_t[:0], carry_c[:0])
+            yield TagBlock(np.ascontiguousarray(ts[lo:k]), np.ascontiguousarray(ch[lo:k]))
+
+    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
+        """One acquisition of ``duration_s`` seconds as :class:`TagBlock` s of ``block_duration_s``
+        (default ``config.simulation.block_duration_s``). Sets :attr:`last_epoch` at once."""
+        with self.lock:
+            epoch = self._epoch
+            self._epoch += 1
+            self.last_epoch = epoch
+        return self._acquire(epoch, duration_s, block_duration_s)
+
+    def _internal_stream(self, duration_s: float) -> Iterator[TagBlock]:
+        """An acquisition for instrument read-outs (count rates, histograms); own epoch space."""
+        with self.lock:
+            epoch = _INTERNAL_EPOCH_BASE + self._internal_epoch
+            self._internal_epoch += 1
+        return self._acquire(epoch, duration_s, None)
+
+    # -- read-outs for calibration ---------------------------------------------------------
+    def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
+        """Counts per second per enabled tagger channel over ``integration_s`` [Hz]."""
+        with self.lock:
+            chans = sorted(self.live.enabled_channels)
+        counts = dict.fromkeys(chans, 0)
+        for blk in self._internal_stream(integration_s):
+            u, c = np.unique(blk.channels, return_counts=True)
+            for ch_, n in zip(u.tolist(), c.tolist(), strict=True):
+                counts[ch_] = counts.get(ch_, 0) + n
+        return {ch_: n / integration_s for ch_, n in counts.items()}
+
+    def detector_count_rates(self, integration_s: float = 0.1) -> dict[str, float]:
+        """Click rate of each detector [Hz] (0 for a detector whose tagger channel is off)."""
+        r = self.count_rates(integration_s)
+        return {d: r.get(ch, 0.0) for d, ch in self.config.time_tagger.detector_channels.items()}
+
+    def histogram(self, start_channel: int, click_channel: int, binwidth_ps: int, n_bins: int,
+                  integration_s: float) -> np.ndarray:
+        """Start–stop histogram (int64, n_bins) of click delays after the latest start tag."""
+        hist = np.zeros(int(n_bins), dtype=np.int64)
+        last = np.array([-1], dtype=np.int64)
+        for blk in self._internal_stream(integration_s):
+            K.start_stop_histogram(blk.timestamps, blk.channels, int(start_channel), int(click_channel),
+                                   np.int64(binwidth_ps), hist, last)
+        return hist
+
+    def tap_power_w(self, tap: str = "laser", laser_tap_ratio: float = 0.01) -> float:
+        """True optical power at a calibration tap [W].
+
+        ``"laser"``: laser output × ``laser_tap_ratio`` (0 when off). ``"Ck"``: power leaving client
+        k towards the node at its signal level (intensity index 0) with the current laser power and
+        attenuator setting, μ₀·hν·f_rep.
+        """
+        with self.lock:
+            live = self.live
+            if tap == "laser":
+                return live.power_mw * 1e-3 * laser_tap_ratio if live.laser_on else 0.0
+            if tap not in live.clients:
+                raise ValueError(f"power-meter tap must be 'laser' or one of {list(live.clients)}, got {tap!r}")
+            ca = self._client_arrays()
+            mu0 = float(ca["mu"][self._client_index[tap], 0])
+            photon_j = H_PLANCK * C_LIGHT / (live.wavelength_nm * 1e-9)
+            return mu0 * photon_j * live.rep_rate_hz
+
+    def fringe_scan(self, client: str, voltages: np.ndarray | list[float], *, reference: str | None = None,
+                    integration_s: float = 0.01) -> dict[str, np.ndarray]:
+        """Counts of D0 and D1 versus a DC voltage on ``client``'s phase modulator.
+
+        Only the pair (client, reference) runs; both send their signal intensity on every pulse;
+        the reference modulator sits at 0 V. D0 ∝ 1 + v·cos(πV/Vπ + φ0_client − φ0_ref) (fit with
+        C(V) = C_bg + (C0/2)[1 + v·cos(πV/Vπ + φ0)]). The live state is restored afterwards.
+        """
+        names = self.config.client_names
+        if client not in names:
+            raise ValueError(f"unknown client {client!r}; clients are {names}")
+        if reference is None:
+            k = names.index(client)
+            reference = names[k + 1] if k + 1 < len(names) else names[k - 1]
+        if reference not in names or reference == client:
+            raise ValueError(f"reference must be another client from {names}, got {reference!r}")
+        volts = np.asarray(voltages, dtype=np.float64)
+        ch0 = self.channel_of("D0")
+        ch1 = self.channel_of("D1")
+        with self.lock:
+            saved_pairs = self.live.pairs
+            saved = {n: (c.dc_volts, c.pm_enabled) for n, c in self.live.clients.items()}
+            try:
+                self.restrict_pairs([(client, reference)])
+                self.live.clients[reference].dc_volts = 0.0
+                self.live.clients[reference].pm_enabled = True
+                self.live.clients[client].pm_enabled = True
+                d0 = np.zeros(volts.size, dtype=np.int64)
+                d1 = np.zeros(volts.size, dtype=np.int64)
+                for n, v in enumerate(volts):
+                    self.live.clients[client].dc_volts = float(v)
+                    self.touch()
+                    r = self.count_rates(integration_s)
+                    d0[n] = round(r.get(ch0, 0.0) * integration_s)
+                    d1[n] = round(r.get(ch1, 0.0) * integration_s)
+            finally:
+                self.live.pairs = saved_pairs
+                for n, (dc, en) in saved.items():
+                    self.live.clients[n].dc_volts = dc
+                    self.live.clients[n].pm_enabled = en
+                self.touch()
+        return {"voltages": volts, "D0": d0, "D1": d1}

@@ -1,0 +1,129 @@
+"""HDF5 recordings: round trip, replay backend, corrupt / truncated / foreign files, CLI acquire."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from labqfl.sim_backends import (
+    ReplayTimeTagger,
+    SagnacTestbed,
+    client_log,
+    create_simulated_instruments,
+    read_recording,
+    record,
+)
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import load_station_config
+from labqfl.errors import DataFormatError
+
+
+@pytest.fixture
+def rec_path(tmp_path):
+    cfg = load_station_config()
+    inst = create_simulated_instruments(cfg)
+    list(inst["time_tagger"].stream(0.0005))  # epoch 0 used; the recording gets epoch 1
+    p = record(inst["time_tagger"], tmp_path / "r.h5", 0.003, cfg, block_duration_s=0.001)
+    return p, cfg
+
+
+def test_round_trip_tags_config_and_client_logs(rec_path):
+    p, cfg = rec_path
+    tb = SagnacTestbed(cfg)
+    list(tb.stream(0.0005))
+    blocks = list(tb.stream(0.003, 0.001))
+    with read_recording(p) as rec:
+        assert rec.config == cfg and rec.duration_s == 0.003 and rec.epoch == 1 and rec.complete
+        got = list(rec.blocks())
+        assert len(got) == len(blocks) == 3
+        for a, b in zip(got, blocks, strict=True):
+            np.testing.assert_array_equal(a.timestamps, b.timestamps)
+            np.testing.assert_array_equal(a.channels, b.channels)
+        s = np.arange(0, 10_000, 7, dtype=np.int64)
+        for name in cfg.client_names:
+            np.testing.assert_array_equal(rec.client_log(name).choices(s).phase_idx,
+                                          client_log(cfg, name, epoch=1).choices(s).phase_idx)
+        with pytest.raises(DataFormatError, match="C9"):
+            rec.client_log("C9")
+
+
+def test_replay_time_tagger_streams_rebinned_blocks(rec_path):
+    p, _ = rec_path
+    tt = ReplayTimeTagger(p)
+    allt = read_recording(p).tags()
+    out = list(tt.stream(0.003, 0.0005))
+    assert len(out) == 6
+    t = np.concatenate([b.timestamps for b in out])
+    np.testing.assert_array_equal(t, allt.timestamps)
+    assert all(b.timestamps.size == 0 or b.timestamps.max() < (k + 1) * 5e8 for k, b in enumerate(out))
+    r = tt.count_rates(0.003)
+    assert r[2] > 1e5
+    short = list(tt.stream(0.001))
+    assert np.concatenate([b.timestamps for b in short]).max() < 1e9
+    tt.close()
+
+
+def test_bad_files_give_data_format_errors(tmp_path, rec_path):
+    p, _ = rec_path
+    with pytest.raises(DataFormatError, match="not found"):
+        read_recording(tmp_path / "missing.h5")
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"this is not hdf5" * 100)
+    with pytest.raises(DataFormatError, match="HDF5"):
+        read_recording(junk)
+    trunc = tmp_path / "trunc.h5"
+    trunc.write_bytes(p.read_bytes()[:4000])
+    with pytest.raises(DataFormatError):
+        read_recording(trunc)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(DataFormatError, match="not a labqfl"):
+        read_recording(foreign)
+    inc = tmp_path / "inc.h5"
+    inc.write_bytes(p.read_bytes())
+    with h5py.File(inc, "a") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(DataFormatError, match="incomplete"):
+        read_recording(inc)
+    assert read_recording(inc, allow_incomplete=True).n_tags > 0
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(p.read_bytes())
+    with h5py.File(bad, "a") as f:
+        del f["tags/channels"]
+    with pytest.raises(DataFormatError, match="channels"):
+        read_recording(bad)
+
+
+def test_cli_acquire_json_and_recording(tmp_path):
+    out = tmp_path / "acq.h5"
+    r = CliRunner().invoke(app, ["acquire", "--duration", "0.004", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert set(d["count_rates_hz"]) == {"sync", "D0", "D1"}
+    assert set(d["pairs"]) == {"C1-C2", "C1-C3", "C1-C4", "C2-C3", "C2-C4", "C3-C4"}
+    p = d["pairs"]["C1-C2"]
+    assert p["clicks"] > 0 and set(p["by_basis_pair"]) == {"XX", "XY", "YX", "YY"}
+    assert sum(p["by_intensity_pair"].values()) == p["clicks"]
+    assert p["detector_clicks"]["D0"] + p["detector_clicks"]["D1"] - p["double_clicks"] == p["clicks"]
+    assert 0 < p["by_basis_pair"]["XX"]["error_rate"] < 0.1
+    assert read_recording(out).n_tags == d["n_tags"]
+
+
+def test_cli_acquire_bad_input_one_line_error(tmp_path):
+    r = CliRunner().invoke(app, ["acquire", "--duration", "-1"])
+    assert r.exit_code != 0 and "duration" in r.output
+    r = CliRunner().invoke(app, ["acquire", "--duration", "0.001", "--out", str(tmp_path / "x.txt")])
+    assert r.exit_code != 0 and ".h5" in r.output
+
+
+def test_bench_entry_quick_runs():
+    from labqfl.bench import registry
+
+    res = registry()["simulator"].fn(True)
+    assert res.figure > 0 and res.baseline_figure == 1.0
+    assert {"8_clients", "16_clients", "default_plus_10dB_loss", "naive_per_pulse_numpy"} <= set(res.details)

@@ -1,0 +1,163 @@
+"""Testbed behaviour: determinism, block independence, dead time, afterpulsing, faults, scale."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from labqfl.sim_backends import SagnacTestbed
+from labqfl.sim_backends.stations import edit_station
+
+from labqfl.config import load_station_config
+
+
+def collect(tb: SagnacTestbed, duration: float, block: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    ts, ch = [], []
+    for b in tb.stream(duration, block):
+        assert b.timestamps.dtype == np.int64 and b.channels.dtype == np.int16
+        ts.append(b.timestamps)
+        ch.append(b.channels)
+    t, c = np.concatenate(ts), np.concatenate(ch)
+    assert np.all(np.diff(t) >= 0)
+    return t, c
+
+
+def test_same_seed_identical_output_and_block_size_independent():
+    cfg = load_station_config()
+    t1, c1 = collect(SagnacTestbed(cfg), 0.003)
+    t2, c2 = collect(SagnacTestbed(cfg), 0.003, block=0.00037)
+    np.testing.assert_array_equal(t1, t2)
+    np.testing.assert_array_equal(c1, c2)
+    other = edit_station(lambda d: d["simulation"].__setitem__("seed", 99))
+    t3, _ = collect(SagnacTestbed(other), 0.003)
+    assert t3.size != t1.size or not np.array_equal(t1, t3)
+
+
+def test_acquisitions_get_new_epochs():
+    tb = SagnacTestbed(load_station_config())
+    t1, _ = collect(tb, 0.001)
+    assert tb.last_epoch == 0
+    t2, _ = collect(tb, 0.001)
+    assert tb.last_epoch == 1
+    assert not np.array_equal(t1, t2)
+
+
+def test_tags_are_in_window_and_sync_every_divider():
+    cfg = load_station_config()
+    tb = SagnacTestbed(cfg)
+    t, c = collect(tb, 0.002)
+    assert t.min() >= 0 and t.max() < 0.002e12
+    sync = t[c == cfg.time_tagger.sync_channel]
+    period = 1e12 / cfg.laser.rep_rate_hz
+    np.testing.assert_allclose(np.diff(sync), cfg.time_tagger.sync_divider * period, atol=1)
+    # clicks arrive a loop delay after the first pulse
+    assert t[c != cfg.time_tagger.sync_channel].min() >= tb.loop_delay_ps
+
+
+def test_dead_time_non_paralysable_formula():
+    """Dark counts only (Poisson, rate R), dead time τ: R_m = R/(1 + Rτ)."""
+    R, tau = 5e6, 40e-9
+
+    def edit(d):
+        for det in d["detectors"].values():
+            det.update(dark_count_rate_hz=R, dead_time_ns=tau * 1e9, afterpulse_prob=0.0)
+
+    tb = SagnacTestbed(edit_station(edit))
+    tb.live.laser_on = False
+    tb.touch()
+    T = 0.02
+    rates = tb.detector_count_rates(T)
+    expected = R / (1 + R * tau)
+    for d in ("D0", "D1"):
+        n = rates[d] * T
+        z = (n - expected * T) / math.sqrt(expected * T)
+        assert abs(z) < 5, f"{d}: measured {rates[d]:.4g} Hz, expected {expected:.4g} Hz (z={z:.2f})"
+    # the inter-arrival histogram has no gap shorter than the dead time
+    t, c = collect(tb, 0.002)
+    gaps = np.diff(t[c == 2])
+    assert gaps.min() >= tau * 1e12 - 6 * 2 * 50
+
+
+def test_afterpulsing_interarrival_statistics():
+    """After a click the next one comes within W of re-arming with probability
+    1 − e^(−R·W)·(1 − p_ap·(1 − e^(−W/τ_ap)))."""
+    R, p_ap, decay_ns, dead_ns, W_ns = 2e4, 0.1, 100.0, 50.0, 500.0
+
+    def edit(d):
+        for det in d["detectors"].values():
+            det.update(dark_count_rate_hz=R, dead_time_ns=dead_ns, afterpulse_prob=p_ap,
+                       afterpulse_decay_ns=decay_ns, jitter_ps=0.0)
+
+    tb = SagnacTestbed(edit_station(edit))
+    tb.live.laser_on = False
+    tb.touch()
+    t, c = collect(tb, 0.5, 0.05)
+    for ch in (2, 3):
+        gaps = np.diff(t[c == ch]) - dead_ns * 1e3
+        assert gaps.min() >= -5
+        n = gaps.size
+        k = int(np.sum(gaps <= W_ns * 1e3))
+        p = 1 - math.exp(-R * W_ns * 1e-9) * (1 - p_ap * (1 - math.exp(-W_ns / decay_ns)))
+        z = (k - n * p) / math.sqrt(n * p * (1 - p))
+        assert abs(z) < 5, f"channel {ch}: {k}/{n} short gaps, expected {n * p:.0f} (z={z:.2f})"
+        # short gaps: afterpulses (exponential, τ_ap, truncated at W) mixed with darks (uniform on [0, W])
+        short = gaps[gaps <= W_ns * 1e3]
+        e = math.exp(-W_ns / decay_ns)
+        w_ap, w_dark = p_ap * (1 - e), 1 - math.exp(-R * W_ns * 1e-9)
+        mean_ap = decay_ns - W_ns * e / (1 - e)
+        expected_mean = (w_ap * mean_ap + w_dark * W_ns / 2) / (w_ap + w_dark) * 1e3
+        z = (short.mean() - expected_mean) / (short.std() / math.sqrt(short.size))
+        assert abs(z) < 5, f"mean short gap {short.mean():.0f} ps, expected {expected_mean:.0f} ps (z={z:.2f})"
+
+
+def test_faults_detector_dies_sync_drop_visibility_collapse():
+    def edit(d):
+        d["simulation"]["faults"] = {"detector_dies": "D1", "detector_dies_at_s": 0.001,
+                                     "sync_drop_prob": 0.3, "visibility_collapse_at_s": 0.0015,
+                                     "visibility_after_collapse": 0.3}
+
+    cfg = edit_station(edit)
+    tb = SagnacTestbed(cfg)
+    t, c = collect(tb, 0.003)
+    d1 = t[c == 3]
+    assert d1.size > 0 and d1.max() < 0.001e12 + 10_000_000
+    assert np.sum(c == 2) > 0 and t[c == 2].max() > 0.0025e12
+    n_sync = np.sum(c == 1)
+    expected = 0.003 * cfg.laser.rep_rate_hz / cfg.time_tagger.sync_divider * 0.7
+    assert abs(n_sync - expected) < 5 * math.sqrt(expected)
+
+
+def test_visibility_collapse_raises_error_rate():
+    from labqfl.sim_backends.analysis import PairReport
+
+    def edit(d, at=None):
+        d["simulation"]["faults"] = {"visibility_collapse_at_s": at, "visibility_after_collapse": 0.5}
+
+    qber = []
+    for at in (None, 0.0):
+        cfg = edit_station(lambda d, at=at: edit(d, at))
+        tb = SagnacTestbed(cfg)
+        rep = PairReport(cfg)
+        for b in tb.stream(0.004):
+            rep.add(b)
+        rep.finish()
+        xx = rep.summary()["C1-C2"]["by_basis_pair"]["XX"]
+        qber.append(xx["error_rate"])
+    assert qber[0] < 0.08 and qber[1] > 0.2
+
+
+@pytest.mark.parametrize("n_clients", [16])
+def test_many_clients_all_pairs_click(n_clients):
+    from labqfl.sim_backends.analysis import PairReport
+
+    cfg = edit_station(n_clients=n_clients, edit=lambda d: d["schedule"].__setitem__("slots_per_frame", 4096))
+    assert len(cfg.pairs()) == n_clients * (n_clients - 1) // 2
+    tb = SagnacTestbed(cfg)
+    rep = PairReport(cfg)
+    for b in tb.stream(0.006):
+        rep.add(b)
+    rep.finish()
+    s = rep.summary()
+    assert all(v["clicks"] > 0 for v in s.values())
+    assert s["C1-C16"]["by_basis_pair"]["XX"]["error_rate"] < 0.1
