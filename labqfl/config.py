@@ -217,6 +217,15 @@ class SimulationConfig(_Model):
     """Settings of the Monte-Carlo simulator (only used by simulated instruments)."""
 
     seed: int = Field(12345, ge=0, description="seed of the channel/detector randomness (not the clients')")
+    qrng_epoch_base: int | None = Field(
+        None, ge=0, lt=2**60,
+        description=(
+            "first acquisition epoch of the clients' simulated QRNGs. None (default): a fresh random base "
+            "from the OS per testbed, so no two acquisitions ever repeat the clients' choices (a real QRNG "
+            "never repeats; repeating them would repeat raw keys). An integer makes the choices "
+            "reproducible for tests and benchmarks: never distil keys from two runs with the same value."
+        ),
+    )
     block_duration_s: float = Field(0.01, gt=0, description="simulated time per streamed block [s]")
     intercept_resend: InterceptResendConfig = Field(default_factory=InterceptResendConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)

@@ -62,7 +62,13 @@ class PairReport:
         self.config = config
         self.pairs = pairs or config.pairs()
         self.schedule = PairSchedule(self.pairs, config.schedule.slots_per_frame)
-        self.logs = logs if logs is not None else {c.name: log_for_client(c) for c in config.clients}
+        if logs is None:
+            base = config.simulation.qrng_epoch_base
+            if base is None:
+                raise ValueError("PairReport needs the clients' logs of the acquisition (e.g. "
+                                 "{c: testbed.client_log(c) ...}); the station's QRNG epochs are not pinned")
+            logs = {c.name: log_for_client(c, base) for c in config.clients}
+        self.logs = logs
         self.delays = delays_ps
         self.counts: dict[str, dict[str, Any]] = {}
         for a, b in self.pairs:

@@ -32,6 +32,7 @@ slots counted from 0; the clients' choices of that acquisition are
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,7 +185,11 @@ class SagnacTestbed:
                               for ch in [cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()]},
         )
         self._eta = {p: transmittances(cfg, *p) for p in cfg.pairs()}
-        self._epoch = 0
+        base = cfg.simulation.qrng_epoch_base
+        # Fresh per testbed unless pinned: repeated client choices would repeat raw keys.
+        # Random bases are >= 2^34, clear of the internal read-out epochs [2^32, 2^33).
+        self._epoch = base if base is not None else (secrets.randbits(24) + 1) << 34
+        self.epoch_base = self._epoch
         self._internal_epoch = 0
         self.last_epoch: int | None = None
         self._client_index = {c.name: k for k, c in enumerate(cfg.clients)}

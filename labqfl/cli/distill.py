@@ -34,7 +34,7 @@ def distill(
     """Distill keys from a recording or a live acquisition; write them to the nodes' key stores."""
     from labqfl.config import load_station_config
     from labqfl.keystore import KeyStore
-    from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+    from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink, acquisition_id
     from labqfl.runs import RunRecord
 
     if (recording is None) == (not live):
@@ -50,6 +50,7 @@ def distill(
         duration_s = rec.duration_s
         blocks = rec.blocks()
         logs = {c: rec.client_log(c) for c in cfg.client_names}
+        acq_id = acquisition_id(rec.config, rec.epoch) if rec.epoch >= 0 else None
         source = str(recording)
     else:
         cfg = load_station_config(config)
@@ -61,6 +62,7 @@ def distill(
         tb = SagnacTestbed(cfg)
         blocks = tb.stream(duration)
         logs = {c: tb.client_log(c) for c in cfg.client_names}
+        acq_id = acquisition_id(cfg, tb.last_epoch) if tb.last_epoch is not None else None
         duration_s = duration
         source = "live (simulated station)"
     total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
@@ -69,7 +71,7 @@ def distill(
     stores: dict[str, KeyStore] = {}
     try:
         stores = {n: KeyStore.for_node(n, data_dir) for n in cfg.client_names}
-        d = Distiller(cfg, logs, KeyStoreSink(stores, run_id=run.name), settings)
+        d = Distiller(cfg, logs, KeyStoreSink(stores, run_id=run.name), settings, acquisition_id=acq_id)
         t0 = time.perf_counter()
         with console.status("distilling…") if not as_json else _null():
             for b in blocks:

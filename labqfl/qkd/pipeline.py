@@ -50,7 +50,7 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 
 log = get_logger(__name__)
 
-__all__ = ["DistillSettings", "BlockResult", "PairResult", "KeySink", "MemorySink", "KeyStoreSink",
+__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "MemorySink", "KeyStoreSink",
            "Distiller", "distill_stream", "ENGINES"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
@@ -71,6 +71,21 @@ def _engine(name: str) -> Callable[..., Any]:
 
 
 ENGINES = ("cascade", "ldpc")
+
+_BLOCK_NAMESPACE = uuid.UUID("6f1c1f7e-8a4e-5c56-9a51-3d1b2c0e7a10")
+
+
+def acquisition_id(cfg: StationConfig, epoch: int) -> str:
+    """Identity of one acquisition's raw data: station, clients' QRNG seeds and the epoch.
+
+    Block IDs derive from it, so the same acquisition (e.g. one recording) can be distilled into a
+    key store only once.
+    """
+    import hashlib
+
+    seeds = ";".join(f"{c.name}={c.seed}" for c in cfg.clients)
+    h = hashlib.sha256(f"{cfg.name}|{seeds}".encode()).hexdigest()[:16]
+    return f"{cfg.name}/{h}/epoch-{int(epoch)}"
 
 
 @dataclass(frozen=True)
@@ -260,8 +275,11 @@ class Distiller:
     def __init__(self, cfg: StationConfig, logs: Mapping[str, ModulationLog], sink: KeySink,
                  settings: DistillSettings | None = None, *, slotting: SlottingParams | None = None,
                  rng: np.random.Generator | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 acquisition_id: str | None = None) -> None:
         self.cfg = cfg
+        self.acquisition_id = acquisition_id
+        self._block_counter: dict[str, int] = {}
         self.settings = settings or DistillSettings()
         self.reconcile = _engine(self.settings.engine)
         self.schedule = PairSchedule.from_config(cfg)
@@ -308,6 +326,16 @@ class Distiller:
     @property
     def n_slots(self) -> int:
         return self._final_slots
+
+    def _block_id(self, pair: str) -> str:
+        """Deterministic for a known acquisition (so distilling it twice is refused by the key
+        store's unique block IDs — a second distillation of the same raw key would reuse key
+        material); random otherwise."""
+        k = self._block_counter.get(pair, 0)
+        self._block_counter[pair] = k + 1
+        if self.acquisition_id is None:
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(_BLOCK_NAMESPACE, f"{self.acquisition_id}/{pair}/{k}"))
 
     def _after_slotting(self, events: Any, final_slots: int, final: bool) -> list[BlockResult]:
         prev = self._final_slots
@@ -369,7 +397,7 @@ class Distiller:
         bits_j = np.concatenate([c.bits_j for c in chunks])
         n = int(bits_i.size)
         times = dict.fromkeys(STAGES, 0.0)
-        block_id = str(uuid.uuid4())
+        block_id = self._block_id(st.pair)
         auth_before = st.auth_i.key_bits_used
         qest = self._qber_estimate(st, counts)
 

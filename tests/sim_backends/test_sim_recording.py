@@ -15,16 +15,21 @@ from labqfl.sim_backends import (
     read_recording,
     record,
 )
+from labqfl.sim_backends.stations import edit_station
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.config import load_station_config
 from labqfl.errors import DataFormatError
+
+
+def pinned_config():
+    """The default station with the clients' QRNG epochs pinned (reproducible choices)."""
+    return edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0))
 
 
 @pytest.fixture
 def rec_path(tmp_path):
-    cfg = load_station_config()
+    cfg = pinned_config()
     inst = create_simulated_instruments(cfg)
     list(inst["time_tagger"].stream(0.0005))  # epoch 0 used; the recording gets epoch 1
     p = record(inst["time_tagger"], tmp_path / "r.h5", 0.003, cfg, block_duration_s=0.001)

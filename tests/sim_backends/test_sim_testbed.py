@@ -24,23 +24,35 @@ def collect(tb: SagnacTestbed, duration: float, block: float | None = None) -> t
 
 
 def test_same_seed_identical_output_and_block_size_independent():
-    cfg = load_station_config()
+    cfg = edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0))
     t1, c1 = collect(SagnacTestbed(cfg), 0.003)
     t2, c2 = collect(SagnacTestbed(cfg), 0.003, block=0.00037)
     np.testing.assert_array_equal(t1, t2)
     np.testing.assert_array_equal(c1, c2)
-    other = edit_station(lambda d: d["simulation"].__setitem__("seed", 99))
+    other = edit_station(lambda d: d["simulation"].__setitem__("seed", 99), base=cfg)
     t3, _ = collect(SagnacTestbed(other), 0.003)
     assert t3.size != t1.size or not np.array_equal(t1, t3)
 
 
 def test_acquisitions_get_new_epochs():
-    tb = SagnacTestbed(load_station_config())
+    tb = SagnacTestbed(edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0)))
     t1, _ = collect(tb, 0.001)
     assert tb.last_epoch == 0
     t2, _ = collect(tb, 0.001)
     assert tb.last_epoch == 1
     assert not np.array_equal(t1, t2)
+
+
+def test_unpinned_testbeds_never_repeat_client_choices():
+    """Two processes/testbeds on the same station must not replay the clients' QRNG (key reuse)."""
+    cfg = load_station_config()
+    assert cfg.simulation.qrng_epoch_base is None
+    a, b = SagnacTestbed(cfg), SagnacTestbed(cfg)
+    list(a.stream(0.0002))
+    list(b.stream(0.0002))
+    assert a.last_epoch != b.last_epoch
+    s = np.arange(100_000, dtype=np.int64)
+    assert not np.array_equal(a.client_log("C1").choices(s).phase_idx, b.client_log("C1").choices(s).phase_idx)
 
 
 def test_tags_are_in_window_and_sync_every_divider():
@@ -138,8 +150,9 @@ def test_visibility_collapse_raises_error_rate():
     for at in (None, 0.0):
         cfg = edit_station(lambda d, at=at: edit(d, at))
         tb = SagnacTestbed(cfg)
-        rep = PairReport(cfg)
-        for b in tb.stream(0.004):
+        stream = tb.stream(0.004)
+        rep = PairReport(cfg, {c: tb.client_log(c) for c in cfg.client_names})
+        for b in stream:
             rep.add(b)
         rep.finish()
         xx = rep.summary()["C1-C2"]["by_basis_pair"]["XX"]
@@ -154,8 +167,9 @@ def test_many_clients_all_pairs_click(n_clients):
     cfg = edit_station(n_clients=n_clients, edit=lambda d: d["schedule"].__setitem__("slots_per_frame", 4096))
     assert len(cfg.pairs()) == n_clients * (n_clients - 1) // 2
     tb = SagnacTestbed(cfg)
-    rep = PairReport(cfg)
-    for b in tb.stream(0.006):
+    stream = tb.stream(0.006)
+    rep = PairReport(cfg, {c: tb.client_log(c) for c in cfg.client_names})
+    for b in stream:
         rep.add(b)
     rep.finish()
     s = rep.summary()
