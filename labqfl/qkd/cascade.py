@@ -1,0 +1,941 @@
+"""Cascade information reconciliation (Brassard & Salvail 1993) with tuned block sizes.
+
+Bob holds the noisy key and drives the protocol; Alice answers parity questions.  Both run over a
+:class:`labqfl.qkd.messaging.Channel`, which counts every parity Alice reveals (``leaked_bits``).
+
+Protocol (as implemented, identical in the fast kernels and in :func:`cascade_reference`)
+-----------------------------------------------------------------------------------------
+Both parties derive, from a public ``seed``, one *pass* per entry of the block-size schedule:
+
+* an **affine pass** with block size k: position j of the pass holds key index
+  ``(c + a·j) mod n`` (``a`` a random unit mod n, ``c`` random), blocks are consecutive runs of k
+  positions (the last one shorter);
+* a **bipartition pass** (schedule entry :data:`HALF`, "k = n/2"): a random bit per key index
+  splits the key in two blocks, each ordered by increasing index.
+
+These pseudo-random permutations cost O(1) memory per pass, so a 10^6-bit frame needs no
+10^6-entry permutation tables; any permutation is *correct* for Cascade — they only decorrelate
+error positions between passes.
+
+For pass p = 0, 1, ...: Alice reveals the parity of every block of pass p.  Then, repeatedly, Bob
+takes the *first* pass q ≤ p that has blocks whose parity differs from Alice's ("odd" blocks) and
+runs a BINARY search in each of them (left half = first ⌊s/2⌋ bits of the range), all blocks of
+pass q in parallel, one channel round trip per bisection level; the bit found in each block is
+flipped, which toggles the parity of the blocks holding it in every other started pass (the
+*cascade effect*).  Pass p ends when no started pass has an odd block.  Alice's answers are
+remembered per sub-block (*sub-block reuse*, Martinez-Mateo et al. arXiv:1407.3257 §4): a parity
+Bob already knows is never asked again, and the right half's parity follows from the parent's.
+
+Block-size schedules (Martinez-Mateo, Pacher, Peev, Ciurana, Martin, "Demystifying the
+information reconciliation protocol Cascade", arXiv:1407.3257):
+
+* :meth:`CascadeSchedule.original`: k1 = ⌈0.73/Q⌉, k_{i+1} = 2·k_i, 4 passes ("Cascade orig.").
+* :meth:`CascadeSchedule.tuned` ("Cascade opt. (8)"): α = log2(1/Q) − 1/2,
+  k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, k3 = 4096, k_i = n/2 for i ≥ 4, 14 passes.
+
+Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by Shannon's bound.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import numba
+import numpy as np
+
+from labqfl.errors import LabqflError
+from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
+
+__all__ = [
+    "HALF",
+    "CascadeAlice",
+    "CascadeBob",
+    "CascadeSchedule",
+    "ReconciliationInputError",
+    "ReconciliationResult",
+    "binary_entropy",
+    "cascade_reference",
+    "reconcile_cascade",
+    "validate_reconciliation_input",
+]
+
+HALF = -1
+"""Schedule entry meaning "block size n/2": a random bipartition of the key."""
+
+MAX_BITS = 1 << 27
+"""Largest frame Cascade accepts (sub-block keys pack pass, block and node in 64 bits)."""
+
+
+class ReconciliationInputError(LabqflError, ValueError):
+    """Bad input to a reconciliation function (dtype, values, lengths or QBER)."""
+
+
+def binary_entropy(p: float) -> float:
+    """h(p) = −p·log2 p − (1−p)·log2(1−p), in bits; h(0) = h(1) = 0."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return float(-p * math.log2(p) - (1 - p) * math.log2(1 - p))
+
+
+def validate_reconciliation_input(alice_bits: Any, bob_bits: Any, qber: Any) -> tuple[np.ndarray, np.ndarray, float]:
+    """Check the common inputs of the reconciliation functions; raise a one-line error if wrong.
+
+    Expects two 1-D uint8 arrays of 0/1 of equal, non-zero length and a QBER in (0, 0.5).
+    """
+    for name, arr in (("alice_bits", alice_bits), ("bob_bits", bob_bits)):
+        if not isinstance(arr, np.ndarray):
+            raise ReconciliationInputError(f"{name} must be a numpy uint8 array of 0/1, got {type(arr).__name__}")
+        if arr.dtype != np.uint8:
+            raise ReconciliationInputError(f"{name} must have dtype uint8 (bits 0/1), got {arr.dtype}")
+        if arr.ndim != 1:
+            raise ReconciliationInputError(f"{name} must be 1-D, got shape {arr.shape}")
+        if arr.size and int(arr.max()) > 1:
+            raise ReconciliationInputError(f"{name} must hold only 0 and 1, found value {int(arr.max())}")
+    if alice_bits.size != bob_bits.size:
+        raise ReconciliationInputError(
+            f"alice_bits and bob_bits differ in length: {alice_bits.size} vs {bob_bits.size}")
+    if alice_bits.size == 0:
+        raise ReconciliationInputError("alice_bits and bob_bits are empty; expected at least one bit")
+    try:
+        q = float(qber)
+    except (TypeError, ValueError):
+        raise ReconciliationInputError(f"qber must be a number in (0, 0.5), got {qber!r}") from None
+    if not 0.0 < q < 0.5 or math.isnan(q):
+        raise ReconciliationInputError(f"qber must lie in the open interval (0, 0.5), got {qber!r}")
+    return np.ascontiguousarray(alice_bits), np.ascontiguousarray(bob_bits), q
+
+
+@dataclass(frozen=True, repr=False)
+class ReconciliationResult:
+    """Outcome of a reconciliation run (Bob's view).
+
+    ``corrected``: Bob's corrected bits (uint8 0/1, length n).  ``leaked_bits``: key bits revealed
+    on the channel (counted there).  ``efficiency``: f = leaked / (n·h(qber)).  ``success``: the
+    protocol detected no failure (LDPC: every frame's syndrome matched; Cascade: always True — it
+    cannot detect residual errors, verification downstream does).  ``frame_errors``: frames whose
+    decoding failed (their bits are left uncorrected and flagged in ``details['frame_ok']``).
+    """
+
+    corrected: np.ndarray
+    leaked_bits: int
+    qber: float
+    method: str
+    success: bool = True
+    frame_errors: int = 0
+    iterations: int = 0
+    round_trips: int = 0
+    messages: int = 0
+    tag_bytes: int = 0
+    corrected_errors: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.corrected.size)
+
+    @property
+    def efficiency(self) -> float:
+        """f = leaked_bits / (n · h(qber)) with the QBER given to the call."""
+        return self.leaked_bits / (self.n * binary_entropy(self.qber))
+
+    @property
+    def efficiency_observed(self) -> float:
+        """f with the observed error rate (bits Bob flipped / n); nan if no error was found."""
+        h = binary_entropy(self.corrected_errors / self.n)
+        return self.leaked_bits / (self.n * h) if h > 0 else float("nan")
+
+    def __repr__(self) -> str:  # never print key bits
+        return (f"ReconciliationResult(method={self.method!r}, n={self.n}, leaked_bits={self.leaked_bits}, "
+                f"efficiency={self.efficiency:.4f}, success={self.success}, frame_errors={self.frame_errors})")
+
+
+# ----------------------------------------------------------------------------------- schedule
+@dataclass(frozen=True)
+class CascadeSchedule:
+    """Block size of each pass (:data:`HALF` = random bipartition, "n/2")."""
+
+    block_sizes: tuple[int, ...]
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        if not self.block_sizes:
+            raise ReconciliationInputError("a Cascade schedule needs at least one pass")
+        for k in self.block_sizes:
+            if k != HALF and k < 1:
+                raise ReconciliationInputError(f"Cascade block sizes must be >= 1 or HALF, got {k}")
+        if len(self.block_sizes) > 100:
+            raise ReconciliationInputError("a Cascade schedule has at most 100 passes")
+
+    @classmethod
+    def original(cls, qber: float) -> CascadeSchedule:
+        """Brassard–Salvail: k1 = ⌈0.73/Q⌉, doubling, 4 passes."""
+        k1 = math.ceil(0.73 / max(qber, 1e-5))
+        return cls((k1, 2 * k1, 4 * k1, 8 * k1), "original")
+
+    @classmethod
+    def tuned(cls, qber: float, passes: int = 14) -> CascadeSchedule:
+        """Martinez-Mateo et al. "Cascade opt. (8)": α = log2(1/Q) − 0.5, k1 = 2^⌈α⌉,
+        k2 = 2^⌈(α+12)/2⌉, k3 = 4096, then n/2 (random bipartitions) up to ``passes`` passes."""
+        alpha = math.log2(1.0 / max(qber, 1e-5)) - 0.5
+        ks = [2 ** math.ceil(alpha), 2 ** math.ceil((alpha + 12.0) / 2.0), 4096]
+        ks += [HALF] * max(0, passes - 3)
+        return cls(tuple(ks[:passes]), "tuned")
+
+
+# ----------------------------------------------------------------------------------- passes
+@dataclass
+class _Passes:
+    """Pass descriptors shared by Alice and Bob (derived from n, seed, schedule)."""
+
+    n: int
+    kind: np.ndarray  # int64 [P]: 0 affine, 1 bipartition
+    k: np.ndarray  # int64 [P]: block size (affine)
+    a: np.ndarray  # int64 [P]
+    c: np.ndarray  # int64 [P]
+    ainv: np.ndarray  # int64 [P]
+    nb: np.ndarray  # int64 [P]: number of blocks
+    masks: np.ndarray  # uint64 [P, W]: bipartition membership (bit set -> block 1)
+    cum: np.ndarray  # int64 [P, W+1]: ones in words < w
+    top_off: np.ndarray  # int64 [P+1]: offsets of each pass's block parities in a flat array
+
+    @property
+    def npasses(self) -> int:
+        return int(self.kind.size)
+
+    def block_size(self, q: int, b: int) -> int:
+        if self.kind[q] == 1:
+            ones = int(self.cum[q, -1])
+            return ones if b == 1 else self.n - ones
+        k = int(self.k[q])
+        return min(k, self.n - b * k)
+
+    def block_sizes(self, q: int, blocks: np.ndarray | None = None) -> np.ndarray:
+        """Sizes of ``blocks`` (default: all blocks) of pass q, int64."""
+        b = np.arange(int(self.nb[q]), dtype=np.int64) if blocks is None else blocks.astype(np.int64)
+        if self.kind[q] == 1:
+            ones = int(self.cum[q, -1])
+            return np.where(b == 1, ones, self.n - ones).astype(np.int64)
+        k = int(self.k[q])
+        return np.minimum(k, self.n - b * k).astype(np.int64)
+
+
+def _popcount64(words: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).astype(np.int64)
+    return np.unpackbits(words.view(np.uint8)).reshape(-1, 64).sum(axis=1).astype(np.int64)
+
+
+def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
+    P = len(block_sizes)
+    W = (n + 63) // 64
+    kind = np.zeros(P, np.int64)
+    k = np.ones(P, np.int64)
+    a = np.zeros(P, np.int64)
+    c = np.zeros(P, np.int64)
+    ainv = np.zeros(P, np.int64)
+    nb = np.ones(P, np.int64)
+    masks = np.zeros((P, W), np.uint64)
+    cum = np.zeros((P, W + 1), np.int64)
+    for q, ks in enumerate(block_sizes):
+        rng = np.random.default_rng([int(seed), q])
+        if ks == HALF:
+            kind[q] = 1
+            nb[q] = 2
+            words = np.frombuffer(rng.bytes(8 * W), dtype="<u8").astype(np.uint64)
+            if n % 64:
+                words[-1] &= np.uint64((1 << (n % 64)) - 1)
+            masks[q] = words
+            cum[q, 1:] = np.cumsum(_popcount64(words))
+        else:
+            kk = min(int(ks), n)
+            k[q] = kk
+            nb[q] = -(-n // kk)
+            if n > 1:
+                while True:
+                    aa = int(rng.integers(1, n))
+                    if math.gcd(aa, n) == 1:
+                        break
+                a[q], c[q], ainv[q] = aa, int(rng.integers(0, n)), pow(aa, -1, n)
+    top_off = np.zeros(P + 1, np.int64)
+    top_off[1:] = np.cumsum(nb)
+    return _Passes(n, kind, k, a, c, ainv, nb, masks, cum, top_off)
+
+
+# ----------------------------------------------------------------------------------- kernels
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+@numba.njit(cache=True, inline="always")
+def _fold(v: np.uint64) -> int:
+    v ^= v >> np.uint64(32)
+    v ^= v >> np.uint64(16)
+    v ^= v >> np.uint64(8)
+    v ^= v >> np.uint64(4)
+    v ^= v >> np.uint64(2)
+    v ^= v >> np.uint64(1)
+    return np.int64(v & np.uint64(1))
+
+
+@numba.njit(cache=True)
+def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
+    """Key index of the r-th (0-based) member of bipartition block b (increasing index)."""
+    W = masks.shape[1]
+    lo, hi = 0, W - 1
+    while lo < hi:  # smallest w with count(words <= w) > r
+        mid = (lo + hi) // 2
+        cnt = cum[q, mid + 1] if b == 1 else 64 * (mid + 1) - cum[q, mid + 1]
+        if cnt > r:
+            hi = mid
+        else:
+            lo = mid + 1
+    w = lo
+    before = cum[q, w] if b == 1 else 64 * w - cum[q, w]
+    m = masks[q, w] if b == 1 else ~masks[q, w]
+    rr = r - before
+    for _ in range(rr):
+        m &= m - np.uint64(1)
+    bit = 0
+    while ((m >> np.uint64(bit)) & np.uint64(1)) == np.uint64(0):
+        bit += 1
+    return w * 64 + bit
+
+
+@numba.njit(cache=True)
+def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
+              masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
+    if kind[q] == 1:
+        return _select(masks, cum, q, b, r)
+    return (c[q] + a[q] * (b * k[q] + r)) % n
+
+
+@numba.njit(cache=True)
+def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
+              masks: np.ndarray, q: int, i: int) -> int:
+    if kind[q] == 1:
+        return np.int64((masks[q, i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
+    d = i - c[q]
+    if d < 0:
+        d += n
+    return ((d * ainv[q]) % n) // k[q]
+
+
+@numba.njit(cache=True)
+def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
+    """Parity of bits i0..i1-1 of a packed row (bit i = word i>>6, bit i&63), i0 < i1."""
+    w0 = i0 >> 6
+    w1 = (i1 - 1) >> 6
+    acc = np.uint64(0)
+    for w in range(w0, w1 + 1):
+        acc ^= words[w]
+    acc ^= words[w0] & ((np.uint64(1) << np.uint64(i0 & 63)) - np.uint64(1))
+    rem = i1 - (w1 << 6)
+    if rem < 64:
+        acc ^= words[w1] & (_ALL << np.uint64(rem))
+    return _fold(acc)
+
+
+@numba.njit(cache=True)
+def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
+                  masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int) -> int:
+    """Parity of members lo..hi-1 (ranks within block b of pass q).
+
+    ``zp[q]``: the key packed in pass-q order (affine passes); ``packed``: the key packed in
+    natural order (bipartition passes, combined with the membership mask).
+    """
+    if hi <= lo:
+        return 0
+    if kind[q] == 0:
+        base = b * k[q]
+        return _span_parity(zp[q], base + lo, base + hi)
+    i0 = _select(masks, cum, q, b, lo)
+    i1 = _select(masks, cum, q, b, hi - 1) + 1
+    w0 = i0 >> 6
+    w1 = (i1 - 1) >> 6
+    acc64 = np.uint64(0)
+    for w in range(w0, w1 + 1):
+        m = masks[q, w] if b == 1 else ~masks[q, w]
+        v = packed[w] & m
+        if w == w0:
+            v &= _ALL << np.uint64(i0 & 63)
+        if w == w1:
+            rem = i1 - (w1 << 6)
+            if rem < 64:
+                v &= (np.uint64(1) << np.uint64(rem)) - np.uint64(1)
+        acc64 ^= v
+    return _fold(acc64)
+
+
+@numba.njit(cache=True)
+def _materialize(bits: np.ndarray, n: int, a: int, c: int, row: np.ndarray) -> None:
+    """row ← bits in affine pass order, packed: bit j of row = bits[(c + a·j) mod n]."""
+    idx = c
+    W = (n + 63) // 64
+    for w in range(W):
+        word = np.uint64(0)
+        for t in range(min(64, n - 64 * w)):
+            word |= np.uint64(bits[idx]) << np.uint64(t)
+            idx += a
+            if idx >= n:
+                idx -= n
+        row[w] = word
+
+
+@numba.njit(cache=True)
+def _top_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
+                  masks: np.ndarray, q: int, nb: int) -> np.ndarray:
+    """Parities of all nb blocks of pass q (uint8)."""
+    out = np.zeros(nb, np.uint8)
+    if kind[q] == 1:
+        acc1 = np.uint64(0)
+        acc0 = np.uint64(0)
+        for w in range(packed.size):
+            acc1 ^= packed[w] & masks[q, w]
+            acc0 ^= packed[w] & ~masks[q, w]
+        out[1] = _fold(acc1)
+        out[0] = _fold(acc0)  # bits beyond n are zero in ``packed``
+        return out
+    kk = k[q]
+    for blk in range(nb):
+        out[blk] = _span_parity(zp[q], blk * kk, min(n, (blk + 1) * kk))
+    return out
+
+
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True, inline="always")
+def _slot(key: int, logcap: int) -> int:
+    return np.int64((np.uint64(key) * _GOLD) >> np.uint64(64 - logcap))
+
+
+@numba.njit(cache=True)
+def _h_get(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int) -> int:
+    mask = keys.size - 1
+    i = _slot(key, logcap)
+    while True:
+        kk = keys[i]
+        if kk == key:
+            return vals[i]
+        if kk == -1:
+            return -1
+        i = (i + 1) & mask
+
+
+@numba.njit(cache=True)
+def _h_put(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int, val: int) -> None:
+    mask = keys.size - 1
+    i = _slot(key, logcap)
+    while keys[i] != -1 and keys[i] != key:
+        i = (i + 1) & mask
+    keys[i] = key
+    vals[i] = val
+
+
+@numba.njit(cache=True)
+def _h_rehash(keys: np.ndarray, vals: np.ndarray, nkeys: np.ndarray, nvals: np.ndarray, logcap: int) -> None:
+    for i in range(keys.size):
+        if keys[i] != -1:
+            _h_put(nkeys, nvals, logcap, keys[i], vals[i])
+
+
+@numba.njit(cache=True, inline="always")
+def _node_key(q: int, b: int, h: int) -> int:
+    return (q << 56) | (b << 28) | h
+
+
+@numba.njit(cache=True, inline="always")
+def _popcount(v: np.uint64) -> int:
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@numba.njit(cache=True)
+def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
+             masks: np.ndarray, cum: np.ndarray, q: int, b: int, i: int) -> int:
+    """Rank of key index i within its block b of pass q (inverse of :func:`_index_of`)."""
+    if kind[q] == 1:
+        w = i >> 6
+        before = cum[q, w] if b == 1 else 64 * w - cum[q, w]
+        m = masks[q, w] if b == 1 else ~masks[q, w]
+        return before + _popcount(m & ((np.uint64(1) << np.uint64(i & 63)) - np.uint64(1)))
+    d = i - c[q]
+    if d < 0:
+        d += n
+    return (d * ainv[q]) % n - b * k[q]
+
+
+@numba.njit(cache=True)
+def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
+                   y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
+                   k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
+                   masks: np.ndarray, cum: np.ndarray, top_off: np.ndarray, fpass: np.ndarray,
+                   bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray, st: np.ndarray,
+                   slo: np.ndarray, shi: np.ndarray, sh: np.ndarray, work: np.ndarray,
+                   waitl: np.ndarray, onstk: np.ndarray, inwait: np.ndarray,
+                   found: np.ndarray, fval: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray, logcap: int, out_q: np.ndarray,
+                   out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
+                   counters: np.ndarray) -> int:
+    """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
+
+    A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
+    1 active, 3 waiting for a parity from Alice.  Invariant: Alice's and Bob's parities of the
+    search's range [slo, shi) (ranks within the block) differ.  Steps: (1) start searches on
+    ``init`` blocks; (2) store Alice's ``answers`` to last round's queries (blocks ``qidx``) and
+    descend one level; (3) descend every active search through sub-blocks of known parity; a search
+    reaching one bit has found an error — after all descents the found bits are flipped (unless a
+    concurrent search already fixed that bit); each flip toggles the parity of the bit's block in
+    every started pass: a search whose range holds the bit restarts at its block's root (or stops
+    if the block became even), an odd block without a search gets one; repeat until every search
+    waits for Alice.  (4) Emit one query (pass, block, lo, mid) per waiting search; return how many.
+    ``counters[0]`` accumulates the number of flipped bits.
+    """
+    sp = 0
+    for t in range(init.size):
+        fb = init[t]
+        st[fb] = 1
+        slo[fb] = 0
+        shi[fb] = bsize[fb]
+        sh[fb] = 1
+        if not onstk[fb]:
+            onstk[fb] = 1
+            work[sp] = fb
+            sp += 1
+    for t in range(nprev):
+        fb = qidx[t]
+        q = fpass[fb]
+        b = fb - top_off[q]
+        lo = slo[fb]
+        mid = lo + (shi[fb] - lo) // 2
+        ans = answers[t]
+        _h_put(hkeys, hvals, logcap, _node_key(q, b, 2 * sh[fb]), ans)
+        if _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid) != ans:
+            shi[fb] = mid
+            sh[fb] = 2 * sh[fb]
+        else:
+            slo[fb] = mid
+            sh[fb] = 2 * sh[fb] + 1
+        st[fb] = 1
+        if not onstk[fb]:
+            onstk[fb] = 1
+            work[sp] = fb
+            sp += 1
+    nw = 0
+    while True:
+        nf = 0
+        while sp > 0:
+            sp -= 1
+            fb = work[sp]
+            onstk[fb] = 0
+            if st[fb] != 1:
+                continue
+            q = fpass[fb]
+            b = fb - top_off[q]
+            while True:
+                lo = slo[fb]
+                hi = shi[fb]
+                if hi - lo == 1:
+                    i = _index_of(n, kind, k, a, c, masks, cum, q, b, lo)
+                    found[nf] = i
+                    fval[nf] = 1 - y[i]  # Alice's bit
+                    nf += 1
+                    st[fb] = 0
+                    break
+                mid = lo + (hi - lo) // 2
+                known = _h_get(hkeys, hvals, logcap, _node_key(q, b, 2 * sh[fb]))
+                if known < 0:
+                    st[fb] = 3
+                    if not inwait[fb]:
+                        inwait[fb] = 1
+                        waitl[nw] = fb
+                        nw += 1
+                    break
+                if _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid) != known:
+                    shi[fb] = mid
+                    sh[fb] = 2 * sh[fb]
+                else:
+                    slo[fb] = mid
+                    sh[fb] = 2 * sh[fb] + 1
+        if nf == 0:
+            break
+        for t in range(nf):
+            i = found[t]
+            if y[i] == fval[t]:
+                continue  # already fixed by a concurrent search in another pass
+            y[i] ^= 1
+            ypk[i >> 6] ^= np.uint64(1) << np.uint64(i & 63)
+            counters[0] += 1
+            for r in range(started):
+                if kind[r] == 0:
+                    d = i - c[r]
+                    if d < 0:
+                        d += n
+                    pos = (d * ainv[r]) % n
+                    zp[r, pos >> 6] ^= np.uint64(1) << np.uint64(pos & 63)
+                b = _block_of(n, kind, k, c, ainv, masks, r, i)
+                fb = top_off[r] + b
+                bob_top[fb] ^= 1
+                odd = alice_top[fb] != bob_top[fb]
+                if st[fb] != 0:
+                    rank = _rank_of(n, kind, k, c, ainv, masks, cum, r, b, i)
+                    if slo[fb] <= rank < shi[fb]:
+                        if not odd:
+                            st[fb] = 0
+                        else:
+                            slo[fb] = 0
+                            shi[fb] = bsize[fb]
+                            sh[fb] = 1
+                            st[fb] = 1
+                            if not onstk[fb]:
+                                onstk[fb] = 1
+                                work[sp] = fb
+                                sp += 1
+                elif odd:
+                    st[fb] = 1
+                    slo[fb] = 0
+                    shi[fb] = bsize[fb]
+                    sh[fb] = 1
+                    if not onstk[fb]:
+                        onstk[fb] = 1
+                        work[sp] = fb
+                        sp += 1
+    nq = 0
+    for t in range(nw):
+        fb = waitl[t]
+        inwait[fb] = 0
+        if st[fb] != 3:
+            continue
+        st[fb] = 2  # asked
+        q = fpass[fb]
+        lo = slo[fb]
+        out_q[nq] = q
+        out_b[nq] = fb - top_off[q]
+        out_lo[nq] = lo
+        out_hi[nq] = lo + (shi[fb] - lo) // 2
+        qidx[nq] = fb
+        nq += 1
+    return nq
+
+
+@numba.njit(cache=True)
+def _range_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
+                    masks: np.ndarray, cum: np.ndarray, nb: np.ndarray, qs: np.ndarray, blocks: np.ndarray, lo: np.ndarray,
+                    hi: np.ndarray) -> np.ndarray:
+    """Alice: parity of ranks lo..hi-1 of block ``blocks[t]`` of pass ``qs[t]``, for every t.
+
+    Returns uint8 parities, or an empty array if any query is out of range.
+    """
+    out = np.empty(blocks.size, np.uint8)
+    npass = kind.size
+    ones_total = cum[:, -1]
+    for t in range(blocks.size):
+        q = qs[t]
+        if q < 0 or q >= npass or blocks[t] < 0 or blocks[t] >= nb[q]:
+            return np.empty(0, np.uint8)
+        if kind[q] == 1:
+            size = ones_total[q] if blocks[t] == 1 else n - ones_total[q]
+        else:
+            size = min(k[q], n - blocks[t] * k[q])
+        if lo[t] < 0 or hi[t] <= lo[t] or hi[t] > size:
+            return np.empty(0, np.uint8)
+        out[t] = _range_parity(zp, packed, n, kind, k, masks, cum, q, blocks[t], lo[t], hi[t])
+    return out
+
+
+def _pack(bits: np.ndarray) -> np.ndarray:
+    W = (bits.size + 63) // 64
+    buf = np.zeros(W * 8, np.uint8)
+    pb = np.packbits(bits, bitorder="little")
+    buf[:pb.size] = pb
+    return buf.view("<u8").astype(np.uint64)
+
+
+# ----------------------------------------------------------------------------------- parties
+def _schedule_array(schedule: CascadeSchedule) -> np.ndarray:
+    return np.asarray(schedule.block_sizes, dtype=np.int64)
+
+
+class CascadeAlice:
+    """Alice's side (a :class:`~labqfl.qkd.messaging.Responder`): answers Bob's parity requests.
+
+    Messages: ``cascade/init`` {n, seed, schedule} → ``cascade/ok``; ``cascade/blocks`` {pass}
+    → all block parities of that pass (disclosed); ``cascade/parity`` {pass, block, lo, hi}
+    (int64 arrays of ranks within blocks) → one parity per query (disclosed); ``cascade/done`` →
+    ``cascade/ok`` with Alice's own count of disclosed bits.
+    """
+
+    def __init__(self, alice_bits: np.ndarray) -> None:
+        if not isinstance(alice_bits, np.ndarray) or alice_bits.dtype != np.uint8 or alice_bits.ndim != 1:
+            raise ReconciliationInputError("alice_bits must be a 1-D uint8 array of 0/1")
+        self._x = np.ascontiguousarray(alice_bits)
+        self._xpk = _pack(self._x)
+        self._passes: _Passes | None = None
+        self._zp = np.zeros((0, 0), np.uint64)
+        self._ready = np.zeros(0, bool)
+        self.disclosed_bits = 0
+        self.finished = False
+
+    def _need(self) -> _Passes:
+        if self._passes is None:
+            raise MessageError("cascade: request before cascade/init")
+        return self._passes
+
+    def handle(self, request: Message) -> Message:
+        kind = request.kind
+        if kind == "cascade/init":
+            n = int(request.get("n"))
+            if n != self._x.size:
+                raise MessageError(f"cascade/init: Bob has {n} bits, Alice has {self._x.size}")
+            sched = np.asarray(request.get("schedule"), dtype=np.int64)
+            CascadeSchedule(tuple(int(v) for v in sched))  # validates
+            self._passes = P = _build_passes(n, int(request.get("seed")), tuple(int(v) for v in sched))
+            self._zp = np.zeros((P.npasses, (n + 63) // 64), np.uint64)
+            self._ready = np.zeros(P.npasses, bool)
+            return Message("cascade/ok")
+        P = self._need()
+        if kind == "cascade/blocks":
+            q = int(request.get("pass"))
+            if not 0 <= q < P.npasses:
+                raise MessageError(f"cascade/blocks: no pass {q}")
+            if P.kind[q] == 0 and not self._ready[q]:
+                _materialize(self._x, P.n, int(P.a[q]), int(P.c[q]), self._zp[q])
+            self._ready[q] = True
+            par = _top_parities(self._zp, self._xpk, P.n, P.kind, P.k, P.masks, q, int(P.nb[q]))
+            self.disclosed_bits += par.size
+            return Message("cascade/block-parities", {"pass": q}, par)
+        if kind == "cascade/parity":
+            qs = np.asarray(request.get("pass"), dtype=np.int64)
+            blocks = np.asarray(request.get("block"), dtype=np.int64)
+            lo = np.asarray(request.get("lo"), dtype=np.int64)
+            hi = np.asarray(request.get("hi"), dtype=np.int64)
+            if not qs.size == blocks.size == lo.size == hi.size:
+                raise MessageError("cascade/parity: pass, block, lo and hi differ in length")
+            if qs.size and (qs.min() < 0 or qs.max() >= P.npasses or not self._ready[qs].all()):
+                raise MessageError("cascade/parity: a query names a pass whose block parities were not revealed")
+            par = _range_parities(self._zp, self._xpk, P.n, P.kind, P.k, P.masks, P.cum,
+                                  P.nb, qs, blocks, lo, hi)
+            if par.size != qs.size:
+                raise MessageError("cascade/parity: a query names a pass, block or range that does not exist")
+            self.disclosed_bits += par.size
+            return Message("cascade/parities", {}, par)
+        if kind == "cascade/done":
+            self.finished = True
+            return Message("cascade/ok", {"disclosed": self.disclosed_bits})
+        raise MessageError(f"cascade: unexpected message {kind!r}")
+
+
+class CascadeBob:
+    """Bob's side: runs Cascade over a channel to Alice and corrects his bits.
+
+    ``seed`` (public, sent to Alice) fixes the pass permutations; ``None`` draws one from the OS.
+    """
+
+    def __init__(self, bob_bits: np.ndarray, qber: float, *, schedule: CascadeSchedule | None = None,
+                 seed: int | None = None) -> None:
+        if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
+            raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
+        if bob_bits.size > MAX_BITS:
+            raise ReconciliationInputError(f"Cascade frames hold at most {MAX_BITS} bits, got {bob_bits.size}")
+        self.bits = bob_bits
+        self.qber = float(qber)
+        self.schedule = schedule or CascadeSchedule.tuned(self.qber)
+        self.seed = secrets.randbits(63) if seed is None else int(seed)
+        if self.seed < 0:
+            raise ReconciliationInputError(f"seed must be a non-negative integer, got {seed}")
+
+    def run(self, channel: Channel) -> ReconciliationResult:
+        """Run the protocol against Alice behind ``channel``; return Bob's corrected bits."""
+        n = int(self.bits.size)
+        sched = self.schedule.block_sizes
+        channel.request(Message("cascade/init", {"n": n, "seed": self.seed,
+                                                 "schedule": _schedule_array(self.schedule)}))
+        P = _build_passes(n, self.seed, sched)
+        y = self.bits.copy()
+        ypk = _pack(y)
+        zp = np.zeros((P.npasses, (n + 63) // 64), np.uint64)  # y in each affine pass's order
+        ntop = int(P.top_off[-1])
+        fpass = np.repeat(np.arange(P.npasses, dtype=np.int64), P.nb)
+        bsize = np.concatenate([P.block_sizes(q) for q in range(P.npasses)])
+        alice_top = np.zeros(ntop, np.uint8)
+        bob_top = np.zeros(ntop, np.uint8)
+        st = np.zeros(ntop, np.uint8)
+        slo = np.zeros(ntop, np.int64)
+        shi = np.zeros(ntop, np.int64)
+        sh = np.zeros(ntop, np.int64)
+        work = np.zeros(ntop, np.int64)
+        waitl = np.zeros(ntop, np.int64)
+        onstk = np.zeros(ntop, np.uint8)
+        inwait = np.zeros(ntop, np.uint8)
+        found = np.zeros(ntop, np.int64)
+        fval = np.zeros(ntop, np.uint8)
+        qidx = np.zeros(ntop, np.int64)
+        out = [np.zeros(ntop, np.int64) for _ in range(4)]
+        counters = np.zeros(2, np.int64)
+        est = n * binary_entropy(min(self.qber, 0.49)) * 1.3 + 64 * len(sched)
+        logcap = max(10, math.ceil(math.log2(4.0 * est)))
+        hkeys = np.full(1 << logcap, -1, np.int64)
+        hvals = np.zeros(1 << logcap, np.int8)
+        hcount = 0
+        leaked_top = leaked_bs = rounds = 0
+        no_init = np.zeros(0, np.int64)
+        for p in range(P.npasses):
+            rep = channel.request(Message("cascade/blocks", {"pass": p}))
+            o0, o1 = int(P.top_off[p]), int(P.top_off[p + 1])
+            if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0:
+                raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/blocks")
+            alice_top[o0:o1] = rep.disclosed
+            leaked_top += rep.disclosed.size
+            if P.kind[p] == 0:
+                _materialize(y, n, int(P.a[p]), int(P.c[p]), zp[p])
+            bob_top[o0:o1] = _top_parities(zp, ypk, n, P.kind, P.k, P.masks, p, int(P.nb[p]))
+            init = o0 + np.flatnonzero(alice_top[o0:o1] != bob_top[o0:o1]).astype(np.int64)
+            answers = np.zeros(0, np.uint8)
+            nprev = 0
+            while True:
+                if hcount + nprev > (1 << logcap) // 2:
+                    logcap += 1
+                    nk = np.full(1 << logcap, -1, np.int64)
+                    nv = np.zeros(1 << logcap, np.int8)
+                    _h_rehash(hkeys, hvals, nk, nv, logcap)
+                    hkeys, hvals = nk, nv
+                hcount += nprev
+                nq = _cascade_round(init, nprev, qidx, answers, y, ypk, zp, p + 1, n, P.kind, P.k, P.a,
+                                    P.c, P.ainv, P.masks, P.cum, P.top_off, fpass, bsize, alice_top,
+                                    bob_top, st, slo, shi, sh, work, waitl, onstk, inwait, found,
+                                    fval, hkeys, hvals, logcap, out[0], out[1], out[2], out[3],
+                                    counters)
+                init = no_init
+                if nq == 0:
+                    break
+                rep = channel.request(Message("cascade/parity", {
+                    "pass": out[0][:nq].copy(), "block": out[1][:nq].copy(),
+                    "lo": out[2][:nq].copy(), "hi": out[3][:nq].copy()}))
+                if rep.kind != "cascade/parities" or rep.disclosed.size != nq:
+                    raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/parity")
+                answers = rep.disclosed
+                leaked_bs += nq
+                nprev = nq
+                rounds += 1
+        channel.request(Message("cascade/done"))
+        stats = channel.stats
+        return ReconciliationResult(
+            corrected=y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
+            method=f"cascade-{self.schedule.name}", success=True, frame_errors=0,
+            iterations=P.npasses, round_trips=stats.round_trips, messages=stats.messages,
+            tag_bytes=stats.tag_bytes, corrected_errors=int(counters[0]),
+            details={"seed": self.seed, "block_sizes": list(sched), "leaked_block_parities": leaked_top,
+                     "leaked_binary_search": leaked_bs, "parity_rounds": rounds,
+                     "payload_bytes": stats.payload_bytes})
+
+
+def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
+                      seed: int | None = None, schedule: CascadeSchedule | str = "tuned",
+                      channel_authenticator: Any = None) -> ReconciliationResult:
+    """Correct ``bob_bits`` towards ``alice_bits`` with Cascade (both parties in process).
+
+    ``alice_bits``, ``bob_bits``: 1-D uint8 arrays of 0/1, equal length n (≤ 2^27).  ``qber``:
+    the estimated bit error rate in (0, 0.5), which sets the block sizes.  ``seed``: public seed of
+    the pass permutations (None: from the OS).  ``schedule``: ``"tuned"`` (default, Martinez-Mateo
+    et al. opt. (8), 14 passes), ``"original"`` or a :class:`CascadeSchedule`.  Returns a
+    :class:`ReconciliationResult`; ``leaked_bits`` counts every parity Alice revealed.
+    """
+    alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
+    if isinstance(schedule, str):
+        if schedule == "tuned":
+            schedule = CascadeSchedule.tuned(q)
+        elif schedule == "original":
+            schedule = CascadeSchedule.original(q)
+        else:
+            raise ReconciliationInputError(f"unknown Cascade schedule {schedule!r}; expected 'tuned' or 'original'")
+    alice = CascadeAlice(alice_bits)
+    bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed)
+    return bob.run(LocalChannel(alice, channel_authenticator))
+
+
+# ----------------------------------------------------------------------------------- reference
+def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *, seed: int,
+                      schedule: CascadeSchedule | None = None) -> ReconciliationResult:
+    """Plain pure-Python Cascade: the slow, obviously-correct reference (and benchmark baseline).
+
+    Same protocol and same pass permutations as :func:`reconcile_cascade`, written with explicit
+    Python lists of block members and a dict of known parities, one parity at a time, with direct
+    access to Alice's bits (each access to them counted as one leaked bit).
+    """
+    alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
+    schedule = schedule or CascadeSchedule.tuned(q)
+    n = alice_bits.size
+    x = [int(v) for v in alice_bits]
+    y = [int(v) for v in bob_bits]
+    P = _build_passes(n, seed, schedule.block_sizes)
+    # explicit member lists of every block of every pass
+    blocks: list[list[list[int]]] = []
+    where: list[list[int]] = []  # where[q][i] = block of key index i in pass q
+    for qq in range(P.npasses):
+        if P.kind[qq] == 1:
+            bit = [int((int(P.masks[qq, i // 64]) >> (i % 64)) & 1) for i in range(n)]
+            members = [[i for i in range(n) if bit[i] == 0], [i for i in range(n) if bit[i] == 1]]
+            where.append(bit)
+        else:
+            k, a, c = int(P.k[qq]), int(P.a[qq]), int(P.c[qq])
+            order = [(c + a * j) % n for j in range(n)]
+            members = [order[s:s + k] for s in range(0, n, k)]
+            w = [0] * n
+            for bi, mem in enumerate(members):
+                for i in mem:
+                    w[i] = bi
+            where.append(w)
+        blocks.append(members)
+
+    def parity(bits: list[int], idx: list[int]) -> int:
+        p = 0
+        for i in idx:
+            p ^= bits[i]
+        return p
+
+    leaked = 0
+    known: dict[tuple[int, int, int], int] = {}  # (pass, block, heap node) -> Alice's parity
+    alice_top: list[list[int]] = []
+    bob_top: list[list[int]] = []  # Bob's current block parities, updated on every flip
+    flipped = 0
+    for p in range(P.npasses):
+        alice_top.append([parity(x, mem) for mem in blocks[p]])
+        bob_top.append([parity(y, mem) for mem in blocks[p]])
+        leaked += len(blocks[p])
+        while True:
+            odd_pass = -1
+            for qq in range(p + 1):
+                if alice_top[qq] != bob_top[qq]:
+                    odd_pass = qq
+                    break
+            if odd_pass < 0:
+                break
+            qq = odd_pass
+            found = []
+            for bi, mem in enumerate(blocks[qq]):
+                if alice_top[qq][bi] == bob_top[qq][bi]:
+                    continue
+                lo, hi, h = 0, len(mem), 1  # BINARY: the range [lo, hi) has odd error count
+                while hi - lo > 1:
+                    mid = lo + (hi - lo) // 2
+                    node = (qq, bi, 2 * h)
+                    if node not in known:
+                        known[node] = parity(x, mem[lo:mid])
+                        leaked += 1
+                    if known[node] != parity(y, mem[lo:mid]):
+                        hi, h = mid, 2 * h
+                    else:
+                        lo, h = mid, 2 * h + 1
+                found.append(mem[lo])
+            for i in found:
+                y[i] ^= 1
+                for r in range(p + 1):
+                    bob_top[r][where[r][i]] ^= 1
+            flipped += len(found)
+    corrected = np.array(y, dtype=np.uint8)
+    return ReconciliationResult(corrected=corrected, leaked_bits=leaked, qber=q,
+                                method=f"cascade-{schedule.name}-reference", iterations=P.npasses,
+                                corrected_errors=flipped, details={"seed": seed})

@@ -1,0 +1,20 @@
+"""Shared helpers for the reconciliation tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def make_frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alice's random bits and Bob's copy with exactly round(qber·n) flipped positions."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    y = x.copy()
+    y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
+    return x, y
+
+
+@pytest.fixture
+def frame():
+    return make_frame
