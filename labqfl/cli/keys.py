@@ -1,0 +1,178 @@
+"""``labqfl keys status|serve|certs|export|import``: the node key stores and ETSI 014 delivery."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
+from labqfl.errors import KeyStoreError
+
+keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import.",
+                       no_args_is_help=True)
+
+DATA_DIR_OPTION = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
+                               help="Data folder holding keystore/<node>.sqlite (default: the user data dir).")
+
+
+def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
+    from labqfl.keystore import list_node_stores
+
+    found = list_node_stores(data_dir)
+    if not nodes:
+        return found
+    missing = [n for n in nodes if n not in found]
+    if missing:
+        raise KeyStoreError(f"no key store for node(s) {missing} under {data_dir or 'the default data dir'}; "
+                            f"found {found}")
+    return nodes
+
+
+@keys_app.command("status")
+@handle_errors
+def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to show (default: every store)."),
+           data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Key accounting per node and pair: available, reserved, consumed (bits, by purpose)."""
+    from labqfl.keystore import KeyStore, default_data_dir
+
+    ddir = data_dir or default_data_dir()
+    data: dict[str, object] = {"data_dir": str(ddir), "nodes": {}}
+    for n in _nodes_or_all(node, data_dir):
+        with KeyStore.for_node(n, ddir) as st:
+            data["nodes"][n] = {"store": str(st.path), "pairs": st.accounting()}  # type: ignore[index]
+
+    def render(con):  # type: ignore[no-untyped-def]
+        con.print(f"key stores under {ddir}")
+        t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exported", "added")
+
+        def fmt(d: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
+
+        for n, info in data["nodes"].items():  # type: ignore[attr-defined]
+            if not info["pairs"]:
+                t.add_row(n, "—", "0", "0", "0", "0", "0", "0")
+            for p, a in info["pairs"].items():
+                t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
+                          fmt(a["exported"]), str(a["added"]))
+        con.print(t)
+
+    emit(data, as_json, render)
+
+
+@keys_app.command("certs")
+@handle_errors
+def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for ca.pem, kme-*.pem/.key, sae-*.pem/.key."),
+          kme: list[str] = typer.Option(None, "--kme", help="KME server certificate name(s) (default: kme)."),
+          sae: list[str] = typer.Option(None, "--sae", help="SAE client certificate name(s) = SAE IDs "
+                                        "(default: the station's clients, C1..CK)."),
+          host: list[str] = typer.Option(None, "--host", help="Host names/IPs in the KME certificate "
+                                         "(default: localhost, 127.0.0.1, ::1)."),
+          days: int = typer.Option(825, "--days", help="Validity [days]."),
+          force: bool = typer.Option(False, "--force", help="Overwrite existing files and make a new CA."),
+          config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Make a development CA plus KME (server) and SAE (client) certificates for local use."""
+    from labqfl.config import load_station_config
+    from labqfl.keystore.certs import DEFAULT_HOSTS, make_dev_certs
+
+    saes = sae or [c.name for c in load_station_config(config).clients]
+    files = make_dev_certs(out_dir, kmes=kme or ["kme"], saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days,
+                           force=force)
+    data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}}
+    emit(data, as_json, lambda con: con.print(f"wrote {len(files)} files to {out_dir}: "
+                                              + ", ".join(sorted(p.name for p in files.values()))))
+
+
+@keys_app.command("serve")
+@handle_errors
+def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+          port: int = typer.Option(8443, "--port", help="TCP port."),
+          cert: Path | None = typer.Option(None, "--cert", dir_okay=False, help="KME certificate (PEM)."),
+          key: Path | None = typer.Option(None, "--key", dir_okay=False, help="KME private key (PEM)."),
+          ca: Path | None = typer.Option(None, "--ca", dir_okay=False, help="CA that signs the SAE certificates."),
+          certs_dir: Path | None = typer.Option(None, "--certs", file_okay=False,
+                                                help="Folder from `labqfl keys certs`: defaults for --cert/--key/--ca "
+                                                     "(kme-<name>.pem/.key, ca.pem)."),
+          kme_name: str = typer.Option("kme", "--kme-name", help="KME certificate name inside --certs."),
+          kme_config: Path | None = typer.Option(None, "--kme-config", dir_okay=False,
+                                                 help="KME config TOML ([saes] SAE_ID = node; limits). Default: "
+                                                      "SAE ID = node name for every store in the data dir."),
+          data_dir: Path | None = DATA_DIR_OPTION) -> None:
+    """Serve ETSI GS QKD 014 v1.1.1 (status, enc_keys, dec_keys) over HTTPS with mutual TLS."""
+    from labqfl.keystore import default_data_dir, open_node_stores
+    from labqfl.keystore.etsi import (
+        KeyDeliveryService,
+        KmeSettings,
+        bind_socket,
+        build_server,
+        load_kme_settings,
+    )
+
+    if certs_dir is not None:
+        cert = cert or certs_dir / f"kme-{kme_name}.pem"
+        key = key or certs_dir / f"kme-{kme_name}.key"
+        ca = ca or certs_dir / "ca.pem"
+    if cert is None or key is None or ca is None:
+        raise fail("give --cert, --key and --ca (or --certs DIR from `labqfl keys certs`)")
+    ddir = data_dir or default_data_dir()
+    if kme_config is not None:
+        settings = load_kme_settings(kme_config)
+    else:
+        nodes = _nodes_or_all(None, ddir)
+        if not nodes:
+            raise fail(f"no key stores under {ddir}; run `labqfl distill` first or give --data-dir")
+        settings = KmeSettings(saes={n: n for n in nodes}, nodes=nodes)
+    stores = open_node_stores(sorted(set(settings.saes.values())), ddir)
+    server = build_server(KeyDeliveryService(stores, settings), host=host, port=port, certfile=cert, keyfile=key,
+                          cafile=ca)
+    sock = bind_socket(host, port)
+    from labqfl.cli.common import console
+
+    console.print(f"KME serving ETSI GS QKD 014 on https://{host}:{port}/api/v1/keys/ (mutual TLS, CA {ca}); "
+                  f"SAEs: {', '.join(f'{s}→{n}' for s, n in settings.saes.items())}. Ctrl-C to stop.")
+    server.run(sockets=[sock])
+
+
+@keys_app.command("export")
+@handle_errors
+def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store gives up the bits."),
+           pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2."),
+           out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="Export file to create (never overwritten)."),
+           bits: int | None = typer.Option(None, "--bits", help="Number of bits (default: every free bit)."),
+           purpose: str | None = typer.Option(None, "--purpose", help="Only this pool (auth, fl, etsi, general)."),
+           data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Move free key bits of a pair out of a node's store into an integrity-checked file."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.transfer import export_keys
+
+    _nodes_or_all([node], data_dir)
+    with KeyStore.for_node(node, data_dir) as st:
+        summary = export_keys(st, pair, out, nbits=bits, purpose=purpose)
+    emit(summary, as_json, lambda con: con.print(
+        f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}); "
+        "they are no longer in the source store. The file is key material in clear: move it securely, "
+        "import it once, then delete it."))
+
+
+@keys_app.command("import")
+@handle_errors
+def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Export file."),
+            node: str | None = typer.Option(None, "--node", "-n", help="Target node (default: the file's source node)."),
+            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Verify an export file and add its bits to a node's store (each export once per store)."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.transfer import import_keys, read_export
+
+    header, _ = read_export(file)
+    target = node or header["source_node"]
+    if not target:
+        raise fail(f"{file} names no source node; give --node")
+    with KeyStore.for_node(target, data_dir) as st:
+        summary = import_keys(st, file)
+    emit(summary, as_json, lambda con: con.print(
+        f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} ({summary['store']})"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(keys_app, name="keys")

@@ -1,0 +1,158 @@
+"""Development PKI for the ETSI 014 KME: a CA, KME (server) and SAE (client) certificates,
+made with ``cryptography``.  For local use and tests only: keys are unencrypted PEM files
+(permissions 0600) and the CA key sits next to the certificates.
+
+Files written into the output folder::
+
+    ca.pem, ca.key                 the development CA (ca.key lets you issue more later)
+    kme-<name>.pem, kme-<name>.key KME server certificate: CN=<name>, SAN = hosts (DNS/IP),
+                                   extendedKeyUsage serverAuth
+    sae-<name>.pem, sae-<name>.key SAE client certificate: CN=<name> (= SAE ID), SAN DNS or URI
+                                   <name>, extendedKeyUsage clientAuth
+
+Keys are ECDSA P-256; signatures SHA-256.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from labqfl.errors import ConfigError
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "labqfl development"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    cert_p, key_p = out / "ca.pem", out / "ca.key"
+    if not (cert_p.exists() and key_p.exists()):
+        return None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_p.read_bytes())
+        key = serialization.load_pem_private_key(key_p.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"existing CA in {out} is unreadable ({exc}); use --force to make a new one") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_p}: expected an EC private key")
+    return cert, key
+
+
+def _make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (x509.CertificateBuilder().subject_name(_name("labqfl development CA")).issuer_name(_name("labqfl development CA"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(ski, critical=False)
+            .sign(key, hashes.SHA256()))
+    _write_private(out / "ca.key", _key_pem(key))
+    (out / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: bool,
+           ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int) -> tuple[Path, Path]:
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_p, key_p = out / f"{stem}.pem", out / f"{stem}.key"
+    _write_private(key_p, _key_pem(key))
+    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_p, key_p
+
+
+def _host_san(h: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(h))
+    except ValueError:
+        if not _DNS_RE.match(h):
+            raise ConfigError(f"host {h!r} is neither an IP address nor a DNS name") from None
+        return x509.DNSName(h)
+
+
+def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Sequence[str] = ("C1", "C2", "C3", "C4"),
+                   hosts: Sequence[str] = DEFAULT_HOSTS, days: int = 825, force: bool = False) -> dict[str, Path]:
+    """Write a development CA plus KME and SAE certificates into ``out_dir``.
+
+    An existing CA (``ca.pem`` + ``ca.key``) is reused so certificates can be added later;
+    existing KME/SAE files are never overwritten unless ``force`` (which also makes a new CA).
+    Returns ``{"ca": path, "kme-<name>": cert, "kme-<name>.key": key, "sae-<name>": ..., ...}``.
+    """
+    out = Path(out_dir)
+    if days <= 0:
+        raise ConfigError(f"certificate validity must be positive, got {days} days")
+    for n in (*kmes, *saes):
+        if not _NAME_RE.match(n):
+            raise ConfigError(f"certificate name {n!r} is invalid; expected letters, digits, '_', '.', '-'")
+    if not kmes and not saes:
+        raise ConfigError("nothing to make: give at least one --kme or --sae name")
+    out.mkdir(parents=True, exist_ok=True)
+    stems = [f"kme-{n}" for n in kmes] + [f"sae-{n}" for n in saes]
+    if not force:
+        clash = [f"{s}{ext}" for s in stems for ext in (".pem", ".key") if (out / f"{s}{ext}").exists()]
+        if clash:
+            raise ConfigError(f"{out} already has {clash[:4]}; use --force to overwrite (this also makes a new CA)")
+    ca = None if force else _load_ca(out)
+    if ca is None:
+        ca = _make_ca(out, days)
+    files: dict[str, Path] = {"ca": out / "ca.pem", "ca.key": out / "ca.key"}
+    host_sans = [_host_san(h) for h in hosts]
+    for n in kmes:
+        c, k = _issue(out, f"kme-{n}", n, host_sans, True, ca, days)
+        files[f"kme-{n}"], files[f"kme-{n}.key"] = c, k
+    for n in saes:
+        san: x509.GeneralName = x509.DNSName(n) if _DNS_RE.match(n) else x509.UniformResourceIdentifier(f"urn:labqfl:sae:{n}")
+        c, k = _issue(out, f"sae-{n}", n, [san], False, ca, days)
+        files[f"sae-{n}"], files[f"sae-{n}.key"] = c, k
+    log.info("wrote development certificates to %s: %s", out, sorted(files))
+    return files

@@ -1,0 +1,524 @@
+"""ETSI GS QKD 014 v1.1.1 key delivery: a KME over the node key stores, served by FastAPI on
+uvicorn with HTTPS and mutual TLS.
+
+Model (docs/keystore.md, "ETSI mapping"): one process plays the KME of every node whose store it
+holds (``KME-<node>``).  Each SAE is attached to one node (``[saes]`` in the KME config; by
+default SAE ID = node name) and is identified by its client certificate (CN or a DNS/URI
+subjectAltName equal to the SAE ID).  For a master SAE at node *m* asking for keys shared with a
+slave SAE at node *s*, the KME
+
+1. takes ``number × size`` bits of the pair's ``etsi`` pool (then ``general``) from *m*'s store
+   (:meth:`~labqfl.keystore.KeyStore.take_many`: consumed and overwritten in one transaction),
+2. reserves exactly the same bits (by block ID and offset) in *s*'s store for the key IDs
+   (:meth:`~labqfl.keystore.KeyStore.reserve_exact_many`), so no other take can hand them out,
+3. returns the keys to the master.  The slave's ``dec_keys`` consumes the reservation
+   (:meth:`~labqfl.keystore.KeyStore.take_exact_many`) and gets the same bytes, once.
+
+Endpoints (section 5 of the spec): ``GET /api/v1/keys/{slave_SAE_ID}/status``,
+``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys``, ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys``.
+Errors are ``{"message": ..., "details": [...]}`` with 400 (bad request), 401 (unauthorised)
+and 503 (server side, including "not enough key").  Keys are base64 of the bits packed MSB-first.
+Multicast (``additional_slave_SAE_IDs``) is not supported: ``max_SAE_ID_count`` is 0 and a
+request naming additional slaves gets 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import ssl
+import threading
+import time
+import tomllib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreError
+from labqfl.keystore.store import KeyStore, check_node_name
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+API_PREFIX = "/api/v1/keys"
+ETSI_PURPOSE = "etsi"
+
+
+@dataclass
+class KmeSettings:
+    """KME configuration: SAE → node map and the limits reported by ``status``.
+
+    ``saes``: ``{SAE_ID: node}``.  ``nodes``: the loop order of the nodes, used to name a pair
+    ("Ci-Cj", Ci first) when neither store has seen it yet.  Sizes in bits.
+    """
+
+    saes: dict[str, str]
+    nodes: list[str] = field(default_factory=list)
+    key_size: int = 256
+    min_key_size: int = 8
+    max_key_size: int = 8192
+    max_key_per_request: int = 128
+    max_key_count: int = 100_000
+    kme_id_prefix: str = "KME-"
+
+    def __post_init__(self) -> None:
+        if not self.saes:
+            raise ConfigError("KME config: no SAEs configured; expected [saes] SAE_ID = \"node\" entries")
+        for sae, node in self.saes.items():
+            if not isinstance(sae, str) or not sae or len(sae) > 128:
+                raise ConfigError(f"KME config: SAE ID {sae!r} must be a non-empty string")
+            check_node_name(node)
+        if not self.nodes:
+            self.nodes = sorted(set(self.saes.values()))
+        for name in ("key_size", "min_key_size", "max_key_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0 or v % 8:
+                raise ConfigError(f"KME config: {name} = {v!r}; expected a positive multiple of 8 (bits)")
+        if not self.min_key_size <= self.key_size <= self.max_key_size:
+            raise ConfigError("KME config: expected min_key_size <= key_size <= max_key_size")
+        if self.max_key_per_request <= 0 or self.max_key_count <= 0:
+            raise ConfigError("KME config: max_key_per_request and max_key_count must be positive")
+
+    def kme_id(self, node: str) -> str:
+        return f"{self.kme_id_prefix}{node}"
+
+
+def load_kme_settings(path: Path) -> KmeSettings:
+    """Read a KME config TOML::
+
+        [kme]                 # optional; these are the defaults
+        key_size = 256        # bits
+        min_key_size = 8
+        max_key_size = 8192
+        max_key_per_request = 128
+        max_key_count = 100000
+        nodes = ["C1", "C2", "C3", "C4"]   # loop order
+
+        [saes]                # SAE ID (certificate CN or SAN) = node
+        "SAE-alice" = "C1"
+        "SAE-bob" = "C2"
+    """
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"KME config {path}: {exc}") from None
+    kme = dict(data.get("kme", {}))
+    unknown = set(kme) - {"key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
+                          "nodes", "kme_id_prefix"}
+    if unknown or set(data) - {"kme", "saes"}:
+        raise ConfigError(f"KME config {path}: unknown keys {sorted(unknown | (set(data) - {'kme', 'saes'}))}")
+    saes = data.get("saes")
+    if not isinstance(saes, dict) or not all(isinstance(v, str) for v in saes.values()):
+        raise ConfigError(f"KME config {path}: expected a [saes] table of SAE_ID = \"node\"")
+    try:
+        return KmeSettings(saes=dict(saes), **kme)
+    except TypeError as exc:
+        raise ConfigError(f"KME config {path}: {exc}") from None
+
+
+class EtsiError(Exception):
+    """An ETSI 014 error response: HTTP ``status`` with body ``{"message", "details"}``."""
+
+    def __init__(self, status: int, message: str, details: list[dict[str, Any]] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.details = details or []
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+class KeyDeliveryService:
+    """The KME logic, independent of HTTP: ``status``, ``enc_keys``, ``dec_keys``.
+
+    ``stores``: ``{node: KeyStore}`` for every node an SAE is attached to.  Thread-safe.
+    """
+
+    def __init__(self, stores: Mapping[str, KeyStore], settings: KmeSettings):
+        missing = sorted({n for n in settings.saes.values()} - set(stores))
+        if missing:
+            raise ConfigError(f"KME config attaches SAEs to node(s) {missing} with no key store")
+        self.stores = dict(stores)
+        self.settings = settings
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    # -- helpers
+
+    def _node(self, sae: str, role: str) -> str:
+        node = self.settings.saes.get(sae)
+        if node is None:
+            raise EtsiError(400, f"{role} {sae!r} is not known to this KME",
+                            [{"parameter": role, "known_SAE_IDs": sorted(self.settings.saes)}])
+        return node
+
+    def _pair(self, a: str, b: str) -> str:
+        if a == b:
+            raise EtsiError(400, f"master and slave SAE are both attached to node {a}; no QKD key links a node to itself")
+        ab, ba = f"{a}-{b}", f"{b}-{a}"
+        for store in (self.stores[a], self.stores[b]):
+            pairs = store.pairs()
+            if ab in pairs:
+                return ab
+            if ba in pairs:
+                return ba
+        order = self.settings.nodes
+        if a in order and b in order and order.index(b) < order.index(a):
+            return ba
+        return ab
+
+    def _lock(self, pair: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(pair, threading.Lock())
+
+    def _stored_keys(self, pair: str, m: str, s: str, size: int) -> int:
+        bits = min(self.stores[m].available_bits(pair, ETSI_PURPOSE), self.stores[s].available_bits(pair, ETSI_PURPOSE))
+        return bits // size
+
+    # -- the three API calls
+
+    def status(self, master_sae: str, slave_sae: str) -> dict[str, Any]:
+        """Status data format (spec 6.1) for the calling master SAE and ``slave_sae``."""
+        m, s = self._node(master_sae, "master_SAE_ID"), self._node(slave_sae, "slave_SAE_ID")
+        pair = self._pair(m, s)
+        st = self.settings
+        stored = self._stored_keys(pair, m, s, st.key_size)
+        return {"source_KME_ID": st.kme_id(m), "target_KME_ID": st.kme_id(s), "master_SAE_ID": master_sae,
+                "slave_SAE_ID": slave_sae, "key_size": st.key_size, "stored_key_count": stored,
+                "max_key_count": max(st.max_key_count, stored), "max_key_per_request": st.max_key_per_request,
+                "max_key_size": st.max_key_size, "min_key_size": st.min_key_size, "max_SAE_ID_count": 0}
+
+    def enc_keys(self, master_sae: str, slave_sae: str, number: int | None = None, size: int | None = None,
+                 additional_slave_sae_ids: Sequence[str] | None = None,
+                 extension_mandatory: Sequence[Any] | None = None) -> dict[str, Any]:
+        """Get key (spec 5.2): ``number`` keys of ``size`` bits for the master SAE."""
+        st = self.settings
+        number = 1 if number is None else number
+        size = st.key_size if size is None else size
+        if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= st.max_key_per_request:
+            raise EtsiError(400, f"number must be an integer from 1 to max_key_per_request = {st.max_key_per_request}",
+                            [{"parameter": "number", "value": number}])
+        if isinstance(size, bool) or not isinstance(size, int) or size % 8 or not st.min_key_size <= size <= st.max_key_size:
+            raise EtsiError(400, f"size must be a multiple of 8 bits from min_key_size = {st.min_key_size} to "
+                                 f"max_key_size = {st.max_key_size}", [{"parameter": "size", "value": size}])
+        if additional_slave_sae_ids:
+            raise EtsiError(400, "key multicast is not supported (max_SAE_ID_count = 0)",
+                            [{"parameter": "additional_slave_SAE_IDs", "max_SAE_ID_count": 0}])
+        if extension_mandatory:
+            names = [next(iter(e)) if isinstance(e, dict) and e else str(e) for e in extension_mandatory]
+            raise EtsiError(400, "not supported extension_mandatory parameter(s)",
+                            [{"extension_mandatory_unsupported": names}])
+        m, s = self._node(master_sae, "master_SAE_ID"), self._node(slave_sae, "slave_SAE_ID")
+        pair = self._pair(m, s)
+        info = {"master_SAE_ID": master_sae, "slave_SAE_ID": slave_sae}
+        with self._lock(pair):
+            available = self._stored_keys(pair, m, s, size)
+            if available < number:
+                raise EtsiError(503, "not enough key material for this request",
+                                [{"pair": pair, "requested_keys": number, "size": size, "available_keys": available}])
+            try:
+                mats = self.stores[m].take_many(pair, [size] * number, ETSI_PURPOSE, info=info)
+            except InsufficientKeyError as exc:
+                raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
+            except KeyStoreError as exc:
+                raise EtsiError(503, "key store error at the master's KME", [{"reason": str(exc)}]) from None
+            try:
+                self.stores[s].reserve_exact_many(pair, [(k.refs, k.key_id) for k in mats], ETSI_PURPOSE, info=info)
+            except KeyStoreError as exc:
+                for k in mats:
+                    k.wipe()
+                log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); the master's bits "
+                          "stay consumed and were not delivered", s, number, pair, exc)
+                raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair",
+                                [{"pair": pair, "reason": str(exc)}]) from None
+        try:
+            keys = [{"key_ID": k.key_id, "key": base64.b64encode(k.to_bytes()).decode("ascii")} for k in mats]
+        finally:
+            for k in mats:
+                k.wipe()
+        log.info("KME: enc_keys %s -> %s (pair %s): %d key(s) of %d bits, key IDs %s", master_sae, slave_sae, pair,
+                 number, size, [k["key_ID"] for k in keys])
+        return {"keys": keys}
+
+    def dec_keys(self, slave_sae: str, master_sae: str, key_ids: Sequence[str]) -> dict[str, Any]:
+        """Get key with key IDs (spec 5.3): the calling slave SAE retrieves keys by ID, once."""
+        if not key_ids:
+            raise EtsiError(400, "no key_ID given", [{"parameter": "key_IDs"}])
+        if len(key_ids) > self.settings.max_key_per_request:
+            raise EtsiError(400, f"at most max_key_per_request = {self.settings.max_key_per_request} key IDs per request")
+        for kid in key_ids:
+            try:
+                if not isinstance(kid, str):
+                    raise ValueError
+                uuid.UUID(kid)
+            except ValueError:
+                raise EtsiError(400, "key_ID is not a UUID", [{"key_ID": str(kid)[:64]}]) from None
+        if len(set(key_ids)) != len(key_ids):
+            raise EtsiError(400, "a key_ID appears more than once", [{"parameter": "key_IDs"}])
+        s, m = self._node(slave_sae, "slave_SAE_ID"), self._node(master_sae, "master_SAE_ID")
+        store = self.stores[s]
+        by_pair: dict[str, list[tuple[list[Any], str]]] = {}
+        for kid in key_ids:
+            res = store.reservation(kid)
+            if res is None:
+                known = store.delivery(kid)
+                if known is not None and known["info"].get("slave_SAE_ID") == slave_sae:
+                    raise EtsiError(400, "key_ID was already retrieved", [{"key_ID": kid}])
+                raise EtsiError(400, "key_ID is unknown to this KME for this SAE", [{"key_ID": kid}])
+            pair, refs, purpose, info = res
+            if info.get("slave_SAE_ID") != slave_sae:
+                raise EtsiError(401, "this SAE is not the slave SAE of the key", [{"key_ID": kid}])
+            if info.get("master_SAE_ID") != master_sae:
+                raise EtsiError(400, "key_ID was not requested by this master_SAE_ID", [{"key_ID": kid}])
+            by_pair.setdefault(pair, []).append((refs, kid))
+        got: dict[str, str] = {}
+        for pair, items in by_pair.items():
+            with self._lock(pair):
+                try:
+                    mats = store.take_exact_many(pair, items, ETSI_PURPOSE)
+                except KeyStoreError as exc:
+                    raise EtsiError(400, "key_ID could not be retrieved", [{"reason": str(exc)}]) from None
+            try:
+                for k in mats:
+                    got[k.key_id] = base64.b64encode(k.to_bytes()).decode("ascii")
+            finally:
+                for k in mats:
+                    k.wipe()
+        log.info("KME: dec_keys %s <- %s (node %s): %d key(s), key IDs %s", slave_sae, master_sae, m, len(key_ids),
+                 list(key_ids))
+        return {"keys": [{"key_ID": kid, "key": got[kid]} for kid in key_ids]}
+
+
+# ---------------------------------------------------------------------------------- HTTP layer
+
+
+def peer_names(peercert: Mapping[str, Any] | None) -> list[str]:
+    """Identities in a peer certificate (``ssl.SSLSocket.getpeercert()`` dict): subject CN
+    first, then DNS and URI subjectAltNames."""
+    if not peercert:
+        return []
+    names = [v for rdn in peercert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    names += [v for k, v in peercert.get("subjectAltName", ()) if k in ("DNS", "URI")]
+    return names
+
+
+def create_app(service: KeyDeliveryService) -> FastAPI:
+    """The FastAPI application of the KME.  The SAE is read from the TLS client certificate that
+    :class:`MTLSH11Protocol` puts into ``scope["extensions"]["tls"]``."""
+    app = FastAPI(title="labqfl KME (ETSI GS QKD 014 v1.1.1)", openapi_url=None, docs_url=None, redoc_url=None)
+
+    @app.exception_handler(EtsiError)
+    async def _etsi_error(request: Request, exc: EtsiError) -> JSONResponse:
+        log.info("KME: %s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"message": "bad request format", "details": [{"errors": str(exc.errors())[:500]}]},
+                            status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"message": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("KME: internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"message": "internal error of the KME", "details": [{"type": type(exc).__name__}]},
+                            status_code=503)
+
+    def caller(request: Request) -> str:
+        tls = request.scope.get("extensions", {}).get("tls") or {}
+        names = peer_names(tls.get("peercert"))
+        for name in names:
+            if name in service.settings.saes:
+                return name
+        raise EtsiError(401, "unauthorized: the client certificate does not name an SAE known to this KME",
+                        [{"certificate_names": names[:4]}])
+
+    async def json_body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise EtsiError(400, "request body is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise EtsiError(400, "request body must be a JSON object")
+        return data
+
+    def int_query(request: Request, name: str) -> int | None:
+        v = request.query_params.get(name)
+        if v is None:
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            raise EtsiError(400, f"{name} must be an integer", [{"parameter": name, "value": v[:32]}]) from None
+
+    @app.get(API_PREFIX + "/{slave_SAE_ID}/status")
+    async def get_status(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803 (spec name)
+        me = caller(request)
+        return JSONResponse(await run_in_threadpool(service.status, me, slave_SAE_ID))
+
+    @app.get(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
+    async def get_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
+        me = caller(request)
+        out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, int_query(request, "number"),
+                                      int_query(request, "size"))
+        return JSONResponse(out)
+
+    @app.post(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
+    async def post_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
+        me = caller(request)
+        body = await json_body(request)
+        extra = body.get("additional_slave_SAE_IDs")
+        if extra is not None and (not isinstance(extra, list) or not all(isinstance(x, str) for x in extra)):
+            raise EtsiError(400, "additional_slave_SAE_IDs must be an array of strings")
+        ext = body.get("extension_mandatory")
+        if ext is not None and not isinstance(ext, list):
+            raise EtsiError(400, "extension_mandatory must be an array of objects")
+        out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, body.get("number"), body.get("size"),
+                                      extra, ext)
+        return JSONResponse(out)
+
+    @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys")
+    async def get_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
+        me = caller(request)
+        ids = request.query_params.getlist("key_ID")
+        return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, ids))
+
+    @app.post(API_PREFIX + "/{master_SAE_ID}/dec_keys")
+    async def post_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
+        me = caller(request)
+        body = await json_body(request)
+        items = body.get("key_IDs")
+        if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "key_ID" in i for i in items):
+            raise EtsiError(400, "key_IDs must be a non-empty array of {\"key_ID\": ...} objects")
+        return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, [i["key_ID"] for i in items]))
+
+    return app
+
+
+def _mtls_protocol_class() -> type:
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class MTLSH11Protocol(H11Protocol):  # type: ignore[misc]
+        """uvicorn's h11 protocol that hands the verified TLS client certificate to the app
+        (ASGI TLS extension: ``scope["extensions"]["tls"]["peercert"]``)."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            peercert = ssl_object.getpeercert() if ssl_object is not None else None
+            inner = self.app
+
+            async def app_with_cert(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                if scope.get("type") in ("http", "websocket"):
+                    scope.setdefault("extensions", {})["tls"] = {"peercert": peercert}
+                await inner(scope, receive, send)
+
+            self.app = app_with_cert
+
+    return MTLSH11Protocol
+
+
+def server_ssl_context(certfile: Path, keyfile: Path, cafile: Path) -> ssl.SSLContext:
+    """TLS ≥ 1.2 server context that requires a client certificate signed by ``cafile``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_cert_chain(str(certfile), str(keyfile))
+    ctx.load_verify_locations(str(cafile))
+    return ctx
+
+
+def build_server(service: KeyDeliveryService, *, host: str, port: int, certfile: Path, keyfile: Path,
+                 cafile: Path) -> Any:
+    """A ``uvicorn.Server`` for the KME with mutual TLS (``ssl.CERT_REQUIRED``)."""
+    import uvicorn
+
+    for label, p in (("--cert", certfile), ("--key", keyfile), ("--ca", cafile)):
+        if not Path(p).is_file():
+            raise ConfigError(f"{label} {p}: no such file")
+    try:
+        server_ssl_context(certfile, keyfile, cafile)  # fail early with a clear message
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load KME TLS files (cert {certfile}, key {keyfile}, CA {cafile}): {exc}") from None
+    config = uvicorn.Config(create_app(service), host=host, port=port, ssl_certfile=str(certfile),
+                            ssl_keyfile=str(keyfile), ssl_ca_certs=str(cafile), ssl_cert_reqs=ssl.CERT_REQUIRED,
+                            http=_mtls_protocol_class(), ws="none", lifespan="off", log_config=None,
+                            access_log=False, timeout_keep_alive=30)
+    return uvicorn.Server(config)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening-ready TCP socket on ``host:port`` with ``TCP_NODELAY`` (inherited by accepted
+    connections; without it uvicorn's separate header/body writes meet the peer's delayed ACK
+    and every response waits ~40 ms)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+    return sock
+
+
+class KmeServerThread:
+    """Run the KME in a background thread on ``host`` (port 0 = any free port); for tests,
+    benchmarks and embedding.  Use as a context manager; ``.port`` and ``.base_url`` once started."""
+
+    def __init__(self, service: KeyDeliveryService, *, certfile: Path, keyfile: Path, cafile: Path,
+                 host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self._sock = bind_socket(host, port)
+        self.port = int(self._sock.getsockname()[1])
+        self.server = build_server(service, host=host, port=self.port, certfile=certfile, keyfile=keyfile,
+                                   cafile=cafile)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="labqfl-kme", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    def start(self, timeout_s: float = 20.0) -> KmeServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"KME server on {self.host}:{self.port} did not start within {timeout_s} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(10)
+        self._sock.close()
+
+    def __enter__(self) -> KmeServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

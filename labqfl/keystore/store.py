@@ -1,0 +1,875 @@
+"""One node's key store: pairwise key pools in an SQLite file, consumed exactly once.
+
+Layout and invariants (docs/keystore.md has the full argument):
+
+* ``blocks``: one row per distilled key block (UUID ``block_id``, the same at both ends of a
+  pair), its ``pair`` ("Ci-Cj"), size in bits, run ID, metadata (ε values, …) and the material,
+  packed MSB-first.
+* ``segments``: a partition of every block's bit range ``[0, nbits)`` into contiguous
+  segments, each with a pool (``purpose``) and a state: ``free`` (available), ``reserved``
+  (promised to one key ID, e.g. the slave side of an ETSI delivery), ``consumed`` (handed out;
+  the material is overwritten with zeros in the same transaction), ``exported`` (moved to an
+  export file; also zeroed) or ``absent`` (never held here: parts of a block not imported).
+* ``deliveries``: one row per handed-out or reserved key: key ID, pair, purpose, refs.
+
+Every operation that hands out bits is one ``BEGIN IMMEDIATE`` transaction that checks the
+segments are free, marks them, zeroes the material and commits before any bit leaves this
+module; with ``journal_mode=WAL`` and ``synchronous=FULL`` a process killed at any instant leaves
+either the whole transaction or none of it.  After each consuming commit the WAL is checkpointed
+and truncated (``wal_checkpoint(TRUNCATE)``) and ``secure_delete`` is on, so consumed material
+does not linger in the database files.
+
+Pools: ``auth`` (classical-channel authentication), ``fl`` (federated-learning masks), ``etsi``
+(ETSI GS QKD 014 delivery) and ``general``.  A block's pool is fixed when it is added; a take for
+purpose P draws from pool P first, then from ``general`` (block order, lowest offset first).
+Pools ``auth``/``fl``/``etsi`` are never drawn by another purpose.
+
+Synchronisation of the two ends of a pair: one node **allocates** (:meth:`KeyStore.take`, which
+picks the bits) and sends the ``refs`` to its partner, who consumes exactly those bits with
+:meth:`KeyStore.take_exact`.  For a given pair and pool only one node may allocate at a time
+(by convention the pair's first node Ci of "Ci-Cj"), or the allocator must reserve the bits at
+the partner first (:meth:`KeyStore.reserve_exact`, as the ETSI KME does); two unsynchronised
+allocators on both ends could pick the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import stat
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.errors import InsufficientKeyError, KeyStoreError
+from labqfl.keystore.material import KeyMaterial, Ref, normalize_refs, refs_nbits
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+#: Pools of key material (see module docstring).
+PURPOSES: tuple[str, ...] = ("auth", "fl", "etsi", "general")
+GENERAL = "general"
+
+#: SQLite ``application_id`` of a labqfl key store: ASCII "LQKS".
+APPLICATION_ID = 0x4C514B53
+SCHEMA_VERSION = 1
+FORMAT_NAME = "labqfl-keystore"
+DATA_DIR_ENV = "LABQFL_DATA_DIR"
+
+_NODE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE blocks (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  block_id TEXT NOT NULL UNIQUE,
+  pair TEXT NOT NULL,
+  nbits INTEGER NOT NULL CHECK (nbits > 0),
+  run_id TEXT NOT NULL DEFAULT '',
+  meta TEXT NOT NULL DEFAULT '{}',
+  created TEXT NOT NULL,
+  material BLOB NOT NULL
+);
+CREATE INDEX blocks_pair ON blocks (pair, seq);
+CREATE TABLE segments (
+  block_seq INTEGER NOT NULL REFERENCES blocks (seq),
+  start INTEGER NOT NULL CHECK (start >= 0),
+  length INTEGER NOT NULL CHECK (length > 0),
+  pair TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('free', 'reserved', 'consumed', 'exported', 'absent')),
+  key_id TEXT,
+  PRIMARY KEY (block_seq, start)
+) WITHOUT ROWID;
+CREATE INDEX segments_free ON segments (pair, purpose, block_seq, start) WHERE state = 'free';
+CREATE TABLE deliveries (
+  key_id TEXT PRIMARY KEY,
+  pair TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  state TEXT NOT NULL,
+  nbits INTEGER NOT NULL,
+  refs TEXT NOT NULL,
+  info TEXT NOT NULL DEFAULT '{}',
+  created TEXT NOT NULL,
+  updated TEXT NOT NULL
+);
+CREATE TABLE imports (export_id TEXT PRIMARY KEY, imported TEXT NOT NULL, nbits INTEGER NOT NULL);
+"""
+
+
+def default_data_dir() -> Path:
+    """``$LABQFL_DATA_DIR`` if set, else ``platformdirs.user_data_dir("labqfl")``."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("labqfl"))
+
+
+def node_store_path(node: str, data_dir: Path | None = None) -> Path:
+    """``<data_dir>/keystore/<node>.sqlite``."""
+    check_node_name(node)
+    return (data_dir if data_dir is not None else default_data_dir()) / "keystore" / f"{node}.sqlite"
+
+
+def check_node_name(node: str) -> str:
+    if not isinstance(node, str) or not _NODE_RE.match(node):
+        raise KeyStoreError(f"node name {node!r} is invalid; expected letters, digits, '_', '.', '-' (e.g. 'C1')")
+    return node
+
+
+def list_node_stores(data_dir: Path | None = None) -> list[str]:
+    """Names of the nodes that have a key store under ``data_dir``."""
+    d = (data_dir if data_dir is not None else default_data_dir()) / "keystore"
+    if not d.is_dir():
+        return []
+    return sorted(p.stem for p in d.glob("*.sqlite") if _NODE_RE.match(p.stem))
+
+
+def open_node_stores(nodes: Iterable[str], data_dir: Path | None = None) -> dict[str, KeyStore]:
+    """``{node: KeyStore.for_node(node, data_dir)}`` for every node."""
+    return {n: KeyStore.for_node(n, data_dir) for n in nodes}
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def _check_pair(pair: str) -> str:
+    # Same rule as labqfl.qkd.types.split_pair (not imported: it would pull numba into every
+    # process that only needs keys).
+    a, sep, b = pair.partition("-") if isinstance(pair, str) else ("", "", "")
+    if not sep or not _NODE_RE.match(a) or not _NODE_RE.match(b) or a == b:
+        raise KeyStoreError(f"pair name {pair!r} is not of the form 'Ci-Cj'")
+    return pair
+
+
+def _check_purpose(purpose: str) -> str:
+    if purpose not in PURPOSES:
+        raise KeyStoreError(f"unknown key purpose {purpose!r}; expected one of {list(PURPOSES)}")
+    return purpose
+
+
+def _check_bits(bits: np.ndarray) -> np.ndarray:
+    arr = np.asarray(bits)
+    if arr.ndim != 1 or arr.size == 0:
+        raise KeyStoreError(f"key bits must be a non-empty 1-D array, got shape {arr.shape}")
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype != np.uint8:
+        raise KeyStoreError(f"key bits must be uint8 0/1, got dtype {arr.dtype}")
+    if arr.max(initial=0) > 1:
+        raise KeyStoreError("key bits must be 0 or 1 (uint8 0/1, one bit per element)")
+    return arr
+
+
+def _json(obj: Any, what: str) -> str:
+    try:
+        return json.dumps(obj if obj is not None else {}, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise KeyStoreError(f"{what} must be JSON-serialisable (numbers, strings, lists, dicts): {exc}") from None
+
+
+@dataclass
+class _Seg:
+    start: int
+    length: int
+    state: str
+    purpose: str
+    key_id: str | None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+@dataclass
+class ExportedSegment:
+    """Bits moved out of a store by :meth:`KeyStore.export_segments` (for an export file)."""
+
+    pair: str
+    block_id: str
+    block_nbits: int
+    offset: int
+    purpose: str
+    run_id: str
+    meta: dict[str, Any]
+    bits: np.ndarray = field(repr=False)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("exported key segments cannot be pickled")
+
+
+class KeyStore:
+    """The key store of one node (see the module docstring for the model).
+
+    ``KeyStore(path)`` opens or creates the SQLite file at ``path`` (permissions 0600, folder
+    0700).  A file that is not a labqfl key store, or is corrupt, raises :class:`KeyStoreError`
+    naming the file; nothing is ever reset or overwritten silently.  Thread-safe (one connection
+    behind a lock) and multi-process safe (SQLite ``BEGIN IMMEDIATE`` write transactions).
+    """
+
+    def __init__(self, path: str | Path, *, node: str | None = None, create: bool = True,
+                 busy_timeout_s: float = 60.0):
+        self.path = Path(path).expanduser()
+        self._requested_node = check_node_name(node) if node is not None else None
+        self.node: str | None = None
+        self._create = create
+        self._busy_ms = int(busy_timeout_s * 1000)
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = -1
+        self._abandoned: list[sqlite3.Connection] = []
+        with self._lock:
+            self._connection()
+
+    @classmethod
+    def for_node(cls, node: str, data_dir: Path | None = None) -> KeyStore:
+        """The store of ``node`` at ``<data_dir>/keystore/<node>.sqlite`` (created if missing)."""
+        return cls(node_store_path(node, data_dir), node=node)
+
+    # ------------------------------------------------------------------ opening / schema
+
+    def _fail(self, what: str) -> KeyStoreError:
+        return KeyStoreError(f"key store {self.path}: {what}")
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._pid == os.getpid():
+            return self._conn
+        if self._conn is not None:
+            # Inherited across fork: never use or close it here (SQLite forbids both).
+            self._abandoned.append(self._conn)
+            self._conn = None
+        self._conn = self._open()
+        self._pid = os.getpid()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if not path.exists():
+            if not self._create:
+                raise self._fail("no such file")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            except FileExistsError:
+                pass
+        elif not path.is_file():
+            raise self._fail("not a regular file")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("key store %s had permissions %o; tightening to 0600", path, mode)
+            os.chmod(path, 0o600)
+        try:
+            conn = sqlite3.connect(str(path), timeout=self._busy_ms / 1000, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot open ({exc})") from None
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if app_id != APPLICATION_ID and (app_id != 0 or tables):
+                raise self._fail(f"not a labqfl key store (SQLite application_id {app_id:#x}, tables "
+                                 f"{sorted(tables)[:5]}); refusing to use or modify it")
+            mode_row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if not mode_row or str(mode_row[0]).lower() != "wal":
+                raise self._fail(f"cannot switch to WAL journal mode (got {mode_row})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA secure_delete = ON")
+            conn.execute("PRAGMA foreign_keys = ON")
+            if app_id == 0:
+                self._init_schema(conn)
+            self._check_schema(conn)
+        except KeyStoreError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise self._fail(f"corrupt or not an SQLite database ({exc}); refusing to reset it") from None
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
+                os.chmod(side, 0o600)
+        return conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            if app_id == 0:  # nobody initialised it meanwhile
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise self._fail("has tables but no labqfl application_id; refusing to use it")
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+                meta = {"format": FORMAT_NAME, "schema_version": str(SCHEMA_VERSION), "created": _now(),
+                        "node": self._requested_node or ""}
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("created key store %s (node %s)", self.path, self._requested_node or "?")
+
+    def _check_schema(self, conn: sqlite3.Connection) -> None:
+        try:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise self._fail(f"labqfl application_id but no readable meta table ({exc}); corrupt") from None
+        if meta.get("format") != FORMAT_NAME:
+            raise self._fail(f"meta format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+        version = meta.get("schema_version")
+        if version != str(SCHEMA_VERSION):
+            raise self._fail(f"schema version {version!r}; this labqfl reads version {SCHEMA_VERSION}")
+        check = conn.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise self._fail(f"integrity check failed: {'; '.join(str(r[0]) for r in check[:3])}")
+        stored_node = meta.get("node") or None
+        if self._requested_node and stored_node and stored_node != self._requested_node:
+            raise self._fail(f"belongs to node {stored_node!r}, not {self._requested_node!r}")
+        if self._requested_node and not stored_node:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'node'", (self._requested_node,))
+        self.node = self._requested_node or stored_node
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                try:
+                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    pass
+                self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.path)!r}, node={self.node!r})"
+
+    def __reduce__(self) -> Any:
+        # A store can be re-opened by path in another process; its connection cannot travel.
+        return (_reopen, (str(self.path), self.node))
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._fail(f"cannot start a write transaction ({exc})") from None
+            try:
+                yield conn
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                raise self._fail(f"commit failed ({exc}); nothing was handed out") from None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
+
+    def _scrub(self) -> None:
+        """Checkpoint and truncate the WAL so overwritten material leaves the -wal file too."""
+        with self._lock:
+            try:
+                self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:  # a concurrent reader; the next consuming call retries
+                log.debug("WAL checkpoint deferred on %s: %s", self.path, exc)
+
+    # ------------------------------------------------------------------ low-level segment ops
+
+    @staticmethod
+    def _block(conn: sqlite3.Connection, block_id: str) -> tuple[int, str, int] | None:
+        row = conn.execute("SELECT seq, pair, nbits FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
+        return (int(row[0]), str(row[1]), int(row[2])) if row else None
+
+    @staticmethod
+    def _segments(conn: sqlite3.Connection, seq: int, start: int, end: int) -> list[_Seg]:
+        rows = conn.execute(
+            "SELECT start, length, state, purpose, key_id FROM segments WHERE block_seq = ?1 AND "
+            "start >= COALESCE((SELECT MAX(start) FROM segments WHERE block_seq = ?1 AND start <= ?2), 0) "
+            "AND start < ?3 ORDER BY start", (seq, start, end)).fetchall()
+        return [_Seg(int(r[0]), int(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def _mark(self, conn: sqlite3.Connection, pair: str, seq: int, block_id: str, start: int, length: int, *,
+              new_state: str, purpose: str, key_id: str | None, allow: Callable[[_Seg], str | None]) -> None:
+        """Set bits ``[start, start+length)`` of block ``seq`` to ``new_state`` if ``allow`` accepts
+        every segment they overlap (it returns None, or the reason for refusing)."""
+        end = start + length
+        segs = self._segments(conn, seq, start, end)
+        pos = start
+        for s in segs:
+            if s.start > pos or s.end <= pos:
+                break
+            reason = allow(s)
+            if reason:
+                raise KeyStoreError(f"pair {pair}: bits [{start}, {end}) of block {block_id} {reason}")
+            pos = s.end
+        if pos < end:
+            raise KeyStoreError(f"pair {pair}: bits [{start}, {end}) of block {block_id} are beyond the block's end")
+        conn.executemany("DELETE FROM segments WHERE block_seq = ? AND start = ?", [(seq, s.start) for s in segs])
+        rows = []
+        first, last = segs[0], segs[-1]
+        if first.start < start:
+            rows.append((seq, first.start, start - first.start, pair, first.purpose, first.state, first.key_id))
+        mid_start, mid_len = start, length
+        # Merge with equal neighbours so the table stays small (one row per run of equal bits).
+        if first.start >= start:
+            left = conn.execute("SELECT start, length, state, purpose, key_id FROM segments WHERE block_seq = ? "
+                                "AND start < ? ORDER BY start DESC LIMIT 1", (seq, start)).fetchone()
+            if left and left[0] + left[1] == start and (left[2], left[3], left[4]) == (new_state, purpose, key_id):
+                conn.execute("DELETE FROM segments WHERE block_seq = ? AND start = ?", (seq, left[0]))
+                mid_start, mid_len = int(left[0]), mid_len + int(left[1])
+        if last.end > end:
+            rows.append((seq, end, last.end - end, pair, last.purpose, last.state, last.key_id))
+        else:
+            right = conn.execute("SELECT start, length, state, purpose, key_id FROM segments WHERE block_seq = ? "
+                                 "AND start = ?", (seq, end)).fetchone()
+            if right and (right[2], right[3], right[4]) == (new_state, purpose, key_id):
+                conn.execute("DELETE FROM segments WHERE block_seq = ? AND start = ?", (seq, end))
+                mid_len += int(right[1])
+        rows.append((seq, mid_start, mid_len, pair, purpose, new_state, key_id))
+        conn.executemany("INSERT INTO segments (block_seq, start, length, pair, purpose, state, key_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    @staticmethod
+    def _io_bits(conn: sqlite3.Connection, seq: int, start: int, length: int, *, zero: bool = False,
+                 write: np.ndarray | None = None) -> np.ndarray:
+        """Read bits ``[start, start+length)`` of block ``seq``; optionally overwrite them with zeros
+        (``zero``) or with ``write`` (import).  Only the bytes spanning the range are touched."""
+        b0, b1 = start // 8, (start + length + 7) // 8
+        with conn.blobopen("blocks", "material", seq) as blob:
+            blob.seek(b0)
+            raw = np.frombuffer(blob.read(b1 - b0), dtype=np.uint8)
+            bits = np.unpackbits(raw)
+            off = start - 8 * b0
+            out = bits[off:off + length].copy()
+            if zero or write is not None:
+                bits[off:off + length] = 0 if write is None else write
+                blob.seek(b0)
+                blob.write(np.packbits(bits).tobytes())
+        return out
+
+    @staticmethod
+    def _pool_reason(s: _Seg, purpose: str, key_id: str | None) -> str | None:
+        if s.state == "free":
+            if s.purpose == purpose or s.purpose == GENERAL:
+                return None
+            return f"belong to the {s.purpose!r} pool, not {purpose!r}"
+        if s.state == "reserved":
+            if key_id is not None and s.key_id == key_id and s.purpose == purpose:
+                return None
+            return "are reserved for another key" if s.key_id != key_id else f"are reserved for purpose {s.purpose!r}"
+        return {"consumed": "were already consumed", "exported": "were exported from this store",
+                "absent": "are not held by this store"}.get(s.state, f"are in state {s.state!r}")
+
+    def _allocate(self, conn: sqlite3.Connection, pair: str, nbits: int, purpose: str,
+                  pools: Sequence[str] | None = None) -> list[tuple[int, str, int, int]]:
+        """Pick the first ``nbits`` free bits of ``pair`` in pool order then block order:
+        ``[(seq, block_id, start, length)]``.  Raises InsufficientKeyError when short."""
+        pools = list(pools) if pools is not None else ([purpose] if purpose == GENERAL else [purpose, GENERAL])
+        picked: list[tuple[int, str, int, int]] = []
+        need = nbits
+        for pool in pools:
+            cur = conn.execute(
+                "SELECT s.block_seq, b.block_id, s.start, s.length FROM segments s JOIN blocks b ON b.seq = s.block_seq "
+                "WHERE s.pair = ? AND s.purpose = ? AND s.state = 'free' ORDER BY s.block_seq, s.start", (pair, pool))
+            for seq, block_id, start, length in cur:
+                take = min(int(length), need)
+                picked.append((int(seq), str(block_id), int(start), take))
+                need -= take
+                if need == 0:
+                    break
+            cur.close()
+            if need == 0:
+                return picked
+        have = nbits - need
+        raise InsufficientKeyError(
+            f"pair {pair}: {have} bits available for purpose {purpose!r} (pools {pools}), {nbits} requested"
+            f" in key store {self.path}")
+
+    def _record(self, conn: sqlite3.Connection, key_id: str, pair: str, purpose: str, kind: str, state: str,
+                refs: list[Ref], info: dict[str, Any] | None) -> None:
+        now = _now()
+        try:
+            conn.execute("INSERT INTO deliveries (key_id, pair, purpose, kind, state, nbits, refs, info, created, updated) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (key_id, pair, purpose, kind, state, refs_nbits(refs), json.dumps(refs),
+                          _json(info, "delivery info"), now, now))
+        except sqlite3.IntegrityError:
+            raise KeyStoreError(f"key ID {key_id} was already used in key store {self.path}") from None
+
+    @staticmethod
+    def _new_key_ids(n: int, key_ids: Sequence[str] | None) -> list[str]:
+        if key_ids is None:
+            return [str(uuid.uuid4()) for _ in range(n)]
+        ids = [str(k) for k in key_ids]
+        if len(ids) != n or len(set(ids)) != n:
+            raise KeyStoreError(f"expected {n} distinct key IDs, got {len(ids)} ({len(set(ids))} distinct)")
+        return ids
+
+    # ------------------------------------------------------------------ public API: adding
+
+    def add_block(self, pair: str, bits: np.ndarray, *, block_id: str | None = None, purpose: str = GENERAL,
+                  run_id: str = "", meta: dict[str, Any] | None = None) -> str:
+        """Append a distilled key block to ``pair``'s pool ``purpose``; returns its block ID.
+
+        ``bits``: uint8 0/1, shape (nbits,).  ``block_id``: a UUID string; the distillation
+        pipeline passes the *same* ID to both nodes of the pair so refs name the same bits.
+        ``meta``: JSON metadata (ε values, QBER, …), stored with the block.
+        """
+        _check_pair(pair)
+        _check_purpose(purpose)
+        arr = _check_bits(bits)
+        block_id = str(block_id) if block_id is not None else str(uuid.uuid4())
+        if not block_id or len(block_id) > 128:
+            raise KeyStoreError(f"block_id {block_id!r} must be a non-empty string of at most 128 characters")
+        meta_s = _json(meta, "block metadata")
+        with self._write() as conn:
+            if self._block(conn, block_id) is not None:
+                raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
+            cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               (block_id, pair, int(arr.size), str(run_id), meta_s, _now(), np.packbits(arr).tobytes()))
+            conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) VALUES (?, 0, ?, ?, ?, 'free')",
+                         (cur.lastrowid, int(arr.size), pair, purpose))
+        log.info("key store %s: added block %s to pair %s, pool %s: %d bits", self.path.name, block_id, pair,
+                 purpose, arr.size)
+        return block_id
+
+    # ------------------------------------------------------------------ public API: consuming
+
+    def take(self, pair: str, nbits: int, purpose: str, *, key_id: str | None = None,
+             info: dict[str, Any] | None = None) -> KeyMaterial:
+        """Allocate and consume the first ``nbits`` free bits of ``pair`` for ``purpose`` (pool
+        ``purpose`` first, then ``general``), in one transaction that also overwrites them in the
+        database.  Send ``result.refs`` to the partner, who calls :meth:`take_exact`."""
+        return self.take_many(pair, [nbits], purpose, key_ids=None if key_id is None else [key_id], info=info)[0]
+
+    def take_many(self, pair: str, sizes: Sequence[int], purpose: str, *, key_ids: Sequence[str] | None = None,
+                  info: dict[str, Any] | None = None) -> list[KeyMaterial]:
+        """Like :meth:`take` for several keys (``sizes`` in bits) in one transaction."""
+        _check_pair(pair)
+        _check_purpose(purpose)
+        sizes = [self._check_nbits(n) for n in sizes]
+        ids = self._new_key_ids(len(sizes), key_ids)
+        out: list[KeyMaterial] = []
+        with self._write() as conn:
+            pieces = self._allocate(conn, pair, sum(sizes), purpose)
+            it = iter(pieces)
+            carry: tuple[int, str, int, int] | None = None
+            for size, kid in zip(sizes, ids, strict=True):
+                need, refs, chunks = size, [], []
+                while need:
+                    seq, block_id, start, length = carry if carry is not None else next(it)
+                    carry = None
+                    use = min(length, need)
+                    if use < length:
+                        carry = (seq, block_id, start + use, length - use)
+                    self._mark(conn, pair, seq, block_id, start, use, new_state="consumed", purpose=purpose,
+                               key_id=None, allow=lambda s: self._pool_reason(s, purpose, None))
+                    chunks.append(self._io_bits(conn, seq, start, use, zero=True))
+                    refs.append((block_id, start, use))
+                    need -= use
+                self._record(conn, kid, pair, purpose, "take", "delivered", refs, info)
+                out.append(KeyMaterial(np.concatenate(chunks), refs, kid, pair, purpose))
+        self._scrub()
+        log.debug("key store %s: took %d key(s), %d bits, pair %s, purpose %s, key IDs %s", self.path.name,
+                  len(out), sum(sizes), pair, purpose, [k.key_id for k in out])
+        return out
+
+    def take_exact(self, pair: str, refs: Iterable[Sequence[Any]], purpose: str, *, key_id: str | None = None,
+                   info: dict[str, Any] | None = None) -> KeyMaterial:
+        """Consume exactly the bits named by ``refs`` (``KeyMaterial.refs`` from the partner's
+        :meth:`take`), in order.  Raises :class:`KeyStoreError` if any of them is already
+        consumed, reserved for another key, in another pool, or not in this store.  Bits reserved
+        with :meth:`reserve_exact` are accepted when ``key_id`` is the reservation's key ID."""
+        return self.take_exact_many(pair, [(refs, key_id)], purpose, info=info)[0]
+
+    def take_exact_many(self, pair: str, items: Sequence[tuple[Iterable[Sequence[Any]], str | None]], purpose: str,
+                        *, info: dict[str, Any] | None = None) -> list[KeyMaterial]:
+        """Like :meth:`take_exact` for several keys ``[(refs, key_id or None)]``, all or nothing."""
+        _check_pair(pair)
+        _check_purpose(purpose)
+        norm = [(self._norm_refs(r), k) for r, k in items]
+        out: list[KeyMaterial] = []
+        with self._write() as conn:
+            seen: set[str] = set()
+            for refs, kid in norm:
+                reserved = None
+                if kid is not None:
+                    if kid in seen:
+                        raise KeyStoreError(f"key ID {kid} appears twice in one request")
+                    seen.add(kid)
+                    reserved = conn.execute("SELECT state, refs, pair, purpose FROM deliveries WHERE key_id = ?",
+                                            (kid,)).fetchone()
+                    if reserved is not None:
+                        if reserved[0] != "reserved":
+                            raise KeyStoreError(f"key ID {kid} was already {reserved[0]} in key store {self.path}")
+                        if reserved[2] != pair or reserved[3] != purpose or json.loads(reserved[1]) != [list(r) for r in refs]:
+                            raise KeyStoreError(f"key ID {kid} is reserved in key store {self.path} for other bits "
+                                                f"(pair {reserved[2]}, purpose {reserved[3]})")
+                chunks = []
+                for block_id, start, length in refs:
+                    blk = self._block(conn, block_id)
+                    if blk is None:
+                        raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
+                    seq, bpair, _ = blk
+                    if bpair != pair:
+                        raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
+                    self._mark(conn, pair, seq, block_id, start, length, new_state="consumed", purpose=purpose,
+                               key_id=None, allow=lambda s, k=kid: self._pool_reason(s, purpose, k))
+                    chunks.append(self._io_bits(conn, seq, start, length, zero=True))
+                kid_final = kid if kid is not None else str(uuid.uuid4())
+                if reserved is not None:
+                    conn.execute("UPDATE deliveries SET state = 'delivered', kind = 'take_exact', updated = ? "
+                                 "WHERE key_id = ?", (_now(), kid_final))
+                else:
+                    self._record(conn, kid_final, pair, purpose, "take_exact", "delivered", refs, info)
+                out.append(KeyMaterial(np.concatenate(chunks), refs, kid_final, pair, purpose))
+        self._scrub()
+        log.debug("key store %s: took exactly %d key(s), %d bits, pair %s, purpose %s, key IDs %s", self.path.name,
+                  len(out), sum(k.nbits for k in out), pair, purpose, [k.key_id for k in out])
+        return out
+
+    def reserve_exact(self, pair: str, refs: Iterable[Sequence[Any]], purpose: str, key_id: str, *,
+                      info: dict[str, Any] | None = None) -> None:
+        """Reserve exactly the bits named by ``refs`` for ``key_id`` (no bit leaves the store):
+        :meth:`take` skips them; :meth:`take_exact` with the same ``key_id`` consumes them;
+        :meth:`release` frees them.  Used by the ETSI KME for the slave side of a key."""
+        self.reserve_exact_many(pair, [(refs, key_id)], purpose, info=info)
+
+    def reserve_exact_many(self, pair: str, items: Sequence[tuple[Iterable[Sequence[Any]], str]], purpose: str, *,
+                           info: dict[str, Any] | None = None) -> None:
+        """Like :meth:`reserve_exact` for several keys, all or nothing."""
+        _check_pair(pair)
+        _check_purpose(purpose)
+        norm = [(self._norm_refs(r), str(k)) for r, k in items]
+        with self._write() as conn:
+            for refs, kid in norm:
+                for block_id, start, length in refs:
+                    blk = self._block(conn, block_id)
+                    if blk is None:
+                        raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
+                    seq, bpair, _ = blk
+                    if bpair != pair:
+                        raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
+                    self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
+                               key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
+                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
+        log.debug("key store %s: reserved %d key(s), pair %s, purpose %s", self.path.name, len(norm), pair, purpose)
+
+    def reservation(self, key_id: str) -> tuple[str, list[Ref], str, dict[str, Any]] | None:
+        """``(pair, refs, purpose, info)`` of a pending reservation, or None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT pair, refs, purpose, info FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                               (str(key_id),)).fetchone()
+        if row is None:
+            return None
+        return str(row[0]), [tuple(r) for r in json.loads(row[1])], str(row[2]), json.loads(row[3])  # type: ignore[misc]
+
+    def delivery(self, key_id: str) -> dict[str, Any] | None:
+        """The delivery record of ``key_id`` (no key material): pair, purpose, kind, state, nbits, refs, info."""
+        with self._read() as conn:
+            row = conn.execute("SELECT pair, purpose, kind, state, nbits, refs, info, created, updated FROM deliveries "
+                               "WHERE key_id = ?", (str(key_id),)).fetchone()
+        if row is None:
+            return None
+        return {"key_id": str(key_id), "pair": row[0], "purpose": row[1], "kind": row[2], "state": row[3],
+                "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
+                "created": row[7], "updated": row[8]}
+
+    def release(self, key_id: str) -> int:
+        """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits."""
+        with self._write() as conn:
+            row = conn.execute("SELECT pair, refs, purpose FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                               (str(key_id),)).fetchone()
+            if row is None:
+                raise KeyStoreError(f"no pending reservation for key ID {key_id} in key store {self.path}")
+            pair, purpose = str(row[0]), str(row[2])
+            refs = [tuple(r) for r in json.loads(row[1])]
+            for block_id, start, length in refs:
+                blk = self._block(conn, block_id)
+                assert blk is not None
+                self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=purpose,
+                           key_id=None, allow=lambda s: None if (s.state == "reserved" and s.key_id == key_id)
+                           else "are not reserved for this key")
+            conn.execute("UPDATE deliveries SET state = 'released', updated = ? WHERE key_id = ?", (_now(), str(key_id)))
+        log.info("key store %s: released reservation %s (%d bits)", self.path.name, key_id, refs_nbits(refs))  # type: ignore[arg-type]
+        return refs_nbits(refs)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ export / import
+
+    def export_segments(self, pair: str, nbits: int | None = None, purpose: str | None = None) -> list[ExportedSegment]:
+        """Move free bits of ``pair`` out of the store (all, or the first ``nbits``; pool
+        ``purpose`` only, or every pool when None): one transaction marks them ``exported`` and
+        zeroes them; the caller writes them to an export file.  A crash after the commit and
+        before the file is written loses those bits; it never duplicates them."""
+        _check_pair(pair)
+        pools = list(PURPOSES) if purpose is None else [_check_purpose(purpose)]
+        out: list[ExportedSegment] = []
+        with self._write() as conn:
+            if nbits is None:
+                total = conn.execute("SELECT COALESCE(SUM(length), 0) FROM segments WHERE pair = ? AND state = 'free' "
+                                     f"AND purpose IN ({','.join('?' * len(pools))})", (pair, *pools)).fetchone()[0]
+                if not total:
+                    raise InsufficientKeyError(f"pair {pair}: no free bits to export in key store {self.path}")
+                nbits = int(total)
+            pieces = self._allocate(conn, pair, self._check_nbits(nbits), purpose or GENERAL, pools=pools)
+            for seq, block_id, start, length in pieces:
+                row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
+                seg = self._segments(conn, seq, start, start + 1)[0]
+                self._mark(conn, pair, seq, block_id, start, length, new_state="exported", purpose=seg.purpose,
+                           key_id=None, allow=lambda s: None if s.state == "free" else f"are {s.state}")
+                bits = self._io_bits(conn, seq, start, length, zero=True)
+                out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]),
+                                           json.loads(row[2]), bits))
+        self._scrub()
+        log.info("key store %s: exported %d bits of pair %s in %d segment(s)", self.path.name, nbits, pair, len(out))
+        return out
+
+    def import_segments(self, export_id: str, segments: Sequence[ExportedSegment]) -> int:
+        """Add exported segments (from another store's :meth:`export_segments`) as free bits, with
+        their original block IDs and offsets so refs keep naming the same bits.  One transaction;
+        an ``export_id`` is accepted once per store.  Returns the number of bits imported."""
+        total = 0
+        with self._write() as conn:
+            try:
+                conn.execute("INSERT INTO imports (export_id, imported, nbits) VALUES (?, ?, ?)",
+                             (str(export_id), _now(), sum(int(s.bits.size) for s in segments)))
+            except sqlite3.IntegrityError:
+                raise KeyStoreError(f"export {export_id} was already imported into key store {self.path}") from None
+            for s in segments:
+                _check_pair(s.pair)
+                _check_purpose(s.purpose)
+                bits = _check_bits(s.bits)
+                if s.offset < 0 or s.offset + bits.size > s.block_nbits:
+                    raise KeyStoreError(f"segment [{s.offset}, {s.offset + bits.size}) lies outside block {s.block_id} "
+                                        f"of {s.block_nbits} bits")
+                blk = self._block(conn, s.block_id)
+                if blk is None:
+                    cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
+                                       "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))",
+                                       (s.block_id, s.pair, s.block_nbits, s.run_id, _json(s.meta, "block metadata"),
+                                        _now(), (s.block_nbits + 7) // 8))
+                    seq = int(cur.lastrowid or 0)
+                    conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) "
+                                 "VALUES (?, 0, ?, ?, ?, 'absent')", (seq, s.block_nbits, s.pair, s.purpose))
+                else:
+                    seq, bpair, bn = blk
+                    if bpair != s.pair or bn != s.block_nbits:
+                        raise KeyStoreError(f"block {s.block_id} in key store {self.path} is pair {bpair}, {bn} bits; "
+                                            f"the export says pair {s.pair}, {s.block_nbits} bits")
+                self._mark(conn, s.pair, seq, s.block_id, s.offset, int(bits.size), new_state="free", purpose=s.purpose,
+                           key_id=None, allow=lambda g: None if g.state in ("absent", "exported")
+                           else f"are already held here ({g.state})")
+                self._io_bits(conn, seq, s.offset, int(bits.size), write=bits)
+                total += int(bits.size)
+        log.info("key store %s: imported %d bits from export %s", self.path.name, total, export_id)
+        return total
+
+    # ------------------------------------------------------------------ queries
+
+    def pairs(self) -> list[str]:
+        """Pairs that have at least one block in this store."""
+        with self._read() as conn:
+            return [r[0] for r in conn.execute("SELECT DISTINCT pair FROM blocks ORDER BY pair")]
+
+    def available_bits(self, pair: str, purpose: str | None = None) -> int:
+        """Free bits a :meth:`take` for ``purpose`` could draw (its pool plus ``general``); all
+        free bits of the pair when ``purpose`` is None."""
+        _check_pair(pair)
+        if purpose is None:
+            pools = list(PURPOSES)
+        else:
+            pools = [_check_purpose(purpose)] if purpose == GENERAL else [purpose, GENERAL]
+        with self._read() as conn:
+            row = conn.execute(f"SELECT COALESCE(SUM(length), 0) FROM segments WHERE pair = ? AND state = 'free' "
+                               f"AND purpose IN ({','.join('?' * len(pools))})", (pair, *pools)).fetchone()
+        return int(row[0])
+
+    def accounting(self) -> dict[str, dict[str, Any]]:
+        """Per pair: ``{"available": {pool: bits}, "reserved": {purpose: bits}, "consumed":
+        {purpose: bits}, "exported": {pool: bits}, "added": bits, "blocks": n}``."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for pair, nblocks in conn.execute("SELECT pair, COUNT(*) FROM blocks GROUP BY pair ORDER BY pair"):
+                out[pair] = {"available": {}, "reserved": {}, "consumed": {}, "exported": {}, "added": 0,
+                             "blocks": int(nblocks)}
+            for pair, state, purpose, n in conn.execute(
+                    "SELECT pair, state, purpose, SUM(length) FROM segments GROUP BY pair, state, purpose"):
+                if state == "absent":
+                    continue
+                key = {"free": "available"}.get(state, state)
+                out[pair][key][purpose] = int(n)
+                out[pair]["added"] += int(n)
+        return out
+
+    def blocks(self, pair: str | None = None) -> list[dict[str, Any]]:
+        """Block metadata (no material): block_id, pair, nbits, run_id, meta, created."""
+        q = "SELECT block_id, pair, nbits, run_id, meta, created FROM blocks"
+        args: tuple[Any, ...] = ()
+        if pair is not None:
+            q, args = q + " WHERE pair = ?", (pair,)
+        with self._read() as conn:
+            rows = conn.execute(q + " ORDER BY seq", args).fetchall()
+        return [{"block_id": r[0], "pair": r[1], "nbits": r[2], "run_id": r[3], "meta": json.loads(r[4]),
+                 "created": r[5]} for r in rows]
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _check_nbits(n: int) -> int:
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or int(n) <= 0:
+            raise KeyStoreError(f"number of bits must be a positive integer, got {n!r}")
+        return int(n)
+
+    @staticmethod
+    def _norm_refs(refs: Iterable[Sequence[Any]]) -> list[Ref]:
+        try:
+            return normalize_refs(refs)
+        except (ValueError, TypeError) as exc:
+            raise KeyStoreError(f"invalid key references: {exc}") from None
+
+
+def _reopen(path: str, node: str | None) -> KeyStore:
+    return KeyStore(path, node=node)
+

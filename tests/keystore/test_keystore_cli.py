@@ -1,0 +1,115 @@
+"""``labqfl keys`` commands: certs, status, export/import, serve (a real server process queried by
+the third-party ETSI 014 client), and the ``keystore`` benchmark entry in quick mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.keystore import open_node_stores
+
+runner = CliRunner()
+PAIR = "C1-C2"
+
+
+def _run(*args: str, data: Path) -> object:
+    res = runner.invoke(app, list(args), env={"LABQFL_DATA_DIR": str(data)})
+    return res
+
+
+def test_certs_status_export_import(tmp_path, kh):
+    data = tmp_path / "data"
+    res = _run("keys", "certs", str(tmp_path / "certs"), "--json", data=data)
+    assert res.exit_code == 0, res.output
+    names = {Path(p).name for p in json.loads(res.stdout)["files"].values()}
+    assert {"ca.pem", "kme-kme.pem", "kme-kme.key", "sae-C1.pem", "sae-C4.key"} <= names
+    assert stat.S_IMODE((tmp_path / "certs" / "sae-C1.key").stat().st_mode) == 0o600
+    res = _run("keys", "certs", str(tmp_path / "certs"), data=data)
+    assert res.exit_code == 1 and "--force" in res.output
+
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 1, 4000, seed=1)
+    res = _run("keys", "status", "--json", data=data)
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)
+    assert st["nodes"]["C1"]["pairs"][PAIR]["available"] == {"general": 4000}
+    assert _run("keys", "status", data=data).exit_code == 0
+
+    out = tmp_path / "c2.json"
+    res = _run("keys", "export", "--node", "C2", "--pair", PAIR, "--bits", "1000", "--out", str(out), "--json", data=data)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["nbits"] == 1000
+    other = tmp_path / "other"
+    res = runner.invoke(app, ["keys", "import", str(out), "--json"], env={"LABQFL_DATA_DIR": str(other)})
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["imported_bits"] == 1000
+    res = runner.invoke(app, ["keys", "import", str(out)], env={"LABQFL_DATA_DIR": str(other)})
+    assert res.exit_code == 1 and "already imported" in res.output
+    assert _run("keys", "export", "--node", "C9", "--pair", PAIR, "--out", str(tmp_path / "n.json"),
+                data=data).exit_code == 1
+
+
+def test_serve_refuses_missing_tls_files(tmp_path):
+    res = _run("keys", "serve", "--cert", str(tmp_path / "no.pem"), "--key", str(tmp_path / "no.key"),
+               "--ca", str(tmp_path / "ca.pem"), data=tmp_path)
+    assert res.exit_code == 1
+    res = _run("keys", "serve", data=tmp_path)
+    assert res.exit_code == 1 and "--cert" in res.output
+
+
+def test_labqfl_keys_serve_with_third_party_client(tmp_path, kh):
+    client_mod = pytest.importorskip("etsi_qkd_014_client")
+    data = tmp_path / "data"
+    assert _run("keys", "certs", str(tmp_path / "certs"), data=data).exit_code == 0
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 1, 8192, seed=2, purpose="etsi")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from labqfl.cli import main; main()", "keys", "serve",
+                             "--port", str(port), "--certs", str(tmp_path / "certs")],
+                            env={**os.environ, "LABQFL_DATA_DIR": str(data)}, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "labqfl keys serve did not start"
+                time.sleep(0.05)
+        c = tmp_path / "certs"
+        m = client_mod.QKD014Client(f"127.0.0.1:{port}", str(c / "sae-C1.pem"), str(c / "sae-C1.key"), str(c / "ca.pem"))
+        sl = client_mod.QKD014Client(f"127.0.0.1:{port}", str(c / "sae-C2.pem"), str(c / "sae-C2.key"), str(c / "ca.pem"))
+        code, st = m.get_status("C2")
+        assert code == 200 and st.stored_key_count == 32
+        code, kc = m.get_key("C2", number=4)
+        assert code == 200
+        code, kc2 = sl.get_key_with_key_IDs("C1", [k.key_id for k in kc.keys])
+        assert code == 200 and [k.key for k in kc2.keys] == [k.key for k in kc.keys]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    acc = open_node_stores(["C1"], data)["C1"].accounting()[PAIR]
+    assert acc["consumed"] == {"etsi": 1024}
+
+
+def test_keystore_benchmark_quick():
+    from labqfl.bench import registry
+
+    r = registry()["keystore"].fn(True)
+    assert r.unit == "keys/s" and r.figure > 0 and r.baseline_figure > 0
+    assert {"p50_ms", "p99_ms"} <= set(r.details["https_mtls"])
+    assert np.isfinite(r.ratio)
