@@ -207,6 +207,33 @@ class Station:
         return cast(PowerMeter, self["power_meter"])
 
     # -- records, checks, shutdown ------------------------------------------------------------
+    def client_logs(self) -> dict[str, Any]:
+        """Each client's own modulation log (:class:`~labqfl.qkd.types.ModulationLog`) of the latest
+        acquisition of the time tagger, by client name.
+
+        Simulated clients keep a counter-based QRNG record per acquisition; a station with a real
+        tagger needs the clients' own recorded logs (record with ``labqfl acquire --out`` from a
+        station whose clients log their choices) and raises :class:`StationError` here.
+        """
+        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
+        if epoch is None:
+            raise StationError(
+                f"station {self.name!r}: the time tagger has no acquisition with client logs; "
+                "real clients must supply their recorded modulation logs (see docs/postprocessing.md)")
+        from labqfl.sim_backends import client_log
+
+        return {c: client_log(self.config, c, int(epoch)) for c in self.config.client_names}
+
+    def acquisition_id(self) -> str:
+        """Identity of the latest acquisition (station, client seeds, epoch) — see
+        :func:`labqfl.qkd.pipeline.acquisition_id`; block IDs of its keys derive from it."""
+        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
+        if epoch is None:
+            raise StationError(f"station {self.name!r}: no acquisition yet")
+        from labqfl.qkd.pipeline import acquisition_id
+
+        return acquisition_id(self.config, int(epoch))
+
     def snapshot(self) -> dict[str, Any]:
         """All settings of every role with units, for run records (JSON-serialisable)."""
         roles: dict[str, Any] = {}

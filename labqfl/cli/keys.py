@@ -98,7 +98,9 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
           kme_config: Path | None = typer.Option(None, "--kme-config", dir_okay=False,
                                                  help="KME config TOML ([saes] SAE_ID = node; limits). Default: "
                                                       "SAE ID = node name for every store in the data dir."),
-          data_dir: Path | None = DATA_DIR_OPTION) -> None:
+          data_dir: Path | None = DATA_DIR_OPTION,
+          as_json: bool = typer.Option(False, "--json", help="Print the endpoint (url, SAEs, CA) as one JSON line on "
+                                                             "stdout once listening, then serve.")) -> None:
     """Serve ETSI GS QKD 014 v1.1.1 (status, enc_keys, dec_keys) over HTTPS with mutual TLS."""
     from labqfl.keystore import default_data_dir, open_node_stores
     from labqfl.keystore.etsi import (
@@ -129,7 +131,15 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     sock = bind_socket(host, port)
     from labqfl.cli.common import console
 
-    console.print(f"KME serving ETSI GS QKD 014 on https://{host}:{port}/api/v1/keys/ (mutual TLS, CA {ca}); "
+    real_port = sock.getsockname()[1]
+    if as_json:
+        import json
+        import sys
+
+        sys.stdout.write(json.dumps({"url": f"https://{host}:{real_port}/api/v1/keys/", "host": host, "port": real_port,
+                                     "saes": settings.saes, "ca": str(ca), "mutual_tls": True}) + "\n")
+        sys.stdout.flush()
+    console.print(f"KME serving ETSI GS QKD 014 on https://{host}:{real_port}/api/v1/keys/ (mutual TLS, CA {ca}); "
                   f"SAEs: {', '.join(f'{s}→{n}' for s, n in settings.saes.items())}. Ctrl-C to stop.")
     server.run(sockets=[sock])
 
