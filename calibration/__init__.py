@@ -1,1 +1,66 @@
-"""placeholder"""
+"""Calibration of the Sagnac testbed through the Station's instrument interfaces (``labqfl.calibration``).
+
+Procedures (each returns a :class:`ProcedureResult` of :class:`Quantity` s with 1σ uncertainties):
+
+* :func:`dead_time_afterpulsing`, :func:`dark_counts`, :func:`gate_delay`, :func:`timing_jitter`,
+  :func:`efficiency` (detectors; :func:`detector_all` runs them in order);
+* :func:`vpi_bias` (phase-modulator Vπ and bias phase from a fringe fit);
+* :func:`channel_delays` (time-tagger channel delays relative to the sync);
+* :func:`loop_visibility` (interference visibility of a pair).
+
+:func:`calibrate` runs a group on a station and writes ``calibration.json`` (schema
+:data:`SCHEMA_VERSION`), PNG plots and a calibrated station file into a run folder;
+:func:`apply_calibration` maps a calibration onto a :class:`~labqfl.config.StationConfig`.
+Every procedure leaves the instruments safe on error or Ctrl-C. See docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+from labqfl.calibration.core import CalContext, ProcedureResult, Quantity
+from labqfl.calibration.delays import channel_delays
+from labqfl.calibration.detector import (
+    dark_counts,
+    dead_time_afterpulsing,
+    detector_all,
+    efficiency,
+    gate_delay,
+    timing_jitter,
+)
+from labqfl.calibration.files import (
+    SCHEMA_VERSION,
+    apply_calibration,
+    calibration_document,
+    quantities_from_doc,
+    read_calibration,
+    write_calibration,
+    write_station_toml,
+)
+from labqfl.calibration.phase_modulator import vpi_bias
+from labqfl.calibration.runner import GROUPS, CalibrationReport, calibrate, run_group
+from labqfl.calibration.visibility import loop_visibility
+
+__all__ = [
+    "GROUPS",
+    "SCHEMA_VERSION",
+    "CalContext",
+    "CalibrationReport",
+    "ProcedureResult",
+    "Quantity",
+    "apply_calibration",
+    "calibrate",
+    "calibration_document",
+    "channel_delays",
+    "dark_counts",
+    "dead_time_afterpulsing",
+    "detector_all",
+    "efficiency",
+    "gate_delay",
+    "loop_visibility",
+    "quantities_from_doc",
+    "read_calibration",
+    "run_group",
+    "timing_jitter",
+    "vpi_bias",
+    "write_calibration",
+    "write_station_toml",
+]

@@ -1,0 +1,158 @@
+"""``labqfl calibrate {detector,delays,vpi,visibility,all}`` and ``labqfl calibrate apply``.
+
+Each run writes a run folder (``--out``/``$LABQFL_RUNS_DIR``/``./runs``) with ``calibration.json``
+(versioned, per quantity value/uncertainty/unit and, for simulated instruments, the simulator's
+``true`` value), PNG plots of every fit and ``calibrated_station.toml`` (the station file with the
+calibration applied; ``--write-config FILE`` writes it elsewhere too). See docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors, progress_bar
+from labqfl.config import load_station_config
+
+calibrate_app = typer.Typer(help="Calibrate detectors, phase modulators, delays and the loop visibility.",
+                            no_args_is_help=True)
+
+OUT_OPTION = typer.Option(None, "--out", help="Folder for the run folder (default $LABQFL_RUNS_DIR or ./runs).")
+SEED_OPTION = typer.Option(None, "--seed", help="Seed of the simulated instruments and the bootstrap.")
+WRITE_OPTION = typer.Option(None, "--write-config", help="Also write the calibrated station TOML to this file.",
+                            dir_okay=False)
+QUICK_OPTION = typer.Option(False, "--quick", help="Shorter acquisitions (larger uncertainties).")
+PLOTS_OPTION = typer.Option(True, "--plots/--no-plots", help="Write a PNG plot of every fit.")
+
+
+def _fmt(q: dict[str, Any]) -> tuple[str, str, str, str]:
+    v, e = q["value"], q["uncertainty"]
+    true = q.get("true")
+    pull = "" if true is None or not e > 0 else f"{(v - true) / e:+.1f}σ"
+    return f"{v:.6g}", f"{e:.2g}", q["unit"] or "—", ("—" if true is None else f"{true:.6g}  ({pull})")
+
+
+def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
+         quick: bool, plots: bool, **kw: Any) -> None:
+    from labqfl.calibration import calibrate, write_station_toml
+
+    cfg = load_station_config(config)
+    base_dir = config.resolve().parent if config else None
+    with progress_bar(True) as prog:
+        task = prog.add_task(f"calibrate {group}", total=None)
+
+        def progress(msg: str) -> None:
+            prog.update(task, description=msg)
+            prog.console.log(msg) if not as_json else None
+
+        rep = calibrate(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick, make_plots=plots,
+                        base_dir=base_dir, **kw)
+        prog.update(task, description=f"calibrate {group}: done")
+    files = dict(rep.files)
+    if write_config is not None:
+        files["written_config"] = str(write_station_toml(rep.calibrated_config, write_config))
+    qs = {n: {k: v for k, v in q.items() if k in ("value", "uncertainty", "unit", "true")}
+          for n, q in rep.document["quantities"].items()}
+    data = {"station": rep.station, "group": group, "simulated": rep.document["simulated"],
+            "schema_version": rep.document["schema_version"], "files": files, "quantities": qs}
+
+    def render(con: Any) -> None:
+        t = Table("quantity", "value", "±1σ", "unit", "simulator truth", title=f"calibration of {rep.station}")
+        for n, q in qs.items():
+            t.add_row(n, *_fmt(q))
+        con.print(t)
+        con.print(f"run folder: {files['run']}")
+        con.print(f"calibrated station file: {files['station_toml']}")
+        if "written_config" in files:
+            con.print(f"written: {files['written_config']}")
+
+    emit(data, as_json, render)
+
+
+def _split_pair(pair: str | None) -> tuple[str, str] | None:
+    if pair is None:
+        return None
+    parts = pair.replace(",", "-").split("-")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"--pair {pair!r} is not of the form 'Ci-Cj'")
+    return parts[0], parts[1]
+
+
+@calibrate_app.command("detector")
+@handle_errors
+def detector_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
+                 seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
+                 plots: bool = PLOTS_OPTION,
+                 detector: list[str] = typer.Option(["D0", "D1"], "--detector", "-d", help="Detector(s) to calibrate.")) -> None:
+    """Dead time, afterpulsing, dark counts (vs bias), gate delay, jitter and efficiency."""
+    bad = [d for d in detector if d not in ("D0", "D1")]
+    if bad:
+        raise ValueError(f"--detector must be D0 or D1, got {bad}")
+    _run("detector", config, as_json, out, seed, write_config, quick, plots, detectors=tuple(detector))
+
+
+@calibrate_app.command("delays")
+@handle_errors
+def delays_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
+               seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
+               plots: bool = PLOTS_OPTION) -> None:
+    """Time-tagger channel (cable) delays of D0 and D1 relative to the sync."""
+    _run("delays", config, as_json, out, seed, write_config, quick, plots)
+
+
+@calibrate_app.command("vpi")
+@handle_errors
+def vpi_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
+            seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
+            plots: bool = PLOTS_OPTION,
+            client: list[str] = typer.Option([], "--client", help="Client(s) to calibrate (default: all).")) -> None:
+    """Phase-modulator Vπ and bias phase of each client from a fringe fit."""
+    _run("vpi", config, as_json, out, seed, write_config, quick, plots, clients=list(client) or None)
+
+
+@calibrate_app.command("visibility")
+@handle_errors
+def visibility_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
+                   seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
+                   plots: bool = PLOTS_OPTION,
+                   pair: str | None = typer.Option(None, "--pair", help="Pair 'Ci-Cj' (default: the first scheduled).")) -> None:
+    """Interference visibility of the loop for one pair of clients."""
+    _run("visibility", config, as_json, out, seed, write_config, quick, plots, pair=_split_pair(pair))
+
+
+@calibrate_app.command("all")
+@handle_errors
+def all_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
+            seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
+            plots: bool = PLOTS_OPTION) -> None:
+    """Everything, in order: detectors, delays, Vπ/bias, visibility."""
+    _run("all", config, as_json, out, seed, write_config, quick, plots)
+
+
+@calibrate_app.command("apply")
+@handle_errors
+def apply_cmd(calibration: Path = typer.Argument(..., help="calibration.json of an earlier run.", dir_okay=False),
+              output: Path = typer.Option(..., "--output", "-o", help="Station TOML to write.", dir_okay=False),
+              config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Apply a calibration file to a station file and write the updated station TOML."""
+    from labqfl.calibration import (
+        apply_calibration,
+        quantities_from_doc,
+        read_calibration,
+        write_station_toml,
+    )
+
+    cfg = load_station_config(config)
+    doc = read_calibration(calibration)
+    new = apply_calibration(cfg, quantities_from_doc(doc))
+    path = write_station_toml(new, output)
+    data = {"station": new.name, "calibration": str(calibration), "written": str(path),
+            "applied": sorted(doc["quantities"])}
+    emit(data, as_json, lambda con: con.print(f"wrote {path} with {len(data['applied'])} calibrated quantities"))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(calibrate_app, name="calibrate")
