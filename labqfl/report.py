@@ -60,26 +60,34 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
     if timeline:
         pairs = sorted({e["pair"] for e in timeline})
 
+        final = (m.get("distill") or {}).get("pairs") or {}
+
         def draw_qber(ax: Any) -> None:
             for p in pairs:
                 ev = [e for e in timeline if e["pair"] == p and e.get("qber") is not None]
                 ax.plot([e["t_s"] for e in ev], [100 * e["qber"] for e in ev], "o-", ms=3, label=p)
             ax.set_xlabel("acquisition time [s]")
-            ax.set_ylabel("QBER (key basis) [%]")
-            ax.set_title("QBER per pair")
+            ax.set_ylabel("QBER [%]")
+            ax.set_title("QBER per pair (test data: equal bases, equal intensities)")
             ax.legend(ncol=3, fontsize=8)
 
         def draw_rate(ax: Any) -> None:
-            for p in pairs:
+            for k, p in enumerate(pairs):
                 ev = [e for e in timeline if e["pair"] == p]
-                ax.plot([e["t_s"] for e in ev], [e.get("secure_key_rate_bps", 0) / 1e3 for e in ev], "o-", ms=3, label=p)
+                line = ax.plot([e["t_s"] for e in ev], [e.get("sifted_rate_bps", 0) / 1e3 for e in ev], "o-", ms=3,
+                               label=f"{p} sifted")
+                sk = (final.get(p) or {}).get("secure_key_rate_bps")
+                if sk is not None and ev:
+                    ax.axhline(sk / 1e3, color=line[0].get_color(), ls="--", lw=1,
+                               label=f"{p} secure {sk / 1e3:.1f}" if k < 6 else None)
             ax.set_xlabel("acquisition time [s]")
-            ax.set_ylabel("secure key rate [kbit/s]")
-            ax.set_title("Secure key rate per pair")
-            ax.legend(ncol=3, fontsize=8)
+            ax.set_ylabel("key rate [kbit/s]")
+            ax.set_yscale("log")
+            ax.set_title("Sifted key rate per pair (solid) and final secure key rate (dashed)")
+            ax.legend(ncol=2, fontsize=7)
 
         plots["QBER per pair"] = _fig(run.plot_path("qber.png"), draw_qber)
-        plots["Secure key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate)
+        plots["Key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate, figsize=(7.0, 4.2))
 
     keys = (m.get("keys") or {}).get("pairs") or {}
     if keys:

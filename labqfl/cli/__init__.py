@@ -12,6 +12,7 @@ from labqfl.log import set_verbosity
 
 #: Modules under ``labqfl.cli`` that register commands, in help order.
 COMMAND_MODULES: list[str] = [
+    "run",
     "station",
     "bench",
     "keyrate",
@@ -19,6 +20,8 @@ COMMAND_MODULES: list[str] = [
     "acquire",
     "distill",
     "train",
+    "gui",
+    "calibrate",
 ]
 
 app = typer.Typer(

@@ -25,6 +25,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -114,13 +115,14 @@ def handle_errors(fn: F) -> F:
 
 
 @contextmanager
-def progress_bar(enabled: bool = True) -> Iterator[Progress]:
-    """A rich progress bar on stderr (hidden when ``enabled`` is False or stderr is not a terminal)."""
+def progress_bar(enabled: bool = True, *, percent: bool = False) -> Iterator[Progress]:
+    """A rich progress bar on stderr (hidden when ``enabled`` is False). ``percent`` shows a
+    percentage instead of "done/total" (for fractional totals such as seconds)."""
     prog = Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn() if percent else MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,

@@ -1,0 +1,71 @@
+"""``labqfl run``: the main job — acquire, distil keys, train federatedly with them, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, handle_errors, progress_bar
+from labqfl.config import load_station_config
+
+
+@handle_errors
+def run(
+    config: Path | None = CONFIG_OPTION,
+    duration: float = typer.Option(60.0, "--duration", help="Acquisition time [s] of simulated/real station time. "
+                                   "~60 s (1e9 slots per pair) is the least that gives finite-key secure key on the default station."),
+    task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
+    q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
+    engine: str = typer.Option("cascade", "--engine", help="Error correction: cascade | ldpc."),
+    block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
+                                          help="Sifted bits per finite-key block (default: the whole acquisition per pair)."),
+    eps_sec: float = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter ε_sec of the finite-key analysis (docs/protocol.md)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of data, model and training (never of keys)."),
+    out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
+                                         help="Key store data directory (default: per-user labqfl data dir)."),
+    resume: Path | None = typer.Option(None, "--resume", file_okay=False,
+                                       help="Continue an interrupted run folder (other options are taken from it)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Acquire → distil → key store → federated training masked with the distilled keys → report."""
+    from labqfl.mainjob import JobSettings, MainJob
+
+    with progress_bar(percent=True) as prog:
+        bars: dict[str, Any] = {}
+
+        def progress(phase: str, done: float, total: float, message: str) -> None:
+            if phase not in bars:
+                bars[phase] = prog.add_task(message, total=total)
+            prog.update(bars[phase], completed=done, total=total, description=message)
+
+        if resume is not None:
+            job = MainJob.resume(resume, progress=progress)
+        else:
+            cfg = load_station_config(config)
+            settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
+                                   block_bits=block_bits, data_dir=str(data_dir) if data_dir else None)
+            job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
+                                 progress=progress)
+        console.print(f"run folder: {job.path}")
+        metrics = job.run()
+
+    def render(con: Any) -> None:
+        con.print(f"[bold]labqfl run[/] {metrics['run']} — {metrics['status']}")
+        for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
+            con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
+                      f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s) {p['status']}")
+        t = metrics.get("train") or {}
+        if t:
+            con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
+                      f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
+        con.print(f"report: {job.path / 'report.html'}")
+
+    emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)

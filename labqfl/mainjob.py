@@ -1,0 +1,404 @@
+"""The main job (``labqfl run``): acquire → distil → key store → federated training masked with
+the distilled keys → report. What the QuNetQFL paper did, end to end, on one station.
+
+Phases, each recorded in ``state.json`` of the run folder so a run can be resumed:
+
+1. **acquire+distil** — the Station's time tagger streams tag blocks straight into the
+   :class:`~labqfl.qkd.pipeline.Distiller` (no recording needed); final keys go to the node key
+   stores (one SQLite store per client, ``<data_dir>/keystore/<node>.sqlite``). By default each
+   pair's whole acquisition is one finite-key block (the best statistics for a short run).
+2. **train** — federated training of the task's model over the station's clients, every update
+   masked with one-time pads drawn from those key stores (``key_source = "qkd"``); a checkpoint
+   of the global parameters after every round.
+3. **report** — ``metrics.json`` (schema ``labqfl.run/1``, docs/metrics.md) and ``report.html``.
+
+Interrupt and resume (Ctrl-C, a crash, a killed process): keys already delivered stay in the
+stores and are never handed out twice (the stores are consume-once); an unfinished acquisition is
+discarded and, on resume, a *new* acquisition is made (fresh QRNG epoch — the same raw data is
+never distilled twice: block IDs derive from the acquisition); an interrupted training round is
+re-run from the last checkpoint with fresh keys (the keys it had drawn are spent, not reused).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.config import StationConfig
+from labqfl.errors import ConfigError, DataFormatError, LabqflError
+from labqfl.log import get_logger
+from labqfl.runs import RunRecord
+
+log = get_logger(__name__)
+
+SCHEMA = "labqfl.run/1"
+STATE_FILE = "state.json"
+CHECKPOINT = "global_params.npy"
+PHASES = ("acquire", "train", "report")
+
+#: progress(phase, done, total, message)
+ProgressFn = Callable[[str, float, float, str], None]
+
+
+@dataclass
+class JobSettings:
+    """Options of ``labqfl run`` (see its ``--help``)."""
+
+    duration_s: float = 60.0
+    task: str = "mnist-qnn"
+    rounds: int = 10
+    q: int = 8
+    engine: str = "cascade"
+    seed: int = 0
+    block_bits: int | None = None
+    timeline_interval_s: float = 5.0
+    graph: str = "all"
+    k: int = 0
+    data_dir: str | None = None
+    eps_sec: float = 1e-10
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ConfigError(f"duration must be > 0 seconds, got {self.duration_s}")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if self.q not in (8, 16, 32):
+            raise ConfigError(f"q must be 8, 16 or 32, got {self.q}")
+        if not 0 < self.eps_sec < 1:
+            raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
+        if self.engine not in ("cascade", "ldpc"):
+            raise ConfigError(f"engine must be 'cascade' or 'ldpc', got {self.engine!r}")
+        from labqfl.fl.datasets.tasks import TASKS
+
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> JobSettings:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _matched_test_counts(counts: Any) -> tuple[int, int]:
+    """(clicks, 2·errors) of the test data whose two pulses should interfere perfectly: equal
+    bases and equal non-zero intensities, excluding the key cell (signal, signal, X, X).
+
+    This is the per-interval QBER shown in the report: the optical error rate of the loop
+    (visibility, drift, attacks) without the key bits themselves, which stay secret until error
+    correction.
+    """
+    if counts is None:
+        return 0, 0
+    ki = np.asarray(counts.intensities_i)
+    kj = np.asarray(counts.intensities_j)
+    n_i, n_j = len(ki), len(kj)
+    clicks = errors = 0
+    for a in range(n_i):
+        for b in range(n_j):
+            if ki[a] <= 0 or kj[b] <= 0 or not np.isclose(ki[a], kj[b]):
+                continue
+            for basis in (0, 1):
+                if a == 0 and b == 0 and basis == 0:
+                    continue
+                clicks += int(counts.clicks[a, b, basis, basis])
+                errors += int(counts.errors_x2[a, b, basis, basis])
+    return clicks, errors
+
+
+class MainJob:
+    """One run of the main job in a run folder. Create with :meth:`create`, or :meth:`resume`."""
+
+    def __init__(self, run: RunRecord, cfg: StationConfig, settings: JobSettings, state: dict[str, Any],
+                 *, base_dir: Path | None = None, progress: ProgressFn | None = None) -> None:
+        self.run_record = run
+        self.cfg = cfg
+        self.settings = settings
+        self.state = state
+        self.base_dir = base_dir
+        self.progress = progress or (lambda *a: None)
+
+    # -- construction ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: StationConfig, settings: JobSettings, runs_dir: Path | str | None = None, *,
+               base_dir: Path | None = None, progress: ProgressFn | None = None) -> MainJob:
+        settings.validate()
+        run = RunRecord.create("run", cfg, runs_dir)
+        state = {"schema": SCHEMA, "created_utc": _now(), "settings": asdict(settings),
+                 "phases": dict.fromkeys(PHASES, "pending"), "attempts": 0, "acquisitions": []}
+        job = cls(run, cfg, settings, state, base_dir=base_dir, progress=progress)
+        job._save_state()
+        return job
+
+    @classmethod
+    def resume(cls, run_dir: Path | str, *, progress: ProgressFn | None = None) -> MainJob:
+        run = RunRecord.open(run_dir)
+        p = run.path / STATE_FILE
+        try:
+            state = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataFormatError(f"{p}: missing; {run.path} is not a `labqfl run` folder") from None
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{p}: corrupt JSON ({exc})") from None
+        if state.get("schema") != SCHEMA:
+            raise DataFormatError(f"{p}: schema {state.get('schema')!r}, expected {SCHEMA!r}")
+        cfg = run.read_config()
+        settings = JobSettings.from_dict(state["settings"])
+        from labqfl.log import add_file_handler
+
+        run._log_handler = add_file_handler(run.path / "run.log")
+        return cls(run, cfg, settings, state, progress=progress)
+
+    @property
+    def path(self) -> Path:
+        return self.run_record.path
+
+    @property
+    def data_dir(self) -> Path:
+        from labqfl.keystore import default_data_dir
+
+        return Path(self.settings.data_dir) if self.settings.data_dir else default_data_dir()
+
+    def _save_state(self) -> None:
+        p = self.path / STATE_FILE
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
+        os.replace(tmp, p)
+
+    def _phase(self, name: str, status: str) -> None:
+        self.state["phases"][name] = status
+        self._save_state()
+
+    # -- the job ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) every phase that is not done; returns the metrics."""
+        self.state["attempts"] += 1
+        self.state["status"] = "running"
+        self._save_state()
+        try:
+            if self.state["phases"]["acquire"] != "done":
+                self._acquire_and_distil()
+            if self.state["phases"]["train"] != "done":
+                self._train()
+            metrics = self._report()
+        except KeyboardInterrupt:
+            self._interrupted("interrupted by user (Ctrl-C)")
+            raise
+        except BaseException as exc:
+            self._interrupted(f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.run_record.close()
+        return metrics
+
+    def _interrupted(self, why: str) -> None:
+        self.state["status"] = "interrupted"
+        self.state["last_error"] = why
+        self._save_state()
+        try:  # a partial report of what exists, so the folder is readable
+            self._write_metrics(status="interrupted")
+        except Exception as exc:  # never mask the original failure
+            log.warning("could not write partial metrics: %s", exc)
+
+    # -- phase 1 ---------------------------------------------------------------------------
+    def _acquire_and_distil(self) -> None:
+        from labqfl.keystore import KeyStore
+        from labqfl.qkd.estimation import SecurityParameters
+        from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+        from labqfl.station import Station
+
+        s, cfg = self.settings, self.cfg
+        self._phase("acquire", "running")
+        bd = cfg.simulation.block_duration_s
+        n_blocks = max(1, math.ceil(round(s.duration_s / bd, 9)))
+        chan_names = {cfg.time_tagger.sync_channel: "sync",
+                      **{ch: name for name, ch in cfg.time_tagger.detector_channels.items()}}
+        stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
+        before = {n: st.accounting() for n, st in stores.items()}
+        series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
+        timeline: list[dict[str, Any]] = []
+        t_wall = time.perf_counter()
+        with Station(cfg, base_dir=self.base_dir) as station:
+            self.run_record.write_snapshot(station.snapshot())
+            station.laser.output_enabled = True
+            for d in ("D0", "D1"):
+                station.detector(d).enabled = True
+            blocks = station.time_tagger.stream(s.duration_s, bd)
+            logs = station.client_logs()
+            acq_id = station.acquisition_id()
+            self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False})
+            self._save_state()
+            block_bits = s.block_bits or 2**62  # default: the whole acquisition is one block per pair
+            distiller = Distiller(cfg, logs, KeyStoreSink(stores, run_id=self.run_record.name),
+                                  DistillSettings(block_bits=block_bits, engine=s.engine,
+                                                  params=SecurityParameters(eps_sec=s.eps_sec)), acquisition_id=acq_id)
+            window: dict[int, int] = {}
+            last_snap = {p: (0, 0, 0) for p in distiller.pairs}
+            t_next = s.timeline_interval_s
+            for k, blk in enumerate(blocks, start=1):
+                u, c = np.unique(blk.channels, return_counts=True)
+                for ch, n in zip(u.tolist(), c.tolist(), strict=True):
+                    window[ch] = window.get(ch, 0) + n
+                distiller.push(blk)
+                t_sim = min(k * bd, s.duration_s)
+                if t_sim + 1e-12 >= t_next or k == n_blocks:
+                    span = t_sim - (series["t_s"][-1] if series["t_s"] else 0.0)
+                    series["t_s"].append(t_sim)
+                    for ch, name in chan_names.items():
+                        series["rates_hz"][name].append(window.get(abs(ch), 0) / span if span > 0 else 0.0)
+                    window = {}
+                    for name, pst in distiller.pairs.items():
+                        sift = pst.result.sifted_bits
+                        cx, ex = _matched_test_counts(pst.counts)
+                        s0, c0, e0 = last_snap[name]
+                        if cx < c0:  # a key block was processed and its counts reset
+                            c0 = e0 = 0
+                        timeline.append({"pair": name, "t_s": t_sim, "sifted_rate_bps": (sift - s0) / span,
+                                         "qber": ((ex - e0) / 2 / (cx - c0)) if cx > c0 else None,
+                                         "qber_events": cx - c0})
+                        last_snap[name] = (sift, cx, ex)
+                    t_next += s.timeline_interval_s
+                self.progress("acquire", t_sim, s.duration_s, f"acquiring + sifting ({t_sim:.1f}/{s.duration_s:g} s)")
+            total_slots = int(round(s.duration_s * cfg.laser.rep_rate_hz))
+            self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
+            results = distiller.finish(total_slots)
+            station.safe_state()
+        wall = time.perf_counter() - t_wall
+        after = {n: st.accounting() for n, st in stores.items()}
+        pairs = {name: r.as_dict(s.duration_s) for name, r in results.items()}
+        for pd in pairs.values():
+            pd["status"] = "ok" if pd["final_key_bits"] > 0 else ("abort: " + "; ".join(pd["abort_reasons"]) if pd["abort_reasons"] else "no key")
+            pd["qber_x"] = pd["error_rate"]["X_key"]
+        self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
+        self.state["acquire"] = {
+            "acquisition_id": acq_id, "duration_s": s.duration_s, "wall_s": wall,
+            "speed_x_real_time": s.duration_s / wall if wall > 0 else None,
+            "count_rate_series": series, "timeline": timeline, "pairs": pairs,
+            "stores_before": before, "stores_after": after,
+        }
+        self._phase("acquire", "done")
+        for name, pd in pairs.items():
+            log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
+
+    # -- phase 2 ---------------------------------------------------------------------------
+    def _train(self) -> None:
+        from labqfl.fl.datasets.tasks import load_task
+        from labqfl.fl.keysource import make_key_source
+        from labqfl.fl.secure import SecAggConfig
+        from labqfl.fl.tasks import TASK_DEFAULTS, make_model
+        from labqfl.fl.training import LocalTrainConfig, run_federated
+
+        s, cfg = self.settings, self.cfg
+        names = cfg.client_names
+        self._phase("train", "running")
+        d_ep, d_lr, d_bs, d_clip = TASK_DEFAULTS[s.task]
+        secagg = SecAggConfig(q=s.q, clip=d_clip, rounding="stochastic", graph=s.graph, k=s.k)
+        secagg.check_bit_budget(len(names))
+        model = make_model(s.task)
+        data = load_task(s.task, len(names), s.seed)
+        tstate = self.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0})
+        ckpt = self.run_record.data_path(CHECKPOINT)
+        start = tstate["rounds_done"] + 1
+        init = np.load(ckpt) if start > 1 and ckpt.exists() else None
+        if start > 1 and init is None:
+            raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
+        if start <= s.rounds:
+            tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
+            key_source = make_key_source("qkd", keystore_dir=self.data_dir, nodes=names, starvation="fail")
+            local = LocalTrainConfig(epochs=d_ep, lr=d_lr, batch_size=d_bs)
+
+            def on_round(m: Any, params: np.ndarray) -> None:
+                tmp = ckpt.with_suffix(".tmp.npy")
+                np.save(tmp, params)
+                os.replace(tmp, ckpt)
+                tstate["rounds_done"] = m.round
+                tstate["in_round"] = m.round < s.rounds
+                tstate["rounds"].append(asdict(m))
+                self._save_state()
+                self.progress("train", m.round, s.rounds,
+                              f"round {m.round}: test accuracy {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
+
+            tstate["in_round"] = True
+            self._save_state()
+            result = run_federated(model, data, rounds=s.rounds, local=local, secagg=secagg, key_source=key_source,
+                                   seed=s.seed, init_params=init, start_round=start, on_round_end=on_round)
+            tstate["initial_test_accuracy"] = tstate.get("initial_test_accuracy", result.initial_accuracy)
+            tstate["initial_test_loss"] = tstate.get("initial_test_loss", result.initial_loss)
+        tstate["in_round"] = False
+        rounds = tstate["rounds"]
+        tstate["summary"] = {
+            "task": s.task, "model": model.name, "n_params": model.n_params, "clients": len(names), "q": s.q,
+            "rounds_run": len(rounds), "key_source": "qkd",
+            "final_test_accuracy": rounds[-1]["test_accuracy"] if rounds else None,
+            "final_test_loss": rounds[-1]["test_loss"] if rounds else None,
+            "key_bits_total": sum(r["key_bits_total"] for r in rounds),
+            "key_bits_per_pair_total": sum(r["key_bits_per_pair"] for r in rounds),
+            "upload_bits_per_client": rounds[-1]["upload_bits_per_client"] if rounds else 0,
+            "baseline_upload_bits_per_client": rounds[-1]["baseline_upload_bits_per_client"] if rounds else 0,
+            "secagg": secagg.as_dict(), "data": data.meta, "rounds": rounds,
+            "interrupted_rounds": tstate["interrupted_rounds"],
+            "security": "information-theoretic one-time pad with QKD keys distilled in this run's stores",
+        }
+        self._phase("train", "done")
+
+    # -- phase 3 ---------------------------------------------------------------------------
+    def _write_metrics(self, status: str) -> dict[str, Any]:
+        from labqfl.keystore import KeyStore
+
+        acq = self.state.get("acquire") or {}
+        train = (self.state.get("train") or {}).get("summary")
+        keys: dict[str, Any] = {"data_dir": str(self.data_dir), "pairs": {}}
+        if acq:
+            stores = {n: KeyStore.for_node(n, self.data_dir) for n in self.cfg.client_names}
+            for name, pd in acq["pairs"].items():
+                a = name.split("-")[0]
+                acc = stores[a].accounting().get(name, {})
+                keys["pairs"][name] = {
+                    "distilled_bits": pd["delivered_bits"],
+                    "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train else 0,
+                    "store_available_bits": sum(acc.get("available", {}).values()),
+                    "store_consumed_bits": sum(acc.get("consumed", {}).values()),
+                }
+        metrics = {
+            "schema": SCHEMA, "run": self.run_record.name, "status": status, "station": self.cfg.name,
+            "key_source": "qkd", "settings": asdict(self.settings), "attempts": self.state["attempts"],
+            "acquisitions": self.state["acquisitions"], "phases": self.state["phases"], "written_utc": _now(),
+            "acquire": {k: acq[k] for k in ("acquisition_id", "duration_s", "wall_s", "speed_x_real_time",
+                                            "count_rate_series") if k in acq} if acq else None,
+            "distill": {"pairs": acq.get("pairs"), "timeline": acq.get("timeline")} if acq else None,
+            "keys": keys, "train": train,
+        }
+        self.run_record.write_metrics(metrics)
+        return metrics
+
+    def _report(self) -> dict[str, Any]:
+        from labqfl.report import write_report
+
+        self.progress("report", 0, 1, "writing report")
+        metrics = self._write_metrics(status="complete")
+        write_report(self.run_record, metrics)
+        self.state["status"] = "complete"
+        self._phase("report", "done")
+        return metrics
+
+
+def run_job(cfg: StationConfig, settings: JobSettings, runs_dir: Path | str | None = None, *,
+            base_dir: Path | None = None, progress: ProgressFn | None = None) -> tuple[MainJob, dict[str, Any]]:
+    """Create and run a main job; returns (job, metrics)."""
+    job = MainJob.create(cfg, settings, runs_dir, base_dir=base_dir, progress=progress)
+    return job, job.run()
+
+
+__all__ = ["JobSettings", "MainJob", "run_job", "LabqflError"]

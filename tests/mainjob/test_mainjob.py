@@ -1,0 +1,142 @@
+"""`labqfl run` end to end at small scale, report numbers vs component commands, and interrupt /
+resume that never uses a key bit twice nor distils an acquisition twice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import load_station_config
+from labqfl.keystore import KeyStore
+from labqfl.mainjob import JobSettings, MainJob
+
+runner = CliRunner()
+SMALL = dict(duration_s=0.2, rounds=2, eps_sec=1e-4)
+
+
+def _intervals(refs):
+    out = {}
+    for block_id, off, length in refs:
+        out.setdefault(block_id, []).append((off, off + length))
+    return out
+
+
+def _assert_disjoint(all_refs):
+    for block_id, iv in _intervals(all_refs).items():
+        iv.sort()
+        for (a0, a1), (b0, b1) in zip(iv, iv[1:], strict=False):
+            assert a1 <= b0, f"key bits of block {block_id} handed out twice: [{a0},{a1}) and [{b0},{b1})"
+
+
+def test_run_end_to_end_report_matches_component_commands(small_station_file, tmp_path):
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    r = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "2",
+                            "--eps-sec", "1e-4", "--data-dir", str(data), "--out", str(runs), "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    assert m["status"] == "complete" and m["key_source"] == "qkd" and m["schema"] == "labqfl.run/1"
+    run_dir = Path(m["run_dir"])
+    html = (run_dir / "report.html").read_text()
+    for png in ("count_rates.png", "qber.png", "key_rate.png", "key_pools.png", "training.png"):
+        assert (run_dir / "plots" / png).stat().st_size > 1000
+    assert "data:image/png;base64," in html and "C1-C2" in html
+    pair = m["distill"]["pairs"]["C1-C2"]
+    assert pair["final_key_bits"] > 0 and pair["delivered_bits"] > 0
+    t = m["train"]
+    assert t["rounds_run"] == 2 and t["key_source"] == "qkd" and t["final_test_accuracy"] > 0.8
+    # masks: q bits per parameter per round, one pair
+    assert t["key_bits_per_pair_total"] == 2 * 8 * t["n_params"]
+    # the report's key numbers are what `labqfl keys status` says about the stores
+    ks = runner.invoke(app, ["keys", "status", "--data-dir", str(data), "--json"])
+    assert ks.exit_code == 0, ks.output
+    status = json.loads(ks.stdout)
+    text = json.dumps(status)
+    kp = m["keys"]["pairs"]["C1-C2"]
+    assert kp["distilled_bits"] == kp["store_available_bits"] + kp["store_consumed_bits"]
+    assert str(kp["store_available_bits"]) in text and str(kp["store_consumed_bits"]) in text
+
+
+def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_path, monkeypatch):
+    cfg = load_station_config(small_station_file)
+    data = tmp_path / "data"
+    handed: list = []
+    real_take = KeyStore.take
+
+    def spy_take(self, *a, **kw):
+        km = real_take(self, *a, **kw)
+        handed.extend(km.refs)
+        return km
+
+    monkeypatch.setattr(KeyStore, "take", spy_take)
+    import labqfl.fl.training as training
+
+    real_eval = training.evaluate
+    calls = {"n": 0}
+
+    def failing_eval(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # initial eval, round 1, then *inside* round 2 after its masks were drawn
+            raise KeyboardInterrupt
+        return real_eval(*a, **kw)
+
+    monkeypatch.setattr(training, "evaluate", failing_eval)
+    job = MainJob.create(cfg, JobSettings(**SMALL, data_dir=str(data)), tmp_path / "runs")
+    with pytest.raises(KeyboardInterrupt):
+        job.run()
+    state = json.loads((job.path / "state.json").read_text())
+    assert state["status"] == "interrupted" and state["phases"]["acquire"] == "done"
+    assert state["train"]["rounds_done"] == 1
+    assert json.loads((job.path / "metrics.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(training, "evaluate", real_eval)
+    m = MainJob.resume(job.path).run()
+    assert m["status"] == "complete" and m["train"]["rounds_run"] == 2 and m["train"]["interrupted_rounds"] == 1
+    per_round = 8 * m["train"]["n_params"]
+    assert len({r[0] for r in handed}) >= 1
+    assert sum(r[2] for r in handed) == 3 * per_round  # rounds 1, 2 (interrupted: spent) and 2 again
+    _assert_disjoint(handed)
+    acc = KeyStore.for_node("C1", data).accounting()["C1-C2"]
+    assert sum(acc["consumed"].values()) == 3 * per_round
+
+
+def test_interrupted_acquisition_is_discarded_and_never_distilled_twice(small_station_file, tmp_path):
+    cfg = load_station_config(small_station_file)
+    data = tmp_path / "data"
+    seen = {"n": 0}
+
+    def stop_in_acquisition(phase, done, total, msg):
+        if phase == "acquire":
+            seen["n"] += 1
+            if seen["n"] == 3:
+                raise KeyboardInterrupt
+
+    job = MainJob.create(cfg, JobSettings(**SMALL, data_dir=str(data)), tmp_path / "runs", progress=stop_in_acquisition)
+    with pytest.raises(KeyboardInterrupt):
+        job.run()
+    assert KeyStore.for_node("C1", data).accounting() == {}  # nothing half-distilled was stored
+    m = MainJob.resume(job.path).run()
+    acqs = m["acquisitions"]
+    assert [a["complete"] for a in acqs] == [False, True]
+    assert acqs[0]["acquisition_id"] != acqs[1]["acquisition_id"]  # a fresh acquisition, new QRNG epoch
+    blocks = KeyStore.for_node("C1", data).blocks()
+    assert {b["block_id"] for b in blocks} == {b["block_id"] for b in KeyStore.for_node("C2", data).blocks()}
+
+
+def test_resume_rejects_foreign_folder(tmp_path):
+    from labqfl.errors import DataFormatError
+
+    (tmp_path / "x").mkdir()
+    with pytest.raises(DataFormatError, match="not a `labqfl run` folder"):
+        MainJob.resume(tmp_path / "x")
+
+
+def test_bad_settings_are_refused(tmp_path):
+    from labqfl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task 'nope' unknown"):
+        MainJob.create(load_station_config(), JobSettings(task="nope"), tmp_path)
+    with pytest.raises(ConfigError, match="q must be 8, 16 or 32"):
+        MainJob.create(load_station_config(), JobSettings(q=12), tmp_path)
