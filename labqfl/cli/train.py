@@ -1,0 +1,193 @@
+"""``labqfl train``: federated training through QKD-keyed (or CSPRNG) secure aggregation.
+
+Tasks (QuNetQFL, arXiv 2501.12709): ``mnist-qnn`` (4-qubit HEA QNN, MNIST digit pair, 16
+amplitudes), ``ntangled`` and ``magic`` (6-qubit HEA QNN on generated quantum data),
+``mnist-lenet5`` (LeNet-5, 10 digits). Progress per round on stderr; a run folder with
+``metrics.json`` and PNG plots; ``--json`` prints the metrics on stdout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
+from labqfl.errors import ConfigError, KeyStarvationError
+from labqfl.fl.tasks import TASK_DEFAULTS, make_model
+
+def _parse_digits(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--digits must be two digits like '0,1', got {text!r}") from None
+    if not (0 <= a <= 9 and 0 <= b <= 9 and a != b):
+        raise ConfigError(f"--digits must be two different digits 0-9, got {text!r}")
+    return a, b
+
+
+def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = list(range(0, len(summary["test_accuracy"]) + 1))
+    acc = [summary["initial_test_accuracy"], *summary["test_accuracy"]]
+    loss = [summary["initial_test_loss"], *summary["test_loss"]]
+    out = []
+    for name, ys, label in (("accuracy.png", [100 * a for a in acc], "test accuracy (%)"),
+                            ("loss.png", loss, f"test loss ({summary['loss']})")):
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        ax.plot(rounds, ys, marker="o", ms=3)
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = rec.plot_path(name)
+        fig.savefig(p)
+        plt.close(fig)
+        out.append(str(p))
+    return out
+
+
+@handle_errors
+def train(
+    task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
+    clients: int = typer.Option(4, "--clients", min=1, help="Number of clients C1..CN."),
+    q: int = typer.Option(8, "--q", help="Bits per uploaded parameter and modulus 2^q (8, 16, 32)."),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
+    keys: str = typer.Option("csprng", "--keys", help="Mask key source: qkd (node key stores) or csprng."),
+    local_epochs: int | None = typer.Option(None, "--local-epochs", min=1, help="Local epochs per round (task default)."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (task default)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Local mini-batch size (task default)."),
+    clip: float | None = typer.Option(None, "--clip", help="Clip updates to [-clip, clip] before quantising (task default)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for data, splits, initial model, shuffling, rounding."),
+    non_iid: bool = typer.Option(False, "--non-iid", help="Label-skewed client split (Dirichlet)."),
+    alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration for --non-iid."),
+    graph: str = typer.Option("all", "--graph", help="Mask graph: all (every pair) or ring-k (k neighbours)."),
+    k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Full MNIST (IDX files or mnist.npz); default: embedded 5k subset."),
+    digits: str = typer.Option("0,1", "--digits", help="Digit pair for mnist-qnn."),
+    samples_per_client: int = typer.Option(30, "--samples-per-client", min=2, help="Generated states per client (ntangled, magic)."),
+    test_size: int = typer.Option(400, "--test-size", min=2, help="Generated test states (ntangled, magic)."),
+    keystore: Path | None = typer.Option(None, "--keystore", help="Key store data dir for --keys qkd (default: labqfl data dir)."),
+    wait_for_keys: float = typer.Option(0.0, "--wait-for-keys", min=0.0, help="Seconds a round may wait for QKD key (0: fail at once)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch default)."),
+    out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
+    engine: str = typer.Option("local", "--engine", help="local (in-process) or flower (Flower simulation on Ray, one SuperNode per client)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a model federatedly with masked, quantised aggregation; write a run folder."""
+    import torch
+
+    from labqfl.fl.datasets.tasks import TASKS, load_task
+    from labqfl.fl.keysource import make_key_source
+    from labqfl.fl.secure import SecAggConfig
+    from labqfl.fl.training import LocalTrainConfig, run_federated
+    from labqfl.runs import RunRecord
+
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r} unknown; expected one of {', '.join(TASKS)}")
+    if keys not in ("qkd", "csprng"):
+        raise ConfigError(f"--keys {keys!r} unknown; expected qkd or csprng")
+    if engine not in ("local", "flower"):
+        raise ConfigError(f"--engine {engine!r} unknown; expected local or flower")
+    if clients < 2:
+        raise ConfigError("--clients must be ≥ 2: secure aggregation of one client would reveal its update")
+    if threads:
+        torch.set_num_threads(threads)
+    d_ep, d_lr, d_bs, d_clip = TASK_DEFAULTS[task]
+    local = LocalTrainConfig(epochs=local_epochs or d_ep, lr=lr if lr is not None else d_lr,
+                             batch_size=batch_size or d_bs)
+    try:
+        secagg = SecAggConfig(q=q, clip=clip if clip is not None else d_clip, rounding="stochastic", graph=graph, k=k)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    secagg.check_bit_budget(clients)
+    model = make_model(task)
+    names = [f"C{i + 1}" for i in range(clients)]
+
+    if keys == "qkd":
+        from labqfl.keystore import default_data_dir, list_node_stores
+
+        kdir = keystore if keystore is not None else default_data_dir()
+        have = set(list_node_stores(kdir))
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise ConfigError(f"--keys qkd: no key store for node(s) {missing} under {kdir / 'keystore'}; "
+                              "distil keys first (labqfl distill) or use --keys csprng")
+        key_source = make_key_source("qkd", keystore_dir=kdir, nodes=names,
+                                     starvation="wait" if wait_for_keys > 0 else "fail",
+                                     wait_timeout_s=wait_for_keys)
+        per_pair = q * model.n_params
+        need = per_pair * rounds
+        short = []
+        for p in secagg.pairs(names):
+            avail = int(key_source.available_bits(p))  # type: ignore[attr-defined]
+            if avail < need and wait_for_keys == 0:
+                short.append((p, avail))
+        if short:
+            p, avail = short[0]
+            raise KeyStarvationError(
+                f"--keys qkd: pair {p} holds {avail} key bits but {rounds} rounds need {need} "
+                f"({per_pair} per round = q·{model.n_params} parameters) — enough for {avail // per_pair} round(s)"
+                + (f"; {len(short) - 1} more pair(s) short" if len(short) > 1 else "")
+                + ". Distil more key, use fewer rounds, a sparse --graph ring-k, or --keys csprng",
+                pair=p, needed_bits=need, available_bits=avail)
+    else:
+        key_source = make_key_source("csprng")
+
+    data = load_task(task, clients, seed, non_iid=non_iid, alpha=alpha, data_dir=data_dir,
+                     digits=_parse_digits(digits), samples_per_client=samples_per_client, test_size=test_size)
+
+    rec = RunRecord.create(f"train-{task}", runs_dir=out)
+    try:
+        with progress_bar(enabled=not as_json or console.is_terminal) as prog:
+            bar = prog.add_task(f"{task}: {clients} clients, q={q}, keys={keys}", total=rounds)
+
+            def on_round(m: Any) -> None:
+                prog.update(bar, advance=1, description=f"{task} round {m.round}: acc {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
+
+            if engine == "flower":
+                from labqfl.fl.flower.engine import run_federated_flower
+
+                result = run_federated_flower(
+                    model, data, rounds=rounds, local=local, secagg=secagg, keys=keys, seed=seed, progress=on_round,
+                    keystore_dir=kdir if keys == "qkd" else None, wait_for_keys=wait_for_keys,
+                    data_options={"non_iid": non_iid, "alpha": alpha, "data_dir": data_dir, "digits": digits,
+                                  "samples_per_client": samples_per_client, "test_size": test_size})
+            else:
+                result = run_federated(model, data, rounds=rounds, local=local, secagg=secagg, key_source=key_source,
+                                       seed=seed, progress=on_round)
+        summary = result.summary()
+        summary.update(
+            run_dir=str(rec.path), clients=clients, q=q, rounds_requested=rounds, seed=seed, loss=model.loss_name,
+            local={"epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size, "optimizer": "adam"},
+            secagg=secagg.as_dict(), data=data.meta, client_sizes=data.sizes(),
+            security=("information-theoretic one-time pad (QKD keys)" if keys == "qkd"
+                      else "computational (AES-CTR CSPRNG masks, stand-in for QKD keys)"),
+        )
+        summary["plots"] = _plot(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
+        rec.write_metrics(summary)
+    finally:
+        rec.close()
+        for store in getattr(key_source, "stores", {}).values():
+            store.close()
+
+    def render(con: Any) -> None:
+        con.print(f"[bold]{task}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
+                  f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})")
+        con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
+                  f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
+                  f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
+                  f"−{100 * summary['communication_saving']:.0f} %)")
+        con.print(f"run folder: {rec.path}")
+
+    emit(summary, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

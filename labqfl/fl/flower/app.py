@@ -1,0 +1,36 @@
+"""Deployable Flower apps (``[tool.flwr.app.components]`` of a Flower App project).
+
+``server_app`` reads the run's :class:`~labqfl.fl.flower.spec.FlowerSpec` from the run config
+(keys ``spec.*``; ``flwr run … --run-config "spec.clients=8 spec.keys='qkd'"``) and, if the run
+config has ``labqfl-out``, writes the run's metrics there as JSON. ``client_app`` needs the
+SuperNode's ``--node-config "labqfl-client='C1' labqfl-keystore='/path/to/data'"``.
+See :func:`labqfl.fl.flower.deploy.write_app_project` and ``docs/flower.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from labqfl.fl.flower.client import make_client_app
+from labqfl.fl.flower.server import LabqflServer, flower_summary
+from labqfl.fl.flower.spec import FlowerSpec
+
+client_app = make_client_app()
+server_app = ServerApp()
+
+
+@server_app.main()
+def _main(grid: Grid, context: Context) -> None:
+    spec = FlowerSpec.from_config(context.run_config)
+    srv = LabqflServer(spec)
+    result = srv.run(grid)
+    out = str(context.run_config.get("labqfl-out", ""))
+    if out:
+        summary = result.summary()
+        summary["flower"] = flower_summary(srv.rounds)
+        summary["final_params"] = [float(x) for x in result.final_params]
+        Path(out).write_text(json.dumps(summary, indent=1), encoding="utf-8")

@@ -1,0 +1,161 @@
+"""Start a SuperLink and SuperNodes as separate processes on this machine (loopback) and submit a run.
+
+This is what the multi-process test does, and a template for a real multi-machine deployment
+(``docs/flower.md``: there the SuperLink listens on a routable address with TLS, and every
+SuperNode runs beside its QKD node with its own key store).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labqfl.fl.flower.spec import FlowerSpec
+
+APP_PYPROJECT = """[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "labqfl-flower"
+version = "1.0.0"
+description = "labqfl: QKD-masked federated learning (Flower App)"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.hatch.build.targets.wheel]
+packages = ["."]
+
+[tool.flwr.app]
+publisher = "labqfl"
+
+[tool.flwr.app.components]
+serverapp = "labqfl.fl.flower.app:server_app"
+clientapp = "labqfl.fl.flower.app:client_app"
+
+[tool.flwr.app.config]
+{config}
+"""
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None = None) -> Path:
+    """Write a Flower App project (pyproject.toml + a stub module) whose components are labqfl's apps.
+
+    The labqfl package itself must be installed on every machine (the FAB carries only the config).
+    """
+    app_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dict(spec.to_config())
+    cfg["labqfl-out"] = str(out_json) if out_json is not None else ""
+    lines = "\n".join(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items())
+    (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
+    (app_dir / "labqfl_flower_app.py").write_text(
+        '"""labqfl Flower App: the components live in labqfl.fl.flower.app."""\n'
+        "from labqfl.fl.flower.app import client_app, server_app  # noqa: F401\n", encoding="utf-8")
+    return app_dir
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    cand = Path(sys.executable).parent / name
+    found = str(cand) if cand.exists() else shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH; install labqfl[flower]")
+    return found
+
+
+@dataclass
+class LocalFederation:
+    """Processes of a loopback deployment; :meth:`stop` ends exactly these (by process group)."""
+
+    workdir: Path
+    fleet: str
+    control: str
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        e = dict(os.environ)
+        e["FLWR_HOME"] = str(self.workdir / "flwr_home")
+        return e
+
+    def _start(self, name: str, cmd: list[str]) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
+                                            start_new_session=True)
+
+    def start_superlink(self) -> None:
+        self._start("superlink", [_bin("flower-superlink"), "--insecure", "--fleet-api-address", self.fleet,
+                                  "--control-api-address", self.control, "--host", "127.0.0.1",
+                                  "--port", str(free_port()), "--database", ":flwr-in-memory:"])
+
+    def start_supernode(self, name: str, node_config: Mapping[str, Any]) -> None:
+        nc = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
+        self._start(f"supernode-{name}", [_bin("flower-supernode"), "--insecure", "--superlink", self.fleet,
+                                          "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", nc])
+
+    def kill(self, name: str) -> None:
+        p = self.procs.get(name)
+        if p is not None and p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+    def run_app(self, app_dir: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """``flwr run APP labqfl-local --stream`` against this SuperLink's Control API."""
+        home = self.workdir / "flwr_home"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(
+            f'[superlink]\ndefault = "labqfl-local"\n\n[superlink.labqfl-local]\naddress = "{self.control}"\n'
+            "insecure = true\n", encoding="utf-8")
+        return subprocess.run([_bin("flwr"), "run", str(app_dir), "labqfl-local", "--stream"], env=self.env(),
+                              capture_output=True, text=True, timeout=timeout_s, check=False)
+
+    def stop(self) -> None:
+        for name in list(self.procs)[::-1]:
+            p = self.procs[name]
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        t0 = time.monotonic()
+        for p in self.procs.values():
+            try:
+                p.wait(max(0.1, 10 - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+
+@contextmanager
+def local_federation(workdir: Path) -> Iterator[LocalFederation]:
+    """A SuperLink on random free loopback ports; SuperNodes are added with ``start_supernode``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fed = LocalFederation(workdir, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    try:
+        fed.start_superlink()
+        yield fed
+    finally:
+        fed.stop()

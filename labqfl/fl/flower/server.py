@@ -1,0 +1,299 @@
+"""Flower ServerApp logic: drive the labqfl secure-aggregation stages over a Flower ``Grid``.
+
+Per round r (see :mod:`labqfl.fl.flower.client` for the client side):
+
+1. ``keys`` — every participant answers refs for the pairs it masters (qkd) or an X25519 public
+   key (csprng). A client that does not answer is dropped *before masking* (the pairs with it are
+   left out of the round; key bits its partners already took for them are spent, unused).
+2. ``mask`` — the server sends the global parameters, each client's integer range M_i (from the
+   public sample counts, :func:`~labqfl.fl.quantize.weight_ranges`), its position in the loop order
+   and the refs / public keys of its partners; each client answers ``y_i = v_i + m_i mod 2^q``.
+3. ``reveal`` — only if clients were lost after masking: their surviving partners reveal the
+   shared keys, after the same safety checks as :func:`~labqfl.fl.secure.secure_round`
+   (≥ ``min_survivors`` survivors, survivors still connected in the mask graph).
+4. sum mod 2^q (:func:`~labqfl.fl.masks.aggregate`), dequantise, FedAvg step, evaluation on the
+   server's test set; ``end`` wipes the clients' round state.
+
+The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
+and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+from labqfl.errors import SecureAggregationError
+from labqfl.fl.flower.client import CFG, uint_array
+from labqfl.fl.flower.spec import FlowerSpec
+from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
+from labqfl.fl.quantize import dequantize_sum, weight_ranges
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass
+class FlowerRound:
+    """Server-side record of one round (no key material, no unmasked data)."""
+
+    round: int
+    participants: list[str]
+    dropped_before_masking: list[str]
+    dropped_after_masking: list[str]
+    pairs: int
+    key_bits_per_pair: int
+    reveal_bits: int
+    upload_bytes_per_client: float
+    download_bytes_per_client: float
+    stage_seconds: dict[str, float]
+    clipped_values: int
+    train_loss: float
+    aggregate: np.ndarray = field(repr=False)
+
+
+def message_bytes(msg: Message) -> int:
+    """Size of a message's content as Flower serialises it (protobuf ``RecordDict``), in bytes."""
+    from flwr.common.serde import recorddict_to_proto
+
+    return int(recorddict_to_proto(msg.content).ByteSize())
+
+
+class LabqflServer:
+    """Runs a :class:`FlowerSpec` on a ``Grid``; ``on_round(FlowerRound, params)`` after each round."""
+
+    def __init__(self, spec: FlowerSpec, on_round: Callable[[FlowerRound, np.ndarray], None] | None = None,
+                 progress: Callable[[Any], None] | None = None) -> None:
+        self.spec = spec
+        self.progress = progress
+        self.cfg = spec.secagg()
+        self.on_round = on_round
+        self.run_tag = secrets.token_hex(8)
+        self.rounds: list[FlowerRound] = []
+
+    # ---------------------------------------------------------------------------- messaging
+    def _base(self, stage: str, r: int, n: int) -> dict[str, Any]:
+        d = self.spec.to_config()
+        d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag)
+        return d
+
+    def _exchange(self, grid: Any, msgs: dict[str, Message], timeout: float | None,
+                  counters: dict[str, list[int]] | None = None) -> tuple[dict[str, Message], dict[str, str]]:
+        """Send one message per client, collect replies. Returns (ok replies, failures: name → reason)."""
+        by_node = {m.metadata.dst_node_id: c for c, m in msgs.items()}
+        if counters is not None:
+            for c, m in msgs.items():
+                counters.setdefault(c, [0, 0])[1] += message_bytes(m)
+        replies = list(grid.send_and_receive(list(msgs.values()), timeout=timeout))
+        ok: dict[str, Message] = {}
+        fail: dict[str, str] = {}
+        for rep in replies:
+            c = by_node.get(rep.metadata.src_node_id)
+            if c is None:
+                continue
+            if rep.has_error():
+                fail[c] = f"error {rep.error.code}: {rep.error.reason}"
+                continue
+            ok[c] = rep
+            if counters is not None:
+                counters.setdefault(c, [0, 0])[0] += message_bytes(rep)
+        for c in msgs:
+            if c not in ok and c not in fail:
+                fail[c] = f"no reply within {timeout} s"
+        return ok, fail
+
+    def _msg(self, grid: Any, node: int, content: dict[str, Any], r: int) -> Message:
+        return Message(RecordDict(content), dst_node_id=node, message_type="train", group_id=str(r))
+
+    def connect(self, grid: Any) -> tuple[dict[str, int], dict[str, float]]:
+        """Wait for the nodes, ask their names and sample counts: (name → node id, name → weight)."""
+        t0 = time.monotonic()
+        while True:
+            nodes = list(grid.get_node_ids())
+            if len(nodes) >= self.spec.clients:
+                break
+            if time.monotonic() - t0 > self.spec.node_wait_s:
+                raise SecureAggregationError(
+                    f"only {len(nodes)} of {self.spec.clients} SuperNodes connected after {self.spec.node_wait_s:.0f} s")
+            time.sleep(0.2)
+        cfg = self.spec.to_config()
+        msgs = [Message(RecordDict({CFG: ConfigRecord(cfg)}), dst_node_id=nid, message_type="query.labqfl_setup")
+                for nid in nodes]
+        replies = list(grid.send_and_receive(msgs, timeout=self.spec.stage_timeout_s))
+        names: dict[str, int] = {}
+        weights: dict[str, float] = {}
+        for rep in replies:
+            if rep.has_error():
+                raise SecureAggregationError(f"setup failed at node {rep.metadata.src_node_id}: {rep.error.reason}")
+            c = rep.content.config_records[CFG]
+            name = str(c["name"])
+            if name in names:
+                raise SecureAggregationError(f"two SuperNodes claim client name {name}")
+            names[name] = rep.metadata.src_node_id
+            weights[name] = float(c["num_examples"])  # type: ignore[arg-type]
+        missing = [c for c in self.spec.names if c not in names]
+        if missing:
+            raise SecureAggregationError(f"no SuperNode answered as client(s) {missing}; got {sorted(names)}")
+        return {c: names[c] for c in self.spec.names}, {c: weights[c] for c in self.spec.names}
+
+    # ----------------------------------------------------------------------------- one round
+    def round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int],
+              weights: dict[str, float]) -> FlowerRound:
+        spec, cfg = self.spec, self.cfg
+        q, n = cfg.q, int(params.size)
+        clients = list(nodes)  # loop order C1..CN
+        graph = cfg.pairs(clients)
+        counters: dict[str, list[int]] = {}
+        timing: dict[str, float] = {}
+        timeout = spec.stage_timeout_s
+
+        # 1. keys
+        t0 = time.perf_counter()
+        msgs = {}
+        for c in clients:
+            d = self._base("keys", r, n)
+            d["master_pairs"] = [p for p in graph if split_pair(p)[0] == c]
+            msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
+        ok, fail = self._exchange(grid, msgs, timeout, counters)
+        timing["keys"] = time.perf_counter() - t0
+        for c, why in fail.items():
+            log.warning("round %d: client %s dropped before masking (%s)", r, c, why)
+        part = [c for c in clients if c in ok]
+        pre_drop = [c for c in clients if c not in ok]
+        if len(part) < cfg.min_survivors:
+            raise SecureAggregationError(
+                f"round {r} aborted: {len(part)} client(s) answered the keys stage, at least "
+                f"{cfg.min_survivors} needed; failures: {fail}")
+        pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
+        if len(components(part, pairs)) > 1:
+            raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")
+        b = cfg.check_bit_budget(len(part))
+        levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
+        info = {c: ok[c].content.config_records[CFG] for c in part}
+
+        # 2. mask
+        t0 = time.perf_counter()
+        msgs = {}
+        for pos, c in enumerate(part):
+            d = self._base("mask", r, n)
+            mine = [p for p in pairs if c in split_pair(p)]
+            d.update(pairs=mine, levels=levels[c], position=pos)
+            for p in mine:
+                a, bb = split_pair(p)
+                peer = bb if a == c else a
+                if spec.keys == "qkd":
+                    if bb == c:
+                        d[f"refs.{p}"] = info[a][f"refs.{p}"]
+                else:
+                    d[f"pk.{peer}"] = info[peer]["pk"]
+            content = {CFG: ConfigRecord(d), "params": ArrayRecord({"params": Array(np.asarray(params, dtype=np.float64))})}
+            msgs[c] = self._msg(grid, nodes[c], content, r)
+        ok2, fail2 = self._exchange(grid, msgs, timeout, counters)
+        timing["mask"] = time.perf_counter() - t0
+        uploads: dict[str, np.ndarray] = {}
+        for c, rep in ok2.items():
+            uploads[c] = uint_array(rep.content.array_records["masked"]["masked"].numpy(), q)
+            if uploads[c].size != n:
+                raise SecureAggregationError(f"round {r}: masked upload of {c} has {uploads[c].size} values, expected {n}")
+        survivors = [c for c in part if c in uploads]
+        post_drop = [c for c in part if c not in uploads]
+        for c in post_drop:
+            log.warning("round %d: client %s lost after masking (%s)", r, c, fail2.get(c))
+        if len(survivors) < cfg.min_survivors:
+            raise SecureAggregationError(
+                f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, "
+                f"at least {cfg.min_survivors} needed")
+
+        # 3. reveal (dropout recovery)
+        revealed: dict[str, np.ndarray] = {}
+        need: list[str] = []
+        if post_drop:
+            if len(components(survivors, pairs)) > 1:
+                raise SecureAggregationError(
+                    f"round {r} aborted before any key reveal: dropouts {post_drop} split the survivors in the "
+                    f"mask graph, so unmasking would reveal partial sums; use a denser graph (larger k)")
+            need = dangling_pairs(pairs, survivors, post_drop)
+            t0 = time.perf_counter()
+            msgs = {}
+            for c in survivors:
+                mine = [p for p in need if c in split_pair(p)]
+                if not mine:
+                    continue
+                d = self._base("reveal", r, n)
+                d.update(pairs=mine, dropped=post_drop)
+                for p in mine:
+                    a, bb = split_pair(p)
+                    peer = bb if a == c else a
+                    if spec.keys == "csprng":
+                        d[f"pk.{peer}"] = info[peer]["pk"]
+                msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
+            ok3, fail3 = self._exchange(grid, msgs, timeout, counters)
+            timing["reveal"] = time.perf_counter() - t0
+            if fail3:
+                raise SecureAggregationError(f"round {r} aborted: survivors failed to reveal keys: {fail3}")
+            for rep in ok3.values():
+                for p, arr in rep.content.array_records["revealed"].items():
+                    revealed[p] = uint_array(arr.numpy(), q)
+
+        # 4. sum, unmask, dequantise
+        total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed, pairs=pairs if post_drop else None)
+        agg = dequantize_sum(total, clip=cfg.clip, total_levels=sum(levels[c] for c in survivors))
+        t0 = time.perf_counter()
+        end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
+        self._exchange(grid, end_msgs, timeout)
+        timing["end"] = time.perf_counter() - t0
+
+        mets = {c: ok2[c].content.metric_records["metrics"] for c in survivors}
+        tl = float(np.average([float(mets[c]["train_loss"]) for c in survivors],  # type: ignore[arg-type]
+                              weights=[weights[c] for c in survivors]))
+        up = [counters[c][0] for c in part]
+        down = [counters[c][1] for c in part]
+        return FlowerRound(r, part, pre_drop, post_drop, len(pairs), q * n, q * n * len(need),
+                           float(np.mean(up)), float(np.mean(down)), timing,
+                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg)  # type: ignore[arg-type]
+
+    # --------------------------------------------------------------------------------- run
+    def run(self, grid: Any) -> Any:
+        """The whole run; returns a :class:`~labqfl.fl.training.FederatedResult` (+ Flower rounds)."""
+        from labqfl.fl.training import FederatedResult, RoundMetrics, evaluate
+
+        spec = self.spec
+        model, data = spec.model(), spec.data()
+        self.cfg.check_bit_budget(spec.clients)
+        nodes, weights = self.connect(grid)
+        params = model.init_params(spec.seed)
+        loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
+        result = FederatedResult(data.task, model.name, model.n_params, spec.keys, acc0, loss0)
+        for r in range(1, spec.rounds + 1):
+            t0 = time.perf_counter()
+            fr = self.round(grid, r, params, nodes, weights)
+            params = params + fr.aggregate
+            loss, acc = evaluate(model, params, data.x_test, data.y_test)
+            self.rounds.append(fr)
+            m = RoundMetrics(r, acc, loss, fr.train_loss, fr.key_bits_per_pair, fr.key_bits_per_pair * fr.pairs,
+                             fr.pairs, spec.q * model.n_params, 32 * model.n_params, fr.clipped_values,
+                             time.perf_counter() - t0)
+            result.rounds.append(m)
+            log.info("flower round %d: test accuracy %.4f, dropped %s", r, acc,
+                     fr.dropped_before_masking + fr.dropped_after_masking)
+            if self.on_round is not None:
+                self.on_round(fr, params)
+            if self.progress is not None:
+                self.progress(m)
+        result.final_params = params
+        return result
+
+
+def flower_summary(rounds: Iterable[FlowerRound]) -> list[dict[str, Any]]:
+    """JSON-ready per-round Flower accounting (no arrays)."""
+    return [{"round": f.round, "participants": len(f.participants), "dropped_before_masking": f.dropped_before_masking,
+             "dropped_after_masking": f.dropped_after_masking, "reveal_bits": f.reveal_bits,
+             "upload_bytes_per_client": f.upload_bytes_per_client,
+             "download_bytes_per_client": f.download_bytes_per_client, "stage_seconds": f.stage_seconds}
+            for f in rounds]

@@ -1,0 +1,150 @@
+"""The settings of one Flower run, carried in every message (flat scalars for a ConfigRecord).
+
+Both the server and each client rebuild the model and the task data from these settings, so a
+ClientApp needs nothing but its node name (``node_config["labqfl-client"]`` in a deployment,
+``partition-id`` in a simulation) and, for ``qkd`` keys, its key-store folder.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from labqfl.errors import ConfigError
+
+#: Per-task defaults: (local epochs, learning rate, batch size, clip) — as ``labqfl train``.
+TASK_DEFAULTS: dict[str, tuple[int, float, int, float]] = {
+    "mnist-qnn": (1, 0.05, 16, 1.0),
+    "ntangled": (2, 0.05, 16, 1.0),
+    "magic": (2, 0.05, 16, 1.0),
+    "mnist-lenet5": (1, 0.002, 16, 0.1),
+}
+
+
+@dataclass(frozen=True)
+class FlowerSpec:
+    """One federated run on Flower. Same meaning as the ``labqfl train`` options.
+
+    ``keystore_dir``: qkd key stores folder for *simulated* clients (a deployed node uses its own
+    ``node_config["labqfl-keystore"]``). ``stage_timeout_s``: how long the server waits for the
+    replies of one protocol stage; a client that has not answered by then is dropped.
+    ``wait_for_keys_s``: how long a master node waits for key bits (0: fail at once).
+    """
+
+    task: str = "mnist-qnn"
+    clients: int = 4
+    q: int = 8
+    rounds: int = 1
+    keys: str = "csprng"
+    seed: int = 0
+    local_epochs: int = 1
+    lr: float = 0.05
+    batch_size: int = 16
+    clip: float = 1.0
+    rounding: str = "stochastic"
+    graph: str = "all"
+    k: int = 0
+    min_survivors: int = 2
+    non_iid: bool = False
+    alpha: float = 0.5
+    data_dir: str = ""
+    digits: str = "0,1"
+    samples_per_client: int = 100
+    test_size: int = 400
+    keystore_dir: str = ""
+    wait_for_keys_s: float = 0.0
+    stage_timeout_s: float = 600.0
+    node_wait_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.keys not in ("qkd", "csprng"):
+            raise ConfigError(f"keys {self.keys!r} unknown; expected qkd or csprng")
+        if self.clients < 2:
+            raise ConfigError("clients must be ≥ 2: secure aggregation of one client would reveal its update")
+        if self.rounds < 1:
+            raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
+
+    @classmethod
+    def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
+        """Spec with the task's default local-training settings (overridden by ``kw``)."""
+        ep, lr, bs, clip = TASK_DEFAULTS.get(task, TASK_DEFAULTS["mnist-qnn"])
+        base: dict[str, Any] = {"local_epochs": ep, "lr": lr, "batch_size": bs, "clip": clip}
+        base.update({k: v for k, v in kw.items() if v is not None})
+        return cls(task=task, **base)
+
+    def to_config(self) -> dict[str, Any]:
+        """Flat dict of scalars, keys prefixed ``spec.`` (fits a Flower ConfigRecord / run_config)."""
+        return {f"spec.{k}": v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> FlowerSpec:
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"spec.{f.name}"
+            if key in cfg:
+                v = cfg[key]
+                kw[f.name] = type(getattr(cls, f.name))(v) if not isinstance(getattr(cls, f.name), bool) else bool(v)
+        return cls(**kw)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"C{i + 1}" for i in range(self.clients)]
+
+    def secagg(self) -> Any:
+        from labqfl.fl.secure import SecAggConfig
+
+        try:
+            return SecAggConfig(q=self.q, clip=self.clip, rounding=self.rounding,  # type: ignore[arg-type]
+                                graph=self.graph, k=self.k, min_survivors=self.min_survivors)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def local(self) -> Any:
+        from labqfl.fl.training import LocalTrainConfig
+
+        return LocalTrainConfig(epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size)
+
+    def model(self) -> Any:
+        return _model(self.task)
+
+    def data(self) -> Any:
+        """The task data (all clients and the test set); cached per process."""
+        return _data(self.task, self.clients, self.seed, self.non_iid, self.alpha, self.data_dir, self.digits,
+                     self.samples_per_client, self.test_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _model(task: str) -> Any:
+    from labqfl.fl.models import LeNetModel, mnist_qnn, quantum_data_qnn
+
+    if task == "mnist-qnn":
+        return mnist_qnn()
+    if task in ("ntangled", "magic"):
+        return quantum_data_qnn()
+    if task == "mnist-lenet5":
+        return LeNetModel()
+    raise ConfigError(f"task {task!r} unknown; expected mnist-qnn, ntangled, magic or mnist-lenet5")
+
+
+@functools.lru_cache(maxsize=2)
+def _data(task: str, clients: int, seed: int, non_iid: bool, alpha: float, data_dir: str, digits: str,
+          samples_per_client: int, test_size: int) -> Any:
+    from labqfl.fl.datasets.tasks import load_task
+
+    a, b = (int(x) for x in digits.split(","))
+    return load_task(task, clients, seed, non_iid=non_iid, alpha=alpha, data_dir=data_dir or None,
+                     digits=(a, b), samples_per_client=samples_per_client, test_size=test_size)
+
+
+def client_index(name: str) -> int:
+    """0-based index of client "Ci" (i − 1)."""
+    if not (name.startswith("C") and name[1:].isdigit() and int(name[1:]) >= 1):
+        raise ConfigError(f"client name {name!r} must be C1, C2, …")
+    return int(name[1:]) - 1
+
+
+def as_float64(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64).reshape(-1))
