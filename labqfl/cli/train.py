@@ -17,6 +17,7 @@ from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progres
 from labqfl.errors import ConfigError, KeyStarvationError
 from labqfl.fl.tasks import TASK_DEFAULTS, make_model
 
+
 def _parse_digits(text: str) -> tuple[int, int]:
     try:
         a, b = (int(x) for x in text.split(","))
