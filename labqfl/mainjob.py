@@ -274,6 +274,7 @@ class MainJob:
             total_slots = int(round(s.duration_s * cfg.laser.rep_rate_hz))
             self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
             results = distiller.finish(total_slots)
+            self.progress("distil", 1, 1, "keys distilled into the node key stores")
             station.safe_state()
         wall = time.perf_counter() - t_wall
         after = {n: st.accounting() for n, st in stores.items()}
@@ -389,6 +390,7 @@ class MainJob:
         self.progress("report", 0, 1, "writing report")
         metrics = self._write_metrics(status="complete")
         write_report(self.run_record, metrics)
+        self.progress("report", 1, 1, f"report written: {self.path / 'report.html'}")
         self.state["status"] = "complete"
         self._phase("report", "done")
         return metrics

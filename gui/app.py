@@ -1,0 +1,160 @@
+"""Entry points of the GUI: :func:`run_gui` (interactive) and :func:`screenshot` (headless).
+
+``labqfl gui`` calls these (see :mod:`labqfl.cli.gui`). Qt is imported lazily so importing this
+module is cheap; :func:`screenshot` selects the ``offscreen`` platform when none is set.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from labqfl.config import StationConfig, load_station_config
+
+#: Calibration procedures tried first for the calibration screenshot (cheap ones).
+PREFERRED_CALIBRATIONS = ("vpi", "delays", "visibility", "detector")
+
+
+def _app() -> Any:
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is None:
+        app = QApplication(["labqfl"])
+        app.setApplicationName("labqfl")
+    return app
+
+
+def build(config: StationConfig | None = None, *, base_dir: Path | None = None, data_dir: Path | None = None,
+          runs_dir: Path | None = None) -> tuple[Any, Any]:
+    """A (controller, main window) pair; nothing is connected or started."""
+    _app()
+    from labqfl.gui.controller import Controller
+    from labqfl.gui.main_window import MainWindow
+
+    ctl = Controller(config, base_dir=base_dir, data_dir=data_dir, runs_dir=runs_dir)
+    return ctl, MainWindow(ctl)
+
+
+def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, runs_dir: Path | None = None) -> int:
+    """Open the main window on the station of ``config_path`` (default: the simulated station),
+    connect it, and run until the window is closed (instruments end in their safe state)."""
+    cfg = load_station_config(config_path)
+    app = _app()
+    ctl, win = build(cfg, base_dir=config_path.resolve().parent if config_path else None,
+                     data_dir=data_dir, runs_dir=runs_dir)
+    win.show()
+    from PySide6.QtCore import QTimer
+
+    QTimer.singleShot(0, ctl.connect_station)
+    # Ctrl-C in the terminal closes the window cleanly (Python handlers need the loop to wake up)
+    signal.signal(signal.SIGINT, lambda *_: win.close())
+    wake = QTimer()
+    wake.timeout.connect(lambda: None)
+    wake.start(200)
+    return int(app.exec())
+
+
+def _pump(app: Any, seconds: float, until: Callable[[], bool] | None = None) -> bool:
+    """Run the event loop for ``seconds`` or until ``until()`` is true; True if ``until`` held."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        app.processEvents()
+        if until is not None and until():
+            return True
+        time.sleep(0.02)
+    app.processEvents()
+    return until() if until is not None else True
+
+
+def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 10.0, tabs: list[str] | None = None,
+               data_dir: Path | None = None, runs_dir: Path | None = None, training_rounds: int = 12,
+               size: tuple[int, int] = (1440, 900)) -> dict[str, Any]:
+    """Headless run: connect the station, (run a calibration if the calibration tab is wanted),
+    start acquisition with distillation (and training if the training tab is wanted), wait
+    ``after_s`` seconds, save one PNG per tab and shut down. Returns a JSON-ready report.
+
+    One tab: the picture goes to ``out``; several: ``<out stem>_<tab><suffix>`` each. Keys and run
+    folders go to a temporary folder unless ``data_dir`` / ``runs_dir`` are given.
+    """
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from labqfl.gui.core import TrainingOptions
+    from labqfl.gui.main_window import TABS
+
+    tabs = list(tabs or ["live"])
+    bad = [t for t in tabs if t not in TABS]
+    if bad:
+        raise ValueError(f"unknown tab(s) {bad}; expected some of {', '.join(TABS)} or 'all'")
+    cfg = load_station_config(config_path)
+    tmp = tempfile.TemporaryDirectory(prefix="labqfl-gui-")
+    data_dir = data_dir if data_dir is not None else Path(tmp.name) / "data"
+    runs_dir = runs_dir if runs_dir is not None else Path(tmp.name) / "runs"
+    app = _app()
+    ctl, win = build(cfg, base_dir=config_path.resolve().parent if config_path else None,
+                     data_dir=data_dir, runs_dir=runs_dir)
+    win.resize(*size)
+    win.show()
+    errors: list[tuple[str, str]] = []
+    ctl.errorOccurred.connect(lambda t, m: errors.append((t, m)))
+    t0 = time.monotonic()
+    shots: list[str] = []
+    try:
+        ctl.connect_station()
+        if not _pump(app, 120.0, lambda: ctl.connected or bool(errors)):
+            raise RuntimeError("the station did not connect within 120 s")
+        if not ctl.connected:
+            raise RuntimeError(f"the station did not connect: {errors[-1][1] if errors else 'unknown error'}")
+        calibrated = None
+        if "calibration" in tabs:
+            specs, _why = ctl.calibrations()
+            names = [s.name for s in specs]
+            pick = next((n for n in PREFERRED_CALIBRATIONS if n in names), names[0] if names else None)
+            if pick is not None:
+                win.calibration_panel.list.setCurrentRow(names.index(pick))
+                ctl.run_calibration(pick)
+                _pump(app, 1.0)
+                _pump(app, 300.0, lambda: not ctl.busy.get("calibration"))
+                calibrated = pick
+        ok, _ = ctl.core.distill_available()
+        if ok:
+            ctl.start_distillation(win.live_panel.block_bits.value(), "cascade")
+        else:
+            ctl.start_acquisition()
+        if "training" in tabs:
+            opts = win.training_panel.options()
+            opts = TrainingOptions(**{**opts.__dict__, "rounds": training_rounds})
+            win.training_panel.rounds.setValue(training_rounds)
+            ctl.start_training(opts)
+        _pump(app, after_s)
+        if "training" in tabs:  # the first round needs torch and the data: wait for a few rounds
+            _pump(app, 180.0, lambda: win.training_panel.rounds_shown >= min(training_rounds, 5)
+                  or not ctl.busy.get("training"))
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for tab in tabs:
+            win.show_tab(tab)
+            _pump(app, 0.3)
+            path = out if len(tabs) == 1 else out.with_name(f"{out.stem}_{tab}{out.suffix or '.png'}")
+            if not win.grab().save(str(path)):
+                raise RuntimeError(f"could not write {path}")
+            shots.append(str(path))
+    finally:
+        ctl.stop_training()
+        ctl.shutdown(timeout_s=60.0)
+        win._closed_ok = True
+        win.close()
+        win.deleteLater()
+        ctl.deleteLater()
+        app.processEvents()
+        tmp.cleanup()
+    return {"screenshots": shots, "tabs": tabs, "after_s": after_s, "station": cfg.name,
+            "calibration": calibrated, "errors": [{"title": t, "message": m} for t, m in errors],
+            "wall_s": time.monotonic() - t0}
+
+
+__all__ = ["build", "run_gui", "screenshot"]

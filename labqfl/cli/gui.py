@@ -1,0 +1,66 @@
+"""``labqfl gui [--config]``: the testbed's window; ``--screenshot FILE.png [--after S] [--tab NAME]``:
+a headless run on the (simulated) station that saves a picture of the main window and exits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
+
+TAB_NAMES = ("station", "live", "calibration", "training", "log")
+
+
+@handle_errors
+def gui(
+    config: Path | None = CONFIG_OPTION,
+    screenshot: Path | None = typer.Option(None, "--screenshot", dir_okay=False,
+                                           help="Headless: run, save a PNG of the main window to this file, exit."),
+    after: float = typer.Option(10.0, "--after", min=0.0, help="Seconds of live running before the screenshot."),
+    tab: str = typer.Option("live", "--tab",
+                            help="Tab(s) to capture: station, live, calibration, training, log, a comma list, or 'all' "
+                                 "(several tabs: FILE_<tab>.png each)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", file_okay=False,
+                                         help="Key store directory (default: the key store's; a temporary one with --screenshot)."),
+    out: Path | None = typer.Option(None, "--out", file_okay=False, help="Runs directory for calibration/distillation run folders."),
+    rounds: int = typer.Option(12, "--rounds", min=1, help="Training rounds shown in a training screenshot."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Operate the Sagnac testbed from a window (station, live plots, calibration, training, log)."""
+    if screenshot is None:
+        if as_json:
+            raise fail("--json is only meaningful with --screenshot")
+        from labqfl.gui.app import run_gui
+
+        code = run_gui(config, data_dir=data_dir, runs_dir=out)
+        raise typer.Exit(code)
+    tabs = list(TAB_NAMES) if tab.strip() == "all" else [t.strip() for t in tab.split(",") if t.strip()]
+    bad = [t for t in tabs if t not in TAB_NAMES]
+    if bad or not tabs:
+        raise fail(f"--tab {tab!r}: expected one or more of {', '.join(TAB_NAMES)} (comma-separated) or 'all'")
+    if screenshot.suffix.lower() != ".png":
+        raise fail(f"--screenshot {screenshot}: expected a file name ending in .png")
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from labqfl.gui.app import screenshot as take
+
+    if not as_json:
+        console.print(f"running the GUI headless for {after:g} s, tabs: {', '.join(tabs)}…")
+    try:
+        report = take(screenshot, config_path=config, after_s=after, tabs=tabs, data_dir=data_dir, runs_dir=out,
+                      training_rounds=rounds)
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+
+    def render(con) -> None:  # type: ignore[no-untyped-def]
+        for p in report["screenshots"]:
+            con.print(f"saved {p}")
+        for e in report["errors"]:
+            con.print(f"[yellow]error shown during the run:[/] {e['title']}: {e['message']}")
+
+    emit(report, as_json, render)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gui")(gui)

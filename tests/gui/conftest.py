@@ -1,0 +1,63 @@
+"""Fixtures of the GUI tests: offscreen Qt, a small fast simulated station, a core per test."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from labqfl.gui.core import Event, TestbedCore  # noqa: E402
+from labqfl.sim_backends.stations import edit_station  # noqa: E402
+
+from labqfl.config import StationConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_config() -> StationConfig:
+    """Two clients (one pair) and 2 ms tag blocks: fast to open, to stream and to stop."""
+    def edit(d: dict[str, Any]) -> None:
+        d["simulation"]["block_duration_s"] = 0.002
+        d["name"] = "gui-test-2client"
+
+    return edit_station(edit, n_clients=2)
+
+
+@pytest.fixture
+def core(small_config: StationConfig, tmp_path) -> Any:  # type: ignore[no-untyped-def]
+    c = TestbedCore(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
+    yield c
+    c.shutdown(20.0)
+
+
+class EventLog:
+    """Collects a core's events while waiting for conditions (no Qt needed)."""
+
+    def __init__(self, core: TestbedCore) -> None:
+        self.core = core
+        self.events: list[Event] = []
+
+    def pump(self) -> None:
+        self.events.extend(self.core.drain())
+
+    def kinds(self, kind: str) -> list[Any]:
+        self.pump()
+        return [e.data for e in self.events if e.kind == kind]
+
+    def wait(self, pred: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.pump()
+            if pred():
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"condition not met within {timeout} s; events: {sorted({e.kind for e in self.events})}")
+
+
+@pytest.fixture
+def events(core: TestbedCore) -> EventLog:
+    return EventLog(core)
