@@ -25,6 +25,26 @@ and require it to be < 1/4; independently every rounded value must lie within 1/
 prime 7·2^26 + 1, no rounding at all) is used instead. For 10^7 input bits the a-priori bound is
 ≈ 10^−6, so the FFT path is always taken in practice; no result with a rounding error can leave
 this module.
+
+Fast exact path (default where the CPU has the carry-less multiply ``pclmulqdq``). Over GF(2) the
+product is a *middle product* of binary polynomials, ``y[i] = (u·x)[i + n − 1]``, i.e. a Toeplitz
+matrix–vector product, computed on bit-packed 64-bit words without any rounding at all:
+
+* the ``m × n`` matrix is tiled into square ``K × K`` Toeplitz tiles (K = 64·k bits, k = b·2^r
+  words chosen to minimise the cost estimate; x is zero-padded in front to a multiple of 64 bits,
+  which leaves the formula unchanged with n' = n + pad);
+* each tile is split by the transposed Karatsuba identity for Toeplitz matrices
+  (Winograd; see e.g. Fan & Hasan, "A new approach to subquadratic space complexity parallel
+  multipliers for extended binary fields", IEEE Trans. Comput. 56 (2007)):
+  ``[[T1, T0], [T2, T1]]·(v0, v1) = (P + (T0−T1)·v1, P + (T2−T1)·v0)`` with ``P = T1·(v0 + v1)``,
+  three half-size products instead of four (cost ~ K^1.585);
+* below ``b`` words a schoolbook middle product uses hardware carry-less multiplication
+  (``pclmulqdq``; 512-bit ``vpclmulqdq`` four-lane form when the CPU has it), called from Numba
+  through an LLVM intrinsic.
+
+:func:`toeplitz_hash` takes this path when the host CPU reports ``pclmul`` and falls back to the
+FFT/NTT path otherwise; :func:`toeplitz_hash_fft` and :func:`toeplitz_hash_gf2` select a path
+explicitly (tests compare all of them with :func:`toeplitz_hash_reference` and randextract).
 """
 
 from __future__ import annotations
@@ -35,12 +55,19 @@ import secrets
 import numba
 import numpy as np
 import scipy.fft as sfft
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from labqfl.errors import QKDInputError
 
 __all__ = [
     "toeplitz_hash",
+    "toeplitz_hash_fft",
+    "toeplitz_hash_gf2",
     "toeplitz_hash_ntt",
+    "HAS_CLMUL",
     "toeplitz_hash_reference",
     "toeplitz_seed",
     "toeplitz_seed_length",
@@ -101,9 +128,22 @@ def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> np.n
     """Toeplitz hash ``T(seed) · bits mod 2`` → ``out_len`` bits (uint8 0/1), exact.
 
     ``bits``: uint8 0/1 of length n; ``seed_bits``: uint8 0/1 of length n + out_len − 1;
-    ``1 ≤ out_len ≤ n``. Matrix convention and exactness argument: module docstring.
+    ``1 ≤ out_len ≤ n``. Matrix convention and exactness argument: module docstring. Uses the
+    carry-less-multiply GF(2) path where the CPU has it, else the exact FFT/NTT path.
     """
     n, m = _check(bits, seed_bits, out_len)
+    if HAS_CLMUL:
+        return _toeplitz_gf2(bits, seed_bits, n, m)
+    return _toeplitz_fft(bits, seed_bits, n, m)
+
+
+def toeplitz_hash_fft(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> np.ndarray:
+    """Same result as :func:`toeplitz_hash`, always via the float FFT (NTT if a check fails)."""
+    n, m = _check(bits, seed_bits, out_len)
+    return _toeplitz_fft(bits, seed_bits, n, m)
+
+
+def _toeplitz_fft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int) -> np.ndarray:
     L = n + m - 1
     u = np.roll(seed_bits, -m)
     nfft = sfft.next_fast_len(L, real=True)
@@ -210,3 +250,201 @@ def toeplitz_hash_reference(bits: np.ndarray, seed_bits: np.ndarray, out_len: in
     j = np.arange(n)[None, :]
     T = seed_bits[(i - j) % L].astype(np.int64)
     return ((T @ bits.astype(np.int64)) % 2).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Exact GF(2) path: bit-packed Toeplitz–Karatsuba with hardware carry-less multiplication.
+
+
+def _host_features() -> set[str]:
+    try:
+        from llvmlite import binding
+
+        feats = binding.get_host_cpu_features()
+        return {name for name, on in feats.items() if on}
+    except Exception:  # noqa: BLE001 - no feature query on this platform: use the FFT path
+        return set()
+
+
+_FEATURES = _host_features()
+HAS_CLMUL: bool = "pclmul" in _FEATURES
+"""True where the CPU has ``pclmulqdq``: :func:`toeplitz_hash` then uses the GF(2) path."""
+_WIDE_CLMUL: bool = HAS_CLMUL and {"vpclmulqdq", "avx512f"} <= _FEATURES
+
+_GF2_BASE = 128
+"""Tiles of fewer than ``2·_GF2_BASE`` words are multiplied by the schoolbook kernel."""
+
+
+@intrinsic
+def _clmul_dot(typingctx, a, ao, b, bo, cnt):  # type: ignore[no-untyped-def]
+    """``XOR_{t<cnt} clmul(a[ao+t], b[bo+t])`` as a 128-bit (lo, hi) pair of uint64.
+
+    Unchecked indices (callers guarantee the ranges). 512-bit ``vpclmulqdq`` for eight words a
+    step where available, then 128-bit ``pclmulqdq`` on word pairs.
+    """
+    sig = types.UniTuple(types.uint64, 2)(a, types.intp, b, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+        v2 = ir.VectorType(i64, 2)
+        fn = builder.module.declare_intrinsic("llvm.x86.pclmulqdq", fnty=ir.FunctionType(v2, [v2, v2, i8]))
+        pa = builder.gep(context.make_array(signature.args[0])(context, builder, args[0]).data, [args[1]])
+        pb = builder.gep(context.make_array(signature.args[2])(context, builder, args[2]).data, [args[3]])
+        cnt = args[4]
+        acc = cgutils.alloca_once_value(builder, ir.Constant(v2, None))
+        acc2 = cgutils.alloca_once_value(builder, ir.Constant(v2, None))
+        if _WIDE_CLMUL:
+            v8 = ir.VectorType(i64, 8)
+            fn8 = builder.module.declare_intrinsic("llvm.x86.pclmulqdq.512", fnty=ir.FunctionType(v8, [v8, v8, i8]))
+            acc8 = cgutils.alloca_once_value(builder, ir.Constant(v8, None))
+            n8 = builder.ashr(cnt, ir.Constant(cnt.type, 3))
+            with cgutils.for_range(builder, n8) as loop:
+                off = builder.shl(loop.index, ir.Constant(loop.index.type, 3))
+                va = builder.load(builder.bitcast(builder.gep(pa, [off]), v8.as_pointer()), align=8)
+                vb = builder.load(builder.bitcast(builder.gep(pb, [off]), v8.as_pointer()), align=8)
+                r0 = builder.call(fn8, [va, vb, ir.Constant(i8, 0x00)])
+                r1 = builder.call(fn8, [va, vb, ir.Constant(i8, 0x11)])
+                builder.store(builder.xor(builder.load(acc8), builder.xor(r0, r1)), acc8)
+            a8 = builder.load(acc8)
+            red = ir.Constant(v2, None)
+            for lane in range(4):
+                red = builder.xor(red, builder.shuffle_vector(a8, a8, ir.Constant(ir.VectorType(i32, 2), [2 * lane, 2 * lane + 1])))
+            builder.store(red, acc)
+            done = builder.shl(n8, ir.Constant(cnt.type, 3))
+            pa = builder.gep(pa, [done])
+            pb = builder.gep(pb, [done])
+            cnt = builder.sub(cnt, done)
+        npair = builder.ashr(cnt, ir.Constant(cnt.type, 1))
+        with cgutils.for_range(builder, npair) as loop:
+            off = builder.shl(loop.index, ir.Constant(loop.index.type, 1))
+            va = builder.load(builder.bitcast(builder.gep(pa, [off]), v2.as_pointer()), align=8)
+            vb = builder.load(builder.bitcast(builder.gep(pb, [off]), v2.as_pointer()), align=8)
+            builder.store(builder.xor(builder.load(acc), builder.call(fn, [va, vb, ir.Constant(i8, 0x00)])), acc)
+            builder.store(builder.xor(builder.load(acc2), builder.call(fn, [va, vb, ir.Constant(i8, 0x11)])), acc2)
+        odd = builder.icmp_signed("!=", builder.and_(cnt, ir.Constant(cnt.type, 1)), ir.Constant(cnt.type, 0))
+        with builder.if_then(odd):
+            last = builder.sub(cnt, ir.Constant(cnt.type, 1))
+            xa = builder.insert_element(ir.Constant(v2, None), builder.load(builder.gep(pa, [last])), ir.Constant(i32, 0))
+            xb = builder.insert_element(ir.Constant(v2, None), builder.load(builder.gep(pb, [last])), ir.Constant(i32, 0))
+            builder.store(builder.xor(builder.load(acc), builder.call(fn, [xa, xb, ir.Constant(i8, 0)])), acc)
+        res = builder.xor(builder.load(acc), builder.load(acc2))
+        lo = builder.extract_element(res, ir.Constant(i32, 0))
+        hi = builder.extract_element(res, ir.Constant(i32, 1))
+        return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+    return sig, codegen
+
+
+@numba.njit(cache=True)
+def _mp_base(g, v, z, k, ws):  # type: ignore[no-untyped-def]
+    """Schoolbook middle product: ``z[i] = (g·v)[i + 64k − 1]`` over GF(2), i < 64k bits.
+
+    ``g``: 2k words, ``v``, ``z``: k words; ``ws`` scratch of ≥ 3k + 1 words. The product word
+    ``P[s]`` (s = k−1 … 2k−1) is the low half of diagonal s plus the high half of diagonal s−1;
+    diagonals are carry-less dot products of reversed ``g`` with ``v``.
+    """
+    P = ws[0:k + 1]
+    gr = ws[k + 1:3 * k + 1]
+    for j in range(2 * k):
+        gr[j] = g[2 * k - 1 - j]
+    lo, prev_hi = _clmul_dot(gr, k + 1, v, 0, k - 1)
+    for s in range(k + 1):
+        d = s + k - 1
+        b0 = d - (2 * k - 1)
+        if b0 < 0:
+            b0 = 0
+        b1 = d if d < k - 1 else k - 1
+        lo, hi = _clmul_dot(gr, 2 * k - 1 - d + b0, v, b0, b1 - b0 + 1)
+        P[s] = lo ^ prev_hi
+        prev_hi = hi
+    one = np.uint64(1)
+    s63 = np.uint64(63)
+    for t in range(k):
+        z[t] = (P[t] >> s63) | (P[t + 1] << one)
+
+
+@numba.njit(cache=True)
+def _mp(g, v, z, k, ws, base):  # type: ignore[no-untyped-def]
+    """Toeplitz–Karatsuba middle product (see module docstring); k = b·2^r words, b < 2·base."""
+    if k < 2 * base or k & 1:
+        _mp_base(g, v, z, k, ws)
+        return
+    h = k // 2
+    vs = ws[0:h]
+    gd = ws[h:3 * h]
+    P = ws[3 * h:4 * h]
+    rest = ws[4 * h:]
+    for i in range(h):
+        vs[i] = v[i] ^ v[h + i]
+    _mp(g[h:3 * h], vs, P, h, rest, base)
+    for i in range(2 * h):
+        gd[i] = g[i] ^ g[h + i]
+    _mp(gd, v[h:k], z[0:h], h, rest, base)
+    for i in range(2 * h):
+        gd[i] = g[2 * h + i] ^ g[h + i]
+    _mp(gd, v[0:h], z[h:k], h, rest, base)
+    for i in range(h):
+        z[i] ^= P[i]
+        z[h + i] ^= P[i]
+
+
+@numba.njit(cache=True)
+def _mp_tiles(U, X, Y, k, NI, NJ, padw, nw, base):  # type: ignore[no-untyped-def]
+    """``Y[I] ^= MP(U[padw + (I−J)k + nw − k :][:2k], X[J])`` over all k-word tiles (I, J)."""
+    ws = np.empty(4 * k + 4 * base + 8, dtype=np.uint64)
+    z = np.empty(k, dtype=np.uint64)
+    for i_t in range(NI):
+        for j_t in range(NJ):
+            o = padw + (i_t - j_t) * k + nw - k
+            _mp(U[o:o + 2 * k], X[j_t * k:(j_t + 1) * k], z, k, ws, base)
+            for t in range(k):
+                Y[i_t * k + t] ^= z[t]
+
+
+def _gf2_tiling(mw: int, nw: int, base: int) -> tuple[int, int, int]:
+    """Tile size k = b·2^r words (base ≤ b < 2·base, or k < base for small inputs) minimising
+    ``tiles · 3^r · b²`` (Karatsuba cost model); returns (k, row tiles, column tiles)."""
+    best: tuple[float, int, int, int] | None = None
+    for b in range(1, 2 * base):
+        for r in range(0, 40):
+            if r and b < base:
+                break
+            k = b << r
+            ni, nj = -(-mw // k), -(-nw // k)
+            cost = ni * nj * 3.0 ** r * (b * (b + 2) + 6 * b + 16)
+            if best is None or cost < best[0]:
+                best = (cost, k, ni, nj)
+            if k >= max(mw, nw):
+                break
+    assert best is not None
+    return best[1], best[2], best[3]
+
+
+def _toeplitz_gf2(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int, base: int = _GF2_BASE) -> np.ndarray:
+    L = n + m - 1
+    pad = (-n) % 64  # zero bits in front of x: y[i] = Σ x'[j] u[i + n' − 1 − j] with n' = n + pad
+    nw = (n + pad) // 64
+    mw = -(-m // 64)
+    k, ni, nj = _gf2_tiling(mw, nw, base)
+    xb = np.zeros(nj * k * 64, dtype=np.uint8)
+    xb[pad:pad + n] = bits
+    X = np.packbits(xb, bitorder="little").view(np.uint64)
+    padw = nj * k  # lowest generator offset (I − J)·k + nw − k is ≥ −padw
+    ub = np.zeros((padw + -(-L // 64) + ni * k + 2 * k) * 64, dtype=np.uint8)
+    ub[padw * 64:padw * 64 + n - 1] = seed_bits[m:]  # u = roll(seed, −m): u[t] = seed[(t + m) mod L]
+    ub[padw * 64 + n - 1:padw * 64 + L] = seed_bits[:m]
+    U = np.packbits(ub, bitorder="little").view(np.uint64)
+    Y = np.zeros(ni * k, dtype=np.uint64)
+    _mp_tiles(U, X, Y, k, ni, nj, padw, nw, base)
+    return np.unpackbits(Y.view(np.uint8), count=m, bitorder="little")
+
+
+def toeplitz_hash_gf2(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> np.ndarray:
+    """Same result as :func:`toeplitz_hash`, always via the exact GF(2) carry-less path.
+
+    Raises :class:`QKDInputError` on a CPU without ``pclmulqdq`` (use :func:`toeplitz_hash`).
+    """
+    n, m = _check(bits, seed_bits, out_len)
+    if not HAS_CLMUL:
+        raise QKDInputError("toeplitz_hash_gf2 needs a CPU with the pclmulqdq instruction; use toeplitz_hash")
+    return _toeplitz_gf2(bits, seed_bits, n, m)

@@ -12,6 +12,10 @@ from randextract import ToeplitzHashing
 from labqfl.errors import QKDInputError
 from labqfl.qkd import toeplitz_hash
 from labqfl.qkd.toeplitz import (
+    HAS_CLMUL,
+    _toeplitz_gf2,
+    toeplitz_hash_fft,
+    toeplitz_hash_gf2,
     toeplitz_hash_ntt,
     toeplitz_hash_reference,
     toeplitz_seed,
@@ -31,6 +35,7 @@ def test_matches_randextract_and_reference_bit_for_bit(seed, n, frac):
     np.testing.assert_array_equal(ours, theirs)
     np.testing.assert_array_equal(ours, toeplitz_hash_reference(x, s, m))
     np.testing.assert_array_equal(ours, toeplitz_hash_ntt(x, s, m))
+    np.testing.assert_array_equal(ours, toeplitz_hash_fft(x, s, m))
     assert ours.dtype == np.uint8 and ours.shape == (m,)
 
 
@@ -41,12 +46,39 @@ def test_known_answer_small_matrix():
     assert toeplitz_hash(x, seed, 2).tolist() == [(1 + 1) % 2, (0 + 1) % 2]
 
 
-def test_fft_path_is_exact_on_a_large_block_against_the_ntt():
+def test_fft_and_gf2_paths_are_exact_on_a_large_block_against_the_ntt():
     rng = np.random.default_rng(11)
-    n, m = 1 << 20, 300_000
+    n, m = (1 << 20) + 37, 300_001
     x = rng.integers(0, 2, n, dtype=np.uint8)
     s = toeplitz_seed(n, m)
-    np.testing.assert_array_equal(toeplitz_hash(x, s, m), toeplitz_hash_ntt(x, s, m))
+    ntt = toeplitz_hash_ntt(x, s, m)
+    np.testing.assert_array_equal(toeplitz_hash_fft(x, s, m), ntt)
+    np.testing.assert_array_equal(toeplitz_hash(x, s, m), ntt)
+
+
+needs_clmul = pytest.mark.skipif(not HAS_CLMUL, reason="CPU has no pclmulqdq (toeplitz_hash uses the FFT path)")
+
+
+@needs_clmul
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 5000), frac=st.floats(0.0, 1.0), base=st.integers(1, 5))
+def test_gf2_karatsuba_matches_the_reference_at_every_recursion_depth(seed, n, frac, base):
+    # a tiny schoolbook threshold forces deep Karatsuba recursion and many tiles on small inputs
+    m = max(1, int(round(frac * n)))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
+    expect = toeplitz_hash_reference(x, s, m) if n * m <= 4_000_000 else toeplitz_hash_fft(x, s, m)
+    np.testing.assert_array_equal(_toeplitz_gf2(x, s, n, m, base), expect)
+
+
+@needs_clmul
+def test_gf2_path_on_a_block_with_recursion_and_several_tiles_against_fft():
+    rng = np.random.default_rng(12)
+    n, m = 3_000_017, 700_003
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = toeplitz_seed(n, m)
+    np.testing.assert_array_equal(toeplitz_hash_gf2(x, s, m), toeplitz_hash_fft(x, s, m))
 
 
 def test_large_block_spot_rows_against_direct_parities():

@@ -36,6 +36,18 @@ def _numpy_counts(outcomes: np.ndarray, ki: np.ndarray, ai: np.ndarray, kj: np.n
     return clicks, dbl, errors, bits
 
 
+def _best_wall_cpu(fn, repeat: int = 3) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """Best wall time and the process CPU time of that run (shared machines: report both)."""
+    best = (float("inf"), float("inf"))
+    for _ in range(repeat):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        w = time.perf_counter() - t
+        if w < best[0]:
+            best = (w, time.process_time() - c)
+    return best
+
+
 @benchmark("sifting", "Sifting of 10^7 announced clicks (key bits + PairCounts)", target="≥ 20 M events/s")
 def _sifting(quick: bool) -> BenchResult:
     from labqfl.qkd.sifting import ClientSetup, sift_records
@@ -59,27 +71,35 @@ def _sifting(quick: bool) -> BenchResult:
                        passed=None if quick else fig >= 20.0, details={"events": n})
 
 
-@benchmark("toeplitz", "Toeplitz privacy amplification, 10^7-bit blocks (exact FFT)", target="≥ 100 Mbit/s input")
+@benchmark("toeplitz", "Toeplitz privacy amplification, 10^7-bit blocks (exact GF(2) carry-less Karatsuba)",
+           target="≥ 100 Mbit/s input")
 def _toeplitz(quick: bool) -> BenchResult:
     from galois import GF2
     from randextract import ToeplitzHashing
 
-    from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+    from labqfl.qkd.toeplitz import HAS_CLMUL, toeplitz_hash, toeplitz_hash_fft, toeplitz_seed
 
     n = 100_000 if quick else 10_000_000
     m = n // 4
     rng = np.random.default_rng(3)
     x = rng.integers(0, 2, n, dtype=np.uint8)
     seed = toeplitz_seed(n, m)
-    t = _best(lambda: toeplitz_hash(x, seed, m), repeat=2)
+    y = toeplitz_hash(x, seed, m)  # compile / warm
+    t, cpu = _best_wall_cpu(lambda: toeplitz_hash(x, seed, m), repeat=3)
+    t_fft, cpu_fft = _best_wall_cpu(lambda: toeplitz_hash_fft(x, seed, m), repeat=1)
     ext = ToeplitzHashing(n, m)
     gx, gs = GF2(x), GF2(seed)
     tb = _best(lambda: ext.extract(gx, gs), repeat=1 if not quick else 2)
-    same = bool(np.array_equal(toeplitz_hash(x, seed, m), np.asarray(ext.extract(gx, gs)).astype(np.uint8)))
+    same = bool(np.array_equal(y, np.asarray(ext.extract(gx, gs)).astype(np.uint8)))
+    same_fft = bool(np.array_equal(y, toeplitz_hash_fft(x, seed, m)))
     fig, base = n / t / 1e6, n / tb / 1e6
     return BenchResult(fig, "Mbit/s", "randextract ToeplitzHashing.extract (same block)", base,
                        target="≥ 100 Mbit/s", passed=None if quick else fig >= 100.0,
-                       details={"input_bits": n, "output_bits": m, "matches_randextract": same})
+                       details={"input_bits": n, "output_bits": m, "path": "gf2-clmul" if HAS_CLMUL else "fft",
+                                "cpu_mbit_per_s": round(n / cpu / 1e6, 2) if cpu > 0 else None,
+                                "fft_path_mbit_per_s": round(n / t_fft / 1e6, 2),
+                                "fft_path_cpu_mbit_per_s": round(n / cpu_fft / 1e6, 2) if cpu_fft > 0 else None,
+                                "matches_randextract": same, "matches_fft_path": same_fft})
 
 
 @benchmark("slotting", "Slotting of simulated-station time tags (streaming, drift-tracking)", target="keeps up with the tag rate")
@@ -119,29 +139,78 @@ def _slotting(quick: bool) -> BenchResult:
 
 @benchmark("pipeline", "Whole pipeline on the default simulated station (real-time factor)", target="≥ 1× real time")
 def _pipeline(quick: bool) -> BenchResult:
+    """Real-time factor of the post-processing at the finite-key block size.
+
+    The default station needs ~10^7 sifted bits per pair and block (~45 s of data), too long to
+    simulate here. So the figure is assembled from measured parts: (1) the streaming stages
+    (slotting, splitting, sifting, bookkeeping) on ``dur`` seconds of simulated tags, (2) one
+    full-size block's stages (Cascade, verification, Toeplitz amplification) on ``block`` synthetic
+    bits at the measured QBER, charged per sifted bit, and (3) the per-block fixed cost
+    (estimation) measured on the run's final blocks. Figures use process CPU time (the machine
+    may be shared); wall-clock versions are in ``details``. ``measured_small_blocks_x`` is the
+    directly measured end-to-end factor on the short run (small final blocks, dominated by
+    per-block overheads).
+    """
     from labqfl.config import load_station_config
+    from labqfl.qkd.cascade import reconcile_cascade
     from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink
+    from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+    from labqfl.qkd.verification import hash_tag
     from labqfl.sim_backends import SagnacTestbed
 
     cfg = load_station_config()
-    dur = 0.02 if quick else 0.2
+    dur = 0.05 if quick else 1.0
+    block = 100_000 if quick else 10_000_000
     tb = SagnacTestbed(cfg)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     blocks = list(tb.stream(dur))
-    t_sim = time.perf_counter() - t0
+    t_sim, c_sim = time.perf_counter() - t0, time.process_time() - c0
     d = Distiller(cfg, {c: tb.client_log(c) for c in cfg.client_names}, MemorySink(),
-                  DistillSettings(block_bits=50_000 if quick else 200_000))
-    t0 = time.perf_counter()
+                  DistillSettings(block_bits=max(block, 1000), min_final_block_bits=10_000))
+    t0, c0 = time.perf_counter(), time.process_time()
     for b in blocks:
         d.push(b)
+    t_stream, c_stream = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     res = d.finish(int(round(dur * cfg.laser.rep_rate_hz)))
-    wall = time.perf_counter() - t0
+    t_fin, c_fin = time.perf_counter() - t0, time.process_time() - c0
     stages: dict[str, float] = {}
     for r in res.values():
         for k, v in r.times_s.items():
             stages[k] = stages.get(k, 0.0) + v
-    fig = dur / wall
-    return BenchResult(fig, "× real time", "simulator generating the same tags", dur / t_sim, target="≥ 1× real time",
-                       passed=None if quick else fig >= 1.0,
-                       details={"data_s": dur, "wall_s": wall, "stage_s": stages,
-                                "sifted_bits": sum(r.sifted_bits for r in res.values())})
+    sifted = sum(r.sifted_bits for r in res.values())
+    nblk = max(1, sum(len(r.blocks) for r in res.values()))
+    est_per_block = stages.get("estimation", 0.0) / nblk
+    qs = [b.qber_key for r in res.values() for b in r.blocks if b.sifted_bits]
+    q = float(np.clip(np.mean(qs) if qs else 0.02, 0.005, 0.2))
+    # one full-size block: Cascade + verification tag + amplification to a quarter of the length
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2, block, dtype=np.uint8)
+    y = x ^ (rng.random(block) < q).astype(np.uint8)
+    reconcile_cascade(x[:2000], y[:2000], q, seed=0)
+    ell = block // 4
+    pseed, vseed = toeplitz_seed(block, ell), toeplitz_seed(block, 64)
+    toeplitz_hash(x[:1000], pseed[:1000 + 250 - 1], 250)
+    t0, c0 = time.perf_counter(), time.process_time()
+    ec = reconcile_cascade(x, y, q, seed=1)
+    hash_tag(x, vseed, 64)
+    hash_tag(ec.corrected, vseed, 64)
+    toeplitz_hash(x, pseed, ell)
+    toeplitz_hash(ec.corrected, pseed, ell)
+    t_blk, c_blk = time.perf_counter() - t0, time.process_time() - c0
+    rate_bits = sifted / dur  # sifted bits per second of data, all pairs
+    per_s_cpu = c_stream / dur + rate_bits * (c_blk / block) + rate_bits / block * est_per_block
+    per_s_wall = t_stream / dur + rate_bits * (t_blk / block) + rate_bits / block * est_per_block
+    fig = 1.0 / per_s_cpu
+    return BenchResult(fig, "× real time (CPU)", "simulator generating the same tags (CPU)", dur / c_sim if c_sim > 0 else 0.0,
+                       target="≥ 1× real time", passed=None if quick else fig >= 1.0,
+                       details={"data_s": dur, "block_bits": block, "qber": round(q, 4),
+                                "real_time_x_wall": round(1.0 / per_s_wall, 3),
+                                "streaming_cpu_s_per_data_s": round(c_stream / dur, 4),
+                                "streaming_wall_s_per_data_s": round(t_stream / dur, 4),
+                                "block_cpu_s": round(c_blk, 3), "block_wall_s": round(t_blk, 3),
+                                "estimation_s_per_block": round(est_per_block, 4),
+                                "sifted_bits_per_data_s": round(rate_bits),
+                                "measured_small_blocks_x": round(dur / (c_stream + c_fin), 3) if c_stream + c_fin > 0 else None,
+                                "simulator_x_wall": round(dur / t_sim, 3), "final_blocks_wall_s": round(t_fin, 3),
+                                "stage_s": stages, "cascade_residual_errors": int(np.count_nonzero(ec.corrected != x))})
