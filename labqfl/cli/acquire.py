@@ -41,7 +41,7 @@ def acquire(
     station = Station.open(cfg, base_dir=config.resolve().parent if config else None)
     writer = None
     try:
-        tagger = station["time_tagger"]
+        tagger = station.time_tagger
         blocks = tagger.stream(duration, bd)
         epoch = getattr(tagger, "acquisition_epoch", None)
         logs = ({c.name: ClientQRNGLog(c.name, int(c.seed), int(epoch), tuple(c.intensity_probs), float(c.basis_x_prob))

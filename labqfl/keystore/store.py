@@ -656,7 +656,7 @@ class KeyStore:
                     if bpair != pair:
                         raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
                     self._mark(conn, pair, seq, block_id, start, length, new_state="consumed", purpose=purpose,
-                               key_id=None, allow=lambda s, k=kid: self._pool_reason(s, purpose, k))
+                               key_id=None, allow=lambda s, k=kid: self._pool_reason(s, purpose, k))  # type: ignore[misc]
                     chunks.append(self._io_bits(conn, seq, start, length, zero=True))
                 kid_final = kid if kid is not None else str(uuid.uuid4())
                 if reserved is not None:

@@ -276,7 +276,7 @@ def _fold(v: np.uint64) -> int:
     v ^= v >> np.uint64(4)
     v ^= v >> np.uint64(2)
     v ^= v >> np.uint64(1)
-    return np.int64(v & np.uint64(1))
+    return np.int64(v & np.uint64(1))  # type: ignore[return-value]
 
 
 @numba.njit(cache=True)
@@ -315,7 +315,7 @@ def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndar
 def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               masks: np.ndarray, q: int, i: int) -> int:
     if kind[q] == 1:
-        return np.int64((masks[q, i >> 6] >> np.uint64(i & 63)) & np.uint64(1))
+        return np.int64((masks[q, i >> 6] >> np.uint64(i & 63)) & np.uint64(1))  # type: ignore[return-value]
     d = i - c[q]
     if d < 0:
         d += n
@@ -408,7 +408,7 @@ _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 @numba.njit(cache=True, inline="always")
 def _slot(key: int, logcap: int) -> int:
-    return np.int64((np.uint64(key) * _GOLD) >> np.uint64(64 - logcap))
+    return np.int64((np.uint64(key) * _GOLD) >> np.uint64(64 - logcap))  # type: ignore[return-value]
 
 
 @numba.njit(cache=True)
@@ -451,7 +451,7 @@ def _popcount(v: np.uint64) -> int:
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
     v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))
+    return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))  # type: ignore[return-value]
 
 
 @numba.njit(cache=True)

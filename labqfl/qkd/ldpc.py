@@ -371,7 +371,7 @@ class LdpcAlice:
             self._nf = _frames(N, code.n - d)
             self._filler = self._rng.integers(0, 2, (self._nf, d), dtype=np.uint8)
             return Message("ldpc/ok")
-        code = self._code
+        code = self._code  # type: ignore[assignment]
         if code is None:
             raise MessageError("ldpc: request before ldpc/init")
         if kind == "ldpc/syndromes":
@@ -468,7 +468,7 @@ class LdpcBob:
         pending = np.arange(nf)
         while True:
             failed = []
-            for f in pending:
+            for f in pending:  # type: ignore[assignment]
                 out, it = decode_syndrome(code, synd[f], llr[f], max_iter=self.max_iter)
                 attempts[f] += 1
                 if it > 0:

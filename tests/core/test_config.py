@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 import tomllib
+
+import pytest
 
 from labqfl.config import default_station_text, load_station_config, parse_station_config
 from labqfl.errors import ConfigError

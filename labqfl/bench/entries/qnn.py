@@ -61,6 +61,7 @@ def qnn_step(quick: bool) -> BenchResult:
     # agreement on this very step (same loss, same gradient)
     fast()
     pennylane()
+    assert w_fast.grad is not None and w_pl.grad is not None
     grad_err = float((w_fast.grad[0] - w_pl.grad).abs().max())
     steps_fast, steps_pl = 1.0 / t_fast, 1.0 / t_pl
     return BenchResult(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ def _frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _best_time(fn, repeats: int) -> tuple[float, float, object]:
+def _best_time(fn, repeats: int) -> tuple[float, float, Any]:
     """(best wall seconds, CPU seconds of that run, result) over ``repeats`` runs."""
     best = (float("inf"), 0.0, None)
     for _ in range(repeats):

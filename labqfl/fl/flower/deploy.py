@@ -92,13 +92,14 @@ class LocalFederation:
     """Processes of a loopback deployment; :meth:`stop` ends exactly these (by process group)."""
 
     workdir: Path
-    fleet: str
-    control: str
+    fleet: str  # host:port of the SuperLink (Fleet, Control and Runtime HTTP APIs share it in flwr 1.42)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         e = dict(os.environ)
         e["FLWR_HOME"] = str(self.workdir / "flwr_home")
+        # SuperLink / SuperNode start flower-superexec by name: the venv's bin must be on PATH
+        e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
         return e
 
     def _start(self, name: str, cmd: list[str]) -> None:
@@ -106,10 +107,27 @@ class LocalFederation:
         self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
                                             start_new_session=True)
 
+    def wait_port(self, address: str, timeout_s: float = 60.0) -> None:
+        """Block until ``host:port`` accepts TCP connections (the process is up)."""
+        host, port = address.rsplit(":", 1)
+        t0 = time.monotonic()
+        while True:
+            try:
+                with socket.create_connection((host, int(port)), timeout=1.0):
+                    return
+            except OSError:
+                dead = [n for n, p in self.procs.items() if p.poll() is not None]
+                if dead:
+                    raise RuntimeError(f"{dead} exited; see {self.workdir}/<name>.log") from None
+                if time.monotonic() - t0 > timeout_s:
+                    raise TimeoutError(f"nothing listens on {address} after {timeout_s:.0f} s") from None
+                time.sleep(0.2)
+
     def start_superlink(self) -> None:
-        self._start("superlink", [_bin("flower-superlink"), "--insecure", "--fleet-api-address", self.fleet,
-                                  "--control-api-address", self.control, "--host", "127.0.0.1",
-                                  "--port", str(free_port()), "--database", ":flwr-in-memory:"])
+        host, port = self.fleet.rsplit(":", 1)
+        self._start("superlink", [_bin("flower-superlink"), "--insecure", "--host", host, "--port", port,
+                                  "--database", ":flwr-in-memory:"])
+        self.wait_port(self.fleet)
 
     def start_supernode(self, name: str, node_config: Mapping[str, Any]) -> None:
         nc = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
@@ -127,7 +145,7 @@ class LocalFederation:
         home = self.workdir / "flwr_home"
         home.mkdir(parents=True, exist_ok=True)
         (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "labqfl-local"\n\n[superlink.labqfl-local]\naddress = "{self.control}"\n'
+            f'[superlink]\ndefault = "labqfl-local"\n\n[superlink.labqfl-local]\naddress = "{self.fleet}"\n'
             "insecure = true\n", encoding="utf-8")
         return subprocess.run([_bin("flwr"), "run", str(app_dir), "labqfl-local", "--stream"], env=self.env(),
                               capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -153,7 +171,7 @@ class LocalFederation:
 def local_federation(workdir: Path) -> Iterator[LocalFederation]:
     """A SuperLink on random free loopback ports; SuperNodes are added with ``start_supernode``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    fed = LocalFederation(workdir, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    fed = LocalFederation(workdir, f"127.0.0.1:{free_port()}")
     try:
         fed.start_superlink()
         yield fed
