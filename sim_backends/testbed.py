@@ -325,7 +325,11 @@ class SagnacTestbed:
     def _new_acq(self, epoch: int, n_slots: int) -> _Acq:
         cfg = self.config
         seed = cfg.simulation.seed
-        keys = {name: np.uint64(derive_key(seed, epoch, sid)) for sid, name in enumerate(
+        # The channel/detector randomness is seeded by the acquisition's index within this testbed
+        # (reproducible from simulation.seed); only the clients' QRNG uses the (possibly random)
+        # epoch, so their choices never repeat across testbeds.
+        chan_epoch = epoch - self.epoch_base if self.epoch_base <= epoch < self.epoch_base + (1 << 32) else epoch
+        keys = {name: np.uint64(derive_key(seed, chan_epoch, sid)) for sid, name in enumerate(
             ["gap", "acc", "eve", "drift", "dark_D0", "dark_D1", "jit_D0", "jit_D1", "ap_D0", "ap_D1", "sync"])}
         with self.lock:
             period = 1e12 / self.live.rep_rate_hz
