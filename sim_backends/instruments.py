@@ -49,6 +49,28 @@ def _check_bool(name: str, value: Any) -> bool:
     raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+class _LiveSetting:
+    """A setting kept in the testbed's live state (declarative, like PyMeasure's ``control``):
+    ``check(instrument, value)`` validates (ValueError naming the setting), then the value is
+    stored under the instrument's and the testbed's locks and the testbed is told."""
+
+    def __init__(self, attr: str, check: Any) -> None:
+        self.attr = attr
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        return self if obj is None else getattr(obj._live(), self.attr)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        v = self.check(obj, value)
+        with obj.lock, obj.testbed.lock:
+            setattr(obj._live(), self.attr, v)
+            obj.testbed.touch()
+
+
 class _SimMixin:
     """Shared plumbing: testbed, identity."""
 
@@ -68,50 +90,18 @@ class SimulatedLaser(_SimMixin, PulsedLaser):
         super().__init__(name, "sim")
         self.testbed = testbed
 
-    @property
-    def output_enabled(self) -> bool:  # type: ignore[override]
-        return self.testbed.live.laser_on
+    def _live(self):  # type: ignore[no-untyped-def]
+        return self.testbed.live
 
-    @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
+    def _check_output(self, value: Any) -> bool:
         v = _check_bool("output_enabled", value)
-        with self.lock, self.testbed.lock:
-            self.testbed.live.laser_on = v
-            self.testbed.touch()
         self.log.info("output %s", "on" if v else "off")
+        return v
 
-    @property
-    def rep_rate_hz(self) -> float:  # type: ignore[override]
-        return self.testbed.live.rep_rate_hz
-
-    @rep_rate_hz.setter
-    def rep_rate_hz(self, value: float) -> None:
-        v = _check_range("rep_rate_hz", value, 1e3, 10e9, "Hz")
-        with self.lock, self.testbed.lock:
-            self.testbed.live.rep_rate_hz = v
-            self.testbed.touch()
-
-    @property
-    def power_mw(self) -> float:  # type: ignore[override]
-        return self.testbed.live.power_mw
-
-    @power_mw.setter
-    def power_mw(self, value: float) -> None:
-        v = _check_range("power_mw", value, 0.0, 100.0, "mW")
-        with self.lock, self.testbed.lock:
-            self.testbed.live.power_mw = v
-            self.testbed.touch()
-
-    @property
-    def wavelength_nm(self) -> float:  # type: ignore[override]
-        return self.testbed.live.wavelength_nm
-
-    @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
-        v = _check_range("wavelength_nm", value, 1260.0, 1650.0, "nm")
-        with self.lock, self.testbed.lock:
-            self.testbed.live.wavelength_nm = v
-            self.testbed.touch()
+    output_enabled: bool = _LiveSetting("laser_on", lambda s, v: s._check_output(v))  # type: ignore[assignment]
+    rep_rate_hz: float = _LiveSetting("rep_rate_hz", lambda _s, v: _check_range("rep_rate_hz", v, 1e3, 10e9, "Hz"))  # type: ignore[assignment]
+    power_mw: float = _LiveSetting("power_mw", lambda _s, v: _check_range("power_mw", v, 0.0, 100.0, "mW"))  # type: ignore[assignment]
+    wavelength_nm: float = _LiveSetting("wavelength_nm", lambda _s, v: _check_range("wavelength_nm", v, 1260.0, 1650.0, "nm"))  # type: ignore[assignment]
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "output_enabled": self.output_enabled, "power_mw": self.power_mw}
@@ -137,50 +127,19 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
     def _cl(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.clients[self.client]
 
+    def _live(self):  # type: ignore[no-untyped-def]
+        return self._cl
+
     def _set(self, attr: str, value: Any) -> None:
         with self.lock, self.testbed.lock:
             setattr(self._cl, attr, value)
             self.testbed.touch()
 
-    @property
-    def output_enabled(self) -> bool:  # type: ignore[override]
-        return self._cl.pm_enabled
-
-    @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        self._set("pm_enabled", _check_bool("output_enabled", value))
-
-    @property
-    def v_pi_v(self) -> float:  # type: ignore[override]
-        return self._cl.v_pi_set
-
-    @v_pi_v.setter
-    def v_pi_v(self, value: float) -> None:
-        self._set("v_pi_set", _check_range("v_pi_v", value, 0.0, 20.0, "V", lo_open=True))
-
-    @property
-    def bias_phase_rad(self) -> float:  # type: ignore[override]
-        return self._cl.bias_set
-
-    @bias_phase_rad.setter
-    def bias_phase_rad(self, value: float) -> None:
-        self._set("bias_set", _check_range("bias_phase_rad", value, -4 * math.pi, 4 * math.pi, "rad"))
-
-    @property
-    def gate_delay_ps(self) -> float:  # type: ignore[override]
-        return self._cl.gate_delay_set_ps
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        self._set("gate_delay_set_ps", _check_range("gate_delay_ps", value, -1e9, 1e9, "ps"))
-
-    @property
-    def amplitude_vpp(self) -> float:  # type: ignore[override]
-        return self._cl.amplitude_vpp
-
-    @amplitude_vpp.setter
-    def amplitude_vpp(self, value: float) -> None:
-        self._set("amplitude_vpp", _check_range("amplitude_vpp", value, 0.0, 40.0, "V"))
+    output_enabled: bool = _LiveSetting("pm_enabled", lambda _s, v: _check_bool("output_enabled", v))  # type: ignore[assignment]
+    v_pi_v: float = _LiveSetting("v_pi_set", lambda _s, v: _check_range("v_pi_v", v, 0.0, 20.0, "V", lo_open=True))  # type: ignore[assignment]
+    bias_phase_rad: float = _LiveSetting("bias_set", lambda _s, v: _check_range("bias_phase_rad", v, -4 * math.pi, 4 * math.pi, "rad"))  # type: ignore[assignment]
+    gate_delay_ps: float = _LiveSetting("gate_delay_set_ps", lambda _s, v: _check_range("gate_delay_ps", v, -1e9, 1e9, "ps"))  # type: ignore[assignment]
+    amplitude_vpp: float = _LiveSetting("amplitude_vpp", lambda _s, v: _check_range("amplitude_vpp", v, 0.0, 40.0, "V"))  # type: ignore[assignment]
 
     @property
     def dc_voltage(self) -> float | None:
@@ -226,27 +185,11 @@ class SimulatedAttenuator(_SimMixin, VariableAttenuator):
     def _cl(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.clients[self.client]
 
-    @property
-    def attenuation_db(self) -> float:  # type: ignore[override]
-        return self._cl.attenuation_db
+    def _live(self):  # type: ignore[no-untyped-def]
+        return self._cl
 
-    @attenuation_db.setter
-    def attenuation_db(self, value: float) -> None:
-        v = _check_range("attenuation_db", value, 0.0, self.max_attenuation_db, "dB")
-        with self.lock, self.testbed.lock:
-            self._cl.attenuation_db = v
-            self.testbed.touch()
-
-    @property
-    def shutter_closed(self) -> bool:  # type: ignore[override]
-        return self._cl.shutter_closed
-
-    @shutter_closed.setter
-    def shutter_closed(self, value: bool) -> None:
-        v = _check_bool("shutter_closed", value)
-        with self.lock, self.testbed.lock:
-            self._cl.shutter_closed = v
-            self.testbed.touch()
+    attenuation_db: float = _LiveSetting("attenuation_db", lambda s, v: _check_range("attenuation_db", v, 0.0, s.max_attenuation_db, "dB"))  # type: ignore[assignment]
+    shutter_closed: bool = _LiveSetting("shutter_closed", lambda _s, v: _check_bool("shutter_closed", v))  # type: ignore[assignment]
 
     @property
     def wavelength_nm(self) -> float:  # type: ignore[override]
@@ -275,67 +218,26 @@ class SimulatedDetector(_SimMixin, PhotonDetector):
     def _d(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.detectors[self.name]
 
+    def _live(self):  # type: ignore[no-untyped-def]
+        return self._d
+
     def _set(self, attr: str, value: Any) -> None:
         with self.lock, self.testbed.lock:
             setattr(self._d, attr, value)
             self.testbed.touch()
 
-    @property
-    def enabled(self) -> bool:  # type: ignore[override]
-        return self._d.enabled
+    enabled: bool = _LiveSetting("enabled", lambda _s, v: _check_bool("enabled", v))  # type: ignore[assignment]
+    efficiency: float = _LiveSetting("efficiency", lambda _s, v: _check_range("efficiency", v, 0.0, 1.0, "", lo_open=True))  # type: ignore[assignment]
 
-    @enabled.setter
-    def enabled(self, value: bool) -> None:
-        self._set("enabled", _check_bool("enabled", value))
+    def _check_bias(self, value: Any) -> float:
+        snspd = self._kind == "snspd"
+        return _check_range("bias", value, 0.0, 30.0 if snspd else 10.0, "µA" if snspd else "V")
 
-    @property
-    def efficiency(self) -> float:  # type: ignore[override]
-        return self._d.efficiency
-
-    @efficiency.setter
-    def efficiency(self, value: float) -> None:
-        self._set("efficiency", _check_range("efficiency", value, 0.0, 1.0, "", lo_open=True))
-
-    @property
-    def bias(self) -> float:  # type: ignore[override]
-        return self._d.bias
-
-    @bias.setter
-    def bias(self, value: float) -> None:
-        hi = 30.0 if self._kind == "snspd" else 10.0
-        self._set("bias", _check_range("bias", value, 0.0, hi, "µA" if self._kind == "snspd" else "V"))
-
-    @property
-    def dead_time_ns(self) -> float:  # type: ignore[override]
-        return self._d.dead_time_ns
-
-    @dead_time_ns.setter
-    def dead_time_ns(self, value: float) -> None:
-        self._set("dead_time_ns", _check_range("dead_time_ns", value, 0.0, 1e5, "ns"))
-
-    @property
-    def gated(self) -> bool:  # type: ignore[override]
-        return self._d.gated
-
-    @gated.setter
-    def gated(self, value: bool) -> None:
-        self._set("gated", _check_bool("gated", value))
-
-    @property
-    def gate_width_ns(self) -> float:  # type: ignore[override]
-        return self._d.gate_width_ns
-
-    @gate_width_ns.setter
-    def gate_width_ns(self, value: float) -> None:
-        self._set("gate_width_ns", _check_range("gate_width_ns", value, 0.0, 1e3, "ns", lo_open=True))
-
-    @property
-    def gate_delay_ps(self) -> float:  # type: ignore[override]
-        return self._d.gate_delay_ps
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        self._set("gate_delay_ps", _check_range("gate_delay_ps", value, -1e9, 1e9, "ps"))
+    bias: float = _LiveSetting("bias", lambda s, v: s._check_bias(v))  # type: ignore[assignment]
+    dead_time_ns: float = _LiveSetting("dead_time_ns", lambda _s, v: _check_range("dead_time_ns", v, 0.0, 1e5, "ns"))  # type: ignore[assignment]
+    gated: bool = _LiveSetting("gated", lambda _s, v: _check_bool("gated", v))  # type: ignore[assignment]
+    gate_width_ns: float = _LiveSetting("gate_width_ns", lambda _s, v: _check_range("gate_width_ns", v, 0.0, 1e3, "ns", lo_open=True))  # type: ignore[assignment]
+    gate_delay_ps: float = _LiveSetting("gate_delay_ps", lambda _s, v: _check_range("gate_delay_ps", v, -1e9, 1e9, "ps"))  # type: ignore[assignment]
 
     @property
     def temperature_k(self) -> float:

@@ -95,12 +95,18 @@ def test_calib_injected_instrument_failure_leaves_station_safe(station_factory, 
     monkeypatch.setattr(st.time_tagger, "count_rates",
                         _Flaky(st.time_tagger, InstrumentError("timeout", instrument="time_tagger"), after=1))
     seen: list[float] = []
-    orig = type(st.detector("D0")).bias.fset
+    cls = type(st.detector("D0"))
+    orig = cls.__dict__["bias"]  # the instrument's bias setting (a descriptor)
 
-    def spy(self, value):  # record the biases the procedure sets
-        seen.append(value)
-        orig(self, value)
-    monkeypatch.setattr(type(st.detector("D0")), "bias", type(st.detector("D0")).bias.setter(spy))
+    class Spy:  # record the biases the procedure sets, then set them as usual
+        def __get__(self, obj, objtype=None):
+            return orig.__get__(obj, objtype)
+
+        def __set__(self, obj, value):
+            seen.append(value)
+            orig.__set__(obj, value)
+
+    monkeypatch.setattr(cls, "bias", Spy())
     with pytest.raises(CalibrationError) as ei:
         dead_time_afterpulsing(calh.ctx_for(st), n_intervals=5000)
     assert max(seen) > bias0  # the bias had been raised before the failure
