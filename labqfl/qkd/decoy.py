@@ -21,7 +21,7 @@ Notation (docs/protocol.md §4):
   (several choices of c per term at once, see ``SLACK_GUESSES_*``). This is labqfl's own bound; it reduces to the usual decoy constraints
   when T → 0 (continuous phase randomisation).
 
-* Phase-error bound (Curty, Azuma, Lo, npj Quantum Inf. 5, 64 (2019), Eq. (5)–(7); its finite
+* Phase-error bound (Curty, Azuma, Lo, npj Quantum Inf. 5, 64 (2019), arXiv:1807.07667v2 Eqs. (20)–(22); its finite
   version, Currás-Lorenzo et al., npj Quantum Inf. 7, 22 (2021)): in a key round both clients
   send |±√μ⟩; in the virtual protocol the ancilla Z-values equal the photon-number parities, and a
   phase error is a click with *equal* parities. With Poisson weights p_n(μ) and M ≥ 0,
@@ -177,7 +177,7 @@ PHASE_ERROR_TARGETS: tuple[tuple[int, int], ...] = tuple(
 
 
 def phase_error_probability_bound(mu_i: float, mu_j: float, y_upper: np.ndarray) -> float:
-    """Upper bound on Pr[click ∧ phase error] per key-setting slot (CAL19 Eq. (7), see module doc).
+    """Upper bound on Pr[click ∧ phase error] per key-setting slot (CAL19 Eqs. (20)–(21), see module doc).
 
     ``y_upper``: square array of upper bounds on Ȳ_nm (n, m < y_upper.shape[0], usually 4 from
     the decoy LPs; a larger exact matrix gives the ideal-decoy value); yields beyond it are
@@ -206,3 +206,42 @@ def ideal_fock_yields(eta_i: float, eta_j: float, p_dark_total: float = 0.0, n_m
     """
     n = np.arange(n_max + 1, dtype=float)
     return 1.0 - (1.0 - p_dark_total) * np.outer((1.0 - eta_i) ** n, (1.0 - eta_j) ** n)
+
+
+def detector_fock_yields(eta_i: float, eta_j: float, p_dark: float = 0.0, n_max: int = N_MAX_FOCK) -> np.ndarray:
+    """Exact *per-detector* Fock yields of a pure-loss channel and a 50:50 splitter.
+
+    Y¹⁰_nm = Pr[only D0 clicks | |n⟩_i|m⟩_j] (by symmetry also Pr[only D1 clicks]). Each photon of
+    client i (j) survives with probability ``eta_i`` (``eta_j``, detector efficiency included);
+    k and l surviving photons leave a symmetric splitter *all* through one port with probability
+    C(k+l, k)/2^(k+l) (Fock-state interference, e.g. Hong–Ou–Mandel for k = l = 1); each detector
+    has dark-click probability ``p_dark``. Hence
+
+        Y¹⁰_nm = (1 − p_d)·[ Σ_{(k,l)≠(0,0)} B(k; n, η_i) B(l; m, η_j) C(k+l,k)/2^(k+l)
+                              + p_d (1 − η_i)ⁿ (1 − η_j)ᵐ ],
+
+    which is Curty–Azuma–Lo (npj Quantum Inf. 5, 64 (2019), arXiv:1807.07667v2) Eqs. (34)–(35)
+    without polarisation misalignment (θ_A = θ_B = 0, checked term by term in
+    tests/qkd_security/test_qkdsec_literature.py). Shape (n_max+1, n_max+1).
+    Used for the CAL19 reference rate (:func:`labqfl.qkd.keyrate.cal19_asymptotic_rate`).
+    """
+    if not (0.0 <= eta_i <= 1.0 and 0.0 <= eta_j <= 1.0 and 0.0 <= p_dark < 1.0):
+        raise ValueError(f"need 0 <= eta <= 1 and 0 <= p_dark < 1, got {eta_i}, {eta_j}, {p_dark}")
+    n = np.arange(n_max + 1)
+    log_fact = np.array([math.lgamma(k + 1.0) for k in range(n_max + 1)])
+
+    def binom_matrix(eta: float) -> np.ndarray:  # B[n, k] = C(n, k) η^k (1 − η)^(n − k)
+        B = np.zeros((n_max + 1, n_max + 1))
+        for nn in n:
+            k = np.arange(nn + 1)
+            logc = log_fact[nn] - log_fact[k] - log_fact[nn - k]
+            B[nn, : nn + 1] = np.exp(logc) * np.power(eta, k) * np.power(1.0 - eta, nn - k)
+        return B
+
+    k = n[:, None]
+    l_ = n[None, :]
+    # log C(k+l, k) (k + l may exceed n_max, so lgamma directly)
+    log_c = np.array([[math.lgamma(a + b + 1.0) - math.lgamma(a + 1.0) - math.lgamma(b + 1.0) for b in n] for a in n])
+    same_port = np.exp(log_c - (k + l_) * math.log(2.0))
+    same_port[0, 0] = p_dark
+    return (1.0 - p_dark) * binom_matrix(eta_i) @ same_port @ binom_matrix(eta_j).T

@@ -19,6 +19,19 @@ Steps of :func:`secure_key_length`:
 5. ℓ = ⌊ n_X (1 − h(N_ph^U/n_X)) − λ_EC − log2(2/ε_cor) − log2(1/ε_PA) ⌋ (CL21 key length in the
    phase-error/complementarity framework, Koashi 2009; Hayashi–Tsurumaru 2012), which is
    ε_cor-correct and ε_sec-secret with ε_sec = √2·√(ε_PE + ε_PA).
+
+Why (P7)/(P8) hold (docs/protocol.md §5 and §9; checked from first principles because the CL21
+text was not available offline): with probability ≥ 1 − ε_PE the phase errors of the sifted key
+number ≤ N_ph^U, so the error pattern lies in a set of ≤ 2^(n_X h(e_ph^U)) strings (e_ph^U ≤ ½);
+privacy amplification to ℓ' = ℓ + λ_EC + log2(2/ε_cor) bits is, in the virtual protocol,
+phase-error correction with a random (universal₂) syndrome of n_X − ℓ' bits, which fails with
+probability ≤ 2^(n_X h(e_ph^U)) · 2^(−(n_X − ℓ')) = ε_PA exactly when ℓ is (P7); the publicly
+disclosed λ_EC + log2(2/ε_cor) bits are charged in full (equivalently, paid for with that many key
+bits used as a one-time pad), the standard accounting of the phase-error framework. The virtual protocol then fails with probability δ ≤ ε_PE + ε_PA (union bound) and
+the real key is within trace distance √(2δ) of an ideal key (Koashi, NJP 11, 045018 (2009);
+Hayashi–Tsurumaru, NJP 14, 093014 (2012)) — (P8). Using √2·√δ (rather than √δ from the pure-state
+fidelity bound) and log2(2/ε_cor) (rather than log2(1/ε_cor) for a universal₂ verification hash)
+keeps both choices on the conservative side.
 """
 
 from __future__ import annotations

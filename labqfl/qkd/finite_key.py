@@ -19,6 +19,14 @@ Because a must not depend on the data, labqfl fixes a **menu** of predictions be
 tightest one afterwards with a union bound: each menu entry gets ε/len(menu). The optimal a for a
 prediction is in closed form (:func:`kato_a`).
 
+Verification status (docs/protocol.md §9): the full texts of Kato's paper and of CL21 were not
+available offline. (K1) as written here agrees term by term with an independent public
+transcription of the CL21/Kato bound (Li, Cao, Xie, Yin, Chen, Phys. Rev. Research 6, 013022
+(2024), Eqs. (24)–(28): deviation [b + a(2Λ/n − 1)]√n with (1 + 4a/(3√n)) for the upper bound
+on S and (1 − 4a/(3√n)) for the lower one, b ≥ |a|); (K2) follows from (K1) applied to the
+complementary variables 1 − ξ_t. The tests pin that b(a) solves the tail equation, that the
+closed-form a is the minimiser, and the coverage on i.i.d. and adaptive (martingale) sequences.
+
 All functions are pure; counts may be floats (expected counts from the station model).
 """
 
@@ -59,8 +67,10 @@ def kato_a(n: float, eps: float, prediction: np.ndarray | float, sign: float) ->
     A = 1.0 + L * kappa * kappa
     s = np.clip(2.0 * np.asarray(prediction, dtype=float) / n - 1.0, -1.0, 1.0)
     a = (-s * np.sqrt(L / (A - s * s)) - sign * L * kappa) / A
-    # keep the (K2) denominators 1 − 4a/(3√n) and 1 − 2a/√n positive
-    return np.minimum(a, 0.45 * math.sqrt(n))
+    # any data-independent a is allowed (b ≥ |a| holds by construction of b(a)); clipping to
+    # |a| ≤ 0.45√n keeps 1 ± 4a/(3√n) and 1 − 2a/√n (count_upper_bound) positive
+    lim = 0.45 * math.sqrt(n)
+    return np.clip(a, -lim, lim)
 
 
 def prediction_menu(n: float, extra: Sequence[float] = ()) -> np.ndarray:

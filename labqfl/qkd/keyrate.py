@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 
 from labqfl.config import StationConfig
 from labqfl.qkd.channel_model import PairChannel, pair_channel
-from labqfl.qkd.decoy import ideal_fock_yields, phase_error_probability_bound
+from labqfl.qkd.decoy import detector_fock_yields, ideal_fock_yields, phase_error_probability_bound
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
@@ -183,7 +183,7 @@ def ideal_decoy_asymptotic_rate(ch: PairChannel, ec_efficiency: float = DEFAULT_
 
     Independent of the decoy LPs: the yields are those of the lossy channel with threshold
     detectors (:func:`labqfl.qkd.decoy.ideal_fock_yields`, exact for equal detector
-    efficiencies), e_ph = f(Y)/Q_X (CAL19 Eq. (7)) and R = p_key·Q_X·[1 − h(e_ph) − f_EC·h(E_X)].
+    efficiencies), e_ph = f(Y)/Q_X (CAL19 Eqs. (20)–(21), pooled) and R = p_key·Q_X·[1 − h(e_ph) − f_EC·h(E_X)].
     Upper limit of what :func:`predict_pair` can reach with the same operating point.
     """
     counts = expected_counts(ch, 1.0)
@@ -200,6 +200,48 @@ def ideal_decoy_asymptotic_rate(ch: PairChannel, ec_efficiency: float = DEFAULT_
     f_ph = phase_error_probability_bound(ch.intensities_i[k0], ch.intensities_j[k0], ideal_fock_yields(eta_i, eta_j, p_dark))
     e_ph = min(f_ph * p_key / n_x, 0.5)
     return max(n_x * (1.0 - binary_entropy(e_ph) - ec_efficiency * binary_entropy(q)), 0.0)
+
+
+def cal19_x_basis_gain_and_error(gamma: float, omega: float = 1.0, p_dark: float = 0.0) -> tuple[float, float]:
+    """CAL19's closed forms for a key (X-basis) round: (p_XX, e_X) of ONE detector.
+
+    Curty, Azuma, Lo, npj Quantum Inf. 5, 64 (2019), arXiv:1807.07667v2, Eqs. (30)–(31):
+
+        p_XX = ½(1 − p_d)(e^(−γΩ) + e^(γΩ))e^(−γ) − (1 − p_d)² e^(−2γ)
+        e_X  = (e^(−γΩ) − (1 − p_d)e^(−γ)) / (e^(−γΩ) + e^(γΩ) − 2(1 − p_d)e^(−γ))
+
+    p_XX: probability that only this detector clicks, averaged over both clients' bits; e_X: the
+    bit error rate of those events. ``gamma`` = η_arm·μ, the mean photon number of each pulse at
+    the splitter (detector efficiency included, symmetric arms); ``omega`` = Ω = cos φ cos θ, the
+    interference visibility (labqfl's ``visibility`` for a 50:50 splitter); ``p_dark`` per detector.
+    """
+    em, ep, e1 = math.exp(-gamma * omega), math.exp(gamma * omega), math.exp(-gamma)
+    p_xx = 0.5 * (1.0 - p_dark) * (em + ep) * e1 - (1.0 - p_dark) ** 2 * math.exp(-2.0 * gamma)
+    den = em + ep - 2.0 * (1.0 - p_dark) * e1
+    e_x = (em - (1.0 - p_dark) * e1) / den if den > 0 else 0.5
+    return p_xx, e_x
+
+
+def cal19_asymptotic_rate(eta_arm: float, mu: float, p_dark: float = 0.0, ec_efficiency: float = 1.0) -> float:
+    """Reference: CAL19's asymptotic key rate per key-setting pulse, pure-loss channel, ideal decoys.
+
+    R = Σ_{detector} p_XX [1 − f·h(e_X) − h(e_Z)] (CAL19 Eqs. (17)–(19); only single clicks give
+    key, each detector separately), with p_XX, e_X from :func:`cal19_x_basis_gain_and_error`
+    (Ω = 1) and the per-detector phase-error bound e_Z = Σ_j (Σ_{n,m≡j} c_n c_m √Y¹⁰_nm)² / p_XX
+    (CAL19 Eqs. (20)–(22), c_n = √p_n(μ), with the exact per-detector yields of
+    :func:`labqfl.qkd.decoy.detector_fock_yields` summed to n = 40, i.e. N_max → ∞: no tail term).
+    ``eta_arm``: transmittance of each arm including detector efficiency (total loss = η_arm²).
+
+    This is an implementation of the *paper's* formula, independent of labqfl's pooled analysis
+    (all outcomes together, double clicks squashed, :func:`ideal_decoy_asymptotic_rate`); the tests
+    check that the two agree within a few percent and that labqfl's is never above CAL19's.
+    """
+    p_xx, e_x = cal19_x_basis_gain_and_error(eta_arm * mu, 1.0, p_dark)
+    if p_xx <= 0:
+        return 0.0
+    f_ph = phase_error_probability_bound(mu, mu, detector_fock_yields(eta_arm, eta_arm, p_dark))
+    e_z = min(f_ph / p_xx, 0.5)
+    return max(2.0 * p_xx * (1.0 - ec_efficiency * binary_entropy(e_x) - binary_entropy(e_z)), 0.0)
 
 
 def station_pair_channel(cfg: StationConfig, pair: tuple[str, str], extra_loss_db: float = 0.0) -> PairChannel:
