@@ -1,0 +1,108 @@
+"""Flower engine protocol on an in-process Grid: same aggregate as the in-process engine, bit for bit;
+qkd keys from each node's own store; dropout recovery; refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqfl.errors import SecureAggregationError
+from labqfl.fl.flower.client import make_client_app
+from labqfl.fl.flower.keys import ecdh_words, new_ecdh_key, stochastic_rng
+from labqfl.fl.flower.server import LabqflServer
+from labqfl.fl.flower.spec import FlowerSpec
+from labqfl.fl.keysource import CsprngKeySource, make_key_source
+from labqfl.fl.masks import mask_graph, words_from_bits
+from labqfl.fl.secure import secure_round
+from labqfl.fl.training import local_updates, run_federated
+from labqfl.keystore import KeyStore
+
+
+def _in_process(spec: FlowerSpec) -> np.ndarray:
+    res = run_federated(spec.model(), spec.data(), rounds=spec.rounds, local=spec.local(), secagg=spec.secagg(),
+                        key_source=make_key_source("csprng"), seed=spec.seed)
+    return res.final_params
+
+
+def test_flower_engine_matches_in_process_engine_bit_for_bit_with_csprng_ecdh(local_grid) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", clients=5, q=16, rounds=2, keys="csprng", seed=4, graph="ring-2")
+    srv = LabqflServer(spec)
+    res = srv.run(local_grid(make_client_app(), spec.names))
+    assert np.array_equal(res.final_params, _in_process(spec))
+    assert res.key_source == "csprng"
+    assert all(not r.dropped_after_masking and not r.dropped_before_masking for r in srv.rounds)
+
+
+def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_ends(make_stores, local_grid) -> None:
+    spec0 = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=2, keys="qkd", seed=2)
+    n_params = spec0.model().n_params
+    per_round = spec0.q * n_params
+    kdir = make_stores(spec0.names, 3 * per_round)
+    spec = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=2, keys="qkd", seed=2, keystore_dir=str(kdir))
+    res = LabqflServer(spec).run(local_grid(make_client_app(), spec.names))
+    assert np.array_equal(res.final_params, _in_process(spec))
+    for p in mask_graph(spec.names):
+        for node in p.split("-"):
+            with KeyStore.for_node(node, kdir) as st:
+                assert st.available_bits(p, "fl") == per_round  # 3 rounds stored, 2 spent
+    assert res.rounds[0].key_bits_per_pair == per_round
+
+
+def test_flower_engine_survives_a_client_lost_after_masking(local_grid) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-4")
+    srv = LabqflServer(spec)
+    res = srv.run(local_grid(make_client_app(), spec.names, crash={"C3": 1}))
+    fr = srv.rounds[0]
+    assert fr.dropped_after_masking == ["C3"] and fr.reveal_bits == 4 * spec.q * spec.model().n_params
+    data, model = spec.data(), spec.model()
+    g = model.init_params(spec.seed)
+    ups, _ = local_updates(model, g, data.clients, spec.local(), spec.seed, 1)
+    weights = {c: float(len(y)) for c, (_, y) in data.clients.items()}
+    ref = secure_round(ups, weights, spec.secagg(), CsprngKeySource(), round_index=1,
+                       rng=np.random.default_rng([spec.seed, 9000, 1]), dropped={"C3"})
+    assert np.array_equal(res.final_params, g + ref.aggregate)
+
+
+def test_flower_engine_qkd_dropout_reveals_the_stored_pair_keys(make_stores, local_grid) -> None:
+    names = [f"C{i}" for i in range(1, 5)]
+    spec0 = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=1, keys="qkd", seed=1)
+    kdir = make_stores(names, spec0.q * spec0.model().n_params)
+    spec = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir))
+    srv = LabqflServer(spec)
+    res = srv.run(local_grid(make_client_app(), spec.names, crash={"C2": 1}))
+    assert srv.rounds[0].dropped_after_masking == ["C2"]
+    data, model = spec.data(), spec.model()
+    g = model.init_params(spec.seed)
+    ups, _ = local_updates(model, g, data.clients, spec.local(), spec.seed, 1)
+    weights = {c: float(len(y)) for c, (_, y) in data.clients.items()}
+    ref = secure_round(ups, weights, spec.secagg(), CsprngKeySource(), round_index=1,
+                       rng=np.random.default_rng([spec.seed, 9000, 1]), dropped={"C2"})
+    assert np.array_equal(res.final_params, g + ref.aggregate)
+
+
+def test_flower_engine_aborts_when_dropouts_split_the_mask_graph(local_grid) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-2")
+    with pytest.raises(SecureAggregationError, match="split the survivors"):
+        LabqflServer(spec).run(local_grid(make_client_app(), spec.names, crash={"C2": 1, "C5": 1}))
+
+
+def test_ecdh_words_agree_at_both_ends_and_follow_the_msb_first_convention() -> None:
+    sk_a, pk_a = new_ecdh_key()
+    sk_b, pk_b = new_ecdh_key()
+    for q in (8, 16, 32):
+        wa = ecdh_words(sk_a, pk_b, "C1-C2", 1000, q, round_index=3, run_tag="t")
+        wb = ecdh_words(sk_b, pk_a, "C1-C2", 1000, q, round_index=3, run_tag="t")
+        assert np.array_equal(wa, wb) and wa.dtype == np.dtype(f"uint{q}")
+        other = ecdh_words(sk_a, pk_b, "C1-C2", 1000, q, round_index=4, run_tag="t")
+        assert not np.array_equal(wa, other)
+    # words from the big-endian stream == words_from_bits of the same bits
+    w8 = ecdh_words(sk_a, pk_b, "C1-C2", 64, 8, round_index=1, run_tag="t")
+    w16 = ecdh_words(sk_a, pk_b, "C1-C2", 32, 16, round_index=1, run_tag="t")
+    assert np.array_equal(words_from_bits(np.unpackbits(w8), 16), w16)
+
+
+def test_stochastic_rng_reproduces_the_in_process_stream_per_client() -> None:
+    rng = np.random.default_rng([3, 9000, 2])
+    blocks = [rng.random(50) for _ in range(3)]
+    for i in range(3):
+        assert np.array_equal(stochastic_rng(3, 2, i, 50).random(50), blocks[i])
