@@ -4,28 +4,37 @@ Codes
 -----
 :func:`build_code` constructs, locally and deterministically from a seed, an irregular binary LDPC
 code of length n and mother rate R (m = round((1−R)·n) checks).  Variable-node degrees follow the
-edge-perspective distribution λ(x) = 0.30013x + 0.28395x² + 0.41592x⁷ (Richardson, Shokrollahi &
-Urbanke, IEEE Trans. IT 47, 619 (2001), rate-½ design; used here at every rate); check degrees are
-as equal as possible.  Edges come from a seeded random socket matching with parallel edges removed
-(no 4-cycle removal, no downloads).  Codes are cached per (n, R, seed).
+edge-perspective distributions λ(x) optimised for the BSC by Elkouss, Leverrier, Alléaume &
+Boutros, "Efficient reconciliation protocol for discrete-variable QKD", ISIT 2009
+(arXiv:0901.2140, Table I, rates 0.5, 0.55, …, 0.9; a rate between two table rates uses the
+nearest one, rates above 0.9 the 0.9 one); check degrees are concentrated (two consecutive values,
+as the paper's ρ(x)).  Edges are placed by a greedy progressive-edge-growth construction (Hu,
+Eleftheriou & Arnold, IEEE TIT 51, 386 (2005)) truncated at depth one: variables in order of
+decreasing degree, each edge goes to the least-filled check not within distance 2 of the variable,
+so the graph has **no 4-cycles** (girth ≥ 6) whenever such a check exists — at n = 16384 for
+every mother rate up to 0.93 (``LdpcCode.forced_4cycles`` counts the exceptions; 19 edges at
+0.94; short codes, n ≲ 4096, at high rate have many).  Codes are cached per (n, R, seed).
 
-Protocol (blind reconciliation, Kiktenko et al., arXiv:1612.03673, with untainted puncturing,
-Elkouss et al., arXiv:1006.2660 / IEEE TIT 2012)
+Protocol (blind reconciliation, Martinez-Mateo, Elkouss & Martin, QIC 12, 791 (2012); Kiktenko
+et al., arXiv:1612.03673; untainted puncturing, Elkouss et al., IEEE WCL 1, 585 (2012))
 --------------------------------------------------------------------------------------------------
 Each frame of the code holds ``n − d`` key bits and ``d`` *filler* symbols placed on untainted
 positions (no two filler symbols share a check neighbourhood).  Alice fills them with fresh random
 bits from the OS and sends the syndrome s = H·z (m bits).  Because every filler column has private
 checks, the filler bits mask d syndrome bits: the message is counted as m disclosed bits with a
 credit of d, i.e. leakage m − d (counted at the channel).  Bob decodes with the filler symbols
-*punctured* (LLR 0).  If the decoded word's syndrome differs from Alice's, Bob asks for the values
-of the next Δ = ⌈d/steps⌉ filler symbols (each revealed value leaks one bit and is then *shortened*,
-LLR ±∞) and decodes again, until success or all d are revealed (leakage m).  A frame that still
-fails is reported (``frame_errors``, ``details['frame_ok']``) and left uncorrected — never silent.
-Bits of the last partial frame are padded with shortened zeros (known to both, no leakage).
+*punctured* (LLR 0).  While a frame's decoded word does not reproduce Alice's syndrome, Bob asks
+for the values of the next ``step`` positions of the frame's public *reveal order* — first the d
+filler symbols, then (a fallback that keeps the frame-error rate low) key positions in a fixed
+pseudo-random order — each revealed value leaks one bit and is then *shortened* (LLR ±∞).  The
+decoder is **warm-started**: its messages are kept between attempts and only the revealed symbols'
+priors change.  A frame that still fails after ``max_reveal`` values is reported
+(``frame_errors``, ``details['frame_ok']``) and left uncorrected — never silent.  Bits of the last
+partial frame are padded with shortened zeros (known to both, no leakage).
 
-Decoder: normalised min-sum (α = 0.8) belief propagation in the log-likelihood domain, flooding
-schedule, stopping as soon as the hard decision reproduces Alice's syndrome.  Efficiency
-f = leaked / (N·h(Q)); Shannon's bound is f ≥ 1.
+Decoder: layered normalised min-sum belief propagation (Hocevar, SiPS 2004; Chen & Fossorier 2002
+for the normalisation) in float32 log-likelihood ratios, stopping as soon as the hard decision
+reproduces Alice's syndrome.  Efficiency f = leaked / (N·h(Q)); Shannon's bound is f ≥ 1.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ from labqfl.qkd.cascade import (
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
 
 __all__ = [
+    "DEGREE_DISTRIBUTIONS",
     "MOTHER_RATES",
     "LdpcAlice",
     "LdpcBob",
@@ -59,12 +69,36 @@ __all__ = [
     "reconcile_ldpc",
 ]
 
-MOTHER_RATES = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.92, 0.94)
-"""Mother code rates available to :func:`plan_ldpc`."""
+# Elkouss, Leverrier, Alléaume, Boutros, arXiv:0901.2140, Table I: edge-perspective λ_i keyed by
+# variable degree i (the paper writes λ_i x^(i−1)).  Rate 0.85: the paper prints 0.094274 for λ_5,
+# which makes the coefficients sum to 1.0515; 0.04274 (sum 1.0000) is evidently meant.
+DEGREE_DISTRIBUTIONS: dict[float, dict[int, float]] = {
+    0.90: {2: 0.07689, 3: 0.28096, 5: 0.08933, 9: 0.19620, 12: 0.30631, 21: 0.05031},
+    0.85: {2: 0.04528, 3: 0.20537, 4: 0.05878, 5: 0.04274, 6: 0.08454, 7: 0.01176, 9: 0.05137,
+           21: 0.50015},
+    0.80: {2: 0.09420, 3: 0.18088, 6: 0.11972, 7: 0.08550, 8: 0.09816, 17: 0.07194, 26: 0.34960},
+    0.75: {2: 0.10805, 3: 0.09511, 4: 0.01449, 5: 0.13764, 6: 0.10667, 7: 0.05288, 28: 0.01107,
+           31: 0.47408},
+    0.70: {2: 0.05343, 3: 0.29406, 6: 0.00896, 9: 0.15571, 12: 0.12189, 25: 0.19872, 46: 0.09572,
+           62: 0.02741, 65: 0.04056, 73: 0.00354},
+    0.65: {2: 0.10451, 3: 0.15652, 4: 0.08057, 5: 0.00056, 9: 0.12151, 13: 0.10485, 15: 0.10719,
+           21: 0.00771, 51: 0.31656},
+    0.60: {2: 0.11040, 3: 0.20804, 8: 0.14163, 9: 0.14858, 26: 0.14438, 27: 0.08909, 46: 0.00748,
+           71: 0.15038},
+    0.55: {2: 0.16880, 3: 0.20994, 6: 0.18095, 15: 0.03846, 16: 0.02635, 18: 0.23454, 19: 0.05815,
+           31: 0.08280},
+    0.50: {2: 0.14438, 3: 0.19026, 4: 0.01836, 5: 0.00233, 6: 0.04697, 8: 0.053943, 9: 0.05590,
+           10: 0.01290, 11: 0.00162, 14: 0.06159, 15: 0.13115, 17: 0.01481, 47: 0.00879,
+           49: 0.00650, 55: 0.00210, 56: 0.00099, 57: 0.11178, 58: 0.06238, 59: 0.05094,
+           66: 0.02230},
+}
+"""Edge-perspective variable-degree distributions per design rate (arXiv:0901.2140, Table I)."""
 
-_LAMBDA = {2: 0.30013, 3: 0.28395, 8: 0.41592}  # edge perspective
-_ALPHA = 0.8
-_BIG = 40.0
+MOTHER_RATES = tuple(round(0.50 + 0.01 * k, 2) for k in range(45))
+"""Mother code rates :func:`plan_ldpc` may choose (0.50 … 0.94 in steps of 0.01)."""
+
+_BIG = 50.0
+_DTYPE = np.float32
 
 
 @dataclass(frozen=True)
@@ -74,6 +108,7 @@ class LdpcCode:
     ``check_ptr`` (m+1) / ``check_var`` (E): variable index of each edge, edges grouped by check.
     ``var_ptr`` (n+1) / ``var_edge`` (E): edge ids grouped by variable.  ``untainted``: variable
     indices, in the order they are used as filler, whose check neighbourhoods are disjoint.
+    ``forced_4cycles``: edges the construction could only place by closing a 4-cycle (0 normally).
     """
 
     n: int
@@ -85,6 +120,7 @@ class LdpcCode:
     var_ptr: np.ndarray
     var_edge: np.ndarray
     untainted: np.ndarray
+    forced_4cycles: int = 0
 
     @property
     def edges(self) -> int:
@@ -95,65 +131,128 @@ class LdpcCode:
         return _syndrome(self.check_ptr, self.check_var, bits)
 
 
-def _degree_counts(n: int) -> dict[int, int]:
-    inv = {d: lam / d for d, lam in _LAMBDA.items()}
+def _distribution(rate: float) -> dict[int, float]:
+    key = min(DEGREE_DISTRIBUTIONS, key=lambda r: (abs(r - min(rate, 0.9)), r))
+    return DEGREE_DISTRIBUTIONS[key]
+
+
+def _degree_counts(n: int, rate: float) -> dict[int, int]:
+    """Node counts per variable degree for length n (node fractions ∝ λ_i / i)."""
+    lam = _distribution(rate)
+    inv = {d: v / d for d, v in lam.items()}
     tot = sum(inv.values())
     counts = {d: int(round(n * v / tot)) for d, v in inv.items()}
-    counts[2] += n - sum(counts.values())
+    counts[min(counts)] += n - sum(counts.values())
     return counts
 
 
-@lru_cache(maxsize=16)
+@numba.njit(cache=True)
+def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Greedy depth-1 PEG: returns (edge variable, edge check, edges that closed a 4-cycle).
+
+    ``vdeg``: degree per variable, processed in index order.  ``cap``: target degree per check.
+    ``offs``: one random scan offset per edge (ties between equally filled checks).
+    """
+    n = vdeg.size
+    m = cap.size
+    E = 0
+    for v in range(n):
+        E += vdeg[v]
+    ev = np.empty(E, np.int64)
+    ec = np.empty(E, np.int64)
+    maxc = 0
+    for c in range(m):
+        maxc = max(maxc, cap[c])
+    maxc = maxc + 64
+    cadj = np.empty((m, maxc), np.int64)
+    ccnt = np.zeros(m, np.int64)
+    vptr = np.zeros(n + 1, np.int64)
+    for v in range(n):
+        vptr[v + 1] = vptr[v] + vdeg[v]
+    vadj = np.empty(E, np.int64)
+    vcnt = np.zeros(n, np.int64)
+    mark = np.full(m, -1, np.int64)  # checks within distance 2 of the current variable
+    own = np.full(m, -1, np.int64)  # checks already adjacent to the current variable
+    forced = 0
+    # histogram of remaining capacities (offset by maxc) so a scan can stop at the global maximum
+    hist = np.zeros(2 * maxc + 2, np.int64)
+    for c in range(m):
+        hist[cap[c] + maxc] += 1
+    top = maxc + maxc
+    while top > 0 and hist[top] == 0:
+        top -= 1
+    e = 0
+    for v in range(n):
+        for _k in range(vdeg[v]):
+            best = -1
+            bestr = -(1 << 40)
+            st = offs[e]
+            for j in range(m):
+                c = st + j
+                if c >= m:
+                    c -= m
+                if mark[c] == v or ccnt[c] >= maxc:
+                    continue
+                r = cap[c] - ccnt[c]
+                if r > bestr:
+                    best = c
+                    bestr = r
+                    if r + maxc >= top:
+                        break
+            if best < 0:  # every check is within distance 2: accept a 4-cycle, avoid parallel edges
+                forced += 1
+                for j in range(m):
+                    c = st + j
+                    if c >= m:
+                        c -= m
+                    if own[c] == v or ccnt[c] >= maxc:
+                        continue
+                    r = cap[c] - ccnt[c]
+                    if r > bestr:
+                        best = c
+                        bestr = r
+            c = best
+            ev[e] = v
+            ec[e] = c
+            e += 1
+            own[c] = v
+            mark[c] = v
+            for t in range(ccnt[c]):
+                u = cadj[c, t]
+                for s in range(vcnt[u]):
+                    mark[vadj[vptr[u] + s]] = v
+            cadj[c, ccnt[c]] = v
+            hist[cap[c] - ccnt[c] + maxc] -= 1
+            ccnt[c] += 1
+            hist[cap[c] - ccnt[c] + maxc] += 1
+            while top > 0 and hist[top] == 0:
+                top -= 1
+            vadj[vptr[v] + vcnt[v]] = c
+            vcnt[v] += 1
+    return ev, ec, forced
+
+
+@lru_cache(maxsize=24)
 def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
     """Irregular LDPC code of length ``n`` and mother rate ``rate`` (see module docstring)."""
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
-    rng = np.random.default_rng([seed, n, int(round(rate * 10000))])
+    rng = np.random.default_rng([seed, n, int(round(rate * 10000)), 2])
     m = int(round((1.0 - rate) * n))
-    counts = _degree_counts(n)
-    # degree-2 nodes form one accumulator chain (check π(j) — node — check π(j+1)): no cycle made
-    # only of degree-2 nodes, hence no low-weight codewords from them; the excess becomes degree 3
-    n2 = min(counts.get(2, 0), m - 1)
-    counts[3] = counts.get(3, 0) + counts.get(2, 0) - n2
-    counts[2] = n2
-    vdeg = np.concatenate([np.full(c, d, np.int64) for d, c in sorted(counts.items()) if c])
+    counts = _degree_counts(n, rate)
+    # a variable cannot have more distinct checks than there are (tiny codes only)
+    vdeg = np.concatenate([np.full(c, min(d, m), np.int64) for d, c in sorted(counts.items(), reverse=True) if c])
     E = int(vdeg.sum())
-    chain = rng.permutation(m)
-    v2 = np.arange(n2, dtype=np.int64)
-    chain_v = np.concatenate([v2, v2])
-    chain_c = np.concatenate([chain[:n2], chain[1:n2 + 1]]).astype(np.int64)
-    cdeg = np.full(m, E // m, np.int64)
-    cdeg[: E - cdeg.sum()] += 1
-    used = np.bincount(chain_c, minlength=m)
-    rest = np.maximum(cdeg - used, 0)
-    rest[: (E - 2 * n2) - rest.sum()] += 1 if (E - 2 * n2) > rest.sum() else 0
-    vsock = np.repeat(np.arange(n2, n, dtype=np.int64), vdeg[n2:])
-    csock = np.repeat(np.arange(m, dtype=np.int64), rest)[: vsock.size]
-    if csock.size < vsock.size:
-        csock = np.concatenate([csock, rng.integers(0, m, vsock.size - csock.size)])
-    rng.shuffle(csock)
-    R2 = vsock.size
-    for _ in range(100):  # remove parallel edges by swapping check sockets
-        key = vsock * m + csock
-        order = np.argsort(key, kind="stable")
-        dup = np.zeros(R2, bool)
-        dup[order[1:]] = key[order[1:]] == key[order[:-1]]
-        bad = np.flatnonzero(dup)
-        if bad.size == 0:
-            break
-        other = rng.integers(0, R2, bad.size)
-        csock[bad], csock[other] = csock[other], csock[bad].copy()
-    else:
-        key = vsock * m + csock
-        _, first = np.unique(key, return_index=True)
-        vsock, csock = vsock[np.sort(first)], csock[np.sort(first)]
-    # node labels: shuffle so filler/key positions are not tied to the degree-2 chain order
+    cap = np.full(m, E // m, np.int64)
+    cap[rng.permutation(m)[: E - int(cap.sum())]] += 1
+    offs = rng.integers(0, m, E).astype(np.int64)
+    ev, ec, forced = _peg_edges(vdeg, cap, offs)
+    # node labels: shuffle so filler/key positions are not tied to the construction order
     relabel = rng.permutation(n).astype(np.int64)
-    vsock = relabel[np.concatenate([chain_v, vsock])]
-    csock = np.concatenate([chain_c, csock])
-    order = np.lexsort((vsock, csock))
-    check_var = vsock[order]
-    cs = csock[order]
+    vs = relabel[ev]
+    order = np.lexsort((vs, ec))
+    check_var = np.ascontiguousarray(vs[order])
+    cs = ec[order]
     check_ptr = np.zeros(m + 1, np.int64)
     np.add.at(check_ptr, cs + 1, 1)
     check_ptr = np.cumsum(check_ptr)
@@ -173,7 +272,7 @@ def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
         tainted[checks] = True  # these checks now belong to v alone
         chosen.append(int(v))
     return LdpcCode(n, m, rate, seed, check_ptr, check_var, var_ptr, var_edge,
-                    np.array(chosen, dtype=np.int64))
+                    np.array(chosen, dtype=np.int64), int(forced))
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -189,56 +288,78 @@ def _syndrome(check_ptr: np.ndarray, check_var: np.ndarray, bits: np.ndarray) ->
     return out
 
 
-@numba.njit(cache=True)
-def _nms_decode(check_ptr: np.ndarray, check_var: np.ndarray, var_ptr: np.ndarray,
-                var_edge: np.ndarray, synd: np.ndarray, llr0: np.ndarray, max_iter: int,
-                alpha: float, out: np.ndarray) -> int:
-    """Normalised min-sum syndrome decoding; returns iterations used, or −1 if not converged.
+def _phi_table() -> np.ndarray:
+    """φ(x) = −ln tanh(x/2) sampled at x = k/PHI_SCALE, k = 0 … PHI_SIZE−1 (float32).
 
-    ``llr0``: prior log-likelihood ratio log P(bit=0)/P(bit=1) per variable (float64, length n).
-    ``out``: hard decision (uint8), valid whatever the return value.
+    φ is its own inverse on (0, ∞); φ(0) is capped at φ(1/(4·PHI_SCALE)) ≈ 8.3.
+    """
+    x = np.arange(_PHI_SIZE, dtype=np.float64) / _PHI_SCALE
+    x[0] = 0.25 / _PHI_SCALE
+    return (-np.log(np.tanh(0.5 * x))).astype(np.float32)
+
+
+_PHI_SCALE = 256
+_PHI_SIZE = 24 * _PHI_SCALE  # φ(24) ≈ 7.6e-11: zero beyond the table
+_PHI = _phi_table()
+
+
+@numba.njit(cache=True, inline="always")
+def _phi(x: np.float32, tab: np.ndarray) -> np.float32:
+    """Linear interpolation of the φ table at x ≥ 0 (float32 throughout)."""
+    v = x * np.float32(_PHI_SCALE) + np.float32(0.5)
+    if v >= np.float32(_PHI_SIZE - 1):
+        return np.float32(0.0)
+    return tab[int(v)]
+
+
+@numba.njit(cache=True)
+def _layered_bp(check_ptr: np.ndarray, check_var: np.ndarray, synd: np.ndarray, L: np.ndarray,
+                R: np.ndarray, max_iter: int, tab: np.ndarray) -> int:
+    """Layered sum-product decoding in the log domain, in place on (L, R); iterations or −1.
+
+    ``L`` (n, float32): posterior LLR log P(0)/P(1) = prior + Σ incoming check messages.
+    ``R`` (E, float32): check-to-variable messages (zeros for a cold start).  Both carry the
+    decoder state, so a later call continues (warm start) after the caller changes priors in L.
+    Check update (Gallager's φ form): |R_e| = φ(Σ_{e'≠e} φ(|t_e'|)), sign = (−1)^s_c·Π_{e'≠e}
+    sign t_e', with t_e = L_v − R_e.  Convergence: after each sweep over all checks the hard
+    decision (L < 0 → 1) reproduces ``synd``.
     """
     m = check_ptr.size - 1
-    n = var_ptr.size - 1
-    E = check_var.size
-    c2v = np.zeros(E)
-    v2c = np.empty(E)
-    L = llr0.copy()
+    dmax = 0
+    for c in range(m):
+        dmax = max(dmax, check_ptr[c + 1] - check_ptr[c])
+    tmp = np.empty(dmax, np.float32)
+    ph = np.empty(dmax, np.float32)
     for it in range(max_iter):
         for c in range(m):
             e0 = check_ptr[c]
             e1 = check_ptr[c + 1]
-            min1 = 1e300
-            min2 = 1e300
-            pos = -1
+            tot = np.float32(0.0)
             sgn = synd[c]
             for e in range(e0, e1):
-                x = L[check_var[e]] - c2v[e]
-                v2c[e] = x
-                ax = abs(x)
-                if x < 0:
+                t = L[check_var[e]] - R[e]
+                tmp[e - e0] = t
+                if t < 0:
                     sgn ^= 1
-                if ax < min1:
-                    min2 = min1
-                    min1 = ax
-                    pos = e
-                elif ax < min2:
-                    min2 = ax
+                p = _phi(abs(t), tab)
+                ph[e - e0] = p
+                tot += p
             for e in range(e0, e1):
-                mag = min2 if e == pos else min1
-                s = sgn ^ (1 if v2c[e] < 0 else 0)
-                c2v[e] = -alpha * mag if s else alpha * mag
-        for v in range(n):
-            acc = llr0[v]
-            for t in range(var_ptr[v], var_ptr[v + 1]):
-                acc += c2v[var_edge[t]]
-            L[v] = acc
-            out[v] = 1 if acc < 0 else 0
+                t = tmp[e - e0]
+                rest = tot - ph[e - e0]
+                if rest < 0:
+                    rest = np.float32(0.0)
+                mag = _phi(rest, tab)
+                s = sgn ^ (1 if t < 0 else 0)
+                r = -mag if s else mag
+                R[e] = r
+                L[check_var[e]] = t + r
         ok = True
         for c in range(m):
             s = synd[c]
             for e in range(check_ptr[c], check_ptr[c + 1]):
-                s ^= out[check_var[e]]
+                if L[check_var[e]] < 0:
+                    s ^= 1
             if s:
                 ok = False
                 break
@@ -247,95 +368,143 @@ def _nms_decode(check_ptr: np.ndarray, check_var: np.ndarray, var_ptr: np.ndarra
     return -1
 
 
-def decode_syndrome(code: LdpcCode, syndrome: np.ndarray, llr: np.ndarray, *, max_iter: int = 60,
-                    alpha: float = _ALPHA) -> tuple[np.ndarray, int]:
-    """Find x with H·x = ``syndrome`` near the prior ``llr`` (float64, length n).
+@numba.njit(cache=True)
+def _decode_frames(check_ptr: np.ndarray, check_var: np.ndarray, synd: np.ndarray, L: np.ndarray,
+                   R: np.ndarray, frames: np.ndarray, max_iter: int, tab: np.ndarray) -> np.ndarray:
+    """Run :func:`_layered_bp` on rows ``frames`` of (synd, L, R); iterations per frame or −1."""
+    out = np.empty(frames.size, np.int64)
+    for i in range(frames.size):
+        f = frames[i]
+        out[i] = _layered_bp(check_ptr, check_var, synd[f], L[f], R[f], max_iter, tab)
+    return out
 
-    Returns (hard decision uint8, iterations); iterations = −1 when the syndrome was not matched
-    within ``max_iter`` — the caller must treat that frame as failed.
+
+def _check_decode_args(code: LdpcCode, syndrome: np.ndarray, llr: np.ndarray) -> None:
+    if not isinstance(syndrome, np.ndarray) or syndrome.dtype != np.uint8 or syndrome.shape != (code.m,):
+        raise ReconciliationInputError(f"decode_syndrome expects a uint8 syndrome of {code.m} bits")
+    if not isinstance(llr, np.ndarray) or llr.shape != (code.n,):
+        raise ReconciliationInputError(f"decode_syndrome expects {code.n} LLRs")
+
+
+def decode_syndrome(code: LdpcCode, syndrome: np.ndarray, llr: np.ndarray, *,
+                    max_iter: int = 60) -> tuple[np.ndarray, int]:
+    """Find x with H·x = ``syndrome`` near the prior ``llr`` (log P(0)/P(1), length n).
+
+    Layered sum-product in float32 (see :func:`_layered_bp`).  Returns (hard decision uint8,
+    iterations); iterations = −1 when the syndrome was not matched within ``max_iter`` — the
+    caller must treat that frame as failed.
     """
-    if syndrome.dtype != np.uint8 or syndrome.size != code.m or llr.size != code.n:
-        raise ReconciliationInputError(f"decode_syndrome expects a uint8 syndrome of {code.m} bits and {code.n} LLRs")
-    out = np.zeros(code.n, np.uint8)
-    it = _nms_decode(code.check_ptr, code.check_var, code.var_ptr, code.var_edge, syndrome,
-                     np.ascontiguousarray(llr, dtype=np.float64), max_iter, alpha, out)
-    return out, int(it)
+    _check_decode_args(code, syndrome, llr)
+    L = np.array(llr, dtype=_DTYPE)
+    R = np.zeros(code.edges, _DTYPE)
+    it = _layered_bp(code.check_ptr, code.check_var, syndrome, L, R, int(max_iter), _PHI)
+    return (L < 0).astype(np.uint8), int(it)
+
+
+def _phi_reference(x: np.ndarray) -> np.ndarray:
+    v = x * np.float32(_PHI_SCALE) + np.float32(0.5)
+    k = np.minimum(v, np.float32(_PHI_SIZE - 1)).astype(np.int64)
+    return np.where(v >= np.float32(_PHI_SIZE - 1), np.float32(0.0), _PHI[k]).astype(_DTYPE)
 
 
 def decode_syndrome_reference(code: LdpcCode, syndrome: np.ndarray, llr: np.ndarray, *,
-                              max_iter: int = 60, alpha: float = _ALPHA) -> tuple[np.ndarray, int]:
-    """Plain numpy normalised min-sum (same schedule and arithmetic as the Numba kernel)."""
-    cv = code.check_var
-    cptr = code.check_ptr
-    llr = np.asarray(llr, dtype=np.float64)
-    c2v = np.zeros(cv.size)
-    L = llr.copy()
-    out = np.zeros(code.n, np.uint8)
+                              max_iter: int = 60) -> tuple[np.ndarray, int]:
+    """Plain numpy layered sum-product (same schedule and float32 arithmetic as the kernel).
+
+    For each check c in order: t_e = L_v − R_e on its edges; R_e = (−1)^s_c·Π_{e'≠e} sign t_e' ·
+    φ(Σ_{e'≠e} φ(|t_e'|)); L_v = t_e + R_e.  After each sweep, stop if the hard decision's
+    syndrome equals ``syndrome``.
+    """
+    _check_decode_args(code, syndrome, llr)
+    cv, cptr = code.check_var, code.check_ptr
+    L = np.array(llr, dtype=_DTYPE)
+    R = np.zeros(code.edges, _DTYPE)
     for it in range(max_iter):
-        v2c = L[cv] - c2v
-        a = np.abs(v2c)
-        neg = (v2c < 0).astype(np.int64)
-        sgn = (np.bitwise_xor.reduceat(neg, cptr[:-1]) ^ syndrome.astype(np.int64))
-        c2v = np.empty_like(v2c)
-        for c in range(code.m):  # min and second min, first occurrence is "the" min
+        for c in range(code.m):
             sl = slice(cptr[c], cptr[c + 1])
-            seg = a[sl]
-            pos = int(np.argmin(seg))
-            min1 = seg[pos]
-            min2 = np.min(np.delete(seg, pos)) if seg.size > 1 else 1e300
-            mag = np.full(seg.size, min1)
-            mag[pos] = min2
-            s = sgn[c] ^ neg[sl]
-            c2v[sl] = np.where(s == 1, -alpha * mag, alpha * mag)
-        L = llr + np.bincount(cv, weights=c2v, minlength=code.n)
-        out = (L < 0).astype(np.uint8)
-        if np.array_equal(np.bitwise_xor.reduceat(out[cv], cptr[:-1]) & 1, syndrome):
-            return out, it + 1
-    return out, -1
+            vs = cv[sl]
+            t = L[vs] - R[sl]
+            neg = (t < 0).astype(np.int64)
+            sgn = (int(neg.sum()) + int(syndrome[c])) & 1
+            ph = _phi_reference(np.abs(t))
+            tot = np.add.accumulate(ph, dtype=_DTYPE)[-1]  # sequential sum, as in the kernel
+            mag = _phi_reference(np.maximum(tot - ph, np.float32(0.0)))
+            r = np.where((sgn ^ neg) == 1, -mag, mag).astype(_DTYPE)
+            R[sl] = r
+            L[vs] = t + r
+        hard = (L < 0).astype(np.uint8)
+        if np.array_equal(code.syndrome(hard), syndrome):
+            return hard, it + 1
+    return (L < 0).astype(np.uint8), -1
 
 
 # ----------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class LdpcPlan:
-    """Chosen code and rate-adaptation parameters for a QBER."""
+    """Chosen code and rate-adaptation parameters for a QBER.
+
+    ``d``: filler (punctured, then shortened when revealed) symbols per frame.
+    ``start_revealed``: reveal-order values disclosed before the first decoding attempt.
+    ``step``: values revealed per retry.  ``max_reveal``: reveal-order length (filler first, then
+    key positions); a frame still failing after that is a frame error.  ``first_iter`` /
+    ``retry_iter``: decoder iterations for the first attempt / each warm-started retry.
+    """
 
     code_n: int
     rate: float
     code_seed: int
-    d: int  # filler (punctured/shortened) symbols per frame
-    start_revealed: int  # filler values revealed before the first decoding attempt
-    step: int  # filler values revealed per retry
+    d: int
+    start_revealed: int
+    step: int
+    max_reveal: int = -1
+    first_iter: int = 60
+    retry_iter: int = 20
 
     @property
     def key_bits_per_frame(self) -> int:
         return self.code_n - self.d
 
+    @property
+    def reveal_limit(self) -> int:
+        return self.d if self.max_reveal < 0 else self.max_reveal
 
-def plan_ldpc(qber: float, *, code_n: int = 16384, code_seed: int = 0, delta: float = 0.25,
-              f_start: float = 1.08, steps: int = 10) -> LdpcPlan:
-    """Pick the mother rate and the initial number of revealed filler symbols for ``qber``.
 
-    For mother rate R (m = (1−R)·n checks) and d = δ·m filler symbols the leakage per key bit
-    ranges from (m−d)/(n−d) (all punctured) to m/(n−d) (all revealed).  We take the highest rate
-    whose upper end reaches 1.3·h(Q) and start at leakage ratio max(lower end, f_start·h(Q)).
+# Design points measured at n = 16384 (see docs/reconciliation.md): the mother code's syndrome is
+# F_MOTHER·h(Q) per key bit (more at low QBER, where the high-rate codes are further from capacity);
+# fully punctured, the frame discloses F_MIN·h(Q); decoding starts at F_START·h(Q) and each retry
+# adds F_STEP·h(Q); the key-bit fallback extends the range by F_EXTRA·h(Q).
+_F_MOTHER = 1.20
+_F_MOTHER_LOW_Q = 15.0  # + (0.02 − Q)·15 below Q = 2 %
+_F_MIN = 1.0
+_F_START = 1.08
+_F_STEP = 0.02
+_F_EXTRA = 0.12
+
+
+def plan_ldpc(qber: float, *, code_n: int = 16384, code_seed: int = 0, f_start: float = _F_START,
+              f_step: float = _F_STEP, f_mother: float | None = None,
+              first_iter: int = 50, retry_iter: int = 15) -> LdpcPlan:
+    """Pick the mother rate, filler count, starting point and step for ``qber``.
+
+    Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
+    d filler symbols so that the fully punctured frame discloses (m − d) ≈ F_MIN·h(Q)·(n − d);
+    the first attempt discloses f_start·h(Q)·(n − d) bits, each retry f_step·h(Q)·(n − d) more,
+    up to m + F_EXTRA·h(Q)·(n − d) (filler first, then key positions).
     """
     h = binary_entropy(qber)
-    best = None
-    for R in sorted(MOTHER_RATES, reverse=True):
-        m = int(round((1 - R) * code_n))
-        d = int(round(delta * m))
-        if m / (code_n - d) >= 1.3 * h:
-            best = (R, m, d)
-            break
-    if best is None:
-        R = min(MOTHER_RATES)
-        m = int(round((1 - R) * code_n))
-        best = (R, m, int(round(delta * m)))
-    R, m, d = best
-    d = min(d, int(build_code(code_n, R, code_seed).untainted.size))
-    target = f_start * h * (code_n - d)  # leaked bits wanted: m − d + revealed
-    start = int(min(d, max(0, math.ceil(target - (m - d)))))
-    return LdpcPlan(code_n, R, code_seed, d, start, max(1, math.ceil(d / steps)))
+    if f_mother is None:
+        f_mother = _F_MOTHER + _F_MOTHER_LOW_Q * max(0.0, 0.02 - qber)
+    want = 1.0 - f_mother * h
+    R = min(MOTHER_RATES, key=lambda r: abs(r - want))
+    code = build_code(code_n, R, code_seed)
+    m, n = code.m, code.n
+    d = int(max(0, min(code.untainted.size, math.floor((m - _F_MIN * h * n) / (1.0 - _F_MIN * h)))))
+    kpf = n - d
+    start = int(min(d, max(0, math.ceil(f_start * h * kpf - (m - d)))))
+    step = max(1, math.ceil(f_step * h * kpf))
+    extra = max(step, math.ceil(_F_EXTRA * h * kpf))
+    return LdpcPlan(code_n, R, code_seed, d, start, step, max_reveal=min(n, d + extra),
+                    first_iter=first_iter, retry_iter=retry_iter)
 
 
 # ----------------------------------------------------------------------------------- parties
@@ -343,10 +512,27 @@ def _frames(N: int, kpf: int) -> int:
     return -(-N // kpf)
 
 
+@lru_cache(maxsize=32)
+def _layout(n: int, rate: float, seed: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(key positions, reveal order) of a frame: key bits go to the non-filler positions in index
+    order; the reveal order is the d filler positions then the key positions in a public
+    pseudo-random order."""
+    code = build_code(n, rate, seed)
+    mask = np.ones(code.n, bool)
+    mask[code.untainted[:d]] = False
+    keypos = np.flatnonzero(mask)
+    rng = np.random.default_rng([seed, n, d, 7])
+    order = np.concatenate([code.untainted[:d], rng.permutation(keypos)])
+    keypos.setflags(write=False)
+    order.setflags(write=False)
+    return keypos, order
+
+
 class LdpcAlice:
-    """Alice's side (a Responder).  Messages: ``ldpc/init`` {N, code_n, rate, code_seed, d} →
-    ``ldpc/ok``; ``ldpc/syndromes`` {frames} → syndromes (disclosed, credit d per frame);
-    ``ldpc/reveal`` {frames, start, count} → filler values (disclosed); ``ldpc/done`` → ``ldpc/ok``.
+    """Alice's side (a Responder).  Messages: ``ldpc/init`` {N, code_n, rate, code_seed, d,
+    max_reveal} → ``ldpc/ok``; ``ldpc/syndromes`` {frames} → syndromes (disclosed, credit d per
+    frame); ``ldpc/reveal`` {frames, start, count} → values at reveal-order positions
+    [start, start+count) of each frame (disclosed); ``ldpc/done`` → ``ldpc/ok``.
     """
 
     def __init__(self, alice_bits: np.ndarray, *, filler_rng: np.random.Generator | None = None) -> None:
@@ -367,32 +553,45 @@ class LdpcAlice:
             d = int(request.get("d"))
             if not 0 <= d <= code.untainted.size:
                 raise MessageError(f"ldpc/init: d={d} exceeds the code's {code.untainted.size} untainted positions")
-            self._code, self._d = code, d
+            max_reveal = int(request.get("max_reveal"))
+            if not d <= max_reveal <= code.n:
+                raise MessageError(f"ldpc/init: max_reveal={max_reveal} outside [{d}, {code.n}]")
+            self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
             self._filler = self._rng.integers(0, 2, (self._nf, d), dtype=np.uint8)
+            self._order = _layout(code.n, code.rate, code.seed, d)[1]
             return Message("ldpc/ok")
-        code = self._code  # type: ignore[assignment]
+        code = self._code
         if code is None:
             raise MessageError("ldpc: request before ldpc/init")
         if kind == "ldpc/syndromes":
-            frames = np.asarray(request.get("frames"), dtype=np.int64)
-            if frames.size and (frames.min() < 0 or frames.max() >= self._nf):
-                raise MessageError("ldpc/syndromes: frame index out of range")
-            out = np.concatenate([code.syndrome(self._word(int(f))) for f in frames]) if frames.size else np.zeros(0, np.uint8)
+            frames = self._frame_list(request)
+            out = (np.concatenate([code.syndrome(self._word(int(f))) for f in frames])
+                   if frames.size else np.zeros(0, np.uint8))
             self.disclosed_bits += out.size - self._d * frames.size
             return Message("ldpc/syndromes", {"m": code.m}, out, credit=self._d * int(frames.size))
         if kind == "ldpc/reveal":
-            frames = np.asarray(request.get("frames"), dtype=np.int64)
+            frames = self._frame_list(request)
             start = int(request.get("start"))
             count = int(request.get("count"))
-            if frames.size and (frames.min() < 0 or frames.max() >= self._nf) or start < 0 or count < 0 or start + count > self._d:
-                raise MessageError("ldpc/reveal: frame or filler range out of bounds")
-            out = self._filler[frames, start:start + count].reshape(-1)
+            if start < 0 or count < 0 or start + count > self._max_reveal:
+                raise MessageError("ldpc/reveal: reveal range out of bounds")
+            pos = self._order[start:start + count]
+            out = np.empty((frames.size, count), np.uint8)
+            for i, f in enumerate(frames):
+                out[i] = self._word(int(f))[pos]
+            out = out.reshape(-1)
             self.disclosed_bits += out.size
             return Message("ldpc/filler", {}, np.ascontiguousarray(out))
         if kind == "ldpc/done":
             return Message("ldpc/ok", {"disclosed": self.disclosed_bits})
         raise MessageError(f"ldpc: unexpected message {kind!r}")
+
+    def _frame_list(self, request: Message) -> np.ndarray:
+        frames = np.asarray(request.get("frames"), dtype=np.int64)
+        if frames.ndim != 1 or (frames.size and (frames.min() < 0 or frames.max() >= self._nf)):
+            raise MessageError(f"{request.kind}: frame index out of range")
+        return frames
 
     def _word(self, f: int) -> np.ndarray:
         code = self._code
@@ -405,86 +604,83 @@ def _frame_word(code: LdpcCode, d: int, bits: np.ndarray, f: int, filler: np.nda
     ``code.untainted[:d]``."""
     kpf = code.n - d
     word = np.zeros(code.n, np.uint8)
-    fpos = code.untainted[:d]
-    keypos = _key_positions(code, d)
+    keypos = _layout(code.n, code.rate, code.seed, d)[0]
     chunk = bits[f * kpf:(f + 1) * kpf]
     word[keypos[:chunk.size]] = chunk
-    word[fpos] = filler
+    word[code.untainted[:d]] = filler
     return word
-
-
-@lru_cache(maxsize=32)
-def _key_positions_cached(n: int, rate: float, seed: int, d: int) -> np.ndarray:
-    code = build_code(n, rate, seed)
-    mask = np.ones(code.n, bool)
-    mask[code.untainted[:d]] = False
-    return np.flatnonzero(mask)
-
-
-def _key_positions(code: LdpcCode, d: int) -> np.ndarray:
-    return _key_positions_cached(code.n, code.rate, code.seed, d)
 
 
 class LdpcBob:
     """Bob's side: blind rate-adaptive syndrome decoding over a channel to Alice."""
 
     def __init__(self, bob_bits: np.ndarray, qber: float, *, plan: LdpcPlan | None = None,
-                 max_iter: int = 60) -> None:
+                 max_iter: int | None = None) -> None:
         if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
             raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
         self.bits = bob_bits
         self.qber = float(qber)
         self.plan = plan or plan_ldpc(self.qber)
-        self.max_iter = max_iter
+        self.first_iter = int(max_iter) if max_iter is not None else self.plan.first_iter
+        self.retry_iter = min(self.first_iter, self.plan.retry_iter)
+        self.warm_start = True
 
     def run(self, channel: Channel) -> ReconciliationResult:
         pl = self.plan
         N = int(self.bits.size)
         code = build_code(pl.code_n, pl.rate, pl.code_seed)
         d = pl.d
+        limit = pl.reveal_limit
         kpf = code.n - d
         nf = _frames(N, kpf)
         channel.request(Message("ldpc/init", {"N": N, "code_n": code.n, "rate": pl.rate,
-                                              "code_seed": pl.code_seed, "d": d}))
+                                              "code_seed": pl.code_seed, "d": d, "max_reveal": limit}))
         rep = channel.request(Message("ldpc/syndromes", {"frames": np.arange(nf, dtype=np.int64)}))
         if rep.disclosed.size != nf * code.m:
             raise MessageError("ldpc: bad reply to ldpc/syndromes")
-        synd = rep.disclosed.reshape(nf, code.m)
-        keypos = _key_positions(code, d)
-        fpos = code.untainted[:d]
-        L0 = math.log((1 - self.qber) / self.qber)
-        llr = np.zeros((nf, code.n))
+        synd = np.ascontiguousarray(rep.disclosed.reshape(nf, code.m))
+        keypos, order = _layout(code.n, code.rate, code.seed, d)
+        L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
+        L = np.zeros((nf, code.n), _DTYPE)
+        prior = np.zeros((nf, code.n), _DTYPE)
         for f in range(nf):
-            chunk = self.bits[f * kpf:(f + 1) * kpf].astype(np.float64)
-            llr[f, keypos] = _BIG  # padding: shortened zeros
-            llr[f, keypos[:chunk.size]] = L0 * (1.0 - 2.0 * chunk)
+            chunk = self.bits[f * kpf:(f + 1) * kpf]
+            prior[f, keypos] = _BIG  # padding: shortened zeros
+            prior[f, keypos[:chunk.size]] = np.where(chunk == 1, -L0, L0)
+        L[:] = prior
+        R = np.zeros((nf, code.edges), _DTYPE)
         revealed = 0
         if pl.start_revealed:
-            revealed = self._reveal(channel, np.arange(nf), 0, pl.start_revealed, llr, fpos)
-        corrected = self.bits.copy()
+            revealed = self._reveal(channel, np.arange(nf), 0, min(pl.start_revealed, limit), L, prior, order)
         ok = np.zeros(nf, bool)
         iters = np.zeros(nf, np.int64)
         attempts = np.zeros(nf, np.int64)
-        pending = np.arange(nf)
+        leak_at = np.zeros(nf, np.int64)  # revealed values when the frame decoded
+        pending = np.arange(nf, dtype=np.int64)
+        budget = self.first_iter
         while True:
-            failed = []
-            for f in pending:  # type: ignore[assignment]
-                out, it = decode_syndrome(code, synd[f], llr[f], max_iter=self.max_iter)
-                attempts[f] += 1
-                if it > 0:
-                    ok[f] = True
-                    iters[f] += it
-                    chunk = out[keypos[:min(kpf, N - f * kpf)]]
-                    corrected[f * kpf:f * kpf + chunk.size] = chunk
-                else:
-                    iters[f] += self.max_iter
-                    failed.append(f)
-            if not failed or revealed >= d:
+            res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
+            attempts[pending] += 1
+            done = res > 0
+            ok[pending[done]] = True
+            leak_at[pending[done]] = revealed
+            iters[pending] += np.where(done, res, budget)
+            pending = pending[~done]
+            if pending.size == 0 or revealed >= limit:
                 break
-            cnt = min(pl.step, d - revealed)
-            self._reveal(channel, np.array(failed), revealed, cnt, llr, fpos)
-            revealed += cnt
-            pending = np.array(failed)
+            cnt = min(pl.step, limit - revealed)
+            revealed = self._reveal(channel, pending, revealed, cnt, L, prior, order)
+            budget = self.retry_iter
+            if revealed >= limit or not self.warm_start:
+                # last chance (or cold mode): restart from the priors with the full budget, so a
+                # decoder trapped in a wrong fixed point gets a clean try with everything revealed
+                L[pending] = prior[pending]
+                R[pending] = 0
+                budget = self.first_iter
+        corrected = self.bits.copy()
+        for f in np.flatnonzero(ok):
+            n_f = min(kpf, N - f * kpf)
+            corrected[f * kpf:f * kpf + n_f] = (L[f, keypos[:n_f]] < 0).astype(np.uint8)
         channel.request(Message("ldpc/done", {"ok": ok.astype(np.uint8)}))
         st = channel.stats
         frame_errors = int((~ok).sum())
@@ -494,18 +690,25 @@ class LdpcBob:
             iterations=int(iters.sum()), round_trips=st.round_trips, messages=st.messages,
             tag_bytes=st.tag_bytes, corrected_errors=int((corrected != self.bits).sum()),
             details={"frames": nf, "frame_ok": ok, "decode_attempts": attempts.tolist(),
+                     "revealed_at_success": leak_at.tolist(),
                      "code_n": code.n, "mother_rate": pl.rate, "filler": d,
-                     "start_revealed": pl.start_revealed, "step": pl.step,
+                     "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
                      "payload_bytes": st.payload_bytes})
 
     @staticmethod
-    def _reveal(channel: Channel, frames: np.ndarray, start: int, count: int, llr: np.ndarray,
-                fpos: np.ndarray) -> int:
+    def _reveal(channel: Channel, frames: np.ndarray, start: int, count: int, L: np.ndarray,
+                prior: np.ndarray, order: np.ndarray) -> int:
         rep = channel.request(Message("ldpc/reveal", {"frames": frames.astype(np.int64), "start": start, "count": count}))
         if rep.disclosed.size != frames.size * count:
             raise MessageError("ldpc: bad reply to ldpc/reveal")
-        vals = rep.disclosed.reshape(frames.size, count).astype(np.float64)
-        llr[frames[:, None], fpos[start:start + count][None, :]] = _BIG * (1.0 - 2.0 * vals)
+        vals = rep.disclosed.reshape(frames.size, count)
+        pos = order[start:start + count]
+        new = np.where(vals == 1, _DTYPE(-_BIG), _DTYPE(_BIG))
+        rows = frames[:, None]
+        cols = pos[None, :]
+        # warm start: L = prior + Σ messages, so swap the prior in place and keep the messages
+        L[rows, cols] += new - prior[rows, cols]
+        prior[rows, cols] = new
         return start + count
 
 

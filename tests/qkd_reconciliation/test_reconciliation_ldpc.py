@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import sparse
 
 from labqfl.qkd import reconcile_ldpc
+from labqfl.qkd.cascade import binary_entropy
 from labqfl.qkd.ldpc import (
+    _PHI,
+    DEGREE_DISTRIBUTIONS,
     LdpcAlice,
     LdpcBob,
     LdpcPlan,
+    _layered_bp,
     build_code,
     decode_syndrome,
     decode_syndrome_reference,
@@ -22,12 +27,18 @@ from labqfl.qkd.ldpc import (
 from labqfl.qkd.messaging import LocalChannel
 
 
+def _check_index(code):
+    return np.repeat(np.arange(code.m), np.diff(code.check_ptr))
+
+
 def test_ldpc_code_is_deterministic_and_well_formed():
     c1, c2 = build_code(2048, 0.7, 3), build_code(2048, 0.7, 3)
     assert c1 is c2  # cached
-    cs = np.repeat(np.arange(c1.m), np.diff(c1.check_ptr))
+    cs = _check_index(c1)
     assert np.unique(cs * c1.n + c1.check_var).size == c1.edges  # no parallel edges
     assert np.all(np.diff(c1.var_ptr) >= 2)
+    cd = np.diff(c1.check_ptr)
+    assert np.mean(np.abs(cd - cd.mean()) <= 1) > 0.99  # concentrated check degrees
     # untainted filler positions have pairwise disjoint check neighbourhoods
     seen = np.zeros(c1.m, int)
     for v in c1.untainted:
@@ -35,8 +46,24 @@ def test_ldpc_code_is_deterministic_and_well_formed():
     assert seen.max() <= 1
 
 
+def test_ldpc_code_follows_degree_distribution_and_has_no_4_cycles():
+    code = build_code(8192, 0.8, 0)
+    assert code.forced_4cycles == 0
+    H = sparse.csr_matrix((np.ones(code.edges, np.int32), (_check_index(code), code.check_var)),
+                          shape=(code.m, code.n))
+    overlap = (H.T @ H).tocoo()  # checks shared by each pair of variables
+    off = overlap.row != overlap.col
+    assert overlap.data[off].max() <= 1  # no two variables share two checks: girth >= 6
+    deg = np.diff(code.var_ptr)
+    lam = DEGREE_DISTRIBUTIONS[0.8]
+    frac = {d: v / d for d, v in lam.items()}
+    tot = sum(frac.values())
+    for d, v in frac.items():
+        assert abs(np.mean(deg == d) - v / tot) < 2e-3
+
+
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31), q=st.floats(0.01, 0.12), iters=st.integers(1, 8))
+@given(seed=st.integers(0, 2**31), q=st.floats(0.01, 0.12), iters=st.integers(1, 6))
 def test_ldpc_fast_decoder_matches_numpy_reference(seed, q, iters):
     code = build_code(256, 0.5, 1)
     rng = np.random.default_rng(seed)
@@ -44,31 +71,80 @@ def test_ldpc_fast_decoder_matches_numpy_reference(seed, q, iters):
     y = x ^ (rng.random(code.n) < q).astype(np.uint8)
     llr = math.log((1 - q) / q) * (1.0 - 2.0 * y)
     llr[rng.random(code.n) < 0.05] = 0.0  # some punctured symbols
+    llr[rng.random(code.n) < 0.05] *= 12.0  # some shortened ones
     a = decode_syndrome(code, code.syndrome(x), llr, max_iter=iters)
     b = decode_syndrome_reference(code, code.syndrome(x), llr, max_iter=iters)
     assert a[1] == b[1] and np.array_equal(a[0], b[0])
 
 
+def test_ldpc_warm_start_continues_the_same_decoder_state():
+    code = build_code(1024, 0.6, 2)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    y = x ^ (rng.random(code.n) < 0.15).astype(np.uint8)  # hard: does not converge quickly
+    llr = (math.log(0.85 / 0.15) * (1.0 - 2.0 * y)).astype(np.float32)
+    s = code.syndrome(x)
+    L1, R1 = llr.copy(), np.zeros(code.edges, np.float32)
+    _layered_bp(code.check_ptr, code.check_var, s, L1, R1, 5, _PHI)
+    L2, R2 = llr.copy(), np.zeros(code.edges, np.float32)
+    for _ in range(5):  # 5 one-iteration attempts, state kept in (L, R)
+        _layered_bp(code.check_ptr, code.check_var, s, L2, R2, 1, _PHI)
+    assert np.array_equal(L1, L2) and np.array_equal(R1, R2)
+
+
+def test_ldpc_decoder_corrects_a_frame_below_threshold():
+    code = build_code(4096, 0.5, 0)
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2, code.n, dtype=np.uint8)
+    y = x ^ (rng.random(code.n) < 0.06).astype(np.uint8)
+    out, it = decode_syndrome(code, code.syndrome(x), math.log(0.94 / 0.06) * (1.0 - 2.0 * y), max_iter=80)
+    assert it > 0 and np.array_equal(out, x)
+
+
+def test_ldpc_decoder_rejects_bad_arguments():
+    code = build_code(256, 0.5, 1)
+    with pytest.raises(ValueError, match="uint8 syndrome"):
+        decode_syndrome(code, np.zeros(code.m, np.int64), np.zeros(code.n))
+    with pytest.raises(ValueError, match="LLRs"):
+        decode_syndrome(code, np.zeros(code.m, np.uint8), np.zeros(code.n - 1))
+
+
+def test_ldpc_plan_covers_qber_range():
+    for q in (0.01, 0.02, 0.05, 0.08):
+        pl = plan_ldpc(q, code_n=4096)
+        code = build_code(pl.code_n, pl.rate, pl.code_seed)
+        h = binary_entropy(q)
+        kpf = pl.key_bits_per_frame
+        assert 0 < pl.d <= code.untainted.size
+        assert (code.m - pl.d) / kpf <= 1.08 * h  # punctured end reaches below the start point
+        assert (code.m - pl.d + pl.reveal_limit) / kpf >= 1.25 * h  # fallback reaches far enough
+        assert pl.start_revealed <= pl.d < pl.reveal_limit
+
+
 def test_ldpc_reconcile_corrects_and_counts_leakage(frame):
-    x, y = frame(40_000, 0.03, 2)
+    plan = plan_ldpc(0.03)
+    x, y = frame(2 * plan.key_bits_per_frame + 3000, 0.03, 2)  # two full frames and a partial one
     res = reconcile_ldpc(x, y, 0.03, seed=5)
     assert res.success and res.frame_errors == 0
     assert np.array_equal(res.corrected, x)
-    plan = plan_ldpc(0.03)
     code = build_code(plan.code_n, plan.rate, plan.code_seed)
     frames = res.details["frames"]
     # leakage = syndromes minus filler credit, plus revealed filler values (counted at the channel)
-    assert frames * (code.m - plan.d) <= res.leaked_bits <= frames * code.m
-    assert 1.0 < res.efficiency < 1.8
+    assert frames * (code.m - plan.d) <= res.leaked_bits <= frames * (code.m - plan.d + plan.reveal_limit)
+    # a partial frame pays a whole syndrome; on full frames f is about 1.12
+    full = reconcile_ldpc(x[:2 * plan.key_bits_per_frame], y[:2 * plan.key_bits_per_frame], 0.03, seed=6)
+    assert full.success and 1.0 < full.efficiency < 1.3
 
 
 def test_ldpc_reports_failed_frames_instead_of_hiding_them(frame):
     x, y = frame(3000, 0.2, 4)  # far above what the chosen code can correct
-    plan = LdpcPlan(code_n=4096, rate=0.9, code_seed=0, d=10, start_revealed=0, step=10)
+    plan = LdpcPlan(code_n=4096, rate=0.9, code_seed=0, d=10, start_revealed=0, step=10, max_reveal=30)
     alice = LdpcAlice(x, filler_rng=np.random.default_rng(1))
     res = LdpcBob(y, 0.01, plan=plan, max_iter=10).run(LocalChannel(alice))
     assert not res.success and res.frame_errors == 1
     assert not res.details["frame_ok"][0]
+    assert res.details["decode_attempts"] == [4]  # filler, then key-bit fallback, then give up
+    assert np.array_equal(res.corrected, y)  # a failed frame is left as it was
     assert alice.disclosed_bits == res.leaked_bits
 
 
