@@ -697,6 +697,56 @@ class KeyStore:
                 self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
         log.debug("key store %s: reserved %d key(s), pair %s, purpose %s", self.path.name, len(norm), pair, purpose)
 
+    def reserve(self, pair: str, nbits: int, purpose: str, key_id: str, *,
+                info: dict[str, Any] | None = None) -> list[Ref]:
+        """Allocate the first ``nbits`` free bits of ``pair`` for ``purpose`` (the bits :meth:`take`
+        would pick) and reserve them for ``key_id`` without reading them; returns their refs.
+        The partner reserves or consumes the same bits by refs (:meth:`reserve_exact`,
+        :meth:`take_exact`); here :meth:`read_reserved`, :meth:`take_exact` with ``key_id`` or
+        :meth:`release` finish the reservation."""
+        _check_pair(pair)
+        _check_purpose(purpose)
+        n = self._check_nbits(nbits)
+        kid = str(key_id)
+        refs: list[Ref] = []
+        with self._write() as conn:
+            for seq, block_id, start, length in self._allocate(conn, pair, n, purpose):
+                self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
+                           key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
+                refs.append((block_id, start, length))
+            self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
+        log.debug("key store %s: reserved %d bits of pair %s, purpose %s, key ID %s", self.path.name, n, pair,
+                  purpose, kid)
+        return refs
+
+    def read_reserved(self, key_id: str) -> KeyMaterial:
+        """The bits reserved for ``key_id``, which *stay reserved*: no other take can hand them out
+        and, once read, :meth:`release` refuses them (they may be in use), so the holder finishes
+        them with :meth:`take_exact` (same ``key_id``), which overwrites them.  For a protocol that
+        must use the same bits in two steps (a mask, then possibly its reveal after a dropout)
+        without keeping them outside the store in between."""
+        kid = str(key_id)
+        with self._write() as conn:
+            row = conn.execute("SELECT pair, refs, purpose FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                               (kid,)).fetchone()
+            if row is None:
+                raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
+            pair, purpose = str(row[0]), str(row[2])
+            refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
+            chunks = []
+            for block_id, start, length in refs:
+                blk = self._block(conn, block_id)
+                if blk is None:
+                    raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
+                for s in self._segments(conn, blk[0], start, start + length):
+                    if s.state != "reserved" or s.key_id != kid:
+                        raise KeyStoreError(f"pair {pair}: bits of block {block_id} reserved for key ID {kid} "
+                                            f"are {s.state}")
+                chunks.append(self._io_bits(conn, blk[0], start, length))
+            conn.execute("UPDATE deliveries SET kind = 'reserve-read', updated = ? WHERE key_id = ?", (_now(), kid))
+        log.debug("key store %s: read reservation %s (pair %s, %d bits)", self.path.name, kid, pair, refs_nbits(refs))
+        return KeyMaterial(np.concatenate(chunks), refs, kid, pair, purpose)
+
     def reservation(self, key_id: str) -> tuple[str, list[Ref], str, dict[str, Any]] | None:
         """``(pair, refs, purpose, info)`` of a pending reservation, or None."""
         with self._read() as conn:
@@ -720,10 +770,13 @@ class KeyStore:
     def release(self, key_id: str) -> int:
         """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits."""
         with self._write() as conn:
-            row = conn.execute("SELECT pair, refs, purpose FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+            row = conn.execute("SELECT pair, refs, purpose, kind FROM deliveries WHERE key_id = ? AND state = 'reserved'",
                                (str(key_id),)).fetchone()
             if row is None:
                 raise KeyStoreError(f"no pending reservation for key ID {key_id} in key store {self.path}")
+            if row[3] == "reserve-read":
+                raise KeyStoreError(f"reservation {key_id} in key store {self.path} was read (read_reserved): its "
+                                    "bits may be in use, so they cannot return to the pool; consume them with take_exact")
             pair, purpose = str(row[0]), str(row[2])
             refs = [tuple(r) for r in json.loads(row[1])]
             for block_id, start, length in refs:

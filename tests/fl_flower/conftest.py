@@ -1,7 +1,9 @@
-"""Shared helpers for the Flower engine tests: an in-process Grid and key-store fixtures."""
+"""Shared helpers for the Flower engine tests: an in-process Grid (optionally recording every message
+and node state it handles) and key-store fixtures."""
 
 from __future__ import annotations
 
+import pickle
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,7 +24,10 @@ class LocalGrid:
     """
 
     def __init__(self, client_app: Any, names: list[str], node_config: dict[str, dict[str, Any]] | None = None,
-                 crash: dict[str, int] | None = None) -> None:
+                 crash: dict[str, int] | None = None, record: list[tuple[str, bytes]] | None = None) -> None:
+        #: with ``record``: (label, bytes) of every message both ways (Flower's protobuf
+        #: serialisation) and of every node's Context.state after each message (protobuf and pickle)
+        self.record = record
         self.app = client_app
         self.nodes = {1000 + i: n for i, n in enumerate(names)}
         self.contexts = {nid: Context(run_id=1, node_id=nid, node_config={"labqfl-client": n, **(node_config or {}).get(n, {})},
@@ -49,12 +54,26 @@ class LocalGrid:
                 except SystemExit:
                     pass
                 continue
+            self._record(f"to {name}", m)
             try:
                 rep = self.app(m, self.contexts[nid])
             except Exception as exc:  # noqa: BLE001 - a failing ClientApp becomes an error reply
                 rep = Message(Error(code=0, reason=str(exc)), reply_to=m)
+            self._record(f"from {name}", rep)
             out.append(rep)
         return out
+
+    def _record(self, label: str, msg: Message) -> None:
+        if self.record is None:
+            return
+        from flwr.common.serde import recorddict_to_proto
+
+        if not msg.has_error():
+            self.record.append((f"message {label}", recorddict_to_proto(msg.content).SerializeToString()))
+        for nid, ctx in self.contexts.items():
+            self.record.append((f"state of {self.nodes[nid]} after message {label}",
+                                recorddict_to_proto(ctx.state).SerializeToString()))
+            self.record.append((f"pickled state of {self.nodes[nid]} after message {label}", pickle.dumps(ctx.state)))
 
 
 @pytest.fixture
@@ -67,12 +86,14 @@ def make_stores(tmp_path: Path) -> Any:
         for p in mask_graph(names, graph, k):
             a, b = p.split("-")
             bits = rng.integers(0, 2, nbits, dtype=np.uint8)
+            make.bits[p] = bits  # type: ignore[attr-defined]
             bid = str(uuid.uuid4())
             for node in (a, b):
                 with KeyStore.for_node(node, tmp_path) as st:
                     st.add_block(p, bits, block_id=bid, purpose="fl")
         return tmp_path
 
+    make.bits = {}  # type: ignore[attr-defined]  # pair → the key bits planted at both ends
     return make
 
 
@@ -80,3 +101,16 @@ def make_stores(tmp_path: Path) -> Any:
 def local_grid() -> type[LocalGrid]:
     """The in-process Grid class (test modules cannot import conftest under importlib mode)."""
     return LocalGrid
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The embedded MNIST subset saved once as ``mnist.npz`` (``data_dir`` of every spec here):
+    every process (Ray workers, ClientApp processes) then loads it in milliseconds instead of
+    re-parsing the embedded copy (~5 s each)."""
+    from labqfl.fl.datasets.mnist import load_embedded_mnist
+
+    d = tmp_path_factory.mktemp("mnist")
+    mn = load_embedded_mnist()
+    np.savez(d / "mnist.npz", x_train=mn.x_train, y_train=mn.y_train, x_test=mn.x_test, y_test=mn.y_test)
+    return str(d)

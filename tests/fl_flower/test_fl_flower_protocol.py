@@ -24,8 +24,8 @@ def _in_process(spec: FlowerSpec) -> np.ndarray:
     return res.final_params
 
 
-def test_flower_engine_matches_in_process_engine_bit_for_bit_with_csprng_ecdh(local_grid) -> None:
-    spec = FlowerSpec.for_task("mnist-qnn", clients=5, q=16, rounds=2, keys="csprng", seed=4, graph="ring-2")
+def test_flower_engine_matches_in_process_engine_bit_for_bit_with_csprng_ecdh(local_grid, mnist_dir) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=5, q=16, rounds=2, keys="csprng", seed=4, graph="ring-2")
     srv = LabqflServer(spec)
     res = srv.run(local_grid(make_client_app(), spec.names))
     assert np.array_equal(res.final_params, _in_process(spec))
@@ -33,12 +33,12 @@ def test_flower_engine_matches_in_process_engine_bit_for_bit_with_csprng_ecdh(lo
     assert all(not r.dropped_after_masking and not r.dropped_before_masking for r in srv.rounds)
 
 
-def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_ends(make_stores, local_grid) -> None:
-    spec0 = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=2, keys="qkd", seed=2)
+def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_ends(make_stores, local_grid, mnist_dir) -> None:
+    spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=2, keys="qkd", seed=2)
     n_params = spec0.model().n_params
     per_round = spec0.q * n_params
     kdir = make_stores(spec0.names, 3 * per_round)
-    spec = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=2, keys="qkd", seed=2, keystore_dir=str(kdir))
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=2, keys="qkd", seed=2, keystore_dir=str(kdir))
     res = LabqflServer(spec).run(local_grid(make_client_app(), spec.names))
     assert np.array_equal(res.final_params, _in_process(spec))
     for p in mask_graph(spec.names):
@@ -48,8 +48,8 @@ def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_e
     assert res.rounds[0].key_bits_per_pair == per_round
 
 
-def test_flower_engine_survives_a_client_lost_after_masking(local_grid) -> None:
-    spec = FlowerSpec.for_task("mnist-qnn", clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-4")
+def test_flower_engine_survives_a_client_lost_after_masking(local_grid, mnist_dir) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-4")
     srv = LabqflServer(spec)
     res = srv.run(local_grid(make_client_app(), spec.names, crash={"C3": 1}))
     fr = srv.rounds[0]
@@ -63,11 +63,11 @@ def test_flower_engine_survives_a_client_lost_after_masking(local_grid) -> None:
     assert np.array_equal(res.final_params, g + ref.aggregate)
 
 
-def test_flower_engine_qkd_dropout_reveals_the_stored_pair_keys(make_stores, local_grid) -> None:
+def test_flower_engine_qkd_dropout_reveals_the_stored_pair_keys(make_stores, local_grid, mnist_dir) -> None:
     names = [f"C{i}" for i in range(1, 5)]
-    spec0 = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=1, keys="qkd", seed=1)
+    spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1)
     kdir = make_stores(names, spec0.q * spec0.model().n_params)
-    spec = FlowerSpec.for_task("mnist-qnn", clients=4, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir))
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir))
     srv = LabqflServer(spec)
     res = srv.run(local_grid(make_client_app(), spec.names, crash={"C2": 1}))
     assert srv.rounds[0].dropped_after_masking == ["C2"]
@@ -80,8 +80,8 @@ def test_flower_engine_qkd_dropout_reveals_the_stored_pair_keys(make_stores, loc
     assert np.array_equal(res.final_params, g + ref.aggregate)
 
 
-def test_flower_engine_aborts_when_dropouts_split_the_mask_graph(local_grid) -> None:
-    spec = FlowerSpec.for_task("mnist-qnn", clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-2")
+def test_flower_engine_aborts_when_dropouts_split_the_mask_graph(local_grid, mnist_dir) -> None:
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-2")
     with pytest.raises(SecureAggregationError, match="split the survivors"):
         LabqflServer(spec).run(local_grid(make_client_app(), spec.names, crash={"C2": 1, "C5": 1}))
 

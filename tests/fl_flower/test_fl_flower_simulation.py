@@ -13,7 +13,7 @@ from labqfl.fl.masks import mask_graph
 from labqfl.keystore import KeyStore
 
 
-def test_train_engine_flower_on_ray_matches_engine_local(make_stores, tmp_path) -> None:
+def test_train_engine_flower_on_ray_matches_engine_local(make_stores, tmp_path, mnist_dir) -> None:
     n, q = 8, 16
     spec = FlowerSpec.for_task("mnist-qnn", clients=n, q=q)
     per_round = q * spec.model().n_params
@@ -22,7 +22,7 @@ def test_train_engine_flower_on_ray_matches_engine_local(make_stores, tmp_path) 
     for engine in ("flower", "local"):
         res = CliRunner().invoke(app, ["train", "--engine", engine, "--task", "mnist-qnn", "--clients", str(n), "--q", str(q),
                                        "--rounds", "1", "--keys", "qkd", "--keystore", str(kdir), "--graph", "ring-4",
-                                       "--seed", "3", "--json", "--out", str(tmp_path / engine)])
+                                       "--seed", "3", "--data-dir", mnist_dir, "--json", "--out", str(tmp_path / engine)])
         assert res.exit_code == 0, res.output
         out[engine] = json.loads(res.stdout)
     a, b = out["flower"], out["local"]

@@ -4,28 +4,34 @@ Message types (server → client; the payload's ConfigRecord ``"labqfl"`` holds 
 the stage's fields):
 
 - ``query.labqfl_setup``: the node answers its client name and sample count (public FedAvg weight).
-- ``train`` with ``stage`` in ``keys | mask | reveal | end``: handled by
+- ``train`` with ``stage`` in ``keys | mask | reveal | end | abort``: handled by
   :func:`labqfl_secagg_mod`, a Flower *mod* wrapped around the training function:
 
-  * ``keys``: for each pair it masters the node consumes q·P bits of its own key store and
-    answers the refs (``qkd``), or answers a fresh X25519 public key (``csprng``);
+  * ``keys``: for each pair it masters the node reserves q·P bits of its own key store (no bit
+    is read) and answers the refs (``qkd``), or answers a fresh X25519 public key (``csprng``);
   * ``mask``: the mod calls the training function (which returns the float update), clips and
-    quantises it on the node's integer range, adds the pairwise masks and answers only the
-    masked ``uint{q}`` vector — the unmasked update never leaves the mod;
-  * ``reveal``: a survivor answers the key words it shared with dropped partners (dropout
-    recovery; those keys are spent either way);
-  * ``end``: the round's key state is wiped.
+    quantises it on the node's integer range, reads its pair keys (the slave first reserves the
+    master's refs), adds the pairwise masks, wipes the keys and answers only the masked
+    ``uint{q}`` vector — the unmasked update never leaves the mod;
+  * ``reveal``: a survivor consumes and answers the keys it shared with dropped partners
+    (dropout recovery; those keys are spent either way);
+  * ``end``: every reservation of the round is consumed (bits overwritten in the store);
+    ``abort``: the server gave the round up — reservations are consumed, or released if the
+    server says no mask message was sent (then no partner ever saw the refs).
 
-Between ``keys`` and ``reveal`` of one round the node keeps its pair words (qkd) or its X25519
-private key (csprng) in ``Context.state`` — Flower's node-local state, which never leaves the
-node's machine (SecAgg+'s ``secaggplus_mod`` keeps its secrets there too); it is deleted at the
-next stage that does not need it, at ``end`` and at the start of every later round.
+Node state (Flower's ``Context.state``, which crosses process boundaries: SuperNode ↔ ClientApp
+process, simulation ↔ Ray worker) holds **no key bits**: for ``qkd`` only the round number, key
+IDs and pair names of the node's reservations (``labqfl.resv``) — the bits stay reserved in the
+node's key store between stages and are read only inside the call that uses them; for ``csprng``
+the round's ephemeral X25519 private key (``labqfl.secret``, not QKD material; see
+``docs/flower.md``). Leftovers of an unfinished round are consumed at the node's next message.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from typing import Any
 
 import numpy as np
@@ -42,7 +48,7 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 CFG = "labqfl"
-STATE_WORDS = "labqfl.words"
+STATE_RESV = "labqfl.resv"
 STATE_SECRET = "labqfl.secret"
 #: node_config keys of a deployed SuperNode.
 NODE_NAME = "labqfl-client"
@@ -69,25 +75,53 @@ def _keystore_dir(context: Context, spec: FlowerSpec) -> str:
     return d
 
 
-def _wipe(context: Context) -> None:
-    st = context.state
-    if STATE_WORDS in st:
-        for arr in st.array_records[STATE_WORDS].values():
-            arr.data = b""
-        del st[STATE_WORDS]
-    if STATE_SECRET in st:
-        del st[STATE_SECRET]
-
-
 def _reply(msg: Message, **records: Any) -> Message:
     return Message(RecordDict(records), reply_to=msg)
 
 
-def _words_record(words: dict[str, np.ndarray]) -> ArrayRecord:
-    rec = ArrayRecord()
-    for p, w in words.items():
-        rec[p] = Array(w)
-    return rec
+# ------------------------------------------------------------ node state (no key material)
+def _reservations(context: Context) -> dict[str, Any] | None:
+    """This node's qkd reservations of its current round: ``{"round", "kids": {pair: key ID},
+    "read": [pairs]}`` (key IDs and pair names only), or None."""
+    st = context.state
+    if STATE_RESV not in st:
+        return None
+    rec = st.config_records[STATE_RESV]
+    return {"round": int(rec["round"]), "kids": json.loads(str(rec["kids"])),  # type: ignore[arg-type]
+            "read": list(json.loads(str(rec["read"])))}
+
+
+def _save_reservations(context: Context, r: int, kids: dict[str, str], read: list[str]) -> None:
+    context.state[STATE_RESV] = ConfigRecord({"round": r, "kids": json.dumps(kids), "read": json.dumps(read)})
+
+
+def _finish_reservations(context: Context, spec: FlowerSpec, name: str, *, release_unread: bool = False,
+                         keep: tuple[str, ...] = ()) -> None:
+    """Finish every reservation in the node state except ``keep``'s pairs: consume it (spent) —
+    or release it when ``release_unread`` and the bits were never read at this end (the server
+    sets it only when the partner never received the refs)."""
+    res = _reservations(context)
+    if res is None:
+        return
+    left = {p: k for p, k in res["kids"].items() if p in keep}
+    todo = {p: k for p, k in res["kids"].items() if p not in keep}
+    if todo:
+        with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+            for p, kid in todo.items():
+                ks.finish(kid, release=release_unread and p not in res["read"])
+    if left:
+        _save_reservations(context, res["round"], left, [p for p in res["read"] if p in left])
+    else:
+        del context.state[STATE_RESV]
+
+
+def _clear_secret(context: Context) -> None:
+    if STATE_SECRET in context.state:
+        del context.state[STATE_SECRET]
+
+
+def _key_id(run_tag: str, r: int, pair: str) -> str:
+    return f"fl-{run_tag}-r{r}-{pair}-{uuid.uuid4().hex[:12]}"
 
 
 # ------------------------------------------------------------------------------- the mod
@@ -105,24 +139,29 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     run_tag = str(cfg["run_tag"])
     st = context.state
     if STATE_SECRET in st and int(st.config_records[STATE_SECRET]["round"]) != r:
-        _wipe(context)  # a previous round's leftovers (e.g. an aborted round)
+        _clear_secret(context)  # a previous round's leftovers (e.g. an aborted round)
+    old = _reservations(context)
+    if old is not None and old["round"] != r:
+        _finish_reservations(context, spec, name)  # an unfinished earlier round: its bits are spent
 
     if stage == "keys":
-        _wipe(context)
+        _clear_secret(context)
+        _finish_reservations(context, spec, name)
         masters = [str(p) for p in cfg.get("master_pairs", [])]
         out = ConfigRecord()
         if spec.keys == "qkd":
-            words: dict[str, np.ndarray] = {}
-            ks = NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s)
-            try:
-                for p in masters:
-                    w, refs = ks.master_words(p, n, q, round_index=r)
-                    words[p] = w
-                    out[f"refs.{p}"] = json.dumps(refs)
-            finally:
-                ks.close()
-            st[STATE_WORDS] = _words_record(words)
-            st[STATE_SECRET] = ConfigRecord({"round": r})
+            kids: dict[str, str] = {}
+            with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
+                try:
+                    for p in masters:
+                        kid = _key_id(run_tag, r, p)
+                        out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r))
+                        kids[p] = kid
+                except BaseException:
+                    for kid in kids.values():  # never read: back to the pool
+                        ks.finish(kid, release=True)
+                    raise
+            _save_reservations(context, r, kids, [])
         else:
             priv, pub = new_ecdh_key()
             st[STATE_SECRET] = ConfigRecord({"round": r, "sk": priv})
@@ -130,16 +169,16 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         return _reply(msg, labqfl=out)
 
     if stage == "mask":
-        if STATE_SECRET not in st:
+        res = _reservations(context)
+        if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
             raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
-        secret = st.config_records[STATE_SECRET]
         pairs = [str(p) for p in cfg.get("pairs", [])]
         # 1. the training function returns the float update
-        res = call_next(msg, context)
-        if res.has_error():
-            return res
-        update = as_float64(res.content.array_records["update"]["update"].numpy())
-        metrics = res.content.metric_records.get("metrics", MetricRecord())
+        res_msg = call_next(msg, context)
+        if res_msg.has_error():
+            return res_msg
+        update = as_float64(res_msg.content.array_records["update"]["update"].numpy())
+        metrics = res_msg.content.metric_records.get("metrics", MetricRecord())
         if update.size != n:
             raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n}")
         # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
@@ -147,34 +186,39 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         v, n_clipped = quantize(update, clip=spec.clip, levels=int(cfg["levels"]), q=q,
                                 rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
         del update
-        # 3. pair words: own store / ECDH
+        # 3. pair words, read here and wiped before this call returns
         words: dict[str, np.ndarray] = {}
-        if spec.keys == "qkd":
-            held = st.array_records[STATE_WORDS] if STATE_WORDS in st else ArrayRecord()
-            ks = NodeKeyStore(name, _keystore_dir(context, spec))
-            try:
+        try:
+            if spec.keys == "qkd":
+                assert res is not None
+                # pairs this node masters that left the round before masking: the slave never
+                # receives their refs, so the bits return to the pool
+                _finish_reservations(context, spec, name, release_unread=True, keep=tuple(pairs))
+                kids = dict(res["kids"])
+                kids = {p: k for p, k in kids.items() if p in pairs}
+                read: list[str] = []
+                with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+                    for p in pairs:
+                        if pair_sign(name, p) > 0:
+                            if p not in kids:
+                                raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair {p}")
+                        else:
+                            kids[p] = _key_id(run_tag, r, p)
+                            ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r)
+                        _save_reservations(context, r, kids, read + [p])  # before any bit is read
+                        words[p] = ks.words(kids[p], n, q)
+                        read.append(p)
+            else:
+                sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
                 for p in pairs:
-                    if pair_sign(name, p) > 0:
-                        if p not in held:
-                            raise SecureAggregationError(f"round {r}: {name} holds no key for pair {p}")
-                        words[p] = held[p].numpy()
-                    else:
-                        refs = json.loads(str(cfg[f"refs.{p}"]))
-                        words[p] = ks.slave_words(p, refs, n, q, round_index=r)
-            finally:
-                ks.close()
-        else:
-            sk = bytes(secret["sk"])  # type: ignore[arg-type]
-            for p in pairs:
-                a, b = split_pair(p)
-                peer = b if a == name else a
-                words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
-        y = mask_update(name, v, words, q)
-        # keep only what a reveal may need: qkd words of this round (csprng re-derives from sk)
-        if spec.keys == "qkd":
-            st[STATE_WORDS] = _words_record(words)
-        for w in words.values():
-            w[:] = 0
+                    a, b = split_pair(p)
+                    peer = b if a == name else a
+                    words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
+            y = mask_update(name, v, words, q)
+        finally:
+            for w in words.values():
+                w[:] = 0
+            words.clear()
         if int(context.node_config.get(NODE_DROP_ROUND, -1)) == r:
             log.warning("%s: crashing after masking round %d (test hook %s)", name, r, NODE_DROP_ROUND)
             os._exit(17)
@@ -190,21 +234,33 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
             if name not in (a, b) or (b if a == name else a) not in dropped or name in dropped:
                 raise SecureAggregationError(
                     f"round {r}: {name} refuses to reveal pair {p}: only keys shared with a dropped partner are revealed")
-            if spec.keys == "qkd":
-                held = st.array_records.get(STATE_WORDS)
-                if held is None or p not in held:
-                    raise SecureAggregationError(f"round {r}: {name} no longer holds the key of pair {p}")
-                out_rec[p] = Array(held[p].numpy())
-            else:
-                secret = st.config_records[STATE_SECRET]
+        if spec.keys == "qkd":
+            res = _reservations(context)
+            kids = res["kids"] if res is not None else {}
+            missing = [p for p in want if p not in kids]
+            if missing:
+                raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair(s) {missing}")
+            with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+                for p in want:
+                    # consumed now: a revealed key is spent either way
+                    out_rec[p] = Array(ks.take_words(kids[p], n, q))
+            _finish_reservations(context, spec, name)
+        else:
+            sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
+            for p in want:
+                a, b = split_pair(p)
                 peer = b if a == name else a
                 pk = bytes(cfg[f"pk.{peer}"])  # type: ignore[arg-type]
-                out_rec[p] = Array(ecdh_words(bytes(secret["sk"]), pk, p, n, q, round_index=r, run_tag=run_tag))  # type: ignore[arg-type]
-        _wipe(context)
+                out_rec[p] = Array(ecdh_words(sk, pk, p, n, q, round_index=r, run_tag=run_tag))
+            _clear_secret(context)
         return _reply(msg, revealed=out_rec)
 
-    if stage == "end":
-        _wipe(context)
+    if stage in ("end", "abort"):
+        # end: the round is complete, every reservation is spent. abort: the server gave up the
+        # round; "mask_sent" False means no partner ever received refs, so unread bits go back.
+        release = stage == "abort" and not bool(cfg.get("mask_sent", True))
+        _finish_reservations(context, spec, name, release_unread=release)
+        _clear_secret(context)
         return _reply(msg, labqfl=ConfigRecord({"ok": True}))
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
 

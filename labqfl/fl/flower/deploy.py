@@ -100,6 +100,8 @@ class LocalFederation:
         e["FLWR_HOME"] = str(self.workdir / "flwr_home")
         # SuperLink / SuperNode start flower-superexec by name: the venv's bin must be on PATH
         e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+        # SuperExec looks for new tasks every 1 s by default; on loopback 0.2 s costs nothing
+        e.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         return e
 
     def _start(self, name: str, cmd: list[str]) -> None:
@@ -151,20 +153,30 @@ class LocalFederation:
                               capture_output=True, text=True, timeout=timeout_s, check=False)
 
     def stop(self) -> None:
-        for name in list(self.procs)[::-1]:
-            p = self.procs[name]
+        """End every process started here and its children (its process group): SIGTERM, up to
+        10 s grace, then SIGKILL to each group (children such as ClientApp processes included)."""
+        for p in list(self.procs.values())[::-1]:
             if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+                _killpg(p.pid, signal.SIGTERM)
         t0 = time.monotonic()
         for p in self.procs.values():
             try:
                 p.wait(max(0.1, 10 - (time.monotonic() - t0)))
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+                pass
+        for p in self.procs.values():
+            _killpg(p.pid, signal.SIGKILL)  # stragglers of the group, even if its leader has exited
+            try:
                 p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 @contextmanager

@@ -5,9 +5,10 @@ ClientApp process in deployment), so the single-process :class:`~labqfl.fl.keyso
 objects do not apply. Each node derives the words of its pairs itself:
 
 - ``qkd``: the node opens *only its own* key store (``KeyStore.for_node(name, data_dir)``). For
-  pair "Ci-Cj" the master Ci calls :func:`~labqfl.fl.keysource.take_master_keys` and sends the
-  refs (never the bits) through the server; the slave Cj calls
-  :func:`~labqfl.fl.keysource.take_slave_keys` with them. Bits → words by
+  pair "Ci-Cj" the master Ci reserves the bits (the same bits the in-process engine's ``take``
+  would pick) and sends the refs (never the bits) through the server; the slave Cj reserves
+  exactly those. Each end reads its copy only inside the call that masks (or reveals), and
+  consumes it at the end of the round (:class:`NodeKeyStore`). Bits → words by
   :func:`~labqfl.fl.masks.words_from_bits` (MSB first), exactly as in the in-process engine.
 - ``csprng``: per round each node draws an ephemeral X25519 key pair (OS randomness) and sends
   the public key through the server; both ends of a pair compute the shared secret, expand it
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from labqfl.errors import KeyStarvationError
-from labqfl.fl.keysource import KEY_PURPOSE, take_master_keys, take_slave_keys
+from labqfl.fl.keysource import KEY_PURPOSE
 from labqfl.fl.masks import words_from_bits
 from labqfl.fl.quantize import uint_dtype
 
@@ -90,6 +91,18 @@ def ecdh_words(private_key: bytes, peer_public_key: bytes, pair: str, n_words: i
 class NodeKeyStore:
     """One node's own key store (``labqfl.keystore.KeyStore``) used for its mask pairs.
 
+    Between protocol stages the pair keys stay *in the store*, reserved under a key ID; the
+    node keeps only key IDs and refs (:data:`~labqfl.keystore.material.Ref`) in Flower's
+    ``Context.state``. Per round and pair:
+
+    * the master :meth:`reserve_master` — the store picks the bits (those ``take`` would pick)
+      and reserves them without reading them; the refs go to the slave through the server;
+    * at the mask stage both ends read the reserved bits (:meth:`words`; the slave first
+      :meth:`reserve_slave` by the master's refs) and use them at once; the bits stay reserved;
+    * after a dropout a survivor consumes the pair's bits and reveals them (:meth:`take_words`);
+    * at the end of the round every reservation is consumed (:meth:`finish`, which overwrites
+      the bits in the store) — or, only if the bits were never read at either end, released.
+
     ``starvation_timeout_s``: how long a master waits for its pair to hold enough key bits
     (polling every ``poll_s``) before raising :class:`KeyStarvationError`; 0 = fail at once.
     """
@@ -107,6 +120,12 @@ class NodeKeyStore:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> NodeKeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def _wait(self, pair: str, nbits: int) -> None:
         t0 = time.monotonic()
         while True:
@@ -120,24 +139,73 @@ class NodeKeyStore:
                     f"{have} available (purpose {self.purpose!r})", pair=pair, needed_bits=nbits, available_bits=have)
             time.sleep(min(self.poll_s, self.timeout_s - waited))
 
-    def master_words(self, pair: str, n_words: int, q: int, *, round_index: int) -> tuple[np.ndarray, list[Any]]:
-        """Consume q·n_words bits as the pair's master: (words uint{q}, refs to send)."""
-        nbits = q * n_words
+    def reserve_master(self, pair: str, nbits: int, key_id: str, *, round_index: int) -> list[list[Any]]:
+        """Master end: reserve ``nbits`` of the pair's free bits for ``key_id`` (no bit is read);
+        returns the refs ``[[block_id, offset, length], ...]`` to send to the slave."""
         self._wait(pair, nbits)
-        bits, refs = take_master_keys(self.store, pair, nbits, round_index=round_index, purpose=self.purpose)
-        try:
-            return words_from_bits(bits, q), [list(r) for r in refs]
-        finally:
-            bits[:] = 0
+        refs = self.store.reserve(pair, nbits, self.purpose, key_id,
+                                  info={"use": "fl-mask", "round": int(round_index), "end": "master"})
+        return [list(r) for r in refs]
 
-    def slave_words(self, pair: str, refs: Any, n_words: int, q: int, *, round_index: int) -> np.ndarray:
-        """Consume exactly the master's refs as the pair's slave: words uint{q}."""
-        bits = take_slave_keys(self.store, pair, refs, round_index=round_index, purpose=self.purpose)
+    def reserve_slave(self, pair: str, refs: Any, nbits: int, key_id: str, *, round_index: int) -> None:
+        """Slave end: reserve exactly the bits the master's refs name, for ``key_id``."""
+        from labqfl.keystore.material import normalize_refs, refs_nbits
+
+        norm = normalize_refs(refs)
+        if refs_nbits(norm) != nbits:
+            raise KeyStarvationError(
+                f"node {self.name}: refs for pair {pair} name {refs_nbits(norm)} bits, {nbits} expected",
+                pair=pair, needed_bits=nbits, available_bits=refs_nbits(norm))
+        self.store.reserve_exact(pair, norm, self.purpose, key_id,
+                                 info={"use": "fl-mask", "round": int(round_index), "end": "slave"})
+
+    def words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
+        """The q-bit words (``uint{q}``, shape (n_words,)) of the bits reserved for ``key_id``; the
+        bits stay reserved in the store (and can no longer be released, only consumed)."""
+        km = self.store.read_reserved(key_id)
         try:
-            if bits.shape != (q * n_words,):
-                raise KeyStarvationError(
-                    f"node {self.name}: refs for pair {pair} name {bits.size} bits, {q * n_words} expected",
-                    pair=pair, needed_bits=q * n_words, available_bits=int(bits.size))
+            return self._to_words(km, n_words, q)
+        finally:
+            km.wipe()
+
+    def take_words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
+        """Consume the bits reserved for ``key_id`` (overwritten in the store) and return their words."""
+        km = self._take(key_id)
+        try:
+            return self._to_words(km, n_words, q)
+        finally:
+            km.wipe()
+
+    def finish(self, key_id: str, *, release: bool = False) -> str:
+        """End the reservation ``key_id``: consume it (bits overwritten, spent unused) or, with
+        ``release`` and only if it was never read, return its bits to the pool. Returns
+        ``"consumed"``, ``"released"`` or ``"none"`` (no pending reservation: already finished)."""
+        res = self.store.reservation(key_id)
+        if res is None:
+            return "none"
+        info = self.store.delivery(key_id) or {}
+        if release and info.get("kind") == "reserve":
+            self.store.release(key_id)
+            return "released"
+        self._take(key_id).wipe()
+        return "consumed"
+
+    def _take(self, key_id: str) -> Any:
+        res = self.store.reservation(key_id)
+        if res is None:
+            from labqfl.errors import KeyStoreError
+
+            raise KeyStoreError(f"node {self.name}: no pending reservation {key_id} in its key store")
+        pair, refs, purpose, _ = res
+        return self.store.take_exact(pair, refs, purpose, key_id=key_id)
+
+    def _to_words(self, km: Any, n_words: int, q: int) -> np.ndarray:
+        if km.nbits != q * n_words:
+            raise KeyStarvationError(
+                f"node {self.name}: key {km.key_id} of pair {km.pair} has {km.nbits} bits, {q * n_words} expected",
+                pair=km.pair, needed_bits=q * n_words, available_bits=km.nbits)
+        bits = np.array(km.bits, dtype=np.uint8)
+        try:
             return words_from_bits(bits, q)
         finally:
             bits[:] = 0

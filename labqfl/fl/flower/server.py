@@ -12,7 +12,11 @@ Per round r (see :mod:`labqfl.fl.flower.client` for the client side):
    shared keys, after the same safety checks as :func:`~labqfl.fl.secure.secure_round`
    (≥ ``min_survivors`` survivors, survivors still connected in the mask graph).
 4. sum mod 2^q (:func:`~labqfl.fl.masks.aggregate`), dequantise, FedAvg step, evaluation on the
-   server's test set; ``end`` wipes the clients' round state.
+   server's test set; ``end`` makes the clients consume their round's key reservations.
+
+If the round is given up after the keys stage (too few clients, a split mask graph, a failed
+reveal), the server sends ``abort`` with ``mask_sent``: the clients consume their reservations,
+or release them when no mask message (hence no refs) ever left the server.
 
 The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
 and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
@@ -58,6 +62,31 @@ class FlowerRound:
     aggregate: np.ndarray = field(repr=False)
 
 
+def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
+                     poll_s: float = 0.25) -> list[Message]:
+    """Push ``messages``, collect replies until all have answered, ``timeout`` seconds have passed
+    or — with ``straggler_s`` > 0 — ``straggler_s`` seconds have passed since the latest reply
+    (the clients still missing then are treated as lost). Polls every ``poll_s`` seconds. A grid
+    without ``push_messages``/``pull_messages`` falls back to its ``send_and_receive``."""
+    if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
+        return list(grid.send_and_receive(messages, timeout=timeout))
+    ids = set(grid.push_messages(messages))
+    t0 = last = time.monotonic()
+    got_any = False
+    out: list[Message] = []
+    while ids:
+        reps = list(grid.pull_messages(ids))
+        now = time.monotonic()
+        if reps:
+            out.extend(reps)
+            ids.difference_update(m.metadata.reply_to_message_id for m in reps)
+            last, got_any = now, True
+        if not ids or now - t0 >= timeout or (straggler_s > 0 and got_any and now - last >= straggler_s):
+            break
+        time.sleep(poll_s)
+    return out
+
+
 def message_bytes(msg: Message) -> int:
     """Size of a message's content as Flower serialises it (protobuf ``RecordDict``), in bytes."""
     from flwr.common.serde import recorddict_to_proto
@@ -83,14 +112,14 @@ class LabqflServer:
         d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag)
         return d
 
-    def _exchange(self, grid: Any, msgs: dict[str, Message], timeout: float | None,
+    def _exchange(self, grid: Any, msgs: dict[str, Message], timeout: float,
                   counters: dict[str, list[int]] | None = None) -> tuple[dict[str, Message], dict[str, str]]:
         """Send one message per client, collect replies. Returns (ok replies, failures: name → reason)."""
         by_node = {m.metadata.dst_node_id: c for c, m in msgs.items()}
         if counters is not None:
             for c, m in msgs.items():
                 counters.setdefault(c, [0, 0])[1] += message_bytes(m)
-        replies = list(grid.send_and_receive(list(msgs.values()), timeout=timeout))
+        replies = send_and_receive(grid, list(msgs.values()), timeout, self.spec.straggler_timeout_s)
         ok: dict[str, Message] = {}
         fail: dict[str, str] = {}
         for rep in replies:
@@ -125,7 +154,7 @@ class LabqflServer:
         cfg = self.spec.to_config()
         msgs = [Message(RecordDict({CFG: ConfigRecord(cfg)}), dst_node_id=nid, message_type="query.labqfl_setup")
                 for nid in nodes]
-        replies = list(grid.send_and_receive(msgs, timeout=self.spec.stage_timeout_s))
+        replies = send_and_receive(grid, msgs, self.spec.stage_timeout_s)
         names: dict[str, int] = {}
         weights: dict[str, float] = {}
         for rep in replies:
@@ -146,7 +175,7 @@ class LabqflServer:
     def round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int],
               weights: dict[str, float]) -> FlowerRound:
         spec, cfg = self.spec, self.cfg
-        q, n = cfg.q, int(params.size)
+        n = int(params.size)
         clients = list(nodes)  # loop order C1..CN
         graph = cfg.pairs(clients)
         counters: dict[str, list[int]] = {}
@@ -166,6 +195,38 @@ class LabqflServer:
             log.warning("round %d: client %s dropped before masking (%s)", r, c, why)
         part = [c for c in clients if c in ok]
         pre_drop = [c for c in clients if c not in ok]
+        state: dict[str, Any] = {"mask_sent": False, "lost": set(pre_drop)}
+        try:
+            return self._finish_round(grid, r, params, nodes, weights, graph, ok, fail, part, pre_drop, counters,
+                                      timing, state)
+        except BaseException:
+            self._abort(grid, r, n, nodes, [c for c in part if c not in state["lost"]], bool(state["mask_sent"]))
+            raise
+
+    def _abort(self, grid: Any, r: int, n: int, nodes: dict[str, int], clients: list[str], mask_sent: bool) -> None:
+        """Tell the round's reachable clients that round r is given up, so they finish their key
+        reservations: consumed (spent) if a mask message was sent, else released (no partner saw
+        the refs). Best effort: a client that does not answer finishes them at its next message."""
+        if not clients:
+            return
+        d = self._base("abort", r, n)
+        d["mask_sent"] = mask_sent
+        msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(dict(d))}, r) for c in clients}
+        try:
+            _, fail = self._exchange(grid, msgs, self.spec.stage_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the round's own error is the one to report
+            log.warning("round %d: abort message failed (%s)", r, exc)
+            return
+        if fail:
+            log.warning("round %d: abort not acknowledged by %s", r, sorted(fail))
+
+    def _finish_round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int], weights: dict[str, float],
+                      graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
+                      pre_drop: list[str],
+                      counters: dict[str, list[int]], timing: dict[str, float], state: dict[str, Any]) -> FlowerRound:
+        spec, cfg = self.spec, self.cfg
+        q, n = cfg.q, int(params.size)
+        timeout = spec.stage_timeout_s
         if len(part) < cfg.min_survivors:
             raise SecureAggregationError(
                 f"round {r} aborted: {len(part)} client(s) answered the keys stage, at least "
@@ -194,6 +255,7 @@ class LabqflServer:
                     d[f"pk.{peer}"] = info[peer]["pk"]
             content = {CFG: ConfigRecord(d), "params": ArrayRecord({"params": Array(np.asarray(params, dtype=np.float64))})}
             msgs[c] = self._msg(grid, nodes[c], content, r)
+        state["mask_sent"] = True
         ok2, fail2 = self._exchange(grid, msgs, timeout, counters)
         timing["mask"] = time.perf_counter() - t0
         uploads: dict[str, np.ndarray] = {}
@@ -203,6 +265,7 @@ class LabqflServer:
                 raise SecureAggregationError(f"round {r}: masked upload of {c} has {uploads[c].size} values, expected {n}")
         survivors = [c for c in part if c in uploads]
         post_drop = [c for c in part if c not in uploads]
+        state["lost"].update(post_drop)
         for c in post_drop:
             log.warning("round %d: client %s lost after masking (%s)", r, c, fail2.get(c))
         if len(survivors) < cfg.min_survivors:

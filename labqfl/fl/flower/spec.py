@@ -31,6 +31,9 @@ class FlowerSpec:
     ``keystore_dir``: qkd key stores folder for *simulated* clients (a deployed node uses its own
     ``node_config["labqfl-keystore"]``). ``stage_timeout_s``: how long the server waits for the
     replies of one protocol stage; a client that has not answered by then is dropped.
+    ``straggler_timeout_s``: once a stage has its first reply, a client that has not answered
+    this many seconds after the latest reply is dropped (0: off, wait the whole stage timeout) —
+    in a deployment a ClientApp that dies mid-round never answers, and this bounds the wait.
     ``wait_for_keys_s``: how long a master node waits for key bits (0: fail at once).
     """
 
@@ -57,6 +60,7 @@ class FlowerSpec:
     keystore_dir: str = ""
     wait_for_keys_s: float = 0.0
     stage_timeout_s: float = 600.0
+    straggler_timeout_s: float = 0.0
     node_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -66,6 +70,9 @@ class FlowerSpec:
             raise ConfigError("clients must be ≥ 2: secure aggregation of one client would reveal its update")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
+        if self.stage_timeout_s <= 0 or self.straggler_timeout_s < 0:
+            raise ConfigError(f"stage_timeout_s must be > 0 and straggler_timeout_s ≥ 0, got "
+                              f"{self.stage_timeout_s} and {self.straggler_timeout_s}")
 
     @classmethod
     def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
