@@ -561,7 +561,7 @@ class LdpcAlice:
             self._filler = self._rng.integers(0, 2, (self._nf, d), dtype=np.uint8)
             self._order = _layout(code.n, code.rate, code.seed, d)[1]
             return Message("ldpc/ok")
-        code = self._code
+        code = self._code  # type: ignore[assignment]
         if code is None:
             raise MessageError("ldpc: request before ldpc/init")
         if kind == "ldpc/syndromes":
@@ -678,7 +678,7 @@ class LdpcBob:
                 R[pending] = 0
                 budget = self.first_iter
         corrected = self.bits.copy()
-        for f in np.flatnonzero(ok):
+        for f in np.flatnonzero(ok):  # type: ignore[assignment]
             n_f = min(kpf, N - f * kpf)
             corrected[f * kpf:f * kpf + n_f] = (L[f, keypos[:n_f]] < 0).astype(np.uint8)
         channel.request(Message("ldpc/done", {"ok": ok.astype(np.uint8)}))

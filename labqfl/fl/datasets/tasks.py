@@ -3,7 +3,7 @@
 ======================  =====================================================================
 ``mnist-qnn``           MNIST digit pair (default 0 vs 1), 16 amplitudes, 4-qubit QNN
 ``ntangled``            6-qubit states, CE classes (default 0.15 vs 0.35), 6-qubit QNN
-``magic``               6-qubit doped-Clifford states, M2 classes, 6-qubit QNN
+``magic``               6-qubit T-doped Clifford states, M2 classes, 6-qubit QNN
 ``mnist-lenet5``        MNIST, all 10 digits, 28×28, LeNet-5
 ======================  =====================================================================
 
@@ -104,9 +104,7 @@ def load_task(task: str, n_clients: int, seed: int = 0, *, non_iid: bool = False
             cfg_m = magic or MagicConfig()
             xtr, ytr, ctr = magic_states(cfg_m, seed, per_class, "train")
             xte, yte, cte = magic_states(cfg_m, seed, test_per_class, "test")
-            meta = {"generator": "Clifford circuits doped with T gates", "measure": "stabilizer Renyi entropy M2",
-                    "m2_low": cfg_m.m2_low, "m2_high": cfg_m.m2_high, "n_clifford": cfg_m.n_clifford,
-                    "t_range": list(cfg_m.t_range), "n_qubits": cfg_m.n_qubits}
+            meta = cfg_m.describe()
         clients = _quantum_clients(xtr, ytr, per_class, n_clients, n_classes, non_iid, alpha, rng)
         meta.update(samples_per_client=per_client_class * n_classes, test_size=len(yte), seed=seed)
         return FederatedData(task, clients, xte, yte, n_classes, meta)

@@ -47,6 +47,22 @@ from labqfl.log import get_logger
 
 log = get_logger(__name__)
 
+
+def _cfg_int(rec: Any, key: str) -> int:
+    """An integer field of a Flower ConfigRecord (its values are a loose union type)."""
+    v = rec[key]
+    if isinstance(v, bool) or not isinstance(v, int | float | str):
+        raise ValueError(f"config field {key!r} must be an integer, got {v!r}")
+    return int(v)
+
+
+def _cfg_strs(rec: Any, key: str) -> list[str]:
+    """A list-of-strings field of a Flower ConfigRecord (absent → empty)."""
+    v = rec.get(key, [])
+    if not isinstance(v, list):
+        raise ValueError(f"config field {key!r} must be a list, got {v!r}")
+    return [str(x) for x in v]
+
 CFG = "labqfl"
 STATE_RESV = "labqfl.resv"
 STATE_SECRET = "labqfl.secret"
@@ -133,12 +149,12 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     stage = str(cfg.get("stage", ""))
     spec = FlowerSpec.from_config(cfg)
     name = node_name(context)
-    r = int(cfg["round"])
+    r = _cfg_int(cfg, "round")
     q = spec.q
-    n = int(cfg["n_params"])
+    n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
     st = context.state
-    if STATE_SECRET in st and int(st.config_records[STATE_SECRET]["round"]) != r:
+    if STATE_SECRET in st and _cfg_int(st.config_records[STATE_SECRET], "round") != r:
         _clear_secret(context)  # a previous round's leftovers (e.g. an aborted round)
     old = _reservations(context)
     if old is not None and old["round"] != r:
@@ -147,7 +163,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     if stage == "keys":
         _clear_secret(context)
         _finish_reservations(context, spec, name)
-        masters = [str(p) for p in cfg.get("master_pairs", [])]
+        masters = _cfg_strs(cfg, "master_pairs")
         out = ConfigRecord()
         if spec.keys == "qkd":
             kids: dict[str, str] = {}
@@ -172,7 +188,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         res = _reservations(context)
         if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
             raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
-        pairs = [str(p) for p in cfg.get("pairs", [])]
+        pairs = _cfg_strs(cfg, "pairs")
         # 1. the training function returns the float update
         res_msg = call_next(msg, context)
         if res_msg.has_error():
@@ -182,8 +198,8 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         if update.size != n:
             raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n}")
         # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
-        rng = stochastic_rng(spec.seed, r, int(cfg["position"]), n) if spec.rounding == "stochastic" else None
-        v, n_clipped = quantize(update, clip=spec.clip, levels=int(cfg["levels"]), q=q,
+        rng = stochastic_rng(spec.seed, r, _cfg_int(cfg, "position"), n) if spec.rounding == "stochastic" else None
+        v, n_clipped = quantize(update, clip=spec.clip, levels=_cfg_int(cfg, "levels"), q=q,
                                 rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
         del update
         # 3. pair words, read here and wiped before this call returns
@@ -226,8 +242,8 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), metrics=metrics)
 
     if stage == "reveal":
-        dropped = {str(c) for c in cfg.get("dropped", [])}
-        want = [str(p) for p in cfg.get("pairs", [])]
+        dropped = set(_cfg_strs(cfg, "dropped"))
+        want = _cfg_strs(cfg, "pairs")
         out_rec = ArrayRecord()
         for p in want:
             a, b = split_pair(p)
@@ -298,7 +314,7 @@ def make_client_app() -> ClientApp:
         spec = FlowerSpec.from_config(cfg)
         name = node_name(context)
         params = msg.content.array_records["params"]["params"].numpy()
-        upd, n_ex, loss = train_update(spec, name, params, int(cfg["round"]))
+        upd, n_ex, loss = train_update(spec, name, params, _cfg_int(cfg, "round"))
         return _reply(msg, update=ArrayRecord({"update": Array(upd)}),
                       metrics=MetricRecord({"num_examples": n_ex, "train_loss": loss}))
 

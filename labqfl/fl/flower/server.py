@@ -123,9 +123,10 @@ class LabqflServer:
         ok: dict[str, Message] = {}
         fail: dict[str, str] = {}
         for rep in replies:
-            c = by_node.get(rep.metadata.src_node_id)
-            if c is None:
+            found = by_node.get(rep.metadata.src_node_id)
+            if found is None:
                 continue
+            c = found
             if rep.has_error():
                 fail[c] = f"error {rep.error.code}: {rep.error.reason}"
                 continue
@@ -319,7 +320,7 @@ class LabqflServer:
         down = [counters[c][1] for c in part]
         return FlowerRound(r, part, pre_drop, post_drop, len(pairs), q * n, q * n * len(need),
                            float(np.mean(up)), float(np.mean(down)), timing,
-                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg)  # type: ignore[arg-type]
+                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg)  # type: ignore[arg-type, misc]
 
     # --------------------------------------------------------------------------------- run
     def run(self, grid: Any) -> Any:
