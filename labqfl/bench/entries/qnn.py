@@ -56,8 +56,15 @@ def qnn_step(quick: bool) -> BenchResult:
         loss.backward()
 
     repeats = 3 if quick else 10
-    t_fast = _median_time(fast, repeats, 0.05 if quick else 1.0)
-    t_pl = _median_time(pennylane, repeats, 0.05 if quick else 1.0)
+    # One core for both sides: with tensors this small, torch's intra-op threads only add
+    # contention (on a shared 2-core machine a 2-thread run was 70x slower than 1 thread).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        t_fast = _median_time(fast, repeats, 0.05 if quick else 1.0)
+        t_pl = _median_time(pennylane, repeats, 0.05 if quick else 1.0)
+    finally:
+        torch.set_num_threads(threads)
     # agreement on this very step (same loss, same gradient)
     fast()
     pennylane()
@@ -69,5 +76,5 @@ def qnn_step(quick: bool) -> BenchResult:
         baseline_figure=steps_pl, target="≥ 10×", passed=steps_fast / steps_pl >= 10.0,
         details={"n_qubits": spec.n_qubits, "n_layers": spec.n_layers, "batch": batch,
                  "ms_per_step_torch": 1e3 * t_fast, "ms_per_step_pennylane": 1e3 * t_pl,
-                 "max_grad_difference": grad_err, "torch_threads": torch.get_num_threads()},
+                 "max_grad_difference": grad_err, "torch_threads": 1},
     )
