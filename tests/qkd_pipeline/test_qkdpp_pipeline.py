@@ -140,6 +140,36 @@ def test_cli_distills_a_recording_into_the_key_stores(tmp_path):
     assert (tmp_path / "data" / "keystore").is_dir()
 
 
+def test_a_recording_can_be_distilled_into_a_key_store_only_once(tmp_path):
+    """Distilling the same raw data twice would hand out two hashes of one raw key (key reuse):
+    block IDs derive from the acquisition, and the key store refuses a block it already holds."""
+    from labqfl.sim_backends.recording import read_recording
+
+    from labqfl.errors import KeyStoreError
+    from labqfl.keystore import KeyStore
+    from labqfl.qkd.pipeline import KeyStoreSink, acquisition_id
+
+    path = _record(tmp_path, dur=DUR)
+    stores = {n: KeyStore.for_node(n, tmp_path / "data") for n in ("C1", "C2")}
+
+    def distil_once():
+        with read_recording(path) as rec:
+            cfg = rec.config
+            d = Distiller(cfg, {c: rec.client_log(c) for c in cfg.client_names}, KeyStoreSink(stores),
+                          DistillSettings(block_bits=1_000_000, params=PARAMS),
+                          acquisition_id=acquisition_id(cfg, rec.epoch))
+            for b in rec.blocks():
+                d.push(b)
+            return d.finish(int(DUR * cfg.laser.rep_rate_hz))
+
+    res = distil_once()
+    assert res["C1-C2"].delivered_bits > 0
+    before = stores["C1"].accounting()
+    with pytest.raises(KeyStoreError, match="refusing to add it twice"):
+        distil_once()
+    assert stores["C1"].accounting() == before  # nothing stored twice, nothing lost
+
+
 def test_cli_rejects_corrupt_and_truncated_recordings(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file at all")
