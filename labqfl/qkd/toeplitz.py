@@ -388,17 +388,25 @@ def _mp(g, v, z, k, ws, base):  # type: ignore[no-untyped-def]
         z[h + i] ^= P[i]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _mp_tiles(U, X, Y, k, NI, NJ, padw, nw, base):  # type: ignore[no-untyped-def]
-    """``Y[I] ^= MP(U[padw + (I−J)k + nw − k :][:2k], X[J])`` over all k-word tiles (I, J)."""
-    ws = np.empty(4 * k + 4 * base + 8, dtype=np.uint64)
-    z = np.empty(k, dtype=np.uint64)
-    for i_t in range(NI):
-        for j_t in range(NJ):
-            o = padw + (i_t - j_t) * k + nw - k
-            _mp(U[o:o + 2 * k], X[j_t * k:(j_t + 1) * k], z, k, ws, base)
-            for t in range(k):
-                Y[i_t * k + t] ^= z[t]
+    """``Y[I] ^= MP(U[padw + (I−J)k + nw − k :][:2k], X[J])`` over all k-word tiles (I, J).
+
+    Every tile's middle product is independent: they run in parallel (one workspace and one
+    output row per tile), then the rows are XOR-reduced into ``Y`` in a fixed order.
+    """
+    n_tiles = NI * NJ
+    Z = np.empty((n_tiles, k), dtype=np.uint64)
+    for t_id in numba.prange(n_tiles):
+        i_t = t_id // NJ
+        j_t = t_id - i_t * NJ
+        ws = np.empty(4 * k + 4 * base + 8, dtype=np.uint64)
+        o = padw + (i_t - j_t) * k + nw - k
+        _mp(U[o:o + 2 * k], X[j_t * k:(j_t + 1) * k], Z[t_id], k, ws, base)
+    for t_id in range(n_tiles):
+        i_t = t_id // NJ
+        for t in range(k):
+            Y[i_t * k + t] ^= Z[t_id, t]
 
 
 def _gf2_tiling(mw: int, nw: int, base: int) -> tuple[int, int, int]:
