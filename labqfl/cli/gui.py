@@ -4,6 +4,7 @@ a headless run on the (simulated) station that saves a picture of the main windo
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -14,6 +15,13 @@ TAB_NAMES = ("station", "live", "calibration", "training", "log")
 
 
 @handle_errors
+def _no_display() -> bool:
+    """True on Linux without X11/Wayland and without an explicit Qt platform (Qt would abort)."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def gui(
     config: Path | None = CONFIG_OPTION,
     screenshot: Path | None = typer.Option(None, "--screenshot", dir_okay=False,
@@ -32,6 +40,9 @@ def gui(
     if screenshot is None:
         if as_json:
             raise fail("--json is only meaningful with --screenshot")
+        if _no_display():
+            raise fail("no display to open the window on: set DISPLAY (or WAYLAND_DISPLAY), run under Xvfb "
+                       "(xvfb-run labqfl gui), or take a headless picture with --screenshot FILE.png")
         from labqfl.gui.app import run_gui
 
         code = run_gui(config, data_dir=data_dir, runs_dir=out)

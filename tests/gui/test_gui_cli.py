@@ -24,3 +24,19 @@ def test_gui_screenshot_writes_png_and_json(qtbot, tmp_path) -> None:  # type: i
 def test_gui_rejects_unknown_tab(tmp_path) -> None:  # type: ignore[no-untyped-def]
     res = CliRunner().invoke(app, ["gui", "--screenshot", str(tmp_path / "x.png"), "--tab", "plots"])
     assert res.exit_code == 1 and "--tab" in res.output and "station" in res.output
+
+
+def test_gui_without_a_display_fails_with_one_clear_line(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+
+    from typer.testing import CliRunner
+
+    from labqfl.cli import app
+
+    if not sys.platform.startswith("linux"):
+        return
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(var, raising=False)
+    r = CliRunner().invoke(app, ["gui"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().startswith("error: no display") and len(r.stderr.strip().splitlines()) == 1
