@@ -100,17 +100,30 @@ def distill(
         from rich.table import Table
 
         con.print(f"source: {source}; {duration_s:g} s of data in {wall:.2f} s; engine {engine}")
-        t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "leak EC", "f", "final", "rate [bit/s]", "aborts")
+        from rich import box
+
+        t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+        reasons: dict[str, list[str]] = {}
         for k, r in data["pairs"].items():
             er = r["error_rate"]
 
-            def fmt(v: Any, spec: str = ".4f") -> str:
-                return "—" if v is None else format(v, spec)
+            def pct(v: Any) -> str:
+                return "—" if v is None else f"{100 * v:.2f} %"
 
-            t.add_row(k, str(r["sifted_bits"]), fmt(er["X_key"]), fmt(er["Y_test"]), fmt(r["phase_error_bound"]),
-                      str(r["leaked_ec_bits"]), fmt(r["efficiency_f"], ".3f"), str(r["final_key_bits"]),
-                      fmt(r["secure_key_rate_bps"], ".4g"), "; ".join(r["abort_reasons"]) or "—")
+            rate = r["secure_key_rate_bps"]
+            t.add_row(k, f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
+                      "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
+                      "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
+                      "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
+            for reason in r["abort_reasons"]:
+                reasons.setdefault(reason, []).append(k)
         con.print(t)
+        for reason, pairs in reasons.items():
+            con.print(f"[yellow]aborted[/] ({', '.join(pairs)}): {reason}")
+        if reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
+            con.print("hint: finite-key blocks on the default station need ~1e7 sifted bits per pair "
+                      "(~60 s of acquisition): use --duration 60 with a large --block-bits, or `labqfl run`.")
         con.print(f"run folder: {run.path}")
 
     emit(data, as_json, render)
