@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +35,10 @@ from rich.progress import (
 from labqfl.errors import LabqflError
 
 #: All human-facing output goes to stderr, so stdout carries only JSON.
-console = Console(stderr=True, highlight=False)
+#: Piped or logged output (not a terminal) gets 120 columns instead of rich's default 80, so the
+#: tables stay readable in log files; ``COLUMNS`` overrides.
+console = Console(stderr=True, highlight=False,
+                  width=None if (sys.stderr.isatty() or os.environ.get("COLUMNS")) else 120)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 CONFIG_OPTION = typer.Option(
