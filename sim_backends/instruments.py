@@ -65,17 +65,24 @@ class _LiveSetting:
         return self if obj is None else getattr(obj._live(), self.attr)
 
     def __set__(self, obj: Any, value: Any) -> None:
-        v = self.check(obj, value)
-        with obj.lock, obj.testbed.lock:
-            setattr(obj._live(), self.attr, v)
-            obj.testbed.touch()
+        obj._set(self.attr, self.check(obj, value))
 
 
 class _SimMixin:
-    """Shared plumbing: testbed, identity."""
+    """Shared plumbing: testbed, identity, writes into the testbed's live state."""
 
     testbed: SagnacTestbed
     _model: str
+    lock: Any
+
+    def _live(self) -> Any:
+        """The testbed's live state object that holds this instrument's settings."""
+        raise NotImplementedError
+
+    def _set(self, attr: str, value: Any) -> None:
+        with self.lock, self.testbed.lock:
+            setattr(self._live(), attr, value)
+            self.testbed.touch()
 
     def identity(self) -> str:
         return f"{_VENDOR},{self._model},SIM-{self.name},{_FW}"  # type: ignore[attr-defined]
@@ -129,11 +136,6 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
 
     def _live(self):  # type: ignore[no-untyped-def]
         return self._cl
-
-    def _set(self, attr: str, value: Any) -> None:
-        with self.lock, self.testbed.lock:
-            setattr(self._cl, attr, value)
-            self.testbed.touch()
 
     output_enabled: bool = _LiveSetting("pm_enabled", lambda _s, v: _check_bool("output_enabled", v))  # type: ignore[assignment]
     v_pi_v: float = _LiveSetting("v_pi_set", lambda _s, v: _check_range("v_pi_v", v, 0.0, 20.0, "V", lo_open=True))  # type: ignore[assignment]
@@ -220,11 +222,6 @@ class SimulatedDetector(_SimMixin, PhotonDetector):
 
     def _live(self):  # type: ignore[no-untyped-def]
         return self._d
-
-    def _set(self, attr: str, value: Any) -> None:
-        with self.lock, self.testbed.lock:
-            setattr(self._d, attr, value)
-            self.testbed.touch()
 
     enabled: bool = _LiveSetting("enabled", lambda _s, v: _check_bool("enabled", v))  # type: ignore[assignment]
     efficiency: float = _LiveSetting("efficiency", lambda _s, v: _check_range("efficiency", v, 0.0, 1.0, "", lo_open=True))  # type: ignore[assignment]

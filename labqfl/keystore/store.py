@@ -416,6 +416,16 @@ class KeyStore:
 
     # ------------------------------------------------------------------ low-level segment ops
 
+    def _pair_block(self, conn: sqlite3.Connection, pair: str, block_id: str) -> int:
+        """Sequence number of ``block_id``, which must exist and belong to ``pair``."""
+        blk = self._block(conn, block_id)
+        if blk is None:
+            raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
+        seq, bpair, _ = blk
+        if bpair != pair:
+            raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
+        return seq
+
     @staticmethod
     def _block(conn: sqlite3.Connection, block_id: str) -> tuple[int, str, int] | None:
         row = conn.execute("SELECT seq, pair, nbits FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
@@ -649,12 +659,7 @@ class KeyStore:
                                                 f"(pair {reserved[2]}, purpose {reserved[3]})")
                 chunks = []
                 for block_id, start, length in refs:
-                    blk = self._block(conn, block_id)
-                    if blk is None:
-                        raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
-                    seq, bpair, _ = blk
-                    if bpair != pair:
-                        raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
+                    seq = self._pair_block(conn, pair, block_id)
                     self._mark(conn, pair, seq, block_id, start, length, new_state="consumed", purpose=purpose,
                                key_id=None, allow=lambda s, k=kid: self._pool_reason(s, purpose, k))  # type: ignore[misc]
                     chunks.append(self._io_bits(conn, seq, start, length, zero=True))
@@ -686,12 +691,7 @@ class KeyStore:
         with self._write() as conn:
             for refs, kid in norm:
                 for block_id, start, length in refs:
-                    blk = self._block(conn, block_id)
-                    if blk is None:
-                        raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
-                    seq, bpair, _ = blk
-                    if bpair != pair:
-                        raise KeyStoreError(f"block {block_id} belongs to pair {bpair}, not {pair}")
+                    seq = self._pair_block(conn, pair, block_id)
                     self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
                                key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
                 self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
@@ -735,14 +735,12 @@ class KeyStore:
             refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
             chunks = []
             for block_id, start, length in refs:
-                blk = self._block(conn, block_id)
-                if blk is None:
-                    raise KeyStoreError(f"pair {pair}: block {block_id} is not in key store {self.path}")
-                for s in self._segments(conn, blk[0], start, start + length):
+                seq = self._pair_block(conn, pair, block_id)
+                for s in self._segments(conn, seq, start, start + length):
                     if s.state != "reserved" or s.key_id != kid:
                         raise KeyStoreError(f"pair {pair}: bits of block {block_id} reserved for key ID {kid} "
                                             f"are {s.state}")
-                chunks.append(self._io_bits(conn, blk[0], start, length))
+                chunks.append(self._io_bits(conn, seq, start, length))
             conn.execute("UPDATE deliveries SET kind = 'reserve-read', updated = ? WHERE key_id = ?", (_now(), kid))
         log.debug("key store %s: read reservation %s (pair %s, %d bits)", self.path.name, kid, pair, refs_nbits(refs))
         return KeyMaterial(np.concatenate(chunks), refs, kid, pair, purpose)

@@ -8,16 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from labqfl import sim_backends
 from labqfl.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
 
 pytestmark = pytest.mark.filterwarnings("ignore:read string doesn't end with termination")
-
-needs_sim = pytest.mark.skipif(not hasattr(sim_backends, "create_simulated_instruments"),
-                               reason="labqfl.sim_backends.create_simulated_instruments not available yet")
 
 
 def _check(*args: str):  # type: ignore[no-untyped-def]
@@ -62,7 +58,6 @@ def test_station_check_human_output_and_show_still_works(all_real_station_file: 
     assert res.exit_code == 0 and json.loads(res.stdout)["roles"]["D0"]["driver"] == "IDQuantiqueID120"
 
 
-@needs_sim
 def test_station_check_default_simulated_station() -> None:
     res = _check("--json")
     assert res.exit_code == 0, res.output
@@ -71,7 +66,6 @@ def test_station_check_default_simulated_station() -> None:
     assert data["ok"] and all(r["driver"] == "sim" for r in data["roles"].values())
 
 
-@needs_sim
 def test_station_check_example_file_with_simulated_tagger() -> None:
     res = _check("--config", str(EXAMPLE), "--json")
     assert res.exit_code == 0, res.output
@@ -80,7 +74,6 @@ def test_station_check_example_file_with_simulated_tagger() -> None:
     assert data["roles"]["laser"]["driver"] == "ThorlabsPRO8000"
 
 
-@needs_sim
 def test_station_default_snapshot_and_accessors() -> None:
     from labqfl.config import load_station_config
     from labqfl.instruments import PhotonDetector, TimeTagger
