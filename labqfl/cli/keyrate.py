@@ -16,12 +16,6 @@ from rich.table import Table
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import StationConfig, load_station_config
-from labqfl.qkd.keyrate import (
-    KeyRatePrediction,
-    optimize_pair,
-    predict_pair,
-    station_pair_channel,
-)
 from labqfl.qkd.types import split_pair
 
 #: Block sizes [slots per pair] of the key-rate-versus-block-size plot.
@@ -69,7 +63,7 @@ def _select_pairs(cfg: StationConfig, pair: str | None) -> list[tuple[str, str]]
                      + ", ".join(f"{x}-{y}" for x, y in scheduled))
 
 
-def _row(pred: KeyRatePrediction, loss: float, optimized: bool) -> dict[str, Any]:
+def _row(pred: Any, loss: float, optimized: bool) -> dict[str, Any]:
     d = pred.as_dict()
     d["extra_loss_db"] = loss
     d["optimized"] = optimized
@@ -126,6 +120,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
+        from labqfl.qkd.keyrate import (  # scipy: import on use
+            optimize_pair,
+            predict_pair,
+            station_pair_channel,
+        )
+
         if not (block_size >= 1 and math.isfinite(block_size)):
             raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
         if not 1.0 <= ec_efficiency <= 2.0:

@@ -15,7 +15,6 @@ import typer
 
 from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
 from labqfl.errors import ConfigError, KeyStarvationError
-from labqfl.fl.tasks import TASK_DEFAULTS, make_model
 
 
 def _parse_digits(text: str) -> tuple[int, int]:
@@ -87,6 +86,7 @@ def train(
     from labqfl.fl.datasets.tasks import TASKS, load_task
     from labqfl.fl.keysource import make_key_source
     from labqfl.fl.secure import SecAggConfig
+    from labqfl.fl.tasks import TASK_DEFAULTS, make_model
     from labqfl.fl.training import LocalTrainConfig, run_federated
     from labqfl.runs import RunRecord
 
