@@ -39,7 +39,7 @@ from labqfl.calibration.core import (
     loop_delay_ps,
     sim_truth,
 )
-from labqfl.calibration.fitting import FitResult, fit_gaussian_peak, gaussian_peak
+from labqfl.calibration.fitting import FitResult, fit_gaussian_peak, plot_peak
 
 from labqfl.errors import CalibrationError, InstrumentError
 
@@ -136,20 +136,11 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
                          "loop_delay_ps": loop, "input_delay_ps": in_d, "sync_reference_ps": sync_ref,
                          "peak_sigma_ps": fit["sigma"]}))
             raw[d] = {"fit": fit.summary(), "clicks": int(n.sum()), "coarse_peak_ps": coarse.get(d), "nominal_relative_ps": nominal}
-            p = save_plot(ctx.plot_path(f"delay_{d}.png"), lambda ax, c=c, n=n, fit=fit: _plot(ax, c, n, fit),
+            p = save_plot(ctx.plot_path(f"delay_{d}.png"), lambda ax, c=c, n=n, fit=fit: plot_peak(ax, c, n, fit, "Gaussian fit", mark_centre=True),
                           f"{d}: sync–click peak at {mu:.2f} ± {e_mu:.2f} ps (mod T); cable delay {cable:.1f} ps")
             if p:
                 plots.append(p)
     return ctx.remember(ProcedureResult("delays", quantities, raw, plots))
-
-
-def _plot(ax: Any, c: np.ndarray, n: np.ndarray, fit: FitResult) -> None:
-    ax.plot(c, n, ".", ms=3, label="clicks")
-    ax.plot(c, gaussian_peak(c, *fit.params), "-", label="Gaussian fit")
-    ax.axvline(fit["mu"], color="red", ls=":")
-    ax.set_xlabel("delay after sync mod T [ps]")
-    ax.set_ylabel("clicks per bin")
-    ax.legend(fontsize=8)
 
 
 __all__ = ["channel_delays"]

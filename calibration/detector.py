@@ -58,7 +58,7 @@ from labqfl.calibration.fitting import (
     fit_edge_unbinned,
     fit_gaussian_peak,
     fit_poisson,
-    gaussian_peak,
+    plot_peak,
     smoothed_edge,
 )
 from scipy.optimize import brentq
@@ -498,19 +498,11 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
                                                 "system_fwhm_ps": 2.3548 * s_sys}))
             raw[d] = {"clicks": int(ph.size), "peak_ps": fit["mu"], "fit": fit.summary(), "bin_ps": bin_ps}
             p = save_plot(ctx.plot_path(f"jitter_{d}.png"),
-                          lambda ax, c=c, n=n, fit=fit: _plot_peak(ax, c, n, fit),
+                          lambda ax, c=c, n=n, fit=fit: plot_peak(ax, c, n, fit, "Gaussian + background"),
                           f"{d}: click-vs-sync peak, σ_sys = {s_sys:.2f} ± {e_sys:.2f} ps, σ_det = {val:.2f} ps")
             if p:
                 plots.append(p)
     return ctx.remember(ProcedureResult("timing_jitter", quantities, raw, plots))
-
-
-def _plot_peak(ax: Any, c: np.ndarray, n: np.ndarray, fit: FitResult) -> None:
-    ax.plot(c, n, ".", ms=3, label="clicks")
-    ax.plot(c, gaussian_peak(c, *fit.params), "-", label="Gaussian + background")
-    ax.set_xlabel("delay after sync mod T [ps]")
-    ax.set_ylabel("clicks per bin")
-    ax.legend(fontsize=8)
 
 
 def gate_delay(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, n_coarse: int = 40,

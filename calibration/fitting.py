@@ -179,3 +179,14 @@ def fit_edge_unbinned(x: np.ndarray, lo: float, hi: float, tau0: float, s: float
     params = np.array([p[0], s, p[1] * b_scale])
     errs = np.array([errs[0], 0.0, errs[1] * b_scale])
     return FitResult(("tau", "s", "b"), params, errs, cov, 2 * f0, int(x.size - 2))
+
+
+def plot_peak(ax: Any, c: np.ndarray, n: np.ndarray, fit: FitResult, label: str, *, mark_centre: bool = False) -> None:
+    """Clicks per bin of a sync–click histogram with its fitted Gaussian peak (matplotlib axes)."""
+    ax.plot(c, n, ".", ms=3, label="clicks")
+    ax.plot(c, gaussian_peak(c, *fit.params), "-", label=label)
+    if mark_centre:
+        ax.axvline(fit["mu"], color="red", ls=":")
+    ax.set_xlabel("delay after sync mod T [ps]")
+    ax.set_ylabel("clicks per bin")
+    ax.legend(fontsize=8)
