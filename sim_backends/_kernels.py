@@ -47,7 +47,7 @@ def _gauss(key: np.uint64, m: np.int64) -> float:
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def drift_phase(chunk: np.int64, state: np.ndarray, sigma_chunk: float, key: np.uint64) -> float:
     """Loop phase θ of ``chunk`` for a random walk θ_m = θ_{m−1} + σ·N_m (θ_0 = 0).
 
@@ -64,7 +64,7 @@ def drift_phase(chunk: np.int64, state: np.ndarray, sigma_chunk: float, key: np.
     return theta
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: float, mu: np.ndarray,
                  cnk: np.ndarray, phase: np.ndarray, pmode: np.ndarray, t: float, vis: float,
                  eta_d0: float, eta_d1: float, theta: float) -> float:
@@ -130,7 +130,7 @@ GUIDE = 1024
 _Q_STEP = 0.005  # thinning rates are rounded up to a 0.5 % grid so geometric-gap tables can be cached
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
     """Geometric gaps g = ⌊ln u / ln(1−q)⌋ for u in bin i = (i/G, (i+1)/G]: bounds [glo, ghi].
     Where they agree the gap is known without a logarithm."""
@@ -142,7 +142,7 @@ def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
         ghi[i] = np.int64(math.floor(math.log(i / GUIDE) / l1q))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q: float,
              glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
              key_i: np.uint64, thr_i: np.ndarray, nk_i: int, thrx_i: np.uint64, mode_i: int, fix_i: bool,
@@ -211,7 +211,7 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
     return n, rng
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def signal_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, pair_eta_cw: np.ndarray, pair_eta_ccw: np.ndarray,
                   ckey: np.ndarray, cthr: np.ndarray, cnk: np.ndarray, cthrx: np.ndarray,
@@ -274,7 +274,7 @@ def signal_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: 
     return n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def dark_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, period_ps: float, t_off: np.int64,
                 rate_per_ps: float, key: np.uint64, out: np.ndarray) -> int:
     """Dark-count times (Poisson, rate ``rate_per_ps``) in [s0·T, s1·T) + t_off; −1 if ``out`` is full."""
@@ -302,7 +302,7 @@ def dark_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, period_ps: fl
     return n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: np.ndarray, win_end: np.int64,
                     t_die: np.int64, gated: bool, gate_delay_ps: float, gate_width_ps: float, period_ps: float,
                     dead_ps: np.int64, p_ap: float, ap_decay_ps: float, key_ap: np.uint64, key_jit: np.uint64,
@@ -387,7 +387,7 @@ def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: 
     return n
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def insertion_sort(a: np.ndarray) -> None:
     """In-place sort, O(n) for nearly sorted input (jitter only swaps close neighbours)."""
     for i in range(1, a.shape[0]):
@@ -399,7 +399,7 @@ def insertion_sort(a: np.ndarray) -> None:
         a[j + 1] = x
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def sync_kernel(s0: np.int64, s1: np.int64, divider: np.int64, period_ps: float, delay_ps: np.int64,
                 res_ps: np.int64, drop_prob: float, key: np.uint64) -> np.ndarray:
     """Sync tag times for slots ≡ 0 (mod divider) in [s0, s1), each lost with ``drop_prob``."""
@@ -419,7 +419,7 @@ def sync_kernel(s0: np.int64, s1: np.int64, divider: np.int64, period_ps: float,
     return out[:n]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def start_stop_histogram(ts: np.ndarray, ch: np.ndarray, start_ch: int, click_ch: int, binwidth: np.int64,
                          hist: np.ndarray, last_start: np.ndarray) -> None:
     """Accumulate a start–stop histogram: each click binned by its delay after the latest start.

@@ -109,7 +109,7 @@ def client_choice(key: np.uint64, thr: np.ndarray, n_k: int, thr_x: np.uint64, s
     return k, basis + 2 * bit
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _choices_kernel(key: np.uint64, thr: np.ndarray, thr_x: np.uint64, slots: np.ndarray,
                     out_k: np.ndarray, out_a: np.ndarray) -> None:
     n_k = thr.shape[0]

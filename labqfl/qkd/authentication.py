@@ -104,7 +104,7 @@ def _mul_table(k: int) -> np.ndarray:
     return T
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _horner(words, T):  # type: ignore[no-untyped-def]
     acc = np.uint64(0)
     for w in words:
@@ -197,7 +197,7 @@ class WegmanCarterAuthenticator:
         return f"WegmanCarterAuthenticator(lanes={self.lanes}, key_bits_used={self.key_bits_used})"
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _horner_from(acc, words, T):  # type: ignore[no-untyped-def]
     for w in words:
         a = acc ^ w

@@ -268,7 +268,7 @@ def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _fold(v: np.uint64) -> int:
     v ^= v >> np.uint64(32)
     v ^= v >> np.uint64(16)
@@ -279,7 +279,7 @@ def _fold(v: np.uint64) -> int:
     return np.int64(v & np.uint64(1))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     """Key index of the r-th (0-based) member of bipartition block b (increasing index)."""
     W = masks.shape[1]
@@ -303,7 +303,7 @@ def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     return w * 64 + bit
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
               masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     if kind[q] == 1:
@@ -311,7 +311,7 @@ def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndar
     return (c[q] + a[q] * (b * k[q] + r)) % n
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               masks: np.ndarray, q: int, i: int) -> int:
     if kind[q] == 1:
@@ -322,7 +322,7 @@ def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.n
     return ((d * ainv[q]) % n) // k[q]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     """Parity of bits i0..i1-1 of a packed row (bit i = word i>>6, bit i&63), i0 < i1."""
     w0 = i0 >> 6
@@ -337,7 +337,7 @@ def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     return _fold(acc)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int) -> int:
     """Parity of members lo..hi-1 (ranks within block b of pass q).
@@ -368,7 +368,7 @@ def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, 
     return _fold(acc64)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _materialize(bits: np.ndarray, n: int, a: int, c: int, row: np.ndarray) -> None:
     """row ← bits in affine pass order, packed: bit j of row = bits[(c + a·j) mod n]."""
     idx = c
@@ -383,7 +383,7 @@ def _materialize(bits: np.ndarray, n: int, a: int, c: int, row: np.ndarray) -> N
         row[w] = word
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _top_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                   masks: np.ndarray, q: int, nb: int) -> np.ndarray:
     """Parities of all nb blocks of pass q (uint8)."""
@@ -406,12 +406,12 @@ def _top_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _slot(key: int, logcap: int) -> int:
     return np.int64((np.uint64(key) * _GOLD) >> np.uint64(64 - logcap))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _h_get(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int) -> int:
     mask = keys.size - 1
     i = _slot(key, logcap)
@@ -424,7 +424,7 @@ def _h_get(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int) -> int:
         i = (i + 1) & mask
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _h_put(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int, val: int) -> None:
     mask = keys.size - 1
     i = _slot(key, logcap)
@@ -434,19 +434,19 @@ def _h_put(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int, val: int) 
     vals[i] = val
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _h_rehash(keys: np.ndarray, vals: np.ndarray, nkeys: np.ndarray, nvals: np.ndarray, logcap: int) -> None:
     for i in range(keys.size):
         if keys[i] != -1:
             _h_put(nkeys, nvals, logcap, keys[i], vals[i])
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _node_key(q: int, b: int, h: int) -> int:
     return (q << 56) | (b << 28) | h
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _popcount(v: np.uint64) -> int:
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -454,7 +454,7 @@ def _popcount(v: np.uint64) -> int:
     return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
              masks: np.ndarray, cum: np.ndarray, q: int, b: int, i: int) -> int:
     """Rank of key index i within its block b of pass q (inverse of :func:`_index_of`)."""
@@ -469,7 +469,7 @@ def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.nd
     return (d * ainv[q]) % n - b * k[q]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
                    y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
                    k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -621,7 +621,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     return nq
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _range_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                     masks: np.ndarray, cum: np.ndarray, nb: np.ndarray, qs: np.ndarray, blocks: np.ndarray, lo: np.ndarray,
                     hi: np.ndarray) -> np.ndarray:

@@ -146,7 +146,7 @@ def _degree_counts(n: int, rate: float) -> dict[int, int]:
     return counts
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy depth-1 PEG: returns (edge variable, edge check, edges that closed a 4-cycle).
 
@@ -276,7 +276,7 @@ def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
 
 
 # ----------------------------------------------------------------------------------- kernels
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _syndrome(check_ptr: np.ndarray, check_var: np.ndarray, bits: np.ndarray) -> np.ndarray:
     m = check_ptr.size - 1
     out = np.zeros(m, np.uint8)
@@ -303,7 +303,7 @@ _PHI_SIZE = 24 * _PHI_SCALE  # φ(24) ≈ 7.6e-11: zero beyond the table
 _PHI = _phi_table()
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, nogil=True, inline="always")
 def _phi(x: np.float32, tab: np.ndarray) -> np.float32:
     """Linear interpolation of the φ table at x ≥ 0 (float32 throughout)."""
     v = x * np.float32(_PHI_SCALE) + np.float32(0.5)
@@ -312,7 +312,7 @@ def _phi(x: np.float32, tab: np.ndarray) -> np.float32:
     return tab[int(v)]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _layered_bp(check_ptr: np.ndarray, check_var: np.ndarray, synd: np.ndarray, L: np.ndarray,
                 R: np.ndarray, max_iter: int, tab: np.ndarray) -> int:
     """Layered sum-product decoding in the log domain, in place on (L, R); iterations or −1.
@@ -368,7 +368,7 @@ def _layered_bp(check_ptr: np.ndarray, check_var: np.ndarray, synd: np.ndarray, 
     return -1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _decode_frames(check_ptr: np.ndarray, check_var: np.ndarray, synd: np.ndarray, L: np.ndarray,
                    R: np.ndarray, frames: np.ndarray, max_iter: int, tab: np.ndarray) -> np.ndarray:
     """Run :func:`_layered_bp` on rows ``frames`` of (synd, L, R); iterations per frame or −1."""

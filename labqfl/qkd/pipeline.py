@@ -14,6 +14,21 @@ Data path per :class:`TagBlock` (docs/postprocessing.md):
    amplification seed) crosses an authenticated channel (Wegman–Carter, key from the pair's
    authentication pool, which is refilled from the block's final key: the cost is deducted).
 
+Authentication key. With a sink backed by the nodes' key stores (:class:`KeyStoreSink`, any sink
+implementing :class:`AuthKeyStore`) the authenticators draw from the stores, purpose ``auth``
+(pool ``auth``, then ``general``): Ci allocates with ``KeyStore.take``, Cj consumes the same refs
+with ``take_exact`` (:func:`~labqfl.qkd.authentication.keystore_auth_supplies`), so the bits are
+consume-once and persist across runs. Before each block the Distiller checks that Ci's store can
+pay for the block's authentication (64·lanes bits of hash key once per Distiller, plus
+2·64·lanes bits of pads per block); if not, it **bootstraps** the pair: one fresh
+``secrets``-random block of ``preshared_auth_bits`` written into both stores, pool ``auth``, block
+ID ``preshared-<uuid4>`` (the simulated out-of-band delivery of QKD's pre-shared secret; refused
+with ``DistillSettings(bootstrap_auth=False)``). After a successful block the first
+``min(used, final)`` bits of its final key go back into both stores as block
+``<block ID>-auth`` (pool ``auth``), the rest is delivered. Any other sink (e.g.
+:class:`MemorySink`) gets an in-memory pre-shared pool per pair that lives as long as the
+Distiller.
+
 Memory is bounded: one tag block, and per pair at most one key block plus one sift chunk.
 """
 
@@ -25,19 +40,21 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from labqfl.config import StationConfig
-from labqfl.errors import AuthenticationError, QKDInputError
+from labqfl.errors import AuthenticationError, InsufficientKeyError, KeyStoreError, QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import (
+    AuthKeySupply,
     BitPool,
     TranscriptAuthenticator,
     TranscriptPair,
     confirm_transcripts,
+    keystore_auth_supplies,
 )
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.messaging import LocalChannel, Message
@@ -50,8 +67,8 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 
 log = get_logger(__name__)
 
-__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "MemorySink", "KeyStoreSink",
-           "Distiller", "distill_stream", "ENGINES"]
+__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore", "MemorySink",
+           "KeyStoreSink", "Distiller", "distill_stream", "ENGINES", "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
 
@@ -96,7 +113,11 @@ class DistillSettings:
     ``min_final_block_bits``: at the end of the stream a smaller rest is still processed if it has
     at least this many bits (else it is dropped and reported); ``auth_lanes``: 64-bit lanes per
     Wegman–Carter tag; ``preshared_auth_bits``: initial shared authentication key per pair (the
-    usual pre-shared secret of QKD), refilled from every block's final key.
+    usual pre-shared secret of QKD), refilled from every block's final key — in memory for the
+    run, or, with a key-store sink, written once into both stores when a pair's ``auth`` pool
+    cannot pay for a block (module docstring); ``bootstrap_auth``: False refuses that simulated
+    pre-shared delivery (a real deployment loads its pre-shared secret into the stores' ``auth``
+    pool instead) and raises :class:`~labqfl.errors.InsufficientKeyError`.
     """
 
     block_bits: int = 1_000_000
@@ -107,12 +128,30 @@ class DistillSettings:
     preshared_auth_bits: int = 1 << 16
     qber_floor: float = 0.005
     qber_default: float = 0.02
+    bootstrap_auth: bool = True
 
     def __post_init__(self) -> None:
         if self.block_bits < 1000:
             raise QKDInputError(f"block_bits must be >= 1000, got {self.block_bits}")
+        if not 1 <= self.auth_lanes <= 4:
+            raise QKDInputError(f"auth_lanes must be 1..4, got {self.auth_lanes}")
+        need = _auth_bits_per_block(self.auth_lanes, first=True)
+        if self.preshared_auth_bits % 8 or self.preshared_auth_bits < need:
+            raise QKDInputError(f"preshared_auth_bits must be a multiple of 8 and at least {need} (the first block's "
+                                f"authentication with {self.auth_lanes} lane(s)), got {self.preshared_auth_bits}")
         if self.engine not in ENGINES:
             raise QKDInputError(f"unknown error-correction engine {self.engine!r}; expected one of {ENGINES}")
+
+
+def _auth_bits_per_block(lanes: int, first: bool) -> int:
+    """Key bits one end's :class:`TranscriptAuthenticator` takes for one block: two one-time pads
+    (its final tag and the check of the partner's), plus the hash key on its first block."""
+    return 64 * lanes * (3 if first else 2)
+
+
+#: Block-ID prefix of a simulated pre-shared authentication block; suffix of a block's auth refill.
+PRESHARED_PREFIX = "preshared-"
+AUTH_REFILL_SUFFIX = "-auth"
 
 
 @dataclass
@@ -201,6 +240,29 @@ class KeySink(Protocol):
     def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None: ...
 
 
+@runtime_checkable
+class AuthKeyStore(Protocol):
+    """Optional capability of a :class:`KeySink` backed by the nodes' key stores: the Distiller
+    takes the pairs' authentication key from it and refills it there (module docstring)."""
+
+    def auth_supplies(self, pair: str) -> tuple[AuthKeySupply, AuthKeySupply]:
+        """(Ci's, Cj's) supplies drawing the same bits from the two nodes' ``auth`` pools."""
+        ...
+
+    def auth_available(self, pair: str) -> int:
+        """Bits Ci's next authentication draw could take (purpose ``auth``)."""
+        ...
+
+    def add_auth(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
+        """Add a block to both ends' ``auth`` pools (refill or pre-shared bootstrap)."""
+        ...
+
+    def check_new(self, pair: str, block_ids: Iterable[str]) -> None:
+        """Raise :class:`~labqfl.errors.KeyStoreError` if either end already holds one of these
+        blocks (called before a block spends any authentication key)."""
+        ...
+
+
 class MemorySink:
     """Keeps keys in memory (tests and benchmarks only; never logged or pickled)."""
 
@@ -215,18 +277,47 @@ class MemorySink:
 
 
 class KeyStoreSink:
-    """Writes each block into both nodes' key stores under the same block ID."""
+    """Writes each block into both nodes' key stores under the same block ID, and is the pairs'
+    authentication key source (:class:`AuthKeyStore`: purpose ``auth`` of the same stores)."""
 
     def __init__(self, stores: Mapping[str, Any], run_id: str = "") -> None:
         self.stores = dict(stores)
         self.run_id = run_id
 
-    def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
-        ci, cj = split_pair(pair)
-        for node, bits in ((ci, bits_i), (cj, bits_j)):
+    def _ends(self, pair: str) -> tuple[Any, Any]:
+        out = []
+        for node in split_pair(pair):
             if node not in self.stores:
                 raise QKDInputError(f"no key store for node {node!r}")
-            self.stores[node].add_block(pair, bits, block_id=block_id, run_id=self.run_id, meta=meta)
+            out.append(self.stores[node])
+        return out[0], out[1]
+
+    def _add(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any],
+             purpose: str) -> None:
+        for store, bits in zip(self._ends(pair), (bits_i, bits_j), strict=True):
+            store.add_block(pair, bits, block_id=block_id, purpose=purpose, run_id=self.run_id, meta=meta)
+
+    def deliver(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
+        self._add(pair, block_id, bits_i, bits_j, meta, "general")
+
+    def auth_supplies(self, pair: str) -> tuple[AuthKeySupply, AuthKeySupply]:
+        si, sj = self._ends(pair)
+        return keystore_auth_supplies(si, sj, pair)
+
+    def auth_available(self, pair: str) -> int:
+        # pool auth + general: exactly what KeyStore.take(pair, n, "auth") can draw
+        return int(self._ends(pair)[0].available_bits(pair, "auth"))
+
+    def add_auth(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
+        self._add(pair, block_id, bits_i, bits_j, meta, "auth")
+
+    def check_new(self, pair: str, block_ids: Iterable[str]) -> None:
+        ids = list(block_ids)
+        for store in self._ends(pair):
+            for bid in ids:
+                if store.has_block(bid):
+                    raise KeyStoreError(f"block {bid} is already in key store {store.path}; refusing to add it twice "
+                                        f"(this acquisition was distilled into the store before)")
 
 
 class _CjEnd:
@@ -250,8 +341,14 @@ class _CjEnd:
         raise QKDInputError(f"unexpected post-processing message {req.kind!r}")
 
 
+def _preshared_bits(nbits: int) -> np.ndarray:
+    """Fresh pre-shared authentication key from the OS CSPRNG (uint8 0/1, shape (nbits,))."""
+    return np.unpackbits(np.frombuffer(secrets.token_bytes(nbits // 8), np.uint8))
+
+
 class _PairState:
-    def __init__(self, pair: str, setup_i: ClientSetup, setup_j: ClientSetup, settings: DistillSettings) -> None:
+    def __init__(self, pair: str, setup_i: ClientSetup, setup_j: ClientSetup, settings: DistillSettings,
+                 supplies: tuple[AuthKeySupply, AuthKeySupply] | None = None) -> None:
         self.pair = pair
         self.setup_i, self.setup_j = setup_i, setup_j
         self.chunks: list[SiftResult] = []
@@ -259,10 +356,14 @@ class _PairState:
         self.counts: PairCounts | None = None
         self.result = PairResult(pair)
         self.last_qber: float | None = None
-        pre = np.unpackbits(np.frombuffer(secrets.token_bytes(settings.preshared_auth_bits // 8), np.uint8))
-        self.pool_i, self.pool_j = BitPool(pre), BitPool(pre.copy())
-        self.auth_i = TranscriptAuthenticator(self.pool_i, settings.auth_lanes)
-        self.auth_j = TranscriptAuthenticator(self.pool_j, settings.auth_lanes)
+        self.pool_i: BitPool | None = None
+        self.pool_j: BitPool | None = None
+        if supplies is None:  # in-memory pre-shared pool for this Distiller's lifetime
+            pre = _preshared_bits(settings.preshared_auth_bits)
+            self.pool_i, self.pool_j = BitPool(pre), BitPool(pre.copy())
+            supplies = (self.pool_i, self.pool_j)
+        self.auth_i = TranscriptAuthenticator(supplies[0], settings.auth_lanes)
+        self.auth_j = TranscriptAuthenticator(supplies[1], settings.auth_lanes)
 
 
 class Distiller:
@@ -290,12 +391,18 @@ class Distiller:
                 if c not in self.logs:
                     raise QKDInputError(f"no modulation log for client {c!r}")
         self.sink = sink
+        #: the sink's key stores are the authentication key source (else in-memory pools)
+        self.auth_store: AuthKeyStore | None = sink if isinstance(sink, AuthKeyStore) else None
         self.rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self.progress = progress
         self.pairs = {
-            name: _PairState(name, ClientSetup.from_config(cfg.client(a)), ClientSetup.from_config(cfg.client(b)), self.settings)
+            name: _PairState(name, ClientSetup.from_config(cfg.client(a)), ClientSetup.from_config(cfg.client(b)),
+                             self.settings, self.auth_store.auth_supplies(name) if self.auth_store else None)
             for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True)
         }
+        if self.auth_store is not None and not self.settings.bootstrap_auth:
+            for st in self.pairs.values():  # fail before any acquisition, not at the first block
+                self._ensure_auth_key(st)
         self._final_slots = 0
         self._slot_time = 0.0
         self._finished = False
@@ -336,6 +443,29 @@ class Distiller:
         if self.acquisition_id is None:
             return str(uuid.uuid4())
         return str(uuid.uuid5(_BLOCK_NAMESPACE, f"{self.acquisition_id}/{pair}/{k}"))
+
+    def _ensure_auth_key(self, st: _PairState) -> None:
+        """With key stores: make sure Ci's store can pay for the next block's authentication;
+        bootstrap the pair with a simulated pre-shared block if not (or refuse, see settings)."""
+        store = self.auth_store
+        if store is None:
+            return
+        s = self.settings
+        need = _auth_bits_per_block(s.auth_lanes, first=st.auth_i.key_bits_used == 0)
+        have = store.auth_available(st.pair)
+        if have >= need:
+            return
+        if not s.bootstrap_auth:
+            raise InsufficientKeyError(
+                f"pair {st.pair}: the key stores' authentication pool holds {have} bits, {need} needed to authenticate "
+                f"the next block, and bootstrapping is disabled: load at least {need} bits (recommended "
+                f"{s.preshared_auth_bits}) of the pair's pre-shared secret into both nodes' stores, purpose 'auth'")
+        bits = _preshared_bits(s.preshared_auth_bits)
+        block_id = f"{PRESHARED_PREFIX}{uuid.uuid4()}"
+        store.add_auth(st.pair, block_id, bits, bits.copy(),
+                       {"kind": "preshared-auth", "simulated": True, "nbits": int(bits.size)})
+        log.info("pair %s: authentication pool bootstrapped with %d pre-shared bits (simulated out-of-band delivery; "
+                 "block %s)", st.pair, bits.size, block_id)
 
     def _after_slotting(self, events: Any, final_slots: int, final: bool) -> list[BlockResult]:
         prev = self._final_slots
@@ -398,6 +528,11 @@ class Distiller:
         n = int(bits_i.size)
         times = dict.fromkeys(STAGES, 0.0)
         block_id = self._block_id(st.pair)
+        if self.auth_store is not None:
+            # before any key is spent: a block already stored (same acquisition distilled twice)
+            # is refused here, so the refusal costs no authentication key either
+            self.auth_store.check_new(st.pair, (block_id, block_id + AUTH_REFILL_SUFFIX))
+            self._ensure_auth_key(st)
         auth_before = st.auth_i.key_bits_used
         qest = self._qber_estimate(st, counts)
 
@@ -485,12 +620,18 @@ class Distiller:
         t = time.perf_counter()
         used = st.auth_i.key_bits_used - auth_before
         refill = min(used, ell)
-        st.pool_i.add(final_i[:refill])
-        st.pool_j.add(final_j[:refill])
+        meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
+                "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor}
+        if self.auth_store is not None:
+            if refill:
+                self.auth_store.add_auth(st.pair, block_id + AUTH_REFILL_SUFFIX, final_i[:refill], final_j[:refill],
+                                         {**meta, "kind": "auth-refill", "key_block": block_id, "auth_key_bits": used})
+        else:
+            assert st.pool_i is not None and st.pool_j is not None
+            st.pool_i.add(final_i[:refill])
+            st.pool_j.add(final_j[:refill])
         deliver_i, deliver_j = final_i[refill:], final_j[refill:]
         if deliver_i.size:
-            meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
-                    "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor}
             self.sink.deliver(st.pair, block_id, deliver_i, deliver_j, meta)
         times["delivery"] = time.perf_counter() - t
         return done(verification_bits=tlen, verified=True, keys_identical=identical, final_key_bits=ell,

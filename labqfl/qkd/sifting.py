@@ -121,7 +121,7 @@ def client_j_key(rec_j: ModulationRecord, outcomes: np.ndarray, key_mask: np.nda
     return bits.astype(np.uint8)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _counts_kernel(outcomes, ki, ai, kj, aj, n_ki, n_kj):  # type: ignore[no-untyped-def]
     clicks = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
     errors_x2 = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)

@@ -163,7 +163,7 @@ class SlottingStats:
 # Numba kernels
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _anchor_syncs(sync_t, have_prev, prev_t, prev_k, period_est, divider, period_nominal, tol):  # type: ignore[no-untyped-def]
     """Sequential sync → anchor assignment. Returns (anchor_t, anchor_k, state..., counters)."""
     n = sync_t.shape[0]
@@ -195,7 +195,7 @@ def _anchor_syncs(sync_t, have_prev, prev_t, prev_k, period_est, divider, period
     return out_t[:m], out_k[:m], have_prev, prev_t, prev_k, period_est, dropped, spurious
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _combine(slots, bits):  # type: ignore[no-untyped-def]
     """Merge detections of equal slots (input sorted by slot): OR of detector bits → outcome."""
     n = slots.shape[0]
@@ -227,7 +227,7 @@ def _interval_periods(anchor_t: np.ndarray, anchor_k: np.ndarray, divider: int, 
     return per
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w, burst_period, burst_on):  # type: ignore[no-untyped-def]
     """Per detection: interval by binary search, nearest slot, window and burst checks."""
     n = det_t.shape[0]

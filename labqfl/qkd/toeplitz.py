@@ -168,7 +168,7 @@ def _toeplitz_fft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int) -> np
 # Exact NTT path (also the large-size cross-check in the tests).
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _powmod(a: int, e: int, p: int) -> int:
     r = 1
     a %= p
@@ -180,7 +180,7 @@ def _powmod(a: int, e: int, p: int) -> int:
     return r
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _ntt(a: np.ndarray, invert: bool, p: int, g: int) -> None:
     n = a.shape[0]
     j = 0
@@ -335,7 +335,7 @@ def _clmul_dot(typingctx, a, ao, b, bo, cnt):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mp_base(g, v, z, k, ws):  # type: ignore[no-untyped-def]
     """Schoolbook middle product: ``z[i] = (g·v)[i + 64k − 1]`` over GF(2), i < 64k bits.
 
@@ -363,7 +363,7 @@ def _mp_base(g, v, z, k, ws):  # type: ignore[no-untyped-def]
         z[t] = (P[t] >> s63) | (P[t + 1] << one)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _mp(g, v, z, k, ws, base):  # type: ignore[no-untyped-def]
     """Toeplitz–Karatsuba middle product (see module docstring); k = b·2^r words, b < 2·base."""
     if k < 2 * base or k & 1:
@@ -388,7 +388,7 @@ def _mp(g, v, z, k, ws, base):  # type: ignore[no-untyped-def]
         z[h + i] ^= P[i]
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _mp_tiles(U, X, Y, k, NI, NJ, padw, nw, base):  # type: ignore[no-untyped-def]
     """``Y[I] ^= MP(U[padw + (I−J)k + nw − k :][:2k], X[J])`` over all k-word tiles (I, J).
 

@@ -45,7 +45,7 @@ def _pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
     return np.packbits(padded, bitorder="little").view("<u8").copy()
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _parity64(x):  # type: ignore[no-untyped-def]
     x ^= x >> np.uint64(32)
     x ^= x >> np.uint64(16)
@@ -56,7 +56,7 @@ def _parity64(x):  # type: ignore[no-untyped-def]
     return x & np.uint64(1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _tag_kernel(Q, X, n_words, m):  # type: ignore[no-untyped-def]
     out = np.zeros(m, dtype=np.uint8)
     for i in range(m):

@@ -42,7 +42,7 @@ def test_setting_signals(qtbot, ctl: Controller) -> None:  # type: ignore[no-unt
     assert ok.args == ["D1", "enabled", False]
 
 
-def test_plots_update_at_a_bounded_rate_and_the_loop_stays_responsive(qtbot, ctl: Controller) -> None:  # type: ignore[no-untyped-def]
+def test_plots_update_at_a_bounded_rate_and_the_loop_stays_responsive(qtbot, ctl: Controller, assert_loop_responsive) -> None:  # type: ignore[no-untyped-def]
     _connect(qtbot, ctl)
     emissions: list[float] = []
     points: list[int] = []
@@ -64,9 +64,8 @@ def test_plots_update_at_a_bounded_rate_and_the_loop_stays_responsive(qtbot, ctl
     ctl.stop_acquisition()
     qtbot.waitUntil(lambda: not ctl.busy["acquisition"] and not ctl.busy["distillation"], timeout=60_000)
     # the GUI thread kept serving timers while acquisition + distillation ran
-    gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
     assert len(ticks) > 0.1 * elapsed / 0.010
-    assert max(gaps) < 1.0  # generous: CI machines are shared; a blocked loop would stall for seconds
+    assert_loop_responsive(ticks, elapsed)
     # at most one count-rate and one pair-metrics emission per controller tick
     assert n_rate <= elapsed / (TICK_MS / 1000) + 2
     assert n_emit <= 2 * (elapsed / (TICK_MS / 1000) + 2)

@@ -112,7 +112,7 @@ def test_training_dashboard_follows_rounds(qtbot, win: MainWindow) -> None:  # t
     assert list(x) == [1.0, 2.0] and all(0 <= v <= 100 for v in y)
 
 
-def test_calibration_runs_from_the_panel_and_keeps_the_loop_responsive(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
+def test_calibration_runs_from_the_panel_and_keeps_the_loop_responsive(qtbot, win: MainWindow, assert_loop_responsive) -> None:  # type: ignore[no-untyped-def]
     cp = win.calibration_panel
     assert [s.name for s in cp.specs][:4] == ["detector", "delays", "vpi", "visibility"]
     assert not cp.run_btn.isEnabled() and "connect" in cp.run_btn.toolTip()
@@ -122,13 +122,14 @@ def test_calibration_runs_from_the_panel_and_keeps_the_loop_responsive(qtbot, wi
     probe = QTimer()
     probe.timeout.connect(lambda: ticks.append(time.monotonic()))
     probe.start(10)
+    t0 = time.monotonic()
     qtbot.mouseClick(cp.run_btn, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: win.ctl.busy["calibration"], timeout=5000)
     assert not win.live_panel.acq_start.isEnabled()  # the station belongs to the calibration
     qtbot.waitUntil(lambda: not win.ctl.busy["calibration"], timeout=120_000)
     probe.stop()
     assert not win.errors
-    assert max(b - a for a, b in zip(ticks, ticks[1:], strict=False)) < 1.0
+    assert_loop_responsive(ticks, time.monotonic() - t0)
     names = [cp.qtable.item(r, 0).text() for r in range(cp.qtable.rowCount())]
     assert "loop.visibility" in names
     assert cp.plot_grid.count() >= 1 and "calibrated station file" in cp.run_label.text()
