@@ -366,11 +366,16 @@ class MainJob:
             for name, pd in acq["pairs"].items():
                 a = name.split("-")[0]
                 acc = stores[a].accounting().get(name, {})
+                avail, used = acc.get("available", {}), acc.get("consumed", {})
+                # the "auth" pool/purpose is the pipeline's own authentication key (pre-shared
+                # bootstrap + per-block refills, spent on classical-channel tags): reported apart
                 keys["pairs"][name] = {
                     "distilled_bits": pd["delivered_bits"],
                     "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train else 0,
-                    "store_available_bits": sum(acc.get("available", {}).values()),
-                    "store_consumed_bits": sum(acc.get("consumed", {}).values()),
+                    "store_available_bits": sum(v for k, v in avail.items() if k != "auth"),
+                    "store_consumed_bits": sum(v for k, v in used.items() if k != "auth"),
+                    "auth_available_bits": avail.get("auth", 0),
+                    "auth_consumed_bits": used.get("auth", 0),
                 }
         metrics = {
             "schema": SCHEMA, "run": self.run_record.name, "status": status, "station": self.cfg.name,

@@ -96,9 +96,11 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
         def draw_pools(ax: Any) -> None:
             x = range(len(names))
             distilled = [keys[p].get("distilled_bits", 0) for p in names]
-            consumed = [keys[p].get("consumed_bits", 0) for p in names]
-            ax.bar([i - 0.2 for i in x], distilled, width=0.4, label="distilled")
-            ax.bar([i + 0.2 for i in x], consumed, width=0.4, label="consumed (masks + auth)")
+            masks = [keys[p].get("consumed_bits", 0) for p in names]
+            auth = [keys[p].get("auth_consumed_bits", 0) for p in names]
+            ax.bar([i - 0.27 for i in x], distilled, width=0.27, label="distilled")
+            ax.bar(list(x), masks, width=0.27, label="consumed by FL masks")
+            ax.bar([i + 0.27 for i in x], auth, width=0.27, label="consumed by authentication")
             ax.set_xticks(list(x), names)
             ax.set_ylabel("bits")
             ax.set_yscale("log")

@@ -864,6 +864,11 @@ class KeyStore:
         with self._read() as conn:
             return [r[0] for r in conn.execute("SELECT DISTINCT pair FROM blocks ORDER BY pair")]
 
+    def has_block(self, block_id: str) -> bool:
+        """Whether a block with this ID was ever added here (:meth:`add_block` refuses it again)."""
+        with self._read() as conn:
+            return self._block(conn, str(block_id)) is not None
+
     def available_bits(self, pair: str, purpose: str | None = None) -> int:
         """Free bits a :meth:`take` for ``purpose`` could draw (its pool plus ``general``); all
         free bits of the pair when ``purpose`` is None."""

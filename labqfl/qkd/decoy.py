@@ -11,15 +11,25 @@ Notation (docs/protocol.md §4):
 
       ρ_μ = Σ_{r=0..3} P_r(μ) |λ_r(μ)⟩⟨λ_r(μ)|,   P_r(μ) = Σ_{n ≡ r (mod 4)} e^(−μ) μⁿ/n!,
 
-  with |λ_r(μ)⟩ ∝ Σ_{n ≡ r (mod 4)} μ^(n/2)/√n! |n⟩ ("pseudo-Fock" states, Cao et al., PRA 92,
-  042325 (2015); Currás-Lorenzo, Wooltorton, Razavi, PRApplied 15, 014016 (2021)). They are not
+  with |λ_r(μ)⟩ ∝ Σ_{n ≡ r (mod 4)} μ^(n/2)/√n! |n⟩ ("pseudo-Fock" states, Cao, Zhang, Lo, Ma,
+  New J. Phys. 17, 053014 (2015); Currás-Lorenzo, Wooltorton, Razavi, arXiv:2008.03222 (2021)). They are not
   Fock states: |λ_r⟩ = √(1−T_r)|r⟩ + √T_r|rest⟩ with T_r(μ) = 1 − p_r(μ)/P_r(μ) ≈ μ⁴/((r+4)!/r!).
   labqfl does **not** approximate them by Fock states. For any 0 ≤ M ≤ 1 and a product state
-  |ψ⟩ = √(1−T)|rs⟩ + √T|φ⟩ (|φ⟩ ⊥ |rs⟩), Cauchy–Schwarz gives
-  |⟨ψ|M|ψ⟩ − Y_rs| ≤ T + 2√(T·Y_rs) ≤ T(1 + 1/c) + c·Y_rs for every c > 0 (and ≤ T + 2√T),
-  so each measured gain constrains the true Fock yields linearly with a rigorous slack
-  (several choices of c per term at once, see ``SLACK_GUESSES_*``). This is labqfl's own bound; it reduces to the usual decoy constraints
-  when T → 0 (continuous phase randomisation).
+  |ψ⟩ = √(1−T)|rs⟩ + √T|φ⟩ (|φ⟩ ⊥ |rs⟩), with Y = ⟨rs|M|rs⟩, the exact range of ⟨ψ|M|ψ⟩ is
+
+      g_T(Y) ≤ ⟨ψ|M|ψ⟩ ≤ h_T(Y),
+      g_T(Y) = (max(0, √(Y(1−T)) − √((1−Y)T)))²,                       (cos²(arccos√Y + arcsin√T))
+      h_T(Y) = Y + T(1−2Y) + 2√(T(1−T)Y(1−Y))  (Y ≤ 1−T; else 1)        (cos²(arccos√Y − arcsin√T))
+
+  (proof: only the 2×2 block of M on span{|rs⟩, |φ⟩} matters; 0 ≤ M ≤ 1 bounds its off-diagonal
+  element by √(Y w) and √((1−Y)(1−w)) with w = ⟨φ|M|φ⟩; minimising/maximising over w gives the
+  rank-one projectors, which attain both ends). g_T is convex and h_T concave in Y, so every
+  tangent line is a valid *linear* bound, and tangents stay valid for slot-averaged yields under
+  coherent attacks (the constraints are linear in the per-round yields). labqfl imposes tangents
+  at a menu of yield guesses (``SLACK_GUESSES_*``) plus the crude constant slack T + 2√T; the LP
+  uses the tightest. The simpler Cauchy–Schwarz form |⟨ψ|M|ψ⟩ − Y| ≤ T + 2√(TY) also holds (it
+  dominates both ends) but is loose on the lower side. This treatment is labqfl's own; it reduces
+  to the usual decoy constraints when T → 0 (continuous phase randomisation).
 
 * Phase-error bound (Curty, Azuma, Lo, npj Quantum Inf. 5, 64 (2019), arXiv:1807.07667v2 Eqs. (20)–(22); its finite
   version, Currás-Lorenzo et al., npj Quantum Inf. 7, 22 (2021)): in a key round both clients
@@ -45,8 +55,8 @@ from scipy.optimize import linprog
 
 #: Number of test-round phases (a·π/2, a = 0..3).
 N_PHASES = 4
-#: Guesses g of the yields used to pick the AM–GM constant c = √(T/g) of each term of (P4):
-#: g for the vacuum-vacuum yield Y_00 (dark counts) and for all other yields. Every choice gives a
+#: Yield guesses y0 at which the pseudo-Fock envelopes g_T, h_T are linearised (tangent lines):
+#: y0 for the vacuum-vacuum yield Y_00 (dark counts) and for all other yields. Every choice gives a
 #: valid constraint; all combinations are imposed and the LP uses the tightest.
 SLACK_GUESSES_VACUUM: tuple[float, ...] = (1e-7, 1e-5, 1e-3)
 SLACK_GUESSES_OTHER: tuple[float, ...] = (3e-3, 0.03, 0.3)
@@ -92,6 +102,31 @@ class DecoyBounds:
     feasible: bool
 
 
+def pseudo_fock_envelope(T: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact range (g_T(Y), h_T(Y)) of ⟨ψ|M|ψ⟩ over 0 ≤ M ≤ 1 with ⟨rs|M|rs⟩ = Y, for a pure
+    |ψ⟩ with |⟨rs|ψ⟩|² = 1 − T (module docstring). Elementwise over broadcast ``T``, ``y``."""
+    T = np.clip(np.asarray(T, float), 0.0, 1.0)
+    y = np.clip(np.asarray(y, float), 0.0, 1.0)
+    lo = np.maximum(0.0, np.sqrt(y * (1.0 - T)) - np.sqrt((1.0 - y) * T)) ** 2
+    hi = np.where(y <= 1.0 - T, y + T * (1.0 - 2.0 * y) + 2.0 * np.sqrt(T * (1.0 - T) * y * (1.0 - y)), 1.0)
+    return lo, np.minimum(hi, 1.0)
+
+
+def _envelope_tangents(T: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tangent lines of g_T (convex) and h_T (concave) at y0: (slope_g, icpt_g, slope_h, icpt_h) with
+    slope_g·Y + icpt_g ≤ g_T(Y) and h_T(Y) ≤ slope_h·Y + icpt_h for all Y ∈ [0, 1]."""
+    T = np.asarray(T, float)
+    y0 = np.clip(np.asarray(y0, float), 1e-300, 1.0 - 1e-12)
+    g, h = pseudo_fock_envelope(T, y0)
+    root = np.sqrt(T * (1.0 - T))
+    dsq = (1.0 - 2.0 * y0) / np.sqrt(y0 * (1.0 - y0))  # d/dY of 2√(Y(1−Y))
+    sg = np.where(y0 > T, (1.0 - 2.0 * T) - root * dsq, 0.0)
+    sg = np.where(T <= 0.0, 1.0, sg)
+    sh = np.where(y0 <= 1.0 - T, (1.0 - 2.0 * T) + root * dsq, 0.0)
+    sh = np.where(T <= 0.0, 1.0, sh)
+    return sg, g - sg * y0, sh, h - sh * y0
+
+
 def _constraint_rows(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -108,25 +143,24 @@ def _constraint_rows(
             qL, qU = float(gain_lower[k, l_]), float(gain_upper[k, l_])
             scale = 1.0 / max(qU, 1e-12)  # rows normalised so the LP tolerance is relative
             exact = bool(np.all(T <= 0.0))
-            # constant slack T + 2√T (uses Y ≤ 1), then per-term AM–GM slacks c_rs = √(T_rs/g_rs)
-            variants: list[tuple[np.ndarray, np.ndarray, float]] = []
+            # each variant: Σ W·(su·Y + cu) ≤ Q̄ ≤ Σ W·(sl·Y + cl); first the constant slack T + 2√T
+            # (valid since Y ≤ 1), then tangents of the exact envelopes at the yield guesses
+            variants: list[tuple[np.ndarray, float, np.ndarray, float]] = []
             const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
-            variants.append((W, W, const0))
+            variants.append((W, -const0, W, const0))
             if not exact:
                 for gv in SLACK_GUESSES_VACUUM:
                     for go in SLACK_GUESSES_OTHER:
-                        g = np.full(R * R, go)
-                        g[0] = gv
-                        with np.errstate(divide="ignore", invalid="ignore"):
-                            c = np.where(T > 0, np.sqrt(T / g), 0.0)
-                            extra = np.where(T > 0, T * (1.0 + 1.0 / np.where(c > 0, c, 1.0)), 0.0)
-                        variants.append((W * (1.0 - c), W * (1.0 + c), float(np.sum(W * extra))))
-            for wu, wl, const in variants:
-                # Σ W(1−c)Y − const ≤ qU      and      Σ W(1+c)Y + const ≥ qL
+                        y0 = np.full(R * R, go)
+                        y0[0] = gv
+                        sg, cg, sh, ch = _envelope_tangents(T, y0)
+                        variants.append((W * sg, float(np.sum(W * cg)), W * sh, float(np.sum(W * ch))))
+            for wu, cu, wl, cl in variants:
+                # Σ W g(Y) ≤ Q̄ ≤ qU      and      Σ W h(Y) ≥ Q̄ ≥ qL
                 rows.append(wu * scale)
-                rhs.append((qU + const) * scale)
+                rhs.append((qU - cu) * scale)
                 rows.append(-wl * scale)
-                rhs.append((-qL + const) * scale)
+                rhs.append((-qL + cl) * scale)
     A = np.array(rows).reshape(-1, R * R)
     return A, np.array(rhs)
 

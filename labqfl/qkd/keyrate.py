@@ -14,6 +14,7 @@ division among P scheduled pairs), so ``bits_per_second`` = ℓ/N · rep_rate / 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -363,12 +364,17 @@ def optimize_pair(
         return -rate(unpack(x))
 
     start = rate(ch)
-    # coarse start: the given point and a few intensity-balanced signal levels
-    # (μ_i·η_cw = μ_j·η_ccw at the splitter), keep the best
+    # coarse start: the given point and a grid of intensity-balanced operating points
+    # (μ_i·η_cw = μ_j·η_ccw at the splitter), keep the best. The grid spends more on test rounds
+    # than a long-block operating point does: for small blocks or high loss the given point often
+    # yields no key at all, and Nelder–Mead cannot leave a flat zero region.
     cands = [encode(ch)]
     bal = math.sqrt(ch.eta_ccw / ch.eta_cw) if ch.eta_cw > 0 and ch.eta_ccw > 0 else 1.0
-    for mu in (0.01, 0.02, 0.04):
-        c = replace(ch, intensities_i=(mu * bal, 0.1, 0.0), intensities_j=(mu / bal, 0.1, 0.0))
+    for mu, nu, (ps, pv), px in itertools.product((0.01, 0.02, 0.04), (0.1, 0.2, 0.4), ((0.9, 0.05), (0.7, 0.15)),
+                                                  (0.85, 0.7)):
+        c = replace(ch, intensities_i=(mu * bal, nu, 0.0), intensities_j=(mu / bal, nu, 0.0),
+                    intensity_probs_i=(ps, 1 - ps - pv, pv), intensity_probs_j=(ps, 1 - ps - pv, pv),
+                    basis_x_prob_i=px, basis_x_prob_j=px)
         cands.append(encode(c))
     vals = [obj(x) for x in cands]
     x0 = cands[int(np.argmin(vals))]

@@ -72,3 +72,34 @@ def test_zero_count_and_degenerate_n() -> None:
     lo, up = conditional_sum_bounds(0.0, 1e9, 1e-20)
     assert lo == 0.0 and 0 < up < 200
     assert conditional_sum_bounds(3.0, 0, 1e-9) == (0.0, 0.0)
+
+
+def _published_kato(k: float, count: float, eps: float, upper: bool) -> tuple[float, float]:
+    """Kato's optimal (a, b) in the closed form printed in the literature, written out independently
+    of labqfl's derivation: Li, Cao, Xie, Yin, Chen, PRR 6, 013022 (2024), Eqs. (24)–(28) (quoting
+    Currás-Lorenzo et al., npj QI 7, 22 (2021)); the same a appears as Eq. (91) of Mizutani,
+    Takeuchi, Tamaki, PRR 5, 023132 (2023). ``upper``: the bound S ≤ Λ + dev, else S ≥ Λ − dev."""
+    ln_e = math.log(eps)
+    spread = 9 * count * (k - count) - 2 * k * ln_e
+    root = math.sqrt(-k * k * ln_e * spread)
+    mixed = 72 * math.sqrt(k) * count * (k - count) * ln_e - 16 * k * math.sqrt(k) * ln_e**2
+    tail = 9 * math.sqrt(2) * (k - 2 * count) * root
+    den = 4 * (9 * k - 8 * ln_e) * spread
+    a = 3 * (mixed + tail) / den if upper else -3 * (mixed - tail) / den
+    pm = 1.0 if upper else -1.0
+    b = math.sqrt(18 * a * a * k - (16 * a * a + pm * 24 * a * math.sqrt(k) + 9 * k) * ln_e) / (3 * math.sqrt(2 * k))
+    return a, b
+
+
+def test_kato_a_and_b_match_the_published_closed_form() -> None:
+    from labqfl.qkd.finite_key import _b_of_a
+
+    for k, count, eps in ((1e10, 1e6, 1e-12), (1e10, 3e7, 1e-20), (1e8, 1e3, 1e-10), (1e6, 2e5, 1e-9), (1e9, 5e4, 1e-15)):
+        for upper in (True, False):
+            a_pub, b_pub = _published_kato(k, count, eps, upper)
+            sign = 1.0 if upper else -1.0
+            a = float(kato_a(k, eps, count, sign))
+            b = float(_b_of_a(np.array(a), k, eps, sign))
+            assert b_pub >= abs(a_pub)  # the theorem's condition
+            assert math.isclose(a, a_pub, rel_tol=1e-9, abs_tol=1e-9), (k, count, eps, upper, a, a_pub)
+            assert math.isclose(b, b_pub, rel_tol=1e-9), (k, count, eps, upper, b, b_pub)
