@@ -105,3 +105,13 @@ def test_optimizer_improves_asymmetric_pair(channel_factory: Any) -> None:
     assert p.key_bits_per_slot > 1.05 * start.key_bits_per_slot
     # the weaker arm gets the stronger signal
     assert p.intensities_j[0] > p.intensities_i[0]
+
+
+def test_optimizer_finds_key_where_the_given_point_has_none(channel_factory: Any) -> None:
+    # 35 dB total loss (17.5 dB per arm), block 10^10: the default long-block point (μ 0.03, ν 0.1,
+    # 0.9/0.05/0.05) cannot bound the phase error; more test rounds and a larger decoy can
+    eta = 10 ** (-35 / 20)
+    ch = channel_factory(eta, eta, mu=(0.03, 0.1, 0.0))
+    assert predict_pair(ch, 1e10, 1, 1.0, with_asymptotic=False).key_bits_per_slot == 0.0
+    opt = optimize_pair(ch, 1e10, max_evaluations=20)
+    assert opt.prediction.key_bits_per_slot > 0.0 and not opt.prediction.report.abort
