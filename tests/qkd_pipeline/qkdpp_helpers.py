@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labqfl.config import StationConfig, load_station_config
 from labqfl.instruments.base import TagBlock
 from labqfl.qkd.slotting import SlottingParams
 
@@ -52,3 +53,17 @@ def split_blocks(rng: np.random.Generator, ts: np.ndarray, ch: np.ndarray, n_blo
     cuts = np.sort(rng.integers(0, ts.size + 1, max(n_blocks - 1, 0)))
     bounds = [0, *cuts.tolist(), ts.size]
     return [TagBlock(ts[a:b].copy(), ch[a:b].copy()) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def small_station(intercept: bool = False) -> StationConfig:
+    """One pair on a short loop with balanced choices, so 0.1–0.2 s (10^7 slots) yields a key."""
+    cfg = load_station_config()
+    cfg.schedule.pairs = [("C1", "C2")]
+    cfg.loop.segments_km = [0.2] * 5
+    for c in cfg.clients:
+        c.insertion_loss_db = 0.2
+        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.basis_x_prob = 0.7
+    cfg.simulation.intercept_resend.enabled = intercept
+    return cfg
+

@@ -6,13 +6,17 @@ IDs (``acquisition_id=None``) into fresh or shared stores.
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
 import logging
 
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
+from qkdpp_helpers import small_station  # noqa: E402
 
-from labqfl.config import load_station_config
 from labqfl.errors import InsufficientKeyError, KeyStoreError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.qkd.estimation import SecurityParameters
@@ -35,14 +39,8 @@ FIRST = 3 * 64  # hash key + two pads: what one end's authentication takes for a
 
 @pytest.fixture(scope="module")
 def acquisition():
-    """Same small one-pair station as test_qkdpp_pipeline.small_station (0.1 s gives a key)."""
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
+    """The small one-pair station of the pipeline tests (0.1 s gives a key)."""
+    cfg = small_station()
     tb = SagnacTestbed(cfg)
     blocks = list(tb.stream(DUR))
     logs = {c: tb.client_log(c) for c in cfg.client_names}

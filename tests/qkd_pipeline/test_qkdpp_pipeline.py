@@ -3,6 +3,10 @@ intercept-resend abort, authenticated transcripts, CLI on a recording, bad recor
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
 import json
 import math
 
@@ -10,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
+from qkdpp_helpers import small_station  # noqa: E402
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import QKDInputError
 from labqfl.qkd.estimation import SecurityParameters, secure_key_length
 from labqfl.qkd.keyrate import predict_pair, station_pair_channel
@@ -21,19 +25,6 @@ from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink, distill_
 
 DUR = 0.2
 PARAMS = SecurityParameters(eps_sec=1e-4)
-
-
-def small_station(intercept: bool = False) -> StationConfig:
-    """One pair on a short loop with balanced choices, so 0.2 s (2·10^7 slots) yields a key."""
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
-    cfg.simulation.intercept_resend.enabled = intercept
-    return cfg
 
 
 @pytest.fixture(scope="module")
