@@ -105,8 +105,8 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
             ax.set_ylabel("bits")
             ax.set_yscale("log")
             ax.set_title("Key pools against consumption")
-            ax.legend()
-        plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
+        plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools, figsize=(7.0, 4.0))
 
     train = m.get("train") or {}
     rounds = train.get("rounds") or []
