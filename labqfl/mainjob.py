@@ -65,6 +65,9 @@ class JobSettings:
     k: int = 0
     data_dir: str | None = None
     eps_sec: float = 1e-10
+    #: False: never write a simulated pre-shared authentication key; every pair's stores must hold
+    #: authentication key already (``labqfl keys preshare``), checked before the station is opened
+    bootstrap_auth: bool = True
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -216,7 +219,7 @@ class MainJob:
     def _acquire_and_distil(self) -> None:
         from labqfl.keystore import KeyStore
         from labqfl.qkd.estimation import SecurityParameters
-        from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+        from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink, check_auth_key
         from labqfl.station import Station
 
         s, cfg = self.settings, self.cfg
@@ -226,6 +229,11 @@ class MainJob:
         chan_names = {cfg.time_tagger.sync_channel: "sync",
                       **{ch: name for name, ch in cfg.time_tagger.detector_channels.items()}}
         stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
+        block_bits = s.block_bits or 2**62  # default: the whole acquisition is one block per pair
+        dsettings = DistillSettings(block_bits=block_bits, engine=s.engine, params=SecurityParameters(eps_sec=s.eps_sec),
+                                    bootstrap_auth=s.bootstrap_auth)
+        if not s.bootstrap_auth:  # refuse before any instrument is touched (the Distiller would, later)
+            check_auth_key(KeyStoreSink(stores), [f"{a}-{b}" for a, b in cfg.pairs()], dsettings)
         before = {n: st.accounting() for n, st in stores.items()}
         series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
         timeline: list[dict[str, Any]] = []
@@ -240,10 +248,8 @@ class MainJob:
             acq_id = station.acquisition_id()
             self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False})
             self._save_state()
-            block_bits = s.block_bits or 2**62  # default: the whole acquisition is one block per pair
-            distiller = Distiller(cfg, logs, KeyStoreSink(stores, run_id=self.run_record.name),
-                                  DistillSettings(block_bits=block_bits, engine=s.engine,
-                                                  params=SecurityParameters(eps_sec=s.eps_sec)), acquisition_id=acq_id)
+            distiller = Distiller(cfg, logs, KeyStoreSink(stores, run_id=self.run_record.name), dsettings,
+                                  acquisition_id=acq_id)
             window: dict[int, int] = {}
             last_snap = {p: (0, 0, 0) for p in distiller.pairs}
             t_next = s.timeline_interval_s

@@ -29,6 +29,11 @@ def distill(
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
                                          help="Key store directory (default: the key store's data dir)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory for the run folder (default ./runs)."),
+    no_auth_bootstrap: bool = typer.Option(
+        False, "--no-auth-bootstrap",
+        help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
+             "authentication key (load the pair's real secret with `labqfl keys preshare`); else fail before "
+             "distilling anything."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Distill keys from a recording or a live acquisition; write them to the nodes' key stores."""
@@ -66,18 +71,26 @@ def distill(
         duration_s = duration
         source = "live (simulated station)"
     total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
-    settings = DistillSettings(block_bits=block_bits, engine=engine)
-    run = RunRecord.create("distill", cfg, out)
+    settings = DistillSettings(block_bits=block_bits, engine=engine, bootstrap_auth=not no_auth_bootstrap)
     stores: dict[str, KeyStore] = {}
+    run: RunRecord | None = None
     try:
         stores = {n: KeyStore.for_node(n, data_dir) for n in cfg.client_names}
-        d = Distiller(cfg, logs, KeyStoreSink(stores, run_id=run.name), settings, acquisition_id=acq_id)
+        sink = KeyStoreSink(stores)
+        # built before the run folder: with --no-auth-bootstrap it refuses here, having written nothing
+        d = Distiller(cfg, logs, sink, settings, acquisition_id=acq_id)
+        run = RunRecord.create("distill", cfg, out)
+        sink.run_id = run.name
         t0 = time.perf_counter()
         with console.status("distilling…") if not as_json else _null():
             for b in blocks:
                 d.push(b)
             results = d.finish(total_slots)
         wall = time.perf_counter() - t0
+    except BaseException:
+        if run is not None:
+            run.close()
+        raise
     finally:
         for s in stores.values():
             s.close()

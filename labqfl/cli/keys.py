@@ -1,4 +1,5 @@
-"""``labqfl keys status|serve|certs|export|import``: the node key stores and ETSI 014 delivery."""
+"""``labqfl keys status|serve|certs|export|import|preshare``: the node key stores, ETSI 014 delivery,
+pre-shared authentication secrets."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from rich.table import Table
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
 from labqfl.errors import KeyStoreError
 
-keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import.",
+keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import, "
+                            "pre-shared authentication secrets.",
                        no_args_is_help=True)
 
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
@@ -182,6 +184,70 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
         summary = import_keys(st, file)
     emit(summary, as_json, lambda con: con.print(
         f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} ({summary['store']})"))
+
+
+def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:
+    """``pair`` split into (Ci, Cj) after checking it is a scheduled pair of the station, named in
+    the station's order (the pipeline's pair names: Ci before Cj on the loop)."""
+    from labqfl.config import load_station_config
+
+    cfg = load_station_config(config)
+    a, sep, b = pair.partition("-")
+    if not sep or not a or not b or a == b:
+        raise KeyStoreError(f"pair name {pair!r} is not of the form 'Ci-Cj' (e.g. C1-C2)")
+    where = f"station {cfg.name!r}" + (f" ({config})" if config else " (the embedded default; give --config)")
+    missing = [n for n in (a, b) if n not in cfg.client_names]
+    if missing:
+        raise KeyStoreError(f"pair {pair}: node(s) {', '.join(missing)} are not clients of {where} (the nodes whose "
+                            f"key stores this command loads); clients are {', '.join(cfg.client_names)}")
+    names = [f"{i}-{j}" for i, j in cfg.pairs()]
+    if pair not in names:
+        if f"{b}-{a}" in names:
+            raise KeyStoreError(f"pair {pair}: {where} names this pair {b}-{a} (first client first on the loop); "
+                                f"use --pair {b}-{a}")
+        raise KeyStoreError(f"pair {pair} is not scheduled on {where}; its pairs are {', '.join(names)}")
+    return a, b
+
+
+@keys_app.command("preshare")
+@handle_errors
+def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2 (as the station names it)."),
+             file: Path = typer.Option(..., "--file", "-f",
+                                       help="The pair's pre-shared secret: raw bytes, each 8 key bits (MSB first), "
+                                            "delivered out of band. At least 24 bytes; at most 1 MiB."),
+             keep_file: bool = typer.Option(False, "--keep-file",
+                                            help="Do not overwrite and delete the secret file after loading it."),
+             config: Path | None = CONFIG_OPTION, data_dir: Path | None = DATA_DIR_OPTION,
+             as_json: bool = JSON_OPTION) -> None:
+    """Load a pair's pre-shared authentication secret into BOTH nodes' stores (pool auth).
+
+    The distiller authenticates a pair's first block with this key (then refills the pool from
+    each block's own key); use with `labqfl distill --no-auth-bootstrap`. The pair must be one
+    of the station's (--config) pairs, as it names them. A secret may be used only once: after a
+    successful load the file is overwritten with zeros and deleted (unless --keep-file). Key bits
+    are never printed.
+    """
+    from labqfl.keystore import KeyStore, default_data_dir
+    from labqfl.keystore.preshare import load_preshared_auth, read_secret_file, shred_secret_file
+
+    a, b = _station_pair(pair, config)
+    bits = read_secret_file(file)
+    ddir = data_dir or default_data_dir()
+    with KeyStore.for_node(a, ddir) as si, KeyStore.for_node(b, ddir) as sj:
+        summary = load_preshared_auth(si, sj, pair, bits, source=file.name)
+    bits[:] = 0
+    problem = None if keep_file else shred_secret_file(file)
+    summary["secret_file"] = "kept" if keep_file else ("destroyed" if problem is None else "NOT destroyed")
+    if problem is not None:
+        summary["warning"] = problem
+    fate = {"kept": "The secret file was kept (--keep-file): destroy it, it must not be loaded again.",
+            "destroyed": "The secret file was overwritten and deleted.",
+            "NOT destroyed": f"WARNING: {problem}: it must not be loaded again."}[summary["secret_file"]]
+    emit(summary, as_json, lambda con: con.print(
+        f"loaded {summary['nbits']} pre-shared bits of {pair} from {file.name} into the auth pools of "
+        f"{a} ({summary['stores'][a]}) and {b} ({summary['stores'][b]}) as block {summary['block_id']}; "
+        f"auth pool now {a} {summary['auth_available_bits'][a]} bits, {b} {summary['auth_available_bits'][b]} bits. "
+        + fate))
 
 
 def register(app: typer.Typer) -> None:

@@ -27,6 +27,10 @@ def run(
     out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
                                          help="Key store data directory (default: per-user labqfl data dir)."),
+    no_auth_bootstrap: bool = typer.Option(
+        False, "--no-auth-bootstrap",
+        help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
+             "authentication key (`labqfl keys preshare`); else fail before the station is opened."),
     resume: Path | None = typer.Option(None, "--resume", file_okay=False,
                                        help="Continue an interrupted run folder (other options are taken from it)."),
     as_json: bool = JSON_OPTION,
@@ -47,7 +51,8 @@ def run(
         else:
             cfg = load_station_config(config)
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
-                                   block_bits=block_bits, data_dir=str(data_dir) if data_dir else None)
+                                   block_bits=block_bits, data_dir=str(data_dir) if data_dir else None,
+                                   bootstrap_auth=not no_auth_bootstrap)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
         console.print(f"run folder: {job.path}")

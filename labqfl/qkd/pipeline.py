@@ -23,7 +23,8 @@ pay for the block's authentication (64·lanes bits of hash key once per Distille
 2·64·lanes bits of pads per block); if not, it **bootstraps** the pair: one fresh
 ``secrets``-random block of ``preshared_auth_bits`` written into both stores, pool ``auth``, block
 ID ``preshared-<uuid4>`` (the simulated out-of-band delivery of QKD's pre-shared secret; refused
-with ``DistillSettings(bootstrap_auth=False)``). After a successful block the first
+with ``DistillSettings(bootstrap_auth=False)``, where the real secret is loaded beforehand with
+``labqfl keys preshare``, :mod:`labqfl.keystore.preshare`). After a successful block the first
 ``min(used, final)`` bits of its final key go back into both stores as block
 ``<block ID>-auth`` (pool ``auth``), the rest is delivered. Any other sink (e.g.
 :class:`MemorySink`) gets an in-memory pre-shared pool per pair that lives as long as the
@@ -68,7 +69,8 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 log = get_logger(__name__)
 
 __all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore", "MemorySink",
-           "KeyStoreSink", "Distiller", "distill_stream", "ENGINES", "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX"]
+           "KeyStoreSink", "Distiller", "distill_stream", "ENGINES", "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX",
+           "check_auth_key"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
 
@@ -320,6 +322,25 @@ class KeyStoreSink:
                                         f"(this acquisition was distilled into the store before)")
 
 
+def _no_auth_key(pair: str, have: int, need: int, s: DistillSettings) -> InsufficientKeyError:
+    return InsufficientKeyError(
+        f"pair {pair}: the key stores' authentication pool holds {have} bits, {need} needed to authenticate "
+        f"the next block, and bootstrapping is disabled: load at least {need} bits (recommended "
+        f"{s.preshared_auth_bits}) of the pair's pre-shared secret into both nodes' stores, purpose 'auth' "
+        f"(`labqfl keys preshare --pair {pair} --file SECRET`)")
+
+
+def check_auth_key(store: AuthKeyStore, pairs: Iterable[str], settings: DistillSettings) -> None:
+    """Raise :class:`~labqfl.errors.InsufficientKeyError` (the Distiller's refusal with
+    ``bootstrap_auth=False``) for the first of ``pairs`` whose store cannot pay for a new
+    Distiller's first block's authentication; lets a caller refuse before it starts an acquisition."""
+    need = _auth_bits_per_block(settings.auth_lanes, first=True)
+    for pair in pairs:
+        have = store.auth_available(pair)
+        if have < need:
+            raise _no_auth_key(pair, have, need, settings)
+
+
 class _CjEnd:
     """Cj's side of verification and amplification (answers Ci's requests)."""
 
@@ -456,10 +477,7 @@ class Distiller:
         if have >= need:
             return
         if not s.bootstrap_auth:
-            raise InsufficientKeyError(
-                f"pair {st.pair}: the key stores' authentication pool holds {have} bits, {need} needed to authenticate "
-                f"the next block, and bootstrapping is disabled: load at least {need} bits (recommended "
-                f"{s.preshared_auth_bits}) of the pair's pre-shared secret into both nodes' stores, purpose 'auth'")
+            raise _no_auth_key(st.pair, have, need, s)
         bits = _preshared_bits(s.preshared_auth_bits)
         block_id = f"{PRESHARED_PREFIX}{uuid.uuid4()}"
         store.add_auth(st.pair, block_id, bits, bits.copy(),

@@ -1,0 +1,93 @@
+"""``labqfl distill --no-auth-bootstrap``: refused on empty stores (one line, nothing written), then
+runs on a secret loaded with ``labqfl keys preshare`` without bootstrapping a simulated one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from labqfl.sim_backends import SagnacTestbed
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import load_station_config
+from labqfl.keystore import KeyStore
+from labqfl.qkd.pipeline import AUTH_REFILL_SUFFIX, PRESHARED_PREFIX
+from labqfl.runs import dump_toml
+
+PAIR = "C1-C2"
+DUR = 0.02
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    """A 20 ms recording of the one-pair small station of test_qkdpp_pipeline, and its TOML."""
+    from labqfl.sim_backends.recording import RecordingWriter
+
+    cfg = load_station_config()
+    cfg.schedule.pairs = [("C1", "C2")]
+    cfg.loop.segments_km = [0.2] * 5
+    for c in cfg.clients:
+        c.insertion_loss_db = 0.2
+        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.basis_x_prob = 0.7
+    d = tmp_path_factory.mktemp("rec")
+    toml = d / "station.toml"
+    toml.write_text(dump_toml(cfg.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    tb = SagnacTestbed(cfg)
+    path = d / "rec.h5"
+    blocks = tb.stream(DUR)
+    with RecordingWriter(path, cfg, epoch=tb.last_epoch, client_logs=[tb.client_log(c) for c in cfg.client_names]) as w:
+        for b in blocks:
+            w.append(b)
+        w.close(duration_s=DUR)
+    return path, toml
+
+
+def _distill(path, tmp_path, *extra):
+    return runner.invoke(app, ["distill", str(path), "--block-bits", "5000", "--data-dir", str(tmp_path / "data"),
+                               "--out", str(tmp_path / "runs"), *extra])
+
+
+def test_no_auth_bootstrap_on_empty_stores_fails_cleanly_then_runs_on_the_preshared_secret(recording, tmp_path):
+    path, toml = recording
+    res = _distill(path, tmp_path, "--no-auth-bootstrap", "--json")
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: pair C1-C2: "), res.output
+    assert "holds 0 bits, 192 needed" in lines[0] and "labqfl keys preshare --pair C1-C2" in lines[0]
+    assert not res.stdout.strip()  # no JSON document on stdout
+    assert not (tmp_path / "runs").exists()  # no run folder
+    for n in ("C1", "C2"):
+        with KeyStore.for_node(n, tmp_path / "data") as st:
+            assert st.accounting() == {}  # no key, no bootstrap
+
+    secret = np.random.default_rng(5).integers(0, 256, 2048, dtype=np.uint8).tobytes()
+    (tmp_path / "secret.bin").write_bytes(secret)
+    res = runner.invoke(app, ["keys", "preshare", "--pair", PAIR, "--file", str(tmp_path / "secret.bin"),
+                              "--config", str(toml), "--data-dir", str(tmp_path / "data"), "--json"])
+    assert res.exit_code == 0, res.output
+    loaded = json.loads(res.stdout)["block_id"]
+
+    res = _distill(path, tmp_path, "--no-auth-bootstrap", "--json")
+    assert res.exit_code == 0, res.output
+    assert "bootstrapped" not in res.output
+    p = json.loads(res.stdout)["pairs"][PAIR]
+    assert p["auth_key_bits"] >= 192
+    for n in ("C1", "C2"):
+        with KeyStore.for_node(n, tmp_path / "data") as st:
+            pre = [b for b in st.blocks(PAIR) if b["block_id"].startswith(PRESHARED_PREFIX)]
+            assert [b["block_id"] for b in pre] == [loaded]  # no simulated pre-shared block was added
+            assert pre[0]["meta"]["simulated"] is False
+            acc = st.accounting()[PAIR]
+            assert acc["consumed"] == {"auth": p["auth_key_bits"]}
+            refill = sum(b["nbits"] for b in st.blocks(PAIR) if b["block_id"].endswith(AUTH_REFILL_SUFFIX))
+            # the loaded block paid: what is left of the auth pool is its rest plus the refills
+            assert acc["available"].get("auth", 0) == 8 * len(secret) - p["auth_key_bits"] + refill
+
+
+def test_distill_help_documents_the_flag():
+    res = runner.invoke(app, ["distill", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "--no-auth-bootstrap" in res.output and "keys preshare" in res.output
