@@ -1,8 +1,17 @@
 """Start a SuperLink and SuperNodes as separate processes on this machine (loopback) and submit a run.
 
-This is what the multi-process test does, and a template for a real multi-machine deployment
+This is what the multi-process tests do, and a template for a real multi-machine deployment
 (``docs/flower.md``: there the SuperLink listens on a routable address with TLS, and every
 SuperNode runs beside its QKD node with its own key store).
+
+Two modes: plain (``--insecure``, loopback only) and TLS (``tls=True``): a throwaway development CA
+and a SuperLink server certificate (SAN 127.0.0.1 and localhost) from :mod:`labqfl.keystore.certs`;
+the SuperLink gets ``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``, every SuperNode
+``--root-certificates``, and the ``flwr`` CLI connection ``root-certificates``.  In flwr 1.42 the
+SuperLink's own SuperExec (which starts the ServerApp processes) connects to the SuperLink's
+Runtime API on the same TLS port with ``--root-certificates <ssl-ca-certfile>``, so the certificate
+must name the address the SuperLink listens on (here 127.0.0.1).  A SuperNode's ClientAppIo API
+(its ClientApp processes) stays plain on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -21,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.fl.flower.spec import FlowerSpec
+
+#: SANs of the loopback SuperLink certificate (the SuperNodes and the flwr CLI dial 127.0.0.1)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 
 APP_PYPROJECT = """[build-system]
 requires = ["hatchling"]
@@ -87,13 +99,42 @@ def _bin(name: str) -> str:
     return found
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS deployment: the CA that SuperNodes and the flwr CLI trust, and the
+    SuperLink's server certificate and private key (signed by that CA)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_superlink_certs(out_dir: Path, hosts: tuple[str, ...] = LOOPBACK_HOSTS, *, days: int = 30) -> TlsFiles:
+    """A fresh development CA and a SuperLink server certificate (SAN = ``hosts``, serverAuth) in
+    ``out_dir``, made by :func:`labqfl.keystore.certs.make_dev_certs` (files ``ca.pem``,
+    ``kme-superlink.pem/.key``: that module names every server certificate ``kme-<name>``).
+
+    Any earlier files there are replaced (a new CA each call): for throwaway test deployments.
+    """
+    from labqfl.keystore.certs import make_dev_certs
+
+    files = make_dev_certs(out_dir, kmes=("superlink",), saes=(), hosts=hosts, days=days, force=True)
+    return TlsFiles(ca=files["ca"].resolve(), cert=files["kme-superlink"].resolve(),
+                    key=files["kme-superlink.key"].resolve())
+
+
 @dataclass
 class LocalFederation:
-    """Processes of a loopback deployment; :meth:`stop` ends exactly these (by process group)."""
+    """Processes of a loopback deployment; :meth:`stop` ends exactly these (by process group).
+
+    ``tls``: the SuperLink serves TLS with these files and SuperNodes / ``flwr`` trust ``tls.ca``;
+    ``None`` runs everything with ``--insecure``.
+    """
 
     workdir: Path
     fleet: str  # host:port of the SuperLink (Fleet, Control and Runtime HTTP APIs share it in flwr 1.42)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    tls: TlsFiles | None = None
 
     def env(self) -> dict[str, str]:
         e = dict(os.environ)
@@ -127,14 +168,45 @@ class LocalFederation:
 
     def start_superlink(self) -> None:
         host, port = self.fleet.rsplit(":", 1)
-        self._start("superlink", [_bin("flower-superlink"), "--insecure", "--host", host, "--port", port,
+        if self.tls is None:
+            sec = ["--insecure"]
+        else:
+            sec = ["--ssl-ca-certfile", str(self.tls.ca), "--ssl-certfile", str(self.tls.cert),
+                   "--ssl-keyfile", str(self.tls.key)]
+        self._start("superlink", [_bin("flower-superlink"), *sec, "--host", host, "--port", port,
                                   "--database", ":flwr-in-memory:"])
         self.wait_port(self.fleet)
 
-    def start_supernode(self, name: str, node_config: Mapping[str, Any]) -> None:
+    def start_supernode(self, name: str, node_config: Mapping[str, Any], *, root_certificates: Path | None = None,
+                        max_retries: int | None = None) -> None:
+        """Start ``flower-supernode`` (log ``supernode-<name>.log``).
+
+        With TLS it trusts ``root_certificates`` (default: this federation's CA; another CA's
+        ``ca.pem`` gives a node that must fail the handshake). ``max_retries``: give up after that
+        many failed connection attempts (Flower's ``--max-retries``; default: retry forever).
+        """
         nc = " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
-        self._start(f"supernode-{name}", [_bin("flower-supernode"), "--insecure", "--superlink", self.fleet,
+        if root_certificates is not None:
+            sec = ["--root-certificates", str(Path(root_certificates).resolve())]
+        elif self.tls is not None:
+            sec = ["--root-certificates", str(self.tls.ca)]
+        else:
+            sec = ["--insecure"]
+        retry = [] if max_retries is None else ["--max-retries", str(max_retries)]
+        self._start(f"supernode-{name}", [_bin("flower-supernode"), *sec, "--superlink", self.fleet, *retry,
                                           "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", nc])
+
+    def write_cli_config(self) -> Path:
+        """``$FLWR_HOME/config.toml`` with the connection ``labqfl-local`` to this SuperLink's Control
+        API: ``insecure = true``, or with TLS ``root-certificates = "<absolute path of ca.pem>"``
+        (flwr 1.42 requires an absolute path and refuses both keys together)."""
+        home = self.workdir / "flwr_home"
+        home.mkdir(parents=True, exist_ok=True)
+        sec = "insecure = true" if self.tls is None else f"root-certificates = {_toml_value(str(self.tls.ca))}"
+        path = home / "config.toml"
+        path.write_text(f'[superlink]\ndefault = "labqfl-local"\n\n[superlink.labqfl-local]\naddress = "{self.fleet}"\n'
+                        f"{sec}\n", encoding="utf-8")
+        return path
 
     def kill(self, name: str) -> None:
         p = self.procs.get(name)
@@ -144,13 +216,14 @@ class LocalFederation:
 
     def run_app(self, app_dir: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
         """``flwr run APP labqfl-local --stream`` against this SuperLink's Control API."""
-        home = self.workdir / "flwr_home"
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(
-            f'[superlink]\ndefault = "labqfl-local"\n\n[superlink.labqfl-local]\naddress = "{self.fleet}"\n'
-            "insecure = true\n", encoding="utf-8")
-        return subprocess.run([_bin("flwr"), "run", str(app_dir), "labqfl-local", "--stream"], env=self.env(),
-                              capture_output=True, text=True, timeout=timeout_s, check=False)
+        return self.flwr(["run", str(app_dir), "labqfl-local", "--stream"], timeout_s)
+
+    def flwr(self, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+        """Run the ``flwr`` CLI with this federation's ``FLWR_HOME`` (connection ``labqfl-local``,
+        written by :meth:`write_cli_config`), e.g. ``["supernode", "list", "labqfl-local"]``."""
+        self.write_cli_config()
+        return subprocess.run([_bin("flwr"), *args], env=self.env(), capture_output=True, text=True,
+                              timeout=timeout_s, check=False)
 
     def stop(self) -> None:
         """End every process started here and its children (its process group): SIGTERM, up to
@@ -180,10 +253,15 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 @contextmanager
-def local_federation(workdir: Path) -> Iterator[LocalFederation]:
-    """A SuperLink on random free loopback ports; SuperNodes are added with ``start_supernode``."""
+def local_federation(workdir: Path, tls: bool = False) -> Iterator[LocalFederation]:
+    """A SuperLink on a random free loopback port; SuperNodes are added with ``start_supernode``.
+
+    ``tls``: make a throwaway CA and SuperLink certificate in ``workdir/certs``
+    (:func:`make_superlink_certs`) and run the SuperLink, SuperNodes and ``flwr`` over TLS.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    fed = LocalFederation(workdir, f"127.0.0.1:{free_port()}")
+    files = make_superlink_certs(workdir / "certs") if tls else None
+    fed = LocalFederation(workdir, f"127.0.0.1:{free_port()}", tls=files)
     try:
         fed.start_superlink()
         yield fed
