@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from labqfl.config import StationConfig, load_station_config
@@ -66,4 +68,20 @@ def small_station(intercept: bool = False) -> StationConfig:
         c.basis_x_prob = 0.7
     cfg.simulation.intercept_resend.enabled = intercept
     return cfg
+
+
+def record_small_station(out_dir: Path, dur: float = 0.02, cfg: StationConfig | None = None) -> Path:
+    """Record ``dur`` seconds of the small station (or ``cfg``) to ``out_dir/rec.h5``; returns the path."""
+    from labqfl.sim_backends import SagnacTestbed
+    from labqfl.sim_backends.recording import RecordingWriter
+
+    cfg = small_station() if cfg is None else cfg
+    tb = SagnacTestbed(cfg)
+    path = Path(out_dir) / "rec.h5"
+    blocks = tb.stream(dur)
+    with RecordingWriter(path, cfg, epoch=tb.last_epoch, client_logs=[tb.client_log(c) for c in cfg.client_names]) as w:
+        for b in blocks:
+            w.append(b)
+        w.close(duration_s=dur)
+    return path
 

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import small_station  # noqa: E402
+from qkdpp_helpers import record_small_station, small_station  # noqa: E402
 from typer.testing import CliRunner
 
 from labqfl.cli import app
@@ -103,22 +103,8 @@ def test_bad_settings_and_missing_logs():
         Distiller(cfg, {}, MemorySink())
 
 
-def _record(tmp_path, dur: float = 0.02):
-    from labqfl.sim_backends.recording import RecordingWriter
-
-    cfg = small_station()
-    tb = SagnacTestbed(cfg)
-    path = tmp_path / "rec.h5"
-    blocks = tb.stream(dur)
-    with RecordingWriter(path, cfg, epoch=tb.last_epoch, client_logs=[tb.client_log(c) for c in cfg.client_names]) as w:
-        for b in blocks:
-            w.append(b)
-        w.close(duration_s=dur)
-    return path
-
-
 def test_cli_distills_a_recording_into_the_key_stores(tmp_path):
-    path = _record(tmp_path)
+    path = record_small_station(tmp_path)
     res = CliRunner().invoke(app, ["distill", str(path), "--json", "--block-bits", "5000",
                                    "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
@@ -140,7 +126,7 @@ def test_a_recording_can_be_distilled_into_a_key_store_only_once(tmp_path):
     from labqfl.keystore import KeyStore
     from labqfl.qkd.pipeline import KeyStoreSink, acquisition_id
 
-    path = _record(tmp_path, dur=DUR)
+    path = record_small_station(tmp_path, DUR)
     stores = {n: KeyStore.for_node(n, tmp_path / "data") for n in ("C1", "C2")}
 
     def distil_once():
@@ -167,7 +153,7 @@ def test_cli_rejects_corrupt_and_truncated_recordings(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["distill", str(bad), "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "r")])
     assert res.exit_code != 0 and "corrupt" in res.output
-    path = _record(tmp_path, 0.005)
+    path = record_small_station(tmp_path, 0.005)
     with h5py.File(path, "a") as f:
         del f["tags/block_end"]
     res = runner.invoke(app, ["distill", str(path), "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "r")])

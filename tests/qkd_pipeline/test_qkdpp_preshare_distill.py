@@ -3,15 +3,18 @@ runs on a secret loaded with ``labqfl keys preshare`` without bootstrapping a si
 
 from __future__ import annotations
 
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
 import json
 
 import numpy as np
 import pytest
-from labqfl.sim_backends import SagnacTestbed
+from qkdpp_helpers import record_small_station, small_station  # noqa: E402
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.config import load_station_config
 from labqfl.keystore import KeyStore
 from labqfl.qkd.pipeline import AUTH_REFILL_SUFFIX, PRESHARED_PREFIX
 from labqfl.runs import dump_toml
@@ -23,27 +26,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory):
-    """A 20 ms recording of the one-pair small station of test_qkdpp_pipeline, and its TOML."""
-    from labqfl.sim_backends.recording import RecordingWriter
-
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
+    """A 20 ms recording of the one-pair small station of the pipeline tests, and its TOML."""
+    cfg = small_station()
     d = tmp_path_factory.mktemp("rec")
     toml = d / "station.toml"
     toml.write_text(dump_toml(cfg.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
-    tb = SagnacTestbed(cfg)
-    path = d / "rec.h5"
-    blocks = tb.stream(DUR)
-    with RecordingWriter(path, cfg, epoch=tb.last_epoch, client_logs=[tb.client_log(c) for c in cfg.client_names]) as w:
-        for b in blocks:
-            w.append(b)
-        w.close(duration_s=DUR)
-    return path, toml
+    return record_small_station(d, DUR, cfg), toml
 
 
 def _distill(path, tmp_path, *extra):
