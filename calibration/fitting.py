@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import OptimizeWarning, curve_fit
-from scipy.special import erf
+from scipy.special import erf, ndtr
 
 from labqfl.errors import CalibrationError
 
@@ -127,30 +127,36 @@ def fit_poisson(f: Callable[..., np.ndarray], x: np.ndarray, n: np.ndarray, p0: 
     return res
 
 
-def fit_edge_unbinned(x: np.ndarray, lo: float, hi: float, tau0: float, s: float, what: str) -> FitResult:
+def fit_edge_unbinned(x: np.ndarray, lo: float, hi: float, tau0: float, s: float, what: str,
+                      hessian: bool = True) -> FitResult:
     """Unbinned maximum-likelihood fit of a jitter-smeared step to samples ``x`` in [lo, hi):
     density ∝ (1 + b·(x − τ))·Φ((x − τ)/s) with the smearing ``s`` fixed (known timing jitter;
     a sparse edge cannot fix it). Parameters (τ, b); errors from the inverse of the numerical
     Hessian of −ln L (Fisher information)."""
     from scipy.optimize import minimize
-    from scipy.special import log_ndtr, ndtr
+    from scipy.special import log_ndtr
 
     x = np.asarray(x, dtype=np.float64)
     x = x[(x >= lo) & (x < hi)]
     if x.size < 30:
         raise CalibrationError(f"{what}: only {x.size} samples near the edge")
     s = max(float(s), 1.0)
-    grid = np.linspace(lo, hi, 4001)
-    dg = grid[1] - grid[0]
     b_scale = 1.0 / (hi - lo)
+
+    def g0(u: float) -> float:  # ∫Φ du
+        return u * float(ndtr(u)) + math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi)
+
+    def g1(u: float) -> float:  # ∫u·Φ du
+        return 0.5 * ((u * u - 1.0) * float(ndtr(u)) + u * math.exp(-0.5 * u * u) / math.sqrt(2 * math.pi))
 
     def nll(p: np.ndarray) -> float:
         tau, bb = p[0], p[1] * b_scale
-        lin_g = 1.0 + bb * (grid - tau)
         lin_x = 1.0 + bb * (x - tau)
-        if np.any(lin_g <= 0) or np.any(lin_x <= 0):
+        if 1.0 + bb * (lo - tau) <= 0 or 1.0 + bb * (hi - tau) <= 0 or np.any(lin_x <= 0):
             return 1e300
-        norm = float(np.sum(lin_g * ndtr((grid - tau) / s)) * dg)
+        # normalisation ∫_lo^hi (1 + b(x − τ))·Φ((x − τ)/s) dx in closed form (u = (x − τ)/s)
+        ul, uh = (lo - tau) / s, (hi - tau) / s
+        norm = s * (g0(uh) - g0(ul)) + bb * s * s * (g1(uh) - g1(ul))
         if norm <= 0:
             return 1e300
         return float(-np.sum(np.log(lin_x) + log_ndtr((x - tau) / s)) + x.size * math.log(norm))
@@ -158,6 +164,9 @@ def fit_edge_unbinned(x: np.ndarray, lo: float, hi: float, tau0: float, s: float
     best = minimize(nll, np.array([tau0, 0.0]), method="Nelder-Mead",
                     options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 4000, "maxfev": 8000})
     p = best.x
+    if not hessian:  # position only (bootstrap replicates)
+        return FitResult(("tau", "s", "b"), np.array([p[0], s, p[1] * b_scale]), np.zeros(3), np.zeros((2, 2)),
+                         2 * float(best.fun), int(x.size - 2))
     h = np.array([max(s * 0.05, 0.2), 0.01])
     H = np.zeros((2, 2))
     f0 = nll(p)
@@ -179,6 +188,39 @@ def fit_edge_unbinned(x: np.ndarray, lo: float, hi: float, tau0: float, s: float
     params = np.array([p[0], s, p[1] * b_scale])
     errs = np.array([errs[0], 0.0, errs[1] * b_scale])
     return FitResult(("tau", "s", "b"), params, errs, cov, 2 * f0, int(x.size - 2))
+
+
+def edge_bootstrap(fit: FitResult, n: int, lo: float, hi: float, rng: np.random.Generator, what: str,
+                   replicates: int = 30) -> tuple[float, float, int]:
+    """Parametric-bootstrap bias and standard deviation of the edge position of
+    :func:`fit_edge_unbinned`: ``replicates`` samples of ``n`` points are drawn from the fitted
+    density on [lo, hi) and refitted. Returns (bias, sd, replicates used).
+
+    Why: when the intervals near the edge are sparse (spacing ≳ the smearing s, e.g. a detector
+    without afterpulses at a low dark rate) the likelihood is far from quadratic — for s → 0 the
+    MLE is the smallest sample, biased up by one spacing and with an undefined Fisher information
+    — so the Hessian error is too small and τ is biased (measured over 100 seeds: pull mean +0.6,
+    sd 1.4). The bootstrap distribution of τ* − τ̂ estimates the estimator's bias and spread
+    without relying on asymptotics (Efron & Tibshirani, *An Introduction to the Bootstrap*,
+    §6.5 and §10.2); the problem is translation invariant, so the bias does not depend on τ."""
+    tau, s, b = fit["tau"], fit["s"], fit["b"]
+    grid = np.linspace(lo, hi, 8001)
+    dens = np.clip(1.0 + b * (grid - tau), 0.0, None) * ndtr((grid - tau) / s)
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]))])
+    if not cdf[-1] > 0:
+        raise CalibrationError(f"{what}: fitted edge density is empty")
+    cdf /= cdf[-1]
+    taus = []
+    for _ in range(replicates):
+        xs = np.interp(rng.random(n), cdf, grid)
+        try:
+            taus.append(fit_edge_unbinned(xs, lo, hi, tau, s, what, hessian=False)["tau"])
+        except CalibrationError:
+            continue
+    if len(taus) < replicates // 2:
+        raise CalibrationError(f"{what}: edge fit unstable under resampling")
+    t = np.asarray(taus)
+    return float(t.mean() - tau), float(t.std(ddof=1)), int(t.size)
 
 
 def plot_peak(ax: Any, c: np.ndarray, n: np.ndarray, fit: FitResult, label: str, *, mark_centre: bool = False) -> None:
