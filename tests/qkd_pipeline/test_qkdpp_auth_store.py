@@ -6,16 +6,12 @@ IDs (``acquisition_id=None``) into fresh or shared stores.
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
 import logging
 
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import small_station  # noqa: E402
+from qkdpp_helpers import small_station
 
 from labqfl.errors import InsufficientKeyError, KeyStoreError, LabqflError
 from labqfl.keystore import KeyStore

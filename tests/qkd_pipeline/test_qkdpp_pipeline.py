@@ -3,10 +3,6 @@ intercept-resend abort, authenticated transcripts, CLI on a recording, bad recor
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
 import json
 import math
 
@@ -14,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import record_small_station, small_station  # noqa: E402
+from qkdpp_helpers import record_small_station, small_station
 from typer.testing import CliRunner
 
 from labqfl.cli import app

@@ -3,15 +3,11 @@ runs on a secret loaded with ``labqfl keys preshare`` without bootstrapping a si
 
 from __future__ import annotations
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(__file__))
 import json
 
 import numpy as np
 import pytest
-from qkdpp_helpers import record_small_station, small_station  # noqa: E402
+from qkdpp_helpers import record_small_station, small_station
 from typer.testing import CliRunner
 
 from labqfl.cli import app

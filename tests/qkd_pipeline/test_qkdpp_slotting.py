@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from qkdpp_helpers import D0, D1, SYNC, make_params, split_blocks, synth_stream
