@@ -469,6 +469,25 @@ def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.nd
     return (d * ainv[q]) % n - b * k[q]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _push(fb: int, onstk: np.ndarray, work: np.ndarray, sp: int) -> int:
+    """Put search ``fb`` on the work stack unless it is already there; returns the new stack size."""
+    if not onstk[fb]:
+        onstk[fb] = 1
+        work[sp] = fb
+        sp += 1
+    return sp
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.ndarray, bsize: np.ndarray) -> None:
+    """(Re)start the binary search of top block ``fb`` at its root (whole block, heap index 1)."""
+    st[fb] = 1
+    slo[fb] = 0
+    shi[fb] = bsize[fb]
+    sh[fb] = 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
                    y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
@@ -497,14 +516,8 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     sp = 0
     for t in range(init.size):
         fb = init[t]
-        st[fb] = 1
-        slo[fb] = 0
-        shi[fb] = bsize[fb]
-        sh[fb] = 1
-        if not onstk[fb]:
-            onstk[fb] = 1
-            work[sp] = fb
-            sp += 1
+        _restart(fb, st, slo, shi, sh, bsize)
+        sp = _push(fb, onstk, work, sp)
     for t in range(nprev):
         fb = qidx[t]
         q = fpass[fb]
@@ -520,10 +533,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
             slo[fb] = mid
             sh[fb] = 2 * sh[fb] + 1
         st[fb] = 1
-        if not onstk[fb]:
-            onstk[fb] = 1
-            work[sp] = fb
-            sp += 1
+        sp = _push(fb, onstk, work, sp)
     nw = 0
     while True:
         nf = 0
@@ -586,23 +596,11 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                         if not odd:
                             st[fb] = 0
                         else:
-                            slo[fb] = 0
-                            shi[fb] = bsize[fb]
-                            sh[fb] = 1
-                            st[fb] = 1
-                            if not onstk[fb]:
-                                onstk[fb] = 1
-                                work[sp] = fb
-                                sp += 1
+                            _restart(fb, st, slo, shi, sh, bsize)
+                            sp = _push(fb, onstk, work, sp)
                 elif odd:
-                    st[fb] = 1
-                    slo[fb] = 0
-                    shi[fb] = bsize[fb]
-                    sh[fb] = 1
-                    if not onstk[fb]:
-                        onstk[fb] = 1
-                        work[sp] = fb
-                        sp += 1
+                    _restart(fb, st, slo, shi, sh, bsize)
+                    sp = _push(fb, onstk, work, sp)
     nq = 0
     for t in range(nw):
         fb = waitl[t]
