@@ -105,8 +105,9 @@ def _mul_table(k: int) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _horner(words, T):  # type: ignore[no-untyped-def]
-    acc = np.uint64(0)
+def _horner_from(acc, words, T):  # type: ignore[no-untyped-def]
+    """Horner evaluation over GF(2^64) continued from ``acc``: acc ← (acc ⊕ w)·k per word, with the
+    multiplication by the hash key k done by the nibble table ``T`` (:func:`_mul_table`)."""
     for w in words:
         a = acc ^ w
         r = np.uint64(0)
@@ -126,7 +127,7 @@ def _words(payload: bytes) -> np.ndarray:
 def poly_hash(payload: bytes, key: int, table: np.ndarray | None = None) -> int:
     """``h_k(M)`` of the module docstring (fast: Shoup nibble tables + Numba Horner loop)."""
     T = _mul_table(key) if table is None else table
-    return int(_horner(_words(payload), T))
+    return int(_horner_from(np.uint64(0), _words(payload), T))
 
 
 def poly_hash_reference(payload: bytes, key: int) -> int:
@@ -178,7 +179,7 @@ class WegmanCarterAuthenticator:
         pads = self._take(64 * self.lanes).reshape(self.lanes, 64)
         out = b""
         for T, pad in zip(tables, pads, strict=True):
-            out += (int(_horner(words, T)) ^ _bits_to_int(pad)).to_bytes(8, "little")
+            out += (int(_horner_from(np.uint64(0), words, T)) ^ _bits_to_int(pad)).to_bytes(8, "little")
         return out
 
     def tag(self, payload: bytes) -> bytes:
@@ -195,17 +196,6 @@ class WegmanCarterAuthenticator:
 
     def __repr__(self) -> str:
         return f"WegmanCarterAuthenticator(lanes={self.lanes}, key_bits_used={self.key_bits_used})"
-
-
-@numba.njit(cache=True, nogil=True)
-def _horner_from(acc, words, T):  # type: ignore[no-untyped-def]
-    for w in words:
-        a = acc ^ w
-        r = np.uint64(0)
-        for j in range(16):
-            r ^= T[j, (a >> np.uint64(4 * j)) & np.uint64(15)]
-        acc = r
-    return acc
 
 
 class TranscriptAuthenticator:
