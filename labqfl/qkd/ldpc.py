@@ -148,6 +148,30 @@ def _degree_counts(n: int, rate: float) -> dict[int, int]:
     return counts
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _least_filled(start: int, v: int, excluded: np.ndarray, cap: np.ndarray, ccnt: np.ndarray, maxc: int,
+                  stop_at: int) -> int:
+    """Check with the most remaining capacity, scanning cyclically from ``start``, skipping checks
+    with ``excluded[c] == v`` and full ones; stops early once a check reaches ``stop_at`` (the
+    global maximum, offset by ``maxc``). −1 if none qualifies."""
+    m = cap.size
+    best = -1
+    bestr = -(1 << 40)
+    for j in range(m):
+        c = start + j
+        if c >= m:
+            c -= m
+        if excluded[c] == v or ccnt[c] >= maxc:
+            continue
+        r = cap[c] - ccnt[c]
+        if r > bestr:
+            best = c
+            bestr = r
+            if r + maxc >= stop_at:
+                break
+    return best
+
+
 @numba.njit(cache=True, nogil=True)
 def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy depth-1 PEG: returns (edge variable, edge check, edges that closed a 4-cycle).
@@ -186,33 +210,10 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.
     e = 0
     for v in range(n):
         for _k in range(vdeg[v]):
-            best = -1
-            bestr = -(1 << 40)
-            st = offs[e]
-            for j in range(m):
-                c = st + j
-                if c >= m:
-                    c -= m
-                if mark[c] == v or ccnt[c] >= maxc:
-                    continue
-                r = cap[c] - ccnt[c]
-                if r > bestr:
-                    best = c
-                    bestr = r
-                    if r + maxc >= top:
-                        break
+            best = _least_filled(offs[e], v, mark, cap, ccnt, maxc, top)
             if best < 0:  # every check is within distance 2: accept a 4-cycle, avoid parallel edges
                 forced += 1
-                for j in range(m):
-                    c = st + j
-                    if c >= m:
-                        c -= m
-                    if own[c] == v or ccnt[c] >= maxc:
-                        continue
-                    r = cap[c] - ccnt[c]
-                    if r > bestr:
-                        best = c
-                        bestr = r
+                best = _least_filled(offs[e], v, own, cap, ccnt, maxc, 1 << 62)
             c = best
             ev[e] = v
             ec[e] = c
