@@ -14,14 +14,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.errors import ConfigError
-
-#: Per-task defaults: (local epochs, learning rate, batch size, clip) — as ``labqfl train``.
-TASK_DEFAULTS: dict[str, tuple[int, float, int, float]] = {
-    "mnist-qnn": (1, 0.05, 16, 1.0),
-    "ntangled": (2, 0.05, 16, 1.0),
-    "magic": (2, 0.05, 16, 1.0),
-    "mnist-lenet5": (1, 0.002, 16, 0.1),
-}
+from labqfl.fl.tasks import TASK_DEFAULTS, make_model
 
 
 @dataclass(frozen=True)
@@ -125,15 +118,9 @@ class FlowerSpec:
 
 @functools.lru_cache(maxsize=4)
 def _model(task: str) -> Any:
-    from labqfl.fl.models import LeNetModel, mnist_qnn, quantum_data_qnn
-
-    if task == "mnist-qnn":
-        return mnist_qnn()
-    if task in ("ntangled", "magic"):
-        return quantum_data_qnn()
-    if task == "mnist-lenet5":
-        return LeNetModel()
-    raise ConfigError(f"task {task!r} unknown; expected mnist-qnn, ntangled, magic or mnist-lenet5")
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"task {task!r} unknown; expected mnist-qnn, ntangled, magic or mnist-lenet5")
+    return make_model(task)
 
 
 @functools.lru_cache(maxsize=2)
