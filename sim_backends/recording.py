@@ -21,6 +21,7 @@ A recording whose writer did not finish (``complete = False``) is refused unless
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator
@@ -352,24 +353,19 @@ class ReplayTimeTagger(TimeTagger):
             t = np.zeros(0, np.int64)
             c = np.zeros(0, np.int16)
             edge = min(bd_ps, end_ps)
-            for blk in self._filtered():
-                t = np.concatenate([t, blk.timestamps])
-                c = np.concatenate([c, blk.channels])
+            for blk in itertools.chain(self._filtered(), [None]):  # None: end of the recording
+                if blk is not None:
+                    t = np.concatenate([t, blk.timestamps])
+                    c = np.concatenate([c, blk.channels])
                 # later recorded tags are >= t[-1]: every tag before `edge` is in hand once t[-1] >= edge
-                while t.size and t[-1] >= edge:
+                # (at the end of the recording, whatever is left)
+                while t.size and (blk is None or t[-1] >= edge):
                     k = int(np.searchsorted(t, edge))
                     yield TagBlock(t[:k].copy(), c[:k].copy())
                     t, c = t[k:], c[k:]
                     if edge >= end_ps:
                         return
                     edge = min(edge + bd_ps, end_ps)
-            while t.size:
-                k = int(np.searchsorted(t, edge))
-                yield TagBlock(t[:k].copy(), c[:k].copy())
-                t, c = t[k:], c[k:]
-                if edge >= end_ps:
-                    return
-                edge = min(edge + bd_ps, end_ps)
 
         return gen()
 
