@@ -130,12 +130,8 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
         self.testbed = testbed
         self.client = client
 
-    @property
-    def _cl(self):  # type: ignore[no-untyped-def]
-        return self.testbed.live.clients[self.client]
-
     def _live(self):  # type: ignore[no-untyped-def]
-        return self._cl
+        return self.testbed.live.clients[self.client]
 
     output_enabled: bool = _LiveSetting("pm_enabled", lambda _s, v: _check_bool("output_enabled", v))  # type: ignore[assignment]
     v_pi_v: float = _LiveSetting("v_pi_set", lambda _s, v: _check_range("v_pi_v", v, 0.0, 20.0, "V", lo_open=True))  # type: ignore[assignment]
@@ -146,7 +142,7 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
     @property
     def dc_voltage(self) -> float | None:
         """The DC level in volts, or None when the QRNG/pattern drives the modulator."""
-        return self._cl.dc_volts
+        return self._live().dc_volts
 
     def load_pattern(self, phase_indices: np.ndarray) -> None:
         arr = np.asarray(phase_indices)
@@ -155,8 +151,9 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
         if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > 3:
             raise ValueError("phase pattern entries must be integers in 0..3 (phase index a, phase a·π/2)")
         with self.lock, self.testbed.lock:
-            self._cl.pattern = arr.astype(np.uint8).copy()
-            self._cl.dc_volts = None
+            cl = self._live()
+            cl.pattern = arr.astype(np.uint8).copy()
+            cl.dc_volts = None
             self.testbed.touch()
 
     def clear_pattern(self) -> None:
@@ -183,12 +180,8 @@ class SimulatedAttenuator(_SimMixin, VariableAttenuator):
         self.max_attenuation_db = float(max_attenuation_db)
         self._wavelength = testbed.config.laser.wavelength_nm
 
-    @property
-    def _cl(self):  # type: ignore[no-untyped-def]
-        return self.testbed.live.clients[self.client]
-
     def _live(self):  # type: ignore[no-untyped-def]
-        return self._cl
+        return self.testbed.live.clients[self.client]
 
     attenuation_db: float = _LiveSetting("attenuation_db", lambda s, v: _check_range("attenuation_db", v, 0.0, s.max_attenuation_db, "dB"))  # type: ignore[assignment]
     shutter_closed: bool = _LiveSetting("shutter_closed", lambda _s, v: _check_bool("shutter_closed", v))  # type: ignore[assignment]
@@ -216,12 +209,8 @@ class SimulatedDetector(_SimMixin, PhotonDetector):
         self._kind = testbed.config.detectors[name].kind
         self._temperature = testbed.config.detectors[name].temperature_k
 
-    @property
-    def _d(self):  # type: ignore[no-untyped-def]
-        return self.testbed.live.detectors[self.name]
-
     def _live(self):  # type: ignore[no-untyped-def]
-        return self._d
+        return self.testbed.live.detectors[self.name]
 
     enabled: bool = _LiveSetting("enabled", lambda _s, v: _check_bool("enabled", v))  # type: ignore[assignment]
     efficiency: float = _LiveSetting("efficiency", lambda _s, v: _check_range("efficiency", v, 0.0, 1.0, "", lo_open=True))  # type: ignore[assignment]
@@ -242,7 +231,8 @@ class SimulatedDetector(_SimMixin, PhotonDetector):
 
     def dark_count_rate_hz(self) -> float:
         """True dark-count rate at the current bias [Hz] (simulator truth)."""
-        return self._d.dcr_hz() if self._d.enabled else 0.0
+        d = self._live()
+        return d.dcr_hz() if d.enabled else 0.0
 
     def count_rate_hz(self, integration_s: float = 0.1) -> float:
         t = _check_range("integration_s", integration_s, 0.0, 3600.0, "s", lo_open=True)
