@@ -87,11 +87,13 @@ def _make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePr
 
 
 def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: bool,
-           ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int) -> tuple[Path, Path]:
+           ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int,
+           ekus: list[x509.ObjectIdentifier] | None = None) -> tuple[Path, Path]:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    eku = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    if ekus is None:
+        ekus = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -100,7 +102,7 @@ def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: 
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
