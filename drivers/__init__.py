@@ -9,6 +9,7 @@ from __future__ import annotations
 from labqfl.errors import ConfigError
 from labqfl.instruments.base import Instrument
 
+from ._base import DriverDeclaration
 from ._link import resolve_visa_library
 from .idquantique_id120 import IDQuantiqueID120
 from .keysight_33500b import Keysight33500B
@@ -31,5 +32,5 @@ def get_driver(name: str) -> type[Instrument]:
         raise ConfigError(f"unknown driver {name!r}; expected 'sim' or one of {sorted(DRIVERS)}") from None
 
 
-__all__ = ["DRIVERS", "IDQuantiqueID120", "Keysight33500B", "KeysightN7764A", "SwabianTimeTagger",
+__all__ = ["DRIVERS", "DriverDeclaration", "IDQuantiqueID120", "Keysight33500B", "KeysightN7764A", "SwabianTimeTagger",
            "ThorlabsPM100USB", "ThorlabsPRO8000", "get_driver", "resolve_visa_library"]

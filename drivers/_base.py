@@ -1,17 +1,54 @@
-"""Common behaviour of the message-based drivers: open/close/reconnect over a :class:`Link`,
-identity from ``*IDN?``, range validation with one clear ``ValueError``."""
+"""Common behaviour of the drivers: what each declares for validation at station load
+(:class:`DriverDeclaration`: typed options, config ranges, spectral range), and for the
+message-based ones open/close/reconnect over a :class:`Link`, identity from ``*IDN?``, range
+validation with one clear ``ValueError``."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Any, ClassVar
 
+from pydantic import Field
 from pymeasure.adapters import Adapter
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig, validate_options
+from labqfl.errors import InstrumentReplyError, InstrumentTimeout
 from labqfl.instruments.base import Instrument
 
 from ._link import Link
+
+#: A config field's valid range for one driver: (low, high, unit).
+Limit = tuple[float, float, str]
+
+
+class NoOptions(DriverOptions):
+    """A driver that takes no options: any key is refused."""
+
+
+class DriverDeclaration:
+    """What a driver class declares about itself, checked when a station file is loaded (no I/O).
+
+    * ``Options``: the pydantic model of the role's ``options`` table (unknown keys and wrong types
+      are refused); the driver reads its options only through it, so defaults live there once.
+    * :meth:`config_limits`: the driver's ranges for fields of the role's config table (``v_pi_v``,
+      ``dead_time_ns`` …), built from the same constants the driver's setters check.
+    * ``SPECTRAL_RANGE_NM``: the documented wavelength range of an optical instrument; a station
+      whose ``laser.wavelength_nm`` lies outside it is refused.
+    """
+
+    Options: ClassVar[type[DriverOptions]] = NoOptions
+    SPECTRAL_RANGE_NM: ClassVar[tuple[float, float] | None] = None
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        """Valid range per config field for this driver with these (validated) options."""
+        return {}
+
+    @classmethod
+    def parse_options(cls, name: str, config: InstrumentConfig) -> Any:
+        """The role's validated options (:class:`~labqfl.errors.ConfigError` naming the option)."""
+        return validate_options(cls.Options, config.options, source=f"role {name!r}", field=name, driver=cls.__name__)
 
 
 def check_range(setting: str, value: float, lo: float, hi: float, unit: str = "") -> float:
@@ -34,7 +71,13 @@ def check_bool(setting: str, value: Any) -> bool:
     raise ValueError(f"{setting} must be True or False, got {value!r}")
 
 
-class MessageDriver(Instrument):
+class SerialOptions(DriverOptions):
+    """Options of a driver on a serial line."""
+
+    baud_rate: int = Field(115200, ge=300, le=4_000_000, description="serial line rate [baud]")
+
+
+class MessageDriver(DriverDeclaration, Instrument):
     """Mixin for drivers talking SCPI-like text over one :class:`Link`.
 
     Subclasses set the termination class attributes and implement :meth:`_make_link` if they need
@@ -50,21 +93,47 @@ class MessageDriver(Instrument):
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         super().__init__(name, config.resource or "")
         self.config = config
-        self.options: dict[str, Any] = dict(config.options)
+        self.opts = self.parse_options(name, config)
         serial = dict(self.SERIAL)
-        if "baud_rate" in self.options:
-            serial["baud_rate"] = int(self.options["baud_rate"])
+        if isinstance(self.opts, SerialOptions):
+            serial["baud_rate"] = self.opts.baud_rate
         self.link = Link(self, config, adapter=adapter, read_termination=self.READ_TERMINATION,
                          write_termination=self.WRITE_TERMINATION, error_query=self.ERROR_QUERY,
                          serial=serial)
         self._identity: str | None = None
         self.link.open()
         try:
-            self._on_open()
+            self._first_contact()
         except BaseException:
             self.link.close()
             self._closed = True
             raise
+
+    def _first_contact(self) -> None:
+        """Run :meth:`_on_open`; if the instrument never answered, report a failed connection.
+
+        An absent instrument shows up as a timeout or an empty reply to whatever the driver sends
+        first (``*IDN?``, or ``:SYST:ERR?`` after a setup write). That is reported as what it is —
+        no instrument answered at this resource — not as a fault of that command. Warnings that
+        the VISA layer raises on the way (pyvisa's "read string doesn't end with termination
+        characters" for an empty read) go to the instrument's log instead of leaking.
+        """
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                self._on_open()
+            except (InstrumentTimeout, InstrumentReplyError) as exc:
+                if self.link.heard:
+                    raise
+                cause = (f"no reply within {self.config.timeout_ms} ms" if isinstance(exc, InstrumentTimeout)
+                         else "empty reply")
+                raise type(exc)(  # same class (a timeout stays an InstrumentTimeout), connection named
+                    f"cannot connect: no instrument answered at this resource ({cause}); check the address, the "
+                    f"cable, that the instrument is on and its termination (replies must end in "
+                    f"{self.READ_TERMINATION!r})", instrument=self.name, resource=self.resource,
+                ) from exc
+        for w in caught:
+            self.log.warning("while opening: %s", w.message)
 
     def _on_open(self) -> None:
         """Hook run after the session opened (read identity, select channel, clear errors)."""

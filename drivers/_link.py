@@ -116,6 +116,8 @@ class Link:
         self.adapter: Adapter | None = None
         self.library = resolve_visa_library(config.visa_library)
         self._key: tuple[str, str] | None = None
+        #: True once the instrument has answered a query on this session (a live connection).
+        self.heard = False
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
@@ -127,6 +129,7 @@ class Link:
         with self.owner.lock:
             if self.adapter is not None:
                 return
+            self.heard = False
             if self._injected is not None:
                 self.adapter = self._injected
                 return
@@ -148,13 +151,34 @@ class Link:
                 kwargs.update(self.serial)
             try:
                 self.adapter = VISAAdapter(self.resource, visa_library=self.library, **kwargs)
+                self._check_simulated_resource(self.adapter)
             except Exception as exc:
                 with _OPEN_LOCK:
                     _OPEN.pop(key, None)
+                adapter, self.adapter = self.adapter, None
+                if adapter is not None:
+                    try:
+                        adapter.close()
+                    except Exception as close_exc:  # the open failure is the one to report
+                        self.owner.log.warning("closing the failed VISA session failed: %s", close_exc)
+                if isinstance(exc, InstrumentError):
+                    raise
                 raise InstrumentError(
-                    f"cannot open: {_describe(exc)}", instrument=self.owner.name, resource=self.resource
+                    f"cannot connect: {_describe(exc)}", instrument=self.owner.name, resource=self.resource
                 ) from exc
             self._key = key
+
+    def _check_simulated_resource(self, adapter: Adapter) -> None:
+        """pyvisa-sim opens any resource name and then answers nothing on it; refuse names that the
+        simulation file does not define, as a real VISA library refuses an absent instrument."""
+        if not self.library.endswith("@sim"):
+            return
+        defined = [str(r) for r in adapter.manager.list_resources()]  # type: ignore[attr-defined]
+        if _canonical(self.resource) not in {_canonical(r) for r in defined}:
+            raise InstrumentError(
+                f"cannot connect: no instrument at this resource in the pyvisa-sim file "
+                f"{Path(self.library[: -len('@sim')]).name}; it defines {', '.join(defined) or 'none'}",
+                instrument=self.owner.name, resource=self.resource)
 
     def close(self) -> None:
         """Close the session; idempotent."""
@@ -222,6 +246,8 @@ class Link:
                 a.write(command)
                 return str(a.read())
             raw = self.call(command, _q)
+            if raw.strip():
+                self.heard = True
             if raw.endswith(("\r", "\n")) or raw.startswith(("\r", "\n")):
                 raise InstrumentReplyError(
                     f"reply {raw!r} ends in an unexpected line ending (wrong termination: expected {self.read_termination!r})",
@@ -283,6 +309,14 @@ class Link:
                     f"instrument reported {'; '.join(entries)}",
                     instrument=self.owner.name, resource=self.resource, command=command,
                 )
+
+
+def _canonical(resource: str) -> str:
+    """VISA resource name in canonical form (``TCPIP::h::INSTR`` → ``TCPIP0::h::inst0::INSTR``)."""
+    try:
+        return pyvisa.rname.to_canonical_name(resource.strip()).upper()
+    except pyvisa.rname.InvalidResourceName:
+        return resource.strip().upper()
 
 
 def _describe(exc: BaseException) -> str:

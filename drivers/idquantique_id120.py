@@ -24,7 +24,12 @@ command                meaning                                    range / reply
 =====================  =========================================  ==========================
 
 Serial line: 115200 baud, 8N1, commands end in CR LF, replies end in CR LF (``options.baud_rate``
-overrides the rate).
+overrides the rate; it is the only option, typed as an integer).
+
+**Spectral range.** The ID120 is a silicon SPAD: 350 … 1000 nm (ID Quantique, ID120 datasheet,
+"spectral range"). It is blind at 1550 nm, so a station whose ``laser.wavelength_nm`` lies outside
+that range is refused at load. The config's ``dead_time_ns``, ``gate_width_ns`` and
+``gate_delay_ps`` are checked against the ranges of the table above at load too.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from labqfl.config import InstrumentConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 
-from ._base import MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver, SerialOptions, check_bool, check_range
 
 EFF_PCT = (5, 80)
 BIAS_V = (0.0, 20.0)
@@ -46,6 +51,7 @@ DEAD_NS = (400, 20000)
 GATE_WIDTH_NS = (0.5, 100.0)
 GATE_DELAY_PS = (0, 100_000)
 INTEGRATION_MS = (1, 10_000)
+SPECTRAL_RANGE_NM = (350.0, 1000.0)
 
 
 class IDQuantiqueID120(MessageDriver, PhotonDetector):
@@ -54,6 +60,13 @@ class IDQuantiqueID120(MessageDriver, PhotonDetector):
     READ_TERMINATION = "\r\n"
     WRITE_TERMINATION = "\r\n"
     SERIAL = {"baud_rate": 115200}
+    Options = SerialOptions
+    SPECTRAL_RANGE_NM = SPECTRAL_RANGE_NM
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {"dead_time_ns": (*DEAD_NS, "ns"), "gate_width_ns": (*GATE_WIDTH_NS, "ns"),
+                "gate_delay_ps": (*GATE_DELAY_PS, "ps")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         super().__init__(name, config, adapter=adapter)

@@ -1,7 +1,7 @@
 """Keysight (Agilent) 33500B-series waveform generator driving a client's phase modulator.
 
 Wraps PyMeasure's :class:`pymeasure.instruments.agilent.Agilent33500` (channel ``options.channel``,
-1 or 2, default 1). The phase pattern is played as an arbitrary waveform, one sample per laser
+1 or 2, default 1; the options are typed, see :class:`Keysight33500BOptions`). The phase pattern is played as an arbitrary waveform, one sample per laser
 pulse: the sample rate is ``options.sample_rate_hz`` (default: the laser repetition rate the
 pattern is clocked at, 100 MSa/s; at most 250 MSa/s) and each external trigger (the frame sync,
 ``TRIG<ch>:SOUR EXT``) plays the pattern once (triggered burst of one cycle).
@@ -16,33 +16,51 @@ delay ``TRIG<ch>:DEL`` [s on the wire]; the output window is ±5 V into 50 Ω.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 from pymeasure.adapters import Adapter
 from pymeasure.instruments.agilent import Agilent33500
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig
+from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD, PhaseModulator
 
-from ._base import MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver, check_bool, check_range
 
 AMPLITUDE_VPP = (0.01, 10.0)
 MAX_ABS_V = 5.0
 V_PI_V = (0.1, 20.0)
+BIAS_PHASE_RAD = (-2 * math.pi, 2 * math.pi)
 GATE_DELAY_PS = (0.0, 1e12)  # 0 … 1 s
 SAMPLE_RATE_HZ = (1.0, 250e6)
 PATTERN_POINTS = (8, 65536)
 ARB_NAME = "LABQFL"
 
 
+class Keysight33500BOptions(DriverOptions):
+    """``options`` of a :class:`Keysight33500B` role."""
+
+    channel: Literal[1, 2] = Field(1, description="output channel driving this role's modulator")
+    sample_rate_hz: float = Field(100e6, ge=SAMPLE_RATE_HZ[0], le=SAMPLE_RATE_HZ[1],
+                                  description="arbitrary-waveform sample rate = slot rate [Sa/s]")
+
+
 class Keysight33500B(MessageDriver, PhaseModulator):
     """A 33500B channel as a :class:`PhaseModulator` (PyMeasure ``Agilent33500`` underneath)."""
 
+    Options = Keysight33500BOptions
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {"v_pi_v": (*V_PI_V, "V"), "bias_phase_rad": (*BIAS_PHASE_RAD, "rad"),
+                "gate_delay_ps": (*GATE_DELAY_PS, "ps")}
+
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
-        opts = config.options
-        self.channel = int(check_range("options.channel", opts.get("channel", 1), 1, 2))
-        self.sample_rate_hz = check_range("options.sample_rate_hz", opts.get("sample_rate_hz", 100e6), *SAMPLE_RATE_HZ, "Hz")
+        opts = self.parse_options(name, config)
+        self.channel = opts.channel
+        self.sample_rate_hz = opts.sample_rate_hz
         self._v_pi = check_range("v_pi_v", getattr(config, "v_pi_v", 4.0), *V_PI_V, "V")
         self._bias = float(getattr(config, "bias_phase_rad", 0.0))
         self.pattern_length = 0
@@ -52,7 +70,11 @@ class Keysight33500B(MessageDriver, PhaseModulator):
         assert self.link.adapter is not None
         self.pm = Agilent33500(self.link.adapter)
         self.ch = self.pm.ch_1 if self.channel == 1 else self.pm.ch_2
-        self._identity = self.link.call("*IDN?", lambda: str(self.pm.id))
+        ident = self.link.call("*IDN?", lambda: str(self.pm.id)).strip()
+        if not ident:
+            raise InstrumentReplyError("empty reply", instrument=self.name, resource=self.resource, command="*IDN?")
+        self.link.heard = True
+        self._identity = ident
 
     # -- helpers --------------------------------------------------------------------------------
     def _set(self, label: str, fn: Any) -> None:
@@ -93,7 +115,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
 
     @bias_phase_rad.setter
     def bias_phase_rad(self, value: float) -> None:
-        self._bias = check_range("bias_phase_rad", value, -2 * math.pi, 2 * math.pi, "rad")
+        self._bias = check_range("bias_phase_rad", value, *BIAS_PHASE_RAD, "rad")
 
     @property
     def gate_delay_ps(self) -> float:

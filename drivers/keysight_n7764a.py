@@ -9,30 +9,44 @@ N77xx programming guide, ``:INPut`` / ``:OUTPut`` subsystems)::
     SYST:ERR?                  error queue, ``<code>,"<message>"``
 
 The attenuation limit is ``min(config.max_attenuation_db, options.max_db)`` with
-``options.max_db`` = 45 dB by default (set it to your unit's specified range).
+``options.max_db`` = 45 dB by default (set it to your unit's specified range). The options are
+typed (:class:`KeysightN7764AOptions`). The driver declares the calibrated wavelength range of
+``:INP:WAV`` (1260 … 1640 nm) as its spectral range, so a station whose laser lies outside it is
+refused at load.
 """
 
 from __future__ import annotations
 
+from pydantic import Field
 from pymeasure.adapters import Adapter
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig
 from labqfl.instruments.interfaces import VariableAttenuator
 
 from ._base import MessageDriver, check_bool, check_range
 
 WAVELENGTH_NM = (1260.0, 1640.0)
 DEFAULT_MAX_DB = 45.0
+CHANNELS = (1, 4)
+
+
+class KeysightN7764AOptions(DriverOptions):
+    """``options`` of a :class:`KeysightN7764A` role."""
+
+    channel: int = Field(1, ge=CHANNELS[0], le=CHANNELS[1], description="VOA channel serving this role")
+    max_db: float = Field(DEFAULT_MAX_DB, gt=0, le=100.0, description="specified attenuation range of the unit [dB]")
 
 
 class KeysightN7764A(MessageDriver, VariableAttenuator):
     """One channel of a Keysight N7764A VOA as a :class:`VariableAttenuator`."""
 
+    Options = KeysightN7764AOptions
+    SPECTRAL_RANGE_NM = WAVELENGTH_NM
+
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
-        opts = config.options
-        self.channel = int(check_range("options.channel", opts.get("channel", 1), 1, 4))
-        self.max_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)),
-                          float(opts.get("max_db", DEFAULT_MAX_DB)))
+        opts = self.parse_options(name, config)
+        self.channel = opts.channel
+        self.max_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)), opts.max_db)
         super().__init__(name, config, adapter=adapter)
 
     @property

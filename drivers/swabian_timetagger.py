@@ -26,13 +26,14 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig
 from labqfl.errors import InstrumentError, LabqflError
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import TimeTagger
 
-from ._base import check_range
+from ._base import DriverDeclaration, Limit, check_range
 
 TRIGGER_LEVEL_V = (-2.5, 2.5)
 INPUT_DELAY_PS = (-2_000_000, 2_000_000)
@@ -50,14 +51,27 @@ def load_sdk() -> ModuleType:
         raise LabqflError(SDK_HINT) from exc
 
 
-class SwabianTimeTagger(TimeTagger):
+class SwabianTimeTaggerOptions(DriverOptions):
+    """``options`` of a :class:`SwabianTimeTagger` role."""
+
+    serial: str = Field("", description="serial number of the tagger to open ('' = the only one connected)")
+
+
+class SwabianTimeTagger(DriverDeclaration, TimeTagger):
     """Adapter from the Swabian SDK to the :class:`TimeTagger` interface."""
 
+    Options = SwabianTimeTaggerOptions
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {"trigger_level_v": (*TRIGGER_LEVEL_V, "V"), "input_delays_ps": (*INPUT_DELAY_PS, "ps")}
+
     def __init__(self, name: str, config: InstrumentConfig, *, sdk: ModuleType | None = None) -> None:
-        super().__init__(name, config.resource or str(config.options.get("serial", "")) or "TimeTagger")
+        opts = self.parse_options(name, config)
+        super().__init__(name, config.resource or opts.serial or "TimeTagger")
         self.config = config
         self.sdk = sdk if sdk is not None else load_sdk()
-        self.serial = str(config.options.get("serial", config.resource or ""))
+        self.serial = opts.serial or (config.resource or "")
         sync = int(getattr(config, "sync_channel", 1))
         det = dict(getattr(config, "detector_channels", {"D0": 2, "D1": 3}))
         self.channel_names: dict[str, int] = {"sync": sync, **{k: int(v) for k, v in det.items()}}

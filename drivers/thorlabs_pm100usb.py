@@ -24,7 +24,9 @@ AVERAGING = (1, 10000)
 
 
 class ThorlabsPM100USB(MessageDriver, PowerMeter):
-    """PM100USB console + photodiode/thermal head as a :class:`PowerMeter`."""
+    """PM100USB console + photodiode/thermal head as a :class:`PowerMeter`.
+
+    Takes no options; its wavelength range is the sensor head's, read at open (not declared)."""
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         super().__init__(name, config, adapter=adapter)

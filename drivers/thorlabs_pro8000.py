@@ -11,6 +11,8 @@ external pattern generator that gates the diode, so:
 * ``wavelength_nm`` ↔ TEC set temperature, λ = λ0 + k·(T − T0) with λ0 = the station's
   ``laser.wavelength_nm`` at T0 = ``options.t0_c`` (25 °C), k = ``options.tuning_nm_per_k``
   (0.1 nm/K, typical DFB), T within ``options.temp_min_c`` … ``options.temp_max_c`` (15 … 35 °C);
+* the options are typed (:class:`ThorlabsPRO8000Options`); ``laser.power_mw`` must lie on the
+  L–I line within ``max_current_ma`` and is checked at station load;
 * ``rep_rate_hz`` is the nominal rate of the external clock (the PRO8000 does not set it); it is
   recorded here so snapshots carry it.
 
@@ -23,33 +25,66 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+from pydantic import Field, model_validator
 from pymeasure.adapters import Adapter
 from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PulsedLaser
 
-from ._base import MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver, check_bool, check_range
 
 REP_RATE_HZ = (1.0, 10e9)
+SLOTS = (1, 8)
+TEC_C = (-50.0, 150.0)
+
+
+class ThorlabsPRO8000Options(DriverOptions):
+    """``options`` of a :class:`ThorlabsPRO8000` role (take the diode values from its test sheet)."""
+
+    ld_slot: int = Field(1, ge=SLOTS[0], le=SLOTS[1], description="mainframe slot of the LDC (current) module")
+    tec_slot: int = Field(2, ge=SLOTS[0], le=SLOTS[1], description="mainframe slot of the TED (temperature) module")
+    slope_mw_per_ma: float = Field(0.1, ge=1e-6, le=10.0, description="slope of the diode's L–I line [mW/mA]")
+    threshold_ma: float = Field(10.0, ge=0.0, le=1000.0, description="threshold current [mA]")
+    max_current_ma: float = Field(100.0, gt=0.0, le=4000.0, description="highest current the driver will set [mA]")
+    t0_c: float = Field(25.0, ge=TEC_C[0], le=TEC_C[1], description="temperature at which λ = laser.wavelength_nm [°C]")
+    tuning_nm_per_k: float = Field(0.1, ge=1e-4, le=10.0, description="temperature tuning of λ [nm/K]")
+    temp_min_c: float = Field(15.0, ge=TEC_C[0], le=TEC_C[1], description="lowest TEC set point [°C]")
+    temp_max_c: float = Field(35.0, ge=TEC_C[0], le=TEC_C[1], description="highest TEC set point [°C]")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ThorlabsPRO8000Options:
+        if self.ld_slot == self.tec_slot:
+            raise ValueError(f"ld_slot and tec_slot are both {self.ld_slot}; expected two different slots")
+        if self.max_current_ma <= self.threshold_ma:
+            raise ValueError(f"max_current_ma ({self.max_current_ma:g}) must be above threshold_ma ({self.threshold_ma:g})")
+        if self.temp_min_c >= self.temp_max_c:
+            raise ValueError(f"temp_min_c ({self.temp_min_c:g}) must be below temp_max_c ({self.temp_max_c:g})")
+        return self
+
+    @property
+    def max_power_mw(self) -> float:
+        """Highest average power the L–I line gives within ``max_current_ma`` [mW]."""
+        return self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
 
 
 class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     """LDC + TED modules of a PRO8000 mainframe as a :class:`PulsedLaser`."""
 
     ERROR_QUERY = ":SYST:ERR?"
+    Options = ThorlabsPRO8000Options
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {"rep_rate_hz": (*REP_RATE_HZ, "Hz"), "power_mw": (0.0, options.max_power_mw, "mW")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
-        o = config.options
-        self.ld_slot = int(check_range("options.ld_slot", o.get("ld_slot", 1), 1, 8))
-        self.tec_slot = int(check_range("options.tec_slot", o.get("tec_slot", 2), 1, 8))
-        self.slope_mw_per_ma = check_range("options.slope_mw_per_ma", o.get("slope_mw_per_ma", 0.1), 1e-6, 10.0, "mW/mA")
-        self.threshold_ma = check_range("options.threshold_ma", o.get("threshold_ma", 10.0), 0.0, 1000.0, "mA")
-        self.max_current_ma = check_range("options.max_current_ma", o.get("max_current_ma", 100.0), self.threshold_ma, 4000.0, "mA")
-        self.t0_c = float(o.get("t0_c", 25.0))
-        self.tuning_nm_per_k = check_range("options.tuning_nm_per_k", o.get("tuning_nm_per_k", 0.1), 1e-4, 10.0, "nm/K")
-        self.temp_range_c = (float(o.get("temp_min_c", 15.0)), float(o.get("temp_max_c", 35.0)))
+        o = self.parse_options(name, config)
+        self.ld_slot, self.tec_slot = o.ld_slot, o.tec_slot
+        self.slope_mw_per_ma, self.threshold_ma, self.max_current_ma = o.slope_mw_per_ma, o.threshold_ma, o.max_current_ma
+        self.t0_c, self.tuning_nm_per_k = o.t0_c, o.tuning_nm_per_k
+        self.temp_range_c = (o.temp_min_c, o.temp_max_c)
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
         self._rep_rate = check_range("rep_rate_hz", getattr(config, "rep_rate_hz", 100e6), *REP_RATE_HZ, "Hz")
         super().__init__(name, config, adapter=adapter)

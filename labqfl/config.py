@@ -23,7 +23,7 @@ import math
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,6 +34,20 @@ DEFAULT_STATION_NAME = "default_station.toml"
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DriverOptions(BaseModel):
+    """Base of every driver's typed ``options`` table (one subclass per driver, declared by the driver).
+
+    Unknown keys and wrong types are refused (strict: TOML types are taken as written, so
+    ``baud_rate = "fast"`` or ``channel = 1.5`` never reach a driver). Validated at station load
+    (:func:`parse_station_config`) and again when a driver is built.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+OptionsT = TypeVar("OptionsT", bound=DriverOptions)
 
 
 class InstrumentConfig(_Model):
@@ -231,6 +245,87 @@ class SimulationConfig(_Model):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
 
+# -- options of the simulated roles (``driver = "sim"``) ----------------------------------------
+class SimNoOptions(DriverOptions):
+    """A simulated role that takes no options: any key is refused."""
+
+
+class SimPhaseModulatorOptions(DriverOptions):
+    """Options of a simulated phase modulator (see docs/simulator.md)."""
+
+    bias_setting_rad: float = Field(0.0, description="bias setting of the simulated drive [rad] (calibration writes it)")
+    true_gate_delay_ps: float | None = Field(
+        None, description="sim truth: the AWG delay that actually hits this client's pulse [ps] (default: gate_delay_ps)")
+    gate_tolerance_ps: float = Field(500.0, gt=0, description="a gate further than this from the true delay misses the pulse [ps]")
+    amplitude_vpp: float | None = Field(None, gt=0, description="drive amplitude [Vpp] (default 4·Vπ)")
+
+
+class SimAttenuatorOptions(DriverOptions):
+    """Options of a simulated attenuator."""
+
+    nominal_attenuation_db: float | None = Field(
+        None, ge=0, description="attenuation the decoy levels are referred to [dB] (default min(50 dB, max range))")
+
+
+class SimDetectorOptions(DriverOptions):
+    """Options of a simulated detector."""
+
+    dark_bias_scale: float | None = Field(
+        None, gt=0, description="DCR(b) = DCR0·exp((b − b0)/scale); scale in µA (SNSPD) or V (SPAD), default 1 µA / 0.5 V")
+
+
+class SimPowerMeterOptions(DriverOptions):
+    """Options of a simulated power meter."""
+
+    laser_tap_ratio: float = Field(0.01, gt=0, le=1, description="fraction of the laser power at the monitor tap")
+    noise_rel: float = Field(1e-3, ge=0, description="relative noise of one reading (divided by √averaging)")
+    noise_floor_w: float = Field(1e-12, ge=0, description="absolute noise floor [W]")
+
+
+def sim_options_model(role: str) -> type[DriverOptions]:
+    """The options model of the simulated instrument serving ``role``."""
+    if role.endswith(".phase_modulator"):
+        return SimPhaseModulatorOptions
+    if role.endswith(".attenuator"):
+        return SimAttenuatorOptions
+    if role in ("D0", "D1"):
+        return SimDetectorOptions
+    if role == "power_meter":
+        return SimPowerMeterOptions
+    return SimNoOptions
+
+
+def _strip_value_error(msg: str) -> str:
+    return msg[len("Value error, "):] if msg.startswith("Value error, ") else msg
+
+
+def validate_options(model: type[OptionsT], options: dict[str, Any], *, source: str, field: str, driver: str,
+                     role: str | None = None) -> OptionsT:
+    """Validate one role's ``options`` table against its driver's model.
+
+    Raises :class:`ConfigError` with one line naming the source, the field
+    (``<field>.options.<key>``), the role, the value and what was expected, e.g.
+    ``station.toml: field 'clients.0.phase_modulator.options.chanel' (role C1.phase_modulator):
+    unknown option for Keysight33500B; expected one of: channel, sample_rate_hz; got 2``.
+    """
+    try:
+        return model.model_validate(options)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(p) for p in e["loc"])
+        loc = f"{field}.options" + (f".{key}" if key else "")
+        who = f" (role {role})" if role else ""
+        more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+        if e["type"] == "extra_forbidden":
+            names = list(model.model_fields)
+            expected = f"expected one of: {', '.join(names)}" if names else "it takes no options"
+            raise ConfigError(f"{source}: field '{loc}'{who}: unknown option for {driver}; {expected}; "
+                              f"got {e['input']!r}{more}") from None
+        got = options if not key else e.get("input")
+        raise ConfigError(f"{source}: field '{loc}'{who}: {_strip_value_error(e['msg'])} (option of {driver}); "
+                          f"got {got!r}{more}") from None
+
+
 class StationConfig(_Model):
     """The whole station. Load with :func:`load_station_config`."""
 
@@ -310,6 +405,16 @@ class StationConfig(_Model):
         r["power_meter"] = self.power_meter
         return r
 
+    def role_fields(self) -> dict[str, str]:
+        """Where each role sits in the station file, as a dotted field path (``clients.0.attenuator``)."""
+        r = {"laser": "laser"}
+        for k, c in enumerate(self.clients):
+            r[f"{c.name}.phase_modulator"] = f"clients.{k}.phase_modulator"
+            r[f"{c.name}.attenuator"] = f"clients.{k}.attenuator"
+        r.update({"D0": "detectors.D0", "D1": "detectors.D1", "time_tagger": "time_tagger",
+                  "power_meter": "power_meter"})
+        return r
+
     def role(self, role: str) -> InstrumentConfig:
         roles = self.roles()
         if role not in roles:
@@ -324,9 +429,7 @@ class StationConfig(_Model):
 def _format_validation_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    msg = e["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+    msg = _strip_value_error(e["msg"])
     got = e.get("input")
     got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f"; got {got!r}"
     more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
@@ -336,11 +439,31 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
 
 
 def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> StationConfig:
-    """Validate a station mapping; raise :class:`ConfigError` with one line naming the field."""
+    """Validate a station mapping; raise :class:`ConfigError` with one line naming the field.
+
+    Beyond the models above, every role is checked against its driver's declaration without
+    opening anything: the ``options`` of simulated roles against :func:`sim_options_model`; real
+    roles (driver class, typed options, config values inside the driver's ranges, spectral range
+    against ``laser.wavelength_nm``) by :func:`labqfl.station.validate_driver_roles` — imported
+    only when the station has a real role, so simulated stations never load the driver stack.
+    """
     try:
-        return StationConfig.model_validate(data)
+        cfg = StationConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(source, err)) from None
+    fields = cfg.role_fields()
+    real = False
+    for role, ic in cfg.roles().items():
+        if ic.simulated:
+            validate_options(sim_options_model(role), ic.options, source=source, field=fields[role],
+                             driver="the simulated instrument", role=role)
+        else:
+            real = True
+    if real:
+        from labqfl.station import validate_driver_roles
+
+        validate_driver_roles(cfg, source)
+    return cfg
 
 
 def default_station_text() -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
-from labqfl.config import InstrumentConfig, StationConfig
+from labqfl.config import InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import ConfigError, StationError
 from labqfl.instruments.base import Instrument
 from labqfl.instruments.interfaces import (
@@ -54,6 +54,60 @@ def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:
     raise ConfigError(f"unknown role {role!r}")
 
 
+_INTERFACES: tuple[type[Instrument], ...] = (PulsedLaser, PhaseModulator, VariableAttenuator, IntensityModulator,
+                                              PhotonDetector, TimeTagger, PowerMeter)
+
+
+def _kinds(cls: type) -> str:
+    return "/".join(b.__name__ for b in cls.__mro__ if b in _INTERFACES) or "different instrument"
+
+
+def validate_driver_roles(config: StationConfig, source: str) -> None:
+    """Check every real role of ``config`` against its driver's declaration, opening nothing.
+
+    Called by :func:`labqfl.config.parse_station_config` (so by every station load,
+    ``labqfl station show`` and ``station check``). Per role: the driver class exists and serves
+    the role; its typed ``options`` accept the table (unknown keys and wrong types refused); the
+    role's config values lie inside the driver's ranges (``config_limits``); and a driver that
+    declares a spectral range covers ``laser.wavelength_nm``. The first problem raises
+    :class:`ConfigError` with one line naming the file, the field, the role, the value and what was
+    expected.
+    """
+    from labqfl.drivers import DRIVERS, DriverDeclaration
+
+    fields = config.role_fields()
+    wavelength = config.laser.wavelength_nm
+    for role, ic in config.roles().items():
+        if ic.simulated:
+            continue
+        field = fields[role]
+        cls = DRIVERS.get(ic.driver)
+        if cls is None:
+            raise ConfigError(f"{source}: field '{field}.driver' (role {role}): unknown driver; expected 'sim' or one "
+                              f"of: {', '.join(sorted(DRIVERS))}; got {ic.driver!r}")
+        want = expected_interfaces(role)
+        if not issubclass(cls, want):
+            raise ConfigError(f"{source}: field '{field}.driver' (role {role}): {ic.driver} is a {_kinds(cls)} driver; "
+                              f"expected a {' or '.join(w.__name__ for w in want)} driver or 'sim'; got {ic.driver!r}")
+        decl = cast(type[DriverDeclaration], cls)
+        opts = validate_options(decl.Options, ic.options, source=source, field=field, driver=ic.driver, role=role)
+        band = decl.SPECTRAL_RANGE_NM
+        if band is not None and not band[0] <= wavelength <= band[1]:
+            raise ConfigError(f"{source}: field '{field}.driver' (role {role}): {ic.driver} works from {band[0]:g} to "
+                              f"{band[1]:g} nm, which excludes the laser wavelength {wavelength:g} nm "
+                              f"(laser.wavelength_nm); expected a driver for {wavelength:g} nm or 'sim'; got {ic.driver!r}")
+        for name, (lo, hi, unit) in decl.config_limits(opts).items():
+            value = getattr(ic, name)
+            items = value.items() if isinstance(value, dict) else [("", value)]
+            for key, v in items:
+                if not lo <= v <= hi:
+                    u = f" {unit}" if unit else ""
+                    raise ConfigError(f"{source}: field '{field}.{name}{'.' + key if key else ''}' (role {role}): "
+                                      f"outside what {ic.driver} can set; expected {lo:g} to {hi:g}{u}; got {v!r}")
+
+
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -74,7 +128,8 @@ class Station:
         self.instruments: dict[str, Instrument] = {}
         self.failures: dict[str, str] = {}
         self._closed = False
-        self._check_duplicate_resources()
+        self._skip: set[str] = set()
+        self._check_duplicate_resources(tolerant)
         try:
             self._open_all(tolerant)
         except BaseException:
@@ -87,17 +142,21 @@ class Station:
         return cls(config, base_dir=base_dir, tolerant=tolerant)
 
     # -- building -------------------------------------------------------------------------------
-    def _check_duplicate_resources(self) -> None:
+    def _check_duplicate_resources(self, tolerant: bool) -> None:
+        """Refuse two roles on one resource; ``tolerant``: record the later role as failed instead."""
         seen: dict[tuple[str, str], str] = {}
         for role, ic in self.config.roles().items():
             if ic.simulated or not ic.resource:
                 continue
             key = (ic.visa_library or "", ic.resource.strip().upper())
             if key in seen:
-                raise StationError(
-                    f"roles {seen[key]!r} and {role!r} both use resource {ic.resource!r}"
-                    f"{' via ' + ic.visa_library if ic.visa_library else ''}; give each role its own instrument"
-                )
+                msg = (f"roles {seen[key]!r} and {role!r} both use resource {ic.resource!r}"
+                       f"{' via ' + ic.visa_library if ic.visa_library else ''}; give each role its own instrument")
+                if not tolerant:
+                    raise StationError(msg)
+                self.failures[role] = msg
+                self._skip.add(role)
+                continue
             seen[key] = role
 
     def _open_all(self, tolerant: bool) -> None:
@@ -125,6 +184,8 @@ class Station:
                     self.failures[r] = _one_line(exc)
         # keep the config's role order (close() goes in reverse)
         for role, ic in roles.items():
+            if role in self._skip:
+                continue
             if ic.simulated:
                 if role in opened:
                     self._add(role, opened[role])
@@ -159,9 +220,7 @@ class Station:
         cls = get_driver(ic.driver)
         want = expected_interfaces(role)
         if not issubclass(cls, want):
-            kinds = [b.__name__ for b in cls.__mro__ if b in (PulsedLaser, PhaseModulator, VariableAttenuator, IntensityModulator,
-                                                              PhotonDetector, TimeTagger, PowerMeter)]
-            raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {'/'.join(kinds) or 'different instrument'}; "
+            raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {_kinds(cls)}; "
                               f"expected a {' or '.join(w.__name__ for w in want)} driver")
         resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, self.base_dir) or None})
         return cls(role, resolved)  # type: ignore[call-arg]
@@ -305,4 +364,4 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "expected_interfaces"]
+__all__ = ["Station", "expected_interfaces", "validate_driver_roles"]

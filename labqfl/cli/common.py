@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -95,7 +96,7 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = No
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print one clear error line and return the Exit to raise: ``raise fail("...")``."""
-    console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # text, not markup
     return typer.Exit(code)
 
 

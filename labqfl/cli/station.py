@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
-from labqfl.config import load_station_config, station_to_toml_dict
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, print_json
+from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
+from labqfl.errors import LabqflError
 
 station_app = typer.Typer(help="Inspect and check the station (instruments by role).", no_args_is_help=True)
+
+#: Columns of the ``station show`` tables as (label, unit); "" = dimensionless or not a quantity.
+CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("client", ""), ("seed", ""), ("intensities", "photons/pulse"), ("probabilities", ""), ("P(X basis)", ""),
+    ("Vπ", "V"))
+DETECTOR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("detector", ""), ("kind", ""), ("efficiency", ""), ("dark counts", "Hz"), ("dead time", "ns"),
+    ("afterpulse", ""), ("jitter", "ps"))
+
+
+def column_header(label: str, unit: str) -> str:
+    """``label [unit]`` as plain text (the caller wraps it in :class:`rich.text.Text`, never markup:
+    rich would take a lower-case ``[ns]`` for a style tag and drop it)."""
+    return f"{label} [{unit}]" if unit else label
+
+
+def _table(columns: tuple[tuple[str, str], ...], **kwargs: Any) -> Table:
+    return Table(*(Column(header=Text(column_header(label, unit))) for label, unit in columns), **kwargs)
 
 
 @station_app.command("show")
@@ -23,26 +44,26 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
             "pairs": [list(p) for p in cfg.pairs()]}
 
     def render(con):  # type: ignore[no-untyped-def]
-        con.print(f"[bold]{cfg.name}[/] — {cfg.description or 'no description'}  ({data['source']})")
+        con.print(Text(f"{cfg.name} — {cfg.description or 'no description'}  ({data['source']})", style="bold"))
         t = Table("role", "driver", "resource", title="instruments by role")
         for r, ic in cfg.roles().items():
-            t.add_row(r, ic.driver, ic.resource or "—")
+            t.add_row(Text(r), Text(ic.driver), Text(ic.resource or "—"))
         con.print(t)
         L = cfg.loop
-        con.print(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm; "
-                  f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}")
-        t = Table("client", "seed", "intensities [photons/pulse]", "probabilities", "P(X basis)", "Vπ [V]")
+        con.print(Text(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm; "
+                       f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}"))
+        t = _table(CLIENT_COLUMNS)
         for c in cfg.clients:
-            t.add_row(c.name, str(c.seed), str(c.intensities), str(c.intensity_probs), f"{c.basis_x_prob:g}",
-                      f"{c.phase_modulator.v_pi_v:g}")
+            t.add_row(c.name, str(c.seed), Text(str(c.intensities)), Text(str(c.intensity_probs)),
+                      f"{c.basis_x_prob:g}", f"{c.phase_modulator.v_pi_v:g}")
         con.print(t)
-        t = Table("detector", "kind", "efficiency", "dark counts [Hz]", "dead time [ns]", "afterpulse", "jitter [ps]")
+        t = _table(DETECTOR_COLUMNS)
         for n, d in cfg.detectors.items():
             t.add_row(n, d.kind, f"{d.efficiency:g}", f"{d.dark_count_rate_hz:g}", f"{d.dead_time_ns:g}",
                       f"{d.afterpulse_prob:g}", f"{d.jitter_ps:g}")
         con.print(t)
-        con.print(f"pairs (time-division, {cfg.schedule.slots_per_frame} slots per frame): "
-                  + ", ".join(f"{a}-{b}" for a, b in cfg.pairs()))
+        con.print(Text(f"pairs (time-division, {cfg.schedule.slots_per_frame} slots per frame): "
+                       + ", ".join(f"{a}-{b}" for a, b in cfg.pairs())))
 
     emit(data, as_json, render)
 
@@ -50,23 +71,34 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
 @station_app.command("check")
 @handle_errors
 def check(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Open every instrument, report identity and status per role; exit 1 naming failed roles."""
+    """Open every instrument, report identity and status per role; exit 1 naming failed roles.
+
+    With ``--json`` a JSON document is always printed on stdout, also when the check fails: a
+    station file that does not load gives ``{"station": null, "ok": false, "error": ..., "roles": {}}``.
+    """
     from labqfl.station import Station
 
-    cfg = load_station_config(config)
-    base_dir = config.resolve().parent if config else None
-    station = Station.open(cfg, base_dir=base_dir, tolerant=True)
+    cfg: StationConfig | None = None
     try:
-        report = station.check()
-    finally:
-        station.close()
+        cfg = load_station_config(config)
+        base_dir = config.resolve().parent if config else None
+        station = Station.open(cfg, base_dir=base_dir, tolerant=True)
+        try:
+            report = station.check()
+        finally:
+            station.close()
+    except LabqflError as exc:
+        if as_json:
+            print_json({"station": cfg.name if cfg else None, "ok": False, "error": str(exc), "roles": {}})
+        raise
 
     def render(con):  # type: ignore[no-untyped-def]
-        con.print(f"[bold]{report['station']}[/] ({'embedded default' if config is None else config})")
+        con.print(Text(f"{report['station']} ({'embedded default' if config is None else config})", style="bold"))
         t = Table("role", "driver", "resource", "ok", "identity / error", title="station check")
         for role, r in report["roles"].items():
-            t.add_row(role, r["driver"], r["resource"] or "—", "[green]ok[/]" if r["ok"] else "[red]FAILED[/]",
-                      r["identity"] if r["ok"] else r.get("error", ""))
+            t.add_row(Text(role), Text(r["driver"]), Text(r["resource"] or "—"),
+                      Text("ok", style="green") if r["ok"] else Text("FAILED", style="red"),
+                      Text(str(r["identity"] if r["ok"] else r.get("error", ""))))
         con.print(t)
 
     emit(report, as_json, render)

@@ -28,8 +28,10 @@ def fake_timetagger_sdk(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-unt
 
 
 @pytest.fixture
-def all_real_station_file(tmp_path: Path) -> Path:
-    """The example station with the time tagger switched to the Swabian driver (fake SDK)."""
+def real_drivers_station_file(tmp_path: Path) -> Path:
+    """The example station with the time tagger switched to the Swabian driver (fake SDK): every role
+    on a real driver class except the two detectors, simulated because labqfl has no 1550 nm detector
+    driver (see the example's comment)."""
     text = EXAMPLE.read_text(encoding="utf-8")
     text = text.replace('[time_tagger]\ndriver = "sim"', '[time_tagger]\ndriver = "SwabianTimeTagger"\noptions = { serial = "X" }\n#')
     p = tmp_path / "station_all_real.toml"

@@ -27,13 +27,13 @@ def _assert_shape(data: dict) -> None:  # type: ignore[type-arg]
         assert ("status" in r) if r["ok"] else ("error" in r)
 
 
-def test_station_check_all_real_example_json(all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    res = _check("--config", str(all_real_station_file), "--json")
+def test_station_check_all_real_example_json(real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    res = _check("--config", str(real_drivers_station_file), "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     _assert_shape(data)
-    assert data["ok"] and data["roles"]["D0"]["identity"].startswith("ID Quantique,ID120")
-    assert data["roles"]["time_tagger"]["driver"] == "SwabianTimeTagger"
+    assert data["ok"] and data["roles"]["laser"]["identity"].startswith("PROFILE,PRO8000")
+    assert data["roles"]["time_tagger"]["driver"] == "SwabianTimeTagger" and data["roles"]["D0"]["driver"] == "sim"
 
 
 def test_station_check_failure_names_roles(tmp_path: Path) -> None:
@@ -51,11 +51,11 @@ def test_station_check_failure_names_roles(tmp_path: Path) -> None:
     assert len(err_lines) == 1 and "C3.attenuator" in err_lines[0]
 
 
-def test_station_check_human_output_and_show_still_works(all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    res = _check("--config", str(all_real_station_file))
+def test_station_check_human_output_and_show_still_works(real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    res = _check("--config", str(real_drivers_station_file))
     assert res.exit_code == 0 and "station check" in res.stderr and res.stdout == ""
     res = CliRunner().invoke(app, ["station", "show", "--config", str(EXAMPLE), "--json"])
-    assert res.exit_code == 0 and json.loads(res.stdout)["roles"]["D0"]["driver"] == "IDQuantiqueID120"
+    assert res.exit_code == 0 and json.loads(res.stdout)["roles"]["laser"]["driver"] == "ThorlabsPRO8000"
 
 
 def test_station_check_default_simulated_station() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from labqfl.config import load_station_config
+from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import ConfigError, StationError
 from labqfl.instruments import (
     PhaseModulator,
@@ -24,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
 
 
-def test_station_all_real_drivers(all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    cfg = load_station_config(all_real_station_file)
-    with Station.open(cfg, base_dir=all_real_station_file.parent) as st:
+def test_station_all_real_drivers(real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_station_config(real_drivers_station_file)
+    with Station.open(cfg, base_dir=real_drivers_station_file.parent) as st:
         assert st.roles == list(cfg.roles())
         assert isinstance(st.laser, PulsedLaser) and isinstance(st.power_meter, PowerMeter)
         assert isinstance(st.phase_modulator("C2"), PhaseModulator)
@@ -51,8 +52,8 @@ def test_station_all_real_drivers(all_real_station_file: Path, fake_timetagger_s
     st.close()  # idempotent
 
 
-def test_station_closes_in_reverse_order(all_real_station_file: Path, fake_timetagger_sdk, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    st = Station(load_station_config(all_real_station_file))
+def test_station_closes_in_reverse_order(real_drivers_station_file: Path, fake_timetagger_sdk, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    st = Station(load_station_config(real_drivers_station_file))
     order: list[str] = []
     for role, inst in st.instruments.items():
         orig = inst.close
@@ -62,18 +63,32 @@ def test_station_closes_in_reverse_order(all_real_station_file: Path, fake_timet
 
 
 def test_station_refuses_two_roles_on_one_resource(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('resource = "ASRL2::INSTR"', 'resource = "ASRL1::INSTR"')
+    text = EXAMPLE.read_text(encoding="utf-8").replace('resource = "TCPIP0::10.0.0.22::inst0::INSTR"',
+                                                      'resource = "TCPIP0::10.0.0.21::inst0::INSTR"')
     p = tmp_path / "dup.toml"
     p.write_text(text, encoding="utf-8")
-    with pytest.raises(StationError, match="roles 'D0' and 'D1' both use resource 'ASRL1::INSTR'"):
+    with pytest.raises(StationError, match="roles 'C1.attenuator' and 'C2.attenuator' both use resource "
+                                           "'TCPIP0::10.0.0.21::inst0::INSTR'"):
         Station(load_station_config(p))
-
-
-def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    base = all_real_station_file.read_text(encoding="utf-8")
-    p = tmp_path / "bad.toml"
-    p.write_text(base.replace('driver = "ThorlabsPRO8000"', 'driver = "ThorlabsPM100USB"', 1), encoding="utf-8")
+    # tolerant (station check): the second role is reported failed, the first one still opens
     st = Station(load_station_config(p), tolerant=True)
+    try:
+        assert "C1.attenuator" in st and "both use resource" in st.failures["C2.attenuator"]
+    finally:
+        st.close()
+
+
+def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    base = real_drivers_station_file.read_text(encoding="utf-8")
+    p = tmp_path / "bad.toml"
+    # refused when the file loads, before any instrument is opened
+    p.write_text(base.replace('driver = "ThorlabsPRO8000"', 'driver = "ThorlabsPM100USB"', 1), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"field 'laser\.driver' \(role laser\): ThorlabsPM100USB is a PowerMeter "
+                                          r"driver; expected a PulsedLaser driver"):
+        load_station_config(p)
+    # a config built without the load-time checks is still refused by the Station, per role
+    cfg = StationConfig.model_validate(tomllib.loads(p.read_text(encoding="utf-8")))
+    st = Station(cfg, tolerant=True)
     try:
         assert "expected a PulsedLaser driver" in st.failures["laser"]
         with pytest.raises(StationError, match="role 'laser' is not available"):
@@ -81,19 +96,21 @@ def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, all_real_s
     finally:
         st.close()
     p.write_text(base.replace('driver = "KeysightN7764A"', 'driver = "AcmeVOA9000"', 1), encoding="utf-8")
-    with pytest.raises(StationError, match=r"role 'C1.attenuator'.*unknown driver 'AcmeVOA9000'"):
-        Station(load_station_config(p))
+    with pytest.raises(ConfigError, match=r"field 'clients\.0\.attenuator\.driver' \(role C1.attenuator\): unknown "
+                                          r"driver; expected 'sim' or one of: .*KeysightN7764A.*; got 'AcmeVOA9000'"):
+        load_station_config(p)
 
 
-def test_station_failure_closes_opened_roles(tmp_path: Path, all_real_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    text = all_real_station_file.read_text(encoding="utf-8").replace('resource = "ASRL2::INSTR"', 'resource = "ASRL7::INSTR"')
+def test_station_failure_closes_opened_roles(tmp_path: Path, real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
+    text = real_drivers_station_file.read_text(encoding="utf-8").replace('resource = "TCPIP0::10.0.0.24::inst0::INSTR"',
+                                                                         'resource = "TCPIP0::10.0.0.99::inst0::INSTR"')
     p = tmp_path / "missing.toml"
     p.write_text(text, encoding="utf-8")
-    with pytest.raises(StationError, match=r"role 'D1'.*ASRL7::INSTR"):
+    with pytest.raises(StationError, match=r"role 'C4.attenuator'.*10\.0\.0\.99"):
         Station(load_station_config(p))
-    # everything opened before D1 was released again: the same resources open fine now
+    # everything opened before C4.attenuator was released again: the same resources open fine now
     st = Station(load_station_config(p), tolerant=True)
-    assert "D0" in st and "D1" in st.failures
+    assert "C3.attenuator" in st and "C4.attenuator" in st.failures
     st.close()
 
 
