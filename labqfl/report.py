@@ -124,14 +124,21 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
     return plots
 
 
+#: Text of a cell whose value the metrics hold as null (e.g. no block reached estimation).
+NOT_AVAILABLE = "n/a"
+
+
 def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
+    """HTML table; a null or missing value shows as :data:`NOT_AVAILABLE`, never as an empty cell."""
     head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
     body = ""
     for r in rows:
         cells = []
         for k, _ in cols:
-            v = r.get(k, "")
-            if isinstance(v, float):
+            v = r.get(k)
+            if v is None or v == "":
+                v = NOT_AVAILABLE
+            elif isinstance(v, float):
                 v = f"{v:.4g}"
             cells.append(f"<td>{html.escape(str(v))}</td>")
         body += "<tr>" + "".join(cells) + "</tr>"
@@ -154,7 +161,7 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
         rows = [{"pair": p, **v} for p, v in sorted(dist.items())]
         parts.append("<h2>Key distillation</h2>")
         parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted bits"), ("qber_x", "QBER X"),
-                                   ("phase_error_upper", "phase-error bound"), ("leaked_bits", "leaked (EC)"),
+                                   ("phase_error_bound", "phase-error bound"), ("leaked_ec_bits", "leaked (EC)"),
                                    ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
                                    ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
     train = m.get("train") or {}
