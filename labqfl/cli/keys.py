@@ -1,4 +1,4 @@
-"""``labqfl keys status|serve|certs|export|import|preshare``: the node key stores, ETSI 014 delivery,
+"""``labqfl keys status|serve|certs|ticket|export|import|preshare``: the node key stores, ETSI 014 delivery,
 pre-shared authentication secrets."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from rich.table import Table
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
 from labqfl.errors import KeyStoreError
 
-keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import, "
+keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import "
+                            "(bound by import tickets), "
                             "pre-shared authentication secrets.",
                        no_args_is_help=True)
 
@@ -36,14 +37,17 @@ def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
 @handle_errors
 def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to show (default: every store)."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Key accounting per node and pair: available, reserved, consumed (bits, by purpose)."""
+    """Key accounting per node and pair: available, reserved, consumed (bits, by purpose); the
+    store's ID (for export binding), its exports, and whether overwritten key material is still
+    waiting for a WAL checkpoint (a reader holds an old snapshot)."""
     from labqfl.keystore import KeyStore, default_data_dir
 
     ddir = data_dir or default_data_dir()
     data: dict[str, object] = {"data_dir": str(ddir), "nodes": {}}
     for n in _nodes_or_all(node, data_dir):
         with KeyStore.for_node(n, ddir) as st:
-            data["nodes"][n] = {"store": str(st.path), "pairs": st.accounting()}  # type: ignore[index]
+            data["nodes"][n] = {"store": str(st.path), "store_id": st.store_id,  # type: ignore[index]
+                                "pairs": st.accounting(), "exports": st.exports(), "scrub": st.scrub()}
 
     def render(con):  # type: ignore[no-untyped-def]
         con.print(f"key stores under {ddir}")
@@ -59,6 +63,11 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
                 t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
                           fmt(a["exported"]), str(a["added"]))
         con.print(t)
+        for n, info in data["nodes"].items():  # type: ignore[attr-defined]
+            sc = info["scrub"]
+            state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
+                     f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
+            con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
 
     emit(data, as_json, render)
 
@@ -146,40 +155,58 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     server.run(sockets=[sock])
 
 
+@keys_app.command("ticket")
+@handle_errors
+def ticket(node: str = typer.Option(..., "--node", "-n", help="Target node: the store that will import."),
+           out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="Ticket file to create (never overwritten)."),
+           data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Issue a one-time import ticket from a node's store (created if missing), for `keys export --ticket`."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.transfer import write_ticket
+
+    with KeyStore.for_node(node, data_dir) as st:
+        summary = write_ticket(st, out)
+    emit(summary, as_json, lambda con: con.print(
+        f"wrote import ticket {summary['ticket_id']} for node {node} (store {summary['target_store']}) to {out}. "
+        "It holds a secret: carry it to the exporting machine over a trusted channel; it is good for one export."))
+
+
 @keys_app.command("export")
 @handle_errors
 def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store gives up the bits."),
            pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2."),
+           ticket_file: Path = typer.Option(..., "--ticket", "-t", exists=True, dir_okay=False,
+                                            help="Import ticket from the target store (`labqfl keys ticket`)."),
            out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="Export file to create (never overwritten)."),
            bits: int | None = typer.Option(None, "--bits", help="Number of bits (default: every free bit)."),
            purpose: str | None = typer.Option(None, "--purpose", help="Only this pool (auth, fl, etsi, general)."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Move free key bits of a pair out of a node's store into an integrity-checked file."""
+    """Move free key bits of a pair out of a node's store into an authenticated file bound to the ticket's store."""
     from labqfl.keystore import KeyStore
-    from labqfl.keystore.transfer import export_keys
+    from labqfl.keystore.transfer import export_keys, read_ticket
 
+    tk = read_ticket(ticket_file)
     _nodes_or_all([node], data_dir)
     with KeyStore.for_node(node, data_dir) as st:
-        summary = export_keys(st, pair, out, nbits=bits, purpose=purpose)
+        summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=purpose)
     emit(summary, as_json, lambda con: con.print(
-        f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}); "
-        "they are no longer in the source store. The file is key material in clear: move it securely, "
-        "import it once, then delete it."))
+        f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}), "
+        f"importable only by node {summary['target_node']}, store {summary['target_store']}; they are no longer in "
+        "the source store. The file is key material in clear: move it securely, import it, then delete it."))
 
 
 @keys_app.command("import")
 @handle_errors
 def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Export file."),
-            node: str | None = typer.Option(None, "--node", "-n", help="Target node (default: the file's source node)."),
+            node: str | None = typer.Option(None, "--node", "-n", help="Target node (default: the file's target node)."),
             data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Verify an export file and add its bits to a node's store (each export once per store)."""
+    """Add an export file's bits to the store it is bound to (once; any other store refuses it)."""
     from labqfl.keystore import KeyStore
     from labqfl.keystore.transfer import import_keys, read_export
 
     header, _ = read_export(file)
-    target = node or header["source_node"]
-    if not target:
-        raise fail(f"{file} names no source node; give --node")
+    target = node or header["target_node"]
+    _nodes_or_all([target], data_dir)  # an existing store only: a new one could never be the bound target
     with KeyStore.for_node(target, data_dir) as st:
         summary = import_keys(st, file)
     emit(summary, as_json, lambda con: con.print(

@@ -8,7 +8,9 @@ from labqfl.keystore.store import (
     GENERAL,
     PURPOSES,
     SCHEMA_VERSION,
+    ExportBinding,
     ExportedSegment,
+    ImportTicket,
     KeyStore,
     default_data_dir,
     list_node_stores,
@@ -17,7 +19,7 @@ from labqfl.keystore.store import (
 )
 
 __all__ = [
-    "APPLICATION_ID", "DATA_DIR_ENV", "GENERAL", "PURPOSES", "SCHEMA_VERSION", "ExportedSegment", "KeyMaterial",
-    "KeyStore", "Ref", "default_data_dir", "list_node_stores", "node_store_path", "normalize_refs",
+    "APPLICATION_ID", "DATA_DIR_ENV", "GENERAL", "PURPOSES", "SCHEMA_VERSION", "ExportBinding", "ExportedSegment",
+    "ImportTicket", "KeyMaterial", "KeyStore", "Ref", "default_data_dir", "list_node_stores", "node_store_path", "normalize_refs",
     "open_node_stores", "refs_nbits",
 ]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import sqlite3
 import stat
 import threading
@@ -62,7 +63,7 @@ GENERAL = "general"
 
 #: SQLite ``application_id`` of a labqfl key store: ASCII "LQKS".
 APPLICATION_ID = 0x4C514B53
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 FORMAT_NAME = "labqfl-keystore"
 DATA_DIR_ENV = "LABQFL_DATA_DIR"
 
@@ -106,6 +107,36 @@ CREATE TABLE deliveries (
 );
 CREATE TABLE imports (export_id TEXT PRIMARY KEY, imported TEXT NOT NULL, nbits INTEGER NOT NULL);
 """
+
+#: Schema migrations: ``_MIGRATIONS[v]`` turns a version-``v`` store into version ``v + 1``.  A new
+#: store is created at version 1 (``_SCHEMA``) and migrated in the same transaction, so new and
+#: migrated stores have the same layout.  Version 2 (issue 19, item 3): a store identity
+#: (``meta.store_id``, a random UUID), the exports this store made (``exports``) and the import
+#: tickets it issued (``import_tickets``), and the binding of every import (``imports``).
+_MIGRATIONS: dict[int, str] = {
+    1: """
+ALTER TABLE imports ADD COLUMN source_node TEXT NOT NULL DEFAULT '';
+ALTER TABLE imports ADD COLUMN source_store TEXT NOT NULL DEFAULT '';
+ALTER TABLE imports ADD COLUMN ticket_id TEXT;
+CREATE TABLE exports (
+  export_id TEXT PRIMARY KEY,
+  pair TEXT NOT NULL,
+  nbits INTEGER NOT NULL,
+  refs TEXT NOT NULL,
+  target_node TEXT NOT NULL,
+  target_store TEXT NOT NULL,
+  ticket_id TEXT NOT NULL UNIQUE,
+  created TEXT NOT NULL
+);
+CREATE TABLE import_tickets (
+  ticket_id TEXT PRIMARY KEY,
+  secret BLOB,
+  created TEXT NOT NULL,
+  used TEXT,
+  export_id TEXT
+);
+""",
+}
 
 
 def default_data_dir() -> Path:
@@ -212,6 +243,35 @@ class ExportedSegment:
         raise TypeError("exported key segments cannot be pickled")
 
 
+@dataclass(frozen=True)
+class ImportTicket:
+    """Permission, issued by a target store, to import one export file (:meth:`KeyStore.issue_import_ticket`).
+
+    Names the target node and store (``target_store``: its ``meta.store_id``) and carries a
+    one-time 256-bit ``secret`` that authenticates the export file made with it (HMAC-SHA-256, see
+    :mod:`labqfl.keystore.transfer`).  The secret is shown by no ``repr`` and refuses pickling."""
+
+    ticket_id: str
+    target_node: str
+    target_store: str
+    secret: bytes = field(repr=False)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("import tickets cannot be pickled")
+
+
+@dataclass(frozen=True)
+class ExportBinding:
+    """Who made an export and the one store that may import it (fields of the export file)."""
+
+    export_id: str
+    source_node: str
+    source_store: str
+    target_node: str
+    target_store: str
+    ticket_id: str
+
+
 class KeyStore:
     """The key store of one node (see the module docstring for the model).
 
@@ -226,14 +286,17 @@ class KeyStore:
         self.path = Path(path).expanduser()
         self._requested_node = check_node_name(node) if node is not None else None
         self.node: str | None = None
+        self.store_id = ""
         self._create = create
         self._busy_ms = int(busy_timeout_s * 1000)
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._abandoned: list[sqlite3.Connection] = []
+        self._scrub_init()
         with self._lock:
             self._connection()
+        self._scrub()  # finish what a process that died with a pending checkpoint left behind
 
     @classmethod
     def for_node(cls, node: str, data_dir: Path | None = None) -> KeyStore:
@@ -252,8 +315,10 @@ class KeyStore:
             # Inherited across fork: never use or close it here (SQLite forbids both).
             self._abandoned.append(self._conn)
             self._conn = None
+            self._scrub_init()  # the parent's retry thread does not exist here; its lock may be held
         self._conn = self._open()
         self._pid = os.getpid()
+        self._retry_stop.clear()  # reopened after close(): retries may run again
         return self._conn
 
     def _open(self) -> sqlite3.Connection:
@@ -316,9 +381,10 @@ class KeyStore:
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         conn.execute(stmt)
-                meta = {"format": FORMAT_NAME, "schema_version": str(SCHEMA_VERSION), "created": _now(),
+                meta = {"format": FORMAT_NAME, "schema_version": "1", "created": _now(),
                         "node": self._requested_node or ""}
                 conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+                self._migrate(conn, 1)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("COMMIT")
         except BaseException:
@@ -334,8 +400,12 @@ class KeyStore:
         if meta.get("format") != FORMAT_NAME:
             raise self._fail(f"meta format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
         version = meta.get("schema_version")
+        known = [str(v) for v in range(1, SCHEMA_VERSION + 1)]
+        if version not in known:
+            raise self._fail(f"schema version {version!r}; this labqfl reads versions {', '.join(known)}")
         if version != str(SCHEMA_VERSION):
-            raise self._fail(f"schema version {version!r}; this labqfl reads version {SCHEMA_VERSION}")
+            self._upgrade(conn)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         check = conn.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
             raise self._fail(f"integrity check failed: {'; '.join(str(r[0]) for r in check[:3])}")
@@ -345,14 +415,47 @@ class KeyStore:
         if self._requested_node and not stored_node:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'node'", (self._requested_node,))
         self.node = self._requested_node or stored_node
+        self.store_id = str(meta["store_id"])
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        """Migrate an older store to :data:`SCHEMA_VERSION` in one transaction (all or nothing;
+        existing blocks, segments and deliveries are kept as they are)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+            if version < SCHEMA_VERSION:  # not migrated by another process meanwhile
+                self._migrate(conn, version)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("key store %s: schema migrated from version %d to %d", self.path, version, SCHEMA_VERSION)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        """Apply ``_MIGRATIONS[version:]`` inside the caller's write transaction."""
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in _MIGRATIONS[v].strip().split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            if v == 1:
+                conn.execute("INSERT INTO meta (key, value) VALUES ('store_id', ?)", (str(uuid.uuid4()),))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        """Stop the checkpoint retry, make a last non-blocking checkpoint and close.  If a reader
+        still holds an old snapshot, the overwritten material stays in the files until the next
+        open of this store, or until SQLite's own checkpoint when the last connection closes; a
+        warning says so."""
+        self._stop_retry()
         with self._lock:
             if self._conn is not None and self._pid == os.getpid():
-                try:
-                    self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.Error:
-                    pass
+                res = self._checkpoint(self._conn)
+                self._note_scrub(res, retry=False)
+                if not res["done"]:
+                    log.warning("key store %s closed with its WAL checkpoint pending (a reader holds an old "
+                                "snapshot); overwritten key material stays in the database files until the store "
+                                "is opened again", self.path)
                 self._conn.close()
             self._conn = None
 
@@ -406,13 +509,131 @@ class KeyStore:
             finally:
                 conn.execute("COMMIT")
 
-    def _scrub(self) -> None:
-        """Checkpoint and truncate the WAL so overwritten material leaves the -wal file too."""
-        with self._lock:
+    # ------------------------------------------------------------------ scrubbing (WAL checkpoints)
+    #
+    # Overwriting consumed bits writes the zeroed page to the WAL; the old page stays in the main
+    # database file, and older frames holding the material stay in the WAL, until a checkpoint
+    # copies the WAL back ("backfill") and truncates it.  A checkpoint cannot backfill frames newer
+    # than the snapshot of any open read transaction, nor reset the WAL while one is open
+    # (https://www.sqlite.org/wal.html, "Checkpoint starvation"; https://www.sqlite.org/c3ref/
+    # wal_checkpoint_v2.html: TRUNCATE with a busy handler that gives up "proceeds ... in the same
+    # way as SQLITE_CHECKPOINT_PASSIVE" and returns SQLITE_BUSY).  So after every call that
+    # overwrites material the store attempts ``wal_checkpoint(TRUNCATE)`` with the busy timeout
+    # set to 0 (never waiting while it holds the store lock) and reads the PRAGMA's result row
+    # ``(busy, log, checkpointed)``.  If it did not finish, a daemon thread retries on its own
+    # connection (20 ms, doubling to at most 1 s) until it does, and every later write, open and
+    # close retries too.  Guarantee: once no reader holds a snapshot older than the overwrite, the
+    # zeroed pages are in the main file and the WAL is empty within one retry interval (≤ 1 s)
+    # while the store is open, and at the latest at its next open otherwise.
+
+    _RETRY_FIRST_S = 0.02
+    _RETRY_MAX_S = 1.0
+
+    def _scrub_init(self) -> None:
+        self._scrub_cond = threading.Condition(threading.Lock())
+        self._scrub_pending = False
+        self._scrub_gen = 0  # bumped by every recorded attempt; a retry applies only its own
+        self._scrub_last: dict[str, Any] = {}
+        self._retry_stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> dict[str, Any]:
+        """One non-blocking ``wal_checkpoint(TRUNCATE)`` on ``conn``: ``{"done", "busy",
+        "wal_frames", "checkpointed"}``; ``done`` when the WAL was fully copied and truncated."""
+        row: tuple[int, int, int] | None = None
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
             try:
-                self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.Error as exc:  # a concurrent reader; the next consuming call retries
-                log.debug("WAL checkpoint deferred on %s: %s", self.path, exc)
+                row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        except sqlite3.Error as exc:  # e.g. "database table is locked": treat as busy, retry later
+            log.debug("WAL checkpoint of %s failed: %s", self.path, exc)
+        busy, frames, done_frames = (1, -1, -1) if row is None else (int(row[0]), int(row[1]), int(row[2]))
+        return {"done": busy == 0, "busy": busy, "wal_frames": frames, "checkpointed": done_frames}
+
+    def _note_scrub(self, res: dict[str, Any], *, retry: bool = True) -> None:
+        """Record an attempt made by a write, open or close; start the retry thread if it did not
+        finish (``retry``) and none is running."""
+        with self._scrub_cond:
+            self._scrub_gen += 1
+            self._apply_scrub(res)
+            if not res["done"] and retry and self._retry_thread is None and not self._retry_stop.is_set():
+                self._retry_thread = threading.Thread(target=self._retry_loop, daemon=True,
+                                                      name=f"keystore-scrub-{self.path.name}")
+                self._retry_thread.start()
+
+    def _apply_scrub(self, res: dict[str, Any]) -> None:  # caller holds _scrub_cond
+        self._scrub_last = {**res, "at": _now()}
+        self._scrub_pending = not res["done"]
+        if res["done"]:
+            self._scrub_cond.notify_all()
+
+    def _retry_loop(self) -> None:
+        delay = self._RETRY_FIRST_S
+        while True:
+            stopped = self._retry_stop.wait(delay)
+            with self._scrub_cond:
+                if stopped or not self._scrub_pending:
+                    self._retry_thread = None
+                    return
+                gen = self._scrub_gen
+            try:
+                conn = sqlite3.connect(str(self.path), timeout=0, isolation_level=None, check_same_thread=False)
+                try:
+                    res = self._checkpoint(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as exc:
+                log.debug("WAL checkpoint retry cannot open %s: %s", self.path, exc)
+                res = {"done": False, "busy": 1, "wal_frames": -1, "checkpointed": -1}
+            with self._scrub_cond:
+                if gen == self._scrub_gen:  # no write recorded a newer state meanwhile
+                    self._apply_scrub(res)
+                    if res["done"]:
+                        log.debug("key store %s: deferred WAL checkpoint done", self.path.name)
+                        self._retry_thread = None
+                        return
+            delay = min(2 * delay, self._RETRY_MAX_S)
+
+    def _stop_retry(self) -> None:
+        with self._scrub_cond:
+            self._retry_stop.set()
+            t = self._retry_thread
+        if t is not None and t is not threading.current_thread():
+            t.join()
+
+    def _scrub(self) -> bool:
+        """Checkpoint and truncate the WAL without waiting (see above); True when done, else the
+        retry thread finishes it once the readers holding old snapshots have left."""
+        with self._lock:
+            res = self._checkpoint(self._connection())
+        self._note_scrub(res)
+        if not res["done"]:
+            log.debug("key store %s: WAL checkpoint deferred (a reader holds an old snapshot: %d of %d frames "
+                      "copied); retrying in the background", self.path.name, res["checkpointed"], res["wal_frames"])
+        return bool(res["done"])
+
+    def scrub(self) -> dict[str, Any]:
+        """Attempt the checkpoint now (never waits) and return :meth:`scrub_status`."""
+        self._scrub()
+        return self.scrub_status()
+
+    def scrub_status(self) -> dict[str, Any]:
+        """Whether overwritten material may still be in the database files: ``{"pending": bool,
+        "wal_bytes": int, "last": {"done", "busy", "wal_frames", "checkpointed", "at"}}``.
+        ``pending`` is True from an overwrite whose checkpoint could not finish (a reader holds an
+        old snapshot) until one finishes; ``wal_bytes`` is the size of the ``-wal`` file."""
+        wal = Path(str(self.path) + "-wal")
+        with self._scrub_cond:
+            return {"pending": self._scrub_pending, "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+                    "last": dict(self._scrub_last)}
+
+    def wait_scrubbed(self, timeout: float) -> bool:
+        """Block until no checkpoint is pending (the retry thread finished it) or ``timeout``
+        seconds passed; returns whether it is done."""
+        with self._scrub_cond:
+            return self._scrub_cond.wait_for(lambda: not self._scrub_pending, timeout)
 
     # ------------------------------------------------------------------ low-level segment ops
 
@@ -789,15 +1010,48 @@ class KeyStore:
 
     # ------------------------------------------------------------------ export / import
 
-    def export_segments(self, pair: str, nbits: int | None = None, purpose: str | None = None) -> list[ExportedSegment]:
+    def issue_import_ticket(self) -> ImportTicket:
+        """A one-time ticket that lets another store export bits *to this store*: it names this
+        node and store and holds a fresh 256-bit secret (``secrets.token_bytes``), kept here
+        until the export made with it is imported.  The exporter needs the ticket; it must travel
+        to the exporting machine as confidentially as an export file travels back."""
+        if not self.node:
+            raise self._fail("has no node name; open it with node=... before issuing an import ticket")
+        ticket = ImportTicket(str(uuid.uuid4()), self.node, self.store_id, secrets.token_bytes(32))
+        with self._write() as conn:
+            conn.execute("INSERT INTO import_tickets (ticket_id, secret, created) VALUES (?, ?, ?)",
+                         (ticket.ticket_id, ticket.secret, _now()))
+        log.info("key store %s: issued import ticket %s", self.path.name, ticket.ticket_id)
+        return ticket
+
+    def export_segments(self, pair: str, nbits: int | None, purpose: str | None, *,
+                        ticket: ImportTicket) -> tuple[ExportBinding, list[ExportedSegment]]:
         """Move free bits of ``pair`` out of the store (all, or the first ``nbits``; pool
-        ``purpose`` only, or every pool when None): one transaction marks them ``exported`` and
-        zeroes them; the caller writes them to an export file.  A crash after the commit and
-        before the file is written loses those bits; it never duplicates them."""
+        ``purpose`` only, or every pool when None), bound to the store that issued ``ticket``.
+
+        One transaction marks them ``exported`` (segment ``key_id`` = the export ID), zeroes them
+        and records the export (target node, target store, ticket, refs) in ``exports``; the
+        caller writes the returned segments to an export file.  ``exported`` bits are never free
+        here again (:meth:`take` allocates only ``free`` bits, :meth:`take_exact` refuses
+        ``exported`` ones), unless an export from *another* store bound to this one brings them
+        back.  A crash after the commit and before the file is written loses those bits; it never
+        duplicates them.  Refused: a ticket issued by this store (an export to itself) and a
+        ticket already used for an export here."""
         _check_pair(pair)
         pools = list(PURPOSES) if purpose is None else [_check_purpose(purpose)]
+        if not isinstance(ticket, ImportTicket):
+            raise KeyStoreError(f"export needs an ImportTicket from the target store, got {type(ticket).__name__}")
+        if ticket.target_store == self.store_id:
+            raise self._fail(f"import ticket {ticket.ticket_id} was issued by this store (node {self.node}); an "
+                             "export must go to another store")
+        binding = ExportBinding(str(uuid.uuid4()), self.node or "", self.store_id, ticket.target_node,
+                                ticket.target_store, ticket.ticket_id)
         out: list[ExportedSegment] = []
         with self._write() as conn:
+            used = conn.execute("SELECT export_id FROM exports WHERE ticket_id = ?", (ticket.ticket_id,)).fetchone()
+            if used is not None:
+                raise self._fail(f"import ticket {ticket.ticket_id} was already used for export {used[0]}; ask the "
+                                 f"target store (node {ticket.target_node}) for a new ticket")
             if nbits is None:
                 total = conn.execute("SELECT COALESCE(SUM(length), 0) FROM segments WHERE pair = ? AND state = 'free' "
                                      f"AND purpose IN ({','.join('?' * len(pools))})", (pair, *pools)).fetchone()[0]
@@ -809,25 +1063,60 @@ class KeyStore:
                 row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
                 seg = self._segments(conn, seq, start, start + 1)[0]
                 self._mark(conn, pair, seq, block_id, start, length, new_state="exported", purpose=seg.purpose,
-                           key_id=None, allow=lambda s: None if s.state == "free" else f"are {s.state}")
+                           key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
                 bits = self._io_bits(conn, seq, start, length, zero=True)
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]),
                                            json.loads(row[2]), bits))
+            conn.execute("INSERT INTO exports (export_id, pair, nbits, refs, target_node, target_store, ticket_id, "
+                         "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (binding.export_id, pair, int(nbits), json.dumps([[s.block_id, s.offset, int(s.bits.size)]
+                                                                            for s in out]),
+                          binding.target_node, binding.target_store, binding.ticket_id, _now()))
         self._scrub()
-        log.info("key store %s: exported %d bits of pair %s in %d segment(s)", self.path.name, nbits, pair, len(out))
-        return out
+        log.info("key store %s: exported %d bits of pair %s in %d segment(s) as export %s, bound to node %s, store %s",
+                 self.path.name, nbits, pair, len(out), binding.export_id, binding.target_node, binding.target_store)
+        return binding, out
 
-    def import_segments(self, export_id: str, segments: Sequence[ExportedSegment]) -> int:
-        """Add exported segments (from another store's :meth:`export_segments`) as free bits, with
-        their original block IDs and offsets so refs keep naming the same bits.  One transaction;
-        an ``export_id`` is accepted once per store.  Returns the number of bits imported."""
+    def import_segments(self, binding: ExportBinding, segments: Sequence[ExportedSegment], *,
+                        authenticate: Callable[[bytes], bool]) -> int:
+        """Add exported segments (another store's :meth:`export_segments`) as free bits, with their
+        original block IDs and offsets so refs keep naming the same bits.  One transaction.
+
+        Refused, with nothing changed: an export made by this store, one bound to another store
+        or node, one already imported here, one whose ticket this store never issued or already
+        used, and one that ``authenticate(ticket_secret)`` rejects (the caller checks the file's
+        MAC with the ticket's secret).  On success the ticket is spent and its secret erased.
+        Returns the number of bits imported."""
+        b = binding
         total = 0
         with self._write() as conn:
-            try:
-                conn.execute("INSERT INTO imports (export_id, imported, nbits) VALUES (?, ?, ?)",
-                             (str(export_id), _now(), sum(int(s.bits.size) for s in segments)))
-            except sqlite3.IntegrityError:
-                raise KeyStoreError(f"export {export_id} was already imported into key store {self.path}") from None
+            mine = conn.execute("SELECT target_node, target_store FROM exports WHERE export_id = ?",
+                                (b.export_id,)).fetchone()
+            if mine is not None or b.source_store == self.store_id:
+                raise self._fail(f"export {b.export_id} was made by this store; it can be imported only into the "
+                                 f"store it is bound to (node {b.target_node}, store {b.target_store})")
+            if b.target_store != self.store_id or b.target_node != (self.node or ""):
+                raise self._fail(f"export {b.export_id} is bound to node {b.target_node}, store {b.target_store}; "
+                                 f"this is node {self.node}, store {self.store_id}: refusing to import it here")
+            if conn.execute("SELECT 1 FROM imports WHERE export_id = ?", (b.export_id,)).fetchone() is not None:
+                raise KeyStoreError(f"export {b.export_id} was already imported into key store {self.path}")
+            row = conn.execute("SELECT secret, used, export_id FROM import_tickets WHERE ticket_id = ?",
+                               (b.ticket_id,)).fetchone()
+            if row is None:
+                raise self._fail(f"export {b.export_id} names import ticket {b.ticket_id}, which this store never "
+                                 "issued; refusing it")
+            if row[1] is not None:
+                raise self._fail(f"import ticket {b.ticket_id} was already used (export {row[2]}); refusing "
+                                 f"export {b.export_id}")
+            if not authenticate(bytes(row[0])):
+                raise self._fail(f"export {b.export_id} failed authentication with its import ticket (the file "
+                                 "was modified or corrupted, or not made with this ticket); nothing imported")
+            now = _now()
+            conn.execute("UPDATE import_tickets SET secret = NULL, used = ?, export_id = ? WHERE ticket_id = ?",
+                         (now, b.export_id, b.ticket_id))
+            conn.execute("INSERT INTO imports (export_id, imported, nbits, source_node, source_store, ticket_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (b.export_id, now, sum(int(s.bits.size) for s in segments),
+                                                       b.source_node, b.source_store, b.ticket_id))
             for s in segments:
                 _check_pair(s.pair)
                 _check_purpose(s.purpose)
@@ -849,13 +1138,25 @@ class KeyStore:
                     if bpair != s.pair or bn != s.block_nbits:
                         raise KeyStoreError(f"block {s.block_id} in key store {self.path} is pair {bpair}, {bn} bits; "
                                             f"the export says pair {s.pair}, {s.block_nbits} bits")
+                # Bits that left this store earlier ("exported") may come back from another store.
                 self._mark(conn, s.pair, seq, s.block_id, s.offset, int(bits.size), new_state="free", purpose=s.purpose,
                            key_id=None, allow=lambda g: None if g.state in ("absent", "exported")
                            else f"are already held here ({g.state})")
                 self._io_bits(conn, seq, s.offset, int(bits.size), write=bits)
                 total += int(bits.size)
-        log.info("key store %s: imported %d bits from export %s", self.path.name, total, export_id)
+        self._scrub()  # the ticket's secret was overwritten
+        log.info("key store %s: imported %d bits from export %s (node %s, store %s)", self.path.name, total,
+                 b.export_id, b.source_node, b.source_store)
         return total
+
+    def exports(self) -> list[dict[str, Any]]:
+        """The exports this store made (no material): export_id, pair, nbits, refs, target_node,
+        target_store, ticket_id, created."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT export_id, pair, nbits, refs, target_node, target_store, ticket_id, created "
+                                "FROM exports ORDER BY created").fetchall()
+        return [{"export_id": r[0], "pair": r[1], "nbits": r[2], "refs": [tuple(x) for x in json.loads(r[3])],
+                 "target_node": r[4], "target_store": r[5], "ticket_id": r[6], "created": r[7]} for r in rows]
 
     # ------------------------------------------------------------------ queries
 
@@ -868,6 +1169,68 @@ class KeyStore:
         """Whether a block with this ID was ever added here (:meth:`add_block` refuses it again)."""
         with self._read() as conn:
             return self._block(conn, str(block_id)) is not None
+
+    # ------------------------------------------------------------------ distilled slot ranges
+    # Ledger of the raw data already distilled (issue 19 item 5): per pair and acquisition, the
+    # slot ranges [start, end) that a key block used, whether it delivered key or aborted after
+    # reconciliation disclosed parities. Its own table, created on first use (any schema version).
+
+    _DISTILLED_DDL = ("CREATE TABLE IF NOT EXISTS distilled_slots (pair TEXT NOT NULL, acquisition TEXT NOT NULL, "
+                      "start INTEGER NOT NULL CHECK (start >= 0), end INTEGER NOT NULL CHECK (end > start), "
+                      "block_id TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (pair, acquisition, start))")
+
+    @staticmethod
+    def _slot_overlap(conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int) -> tuple | None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'distilled_slots'").fetchone() is None:
+            return None
+        return conn.execute("SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? "
+                            "AND start < ? AND end > ? ORDER BY start LIMIT 1",
+                            (pair, acquisition, int(end), int(start))).fetchone()
+
+    def _slot_refusal(self, pair: str, acquisition: str, start: int, end: int, row: tuple) -> KeyStoreError:
+        return KeyStoreError(f"pair {pair}: slots [{start}, {end}) of acquisition {acquisition} overlap slots "
+                             f"[{row[0]}, {row[1]}) already distilled into key store {self.path} (block {row[2]}); "
+                             f"refusing to distil the same raw data twice")
+
+    @staticmethod
+    def _check_slot_range(pair: str, acquisition: str, start: int, end: int) -> tuple[str, str, int, int]:
+        _check_pair(pair)
+        if not isinstance(acquisition, str) or not acquisition:
+            raise KeyStoreError(f"acquisition must be a non-empty string, got {acquisition!r}")
+        if not 0 <= int(start) < int(end):
+            raise KeyStoreError(f"slot range [{start}, {end}) must satisfy 0 <= start < end")
+        return pair, acquisition, int(start), int(end)
+
+    def check_slots_free(self, pair: str, acquisition: str, start: int, end: int) -> None:
+        """Raise :class:`KeyStoreError` if slots ``[start, end)`` of ``acquisition`` overlap a
+        range already distilled for ``pair`` (:meth:`claim_slots`)."""
+        pair, acquisition, start, end = self._check_slot_range(pair, acquisition, start, end)
+        with self._read() as conn:
+            row = self._slot_overlap(conn, pair, acquisition, start, end)
+        if row is not None:
+            raise self._slot_refusal(pair, acquisition, start, end, row)
+
+    def claim_slots(self, pair: str, acquisition: str, start: int, end: int, block_id: str) -> None:
+        """Record slots ``[start, end)`` of ``acquisition`` as distilled for ``pair`` by block
+        ``block_id``, in one transaction that first refuses (recording nothing) any overlap."""
+        pair, acquisition, start, end = self._check_slot_range(pair, acquisition, start, end)
+        with self._write() as conn:
+            row = self._slot_overlap(conn, pair, acquisition, start, end)
+            if row is not None:
+                raise self._slot_refusal(pair, acquisition, start, end, row)
+            conn.execute(self._DISTILLED_DDL)
+            conn.execute("INSERT INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", (pair, acquisition, start, end, str(block_id), _now()))
+
+    def distilled_slots(self, pair: str, acquisition: str) -> list[tuple[int, int, str]]:
+        """The slot ranges ``(start, end, block_id)`` of ``acquisition`` already distilled for ``pair``."""
+        _check_pair(pair)
+        with self._read() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'distilled_slots'").fetchone() is None:
+                return []
+            rows = conn.execute("SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? "
+                                "ORDER BY start", (pair, acquisition)).fetchall()
+        return [(int(a), int(b), str(c)) for a, b, c in rows]
 
     def available_bits(self, pair: str, purpose: str | None = None) -> int:
         """Free bits a :meth:`take` for ``purpose`` could draw (its pool plus ``general``); all

@@ -47,17 +47,23 @@ def test_certs_status_export_import(tmp_path, kh):
     assert _run("keys", "status", data=data).exit_code == 0
 
     out = tmp_path / "c2.json"
-    res = _run("keys", "export", "--node", "C2", "--pair", PAIR, "--bits", "1000", "--out", str(out), "--json", data=data)
+    other = tmp_path / "other"
+    ticket = tmp_path / "ticket.json"
+    res = runner.invoke(app, ["keys", "ticket", "--node", "C2", "--out", str(ticket), "--json"],
+                        env={"LABQFL_DATA_DIR": str(other)})
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE(ticket.stat().st_mode) == 0o600
+    res = _run("keys", "export", "--node", "C2", "--pair", PAIR, "--bits", "1000", "--ticket", str(ticket),
+               "--out", str(out), "--json", data=data)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["nbits"] == 1000
-    other = tmp_path / "other"
     res = runner.invoke(app, ["keys", "import", str(out), "--json"], env={"LABQFL_DATA_DIR": str(other)})
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["imported_bits"] == 1000
     res = runner.invoke(app, ["keys", "import", str(out)], env={"LABQFL_DATA_DIR": str(other)})
     assert res.exit_code == 1 and "already imported" in res.output
-    assert _run("keys", "export", "--node", "C9", "--pair", PAIR, "--out", str(tmp_path / "n.json"),
-                data=data).exit_code == 1
+    assert _run("keys", "export", "--node", "C9", "--pair", PAIR, "--ticket", str(ticket), "--out",
+                str(tmp_path / "n.json"), data=data).exit_code == 1
 
 
 def test_serve_refuses_missing_tls_files(tmp_path):

@@ -33,8 +33,9 @@ def test_no_key_material_in_logs(caplog, tmp_path, kme, kh):
     secrets += _encodings(k.to_bytes(), k.bits)
     logging.getLogger("labqfl.test").debug("took %s", k)  # the repr of key material is safe to log
     out = tmp_path / "x.json"
-    export_keys(stores["C2"], PAIR, out, nbits=512)
-    import_keys(open_node_stores(["C2"], tmp_path / "other")["C2"], out)
+    other = open_node_stores(["C2"], tmp_path / "other")["C2"]
+    export_keys(stores["C2"], PAIR, out, ticket=other.issue_import_ticket(), nbits=512)
+    import_keys(other, out)
     with httpx.Client(base_url=kme.url, verify=kh.client_context(kme.certs, "C1")) as m, \
             httpx.Client(base_url=kme.url, verify=kh.client_context(kme.certs, "C2")) as s:
         keys = m.post("/api/v1/keys/C2/enc_keys", json={"number": 2, "size": 256}).json()["keys"]

@@ -216,14 +216,14 @@ def test_export_import_moves_bits_once_and_detects_tampering(tmp_path: Path, two
     first = stores["C1"].take(PAIR, 100, "general")
     stores["C2"].take_exact(PAIR, first.refs, "general")
     out = tmp_path / "c2.json"
-    summary = export_keys(stores["C2"], PAIR, out, nbits=1000)
+    # Import on "another machine": a fresh C2 store that then pairs with C1 by refs.
+    remote = KeyStore.for_node("C2", tmp_path / "remote")
+    summary = export_keys(stores["C2"], PAIR, out, ticket=remote.issue_import_ticket(), nbits=1000)
     assert summary["nbits"] == 1000
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert stores["C2"].accounting()[PAIR]["exported"] == {"general": 1000}
     with pytest.raises(DataFormatError, match="already exists"):
-        export_keys(stores["C2"], PAIR, out, nbits=8)
-    # Import on "another machine": a fresh C2 store that then pairs with C1 by refs.
-    remote = KeyStore.for_node("C2", tmp_path / "remote")
+        export_keys(stores["C2"], PAIR, out, ticket=remote.issue_import_ticket(), nbits=8)
     res = import_keys(remote, out)
     assert res["imported_bits"] == 1000
     with pytest.raises(KeyStoreError, match="already imported"):
@@ -234,12 +234,15 @@ def test_export_import_moves_bits_once_and_detects_tampering(tmp_path: Path, two
     # The source store cannot hand out the exported bits any more.
     with pytest.raises(KeyStoreError, match="exported"):
         stores["C2"].take_exact(PAIR, k.refs, "general")
-    doc = json.loads(out.read_text())
+    out2 = tmp_path / "c2-2.json"
+    export_keys(stores["C2"], PAIR, out2, ticket=remote.issue_import_ticket(), nbits=64)
+    doc = json.loads(out2.read_text())
     doc["segments"][0]["offset"] += 8
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
-    with pytest.raises(DataFormatError, match="SHA-256 mismatch"):
-        read_export(bad)
+    with pytest.raises(KeyStoreError, match="failed authentication"):
+        import_keys(remote, bad)
+    assert import_keys(remote, out2)["imported_bits"] == 64  # a refused forgery does not spend the ticket
     bad.write_text(out.read_text()[:-40])
     with pytest.raises(DataFormatError, match="not readable JSON"):
         read_export(bad)
