@@ -48,7 +48,7 @@ class DriverDeclaration:
     @classmethod
     def parse_options(cls, name: str, config: InstrumentConfig) -> Any:
         """The role's validated options (:class:`~labqfl.errors.ConfigError` naming the option)."""
-        return validate_options(cls.Options, config.options, source=f"role {name!r}", field=name, driver=cls.__name__)
+        return validate_options(cls.Options, config.options, source=f"role {name!r}", field="", driver=cls.__name__)
 
 
 def check_range(setting: str, value: float, lo: float, hi: float, unit: str = "") -> float:

@@ -313,12 +313,12 @@ def validate_options(model: type[OptionsT], options: dict[str, Any], *, source: 
     except ValidationError as err:
         e = err.errors()[0]
         key = ".".join(str(p) for p in e["loc"])
-        loc = f"{field}.options" + (f".{key}" if key else "")
+        loc = ".".join(p for p in (field, "options", key) if p)
         who = f" (role {role})" if role else ""
         more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
         if e["type"] == "extra_forbidden":
             names = list(model.model_fields)
-            expected = f"expected one of: {', '.join(names)}" if names else "it takes no options"
+            expected = f"expected one of: {', '.join(names)}" if names else "expected no options (it takes none)"
             raise ConfigError(f"{source}: field '{loc}'{who}: unknown option for {driver}; {expected}; "
                               f"got {e['input']!r}{more}") from None
         got = options if not key else e.get("input")
