@@ -9,15 +9,20 @@ Layout and invariants (docs/keystore.md has the full argument):
   segments, each with a pool (``purpose``) and a state: ``free`` (available), ``reserved``
   (promised to one key ID, e.g. the slave side of an ETSI delivery), ``consumed`` (handed out;
   the material is overwritten with zeros in the same transaction), ``exported`` (moved to an
-  export file; also zeroed) or ``absent`` (never held here: parts of a block not imported).
+  export file, ``key_id`` = the export ID; also zeroed) or ``absent`` (never held here: parts of
+  a block not imported).
 * ``deliveries``: one row per handed-out or reserved key: key ID, pair, purpose, refs.
+* ``exports`` / ``imports`` / ``import_tickets`` (schema 2): the exports this store made (bound
+  to one target store), the exports it imported, and the one-time import tickets it issued;
+  ``meta.store_id`` is the store's random identity (see :mod:`labqfl.keystore.transfer`).
 
 Every operation that hands out bits is one ``BEGIN IMMEDIATE`` transaction that checks the
 segments are free, marks them, zeroes the material and commits before any bit leaves this
 module; with ``journal_mode=WAL`` and ``synchronous=FULL`` a process killed at any instant leaves
-either the whole transaction or none of it.  After each consuming commit the WAL is checkpointed
-and truncated (``wal_checkpoint(TRUNCATE)``) and ``secure_delete`` is on, so consumed material
-does not linger in the database files.
+either the whole transaction or none of it.  After each overwriting commit the store attempts a
+``wal_checkpoint(TRUNCATE)`` that never waits, reads its result, and retries in the background
+while a reader's old snapshot blocks it (see "scrubbing" below, :meth:`KeyStore.scrub_status`);
+``secure_delete`` is on, so freed space is zeroed too.
 
 Pools: ``auth`` (classical-channel authentication), ``fl`` (federated-learning masks), ``etsi``
 (ETSI GS QKD 014 delivery) and ``general``.  A block's pool is fixed when it is added; a take for
