@@ -212,36 +212,56 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
 
 
 @nb.njit(cache=True, nogil=True)
-def signal_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
+def drift_thetas(c_first: np.int64, c_last: np.int64, state: np.ndarray, sigma_chunk: float,
+                 key: np.uint64) -> np.ndarray:
+    """Loop phase θ of chunks c_first..c_last (:func:`drift_phase`; ``state`` advanced in place).
+
+    The walk is the only sequential randomness of the signal clicks; it costs one Gaussian per
+    chunk, so it is computed before the chunks are simulated in parallel."""
+    out = np.empty(c_last - c_first + 1)
+    for c in range(c_first, c_last + 1):
+        out[c - c_first] = drift_phase(c, state, sigma_chunk, key)
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
+def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, pair_eta_cw: np.ndarray, pair_eta_ccw: np.ndarray,
                   ckey: np.ndarray, cthr: np.ndarray, cnk: np.ndarray, cthrx: np.ndarray,
                   mu: np.ndarray, phase: np.ndarray, pmode: np.ndarray, fixk0: np.ndarray,
                   pat: np.ndarray, pat_off: np.ndarray, pat_len: np.ndarray,
                   t_split: float, eta_d0: float, eta_d1: float, vis_before: float, vis_after: float,
-                  collapse_slot: np.int64, drift_sigma_chunk: float, drift_state: np.ndarray,
-                  key_gap: np.uint64, key_acc: np.uint64, key_eve: np.uint64, key_drift: np.uint64,
+                  collapse_slot: np.int64, thetas: np.ndarray,
+                  key_gap: np.uint64, key_acc: np.uint64, key_eve: np.uint64,
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
-                  guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray) -> int:
-    """Signal clicks (before dead time) in slots [s0, s1) by thinning.
+                  guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
+                  out_n: np.ndarray) -> bool:
+    """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
+    Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
+    [s0, s1); it has loop phase ``thetas[r]`` and its own candidate stream ``mix64(key_gap ⊕ m·γ₂)``;
+    everything else is counter-based on the slot, so a chunk's clicks do not depend on which thread
+    simulates it, with which other chunks, or on how many threads there are.
     Candidates are drawn with geometric gaps at p_max (the largest any-click probability of the
     active pair's combinations); each candidate evaluates both clients' choices and is accepted
-    with P(outcome | choices)/p_max. Writes slot and outcome (1 D0, 2 D1, 3 both); returns the
-    count, or −1 if the output arrays are too small. ``guide_*``: per-pair cache of geometric-gap
-    tables (rates in ``guide_q``; 0 = none yet), reused across calls.
+    with P(outcome | choices)/p_max. Row r of ``out_slot``/``out_outcome`` receives chunk r's
+    slots and outcomes (1 D0, 2 D1, 3 both), ``out_n[r]`` their number (−1 if the row is too
+    short). ``guide_*[pair]``: the calling thread's cache of geometric-gap tables (rates in
+    ``guide_q``; 0 = none yet); a table is a function of its rate only, so caching never changes
+    the output. Returns False if any row was too short.
     """
     n_pairs = pair_ci.shape[0]
-    table = np.zeros((K_MAX * K_MAX * N_PHASE * N_PHASE, 3))
-    n = 0
     c_first = s0 // chunk_slots
-    c_last = (s1 - 1) // chunk_slots
-    for c in range(c_first, c_last + 1):
+    table = np.empty((K_MAX * K_MAX * N_PHASE * N_PHASE, 3))
+    for r in range(r_lo, r_hi):
+        c = c_first + r
         cs = c * chunk_slots
         ce = min(cs + chunk_slots, s1)
-        theta = drift_phase(c, drift_state, drift_sigma_chunk, key_drift)
+        theta = thetas[r]
         rng = mix64(key_gap ^ (np.uint64(c) * _G2))
         seg = cs
-        while seg < ce:
+        n = 0
+        while seg < ce and n >= 0:
             f = seg // frame_len
             p = f % n_pairs
             seg_end = min(ce, (f + 1) * frame_len)
@@ -267,11 +287,12 @@ def signal_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: 
                                   pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
                                   ckey[cj], cthr[cj], cnk[cj], cthrx[cj], pmode[cj], fixk0[cj] != 0,
                                   pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
-                                  eve_side, eve_frac, key_eve, key_acc, out_slot, out_outcome, n)
-                if n < 0:
-                    return -1
+                                  eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n)
             seg = seg_end
-    return n
+        out_n[r] = n
+        if n < 0:
+            return False
+    return True
 
 
 @nb.njit(cache=True, nogil=True)
@@ -302,36 +323,57 @@ def dark_kernel(s0: np.int64, s1: np.int64, chunk_slots: np.int64, period_ps: fl
     return n
 
 
+@nb.njit(inline="always")
+def _emit_ps(s: np.int64, period_ps: float, period_int: np.int64) -> np.int64:
+    """Emission time round(s·T) [ps] of slot s (exact integer product when T is whole)."""
+    if period_int > 0:
+        return s * period_int
+    return np.int64(math.floor(s * period_ps + 0.5))
+
+
 @nb.njit(cache=True, nogil=True)
-def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: np.ndarray, win_end: np.int64,
-                    t_die: np.int64, gated: bool, gate_delay_ps: float, gate_width_ps: float, period_ps: float,
+def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarray, bit: np.uint8,
+                    period_ps: float, period_int: np.int64, t_loop: np.int64,
+                    dark: np.ndarray, pend: np.ndarray, state: np.ndarray, win_end: np.int64,
+                    t_die: np.int64, gated: bool, gate_delay_ps: float, gate_width_ps: float,
                     dead_ps: np.int64, p_ap: float, ap_decay_ps: float, key_ap: np.uint64, key_jit: np.uint64,
                     sigma_sig: float, sigma_other: float, delay_ps: np.int64, res_ps: np.int64,
-                    gtable: np.ndarray, out_meas: np.ndarray, out_kind: np.ndarray) -> int:
+                    gtable: np.ndarray, out_meas: np.ndarray) -> int:
     """One detector over one window of true time: gating, death, non-paralysable dead time,
     afterpulsing, jitter, cable delay and tagger quantisation.
 
-    ``sig``/``dark``: sorted true arrival times [ps]. ``pend``: pending afterpulse times (sorted,
-    first ``state[1]`` valid) carried across windows; ``state`` = [dead_until, n_pending].
-    An accepted click at t makes the detector blind until t + τ_dead; with probability ``p_ap`` it
-    schedules an afterpulse at t + τ_dead + Exp(τ_ap). Measured time = t + delay + σ·N(0,1)
-    (σ includes laser/pulse jitter for photon clicks), floored to the tagger resolution.
-    Returns the number of clicks written (out_kind: 0 photon, 1 dark, 2 afterpulse), −1 if full.
+    Photon arrivals: the slots of rows ``sig_slot[r, :sig_n[r]]`` (chunks in time order) whose
+    outcome has ``bit`` set arrive at round(s·T) + ``t_loop``. ``dark``: sorted dark-count times
+    [ps]. ``pend``: pending afterpulse times (sorted, first ``state[1]`` valid) carried across
+    windows; ``state`` = [dead_until, n_pending]. An accepted click at t makes the detector blind
+    until t + τ_dead; with probability ``p_ap`` it schedules an afterpulse at
+    t + τ_dead + Exp(τ_ap). Measured time = t + delay + σ·N(0,1) (σ includes laser/pulse jitter
+    for photon clicks), floored to the tagger resolution. Writes the measured times (not yet
+    sorted: jitter can swap neighbours) and returns their number, −1 if ``out_meas`` is full.
     """
     cap = out_meas.shape[0]
     dead_until = state[0]
     npend = state[1]
+    n_rows = sig_n.shape[0]
+    row = 0
     i = 0
     j = 0
     n = 0
-    ns = sig.shape[0]
     nd = dark.shape[0]
+    # next photon arrival
+    t_sig = INT64_MAX
+    while row < n_rows:
+        if i < sig_n[row]:
+            if sig_outc[row, i] & bit:
+                t_sig = _emit_ps(sig_slot[row, i], period_ps, period_int) + t_loop
+                break
+            i += 1
+        else:
+            row += 1
+            i = 0
     while True:
-        best = INT64_MAX
-        src = -1
-        if i < ns:
-            best = sig[i]
-            src = 0
+        best = t_sig
+        src = 0 if t_sig != INT64_MAX else -1
         if j < nd and dark[j] < best:
             best = dark[j]
             src = 1
@@ -341,7 +383,17 @@ def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: 
         if src == -1:
             break
         if src == 0:
+            t_sig = INT64_MAX
             i += 1
+            while row < n_rows:
+                if i < sig_n[row]:
+                    if sig_outc[row, i] & bit:
+                        t_sig = _emit_ps(sig_slot[row, i], period_ps, period_int) + t_loop
+                        break
+                    i += 1
+                else:
+                    row += 1
+                    i = 0
         elif src == 1:
             j += 1
         else:
@@ -368,7 +420,6 @@ def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: 
         if res_ps > 1:
             m = (m // res_ps) * res_ps
         out_meas[n] = m
-        out_kind[n] = src
         n += 1
         if p_ap > 0.0:
             h2 = mix64(key_ap + np.uint64(t) * _G)
@@ -385,6 +436,71 @@ def detector_kernel(sig: np.ndarray, dark: np.ndarray, pend: np.ndarray, state: 
     state[0] = dead_until
     state[1] = npend
     return n
+
+
+@nb.njit(cache=True, nogil=True)
+def detector_window(d: int, sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarray, s0: np.int64,
+                    s1: np.int64, chunk_slots: np.int64, period_ps: float, period_int: np.int64, t_loop: np.int64,
+                    win_end: np.int64, ip: np.ndarray, fp: np.ndarray, keys: np.ndarray, gtable: np.ndarray,
+                    pend: np.ndarray, state: np.ndarray, dark: np.ndarray, out_meas: np.ndarray) -> int:
+    """Detector d (0 = D0, 1 = D1) over one window: dark counts, then :func:`detector_kernel`,
+    then the clicks sorted. The two detectors share no state, so they can run in parallel.
+
+    Row d of every array: ``ip[d]`` = [t_die, dead_ps, delay_ps, res_ps, gated]; ``fp[d]`` =
+    [dark rate /ps, gate_delay_ps, gate_width_ps, p_ap, ap_decay_ps, σ_photon, σ_other];
+    ``keys[d]`` = [dark, afterpulse, jitter]; ``pend[d]``/``state[d]`` the carried detector
+    state. Returns the number of clicks in ``out_meas[d]``, −1 if ``dark[d]`` or
+    ``out_meas[d]`` was too short (``pend[d]``/``state[d]`` are then undefined: retry from copies).
+    """
+    nd = dark_kernel(s0, s1, chunk_slots, period_ps, t_loop, fp[d, 0], keys[d, 0], dark[d])
+    if nd < 0:
+        return -1
+    nm = detector_kernel(sig_slot, sig_outc, sig_n, np.uint8(d + 1), period_ps, period_int, t_loop,
+                         dark[d, :nd], pend[d], state[d], win_end, ip[d, 0], ip[d, 4] != 0, fp[d, 1],
+                         fp[d, 2], ip[d, 1], fp[d, 3], fp[d, 4], keys[d, 1], keys[d, 2], fp[d, 5], fp[d, 6],
+                         ip[d, 2], ip[d, 3], gtable, out_meas[d])
+    if nm > 0:
+        insertion_sort(out_meas[d, :nm])
+    return nm
+
+
+@nb.njit(cache=True, nogil=True)
+def merge_tags(carry_t: np.ndarray, carry_c: np.ndarray, d0: np.ndarray, ch0: np.int16, d1: np.ndarray,
+               ch1: np.int16, sync: np.ndarray, chs: np.int16, out_t: np.ndarray, out_c: np.ndarray) -> None:
+    """Merge four sorted tag streams (carry with its channels, D0, D1, sync) into ``out_t``/``out_c``
+    (their total length); equal times keep that order (the same result as a stable sort of their
+    concatenation)."""
+    na, nb_, nc, ns = carry_t.shape[0], d0.shape[0], d1.shape[0], sync.shape[0]
+    n = na + nb_ + nc + ns
+    a = b = c = e = 0
+    for k in range(n):
+        best = INT64_MAX
+        src = -1
+        if a < na:
+            best = carry_t[a]
+            src = 0
+        if b < nb_ and (src < 0 or d0[b] < best):
+            best = d0[b]
+            src = 1
+        if c < nc and (src < 0 or d1[c] < best):
+            best = d1[c]
+            src = 2
+        if e < ns and (src < 0 or sync[e] < best):
+            best = sync[e]
+            src = 3
+        out_t[k] = best
+        if src == 0:
+            out_c[k] = carry_c[a]
+            a += 1
+        elif src == 1:
+            out_c[k] = ch0
+            b += 1
+        elif src == 2:
+            out_c[k] = ch1
+            c += 1
+        else:
+            out_c[k] = chs
+            e += 1
 
 
 @nb.njit(cache=True, nogil=True)

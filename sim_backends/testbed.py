@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from labqfl.sim_backends import _kernels as K
+from labqfl.sim_backends import _parallel
 from labqfl.sim_backends.qrng import (
     ClientQRNGLog,
     basis_threshold,
@@ -57,6 +58,7 @@ C_LIGHT = 299_792_458.0
 H_PLANCK = 6.626_070_15e-34
 CHUNK_SLOTS = 65536
 _INTERNAL_EPOCH_BASE = 1 << 32
+_I64_MAX = int(np.iinfo(np.int64).max)
 
 
 @dataclass
@@ -128,13 +130,55 @@ class _Acq:
     res_ps: int
     cut_margin: int
     drift_state: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0]))
-    det_state: dict[str, np.ndarray] = field(default_factory=dict)
-    det_pend: dict[str, np.ndarray] = field(default_factory=dict)
-    cap_sig: int = 4096
+    # detector rows D0, D1: [dead_until, n_pending] and pending afterpulse times
+    det_state: np.ndarray = field(default_factory=lambda: np.array([[np.iinfo(np.int64).min, 0]] * 2, dtype=np.int64))
+    det_pend: np.ndarray = field(default_factory=lambda: np.zeros((2, K.PEND_CAP), dtype=np.int64))
+    cap_sig: int = 4096  # signal clicks per chunk row
     client_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
-    guide_q: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    guide_lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.int64))
-    guide_hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.int64))
+    # per-thread caches of geometric-gap tables (thread, pair)
+    guide_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    guide_lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1), dtype=np.int64))
+    guide_hi: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1), dtype=np.int64))
+    # tags generated for earlier windows that fall after the last block's cut
+    carry_t: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    carry_c: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
+    buffers: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def buffer(self, name: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
+        """A scratch array of at least ``shape`` reused across windows (a view of exactly ``shape``
+        rows × columns; rows are contiguous)."""
+        b = self.buffers.get(name)
+        if b is None or b.shape[0] < shape[0] or b.shape[1] < shape[1]:
+            b = np.empty((max(shape[0], 0 if b is None else b.shape[0]), shape[1]), dtype=dtype)
+            self.buffers[name] = b
+        return b[:shape[0], :shape[1]]
+
+
+_EMPTY_T = np.zeros(0, dtype=np.int64)
+
+
+def _merge(srcs: list[np.ndarray], carry_c: np.ndarray, ch0: np.int16, ch1: np.int16, chs: np.int16,
+           threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge the sorted streams carry, D0, D1, sync (:func:`_kernels.merge_tags`, ties in that
+    order); with threads > 1 the two halves before and after a split time are merged in parallel."""
+    n = sum(x.size for x in srcs)
+    out_t = np.empty(n, dtype=np.int64)
+    out_c = np.empty(n, dtype=np.int16)
+    parts = [(0, [0] * 4, [x.size for x in srcs])]
+    big = max(srcs, key=lambda x: x.size)
+    if threads > 1 and n > 20_000:
+        t_split = big[big.size // 2]
+        cut = [int(np.searchsorted(x, t_split, side="left")) for x in srcs]
+        parts = [(0, [0] * 4, cut), (sum(cut), cut, [x.size for x in srcs])]
+
+    def merge_part(task: int, slot: int) -> None:
+        o, lo, hi = parts[task]
+        m = sum(hi) - sum(lo)
+        K.merge_tags(srcs[0][lo[0]:hi[0]], carry_c[lo[0]:hi[0]], srcs[1][lo[1]:hi[1]], ch0,
+                     srcs[2][lo[2]:hi[2]], ch1, srcs[3][lo[3]:hi[3]], chs, out_t[o:o + m], out_c[o:o + m])
+
+    _parallel.run(len(parts), merge_part, threads)
+    return out_t, out_c
 
 
 def _round_ps(x: float) -> int:
@@ -149,8 +193,9 @@ class SagnacTestbed:
     tagger delays, resolution — at the start of every acquisition).
     """
 
-    def __init__(self, config: StationConfig) -> None:
+    def __init__(self, config: StationConfig, threads: int | None = None) -> None:
         self.config = config.model_copy(deep=True)
+        self.threads = threads
         self.lock = threading.RLock()
         cfg = self.config
         self.live = LiveState(
@@ -197,6 +242,21 @@ class SagnacTestbed:
         self._cache: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
 
     # -- small helpers ---------------------------------------------------------------------
+    @property
+    def threads(self) -> int | None:
+        """Threads of the Monte-Carlo (chunks of slots and the two detectors run in parallel);
+        None = every core this process may use. The tags do not depend on it."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n: int | None) -> None:
+        if n is not None and not (isinstance(n, int) and 1 <= n):
+            raise ValueError(f"threads must be None or an integer >= 1, got {n!r}")
+        self._threads = None if n is None else min(n, _parallel.MAX_THREADS)
+
+    def _n_threads(self) -> int:
+        return _parallel.default_threads() if self._threads is None else self._threads
+
     def touch(self) -> None:
         """Mark the live state as changed (instruments call this after writing a setting)."""
         with self.lock:
@@ -342,9 +402,6 @@ class SagnacTestbed:
         acq = _Acq(epoch=epoch, period_ps=period, n_slots=n_slots, keys=keys, delays=delays, channels=chans,
                    res_ps=res, cut_margin=margin)
         acq.client_keys = np.array([client_key(c.seed, epoch) for c in cfg.clients], dtype=np.uint64)
-        for d in ("D0", "D1"):
-            acq.det_state[d] = np.array([np.iinfo(np.int64).min, 0], dtype=np.int64)
-            acq.det_pend[d] = np.zeros(K.PEND_CAP, dtype=np.int64)
         return acq
 
     def _cut(self, acq: _Acq, s1: int) -> int:
@@ -353,8 +410,8 @@ class SagnacTestbed:
         d_min = min(acq.delays["D0"], acq.delays["D1"]) - acq.cut_margin
         return min(t + acq.delays["sync"], t + d_min)
 
-    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Tags of slots [s0, s1): a list of per-channel sorted time arrays and their channels."""
+    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
         cfg = self.config
         sim = cfg.simulation
         with self.lock:
@@ -363,109 +420,106 @@ class SagnacTestbed:
                 self._cache = (self._client_arrays(), self._pair_arrays())
                 self._cache_version = live.version
             ca, pa = self._cache
-            dets = {n: DetectorLive(**vars(d)) for n, d in live.detectors.items()}
+            dets = [DetectorLive(**vars(live.detectors[d])) for d in ("D0", "D1")]
             laser_on = live.laser_on
             enabled = set(live.enabled_channels)
             frame = cfg.schedule.slots_per_frame
         period = acq.period_ps
         t_loop = _round_ps(self.loop_delay_ps)
-        out_t: list[np.ndarray] = []
-        out_c: list[np.ndarray] = []
-        # signal clicks
+        c_first = s0 // CHUNK_SLOTS
+        n_chunks = (s1 - 1) // CHUNK_SLOTS - c_first + 1
+        fl = sim.faults
+        threads = self._n_threads()
+        # signal clicks (before dead time), chunks in parallel
         if laser_on and ca["mu"].any():
-            fl = sim.faults
             collapse = (math.ceil(fl.visibility_collapse_at_s * self.live.rep_rate_hz)
-                        if fl.visibility_collapse_at_s is not None else np.iinfo(np.int64).max)
+                        if fl.visibility_collapse_at_s is not None else _I64_MAX)
             ir = sim.intercept_resend
             eve = self._client_index[ir.client] if ir.enabled else -1
             drift_chunk = cfg.loop.phase_drift_rad_per_sqrt_s * math.sqrt(CHUNK_SLOTS * period * 1e-12)
             npairs = pa["ci"].size
-            if acq.guide_q.size != npairs:
-                acq.guide_q = np.zeros(npairs)
-                acq.guide_lo = np.zeros((npairs, K.GUIDE), dtype=np.int64)
-                acq.guide_hi = np.zeros((npairs, K.GUIDE), dtype=np.int64)
-            while True:
-                cap = acq.cap_sig
-                slots = np.empty(cap, dtype=np.int64)
-                outc = np.empty(cap, dtype=np.uint8)
-                dstate = acq.drift_state.copy()
-                n = K.signal_kernel(
-                    np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame),
-                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"],
-                    acq.client_keys,
+            if acq.guide_q.shape[0] < threads or acq.guide_q.shape[1] != npairs:
+                acq.guide_q = np.zeros((threads, npairs))
+                acq.guide_lo = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
+                acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
+            thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
+                                    drift_chunk, acq.keys["drift"])
+            sig_n = np.zeros(n_chunks, dtype=np.int64)
+            args = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame),
+                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], acq.client_keys,
                     ca["cthr"], ca["cnk"], ca["cthrx"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
                     ca["pat"], ca["pat_off"], ca["pat_len"],
-                    cfg.loop.beam_splitter_ratio, dets["D0"].efficiency, dets["D1"].efficiency,
-                    cfg.loop.visibility, sim.faults.visibility_after_collapse, np.int64(collapse),
-                    drift_chunk, dstate, acq.keys["gap"], acq.keys["acc"], acq.keys["eve"], acq.keys["drift"],
-                    eve, ir.fraction, acq.guide_q, acq.guide_lo, acq.guide_hi, slots, outc)
-                if n >= 0:
-                    acq.drift_state = dstate
+                    cfg.loop.beam_splitter_ratio, dets[0].efficiency, dets[1].efficiency,
+                    cfg.loop.visibility, fl.visibility_after_collapse, np.int64(collapse),
+                    thetas, acq.keys["gap"], acq.keys["acc"], acq.keys["eve"], eve, ir.fraction)
+            # a few tasks per thread (contiguous chunk ranges) balance the pairs' different click rates
+            n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
+            bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
+            while True:
+                sig_slot = acq.buffer("sig_slot", (n_chunks, acq.cap_sig), np.int64)
+                sig_outc = acq.buffer("sig_outc", (n_chunks, acq.cap_sig), np.uint8)
+
+                def signal_task(task: int, slot: int) -> None:
+                    K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *args,
+                                    acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
+                                    sig_slot, sig_outc, sig_n)
+
+                _parallel.run(n_tasks, signal_task, threads)
+                if min(sig_n.tolist()) >= 0:
                     break
-                acq.cap_sig = cap * 2
-            slots, outc = slots[:n], outc[:n]
-            acq.cap_sig = max(acq.cap_sig, int(n * 1.3) + 4096)
+                acq.cap_sig *= 2
+            acq.cap_sig = max(acq.cap_sig, int(max(sig_n.tolist()) * 1.25) + 256)
         else:
-            slots = np.zeros(0, dtype=np.int64)
-            outc = np.zeros(0, dtype=np.uint8)
-        # slot emission times (int64 ps)
-        if period == round(period):
-            t_emit = slots * np.int64(round(period))
-        else:
-            t_emit = np.floor(slots * period + 0.5).astype(np.int64)
+            sig_n = np.zeros(1, dtype=np.int64)
+            sig_slot = np.zeros((1, 1), dtype=np.int64)
+            sig_outc = np.zeros((1, 1), dtype=np.uint8)
+        # both detectors in parallel: dark counts, dead time, afterpulses, jitter, tagger
         win_end = _round_ps(s1 * period) + t_loop
+        period_int = int(round(period)) if period == round(period) else 0
         sig_extra = math.hypot(cfg.laser.timing_jitter_ps, cfg.laser.pulse_width_ps / 2.3548)
-        fl = sim.faults
-        for bit, d in ((1, "D0"), (2, "D1")):
-            dl = dets[d]
-            ch = acq.channels[d]
-            state = acq.det_state[d].copy()
-            pend = acq.det_pend[d].copy()
-            if not dl.enabled:
-                continue
-            sig_t = t_emit[(outc & bit) != 0] + t_loop
+        on = np.zeros(2, dtype=np.uint8)
+        ip = np.zeros((2, 5), dtype=np.int64)
+        fp = np.zeros((2, 7))
+        keys = np.zeros((2, 3), dtype=np.uint64)
+        dcap = 64
+        for k, (d, dl) in enumerate(zip(("D0", "D1"), dets, strict=True)):
+            on[k] = dl.enabled
             rate = dl.dcr_hz() * 1e-12
             exp_dark = rate * (s1 - s0) * period
-            dcap = int(exp_dark + 10 * math.sqrt(exp_dark) + 64)
-            while True:
-                dark = np.empty(dcap, dtype=np.int64)
-                nd = K.dark_kernel(np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), period, np.int64(t_loop),
-                                   rate, acq.keys[f"dark_{d}"], dark)
-                if nd >= 0:
-                    break
-                dcap *= 2
-            dark = dark[:nd]
-            t_die = (np.int64(round(fl.detector_dies_at_s * 1e12)) if fl.detector_dies == d
-                     else np.iinfo(np.int64).max)
-            ocap = sig_t.size + nd + K.PEND_CAP + 16
-            while True:
-                st, pd = state.copy(), pend.copy()
-                meas = np.empty(ocap, dtype=np.int64)
-                kind = np.empty(ocap, dtype=np.uint8)
-                nm = K.detector_kernel(
-                    sig_t, dark, pd, st, np.int64(win_end), np.int64(t_die), bool(dl.gated),
-                    float(dl.gate_delay_ps), float(dl.gate_width_ns * 1e3), period,
-                    np.int64(round(dl.dead_time_ns * 1e3)), float(dl.afterpulse_prob), float(dl.afterpulse_decay_ns * 1e3),
-                    acq.keys[f"ap_{d}"], acq.keys[f"jit_{d}"], math.hypot(dl.jitter_ps, sig_extra), float(dl.jitter_ps),
-                    np.int64(acq.delays[d] - t_loop), np.int64(acq.res_ps), K.GAUSS_TABLE, meas, kind)
-                if nm >= 0:
-                    break
-                ocap *= 2
-            acq.det_state[d], acq.det_pend[d] = st, pd
-            if ch in enabled and nm:
-                m = meas[:nm]
-                K.insertion_sort(m)
-                out_t.append(m)
-                out_c.append(np.full(nm, ch, dtype=np.int16))
-        ch = acq.channels["sync"]
-        if ch in enabled:
-            st_ = K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), period,
-                                np.int64(acq.delays["sync"]), np.int64(acq.res_ps),
-                                float(fl.sync_drop_prob), acq.keys["sync"])
-            if st_.size:
-                out_t.append(st_)
-                out_c.append(np.full(st_.size, ch, dtype=np.int16))
-        return out_t, out_c
+            dcap = max(dcap, int(exp_dark + 10 * math.sqrt(exp_dark) + 64))
+            ip[k] = (round(fl.detector_dies_at_s * 1e12) if fl.detector_dies == d else _I64_MAX,
+                     round(dl.dead_time_ns * 1e3), acq.delays[d] - t_loop, acq.res_ps, int(dl.gated))
+            fp[k] = (rate, dl.gate_delay_ps, dl.gate_width_ns * 1e3, dl.afterpulse_prob, dl.afterpulse_decay_ns * 1e3,
+                     math.hypot(dl.jitter_ps, sig_extra), dl.jitter_ps)
+            keys[k] = (acq.keys[f"dark_{d}"], acq.keys[f"ap_{d}"], acq.keys[f"jit_{d}"])
+        ocap = int(sum(sig_n.tolist())) + dcap + K.PEND_CAP + 16
+        out_n = np.zeros(2, dtype=np.int64)
+        active = [d for d in (0, 1) if on[d]]
+        while True:
+            st, pd = acq.det_state.copy(), acq.det_pend.copy()
+            dark = acq.buffer("dark", (2, dcap), np.int64)
+            meas = acq.buffer("meas", (2, ocap), np.int64)
+
+            def detector_task(task: int, slot: int) -> None:
+                d = active[task]
+                out_n[d] = K.detector_window(d, sig_slot, sig_outc, sig_n, np.int64(s0), np.int64(s1),
+                                             np.int64(CHUNK_SLOTS), period, np.int64(period_int), np.int64(t_loop),
+                                             np.int64(win_end), ip, fp, keys, K.GAUSS_TABLE, pd, st, dark, meas)
+
+            _parallel.run(len(active), detector_task, threads)
+            if min(out_n.tolist()) >= 0:
+                break
+            dcap *= 2
+            ocap *= 2
+        acq.det_state, acq.det_pend = st, pd
+        ch0, ch1, chs = acq.channels["D0"], acq.channels["D1"], acq.channels["sync"]
+        srcs = [acq.carry_t,
+                meas[0, :out_n[0]] if ch0 in enabled else _EMPTY_T,
+                meas[1, :out_n[1]] if ch1 in enabled else _EMPTY_T,
+                K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), period,
+                              np.int64(acq.delays["sync"]), np.int64(acq.res_ps),
+                              float(fl.sync_drop_prob), acq.keys["sync"]) if chs in enabled else _EMPTY_T]
+        return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
 
     def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None) -> Iterator[TagBlock]:
         if not (duration_s > 0 and math.isfinite(duration_s)):
@@ -479,20 +533,14 @@ class SagnacTestbed:
         b_slots = max(1, int(round(bd * rep)))
         acq = self._new_acq(epoch, n_slots)
         t_end = _round_ps(n_slots * acq.period_ps)
-        carry_t = np.zeros(0, dtype=np.int64)
-        carry_c = np.zeros(0, dtype=np.int16)
         for s0 in range(0, n_slots, b_slots):
             s1 = min(s0 + b_slots, n_slots)
-            ts_list, ch_list = self._window(acq, s0, s1)
-            ts = np.concatenate([carry_t, *ts_list])
-            ch = np.concatenate([carry_c, *ch_list])
-            order = np.argsort(ts, kind="stable")
-            ts, ch = ts[order], ch[order]
+            ts, ch = self._window(acq, s0, s1)
             cut = self._cut(acq, s1) if s1 < n_slots else t_end
             k = int(np.searchsorted(ts, cut, side="left"))
             lo = int(np.searchsorted(ts, 0, side="left"))
-            carry_t, carry_c = (ts[k:], ch[k:]) if s1 < n_slots else (carry_t[:0], carry_c[:0])
-            yield TagBlock(np.ascontiguousarray(ts[lo:k]), np.ascontiguousarray(ch[lo:k]))
+            acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
+            yield TagBlock(ts[lo:k], ch[lo:k])
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         """One acquisition of ``duration_s`` seconds as :class:`TagBlock` s of ``block_duration_s``
