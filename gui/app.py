@@ -1,7 +1,10 @@
 """Entry points of the GUI: :func:`run_gui` (interactive) and :func:`screenshot` (headless).
 
 ``labqfl gui`` calls these (see :mod:`labqfl.cli.gui`). Qt is imported lazily so importing this
-module is cheap; :func:`screenshot` selects the ``offscreen`` platform when none is set.
+module is cheap; :func:`screenshot` selects the ``offscreen`` platform when none is set. Both
+refuse to start on a Qt binding that corrupts the interpreter (:mod:`labqfl.gui.binding`), and
+both end the way a user ends a session — by closing the window — and then check that every
+worker thread has stopped.
 """
 
 from __future__ import annotations
@@ -15,18 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig, load_station_config
+from labqfl.log import get_logger
+
+log = get_logger("labqfl.gui")
 
 #: Calibration procedures tried first for the calibration screenshot (cheap ones).
 PREFERRED_CALIBRATIONS = ("vpi", "delays", "visibility", "detector")
+#: Longest wait for the window to close (jobs stopped, instruments safe, station closed) [s].
+CLOSE_TIMEOUT_S = 90.0
+#: Longest wait, once the window has closed, for the last worker threads to end [s].
+THREAD_EXIT_WAIT_S = 10.0
 
 
 def _app() -> Any:
+    """The QApplication, after checking the Qt binding (:func:`labqfl.gui.binding.check_binding`)."""
+    from labqfl.gui.binding import check_binding
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance()
     if app is None:
         app = QApplication(["labqfl"])
         app.setApplicationName("labqfl")
+    check_binding()
     return app
 
 
@@ -57,7 +70,29 @@ def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, ru
     wake = QTimer()
     wake.timeout.connect(lambda: None)
     wake.start(200)
-    return int(app.exec())
+    code = int(app.exec())
+    wake.stop()
+    alive = ctl.live_threads(wait_s=THREAD_EXIT_WAIT_S)
+    if alive:
+        log.error("worker threads still running after the window closed: %s", ", ".join(alive))
+        return code or 1
+    return code
+
+
+def _close(app: Any, win: Any, ctl: Any, timeout_s: float = CLOSE_TIMEOUT_S,
+           thread_wait_s: float = THREAD_EXIT_WAIT_S) -> list[str]:
+    """Close ``win`` as a user does (every job stops and the instruments go to their safe state
+    on a helper thread, then the window closes) and return what went wrong: empty when the
+    window closed within ``timeout_s`` and no worker thread of ``ctl`` was left running
+    ``thread_wait_s`` after that."""
+    win.close()
+    problems: list[str] = []
+    if not _pump(app, timeout_s, lambda: not win.isVisible()):
+        problems.append(f"the window did not close within {timeout_s:g} s")
+    alive = ctl.live_threads(wait_s=thread_wait_s if not problems else 0.0)
+    if alive:
+        problems.append(f"worker threads still running after the window closed: {', '.join(alive)}")
+    return problems
 
 
 def _pump(app: Any, seconds: float, until: Callable[[], bool] | None = None) -> bool:
@@ -77,7 +112,9 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
                size: tuple[int, int] = (1440, 900)) -> dict[str, Any]:
     """Headless run: connect the station, (run a calibration if the calibration tab is wanted),
     start acquisition with distillation (and training if the training tab is wanted), wait
-    ``after_s`` seconds, save one PNG per tab and shut down. Returns a JSON-ready report.
+    ``after_s`` seconds, save one PNG per tab, and close the window as a user would. Returns a
+    JSON-ready report; raises ``RuntimeError`` if the window did not close or a worker thread
+    was still running after it closed.
 
     One tab: the picture goes to ``out``; several: ``<out stem>_<tab><suffix>`` each. Keys and run
     folders go to a temporary folder unless ``data_dir`` / ``runs_dir`` are given.
@@ -143,18 +180,23 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
             if not win.grab().save(str(path)):
                 raise RuntimeError(f"could not write {path}")
             shots.append(str(path))
+        distilled = {p: {k: m.get(k) for k in ("blocks", "sifted_bits", "final_key_bits")}
+                     for p, m in win.live_panel.pair_metrics().items()}
+        rounds_shown = win.training_panel.rounds_shown
     finally:
         ctl.stop_training()
-        ctl.shutdown(timeout_s=60.0)
-        win._closed_ok = True
-        win.close()
+        problems = _close(app, win, ctl)
+        for p in problems:
+            log.error("%s", p)
         win.deleteLater()
         ctl.deleteLater()
         app.processEvents()
         tmp.cleanup()
+    if problems:
+        raise RuntimeError("; ".join(problems))
     return {"screenshots": shots, "tabs": tabs, "after_s": after_s, "station": cfg.name,
             "calibration": calibrated, "errors": [{"title": t, "message": m} for t, m in errors],
-            "wall_s": time.monotonic() - t0}
+            "distillation": distilled, "training_rounds": rounds_shown, "wall_s": time.monotonic() - t0}
 
 
 __all__ = ["build", "run_gui", "screenshot"]

@@ -13,6 +13,8 @@ Commands return at once; instrument I/O runs on the core's station thread, never
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ class Controller(QObject):
         self.station_info: dict[str, Any] = {}
         self.ticks = 0
         self._shutting_down = False
+        self._shutdown_thread: threading.Thread | None = None
         self._timer = QTimer(self)
         self._timer.setInterval(tick_ms)
         self._timer.timeout.connect(self.drain)
@@ -135,9 +138,8 @@ class Controller(QObject):
         if self._shutting_down:
             return
         self._shutting_down = True
-        import threading
-
-        threading.Thread(target=self.core.shutdown, name="labqfl-shutdown", daemon=True).start()
+        self._shutdown_thread = threading.Thread(target=self.core.shutdown, name="labqfl-shutdown", daemon=True)
+        self._shutdown_thread.start()
 
     def shutdown(self, timeout_s: float = 30.0) -> dict[str, str]:
         """Blocking shutdown (tests, exit paths without an event loop), then a final drain."""
@@ -146,6 +148,17 @@ class Controller(QObject):
         self.drain()
         self._timer.stop()
         return failed
+
+    def live_threads(self, wait_s: float = 0.0) -> list[str]:
+        """Names of the threads of this controller and its core still running after waiting up to
+        ``wait_s`` seconds for them (see :meth:`TestbedCore.live_threads`); empty once the
+        shutdown is complete."""
+        deadline = time.monotonic() + wait_s
+        th = self._shutdown_thread
+        if th is not None and th is not threading.current_thread():
+            th.join(wait_s)
+        alive = [th.name] if th is not None and th.is_alive() else []
+        return alive + self.core.live_threads(max(0.0, deadline - time.monotonic()))
 
     # -- event pump ---------------------------------------------------------------------------------
     @Slot()

@@ -14,8 +14,9 @@ Event kinds (``Event.kind`` → ``Event.data``):
 distill_available, distill_reason} · ``disconnected`` {} · ``settings`` {role: [setting rows]}
 · ``setting_applied`` (role, name, value) · ``setting_rejected`` (role, name, message) ·
 ``rates`` {t_s, rates_hz: {D0, D1, sync}} (acquired time t_s [s], rates [Hz]) · ``pairs``
-{t_s, pairs: {pair: metrics}} · ``pools`` {pair: {pool: bits}} · ``acq_status`` {t_s, tags,
-wall_s, blocks} · ``calibrations`` [procedure descriptions] · ``calibration_result`` {...} ·
+{t_s, pairs: {pair: metrics}, acquisition: ID of the acquisition being distilled} · ``pools``
+{pair: {pool: bits}} · ``acq_status`` {t_s, tags, wall_s, blocks} · ``calibrations`` [procedure
+descriptions] · ``calibration_result`` {...} ·
 ``train_started`` / ``train_round`` / ``train_finished`` {...} · ``log`` {time, level, name,
 source, message} · ``error`` (title, message) · ``progress`` (task, fraction or None, message) ·
 ``busy`` (task, bool) · ``safe`` {role: error} (after a safe-state) · ``shutdown`` {}.
@@ -339,6 +340,8 @@ class TestbedCore:
         self._cal_cancel = threading.Event()
         self._train_thread: threading.Thread | None = None
         self._train_stop = threading.Event()
+        #: every worker thread this core started (see :meth:`live_threads`)
+        self._threads: list[threading.Thread] = []
         self._closed = False
         self._handler = _LogHandler(self)
         root = logging.getLogger(ROOT)
@@ -377,6 +380,27 @@ class TestbedCore:
 
     def busy(self, task: str) -> bool:
         return self._busy.get(task, False)
+
+    def _thread(self, target: Callable[..., None], args: tuple[Any, ...], name: str) -> threading.Thread:
+        """A worker thread (not started), remembered for :meth:`live_threads`. Daemon, so that a
+        worker stuck in instrument I/O cannot keep the process alive; :meth:`shutdown` joins them."""
+        th = threading.Thread(target=target, args=args, name=name, daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [th]
+        return th
+
+    def live_threads(self, wait_s: float = 0.0) -> list[str]:
+        """Names of the worker threads of this core that are still running — acquisition,
+        distillation, calibration, training and the station thread — after waiting up to
+        ``wait_s`` seconds in all for them to end. Empty after a complete :meth:`shutdown`."""
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            threads = list(self._threads)
+        threads += list(getattr(self._executor, "_threads", ()))  # the station thread (if it ever ran)
+        for th in threads:
+            if th.is_alive() and th is not threading.current_thread():
+                th.join(max(0.0, deadline - time.monotonic()))
+        return [th.name for th in threads if th.is_alive()]
 
     @property
     def connected(self) -> bool:
@@ -536,8 +560,7 @@ class TestbedCore:
                     distill = None
             self._acq_stop.clear()
             self._distill_request = distill
-            self._acq_thread = threading.Thread(target=self._acquire, args=(arm, block_s),
-                                                name="labqfl-acquisition", daemon=True)
+            self._acq_thread = self._thread(self._acquire, (arm, block_s), "labqfl-acquisition")
             self._set_busy("acquisition", True)
             self._acq_thread.start()
 
@@ -588,8 +611,7 @@ class TestbedCore:
                 want_distill = self._distill_request
                 self._distill_stop.clear()
                 stream = tagger.stream(_OPEN_ENDED_S, bs)
-                epoch = getattr(tagger, "acquisition_epoch", None)
-                feeder = self._start_distiller(want_distill, epoch) if want_distill is not None else None
+                feeder = self._start_distiller(want_distill, st) if want_distill is not None else None
                 seg_t = 0.0
                 acc_counts = dict.fromkeys(names.values(), 0)
                 acc_t = 0.0
@@ -643,18 +665,21 @@ class TestbedCore:
                                      "wall_s": time.perf_counter() - wall0})
             self._set_busy("acquisition", False)
 
-    def _start_distiller(self, req: dict[str, Any], epoch: int | None) -> queue.Queue[Any] | None:
-        from labqfl.sim_backends.qrng import ClientQRNGLog
-
+    def _start_distiller(self, req: dict[str, Any], station: Any) -> queue.Queue[Any] | None:
+        """A distillation thread for the acquisition the time tagger has just started. The
+        station supplies the clients' modulation logs and the acquisition ID (as for
+        ``labqfl run``), so block IDs derive from the acquisition and the key stores refuse
+        to take the same raw data twice."""
         from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
 
-        if epoch is None:
-            self._error("Cannot distil", "the time tagger reports no acquisition epoch (client logs unknown)")
+        cfg = self.config
+        try:
+            logs = station.client_logs()
+            acq_id = station.acquisition_id()
+        except LabqflError as exc:
+            self._error("Cannot distil", exc)
             self._distill_request = None
             return None
-        cfg = self.config
-        logs = {c.name: ClientQRNGLog(c.name, int(c.seed), int(epoch), tuple(c.intensity_probs), float(c.basis_x_prob))
-                for c in cfg.clients}
         try:
             settings = DistillSettings(block_bits=int(req["block_bits"]), engine=str(req["engine"]))
         except LabqflError as exc:
@@ -663,8 +688,8 @@ class TestbedCore:
             return None
         q: queue.Queue[Any] = queue.Queue(maxsize=16)
         self._distill_queue = q
-        th = threading.Thread(target=self._distill, args=(q, cfg, logs, settings, Distiller, KeyStoreSink),
-                              name="labqfl-distillation", daemon=True)
+        th = self._thread(self._distill, (q, cfg, logs, acq_id, settings, Distiller, KeyStoreSink),
+                          "labqfl-distillation")
         self._distill_thread = th
         self._set_busy("distillation", True)
         th.start()
@@ -673,7 +698,7 @@ class TestbedCore:
     def _finish_distiller(self, q: queue.Queue[Any], seg_t: float, discard: bool) -> None:
         q.put(("finish", seg_t, discard))
 
-    def _distill(self, q: queue.Queue[Any], cfg: StationConfig, logs: dict[str, Any], settings: Any,
+    def _distill(self, q: queue.Queue[Any], cfg: StationConfig, logs: dict[str, Any], acq_id: str, settings: Any,
                  distiller_cls: Any, sink_cls: Any) -> None:
         from labqfl.keystore import KeyStore
         from labqfl.runs import RunRecord
@@ -687,8 +712,9 @@ class TestbedCore:
             run_name = run.name
             run.close()
             stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
-            d = distiller_cls(cfg, logs, sink_cls(stores, run_id=run_name), settings)
-            log.info("distillation started: blocks of %d sifted bits, %s", settings.block_bits, settings.engine)
+            d = distiller_cls(cfg, logs, sink_cls(stores, run_id=run_name), settings, acquisition_id=acq_id)
+            log.info("distillation of acquisition %s started: blocks of %d sifted bits, %s", acq_id,
+                     settings.block_bits, settings.engine)
             while True:
                 item = q.get()
                 if isinstance(item, tuple) and item[0] == "finish":
@@ -697,7 +723,8 @@ class TestbedCore:
                         self.post("progress", ("distillation", None, "processing the last partial block…"))
                         d.finish(int(round(seg_t * cfg.laser.rep_rate_hz)))
                         t_s = seg_t
-                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s), "final": True})
+                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s), "acquisition": acq_id,
+                                        "final": True})
                     break
                 if self._closed:
                     continue  # shutting down: drop the backlog, keep no partial results
@@ -705,7 +732,7 @@ class TestbedCore:
                 t_s += bs
                 now = time.perf_counter()
                 if results or now - last_emit >= EMIT_INTERVAL_S:
-                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s)})
+                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s), "acquisition": acq_id})
                     last_emit = now
                 if results:
                     self._post_pools()
@@ -752,8 +779,7 @@ class TestbedCore:
                 return
             self._cal_cancel.clear()
             self._set_busy("calibration", True)
-            self._cal_thread = threading.Thread(target=self._calibrate, args=(spec, kwargs),
-                                                name="labqfl-calibration", daemon=True)
+            self._cal_thread = self._thread(self._calibrate, (spec, kwargs), "labqfl-calibration")
             self._cal_thread.start()
 
     def cancel_calibration(self) -> None:
@@ -806,7 +832,7 @@ class TestbedCore:
                 return
             self._train_stop.clear()
             self._set_busy("training", True)
-            self._train_thread = threading.Thread(target=self._train, args=(opts,), name="labqfl-training", daemon=True)
+            self._train_thread = self._thread(self._train, (opts,), "labqfl-training")
             self._train_thread.start()
 
     def stop_training(self) -> None:
@@ -928,8 +954,11 @@ class TestbedCore:
                 st.close()
             log.info("station %s: instruments in safe state and closed", self.config.name)
             self.post("disconnected", {})
-        self._join(self._train_thread, max(0.1, min(5.0, deadline - time.monotonic())))
+        # training stops at the end of its current round; it may be taking keys from the stores
+        self._join(self._train_thread, max(0.1, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for th in list(getattr(self._executor, "_threads", ())):
+            self._join(th, max(0.1, deadline - time.monotonic()))
         logging.getLogger(ROOT).removeHandler(self._handler)
         self.post("shutdown", {"safe_failures": failed})
         return failed

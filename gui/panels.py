@@ -508,6 +508,10 @@ class LivePanel(QWidget):
         if top > 0:  # from zero, with headroom for the legend
             self.rate_plot.getPlotItem().setYRange(0, 1.3 * top, padding=0)
 
+    def pair_metrics(self) -> dict[str, dict[str, Any]]:
+        """The latest per-pair numbers shown in the table (see :func:`labqfl.gui.core.pair_metrics`)."""
+        return {p: dict(m) for p, m in self._pairs_data.items()}
+
     def _on_pairs(self, snap: dict[str, Any]) -> None:
         t = snap["t_s"]
         for r, p in enumerate(self.pairs):

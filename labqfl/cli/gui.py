@@ -22,6 +22,7 @@ def _no_display() -> bool:
     return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+@handle_errors
 def gui(
     config: Path | None = CONFIG_OPTION,
     screenshot: Path | None = typer.Option(None, "--screenshot", dir_okay=False,

@@ -132,7 +132,9 @@ def test_shutdown_stops_jobs_and_closes_the_station(core: TestbedCore, events) -
     st = core.station
     core.start_acquisition()
     events.wait(lambda: bool(events.kinds("rates")))
+    assert "labqfl-acquisition" in core.live_threads()
     assert core.shutdown(20.0) == {}
+    assert core.live_threads() == []  # shutdown joined every worker and the station thread
     assert st.closed and all(inst.closed for inst in st.instruments.values())
     assert not st.laser.output_enabled
     assert not core.busy("acquisition")

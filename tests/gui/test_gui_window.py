@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -92,10 +93,27 @@ def test_closing_the_window_leaves_instruments_safe(qtbot, win: MainWindow) -> N
     win.ctl.start_acquisition()
     qtbot.waitUntil(lambda: len(win.live_panel.rate_series["D0"]) >= 1, timeout=30_000)
     assert st.laser.output_enabled
+    assert "labqfl-acquisition" in win.ctl.live_threads()
     with qtbot.waitSignal(win.ctl.shutdownFinished, timeout=30_000):
         win.close()
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=5000)
     assert st.closed and not st.laser.output_enabled and not st.detector("D0").enabled
+    assert win.ctl.live_threads(wait_s=10.0) == []  # every worker, and the shutdown helper, ended
+
+
+def test_closing_reports_a_worker_that_does_not_stop(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
+    from labqfl.gui.app import _app, _close
+
+    release = threading.Event()
+    stuck = win.ctl.core._thread(release.wait, (), "labqfl-stuck")  # a worker that ignores stop requests
+    stuck.start()
+    try:
+        problems = _close(_app(), win, win.ctl, timeout_s=30.0, thread_wait_s=0.2)
+    finally:
+        release.set()
+    assert not win.isVisible()
+    assert problems == ["worker threads still running after the window closed: labqfl-stuck"]
+    assert win.ctl.live_threads(wait_s=10.0) == []
 
 
 def test_training_dashboard_follows_rounds(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
