@@ -104,7 +104,7 @@ class Controller(QObject):
     def stop_acquisition(self) -> None:
         self.core.stop_acquisition()
 
-    def start_distillation(self, block_bits: int = 100_000, engine: str = "cascade") -> None:
+    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
         self.core.start_distillation(block_bits, engine)
 
     @Slot()

@@ -188,7 +188,9 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
     ``qber_x``: error rate of the last reconciled key block (X basis, exact after error
     correction); ``qber_y``: Y-basis test error rate so far (public test data, updated every tag
     block); ``key_rate_bps``: final (secret) key bits so far / acquired time ``t_s``;
-    ``block_fill``: sifted bits waiting for the next block / block size.
+    ``block_fill``: sifted bits waiting for the next block / block size; ``first_key_eta_s``:
+    seconds of data until the pair's first key block closes at its sifted rate so far (0 once it
+    has key, None before any sifted bit).
     """
     block_bits = distiller.settings.block_bits
     out: dict[str, dict[str, Any]] = {}
@@ -208,6 +210,8 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
             "final_key_bits": int(r.final_key_bits),
             "delivered_bits": int(r.delivered_bits),
             "key_rate_bps": r.final_key_bits / t_s if t_s > 0 else 0.0,
+            "first_key_eta_s": 0.0 if r.final_key_bits > 0 else (
+                max(block_bits - st.n_bits, 0) * t_s / r.sifted_bits if r.sifted_bits and t_s > 0 else None),
         }
     return out
 
@@ -568,13 +572,14 @@ class TestbedCore:
         """Stop streaming (and distillation) at the next block; instruments go to safe state."""
         self._acq_stop.set()
 
-    def start_distillation(self, block_bits: int = 100_000, engine: str = "cascade") -> None:
-        """Attach the pipeline to the stream (restarts the acquisition so slots count from 0)."""
+    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
+        """Attach the pipeline to the stream (restarts the acquisition so slots count from 0).
+        ``block_bits`` None or 0: the block-size rule (:mod:`labqfl.qkd.blocksize`)."""
         ok, why = self.distill_available()
         if not ok:
             self._error("Cannot distil", why)
             return
-        req = {"block_bits": int(block_bits), "engine": engine}
+        req = {"block_bits": int(block_bits) if block_bits else None, "engine": engine}
         with self._lock:
             running = self._acq_thread is not None and self._acq_thread.is_alive()
             if not running:
@@ -681,7 +686,16 @@ class TestbedCore:
             self._distill_request = None
             return None
         try:
-            settings = DistillSettings(block_bits=int(req["block_bits"]), engine=str(req["engine"]))
+            if req["block_bits"] is None:  # the block-size rule for an open-ended stream
+                from labqfl.qkd.blocksize import plan_blocks
+
+                plan = plan_blocks(cfg)
+                if not plan.sufficient:
+                    raise LabqflError(plan.shortfall("live distillation"))
+                settings = plan.distill_settings(engine=str(req["engine"]))
+                self.post("progress", ("distillation", None, plan.summary()))
+            else:
+                settings = DistillSettings(block_bits=int(req["block_bits"]), engine=str(req["engine"]))
         except LabqflError as exc:
             self._error("Cannot distil", exc)
             self._distill_request = None

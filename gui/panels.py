@@ -350,12 +350,14 @@ class LivePanel(QWidget):
 
         dist = QGroupBox("Distillation")
         self.block_bits = QSpinBox()
-        self.block_bits.setRange(1000, 100_000_000)
+        self.block_bits.setRange(0, 100_000_000)
         self.block_bits.setSingleStep(10_000)
-        self.block_bits.setValue(50_000)
+        self.block_bits.setSpecialValueText("auto (key-rate rule)")
+        self.block_bits.setValue(0)
         self.block_bits.setSuffix(" bit")
-        self.block_bits.setToolTip("Sifted bits per key block and pair (finite-key block size). The default station "
-                                   "needs ≈1.4·10⁷ for a positive key; smaller blocks show QBER and abort reasons.")
+        self.block_bits.setToolTip("Sifted bits per key block and pair (finite-key block size). auto: the block-size "
+                                   "rule picks the smallest blocks expected to give key with a margin; smaller manual "
+                                   "blocks show QBER and abort reasons.")
         self.engine = QComboBox()
         self.engine.addItems(["cascade", "ldpc"])
         self.dist_start = QPushButton("▶ Start")
@@ -460,7 +462,7 @@ class LivePanel(QWidget):
         self._update_buttons()
 
     def _start_distillation(self) -> None:
-        self.ctl.start_distillation(self.block_bits.value(), self.engine.currentText())
+        self.ctl.start_distillation(self.block_bits.value() or None, self.engine.currentText())
 
     def _on_info(self, info: dict[str, Any]) -> None:
         self._distill_ok = bool(info.get("distill_available", True))
@@ -514,6 +516,9 @@ class LivePanel(QWidget):
 
     def _on_pairs(self, snap: dict[str, Any]) -> None:
         t = snap["t_s"]
+        etas = [m.get("first_key_eta_s") for m in snap["pairs"].values()]
+        if etas and all(e is not None for e in etas) and max(etas) > 0 and not snap.get("final"):
+            self.dist_status.setText(f"running · first key on every pair expected after ≈ {max(etas):.0f} s more data")
         for r, p in enumerate(self.pairs):
             m = snap["pairs"].get(p)
             if m is None:

@@ -5,8 +5,10 @@ Phases, each recorded in ``state.json`` of the run folder so a run can be resume
 
 1. **acquire+distil** — the Station's time tagger streams tag blocks straight into the
    :class:`~labqfl.qkd.pipeline.Distiller` (no recording needed); final keys go to the node key
-   stores (one SQLite store per client, ``<data_dir>/keystore/<node>.sqlite``). By default each
-   pair's whole acquisition is one finite-key block (the best statistics for a short run).
+   stores (one SQLite store per client, ``<data_dir>/keystore/<node>.sqlite``). Block sizes come
+   from the block-size rule (:mod:`labqfl.qkd.blocksize`): as few blocks as the acquisition allows
+   (a one-minute run is one block per pair, the best statistics), each expected to give key; a
+   duration too short for that is refused before the station is opened.
 2. **train** — federated training of the task's model over the station's clients, every update
    masked with one-time pads drawn from those key stores (``key_source = "qkd"``); a checkpoint
    of the global parameters after every round.
@@ -121,6 +123,16 @@ def _matched_test_counts(counts: Any) -> tuple[int, int]:
     return clicks, errors
 
 
+def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str, dict[str, Any]]:
+    """``distill.pairs`` of metrics.json: each :class:`~labqfl.qkd.pipeline.PairResult` as
+    ``labqfl distill --json`` writes it, plus ``status`` and ``qber_x`` (docs/metrics.md)."""
+    pairs = {name: r.as_dict(duration_s) for name, r in results.items()}
+    for pd in pairs.values():
+        pd["status"] = "ok" if pd["final_key_bits"] > 0 else ("abort: " + "; ".join(pd["abort_reasons"]) if pd["abort_reasons"] else "no key")
+        pd["qber_x"] = pd["error_rate"]["X_key"]
+    return pairs
+
+
 class MainJob:
     """One run of the main job in a run folder. Create with :meth:`create`, or :meth:`resume`."""
 
@@ -216,6 +228,13 @@ class MainJob:
             log.warning("could not write partial metrics: %s", exc)
 
     # -- phase 1 ---------------------------------------------------------------------------
+    def block_plan(self) -> Any:
+        """The block-size rule (:func:`labqfl.qkd.blocksize.plan_blocks`) for this job's duration and ε_sec."""
+        from labqfl.qkd.blocksize import plan_blocks
+        from labqfl.qkd.estimation import SecurityParameters
+
+        return plan_blocks(self.cfg, self.settings.duration_s, params=SecurityParameters(eps_sec=self.settings.eps_sec))
+
     def _acquire_and_distil(self) -> None:
         from labqfl.keystore import KeyStore
         from labqfl.qkd.estimation import SecurityParameters
@@ -229,9 +248,18 @@ class MainJob:
         chan_names = {cfg.time_tagger.sync_channel: "sync",
                       **{ch: name for name, ch in cfg.time_tagger.detector_channels.items()}}
         stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
-        block_bits = s.block_bits or 2**62  # default: the whole acquisition is one block per pair
-        dsettings = DistillSettings(block_bits=block_bits, engine=s.engine, params=SecurityParameters(eps_sec=s.eps_sec),
-                                    bootstrap_auth=s.bootstrap_auth)
+        params = SecurityParameters(eps_sec=s.eps_sec)
+        if s.block_bits:
+            dsettings = DistillSettings(block_bits=s.block_bits, engine=s.engine, params=params,
+                                        bootstrap_auth=s.bootstrap_auth)
+        else:  # the block-size rule: as few blocks as the acquisition allows (one for a minute), all expected to give key
+            plan = self.block_plan()
+            if not plan.sufficient:
+                raise ConfigError(f"{plan.shortfall(f'the acquisition of --duration {s.duration_s:g} s')}; "
+                                  "use a longer --duration or force a block size with --block-bits")
+            dsettings = plan.distill_settings(engine=s.engine, params=params, bootstrap_auth=s.bootstrap_auth)
+            self.state["block_rule"] = plan.as_dict()
+            log.info("%s", plan.summary())
         if not s.bootstrap_auth:  # refuse before any instrument is touched (the Distiller would, later)
             check_auth_key(KeyStoreSink(stores), [f"{a}-{b}" for a, b in cfg.pairs()], dsettings)
         before = {n: st.accounting() for n, st in stores.items()}
@@ -284,10 +312,7 @@ class MainJob:
             station.safe_state()
         wall = time.perf_counter() - t_wall
         after = {n: st.accounting() for n, st in stores.items()}
-        pairs = {name: r.as_dict(s.duration_s) for name, r in results.items()}
-        for pd in pairs.values():
-            pd["status"] = "ok" if pd["final_key_bits"] > 0 else ("abort: " + "; ".join(pd["abort_reasons"]) if pd["abort_reasons"] else "no key")
-            pd["qber_x"] = pd["error_rate"]["X_key"]
+        pairs = distill_pair_metrics(results, s.duration_s)
         self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
         self.state["acquire"] = {
             "acquisition_id": acq_id, "duration_s": s.duration_s, "wall_s": wall,
@@ -414,4 +439,4 @@ def run_job(cfg: StationConfig, settings: JobSettings, runs_dir: Path | str | No
     return job, job.run()
 
 
-__all__ = ["JobSettings", "MainJob", "run_job", "LabqflError"]
+__all__ = ["JobSettings", "MainJob", "run_job", "distill_pair_metrics", "LabqflError"]

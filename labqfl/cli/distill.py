@@ -25,7 +25,10 @@ def distill(
     duration: float = typer.Option(1.0, "--duration", "-d", min=1e-6, help="Live acquisition time [s]."),
     config: Path | None = CONFIG_OPTION,
     engine: str = typer.Option("cascade", "--engine", "-e", help="Error correction: cascade or ldpc."),
-    block_bits: int = typer.Option(1_000_000, "--block-bits", min=1000, help="Sifted bits per key block and pair."),
+    block_bits: int | None = typer.Option(
+        None, "--block-bits", min=1000,
+        help="Sifted bits per key block and pair (default: the block-size rule of labqfl.qkd.blocksize, from the "
+             "key-rate model: as few blocks as the data allow, each expected to give key with a margin)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
                                          help="Key store directory (default: the key store's data dir)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory for the run folder (default ./runs)."),
@@ -39,6 +42,7 @@ def distill(
     """Distill keys from a recording or a live acquisition; write them to the nodes' key stores."""
     from labqfl.config import load_station_config
     from labqfl.keystore import KeyStore
+    from labqfl.qkd.blocksize import BlockPlan, plan_blocks
     from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink, acquisition_id
     from labqfl.runs import RunRecord
 
@@ -47,12 +51,19 @@ def distill(
     if engine not in ("cascade", "ldpc"):
         raise fail(f"--engine must be 'cascade' or 'ldpc', got {engine!r}")
     rec: Any = None
+    plan: BlockPlan | None = None
     if recording is not None:
         from labqfl.sim_backends.recording import read_recording
 
         rec = read_recording(recording)
         cfg = rec.config if config is None else load_station_config(config)
         duration_s = rec.duration_s
+        if block_bits is None:
+            plan = plan_blocks(cfg, duration_s) if duration_s > 0 else None
+            if plan is None or not plan.sufficient:
+                rec.close()
+                short = plan.shortfall(f"recording {recording}") if plan is not None else f"recording {recording} holds no data"
+                raise fail(f"{short}; record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
         blocks = rec.blocks()
         logs = {c: rec.client_log(c) for c in cfg.client_names}
         acq_id = acquisition_id(rec.config, rec.epoch) if rec.epoch >= 0 else None
@@ -62,6 +73,10 @@ def distill(
         if not cfg.all_simulated:
             raise ConfigError("live distillation needs the simulated time tagger and client logs; "
                               "record real acquisitions with their client logs and pass the recording")
+        if block_bits is None:
+            plan = plan_blocks(cfg, duration)
+            if not plan.sufficient:
+                raise fail(f"{plan.shortfall('--duration')}; use a longer --duration or force a block size with --block-bits")
         from labqfl.sim_backends import SagnacTestbed
 
         tb = SagnacTestbed(cfg)
@@ -71,7 +86,11 @@ def distill(
         duration_s = duration
         source = "live (simulated station)"
     total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
-    settings = DistillSettings(block_bits=block_bits, engine=engine, bootstrap_auth=not no_auth_bootstrap)
+    if plan is not None:
+        settings = plan.distill_settings(engine=engine, bootstrap_auth=not no_auth_bootstrap)
+    else:
+        assert block_bits is not None
+        settings = DistillSettings(block_bits=block_bits, engine=engine, bootstrap_auth=not no_auth_bootstrap)
     stores: dict[str, KeyStore] = {}
     run: RunRecord | None = None
     try:
@@ -97,7 +116,8 @@ def distill(
         if rec is not None:
             rec.close()
     data = {
-        "source": source, "engine": engine, "duration_s": duration_s, "block_bits": block_bits,
+        "source": source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits,
+        "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
         "slotting": vars(d.slotter.stats), "run": str(run.path),
         "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
@@ -113,6 +133,7 @@ def distill(
         from rich.table import Table
 
         con.print(f"source: {source}; {duration_s:g} s of data in {wall:.2f} s; engine {engine}")
+        con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits (--block-bits)")
         from rich import box
 
         t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
@@ -134,9 +155,9 @@ def distill(
         con.print(t)
         for reason, pairs in reasons.items():
             con.print(f"[yellow]aborted[/] ({', '.join(pairs)}): {reason}")
-        if reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
-            con.print("hint: finite-key blocks on the default station need ~1e7 sifted bits per pair "
-                      "(~60 s of acquisition): use --duration 60 with a large --block-bits, or `labqfl run`.")
+        if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
+            con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
+                      "block-size rule choose (labqfl.qkd.blocksize).")
         con.print(f"run folder: {run.path}")
 
     emit(data, as_json, render)

@@ -14,14 +14,16 @@ from labqfl.config import load_station_config
 @handle_errors
 def run(
     config: Path | None = CONFIG_OPTION,
-    duration: float = typer.Option(60.0, "--duration", help="Acquisition time [s] of simulated/real station time. "
-                                   "~60 s (1e9 slots per pair) is the least that gives finite-key secure key on the default station."),
+    duration: float = typer.Option(60.0, "--duration", help="Acquisition time [s] of simulated/real station time "
+                                   "(60 s = 1e9 slots per pair on the default station; too short a duration for a "
+                                   "positive-key block is refused with the duration needed)."),
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
     q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
     engine: str = typer.Option("cascade", "--engine", help="Error correction: cascade | ldpc."),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
-                                          help="Sifted bits per finite-key block (default: the whole acquisition per pair)."),
+                                          help="Sifted bits per finite-key block (default: the block-size rule, "
+                                               "labqfl.qkd.blocksize: as few blocks as the acquisition allows)."),
     eps_sec: float = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter ε_sec of the finite-key analysis (docs/protocol.md)."),
     seed: int = typer.Option(0, "--seed", help="Seed of data, model and training (never of keys)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),

@@ -4,6 +4,7 @@ resume that never uses a key bit twice nor distils an acquisition twice."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_run_end_to_end_report_matches_component_commands(small_station_file, tm
     for png in ("count_rates.png", "qber.png", "key_rate.png", "key_pools.png", "training.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000
     assert "data:image/png;base64," in html and "C1-C2" in html
+    cells = re.findall(r"<td>(.*?)</td>", html, flags=re.S)
+    assert cells and all(c.strip() for c in cells) and "n/a" not in cells, f"report.html has empty cells: {cells}"
     pair = m["distill"]["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["delivered_bits"] > 0
     t = m["train"]

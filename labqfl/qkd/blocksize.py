@@ -1,0 +1,263 @@
+"""One block-size rule for every distillation path (``labqfl distill``, ``labqfl run``, the GUI).
+
+A finite-key block gives key only when it is large enough for the decoy statistics to bound the
+phase error (docs/protocol.md §4–§5). The rule picks block sizes from the key-rate model
+(:mod:`labqfl.qkd.keyrate`: the analytical station model's expected counts fed to the same
+:func:`~labqfl.qkd.estimation.secure_key_length` that judges real blocks):
+
+1. **break-even size** N₀ of a pair: the smallest block (slots of the pair) whose *expected*
+   statistics give at least ``MIN_KEY_BITS`` final bits (enough to pay the block's own
+   authentication, :mod:`labqfl.qkd.pipeline`), found by bracketing and bisection in log N;
+2. **rule size** N_rule = (1 + ``margin``)·N₀ (default margin 25 %). Near N₀ the key grows by
+   ~10⁵ bits per 10 % more slots on the default station, while the key length of a block
+   fluctuates by ~3·10³ bits (sd over Poisson-sampled counts,
+   tests/qkd_security/test_blocksize_rule.py), so the margin keeps a block tens of standard
+   deviations away from abort; it also absorbs what the model leaves out (dead time, phase drift,
+   the actual error-correction efficiency);
+3. **with a known amount of data** (a recording, ``labqfl run --duration``) the data are cut into
+   as few blocks as possible (the finite-key rate grows with the block), k = ⌈bits / cap⌉ blocks
+   of ``max_block_bits`` at most (memory of one block in the pipeline), each ≥ N_rule; with too
+   little data for N_rule on every pair the plan says how much is needed (:attr:`BlockPlan.sufficient`,
+   :meth:`BlockPlan.shortfall`) instead of distilling blocks that can only abort.
+   Open-ended streams (the GUI's live tab) use N_rule: the earliest key that is expected to come.
+
+Units. The pipeline closes a pair's block when it holds ``block_bits`` sifted bits
+(:class:`~labqfl.qkd.pipeline.DistillSettings`), one number for all pairs. A pair's sifted bits
+per slot s_p come from the model, so the plan asks for ``block_bits`` = max_p s_p·N_p (every
+pair's block then spans at least its own N_p slots) and ``min_final_block_bits`` = max_p s_p·N_rule,p
+(a final rest smaller than every pair's rule is dropped and reported, never distilled into an
+abort). Times are seconds of acquired data: a pair owns 1/P of the laser's slots
+(time-division schedule, :mod:`labqfl.qkd.schedule`), so N slots take N·P/rep_rate seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from labqfl.config import StationConfig
+from labqfl.qkd.channel_model import PairChannel
+from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters
+from labqfl.qkd.keyrate import (
+    DEFAULT_EC_EFFICIENCY,
+    _key_length_from_model,
+    expected_counts,
+    station_pair_channel,
+)
+from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, pair_name
+
+__all__ = ["BLOCK_MARGIN", "MIN_KEY_BITS", "MAX_BLOCK_BITS", "PairBlockPlan", "BlockPlan", "break_even_slots",
+           "plan_blocks"]
+
+#: Rule size = (1 + BLOCK_MARGIN) × break-even size.
+BLOCK_MARGIN = 0.25
+#: Final key bits a block must be expected to give at break-even (pays its own authentication:
+#: 3·64 bits per lane on a pair's first block, docs/postprocessing.md).
+MIN_KEY_BITS = 1024
+#: Largest block the plan asks for [sifted bits per pair]: the pipeline holds one block per pair
+#: in memory (two uint8 arrays + the reconciliation state; 2^25 bits ≈ 0.1 GB per pair).
+MAX_BLOCK_BITS = 1 << 25
+#: Relative precision of the break-even search (ratio of the bracket ends; the upper end is kept).
+_SEARCH_RATIO = 1.05
+#: Block sizes searched [slots of the pair], bracketing steps of ×4; a pair without key at the
+#: upper end never gives key.
+_N_START, _N_STEP, _N_MAX = 1e7, 4.0, 1e14
+
+
+def _evaluate(ch: PairChannel, n_slots: float, params: SecurityParameters, ec: float) -> tuple[KeyLengthReport, float]:
+    rep, n_x, _ = _key_length_from_model(ch, n_slots, params, ec)
+    return rep, n_x
+
+
+def break_even_slots(ch: PairChannel, params: SecurityParameters | None = None,
+                     ec_efficiency: float = DEFAULT_EC_EFFICIENCY, min_key_bits: int = MIN_KEY_BITS) -> float:
+    """Smallest block [slots of the pair] whose expected counts give ≥ ``min_key_bits`` final bits
+    without abort (from above, within a factor 1.05); ``math.inf`` if none up to 10¹⁴ slots."""
+    p = params or SecurityParameters()
+    key = (repr(ch), p, ec_efficiency, min_key_bits)
+    if key not in _BREAK_EVEN:
+        if len(_BREAK_EVEN) > 256:
+            _BREAK_EVEN.clear()
+        _BREAK_EVEN[key] = _search_break_even(ch, p, ec_efficiency, min_key_bits)
+    return _BREAK_EVEN[key]
+
+
+_BREAK_EVEN: dict[tuple[Any, ...], float] = {}
+
+
+def _search_break_even(ch: PairChannel, p: SecurityParameters, ec_efficiency: float, min_key_bits: int) -> float:
+    def ok(n: float) -> bool:
+        rep, _ = _evaluate(ch, n, p, ec_efficiency)
+        return (not rep.abort) and rep.key_length_real >= min_key_bits
+
+    hi = _N_START
+    while not ok(hi):
+        hi *= _N_STEP
+        if hi > _N_MAX:
+            return math.inf
+    lo = hi / _N_STEP
+    if hi == _N_START:  # already positive at the start: search downwards
+        while lo > 1.0 and ok(lo):
+            hi, lo = lo, lo / _N_STEP
+        if lo <= 1.0:
+            return hi
+    while hi / lo > _SEARCH_RATIO:
+        mid = math.sqrt(lo * hi)
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@dataclass(frozen=True)
+class PairBlockPlan:
+    """The rule applied to one pair (slots of the pair; bits are sifted key bits)."""
+
+    pair: str
+    sifted_per_slot: float
+    break_even_slots: float
+    rule_slots: float
+    expected_key_bits_at_rule: float
+    block_slots: float
+    expected_key_bits: float
+    data_time_per_block_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Block sizes for a station (all scheduled pairs) and, optionally, a known amount of data.
+
+    ``block_bits`` / ``min_block_bits``: the pipeline's ``block_bits`` and
+    ``min_final_block_bits`` (module docstring). ``duration_s``: seconds of data available (None:
+    open-ended stream). ``n_blocks``: blocks per pair the data are cut into (1 for an open-ended
+    stream: the first one). ``sufficient``: every pair gets at least one block of its rule size.
+    ``needed_duration_s``: seconds of data for one rule-size block on every pair.
+    ``first_key_s``: seconds of data until every pair has distilled its first block.
+    """
+
+    station: str
+    n_pairs: int
+    rep_rate_hz: float
+    margin: float
+    duration_s: float | None
+    pairs: dict[str, PairBlockPlan]
+    block_bits: int
+    min_block_bits: int
+    n_blocks: int
+    sufficient: bool
+    needed_duration_s: float
+    limiting_pair: str
+    first_key_s: float
+
+    def distill_settings(self, **kw: Any) -> Any:
+        """:class:`~labqfl.qkd.pipeline.DistillSettings` with this plan's block sizes (``kw``: the
+        other fields, e.g. ``engine``, ``params``)."""
+        from labqfl.qkd.pipeline import DistillSettings
+
+        return DistillSettings(block_bits=self.block_bits, min_final_block_bits=self.min_block_bits, **kw)
+
+    def shortfall(self, what: str = "the data") -> str:
+        """One line: why the data cannot give key and how much is needed."""
+        have = "an open-ended stream" if self.duration_s is None else f"{self.duration_s:g} s"
+        need = self.needed_duration_s
+        needs = "no block size gives key on this station" if not math.isfinite(need) else (
+            f"a positive-key block on every pair needs ≥ {need:.3g} s of data "
+            f"({self.pairs[self.limiting_pair].rule_slots:.3g} slots of pair {self.limiting_pair})")
+        return f"{what} ({have}) is too short for the block-size rule: {needs}"
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        blk = f"{self.block_bits:,} sifted bits per block"
+        if self.duration_s is None:
+            return (f"block-size rule: {blk}; first key expected after {self.first_key_s:.3g} s of data "
+                    f"(limiting pair {self.limiting_pair})")
+        return f"block-size rule: {self.n_blocks} block(s) per pair of {blk} ({self.duration_s:g} s of data)"
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "pairs"}
+        d["pairs"] = {k: v.as_dict() for k, v in self.pairs.items()}
+        for k in ("needed_duration_s", "first_key_s"):
+            if not math.isfinite(d[k]):
+                d[k] = None
+        return d
+
+
+_CACHE: dict[tuple[Any, ...], BlockPlan] = {}
+
+
+def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: SecurityParameters | None = None,
+                ec_efficiency: float = DEFAULT_EC_EFFICIENCY, margin: float = BLOCK_MARGIN,
+                max_block_bits: int = MAX_BLOCK_BITS) -> BlockPlan:
+    """The block-size rule (module docstring) for the station's scheduled pairs.
+
+    ``duration_s``: seconds of data to distil (a recording, a timed acquisition), None for an
+    open-ended stream. ``params``: the security settings the blocks will be judged with (ε_sec
+    changes the break-even size). Deterministic; cached per (station, arguments) since the search
+    costs ~0.5 s per pair.
+    """
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration must be > 0 seconds, got {duration_s}")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    p = params or SecurityParameters()
+    key = (cfg.model_dump_json(), duration_s, p, ec_efficiency, margin, max_block_bits)
+    if key in _CACHE:
+        return _CACHE[key]
+    pairs = cfg.pairs()
+    n_pairs = len(pairs)
+    rep = float(cfg.laser.rep_rate_hz)
+    avail = None if duration_s is None else duration_s * rep / n_pairs  # slots of each pair
+    rows: list[tuple[str, PairChannel, float, float]] = []
+    for pr in pairs:
+        ch = station_pair_channel(cfg, pr)
+        n0 = break_even_slots(ch, p, ec_efficiency)
+        k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+        rows.append((pair_name(*pr), ch, n0, float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])))
+    rule = {name: (1.0 + margin) * n0 for name, _, n0, _ in rows}
+    sifted = {name: s for name, _, _, s in rows}
+    min_bits = max(math.ceil(sifted[n] * rule[n]) if math.isfinite(rule[n]) else 0 for n in rule)
+    # slots each pair needs before its total reaches min_bits (the global threshold)
+    need_slots = {n: (min_bits / sifted[n] if sifted[n] > 0 and math.isfinite(rule[n]) else math.inf) for n in rule}
+    limiting = max(need_slots, key=lambda n: need_slots[n])
+    needed_s = need_slots[limiting] * n_pairs / rep
+    cap = max(max_block_bits, 2 * min_bits)
+    if avail is None:
+        sufficient, n_blocks = math.isfinite(needed_s), 1
+        block_bits = min_bits
+    else:
+        sufficient = math.isfinite(needed_s) and avail >= need_slots[limiting]
+        top = max(sifted[n] * avail for n in rule)
+        n_blocks = max(1, math.ceil(top / cap))
+        # one block: 10 % above the largest expected total, so every pair's whole acquisition is
+        # distilled at the end as one block; k blocks: the largest pair's data cut into k
+        block_bits = math.ceil(1.1 * top) if n_blocks == 1 else math.ceil(top / n_blocks)
+        block_bits = max(block_bits, min_bits)
+    block_bits = max(block_bits, 1000)  # the pipeline's smallest block
+    out: dict[str, PairBlockPlan] = {}
+    for name, ch, n0, s in rows:
+        n_rule = rule[name]
+        blk_slots = (block_bits / s) if s > 0 else math.inf
+        if avail is not None:
+            blk_slots = min(blk_slots, avail)
+        k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if math.isfinite(n_rule) else 0
+        k_blk = _evaluate(ch, blk_slots, p, ec_efficiency)[0].key_length_bits if math.isfinite(blk_slots) else 0
+        out[name] = PairBlockPlan(
+            pair=name, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
+            expected_key_bits_at_rule=float(k_rule), block_slots=blk_slots, expected_key_bits=float(k_blk),
+            data_time_per_block_s=blk_slots * n_pairs / rep,
+        )
+    first = max(v.data_time_per_block_s for v in out.values()) if sufficient else math.inf
+    plan = BlockPlan(
+        station=cfg.name, n_pairs=n_pairs, rep_rate_hz=rep, margin=margin, duration_s=duration_s, pairs=out,
+        block_bits=int(block_bits), min_block_bits=int(max(min_bits, 1000)), n_blocks=n_blocks, sufficient=sufficient,
+        needed_duration_s=needed_s, limiting_pair=limiting, first_key_s=first,
+    )
+    if len(_CACHE) > 64:
+        _CACHE.clear()
+    _CACHE[key] = plan
+    return plan

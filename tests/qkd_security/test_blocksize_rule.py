@@ -1,0 +1,114 @@
+"""The block-size rule (labqfl.qkd.blocksize): its blocks give key, on the model's statistics
+over 20 seeds and in a real distillation; too little data is refused with the amount needed."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from labqfl.config import StationConfig, load_station_config
+from labqfl.qkd.blocksize import MIN_KEY_BITS, plan_blocks
+from labqfl.qkd.estimation import SecurityParameters, secure_key_length
+from labqfl.qkd.finite_key import binary_entropy
+from labqfl.qkd.keyrate import DEFAULT_EC_EFFICIENCY, expected_counts, station_pair_channel
+from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, split_pair
+
+SEEDS = 20
+
+
+def sampled_block(cfg: StationConfig, pair: str, block_bits: int, rng: np.random.Generator,
+                  params: SecurityParameters):
+    """One block as the pipeline closes it (``block_bits`` sifted bits), with Poisson-sampled
+    counts around the model's expectation, its key errors binomial, leakage f·n·h(Q)."""
+    ch = station_pair_channel(cfg, split_pair(pair))
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    per_slot = float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])
+    exp = expected_counts(ch, block_bits / per_slot)
+    clicks = rng.poisson(exp.clicks).astype(float)
+    n_x = int(clicks[k0, k0, b0, b0])
+    q_exp = float(exp.errors_x2[k0, k0, b0, b0]) / 2.0 / float(exp.clicks[k0, k0, b0, b0])
+    q = rng.binomial(n_x, q_exp) / n_x
+    leak = math.ceil(DEFAULT_EC_EFFICIENCY * n_x * binary_entropy(q))
+    return secure_key_length(replace(exp, clicks=clicks), n_x, q, leak, params)
+
+
+def small_station() -> StationConfig:
+    """One pair on a short loop with balanced choices: blocks of ~3·10⁴ sifted bits give key."""
+    cfg = load_station_config()
+    cfg.schedule.pairs = [("C1", "C2")]
+    cfg.loop.segments_km = [0.2] * 5
+    for c in cfg.clients:
+        c.insertion_loss_db = 0.2
+        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.basis_x_prob = 0.7
+    return cfg
+
+
+@pytest.mark.parametrize("which", ["default", "small"])
+def test_rule_blocks_never_abort_over_20_seeds(which: str) -> None:
+    cfg = load_station_config() if which == "default" else small_station()
+    params = SecurityParameters()
+    plan = plan_blocks(cfg)  # open-ended stream: the smallest blocks the rule allows
+    assert plan.sufficient and set(plan.pairs) == {f"{a}-{b}" for a, b in cfg.pairs()}
+    rng = np.random.default_rng(2024)
+    for pair, pp in plan.pairs.items():
+        # the rule keeps a margin above break-even on every pair
+        assert pp.rule_slots >= (1 + plan.margin) * pp.break_even_slots * (1 - 1e-12)
+        assert pp.block_slots >= pp.rule_slots * (1 - 1e-9)
+        assert pp.expected_key_bits > MIN_KEY_BITS
+        lengths = []
+        for _ in range(SEEDS):
+            rep = sampled_block(cfg, pair, plan.block_bits, rng, params)
+            assert not rep.abort, f"{pair}: block of {plan.block_bits} bits aborted: {rep.abort_reason}"
+            lengths.append(rep.key_length_bits)
+        assert min(lengths) > 0
+    # the check can fail: blocks of half the break-even size abort
+    pair = plan.limiting_pair
+    pp = plan.pairs[pair]
+    lean_bits = int(0.5 * pp.break_even_slots * pp.sifted_per_slot)
+    assert sampled_block(cfg, pair, lean_bits, rng, params).abort
+
+
+def test_known_duration_is_cut_into_few_large_blocks_or_refused_with_the_need() -> None:
+    cfg = load_station_config()
+    open_ended = plan_blocks(cfg)
+    need = open_ended.needed_duration_s
+    assert math.isfinite(need) and need > 0
+    long = plan_blocks(cfg, 1.5 * need)
+    assert long.sufficient and long.n_blocks == 1
+    # one block holds every pair's whole acquisition: block_bits above every pair's expected total
+    for pp in long.pairs.values():
+        slots = 1.5 * need * cfg.laser.rep_rate_hz / len(cfg.pairs())
+        assert long.block_bits > pp.sifted_per_slot * slots
+        assert pp.expected_key_bits > open_ended.pairs[pp.pair].expected_key_bits
+    short = plan_blocks(cfg, 0.5 * need)
+    assert not short.sufficient
+    msg = short.shortfall("recording r.h5")
+    assert f"{need:.3g} s" in msg and "r.h5" in msg and "\n" not in msg
+    # beyond the memory cap: several blocks, each still at least the rule size
+    capped = plan_blocks(cfg, 3 * need, max_block_bits=open_ended.block_bits)
+    assert capped.n_blocks >= 2 and capped.block_bits >= capped.min_block_bits
+
+
+def test_rule_blocks_give_key_in_a_real_distillation() -> None:
+    """Simulated acquisition → pipeline with the rule's settings: every block of the pair gives key."""
+    from labqfl.sim_backends import SagnacTestbed
+
+    from labqfl.qkd.pipeline import MemorySink, distill_stream
+
+    cfg = small_station()
+    need = plan_blocks(cfg).needed_duration_s
+    dur = round(2.3 * need, 3)  # two blocks and a rest
+    plan = plan_blocks(cfg, None)
+    tb = SagnacTestbed(cfg)
+    blocks = tb.stream(dur)
+    logs = {c: tb.client_log(c) for c in cfg.client_names}
+    results, _ = distill_stream(cfg, blocks, logs, MemorySink(), plan.distill_settings(),
+                                total_slots=int(round(dur * cfg.laser.rep_rate_hz)))
+    r = results["C1-C2"]
+    assert len(r.blocks) >= 2
+    assert all(not b.abort for b in r.blocks), [b.abort_reason for b in r.blocks]
+    assert all(b.final_key_bits > 0 for b in r.blocks)
