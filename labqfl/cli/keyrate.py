@@ -103,6 +103,48 @@ def _plot(path: Path, results: list[dict[str, Any]], sweep: str, block: float, t
     plt.close(fig)
 
 
+def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size: float, ec_efficiency: float,
+                             out: Path, max_evaluations: int, as_json: bool) -> None:
+    """``--optimize --write-config``: station-wide optimisation, TOML written and re-loaded."""
+    from labqfl.qkd.keyrate import optimize_station
+    from labqfl.runs import dump_toml
+
+    with progress_bar(enabled=not as_json) as prog:
+        task = prog.add_task("optimising the station", total=max_evaluations)
+        res = optimize_station(cfg, block_size, ec_efficiency=ec_efficiency, max_evaluations=max_evaluations,
+                               progress=lambda n, m: prog.update(task, completed=n))
+    src = str(source) if source is not None else "the embedded default station"
+    header = (f"# Station optimised by `labqfl keyrate --optimize --write-config` from {src}\n"
+              f"# for blocks of {block_size:.3g} slots per pair (ec_efficiency {ec_efficiency:g}): smallest predicted "
+              f"pair key rate {res.min_bits_per_second_before / 1e3:.1f} -> {res.min_bits_per_second_after / 1e3:.1f} "
+              "kbit/s (docs/station.md).\n")
+    out.write_text(header + dump_toml(res.config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
+    load_station_config(out)  # what was written must load
+    rows: list[dict[str, Any]] = [{"pair": b.pair, "bits_per_second_before": b.bits_per_second, "bits_per_second_after": a.bits_per_second,
+             "phase_error_upper_after": a.phase_error_upper} for b, a in zip(res.before, res.after, strict=True)]
+    clients: dict[str, dict[str, Any]] = {
+        c.name: {"intensities": c.intensities, "intensity_probs": c.intensity_probs, "basis_x_prob": c.basis_x_prob}
+        for c in res.config.clients}
+    data = {
+        "station": cfg.name, "block_size": block_size, "ec_efficiency": ec_efficiency, "written": str(out),
+        "evaluations": res.evaluations, "pairs": rows, "clients": clients,
+    }
+
+    def render(con) -> None:  # type: ignore[no-untyped-def]
+        t = Table("pair", "kbit/s given", "kbit/s optimised", "e_ph^U",
+                  title=f"{cfg.name}: blocks of {block_size:.3g} slots per pair")
+        for r in rows:
+            t.add_row(r["pair"], f"{r['bits_per_second_before'] / 1e3:.1f}", f"{r['bits_per_second_after'] / 1e3:.1f}",
+                      f"{r['phase_error_upper_after']:.3f}")
+        con.print(t)
+        for name, c in clients.items():
+            con.print(f"{name}: intensities {[round(x, 4) for x in c['intensities']]}, probabilities "
+                      f"{[round(x, 4) for x in c['intensity_probs']]}, P(X) {c['basis_x_prob']:.4f}")
+        con.print(f"station written to {out}")
+
+    emit(data, as_json, render)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("keyrate")
     @handle_errors
@@ -117,6 +159,12 @@ def register(app: typer.Typer) -> None:
         optimize: bool = typer.Option(False, "--optimize", help="Optimise intensities and probabilities per pair and point (~20 s each)."),
         plot: Path | None = typer.Option(None, "--plot", help="Write a PNG: key rate vs loss (loss sweep) or vs block size.", dir_okay=False),
         ec_efficiency: float = typer.Option(1.1, "--ec-efficiency", help="Error-correction efficiency f (leak = f·n·h(Q))."),
+        write_config: Path | None = typer.Option(
+            None, "--write-config", dir_okay=False,
+            help="With --optimize: optimise the station's operating point for the block size (one setting per client "
+                 "serving all its pairs; maximises the smallest pair's key rate) and write the station TOML here."),
+        max_evaluations: int = typer.Option(200, "--max-evaluations", min=10,
+                                            help="Model evaluations of the station optimiser (--write-config)."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
@@ -125,6 +173,17 @@ def register(app: typer.Typer) -> None:
             predict_pair,
             station_pair_channel,
         )
+
+        if write_config is not None:
+            if not optimize:
+                raise fail("--write-config needs --optimize (it writes the optimised station)")
+            if write_config.suffix.lower() != ".toml":
+                raise fail(f"--write-config {str(write_config)!r}: expected a .toml file name")
+            if not (block_size >= 1 and math.isfinite(block_size)):
+                raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+            _write_optimized_station(load_station_config(config), config, block_size, ec_efficiency, write_config,
+                                     max_evaluations, as_json)
+            return
 
         if not (block_size >= 1 and math.isfinite(block_size)):
             raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
