@@ -459,7 +459,8 @@ class SagnacTestbed:
                 sig_slot = acq.buffer("sig_slot", (n_chunks, acq.cap_sig), np.int64)
                 sig_outc = acq.buffer("sig_outc", (n_chunks, acq.cap_sig), np.uint8)
 
-                def signal_task(task: int, slot: int) -> None:
+                def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
+                                sig_outc: np.ndarray = sig_outc) -> None:
                     K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *args,
                                     acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
                                     sig_slot, sig_outc, sig_n)
@@ -500,7 +501,8 @@ class SagnacTestbed:
             dark = acq.buffer("dark", (2, dcap), np.int64)
             meas = acq.buffer("meas", (2, ocap), np.int64)
 
-            def detector_task(task: int, slot: int) -> None:
+            def detector_task(task: int, slot: int, st: np.ndarray = st, pd: np.ndarray = pd,
+                              dark: np.ndarray = dark, meas: np.ndarray = meas) -> None:
                 d = active[task]
                 out_n[d] = K.detector_window(d, sig_slot, sig_outc, sig_n, np.int64(s0), np.int64(s1),
                                              np.int64(CHUNK_SLOTS), period, np.int64(period_int), np.int64(t_loop),

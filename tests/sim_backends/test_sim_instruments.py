@@ -39,7 +39,7 @@ def test_factory_covers_every_sim_role_with_the_right_interface(inst):
 
 def test_non_sim_roles_are_left_out():
     def edit(d):
-        d["power_meter"].update(driver="ThorlabsPM100D", resource="USB0::1::INSTR")
+        d["power_meter"].update(driver="ThorlabsPM100USB", resource="USB0::1::INSTR")
 
     inst = create_simulated_instruments(edit_station(edit))
     assert "power_meter" not in inst and "laser" in inst

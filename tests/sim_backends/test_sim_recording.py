@@ -115,7 +115,9 @@ def test_cli_acquire_json_and_recording(tmp_path):
     assert p["clicks"] > 0 and set(p["by_basis_pair"]) == {"XX", "XY", "YX", "YY"}
     assert sum(p["by_intensity_pair"].values()) == p["clicks"]
     assert p["detector_clicks"]["D0"] + p["detector_clicks"]["D1"] - p["double_clicks"] == p["clicks"]
-    assert 0 < p["by_basis_pair"]["XX"]["error_rate"] < 0.1
+    # all intensity pairs together: signal–decoy slots interfere with low visibility when the
+    # decoy is much brighter than the signal, so only a loose bound holds for any operating point
+    assert 0 < p["by_basis_pair"]["XX"]["error_rate"] < 0.25
     assert read_recording(out).n_tags == d["n_tags"]
 
 
