@@ -15,6 +15,17 @@ of degree ≤ ℓ+1 without constant term, so ``Pr_k[h_k(M) ⊕ h_k(M') = c] ≤
 messages forges or alters one with probability ≤ ε per lane (``lanes`` independent keys:
 ε^lanes). The pad is consumed in lockstep at both ends, so a replayed or reordered message is
 checked against the wrong pad and rejected.
+
+Forgery probability, counted per attempt (:func:`forgery_probability`): each tag *verification*
+is one chance for an adversary; for transcripts of at most ``L`` 64-bit words (including the
+length word) it succeeds with probability ≤ ``(L/2^64)^lanes`` (root count of the non-zero
+difference polynomial of degree ≤ ``L``; the one-time pad makes the tags independent of ``k``).
+The hash key ``k`` is reused across blocks while every pad is fresh, so ``q`` verification
+attempts succeed with probability ≤ ``q·(L/2^64)^lanes`` by the union bound (Wegman & Carter
+1981 §3; D. J. Bernstein, "Stronger security bounds for Wegman–Carter–Shoup authenticators",
+EUROCRYPT 2005, LNCS 3494, for the polynomial hash: differential probability ``L/2^b`` per
+attempt). The pipeline adds this to each block's ε (docs/protocol.md §5); the composable form
+of authentication with key recycling is Portmann, IEEE Trans. Inf. Theory 60, 4383 (2014).
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ __all__ = [
     "TranscriptAuthenticator",
     "TranscriptPair",
     "confirm_transcripts",
+    "transcript_forgery_probability",
+    "forgery_probability",
     "gf64_mul",
     "poly_hash",
     "poly_hash_reference",
@@ -138,6 +151,19 @@ def poly_hash_reference(payload: bytes, key: int) -> int:
     return acc
 
 
+def forgery_probability(words: int, lanes: int = 1) -> float:
+    """Probability that one forged or altered message of at most ``words`` 64-bit words (the
+    length word included) passes one tag verification: ``(words/2^64)^lanes`` (module docstring).
+
+    ``words``: the longer of the tagged and the verified word sequence (≥ 1); ``lanes``: 1..4.
+    """
+    if isinstance(words, bool) or int(words) < 1:
+        raise QKDInputError(f"authentication: the number of hashed words must be >= 1, got {words!r}")
+    if not 1 <= lanes <= 4:
+        raise QKDInputError(f"authentication: lanes must be 1..4, got {lanes}")
+    return float((int(words) / 2.0**64) ** lanes)
+
+
 def _bits_to_int(bits: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits, bitorder="little").tobytes(), "little")
 
@@ -217,6 +243,10 @@ class TranscriptAuthenticator:
         self._nbytes = 0
         self._messages = 0
         self._final: list[int] | None = None
+        #: 64-bit words of the last closed transcript, its length word included
+        self.final_words = 0
+        #: final tags of the partner checked so far (each one forgery attempt)
+        self.checks = 0
 
     @property
     def key_bits_used(self) -> int:
@@ -225,6 +255,14 @@ class TranscriptAuthenticator:
     @property
     def messages(self) -> int:
         return self._messages
+
+    @property
+    def lanes(self) -> int:
+        return self._wc.lanes
+
+    def __repr__(self) -> str:  # the running digest is key-dependent: sizes only
+        return (f"TranscriptAuthenticator(lanes={self.lanes}, key_bits_used={self.key_bits_used}, "
+                f"messages={self._messages}, checks={self.checks})")
 
     def absorb(self, direction: int, payload: bytes) -> None:
         """Add one message (``direction`` 0: sent by Ci, 1: sent by Cj) to the transcript."""
@@ -243,6 +281,7 @@ class TranscriptAuthenticator:
     def close(self) -> None:
         """End of a protocol run: freeze the transcript digest and start a new transcript."""
         self._final = self._digest()
+        self.final_words = self._nbytes // 8 + 1
         self._acc[:] = 0
         self._nbytes = 0
         self._messages = 0
@@ -259,6 +298,7 @@ class TranscriptAuthenticator:
 
     def check_final(self, tag: bytes) -> None:
         """Verify the partner's final tag against this end's closed transcript (consumes one pad)."""
+        self.checks += 1
         if not hmac.compare_digest(self._padded(), bytes(tag)):
             raise AuthenticationError("transcript authentication failed: the two ends saw different messages "
                                       "(tampered or injected); the block is discarded")
@@ -286,13 +326,28 @@ class TranscriptPair:
         self._dir ^= 1
 
 
-def confirm_transcripts(auth_i: TranscriptAuthenticator, auth_j: TranscriptAuthenticator) -> None:
+def confirm_transcripts(auth_i: TranscriptAuthenticator, auth_j: TranscriptAuthenticator) -> float:
     """Close both transcripts and exchange the final tags (Ci → Cj, then Cj → Ci); raise
-    :class:`AuthenticationError` on a mismatch. Pads are used in the same order at both ends."""
+    :class:`AuthenticationError` on a mismatch. Pads are used in the same order at both ends.
+
+    Returns the forgery probability of this exchange, counted per verification attempt: two
+    checks, each ≤ :func:`forgery_probability` of the longer of the two transcripts. (A mismatch
+    raises after the first check; its attempt was made all the same — callers that need the
+    figure then read :func:`transcript_forgery_probability` before discarding the block.)"""
     auth_i.close()
     auth_j.close()
     auth_j.check_final(auth_i.final_tag())
     auth_i.check_final(auth_j.final_tag())
+    return transcript_forgery_probability(auth_i, auth_j, 2)
+
+
+def transcript_forgery_probability(auth_i: TranscriptAuthenticator, auth_j: TranscriptAuthenticator,
+                                   attempts: int) -> float:
+    """``attempts`` × :func:`forgery_probability` of the longer closed transcript of the two ends."""
+    if attempts <= 0:
+        return 0.0
+    words = max(auth_i.final_words, auth_j.final_words, 1)
+    return attempts * forgery_probability(words, auth_i.lanes)
 
 
 class _KeyStorePair:

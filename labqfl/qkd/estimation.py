@@ -44,6 +44,7 @@ import numpy as np
 
 from labqfl.qkd.decoy import (
     PHASE_ERROR_TARGETS,
+    basis_pools,
     decoy_yield_bounds,
     phase_error_probability_bound,
 )
@@ -92,6 +93,22 @@ class SecurityParameters:
     def eps_pe(self) -> float:
         """ε_PE: total failure probability of all parameter-estimation (Kato) bounds."""
         return (1.0 - self.eps_pa_fraction) * self.eps_sec**2 / 2.0
+
+
+def epsilon_total(params: SecurityParameters, eps_auth: float = 0.0) -> float:
+    """ε of a block's key as a whole: ε_sec + ε_cor + ε_auth (docs/protocol.md §5).
+
+    The key is ε_cor-correct and ε_sec-secret *given* an authenticated classical channel; the
+    Wegman–Carter authentication that provides it fails (a forged or altered message accepted)
+    with probability ≤ ε_auth, summed over the block's tag verifications
+    (:func:`labqfl.qkd.authentication.transcript_forgery_probability`). By the triangle
+    inequality of composable security the three add (Müller-Quade & Renner, NJP 11, 085006
+    (2009); Portmann, IEEE Trans. Inf. Theory 60, 4383 (2014) for authentication with key
+    recycling). ``eps_auth`` = 0 gives the ε of the key-length analysis alone.
+    """
+    if not (eps_auth >= 0.0 and math.isfinite(eps_auth)):
+        raise ValueError(f"eps_auth must be a finite probability >= 0, got {eps_auth}")
+    return float(params.eps_sec + params.eps_cor + eps_auth)
 
 
 @dataclass
@@ -212,30 +229,29 @@ def secure_key_length(
     clicks = np.asarray(counts.clicks, dtype=float)
     sent = counts.expected_sent()  # N p_c
     pc = sent / N
-    active = pc > 0
-    n_bounds = 2 * int(active.sum()) + 1
+    pk = np.outer(np.asarray(counts.intensity_probs_i), np.asarray(counts.intensity_probs_j))
+    pools = [g for g in basis_pools(mu_i, mu_j, counts.basis_x_prob_i, counts.basis_x_prob_j) if pk[g[0], g[1]] > 0]
+    n_bounds = 2 * len(pools) + 1
     eps_b = p.eps_pe / n_bounds
 
-    # 1. Kato bounds on S_c for every cell
-    s_lo = np.zeros_like(clicks)
-    s_hi = np.zeros_like(clicks)
-    for idx in zip(*np.nonzero(active), strict=True):
-        m = float(clicks[idx])
-        if p.finite_size:
-            s_lo[idx], s_hi[idx] = conditional_sum_bounds(m, N, eps_b)
-        else:
-            s_lo[idx] = s_hi[idx] = m
-
-    # 2. reweight basis cells to a uniform four-phase average
-    bx_i = np.array([counts.basis_x_prob_i, 1.0 - counts.basis_x_prob_i])
-    bx_j = np.array([counts.basis_x_prob_j, 1.0 - counts.basis_x_prob_j])
-    wb = 1.0 / (4.0 * np.outer(bx_i, bx_j))  # (2, 2)
-    pk = np.outer(np.asarray(counts.intensity_probs_i), np.asarray(counts.intensity_probs_j))
+    # 1. Kato bounds on the click sum S of every pool of cells that send the same state (cells
+    #    differing only in the basis of a client that sends vacuum, decoy.basis_pools), and
+    # 2. their weighted sum: the slot-averaged gain of the four-phase randomised states,
+    #    Q̄_kl = Σ_pools w·S / (N p_k p_l)
+    g_obs = np.zeros((ki, kj))
+    g_lo = np.zeros((ki, kj))
+    g_hi = np.zeros((ki, kj))
+    for k, l_, cells, w in pools:
+        m = float(sum(clicks[k, l_, bi, bj] for bi, bj in cells))
+        lo, hi = conditional_sum_bounds(m, N, eps_b) if p.finite_size else (m, m)
+        g_obs[k, l_] += w * m
+        g_lo[k, l_] += w * lo
+        g_hi[k, l_] += w * hi
     with np.errstate(divide="ignore", invalid="ignore"):
         denom = N * pk
-        g_obs = np.where(denom > 0, (clicks * wb).sum(axis=(2, 3)) / denom, 0.0)
-        g_lo = np.where(denom > 0, (s_lo * wb).sum(axis=(2, 3)) / denom, 0.0)
-        g_hi = np.where(denom > 0, (s_hi * wb).sum(axis=(2, 3)) / denom, 1.0)
+        g_obs = np.where(denom > 0, g_obs / denom, 0.0)
+        g_lo = np.where(denom > 0, g_lo / denom, 0.0)
+        g_hi = np.where(denom > 0, g_hi / denom, 1.0)
     g_lo, g_hi = np.clip(g_lo, 0.0, 1.0), np.clip(g_hi, 0.0, 1.0)
 
     # 3. decoy LPs (only intensity pairs that were actually sent)

@@ -5,12 +5,15 @@ Data path per :class:`TagBlock` (docs/postprocessing.md):
 1. :class:`~labqfl.qkd.slotting.Slotter` turns tags into final (slot, outcome) events;
 2. the events are split by the schedule into each pair's announcements and **sifted** with each
    client's own modulation log (:func:`~labqfl.qkd.sifting.sift`);
-3. per pair the sifted key and its statistics accumulate until ``block_bits`` sifted bits, then
-   the block is **reconciled** (Cascade or LDPC; Ci holds the reference key, Cj corrects),
+3. per pair the sifted key and its statistics accumulate over a **fixed number of the pair's
+   slots** per block (``block_slots``, decided before the acquisition: given, or derived from
+   ``block_bits`` and the station model's expected sift rate — never from the data, so Kato's
+   bounds see a fixed N; docs/protocol.md §5.1), then the block is **reconciled** (Cascade or LDPC; Ci holds the reference key, Cj corrects),
    **verified** (2-universal hash, ε_cor), its **secure length** is computed
    (:func:`labqfl.qkd.estimation.secure_key_length`, abort rules there), and it is **amplified**
    (Toeplitz, seed from the OS CSPRNG) — at both ends separately — and **delivered** to a sink
-   (the nodes' key stores). Every classical message (reconciliation, verification tag,
+   (the nodes' key stores), unless the two final keys differ (then nothing is stored at either
+   end and the block is reported as an abort). Every classical message (reconciliation, verification tag,
    amplification seed) crosses an authenticated channel (Wegman–Carter, key from the pair's
    authentication pool, which is refilled from the block's final key: the cost is deducted).
 
@@ -29,6 +32,17 @@ with ``DistillSettings(bootstrap_auth=False)``, where the real secret is loaded 
 ``<block ID>-auth`` (pool ``auth``), the rest is delivered. Any other sink (e.g.
 :class:`MemorySink`) gets an in-memory pre-shared pool per pair that lives as long as the
 Distiller.
+
+Raw data is distilled at most once. A block covers a fixed range of the acquisition's slots,
+``[slot_start, slot_end)``; with an acquisition ID and a sink that keeps a ledger of distilled
+slots (:class:`DistilledSlotLedger`, e.g. :class:`KeyStoreSink`) each block claims its range in
+both nodes' stores before it spends any key, and a block overlapping a range claimed before —
+by an earlier run with any block size, whether that block delivered key or aborted after
+disclosing parities — is refused with :class:`~labqfl.errors.KeyStoreError`.
+
+ε of a block: ``eps_total = ε_sec + ε_cor + ε_auth``, where ``ε_auth`` is the Wegman–Carter
+forgery probability summed over the block's tag verifications
+(:func:`~labqfl.qkd.authentication.transcript_forgery_probability`; docs/protocol.md §5).
 
 Memory is bounded: one tag block, and per pair at most one key block plus one sift chunk.
 """
@@ -56,21 +70,27 @@ from labqfl.qkd.authentication import (
     TranscriptPair,
     confirm_transcripts,
     keystore_auth_supplies,
+    transcript_forgery_probability,
 )
-from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
+from labqfl.qkd.estimation import (
+    KeyLengthReport,
+    SecurityParameters,
+    epsilon_total,
+    secure_key_length,
+)
 from labqfl.qkd.messaging import LocalChannel, Message
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup, SiftResult, sift, with_key_errors
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
 from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
-from labqfl.qkd.types import ModulationLog, PairCounts, split_pair
+from labqfl.qkd.types import Announcements, ModulationLog, PairCounts, split_pair
 from labqfl.qkd.verification import hash_tag, verification_tag_length
 
 log = get_logger(__name__)
 
-__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore", "MemorySink",
-           "KeyStoreSink", "Distiller", "distill_stream", "ENGINES", "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX",
-           "check_auth_key"]
+__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
+           "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream", "ENGINES",
+           "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
 
@@ -111,9 +131,14 @@ def acquisition_id(cfg: StationConfig, epoch: int) -> str:
 class DistillSettings:
     """Knobs of the orchestrator.
 
-    ``block_bits``: sifted bits per pair that trigger a block (the finite-key block size);
+    ``block_slots``: slots of each pair per key block (the finite-key block size N, fixed before
+    the acquisition so that the block is not a stopping time of the data; docs/protocol.md §5.1);
+    ``block_bits``: when ``block_slots`` is None, the sifted bits a block should hold on
+    average — converted once, before any data, into ``block_slots`` = ⌈block_bits / expected
+    sifted bits per slot⌉ from the station model (:func:`block_slots_for`);
     ``min_final_block_bits``: at the end of the stream a smaller rest is still processed if it has
-    at least this many bits (else it is dropped and reported); ``auth_lanes``: 64-bit lanes per
+    at least this many bits (else it is dropped and reported; a full block with fewer than 1000
+    sifted bits, e.g. with the light off, is dropped likewise); ``auth_lanes``: 64-bit lanes per
     Wegman–Carter tag; ``preshared_auth_bits``: initial shared authentication key per pair (the
     usual pre-shared secret of QKD), refilled from every block's final key — in memory for the
     run, or, with a key-store sink, written once into both stores when a pair's ``auth`` pool
@@ -131,10 +156,13 @@ class DistillSettings:
     qber_floor: float = 0.005
     qber_default: float = 0.02
     bootstrap_auth: bool = True
+    block_slots: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_bits < 1000:
             raise QKDInputError(f"block_bits must be >= 1000, got {self.block_bits}")
+        if self.block_slots is not None and (isinstance(self.block_slots, bool) or int(self.block_slots) < 1000):
+            raise QKDInputError(f"block_slots must be None or an integer >= 1000 slots per pair, got {self.block_slots!r}")
         if not 1 <= self.auth_lanes <= 4:
             raise QKDInputError(f"auth_lanes must be 1..4, got {self.auth_lanes}")
         need = _auth_bits_per_block(self.auth_lanes, first=True)
@@ -158,7 +186,13 @@ AUTH_REFILL_SUFFIX = "-auth"
 
 @dataclass
 class BlockResult:
-    """One key block of one pair (no key material)."""
+    """One key block of one pair (no key material).
+
+    ``slot_start``/``slot_end``: the acquisition's slots the block covers, ``[start, end)``
+    (``n_slots`` of them belong to the pair). ``auth_checks``: Wegman–Carter tag verifications
+    the block made; ``eps_auth``: their forgery probability (sum over attempts); ``eps_total``:
+    ε_sec + ε_cor + ε_auth (docs/protocol.md §5).
+    """
 
     pair: str
     block_id: str
@@ -178,6 +212,11 @@ class BlockResult:
     abort_reason: str
     report: dict[str, Any] | None
     times_s: dict[str, float]
+    slot_start: int = 0
+    slot_end: int = 0
+    auth_checks: int = 0
+    eps_auth: float = 0.0
+    eps_total: float = 0.0
 
 
 @dataclass
@@ -186,6 +225,7 @@ class PairResult:
 
     pair: str
     n_slots: int = 0
+    block_slots: int = 0
     sifted_bits: int = 0
     processed_bits: int = 0
     dropped_bits: int = 0
@@ -226,6 +266,10 @@ class PairResult:
             "secure_key_rate_bps": self.final_key_bits / duration_s if duration_s > 0 else None,
             "net_key_rate_bps": self.delivered_bits / duration_s if duration_s > 0 else None,
             "blocks": len(self.blocks),
+            "block_slots": self.block_slots,
+            "auth_checks": sum(b.auth_checks for b in self.blocks),
+            "eps_auth": sum(b.eps_auth for b in self.blocks),
+            "eps_total_per_block": max((b.eps_total for b in self.blocks), default=None),
             "aborted_blocks": sum(b.abort for b in self.blocks),
             "abort_reasons": sorted({b.abort_reason for b in self.blocks if b.abort}),
             "times_s": dict(self.times_s),
@@ -262,6 +306,18 @@ class AuthKeyStore(Protocol):
     def check_new(self, pair: str, block_ids: Iterable[str]) -> None:
         """Raise :class:`~labqfl.errors.KeyStoreError` if either end already holds one of these
         blocks (called before a block spends any authentication key)."""
+        ...
+
+
+@runtime_checkable
+class DistilledSlotLedger(Protocol):
+    """Optional capability of a :class:`KeySink`: remembers, per pair and acquisition, the slot
+    ranges already distilled, so raw data is never distilled twice (module docstring)."""
+
+    def claim_slots(self, pair: str, acquisition: str, start: int, end: int, block_id: str) -> None:
+        """Record slots ``[start, end)`` of ``acquisition`` as distilled for ``pair`` at both ends;
+        raise :class:`~labqfl.errors.KeyStoreError` (recording nothing) if they overlap a range
+        recorded before."""
         ...
 
 
@@ -313,6 +369,13 @@ class KeyStoreSink:
     def add_auth(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any]) -> None:
         self._add(pair, block_id, bits_i, bits_j, meta, "auth")
 
+    def claim_slots(self, pair: str, acquisition: str, start: int, end: int, block_id: str) -> None:
+        ends = self._ends(pair)
+        for store in ends:  # check both ends first, so a refusal records nothing anywhere
+            store.check_slots_free(pair, acquisition, start, end)
+        for store in ends:
+            store.claim_slots(pair, acquisition, start, end, block_id)
+
     def check_new(self, pair: str, block_ids: Iterable[str]) -> None:
         ids = list(block_ids)
         for store in self._ends(pair):
@@ -339,6 +402,37 @@ def check_auth_key(store: AuthKeyStore, pairs: Iterable[str], settings: DistillS
         have = store.auth_available(pair)
         if have < need:
             raise _no_auth_key(pair, have, need, settings)
+
+
+def block_slots_for(cfg: StationConfig, pair: tuple[str, str], block_bits: int) -> int:
+    """Slots of ``pair`` per block that hold ``block_bits`` sifted bits on average, from the
+    station model alone (:func:`labqfl.qkd.keyrate.expected_counts` of the analytical loop
+    model), so the block size N is fixed before any data is seen (docs/protocol.md §5.1)."""
+    from labqfl.qkd.channel_model import pair_channel
+    from labqfl.qkd.keyrate import expected_counts
+    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
+
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    per_slot = float(expected_counts(pair_channel(cfg, *pair), 1.0).clicks[k0, k0, b0, b0])
+    if not per_slot > 0.0 or not math.isfinite(per_slot):
+        raise QKDInputError(f"pair {pair[0]}-{pair[1]}: the station model expects no sifted bits per slot, so "
+                            f"block_bits cannot be converted into a block size; give DistillSettings(block_slots=...)")
+    return max(1000, math.ceil(block_bits / per_slot))
+
+
+#: A full block with fewer sifted bits is dropped instead of distilled (the smallest ``block_bits``).
+_MIN_BLOCK_BITS = 1000
+
+
+def _pair_slot_end(schedule: PairSchedule, pair: str, m: int) -> int:
+    """Smallest acquisition slot g with ``schedule.slots_of_pair(pair, g) == m`` (the end, exclusive,
+    of the pair's first ``m`` slots)."""
+    if m <= 0:
+        return 0
+    p = schedule.names.index(pair)
+    F, P = schedule.slots_per_frame, len(schedule.pairs)
+    cycles, r = divmod(m - 1, F)
+    return cycles * F * P + p * F + r + 1
 
 
 class _CjEnd:
@@ -377,6 +471,10 @@ class _PairState:
         self.counts: PairCounts | None = None
         self.result = PairResult(pair)
         self.last_qber: float | None = None
+        #: the current block: its index and first acquisition slot (block k holds the pair's
+        #: slots [k·N, (k+1)·N), N = block_slots)
+        self.block_index = 0
+        self.block_start = 0
         self.pool_i: BitPool | None = None
         self.pool_j: BitPool | None = None
         if supplies is None:  # in-memory pre-shared pool for this Distiller's lifetime
@@ -401,7 +499,6 @@ class Distiller:
                  acquisition_id: str | None = None) -> None:
         self.cfg = cfg
         self.acquisition_id = acquisition_id
-        self._block_counter: dict[str, int] = {}
         self.settings = settings or DistillSettings()
         self.reconcile = _engine(self.settings.engine)
         self.schedule = PairSchedule.from_config(cfg)
@@ -414,6 +511,8 @@ class Distiller:
         self.sink = sink
         #: the sink's key stores are the authentication key source (else in-memory pools)
         self.auth_store: AuthKeyStore | None = sink if isinstance(sink, AuthKeyStore) else None
+        #: the sink's record of distilled slot ranges (used with a known acquisition only)
+        self.ledger: DistilledSlotLedger | None = sink if isinstance(sink, DistilledSlotLedger) else None
         self.rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self.progress = progress
         self.pairs = {
@@ -421,6 +520,12 @@ class Distiller:
                              self.settings, self.auth_store.auth_supplies(name) if self.auth_store else None)
             for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True)
         }
+        #: slots of each pair per block, fixed here, before any data (docs/protocol.md §5.1)
+        self.block_slots: dict[str, int] = {}
+        for name, pr in zip(self.schedule.names, self.schedule.pairs, strict=True):
+            bs = self.settings.block_slots
+            self.block_slots[name] = int(bs) if bs is not None else block_slots_for(cfg, pr, self.settings.block_bits)
+            self.pairs[name].result.block_slots = self.block_slots[name]
         if self.auth_store is not None and not self.settings.bootstrap_auth:
             for st in self.pairs.values():  # fail before any acquisition, not at the first block
                 self._ensure_auth_key(st)
@@ -455,15 +560,18 @@ class Distiller:
     def n_slots(self) -> int:
         return self._final_slots
 
-    def _block_id(self, pair: str) -> str:
-        """Deterministic for a known acquisition (so distilling it twice is refused by the key
-        store's unique block IDs — a second distillation of the same raw key would reuse key
-        material); random otherwise."""
-        k = self._block_counter.get(pair, 0)
-        self._block_counter[pair] = k + 1
+    def _block_id(self, pair: str, start: int, end: int) -> str:
+        """Deterministic for a known acquisition: derived from the pair and the block's slot range
+        ``[start, end)`` (so the same block distilled twice is refused by the key store's unique
+        block IDs, and any other block over the same slots by the ledger of distilled slots);
+        random otherwise."""
         if self.acquisition_id is None:
             return str(uuid.uuid4())
-        return str(uuid.uuid5(_BLOCK_NAMESPACE, f"{self.acquisition_id}/{pair}/{k}"))
+        return str(uuid.uuid5(_BLOCK_NAMESPACE, f"{self.acquisition_id}/{pair}/slots/{start}-{end}"))
+
+    def _block_end(self, st: _PairState) -> int:
+        """Acquisition slot (exclusive) where the pair's current block ends: fixed in advance."""
+        return _pair_slot_end(self.schedule, st.pair, (st.block_index + 1) * self.block_slots[st.pair])
 
     def _ensure_auth_key(self, st: _PairState) -> None:
         """With key stores: make sure Ci's store can pay for the next block's authentication;
@@ -489,39 +597,61 @@ class Distiller:
         prev = self._final_slots
         self._final_slots = final_slots
         out: list[BlockResult] = []
-        t0 = time.perf_counter()
         anns = announcements_by_pair(events, self.schedule)
         for name, ann in anns.items():
             st = self.pairs[name]
-            ci, cj = split_pair(name)
-            n_slots = self.schedule.slots_of_pair(name, final_slots) - self.schedule.slots_of_pair(name, prev)
-            ts = time.perf_counter()
-            res = sift(ann, self.logs[ci], self.logs[cj], st.setup_i, st.setup_j, n_slots, self.rng)
-            st.result.times_s["sifting"] += time.perf_counter() - ts
-            st.chunks.append(res)
-            st.n_bits += res.n_key
-            st.counts = res.counts if st.counts is None else st.counts + res.counts
-            st.result.n_slots += n_slots
-            st.result.sifted_bits += res.n_key
-            c = res.counts
-            for basis, b in (("X", 0), ("Y", 1)):
-                clicks = c.clicks[:, :, b, b].copy()
-                errs = c.errors_x2[:, :, b, b].copy()
-                if b == 0:
-                    clicks[0, 0] = 0
-                st.result.test_clicks[basis] = st.result.test_clicks.get(basis, 0) + int(clicks.sum())
-                st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + int(errs.sum())
-            if st.n_bits >= self.settings.block_bits:
-                out.append(self._process_block(st))
-        del t0
-        if final:
+            lo = prev
+            while True:  # a chunk may close several blocks; each closes at its fixed slot count
+                end = self._block_end(st)
+                hi = min(final_slots, end)
+                if hi > lo:
+                    self._sift_into(st, ann, lo, hi)
+                    lo = hi
+                if hi < end:
+                    break
+                if st.n_bits >= _MIN_BLOCK_BITS:
+                    out.append(self._process_block(st, end))
+                else:  # (almost) no light in this block: nothing worth disclosing parities for
+                    self._drop_block(st, end)
+        if final:  # the rest: N = the pair's slots up to the end of the acquisition
             for st in self.pairs.values():
                 if st.n_bits >= self.settings.min_final_block_bits:
-                    out.append(self._process_block(st))
+                    out.append(self._process_block(st, final_slots))
                 elif st.n_bits:
-                    st.result.dropped_bits += st.n_bits
-                    st.chunks, st.n_bits, st.counts = [], 0, None
+                    self._drop_block(st, final_slots)
         return out
+
+    def _drop_block(self, st: _PairState, end: int) -> None:
+        """Discard the pair's current block unused (no message sent, nothing disclosed, so its
+        slots are not claimed); its sifted bits are reported as dropped."""
+        st.result.dropped_bits += st.n_bits
+        st.chunks, st.n_bits, st.counts = [], 0, None
+        st.block_index += 1
+        st.block_start = end
+
+    def _sift_into(self, st: _PairState, ann: Announcements, lo: int, hi: int) -> None:
+        """Sift the pair's announced slots in ``[lo, hi)`` into its current block."""
+        name = st.pair
+        ci, cj = split_pair(name)
+        a, b = np.searchsorted(ann.slots, [lo, hi])
+        part = ann if (a, b) == (0, ann.slots.size) else Announcements(name, ann.slots[a:b], ann.outcomes[a:b])
+        n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo)
+        ts = time.perf_counter()
+        res = sift(part, self.logs[ci], self.logs[cj], st.setup_i, st.setup_j, n_slots, self.rng)
+        st.result.times_s["sifting"] += time.perf_counter() - ts
+        st.chunks.append(res)
+        st.n_bits += res.n_key
+        st.counts = res.counts if st.counts is None else st.counts + res.counts
+        st.result.n_slots += n_slots
+        st.result.sifted_bits += res.n_key
+        c = res.counts
+        for basis, bb in (("X", 0), ("Y", 1)):
+            clicks = c.clicks[:, :, bb, bb].copy()
+            errs = c.errors_x2[:, :, bb, bb].copy()
+            if bb == 0:
+                clicks[0, 0] = 0
+            st.result.test_clicks[basis] = st.result.test_clicks.get(basis, 0) + int(clicks.sum())
+            st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + int(errs.sum())
 
     # -- one block ---------------------------------------------------------------------------
     def _qber_estimate(self, st: _PairState, counts: PairCounts) -> float:
@@ -536,28 +666,45 @@ class Distiller:
             q = errs / clicks if clicks >= 200 else s.qber_default
         return float(min(max(q, s.qber_floor), 0.25))
 
-    def _process_block(self, st: _PairState) -> BlockResult:
+    def _process_block(self, st: _PairState, end: int) -> BlockResult:
+        """Distil the pair's current block, which covers acquisition slots [st.block_start, end)."""
         s = self.settings
         chunks, counts = st.chunks, st.counts
         assert counts is not None
+        start = st.block_start
         st.chunks, st.n_bits, st.counts = [], 0, None
+        st.block_index += 1
+        st.block_start = end
         bits_i = np.concatenate([c.bits_i for c in chunks])
         bits_j = np.concatenate([c.bits_j for c in chunks])
         n = int(bits_i.size)
         times = dict.fromkeys(STAGES, 0.0)
-        block_id = self._block_id(st.pair)
+        block_id = self._block_id(st.pair, start, end)
         if self.auth_store is not None:
             # before any key is spent: a block already stored (same acquisition distilled twice)
             # is refused here, so the refusal costs no authentication key either
             self.auth_store.check_new(st.pair, (block_id, block_id + AUTH_REFILL_SUFFIX))
+        if self.ledger is not None and self.acquisition_id is not None:
+            # the raw data of these slots is spent from here on (reconciliation discloses
+            # parities), whether the block ends in a key or in an abort
+            self.ledger.claim_slots(st.pair, self.acquisition_id, start, end, block_id)
+        if self.auth_store is not None:
             self._ensure_auth_key(st)
         auth_before = st.auth_i.key_bits_used
+        checks_before = st.auth_i.checks + st.auth_j.checks
         qest = self._qber_estimate(st, counts)
 
         def done(**kw: Any) -> BlockResult:
             auth_bits = st.auth_i.key_bits_used - auth_before
+            checks = st.auth_i.checks + st.auth_j.checks - checks_before
+            eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
             br = BlockResult(pair=st.pair, block_id=block_id, n_slots=counts.n_slots, sifted_bits=n,
-                             qber_estimate=qest, auth_key_bits=auth_bits, times_s=times, **kw)
+                             qber_estimate=qest, auth_key_bits=auth_bits, times_s=times, slot_start=start,
+                             slot_end=end, auth_checks=checks, eps_auth=eps_auth,
+                             eps_total=epsilon_total(s.params, eps_auth), **kw)
+            if br.report is not None:
+                br.report["eps_auth"] = eps_auth
+                br.report["eps_total"] = br.eps_total
             r = st.result
             r.blocks.append(br)
             r.processed_bits += n
@@ -569,8 +716,9 @@ class Distiller:
             r.key_errors += int(round(br.qber_key * n))
             for k, v in times.items():
                 r.times_s[k] += v
-            log.info("block %s of %s: %d sifted bits, QBER %.4f, final %d bits%s", block_id[:8], st.pair, n,
-                     br.qber_key, br.final_key_bits, f" (abort: {br.abort_reason})" if br.abort else "")
+            log.info("block %s of %s: slots [%d, %d), %d sifted bits, QBER %.4f, final %d bits%s", block_id[:8],
+                     st.pair, start, end, n, br.qber_key, br.final_key_bits,
+                     f" (abort: {br.abort_reason})" if br.abort else "")
             if self.progress:
                 self.progress(st.pair)
             return br
@@ -633,13 +781,24 @@ class Distiller:
         if ell <= 0 or final_i is None or final_j is None:
             return done(verification_bits=tlen, verified=verified, keys_identical=verified, final_key_bits=0,
                         delivered_bits=0, abort=True, abort_reason=reason, report=report, **common)
-        identical = bool(np.array_equal(final_i, final_j))
+        if not np.array_equal(final_i, final_j):
+            # the verification hash collided (probability ≤ ε_cor) or a party misbehaved: the two
+            # ends do not share this key, so neither stores it — no delivery and no refill of the
+            # authentication pools (their pads, already consumed in step, stay spent and counted)
+            return done(verification_bits=tlen, verified=True, keys_identical=False, final_key_bits=0,
+                        delivered_bits=0, abort=True,
+                        abort_reason="final keys differ although verification passed; block refused at both ends",
+                        report=report, **common)
         # 5. refill the authentication pools with what this block's messages consumed, deliver the rest
         t = time.perf_counter()
         used = st.auth_i.key_bits_used - auth_before
         refill = min(used, ell)
+        checks = st.auth_i.checks + st.auth_j.checks - checks_before
+        eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
         meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
-                "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor}
+                "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor, "eps_auth": eps_auth,
+                "eps_total": epsilon_total(s.params, eps_auth), "acquisition": self.acquisition_id,
+                "slots": [start, end], "n_slots": int(counts.n_slots)}
         if self.auth_store is not None:
             if refill:
                 self.auth_store.add_auth(st.pair, block_id + AUTH_REFILL_SUFFIX, final_i[:refill], final_j[:refill],
@@ -652,7 +811,7 @@ class Distiller:
         if deliver_i.size:
             self.sink.deliver(st.pair, block_id, deliver_i, deliver_j, meta)
         times["delivery"] = time.perf_counter() - t
-        return done(verification_bits=tlen, verified=True, keys_identical=identical, final_key_bits=ell,
+        return done(verification_bits=tlen, verified=True, keys_identical=True, final_key_bits=ell,
                     delivered_bits=int(deliver_i.size), abort=False, abort_reason="", report=report, **common)
 
 

@@ -71,7 +71,7 @@ class ClientSetup:
         return cls(c.name, tuple(c.intensities), tuple(c.intensity_probs), float(c.basis_x_prob))  # type: ignore[attr-defined]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SiftResult:
     """Sifted raw keys of one pair over one block. ``bits_i`` is held by Ci, ``bits_j`` by Cj."""
 
@@ -84,6 +84,12 @@ class SiftResult:
     @property
     def n_key(self) -> int:
         return int(self.key_slots.shape[0])
+
+    def __repr__(self) -> str:  # never print raw key bits (nor which slots hold them): sizes only
+        return (f"SiftResult(pair={self.pair!r}, n_key={self.n_key}, n_slots={self.counts.n_slots}, "
+                f"bits_i=<{self.bits_i.size} bits>, bits_j=<{self.bits_j.size} bits>)")
+
+    __str__ = __repr__
 
 
 def _check_record(rec: ModulationRecord, slots: np.ndarray, who: str, n_int: int) -> None:

@@ -53,14 +53,20 @@ class Announcements:
             raise ValueError(f"slots and outcomes differ in length: {self.slots.shape} vs {self.outcomes.shape}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModulationRecord:
-    """One client's own choices for a set of slots (its side of the pipeline only)."""
+    """One client's own choices for a set of slots (its side of the pipeline only). The phase
+    indices carry the client's raw key bits, so ``repr``/``str`` show only sizes."""
 
     client: str
     slots: np.ndarray  # int64
     intensity_idx: np.ndarray  # uint8
     phase_idx: np.ndarray  # uint8 in 0..3
+
+    def __repr__(self) -> str:
+        return f"ModulationRecord(client={self.client!r}, n_slots={int(np.asarray(self.slots).size)})"
+
+    __str__ = __repr__
 
 
 class ModulationLog(Protocol):
