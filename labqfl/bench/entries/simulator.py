@@ -1,15 +1,21 @@
 """Benchmark ``simulator``: simulated seconds per wall second of the Sagnac Monte-Carlo.
 
-Figure: the default four-client station on one core (tags streamed block by block, nothing kept).
-Baselines side by side: real time (1 simulated s per wall s, the hardware it imitates) and a naive
-per-pulse NumPy simulation of the same station on a short span (cost ∝ pulses, to show that the
-thinning simulator's cost grows with detections instead). Details give 8 and 16 clients and the
-default station with 10 dB more loss.
+Figure: the default four-client station on every core this process may use (chunks of slots and
+the two detectors run in parallel; tags streamed block by block, nothing kept), in simulated s per
+wall s. Baseline, measured side by side (runs interleaved, best of ``repeats`` each): the same
+simulator on one thread — the tags are identical, so the ratio is the parallel speed-up. Both also
+in simulated s per CPU-second of the whole process (CPU time per simulated second = its inverse;
+on a shared machine the wall figures drop first). Further baselines in the details: real time
+(1 simulated s per wall s, the hardware it imitates) and a naive per-pulse NumPy simulation of the
+same station on a short span (cost ∝ pulses, to show that the thinning simulator's cost grows with
+candidates and detections instead). Details give 8 and 16 clients and the default station with
+10 dB more loss, and the load average of the machine during the run.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -21,24 +27,35 @@ from labqfl.qkd.channel_model import pair_channel
 from labqfl.qkd.schedule import PairSchedule
 
 
-def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3) -> dict[str, Any]:
-    """Best of ``repeats`` acquisitions of ``duration_s`` (fresh epochs, same station)."""
+def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3,
+           threads: tuple[int | None, ...] = (None,)) -> dict[str, dict[str, Any]]:
+    """Best of ``repeats`` acquisitions of ``duration_s`` per thread setting (fresh epochs, same
+    station); the settings take turns so that they see the same machine load."""
     from labqfl.sim_backends import SagnacTestbed
 
-    tb = SagnacTestbed(cfg)
-    for _ in tb.stream(0.002):  # warm-up (JIT load) outside the timing
-        pass
-    wall = cpu = math.inf
-    n = 0
+    tbs = {th: SagnacTestbed(cfg, threads=th) for th in threads}
+    for tb in tbs.values():
+        for _ in tb.stream(0.002):  # warm-up (JIT load) outside the timing
+            pass
+    best = {th: (math.inf, math.inf, 0) for th in threads}
     for _ in range(repeats):
-        n = 0
-        t0, c0 = time.perf_counter(), time.process_time()
-        for blk in tb.stream(duration_s):
-            n += len(blk)
-        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
-    return {"repeats": repeats, "simulated_s": duration_s, "wall_s": wall, "cpu_s": cpu, "sim_s_per_wall_s": duration_s / wall,
+        for th, tb in tbs.items():
+            n = 0
+            t0, c0 = time.perf_counter(), time.process_time()
+            for blk in tb.stream(duration_s):
+                n += len(blk)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            w, c, _ = best[th]
+            best[th] = (min(w, wall), min(c, cpu), n)
+    out = {}
+    for th, (wall, cpu, n) in best.items():
+        out["all_cores" if th is None else f"{th}_thread"] = {
+            "threads": tbs[th]._n_threads(), "repeats": repeats, "simulated_s": duration_s, "wall_s": wall,
+            "cpu_s": cpu, "sim_s_per_wall_s": duration_s / wall,
             "sim_s_per_cpu_s": duration_s / cpu if cpu > 0 else math.inf,
-            "tags": n, "tags_per_sim_s": n / duration_s, "cpu_ns_per_tag": cpu / max(n, 1) * 1e9}
+            "cpu_s_per_sim_s": cpu / duration_s, "tags": n, "tags_per_sim_s": n / duration_s,
+            "cpu_ns_per_tag": cpu / max(n, 1) * 1e9}
+    return out
 
 
 def naive_per_pulse(cfg: StationConfig, n_slots: int, seed: int = 1) -> tuple[int, float]:
@@ -75,28 +92,37 @@ def naive_per_pulse(cfg: StationConfig, n_slots: int, seed: int = 1) -> tuple[in
     return clicks, time.process_time() - t0
 
 
-@benchmark("simulator", "Sagnac Monte-Carlo: simulated seconds per wall second (default 4-client station, one core)",
-           target="≥ 2 simulated s per wall s")
+@benchmark("simulator", "Sagnac Monte-Carlo: simulated seconds per wall second (default 4-client station, all cores vs one)",
+           target="≥ 10 simulated s per wall s on 2 cores")
 def _simulator(quick: bool) -> BenchResult:
     from labqfl.sim_backends.stations import edit_station
 
     base = load_station_config()
     dur = 0.02 if quick else 1.0
     dur_other = 0.01 if quick else 0.5
-    default = _speed(base, dur)
+    load_before = os.getloadavg()
+    default = _speed(base, dur, threads=(None, 1))
+    par, one = default["all_cores"], default["1_thread"]
     details: dict[str, Any] = {"default_4_clients": default}
-    details["8_clients"] = _speed(edit_station(n_clients=8), dur_other)
-    details["16_clients"] = _speed(edit_station(n_clients=16), dur_other)
-    details["default_plus_10dB_loss"] = _speed(edit_station(extra_loss_db=10.0), dur_other)
+    details["8_clients"] = _speed(edit_station(n_clients=8), dur_other)["all_cores"]
+    details["16_clients"] = _speed(edit_station(n_clients=16), dur_other)["all_cores"]
+    details["default_plus_10dB_loss"] = _speed(edit_station(extra_loss_db=10.0), dur_other)["all_cores"]
     n_naive = 200_000 if quick else 5_000_000
     clicks, cpu = naive_per_pulse(base, n_naive)
     naive_sps = n_naive / base.laser.rep_rate_hz / cpu
     details["naive_per_pulse_numpy"] = {"slots": n_naive, "simulated_s": n_naive / base.laser.rep_rate_hz,
                                         "cpu_s": cpu, "sim_s_per_cpu_s": naive_sps, "clicks": clicks}
-    details["baselines"] = {"real_time": 1.0, "naive_per_pulse_numpy": naive_sps,
-                            "thinning_over_naive": default["sim_s_per_cpu_s"] / naive_sps}
-    details["note"] = ("figure = simulated s per CPU-second of the (single-threaded) simulator, i.e. per wall "
-                       "second on one dedicated core; sim_s_per_wall_s is also given (lower on a shared machine)")
-    fig = default["sim_s_per_cpu_s"]
-    return BenchResult(figure=fig, unit="simulated s / s on one core", baseline="real time (hardware)", baseline_figure=1.0,
-                       target="≥ 2 simulated s per wall s", passed=None if quick else fig >= 2.0, details=details)
+    details["baselines"] = {"one_thread_sim_s_per_wall_s": one["sim_s_per_wall_s"],
+                            "one_thread_sim_s_per_cpu_s": one["sim_s_per_cpu_s"],
+                            "real_time": 1.0, "naive_per_pulse_numpy": naive_sps,
+                            "parallel_over_one_thread_wall": par["sim_s_per_wall_s"] / one["sim_s_per_wall_s"],
+                            "thinning_over_naive_cpu": one["sim_s_per_cpu_s"] / naive_sps}
+    details["load_average_1min"] = {"before": load_before[0], "after": os.getloadavg()[0]}
+    details["note"] = (f"figure = simulated s per wall s with {par['threads']} threads; baseline = the same "
+                       "simulator on 1 thread in the same run (identical tags). A load average above the "
+                       "core count means the machine was shared and the wall figures are low.")
+    fig = par["sim_s_per_wall_s"]
+    target = "≥ 10 simulated s per wall s on 2 cores"
+    return BenchResult(figure=fig, unit="simulated s / wall s",
+                       baseline="same simulator on 1 thread (figure: all cores)", baseline_figure=one["sim_s_per_wall_s"],
+                       target=target, passed=None if quick or par["threads"] < 2 else fig >= 10.0, details=details)
