@@ -101,6 +101,17 @@ _POOL = _Pool()
 _CALLER = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of the parent's helper threads (and maybe a held lock): start afresh."""
+    global _POOL, _CALLER
+    _POOL = _Pool()
+    _CALLER = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def run(n_tasks: int, fn: Callable[[int, int], None], threads: int) -> None:
     """Run ``fn(task, slot)`` for task = 0 … n_tasks−1 on up to ``threads`` threads (see module doc).
 

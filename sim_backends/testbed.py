@@ -24,6 +24,10 @@ Model (documented in docs/simulator.md):
   resolution; a sync tag at ``round(s·T) + delay_sync`` for every ``sync_divider``-th slot.
 * **Faults / adversary** from ``config.simulation``.
 
+Parallel: in every block the 65 536-slot chunks of signal clicks, then the two detectors, then the
+two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
+randomness is counter-based per chunk or per slot/time, so the tags do not depend on the thread count.
+
 Each call of :meth:`SagnacTestbed.stream` is one *acquisition* with its own epoch (0, 1, 2, …),
 slots counted from 0; the clients' choices of that acquisition are
 ``client_log(config, name, epoch=testbed.last_epoch)``.

@@ -51,3 +51,29 @@ def test_an_error_in_a_task_reaches_the_caller_and_the_pool_still_works():
     done: list[int] = []
     _parallel.run(6, lambda i, slot: done.append(i), 3)
     assert sorted(done) == list(range(6))
+
+
+def test_a_forked_child_gets_a_working_pool():
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    _parallel.run(4, lambda i, slot: None, 2)  # helpers exist in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_runs_tasks, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0 and sorted(q.get(timeout=5)) == list(range(10))
+
+
+def _child_runs_tasks(q) -> None:  # type: ignore[no-untyped-def]
+    done: list[int] = []
+    lock = threading.Lock()
+
+    def task(i: int, slot: int) -> None:
+        with lock:
+            done.append(i)
+
+    _parallel.run(10, task, 2)
+    q.put(done)
