@@ -204,6 +204,43 @@ def decoy_yield_bounds(
     return DecoyBounds(up, lo, True)
 
 
+def basis_pools(
+    mu_i: Sequence[float], mu_j: Sequence[float], basis_x_prob_i: float, basis_x_prob_j: float,
+) -> list[tuple[int, int, tuple[tuple[int, int], ...], float]]:
+    """Groups of announced cells (k, l, b_i, b_j) that send the *same quantum state*, each with the
+    weight w that turns the group's click sum into its share of the four-phase-averaged gain sum:
+    Σ_groups of (k, l) w·S_group = N p_k p_l Q̄_kl in expectation (docs/protocol.md §4).
+
+    A client that sends vacuum (μ = 0) sends the same state whatever its basis, so the click
+    probability of such a round cannot depend on that basis (the node sees only the state, and
+    the basis of the current round is independent of the past): the cells that differ only in that
+    basis are draws from one distribution and are bounded as ONE count (one Kato bound, no
+    1/(2p_b) reweighting of a rare basis' small count):
+
+    * both vacuum: the four basis cells pooled, w = 1;
+    * only Ci vacuum: per b_j the two b_i cells pooled, w = 1/(2 p_bj) (uniform over Cj's bases);
+    * only Cj vacuum: per b_i, w = 1/(2 p_bi);
+    * otherwise: each cell alone, w = 1/(4 p_bi p_bj) (uniform over both clients' four phases).
+
+    Returns [(k, l, cells, w)]; p_b = (P(X), P(Y)).
+    """
+    pb_i = (basis_x_prob_i, 1.0 - basis_x_prob_i)
+    pb_j = (basis_x_prob_j, 1.0 - basis_x_prob_j)
+    out: list[tuple[int, int, tuple[tuple[int, int], ...], float]] = []
+    for k, mk in enumerate(mu_i):
+        for l_, ml in enumerate(mu_j):
+            if mk == 0.0 and ml == 0.0:
+                out.append((k, l_, ((0, 0), (0, 1), (1, 0), (1, 1)), 1.0))
+            elif mk == 0.0:
+                out += [(k, l_, ((0, bj), (1, bj)), 1.0 / (2.0 * pb_j[bj])) for bj in (0, 1) if pb_j[bj] > 0]
+            elif ml == 0.0:
+                out += [(k, l_, ((bi, 0), (bi, 1)), 1.0 / (2.0 * pb_i[bi])) for bi in (0, 1) if pb_i[bi] > 0]
+            else:
+                out += [(k, l_, ((bi, bj),), 1.0 / (4.0 * pb_i[bi] * pb_j[bj]))
+                        for bi in (0, 1) for bj in (0, 1) if pb_i[bi] > 0 and pb_j[bj] > 0]
+    return out
+
+
 #: (r, s) yields that enter the phase-error bound with n, m ≤ 3 (equal parities).
 PHASE_ERROR_TARGETS: tuple[tuple[int, int], ...] = tuple(
     (r, s) for r in range(N_PHASES) for s in range(N_PHASES) if (r - s) % 2 == 0
