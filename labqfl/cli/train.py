@@ -14,7 +14,7 @@ from typing import Any
 import typer
 
 from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
-from labqfl.errors import ConfigError, KeyStarvationError
+from labqfl.errors import ConfigError, KeyStarvationError, SecureAggregationError
 
 
 def _parse_digits(text: str) -> tuple[int, int]:
@@ -77,6 +77,11 @@ def train(
     wait_for_keys: float = typer.Option(0.0, "--wait-for-keys", min=0.0, help="Seconds a round may wait for QKD key (0: fail at once)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch default)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
+    self_masks: bool = typer.Option(
+        False, "--self-masks/--no-self-masks",
+        help="Shamir-shared self-masks: a dropped client's late upload stays hidden (costs 2(q+1) key bits per parameter per pair more)."),
+    threshold: int | None = typer.Option(
+        None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
     engine: str = typer.Option("local", "--engine", help="local (in-process) or flower (Flower simulation on Ray, one SuperNode per client)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -86,6 +91,7 @@ def train(
     from labqfl.fl.datasets.tasks import TASKS, load_task
     from labqfl.fl.keysource import make_key_source
     from labqfl.fl.secure import SecAggConfig
+    from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, key_cost, share_prime
     from labqfl.fl.tasks import TASK_DEFAULTS, make_model
     from labqfl.fl.training import LocalTrainConfig, run_federated
     from labqfl.runs import RunRecord
@@ -104,12 +110,20 @@ def train(
     local = LocalTrainConfig(epochs=local_epochs or d_ep, lr=lr if lr is not None else d_lr,
                              batch_size=batch_size or d_bs)
     try:
-        secagg = SecAggConfig(q=q, clip=clip if clip is not None else d_clip, rounding="stochastic", graph=graph, k=k)
+        if threshold is not None and not self_masks:
+            raise ValueError(f"--threshold {threshold} needs --self-masks")
+        secagg = SecAggConfig(q=q, clip=clip if clip is not None else d_clip, rounding="stochastic", graph=graph, k=k,
+                              self_masks=self_masks, threshold=threshold)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     secagg.check_bit_budget(clients)
     model = make_model(task)
     names = [f"C{i + 1}" for i in range(clients)]
+    if self_masks:
+        try:
+            share_t = secagg.share_threshold(names)
+        except SecureAggregationError as exc:
+            raise ConfigError(f"--threshold: {exc}") from None
 
     if keys == "qkd":
         from labqfl.keystore import default_data_dir, list_node_stores
@@ -123,7 +137,7 @@ def train(
         key_source = make_key_source("qkd", keystore_dir=kdir, nodes=names,
                                      starvation="wait" if wait_for_keys > 0 else "fail",
                                      wait_timeout_s=wait_for_keys)
-        per_pair = q * model.n_params
+        per_pair = secagg.key_bits_per_pair(model.n_params)
         need = per_pair * rounds
         short = []
         for p in secagg.pairs(names):
@@ -134,7 +148,8 @@ def train(
             p, avail = short[0]
             raise KeyStarvationError(
                 f"--keys qkd: pair {p} holds {avail} key bits but {rounds} rounds need {need} "
-                f"({per_pair} per round = q·{model.n_params} parameters) — enough for {avail // per_pair} round(s)"
+                f"({per_pair} per round = {per_pair // model.n_params}·{model.n_params} parameters) — enough for "
+                f"{avail // per_pair} round(s)"
                 + (f"; {len(short) - 1} more pair(s) short" if len(short) > 1 else "")
                 + ". Distil more key, use fewer rounds, a sparse --graph ring-k, or --keys csprng",
                 pair=p, needed_bits=need, available_bits=avail)
@@ -164,12 +179,21 @@ def train(
                 result = run_federated(model, data, rounds=rounds, local=local, secagg=secagg, key_source=key_source,
                                        seed=seed, progress=on_round)
         summary = result.summary()
+        n_pairs = len(secagg.pairs(names))
+        cost = key_cost(clients, n_pairs, model.n_params, q, self_masks=self_masks)
         summary.update(
+            key_cost_per_round={**cost, "pairs": n_pairs, "all_pairs": clients * (clients - 1) // 2,
+                                "ratio_to_paper_all_pairs": cost["key_bits_total"] / cost["paper_all_pairs_key_bits"]},
+            self_masks=({"enabled": True, "threshold": share_t, "share_field_prime": share_prime(q),
+                         "randomness": SELF_MASK_RANDOMNESS} if self_masks else {"enabled": False}),
             run_dir=str(rec.path), clients=clients, q=q, rounds_requested=rounds, seed=seed, loss=model.loss_name,
             local={"epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size, "optimizer": "adam"},
             secagg=secagg.as_dict(), data=data.meta, client_sizes=data.sizes(),
             security=("information-theoretic one-time pad (QKD keys)" if keys == "qkd"
-                      else "computational (AES-CTR CSPRNG masks, stand-in for QKD keys)"),
+                      else "computational (AES-CTR CSPRNG masks, stand-in for QKD keys)")
+            + ("; self-masks: Shamir sharing over GF(p) and one-time-pad share transport (information-theoretic "
+               "given the pair keys), self-mask words from the OS CSPRNG (as strong as the OS generator)"
+               if self_masks else ""),
         )
         summary["plots"] = _plot(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
         rec.write_metrics(summary)
@@ -185,6 +209,11 @@ def train(
                   f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
                   f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
                   f"−{100 * summary['communication_saving']:.0f} %)")
+        kc = summary["key_cost_per_round"]
+        con.print(f"key per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
+                  + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if self_masks else "")
+                  + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
+                  f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
         con.print(f"run folder: {rec.path}")
 
     emit(summary, as_json, render)

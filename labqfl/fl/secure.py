@@ -42,6 +42,21 @@ from labqfl.fl.quantize import (
     uint_dtype,
     weight_ranges,
 )
+from labqfl.fl.selfmask import (
+    SELF_MASK_RANDOMNESS,
+    UnmaskGuard,
+    check_threshold,
+    choose_share_holders,
+    default_threshold,
+    draw_self_mask,
+    encrypt_share,
+    holders_of,
+    pad_words_from_bits,
+    shamir_reconstruct,
+    shamir_share,
+    share_bits,
+    share_dtype,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,10 @@ class SecAggConfig:
     value_bits: explicit bits per value b; ``None`` → b = q − ⌈log2 N⌉ (the largest safe b).
     min_survivors: a round with fewer surviving clients is aborted (an "aggregate" of one
         client would be that client's update).
+    self_masks: add a Shamir-shared self-mask per client (:mod:`labqfl.fl.selfmask`), so that a
+        dropped client's late upload stays hidden after its partners reveal their keys.
+    threshold: Shamir threshold t for the self-mask shares (``None``: a majority of the smallest
+        holder set, :func:`~labqfl.fl.selfmask.default_threshold`); only with ``self_masks``.
     """
 
     q: int = 8
@@ -65,6 +84,8 @@ class SecAggConfig:
     k: int = 0
     value_bits: int | None = None
     min_survivors: int = 2
+    self_masks: bool = False
+    threshold: int | None = None
 
     def __post_init__(self) -> None:
         if self.q not in SUPPORTED_Q:
@@ -80,6 +101,19 @@ class SecAggConfig:
             raise ValueError(f"SecAggConfig.value_bits must lie in [1, q={self.q}], got {self.value_bits}")
         if self.min_survivors < 1:
             raise ValueError(f"SecAggConfig.min_survivors must be >= 1, got {self.min_survivors}")
+        if self.threshold is not None and (not self.self_masks or self.threshold < 1):
+            raise ValueError(f"SecAggConfig.threshold={self.threshold} needs self_masks=True and t >= 1")
+
+    def share_threshold(self, clients: list[str]) -> int:
+        """The Shamir threshold t for ``clients`` (explicit or the default), checked against the graph."""
+        pairs = self.pairs(clients)
+        t = self.threshold if self.threshold is not None else default_threshold(clients, pairs)
+        check_threshold(clients, pairs, t, self.q)
+        return t
+
+    def key_bits_per_pair(self, n_params: int) -> int:
+        """Key bits one graph pair spends per round: q·n (mask) + 2·(q+1)·n with self-masks (pads)."""
+        return n_params * (self.q + (2 * share_bits(self.q) if self.self_masks else 0))
 
     def check_bit_budget(self, n_clients: int) -> int:
         """Bits per value b for N clients; raise :class:`BitBudgetError` if the sum could wrap.
@@ -111,7 +145,8 @@ class SecAggConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {"q": self.q, "clip": self.clip, "rounding": self.rounding, "graph": self.graph,
-                "k": self.k, "value_bits": self.value_bits, "min_survivors": self.min_survivors}
+                "k": self.k, "value_bits": self.value_bits, "min_survivors": self.min_survivors,
+                "self_masks": self.self_masks, "threshold": self.threshold}
 
 
 @dataclass
@@ -145,6 +180,14 @@ class RoundResult:
     effective_weights: dict[str, float]
     round_index: int
     plain_quantized_sum: np.ndarray | None = field(default=None, repr=False)
+    self_masks: bool = False
+    threshold: int = 0
+    share_key_bits_total: int = 0
+    share_reveal_bits_total: int = 0
+    paper_all_pairs_key_bits: int = 0
+    #: debug only (tests): what the server could see — ``late_uploads`` (dropped clients' masked
+    #: uploads delivered after the reveals), ``revealed_pair_keys``, ``quantized`` (plain values).
+    server_view: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def n_clients(self) -> int:
@@ -178,6 +221,14 @@ class RoundResult:
             "reveal_bits_total": self.reveal_bits_total,
             "dropped": list(self.dropped),
             "clipped_values": self.clipped_values,
+            "self_masks": self.self_masks,
+            "threshold": self.threshold if self.self_masks else None,
+            "share_key_bits_total": self.share_key_bits_total,
+            "share_reveal_bits_total": self.share_reveal_bits_total,
+            "paper_all_pairs_key_bits": self.paper_all_pairs_key_bits,
+            "key_bits_vs_paper_all_pairs": (self.key_bits_total / self.paper_all_pairs_key_bits
+                                            if self.paper_all_pairs_key_bits else None),
+            "self_mask_randomness": SELF_MASK_RANDOMNESS if self.self_masks else None,
         }
 
 
@@ -191,6 +242,7 @@ def secure_round(
     rng: np.random.Generator,
     dropped: Collection[str] = (),
     debug: bool = False,
+    unmask_guards: Mapping[str, UnmaskGuard] | None = None,
 ) -> RoundResult:
     """Run one secure-aggregation round for all clients in this process.
 
@@ -203,6 +255,15 @@ def secure_round(
     Raises :class:`BitBudgetError` (sum could wrap), :class:`SecureAggregationError` (fewer than
     ``cfg.min_survivors`` survivors, or survivors split into several groups by the dropouts —
     unmasking would then reveal partial sums), ``KeyStarvationError`` (a pair lacks key).
+
+    With ``cfg.self_masks`` every client also adds a self-mask s_i (OS CSPRNG) and Shamir-shares
+    it among itself and its graph neighbours (threshold t); each share travels under a one-time
+    pad of w = q + 1 fresh key bits per word from the pair's key; at unmasking each survivor
+    answers, through its :class:`~labqfl.fl.selfmask.UnmaskGuard` (``unmask_guards``, one per
+    client, fresh ones if ``None``), either the keys of its dropped partners or its shares of
+    surviving clients' self-masks — never both about one peer. A dropped client's self-mask is
+    never reconstructed, so its late upload stays a one-time pad (``debug=True`` records it in
+    ``server_view["late_uploads"]``).
     """
     if not updates:
         raise SecureAggregationError("secure_round needs at least one client update")
@@ -230,7 +291,9 @@ def secure_round(
     pairs = cfg.pairs(clients)
     drop = set(dropped)
     survivors = [c for c in clients if c not in drop]
-    needs = {p: q * n_params for p in pairs}
+    per_pair_bits = cfg.key_bits_per_pair(n_params)
+    needs = {p: per_pair_bits for p in pairs}
+    t_share = cfg.share_threshold(clients) if cfg.self_masks else 0
     ensure = getattr(key_source, "ensure_available", None)
     if ensure is not None:
         ensure(needs)
@@ -253,10 +316,25 @@ def secure_round(
         clipped += nc
         uploads[c] = v
     plain = None
+    plain_values: dict[str, np.ndarray] = {}
     if debug:
         plain = np.zeros(n_params, dtype=dt)
         for c in survivors:
             plain += uploads[c]
+        plain_values = {c: uploads[c].copy() for c in clients}
+
+    # -- clients: self-masks, Shamir shares under one-time pads (self_masks only) -----------
+    share_bits_total = 0
+    held: dict[str, dict[str, np.ndarray]] = {c: {} for c in clients}  # holder -> owner -> share
+    chosen: dict[str, list[str]] = {}
+    chosen_error: SecureAggregationError | None = None
+    if cfg.self_masks:
+        try:
+            chosen = choose_share_holders(survivors, clients, pairs, t_share)
+        except SecureAggregationError as exc:  # raised after masking, before any reveal (as deployed)
+            chosen_error = exc
+        share_bits_total = _share_self_masks(clients, pairs, uploads, held, chosen, t_share, q, n_params,
+                                             key_source, round_index)
 
     # -- clients: add pairwise masks (one vector op per pair end; keys drawn once per pair) -
     revealed: dict[str, np.ndarray] = {}
@@ -265,11 +343,15 @@ def secure_round(
         a, bb = split_pair(p)
         kw = key_words(key_source, p, n_params, q, round_index=round_index)
         apply_pair_key(uploads[a], uploads[bb], kw)
-        key_bits_per_pair[p] = q * n_params
+        key_bits_per_pair[p] = per_pair_bits
         if drop and (a in drop) != (bb in drop):
             revealed[p] = kw  # kept only for the reveal step after the drop
 
-    # -- network: dropped clients' uploads never arrive ------------------------------------
+    # -- network: dropped clients' uploads never arrive (debug: they arrive late) ----------
+    view: dict[str, Any] | None = None
+    if debug:
+        view = {"late_uploads": {c: uploads[c].copy() for c in drop}, "revealed_pair_keys": {},
+                "quantized": plain_values}
     for c in drop:
         del uploads[c]
     if len(survivors) < cfg.min_survivors:
@@ -283,11 +365,32 @@ def secure_round(
                 f"round {round_index} aborted before any key reveal: dropouts {sorted(drop)} split the "
                 f"survivors into {len(groups)} groups in the mask graph, so unmasking would reveal "
                 f"partial sums; use a denser graph (larger k)")
+    if chosen_error is not None:
+        raise SecureAggregationError(f"round {round_index}: {chosen_error}")
 
-    # -- server: sum, remove dangling masks with the revealed keys, dequantise -------------
+    # -- unmask requests: each survivor answers through its guard (one kind per peer) -------
     needed = dangling_pairs(pairs, survivors, drop) if drop else []
+    share_answers: dict[str, dict[str, np.ndarray]] = {c: {} for c in chosen}
+    if cfg.self_masks:
+        guards = dict(unmask_guards) if unmask_guards is not None else {}
+        for j in survivors:
+            key_peers = [split_pair(p)[1] if split_pair(p)[0] == j else split_pair(p)[0]
+                         for p in needed if j in split_pair(p)]
+            share_peers = [i for i in survivors if j in chosen[i]]
+            guards.setdefault(j, UnmaskGuard(j)).authorize(
+                key_peers=key_peers, share_peers=share_peers, dropped=drop, survivors=survivors)
+            for i in share_peers:
+                share_answers[i][j] = held[j].pop(i)
+    if view is not None:
+        view["revealed_pair_keys"] = {p: revealed[p].copy() for p in needed}
+
+    # -- server: sum, remove dangling masks with the revealed keys, remove self-masks -------
     total = aggregate(uploads, q, dropped=drop, revealed={p: revealed[p] for p in needed},
                       pairs=pairs if drop else None)
+    pos = {c: i + 1 for i, c in enumerate(clients)}  # Shamir x-coordinates
+    for i, answers in share_answers.items():
+        hs = chosen[i]
+        total -= shamir_reconstruct([pos[h] for h in hs], np.stack([answers[h] for h in hs]), q)
     total_levels = sum(m_of[c] for c in survivors)
     if total_levels == 0:
         raise SecureAggregationError(
@@ -316,5 +419,49 @@ def secure_round(
         effective_weights={c: m_of[c] / total_levels for c in survivors},
         round_index=round_index,
         plain_quantized_sum=plain,
+        self_masks=cfg.self_masks,
+        threshold=t_share,
+        share_key_bits_total=share_bits_total,
+        share_reveal_bits_total=share_bits(q) * n_params * sum(len(v) for v in share_answers.values())
+        if cfg.self_masks else 0,
+        paper_all_pairs_key_bits=n_clients * (n_clients - 1) // 2 * q * n_params,
+        server_view=view,
     )
+
+
+def _share_self_masks(clients: list[str], pairs: list[str], uploads: dict[str, np.ndarray],
+                      held: dict[str, dict[str, np.ndarray]], chosen: Mapping[str, list[str]], t: int, q: int,
+                      n: int, key_source: KeySource, round_index: int) -> int:
+    """Every client draws its self-mask, adds it to its upload and sends Shamir shares to its holders
+    under one-time pads from the pair keys. Returns the pad key bits spent.
+
+    Pads: for pair "A-B" the master-to-slave share (A → B) uses the first w·n fresh bits drawn for
+    the pair's pads, the slave-to-master share the next w·n (two draws of w·n bits). Holders keep
+    only the shares the server will ask for (``chosen``: the simulation knows the dropouts in
+    advance); the others are decrypted and wiped, which changes no value the server sees.
+    """
+    w = share_bits(q)
+    sdt = share_dtype(q)
+    pos = {c: i + 1 for i, c in enumerate(clients)}
+    pair_of = {frozenset(split_pair(p)): p for p in pairs}
+    spent = 0
+    for i in clients:
+        s_i = draw_self_mask(n, q)
+        hs = holders_of(i, clients, pairs)
+        shares = shamir_share(s_i, [pos[h] for h in hs], t, q)
+        uploads[i] += s_i
+        s_i[:] = 0
+        for row, j in enumerate(hs):
+            share = shares[row]
+            if j != i:
+                p = pair_of[frozenset((i, j))]
+                pad = pad_words_from_bits(key_source.shared_keys(p, w * n, round_index=round_index), w)
+                spent += w * n
+                ct = encrypt_share(share, pad)  # what travels i -> j
+                share = encrypt_share(ct, pad)  # j decrypts with its copy of the pair key
+                pad[:] = 0
+            if j in chosen.get(i, ()):
+                held[j][i] = share.astype(sdt)
+        shares[:] = 0
+    return spent
 

@@ -78,3 +78,29 @@ def test_train_with_qkd_keys_consumes_them_once(tmp_path: Path) -> None:
     # the keys are spent: a second identical run must refuse clearly
     r2 = CliRunner().invoke(app, args)
     assert r2.exit_code == 1 and "enough for 0 round(s)" in r2.output
+
+
+def test_train_with_self_masks_on_qkd_keys_counts_the_pads(tmp_path: Path) -> None:
+    ks = tmp_path / "ks"
+    per_round = (8 + 2 * 9) * 24  # q·n mask bits + 2·(q+1)·n share-pad bits per pair and round
+    _fill_stores(ks, 2 * per_round + 10)
+    args = ["train", "--task", "mnist-qnn", "--clients", "2", "--rounds", "2", "--q", "8", "--keys", "qkd",
+            "--self-masks", "--threshold", "2", "--keystore", str(ks), "--out", str(tmp_path), "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["key_bits_total"] == 2 * per_round and d["final_test_accuracy"] > 0.8
+    assert d["self_masks"]["enabled"] is True and d["self_masks"]["threshold"] == 2
+    assert d["self_masks"]["share_field_prime"] == 257 and "os-csprng" in d["self_masks"]["randomness"]
+    kc = d["key_cost_per_round"]
+    assert kc["key_bits_total"] == per_round and kc["paper_all_pairs_key_bits"] == 8 * 24
+    assert kc["share_pad_key_bits"] == 2 * 9 * 24
+    r2 = CliRunner().invoke(app, args)
+    assert r2.exit_code == 1 and "enough for 0 round(s)" in r2.output
+
+
+def test_train_threshold_needs_self_masks_and_must_fit_the_graph(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["train", "--clients", "3", "--threshold", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "--threshold 2 needs --self-masks" in r.output
+    r = CliRunner().invoke(app, ["train", "--clients", "3", "--self-masks", "--threshold", "4", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "must lie in [1, 3]" in r.output
