@@ -189,8 +189,8 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
     correction); ``qber_y``: Y-basis test error rate so far (public test data, updated every tag
     block); ``key_rate_bps``: final (secret) key bits so far / acquired time ``t_s``;
     ``block_fill``: sifted bits waiting for the next block / block size; ``first_key_eta_s``:
-    seconds of data until the pair's first key block closes at its sifted rate so far (0 once it
-    has key, None before any sifted bit).
+    seconds of data until the pair's next block closes (blocks are a fixed number of the pair's
+    slots; 0 once the pair has key).
     """
     block_bits = distiller.settings.block_bits
     out: dict[str, dict[str, Any]] = {}
@@ -210,8 +210,9 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
             "final_key_bits": int(r.final_key_bits),
             "delivered_bits": int(r.delivered_bits),
             "key_rate_bps": r.final_key_bits / t_s if t_s > 0 else 0.0,
-            "first_key_eta_s": 0.0 if r.final_key_bits > 0 else (
-                max(block_bits - st.n_bits, 0) * t_s / r.sifted_bits if r.sifted_bits and t_s > 0 else None),
+            "first_key_eta_s": 0.0 if r.final_key_bits > 0 else max(
+                (st.block_index + 1) * distiller.block_slots[name] * len(distiller.pairs)
+                / distiller.cfg.laser.rep_rate_hz - t_s, 0.0),
         }
     return out
 

@@ -116,7 +116,7 @@ def distill(
         if rec is not None:
             rec.close()
     data = {
-        "source": source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits,
+        "source": source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits, "block_slots": settings.block_slots,
         "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
         "slotting": vars(d.slotter.stats), "run": str(run.path),
@@ -133,7 +133,7 @@ def distill(
         from rich.table import Table
 
         con.print(f"source: {source}; {duration_s:g} s of data in {wall:.2f} s; engine {engine}")
-        con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits (--block-bits)")
+        con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits on average (--block-bits)")
         from rich import box
 
         t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",

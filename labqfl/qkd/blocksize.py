@@ -21,13 +21,14 @@ phase error (docs/protocol.md §4–§5). The rule picks block sizes from the ke
    :meth:`BlockPlan.shortfall`) instead of distilling blocks that can only abort.
    Open-ended streams (the GUI's live tab) use N_rule: the earliest key that is expected to come.
 
-Units. The pipeline closes a pair's block when it holds ``block_bits`` sifted bits
-(:class:`~labqfl.qkd.pipeline.DistillSettings`), one number for all pairs. A pair's sifted bits
-per slot s_p come from the model, so the plan asks for ``block_bits`` = max_p s_p·N_p (every
-pair's block then spans at least its own N_p slots) and ``min_final_block_bits`` = max_p s_p·N_rule,p
-(a final rest smaller than every pair's rule is dropped and reported, never distilled into an
-abort). Times are seconds of acquired data: a pair owns 1/P of the laser's slots
-(time-division schedule, :mod:`labqfl.qkd.schedule`), so N slots take N·P/rep_rate seconds.
+Units. The pipeline closes a pair's block after a fixed number of the pair's slots,
+``block_slots``, one number for all pairs (:class:`~labqfl.qkd.pipeline.DistillSettings`,
+docs/protocol.md §5.1), so the plan asks for ``block_slots`` = max_p N_rule,p (open-ended) or
+the data cut into k equal blocks; the rest of a stream is distilled only with at least
+``min_final_block_bits`` = max_p s_p·N_rule,p sifted bits (s_p: the model's sifted bits per slot;
+a smaller rest is dropped and reported, never distilled into an abort). Times are seconds of
+acquired data: a pair owns 1/P of the laser's slots (time-division schedule,
+:mod:`labqfl.qkd.schedule`), so N slots take N·P/rep_rate seconds.
 """
 
 from __future__ import annotations
@@ -132,8 +133,9 @@ class PairBlockPlan:
 class BlockPlan:
     """Block sizes for a station (all scheduled pairs) and, optionally, a known amount of data.
 
-    ``block_bits`` / ``min_block_bits``: the pipeline's ``block_bits`` and
-    ``min_final_block_bits`` (module docstring). ``duration_s``: seconds of data available (None:
+    ``block_slots`` / ``min_block_bits``: the pipeline's ``block_slots`` and
+    ``min_final_block_bits`` (module docstring); ``block_bits``: the sifted bits of a block of the
+    pair with the most (for display). ``duration_s``: seconds of data available (None:
     open-ended stream). ``n_blocks``: blocks per pair the data are cut into (1 for an open-ended
     stream: the first one). ``sufficient``: every pair gets at least one block of its rule size.
     ``needed_duration_s``: seconds of data for one rule-size block on every pair.
@@ -146,6 +148,7 @@ class BlockPlan:
     margin: float
     duration_s: float | None
     pairs: dict[str, PairBlockPlan]
+    block_slots: int
     block_bits: int
     min_block_bits: int
     n_blocks: int
@@ -159,7 +162,8 @@ class BlockPlan:
         other fields, e.g. ``engine``, ``params``)."""
         from labqfl.qkd.pipeline import DistillSettings
 
-        return DistillSettings(block_bits=self.block_bits, min_final_block_bits=self.min_block_bits, **kw)
+        return DistillSettings(block_slots=self.block_slots, block_bits=max(self.block_bits, 1000),
+                               min_final_block_bits=self.min_block_bits, **kw)
 
     def shortfall(self, what: str = "the data") -> str:
         """One line: why the data cannot give key and how much is needed."""
@@ -172,7 +176,7 @@ class BlockPlan:
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
-        blk = f"{self.block_bits:,} sifted bits per block"
+        blk = f"{self.block_slots:.3g} slots per pair (≤ {self.block_bits:,} sifted bits)"
         if self.duration_s is None:
             return (f"block-size rule: {blk}; first key expected after {self.first_key_s:.3g} s of data "
                     f"(limiting pair {self.limiting_pair})")
@@ -226,26 +230,23 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
     limiting = max(need_slots, key=lambda n: need_slots[n])
     needed_s = need_slots[limiting] * n_pairs / rep
     cap = max(max_block_bits, 2 * min_bits)
+    rule_max = max(rule.values())
     if avail is None:
         sufficient, n_blocks = math.isfinite(needed_s), 1
-        block_bits = min_bits
+        block_slots = rule_max
     else:
         sufficient = math.isfinite(needed_s) and avail >= need_slots[limiting]
         top = max(sifted[n] * avail for n in rule)
         n_blocks = max(1, math.ceil(top / cap))
-        # one block: 10 % above the largest expected total, so every pair's whole acquisition is
-        # distilled at the end as one block; k blocks: the largest pair's data cut into k
-        block_bits = math.ceil(1.1 * top) if n_blocks == 1 else math.ceil(top / n_blocks)
-        block_bits = max(block_bits, min_bits)
-    block_bits = max(block_bits, 1000)  # the pipeline's smallest block
+        block_slots = avail / n_blocks  # k equal blocks: the last one closes at the end of the data
+    block_slots = math.ceil(max(block_slots, 1000.0)) if math.isfinite(block_slots) else 0
+    block_bits = max((math.ceil(sifted[n] * block_slots) for n in rule), default=0)
     out: dict[str, PairBlockPlan] = {}
     for name, ch, n0, s in rows:
         n_rule = rule[name]
-        blk_slots = (block_bits / s) if s > 0 else math.inf
-        if avail is not None:
-            blk_slots = min(blk_slots, avail)
+        blk_slots = float(block_slots)
         k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if math.isfinite(n_rule) else 0
-        k_blk = _evaluate(ch, blk_slots, p, ec_efficiency)[0].key_length_bits if math.isfinite(blk_slots) else 0
+        k_blk = _evaluate(ch, blk_slots, p, ec_efficiency)[0].key_length_bits if blk_slots >= 1 else 0
         out[name] = PairBlockPlan(
             pair=name, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
             expected_key_bits_at_rule=float(k_rule), block_slots=blk_slots, expected_key_bits=float(k_blk),
@@ -254,7 +255,8 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
     first = max(v.data_time_per_block_s for v in out.values()) if sufficient else math.inf
     plan = BlockPlan(
         station=cfg.name, n_pairs=n_pairs, rep_rate_hz=rep, margin=margin, duration_s=duration_s, pairs=out,
-        block_bits=int(block_bits), min_block_bits=int(max(min_bits, 1000)), n_blocks=n_blocks, sufficient=sufficient,
+        block_slots=int(block_slots), block_bits=int(block_bits), min_block_bits=int(max(min_bits, 1000)),
+        n_blocks=n_blocks, sufficient=sufficient,
         needed_duration_s=needed_s, limiting_pair=limiting, first_key_s=first,
     )
     if len(_CACHE) > 64:
