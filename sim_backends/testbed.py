@@ -254,7 +254,7 @@ class SagnacTestbed:
 
     @threads.setter
     def threads(self, n: int | None) -> None:
-        if n is not None and not (isinstance(n, int) and 1 <= n):
+        if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise ValueError(f"threads must be None or an integer >= 1, got {n!r}")
         self._threads = None if n is None else min(n, _parallel.MAX_THREADS)
 

@@ -238,3 +238,5 @@ def test_concurrent_acquisitions_in_two_threads_match_sequential_ones():
 def test_threads_setting_is_validated():
     with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
         SagnacTestbed(load_station_config(), threads=0)
+    with pytest.raises(ValueError, match="threads must be None or an integer >= 1"):
+        SagnacTestbed(load_station_config(), threads=True)
