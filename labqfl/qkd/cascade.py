@@ -17,14 +17,22 @@ These pseudo-random permutations cost O(1) memory per pass, so a 10^6-bit frame 
 10^6-entry permutation tables; any permutation is *correct* for Cascade — they only decorrelate
 error positions between passes.
 
-For pass p = 0, 1, ...: Alice reveals the parity of every block of pass p.  Then, repeatedly, Bob
-takes the *first* pass q ≤ p that has blocks whose parity differs from Alice's ("odd" blocks) and
-runs a BINARY search in each of them (left half = first ⌊s/2⌋ bits of the range), all blocks of
-pass q in parallel, one channel round trip per bisection level; the bit found in each block is
-flipped, which toggles the parity of the blocks holding it in every other started pass (the
-*cascade effect*).  Pass p ends when no started pass has an odd block.  Alice's answers are
-remembered per sub-block (*sub-block reuse*, Martinez-Mateo et al. arXiv:1407.3257 §4): a parity
-Bob already knows is never asked again, and the right half's parity follows from the parent's.
+For pass p = 0, 1, ...: Alice reveals the parity of every block of pass p — except, from pass 1
+on, the last block's, which Bob computes from the parity of the whole key (the XOR of pass 0's
+block parities): one disclosed bit less per pass.  Then, repeatedly, Bob takes the *first* pass
+q ≤ p that has blocks whose parity differs from Alice's ("odd" blocks) and runs a BINARY search
+in each of them (left half = first ⌊s/2⌋ bits of the range), one channel round trip per
+bisection level; the bit found in each block is flipped, which toggles the parity of the blocks
+holding it in every other started pass (the *cascade effect*).  Pass p ends when no started pass
+has an odd block.  Alice's answers are remembered per sub-block (*sub-block reuse*, Martinez-Mateo
+et al. arXiv:1407.3257 §4): a parity Bob already knows is never asked again, and the right half's
+parity follows from the parent's.  The fast kernel lets searches in affine passes advance
+together (fewer round trips); a search in a bipartition pass asks only when no lower pass has a
+search waiting, as in the reference (a flip found there often makes its block even for free —
+on 10^4-bit frames asking at once cost 2 % more leakage).
+
+A schedule may end with *confirmation*: Bob stops once ``confirm`` bipartitions in a row find no
+odd block, which bounds the frame error rate by 2^-confirm (:class:`CascadeSchedule`).
 
 Block-size schedules (Martinez-Mateo, Pacher, Peev, Ciurana, Martin, "Demystifying the
 information reconciliation protocol Cascade", arXiv:1407.3257):
@@ -32,6 +40,9 @@ information reconciliation protocol Cascade", arXiv:1407.3257):
 * :meth:`CascadeSchedule.original`: k1 = ⌈0.73/Q⌉, k_{i+1} = 2·k_i, 4 passes ("Cascade orig.").
 * :meth:`CascadeSchedule.tuned` ("Cascade opt. (8)"): α = log2(1/Q) − 1/2,
   k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, k3 = 4096, k_i = n/2 for i ≥ 4, 14 passes.
+* :meth:`CascadeSchedule.for_frame` (the default): opt. (8) adapted to the frame length n (k1
+  halved below 128 first-pass blocks, the 4096 pass only from 2^19 bits on), then bipartitions
+  with confirmation (frame error rate ≤ 2^-12).
 
 Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by Shannon's bound.
 """
@@ -67,6 +78,16 @@ HALF = -1
 
 MAX_BITS = 1 << 27
 """Largest frame Cascade accepts (sub-block keys pack pass, block and node in 64 bits)."""
+
+FRAME_CONFIRM = 12
+"""Default ``confirm`` of :meth:`CascadeSchedule.for_frame`: frame error rate ≤ 2^-12 ≈ 2.4·10^-4."""
+
+THIRD_PASS_MIN_BITS = 1 << 19
+""":meth:`CascadeSchedule.for_frame` adds opt. (8)'s 4096-bit third pass from this frame length on."""
+
+FRAME_EXTRA_HALVES = 12
+"""Bipartition passes :meth:`CascadeSchedule.for_frame` allows beyond ``confirm``."""
+
 
 
 class ReconciliationInputError(LabqflError, ValueError):
@@ -155,10 +176,19 @@ class ReconciliationResult:
 # ----------------------------------------------------------------------------------- schedule
 @dataclass(frozen=True)
 class CascadeSchedule:
-    """Block size of each pass (:data:`HALF` = random bipartition, "n/2")."""
+    """Block size of each pass (:data:`HALF` = random bipartition, "n/2").
+
+    ``confirm`` (0 = run every pass): Bob stops as soon as ``confirm`` bipartition passes in a row
+    found no odd block.  A random bipartition puts an odd number of any non-empty set of residual
+    errors in its first block with probability exactly ½ (one independent fair bit per index), so
+    a frame that still holds errors passes ``confirm`` clean bipartitions with probability
+    ≤ 2^-confirm: the frame error rate is bounded by 2^-confirm whatever the frame size, and each
+    confirmation costs one disclosed parity (the other block's follows from the key parity).
+    """
 
     block_sizes: tuple[int, ...]
     name: str = "custom"
+    confirm: int = 0
 
     def __post_init__(self) -> None:
         if not self.block_sizes:
@@ -168,6 +198,10 @@ class CascadeSchedule:
                 raise ReconciliationInputError(f"Cascade block sizes must be >= 1 or HALF, got {k}")
         if len(self.block_sizes) > 100:
             raise ReconciliationInputError("a Cascade schedule has at most 100 passes")
+        halves = len(self.block_sizes) - len(tuple(k for k in self.block_sizes if k != HALF))
+        if not 0 <= self.confirm <= halves:
+            raise ReconciliationInputError(
+                f"confirm must lie between 0 and the number of bipartition passes ({halves}), got {self.confirm}")
 
     @classmethod
     def original(cls, qber: float) -> CascadeSchedule:
@@ -183,6 +217,35 @@ class CascadeSchedule:
         ks = [2 ** math.ceil(alpha), 2 ** math.ceil((alpha + 12.0) / 2.0), 4096]
         ks += [HALF] * max(0, passes - 3)
         return cls(tuple(ks[:passes]), "tuned")
+
+    @classmethod
+    def for_frame(cls, qber: float, n: int, confirm: int = FRAME_CONFIRM) -> CascadeSchedule:
+        """The default: block sizes chosen per frame length n (bits) and QBER.
+
+        Starts from Martinez-Mateo et al. opt. (8) (arXiv:1407.3257, eq. (8)): α = log2(1/Q) − ½,
+        k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, then, measured with this implementation (``labqfl bench
+        cascade-grid``; docs/reconciliation.md):
+
+        * k1 halved when the frame would have fewer than 128 first-pass blocks (10^4 bits at
+          1 %: 64 instead of 128);
+        * the third pass of 4096 bits only for n ≥ 2^19 (:data:`THIRD_PASS_MIN_BITS`): on
+          10^4–10^5-bit frames its ⌈n/4096⌉ parities cost more than it saves; on long frames it
+          clears the residual errors in a few hundred round trips, where the bipartitions would
+          need 2–9× more (f 1.033 instead of 1.039 at 10^6 bits / 2 %, but slower);
+        * then random bipartitions until ``confirm`` in a row find nothing (frame error rate
+          ≤ 2^-confirm, see the class docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
+        """
+        if n < 1:
+            raise ReconciliationInputError(f"frame length n must be >= 1, got {n}")
+        alpha = math.log2(1.0 / max(qber, 1e-5)) - 0.5
+        k1 = 2 ** math.ceil(alpha)
+        if k1 > 1 and k1 > n // 128:
+            k1 //= 2
+        ks = [k1, max(2 ** math.ceil((alpha + 12.0) / 2.0), 2 * k1)]
+        if n >= THIRD_PASS_MIN_BITS:
+            ks.append(4096)
+        ks += [HALF] * (confirm + FRAME_EXTRA_HALVES)
+        return cls(tuple(ks), "frame", confirm)
 
 
 # ----------------------------------------------------------------------------------- passes
@@ -200,10 +263,27 @@ class _Passes:
     masks: np.ndarray  # uint64 [P, W]: bipartition membership (bit set -> block 1)
     cum: np.ndarray  # int64 [P, W+1]: ones in words < w
     top_off: np.ndarray  # int64 [P+1]: offsets of each pass's block parities in a flat array
+    seed: int = 0
+    built: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool [P]: masks drawn
 
     @property
     def npasses(self) -> int:
         return int(self.kind.size)
+
+    def ensure(self, q: int) -> None:
+        """Draw bipartition pass q's membership bits (lazily: a confirmation pass that is never
+        started costs no time; rows of ``masks``/``cum`` stay untouched zero pages until then)."""
+        if self.built[q]:
+            return
+        if self.kind[q] == 1:
+            W = self.masks.shape[1]
+            rng = np.random.default_rng([int(self.seed), q])
+            words = np.frombuffer(rng.bytes(8 * W), dtype="<u8").astype(np.uint64)
+            if self.n % 64:
+                words[-1] &= np.uint64((1 << (self.n % 64)) - 1)
+            self.masks[q] = words
+            self.cum[q, 1:] = np.cumsum(_popcount64(words))
+        self.built[q] = True
 
     def block_size(self, q: int, b: int) -> int:
         if self.kind[q] == 1:
@@ -241,14 +321,9 @@ def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
     cum = np.zeros((P, W + 1), np.int64)
     for q, ks in enumerate(block_sizes):
         rng = np.random.default_rng([int(seed), q])
-        if ks == HALF:
+        if ks == HALF:  # membership bits are drawn by _Passes.ensure when the pass starts
             kind[q] = 1
             nb[q] = 2
-            words = np.frombuffer(rng.bytes(8 * W), dtype="<u8").astype(np.uint64)
-            if n % 64:
-                words[-1] &= np.uint64((1 << (n % 64)) - 1)
-            masks[q] = words
-            cum[q, 1:] = np.cumsum(_popcount64(words))
         else:
             kk = min(int(ks), n)
             k[q] = kk
@@ -261,7 +336,7 @@ def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
                 a[q], c[q], ainv[q] = aa, int(rng.integers(0, n)), pow(aa, -1, n)
     top_off = np.zeros(P + 1, np.int64)
     top_off[1:] = np.cumsum(nb)
-    return _Passes(n, kind, k, a, c, ainv, nb, masks, cum, top_off)
+    return _Passes(n, kind, k, a, c, ainv, nb, masks, cum, top_off, int(seed), kind == 0)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -498,7 +573,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                    waitl: np.ndarray, onstk: np.ndarray, inwait: np.ndarray,
                    found: np.ndarray, fval: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray, logcap: int, out_q: np.ndarray,
                    out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
-                   counters: np.ndarray) -> int:
+                   deferred: np.ndarray, counters: np.ndarray) -> int:
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
@@ -514,6 +589,11 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     ``counters[0]`` accumulates the number of flipped bits.
     """
     sp = 0
+    for t in range(counters[1]):  # searches deferred last round (a lower pass had priority)
+        fb = deferred[t]
+        if st[fb] == 1:
+            sp = _push(fb, onstk, work, sp)
+    counters[1] = 0
     for t in range(init.size):
         fb = init[t]
         _restart(fb, st, slo, shi, sh, bsize)
@@ -601,11 +681,22 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 elif odd:
                     _restart(fb, st, slo, shi, sh, bsize)
                     sp = _push(fb, onstk, work, sp)
+    first = fpass.size
+    for t in range(nw):
+        fb = waitl[t]
+        if st[fb] == 3 and fpass[fb] < first:
+            first = fpass[fb]
     nq = 0
+    nd = 0
     for t in range(nw):
         fb = waitl[t]
         inwait[fb] = 0
         if st[fb] != 3:
+            continue
+        if fpass[fb] != first and kind[fpass[fb]] == 1:
+            st[fb] = 1  # deferred: a flip found in a lower pass may restart or end it for free
+            deferred[nd] = fb
+            nd += 1
             continue
         st[fb] = 2  # asked
         q = fpass[fb]
@@ -616,6 +707,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         out_hi[nq] = lo + (shi[fb] - lo) // 2
         qidx[nq] = fb
         nq += 1
+    counters[1] = nd
     return nq
 
 
@@ -699,10 +791,15 @@ class CascadeAlice:
             q = int(request.get("pass"))
             if not 0 <= q < P.npasses:
                 raise MessageError(f"cascade/blocks: no pass {q}")
+            if q > 0 and not self._ready[0]:
+                raise MessageError("cascade/blocks: pass 0 must be revealed before pass {q}")
+            P.ensure(q)
             if P.kind[q] == 0 and not self._ready[q]:
                 _materialize(self._x, P.n, int(P.a[q]), int(P.c[q]), self._zp[q])
             self._ready[q] = True
             par = _top_parities(self._zp, self._xpk, P.n, P.kind, P.k, P.masks, q, int(P.nb[q]))
+            if q > 0:  # the last block's parity follows from the key's parity, known since pass 0
+                par = par[:-1]
             self.disclosed_bits += par.size
             return Message("cascade/block-parities", {"pass": q}, par)
         if kind == "cascade/parity":
@@ -740,7 +837,7 @@ class CascadeBob:
             raise ReconciliationInputError(f"Cascade frames hold at most {MAX_BITS} bits, got {bob_bits.size}")
         self.bits = bob_bits
         self.qber = float(qber)
-        self.schedule = schedule or CascadeSchedule.tuned(self.qber)
+        self.schedule = schedule or CascadeSchedule.for_frame(self.qber, int(bob_bits.size))
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         if self.seed < 0:
             raise ReconciliationInputError(f"seed must be a non-negative integer, got {seed}")
@@ -757,7 +854,7 @@ class CascadeBob:
         zp = np.zeros((P.npasses, (n + 63) // 64), np.uint64)  # y in each affine pass's order
         ntop = int(P.top_off[-1])
         fpass = np.repeat(np.arange(P.npasses, dtype=np.int64), P.nb)
-        bsize = np.concatenate([P.block_sizes(q) for q in range(P.npasses)])
+        bsize = np.zeros(ntop, np.int64)  # block sizes, filled as passes start
         alice_top = np.zeros(ntop, np.uint8)
         bob_top = np.zeros(ntop, np.uint8)
         st = np.zeros(ntop, np.uint8)
@@ -771,6 +868,7 @@ class CascadeBob:
         found = np.zeros(ntop, np.int64)
         fval = np.zeros(ntop, np.uint8)
         qidx = np.zeros(ntop, np.int64)
+        deferred = np.zeros(ntop, np.int64)
         out = [np.zeros(ntop, np.int64) for _ in range(4)]
         counters = np.zeros(2, np.int64)
         est = n * binary_entropy(min(self.qber, 0.49)) * 1.3 + 64 * len(sched)
@@ -780,17 +878,26 @@ class CascadeBob:
         hcount = 0
         leaked_top = leaked_bs = rounds = 0
         no_init = np.zeros(0, np.int64)
+        confirm = self.schedule.confirm
+        clean = passes_run = 0
         for p in range(P.npasses):
             rep = channel.request(Message("cascade/blocks", {"pass": p}))
             o0, o1 = int(P.top_off[p]), int(P.top_off[p + 1])
-            if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0:
+            P.ensure(p)
+            bsize[o0:o1] = P.block_sizes(p)
+            implied = 1 if p > 0 else 0
+            if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0 - implied:
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/blocks")
-            alice_top[o0:o1] = rep.disclosed
+            alice_top[o0:o1 - implied] = rep.disclosed
+            if implied:  # Alice's whole-key parity (pass 0) fixes the last block of every later pass
+                alice_top[o1 - 1] = (int(alice_top[:int(P.top_off[1])].sum())
+                                     + int(rep.disclosed.sum())) & 1
             leaked_top += rep.disclosed.size
             if P.kind[p] == 0:
                 _materialize(y, n, int(P.a[p]), int(P.c[p]), zp[p])
             bob_top[o0:o1] = _top_parities(zp, ypk, n, P.kind, P.k, P.masks, p, int(P.nb[p]))
             init = o0 + np.flatnonzero(alice_top[o0:o1] != bob_top[o0:o1]).astype(np.int64)
+            clean = clean + 1 if (P.kind[p] == 1 and init.size == 0) else 0
             answers = np.zeros(0, np.uint8)
             nprev = 0
             while True:
@@ -805,7 +912,7 @@ class CascadeBob:
                                     P.c, P.ainv, P.masks, P.cum, P.top_off, fpass, bsize, alice_top,
                                     bob_top, st, slo, shi, sh, work, waitl, onstk, inwait, found,
                                     fval, hkeys, hvals, logcap, out[0], out[1], out[2], out[3],
-                                    counters)
+                                    deferred, counters)
                 init = no_init
                 if nq == 0:
                     break
@@ -818,37 +925,46 @@ class CascadeBob:
                 leaked_bs += nq
                 nprev = nq
                 rounds += 1
+            passes_run = p + 1
+            if confirm and clean >= confirm:
+                break  # `confirm` bipartitions in a row found no odd block: stop (see CascadeSchedule)
         channel.request(Message("cascade/done"))
         stats = channel.stats
         return ReconciliationResult(
             corrected=y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
             method=f"cascade-{self.schedule.name}", success=True, frame_errors=0,
-            iterations=P.npasses, round_trips=stats.round_trips, messages=stats.messages,
+            iterations=passes_run, round_trips=stats.round_trips, messages=stats.messages,
             tag_bytes=stats.tag_bytes, corrected_errors=int(counters[0]),
-            details={"seed": self.seed, "block_sizes": list(sched), "leaked_block_parities": leaked_top,
+            details={"seed": self.seed, "block_sizes": list(sched[:passes_run]),
+                     "confirm": confirm, "clean_confirmations": clean,
+                     "leaked_block_parities": leaked_top,
                      "leaked_binary_search": leaked_bs, "parity_rounds": rounds,
                      "payload_bytes": stats.payload_bytes})
 
 
 def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
-                      seed: int | None = None, schedule: CascadeSchedule | str = "tuned",
+                      seed: int | None = None, schedule: CascadeSchedule | str = "frame",
                       channel_authenticator: Any = None) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with Cascade (both parties in process).
 
     ``alice_bits``, ``bob_bits``: 1-D uint8 arrays of 0/1, equal length n (≤ 2^27).  ``qber``:
     the estimated bit error rate in (0, 0.5), which sets the block sizes.  ``seed``: public seed of
-    the pass permutations (None: from the OS).  ``schedule``: ``"tuned"`` (default, Martinez-Mateo
-    et al. opt. (8), 14 passes), ``"original"`` or a :class:`CascadeSchedule`.  Returns a
+    the pass permutations (None: from the OS).  ``schedule``: ``"frame"`` (default,
+    :meth:`CascadeSchedule.for_frame`: block sizes per frame length and QBER, confirmation passes
+    bounding the frame error rate by 2^-12), ``"tuned"`` (Martinez-Mateo et al. opt. (8), 14
+    passes), ``"original"`` or a :class:`CascadeSchedule`.  Returns a
     :class:`ReconciliationResult`; ``leaked_bits`` counts every parity Alice revealed.
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     if isinstance(schedule, str):
-        if schedule == "tuned":
+        if schedule == "frame":
+            schedule = CascadeSchedule.for_frame(q, int(alice_bits.size))
+        elif schedule == "tuned":
             schedule = CascadeSchedule.tuned(q)
         elif schedule == "original":
             schedule = CascadeSchedule.original(q)
         else:
-            raise ReconciliationInputError(f"unknown Cascade schedule {schedule!r}; expected 'tuned' or 'original'")
+            raise ReconciliationInputError(f"unknown Cascade schedule {schedule!r}; expected 'frame', 'tuned' or 'original'")
     alice = CascadeAlice(alice_bits)
     bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed)
     return bob.run(LocalChannel(alice, channel_authenticator))
@@ -864,7 +980,7 @@ def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     access to Alice's bits (each access to them counted as one leaked bit).
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
-    schedule = schedule or CascadeSchedule.tuned(q)
+    schedule = schedule or CascadeSchedule.for_frame(q, int(alice_bits.size))
     n = alice_bits.size
     x = [int(v) for v in alice_bits]
     y = [int(v) for v in bob_bits]
@@ -873,6 +989,7 @@ def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     blocks: list[list[list[int]]] = []
     where: list[list[int]] = []  # where[q][i] = block of key index i in pass q
     for qq in range(P.npasses):
+        P.ensure(qq)
         if P.kind[qq] == 1:
             bit = [int((int(P.masks[qq, i // 64]) >> (i % 64)) & 1) for i in range(n)]
             members = [[i for i in range(n) if bit[i] == 0], [i for i in range(n) if bit[i] == 1]]
@@ -898,11 +1015,17 @@ def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     known: dict[tuple[int, int, int], int] = {}  # (pass, block, heap node) -> Alice's parity
     alice_top: list[list[int]] = []
     bob_top: list[list[int]] = []  # Bob's current block parities, updated on every flip
-    flipped = 0
+    flipped = clean = passes_run = 0
     for p in range(P.npasses):
-        alice_top.append([parity(x, mem) for mem in blocks[p]])
+        if p == 0:
+            alice_top.append([parity(x, mem) for mem in blocks[p]])
+            key_parity = sum(alice_top[0]) % 2  # Alice's whole-key parity, from pass 0's blocks
+        else:  # all blocks but the last are disclosed; the last follows from the key's parity
+            told = [parity(x, mem) for mem in blocks[p][:-1]]
+            alice_top.append(told + [(key_parity + sum(told)) % 2])
         bob_top.append([parity(y, mem) for mem in blocks[p]])
-        leaked += len(blocks[p])
+        leaked += len(blocks[p]) - (1 if p > 0 else 0)
+        clean = clean + 1 if (P.kind[p] == 1 and alice_top[p] == bob_top[p]) else 0
         while True:
             odd_pass = -1
             for qq in range(p + 1):
@@ -933,7 +1056,10 @@ def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
                 for r in range(p + 1):
                     bob_top[r][where[r][i]] ^= 1
             flipped += len(found)
+        passes_run = p + 1
+        if schedule.confirm and clean >= schedule.confirm:
+            break
     corrected = np.array(y, dtype=np.uint8)
     return ReconciliationResult(corrected=corrected, leaked_bits=leaked, qber=q,
-                                method=f"cascade-{schedule.name}-reference", iterations=P.npasses,
+                                method=f"cascade-{schedule.name}-reference", iterations=passes_run,
                                 corrected_errors=flipped, details={"seed": seed})

@@ -1,14 +1,13 @@
-"""Reconciliation benchmarks: Cascade throughput/efficiency and LDPC efficiency/frame-error rate."""
+"""Reconciliation benchmarks: LDPC efficiency/frame-error rate (Cascade: :mod:`labqfl.bench.entries.cascade`)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
-from labqfl.qkd.cascade import cascade_reference, reconcile_cascade
+from labqfl.qkd.cascade import cascade_reference
 from labqfl.qkd.ldpc import plan_ldpc, reconcile_ldpc
 
 
@@ -18,45 +17,6 @@ def _frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     y = x.copy()
     y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
     return x, y
-
-
-def _best_time(fn, repeats: int) -> tuple[float, float, Any]:
-    """(best wall seconds, CPU seconds of that run, result) over ``repeats`` runs."""
-    best = (float("inf"), 0.0, None)
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = fn()
-        t1, c1 = time.perf_counter(), time.process_time()
-        if t1 - t0 < best[0]:
-            best = (t1 - t0, c1 - c0, res)
-    return best
-
-
-@benchmark("cascade", "Cascade (tuned) on 10^6-bit frames at QBER 2 %, both parties in process",
-           target="≥ 5 Mbit/s with f ≤ 1.06 and no residual error")
-def _cascade(quick: bool) -> BenchResult:
-    q = 0.02
-    n = 20_000 if quick else 1_000_000
-    nb = 4_000 if quick else 20_000
-    x, y = _frame(n, q, 1)
-    reconcile_cascade(x[:2000], y[:2000], q, seed=0)  # load compiled kernels
-    wall, cpu, res = _best_time(lambda: reconcile_cascade(x, y, q, seed=7), 1 if quick else 3)
-    xb, yb = _frame(nb, q, 2)
-    bwall, _, bres = _best_time(lambda: cascade_reference(xb, yb, q, seed=7), 1)
-    mbps = n / wall / 1e6
-    base_mbps = nb / bwall / 1e6
-    residual = int((res.corrected != x).sum())
-    f = res.efficiency
-    return BenchResult(
-        figure=mbps, unit="Mbit/s", baseline=f"pure-Python Cascade (same protocol) on a {nb}-bit frame, per bit",
-        baseline_figure=base_mbps, target="≥ 5 Mbit/s, f ≤ 1.06, 0 residual errors",
-        passed=(mbps >= 5.0 and f <= 1.06 and residual == 0) if not quick else None,
-        details={"frame_bits": n, "qber": q, "efficiency_f": round(f, 4), "residual_errors": residual,
-                 "leaked_bits": res.leaked_bits, "round_trips": res.round_trips,
-                 "cpu_mbit_per_s": round(n / cpu / 1e6, 2) if cpu > 0 else None,
-                 "baseline_frame_bits": nb, "baseline_efficiency_f": round(bres.efficiency, 4),
-                 "baseline_residual_errors": int((bres.corrected != xb).sum()),
-                 "note": "baseline runs on a smaller frame (pure Python); throughputs are per bit"})
 
 
 @benchmark("ldpc", "Blind rate-adaptive LDPC (n=16384, layered sum-product BP): efficiency and FER, QBER 1-8 %",

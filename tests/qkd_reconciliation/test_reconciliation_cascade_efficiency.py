@@ -1,0 +1,109 @@
+"""Cascade efficiency on small frames (issue 19, item 6): the per-frame-size schedule, the
+confirmation rule that bounds the frame error rate, and f ≤ 1.05 on 10^5-bit frames."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from labqfl.qkd import reconcile_cascade
+from labqfl.qkd.cascade import (
+    FRAME_CONFIRM,
+    HALF,
+    THIRD_PASS_MIN_BITS,
+    CascadeSchedule,
+    ReconciliationInputError,
+    cascade_reference,
+)
+
+
+def test_cascade_f_at_most_1_05_on_1e5_bit_frames_at_2_percent(frame):
+    """Regression: the landed code (opt. (8) schedule, every block parity disclosed, searches of
+    all passes asking at once) gave f = 1.045–1.063 per frame here, mean 1.056."""
+    fs = []
+    for s in range(4):
+        x, y = frame(100_000, 0.02, 40 + s)
+        res = reconcile_cascade(x, y, 0.02, seed=s)
+        assert np.array_equal(res.corrected, x), "residual errors"
+        fs.append(res.efficiency)
+    assert float(np.mean(fs)) <= 1.05, fs
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08])
+def test_cascade_frame_schedule_leaves_no_residual_error_on_1e4_bit_frames(frame, qber):
+    for s in range(12):
+        x, y = frame(10_000, qber, 700 + s)
+        res = reconcile_cascade(x, y, qber, seed=s)
+        assert np.array_equal(res.corrected, x), f"residual errors in frame {s}"
+        assert res.details["clean_confirmations"] == FRAME_CONFIRM
+        assert res.efficiency < 1.12
+
+
+@pytest.mark.parametrize("qber", [0.01, 0.02, 0.05, 0.08])
+@pytest.mark.parametrize("n", [10_000, 100_000, 1_000_000, 10_000_000])
+def test_frame_schedule_follows_opt8_with_frame_size_rules(qber, n):
+    s = CascadeSchedule.for_frame(qber, n)
+    alpha = math.log2(1 / qber) - 0.5
+    k1 = 2 ** math.ceil(alpha)
+    expect_k1 = k1 // 2 if n // 128 < k1 else k1
+    assert s.block_sizes[0] == expect_k1
+    assert s.block_sizes[1] == max(2 ** math.ceil((alpha + 12) / 2), 2 * expect_k1)
+    has_third = s.block_sizes[2] == 4096
+    assert has_third == (n >= THIRD_PASS_MIN_BITS)
+    tail = s.block_sizes[3 if has_third else 2:]
+    assert tail and all(k == HALF for k in tail)
+    assert s.confirm == FRAME_CONFIRM <= len(tail)
+    assert s.name == "frame"
+
+
+def test_frame_schedule_is_the_default(frame):
+    x, y = frame(10_000, 0.03, 1)
+    a = reconcile_cascade(x, y, 0.03, seed=5)
+    b = reconcile_cascade(x, y, 0.03, seed=5, schedule=CascadeSchedule.for_frame(0.03, 10_000))
+    assert a.leaked_bits == b.leaked_bits and a.method == "cascade-frame"
+    assert list(CascadeSchedule.for_frame(0.03, 10_000).block_sizes[:a.iterations]) == a.details["block_sizes"]
+
+
+def test_confirmation_stops_after_that_many_clean_bipartitions(frame):
+    x, y = frame(20_000, 0.02, 3)
+    sched = CascadeSchedule((64, 512) + (HALF,) * 30, confirm=5)
+    fast = reconcile_cascade(x, y, 0.02, seed=9, schedule=sched)
+    ref = cascade_reference(x, y, 0.02, seed=9, schedule=sched)
+    assert np.array_equal(fast.corrected, x) and np.array_equal(ref.corrected, x)
+    assert fast.iterations == ref.iterations < len(sched.block_sizes)
+    assert fast.details["clean_confirmations"] == 5
+    # without the rule every pass runs (each bipartition discloses one parity)
+    full = reconcile_cascade(x, y, 0.02, seed=9, schedule=CascadeSchedule(sched.block_sizes))
+    assert full.iterations == 32
+    assert full.leaked_bits - fast.leaked_bits == 32 - fast.iterations
+
+
+def test_confirmation_bound_holds_for_a_frame_left_with_errors():
+    """A single affine pass cannot see two errors in one block; the confirmation passes must."""
+    n = 4096
+    x = np.zeros(n, np.uint8)
+    caught = 0
+    trials = 64
+    for s in range(trials):
+        y = x.copy()
+        y[[10, 11]] = 1
+        res = reconcile_cascade(x, y, 0.01, seed=s, schedule=CascadeSchedule((n,) + (HALF,) * 3, confirm=3))
+        caught += np.array_equal(res.corrected, x)
+    # P(miss) = P(three clean bipartitions) = 1/8: expect ~56 of 64 caught; allow a wide margin
+    assert 44 <= caught < trials
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"block_sizes": (64, HALF), "confirm": 2}, "confirm must lie between 0 and"),
+    ({"block_sizes": (64, HALF), "confirm": -1}, "confirm must lie between 0 and"),
+])
+def test_schedule_rejects_bad_confirm(kwargs, match):
+    with pytest.raises(ReconciliationInputError, match=match):
+        CascadeSchedule(**kwargs)
+
+
+def test_frame_schedule_rejects_empty_frame():
+    with pytest.raises(ReconciliationInputError, match="frame length n must be >= 1"):
+        CascadeSchedule.for_frame(0.02, 0)
