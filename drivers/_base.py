@@ -6,13 +6,15 @@ validation with one clear ``ValueError``."""
 from __future__ import annotations
 
 import math
+import time
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import Field
 from pymeasure.adapters import Adapter
 
-from labqfl.config import DriverOptions, InstrumentConfig, validate_options
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import InstrumentReplyError, InstrumentTimeout
 from labqfl.instruments.base import Instrument
 
@@ -39,6 +41,25 @@ class DriverDeclaration:
 
     Options: ClassVar[type[DriverOptions]] = NoOptions
     SPECTRAL_RANGE_NM: ClassVar[tuple[float, float] | None] = None
+    #: Channel numbers of a multi-channel instrument (as its manual numbers them); ``None``: one
+    #: role per instrument. With channels, several roles may share one resource, one channel each.
+    CHANNELS: ClassVar[tuple[int, ...] | None] = None
+
+    @classmethod
+    def channel_of(cls, options: Any) -> int | None:
+        """The channel a role with these (validated) options uses; ``None`` for single-role drivers."""
+        if cls.CHANNELS is None:
+            return None
+        return int(options.channel)
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Write the station file's operating point (this role's config, and the station's laser
+        wavelength where the instrument is calibrated per wavelength) to the instrument.
+
+        Called by the Station after every role opened. Outputs stay off: the laser stays off, the
+        detector disarmed, the modulator output off, until a procedure turns them on. The default
+        writes nothing (an instrument whose settings the station file does not describe).
+        """
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
@@ -61,6 +82,25 @@ def check_range(setting: str, value: float, lo: float, hi: float, unit: str = ""
         u = f" {unit}" if unit else ""
         raise ValueError(f"{setting} = {value!r}{u} is out of range; expected {lo:g} to {hi:g}{u}")
     return v
+
+
+def ramp_points(start: float, target: float, step: float) -> list[float]:
+    """Set points from ``start`` to ``target`` (excluded start, included target) no further apart than
+    ``step``: the stepwise ramp of a laser current or a detector bias."""
+    if not step > 0:
+        raise ValueError(f"ramp step must be > 0, got {step!r}")
+    n = max(1, math.ceil(round(abs(target - start) / step, 9)))
+    return [start + (target - start) * k / n for k in range(1, n + 1)]
+
+
+def run_ramp(points: list[float], rate_per_s: float, step: float, write: Callable[[float], None]) -> None:
+    """Write each point of a ramp, pausing ``step / rate_per_s`` seconds between two writes (the
+    ramp's pacing: at most ``rate_per_s`` units per second)."""
+    pause = step / rate_per_s if rate_per_s > 0 else 0.0
+    for k, v in enumerate(points):
+        if k and pause > 0:
+            time.sleep(pause)
+        write(v)
 
 
 def check_bool(setting: str, value: Any) -> bool:
@@ -99,7 +139,7 @@ class MessageDriver(DriverDeclaration, Instrument):
             serial["baud_rate"] = self.opts.baud_rate
         self.link = Link(self, config, adapter=adapter, read_termination=self.READ_TERMINATION,
                          write_termination=self.WRITE_TERMINATION, error_query=self.ERROR_QUERY,
-                         serial=serial)
+                         serial=serial, channel=self.channel_of(self.opts))
         self._identity: str | None = None
         self.link.open()
         try:
@@ -148,7 +188,7 @@ class MessageDriver(DriverDeclaration, Instrument):
     def status(self) -> dict[str, Any]:
         with self.lock:
             st: dict[str, Any] = {"connected": not self._closed and self.link.adapter is not None}
-            if st["connected"]:
+            if st["connected"] and self.link.error_query is not None:
                 self.link.check_errors("status")
                 st["error_queue"] = "empty"
             return st

@@ -11,7 +11,9 @@ Every SCPI/serial driver in :mod:`labqfl.drivers` talks to its instrument throug
 * every exchange runs under the owning instrument's ``RLock``, so a GUI thread and an acquisition
   thread can call the same instrument at once (a query's write and read are never interleaved);
 * a process-wide registry refuses to open one resource twice (two driver objects sharing a session
-  would interleave commands).
+  would interleave commands) — except for the channels of a multi-channel instrument: roles on
+  distinct channels of one resource share one session and one lock, so their commands never
+  interleave; the session closes with the last of them.
 
 ``visa_library`` values (see :func:`resolve_visa_library`): ``None``/``""`` (the system VISA),
 ``"@py"`` (pyvisa-py), ``"path/device.yaml@sim"`` (pyvisa-sim; a relative path is resolved
@@ -42,8 +44,18 @@ from labqfl.instruments.base import Instrument
 
 T = TypeVar("T")
 
-#: Resources currently open in this process: key -> instrument name holding it.
-_OPEN: dict[tuple[str, str], str] = {}
+class _Session:
+    """One open resource: its adapter, the lock every holder uses, and who holds it on which channel."""
+
+    def __init__(self, driver: str, lock: Any) -> None:
+        self.driver = driver
+        self.lock = lock
+        self.adapter: Adapter | None = None
+        self.holders: dict[str, int | None] = {}
+
+
+#: Resources currently open in this process: key -> session.
+_OPEN: dict[tuple[str, str], _Session] = {}
 _OPEN_LOCK = threading.Lock()
 
 #: Maximum number of error-queue entries drained after one command.
@@ -105,8 +117,11 @@ class Link:
         write_termination: str = "\n",
         error_query: str | None = "SYST:ERR?",
         serial: dict[str, Any] | None = None,
+        channel: int | None = None,
     ) -> None:
         self.owner = owner
+        #: Channel of a multi-channel instrument this link serves (``None``: the whole instrument).
+        self.channel = channel
         self.config = config
         self.read_termination = read_termination
         self.write_termination = write_termination
@@ -135,13 +150,12 @@ class Link:
                 return
             key = _registry_key(self.library, self.resource)
             with _OPEN_LOCK:
-                holder = _OPEN.get(key)
-                if holder is not None:
-                    raise InstrumentError(
-                        f"resource is already open by instrument {holder!r}; close it first or share that instance",
-                        instrument=self.owner.name, resource=self.resource,
-                    )
-                _OPEN[key] = self.owner.name
+                sess = _OPEN.get(key)
+                if sess is not None:
+                    self._join(key, sess)
+                    return
+                sess = _OPEN[key] = _Session(type(self.owner).__name__, self.owner.lock)
+                sess.holders[self.owner.name] = self.channel
             kwargs: dict[str, Any] = {
                 "timeout": self.config.timeout_ms,
                 "read_termination": self.read_termination,
@@ -155,6 +169,7 @@ class Link:
             except Exception as exc:
                 with _OPEN_LOCK:
                     _OPEN.pop(key, None)
+                    sess.holders.clear()
                 adapter, self.adapter = self.adapter, None
                 if adapter is not None:
                     try:
@@ -166,7 +181,30 @@ class Link:
                 raise InstrumentError(
                     f"cannot connect: {_describe(exc)}", instrument=self.owner.name, resource=self.resource
                 ) from exc
+            with _OPEN_LOCK:
+                sess.adapter = self.adapter
             self._key = key
+
+    def _join(self, key: tuple[str, str], sess: _Session) -> None:
+        """Share an open session: allowed for distinct channels of one multi-channel driver (caller holds
+        ``_OPEN_LOCK``)."""
+        others = ", ".join(repr(n) for n in sess.holders)
+        if (self.channel is None or sess.driver != type(self.owner).__name__
+                or any(c is None for c in sess.holders.values())):
+            raise InstrumentError(f"resource is already open by instrument {others}; close it first or share that "
+                                  f"instance", instrument=self.owner.name, resource=self.resource)
+        for name, ch in sess.holders.items():
+            if ch == self.channel:
+                raise InstrumentError(f"channel {self.channel} of this resource is already open by instrument "
+                                      f"{name!r}; expected a different channel", instrument=self.owner.name,
+                                      resource=self.resource)
+        if sess.adapter is None:
+            raise InstrumentError(f"resource is still being opened by instrument {others}",
+                                  instrument=self.owner.name, resource=self.resource)
+        sess.holders[self.owner.name] = self.channel
+        self.adapter = sess.adapter
+        self.owner.lock = sess.lock  # one lock per session: channels never interleave a query
+        self._key = key
 
     def _check_simulated_resource(self, adapter: Adapter) -> None:
         """pyvisa-sim opens any resource name and then answers nothing on it; refuse names that the
@@ -181,19 +219,24 @@ class Link:
                 instrument=self.owner.name, resource=self.resource)
 
     def close(self) -> None:
-        """Close the session; idempotent."""
+        """Leave the session (closing it with its last holder); idempotent."""
         with self.owner.lock:
             adapter, self.adapter = self.adapter, None
+            last = True
+            if self._key is not None:
+                with _OPEN_LOCK:
+                    sess = _OPEN.get(self._key)
+                    if sess is not None:
+                        sess.holders.pop(self.owner.name, None)
+                        last = not sess.holders
+                        if last:
+                            _OPEN.pop(self._key, None)
+                self._key = None
             try:
-                if adapter is not None and self._injected is None:
+                if adapter is not None and self._injected is None and last:
                     adapter.close()
             except Exception as exc:  # a dead session must not make close() raise
                 self.owner.log.warning("closing the VISA session failed: %s", exc)
-            finally:
-                if self._key is not None:
-                    with _OPEN_LOCK:
-                        _OPEN.pop(self._key, None)
-                    self._key = None
 
     # -- I/O ------------------------------------------------------------------------------------
     def _adapter(self, command: str) -> Adapter:

@@ -1,160 +1,256 @@
-"""ID Quantique ID120-style single-photon detector (Si SPAD module) over serial/USB-serial.
+"""ID Quantique ID120 free-running silicon SPAD module over USB-TMC (VISA ``USB0::0x1DDC::0x0330::<sn>::INSTR``).
 
-**Command set.** ID Quantique's own remote-control manual for the ID120 was not available to us,
-so this driver implements a clearly documented, SCPI-like command set modelled on the ID120's front
-panel controls (enable, efficiency / excess bias, dead time, temperature, counter). Check the
-commands against your unit's manual before connecting a real device; the pyvisa-sim file
-``labqfl/sim_backends/visa/idquantique_id120.yaml`` implements exactly this set.
+**Where the command set comes from.** ID Quantique's ID120 remote-control manual was not available
+to us. The commands below are the ones of the open-source Instrumental driver for this module
+(``instrumental/drivers/spad/id120.py``, "Driver for IDQuantique ID120 SPAD Module", class
+``ID120``), written and used against real units at ``USB0::0x1DDC::0x0330::…::INSTR`` (lab scripts
+that import it set the bias as ``Q_(int(bias_V * 1e6), 'uV')``, the threshold in µV, the
+temperature in m°C, the integration time in ms, then ``run = True``). Every command is a plain
+``<header> <integer>`` write or a ``<header>?`` query; replies end in LF. Below, "[I]" cites that
+driver's attribute. The unit's own ``…:CAPABILITY?`` queries report its ranges.
 
-=====================  =========================================  ==========================
-command                meaning                                    range / reply
-=====================  =========================================  ==========================
-``*IDN?``              identity                                   ``ID Quantique,ID120,<sn>,<fw>``
-``SYST:ERR?``          pop one error-queue entry                  ``<code>,"<message>"``, 0 = none
-``DET:ENAB <0|1>``     bias on (armed) / off                      ``DET:ENAB?`` → 0/1
-``DET:EFF <pct>``      efficiency setting [%]                     integer 5 … 80
-``DET:BIAS <V>``       excess bias voltage [V]                    0.00 … 20.00
-``DET:DEAD <ns>``      dead time [ns]                             integer 400 … 20000
-``DET:MODE <m>``       ``FREE`` (free-running) or ``GATE``        ``DET:MODE?``
-``DET:GATE:WIDT <ns>`` external-gate width [ns]                   0.50 … 100.00
-``DET:GATE:DEL <ps>``  gate delay after the trigger [ps]          integer 0 … 100000
-``DET:TEMP?``          sensor temperature [°C]                    float
-``DET:INT <ms>``       counter integration window [ms]            integer 1 … 10000
-``DET:COUN?``          counts in the last completed window        integer
-=====================  =========================================  ==========================
+==================================  =========================  ===================================
+command                              meaning                    unit / range ([I])
+==================================  =========================  ===================================
+``*IDN?``                            identity                   ``identify()``
+``BIAS:VOLTAGE <µV>`` / ``?``         APD bias voltage           µV, 0 … 250 000 000, step 80 000 [I ``bias``]
+``BIAS:ERROR_STATUS?``               bias fault                 ``TRUE``/``FALSE`` [I ``bias_error``]
+``THRESHOLD:VOLTAGE <µV>`` / ``?``    discriminator threshold    µV, 0 … 1 047 000, step 500 [I ``threshold``]
+``DEADTIME:TIME <n>`` / ``?``         dead time                  declared µs, 40 … 1 000 000, step 40 [I ``deadtime``]
+``COUNTERS:INTEGRATION_TIME <ms>``   counter window             ms, 200 … 100 000, step 200 [I ``integration_time``]
+``COUNTERS:DETECTION_FREQ?``         count rate (last window)   Hz [I ``freq``]
+``COUNTERS:DETECTION_COUNT?``        counts (last window)       [I ``count``]
+``REG:TEMP_SET_POINT <m°C>`` / ``?``  cooler set point           m°C, −50 000 … −10 000, step 1000 [I ``set_temp``]
+``REG:MEASURED_TEMP?``               measured temperature       m°C [I ``temp``]
+``REG:RUN TRUE|FALSE`` / ``?``        run the module             [I ``run``]
+``REG:STATE?``                       state text                 [I ``state``]
+==================================  =========================  ===================================
 
-Serial line: 115200 baud, 8N1, commands end in CR LF, replies end in CR LF (``options.baud_rate``
-overrides the rate; it is the only option, typed as an integer).
+The dead-time unit is the one that driver declares (µs); it is the least certain entry: check
+``DEADTIME:CAPABILITY?`` on your unit. There is no error queue in that command set, so a refused
+value is seen by reading the setting back.
+
+**labqfl's use.** ``enabled`` = ``REG:RUN``; arming ramps ``BIAS:VOLTAGE`` up to the operating bias
+(the role's ``bias_current_ua`` field, which holds a voltage [V] for SPADs) in steps of at most
+``options.bias_step_v`` at ``options.bias_ramp_v_per_s``; disarming and the safe state (also on
+SIGTERM/SIGINT through the Station) ramp it down to 0 V and stop the module. The module is
+free-running: ``gated`` is always False, and the ID120 sets no efficiency of its own (it follows
+the bias): ``efficiency`` is the nominal value of the station file. On open the station's
+operating point is written: dead time and cooler set point (``temperature_k``); the bias stays 0 V
+until the detector is armed.
 
 **Spectral range.** The ID120 is a silicon SPAD: 350 … 1000 nm (ID Quantique, ID120 datasheet,
 "spectral range"). It is blind at 1550 nm, so a station whose ``laser.wavelength_nm`` lies outside
-that range is refused at load. The config's ``dead_time_ns``, ``gate_width_ns`` and
-``gate_delay_ps`` are checked against the ranges of the table above at load too.
+that range is refused at load.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, cast
 
+from pydantic import Field
 from pymeasure.adapters import Adapter
 
-from labqfl.config import InstrumentConfig
+from labqfl.config import DetectorConfig, DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 
-from ._base import Limit, MessageDriver, SerialOptions, check_bool, check_range
+from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
 
-EFF_PCT = (5, 80)
-BIAS_V = (0.0, 20.0)
-DEAD_NS = (400, 20000)
-GATE_WIDTH_NS = (0.5, 100.0)
-GATE_DELAY_PS = (0, 100_000)
-INTEGRATION_MS = (1, 10_000)
+BIAS_UV = (0, 250_000_000, 80_000)
+THRESHOLD_UV = (0, 1_047_000, 500)
+DEADTIME_US = (40, 1_000_000, 40)
+INTEGRATION_MS = (200, 100_000, 200)
+TEMP_MC = (-50_000, -10_000, 1000)
 SPECTRAL_RANGE_NM = (350.0, 1000.0)
 
 
-class IDQuantiqueID120(MessageDriver, PhotonDetector):
-    """Free-running or externally gated SPAD module (ID120-style command set, see module doc)."""
+class IDQuantiqueID120Options(DriverOptions):
+    """``options`` of an :class:`IDQuantiqueID120` role."""
 
-    READ_TERMINATION = "\r\n"
-    WRITE_TERMINATION = "\r\n"
-    SERIAL = {"baud_rate": 115200}
-    Options = SerialOptions
+    threshold_mv: float = Field(25.0, ge=0.0, le=THRESHOLD_UV[1] / 1e3, description="discriminator threshold [mV]")
+    bias_ramp_v_per_s: float = Field(50.0, gt=0.0, le=10_000.0, description="average bias ramp rate [V/s]")
+    bias_step_v: float = Field(5.0, gt=0.0, le=250.0, description="largest bias step of a ramp [V]")
+
+
+def _snap(value: float, lo: int, hi: int, step: int) -> int:
+    """Nearest allowed integer setting (the module accepts multiples of ``step`` from ``lo``)."""
+    return min(hi, max(lo, lo + round((value - lo) / step) * step))
+
+
+class IDQuantiqueID120(MessageDriver, PhotonDetector):
+    """Free-running Si SPAD module (USB-TMC command set of the module docstring)."""
+
+    READ_TERMINATION = "\n"
+    WRITE_TERMINATION = "\r\n"  # pyvisa's default, as in the source driver (it sets only the read termination)
+    ERROR_QUERY = None
+    Options = IDQuantiqueID120Options
     SPECTRAL_RANGE_NM = SPECTRAL_RANGE_NM
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"dead_time_ns": (*DEAD_NS, "ns"), "gate_width_ns": (*GATE_WIDTH_NS, "ns"),
-                "gate_delay_ps": (*GATE_DELAY_PS, "ps")}
+        return {"dead_time_ns": (DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3, "ns"),
+                "bias_current_ua": (BIAS_UV[0] / 1e6, BIAS_UV[1] / 1e6, "V (SPAD bias)"),
+                "temperature_k": (TEMP_MC[0] / 1e3 + 273.15, TEMP_MC[1] / 1e3 + 273.15, "K")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        o = self.parse_options(name, config)
+        self._nominal_efficiency = float(getattr(config, "efficiency", 0.1))
+        self._bias_setpoint_v = check_range("bias", getattr(config, "bias_current_ua", 0.0), 0.0, BIAS_UV[1] / 1e6, "V")
+        self.bias_ramp_v_per_s, self.bias_step_v = o.bias_ramp_v_per_s, o.bias_step_v
         super().__init__(name, config, adapter=adapter)
+
+    def _on_open(self) -> None:
+        self._identity = self.link.query("*IDN?")
+
+    # -- low level --------------------------------------------------------------------------------
+    def _query_flag(self, command: str) -> bool:
+        reply = self.link.query(command).upper()
+        if reply not in ("TRUE", "FALSE"):
+            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected TRUE or FALSE", instrument=self.name,
+                                       resource=self.resource, command=command)
+        return reply == "TRUE"
+
+    def _write_bias_v(self, volts: float) -> None:
+        self.link.write(f"BIAS:VOLTAGE {_snap(volts * 1e6, *BIAS_UV):d}")
+
+    @property
+    def bias_voltage_v(self) -> float:
+        """Bias voltage applied now [V] (``BIAS:VOLTAGE?``, µV on the wire)."""
+        return self.link.query_int("BIAS:VOLTAGE?") / 1e6
+
+    def _ramp_bias(self, target_v: float) -> None:
+        with self.lock:
+            v0 = self.bias_voltage_v
+            if abs(v0 - target_v) * 1e6 < BIAS_UV[2] / 2:
+                return
+            run_ramp(ramp_points(v0, target_v, self.bias_step_v), self.bias_ramp_v_per_s, self.bias_step_v,
+                     self._write_bias_v)
 
     # -- settings ------------------------------------------------------------------------------
     @property
     def enabled(self) -> bool:
-        return self.link.query_bool("DET:ENAB?")
+        """Module running (``REG:RUN?``)."""
+        return self._query_flag("REG:RUN?")
 
     @enabled.setter
     def enabled(self, value: bool) -> None:
-        self.link.write(f"DET:ENAB {int(check_bool('enabled', value))}")
-
-    @property
-    def efficiency(self) -> float:
-        """Detection-efficiency setting as a fraction (sent as an integer percentage)."""
-        return self.link.query_int("DET:EFF?") / 100.0
-
-    @efficiency.setter
-    def efficiency(self, value: float) -> None:
-        v = check_range("efficiency", value, EFF_PCT[0] / 100, EFF_PCT[1] / 100)
-        self.link.write(f"DET:EFF {round(v * 100):d}")
+        on = check_bool("enabled", value)
+        with self.lock:
+            if on:
+                self.link.write("REG:RUN TRUE")
+                self._ramp_bias(self._bias_setpoint_v)
+            else:
+                self._ramp_bias(0.0)
+                self.link.write("REG:RUN FALSE")
 
     @property
     def bias(self) -> float:
-        """Excess bias voltage [V]."""
-        return self.link.query_float("DET:BIAS?")
+        """Operating bias voltage [V], applied (ramped) while the module is armed."""
+        return self._bias_setpoint_v
 
     @bias.setter
     def bias(self, value: float) -> None:
-        v = check_range("bias", value, *BIAS_V, unit="V")
-        self.link.write(f"DET:BIAS {v:.2f}")
+        v = check_range("bias", value, 0.0, BIAS_UV[1] / 1e6, "V")
+        with self.lock:
+            self._bias_setpoint_v = v
+            if self.enabled:
+                self._ramp_bias(v)
+
+    @property
+    def efficiency(self) -> float:
+        """Nominal detection efficiency from the station file (the ID120 sets it through the bias)."""
+        return self._nominal_efficiency
+
+    @efficiency.setter
+    def efficiency(self, value: float) -> None:
+        self._nominal_efficiency = check_range("efficiency", value, 1e-6, 1.0)
+
+    @property
+    def threshold_mv(self) -> float:
+        return self.link.query_int("THRESHOLD:VOLTAGE?") / 1e3
+
+    @threshold_mv.setter
+    def threshold_mv(self, value: float) -> None:
+        v = check_range("threshold_mv", value, 0.0, THRESHOLD_UV[1] / 1e3, "mV")
+        self.link.write(f"THRESHOLD:VOLTAGE {_snap(v * 1e3, *THRESHOLD_UV):d}")
 
     @property
     def dead_time_ns(self) -> float:
-        return float(self.link.query_int("DET:DEAD?"))
+        return self.link.query_int("DEADTIME:TIME?") * 1e3
 
     @dead_time_ns.setter
     def dead_time_ns(self, value: float) -> None:
-        v = check_range("dead_time_ns", value, *DEAD_NS, unit="ns")
-        self.link.write(f"DET:DEAD {round(v):d}")
+        v = check_range("dead_time_ns", value, DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3, "ns")
+        self.link.write(f"DEADTIME:TIME {_snap(v / 1e3, *DEADTIME_US):d}")
 
     @property
     def gated(self) -> bool:
-        reply = self.link.query("DET:MODE?").upper()
-        if reply not in ("FREE", "GATE"):
-            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected FREE or GATE",
-                                       instrument=self.name, resource=self.resource, command="DET:MODE?")
-        return reply == "GATE"
+        return False
 
     @gated.setter
     def gated(self, value: bool) -> None:
-        self.link.write(f"DET:MODE {'GATE' if check_bool('gated', value) else 'FREE'}")
+        if check_bool("gated", value):
+            raise ValueError("gated = True is not available: the ID120 is free-running; expected False")
 
     @property
     def gate_width_ns(self) -> float:
-        return self.link.query_float("DET:GATE:WIDT?")
+        return float(getattr(self.config, "gate_width_ns", 0.0))
 
     @gate_width_ns.setter
     def gate_width_ns(self, value: float) -> None:
-        v = check_range("gate_width_ns", value, *GATE_WIDTH_NS, unit="ns")
-        self.link.write(f"DET:GATE:WIDT {v:.2f}")
+        raise ValueError("gate_width_ns cannot be set: the ID120 is free-running (no gate)")
 
     @property
     def gate_delay_ps(self) -> float:
-        return float(self.link.query_int("DET:GATE:DEL?"))
+        return float(getattr(self.config, "gate_delay_ps", 0.0))
 
     @gate_delay_ps.setter
     def gate_delay_ps(self, value: float) -> None:
-        v = check_range("gate_delay_ps", value, *GATE_DELAY_PS, unit="ps")
-        self.link.write(f"DET:GATE:DEL {round(v):d}")
+        raise ValueError("gate_delay_ps cannot be set: the ID120 is free-running (no gate)")
+
+    @property
+    def temperature_setpoint_k(self) -> float:
+        return self.link.query_int("REG:TEMP_SET_POINT?") / 1e3 + 273.15
+
+    @temperature_setpoint_k.setter
+    def temperature_setpoint_k(self, value: float) -> None:
+        v = check_range("temperature_setpoint_k", value, TEMP_MC[0] / 1e3 + 273.15, TEMP_MC[1] / 1e3 + 273.15, "K")
+        self.link.write(f"REG:TEMP_SET_POINT {_snap((v - 273.15) * 1e3, *TEMP_MC):d}")
 
     @property
     def temperature_k(self) -> float:
-        """Sensor temperature [K] (the module reports °C)."""
-        return self.link.query_float("DET:TEMP?") + 273.15
+        """Measured APD temperature [K] (the module reports m°C)."""
+        return self.link.query_int("REG:MEASURED_TEMP?") / 1e3 + 273.15
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Dead time, cooler set point and threshold of the station file; bias 0 V until armed."""
+        cfg = cast(DetectorConfig, self.config)
+        with self.lock:
+            self.dead_time_ns = cfg.dead_time_ns
+            self.temperature_setpoint_k = cfg.temperature_k
+            self.threshold_mv = self.opts.threshold_mv
+            if not self.enabled:
+                self._ramp_bias(0.0)
+
+    def safe_state(self) -> None:
+        """Bias ramped down to 0 V, module stopped."""
+        self.enabled = False
 
     # -- measurements -----------------------------------------------------------------------------
-    def count_rate_hz(self, integration_s: float = 0.1) -> float:
-        """Counts per second over one counter window of ``integration_s`` seconds (1 ms … 10 s)."""
-        ms = round(check_range("integration_s", integration_s, INTEGRATION_MS[0] / 1e3, INTEGRATION_MS[1] / 1e3, "s") * 1e3)
+    def count_rate_hz(self, integration_s: float = 0.2) -> float:
+        """Counts per second over one counter window (0.2 … 100 s, in 0.2 s steps)."""
+        s = check_range("integration_s", integration_s, INTEGRATION_MS[0] / 1e3, INTEGRATION_MS[1] / 1e3, "s")
+        ms = _snap(s * 1e3, *INTEGRATION_MS)
         with self.lock:
-            self.link.write(f"DET:INT {ms:d}")
-            time.sleep(ms / 1e3)  # the module publishes the count after the window closes
-            counts = self.link.query_int("DET:COUN?")
-        return counts / (ms / 1e3)
+            self.link.write(f"COUNTERS:INTEGRATION_TIME {ms:d}")
+            time.sleep(ms / 1e3)  # the module publishes the rate after the window closes
+            return float(self.link.query_int("COUNTERS:DETECTION_FREQ?"))
 
     def status(self) -> dict[str, Any]:
         st = super().status()
-        st.update(enabled=self.enabled, temperature_k=round(self.temperature_k, 2))
+        with self.lock:
+            st.update(enabled=self.enabled, bias_v=self.bias_voltage_v, bias_fault=self._query_flag("BIAS:ERROR_STATUS?"),
+                      state=self.link.query("REG:STATE?"), temperature_k=round(self.temperature_k, 2))
         return st

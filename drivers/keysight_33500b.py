@@ -23,7 +23,7 @@ from pydantic import Field
 from pymeasure.adapters import Adapter
 from pymeasure.instruments.agilent import Agilent33500
 
-from labqfl.config import DriverOptions, InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD, PhaseModulator
 
@@ -51,6 +51,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
     """A 33500B channel as a :class:`PhaseModulator` (PyMeasure ``Agilent33500`` underneath)."""
 
     Options = Keysight33500BOptions
+    CHANNELS = (1, 2)  # two roles (two clients' modulators) may share one two-channel generator
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
@@ -75,6 +76,13 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             raise InstrumentReplyError("empty reply", instrument=self.name, resource=self.resource, command="*IDN?")
         self.link.heard = True
         self._identity = ident
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Trigger delay ``gate_delay_ps`` of the role; output off until a pattern plays (Vπ and bias
+        phase are kept by the driver from the same config)."""
+        with self.lock:
+            self.gate_delay_ps = float(getattr(self.config, "gate_delay_ps", 0.0))
+            self.output_enabled = False
 
     # -- helpers --------------------------------------------------------------------------------
     def _set(self, label: str, fn: Any) -> None:

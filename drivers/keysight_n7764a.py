@@ -1,7 +1,15 @@
-"""Keysight N7764A multi-channel variable optical attenuator (SCPI, LAN/USB/GPIB).
+"""Keysight N7764A 4-channel variable optical attenuator (SCPI, LAN/USB/GPIB).
 
-One labqfl role drives one channel (``options.channel``, 1 … 4, default 1). Commands (Keysight
-N77xx programming guide, ``:INPut`` / ``:OUTPut`` subsystems)::
+One labqfl role drives one channel (``options.channel``, default 1); up to four roles share one
+unit, one channel each (the station opens one session for them). **Channel numbering: 1, 3, 5, 7.**
+The N77xx family addresses a function by its port (slot) number in ``:INP<n>`` / ``:OUTP<n>``, and
+the N7764A's four attenuators sit on ports 1, 3, 5 and 7 (each attenuator's input port; the even
+ports are its outputs). Sources: the Keysight "N77xx Series Programming Guide" (SCPI commands of
+the N7744A/45A/47A/48A, N7751A/52A, N7761A/62A/64A, N7766A/68A; ``:INPut[n]`` …) and two
+independent open drivers that enumerate the N7764A's valid slots as ``[1, 3, 5, 7]`` (``pyinst``,
+``ModelN7764A.params``, in both of its published variants). The guide's own table of port numbers
+was not reachable from here; a unit that answers ``:INP2:ATT?`` with an error confirms it.
+Commands (Keysight N77xx programming guide, ``:INPut`` / ``:OUTPut`` subsystems)::
 
     :INP<ch>:ATT <dB>          attenuation [dB]                   :INP<ch>:ATT?  → dB
     :INP<ch>:WAV <m>           calibration wavelength [m]         :INP<ch>:WAV?  → m
@@ -17,23 +25,25 @@ refused at load.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pymeasure.adapters import Adapter
 
-from labqfl.config import DriverOptions, InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.instruments.interfaces import VariableAttenuator
 
 from ._base import MessageDriver, check_bool, check_range
 
 WAVELENGTH_NM = (1260.0, 1640.0)
 DEFAULT_MAX_DB = 45.0
-CHANNELS = (1, 4)
+CHANNELS = (1, 3, 5, 7)
 
 
 class KeysightN7764AOptions(DriverOptions):
     """``options`` of a :class:`KeysightN7764A` role."""
 
-    channel: int = Field(1, ge=CHANNELS[0], le=CHANNELS[1], description="VOA channel serving this role")
+    channel: Literal[1, 3, 5, 7] = Field(1, description="VOA channel serving this role (the N7764A numbers them 1, 3, 5, 7)")
     max_db: float = Field(DEFAULT_MAX_DB, gt=0, le=100.0, description="specified attenuation range of the unit [dB]")
 
 
@@ -42,12 +52,19 @@ class KeysightN7764A(MessageDriver, VariableAttenuator):
 
     Options = KeysightN7764AOptions
     SPECTRAL_RANGE_NM = WAVELENGTH_NM
+    CHANNELS = CHANNELS
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         opts = self.parse_options(name, config)
         self.channel = opts.channel
         self.max_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)), opts.max_db)
         super().__init__(name, config, adapter=adapter)
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Calibration wavelength = the laser's; shutter closed until a procedure opens it."""
+        with self.lock:
+            self.wavelength_nm = station.laser.wavelength_nm
+            self.shutter_closed = True
 
     @property
     def attenuation_db(self) -> float:

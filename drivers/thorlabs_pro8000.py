@@ -14,7 +14,15 @@ external pattern generator that gates the diode, so:
 * the options are typed (:class:`ThorlabsPRO8000Options`); ``laser.power_mw`` must lie on the
   L–I line within ``max_current_ma`` and is checked at station load;
 * ``rep_rate_hz`` is the nominal rate of the external clock (the PRO8000 does not set it); it is
-  recorded here so snapshots carry it.
+  recorded here so snapshots carry it;
+* **current ramps**: while emission is on, the diode current only moves stepwise, at most
+  ``options.ramp_step_ma`` (1 mA) per step and ``options.ramp_ma_per_s`` (20 mA/s) on average.
+  Switching on sets 0 mA, turns the LDC on and ramps up to the set point; switching off (and the
+  safe state, also on SIGTERM/SIGINT through the Station) ramps down to 0 mA, turns the LDC off and
+  puts the set point back, so the operating point survives. With emission off a set point is
+  written directly (no current flows);
+* on open the station's operating point is written (:meth:`apply_operating_point`): TEC set
+  temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off.
 
 Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, ``:ILD:SET <A>``,
 ``:LASER ON|OFF``, ``:TEMP:SET <°C>``, error queue ``:SYST:ERR?``.
@@ -29,11 +37,11 @@ from pydantic import Field, model_validator
 from pymeasure.adapters import Adapter
 from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
-from labqfl.config import DriverOptions, InstrumentConfig
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PulsedLaser
 
-from ._base import Limit, MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
 
 REP_RATE_HZ = (1.0, 10e9)
 SLOTS = (1, 8)
@@ -52,6 +60,8 @@ class ThorlabsPRO8000Options(DriverOptions):
     tuning_nm_per_k: float = Field(0.1, ge=1e-4, le=10.0, description="temperature tuning of λ [nm/K]")
     temp_min_c: float = Field(15.0, ge=TEC_C[0], le=TEC_C[1], description="lowest TEC set point [°C]")
     temp_max_c: float = Field(35.0, ge=TEC_C[0], le=TEC_C[1], description="highest TEC set point [°C]")
+    ramp_ma_per_s: float = Field(20.0, gt=0.0, le=100_000.0, description="average ramp rate of the diode current [mA/s]")
+    ramp_step_ma: float = Field(1.0, gt=0.0, le=100.0, description="largest current step of a ramp [mA]")
 
     @model_validator(mode="after")
     def _consistent(self) -> ThorlabsPRO8000Options:
@@ -85,6 +95,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.slope_mw_per_ma, self.threshold_ma, self.max_current_ma = o.slope_mw_per_ma, o.threshold_ma, o.max_current_ma
         self.t0_c, self.tuning_nm_per_k = o.t0_c, o.tuning_nm_per_k
         self.temp_range_c = (o.temp_min_c, o.temp_max_c)
+        self.ramp_ma_per_s, self.ramp_step_ma = o.ramp_ma_per_s, o.ramp_step_ma
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
         self._rep_rate = check_range("rep_rate_hz", getattr(config, "rep_rate_hz", 100e6), *REP_RATE_HZ, "Hz")
         super().__init__(name, config, adapter=adapter)
@@ -125,7 +136,47 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     @output_enabled.setter
     def output_enabled(self, value: bool) -> None:
         on = check_bool("output_enabled", value)
+        with self.lock:
+            was_on = self.output_enabled
+            if on == was_on:
+                return
+            if on:  # from 0 mA up to the set point, stepwise
+                target = self.current_ma
+                self._write_current(0.0)
+                self._set_ldc(True)
+                self._ramp_to(target, start=0.0)
+            else:  # down to 0 mA stepwise, LDC off, set point back
+                target = self.current_ma
+                self._ramp_to(0.0, start=target)
+                self._set_ldc(False)
+                self._write_current(target)
+
+    def _set_ldc(self, on: bool) -> None:
         self._set(self.ld_slot, f":LASER {'ON' if on else 'OFF'}", "LDCStatus", "ON" if on else "OFF")
+
+    def _write_current(self, i_ma: float) -> None:
+        self._set(self.ld_slot, ":ILD:SET", "LDCCurrent", round(i_ma * 1e-3, 9))
+
+    def _ramp_to(self, target_ma: float, *, start: float | None = None) -> None:
+        """Move the LD current to ``target_ma`` in steps of at most ``ramp_step_ma``, paced at
+        ``ramp_ma_per_s``."""
+        with self.lock:
+            i0 = self.current_ma if start is None else start
+            if abs(target_ma - i0) < 1e-9:
+                return
+            run_ramp(ramp_points(i0, target_ma, self.ramp_step_ma), self.ramp_ma_per_s, self.ramp_step_ma,
+                     self._write_current)
+
+    def safe_state(self) -> None:
+        """Current ramped down to 0 mA, then emission off (the set point is kept)."""
+        self.output_enabled = False
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """TEC temperature for ``laser.wavelength_nm`` and the set point for ``laser.power_mw``."""
+        cfg = station.laser
+        with self.lock:
+            self.wavelength_nm = cfg.wavelength_nm
+            self.power_mw = cfg.power_mw
 
     @property
     def current_ma(self) -> float:
@@ -142,7 +193,11 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         p_max = self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
         p = check_range("power_mw", value, 0.0, p_max, "mW")
         i_ma = self.threshold_ma + p / self.slope_mw_per_ma if p > 0 else 0.0
-        self._set(self.ld_slot, ":ILD:SET", "LDCCurrent", round(i_ma * 1e-3, 9))
+        with self.lock:
+            if self.output_enabled:
+                self._ramp_to(i_ma)
+            else:
+                self._write_current(i_ma)
 
     @property
     def temperature_c(self) -> float:

@@ -13,11 +13,35 @@ order (:meth:`close`, idempotent; also on leaving a ``with`` block). Two roles m
 resource are refused, naming both roles. ``visa_library`` values ending in ``@sim`` with a relative
 path are resolved against ``base_dir`` (the station file's folder; the CLI passes it), and
 ``"@sim:<file>.yaml"`` names a pyvisa-sim file shipped in ``labqfl/sim_backends/visa/``.
+
+**Several roles on one instrument.** A driver that declares channels (``CHANNELS``, e.g. the four
+VOA channels of a Keysight N7764A) may serve several roles on one resource when each role picks a
+different channel (``options.channel``); the roles share one I/O session. Two roles on the same
+channel, or on a resource whose driver declares no channels, are refused naming both roles.
+
+**Operating point on open.** After every role opened, the station file's operating point is
+written to the real instruments (``apply_operating_point`` of each driver: laser power and
+wavelength, detector bias, dead time and gate, modulator delay …), with the drivers' ramps for
+laser current and detector bias. The outputs stay off (laser off, detectors disarmed, shutters
+closed) until a procedure turns them on.
+
+**Safe state on a kill.** ``guard=True`` (``labqfl`` CLI commands: :func:`guard_stations`) installs
+handlers for SIGTERM and SIGINT and an ``atexit`` hook while the station is open: on a signal or
+at interpreter exit every instrument goes to its safe state (laser current ramped down and
+emission off, detector bias ramped down, modulator outputs off, shutters closed) and is released;
+then the previous handler runs (the default one ends the process by the same signal; Python's
+SIGINT handler raises ``KeyboardInterrupt``). :meth:`close` restores the previous handlers.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
@@ -60,6 +84,17 @@ _INTERFACES: tuple[type[Instrument], ...] = (PulsedLaser, PhaseModulator, Variab
 
 def _kinds(cls: type) -> str:
     return "/".join(b.__name__ for b in cls.__mro__ if b in _INTERFACES) or "different instrument"
+
+
+def _role_channel(cls: type | None, ic: InstrumentConfig) -> int | None:
+    """The channel a role uses on a multi-channel driver (``None``: the driver has no channels)."""
+    channel_of = getattr(cls, "channel_of", None)
+    if cls is None or channel_of is None:
+        return None
+    try:
+        return cast(Callable[[Any], "int | None"], channel_of)(cls.parse_options("", ic))  # type: ignore[attr-defined]
+    except Exception:  # bad options are reported by the driver when it opens
+        return None
 
 
 def validate_driver_roles(config: StationConfig, source: str) -> None:
@@ -108,6 +143,106 @@ def validate_driver_roles(config: StationConfig, source: str) -> None:
 
 
 
+# -- safe state on SIGTERM / SIGINT / interpreter exit ---------------------------------------------
+_GUARD_DEFAULT = False
+_GUARD_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+_GUARD_LOCK = threading.RLock()
+_GUARDED: list[Station] = []
+_PREVIOUS: dict[int, Any] = {}
+_IN_HANDLER = False
+
+
+def guard_stations(enabled: bool = True) -> None:
+    """Make every :class:`Station` opened from now on in this process guard itself (``guard=None``).
+
+    Called once by the ``labqfl`` CLI, so a killed ``labqfl run``/``acquire``/``calibrate`` leaves
+    its instruments safe. Library users pass ``Station(..., guard=True)`` instead.
+    """
+    global _GUARD_DEFAULT
+    _GUARD_DEFAULT = bool(enabled)
+
+
+def _guard_register(station: Station) -> bool:
+    """Add ``station`` to the guarded set; install the handlers with the first one (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        log.warning("station %s opened outside the main thread: no SIGTERM/SIGINT safe-state handlers "
+                    "(Python delivers signals to the main thread only); close it explicitly", station.name)
+        return False
+    with _GUARD_LOCK:
+        if not _GUARDED:
+            for sig in _GUARD_SIGNALS:
+                prev = signal.getsignal(sig)
+                if prev is signal.SIG_IGN:  # the process chose to ignore it: so do we
+                    continue
+                _PREVIOUS[int(sig)] = prev
+                signal.signal(sig, _on_signal)
+            atexit.register(_at_exit)
+        _GUARDED.append(station)
+    return True
+
+
+def _restore_handlers() -> None:
+    """Put back the handlers found at install time (only where ours is still the installed one)."""
+    with _GUARD_LOCK:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal() is main-thread only; ours stays and only chains to the previous
+        for sig, prev in list(_PREVIOUS.items()):
+            try:
+                if signal.getsignal(sig) is _on_signal:
+                    signal.signal(sig, prev if prev is not None else signal.SIG_DFL)
+            except (ValueError, OSError) as exc:
+                log.warning("could not restore the handler of signal %d: %s", sig, exc)
+            del _PREVIOUS[sig]
+        atexit.unregister(_at_exit)
+
+
+def _guard_unregister(station: Station) -> None:
+    with _GUARD_LOCK:
+        if station in _GUARDED:
+            _GUARDED.remove(station)
+        if not _GUARDED:
+            _restore_handlers()
+
+
+def _emergency_close(reason: str) -> None:
+    """Safe state and close every guarded station (latest first); never raises."""
+    with _GUARD_LOCK:
+        stations = list(reversed(_GUARDED))
+    for st in stations:
+        try:
+            log.warning("station %s: %s: putting every instrument in its safe state", st.name, reason)
+            st.close()
+        except BaseException as exc:  # noqa: BLE001 - a handler must not raise; keep closing the others
+            log.error("station %s: safe state on %s failed: %s", st.name, reason, exc)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM/SIGINT: safe state first, then whatever the previous handler would have done."""
+    global _IN_HANDLER
+    if _IN_HANDLER:  # a second signal while the first one is putting instruments safe
+        return
+    _IN_HANDLER = True
+    prev: Any = signal.SIG_DFL
+    try:
+        with _GUARD_LOCK:
+            prev = _PREVIOUS.get(signum, signal.SIG_DFL)
+        _emergency_close(f"signal {signal.Signals(signum).name}")
+        _restore_handlers()
+    except BaseException as exc:  # noqa: BLE001 - never raise from the handler itself
+        log.error("safe-state handler for signal %d failed: %s", signum, exc)
+    finally:
+        _IN_HANDLER = False
+    if callable(prev):  # e.g. Python's SIGINT handler: raises KeyboardInterrupt, as without us
+        prev(signum, frame)
+    elif prev is None or prev == signal.SIG_DFL:  # end the process by the same signal, as without us
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _at_exit() -> None:
+    _emergency_close("interpreter exit")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -121,43 +256,68 @@ class Station:
     was opened and raises :class:`StationError` naming the role.
     """
 
-    def __init__(self, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> None:
+    def __init__(self, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False,
+                 guard: bool | None = None, apply_operating_point: bool = True) -> None:
         self.config = config
         self.name = config.name
         self.base_dir = base_dir
         self.instruments: dict[str, Instrument] = {}
         self.failures: dict[str, str] = {}
         self._closed = False
+        self._close_lock = threading.RLock()
         self._skip: set[str] = set()
+        #: True while SIGTERM/SIGINT/atexit put this station's instruments in their safe state.
+        self.guarded = False
         self._check_duplicate_resources(tolerant)
+        if _GUARD_DEFAULT if guard is None else guard:
+            self.guarded = _guard_register(self)  # before opening: a kill during the opening is covered too
         try:
             self._open_all(tolerant)
+            if apply_operating_point:
+                self._apply_operating_point(tolerant)
         except BaseException:
             self.close()
             raise
 
     @classmethod
-    def open(cls, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> Station:
+    def open(cls, config: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False,
+             guard: bool | None = None, apply_operating_point: bool = True) -> Station:
         """Build and open every role; same as ``Station(config, ...)``."""
-        return cls(config, base_dir=base_dir, tolerant=tolerant)
+        return cls(config, base_dir=base_dir, tolerant=tolerant, guard=guard,
+                   apply_operating_point=apply_operating_point)
 
     # -- building -------------------------------------------------------------------------------
     def _check_duplicate_resources(self, tolerant: bool) -> None:
-        """Refuse two roles on one resource; ``tolerant``: record the later role as failed instead."""
-        seen: dict[tuple[str, str], str] = {}
+        """Refuse two roles on one resource unless its driver declares channels and each role has its
+        own channel; ``tolerant``: record the later role as failed instead."""
+        from labqfl.drivers import DRIVERS
+
+        seen: dict[tuple[str, str], list[tuple[str, int | None]]] = {}
         for role, ic in self.config.roles().items():
             if ic.simulated or not ic.resource:
                 continue
             key = (ic.visa_library or "", ic.resource.strip().upper())
-            if key in seen:
-                msg = (f"roles {seen[key]!r} and {role!r} both use resource {ic.resource!r}"
-                       f"{' via ' + ic.visa_library if ic.visa_library else ''}; give each role its own instrument")
+            channel = _role_channel(DRIVERS.get(ic.driver), ic)
+            msg = None
+            for other, other_channel in seen.get(key, []):
+                other_driver = self.config.roles()[other].driver
+                via = f" via {ic.visa_library}" if ic.visa_library else ""
+                if channel is None or other_channel is None or other_driver != ic.driver:
+                    msg = (f"roles {other!r} and {role!r} both use resource {ic.resource!r}{via}; give each role its "
+                           f"own instrument (several roles may share one only when its driver has channels and "
+                           f"each role picks its own options.channel)")
+                elif channel == other_channel:
+                    msg = (f"roles {other!r} and {role!r} both use channel {channel} of resource {ic.resource!r}{via}; "
+                           f"expected a different options.channel for each role")
+                if msg:
+                    break
+            if msg:
                 if not tolerant:
                     raise StationError(msg)
                 self.failures[role] = msg
                 self._skip.add(role)
                 continue
-            seen[key] = role
+            seen.setdefault(key, []).append((role, channel))
 
     def _open_all(self, tolerant: bool) -> None:
         roles = self.config.roles()
@@ -197,6 +357,25 @@ class Station:
                     raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}) failed to open: {_one_line(exc)}") from exc
                 self.failures[role] = _one_line(exc)
                 log.info("role %s failed to open: %s", role, exc)
+
+    def _apply_operating_point(self, tolerant: bool) -> None:
+        """Write the station file's operating point to every real instrument (driver ramps included).
+
+        Simulated roles take theirs from the simulator, which builds them from the same file.
+        """
+        for role in list(self.instruments):
+            ic = self.config.roles()[role]
+            apply = getattr(self.instruments[role], "apply_operating_point", None)
+            if ic.simulated or apply is None:
+                continue
+            try:
+                apply(self.config)
+            except Exception as exc:
+                if not tolerant:
+                    raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}): the station file's operating "
+                                       f"point could not be applied: {_one_line(exc)}") from exc
+                self.failures[role] = f"operating point not applied: {_one_line(exc)}"
+                log.info("role %s: operating point not applied: %s", role, exc)
 
     def _add(self, role: str, inst: Instrument) -> None:
         want = expected_interfaces(role)
@@ -338,15 +517,22 @@ class Station:
         return failed
 
     def close(self) -> None:
-        """Safe state and release every instrument, in reverse opening order. Idempotent."""
-        if self._closed:
-            return
-        for role in reversed(list(self.instruments)):
+        """Safe state and release every instrument, in reverse opening order; restore the signal
+        handlers of a guarded station. Idempotent and thread-safe."""
+        with self._close_lock:
+            if self._closed:
+                return
             try:
-                self.instruments[role].close()
-            except Exception as exc:  # keep closing the others
-                log.error("role %s: close failed: %s", role, exc)
-        self._closed = True
+                for role in reversed(list(self.instruments)):
+                    try:
+                        self.instruments[role].close()
+                    except Exception as exc:  # keep closing the others
+                        log.error("role %s: close failed: %s", role, exc)
+            finally:
+                self._closed = True
+                if self.guarded:
+                    self.guarded = False
+                    _guard_unregister(self)
 
     @property
     def closed(self) -> bool:
@@ -364,4 +550,4 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "expected_interfaces", "validate_driver_roles"]
+__all__ = ["Station", "expected_interfaces", "guard_stations", "validate_driver_roles"]

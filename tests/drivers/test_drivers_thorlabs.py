@@ -16,7 +16,8 @@ PM_RES = "USB0::0x1313::0x8072::SIMPM0001::INSTR"
 @pytest.fixture
 def laser(sim_library):  # type: ignore[no-untyped-def]
     cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR", timeout_ms=150,
-                      visa_library=sim_library("thorlabs_pro8000.yaml"), options={"max_current_ma": 300})
+                      visa_library=sim_library("thorlabs_pro8000.yaml"),
+                      options={"max_current_ma": 300, "ramp_ma_per_s": 100_000.0, "ramp_step_ma": 50.0})
     d = ThorlabsPRO8000("laser", cfg)
     yield d
     d.close()
@@ -62,19 +63,36 @@ def test_pro8000_two_threads_keep_slot_and_command_together(laser: ThorlabsPRO80
     threads(work)
 
 
-def test_pro8000_exact_protocol() -> None:
-    cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR", options={"ld_slot": 3, "tec_slot": 4})
+def test_pro8000_exact_protocol_with_current_ramps() -> None:
+    """PRO8000 manual (PyMeasure ``ThorlabsPro8000``): ``:SLOT <n>`` selects a module, ``:ILD:SET <A>``
+    the LD current, ``:LASER ON|OFF`` the LDC output, ``:TEMP:SET <°C>`` the TEC, ``:SYST:ERR?`` the error
+    queue. The current only moves in ramp steps (here ≤ 15 mA) while the LDC is on."""
+    cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
+                      options={"ld_slot": 3, "tec_slot": 4, "ramp_step_ma": 15.0, "ramp_ma_per_s": 100_000.0})
     ok = (b":SYST:ERR?", b'0,"No error"')
+    on, off = (b":SLOT 3", None), (b":SLOT 3", None)
     with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
         (b":SYST:ANSW VALUE", None), ok, (b"*IDN?", b"PROFILE,PRO8000,1,3"),
+        # power 2 mW with the LDC off: the set point is written directly (no current flows)
+        (b":SLOT 3", None), (b":LASER?", b"OFF"),
+        (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
+        # on: set point read, 0 mA, LDC on, then 15 mA, 30 mA
+        on, (b":LASER?", b"OFF"), (b":SLOT 3", None), (b":ILD:SET?", b"3.000000E-02"),
+        (b":SLOT 3", None), (b":ILD:SET 0", None), ok,
         (b":SLOT 3", None), (b":LASER ON", None), ok,
+        (b":SLOT 3", None), (b":ILD:SET 0.015", None), ok,
         (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
         (b":SLOT 4", None), (b":TEMP:SET 30", None), ok,
-        (b":SLOT 3", None), (b":LASER?", b"ON"),
+        # safe state (close): 30 → 15 → 0 mA, LDC off, set point back
+        off, (b":LASER?", b"ON"), (b":SLOT 3", None), (b":ILD:SET?", b"3.000000E-02"),
+        (b":SLOT 3", None), (b":ILD:SET 0.015", None), ok,
+        (b":SLOT 3", None), (b":ILD:SET 0", None), ok,
         (b":SLOT 3", None), (b":LASER OFF", None), ok,
+        (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
     ]) as d:
-        d.output_enabled, d.power_mw, d.wavelength_nm = True, 2.0, 1550.5
-        assert d.output_enabled
+        d.power_mw = 2.0
+        d.output_enabled = True
+        d.wavelength_nm = 1550.5
         d.close()
 
 

@@ -20,10 +20,24 @@ def _drivers_conftest():  # type: ignore[no-untyped-def]
     return mod
 
 
+def _voa_role(channel: int, resource: str = "TCPIP0::10.0.0.21::inst0::INSTR") -> str:
+    return (f'resource = "{resource}"   # one 4-channel VOA serves all four clients\n'
+            'visa_library = "@sim:keysight_n7764a.yaml"\nmax_attenuation_db = 45.0\n'
+            f'options = {{ channel = {channel} }}')
+
+
+@pytest.fixture
+def voa_role():  # type: ignore[no-untyped-def]
+    """``voa_role(channel, resource=…)``: the example's attenuator block of the client on N7764A
+    ``channel`` (1, 3, 5, 7 = C1 … C4), to find and replace in the example's text."""
+    return _voa_role
+
+
 @pytest.fixture
 def fake_timetagger_sdk(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     sdk = _drivers_conftest().make_fake_sdk()
     monkeypatch.setitem(sys.modules, "TimeTagger", sdk)
+    monkeypatch.setitem(sys.modules, "Swabian.TimeTagger", sdk)  # the driver imports this one first
     return sdk
 
 

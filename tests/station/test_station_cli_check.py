@@ -36,9 +36,10 @@ def test_station_check_all_real_example_json(real_drivers_station_file: Path, fa
     assert data["roles"]["time_tagger"]["driver"] == "SwabianTimeTagger" and data["roles"]["D0"]["driver"] == "sim"
 
 
-def test_station_check_failure_names_roles(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('resource = "TCPIP0::10.0.0.23::inst0::INSTR"',
-                                                      'resource = "TCPIP0::10.9.9.9::inst0::INSTR"')
+def test_station_check_failure_names_roles(tmp_path: Path, voa_role) -> None:  # type: ignore[no-untyped-def]
+    text = EXAMPLE.read_text(encoding="utf-8")
+    assert voa_role(5) in text
+    text = text.replace(voa_role(5), voa_role(5, "TCPIP0::10.9.9.9::inst0::INSTR"))
     p = tmp_path / "broken.toml"
     p.write_text(text, encoding="utf-8")
     res = _check("--config", str(p), "--json")

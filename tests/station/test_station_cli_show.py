@@ -50,13 +50,14 @@ def test_station_check_json_on_stdout_when_the_file_is_refused(tmp_path: Path, o
     assert len(err_lines) == 1 and expect in err_lines[0]
 
 
-def test_station_check_json_when_two_roles_share_a_resource(tmp_path: Path) -> None:
-    p = _write(tmp_path, 'resource = "TCPIP0::10.0.0.22::inst0::INSTR"', 'resource = "TCPIP0::10.0.0.21::inst0::INSTR"')
+def test_station_check_json_when_two_roles_share_a_channel(tmp_path: Path, voa_role) -> None:  # type: ignore[no-untyped-def]
+    p = _write(tmp_path, voa_role(3), voa_role(1))
     res = CliRunner().invoke(app, ["station", "check", "--config", str(p), "--json"])
     assert res.exit_code == 1
     data = json.loads(res.stdout)
     assert data["ok"] is False and data["roles"]["C1.attenuator"]["ok"] is True
-    assert "both use resource" in data["roles"]["C2.attenuator"]["error"]
+    assert data["roles"]["C3.attenuator"]["ok"] is True  # channel 5 of the same unit
+    assert "both use channel 1 of resource" in data["roles"]["C2.attenuator"]["error"]
 
 
 def test_station_check_bad_visa_resource_is_one_line_without_warnings(tmp_path: Path) -> None:

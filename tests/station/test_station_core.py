@@ -62,20 +62,46 @@ def test_station_closes_in_reverse_order(real_drivers_station_file: Path, fake_t
     assert order == list(reversed(st.roles))
 
 
-def test_station_refuses_two_roles_on_one_resource(tmp_path: Path) -> None:
-    text = EXAMPLE.read_text(encoding="utf-8").replace('resource = "TCPIP0::10.0.0.22::inst0::INSTR"',
-                                                      'resource = "TCPIP0::10.0.0.21::inst0::INSTR"')
+def test_station_refuses_two_roles_on_one_channel_or_on_a_single_role_instrument(tmp_path: Path, voa_role) -> None:  # type: ignore[no-untyped-def]
+    text = EXAMPLE.read_text(encoding="utf-8").replace(voa_role(3), voa_role(1))
     p = tmp_path / "dup.toml"
     p.write_text(text, encoding="utf-8")
-    with pytest.raises(StationError, match="roles 'C1.attenuator' and 'C2.attenuator' both use resource "
-                                           "'TCPIP0::10.0.0.21::inst0::INSTR'"):
+    with pytest.raises(StationError, match="roles 'C1.attenuator' and 'C2.attenuator' both use channel 1 of resource "
+                                           "'TCPIP0::10.0.0.21::inst0::INSTR'.*expected a different options.channel"):
         Station(load_station_config(p))
     # tolerant (station check): the second role is reported failed, the first one still opens
     st = Station(load_station_config(p), tolerant=True)
     try:
-        assert "C1.attenuator" in st and "both use resource" in st.failures["C2.attenuator"]
+        assert "C1.attenuator" in st and "both use channel 1" in st.failures["C2.attenuator"]
+        assert "C3.attenuator" in st and "C4.attenuator" in st
     finally:
         st.close()
+    # a single-role driver (the power meter) on a resource another role already uses: refused
+    text = EXAMPLE.read_text(encoding="utf-8").replace(
+        'resource = "GPIB0::10::INSTR"\nvisa_library = "@sim:thorlabs_pro8000.yaml"',
+        'resource = "TCPIP0::10.0.0.21::inst0::INSTR"\nvisa_library = "@sim:keysight_n7764a.yaml"')
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(StationError, match="roles 'laser' and 'C1.attenuator' both use resource .*give each role its own"):
+        Station(load_station_config(p))
+
+
+def test_one_four_channel_voa_serves_four_clients() -> None:
+    st = Station(load_station_config(EXAMPLE))
+    try:
+        voas = [st.attenuator(c) for c in ("C1", "C2", "C3", "C4")]
+        assert [v.channel for v in voas] == [1, 3, 5, 7]  # type: ignore[union-attr]
+        # one session and one lock for the four roles: their commands never interleave
+        assert len({id(v.link.adapter) for v in voas}) == 1 and len({id(v.lock) for v in voas}) == 1  # type: ignore[union-attr]
+        for k, v in enumerate(voas):
+            v.attenuation_db = 5.0 + k  # type: ignore[union-attr]
+        assert [v.attenuation_db for v in voas] == [5.0, 6.0, 7.0, 8.0]  # type: ignore[union-attr]
+        voas[0].close()  # one role leaving keeps the session for the others
+        voas[3].attenuation_db = 9.5  # type: ignore[union-attr]
+        assert voas[3].attenuation_db == 9.5  # type: ignore[union-attr]
+    finally:
+        st.close()
+    # the session closed with its last role: the unit opens again
+    Station(load_station_config(EXAMPLE)).close()
 
 
 def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
@@ -101,9 +127,8 @@ def test_station_wrong_driver_kind_and_unknown_driver(tmp_path: Path, real_drive
         load_station_config(p)
 
 
-def test_station_failure_closes_opened_roles(tmp_path: Path, real_drivers_station_file: Path, fake_timetagger_sdk) -> None:  # type: ignore[no-untyped-def]
-    text = real_drivers_station_file.read_text(encoding="utf-8").replace('resource = "TCPIP0::10.0.0.24::inst0::INSTR"',
-                                                                         'resource = "TCPIP0::10.0.0.99::inst0::INSTR"')
+def test_station_failure_closes_opened_roles(tmp_path: Path, real_drivers_station_file: Path, fake_timetagger_sdk, voa_role) -> None:  # type: ignore[no-untyped-def]
+    text = real_drivers_station_file.read_text(encoding="utf-8").replace(voa_role(7), voa_role(7, "TCPIP0::10.0.0.99::inst0::INSTR"))
     p = tmp_path / "missing.toml"
     p.write_text(text, encoding="utf-8")
     with pytest.raises(StationError, match=r"role 'C4.attenuator'.*10\.0\.0\.99"):

@@ -1,0 +1,404 @@
+"""Single Quantum Eos SNSPD system (superconducting nanowire detectors, 1550 nm) over its WebSQ TCP interface.
+
+**Where the command set comes from.** Single Quantum publishes its own Python client,
+``WebSQControl.py`` (MIT licence, "Copyright (c) 2020 Single Quantum B. V. and Andreas Fognini",
+"Python control class for the SNSNPD atlas driver. It implements many functions that can be found
+in the SNSPD manual"; redistributed unchanged in QCoDeS' ``qcodes_contrib_drivers`` and by labs as
+"FilesFromManufacturer"). Every string below is taken from it; "[W …]" names the method.
+
+* Transport: TCP, control port 12000 [W ``WebSQControl.__init__``] and a counts port 12345. The
+  client sends JSON objects with no delimiter; the controller answers with JSON objects each ended
+  by ``\\x17`` (ETB), several of them possibly in one read [W ``SQTalk.run``, ``sub_jsons``].
+* ``{"request": "labelProps", "value": "None"}`` → one ``{"label": L, "value": {"value": v, …}}`` per
+  label [W ``SQTalk.get_label``, ``add_labelProps``]. Labels used here: ``NumberOfDetectors``,
+  ``BiasCurrent`` (µA, one per channel), ``TriggerLevel`` (mV), ``DetectorEnable``,
+  ``InptMeasurementPeriod`` (ms).
+* ``{"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [µA, …]}``
+  [W ``set_bias_current``]; ``{"command": "SetAllTriggerLevels", "label": "TriggerLevel",
+  "value": [mV, …]}`` [W ``set_trigger_level``]; ``{"command": "DetectorEnable", "label":
+  "DetectorEnable", "value": true|false}`` ("Enables the bias current to the SNSPDs",
+  [W ``enable_detectors``]); ``{"command": "SetMeasurementPeriod", "label":
+  "InptMeasurementPeriod", "value": ms}`` ("the minimum value can be 10 ms",
+  [W ``set_measurement_periode``]).
+* Errors: any message whose label contains ``Error`` [W ``SQTalk.check_error``].
+* ``{"request": "TemperatureHistory"}`` → label ``temperature_long_memory`` with ``T`` = the cold
+  stage (~2.5 K) history [W ``get_cryo_temperature``].
+* Counts port: one line ``<time>,<counts ch1>,…`` per measurement period [W ``SQCounts.run``].
+* Bias currents within ±90.9 µA [W ``iv_scan_setup``: "(-90.9 < I < 90.9)"].
+
+The resource is the control port as a VISA socket, ``TCPIP0::<host>::12000::SOCKET`` (pyvisa-py
+``@py`` or any VISA with socket support); ``options.counts_port`` names the counts port.
+The protocol-level emulator :class:`labqfl.sim_backends.websq.WebSQEmulator` speaks the same.
+
+**labqfl's use.** One role per nanowire: ``options.channel`` (1-based), so D0 and D1 on one
+controller share one session (the station allows several roles on one resource, one channel each).
+Every setting is confirmed by reading the label back (the controller's answer replaces an error
+queue). ``bias`` is the operating bias current [µA] (station file: ``bias_current_ua``). Arming
+(``enabled = True``) switches ``DetectorEnable`` on and ramps this channel's bias up from 0 µA in
+steps of at most ``options.bias_step_ua`` at ``options.bias_ramp_ua_per_s``; disarming and the safe
+state (also on SIGTERM/SIGINT through the Station) ramp it down to 0 µA and switch
+``DetectorEnable`` off once every channel is at 0 µA. An SNSPD is free-running (``gated`` is
+False) and its dead time and efficiency are properties of the nanowire and its readout, not
+settings of this interface: they are the station file's nominal values. On open the operating
+point is written: the trigger level (``options.trigger_level_mv``, if given) and this channel at
+0 µA until armed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import pyvisa
+from pydantic import Field
+from pymeasure.adapters import Adapter
+from pyvisa.resources import MessageBasedResource
+
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
+from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentReplyError
+from labqfl.instruments.interfaces import PhotonDetector
+
+from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+
+BIAS_UA = (0.0, 90.9)
+MAX_CHANNELS = 8
+MIN_PERIOD_MS = 10
+MAX_PERIOD_MS = 10_000  # labqfl's own limit for one count-rate window
+ETB = "\x17"
+
+
+class SingleQuantumEosOptions(DriverOptions):
+    """``options`` of a :class:`SingleQuantumEos` role."""
+
+    channel: int = Field(1, ge=1, le=MAX_CHANNELS, description="detector channel (nanowire) of this role, 1-based")
+    counts_port: int = Field(12345, ge=1, le=65535, description="TCP port of the controller's count stream")
+    trigger_level_mv: float | None = Field(None, ge=-1000.0, le=1000.0,
+                                           description="counter trigger level written on open [mV] (None: keep)")
+    bias_ramp_ua_per_s: float = Field(10.0, gt=0.0, le=10_000.0, description="average bias ramp rate [µA/s]")
+    bias_step_ua: float = Field(0.5, gt=0.0, le=BIAS_UA[1], description="largest bias step of a ramp [µA]")
+
+
+class SingleQuantumEos(MessageDriver, PhotonDetector):
+    """One nanowire of a Single Quantum SNSPD system as a :class:`PhotonDetector` (WebSQ protocol)."""
+
+    READ_TERMINATION = ETB
+    WRITE_TERMINATION = ""
+    ERROR_QUERY = None
+    Options = SingleQuantumEosOptions
+    CHANNELS = tuple(range(1, MAX_CHANNELS + 1))
+    # no SPECTRAL_RANGE_NM: each nanowire is optimised for one band, stated on its test sheet, not here
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {"bias_current_ua": (*BIAS_UA, "µA")}
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        o = self.parse_options(name, config)
+        self.channel = o.channel
+        self.bias_ramp_ua_per_s, self.bias_step_ua = o.bias_ramp_ua_per_s, o.bias_step_ua
+        self._bias_setpoint = check_range("bias", getattr(config, "bias_current_ua", 0.0), *BIAS_UA, "µA")
+        self._nominal = {"efficiency": float(getattr(config, "efficiency", 0.8)),
+                         "dead_time_ns": float(getattr(config, "dead_time_ns", 30.0))}
+        self.n_detectors = 0
+        self._dump_size: int | None = None
+        self._pending: list[dict[str, Any]] = []
+        super().__init__(name, config, adapter=adapter)
+
+    # -- wire protocol ------------------------------------------------------------------------------
+    def _send(self, message: dict[str, Any]) -> None:
+        text = json.dumps(message)
+        self.link.call(text, lambda: self.link._adapter(text).write(text))
+
+    def _read_messages(self, command: str) -> list[dict[str, Any]]:
+        """One read (up to ``\x17``): the JSON objects in it."""
+        raw = str(self.link.call(command, lambda: self.link._adapter(command).read())).strip().strip(ETB)
+        if raw:
+            self.link.heard = True
+        decoder, out, pos = json.JSONDecoder(), [], 0
+        while pos < len(raw):
+            try:
+                obj, end = decoder.raw_decode(raw, pos)
+            except json.JSONDecodeError:
+                raise InstrumentReplyError(f"reply {raw[:80]!r} is not JSON; expected WebSQ label messages",
+                                           instrument=self.name, resource=self.resource, command=command) from None
+            pos = end
+            while pos < len(raw) and raw[pos] in " \r\n" + ETB:
+                pos += 1
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    @staticmethod
+    def _is_prop(m: dict[str, Any]) -> bool:
+        """A ``labelProps`` entry (its value is the label's property dict), not a broadcast."""
+        return isinstance(m.get("value"), dict) and "value" in m["value"] and "label" in m
+
+    def _learn_dump_size(self) -> None:
+        """Count the entries of one ``labelProps`` answer, so every later request reads exactly one.
+
+        ``NumberOfDetectors`` occurs once per answer: read the first answer up to it, ask again, and
+        count the entries up to its next occurrence (the rest of the first answer plus the start of
+        the second: one answer less one entry); then read the rest of the second answer.
+        """
+        self._send({"request": "labelProps", "value": "None"})
+        before = self._read_props_until("NumberOfDetectors")
+        self._send({"request": "labelProps", "value": "None"})
+        between = self._read_props_until("NumberOfDetectors")
+        self._dump_size = between + 1
+        self._read_props(self._dump_size - before - 1)
+
+    def _next(self, command: str) -> dict[str, Any]:
+        """The next message from the controller (several may arrive in one read)."""
+        while not self._pending:
+            self._pending.extend(self._read_messages(command))
+        return self._pending.pop(0)
+
+    def _read_props_until(self, label: str) -> int:
+        """Read ``labelProps`` entries up to and including ``label``; return how many came before it."""
+        n = 0
+        while True:
+            m = self._next("labelProps")
+            if self._is_prop(m):
+                if m["label"] == label:
+                    return n
+                n += 1
+
+    def _read_props(self, count: int) -> dict[str, Any]:
+        """Read exactly ``count`` ``labelProps`` entries (and the broadcasts on the way); an ``Error``
+        label read meanwhile raises once the entries are all in."""
+        got: dict[str, Any] = {}
+        errors: list[str] = []
+        n = 0
+        while n < count:
+            m = self._next("labelProps")
+            if "Error" in str(m.get("label", "")):
+                errors.append(repr(m.get("value")))
+            elif self._is_prop(m):
+                got[m["label"]] = m["value"]["value"]
+                n += 1
+        # what came in the same read after the answer: broadcasts (dropped) or errors (reported)
+        errors += [repr(m.get("value")) for m in self._pending if "Error" in str(m.get("label", ""))]
+        self._pending.clear()
+        if errors:
+            raise InstrumentQueueError(f"controller reported {'; '.join(errors)}", instrument=self.name,
+                                       resource=self.resource, command="labelProps")
+        return got
+
+    def _labels(self, *wanted: str) -> dict[str, Any]:
+        """Current values of ``wanted`` labels: one ``labelProps`` request, its whole answer read."""
+        with self.lock:
+            if self._dump_size is None:
+                self._learn_dump_size()
+            assert self._dump_size is not None
+            self._send({"request": "labelProps", "value": "None"})
+            got = self._read_props(self._dump_size)
+            missing = [w for w in wanted if w not in got]
+            if missing:
+                raise InstrumentReplyError(f"the controller's labelProps lack {missing}; expected them all",
+                                           instrument=self.name, resource=self.resource, command="labelProps")
+            return got
+
+    def _command(self, command: str, label: str, value: Any) -> None:
+        """Send a command and confirm the controller now holds ``value`` under ``label``."""
+        with self.lock:
+            self._send({"command": command, "label": label, "value": value})
+            now = self._labels(label)[label]
+            same = (now == value if not isinstance(value, list)
+                    else isinstance(now, list) and len(now) == len(value)
+                    and all(abs(float(a) - float(b)) < 1e-6 for a, b in zip(now, value, strict=True)))
+            if not same:
+                raise InstrumentReplyError(f"controller kept {label} = {now!r}; expected {value!r}",
+                                           instrument=self.name, resource=self.resource, command=command)
+
+    def _on_open(self) -> None:
+        n = self._labels("NumberOfDetectors")["NumberOfDetectors"]
+        if not isinstance(n, int) or n < 1:
+            raise InstrumentReplyError(f"unexpected NumberOfDetectors {n!r}; expected an integer >= 1",
+                                       instrument=self.name, resource=self.resource, command="labelProps")
+        if self.channel > n:
+            raise InstrumentError(f"options.channel = {self.channel}, but the controller has {n} detectors; "
+                                  f"expected 1 to {n}", instrument=self.name, resource=self.resource)
+        self.n_detectors = n
+        self._identity = f"Single Quantum,WebSQ SNSPD controller,{n} detectors,channel {self.channel}"
+
+    def identity(self) -> str:
+        return self._identity or ""
+
+    # -- bias ---------------------------------------------------------------------------------------
+    @property
+    def bias_currents_ua(self) -> list[float]:
+        """Bias current of every channel now [µA]."""
+        return [float(x) for x in self._labels("BiasCurrent")["BiasCurrent"]]
+
+    @property
+    def bias_now_ua(self) -> float:
+        """This channel's bias current now [µA]."""
+        return self.bias_currents_ua[self.channel - 1]
+
+    def _write_bias(self, ua: float) -> None:
+        with self.lock:
+            currents = self.bias_currents_ua
+            currents[self.channel - 1] = round(ua, 4)
+            self._command("SetAllBiasCurrents", "BiasCurrent", currents)
+
+    def _ramp_bias(self, target_ua: float) -> None:
+        with self.lock:
+            i0 = self.bias_now_ua
+            if abs(i0 - target_ua) < 1e-6:
+                return
+            run_ramp(ramp_points(i0, target_ua, self.bias_step_ua), self.bias_ramp_ua_per_s, self.bias_step_ua,
+                     self._write_bias)
+
+    @property
+    def enabled(self) -> bool:
+        """Armed: ``DetectorEnable`` on and this channel biased."""
+        with self.lock:
+            return bool(self._labels("DetectorEnable")["DetectorEnable"]) and self.bias_now_ua > 0
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        on = check_bool("enabled", value)
+        with self.lock:
+            if on:
+                if not self._labels("DetectorEnable")["DetectorEnable"]:
+                    self._command("DetectorEnable", "DetectorEnable", True)
+                self._ramp_bias(self._bias_setpoint)
+            else:
+                self._ramp_bias(0.0)
+                if all(abs(b) < 1e-9 for b in self.bias_currents_ua):
+                    self._command("DetectorEnable", "DetectorEnable", False)
+
+    @property
+    def bias(self) -> float:
+        """Operating bias current [µA], applied (ramped) while armed."""
+        return self._bias_setpoint
+
+    @bias.setter
+    def bias(self, value: float) -> None:
+        v = check_range("bias", value, *BIAS_UA, "µA")
+        with self.lock:
+            self._bias_setpoint = v
+            if self.enabled:
+                self._ramp_bias(v)
+
+    @property
+    def trigger_level_mv(self) -> float:
+        return float(self._labels("TriggerLevel")["TriggerLevel"][self.channel - 1])
+
+    @trigger_level_mv.setter
+    def trigger_level_mv(self, value: float) -> None:
+        v = check_range("trigger_level_mv", value, -1000.0, 1000.0, "mV")
+        with self.lock:
+            levels = [float(x) for x in self._labels("TriggerLevel")["TriggerLevel"]]
+            levels[self.channel - 1] = v
+            self._command("SetAllTriggerLevels", "TriggerLevel", levels)
+
+    # -- nominal values (not settings of this interface) ----------------------------------------------
+    @property
+    def efficiency(self) -> float:
+        """Nominal system detection efficiency from the station file."""
+        return self._nominal["efficiency"]
+
+    @efficiency.setter
+    def efficiency(self, value: float) -> None:
+        self._nominal["efficiency"] = check_range("efficiency", value, 1e-6, 1.0)
+
+    @property
+    def dead_time_ns(self) -> float:
+        """Nominal recovery (dead) time from the station file [ns]."""
+        return self._nominal["dead_time_ns"]
+
+    @dead_time_ns.setter
+    def dead_time_ns(self, value: float) -> None:
+        self._nominal["dead_time_ns"] = check_range("dead_time_ns", value, 0.0, 1e6, "ns")
+
+    @property
+    def gated(self) -> bool:
+        return False
+
+    @gated.setter
+    def gated(self, value: bool) -> None:
+        if check_bool("gated", value):
+            raise ValueError("gated = True is not available: an SNSPD is free-running; expected False")
+
+    @property
+    def gate_width_ns(self) -> float:
+        return float(getattr(self.config, "gate_width_ns", 0.0))
+
+    @gate_width_ns.setter
+    def gate_width_ns(self, value: float) -> None:
+        raise ValueError("gate_width_ns cannot be set: an SNSPD is free-running (no gate)")
+
+    @property
+    def gate_delay_ps(self) -> float:
+        return float(getattr(self.config, "gate_delay_ps", 0.0))
+
+    @gate_delay_ps.setter
+    def gate_delay_ps(self, value: float) -> None:
+        raise ValueError("gate_delay_ps cannot be set: an SNSPD is free-running (no gate)")
+
+    @property
+    def temperature_k(self) -> float:
+        """Cold-stage temperature [K] (last entry of ``temperature_long_memory.T``)."""
+        with self.lock:
+            self._send({"request": "TemperatureHistory"})
+            while True:
+                m = self._next("TemperatureHistory")
+                if "Error" in str(m.get("label", "")):
+                    raise InstrumentQueueError(f"controller reported {m.get('value')!r}", instrument=self.name,
+                                               resource=self.resource, command="TemperatureHistory")
+                v = m.get("value")
+                if m.get("label") == "temperature_long_memory" and isinstance(v, dict) and v.get("T"):
+                    self._pending.clear()
+                    return float(v["T"][-1])
+
+    # -- station hooks --------------------------------------------------------------------------------
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Trigger level (if given in the options); this channel at 0 µA until armed."""
+        with self.lock:
+            if self.opts.trigger_level_mv is not None:
+                self.trigger_level_mv = self.opts.trigger_level_mv
+            if not self.enabled:
+                self._ramp_bias(0.0)
+
+    def safe_state(self) -> None:
+        """This channel's bias ramped down to 0 µA; bias supply off once every channel is at 0 µA."""
+        self.enabled = False
+
+    # -- measurements -----------------------------------------------------------------------------
+    def count_rate_hz(self, integration_s: float = 0.1) -> float:
+        """Counts per second of this channel over one measurement period (10 ms … 10 s) from the
+        counts port."""
+        s = check_range("integration_s", integration_s, MIN_PERIOD_MS / 1e3, MAX_PERIOD_MS / 1e3, "s")
+        ms = round(s * 1e3)
+        host = self.resource.split("::")[1]
+        res = f"TCPIP0::{host}::{self.opts.counts_port}::SOCKET"
+        with self.lock:
+            self._command("SetMeasurementPeriod", "InptMeasurementPeriod", ms)
+            try:
+                rm = pyvisa.ResourceManager(self.link.library)
+                counts = cast(MessageBasedResource, rm.open_resource(
+                    res, read_termination="\n", timeout=max(self.config.timeout_ms, 3 * ms)))
+            except Exception as exc:
+                raise InstrumentError(f"cannot open the counts port {res}: {exc}", instrument=self.name,
+                                      resource=self.resource) from exc
+            try:
+                counts.read()  # may cover time before the new period: discard
+                fields = str(counts.read()).strip().split(",")
+            except Exception as exc:
+                raise InstrumentError(f"no count line from {res}: {exc}", instrument=self.name,
+                                      resource=self.resource) from exc
+            finally:
+                counts.close()
+        try:
+            return float(fields[self.channel]) / (ms / 1e3)
+        except (IndexError, ValueError):
+            raise InstrumentReplyError(f"unexpected count line {','.join(fields)!r}; expected <time>,<counts>…",
+                                       instrument=self.name, resource=self.resource, command="counts") from None
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        with self.lock:
+            st.update(channel=self.channel, enabled=self.enabled, bias_now_ua=self.bias_now_ua)
+        return st
+
