@@ -1,20 +1,49 @@
 """Swabian Instruments Time Tagger (20 / Ultra / X) over the vendor's Python SDK.
 
-The SDK module ``TimeTagger`` ships with Swabian's Time Tagger software (it is not on PyPI under
-that name); it is imported only when this driver is opened. Without it, opening raises a
-:class:`~labqfl.errors.LabqflError` saying what to install.
+The SDK is imported when this driver is opened, first as ``Swabian.TimeTagger`` (the package
+``swabian-timetagger`` on PyPI, 2.22 and later; ``pip install 'labqfl[hardware]'``), then as the
+top-level ``TimeTagger`` module that Swabian's installer puts on the path. Without either, opening
+raises a :class:`~labqfl.errors.LabqflError` saying what to install.
 
-SDK calls used: ``createTimeTagger(serial)``, ``freeTimeTagger``, ``setTriggerLevel`` /
-``getTriggerLevel`` [V], ``setInputDelay`` / ``getInputDelay`` [ps], ``getSerial``,
-``TimeTagStream(tagger, n_max_events, channels)`` with ``startFor(ps)``, ``isRunning``,
-``getData()`` → buffer with ``getTimestamps()`` (int64 ps), ``getChannels()`` and
-``hasOverflows``; ``Countrate(tagger, channels)`` and ``Histogram(tagger, click_channel,
-start_channel, binwidth, n_values)`` with ``startFor``/``waitUntilFinished``/``getData``.
+Every SDK call below is spelled as in the wrapper's docstrings of swabian-timetagger 2.22.6
+(``Swabian/TimeTagger/__init__.py``; Time Tagger user manual, "Python API"):
 
-Configuration: ``options.serial`` picks one tagger when several are connected; channels are the
-station's ``time_tagger.sync_channel`` and ``detector_channels``; at open the driver applies
-``time_tagger.trigger_level_v`` to every channel and ``time_tagger.input_delays_ps`` (keys
-``sync``, ``D0``, ``D1``).
+* ``createTimeTagger(serial)`` (raises ``RuntimeError`` when no tagger is attached),
+  ``freeTimeTagger(tagger)``, ``getSerial()``, ``getModel()``;
+* ``setTriggerLevel(channel, voltage)`` [V];
+* ``setInputDelay(channel, delay)`` [ps] — "calls setDelaySoftware() on a Time Tagger 20 or beyond
+  the range of getDelayHardwareRange(), otherwise setDelayHardware()"; with the conditional filter
+  on, the driver calls ``setDelayHardware(channel, delay)`` itself and refuses delays outside
+  ``getDelayHardwareRange(channel)``, because the filter sees only hardware-delayed tags;
+* ``setEventDivider(channel, divider)`` (1 … 65535; "only every n-th event passes"): applied to the
+  sync input with ``time_tagger.sync_divider`` (slotting expects one sync per ``sync_divider``
+  pulses) and to the reference input with ``reference_clock_divider``;
+* ``setReferenceClock(clock_channel=, clock_frequency=, time_constant=, wait_until_locked=)``
+  ("If the event divider is active on this channel, you still provide the original input
+  frequency"), or on SDKs without it ``setSoftwareClock(input_channel=, input_frequency=,
+  averaging_periods=, wait_until_locked=)`` (frequency *after* the divider); the state from
+  ``getReferenceClockState()`` / ``getSoftwareClockState()`` (``is_locked``);
+* ``setDeadtime(channel, deadtime)`` [ps], which returns the dead time actually set (rounded);
+* ``setConditionalFilter(trigger, filtered)`` / ``clearConditionalFilter()``;
+* ``getOverflows()`` / ``clearOverflows()`` (blocks of tags lost for the USB data rate);
+* ``TimeTagStream(tagger, n_max_events, channels)`` with ``startFor(capture_duration)``,
+  ``isRunning()``, ``stop()`` and ``getData()`` → ``TimeTagStreamBuffer`` with
+  ``getTimestamps()`` (int64 ps), ``getChannels()``, ``getEventTypes()`` (``TagType``: TimeTag 0,
+  Error 1, OverflowBegin 2, OverflowEnd 3, MissedEvents 4), ``getMissedEvents()`` and
+  ``hasOverflows``; ``Countrate(tagger, channels)``, ``Histogram(tagger, click_channel,
+  start_channel, binwidth, n_bins)`` with ``startFor``/``waitUntilFinished``/``getData``.
+
+Event types. Only ``TimeTag`` records become tags of a :class:`TagBlock`. An overflow (from its
+OverflowBegin to its OverflowEnd record, across polls if need be) and MissedEvents records become
+``TagBlock.lost_intervals_ps``; slotting drops and counts the slots they can touch. An ``Error``
+record ("invalidating the global time base") ends the acquisition with an
+:class:`~labqfl.errors.InstrumentError` after the data before it: slot indices cannot be carried
+across a time-base reset.
+
+Configuration (station ``[time_tagger]``): channels ``sync_channel``, ``detector_channels`` and
+``marker_channel``; at open the driver applies ``trigger_level_v`` to every channel,
+``input_delays_ps``, ``sync_divider``, the reference clock, ``dead_times_ps`` and the conditional
+filter (channel names ``sync``, ``D0``, ``D1``, ``marker``). ``options.serial`` picks one tagger.
 """
 
 from __future__ import annotations
@@ -23,32 +52,48 @@ import importlib
 import time
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
 from labqfl.config import DriverOptions, InstrumentConfig
 from labqfl.errors import InstrumentError, LabqflError
-from labqfl.instruments.base import TagBlock
+from labqfl.instruments.base import Setting, TagBlock
 from labqfl.instruments.interfaces import TimeTagger
 
 from ._base import DriverDeclaration, Limit, check_range
 
 TRIGGER_LEVEL_V = (-2.5, 2.5)
 INPUT_DELAY_PS = (-2_000_000, 2_000_000)
+#: setEventDivider: "The divider is a 16 bit integer, so the maximum value is 65535."
+EVENT_DIVIDER = (1, 65_535)
+#: setDeadtime: minimum 2 ns (Ultra) / 1.333 ns (X) / 6 ns (TT20); maximum 2147 µs (Ultra).
+DEAD_TIME_PS = (1_333, 2_147_000_000)
 STREAM_BUFFER_EVENTS = 10_000_000
-SDK_HINT = ("the Swabian Time Tagger driver needs the vendor's Python SDK (module 'TimeTagger'): install the "
-            "Time Tagger software from https://www.swabianinstruments.com/time-tagger/downloads/ and make its "
-            "Python package importable in this environment")
+#: Reference-clock time constant passed to setReferenceClock [s] (the SDK's default, 1 ms).
+REFERENCE_TIME_CONSTANT_S = 1e-3
+#: averaging_periods of setSoftwareClock (the SDK's default).
+SOFTWARE_CLOCK_AVERAGING = 1000.0
+#: Modules providing the SDK, tried in order: the PyPI package, then the installer's module.
+SDK_MODULES = ("Swabian.TimeTagger", "TimeTagger")
+SDK_HINT = ("the Swabian Time Tagger driver needs the vendor's Python SDK: `pip install swabian-timetagger` "
+            "(or `pip install 'labqfl[hardware]'`), which provides Swabian.TimeTagger; or install the Time Tagger "
+            "software from https://www.swabianinstruments.com/time-tagger/downloads/ (module 'TimeTagger')")
+
+# Tag types of TimeTagStreamBuffer.getEventTypes() (SDK enum TagType; used when the SDK lacks it).
+_TAG_TYPES = {"TimeTag": 0, "Error": 1, "OverflowBegin": 2, "OverflowEnd": 3, "MissedEvents": 4}
 
 
 def load_sdk() -> ModuleType:
-    """Import the vendor SDK or raise a :class:`LabqflError` saying what to install."""
-    try:
-        return importlib.import_module("TimeTagger")
-    except ImportError as exc:
-        raise LabqflError(SDK_HINT) from exc
+    """Import the vendor SDK (:data:`SDK_MODULES` in order) or raise a :class:`LabqflError` saying what
+    to install."""
+    for name in SDK_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise LabqflError(SDK_HINT)
 
 
 class SwabianTimeTaggerOptions(DriverOptions):
@@ -61,34 +106,54 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
     """Adapter from the Swabian SDK to the :class:`TimeTagger` interface."""
 
     Options = SwabianTimeTaggerOptions
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
+        *TimeTagger.SETTINGS,
+        Setting("event_dividers", "", "event divider per channel (sync, reference)"),
+        Setting("dead_times_ps", "ps", "dead time per channel, as set (rounded by the tagger)"),
+        Setting("conditional_filter", "", "trigger and filtered channels of the conditional filter"),
+        Setting("reference_clock", "", "software reference clock: channel, frequency, locked", writable=False),
+    )
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"trigger_level_v": (*TRIGGER_LEVEL_V, "V"), "input_delays_ps": (*INPUT_DELAY_PS, "ps")}
+        return {"trigger_level_v": (*TRIGGER_LEVEL_V, "V"), "input_delays_ps": (*INPUT_DELAY_PS, "ps"),
+                "sync_divider": (*EVENT_DIVIDER, ""), "reference_clock_divider": (*EVENT_DIVIDER, ""),
+                "dead_times_ps": (*DEAD_TIME_PS, "ps")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, sdk: ModuleType | None = None) -> None:
         opts = self.parse_options(name, config)
         super().__init__(name, config.resource or opts.serial or "TimeTagger")
         self.config = config
         self.sdk = sdk if sdk is not None else load_sdk()
+        tag_type = getattr(self.sdk, "TagType", None)
+        self._types = {k: int(getattr(tag_type, k)) if tag_type is not None else v for k, v in _TAG_TYPES.items()}
         self.serial = opts.serial or (config.resource or "")
         sync = int(getattr(config, "sync_channel", 1))
         det = dict(getattr(config, "detector_channels", {"D0": 2, "D1": 3}))
         self.channel_names: dict[str, int] = {"sync": sync, **{k: int(v) for k, v in det.items()}}
+        marker = getattr(config, "marker_channel", None)
+        if marker is not None:
+            self.channel_names["marker"] = int(marker)
         self._channels = sorted(self.channel_names.values())
         self._resolution_ps = float(getattr(config, "resolution_ps", 1.0))
         self._running: list[Any] = []
+        self._dividers: dict[int, int] = {}
+        self._dead_times: dict[int, int] = {}
+        self._filter: tuple[list[int], list[int]] = ([], [])
+        self._reference: dict[str, Any] = {"channel": None}
+        self.last_stream_overflows = 0
+        self.last_stream_missed_events = 0
         self.tagger: Any = None
         self._open()
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def _sdk_call(self, command: str, fn: Any, *args: Any) -> Any:
+    def _sdk_call(self, command: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         with self.lock:
             if self.tagger is None and command != "createTimeTagger":
                 raise InstrumentError("time tagger is not connected (closed); call reconnect()",
                                       instrument=self.name, resource=self.resource, command=command)
             try:
-                return fn(*args)
+                return fn(*args, **kwargs)
             except (InstrumentError, ValueError):
                 raise
             except Exception as exc:  # the SDK raises RuntimeError and friends
@@ -99,17 +164,62 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         with self.lock:
             self.tagger = self._sdk_call("createTimeTagger", self.sdk.createTimeTagger, self.serial)
             try:
-                level = float(getattr(self.config, "trigger_level_v", 0.5))
-                self.trigger_levels_v = dict.fromkeys(self._channels, level)
-                delays = dict(getattr(self.config, "input_delays_ps", {}))
-                unknown = set(delays) - set(self.channel_names)
-                if unknown:
-                    raise ValueError(f"input_delays_ps names unknown channels {sorted(unknown)}; expected {sorted(self.channel_names)}")
-                self.input_delays_ps = {self.channel_names[k]: int(round(v)) for k, v in delays.items()}
+                self._apply_config()
             except BaseException:
                 self._free()
                 raise
             self._closed = False
+
+    def _apply_config(self) -> None:
+        """Write the station's tagger settings (see the module docstring, "Configuration")."""
+        cfg = self.config
+        level = float(getattr(cfg, "trigger_level_v", 0.5))
+        names = dict(self.channel_names)
+        ref_ch = getattr(cfg, "reference_clock_channel", None)
+        trig = [self._named("conditional_filter_trigger", n) for n in getattr(cfg, "conditional_filter_trigger", [])]
+        filt = [self._named("conditional_filter_filtered", n) for n in getattr(cfg, "conditional_filter_filtered", [])]
+        self.trigger_levels_v = dict.fromkeys(self._channels, level)
+        delays = dict(getattr(cfg, "input_delays_ps", {}))
+        unknown = set(delays) - set(names)
+        if unknown:
+            raise ValueError(f"input_delays_ps names unknown channels {sorted(unknown)}; expected {sorted(names)}")
+        # conditional filter first: with it on, delays must be hardware delays (set below)
+        self.conditional_filter = (trig, filt)
+        self.input_delays_ps = {names[k]: int(round(v)) for k, v in delays.items()}
+        dividers = {names["sync"]: int(getattr(cfg, "sync_divider", 1))}
+        if ref_ch is not None:
+            dividers[int(ref_ch)] = int(getattr(cfg, "reference_clock_divider", 1))
+        self.event_dividers = dividers
+        if ref_ch is not None:
+            self._set_reference_clock(int(ref_ch), float(getattr(cfg, "reference_clock_hz", 10e6)),
+                                      int(getattr(cfg, "reference_clock_divider", 1)))
+        dead = dict(getattr(cfg, "dead_times_ps", {}))
+        self.dead_times_ps = {self._named("dead_times_ps", k): int(round(v)) for k, v in dead.items()}
+
+    def _named(self, field: str, name: str) -> int:
+        if name not in self.channel_names:
+            raise ValueError(f"time_tagger.{field} names channel {name!r}; expected one of {sorted(self.channel_names)}")
+        return self.channel_names[name]
+
+    def _set_reference_clock(self, channel: int, hz: float, divider: int) -> None:
+        """Syntonise the tagger on the shared reference (software PLL; SDK 2.22 ``setReferenceClock``,
+        older SDKs ``setSoftwareClock``); blocks until locked, raises if it cannot lock."""
+        if hasattr(self.tagger, "setReferenceClock"):
+            self._sdk_call(f"setReferenceClock({channel}, {hz:g})", self.tagger.setReferenceClock,
+                           clock_channel=channel, clock_frequency=hz, time_constant=REFERENCE_TIME_CONSTANT_S,
+                           wait_until_locked=True)
+            state = self._sdk_call("getReferenceClockState", self.tagger.getReferenceClockState)
+            api = "setReferenceClock"
+        else:
+            self._sdk_call(f"setSoftwareClock({channel}, {hz / divider:g})", self.tagger.setSoftwareClock,
+                           input_channel=channel, input_frequency=hz / divider,
+                           averaging_periods=SOFTWARE_CLOCK_AVERAGING, wait_until_locked=True)
+            state = self._sdk_call("getSoftwareClockState", self.tagger.getSoftwareClockState)
+            api = "setSoftwareClock"
+        self._reference = {"channel": channel, "frequency_hz": hz, "divider": divider, "api": api,
+                           "locked": bool(getattr(state, "is_locked", False))}
+        self.log.info("reference clock on channel %d (%g Hz, divider %d) via %s: %s", channel, hz, divider, api,
+                      "locked" if self._reference["locked"] else "not locked")
 
     def _free(self) -> None:
         tagger, self.tagger = self.tagger, None
@@ -134,7 +244,11 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         return f"Swabian Instruments,{model},{serial}"
 
     def status(self) -> dict[str, Any]:
-        return {"connected": self.tagger is not None, "channels": self.channels}
+        out: dict[str, Any] = {"connected": self.tagger is not None, "channels": self.channels}
+        if self.tagger is not None:
+            out["overflows"] = self.overflows()
+            out["reference_clock"] = self.reference_clock
+        return out
 
     def safe_state(self) -> None:
         """Stop every running measurement (a tagger has no hazardous state)."""
@@ -182,8 +296,69 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         checked = {self._channel(c): int(check_range(f"input_delays_ps[{c}]", v, *INPUT_DELAY_PS, "ps"))
                    for c, v in value.items()}
         with self.lock:
+            hardware = bool(self._filter[0])
             for c, v in checked.items():
-                self._sdk_call(f"setInputDelay({c}, {v})", self.tagger.setInputDelay, c, v)
+                if hardware:  # the conditional filter acts on hardware-delayed tags only
+                    lo, hi = (int(x) for x in self._sdk_call("getDelayHardwareRange", self.tagger.getDelayHardwareRange, c))
+                    if not lo <= v <= hi:
+                        raise ValueError(f"input_delays_ps[{c}] = {v} ps is outside the hardware delay range {lo} to "
+                                         f"{hi} ps; with the conditional filter on, delays must be hardware delays")
+                    self._sdk_call(f"setDelayHardware({c}, {v})", self.tagger.setDelayHardware, c, v)
+                else:
+                    self._sdk_call(f"setInputDelay({c}, {v})", self.tagger.setInputDelay, c, v)
+
+    @property
+    def event_dividers(self) -> dict[int, int]:
+        return {c: int(self._sdk_call("getEventDivider", self.tagger.getEventDivider, c)) for c in self._dividers}
+
+    @event_dividers.setter
+    def event_dividers(self, value: dict[int, int]) -> None:
+        checked = {int(c): int(check_range(f"event_dividers[{c}]", v, *EVENT_DIVIDER)) for c, v in value.items()}
+        with self.lock:
+            for c, d in checked.items():
+                self._sdk_call(f"setEventDivider({c}, {d})", self.tagger.setEventDivider, c, d)
+                self._dividers[c] = d
+
+    @property
+    def dead_times_ps(self) -> dict[int, int]:
+        return dict(self._dead_times)
+
+    @dead_times_ps.setter
+    def dead_times_ps(self, value: dict[int, int]) -> None:
+        checked = {self._channel(c): int(check_range(f"dead_times_ps[{c}]", v, *DEAD_TIME_PS, "ps"))
+                   for c, v in value.items()}
+        with self.lock:
+            for c, v in checked.items():
+                actual = int(self._sdk_call(f"setDeadtime({c}, {v})", self.tagger.setDeadtime, c, v))
+                if actual != v:
+                    self.log.info("dead time of channel %d: asked %d ps, the tagger set %d ps", c, v, actual)
+                self._dead_times[c] = actual
+
+    @property
+    def conditional_filter(self) -> tuple[list[int], list[int]]:
+        """(trigger channels, filtered channels); both empty = filter off."""
+        return list(self._filter[0]), list(self._filter[1])
+
+    @conditional_filter.setter
+    def conditional_filter(self, value: tuple[list[int], list[int]]) -> None:
+        trig, filt = ([self._channel(c) for c in part] for part in value)
+        if bool(trig) != bool(filt):
+            raise ValueError(f"conditional_filter needs trigger and filtered channels together (or neither), got "
+                             f"{trig} and {filt}")
+        with self.lock:
+            if trig:
+                self._sdk_call(f"setConditionalFilter({trig}, {filt})", self.tagger.setConditionalFilter, trig, filt)
+            else:
+                self._sdk_call("clearConditionalFilter", self.tagger.clearConditionalFilter)
+            self._filter = (trig, filt)
+
+    @property
+    def reference_clock(self) -> dict[str, Any]:
+        return dict(self._reference)
+
+    def overflows(self) -> int:
+        """Overflows since start-up or the last stream start (``getOverflows``)."""
+        return int(self._sdk_call("getOverflows", self.tagger.getOverflows))
 
     def _channel(self, c: int) -> int:
         if int(c) not in self._channels:
@@ -204,21 +379,32 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                     self._running.remove(m)
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
-        """Stream tags for ``duration_s`` s, one :class:`TagBlock` per ``block_duration_s`` poll."""
+        """Stream tags for ``duration_s`` s, one :class:`TagBlock` per ``block_duration_s`` poll.
+
+        Non-tag records become ``lost_intervals_ps`` (module docstring, "Event types"); the
+        overflows and missed events of the stream end up in :attr:`last_stream_overflows` and
+        :attr:`last_stream_missed_events` (a warning is logged when either is non-zero)."""
         duration = check_range("duration_s", duration_s, 1e-9, 1e6, "s")
         poll = check_range("block_duration_s", block_duration_s if block_duration_s is not None else 0.01, 1e-6, 60.0, "s")
+        self._sdk_call("clearOverflows", self.tagger.clearOverflows)
         s = self._sdk_call("TimeTagStream", self.sdk.TimeTagStream, self.tagger, STREAM_BUFFER_EVENTS, self._channels)
         with self.lock:
             self._running.append(s)
+        state = _EventState()
         try:
             self._sdk_call("TimeTagStream.startFor", s.startFor, int(round(duration * 1e12)))
             while True:
                 running = bool(self._sdk_call("TimeTagStream.isRunning", s.isRunning))
                 if running:
                     time.sleep(poll)
-                block = self._block(self._sdk_call("TimeTagStream.getData", s.getData))
-                if len(block):
+                block, error_at = self._block(self._sdk_call("TimeTagStream.getData", s.getData), state)
+                if len(block) or block.lost_intervals_ps.size:
                     yield block
+                if error_at is not None:
+                    raise InstrumentError(f"the tagger reported an Error record at {error_at} ps (its time base was "
+                                          "invalidated, e.g. by a clock change); acquisition stopped after the data "
+                                          "before it", instrument=self.name, resource=self.resource,
+                                          command="TimeTagStream.getData")
                 if not running:
                     break
         finally:
@@ -226,13 +412,62 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                 if s in self._running:
                     s.stop()
                     self._running.remove(s)
+            if self.tagger is not None:
+                self.last_stream_overflows = self.overflows()
+            self.last_stream_missed_events = state.missed
+            if self.last_stream_overflows or state.missed:
+                self.log.warning("stream lost data: %d overflows, %d missed events (their slots are dropped)",
+                                 self.last_stream_overflows, state.missed)
 
-    @staticmethod
-    def _block(buf: Any) -> TagBlock:
+    def _block(self, buf: Any, state: _EventState) -> tuple[TagBlock, int | None]:
+        """One stream buffer → (TagBlock of its TimeTag records with the lost intervals, time of an
+        Error record or None). ``state`` carries an open overflow and the last record's time."""
+        ts = np.ascontiguousarray(buf.getTimestamps(), dtype=np.int64)
+        ch = np.ascontiguousarray(buf.getChannels(), dtype=np.int16)
+        types = np.asarray(buf.getEventTypes(), dtype=np.uint8) if hasattr(buf, "getEventTypes") else \
+            np.zeros(ts.shape, dtype=np.uint8)
         overflow = getattr(buf, "hasOverflows", False)
-        overflow = overflow() if callable(overflow) else overflow
-        return TagBlock(np.ascontiguousarray(buf.getTimestamps(), dtype=np.int64),
-                        np.ascontiguousarray(buf.getChannels(), dtype=np.int16), bool(overflow))
+        overflow = bool(overflow() if callable(overflow) else overflow)
+        is_tag = types == self._types["TimeTag"]
+        lost: list[tuple[int, int]] = []
+        error_at: int | None = None
+        cut = ts.size
+        special = np.flatnonzero(~is_tag)
+        missed = np.asarray(buf.getMissedEvents(), dtype=np.int64) if special.size and hasattr(buf, "getMissedEvents") \
+            else None
+        for i in special.tolist():
+            t, ty = int(ts[i]), int(types[i])
+            before = int(ts[i - 1]) if i > 0 else state.last_t if state.last_t is not None else t
+            if ty == self._types["OverflowBegin"]:
+                if state.open_since is None:
+                    state.open_since = t
+            elif ty == self._types["OverflowEnd"]:
+                lost.append((state.open_since if state.open_since is not None else before, t))
+                state.open_since = None
+                state.overflow_end = t
+            elif ty == self._types["MissedEvents"]:
+                state.missed += int(missed[i]) if missed is not None else 0
+                if state.open_since is None and (state.overflow_end is None or t > state.overflow_end):
+                    # not the count of an overflow just closed: lost since the previous record
+                    lost.append((min(before, t), t))
+            elif ty == self._types["Error"]:
+                lost.append((min(before, t), t))
+                error_at, cut = t, i
+                break
+            else:
+                raise InstrumentError(f"unknown event type {ty} in the tag stream; expected {sorted(self._types.values())}",
+                                      instrument=self.name, resource=self.resource, command="TimeTagStream.getData")
+        if ts.size:
+            state.last_t = int(ts[cut - 1]) if cut > 0 else state.last_t
+        if state.open_since is not None and error_at is None:
+            # overflow still open at the end of this poll: lost up to here, and on from here
+            end = state.last_t if state.last_t is not None else state.open_since
+            lost.append((state.open_since, max(end, state.open_since)))
+            state.open_since = end
+        keep = is_tag.copy()
+        keep[cut:] = False
+        intervals = np.array(lost, dtype=np.int64).reshape(-1, 2)
+        return TagBlock(ts[keep], ch[keep], overflow or bool(lost), lost_intervals_ps=intervals), error_at
 
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
         t = check_range("integration_s", integration_s, 1e-6, 3600.0, "s")
@@ -248,3 +483,15 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         t = check_range("integration_s", integration_s, 1e-6, 3600.0, "s")
         m = self._sdk_call("Histogram", self.sdk.Histogram, self.tagger, click, start, bw, n)
         return np.asarray(self._measure("Histogram", m, t), dtype=np.int64)
+
+
+class _EventState:
+    """What one stream carries from poll to poll: an open overflow, the end of the last one (the
+    MissedEvents records that follow it at that time are its counts), the last record's time, the
+    missed-event count."""
+
+    def __init__(self) -> None:
+        self.open_since: int | None = None
+        self.overflow_end: int | None = None
+        self.last_t: int | None = None
+        self.missed = 0

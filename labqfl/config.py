@@ -135,6 +135,48 @@ class TimeTaggerConfig(InstrumentConfig):
         description="true propagation delay of each signal to the tagger [ps] (sim truth)",
     )
     trigger_level_v: float = Field(0.5, description="input trigger level [V]")
+    marker_channel: int | None = Field(
+        None, ge=1, description="channel of the frame-start marker from the pattern generators (None = no markers: "
+        "slotting counts slots from the first sync, tagger time 0 = slot 0)")
+    frame_slots: int = Field(65_536, ge=1, description="slots per frame: one marker at the start of every frame")
+    reference_clock_channel: int | None = Field(
+        None, ge=1, description="channel carrying the shared 10 MHz reference (None = the tagger's own clock)")
+    reference_clock_hz: float = Field(10e6, gt=0, description="frequency of the reference at the input [Hz]")
+    reference_clock_divider: int = Field(1, ge=1, description="event divider on the reference channel")
+    dead_times_ps: dict[str, float] = Field(
+        default_factory=dict, description="tagger dead time per channel name ('sync','D0','D1','marker') [ps]")
+    conditional_filter_trigger: list[str] = Field(
+        default_factory=list, description="channel names whose tags open the conditional filter (e.g. ['D0','D1'])")
+    conditional_filter_filtered: list[str] = Field(
+        default_factory=list, description="channel names passed only after a trigger tag (e.g. ['sync'])")
+
+    @model_validator(mode="after")
+    def _tagger_sync(self) -> TimeTaggerConfig:
+        names = {"sync", *self.detector_channels, *(["marker"] if self.marker_channel is not None else [])}
+        for field_name in ("dead_times_ps", "conditional_filter_trigger", "conditional_filter_filtered"):
+            unknown = sorted(set(getattr(self, field_name)) - names)
+            if unknown:
+                raise ValueError(f"time_tagger.{field_name} names unknown channels {unknown}; expected names from "
+                                 f"{sorted(names)}")
+        if bool(self.conditional_filter_trigger) != bool(self.conditional_filter_filtered):
+            raise ValueError("time_tagger.conditional_filter_trigger and conditional_filter_filtered must be given "
+                             "together (both empty = filter off)")
+        if "marker" in self.conditional_filter_filtered:
+            raise ValueError("time_tagger.conditional_filter_filtered must not contain 'marker': every frame marker "
+                             "is needed for slotting")
+        if self.marker_channel is None and "sync" in self.conditional_filter_filtered:
+            raise ValueError("time_tagger.conditional_filter_filtered contains 'sync' but no marker_channel is set: "
+                             "without markers slotting needs every (divided) sync tag")
+        return self
+
+
+class SyncConfig(_Model):
+    """Shared timing of the station: the 10 MHz reference distributed to the instruments."""
+
+    reference_hz: float = Field(10e6, gt=0, description="frequency of the station's shared reference clock [Hz]")
+    pattern_generator_reference: Literal["external", "internal"] = Field(
+        "external", description="clock source of the clients' pattern generators: the shared reference ('external') "
+        "or their own oscillator ('internal')")
 
 
 class PowerMeterConfig(InstrumentConfig):
@@ -338,6 +380,7 @@ class StationConfig(_Model):
         default_factory=lambda: {"D0": DetectorConfig(), "D1": DetectorConfig()}
     )
     time_tagger: TimeTaggerConfig = Field(default_factory=TimeTaggerConfig)
+    sync: SyncConfig = Field(default_factory=SyncConfig)
     power_meter: PowerMeterConfig = Field(default_factory=PowerMeterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
@@ -359,9 +402,11 @@ class StationConfig(_Model):
         missing = {"D0", "D1"} - set(self.time_tagger.detector_channels)
         if missing:
             raise ValueError(f"time_tagger.detector_channels lacks {sorted(missing)}")
-        chans = list(self.time_tagger.detector_channels.values()) + [self.time_tagger.sync_channel]
+        tt = self.time_tagger
+        chans = list(tt.detector_channels.values()) + [tt.sync_channel]
+        chans += [c for c in (tt.marker_channel, tt.reference_clock_channel) if c is not None]
         if len(set(chans)) != len(chans):
-            raise ValueError(f"time tagger channels must be distinct, got sync + detectors = {chans}")
+            raise ValueError(f"time tagger channels must be distinct, got detectors + sync (+ marker, reference) = {chans}")
         if self.schedule.pairs != "all":
             for a, b in self.schedule.pairs:
                 if a not in names or b not in names or a == b:

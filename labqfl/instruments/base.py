@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,6 +29,10 @@ class Setting:
     writable: bool = True
 
 
+_NO_INTERVALS = np.empty((0, 2), dtype=np.int64)
+_NO_INTERVALS.setflags(write=False)
+
+
 @dataclass(frozen=True)
 class TagBlock:
     """A block of time tags exactly as a hardware time tagger streams them.
@@ -36,11 +40,17 @@ class TagBlock:
     ``timestamps``: int64 picoseconds since the start of acquisition, non-decreasing.
     ``channels``: int16 tagger channel numbers (negative = falling edge, as in Swabian's API).
     ``overflow``: True if the tagger reported lost tags inside this block.
+    ``lost_intervals_ps``: int64 array of shape (k, 2), rows ``[begin, end]`` (ps, same clock as
+    ``timestamps``, begin <= end): the stretches in which the tagger lost data (an overflow from
+    its OverflowBegin to its OverflowEnd record, missed events, an error record). The records
+    themselves are not tags; slotting drops and counts every slot whose tags could fall inside
+    one of these intervals (:mod:`labqfl.qkd.slotting`). Empty by default.
     """
 
     timestamps: np.ndarray
     channels: np.ndarray
     overflow: bool = False
+    lost_intervals_ps: np.ndarray = field(default_factory=lambda: _NO_INTERVALS)
 
     def __post_init__(self) -> None:
         if self.timestamps.dtype != np.int64 or self.channels.dtype != np.int16:
@@ -51,6 +61,12 @@ class TagBlock:
             raise ValueError(
                 f"TagBlock arrays must be 1-D and of equal length, got {self.timestamps.shape} and {self.channels.shape}"
             )
+        lost = self.lost_intervals_ps
+        if not isinstance(lost, np.ndarray) or lost.dtype != np.int64 or lost.ndim != 2 or lost.shape[1] != 2:
+            got = f"{lost.dtype} {lost.shape}" if isinstance(lost, np.ndarray) else type(lost).__name__
+            raise TypeError(f"TagBlock.lost_intervals_ps must be an int64 array of shape (k, 2), got {got}")
+        if lost.size and np.any(lost[:, 1] < lost[:, 0]):
+            raise ValueError("TagBlock.lost_intervals_ps rows must be [begin, end] with begin <= end (ps)")
 
     def __len__(self) -> int:
         return int(self.timestamps.shape[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
+from typing import ClassVar
 
 import numpy as np
 
@@ -147,9 +148,9 @@ class PhotonDetector(Instrument):
 
 
 class TimeTagger(Instrument):
-    """Time tagger: sync + detector channels, tags as int64 ps."""
+    """Time tagger: sync, detector and (optional) frame-marker channels, tags as int64 ps."""
 
-    SETTINGS = (
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
         Setting("channels", "", "enabled input channels"),
         Setting("trigger_levels_v", "V", "trigger level per channel"),
         Setting("input_delays_ps", "ps", "software input delay per channel"),
@@ -178,6 +179,12 @@ class TimeTagger(Instrument):
         self, start_channel: int, click_channel: int, binwidth_ps: int, n_bins: int, integration_s: float
     ) -> np.ndarray:
         """Start–stop histogram (int64 counts) of ``click_channel`` after ``start_channel``."""
+
+    def overflows(self) -> int:
+        """Overflows (blocks of tags lost for the data rate) since the last stream started; 0 for a
+        tagger that cannot lose data. The lost stretches themselves travel with the stream as
+        ``TagBlock.lost_intervals_ps``."""
+        return 0
 
     def safe_state(self) -> None:
         """A time tagger has no hazardous state; stop any running measurement."""

@@ -22,6 +22,35 @@ Tags before the first anchor are extrapolated back with the first interval's per
 slots are dropped); tags after the last anchor wait for the next sync (or, at the end of the
 stream, use the last period). D0 and D1 in the same slot give outcome 3 (double click).
 
+Frame markers (``marker_channel`` set). The pattern generators mark the start of every frame of
+``F = frame_slots`` slots on one tagger input. The first marker recorded is frame 0; slot indices
+come from the markers, not from "tagger time 0 is slot 0": a detection at corrected time ``t`` in
+the frame that starts at marker ``(t_m, f)`` belongs to slot ``f·F + ⌊(t − t_m − o)/P + 1/2⌋``,
+``P = Δt/F`` measured between that marker and the next (clock drift is tracked frame by frame;
+the syncs are then only counted). Each next marker is placed ``g = round(Δt/(F·P̂))`` frames
+after the previous one and accepted only if ``|Δt/P̂ − g·F| ≤ marker_tolerance_slots`` (plus
+``clock_tolerance_ppm`` of the gap while no frame has been measured yet). A frame is kept only if
+its start and end markers are both accepted and one frame apart; everything else ends in dropped,
+counted slots, never in a shifted index:
+
+* missing marker (``g > 1``): the ``g`` frames between the two markers are dropped, the frame
+  count goes on (``missing_markers``);
+* marker off the frame grid (a duplicated marker, a glitch): the frame it falls in is dropped
+  (``spurious_markers``); if it lies within one slot after the previous marker (a duplicate of it:
+  which of the two starts the frame is unknown) the frame before is dropped too;
+* re-lock: if the next marker lies on the grid of an off-grid marker and not on the chain's, the
+  chain moves to that grid (``marker_relocks``; a glitch that was accepted in place of a lost
+  marker cannot shift later frames); the frames on both sides of the contradicted marker are
+  dropped.
+
+A frame is therefore final only once the marker after the next one is in.
+
+Lost data. ``TagBlock.lost_intervals_ps`` (overflow, missed events, error records of the tagger)
+drop every slot whose detection window, shifted by either detector's delay, overlaps a lost
+interval (``dropped_slots_lost_data``). Dropped slots are never announced, and
+:meth:`Slotter.dropped_slots_of_pair` gives their count per pair so that sifting leaves them out of
+the pair's slot count.
+
 Blocks. :class:`Slotter` carries the last anchors, the tags still waiting for a sync and the slots
 that a later block could still complete, so the output does not depend on how the stream was cut
 into blocks (tested against :func:`slot_tags_reference` on the whole stream).
@@ -77,6 +106,11 @@ class SlottingParams:
     burst_period_slots: int = 0
     burst_on_slots: int = 0
     gap_tolerance: float = 0.25
+    marker_channel: int | None = None
+    frame_slots: int = 0
+    marker_delay_ps: int = 0
+    marker_tolerance_slots: float = 0.25
+    clock_tolerance_ppm: float = 100.0
 
     def __post_init__(self) -> None:
         if not (self.period_ps > 0 and math.isfinite(self.period_ps)):
@@ -89,6 +123,17 @@ class SlottingParams:
             raise QKDInputError("slotting: need 0 <= burst_on_slots <= burst_period_slots")
         if not 0 < self.gap_tolerance < 0.5:
             raise QKDInputError(f"slotting: gap_tolerance must be in (0, 0.5), got {self.gap_tolerance}")
+        if self.marker_channel is not None:
+            if self.frame_slots < 1:
+                raise QKDInputError(f"slotting: frame_slots must be >= 1 with a marker channel, got {self.frame_slots}")
+            if self.marker_channel in (self.sync_channel, *self.detector_channels):
+                raise QKDInputError(f"slotting: marker_channel {self.marker_channel} must differ from the sync and "
+                                    f"detector channels {(self.sync_channel, *self.detector_channels)}")
+            if not 0 < self.marker_tolerance_slots < 0.5:
+                raise QKDInputError("slotting: marker_tolerance_slots must be in (0, 0.5) slots, got "
+                                    f"{self.marker_tolerance_slots}")
+            if not 0 <= self.clock_tolerance_ppm < 1e4:
+                raise QKDInputError(f"slotting: clock_tolerance_ppm must be in [0, 1e4), got {self.clock_tolerance_ppm}")
 
     @classmethod
     def from_config(
@@ -101,7 +146,9 @@ class SlottingParams:
         """Parameters of a station: period from the rep rate, channels and delays from
         ``time_tagger`` (delay = cable + input delay per channel name, plus the loop's
         propagation time n·ΣL/c for the detectors), window = whole slot
-        unless given; a gated detector's window is its gate width (centred on the pulse)."""
+        unless given; a gated detector's window is its gate width (centred on the pulse). With
+        ``time_tagger.marker_channel`` set, slotting is anchored on the frame markers
+        (``frame_slots`` per frame, delay of the channel named ``marker``)."""
         tt = cfg.time_tagger
         period = 1e12 / cfg.laser.rep_rate_hz
         w_default = period if window_ps is None else float(window_ps)
@@ -119,6 +166,9 @@ class SlottingParams:
             det = cfg.detectors[d]
             windows.append(min(w_default, det.gate_width_ns * 1e3) if det.gated else w_default)
         return cls(
+            marker_channel=tt.marker_channel,
+            frame_slots=tt.frame_slots if tt.marker_channel is not None else 0,
+            marker_delay_ps=delay("marker"),
             period_ps=period,
             sync_divider=tt.sync_divider,
             sync_channel=tt.sync_channel,
@@ -157,6 +207,18 @@ class SlottingStats:
     double_clicks: int = 0
     clicked_slots: int = 0
     overflow_blocks: int = 0
+    marker_tags: int = 0
+    missing_markers: int = 0
+    spurious_markers: int = 0
+    marker_relocks: int = 0
+    outside_frames: int = 0
+    lost_intervals: int = 0
+    #: final slots dropped because a marker was missing or off the frame grid (frames not kept)
+    dropped_slots_sync: int = 0
+    #: final slots dropped because the tagger lost data there (and not already dropped for sync)
+    dropped_slots_lost_data: int = 0
+    #: detections that fell in dropped slots (not announced)
+    dropped_clicks: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,8 +290,11 @@ def _interval_periods(anchor_t: np.ndarray, anchor_k: np.ndarray, divider: int, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w, burst_period, burst_on):  # type: ignore[no-untyped-def]
-    """Per detection: interval by binary search, nearest slot, window and burst checks."""
+def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, burst_period, burst_on, last_span):  # type: ignore[no-untyped-def]
+    """Per detection: interval by binary search, nearest slot, window and burst checks.
+
+    ``mult``: slots per anchor step (the sync divider, or the frame length with markers);
+    ``last_span`` >= 0: slots after the last anchor that belong to it (a frame), -1: no limit."""
     n = det_t.shape[0]
     na = anchor_t.shape[0]
     slots = np.empty(n, dtype=np.int64)
@@ -238,6 +303,7 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w,
     n_out = 0
     n_neg = 0
     n_burst = 0
+    n_frame = 0
     a = 0
     for q in range(n):
         t = det_t[q]
@@ -261,7 +327,10 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w,
         if abs(resid) > half_w[d]:
             n_out += 1
             continue
-        s = anchor_k[a] * divider + np.int64(r)
+        if last_span >= 0 and a == na - 1 and r >= last_span:
+            n_frame += 1
+            continue
+        s = anchor_k[a] * mult + np.int64(r)
         if s < 0:
             n_neg += 1
             continue
@@ -271,49 +340,117 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, divider, off, half_w,
         slots[m] = s
         bits[m] = np.uint8(1) << np.uint8(d)
         m += 1
-    return slots[:m], bits[:m], n_out, n_neg, n_burst
+    return slots[:m], bits[:m], n_out, n_neg, n_burst, n_frame
 
 
 def _assign(det_t: np.ndarray, det_id: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray,
-            per: np.ndarray, p: SlottingParams, stats: SlottingStats) -> tuple[np.ndarray, np.ndarray]:
+            per: np.ndarray, p: SlottingParams, stats: SlottingStats, last_span: int) -> tuple[np.ndarray, np.ndarray]:
     """Slots and detector bits (1 = D0, 2 = D1) of detections whose interval is known."""
-    slots, bits, n_out, n_neg, n_burst = _assign_kernel(
+    slots, bits, n_out, n_neg, n_burst, n_frame = _assign_kernel(
         np.ascontiguousarray(det_t), np.ascontiguousarray(det_id), anchor_t, anchor_k, per,
-        np.int64(p.sync_divider), np.asarray(p.window_offset_ps, dtype=np.float64),
-        np.asarray(p.window_ps, dtype=np.float64) / 2.0, np.int64(p.burst_period_slots), np.int64(p.burst_on_slots))
+        np.int64(_anchor_step(p)), np.asarray(p.window_offset_ps, dtype=np.float64),
+        np.asarray(p.window_ps, dtype=np.float64) / 2.0, np.int64(p.burst_period_slots), np.int64(p.burst_on_slots),
+        np.int64(last_span))
     stats.outside_window += int(n_out)
     stats.before_first_slot += int(n_neg)
     stats.outside_burst += int(n_burst)
+    stats.outside_frames += int(n_frame)
     return slots, bits
+
+
+def _anchor_step(p: SlottingParams) -> int:
+    """Slots between two consecutive anchors: the frame length with markers, else the sync divider."""
+    return p.frame_slots if p.marker_channel is not None else p.sync_divider
+
+
+class SlotRanges:
+    """A set of slots as sorted, disjoint half-open ranges ``[start, end)`` (int64, shape (k, 2))."""
+
+    def __init__(self) -> None:
+        self.ranges = np.empty((0, 2), dtype=np.int64)
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        r = np.concatenate([self.ranges, np.array([[start, end]], dtype=np.int64)])
+        r = r[np.argsort(r[:, 0], kind="stable")]
+        out = [r[0].tolist()]
+        for s0, s1 in r[1:].tolist():
+            if s0 <= out[-1][1]:
+                out[-1][1] = max(out[-1][1], s1)
+            else:
+                out.append([s0, s1])
+        self.ranges = np.array(out, dtype=np.int64)
+
+    def count(self, lo: int, hi: int) -> int:
+        """Slots of the set in ``[lo, hi)``."""
+        if hi <= lo or not self.ranges.size:
+            return 0
+        a = np.clip(self.ranges[:, 0], lo, hi)
+        b = np.clip(self.ranges[:, 1], lo, hi)
+        return int(np.sum(b - a))
+
+    def contains(self, slots: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``slots`` (int64) lie in the set."""
+        if not self.ranges.size:
+            return np.zeros(slots.shape, dtype=bool)
+        i = np.searchsorted(self.ranges[:, 0], slots, side="right") - 1
+        ok = i >= 0
+        out = np.zeros(slots.shape, dtype=bool)
+        out[ok] = slots[ok] < self.ranges[i[ok], 1]
+        return out
+
+    def union(self, other: SlotRanges) -> SlotRanges:
+        u = SlotRanges()
+        for s0, s1 in np.concatenate([self.ranges, other.ranges]).tolist():
+            u.add(s0, s1)
+        return u
 
 
 class Slotter:
     """Streaming slotter: feed :class:`TagBlock` s with :meth:`push`, then call :meth:`finish`.
 
-    Memory is bounded by one block plus the tags of the last sync interval.
+    Memory is bounded by one block plus the tags of the last sync interval (with markers: of the
+    last two frames), plus the list of dropped slot ranges.
     """
 
     def __init__(self, params: SlottingParams) -> None:
         self.p = params
         self.stats = SlottingStats()
+        self._markers = params.marker_channel is not None
+        self._step = _anchor_step(params)
         self._have_prev = False
         self._prev_t = 0
         self._prev_k = 0
         self._period_est = float(params.period_ps)
+        self._period_measured = False
+        self._period_prev = float(params.period_ps)
+        self._cand: tuple[int, int] | None = None  # last off-grid marker (time, frame index guess)
         self._anchor_t = np.empty(0, dtype=np.int64)
         self._anchor_k = np.empty(0, dtype=np.int64)
+        self._anchor_ok = np.empty(0, dtype=bool)
         self._pend_t = np.empty(0, dtype=np.int64)
         self._pend_id = np.empty(0, dtype=np.int64)
+        self._pend_lost = np.empty((0, 2), dtype=np.int64)  # corrected-time intervals waiting for anchors
         self._held_s = np.empty(0, dtype=np.int64)
         self._held_b = np.empty(0, dtype=np.uint8)
-        self._final_upto = 0  # every slot < this is final (emitted or empty)
+        self._final_upto = 0  # every slot < this is final (emitted, empty or dropped)
         self._last_emitted = -1
         self._finished = False
         self._last_raw: int | None = None
         self._max_delay = max(params.delays_ps)
+        self._min_delay = min(params.delays_ps)
         finite_w = [w for w in params.window_ps if math.isfinite(w)]
         reach = max(abs(o) for o in params.window_offset_ps) + (max(finite_w) if finite_w else params.period_ps)
         self._margin_slots = int(math.ceil(reach / params.period_ps)) + 2
+        # how far (ps) a slot's detection window reaches from the slot time, either side
+        w_eff = [min(w, params.period_ps) for w in params.window_ps]
+        self._lost_reach = int(math.ceil(max(abs(o) for o in params.window_offset_ps) + max(w_eff) / 2.0))
+        #: slots dropped because a frame marker was missing or off the grid
+        self.dropped_sync = SlotRanges()
+        #: slots dropped because the tagger lost data there
+        self.dropped_lost = SlotRanges()
+        self._dropped = SlotRanges()
 
     @property
     def last_emitted(self) -> int:
@@ -322,8 +459,24 @@ class Slotter:
 
     @property
     def final_slots(self) -> int:
-        """Number of slots from 0 whose outcomes are final (emitted so far)."""
+        """Number of slots from 0 whose outcomes are final (emitted so far, or dropped)."""
         return self._final_upto
+
+    @property
+    def dropped(self) -> SlotRanges:
+        """Every dropped slot (sync and lost data), as ranges."""
+        return self._dropped
+
+    def dropped_slots_of_pair(self, schedule: PairSchedule, pair: str, lo: int, hi: int) -> int:
+        """How many of the pair's slots in ``[lo, hi)`` were dropped (exact; ``hi`` <= :attr:`final_slots`
+        for a final answer). Sifting subtracts them from the pair's slot count: they were sent but
+        never measured."""
+        n = 0
+        for s0, s1 in self._dropped.ranges.tolist():
+            a, b = max(s0, lo), min(s1, hi)
+            if b > a:
+                n += schedule.slots_of_pair(pair, b) - schedule.slots_of_pair(pair, a)
+        return n
 
     def push(self, block: TagBlock) -> SlotEvents:
         """Process one block; return the clicked slots that are now final."""
@@ -339,10 +492,17 @@ class Slotter:
         if block.overflow:
             self.stats.overflow_blocks += 1
         p = self.p
+        lost = block.lost_intervals_ps
+        if lost.size:
+            self.stats.lost_intervals += int(lost.shape[0])
+            corr = np.stack([lost[:, 0] - self._max_delay - self._lost_reach,
+                             lost[:, 1] - self._min_delay + self._lost_reach], axis=1).astype(np.int64)
+            self._pend_lost = np.concatenate([self._pend_lost, corr])
         is_sync = ch == p.sync_channel
+        is_marker = ch == p.marker_channel if self._markers else np.zeros(ts.shape, dtype=bool)
         is_d0 = ch == p.detector_channels[0]
         is_d1 = ch == p.detector_channels[1]
-        self.stats.other_tags += int(ts.size - np.count_nonzero(is_sync | is_d0 | is_d1))
+        self.stats.other_tags += int(ts.size - np.count_nonzero(is_sync | is_marker | is_d0 | is_d1))
         sync_t = ts[is_sync] - p.sync_delay_ps
         self.stats.sync_tags += int(sync_t.size)
         is_det = is_d0 | is_d1
@@ -350,29 +510,109 @@ class Slotter:
         det_t_new = ts[is_det] - np.where(det_id_new == 1, p.delays_ps[1], p.delays_ps[0])
         self.stats.detector_tags += int(det_t_new.size)
 
-        a_t, a_k, self._have_prev, self._prev_t, self._prev_k, self._period_est, dropped, spurious = _anchor_syncs(
-            sync_t, self._have_prev, np.int64(self._prev_t), np.int64(self._prev_k), float(self._period_est),
-            p.sync_divider, float(p.period_ps), float(p.gap_tolerance))
-        self.stats.dropped_syncs += int(dropped)
-        self.stats.spurious_syncs += int(spurious)
-        anchor_t = np.concatenate([self._anchor_t, a_t])
-        anchor_k = np.concatenate([self._anchor_k, a_k])
+        if self._markers:
+            marker_t = ts[is_marker] - p.marker_delay_ps
+            self.stats.marker_tags += int(marker_t.size)
+            anchor_t, anchor_k, anchor_ok = self._anchor_markers(marker_t)
+        else:
+            a_t, a_k, self._have_prev, self._prev_t, self._prev_k, self._period_est, dropped, spurious = _anchor_syncs(
+                sync_t, self._have_prev, np.int64(self._prev_t), np.int64(self._prev_k), float(self._period_est),
+                p.sync_divider, float(p.period_ps), float(p.gap_tolerance))
+            self.stats.dropped_syncs += int(dropped)
+            self.stats.spurious_syncs += int(spurious)
+            anchor_t = np.concatenate([self._anchor_t, a_t])
+            anchor_k = np.concatenate([self._anchor_k, a_k])
+            anchor_ok = np.ones(anchor_t.size, dtype=bool)
         det_t = np.concatenate([self._pend_t, det_t_new])
         det_id = np.concatenate([self._pend_id, det_id_new])
         if ts.size:
             self._last_raw = int(ts[-1])
-        return self._process(anchor_t, anchor_k, det_t, det_id, last_raw=self._last_raw, flush=False)
+        return self._process(anchor_t, anchor_k, anchor_ok, det_t, det_id, last_raw=self._last_raw, flush=False)
+
+    def _anchor_markers(self, marker_t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frame markers → anchors (time, frame index, frame kept so far). See the module docstring."""
+        p = self.p
+        F = p.frame_slots
+        at, ak, ok = self._anchor_t.tolist(), self._anchor_k.tolist(), self._anchor_ok.tolist()
+
+        def fit(t0: int, t: int) -> tuple[int, bool]:
+            """Frames from a marker at t0 to one at t, and whether t lies on that frame grid."""
+            g = (t - t0) / self._period_est  # slots
+            gi = math.floor(g / F + 0.5)
+            tol = p.marker_tolerance_slots + (0.0 if self._period_measured else p.clock_tolerance_ppm * 1e-6 * g)
+            return gi, gi >= 1 and abs(g - gi * F) <= tol
+
+        for t in marker_t.tolist():
+            if not self._have_prev:
+                self._have_prev = True
+                at.append(t)
+                ak.append(0)
+                ok.append(True)
+                continue
+            gi, on_grid = fit(at[-1], t)
+            if not on_grid and self._cand is not None:
+                gci, relock = fit(self._cand[0], t)
+                if relock:
+                    # this marker confirms the earlier off-grid one: the chain moves to their grid
+                    # (the frames in between stay dropped)
+                    self.stats.marker_relocks += 1
+                    ct, ck = self._cand
+                    ok[-1] = False
+                    if len(ok) >= 2 and ak[-2] + 1 == ak[-1]:
+                        ok[-2] = False  # it ended at a marker that the confirmed grid contradicts
+                    if ck == ak[-1]:
+                        at[-1] = ct
+                    else:
+                        at.append(ct)
+                        ak.append(ck)
+                        ok.append(True)
+                    at.append(t)
+                    ak.append(ck + gci)
+                    ok.append(True)
+                    if gci > 1:
+                        self.stats.missing_markers += gci - 1
+                        ok[-2] = False
+                    else:
+                        self._period_prev, self._period_est = self._period_est, (t - ct) / F
+                    self._cand = None
+                    continue
+            if not on_grid:
+                self.stats.spurious_markers += 1
+                ok[-1] = False
+                if t - at[-1] < self._period_est and len(ok) >= 2 and ak[-2] + 1 == ak[-1]:
+                    # a duplicate of the previous marker: which one starts the frame is unknown
+                    ok[-2] = False
+                    self._period_est = self._period_prev  # measured up to a marker that may be false
+                self._cand = (t, ak[-1] + max(gi, 0))
+                continue
+            self._cand = None
+            if gi > 1:
+                self.stats.missing_markers += gi - 1
+                ok[-1] = False
+            else:
+                self._period_prev, self._period_est = self._period_est, (t - at[-1]) / F
+                self._period_measured = True
+            at.append(t)
+            ak.append(ak[-1] + gi)
+            ok.append(True)
+        return np.array(at, dtype=np.int64), np.array(ak, dtype=np.int64), np.array(ok, dtype=bool)
 
     def finish(self) -> SlotEvents:
         """End of stream: assign the waiting tags with the last period and emit everything."""
         if self._finished:
             return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
         self._finished = True
-        out = self._process(self._anchor_t, self._anchor_k, self._pend_t, self._pend_id, last_raw=None, flush=True)
+        out = self._process(self._anchor_t, self._anchor_k, self._anchor_ok, self._pend_t, self._pend_id,
+                            last_raw=None, flush=True)
         return out
 
-    def _process(self, anchor_t: np.ndarray, anchor_k: np.ndarray, det_t: np.ndarray, det_id: np.ndarray,
-                 last_raw: int | None, flush: bool) -> SlotEvents:
+    def _slot_position(self, t: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray) -> np.ndarray:
+        """Fractional slot index of corrected times ``t`` (extrapolated from the nearest anchor)."""
+        a = np.maximum(np.searchsorted(anchor_t, t, side="right") - 1, 0)
+        return anchor_k[a] * self._step + (t - anchor_t[a]) / per[a]
+
+    def _process(self, anchor_t: np.ndarray, anchor_k: np.ndarray, anchor_ok: np.ndarray, det_t: np.ndarray,
+                 det_id: np.ndarray, last_raw: int | None, flush: bool) -> SlotEvents:
         p = self.p
         n_a = anchor_t.size
         if n_a == 0:
@@ -387,16 +627,40 @@ class Slotter:
             ready = np.zeros(det_t.size, dtype=bool)
         else:
             ready = np.searchsorted(anchor_t, det_t, side="right") - 1 < n_a - 1
-        per = _interval_periods(anchor_t, anchor_k, p.sync_divider, self._period_est)
+        per = _interval_periods(anchor_t, anchor_k, self._step, self._period_est)
         if n_a:
-            s_new, b_new = _assign(det_t[ready], det_id[ready], anchor_t, anchor_k, per, p, self.stats)
+            last_span = p.frame_slots if self._markers else -1
+            s_new, b_new = _assign(det_t[ready], det_id[ready], anchor_t, anchor_k, per, p, self.stats, last_span)
         else:
             s_new, b_new = np.empty(0, np.int64), np.empty(0, np.uint8)
         pend_t, pend_id = det_t[~ready], det_id[~ready]
         if not flush and pend_t.size > MAX_PENDING_TAGS:
-            raise QKDInputError(
-                f"slotting: {pend_t.size} detector tags without a sync tag on channel {p.sync_channel}; "
-                f"check time_tagger.sync_channel and the sync cable")
+            what = f"frame marker on channel {p.marker_channel}" if self._markers else f"sync tag on channel {p.sync_channel}"
+            fix = "time_tagger.marker_channel and the marker cable" if self._markers else \
+                "time_tagger.sync_channel and the sync cable"
+            raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
+        # Lost-data intervals whose slots the anchors now fix → dropped ranges.
+        pend_lost = self._pend_lost
+        if n_a and pend_lost.size:
+            lost_ready = np.ones(pend_lost.shape[0], dtype=bool) if flush else pend_lost[:, 1] < anchor_t[-1]
+            if np.any(lost_ready):
+                lr = pend_lost[lost_ready]
+                lo = np.ceil(self._slot_position(lr[:, 0], anchor_t, anchor_k, per))
+                hi = np.floor(self._slot_position(lr[:, 1], anchor_t, anchor_k, per)) + 1
+                for s0, s1 in zip(lo.tolist(), hi.tolist(), strict=True):
+                    self.dropped_lost.add(max(int(s0), 0), int(s1))
+                    self._dropped.add(max(int(s0), 0), int(s1))
+                pend_lost = pend_lost[~lost_ready]
+        elif flush:
+            pend_lost = pend_lost[:0]
+        self._pend_lost = pend_lost
+        # Frames not kept (marker missing or off the grid) → dropped ranges.
+        if self._markers and n_a:
+            F = p.frame_slots
+            for j in np.flatnonzero(~anchor_ok).tolist():
+                end = int(anchor_k[j + 1]) * F if j + 1 < n_a else (int(anchor_k[j]) + 1) * F
+                self.dropped_sync.add(int(anchor_k[j]) * F, end)
+                self._dropped.add(int(anchor_k[j]) * F, end)
         # Merge with held slots, sort, combine.
         s_all = np.concatenate([self._held_s, s_new])
         b_all = np.concatenate([self._held_b, b_new])
@@ -412,23 +676,41 @@ class Slotter:
             # Every later detection has corrected time >= t_min (raw >= last_raw, or waiting
             # after the last anchor), so slots below `threshold` can no longer change.
             t_min = min(last_raw - self._max_delay, int(anchor_t[-1]))
+            if pend_lost.size:  # a lost interval still waiting for its anchors may start earlier
+                t_min = min(t_min, int(pend_lost[:, 0].min()))
             j0 = max(0, int(np.searchsorted(anchor_t, t_min, side="right")) - 2)
             P0 = per[j0]
-            base = int(anchor_k[j0]) * p.sync_divider + int(math.floor((t_min - int(anchor_t[j0])) / P0))
+            base = int(anchor_k[j0]) * self._step + int(math.floor((t_min - int(anchor_t[j0])) / P0))
             threshold = max(base - self._margin_slots, self._final_upto)
             keep_from = j0
+            if self._markers:
+                # the frame before the last marker can still be dropped (a duplicate of that marker)
+                threshold = min(threshold, int(anchor_k[-2]) * self._step if n_a >= 2 else -1)
+                threshold = max(threshold, self._final_upto)
+                keep_from = min(keep_from, max(n_a - 2, 0))
         emit = slots < threshold
         self._held_s, self._held_b = slots[~emit], outcomes[~emit]
         self._pend_t, self._pend_id = pend_t, pend_id
         self._anchor_t, self._anchor_k = anchor_t[keep_from:], anchor_k[keep_from:]
+        self._anchor_ok = anchor_ok[keep_from:]
         es, eo = slots[emit], outcomes[emit]
+        gone = self._dropped.contains(es)
+        if np.any(gone):
+            self.stats.dropped_clicks += int(np.count_nonzero(gone))
+            es, eo = es[~gone], eo[~gone]
         if es.size:
             self._last_emitted = int(es[-1])
+        prev_final = self._final_upto
         if flush:
-            last_anchor_end = (int(anchor_k[-1]) + 1) * p.sync_divider if n_a else 0
-            self._final_upto = max(self._final_upto, last_anchor_end, self._last_emitted + 1)
+            last_anchor_end = (int(anchor_k[-1]) + 1) * self._step if n_a else 0
+            dropped_end = int(self._dropped.ranges[-1, 1]) if self._dropped.ranges.size else 0
+            self._final_upto = max(self._final_upto, last_anchor_end, self._last_emitted + 1, dropped_end)
         elif threshold > self._final_upto:
             self._final_upto = int(threshold)
+        if self._final_upto > prev_final:
+            n_sync = self.dropped_sync.count(prev_final, self._final_upto)
+            self.stats.dropped_slots_sync += n_sync
+            self.stats.dropped_slots_lost_data += self._dropped.count(prev_final, self._final_upto) - n_sync
         self.stats.double_clicks += int(np.count_nonzero(eo == 3))
         self.stats.clicked_slots += int(es.size)
         return SlotEvents(es, eo)
