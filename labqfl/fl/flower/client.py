@@ -15,6 +15,14 @@ the stage's fields):
     ``uint{q}`` vector — the unmasked update never leaves the mod;
   * ``reveal``: a survivor consumes and answers the keys it shared with dropped partners
     (dropout recovery; those keys are spent either way);
+  * with self-masks (``spec.self_masks``, :mod:`labqfl.fl.selfmask`): at ``keys`` a master also
+    reserves 2·(q+1)·P pad bits per pair; at ``mask`` the node adds its self-mask (OS CSPRNG),
+    Shamir-shares it among itself and its partners and answers each partner's share under a
+    one-time pad (``shares``); its own share waits in the node state (``labqfl.ownshare``) — no
+    key bits; ``unmask`` replaces ``reveal``: the node answers the keys of its dropped partners and
+    its shares of surviving clients' self-masks, after its :class:`~labqfl.fl.selfmask.UnmaskGuard`
+    (state ``labqfl.guard``: peer → kind revealed this round) has refused any request for both
+    kinds about one peer;
   * ``end``: every reservation of the round is consumed (bits overwritten in the store);
     ``abort``: the server gave the round up — reservations are consumed, or released if the
     server says no mask message was sent (then no partner ever saw the refs).
@@ -39,10 +47,25 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from labqfl.errors import SecureAggregationError
-from labqfl.fl.flower.keys import NodeKeyStore, ecdh_words, new_ecdh_key, stochastic_rng
+from labqfl.fl.flower.keys import (
+    NodeKeyStore,
+    ecdh_pad_words,
+    ecdh_words,
+    new_ecdh_key,
+    stochastic_rng,
+)
 from labqfl.fl.flower.spec import FlowerSpec, as_float64, client_index
 from labqfl.fl.masks import mask_update, pair_sign, split_pair
 from labqfl.fl.quantize import quantize, uint_dtype
+from labqfl.fl.selfmask import (
+    UnmaskGuard,
+    draw_self_mask,
+    encrypt_share,
+    holders_of,
+    shamir_share,
+    share_bits,
+    share_dtype,
+)
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -66,6 +89,9 @@ def _cfg_strs(rec: Any, key: str) -> list[str]:
 CFG = "labqfl"
 STATE_RESV = "labqfl.resv"
 STATE_SECRET = "labqfl.secret"
+STATE_OWNSHARE = "labqfl.ownshare"
+STATE_GUARD = "labqfl.guard"
+PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
 #: node_config keys of a deployed SuperNode.
 NODE_NAME = "labqfl-client"
 NODE_KEYSTORE = "labqfl-keystore"
@@ -136,6 +162,24 @@ def _clear_secret(context: Context) -> None:
         del context.state[STATE_SECRET]
 
 
+def _clear_selfmask_state(context: Context) -> None:
+    for k in (STATE_OWNSHARE, STATE_OWNSHARE + ".round", STATE_GUARD):
+        if k in context.state:
+            del context.state[k]
+
+
+def _load_guard(context: Context, r: int, name: str) -> UnmaskGuard:
+    st = context.state
+    if STATE_GUARD in st and _cfg_int(st.config_records[STATE_GUARD], "round") == r:
+        return UnmaskGuard.from_dict(name, json.loads(str(st.config_records[STATE_GUARD]["kinds"])))
+    return UnmaskGuard(name)
+
+
+def _peer(name: str, pair: str) -> str:
+    a, b = split_pair(pair)
+    return b if a == name else a
+
+
 def _key_id(run_tag: str, r: int, pair: str) -> str:
     return f"fl-{run_tag}-r{r}-{pair}-{uuid.uuid4().hex[:12]}"
 
@@ -159,9 +203,13 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     old = _reservations(context)
     if old is not None and old["round"] != r:
         _finish_reservations(context, spec, name)  # an unfinished earlier round: its bits are spent
+    if STATE_OWNSHARE + ".round" in st and _cfg_int(st.config_records[STATE_OWNSHARE + ".round"], "round") != r:
+        _clear_selfmask_state(context)
+    w = share_bits(q)
 
     if stage == "keys":
         _clear_secret(context)
+        _clear_selfmask_state(context)
         _finish_reservations(context, spec, name)
         masters = _cfg_strs(cfg, "master_pairs")
         out = ConfigRecord()
@@ -173,6 +221,10 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
                         kid = _key_id(run_tag, r, p)
                         out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r))
                         kids[p] = kid
+                        if spec.self_masks:
+                            kid = _key_id(run_tag, r, p + PAD)
+                            out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r))
+                            kids[p + PAD] = kid
                 except BaseException:
                     for kid in kids.values():  # never read: back to the pool
                         ks.finish(kid, release=True)
@@ -204,14 +256,16 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         del update
         # 3. pair words, read here and wiped before this call returns
         words: dict[str, np.ndarray] = {}
+        pads: dict[str, np.ndarray] = {}  # self-masks: pad of the share this node sends over each pair
+        keep = tuple(pairs) + tuple(p + PAD for p in pairs)
         try:
             if spec.keys == "qkd":
                 assert res is not None
                 # pairs this node masters that left the round before masking: the slave never
                 # receives their refs, so the bits return to the pool
-                _finish_reservations(context, spec, name, release_unread=True, keep=tuple(pairs))
+                _finish_reservations(context, spec, name, release_unread=True, keep=keep)
                 kids = dict(res["kids"])
-                kids = {p: k for p, k in kids.items() if p in pairs}
+                kids = {p: k for p, k in kids.items() if p in keep}
                 read: list[str] = []
                 with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
                     for p in pairs:
@@ -221,24 +275,41 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
                         else:
                             kids[p] = _key_id(run_tag, r, p)
                             ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r)
-                        _save_reservations(context, r, kids, read + [p])  # before any bit is read
+                        if spec.self_masks and pair_sign(name, p) < 0:
+                            kids[p + PAD] = _key_id(run_tag, r, p + PAD)
+                            ks.reserve_slave(p, json.loads(str(cfg[f"refpad.{p}"])), 2 * w * n, kids[p + PAD],
+                                             round_index=r)
+                        elif spec.self_masks and p + PAD not in kids:
+                            raise SecureAggregationError(f"round {r}: {name} holds no pad reservation for pair {p}")
+                        _save_reservations(context, r, kids, read + [p, p + PAD])  # before any bit is read
                         words[p] = ks.words(kids[p], n, q)
-                        read.append(p)
+                        if spec.self_masks:
+                            pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
+                        read.extend((p, p + PAD))
             else:
                 sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
                 for p in pairs:
                     a, b = split_pair(p)
                     peer = b if a == name else a
                     words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
+                    if spec.self_masks:
+                        pads[p] = ecdh_pad_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, w,  # type: ignore[arg-type]
+                                                 0 if a == name else 1, round_index=r, run_tag=run_tag)
             y = mask_update(name, v, words, q)
+            cts = ArrayRecord()
+            if spec.self_masks:
+                cts = _self_mask(name, y, pairs, pads, cfg, st, r, q)
         finally:
-            for w in words.values():
-                w[:] = 0
+            for arr in (*words.values(), *pads.values()):
+                arr[:] = 0
             words.clear()
+            pads.clear()
         if int(context.node_config.get(NODE_DROP_ROUND, -1)) == r:
             log.warning("%s: crashing after masking round %d (test hook %s)", name, r, NODE_DROP_ROUND)
             os._exit(17)
         metrics["clipped_values"] = int(n_clipped)
+        if spec.self_masks:
+            return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), shares=cts, metrics=metrics)
         return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), metrics=metrics)
 
     if stage == "reveal":
@@ -271,14 +342,112 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
             _clear_secret(context)
         return _reply(msg, revealed=out_rec)
 
+    if stage == "unmask":
+        return _unmask(msg, context, spec, name, r, n, run_tag)
+
     if stage in ("end", "abort"):
         # end: the round is complete, every reservation is spent. abort: the server gave up the
         # round; "mask_sent" False means no partner ever received refs, so unread bits go back.
         release = stage == "abort" and not bool(cfg.get("mask_sent", True))
         _finish_reservations(context, spec, name, release_unread=release)
         _clear_secret(context)
+        _clear_selfmask_state(context)
         return _reply(msg, labqfl=ConfigRecord({"ok": True}))
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
+
+
+def _self_mask(name: str, y: np.ndarray, pairs: list[str], pads: dict[str, np.ndarray], cfg: Any, st: Any,
+               r: int, q: int) -> ArrayRecord:
+    """Add this node's self-mask to ``y`` (in place); return its partners' shares under one-time
+    pads (``ArrayRecord`` holder → ciphertext); keep its own share in the node state."""
+    participants = _cfg_strs(cfg, "participants")
+    t = _cfg_int(cfg, "threshold")
+    pos = {c: i + 1 for i, c in enumerate(participants)}
+    hs = holders_of(name, participants, pairs)
+    s_i = draw_self_mask(y.size, q)
+    shares = shamir_share(s_i, [pos[h] for h in hs], t, q)
+    y += s_i
+    s_i[:] = 0
+    by_peer = {_peer(name, p): p for p in pairs}
+    cts = ArrayRecord()
+    try:
+        for row, h in enumerate(hs):
+            if h == name:
+                st[STATE_OWNSHARE] = ArrayRecord({"share": Array(shares[row].copy())})
+                st[STATE_OWNSHARE + ".round"] = ConfigRecord({"round": r})
+            else:
+                cts[h] = Array(encrypt_share(shares[row], pads[by_peer[h]]))
+    finally:
+        shares[:] = 0
+    return cts
+
+
+def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str) -> Message:
+    """Stage ``unmask`` (self-masks): the keys of dropped partners and the shares of surviving
+    clients' self-masks, one kind per peer (the guard refuses anything else)."""
+    cfg = msg.content.config_records[CFG]
+    q, w = spec.q, share_bits(spec.q)
+    st = context.state
+    dropped = _cfg_strs(cfg, "dropped")
+    survivors = _cfg_strs(cfg, "survivors")
+    want = _cfg_strs(cfg, "pairs")
+    owners = _cfg_strs(cfg, "share_owners")
+    for p in want:
+        if name not in split_pair(p):
+            raise SecureAggregationError(f"round {r}: {name} refuses to reveal pair {p}: not one of its pairs")
+    guard = _load_guard(context, r, name)
+    guard.authorize(key_peers=[_peer(name, p) for p in want], share_peers=owners, dropped=dropped, survivors=survivors)
+    st[STATE_GUARD] = ConfigRecord({"round": r, "kinds": json.dumps(guard.as_dict())})
+    cts = msg.content.array_records.get("cts", ArrayRecord())
+    keys_out, shares_out = ArrayRecord(), ArrayRecord()
+    res = _reservations(context) if spec.keys == "qkd" else None
+    kids = res["kids"] if res is not None else {}
+    by_peer = {_peer(name, p): p for p in kids if not p.endswith(PAD)} if spec.keys == "qkd" else {}
+    ks = NodeKeyStore(name, _keystore_dir(context, spec)) if spec.keys == "qkd" else None
+    try:
+        for p in want:
+            if spec.keys == "qkd":
+                assert ks is not None
+                if p not in kids:
+                    raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair {p}")
+                keys_out[p] = Array(ks.take_words(kids[p], n, q))  # consumed now: spent either way
+            else:
+                sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
+                keys_out[p] = Array(ecdh_words(sk, bytes(cfg[f"pk.{_peer(name, p)}"]), p, n, q,  # type: ignore[arg-type]
+                                               round_index=r, run_tag=run_tag))
+        for o in owners:
+            if o == name:
+                if STATE_OWNSHARE not in st:
+                    raise SecureAggregationError(f"round {r}: {name} holds no share of its own self-mask")
+                shares_out[o] = Array(st.array_records[STATE_OWNSHARE]["share"].numpy().astype(share_dtype(q)))
+                continue
+            if o not in cts:
+                raise SecureAggregationError(f"round {r}: {name} was asked for {o}'s share but got no ciphertext")
+            ct = np.asarray(cts[o].numpy())
+            if spec.keys == "qkd":
+                assert ks is not None
+                p = by_peer.get(o, "")
+                if p + PAD not in kids:
+                    raise SecureAggregationError(f"round {r}: {name} holds no share pad for a pair with {o}")
+                pad = ks.pad_words(kids[p + PAD], n, w, 0 if split_pair(p)[0] == o else 1)
+            else:
+                sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
+                a, b = (o, name) if client_index(o) < client_index(name) else (name, o)
+                pad = ecdh_pad_words(sk, bytes(cfg[f"pk.{o}"]), f"{a}-{b}", n, w, 0 if a == o else 1,  # type: ignore[arg-type]
+                                     round_index=r, run_tag=run_tag)
+            shares_out[o] = Array(encrypt_share(ct, pad))
+            pad[:] = 0
+    finally:
+        if ks is not None:
+            ks.close()
+    if spec.keys == "qkd":
+        _finish_reservations(context, spec, name)
+    else:
+        _clear_secret(context)
+    for k in (STATE_OWNSHARE, STATE_OWNSHARE + ".round"):
+        if k in st:
+            del st[k]
+    return _reply(msg, revealed=keys_out, shares=shares_out)
 
 
 # ------------------------------------------------------------------------------ the app

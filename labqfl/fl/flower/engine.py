@@ -90,6 +90,8 @@ def run_federated_flower(model: Any, data: Any, *, rounds: int, local: Any, seca
                       local_epochs=local.epochs, lr=local.lr, batch_size=local.batch_size, clip=float(secagg.clip),
                       rounding=secagg.rounding, graph=secagg.graph if secagg.graph == "all" else f"ring-{secagg.k}",
                       k=secagg.k, min_survivors=secagg.min_survivors,
+                      self_masks=bool(getattr(secagg, "self_masks", False)),
+                      threshold=int(getattr(secagg, "threshold", None) or 0),
                       keystore_dir=str(keystore_dir) if keystore_dir is not None else "",
                       wait_for_keys_s=float(wait_for_keys), **opts)
     result, frs, _ = run_simulation(spec, num_cpus=num_cpus, progress=progress)

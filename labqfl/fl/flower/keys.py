@@ -87,6 +87,30 @@ def ecdh_words(private_key: bytes, peer_public_key: bytes, pair: str, n_words: i
     return out[:n].view(dt.newbyteorder(">")).astype(dt)
 
 
+def ecdh_pad_words(private_key: bytes, peer_public_key: bytes, pair: str, n_words: int, w: int, part: int, *,
+                   round_index: int, run_tag: str) -> np.ndarray:
+    """Self-mask share pads for ``pair`` (csprng only): n_words words of w bits (uint64).
+
+    ``part`` 0 pads the shares its master sends to its slave, 1 the reverse. Same X25519 + HKDF
+    derivation as :func:`ecdh_words` with info "labqfl-fl-sharepad|run|round|pair|part"; the
+    AES-256-CTR keystream's first w·n_words bits are read MSB first
+    (:func:`~labqfl.fl.selfmask.pad_words_from_bits`). Computationally secure only, like every
+    csprng mask.
+    """
+    from labqfl.fl.selfmask import pad_words_from_bits
+
+    shared = X25519PrivateKey.from_private_bytes(private_key).exchange(
+        X25519PublicKey.from_public_bytes(peer_public_key))
+    info = f"labqfl-fl-sharepad|{run_tag}|{int(round_index)}|{pair}|{int(part)}".encode()
+    aes_key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(shared)
+    nbytes = (n_words * w + 7) // 8
+    enc = Cipher(algorithms.AES(aes_key), modes.CTR(_ZERO_NONCE)).encryptor()
+    out = np.empty(nbytes + 15, dtype=np.uint8)
+    k = enc.update_into(bytes(nbytes), out.data)
+    enc.finalize()
+    return pad_words_from_bits(np.unpackbits(out[:k])[:n_words * w], w)
+
+
 # -------------------------------------------------------------------------------------- qkd
 class NodeKeyStore:
     """One node's own key store (``labqfl.keystore.KeyStore``) used for its mask pairs.
@@ -165,6 +189,26 @@ class NodeKeyStore:
         km = self.store.read_reserved(key_id)
         try:
             return self._to_words(km, n_words, q)
+        finally:
+            km.wipe()
+
+    def pad_words(self, key_id: str, n_words: int, w: int, part: int) -> np.ndarray:
+        """Self-mask share pads from the 2·w·n_words bits reserved for ``key_id``: ``part`` 0 is the
+        first half (master → slave shares), 1 the second (slave → master); w-bit words, MSB first.
+        The bits stay reserved (consumed at the end of the round)."""
+        from labqfl.fl.selfmask import pad_words_from_bits
+
+        km = self.store.read_reserved(key_id)
+        try:
+            if km.nbits != 2 * w * n_words:
+                raise KeyStarvationError(
+                    f"node {self.name}: pad key {km.key_id} of pair {km.pair} has {km.nbits} bits, "
+                    f"{2 * w * n_words} expected", pair=km.pair, needed_bits=2 * w * n_words, available_bits=km.nbits)
+            bits = np.array(km.bits, dtype=np.uint8)
+            try:
+                return pad_words_from_bits(bits[part * w * n_words:(part + 1) * w * n_words], w)
+            finally:
+                bits[:] = 0
         finally:
             km.wipe()
 

@@ -18,6 +18,14 @@ If the round is given up after the keys stage (too few clients, a split mask gra
 reveal), the server sends ``abort`` with ``mask_sent``: the clients consume their reservations,
 or release them when no mask message (hence no refs) ever left the server.
 
+With self-masks (``spec.self_masks``, :mod:`labqfl.fl.selfmask`) the mask stage also carries the
+round's participants and the Shamir threshold t; each reply adds the node's self-mask shares for
+its partners under one-time pads; stage 3 becomes ``unmask`` and always runs: after the same checks
+plus "every survivor keeps ≥ t surviving share holders", each survivor is asked for the keys of its
+dropped partners and its shares (relayed ciphertexts) of surviving clients' self-masks — never
+both kinds about one peer, which each client enforces itself — and the server subtracts the
+reconstructed self-masks. A dropped client's self-mask is never asked for.
+
 The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
 and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
 """
@@ -38,6 +46,13 @@ from labqfl.fl.flower.client import CFG, uint_array
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
 from labqfl.fl.quantize import dequantize_sum, weight_ranges
+from labqfl.fl.selfmask import (
+    check_threshold,
+    choose_share_holders,
+    default_threshold,
+    shamir_reconstruct,
+    share_bits,
+)
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -60,6 +75,9 @@ class FlowerRound:
     clipped_values: int
     train_loss: float
     aggregate: np.ndarray = field(repr=False)
+    self_masks: bool = False
+    threshold: int = 0
+    share_reveal_bits: int = 0
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
@@ -235,6 +253,10 @@ class LabqflServer:
         pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
         if len(components(part, pairs)) > 1:
             raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")
+        t_share = 0
+        if cfg.self_masks:
+            t_share = cfg.threshold if cfg.threshold is not None else default_threshold(part, pairs)
+            check_threshold(part, pairs, t_share, q)
         b = cfg.check_bit_budget(len(part))
         levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
         info = {c: ok[c].content.config_records[CFG] for c in part}
@@ -246,12 +268,16 @@ class LabqflServer:
             d = self._base("mask", r, n)
             mine = [p for p in pairs if c in split_pair(p)]
             d.update(pairs=mine, levels=levels[c], position=pos)
+            if cfg.self_masks:
+                d.update(participants=part, threshold=t_share)
             for p in mine:
                 a, bb = split_pair(p)
                 peer = bb if a == c else a
                 if spec.keys == "qkd":
                     if bb == c:
                         d[f"refs.{p}"] = info[a][f"refs.{p}"]
+                        if cfg.self_masks:
+                            d[f"refpad.{p}"] = info[a][f"refpad.{p}"]
                 else:
                     d[f"pk.{peer}"] = info[peer]["pk"]
             content = {CFG: ConfigRecord(d), "params": ArrayRecord({"params": Array(np.asarray(params, dtype=np.float64))})}
@@ -274,10 +300,13 @@ class LabqflServer:
                 f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, "
                 f"at least {cfg.min_survivors} needed")
 
-        # 3. reveal (dropout recovery)
+        # 3. reveal (dropout recovery) — or, with self-masks, unmask (always)
         revealed: dict[str, np.ndarray] = {}
         need: list[str] = []
-        if post_drop:
+        if cfg.self_masks:
+            total, need, n_shares = self._unmask(grid, r, n, nodes, ok2, info, pairs, part, survivors, post_drop,
+                                                 t_share, uploads, counters, timing)
+        elif post_drop:
             if len(components(survivors, pairs)) > 1:
                 raise SecureAggregationError(
                     f"round {r} aborted before any key reveal: dropouts {post_drop} split the survivors in the "
@@ -306,7 +335,10 @@ class LabqflServer:
                     revealed[p] = uint_array(arr.numpy(), q)
 
         # 4. sum, unmask, dequantise
-        total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed, pairs=pairs if post_drop else None)
+        if not cfg.self_masks:
+            n_shares = 0
+            total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed,
+                              pairs=pairs if post_drop else None)
         agg = dequantize_sum(total, clip=cfg.clip, total_levels=sum(levels[c] for c in survivors))
         t0 = time.perf_counter()
         end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
@@ -318,9 +350,66 @@ class LabqflServer:
                               weights=[weights[c] for c in survivors]))
         up = [counters[c][0] for c in part]
         down = [counters[c][1] for c in part]
-        return FlowerRound(r, part, pre_drop, post_drop, len(pairs), q * n, q * n * len(need),
+        return FlowerRound(r, part, pre_drop, post_drop, len(pairs), cfg.key_bits_per_pair(n), q * n * len(need),
                            float(np.mean(up)), float(np.mean(down)), timing,
-                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg)  # type: ignore[arg-type, misc]
+                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg,  # type: ignore[arg-type, misc]
+                           cfg.self_masks, t_share, share_bits(q) * n * n_shares if cfg.self_masks else 0)
+
+    def _unmask(self, grid: Any, r: int, n: int, nodes: dict[str, int], ok2: dict[str, Message],
+                info: dict[str, Any], pairs: list[str], part: list[str], survivors: list[str], post_drop: list[str],
+                t: int, uploads: dict[str, np.ndarray], counters: dict[str, list[int]],
+                timing: dict[str, float]) -> tuple[np.ndarray, list[str], int]:
+        """Self-masks: ask each survivor for its dropped partners' keys and its shares of surviving
+        clients' self-masks (t holders each); return (exact sum, revealed pairs, shares received)."""
+        spec, q = self.spec, self.cfg.q
+        if post_drop and len(components(survivors, pairs)) > 1:
+            raise SecureAggregationError(
+                f"round {r} aborted before any key reveal: dropouts {post_drop} split the survivors in the "
+                f"mask graph, so unmasking would reveal partial sums; use a denser graph (larger k)")
+        try:
+            chosen = choose_share_holders(survivors, part, pairs, t)
+        except SecureAggregationError as exc:
+            raise SecureAggregationError(f"round {r}: {exc}") from None
+        need = dangling_pairs(pairs, survivors, post_drop) if post_drop else []
+        cts = {c: ok2[c].content.array_records.get("shares", ArrayRecord()) for c in survivors}
+        t0 = time.perf_counter()
+        msgs = {}
+        for c in survivors:
+            mine = [p for p in need if c in split_pair(p)]
+            owners = [i for i in survivors if c in chosen[i]]
+            d = self._base("unmask", r, n)
+            d.update(pairs=mine, share_owners=owners, dropped=post_drop, survivors=survivors)
+            rec = ArrayRecord()
+            for o in owners:
+                if o != c:
+                    if c not in cts[o]:
+                        raise SecureAggregationError(f"round {r}: {o} sent no self-mask share for {c}")
+                    rec[o] = cts[o][c]
+            if spec.keys == "csprng":
+                for peer in {*(split_pair(p)[1] if split_pair(p)[0] == c else split_pair(p)[0] for p in mine),
+                             *(o for o in owners if o != c)}:
+                    d[f"pk.{peer}"] = info[peer]["pk"]
+            msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d), "cts": rec}, r)
+        ok3, fail3 = self._exchange(grid, msgs, spec.stage_timeout_s, counters)
+        timing["unmask"] = time.perf_counter() - t0
+        if fail3:
+            raise SecureAggregationError(f"round {r} aborted: survivors failed to unmask: {fail3}")
+        revealed: dict[str, np.ndarray] = {}
+        got: dict[str, dict[str, np.ndarray]] = {c: {} for c in survivors}
+        for c, rep in ok3.items():
+            for p, arr in rep.content.array_records["revealed"].items():
+                revealed[p] = uint_array(arr.numpy(), q)
+            for o, arr in rep.content.array_records["shares"].items():
+                got[o][c] = np.asarray(arr.numpy()).reshape(-1)
+        total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed, pairs=pairs if post_drop else None)
+        pos = {c: i + 1 for i, c in enumerate(part)}
+        for i in survivors:
+            hs = chosen[i]
+            missing = [h for h in hs if h not in got[i]]
+            if missing:
+                raise SecureAggregationError(f"round {r}: no share of {i}'s self-mask from {missing}")
+            total -= shamir_reconstruct([pos[h] for h in hs], np.stack([got[i][h] for h in hs]), q)
+        return total, need, sum(len(v) for v in got.values())
 
     # --------------------------------------------------------------------------------- run
     def run(self, grid: Any) -> Any:

@@ -44,6 +44,8 @@ class FlowerSpec:
     graph: str = "all"
     k: int = 0
     min_survivors: int = 2
+    self_masks: bool = False
+    threshold: int = 0  # Shamir threshold with self_masks; 0: the default (a majority of the holders)
     non_iid: bool = False
     alpha: float = 0.5
     data_dir: str = ""
@@ -98,7 +100,8 @@ class FlowerSpec:
 
         try:
             return SecAggConfig(q=self.q, clip=self.clip, rounding=self.rounding,  # type: ignore[arg-type]
-                                graph=self.graph, k=self.k, min_survivors=self.min_survivors)
+                                graph=self.graph, k=self.k, min_survivors=self.min_survivors,
+                                self_masks=self.self_masks, threshold=self.threshold or None)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 
