@@ -116,8 +116,8 @@ def test_rule_blocks_give_key_in_a_real_distillation() -> None:
 @pytest.mark.slow
 def test_acquire_then_distill_with_defaults_yields_key_on_every_pair(tmp_path) -> None:
     """`labqfl acquire` then `labqfl distill REC.h5`, both with defaults, on the default station:
-    key on every pair and no aborted block (10 s of data: 1.5× what the rule needs); a recording
-    too short for the rule is refused in one line that names the duration needed."""
+    key on every pair and no aborted block (3× the data the rule needs, the issue's 60 s scaled
+    down); a recording too short for the rule is refused in one line that names the duration needed."""
     import json
 
     from typer.testing import CliRunner
@@ -126,9 +126,9 @@ def test_acquire_then_distill_with_defaults_yields_key_on_every_pair(tmp_path) -
 
     runner = CliRunner()
     need = plan_blocks(load_station_config()).needed_duration_s
-    assert need < 10.0
+    assert need < 60.0
     rec = tmp_path / "rec.h5"
-    r = runner.invoke(app, ["acquire", "--duration", "10", "--out", str(rec), "--json"])
+    r = runner.invoke(app, ["acquire", "--duration", f"{3 * need:.3f}", "--out", str(rec), "--json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["distill", str(rec), "--data-dir", str(tmp_path / "keys"), "--out", str(tmp_path / "runs"),
                             "--json"])
@@ -138,7 +138,7 @@ def test_acquire_then_distill_with_defaults_yields_key_on_every_pair(tmp_path) -
     for name, p in pairs.items():
         assert p["final_key_bits"] > 0 and p["aborted_blocks"] == 0, (name, p["abort_reasons"])
     short = tmp_path / "short.h5"
-    r = runner.invoke(app, ["acquire", "--duration", "1", "--out", str(short), "--json"])
+    r = runner.invoke(app, ["acquire", "--duration", f"{need / 3:.3f}", "--out", str(short), "--json"])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["distill", str(short), "--data-dir", str(tmp_path / "keys2"), "--out", str(tmp_path / "runs")])
     assert r.exit_code != 0
