@@ -3,12 +3,14 @@
 Procedures (each returns a :class:`ProcedureResult` of :class:`Quantity` s with 1σ uncertainties):
 
 * :func:`dead_time_afterpulsing`, :func:`dark_counts`, :func:`gate_delay`, :func:`timing_jitter`,
-  :func:`efficiency` (detectors; :func:`detector_all` runs them in order);
+  :func:`efficiency` (detectors; :func:`detector_all` runs them in order, gate delay first;
+  rates and acquisition times follow each detector's dead time, SNSPD or InGaAs SPAD);
 * :func:`vpi_bias` (phase-modulator Vπ and bias phase from a fringe fit);
 * :func:`channel_delays` (time-tagger channel delays relative to the sync);
 * :func:`loop_visibility` (interference visibility of a pair).
 
-:func:`calibrate` runs a group on a station and writes ``calibration.json`` (schema
+:func:`calibrate` runs a group on a station (every procedure, a failure recorded in
+:class:`ProcedureFailure` and the rest still run) and writes ``calibration.json`` (schema
 :data:`SCHEMA_VERSION`), PNG plots and a calibrated station file into a run folder;
 :func:`apply_calibration` maps a calibration onto a :class:`~labqfl.config.StationConfig`.
 Every procedure leaves the instruments safe on error or Ctrl-C. See docs/calibration.md.
@@ -22,6 +24,7 @@ from labqfl.calibration.detector import (
     dark_counts,
     dead_time_afterpulsing,
     detector_all,
+    detector_procedures,
     efficiency,
     gate_delay,
     timing_jitter,
@@ -36,7 +39,14 @@ from labqfl.calibration.files import (
     write_station_toml,
 )
 from labqfl.calibration.phase_modulator import vpi_bias
-from labqfl.calibration.runner import GROUPS, CalibrationReport, calibrate, run_group
+from labqfl.calibration.runner import (
+    GROUPS,
+    CalibrationReport,
+    ProcedureFailure,
+    calibrate,
+    plan_group,
+    run_group,
+)
 from labqfl.calibration.visibility import loop_visibility
 
 __all__ = [
@@ -44,6 +54,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "CalContext",
     "CalibrationReport",
+    "ProcedureFailure",
     "ProcedureResult",
     "Quantity",
     "apply_calibration",
@@ -53,9 +64,11 @@ __all__ = [
     "dark_counts",
     "dead_time_afterpulsing",
     "detector_all",
+    "detector_procedures",
     "efficiency",
     "gate_delay",
     "loop_visibility",
+    "plan_group",
     "quantities_from_doc",
     "read_calibration",
     "run_group",

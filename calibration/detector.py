@@ -25,6 +25,7 @@ Formulas (docs/calibration.md; REFERENCES "Instrument and calibration facts"):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,11 @@ def _dead_time_s(ctx: CalContext, d: str) -> float:
 
 
 def _p_ap(ctx: CalContext, d: str) -> float:
-    return min(max(ctx.value(f"{d}.afterpulse_prob", ctx.config.detectors[d].afterpulse_prob), 0.0), 0.9)
+    """Afterpulse probability for the corrections: the calibrated value as measured, negative
+    included. Clipping a noisy estimate at 0 (as this did) biases every correction that uses it:
+    for gated InGaAs SPADs (P_ap in the gates ≈ 0.005 ± 0.01) the efficiency came out low by
+    0.6σ on average. The error of P_ap is propagated where it is used."""
+    return min(max(ctx.value(f"{d}.afterpulse_prob", ctx.config.detectors[d].afterpulse_prob), -0.5), 0.9)
 
 
 def _counts(ctx: CalContext, integration_s: float) -> dict[str, int]:
@@ -172,9 +177,12 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
     d_in: np.ndarray | None = None
     d_cut: float | None = None
     if gated:
+        # first populated gate: the smallest one seen. (A 0.01 % percentile used to skip the first
+        # few intervals as "stray"; when τ_d ends near the end of a gate that gate holds only a few
+        # intervals, so n_min came out one period late and τ_d fell outside its interval: gated
+        # τ_d pulls up to 3.8 with |pull| ≤ √3 promised.) Dead time admits no shorter interval.
         k = np.rint(x / period_ps).astype(np.int64)
-        n_min = int(np.percentile(k, 0.01))
-        n_min = int(k[k >= n_min].min())
+        n_min = int(k.min())
         lo, hi = (n_min - 1) * period_ps, n_min * period_ps + gate_width_ps
         out.update(tau_ps=0.5 * (lo + hi), tau_err_ps=(hi - lo) / math.sqrt(12.0), edge_fit=None)
         unit_x = k.astype(np.float64) - n_min  # gates after the first open one
@@ -192,7 +200,18 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
         s_pair = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
         if first.size and float(first.min()) > -gate_width_ps + 3.0 * s_pair:
             d_cut = float(first.min()) + 5.0 * s_pair
-            out["offset_cut_ps"] = d_cut
+            if d_cut > gate_width_ps - 3.0 * s_pair:
+                # only a sliver of gate n_min is open: no cut leaves enough intervals. Leave that
+                # gate out (its few intervals too) and start at the next, fully open gate
+                # (τ_d < n_min·T + w ≤ (n_min + 1)·T − w for T ≥ 2w).
+                keep = k > n_min
+                x, k, d_in = x[keep], k[keep], d_in[keep]
+                n_min += 1
+                d_cut = None
+                out["sliver_gate_dropped"] = True
+                unit_x = k.astype(np.float64) - n_min
+            else:
+                out["offset_cut_ps"] = d_cut
     else:
         # rough edge: where the intervals start (3rd smallest, robust to one stray short interval);
         # fit a jitter-smeared step there. The window must open well below the edge: a rough edge
@@ -200,9 +219,18 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
         # (no afterpulses, ~10 intervals/ns), so the window began at the edge and the fit lost it
         # (6 % of seeds gave τ_d off by ns with errors of µs). It extends upwards until it holds
         # ≥ 300 intervals (at most 20 ns: the linear term must still describe the density).
-        rough = float(x[min(2, n_tot - 1)])
+        # For µs dead times (InGaAs) with afterpulses decaying over µs and a dark rate of a few kHz,
+        # 20 ns hold only a handful of intervals; the cap then grows to what the density stays
+        # linear over: 0.1 of the afterpulse decay and 0.1 of the mean Poisson gap.
+        # The window opens 1.5 ns below the *shortest* interval: no interval is shorter than τ_d
+        # (minus jitter). Opening it below the 3rd-shortest failed for InGaAs (afterpulses spread
+        # over µs: < 1 interval/ns at the edge, the 3rd-shortest 4 ns above it, the window began
+        # above the edge and τ_d came out 4 ns high, +6.7σ).
+        rough = float(x[0])
         lo_w = rough - 1500.0
-        hi_w = rough + min(max(3000.0, float(x[min(300, n_tot - 1)]) - rough), 20_000.0)
+        mean_gap_ps = float(np.mean(x)) - rough
+        cap = max(20_000.0, min(0.1 * ctx.config.detectors[d].afterpulse_decay_ns * 1e3, 0.1 * mean_gap_ps))
+        hi_w = rough + min(max(3000.0, float(x[min(300, n_tot - 1)]) - rough), cap)
         s_edge = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
         fit = fit_edge_unbinned(x, lo_w, hi_w, rough + s_edge, s_edge, f"{d} dead-time edge")
         n_win = int(np.count_nonzero((x >= lo_w) & (x < hi_w)))
@@ -226,22 +254,28 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
     # afterpulsing: exponential tail fit, extrapolated from the edge
     mean_gap = float(np.mean(unit_x[unit_x >= 0])) if np.any(unit_x >= 0) else 1.0
     lam_rough = 1.0 / max(mean_gap, 1e-9)
+    tau_ap = ctx.config.detectors[d].afterpulse_decay_ns * 1e3
     if gated:
-        t0 = float(math.ceil(max(0.3 / lam_rough, 5.0) if tail_start_ps is None else tail_start_ps / period_ps))
+        t0 = float(math.ceil(max(0.3 / lam_rough, 5.0, 20.0 * tau_ap / period_ps) if tail_start_ps is None
+                             else tail_start_ps / period_ps))
         bw = max(1.0, float(math.floor(0.02 / lam_rough)))
     else:
-        tau_ap = ctx.config.detectors[d].afterpulse_decay_ns * 1e3
         t0 = max(0.3 / lam_rough, 20.0 * tau_ap) if tail_start_ps is None else tail_start_ps
         bw = 0.02 / lam_rough
     t_max = float(np.quantile(unit_x, 0.998))
     if t_max <= t0 + 20 * bw:
-        raise CalibrationError(f"{d}: inter-arrival tail too short to fit (dark rate too high for the afterpulse decay?)")
+        raise CalibrationError(
+            f"{d}: inter-arrival tail too short to fit (dark rate {lam_rough / (period_ps if gated else 1.0) * 1e12:.3g} Hz "
+            f"against an afterpulse decay of {tau_ap / 1e3:.4g} ns; lower the dark-count rate)")
     edges = np.arange(t0 - 0.5, t_max, bw) if gated else np.arange(t0, t_max, bw)  # gated: integer gates
     n_t, _ = np.histogram(unit_x, bins=edges)
     c_t = 0.5 * (edges[1:] + edges[:-1])
 
-    def tail_model(xx: np.ndarray, log_a: float, lam: float) -> np.ndarray:
-        return np.exp(log_a - lam * (xx - t0))
+    # the decay is fitted relative to the rough rate (k = λ/λ_rough ≈ 1): with λ itself as the
+    # parameter (1e-8 /ps next to log_a ≈ 7) the least-squares steps were badly scaled and the fit
+    # stopped early, scattering the bootstrap replicates (σ_λ/λ 2.4 % where 1/√N_tail = 0.5 %)
+    def tail_model(xx: np.ndarray, log_a: float, k: float) -> np.ndarray:
+        return np.exp(log_a - k * lam_rough * (xx - t0))
 
     def ap_estimate(ux: np.ndarray, dd: np.ndarray | None) -> tuple[float, FitResult, np.ndarray]:
         share = 1.0
@@ -255,9 +289,9 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
             ux = ux[keep]
         nn, _ = np.histogram(ux, bins=edges)
         nn = nn.astype(np.float64)
-        f = fit_poisson(tail_model, c_t, nn, [math.log(max(nn[0], 1.0)), lam_rough], ("log_a", "lam"),
-                        f"{d} inter-arrival tail", bounds=([-50.0, 1e-12], [50.0, np.inf]))
-        la, lam = f["log_a"], f["lam"]
+        f = fit_poisson(tail_model, c_t, nn, [math.log(max(nn[0], 1.0)), 1.0], ("log_a", "lam_rel"),
+                        f"{d} inter-arrival tail", bounds=([-50.0, 1e-6], [50.0, np.inf]))
+        la, lam = f["log_a"], f["lam_rel"] * lam_rough
         # Poisson intervals in [0, ∞) with the same bin width, from bin centres bw/2, 3bw/2, …
         if gated:
             expected = math.exp(la + lam * t0) / bw / -math.expm1(-lam)  # Σ_{k≥0} (A/bw)·e^{−λk}
@@ -279,15 +313,43 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
     out.update(p_ap=p_ap, p_ap_err=float(np.std(boots, ddof=1)), tail_fit=tfit.summary(),
                tail_hist={"centres": c_t, "counts": n_tail, "model": tail_model(c_t, *tfit.params)},
                tail_start=t0, bin_width=bw, x_unit="gates" if gated else "ps",
-               dark_rate_hz=(tfit["lam"] / period_ps * 1e12) if gated else tfit["lam"] * 1e12)
+               dark_rate_hz=(tfit["lam_rel"] * lam_rough / period_ps * 1e12) if gated else tfit["lam_rel"] * lam_rough * 1e12)
     return out
 
 
-def dead_time_afterpulsing(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, target_rate_hz: float = 2e5,
-                           n_intervals: int = 150_000, max_duration_s: float = 3.0,
+def dark_target_rate_hz(dead_time_s: float, afterpulse_decay_s: float, dead_fraction: float = 0.1,
+                        preemption: float = 0.01, ceiling_hz: float = 2e5) -> float:
+    """Dark-count rate R for the inter-arrival measurement of a detector with dead time τ_d and
+    afterpulse decay τ_ap: R = min(``dead_fraction``/τ_d, ``preemption``/τ_ap, ``ceiling_hz``).
+
+    R·τ_d ≤ 0.1 keeps the detector live ≥ 90 % of the time (a rate fixed for SNSPDs, 2e5 Hz,
+    is above 1/τ_d = 1e5 Hz for a 10 µs InGaAs SPAD: the detector saturates and the exponential
+    tail shrinks to nothing); R·τ_ap ≤ 0.01 bounds the afterpulses lost to a dark count that
+    pre-empts them (relative bias ≈ R·τ_ap, ≤ 1 %) and puts the tail fit's start
+    (max(0.3/R, 20·τ_ap)) at 0.3/R, well inside the tail."""
+    return float(min(dead_fraction / max(dead_time_s, 1e-12), preemption / max(afterpulse_decay_s, 1e-12), ceiling_hz))
+
+
+def _scout_dead_time_s(ctx: CalContext, d: str, rate_hz: float, max_duration_s: float) -> float | None:
+    """Rough dead time [s] from a short dark acquisition: the 3rd-shortest inter-arrival time
+    (robust to one stray short interval). None when fewer than 50 intervals were seen."""
+    duration = min(max(400.0 / max(rate_hz, 1.0), 0.01), max_duration_s)
+    ch = _chan(ctx.config, d)
+    tags = collect_tags(ctx.station.time_tagger, duration, [ch])[ch]
+    gaps = np.diff(tags)
+    if gaps.size < 50:
+        return None
+    return float(np.partition(gaps, 2)[2]) * 1e-12
+
+
+def dead_time_afterpulsing(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, target_rate_hz: float | None = None,
+                           n_intervals: int = 150_000, max_duration_s: float = 60.0,
                            tail_start_ps: float | None = None) -> ProcedureResult:
     """Dead time τ_d and afterpulse probability P_ap of each detector from dark-count inter-arrival
-    times (laser off, bias raised until the dark-count rate is ``target_rate_hz``).
+    times (laser off, bias raised until the dark-count rate is ``target_rate_hz``; by default
+    :func:`dark_target_rate_hz` of the detector met: the bias is first raised for the station
+    file's τ_d, a short scout acquisition measures τ_d roughly (shortest intervals), and when that
+    asks for another rate the bias is moved again).
 
     Dark counts are a Poisson source in continuous time, so the inter-arrival density is
     λe^{−λ(t−τ_d)} for t ≥ τ_d plus afterpulses concentrated just after τ_d. τ_d is the edge
@@ -307,10 +369,20 @@ def dead_time_afterpulsing(ctx: CalContext, detectors: tuple[str, ...] = DETECTO
         _darken(ctx, guard)
         _enable(ctx, guard, detectors)
         for d in detectors:
-            ctx.step(f"{d}: raising the bias for a {target_rate_hz:.3g} Hz dark-count rate")
             det = ctx.station.detector(d)
             gated = bool(det.gated)
-            bias, rate = _raise_dark_rate(ctx, guard, d, target_rate_hz)
+            tau_ap_s = cfg.detectors[d].afterpulse_decay_ns * 1e-9
+            target = target_rate_hz or dark_target_rate_hz(_dead_time_s(ctx, d), tau_ap_s)
+            ctx.step(f"{d}: raising the bias for a {target:.3g} Hz dark-count rate")
+            bias, rate = _raise_dark_rate(ctx, guard, d, target)
+            if target_rate_hz is None:
+                tau_seen = _scout_dead_time_s(ctx, d, rate, max_duration_s / 10.0)
+                if tau_seen is not None:
+                    target2 = dark_target_rate_hz(tau_seen, tau_ap_s)
+                    if not 0.5 * target2 <= rate <= 2.0 * target2:
+                        ctx.step(f"{d}: dead time ≈ {tau_seen * 1e9:.4g} ns seen; retuning for {target2:.3g} Hz")
+                        bias, rate = _raise_dark_rate(ctx, guard, d, target2)
+                        target = target2
             duration = min(max(n_intervals / rate, 0.05), max_duration_s)
             ctx.step(f"{d}: recording {duration:.3g} s of dark counts at {rate:.3g} Hz")
             ch = _chan(cfg, d)
@@ -329,7 +401,8 @@ def dead_time_afterpulsing(ctx: CalContext, detectors: tuple[str, ...] = DETECTO
                                            min(1.0, c.detectors[d].gate_width_ns * 1e3 * c.laser.rep_rate_hz / 1e12)
                                            if c.detectors[d].gated else 1.0)),
                                        details={"method": "excess over exponential tail", "bootstrap": 40}))
-            raw[d] = {"bias": bias, "dark_rate_hz": rate, "duration_s": duration, "n_intervals": res["n_intervals"],
+            raw[d] = {"bias": bias, "dark_rate_hz": rate, "target_rate_hz": target, "duration_s": duration,
+                      "n_intervals": res["n_intervals"],
                       "edge_fit": res["edge_fit"], "tail_fit": res["tail_fit"], "tail_start": res["tail_start"],
                       "x_unit": res["x_unit"]}
             p = save_plot(ctx.plot_path(f"dead_time_{d}.png"), lambda ax, res=res: _plot_interarrival(ax, res),
@@ -482,23 +555,100 @@ def _plot_dark(ax: Any, pts: list[dict[str, float]], fit: FitResult | None, b0: 
 
 
 # -- timing jitter and gate delay ---------------------------------------------------------------------
-def folded_click_phases(ctx: CalContext, duration_s: float, detectors: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Click delays after the latest sync, folded modulo the pulse period [ps], per detector."""
+def folded_click_phases(ctx: CalContext, duration_s: float, detectors: tuple[str, ...],
+                        min_gap_ps: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Click delays after the latest sync, folded modulo the pulse period [ps], per detector.
+
+    ``min_gap_ps[d]``: keep only clicks of ``d`` that follow the previous click of ``d`` by more
+    than this (see :func:`recovered_gap_ps`; the first click, whose history is unknown, is dropped)."""
     cfg = ctx.config
     chans = [cfg.time_tagger.sync_channel, *(_chan(cfg, d) for d in detectors)]
     tags = collect_tags(ctx.station.time_tagger, duration_s, chans)
     sync = tags[cfg.time_tagger.sync_channel]
     T = _period_ps(ctx)
-    return {d: fold(delay_after_sync(tags[_chan(cfg, d)], sync), T) for d in detectors}
+    out = {}
+    for d in detectors:
+        t = tags[_chan(cfg, d)]
+        gap = (min_gap_ps or {}).get(d)
+        if gap is not None and t.size:
+            t = t[1:][np.diff(t) > gap]
+        out[d] = fold(delay_after_sync(t, sync), T)
+    return out
 
 
-def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, duration_s: float = 0.05,
-                  bin_ps: float = 2.0) -> ProcedureResult:
+def recovered_gap_ps(ctx: CalContext, d: str, n_decays: float = 10.0) -> float:
+    """Minimum time since the previous click for a click to count as coming from a recovered
+    detector with no afterpulse pending: τ_d + ``n_decays``·τ_ap, rounded up to a half-integer
+    number of pulse periods.
+
+    Afterpulses arrive τ_d + Exp(τ_ap) after their parent click; folded modulo T they form a
+    background that is *not* flat when τ_ap is not ≫ T (a wrapped exponential with a step at
+    τ_d mod T), and a step under the click-vs-sync peak biases the fitted width (measured: pulls
+    up to +1.6σ on average for some SNSPD τ_d/τ_ap). Dropping every click that follows another
+    within this gap removes all but e^(−n_decays) of the afterpulses. The cut sits half a period
+    away from any pulse, so whether a photon click passes does not depend on its own jitter
+    (σ ≪ T/2) and the kept clicks' timing distribution is unchanged. τ_ap is the station file's
+    nominal afterpulse decay (data sheet; no procedure measures it)."""
+    T = _period_ps(ctx)
+    tau = _dead_time_s(ctx, d) * 1e12 + n_decays * ctx.config.detectors[d].afterpulse_decay_ns * 1e3
+    return (math.ceil(tau / T - 0.5) + 0.5) * T
+
+
+def _dim_for_rate(ctx: CalContext, guard: SettingsGuard, dets: tuple[str, ...], max_true_rate_hz: dict[str, float],
+                  integration_s: float = 0.02) -> dict[str, float]:
+    """Raise every open client's attenuation by the same ΔA until each detector's true photon rate
+    R = R_m/(1 − R_m·τ_d) is at most ``max_true_rate_hz[d]`` (within the attenuators' range; two
+    passes, since R_m is not linear in the light). Returns the measured rates R_m [Hz] at the end."""
+    chans = {d: _chan(ctx.config, d) for d in dets}
+    rates = ctx.station.time_tagger.count_rates(integration_s)
+    for _ in range(2):
+        excess = 1.0
+        for d in dets:
+            rm = float(rates.get(chans[d], 0.0))
+            tau = _dead_time_s(ctx, d)
+            r_true = rm / max(1.0 - rm * tau, 0.02)
+            excess = max(excess, r_true / max_true_rate_hz[d])
+        if excess <= 1.5:
+            break
+        delta = 10.0 * math.log10(excess)
+        moved = False
+        for c in ctx.config.client_names:
+            att = ctx.station.attenuator(c)
+            if getattr(att, "shutter_closed", False) or not hasattr(att, "attenuation_db"):
+                continue
+            a0 = float(att.attenuation_db)
+            for step in (delta, delta / 2, delta / 4):
+                try:
+                    guard.set(att, "attenuation_db", a0 + step)
+                    moved = True
+                    break
+                except ValueError:
+                    continue
+        if not moved:
+            break
+        ctx.step(f"count rate too high for the dead time: attenuation raised by up to {delta:.1f} dB")
+        rates = ctx.station.time_tagger.count_rates(integration_s)
+    return {d: float(rates.get(chans[d], 0.0)) for d in dets}
+
+
+def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, duration_s: float | None = None,
+                  bin_ps: float | None = None, target_clicks: int = 50_000, max_duration_s: float = 5.0,
+                  min_duration_s: float = 0.02) -> ProcedureResult:
     """Detector timing jitter (rms) from the width of the click-vs-sync histogram peak.
 
-    σ_sys from a Gaussian + background fit (Poisson errors); σ_det = √(σ_sys² − σ_laser² −
-    (FWHM_pulse/2.355)² − res²/12), the laser's timing jitter and pulse width taken from the station
-    file (the laser data sheet) as the reference.
+    σ_sys from a Gaussian + background fit (Poisson errors, the Gaussian integrated over each bin);
+    σ_det = √(σ_sys² − σ_laser² − (FWHM_pulse/2.355)² − res²/12), the laser's timing jitter and
+    pulse width taken from the station file (the laser data sheet) as the reference.
+
+    Adapted to the detector: only clicks from a recovered detector with no afterpulse pending are
+    used (:func:`recovered_gap_ps`: no click of the same detector in the τ_d + 10·τ_ap before); the
+    light is dimmed (all clients' attenuators by the same ΔA) until the true rate R is below both
+    1/τ_d and 1/(10·τ_ap), so most clicks pass that cut; the acquisition lasts until about
+    ``target_clicks`` clicks pass it (``duration_s`` fixes it instead), within
+    [``min_duration_s``, ``max_duration_s``]. The bin width is about σ_sys/8 (≥ 2 ps, integer ps:
+    tags are integer ps) unless ``bin_ps`` is given. Gated detectors: the gate delay must be
+    calibrated first (the session runs :func:`gate_delay` before this) and the fit window stays
+    inside the gate (dark counts fill only the gate).
     """
     quantities: list[Quantity] = []
     raw: dict[str, Any] = {}
@@ -508,24 +658,40 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
         guard.set(ctx.station.laser, "output_enabled", True)
         _enable(ctx, guard, detectors)
         gates_to_optimum(ctx, guard, detectors)
-        ctx.step(f"jitter: recording {duration_s:g} s of clicks")
-        phases = folded_click_phases(ctx, duration_s, detectors)
         T = _period_ps(ctx)
         res_ps = float(ctx.station.time_tagger.resolution_ps)
         ref2 = cfg.laser.timing_jitter_ps**2 + (cfg.laser.pulse_width_ps / 2.3548) ** 2 + res_ps**2 / 12.0
+        gaps = {d: recovered_gap_ps(ctx, d) for d in detectors}
+        limit = {d: 1.0 / max(_dead_time_s(ctx, d), gaps[d] * 1e-12 - _dead_time_s(ctx, d)) for d in detectors}
+        rates = _dim_for_rate(ctx, guard, detectors, limit)
+        if duration_s is None:
+            kept = []
+            for d in detectors:
+                rm, tau = rates[d], _dead_time_s(ctx, d)
+                r_true = rm / max(1.0 - rm * tau, 0.02)
+                kept.append(rm * math.exp(-r_true * (gaps[d] * 1e-12 - tau)))
+            duration_s = float(min(max(target_clicks / max(min(kept), 1e-9), min_duration_s), max_duration_s))
+        ctx.step(f"jitter: recording {duration_s:.3g} s of clicks (clicks ≥ {min(gaps.values()) / 1e3:.4g} ns "
+                 "after the previous one)")
+        phases = folded_click_phases(ctx, duration_s, detectors, gaps)
         for d in detectors:
             ph = phases[d]
+            gated = bool(ctx.station.detector(d).gated)
             if ph.size < 200:
-                raise CalibrationError(f"{d}: only {ph.size} clicks in {duration_s:g} s; no light reaches the detector")
-            peak, _, _ = circular_peak(ph, T, 20.0)
+                hint = "; is the gate delay calibrated (run gate_delay first)?" if gated else ""
+                raise CalibrationError(f"{d}: only {ph.size} clicks in {duration_s:g} s; no light reaches the detector{hint}")
+            s_nom = math.sqrt(ctx.value(f"{d}.jitter_ps", cfg.detectors[d].jitter_ps) ** 2 + ref2)
+            bw = float(bin_ps) if bin_ps is not None else float(max(2, int(round(s_nom / 8.0))))
+            peak, _, _ = circular_peak(ph, T, max(20.0, bw))
             x = centred_window(ph, peak, T)
-            half = min(T / 2.0, 1500.0)
-            if ctx.station.detector(d).gated:  # dark counts and afterpulses fill only the gate: stay inside it
+            half = min(T / 2.0, max(1500.0, 8.0 * s_nom))
+            if gated:  # dark counts and afterpulses fill only the gate: stay inside it
                 half = min(half, 0.45 * float(ctx.station.detector(d).gate_width_ns) * 1e3)
-            edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bin_ps)  # half-integer edges: tags are integer ps
+            edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bw)  # half-integer edges: tags are integer ps
             n, _ = np.histogram(x, bins=edges)
             c = 0.5 * (edges[1:] + edges[:-1])
-            fit = fit_gaussian_peak(c, n, f"{d} click-vs-sync peak")
+            hint = " (gate delay not calibrated?)" if gated else ""
+            fit = fit_gaussian_peak(c, n, f"{d} click-vs-sync peak{hint}")
             s_sys, e_sys = fit["sigma"], fit.err("sigma")
             var = s_sys**2 - ref2
             if var <= 0:
@@ -537,8 +703,9 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
                                        true=sim_truth(ctx.station, (d, "laser"), lambda c, d=d: c.detectors[d].jitter_ps),
                                        details={"system_sigma_ps": s_sys, "system_sigma_err_ps": e_sys,
                                                 "reference_sigma_ps": math.sqrt(ref2),
-                                                "system_fwhm_ps": 2.3548 * s_sys}))
-            raw[d] = {"clicks": int(ph.size), "peak_ps": fit["mu"], "fit": fit.summary(), "bin_ps": bin_ps}
+                                                "system_fwhm_ps": 2.3548 * s_sys, "min_gap_ps": gaps[d]}))
+            raw[d] = {"clicks": int(ph.size), "duration_s": duration_s, "rate_hz": rates[d], "min_gap_ps": gaps[d],
+                      "peak_ps": fit["mu"], "fit": fit.summary(), "bin_ps": bw}
             p = save_plot(ctx.plot_path(f"jitter_{d}.png"),
                           lambda ax, c=c, n=n, fit=fit: plot_peak(ax, c, n, fit, "Gaussian + background"),
                           f"{d}: click-vs-sync peak, σ_sys = {s_sys:.2f} ± {e_sys:.2f} ps, σ_det = {val:.2f} ps")
@@ -654,9 +821,50 @@ def _source_weights(cfg: StationConfig, source: str, n_slots: int) -> list[tuple
     return out
 
 
+def _dim_source(ctx: CalContext, guard: SettingsGuard, att: Any, detectors: tuple[str, ...],
+                dead_time_fraction: float) -> float:
+    """Raise the source's attenuation until every detector's measured rate satisfies
+    R_m·τ_d ≤ ``dead_time_fraction`` (true rate R = R_m/(1 − R_m·τ_d) scaled down by the extra
+    attenuation; two passes). Returns the attenuation [dB] the clicks are then counted at."""
+    cfg = ctx.config
+    a = float(att.attenuation_db)
+    # light cannot be dimmed out of a detector saturated without it (dark counts, stray light)
+    guard.set(att, "shutter_closed", True)
+    bg = ctx.station.time_tagger.count_rates(0.02)
+    guard.set(att, "shutter_closed", False)
+    for d in detectors:
+        rb, tau = float(bg.get(_chan(cfg, d), 0.0)), _dead_time_s(ctx, d)
+        if rb * tau > 0.5:
+            raise CalibrationError(f"{d}: detector saturated without light from the source ({rb:.3g} Hz with its "
+                                   f"shutter closed, dead time {tau * 1e9:.4g} ns); stray light or dark counts?")
+    for _ in range(2):
+        rates = ctx.station.time_tagger.count_rates(0.02)
+        excess = 1.0
+        for d in detectors:
+            rm, tau = float(rates.get(_chan(cfg, d), 0.0)), _dead_time_s(ctx, d)
+            r_true = rm / max(1.0 - rm * tau, 0.02)
+            r_goal = dead_time_fraction / tau / (1.0 + dead_time_fraction) if tau > 0 else math.inf
+            excess = max(excess, r_true / r_goal)
+        if excess <= 1.2:
+            break
+        step = 10.0 * math.log10(excess)
+        for s_ in (step, step / 2, step / 4):
+            try:
+                guard.set(att, "attenuation_db", a + s_)
+                a += s_
+                ctx.step(f"efficiency: source attenuation raised by {s_:.1f} dB (detector dead time)")
+                break
+            except ValueError:
+                continue
+        else:
+            break
+    return a
+
+
 def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_client: str | None = None,
                duration_s: float = 0.2, reference_attenuation_delta_db: float = 30.0, power_readings: int = 5,
-               attenuation_uncertainty_db: float = 0.02, transmission_rel_uncertainty: float = 0.0) -> ProcedureResult:
+               attenuation_uncertainty_db: float = 0.02, transmission_rel_uncertainty: float = 0.0,
+               dead_time_fraction: float = 0.05, target_clicks: int = 20_000, max_duration_s: float = 5.0) -> ProcedureResult:
     """Detection efficiency with an attenuated laser and the power meter as reference.
 
     1. Only ``source_client`` sends light (other shutters closed), its modulator held at a constant
@@ -669,6 +877,12 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
     4. η solves Σ_p w_p·[1 − e^{−η·g_p·μ}] = P_det − P_dc (the gated formula
        η = ln[(1 − P_dc)/(1 − P_det)]/μ generalised to the frames p of the schedule, g_p the
        transmission from the client to the detector from the station model).
+
+    Adapted to the detector: the source's attenuation is first raised (by a known ΔA, within the
+    attenuator's range) until R_m·τ_d ≤ ``dead_time_fraction`` on every detector, so the dead-time
+    correction stays a few per cent (a 10 µs InGaAs SPAD at the operating attenuation is
+    saturated); the counting lasts until about ``target_clicks`` clicks (at least ``duration_s``,
+    at most ``max_duration_s``).
 
     Uncertainty: Poisson counts (statistical) ⊕ the power meter's relative calibration uncertainty
     (``power_meter.relative_uncertainty``) ⊕ reading scatter ⊕ ΔA accuracy ⊕ transmission model.
@@ -694,7 +908,7 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
         restore_dc(guard, pm_src)
         pm_src.set_dc_voltage(0.0)
         att = st.attenuator(src)
-        att_meas = float(att.attenuation_db)
+        att_meas = _dim_source(ctx, guard, att, detectors, dead_time_fraction)
         att_ref = max(att_meas - reference_attenuation_delta_db, 0.0)
         delta = att_meas - att_ref
         # power-meter reference
@@ -718,7 +932,10 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
         mu = p_mean * 10 ** (-delta / 10.0) / (h_nu * f_rep)
         rel_mu = math.sqrt((p_sem / p_mean) ** 2 + cfg.power_meter.relative_uncertainty**2
                            + (math.log(10) / 10 * attenuation_uncertainty_db) ** 2 + transmission_rel_uncertainty**2)
-        # clicks with the source open and closed
+        # clicks with the source open and closed: long enough for ~target_clicks signal clicks
+        rate_on = ctx.station.time_tagger.count_rates(0.02)
+        r_min = min(float(rate_on.get(_chan(cfg, d), 0.0)) for d in detectors)
+        duration_s = float(min(max(duration_s, target_clicks / max(r_min, 1.0)), max_duration_s))
         ctx.step(f"counting clicks with {src} open ({duration_s:g} s)")
         n_on = _counts(ctx, duration_s)
         ctx.step(f"counting background with {src} closed ({duration_s:g} s)")
@@ -790,16 +1007,27 @@ def _plot_eff(ax: Any, qs: list[Quantity]) -> None:
     ax.legend(fontsize=8)
 
 
+def detector_procedures(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS,
+                        quick: bool = False) -> list[tuple[str, Callable[[], ProcedureResult]]]:
+    """The detector procedures in dependency order, as (name, call) pairs: gate delay (gated
+    detectors; first, because every later procedure that uses light needs the gates on the
+    pulses) → dead time/afterpulsing (laser off) → dark counts (uses τ_d, P_ap) → jitter (uses τ_d
+    to select recovered clicks and set the count rate) → efficiency (uses τ_d, P_ap, the gate)."""
+    return [
+        ("gate_delay", lambda: gate_delay(ctx, detectors)),
+        ("dead_time_afterpulsing", lambda: dead_time_afterpulsing(ctx, detectors, n_intervals=60_000 if quick else 150_000)),
+        ("dark_counts", lambda: dark_counts(ctx, detectors, integration_s=1.0 if quick else 2.0,
+                                           sweep_integration_s=0.5 if quick else 1.0)),
+        ("timing_jitter", lambda: timing_jitter(ctx, detectors, target_clicks=20_000 if quick else 50_000)),
+        ("efficiency", lambda: efficiency(ctx, detectors, duration_s=0.1 if quick else 0.2)),
+    ]
+
+
 def detector_all(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, quick: bool = False) -> list[ProcedureResult]:
-    """Every detector procedure in dependency order: dead time/afterpulsing → dark counts →
-    gate delay (gated) → jitter → efficiency."""
-    out = [dead_time_afterpulsing(ctx, detectors, n_intervals=60_000 if quick else 150_000)]
-    out.append(dark_counts(ctx, detectors, integration_s=1.0 if quick else 2.0, sweep_integration_s=0.5 if quick else 1.0))
-    out.append(gate_delay(ctx, detectors))
-    out.append(timing_jitter(ctx, detectors, duration_s=0.02 if quick else 0.05))
-    out.append(efficiency(ctx, detectors, duration_s=0.1 if quick else 0.2))
-    return out
+    """Every detector procedure in the order of :func:`detector_procedures`; the first failure raises
+    (``labqfl.calibration.calibrate`` instead records it and runs the others)."""
+    return [call() for _, call in detector_procedures(ctx, detectors, quick=quick)]
 
 
-__all__ = ["blocked_pulses", "dark_counts", "dead_time_afterpulsing", "detector_all", "efficiency",
+__all__ = ["blocked_pulses", "dark_counts", "dead_time_afterpulsing", "detector_all", "detector_procedures", "efficiency",
            "folded_click_phases", "gate_delay", "timing_jitter"]

@@ -4,6 +4,9 @@ Each run writes a run folder (``--out``/``$LABQFL_RUNS_DIR``/``./runs``) with ``
 (versioned, per quantity value/uncertainty/unit and, for simulated instruments, the simulator's
 ``true`` value), PNG plots of every fit and ``calibrated_station.toml`` (the station file with the
 calibration applied; ``--write-config FILE`` writes it elsewhere too). See docs/calibration.md.
+
+A procedure that fails does not stop the others: the table shows every result, one line per
+failure follows, the files hold what succeeded, and the command exits with status 1.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors, progress_bar
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import load_station_config
 
 calibrate_app = typer.Typer(help="Calibrate detectors, phase modulators, delays and the loop visibility.",
@@ -56,8 +60,10 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
         files["written_config"] = str(write_station_toml(rep.calibrated_config, write_config))
     qs = {n: {k: v for k, v in q.items() if k in ("value", "uncertainty", "unit", "true")}
           for n, q in rep.document["quantities"].items()}
+    failures = {f.procedure: f.message for f in rep.failures}
     data = {"station": rep.station, "group": group, "simulated": rep.document["simulated"],
-            "schema_version": rep.document["schema_version"], "files": files, "quantities": qs}
+            "schema_version": rep.document["schema_version"], "files": files, "quantities": qs,
+            "failures": failures}
 
     def render(con: Any) -> None:
         t = Table("quantity", "value", "±1σ", "unit", "simulator truth", title=f"calibration of {rep.station}")
@@ -68,8 +74,13 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
         con.print(f"calibrated station file: {files['station_toml']}")
         if "written_config" in files:
             con.print(f"written: {files['written_config']}")
+        for name, msg in failures.items():
+            con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True)
 
     emit(data, as_json, render)
+    if failures:
+        raise fail(f"{len(failures)} of {len(failures) + len(rep.results)} calibration procedures failed "
+                   f"({', '.join(failures)}); the files hold the {len(rep.results)} that succeeded")
 
 
 def _split_pair(pair: str | None) -> tuple[str, str] | None:
@@ -128,7 +139,8 @@ def visibility_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPT
 def all_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
             seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
             plots: bool = PLOTS_OPTION) -> None:
-    """Everything, in order: detectors, delays, Vπ/bias, visibility."""
+    """Everything, in order: detectors (gate delay first), delays, Vπ/bias, visibility; every
+    procedure runs even when another failed (exit status 1 then)."""
     _run("all", config, as_json, out, seed, write_config, quick, plots)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 from labqfl.calibration import CalContext, ProcedureResult
 
@@ -45,6 +47,55 @@ def spad_set(data: dict) -> None:
     data["time_tagger"]["cable_delays_ps"] = {"sync": 0.0, "D0": 9000.0, "D1": 2500.0}
 
 
+# -- detector families (issue 19): parameters drawn at random across realistic ranges ----------------
+FAMILIES = ("snspd", "spad_gated", "spad_free")
+
+
+def draw_detector_family(family: str, rng: np.random.Generator) -> Callable[[dict], None]:
+    """An ``edit`` for :func:`make_config` putting both detectors (drawn independently) of one family
+    on the station, with the laser and delays drawn too:
+
+    * ``snspd``: free-running, dead time 10–100 ns, afterpulsing 0–5 % (decay 10–200 ns), jitter
+      20–90 ps, dark counts 10–300 Hz, efficiency 0.6–0.9; laser 100, 250 or 500 MHz;
+    * ``spad_gated``: InGaAs, gated (gate 0.5–2.5 ns, gate delay anywhere in the period, i.e.
+      uncalibrated), dead time 1–25 µs, afterpulsing 1–7 % (decay 0.2–2 µs), jitter 60–250 ps,
+      dark counts 100–1000 Hz, efficiency 0.1–0.25, bias 3 V; laser 50 or 100 MHz;
+    * ``spad_free``: InGaAs, free-running, the same ranges, dark counts 300–3000 Hz.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}; expected one of {FAMILIES}")
+    u = rng.uniform
+    if family == "snspd":
+        rep = float(rng.choice([100e6, 250e6, 500e6]))
+        dets = [dict(kind="snspd", gated=False, dead_time_ns=u(10, 100), afterpulse_prob=u(0, 0.05),
+                     afterpulse_decay_ns=u(10, 200), jitter_ps=u(20, 90), dark_count_rate_hz=10 ** u(1, math.log10(300)),
+                     efficiency=u(0.6, 0.9)) for _ in range(2)]
+    else:
+        rep = float(rng.choice([50e6, 100e6]))
+        gated = family == "spad_gated"
+        dets = []
+        for _ in range(2):
+            d = dict(kind="spad", gated=gated, bias_current_ua=3.0, dead_time_ns=u(1000, 25_000),
+                     afterpulse_prob=u(0.01, 0.07), afterpulse_decay_ns=u(200, 2000), jitter_ps=u(60, 250),
+                     efficiency=u(0.1, 0.25), temperature_k=233.0,
+                     dark_count_rate_hz=10 ** (u(2, 3) if gated else u(math.log10(300), math.log10(3000))))
+            if gated:
+                d.update(gate_width_ns=u(0.5, 2.5), gate_delay_ps=u(0, 1e12 / rep))
+            dets.append(d)
+    cable = {"sync": 0.0, "D0": u(1000, 9000), "D1": u(1000, 9000)}
+    extra_km = u(0, 1e-3)
+
+    def edit(data: dict) -> None:
+        data["laser"]["rep_rate_hz"] = rep
+        for name, d in zip(("D0", "D1"), dets, strict=True):
+            data["detectors"][name].update({k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in d.items()})
+        data["time_tagger"]["cable_delays_ps"] = cable
+        data["loop"]["segments_km"][0] += extra_km
+        data["power_meter"]["relative_uncertainty"] = 0.0  # the simulated meter is exact (Type-B term off)
+
+    return edit
+
+
 @pytest.fixture
 def station_factory() -> Iterator[Callable[..., Station]]:
     opened: list[Station] = []
@@ -80,6 +131,8 @@ def ctx_for(st: Station, seed: int = 0) -> CalContext:
 
 class _Helpers:
     make_config = staticmethod(make_config)
+    draw_detector_family = staticmethod(draw_detector_family)
+    FAMILIES = FAMILIES
     snspd_set = staticmethod(snspd_set)
     spad_set = staticmethod(spad_set)
     assert_recovers = staticmethod(assert_recovers)

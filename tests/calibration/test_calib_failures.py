@@ -57,10 +57,22 @@ def test_calib_saturated_detector(station_factory, calh) -> None:
 
 
 def test_calib_saturated_efficiency(station_factory, calh) -> None:
+    """Too much light is dimmed with the source's attenuator (a known ΔA) until the dead-time
+    correction is small; a detector that stays saturated whatever the attenuation (a light leak
+    or a dark rate near 1/τ_d) is refused."""
     st = station_factory()
     st.attenuator("C1").attenuation_db = 20.0  # 1000× the photons: > 1 click per few pulses
+    r = efficiency(calh.ctx_for(st), duration_s=0.01)
+    assert r.raw["reference"]["attenuation_measure_db"] > 40.0
+    assert st.attenuator("C1").attenuation_db == 20.0  # restored afterwards
+    calh.assert_recovers(r)
+
+    def leak(data: dict) -> None:
+        data["detectors"]["D0"].update(dark_count_rate_hz=1e8, dead_time_ns=30.0)
+    st2 = station_factory(leak)
     with pytest.raises(CalibrationError, match="saturated"):
-        efficiency(calh.ctx_for(st), duration_s=0.01)
+        efficiency(calh.ctx_for(st2), duration_s=0.01)
+    _assert_safe(st2)
 
 
 def test_calib_no_fringe(station_factory, calh) -> None:

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config
-from labqfl.errors import DataFormatError
+from labqfl.errors import CalibrationError, DataFormatError
 
 
 def test_calib_run_folder_file_plots_and_applied_config(tmp_path, calh) -> None:
@@ -110,3 +110,57 @@ def test_calib_quantities_from_doc_roundtrip(tmp_path, calh) -> None:
     rep = calibrate(calh.make_config(seed=2), "delays", runs_dir=tmp_path, quick=True, make_plots=False)
     qs = quantities_from_doc(read_calibration(rep.files["calibration"]))
     assert qs["D1.cable_delay_ps"].value == pytest.approx(rep.quantities["D1.cable_delay_ps"].value)
+
+
+def test_calib_all_reports_every_failure_and_writes_the_successes(tmp_path, calh) -> None:
+    """Regression (issue 19): `calibrate all` stopped at the first failing procedure and wrote
+    nothing. Now every procedure runs, each failure is reported, the files hold the successes and
+    the exit status is 1."""
+    from labqfl.calibration import write_station_toml
+
+    def novis(data: dict) -> None:
+        data["loop"]["visibility"] = 1e-4  # no fringe: vpi and visibility must fail, the rest must not
+    cfg_path = write_station_toml(calh.make_config(novis, seed=8), tmp_path / "station.toml")
+    runner = CliRunner()
+    r = runner.invoke(app, ["calibrate", "all", "--quick", "--no-plots", "--json", "--out", str(tmp_path / "runs"),
+                            "--config", str(cfg_path), "--write-config", str(tmp_path / "new.toml")])
+    assert r.exit_code == 1, r.output
+    assert "2 of" in r.output and "vpi" in r.output and "visibility" in r.output
+    data = json.loads(r.stdout)
+    assert set(data["failures"]) == {"vpi", "visibility"}
+    assert all("no interference fringe" in m for m in data["failures"].values()), data["failures"]
+    qs = data["quantities"]
+    for name in ("D0.dead_time_ns", "D1.dark_count_rate_hz", "D0.jitter_ps", "D1.efficiency", "D0.cable_delay_ps"):
+        assert name in qs, sorted(qs)
+    doc = read_calibration(data["files"]["calibration"])
+    assert set(doc["failures"]) == {"vpi", "visibility"} and "D1.efficiency" in doc["quantities"]
+    for path in (data["files"]["station_toml"], tmp_path / "new.toml"):
+        new = load_station_config(path)
+        assert new.detectors["D1"].efficiency == pytest.approx(qs["D1.efficiency"]["value"])
+        assert new.time_tagger.cable_delays_ps["D0"] == pytest.approx(qs["D0.cable_delay_ps"]["value"])
+
+
+def test_calib_session_stops_when_the_progress_callback_raises(calh) -> None:
+    """A progress callback that raises (the GUI's cancel) ends the session instead of being
+    recorded as one more failed procedure."""
+    from labqfl.calibration import CalContext, run_group
+
+    from labqfl.station import Station
+
+    class Stop(Exception):
+        pass
+
+    calls = []
+
+    def progress(msg: str) -> None:
+        calls.append(msg)
+        if len(calls) == 2:
+            raise Stop("cancelled")
+
+    with Station(calh.make_config(seed=3)) as st:
+        failures: list = []
+        with pytest.raises(CalibrationError) as ei:
+            run_group(CalContext(st, progress=progress), "all", quick=True, failures=failures)
+        assert isinstance(ei.value.__cause__, Stop)
+        assert failures == []
+        assert st.laser.output_enabled is False  # the interrupted procedure left the station safe

@@ -1,0 +1,129 @@
+"""Detector calibration adapts to the detector it meets (issue 19): SNSPDs with 10–100 ns dead time
+and InGaAs SPADs with 1–25 µs dead time, gated and free-running, parameters drawn at random.
+
+Regression tests (both failed on the code before issue 19):
+* a gated InGaAs SPAD with τ_d = 10 µs, P_ap 4–7 %, a few hundred Hz of dark counts and an
+  uncalibrated gate delay: the dead-time procedure aimed at 2e5 Hz (> 1/τ_d = 1e5 Hz) and failed
+  with "inter-arrival tail too short to fit";
+* τ_d = 1 µs, short gate, wide jitter: the jitter procedure took a fixed 0.02 s (≈ 2,400 clicks at
+  the dead-time-limited rate) and failed with "no peak above the background".
+
+Coverage over detector families: stations drawn by ``draw_detector_family`` from the fixed master
+seed 1919 (3 stations × 2 detectors per family: every test is deterministic), calibrated with
+``run_group(ctx, "detector", quick=True)`` as ``labqfl calibrate detector --quick`` does. The
+Gaussian-error quantities of a family are pooled (≈ 30 pulls) and must pass the binomial bounds of
+test_calib_coverage.py (at least k inside ±1.96σ, fewer than m inside ±0.3σ, each failing with
+probability < 0.5 % for honest errors); the Type-B ones (gated τ_d, gate delay) must lie inside
+their uniform intervals (|pull| ≤ √3). The longer study (8+ stations per family) is
+docs/scripts/calibration_detector_families.py; its numbers are in docs/calibration.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from labqfl.calibration import dead_time_afterpulsing, detector_all, run_group
+from scipy.stats import binom, norm
+
+MASTER_SEED = 1919
+STATIONS_PER_FAMILY = 3
+TYPE_B = ("dead_time_ns_gated", "gate_delay_ps")
+
+
+def _bounds(n: int) -> tuple[int, int]:
+    """(k, m) as in test_calib_coverage.py: ≥ k of n inside ±1.96σ, < m inside ±0.3σ."""
+    p_small = 2 * norm.cdf(0.3) - 1
+    k = max(k for k in range(n + 1) if binom.cdf(k - 1, n, 0.95) < 0.005)
+    m = min(m for m in range(n + 1) if binom.sf(m - 1, n, p_small) < 0.005)
+    return k, m
+
+
+def _ingaas(data: dict, *, dead_ns: float, gated: bool, gate_ns: float = 1.0, jitter_ps: float = 100.0,
+            efficiency: float = 0.2) -> None:
+    for d, ap in (("D0", 0.04), ("D1", 0.07)):
+        data["detectors"][d].update(kind="spad", gated=gated, gate_width_ns=gate_ns, bias_current_ua=3.0,
+                                    efficiency=efficiency, dark_count_rate_hz=300.0, dead_time_ns=dead_ns,
+                                    afterpulse_prob=ap, afterpulse_decay_ns=1000.0, jitter_ps=jitter_ps,
+                                    gate_delay_ps=3000.0)  # the pulses arrive at ≈ 6.7 ns: uncalibrated
+
+
+def test_calib_gated_spad_10us_dead_time_afterpulsing(station_factory, calh) -> None:
+    """Regression: τ_d 10 µs, P_ap 4 % and 7 %, 300 Hz dark counts, gate delay off the pulses."""
+    st = station_factory(lambda data: _ingaas(data, dead_ns=10_000.0, gated=True), seed=19)
+    r = dead_time_afterpulsing(calh.ctx_for(st, 3), n_intervals=60_000)
+    calh.assert_recovers(r)
+    for d in ("D0", "D1"):
+        rate = r.raw[d]["dark_rate_hz"]
+        assert rate * 10e-6 < 0.2, f"{d}: dark rate {rate:.3g} Hz is not small against 1/τ_d"
+
+
+def test_calib_spad_1us_jitter_and_detector_group(station_factory, calh) -> None:
+    """Regression: τ_d 1 µs, 0.5 ns gates, 150 ps jitter, η = 0.1 — the whole detector group in
+    its quick form (the gate delay found first, the jitter acquisition sized by the count rate)."""
+    st = station_factory(lambda data: _ingaas(data, dead_ns=1000.0, gated=True, gate_ns=0.5, jitter_ps=150.0,
+                                              efficiency=0.1), seed=5)
+    results = detector_all(calh.ctx_for(st, 1), quick=True)
+    names = {q.name for r in results for q in r.quantities}
+    assert {"D0.jitter_ps", "D1.jitter_ps", "D0.gate_delay_ps", "D0.efficiency"} <= names
+    calh.assert_recovers(results)
+
+
+def test_calib_detector_order_gate_delay_first(station_factory, calh) -> None:
+    from labqfl.calibration.detector import detector_procedures
+    from labqfl.calibration.runner import plan_group
+
+    st = station_factory(calh.spad_set)
+    ctx = calh.ctx_for(st)
+    order = [n for n, _ in detector_procedures(ctx)]
+    assert order.index("gate_delay") < min(order.index(p) for p in ("timing_jitter", "efficiency"))
+    # a group that needs light on a gated station without a calibrated gate delay starts with it
+    assert [n for n, _ in plan_group(ctx, "delays")] == ["gate_delay", "delays"]
+    assert [n for n, _ in plan_group(ctx, "all")][0] == "gate_delay"
+
+
+def _family_pulls(family: str, calh, station_factory) -> tuple[dict[str, list[float]], list[str]]:  # noqa: ANN001
+    pulls: dict[str, list[float]] = {}
+    failures: list[str] = []
+    for k in range(STATIONS_PER_FAMILY):
+        rng = np.random.default_rng([MASTER_SEED, k, calh.FAMILIES.index(family)])
+        edit = calh.draw_detector_family(family, rng)
+        seed = int(rng.integers(1, 2**31))
+        st = station_factory(edit, seed=seed)
+        fails: list = []
+        results = run_group(calh.ctx_for(st, seed), "detector", quick=True, failures=fails)
+        failures += [f"#{k} {f.procedure}: {f.message}" for f in fails]
+        for r in results:
+            for q in r.quantities:
+                if q.true is None:
+                    continue
+                what = q.name.split(".", 1)[1]
+                if what == "dead_time_ns" and st.detector(q.name[:2]).gated:
+                    what = "dead_time_ns_gated"
+                pulls.setdefault(what, []).append(float(q.pull))  # type: ignore[arg-type]
+        st.close()
+    return pulls, failures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["snspd", "spad_gated", "spad_free"])
+def test_calib_family_coverage(family, station_factory, calh) -> None:
+    pulls, failures = _family_pulls(family, calh, station_factory)
+    assert not failures, failures
+    expected = {"dead_time_ns", "afterpulse_prob", "dark_count_rate_hz", "jitter_ps", "efficiency"}
+    if family == "spad_gated":
+        expected = (expected - {"dead_time_ns"}) | {"dead_time_ns_gated", "gate_delay_ps"}
+    assert expected <= set(pulls), sorted(pulls)
+    gauss = np.concatenate([np.abs(v) for k, v in pulls.items() if k not in TYPE_B])
+    k, m = _bounds(gauss.size)
+    inside = int(np.count_nonzero(gauss < 1.96))
+    tiny = int(np.count_nonzero(gauss < 0.3))
+    detail = {q: np.round(v, 2).tolist() for q, v in pulls.items()}
+    assert inside >= k, f"{family}: only {inside}/{gauss.size} within 1.96σ (need {k}): {detail}"
+    assert tiny < m, f"{family}: {tiny}/{gauss.size} within 0.3σ, uncertainties far too large: {detail}"
+    assert float(gauss.max()) < 5.0, f"{family}: a pull beyond 5σ: {detail}"
+    for q in TYPE_B:
+        if q in pulls:
+            u = np.abs(np.asarray(pulls[q]))
+            assert np.all(u <= math.sqrt(3.0) + 1e-6), f"{family} {q}: outside its uniform interval: {u}"
