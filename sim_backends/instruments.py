@@ -252,7 +252,8 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
         super().__init__(name, "sim")
         self.testbed = testbed
         tt = testbed.config.time_tagger
-        self._all_channels = sorted({tt.sync_channel, *tt.detector_channels.values()})
+        self._all_channels = sorted({tt.sync_channel, *tt.detector_channels.values(),
+                                     *([tt.marker_channel] if tt.marker_channel is not None else [])})
 
     @property
     def channels(self) -> list[int]:  # type: ignore[override]

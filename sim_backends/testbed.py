@@ -228,7 +228,8 @@ class SagnacTestbed:
                 )
                 for n, d in cfg.detectors.items()
             },
-            enabled_channels={cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()},
+            enabled_channels={cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values(),
+                              *([cfg.time_tagger.marker_channel] if cfg.time_tagger.marker_channel is not None else [])},
             input_delays_ps={self.channel_of(n): int(round(v)) for n, v in cfg.time_tagger.input_delays_ps.items()},
             trigger_levels_v={ch: cfg.time_tagger.trigger_level_v
                               for ch in [cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()]},
@@ -293,6 +294,8 @@ class SagnacTestbed:
         out = {"sync": _round_ps(tt.cable_delays_ps.get("sync", 0.0)) + ind.get(tt.sync_channel, 0)}
         for d, ch in tt.detector_channels.items():
             out[d] = _round_ps(self.loop_delay_ps + tt.cable_delays_ps.get(d, 0.0)) + ind.get(ch, 0)
+        if tt.marker_channel is not None:  # frame-start marker of the pattern generators: cable + input delay
+            out["marker"] = _round_ps(tt.cable_delays_ps.get("marker", 0.0)) + ind.get(tt.marker_channel, 0)
         return out
 
     def client_log(self, client: str, epoch: int | None = None) -> ClientQRNGLog:
@@ -412,7 +415,7 @@ class SagnacTestbed:
         """No tag of a later window can be earlier than this time [ps]."""
         t = _round_ps(s1 * acq.period_ps)
         d_min = min(acq.delays["D0"], acq.delays["D1"]) - acq.cut_margin
-        return min(t + acq.delays["sync"], t + d_min)
+        return min(t + acq.delays["sync"], t + d_min, t + acq.delays.get("marker", acq.delays["sync"]))
 
     def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
         """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
@@ -539,9 +542,17 @@ class SagnacTestbed:
         b_slots = max(1, int(round(bd * rep)))
         acq = self._new_acq(epoch, n_slots)
         t_end = _round_ps(n_slots * acq.period_ps)
+        tt = self.config.time_tagger
+        with self.lock:
+            marker = tt.marker_channel if tt.marker_channel in self.live.enabled_channels else None
         for s0 in range(0, n_slots, b_slots):
             s1 = min(s0 + b_slots, n_slots)
             ts, ch = self._window(acq, s0, s1)
+            if marker is not None:  # one marker at the start of every frame of frame_slots slots
+                mt = K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(tt.frame_slots), acq.period_ps,
+                                   np.int64(acq.delays["marker"]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+                at = np.searchsorted(ts, mt, side="right")
+                ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
             cut = self._cut(acq, s1) if s1 < n_slots else t_end
             k = int(np.searchsorted(ts, cut, side="left"))
             lo = int(np.searchsorted(ts, 0, side="left"))

@@ -225,6 +225,7 @@ class PairResult:
 
     pair: str
     n_slots: int = 0
+    dropped_slots: int = 0
     block_slots: int = 0
     sifted_bits: int = 0
     processed_bits: int = 0
@@ -248,6 +249,7 @@ class PairResult:
         return {
             "pair": self.pair,
             "n_slots": self.n_slots,
+            "dropped_slots": self.dropped_slots,
             "sifted_bits": self.sifted_bits,
             "processed_bits": self.processed_bits,
             "dropped_bits": self.dropped_bits,
@@ -635,7 +637,10 @@ class Distiller:
         ci, cj = split_pair(name)
         a, b = np.searchsorted(ann.slots, [lo, hi])
         part = ann if (a, b) == (0, ann.slots.size) else Announcements(name, ann.slots[a:b], ann.outcomes[a:b])
-        n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo)
+        # slots dropped by slotting (lost tagger data, unmarked frames) were never measured: not counted
+        dropped = self.slotter.dropped_slots_of_pair(self.schedule, name, lo, hi)
+        n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo) - dropped
+        st.result.dropped_slots += dropped
         ts = time.perf_counter()
         res = sift(part, self.logs[ci], self.logs[cj], st.setup_i, st.setup_j, n_slots, self.rng)
         st.result.times_s["sifting"] += time.perf_counter() - ts

@@ -471,11 +471,11 @@ class Slotter:
         """How many of the pair's slots in ``[lo, hi)`` were dropped (exact; ``hi`` <= :attr:`final_slots`
         for a final answer). Sifting subtracts them from the pair's slot count: they were sent but
         never measured."""
+        r = self._dropped.ranges
         n = 0
-        for s0, s1 in self._dropped.ranges.tolist():
+        for s0, s1 in r[(r[:, 1] > lo) & (r[:, 0] < hi)].tolist():
             a, b = max(s0, lo), min(s1, hi)
-            if b > a:
-                n += schedule.slots_of_pair(pair, b) - schedule.slots_of_pair(pair, a)
+            n += schedule.slots_of_pair(pair, b) - schedule.slots_of_pair(pair, a)
         return n
 
     def push(self, block: TagBlock) -> SlotEvents:
@@ -703,6 +703,11 @@ class Slotter:
         prev_final = self._final_upto
         if flush:
             last_anchor_end = (int(anchor_k[-1]) + 1) * self._step if n_a else 0
+            if self._markers and n_a and self._last_raw is not None:
+                # the last frame has no closing marker: it ends where the data ends
+                t_end = np.array([self._last_raw - self._min_delay], dtype=np.int64)
+                data_end = int(math.floor(float(self._slot_position(t_end, anchor_t, anchor_k, per)[0]))) + 1
+                last_anchor_end = max(min(last_anchor_end, data_end), int(anchor_k[-1]) * self._step)
             dropped_end = int(self._dropped.ranges[-1, 1]) if self._dropped.ranges.size else 0
             self._final_upto = max(self._final_upto, last_anchor_end, self._last_emitted + 1, dropped_end)
         elif threshold > self._final_upto:
