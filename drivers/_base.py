@@ -15,7 +15,7 @@ from pydantic import Field
 from pymeasure.adapters import Adapter
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig, validate_options
-from labqfl.errors import InstrumentReplyError, InstrumentTimeout
+from labqfl.errors import InstrumentError, InstrumentReplyError, InstrumentTimeout
 from labqfl.instruments.base import Instrument
 
 from ._link import Link
@@ -172,6 +172,13 @@ class MessageDriver(DriverDeclaration, Instrument):
                     f"cable, that the instrument is on and its termination (replies must end in "
                     f"{self.READ_TERMINATION!r})", instrument=self.name, resource=self.resource,
                 ) from exc
+            except InstrumentError as exc:  # a socket refused or reset before any reply (LAN SOCKET resources)
+                refused = exc.__cause__
+                if self.link.heard or not isinstance(refused, ConnectionError):
+                    raise
+                raise InstrumentError(
+                    f"cannot connect: {type(refused).__name__}: {refused}; check the address and port, and that the "
+                    f"instrument is on", instrument=self.name, resource=self.resource) from exc
         for w in caught:
             self.log.warning("while opening: %s", w.message)
 

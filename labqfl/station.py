@@ -150,6 +150,7 @@ _GUARD_LOCK = threading.RLock()
 _GUARDED: list[Station] = []
 _PREVIOUS: dict[int, Any] = {}
 _IN_HANDLER = False
+_OWNER_PID = 0  # the process that installed the handlers (a forked child inherits them: it must not act)
 
 
 def guard_stations(enabled: bool = True) -> None:
@@ -168,8 +169,10 @@ def _guard_register(station: Station) -> bool:
         log.warning("station %s opened outside the main thread: no SIGTERM/SIGINT safe-state handlers "
                     "(Python delivers signals to the main thread only); close it explicitly", station.name)
         return False
+    global _OWNER_PID
     with _GUARD_LOCK:
         if not _GUARDED:
+            _OWNER_PID = os.getpid()
             for sig in _GUARD_SIGNALS:
                 prev = signal.getsignal(sig)
                 if prev is signal.SIG_IGN:  # the process chose to ignore it: so do we
@@ -205,7 +208,10 @@ def _guard_unregister(station: Station) -> None:
 
 
 def _emergency_close(reason: str) -> None:
-    """Safe state and close every guarded station (latest first); never raises."""
+    """Safe state and close every guarded station (latest first); never raises. Nothing in a forked
+    child (a worker pool's process): the instruments belong to the parent."""
+    if os.getpid() != _OWNER_PID:
+        return
     with _GUARD_LOCK:
         stations = list(reversed(_GUARDED))
     for st in stations:
@@ -227,7 +233,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         with _GUARD_LOCK:
             prev = _PREVIOUS.get(signum, signal.SIG_DFL)
         _emergency_close(f"signal {signal.Signals(signum).name}")
-        _restore_handlers()
+        if os.getpid() == _OWNER_PID:
+            _restore_handlers()
     except BaseException as exc:  # noqa: BLE001 - never raise from the handler itself
         log.error("safe-state handler for signal %d failed: %s", signum, exc)
     finally:

@@ -112,8 +112,9 @@ def test_sixteen_clients_parse():
 
 # -- every role against its driver's declaration (typed options, ranges, spectral range) -------------
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "station_pyvisa_sim.toml"
-ID120_D0 = {"detectors.D0.driver": "IDQuantiqueID120", "detectors.D0.resource": "ASRL1::INSTR",
-            "detectors.D0.visa_library": "@sim:idquantique_id120.yaml", "detectors.D0.dead_time_ns": 1000.0}
+ID120_D0 = {"detectors.D0.driver": "IDQuantiqueID120", "detectors.D0.resource": "USB0::0x1DDC::0x0330::SIM0001::INSTR",
+            "detectors.D0.visa_library": "@sim:idquantique_id120.yaml", "detectors.D0.dead_time_ns": 80_000.0,
+            "detectors.D0.temperature_k": 233.15}
 #: the N7764A is calibrated for 1260-1640 nm only: an 850 nm station takes simulated attenuators
 SIM_ATTENUATORS = {**{f"clients.{k}.attenuator.driver": "sim" for k in range(4)},
                    **{f"clients.{k}.attenuator.options": "DELETE" for k in range(4)}}
@@ -131,12 +132,12 @@ SIM_ATTENUATORS = {**{f"clients.{k}.attenuator.driver": "sim" for k in range(4)}
          r"\(option of Keysight33500B\); got 3$"),
         ("example", {"clients.1.phase_modulator.options": {"sample_rate_hz": 1e9}},
          r"options\.sample_rate_hz' \(role C2\.phase_modulator\): Input should be less than or equal to 250000000.*got 1000000000\.0$"),
-        # baud_rate = "fast": was "invalid literal for int()" at open, naming no field
-        ("example", {**ID120_D0, "detectors.D0.options": {"baud_rate": "fast"}},
-         r"field 'detectors\.D0\.options\.baud_rate' \(role D0\): Input should be a valid integer \(option of "
+        # a wrong type: refused at load, naming the field
+        ("example", {**ID120_D0, "detectors.D0.options": {"threshold_mv": "fast"}},
+         r"field 'detectors\.D0\.options\.threshold_mv' \(role D0\): Input should be a valid number \(option of "
          r"IDQuantiqueID120\); got 'fast'$"),
-        ("example", {"clients.2.attenuator.options": {"channel": 1.0}},
-         r"field 'clients\.2\.attenuator\.options\.channel' \(role C3\.attenuator\): Input should be a valid integer.*got 1\.0$"),
+        ("example", {"clients.2.attenuator.options": {"channel": 2}},
+         r"field 'clients\.2\.attenuator\.options\.channel' \(role C3\.attenuator\): Input should be 1, 3, 5 or 7.*got 2$"),
         ("example", {"laser.options": {"ld_slot": 2, "tec_slot": 2}},
          r"field 'laser\.options' \(role laser\): ld_slot and tec_slot are both 2; expected two different slots"),
         ("example", {"laser.options": {"threshold_ma": "10"}},
@@ -148,8 +149,8 @@ SIM_ATTENUATORS = {**{f"clients.{k}.attenuator.driver": "sim" for k in range(4)}
         ("example", {"laser.power_mw": 12.0},
          r"field 'laser\.power_mw' \(role laser\): outside what ThorlabsPRO8000 can set; expected 0 to 9 mW; got 12\.0$"),
         ("example", {**ID120_D0, "laser.wavelength_nm": 850.0, "detectors.D0.dead_time_ns": 30.0, **SIM_ATTENUATORS},
-         r"field 'detectors\.D0\.dead_time_ns' \(role D0\): outside what IDQuantiqueID120 can set; expected 400 to "
-         r"20000 ns; got 30\.0$"),
+         r"field 'detectors\.D0\.dead_time_ns' \(role D0\): outside what IDQuantiqueID120 can set; expected 40000 to "
+         r"1e\+09 ns; got 30\.0$"),
         ("example", {"time_tagger.driver": "SwabianTimeTagger", "time_tagger.trigger_level_v": 3.0},
          r"field 'time_tagger\.trigger_level_v' \(role time_tagger\): outside what SwabianTimeTagger can set; "
          r"expected -2\.5 to 2\.5 V; got 3\.0$"),
@@ -196,7 +197,7 @@ def test_driver_declarations_accept_good_stations(tmp_path):
     cfg = load_station_config(EXAMPLE)
     assert cfg.clients[0].phase_modulator.options == {"channel": 1, "sample_rate_hz": 100e6}
     data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    for path, value in {**ID120_D0, "laser.wavelength_nm": 850.0, "detectors.D0.options": {"baud_rate": 57600},
+    for path, value in {**ID120_D0, "laser.wavelength_nm": 850.0, "detectors.D0.options": {"threshold_mv": 30.0},
                         **SIM_ATTENUATORS}.items():
         _edit(data, path, value)
     p = tmp_path / "visible.toml"

@@ -3,7 +3,9 @@ connection, with no warning leaking from the VISA layer; options typed per drive
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
+from pathlib import Path
 
 import pytest
 from labqfl.drivers.keysight_33500b import Keysight33500B
@@ -58,3 +60,35 @@ def test_driver_refuses_bad_options_before_opening(cls, make_cfg, options, expec
     cfg = make_cfg(driver=cls.__name__, resource="TCPIP0::10.0.0.11::inst0::INSTR", options=options)
     with pytest.raises(ConfigError, match=expect):
         cls("pm", cfg)  # no adapter, no VISA library: it must fail before any I/O
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound and released: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None, reason="pyvisa-py (the 'hardware' extra) is not installed")
+@pytest.mark.parametrize("resource", ["TCPIP0::127.0.0.1::{port}::SOCKET", "TCPIP0::127.0.0.1::inst0::INSTR"])
+def test_at_py_absent_lan_instrument_is_one_clear_connection_error(tmp_path, resource: str) -> None:  # type: ignore[no-untyped-def]
+    """``visa_library = "@py"`` (pyvisa-py, the 'hardware' extra) resolves, and a LAN resource with nothing
+    behind it ends the station's opening with one line naming role, resource and the failed connection."""
+    from labqfl.config import load_station_config
+    from labqfl.errors import StationError
+    from labqfl.station import Station
+
+    res = resource.format(port=_closed_port())
+    text = (Path(__file__).resolve().parents[2] / "examples" / "station_pyvisa_sim.toml").read_text(encoding="utf-8")
+    text = text.replace('resource = "GPIB0::10::INSTR"\nvisa_library = "@sim:thorlabs_pro8000.yaml"',
+                        f'resource = "{res}"\nvisa_library = "@py"\ntimeout_ms = 500')
+    p = tmp_path / "py.toml"
+    p.write_text(text, encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(StationError) as info:
+            Station(load_station_config(p))
+    msg = str(info.value)
+    assert msg.startswith(f"role 'laser' (ThorlabsPRO8000 at '{res}') failed to open: cannot connect") and "\n" not in msg
+    assert [str(w.message) for w in caught if issubclass(w.category, UserWarning)] == []

@@ -1,0 +1,243 @@
+"""Safe state on SIGTERM / SIGINT / exit: handlers of a guarded station, and killed processes whose
+emulated instruments (served from this test process, so their state outlives the killed one) must be
+left with the laser off, the detector bias down and the modulator outputs off."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labqfl import station as station_mod
+from labqfl.config import load_station_config
+from labqfl.station import Station
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
+VISA = ROOT / "sim_backends" / "visa"
+LABQFL = Path(sys.executable).with_name("labqfl")
+needs_pyvisa_py = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
+                                     reason="pyvisa-py (the 'hardware' extra) is not installed")
+
+
+def _wait_for(cond: Any, what: str, proc: subprocess.Popen[str] | None = None, timeout: float = 60.0) -> None:
+    """Poll ``cond()`` until true (a condition, not a fixed sleep); fail naming ``what``."""
+    t_end = time.monotonic() + timeout
+    while not cond():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
+        if time.monotonic() > t_end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- handlers in this process -------------------------------------------------------------------------
+def test_guard_installs_and_restores_handlers_and_is_idempotent() -> None:
+    calls: list[int] = []
+
+    def previous(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    old = signal.signal(signal.SIGTERM, previous)
+    try:
+        st = Station(load_station_config(), guard=False)
+        assert not st.guarded and signal.getsignal(signal.SIGTERM) is previous
+        st.close()
+        st = Station(load_station_config(), guard=True)
+        assert st.guarded and signal.getsignal(signal.SIGTERM) is station_mod._on_signal
+        assert signal.getsignal(signal.SIGINT) is station_mod._on_signal
+        st.close()
+        st.close()
+        assert signal.getsignal(signal.SIGTERM) is previous and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert calls == [] and station_mod._GUARDED == []
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_sigint_puts_every_instrument_safe_then_runs_the_previous_handler() -> None:
+    """pyvisa-sim instruments of the example station, state read back in this process."""
+    st = Station(load_station_config(EXAMPLE), guard=True)
+    laser, voa = st.laser, st.attenuator("C2")
+    laser.output_enabled = True
+    voa.shutter_closed = False  # type: ignore[union-attr]
+    pm = st.phase_modulator("C1")
+    pm.output_enabled = True
+    assert laser.output_enabled and pm.output_enabled
+    with pytest.raises(KeyboardInterrupt):  # Python's own SIGINT handler runs after the safe state
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs between bytecodes of the main thread
+            time.sleep(0.001)
+    assert st.closed and not st.guarded
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # the sessions are closed: reopen the same pyvisa-sim devices and read what the kill left
+    st2 = Station(load_station_config(EXAMPLE), apply_operating_point=False)
+    try:
+        assert st2.laser.output_enabled is False
+        assert st2.phase_modulator("C1").output_enabled is False
+        assert st2.attenuator("C2").shutter_closed is True  # type: ignore[union-attr]
+    finally:
+        st2.close()
+
+
+def test_at_exit_closes_guarded_stations() -> None:
+    st = Station(load_station_config(), guard=True)
+    station_mod._at_exit()
+    assert st.closed and station_mod._GUARDED == []
+    assert signal.getsignal(signal.SIGTERM) is not station_mod._on_signal
+
+
+# -- killed processes ----------------------------------------------------------------------------------
+class Bench:
+    """Emulated instruments served from this process over loopback, and a station file that uses them."""
+
+    def __init__(self, tmp: Path) -> None:
+        from labqfl.sim_backends.visa_tcp import VisaSimTCPServer
+        from labqfl.sim_backends.websq import WebSQEmulator
+
+        self.laser = VisaSimTCPServer(VISA / "thorlabs_pro8000.yaml", "GPIB0::10::INSTR")
+        self.awg = VisaSimTCPServer(VISA / "keysight_33500b.yaml", "TCPIP0::10.0.0.11::inst0::INSTR")
+        self.voa = VisaSimTCPServer(VISA / "keysight_n7764a.yaml", "TCPIP0::10.0.0.21::inst0::INSTR")
+        self.snspd = WebSQEmulator(2)
+        text = EXAMPLE.read_text(encoding="utf-8")
+
+        def swap(old: str, new: str, count: int = 1) -> None:
+            nonlocal text
+            assert text.count(old) == count, old
+            text = text.replace(old, new)
+
+        py = 'visa_library = "@py"\ntimeout_ms = 5000'
+        swap('resource = "GPIB0::10::INSTR"\nvisa_library = "@sim:thorlabs_pro8000.yaml"', f'resource = "{self.laser.resource}"\n{py}')
+        swap("max_current_ma = 100.0 }", "max_current_ma = 100.0, ramp_step_ma = 5.0, ramp_ma_per_s = 1000.0 }")
+        swap('resource = "TCPIP0::10.0.0.11::inst0::INSTR"\nvisa_library = "@sim:keysight_33500b.yaml"', f'resource = "{self.awg.resource}"\n{py}')
+        for k in (2, 3, 4):  # one generator is enough to show the modulator outputs
+            swap(f'driver = "Keysight33500B"\nresource = "TCPIP0::10.0.0.1{k}::inst0::INSTR"\nvisa_library = "@sim:keysight_33500b.yaml"\n'
+                 'options = { channel = 1, sample_rate_hz = 100e6 }', 'driver = "sim"')
+        swap('resource = "TCPIP0::10.0.0.21::inst0::INSTR"   # one 4-channel VOA serves all four clients\n'
+             'visa_library = "@sim:keysight_n7764a.yaml"', f'resource = "{self.voa.resource}"\n{py}', 4)
+        for det, ch, bias in (("D0", 1, 4.0), ("D1", 2, 3.0)):
+            swap(f'[detectors.{det}]\ndriver = "sim"',
+                 f'[detectors.{det}]\ndriver = "SingleQuantumEos"\nresource = "{self.snspd.resource}"\n{py}\n'
+                 f'bias_current_ua = {bias}\noptions = {{ channel = {ch}, counts_port = {self.snspd.counts_port}, '
+                 'bias_step_ua = 1.0, bias_ramp_ua_per_s = 200.0 }')
+        swap('[power_meter]\ndriver = "ThorlabsPM100USB"\nresource = "USB0::0x1313::0x8072::SIMPM0001::INSTR"\n'
+             'visa_library = "@sim:thorlabs_pm100usb.yaml"', '[power_meter]\ndriver = "sim"')
+        self.station_file = tmp / "emulated.toml"
+        self.station_file.write_text(text, encoding="utf-8")
+
+    def mark(self) -> dict[str, int]:
+        return {"laser": len(self.laser.received), "awg": len(self.awg.received), "voa": len(self.voa.received),
+                "snspd": len(self.snspd.received), "bias": len(self.snspd.bias_history)}
+
+    def assert_safe(self, since: dict[str, int]) -> None:
+        """Laser off after a stepwise ramp to 0 mA, detector bias down stepwise with the supply off,
+        modulator output off, every VOA shutter closed — each sent after ``since`` (the kill)."""
+        after = self.laser.received[since["laser"]:]
+        assert self.laser.ask(":LASER?") == "OFF" and ":LASER OFF" in after
+        sets = [float(c.split()[1]) * 1e3 for c in after if c.startswith(":ILD:SET ")]
+        off = after.index(":LASER OFF")
+        ramp = [c for c in after[:off] if c.startswith(":ILD:SET ")]
+        assert ramp and float(ramp[-1].split()[1]) == 0.0  # at 0 mA before the LDC went off
+        steps = [abs(a - b) for a, b in zip([20.0] + sets, sets, strict=False)][: len(ramp)]
+        assert max(steps) <= 5.0 + 1e-6 and len(ramp) >= 4  # 20 mA -> 0 in steps of <= 5 mA
+        s = self.snspd.state()
+        assert s["enabled"] is False and s["bias_ua"] == [0.0, 0.0]
+        hist = self.snspd.bias_history[since["bias"]:]
+        assert [3.0, 1.0] in [list(h) for h in hist] or [4.0, 1.0] in [list(h) for h in hist]  # ramped, not cut
+        assert max(abs(a - b) for h0, h1 in zip(hist, hist[1:], strict=False) for a, b in zip(h0, h1, strict=True)) <= 1.0
+        assert self.awg.ask("OUTP1?") == "0" and "OUTP1 0" in self.awg.received[since["awg"]:]
+        for ch in (1, 3, 5, 7):
+            assert self.voa.ask(f":OUTP{ch}:STAT?") == "0"
+            assert f":OUTP{ch}:STAT 0" in self.voa.received[since["voa"]:]
+
+    def close(self) -> None:
+        for s in (self.laser, self.awg, self.voa, self.snspd):
+            s.close()
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Iterator[Bench]:
+    b = Bench(tmp_path)
+    yield b
+    b.close()
+
+
+@needs_pyvisa_py
+@pytest.mark.slow
+def test_sigterm_of_a_process_holding_an_operating_station(bench: Bench, tmp_path: Path) -> None:
+    """Laser on, detectors armed, modulator output on, shutters open; then SIGTERM."""
+    script = tmp_path / "hold.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from labqfl.config import load_station_config
+        from labqfl.station import Station
+        st = Station(load_station_config({str(bench.station_file)!r}), guard=True)
+        st.laser.output_enabled = True
+        for d in ("D0", "D1"):
+            st.detector(d).enabled = True
+        st.phase_modulator("C1").output_enabled = True
+        for c in ("C1", "C2", "C3", "C4"):
+            st.attenuator(c).shutter_closed = False
+        print("ready", flush=True)
+        sys.stdin.read()  # hold the station until killed
+    """), encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"station did not open: {line}{out}\n{err[-3000:]}")
+        assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["bias_ua"] == [4.0, 3.0]
+        assert bench.awg.ask("OUTP1?") == "1" and bench.voa.ask(":OUTP5:STAT?") == "1"
+        since = bench.mark()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, err[-3000:]  # ended by the same signal, after the safe state
+    bench.assert_safe(since)
+
+
+@needs_pyvisa_py
+@pytest.mark.slow
+def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(bench: Bench, tmp_path: Path) -> None:
+    """The acceptance check on a CLI command: ``labqfl acquire --duration 600`` (a long acquisition,
+    simulated tagger, emulated hardware drivers), killed with SIGTERM once it is acquiring. The
+    instruments start as a crashed earlier session left them: laser on at 30 mA, detectors biased,
+    modulator output on, shutters open."""
+    bench.laser.ask(":SLOT 1")
+    bench.laser.ask(":ILD:SET 0.03")
+    bench.laser.ask(":LASER ON")
+    bench.snspd.handle({"command": "DetectorEnable", "label": "DetectorEnable", "value": True})
+    bench.snspd.handle({"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [4.0, 3.0]})
+    bench.awg.ask("OUTP1 1")
+    out = tmp_path / "run.h5"
+    proc = subprocess.Popen([str(LABQFL), "acquire", "--duration", "600", "--config", str(bench.station_file),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(out.exists, "the acquisition started (recording file created)", proc)
+        assert proc.poll() is None
+        assert bench.laser.ask(":LASER?") == "ON"  # the operating point (1 mW = 20 mA) kept the laser as it was
+        since = bench.mark()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGTERM, err[-3000:]
+    assert "safe state" in err  # the handler says what it did, on stderr
+    bench.assert_safe(since)
