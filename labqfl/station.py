@@ -166,8 +166,8 @@ def guard_stations(enabled: bool = True) -> None:
 def _guard_register(station: Station) -> bool:
     """Add ``station`` to the guarded set; install the handlers with the first one (main thread only)."""
     if threading.current_thread() is not threading.main_thread():
-        log.warning("station %s opened outside the main thread: no SIGTERM/SIGINT safe-state handlers "
-                    "(Python delivers signals to the main thread only); close it explicitly", station.name)
+        log.info("station %s opened outside the main thread: no SIGTERM/SIGINT safe-state handlers "
+                 "(Python delivers signals to the main thread only); close it explicitly", station.name)
         return False
     global _OWNER_PID
     with _GUARD_LOCK:

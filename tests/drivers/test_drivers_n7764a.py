@@ -52,6 +52,8 @@ def test_n7764a_two_threads(voa: KeysightN7764A, threads) -> None:  # type: igno
 
 
 def test_n7764a_exact_protocol() -> None:
+    """Keysight N77xx Series Programming Guide, ``:INPut[n]:ATTenuation``, ``:INPut[n]:WAVelength`` (m) and
+    ``:OUTPut[n]:STATe`` (shutter) with n the attenuator's port: 1, 3, 5, 7 on the N7764A (driver docstring)."""
     cfg = AttenuatorConfig(driver="KeysightN7764A", resource=RES, options={"channel": 3})
     ok = (b"SYST:ERR?", b'+0,"No error"')
     with expected_protocol(lambda a: KeysightN7764A("C1.attenuator", cfg, adapter=a), [
@@ -70,3 +72,21 @@ def test_n7764a_exact_protocol() -> None:
             d.attenuation_db = 45
         d.close()
         d.close()
+
+
+def test_n7764a_channels_are_1_3_5_7(sim_library) -> None:  # type: ignore[no-untyped-def]
+    """The N7764A's four attenuators are ports 1, 3, 5, 7 (see the driver's module docstring): channel 7 is
+    addressed as ``:INP7``/``:OUTP7``, and channel 2 is refused before anything is sent."""
+    from labqfl.errors import ConfigError
+
+    lib = sim_library("keysight_n7764a.yaml")
+    d = KeysightN7764A("C4.attenuator", AttenuatorConfig(driver="KeysightN7764A", resource=RES, visa_library=lib,
+                                                         timeout_ms=150, options={"channel": 7}))
+    try:
+        d.attenuation_db, d.shutter_closed = 21.5, False
+        assert d.link.query(":INP7:ATT?") == "+21.500" and d.link.query(":OUTP7:STAT?") == "1"
+        assert d.link.query(":INP1:ATT?") == "+10.000"  # channel 1 untouched
+    finally:
+        d.close()
+    with pytest.raises(ConfigError, match=r"options\.channel': Input should be 1, 3, 5 or 7"):
+        KeysightN7764A("C2.attenuator", AttenuatorConfig(driver="KeysightN7764A", resource=RES, options={"channel": 2}))
