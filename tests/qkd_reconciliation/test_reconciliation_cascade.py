@@ -49,9 +49,8 @@ def test_cascade_fast_and_reference_both_obey_cascade_invariants(n, qber, seed, 
              "frame": CascadeSchedule.for_frame(qber, n)}[which]
     fast = reconcile_cascade(x, y, qber, seed=seed, schedule=sched)
     ref = cascade_reference(x, y, qber, seed=seed, schedule=sched)
-    assert fast.iterations == ref.iterations  # same stopping pass (confirmation rule)
-    passes = fast.iterations
     for res in (fast, ref):
+        passes = res.iterations  # each stops after `confirm` clean bipartitions (may differ)
         flipped = res.corrected != y
         assert not np.any(flipped & (x == y)), "Cascade flipped a bit that was correct"
         assert res.corrected_errors == int(flipped.sum())
@@ -62,11 +61,12 @@ def test_cascade_fast_and_reference_both_obey_cascade_invariants(n, qber, seed, 
     if np.array_equal(fast.corrected, x) and np.array_equal(ref.corrected, x):
         assert np.array_equal(fast.corrected, ref.corrected)
     # every block parity is disclosed except the last block of each pass after the first
-    told = sum(len(b) for b in block_parities(x, n, seed, sched, passes)) - (passes - 1)
     errors = int((x != y).sum())
     for res in (fast, ref):
+        told = sum(len(b) for b in block_parities(x, n, seed, sched, res.iterations)) - (res.iterations - 1)
         assert told <= res.leaked_bits <= told + 3 * errors * (int(np.log2(max(n, 2))) + 2)
-    assert fast.details["leaked_block_parities"] == told
+        if res is fast:
+            assert res.details["leaked_block_parities"] == told
 
 
 def test_cascade_known_frame_corrects_everything_with_good_efficiency(frame):
