@@ -10,6 +10,8 @@ Layout (format ``labqfl-tags``, version 1; see docs/simulator.md)::
     /tags/channels         int16, same length
     /tags/block_end        int64, cumulative tag count at the end of each block
     /tags/block_overflow   bool, per block
+    /tags/lost_intervals   int64 (k, 3): block index, begin, end [ps] of the tagger's lost-data
+                           intervals (TagBlock.lost_intervals_ps; absent in older files = none)
     /clients/<name>/       attrs: generator ("splitmix64-counter-v1"), seed, epoch,
                                   intensity_probs, basis_x_prob, intensities
                            (the client's counter-based QRNG: rebuild its log with
@@ -74,6 +76,7 @@ class RecordingWriter:
         g.create_dataset("channels", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(_CHUNK,))
         g.create_dataset("block_end", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
         g.create_dataset("block_overflow", shape=(0,), maxshape=(None,), dtype=bool, chunks=(1024,))
+        g.create_dataset("lost_intervals", shape=(0, 3), maxshape=(None, 3), dtype=np.int64, chunks=(1024, 3))
         cg = f.create_group("clients")
         for log in client_logs or []:
             sub = cg.create_group(log.client)
@@ -98,6 +101,12 @@ class RecordingWriter:
             ds.resize((self._n + n,))
             ds[self._n:] = arr
         self._n += n
+        lost = block.lost_intervals_ps
+        if lost.size:
+            ds = g["lost_intervals"]
+            k = ds.shape[0]
+            ds.resize((k + lost.shape[0], 3))
+            ds[k:] = np.column_stack([np.full(lost.shape[0], self._blocks, np.int64), lost])
         self._blocks += 1
         for name, val in (("block_end", self._n), ("block_overflow", bool(block.overflow))):
             ds = g[name]
@@ -164,6 +173,8 @@ class Recording:
         self.n_tags = int(f["tags/timestamps"].shape[0])
         self.block_end = np.asarray(f["tags/block_end"][...], dtype=np.int64)
         self.block_overflow = np.asarray(f["tags/block_overflow"][...], dtype=bool)
+        lost = f["tags/lost_intervals"][...] if "tags/lost_intervals" in f else np.empty((0, 3))
+        self.lost_intervals = np.asarray(lost, dtype=np.int64).reshape(-1, 3)
         self.source = str(a.get("source", ""))
 
     @classmethod
@@ -235,6 +246,7 @@ class Recording:
         for k, end in enumerate(self.block_end.tolist()):
             step = (end - start) if max_tags is None else max(1, max_tags)
             a = start
+            lost = np.ascontiguousarray(self.lost_intervals[self.lost_intervals[:, 0] == k, 1:])
             while a < end or (a == end == start):
                 b = min(end, a + step) if step else end
                 try:
@@ -242,7 +254,8 @@ class Recording:
                     c = np.asarray(ch[a:b], dtype=np.int16)
                 except OSError as exc:
                     raise DataFormatError(f"{self.path}: cannot read tags {a}..{b} ({exc}); the file is corrupt") from None
-                yield TagBlock(t, c, overflow=bool(self.block_overflow[k]))
+                yield TagBlock(t, c, overflow=bool(self.block_overflow[k]), lost_intervals_ps=lost)
+                lost = lost[:0]  # a split block's intervals travel with its first part
                 if b == a:
                     break
                 a = b
@@ -279,7 +292,8 @@ class ReplayTimeTagger(TimeTagger):
         super().__init__(name, str(path))
         self.recording = read_recording(path)
         tt = self.recording.config.time_tagger
-        self._all = sorted({tt.sync_channel, *tt.detector_channels.values()})
+        self._all = sorted({tt.sync_channel, *tt.detector_channels.values(),
+                            *([tt.marker_channel] if tt.marker_channel is not None else [])})
         self._channels = list(self._all)
         self._delays: dict[int, int] = {}
         self._levels = {c: tt.trigger_level_v for c in self._all}
@@ -340,7 +354,11 @@ class ReplayTimeTagger(TimeTagger):
                     t[c == chn] += d
                 o = np.argsort(t, kind="stable")
                 t, c = t[o], c[o]
-            yield TagBlock(t, c, blk.overflow)
+            lost = blk.lost_intervals_ps
+            if lost.size and any(delays.values()):  # widened by the delays added to any channel
+                shift = [delays.get(int(x), 0) for x in chans.tolist()]
+                lost = lost + np.array([min(shift), max(shift)], dtype=np.int64)
+            yield TagBlock(t, c, blk.overflow, lost_intervals_ps=lost)
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         if not (duration_s > 0 and math.isfinite(duration_s)):
@@ -352,20 +370,24 @@ class ReplayTimeTagger(TimeTagger):
         def gen() -> Iterator[TagBlock]:
             t = np.zeros(0, np.int64)
             c = np.zeros(0, np.int16)
+            lost = np.zeros((0, 2), np.int64)  # lost-data intervals travel with the next block out
             edge = min(bd_ps, end_ps)
             for blk in itertools.chain(self._filtered(), [None]):  # None: end of the recording
                 if blk is not None:
                     t = np.concatenate([t, blk.timestamps])
                     c = np.concatenate([c, blk.channels])
+                    lost = np.concatenate([lost, blk.lost_intervals_ps[blk.lost_intervals_ps[:, 0] < end_ps]])
                 # later recorded tags are >= t[-1]: every tag before `edge` is in hand once t[-1] >= edge
                 # (at the end of the recording, whatever is left)
                 while t.size and (blk is None or t[-1] >= edge):
                     k = int(np.searchsorted(t, edge))
-                    yield TagBlock(t[:k].copy(), c[:k].copy())
-                    t, c = t[k:], c[k:]
+                    yield TagBlock(t[:k].copy(), c[:k].copy(), bool(lost.size), lost_intervals_ps=lost)
+                    t, c, lost = t[k:], c[k:], lost[:0]
                     if edge >= end_ps:
                         return
                     edge = min(edge + bd_ps, end_ps)
+            if lost.size:
+                yield TagBlock(t[:0], c[:0], True, lost_intervals_ps=lost)
 
         return gen()
 

@@ -313,3 +313,32 @@ def test_full_chain_with_markers_and_a_lost_interval_gives_identical_keys_and_co
     assert r.final_key_bits > 0 and sink.keys["C1-C2"]
     for ka, kb in sink.keys["C1-C2"]:
         np.testing.assert_array_equal(ka, kb)
+
+
+def test_lost_intervals_and_markers_survive_a_recording_and_its_replay(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from labqfl.sim_backends import SagnacTestbed
+    from labqfl.sim_backends.recording import RecordingWriter, ReplayTimeTagger, read_recording
+
+    cfg = _marker_station()
+    tb = SagnacTestbed(cfg)
+    blocks = list(tb.stream(0.002, 0.0005))
+    b = blocks[1]
+    lost = np.array([[int(b.timestamps[0]) + 5_000, int(b.timestamps[0]) + 900_000]], np.int64)
+    blocks[1] = TagBlock(b.timestamps, b.channels, True, lost)
+    path = tmp_path / "rec.h5"
+    with RecordingWriter(path, cfg, epoch=tb.last_epoch) as w:
+        for blk in blocks:
+            w.append(blk)
+    with read_recording(path) as rec:
+        back = list(rec.blocks())
+        assert [x.lost_intervals_ps.tolist() for x in back] == [[], lost.tolist(), [], []]
+        split = list(rec.blocks(max_tags=100))  # a split block's intervals come with its first part
+        assert sum(x.lost_intervals_ps.shape[0] for x in split) == 1
+    replay = ReplayTimeTagger(path)
+    assert 4 in replay.channels  # the marker channel is replayed
+    ref, s_ref = run(SlottingParams.from_config(cfg), blocks)
+    got, s_got = run(SlottingParams.from_config(cfg), list(replay.stream(0.002, 0.0003)))
+    replay.close()
+    np.testing.assert_array_equal(got.slots, ref.slots)
+    assert s_got.stats.dropped_slots_lost_data == s_ref.stats.dropped_slots_lost_data > 80
+    assert s_got.stats.marker_tags == s_ref.stats.marker_tags == 13  # 200 000 slots, frames of 16 384
