@@ -46,9 +46,6 @@ def _root(
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-v info, -vv debug)."),
 ) -> None:
     set_verbosity(["WARNING", "INFO", "DEBUG"][min(verbose, 2)])
-    from labqfl.station import guard_stations
-
-    guard_stations()  # a killed command leaves every instrument safe (SIGTERM/SIGINT/atexit)
 
 
 for _mod in COMMAND_MODULES:
@@ -56,4 +53,7 @@ for _mod in COMMAND_MODULES:
 
 
 def main() -> None:
+    from labqfl.station import guard_stations
+
+    guard_stations()  # a killed command leaves every instrument safe (SIGTERM/SIGINT/atexit)
     app()
