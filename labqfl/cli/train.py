@@ -8,6 +8,7 @@ amplitudes), ``ntangled`` and ``magic`` (6-qubit HEA QNN on generated quantum da
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,12 @@ def train(
         help="Shamir-shared self-masks: a dropped client's late upload stays hidden (costs 2(q+1) key bits per parameter per pair more)."),
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
+    dp_epsilon: float | None = typer.Option(
+        None, "--dp-epsilon", help="Distributed DP (discrete Gaussian): total ε over all rounds (off if not given)."),
+    dp_delta: float = typer.Option(1e-5, "--dp-delta", help="DP δ for --dp-epsilon."),
+    dp_honest: int = typer.Option(1, "--dp-honest", min=1,
+                                  help="Honest clients H the DP guarantee assumes (server colludes with the other N−H)."),
+    dp_clip: float | None = typer.Option(None, "--dp-clip", help="L2 clip of each update for DP (default: the task's --clip)."),
     engine: str = typer.Option("local", "--engine", help="local (in-process) or flower (Flower simulation on Ray, one SuperNode per client)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -89,6 +96,7 @@ def train(
     import torch
 
     from labqfl.fl.datasets.tasks import TASKS, load_task
+    from labqfl.fl.dp import DPConfig, plan_dp
     from labqfl.fl.keysource import make_key_source
     from labqfl.fl.secure import SecAggConfig
     from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, key_cost, share_prime
@@ -119,6 +127,20 @@ def train(
     secagg.check_bit_budget(clients)
     model = make_model(task)
     names = [f"C{i + 1}" for i in range(clients)]
+    dp_plan = None
+    if dp_epsilon is not None:
+        if engine != "local":
+            raise ConfigError("--dp-epsilon runs on --engine local only (the Flower engine has no DP encoding yet)")
+        try:
+            dp_plan = plan_dp(DPConfig(epsilon=dp_epsilon, delta=dp_delta, honest=dp_honest,
+                                       l2_clip=dp_clip if dp_clip is not None else secagg.clip),
+                              n_params=model.n_params, n_clients=clients, q=q, rounds=rounds)
+        except ValueError as exc:
+            raise ConfigError(f"--dp-*: {exc}") from None
+        secagg = dataclasses.replace(secagg, dp=dp_plan)
+    elif dp_clip is not None or dp_honest != 1:
+        raise ConfigError("--dp-clip/--dp-honest need --dp-epsilon")
+    n_words = dp_plan.d_pad if dp_plan is not None else model.n_params  # words per upload
     if self_masks:
         try:
             share_t = secagg.share_threshold(names)
@@ -137,7 +159,7 @@ def train(
         key_source = make_key_source("qkd", keystore_dir=kdir, nodes=names,
                                      starvation="wait" if wait_for_keys > 0 else "fail",
                                      wait_timeout_s=wait_for_keys)
-        per_pair = secagg.key_bits_per_pair(model.n_params)
+        per_pair = secagg.key_bits_per_pair(n_words)
         need = per_pair * rounds
         short = []
         for p in secagg.pairs(names):
@@ -148,7 +170,7 @@ def train(
             p, avail = short[0]
             raise KeyStarvationError(
                 f"--keys qkd: pair {p} holds {avail} key bits but {rounds} rounds need {need} "
-                f"({per_pair} per round = {per_pair // model.n_params}·{model.n_params} parameters) — enough for "
+                f"({per_pair} per round = {per_pair // n_words}·{n_words} words) — enough for "
                 f"{avail // per_pair} round(s)"
                 + (f"; {len(short) - 1} more pair(s) short" if len(short) > 1 else "")
                 + ". Distil more key, use fewer rounds, a sparse --graph ring-k, or --keys csprng",
@@ -180,7 +202,8 @@ def train(
                                        seed=seed, progress=on_round)
         summary = result.summary()
         n_pairs = len(secagg.pairs(names))
-        cost = key_cost(clients, n_pairs, model.n_params, q, self_masks=self_masks)
+        cost = key_cost(clients, n_pairs, n_words, q, self_masks=self_masks)
+        cost["paper_all_pairs_key_bits"] = clients * (clients - 1) // 2 * q * model.n_params
         summary.update(
             key_cost_per_round={**cost, "pairs": n_pairs, "all_pairs": clients * (clients - 1) // 2,
                                 "ratio_to_paper_all_pairs": cost["key_bits_total"] / cost["paper_all_pairs_key_bits"]},
@@ -214,6 +237,10 @@ def train(
                   + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if self_masks else "")
                   + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
                   f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
+        if dp_plan is not None:
+            pv = summary["privacy"]
+            con.print(f"privacy: ({pv['epsilon']:.3g}, {pv['delta']:.1g})-DP over {pv['rounds']} rounds, "
+                      f"{pv['mechanism']}, holding with {pv['honest_clients_assumed']} honest client(s)")
         con.print(f"run folder: {rec.path}")
 
     emit(summary, as_json, render)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from labqfl.errors import BitBudgetError, SecureAggregationError
+from labqfl.fl.dp import DPPlan, dp_decode, dp_encode, noise_rng
 from labqfl.fl.keysource import KeySource, key_words
 from labqfl.fl.masks import (
     aggregate,
@@ -75,6 +76,9 @@ class SecAggConfig:
         dropped client's late upload stays hidden after its partners reveal their keys.
     threshold: Shamir threshold t for the self-mask shares (``None``: a majority of the smallest
         holder set, :func:`~labqfl.fl.selfmask.default_threshold`); only with ``self_masks``.
+    dp: a :class:`~labqfl.fl.dp.DPPlan` (distributed discrete Gaussian): each client L2-clips,
+        flattens, rounds and adds discrete Gaussian noise in the integer domain before masking;
+        uploads have the plan's padded length d'; FedAvg weights are equal (``None``: no DP).
     """
 
     q: int = 8
@@ -86,6 +90,7 @@ class SecAggConfig:
     min_survivors: int = 2
     self_masks: bool = False
     threshold: int | None = None
+    dp: DPPlan | None = None
 
     def __post_init__(self) -> None:
         if self.q not in SUPPORTED_Q:
@@ -146,7 +151,8 @@ class SecAggConfig:
     def as_dict(self) -> dict[str, Any]:
         return {"q": self.q, "clip": self.clip, "rounding": self.rounding, "graph": self.graph,
                 "k": self.k, "value_bits": self.value_bits, "min_survivors": self.min_survivors,
-                "self_masks": self.self_masks, "threshold": self.threshold}
+                "self_masks": self.self_masks, "threshold": self.threshold,
+                "dp": self.dp.as_dict() if self.dp is not None else None}
 
 
 @dataclass
@@ -188,6 +194,7 @@ class RoundResult:
     #: debug only (tests): what the server could see — ``late_uploads`` (dropped clients' masked
     #: uploads delivered after the reveals), ``revealed_pair_keys``, ``quantized`` (plain values).
     server_view: dict[str, Any] | None = field(default=None, repr=False)
+    privacy: dict[str, Any] | None = None
 
     @property
     def n_clients(self) -> int:
@@ -229,6 +236,7 @@ class RoundResult:
             "key_bits_vs_paper_all_pairs": (self.key_bits_total / self.paper_all_pairs_key_bits
                                             if self.paper_all_pairs_key_bits else None),
             "self_mask_randomness": SELF_MASK_RANDOMNESS if self.self_masks else None,
+            "privacy": self.privacy,
         }
 
 
@@ -275,7 +283,9 @@ def secure_round(
     if unknown:
         raise SecureAggregationError(f"dropped client(s) {unknown} are not among the clients {clients}")
     n_clients = len(clients)
-    b = cfg.check_bit_budget(n_clients)
+    b = cfg.check_bit_budget(n_clients) if cfg.dp is None else 0
+    if cfg.dp is not None and n_clients > cfg.dp.n_clients:
+        raise BitBudgetError(f"the DP plan's bit budget was sized for {cfg.dp.n_clients} clients, got {n_clients}")
     q = cfg.q
     dt = uint_dtype(q)
 
@@ -287,30 +297,40 @@ def secure_round(
     n_params = int(np.prod(shape)) if shape else 1
     if n_params == 0:
         raise SecureAggregationError("updates are empty (0 parameters); nothing to aggregate")
+    if cfg.dp is not None and cfg.dp.n_params != n_params:
+        raise SecureAggregationError(f"the DP plan is for {cfg.dp.n_params} parameters, updates have {n_params}")
+    n_words = n_params if cfg.dp is None else cfg.dp.d_pad  # words per upload (DP: padded length d')
 
     pairs = cfg.pairs(clients)
     drop = set(dropped)
     survivors = [c for c in clients if c not in drop]
-    per_pair_bits = cfg.key_bits_per_pair(n_params)
+    per_pair_bits = cfg.key_bits_per_pair(n_words)
     needs = {p: per_pair_bits for p in pairs}
     t_share = cfg.share_threshold(clients) if cfg.self_masks else 0
     ensure = getattr(key_source, "ensure_available", None)
     if ensure is not None:
         ensure(needs)
 
-    try:
-        ranges = weight_ranges([float(weights[c]) for c in clients], b)
-    except ValueError as exc:
-        raise SecureAggregationError(f"FedAvg weights {dict(weights)}: {exc}") from None
-    m_of = dict(zip(clients, (int(m) for m in ranges), strict=True))
+    if cfg.dp is not None:
+        m_of = dict.fromkeys(clients, 1)  # DP: equal weights (a weight would scale the sensitivity)
+    else:
+        try:
+            ranges = weight_ranges([float(weights[c]) for c in clients], b)
+        except ValueError as exc:
+            raise SecureAggregationError(f"FedAvg weights {dict(weights)}: {exc}") from None
+        m_of = dict(zip(clients, (int(m) for m in ranges), strict=True))
 
     # -- clients: quantise (into the buffer that becomes the masked upload) -----------------
     uploads: dict[str, np.ndarray] = {}
     clipped = 0
     for c in clients:
         try:
-            v, nc = quantize(np.asarray(updates[c]).reshape(-1), clip=cfg.clip, levels=m_of[c], q=q,
-                             rounding=cfg.rounding, rng=rng)
+            if cfg.dp is not None:
+                v, was_clipped = dp_encode(updates[c], cfg.dp, round_index=round_index, rng=rng, noise=noise_rng())
+                nc = int(was_clipped)
+            else:
+                v, nc = quantize(np.asarray(updates[c]).reshape(-1), clip=cfg.clip, levels=m_of[c], q=q,
+                                 rounding=cfg.rounding, rng=rng)
         except ValueError as exc:
             raise SecureAggregationError(f"update of client {c}: {exc}") from None
         clipped += nc
@@ -318,7 +338,7 @@ def secure_round(
     plain = None
     plain_values: dict[str, np.ndarray] = {}
     if debug:
-        plain = np.zeros(n_params, dtype=dt)
+        plain = np.zeros(n_words, dtype=dt)
         for c in survivors:
             plain += uploads[c]
         plain_values = {c: uploads[c].copy() for c in clients}
@@ -333,7 +353,7 @@ def secure_round(
             chosen = choose_share_holders(survivors, clients, pairs, t_share)
         except SecureAggregationError as exc:  # raised after masking, before any reveal (as deployed)
             chosen_error = exc
-        share_bits_total = _share_self_masks(clients, pairs, uploads, held, chosen, t_share, q, n_params,
+        share_bits_total = _share_self_masks(clients, pairs, uploads, held, chosen, t_share, q, n_words,
                                              key_source, round_index)
 
     # -- clients: add pairwise masks (one vector op per pair end; keys drawn once per pair) -
@@ -341,7 +361,7 @@ def secure_round(
     key_bits_per_pair: dict[str, int] = {}
     for p in pairs:
         a, bb = split_pair(p)
-        kw = key_words(key_source, p, n_params, q, round_index=round_index)
+        kw = key_words(key_source, p, n_words, q, round_index=round_index)
         apply_pair_key(uploads[a], uploads[bb], kw)
         key_bits_per_pair[p] = per_pair_bits
         if drop and (a in drop) != (bb in drop):
@@ -395,14 +415,17 @@ def secure_round(
     if total_levels == 0:
         raise SecureAggregationError(
             f"round {round_index}: the surviving clients' weights are all zero; nothing to average")
-    agg = dequantize_sum(total, clip=cfg.clip, total_levels=total_levels).reshape(shape)
+    if cfg.dp is not None:
+        agg = dp_decode(total, cfg.dp, round_index=round_index, n_survivors=len(survivors)).reshape(shape)
+    else:
+        agg = dequantize_sum(total, clip=cfg.clip, total_levels=total_levels).reshape(shape)
 
     key_total = sum(key_bits_per_pair.values())
     return RoundResult(
         aggregate=agg,
         key_bits_per_pair=key_bits_per_pair,
         key_bits_total=key_total,
-        upload_bits_per_client=q * n_params,
+        upload_bits_per_client=q * n_words,
         baseline_upload_bits_per_client=32 * n_params,
         communication_saving=1.0 - q / 32.0,
         key_source=str(key_source.name),
@@ -414,7 +437,7 @@ def secure_round(
         graph=cfg.graph,
         k=cfg.k,
         all_pairs_count=n_clients * (n_clients - 1) // 2,
-        reveal_bits_total=q * n_params * len(needed),
+        reveal_bits_total=q * n_words * len(needed),
         clipped_values=clipped,
         effective_weights={c: m_of[c] / total_levels for c in survivors},
         round_index=round_index,
@@ -422,10 +445,11 @@ def secure_round(
         self_masks=cfg.self_masks,
         threshold=t_share,
         share_key_bits_total=share_bits_total,
-        share_reveal_bits_total=share_bits(q) * n_params * sum(len(v) for v in share_answers.values())
+        share_reveal_bits_total=share_bits(q) * n_words * sum(len(v) for v in share_answers.values())
         if cfg.self_masks else 0,
         paper_all_pairs_key_bits=n_clients * (n_clients - 1) // 2 * q * n_params,
         server_view=view,
+        privacy=cfg.dp.privacy() if cfg.dp is not None else None,
     )
 
 

@@ -195,6 +195,8 @@ class RoundMetrics:
     baseline_upload_bits_per_client: int
     clipped_values: int
     seconds: float
+    #: with DP: ε (at the plan's δ) spent by rounds 1..this one, from the accountant
+    privacy_epsilon_spent: float | None = None
 
 
 @dataclass
@@ -209,6 +211,8 @@ class FederatedResult:
     initial_loss: float
     rounds: list[RoundMetrics] = field(default_factory=list)
     final_params: np.ndarray | None = field(default=None, repr=False)
+    #: with DP: {mechanism, epsilon, delta, honest_clients_assumed, rounds, ...} (see labqfl.fl.dp)
+    privacy: dict[str, Any] | None = None
 
     @property
     def final_test_accuracy(self) -> float:
@@ -237,6 +241,7 @@ class FederatedResult:
             "baseline_upload_bits_per_client_per_round": r[-1].baseline_upload_bits_per_client if r else 0,
             "communication_saving": (1 - r[-1].upload_bits_per_client / r[-1].baseline_upload_bits_per_client) if r else 0.0,
             "rounds": [asdict(x) for x in r],
+            "privacy": self.privacy,
         }
 
 
@@ -270,6 +275,9 @@ def run_federated(model: FLModel, data: Any, *, rounds: int, local: LocalTrainCo
         secure_round_fn = secure_round
     if start_round < 1:
         raise ValueError(f"start_round must be ≥ 1, got {start_round}")
+    dp_plan = getattr(secagg, "dp", None)
+    if dp_plan is not None and rounds > dp_plan.rounds:
+        raise ValueError(f"the DP plan accounts for {dp_plan.rounds} rounds, {rounds} requested")
     params = model.init_params(seed) if init_params is None else np.asarray(init_params, dtype=np.float64).copy()
     loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
     result = FederatedResult(data.task, model.name, model.n_params, str(getattr(key_source, "name", key_source)), acc0, loss0)
@@ -288,6 +296,10 @@ def run_federated(model: FLModel, data: Any, *, rounds: int, local: LocalTrainCo
         m = RoundMetrics(r, acc, loss, tl, pair_bits, int(res.key_bits_total), n_pairs,
                          int(res.upload_bits_per_client), int(res.baseline_upload_bits_per_client),
                          int(getattr(res, "clipped_values", 0)), time.perf_counter() - t0)
+        if dp_plan is not None:
+            from labqfl.fl.dp import accounted_epsilon
+
+            m.privacy_epsilon_spent = accounted_epsilon(dp_plan.epsilon_round_zcdp, r, dp_plan.delta)
         result.rounds.append(m)
         log.info("round %d: test accuracy %.4f, test loss %.4f, key bits/pair %d", r, acc, loss, pair_bits)
         if on_round_end is not None:
@@ -295,4 +307,6 @@ def run_federated(model: FLModel, data: Any, *, rounds: int, local: LocalTrainCo
         if progress is not None:
             progress(m)
     result.final_params = params
+    if dp_plan is not None:
+        result.privacy = dp_plan.privacy()
     return result

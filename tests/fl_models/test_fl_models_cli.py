@@ -104,3 +104,23 @@ def test_train_threshold_needs_self_masks_and_must_fit_the_graph(tmp_path: Path)
     assert r.exit_code == 1 and "--threshold 2 needs --self-masks" in r.output
     r = CliRunner().invoke(app, ["train", "--clients", "3", "--self-masks", "--threshold", "4", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "must lie in [1, 3]" in r.output
+
+
+def test_train_with_distributed_dp_reports_privacy(tmp_path: Path) -> None:
+    r = CliRunner().invoke(app, ["train", "--task", "mnist-qnn", "--clients", "3", "--rounds", "2", "--q", "32",
+                                 "--dp-epsilon", "20", "--dp-honest", "2", "--self-masks", "--out", str(tmp_path),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    p = d["privacy"]
+    assert "discrete Gaussian" in p["mechanism"] and p["delta"] == 1e-5
+    assert p["honest_clients_assumed"] == 2 and p["rounds"] == 2 and 0.97 * 20 <= p["epsilon"] <= 20
+    spent = [x["privacy_epsilon_spent"] for x in d["rounds"]]
+    assert spent[0] < spent[1] == p["epsilon"]
+    metrics = json.loads((Path(d["run_dir"]) / "metrics.json").read_text())
+    assert metrics["privacy"] == p
+    r = CliRunner().invoke(app, ["train", "--clients", "3", "--dp-epsilon", "1", "--engine", "flower",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "--engine local only" in r.output
+    r = CliRunner().invoke(app, ["train", "--clients", "3", "--dp-honest", "2", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and "need --dp-epsilon" in r.output
