@@ -342,3 +342,48 @@ def test_lost_intervals_and_markers_survive_a_recording_and_its_replay(tmp_path)
     np.testing.assert_array_equal(got.slots, ref.slots)
     assert s_got.stats.dropped_slots_lost_data == s_ref.stats.dropped_slots_lost_data > 80
     assert s_got.stats.marker_tags == s_ref.stats.marker_tags == 13  # 200 000 slots, frames of 16 384
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_blocks=st.integers(1, 8), n_lost=st.integers(1, 4),
+       missing=st.sets(st.integers(1, 7), max_size=1))
+def test_lost_intervals_do_not_depend_on_block_cuts_and_never_give_a_wrong_slot(seed, n_blocks, n_lost, missing):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    F, t0 = 2048, 7_000_000
+    p = mparams(frame_slots=F)
+    ts, ch, slots, outc = marker_stream(rng, p, 8, t0=t0, missing=tuple(missing), p_click=0.05, dark_before=0)
+    starts = np.sort(rng.integers(t0, t0 + 8 * F * int(T), n_lost))
+    lost = np.stack([starts, starts + rng.integers(0, 3_000_000, n_lost)], axis=1).astype(np.int64)
+    gone = np.zeros(ts.size, dtype=bool)
+    for b, e in lost.tolist():
+        gone |= (ts >= b) & (ts <= e)
+    ts, ch = ts[~gone], ch[~gone]
+
+    def with_lost(blocks: list[TagBlock]) -> list[TagBlock]:
+        # each interval travels with the first block that reaches its start (as the driver sends it)
+        out, rest = [], lost
+        for k, blk in enumerate(blocks):
+            last = k == len(blocks) - 1
+            mine = rest if last else rest[rest[:, 0] <= (blk.timestamps[-1] if len(blk) else -1)]
+            rest = rest[len(mine):]
+            out.append(TagBlock(blk.timestamps, blk.channels, bool(mine.size), np.ascontiguousarray(mine)))
+        return out
+
+    whole, s1 = run(p, with_lost([TagBlock(ts, ch)]))
+    cut, s2 = run(p, with_lost(split_blocks(rng, ts, ch, n_blocks)))
+    np.testing.assert_array_equal(cut.slots, whole.slots)
+    np.testing.assert_array_equal(cut.outcomes, whole.outcomes)
+    per_block = {"overflow_blocks"}  # the only counter that depends on how the stream was cut
+    assert {k: v for k, v in vars(s1.stats).items() if k not in per_block} == \
+        {k: v for k, v in vars(s2.stats).items() if k not in per_block}
+    assert s2.stats.lost_intervals == n_lost
+    truth = dict(zip(slots.tolist(), outc.tolist(), strict=True))
+    assert all(truth.get(a) == o for a, o in zip(cut.slots.tolist(), cut.outcomes.tolist(), strict=True))
+    # every clicked slot with a tag inside a lost interval is dropped (its outcome may be incomplete)
+    hit = np.zeros(slots.size, dtype=bool)
+    for d in (0, 1):
+        t_d = t0 + slots * T + DELAYS[d]
+        for b, e in lost.tolist():
+            hit |= ((outc & (1 << d)) != 0) & (t_d >= b - 200) & (t_d <= e + 200)
+    assert not np.any(np.isin(slots[hit], cut.slots))
+    assert s2.stats.dropped_slots_lost_data + s2.stats.dropped_slots_sync == s2.dropped.count(0, s2.final_slots)
