@@ -8,24 +8,25 @@ Canonne, Kamath, Steinke, "The Discrete Gaussian for Differential Privacy", Neur
 1. **clip** its update x (d parameters) to L2 norm ≤ c;
 2. **flatten**: pad to d' = 2^⌈log2 d⌉ and rotate, y = W·D·x with D a diagonal of random signs
    (public per-round randomness, :func:`rotation_signs`) and W the orthonormal Walsh–Hadamard
-   matrix (KLS21 §4.1) — every coordinate is then about c/√d', so the modular sum rarely wraps;
+   matrix (KLS21 §4) — every coordinate is then about c/√d', so the modular sum rarely wraps;
 3. **scale and round**: y/γ rounded to integers by *conditional* randomized rounding — unbiased
    stochastic rounding repeated until ‖z‖₂ ≤ Δ₂ with
-   Δ₂² = min{ c²/γ² + d'/4 + √(2 ln(1/β))·(c/γ + √d'/2), (c/γ + √d')² } (KLS21, Eq. (19)/(20));
+   Δ₂² = min{ c²/γ² + d'/4 + √(2 ln(1/β))·(c/γ + √d'/2), (c/γ + √d')² } (KLS21 §4, conditional
+   randomized rounding; the same bound as the authors' reference code);
    Δ₂ is the L2 sensitivity of one client's integer vector;
 4. **noise**: add N_Z(0, σ²) per coordinate (discrete Gaussian, CKS20 Algorithm 3);
 5. **encode mod 2^q** (two's complement), then mask as usual (pairwise masks, self-masks).
 
 The server's modular sum S = Σ z_i + Σ noise_i mod 2^q is read as a signed integer in
-[−2^{q−1}, 2^{q−1}) (**modular clipping**: a sum outside that range wraps, KLS21 §4.2), scaled by
+[−2^{q−1}, 2^{q−1}) (**modular clipping**: a sum outside that range wraps, KLS21 §4), scaled by
 γ, rotated back and divided by the number of survivors: the mean of the clipped updates plus
 noise. Weights are equal in DP mode (a weight would scale a client's sensitivity).
 
 **Collusion.** If the server colludes with all but H honest clients, the colluders subtract their
 own noise; what protects an honest client is the noise of the H honest ones: a sum of H discrete
-Gaussians N_Z(0, σ²). By KLS21 Theorem 12 (sum of discrete Gaussians) with neighbouring inputs
-differing by one client's vector (add/remove, L2 sensitivity Δ₂, L1 ≤ √d'·Δ₂) the round is
-½ε_r²-concentrated DP with
+Gaussians N_Z(0, σ²). By KLS21 Theorem 1 (arXiv 2102.06387; sums of discrete Gaussians) with
+neighbouring inputs differing by one client's vector set to zero ("zero-out": the client still adds
+its noise; L2 sensitivity Δ₂, L1 ≤ √d'·Δ₂) the round is ½ε_r²-concentrated DP with
 
     ε_r = min{ √(Δ₂²/(Hσ²) + ½·τ·d'),  Δ₁/√(Hσ²) + τ·√d' },  τ = 10·Σ_{k=1}^{H−1} exp(−2π²σ²·k/(k+1)).
 
@@ -120,7 +121,7 @@ class DPPlan:
         return {"mechanism": MECHANISM, "epsilon": self.epsilon, "delta": self.delta,
                 "honest_clients_assumed": self.honest, "rounds": self.rounds, "accountant": ACCOUNTANT,
                 "noise_sigma_per_client": self.sigma, "granularity": self.gamma, "l2_sensitivity": self.delta2,
-                "l2_clip": self.l2_clip, "neighbouring": "add/remove one client's update (user-level)"}
+                "l2_clip": self.l2_clip, "neighbouring": "zero-out: one client's update replaced by zeros (user-level)"}
 
 
 # -- discrete Gaussian sampling (CKS20 Algorithm 3, vectorised) -----------------------------------
@@ -198,14 +199,14 @@ def rotation_signs(d_pad: int, round_index: int) -> np.ndarray:
 
 
 def sensitivity(l2_clip: float, gamma: float, d_pad: int, beta: float) -> float:
-    """Δ₂ after conditional randomized rounding at granularity γ (KLS21, Eqs. (19)-(20))."""
+    """Δ₂ after conditional randomized rounding at granularity γ (KLS21 §4)."""
     cg = l2_clip / gamma
     a = cg * cg + d_pad / 4.0 + math.sqrt(2.0 * math.log(1.0 / beta)) * (cg + math.sqrt(d_pad) / 2.0)
     return math.sqrt(min(a, (cg + math.sqrt(d_pad)) ** 2))
 
 
 def zcdp_epsilon_of_sum(delta2: float, sigma: float, honest: int, d_pad: int) -> tuple[float, float]:
-    """(ε_r, τ): the sum of H discrete Gaussians N_Z(0, σ²) is ½ε_r²-zCDP (KLS21, Theorem 12)."""
+    """(ε_r, τ): the sum of H discrete Gaussians N_Z(0, σ²) is ½ε_r²-zCDP (KLS21, Theorem 1)."""
     tau = 10.0 * sum(math.exp(-2.0 * math.pi**2 * sigma * sigma * k / (k + 1)) for k in range(1, honest))
     var = honest * sigma * sigma
     e1 = math.sqrt(delta2 * delta2 / var + 0.5 * tau * d_pad)
