@@ -101,9 +101,6 @@ class IDQuantiqueID120(MessageDriver, PhotonDetector):
         self.bias_ramp_v_per_s, self.bias_step_v = o.bias_ramp_v_per_s, o.bias_step_v
         super().__init__(name, config, adapter=adapter)
 
-    def _on_open(self) -> None:
-        self._identity = self.link.query("*IDN?")
-
     # -- low level --------------------------------------------------------------------------------
     def _query_flag(self, command: str) -> bool:
         reply = self.link.query(command).upper()

@@ -211,6 +211,7 @@ class SingleQuantumEos(MessageDriver, PhotonDetector):
                                            instrument=self.name, resource=self.resource, command=command)
 
     def _on_open(self) -> None:
+        self._pending.clear()
         n = self._labels("NumberOfDetectors")["NumberOfDetectors"]
         if not isinstance(n, int) or n < 1:
             raise InstrumentReplyError(f"unexpected NumberOfDetectors {n!r}; expected an integer >= 1",

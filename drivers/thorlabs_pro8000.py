@@ -114,12 +114,20 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
     # -- slot-addressed I/O ------------------------------------------------------------------
     def _get(self, slot: int, label: str, attr: str) -> Any:
+        def get() -> Any:
+            self.pm.slot = slot
+            return getattr(self.pm, attr)
+
         with self.lock:
-            return self.link.call(label, lambda: (setattr(self.pm, "slot", slot), getattr(self.pm, attr))[1])
+            return self.link.call(label, get)
 
     def _set(self, slot: int, label: str, attr: str, value: Any) -> None:
+        def put() -> None:
+            self.pm.slot = slot
+            setattr(self.pm, attr, value)
+
         with self.lock:
-            self.link.call(label, lambda: (setattr(self.pm, "slot", slot), setattr(self.pm, attr, value)))
+            self.link.call(label, put)
             self.link.check_errors(label)
 
     # -- settings -------------------------------------------------------------------------------

@@ -39,10 +39,9 @@ import atexit
 import os
 import signal
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import ConfigError, StationError
@@ -57,6 +56,9 @@ from labqfl.instruments.interfaces import (
     VariableAttenuator,
 )
 from labqfl.log import get_logger
+
+if TYPE_CHECKING:
+    from labqfl.drivers import DriverDeclaration
 
 log = get_logger(__name__)
 
@@ -88,12 +90,12 @@ def _kinds(cls: type) -> str:
 
 def _role_channel(cls: type | None, ic: InstrumentConfig) -> int | None:
     """The channel a role uses on a multi-channel driver (``None``: the driver has no channels)."""
-    channel_of = getattr(cls, "channel_of", None)
-    if cls is None or channel_of is None:
+    if cls is None or not hasattr(cls, "channel_of"):
         return None
+    decl = cast("type[DriverDeclaration]", cls)
     try:
-        return cast(Callable[[Any], "int | None"], channel_of)(cls.parse_options("", ic))  # type: ignore[attr-defined]
-    except Exception:  # bad options are reported by the driver when it opens
+        return decl.channel_of(decl.parse_options("", ic))
+    except ConfigError:  # bad options are reported by the driver when it opens
         return None
 
 
@@ -176,6 +178,8 @@ def _guard_register(station: Station) -> bool:
             for sig in _GUARD_SIGNALS:
                 prev = signal.getsignal(sig)
                 if prev is signal.SIG_IGN:  # the process chose to ignore it: so do we
+                    continue
+                if prev is _on_signal:  # still ours (last close ran off the main thread): keep the original
                     continue
                 _PREVIOUS[int(sig)] = prev
                 signal.signal(sig, _on_signal)
@@ -276,7 +280,8 @@ class Station:
         #: True while SIGTERM/SIGINT/atexit put this station's instruments in their safe state.
         self.guarded = False
         self._check_duplicate_resources(tolerant)
-        if _GUARD_DEFAULT if guard is None else guard:
+        wants_guard = _GUARD_DEFAULT if guard is None else guard
+        if wants_guard:
             self.guarded = _guard_register(self)  # before opening: a kill during the opening is covered too
         try:
             self._open_all(tolerant)
