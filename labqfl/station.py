@@ -302,12 +302,13 @@ class Station:
     def _check_duplicate_resources(self, tolerant: bool) -> None:
         """Refuse two roles on one resource unless its driver declares channels and each role has its
         own channel; ``tolerant``: record the later role as failed instead."""
-        from labqfl.drivers import DRIVERS
-
         seen: dict[tuple[str, str], list[tuple[str, int | None]]] = {}
         for role, ic in self.config.roles().items():
             if ic.simulated or not ic.resource:
                 continue
+            # only with real roles: simulated stations never load the driver stack
+            from labqfl.drivers import DRIVERS
+
             key = (ic.visa_library or "", ic.resource.strip().upper())
             channel = _role_channel(DRIVERS.get(ic.driver), ic)
             msg = None
