@@ -21,6 +21,8 @@ def test_write_config_writes_a_loadable_station_that_predicts_at_least_the_given
     d = load_station_config().model_dump(mode="json", exclude_none=True)
     d["name"] = "two-client-test"
     d["schedule"]["pairs"] = [["C1", "C2"]]
+    for c in d["clients"]:  # the operating point of issue 18: a weak decoy sent 2 % of the time
+        c["intensities"], c["intensity_probs"], c["basis_x_prob"] = [0.03, 0.1, 0.0], [0.93, 0.02, 0.05], 0.85
     given = tmp_path / "given.toml"
     given.write_text(dump_toml(d), encoding="utf-8")
     out = tmp_path / "optimised.toml"
@@ -36,7 +38,7 @@ def test_write_config_writes_a_loadable_station_that_predicts_at_least_the_given
     for b, a, row in zip(before, after, data["pairs"], strict=True):
         assert a.bits_per_second >= b.bits_per_second
         assert abs(row["bits_per_second_after"] - a.bits_per_second) <= 1e-6 * max(a.bits_per_second, 1.0)
-    # the embedded point is tuned for 1e9-slot blocks: for 3e8-slot blocks the optimiser does better
+    # for 3e8-slot blocks a stronger decoy and more vacuum do better
     assert after[0].bits_per_second > 1.05 * before[0].bits_per_second
 
 
