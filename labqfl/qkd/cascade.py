@@ -42,7 +42,7 @@ information reconciliation protocol Cascade", arXiv:1407.3257):
   k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, k3 = 4096, k_i = n/2 for i ≥ 4, 14 passes.
 * :meth:`CascadeSchedule.for_frame` (the default): opt. (8) adapted to the frame length n (k1
   halved below 128 first-pass blocks, the 4096 pass only from 2^19 bits on), then bipartitions
-  with confirmation (frame error rate ≤ 2^-12).
+  with confirmation (16 clean bipartitions in a row: frame error rate ≈ 2^-16).
 
 Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by Shannon's bound.
 """
@@ -79,8 +79,10 @@ HALF = -1
 MAX_BITS = 1 << 27
 """Largest frame Cascade accepts (sub-block keys pack pass, block and node in 64 bits)."""
 
-FRAME_CONFIRM = 12
-"""Default ``confirm`` of :meth:`CascadeSchedule.for_frame`: frame error rate ≤ 2^-12 ≈ 2.4·10^-4."""
+FRAME_CONFIRM = 16
+"""Default ``confirm`` of :meth:`CascadeSchedule.for_frame`: a run of clean bipartitions that
+starts with residual errors passes with probability 2^-16 ≈ 1.5·10^-5 (with 12, one 10^4-bit frame
+of 1 400 kept 8 errors through 12 clean bipartitions: ``labqfl bench cascade-grid``)."""
 
 THIRD_PASS_MIN_BITS = 1 << 19
 """:meth:`CascadeSchedule.for_frame` adds opt. (8)'s 4096-bit third pass from this frame length on."""
@@ -180,10 +182,12 @@ class CascadeSchedule:
 
     ``confirm`` (0 = run every pass): Bob stops as soon as ``confirm`` bipartition passes in a row
     found no odd block.  A random bipartition puts an odd number of any non-empty set of residual
-    errors in its first block with probability exactly ½ (one independent fair bit per index), so
-    a frame that still holds errors passes ``confirm`` clean bipartitions with probability
-    ≤ 2^-confirm: the frame error rate is bounded by 2^-confirm whatever the frame size, and each
-    confirmation costs one disclosed parity (the other block's follows from the key parity).
+    errors in its first block with probability exactly ½ (one independent fair bit per index, drawn
+    after those errors were fixed), so a frame that still holds errors passes ``confirm`` clean
+    bipartitions in a row with probability 2^-confirm whatever the frame size.  A detection starts a
+    new run, so the frame error rate is ≤ (runs started with errors) · 2^-confirm — in practice one
+    or two runs.  Each confirmation costs one disclosed parity (the other block's follows from
+    the key parity).
     """
 
     block_sizes: tuple[int, ...]
@@ -232,8 +236,8 @@ class CascadeSchedule:
           10^4–10^5-bit frames its ⌈n/4096⌉ parities cost more than it saves; on long frames it
           clears the residual errors in a few hundred round trips, where the bipartitions would
           need 2–9× more (f 1.033 instead of 1.039 at 10^6 bits / 2 %, but slower);
-        * then random bipartitions until ``confirm`` in a row find nothing (frame error rate
-          ≤ 2^-confirm, see the class docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
+        * then random bipartitions until ``confirm`` in a row find nothing (see the class
+          docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
         """
         if n < 1:
             raise ReconciliationInputError(f"frame length n must be >= 1, got {n}")
@@ -951,7 +955,7 @@ def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     the estimated bit error rate in (0, 0.5), which sets the block sizes.  ``seed``: public seed of
     the pass permutations (None: from the OS).  ``schedule``: ``"frame"`` (default,
     :meth:`CascadeSchedule.for_frame`: block sizes per frame length and QBER, confirmation passes
-    bounding the frame error rate by 2^-12), ``"tuned"`` (Martinez-Mateo et al. opt. (8), 14
+    bounding the frame error rate near 2^-16), ``"tuned"`` (Martinez-Mateo et al. opt. (8), 14
     passes), ``"original"`` or a :class:`CascadeSchedule`.  Returns a
     :class:`ReconciliationResult`; ``leaked_bits`` counts every parity Alice revealed.
     """

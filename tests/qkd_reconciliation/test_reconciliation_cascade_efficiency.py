@@ -107,3 +107,14 @@ def test_schedule_rejects_bad_confirm(kwargs, match):
 def test_frame_schedule_rejects_empty_frame():
     with pytest.raises(ReconciliationInputError, match="frame length n must be >= 1"):
         CascadeSchedule.for_frame(0.02, 0)
+
+
+def test_default_confirmation_corrects_the_frame_that_twelve_confirmations_missed(frame):
+    """`labqfl bench cascade-grid` (10^4 bits, 1 %, frame 89): 8 errors paired up in the same
+    blocks of both affine passes survived 12 clean bipartitions (probability 2^-12 per run)."""
+    x, y = frame(10_000, 0.01, 1089)
+    short = reconcile_cascade(x, y, 0.01, seed=89, schedule=CascadeSchedule.for_frame(0.01, 10_000, confirm=12))
+    assert int(np.count_nonzero(short.corrected != x)) == 8
+    assert short.details["clean_confirmations"] == 12
+    res = reconcile_cascade(x, y, 0.01, seed=89)
+    assert np.array_equal(res.corrected, x)
