@@ -320,3 +320,21 @@ def test_timetagger_two_threads(tagger: SwabianTimeTagger, threads) -> None:  # 
             else:
                 tagger.trigger_levels_v = {1: 0.1 * (k % 5)}
     threads(work)
+
+
+def test_station_load_refuses_a_sync_divider_the_tagger_cannot_set() -> None:
+    # setEventDivider: "The divider is a 16 bit integer, so the maximum value is 65535."
+    from labqfl.config import load_station_config
+    from labqfl.errors import ConfigError
+    from labqfl.station import validate_driver_roles
+
+    cfg = load_station_config()
+    cfg.time_tagger = TimeTaggerConfig(driver="SwabianTimeTagger", sync_divider=100_000)
+    with pytest.raises(ConfigError, match=r"field 'time_tagger\.sync_divider' \(role time_tagger\): outside what "
+                                          r"SwabianTimeTagger can set; expected 1 to 65535; got 100000$"):
+        validate_driver_roles(cfg, "station.toml")
+    cfg.time_tagger = TimeTaggerConfig(driver="SwabianTimeTagger", dead_times_ps={"D0": 500.0})
+    with pytest.raises(ConfigError, match=r"time_tagger\.dead_times_ps\.D0"):
+        validate_driver_roles(cfg, "station.toml")
+    cfg.time_tagger = TimeTaggerConfig(driver="SwabianTimeTagger", sync_divider=65_535, dead_times_ps={"D0": 2000.0})
+    validate_driver_roles(cfg, "station.toml")
