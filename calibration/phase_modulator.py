@@ -31,6 +31,7 @@ from labqfl.calibration.core import (
     sim_truth,
     wrap_phase,
 )
+from labqfl.calibration.detector import _dead_time_s, dim_for_rate, guard_original
 from labqfl.calibration.fitting import FitResult, fit_poisson
 
 from labqfl.errors import CalibrationError
@@ -89,9 +90,13 @@ def _reference(names: list[str], client: str, reference: str | None) -> str:
 
 
 def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str | None = None, n_points: int = 41,
-             integration_s: float = 0.02, periods: float = 2.0) -> ProcedureResult:
+             integration_s: float = 0.02, periods: float = 2.0, min_counts_per_point: int = 1000) -> ProcedureResult:
     """Vπ and bias phase of each client's modulator (default: every client; the reference for all
-    is the first client, and the second client for the first)."""
+    is the first client, and the second client for the first).
+
+    The two clients are dimmed together until R·τ_d ≤ 0.1 on both detectors (µs dead times), and
+    each point integrates at least ``integration_s`` and long enough for ≈ ``min_counts_per_point``
+    clicks (at most 0.5 s)."""
     cfg = ctx.config
     names = cfg.client_names
     todo = clients or names
@@ -120,6 +125,16 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
                 guard.set(p, "output_enabled", True)
                 restore_dc(guard, p)
             pm_ref.set_dc_voltage(0.0)
+            pm.set_dc_voltage(0.0)
+            # keep R·τ_d ≤ 0.1 on both detectors (InGaAs SPADs with µs dead times saturate at the
+            # operating attenuation): the two clients dimmed by the same ΔA from their own settings
+            for c in (k, ref):
+                att = st.attenuator(c)
+                if hasattr(att, "attenuation_db"):
+                    guard.set(att, "attenuation_db", guard_original(guard, att, "attenuation_db"))
+            rates = dim_for_rate(ctx, guard, ("D0", "D1"), {d: 0.1 / max(_dead_time_s(ctx, d), 1e-12) for d in ("D0", "D1")})
+            # enough clicks per point for the 8σ fringe test at dimmed (dead-time-limited) rates
+            t_pt = float(min(max(integration_s, min_counts_per_point / max(min(rates.values()), 1.0)), 0.5))
             vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))
             vmax = min(periods * vpi_nom, float(pm.amplitude_vpp) / 2.0 if pm.amplitude_vpp > 0 else periods * vpi_nom)
             if vmax < 0.75 * vpi_nom:
@@ -130,9 +145,9 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
             ctx.step(f"{k}: fringe scan against {ref} ({n_points} points, ±{vmax:.3g} V)")
             for i, v in enumerate(volts):
                 pm.set_dc_voltage(float(v))
-                r = st.time_tagger.count_rates(integration_s)
-                n0[i] = round(r.get(ch0, 0.0) * integration_s)
-                n1[i] = round(r.get(ch1, 0.0) * integration_s)
+                r = st.time_tagger.count_rates(t_pt)
+                n0[i] = round(r.get(ch0, 0.0) * t_pt)
+                n1[i] = round(r.get(ch1, 0.0) * t_pt)
             pm.set_dc_voltage(0.0)
             fit = fit_fringe(volts, n0, n1, vpi_nom, f"{k} fringe")
             vpi, e_vpi = fit["vpi"], fit.err("vpi")
@@ -155,7 +170,7 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
                 details={"reference_client": ref, "relative_to": f"{ref}.bias_phase_rad",
                          "fringe_contrast_D0": contrast[0], "fringe_contrast_D1": contrast[1]}))
             raw[k] = {"reference": ref, "voltages_v": volts, "counts_D0": n0, "counts_D1": n1,
-                      "integration_s": integration_s, "fit": fit.summary(),
+                      "integration_s": t_pt, "fit": fit.summary(),
                       "qber_floor_estimate": (1 - max(contrast)) / 2 if all(math.isfinite(c) for c in contrast) else None}
             p = save_plot(ctx.plot_path(f"vpi_{k}.png"),
                           lambda ax, volts=volts, n0=n0, n1=n1, fit=fit: _plot_fringe(ax, volts, n0, n1, fit),
