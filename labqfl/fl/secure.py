@@ -51,7 +51,7 @@ from labqfl.fl.selfmask import (
     default_threshold,
     draw_self_mask,
     encrypt_share,
-    holders_of,
+    holder_sets,
     pad_words_from_bits,
     shamir_reconstruct,
     shamir_share,
@@ -469,9 +469,10 @@ def _share_self_masks(clients: list[str], pairs: list[str], uploads: dict[str, n
     pos = {c: i + 1 for i, c in enumerate(clients)}
     pair_of = {frozenset(split_pair(p)): p for p in pairs}
     spent = 0
+    sets = holder_sets(clients, pairs)
     for i in clients:
         s_i = draw_self_mask(n, q)
-        hs = holders_of(i, clients, pairs)
+        hs = sets[i]
         shares = shamir_share(s_i, [pos[h] for h in hs], t, q)
         uploads[i] += s_i
         s_i[:] = 0
@@ -479,7 +480,9 @@ def _share_self_masks(clients: list[str], pairs: list[str], uploads: dict[str, n
             share = shares[row]
             if j != i:
                 p = pair_of[frozenset((i, j))]
-                pad = pad_words_from_bits(key_source.shared_keys(p, w * n, round_index=round_index), w)
+                fast = getattr(key_source, "shared_pad_words", None)
+                pad = (fast(p, n, w, round_index=round_index) if fast is not None else
+                       pad_words_from_bits(key_source.shared_keys(p, w * n, round_index=round_index), w))
                 spent += w * n
                 ct = encrypt_share(share, pad)  # what travels i -> j
                 share = encrypt_share(ct, pad)  # j decrypts with its copy of the pair key

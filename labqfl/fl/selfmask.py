@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -88,21 +89,22 @@ def draw_self_mask(n: int, q: int) -> np.ndarray:
 def uniform_mod_p(count: int, p: int) -> np.ndarray:
     """``count`` independent uniform elements of GF(p) (uint64) from the OS CSPRNG.
 
-    Exact uniformity by rejection: draw w-bit integers (w = ⌈log2 p⌉) from ``secrets`` and keep
-    those below p (acceptance p/2^w > 1/2).
+    Exact uniformity by rejection: draw B-bit integers r from ``secrets`` (B = 16, 32 or 64, the
+    smallest with 2^B ≥ 256·p), keep r < ⌊2^B/p⌋·p and return r mod p — every residue has exactly
+    ⌊2^B/p⌋ preimages; acceptance ≥ 1 − p/2^B > 0.99.
     """
-    w = (p - 1).bit_length()
-    dt = np.dtype(np.uint32) if w <= 32 else np.dtype(np.uint64)
-    mask = (1 << w) - 1
+    dt: np.dtype[Any] = np.dtype(np.uint16 if p < (1 << 8) else np.uint32 if p < (1 << 24) else np.uint64)
+    limit = ((1 << (8 * dt.itemsize)) // p) * p  # values >= limit are rejected
     out = np.empty(count, dtype=np.uint64)
     filled = 0
     while filled < count:
         need = count - filled
-        draw = int(need * (1 << w) / p * 1.05) + 64
-        raw = np.bitwise_and(np.frombuffer(secrets.token_bytes(draw * dt.itemsize), dtype=dt), mask)
-        ok = raw[raw < p]
-        take = min(ok.size, need)
-        out[filled:filled + take] = ok[:take]
+        draw = need + need // 64 + 16
+        raw = np.frombuffer(secrets.token_bytes(draw * dt.itemsize), dtype=dt)
+        if limit < (1 << (8 * dt.itemsize)):
+            raw = raw[raw < dt.type(limit)]
+        take = min(raw.size, need)
+        out[filled:filled + take] = raw[:take] % dt.type(p)
         filled += take
     return out
 
@@ -110,38 +112,82 @@ def uniform_mod_p(count: int, p: int) -> np.ndarray:
 # -- Shamir sharing over GF(p) ------------------------------------------------------------------
 
 
-@numba.njit(cache=True, nogil=True)
-def _horner_kernel(coefs, xs, p, out):  # type: ignore[no-untyped-def]
-    """out[h, i] = Σ_j coefs[j, i] · xs[h]^j mod p (Horner; acc·x < 2^34·2^20 fits uint64)."""
-    t, n = coefs.shape
-    for h in range(xs.size):
-        x = xs[h]
-        for i in range(n):
-            acc = coefs[t - 1, i]
+def _make_horner(p: int, dt: Any):  # type: ignore[no-untyped-def]
+    """A Horner kernel with the prime p compiled in as a constant (so ``% p`` is a multiply-shift,
+    not a hardware division): out[h, i] = Σ_j coefs[j, i] · xs[h]^j mod p, in dtype ``dt`` (the
+    caller checks that (p − 1)·(x_max + 1) fits it)."""
+    pc = dt.type(p)
+
+    @numba.njit(nogil=True)
+    def kernel(coefs, xs, out):  # type: ignore[no-untyped-def]
+        t, n = coefs.shape
+        for h in range(xs.size):
+            x = xs[h]
+            row = out[h]
+            for i in range(n):
+                row[i] = coefs[t - 1, i]
             for j in range(t - 2, -1, -1):
-                acc = (acc * x + coefs[j, i]) % p
-            out[h, i] = acc
+                c = coefs[j]
+                for i in range(n):
+                    row[i] = (row[i] * x + c[i]) % pc
+
+    return kernel
 
 
-@numba.njit(cache=True, nogil=True)
-def _mulmod(a, b, p):  # type: ignore[no-untyped-def]
-    """a·b mod p for a, b < p < 2^34 without overflow: b split into two 17-bit limbs."""
-    b0 = b & np.uint64(0x1FFFF)
-    b1 = b >> np.uint64(17)
-    r = (a * b1) % p
-    r = (r << np.uint64(17)) % p
-    return (r + a * b0) % p
+_HORNER: dict[tuple[int, str], Any] = {}
 
 
-@numba.njit(cache=True, nogil=True)
-def _lagrange_kernel(shares, lambdas, p, out):  # type: ignore[no-untyped-def]
-    """out[i] = Σ_k lambdas[k] · shares[k, i] mod p."""
-    m, n = shares.shape
-    for i in range(n):
-        acc = np.uint64(0)
+def _horner(p: int, dt: Any):  # type: ignore[no-untyped-def]
+    key = (p, dt.str)
+    if key not in _HORNER:
+        _HORNER[key] = _make_horner(p, dt)
+    return _HORNER[key]
+
+
+def _make_lagrange(p: int):  # type: ignore[no-untyped-def]
+    """out[i] = Σ_k lambdas[k] · shares[k, i] mod p, p compiled in; each product a·λ with
+    a, λ < p < 2^34 is formed without overflow by splitting λ into two 17-bit limbs."""
+    pc = np.uint64(p)
+    lo_mask = np.uint64(0x1FFFF)
+    sh = np.uint64(17)
+
+    @numba.njit(nogil=True)
+    def kernel(shares, lambdas, out):  # type: ignore[no-untyped-def]
+        m, n = shares.shape
+        for i in range(n):
+            out[i] = 0
         for k in range(m):
-            acc = (acc + _mulmod(np.uint64(shares[k, i]), lambdas[k], p)) % p
-        out[i] = acc
+            lam = lambdas[k]
+            b0 = lam & lo_mask
+            b1 = lam >> sh
+            row = shares[k]
+            for i in range(n):
+                a = np.uint64(row[i])
+                r = ((((a * b1) % pc) << sh) % pc + a * b0) % pc
+                out[i] = (out[i] + r) % pc
+
+    @numba.njit(nogil=True)
+    def kernel_small(shares, lambdas, out):  # type: ignore[no-untyped-def]
+        # p < 2^32: a·λ < 2^64 directly
+        m, n = shares.shape
+        for i in range(n):
+            out[i] = 0
+        for k in range(m):
+            lam = lambdas[k]
+            row = shares[k]
+            for i in range(n):
+                out[i] = (out[i] + np.uint64(row[i]) * lam) % pc
+
+    return kernel_small if p < (1 << 32) else kernel
+
+
+_LAGRANGE: dict[int, Any] = {}
+
+
+def _lagrange(p: int):  # type: ignore[no-untyped-def]
+    if p not in _LAGRANGE:
+        _LAGRANGE[p] = _make_lagrange(p)
+    return _LAGRANGE[p]
 
 
 def _check_xs(xs: Sequence[int], p: int) -> np.ndarray:
@@ -167,14 +213,16 @@ def shamir_share(secret: np.ndarray, xs: Sequence[int], t: int, q: int) -> np.nd
     if not 1 <= t <= x.size:
         raise ValueError(f"Shamir threshold t must lie in [1, {x.size}] (the number of holders), got {t}")
     n = s.size
-    coefs = np.empty((t, n), dtype=np.uint64)
+    # uint32 arithmetic (vectorisable) when every acc·x + c stays below 2^32, else uint64
+    dt = share_dtype(q) if (p - 1) * (int(x.max()) + 1) < (1 << 32) else np.dtype(np.uint64)
+    coefs = np.empty((t, n), dtype=dt)
     coefs[0] = s
     if t > 1:
         coefs[1:] = uniform_mod_p((t - 1) * n, p).reshape(t - 1, n)
-    out = np.empty((x.size, n), dtype=np.uint64)
-    _horner_kernel(coefs, x, np.uint64(p), out)
+    out = np.empty((x.size, n), dtype=dt)
+    _horner(p, dt)(coefs, x.astype(dt), out)
     coefs[:] = 0
-    return out.astype(share_dtype(q))
+    return out.astype(share_dtype(q), copy=False)
 
 
 def lagrange_at_zero(xs: Sequence[int], p: int) -> list[int]:
@@ -203,7 +251,7 @@ def shamir_reconstruct(xs: Sequence[int], shares: np.ndarray, q: int) -> np.ndar
         raise ValueError(f"shares must have shape ({x.size}, n), got {sh.shape}")
     lam = np.asarray(lagrange_at_zero(x.tolist(), p), dtype=np.uint64)
     out = np.empty(sh.shape[1], dtype=np.uint64)
-    _lagrange_kernel(np.ascontiguousarray(sh, dtype=np.uint64), lam, np.uint64(p), out)
+    _lagrange(p)(np.ascontiguousarray(sh), lam, out)
     if out.size and int(out.max()) >= (1 << q):
         raise SecureAggregationError(
             "self-mask reconstruction gave a value >= 2^q: the shares are inconsistent or fewer than the threshold")
@@ -216,17 +264,21 @@ def shamir_reconstruct(xs: Sequence[int], shares: np.ndarray, q: int) -> np.ndar
 def pad_words_from_bits(bits: np.ndarray, w: int) -> np.ndarray:
     """Key bits (uint8 0/1, length w·n) → n pad words of w bits, MSB first (uint64)."""
     b = np.asarray(bits)
-    if b.dtype != np.uint8 or b.ndim != 1 or b.size % w:
+    if b.dtype != np.uint8 or b.ndim != 1 or b.size % w or not 1 <= w <= 64:
         raise ValueError(f"pad bits must be 1-D uint8 with a multiple of w={w} entries, got {b.dtype} {b.shape}")
-    rows = b.reshape(-1, w)
-    pad_to = -w % 8
-    if pad_to:
-        rows = np.concatenate([np.zeros((rows.shape[0], pad_to), dtype=np.uint8), rows], axis=1)
-    packed = np.packbits(rows, axis=1)  # (n, ceil(w/8)) bytes, big-endian value per row
-    nbytes = packed.shape[1]
-    full = np.zeros((packed.shape[0], 8), dtype=np.uint8)
-    full[:, 8 - nbytes:] = packed
-    return full.view(">u8").reshape(-1).astype(np.uint64)
+    out = np.empty(b.size // w, dtype=np.uint64)
+    _pack_kernel(b, w, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_kernel(bits, w, out):  # type: ignore[no-untyped-def]
+    for i in range(out.size):
+        v = np.uint64(0)
+        base = i * w
+        for j in range(w):
+            v = (v << np.uint64(1)) | np.uint64(bits[base + j] & 1)
+        out[i] = v
 
 
 def encrypt_share(share: np.ndarray, pad: np.ndarray) -> np.ndarray:
@@ -235,7 +287,7 @@ def encrypt_share(share: np.ndarray, pad: np.ndarray) -> np.ndarray:
     k = np.asarray(pad, dtype=np.uint64)
     if s.shape != k.shape:
         raise ValueError(f"share and pad must have the same shape, got {s.shape} and {k.shape}")
-    return (s.astype(np.uint64) ^ k).astype(s.dtype)
+    return np.bitwise_xor(s, k.astype(s.dtype))  # pads are < 2^w, which the share dtype holds
 
 
 # -- graph helpers -------------------------------------------------------------------------------
@@ -243,20 +295,24 @@ def encrypt_share(share: np.ndarray, pad: np.ndarray) -> np.ndarray:
 
 def holders_of(client: str, clients: Sequence[str], pairs: Iterable[str]) -> list[str]:
     """Holders of ``client``'s self-mask shares: itself and its mask-graph neighbours, loop order."""
-    out = {client}
+    return holder_sets(clients, pairs)[client]
+
+
+def holder_sets(clients: Sequence[str], pairs: Iterable[str]) -> dict[str, list[str]]:
+    """Every client's holders (itself and its graph neighbours, in loop order), in one pass."""
+    out: dict[str, set[str]] = {c: {c} for c in clients}
     for p in pairs:
         a, b = split_pair(p)
-        if a == client:
-            out.add(b)
-        elif b == client:
-            out.add(a)
+        if a in out and b in out:
+            out[a].add(b)
+            out[b].add(a)
     pos = {c: i for i, c in enumerate(clients)}
-    return sorted(out, key=lambda c: pos[c])
+    return {c: sorted(hs, key=lambda x: pos[x]) for c, hs in out.items()}
 
 
 def default_threshold(clients: Sequence[str], pairs: Sequence[str]) -> int:
     """A majority of the smallest holder set: ⌊h_min/2⌋ + 1 (h_min = smallest closed neighbourhood)."""
-    h = min(len(holders_of(c, clients, pairs)) for c in clients)
+    h = min(len(hs) for hs in holder_sets(clients, pairs).values())
     return h // 2 + 1
 
 
@@ -268,7 +324,7 @@ def check_threshold(clients: Sequence[str], pairs: Sequence[str], t: int, q: int
         raise SecureAggregationError(
             f"self-masks with q={q}: shares live in GF({share_prime(q)}), which has x-coordinates for at "
             f"most {bound - 1} clients, got {len(clients)}; use a larger q")
-    h = min(len(holders_of(c, clients, pairs)) for c in clients)
+    h = min(len(hs) for hs in holder_sets(clients, pairs).values())
     if not 1 <= t <= h:
         raise SecureAggregationError(
             f"self-mask threshold t={t} is invalid for this mask graph: it must lie in [1, {h}] "
@@ -284,8 +340,9 @@ def choose_share_holders(survivors: Sequence[str], clients: Sequence[str], pairs
     """
     alive = set(survivors)
     out: dict[str, list[str]] = {}
+    sets = holder_sets(clients, pairs)
     for c in survivors:
-        hs = [h for h in holders_of(c, clients, pairs) if h in alive]
+        hs = [h for h in sets[c] if h in alive]
         if len(hs) < t:
             raise SecureAggregationError(
                 f"round aborted before any reveal: survivor {c} has {len(hs)} surviving share holder(s) "

@@ -192,6 +192,17 @@ def test_csprng_words_follow_the_bits_convention() -> None:
         pickle.dumps(src)
 
 
+def test_csprng_rekeys_every_round_and_never_repeats_a_segment() -> None:
+    src = CsprngKeySource()
+    a = src.shared_words("C1-C2", 4096, 16, round_index=1)
+    enc = src._enc
+    b = src.shared_words("C2-C3", 4096, 16, round_index=1)
+    assert src._enc is enc and src._enc_bytes == 2 * 8192  # one stream per round, read on
+    assert np.count_nonzero(a == b) < 20  # distinct segments (≈ 4096/65536 equal by chance)
+    src.shared_words("C1-C2", 4096, 16, round_index=2)
+    assert src._enc is not enc and src._enc_bytes == 8192  # a new round: a fresh OS seed
+
+
 # -- QKD key source over a key store ----------------------------------------------------------
 
 
