@@ -171,7 +171,7 @@ class BlockPlan:
         need = self.needed_duration_s
         needs = "no block size gives key on this station" if not math.isfinite(need) else (
             f"a positive-key block on every pair needs ≥ {need:.3g} s of data "
-            f"({self.pairs[self.limiting_pair].rule_slots:.3g} slots of pair {self.limiting_pair})")
+            f"({need * self.rep_rate_hz / self.n_pairs:.3g} slots per pair; limiting pair {self.limiting_pair})")
         return f"{what} ({have}) is too short for the block-size rule: {needs}"
 
     def summary(self) -> str:
