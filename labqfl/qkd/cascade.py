@@ -82,7 +82,8 @@ MAX_BITS = 1 << 27
 FRAME_CONFIRM = 16
 """Default ``confirm`` of :meth:`CascadeSchedule.for_frame`: a run of clean bipartitions that
 starts with residual errors passes with probability 2^-16 ≈ 1.5·10^-5 (with 12, one 10^4-bit frame
-of 1 400 kept 8 errors through 12 clean bipartitions: ``labqfl bench cascade-grid``)."""
+of 1 400 in ``labqfl bench cascade-grid`` kept 8 errors, paired in the same blocks of both affine
+passes, through 12 clean bipartitions)."""
 
 THIRD_PASS_MIN_BITS = 1 << 19
 """:meth:`CascadeSchedule.for_frame` adds opt. (8)'s 4096-bit third pass from this frame length on."""
@@ -280,13 +281,8 @@ class _Passes:
         if self.built[q]:
             return
         if self.kind[q] == 1:
-            W = self.masks.shape[1]
-            rng = np.random.default_rng([int(self.seed), q])
-            words = np.frombuffer(rng.bytes(8 * W), dtype="<u8").astype(np.uint64)
-            if self.n % 64:
-                words[-1] &= np.uint64((1 << (self.n % 64)) - 1)
-            self.masks[q] = words
-            self.cum[q, 1:] = np.cumsum(_popcount64(words))
+            key = int(np.random.default_rng([int(self.seed), q]).integers(0, 1 << 63))
+            _fill_bipartition(self.masks[q], self.cum[q], np.uint64(key), self.n)
         self.built[q] = True
 
     def block_size(self, q: int, b: int) -> int:
@@ -306,10 +302,25 @@ class _Passes:
         return np.minimum(k, self.n - b * k).astype(np.int64)
 
 
-def _popcount64(words: np.ndarray) -> np.ndarray:
-    if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(words).astype(np.int64)
-    return np.unpackbits(words.view(np.uint8)).reshape(-1, 64).sum(axis=1).astype(np.int64)
+@numba.njit(cache=True, nogil=True)
+def _fill_bipartition(words: np.ndarray, cum: np.ndarray, key: np.uint64, n: int) -> None:
+    """Membership bits of a bipartition pass: word w = SplitMix64(key + w·γ) (Steele, Lea & Flood,
+    "Fast splittable pseudorandom number generators", OOPSLA 2014), bits ≥ n cleared; ``cum``:
+    running count of ones (cum[w] = ones in words < w)."""
+    gamma = np.uint64(0x9E3779B97F4A7C15)
+    acc = 0
+    W = words.size
+    for w in range(W):
+        z = key + np.uint64(w + 1) * gamma
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+        if w == W - 1 and n % 64:
+            z &= (np.uint64(1) << np.uint64(n % 64)) - np.uint64(1)
+        words[w] = z
+        cum[w] = acc
+        acc += _popcount(z)
+    cum[W] = acc
 
 
 def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
