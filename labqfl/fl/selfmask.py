@@ -48,6 +48,7 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba.extending import register_jitable
 
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.masks import natural_key, split_pair
@@ -112,82 +113,89 @@ def uniform_mod_p(count: int, p: int) -> np.ndarray:
 # -- Shamir sharing over GF(p) ------------------------------------------------------------------
 
 
-def _make_horner(p: int, dt: Any):  # type: ignore[no-untyped-def]
-    """A Horner kernel with the prime p compiled in as a constant (so ``% p`` is a multiply-shift,
-    not a hardware division): out[h, i] = Σ_j coefs[j, i] · xs[h]^j mod p, in dtype ``dt`` (the
-    caller checks that (p − 1)·(x_max + 1) fits it)."""
-    pc = dt.type(p)
-
-    @numba.njit(nogil=True)
-    def kernel(coefs, xs, out):  # type: ignore[no-untyped-def]
-        t, n = coefs.shape
-        for h in range(xs.size):
-            x = xs[h]
-            row = out[h]
-            for i in range(n):
-                row[i] = coefs[t - 1, i]
-            for j in range(t - 2, -1, -1):
-                c = coefs[j]
-                for i in range(n):
-                    row[i] = (row[i] * x + c[i]) % pc
-
-    return kernel
+# Kernels per prime, with the prime a typed global (frozen as a compile-time constant, so "% p"
+# is a multiply-shift rather than a division) and cached on disk like every labqfl kernel.
+_P257 = np.uint32(257)
+_P65537 = np.uint32(65537)
+_P2_32_15 = np.uint64(4_294_967_311)
+_LO17 = np.uint64(0x1FFFF)
+_SH17 = np.uint64(17)
 
 
-_HORNER: dict[tuple[int, str], Any] = {}
-
-
-def _horner(p: int, dt: Any):  # type: ignore[no-untyped-def]
-    key = (p, dt.str)
-    if key not in _HORNER:
-        _HORNER[key] = _make_horner(p, dt)
-    return _HORNER[key]
-
-
-def _make_lagrange(p: int):  # type: ignore[no-untyped-def]
-    """out[i] = Σ_k lambdas[k] · shares[k, i] mod p, p compiled in; each product a·λ with
-    a, λ < p < 2^34 is formed without overflow by splitting λ into two 17-bit limbs."""
-    pc = np.uint64(p)
-    lo_mask = np.uint64(0x1FFFF)
-    sh = np.uint64(17)
-
-    @numba.njit(nogil=True)
-    def kernel(shares, lambdas, out):  # type: ignore[no-untyped-def]
-        m, n = shares.shape
+@register_jitable
+def _horner_impl(coefs, xs, out, pc):  # type: ignore[no-untyped-def]
+    """out[h, i] = Σ_j coefs[j, i] · xs[h]^j mod p (Horner); the caller picks a dtype in which
+    (p − 1)·(x_max + 1) fits."""
+    t, n = coefs.shape
+    for h in range(xs.size):
+        x = xs[h]
+        row = out[h]
         for i in range(n):
-            out[i] = 0
-        for k in range(m):
-            lam = lambdas[k]
-            b0 = lam & lo_mask
-            b1 = lam >> sh
-            row = shares[k]
+            row[i] = coefs[t - 1, i]
+        for j in range(t - 2, -1, -1):
+            c = coefs[j]
             for i in range(n):
-                a = np.uint64(row[i])
-                r = ((((a * b1) % pc) << sh) % pc + a * b0) % pc
-                out[i] = (out[i] + r) % pc
+                row[i] = (row[i] * x + c[i]) % pc
 
-    @numba.njit(nogil=True)
-    def kernel_small(shares, lambdas, out):  # type: ignore[no-untyped-def]
-        # p < 2^32: a·λ < 2^64 directly
-        m, n = shares.shape
+
+@numba.njit(cache=True, nogil=True)
+def _horner_257(coefs, xs, out):  # type: ignore[no-untyped-def]
+    _horner_impl(coefs, xs, out, _P257)
+
+
+@numba.njit(cache=True, nogil=True)
+def _horner_65537(coefs, xs, out):  # type: ignore[no-untyped-def]
+    _horner_impl(coefs, xs, out, _P65537)
+
+
+@numba.njit(cache=True, nogil=True)
+def _horner_2_32_15(coefs, xs, out):  # type: ignore[no-untyped-def]
+    _horner_impl(coefs, xs, out, _P2_32_15)
+
+
+@register_jitable
+def _lagrange_small_impl(shares, lambdas, out, pc):  # type: ignore[no-untyped-def]
+    """out[i] = Σ_k λ_k · shares[k, i] mod p for p < 2^32 (each product < 2^64)."""
+    m, n = shares.shape
+    for i in range(n):
+        out[i] = 0
+    for k in range(m):
+        lam = lambdas[k]
+        row = shares[k]
         for i in range(n):
-            out[i] = 0
-        for k in range(m):
-            lam = lambdas[k]
-            row = shares[k]
-            for i in range(n):
-                out[i] = (out[i] + np.uint64(row[i]) * lam) % pc
-
-    return kernel_small if p < (1 << 32) else kernel
+            out[i] = (out[i] + np.uint64(row[i]) * lam) % pc
 
 
-_LAGRANGE: dict[int, Any] = {}
+@numba.njit(cache=True, nogil=True)
+def _lagrange_257(shares, lambdas, out):  # type: ignore[no-untyped-def]
+    _lagrange_small_impl(shares, lambdas, out, _P257)
 
 
-def _lagrange(p: int):  # type: ignore[no-untyped-def]
-    if p not in _LAGRANGE:
-        _LAGRANGE[p] = _make_lagrange(p)
-    return _LAGRANGE[p]
+@numba.njit(cache=True, nogil=True)
+def _lagrange_65537(shares, lambdas, out):  # type: ignore[no-untyped-def]
+    _lagrange_small_impl(shares, lambdas, out, _P65537)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lagrange_2_32_15(shares, lambdas, out):  # type: ignore[no-untyped-def]
+    """p = 2^32 + 15: a·λ could reach 2^66, so λ is split into two 17-bit limbs (a < 2^33:
+    every partial product < 2^50)."""
+    m, n = shares.shape
+    for i in range(n):
+        out[i] = 0
+    for k in range(m):
+        lam = lambdas[k]
+        b0 = lam & _LO17
+        b1 = lam >> _SH17
+        row = shares[k]
+        for i in range(n):
+            a = np.uint64(row[i])
+            r = ((((a * b1) % _P2_32_15) << _SH17) % _P2_32_15 + a * b0) % _P2_32_15
+            out[i] = (out[i] + r) % _P2_32_15
+
+
+_HORNER = {257: _horner_257, 65537: _horner_65537, 4_294_967_311: _horner_2_32_15}
+_LAGRANGE = {257: _lagrange_257, 65537: _lagrange_65537, 4_294_967_311: _lagrange_2_32_15}
 
 
 def _check_xs(xs: Sequence[int], p: int) -> np.ndarray:
@@ -220,7 +228,7 @@ def shamir_share(secret: np.ndarray, xs: Sequence[int], t: int, q: int) -> np.nd
     if t > 1:
         coefs[1:] = uniform_mod_p((t - 1) * n, p).reshape(t - 1, n)
     out = np.empty((x.size, n), dtype=dt)
-    _horner(p, dt)(coefs, x.astype(dt), out)
+    _HORNER[p](coefs, x.astype(dt), out)
     coefs[:] = 0
     return out.astype(share_dtype(q), copy=False)
 
@@ -251,7 +259,7 @@ def shamir_reconstruct(xs: Sequence[int], shares: np.ndarray, q: int) -> np.ndar
         raise ValueError(f"shares must have shape ({x.size}, n), got {sh.shape}")
     lam = np.asarray(lagrange_at_zero(x.tolist(), p), dtype=np.uint64)
     out = np.empty(sh.shape[1], dtype=np.uint64)
-    _lagrange(p)(np.ascontiguousarray(sh), lam, out)
+    _LAGRANGE[p](np.ascontiguousarray(sh), lam, out)
     if out.size and int(out.max()) >= (1 << q):
         raise SecureAggregationError(
             "self-mask reconstruction gave a value >= 2^q: the shares are inconsistent or fewer than the threshold")
