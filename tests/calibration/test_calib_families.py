@@ -1,12 +1,13 @@
 """Detector calibration adapts to the detector it meets (issue 19): SNSPDs with 10–100 ns dead time
 and InGaAs SPADs with 1–25 µs dead time, gated and free-running, parameters drawn at random.
 
-Regression tests (both failed on the code before issue 19):
+Regression tests (each failed on the code before issue 19):
 * a gated InGaAs SPAD with τ_d = 10 µs, P_ap 4–7 %, a few hundred Hz of dark counts and an
   uncalibrated gate delay: the dead-time procedure aimed at 2e5 Hz (> 1/τ_d = 1e5 Hz) and failed
   with "inter-arrival tail too short to fit";
 * τ_d = 1 µs, short gate, wide jitter: the jitter procedure took a fixed 0.02 s (≈ 2,400 clicks at
-  the dead-time-limited rate) and failed with "no peak above the background".
+  the dead-time-limited rate) and failed with "no peak above the background";
+* SNSPD jitter biased by the folded afterpulse step (pull mean +2.5 where ≤ 1.0 is asked).
 
 Coverage over detector families: stations drawn by ``draw_detector_family`` from the fixed master
 seed 1919 (3 stations × 2 detectors per family: every test is deterministic), calibrated with
@@ -24,7 +25,7 @@ import math
 
 import numpy as np
 import pytest
-from labqfl.calibration import dead_time_afterpulsing, detector_all, run_group
+from labqfl.calibration import dead_time_afterpulsing, detector_all, run_group, timing_jitter
 from scipy.stats import binom, norm
 
 MASTER_SEED = 1919
@@ -127,3 +128,22 @@ def test_calib_family_coverage(family, station_factory, calh) -> None:
         if q in pulls:
             u = np.abs(np.asarray(pulls[q]))
             assert np.all(u <= math.sqrt(3.0) + 1e-6), f"{family} {q}: outside its uniform interval: {u}"
+
+
+def test_calib_snspd_jitter_not_biased_by_afterpulse_step(station_factory, calh) -> None:
+    """Regression: SNSPDs whose dead time ends just before a pulse period (39.9 ns at T = 10 ns) with
+    fast afterpulsing (τ_ap 5 ns, 10 %): folded modulo T the afterpulses form a step 100 ps before
+    the click-vs-sync peak, and the Gaussian + flat fit widened (landed code: pull mean +2.5 over
+    these 8, all eight above +2). Clicks within τ_d + 10·τ_ap of the previous one are now left out. For honest errors
+    the mean of 8 pulls exceeds 1.0 with probability 0.5 %."""
+    pulls = []
+    for seed in range(4):
+        def edit(data: dict) -> None:
+            for d in ("D0", "D1"):
+                data["detectors"][d].update(dead_time_ns=39.9, afterpulse_prob=0.1, afterpulse_decay_ns=5.0,
+                                            jitter_ps=40.0, dark_count_rate_hz=20.0)
+        st = station_factory(edit, seed=300 + seed)
+        r = timing_jitter(calh.ctx_for(st, seed), duration_s=0.6)
+        pulls += [q.pull for q in r.quantities]
+        st.close()
+    assert abs(float(np.mean(pulls))) < 1.0, np.round(pulls, 2)
