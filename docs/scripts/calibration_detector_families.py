@@ -14,7 +14,7 @@ calibrated with ``run_group(ctx, "detector")`` as ``labqfl calibrate detector`` 
 time/afterpulsing, dark counts, jitter, efficiency, a failure recorded and the rest run; ``--quick``: the CI test's shorter
 acquisitions). Prints per family and quantity: n, coverage of ±1σ and ±1.96σ, pull mean and sd,
 the share of |pull| < 0.3 and the largest |pull|; failures are listed. Gated dead time and gate
-delay carry uniform (Type-B) errors, so their |pull| ≤ √3 and their sd is ≈ 0.58 by construction.
+delay carry uniform (Type-B) errors, so their |pull| ≤ √3 (sd 1 for a truth uniform in the interval).
 """
 import json
 import sys
