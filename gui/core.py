@@ -822,6 +822,9 @@ class TestbedCore:
             log.info("calibration %s done in %.1f s: %d quantities; calibrated station file %s", spec.name,
                      data["seconds"], len(quantities), data["station_toml"])
             self.post("calibration_result", data)
+            if rep.failures:  # the other procedures ran and were saved; say which did not
+                self._error(f"Calibration {spec.title}: {len(rep.failures)} procedure(s) failed",
+                            "; ".join(f.message for f in rep.failures))
             self.post("progress", ("calibration", 1.0, f"{spec.title} done"))
         except Exception as exc:
             cause: BaseException | None = exc
