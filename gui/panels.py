@@ -315,6 +315,18 @@ class StationPanel(QWidget):
 # ================================================================================================
 # Live: acquisition + distillation
 # ================================================================================================
+def key_provenance_text(cfg: Any) -> str:
+    """One line for the key-pool panel: the provenance of the keys this station distils (the weakest
+    pair's, from the station config: physical layer and the clients' configured randomness) and what
+    their security rests on (:func:`labqfl.provenance.security_statement`)."""
+    from labqfl.provenance import pair_provenance, security_statement, weakest
+
+    w = weakest(pair_provenance(cfg, pr) for pr in cfg.pairs())
+    if w is None:
+        return "Key provenance: the station has no pairs"
+    return f"Keys distilled here ({w.label}): {security_statement(w)}"
+
+
 class LivePanel(QWidget):
     """Acquisition and distillation controls, four live plots and a per-pair table."""
 
@@ -423,12 +435,19 @@ class LivePanel(QWidget):
         self.pool_plot.addItem(self.pool_empty)
         self.pool_empty.setPos((len(self.pairs) - 1) / 2, 0.5)
         self.pool_plot.getPlotItem().setYRange(0, 1)
+        #: what the keys this station distils rest on (labqfl.provenance; from the config, no I/O)
+        self.provenance_label = QLabel(key_provenance_text(cfg))
+        self.provenance_label.setWordWrap(True)
+        self.provenance_label.setToolTip("Physical layer (simulated/hardware) and the clients' randomness "
+                                         "(qrng/csprng/seeded) of the keys distilled here, recorded in every key "
+                                         "block; `labqfl keys status` shows the stored blocks.")
 
         grid = QGridLayout()
         grid.addWidget(self.rate_plot, 0, 0)
         grid.addWidget(self.qber_plot, 0, 1)
         grid.addWidget(self.rate_key_plot, 1, 0)
         grid.addWidget(self.pool_plot, 1, 1)
+        grid.addWidget(self.provenance_label, 2, 0, 1, 2)
         plots_w = QWidget()
         plots_w.setLayout(grid)
 
@@ -465,6 +484,7 @@ class LivePanel(QWidget):
         self.ctl.start_distillation(self.block_bits.value() or None, self.engine.currentText())
 
     def _on_info(self, info: dict[str, Any]) -> None:
+        self.provenance_label.setText(key_provenance_text(self.ctl.config))
         self._distill_ok = bool(info.get("distill_available", True))
         self._distill_why = info.get("distill_reason", "")
         self._update_buttons()

@@ -27,7 +27,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -295,7 +295,9 @@ class MainJob:
                     window = {}
                     for name, pst in distiller.pairs.items():
                         sift = pst.result.sifted_bits
-                        cx, ex = _matched_test_counts(pst.counts)
+                        # the block's statistics so far, as Ci's end tallies them (two-party pipeline)
+                        end_i = getattr(pst, "end_i", None)
+                        cx, ex = _matched_test_counts(end_i.counts if end_i is not None else getattr(pst, "counts", None))
                         s0, c0, e0 = last_snap[name]
                         if cx < c0:  # a key block was processed and its counts reset
                             c0 = e0 = 0
@@ -351,10 +353,14 @@ class MainJob:
             key_source = make_key_source("qkd", keystore_dir=self.data_dir, nodes=names, starvation="fail")
             local = LocalTrainConfig(epochs=d_ep, lr=d_lr, batch_size=d_bs)
 
+            used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
+
             def on_round(m: Any, params: np.ndarray) -> None:
                 tmp = ckpt.with_suffix(".tmp.npy")
                 np.save(tmp, params)
                 os.replace(tmp, ckpt)
+                for pair, ids in getattr(key_source, "blocks_used", {}).items():  # block IDs (no key bits)
+                    used[pair] = sorted(set(used.get(pair, [])) | ids)
                 tstate["rounds_done"] = m.round
                 tstate["in_round"] = m.round < s.rounds
                 tstate["rounds"].append(asdict(m))
@@ -381,13 +387,32 @@ class MainJob:
             "baseline_upload_bits_per_client": rounds[-1]["baseline_upload_bits_per_client"] if rounds else 0,
             "secagg": secagg.as_dict(), "data": data.meta, "rounds": rounds,
             "interrupted_rounds": tstate["interrupted_rounds"],
-            "security": "information-theoretic one-time pad with QKD keys distilled in this run's stores",
+            **self._training_key_security(tstate.get("key_blocks_used", {})),
         }
         self._phase("train", "done")
+
+    def _training_key_security(self, used: Mapping[str, list[str]]) -> dict[str, Any]:
+        """``key_provenance`` (per pair: the provenance of the key blocks the masks consumed, from
+        their key-store metadata) and ``security``: what the masks' secrecy rests on — the weakest
+        pair's statement (:func:`labqfl.provenance.summarize_blocks`)."""
+        from labqfl.keystore import KeyStore
+        from labqfl.provenance import provenance_of_block_ids, weakest_summary
+
+        per_pair: dict[str, Any] = {}
+        for pair, ids in sorted(used.items()):
+            with KeyStore.for_node(pair.split("-")[0], self.data_dir) as st:
+                per_pair[pair] = provenance_of_block_ids(st, pair, ids)
+        if not per_pair:
+            return {"key_provenance": {}, "security": "no QKD key consumed"}
+        weakest = weakest_summary(per_pair.values())
+        assert weakest is not None
+        return {"key_provenance": per_pair,
+                "security": f"one-time-pad masks with QKD keys from the node key stores; the keys: {weakest['security']}"}
 
     # -- phase 3 ---------------------------------------------------------------------------
     def _write_metrics(self, status: str) -> dict[str, Any]:
         from labqfl.keystore import KeyStore
+        from labqfl.provenance import summarize_blocks
 
         acq = self.state.get("acquire") or {}
         train = (self.state.get("train") or {}).get("summary")
@@ -407,7 +432,12 @@ class MainJob:
                     "store_consumed_bits": sum(v for k, v in used.items() if k != "auth"),
                     "auth_available_bits": avail.get("auth", 0),
                     "auth_consumed_bits": used.get("auth", 0),
+                    # where this run's key blocks came from and what their security rests on
+                    "provenance": summarize_blocks(b for b in stores[a].blocks(name)
+                                                   if b["run_id"] == self.run_record.name),
                 }
+            for st in stores.values():
+                st.close()
         metrics = {
             "schema": SCHEMA, "run": self.run_record.name, "status": status, "station": self.cfg.name,
             "key_source": "qkd", "settings": asdict(self.settings), "attempts": self.state["attempts"],

@@ -164,6 +164,15 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
                                    ("phase_error_bound", "phase-error bound"), ("leaked_ec_bits", "leaked (EC)"),
                                    ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
                                    ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
+    kp = (m.get("keys") or {}).get("pairs") or {}
+    prov_rows = [{"pair": p, "blocks": ", ".join(f"{k}: {n}" for k, n in v["provenance"]["blocks"].items())
+                  or "none with a provenance record", "security": v["provenance"]["security"]}
+                 for p, v in sorted(kp.items()) if isinstance(v.get("provenance"), dict)]
+    if prov_rows:
+        parts.append("<h2>Key provenance</h2><p class='muted'>Per pair, this run's key blocks by physical layer / "
+                     "clients' randomness, and what their security rests on (docs/metrics.md).</p>")
+        parts.append(_table(prov_rows, [("pair", "pair"), ("blocks", "blocks (physical layer/randomness)"),
+                                        ("security", "security rests on")]))
     train = m.get("train") or {}
     if train:
         parts.append("<h2>Federated training</h2>")
@@ -171,6 +180,8 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
                                       ("rounds_run", "rounds"), ("final_test_accuracy", "final test accuracy"),
                                       ("key_bits_total", "key bits used"), ("upload_bits_per_client", "upload bits/client/round"),
                                       ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
+        if train.get("security"):
+            parts.append(f"<p>Mask security: {html.escape(str(train['security']))}</p>")
     for title, path in plots.items():
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")

@@ -38,16 +38,20 @@ def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
 def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to show (default: every store)."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Key accounting per node and pair: available, reserved, consumed (bits, by purpose); the
-    store's ID (for export binding), its exports, and whether overwritten key material is still
-    waiting for a WAL checkpoint (a reader holds an old snapshot)."""
+    store's ID (for export binding), its exports, whether overwritten key material is still
+    waiting for a WAL checkpoint (a reader holds an old snapshot), and per pair the provenance of
+    its key blocks (physical layer, clients' randomness) with what their security rests on."""
     from labqfl.keystore import KeyStore, default_data_dir
+    from labqfl.provenance import store_pair_provenance
 
     ddir = data_dir or default_data_dir()
     data: dict[str, object] = {"data_dir": str(ddir), "nodes": {}}
     for n in _nodes_or_all(node, data_dir):
         with KeyStore.for_node(n, ddir) as st:
+            acc = st.accounting()
             data["nodes"][n] = {"store": str(st.path), "store_id": st.store_id,  # type: ignore[index]
-                                "pairs": st.accounting(), "exports": st.exports(), "scrub": st.scrub()}
+                                "pairs": acc, "exports": st.exports(), "scrub": st.scrub(),
+                                "provenance": {p: store_pair_provenance(st, p) for p in acc}}
 
     def render(con):  # type: ignore[no-untyped-def]
         con.print(f"key stores under {ddir}")
@@ -68,6 +72,11 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
             state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
                      f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
             con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
+            for p, prov in info["provenance"].items():
+                blocks = ", ".join(f"{k} {v}" for k, v in prov["blocks"].items()) or "none with a record"
+                extra = "".join(f", {v} {k}" for k, v in (("pre-shared", prov["preshared_blocks"]),
+                                                          ("unrecorded", prov["unrecorded_blocks"])) if v)
+                con.print(f"  {p} provenance (blocks by physical layer/randomness: {blocks}{extra}): {prov['security']}")
 
     emit(data, as_json, render)
 

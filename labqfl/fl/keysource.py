@@ -7,7 +7,9 @@ Every run records which source it used (``RoundResult.key_source``):
   key stores — ``take`` on the master's store (the pair's first client), ``take_exact`` with the
   same refs on the slave's; the two are compared (a mismatch aborts the round without printing
   them). Consumed bits are marked used by the store and never handed out again. One-time-pad
-  masks from these keys are information-theoretically secure.
+  masks are as secure as these keys: information-theoretically only for keys from a hardware
+  physical layer with QRNG clients (their block provenance, :mod:`labqfl.provenance`;
+  ``blocks_used`` names the blocks drawn from).
 - ``csprng`` (:class:`CsprngKeySource`): a stand-in for runs larger than the key supply (the
   paper's 200-client simulation used pseudo-random masks). Per round a fresh 256-bit seed from
   the OS (``secrets``) keys AES-256 in counter mode (a standard cryptographic PRG); each pair's
@@ -204,6 +206,8 @@ class KeyStoreKeySource(_Accounting):
         self.purpose = purpose
         self._sleep = sleep
         self._clock = clock
+        #: per pair, the key-store block IDs the handed-out bits came from (for their provenance)
+        self.blocks_used: dict[str, set[str]] = {}
 
     def _ends(self, pair: str) -> tuple[Any, Any]:
         a, b = split_pair(pair)
@@ -262,6 +266,7 @@ class KeyStoreKeySource(_Accounting):
                 f"key mismatch for pair {pair} in round {round_index}: master and slave stores "
                 f"returned different bits for the same refs; round aborted (the bits are spent)")
         self._count(pair, nbits)
+        self.blocks_used.setdefault(pair, set()).update(str(r[0]) for r in refs)
         log.debug("round %d: took %d key bits for pair %s", round_index, nbits, pair)
         return a
 

@@ -19,7 +19,9 @@ Endpoints (section 5 of the spec): ``GET /api/v1/keys/{slave_SAE_ID}/status``,
 Errors are ``{"message": ..., "details": [...]}`` with 400 (bad request), 401 (unauthorised)
 and 503 (server side, including "not enough key").  Keys are base64 of the bits packed MSB-first.
 Multicast (``additional_slave_SAE_IDs``) is not supported: ``max_SAE_ID_count`` is 0 and a
-request naming additional slaves gets 400.
+request naming additional slaves gets 400.  ``status`` fills the spec's optional
+``status_extension`` object (section 6.1) with the vendor-prefixed ``labqfl_provenance``: where
+the pair's keys came from and what their security rests on (:mod:`labqfl.provenance`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ log = get_logger(__name__)
 
 API_PREFIX = "/api/v1/keys"
 ETSI_PURPOSE = "etsi"
+#: vendor key inside the status response's ``status_extension`` (spec 6.1: an optional object)
+PROVENANCE_EXTENSION = "labqfl_provenance"
 
 
 @dataclass
@@ -192,7 +196,14 @@ class KeyDeliveryService:
     # -- the three API calls
 
     def status(self, master_sae: str, slave_sae: str) -> dict[str, Any]:
-        """Status data format (spec 6.1) for the calling master SAE and ``slave_sae``."""
+        """Status data format (spec 6.1) for the calling master SAE and ``slave_sae``.
+
+        The spec's optional ``status_extension`` object carries labqfl's vendor extension
+        ``labqfl_provenance``: the provenance of the pair's key blocks in the master's store
+        (:func:`labqfl.provenance.store_pair_provenance`: blocks by physical layer/randomness and
+        what their security rests on)."""
+        from labqfl.provenance import store_pair_provenance
+
         m, s = self._node(master_sae, "master_SAE_ID"), self._node(slave_sae, "slave_SAE_ID")
         pair = self._pair(m, s)
         st = self.settings
@@ -200,7 +211,8 @@ class KeyDeliveryService:
         return {"source_KME_ID": st.kme_id(m), "target_KME_ID": st.kme_id(s), "master_SAE_ID": master_sae,
                 "slave_SAE_ID": slave_sae, "key_size": st.key_size, "stored_key_count": stored,
                 "max_key_count": max(st.max_key_count, stored), "max_key_per_request": st.max_key_per_request,
-                "max_key_size": st.max_key_size, "min_key_size": st.min_key_size, "max_SAE_ID_count": 0}
+                "max_key_size": st.max_key_size, "min_key_size": st.min_key_size, "max_SAE_ID_count": 0,
+                "status_extension": {PROVENANCE_EXTENSION: store_pair_provenance(self.stores[m], pair)}}
 
     def enc_keys(self, master_sae: str, slave_sae: str, number: int | None = None, size: int | None = None,
                  additional_slave_sae_ids: Sequence[str] | None = None,

@@ -62,6 +62,14 @@ def test_run_end_to_end_report_matches_component_commands(small_station_file, tm
     assert kp["distilled_bits"] == kp["store_available_bits"] + kp["store_consumed_bits"]
     assert kp["auth_consumed_bits"] == pair["auth_key_bits"] > 0  # classical-channel authentication, from the stores
     assert str(kp["store_available_bits"]) in text and str(kp["store_consumed_bits"]) in text
+    # provenance (issue 16 item 5): simulated station -> no output calls the keys information-theoretically secure
+    prov = kp["provenance"]
+    assert prov["weakest"]["physical_layer"] == "simulated" and prov["information_theoretic"] is False
+    assert prov["security"] in t["security"]  # the masks rest on the keys they consumed (this run's blocks)
+    assert set(t["key_provenance"]) == {"C1-C2"} and t["key_provenance"]["C1-C2"]["blocks"]
+    for out in (r.stdout, html, (run_dir / "metrics.json").read_text(), ks.stdout):
+        assert "information-theoretically secure" not in out and "information-theoretic one-time pad" not in out
+    assert "Key provenance" in html
 
 
 def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_path, monkeypatch):

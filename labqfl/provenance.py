@@ -1,0 +1,264 @@
+"""Where a key came from, and what its security rests on (issue 16, deliverable 5).
+
+Every key block distilled by :class:`labqfl.qkd.pipeline.Distiller` carries a :class:`Provenance`
+in its key-store metadata (``meta["provenance"]``):
+
+* ``physical_layer``: ``"hardware"`` when every instrument role of the station is a real driver,
+  ``"simulated"`` as soon as one role is simulated (:func:`station_physical_layer`): a simulated
+  optical layer is the simulator's own Monte Carlo, which sees every photon;
+* ``randomness``: the source of the clients' modulation choices, ``"qrng"`` | ``"csprng"`` |
+  ``"seeded"``; a pair's block takes the *weakest* of its two clients (:func:`weakest_randomness`);
+* ``protocol``: the protocol and proof the key length was computed with (:data:`PROTOCOL`);
+* ``eps_sec``, ``eps_cor``, ``eps_auth``, ``eps_total``: the block's ε terms (docs/protocol.md
+  §5, (P8)–(P9)).
+
+:func:`security_statement` says in one line what the key's security rests on, and
+:func:`is_information_theoretic` is true only for a hardware physical layer with QRNG randomness at
+both clients. Every output that describes keys (``labqfl keys status``, ``metrics.json``,
+``report.html``, the GUI's key-pool panel, the ETSI 014 status extension, training metrics) uses
+these two functions, so no output calls a key information-theoretically secure otherwise.
+
+The order of strength (weakest first) used to summarise many blocks (:func:`weakest`):
+
+1. ``seeded`` randomness (any physical layer): not secret, the choices derive from the public seed;
+2. ``simulated`` physical layer: no physical security;
+3. ``hardware`` with ``csprng``: computational (the CSPRNG must be unpredictable);
+4. ``hardware`` with ``qrng``: information-theoretic under the assumptions of docs/protocol.md §7.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PHYSICAL_LAYERS = ("simulated", "hardware")
+RANDOMNESS_SOURCES = ("qrng", "csprng", "seeded")
+#: the protocol and proof of every labqfl key block
+PROTOCOL = "four-phase TF-type, decoy, finite-key (labqfl docs/protocol.md)"
+#: the clients' CSPRNG (labqfl.sim_backends.qrng.CsprngChoiceLog), named in the statements
+CSPRNG_DESCRIPTION = "AES-256-CTR keyed with 256 bits from the OS CSPRNG"
+#: the phrase reserved for hardware + QRNG keys; tests grep every other output for it
+IT_PHRASE = "information-theoretically secure"
+
+_RANDOMNESS_RANK = {"seeded": 0, "csprng": 1, "qrng": 2}
+_EPS_FIELDS = ("eps_sec", "eps_cor", "eps_auth", "eps_total")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Origin of a key block (module docstring). ε fields are probabilities, None when unknown."""
+
+    physical_layer: str
+    randomness: str
+    protocol: str = PROTOCOL
+    eps_sec: float | None = None
+    eps_cor: float | None = None
+    eps_auth: float | None = None
+    eps_total: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.physical_layer not in PHYSICAL_LAYERS:
+            raise ValueError(f"provenance physical_layer must be one of {PHYSICAL_LAYERS}, got {self.physical_layer!r}")
+        if self.randomness not in RANDOMNESS_SOURCES:
+            raise ValueError(f"provenance randomness must be one of {RANDOMNESS_SOURCES}, got {self.randomness!r}")
+        for name in _EPS_FIELDS:
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0):
+                raise ValueError(f"provenance {name} must be a probability in [0, 1] or None, got {v!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form, with the statement and the information-theoretic flag alongside."""
+        return {**asdict(self), "security": security_statement(self),
+                "information_theoretic": is_information_theoretic(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
+        """Read :meth:`as_dict` output back (derived fields ignored); ValueError names a bad field."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"provenance must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("physical_layer", "randomness") if k not in d]
+        if missing:
+            raise ValueError(f"provenance lacks field(s) {missing}; expected physical_layer and randomness")
+        return cls(physical_layer=str(d["physical_layer"]), randomness=str(d["randomness"]),
+                   protocol=str(d.get("protocol", PROTOCOL)),
+                   **{k: (None if d.get(k) is None else float(d[k])) for k in _EPS_FIELDS})
+
+    @property
+    def label(self) -> str:
+        """Short label, e.g. ``"simulated/csprng"``."""
+        return f"{self.physical_layer}/{self.randomness}"
+
+
+def is_information_theoretic(prov: Provenance) -> bool:
+    """True only for a hardware physical layer with QRNG randomness at both clients."""
+    return prov.physical_layer == "hardware" and prov.randomness == "qrng"
+
+
+def _eps(prov: Provenance) -> str:
+    return f" (ε_total = {prov.eps_total:.1e} per block)" if prov.eps_total is not None else ""
+
+
+def security_statement(prov: Provenance) -> str:
+    """One line: what the security of keys with this provenance rests on (module docstring)."""
+    if prov.randomness == "seeded":
+        channel = "; the quantum channel was simulated too" if prov.physical_layer == "simulated" else ""
+        return ("not secret: the clients' choices derive from the public seed (station file and acquisition "
+                f"epoch), so anyone can predict the key{channel}; for tests and benchmarks only")
+    if prov.physical_layer == "simulated":
+        return ("no physical security: the quantum channel was simulated (the simulator sees every photon); "
+                f"keys are for testing ({prov.randomness} client randomness)")
+    if prov.randomness == "csprng":
+        return (f"computational: rests on the clients' CSPRNG ({CSPRNG_DESCRIPTION}) being unpredictable, "
+                f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}")
+    return f"{IT_PHRASE} under the assumptions of docs/protocol.md §7{_eps(prov)}"
+
+
+def _rank(prov: Provenance) -> int:
+    """0 = weakest (seeded) … 3 = information-theoretic (module docstring)."""
+    if prov.randomness == "seeded":
+        return 0
+    if prov.physical_layer == "simulated":
+        return 1
+    return 1 + _RANDOMNESS_RANK[prov.randomness]
+
+
+def weakest_randomness(*sources: str) -> str:
+    """The weakest of the given randomness sources (seeded < csprng < qrng)."""
+    if not sources:
+        raise ValueError("weakest_randomness needs at least one source")
+    bad = [s for s in sources if s not in _RANDOMNESS_RANK]
+    if bad:
+        raise ValueError(f"unknown randomness source(s) {bad}; expected one of {RANDOMNESS_SOURCES}")
+    return min(sources, key=_RANDOMNESS_RANK.__getitem__)
+
+
+def weakest(provs: Iterable[Provenance]) -> Provenance | None:
+    """The weakest provenance (lowest rank; among equals the largest ε_total); None if empty."""
+    best: Provenance | None = None
+    for p in provs:
+        if best is None:
+            best = p
+            continue
+        key_p = (_rank(p), -(p.eps_total if p.eps_total is not None else 1.0))
+        key_b = (_rank(best), -(best.eps_total if best.eps_total is not None else 1.0))
+        if key_p < key_b:
+            best = p
+    return best
+
+
+# -- from the station and the clients' logs -------------------------------------------------------
+def station_physical_layer(cfg: Any) -> str:
+    """``"simulated"`` if any instrument role of the station config is simulated, else ``"hardware"``."""
+    roles = cfg.roles()
+    return "simulated" if not roles or any(ic.simulated for ic in roles.values()) else "hardware"
+
+
+def client_randomness(cfg: Any, client: str, log: Any = None) -> str:
+    """Randomness source of ``client``: its modulation log's ``randomness`` attribute, else its
+    station config field ``randomness``, else ``"seeded"`` (the counter-based SplitMix64 stream of
+    :mod:`labqfl.sim_backends.qrng`, the only generator of stations without that field)."""
+    src = getattr(log, "randomness", None)
+    if src is None:
+        src = getattr(cfg.client(client), "randomness", "seeded")
+    src = str(src)
+    if src not in _RANDOMNESS_RANK:
+        raise ValueError(f"client {client!r}: unknown randomness source {src!r}; expected one of {RANDOMNESS_SOURCES}")
+    return src
+
+
+def pair_provenance(cfg: Any, pair: tuple[str, str], logs: Mapping[str, Any] | None = None, *,
+                    eps_sec: float | None = None, eps_cor: float | None = None, eps_auth: float | None = None,
+                    eps_total: float | None = None) -> Provenance:
+    """Provenance of a key block of ``pair`` = (Ci, Cj) from the station config and the clients' logs."""
+    logs = logs or {}
+    a, b = pair
+    return Provenance(physical_layer=station_physical_layer(cfg),
+                      randomness=weakest_randomness(client_randomness(cfg, a, logs.get(a)),
+                                                    client_randomness(cfg, b, logs.get(b))),
+                      eps_sec=eps_sec, eps_cor=eps_cor, eps_auth=eps_auth, eps_total=eps_total)
+
+
+# -- summaries over key-store blocks ---------------------------------------------------------------
+PRESHARED_KIND = "preshared-auth"
+
+
+def block_provenance(meta: Mapping[str, Any]) -> Provenance | None:
+    """The provenance recorded in a key-store block's metadata, None if it has none."""
+    d = meta.get("provenance") if isinstance(meta, Mapping) else None
+    return Provenance.from_dict(d) if d is not None else None
+
+
+def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Provenance of a pair's key blocks (``KeyStore.blocks(pair)`` rows, or their ``meta`` dicts).
+
+    Returns ``{"blocks": {label: count}, "preshared_blocks": n, "unrecorded_blocks": n,
+    "weakest": Provenance dict | None, "security": statement, "information_theoretic": bool}``.
+    Pre-shared authentication secrets (``meta.kind = "preshared-auth"``, auth pool only, never
+    delivered) are counted apart; a block without a provenance record (distilled before labqfl
+    recorded it, or imported) gets no claim, and the pair is then not called information-theoretic.
+    """
+    counts: dict[str, int] = {}
+    provs: list[Provenance] = []
+    preshared = unrecorded = 0
+    for row in blocks:
+        meta = row.get("meta", row) if isinstance(row, Mapping) else {}
+        if not isinstance(meta, Mapping):
+            meta = {}
+        if meta.get("kind") == PRESHARED_KIND:
+            preshared += 1
+            continue
+        p = block_provenance(meta)
+        if p is None:
+            unrecorded += 1
+            continue
+        provs.append(p)
+        counts[p.label] = counts.get(p.label, 0) + 1
+    w = weakest(provs)
+    if w is None:
+        statement = "no key blocks with a provenance record: nothing is claimed for them" if unrecorded else "no key blocks"
+    else:
+        statement = security_statement(w)
+        if len(counts) > 1:
+            statement = f"weakest of {len(counts)} provenances: {statement}"
+    if unrecorded and w is not None:
+        statement += (f"; {unrecorded} block(s) carry no provenance record (distilled before labqfl recorded it, "
+                      "or imported): nothing is claimed for them")
+    return {"blocks": dict(sorted(counts.items())), "preshared_blocks": preshared, "unrecorded_blocks": unrecorded,
+            "weakest": w.as_dict() if w is not None else None, "security": statement,
+            "information_theoretic": w is not None and unrecorded == 0 and is_information_theoretic(w)}
+
+
+def weakest_summary(summaries: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The weakest of several :func:`summarize_blocks` results (e.g. one per pair); a summary with
+    unrecorded blocks or none at all counts as weaker than any recorded provenance. None if empty."""
+    def rank(sm: Mapping[str, Any]) -> tuple[int, float]:
+        w = sm.get("weakest")
+        if w is None or sm.get("unrecorded_blocks"):
+            return (-1, 0.0)
+        p = Provenance.from_dict(w)
+        return (_rank(p), -(p.eps_total if p.eps_total is not None else 1.0))
+
+    return min(summaries, key=rank, default=None)
+
+
+def store_pair_provenance(store: Any, pair: str) -> dict[str, Any]:
+    """:func:`summarize_blocks` over every block ``store`` holds for ``pair`` (spent ones included:
+    conservative, a pool is never described as stronger than any block it ever held)."""
+    return summarize_blocks(store.blocks(pair))
+
+
+def provenance_of_block_ids(store: Any, pair: str, block_ids: Iterable[str]) -> dict[str, Any]:
+    """:func:`summarize_blocks` over the named blocks of ``pair`` in ``store`` (e.g. the blocks a
+    training run consumed key bits from); an ID the store does not hold counts as unrecorded."""
+    wanted = set(block_ids)
+    rows = [r for r in store.blocks(pair) if r["block_id"] in wanted]
+    found = {r["block_id"] for r in rows}
+    rows += [{"meta": {}} for _ in wanted - found]
+    return summarize_blocks(rows)
+
+
+__all__ = ["CSPRNG_DESCRIPTION", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+           "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
+           "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
+           "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

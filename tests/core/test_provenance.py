@@ -1,0 +1,143 @@
+"""Key provenance (issue 16 item 5): the truth table of what a key's security rests on, the
+weakest-of rules, and the physical layer / randomness read from a station config and client logs."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+
+from labqfl.config import load_station_config
+from labqfl.provenance import (
+    IT_PHRASE,
+    PROTOCOL,
+    Provenance,
+    client_randomness,
+    is_information_theoretic,
+    pair_provenance,
+    security_statement,
+    station_physical_layer,
+    summarize_blocks,
+    weakest,
+    weakest_randomness,
+    weakest_summary,
+)
+
+# (physical layer, randomness) -> (information-theoretic?, words the statement must contain)
+TRUTH_TABLE = {
+    ("hardware", "qrng"): (True, [IT_PHRASE, "docs/protocol.md §7"]),
+    ("hardware", "csprng"): (False, ["computational", "CSPRNG", "unpredictable"]),
+    ("hardware", "seeded"): (False, ["not secret", "public seed"]),
+    ("simulated", "qrng"): (False, ["no physical security", "simulated"]),
+    ("simulated", "csprng"): (False, ["no physical security", "simulated", "testing"]),
+    ("simulated", "seeded"): (False, ["not secret", "public seed", "simulated"]),
+}
+
+
+@pytest.mark.parametrize(("layer", "rnd"), sorted(TRUTH_TABLE))
+def test_truth_table_of_security_statements(layer, rnd):
+    it, words = TRUTH_TABLE[(layer, rnd)]
+    p = Provenance(layer, rnd, eps_sec=1e-10, eps_cor=1e-15, eps_auth=1e-14, eps_total=1.0011e-10)
+    text = security_statement(p)
+    assert is_information_theoretic(p) is it
+    assert (IT_PHRASE in text) is it, text
+    for w in words:
+        assert w in text, (w, text)
+    d = p.as_dict()
+    assert d["information_theoretic"] is it and d["security"] == text and d["protocol"] == PROTOCOL
+    assert Provenance.from_dict(d) == p
+
+
+def test_hardware_qrng_statement_names_the_epsilon():
+    text = security_statement(Provenance("hardware", "qrng", eps_total=2.5e-10))
+    assert text.startswith(IT_PHRASE) and "2.5e-10" in text
+
+
+def test_bad_provenance_values_are_refused_with_the_field_named():
+    with pytest.raises(ValueError, match="physical_layer"):
+        Provenance("emulated", "qrng")
+    with pytest.raises(ValueError, match="randomness"):
+        Provenance("hardware", "dice")
+    with pytest.raises(ValueError, match="eps_total"):
+        Provenance("hardware", "qrng", eps_total=2.0)
+    with pytest.raises(ValueError, match="lacks field"):
+        Provenance.from_dict({"randomness": "qrng"})
+
+
+def test_weakest_randomness_and_weakest_provenance():
+    assert weakest_randomness("qrng", "csprng") == "csprng"
+    assert weakest_randomness("qrng", "seeded") == "seeded"
+    assert weakest_randomness("qrng", "qrng") == "qrng"
+    with pytest.raises(ValueError, match="unknown randomness"):
+        weakest_randomness("qrng", "lava-lamp")
+    provs = [Provenance(layer, rnd) for layer, rnd in TRUTH_TABLE]
+    # a mix is only as strong as its weakest member: seeded beats everything, then simulated
+    assert weakest(provs).randomness == "seeded"
+    assert weakest([Provenance("hardware", "qrng"), Provenance("simulated", "qrng")]).physical_layer == "simulated"
+    assert weakest([Provenance("hardware", "qrng"), Provenance("hardware", "csprng")]).randomness == "csprng"
+    # among equal classes the larger ε
+    a, b = Provenance("hardware", "qrng", eps_total=1e-10), Provenance("hardware", "qrng", eps_total=3e-10)
+    assert weakest([a, b]) == b and weakest([b, a]) == b
+    assert weakest([]) is None
+    for p, q in itertools.permutations(provs, 2):  # never stronger than either
+        w = weakest([p, q])
+        assert w in (p, q)
+        assert not is_information_theoretic(w) or (is_information_theoretic(p) and is_information_theoretic(q))
+
+
+def _fake_cfg(simulated: list[bool], randomness: dict[str, str | None]):
+    roles = {f"r{i}": SimpleNamespace(simulated=s) for i, s in enumerate(simulated)}
+
+    def client(name):
+        r = randomness[name]
+        return SimpleNamespace(name=name) if r is None else SimpleNamespace(name=name, randomness=r)
+
+    return SimpleNamespace(roles=lambda: roles, client=client)
+
+
+def test_physical_layer_is_simulated_when_any_role_is():
+    assert station_physical_layer(load_station_config()) == "simulated"  # the default station
+    assert station_physical_layer(_fake_cfg([False, False], {})) == "hardware"
+    assert station_physical_layer(_fake_cfg([False, True, False], {})) == "simulated"
+
+
+def test_pair_randomness_is_the_weaker_client_and_logs_take_precedence():
+    cfg = _fake_cfg([False], {"C1": "qrng", "C2": "csprng", "C3": None})
+    assert pair_provenance(cfg, ("C1", "C2")).randomness == "csprng"
+    # a client config without the field: the landed counter-based generator, i.e. seeded
+    assert client_randomness(cfg, "C3") == "seeded"
+    assert pair_provenance(cfg, ("C1", "C3")).randomness == "seeded"
+    # the log's own mark wins over the config field
+    logs = {"C1": SimpleNamespace(randomness="qrng"), "C2": SimpleNamespace(randomness="qrng")}
+    p = pair_provenance(cfg, ("C1", "C2"), logs, eps_total=1e-10)
+    assert (p.physical_layer, p.randomness) == ("hardware", "qrng") and is_information_theoretic(p)
+    with pytest.raises(ValueError, match="client 'C1'.*unknown randomness"):
+        client_randomness(cfg, "C1", SimpleNamespace(randomness="coin"))
+
+
+def test_block_summary_never_claims_more_than_its_weakest_or_unrecorded_blocks():
+    it = Provenance("hardware", "qrng", eps_total=1e-10).as_dict()
+    sim = Provenance("simulated", "csprng", eps_total=1e-10).as_dict()
+    only_it = summarize_blocks([{"meta": {"provenance": it}}, {"meta": {"provenance": it}}])
+    assert only_it["information_theoretic"] and IT_PHRASE in only_it["security"]
+    assert only_it["blocks"] == {"hardware/qrng": 2}
+    mixed = summarize_blocks([{"meta": {"provenance": it}}, {"meta": {"provenance": sim}}])
+    assert not mixed["information_theoretic"] and IT_PHRASE not in mixed["security"]
+    assert "no physical security" in mixed["security"] and mixed["blocks"] == {"hardware/qrng": 1, "simulated/csprng": 1}
+    unrec = summarize_blocks([{"meta": {"provenance": it}}, {"meta": {"eps_sec": 1e-10}},
+                              {"meta": {"kind": "preshared-auth"}}])
+    assert not unrec["information_theoretic"] and unrec["unrecorded_blocks"] == 1 and unrec["preshared_blocks"] == 1
+    assert "no provenance record" in unrec["security"]
+    assert summarize_blocks([])["security"] == "no key blocks"
+    assert weakest_summary([only_it, mixed]) is mixed and weakest_summary([only_it, unrec]) is unrec
+
+
+def test_gui_key_pool_label_states_what_the_default_station_keys_rest_on():
+    pytest.importorskip("PySide6")
+    from labqfl.gui.panels import key_provenance_text
+
+    cfg = load_station_config()
+    text = key_provenance_text(cfg)
+    assert text.startswith("Keys distilled here (simulated/") and IT_PHRASE not in text
+    assert "no physical security" in text or "not secret" in text

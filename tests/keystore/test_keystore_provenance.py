@@ -1,0 +1,149 @@
+"""Key provenance in the stores and every output that describes them (issue 16 item 5): a distillation
+on the default (simulated) station stores blocks marked ``simulated``, and neither ``labqfl keys
+status --json``, the ETSI 014 status extension nor the report calls them information-theoretically
+secure; a hardware + QRNG block is."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import load_station_config
+from labqfl.keystore import KeyStore, open_node_stores
+from labqfl.keystore.etsi import PROVENANCE_EXTENSION, KeyDeliveryService, KmeSettings
+from labqfl.provenance import IT_PHRASE, Provenance, client_randomness
+from labqfl.qkd.estimation import SecurityParameters
+from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+
+PAIR = "C1-C2"
+runner = CliRunner()
+
+
+def _small_station():
+    """The default simulated station cut to one pair on a short loop (0.2 s gives a key at ε_sec = 1e-4)."""
+    cfg = load_station_config()
+    cfg.schedule.pairs = [("C1", "C2")]
+    cfg.loop.segments_km = [0.2] * 5
+    for c in cfg.clients:
+        c.insertion_loss_db = 0.2
+        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.basis_x_prob = 0.7
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Distil 0.2 s of the simulated small station into C1/C2 stores; returns (data dir, {client: randomness})."""
+    from labqfl.sim_backends import SagnacTestbed
+
+    cfg = _small_station()
+    data = tmp_path_factory.mktemp("prov") / "data"
+    tb = SagnacTestbed(cfg)
+    blocks = tb.stream(0.2)
+    logs = {c: tb.client_log(c) for c in cfg.client_names}
+    stores = {n: KeyStore.for_node(n, data) for n in cfg.client_names}
+    try:
+        d = Distiller(cfg, logs, KeyStoreSink(stores), DistillSettings(params=SecurityParameters(eps_sec=1e-4)))
+        for b in blocks:
+            d.push(b)
+        res = d.finish(int(0.2 * cfg.laser.rep_rate_hz))
+    finally:
+        for s in stores.values():
+            s.close()
+    assert res[PAIR].delivered_bits > 0
+    return data, {c: client_randomness(cfg, c, logs[c]) for c in cfg.client_names}
+
+
+def test_simulated_blocks_are_marked_and_never_called_information_theoretic(distilled):
+    data, rnd = distilled
+    expected_rnd = "seeded" if "seeded" in rnd.values() else "csprng"
+    for node in ("C1", "C2"):
+        with KeyStore.for_node(node, data) as st:
+            key_blocks = [b for b in st.blocks(PAIR) if b["meta"].get("kind") != "preshared-auth"]
+            assert key_blocks  # the key block and its auth refill
+            for b in key_blocks:
+                p = b["meta"]["provenance"]
+                assert p["physical_layer"] == "simulated" and p["randomness"] == expected_rnd
+                assert p["information_theoretic"] is False and IT_PHRASE not in p["security"]
+                assert p["eps_total"] == pytest.approx(b["meta"]["eps_total"]) and p["eps_sec"] == 1e-4
+                assert "docs/protocol.md" in p["protocol"]
+
+    # labqfl keys status --json: the pair's provenance, no IT claim anywhere
+    r = runner.invoke(app, ["keys", "status", "--data-dir", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    assert IT_PHRASE not in r.stdout
+    prov = json.loads(r.stdout)["nodes"]["C1"]["provenance"][PAIR]
+    assert prov["blocks"] == {f"simulated/{expected_rnd}": prov["blocks"][f"simulated/{expected_rnd}"]}
+    assert prov["information_theoretic"] is False and prov["preshared_blocks"] == 1  # the bootstrap secret
+    assert ("no physical security" if expected_rnd == "csprng" else "not secret") in prov["security"]
+    # the table form prints the statement too
+    r = runner.invoke(app, ["keys", "status", "--data-dir", str(data)])
+    assert r.exit_code == 0 and "provenance" in r.output and IT_PHRASE not in r.output
+
+    # ETSI GS QKD 014 status: the spec's optional status_extension carries labqfl's provenance
+    stores = open_node_stores(["C1", "C2"], data)
+    try:
+        kme = KeyDeliveryService(stores, KmeSettings(saes={"C1": "C1", "C2": "C2"}))
+        st = kme.status("C1", "C2")
+    finally:
+        for s in stores.values():
+            s.close()
+    ext = st["status_extension"][PROVENANCE_EXTENSION]
+    assert ext["weakest"]["physical_layer"] == "simulated" and ext["information_theoretic"] is False
+    assert IT_PHRASE not in json.dumps(st)
+
+
+def _hardware_qrng_store(tmp_path: Path) -> Path:
+    data = tmp_path / "hw"
+    meta = {"eps_total": 1.2e-10, "provenance": Provenance("hardware", "qrng", eps_sec=1e-10, eps_cor=1e-15,
+                                                           eps_auth=2e-11, eps_total=1.2e-10).as_dict()}
+    bits = np.random.default_rng(1).integers(0, 2, 4096, dtype=np.uint8)
+    with KeyStore.for_node("C1", data) as a, KeyStore.for_node("C2", data) as b:
+        bid = a.add_block(PAIR, bits, purpose="etsi", meta=meta)
+        b.add_block(PAIR, bits, block_id=bid, purpose="etsi", meta=meta)
+    return data
+
+
+def test_hardware_qrng_blocks_are_information_theoretic_everywhere(tmp_path):
+    data = _hardware_qrng_store(tmp_path)
+    r = runner.invoke(app, ["keys", "status", "--data-dir", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    prov = json.loads(r.stdout)["nodes"]["C2"]["provenance"][PAIR]
+    assert prov["information_theoretic"] is True and prov["security"].startswith(IT_PHRASE)
+    stores = open_node_stores(["C1", "C2"], data)
+    try:
+        st = KeyDeliveryService(stores, KmeSettings(saes={"C1": "C1", "C2": "C2"})).status("C1", "C2")
+    finally:
+        for s in stores.values():
+            s.close()
+    assert st["status_extension"][PROVENANCE_EXTENSION]["information_theoretic"] is True
+    assert st["stored_key_count"] == 4096 // st["key_size"]
+
+
+def test_report_states_the_provenance_of_the_run_keys(tmp_path):
+    """report.html shows a provenance row per pair and the masks' security; the IT phrase only for
+    hardware + QRNG keys."""
+    from labqfl.provenance import summarize_blocks
+    from labqfl.report import write_report
+    from labqfl.runs import RunRecord
+
+    sim = summarize_blocks([{"meta": {"provenance": Provenance("simulated", "csprng", eps_total=1e-10).as_dict()}}])
+    hw = summarize_blocks([{"meta": {"provenance": Provenance("hardware", "qrng", eps_total=1e-10).as_dict()}}])
+    for prov, it in ((sim, False), (hw, True)):
+        run = RunRecord.create("prov", load_station_config(), tmp_path / ("hw" if it else "sim"))
+        m = {"status": "complete", "station": "s", "key_source": "qkd",
+             "keys": {"pairs": {PAIR: {"distilled_bits": 10, "consumed_bits": 0, "auth_consumed_bits": 0,
+                                       "provenance": prov}}},
+             "train": {"task": "t", "clients": 2, "q": 8, "rounds_run": 1, "final_test_accuracy": 0.9,
+                       "key_bits_total": 8, "upload_bits_per_client": 8, "baseline_upload_bits_per_client": 32,
+                       "key_source": "qkd", "security": f"one-time-pad masks; the keys: {prov['security']}"}}
+        html = write_report(run, m).read_text(encoding="utf-8")
+        run.close()
+        assert "Key provenance" in html and ("simulated/csprng" in html or "hardware/qrng" in html)
+        assert (IT_PHRASE in html) is it
+        assert ("no physical security" in html) is (not it)
