@@ -60,37 +60,29 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from labqfl.config import StationConfig
-from labqfl.errors import AuthenticationError, InsufficientKeyError, KeyStoreError, QKDInputError
+from labqfl.errors import InsufficientKeyError, KeyStoreError, QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import (
     AuthKeySupply,
     BitPool,
     TranscriptAuthenticator,
-    TranscriptPair,
-    confirm_transcripts,
     keystore_auth_supplies,
     transcript_forgery_probability,
 )
-from labqfl.qkd.estimation import (
-    KeyLengthReport,
-    SecurityParameters,
-    epsilon_total,
-    secure_key_length,
-)
-from labqfl.qkd.messaging import LocalChannel, Message
+from labqfl.qkd.estimation import SecurityParameters, epsilon_total
+from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.schedule import PairSchedule
-from labqfl.qkd.sifting import ClientSetup, SiftResult, sift, with_key_errors
+from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
-from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
-from labqfl.qkd.types import Announcements, ModulationLog, PairCounts, split_pair
-from labqfl.qkd.verification import hash_tag, verification_tag_length
+from labqfl.qkd.twoparty import PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.types import Announcements, ModulationLog, split_pair
 
 log = get_logger(__name__)
 
 __all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
            "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream", "ENGINES",
-           "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for"]
+           "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for", "local_pair_channel"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
 
@@ -429,33 +421,7 @@ _MIN_BLOCK_BITS = 1000
 def _pair_slot_end(schedule: PairSchedule, pair: str, m: int) -> int:
     """Smallest acquisition slot g with ``schedule.slots_of_pair(pair, g) == m`` (the end, exclusive,
     of the pair's first ``m`` slots)."""
-    if m <= 0:
-        return 0
-    p = schedule.names.index(pair)
-    F, P = schedule.slots_per_frame, len(schedule.pairs)
-    cycles, r = divmod(m - 1, F)
-    return cycles * F * P + p * F + r + 1
-
-
-class _CjEnd:
-    """Cj's side of verification and amplification (answers Ci's requests)."""
-
-    def __init__(self, bits: np.ndarray) -> None:
-        self.bits = bits
-        self.final: np.ndarray | None = None
-
-    def handle(self, req: Message) -> Message:
-        if req.kind == "verify/request":
-            t = int(req.get("t"))
-            seed = np.unpackbits(np.frombuffer(req.get("seed"), np.uint8), count=self.bits.size + t - 1, bitorder="little")
-            mine = hash_tag(self.bits, seed, t)
-            return Message("verify/result", {"ok": int(np.array_equal(mine, req.disclosed))})
-        if req.kind == "pa/seed":
-            m = int(req.get("out_len"))
-            seed = np.unpackbits(np.frombuffer(req.get("seed"), np.uint8), count=self.bits.size + m - 1, bitorder="little")
-            self.final = toeplitz_hash(self.bits, seed, m)
-            return Message("pa/done", {"n": m})
-        raise QKDInputError(f"unexpected post-processing message {req.kind!r}")
+    return schedule.slot_end(pair, m)
 
 
 def _preshared_bits(nbits: int) -> np.ndarray:
@@ -464,41 +430,63 @@ def _preshared_bits(nbits: int) -> np.ndarray:
 
 
 class _PairState:
-    def __init__(self, pair: str, setup_i: ClientSetup, setup_j: ClientSetup, settings: DistillSettings,
-                 supplies: tuple[AuthKeySupply, AuthKeySupply] | None = None) -> None:
+    """The Distiller's view of one pair: its two ends (each built from its own client's data only),
+    the channel between them, and the block bookkeeping."""
+
+    def __init__(self, pair: str, end_i: PairEndI, end_j: PairEndJ, channel: Channel,
+                 pools: tuple[BitPool, BitPool] | None) -> None:
         self.pair = pair
-        self.setup_i, self.setup_j = setup_i, setup_j
-        self.chunks: list[SiftResult] = []
-        self.n_bits = 0
-        self.counts: PairCounts | None = None
+        self.end_i, self.end_j, self.channel = end_i, end_j, channel
         self.result = PairResult(pair)
-        self.last_qber: float | None = None
         #: the current block: its index and first acquisition slot (block k holds the pair's
         #: slots [k·N, (k+1)·N), N = block_slots)
         self.block_index = 0
         self.block_start = 0
-        self.pool_i: BitPool | None = None
-        self.pool_j: BitPool | None = None
-        if supplies is None:  # in-memory pre-shared pool for this Distiller's lifetime
-            pre = _preshared_bits(settings.preshared_auth_bits)
-            self.pool_i, self.pool_j = BitPool(pre), BitPool(pre.copy())
-            supplies = (self.pool_i, self.pool_j)
-        self.auth_i = TranscriptAuthenticator(supplies[0], settings.auth_lanes)
-        self.auth_j = TranscriptAuthenticator(supplies[1], settings.auth_lanes)
+        self.pool_i: BitPool | None = pools[0] if pools else None
+        self.pool_j: BitPool | None = pools[1] if pools else None
+
+    @property
+    def auth_i(self) -> TranscriptAuthenticator:
+        return self.end_i.auth
+
+    @property
+    def auth_j(self) -> TranscriptAuthenticator:
+        return self.end_j.auth
+
+    @property
+    def n_bits(self) -> int:
+        """Sifted bits of the current block (Ci's count; Cj checks it at ``block/open``)."""
+        return self.end_i.n_bits
+
+
+def local_pair_channel(end_i: PairEndI, end_j: PairEndJ) -> Channel:
+    """The in-process deployment: Cj's end answers Ci's directly; every message is encoded, absorbed
+    by the sender's transcript and decoded and absorbed by the receiver's (no shared objects)."""
+    return LocalChannel(end_j, authenticator=end_i.tx, peer_authenticator=end_j.tx)
 
 
 class Distiller:
     """Streaming orchestrator. ``push`` tag blocks, then ``finish``; see the module docstring.
 
     ``logs``: each client's own :class:`ModulationLog` (by client name). ``sink``: where keys
-    go. ``rng``: Cj's squashing randomness (default: OS-seeded).
+    go. ``rng``: the Cj ends' squashing randomness (default: an OS-seeded generator per end; a
+    given one is shared by the ends, for reproducible runs). ``pair_channel(end_i, end_j)``: the
+    channel from each pair's Ci end to its Cj end (default :func:`local_pair_channel`, in
+    process; a :class:`~labqfl.net.transport.NodeChannel` to a node serving ``end_j`` runs the
+    same protocol between processes).
+
+    This is the in-process deployment: it holds both ends of every pair, but each end is built
+    from its own client's data only and they talk only through the channel
+    (:mod:`labqfl.qkd.twoparty`); the Distiller keeps the schedule, the block boundaries and the
+    key stores.
     """
 
     def __init__(self, cfg: StationConfig, logs: Mapping[str, ModulationLog], sink: KeySink,
                  settings: DistillSettings | None = None, *, slotting: SlottingParams | None = None,
                  rng: np.random.Generator | None = None,
                  progress: Callable[[str], None] | None = None,
-                 acquisition_id: str | None = None) -> None:
+                 acquisition_id: str | None = None,
+                 pair_channel: Callable[[PairEndI, PairEndJ], Channel] | None = None) -> None:
         self.cfg = cfg
         self.acquisition_id = acquisition_id
         self.settings = settings or DistillSettings()
@@ -515,13 +503,26 @@ class Distiller:
         self.auth_store: AuthKeyStore | None = sink if isinstance(sink, AuthKeyStore) else None
         #: the sink's record of distilled slot ranges (used with a known acquisition only)
         self.ledger: DistilledSlotLedger | None = sink if isinstance(sink, DistilledSlotLedger) else None
-        self.rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
         self.progress = progress
-        self.pairs = {
-            name: _PairState(name, ClientSetup.from_config(cfg.client(a)), ClientSetup.from_config(cfg.client(b)),
-                             self.settings, self.auth_store.auth_supplies(name) if self.auth_store else None)
-            for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True)
-        }
+        self.pair_channel = pair_channel or local_pair_channel
+        s = self.settings
+        proto = ProtocolSettings(engine=s.engine, params=s.params, auth_lanes=s.auth_lanes, qber_floor=s.qber_floor,
+                                 qber_default=s.qber_default)
+        self.pairs: dict[str, _PairState] = {}
+        for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True):
+            # each end gets its own client's log, its own key supply, the public setups; nothing else
+            setup_i, setup_j = ClientSetup.from_config(cfg.client(a)), ClientSetup.from_config(cfg.client(b))
+            pools: tuple[BitPool, BitPool] | None = None
+            if self.auth_store is not None:
+                sup_i, sup_j = self.auth_store.auth_supplies(name)
+            else:  # in-memory pre-shared pool for this Distiller's lifetime
+                pre = _preshared_bits(s.preshared_auth_bits)
+                pools = (BitPool(pre), BitPool(pre.copy()))
+                sup_i, sup_j = pools
+            squash = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
+            end_i = PairEndI(name, self.logs[a], setup_i, setup_j, proto, sup_i)
+            end_j = PairEndJ(name, self.logs[b], setup_i, setup_j, proto, sup_j, squash)
+            self.pairs[name] = _PairState(name, end_i, end_j, self.pair_channel(end_i, end_j), pools)
         #: slots of each pair per block, fixed here, before any data (docs/protocol.md §5.1)
         self.block_slots: dict[str, int] = {}
         for name, pr in zip(self.schedule.names, self.schedule.pairs, strict=True):
@@ -611,30 +612,33 @@ class Distiller:
                     lo = hi
                 if hi < end:
                     break
-                if st.n_bits >= _MIN_BLOCK_BITS:
+                if st.n_bits >= _MIN_BLOCK_BITS or st.end_i.refused:
                     out.append(self._process_block(st, end))
                 else:  # (almost) no light in this block: nothing worth disclosing parities for
                     self._drop_block(st, end)
         if final:  # the rest: N = the pair's slots up to the end of the acquisition
             for st in self.pairs.values():
-                if st.n_bits >= self.settings.min_final_block_bits:
+                if st.n_bits >= self.settings.min_final_block_bits or st.end_i.refused:
                     out.append(self._process_block(st, final_slots))
                 elif st.n_bits:
                     self._drop_block(st, final_slots)
+                elif st.end_i.exchanged:  # announcements without a sifted bit: forget them at both ends
+                    st.end_i.drop_block(st.channel)
         return out
 
     def _drop_block(self, st: _PairState, end: int) -> None:
-        """Discard the pair's current block unused (no message sent, nothing disclosed, so its
-        slots are not claimed); its sifted bits are reported as dropped."""
+        """Discard the pair's current block unused (no key bit disclosed: only the public sifting
+        messages were exchanged, and their transcript is dropped at both ends, so its slots are
+        not claimed); its sifted bits are reported as dropped."""
         st.result.dropped_bits += st.n_bits
-        st.chunks, st.n_bits, st.counts = [], 0, None
+        st.end_i.drop_block(st.channel)
         st.block_index += 1
         st.block_start = end
 
     def _sift_into(self, st: _PairState, ann: Announcements, lo: int, hi: int) -> None:
-        """Sift the pair's announced slots in ``[lo, hi)`` into its current block."""
+        """Sift the pair's announced slots in ``[lo, hi)`` into its current block: the detector
+        delivers its announcements to both clients, Ci's end sifts with Cj's over the channel."""
         name = st.pair
-        ci, cj = split_pair(name)
         a, b = np.searchsorted(ann.slots, [lo, hi])
         part = ann if (a, b) == (0, ann.slots.size) else Announcements(name, ann.slots[a:b], ann.outcomes[a:b])
         # slots dropped by slotting (lost tagger data, unmarked frames) were never measured: not counted
@@ -642,11 +646,9 @@ class Distiller:
         n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo) - dropped
         st.result.dropped_slots += dropped
         ts = time.perf_counter()
-        res = sift(part, self.logs[ci], self.logs[cj], st.setup_i, st.setup_j, n_slots, self.rng)
+        st.end_j.receive(part, lo, hi, n_slots)
+        res = st.end_i.sift_chunk(st.channel, part, lo, hi, n_slots)
         st.result.times_s["sifting"] += time.perf_counter() - ts
-        st.chunks.append(res)
-        st.n_bits += res.n_key
-        st.counts = res.counts if st.counts is None else st.counts + res.counts
         st.result.n_slots += n_slots
         st.result.sifted_bits += res.n_key
         c = res.counts
@@ -659,31 +661,16 @@ class Distiller:
             st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + int(errs.sum())
 
     # -- one block ---------------------------------------------------------------------------
-    def _qber_estimate(self, st: _PairState, counts: PairCounts) -> float:
-        s = self.settings
-        if st.last_qber is not None:
-            q = st.last_qber
-        else:
-            k = min(counts.clicks.shape[0], counts.clicks.shape[1])
-            idx = [i for i in range(1, k) if counts.intensities_i[i] > 0 and counts.intensities_j[i] > 0]
-            clicks = sum(int(counts.clicks[i, i, 0, 0]) for i in idx)
-            errs = sum(int(counts.errors_x2[i, i, 0, 0]) for i in idx) / 2
-            q = errs / clicks if clicks >= 200 else s.qber_default
-        return float(min(max(q, s.qber_floor), 0.25))
-
     def _process_block(self, st: _PairState, end: int) -> BlockResult:
-        """Distil the pair's current block, which covers acquisition slots [st.block_start, end)."""
+        """Distil the pair's current block, which covers acquisition slots [st.block_start, end):
+        Ci's end runs the protocol with Cj's (:meth:`PairEndI.run_block`); a key is stored only
+        when both ends accepted it."""
         s = self.settings
-        chunks, counts = st.chunks, st.counts
-        assert counts is not None
+        counts = st.end_i.counts
+        n_slots = int(counts.n_slots) if counts is not None else 0
         start = st.block_start
-        st.chunks, st.n_bits, st.counts = [], 0, None
         st.block_index += 1
         st.block_start = end
-        bits_i = np.concatenate([c.bits_i for c in chunks])
-        bits_j = np.concatenate([c.bits_j for c in chunks])
-        n = int(bits_i.size)
-        times = dict.fromkeys(STAGES, 0.0)
         block_id = self._block_id(st.pair, start, end)
         if self.auth_store is not None:
             # before any key is spent: a block already stored (same acquisition distilled twice)
@@ -697,16 +684,29 @@ class Distiller:
             self._ensure_auth_key(st)
         auth_before = st.auth_i.key_bits_used
         checks_before = st.auth_i.checks + st.auth_j.checks
-        qest = self._qber_estimate(st, counts)
+        before_j = len(st.end_j.outcomes)
+        oi = st.end_i.run_block(st.channel, block_id, start, end)
+        oj = st.end_j.outcomes.pop() if len(st.end_j.outcomes) > before_j else None
+        st.end_j.outcomes.clear()
+        times = dict.fromkeys(STAGES, 0.0)
+        for k, v in oi.times.items():
+            times[k] += v
+        n = oi.n
+        qber = oi.qber
+        leak = oi.leak
+        f = leak / (n * _h2(qber)) if _h2(qber) > 0 else float("nan")
+        common: dict[str, Any] = dict(qber_key=qber, leaked_ec_bits=leak, efficiency_f=f, verification_bits=oi.tlen,
+                      verified=oi.verified)
+        report = oi.report.as_dict() if oi.report is not None else None
+        auth_bits = st.auth_i.key_bits_used - auth_before
+        checks = st.auth_i.checks + st.auth_j.checks - checks_before
+        eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
 
         def done(**kw: Any) -> BlockResult:
-            auth_bits = st.auth_i.key_bits_used - auth_before
-            checks = st.auth_i.checks + st.auth_j.checks - checks_before
-            eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
-            br = BlockResult(pair=st.pair, block_id=block_id, n_slots=counts.n_slots, sifted_bits=n,
-                             qber_estimate=qest, auth_key_bits=auth_bits, times_s=times, slot_start=start,
+            br = BlockResult(pair=st.pair, block_id=block_id, n_slots=n_slots, sifted_bits=n,
+                             qber_estimate=oi.qber_estimate, auth_key_bits=auth_bits, times_s=times, slot_start=start,
                              slot_end=end, auth_checks=checks, eps_auth=eps_auth,
-                             eps_total=epsilon_total(s.params, eps_auth), **kw)
+                             eps_total=epsilon_total(s.params, eps_auth), report=report, **common, **kw)
             if br.report is not None:
                 br.report["eps_auth"] = eps_auth
                 br.report["eps_total"] = br.eps_total
@@ -728,92 +728,31 @@ class Distiller:
                 self.progress(st.pair)
             return br
 
-        # 1. error correction (Cj corrects towards Ci), authenticated channel
-        t = time.perf_counter()
-        ec = self.reconcile(bits_i, bits_j, qest, channel_authenticator=TranscriptPair(st.auth_i, st.auth_j, requester="j"))
-        corrected = np.asarray(ec.corrected, dtype=np.uint8)
-        times["reconciliation"] = time.perf_counter() - t
-        errors = int(np.count_nonzero(corrected != bits_j))
-        qber = errors / n if n else 0.0
-        st.last_qber = qber
-        leak = int(ec.leaked_bits)
-        f = leak / (n * _h2(qber)) if _h2(qber) > 0 else float("nan")
-        common = dict(qber_key=qber, leaked_ec_bits=leak, efficiency_f=f)
-        if not getattr(ec, "success", True):
-            return done(verification_bits=0, verified=False, keys_identical=False, final_key_bits=0,
-                        delivered_bits=0, abort=True, abort_reason="error correction failed (decoder did not converge)",
-                        report=None, **common)
-        # 2. verification: Ci sends seed + tag, Cj compares
-        t = time.perf_counter()
-        tlen = min(verification_tag_length(s.params.eps_cor), n)
-        vseed = toeplitz_seed(n, tlen)
-        cj_end = _CjEnd(corrected)
-        ch = LocalChannel(cj_end, authenticator=TranscriptPair(st.auth_i, st.auth_j, requester="i"))
-        reply = ch.request(Message("verify/request", {"t": tlen, "seed": np.packbits(vseed, bitorder="little").tobytes()},
-                                   disclosed=hash_tag(bits_i, vseed, tlen)))
-        verified = bool(reply.get("ok"))
-        times["verification"] = time.perf_counter() - t
-        rep: KeyLengthReport | None = None
-        ell = 0
-        reason = ""
-        if not verified:
-            reason = "verification failed: keys differ after error correction; block discarded"
-        else:
-            # 3. secure key length (abort rules inside)
-            t = time.perf_counter()
-            rep = secure_key_length(with_key_errors(counts, errors), n, qber, leak, s.params)
-            times["estimation"] = time.perf_counter() - t
-            ell = 0 if rep.abort else int(rep.key_length_bits)
-            if ell <= 0:
-                reason = (rep.abort_reason if rep.abort else "") or "secure key length is zero for this block (finite-key bound)"
-        final_i = final_j = None
-        if ell > 0:
-            # 4. privacy amplification at both ends (Ci draws the seed and sends it)
-            t = time.perf_counter()
-            pseed = toeplitz_seed(n, ell)
-            final_i = toeplitz_hash(bits_i, pseed, ell)
-            ch.request(Message("pa/seed", {"out_len": ell, "seed": np.packbits(pseed, bitorder="little").tobytes()}))
-            final_j = cj_end.final
-            times["amplification"] = time.perf_counter() - t
-        # authenticate the whole transcript (reconciliation, verification, PA seed) both ways
-        t = time.perf_counter()
-        try:
-            confirm_transcripts(st.auth_i, st.auth_j)
-        except AuthenticationError as exc:
-            ell, reason = 0, str(exc)
-        times["verification"] += time.perf_counter() - t
-        report = rep.as_dict() if rep is not None else None
-        if ell <= 0 or final_i is None or final_j is None:
-            return done(verification_bits=tlen, verified=verified, keys_identical=verified, final_key_bits=0,
-                        delivered_bits=0, abort=True, abort_reason=reason, report=report, **common)
+        final_i = oi.final if oi.accepted else None
+        final_j = oj.final if oj is not None and oj.accepted else None
+        if final_i is None or final_j is None:
+            reason = oi.reason or (oj.reason if oj is not None else "") or "Cj did not accept the block"
+            return done(keys_identical=oi.verified, final_key_bits=0, delivered_bits=0, abort=True,
+                        abort_reason=reason)
+        ell = int(final_i.size)
         if not np.array_equal(final_i, final_j):
             # the verification hash collided (probability ≤ ε_cor) or a party misbehaved: the two
             # ends do not share this key, so neither stores it — no delivery and no refill of the
-            # authentication pools (their pads, already consumed in step, stay spent and counted)
-            return done(verification_bits=tlen, verified=True, keys_identical=False, final_key_bits=0,
-                        delivered_bits=0, abort=True,
-                        abort_reason="final keys differ although verification passed; block refused at both ends",
-                        report=report, **common)
-        # 5. refill the authentication pools with what this block's messages consumed, deliver the rest
+            # authentication pools (their pads, already consumed in step, stay spent and counted).
+            # Only the in-process deployment can see this; between nodes it is the ε_cor event.
+            return done(keys_identical=False, final_key_bits=0, delivered_bits=0, abort=True,
+                        abort_reason="final keys differ although verification passed; block refused at both ends")
+        # refill the authentication pools with what this block's messages consumed, deliver the rest
         t = time.perf_counter()
-        used = st.auth_i.key_bits_used - auth_before
-        refill = min(used, ell)
-        checks = st.auth_i.checks + st.auth_j.checks - checks_before
-        eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
+        refill = min(auth_bits, ell)
         meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
                 "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor, "eps_auth": eps_auth,
                 "eps_total": epsilon_total(s.params, eps_auth), "acquisition": self.acquisition_id,
-                "slots": [start, end], "n_slots": int(counts.n_slots)}
-        from labqfl.provenance import pair_provenance  # physical layer, clients' randomness, protocol, ε
-
-        a_, b_ = self.schedule.pairs[self.schedule.names.index(st.pair)]
-        meta["provenance"] = pair_provenance(self.cfg, (a_, b_), self.logs, eps_sec=s.params.eps_sec,
-                                             eps_cor=s.params.eps_cor, eps_auth=eps_auth,
-                                             eps_total=epsilon_total(s.params, eps_auth)).as_dict()
+                "slots": [start, end], "n_slots": n_slots}
         if self.auth_store is not None:
             if refill:
                 self.auth_store.add_auth(st.pair, block_id + AUTH_REFILL_SUFFIX, final_i[:refill], final_j[:refill],
-                                         {**meta, "kind": "auth-refill", "key_block": block_id, "auth_key_bits": used})
+                                         {**meta, "kind": "auth-refill", "key_block": block_id, "auth_key_bits": auth_bits})
         else:
             assert st.pool_i is not None and st.pool_j is not None
             st.pool_i.add(final_i[:refill])
@@ -822,8 +761,8 @@ class Distiller:
         if deliver_i.size:
             self.sink.deliver(st.pair, block_id, deliver_i, deliver_j, meta)
         times["delivery"] = time.perf_counter() - t
-        return done(verification_bits=tlen, verified=True, keys_identical=True, final_key_bits=ell,
-                    delivered_bits=int(deliver_i.size), abort=False, abort_reason="", report=report, **common)
+        return done(keys_identical=True, final_key_bits=ell, delivered_bits=int(deliver_i.size), abort=False,
+                    abort_reason="")
 
 
 def distill_stream(cfg: StationConfig, blocks: Iterable[TagBlock], logs: Mapping[str, ModulationLog], sink: KeySink,

@@ -19,10 +19,19 @@ Only the flags and the test-slot choices cross between the clients; ``sift`` com
 party's key from that party's record plus public data (see :func:`key_flags`,
 :func:`client_i_key`, :func:`client_j_key`). :func:`sift_counts` is the fast one-pass Numba kernel
 for the statistics; :func:`sift_reference` the slow pure-Python reference.
+
+Two parties (:mod:`labqfl.qkd.twoparty`): ``sift`` reads both logs and serves the single-party
+tools and tests; the pipeline's ends exchange the flags (:func:`pack_flags`), then the test slots'
+(intensity, basis) and, only where the bases agree, their bits, and each end tallies the same
+counts from its own record and the partner's reveals (:func:`reveal_counts`). The key cell
+needs no reveal (its choices are fixed by the flags), a test slot with different bases needs no
+bit (only equal bases count errors). :func:`announcement_digest` lets the two clients check that
+the detector announced the same to both.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from dataclasses import dataclass, replace
 
@@ -53,6 +62,9 @@ __all__ = [
     "client_i_key",
     "client_j_key",
     "with_key_errors",
+    "announcement_digest",
+    "pack_flags",
+    "reveal_counts",
 ]
 
 
@@ -238,3 +250,49 @@ def sift_reference(outcomes: np.ndarray, rec_i: ModulationRecord, rec_j: Modulat
                 errors_x2[x, y, basis_a, basis_b] += 2
     return (np.array(key_idx, dtype=np.int64), np.array(bi, dtype=np.uint8), np.array(bj, dtype=np.uint8),
             clicks, errors_x2, doubles)
+
+
+def announcement_digest(ann: Announcements) -> bytes:
+    """SHA-256 of one pair's announcements (pair name, slots as int64 LE, outcomes as uint8): what
+    a client received from the detector, compared between the two clients (32 bytes)."""
+    h = hashlib.sha256(b"labqfl-announcements-v1\0" + ann.pair.encode() + b"\0")
+    h.update(_u64(ann.slots.size))
+    h.update(np.ascontiguousarray(ann.slots, dtype="<i8").tobytes())
+    h.update(np.ascontiguousarray(ann.outcomes, dtype=np.uint8).tobytes())
+    return h.digest()
+
+
+def _u64(n: int) -> bytes:
+    return int(n).to_bytes(8, "little")
+
+
+def pack_flags(flags: np.ndarray) -> bytes:
+    """A bool flag per announced slot, packed 8 per byte (little bit order)."""
+    return np.packbits(np.asarray(flags, dtype=np.uint8), bitorder="little").tobytes()
+
+
+def reveal_counts(outcomes: np.ndarray, key_mask: np.ndarray,
+                  reveal_i: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  reveal_j: tuple[np.ndarray, np.ndarray, np.ndarray], same_basis: np.ndarray,
+                  n_ki: int, n_kj: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clicks, errors_x2, double_clicks) from public data only, equal to :func:`sift_counts` on
+    the two full records.
+
+    ``key_mask``: key slots among the announced slots (both flags set: intensity 0, basis X at
+    both ends, so the key cell, where no error is counted). ``reveal_i``/``reveal_j``: each
+    client's (intensity index, basis, bit) in the test slots (``~key_mask``, in order), the bits
+    only for the test slots with ``same_basis`` (in order) — the only ones whose errors count.
+    """
+    key_mask = np.asarray(key_mask, dtype=bool)
+    test = ~key_mask
+    n = int(outcomes.size)
+    arrays = []
+    for k, basis, bit in (reveal_i, reveal_j):
+        kk = np.zeros(n, np.uint8)
+        aa = np.zeros(n, np.uint8)
+        a_t = np.asarray(basis, dtype=np.uint8).copy()
+        a_t[same_basis] |= (np.asarray(bit, dtype=np.uint8) << 1).astype(np.uint8)
+        kk[test] = k
+        aa[test] = a_t
+        arrays += [kk, aa]
+    return _counts_kernel(np.asarray(outcomes, dtype=np.uint8), arrays[0], arrays[1], arrays[2], arrays[3], n_ki, n_kj)

@@ -5,6 +5,8 @@ distilling the same raw slots twice keyed on slot ranges."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from galois import GF
@@ -13,7 +15,7 @@ from qkdpp_helpers import small_station
 
 from labqfl.errors import AuthenticationError, KeyStoreError
 from labqfl.keystore import KeyStore
-from labqfl.qkd import pipeline as pipeline_mod
+from labqfl.qkd import twoparty as twoparty_mod
 from labqfl.qkd.authentication import (
     BitPool,
     TranscriptAuthenticator,
@@ -182,15 +184,17 @@ def test_a_block_whose_final_keys_differ_is_refused_at_both_ends(acquisition, tm
     """Force the ε_cor event: a reconciliation that leaves errors and a verification hash that
     collides. The two final keys then differ, and neither end may store them."""
 
-    class _NoCorrection:
-        def __init__(self, bits_j, leak):
-            self.corrected, self.leaked_bits, self.success = bits_j.copy(), leak, True
+    real_bob = twoparty_mod._bob
 
-    def fake_engine(name):
-        return lambda bits_i, bits_j, qber, channel_authenticator=None: _NoCorrection(bits_j, int(0.15 * bits_j.size))
+    class _NoCorrection:  # Cj runs the real protocol but keeps its uncorrected bits
+        def __init__(self, engine, bits, qber):
+            self.bob, self.bits = real_bob(engine, bits, qber), bits
 
-    monkeypatch.setattr(pipeline_mod, "_engine", fake_engine)
-    monkeypatch.setattr(pipeline_mod, "hash_tag", lambda bits, seed, t: np.zeros(t, np.uint8))
+        def run(self, channel):
+            return dataclasses.replace(self.bob.run(channel), corrected=self.bits.copy())
+
+    monkeypatch.setattr(twoparty_mod, "_bob", _NoCorrection)
+    monkeypatch.setattr(twoparty_mod, "hash_tag", lambda bits, seed, t: np.zeros(t, np.uint8))
     stores = _stores(tmp_path)
     r, d = _distil(acquisition, KeyStoreSink(stores), DistillSettings(block_bits=1_000_000, params=PARAMS),
                    acquisition[3])

@@ -1,0 +1,852 @@
+"""Post-processing of one pair as a two-party protocol: each client end holds only its own data.
+
+:class:`PairEndI` (client Ci) drives the protocol over a request/response
+:class:`~labqfl.qkd.messaging.Channel`; :class:`PairEndJ` (client Cj) is the
+:class:`~labqfl.qkd.messaging.Responder` on the other side. Each end is built from its own
+client's :class:`~labqfl.qkd.types.ModulationLog`, its own authentication-key supply and the
+public setup of both clients; neither ever reads the other's log, bits or state. The same code
+runs in process (:class:`~labqfl.qkd.messaging.LocalChannel`, what
+:class:`~labqfl.qkd.pipeline.Distiller` uses) and between processes
+(:class:`~labqfl.net.transport.NodeChannel` to a :class:`~labqfl.net.transport.NodeServer` that
+serves ``PairEndJ``).
+
+Messages (docs/protocol.md §7 lists them with their fields), Ci → Cj, each answered by Cj:
+
+per chunk of announced slots ``[lo, hi)`` (skipped for a chunk without announcements):
+
+1. ``ann/confirm`` — SHA-256 digest, count and slot range of the detector's announcements as Ci
+   received them, and the number of the pair's measured slots; Cj compares with what it
+   received (the untrusted detector must tell both clients the same) → ``ann/ok``;
+2. ``sift/flags`` — Ci's public flag per announced slot (signal intensity ∧ basis X), packed; Cj
+   answers with its own flags; both take the key slots as the slots flagged by both
+   (:func:`~labqfl.qkd.sifting.key_flags`) and each keeps its own raw key bits;
+3. ``test/bases`` — Ci's (intensity, basis) in the test slots (every announced slot that is not a
+   key slot); Cj answers with its own;
+4. ``test/bits`` — Ci's bits in the test slots with equal bases (the only ones whose bits the
+   error counts need); Cj answers with its own. Both then tally the same
+   :class:`~labqfl.qkd.types.PairCounts` (:func:`~labqfl.qkd.sifting.reveal_counts`).
+
+per block (slots ``[start, end)``):
+
+5. ``block/open`` — block ID, slot range, measured slots, announcements and sifted bits of the
+   block at Ci; Cj compares with its own → ``block/ok``;
+6. ``ec/start`` — engine and QBER estimate. Reconciliation is Bob-driven (Cj corrects towards
+   Ci, :mod:`labqfl.qkd.cascade`, :mod:`labqfl.qkd.ldpc`): Cj runs Bob and *answers* with Bob's
+   next request (``cascade/*``, ``ldpc/*``), Ci sends Alice's answer as its next request, until
+   Cj answers ``ec/done`` with the errors it corrected and its count of the disclosed bits;
+7. ``verify/request`` — the 2-universal verification tag of Ci's key and its seed → ``verify/result``;
+8. ``pa/seed`` — Ci's secure key length ℓ and the Toeplitz seed. Cj has computed ℓ itself from
+   its own authenticated copy of the data (:func:`~labqfl.qkd.estimation.secure_key_length`); a
+   different ℓ refuses the block at both ends → ``pa/done``;
+9. ``block/confirm`` — Ci's one-time-padded Wegman–Carter tag of the block's transcript; Cj checks
+   it and answers ``block/confirmed`` with its own tag (or ``block/refused``);
+10. ``block/accept`` — Ci's decision after checking Cj's tag → ``block/accepted``. Only then does
+    either end hand out the key.
+
+``block/drop`` ends a block that holds too few sifted bits to be worth distilling (no key, no
+pad spent). Any refusal is answered ``block/refused`` {reason}; the protocol then still runs to
+the tag exchange, so both ends spend the same pads and a tampered message is reported as such.
+
+Authentication (:class:`TranscriptEnd`): every message of 1–8, both ways, is absorbed into the
+end's :class:`~labqfl.qkd.authentication.TranscriptAuthenticator` (Wegman–Carter polynomial hash
+over GF(2^64), key from the pair's ``auth`` pool); the tags of 9 cover the whole block, so one
+flipped bit anywhere makes the block refused at both ends (delayed authentication: Fung, Ma &
+Chau, PRA 81, 012318 (2010); Kiktenko et al., arXiv:1903.10237). The messages of 9 and 10 carry
+the tags and are not absorbed. ``block/accept`` is not tagged: a forged acceptance has the same
+effect as a dropped last message, which no protocol can exclude (the two-generals problem); the
+ends' key stores are matched by block ID.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
+from labqfl.log import get_logger
+from labqfl.qkd.authentication import AuthKeySupply, TranscriptAuthenticator
+from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
+from labqfl.qkd.messaging import Channel, Message, MessageError, _encoded_size
+from labqfl.qkd.sifting import (
+    ClientSetup,
+    announcement_digest,
+    client_i_key,
+    client_j_key,
+    key_flags,
+    pack_flags,
+    reveal_counts,
+    with_key_errors,
+)
+from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+from labqfl.qkd.types import Announcements, ModulationLog, PairCounts, split_pair
+from labqfl.qkd.verification import hash_tag, verification_tag_length
+
+log = get_logger(__name__)
+
+__all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
+           "UNABSORBED_KINDS", "REFUSED"]
+
+#: Cj's answer to any message of a block it has refused (fields: ``reason``).
+REFUSED = "block/refused"
+#: Messages that carry or follow the transcript tags and are therefore not absorbed into them.
+UNABSORBED_KINDS = frozenset({"block/confirm", "block/confirmed", "block/accept", "block/accepted", "block/drop",
+                              "block/dropped", REFUSED})
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """What both ends of a pair agree on before any block (from ``DistillSettings``)."""
+
+    engine: str = "cascade"
+    params: SecurityParameters = field(default_factory=SecurityParameters)
+    auth_lanes: int = 1
+    qber_floor: float = 0.005
+    qber_default: float = 0.02
+
+
+def _kind(payload: bytes) -> str:
+    """Kind of an encoded message (``encode_message`` layout: magic, u16 length, kind)."""
+    if len(payload) < 6:
+        return ""
+    n = int.from_bytes(payload[4:6], "little")
+    return bytes(payload[6:6 + n]).decode("utf-8", "replace")
+
+
+class TranscriptEnd:
+    """One end's channel authenticator: absorbs every message it sends (``tag``) or receives
+    (``verify``) with its true direction into its own :class:`TranscriptAuthenticator`.
+
+    ``side``: 0 for Ci, 1 for Cj. Until :meth:`start` the messages are held back (the hash key is
+    drawn from the pair's ``auth`` pool at the first absorption, which must not happen before
+    the block is known to be new and the pool to be filled); :meth:`reset` discards the
+    transcript of a block that ends without a tag exchange.
+    """
+
+    def __init__(self, auth: TranscriptAuthenticator, side: int) -> None:
+        if side not in (0, 1):
+            raise QKDInputError(f"transcript side must be 0 (Ci) or 1 (Cj), got {side!r}")
+        self.auth, self.side = auth, side
+        self._held: list[tuple[int, bytes]] = []
+        self._started = False
+
+    def tag(self, payload: bytes) -> bytes:
+        self._absorb(self.side, payload)
+        return b""
+
+    def verify(self, payload: bytes, tag: bytes) -> None:
+        if tag:
+            raise AuthenticationError("unexpected per-message tag on a transcript-authenticated pair channel")
+        self._absorb(1 - self.side, payload)
+
+    def _absorb(self, direction: int, payload: bytes) -> None:
+        if _kind(payload) in UNABSORBED_KINDS:
+            return
+        if self._started or self.auth.key_bits_used > 0:
+            self.auth.absorb(direction, payload)
+        else:
+            self._held.append((direction, bytes(payload)))
+
+    def start(self) -> None:
+        """From here on absorb directly (the held messages first, in order)."""
+        if not self._started:
+            self._started = True
+            held, self._held = self._held, []
+            for d, p in held:
+                self.auth.absorb(d, p)
+
+    def reset(self) -> None:
+        """Forget the current transcript (no pad is spent)."""
+        self._held = []
+        if self.auth.messages:
+            self.auth.close()
+        self._started = False
+
+    def close(self) -> None:
+        """End of the block's messages: freeze the transcript for the tag exchange."""
+        self.start()
+        self.auth.close()
+        self._started = False
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What one end learned from one chunk (public statistics only)."""
+
+    n_key: int
+    counts: PairCounts
+
+
+@dataclass
+class BlockOutcome:
+    """One end's view of one block once the protocol ended. ``final`` (the key, uint8 0/1) is set
+    only when ``accepted``; ``repr`` shows no key material."""
+
+    block_id: str
+    accepted: bool = False
+    reason: str = ""
+    n: int = 0
+    qber_estimate: float = 0.0
+    errors: int = 0
+    leak: int = 0
+    ec_success: bool = False
+    verified: bool = False
+    tlen: int = 0
+    ell: int = 0
+    report: KeyLengthReport | None = None
+    final: np.ndarray | None = field(default=None, repr=False)
+    times: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def qber(self) -> float:
+        return self.errors / self.n if self.n else 0.0
+
+
+class _Refused(LabqflError):
+    """This end refuses the current block (the message is the reason)."""
+
+
+def _alice(engine: str, bits: np.ndarray) -> Any:
+    if engine == "cascade":
+        from labqfl.qkd.cascade import CascadeAlice
+
+        return CascadeAlice(bits)
+    if engine == "ldpc":
+        from labqfl.qkd.ldpc import LdpcAlice
+
+        return LdpcAlice(bits)
+    raise QKDInputError(f"unknown error-correction engine {engine!r}; expected 'cascade' or 'ldpc'")
+
+
+def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
+    from labqfl.qkd.cascade import validate_reconciliation_input
+
+    bits, _, q = validate_reconciliation_input(bits, bits, qber)
+    if engine == "cascade":
+        from labqfl.qkd.cascade import CascadeBob, CascadeSchedule
+
+        return CascadeBob(bits, q, schedule=CascadeSchedule.for_frame(q, int(bits.size)))
+    if engine == "ldpc":
+        from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
+
+        return LdpcBob(bits, q, plan=plan_ldpc(q))
+    raise QKDInputError(f"unknown error-correction engine {engine!r}; expected 'cascade' or 'ldpc'")
+
+
+def _bits_field(bits: np.ndarray) -> bytes:
+    return np.packbits(np.asarray(bits, dtype=np.uint8), bitorder="little").tobytes()
+
+
+def _unbits(raw: Any, n: int, what: str) -> np.ndarray:
+    if not isinstance(raw, bytes) or len(raw) != (n + 7) // 8:
+        raise _Refused(f"{what}: expected {n} packed bits, got {len(raw) if isinstance(raw, bytes) else type(raw).__name__}")
+    return np.unpackbits(np.frombuffer(raw, np.uint8), count=n, bitorder="little")
+
+
+def _u8(raw: Any, n: int, what: str, top: int) -> np.ndarray:
+    a = np.asarray(raw)
+    if a.dtype != np.uint8 or a.ndim != 1 or a.size != n or (a.size and int(a.max()) >= top):
+        raise _Refused(f"{what}: expected {n} values in 0..{top - 1} (uint8)")
+    return a
+
+
+class _PairEnd:
+    """What both ends share in code (never in state): sifting of one chunk from one's own record
+    plus the partner's public flags and reveals, and the secure key length."""
+
+    side = 0
+
+    def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
+                 settings: ProtocolSettings, supply: AuthKeySupply) -> None:
+        ci, cj = split_pair(pair)
+        me = (ci, cj)[self.side]
+        if log.client != me:
+            raise QKDInputError(f"pair {pair}: the {'Ci' if self.side == 0 else 'Cj'} end needs {me}'s modulation log, "
+                                f"got {log.client}'s")
+        if (setup_i.name, setup_j.name) != (ci, cj):
+            raise QKDInputError(f"pair {pair}: client setups of {setup_i.name}/{setup_j.name} do not match")
+        self.pair, self.log = pair, log
+        self.setup_i, self.setup_j = setup_i, setup_j
+        self.settings = settings
+        self.auth = TranscriptAuthenticator(supply, settings.auth_lanes)
+        self.tx = TranscriptEnd(self.auth, self.side)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(pair={self.pair!r})"
+
+    def _counts(self, n_slots: int, clicks: np.ndarray, errors_x2: np.ndarray, doubles: np.ndarray) -> PairCounts:
+        si, sj = self.setup_i, self.setup_j
+        return PairCounts(self.pair, int(n_slots), si.intensities, sj.intensities, si.intensity_probs,
+                          sj.intensity_probs, si.basis_x_prob, sj.basis_x_prob, clicks, errors_x2, doubles)
+
+    def _empty_counts(self, n_slots: int) -> PairCounts:
+        shape = (len(self.setup_i.intensities), len(self.setup_j.intensities), 2, 2)
+        z = np.zeros(shape, np.int64)
+        return self._counts(n_slots, z, z.copy(), z.copy())
+
+    def key_length(self, counts: PairCounts, n: int, errors: int, leak: int) -> KeyLengthReport:
+        """Secure key length of the block from this end's own authenticated data."""
+        qber = errors / n if n else 0.0
+        return secure_key_length(with_key_errors(counts, errors), n, qber, leak, self.settings.params)
+
+
+# ------------------------------------------------------------------------------------------ Ci
+class _IBlock:
+    def __init__(self) -> None:
+        self.bits: list[np.ndarray] = []
+        self.n_bits = 0
+        self.n_ann = 0
+        self.counts: PairCounts | None = None
+        self.refused = ""
+        self.exchanged = False
+
+
+class PairEndI(_PairEnd):
+    """Client Ci's end: holds Ci's modulation log and authentication key; drives the protocol.
+
+    The raw key bits of the current block never leave this object (only the verification tag and
+    the reconciliation answers, counted as leakage, are functions of them).
+    """
+
+    side = 0
+
+    def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
+                 settings: ProtocolSettings, supply: AuthKeySupply) -> None:
+        super().__init__(pair, log, setup_i, setup_j, settings, supply)
+        self._blk = _IBlock()
+        #: the corrected QBER of the last block (public: Cj announced its error count)
+        self.last_qber: float | None = None
+
+    @property
+    def n_bits(self) -> int:
+        """Sifted bits of the current block."""
+        return self._blk.n_bits
+
+    @property
+    def counts(self) -> PairCounts | None:
+        return self._blk.counts
+
+    @property
+    def refused(self) -> str:
+        """Reason the current block was refused during sifting ('' if not)."""
+        return self._blk.refused
+
+    @property
+    def exchanged(self) -> bool:
+        """Whether any message of the current block was exchanged."""
+        return self._blk.exchanged
+
+    def _ask(self, ch: Channel, msg: Message, expect: str) -> Message:
+        rep = ch.request(msg)
+        if rep.kind == REFUSED:
+            raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
+        if rep.kind != expect:
+            raise _Refused(f"Cj answered {rep.kind!r} to {msg.kind!r}; expected {expect!r}")
+        return rep
+
+    def _add_counts(self, c: PairCounts) -> None:
+        b = self._blk
+        b.counts = c if b.counts is None else b.counts + c
+
+    # -- sifting -------------------------------------------------------------------------------
+    def sift_chunk(self, ch: Channel, ann: Announcements, lo: int, hi: int, n_slots: int) -> ChunkResult:
+        """Sift the announced slots of ``[lo, hi)`` (``ann``: the detector's announcements as Ci
+        received them; ``n_slots``: the pair's measured slots there) with Cj over ``ch``."""
+        b = self._blk
+        n = int(ann.slots.size)
+        if n == 0 or b.refused:
+            c = self._empty_counts(n_slots)
+            self._add_counts(c)
+            return ChunkResult(0, c)
+        b.exchanged = True
+        b.n_ann += n
+        rec = self.log.choices(ann.slots)
+        try:
+            self._ask(ch, Message("ann/confirm", {"lo": int(lo), "hi": int(hi), "n": n, "n_slots": int(n_slots),
+                                                  "digest": announcement_digest(ann)}), "ann/ok")
+            mine = key_flags(rec)
+            rep = self._ask(ch, Message("sift/flags", {"lo": int(lo), "flags": pack_flags(mine)}), "sift/flags")
+            key = mine & _unbits(rep.get("flags"), n, "sift/flags").astype(bool)
+            test = ~key
+            k_i, b_i = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
+            rep = self._ask(ch, Message("test/bases", {"lo": int(lo), "k": k_i, "basis": b_i}), "test/bases")
+            nt = int(np.count_nonzero(test))
+            k_j = _u8(rep.get("k"), nt, "test/bases k", len(self.setup_j.intensities))
+            b_j = _u8(rep.get("basis"), nt, "test/bases basis", 2)
+            same = b_i == b_j
+            bit_i = (rec.phase_idx[test][same] >> 1).astype(np.uint8)
+            rep = self._ask(ch, Message("test/bits", {"lo": int(lo), "bits": _bits_field(bit_i)}), "test/bits")
+            bit_j = _unbits(rep.get("bits"), int(np.count_nonzero(same)), "test/bits")
+        except _Refused as e:
+            b.refused = str(e)
+            c = self._empty_counts(n_slots)
+            self._add_counts(c)
+            return ChunkResult(0, c)
+        bits = client_i_key(rec, key)
+        b.bits.append(bits)
+        b.n_bits += int(bits.size)
+        c = self._counts(n_slots, *reveal_counts(ann.outcomes, key, (k_i, b_i, bit_i), (k_j, b_j, bit_j), same,
+                                                 len(self.setup_i.intensities), len(self.setup_j.intensities)))
+        self._add_counts(c)
+        return ChunkResult(int(bits.size), c)
+
+    def qber_estimate(self) -> float:
+        """QBER assumed for reconciliation: the last block's, else the block's own test rounds
+        at equal decoy intensities (basis X), else the default; clipped to [floor, 0.25]."""
+        s = self.settings
+        counts = self._blk.counts
+        if self.last_qber is not None:
+            q = self.last_qber
+        elif counts is None:
+            q = s.qber_default
+        else:
+            k = min(counts.clicks.shape[0], counts.clicks.shape[1])
+            idx = [i for i in range(1, k) if counts.intensities_i[i] > 0 and counts.intensities_j[i] > 0]
+            clicks = sum(int(counts.clicks[i, i, 0, 0]) for i in idx)
+            errs = sum(int(counts.errors_x2[i, i, 0, 0]) for i in idx) / 2
+            q = errs / clicks if clicks >= 200 else s.qber_default
+        return float(min(max(q, s.qber_floor), 0.25))
+
+    def drop_block(self, ch: Channel) -> None:
+        """End the current block unused (too few sifted bits): both ends forget it."""
+        b = self._blk
+        self._blk = _IBlock()
+        self.tx.reset()
+        if b.exchanged:
+            ch.request(Message("block/drop", {}))
+
+    # -- one block -----------------------------------------------------------------------------
+    def run_block(self, ch: Channel, block_id: str, start: int, end: int) -> BlockOutcome:
+        """Distil the current block with Cj; returns Ci's outcome (``final`` only if accepted)."""
+        b = self._blk
+        qest = self.qber_estimate()
+        self._blk = _IBlock()
+        counts = b.counts if b.counts is not None else self._empty_counts(0)
+        bits = np.concatenate(b.bits) if b.bits else np.zeros(0, np.uint8)
+        n = int(bits.size)
+        out = BlockOutcome(block_id, n=n, qber_estimate=qest)
+        out.times = {"reconciliation": 0.0, "verification": 0.0, "estimation": 0.0, "amplification": 0.0}
+        self.tx.start()
+        final: np.ndarray | None = None
+        try:
+            if b.refused:
+                raise _Refused(b.refused)
+            self._ask(ch, Message("block/open", {"block": block_id, "start": int(start), "end": int(end),
+                                                 "n_slots": int(counts.n_slots), "n_ann": b.n_ann, "n": n}), "block/ok")
+            final = self._distil(ch, bits, counts, out)
+        except _Refused as e:
+            out.reason = out.reason or str(e)
+        except (LabqflError, ValueError) as e:  # a malformed request from Bob, a broken channel
+            out.reason = out.reason or f"protocol error: {e}"
+        # the tag exchange: both ends check the whole block's transcript
+        t = time.perf_counter()
+        try:
+            self._confirm(ch, out)
+        except _Refused as e:
+            out.reason = str(e)
+            final = None
+        except (LabqflError, ValueError) as e:
+            out.reason = f"tag exchange failed: {e}"
+            final = None
+            self.tx.reset()
+        out.times["verification"] += time.perf_counter() - t
+        if final is not None and not out.reason:
+            out.accepted, out.final = True, final
+        return out
+
+    def _distil(self, ch: Channel, bits: np.ndarray, counts: PairCounts, out: BlockOutcome) -> np.ndarray | None:
+        s = self.settings
+        n = out.n
+        # 1. error correction: Cj (Bob) drives Cascade/LDPC, Ci (Alice) answers
+        t = time.perf_counter()
+        alice = _alice(s.engine, bits)
+        leak = 0
+        rep = ch.request(Message("ec/start", {"engine": s.engine, "qber": out.qber_estimate, "n": n}))
+        while rep.kind not in ("ec/done", REFUSED):
+            ans = alice.handle(rep)
+            leak += ans.leaked_bits
+            rep = ch.request(ans)
+        out.times["reconciliation"] = time.perf_counter() - t
+        if rep.kind == REFUSED:
+            raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
+        out.errors, out.leak = int(rep.get("errors")), leak
+        out.ec_success = bool(rep.get("success"))
+        if not 0 <= out.errors <= n:
+            raise _Refused(f"Cj reports {out.errors} corrected errors in a block of {n} bits")
+        self.last_qber = out.qber
+        if int(rep.get("leaked")) != leak:
+            raise _Refused(f"disclosed-bit counts differ: Ci sent {leak}, Cj received {int(rep.get('leaked'))}")
+        if not out.ec_success:
+            raise _Refused("error correction failed (decoder did not converge)")
+        # 2. verification: Ci sends seed + tag, Cj compares
+        t = time.perf_counter()
+        out.tlen = tlen = min(verification_tag_length(s.params.eps_cor), n)
+        vseed = toeplitz_seed(n, tlen)
+        rep = self._ask(ch, Message("verify/request", {"t": tlen, "seed": _bits_field(vseed)},
+                                    disclosed=hash_tag(bits, vseed, tlen)), "verify/result")
+        out.verified = bool(rep.get("ok"))
+        out.times["verification"] = time.perf_counter() - t
+        # 3. secure key length, computed here and (independently) at Cj
+        ell = 0
+        reason = ""
+        if not out.verified:
+            reason = "verification failed: keys differ after error correction; block discarded"
+        else:
+            t = time.perf_counter()
+            out.report = rep_ = self.key_length(counts, n, out.errors, leak)
+            out.times["estimation"] = time.perf_counter() - t
+            ell = 0 if rep_.abort else int(rep_.key_length_bits)
+            if ell <= 0:
+                reason = (rep_.abort_reason if rep_.abort else "") or "secure key length is zero for this block (finite-key bound)"
+        out.ell = max(ell, 0)
+        # 4. privacy amplification (Ci draws the seed); Cj compares the length with its own
+        t = time.perf_counter()
+        pseed = toeplitz_seed(n, out.ell) if out.ell > 0 else np.zeros(0, np.uint8)
+        final = toeplitz_hash(bits, pseed, out.ell) if out.ell > 0 else None
+        rep = self._ask(ch, Message("pa/seed", {"out_len": out.ell, "seed": _bits_field(pseed)}), "pa/done")
+        out.times["amplification"] = time.perf_counter() - t
+        if not rep.get("ok"):
+            raise _Refused(f"secure key lengths differ: Ci computed {out.ell} bits, Cj {int(rep.get('out_len'))}; "
+                           f"block refused at both ends")
+        if reason:
+            raise _Refused(reason)
+        return final
+
+    def _confirm(self, ch: Channel, out: BlockOutcome) -> None:
+        self.tx.close()
+        rep = ch.request(Message("block/confirm", {"tag": self.auth.final_tag()}))
+        if rep.kind == REFUSED:  # Cj found Ci's tag wrong (or refused before): no tag back
+            raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
+        if rep.kind != "block/confirmed":
+            raise _Refused(f"Cj answered {rep.kind!r} to block/confirm")
+        try:
+            self.auth.check_final(rep.get("tag"))
+        except AuthenticationError as e:
+            out.reason = str(e)
+        ok = not out.reason
+        rep = ch.request(Message("block/accept", {"ok": int(ok), "reason": out.reason}))
+        if ok and not (rep.kind == "block/accepted" and rep.get("ok")):
+            raise _Refused(str(rep.fields.get("reason", "")) or "Cj did not accept the block")
+
+
+# ------------------------------------------------------------------------------------------ Cj
+class _BobRelay(Channel):
+    """Bob's channel inside Cj: each request of Bob's becomes Cj's answer to Ci, and Ci's next
+    request is Alice's reply (the outer channel is Ci-driven, reconciliation is Bob-driven)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.to_ci: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.from_ci: queue.Queue[Message | None] = queue.Queue()
+
+    def _exchange(self, msg: Message) -> Message:
+        self.stats.count(msg, _encoded_size(msg), -1)
+        self.to_ci.put(("msg", msg))
+        reply = self.from_ci.get()
+        if reply is None:
+            raise MessageError("reconciliation abandoned by this end")
+        self.stats.count(reply, _encoded_size(reply), -1)
+        return reply
+
+
+class _JBlock:
+    def __init__(self) -> None:
+        self.bits: list[np.ndarray] = []
+        self.n_bits = 0
+        self.n_ann = 0
+        self.n_slots = 0
+        self.counts: PairCounts | None = None
+        self.refused = ""
+        self.block_id = ""
+        self.opened = False
+        self.key: np.ndarray | None = None  # the block's sifted key once opened
+        self.relay: _BobRelay | None = None
+        self.thread: threading.Thread | None = None
+        self.corrected: np.ndarray | None = None
+        self.errors = 0
+        self.leak = 0
+        self.ec_done = False
+        self.verified = False
+        self.ell: int | None = None
+        self.report: KeyLengthReport | None = None
+        self.final: np.ndarray | None = None
+        self.confirmed = False
+        # the chunk being sifted: (lo, hi) → announcements, measured slots; then Ci's flags etc.
+        self.pending: dict[int, tuple[Announcements, int, int]] = {}
+        self.cur: dict[str, Any] = {}
+
+
+class PairEndJ(_PairEnd):
+    """Client Cj's end: a :class:`~labqfl.qkd.messaging.Responder` holding only Cj's modulation
+    log, its authentication key supply and its squashing randomness. ``receive`` takes the
+    detector's announcements as Cj received them; ``outcomes`` collects the finished blocks."""
+
+    side = 1
+
+    def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
+                 settings: ProtocolSettings, supply: AuthKeySupply, rng: np.random.Generator) -> None:
+        super().__init__(pair, log, setup_i, setup_j, settings, supply)
+        self.rng = rng
+        self._blk = _JBlock()
+        self._lock = threading.Lock()
+        #: finished blocks (accepted or refused), oldest first; the owner pops them
+        self.outcomes: list[BlockOutcome] = []
+        #: called with each finished outcome (e.g. to store an accepted key)
+        self.on_outcome: Callable[[BlockOutcome], None] | None = None
+
+    # -- data from the detector ----------------------------------------------------------------
+    def receive(self, ann: Announcements, lo: int, hi: int, n_slots: int) -> None:
+        """The detector's announcements for the pair's slots ``[lo, hi)`` and the number of the
+        pair's measured slots there, as delivered to Cj."""
+        with self._lock:
+            b = self._blk
+            if ann.slots.size == 0:
+                b.n_slots += int(n_slots)
+                c = self._empty_counts(n_slots)
+                b.counts = c if b.counts is None else b.counts + c
+            else:
+                b.pending[int(lo)] = (ann, int(hi), int(n_slots))
+
+    # -- protocol ------------------------------------------------------------------------------
+    def handle(self, request: Message) -> Message:
+        with self._lock:
+            b = self._blk
+            kind = request.kind
+            try:
+                if kind in ("block/confirm", "block/accept", "block/drop"):
+                    return getattr(self, "_on_" + kind.split("/")[1])(b, request)
+                if b.refused:
+                    return Message(REFUSED, {"reason": b.refused})
+                if b.relay is not None and not b.ec_done:
+                    return self._ec_step(b, request)
+                handler = _J_HANDLERS.get(kind)
+                if handler is None:
+                    raise _Refused(f"unexpected message {kind!r}")
+                return handler(self, b, request)
+            except (_Refused, LabqflError, ValueError) as e:
+                self._stop_bob(b)
+                b.refused = str(e) if isinstance(e, _Refused) else f"protocol error at {kind!r}: {e}"
+                return Message(REFUSED, {"reason": b.refused})
+
+    def on_session_end(self, error: BaseException | None) -> None:
+        """The channel to Ci ended (network deployment): a block in progress is refused."""
+        with self._lock:
+            b = self._blk
+            if error is not None and (b.opened or b.pending or b.bits):
+                self._stop_bob(b)
+                self._finish(b, f"session with Ci lost mid-block: {error}", accepted=False)
+                self.tx.reset()
+
+    def _ann_confirm(self, b: _JBlock, req: Message) -> Message:
+        lo = int(req.get("lo"))
+        got = b.pending.get(lo)
+        if got is None:
+            raise _Refused(f"ann/confirm: Cj received no announcements for slots from {lo}")
+        ann, hi, n_slots = got
+        if (int(req.get("hi")), int(req.get("n")), int(req.get("n_slots"))) != (hi, int(ann.slots.size), n_slots) \
+                or req.get("digest") != announcement_digest(ann):
+            raise _Refused(f"the detector's announcements for slots [{lo}, {hi}) differ between the two clients "
+                           f"(announcement digests or counts do not match); block refused")
+        b.cur = {"lo": lo, "ann": ann, "n_slots": n_slots, "rec": self.log.choices(ann.slots), "step": "ann"}
+        del b.pending[lo]
+        return Message("ann/ok", {})
+
+    def _cur(self, b: _JBlock, req: Message, step: str) -> dict[str, Any]:
+        if not b.cur or int(req.get("lo")) != b.cur["lo"] or b.cur.get("step") != step:
+            raise _Refused(f"{req.kind}: out of order")
+        return b.cur
+
+    def _sift_flags(self, b: _JBlock, req: Message) -> Message:
+        cur = self._cur(b, req, "ann")
+        rec, ann = cur["rec"], cur["ann"]
+        mine = key_flags(rec)
+        key = mine & _unbits(req.get("flags"), int(ann.slots.size), "sift/flags").astype(bool)
+        cur.update(step="flags", key=key)
+        return Message("sift/flags", {"flags": pack_flags(mine)})
+
+    def _test_bases(self, b: _JBlock, req: Message) -> Message:
+        cur = self._cur(b, req, "flags")
+        rec, key = cur["rec"], cur["key"]
+        test = ~key
+        nt = int(np.count_nonzero(test))
+        k_i = _u8(req.get("k"), nt, "test/bases k", len(self.setup_i.intensities))
+        b_i = _u8(req.get("basis"), nt, "test/bases basis", 2)
+        k_j, b_j = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
+        cur.update(step="bases", theirs=(k_i, b_i), mine=(k_j, b_j))
+        return Message("test/bases", {"k": k_j, "basis": b_j})
+
+    def _test_bits(self, b: _JBlock, req: Message) -> Message:
+        cur = self._cur(b, req, "bases")
+        rec, key, ann = cur["rec"], cur["key"], cur["ann"]
+        (k_i, b_i), (k_j, b_j) = cur["theirs"], cur["mine"]
+        same = b_i == b_j
+        bit_i = _unbits(req.get("bits"), int(np.count_nonzero(same)), "test/bits")
+        bit_j = (rec.phase_idx[~key][same] >> 1).astype(np.uint8)
+        bits = client_j_key(rec, ann.outcomes, key, self.rng)
+        b.bits.append(bits)
+        b.n_bits += int(bits.size)
+        b.n_ann += int(ann.slots.size)
+        b.n_slots += cur["n_slots"]
+        c = self._counts(cur["n_slots"], *reveal_counts(ann.outcomes, key, (k_i, b_i, bit_i), (k_j, b_j, bit_j), same,
+                                                        len(self.setup_i.intensities), len(self.setup_j.intensities)))
+        b.counts = c if b.counts is None else b.counts + c
+        b.cur = {}
+        return Message("test/bits", {"bits": _bits_field(bit_j)})
+
+    def _block_open(self, b: _JBlock, req: Message) -> Message:
+        self.tx.start()
+        if b.opened:
+            raise _Refused("block/open: a block is already open")
+        b.block_id = str(req.get("block"))
+        b.opened = True
+        if b.pending or b.cur:
+            raise _Refused("block/open: announcements of this block were never confirmed by Ci")
+        mine = (b.n_slots, b.n_ann, b.n_bits)
+        theirs = (int(req.get("n_slots")), int(req.get("n_ann")), int(req.get("n")))
+        if mine != theirs:
+            raise _Refused(f"block/open: Ci counts (measured slots, announcements, sifted bits) = {theirs}, "
+                           f"Cj {mine}; block refused")
+        b.key = np.concatenate(b.bits) if b.bits else np.zeros(0, np.uint8)
+        b.bits = []
+        return Message("block/ok", {})
+
+    def _ec_start(self, b: _JBlock, req: Message) -> Message:
+        if not b.opened or b.key is None:
+            raise _Refused("ec/start before block/open")
+        if str(req.get("engine")) != self.settings.engine or int(req.get("n")) != b.key.size:
+            raise _Refused(f"ec/start: Ci asks for {req.get('engine')!r} on {int(req.get('n'))} bits, "
+                           f"Cj expects {self.settings.engine!r} on {b.key.size}")
+        bob = _bob(self.settings.engine, b.key, float(req.get("qber")))
+        relay = _BobRelay()
+        b.relay = relay
+
+        def run() -> None:
+            try:
+                relay.to_ci.put(("done", bob.run(relay)))
+            except BaseException as e:  # handed to the responder thread, which refuses the block
+                relay.to_ci.put(("error", e))
+
+        b.thread = threading.Thread(target=run, name=f"bob-{self.pair}", daemon=True)
+        b.thread.start()
+        return self._next_bob(b)
+
+    def _ec_step(self, b: _JBlock, req: Message) -> Message:
+        assert b.relay is not None
+        b.relay.from_ci.put(req)
+        return self._next_bob(b)
+
+    def _next_bob(self, b: _JBlock) -> Message:
+        assert b.relay is not None and b.key is not None
+        what, v = b.relay.to_ci.get()
+        if what == "msg":
+            return v
+        b.thread = None
+        b.ec_done = True
+        if what == "error":
+            raise _Refused(f"reconciliation failed at Cj: {v}")
+        b.corrected = np.asarray(v.corrected, dtype=np.uint8)
+        b.errors = int(np.count_nonzero(b.corrected != b.key))
+        b.leak = int(v.leaked_bits)
+        success = bool(getattr(v, "success", True))
+        if not success:
+            b.refused = "error correction failed (decoder did not converge)"
+        return Message("ec/done", {"errors": b.errors, "leaked": b.leak, "success": int(success)})
+
+    def _verify_request(self, b: _JBlock, req: Message) -> Message:
+        if b.corrected is None:
+            raise _Refused("verify/request before error correction")
+        n = int(b.corrected.size)
+        t = int(req.get("t"))
+        if t != min(verification_tag_length(self.settings.params.eps_cor), n):
+            raise _Refused(f"verify/request: tag of {t} bits, expected {min(verification_tag_length(self.settings.params.eps_cor), n)}")
+        seed = _unbits(req.get("seed"), n + t - 1, "verify/request seed")
+        b.verified = bool(np.array_equal(hash_tag(b.corrected, seed, t), req.disclosed))
+        # this end's own secure key length, from its own copy of the (authenticated) data
+        if b.verified:
+            assert b.counts is not None
+            b.report = self.key_length(b.counts, n, b.errors, b.leak)
+            b.ell = 0 if b.report.abort else max(int(b.report.key_length_bits), 0)
+        else:
+            b.ell = 0
+        return Message("verify/result", {"ok": int(b.verified)})
+
+    def _pa_seed(self, b: _JBlock, req: Message) -> Message:
+        if b.ell is None or b.corrected is None:
+            raise _Refused("pa/seed before verification")
+        m = int(req.get("out_len"))
+        if m != b.ell:
+            b.refused = (f"secure key lengths differ: Ci computed {m} bits, Cj {b.ell}; block refused at both ends")
+            return Message("pa/done", {"ok": 0, "out_len": b.ell})
+        if m > 0:
+            n = int(b.corrected.size)
+            seed = _unbits(req.get("seed"), n + m - 1, "pa/seed")
+            b.final = toeplitz_hash(b.corrected, seed, m)
+        return Message("pa/done", {"ok": 1, "out_len": m})
+
+    def _on_confirm(self, b: _JBlock, req: Message) -> Message:
+        self._stop_bob(b)
+        self.tx.close()
+        try:
+            self.auth.check_final(req.get("tag"))
+        except AuthenticationError as e:
+            reason = str(e)  # the transcript mismatch explains everything else
+            self._finish(b, reason, accepted=False)
+            return Message(REFUSED, {"reason": reason})
+        b.confirmed = True
+        return Message("block/confirmed", {"tag": self.auth.final_tag()})
+
+    def _on_accept(self, b: _JBlock, req: Message) -> Message:
+        if not b.confirmed:
+            reason = b.refused or "block/accept before the tag exchange"
+            self._finish(b, reason, accepted=False)
+            return Message("block/accepted", {"ok": 0, "reason": reason})
+        if not req.get("ok"):
+            reason = str(req.fields.get("reason", "")) or "refused by Ci"
+            self._finish(b, b.refused or reason, accepted=False)
+            return Message("block/accepted", {"ok": 0, "reason": reason})
+        if b.refused or (b.ell or 0) <= 0 or b.final is None:
+            reason = b.refused or "no key in this block"
+            self._finish(b, reason, accepted=False)
+            return Message("block/accepted", {"ok": 0, "reason": reason})
+        self._finish(b, "", accepted=True)
+        return Message("block/accepted", {"ok": 1})
+
+    def _on_drop(self, b: _JBlock, req: Message) -> Message:
+        self._stop_bob(b)
+        self._blk = _JBlock()
+        self.tx.reset()
+        return Message("block/dropped", {})
+
+    def _stop_bob(self, b: _JBlock) -> None:
+        if b.thread is not None and b.relay is not None:
+            b.relay.from_ci.put(None)
+            b.thread.join()
+            b.thread = None
+
+    def _finish(self, b: _JBlock, reason: str, accepted: bool) -> None:
+        n = int(b.key.size) if b.key is not None else b.n_bits
+        out = BlockOutcome(b.block_id, accepted=accepted, reason=reason, n=n, errors=b.errors, leak=b.leak,
+                           ec_success=b.ec_done and not reason.startswith("error correction failed"),
+                           verified=b.verified, ell=b.ell or 0, report=b.report,
+                           final=b.final if accepted else None)
+        self._blk = _JBlock()
+        self.outcomes.append(out)
+        if self.on_outcome is not None:
+            self.on_outcome(out)
+
+
+_J_HANDLERS: dict[str, Callable[[PairEndJ, _JBlock, Message], Message]] = {
+    "ann/confirm": PairEndJ._ann_confirm,
+    "sift/flags": PairEndJ._sift_flags,
+    "test/bases": PairEndJ._test_bases,
+    "test/bits": PairEndJ._test_bits,
+    "block/open": PairEndJ._block_open,
+    "ec/start": PairEndJ._ec_start,
+    "verify/request": PairEndJ._verify_request,
+    "pa/seed": PairEndJ._pa_seed,
+}
