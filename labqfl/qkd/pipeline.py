@@ -749,6 +749,14 @@ class Distiller:
                 "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor, "eps_auth": eps_auth,
                 "eps_total": epsilon_total(s.params, eps_auth), "acquisition": self.acquisition_id,
                 "slots": [start, end], "n_slots": n_slots}
+        from labqfl.provenance import (
+            pair_provenance,  # physical layer, clients' randomness, protocol, ε
+        )
+
+        a_, b_ = self.schedule.pairs[self.schedule.names.index(st.pair)]
+        meta["provenance"] = pair_provenance(self.cfg, (a_, b_), self.logs, eps_sec=s.params.eps_sec,
+                                             eps_cor=s.params.eps_cor, eps_auth=eps_auth,
+                                             eps_total=epsilon_total(s.params, eps_auth)).as_dict()
         if self.auth_store is not None:
             if refill:
                 self.auth_store.add_auth(st.pair, block_id + AUTH_REFILL_SUFFIX, final_i[:refill], final_j[:refill],
