@@ -248,11 +248,29 @@ class LoopConfig(_Model):
         return v
 
 
+#: Largest schedule weight (frames of one pair per schedule cycle).
+MAX_PAIR_FRAMES = 4096
+
+
 class ScheduleConfig(_Model):
     """Time-division schedule: pairs take turns on the loop in frames of consecutive slots."""
 
     slots_per_frame: int = Field(65536, ge=1, description="consecutive pulse slots given to one pair")
     pairs: list[tuple[str, str]] | Literal["all"] = Field("all", description="'all' or a list of [Ci, Cj]")
+    weights: dict[str, int] | None = Field(
+        None, description="frames per schedule cycle of each scheduled pair, keyed 'Ci-Cj' (earlier client first); "
+        "None = one frame each (equal time shares). `labqfl station make` sets them from the key-rate model so "
+        "that the pairs' key rates balance")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, int] | None) -> dict[str, int] | None:
+        if v is not None:
+            bad = {k: w for k, w in v.items() if not 1 <= w <= MAX_PAIR_FRAMES}
+            if bad:
+                raise ValueError(f"schedule weights must be integers from 1 to {MAX_PAIR_FRAMES} frames per cycle, "
+                                 f"got {bad}")
+        return v
 
 
 class InterceptResendConfig(_Model):
@@ -411,6 +429,16 @@ class StationConfig(_Model):
             for a, b in self.schedule.pairs:
                 if a not in names or b not in names or a == b:
                     raise ValueError(f"schedule pair ({a}, {b}) must name two different clients from {names}")
+        if self.schedule.weights is not None:
+            want = [f"{a}-{b}" for a, b in self.pairs()]
+            if len(set(want)) != len(want):
+                raise ValueError("schedule.weights needs each scheduled pair once; schedule.pairs lists a pair twice")
+            extra = sorted(set(self.schedule.weights) - set(want))
+            absent = [p for p in want if p not in self.schedule.weights]
+            if extra or absent:
+                raise ValueError(f"schedule.weights must give one weight per scheduled pair (names 'Ci-Cj', earlier "
+                                 f"client first); unknown {extra}, missing {absent[:8]}"
+                                 f"{' …' if len(absent) > 8 else ''}")
         ir = self.simulation.intercept_resend
         if ir.enabled and ir.client not in names:
             raise ValueError(f"simulation.intercept_resend.client {ir.client!r} is not one of {names}")
@@ -437,6 +465,12 @@ class StationConfig(_Model):
             return [(n[a], n[b]) for a in range(len(n)) for b in range(a + 1, len(n))]
         order = {n: k for k, n in enumerate(self.client_names)}
         return [tuple(sorted(p, key=order.__getitem__)) for p in self.schedule.pairs]  # type: ignore[misc]
+
+    def pair_frames(self) -> list[int]:
+        """Frames per schedule cycle of each pair of :meth:`pairs` (in that order): the schedule's
+        ``weights``, or 1 each."""
+        w = self.schedule.weights
+        return [1 if w is None else int(w[f"{a}-{b}"]) for a, b in self.pairs()]
 
     def roles(self) -> dict[str, InstrumentConfig]:
         """Every instrument by role name, in the order the Station opens them."""

@@ -226,6 +226,7 @@ def drift_thetas(c_first: np.int64, c_last: np.int64, state: np.ndarray, sigma_c
 
 @nb.njit(cache=True, nogil=True)
 def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
+                  frame_pair: np.ndarray,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, pair_eta_cw: np.ndarray, pair_eta_ccw: np.ndarray,
                   ckey: np.ndarray, cthr: np.ndarray, cnk: np.ndarray, cthrx: np.ndarray,
                   mu: np.ndarray, phase: np.ndarray, pmode: np.ndarray, fixk0: np.ndarray,
@@ -250,7 +251,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     ``guide_q``; 0 = none yet); a table is a function of its rate only, so caching never changes
     the output. Returns False if any row was too short.
     """
-    n_pairs = pair_ci.shape[0]
+    n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
     table = np.empty((K_MAX * K_MAX * N_PHASE * N_PHASE, 3))
     for r in range(r_lo, r_hi):
@@ -263,7 +264,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
         n = 0
         while seg < ce and n >= 0:
             f = seg // frame_len
-            p = f % n_pairs
+            p = frame_pair[f % n_frames]
             seg_end = min(ce, (f + 1) * frame_len)
             if seg < collapse_slot < seg_end:
                 seg_end = collapse_slot

@@ -61,7 +61,8 @@ class PairReport:
                  pairs: list[tuple[str, str]] | None = None, delays_ps: dict[str, float] | None = None) -> None:
         self.config = config
         self.pairs = pairs or config.pairs()
-        self.schedule = PairSchedule(self.pairs, config.schedule.slots_per_frame)
+        self.schedule = (PairSchedule.from_config(config) if pairs is None
+                         else PairSchedule(self.pairs, config.schedule.slots_per_frame))
         if logs is None:
             base = config.simulation.qrng_epoch_base
             if base is None:

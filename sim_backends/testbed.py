@@ -57,6 +57,7 @@ from labqfl.config import StationConfig
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
 from labqfl.qkd.channel_model import transmittances
+from labqfl.qkd.schedule import PairSchedule
 
 C_LIGHT = 299_792_458.0
 H_PLANCK = 6.626_070_15e-34
@@ -384,7 +385,10 @@ class SagnacTestbed:
             if p not in self._eta:
                 self._eta[p] = transmittances(self.config, *p)
             etas.append(self._eta[p])
-        return {"ci": np.array([idx[a] for a, _ in pairs], dtype=np.int64),
+        # the schedule's cycle (weights from the station; a live override of the pairs: one frame each)
+        frames = self.config.pair_frames() if self.live.pairs is None else None
+        return {"frame_pair": PairSchedule(list(pairs), self.config.schedule.slots_per_frame, frames).frame_pair,
+                "ci": np.array([idx[a] for a, _ in pairs], dtype=np.int64),
                 "cj": np.array([idx[b] for _, b in pairs], dtype=np.int64),
                 "eta_cw": np.array([e[0] for e in etas]), "eta_ccw": np.array([e[1] for e in etas])}
 
@@ -452,7 +456,7 @@ class SagnacTestbed:
             thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
                                     drift_chunk, acq.keys["drift"])
             sig_n = np.zeros(n_chunks, dtype=np.int64)
-            args = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame),
+            args = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
                     pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], acq.client_keys,
                     ca["cthr"], ca["cnk"], ca["cthrx"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
                     ca["pat"], ca["pat_off"], ca["pat_len"],

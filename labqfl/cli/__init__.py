@@ -14,6 +14,7 @@ from labqfl.log import set_verbosity
 COMMAND_MODULES: list[str] = [
     "run",
     "station",
+    "plan",
     "bench",
     "keyrate",
     "keys",

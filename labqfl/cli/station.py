@@ -1,4 +1,4 @@
-"""``labqfl station show|check``."""
+"""``labqfl station show|check|make``."""
 
 from __future__ import annotations
 
@@ -107,6 +107,44 @@ def check(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> N
         first = report["roles"][failed[0]].get("error", "")
         raise fail(f"station {report['station']!r}: {len(failed)} role(s) failed: {', '.join(failed)} "
                    f"(first: {failed[0]}: {first})")
+
+
+@station_app.command("make")
+@handle_errors
+def make(
+    clients: int = typer.Option(..., "--clients", min=2, help="Number of clients N on the loop."),
+    loop_km: float = typer.Option(10.0, "--loop-km", help="Total fibre length of the loop [km], split evenly "
+                                  "into the N+1 segments node→C1, …, CN→node."),
+    graph: str = typer.Option("all", "--graph", help="Mask graph whose pairs get slots: all | ring-k (or ring-8)."),
+    k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
+    insertion_loss_db: float = typer.Option(
+        0.5, "--insertion-loss-db", help="Insertion loss of each client's modulators [dB] (every pulse passing a "
+        "client pays it; docs/scaling.md cites typical values)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N<N>.toml)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write a station file for N clients on one Sagnac loop, scheduling only the mask graph's
+    pairs, weighted so that their key rates balance (docs/scaling.md)."""
+    from labqfl.planning import make_station, station_toml
+
+    cfg, info = make_station(clients, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db)
+    path = out or Path(f"station-N{clients}.toml")
+    path.write_text(station_toml(cfg), encoding="utf-8")
+    load_station_config(path)  # what was written loads
+    data = {"path": str(path), "station": cfg.name, **info}
+
+    def render(con):  # type: ignore[no-untyped-def]
+        con.print(Text(f"wrote {path}: {cfg.name} ({clients} clients, {info['pairs']} scheduled pairs, "
+                       f"{info['cycle_frames']} frames per schedule cycle)", style="bold"))
+        con.print(Text(f"pair loss {info['loss_db_min']:.1f}–{info['loss_db_max']:.1f} dB; asymptotic key per slot "
+                       f"{info['rate_per_slot_min']:.3g}–{info['rate_per_slot_max']:.3g}; balanced key per laser "
+                       f"pulse {info['balanced_per_pulse_min']:.3g}–{info['balanced_per_pulse_max']:.3g} "
+                       f"(equal shares: {info['equal_per_pulse_min']:.3g}–{info['equal_per_pulse_max']:.3g})"))
+        if info["no_key_pairs"]:
+            con.print(Text(f"{len(info['no_key_pairs'])} pair(s) make no key in the model: "
+                           + ", ".join(info["no_key_pairs"][:10]), style="yellow"))
+
+    emit(data, as_json, render)
 
 
 def register(app: typer.Typer) -> None:

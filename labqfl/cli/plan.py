@@ -1,0 +1,73 @@
+"""``labqfl plan``: key need, key rates, acquisition/distillation/training time and starving
+pairs of a federated run, predicted from the station file before any acquisition
+(:mod:`labqfl.planning`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors
+
+
+def _s(x: float | None) -> str:
+    return "∞ (no key)" if x is None or not math.isfinite(x) else f"{x:.3g}"
+
+
+def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
+    """Rich rendering of a :class:`labqfl.planning.Plan` (also used by ``labqfl run``)."""
+    con.print(Text(f"plan: {plan.task} ({plan.n_params} parameters), {plan.clients} clients, q = {plan.q}, "
+                   f"{plan.rounds} rounds, graph {plan.graph}{f' k={plan.k}' if plan.graph == 'ring-k' else ''}"
+                   f"{', self-masks' if plan.self_masks else ''} on {plan.station}", style="bold"))
+    con.print(Text(f"key per graph pair and round: {plan.key_bits_per_pair_per_round:,} bits; per round, all "
+                   f"{len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
+    t = Table("pair", "share", "loss [dB]", "key rate [bit/s]", "need/round [bit]", "acquisition/round [s]",
+              "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
+    for name in list(dict.fromkeys(plan.limiting_pairs + list(plan.pairs)))[:max_rows]:
+        p = plan.pairs[name]
+        t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
+                  _s(p.acquisition_s_per_round), Text("yes", style="red") if p.starving else "")
+    con.print(t)
+    con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
+                   f"the run (block {plan.block_slots:.3g} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
+                   f"training ≈ {_s(plan.train_s)} s; total wall ≈ {_s(plan.total_wall_s)} s"))
+    if plan.starving_pairs:
+        con.print(Text(f"starvation: {len(plan.starving_pairs)} pair(s) stall every round: "
+                       + ", ".join(plan.starving_pairs[:10]), style="yellow"))
+    for what, how in plan.estimates.items():
+        con.print(Text(f"  {what}: {how}", style="dim"))
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plan")
+    @handle_errors
+    def plan_cmd(
+        config: Path | None = CONFIG_OPTION,
+        task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
+        clients: int | None = typer.Option(None, "--clients", min=2,
+                                           help="Clients N (must match the station; default: the station's)."),
+        q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
+        rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
+        graph: str = typer.Option("all", "--graph", help="Mask graph: all | ring-k (or ring-8)."),
+        k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
+        self_masks: bool = typer.Option(False, "--self-masks", help="Add the share pads of Shamir self-masks."),
+        duration: float | None = typer.Option(
+            None, "--duration", help="Acquisition of the run [s] (labqfl run --duration; fixes the block size). "
+            "Default: the duration the plan predicts."),
+        eps_sec: float = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter of the finite-key analysis."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Predict key bits per pair and round, acquisition time, total wall time and starving
+        pairs of a federated run, from the key-rate model, before any acquisition."""
+        from labqfl.config import load_station_config
+        from labqfl.planning import make_plan
+
+        cfg = load_station_config(config)
+        plan = make_plan(cfg, task, q, rounds, graph=graph, k=k, self_masks=self_masks, clients=clients,
+                         duration_s=duration, eps_sec=eps_sec)
+        emit(plan.as_dict(), as_json, lambda con: render_plan(con, plan))

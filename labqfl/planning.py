@@ -1,0 +1,358 @@
+"""Key-aware planning: before any acquisition, how much key a federated run needs, how fast the
+station makes it, how long the run takes, and which pairs will starve (``labqfl plan``).
+
+Everything follows from the station file, the task's model and the secure-aggregation settings:
+
+* **Key need per pair and round** — every edge of the mask graph
+  (:func:`labqfl.fl.masks.mask_graph`) spends ``SecAggConfig.key_bits_per_pair(n)`` bits per
+  round: q·n for the one-time-pad mask, plus 2·(q+1)·n for the share pads with self-masks
+  (:mod:`labqfl.fl.selfmask`); n = the task model's parameter count (:func:`labqfl.fl.tasks.make_model`).
+* **Key rate per pair** — the finite-key model (:mod:`labqfl.qkd.keyrate`, through the block-size
+  rule :func:`labqfl.qkd.blocksize.plan_blocks` that ``labqfl run`` uses for the same duration):
+  ℓ(B)/B secure bits per slot of the pair at the rule's block size B, times the pair's slots per
+  second, share_p · rep_rate (share_p = w_p/W of the schedule, :class:`labqfl.qkd.schedule.PairSchedule`).
+* **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
+  pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
+  than the block-size rule's first key (no key exists before every pair has one block).
+* **Distillation time** — the pipeline's post-processing throughput on this machine: sifted bits
+  to correct over :data:`DISTILL_SIFTED_BITS_PER_S` (measured, docs/scaling.md; override
+  ``distill_bps``).
+* **Training time** — R rounds × N clients × the task's seconds per client-round on this machine
+  (:data:`TRAIN_S_PER_CLIENT_ROUND`, measured, docs/scaling.md; override ``train_s_per_client_round``).
+* **Starvation** — a graph pair whose acquisition time per round exceeds the median pair's by
+  more than :data:`STARVATION_FACTOR`, or that makes no key at all (or is not scheduled), stalls
+  every round: training waits for its key (``labqfl train --keys qkd`` waits or fails there).
+
+:func:`compare` puts a plan next to what a ``labqfl run`` measured (its metrics.json).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from labqfl.config import StationConfig
+from labqfl.errors import ConfigError
+
+#: Sifted bits per second through reconciliation + verification + privacy amplification (Cascade,
+#: one process on this 2-core machine), from the N = 4 run of docs/scaling.md.
+DISTILL_SIFTED_BITS_PER_S = 2.0e6
+#: Seconds of local training + masking per client and round, per task (one epoch of the client's
+#: shard at the task's default batch size, this machine; docs/scaling.md).
+TRAIN_S_PER_CLIENT_ROUND: dict[str, float] = {
+    "mnist-qnn": 1.0, "ntangled": 0.5, "magic": 0.5, "mnist-lenet5": 2.0,
+}
+#: A pair needing more than this many times the median pair's acquisition time is starving.
+STARVATION_FACTOR = 1.5
+
+
+@dataclass
+class PairPlan:
+    """The plan of one mask-graph pair."""
+
+    pair: str
+    scheduled: bool
+    share: float  # fraction of the laser's slots
+    loss_db: float  # total loss of the two arms (η_cw · η_ccw), dB
+    key_bits_per_slot: float  # secure bits per slot of the pair at the rule's block size
+    key_rate_bps: float  # secure bits per second of acquisition
+    need_bits_per_round: int
+    acquisition_s_per_round: float  # need / rate (inf: no key)
+    starving: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Plan:
+    """A run's predicted key budget and timing (module docstring)."""
+
+    station: str
+    task: str
+    n_params: int
+    clients: int
+    q: int
+    rounds: int
+    graph: str
+    k: int
+    self_masks: bool
+    rep_rate_hz: float
+    block_slots: int
+    first_key_s: float
+    key_bits_per_pair_per_round: int
+    key_bits_per_round: int
+    pairs: dict[str, PairPlan]
+    acquisition_s_per_round: float
+    acquisition_s: float
+    distill_s: float
+    train_s: float
+    total_wall_s: float
+    limiting_pairs: list[str]
+    starving_pairs: list[str]
+    estimates: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        """Acquisition duration that gives every graph pair the key of all rounds."""
+        return self.acquisition_s
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "pairs"}
+        d["pairs"] = {k: v.as_dict() for k, v in self.pairs.items()}
+        for k, v in list(d.items()):
+            if isinstance(v, float) and not math.isfinite(v):
+                d[k] = None
+        return d
+
+
+def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
+    from labqfl.qkd.channel_model import transmittances
+
+    e_cw, e_ccw = transmittances(cfg, a, b)
+    return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
+
+
+def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
+              self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
+              eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
+              train_s_per_client_round: float | None = None) -> Plan:
+    """The plan of ``rounds`` rounds of ``task`` on station ``cfg`` (module docstring).
+
+    ``duration_s``: the acquisition the run will make (``labqfl run --duration``); it fixes the
+    block-size rule's block size. ``None``: the duration the plan itself predicts (two passes:
+    the rule for an open-ended stream, then for the predicted duration).
+    """
+    from labqfl.fl.secure import SecAggConfig
+    from labqfl.fl.tasks import TASK_DEFAULTS, make_model
+    from labqfl.qkd.blocksize import plan_blocks
+    from labqfl.qkd.estimation import SecurityParameters
+    from labqfl.qkd.schedule import PairSchedule
+    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
+
+    names = cfg.client_names
+    if clients is not None and clients != len(names):
+        raise ConfigError(f"--clients {clients} but station {cfg.name!r} has {len(names)} clients; expected "
+                          f"{len(names)} (make a station of {clients} clients with `labqfl station make --clients "
+                          f"{clients}`)")
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"task {task!r} unknown; expected one of {', '.join(TASK_DEFAULTS)}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ConfigError(f"duration must be > 0 seconds, got {duration_s}")
+    if not distill_bps > 0:
+        raise ConfigError(f"distillation throughput must be > 0 sifted bits/s, got {distill_bps}")
+    try:
+        secagg = SecAggConfig(q=q, graph=graph, k=k, self_masks=self_masks)
+        graph_pairs = secagg.pairs(names)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    n_params = int(make_model(task).n_params)
+    need = int(secagg.key_bits_per_pair(n_params))
+    sched = PairSchedule.from_config(cfg)
+    params = SecurityParameters(eps_sec=eps_sec)
+    rep = float(cfg.laser.rep_rate_hz)
+
+    def per_pair(block: Any) -> dict[str, PairPlan]:
+        out: dict[str, PairPlan] = {}
+        for name in graph_pairs:
+            a, b = name.split("-")
+            on = name in sched.names
+            share = sched.share(name) if on else 0.0
+            bp = block.pairs.get(name) if on else None
+            kps = bp.expected_key_bits / bp.block_slots if bp is not None and bp.block_slots > 0 else 0.0
+            rate = kps * rep * share
+            out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
+                                 key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
+                                 acquisition_s_per_round=need / rate if rate > 0 else math.inf)
+        return out
+
+    block = plan_blocks(cfg, duration_s, params=params)
+    pairs = per_pair(block)
+    acq_round = max(p.acquisition_s_per_round for p in pairs.values())
+    if duration_s is None and math.isfinite(acq_round):  # the rule's block size for the duration predicted
+        d = max(acq_round * rounds, block.first_key_s)
+        if math.isfinite(d) and d > 0:
+            block = plan_blocks(cfg, d, params=params)
+            pairs = per_pair(block)
+            acq_round = max(p.acquisition_s_per_round for p in pairs.values())
+    acq_total = max(acq_round * rounds, block.first_key_s) if math.isfinite(acq_round) else math.inf
+    finite = sorted(p.acquisition_s_per_round for p in pairs.values() if math.isfinite(p.acquisition_s_per_round))
+    median = statistics.median(finite) if finite else math.inf
+    for p in pairs.values():
+        p.starving = (not math.isfinite(p.acquisition_s_per_round)
+                      or p.acquisition_s_per_round > STARVATION_FACTOR * median)
+    order = sorted(pairs.values(), key=lambda p: -p.acquisition_s_per_round if math.isfinite(
+        p.acquisition_s_per_round) else -math.inf)
+    order = [p for p in pairs.values() if not math.isfinite(p.acquisition_s_per_round)] + [
+        p for p in order if math.isfinite(p.acquisition_s_per_round)]
+    # distillation: every scheduled pair's sifted bits over the acquisition
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    sifted = 0.0
+    if math.isfinite(acq_total):
+        from labqfl.qkd.channel_model import pair_channel
+        from labqfl.qkd.keyrate import expected_counts
+
+        for (a, b), name in zip(sched.pairs, sched.names, strict=True):
+            per_slot = float(expected_counts(pair_channel(cfg, a, b), 1.0).clicks[k0, k0, b0, b0])
+            sifted += per_slot * acq_total * rep * sched.share(name)
+    distill_s = sifted / distill_bps if math.isfinite(acq_total) else math.inf
+    tspr = TRAIN_S_PER_CLIENT_ROUND[task] if train_s_per_client_round is None else float(train_s_per_client_round)
+    train_s = rounds * len(names) * tspr
+    return Plan(
+        station=cfg.name, task=task, n_params=n_params, clients=len(names), q=q, rounds=rounds,
+        graph=secagg.graph, k=secagg.k, self_masks=self_masks, rep_rate_hz=rep, block_slots=block.block_slots,
+        first_key_s=block.first_key_s, key_bits_per_pair_per_round=need, key_bits_per_round=need * len(graph_pairs),
+        pairs=pairs, acquisition_s_per_round=acq_round, acquisition_s=acq_total, distill_s=distill_s,
+        train_s=train_s, total_wall_s=acq_total + distill_s + train_s,
+        limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
+        estimates={
+            "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
+                        "pair's schedule share of the laser's slots",
+            "acquisition": "rounds x the slowest graph pair's key need / key rate (at least the rule's first key)",
+            "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
+                       "throughput measured on this machine, docs/scaling.md)",
+            "train": f"rounds x clients x {tspr:g} s per client-round for {task} (measured on this machine, "
+                     "docs/scaling.md)",
+        },
+    )
+
+
+def compare(plan: Plan, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Plan next to what a ``labqfl run`` measured (its metrics.json, docs/metrics.md).
+
+    Per graph pair: key used per round (``train.rounds[*].key_bits_per_pair``) against the plan's
+    need, and the measured key rate (distilled bits / acquisition duration) with the acquisition
+    time per round it implies (need / measured rate) against the predicted one. ``ratio`` =
+    measured / predicted.
+    """
+    acq = metrics.get("acquire") or {}
+    dur = float(acq.get("duration_s") or 0.0)
+    dist = ((metrics.get("distill") or {}).get("pairs")) or {}
+    rounds = ((metrics.get("train") or {}).get("rounds")) or []
+    rows: dict[str, Any] = {}
+    for name, pp in plan.pairs.items():
+        used = [int((r.get("key_bits_per_pair") or {}).get(name, 0)) for r in rounds]
+        used_round = sum(used) / len(used) if used else None
+        delivered = (dist.get(name) or {}).get("delivered_bits")
+        rate = delivered / dur if delivered is not None and dur > 0 else None
+        acq_round = (used_round / rate) if used_round is not None and rate else None
+
+        def ratio(m: float | None, p: float) -> float | None:
+            return m / p if m is not None and p and math.isfinite(p) else None
+
+        rows[name] = {
+            "predicted_key_bits_per_round": pp.need_bits_per_round, "measured_key_bits_per_round": used_round,
+            "key_use_ratio": ratio(used_round, pp.need_bits_per_round),
+            "predicted_key_rate_bps": pp.key_rate_bps, "measured_key_rate_bps": rate,
+            "key_rate_ratio": ratio(rate, pp.key_rate_bps),
+            "predicted_acquisition_s_per_round": pp.acquisition_s_per_round if math.isfinite(
+                pp.acquisition_s_per_round) else None,
+            "measured_acquisition_s_per_round": acq_round,
+            "acquisition_ratio": ratio(acq_round, pp.acquisition_s_per_round),
+        }
+    ratios = [r["acquisition_ratio"] for r in rows.values() if r["acquisition_ratio"] is not None]
+    kuse = [r["key_use_ratio"] for r in rows.values() if r["key_use_ratio"] is not None]
+    return {"pairs": rows,
+            "worst_acquisition_ratio": max(ratios, key=lambda x: abs(x - 1.0)) if ratios else None,
+            "worst_key_use_ratio": max(kuse, key=lambda x: abs(x - 1.0)) if kuse else None,
+            "measured_wall_s": {"acquire_distill": acq.get("wall_s")},
+            "predicted_wall_s": {"acquire": plan.acquisition_s, "distill": plan.distill_s, "train": plan.train_s}}
+
+
+# ---------------------------------------------------------------- stations of any size
+
+#: Loss figures written by :func:`make_station` (docs/scaling.md cites the sources).
+FIBRE_LOSS_DB_PER_KM = 0.2  # ITU-T G.652 / Corning SMF-28 at 1550 nm: ≤ 0.18–0.20 dB/km
+
+
+def balance_frames(rates: list[float], resolution: int = 8, max_frames: int = 512) -> list[int]:
+    """Frames per cycle w_p ∝ 1/r_p, so that the key rates share_p · r_p are equal: the fastest pair
+    gets ``resolution`` frames (the rounding error of a weight is ≤ 1/(2·resolution)), every
+    weight is capped at ``max_frames``; a pair with no key (r_p ≤ 0) gets the cap."""
+    pos = [r for r in rates if r > 0]
+    if not pos:
+        return [1] * len(rates)
+    top = max(pos)
+    return [min(max_frames, max(1, round(resolution * top / r))) if r > 0 else max_frames for r in rates]
+
+
+def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k: int = 0,
+                 insertion_loss_db: float = 0.5, max_frames: int = 512) -> tuple[StationConfig, dict[str, Any]]:
+    """A simulated station of ``n_clients`` clients on one Sagnac loop (``labqfl station make``).
+
+    Everything but the clients, the loop and the schedule comes from the embedded default station
+    (laser, detectors, tagger, node loss, operating point of its client C1 for every client).
+    Loop: ``loop_km`` of fibre at :data:`FIBRE_LOSS_DB_PER_KM` split evenly into N+1 segments;
+    each client's modulators cost ``insertion_loss_db`` to every pulse passing it
+    (:mod:`labqfl.qkd.channel_model`). Schedule: only the pairs of the mask graph
+    (:func:`labqfl.fl.masks.mask_graph`), with weights from the key-rate model so the key rates
+    balance: w_p ∝ 1/R_p with R_p = :func:`labqfl.qkd.keyrate.ideal_decoy_asymptotic_rate` (key
+    bits per slot of the pair; the finite-block model costs ~0.5 s per pair, too slow for the
+    2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`), capped at ``max_frames``.
+    Returns the config and a summary (loss and rate ranges, pairs without key).
+    """
+    import tomllib
+
+    from labqfl.config import default_station_text, parse_station_config
+    from labqfl.fl.masks import mask_graph, split_pair
+    from labqfl.qkd.channel_model import pair_channel
+    from labqfl.qkd.keyrate import ideal_decoy_asymptotic_rate
+
+    if n_clients < 2:
+        raise ConfigError(f"a station needs at least 2 clients, got {n_clients}")
+    if not (math.isfinite(loop_km) and loop_km >= 0):
+        raise ConfigError(f"--loop-km must be a finite length >= 0 km, got {loop_km}")
+    if not (math.isfinite(insertion_loss_db) and insertion_loss_db >= 0):
+        raise ConfigError(f"--insertion-loss-db must be >= 0 dB, got {insertion_loss_db}")
+    names = [f"C{i + 1}" for i in range(n_clients)]
+    try:
+        pairs = [split_pair(p) for p in mask_graph(names, graph, k)]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    base = tomllib.loads(default_station_text())
+    c0 = base["clients"][0]
+    base["name"] = f"sagnac-{n_clients}client-{graph if graph != 'ring-k' else f'ring-{k}'}-sim"
+    base["description"] = (f"Simulated {n_clients}-client Sagnac loop, {loop_km:g} km, {insertion_loss_db:g} dB per "
+                           f"client, schedule for the {graph}{f' k={k}' if graph == 'ring-k' else ''} mask graph "
+                           "(labqfl station make)")
+    seg = loop_km / (n_clients + 1)
+    base["loop"]["segments_km"] = [seg] * (n_clients + 1)
+    base["loop"]["fiber_loss_db_per_km"] = FIBRE_LOSS_DB_PER_KM
+    base["clients"] = [{**{k_: v for k_, v in c0.items() if k_ not in ("name", "seed", "phase_modulator")},
+                        "name": n, "seed": 1001 + i, "insertion_loss_db": insertion_loss_db,
+                        "phase_modulator": dict(c0.get("phase_modulator", {}))} for i, n in enumerate(names)]
+    base["schedule"] = {**base.get("schedule", {}), "pairs": [list(p) for p in pairs], "weights": None}
+    base["schedule"].pop("weights")
+    cfg = parse_station_config(base, "<labqfl station make>")
+    rates = [ideal_decoy_asymptotic_rate(pair_channel(cfg, a, b)) for a, b in pairs]
+    frames = balance_frames(rates, max_frames=max_frames)
+    cfg.schedule.weights = {f"{a}-{b}": w for (a, b), w in zip(pairs, frames, strict=True)}
+    cfg = parse_station_config(cfg.model_dump(mode="json", exclude_none=True), "<labqfl station make>")
+    W = sum(frames)
+    losses = [_loss_db(cfg, a, b) for a, b in pairs]
+    bal = [r * w / W for r, w in zip(rates, frames, strict=True)]
+    eq = [r / len(pairs) for r in rates]
+    pos = [x for x in bal if x > 0] or [0.0]
+    info = {"clients": n_clients, "pairs": len(pairs), "cycle_frames": W, "loop_km": loop_km,
+            "insertion_loss_db": insertion_loss_db, "graph": graph, "k": k,
+            "loss_db_min": min(losses), "loss_db_max": max(losses),
+            "rate_per_slot_min": min(rates), "rate_per_slot_max": max(rates),
+            "balanced_per_pulse_min": min(pos), "balanced_per_pulse_max": max(pos),
+            "equal_per_pulse_min": min(eq), "equal_per_pulse_max": max(eq),
+            "no_key_pairs": [f"{a}-{b}" for (a, b), r in zip(pairs, rates, strict=True) if r <= 0]}
+    return cfg, info
+
+
+def station_toml(cfg: StationConfig) -> str:
+    """TOML text of a station (loads back with :func:`labqfl.config.load_station_config`)."""
+    from labqfl.config import station_to_toml_dict
+    from labqfl.runs import dump_toml
+
+    head = (f"# {cfg.name}: written by `labqfl station make` (labqfl.planning.make_station).\n"
+            "# schedule.weights: frames per cycle of each pair, from the key-rate model so that the key rates\n"
+            "# balance (docs/scaling.md).\n")
+    return head + dump_toml(station_to_toml_dict(cfg))
