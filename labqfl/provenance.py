@@ -258,7 +258,45 @@ def provenance_of_block_ids(store: Any, pair: str, block_ids: Iterable[str]) -> 
     return summarize_blocks(rows)
 
 
-__all__ = ["CSPRNG_DESCRIPTION", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+# -- federated-learning masks --------------------------------------------------------------------
+CSPRNG_MASKS = "computational (AES-CTR CSPRNG masks, stand-in for QKD keys)"
+
+
+def mask_key_provenance(key_source: Any) -> dict[str, dict[str, Any]] | None:
+    """Per pair, the provenance of the key blocks a training run's masks drew from.
+
+    ``key_source``: a :class:`labqfl.fl.keysource.KeyStoreKeySource` (its ``stores`` and
+    ``blocks_used``), or any other source (None: no QKD keys). When the source handed out nothing
+    itself (the Flower engine's nodes draw from their own stores) every block the stores hold for
+    each pair counts (conservative: :func:`store_pair_provenance`)."""
+    stores = getattr(key_source, "stores", None)
+    if getattr(key_source, "name", None) != "qkd" or not stores:
+        return None
+    used: Mapping[str, Iterable[str]] = getattr(key_source, "blocks_used", {}) or {}
+    if used:
+        return {pair: provenance_of_block_ids(stores[pair.split("-")[0]], pair, ids) for pair, ids in sorted(used.items())}
+    out: dict[str, dict[str, Any]] = {}
+    for node, st in sorted(stores.items()):
+        for pair in st.pairs():
+            a, b = pair.split("-")
+            if a == node and b in stores:
+                out[pair] = store_pair_provenance(st, pair)
+    return out
+
+
+def mask_key_security(key_source: Any) -> str:
+    """What one-time-pad masks from ``key_source`` rest on: the weakest pair's key statement for QKD
+    keys (:func:`mask_key_provenance`), :data:`CSPRNG_MASKS` for the CSPRNG stand-in."""
+    per_pair = mask_key_provenance(key_source)
+    if per_pair is None:
+        return CSPRNG_MASKS
+    w = weakest_summary(per_pair.values())
+    if w is None:
+        return "one-time-pad masks with QKD keys; no key consumed"
+    return f"one-time-pad masks with QKD keys from the node key stores; the keys: {w['security']}"
+
+
+__all__ = ["CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

@@ -102,6 +102,7 @@ def train(
     from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, key_cost, share_prime
     from labqfl.fl.tasks import TASK_DEFAULTS, make_model
     from labqfl.fl.training import LocalTrainConfig, run_federated
+    from labqfl.provenance import mask_key_provenance, mask_key_security
     from labqfl.runs import RunRecord
 
     if task not in TASKS:
@@ -212,8 +213,8 @@ def train(
             run_dir=str(rec.path), clients=clients, q=q, rounds_requested=rounds, seed=seed, loss=model.loss_name,
             local={"epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size, "optimizer": "adam"},
             secagg=secagg.as_dict(), data=data.meta, client_sizes=data.sizes(),
-            security=("information-theoretic one-time pad (QKD keys)" if keys == "qkd"
-                      else "computational (AES-CTR CSPRNG masks, stand-in for QKD keys)")
+            # what the masks rest on: the provenance of the key blocks consumed (labqfl.provenance)
+            key_provenance=mask_key_provenance(key_source), security=mask_key_security(key_source)
             + ("; self-masks: Shamir sharing over GF(p) and one-time-pad share transport (information-theoretic "
                "given the pair keys), self-mask words from the OS CSPRNG (as strong as the OS generator)"
                if self_masks else ""),

@@ -147,3 +147,32 @@ def test_report_states_the_provenance_of_the_run_keys(tmp_path):
         assert "Key provenance" in html and ("simulated/csprng" in html or "hardware/qrng" in html)
         assert (IT_PHRASE in html) is it
         assert ("no physical security" in html) is (not it)
+
+
+@pytest.mark.slow  # two 1-round trainings (~30 s on 2 busy cores)
+def test_train_with_qkd_keys_states_the_provenance_of_the_blocks_it_consumed(tmp_path):
+    """``labqfl train --keys qkd``: the masks' security is that of the key blocks consumed (the
+    hardware + QRNG block first, then the simulated one), not of the pool at large."""
+    ks = tmp_path / "ks"
+    per_round = 8 * 24  # q · n_params of the 4-qubit / 3-layer QNN
+    rng = np.random.default_rng(3)
+    ids = {}
+    with KeyStore.for_node("C1", ks) as a, KeyStore.for_node("C2", ks) as b:
+        for layer, rnd in (("hardware", "qrng"), ("simulated", "csprng")):
+            meta = {"provenance": Provenance(layer, rnd, eps_total=1e-10).as_dict()}
+            bits = rng.integers(0, 2, per_round, dtype=np.uint8)
+            ids[layer] = a.add_block(PAIR, bits, purpose="fl", meta=meta)
+            b.add_block(PAIR, bits, block_id=ids[layer], purpose="fl", meta=meta)
+    args = ["train", "--task", "mnist-qnn", "--clients", "2", "--rounds", "1", "--q", "8", "--keys", "qkd",
+            "--keystore", str(ks), "--out", str(tmp_path / "runs"), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    d = json.loads(first.stdout)
+    assert d["key_provenance"][PAIR]["blocks"] == {"hardware/qrng": 1}
+    assert IT_PHRASE in d["security"]
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    d2 = json.loads(second.stdout)
+    assert d2["key_provenance"][PAIR]["blocks"] == {"simulated/csprng": 1}
+    assert IT_PHRASE not in second.stdout and "no physical security" in d2["security"]
+    assert IT_PHRASE not in (Path(d2["run_dir"]) / "metrics.json").read_text()
