@@ -190,7 +190,16 @@ class ClientConfig(_Model):
     """One client (user) on the loop: its QRNG seed, encoding and instruments."""
 
     name: str = Field(..., pattern=r"^C[0-9]+$", description="client name, 'C1'..'CK'")
-    seed: int = Field(..., ge=0, description="seed of this client's random stream (stands in for its QRNG)")
+    seed: int = Field(..., ge=0, description="seed of this client's random stream when randomness = 'seeded' (public: never a secret)")
+    randomness: Literal["csprng", "seeded"] = Field(
+        "csprng",
+        description=(
+            "source of the client's modulation choices: 'csprng' (default) = AES-256 in counter mode keyed "
+            "with 256 fresh bits from the OS CSPRNG per acquisition, never derivable from anything public; "
+            "'seeded' = a reproducible stream of (seed, acquisition epoch), for tests and benchmarks only: "
+            "anyone with the station file can predict it. (A QRNG instrument is not yet supported.)"
+        ),
+    )
     intensities: list[float] = Field(
         default_factory=lambda: [0.1, 0.02, 0.0],
         description="mean photon numbers per pulse leaving the client towards the node; index 0 = signal",

@@ -462,18 +462,20 @@ class Station:
         """Each client's own modulation log (:class:`~labqfl.qkd.types.ModulationLog`) of the latest
         acquisition of the time tagger, by client name.
 
-        Simulated clients keep a counter-based QRNG record per acquisition; a station with a real
-        tagger needs the clients' own recorded logs (record with ``labqfl acquire --out`` from a
-        station whose clients log their choices) and raises :class:`StationError` here.
+        Simulated clients arm a generator per acquisition (a fresh CSPRNG key, or the seeded
+        stream): their logs come from the simulated tagger's clients, each with its
+        ``randomness`` (``"csprng"`` | ``"seeded"``) to mark the keys made from it. A replayed
+        recording gives the seeded clients' logs and the CSPRNG clients' private logs held on this
+        machine. A station with a real tagger needs the clients' own recorded logs and raises
+        :class:`StationError` here.
         """
-        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
-        if epoch is None:
+        tagger = self.time_tagger
+        get_logs = getattr(tagger, "client_logs", None)
+        if getattr(tagger, "acquisition_epoch", None) is None or get_logs is None:
             raise StationError(
                 f"station {self.name!r}: the time tagger has no acquisition with client logs; "
                 "real clients must supply their recorded modulation logs (see docs/postprocessing.md)")
-        from labqfl.sim_backends import client_log
-
-        return {c: client_log(self.config, c, int(epoch)) for c in self.config.client_names}
+        return dict(get_logs())
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see

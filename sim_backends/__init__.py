@@ -2,7 +2,8 @@
 
 Public API:
 
-* :func:`client_log` — a client's counter-based QRNG / modulation log.
+* :func:`client_log` — a seeded client's counter-based generator / modulation log;
+  :class:`CsprngChoiceLog` — a CSPRNG client's (the default; its log is the client's secret).
 * :class:`SagnacTestbed` — the Monte-Carlo of laser, loop, detectors and time tagger.
 * :func:`create_simulated_instruments` — every ``driver = "sim"`` role of a station, sharing one
   testbed (called by the Station).
@@ -23,7 +24,7 @@ from labqfl.sim_backends.instruments import (
     SimulatedTimeTagger,
     create_simulated_instruments,
 )
-from labqfl.sim_backends.qrng import ClientQRNGLog, client_log
+from labqfl.sim_backends.qrng import ClientQRNGLog, CsprngChoiceLog, client_log
 from labqfl.sim_backends.recording import (
     Recording,
     RecordingWriter,
@@ -35,6 +36,7 @@ from labqfl.sim_backends.testbed import SagnacTestbed
 
 __all__ = [
     "ClientQRNGLog",
+    "CsprngChoiceLog",
     "Recording",
     "RecordingWriter",
     "ReplayTimeTagger",

@@ -114,18 +114,6 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
     return pmax
 
 
-@nb.njit(inline="always")
-def _choice(key: np.uint64, thr: np.ndarray, n_k: int, thr_x: np.uint64, s: np.int64) -> tuple[int, int]:
-    """Branch-free twin of :func:`labqfl.sim_backends.qrng.client_choice` (same output)."""
-    h = mix64(key + np.uint64(s) * _G)
-    hi = h >> _U32
-    k = 0
-    for m in range(n_k - 1):
-        k += hi >= thr[m]
-    basis = np.int64(((h >> _U1) & _MASK31) >= thr_x)
-    return k, basis + 2 * np.int64(h & _U1)
-
-
 GUIDE = 1024
 _Q_STEP = 0.005  # thinning rates are rounded up to a 0.5 % grid so geometric-gap tables can be cached
 
@@ -145,14 +133,16 @@ def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
 @nb.njit(cache=True, nogil=True)
 def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q: float,
              glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
-             key_i: np.uint64, thr_i: np.ndarray, nk_i: int, thrx_i: np.uint64, mode_i: int, fix_i: bool,
-             pat_i: np.ndarray, key_j: np.uint64, thr_j: np.ndarray, nk_j: int, thrx_j: np.uint64, mode_j: int,
-             fix_j: bool, pat_j: np.ndarray, eve_side: int, eve_frac: float, key_eve: np.uint64,
+             codes_i: np.ndarray, mode_i: int, fix_i: bool, pat_i: np.ndarray,
+             codes_j: np.ndarray, mode_j: int, fix_j: bool, pat_j: np.ndarray,
+             eve_side: int, eve_frac: float, key_eve: np.uint64,
              key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
     """Thinning over one segment [seg, seg_end) of a single pair and fixed parameters.
 
     Candidates at rate q ≥ p_max (geometric gaps, guide table ``glo/ghi`` for q < 1), each accepted
-    with p(choices)/q (``table`` holds p/p_max, so the uniform is scaled by q/p_max)."""
+    with p(choices)/q (``table`` holds p/p_max, so the uniform is scaled by q/p_max). The clients'
+    choices are read from their drive patterns ``codes_i``/``codes_j`` (k·4 + a per slot, index
+    s − s0): what each client streamed to its modulators; the simulator holds no client key."""
     cap = out_slot.shape[0]
     l1q = math.log1p(-q) if q < 1.0 else -math.inf
     scale = q / pmax
@@ -177,8 +167,10 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
             break
         if s < s0:
             continue
-        ki, ai = _choice(key_i, thr_i, nk_i, thrx_i, s)
-        kj, aj = _choice(key_j, thr_j, nk_j, thrx_j, s)
+        ci_ = np.int64(codes_i[s - s0])
+        cj_ = np.int64(codes_j[s - s0])
+        ki, ai = ci_ >> 2, ci_ & 3
+        kj, aj = cj_ >> 2, cj_ & 3
         if fix_i:
             ki = 0
         if fix_j:
@@ -228,7 +220,7 @@ def drift_thetas(c_first: np.int64, c_last: np.int64, state: np.ndarray, sigma_c
 def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, chunk_slots: np.int64, frame_len: np.int64,
                   frame_pair: np.ndarray,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, pair_eta_cw: np.ndarray, pair_eta_ccw: np.ndarray,
-                  ckey: np.ndarray, cthr: np.ndarray, cnk: np.ndarray, cthrx: np.ndarray,
+                  codes: np.ndarray, cnk: np.ndarray,
                   mu: np.ndarray, phase: np.ndarray, pmode: np.ndarray, fixk0: np.ndarray,
                   pat: np.ndarray, pat_off: np.ndarray, pat_len: np.ndarray,
                   t_split: float, eta_d0: float, eta_d1: float, vis_before: float, vis_after: float,
@@ -241,10 +233,12 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
     [s0, s1); it has loop phase ``thetas[r]`` and its own candidate stream ``mix64(key_gap ⊕ m·γ₂)``;
-    everything else is counter-based on the slot, so a chunk's clicks do not depend on which thread
-    simulates it, with which other chunks, or on how many threads there are.
+    everything else is counter-based on the slot or read from the clients' drive patterns
+    (``codes[c, s − s0]`` = k·4 + a, written by each client's generator for the window), so a
+    chunk's clicks do not depend on which thread simulates it, with which other chunks, or on how
+    many threads there are.
     Candidates are drawn with geometric gaps at p_max (the largest any-click probability of the
-    active pair's combinations); each candidate evaluates both clients' choices and is accepted
+    active pair's combinations); each candidate reads both clients' choices and is accepted
     with P(outcome | choices)/p_max. Row r of ``out_slot``/``out_outcome`` receives chunk r's
     slots and outcomes (1 D0, 2 D1, 3 both), ``out_n[r]`` their number (−1 if the row is too
     short). ``guide_*[pair]``: the calling thread's cache of geometric-gap tables (rates in
@@ -284,9 +278,9 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                         _build_guide(q, guide_lo[p], guide_hi[p])
                         guide_q[p] = q
                 n, rng = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
-                                  ckey[ci], cthr[ci], cnk[ci], cthrx[ci], pmode[ci], fixk0[ci] != 0,
+                                  codes[ci], pmode[ci], fixk0[ci] != 0,
                                   pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
-                                  ckey[cj], cthr[cj], cnk[cj], cthrx[cj], pmode[cj], fixk0[cj] != 0,
+                                  codes[cj], pmode[cj], fixk0[cj] != 0,
                                   pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
                                   eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n)
             seg = seg_end

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from labqfl.sim_backends.qrng import ClientQRNGLog, log_for_client
+from labqfl.sim_backends.qrng import ChoiceLog, client_log
 from labqfl.sim_backends.testbed import C_LIGHT
 
 from labqfl.config import StationConfig
@@ -57,7 +57,7 @@ class PairReport:
     """Accumulates, block by block, click counts per pair, detector, basis pair and intensity pair
     (the node's outcomes joined with the clients' logs — a report, not a protocol step)."""
 
-    def __init__(self, config: StationConfig, logs: dict[str, ClientQRNGLog] | None = None,
+    def __init__(self, config: StationConfig, logs: dict[str, ChoiceLog] | None = None,
                  pairs: list[tuple[str, str]] | None = None, delays_ps: dict[str, float] | None = None) -> None:
         self.config = config
         self.pairs = pairs or config.pairs()
@@ -68,7 +68,7 @@ class PairReport:
             if base is None:
                 raise ValueError("PairReport needs the clients' logs of the acquisition (e.g. "
                                  "{c: testbed.client_log(c) ...}); the station's QRNG epochs are not pinned")
-            logs = {c.name: log_for_client(c, base) for c in config.clients}
+            logs = {c.name: client_log(config, c.name, base) for c in config.clients}  # seeded clients only
         self.logs = logs
         self.delays = delays_ps
         self.counts: dict[str, dict[str, Any]] = {}

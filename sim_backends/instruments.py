@@ -117,10 +117,12 @@ class SimulatedLaser(_SimMixin, PulsedLaser):
 class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
     """A client's simulated phase modulator + AWG.
 
-    Normally the client's QRNG drives it (counter-based, see :mod:`..qrng`). ``load_pattern``
-    replaces the phase indices by a repeating pattern (index ``slot % len``);
+    Normally the client's generator drives it: per window the client writes its drive pattern
+    (intensity level and phase index per slot, :meth:`..qrng.CsprngChoiceLog.fill_codes`), the
+    stream a hardware pattern generator would receive, and the physics reads only that.
+    ``load_pattern`` replaces the phase indices by a repeating pattern (index ``slot % len``);
     ``set_dc_voltage`` holds a constant level on this client's pulse (and its signal intensity),
-    the Vπ fringe-scan mode; ``clear_dc`` / ``clear_pattern`` return to QRNG drive.
+    the Vπ fringe-scan mode; ``clear_dc`` / ``clear_pattern`` return to the generator's drive.
     """
 
     _model = "SimPhaseModulator"
@@ -305,8 +307,14 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
 
     @property
     def acquisition_epoch(self) -> int | None:
-        """Epoch of the latest :meth:`stream` (pass it to ``client_log(config, name, epoch)``)."""
+        """Epoch of the latest :meth:`stream` (public: it names the acquisition; a CSPRNG client's
+        choices do not depend on it)."""
         return self.testbed.last_epoch
+
+    def client_logs(self) -> dict[str, Any]:
+        """The simulated clients' own logs of the latest acquisition (their side of the station;
+        :meth:`SagnacTestbed.client_logs`)."""
+        return self.testbed.client_logs()
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         d = _check_range("duration_s", duration_s, 0.0, 1e7, "s", lo_open=True)

@@ -14,13 +14,36 @@ client answer "what did I send in slot s?" without replaying a stream.
 * basis ``b = 0`` (X) if ``(h >> 1) & (2^31 − 1) < ⌊2^31·p_X⌉`` else 1 (Y); bit ``= h & 1``;
 * phase index ``a = b + 2·bit`` (basis = a % 2, bit = a // 2, as in :mod:`labqfl.qkd.types`).
 
-This stands in for the client's QRNG *and* is the client's modulation log: only that client's side
-of the pipeline should call :func:`client_log` for its own name.
+This is the **seeded** generator (``randomness = "seeded"``): reproducible for tests and benchmarks,
+and therefore predictable by anyone holding the station file (seed) and the acquisition epoch. Keys
+from it are marked ``seeded``.
+
+**Client CSPRNG** (:class:`CsprngChoiceLog`, ``randomness = "csprng"``, the default): a fresh
+256-bit key from the operating system's CSPRNG (:func:`secrets.token_bytes`) per acquisition, and
+AES-256 in counter mode (NIST SP 800-38A §6.5; FIPS 197) as the generator: 32 keystream bits per
+slot, slot ``s`` = little-endian 32-bit word ``s mod 4`` of the keystream block
+``E_K(⌊s/4⌋ as a 128-bit big-endian counter)``. Counter mode gives random access by slot: the
+client writes its modulator pattern in contiguous runs (CTR) and answers "what did I send in
+slots S?" by encrypting only the counter blocks of S (ECB of the counter values, the same
+keystream). The word ``x`` maps to ``bit = x & 1`` and, with ``v = x >> 1`` (31 bits), to the
+joint category (intensity k, basis b) = the first c with ``v < thr_c``,
+``thr_c = ⌊2^31·Σ_{(k',b') ≤ c} p_k'·p_b'⌋`` (order k-major, X before Y, last threshold 2^31):
+each probability p_k·p_b is realised as an integer multiple of 2^−31, off by less than 2^−31
+(quantisation documented in docs/simulator.md); the bit is exactly fair. AES-CTR rather than
+ChaCha20: both are standard stream generators; AES-256-CTR through OpenSSL's AES-NI path ran
+1.7× faster on this project's machines, and the generator's cost is the client's per-slot cost.
+Nothing public enters the generator: the key never leaves the client's log object and its 0600
+file in the client's own data folder (:func:`save_private_log`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -35,6 +58,8 @@ _M2 = 0x94D049BB133111EB
 C_QRNG = 0x5152_4E47_434C_4E54  # "QRNGCLNT"
 
 GENERATOR_NAME = "splitmix64-counter-v1"
+CSPRNG_GENERATOR_NAME = "aes256-ctr-slot32-v1"
+PRIVATE_LOG_FORMAT = "labqfl-client-choices"
 
 _G = np.uint64(GAMMA)
 _U30 = np.uint64(30)
@@ -138,13 +163,23 @@ def choices_reference(seed: int, epoch: int, probs: list[float], basis_x_prob: f
     return np.array(ks, dtype=np.uint8), np.array(as_, dtype=np.uint8)
 
 
+@nb.njit(cache=True, nogil=True)
+def _codes_kernel(key: np.uint64, thr: np.ndarray, thr_x: np.uint64, s0: np.int64, out: np.ndarray) -> None:
+    """Drive codes ``k·4 + a`` of the seeded generator for slots s0 … s0 + len(out) − 1."""
+    n_k = thr.shape[0]
+    for n in range(out.shape[0]):
+        k, a = client_choice(key, thr, n_k, thr_x, s0 + n)
+        out[n] = k * 4 + a
+
+
 @dataclass(frozen=True)
 class ClientQRNGLog:
-    """A client's counter-based QRNG, doubling as its modulation log (:class:`ModulationLog`).
+    """A client's seeded counter-based generator, doubling as its modulation log
+    (:class:`ModulationLog`); ``randomness = "seeded"`` (reproducible, hence predictable).
 
     ``choices(slots)`` gives the intensity and phase indices the client chose in those slots of
     acquisition ``epoch``. Valid for any slot (a client only *uses* its choice in slots where its
-    pair is scheduled).
+    pair is scheduled). ``fill_codes`` writes the client's modulator drive pattern.
     """
 
     client: str
@@ -153,6 +188,13 @@ class ClientQRNGLog:
     intensity_probs: tuple[float, ...]
     basis_x_prob: float
     generator: str = GENERATOR_NAME
+    randomness: str = "seeded"
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        """The drive pattern of slots s0 … s0 + len(out) − 1: ``k·4 + a`` per slot (uint8), what
+        the client streams to its modulators (intensity level k, phase index a)."""
+        _codes_kernel(self.key, intensity_thresholds(self.intensity_probs), basis_threshold(self.basis_x_prob),
+                      np.int64(s0), out)
 
     @property
     def key(self) -> np.uint64:
@@ -178,12 +220,179 @@ class ClientQRNGLog:
 
 
 def log_for_client(client: ClientConfig, epoch: int = 0) -> ClientQRNGLog:
+    """The seeded generator of ``client`` for acquisition ``epoch`` (whatever its configured
+    randomness: callers check :attr:`ClientConfig.randomness`)."""
     return ClientQRNGLog(client=client.name, seed=int(client.seed), epoch=int(epoch),
                          intensity_probs=tuple(float(p) for p in client.intensity_probs),
                          basis_x_prob=float(client.basis_x_prob))
 
 
 def client_log(config: StationConfig, client: str, epoch: int = 0) -> ClientQRNGLog:
-    """The modulation log of ``client`` for acquisition ``epoch`` (0 = the first acquisition of a
-    freshly created testbed; see :attr:`SagnacTestbed.last_epoch` and ``Recording.client_log``)."""
-    return log_for_client(config.client(client), epoch)
+    """The modulation log of a **seeded** ``client`` for acquisition ``epoch`` (0 = the first
+    acquisition of a testbed pinned at ``qrng_epoch_base = 0``). A CSPRNG client's choices are not
+    a function of anything public: this refuses them (ask the client: ``SagnacTestbed.client_log``,
+    ``Station.client_logs()`` or its private log, :func:`load_private_log`)."""
+    cc = config.client(client)
+    if cc.randomness != "seeded":
+        raise ValueError(f"client {client!r} draws its choices from its {cc.randomness} (randomness = "
+                         f"{cc.randomness!r}): they cannot be rebuilt from the station file; ask the client "
+                         "for its log (testbed.client_log / Station.client_logs / its private choice log)")
+    return log_for_client(cc, epoch)
+
+
+# -- the CSPRNG client --------------------------------------------------------------------------
+
+def joint_thresholds(probs: list[float] | tuple[float, ...], basis_x_prob: float) -> np.ndarray:
+    """uint64 thresholds on 31 bits of the joint categories (k, basis), k-major, X before Y; the
+    last one is 2^31. Category c has probability (thr_c − thr_{c−1})/2^31, within 2^−31 of
+    p_k·p_b (see the module docstring)."""
+    p = np.asarray(probs, dtype=np.float64)
+    pb = np.array([basis_x_prob, 1.0 - basis_x_prob])
+    joint = (p[:, None] * pb[None, :]).ravel()
+    thr = np.floor(np.cumsum(joint) * 2.0**31).astype(np.uint64)
+    thr = np.minimum(thr, np.uint64(1 << 31))
+    thr[-1] = np.uint64(1 << 31)
+    return thr
+
+
+@nb.njit(cache=True, nogil=True)
+def _words_to_codes(words: np.ndarray, thr: np.ndarray, out: np.ndarray) -> None:
+    """Map 32-bit keystream words to drive codes k·4 + a (see the module docstring)."""
+    n_c = thr.shape[0]
+    for n in range(words.shape[0]):
+        x = np.uint64(words[n])
+        v = x >> _U1
+        c = 0
+        for m in range(n_c - 1):  # branch-free count of thresholds at or below v
+            c += v >= thr[m]
+        out[n] = (c >> 1) * 4 + (c & 1) + 2 * np.int64(x & _U1)
+
+
+_RUN_SLOTS = 1 << 18
+_ZEROS = bytes(16 * ((_RUN_SLOTS >> 2) + 1))  # plaintext of the CTR runs (keystream = ciphertext of zeros)
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class CsprngChoiceLog:
+    """A client's choices from AES-256-CTR keyed with 256 bits of the OS CSPRNG (module docstring);
+    its :class:`ModulationLog` and the source of its modulator pattern. The key is the client's
+    secret: ``repr`` shows none of it, and it is written only to the client's private log file."""
+
+    client: str
+    intensity_probs: tuple[float, ...]
+    basis_x_prob: float
+    key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    generator: str = CSPRNG_GENERATOR_NAME
+    randomness: str = "csprng"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, bytes) or len(self.key) != 32:
+            raise ValueError("a CSPRNG client log needs a 32-byte key")
+
+    def __repr__(self) -> str:
+        return f"CsprngChoiceLog(client={self.client!r}, generator={self.generator!r})"
+
+    __str__ = __repr__
+
+    def _thr(self) -> np.ndarray:
+        return joint_thresholds(self.intensity_probs, self.basis_x_prob)
+
+    def _words_range(self, s0: int, n: int, buf: bytearray) -> np.ndarray:
+        """Keystream words of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        b0 = s0 >> 2
+        nb_ = ((s0 + n + 3) >> 2) - b0
+        enc = Cipher(algorithms.AES(self.key), modes.CTR(b0.to_bytes(16, "big"))).encryptor()
+        enc.update_into(memoryview(_ZEROS)[:16 * nb_], buf)
+        off = s0 - 4 * b0
+        return np.frombuffer(buf, dtype="<u4", count=4 * nb_)[off:off + n]
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        """The drive pattern of slots s0 … s0 + len(out) − 1 (``k·4 + a``, uint8), in runs of at
+        most :data:`_RUN_SLOTS` slots (bounded scratch memory)."""
+        thr = self._thr()
+        buf = bytearray(len(_ZEROS) + 16)
+        for lo in range(0, out.shape[0], _RUN_SLOTS):
+            hi = min(lo + _RUN_SLOTS, out.shape[0])
+            _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, out[lo:hi])
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        if s.ndim != 1:
+            raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
+        if s.size and s.min() < 0:
+            raise ValueError("slots must be >= 0")
+        blocks, inv = np.unique(s >> 2, return_inverse=True)
+        ctr = np.zeros((blocks.size, 2), dtype=">u8")
+        ctr[:, 1] = blocks.astype(np.uint64)
+        enc = Cipher(algorithms.AES(self.key), modes.ECB()).encryptor()
+        ks = np.frombuffer(enc.update(ctr.tobytes()) + enc.finalize(), dtype="<u4")
+        words = np.ascontiguousarray(ks[inv.ravel() * 4 + (s & 3)])
+        codes = np.empty(s.size, dtype=np.uint8)
+        _words_to_codes(words, self._thr(), codes)
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=(codes >> 2).astype(np.uint8),
+                                phase_idx=(codes & 3).astype(np.uint8))
+
+
+ChoiceLog = ClientQRNGLog | CsprngChoiceLog
+
+
+def new_client_log(client: ClientConfig, epoch: int) -> ChoiceLog:
+    """The generator a client arms for a new acquisition: a fresh CSPRNG key, or (``seeded``) the
+    reproducible stream of (seed, epoch)."""
+    if client.randomness == "seeded":
+        return log_for_client(client, epoch)
+    return CsprngChoiceLog(client=client.name, intensity_probs=tuple(float(p) for p in client.intensity_probs),
+                           basis_x_prob=float(client.basis_x_prob))
+
+
+# -- the client's private folder ----------------------------------------------------------------
+
+def private_log_path(data_dir: str | Path, client: str, acquisition_id: str) -> Path:
+    """``<data_dir>/nodes/<client>/choices/<acquisition id, '/' → '_'>.key``."""
+    if not re.fullmatch(r"C[0-9]+", client):
+        raise ValueError(f"client name must look like 'C1', got {client!r}")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", acquisition_id)
+    return Path(data_dir) / "nodes" / client / "choices" / f"{safe}.key"
+
+
+def save_private_log(log: CsprngChoiceLog, data_dir: str | Path, acquisition_id: str) -> Path:
+    """Write a CSPRNG client's log (its 32-byte key + parameters, the compact equivalent of every
+    choice) into its own folder, mode 0600 (folders 0700). Refuses to overwrite."""
+    path = private_log_path(data_dir, log.client, acquisition_id)
+    for d in (path.parent.parent.parent, path.parent.parent, path.parent):
+        d.mkdir(mode=0o700, exist_ok=True, parents=True)
+    body = json.dumps({"format": PRIVATE_LOG_FORMAT, "version": 1, "client": log.client,
+                       "acquisition_id": acquisition_id, "randomness": log.randomness,
+                       "generator": log.generator, "key_hex": log.key.hex(),
+                       "intensity_probs": list(log.intensity_probs), "basis_x_prob": log.basis_x_prob})
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(body)
+    return path
+
+
+class PrivateLogMissing(FileNotFoundError):
+    """A CSPRNG client's private choice log is not on this machine."""
+
+
+def load_private_log(data_dir: str | Path, client: str, acquisition_id: str) -> CsprngChoiceLog:
+    """Read what :func:`save_private_log` wrote; :class:`PrivateLogMissing` if it is not here."""
+    path = private_log_path(data_dir, client, acquisition_id)
+    if not path.is_file():
+        raise PrivateLogMissing(f"client {client}'s private choice log for acquisition {acquisition_id} not found "
+                                f"in {path.parent}; distil on the machine that holds it")
+    try:
+        d = json.loads(path.read_text())
+        if d.get("format") != PRIVATE_LOG_FORMAT or d.get("generator") != CSPRNG_GENERATOR_NAME:
+            raise ValueError(f"format {d.get('format')!r}/generator {d.get('generator')!r}")
+        if d["client"] != client or d["acquisition_id"] != acquisition_id:
+            raise ValueError(f"it belongs to {d['client']} / {d['acquisition_id']}")
+        return CsprngChoiceLog(client=client, intensity_probs=tuple(float(p) for p in d["intensity_probs"]),
+                               basis_x_prob=float(d["basis_x_prob"]), key=bytes.fromhex(d["key_hex"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid private choice log of {client} ({exc}); expected the file "
+                         "`labqfl acquire` wrote") from None

@@ -1,8 +1,8 @@
 """HDF5 recordings of time-tag streams, and their replay as a time-tagger backend.
 
-Layout (format ``labqfl-tags``, version 1; see docs/simulator.md)::
+Layout (format ``labqfl-tags``, version 2; see docs/simulator.md)::
 
-    /                      attrs: format="labqfl-tags", format_version=1, created_utc,
+    /                      attrs: format="labqfl-tags", format_version=2, created_utc,
                                   duration_s, rep_rate_hz, epoch, complete (bool), n_tags, n_blocks,
                                   sync_channel, detector_channels (JSON), source
     /config_toml           scalar string: the station config (TOML) of the run
@@ -12,10 +12,15 @@ Layout (format ``labqfl-tags``, version 1; see docs/simulator.md)::
     /tags/block_overflow   bool, per block
     /tags/lost_intervals   int64 (k, 3): block index, begin, end [ps] of the tagger's lost-data
                            intervals (TagBlock.lost_intervals_ps; absent in older files = none)
-    /clients/<name>/       attrs: generator ("splitmix64-counter-v1"), seed, epoch,
-                                  intensity_probs, basis_x_prob, intensities
-                           (the client's counter-based QRNG: rebuild its log with
-                           ``Recording.client_log(name)``)
+    /clients/<name>/       attrs: randomness ("csprng" | "seeded"), generator,
+                                  intensity_probs, basis_x_prob, intensities; seeded clients
+                                  also seed and epoch (public: the log is a function of them).
+                                  A CSPRNG client's key is never here: ``Recording.client_log``
+                                  reads it from the client's private folder
+                                  (``<data dir>/nodes/<name>/choices/``), where
+                                  ``labqfl acquire`` left it.
+
+Version 1 files (every client seeded, no ``randomness`` attribute) are still read.
 
 A recording whose writer did not finish (``complete = False``) is refused unless
 ``allow_incomplete=True``.
@@ -34,7 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 from labqfl.sim_backends import _kernels as K
-from labqfl.sim_backends.qrng import GENERATOR_NAME, ClientQRNGLog
+from labqfl.sim_backends.qrng import GENERATOR_NAME, ChoiceLog, ClientQRNGLog, load_private_log
 
 from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import ConfigError, DataFormatError
@@ -43,7 +48,8 @@ from labqfl.instruments.interfaces import TimeTagger
 from labqfl.runs import dump_toml
 
 FORMAT = "labqfl-tags"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _CHUNK = 1 << 16
 
 
@@ -52,7 +58,7 @@ class RecordingWriter:
     marked complete only when the writer closes without an exception."""
 
     def __init__(self, path: str | Path, config: StationConfig, *, epoch: int | None = None,
-                 client_logs: list[ClientQRNGLog] | None = None, source: str = "sim") -> None:
+                 client_logs: list[ChoiceLog] | None = None, source: str = "sim") -> None:
         self.path = Path(path)
         self.config = config
         try:
@@ -81,10 +87,13 @@ class RecordingWriter:
         for log in client_logs or []:
             sub = cg.create_group(log.client)
             cc = config.client(log.client)
-            sub.attrs.update({"generator": log.generator, "seed": int(log.seed), "epoch": int(log.epoch),
+            # public metadata only: a CSPRNG client's key stays in its private folder
+            sub.attrs.update({"randomness": log.randomness, "generator": log.generator,
                               "intensity_probs": np.asarray(log.intensity_probs, dtype=np.float64),
                               "basis_x_prob": float(log.basis_x_prob),
                               "intensities": np.asarray(cc.intensities, dtype=np.float64)})
+            if isinstance(log, ClientQRNGLog):
+                sub.attrs.update({"seed": int(log.seed), "epoch": int(log.epoch)})
         self._n = 0
         self._blocks = 0
         self._last_t = np.iinfo(np.int64).min
@@ -130,17 +139,38 @@ class RecordingWriter:
         self.close(complete=exc_type is None)
 
 
+def save_client_logs(logs: dict[str, ChoiceLog] | list[ChoiceLog], acquisition_id: str,
+                     data_dir: str | Path | None = None) -> list[Path]:
+    """Each CSPRNG client keeps its private log (key + parameters, 0600) in its own folder under
+    ``data_dir`` (default: the data dir); seeded clients have nothing secret to keep."""
+    from labqfl.sim_backends.qrng import CsprngChoiceLog, save_private_log
+
+    if data_dir is None:
+        from labqfl.keystore import default_data_dir
+
+        data_dir = default_data_dir()
+    items = logs.values() if isinstance(logs, dict) else logs
+    return [save_private_log(log, data_dir, acquisition_id) for log in items if isinstance(log, CsprngChoiceLog)]
+
+
 def record(tagger: TimeTagger, path: str | Path, duration_s: float, config: StationConfig, *,
-           block_duration_s: float | None = None, progress: Any = None) -> Path:
+           block_duration_s: float | None = None, progress: Any = None,
+           data_dir: str | Path | None = None) -> Path:
     """Acquire ``duration_s`` from ``tagger`` into a recording at ``path``.
 
-    Client logs are stored when the tagger is simulated (it has an ``acquisition_epoch``).
-    ``progress(done_s)`` is called after each block.
+    When the tagger is simulated (it has ``client_logs()``) the recording stores the clients'
+    public log metadata, and every CSPRNG client keeps its private log in its own folder under
+    ``data_dir`` (default: the data dir; :func:`save_client_logs`), as ``labqfl acquire --out``
+    does. ``progress(done_s)`` is called after each block.
     """
     blocks = tagger.stream(duration_s, block_duration_s)
     epoch = getattr(tagger, "acquisition_epoch", None)
-    logs = ([ClientQRNGLog(c.name, int(c.seed), int(epoch), tuple(c.intensity_probs), float(c.basis_x_prob))
-             for c in config.clients] if epoch is not None else [])
+    get_logs = getattr(tagger, "client_logs", None)
+    logs = list(get_logs().values()) if (epoch is not None and get_logs is not None) else []
+    if logs:
+        from labqfl.qkd.pipeline import acquisition_id
+
+        save_client_logs(logs, acquisition_id(config, int(epoch)), data_dir)  # type: ignore[arg-type]
     w = RecordingWriter(path, config, epoch=epoch, client_logs=logs, source="sim" if epoch is not None else "hardware")
     done = 0.0
     bd = block_duration_s or config.simulation.block_duration_s
@@ -190,8 +220,9 @@ class Recording:
             a = f.attrs
             if a.get("format") != FORMAT:
                 raise DataFormatError(f"{p}: not a labqfl tag recording (attribute format={a.get('format')!r}, expected {FORMAT!r})")
-            if int(a.get("format_version", -1)) != FORMAT_VERSION:
-                raise DataFormatError(f"{p}: unsupported recording format_version {a.get('format_version')!r}; expected {FORMAT_VERSION}")
+            if int(a.get("format_version", -1)) not in _READABLE_VERSIONS:
+                raise DataFormatError(f"{p}: unsupported recording format_version {a.get('format_version')!r}; "
+                                      f"expected one of {list(_READABLE_VERSIONS)}")
             for name in ("config_toml", "tags/timestamps", "tags/channels", "tags/block_end", "tags/block_overflow", "clients"):
                 if name not in f:
                     raise DataFormatError(f"{p}: recording lacks '/{name}'; the file is truncated or corrupt")
@@ -228,11 +259,36 @@ class Recording:
     def client_names(self) -> list[str]:
         return sorted(self._f["clients"].keys(), key=lambda s: int(s[1:]) if s[1:].isdigit() else 0)
 
-    def client_log(self, name: str) -> ClientQRNGLog:
-        """The modulation log of client ``name`` stored in ``/clients/<name>``."""
+    @property
+    def acquisition_id(self) -> str | None:
+        """Identity of the recorded acquisition (:func:`labqfl.qkd.pipeline.acquisition_id`), None
+        for a hardware recording without an epoch."""
+        if self.epoch < 0:
+            return None
+        from labqfl.qkd.pipeline import acquisition_id
+
+        return acquisition_id(self.config, self.epoch)
+
+    def client_randomness(self, name: str) -> str:
+        """``"csprng"`` or ``"seeded"``: the source of client ``name``'s recorded choices."""
         if name not in self._f["clients"]:
             raise DataFormatError(f"{self.path}: no modulation record for client {name!r}; recorded clients: {self.client_names}")
+        return str(self._f["clients"][name].attrs.get("randomness", "seeded"))
+
+    def client_log(self, name: str, data_dir: str | Path | None = None) -> ChoiceLog:
+        """The modulation log of client ``name``: a seeded client's is rebuilt from
+        ``/clients/<name>``; a CSPRNG client's private log is read from its own folder under
+        ``data_dir`` (default: the data dir, ``$LABQFL_DATA_DIR``) —
+        :class:`~labqfl.sim_backends.qrng.PrivateLogMissing` if this machine does not hold it."""
+        randomness = self.client_randomness(name)
         a = self._f["clients"][name].attrs
+        if randomness == "csprng":
+            from labqfl.keystore import default_data_dir
+
+            acq = self.acquisition_id
+            if acq is None:
+                raise DataFormatError(f"{self.path}: client {name!r} is marked csprng but the recording has no epoch")
+            return load_private_log(default_data_dir() if data_dir is None else data_dir, name, acq)
         if a.get("generator") != GENERATOR_NAME:
             raise DataFormatError(f"{self.path}: client {name!r} uses generator {a.get('generator')!r}; this labqfl reads {GENERATOR_NAME!r}")
         return ClientQRNGLog(client=name, seed=int(a["seed"]), epoch=int(a["epoch"]),
@@ -341,6 +397,11 @@ class ReplayTimeTagger(TimeTagger):
     @property
     def acquisition_epoch(self) -> int | None:
         return self.recording.epoch if self.recording.epoch >= 0 else None
+
+    def client_logs(self) -> dict[str, ChoiceLog]:
+        """The recorded clients' logs (seeded ones rebuilt; CSPRNG ones from their private folders
+        on this machine)."""
+        return {c: self.recording.client_log(c) for c in self.recording.client_names}
 
     def _filtered(self) -> Iterator[TagBlock]:
         chans = np.array(self._channels, dtype=np.int16)

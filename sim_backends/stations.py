@@ -14,10 +14,12 @@ from labqfl.config import (
 
 
 def edit_station(edit: Callable[[dict[str, Any]], None] | None = None, base: StationConfig | None = None,
-                 n_clients: int | None = None, extra_loss_db: float = 0.0) -> StationConfig:
+                 n_clients: int | None = None, extra_loss_db: float = 0.0,
+                 randomness: str | None = None) -> StationConfig:
     """A validated copy of ``base`` (default: the embedded station), optionally with ``n_clients``
     clones of its first client (seeds 1001, 1002, …; the loop's total length kept and split evenly),
-    ``extra_loss_db`` added to the node loss, then ``edit(d)`` applied to the plain dict."""
+    ``extra_loss_db`` added to the node loss, every client's ``randomness`` set (``"seeded"`` for
+    reproducible tests and benchmarks), then ``edit(d)`` applied to the plain dict."""
     d = station_to_toml_dict(base if base is not None else load_station_config())
     if n_clients is not None:
         first = d["clients"][0]
@@ -26,6 +28,9 @@ def edit_station(edit: Callable[[dict[str, Any]], None] | None = None, base: Sta
         d["loop"]["segments_km"] = [total / (n_clients + 1)] * (n_clients + 1)
     if extra_loss_db:
         d["loop"]["node_loss_db"] = d["loop"]["node_loss_db"] + extra_loss_db
+    if randomness is not None:
+        for c in d["clients"]:
+            c["randomness"] = randomness
     if edit is not None:
         edit(d)
     return parse_station_config(d, "<edited station>")

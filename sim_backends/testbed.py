@@ -6,7 +6,9 @@ Model (documented in docs/simulator.md):
   (rms) and pulse width (FWHM/2.355) add to the detectors' Gaussian jitter for photon clicks.
 * **Schedule**: :class:`labqfl.qkd.schedule.PairSchedule`; in a frame of pair (Ci, Cj) client i
   modulates the clockwise pulse and client j the counter-clockwise one.
-* **Clients**: choices from the counter-based QRNG (:mod:`labqfl.sim_backends.qrng`). Mean photon
+* **Clients**: each client's generator (:mod:`labqfl.sim_backends.qrng`: CSPRNG or seeded) writes
+  its modulator drive pattern (intensity level k and phase index a per slot) for the slots of its
+  pair's frames in every window; the kernels read only those patterns, never a client key. Mean photon
   numbers = config ``intensities`` × (laser power / configured power) × 10^(−(att − att_nom)/10)
   (0 with the shutter closed). Applied phase of index a:
   V = clip((aπ/2 − bias_set)·Vπ_set/π, ±amplitude/2), φ = πV/Vπ_true + φ0_true with
@@ -29,8 +31,10 @@ two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backe
 randomness is counter-based per chunk or per slot/time, so the tags do not depend on the thread count.
 
 Each call of :meth:`SagnacTestbed.stream` is one *acquisition* with its own epoch (0, 1, 2, …),
-slots counted from 0; the clients' choices of that acquisition are
-``client_log(config, name, epoch=testbed.last_epoch)``.
+slots counted from 0; every client arms a fresh generator for it (a new CSPRNG key, or the seeded
+stream of (seed, epoch)); the clients' logs of that acquisition are
+``testbed.client_log(name)`` / ``testbed.client_logs()`` (the client's side; the physics never
+reads them except through the drive patterns).
 """
 
 from __future__ import annotations
@@ -45,12 +49,10 @@ import numpy as np
 from labqfl.sim_backends import _kernels as K
 from labqfl.sim_backends import _parallel
 from labqfl.sim_backends.qrng import (
-    ClientQRNGLog,
-    basis_threshold,
-    client_key,
+    ChoiceLog,
     derive_key,
-    intensity_thresholds,
     log_for_client,
+    new_client_log,
 )
 
 from labqfl.config import StationConfig
@@ -62,6 +64,9 @@ from labqfl.qkd.schedule import PairSchedule
 C_LIGHT = 299_792_458.0
 H_PLANCK = 6.626_070_15e-34
 CHUNK_SLOTS = 65536
+#: Largest window simulated at once (64 chunks): bounds the clients' drive-pattern buffers
+#: (one byte per client and slot); blocks longer than this are simulated in several windows.
+WINDOW_SLOTS = 64 * CHUNK_SLOTS
 _INTERNAL_EPOCH_BASE = 1 << 32
 _I64_MAX = int(np.iinfo(np.int64).max)
 
@@ -139,7 +144,7 @@ class _Acq:
     det_state: np.ndarray = field(default_factory=lambda: np.array([[np.iinfo(np.int64).min, 0]] * 2, dtype=np.int64))
     det_pend: np.ndarray = field(default_factory=lambda: np.zeros((2, K.PEND_CAP), dtype=np.int64))
     cap_sig: int = 4096  # signal clicks per chunk row
-    client_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    logs: list[ChoiceLog] = field(default_factory=list)  # the clients' generators (client order)
     # per-thread caches of geometric-gap tables (thread, pair)
     guide_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     guide_lo: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 1), dtype=np.int64))
@@ -244,6 +249,8 @@ class SagnacTestbed:
         self._internal_epoch = 0
         self.last_epoch: int | None = None
         self._client_index = {c.name: k for k, c in enumerate(cfg.clients)}
+        # the clients' own generators per acquisition epoch (the client side of the simulation)
+        self._logs: dict[int, dict[str, ChoiceLog]] = {}
         self._cache_version = -1
         self._cache: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
 
@@ -299,12 +306,26 @@ class SagnacTestbed:
             out["marker"] = _round_ps(tt.cable_delays_ps.get("marker", 0.0)) + ind.get(tt.marker_channel, 0)
         return out
 
-    def client_log(self, client: str, epoch: int | None = None) -> ClientQRNGLog:
-        """Modulation log of ``client`` for ``epoch`` (default: the last acquisition)."""
-        e = self.last_epoch if epoch is None else epoch
-        if e is None:
-            e = 0
-        return log_for_client(self.config.client(client), e)
+    def client_log(self, client: str, epoch: int | None = None) -> ChoiceLog:
+        """``client``'s own modulation log for acquisition ``epoch`` (default: the last one): the
+        generator it armed for that acquisition. A seeded client's log of any epoch can be rebuilt;
+        a CSPRNG client's exists only for acquisitions of this testbed."""
+        cc = self.config.client(client)
+        with self.lock:
+            e = self.last_epoch if epoch is None else epoch
+            if e is None:
+                e = self.epoch_base
+            got = self._logs.get(e, {}).get(client)
+        if got is not None:
+            return got
+        if cc.randomness == "seeded":
+            return log_for_client(cc, e)
+        raise ValueError(f"client {client!r} ({cc.randomness}) has no log for acquisition epoch {e} in this "
+                         "testbed; its choices exist only for acquisitions it took part in")
+
+    def client_logs(self, epoch: int | None = None) -> dict[str, ChoiceLog]:
+        """Every client's log of acquisition ``epoch`` (default: the last one), by name."""
+        return {c: self.client_log(c, epoch) for c in self.config.client_names}
 
     def restrict_pairs(self, pairs: list[tuple[str, str]] | None) -> None:
         """Run only these pairs (in this order) instead of the configured schedule; None restores it."""
@@ -335,8 +356,6 @@ class SagnacTestbed:
         pmode = np.zeros(nc, dtype=np.int64)
         fixk0 = np.zeros(nc, dtype=np.uint8)
         cnk = np.zeros(nc, dtype=np.int64)
-        cthr = np.zeros((nc, K.K_MAX), dtype=np.uint64)
-        cthrx = np.zeros(nc, dtype=np.uint64)
         pats: list[np.ndarray] = []
         pat_off = np.zeros(nc, dtype=np.int64)
         pat_len = np.ones(nc, dtype=np.int64)
@@ -348,8 +367,6 @@ class SagnacTestbed:
             kk = len(cc.intensities)
             cnk[c] = kk
             mu[c, :kk] = np.asarray(cc.intensities) * scale
-            cthr[c, :kk] = intensity_thresholds(cc.intensity_probs)
-            cthrx[c] = basis_threshold(cc.basis_x_prob)
             pmc = cc.phase_modulator
             vpi_true = pmc.v_pi_v / (1.0 + pmc.v_pi_error)
             phi0 = pmc.bias_phase_rad
@@ -374,8 +391,8 @@ class SagnacTestbed:
                 pat_len[c] = cl.pattern.size
                 off += cl.pattern.size
         pat = np.concatenate(pats).astype(np.uint8) if pats else np.zeros(1, dtype=np.uint8)
-        return {"mu": mu, "phase": phase, "pmode": pmode, "fixk0": fixk0, "cnk": cnk, "cthr": cthr,
-                "cthrx": cthrx, "pat": pat, "pat_off": pat_off, "pat_len": pat_len}
+        return {"mu": mu, "phase": phase, "pmode": pmode, "fixk0": fixk0, "cnk": cnk,
+                "pat": pat, "pat_off": pat_off, "pat_len": pat_len}
 
     def _pair_arrays(self) -> dict[str, np.ndarray]:
         pairs = self.live.pairs if self.live.pairs is not None else self.config.pairs()
@@ -393,7 +410,7 @@ class SagnacTestbed:
                 "eta_cw": np.array([e[0] for e in etas]), "eta_ccw": np.array([e[1] for e in etas])}
 
     # -- acquisition -----------------------------------------------------------------------
-    def _new_acq(self, epoch: int, n_slots: int) -> _Acq:
+    def _new_acq(self, epoch: int, n_slots: int, logs: dict[str, ChoiceLog]) -> _Acq:
         cfg = self.config
         seed = cfg.simulation.seed
         # The channel/detector randomness is seeded by the acquisition's index within this testbed
@@ -412,8 +429,35 @@ class SagnacTestbed:
         margin = int(math.ceil(math.hypot(jit, sig_extra) * K.GAUSS_TABLE_MAX)) + res + 2
         acq = _Acq(epoch=epoch, period_ps=period, n_slots=n_slots, keys=keys, delays=delays, channels=chans,
                    res_ps=res, cut_margin=margin)
-        acq.client_keys = np.array([client_key(c.seed, epoch) for c in cfg.clients], dtype=np.uint64)
+        acq.logs = [logs[c.name] for c in cfg.clients]
         return acq
+
+    def _drive_patterns(self, acq: _Acq, s0: int, s1: int, pa: dict[str, np.ndarray], frame: int,
+                        threads: int) -> np.ndarray:
+        """Each client's drive pattern (k·4 + a per slot) over the frames of [s0, s1) where its pair
+        is scheduled, written by the client's own generator: what the clients stream to their
+        modulators. Rows are indexed by s − s0; slots outside a client's frames are not written
+        (and never read)."""
+        cycle = pa["frame_pair"]
+        runs: dict[int, list[list[int]]] = {}
+        for f in range(s0 // frame, (s1 - 1) // frame + 1):
+            lo, hi = max(s0, f * frame), min(s1, (f + 1) * frame)
+            p = int(cycle[f % cycle.size])
+            for c in (int(pa["ci"][p]), int(pa["cj"][p])):
+                r = runs.setdefault(c, [])
+                if r and r[-1][1] == lo:
+                    r[-1][1] = hi
+                else:
+                    r.append([lo, hi])
+        codes = acq.buffer("codes", (len(acq.logs), s1 - s0), np.uint8)
+        work = [(c, lo, hi) for c, rs in runs.items() for lo, hi in rs]
+
+        def fill(task: int, slot: int) -> None:
+            c, lo, hi = work[task]
+            acq.logs[c].fill_codes(lo, codes[c, lo - s0:hi - s0])
+
+        _parallel.run(len(work), fill, threads)
+        return codes
 
     def _cut(self, acq: _Acq, s1: int) -> int:
         """No tag of a later window can be earlier than this time [ps]."""
@@ -455,10 +499,10 @@ class SagnacTestbed:
                 acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
             thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
                                     drift_chunk, acq.keys["drift"])
+            codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
             sig_n = np.zeros(n_chunks, dtype=np.int64)
             args = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
-                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], acq.client_keys,
-                    ca["cthr"], ca["cnk"], ca["cthrx"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
+                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], codes, ca["cnk"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
                     ca["pat"], ca["pat_off"], ca["pat_len"],
                     cfg.loop.beam_splitter_ratio, dets[0].efficiency, dets[1].efficiency,
                     cfg.loop.visibility, fl.visibility_after_collapse, np.int64(collapse),
@@ -534,7 +578,8 @@ class SagnacTestbed:
                               float(fl.sync_drop_prob), acq.keys["sync"]) if chs in enabled else _EMPTY_T]
         return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
 
-    def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None) -> Iterator[TagBlock]:
+    def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None,
+                 logs: dict[str, ChoiceLog]) -> Iterator[TagBlock]:
         if not (duration_s > 0 and math.isfinite(duration_s)):
             raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
         bd = self.config.simulation.block_duration_s if block_duration_s is None else block_duration_s
@@ -544,40 +589,54 @@ class SagnacTestbed:
             rep = self.live.rep_rate_hz
         n_slots = max(1, int(round(duration_s * rep)))
         b_slots = max(1, int(round(bd * rep)))
-        acq = self._new_acq(epoch, n_slots)
+        acq = self._new_acq(epoch, n_slots, logs)
         t_end = _round_ps(n_slots * acq.period_ps)
         tt = self.config.time_tagger
         with self.lock:
             marker = tt.marker_channel if tt.marker_channel in self.live.enabled_channels else None
         for s0 in range(0, n_slots, b_slots):
             s1 = min(s0 + b_slots, n_slots)
-            ts, ch = self._window(acq, s0, s1)
-            if marker is not None:  # one marker at the start of every frame of frame_slots slots
-                mt = K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(tt.frame_slots), acq.period_ps,
-                                   np.int64(acq.delays["marker"]), np.int64(acq.res_ps), 0.0, np.uint64(0))
-                at = np.searchsorted(ts, mt, side="right")
-                ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
-            cut = self._cut(acq, s1) if s1 < n_slots else t_end
-            k = int(np.searchsorted(ts, cut, side="left"))
-            lo = int(np.searchsorted(ts, 0, side="left"))
-            acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
-            yield TagBlock(ts[lo:k], ch[lo:k])
+            parts_t: list[np.ndarray] = []
+            parts_c: list[np.ndarray] = []
+            # windows of at most WINDOW_SLOTS (the tags do not depend on how slots are cut)
+            for w0 in range(s0, s1, WINDOW_SLOTS):
+                w1 = min(w0 + WINDOW_SLOTS, s1)
+                ts, ch = self._window(acq, w0, w1)
+                if marker is not None:  # one marker at the start of every frame of frame_slots slots
+                    mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
+                                       np.int64(acq.delays["marker"]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+                    at = np.searchsorted(ts, mt, side="right")
+                    ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
+                cut = self._cut(acq, w1) if w1 < n_slots else t_end
+                k = int(np.searchsorted(ts, cut, side="left"))
+                lo = int(np.searchsorted(ts, 0, side="left"))
+                acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
+                parts_t.append(ts[lo:k])
+                parts_c.append(ch[lo:k])
+            if len(parts_t) == 1:
+                yield TagBlock(parts_t[0], parts_c[0])
+            else:
+                yield TagBlock(np.concatenate(parts_t), np.concatenate(parts_c))
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         """One acquisition of ``duration_s`` seconds as :class:`TagBlock` s of ``block_duration_s``
-        (default ``config.simulation.block_duration_s``). Sets :attr:`last_epoch` at once."""
+        (default ``config.simulation.block_duration_s``). Sets :attr:`last_epoch` at once, and every
+        client arms its generator for it at once (:meth:`client_log`)."""
         with self.lock:
             epoch = self._epoch
             self._epoch += 1
             self.last_epoch = epoch
-        return self._acquire(epoch, duration_s, block_duration_s)
+            logs = {c.name: new_client_log(c, epoch) for c in self.config.clients}
+            self._logs[epoch] = logs
+        return self._acquire(epoch, duration_s, block_duration_s, logs)
 
     def _internal_stream(self, duration_s: float) -> Iterator[TagBlock]:
         """An acquisition for instrument read-outs (count rates, histograms); own epoch space."""
         with self.lock:
             epoch = _INTERNAL_EPOCH_BASE + self._internal_epoch
             self._internal_epoch += 1
-        return self._acquire(epoch, duration_s, None)
+        logs = {c.name: new_client_log(c, epoch) for c in self.config.clients}
+        return self._acquire(epoch, duration_s, None, logs)
 
     # -- read-outs for calibration ---------------------------------------------------------
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
@@ -661,8 +720,8 @@ class SagnacTestbed:
                     d1[n] = round(r.get(ch1, 0.0) * integration_s)
             finally:
                 self.live.pairs = saved_pairs
-                for n, (dc, en) in saved.items():
-                    self.live.clients[n].dc_volts = dc
-                    self.live.clients[n].pm_enabled = en
+                for name, (dc, en) in saved.items():
+                    self.live.clients[name].dc_volts = dc
+                    self.live.clients[name].pm_enabled = en
                 self.touch()
         return {"voltages": volts, "D0": d0, "D1": d1}

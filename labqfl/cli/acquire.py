@@ -1,5 +1,10 @@
 """``labqfl acquire --duration SECONDS [--config] [--out FILE.h5] [--json]``: run the station's
-time tagger (simulated by default), optionally record to HDF5, and report clicks per pair."""
+time tagger (simulated by default), optionally record to HDF5, and report clicks per pair.
+
+The recording holds the tags and public metadata only. Each CSPRNG client keeps its private
+choice log (its 32-byte key for this acquisition, mode 0600) in its own folder,
+``<data dir>/nodes/<Ci>/choices/``; ``labqfl distill REC.h5`` reads it there. Nothing printed
+(JSON included) derives a client's choices."""
 
 from __future__ import annotations
 
@@ -21,12 +26,13 @@ def acquire(
     config: Path | None = CONFIG_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="Record the tags to this HDF5 file (layout: docs/simulator.md).", dir_okay=False),
     block: float | None = typer.Option(None, "--block", help="Block duration [s] (default: simulation.block_duration_s)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
+                                         help="Data directory holding each client's private choice logs (default: the key store's data dir)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Acquire time tags from the station and report click counts and rates per pair and channel."""
     from labqfl.sim_backends.analysis import PairReport
-    from labqfl.sim_backends.qrng import ClientQRNGLog
-    from labqfl.sim_backends.recording import RecordingWriter
+    from labqfl.sim_backends.recording import RecordingWriter, save_client_logs
     from labqfl.station import Station
 
     if not (math.isfinite(duration) and duration > 0):
@@ -44,11 +50,13 @@ def acquire(
         tagger = station.time_tagger
         blocks = tagger.stream(duration, bd)
         epoch = getattr(tagger, "acquisition_epoch", None)
-        logs = ({c.name: ClientQRNGLog(c.name, int(c.seed), int(epoch), tuple(c.intensity_probs), float(c.basis_x_prob))
-                 for c in cfg.clients} if epoch is not None else None)
+        logs = station.client_logs() if epoch is not None else None
+        acq_id = station.acquisition_id() if epoch is not None else None
         report = PairReport(cfg, logs) if logs is not None else None
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
+            if logs is not None and acq_id is not None:
+                save_client_logs(logs, acq_id, data_dir)  # each client's own folder, 0600
             writer = RecordingWriter(out, cfg, epoch=epoch, client_logs=list((logs or {}).values()),
                                      source="sim" if epoch is not None else "hardware")
         counts: dict[int, int] = {}
@@ -80,7 +88,8 @@ def acquire(
     tt = cfg.time_tagger
     names = {tt.sync_channel: "sync", **{ch: d for d, ch in tt.detector_channels.items()}}
     data = {
-        "station": cfg.name, "duration_s": duration, "epoch": epoch, "out": str(out) if out else None,
+        "station": cfg.name, "duration_s": duration, "acquisition_id": acq_id, "out": str(out) if out else None,
+        "client_randomness": {c: lg.randomness for c, lg in (logs or {}).items()},
         "n_tags": n_tags, "wall_s": wall, "speed_x_real_time": duration / wall if wall > 0 else None,
         "count_rates_hz": {names.get(ch, str(ch)): n / duration for ch, n in sorted(counts.items())},
         "pairs": report.summary() if report is not None else {},

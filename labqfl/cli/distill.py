@@ -64,8 +64,14 @@ def distill(
                 rec.close()
                 short = plan.shortfall(f"recording {recording}") if plan is not None else f"recording {recording} holds no data"
                 raise fail(f"{short}; record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
+        from labqfl.sim_backends.qrng import PrivateLogMissing
+
+        try:  # seeded clients' logs from the recording; CSPRNG clients' from their private folders here
+            logs = {c: rec.client_log(c, data_dir) for c in cfg.client_names}
+        except PrivateLogMissing as exc:
+            rec.close()
+            raise fail(str(exc)) from None
         blocks = rec.blocks()
-        logs = {c: rec.client_log(c) for c in cfg.client_names}
         acq_id = acquisition_id(rec.config, rec.epoch) if rec.epoch >= 0 else None
         source = str(recording)
     else:

@@ -66,6 +66,7 @@ def small_station(intercept: bool = False) -> StationConfig:
         c.insertion_loss_db = 0.2
         c.intensity_probs = [0.6, 0.2, 0.2]
         c.basis_x_prob = 0.7
+        c.randomness = "seeded"  # reproducible test data (recordings rebuild seeded logs)
     cfg.simulation.intercept_resend.enabled = intercept
     return cfg
 

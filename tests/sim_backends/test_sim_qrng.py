@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from labqfl.sim_backends import client_log
 from labqfl.sim_backends.qrng import choices_reference
+from labqfl.sim_backends.stations import edit_station
 from scipy import stats
 
 from labqfl.config import load_station_config
@@ -30,7 +31,7 @@ def test_qrng_kernel_matches_reference(seed, epoch, slots, probs, px):
 
 
 def test_qrng_frequencies_chi_square():
-    cfg = load_station_config()
+    cfg = edit_station(randomness="seeded")
     c = cfg.clients[0]
     rec = client_log(cfg, c.name).choices(np.arange(400_000, dtype=np.int64))
     # intensity
@@ -45,7 +46,7 @@ def test_qrng_frequencies_chi_square():
 
 
 def test_qrng_clients_and_epochs_independent():
-    cfg = load_station_config()
+    cfg = edit_station(randomness="seeded")
     s = np.arange(200_000, dtype=np.int64)
     a1 = client_log(cfg, "C1").choices(s).phase_idx
     a2 = client_log(cfg, "C2").choices(s).phase_idx
@@ -56,3 +57,13 @@ def test_qrng_clients_and_epochs_independent():
         assert stats.chi2_contingency(table).pvalue > 1e-4
     # deterministic
     np.testing.assert_array_equal(a1, client_log(cfg, "C1").choices(s).phase_idx)
+
+
+def test_client_log_refuses_csprng_clients():
+    """A CSPRNG client's choices are not a function of the station file: nothing rebuilds them."""
+    import pytest
+
+    cfg = load_station_config()
+    assert cfg.client("C1").randomness == "csprng"
+    with pytest.raises(ValueError, match="csprng"):
+        client_log(cfg, "C1", 0)

@@ -23,8 +23,8 @@ from labqfl.errors import DataFormatError
 
 
 def pinned_config():
-    """The default station with the clients' QRNG epochs pinned (reproducible choices)."""
-    return edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0))
+    """The default station with seeded clients and pinned epochs (reproducible choices)."""
+    return edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0), randomness="seeded")
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def rec_path(tmp_path):
     cfg = pinned_config()
     inst = create_simulated_instruments(cfg)
     list(inst["time_tagger"].stream(0.0005))  # epoch 0 used; the recording gets epoch 1
-    p = record(inst["time_tagger"], tmp_path / "r.h5", 0.003, cfg, block_duration_s=0.001)
+    p = record(inst["time_tagger"], tmp_path / "r.h5", 0.003, cfg, block_duration_s=0.001, data_dir=tmp_path / "data")
     return p, cfg
 
 
@@ -106,7 +106,8 @@ def test_bad_files_give_data_format_errors(tmp_path, rec_path):
 
 def test_cli_acquire_json_and_recording(tmp_path):
     out = tmp_path / "acq.h5"
-    r = CliRunner().invoke(app, ["acquire", "--duration", "0.004", "--out", str(out), "--json"])
+    r = CliRunner().invoke(app, ["acquire", "--duration", "0.004", "--out", str(out), "--json",
+                                 "--data-dir", str(tmp_path / "data")])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
     assert set(d["count_rates_hz"]) == {"sync", "D0", "D1"}
@@ -119,6 +120,11 @@ def test_cli_acquire_json_and_recording(tmp_path):
     # decoy is much brighter than the signal, so only a loose bound holds for any operating point
     assert 0 < p["by_basis_pair"]["XX"]["error_rate"] < 0.25
     assert read_recording(out).n_tags == d["n_tags"]
+    # default (CSPRNG) clients: each one's private log sits in its own folder, 0600
+    assert d["client_randomness"] == dict.fromkeys(["C1", "C2", "C3", "C4"], "csprng")
+    for c in ("C1", "C2", "C3", "C4"):
+        (f,) = (tmp_path / "data" / "nodes" / c / "choices").iterdir()
+        assert f.stat().st_mode & 0o777 == 0o600
 
 
 def test_cli_acquire_bad_input_one_line_error(tmp_path):

@@ -24,7 +24,7 @@ def collect(tb: SagnacTestbed, duration: float, block: float | None = None) -> t
 
 
 def test_same_seed_identical_output_and_block_size_independent():
-    cfg = edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0))
+    cfg = edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0), randomness="seeded")
     t1, c1 = collect(SagnacTestbed(cfg), 0.003)
     t2, c2 = collect(SagnacTestbed(cfg), 0.003, block=0.00037)
     np.testing.assert_array_equal(t1, t2)
@@ -44,7 +44,8 @@ def test_acquisitions_get_new_epochs():
 
 
 def test_unpinned_testbeds_never_repeat_client_choices():
-    """Two processes/testbeds on the same station must not replay the clients' QRNG (key reuse)."""
+    """Two processes/testbeds on the same station must not replay the clients' choices (key reuse):
+    CSPRNG clients (the default) draw a fresh key for every acquisition."""
     cfg = load_station_config()
     assert cfg.simulation.qrng_epoch_base is None
     a, b = SagnacTestbed(cfg), SagnacTestbed(cfg)
@@ -197,7 +198,7 @@ def _thread_station():
         for det in d["detectors"].values():
             det.update(dark_count_rate_hz=2e5, afterpulse_prob=0.05, afterpulse_decay_ns=80.0)
 
-    return edit_station(edit)
+    return edit_station(edit, randomness="seeded")
 
 
 @pytest.mark.parametrize(("threads", "block"), [(2, None), (3, 0.0023), (8, 0.0011)])
