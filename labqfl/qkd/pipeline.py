@@ -3,15 +3,18 @@
 Data path per :class:`TagBlock` (docs/postprocessing.md):
 
 1. :class:`~labqfl.qkd.slotting.Slotter` turns tags into final (slot, outcome) events;
-2. the events are split by the schedule into each pair's announcements and **sifted** with each
-   client's own modulation log (:func:`~labqfl.qkd.sifting.sift`);
+2. the events are split by the schedule into each pair's announcements, delivered to both clients'
+   ends, and **sifted** by the two ends of the pair, each with its own modulation log, over the
+   pair's channel (:mod:`labqfl.qkd.twoparty`: announcement digests, flags and test-slot reveals
+   are authenticated messages; each end tallies the test statistics itself);
 3. per pair the sifted key and its statistics accumulate over a **fixed number of the pair's
    slots** per block (``block_slots``, decided before the acquisition: given, or derived from
    ``block_bits`` and the station model's expected sift rate — never from the data, so Kato's
    bounds see a fixed N; docs/protocol.md §5.1), then the block is **reconciled** (Cascade or LDPC; Ci holds the reference key, Cj corrects),
    **verified** (2-universal hash, ε_cor), its **secure length** is computed
    (:func:`labqfl.qkd.estimation.secure_key_length`, abort rules there), and it is **amplified**
-   (Toeplitz, seed from the OS CSPRNG) — at both ends separately — and **delivered** to a sink
+   (Toeplitz, seed from the OS CSPRNG) — at both ends separately, each end computing the secure
+   length itself and refusing the block if the two differ — and **delivered** to a sink
    (the nodes' key stores), unless the two final keys differ (then nothing is stored at either
    end and the block is reported as an abort). Every classical message (reconciliation, verification tag,
    amplification seed) crosses an authenticated channel (Wegman–Carter, key from the pair's
