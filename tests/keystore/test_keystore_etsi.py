@@ -19,7 +19,8 @@ from labqfl.keystore.etsi import EtsiError, KeyDeliveryService, KmeSettings
 
 PAIR = "C1-C2"
 STATUS_FIELDS = {"source_KME_ID", "target_KME_ID", "master_SAE_ID", "slave_SAE_ID", "key_size", "stored_key_count",
-                 "max_key_count", "max_key_per_request", "max_key_size", "min_key_size", "max_SAE_ID_count"}
+                 "max_key_count", "max_key_per_request", "max_key_size", "min_key_size", "max_SAE_ID_count",
+                 "status_extension"}  # spec 6.1's optional extension object: labqfl_provenance
 
 
 def _client(kme, kh, sae, ca_dir=None) -> httpx.Client:
@@ -42,6 +43,9 @@ def test_status(kme, kh):
     assert (st["source_KME_ID"], st["target_KME_ID"], st["master_SAE_ID"], st["slave_SAE_ID"]) == \
         ("KME-C1", "KME-C2", "C1", "C2")
     assert st["key_size"] == 256 and st["max_SAE_ID_count"] == 0 and st["stored_key_count"] > 0
+    # the fixture's blocks carry no provenance record: nothing is claimed for them
+    prov = st["status_extension"]["labqfl_provenance"]
+    assert prov["unrecorded_blocks"] > 0 and prov["information_theoretic"] is False
 
 
 def test_enc_keys_post_then_dec_keys_post_give_the_same_bytes_once(kme, kh):
