@@ -45,7 +45,7 @@ TRAIN_S_PER_CLIENT_ROUND: dict[str, float] = {
     "mnist-qnn": 1.0, "ntangled": 0.5, "magic": 0.5, "mnist-lenet5": 2.0,
 }
 #: A pair needing more than this many times the median pair's acquisition time is starving.
-STARVATION_FACTOR = 1.5
+STARVATION_FACTOR = 2.0
 
 
 @dataclass
@@ -221,46 +221,52 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     )
 
 
-def compare(plan: Plan, metrics: dict[str, Any]) -> dict[str, Any]:
-    """Plan next to what a ``labqfl run`` measured (its metrics.json, docs/metrics.md).
+def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Plan (a :class:`Plan` or its :meth:`Plan.as_dict`) next to what a ``labqfl run`` measured
+    (its metrics.json, docs/metrics.md).
 
     Per graph pair: key used per round (``train.rounds[*].key_bits_per_pair``) against the plan's
-    need, and the measured key rate (distilled bits / acquisition duration) with the acquisition
-    time per round it implies (need / measured rate) against the predicted one. ``ratio`` =
-    measured / predicted.
+    need, and the measured key rate (delivered bits / acquisition duration) with the acquisition
+    time per round it implies (measured use / measured rate) against the predicted one.
+    ``*_ratio`` = measured / predicted; ``worst_*`` = the ratio furthest from 1.
     """
+    p = plan.as_dict() if isinstance(plan, Plan) else plan
     acq = metrics.get("acquire") or {}
     dur = float(acq.get("duration_s") or 0.0)
     dist = ((metrics.get("distill") or {}).get("pairs")) or {}
     rounds = ((metrics.get("train") or {}).get("rounds")) or []
+
+    def ratio(m: float | None, pred: float | None) -> float | None:
+        return m / pred if m is not None and pred else None
+
     rows: dict[str, Any] = {}
-    for name, pp in plan.pairs.items():
-        used = [int((r.get("key_bits_per_pair") or {}).get(name, 0)) for r in rounds]
+    for name, pp in p["pairs"].items():
+        # a round's key_bits_per_pair: the bits each graph pair spent (an int, labqfl.fl.training), or per pair
+        used = [int(kb.get(name, 0) if isinstance(kb, dict) else kb)
+                for kb in (r.get("key_bits_per_pair") or 0 for r in rounds)]
         used_round = sum(used) / len(used) if used else None
         delivered = (dist.get(name) or {}).get("delivered_bits")
         rate = delivered / dur if delivered is not None and dur > 0 else None
-        acq_round = (used_round / rate) if used_round is not None and rate else None
-
-        def ratio(m: float | None, p: float) -> float | None:
-            return m / p if m is not None and p and math.isfinite(p) else None
-
+        acq_round = used_round / rate if used_round is not None and rate else None
         rows[name] = {
-            "predicted_key_bits_per_round": pp.need_bits_per_round, "measured_key_bits_per_round": used_round,
-            "key_use_ratio": ratio(used_round, pp.need_bits_per_round),
-            "predicted_key_rate_bps": pp.key_rate_bps, "measured_key_rate_bps": rate,
-            "key_rate_ratio": ratio(rate, pp.key_rate_bps),
-            "predicted_acquisition_s_per_round": pp.acquisition_s_per_round if math.isfinite(
-                pp.acquisition_s_per_round) else None,
+            "predicted_key_bits_per_round": pp["need_bits_per_round"], "measured_key_bits_per_round": used_round,
+            "key_use_ratio": ratio(used_round, pp["need_bits_per_round"]),
+            "predicted_key_rate_bps": pp["key_rate_bps"], "measured_key_rate_bps": rate,
+            "key_rate_ratio": ratio(rate, pp["key_rate_bps"]),
+            "predicted_acquisition_s_per_round": pp["acquisition_s_per_round"],
             "measured_acquisition_s_per_round": acq_round,
-            "acquisition_ratio": ratio(acq_round, pp.acquisition_s_per_round),
+            "acquisition_ratio": ratio(acq_round, pp["acquisition_s_per_round"]),
         }
-    ratios = [r["acquisition_ratio"] for r in rows.values() if r["acquisition_ratio"] is not None]
-    kuse = [r["key_use_ratio"] for r in rows.values() if r["key_use_ratio"] is not None]
-    return {"pairs": rows,
-            "worst_acquisition_ratio": max(ratios, key=lambda x: abs(x - 1.0)) if ratios else None,
-            "worst_key_use_ratio": max(kuse, key=lambda x: abs(x - 1.0)) if kuse else None,
-            "measured_wall_s": {"acquire_distill": acq.get("wall_s")},
-            "predicted_wall_s": {"acquire": plan.acquisition_s, "distill": plan.distill_s, "train": plan.train_s}}
+
+    def worst(key: str) -> float | None:
+        xs = [r[key] for r in rows.values() if r[key] is not None]
+        return max(xs, key=lambda x: abs(x - 1.0)) if xs else None
+
+    return {"pairs": rows, "worst_key_use_ratio": worst("key_use_ratio"),
+            "worst_key_rate_ratio": worst("key_rate_ratio"), "worst_acquisition_ratio": worst("acquisition_ratio"),
+            "measured_wall_s": {"acquire_distill": acq.get("wall_s"),
+                                "train": sum(float(r.get("seconds") or 0.0) for r in rounds) if rounds else None},
+            "predicted_wall_s": {"acquire": p["acquisition_s"], "distill": p["distill_s"], "train": p["train_s"]}}
 
 
 # ---------------------------------------------------------------- stations of any size

@@ -90,6 +90,12 @@ def train(
                                   help="Honest clients H the DP guarantee assumes (server colludes with the other N−H)."),
     dp_clip: float | None = typer.Option(None, "--dp-clip", help="L2 clip of each update for DP (default: the task's --clip)."),
     engine: str = typer.Option("local", "--engine", help="local (in-process) or flower (Flower simulation on Ray, one SuperNode per client)."),
+    noise: str | None = typer.Option(
+        None, "--noise", help="QNN tasks: per-gate noise 'depolarizing=p,amplitude_damping=g,readout=r' (any subset; "
+                              "density-matrix simulation, see labqfl.fl.models.noisy)."),
+    shots: int | None = typer.Option(None, "--shots", min=1, help="QNN tasks: shots per expectation value (default: exact)."),
+    shot_grad: str = typer.Option("parameter-shift", "--shot-grad",
+                                  help="Gradients with --shots: parameter-shift (as on hardware) or straight-through."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a model federatedly with masked, quantised aggregation; write a run folder."""
@@ -127,6 +133,17 @@ def train(
         raise ConfigError(str(exc)) from None
     secagg.check_bit_budget(clients)
     model = make_model(task)
+    noise_model = None
+    if noise is not None or shots is not None:
+        from labqfl.fl.models.noisy import NoiseModel, noisy_qnn
+
+        if engine != "local":
+            raise ConfigError("--noise/--shots run on --engine local only")
+        try:
+            noise_model = NoiseModel.parse(noise, shots=shots, shot_grad=shot_grad)
+            model = noisy_qnn(model, noise_model, seed)
+        except ValueError as exc:
+            raise ConfigError(f"--noise/--shots/--shot-grad: {exc}") from None
     names = [f"C{i + 1}" for i in range(clients)]
     dp_plan = None
     if dp_epsilon is not None:
@@ -213,6 +230,8 @@ def train(
             run_dir=str(rec.path), clients=clients, q=q, rounds_requested=rounds, seed=seed, loss=model.loss_name,
             local={"epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size, "optimizer": "adam"},
             secagg=secagg.as_dict(), data=data.meta, client_sizes=data.sizes(),
+            noise=({**noise_model.as_dict(), "shots_used": getattr(model, "shots_used", 0)}
+                   if noise_model is not None else None),
             # what the masks rest on: the provenance of the key blocks consumed (labqfl.provenance)
             key_provenance=mask_key_provenance(key_source), security=mask_key_security(key_source)
             + ("; self-masks: Shamir sharing over GF(p) and one-time-pad share transport (information-theoretic "
@@ -242,6 +261,11 @@ def train(
             pv = summary["privacy"]
             con.print(f"privacy: ({pv['epsilon']:.3g}, {pv['delta']:.1g})-DP over {pv['rounds']} rounds, "
                       f"{pv['mechanism']}, holding with {pv['honest_clients_assumed']} honest client(s)")
+        if noise_model is not None:
+            nz = summary["noise"]
+            con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
+                      f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"
+                      + (f" ({nz['shot_grad']}, {nz['shots_used']:,} shots used)" if nz["shots"] else ""))
         con.print(f"run folder: {rec.path}")
 
     emit(summary, as_json, render)

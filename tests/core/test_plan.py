@@ -1,0 +1,106 @@
+"""``labqfl plan`` and :mod:`labqfl.planning`: key need, key rates, times and starving pairs,
+predicted before any acquisition, and the comparison with what a run measured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import load_station_config
+from labqfl.errors import ConfigError
+from labqfl.fl.masks import mask_graph
+from labqfl.fl.tasks import make_model
+from labqfl.planning import compare, make_plan, make_station
+from labqfl.qkd.blocksize import plan_blocks
+from labqfl.qkd.channel_model import pair_channel
+from labqfl.qkd.estimation import SecurityParameters
+from labqfl.qkd.keyrate import predict_pair
+from labqfl.qkd.schedule import PairSchedule
+
+runner = CliRunner()
+DUR = 2.0  # s of acquisition: one rule-size block per pair on the default station
+
+
+@pytest.fixture(scope="module")
+def default_plan():
+    return make_plan(load_station_config(), "mnist-qnn", 8, 3, duration_s=DUR)
+
+
+def test_key_need_per_pair_and_round(default_plan):
+    n = make_model("mnist-qnn").n_params
+    p = default_plan
+    assert p.n_params == n and p.key_bits_per_pair_per_round == 8 * n
+    assert list(p.pairs) == mask_graph(load_station_config().client_names, "all")
+    assert p.key_bits_per_round == 6 * 8 * n
+
+
+def test_self_masks_add_the_share_pads():
+    p = make_plan(load_station_config(), "mnist-qnn", 8, 1, duration_s=DUR, self_masks=True)
+    assert p.key_bits_per_pair_per_round == p.n_params * (8 + 2 * 9)  # q·n mask + 2·(q+1)·n pads
+
+
+def test_key_rate_is_the_finite_key_model_times_the_share(default_plan):
+    cfg = load_station_config()
+    rule = plan_blocks(cfg, DUR, params=SecurityParameters())
+    sched = PairSchedule.from_config(cfg)
+    for name, pp in default_plan.pairs.items():
+        a, b = name.split("-")
+        pred = predict_pair(pair_channel(cfg, a, b), rule.block_slots, 1, cfg.laser.rep_rate_hz, with_asymptotic=False)
+        assert pp.share == pytest.approx(1 / 6)
+        assert pp.key_rate_bps == pytest.approx(pred.key_bits_per_slot * cfg.laser.rep_rate_hz * sched.share(name),
+                                                rel=1e-9)
+        assert pp.acquisition_s_per_round == pytest.approx(pp.need_bits_per_round / pp.key_rate_bps)
+    worst = max(pp.acquisition_s_per_round for pp in default_plan.pairs.values())
+    assert default_plan.acquisition_s_per_round == worst
+    assert default_plan.acquisition_s == pytest.approx(max(3 * worst, rule.first_key_s))
+    assert default_plan.limiting_pairs[0] == max(default_plan.pairs,
+                                                 key=lambda n: default_plan.pairs[n].acquisition_s_per_round)
+    assert default_plan.total_wall_s == pytest.approx(default_plan.acquisition_s + default_plan.distill_s
+                                                      + default_plan.train_s)
+
+
+def test_unscheduled_and_keyless_pairs_starve():
+    cfg, _ = make_station(4, graph="ring-k", k=2)  # schedules the ring only
+    d = cfg.model_dump(mode="json", exclude_none=True)
+    p = make_plan(cfg, "mnist-qnn", 8, 1, graph="all", duration_s=DUR)
+    missing = set(mask_graph(cfg.client_names, "all")) - set(mask_graph(cfg.client_names, "ring-k", 2))
+    assert missing == {"C1-C3", "C2-C4"}
+    for name in missing:
+        assert not p.pairs[name].scheduled and p.pairs[name].starving
+        assert math.isinf(p.pairs[name].acquisition_s_per_round)
+    assert set(p.starving_pairs) >= missing and math.isinf(p.acquisition_s)
+    assert json.dumps(p.as_dict())  # infinities become null
+    assert d["schedule"]["weights"]
+
+
+def test_clients_must_match_the_station():
+    with pytest.raises(ConfigError, match="--clients 16 but station"):
+        make_plan(load_station_config(), "mnist-qnn", 8, 1, clients=16, duration_s=DUR)
+
+
+def test_compare_ratios():
+    plan = {"pairs": {"C1-C2": {"need_bits_per_round": 100, "key_rate_bps": 1000.0, "acquisition_s_per_round": 0.1}},
+            "acquisition_s": 1.0, "distill_s": 0.1, "train_s": 2.0}
+    metrics = {"acquire": {"duration_s": 2.0, "wall_s": 5.0},
+               "distill": {"pairs": {"C1-C2": {"delivered_bits": 1800}}},
+               "train": {"rounds": [{"key_bits_per_pair": {"C1-C2": 100}}, {"key_bits_per_pair": {"C1-C2": 110}}]}}
+    c = compare(plan, metrics)
+    row = c["pairs"]["C1-C2"]
+    assert row["measured_key_bits_per_round"] == 105 and row["key_use_ratio"] == pytest.approx(1.05)
+    assert row["measured_key_rate_bps"] == 900 and row["key_rate_ratio"] == pytest.approx(0.9)
+    assert row["acquisition_ratio"] == pytest.approx((105 / 900) / 0.1)
+
+
+def test_plan_cli_json(tmp_path):
+    r = runner.invoke(app, ["plan", "--task", "mnist-qnn", "--clients", "4", "--q", "16", "--rounds", "2",
+                            "--duration", str(DUR), "--json"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["q"] == 16 and d["key_bits_per_pair_per_round"] == 16 * d["n_params"]
+    assert set(d["pairs"]) == set(mask_graph([f"C{i}" for i in range(1, 5)], "all"))
+    r = runner.invoke(app, ["plan", "--clients", "5", "--json"])
+    assert r.exit_code == 1 and r.stdout == "" and "--clients 5" in r.stderr
