@@ -203,6 +203,8 @@ class MainJob:
         self.state["status"] = "running"
         self._save_state()
         try:
+            if "plan" not in self.state:
+                self.key_plan()
             if self.state["phases"]["acquire"] != "done":
                 self._acquire_and_distil()
             if self.state["phases"]["train"] != "done":
@@ -228,6 +230,19 @@ class MainJob:
             log.warning("could not write partial metrics: %s", exc)
 
     # -- phase 1 ---------------------------------------------------------------------------
+    def key_plan(self) -> Any:
+        """The key-aware plan of this job (:func:`labqfl.planning.make_plan`), made before any
+        acquisition; kept in ``state.json`` and compared with what happened in ``metrics.json``."""
+        from labqfl.planning import make_plan
+
+        s = self.settings
+        plan = make_plan(self.cfg, s.task, s.q, s.rounds, graph=s.graph, k=s.k, duration_s=s.duration_s,
+                         eps_sec=s.eps_sec)
+        if "plan" not in self.state:
+            self.state["plan"] = plan.as_dict()
+            self._save_state()
+        return plan
+
     def block_plan(self) -> Any:
         """The block-size rule (:func:`labqfl.qkd.blocksize.plan_blocks`) for this job's duration and ε_sec."""
         from labqfl.qkd.blocksize import plan_blocks
@@ -447,6 +462,10 @@ class MainJob:
             "distill": {"pairs": acq.get("pairs"), "timeline": acq.get("timeline")} if acq else None,
             "keys": keys, "train": train,
         }
+        if self.state.get("plan"):  # the plan made before the acquisition, next to what happened
+            from labqfl.planning import compare
+
+            metrics["plan"] = {"predicted": self.state["plan"], "comparison": compare(self.state["plan"], metrics)}
         self.run_record.write_metrics(metrics)
         return metrics
 

@@ -58,6 +58,10 @@ def run(
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
         console.print(f"run folder: {job.path}")
+        if job.state.get("phases", {}).get("acquire") != "done":
+            from labqfl.cli.plan import render_plan
+
+            render_plan(console, job.key_plan())  # the key-aware plan, before any acquisition
         metrics = job.run()
 
     def render(con: Any) -> None:
@@ -69,6 +73,12 @@ def run(
         if t:
             con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
                       f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
+        cmp_ = (metrics.get("plan") or {}).get("comparison")
+        if cmp_:
+            f = {k: "—" if cmp_[k] is None else f"{cmp_[k]:.3f}"
+                 for k in ("worst_key_use_ratio", "worst_key_rate_ratio", "worst_acquisition_ratio")}
+            con.print(f"  plan vs run (measured/predicted, worst pair): key use {f['worst_key_use_ratio']}, key rate "
+                      f"{f['worst_key_rate_ratio']}, acquisition per round {f['worst_acquisition_ratio']}")
         con.print(f"report: {job.path / 'report.html'}")
 
     emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json, render)

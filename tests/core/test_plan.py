@@ -104,3 +104,4 @@ def test_plan_cli_json(tmp_path):
     assert set(d["pairs"]) == set(mask_graph([f"C{i}" for i in range(1, 5)], "all"))
     r = runner.invoke(app, ["plan", "--clients", "5", "--json"])
     assert r.exit_code == 1 and r.stdout == "" and "--clients 5" in r.stderr
+
