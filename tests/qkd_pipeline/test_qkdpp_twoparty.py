@@ -323,3 +323,29 @@ def test_a_seed_byte_altered_between_nodes_refuses_the_block_at_both_ends(acquis
             s.stop()
     assert proxy.done == 1
     _assert_refused_at_both_ends(r, d, sink, outcomes)
+
+
+def test_counts_from_the_exchanged_reveals_equal_the_counts_from_both_full_records():
+    """Each end tallies PairCounts from its own record plus the partner's flags and test reveals
+    (bits only where the bases agree); that must be exactly what both full records give."""
+    from labqfl.qkd.sifting import reveal_counts, sift_counts
+    from labqfl.qkd.types import ModulationRecord
+
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        n = int(rng.integers(0, 500))
+        slots = np.arange(n, dtype=np.int64)
+        k = [np.where(rng.random(n) < 0.6, 0, rng.integers(1, 3, n)).astype(np.uint8) for _ in range(2)]
+        a = [np.where(rng.random(n) < 0.7, 2 * rng.integers(0, 2, n), rng.integers(0, 4, n)).astype(np.uint8)
+             for _ in range(2)]
+        rec_i, rec_j = ModulationRecord("C1", slots, k[0], a[0]), ModulationRecord("C2", slots, k[1], a[1])
+        outcomes = rng.integers(1, 4, n).astype(np.uint8)
+        key = key_flags(rec_i) & key_flags(rec_j)
+        test = ~key
+        same = (a[0][test] & 1) == (a[1][test] & 1)
+        reveals = [(k[c][test], (a[c][test] & 1).astype(np.uint8), (a[c][test][same] >> 1).astype(np.uint8))
+                   for c in range(2)]
+        got = reveal_counts(outcomes, key, reveals[0], reveals[1], same, 3, 3)
+        want = sift_counts(outcomes, rec_i, rec_j, 3, 3)
+        for g, w in zip(got, want, strict=True):
+            assert np.array_equal(g, w)
