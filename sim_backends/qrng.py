@@ -38,6 +38,7 @@ file in the client's own data folder (:func:`save_private_log`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -255,17 +256,36 @@ def joint_thresholds(probs: list[float] | tuple[float, ...], basis_x_prob: float
     return thr
 
 
+_GUIDE_SHIFT = 15  # the guide table is indexed by the top 16 of the 31 bits v
+
+
+def joint_guide(thr: np.ndarray) -> np.ndarray:
+    """uint8 table over v >> 15: the code without its bit, (k·4 + basis), where the whole bin lies
+    in one category, 255 where a threshold falls inside the bin (then :func:`_words_to_codes`
+    compares). A speed-up only: the codes equal the threshold rule exactly."""
+    lo = np.arange(1 << 16, dtype=np.uint64) << np.uint64(_GUIDE_SHIFT)
+    hi = lo + np.uint64((1 << _GUIDE_SHIFT) - 1)
+    c_lo = np.searchsorted(thr, lo, side="right")
+    c_hi = np.searchsorted(thr, hi, side="right")
+    base = (c_lo >> 1) * 4 + (c_lo & 1)
+    return np.where(c_lo == c_hi, base, 255).astype(np.uint8)
+
+
 @nb.njit(cache=True, nogil=True)
-def _words_to_codes(words: np.ndarray, thr: np.ndarray, out: np.ndarray) -> None:
-    """Map 32-bit keystream words to drive codes k·4 + a (see the module docstring)."""
+def _words_to_codes(words: np.ndarray, thr: np.ndarray, guide: np.ndarray, out: np.ndarray) -> None:
+    """Map 32-bit keystream words to drive codes k·4 + a (see the module docstring): category by
+    the guide table, or by counting the thresholds at or below v where the table is ambiguous."""
     n_c = thr.shape[0]
     for n in range(words.shape[0]):
         x = np.uint64(words[n])
         v = x >> _U1
-        c = 0
-        for m in range(n_c - 1):  # branch-free count of thresholds at or below v
-            c += v >= thr[m]
-        out[n] = (c >> 1) * 4 + (c & 1) + 2 * np.int64(x & _U1)
+        g = guide[np.int64(v >> np.uint64(15))]
+        if g == 255:
+            c = 0
+            for m in range(n_c - 1):
+                c += v >= thr[m]
+            g = (c >> 1) * 4 + (c & 1)
+        out[n] = g + 2 * np.int64(x & _U1)
 
 
 _RUN_SLOTS = 1 << 18
@@ -297,6 +317,10 @@ class CsprngChoiceLog:
     def _thr(self) -> np.ndarray:
         return joint_thresholds(self.intensity_probs, self.basis_x_prob)
 
+    @functools.cached_property
+    def _guide(self) -> np.ndarray:
+        return joint_guide(self._thr())
+
     def _words_range(self, s0: int, n: int, buf: bytearray) -> np.ndarray:
         """Keystream words of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -315,7 +339,7 @@ class CsprngChoiceLog:
         buf = bytearray(len(_ZEROS) + 16)
         for lo in range(0, out.shape[0], _RUN_SLOTS):
             hi = min(lo + _RUN_SLOTS, out.shape[0])
-            _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, out[lo:hi])
+            _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, self._guide, out[lo:hi])
 
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -332,7 +356,7 @@ class CsprngChoiceLog:
         ks = np.frombuffer(enc.update(ctr.tobytes()) + enc.finalize(), dtype="<u4")
         words = np.ascontiguousarray(ks[inv.ravel() * 4 + (s & 3)])
         codes = np.empty(s.size, dtype=np.uint8)
-        _words_to_codes(words, self._thr(), codes)
+        _words_to_codes(words, self._thr(), self._guide, codes)
         return ModulationRecord(client=self.client, slots=s, intensity_idx=(codes >> 2).astype(np.uint8),
                                 phase_idx=(codes & 3).astype(np.uint8))
 

@@ -67,3 +67,73 @@ def test_client_log_refuses_csprng_clients():
     assert cfg.client("C1").randomness == "csprng"
     with pytest.raises(ValueError, match="csprng"):
         client_log(cfg, "C1", 0)
+
+
+# -- the CSPRNG client (AES-256-CTR keyed from the OS) ------------------------------------------
+
+def _reference_codes(key: bytes, probs, px, s0: int, n: int) -> np.ndarray:
+    """Straight from the definition: CTR keystream from `cryptography` (counter ⌊s/4⌋, big-endian),
+    32-bit little-endian word per slot, category = number of joint thresholds at or below x >> 1."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from labqfl.sim_backends.qrng import joint_thresholds
+
+    b0 = s0 // 4
+    nb_ = (s0 + n + 3) // 4 - b0
+    ks = Cipher(algorithms.AES(key), modes.CTR(b0.to_bytes(16, "big"))).encryptor().update(bytes(16 * nb_))
+    x = np.frombuffer(ks, dtype="<u4")[s0 - 4 * b0:s0 - 4 * b0 + n].astype(np.uint64)
+    c = np.searchsorted(joint_thresholds(probs, px), x >> np.uint64(1), side="right")
+    return ((c >> 1) * 4 + (c & 1) + 2 * (x & np.uint64(1))).astype(np.uint8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(s0=st.integers(0, 2**40), n=st.integers(1, 3000),
+       probs=st.sampled_from([[1.0], [0.5, 0.5], [0.891, 0.024, 0.085], [0.0, 0.3, 0.7], [1e-9, 1 - 2e-9, 1e-9]]),
+       px=st.floats(0.01, 0.99))
+def test_csprng_pattern_and_random_access_match_the_definition(s0, n, probs, px):
+    """Dense drive pattern (CTR runs + guide table), random-access choices (ECB of the counters)
+    and the reference computed from the definition all agree, for any start slot and length."""
+    from labqfl.sim_backends.qrng import CsprngChoiceLog
+
+    log = CsprngChoiceLog("C1", tuple(probs), px)
+    ref = _reference_codes(log.key, probs, px, s0, n)
+    out = np.empty(n, dtype=np.uint8)
+    log.fill_codes(s0, out)
+    np.testing.assert_array_equal(out, ref)
+    pick = np.sort(np.random.default_rng(n).choice(n, min(n, 50), replace=False))
+    rec = log.choices(s0 + pick.astype(np.int64))
+    np.testing.assert_array_equal(rec.intensity_idx * 4 + rec.phase_idx, ref[pick])
+
+
+def test_csprng_frequencies_fresh_keys_and_private_file(tmp_path):
+    import pytest
+    from labqfl.sim_backends.qrng import (
+        CsprngChoiceLog,
+        PrivateLogMissing,
+        load_private_log,
+        save_private_log,
+    )
+
+    c = load_station_config().clients[0]
+    a = CsprngChoiceLog(c.name, tuple(c.intensity_probs), c.basis_x_prob)
+    b = CsprngChoiceLog(c.name, tuple(c.intensity_probs), c.basis_x_prob)
+    assert a.key != b.key and a.key.hex() not in repr(a) and a.randomness == "csprng"
+    rec = a.choices(np.arange(400_000, dtype=np.int64))
+    obs = np.bincount(rec.intensity_idx, minlength=len(c.intensities))
+    assert stats.chisquare(obs, np.asarray(c.intensity_probs) * rec.slots.size).pvalue > 1e-4
+    px = c.basis_x_prob
+    obs = np.bincount(rec.phase_idx, minlength=4)
+    assert stats.chisquare(obs, np.array([px / 2, (1 - px) / 2, px / 2, (1 - px) / 2]) * rec.slots.size).pvalue > 1e-4
+    table = np.zeros((4, 4))
+    np.add.at(table, (rec.phase_idx[:200_000], b.choices(np.arange(200_000)).phase_idx), 1)
+    assert stats.chi2_contingency(table).pvalue > 1e-4
+    # the private log round-trips, is 0600, never overwritten, and its absence is one clear error
+    p = save_private_log(a, tmp_path, "st/abc/epoch-5")
+    assert p == tmp_path / "nodes" / "C1" / "choices" / "st_abc_epoch-5.key"
+    assert p.stat().st_mode & 0o777 == 0o600 and p.parent.stat().st_mode & 0o777 == 0o700
+    back = load_private_log(tmp_path, "C1", "st/abc/epoch-5")
+    s = np.arange(0, 10_000, 3, dtype=np.int64)
+    np.testing.assert_array_equal(back.choices(s).phase_idx, a.choices(s).phase_idx)
+    with pytest.raises(FileExistsError):
+        save_private_log(b, tmp_path, "st/abc/epoch-5")
+    with pytest.raises(PrivateLogMissing, match="client C2's private choice log for acquisition st/abc/epoch-5 not found"):
+        load_private_log(tmp_path, "C2", "st/abc/epoch-5")
