@@ -198,3 +198,11 @@ def test_train_noise_refused_for_lenet_and_bad_spec(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "QNN" in r.output
     r = CliRunner().invoke(app, ["train", "--task", "mnist-qnn", "--noise", "dephasing=0.1", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "dephasing" in r.output
+
+
+def test_qnn_noisy_benchmark_quick_runs() -> None:
+    from labqfl.bench import registry
+
+    res = registry()["qnn-noisy"].fn(True)
+    assert res.figure > 0 and res.baseline_figure > 0
+    assert res.details["max_grad_difference"] < 1e-10
