@@ -303,10 +303,10 @@ class SimulationConfig(_Model):
     qrng_epoch_base: int | None = Field(
         None, ge=0, lt=2**60,
         description=(
-            "first acquisition epoch of the clients' simulated QRNGs. None (default): a fresh random base "
-            "from the OS per testbed, so no two acquisitions ever repeat the clients' choices (a real QRNG "
-            "never repeats; repeating them would repeat raw keys). An integer makes the choices "
-            "reproducible for tests and benchmarks: never distil keys from two runs with the same value."
+            "first acquisition epoch of the simulated testbed (public: it names acquisitions). None (default): "
+            "a fresh random base from the OS per testbed. Seeded clients' choices are a function of (seed, "
+            "epoch): an integer makes them reproducible for tests and benchmarks (never distil keys from two "
+            "runs with the same value). CSPRNG clients draw a fresh key per acquisition whatever the epoch."
         ),
     )
     block_duration_s: float = Field(0.01, gt=0, description="simulated time per streamed block [s]")

@@ -385,7 +385,8 @@ def private_log_path(data_dir: str | Path, client: str, acquisition_id: str) -> 
 
 def save_private_log(log: CsprngChoiceLog, data_dir: str | Path, acquisition_id: str) -> Path:
     """Write a CSPRNG client's log (its 32-byte key + parameters, the compact equivalent of every
-    choice) into its own folder, mode 0600 (folders 0700). Refuses to overwrite."""
+    choice) into its own folder, mode 0600 (folders 0700). Refuses to overwrite another log
+    (:class:`FileExistsError`); the same log again (e.g. re-recording a replay) is a no-op."""
     path = private_log_path(data_dir, log.client, acquisition_id)
     for d in (path.parent.parent.parent, path.parent.parent, path.parent):
         d.mkdir(mode=0o700, exist_ok=True, parents=True)
@@ -393,6 +394,11 @@ def save_private_log(log: CsprngChoiceLog, data_dir: str | Path, acquisition_id:
                        "acquisition_id": acquisition_id, "randomness": log.randomness,
                        "generator": log.generator, "key_hex": log.key.hex(),
                        "intensity_probs": list(log.intensity_probs), "basis_x_prob": log.basis_x_prob})
+    if path.exists():
+        if path.read_text() == body:
+            return path
+        raise FileExistsError(f"{path}: client {log.client} already holds a different choice log for acquisition "
+                              f"{acquisition_id}; expected a new acquisition id (never reuse one)")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(body)

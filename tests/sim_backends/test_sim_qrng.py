@@ -133,7 +133,10 @@ def test_csprng_frequencies_fresh_keys_and_private_file(tmp_path):
     back = load_private_log(tmp_path, "C1", "st/abc/epoch-5")
     s = np.arange(0, 10_000, 3, dtype=np.int64)
     np.testing.assert_array_equal(back.choices(s).phase_idx, a.choices(s).phase_idx)
-    with pytest.raises(FileExistsError):
+    assert save_private_log(a, tmp_path, "st/abc/epoch-5") == p  # the same log again: no-op
+    with pytest.raises(FileExistsError, match="different choice log"):
         save_private_log(b, tmp_path, "st/abc/epoch-5")
+    np.testing.assert_array_equal(load_private_log(tmp_path, "C1", "st/abc/epoch-5").choices(s).phase_idx,
+                                  a.choices(s).phase_idx)
     with pytest.raises(PrivateLogMissing, match="client C2's private choice log for acquisition st/abc/epoch-5 not found"):
         load_private_log(tmp_path, "C2", "st/abc/epoch-5")
