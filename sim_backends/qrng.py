@@ -168,9 +168,14 @@ def choices_reference(seed: int, epoch: int, probs: list[float], basis_x_prob: f
 def _codes_kernel(key: np.uint64, thr: np.ndarray, thr_x: np.uint64, s0: np.int64, out: np.ndarray) -> None:
     """Drive codes ``k·4 + a`` of the seeded generator for slots s0 … s0 + len(out) − 1."""
     n_k = thr.shape[0]
-    for n in range(out.shape[0]):
-        k, a = client_choice(key, thr, n_k, thr_x, s0 + n)
-        out[n] = k * 4 + a
+    for n in range(out.shape[0]):  # client_choice, branch-free (same output)
+        h = mix64(key + np.uint64(s0 + n) * _G)
+        hi = h >> _U32
+        k = 0
+        for m in range(n_k - 1):
+            k += hi >= thr[m]
+        basis = np.int64(((h >> _U1) & _MASK31) >= thr_x)
+        out[n] = k * 4 + basis + 2 * np.int64(h & _U1)
 
 
 @dataclass(frozen=True)

@@ -140,3 +140,16 @@ def test_csprng_frequencies_fresh_keys_and_private_file(tmp_path):
                                   a.choices(s).phase_idx)
     with pytest.raises(PrivateLogMissing, match="client C2's private choice log for acquisition st/abc/epoch-5 not found"):
         load_private_log(tmp_path, "C2", "st/abc/epoch-5")
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**63), epoch=st.integers(0, 2**40), s0=st.integers(0, 2**50), n=st.integers(1, 500),
+       probs=st.sampled_from([[1.0], [0.8, 0.1, 0.1], [0.0, 0.3, 0.7]]), px=st.floats(0.01, 0.99))
+def test_seeded_drive_pattern_matches_reference(seed, epoch, s0, n, probs, px):
+    """The seeded client's drive pattern (what the physics reads) is its generator's choices."""
+    from labqfl.sim_backends.qrng import ClientQRNGLog
+
+    out = np.empty(n, dtype=np.uint8)
+    ClientQRNGLog("C1", seed, epoch, tuple(probs), px).fill_codes(s0, out)
+    k, a = choices_reference(seed, epoch, probs, px, np.arange(s0, s0 + n, dtype=np.int64))
+    np.testing.assert_array_equal(out, k * 4 + a)
