@@ -36,13 +36,15 @@ from typing import Any
 from labqfl.config import StationConfig
 from labqfl.errors import ConfigError
 
-#: Sifted bits per second through reconciliation + verification + privacy amplification (Cascade,
-#: one process on this 2-core machine), from the N = 4 run of docs/scaling.md.
-DISTILL_SIFTED_BITS_PER_S = 2.0e6
-#: Seconds of local training + masking per client and round, per task (one epoch of the client's
-#: shard at the task's default batch size, this machine; docs/scaling.md).
+#: Sifted bits per second through the whole post-processing (slotting, two-party sifting,
+#: reconciliation, verification, estimation, amplification, delivery; Cascade), measured on this
+#: 2-core machine while other jobs shared it: the N = 4 run of docs/scaling.md (2.5e6 sifted bits,
+#: 27 CPU s in those stages).
+DISTILL_SIFTED_BITS_PER_S = 1.0e5
+#: Seconds of local training + masking per client and round, per task (`labqfl train --clients 4
+#: --rounds 2`, the second round, this machine shared with other jobs; docs/scaling.md).
 TRAIN_S_PER_CLIENT_ROUND: dict[str, float] = {
-    "mnist-qnn": 1.0, "ntangled": 0.5, "magic": 0.5, "mnist-lenet5": 2.0,
+    "mnist-qnn": 0.46, "ntangled": 0.52, "magic": 0.17, "mnist-lenet5": 13.9,
 }
 #: A pair needing more than this many times the median pair's acquisition time is starving.
 STARVATION_FACTOR = 2.0
@@ -163,7 +165,12 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
             on = name in sched.names
             share = sched.share(name) if on else 0.0
             bp = block.pairs.get(name) if on else None
-            kps = bp.expected_key_bits / bp.block_slots if bp is not None and bp.block_slots > 0 else 0.0
+            kps = 0.0
+            if bp is not None and bp.block_slots > 0:
+                kps = bp.expected_key_bits / bp.block_slots
+            elif bp is not None and math.isfinite(bp.rule_slots) and bp.rule_slots > 0:
+                # the rule has no common block size (some pair makes no key): this pair at its own rule size
+                kps = bp.expected_key_bits_at_rule / bp.rule_slots
             rate = kps * rep * share
             out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
                                  key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
@@ -173,13 +180,14 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     block = plan_blocks(cfg, duration_s, params=params)
     pairs = per_pair(block)
     acq_round = max(p.acquisition_s_per_round for p in pairs.values())
-    if duration_s is None and math.isfinite(acq_round):  # the rule's block size for the duration predicted
+    if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
         d = max(acq_round * rounds, block.first_key_s)
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = per_pair(block)
             acq_round = max(p.acquisition_s_per_round for p in pairs.values())
-    acq_total = max(acq_round * rounds, block.first_key_s) if math.isfinite(acq_round) else math.inf
+    first = block.first_key_s if math.isfinite(block.first_key_s) else 0.0
+    acq_total = max(acq_round * rounds, first) if math.isfinite(acq_round) else math.inf
     finite = sorted(p.acquisition_s_per_round for p in pairs.values() if math.isfinite(p.acquisition_s_per_round))
     median = statistics.median(finite) if finite else math.inf
     for p in pairs.values():
@@ -278,12 +286,13 @@ FIBRE_LOSS_DB_PER_KM = 0.2  # ITU-T G.652 / Corning SMF-28 at 1550 nm: ≤ 0.18�
 def balance_frames(rates: list[float], resolution: int = 8, max_frames: int = 512) -> list[int]:
     """Frames per cycle w_p ∝ 1/r_p, so that the key rates share_p · r_p are equal: the fastest pair
     gets ``resolution`` frames (the rounding error of a weight is ≤ 1/(2·resolution)), every
-    weight is capped at ``max_frames``; a pair with no key (r_p ≤ 0) gets the cap."""
+    weight is capped at ``max_frames``. A pair with no key in the model (r_p ≤ 0) gets one frame:
+    more time would not give it key, and it stays scheduled so that its data can be measured."""
     pos = [r for r in rates if r > 0]
     if not pos:
         return [1] * len(rates)
     top = max(pos)
-    return [min(max_frames, max(1, round(resolution * top / r))) if r > 0 else max_frames for r in rates]
+    return [min(max_frames, max(1, round(resolution * top / r))) if r > 0 else 1 for r in rates]
 
 
 def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k: int = 0,
@@ -298,7 +307,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     (:func:`labqfl.fl.masks.mask_graph`), with weights from the key-rate model so the key rates
     balance: w_p ∝ 1/R_p with R_p = :func:`labqfl.qkd.keyrate.ideal_decoy_asymptotic_rate` (key
     bits per slot of the pair; the finite-block model costs ~0.5 s per pair, too slow for the
-    2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`), capped at ``max_frames``.
+    2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`), capped at ``max_frames``; a pair
+    without key gets one frame.
     Returns the config and a summary (loss and rate ranges, pairs without key).
     """
     import tomllib
