@@ -64,6 +64,7 @@ __all__ = [
     "HALF",
     "CascadeAlice",
     "CascadeBob",
+    "CascadeInconsistencyError",
     "CascadeSchedule",
     "ReconciliationInputError",
     "ReconciliationResult",
@@ -95,6 +96,10 @@ FRAME_EXTRA_HALVES = 12
 
 class ReconciliationInputError(LabqflError, ValueError):
     """Bad input to a reconciliation function (dtype, values, lengths or QBER)."""
+
+
+class CascadeInconsistencyError(MessageError):
+    """Alice's parities contradict each other (a tampered or desynchronised channel): Bob stops."""
 
 
 def binary_entropy(p: float) -> float:
@@ -588,7 +593,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                    waitl: np.ndarray, onstk: np.ndarray, inwait: np.ndarray,
                    found: np.ndarray, fval: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray, logcap: int, out_q: np.ndarray,
                    out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
-                   deferred: np.ndarray, counters: np.ndarray) -> int:
+                   deferred: np.ndarray, counters: np.ndarray, flipped: np.ndarray) -> int:
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
@@ -602,6 +607,14 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     if the block became even), an odd block without a search gets one; repeat until every search
     waits for Alice.  (4) Emit one query (pass, block, lo, mid) per waiting search; return how many.
     ``counters[0]`` accumulates the number of flipped bits.
+
+    ``flipped`` (packed, one bit per key index) marks the bits flipped so far.  With Alice's true
+    parities every bit a search reaches is an error (the search keeps the invariant above), so a
+    flip corrects it and no honest run flips a bit twice; a second flip of the same bit proves
+    that some parity of Alice's contradicts the others (tampered or desynchronised).  The kernel
+    then stops and returns −1 with the bit in ``counters[2]`` — without this check such a bit is
+    flipped back and forth between two passes forever.  It also bounds the work: at most n flips,
+    and between flips every search only descends.
     """
     sp = 0
     for t in range(counters[1]):  # searches deferred last round (a lower pass had priority)
@@ -671,6 +684,11 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
             i = found[t]
             if y[i] == fval[t]:
                 continue  # already fixed by a concurrent search in another pass
+            fbit = np.uint64(1) << np.uint64(i & 63)
+            if flipped[i >> 6] & fbit:
+                counters[2] = i
+                return -1
+            flipped[i >> 6] |= fbit
             y[i] ^= 1
             ypk[i >> 6] ^= np.uint64(1) << np.uint64(i & 63)
             counters[0] += 1
@@ -885,7 +903,8 @@ class CascadeBob:
         qidx = np.zeros(ntop, np.int64)
         deferred = np.zeros(ntop, np.int64)
         out = [np.zeros(ntop, np.int64) for _ in range(4)]
-        counters = np.zeros(2, np.int64)
+        counters = np.zeros(3, np.int64)
+        flipped = np.zeros((n + 63) // 64, np.uint64)
         est = n * binary_entropy(min(self.qber, 0.49)) * 1.3 + 64 * len(sched)
         logcap = max(10, math.ceil(math.log2(4.0 * est)))
         hkeys = np.full(1 << logcap, -1, np.int64)
@@ -927,8 +946,13 @@ class CascadeBob:
                                     P.c, P.ainv, P.masks, P.cum, P.top_off, fpass, bsize, alice_top,
                                     bob_top, st, slo, shi, sh, work, waitl, onstk, inwait, found,
                                     fval, hkeys, hvals, logcap, out[0], out[1], out[2], out[3],
-                                    deferred, counters)
+                                    deferred, counters, flipped)
                 init = no_init
+                if nq < 0:
+                    raise CascadeInconsistencyError(
+                        f"cascade: inconsistent parities from Alice (tampered or desynchronised): key bit "
+                        f"{int(counters[2])} would be flipped a second time in pass {p} (honest parities flip "
+                        f"each bit at most once); reconciliation stopped after {rounds} parity rounds")
                 if nq == 0:
                     break
                 rep = channel.request(Message("cascade/parity", {
