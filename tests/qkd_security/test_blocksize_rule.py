@@ -128,7 +128,8 @@ def test_acquire_then_distill_with_defaults_yields_key_on_every_pair(tmp_path) -
     need = plan_blocks(load_station_config()).needed_duration_s
     assert need < 60.0
     rec = tmp_path / "rec.h5"
-    r = runner.invoke(app, ["acquire", "--duration", f"{3 * need:.3f}", "--out", str(rec), "--json"])
+    r = runner.invoke(app, ["acquire", "--duration", f"{3 * need:.3f}", "--out", str(rec), "--json",
+                            "--data-dir", str(tmp_path / "keys")])  # the clients' private choice logs
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["distill", str(rec), "--data-dir", str(tmp_path / "keys"), "--out", str(tmp_path / "runs"),
                             "--json"])
@@ -138,7 +139,8 @@ def test_acquire_then_distill_with_defaults_yields_key_on_every_pair(tmp_path) -
     for name, p in pairs.items():
         assert p["final_key_bits"] > 0 and p["aborted_blocks"] == 0, (name, p["abort_reasons"])
     short = tmp_path / "short.h5"
-    r = runner.invoke(app, ["acquire", "--duration", f"{need / 3:.3f}", "--out", str(short), "--json"])
+    r = runner.invoke(app, ["acquire", "--duration", f"{need / 3:.3f}", "--out", str(short), "--json",
+                            "--data-dir", str(tmp_path / "keys")])
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["distill", str(short), "--data-dir", str(tmp_path / "keys2"), "--out", str(tmp_path / "runs")])
     assert r.exit_code != 0
