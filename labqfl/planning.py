@@ -117,6 +117,30 @@ def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
     return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
 
 
+def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], block: Any, bp: Any, n_slots: float,
+                     params: Any) -> float:
+    """Key bits per slot of a pair with ``n_slots`` slots in the acquisition, cut as the pipeline
+    cuts them: full blocks of the rule's ``block_slots`` and a final rest that is distilled only if
+    it holds ``min_block_bits`` sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`). A
+    weighted schedule gives pairs more or fewer slots than the rule's equal-share ``block_slots``."""
+    from labqfl.qkd.channel_model import pair_channel
+    from labqfl.qkd.keyrate import predict_pair
+
+    B = float(bp.block_slots)
+    full = math.floor(n_slots / B + 1e-9)
+    rest = n_slots - full * B
+    if rest <= 1e-6 * B + 2:  # the rule's own cut: whole blocks
+        rest = 0.0
+    elif B - rest <= 1e-6 * B + 2:
+        full, rest = full + 1, 0.0
+    key = full * bp.expected_key_bits
+    if rest >= 1000 and rest * bp.sifted_per_slot >= block.min_block_bits:
+        pred = predict_pair(pair_channel(cfg, *pair), rest, 1, float(cfg.laser.rep_rate_hz), params,
+                            with_asymptotic=False)
+        key += max(pred.report.key_length_bits, 0)
+    return key / n_slots if n_slots > 0 else 0.0
+
+
 def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
               self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
               eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
@@ -168,6 +192,8 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
             kps = 0.0
             if bp is not None and bp.block_slots > 0:
                 kps = bp.expected_key_bits / bp.block_slots
+                if block.duration_s is not None and share > 0:
+                    kps = _cut_into_blocks(cfg, (a, b), block, bp, block.duration_s * rep * share, params)
             elif bp is not None and math.isfinite(bp.rule_slots) and bp.rule_slots > 0:
                 # the rule has no common block size (some pair makes no key): this pair at its own rule size
                 kps = bp.expected_key_bits_at_rule / bp.rule_slots

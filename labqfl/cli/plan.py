@@ -28,8 +28,10 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                    f"{len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
     t = Table("pair", "share", "loss [dB]", "key rate [bit/s]", "need/round [bit]", "acquisition/round [s]",
               "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
-    for name in list(dict.fromkeys(plan.limiting_pairs + list(plan.pairs)))[:max_rows]:
-        p = plan.pairs[name]
+    slowest = sorted(plan.pairs.values(), key=lambda p: (math.isfinite(p.acquisition_s_per_round),
+                                                          -p.acquisition_s_per_round, p.pair))
+    for p in slowest[:max_rows]:
+        name = p.pair
         t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
                   _s(p.acquisition_s_per_round), Text("yes", style="red") if p.starving else "")
     con.print(t)
