@@ -265,8 +265,14 @@ class TranscriptAuthenticator:
                 f"messages={self._messages}, checks={self.checks})")
 
     def absorb(self, direction: int, payload: bytes) -> None:
-        """Add one message (``direction`` 0: sent by Ci, 1: sent by Cj) to the transcript."""
-        frame = bytes([direction & 1]) + len(payload).to_bytes(8, "little") + bytes(payload)
+        """Add one message (``direction`` 0: sent by Ci, 1: sent by Cj) to the transcript, or
+        (``direction`` 2) a *local entry*: data each end received from a third party (the
+        detector's announcements) and absorbs without sending it, so the final tags match only
+        if both ends received the same. Local entries count in the transcript's length like
+        messages (:attr:`final_words`, hence in the forgery bound)."""
+        if direction not in (0, 1, 2):
+            raise QKDInputError(f"transcript direction must be 0 (Ci), 1 (Cj) or 2 (local entry), got {direction!r}")
+        frame = bytes([direction]) + len(payload).to_bytes(8, "little") + bytes(payload)
         frame += b"\0" * ((-len(frame)) % 8)
         words = np.frombuffer(frame, dtype="<u8").astype(np.uint64)
         for lane, T in enumerate(self._wc._session()):

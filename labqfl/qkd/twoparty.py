@@ -16,7 +16,8 @@ per chunk of announced slots ``[lo, hi)`` (skipped for a chunk without announcem
 
 1. ``ann/confirm`` — SHA-256 digest, count and slot range of the detector's announcements as Ci
    received them, and the number of the pair's measured slots; Cj compares with what it
-   received (the untrusted detector must tell both clients the same) → ``ann/ok``;
+   received → ``ann/ok``. This is only a fast early refusal: that the untrusted detector told
+   both clients the same is guaranteed by the transcript tags (local entries, below);
 2. ``sift/flags`` — Ci's public flag per announced slot (signal intensity ∧ basis X), packed; Cj
    answers with its own flags; both take the key slots as the slots flagged by both
    (:func:`~labqfl.qkd.sifting.key_flags`) and each keeps its own raw key bits;
@@ -51,7 +52,11 @@ Authentication (:class:`TranscriptEnd`): every message of 1–8, both ways, is a
 end's :class:`~labqfl.qkd.authentication.TranscriptAuthenticator` (Wegman–Carter polynomial hash
 over GF(2^64), key from the pair's ``auth`` pool); the tags of 9 cover the whole block, so one
 flipped bit anywhere makes the block refused at both ends (delayed authentication: Fung, Ma &
-Chau, PRA 81, 012318 (2010); Kiktenko et al., arXiv:1903.10237). The messages of 9 and 10 carry
+Chau, PRA 81, 012318 (2010); Kiktenko et al., arXiv:1903.10237). Each end also absorbs the
+detector's announcements as it received them (:func:`announcement_entry`) as *local* entries,
+never sent, after the block's last message: the tags then match only if the detector told both
+clients the same — information-theoretically, at no traffic cost, with the entries counted in the
+transcript length of the forgery bound. The messages of 9 and 10 carry
 the tags and are not absorbed. ``block/accept`` is not tagged: a forged acceptance has the same
 effect as a dropped last message, which no protocol can exclude (the two-generals problem); the
 ends' key stores are matched by block ID.
@@ -90,7 +95,7 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 log = get_logger(__name__)
 
 __all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
-           "UNABSORBED_KINDS", "REFUSED"]
+           "UNABSORBED_KINDS", "REFUSED", "announcement_entry"]
 
 #: Cj's answer to any message of a block it has refused (fields: ``reason``).
 REFUSED = "block/refused"
@@ -133,7 +138,16 @@ class TranscriptEnd:
             raise QKDInputError(f"transcript side must be 0 (Ci) or 1 (Cj), got {side!r}")
         self.auth, self.side = auth, side
         self._held: list[tuple[int, bytes]] = []
+        self._local: list[bytes] = []
         self._started = False
+
+    def local(self, payload: bytes) -> None:
+        """A never-sent entry of the block's transcript (the detector's announcements as this end
+        received them, :func:`announcement_entry`). Both ends absorb their local entries, in the
+        order received, after the block's last absorbed message and before the tags, so the tags
+        match only if the detector told both clients the same (information-theoretically, like
+        every message)."""
+        self._local.append(bytes(payload))
 
     def tag(self, payload: bytes) -> bytes:
         self._absorb(self.side, payload)
@@ -163,13 +177,18 @@ class TranscriptEnd:
     def reset(self) -> None:
         """Forget the current transcript (no pad is spent)."""
         self._held = []
+        self._local = []
         if self.auth.messages:
             self.auth.close()
         self._started = False
 
     def close(self) -> None:
-        """End of the block's messages: freeze the transcript for the tag exchange."""
+        """End of the block's messages: absorb the local entries, freeze the transcript for the
+        tag exchange."""
         self.start()
+        local, self._local = self._local, []
+        for p in local:
+            self.auth.absorb(2, p)
         self.auth.close()
         self._started = False
 
@@ -209,6 +228,16 @@ class BlockOutcome:
 
 class _Refused(LabqflError):
     """This end refuses the current block (the message is the reason)."""
+
+
+def announcement_entry(ann: Announcements, lo: int, hi: int, n_slots: int) -> bytes:
+    """The transcript's local entry for the detector's announcements of slots ``[lo, hi)`` as one
+    end received them: slot range, measured slots, count, slot indices (int64) and outcomes (uint8),
+    little-endian. Injective for a given chunk layout (fixed-size header, lengths from the count)."""
+    slots = np.ascontiguousarray(ann.slots, dtype="<i8")
+    outcomes = np.ascontiguousarray(ann.outcomes, dtype=np.uint8)
+    head = np.array([lo, hi, n_slots, slots.size, outcomes.size], dtype="<i8").tobytes()
+    return b"ann/" + head + slots.tobytes() + outcomes.tobytes()
 
 
 def _alice(engine: str, bits: np.ndarray) -> Any:
@@ -359,6 +388,8 @@ class PairEndI(_PairEnd):
         received them; ``n_slots``: the pair's measured slots there) with Cj over ``ch``."""
         b = self._blk
         n = int(ann.slots.size)
+        if n:
+            self.tx.local(announcement_entry(ann, lo, hi, n_slots))
         if n == 0 or b.refused:
             c = self._empty_counts(n_slots)
             self._add_counts(c)
@@ -527,7 +558,7 @@ class PairEndI(_PairEnd):
         try:
             self.auth.check_final(rep.get("tag"))
         except AuthenticationError as e:
-            out.reason = str(e)
+            out.reason = str(e) + (f" (before that, Ci refused: {out.reason})" if out.reason else "")
         ok = not out.reason
         rep = ch.request(Message("block/accept", {"ok": int(ok), "reason": out.reason}))
         if ok and not (rep.kind == "block/accepted" and rep.get("ok")):
@@ -610,6 +641,7 @@ class PairEndJ(_PairEnd):
                 c = self._empty_counts(n_slots)
                 b.counts = c if b.counts is None else b.counts + c
             else:
+                self.tx.local(announcement_entry(ann, lo, hi, n_slots))
                 b.pending[int(lo)] = (ann, int(hi), int(n_slots))
 
     # -- protocol ------------------------------------------------------------------------------
@@ -794,7 +826,8 @@ class PairEndJ(_PairEnd):
         try:
             self.auth.check_final(req.get("tag"))
         except AuthenticationError as e:
-            reason = str(e)  # the transcript mismatch explains everything else
+            # the transcript mismatch explains everything else; an earlier refusal says where
+            reason = str(e) + (f" (before that, Cj refused: {b.refused})" if b.refused else "")
             self._finish(b, reason, accepted=False)
             return Message(REFUSED, {"reason": reason})
         b.confirmed = True

@@ -288,6 +288,67 @@ def test_announcements_that_differ_between_the_clients_refuse_the_block(acquisit
     _auth_in_step(d)
 
 
+def _tell_cj_one_outcome_differently(ann):
+    if ann.slots.size:
+        out = ann.outcomes.copy()
+        out[0] = 3 - out[0] if out[0] < 3 else 1
+        ann = dataclasses.replace(ann, outcomes=out)
+    return ann
+
+
+def test_announcements_that_differ_are_refused_by_the_transcript_tags_without_the_digest(acquisition, monkeypatch):
+    """The information-theoretic guarantee: each end absorbs the announcements it received into
+    its transcript, so even with the (computational) digest check disabled the tags differ."""
+    import labqfl.qkd.twoparty as twoparty
+
+    monkeypatch.setattr(twoparty, "announcement_digest", lambda ann: b"digest check disabled")
+    outcomes = []
+
+    def channel(ei, ej):
+        orig = ej.receive
+        ej.receive = lambda ann, lo, hi, n_slots: orig(_tell_cj_one_outcome_differently(ann), lo, hi, n_slots)
+        return LocalChannel(ej, ei.tx, ej.tx)
+
+    r, d, sink, _ = _distil(acquisition, on_outcome=outcomes.append, pair_channel=channel)
+    blk = r.blocks[0]
+    assert blk.abort and blk.abort_reason.startswith("transcript authentication failed")
+    assert outcomes and not outcomes[0].accepted and outcomes[0].reason.startswith("transcript authentication failed")
+    assert sink.keys == {} and r.final_key_bits == r.delivered_bits == 0
+    _auth_in_step(d)
+
+
+def test_local_entries_count_in_the_transcript_length_and_the_forgery_bound():
+    """final_words (hence ε_auth = attempts·(L/2^64)^lanes) includes the absorbed announcements."""
+    from labqfl.qkd.authentication import BitPool, TranscriptAuthenticator, forgery_probability
+    from labqfl.qkd.twoparty import TranscriptEnd, announcement_entry
+    from labqfl.qkd.types import Announcements
+
+    bits = np.random.default_rng(3).integers(0, 2, 4096, dtype=np.uint8)
+    ann = Announcements(PAIR, np.arange(0, 3000, 7, dtype=np.int64), np.ones(429, np.uint8))
+    entry = announcement_entry(ann, 0, 3000, 3000)
+    msg = encode_message(Message("ann/confirm", {"lo": 0}))
+    ends = []
+    for side, local in ((0, True), (1, True), (0, False)):
+        auth = TranscriptAuthenticator(BitPool(bits.copy()), 2)
+        tx = TranscriptEnd(auth, side)
+        tx.start()
+        (tx.tag if side == 0 else tx.verify)(msg, *(() if side == 0 else (b"",)))
+        if local:
+            tx.local(entry)
+        tx.close()
+        ends.append(auth)
+    words = lambda nbytes: -(-(9 + nbytes) // 8)  # noqa: E731  (direction byte, u64 length, payload)
+    assert ends[2].final_words == words(len(msg)) + 1
+    assert ends[0].final_words == ends[1].final_words == ends[2].final_words + words(len(entry))
+    assert len(entry) >= 8 * 429 + 429  # every slot index and outcome is in the entry
+    from labqfl.qkd.authentication import transcript_forgery_probability
+
+    assert transcript_forgery_probability(ends[0], ends[1], 2) == 2 * forgery_probability(ends[0].final_words, 2)
+    # both ends saw the same: the tags match
+    t0 = ends[0].final_tag()
+    ends[1].check_final(t0)
+
+
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("certs")
