@@ -207,7 +207,9 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     pairs = per_pair(block)
     acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
-        d = max(acq_round * rounds, block.first_key_s)
+        # every pair must fill one rule block at its own schedule share before any key exists
+        fill = max((block.block_slots / (rep * sched.share(n)) for n in graph_pairs if n in sched.names), default=0.0)
+        d = max(acq_round * rounds, block.first_key_s, fill)
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = per_pair(block)
@@ -311,14 +313,19 @@ FIBRE_LOSS_DB_PER_KM = 0.2  # ITU-T G.652 / Corning SMF-28 at 1550 nm: ≤ 0.18�
 
 def balance_frames(rates: list[float], resolution: int = 8, max_frames: int = 512) -> list[int]:
     """Frames per cycle w_p ∝ 1/r_p, so that the key rates share_p · r_p are equal: the fastest pair
-    gets ``resolution`` frames (the rounding error of a weight is ≤ 1/(2·resolution)), every
-    weight is capped at ``max_frames``. A pair with no key in the model (r_p ≤ 0) gets one frame:
-    more time would not give it key, and it stays scheduled so that its data can be measured."""
+    gets ``resolution`` frames (the rounding error of a weight is ≤ 1/(2·resolution)). A pair that
+    would need more than ``max_frames`` (a rate below resolution/max_frames of the best), or has no
+    key in the model, gets one frame: balancing it would take the others' time for little or no
+    key; it stays scheduled so that its data can be measured, and the planner reports it starving."""
     pos = [r for r in rates if r > 0]
     if not pos:
         return [1] * len(rates)
     top = max(pos)
-    return [min(max_frames, max(1, round(resolution * top / r))) if r > 0 else 1 for r in rates]
+    out = []
+    for r in rates:
+        w = round(resolution * top / r) if r > 0 else max_frames + 1
+        out.append(max(1, w) if w <= max_frames else 1)
+    return out
 
 
 def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k: int = 0,
@@ -333,8 +340,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     (:func:`labqfl.fl.masks.mask_graph`), with weights from the key-rate model so the key rates
     balance: w_p ∝ 1/R_p with R_p = :func:`labqfl.qkd.keyrate.ideal_decoy_asymptotic_rate` (key
     bits per slot of the pair; the finite-block model costs ~0.5 s per pair, too slow for the
-    2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`), capped at ``max_frames``; a pair
-    without key gets one frame.
+    2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`); a pair that would need more than
+    ``max_frames``, or has no key, gets one frame.
     Returns the config and a summary (loss and rate ranges, pairs without key).
     """
     import tomllib
@@ -385,7 +392,9 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
             "rate_per_slot_min": min(rates), "rate_per_slot_max": max(rates),
             "balanced_per_pulse_min": min(pos), "balanced_per_pulse_max": max(pos),
             "equal_per_pulse_min": min(eq), "equal_per_pulse_max": max(eq),
-            "no_key_pairs": [f"{a}-{b}" for (a, b), r in zip(pairs, rates, strict=True) if r <= 0]}
+            "no_key_pairs": [f"{a}-{b}" for (a, b), r in zip(pairs, rates, strict=True) if r <= 0],
+            "unbalanced_pairs": [f"{a}-{b}" for (a, b), r, w in zip(pairs, rates, frames, strict=True)
+                                 if r > 0 and w == 1 and r < max(rates)]}
     return cfg, info
 
 

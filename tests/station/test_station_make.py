@@ -56,7 +56,7 @@ def test_weights_balance_the_model_key_rates():
 
 def test_balance_frames_inverse_to_rate_and_capped():
     assert balance_frames([2.0, 1.0, 0.5]) == [8, 16, 32]
-    assert balance_frames([1.0, 0.0, 1e-9], max_frames=100) == [8, 1, 100]
+    assert balance_frames([1.0, 0.0, 1e-9, 0.1], max_frames=100) == [8, 1, 1, 80]
 
 
 def test_weighted_schedule_counts_and_ends_exact():
