@@ -220,6 +220,8 @@ class PairResult:
 
     pair: str
     n_slots: int = 0
+    #: slots dropped by slotting (lost tagger data, unmarked frames): counted in ``n_slots`` as
+    #: sent without a click (docs/protocol.md §5.1); reported for the lab
     dropped_slots: int = 0
     block_slots: int = 0
     sifted_bits: int = 0
@@ -644,9 +646,10 @@ class Distiller:
         name = st.pair
         a, b = np.searchsorted(ann.slots, [lo, hi])
         part = ann if (a, b) == (0, ann.slots.size) else Announcements(name, ann.slots[a:b], ann.outcomes[a:b])
-        # slots dropped by slotting (lost tagger data, unmarked frames) were never measured: not counted
+        # slots dropped by slotting (lost tagger data, unmarked frames) were sent: they count in N as
+        # sent without a click (docs/protocol.md §5.1), so N stays the block's fixed slot count
         dropped = self.slotter.dropped_slots_of_pair(self.schedule, name, lo, hi)
-        n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo) - dropped
+        n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo)
         st.result.dropped_slots += dropped
         ts = time.perf_counter()
         st.end_j.receive(part, lo, hi, n_slots)

@@ -48,8 +48,8 @@ A frame is therefore final only once the marker after the next one is in.
 Lost data. ``TagBlock.lost_intervals_ps`` (overflow, missed events, error records of the tagger)
 drop every slot whose detection window, shifted by either detector's delay, overlaps a lost
 interval (``dropped_slots_lost_data``). Dropped slots are never announced, and
-:meth:`Slotter.dropped_slots_of_pair` gives their count per pair so that sifting leaves them out of
-the pair's slot count.
+:meth:`Slotter.dropped_slots_of_pair` gives their count per pair (reported; they stay in the
+pair's slot count N as sent without a click, docs/protocol.md §5.1).
 
 Blocks. :class:`Slotter` carries the last anchors, the tags still waiting for a sync and the slots
 that a later block could still complete, so the output does not depend on how the stream was cut
@@ -469,8 +469,8 @@ class Slotter:
 
     def dropped_slots_of_pair(self, schedule: PairSchedule, pair: str, lo: int, hi: int) -> int:
         """How many of the pair's slots in ``[lo, hi)`` were dropped (exact; ``hi`` <= :attr:`final_slots`
-        for a final answer). Sifting subtracts them from the pair's slot count: they were sent but
-        never measured."""
+        for a final answer). Reported per pair; they stay in the pair's slot count N as sent without
+        a click (docs/protocol.md §5.1)."""
         r = self._dropped.ranges
         n = 0
         for s0, s1 in r[(r[:, 1] > lo) & (r[:, 0] < hi)].tolist():

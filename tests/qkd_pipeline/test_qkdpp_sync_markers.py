@@ -289,27 +289,50 @@ def test_simulated_tagger_emits_markers_and_marker_slotting_matches_sync_slottin
     assert s_s.stats.other_tags == 25  # the sync slotter ignores the markers
 
 
-def test_full_chain_with_markers_and_a_lost_interval_gives_identical_keys_and_counts_the_drop() -> None:
+def _lost_interval_run(settings):  # type: ignore[no-untyped-def]
+    """The marker station for 0.05 s (5·10^6 slots) with 20 µs of tagger data lost in the fourth
+    stream block (slots ≈ 1.5–2·10^6), distilled with ``settings``."""
     from labqfl.sim_backends import SagnacTestbed
 
-    from labqfl.qkd.pipeline import DistillSettings, MemorySink, distill_stream
+    from labqfl.qkd.pipeline import MemorySink, distill_stream
 
     cfg = _marker_station()
     tb = SagnacTestbed(cfg)
     blocks = list(tb.stream(0.05, 0.005))
     logs = {c: tb.client_log(c) for c in cfg.client_names}
-    # the tagger lost 20 µs of data in the fourth block: its tags are gone, the interval is reported
     b = blocks[3]
     lo, hi = int(b.timestamps[0]) + 1_000_000, int(b.timestamps[0]) + 21_000_000
     keep = (b.timestamps < lo) | (b.timestamps > hi)
     blocks[3] = TagBlock(b.timestamps[keep], b.channels[keep], True, np.array([[lo, hi]], np.int64))
     sink = MemorySink()
-    res, d = distill_stream(cfg, blocks, logs, sink, DistillSettings(block_bits=200_000), total_slots=5_000_000)
-    r = res["C1-C2"]
+    res, d = distill_stream(cfg, blocks, logs, sink, settings, total_slots=5_000_000)
+    return res["C1-C2"], d, sink
+
+
+def test_a_block_with_lost_data_keeps_its_fixed_slot_count() -> None:
+    """Dropped slots count as sent without a click (docs/protocol.md §5.1): the drop is decided on
+    the untrusted side, so N must not depend on it."""
+    from labqfl.qkd.pipeline import DistillSettings
+
+    r, d, _ = _lost_interval_run(DistillSettings(block_slots=2_500_000))
+    assert 2000 <= r.dropped_slots <= 2004 and r.n_slots == 5_000_000 and r.block_slots == 2_500_000
+    hit = [blk for blk in r.blocks if d.slotter.dropped.count(blk.slot_start, blk.slot_end) > 0]
+    assert [(blk.slot_start, blk.slot_end) for blk in r.blocks] == [(0, 2_500_000), (2_500_000, 5_000_000)]
+    assert len(hit) == 1 and hit[0].slot_start == 0
+    assert hit[0].n_slots == r.block_slots == 2_500_000
+    assert all(blk.n_slots == 2_500_000 for blk in r.blocks)
+
+
+def test_full_chain_with_markers_and_a_lost_interval_gives_identical_keys_and_counts_the_drop() -> None:
+    from labqfl.qkd.pipeline import DistillSettings
+
+    r, d, sink = _lost_interval_run(DistillSettings(block_bits=200_000))
     st_ = d.slotter.stats
     assert st_.lost_intervals == 1 and 2000 <= st_.dropped_slots_lost_data <= 2002 + 2
     assert r.dropped_slots == st_.dropped_slots_lost_data  # one pair: every slot is the pair's
-    assert r.n_slots == 5_000_000 - r.dropped_slots
+    # dropped slots count as sent without a click: N stays fixed (docs/protocol.md §5.1)
+    assert r.n_slots == 5_000_000
+    assert all(blk.n_slots == blk.slot_end - blk.slot_start for blk in r.blocks)
     assert r.final_key_bits > 0 and sink.keys["C1-C2"]
     for ka, kb in sink.keys["C1-C2"]:
         np.testing.assert_array_equal(ka, kb)
