@@ -209,12 +209,15 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
         # every pair must fill one rule block at its own schedule share before any key exists
         fill = max((block.block_slots / (rep * sched.share(n)) for n in graph_pairs if n in sched.names), default=0.0)
-        d = max(acq_round * rounds, block.first_key_s, fill)
+        # ... and the rule needs its global threshold of sifted bits on every pair (needed_duration_s)
+        d = max(acq_round * rounds, block.needed_duration_s, fill)
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = per_pair(block)
             acq_round = max(p.acquisition_s_per_round for p in pairs.values())
-    first = block.first_key_s if math.isfinite(block.first_key_s) else 0.0
+    # no key before the rule's blocks are full: the run lasts at least its duration (given or chosen)
+    first = block.duration_s if block.duration_s is not None else (
+        block.first_key_s if math.isfinite(block.first_key_s) else 0.0)
     acq_total = max(acq_round * rounds, first) if math.isfinite(acq_round) else math.inf
     finite = sorted(p.acquisition_s_per_round for p in pairs.values() if math.isfinite(p.acquisition_s_per_round))
     median = statistics.median(finite) if finite else math.inf
@@ -248,7 +251,8 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         estimates={
             "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
                         "pair's schedule share of the laser's slots",
-            "acquisition": "rounds x the slowest graph pair's key need / key rate (at least the rule's first key)",
+            "acquisition": "rounds x the slowest graph pair's key need / key rate, at least the acquisition the "
+                           "block-size rule needs before any key exists (the given --duration or the one chosen)",
             "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
                        "throughput measured on this machine, docs/scaling.md)",
             "train": f"rounds x clients x {tspr:g} s per client-round for {task} (measured on this machine, "
