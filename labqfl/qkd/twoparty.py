@@ -482,7 +482,7 @@ class PairEndI(_PairEnd):
             out.reason = str(e)
             final = None
         except (LabqflError, ValueError) as e:
-            out.reason = f"tag exchange failed: {e}"
+            out.reason = f"tag exchange failed: {e}" + (f" (before that: {out.reason})" if out.reason else "")
             final = None
             self.tx.reset()
         out.times["verification"] += time.perf_counter() - t

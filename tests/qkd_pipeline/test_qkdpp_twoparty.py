@@ -425,3 +425,94 @@ def test_counts_from_the_exchanged_reveals_equal_the_counts_from_both_full_recor
         want = sift_counts(outcomes, rec_i, rec_j, 3, 3)
         for g, w in zip(got, want, strict=True):
             assert np.array_equal(g, w)
+
+
+class _KillAfter:
+    """Ci's channel to the Cj node; kills the node's process right after Cj answered ``kind``."""
+
+    def __init__(self, ch, proc, kind: str) -> None:
+        self.ch, self.proc, self.kind, self.killed = ch, proc, kind, False
+
+    def request(self, msg: Message) -> Message:
+        rep = self.ch.request(msg)
+        if msg.kind == self.kind and not self.killed:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.killed = True
+        return rep
+
+
+@pytest.mark.timeout(180)
+def test_killing_the_cj_node_mid_block_refuses_that_block_at_ci_and_keeps_earlier_keys(acquisition, certs, tmp_path):
+    """Cj's end served by a NodeServer in another process, killed after ``ec/start`` of the second
+    block: Ci's end refuses the block with a reason naming the lost node, hands out no key, and
+    the first block's key (accepted at both ends) is unchanged."""
+    import hashlib
+    import pickle
+    import subprocess
+    import sys
+
+    from labqfl.qkd.authentication import BitPool
+    from labqfl.qkd.schedule import PairSchedule
+    from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
+    from labqfl.qkd.types import Announcements
+
+    cfg, blocks, logs = acquisition
+    si, sj = ClientSetup.from_config(cfg.client("C1")), ClientSetup.from_config(cfg.client("C2"))
+    settings = ProtocolSettings(params=PARAMS)
+    auth_bits = np.random.default_rng(5).integers(0, 2, 20_000, dtype=np.uint8)
+    setup = tmp_path / "cj.pkl"
+    setup.write_bytes(pickle.dumps({"pair": PAIR, "log_j": logs["C2"], "setup_i": si, "setup_j": sj,
+                                    "settings": settings, "auth_bits": auth_bits.copy(), "seed": 7}))
+    stored_j = tmp_path / "cj-keys.txt"
+    # the detector's announcements for the pair (one pair: its slots are the acquisition's)
+    slotter, schedule = Slotter(SlottingParams.from_config(cfg)), PairSchedule.from_config(cfg)
+    evs = [slotter.push(b) for b in blocks] + [slotter.finish()]
+    parts = [announcements_by_pair(e, schedule)[PAIR] for e in evs]
+    ann = Announcements(PAIR, np.concatenate([p.slots for p in parts]), np.concatenate([p.outcomes for p in parts]))
+    total = int(DUR * cfg.laser.rep_rate_hz)
+    assert schedule.slots_of_pair(PAIR, total) == total
+    ranges = [(0, 9 * total // 10), (9 * total // 10, total)]
+
+    here = Path(__file__).parent
+    proc = subprocess.Popen([sys.executable, str(here / "cj_node_process.py"), str(setup), str(certs), str(stored_j)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, f"the Cj node did not start (exit code {proc.poll()})"
+        creds = NodeCredentials.load(certs, "C1")
+        ei = PairEndI(PAIR, logs["C1"], si, sj, settings, BitPool(auth_bits.copy()))
+        announce = NodeChannel(address, creds, "C2", "test/announce")
+        pair_ch = NodeChannel(address, creds, "C2", "qkd/pair", fields={"pair": PAIR}, authenticator=ei.tx)
+        ch = _KillAfter(pair_ch, proc, "__never__")
+        keys_i: dict[str, np.ndarray] = {}
+        outcomes = []
+        for k, (lo, hi) in enumerate(ranges):
+            if k == 1:
+                ch.kind = "ec/start"
+            a, b = np.searchsorted(ann.slots, [lo, hi])
+            part = Announcements(PAIR, ann.slots[a:b], ann.outcomes[a:b])
+            announce.request(Message("ann", {"lo": lo, "hi": hi, "n_slots": hi - lo, "slots": part.slots,
+                                             "outcomes": part.outcomes}))
+            ei.sift_chunk(ch, part, lo, hi, hi - lo)
+            out = ei.run_block(ch, f"block-{k}", lo, hi)
+            outcomes.append(out)
+            if out.accepted:  # what Ci's key store would take
+                keys_i[out.block_id] = out.final.copy()
+        announce.abort()
+        pair_ch.abort()
+        assert ch.killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+    first, second = outcomes
+    assert first.accepted and first.final is not None and first.final.size > 0
+    assert not second.accepted and second.final is None
+    assert "node C2" in second.reason and ("unreachable" in second.reason or "ended session" in second.reason
+                                           or "without replying" in second.reason), second.reason
+    assert "\n" not in second.reason
+    assert list(keys_i) == ["block-0"]
+    # the first block's key is intact at Ci and is the one Cj stored
+    line = stored_j.read_text().split()
+    assert line == ["block-0", hashlib.sha256(keys_i["block-0"].tobytes()).hexdigest()]
