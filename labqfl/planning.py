@@ -94,6 +94,9 @@ class Plan:
     total_wall_s: float
     limiting_pairs: list[str]
     starving_pairs: list[str]
+    #: with a given --duration: rounds whose key that acquisition holds on every graph pair (training
+    #: stalls after them); None when the plan chose the duration
+    rounds_sustained: int | None = None
     estimates: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -239,6 +242,10 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
             per_slot = float(expected_counts(pair_channel(cfg, a, b), 1.0).clicks[k0, k0, b0, b0])
             sifted += per_slot * acq_total * rep * sched.share(name)
     distill_s = sifted / distill_bps if math.isfinite(acq_total) else math.inf
+    sustained = None
+    if duration_s is not None:
+        sustained = min((math.floor(p.key_rate_bps * duration_s / need + 1e-9) if need > 0 else 0
+                         for p in pairs.values()), default=0)
     tspr = TRAIN_S_PER_CLIENT_ROUND[task] if train_s_per_client_round is None else float(train_s_per_client_round)
     train_s = rounds * len(names) * tspr
     return Plan(
@@ -248,6 +255,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         pairs=pairs, acquisition_s_per_round=acq_round, acquisition_s=acq_total, distill_s=distill_s,
         train_s=train_s, total_wall_s=acq_total + distill_s + train_s,
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
+        rounds_sustained=sustained,
         estimates={
             "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
                         "pair's schedule share of the laser's slots",

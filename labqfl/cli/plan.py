@@ -38,6 +38,9 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
                    f"the run (block {plan.block_slots:.3g} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
                    f"training ≈ {_s(plan.train_s)} s; total wall ≈ {_s(plan.total_wall_s)} s"))
+    if plan.rounds_sustained is not None and plan.rounds_sustained < plan.rounds:
+        con.print(Text(f"key shortfall: the acquisition holds key for {plan.rounds_sustained} of {plan.rounds} rounds "
+                       f"on the slowest pair ({plan.limiting_pairs[0]}); training stalls after that", style="red"))
     if plan.starving_pairs:
         con.print(Text(f"starvation: {len(plan.starving_pairs)} pair(s) stall every round: "
                        + ", ".join(plan.starving_pairs[:10]), style="yellow"))

@@ -59,6 +59,8 @@ def test_key_rate_is_the_finite_key_model_times_the_share(default_plan):
     assert default_plan.acquisition_s == pytest.approx(max(3 * worst, DUR))  # no key before the run's blocks are full
     assert default_plan.limiting_pairs[0] == max(default_plan.pairs,
                                                  key=lambda n: default_plan.pairs[n].acquisition_s_per_round)
+    slowest = default_plan.pairs[default_plan.limiting_pairs[0]]
+    assert default_plan.rounds_sustained == math.floor(slowest.key_rate_bps * DUR / slowest.need_bits_per_round)
     assert default_plan.total_wall_s == pytest.approx(default_plan.acquisition_s + default_plan.distill_s
                                                       + default_plan.train_s)
 
