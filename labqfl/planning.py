@@ -17,8 +17,9 @@ Everything follows from the station file, the task's model and the secure-aggreg
 * **Distillation time** — the pipeline's post-processing throughput on this machine: sifted bits
   to correct over :data:`DISTILL_SIFTED_BITS_PER_S` (measured, docs/scaling.md; override
   ``distill_bps``).
-* **Training time** — R rounds × N clients × the task's seconds per client-round on this machine
-  (:data:`TRAIN_S_PER_CLIENT_ROUND`, measured, docs/scaling.md; override ``train_s_per_client_round``).
+* **Training time** — R rounds × the task's seconds per round on this machine (× N for the
+  quantum-data tasks, whose clients each hold their own samples; :data:`TRAIN_ROUND_COST`,
+  measured, docs/scaling.md; override ``train_s_per_round``).
 * **Starvation** — a graph pair whose acquisition time per round exceeds the median pair's by
   more than :data:`STARVATION_FACTOR`, or that makes no key at all (or is not scheduled), stalls
   every round: training waits for its key (``labqfl train --keys qkd`` waits or fails there).
@@ -41,10 +42,14 @@ from labqfl.errors import ConfigError
 #: 2-core machine while other jobs shared it: the N = 4 run of docs/scaling.md (2.5e6 sifted bits,
 #: 27 CPU s in those stages).
 DISTILL_SIFTED_BITS_PER_S = 1.0e5
-#: Seconds of local training + masking per client and round, per task (`labqfl train --clients 4
-#: --rounds 2`, the second round, this machine shared with other jobs; docs/scaling.md).
-TRAIN_S_PER_CLIENT_ROUND: dict[str, float] = {
-    "mnist-qnn": 0.46, "ntangled": 0.52, "magic": 0.17, "mnist-lenet5": 13.9,
+#: Seconds of one training round (local training + masking + aggregation), measured on this
+#: machine shared with other jobs (`labqfl train --clients 4 --rounds 2`, second round;
+#: docs/scaling.md), as (seconds, per_client): the MNIST tasks split the whole training set among
+#: the clients, so a round costs the same at any N (per_client False: seconds per round); the
+#: quantum-data tasks give every client its own ``samples_per_client`` states (per_client True:
+#: seconds per client and round).
+TRAIN_ROUND_COST: dict[str, tuple[float, bool]] = {
+    "mnist-qnn": (1.8, False), "mnist-lenet5": (55.7, False), "ntangled": (0.52, True), "magic": (0.17, True),
 }
 #: A pair needing more than this many times the median pair's acquisition time is starving.
 STARVATION_FACTOR = 2.0
@@ -147,7 +152,7 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], block: Any, bp: 
 def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
               self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
               eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
-              train_s_per_client_round: float | None = None) -> Plan:
+              train_s_per_round: float | None = None) -> Plan:
     """The plan of ``rounds`` rounds of ``task`` on station ``cfg`` (module docstring).
 
     ``duration_s``: the acquisition the run will make (``labqfl run --duration``); it fixes the
@@ -246,8 +251,10 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     if duration_s is not None:
         sustained = min((math.floor(p.key_rate_bps * duration_s / need + 1e-9) if need > 0 else 0
                          for p in pairs.values()), default=0)
-    tspr = TRAIN_S_PER_CLIENT_ROUND[task] if train_s_per_client_round is None else float(train_s_per_client_round)
-    train_s = rounds * len(names) * tspr
+    cost, per_client = TRAIN_ROUND_COST[task]
+    if train_s_per_round is not None:
+        cost, per_client = float(train_s_per_round), False
+    train_s = rounds * cost * (len(names) if per_client else 1)
     return Plan(
         station=cfg.name, task=task, n_params=n_params, clients=len(names), q=q, rounds=rounds,
         graph=secagg.graph, k=secagg.k, self_masks=self_masks, rep_rate_hz=rep, block_slots=block.block_slots,
@@ -263,8 +270,9 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
                            "block-size rule needs before any key exists (the given --duration or the one chosen)",
             "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
                        "throughput measured on this machine, docs/scaling.md)",
-            "train": f"rounds x clients x {tspr:g} s per client-round for {task} (measured on this machine, "
-                     "docs/scaling.md)",
+            "train": (f"rounds x clients x {cost:g} s per client and round" if per_client else
+                      f"rounds x {cost:g} s per round (the training set is split among the clients)")
+                     + f" for {task}, measured on this machine (docs/scaling.md)",
         },
     )
 
