@@ -36,6 +36,7 @@ SIGINT handler raises ``KeyboardInterrupt``). :meth:`close` restores the previou
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import signal
 import threading
@@ -399,7 +400,7 @@ class Station:
 
     def _create_simulated(self) -> dict[str, Instrument]:
         try:
-            from labqfl import sim_backends
+            sim_backends = importlib.import_module("labqfl.sim_backends")
             factory = sim_backends.create_simulated_instruments
         except (ImportError, AttributeError) as exc:
             raise StationError("simulated instruments are unavailable: labqfl.sim_backends has no "
