@@ -86,3 +86,15 @@ def machine_info() -> dict[str, Any]:
         usable = os.cpu_count() or 1
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
             "python": platform.python_version(), "platform": platform.platform()}
+
+
+def noisy_frame(n: int, qber: float, seed: int) -> tuple[Any, Any]:
+    """Reconciliation input: Alice's ``n`` random bits (uint8 0/1) and Bob's copy with exactly
+    ``round(qber·n)`` errors at random positions, from ``numpy.random.default_rng(seed)``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    y = x.copy()
+    y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
+    return x, y

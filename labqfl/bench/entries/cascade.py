@@ -16,19 +16,12 @@ from typing import Any
 import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
+from labqfl.bench import noisy_frame as _frame
 from labqfl.qkd.cascade import cascade_reference, reconcile_cascade
 
 GRID_QBERS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08)
 F_TARGET = 1.05
 
-
-def _frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Alice's bits and Bob's copy with exactly round(qber·n) errors at random positions."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 2, n, dtype=np.uint8)
-    y = x.copy()
-    y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
-    return x, y
 
 
 def _best_time(fn, repeats: int) -> tuple[float, float, Any]:  # type: ignore[no-untyped-def]

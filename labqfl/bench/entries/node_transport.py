@@ -11,14 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
-
-
-def _frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 2, n, dtype=np.uint8)
-    y = x.copy()
-    y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
-    return x, y
+from labqfl.bench import noisy_frame as _frame
 
 
 @benchmark("node-transport", "Cascade (10^6 bits, QBER 2 %) between two nodes over gRPC + mutual TLS on loopback "

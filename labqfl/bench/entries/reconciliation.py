@@ -7,16 +7,9 @@ import time
 import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
+from labqfl.bench import noisy_frame as _frame
 from labqfl.qkd.cascade import cascade_reference
 from labqfl.qkd.ldpc import plan_ldpc, reconcile_ldpc
-
-
-def _frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 2, n, dtype=np.uint8)
-    y = x.copy()
-    y[rng.choice(n, int(round(qber * n)), replace=False)] ^= 1
-    return x, y
 
 
 @benchmark("ldpc", "Blind rate-adaptive LDPC (n=16384, layered sum-product BP): efficiency and FER, QBER 1-8 %",
