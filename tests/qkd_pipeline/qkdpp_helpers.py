@@ -64,7 +64,8 @@ def small_station(intercept: bool = False) -> StationConfig:
     cfg.loop.segments_km = [0.2] * 5
     for c in cfg.clients:
         c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.intensities = [0.03, 0.1, 0.0]  # its own point: the embedded station's optimised decoy (0.44)
+        c.intensity_probs = [0.6, 0.2, 0.2]  # at 20 % would triple the light and the dead-time loss
         c.basis_x_prob = 0.7
         c.randomness = "seeded"  # reproducible test data (recordings rebuild seeded logs)
     cfg.simulation.intercept_resend.enabled = intercept
