@@ -211,3 +211,37 @@ class MessageDriver(DriverDeclaration, Instrument):
 
     def _close(self) -> None:
         self.link.close()
+
+
+class FreeRunning:
+    """Gate settings of a free-running photon detector: not gated, no gate width or delay to set.
+
+    ``free_running_name`` names the detector in the refusals (e.g. ``"the ID120"``)."""
+
+    free_running_name = "this detector"
+    config: Any
+
+    @property
+    def gated(self) -> bool:
+        return False
+
+    @gated.setter
+    def gated(self, value: bool) -> None:
+        if check_bool("gated", value):
+            raise ValueError(f"gated = True is not available: {self.free_running_name} is free-running; expected False")
+
+    @property
+    def gate_width_ns(self) -> float:
+        return float(getattr(self.config, "gate_width_ns", 0.0))
+
+    @gate_width_ns.setter
+    def gate_width_ns(self, value: float) -> None:
+        raise ValueError(f"gate_width_ns cannot be set: {self.free_running_name} is free-running (no gate)")
+
+    @property
+    def gate_delay_ps(self) -> float:
+        return float(getattr(self.config, "gate_delay_ps", 0.0))
+
+    @gate_delay_ps.setter
+    def gate_delay_ps(self, value: float) -> None:
+        raise ValueError(f"gate_delay_ps cannot be set: {self.free_running_name} is free-running (no gate)")

@@ -56,7 +56,7 @@ from labqfl.config import DetectorConfig, DriverOptions, InstrumentConfig, Stati
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 
-from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
 
 BIAS_UV = (0, 250_000_000, 80_000)
 THRESHOLD_UV = (0, 1_047_000, 500)
@@ -79,8 +79,10 @@ def _snap(value: float, lo: int, hi: int, step: int) -> int:
     return min(hi, max(lo, lo + round((value - lo) / step) * step))
 
 
-class IDQuantiqueID120(MessageDriver, PhotonDetector):
+class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
     """Free-running Si SPAD module (USB-TMC command set of the module docstring)."""
+
+    free_running_name = "the ID120"
 
     READ_TERMINATION = "\n"
     WRITE_TERMINATION = "\r\n"  # pyvisa's default, as in the source driver (it sets only the read termination)
@@ -181,31 +183,6 @@ class IDQuantiqueID120(MessageDriver, PhotonDetector):
     def dead_time_ns(self, value: float) -> None:
         v = check_range("dead_time_ns", value, DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3, "ns")
         self.link.write(f"DEADTIME:TIME {_snap(v / 1e3, *DEADTIME_US):d}")
-
-    @property
-    def gated(self) -> bool:
-        return False
-
-    @gated.setter
-    def gated(self, value: bool) -> None:
-        if check_bool("gated", value):
-            raise ValueError("gated = True is not available: the ID120 is free-running; expected False")
-
-    @property
-    def gate_width_ns(self) -> float:
-        return float(getattr(self.config, "gate_width_ns", 0.0))
-
-    @gate_width_ns.setter
-    def gate_width_ns(self, value: float) -> None:
-        raise ValueError("gate_width_ns cannot be set: the ID120 is free-running (no gate)")
-
-    @property
-    def gate_delay_ps(self) -> float:
-        return float(getattr(self.config, "gate_delay_ps", 0.0))
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        raise ValueError("gate_delay_ps cannot be set: the ID120 is free-running (no gate)")
 
     @property
     def temperature_setpoint_k(self) -> float:

@@ -58,7 +58,7 @@ from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 
-from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
 
 BIAS_UA = (0.0, 90.9)
 MAX_CHANNELS = 8
@@ -78,8 +78,10 @@ class SingleQuantumEosOptions(DriverOptions):
     bias_step_ua: float = Field(0.5, gt=0.0, le=BIAS_UA[1], description="largest bias step of a ramp [µA]")
 
 
-class SingleQuantumEos(MessageDriver, PhotonDetector):
+class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
     """One nanowire of a Single Quantum SNSPD system as a :class:`PhotonDetector` (WebSQ protocol)."""
+
+    free_running_name = "an SNSPD"
 
     READ_TERMINATION = ETB
     WRITE_TERMINATION = ""
@@ -312,31 +314,6 @@ class SingleQuantumEos(MessageDriver, PhotonDetector):
     @dead_time_ns.setter
     def dead_time_ns(self, value: float) -> None:
         self._nominal["dead_time_ns"] = check_range("dead_time_ns", value, 0.0, 1e6, "ns")
-
-    @property
-    def gated(self) -> bool:
-        return False
-
-    @gated.setter
-    def gated(self, value: bool) -> None:
-        if check_bool("gated", value):
-            raise ValueError("gated = True is not available: an SNSPD is free-running; expected False")
-
-    @property
-    def gate_width_ns(self) -> float:
-        return float(getattr(self.config, "gate_width_ns", 0.0))
-
-    @gate_width_ns.setter
-    def gate_width_ns(self, value: float) -> None:
-        raise ValueError("gate_width_ns cannot be set: an SNSPD is free-running (no gate)")
-
-    @property
-    def gate_delay_ps(self) -> float:
-        return float(getattr(self.config, "gate_delay_ps", 0.0))
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        raise ValueError("gate_delay_ps cannot be set: an SNSPD is free-running (no gate)")
 
     @property
     def temperature_k(self) -> float:
