@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,16 @@ class DPPlan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DPPlan:
+        """The plan from :meth:`as_dict` (e.g. sent by a Flower server); refuses missing or extra fields."""
+        names = {f.name for f in fields(cls)}
+        if set(d) != names:
+            raise ValueError(f"DP plan fields {sorted(set(d) ^ names)} missing or unknown")
+        ints = {"d_pad", "n_params", "n_clients", "honest", "rounds", "q"}
+        kw: dict[str, Any] = {k: int(v) if k in ints else float(v) for k, v in d.items()}
+        return cls(**kw)
 
     def privacy(self) -> dict[str, Any]:
         """The ``privacy`` block of metrics.json."""

@@ -23,6 +23,11 @@ the stage's fields):
     its shares of surviving clients' self-masks, after its :class:`~labqfl.fl.selfmask.UnmaskGuard`
     (state ``labqfl.guard``: peer → kind revealed this round) has refused any request for both
     kinds about one peer;
+  * with distributed DP (``spec.dp_epsilon`` > 0, :mod:`labqfl.fl.dp`): the mask message carries
+    the server's :class:`~labqfl.fl.dp.DPPlan` (public: γ, σ, Δ₂, d'); at ``mask`` the node
+    L2-clips, rotates, rounds and adds its own discrete Gaussian noise N_Z(0, σ²) per word
+    (:func:`~labqfl.fl.dp.dp_encode`, rounding and noise from OS-seeded generators of the node)
+    *before* any mask, and masks the d' words; every other stage works on d' words;
   * ``end``: every reservation of the round is consumed (bits overwritten in the store);
     ``abort``: the server gave the round up — reservations are consumed, or released if the
     server says no mask message was sent (then no partner ever saw the refs).
@@ -47,6 +52,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from labqfl.errors import SecureAggregationError
+from labqfl.fl.dp import DPPlan, dp_encode, noise_rng
 from labqfl.fl.flower.keys import (
     NodeKeyStore,
     ecdh_pad_words,
@@ -247,12 +253,21 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
             return res_msg
         update = as_float64(res_msg.content.array_records["update"]["update"].numpy())
         metrics = res_msg.content.metric_records.get("metrics", MetricRecord())
-        if update.size != n:
-            raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n}")
-        # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
-        rng = stochastic_rng(spec.seed, r, _cfg_int(cfg, "position"), n) if spec.rounding == "stochastic" else None
-        v, n_clipped = quantize(update, clip=spec.clip, levels=_cfg_int(cfg, "levels"), q=q,
-                                rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
+        plan = _dp_plan_of(cfg, q, n)
+        n_model = plan.n_params if plan is not None else n  # with DP an upload has d' ≥ P words
+        if update.size != n_model:
+            raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n_model}")
+        if plan is not None:
+            # 2'. distributed DP: clip, rotate, round and add this node's discrete Gaussian noise
+            # in the integer domain, before any mask (rounding and noise from the node's own
+            # OS-seeded generators; neither is seen by anyone)
+            v, was_clipped = dp_encode(update, plan, round_index=r, rng=noise_rng(), noise=noise_rng())
+            n_clipped = int(was_clipped)
+        else:
+            # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
+            rng = stochastic_rng(spec.seed, r, _cfg_int(cfg, "position"), n) if spec.rounding == "stochastic" else None
+            v, n_clipped = quantize(update, clip=spec.clip, levels=_cfg_int(cfg, "levels"), q=q,
+                                    rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
         del update
         # 3. pair words, read here and wiped before this call returns
         words: dict[str, np.ndarray] = {}
@@ -354,6 +369,22 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         _clear_selfmask_state(context)
         return _reply(msg, labqfl=ConfigRecord({"ok": True}))
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
+
+
+def _dp_plan_of(cfg: Any, q: int, n: int) -> DPPlan | None:
+    """The DP plan the server sent with the mask stage (``dp_plan``, JSON), or None without DP;
+    refuses a plan whose modulus or padded length does not match the stage's."""
+    raw = cfg.get("dp_plan", "")
+    if not raw:
+        return None
+    try:
+        plan = DPPlan.from_dict(json.loads(str(raw)))
+    except (ValueError, TypeError) as exc:
+        raise SecureAggregationError(f"malformed DP plan in the mask message: {exc}") from None
+    if plan.q != q or plan.d_pad != n:
+        raise SecureAggregationError(
+            f"DP plan for q={plan.q} and {plan.d_pad} words, but the round uses q={q} and {n} words")
+    return plan
 
 
 def _self_mask(name: str, y: np.ndarray, pairs: list[str], pads: dict[str, np.ndarray], cfg: Any, st: Any,

@@ -18,6 +18,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from labqfl.errors import ConfigError
 from labqfl.fl.flower.client import make_client_app
 from labqfl.fl.flower.server import FlowerRound, LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
@@ -71,6 +72,15 @@ def run_simulation(spec: FlowerSpec, *, num_cpus: int | None = None, cpus_per_cl
     return sink["result"], list(sink["rounds"]), wall
 
 
+def dp_spec_fields(plan: Any) -> dict[str, Any]:
+    """The :class:`FlowerSpec` DP fields that rebuild ``plan`` (a :class:`~labqfl.fl.dp.DPPlan` made
+    by :func:`~labqfl.fl.dp.plan_dp` with the default ``DPConfig`` extras), ``{}`` for ``None``."""
+    if plan is None:
+        return {}
+    return {"dp_epsilon": float(plan.target_epsilon), "dp_delta": float(plan.delta), "dp_honest": int(plan.honest),
+            "dp_clip": float(plan.l2_clip)}
+
+
 def run_federated_flower(model: Any, data: Any, *, rounds: int, local: Any, secagg: Any, keys: str, seed: int,
                          progress: Callable[[Any], None] | None = None, keystore_dir: Any = None,
                          wait_for_keys: float = 0.0, data_options: dict[str, Any] | None = None,
@@ -93,7 +103,10 @@ def run_federated_flower(model: Any, data: Any, *, rounds: int, local: Any, seca
                       self_masks=bool(getattr(secagg, "self_masks", False)),
                       threshold=int(getattr(secagg, "threshold", None) or 0),
                       keystore_dir=str(keystore_dir) if keystore_dir is not None else "",
-                      wait_for_keys_s=float(wait_for_keys), **opts)
+                      wait_for_keys_s=float(wait_for_keys), **opts, **dp_spec_fields(getattr(secagg, "dp", None)))
+    if spec.dp_plan() != getattr(secagg, "dp", None):
+        raise ConfigError("the Flower engine rebuilds the DP plan from (epsilon, delta, honest, clip) with the "
+                          "default DPConfig; this plan was made with other settings (beta, flatten_beta, k_stddevs)")
     result, frs, _ = run_simulation(spec, num_cpus=num_cpus, progress=progress)
     result.flower_rounds = frs
     return result

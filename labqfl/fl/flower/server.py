@@ -26,12 +26,21 @@ dropped partners and its shares (relayed ciphertexts) of surviving clients' self
 both kinds about one peer, which each client enforces itself — and the server subtracts the
 reconstructed self-masks. A dropped client's self-mask is never asked for.
 
+With distributed DP (``spec.dp_epsilon`` > 0) the server plans the mechanism once
+(:meth:`~labqfl.fl.flower.spec.FlowerSpec.dp_plan`, the in-process engine's
+:func:`~labqfl.fl.dp.plan_dp`), sends the plan with the mask stage, runs every stage on the
+plan's d' words with equal weights, decodes the sum with :func:`~labqfl.fl.dp.dp_decode` (mean
+over the survivors) and, after each round r, records ε(δ) of rounds 1..r from ``dp_accounting``
+(:func:`~labqfl.fl.dp.accounted_epsilon`) in the round's metrics; the run's ``privacy`` block
+is the plan's.
+
 The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
 and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -42,6 +51,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from labqfl.errors import SecureAggregationError
+from labqfl.fl.dp import accounted_epsilon, dp_decode
 from labqfl.fl.flower.client import CFG, uint_array
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
@@ -78,6 +88,8 @@ class FlowerRound:
     self_masks: bool = False
     threshold: int = 0
     share_reveal_bits: int = 0
+    #: with DP: ε at the plan's δ spent by rounds 1..this one (``dp_accounting``, as in process)
+    privacy_epsilon_spent: float | None = None
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
@@ -120,6 +132,7 @@ class LabqflServer:
         self.spec = spec
         self.progress = progress
         self.cfg = spec.secagg()
+        self.dp = self.cfg.dp  # DPPlan or None (the same plan_dp call as the in-process engine)
         self.on_round = on_round
         self.run_tag = secrets.token_hex(8)
         self.rounds: list[FlowerRound] = []
@@ -190,11 +203,19 @@ class LabqflServer:
             raise SecureAggregationError(f"no SuperNode answered as client(s) {missing}; got {sorted(names)}")
         return {c: names[c] for c in self.spec.names}, {c: weights[c] for c in self.spec.names}
 
+    def words(self, n_params: int) -> int:
+        """Words per upload: the parameter count, or the DP plan's padded length d'."""
+        if self.dp is None:
+            return n_params
+        if self.dp.n_params != n_params:
+            raise SecureAggregationError(f"the DP plan is for {self.dp.n_params} parameters, the model has {n_params}")
+        return int(self.dp.d_pad)
+
     # ----------------------------------------------------------------------------- one round
     def round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int],
               weights: dict[str, float]) -> FlowerRound:
         spec, cfg = self.spec, self.cfg
-        n = int(params.size)
+        n = self.words(int(params.size))
         clients = list(nodes)  # loop order C1..CN
         graph = cfg.pairs(clients)
         counters: dict[str, list[int]] = {}
@@ -244,7 +265,7 @@ class LabqflServer:
                       pre_drop: list[str],
                       counters: dict[str, list[int]], timing: dict[str, float], state: dict[str, Any]) -> FlowerRound:
         spec, cfg = self.spec, self.cfg
-        q, n = cfg.q, int(params.size)
+        q, n = cfg.q, self.words(int(params.size))
         timeout = spec.stage_timeout_s
         if len(part) < cfg.min_survivors:
             raise SecureAggregationError(
@@ -257,8 +278,11 @@ class LabqflServer:
         if cfg.self_masks:
             t_share = cfg.threshold if cfg.threshold is not None else default_threshold(part, pairs)
             check_threshold(part, pairs, t_share, q)
-        b = cfg.check_bit_budget(len(part))
-        levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
+        if self.dp is None:
+            b = cfg.check_bit_budget(len(part))
+            levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
+        else:  # DP: equal weights (a weight would scale a client's sensitivity); plan_dp sized the budget
+            levels = dict.fromkeys(part, 1)
         info = {c: ok[c].content.config_records[CFG] for c in part}
 
         # 2. mask
@@ -270,6 +294,8 @@ class LabqflServer:
             d.update(pairs=mine, levels=levels[c], position=pos)
             if cfg.self_masks:
                 d.update(participants=part, threshold=t_share)
+            if self.dp is not None:
+                d["dp_plan"] = json.dumps(self.dp.as_dict())
             for p in mine:
                 a, bb = split_pair(p)
                 peer = bb if a == c else a
@@ -339,7 +365,12 @@ class LabqflServer:
             n_shares = 0
             total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed,
                               pairs=pairs if post_drop else None)
-        agg = dequantize_sum(total, clip=cfg.clip, total_levels=sum(levels[c] for c in survivors))
+        eps_spent = None
+        if self.dp is not None:
+            agg = dp_decode(total, self.dp, round_index=r, n_survivors=len(survivors))
+            eps_spent = accounted_epsilon(self.dp.epsilon_round_zcdp, r, self.dp.delta)
+        else:
+            agg = dequantize_sum(total, clip=cfg.clip, total_levels=sum(levels[c] for c in survivors))
         t0 = time.perf_counter()
         end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
         self._exchange(grid, end_msgs, timeout)
@@ -353,7 +384,8 @@ class LabqflServer:
         return FlowerRound(r, part, pre_drop, post_drop, len(pairs), cfg.key_bits_per_pair(n), q * n * len(need),
                            float(np.mean(up)), float(np.mean(down)), timing,
                            sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg,  # type: ignore[arg-type, misc]
-                           cfg.self_masks, t_share, share_bits(q) * n * n_shares if cfg.self_masks else 0)
+                           cfg.self_masks, t_share, share_bits(q) * n * n_shares if cfg.self_masks else 0,
+                           eps_spent)
 
     def _unmask(self, grid: Any, r: int, n: int, nodes: dict[str, int], ok2: dict[str, Message],
                 info: dict[str, Any], pairs: list[str], part: list[str], survivors: list[str], post_drop: list[str],
@@ -418,7 +450,12 @@ class LabqflServer:
 
         spec = self.spec
         model, data = spec.model(), spec.data()
-        self.cfg.check_bit_budget(spec.clients)
+        if self.dp is None:
+            self.cfg.check_bit_budget(spec.clients)
+        elif spec.rounds > self.dp.rounds or spec.clients > self.dp.n_clients:
+            raise SecureAggregationError(f"the DP plan accounts for {self.dp.rounds} rounds and {self.dp.n_clients} "
+                                         f"clients, the run has {spec.rounds} and {spec.clients}")
+        n_words = self.words(model.n_params)
         nodes, weights = self.connect(grid)
         params = model.init_params(spec.seed)
         loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
@@ -430,8 +467,8 @@ class LabqflServer:
             loss, acc = evaluate(model, params, data.x_test, data.y_test)
             self.rounds.append(fr)
             m = RoundMetrics(r, acc, loss, fr.train_loss, fr.key_bits_per_pair, fr.key_bits_per_pair * fr.pairs,
-                             fr.pairs, spec.q * model.n_params, 32 * model.n_params, fr.clipped_values,
-                             time.perf_counter() - t0)
+                             fr.pairs, spec.q * n_words, 32 * model.n_params, fr.clipped_values,
+                             time.perf_counter() - t0, fr.privacy_epsilon_spent)
             result.rounds.append(m)
             log.info("flower round %d: test accuracy %.4f, dropped %s", r, acc,
                      fr.dropped_before_masking + fr.dropped_after_masking)
@@ -440,6 +477,8 @@ class LabqflServer:
             if self.progress is not None:
                 self.progress(m)
         result.final_params = params
+        if self.dp is not None:
+            result.privacy = self.dp.privacy()
         return result
 
 
@@ -448,5 +487,6 @@ def flower_summary(rounds: Iterable[FlowerRound]) -> list[dict[str, Any]]:
     return [{"round": f.round, "participants": len(f.participants), "dropped_before_masking": f.dropped_before_masking,
              "dropped_after_masking": f.dropped_after_masking, "reveal_bits": f.reveal_bits,
              "upload_bytes_per_client": f.upload_bytes_per_client,
-             "download_bytes_per_client": f.download_bytes_per_client, "stage_seconds": f.stage_seconds}
+             "download_bytes_per_client": f.download_bytes_per_client, "stage_seconds": f.stage_seconds,
+             "privacy_epsilon_spent": f.privacy_epsilon_spent}
             for f in rounds]

@@ -28,6 +28,10 @@ class FlowerSpec:
     this many seconds after the latest reply is dropped (0: off, wait the whole stage timeout) —
     in a deployment a ClientApp that dies mid-round never answers, and this bounds the wait.
     ``wait_for_keys_s``: how long a master node waits for key bits (0: fail at once).
+    ``dp_epsilon`` > 0 turns on distributed DP (:mod:`labqfl.fl.dp`, the distributed discrete
+    Gaussian): total ε over all ``rounds`` at ``dp_delta``, ``dp_honest`` honest clients assumed,
+    L2 clip ``dp_clip`` (0: ``clip``); the plan is :meth:`dp_plan`, the same function and
+    arguments as ``labqfl train --dp-epsilon`` in process.
     """
 
     task: str = "mnist-qnn"
@@ -57,6 +61,10 @@ class FlowerSpec:
     stage_timeout_s: float = 600.0
     straggler_timeout_s: float = 0.0
     node_wait_s: float = 300.0
+    dp_epsilon: float = 0.0  # 0: no DP
+    dp_delta: float = 1e-5
+    dp_honest: int = 1
+    dp_clip: float = 0.0  # 0: the update clip ``clip``
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -68,6 +76,9 @@ class FlowerSpec:
         if self.stage_timeout_s <= 0 or self.straggler_timeout_s < 0:
             raise ConfigError(f"stage_timeout_s must be > 0 and straggler_timeout_s ≥ 0, got "
                               f"{self.stage_timeout_s} and {self.straggler_timeout_s}")
+        if self.dp_epsilon < 0 or self.dp_clip < 0:
+            raise ConfigError(f"dp_epsilon and dp_clip must be ≥ 0 (0: off / the update clip), got "
+                              f"{self.dp_epsilon} and {self.dp_clip}")
 
     @classmethod
     def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
@@ -101,9 +112,18 @@ class FlowerSpec:
         try:
             return SecAggConfig(q=self.q, clip=self.clip, rounding=self.rounding,  # type: ignore[arg-type]
                                 graph=self.graph, k=self.k, min_survivors=self.min_survivors,
-                                self_masks=self.self_masks, threshold=self.threshold or None)
+                                self_masks=self.self_masks, threshold=self.threshold or None, dp=self.dp_plan())
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+
+    def dp_plan(self) -> Any:
+        """The run's :class:`~labqfl.fl.dp.DPPlan` (``None`` without DP): :func:`~labqfl.fl.dp.plan_dp`
+        for this model's parameter count, ``clients`` clients, ``q`` and ``rounds`` — what the
+        in-process engine uses for the same settings. Cached per process."""
+        if self.dp_epsilon <= 0:
+            return None
+        return _dp_plan(self.dp_epsilon, self.dp_delta, self.dp_honest, self.dp_clip or self.clip,
+                        int(self.model().n_params), self.clients, self.q, self.rounds)
 
     def local(self) -> Any:
         from labqfl.fl.training import LocalTrainConfig
@@ -124,6 +144,19 @@ def _model(task: str) -> Any:
     if task not in TASK_DEFAULTS:
         raise ConfigError(f"task {task!r} unknown; expected mnist-qnn, ntangled, magic or mnist-lenet5")
     return make_model(task)
+
+
+@functools.lru_cache(maxsize=8)
+def _dp_plan(epsilon: float, delta: float, honest: int, l2_clip: float, n_params: int, clients: int, q: int,
+             rounds: int) -> Any:
+    from labqfl.errors import BitBudgetError
+    from labqfl.fl.dp import DPConfig, plan_dp
+
+    try:
+        return plan_dp(DPConfig(epsilon=epsilon, delta=delta, honest=honest, l2_clip=l2_clip),
+                       n_params=n_params, n_clients=clients, q=q, rounds=rounds)
+    except (ValueError, BitBudgetError) as exc:
+        raise ConfigError(f"dp_*: {exc}") from None
 
 
 @functools.lru_cache(maxsize=2)
