@@ -26,7 +26,7 @@ from labqfl.calibration.core import ProcedureResult, Quantity, wrap_phase
 
 from labqfl.config import StationConfig, station_to_toml_dict
 from labqfl.errors import DataFormatError
-from labqfl.runs import dump_toml
+from labqfl.serialize import dump_toml, to_jsonable
 
 SCHEMA_VERSION = 1
 KIND = "labqfl-calibration"
@@ -35,8 +35,6 @@ KIND = "labqfl-calibration"
 def calibration_document(station_name: str, results: list[ProcedureResult], *, simulated: bool,
                          seed: int | None = None) -> dict[str, Any]:
     """The JSON document of a calibration session (see module docstring)."""
-    from labqfl.cli.common import to_jsonable
-
     qs: dict[str, Any] = {}
     procs: dict[str, Any] = {}
     for r in results:

@@ -25,6 +25,7 @@ from typing import Any
 from labqfl.config import StationConfig, parse_station_config
 from labqfl.errors import DataFormatError
 from labqfl.log import add_file_handler
+from labqfl.serialize import dump_toml, to_jsonable
 
 RUNS_ENV = "LABQFL_RUNS_DIR"
 _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -33,56 +34,6 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9_.-]+")
 def default_runs_dir() -> Path:
     env = os.environ.get(RUNS_ENV)
     return Path(env) if env else Path.cwd() / "runs"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for config dicts (tables, arrays of tables, scalars, inline dicts)."""
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any], array: bool = False) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and not _is_table_list(v)}
-        subs = {k: v for k, v in d.items() if isinstance(v, dict) and v and _has_nested(v)}
-        inline = {k: v for k, v in d.items() if isinstance(v, dict) and k not in subs}
-        tlists = {k: v for k, v in d.items() if _is_table_list(v)}
-        if prefix:
-            lines.append(f"\n[[{prefix}]]" if array else f"\n[{prefix}]")
-        for k, v in {**scalars, **inline}.items():
-            lines.append(f"{json.dumps(k) if not re.fullmatch(r'[A-Za-z0-9_-]+', k) else k} = {_toml_value(v)}")
-        for k, v in subs.items():
-            table(f"{prefix}.{k}" if prefix else k, v)
-        for k, v in tlists.items():
-            for item in v:
-                table(f"{prefix}.{k}" if prefix else k, item, array=True)
-
-    table("", data)
-    return "\n".join(lines).strip() + "\n"
-
-
-def _is_table_list(v: Any) -> bool:
-    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
-
-
-def _has_nested(d: dict[str, Any]) -> bool:
-    # Dicts that are config sections (contain scalars of a model) become [tables]; small
-    # mappings like detector_channels stay inline. Heuristic: a section if any value is a dict
-    # or the dict holds non-numeric values of mixed kinds.
-    return any(isinstance(v, dict) or _is_table_list(v) for v in d.values()) or any(
-        isinstance(v, str | bool | list) for v in d.values()
-    )
 
 
 class RunRecord:
@@ -184,8 +135,6 @@ class RunRecord:
         return self.path / "plots" / filename
 
     def _write_json(self, filename: str, data: Any) -> Path:
-        from labqfl.cli.common import to_jsonable
-
         p = self.path / filename
         tmp = p.with_suffix(p.suffix + ".tmp")
         tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")

@@ -480,11 +480,11 @@ class Station:
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see
-        :func:`labqfl.qkd.pipeline.acquisition_id`; block IDs of its keys derive from it."""
+        :func:`labqfl.qkd.types.acquisition_id`; block IDs of its keys derive from it."""
         epoch = getattr(self.time_tagger, "acquisition_epoch", None)
         if epoch is None:
             raise StationError(f"station {self.name!r}: no acquisition yet")
-        from labqfl.qkd.pipeline import acquisition_id
+        from labqfl.qkd.types import acquisition_id
 
         return acquisition_id(self.config, int(epoch))
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -34,6 +30,7 @@ from rich.progress import (
 )
 
 from labqfl.errors import LabqflError
+from labqfl.serialize import to_jsonable
 
 #: All human-facing output goes to stderr, so stdout carries only JSON.
 #: Piped or logged output (not a terminal) gets 120 columns instead of rich's default 80, so the
@@ -51,32 +48,6 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy scalars/arrays, dataclasses, paths and non-finite floats into JSON types."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(asdict(obj))
-    if hasattr(obj, "model_dump"):
-        return to_jsonable(obj.model_dump(mode="json"))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating | float):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, bytes | bytearray):
-        raise TypeError("refusing to serialise raw bytes (possible key material)")
-    return obj
 
 
 def print_json(data: Any) -> None:

@@ -43,7 +43,8 @@ def distill(
     from labqfl.config import load_station_config
     from labqfl.keystore import KeyStore
     from labqfl.qkd.blocksize import BlockPlan, plan_blocks
-    from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink, acquisition_id
+    from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+    from labqfl.qkd.types import acquisition_id
     from labqfl.runs import RunRecord
 
     if (recording is None) == (not live):

@@ -83,7 +83,7 @@ from labqfl.qkd.types import Announcements, ModulationLog, split_pair
 
 log = get_logger(__name__)
 
-__all__ = ["acquisition_id", "DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
+__all__ = ["DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
            "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream", "ENGINES",
            "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for", "local_pair_channel"]
 
@@ -107,19 +107,6 @@ def _engine(name: str) -> Callable[..., Any]:
 ENGINES = ("cascade", "ldpc")
 
 _BLOCK_NAMESPACE = uuid.UUID("6f1c1f7e-8a4e-5c56-9a51-3d1b2c0e7a10")
-
-
-def acquisition_id(cfg: StationConfig, epoch: int) -> str:
-    """Identity of one acquisition's raw data: station, clients' QRNG seeds and the epoch.
-
-    Block IDs derive from it, so the same acquisition (e.g. one recording) can be distilled into a
-    key store only once.
-    """
-    import hashlib
-
-    seeds = ";".join(f"{c.name}={c.seed}" for c in cfg.clients)
-    h = hashlib.sha256(f"{cfg.name}|{seeds}".encode()).hexdigest()[:16]
-    return f"{cfg.name}/{h}/epoch-{int(epoch)}"
 
 
 @dataclass(frozen=True)
@@ -657,14 +644,10 @@ class Distiller:
         st.result.times_s["sifting"] += time.perf_counter() - ts
         st.result.n_slots += n_slots
         st.result.sifted_bits += res.n_key
-        c = res.counts
         for basis, bb in (("X", 0), ("Y", 1)):
-            clicks = c.clicks[:, :, bb, bb].copy()
-            errs = c.errors_x2[:, :, bb, bb].copy()
-            if bb == 0:
-                clicks[0, 0] = 0
-            st.result.test_clicks[basis] = st.result.test_clicks.get(basis, 0) + int(clicks.sum())
-            st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + int(errs.sum())
+            clicks, errs_x2 = res.counts.matched_test_counts(bases=(bb,))
+            st.result.test_clicks[basis] = st.result.test_clicks.get(basis, 0) + clicks
+            st.result.test_errors_x2[basis] = st.result.test_errors_x2.get(basis, 0) + errs_x2
 
     # -- one block ---------------------------------------------------------------------------
     def _process_block(self, st: _PairState, end: int) -> BlockResult:

@@ -436,11 +436,8 @@ class PairEndI(_PairEnd):
         elif counts is None:
             q = s.qber_default
         else:
-            k = min(counts.clicks.shape[0], counts.clicks.shape[1])
-            idx = [i for i in range(1, k) if counts.intensities_i[i] > 0 and counts.intensities_j[i] > 0]
-            clicks = sum(int(counts.clicks[i, i, 0, 0]) for i in idx)
-            errs = sum(int(counts.errors_x2[i, i, 0, 0]) for i in idx) / 2
-            q = errs / clicks if clicks >= 200 else s.qber_default
+            clicks, errs_x2 = counts.matched_test_counts(bases=(0,))
+            q = errs_x2 / 2 / clicks if clicks >= 200 else s.qber_default
         return float(min(max(q, s.qber_floor), 0.25))
 
     def drop_block(self, ch: Channel) -> None:

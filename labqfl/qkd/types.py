@@ -17,10 +17,14 @@ Conventions (see docs/protocol.md):
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from labqfl.config import StationConfig
 
 OUTCOME_D0 = 1
 OUTCOME_D1 = 2
@@ -121,6 +125,29 @@ class PairCounts:
         bj = np.array([self.basis_x_prob_j, 1 - self.basis_x_prob_j])[None, None, None, :]
         return self.n_slots * pi * pj * bi * bj
 
+    def matched_test_counts(self, bases: tuple[int, ...] = (0, 1)) -> tuple[int, int]:
+        """(clicks, 2·errors) of the test data whose two pulses should interfere perfectly:
+        equal bases (in ``bases``; 0 = X, 1 = Y) and equal non-zero intensities, without the key
+        cell (signal, signal, X, X), whose errors stay secret until error correction.
+
+        The optical error rate of the loop (visibility, drift, attacks): ``errors_x2 / 2 / clicks``.
+        Cells of unequal intensities are left out: the wrong output port carries
+        η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.qkd.channel_model`), which is not zero for
+        μ_i ≠ μ_j even at V = 1, so a perfect loop shows errors there.
+        """
+        ki, kj = self.intensities_i, self.intensities_j
+        clicks = errors_x2 = 0
+        for a, mu_a in enumerate(ki):
+            for b, mu_b in enumerate(kj):
+                if mu_a <= 0 or mu_b <= 0 or not np.isclose(mu_a, mu_b):
+                    continue
+                for basis in bases:
+                    if a == 0 and b == 0 and basis == 0:
+                        continue
+                    clicks += int(self.clicks[a, b, basis, basis])
+                    errors_x2 += int(self.errors_x2[a, b, basis, basis])
+        return clicks, errors_x2
+
     def __add__(self, other: PairCounts) -> PairCounts:
         if other.pair != self.pair or other.clicks.shape != self.clicks.shape:
             raise ValueError(f"cannot add counts of {other.pair} to {self.pair}")
@@ -128,3 +155,15 @@ class PairCounts:
                           self.intensity_probs_i, self.intensity_probs_j, self.basis_x_prob_i, self.basis_x_prob_j,
                           self.clicks + other.clicks, self.errors_x2 + other.errors_x2,
                           self.double_clicks + other.double_clicks)
+
+
+def acquisition_id(cfg: StationConfig, epoch: int) -> str:
+    """Identity of one acquisition's raw data: station, clients' QRNG seeds and the epoch.
+
+    Block IDs derive from it, so the same acquisition (e.g. one recording) can be distilled into a
+    key store only once. The simulator, the recordings, the Station and the pipeline all name an
+    acquisition by it.
+    """
+    seeds = ";".join(f"{c.name}={c.seed}" for c in cfg.clients)
+    h = hashlib.sha256(f"{cfg.name}|{seeds}".encode()).hexdigest()[:16]
+    return f"{cfg.name}/{h}/epoch-{int(epoch)}"
