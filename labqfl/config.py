@@ -179,6 +179,36 @@ class SyncConfig(_Model):
         "or their own oscillator ('internal')")
 
 
+class PatternGeneratorConfig(InstrumentConfig):
+    """A client's pattern generator (role ``C<k>.pattern_generator``): plays the client's frames of per-slot
+    (phase, intensity) levels, streamed by :class:`labqfl.modulation.ModulationStreamer`. Its slot rate
+    is ``laser.rep_rate_hz``, its frame ``time_tagger.frame_slots`` slots, its clock
+    ``sync.pattern_generator_reference``; the driver's ``options`` map levels to outputs."""
+
+    @model_validator(mode="after")
+    def _real_only(self) -> PatternGeneratorConfig:
+        if self.simulated:
+            raise ValueError("a pattern_generator role needs a real driver (e.g. 'SwabianPulseStreamer', whose "
+                             "protocol emulator is labqfl.sim_backends.pulse_streamer); the simulated testbed takes the "
+                             "client's choices directly: leave pattern_generator out for a simulated client")
+        return self
+
+
+class MasterClockConfig(InstrumentConfig):
+    """The station's master clock (role ``master_clock``): triggers the pulsed laser at
+    ``laser.rep_rate_hz``, locked to the shared 10 MHz reference."""
+
+    reference: Literal["external", "internal"] = Field(
+        "external", description="clock source: the shared 10 MHz reference ('external') or its own oscillator")
+
+    @model_validator(mode="after")
+    def _real_only(self) -> MasterClockConfig:
+        if self.simulated:
+            raise ValueError("a master_clock role needs a real driver (e.g. 'SwabianPulseStreamerClock'); the simulated "
+                             "laser keeps its own time: leave master_clock out of a simulated station")
+        return self
+
+
 class PowerMeterConfig(InstrumentConfig):
     """Optical power meter used as the reference in efficiency calibration."""
 
@@ -209,6 +239,8 @@ class ClientConfig(_Model):
     insertion_loss_db: float = Field(1.0, ge=0, description="insertion loss of the client's modulators [dB]")
     phase_modulator: PhaseModulatorConfig = Field(default_factory=PhaseModulatorConfig)
     attenuator: AttenuatorConfig = Field(default_factory=AttenuatorConfig)
+    pattern_generator: PatternGeneratorConfig | None = Field(
+        None, description="the client's pattern generator (real hardware only; None: none, as in simulation)")
 
     @field_validator("intensities")
     @classmethod
@@ -408,6 +440,7 @@ class StationConfig(_Model):
     )
     time_tagger: TimeTaggerConfig = Field(default_factory=TimeTaggerConfig)
     sync: SyncConfig = Field(default_factory=SyncConfig)
+    master_clock: MasterClockConfig | None = Field(None, description="the laser's trigger source (None: the laser's own)")
     power_meter: PowerMeterConfig = Field(default_factory=PowerMeterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
@@ -483,10 +516,15 @@ class StationConfig(_Model):
 
     def roles(self) -> dict[str, InstrumentConfig]:
         """Every instrument by role name, in the order the Station opens them."""
-        r: dict[str, InstrumentConfig] = {"laser": self.laser}
+        r: dict[str, InstrumentConfig] = {}
+        if self.master_clock is not None:
+            r["master_clock"] = self.master_clock
+        r["laser"] = self.laser
         for c in self.clients:
             r[f"{c.name}.phase_modulator"] = c.phase_modulator
             r[f"{c.name}.attenuator"] = c.attenuator
+            if c.pattern_generator is not None:
+                r[f"{c.name}.pattern_generator"] = c.pattern_generator
         r["D0"] = self.detectors["D0"]
         r["D1"] = self.detectors["D1"]
         r["time_tagger"] = self.time_tagger
@@ -495,10 +533,11 @@ class StationConfig(_Model):
 
     def role_fields(self) -> dict[str, str]:
         """Where each role sits in the station file, as a dotted field path (``clients.0.attenuator``)."""
-        r = {"laser": "laser"}
+        r = {"master_clock": "master_clock", "laser": "laser"}
         for k, c in enumerate(self.clients):
             r[f"{c.name}.phase_modulator"] = f"clients.{k}.phase_modulator"
             r[f"{c.name}.attenuator"] = f"clients.{k}.attenuator"
+            r[f"{c.name}.pattern_generator"] = f"clients.{k}.pattern_generator"
         r.update({"D0": "detectors.D0", "D1": "detectors.D1", "time_tagger": "time_tagger",
                   "power_meter": "power_meter"})
         return r

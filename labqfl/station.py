@@ -49,10 +49,13 @@ from labqfl.errors import ConfigError, StationError
 from labqfl.instruments.base import Instrument
 from labqfl.instruments.interfaces import (
     IntensityModulator,
+    ModulatorBiasController,
+    PatternGenerator,
     PhaseModulator,
     PhotonDetector,
     PowerMeter,
     PulsedLaser,
+    PulseGenerator,
     TimeTagger,
     VariableAttenuator,
 )
@@ -78,11 +81,16 @@ def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:
         return (TimeTagger,)
     if role == "power_meter":
         return (PowerMeter,)
+    if role.endswith(".pattern_generator"):
+        return (PatternGenerator,)
+    if role == "master_clock":
+        return (PulseGenerator,)
     raise ConfigError(f"unknown role {role!r}")
 
 
 _INTERFACES: tuple[type[Instrument], ...] = (PulsedLaser, PhaseModulator, VariableAttenuator, IntensityModulator,
-                                              PhotonDetector, TimeTagger, PowerMeter)
+                                              PhotonDetector, TimeTagger, PowerMeter, PatternGenerator,
+                                              PulseGenerator, ModulatorBiasController)
 
 
 def _kinds(cls: type) -> str:

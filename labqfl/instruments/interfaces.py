@@ -216,3 +216,214 @@ class PowerMeter(Instrument):
 
     def safe_state(self) -> None:
         """A power meter has no hazardous state."""
+
+
+# -- the modulation path of a client and the station's timing (issue 17) -------------------------
+
+class ModulationFrame:
+    """One frame of a client's modulation: per slot a phase index (0..3, :data:`PHASE_ALPHABET_RAD`)
+    and an intensity index (into the client's ``intensities``), played after a frame-start marker.
+
+    ``index`` is the frame's position on the playback time grid: frame ``f`` covers slots
+    ``f·F … f·F + F − 1`` of the acquisition (F = slots per frame). A **dark** frame (``dark=True``,
+    :meth:`dark_frame`) carries no choices: the generator plays no marker and holds the modulators at
+    their dark level for it; the streamer uploads one when the client's next frame is not ready in
+    time, and records the frame as lost. The phase indices carry key bits: ``repr`` shows only sizes.
+    """
+
+    __slots__ = ("index", "phase_idx", "intensity_idx", "dark")
+
+    def __init__(self, index: int, phase_idx: np.ndarray, intensity_idx: np.ndarray, *, dark: bool = False) -> None:
+        if isinstance(index, bool) or not isinstance(index, int | np.integer) or int(index) < 0:
+            raise ValueError(f"frame index must be an integer >= 0, got {index!r}")
+        p = np.ascontiguousarray(phase_idx, dtype=np.uint8)
+        k = np.ascontiguousarray(intensity_idx, dtype=np.uint8)
+        if p.ndim != 1 or p.shape != k.shape or p.size == 0:
+            raise ValueError(f"a frame needs 1-D phase and intensity indices of equal, non-zero length; got shapes "
+                             f"{p.shape} and {k.shape}")
+        if not dark and p.size and int(p.max()) > 3:
+            raise ValueError(f"phase indices must lie in 0..3, got {int(p.max())}")
+        self.index = int(index)
+        self.phase_idx = p
+        self.intensity_idx = k
+        self.dark = bool(dark)
+
+    @classmethod
+    def dark_frame(cls, index: int, n_slots: int) -> ModulationFrame:
+        """A frame that plays nothing (no marker, modulators dark) in place of a late one."""
+        z = np.zeros(int(n_slots), dtype=np.uint8)
+        return cls(index, z, z, dark=True)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.phase_idx.size)
+
+    def __repr__(self) -> str:
+        return f"ModulationFrame(index={self.index}, n_slots={self.n_slots}{', dark' if self.dark else ''})"
+
+
+class PlayedFrames:
+    """A client's played-frames record: frame index → played (True) or lost (False).
+
+    Filled in playback order by :class:`labqfl.modulation.ModulationStreamer` from what the pattern
+    generator reports; each frame is recorded once (a second verdict for the same frame raises
+    ``ValueError``: a frame is never replayed). A frame is *played* only when the generator played
+    it with the client's choices; a dark frame (the client was late), a frame lost to a generator
+    underflow, and every frame not played when the stream stopped are *lost*. Only played frames'
+    slots may enter the client's sifting (:meth:`slot_mask`).
+    """
+
+    def __init__(self, frame_slots: int) -> None:
+        if int(frame_slots) < 1:
+            raise ValueError(f"frame_slots must be >= 1, got {frame_slots!r}")
+        self.frame_slots = int(frame_slots)
+        self._status: dict[int, bool] = {}
+
+    def mark(self, index: int, played: bool) -> None:
+        index = int(index)
+        if index in self._status:
+            raise ValueError(f"frame {index} already recorded as {'played' if self._status[index] else 'lost'}; a frame "
+                             "is recorded once (never replayed)")
+        self._status[index] = bool(played)
+
+    def status(self, index: int) -> bool | None:
+        """True (played), False (lost) or None (not yet recorded)."""
+        return self._status.get(int(index))
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int | np.integer) and int(index) in self._status
+
+    def __len__(self) -> int:
+        return len(self._status)
+
+    @property
+    def played(self) -> list[int]:
+        return sorted(i for i, p in self._status.items() if p)
+
+    @property
+    def lost(self) -> list[int]:
+        return sorted(i for i, p in self._status.items() if not p)
+
+    def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(frame indices int64, played bool), sorted by index."""
+        idx = np.array(sorted(self._status), dtype=np.int64)
+        return idx, np.array([self._status[int(i)] for i in idx], dtype=bool)
+
+    def slot_mask(self, slots: np.ndarray) -> np.ndarray:
+        """True for each slot (int64 acquisition slot index) that lies in a played frame."""
+        s = np.asarray(slots, dtype=np.int64)
+        idx, ok = self.as_arrays()
+        frames = s // self.frame_slots
+        pos = np.searchsorted(idx, frames)
+        inside = pos < idx.size
+        hit = np.zeros(s.shape, dtype=bool)
+        hit[inside] = (idx[pos[inside]] == frames[inside]) & ok[pos[inside]]
+        return hit
+
+
+class PatternGenerator(Instrument):
+    """A client's pattern generator: plays frames of per-slot (phase, intensity) levels continuously.
+
+    Double-buffered playback: the generator holds ``buffers`` uploads (two on the instruments
+    supported); while one plays the client uploads the next. Every upload carries its frames'
+    indices (:class:`ModulationFrame`), consecutive from the frame :meth:`start` named: an upload
+    out of order is refused. What was played is reported by :meth:`poll_played`; frames the
+    generator could not play in their turn (an underflow) are reported lost and never played later.
+    A frame-start marker is played on the marker output at the first slot of every non-dark frame.
+    """
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
+        Setting("output_enabled", "", "outputs playing (False: outputs at their idle levels)"),
+        Setting("slot_rate_hz", "Hz", "slot (pulse) rate of the patterns", writable=False),
+        Setting("frame_slots", "", "slots per frame (one marker per frame)", writable=False),
+        Setting("frames_per_upload", "", "frames carried by one upload", writable=False),
+        Setting("reference_clock", "", "clock source: 'internal' or 'external' (the shared 10 MHz)"),
+    )
+
+    output_enabled: bool
+    reference_clock: str
+
+    @property
+    @abstractmethod
+    def slot_rate_hz(self) -> float:
+        """Slot rate [Hz]."""
+
+    @property
+    @abstractmethod
+    def frame_slots(self) -> int:
+        """Slots per frame."""
+
+    @property
+    @abstractmethod
+    def frames_per_upload(self) -> int:
+        """Frames per upload (an upload is the unit of double buffering)."""
+
+    @abstractmethod
+    def start(self, first_frame: int = 0) -> None:
+        """Arm a new stream whose first upload carries frame ``first_frame``; playback begins when the
+        first upload arrives (and the second is expected before the first ends)."""
+
+    @abstractmethod
+    def ready_for_upload(self) -> bool:
+        """True when a buffer is free for the next upload."""
+
+    @abstractmethod
+    def upload(self, frames: list[ModulationFrame], *, last: bool = False) -> None:
+        """Upload the next ``frames_per_upload`` frames (consecutive indices, continuing the stream);
+        ``last``: the stream ends after them (no underflow at the end)."""
+
+    @abstractmethod
+    def poll_played(self) -> list[tuple[int, bool]]:
+        """Frames whose fate became known since the last call, in order: (frame index, played)."""
+
+    @abstractmethod
+    def stop(self) -> list[tuple[int, bool]]:
+        """End the stream, outputs to idle; returns the remaining verdicts (unplayed frames lost)."""
+
+    def safe_state(self) -> None:
+        self.output_enabled = False
+
+
+class ModulatorBiasController(Instrument):
+    """DC-bias controller of a Mach–Zehnder modulator: locks the bias at a point of the transfer curve
+    (``"null"``: minimum transmission, ``"peak"``, ``"quad+"``, ``"quad-"``) with a dither loop, or
+    holds a manual bias voltage (``"manual"``)."""
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
+        Setting("output_enabled", "", "bias output on/off"),
+        Setting("mode", "", "lock point: null, peak, quad+, quad- or manual"),
+        Setting("bias_voltage_v", "V", "bias voltage (set in manual mode, read back otherwise)"),
+        Setting("locked", "", "the lock loop holds its point", writable=False),
+    )
+
+    output_enabled: bool
+    mode: str
+    bias_voltage_v: float
+
+    @property
+    @abstractmethod
+    def locked(self) -> bool:
+        """True when the controller reports its loop locked."""
+
+    def safe_state(self) -> None:
+        self.output_enabled = False
+
+
+class PulseGenerator(Instrument):
+    """The station's master clock: the trigger of the pulsed laser (one pulse per slot), disciplined by
+    the shared 10 MHz reference that the pattern generators and the tagger also take."""
+
+    SETTINGS: ClassVar[tuple[Setting, ...]] = (
+        Setting("output_enabled", "", "trigger output on/off"),
+        Setting("frequency_hz", "Hz", "trigger (laser repetition) rate"),
+        Setting("pulse_width_ns", "ns", "trigger pulse width"),
+        Setting("reference_clock", "", "clock source: 'internal' or 'external' (the shared 10 MHz)"),
+    )
+
+    output_enabled: bool
+    frequency_hz: float
+    pulse_width_ns: float
+    reference_clock: str
+
+    def safe_state(self) -> None:
+        self.output_enabled = False

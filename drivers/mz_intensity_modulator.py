@@ -1,0 +1,191 @@
+"""A client's Mach–Zehnder intensity modulator: decoy levels from a pattern-generator channel, its DC bias
+held by a modulator bias controller — a **protocol-level driver that names no model**.
+
+**Why protocol-level.** Bias controllers with remote command sets exist (the Thorlabs MX/MBX
+"Remote Control User Guide", SCPI, has a "Mach-Zehnder Modulator Bias Control Commands" section;
+Optilab's BCB-4 manual lists an RS-485 command set), but the full text of those command tables was
+not available to this project, and a driver built from fragments would invent strings. This driver
+therefore speaks a small SCPI command set of its own, documented here and served by the pyvisa-sim
+device ``labqfl/sim_backends/visa/mz_bias_controller.yaml``; for a real controller, write its
+``{Vendor}{Model}`` driver from its manual with these same five functions, or put a thin adapter in
+front of it. Nothing below is claimed to match a commercial unit::
+
+    *IDN?                              identity
+    BIAS:MODE NULL|PEAK|QUADP|QUADN|MAN  lock point (MAN: hold BIAS:VOLT)   BIAS:MODE? → the same words
+    BIAS:VOLT <V>                      manual bias voltage [V], ±10 V        BIAS:VOLT? → V (the loop's value)
+    BIAS:LOCK?                         1 while the dither loop holds its point, else 0
+    OUTP 1|0                           bias output on/off                    OUTP? → 1/0
+    SYST:ERR?                          error queue, <code>,"<message>"
+
+(±10 V is the bias range typical of such controllers, e.g. the "Bias voltage −10 … 10 V" of a
+published dual-channel LN bias-controller board specification.)
+
+**Levels → decoy intensities.** With the bias locked at ``NULL`` (minimum transmission), a drive
+voltage ``V`` on the RF port gives the transmission ``T(V) = sin²(π V / (2 Vπ))`` of an ideal
+push–pull MZM (e.g. Saleh & Teich, *Fundamentals of Photonics*, §20.1), so intensity level ``k``
+with mean photon number ``μ_k`` needs ``V_k = (2 Vπ/π) · arcsin(√(μ_k / μ_peak))``, ``μ_peak`` being
+the mean photon number leaving the client at full transmission (``options.peak_mean_photons``, a
+calibrated value). :attr:`drive_levels_v` lists the ``V_k``: the levels the pattern generator's
+intensity code ``k + 1`` must produce through its combiner (code 0 = 0 V = extinction = dark). The
+finite extinction ratio (``options.extinction_db``) puts a floor ``μ_peak · 10^(−ER/10)`` under every
+level: a vacuum decoy (μ = 0) is that floor, which :meth:`floor_mean_photons` reports and
+``levels`` refuses to undercut except for an exact 0 (vacuum, played at 0 V).
+
+The per-slot pattern does not pass through this driver: the client's frames reach the modulator
+from its pattern generator (:class:`labqfl.modulation.ModulationStreamer`), so :meth:`load_pattern`
+refuses with that explanation. Safe state: bias output off (and the pattern generator's own safe
+state leaves every drive code at 0 = dark).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+from pymeasure.adapters import Adapter
+
+from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
+from labqfl.errors import InstrumentError
+from labqfl.instruments.base import Setting
+from labqfl.instruments.interfaces import IntensityModulator, ModulatorBiasController
+
+from ._base import Limit, MessageDriver, check_bool, check_range
+
+BIAS_V = (-10.0, 10.0)
+V_PI = (1.0, 15.0)
+MODES = {"null": "NULL", "peak": "PEAK", "quad+": "QUADP", "quad-": "QUADN", "manual": "MAN"}
+MODE_NAMES = {v: k for k, v in MODES.items()}
+
+
+class GenericMZIntensityModulatorOptions(DriverOptions):
+    """``options`` of a :class:`GenericMZIntensityModulator` role."""
+
+    v_pi_v: float = Field(4.0, ge=V_PI[0], le=V_PI[1], description="RF half-wave voltage of the modulator [V]")
+    peak_mean_photons: float = Field(1.0, gt=0, le=1e6,
+                                     description="mean photon number per pulse leaving the client at full transmission")
+    extinction_db: float = Field(30.0, ge=10.0, le=60.0, description="extinction ratio of the modulator [dB]")
+    bias_mode: str = Field("null", pattern=r"^(null|peak|quad\+|quad-|manual)$",
+                           description="lock point written on open: null (decoys need it), peak, quad+, quad-, manual")
+
+
+class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBiasController):
+    """A Mach–Zehnder intensity modulator and its bias controller (module docstring)."""
+
+    Options = GenericMZIntensityModulatorOptions
+    SETTINGS = (  # type: ignore[assignment]  # IntensityModulator's own tuple is narrower
+        Setting("output_enabled", "", "bias output on/off (modulation needs the bias locked)"),
+        Setting("levels", "photons/pulse", "mean photon number per intensity level"),
+        Setting("drive_levels_v", "V", "RF drive voltage per intensity level (code k+1)", writable=False),
+        Setting("mode", "", "bias lock point: null, peak, quad+, quad- or manual"),
+        Setting("bias_voltage_v", "V", "bias voltage (set in manual mode, read back otherwise)"),
+        Setting("locked", "", "the bias loop holds its point", writable=False),
+    )
+
+    @classmethod
+    def config_limits(cls, options: Any) -> dict[str, Limit]:
+        return {}
+
+    def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
+        o: GenericMZIntensityModulatorOptions = self.parse_options(name, config)
+        self.v_pi_v = o.v_pi_v
+        self.peak_mean_photons = o.peak_mean_photons
+        self.extinction_db = o.extinction_db
+        self._levels: list[float] = []
+        super().__init__(name, config, adapter=adapter)
+
+    def _on_open(self) -> None:
+        super()._on_open()
+        self.link.check_errors("*IDN?")
+
+    def apply_operating_point(self, station: StationConfig) -> None:
+        """Levels = the client's ``intensities``; the bias mode of ``options.bias_mode``; output off."""
+        client = self.name.split(".")[0]
+        with self.lock:
+            if client in station.client_names:
+                self.levels = list(station.client(client).intensities)
+            self.mode = self.opts.bias_mode
+            self.output_enabled = False
+
+    # -- levels ---------------------------------------------------------------------------------------
+    def floor_mean_photons(self) -> float:
+        """Mean photon number at extinction (0 V drive): μ_peak · 10^(−ER/10)."""
+        return self.peak_mean_photons * 10 ** (-self.extinction_db / 10)
+
+    @property
+    def levels(self) -> list[float]:
+        return list(self._levels)
+
+    @levels.setter
+    def levels(self, value: list[float]) -> None:
+        vals = [float(x) for x in value]
+        if not 1 <= len(vals) <= 7:
+            raise ValueError(f"levels: expected 1 to 7 mean photon numbers (codes 1..7), got {len(vals)}")
+        floor = self.floor_mean_photons()
+        for k, mu in enumerate(vals):
+            if not math.isfinite(mu) or mu < 0 or mu > self.peak_mean_photons:
+                raise ValueError(f"levels[{k}] = {mu!r} photons/pulse is out of range; expected 0 to peak_mean_photons = "
+                                 f"{self.peak_mean_photons:g}")
+            if 0 < mu < floor:
+                raise ValueError(f"levels[{k}] = {mu:g} photons/pulse lies below the extinction floor {floor:.3g} "
+                                 f"({self.extinction_db:g} dB); expected 0 (vacuum) or >= {floor:.3g}")
+        self._levels = vals
+
+    def drive_voltage(self, mean_photons: float) -> float:
+        """RF drive [V] giving ``mean_photons`` with the bias at null: (2Vπ/π)·arcsin(√(μ/μ_peak))."""
+        return 2 * self.v_pi_v / math.pi * math.asin(math.sqrt(min(1.0, mean_photons / self.peak_mean_photons)))
+
+    @property
+    def drive_levels_v(self) -> list[float]:
+        return [self.drive_voltage(mu) for mu in self._levels]
+
+    def load_pattern(self, level_indices: np.ndarray) -> None:
+        raise InstrumentError("this intensity modulator takes its per-slot levels from the client's pattern generator "
+                              "(role '<client>.pattern_generator', streamed by labqfl.modulation.ModulationStreamer), "
+                              "not from a pattern loaded here", instrument=self.name, resource=self.resource,
+                              command="load_pattern")
+
+    # -- bias controller --------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        word = self.link.query("BIAS:MODE?").strip().upper()
+        if word not in MODE_NAMES:
+            raise InstrumentError(f"BIAS:MODE? answered {word!r}; expected one of {sorted(MODE_NAMES)}",
+                                  instrument=self.name, resource=self.resource, command="BIAS:MODE?")
+        return MODE_NAMES[word]
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"mode = {value!r}; expected one of {sorted(MODES)}")
+        self.link.write(f"BIAS:MODE {MODES[value]}")
+
+    @property
+    def bias_voltage_v(self) -> float:
+        return self.link.query_float("BIAS:VOLT?")
+
+    @bias_voltage_v.setter
+    def bias_voltage_v(self, value: float) -> None:
+        v = check_range("bias_voltage_v", value, *BIAS_V, unit="V")
+        self.link.write(f"BIAS:VOLT {v:.4f}")
+
+    @property
+    def locked(self) -> bool:
+        return self.link.query_bool("BIAS:LOCK?")
+
+    @property
+    def output_enabled(self) -> bool:
+        return self.link.query_bool("OUTP?")
+
+    @output_enabled.setter
+    def output_enabled(self, value: bool) -> None:
+        self.link.write(f"OUTP {1 if check_bool('output_enabled', value) else 0}")
+
+    def status(self) -> dict[str, Any]:
+        st = super().status()
+        st.update(mode=self.mode, locked=self.locked, output_enabled=self.output_enabled)
+        return st
+
+    def safe_state(self) -> None:
+        self.output_enabled = False

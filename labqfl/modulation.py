@@ -1,0 +1,307 @@
+"""A client's modulation path: its random choices → frames → its pattern generator, continuously.
+
+The client's choice log (:class:`~labqfl.sim_backends.qrng.CsprngChoiceLog` or the seeded
+:class:`~labqfl.sim_backends.qrng.ClientQRNGLog`; anything with ``fill_codes(s0, out)`` writing the
+drive codes ``k·4 + a`` of slots ``s0 …``) is cut into frames of ``F`` slots: frame ``f`` holds the
+choices of slots ``f·F … f·F + F − 1`` (:class:`FrameSource`). :class:`ModulationStreamer` plays
+them on a :class:`~labqfl.instruments.interfaces.PatternGenerator`:
+
+* a **producer** thread draws frames in index order into a bounded queue (``queue_frames``; it
+  blocks when the queue is full, so the client never runs further ahead than that);
+* a **feeder** thread uploads ``frames_per_upload`` frames whenever the generator has a free buffer
+  (double buffering: one upload plays while the next waits), each upload carrying its frame
+  indices;
+* when the producer's frame for index ``f`` is not in the queue at the moment its upload must go
+  (within ``max_wait_s``), the feeder uploads a **dark** frame for ``f`` instead (no marker,
+  modulators dark) and the producer's frame ``f`` is discarded when it arrives: a late frame is
+  lost, never played later; ``dark_frames_between = n`` schedules ``n`` dark frames after every
+  fresh one (a duty cycle for generators whose link cannot carry fresh frames at the slot rate);
+* the generator's verdicts (:meth:`PatternGenerator.poll_played`) fill the client's
+  :class:`~labqfl.instruments.interfaces.PlayedFrames` record: a frame is *played* only if it was
+  fresh and the generator played it; dark frames, frames lost to a generator underflow and frames
+  cut off by a stop are *lost*. An underflow stops the stream (the generator never resumes off its
+  time grid): the frames not yet played are recorded lost and :attr:`ModulationStreamer.error`
+  names the cause.
+
+The detection node sees no marker for a lost frame, so its slotting drops that frame's slots
+(docs/postprocessing.md, missing markers); the client's side keeps only the slots of played frames
+(:meth:`PlayedFrames.slot_mask`, :class:`PlayedChoiceLog`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PlayedFrames
+from labqfl.log import get_logger
+from labqfl.qkd.types import ModulationRecord
+
+log = get_logger(__name__)
+
+
+class ChoiceSource(Protocol):
+    """What the streamer needs from a client's choice log."""
+
+    client: str
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        """Drive codes ``k·4 + a`` (uint8) of slots ``s0 … s0 + len(out) − 1``."""
+        ...
+
+
+class FrameSource:
+    """Frames of a client's choices: frame ``f`` = slots ``f·frame_slots … (f+1)·frame_slots − 1``."""
+
+    def __init__(self, log: ChoiceSource, frame_slots: int) -> None:
+        if int(frame_slots) < 1:
+            raise ValueError(f"frame_slots must be >= 1, got {frame_slots!r}")
+        self.log = log
+        self.frame_slots = int(frame_slots)
+
+    def frame(self, index: int) -> ModulationFrame:
+        codes = np.empty(self.frame_slots, dtype=np.uint8)
+        self.log.fill_codes(int(index) * self.frame_slots, codes)
+        return ModulationFrame(int(index), codes & np.uint8(3), codes >> np.uint8(2))
+
+
+class ModulationStreamer:
+    """Stream a client's frames to its pattern generator (module docstring).
+
+    ``n_frames``: frames to play from ``first_frame`` (rounded up to whole uploads with dark frames;
+    ``None``: until :meth:`stop`). ``max_wait_s``: how long the feeder waits for a frame that is not
+    ready yet before it plays a dark frame in its place (0: never waits). ``poll_interval_s``: how
+    often the feeder asks the generator for a free buffer and for verdicts.
+    """
+
+    def __init__(self, generator: PatternGenerator, source: FrameSource, *, first_frame: int = 0,
+                 n_frames: int | None = None, queue_frames: int = 16, dark_frames_between: int = 0,
+                 max_wait_s: float = 0.0, poll_interval_s: float = 0.001) -> None:
+        if source.frame_slots != generator.frame_slots:
+            raise ValueError(f"the frame source cuts {source.frame_slots}-slot frames but the generator plays "
+                             f"{generator.frame_slots}-slot frames; expected equal frame_slots")
+        if n_frames is not None and n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1 or None, got {n_frames!r}")
+        if queue_frames < generator.frames_per_upload or dark_frames_between < 0 or max_wait_s < 0 or poll_interval_s <= 0:
+            raise ValueError("queue_frames >= frames_per_upload, dark_frames_between >= 0, max_wait_s >= 0 and poll_interval_s > 0 "
+                             f"expected; got {queue_frames}, {dark_frames_between}, {max_wait_s}, {poll_interval_s}")
+        self.generator = generator
+        self.source = source
+        self.first_frame = int(first_frame)
+        per = generator.frames_per_upload
+        self.end_frame: int | None = None
+        if n_frames is not None:
+            self.end_frame = self.first_frame + -(-int(n_frames) // per) * per
+        self.requested_end = None if n_frames is None else self.first_frame + int(n_frames)
+        self.dark_frames_between = int(dark_frames_between)
+        self.max_wait_s = float(max_wait_s)
+        self.poll_interval_s = float(poll_interval_s)
+        self.record = PlayedFrames(source.frame_slots)
+        self.error: str | None = None
+        self.uploads = 0
+        self.late_frames = 0
+        self._queue: queue.Queue[ModulationFrame] = queue.Queue(maxsize=int(queue_frames))
+        self._dark: set[int] = set()
+        self._next = self.first_frame
+        self._produced = self.first_frame
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._on_upload: Callable[[int], None] | None = None
+
+    # -- schedule -----------------------------------------------------------------------------------
+    def scheduled_dark(self, index: int) -> bool:
+        """True for frames the duty cycle leaves dark, or past the requested end (upload padding)."""
+        if self.requested_end is not None and index >= self.requested_end:
+            return True
+        return self.dark_frames_between > 0 and (index - self.first_frame) % (self.dark_frames_between + 1) != 0
+
+    def _fresh_after(self, f: int) -> int | None:
+        """The first fresh (not scheduled dark) frame index >= f, or None past the end."""
+        while self.end_frame is None or f < self.end_frame:
+            if not self.scheduled_dark(f):
+                return f
+            f += 1
+        return None
+
+    # -- threads --------------------------------------------------------------------------------------
+    def _produce_until(self, limit: int | None) -> None:
+        """Draw fresh frames in index order into the queue, up to (excluding) ``limit`` (None: the end)."""
+        while not self._stop.is_set():
+            f = self._fresh_after(self._produced)
+            if f is None or (limit is not None and f >= limit):
+                return
+            frame = self.source.frame(f)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.05)
+                    break
+                except queue.Full:
+                    continue
+            self._produced = f + 1
+
+    def _produce(self) -> None:
+        try:
+            self._produce_until(None)
+        except Exception as exc:  # the client's randomness failed: nothing more can be played
+            self.error = f"frame source failed: {type(exc).__name__}: {exc}"
+            log.error("client %s: %s", self.source.log.client, self.error)
+
+    def _take(self, index: int) -> ModulationFrame | None:
+        """The producer's frame ``index`` if it is (or becomes, within max_wait_s) ready; stale frames of
+        indices already decided are discarded."""
+        deadline = time.monotonic() + self.max_wait_s
+        while True:
+            try:
+                head = self._queue.queue[0] if self._queue.queue else None
+            except IndexError:
+                head = None
+            if head is not None and head.index < index:  # decided already (played dark): discard
+                self._queue.get_nowait()
+                continue
+            if head is not None and head.index == index:
+                return self._queue.get_nowait()
+            if head is not None:  # the producer is ahead of this index (cannot happen in order), keep it
+                return None
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._stop.wait(min(remaining, self.poll_interval_s))
+
+    def _next_upload(self) -> tuple[list[ModulationFrame], bool]:
+        per = self.generator.frames_per_upload
+        frames: list[ModulationFrame] = []
+        for f in range(self._next, self._next + per):
+            fr = None if self.scheduled_dark(f) else self._take(f)
+            if fr is None:
+                if not self.scheduled_dark(f):
+                    self.late_frames += 1
+                    log.warning("client %s: frame %d not ready in time: played dark, recorded lost",
+                                self.source.log.client, f)
+                self._dark.add(f)
+                fr = ModulationFrame.dark_frame(f, self.source.frame_slots)
+            frames.append(fr)
+        last = self.end_frame is not None and self._next + per >= self.end_frame
+        return frames, last
+
+    def _absorb(self, verdicts: list[tuple[int, bool]]) -> None:
+        with self._cond:
+            for i, played in verdicts:
+                self.record.mark(i, played and i not in self._dark)
+            self._cond.notify_all()
+
+    def _feed(self) -> None:
+        g = self.generator
+        try:
+            while not self._stop.is_set():
+                self._absorb(g.poll_played())
+                failed = getattr(g, "failed", None)
+                if failed:
+                    self.error = failed
+                    self._finish_lost()
+                    return
+                if self.error is not None:  # the producer failed
+                    self._absorb(g.stop())
+                    self._finish_lost()
+                    return
+                if self.end_frame is not None and self._next >= self.end_frame:
+                    if len(self.record) >= self.end_frame - self.first_frame:
+                        return
+                    self._stop.wait(self.poll_interval_s)
+                    continue
+                if g.ready_for_upload():
+                    frames, last = self._next_upload()
+                    g.upload(frames, last=last)
+                    self._next += len(frames)
+                    with self._cond:
+                        self.uploads += 1
+                        self._cond.notify_all()
+                    continue
+                self._stop.wait(self.poll_interval_s)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.error("client %s: modulation stream failed: %s", self.source.log.client, self.error)
+            try:
+                self._absorb(g.stop())
+            finally:
+                self._finish_lost()
+        finally:
+            self._done.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _finish_lost(self) -> None:
+        """After a failure: every frame up to the end that has no verdict yet is lost."""
+        end = self.end_frame if self.end_frame is not None else self._next
+        with self._cond:
+            for f in range(self.first_frame, max(end, self._next)):
+                if f not in self.record:
+                    self.record.mark(f, False)
+            self._cond.notify_all()
+
+    # -- control ----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Arm the generator and start the producer and feeder threads."""
+        if self._threads:
+            raise RuntimeError("this streamer was started already; make a new one for a new stream")
+        self._produce_until(self.first_frame + self.generator.frames_per_upload)  # the first upload is ready
+        self.generator.start(self.first_frame)
+        self._threads = [threading.Thread(target=self._produce, name=f"modulation-produce-{self.source.log.client}",
+                                          daemon=True),
+                         threading.Thread(target=self._feed, name=f"modulation-feed-{self.source.log.client}",
+                                          daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def wait_uploads(self, n: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``n`` uploads went out (or the stream ended); True if they did."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.uploads >= n or self._done.is_set(), timeout) and self.uploads >= n
+
+    def wait_recorded(self, n: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``n`` frames have a verdict (or the stream ended)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.record) >= n or self._done.is_set(), timeout) and \
+                len(self.record) >= n
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the stream to end (all frames recorded, or a failure); True if it ended."""
+        return self._done.wait(timeout)
+
+    def stop(self) -> PlayedFrames:
+        """Stop playback now; frames not played are recorded lost. Returns the played-frames record."""
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=5.0)
+        self._absorb(self.generator.stop())
+        return self.record
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+
+class PlayedChoiceLog:
+    """A client's :class:`~labqfl.qkd.types.ModulationLog` restricted to what was played: choices for
+    slots of played frames; asking for a slot of a lost (or unrecorded) frame raises ``ValueError``
+    (filter with ``record.slot_mask`` first)."""
+
+    def __init__(self, log: Any, record: PlayedFrames) -> None:
+        self.log = log
+        self.record = record
+        self.client = log.client
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        s = np.asarray(slots, dtype=np.int64)
+        ok = self.record.slot_mask(s)
+        if not ok.all():
+            raise ValueError(f"client {self.client}: {int((~ok).sum())} of {s.size} slots lie in frames that were not "
+                             "played (lost or not recorded); expected slots of played frames only (record.slot_mask)")
+        rec: ModulationRecord = self.log.choices(s)
+        return rec
