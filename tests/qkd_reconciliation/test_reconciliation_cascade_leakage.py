@@ -1,0 +1,88 @@
+"""Cascade leakage is honest: every parity that crosses the channel is counted, and Bob does not
+ask for parities that follow from Alice's bits he already knows (GF(2) rank checks on small frames)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqfl.qkd.cascade import CascadeAlice, CascadeBob, _build_passes
+from labqfl.qkd.messaging import LocalChannel, Message
+
+
+class RecordingChannel(LocalChannel):
+    """A local channel that keeps every request and reply."""
+
+    def __init__(self, responder: CascadeAlice) -> None:
+        super().__init__(responder)
+        self.log: list[tuple[Message, Message]] = []
+
+    def _exchange(self, msg: Message) -> Message:
+        reply = super()._exchange(msg)
+        self.log.append((msg, reply))
+        return reply
+
+
+def disclosed_vectors(n: int, seed: int, block_sizes: tuple[int, ...],
+                      log: list[tuple[Message, Message]]) -> list[int]:
+    """Every parity Alice sent, as the set of key indices it covers (a Python int bit set)."""
+    P = _build_passes(n, seed, block_sizes)
+    members: dict[tuple[int, int], np.ndarray] = {}
+
+    def block(q: int, b: int) -> np.ndarray:
+        if (q, b) not in members:
+            P.ensure(q)
+            if P.kind[q] == 1:
+                bit = np.array([(int(P.masks[q, i // 64]) >> (i % 64)) & 1 for i in range(n)])
+                members[q, b] = np.flatnonzero(bit == b)
+            else:
+                k = int(P.k[q])
+                order = (int(P.c[q]) + int(P.a[q]) * np.arange(n, dtype=np.int64)) % n
+                members[q, b] = order[b * k:(b + 1) * k]
+        return members[q, b]
+
+    def as_int(idx: np.ndarray) -> int:
+        return sum(1 << int(i) for i in idx)
+
+    vecs: list[int] = []
+    for req, rep in log:
+        if req.kind == "cascade/blocks":
+            q = int(req.get("pass"))
+            told = int(P.nb[q]) - (1 if q > 0 else 0)
+            assert rep.disclosed.size == told
+            vecs += [as_int(block(q, b)) for b in range(told)]
+        elif req.kind == "cascade/parity":
+            for q, b, lo, hi in zip(req.get("pass"), req.get("block"), req.get("lo"), req.get("hi"), strict=True):
+                vecs.append(as_int(block(int(q), int(b))[int(lo):int(hi)]))
+    return vecs
+
+
+def gf2_rank(vecs: list[int]) -> int:
+    pivots: dict[int, int] = {}
+    for v in vecs:
+        while v:
+            h = v.bit_length() - 1
+            if h not in pivots:
+                pivots[h] = v
+                break
+            v ^= pivots[h]
+    return len(pivots)
+
+
+@pytest.mark.parametrize("n,qber,seed", [(3000, 0.08, 1), (3000, 0.06, 2), (4000, 0.02, 3), (2000, 0.05, 4)])
+def test_every_parity_sent_is_counted_and_almost_all_are_independent(frame, n, qber, seed):
+    """Leakage = parities on the wire, and these are linearly independent up to a few.
+
+    Before Bob derived the parities that follow from known bits, 1.7–2.1 % of the parities sent on
+    10^4-bit frames at 8 % were linear combinations of earlier ones (one-bit halves whose bit was
+    already known); the rule leaves at most a few (implied only through longer combinations)."""
+    x, y = frame(n, qber, seed)
+    ch = RecordingChannel(CascadeAlice(x))
+    bob = CascadeBob(y, qber, seed=seed)
+    res = bob.run(ch)
+    assert np.array_equal(res.corrected, x)
+    vecs = disclosed_vectors(n, seed, bob.schedule.block_sizes, ch.log)
+    assert res.leaked_bits == len(vecs) == sum(rep.disclosed.size for _, rep in ch.log)
+    rank = gf2_rank(vecs)
+    assert rank <= len(vecs)
+    assert len(vecs) - rank <= max(2, len(vecs) // 500), (len(vecs), rank)
