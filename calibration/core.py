@@ -25,10 +25,6 @@ from labqfl.station import Station
 
 log = get_logger(__name__)
 
-C_LIGHT = 299_792_458.0
-H_PLANCK = 6.626_070_15e-34
-
-
 @dataclass
 class Quantity:
     """One calibrated number: ``value ± uncertainty`` (1σ, standard uncertainty) in ``unit``.
@@ -133,12 +129,6 @@ def sim_truth(station: Station, roles: str | tuple[str, ...], value: Callable[[S
     if all(is_simulated(station, r) for r in rs):
         return float(value(station.config))
     return None
-
-
-def loop_delay_ps(cfg: StationConfig) -> float:
-    """Propagation time once round the loop, n·ΣL/c [ps] (the station model's value)."""
-    lp = cfg.loop
-    return lp.fiber_refractive_index * sum(lp.segments_km) * 1e3 / C_LIGHT * 1e12
 
 
 def wrap_phase(x: float) -> float:

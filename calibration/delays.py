@@ -36,12 +36,12 @@ from labqfl.calibration.core import (
     Quantity,
     gates_to_optimum,
     guarded,
-    loop_delay_ps,
     sim_truth,
 )
 from labqfl.calibration.fitting import FitResult, fit_gaussian_peak, plot_peak
 
 from labqfl.errors import CalibrationError, InstrumentError
+from labqfl.physics import loop_delay_ps
 
 DETECTORS = ("D0", "D1")
 
@@ -57,7 +57,7 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
     """
     cfg = ctx.config
     tt_cfg = cfg.time_tagger
-    loop = loop_delay_ps(cfg)
+    loop = loop_delay_ps(cfg.loop)
     quantities: list[Quantity] = []
     raw: dict[str, Any] = {}
     plots: list[str] = []

@@ -38,8 +38,6 @@ from labqfl.calibration.acquire import (
     save_plot,
 )
 from labqfl.calibration.core import (
-    C_LIGHT,
-    H_PLANCK,
     CalContext,
     ProcedureResult,
     Quantity,
@@ -48,7 +46,6 @@ from labqfl.calibration.core import (
     continuous_dead_time_correction,
     gates_to_optimum,
     guarded,
-    loop_delay_ps,
     pulsed_dead_time_correction,
     restore_dc,
     sim_truth,
@@ -67,6 +64,7 @@ from scipy.optimize import brentq
 
 from labqfl.config import StationConfig
 from labqfl.errors import CalibrationError
+from labqfl.physics import loop_delay_ps, photon_energy_j
 from labqfl.qkd.channel_model import transmittances
 from labqfl.qkd.schedule import PairSchedule
 
@@ -803,7 +801,7 @@ def gate_delay(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, n_coarse
             width = (fall - rise) % T
             centre = (rise + width / 2.0) % T
             err = 0.5 * (e_r + e_f)  # both brackets sit on the same scan grid: fully correlated
-            lp = loop_delay_ps(ctx.config)
+            lp = loop_delay_ps(ctx.config.loop)
             quantities.append(Quantity(
                 f"{d}.gate_delay_ps", centre, err, "ps", "gate_delay",
                 true=sim_truth(ctx.station, (d, "laser"),
@@ -958,7 +956,7 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
             raise CalibrationError(f"no light at the power meter ({p_mean:.3g} ± {p_sem:.2g} W at {src}'s output); "
                                    "is the laser on and the fibre connected?")
         f_rep = float(st.laser.rep_rate_hz)
-        h_nu = H_PLANCK * C_LIGHT / (wl * 1e-9)
+        h_nu = photon_energy_j(wl)
         mu = p_mean * 10 ** (-delta / 10.0) / (h_nu * f_rep)
         rel_mu = math.sqrt((p_sem / p_mean) ** 2 + cfg.power_meter.relative_uncertainty**2
                            + (math.log(10) / 10 * attenuation_uncertainty_db) ** 2 + transmission_rel_uncertainty**2)

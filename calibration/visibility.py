@@ -27,7 +27,6 @@ from labqfl.calibration.core import (
     Quantity,
     gates_to_optimum,
     guarded,
-    loop_delay_ps,
     pulsed_dead_time_correction,
     restore_dc,
     sim_truth,
@@ -36,6 +35,7 @@ from labqfl.calibration.detector import _dead_time_s, dim_for_rate
 from labqfl.calibration.phase_modulator import _joint, fit_fringe
 
 from labqfl.errors import CalibrationError
+from labqfl.physics import loop_delay_ps
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.types import pair_name
 
@@ -61,7 +61,7 @@ def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) ->
     chans = [tt.detector_channels[d] for d in DETECTORS]
     tags = collect_tags(st.time_tagger, duration_s, chans)
     ind = st.time_tagger.input_delays_ps
-    loop = loop_delay_ps(cfg)
+    loop = loop_delay_ps(cfg.loop)
     out = {}
     for d in DETECTORS:
         ch = tt.detector_channels[d]

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 from labqfl.sim_backends.qrng import ChoiceLog, client_log
-from labqfl.sim_backends.testbed import C_LIGHT
 
 from labqfl.config import StationConfig
 from labqfl.instruments.base import TagBlock
+from labqfl.physics import loop_delay_ps
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.types import pair_name
 
@@ -23,8 +23,8 @@ BASIS_PAIRS = ("XX", "XY", "YX", "YY")
 def nominal_delays_ps(config: StationConfig) -> dict[str, float]:
     """Delay from a slot's emission to its tag [ps] per channel name ('sync', 'D0', 'D1'):
     cable + input delay, plus the loop propagation n·ΣL/c for the detectors (simulator truth)."""
-    tt, lp = config.time_tagger, config.loop
-    loop = lp.fiber_refractive_index * sum(lp.segments_km) * 1e3 / C_LIGHT * 1e12
+    tt = config.time_tagger
+    loop = loop_delay_ps(config.loop)
     out = {"sync": tt.cable_delays_ps.get("sync", 0.0) + tt.input_delays_ps.get("sync", 0.0)}
     for d in tt.detector_channels:
         out[d] = loop + tt.cable_delays_ps.get(d, 0.0) + tt.input_delays_ps.get(d, 0.0)

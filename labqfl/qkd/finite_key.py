@@ -39,11 +39,15 @@ import numpy as np
 
 
 def binary_entropy(p: float) -> float:
-    """Binary Shannon entropy h(p) = −p log2 p − (1−p) log2(1−p) [bits]; h(p) = 1 for p ≥ 1/2."""
-    if p <= 0.0:
+    """Binary Shannon entropy h(p) = −p log2 p − (1−p) log2(1−p) [bits] for p ∈ [0, 1]
+    (Cover & Thomas, *Elements of Information Theory*, 2nd ed., Eq. (2.5)).
+
+    h(0) = h(1) = 0, h(½) = 1, symmetric about ½; p outside [0, 1] is clipped to it. The one
+    definition in labqfl: a bound on an error *rate* that must not fall above ½ (the phase-error
+    bound in :func:`labqfl.qkd.estimation.secure_key_length`) is capped at ½ by its caller.
+    """
+    if p <= 0.0 or p >= 1.0:
         return 0.0
-    if p >= 0.5:
-        return 1.0
     return -p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p)
 
 

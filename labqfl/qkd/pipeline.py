@@ -74,6 +74,7 @@ from labqfl.qkd.authentication import (
     transcript_forgery_probability,
 )
 from labqfl.qkd.estimation import SecurityParameters, epsilon_total
+from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup
@@ -226,7 +227,7 @@ class PairResult:
     times_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     def as_dict(self, duration_s: float) -> dict[str, Any]:
-        h = sum(_h2(b.qber_key) * b.sifted_bits for b in self.blocks if not b.abort or b.leaked_ec_bits)
+        h = sum(binary_entropy(b.qber_key) * b.sifted_bits for b in self.blocks if not b.abort or b.leaked_ec_bits)
         f = self.leaked_ec_bits / h if h > 0 else None
         pe = [b.report["phase_error_upper"] for b in self.blocks if b.report and b.report.get("phase_error_upper") is not None]
         tc, te = self.test_clicks, self.test_errors_x2
@@ -260,10 +261,6 @@ class PairResult:
             "abort_reasons": sorted({b.abort_reason for b in self.blocks if b.abort}),
             "times_s": dict(self.times_s),
         }
-
-
-def _h2(p: float) -> float:
-    return 0.0 if p <= 0 or p >= 1 else -p * math.log2(p) - (1 - p) * math.log2(1 - p)
 
 
 class KeySink(Protocol):
@@ -683,7 +680,7 @@ class Distiller:
         n = oi.n
         qber = oi.qber
         leak = oi.leak
-        f = leak / (n * _h2(qber)) if _h2(qber) > 0 else float("nan")
+        f = leak / (n * binary_entropy(qber)) if binary_entropy(qber) > 0 else float("nan")
         common: dict[str, Any] = dict(qber_key=qber, leaked_ec_bits=leak, efficiency_f=f, verification_bits=oi.tlen,
                       verified=oi.verified)
         report = oi.report.as_dict() if oi.report is not None else None

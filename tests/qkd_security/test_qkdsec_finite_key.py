@@ -20,7 +20,9 @@ from labqfl.qkd.finite_key import (
 def test_binary_entropy_values() -> None:
     assert binary_entropy(0.0) == 0.0
     assert binary_entropy(0.5) == 1.0
-    assert binary_entropy(0.7) == 1.0
+    assert binary_entropy(1.0) == 0.0
+    # symmetric about 1/2 (an earlier copy returned 1 for every p >= 1/2)
+    assert math.isclose(binary_entropy(0.7), binary_entropy(0.3)) and binary_entropy(0.7) < 0.9
     assert math.isclose(binary_entropy(0.11), 0.4999, abs_tol=1e-3)
 
 
