@@ -95,10 +95,6 @@ class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBi
         self._levels: list[float] = []
         super().__init__(name, config, adapter=adapter)
 
-    def _on_open(self) -> None:
-        super()._on_open()
-        self.link.check_errors("*IDN?")
-
     def apply_operating_point(self, station: StationConfig) -> None:
         """Levels = the client's ``intensities``; the bias mode of ``options.bias_mode``; output off."""
         client = self.name.split(".")[0]

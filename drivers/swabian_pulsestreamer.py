@@ -114,6 +114,11 @@ class _PulseStreamerCommon(DriverDeclaration):
         ip = (config.resource or "").strip()
         if not ip:
             raise LabqflError(f"role {self.name!r}: a Pulse Streamer needs its IP address or hostname as 'resource'")
+        cls = self.ps_module.PulseStreamer
+        if not hasattr(cls, "_has_binary"):
+            # the client's PulseStreamerBase.__del__ reads self._has_binary, which a failed connection never set:
+            # a class default keeps that destructor quiet (instances still set their own in __init__)
+            cls._has_binary = False
         out = io.StringIO()
         try:
             with contextlib.redirect_stdout(out):

@@ -15,10 +15,7 @@ import pytest
 
 pytest.importorskip("pulsestreamer")
 
-from labqfl.config import InstrumentConfig, default_station_text, parse_station_config  # noqa: E402
 from labqfl.drivers.swabian_pulsestreamer import SwabianPulseStreamer, SwabianPulseStreamerClock  # noqa: E402
-from labqfl.errors import ConfigError, InstrumentError  # noqa: E402
-from labqfl.instruments.interfaces import ModulationFrame  # noqa: E402
 from labqfl.sim_backends.pulse_streamer import (  # noqa: E402
     CMD_STREAM,
     CMD_UPLOAD,
@@ -29,8 +26,9 @@ from labqfl.sim_backends.pulse_streamer import (  # noqa: E402
     slot_levels,
 )
 
-# the vendor client's PulseStreamerBase.__del__ reads attributes a failed connection never set
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+from labqfl.config import InstrumentConfig, default_station_text, parse_station_config  # noqa: E402
+from labqfl.errors import ConfigError, InstrumentError  # noqa: E402
+from labqfl.instruments.interfaces import ModulationFrame  # noqa: E402
 
 F = 200  # slots per frame in these tests
 SLOT_NS = 10
@@ -271,3 +269,35 @@ def test_station_roles_typed_and_real_only(emulator: PulseStreamerEmulator) -> N
     roles = cfg.roles()  # type: ignore[attr-defined]
     assert list(roles)[:2] == ["master_clock", "laser"] and "C1.pattern_generator" in roles
     assert "C2.pattern_generator" not in roles and base["clients"][1].get("pattern_generator") is None
+
+
+def test_station_opens_applies_and_safes_the_new_roles(emulator: PulseStreamerEmulator, sim_library) -> None:  # type: ignore[no-untyped-def]
+    """A station with C1's pattern generator and the master clock on emulated Pulse Streamers and C1's intensity
+    modulator on the simulated bias controller: opening writes the operating point (100 MHz slots, frames of
+    time_tagger.frame_slots, EXT_10MHZ clock on both, levels and null bias), closing leaves outputs dark/off."""
+    from labqfl.station import Station
+
+    clock_em = PulseStreamerEmulator()
+    try:
+        d = tomllib.loads(default_station_text())
+        d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": clock_em.ip}
+        d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": emulator.ip}
+        d["clients"][0]["attenuator"] = {"driver": "GenericMZIntensityModulator", "resource": "ASRL7::INSTR",
+                                         "visa_library": sim_library("mz_bias_controller.yaml"), "timeout_ms": 200}
+        cfg = parse_station_config(d, "station.toml")
+        st = Station(cfg, guard=False)
+        try:
+            pg = st["C1.pattern_generator"]
+            clk = st["master_clock"]
+            assert isinstance(pg, SwabianPulseStreamer) and isinstance(clk, SwabianPulseStreamerClock)
+            assert pg.slot_rate_hz == cfg.laser.rep_rate_hz and pg.frame_slots == cfg.time_tagger.frame_slots
+            assert emulator.clock == 2 and clock_em.clock == 2  # both on the shared 10 MHz
+            im = st.attenuator("C1")
+            assert im.levels == cfg.client("C1").intensities  # type: ignore[union-attr]
+            clk.output_enabled = True  # type: ignore[attr-defined]
+            assert clock_em.playing is not None
+        finally:
+            st.close()
+        assert clock_em.playing is None and clock_em.output == (0, 0, 0) and emulator.output == (0, 0, 0)
+    finally:
+        clock_em.close()
