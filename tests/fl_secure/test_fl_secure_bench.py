@@ -25,3 +25,31 @@ def test_secure_aggregation_bench_runs_quick() -> None:
     assert d["paper_all_pairs_key_bits_per_round"] == 66 * 16 * 61_706
     assert d["dp_privacy"]["epsilon"] <= 8.0 and d["dp_privacy"]["honest_clients_assumed"] == 1
     assert d["dp_upload_bits_per_client"] == 32 * 65_536  # padded to a power of two for the rotation
+
+
+def test_secaggplus_side_by_side_runs_both_schemes_on_one_grid(tmp_path) -> None:
+    """The helpers of ``secure_aggregation_vs_secaggplus``: both schemes aggregate the same updates
+    correctly on the in-process Grid, with and without clients lost after masking; bytes counted."""
+    import numpy as np
+
+    from labqfl.bench.entries.secure_aggregation import _labqfl_round, _secaggplus_round
+
+    names = [f"C{i}" for i in range(1, 6)]
+    rng = np.random.default_rng(0)
+    ups = {c: rng.normal(0, 0.01, 16) for c in names}
+    ours = _labqfl_round(ups, 2, 16, {"C3"}, tmp_path / "a", rounds=2)
+    theirs = _secaggplus_round(ups, 2, 2, {"C3"}, rounds=2)
+    full = np.mean(list(ups.values()), axis=0)
+    part = np.mean([ups[c] for c in names if c != "C3"], axis=0)
+    for res in (ours, theirs):
+        r1, r2 = res["rounds"]
+        assert r1["completed"] and r2["completed"]
+        assert np.max(np.abs(r1["aggregate"] - full)) < 1e-3  # quantisation error only
+        assert np.max(np.abs(r2["aggregate"] - part)) < 1e-3  # the lost client is out of the mean
+        assert r1["up_bytes"] > 0 and r1["down_bytes"] > 0
+    # labqfl: 16 words of q = 16 bits masked, plus each share ciphertext (uint32 words) to 2 partners
+    assert ours["rounds"][0]["up_bytes"] > 16 * 2 + 2 * 16 * 4
+    assert ours["key_bits_per_pair_per_round"] == 16 * (16 + 2 * 17) and ours["pairs"] == 5
+    # losing both neighbours of C3 isolates it (and leaves it one holder, itself, for t = 2): refused
+    lost2 = _labqfl_round(ups, 2, 16, {"C2", "C4"}, tmp_path / "b", rounds=1)
+    assert not lost2["rounds"][0]["completed"] and "aborted before any key reveal" in lost2["failure"]

@@ -31,6 +31,8 @@ bits per round next to the paper's all-pairs cost.
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -234,3 +236,307 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
         passed=bool(secure_round_s <= 1.10 * plain_round),
         details=details,
     )
+
+
+# -- labqfl (QKD pads, self-masks) vs Flower's SecAgg+, side by side on one in-process Grid ------
+
+
+class _InProcessGrid:
+    """A Flower ``Grid`` that hands each message to a ClientApp in this process (no Ray, no network),
+    counts every message's serialised content bytes (protobuf ``RecordDict``, what Flower puts on
+    the wire) to (down) and from (up) each node, and loses the replies of the nodes ``lose`` names
+    at the stage ``lose`` matches: the node did its work, its answer never arrives (a client lost
+    mid-round; a late upload)."""
+
+    def __init__(self, app: Any, names: list[str], node_config: dict[str, Any],
+                 lose: Any = None) -> None:
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.app = app
+        self.names = {1000 + i: n for i, n in enumerate(names)}
+        self.contexts = {nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
+                                      node_config={"labqfl-client": n, "partition-id": i, **node_config})
+                         for i, (nid, n) in enumerate(self.names.items())}
+        self.lose = lose or (lambda name, msg: False)
+        self.up: dict[str, int] = dict.fromkeys(names, 0)
+        self.down: dict[str, int] = dict.fromkeys(names, 0)
+        self.client_s = 0.0  # wall seconds spent inside the ClientApps
+        self.run = SimpleNamespace(run_id=1)  # what Flower's legacy client manager reads
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.names)
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
+        import uuid
+
+        from flwr.app import Error, Message
+        from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+
+        out = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            nid = m.metadata.dst_node_id
+            name = self.names[nid]
+            # what crosses the wire: the content serialised, the client gets its own copy (a
+            # server may send one RecordDict object to every node, and secaggplus_mod pops from it)
+            wire = recorddict_to_proto(m.content)
+            self.down[name] += wire.ByteSize()
+            delivered = Message(recorddict_from_proto(wire), dst_node_id=nid, message_type=m.metadata.message_type,
+                                group_id=m.metadata.group_id)
+            delivered.metadata.__dict__["_message_id"] = m.metadata.message_id
+            t0 = time.perf_counter()
+            try:
+                rep = self.app(delivered, self.contexts[nid])
+                if not rep.has_error():
+                    rep_wire = recorddict_to_proto(rep.content)
+                    self.up[name] += rep_wire.ByteSize()
+                    rep = Message(recorddict_from_proto(rep_wire), reply_to=m)
+            except Exception as exc:  # noqa: BLE001 - a failing ClientApp becomes an error reply
+                rep = Message(Error(code=0, reason=str(exc)), reply_to=m)
+            self.client_s += time.perf_counter() - t0
+            if self.lose(name, m):
+                if not rep.has_error():
+                    self.up[name] -= recorddict_to_proto(rep.content).ByteSize()  # never arrived
+                continue
+            out.append(rep)
+        return out
+
+
+def _loses(stage_key: str, stage: str, dropped: set[str]) -> Any:
+    """``lose`` for :class:`_InProcessGrid`: the replies of ``dropped`` to messages whose config
+    record ``stage_key`` has ``stage`` (labqfl: "labqfl"/"mask"; SecAgg+: its masked-vector stage)."""
+
+    def lose(name: str, msg: Any) -> bool:
+        rec = msg.content.config_records.get(stage_key)
+        return name in dropped and rec is not None and str(rec.get("stage", "")) == stage
+
+    return lose
+
+
+def _fill_key_stores(names: list[str], pairs: list[str], nbits: int, folder: Any) -> None:
+    """Each pair's two node stores get the same ``nbits`` random key bits (pool ``fl``), as a
+    distillation would leave them (the bench's stand-in for QKD key; the masking path is the real one)."""
+    import uuid
+
+    from labqfl.keystore import KeyStore
+
+    rng = np.random.default_rng(7)
+    for p in pairs:
+        bits = rng.integers(0, 2, nbits, dtype=np.uint8)
+        bid = str(uuid.uuid4())
+        for node in p.split("-"):
+            with KeyStore.for_node(node, Path(folder)) as st:
+                st.add_block(p, bits, block_id=bid, purpose="fl")
+
+
+def _labqfl_app(updates: dict[str, np.ndarray]) -> Any:
+    """labqfl's ClientApp with a fixed update per client (no training): ``labqfl_secagg_mod`` around it."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from labqfl.fl.flower.client import labqfl_secagg_mod, node_name
+
+    app = ClientApp()
+
+    @app.train(mods=[labqfl_secagg_mod])
+    def train(msg: Any, context: Any) -> Any:
+        u = updates[node_name(context)]
+        return Message(RecordDict({"update": ArrayRecord({"update": Array(u.astype(np.float64))}),
+                                   "metrics": MetricRecord({"num_examples": 100, "train_loss": 0.0})}), reply_to=msg)
+
+    return app
+
+
+def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[str], folder: Any,
+                  rounds: int = 1) -> dict[str, Any]:
+    """labqfl on the in-process Grid: qkd keys from per-node SQLite stores, ring-k, self-masks,
+    default threshold; ``rounds`` rounds, the last one losing ``dropped`` after masking. Returns per-round wall seconds, bytes per client, aggregates."""
+    from labqfl.errors import SecureAggregationError
+    from labqfl.fl.flower.server import LabqflServer
+    from labqfl.fl.flower.spec import FlowerSpec
+
+    names = list(updates)
+    n = next(iter(updates.values())).size
+    spec = FlowerSpec(task="mnist-lenet5", clients=len(names), q=q, rounds=rounds, keys="qkd", graph=f"ring-{k}",
+                      k=k, self_masks=True, rounding="nearest", clip=1.0, keystore_dir=str(folder))
+    srv = LabqflServer(spec)
+    pairs = srv.cfg.pairs(names)
+    _fill_key_stores(names, pairs, rounds * srv.cfg.key_bits_per_pair(n), folder)
+    out: dict[str, Any] = {"rounds": []}
+    weights = dict.fromkeys(names, 100.0)
+    for r in range(1, rounds + 1):
+        lose = _loses("labqfl", "mask", dropped if r == rounds else set())
+        grid = _InProcessGrid(_labqfl_app(updates), names, {"labqfl-keystore": str(folder)}, lose)
+        nodes = {c: nid for nid, c in grid.names.items()}
+        t0 = time.perf_counter()
+        try:
+            fr = srv.round(grid, r, np.zeros(n), nodes, weights)
+            ok, agg, thr = True, fr.aggregate, fr.threshold
+        except SecureAggregationError as exc:
+            ok, agg, thr = False, None, 0
+            out["failure"] = str(exc)
+        out["rounds"].append({"wall_s": time.perf_counter() - t0, "client_s": grid.client_s,
+                              "up_bytes": float(np.mean(list(grid.up.values()))),
+                              "down_bytes": float(np.mean(list(grid.down.values()))), "completed": ok,
+                              "aggregate": agg, "threshold": thr})
+    out["key_bits_per_pair_per_round"] = srv.cfg.key_bits_per_pair(n)
+    out["pairs"] = len(pairs)
+    return out
+
+
+def _secaggplus_round(updates: dict[str, np.ndarray], k: int, t: int, dropped: set[str],
+                      rounds: int = 1, seed: int = 0) -> dict[str, Any]:
+    """Flower's SecAgg+ (``SecAggPlusWorkflow`` in the legacy ``DefaultWorkflow``, ``secaggplus_mod`` on
+    the clients; Flower's defaults: clipping 8, quantisation 2^22, modulus 2^32) on the same Grid:
+    num_shares = k + 1 (a ring of k neighbours plus the node itself, as labqfl's ring-k holders),
+    reconstruction threshold t. The last of ``rounds`` rounds loses ``dropped`` at the
+    masked-vector stage. Same per-round figures as :func:`_labqfl_round`."""
+    import random
+
+    from flwr.app import Context, RecordDict
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Stage
+    from flwr.server import LegacyContext, ServerConfig
+    from flwr.server.strategy import FedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+    names = list(updates)
+    n = next(iter(updates.values())).size
+    random.seed(seed)  # SecAgg+ shuffles the nodes with Python's random before building its ring
+
+    class _Client(NumPyClient):  # type: ignore[misc]
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def fit(self, parameters: Any, config: Any) -> Any:
+            return [np.asarray(parameters[0], dtype=np.float64) + updates[self.name]], 100, {}
+
+    def client_fn(context: Any) -> Any:
+        return _Client(names[int(context.node_config["partition-id"])]).to_client()
+
+    out: dict[str, Any] = {"rounds": []}
+    for r in range(1, rounds + 1):
+        lose = _loses(RECORD_KEY_CONFIGS, Stage.COLLECT_MASKED_VECTORS, dropped if r == rounds else set())
+        grid = _InProcessGrid(ClientApp(client_fn=client_fn, mods=[secaggplus_mod]), names, {}, lose)
+        strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=len(names),
+                          min_available_clients=len(names),
+                          initial_parameters=ndarrays_to_parameters([np.zeros(n)]))
+        ctx = LegacyContext(context=Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}),
+                            config=ServerConfig(num_rounds=1), strategy=strategy)
+        sa = SecAggPlusWorkflow(num_shares=k + 1, reconstruction_threshold=t)
+        timed: dict[str, float] = {}
+
+        def fit(g: Any, c: Any, sa: Any = sa, timed: dict[str, float] = timed) -> None:
+            t0 = time.perf_counter()
+            sa(g, c)
+            timed["wall_s"] = time.perf_counter() - t0
+
+        DefaultWorkflow(fit_workflow=fit)(grid, ctx)  # type: ignore[arg-type]
+        from flwr.server.workflow.constant import MAIN_PARAMS_RECORD
+
+        agg = np.asarray(ctx.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays()[0], dtype=np.float64)
+        ok = bool(np.any(agg != 0))  # a halted SecAgg+ round leaves the parameters unchanged (zeros)
+        out["rounds"].append({"wall_s": timed.get("wall_s", float("nan")), "client_s": grid.client_s,
+                              "up_bytes": float(np.mean(list(grid.up.values()))),
+                              "down_bytes": float(np.mean(list(grid.down.values()))), "completed": ok,
+                              "aggregate": agg if ok else None, "threshold": t})
+    return out
+
+
+def _tolerance_sweep(n_clients: int, k: int, t: int, trials: int, seed: int) -> dict[str, Any]:
+    """Rounds completed against clients lost after masking, both schemes, small vectors (the
+    tolerance does not depend on the model size): for d = 1, 2, … random lost sets (the same sets
+    for both), ``trials`` rounds each, until neither completes any."""
+    import logging
+    import tempfile
+
+    rng = np.random.default_rng(seed)
+    names = [f"C{i + 1}" for i in range(n_clients)]
+    ups = {c: rng.normal(0, 0.01, 64) for c in names}
+    rows = []
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)
+    try:
+        for d in range(1, n_clients - 1):
+            ours = theirs = 0
+            for trial in range(trials):
+                lost = set(rng.choice(names, d, replace=False).tolist())
+                with tempfile.TemporaryDirectory() as tmp:
+                    ours += _labqfl_round(ups, k, 16, lost, tmp, rounds=2)["rounds"][1]["completed"]
+                theirs += _secaggplus_round(ups, k, t, lost, rounds=2, seed=seed + 1000 * d + trial)["rounds"][1]["completed"]
+            rows.append({"lost": d, "labqfl_completed": ours, "secaggplus_completed": theirs, "trials": trials})
+            if ours == 0 and theirs == 0:
+                break
+    finally:
+        flwr_log.setLevel(level)
+    return {"clients": n_clients, "k": k, "threshold": t, "rows": rows}
+
+
+@benchmark(
+    "secure_aggregation_vs_secaggplus",
+    "labqfl on Flower (QKD one-time pads from per-node key stores, self-masks with IT Shamir shares) vs "
+    "Flower's SecAgg+ (secaggplus_mod + SecAggPlusWorkflow), same clients, update size and sparse graph, "
+    "one in-process Grid: wall time per round, bytes per client, rounds completed against clients lost",
+    target="report only (IT security costs bandwidth: shares of every word instead of a PRG seed)",
+)
+def secure_aggregation_vs_secaggplus_bench(quick: bool) -> BenchResult:
+    import logging
+    import tempfile
+
+    from labqfl.fl.masks import mask_graph
+    from labqfl.fl.selfmask import default_threshold
+
+    n_clients, n_params, k = (6, 24, 4) if quick else (16, LENET5_PARAMS, 4)
+    q = 16
+    names = [f"C{i + 1}" for i in range(n_clients)]
+    t = default_threshold(names, mask_graph(names, "ring-k", k))
+    rng = np.random.default_rng(3)
+    updates = {c: rng.normal(0, 0.01, n_params) for c in names}
+    lost = {names[1], names[n_clients // 2]}
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            ours = _labqfl_round(updates, k, q, lost, tmp, rounds=3)
+            ours["wall_incl_store_fill_s"] = time.perf_counter() - t0
+        theirs = _secaggplus_round(updates, k, t, lost, rounds=3)
+    finally:
+        flwr_log.setLevel(level)
+    sweep = _tolerance_sweep(8 if quick else 12, k, t, 2 if quick else 4, seed=11)
+
+    def err(res: dict[str, Any], r: int, surv: list[str]) -> float | None:
+        agg = res["rounds"][r]["aggregate"]
+        return None if agg is None else float(np.max(np.abs(agg - np.mean([updates[c] for c in surv], axis=0))))
+
+    survivors = [c for c in names if c not in lost]
+
+    def side(res: dict[str, Any]) -> dict[str, Any]:
+        _, r0, r1 = res["rounds"]  # round 1: warm-up (kernel caches, imports), not reported
+        return {"round_wall_s": r0["wall_s"], "round_client_s": r0["client_s"], "up_bytes_per_client": r0["up_bytes"],
+                "down_bytes_per_client": r0["down_bytes"], "max_abs_error": err(res, 1, names),
+                "lost_round_completed": r1["completed"], "lost_round_wall_s": r1["wall_s"],
+                "lost_round_max_abs_error": err(res, 2, survivors)}
+
+    a, b = side(ours), side(theirs)
+    return BenchResult(
+        figure=a["round_wall_s"], unit="s per round (wall, all parties in one process)",
+        baseline="Flower SecAgg+ (SecAggPlusWorkflow + secaggplus_mod, num_shares = k + 1, same threshold)",
+        baseline_figure=b["round_wall_s"], higher_is_better=False,
+        target="report only", passed=None,
+        details={"clients": n_clients, "n_params": n_params, "graph": f"ring-{k}", "threshold": t, "q": q,
+                 "lost_after_masking_in_round_3": sorted(lost), "labqfl": a, "secaggplus": b,
+                 "upload_ratio_labqfl_to_secaggplus": a["up_bytes_per_client"] / b["up_bytes_per_client"],
+                 "labqfl_qkd_key_bits_per_pair_per_round": ours["key_bits_per_pair_per_round"],
+                 "labqfl_pairs": ours["pairs"], "secaggplus_qkd_key_bits": 0,
+                 "secaggplus_secrecy_rests_on": "X25519 key agreement + PRG-expanded masks (computational)",
+                 "labqfl_secrecy_rests_on": "QKD one-time pads (IT); self-mask words from the OS CSPRNG",
+                 "dropout_sweep": sweep,
+                 "timing": "wall seconds of one round (server + every ClientApp serially in this process); "
+                           "labqfl's includes its SQLite key-store reads and writes"})
