@@ -64,8 +64,13 @@ from typing import Any
 import numba
 import numpy as np
 
-from labqfl.errors import LabqflError
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
+from labqfl.qkd.reconciliation import (
+    ReconciliationInputError,
+    ReconciliationResult,
+    binary_entropy,
+    validate_reconciliation_input,
+)
 
 __all__ = [
     "HALF",
@@ -73,12 +78,8 @@ __all__ = [
     "CascadeBob",
     "CascadeInconsistencyError",
     "CascadeSchedule",
-    "ReconciliationInputError",
-    "ReconciliationResult",
-    "binary_entropy",
     "cascade_reference",
     "reconcile_cascade",
-    "validate_reconciliation_input",
 ]
 
 HALF = -1
@@ -100,92 +101,8 @@ FRAME_EXTRA_HALVES = 12
 """Bipartition passes :meth:`CascadeSchedule.for_frame` allows beyond ``confirm``."""
 
 
-
-class ReconciliationInputError(LabqflError, ValueError):
-    """Bad input to a reconciliation function (dtype, values, lengths or QBER)."""
-
-
 class CascadeInconsistencyError(MessageError):
     """Alice's parities contradict each other (a tampered or desynchronised channel): Bob stops."""
-
-
-def binary_entropy(p: float) -> float:
-    """h(p) = −p·log2 p − (1−p)·log2(1−p), in bits; h(0) = h(1) = 0."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    return float(-p * math.log2(p) - (1 - p) * math.log2(1 - p))
-
-
-def validate_reconciliation_input(alice_bits: Any, bob_bits: Any, qber: Any) -> tuple[np.ndarray, np.ndarray, float]:
-    """Check the common inputs of the reconciliation functions; raise a one-line error if wrong.
-
-    Expects two 1-D uint8 arrays of 0/1 of equal, non-zero length and a QBER in (0, 0.5).
-    """
-    for name, arr in (("alice_bits", alice_bits), ("bob_bits", bob_bits)):
-        if not isinstance(arr, np.ndarray):
-            raise ReconciliationInputError(f"{name} must be a numpy uint8 array of 0/1, got {type(arr).__name__}")
-        if arr.dtype != np.uint8:
-            raise ReconciliationInputError(f"{name} must have dtype uint8 (bits 0/1), got {arr.dtype}")
-        if arr.ndim != 1:
-            raise ReconciliationInputError(f"{name} must be 1-D, got shape {arr.shape}")
-        if arr.size and int(arr.max()) > 1:
-            raise ReconciliationInputError(f"{name} must hold only 0 and 1, found value {int(arr.max())}")
-    if alice_bits.size != bob_bits.size:
-        raise ReconciliationInputError(
-            f"alice_bits and bob_bits differ in length: {alice_bits.size} vs {bob_bits.size}")
-    if alice_bits.size == 0:
-        raise ReconciliationInputError("alice_bits and bob_bits are empty; expected at least one bit")
-    try:
-        q = float(qber)
-    except (TypeError, ValueError):
-        raise ReconciliationInputError(f"qber must be a number in (0, 0.5), got {qber!r}") from None
-    if not 0.0 < q < 0.5 or math.isnan(q):
-        raise ReconciliationInputError(f"qber must lie in the open interval (0, 0.5), got {qber!r}")
-    return np.ascontiguousarray(alice_bits), np.ascontiguousarray(bob_bits), q
-
-
-@dataclass(frozen=True, repr=False)
-class ReconciliationResult:
-    """Outcome of a reconciliation run (Bob's view).
-
-    ``corrected``: Bob's corrected bits (uint8 0/1, length n).  ``leaked_bits``: key bits revealed
-    on the channel (counted there).  ``efficiency``: f = leaked / (n·h(qber)).  ``success``: the
-    protocol detected no failure (LDPC: every frame's syndrome matched; Cascade: always True — it
-    cannot detect residual errors, verification downstream does).  ``frame_errors``: frames whose
-    decoding failed (their bits are left uncorrected and flagged in ``details['frame_ok']``).
-    """
-
-    corrected: np.ndarray
-    leaked_bits: int
-    qber: float
-    method: str
-    success: bool = True
-    frame_errors: int = 0
-    iterations: int = 0
-    round_trips: int = 0
-    messages: int = 0
-    tag_bytes: int = 0
-    corrected_errors: int = 0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n(self) -> int:
-        return int(self.corrected.size)
-
-    @property
-    def efficiency(self) -> float:
-        """f = leaked_bits / (n · h(qber)) with the QBER given to the call."""
-        return self.leaked_bits / (self.n * binary_entropy(self.qber))
-
-    @property
-    def efficiency_observed(self) -> float:
-        """f with the observed error rate (bits Bob flipped / n); nan if no error was found."""
-        h = binary_entropy(self.corrected_errors / self.n)
-        return self.leaked_bits / (self.n * h) if h > 0 else float("nan")
-
-    def __repr__(self) -> str:  # never print key bits
-        return (f"ReconciliationResult(method={self.method!r}, n={self.n}, leaked_bits={self.leaked_bits}, "
-                f"efficiency={self.efficiency:.4f}, success={self.success}, frame_errors={self.frame_errors})")
 
 
 # ----------------------------------------------------------------------------------- schedule

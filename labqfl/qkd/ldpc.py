@@ -49,12 +49,13 @@ from functools import lru_cache
 import numba
 import numpy as np
 
-from labqfl.qkd.cascade import (
+from labqfl.qkd.reconciliation import (
     ReconciliationInputError,
     ReconciliationResult,
     binary_entropy,
     validate_reconciliation_input,
 )
+from labqfl.qkd.ldpc_qc import qc_minsum, qc_minsum_frames, qc_shifts
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
 
 __all__ = [
@@ -111,6 +112,8 @@ class LdpcCode:
     ``var_ptr`` (n+1) / ``var_edge`` (E): edge ids grouped by variable.  ``untainted``: variable
     indices, in the order they are used as filler, whose check neighbourhoods are disjoint.
     ``forced_4cycles``: edges the construction could only place by closing a 4-cycle (0 normally).
+    Quasi-cyclic codes (``z`` > 0) also carry their base graph: ``base_ptr`` (m/z + 1) /
+    ``base_col`` / ``base_shift``, base edges grouped by base row (see :mod:`labqfl.qkd.ldpc_qc`).
     """
 
     n: int
@@ -123,10 +126,19 @@ class LdpcCode:
     var_edge: np.ndarray
     untainted: np.ndarray
     forced_4cycles: int = 0
+    z: int = 0
+    base_ptr: np.ndarray | None = None
+    base_col: np.ndarray | None = None
+    base_shift: np.ndarray | None = None
 
     @property
     def edges(self) -> int:
         return int(self.check_var.size)
+
+    @property
+    def quasi_cyclic(self) -> bool:
+        """True for a lifted base graph (``z`` > 0), decoded by :mod:`labqfl.qkd.ldpc_qc`."""
+        return self.z > 0
 
     def syndrome(self, bits: np.ndarray) -> np.ndarray:
         """H·bits over GF(2) (uint8, length m)."""
@@ -236,10 +248,19 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.
 
 
 @lru_cache(maxsize=24)
-def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
-    """Irregular LDPC code of length ``n`` and mother rate ``rate`` (see module docstring)."""
+def build_code(n: int, rate: float, seed: int = 0, z: int = 0) -> LdpcCode:
+    """Irregular LDPC code of length ``n`` and mother rate ``rate`` (see module docstring).
+
+    ``z`` = 0: random PEG construction.  ``z`` > 0: quasi-cyclic lifting of an n/z-column base
+    graph by z × z circulants (:func:`labqfl.qkd.ldpc_qc.qc_shifts`); ``n`` must be a multiple of
+    ``z`` and the base graph needs at least 16 columns.
+    """
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
+    if z < 0 or (z and (n % z or n // z < 16)):
+        raise ReconciliationInputError(f"LDPC lifting size z={z} must divide n={n} into at least 16 base columns")
+    if z:
+        return _build_qc(n, rate, seed, z)
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), 2])
     m = int(round((1.0 - rate) * n))
     counts = _degree_counts(n, rate)
@@ -252,7 +273,12 @@ def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
     ev, ec, forced = _peg_edges(vdeg, cap, offs)
     # node labels: shuffle so filler/key positions are not tied to the construction order
     relabel = rng.permutation(n).astype(np.int64)
-    vs = relabel[ev]
+    return _finish_code(n, m, rate, seed, relabel[ev], ec, rng, int(forced))
+
+
+def _finish_code(n: int, m: int, rate: float, seed: int, vs: np.ndarray, ec: np.ndarray,
+                 rng: np.random.Generator, forced: int, **qc: object) -> LdpcCode:
+    """Sparse layouts and untainted puncturing positions from an edge list (variable, check)."""
     order = np.lexsort((vs, ec))
     check_var = np.ascontiguousarray(vs[order])
     cs = ec[order]
@@ -275,7 +301,37 @@ def build_code(n: int, rate: float, seed: int = 0) -> LdpcCode:
         tainted[checks] = True  # these checks now belong to v alone
         chosen.append(int(v))
     return LdpcCode(n, m, rate, seed, check_ptr, check_var, var_ptr, var_edge,
-                    np.array(chosen, dtype=np.int64), int(forced))
+                    np.array(chosen, dtype=np.int64), forced, **qc)  # type: ignore[arg-type]
+
+
+def _build_qc(n: int, rate: float, seed: int, z: int) -> LdpcCode:
+    """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles."""
+    nb = n // z
+    rng = np.random.default_rng([seed, n, int(round(rate * 10000)), z, 3])
+    mb = max(1, int(round((1.0 - rate) * nb)))
+    counts = _degree_counts(nb, rate)
+    vdeg = np.concatenate([np.full(c, min(d, mb), np.int64) for d, c in sorted(counts.items(), reverse=True) if c])
+    E = int(vdeg.sum())
+    cap = np.full(mb, E // mb, np.int64)
+    cap[rng.permutation(mb)[: E - int(cap.sum())]] += 1
+    ev, ec, _ = _peg_edges(vdeg, cap, rng.integers(0, mb, E).astype(np.int64))
+    # base columns in random order, so the high-degree columns are spread over the frame
+    perm = rng.permutation(nb).astype(np.int64)
+    ev = perm[ev]
+    shifts, forced = qc_shifts(mb, nb, z, ev, ec, rng.integers(0, z, E).astype(np.int64))
+    order = np.lexsort((ev, ec))
+    bcol, brow, bshift = ev[order], ec[order], shifts[order]
+    base_ptr = np.zeros(mb + 1, np.int64)
+    np.add.at(base_ptr, brow + 1, 1)
+    base_ptr = np.cumsum(base_ptr)
+    i = np.tile(np.arange(z, dtype=np.int64), bcol.size)
+    chk = np.repeat(brow, z) * z + i
+    var = np.repeat(bcol, z) * z + (i + np.repeat(bshift, z)) % z
+    for a in (base_ptr, bcol, bshift):
+        a.setflags(write=False)
+    return _finish_code(n, mb * z, rate, seed, var, chk, rng, int(forced) * z, z=z,
+                        base_ptr=base_ptr, base_col=np.ascontiguousarray(bcol),
+                        base_shift=np.ascontiguousarray(bshift))
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -444,6 +500,29 @@ def decode_syndrome_reference(code: LdpcCode, syndrome: np.ndarray, llr: np.ndar
     return (L < 0).astype(np.uint8), -1
 
 
+MINSUM_ALPHA = 0.8
+"""Check-node normalisation α of the min-sum decoder (Chen & Fossorier 2002)."""
+MINSUM_GAMMA = {2: 1.0, 3: 1.0}
+"""Variable-degree correction γ_d (2-D normalised min-sum, Zhang, Wang & Fossorier 2006) for the
+degrees listed; :data:`MINSUM_GAMMA_HIGH` for every higher degree."""
+MINSUM_GAMMA_HIGH = 0.6
+
+
+def minsum_weights(code: LdpcCode, alpha: float | None = None, gamma: dict[int, float] | None = None,
+                   gamma_high: float | None = None) -> np.ndarray:
+    """α·γ_d per base edge of a quasi-cyclic code (d: degree of the edge's variable), float32."""
+    if not code.quasi_cyclic:
+        raise ReconciliationInputError("min-sum weights need a quasi-cyclic code (z > 0)")
+    a = MINSUM_ALPHA if alpha is None else alpha
+    g = MINSUM_GAMMA if gamma is None else gamma
+    gh = MINSUM_GAMMA_HIGH if gamma_high is None else gamma_high
+    col = code.base_col
+    assert col is not None
+    deg = np.bincount(col, minlength=code.n // code.z)[col]
+    gam = np.array([g.get(int(d), gh) for d in range(int(deg.max()) + 1)], np.float32)
+    return (np.float32(a) * gam[deg]).astype(np.float32)
+
+
 # ----------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class LdpcPlan:
@@ -465,6 +544,7 @@ class LdpcPlan:
     max_reveal: int = -1
     first_iter: int = 60
     retry_iter: int = 20
+    z: int = 0
 
     @property
     def key_bits_per_frame(self) -> int:
@@ -487,30 +567,64 @@ _F_STEP = 0.02
 _F_EXTRA = 0.12
 
 
-def plan_ldpc(qber: float, *, code_n: int = 16384, code_seed: int = 0, f_start: float = _F_START,
-              f_step: float = _F_STEP, f_mother: float | None = None,
-              first_iter: int = 50, retry_iter: int = 15) -> LdpcPlan:
-    """Pick the mother rate, filler count, starting point and step for ``qber``.
+DECODERS = ("minsum", "bp")
+"""``minsum``: quasi-cyclic codes, vectorised layered min-sum (default).  ``bp``: random PEG codes,
+layered sum-product (the previous engine, kept as the benchmark baseline)."""
+
+# min-sum design points (quasi-cyclic codes, n = 65536, z = 256), measured as in
+# docs/reconciliation.md: mother code F_MOTHER·h(Q) (+ low-QBER term), fully punctured F_MIN·h(Q),
+# first attempt at F_START·h(Q), steps of F_STEP·h(Q), fallback F_EXTRA·h(Q) beyond the mother code.
+_MS_N = 65536
+_MS_Z = 256
+_MS_F_MOTHER = 1.20
+_MS_F_MOTHER_LOW_Q = 15.0
+_MS_F_MIN = 1.0
+_MS_F_START = 1.06
+_MS_F_STEP = 0.01
+_MS_F_EXTRA = 0.12
+
+
+def plan_ldpc(qber: float, *, decoder: str = "minsum", code_n: int | None = None, code_seed: int = 0,
+              f_start: float | None = None, f_step: float | None = None, f_mother: float | None = None,
+              f_min: float | None = None, f_extra: float | None = None, z: int | None = None,
+              first_iter: int | None = None, retry_iter: int | None = None) -> LdpcPlan:
+    """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
-    d filler symbols so that the fully punctured frame discloses (m − d) ≈ F_MIN·h(Q)·(n − d);
+    d filler symbols so that the fully punctured frame discloses (m − d) ≈ f_min·h(Q)·(n − d);
     the first attempt discloses f_start·h(Q)·(n − d) bits, each retry f_step·h(Q)·(n − d) more,
-    up to m + F_EXTRA·h(Q)·(n − d) (filler first, then key positions).
+    up to m + f_extra·h(Q)·(n − d) (filler first, then key positions).  ``decoder`` picks the
+    code family and its design points (:data:`DECODERS`); any design point may be overridden.
     """
+    if decoder not in DECODERS:
+        raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
     h = binary_entropy(qber)
+    if decoder == "minsum":
+        n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (_MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN,
+                                                        _MS_F_START, _MS_F_STEP, _MS_F_EXTRA, 60, 12)
+    else:
+        n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (16384, 0, _F_MOTHER, _F_MOTHER_LOW_Q, _F_MIN,
+                                                        _F_START, _F_STEP, _F_EXTRA, 50, 15)
+    code_n = n0 if code_n is None else code_n
+    z = z0 if z is None else z
     if f_mother is None:
-        f_mother = _F_MOTHER + _F_MOTHER_LOW_Q * max(0.0, 0.02 - qber)
+        f_mother = fm + fml * max(0.0, 0.02 - qber)
+    f_min = fmin if f_min is None else f_min
+    f_start = fs if f_start is None else f_start
+    f_step = fst if f_step is None else f_step
+    f_extra = fx if f_extra is None else f_extra
     want = 1.0 - f_mother * h
     R = min(MOTHER_RATES, key=lambda r: abs(r - want))
-    code = build_code(code_n, R, code_seed)
+    code = build_code(code_n, R, code_seed, z)
     m, n = code.m, code.n
-    d = int(max(0, min(code.untainted.size, math.floor((m - _F_MIN * h * n) / (1.0 - _F_MIN * h)))))
+    d = int(max(0, min(code.untainted.size, math.floor((m - f_min * h * n) / (1.0 - f_min * h)))))
     kpf = n - d
     start = int(min(d, max(0, math.ceil(f_start * h * kpf - (m - d)))))
     step = max(1, math.ceil(f_step * h * kpf))
-    extra = max(step, math.ceil(_F_EXTRA * h * kpf))
+    extra = max(step, math.ceil(f_extra * h * kpf))
     return LdpcPlan(code_n, R, code_seed, d, start, step, max_reveal=min(n, d + extra),
-                    first_iter=first_iter, retry_iter=retry_iter)
+                    first_iter=it1 if first_iter is None else first_iter,
+                    retry_iter=it2 if retry_iter is None else retry_iter, z=z)
 
 
 # ----------------------------------------------------------------------------------- parties
@@ -519,11 +633,11 @@ def _frames(N: int, kpf: int) -> int:
 
 
 @lru_cache(maxsize=32)
-def _layout(n: int, rate: float, seed: int, d: int) -> tuple[np.ndarray, np.ndarray]:
+def _layout(n: int, rate: float, seed: int, d: int, z: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(key positions, reveal order) of a frame: key bits go to the non-filler positions in index
     order; the reveal order is the d filler positions then the key positions in a public
     pseudo-random order."""
-    code = build_code(n, rate, seed)
+    code = build_code(n, rate, seed, z)
     mask = np.ones(code.n, bool)
     mask[code.untainted[:d]] = False
     keypos = np.flatnonzero(mask)
@@ -555,7 +669,8 @@ class LdpcAlice:
             N = int(request.get("N"))
             if N != self._x.size:
                 raise MessageError(f"ldpc/init: Bob has {N} bits, Alice has {self._x.size}")
-            code = build_code(int(request.get("code_n")), float(request.get("rate")), int(request.get("code_seed")))
+            z = int(request.get("z")) if "z" in request.fields else 0
+            code = build_code(int(request.get("code_n")), float(request.get("rate")), int(request.get("code_seed")), z)
             d = int(request.get("d"))
             if not 0 <= d <= code.untainted.size:
                 raise MessageError(f"ldpc/init: d={d} exceeds the code's {code.untainted.size} untainted positions")
@@ -565,7 +680,7 @@ class LdpcAlice:
             self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
             self._filler = self._rng.integers(0, 2, (self._nf, d), dtype=np.uint8)
-            self._order = _layout(code.n, code.rate, code.seed, d)[1]
+            self._order = _layout(code.n, code.rate, code.seed, d, code.z)[1]
             return Message("ldpc/ok")
         code = self._code  # type: ignore[assignment]
         if code is None:
@@ -610,7 +725,7 @@ def _frame_word(code: LdpcCode, d: int, bits: np.ndarray, f: int, filler: np.nda
     ``code.untainted[:d]``."""
     kpf = code.n - d
     word = np.zeros(code.n, np.uint8)
-    keypos = _layout(code.n, code.rate, code.seed, d)[0]
+    keypos = _layout(code.n, code.rate, code.seed, d, code.z)[0]
     chunk = bits[f * kpf:(f + 1) * kpf]
     word[keypos[:chunk.size]] = chunk
     word[code.untainted[:d]] = filler
@@ -634,18 +749,18 @@ class LdpcBob:
     def run(self, channel: Channel) -> ReconciliationResult:
         pl = self.plan
         N = int(self.bits.size)
-        code = build_code(pl.code_n, pl.rate, pl.code_seed)
+        code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z)
         d = pl.d
         limit = pl.reveal_limit
         kpf = code.n - d
         nf = _frames(N, kpf)
-        channel.request(Message("ldpc/init", {"N": N, "code_n": code.n, "rate": pl.rate,
-                                              "code_seed": pl.code_seed, "d": d, "max_reveal": limit}))
+        channel.request(Message("ldpc/init", {"N": N, "code_n": code.n, "rate": pl.rate, "code_seed": pl.code_seed,
+                                              "z": code.z, "d": d, "max_reveal": limit}))
         rep = channel.request(Message("ldpc/syndromes", {"frames": np.arange(nf, dtype=np.int64)}))
         if rep.disclosed.size != nf * code.m:
             raise MessageError("ldpc: bad reply to ldpc/syndromes")
         synd = np.ascontiguousarray(rep.disclosed.reshape(nf, code.m))
-        keypos, order = _layout(code.n, code.rate, code.seed, d)
+        keypos, order = _layout(code.n, code.rate, code.seed, d, code.z)
         L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
         L = np.zeros((nf, code.n), _DTYPE)
         prior = np.zeros((nf, code.n), _DTYPE)
@@ -664,8 +779,14 @@ class LdpcBob:
         leak_at = np.zeros(nf, np.int64)  # revealed values when the frame decoded
         pending = np.arange(nf, dtype=np.int64)
         budget = self.first_iter
+        if code.quasi_cyclic:
+            weight = minsum_weights(code)
         while True:
-            res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
+            if code.quasi_cyclic:
+                res = qc_minsum_frames(code.base_ptr, code.base_col, code.base_shift, code.z, synd, L, R,
+                                       pending, weight, budget)
+            else:
+                res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
             attempts[pending] += 1
             done = res > 0
             ok[pending[done]] = True

@@ -253,7 +253,7 @@ def _alice(engine: str, bits: np.ndarray) -> Any:
 
 
 def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
-    from labqfl.qkd.cascade import validate_reconciliation_input
+    from labqfl.qkd.reconciliation import validate_reconciliation_input
 
     bits, _, q = validate_reconciliation_input(bits, bits, qber)
     if engine == "cascade":

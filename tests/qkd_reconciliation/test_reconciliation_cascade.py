@@ -13,12 +13,11 @@ from labqfl.qkd.cascade import (
     CascadeAlice,
     CascadeBob,
     CascadeSchedule,
-    ReconciliationInputError,
     _build_passes,
-    binary_entropy,
     cascade_reference,
 )
 from labqfl.qkd.messaging import LocalChannel
+from labqfl.qkd.reconciliation import ReconciliationInputError, binary_entropy
 
 
 def block_parities(bits: np.ndarray, n: int, seed: int, sched: CascadeSchedule,

@@ -14,9 +14,9 @@ from labqfl.qkd.cascade import (
     HALF,
     THIRD_PASS_MIN_BITS,
     CascadeSchedule,
-    ReconciliationInputError,
     cascade_reference,
 )
+from labqfl.qkd.reconciliation import ReconciliationInputError
 
 
 def test_cascade_f_at_most_1_05_on_1e5_bit_frames_at_2_percent(frame):

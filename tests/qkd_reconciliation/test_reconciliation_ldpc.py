@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from scipy import sparse
 
 from labqfl.qkd import reconcile_ldpc
-from labqfl.qkd.cascade import binary_entropy
 from labqfl.qkd.ldpc import (
     _PHI,
     DEGREE_DISTRIBUTIONS,
@@ -25,6 +24,7 @@ from labqfl.qkd.ldpc import (
     plan_ldpc,
 )
 from labqfl.qkd.messaging import LocalChannel
+from labqfl.qkd.reconciliation import binary_entropy
 
 
 def _check_index(code):
