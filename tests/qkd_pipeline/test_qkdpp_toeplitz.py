@@ -13,11 +13,14 @@ from labqfl.errors import QKDInputError
 from labqfl.qkd import toeplitz_hash
 from labqfl.qkd.toeplitz import (
     HAS_CLMUL,
+    _tfft_params,
     _toeplitz_gf2,
+    _toeplitz_tfft,
     toeplitz_hash_fft,
     toeplitz_hash_gf2,
     toeplitz_hash_ntt,
     toeplitz_hash_reference,
+    toeplitz_hash_tfft,
     toeplitz_seed,
     toeplitz_seed_length,
 )
@@ -78,7 +81,58 @@ def test_gf2_path_on_a_block_with_recursion_and_several_tiles_against_fft():
     n, m = 3_000_017, 700_003
     x = rng.integers(0, 2, n, dtype=np.uint8)
     s = toeplitz_seed(n, m)
-    np.testing.assert_array_equal(toeplitz_hash_gf2(x, s, m), toeplitz_hash_fft(x, s, m))
+    fft = toeplitz_hash_fft(x, s, m)
+    np.testing.assert_array_equal(toeplitz_hash_gf2(x, s, m), fft)
+    np.testing.assert_array_equal(toeplitz_hash_tfft(x, s, m), fft)
+
+
+@needs_clmul
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3000), frac=st.floats(0.0, 1.0),
+       k=st.integers(1, 5), extra_t=st.integers(0, 3), extra_sw=st.integers(0, 2))
+def test_ternary_fft_matches_the_reference_for_any_transform_shape(seed, n, frac, k, extra_t, extra_sw):
+    # every (K = 3^k points, L = t·3^(k−1), chunk 64·sw bits) that fits, not only the cost model's
+    m = max(1, int(round(frac * n)))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
+    sw = -(-(n + m - 1) // (64 * 3**k)) + extra_sw
+    t = -(-64 * sw // 3 ** (k - 1)) + extra_t
+    expect = toeplitz_hash_reference(x, s, m)
+    np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m, (k, t, sw)), expect)
+    np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m), expect)
+
+
+@needs_clmul
+@pytest.mark.parametrize("n", [1, 2, 63, 64, 65, 127, 128, 129, 1000, 4097])
+def test_every_path_agrees_at_edge_sizes(n):
+    # n not a multiple of 64, the shortest output (ℓ = 1), ℓ = n − 1 and ℓ = n
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    for m in sorted({1, max(1, n - 1), n}):
+        s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
+        expect = toeplitz_hash_reference(x, s, m)
+        theirs = np.asarray(ToeplitzHashing(n, m).extract(GF2(x), GF2(s))).astype(np.uint8)
+        np.testing.assert_array_equal(theirs, expect)
+        for path in (toeplitz_hash, toeplitz_hash_tfft, toeplitz_hash_gf2, toeplitz_hash_fft, toeplitz_hash_ntt):
+            np.testing.assert_array_equal(path(x, s, m), expect, err_msg=f"{path.__name__} n={n} m={m}")
+
+
+@needs_clmul
+def test_ternary_fft_on_a_full_size_block_against_the_karatsuba_tiles():
+    # the production shape (10^7 input bits, ℓ = n/4: K = 3^8 points, L = 2187) and an odd one
+    rng = np.random.default_rng(13)
+    for n, m in ((10_000_000, 2_500_000), (5_000_011, 4_999_999)):
+        x = rng.integers(0, 2, n, dtype=np.uint8)
+        s = toeplitz_seed(n, m)
+        np.testing.assert_array_equal(toeplitz_hash(x, s, m), _toeplitz_gf2(x, s, n, m))
+    assert _tfft_params(10_000_000, 2_500_000) == (8, 1, 30)
+
+
+def test_ternary_fft_rejects_parameters_that_do_not_fit():
+    x = np.zeros(1000, np.uint8)
+    with pytest.raises(QKDInputError, match="do not fit"):
+        _toeplitz_tfft(x, np.zeros(1999, np.uint8), 1000, 1000, (1, 64, 2))
 
 
 def test_large_block_spot_rows_against_direct_parities():
