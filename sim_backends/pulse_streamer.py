@@ -524,3 +524,68 @@ class PulseStreamerEmulator:
                 return 0, b""
             rv = self._upload(int(slot_nr), steps, int(n_runs), idle, int(next_action), int(when), int(on_nodata))
             return 0, struct.pack("<8i", rv, 0, 0, 0, 0, 0, 0, 0)
+
+
+class PlayedLevels:
+    """What an emulated pattern generator played, as the modulation source of the simulated optical layer.
+
+    Built from the emulator's played segments (:meth:`from_emulator`), decoded per slot with the
+    driver's level coding (``decode(digi) -> {"phase_idx", "intensity_idx", "dark"}``): slot
+    ``first_slot + n`` of the acquisition is the ``n``-th slot played. It answers the two questions
+    :meth:`labqfl.sim_backends.testbed.SagnacTestbed.stream_with` asks of a client's modulation
+    source — ``fill_codes(s0, out)`` (codes ``k·4 + a``) and ``choices(slots)`` — with the levels that
+    came out of the instrument, not with the client's log. A dark slot (code 0: no marker, intensity
+    modulator at extinction) is played as ``dark_intensity_idx`` (the client's vacuum level) with phase 0.
+    Asking for a slot that was never played raises ``ValueError``: the loop cannot carry light the
+    generator did not modulate.
+    """
+
+    def __init__(self, client: str, phase_idx: np.ndarray, intensity_idx: np.ndarray, dark: np.ndarray, *,
+                 first_slot: int, dark_intensity_idx: int) -> None:
+        self.client = client
+        self.first_slot = int(first_slot)
+        k = np.where(dark, np.uint8(dark_intensity_idx), intensity_idx).astype(np.uint8)
+        a = np.where(dark, np.uint8(0), phase_idx).astype(np.uint8)
+        self.codes = (k * np.uint8(4) + a).astype(np.uint8)
+        self.dark = np.asarray(dark, dtype=bool)
+
+    @classmethod
+    def from_emulator(cls, client: str, emulator: PulseStreamerEmulator, decode: Any, *, slot_ns: int,
+                      first_slot: int, dark_intensity_idx: int) -> PlayedLevels:
+        """Decode every segment the emulator played, in order; they must follow each other without a gap
+        (one continuous stream on the slot grid)."""
+        segs = list(emulator.played)
+        t = segs[0].start_ns if segs else 0
+        for s in segs:
+            if s.start_ns != t:
+                raise ValueError(f"played segments leave the slot grid: one starts at {s.start_ns} ns, expected {t} ns")
+            t += s.played_ns
+        digi = np.concatenate([slot_levels(s, slot_ns) for s in segs]) if segs else np.zeros(0, np.uint8)
+        d = decode(digi)
+        return cls(client, d["phase_idx"], d["intensity_idx"], d["dark"], first_slot=first_slot,
+                   dark_intensity_idx=dark_intensity_idx)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.codes.size)
+
+    def _index(self, slots: np.ndarray) -> np.ndarray:
+        i = np.asarray(slots, dtype=np.int64) - self.first_slot
+        if i.size and (int(i.min()) < 0 or int(i.max()) >= self.codes.size):
+            raise ValueError(f"client {self.client}: slots {int(i.min()) + self.first_slot} … "
+                             f"{int(i.max()) + self.first_slot} asked, but the generator played slots "
+                             f"{self.first_slot} … {self.first_slot + self.codes.size - 1}")
+        return i
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        i = self._index(np.array([s0, s0 + len(out) - 1], dtype=np.int64)) if len(out) else None
+        if i is not None:
+            out[:] = self.codes[int(i[0]):int(i[0]) + len(out)]
+
+    def choices(self, slots: np.ndarray) -> Any:
+        from labqfl.qkd.types import ModulationRecord
+
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        c = self.codes[self._index(s)]
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=(c >> 2).astype(np.uint8),
+                                phase_idx=(c & 3).astype(np.uint8))
