@@ -263,6 +263,18 @@ def _at_exit() -> None:
     _emergency_close("interpreter exit")
 
 
+def open_recording(path: str | Path) -> Any:
+    """An HDF5 recording of an acquisition (``labqfl acquire --out``) for replay: its station
+    ``config``, ``epoch``, ``acquisition_id``, ``duration_s``, ``blocks()`` and each client's
+    ``client_log(name, data_dir)``. Close it with ``close()``.
+
+    A CSPRNG client's log is its private file in that client's own folder: ``client_log`` raises
+    :class:`FileNotFoundError` naming the client and the acquisition when this machine lacks it.
+    """
+    recording = importlib.import_module("labqfl.sim_backends.recording")
+    return recording.read_recording(path)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -495,6 +507,32 @@ class Station:
         from labqfl.qkd.types import acquisition_id
 
         return acquisition_id(self.config, int(epoch))
+
+    def pair_report(self) -> Any | None:
+        """Per-pair report of the latest acquisition (clicks per detector, basis and intensity
+        pair, error rates; ``add(block)`` each streamed block, then ``finish()`` and
+        ``summary()``): the node's outcomes joined with the clients' own logs, so a report only.
+        None when the time tagger has no client logs (a real tagger)."""
+        if getattr(self.time_tagger, "acquisition_epoch", None) is None:
+            return None
+        analysis = importlib.import_module("labqfl.sim_backends.analysis")
+        return analysis.PairReport(self.config, self.client_logs())
+
+    def recorder(self, path: str | Path, *, data_dir: str | Path | None = None) -> Any:
+        """A writer (``append(block)``, ``close(duration_s=…, complete=…)``) recording the latest
+        acquisition's tags to the HDF5 file ``path`` (layout: docs/simulator.md).
+
+        The recording holds tags and public metadata only. Each CSPRNG client's private choice
+        log is saved first into that client's own folder under ``data_dir`` (default: the data
+        dir), where ``labqfl distill`` finds it.
+        """
+        recording = importlib.import_module("labqfl.sim_backends.recording")
+        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
+        logs = self.client_logs() if epoch is not None else {}
+        if logs:
+            recording.save_client_logs(logs, self.acquisition_id(), data_dir)
+        return recording.RecordingWriter(path, self.config, epoch=epoch, client_logs=list(logs.values()),
+                                         source="sim" if epoch is not None else "hardware")
 
     def snapshot(self) -> dict[str, Any]:
         """All settings of every role with units, for run records (JSON-serialisable)."""

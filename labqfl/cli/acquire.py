@@ -12,7 +12,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import typer
 from rich.table import Table
 
@@ -31,8 +30,6 @@ def acquire(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Acquire time tags from the station and report click counts and rates per pair and channel."""
-    from labqfl.sim_backends.analysis import PairReport
-    from labqfl.sim_backends.recording import RecordingWriter, save_client_logs
     from labqfl.station import Station
 
     if not (math.isfinite(duration) and duration > 0):
@@ -52,13 +49,10 @@ def acquire(
         epoch = getattr(tagger, "acquisition_epoch", None)
         logs = station.client_logs() if epoch is not None else None
         acq_id = station.acquisition_id() if epoch is not None else None
-        report = PairReport(cfg, logs) if logs is not None else None
+        report = station.pair_report()
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            if logs is not None and acq_id is not None:
-                save_client_logs(logs, acq_id, data_dir)  # each client's own folder, 0600
-            writer = RecordingWriter(out, cfg, epoch=epoch, client_logs=list((logs or {}).values()),
-                                     source="sim" if epoch is not None else "hardware")
+            writer = station.recorder(out, data_dir=data_dir)  # CSPRNG logs: each client's own folder, 0600
         counts: dict[int, int] = {}
         n_tags = 0
         t0 = time.perf_counter()
@@ -69,9 +63,7 @@ def acquire(
                     writer.append(blk)
                 if report is not None:
                     report.add(blk)
-                u, c = np.unique(blk.channels, return_counts=True)
-                for ch, n in zip(u.tolist(), c.tolist(), strict=True):
-                    counts[ch] = counts.get(ch, 0) + n
+                blk.channel_counts(counts)
                 n_tags += len(blk)
                 prog.advance(task)
         wall = time.perf_counter() - t0

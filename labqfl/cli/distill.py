@@ -44,19 +44,19 @@ def distill(
     from labqfl.keystore import KeyStore
     from labqfl.qkd.blocksize import BlockPlan, plan_blocks
     from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
-    from labqfl.qkd.types import acquisition_id
+    from labqfl.qkd.types import ENGINES, acquisition_id
     from labqfl.runs import RunRecord
+    from labqfl.station import Station, open_recording
 
     if (recording is None) == (not live):
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
-    if engine not in ("cascade", "ldpc"):
-        raise fail(f"--engine must be 'cascade' or 'ldpc', got {engine!r}")
+    if engine not in ENGINES:
+        raise fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     rec: Any = None
+    station: Station | None = None
     plan: BlockPlan | None = None
     if recording is not None:
-        from labqfl.sim_backends.recording import read_recording
-
-        rec = read_recording(recording)
+        rec = open_recording(recording)
         cfg = rec.config if config is None else load_station_config(config)
         duration_s = rec.duration_s
         if block_bits is None:
@@ -65,11 +65,9 @@ def distill(
                 rec.close()
                 short = plan.shortfall(f"recording {recording}") if plan is not None else f"recording {recording} holds no data"
                 raise fail(f"{short}; record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
-        from labqfl.sim_backends.qrng import PrivateLogMissing
-
         try:  # seeded clients' logs from the recording; CSPRNG clients' from their private folders here
             logs = {c: rec.client_log(c, data_dir) for c in cfg.client_names}
-        except PrivateLogMissing as exc:
+        except FileNotFoundError as exc:  # a CSPRNG client's private log is not on this machine
             rec.close()
             raise fail(str(exc)) from None
         blocks = rec.blocks()
@@ -84,12 +82,14 @@ def distill(
             plan = plan_blocks(cfg, duration)
             if not plan.sufficient:
                 raise fail(f"{plan.shortfall('--duration')}; use a longer --duration or force a block size with --block-bits")
-        from labqfl.sim_backends import SagnacTestbed
-
-        tb = SagnacTestbed(cfg)
-        blocks = tb.stream(duration)
-        logs = {c: tb.client_log(c) for c in cfg.client_names}
-        acq_id = acquisition_id(cfg, tb.last_epoch) if tb.last_epoch is not None else None
+        station = Station.open(cfg, base_dir=config.resolve().parent if config else None)
+        try:
+            blocks = station.time_tagger.stream(duration)
+            logs = station.client_logs()
+            acq_id = station.acquisition_id()
+        except BaseException:
+            station.close()
+            raise
         duration_s = duration
         source = "live (simulated station)"
     total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
@@ -122,6 +122,8 @@ def distill(
             s.close()
         if rec is not None:
             rec.close()
+        if station is not None:
+            station.close()
     data = {
         "source": source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits, "block_slots": settings.block_slots,
         "block_rule": plan.as_dict() if plan is not None else None,

@@ -71,6 +71,16 @@ class TagBlock:
     def __len__(self) -> int:
         return int(self.timestamps.shape[0])
 
+    def channel_counts(self, into: dict[int, int] | None = None) -> dict[int, int]:
+        """Tags per channel number in this block, added to ``into`` (and returned) when given,
+        so a stream is counted with ``for b in blocks: b.channel_counts(counts)``."""
+        out = {} if into is None else into
+        if len(self):
+            u, c = np.unique(self.channels, return_counts=True)
+            for ch, n in zip(u.tolist(), c.tolist(), strict=True):
+                out[ch] = out.get(ch, 0) + n
+        return out
+
 
 class Instrument(ABC):
     """Common behaviour of every instrument.

@@ -80,12 +80,12 @@ from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
 from labqfl.qkd.twoparty import PairEndI, PairEndJ, ProtocolSettings
-from labqfl.qkd.types import Announcements, ModulationLog, split_pair
+from labqfl.qkd.types import ENGINES, Announcements, ModulationLog, split_pair
 
 log = get_logger(__name__)
 
 __all__ = ["DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
-           "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream", "ENGINES",
+           "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream",
            "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for", "local_pair_channel"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
@@ -104,8 +104,6 @@ def _engine(name: str) -> Callable[..., Any]:
         return reconcile_ldpc
     raise QKDInputError(f"unknown error-correction engine {name!r}; expected 'cascade' or 'ldpc'")
 
-
-ENGINES = ("cascade", "ldpc")
 
 _BLOCK_NAMESPACE = uuid.UUID("6f1c1f7e-8a4e-5c56-9a51-3d1b2c0e7a10")
 

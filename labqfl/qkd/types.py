@@ -26,6 +26,9 @@ import numpy as np
 if TYPE_CHECKING:
     from labqfl.config import StationConfig
 
+#: Error-correction engines of the pipeline (``DistillSettings.engine``): Cascade or LDPC.
+ENGINES = ("cascade", "ldpc")
+
 OUTCOME_D0 = 1
 OUTCOME_D1 = 2
 OUTCOME_BOTH = 3
