@@ -4,6 +4,7 @@ pipeline), each against a baseline measured side by side."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def _with_threads(n: int, fn):  # type: ignore[no-untyped-def]
     import numba
 
     old = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(n, int(getattr(numba.config, "NUMBA_NUM_THREADS"))))
     try:
         return fn()
     finally:
@@ -123,7 +124,7 @@ def _toeplitz(quick: bool) -> BenchResult:
     def rate(t: float) -> float:
         return round(n / t / 1e6, 2) if t > 0 else float("nan")
 
-    details = {"input_bits": n, "output_bits": m, "path": "gf2-ternary-fft" if HAS_CLMUL else "fft",
+    details: dict[str, Any] = {"input_bits": n, "output_bits": m, "path": "gf2-ternary-fft" if HAS_CLMUL else "fft",
                "threads1_mbit_per_s": rate(t1), "threads1_cpu_mbit_per_s": rate(cpu1),
                "threads2_mbit_per_s": rate(t2), "threads2_cpu_mbit_per_s": rate(cpu2),
                "fft_path_mbit_per_s": rate(t_fft), "matches_randextract": same}
