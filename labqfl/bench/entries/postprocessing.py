@@ -77,7 +77,7 @@ def _with_threads(n: int, fn):  # type: ignore[no-untyped-def]
     import numba
 
     old = numba.get_num_threads()
-    numba.set_num_threads(min(n, int(getattr(numba.config, "NUMBA_NUM_THREADS"))))
+    numba.set_num_threads(min(n, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     try:
         return fn()
     finally:
