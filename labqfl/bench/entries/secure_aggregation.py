@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -241,71 +240,8 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
 # -- labqfl (QKD pads, self-masks) vs Flower's SecAgg+, side by side on one in-process Grid ------
 
 
-class _InProcessGrid:
-    """A Flower ``Grid`` that hands each message to a ClientApp in this process (no Ray, no network),
-    counts every message's serialised content bytes (protobuf ``RecordDict``, what Flower puts on
-    the wire) to (down) and from (up) each node, and loses the replies of the nodes ``lose`` names
-    at the stage ``lose`` matches: the node did its work, its answer never arrives (a client lost
-    mid-round; a late upload)."""
-
-    def __init__(self, app: Any, names: list[str], node_config: dict[str, Any],
-                 lose: Any = None) -> None:
-        from flwr.app import Context, RecordDict
-        from flwr.supercore.task_identity import TaskIdentity
-
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-        self.app = app
-        self.names = {1000 + i: n for i, n in enumerate(names)}
-        self.contexts = {nid: Context(run_id=1, node_id=nid, state=RecordDict(), run_config={},
-                                      node_config={"labqfl-client": n, "partition-id": i, **node_config})
-                         for i, (nid, n) in enumerate(self.names.items())}
-        self.lose = lose or (lambda name, msg: False)
-        self.up: dict[str, int] = dict.fromkeys(names, 0)
-        self.down: dict[str, int] = dict.fromkeys(names, 0)
-        self.client_s = 0.0  # wall seconds spent inside the ClientApps
-        self.run = SimpleNamespace(run_id=1)  # what Flower's legacy client manager reads
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.names)
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Any]:
-        import uuid
-
-        from flwr.app import Error, Message
-        from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
-
-        out = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-            nid = m.metadata.dst_node_id
-            name = self.names[nid]
-            # what crosses the wire: the content serialised, the client gets its own copy (a
-            # server may send one RecordDict object to every node, and secaggplus_mod pops from it)
-            wire = recorddict_to_proto(m.content)
-            self.down[name] += wire.ByteSize()
-            delivered = Message(recorddict_from_proto(wire), dst_node_id=nid, message_type=m.metadata.message_type,
-                                group_id=m.metadata.group_id)
-            delivered.metadata.__dict__["_message_id"] = m.metadata.message_id
-            t0 = time.perf_counter()
-            try:
-                rep = self.app(delivered, self.contexts[nid])
-                if not rep.has_error():
-                    rep_wire = recorddict_to_proto(rep.content)
-                    self.up[name] += rep_wire.ByteSize()
-                    rep = Message(recorddict_from_proto(rep_wire), reply_to=m)
-            except Exception as exc:  # noqa: BLE001 - a failing ClientApp becomes an error reply
-                rep = Message(Error(code=0, reason=str(exc)), reply_to=m)
-            self.client_s += time.perf_counter() - t0
-            if self.lose(name, m):
-                if not rep.has_error():
-                    self.up[name] -= recorddict_to_proto(rep.content).ByteSize()  # never arrived
-                continue
-            out.append(rep)
-        return out
-
-
 def _loses(stage_key: str, stage: str, dropped: set[str]) -> Any:
-    """``lose`` for :class:`_InProcessGrid`: the replies of ``dropped`` to messages whose config
+    """``lose`` for :class:`~labqfl.fl.flower.inprocess.InProcessGrid`: the replies of ``dropped`` to messages whose config
     record ``stage_key`` has ``stage`` (labqfl: "labqfl"/"mask"; SecAgg+: its masked-vector stage)."""
 
     def lose(name: str, msg: Any) -> bool:
@@ -350,25 +286,28 @@ def _labqfl_app(updates: dict[str, np.ndarray]) -> Any:
 
 
 def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[str], folder: Any,
-                  rounds: int = 1) -> dict[str, Any]:
-    """labqfl on the in-process Grid: qkd keys from per-node SQLite stores, ring-k, self-masks,
-    default threshold; ``rounds`` rounds, the last one losing ``dropped`` after masking. Returns per-round wall seconds, bytes per client, aggregates."""
+                  rounds: int = 1, keys: str = "qkd") -> dict[str, Any]:
+    """labqfl on the in-process Grid: qkd keys from per-node SQLite stores (``keys="csprng"``: the
+    X25519 + AES-CTR stand-in, no key store — the same protocol without the stores' cost), ring-k,
+    self-masks, default threshold; ``rounds`` rounds, the last one losing ``dropped`` after masking. Returns per-round wall seconds, bytes per client, aggregates."""
     from labqfl.errors import SecureAggregationError
+    from labqfl.fl.flower.inprocess import InProcessGrid
     from labqfl.fl.flower.server import LabqflServer
     from labqfl.fl.flower.spec import FlowerSpec
 
     names = list(updates)
     n = next(iter(updates.values())).size
-    spec = FlowerSpec(task="mnist-lenet5", clients=len(names), q=q, rounds=rounds, keys="qkd", graph=f"ring-{k}",
+    spec = FlowerSpec(task="mnist-lenet5", clients=len(names), q=q, rounds=rounds, keys=keys, graph=f"ring-{k}",
                       k=k, self_masks=True, rounding="nearest", clip=1.0, keystore_dir=str(folder))
     srv = LabqflServer(spec)
     pairs = srv.cfg.pairs(names)
-    _fill_key_stores(names, pairs, rounds * srv.cfg.key_bits_per_pair(n), folder)
+    if keys == "qkd":
+        _fill_key_stores(names, pairs, rounds * srv.cfg.key_bits_per_pair(n), folder)
     out: dict[str, Any] = {"rounds": []}
     weights = dict.fromkeys(names, 100.0)
     for r in range(1, rounds + 1):
         lose = _loses("labqfl", "mask", dropped if r == rounds else set())
-        grid = _InProcessGrid(_labqfl_app(updates), names, {"labqfl-keystore": str(folder)}, lose)
+        grid = InProcessGrid(_labqfl_app(updates), names, {"labqfl-keystore": str(folder)}, lose)
         nodes = {c: nid for nid, c in grid.names.items()}
         t0 = time.perf_counter()
         try:
@@ -404,6 +343,8 @@ def _secaggplus_round(updates: dict[str, np.ndarray], k: int, t: int, dropped: s
     from flwr.server.strategy import FedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
+    from labqfl.fl.flower.inprocess import InProcessGrid
+
     names = list(updates)
     n = next(iter(updates.values())).size
     random.seed(seed)  # SecAgg+ shuffles the nodes with Python's random before building its ring
@@ -421,7 +362,7 @@ def _secaggplus_round(updates: dict[str, np.ndarray], k: int, t: int, dropped: s
     out: dict[str, Any] = {"rounds": []}
     for r in range(1, rounds + 1):
         lose = _loses(RECORD_KEY_CONFIGS, Stage.COLLECT_MASKED_VECTORS, dropped if r == rounds else set())
-        grid = _InProcessGrid(ClientApp(client_fn=client_fn, mods=[secaggplus_mod]), names, {}, lose)
+        grid = InProcessGrid(ClientApp(client_fn=client_fn, mods=[secaggplus_mod]), names, {}, lose)
         strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=len(names),
                           min_available_clients=len(names),
                           initial_parameters=ndarrays_to_parameters([np.zeros(n)]))
@@ -506,6 +447,7 @@ def secure_aggregation_vs_secaggplus_bench(quick: bool) -> BenchResult:
             t0 = time.perf_counter()
             ours = _labqfl_round(updates, k, q, lost, tmp, rounds=3)
             ours["wall_incl_store_fill_s"] = time.perf_counter() - t0
+            ours_cs = _labqfl_round(updates, k, q, lost, tmp, rounds=3, keys="csprng")
         theirs = _secaggplus_round(updates, k, t, lost, rounds=3)
     finally:
         flwr_log.setLevel(level)
@@ -524,7 +466,7 @@ def secure_aggregation_vs_secaggplus_bench(quick: bool) -> BenchResult:
                 "lost_round_completed": r1["completed"], "lost_round_wall_s": r1["wall_s"],
                 "lost_round_max_abs_error": err(res, 2, survivors)}
 
-    a, b = side(ours), side(theirs)
+    a, b, c = side(ours), side(theirs), side(ours_cs)
     return BenchResult(
         figure=a["round_wall_s"], unit="s per round (wall, all parties in one process)",
         baseline="Flower SecAgg+ (SecAggPlusWorkflow + secaggplus_mod, num_shares = k + 1, same threshold)",
@@ -532,6 +474,7 @@ def secure_aggregation_vs_secaggplus_bench(quick: bool) -> BenchResult:
         target="report only", passed=None,
         details={"clients": n_clients, "n_params": n_params, "graph": f"ring-{k}", "threshold": t, "q": q,
                  "lost_after_masking_in_round_3": sorted(lost), "labqfl": a, "secaggplus": b,
+                 "labqfl_csprng_keys": c,
                  "upload_ratio_labqfl_to_secaggplus": a["up_bytes_per_client"] / b["up_bytes_per_client"],
                  "labqfl_qkd_key_bits_per_pair_per_round": ours["key_bits_per_pair_per_round"],
                  "labqfl_pairs": ours["pairs"], "secaggplus_qkd_key_bits": 0,
