@@ -1,0 +1,183 @@
+"""The Calibration panel: the procedures by group, their results and plots, and writing the calibration file.
+
+Built from a :class:`~labqfl.gui.controller.Controller`; no panel touches an instrument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from labqfl.gui.controller import Controller
+from labqfl.gui.panels._common import heading, read_only_table, table_item
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFrame,
+    QGridLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+class CalibrationPanel(QWidget):
+    """Pick a procedure, run it on the station, see its calibrated quantities and plots."""
+
+    def __init__(self, ctl: Controller) -> None:
+        super().__init__()
+        self.ctl = ctl
+        self.specs, self.unavailable = ctl.calibrations()
+
+        self.list = QListWidget()
+        for s in self.specs:
+            it = QListWidgetItem(s.title)
+            it.setToolTip(s.description)
+            it.setData(Qt.ItemDataRole.UserRole, s.name)
+            self.list.addItem(it)
+        if self.specs:
+            self.list.setCurrentRow(0)
+        self.desc = QLabel()
+        self.desc.setWordWrap(True)
+        self.desc.setStyleSheet("color: #444")
+        self.desc.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.quick = QCheckBox("Quick (shorter integrations)")
+        self.quick.setChecked(True)
+        self.quick.setToolTip("Fewer points and shorter integration times: faster, larger uncertainties")
+        self.run_btn = QPushButton("▶ Run calibration")
+        self.cancel_btn = QPushButton("■ Cancel")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setTextVisible(False)
+        self.step = QLabel("")
+        self.step.setWordWrap(True)
+        self.list.currentItemChanged.connect(self._on_select)
+        self.run_btn.clicked.connect(self._run)
+        self.cancel_btn.clicked.connect(ctl.cancel_calibration)
+
+        left = QVBoxLayout()
+        left.addWidget(heading("Procedures"))
+        self.list.setFixedHeight(max(60, 22 * max(1, len(self.specs)) + 8))
+        left.addWidget(self.list)
+        left.addWidget(self.desc)
+        left.addWidget(self.quick)
+        row = QHBoxLayout()
+        row.addWidget(self.run_btn)
+        row.addWidget(self.cancel_btn)
+        left.addLayout(row)
+        left.addWidget(self.progress)
+        left.addWidget(self.step)
+        left.addStretch(1)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setFixedWidth(320)
+
+        self.result_title = heading("No result yet")
+        self.qtable = read_only_table(["Quantity", "Value", "± (1σ)", "Unit", "Simulator truth", "Pull (σ)"])
+        self.qtable.horizontalHeader().setStretchLastSection(False)
+        self.qtable.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.qtable.setMaximumHeight(230)
+        self.plot_box = QWidget()
+        self.plot_grid = QGridLayout(self.plot_box)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.plot_box)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.run_label = QLabel("")
+        self.run_label.setWordWrap(True)
+        self.run_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.run_label.setStyleSheet("color: #555")
+        self.run_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        right = QVBoxLayout()
+        right.addWidget(self.result_title)
+        right.addWidget(self.qtable)
+        right.addWidget(scroll, 1)
+        right.addWidget(self.run_label)
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(right, 1)
+
+        ctl.calibrationResult.connect(self.show_result)
+        ctl.busyChanged.connect(self._update)
+        ctl.connectedChanged.connect(self._update)
+        ctl.progress.connect(self._on_progress)
+        self._on_select()
+        self._update()
+
+    def _on_select(self, *_: Any) -> None:
+        it = self.list.currentItem()
+        if it is None:
+            self.desc.setText(self.unavailable or "")
+            return
+        spec = next(s for s in self.specs if s.name == it.data(Qt.ItemDataRole.UserRole))
+        self.desc.setText(spec.description)
+
+    def selected(self) -> str | None:
+        it = self.list.currentItem()
+        return it.data(Qt.ItemDataRole.UserRole) if it is not None else None
+
+    def _run(self) -> None:
+        name = self.selected()
+        if name:
+            self.ctl.run_calibration(name, quick=self.quick.isChecked())
+
+    def _update(self, *_: Any) -> None:
+        b = self.ctl.busy
+        running = bool(b.get("calibration"))
+        ok = bool(self.specs) and self.ctl.connected and not running and not b.get("acquisition")
+        self.run_btn.setEnabled(ok)
+        self.cancel_btn.setEnabled(running)
+        self.list.setEnabled(bool(self.specs) and not running)
+        if not self.specs:
+            why = self.unavailable or "no calibration procedures available"
+            self.run_btn.setToolTip(why)
+            self.list.setToolTip(why)
+        elif not self.ctl.connected:
+            self.run_btn.setToolTip("connect the station first")
+        elif b.get("acquisition"):
+            self.run_btn.setToolTip("stop the acquisition first: a calibration needs the station to itself")
+        else:
+            self.run_btn.setToolTip("run the selected procedure")
+        self.progress.setRange(0, 0 if running else 1)
+        self.progress.setVisible(running)
+
+    def _on_progress(self, task: str, frac: float, msg: str) -> None:
+        if task == "calibration":
+            self.step.setText(msg)
+
+    def show_result(self, res: dict[str, Any]) -> None:
+        self.result_title.setText(f"{res['title']}  ·  {res['seconds']:.1f} s")
+        qs = res["quantities"]
+        self.qtable.setRowCount(len(qs))
+        for r, q in enumerate(qs):
+            true = q.get("true")
+            pull = q.get("pull")
+            vals = [q["name"], f"{q['value']:.6g}", f"{q['uncertainty']:.3g}", q["unit"],
+                    "—" if true is None else f"{true:.6g}", "—" if pull is None else f"{pull:+.2f}"]
+            for c, v in enumerate(vals):
+                self.qtable.setItem(r, c, table_item(v, align_right=c in (1, 2, 4, 5)))
+        while self.plot_grid.count():
+            w = self.plot_grid.takeAt(0).widget()
+            if w is not None:
+                w.deleteLater()
+        for i, path in enumerate(res.get("plots", [])):
+            lab = QLabel()
+            pm = QPixmap(path)
+            if pm.isNull():
+                lab.setText(f"(cannot show {path})")
+            else:
+                lab.setPixmap(pm.scaledToWidth(min(pm.width(), 520), Qt.TransformationMode.SmoothTransformation))
+            lab.setToolTip(path)
+            self.plot_grid.addWidget(lab, i // 2, i % 2)
+        self.run_label.setText(f"run folder: {res.get('run', '')}   ·   calibrated station file: "
+                               f"{res.get('station_toml', '')} (use it with --config)")

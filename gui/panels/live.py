@@ -1,0 +1,325 @@
+"""The Live panel: acquisition and distillation controls, live plots and the per-pair table with key pools and key provenance.
+
+Built from a :class:`~labqfl.gui.controller.Controller`; no panel touches an instrument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from labqfl.gui import plots
+from labqfl.gui.controller import Controller
+from labqfl.gui.panels._common import (
+    ERR_COLOUR,
+    OK_COLOUR,
+    fmt_bits,
+    fmt_pct,
+    read_only_table,
+    table_item,
+)
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from labqfl.qkd.types import ENGINES
+
+
+def key_provenance_text(cfg: Any) -> str:
+    """One line for the key-pool panel: the provenance of the keys this station distils (the weakest
+    pair's, from the station config: physical layer and the clients' configured randomness) and what
+    their security rests on (:func:`labqfl.provenance.security_statement`)."""
+    from labqfl.provenance import pair_provenance, security_statement, weakest
+
+    w = weakest(pair_provenance(cfg, pr) for pr in cfg.pairs())
+    if w is None:
+        return "Key provenance: the station has no pairs"
+    return f"Keys distilled here ({w.label}): {security_statement(w)}"
+
+
+class LivePanel(QWidget):
+    """Acquisition and distillation controls, four live plots and a per-pair table."""
+
+    PAIR_COLS = ["Pair", "Sifted", "Next block", "QBER X (key)", "QBER Y (test)", "Blocks", "Final key",
+                 "Key rate", "Key pool", "Last block"]
+
+    def __init__(self, ctl: Controller) -> None:
+        super().__init__()
+        self.ctl = ctl
+        cfg = ctl.config
+        self.pairs = [f"{a}-{b}" for a, b in cfg.pairs()]
+        self.detectors = list(cfg.detectors)
+        self._pools: dict[str, dict[str, int]] = {}
+        self._pairs_data: dict[str, dict[str, Any]] = {}
+
+        # -- controls -------------------------------------------------------------------------------
+        acq = QGroupBox("Acquisition")
+        self.acq_start = QPushButton("▶ Start")
+        self.acq_stop = QPushButton("■ Stop")
+        self.arm_box = QCheckBox("Arm instruments on start")
+        self.arm_box.setChecked(True)
+        self.arm_box.setToolTip("Laser on, detectors armed, modulators on, shutters open before streaming")
+        self.acq_status = QLabel("idle")
+        self.acq_status.setWordWrap(True)
+        al = QGridLayout(acq)
+        al.addWidget(self.acq_start, 0, 0)
+        al.addWidget(self.acq_stop, 0, 1)
+        al.addWidget(self.arm_box, 1, 0, 1, 2)
+        al.addWidget(self.acq_status, 2, 0, 1, 2)
+        self.acq_start.clicked.connect(lambda: ctl.start_acquisition(arm=self.arm_box.isChecked()))
+        self.acq_stop.clicked.connect(ctl.stop_acquisition)
+        self.acq_stop.setToolTip("Stop streaming; every instrument goes to its safe state")
+
+        dist = QGroupBox("Distillation")
+        self.block_bits = QSpinBox()
+        self.block_bits.setRange(0, 100_000_000)
+        self.block_bits.setSingleStep(10_000)
+        self.block_bits.setSpecialValueText("auto (key-rate rule)")
+        self.block_bits.setValue(0)
+        self.block_bits.setSuffix(" bit")
+        self.block_bits.setToolTip("Sifted bits per key block and pair (finite-key block size). auto: the block-size "
+                                   "rule picks the smallest blocks expected to give key with a margin; smaller manual "
+                                   "blocks show QBER and abort reasons.")
+        self.engine = QComboBox()
+        self.engine.addItems(list(ENGINES))
+        self.dist_start = QPushButton("▶ Start")
+        self.dist_stop = QPushButton("■ Stop")
+        self.dist_status = QLabel("idle")
+        self.dist_status.setWordWrap(True)
+        dl = QFormLayout(dist)
+        dl.addRow("Block size", self.block_bits)
+        dl.addRow("Error correction", self.engine)
+        row = QHBoxLayout()
+        row.addWidget(self.dist_start)
+        row.addWidget(self.dist_stop)
+        dl.addRow(row)
+        dl.addRow(self.dist_status)
+        self.dist_start.clicked.connect(self._start_distillation)
+        self.dist_stop.clicked.connect(ctl.stop_distillation)
+
+        note = QLabel("Count rates are per second of acquired data. QBER X is measured by error correction on each "
+                      "key block; QBER Y is the Y-basis test error so far. Key pools are the free bits in the "
+                      "nodes' key stores.")
+        note.setWordWrap(True)
+        note.setStyleSheet("color: #555")
+
+        legend = QGroupBox("Pairs")
+        lg = QGridLayout(legend)
+        for i, p in enumerate(self.pairs):
+            sw = QLabel(f"<span style='color:{plots.colour(i)}; font-size:14pt'>━━</span> {p}")
+            lg.addWidget(sw, i // 2, i % 2)
+
+        left = QVBoxLayout()
+        left.addWidget(acq)
+        left.addWidget(dist)
+        left.addWidget(legend)
+        left.addWidget(note)
+        left.addStretch(1)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setFixedWidth(270)
+
+        # -- plots ----------------------------------------------------------------------------------
+        self.rate_plot = plots.make_plot("Count rate per detector", "rate", "Hz")
+        self.rate_series = {d: plots.Series(self.rate_plot.plot(name=d, pen=plots.pen(i))) for i, d in enumerate(self.detectors)}
+        self.qber_plot = plots.make_plot("QBER per pair  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
+        self.qber_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
+        self.qber_x = {p: plots.Series(self.qber_plot.plot(name=p, pen=plots.pen(i), symbol="o", symbolSize=5,
+                                                              symbolBrush=plots.colour(i), symbolPen=None))
+                       for i, p in enumerate(self.pairs)}
+        self.qber_y = {p: plots.Series(self.qber_plot.plot(pen=plots.pen(i, dashed=True, width=1.5)))
+                       for i, p in enumerate(self.pairs)}
+        self.rate_key_plot = plots.make_plot("Secure key rate per pair", "rate", "bit/s", legend=False)
+        self.rate_key_plot.getPlotItem().setYRange(0, 1)
+        self.rate_zero = pg.TextItem("", color="#777", anchor=(0.5, 0.5))
+        self.rate_key_plot.addItem(self.rate_zero)
+        self.key_rate = {p: plots.Series(self.rate_key_plot.plot(name=p, pen=plots.pen(i))) for i, p in enumerate(self.pairs)}
+        self.pool_plot = plots.make_plot("Key pools per pair (free bits in the key stores)", "free key", "bit",
+                                         bottom="", bottom_units=None, legend=True, legend_right=True)
+        plots.category_axis(self.pool_plot, self.pairs)
+        self.pool_plot.getPlotItem().setXRange(-0.6, len(self.pairs) - 0.4)
+        self.pool_plot.getPlotItem().setMouseEnabled(x=False, y=False)
+        self._pool_bars: list[pg.BarGraphItem] = []
+        self.pool_empty = pg.TextItem("no key in the key stores yet", color="#777", anchor=(0.5, 0.5))
+        self.pool_empty.setToolTip("distil with blocks large enough for a positive finite-key length")
+        self.pool_plot.addItem(self.pool_empty)
+        self.pool_empty.setPos((len(self.pairs) - 1) / 2, 0.5)
+        self.pool_plot.getPlotItem().setYRange(0, 1)
+        #: what the keys this station distils rest on (labqfl.provenance; from the config, no I/O)
+        self.provenance_label = QLabel(key_provenance_text(cfg))
+        self.provenance_label.setWordWrap(True)
+        self.provenance_label.setToolTip("Physical layer (simulated/hardware) and the clients' randomness "
+                                         "(qrng/csprng/seeded) of the keys distilled here, recorded in every key "
+                                         "block; `labqfl keys status` shows the stored blocks.")
+
+        grid = QGridLayout()
+        grid.addWidget(self.rate_plot, 0, 0)
+        grid.addWidget(self.qber_plot, 0, 1)
+        grid.addWidget(self.rate_key_plot, 1, 0)
+        grid.addWidget(self.pool_plot, 1, 1)
+        grid.addWidget(self.provenance_label, 2, 0, 1, 2)
+        plots_w = QWidget()
+        plots_w.setLayout(grid)
+
+        self.table = read_only_table(self.PAIR_COLS)
+        self.table.setRowCount(len(self.pairs))
+        for r, p in enumerate(self.pairs):
+            self.table.setItem(r, 0, table_item(p))
+            for c in range(1, len(self.PAIR_COLS)):
+                self.table.setItem(r, c, table_item("—", align_right=c < len(self.PAIR_COLS) - 1))
+        self.table.setMinimumHeight(60)
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(plots_w)
+        split.addWidget(self.table)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
+        split.setSizes([620, 230])
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addWidget(split, 1)
+
+        ctl.countRates.connect(self._on_rates)
+        ctl.pairMetrics.connect(self._on_pairs)
+        ctl.keyPools.connect(self._on_pools)
+        ctl.acquisitionStatus.connect(self._on_acq_status)
+        ctl.busyChanged.connect(self._update_buttons)
+        ctl.connectedChanged.connect(self._update_buttons)
+        ctl.stationInfo.connect(self._on_info)
+        self._distill_ok, self._distill_why = ctl.core.distill_available()
+        self._update_buttons()
+
+    def _start_distillation(self) -> None:
+        self.ctl.start_distillation(self.block_bits.value() or None, self.engine.currentText())
+
+    def _on_info(self, info: dict[str, Any]) -> None:
+        self.provenance_label.setText(key_provenance_text(self.ctl.config))
+        self._distill_ok = bool(info.get("distill_available", True))
+        self._distill_why = info.get("distill_reason", "")
+        self._update_buttons()
+
+    def _update_buttons(self, *_: Any) -> None:
+        b = self.ctl.busy
+        conn = self.ctl.connected
+        acq, dist, cal = b.get("acquisition"), b.get("distillation"), b.get("calibration")
+        self.acq_start.setEnabled(conn and not acq and not cal)
+        self.acq_stop.setEnabled(bool(acq))
+        self.dist_start.setEnabled(conn and not dist and not cal and self._distill_ok)
+        self.dist_stop.setEnabled(bool(dist))
+        self.block_bits.setEnabled(not dist)
+        self.engine.setEnabled(not dist)
+        if not self._distill_ok:
+            self.dist_start.setToolTip(self._distill_why)
+        elif not conn:
+            self.dist_start.setToolTip("connect the station first")
+        elif cal:
+            self.dist_start.setToolTip("a calibration is running")
+        else:
+            self.dist_start.setToolTip("Start acquisition (if needed) with the post-processing pipeline attached; "
+                                       "keys go to the nodes' key stores")
+        tip = "connect the station first" if not conn else ("a calibration is running" if cal else "Stream time tags")
+        self.acq_start.setToolTip(tip)
+        if not acq:
+            self.acq_status.setText(self.acq_status.text().replace("running", "stopped") if self.acq_status.text() != "idle" else "idle")
+        self.dist_status.setText("running" if dist else ("idle" if self._distill_ok else "unavailable: " + self._distill_why))
+
+    def _on_acq_status(self, s: dict[str, Any]) -> None:
+        running = self.ctl.busy.get("acquisition")
+        speed = s["t_s"] / s["wall_s"] if s.get("wall_s") else 0.0
+        self.acq_status.setText(f"{'running' if running else 'stopped'} · {s['t_s']:.2f} s of data · "
+                                f"{s['tags']:,} tags · {speed:.2f}× real time")
+
+    def _on_rates(self, points: list[tuple[float, dict[str, float]]]) -> None:
+        for t, rates in points:
+            for d, s in self.rate_series.items():
+                s.append(t, rates.get(d))
+        for s in self.rate_series.values():
+            s.flush()
+        top = max((max(s.y) for s in self.rate_series.values() if s.y), default=0.0)
+        if top > 0:  # from zero, with headroom for the legend
+            self.rate_plot.getPlotItem().setYRange(0, 1.3 * top, padding=0)
+
+    def pair_metrics(self) -> dict[str, dict[str, Any]]:
+        """The latest per-pair numbers shown in the table (see :func:`labqfl.gui.core.pair_metrics`)."""
+        return {p: dict(m) for p, m in self._pairs_data.items()}
+
+    def _on_pairs(self, snap: dict[str, Any]) -> None:
+        t = snap["t_s"]
+        etas = [m.get("first_key_eta_s") for m in snap["pairs"].values()]
+        if etas and all(e is not None for e in etas) and max(etas) > 0 and not snap.get("final"):
+            self.dist_status.setText(f"running · first key on every pair expected after ≈ {max(etas):.0f} s more data")
+        for r, p in enumerate(self.pairs):
+            m = snap["pairs"].get(p)
+            if m is None:
+                continue
+            self._pairs_data[p] = m
+            sx = self.qber_x[p]
+            if m["qber_x"] is not None and m["blocks"] and (not sx.t or m["blocks"] > getattr(sx, "_blocks", 0) or t < sx.t[-1]):
+                sx.append(t, 100 * m["qber_x"])
+                sx._blocks = m["blocks"]  # type: ignore[attr-defined]
+            self.qber_y[p].append(t, None if m["qber_y"] is None else 100 * m["qber_y"])
+            self.key_rate[p].append(t, m["key_rate_bps"])
+            vals = [f"{m['sifted_bits']:,}", f"{100 * m['block_fill']:.0f} %", fmt_pct(m["qber_x"]),
+                    fmt_pct(m["qber_y"]), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
+                    fmt_bits(m["final_key_bits"]), f"{m['key_rate_bps']:.4g} bit/s",
+                    fmt_bits(sum(self._pools.get(p, {}).values())),
+                    ("aborted: " + m["last_abort"]) if m["last_abort"] else ("key delivered" if m["blocks"] else "—")]
+            for c, v in enumerate(vals, start=1):
+                it = self.table.item(r, c)
+                it.setText(v)
+                if c == len(vals):
+                    it.setToolTip(m["last_abort"])
+                    it.setForeground(QBrush(ERR_COLOUR if m["last_abort"] else OK_COLOUR))
+        for s in (*self.qber_x.values(), *self.qber_y.values(), *self.key_rate.values()):
+            s.flush()
+        self._scale_key_rate()
+
+    def _scale_key_rate(self) -> None:
+        top = max((max(s.y) for s in self.key_rate.values() if s.y), default=0.0)
+        t_max = max((s.t[-1] for s in self.key_rate.values() if s.t), default=1.0)
+        item = self.rate_key_plot.getPlotItem()
+        item.setYRange(0, top * 1.15 if top > 0 else 1.0, padding=0)
+        if top <= 0 and any(len(s) for s in self.key_rate.values()):
+            self.rate_zero.setText("no secret key yet: every block so far was too small for a\n"
+                                   "positive finite-key length (see 'Last block' below)")
+            self.rate_zero.setPos(t_max / 2, 0.5)
+            self.rate_zero.setVisible(True)
+        else:
+            self.rate_zero.setVisible(False)
+
+    def _on_pools(self, pools: dict[str, dict[str, int]]) -> None:
+        self._pools = pools
+        for b in self._pool_bars:
+            self.pool_plot.removeItem(b)
+        self._pool_bars.clear()
+        pool_names = ["auth", "fl", "etsi", "general"]
+        x = np.arange(len(self.pairs), dtype=float)
+        base = np.zeros(len(self.pairs))
+        total = 0
+        for i, pool in enumerate(pool_names):
+            h = np.array([pools.get(p, {}).get(pool, 0) for p in self.pairs], dtype=float)
+            if not h.any():
+                continue
+            bar = pg.BarGraphItem(x=x, height=h, y0=base.copy(), width=0.6, brush=plots.colour(i + 4), pen=None, name=pool)
+            self.pool_plot.addItem(bar)
+            self._pool_bars.append(bar)
+            base += h
+            total += int(h.sum())
+        self.pool_empty.setVisible(total == 0)
+        self.pool_plot.getPlotItem().setYRange(0, max(1.0, float(base.max()) * 1.1 if len(base) else 1.0))
+        for r, p in enumerate(self.pairs):
+            self.table.item(r, 8).setText(fmt_bits(sum(pools.get(p, {}).values())))

@@ -1,0 +1,208 @@
+"""The Training panel: task and secure-aggregation options, training progress and accuracy.
+
+Built from a :class:`~labqfl.gui.controller.Controller`; no panel touches an instrument."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from labqfl.gui import plots
+from labqfl.gui.controller import Controller
+from labqfl.gui.core import TrainingOptions
+from labqfl.gui.panels._common import ERR_COLOUR, OK_COLOUR, fmt_bits, read_only_table, table_item
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QBrush
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+class TrainingPanel(QWidget):
+    """Federated training: options, accuracy and loss per round, key consumption, clients."""
+
+    def __init__(self, ctl: Controller) -> None:
+        super().__init__()
+        self.ctl = ctl
+        n_clients = len(ctl.config.clients)
+        box = QGroupBox("Federated training")
+        self.task = QComboBox()
+        self.task.addItems(["mnist-qnn", "ntangled", "magic", "mnist-lenet5"])
+        self.clients = QSpinBox()
+        self.clients.setRange(2, 64)
+        self.clients.setValue(n_clients)
+        self.rounds = QSpinBox()
+        self.rounds.setRange(1, 1000)
+        self.rounds.setValue(10)
+        self.q = QComboBox()
+        self.q.addItems(["8", "16", "32"])
+        self.keys = QComboBox()
+        self.keys.addItems(["csprng", "qkd"])
+        self.keys.setItemData(0, "AES-CTR masks from the OS CSPRNG (stand-in for QKD keys)", Qt.ItemDataRole.ToolTipRole)
+        self.keys.setItemData(1, "one-time-pad masks from the nodes' QKD key stores (needs distilled key)",
+                              Qt.ItemDataRole.ToolTipRole)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        form = QFormLayout(box)
+        form.addRow("Task", self.task)
+        form.addRow("Clients", self.clients)
+        form.addRow("Rounds", self.rounds)
+        form.addRow("Bits per parameter q", self.q)
+        form.addRow("Mask keys", self.keys)
+        form.addRow("Seed", self.seed)
+        self.start_btn = QPushButton("▶ Start training")
+        self.stop_btn = QPushButton("■ Stop")
+        self.stop_btn.setToolTip("Stop after the current round")
+        row = QHBoxLayout()
+        row.addWidget(self.start_btn)
+        row.addWidget(self.stop_btn)
+        form.addRow(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.status = QLabel("idle")
+        self.status.setWordWrap(True)
+        form.addRow(self.progress)
+        form.addRow(self.status)
+        self.start_btn.clicked.connect(self._start)
+        self.stop_btn.clicked.connect(ctl.stop_training)
+
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setStyleSheet("color: #333")
+        left = QVBoxLayout()
+        left.addWidget(box)
+        left.addWidget(self.summary)
+        left.addStretch(1)
+        left_w = QWidget()
+        left_w.setLayout(left)
+        left_w.setFixedWidth(300)
+
+        self.acc_plot = plots.make_plot("Test accuracy per round", "accuracy", "%", bottom="round", bottom_units=None, legend=False)
+        self.acc_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
+        self.acc_curve = self.acc_plot.plot(pen=plots.pen(0), symbol="o", symbolSize=6, symbolBrush=plots.colour(0), symbolPen=None)
+        self.loss_plot = plots.make_plot("Loss per round", "loss", None, bottom="round", bottom_units=None)
+        self.loss_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
+        self.test_loss_curve = self.loss_plot.plot(name="test", pen=plots.pen(1), symbol="o", symbolSize=6,
+                                                   symbolBrush=plots.colour(1), symbolPen=None)
+        self.train_loss_curve = self.loss_plot.plot(name="train (clients' mean)", pen=plots.pen(2, dashed=True))
+        self.key_plot = plots.make_plot("Key consumption (mask key, all pairs)", "key", "bit", bottom="round",
+                                        bottom_units=None)
+        self.key_bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=plots.colour(4), pen=None, name="per round")
+        self.key_plot.addItem(self.key_bars)
+        self.key_cum = self.key_plot.plot(name="cumulative", pen=plots.pen(3), symbol="s", symbolSize=5,
+                                          symbolBrush=plots.colour(3), symbolPen=None)
+        self.clients_table = read_only_table(["Client", "Samples", "Status", "Round", "Update ‖Δ‖", "FedAvg weight"])
+
+        grid = QGridLayout()
+        grid.addWidget(self.acc_plot, 0, 0)
+        grid.addWidget(self.loss_plot, 0, 1)
+        grid.addWidget(self.key_plot, 1, 0)
+        cl = QVBoxLayout()
+        cl.addWidget(QLabel("<b>Clients</b>"))
+        cl.addWidget(self.clients_table)
+        cw = QWidget()
+        cw.setLayout(cl)
+        grid.addWidget(cw, 1, 1)
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(grid, 1)
+
+        self._rounds: list[dict[str, Any]] = []
+        self._initial: tuple[float, float] | None = None
+        ctl.trainingStarted.connect(self._on_started)
+        ctl.trainingRound.connect(self._on_round)
+        ctl.trainingFinished.connect(self._on_finished)
+        ctl.busyChanged.connect(self._update)
+        ctl.progress.connect(self._on_progress)
+        self._update()
+
+    def options(self) -> TrainingOptions:
+        return TrainingOptions(task=self.task.currentText(), clients=self.clients.value(), rounds=self.rounds.value(),
+                               q=int(self.q.currentText()), keys=self.keys.currentText(), seed=self.seed.value())
+
+    def _start(self) -> None:
+        self.ctl.start_training(self.options())
+
+    def _update(self, *_: Any) -> None:
+        running = bool(self.ctl.busy.get("training"))
+        self.start_btn.setEnabled(not running)
+        self.stop_btn.setEnabled(running)
+        for w in (self.task, self.clients, self.rounds, self.q, self.keys, self.seed):
+            w.setEnabled(not running)
+
+    def _on_progress(self, task: str, frac: float, msg: str) -> None:
+        if task != "training":
+            return
+        if frac < 0:
+            self.progress.setRange(0, 0)
+        else:
+            self.progress.setRange(0, 100)
+            self.progress.setValue(int(round(100 * frac)))
+        self.status.setText(msg)
+
+    def _on_started(self, info: dict[str, Any]) -> None:
+        self._rounds.clear()
+        self.acc_curve.setData([], [])
+        self.test_loss_curve.setData([], [])
+        self.train_loss_curve.setData([], [])
+        self.key_cum.setData([], [])
+        self.key_bars.setOpts(x=[], height=[])
+        self.summary.setText(f"<b>{info['task']}</b> · model {info['model']} ({info['n_params']} parameters) · "
+                             f"q = {info['q']} · keys: {info['keys']} · {len(info['pairs'])} key pairs")
+        cl = info["clients"]
+        self.clients_table.setRowCount(len(cl))
+        for r, (c, v) in enumerate(cl.items()):
+            for col, text in enumerate([c, str(v["samples"]), "training", "—", "—", "—"]):
+                self.clients_table.setItem(r, col, table_item(text, align_right=col in (1, 3, 4, 5)))
+
+    def _on_round(self, d: dict[str, Any]) -> None:
+        m = d["metrics"]
+        self._rounds.append(m)
+        r = np.array([x["round"] for x in self._rounds], dtype=float)
+        self.acc_curve.setData(r, [100 * x["test_accuracy"] for x in self._rounds])
+        self.test_loss_curve.setData(r, [x["test_loss"] for x in self._rounds])
+        self.train_loss_curve.setData(r, [x["train_loss"] for x in self._rounds])
+        self.key_bars.setOpts(x=r, height=[x["key_bits_total"] for x in self._rounds], width=0.6)
+        self.key_cum.setData(r, [x["key_bits_cumulative"] for x in self._rounds])
+        self.key_plot.getPlotItem().setYRange(0, 1.3 * max(x["key_bits_cumulative"] for x in self._rounds), padding=0)
+        for p in (self.acc_plot, self.loss_plot, self.key_plot):
+            plots.integer_ticks(p, len(self._rounds))
+        rows = {self.clients_table.item(i, 0).text(): i for i in range(self.clients_table.rowCount())}
+        for c, v in d["clients"].items():
+            i = rows.get(c)
+            if i is None:
+                continue
+            vals = [c, str(v["samples"]), v["status"], str(v["round"]), f"{v['update_norm']:.3g}", f"{v['weight']:.3f}"]
+            for col, text in enumerate(vals):
+                it = self.clients_table.item(i, col)
+                it.setText(text)
+                if col == 2:
+                    it.setForeground(QBrush(OK_COLOUR if text == "aggregated" else ERR_COLOUR))
+        avail = d.get("available_bits") or {}
+        extra = f" · key left (min over pairs) {fmt_bits(min(avail.values()))}" if avail else ""
+        self.status.setText(f"round {m['round']}: accuracy {100 * m['test_accuracy']:.1f} %, test loss {m['test_loss']:.4f}, "
+                            f"{fmt_bits(m['key_bits_per_pair'])} per pair{extra}")
+
+    def _on_finished(self, s: dict[str, Any]) -> None:
+        if s.get("stopped"):
+            self.status.setText("stopped by the user" + (f" after round {self._rounds[-1]['round']}" if self._rounds else ""))
+            return
+        self.status.setText(f"finished: accuracy {100 * s['final_test_accuracy']:.1f} % "
+                            f"(from {100 * s['initial_test_accuracy']:.1f} %), key used {fmt_bits(s['key_bits_total'])}")
+
+    @property
+    def rounds_shown(self) -> int:
+        return len(self._rounds)
