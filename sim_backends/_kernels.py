@@ -136,13 +136,19 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
              codes_i: np.ndarray, mode_i: int, fix_i: bool, pat_i: np.ndarray,
              codes_j: np.ndarray, mode_j: int, fix_j: bool, pat_j: np.ndarray,
              eve_side: int, eve_frac: float, key_eve: np.uint64,
-             key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
+             key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
+             how: int, kc: int) -> tuple[int, np.uint64, int]:
     """Thinning over one segment [seg, seg_end) of a single pair and fixed parameters.
 
     Candidates at rate q ≥ p_max (geometric gaps, guide table ``glo/ghi`` for q < 1), each accepted
     with p(choices)/q (``table`` holds p/p_max, so the uniform is scaled by q/p_max). The clients'
-    choices are read from their drive patterns ``codes_i``/``codes_j`` (k·4 + a per slot, index
-    s − s0): what each client streamed to its modulators; the simulator holds no client key."""
+    choices are read from their drive patterns ``codes_i``/``codes_j``: what each client applied
+    to its modulators; the simulator holds no client key. The candidates depend on the seeds and
+    p_max only, never on the choices, so they can be drawn first and the choices asked for them
+    alone (``how``, see :func:`signal_chunks`): ``how`` = 0: ``codes_*`` are indexed by s − s0;
+    1: no choice is read, every candidate slot is written to ``out_slot`` (``out_outcome`` 0);
+    2: ``codes_*`` are indexed by the candidate's number ``kc`` in its chunk (the codes the
+    clients answered for the slots of ``how`` = 1). Returns (n, rng, kc); n = −1 if full."""
     cap = out_slot.shape[0]
     l1q = math.log1p(-q) if q < 1.0 else -math.inf
     scale = q / pmax
@@ -167,8 +173,20 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
             break
         if s < s0:
             continue
-        ci_ = np.int64(codes_i[s - s0])
-        cj_ = np.int64(codes_j[s - s0])
+        if how == 1:
+            if n >= cap:
+                return -1, rng, kc
+            out_slot[n] = s
+            out_outcome[n] = 0
+            n += 1
+            continue
+        if how == 2:
+            ci_ = np.int64(codes_i[kc])
+            cj_ = np.int64(codes_j[kc])
+            kc += 1
+        else:
+            ci_ = np.int64(codes_i[s - s0])
+            cj_ = np.int64(codes_j[s - s0])
         ki, ai = ci_ >> 2, ci_ & 3
         kj, aj = cj_ >> 2, cj_ & 3
         if fix_i:
@@ -196,11 +214,11 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
         ua = float(mix64(key_acc + np.uint64(s) * _G) >> _U11) * _INV53 * scale
         if ua < table[idx, 2]:
             if n >= cap:
-                return -1, rng
+                return -1, rng, kc
             out_slot[n] = s
             out_outcome[n] = 1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1])
             n += 1
-    return n, rng
+    return n, rng, kc
 
 
 @nb.njit(cache=True, nogil=True)
@@ -228,7 +246,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                   key_gap: np.uint64, key_acc: np.uint64, key_eve: np.uint64,
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
                   guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
-                  out_n: np.ndarray) -> bool:
+                  out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray) -> bool:
     """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
@@ -244,6 +262,14 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     short). ``guide_*[pair]``: the calling thread's cache of geometric-gap tables (rates in
     ``guide_q``; 0 = none yet); a table is a function of its rate only, so caching never changes
     the output. Returns False if any row was too short.
+
+    ``how = 0`` (with ``cand_*`` unused, e.g. 1×1): the clients' drive patterns ``codes``.
+    Two passes instead of drive patterns (the optical layer of separate client nodes, which asks
+    each client only for the slots it needs, so its cost grows with detections, not slots):
+    ``how = 1`` writes every candidate slot of chunk r into row r (no choice read; the candidates
+    depend on the seeds and p_max only); ``how = 2`` then takes the codes the two clients of each
+    candidate's pair applied there from ``cand_i[r, k]``/``cand_j[r, k]`` (k: the candidate's
+    number in its row) and writes the clicks exactly as ``how = 0`` would with full patterns.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
@@ -256,6 +282,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
         rng = mix64(key_gap ^ (np.uint64(c) * _G2))
         seg = cs
         n = 0
+        kc = 0
         while seg < ce and n >= 0:
             f = seg // frame_len
             p = frame_pair[f % n_frames]
@@ -277,12 +304,17 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                     if q < 1.0 and guide_q[p] != q:
                         _build_guide(q, guide_lo[p], guide_hi[p])
                         guide_q[p] = q
-                n, rng = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
-                                  codes[ci], pmode[ci], fixk0[ci] != 0,
-                                  pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
-                                  codes[cj], pmode[cj], fixk0[cj] != 0,
-                                  pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
-                                  eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n)
+                if how == 2:
+                    code_i, code_j = cand_i[r], cand_j[r]
+                else:
+                    code_i, code_j = codes[ci], codes[cj]
+                n, rng, kc = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
+                                      code_i, pmode[ci], fixk0[ci] != 0,
+                                      pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
+                                      code_j, pmode[cj], fixk0[cj] != 0,
+                                      pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
+                                      eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n,
+                                      how, kc)
             seg = seg_end
         out_n[r] = n
         if n < 0:

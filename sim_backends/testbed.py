@@ -144,6 +144,7 @@ class _Acq:
     det_state: np.ndarray = field(default_factory=lambda: np.array([[np.iinfo(np.int64).min, 0]] * 2, dtype=np.int64))
     det_pend: np.ndarray = field(default_factory=lambda: np.zeros((2, K.PEND_CAP), dtype=np.int64))
     cap_sig: int = 4096  # signal clicks per chunk row
+    cap_cand: int = 4096  # candidate slots per chunk row (modulation on demand)
     logs: list[ChoiceLog] = field(default_factory=list)  # the clients' generators (client order)
     # per-thread caches of geometric-gap tables (thread, pair)
     guide_q: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
@@ -202,6 +203,12 @@ class SagnacTestbed:
     :attr:`live` and are read at the start of every block (timing settings — repetition rate,
     tagger delays, resolution — at the start of every acquisition).
     """
+
+    #: False: each window reads the clients' drive patterns over all its slots (in process);
+    #: True: it draws the candidate slots first and asks each client's log for its choices in
+    #: those slots only (``choices(slots)``), as the optical layer of separate client nodes does
+    #: (:mod:`labqfl.nodes.optics`); the tags are the same either way.
+    modulation_on_demand = False
 
     def __init__(self, config: StationConfig, threads: int | None = None) -> None:
         self.config = config.model_copy(deep=True)
@@ -459,6 +466,27 @@ class SagnacTestbed:
         _parallel.run(len(work), fill, threads)
         return codes
 
+    def _candidate_codes(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
+                         frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
+        slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
+        window on the client's modulation log (:attr:`modulation_on_demand`). Nothing else of a
+        client is read."""
+        rows = np.repeat(np.arange(cand_n.size), cand_n)
+        cols = np.concatenate([np.arange(int(n)) for n in cand_n.tolist()]) if rows.size else np.zeros(0, np.int64)
+        slots = cand_slot[rows, cols]
+        cycle = pa["frame_pair"]
+        p = cycle[(slots // frame) % cycle.size]
+        shape = (cand_n.size, max(int(cand_n.max()) if cand_n.size else 0, 1))
+        out = (np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+        for side, who in ((0, pa["ci"][p]), (1, pa["cj"][p])):
+            for c in np.unique(who).tolist():
+                sel = who == c
+                rec = acq.logs[c].choices(np.ascontiguousarray(slots[sel]))
+                out[side][rows[sel], cols[sel]] = (np.asarray(rec.intensity_idx, np.uint8) * 4
+                                                   + np.asarray(rec.phase_idx, np.uint8))
+        return out
+
     def _cut(self, acq: _Acq, s1: int) -> int:
         """No tag of a later window can be earlier than this time [ps]."""
         t = _round_ps(s1 * acq.period_ps)
@@ -499,10 +527,10 @@ class SagnacTestbed:
                 acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
             thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
                                     drift_chunk, acq.keys["drift"])
-            codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
             sig_n = np.zeros(n_chunks, dtype=np.int64)
-            args = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
-                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], codes, ca["cnk"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
+            head = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
+                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"])
+            tail = (ca["cnk"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
                     ca["pat"], ca["pat_off"], ca["pat_len"],
                     cfg.loop.beam_splitter_ratio, dets[0].efficiency, dets[1].efficiency,
                     cfg.loop.visibility, fl.visibility_after_collapse, np.int64(collapse),
@@ -510,21 +538,44 @@ class SagnacTestbed:
             # a few tasks per thread (contiguous chunk ranges) balance the pairs' different click rates
             n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
             bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
-            while True:
-                sig_slot = acq.buffer("sig_slot", (n_chunks, acq.cap_sig), np.int64)
-                sig_outc = acq.buffer("sig_outc", (n_chunks, acq.cap_sig), np.uint8)
+            unused = np.zeros((1, 1), dtype=np.uint8)
 
-                def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
-                                sig_outc: np.ndarray = sig_outc) -> None:
-                    K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *args,
-                                    acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
-                                    sig_slot, sig_outc, sig_n)
+            def signal_pass(how: int, codes: np.ndarray, cand_i: np.ndarray, cand_j: np.ndarray,
+                            name: str) -> tuple[np.ndarray, np.ndarray]:
+                while True:
+                    cap = acq.cap_sig if name == "sig" else acq.cap_cand
+                    sig_slot = acq.buffer(f"{name}_slot", (n_chunks, cap), np.int64)
+                    sig_outc = acq.buffer(f"{name}_outc", (n_chunks, cap), np.uint8)
 
-                _parallel.run(n_tasks, signal_task, threads)
-                if min(sig_n.tolist()) >= 0:
-                    break
-                acq.cap_sig *= 2
-            acq.cap_sig = max(acq.cap_sig, int(max(sig_n.tolist()) * 1.25) + 256)
+                    def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
+                                    sig_outc: np.ndarray = sig_outc) -> None:
+                        K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
+                                        acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
+                                        sig_slot, sig_outc, sig_n, how, cand_i, cand_j)
+
+                    _parallel.run(n_tasks, signal_task, threads)
+                    if min(sig_n.tolist()) >= 0:
+                        break
+                    if name == "sig":
+                        acq.cap_sig *= 2
+                    else:
+                        acq.cap_cand *= 2
+                grown = int(max(sig_n.tolist()) * 1.25) + 256
+                if name == "sig":
+                    acq.cap_sig = max(acq.cap_sig, grown)
+                else:
+                    acq.cap_cand = max(acq.cap_cand, grown)
+                return sig_slot, sig_outc
+
+            if self.modulation_on_demand:
+                # the candidate slots first (independent of the choices), then the clients' codes
+                # in those slots only (ModulationLog.choices), then the clicks
+                cand_slot, _ = signal_pass(1, unused, unused, unused, "cand")
+                cand_i, cand_j = self._candidate_codes(acq, cand_slot, sig_n, pa, frame)
+                sig_slot, sig_outc = signal_pass(2, unused, cand_i, cand_j, "sig")
+            else:
+                codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
+                sig_slot, sig_outc = signal_pass(0, codes, unused, unused, "sig")
         else:
             sig_n = np.zeros(1, dtype=np.int64)
             sig_slot = np.zeros((1, 1), dtype=np.int64)
@@ -629,6 +680,21 @@ class SagnacTestbed:
             logs = {c.name: new_client_log(c, epoch) for c in self.config.clients}
             self._logs[epoch] = logs
         return self._acquire(epoch, duration_s, block_duration_s, logs)
+
+    def stream_with(self, logs: dict[str, ChoiceLog], duration_s: float,
+                    block_duration_s: float | None = None) -> Iterator[TagBlock]:
+        """One acquisition like :meth:`stream`, with the clients' choices from ``logs`` (by client
+        name) instead of generators armed here: objects with ``choices(slots)`` (e.g. the
+        modulator links of separate client nodes, with :attr:`modulation_on_demand`). The
+        testbed keeps no copy of them (:meth:`client_log` does not know them)."""
+        missing = [c for c in self.config.client_names if c not in logs]
+        if missing:
+            raise ValueError(f"no modulation source for client(s) {missing}; every client of the station needs one")
+        with self.lock:
+            epoch = self._epoch
+            self._epoch += 1
+            self.last_epoch = epoch
+        return self._acquire(epoch, duration_s, block_duration_s, dict(logs))
 
     def _internal_stream(self, duration_s: float) -> Iterator[TagBlock]:
         """An acquisition for instrument read-outs (count rates, histograms); own epoch space."""

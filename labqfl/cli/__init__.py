@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "train",
     "gui",
     "calibrate",
+    "node",
 ]
 
 app = typer.Typer(

@@ -1,0 +1,140 @@
+"""``labqfl node ...``: run one node of the network per process (client, detector, optics), start
+a whole network on loopback (``up``), or run an acquisition across running nodes (``acquire``).
+docs/nodes.md has the per-host commands."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from labqfl.cli.common import JSON_OPTION, emit, handle_errors
+
+STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
+                       dir_okay=False)
+DATA = typer.Option(..., "--data", help="This node's own data folder (key store, private logs); no other node reads it.")
+LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port).")
+CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-<name>.pem/.key (labqfl.net.make_node_certs).")
+
+
+def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None) -> Any:
+    from labqfl.qkd.pipeline import DistillSettings
+
+    return DistillSettings(block_bits=block_bits, engine=engine, min_final_block_bits=min_final_bits,
+                           block_slots=block_slots)
+
+
+def register(app: typer.Typer) -> None:
+    node_app = typer.Typer(help="Nodes of the network: each party in its own process (docs/nodes.md).",
+                           no_args_is_help=True)
+    app.add_typer(node_app, name="node")
+    build(node_app)
+
+
+def build(node_app: typer.Typer) -> None:
+    @node_app.command("client")
+    @handle_errors
+    def client(
+        name: str = typer.Option(..., "--name", help="Client name (C1, C2, ...; its certificate's CN)."),
+        station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
+        optics: str = typer.Option("", "--optics", help="HOST:PORT of the optics node (or sent by the operator)."),
+        peer: list[str] = typer.Option(None, "--peer", help="NAME=HOST:PORT of a partner client (repeatable)."),
+        block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
+        block_slots: int = typer.Option(None, "--block-slots", help="Slots of the pair per block (overrides --block-bits)."),
+        engine: str = typer.Option("cascade", "--engine", help="Reconciliation: cascade or ldpc."),
+        min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+    ) -> None:
+        """Client node Ci: its randomness, choice log, key store; drives its pairs as Ci, serves them as Cj."""
+        from labqfl.nodes.client import main
+        from labqfl.nodes.common import parse_addresses
+
+        main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
+             settings=_settings(block_bits, engine, min_final_bits, block_slots))
+
+    @node_app.command("detector")
+    @handle_errors
+    def detector(
+        name: str = typer.Option("detector", "--name", help="Node name (its certificate's CN)."),
+        station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
+        optics: str = typer.Option("", "--optics", help="HOST:PORT of the optics node."),
+        client: list[str] = typer.Option(None, "--client", help="NAME=HOST:PORT of a client (repeatable)."),
+    ) -> None:
+        """Untrusted measurement node: time tagger, slotting, announcements to every client."""
+        from labqfl.nodes.common import parse_addresses
+        from labqfl.nodes.detector import main
+
+        main(name, station, data, listen, certs, optics=optics, clients=parse_addresses(client, "--client"))
+
+    @node_app.command("optics")
+    @handle_errors
+    def optics(
+        name: str = typer.Option("optics", "--name", help="Node name (its certificate's CN)."),
+        station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
+        threads: int = typer.Option(None, "--threads", help="Monte-Carlo threads (default: every core)."),
+    ) -> None:
+        """The simulated optical layer: asks each client's modulator link, delivers tags to the detector."""
+        from labqfl.nodes.optics import main
+
+        main(name, station, data, listen, certs, threads=threads)
+
+    @node_app.command("acquire")
+    @handle_errors
+    def acquire(
+        certs: Path = CERTS, station: Path = STATION,
+        detector: str = typer.Option(..., "--detector", help="HOST:PORT of the detector node."),
+        optics: str = typer.Option(..., "--optics", help="HOST:PORT of the optics node."),
+        client: list[str] = typer.Option(..., "--client", help="NAME=HOST:PORT of every client (repeatable)."),
+        duration: float = typer.Option(..., "--duration", help="Acquisition length [s of simulated/real time]."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """As the operator (certificate 'ctl'): one acquisition → distillation across running nodes."""
+        from labqfl.config import load_station_config
+        from labqfl.nodes.common import parse_addresses
+        from labqfl.nodes.launch import run_acquisition, summarize
+
+        cfg = load_station_config(station)
+        res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics,
+                              clients=parse_addresses(client, "--client"), duration=duration)
+        out = summarize(res)
+        emit(out, as_json, lambda con: _render(con, out))
+
+    @node_app.command("up")
+    @handle_errors
+    def up(
+        station: Path = STATION,
+        duration: float = typer.Option(0.2, "--duration", help="Acquisition length [simulated s]."),
+        block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
+        engine: str = typer.Option("cascade", "--engine", help="Reconciliation: cascade or ldpc."),
+        min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+        workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
+                                                            "(default: a temporary folder, removed after)."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Start optics + detector + every client as separate processes on loopback (throwaway
+        certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
+        from labqfl.nodes.launch import up as run_up
+
+        s = _settings(block_bits, engine, min_final_bits, None)
+        if workdir is None:
+            with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
+                out = run_up(station, duration, Path(tmp), settings=s)
+        else:
+            out = run_up(station, duration, workdir, settings=s)
+        emit(out, as_json, lambda con: _render(con, out))
+
+
+def _render(con: Any, out: dict[str, Any]) -> None:
+    t = Table("pair", "final key [bit]", "blocks", "aborted", "key rate [bit/s]", "QBER (key)",
+              title=f"acquisition {out['acquisition']}: {out['duration_s']} s simulated in {out['wall_s']} s wall")
+    for p, d in out["pairs"].items():
+        rate = d["secure_key_rate_bps"]
+        q = d["error_rate_X_key"]
+        t.add_row(p, f"{d['final_key_bits']:,}", str(d["blocks"]), str(d["aborted_blocks"]),
+                  f"{rate:,.0f}" if rate is not None else "-", f"{q:.4f}" if q is not None else "-")
+    con.print(t)
+    for p, d in out["pairs"].items():
+        if d["abort_reasons"] or d["failed"]:
+            con.print(f"{p}: {'; '.join(d['abort_reasons'])} {d['failed']}".strip())

@@ -1,0 +1,754 @@
+"""A client of the network as its own process: ``labqfl node client --name Ci``.
+
+What it holds, and nobody else: its randomness (a CSPRNG keyed with 256 OS-random bits per
+acquisition, or the seeded generator when the station says ``randomness = "seeded"``), its
+private choice log (0600, ``<data>/nodes/<Ci>/choices/``), its key store
+(``<data>/keys.sqlite``), its certificate. Its choices leave it only as the protocol requires:
+the answers on its modulator link to the optical layer (what it applied in the slots asked), and
+the sifting and test-round reveals of :mod:`labqfl.qkd.twoparty`.
+
+Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
+
+* it arms its generator and opens its **modulator link** to the optics node (service
+  ``optics/modulator``): ``mod/ready`` / ``mod/applied {codes}``, each answered by the optics'
+  next ``mod/query {slots}`` (or ``mod/end``);
+* it receives the detector's announcements (service ``ann``: ``ann/chunk``, ``ann/end``);
+* for every pair (Ci, Cj) where it is **Ci** it drives :class:`~labqfl.qkd.twoparty.PairEndI`
+  over a session to Cj's node (``qkd/pair``, every message absorbed into the block transcript)
+  and a second, untagged session for the node-level bookkeeping (``qkd/pairctl``);
+* for every pair where it is **Cj** it serves :class:`~labqfl.qkd.twoparty.PairEndJ` on those
+  two services.
+
+Node-level messages (``qkd/pairctl``, Ci → Cj; none carries key bits, forging one can only refuse
+or withhold a block, never change a key):
+
+* ``pending/list`` → ``pending/ids {ids}``, then ``pending/resolve {held}`` → ``pending/resolved``:
+  at the start of a session, key blocks Cj accepted but whose storage at Ci it never heard of
+  are stored at Cj if Ci holds them, else discarded;
+* ``block/prepare {block, start, end, refs}`` → ``block/prepared``: before a block spends anything,
+  Cj checks the block ID is new and claims the block's slots in its store (the raw data of these
+  slots is never distilled again: a block killed half-way is discarded, never half-used), and
+  takes exactly the authentication bits Ci allocated (``refs`` into the pair's ``auth`` pool,
+  :meth:`~labqfl.keystore.KeyStore.take_exact`);
+* ``block/skip {end}`` → ``block/skipped``: Ci dropped a block with too few sifted bits;
+* ``block/commit {held}`` → ``block/committed``: Ci has stored the accepted block (IDs it holds);
+  Cj moves it from its pending file into its store. A block is thus stored at both ends or at
+  neither (up to a crash inside the commit, resolved by ``pending/*`` at the next session).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.errors import AuthenticationError, LabqflError
+from labqfl.keystore import KeyStore
+from labqfl.log import get_logger
+from labqfl.net import ServedSession
+from labqfl.nodes.common import (
+    Node,
+    NodeError,
+    RecordedChannel,
+    exit_hook,
+    ok,
+    open_session,
+    refuse,
+    request,
+)
+from labqfl.provenance import pair_provenance
+from labqfl.qkd.authentication import forgery_probability
+from labqfl.qkd.estimation import epsilon_total
+from labqfl.qkd.messaging import Channel, Message, MessageError
+from labqfl.qkd.pipeline import (
+    _BLOCK_NAMESPACE,
+    _MIN_BLOCK_BITS,
+    AUTH_REFILL_SUFFIX,
+    PRESHARED_PREFIX,
+    STAGES,
+    BlockResult,
+    DistillSettings,
+    PairResult,
+    _auth_bits_per_block,
+    block_slots_for,
+)
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.sifting import ClientSetup
+from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.types import Announcements
+
+log = get_logger(__name__)
+
+__all__ = ["ClientNode", "block_cuts", "block_id_for"]
+
+#: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
+FEED_TIMEOUT_S = 120.0
+
+
+def block_cuts(schedule: PairSchedule, pair: str, block_slots: int, lo: int, hi: int) -> list[int]:
+    """Acquisition slots strictly inside ``(lo, hi)`` where one of ``pair``'s blocks ends (block k
+    holds the pair's slots [k·N, (k+1)·N), N = ``block_slots``): both ends cut the detector's
+    chunks there, so each end's pieces are the same."""
+    out: list[int] = []
+    m = schedule.slots_of_pair(pair, lo) // block_slots + 1
+    while True:
+        e = schedule.slot_end(pair, m * block_slots)
+        if e >= hi:
+            return out
+        if e > lo:
+            out.append(e)
+        m += 1
+
+
+def block_id_for(acq: str, pair: str, start: int, end: int) -> str:
+    """Block ID of ``pair``'s block over acquisition slots [start, end) (as the Distiller derives it)."""
+    return str(uuid.uuid5(_BLOCK_NAMESPACE, f"{acq}/{pair}/slots/{start}-{end}"))
+
+
+def _piece(ann: Announcements, lo: int, hi: int) -> Announcements:
+    a, b = np.searchsorted(ann.slots, [lo, hi])
+    return ann if (a, b) == (0, ann.slots.size) else Announcements(ann.pair, ann.slots[a:b], ann.outcomes[a:b])
+
+
+class _Supply:
+    """One end's authentication key for the current block: exactly the bits allocated for it in
+    the pair's ``auth`` pool (Ci: ``take``; Cj: ``take_exact`` of Ci's refs), drawn in order."""
+
+    def __init__(self) -> None:
+        self._bits = np.zeros(0, np.uint8)
+
+    def load(self, bits: np.ndarray) -> None:
+        self._bits = np.asarray(bits, dtype=np.uint8).copy()
+
+    def take(self, nbits: int) -> np.ndarray:
+        if nbits > self._bits.size:
+            raise AuthenticationError(f"authentication key for this block exhausted ({self._bits.size} bits left, "
+                                      f"{nbits} needed)")
+        out, self._bits = self._bits[:nbits], self._bits[nbits:]
+        return out
+
+
+@dataclass
+class _Chunk:
+    pair: str
+    lo: int
+    hi: int
+    dropped: int
+    ann: Announcements
+
+
+class _Feed:
+    """Cj's copy of the detector's announcements for one pair, cut at the block ends, handed to
+    :class:`PairEndJ` only when Ci's protocol reaches them (the detector runs ahead of the pair)."""
+
+    def __init__(self, end_getter: Any, schedule: PairSchedule, pair: str, block_slots: int) -> None:
+        self.end_getter = end_getter
+        self.schedule, self.pair, self.n = schedule, pair, block_slots
+        self.pieces: deque[tuple[int, int, Announcements]] = deque()
+        self.arrived_hi = 0
+        self.ended = False
+        self.cond = threading.Condition()
+
+    def add(self, c: _Chunk) -> None:
+        with self.cond:
+            cuts = [c.lo, *block_cuts(self.schedule, self.pair, self.n, c.lo, c.hi), c.hi]
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+                if b > a:
+                    self.pieces.append((a, b, _piece(c.ann, a, b)))
+            self.arrived_hi = max(self.arrived_hi, c.hi)
+            self.cond.notify_all()
+
+    def end(self) -> None:
+        with self.cond:
+            self.ended = True
+            self.cond.notify_all()
+
+    def _wait(self, pred: Any, what: str) -> None:
+        if not self.cond.wait_for(lambda: pred() or self.ended, FEED_TIMEOUT_S):
+            raise NodeError(f"pair {self.pair}: the detector's announcements {what} did not arrive within "
+                            f"{FEED_TIMEOUT_S:.0f} s")
+
+    def _give(self, end: PairEndJ, upto: Any) -> None:
+        while self.pieces and upto(self.pieces[0]):
+            a, b, ann = self.pieces.popleft()
+            end.receive(ann, a, b, self.schedule.slots_of_pair(self.pair, b) - self.schedule.slots_of_pair(self.pair, a))
+
+    def until_lo(self, end: PairEndJ, lo: int) -> None:
+        with self.cond:
+            self._wait(lambda: self.arrived_hi > lo, f"for slot {lo}")
+            self._give(end, lambda p: p[0] <= lo)
+
+    def until_hi(self, end: PairEndJ, hi: int) -> None:
+        with self.cond:
+            self._wait(lambda: self.arrived_hi >= hi, f"up to slot {hi}")
+            self._give(end, lambda p: p[1] <= hi)
+
+    def discard(self, hi: int) -> None:
+        with self.cond:
+            while self.pieces and self.pieces[0][1] <= hi:
+                self.pieces.popleft()
+
+
+class _JPair:
+    """Cj's state of one pair in one acquisition: the current :class:`PairEndJ` (one per session
+    from Ci), the announcement feed, the authentication supply."""
+
+    def __init__(self, node: ClientNode, acq: _Acq, pair: str, ci: str) -> None:
+        self.node, self.acq, self.pair, self.ci = node, acq, pair, ci
+        self.feed = _Feed(None, node.schedule, pair, node.block_slots[pair])
+        self.supply = _Supply()
+        self.end: PairEndJ | None = None
+        self.block: dict[str, Any] = {}
+
+    def new_end(self) -> PairEndJ:
+        n = self.node
+        ci, cj = self.pair.split("-")
+        end = PairEndJ(self.pair, self.acq.log, ClientSetup.from_config(n.cfg.client(ci)),
+                       ClientSetup.from_config(n.cfg.client(cj)), n.proto, self.supply,
+                       np.random.default_rng(secrets.randbits(128)))
+        end.on_outcome = self._outcome
+        self.end = end
+        return end
+
+    def _outcome(self, o: BlockOutcome) -> None:
+        if not (o.accepted and o.final is not None and self.end is not None):
+            return
+        words = max(self.end.auth.final_words, 1)
+        eps_auth = 2 * forgery_probability(words, self.end.auth.lanes)
+        refill = min(int(self.block.get("need", 0)), int(o.final.size))
+        self.node.write_pending(self.pair, o.block_id, o.final, refill,
+                                self.node.block_meta(self.pair, self.acq, o, eps_auth, self.block))
+
+
+class _JServed:
+    """Cj's responder on ``qkd/pair``: feeds the announcements Ci's next message refers to, then
+    lets :class:`PairEndJ` answer."""
+
+    def __init__(self, jp: _JPair, end: PairEndJ) -> None:
+        self.jp, self.end = jp, end
+
+    def handle(self, req: Message) -> Message:
+        k = req.kind
+        if k == "ann/confirm":
+            self.jp.feed.until_lo(self.end, int(req.get("lo")))
+        elif k == "block/open":
+            self.jp.feed.until_hi(self.end, int(req.get("end")))
+        rep = self.end.handle(req)
+        exit_hook(k)
+        return rep
+
+
+class _JCtl:
+    """Cj's responder on ``qkd/pairctl`` (module docstring)."""
+
+    def __init__(self, jp: _JPair) -> None:
+        self.jp = jp
+
+    def handle(self, req: Message) -> Message:
+        jp, node, k = self.jp, self.jp.node, req.kind
+        try:
+            if k == "pending/list":
+                return ok("pending/ids", ids=json.dumps(node.pending_ids(jp.pair)))
+            if k == "pending/resolve":
+                node.resolve_pending(jp.pair, json.loads(str(req.get("held"))))
+                return ok("pending/resolved")
+            if k == "block/prepare":
+                block, start, end = str(req.get("block")), int(req.get("start")), int(req.get("end"))
+                st = node.store
+                for bid in (block, block + AUTH_REFILL_SUFFIX):
+                    if st.has_block(bid):
+                        raise NodeError(f"block {bid} is already in {node.name}'s key store")
+                st.check_slots_free(jp.pair, jp.acq.acq, start, end)
+                st.claim_slots(jp.pair, jp.acq.acq, start, end, block)
+                refs = json.loads(str(req.get("refs")))
+                jp.supply.load(np.asarray(st.take_exact(jp.pair, refs, "auth").bits, dtype=np.uint8))
+                jp.block = {"block": block, "start": start, "end": end, "need": int(req.get("need"))}
+                exit_hook("block/prepare")
+                return ok("block/prepared")
+            if k == "block/skip":
+                jp.feed.discard(int(req.get("end")))
+                if jp.end is not None:
+                    jp.end.handle(Message("block/drop", {}))
+                return ok("block/skipped")
+            if k == "block/commit":
+                node.resolve_pending(jp.pair, json.loads(str(req.get("held"))), only=str(req.get("block")))
+                exit_hook("block/commit")
+                return ok("block/committed")
+        except (LabqflError, ValueError, OSError) as e:
+            return refuse(f"{k}: {e}")
+        return refuse(f"unexpected {k!r} on qkd/pairctl")
+
+
+class _IPair:
+    """Ci's driver of one pair in one acquisition (runs in its own thread)."""
+
+    def __init__(self, node: ClientNode, acq: _Acq, pair: str, cj: str) -> None:
+        self.node, self.acq, self.pair, self.cj = node, acq, pair, cj
+        ci = node.name
+        self.supply = _Supply()
+        self.end = PairEndI(pair, acq.log, ClientSetup.from_config(node.cfg.client(ci)),
+                            ClientSetup.from_config(node.cfg.client(cj)), node.proto, self.supply)
+        self.inbox: queue.Queue[_Chunk | int] = queue.Queue()
+        self.result = PairResult(pair)
+        self.result.block_slots = node.block_slots[pair]
+        self.block_index = 0
+        self.block_start = 0
+        self.failed = ""
+        self.accepted_ids: list[str] = []
+        self.ch: Channel | None = None
+        self.ctl: RecordedChannel | None = None
+        self.thread = threading.Thread(target=self._run, name=f"pair-{pair}", daemon=True)
+
+    # -- sessions --------------------------------------------------------------------------
+    def _open(self) -> None:
+        addr = self.acq.peers.get(self.cj)
+        if not addr:
+            raise NodeError(f"no address for peer {self.cj}")
+        fields = {"pair": self.pair, "acq": self.acq.acq}
+        self.ctl = open_session(addr, self.node.creds, self.cj, "qkd/pairctl", fields=fields)
+        ids = json.loads(str(request(self.ctl, Message("pending/list", {}), "pending/ids").get("ids")))
+        held = [b for b in ids if self.node.store.has_block(b)]
+        request(self.ctl, Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+        self.ch = open_session(addr, self.node.creds, self.cj, "qkd/pair", fields=fields, authenticator=self.end.tx)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        opened = False
+        while True:
+            item = self.inbox.get()
+            if not opened and not self.failed:  # at the first announcement: every client is armed by then
+                opened = True
+                try:
+                    self._open()
+                except (LabqflError, OSError) as e:
+                    self.failed = f"cannot open the sessions to {self.cj}: {e}"
+            if self.failed or self.node.stopping.is_set():
+                if isinstance(item, int):
+                    break
+                continue
+            try:
+                if isinstance(item, int):
+                    self._final(item)
+                    break
+                self._chunk(item)
+            except (LabqflError, OSError) as e:
+                self.failed = f"pair {self.pair}: {e}"
+                log.warning("node %s: %s", self.node.name, self.failed)
+        for c in (self.ch, self.ctl):
+            if c is not None:
+                try:
+                    c.close()
+                except (LabqflError, OSError):
+                    pass
+
+    def _block_end(self) -> int:
+        return self.node.schedule.slot_end(self.pair, (self.block_index + 1) * self.node.block_slots[self.pair])
+
+    def _chunk(self, c: _Chunk) -> None:
+        lo = c.lo
+        while True:
+            end = self._block_end()
+            hi = min(c.hi, end)
+            if hi > lo:
+                self._sift(_piece(c.ann, lo, hi), lo, hi, c.dropped if hi == c.hi else 0)
+                lo = hi
+            if hi < end:
+                break
+            if self.end.n_bits >= _MIN_BLOCK_BITS or self.end.refused:
+                self._block(end)
+            else:
+                self._drop(end)
+
+    def _final(self, final: int) -> None:
+        s = self.node.settings
+        if self.end.n_bits >= s.min_final_block_bits or self.end.refused:
+            self._block(final)
+        elif self.end.n_bits or self.end.exchanged:
+            self._drop(final)
+
+    def _sift(self, ann: Announcements, lo: int, hi: int, dropped: int) -> None:
+        assert self.ch is not None
+        sch = self.node.schedule
+        n_slots = sch.slots_of_pair(self.pair, hi) - sch.slots_of_pair(self.pair, lo)
+        r = self.result
+        r.dropped_slots += dropped
+        t = time.perf_counter()
+        res = self.end.sift_chunk(self.ch, ann, lo, hi, n_slots)
+        r.times_s["sifting"] += time.perf_counter() - t
+        r.n_slots += n_slots
+        r.sifted_bits += res.n_key
+        cts = res.counts
+        for basis, bb in (("X", 0), ("Y", 1)):
+            clicks = cts.clicks[:, :, bb, bb].copy()
+            errs = cts.errors_x2[:, :, bb, bb].copy()
+            if bb == 0:
+                clicks[0, 0] = 0
+            r.test_clicks[basis] = r.test_clicks.get(basis, 0) + int(clicks.sum())
+            r.test_errors_x2[basis] = r.test_errors_x2.get(basis, 0) + int(errs.sum())
+
+    def _drop(self, end: int) -> None:
+        assert self.ch is not None and self.ctl is not None
+        self.result.dropped_bits += self.end.n_bits
+        self.end.drop_block(self.ch)
+        request(self.ctl, Message("block/skip", {"end": int(end)}), "block/skipped")
+        self.block_index += 1
+        self.block_start = end
+
+    def _block(self, end: int) -> None:
+        """One block (as :meth:`labqfl.qkd.pipeline.Distiller._process_block`, between nodes)."""
+        assert self.ch is not None and self.ctl is not None
+        node, s, st = self.node, self.node.settings, self.node.store
+        counts = self.end.counts
+        n_slots = int(counts.n_slots) if counts is not None else 0
+        start = self.block_start
+        self.block_index += 1
+        self.block_start = end
+        block_id = block_id_for(self.acq.acq, self.pair, start, end)
+        times = dict.fromkeys(STAGES, 0.0)
+        need = _auth_bits_per_block(s.auth_lanes, first=self.end.auth.key_bits_used == 0)
+        try:
+            for bid in (block_id, block_id + AUTH_REFILL_SUFFIX):
+                if st.has_block(bid):
+                    raise NodeError(f"block {bid} is already in {node.name}'s key store")
+            st.check_slots_free(self.pair, self.acq.acq, start, end)
+            st.claim_slots(self.pair, self.acq.acq, start, end, block_id)
+            km = st.take(self.pair, need, "auth")
+            self.supply.load(np.asarray(km.bits, dtype=np.uint8))
+            request(self.ctl, Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
+                                                        "need": need, "refs": json.dumps(km.refs)}), "block/prepared")
+        except LabqflError as e:  # nothing of the block was disclosed: forget it at both ends
+            self.end.drop_block(self.ch)
+            request(self.ctl, Message("block/skip", {"end": int(end)}), "block/skipped")
+            self._record(block_id, start, end, n_slots, None, times, f"block not started: {e}", 0, 0)
+            return
+        used_before = self.end.auth.key_bits_used
+        oi = self.end.run_block(self.ch, block_id, start, end)
+        for k, v in oi.times.items():
+            times[k] += v
+        auth_bits = self.end.auth.key_bits_used - used_before
+        eps_auth = 2 * forgery_probability(max(self.end.auth.final_words, 1), self.end.auth.lanes)
+        if not (oi.accepted and oi.final is not None):
+            self._record(block_id, start, end, n_slots, oi, times, oi.reason or "Cj did not accept the block",
+                         auth_bits, eps_auth)
+            return
+        t = time.perf_counter()
+        final = oi.final
+        refill = min(need, int(final.size))
+        meta = node.block_meta(self.pair, self.acq, oi, eps_auth, {"start": start, "end": end, "n_slots": n_slots})
+        held = node.store_block(self.pair, block_id, final, refill, meta)
+        exit_hook("block/stored")
+        request(self.ctl, Message("block/commit", {"block": block_id, "held": json.dumps(held)}), "block/committed")
+        times["delivery"] = time.perf_counter() - t
+        self.accepted_ids.append(block_id)
+        self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),
+                     delivered=int(final.size) - refill)
+
+    def _record(self, block_id: str, start: int, end: int, n_slots: int, oi: BlockOutcome | None,
+                times: dict[str, float], reason: str, auth_bits: int, eps_auth: float, final: int = 0,
+                delivered: int = 0) -> None:
+        s = self.node.settings
+        n = oi.n if oi is not None else self.end.n_bits
+        qber = oi.qber if oi is not None else 0.0
+        leak = oi.leak if oi is not None else 0
+        h = -qber * np.log2(qber) - (1 - qber) * np.log2(1 - qber) if 0 < qber < 1 else 0.0
+        br = BlockResult(pair=self.pair, block_id=block_id, n_slots=n_slots, sifted_bits=n, qber_key=qber,
+                         qber_estimate=oi.qber_estimate if oi is not None else 0.0, leaked_ec_bits=leak,
+                         verification_bits=oi.tlen if oi is not None else 0,
+                         efficiency_f=leak / (n * h) if h > 0 and n else float("nan"),
+                         verified=bool(oi.verified) if oi is not None else False, keys_identical=not reason,
+                         final_key_bits=final, auth_key_bits=auth_bits, delivered_bits=delivered,
+                         abort=bool(reason), abort_reason=reason,
+                         report=oi.report.as_dict() if oi is not None and oi.report is not None else None,
+                         times_s=times, slot_start=start, slot_end=end, auth_checks=2 if oi is not None else 0,
+                         eps_auth=eps_auth, eps_total=epsilon_total(s.params, eps_auth))
+        r = self.result
+        r.blocks.append(br)
+        r.processed_bits += n
+        r.leaked_ec_bits += leak
+        r.verification_bits += br.verification_bits
+        r.final_key_bits += final
+        r.auth_key_bits += auth_bits
+        r.delivered_bits += delivered
+        r.key_errors += int(round(qber * n))
+        for k, v in times.items():
+            r.times_s[k] += v
+        log.info("node %s: block %s of %s: slots [%d, %d), %d sifted bits, final %d bits%s", self.node.name,
+                 block_id[:8], self.pair, start, end, n, final, f" (abort: {reason})" if reason else "")
+
+
+class _Acq:
+    """One acquisition at this client: its generator/log, its modulator link, its pairs."""
+
+    def __init__(self, acq: str, log_: Any, peers: dict[str, str]) -> None:
+        self.acq, self.log, self.peers = acq, log_, peers
+        self.i_pairs: dict[str, _IPair] = {}
+        self.j_pairs: dict[str, _JPair] = {}
+        self.link_error = ""
+        self.link_thread: threading.Thread | None = None
+        self.answered_slots = 0
+
+
+class _Announced:
+    """The ``ann`` service: the detector's announcements as this client receives them."""
+
+    def __init__(self, node: ClientNode, acq: _Acq) -> None:
+        self.node, self.acq = node, acq
+
+    def handle(self, req: Message) -> Message:
+        if req.kind == "ann/chunk":
+            pair = str(req.get("pair"))
+            c = _Chunk(pair, int(req.get("lo")), int(req.get("hi")), int(req.get("dropped")),
+                       Announcements(pair, np.asarray(req.get("slots"), np.int64),
+                                     np.asarray(req.get("outcomes"), np.uint8)))
+            if pair in self.acq.i_pairs:
+                self.acq.i_pairs[pair].inbox.put(c)
+            elif pair in self.acq.j_pairs:
+                self.acq.j_pairs[pair].feed.add(c)
+            else:
+                raise MessageError(f"client {self.node.name} is not in pair {pair}")
+            return ok("ann/ok")
+        if req.kind == "ann/end":
+            final = int(req.get("final"))
+            for ip in self.acq.i_pairs.values():
+                ip.inbox.put(final)
+            for jp in self.acq.j_pairs.values():
+                jp.feed.end()
+            return ok("ann/ok")
+        raise MessageError(f"ann: unexpected {req.kind!r}")
+
+
+class ClientNode(Node):
+    """``labqfl node client`` (module docstring)."""
+
+    role = "client"
+
+    def __init__(self, name: str, *, optics: str = "", optics_name: str = "optics", detector: str = "detector",
+                 peers: dict[str, str] | None = None, settings: DistillSettings | None = None, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        if name not in self.cfg.client_names:
+            raise NodeError(f"node name {name!r} is not a client of station {self.cfg.name} "
+                            f"(clients: {self.cfg.client_names})")
+        self.cc = self.cfg.client(name)
+        self.optics, self.optics_name, self.peers = optics, optics_name, dict(peers or {})
+        self.settings = settings or DistillSettings()
+        s = self.settings
+        self.proto = ProtocolSettings(engine=s.engine, params=s.params, auth_lanes=s.auth_lanes,
+                                      qber_floor=s.qber_floor, qber_default=s.qber_default)
+        self.schedule = PairSchedule.from_config(self.cfg)
+        self.block_slots: dict[str, int] = {}
+        self.i_of: dict[str, str] = {}  # pair -> partner, where this node is Ci
+        self.j_of: dict[str, str] = {}  # pair -> partner, where this node is Cj
+        for pname, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True):
+            if name in (a, b):
+                self.block_slots[pname] = int(s.block_slots) if s.block_slots else block_slots_for(self.cfg, (a, b),
+                                                                                               s.block_bits)
+                (self.i_of if a == name else self.j_of)[pname] = b if a == name else a
+        self.store = KeyStore(self.data / "keys.sqlite", node=name)
+        self.pending = self.data / "pending"
+        self.pending.mkdir(mode=0o700, exist_ok=True)
+        self._import_preshared()
+        self.acqs: dict[str, _Acq] = {}
+        self._lock = threading.Lock()
+        self.server.route("ann", self._ann, allowed_peers={detector})
+        partners = set(self.j_of.values())
+        self.server.route("qkd/pair", self._pair, allowed_peers=partners)
+        self.server.route("qkd/pairctl", self._pairctl, allowed_peers=partners)
+
+    # -- the key store and the pending blocks --------------------------------------------------
+    def _import_preshared(self) -> None:
+        """Load pre-shared authentication secrets delivered out of band into ``<data>/preshared/``
+        (what ``labqfl keys preshare`` does by hand), then delete the files."""
+        d = self.data / "preshared"
+        if not d.is_dir():
+            return
+        for f in sorted(d.glob("*.json")):
+            rec = json.loads(f.read_text())
+            bid = str(rec["block_id"])
+            if not bid.startswith(PRESHARED_PREFIX):
+                raise NodeError(f"{f}: pre-shared block IDs start with {PRESHARED_PREFIX!r}")
+            if not self.store.has_block(bid):
+                bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8))
+                self.store.add_block(str(rec["pair"]), bits, block_id=bid, purpose="auth",
+                                     meta={"kind": "preshared-auth", "simulated": True, "nbits": int(bits.size)})
+            f.unlink()
+
+    def block_meta(self, pair: str, acq: _Acq, o: BlockOutcome, eps_auth: float, extra: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        a, b = pair.split("-")
+        eps_t = epsilon_total(s.params, eps_auth)
+        return {"engine": s.engine, "sifted_bits": o.n, "qber": o.qber, "leaked_ec_bits": o.leak,
+                "final_key_bits": int(o.final.size) if o.final is not None else 0, "eps_sec": s.params.eps_sec,
+                "eps_cor": s.params.eps_cor, "eps_auth": eps_auth, "eps_total": eps_t, "acquisition": acq.acq,
+                "slots": [int(extra.get("start", 0)), int(extra.get("end", 0))], "node": self.name,
+                "provenance": pair_provenance(self.cfg, (a, b), {self.name: acq.log}, eps_sec=s.params.eps_sec,
+                                              eps_cor=s.params.eps_cor, eps_auth=eps_auth,
+                                              eps_total=eps_t).as_dict()}
+
+    def store_block(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> list[str]:
+        """Store an accepted block: its first ``refill`` bits refill the ``auth`` pool, the rest is key."""
+        held = []
+        if refill:
+            self.store.add_block(pair, final[:refill], block_id=block_id + AUTH_REFILL_SUFFIX, purpose="auth",
+                                 meta={**meta, "kind": "auth-refill", "key_block": block_id})
+            held.append(block_id + AUTH_REFILL_SUFFIX)
+        if final.size > refill:
+            self.store.add_block(pair, final[refill:], block_id=block_id, purpose="general", meta=meta)
+            held.append(block_id)
+        return held
+
+    def _pending_path(self, block_id: str) -> Path:
+        return self.pending / f"{hashlib.sha256(block_id.encode()).hexdigest()[:32]}.json"
+
+    def write_pending(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> None:
+        """Cj's accepted block until Ci confirms it stored it (0600, atomic, fsynced)."""
+        p = self._pending_path(block_id)
+        tmp = p.with_suffix(".tmp")
+        body = json.dumps({"pair": pair, "block_id": block_id, "nbits": int(final.size), "refill": int(refill),
+                           "bits_hex": np.packbits(final).tobytes().hex(), "meta": meta})
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+    def pending_ids(self, pair: str) -> list[str]:
+        out = []
+        for f in sorted(self.pending.glob("*.json")):
+            rec = json.loads(f.read_text())
+            if rec["pair"] == pair:
+                out.append(rec["block_id"])
+        return out
+
+    def resolve_pending(self, pair: str, held: list[str], only: str | None = None) -> None:
+        """Store the pending blocks of ``pair`` whose IDs (key or auth refill) Ci holds; discard the others."""
+        for f in sorted(self.pending.glob("*.json")):
+            rec = json.loads(f.read_text())
+            bid = rec["block_id"]
+            if rec["pair"] != pair or (only is not None and bid != only):
+                continue
+            bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8), count=int(rec["nbits"]))
+            refill, meta = int(rec["refill"]), rec["meta"]
+            if refill and bid + AUTH_REFILL_SUFFIX in held and not self.store.has_block(bid + AUTH_REFILL_SUFFIX):
+                self.store.add_block(pair, bits[:refill], block_id=bid + AUTH_REFILL_SUFFIX, purpose="auth",
+                                     meta={**meta, "kind": "auth-refill", "key_block": bid})
+            if bits.size > refill and bid in held and not self.store.has_block(bid):
+                self.store.add_block(pair, bits[refill:], block_id=bid, purpose="general", meta=meta)
+            f.write_bytes(b"\0" * f.stat().st_size)
+            f.unlink()
+
+    # -- sessions ------------------------------------------------------------------------------
+    def _acq(self, hello: Message) -> _Acq:
+        acq = str(hello.fields.get("acq", ""))
+        with self._lock:
+            a = self.acqs.get(acq)
+        if a is None:
+            raise NodeError(f"client {self.name} is not armed for acquisition {acq!r}")
+        return a
+
+    def _ann(self, peer: str, hello: Message) -> ServedSession:
+        return ServedSession(_Announced(self, self._acq(hello)))
+
+    def _jpair(self, peer: str, hello: Message) -> _JPair:
+        a = self._acq(hello)
+        pair = str(hello.fields.get("pair", ""))
+        jp = a.j_pairs.get(pair)
+        if jp is None or jp.ci != peer:
+            raise NodeError(f"node {peer} is not Ci of a pair of {self.name} named {pair!r}")
+        return jp
+
+    def _pair(self, peer: str, hello: Message) -> ServedSession:
+        jp = self._jpair(peer, hello)
+        end = jp.new_end()
+        return ServedSession(_JServed(jp, end), end.tx, on_close=end.on_session_end)
+
+    def _pairctl(self, peer: str, hello: Message) -> ServedSession:
+        return ServedSession(_JCtl(self._jpair(peer, hello)))
+
+    # -- control -------------------------------------------------------------------------------
+    def ctl_arm(self, req: Message) -> Message:
+        """Arm for acquisition ``acq``: a fresh generator, the modulator link, the pair drivers."""
+        from labqfl.sim_backends.qrng import CsprngChoiceLog, new_client_log, save_private_log
+
+        acq = str(req.get("acq"))
+        if not acq or acq in self.acqs:
+            raise NodeError(f"acquisition ID {acq!r} is empty or was armed before (never reuse one)")
+        optics = str(req.fields.get("optics", "")) or self.optics
+        peers = {**self.peers, **json.loads(str(req.fields.get("peers", "{}")))}
+        log_ = new_client_log(self.cc, int(req.fields.get("epoch", 0)))
+        if isinstance(log_, CsprngChoiceLog):
+            save_private_log(log_, self.data, acq)
+        a = _Acq(acq, log_, peers)
+        for pair, ci in self.j_of.items():
+            a.j_pairs[pair] = _JPair(self, a, pair, ci)
+        for pair, cj in self.i_of.items():
+            a.i_pairs[pair] = _IPair(self, a, pair, cj)
+        with self._lock:
+            self.acqs[acq] = a
+        link = open_session(optics, self.creds, self.optics_name, "optics/modulator", fields={"acq": acq})
+        a.link_thread = threading.Thread(target=self._modulator, args=(a, link), name="modulator", daemon=True)
+        a.link_thread.start()
+        for ip in a.i_pairs.values():
+            ip.thread.start()
+        return ok("ctl/armed", randomness=str(getattr(log_, "randomness", "")))
+
+    def _modulator(self, a: _Acq, link: RecordedChannel) -> None:
+        """Answer the optics' questions: what this client applied in the slots asked (k·4 + a)."""
+        try:
+            rep = link.request(Message("mod/ready", {}))
+            while rep.kind == "mod/query":
+                rec = a.log.choices(np.asarray(rep.get("slots"), np.int64))
+                codes = (rec.intensity_idx.astype(np.uint8) * 4 + rec.phase_idx.astype(np.uint8)).astype(np.uint8)
+                a.answered_slots += int(codes.size)
+                rep = link.request(Message("mod/applied", {"codes": codes}))
+            link.close()
+        except (LabqflError, OSError) as e:
+            a.link_error = str(e)
+            log.warning("node %s: modulator link ended: %s", self.name, e)
+
+    def ctl_wait(self, req: Message) -> Message:
+        """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""
+        acq = str(req.get("acq"))
+        duration = float(req.fields.get("duration", 0.0)) or 1.0
+        timeout = float(req.fields.get("timeout", 600.0))
+        a = self.acqs.get(acq)
+        if a is None:
+            raise NodeError(f"unknown acquisition {acq!r}")
+        t_end = time.monotonic() + timeout
+        for ip in a.i_pairs.values():
+            ip.thread.join(max(t_end - time.monotonic(), 0.0))
+        out = {}
+        for name, ip in a.i_pairs.items():
+            d = ip.result.as_dict(duration)
+            d.update(done=not ip.thread.is_alive(), failed=ip.failed, accepted_blocks=list(ip.accepted_ids),
+                     round_trips=ip.ch.stats.round_trips if ip.ch is not None else 0)
+            out[name] = d
+        return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error)
+
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT: the pair drivers finish the block in progress (stored at both ends or at
+        neither) and take no new one; then the key store is closed."""
+        for a in list(self.acqs.values()):
+            for ip in a.i_pairs.values():
+                ip.inbox.put(-1)
+            for ip in a.i_pairs.values():
+                if ip.thread.is_alive():
+                    ip.thread.join(30.0)
+        self.store.close()
+
+
+def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path, *,
+         optics: str = "", peers: dict[str, str] | None = None, settings: DistillSettings | None = None) -> None:
+    ClientNode(name, station=station, data_dir=data, listen=listen, certs=certs, optics=optics, peers=peers,
+               settings=settings).serve()

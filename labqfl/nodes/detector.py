@@ -1,0 +1,133 @@
+"""The untrusted measurement node: ``labqfl node detector``.
+
+It owns the time tagger and the slotting. With the simulated station its tagger is fed by the
+optical-layer node (session ``optics/tags``: one :class:`~labqfl.instruments.base.TagBlock` per
+``tags/next``); it knows nothing of any client's choices. Per tag block it slots the tags
+(:class:`~labqfl.qkd.slotting.Slotter`), splits the clicks by the pair scheduled in each slot
+(:func:`~labqfl.qkd.slotting.announcements_by_pair`) and announces them to **both** clients of
+every pair, each over its own session to that client (service ``ann`` on the client):
+
+* ``ann/chunk {pair, lo, hi, dropped, slots, outcomes}`` — the pair's clicked slots in
+  ``[lo, hi)`` (the slots final after this tag block) and which detector clicked (1 D0, 2 D1,
+  3 both); ``dropped``: the pair's slots slotting had to drop there (lost tagger data);
+* ``ann/end {final}`` — the acquisition's last slot (exclusive).
+
+These sessions are protected by TLS only: the detector is untrusted anyway. What each client
+received is absorbed into its pair transcripts as a local entry (:mod:`labqfl.qkd.twoparty`),
+so a detector that tells the two clients different things gets the block refused.
+
+Control: ``ctl/run {acq, duration, block_duration, optics, clients}`` runs one acquisition
+(``optics``: address of the optics node, ``clients``: JSON ``{name: address}``) and answers
+``ctl/ran`` with its public statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.instruments.base import TagBlock
+from labqfl.log import get_logger
+from labqfl.nodes.common import Node, NodeError, RecordedChannel, ok, open_session, request
+from labqfl.qkd.messaging import Message
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
+
+log = get_logger(__name__)
+
+__all__ = ["DetectorNode"]
+
+
+class DetectorNode(Node):
+    """``labqfl node detector`` (module docstring)."""
+
+    role = "detector"
+
+    def __init__(self, name: str = "detector", *, optics: str = "", optics_name: str = "optics",
+                 clients: dict[str, str] | None = None, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.optics, self.optics_name = optics, optics_name
+        self.clients = dict(clients or {})
+        self.schedule = PairSchedule.from_config(self.cfg)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cfg.client_names)), thread_name_prefix="announce")
+
+    def ctl_run(self, req: Message) -> Message:
+        acq = str(req.get("acq"))
+        duration = float(req.get("duration"))
+        bd = float(req.fields.get("block_duration", 0.0))
+        optics = str(req.fields.get("optics", "")) or self.optics
+        clients = {**self.clients, **json.loads(str(req.fields.get("clients", "{}")))}
+        missing = [c for c in self.cfg.client_names if c not in clients]
+        if not optics or missing:
+            raise NodeError(f"addresses missing: optics={optics or '?'}, clients {missing}")
+        return self._run(acq, duration, bd, optics, clients)
+
+    def _run(self, acq: str, duration: float, bd: float, optics: str, clients: dict[str, str]) -> Message:
+        t0 = time.perf_counter()
+        slotter = Slotter(SlottingParams.from_config(self.cfg))
+        chans = {c: open_session(clients[c], self.creds, c, "ann", fields={"acq": acq}) for c in self.cfg.client_names}
+        tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
+                           fields={"acq": acq, "duration": duration, "block_duration": bd})
+        n_tags = n_clicks = n_blocks = 0
+        prev = 0
+        try:
+            while True:
+                rep = tags.request(Message("tags/next", {}))
+                if rep.kind == "tags/end":
+                    total = int(rep.get("n_slots"))
+                    events = slotter.finish()
+                    final = max(total, slotter.last_emitted + 1)
+                    n_clicks += int(events.slots.size)
+                    self._announce(chans, slotter, events, prev, final)
+                    for ch in chans.values():
+                        request(ch, Message("ann/end", {"final": final}), "ann/ok")
+                    break
+                if rep.kind != "tags/block":
+                    raise NodeError(f"optics answered {rep.kind!r} to tags/next")
+                block = TagBlock(np.asarray(rep.get("ts"), np.int64), np.asarray(rep.get("ch"), np.int16))
+                n_tags += int(block.timestamps.size)
+                n_blocks += 1
+                events = slotter.push(block)
+                n_clicks += int(events.slots.size)
+                final = slotter.final_slots
+                self._announce(chans, slotter, events, prev, final)
+                prev = final
+        finally:
+            tags.close()
+            for ch in chans.values():
+                ch.close()
+        wall = time.perf_counter() - t0
+        log.info("detector: acquisition %s: %d tag blocks, %d tags, %d clicks, %d slots in %.2f s", acq, n_blocks,
+                 n_tags, n_clicks, final, wall)
+        return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
+                  dropped=int(slotter.dropped.count(0, final)))
+
+    def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter, events: Any, lo: int, hi: int) -> None:
+        if hi <= lo:
+            return
+        out: dict[str, list[Message]] = {c: [] for c in chans}
+        for name, ann in announcements_by_pair(events, self.schedule).items():
+            dropped = slotter.dropped_slots_of_pair(self.schedule, name, lo, hi)
+            msg = Message("ann/chunk", {"pair": name, "lo": int(lo), "hi": int(hi), "dropped": int(dropped),
+                                        "slots": ann.slots, "outcomes": ann.outcomes})
+            a, b = self.schedule.pairs[self.schedule.names.index(name)]
+            for c in (a, b):  # each client of the pair receives its own copy
+                out[c].append(msg)
+
+        def send(c: str) -> None:  # each client's session in order; the clients in parallel
+            for msg in out[c]:
+                request(chans[c], msg, "ann/ok")
+
+        for f in [self._pool.submit(send, c) for c in out]:
+            f.result()
+
+
+def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path,
+         optics: str = "", clients: dict[str, str] | None = None) -> None:
+    DetectorNode(name, station=station, data_dir=data, listen=listen, certs=certs, optics=optics,
+                 clients=clients).serve()

@@ -1,0 +1,248 @@
+"""Start a whole network of nodes on this machine and run one acquisition across them.
+
+:class:`LocalNetwork` makes throwaway certificates (:func:`~labqfl.net.make_node_certs`: one CA,
+one certificate per node and one for the operator ``ctl``), gives every node its own data folder,
+delivers each pair's pre-shared authentication secret into the two clients' folders (the
+simulated out-of-band delivery, as ``labqfl keys preshare`` by hand), and starts the optics,
+the detector and every client as separate OS processes (``sys.executable -m labqfl.nodes ...``,
+listening on loopback, ephemeral ports read from their ``NODE <name> <address>`` line).
+
+:func:`run_acquisition` is the operator's part and works the same against nodes on other hosts
+(``labqfl node acquire``): arm every client (``ctl/arm``), let the detector run the acquisition
+(``ctl/run``), collect each Ci's results (``ctl/wait``). :meth:`LocalNetwork.stop` sends SIGTERM
+to every node and waits for its clean exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.config import load_station_config
+from labqfl.errors import LabqflError
+from labqfl.log import get_logger
+from labqfl.net import NodeCredentials, make_node_certs
+from labqfl.nodes.common import CTL, NodeError, open_session, request
+from labqfl.qkd.messaging import Message
+from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
+
+log = get_logger(__name__)
+
+__all__ = ["LocalNetwork", "NodeProcess", "run_acquisition"]
+
+START_TIMEOUT_S = 120.0
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    role: str
+    data: Path
+    proc: subprocess.Popen[str]
+    address: str = ""
+    log_path: Path = field(default_factory=Path)
+
+
+def _read_address(np_: NodeProcess, timeout: float) -> str:
+    got: list[str] = []
+
+    def reader() -> None:
+        assert np_.proc.stdout is not None
+        for line in np_.proc.stdout:
+            if line.startswith("NODE "):
+                got.append(line.split()[2])
+                return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not got:
+        code = np_.proc.poll()
+        tail = np_.log_path.read_text()[-2000:] if np_.log_path.is_file() else ""
+        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (exit code {code}); log tail:\n{tail}")
+    return got[0]
+
+
+def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optics: str, clients: dict[str, str],
+                    duration: float, block_duration: float = 0.0, timeout: float = 900.0,
+                    detector_name: str = "detector", acq: str | None = None) -> dict[str, Any]:
+    """The operator's acquisition → distillation across running nodes (addresses given).
+
+    Returns ``{"acquisition", "detector": {...}, "pairs": {pair: PairResult dict + done/failed},
+    "clients": {name: {...}}, "wall_s"}``. No key bit is in it."""
+    creds = NodeCredentials.load(certs, CTL)
+    acq = acq or f"nodes/{uuid.uuid4()}"
+    epoch = (secrets.randbits(24) + 1) << 34  # seeded clients only: a fresh stream per acquisition
+    t0 = time.perf_counter()
+    ctl = {c: open_session(clients[c], creds, c, "ctl") for c in cfg_clients}
+    try:
+        for ch in ctl.values():
+            request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics,
+                                            "peers": json.dumps(clients)}), "ctl/armed")
+        dch = open_session(detector, creds, detector_name, "ctl", timeout_s=timeout)
+        try:
+            ran = request(dch, Message("ctl/run", {"acq": acq, "duration": float(duration),
+                                                   "block_duration": float(block_duration), "optics": optics,
+                                                   "clients": json.dumps(clients)}), "ctl/ran")
+        finally:
+            dch.close()
+        t_acq = time.perf_counter() - t0
+        pairs: dict[str, Any] = {}
+        per_client: dict[str, Any] = {}
+        for c, ch in ctl.items():
+            rep = request(ch, Message("ctl/wait", {"acq": acq, "duration": float(duration), "timeout": timeout}),
+                          "ctl/results")
+            pairs.update(json.loads(str(rep.get("results"))))
+            per_client[c] = {"answered_slots": int(rep.get("answered_slots")),
+                             "modulator_link_error": str(rep.get("link_error"))}
+    finally:
+        for ch in ctl.values():
+            ch.close()
+    wall = time.perf_counter() - t0
+    return {"acquisition": acq, "duration_s": duration, "wall_s": wall, "acquisition_wall_s": t_acq,
+            "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
+
+
+class LocalNetwork:
+    """Optics + detector + every client of the station as separate processes on loopback."""
+
+    def __init__(self, workdir: Path, station: str | Path | None = None, *, settings: DistillSettings | None = None,
+                 env: dict[str, dict[str, str]] | None = None, threads: int | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.station = station
+        self.cfg = load_station_config(station)
+        self.settings = settings or DistillSettings()
+        self.env = env or {}
+        self.threads = threads
+        self.certs = self.workdir / "certs"
+        self.nodes: dict[str, NodeProcess] = {}
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def _spawn(self, name: str, role: str, args: list[str]) -> NodeProcess:
+        data = self.workdir / "nodes" / name
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        logp = self.workdir / "logs" / f"{name}.log"
+        logp.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "labqfl.nodes", role, "--name", name, "--data", str(data), "--listen",
+               "127.0.0.1:0", "--certs", str(self.certs), *(["--station", str(self.station)] if self.station else []),
+               *args]
+        env = {**os.environ, **self.env.get(name, {})}
+        with logp.open("w") as errf:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
+        np_ = NodeProcess(name, role, data, proc, log_path=logp)
+        self.nodes[name] = np_
+        return np_
+
+    def _write_preshared(self) -> None:
+        bits_n = self.settings.preshared_auth_bits
+        for a, b in self.cfg.pairs():
+            pair = f"{a}-{b}"
+            raw = secrets.token_bytes(bits_n // 8)
+            rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}", "bits_hex": raw.hex()}
+            for c in (a, b):
+                d = self.workdir / "nodes" / c / "preshared"
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(d / f"{pair}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(rec, f)
+            del raw
+
+    def start(self) -> LocalNetwork:
+        clients = self.cfg.client_names
+        make_node_certs(self.certs, ["optics", "detector", *clients, CTL])
+        self._write_preshared()
+        s = self.settings
+        dist = ["--block-bits", str(s.block_bits), "--engine", s.engine, "--min-final-bits", str(s.min_final_block_bits)]
+        if s.block_slots:
+            dist += ["--block-slots", str(s.block_slots)]
+        try:
+            self._spawn("optics", "optics", ["--threads", str(self.threads)] if self.threads else [])
+            self._spawn("detector", "detector", [])
+            for c in clients:
+                self._spawn(c, "client", dist)
+            for np_ in self.nodes.values():
+                np_.address = _read_address(np_, START_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def addresses(self) -> dict[str, str]:
+        return {n: p.address for n, p in self.nodes.items()}
+
+    def acquire(self, duration: float, *, block_duration: float = 0.0, timeout: float = 900.0) -> dict[str, Any]:
+        a = self.addresses()
+        return run_acquisition(self.cfg.client_names, self.certs, detector=a["detector"], optics=a["optics"],
+                               clients={c: a[c] for c in self.cfg.client_names}, duration=duration,
+                               block_duration=block_duration, timeout=timeout)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
+        """SIGTERM every node still running, wait for each to exit (SIGKILL after ``timeout``)."""
+        for np_ in self.nodes.values():
+            if np_.proc.poll() is None:
+                np_.proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        t_end = time.monotonic() + timeout
+        for n, np_ in self.nodes.items():
+            try:
+                codes[n] = np_.proc.wait(max(t_end - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                np_.proc.kill()
+                codes[n] = np_.proc.wait()
+            if np_.proc.stdout is not None:
+                np_.proc.stdout.close()
+        return codes
+
+    def __enter__(self) -> LocalNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Per pair: final key bits, blocks, aborts, rates; and simulated seconds per wall second."""
+    dur = float(result["duration_s"])
+    pairs = {}
+    for p, d in sorted(result["pairs"].items()):
+        pairs[p] = {"final_key_bits": d["final_key_bits"], "delivered_bits": d["delivered_bits"],
+                    "sifted_bits": d["sifted_bits"], "blocks": d["blocks"], "aborted_blocks": d["aborted_blocks"],
+                    "abort_reasons": d["abort_reasons"], "secure_key_rate_bps": d["secure_key_rate_bps"],
+                    "error_rate_X_key": d["error_rate"]["X_key"], "failed": d.get("failed", ""),
+                    "round_trips": d.get("round_trips", 0),
+                    "times_s": {k: round(v, 3) for k, v in d["times_s"].items()}}
+    return {"acquisition": result["acquisition"], "duration_s": dur, "wall_s": round(result["wall_s"], 3),
+            "acquisition_wall_s": round(result["acquisition_wall_s"], 3),
+            "sim_s_per_wall_s": dur / result["wall_s"] if result["wall_s"] > 0 else None,
+            "detector": result["detector"], "pairs": pairs,
+            "total_final_key_bits": int(np.sum([v["final_key_bits"] for v in pairs.values()]))}
+
+
+def up(station: str | Path | None, duration: float, workdir: Path, *, settings: DistillSettings | None = None,
+       threads: int | None = None) -> dict[str, Any]:
+    """``labqfl node up``: start the network, one acquisition → distillation, stop it; the summary."""
+    net = LocalNetwork(workdir, station, settings=settings, threads=threads)
+    t0 = time.perf_counter()
+    try:
+        net.start()
+        t_start = time.perf_counter() - t0
+        res = net.acquire(duration)
+    except LabqflError:
+        net.stop()
+        raise
+    codes = net.stop()
+    out = summarize(res)
+    out.update(startup_s=round(t_start, 3), exit_codes=codes, workdir=str(workdir))
+    return out

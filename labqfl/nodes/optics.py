@@ -1,0 +1,213 @@
+"""The simulated optical layer as its own node: ``labqfl node optics``.
+
+It stands in for the laser, the fibres and the loop, the clients' modulators and the detectors,
+and delivers time tags to the detection node's (simulated) time tagger — nothing else
+(docs/decisions/0004-optical-layer-process.md). It runs the Monte-Carlo of
+:class:`~labqfl.sim_backends.testbed.SagnacTestbed` with ``modulation_on_demand``: per window of
+slots it draws the candidate photon slots (thinning at p_max: a function of the channel seeds and
+the link budget, never of a choice), asks each client, over the **modulator link the client
+opened** (service ``optics/modulator``), what it applied in those slots only, and finishes the
+clicks, detectors and tagger with the testbed's own kernels. Its cost grows with detections.
+
+Services:
+
+* ``optics/modulator`` (peers: the station's clients; opened by the client, hello
+  ``{acq}``): the client sends ``mod/ready`` and then ``mod/applied {codes}`` (uint8, k·4 + a per
+  asked slot); every answer is the next ``mod/query {slots}`` (int64), or ``mod/end``.
+* ``optics/tags`` (peer: the detection node; hello ``{acq, duration, block_duration}``): waits
+  for every client's modulator link of ``acq``, then ``tags/next`` → ``tags/block {ts, ch}``
+  (int64 ps, int16 channel) per simulated block, ``tags/end {n_slots}`` after the last.
+
+The optics learns a client's choices in the candidate slots (about the fraction p_max of the
+slots its pair holds), as the light passing through its modulator would; it keeps none of them,
+announces nothing and holds no key.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labqfl.errors import LabqflError
+from labqfl.instruments.base import TagBlock
+from labqfl.log import get_logger
+from labqfl.net import ServedSession
+from labqfl.nodes.common import Node, NodeError, ok
+from labqfl.qkd.messaging import Message, MessageError
+from labqfl.qkd.types import ModulationRecord
+
+log = get_logger(__name__)
+
+__all__ = ["OpticsNode", "ModulatorLink"]
+
+#: How long the optics waits for a client's answer or for every client's link [s].
+LINK_TIMEOUT_S = 120.0
+
+
+class ModulatorLink:
+    """The optics' end of one client's modulator link for one acquisition.
+
+    The client drives the session (it opened it); each of its requests is answered with the
+    optics' next question. :meth:`choices` (called by the Monte-Carlo) puts a question and waits
+    for the client's answer: the only way a choice reaches the optics.
+    """
+
+    def __init__(self, client: str) -> None:
+        self.client = client
+        self._questions: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._answers: queue.Queue[np.ndarray | BaseException] = queue.Queue()
+        self.asked_slots = 0
+
+    # served side (the client's session thread)
+    def handle(self, req: Message) -> Message:
+        if req.kind == "mod/applied":
+            self._answers.put(np.asarray(req.get("codes"), dtype=np.uint8))
+        elif req.kind != "mod/ready":
+            raise MessageError(f"modulator link of {self.client}: unexpected {req.kind!r}")
+        q = self._questions.get()
+        if q is None:
+            return ok("mod/end")
+        return ok("mod/query", slots=q)
+
+    def on_close(self, error: BaseException | None) -> None:
+        if error is not None:
+            self._answers.put(NodeError(f"modulator link of client {self.client} lost: {error}"))
+
+    # the Monte-Carlo's side
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        self._questions.put(s)
+        try:
+            got = self._answers.get(timeout=LINK_TIMEOUT_S)
+        except queue.Empty:
+            raise NodeError(f"client {self.client} did not answer its modulator link within {LINK_TIMEOUT_S:.0f} s") from None
+        if isinstance(got, BaseException):
+            raise got
+        if got.shape != s.shape or (got.size and int(got.max()) >= 4 * 8):
+            raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots")
+        self.asked_slots += int(s.size)
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=(got >> 2).astype(np.uint8),
+                                phase_idx=(got & 3).astype(np.uint8))
+
+    def end(self) -> None:
+        self._questions.put(None)
+
+
+class _Acquisition:
+    def __init__(self, acq: str, clients: list[str]) -> None:
+        self.acq = acq
+        self.links: dict[str, ModulatorLink] = {}
+        self.clients = clients
+        self.cond = threading.Condition()
+
+    def attach(self, client: str) -> ModulatorLink:
+        with self.cond:
+            if client in self.links:
+                raise NodeError(f"client {client} already has a modulator link for acquisition {self.acq}")
+            link = self.links[client] = ModulatorLink(client)
+            self.cond.notify_all()
+            return link
+
+    def wait_all(self) -> dict[str, ModulatorLink]:
+        with self.cond:
+            if not self.cond.wait_for(lambda: all(c in self.links for c in self.clients), LINK_TIMEOUT_S):
+                missing = [c for c in self.clients if c not in self.links]
+                raise NodeError(f"acquisition {self.acq}: no modulator link from {missing} within {LINK_TIMEOUT_S:.0f} s")
+            return dict(self.links)
+
+
+class _TagStream:
+    """The detector's ``optics/tags`` session: one simulated block per ``tags/next``."""
+
+    def __init__(self, node: OpticsNode, acq: _Acquisition, duration: float, block_duration: float | None) -> None:
+        self.node, self.acq = node, acq
+        self.links = acq.wait_all()
+        tb = node.testbed
+        self.n_slots = max(1, int(round(duration * tb.live.rep_rate_hz)))
+        self.blocks: Iterator[TagBlock] = tb.stream_with(dict(self.links), duration, block_duration)
+        self.done = False
+
+    def handle(self, req: Message) -> Message:
+        if req.kind != "tags/next":
+            raise MessageError(f"optics/tags: unexpected {req.kind!r}")
+        if self.done:
+            return ok("tags/end", n_slots=self.n_slots)
+        try:
+            b = next(self.blocks)
+        except StopIteration:
+            self.finish()
+            return ok("tags/end", n_slots=self.n_slots,
+                      asked=json.dumps({c: link.asked_slots for c, link in self.links.items()}))
+        return ok("tags/block", ts=np.ascontiguousarray(b.timestamps, np.int64),
+                  ch=np.ascontiguousarray(b.channels, np.int16))
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            for link in self.links.values():
+                link.end()
+            self.node.forget(self.acq.acq)
+
+    def on_close(self, error: BaseException | None) -> None:
+        self.finish()
+
+
+class OpticsNode(Node):
+    """``labqfl node optics``: the simulated optical layer (module docstring)."""
+
+    role = "optics"
+
+    def __init__(self, name: str = "optics", *, detector: str = "detector", threads: int | None = None,
+                 **kw: Any) -> None:
+        super().__init__(name, **kw)
+        from labqfl.sim_backends.testbed import SagnacTestbed
+
+        self.testbed = SagnacTestbed(self.cfg, threads=threads)
+        self.testbed.modulation_on_demand = True
+        self._acqs: dict[str, _Acquisition] = {}
+        self._lock = threading.Lock()
+        clients = set(self.cfg.client_names)
+        self.server.route("optics/modulator", self._modulator, allowed_peers=clients)
+        self.server.route("optics/tags", self._tags, allowed_peers={detector})
+
+    def _acq(self, acq: str) -> _Acquisition:
+        if not acq:
+            raise NodeError("no acquisition ID in the session hello")
+        with self._lock:
+            a = self._acqs.get(acq)
+            if a is None:
+                a = self._acqs[acq] = _Acquisition(acq, self.cfg.client_names)
+            return a
+
+    def forget(self, acq: str) -> None:
+        with self._lock:
+            self._acqs.pop(acq, None)
+
+    def _modulator(self, peer: str, hello: Message) -> ServedSession:
+        link = self._acq(str(hello.fields.get("acq", ""))).attach(peer)
+        return ServedSession(link, on_close=link.on_close)
+
+    def _tags(self, peer: str, hello: Message) -> ServedSession:
+        dur = float(hello.get("duration"))
+        bd = float(hello.fields.get("block_duration", 0.0)) or None
+        if not dur > 0:
+            raise NodeError(f"duration must be > 0 s, got {dur}")
+        try:
+            stream = _TagStream(self, self._acq(str(hello.fields.get("acq", ""))), dur, bd)
+        except LabqflError:
+            raise
+        except ValueError as e:
+            raise NodeError(str(e)) from None
+        return ServedSession(stream, on_close=stream.on_close)
+
+
+def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path,
+         detector: str = "detector", threads: int | None = None) -> None:
+    OpticsNode(name, station=station, data_dir=data, listen=listen, certs=certs, detector=detector,
+               threads=threads).serve()
