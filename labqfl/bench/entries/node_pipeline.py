@@ -1,0 +1,103 @@
+"""Benchmark ``node-pipeline``: acquisition → distillation with every party in its own process
+(optics, detector, 4 client nodes on loopback: gRPC + mutual TLS, Wegman–Carter transcripts, the
+optics asking each client's modulator link) against the in-process pipeline (the simulator and
+:class:`~labqfl.qkd.pipeline.Distiller` in one process, key stores as sinks), on the same station
+and duration, side by side: simulated seconds per wall second of each.
+
+The networked figure counts from the operator's first ``ctl/arm`` to the last client's results
+(process start-up, reported apart in the details, is not in it); the baseline counts the same
+acquisition + distillation in one process (the JIT already loaded by a short warm-up in both).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from labqfl.bench import BenchResult, benchmark
+
+
+def _station(path: Path) -> Path:
+    """The embedded 4-client station on a short loop (its pairs reach key within a fraction of a
+    second), 50 ms tag blocks."""
+    from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
+    from labqfl.planning import station_toml
+
+    d = station_to_toml_dict(load_station_config())
+    d["loop"]["segments_km"] = [0.2] * (len(d["clients"]) + 1)
+    for c in d["clients"]:
+        c.update(insertion_loss_db=0.2, intensities=[0.03, 0.1, 0.0], intensity_probs=[0.6, 0.2, 0.2],
+                 basis_x_prob=0.7)
+    d["simulation"]["block_duration_s"] = 0.05
+    path.write_text(station_toml(StationConfig.model_validate(d)))
+    return path
+
+
+def _in_process(station: Path, duration: float, settings: Any, tmp: Path) -> dict[str, Any]:
+    from labqfl.config import load_station_config
+    from labqfl.keystore import KeyStore
+    from labqfl.qkd.pipeline import Distiller, KeyStoreSink
+    from labqfl.sim_backends import SagnacTestbed
+
+    cfg = load_station_config(station)
+    stores = {c: KeyStore(tmp / f"{c}.sqlite", node=c) for c in cfg.client_names}
+    try:
+        tb = SagnacTestbed(cfg)
+        for _ in tb.stream(0.002):  # warm-up: JIT load outside the timing
+            pass
+        t0 = time.perf_counter()
+        blocks = tb.stream(duration)
+        d = Distiller(cfg, tb.client_logs(), KeyStoreSink(stores), settings)
+        for b in blocks:
+            d.push(b)
+        res = d.finish(int(round(duration * cfg.laser.rep_rate_hz)))
+        wall = time.perf_counter() - t0
+    finally:
+        for s in stores.values():
+            s.close()
+    return {"wall_s": wall, "final_key_bits": {p: r.final_key_bits for p, r in res.items()}}
+
+
+@benchmark("node-pipeline", "acquisition + distillation with optics, detector and 4 clients as separate processes "
+           "on loopback vs the in-process pipeline (same station, same duration)",
+           target="keep up with real time (1 simulated s per wall s) on a free machine; report the ratio")
+def _node_pipeline(quick: bool) -> BenchResult:
+    from labqfl.nodes.launch import LocalNetwork
+    from labqfl.qkd.pipeline import DistillSettings
+
+    duration = 0.1 if quick else 0.4
+    settings = DistillSettings(block_bits=20_000 if quick else 60_000, min_final_block_bits=2000)
+    with tempfile.TemporaryDirectory(prefix="labqfl-bench-nodes-") as tmp_s:
+        tmp = Path(tmp_s)
+        station = _station(tmp / "station.toml")
+        load0 = os.getloadavg()[0]
+        base = _in_process(station, duration, settings, tmp)
+        net = LocalNetwork(tmp / "net", station, settings=settings)
+        t0 = time.perf_counter()
+        try:
+            net.start()
+            startup = time.perf_counter() - t0
+            net.acquire(0.01)  # warm-up acquisition: JIT load and first sessions, outside the timing
+            t1 = time.perf_counter()
+            res = net.acquire(duration)
+            wall = time.perf_counter() - t1
+        finally:
+            codes = net.stop()
+        load1 = os.getloadavg()[0]
+    pairs = res["pairs"]
+    ok = all(p["done"] and not p["failed"] for p in pairs.values()) and all(c == 0 for c in codes.values())
+    return BenchResult(
+        figure=duration / wall, unit="simulated s per wall s",
+        baseline="the same acquisition + distillation in one process (SagnacTestbed + Distiller + key stores)",
+        baseline_figure=duration / base["wall_s"], passed=ok if not quick else None,
+        details={"station": "embedded 4-client station, 0.2 km loop segments", "duration_s": duration,
+                 "block_bits": settings.block_bits, "network_wall_s": round(wall, 3),
+                 "in_process_wall_s": round(base["wall_s"], 3), "network_startup_s": round(startup, 3),
+                 "network_acquisition_wall_s": round(res["acquisition_wall_s"], 3),
+                 "final_key_bits_network": {p: d["final_key_bits"] for p, d in sorted(pairs.items())},
+                 "final_key_bits_in_process": dict(sorted(base["final_key_bits"].items())),
+                 "round_trips": {p: d.get("round_trips", 0) for p, d in sorted(pairs.items())},
+                 "exit_codes": codes, "load_average": [round(load0, 2), round(load1, 2)]})
