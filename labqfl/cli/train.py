@@ -147,8 +147,6 @@ def train(
     names = [f"C{i + 1}" for i in range(clients)]
     dp_plan = None
     if dp_epsilon is not None:
-        if engine != "local":
-            raise ConfigError("--dp-epsilon runs on --engine local only (the Flower engine has no DP encoding yet)")
         try:
             dp_plan = plan_dp(DPConfig(epsilon=dp_epsilon, delta=dp_delta, honest=dp_honest,
                                        l2_clip=dp_clip if dp_clip is not None else secagg.clip),

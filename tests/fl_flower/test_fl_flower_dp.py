@@ -13,6 +13,7 @@ from scipy import stats
 
 from labqfl.fl.dp import DPConfig, DPPlan, plan_dp
 from labqfl.fl.flower.client import make_client_app, train_update
+from labqfl.fl.flower.engine import dp_spec_fields
 from labqfl.fl.flower.server import LabqflServer, flower_summary
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.keysource import CsprngKeySource
@@ -80,3 +81,9 @@ def test_flower_dp_settings_are_checked(mnist_dir) -> None:
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=32, dp_epsilon=3.0)
     assert dataclasses.replace(spec, dp_epsilon=0.0).dp_plan() is None and spec.dp_plan() is not None
     assert FlowerSpec.from_config(spec.to_config()).dp_plan() == spec.dp_plan()  # the plan survives the message
+    # `labqfl train --engine flower --dp-epsilon …` hands run_federated_flower the CLI's plan: the
+    # spec fields rebuild exactly that plan on the Flower side
+    cli_plan = plan_dp(DPConfig(epsilon=3.0, delta=1e-6, honest=2, l2_clip=0.5), n_params=spec.model().n_params,
+                       n_clients=4, q=32, rounds=2)
+    rebuilt = dataclasses.replace(spec, rounds=2, **dp_spec_fields(cli_plan))
+    assert rebuilt.dp_plan() == cli_plan and dp_spec_fields(None) == {}

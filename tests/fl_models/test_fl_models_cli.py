@@ -119,8 +119,5 @@ def test_train_with_distributed_dp_reports_privacy(tmp_path: Path) -> None:
     assert spent[0] < spent[1] == p["epsilon"]
     metrics = json.loads((Path(d["run_dir"]) / "metrics.json").read_text())
     assert metrics["privacy"] == p
-    r = CliRunner().invoke(app, ["train", "--clients", "3", "--dp-epsilon", "1", "--engine", "flower",
-                                 "--out", str(tmp_path)])
-    assert r.exit_code == 1 and "--engine local only" in r.output
     r = CliRunner().invoke(app, ["train", "--clients", "3", "--dp-honest", "2", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "need --dp-epsilon" in r.output
