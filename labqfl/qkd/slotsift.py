@@ -1,0 +1,398 @@
+"""Slotting and sifting in one pass: time tags + both clients' modulation logs → per-pair
+announcements, raw keys and :class:`~labqfl.qkd.types.PairCounts`.
+
+Same rules and the same output as the two stages run one after the other on a whole tag stream —
+:class:`~labqfl.qkd.slotting.Slotter` (push + finish), then
+:func:`~labqfl.qkd.slotting.announcements_by_pair`, then
+:func:`~labqfl.qkd.sifting.sift_records` per pair (in schedule order, one random generator for
+the squashed double clicks) — which stay the reference (tests compare the two on random streams
+with drift, dropped syncs, frame markers, lost-data intervals, dark counts and multi-click slots).
+
+What is shared with the slotter, unchanged: the anchors (syncs: ``_anchor_syncs``; frame markers:
+``Slotter._anchor_markers``), the period of every interval, the dropped ranges (frames that are
+not kept, lost-data intervals widened by the detectors' delays and windows). What is fused into
+one Numba kernel (:func:`_slot_sift_kernel`), per detector tag: delay correction, interval
+lookup, nearest slot, window/frame/burst tests; then a linear merge of the two detectors'
+streams (each is in slot order; a stable sort is the fallback when one is not) that combines
+clicks of one slot into outcome 1/2/3, drops clicks in dropped slots, finds each slot's pair from
+the schedule, looks both clients' choices up in their logs and tallies the sifting statistics
+and key bits — no intermediate per-pair arrays, no per-pair log queries.
+
+This is a single-process tool (both logs in one place: simulations, the station's own checks, the
+bench). The distributed pipeline keeps the two stages, because there the node slots and the two
+clients sift, each with only its own log (:mod:`labqfl.qkd.twoparty`).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba.typed import List as NumbaList
+
+from labqfl.errors import QKDInputError
+from labqfl.instruments.base import TagBlock
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.sifting import ClientSetup, SiftResult
+from labqfl.qkd.slotting import (
+    SlotRanges,
+    Slotter,
+    SlottingParams,
+    _anchor_step,
+    _anchor_syncs,
+    _interval_periods,
+)
+from labqfl.qkd.types import Announcements, ModulationRecord, PairCounts
+
+__all__ = ["DenseLog", "SlotSiftResult", "slot_sift"]
+
+
+@dataclass(frozen=True, repr=False)
+class DenseLog:
+    """A client's whole modulation record as per-slot arrays (slot s → ``intensity_idx[s]``,
+    ``phase_idx[s]``; uint8), e.g. a pattern file or a simulation's record. Also a
+    :class:`~labqfl.qkd.types.ModulationLog` (``choices``), so the two-stage path can use it."""
+
+    client: str
+    intensity_idx: np.ndarray
+    phase_idx: np.ndarray
+
+    def __post_init__(self) -> None:
+        for name in ("intensity_idx", "phase_idx"):
+            a = getattr(self, name)
+            if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 1:
+                raise QKDInputError(f"DenseLog {self.client}: {name} must be a 1-D uint8 array, got "
+                                    f"{getattr(a, 'dtype', type(a).__name__)}")
+        if self.intensity_idx.shape != self.phase_idx.shape:
+            raise QKDInputError(f"DenseLog {self.client}: intensity_idx has {self.intensity_idx.size} slots, "
+                                f"phase_idx {self.phase_idx.size}")
+
+    def __repr__(self) -> str:  # the phase indices carry key bits: sizes only
+        return f"DenseLog(client={self.client!r}, n_slots={self.intensity_idx.size})"
+
+    __str__ = __repr__
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        return ModulationRecord(self.client, slots, self.intensity_idx[slots], self.phase_idx[slots])
+
+
+@dataclass(frozen=True)
+class SlotSiftResult:
+    """Per pair (schedule order): the node's announcements and the sifting result."""
+
+    announcements: dict[str, Announcements]
+    sifted: dict[str, SiftResult]
+
+
+# --------------------------------------------------------------------------------------------
+# The kernel
+
+
+@numba.njit(cache=True, nogil=True)
+def _assign_one(t, d, a, anchor_t, anchor_k, per, mult, off, half_w, burst_period, burst_on, last_span):  # type: ignore[no-untyped-def]
+    """Slot of one detection (same arithmetic as ``slotting._assign_kernel``), −1 if rejected;
+    returns (slot, anchor index found, used as the next search's hint)."""
+    na = anchor_t.shape[0]
+    if a >= na or anchor_t[a] > t:
+        lo, hi = 0, na
+    else:
+        lo, hi = a, na
+        # galloping from the hint: detections of one detector come in time order
+        step = 1
+        while lo + step < na and anchor_t[lo + step] <= t:
+            lo += step
+            step *= 2
+        hi = min(na, lo + step + 1)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if anchor_t[mid] <= t:
+            lo = mid + 1
+        else:
+            hi = mid
+    a = lo - 1 if lo > 0 else 0
+    rel = float(t - anchor_t[a]) - off[d]
+    P = per[a]
+    r = math.floor(rel / P + 0.5)
+    resid = rel - r * P
+    if abs(resid) > half_w[d]:
+        return np.int64(-1), a
+    if last_span >= 0 and a == na - 1 and r >= last_span:
+        return np.int64(-1), a
+    s = anchor_k[a] * mult + np.int64(r)
+    if s < 0:
+        return np.int64(-1), a
+    if burst_period > 0 and s % burst_period >= burst_on:
+        return np.int64(-1), a
+    return s, a
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
+                      burst_period, burst_on, last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int,
+                      log_k, log_a, nk):
+    """Tags → per-pair (slots, outcomes, key flag, Ci bit, Cj bit) in pair-major order + counts.
+
+    Returns (order_ok, offsets, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2, doubles,
+    error) with ``error`` 0 = fine, 1 = a slot beyond a log, 2 = an intensity index out of range,
+    3 = a phase index > 3.
+    """
+    n = ts.shape[0]
+    P = pair_ci.shape[0]
+    C = frame_pair.shape[0]
+    # 1. per detector: slots of the accepted detections, in tag order
+    s0 = np.empty(n, dtype=np.int64)
+    s1 = np.empty(n, dtype=np.int64)
+    n0 = 0
+    n1 = 0
+    a0 = 0
+    a1 = 0
+    sorted0 = True
+    sorted1 = True
+    if anchor_t.shape[0] > 0:
+        for q in range(n):
+            c = ch[q]
+            if c == c0:
+                s, a0 = _assign_one(ts[q] - delay0, 0, a0, anchor_t, anchor_k, per, mult, off, half_w,
+                                    burst_period, burst_on, last_span)
+                if s >= 0:
+                    if n0 and s < s0[n0 - 1]:
+                        sorted0 = False
+                    s0[n0] = s
+                    n0 += 1
+            elif c == c1:
+                s, a1 = _assign_one(ts[q] - delay1, 1, a1, anchor_t, anchor_k, per, mult, off, half_w,
+                                    burst_period, burst_on, last_span)
+                if s >= 0:
+                    if n1 and s < s1[n1 - 1]:
+                        sorted1 = False
+                    s1[n1] = s
+                    n1 += 1
+    if not (sorted0 and sorted1):  # fallback: one stable sort of both (OR is order-free)
+        allv = np.empty(n0 + n1, dtype=np.int64)
+        allb = np.empty(n0 + n1, dtype=np.uint8)
+        allv[:n0] = s0[:n0]
+        allv[n0:] = s1[:n1]
+        allb[:n0] = 1
+        allb[n0:] = 2
+        o = np.argsort(allv, kind="mergesort")
+        for i in range(n0 + n1):
+            s0[i] = allv[o[i]]
+        ob = allb[o]
+        m_in = n0 + n1
+    else:
+        m_in = -1
+        ob = np.empty(0, dtype=np.uint8)
+    # 2. merge + combine → clicked slots (outcome 1/2/3), minus dropped slots; pair of each
+    ev_s = np.empty(n0 + n1, dtype=np.int64)
+    ev_o = np.empty(n0 + n1, dtype=np.uint8)
+    ev_p = np.empty(n0 + n1, dtype=np.int32)
+    cnt = np.zeros(P, dtype=np.int64)
+    m = 0
+    i = 0
+    j = 0
+    di = 0
+    nd = drop.shape[0]
+    while True:
+        if m_in >= 0:
+            if i >= m_in:
+                break
+            s = s0[i]
+            b = ob[i]
+            i += 1
+            while i < m_in and s0[i] == s:
+                b |= ob[i]
+                i += 1
+        else:
+            if i >= n0 and j >= n1:
+                break
+            if j >= n1 or (i < n0 and s0[i] <= s1[j]):
+                s = s0[i]
+            else:
+                s = s1[j]
+            b = np.uint8(0)
+            while i < n0 and s0[i] == s:
+                b |= np.uint8(1)
+                i += 1
+            while j < n1 and s1[j] == s:
+                b |= np.uint8(2)
+                j += 1
+        while di < nd and drop[di, 1] <= s:
+            di += 1
+        if di < nd and drop[di, 0] <= s:
+            continue
+        p = frame_pair[(s // spf) % C]
+        ev_s[m] = s
+        ev_o[m] = b
+        ev_p[m] = p
+        cnt[p] += 1
+        m += 1
+    # 3. per pair, in slot order: both clients' choices, key flag and bits, statistics
+    offs = np.zeros(P + 1, dtype=np.int64)
+    for p in range(P):
+        offs[p + 1] = offs[p] + cnt[p]
+    pos = offs[:P].copy()
+    out_s = np.empty(m, dtype=np.int64)
+    out_o = np.empty(m, dtype=np.uint8)
+    key = np.empty(m, dtype=np.bool_)
+    bit_i = np.empty(m, dtype=np.uint8)
+    bit_j = np.empty(m, dtype=np.uint8)
+    clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    nlog = log_k[0].shape[0]
+    for c in range(len(log_k)):
+        nlog = min(nlog, log_k[c].shape[0], log_a[c].shape[0])
+    error = 0
+    for e in range(m):
+        s = ev_s[e]
+        o = ev_o[e]
+        p = ev_p[e]
+        if s >= nlog:
+            error = 1
+            break
+        ci = pair_ci[p]
+        cj = pair_cj[p]
+        x = log_k[ci][s]
+        y = log_k[cj][s]
+        ai = log_a[ci][s]
+        aj = log_a[cj][s]
+        if x >= n_int[ci] or y >= n_int[cj]:
+            error = 2
+            break
+        if ai > 3 or aj > 3:
+            error = 3
+            break
+        ba = ai & 1
+        bb = aj & 1
+        clicks[p, x, y, ba, bb] += 1
+        if o == 3:
+            doubles[p, x, y, ba, bb] += 1
+        k = x == 0 and y == 0 and ba == 0 and bb == 0
+        if ba == bb and not k:
+            if o == 3:
+                errors_x2[p, x, y, ba, bb] += 1
+            elif (o == 1) == ((ai >> 1) != (aj >> 1)):
+                errors_x2[p, x, y, ba, bb] += 2
+        w = pos[p]
+        pos[p] = w + 1
+        out_s[w] = s
+        out_o[w] = o
+        key[w] = k
+        bit_i[w] = ai >> 1
+        bit_j[w] = (aj >> 1) ^ (1 if o == 2 else 0)
+    return offs, out_s, out_o, key, bit_i, bit_j, clicks, errors_x2, doubles, error
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Anchors, interval periods and dropped ranges of a whole stream, exactly as a
+    :class:`Slotter` fed this one block and finished finds them."""
+    ts, ch = block.timestamps, block.channels
+    step = _anchor_step(p)
+    if p.marker_channel is not None:
+        sl = Slotter(p)
+        anchor_t, anchor_k, anchor_ok = sl._anchor_markers(ts[ch == p.marker_channel] - p.marker_delay_ps)
+        fallback = sl._period_est
+    else:
+        sync_t = ts[ch == p.sync_channel] - p.sync_delay_ps
+        anchor_t, anchor_k, _, _, _, fallback, _, _ = _anchor_syncs(
+            sync_t, False, np.int64(0), np.int64(0), float(p.period_ps), p.sync_divider, float(p.period_ps),
+            float(p.gap_tolerance))
+        anchor_ok = np.ones(anchor_t.size, dtype=bool)
+    per = _interval_periods(anchor_t, anchor_k, step, float(fallback))
+    dropped = SlotRanges()
+    n_a = anchor_t.size
+    lost = block.lost_intervals_ps
+    if n_a and lost.size:
+        finite_w = [min(w, p.period_ps) for w in p.window_ps]
+        reach = int(math.ceil(max(abs(o) for o in p.window_offset_ps) + max(finite_w) / 2.0))
+        lo_t = lost[:, 0] - max(p.delays_ps) - reach
+        hi_t = lost[:, 1] - min(p.delays_ps) + reach
+
+        def position(t: np.ndarray) -> np.ndarray:
+            a = np.maximum(np.searchsorted(anchor_t, t, side="right") - 1, 0)
+            return anchor_k[a] * step + (t - anchor_t[a]) / per[a]
+
+        for s0, s1 in zip(np.ceil(position(lo_t)).tolist(), (np.floor(position(hi_t)) + 1).tolist(), strict=True):
+            dropped.add(max(int(s0), 0), int(s1))
+    if p.marker_channel is not None and n_a:
+        F = p.frame_slots
+        for j in np.flatnonzero(~anchor_ok).tolist():
+            end = int(anchor_k[j + 1]) * F if j + 1 < n_a else (int(anchor_k[j]) + 1) * F
+            dropped.add(int(anchor_k[j]) * F, end)
+    return anchor_t, anchor_k, per, dropped.ranges
+
+
+def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, logs: Mapping[str, DenseLog],
+              setups: Mapping[str, ClientSetup], total_slots: int,
+              rng: np.random.Generator | None = None) -> SlotSiftResult:
+    """Slot and sift a whole tag stream in one pass (module docstring).
+
+    ``block``: the whole stream (int64 ps timestamps, non-decreasing; lost-data intervals);
+    ``logs``/``setups``: every client of the schedule's pairs, by name; ``total_slots``: the
+    acquisition's length in slots (each pair's ``n_slots`` is its share of it, as the pipeline
+    counts it); ``rng``: Cj's squashing bits for double clicks in key slots (OS entropy if None).
+    """
+    if not isinstance(block, TagBlock):
+        raise QKDInputError(f"slot_sift: expected a TagBlock, got {type(block).__name__}")
+    ts, ch = block.timestamps, block.channels
+    if ts.size > 1 and np.any(ts[1:] < ts[:-1]):
+        raise QKDInputError("slot_sift: TagBlock timestamps must be non-decreasing")
+    if int(total_slots) < 0:
+        raise QKDInputError(f"slot_sift: total_slots must be >= 0, got {total_slots}")
+    clients = sorted({c for pr in schedule.pairs for c in pr})
+    for c in clients:
+        if c not in logs or c not in setups:
+            raise QKDInputError(f"slot_sift: no modulation log or setup for client {c} (have logs for {sorted(logs)})")
+        if not isinstance(logs[c], DenseLog):
+            raise QKDInputError(f"slot_sift: the log of {c} must be a DenseLog, got {type(logs[c]).__name__}")
+    n_log = min(logs[c].intensity_idx.size for c in clients)
+    cidx = {c: i for i, c in enumerate(clients)}
+    log_k = NumbaList([logs[c].intensity_idx for c in clients])  # no copies: the kernel reads the logs
+    log_a = NumbaList([logs[c].phase_idx for c in clients])
+    n_int = np.array([len(setups[c].intensities) for c in clients], dtype=np.int64)
+    nk = int(n_int.max())
+    p = params
+    anchor_t, anchor_k, per, drop = _geometry(block, p)
+    offs, s, o, key, bit_i, bit_j, clicks, errors_x2, doubles, error = _slot_sift_kernel(
+        ts, ch, np.int16(p.detector_channels[0]), np.int16(p.detector_channels[1]), np.int64(p.delays_ps[0]),
+        np.int64(p.delays_ps[1]), anchor_t, anchor_k, per, np.int64(_anchor_step(p)),
+        np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
+        np.int64(p.burst_period_slots), np.int64(p.burst_on_slots),
+        np.int64(p.frame_slots if p.marker_channel is not None else -1), drop,
+        schedule.frame_pair.astype(np.int64), np.int64(schedule.slots_per_frame),
+        np.array([cidx[a] for a, _ in schedule.pairs], dtype=np.int64),
+        np.array([cidx[b] for _, b in schedule.pairs], dtype=np.int64), n_int, log_k, log_a, nk)
+    if error == 1:
+        raise QKDInputError(f"slot_sift: a click lies beyond the modulation logs ({n_log} slots)")
+    if error == 2:
+        raise QKDInputError("slot_sift: a log's intensity index exceeds its client's number of intensities")
+    if error == 3:
+        raise QKDInputError("slot_sift: a log's phase index is not in 0..3")
+    if rng is None:
+        rng = np.random.default_rng(secrets.randbits(128))
+    anns: dict[str, Announcements] = {}
+    sifted: dict[str, SiftResult] = {}
+    for q, (name, (ci, cj)) in enumerate(zip(schedule.names, schedule.pairs, strict=True)):
+        lo, hi = int(offs[q]), int(offs[q + 1])
+        ann = Announcements(name, s[lo:hi], o[lo:hi])
+        km = key[lo:hi]
+        bj = bit_j[lo:hi][km]
+        both = o[lo:hi][km] == 3
+        nb = int(np.count_nonzero(both))
+        if nb:
+            bj[both] = rng.integers(0, 2, nb, dtype=np.uint8)
+        si, sj = setups[ci], setups[cj]
+        ni, nj = len(si.intensities), len(sj.intensities)
+        counts = PairCounts(name, schedule.slots_of_pair(name, int(total_slots)), si.intensities, sj.intensities,
+                            si.intensity_probs, sj.intensity_probs, si.basis_x_prob, sj.basis_x_prob,
+                            clicks[q, :ni, :nj].copy(), errors_x2[q, :ni, :nj].copy(), doubles[q, :ni, :nj].copy())
+        anns[name] = ann
+        sifted[name] = SiftResult(name, ann.slots[km], bit_i[lo:hi][km], bj, counts)
+    return SlotSiftResult(anns, sifted)

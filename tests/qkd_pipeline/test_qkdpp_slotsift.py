@@ -1,0 +1,209 @@
+"""Slotting + sifting in one pass vs the two stages (Slotter → announcements_by_pair → sift_records)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba.typed import List as NumbaList
+from qkdpp_helpers import D0, D1, SYNC, make_params, split_blocks, synth_stream
+from test_qkdpp_sync_markers import marker_stream, mparams
+
+from labqfl.errors import QKDInputError
+from labqfl.instruments.base import TagBlock
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.sifting import ClientSetup, sift_records
+from labqfl.qkd.slotsift import DenseLog, _slot_sift_kernel, slot_sift
+from labqfl.qkd.slotting import (
+    Slotter,
+    SlottingParams,
+    _assign_kernel,
+    _combine,
+    announcements_by_pair,
+)
+
+MARK = 4
+CLIENTS = ("C1", "C2", "C3")
+SETUPS = {
+    "C1": ClientSetup("C1", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9),
+    "C2": ClientSetup("C2", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9),
+    "C3": ClientSetup("C3", (0.12, 0.03), (0.7, 0.3), 0.8),
+}
+
+
+def dense_logs(rng: np.random.Generator, n: int) -> dict[str, DenseLog]:
+    out = {}
+    for c in CLIENTS:
+        nk = len(SETUPS[c].intensities)
+        k = rng.choice(nk, n, p=SETUPS[c].intensity_probs).astype(np.uint8)
+        a = rng.integers(0, 4, n).astype(np.uint8)
+        a[rng.random(n) < 0.6] &= 2  # mostly basis X
+        out[c] = DenseLog(c, k, a)
+    return out
+
+
+def two_stage(blocks: list[TagBlock], p: SlottingParams, sched: PairSchedule, logs: dict[str, DenseLog],
+              total: int, seed: int):  # type: ignore[no-untyped-def]
+    s = Slotter(p)
+    outs = list(s.run(blocks))
+    from labqfl.qkd.slotting import SlotEvents
+
+    ev = SlotEvents(np.concatenate([o.slots for o in outs]), np.concatenate([o.outcomes for o in outs]))
+    anns = announcements_by_pair(ev, sched)
+    rng = np.random.default_rng(seed)
+    res = {}
+    for name, (ci, cj) in zip(sched.names, sched.pairs, strict=True):
+        a = anns[name]
+        res[name] = sift_records(a, logs[ci].choices(a.slots), logs[cj].choices(a.slots), SETUPS[ci], SETUPS[cj],
+                                 sched.slots_of_pair(name, total), rng)
+    return anns, res
+
+
+def assert_same(fused, anns, res) -> None:  # type: ignore[no-untyped-def]
+    assert list(fused.sifted) == list(res)
+    for name in res:
+        np.testing.assert_array_equal(fused.announcements[name].slots, anns[name].slots)
+        np.testing.assert_array_equal(fused.announcements[name].outcomes, anns[name].outcomes)
+        a, b = fused.sifted[name], res[name]
+        np.testing.assert_array_equal(a.key_slots, b.key_slots)
+        np.testing.assert_array_equal(a.bits_i, b.bits_i)
+        np.testing.assert_array_equal(a.bits_j, b.bits_j)
+        assert a.bits_i.dtype == b.bits_i.dtype and a.bits_j.dtype == b.bits_j.dtype
+        for f in ("clicks", "errors_x2", "double_clicks"):
+            np.testing.assert_array_equal(getattr(a.counts, f), getattr(b.counts, f))
+        assert a.counts.n_slots == b.counts.n_slots
+        assert a.counts.intensities_j == b.counts.intensities_j
+
+
+def add_noise(rng: np.random.Generator, ts: np.ndarray, ch: np.ndarray, n_dark: int, n_multi: int,
+              lost: np.ndarray) -> TagBlock:
+    """Dark counts on both detectors, repeated clicks in one slot (afterpulse-like copies a few
+    ps later), and the tags inside lost-data intervals removed (the intervals go with the block)."""
+    span = int(ts[-1]) if ts.size else 1
+    det = np.flatnonzero((ch == D0) | (ch == D1))
+    pick = rng.choice(det, min(n_multi, det.size), replace=False) if det.size else det
+    t = np.concatenate([ts, rng.integers(0, span, n_dark), ts[pick] + rng.integers(1, 40, pick.size)])
+    c = np.concatenate([ch, rng.choice(np.array([D0, D1], np.int16), n_dark), ch[pick]])
+    o = np.argsort(t, kind="stable")
+    t, c = t[o].astype(np.int64), c[o].astype(np.int16)
+    keep = np.ones(t.size, dtype=bool)
+    for b, e in lost.tolist():
+        keep &= (t < b) | (t > e)
+    return TagBlock(t[keep], c[keep], bool(lost.size), lost)
+
+
+def lost_intervals(rng: np.random.Generator, span: int, n: int) -> np.ndarray:
+    starts = np.sort(rng.integers(0, max(span, 1), n))
+    return np.stack([starts, starts + rng.integers(0, 400_000, n)], axis=1).astype(np.int64).reshape(-1, 2)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_slots=st.integers(1, 6000), divider=st.sampled_from([1, 16, 64]),
+       drift=st.floats(-2e-4, 2e-4), drop=st.sampled_from([0.0, 0.3]), jitter=st.sampled_from([0.0, 80.0, 400.0]),
+       delays=st.sampled_from([(3150, 3420), (0, 0), (0, 55_000), (41_000, 300)]),
+       window=st.sampled_from([None, 4000.0]), n_lost=st.integers(0, 3), n_blocks=st.integers(1, 5),
+       spf=st.sampled_from([1, 7, 100]))
+def test_fused_matches_two_stages_with_syncs(seed, n_slots, divider, drift, drop, jitter, delays, window, n_lost,
+                                             n_blocks, spf):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    p = make_params(divider=divider, delays=delays, window=window)
+    ts, ch, _, _ = synth_stream(rng, p, n_slots, p_click=0.2, drift=drift, jitter_ps=jitter, drop_sync=drop)
+    span = int(ts[-1]) if ts.size else 0
+    block = add_noise(rng, ts, ch, n_dark=n_slots // 50, n_multi=n_slots // 40, lost=lost_intervals(rng, span, n_lost))
+    sched = PairSchedule([("C1", "C2"), ("C2", "C3"), ("C1", "C3")], slots_per_frame=spf, frames=[2, 1, 1])
+    logs = dense_logs(rng, n_slots + 100)
+    total = n_slots + 5
+    anns, res = two_stage([block], p, sched, logs, total, seed)
+    fused = slot_sift(block, p, sched, logs, SETUPS, total, np.random.default_rng(seed))
+    assert_same(fused, anns, res)
+    # the Slotter's output does not depend on block cuts: the fused pass matches that too
+    blocks = split_blocks(rng, block.timestamps, block.channels, n_blocks)
+    blocks[0] = TagBlock(blocks[0].timestamps, blocks[0].channels, bool(block.lost_intervals_ps.size), block.lost_intervals_ps)
+    anns2, res2 = two_stage(blocks, p, sched, logs, total, seed)
+    assert_same(fused, anns2, res2)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), drift=st.floats(-9e-5, 9e-5), missing=st.sets(st.integers(1, 7), max_size=2),
+       dup=st.dictionaries(st.integers(0, 7), st.integers(-20_000, 40_000_000), max_size=2), n_lost=st.integers(0, 3))
+def test_fused_matches_two_stages_with_frame_markers_and_lost_data(seed, drift, missing, dup, n_lost):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    F = 1024
+    p = mparams(frame_slots=F)
+    ts, ch, _, _ = marker_stream(rng, p, 8, drift=drift, missing=tuple(missing), duplicates=dup, p_click=0.1)
+    lost = lost_intervals(rng, int(ts[-1]), n_lost)
+    block = add_noise(rng, ts, ch, n_dark=100, n_multi=50, lost=lost)
+    sched = PairSchedule([("C1", "C2"), ("C1", "C3")], slots_per_frame=F // 4)
+    logs = dense_logs(rng, 9 * F)
+    anns, res = two_stage([block], p, sched, logs, 8 * F, seed)
+    fused = slot_sift(block, p, sched, logs, SETUPS, 8 * F, np.random.default_rng(seed))
+    assert_same(fused, anns, res)
+    assert sum(a.slots.size for a in anns.values()) > 0
+
+
+def test_known_answer_one_pair():
+    # syncs every 4 slots; slot 1: D0 (Ci a=0, Cj a=0, both signal X → key, bits 0/0);
+    # slot 2: D0 and D1 → double click in a key slot (Cj's bit comes from the generator);
+    # slot 5: D1, test slot in Y (a=1/3: bits 0/1) → outcome D1 with different bits is no error
+    p = make_params(period=1000.0, divider=4, delays=(0, 0), window=200.0)
+    ts = np.array([0, 1000, 2000, 2010, 4000, 5000, 8000], dtype=np.int64)
+    ch = np.array([SYNC, D0, D0, D1, SYNC, D1, SYNC], dtype=np.int16)
+    k = np.zeros(10, np.uint8)
+    logs = {"C1": DenseLog("C1", k, np.array([0, 0, 0, 0, 0, 1, 0, 0, 0, 0], np.uint8)),
+            "C2": DenseLog("C2", k.copy(), np.array([0, 0, 0, 0, 0, 3, 0, 0, 0, 0], np.uint8))}
+    sched = PairSchedule([("C1", "C2")], slots_per_frame=1)
+    r = slot_sift(TagBlock(ts, ch), p, sched, logs, SETUPS, 10, np.random.default_rng(0))
+    ann, sr = r.announcements["C1-C2"], r.sifted["C1-C2"]
+    assert ann.slots.tolist() == [1, 2, 5] and ann.outcomes.tolist() == [1, 3, 2]
+    assert sr.key_slots.tolist() == [1, 2] and sr.bits_i.tolist() == [0, 0]
+    assert sr.bits_j[0] == 0
+    assert sr.counts.clicks[0, 0, 0, 0] == 2 and sr.counts.double_clicks[0, 0, 0, 0] == 1
+    assert sr.counts.clicks[0, 0, 1, 1] == 1 and sr.counts.errors_x2.sum() == 0
+    assert sr.counts.n_slots == 10
+
+
+def test_out_of_order_detector_stream_falls_back_to_a_sort():
+    # inconsistent periods on both sides of an anchor make one detector's slots go backwards
+    anchor_t = np.array([0, 1000], dtype=np.int64)
+    anchor_k = np.array([0, 1], dtype=np.int64)
+    per = np.array([50.0, 100.0])
+    ts = np.array([990, 1000, 1100, 1150], dtype=np.int64)
+    ch = np.array([D0, D0, D1, D0], dtype=np.int16)
+    off = np.zeros(2)
+    hw = np.full(2, np.inf)
+    det_id = (ch == D1).astype(np.int64)
+    s_ref, b_ref, *_ = _assign_kernel(ts, det_id, anchor_t, anchor_k, per, np.int64(10), off, hw, np.int64(0), np.int64(0), np.int64(-1))
+    o = np.argsort(s_ref, kind="stable")
+    es, eo = _combine(s_ref[o], b_ref[o])
+    assert np.any(np.diff(s_ref[det_id == 0]) < 0)  # the case under test
+    logs = NumbaList([np.zeros(100, np.uint8)])
+    offs, s, out, *_rest, err = _slot_sift_kernel(
+        ts, ch, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), anchor_t, anchor_k, per, np.int64(10), off, hw,
+        np.int64(0), np.int64(0), np.int64(-1), np.empty((0, 2), np.int64), np.zeros(1, np.int64), np.int64(1),
+        np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([3]), logs, logs, 3)
+    assert err == 0
+    np.testing.assert_array_equal(s, es)
+    np.testing.assert_array_equal(out, eo)
+
+
+def test_bad_inputs():
+    p = make_params()
+    sched = PairSchedule([("C1", "C2")], slots_per_frame=10)
+    rng = np.random.default_rng(1)
+    ts, ch, _, _ = synth_stream(rng, p, 2000, p_click=0.2)
+    logs = dense_logs(rng, 2000)
+    with pytest.raises(QKDInputError, match="TagBlock"):
+        slot_sift((ts, ch), p, sched, logs, SETUPS, 2000)  # type: ignore[arg-type]
+    with pytest.raises(QKDInputError, match="no modulation log or setup for client C2"):
+        slot_sift(TagBlock(ts, ch), p, sched, {"C1": logs["C1"]}, SETUPS, 2000)
+    short = {c: DenseLog(c, v.intensity_idx[:500], v.phase_idx[:500]) for c, v in logs.items()}
+    with pytest.raises(QKDInputError, match="beyond the modulation logs"):
+        slot_sift(TagBlock(ts, ch), p, sched, short, SETUPS, 2000)
+    bad = dict(logs)
+    bad["C2"] = DenseLog("C2", np.full(2000, 7, np.uint8), logs["C2"].phase_idx)
+    with pytest.raises(QKDInputError, match="intensity index"):
+        slot_sift(TagBlock(ts, ch), p, sched, bad, SETUPS, 2000)
+    with pytest.raises(QKDInputError, match="uint8"):
+        DenseLog("C1", np.zeros(3, np.int64), np.zeros(3, np.uint8))
+    assert "n_slots=2000" in repr(logs["C1"]) and "phase" not in repr(logs["C1"])
