@@ -34,9 +34,11 @@ and Bob computes it.  Such a query would add nothing to the span of Alice's disc
 (Martinez-Mateo et al. §4 count only independent parities); on 10^4-bit frames at 8 % it was
 1.7–2.1 % of all parities sent (GF(2) rank test in
 ``tests/qkd_reconciliation/test_reconciliation_cascade_leakage.py``).  The fast kernel lets searches in affine passes advance
-together (fewer round trips); a search in a bipartition pass asks only when no lower pass has a
-search waiting, as in the reference (a flip found there often makes its block even for free —
-on 10^4-bit frames asking at once cost 2 % more leakage).
+together (fewer round trips); a search in a bipartition pass, or in an affine pass from
+:data:`DEFER_FROM_PASS` on, asks only when no lower pass has a search waiting, as in the
+reference (a flip found there often makes its block even for free — on 10^4-bit frames asking
+at once cost 2 % more leakage, on 10^6-bit frames at 4–8 % letting the third pass ask at once
+cost 0.6–0.8 %).
 
 A schedule may end with *confirmation*: Bob stops once ``confirm`` bipartitions in a row find no
 odd block, which bounds the frame error rate by 2^-confirm (:class:`CascadeSchedule`).
@@ -48,7 +50,8 @@ information reconciliation protocol Cascade", arXiv:1407.3257):
 * :meth:`CascadeSchedule.tuned` ("Cascade opt. (8)"): α = log2(1/Q) − 1/2,
   k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, k3 = 4096, k_i = n/2 for i ≥ 4, 14 passes.
 * :meth:`CascadeSchedule.for_frame` (the default): opt. (8) adapted to the frame length n (k1
-  halved below 128 first-pass blocks, the 4096 pass only from 2^19 bits on), then bipartitions
+  halved below 128 first-pass blocks, a third pass of 8192 bits — 16384 from 7 % — only from
+  2^19 bits on), then bipartitions
   with confirmation (16 clean bipartitions in a row: frame error rate ≈ 2^-16).
 
 Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by Shannon's bound.
@@ -95,7 +98,14 @@ of 1 400 in ``labqfl bench cascade-grid`` kept 8 errors, paired in the same bloc
 passes, through 12 clean bipartitions)."""
 
 THIRD_PASS_MIN_BITS = 1 << 19
-""":meth:`CascadeSchedule.for_frame` adds opt. (8)'s 4096-bit third pass from this frame length on."""
+""":meth:`CascadeSchedule.for_frame` adds a third affine pass from this frame length on."""
+
+THIRD_PASS_BITS = 8192
+"""Block size of that third pass (opt. (8) has 4096); :data:`THIRD_PASS_BITS_HIGH_QBER` from
+:data:`HIGH_QBER` on."""
+
+THIRD_PASS_BITS_HIGH_QBER = 16384
+HIGH_QBER = 0.07
 
 FRAME_EXTRA_HALVES = 12
 """Bipartition passes :meth:`CascadeSchedule.for_frame` allows beyond ``confirm``."""
@@ -162,10 +172,13 @@ class CascadeSchedule:
 
         * k1 halved when the frame would have fewer than 128 first-pass blocks (10^4 bits at
           1 %: 64 instead of 128);
-        * the third pass of 4096 bits only for n ≥ 2^19 (:data:`THIRD_PASS_MIN_BITS`): on
-          10^4–10^5-bit frames its ⌈n/4096⌉ parities cost more than it saves; on long frames it
-          clears the residual errors in a few hundred round trips, where the bipartitions would
-          need 2–9× more (f 1.033 instead of 1.039 at 10^6 bits / 2 %, but slower);
+        * a third affine pass only for n ≥ 2^19 (:data:`THIRD_PASS_MIN_BITS`): on 10^4–10^5-bit
+          frames its parities cost more than it saves; on long frames it clears the residual
+          errors in a few hundred to a few thousand round trips, where the bipartitions alone
+          would need 2–9× more.  Its blocks are 8192 bits (16384 from Q = 7 % on) rather than
+          opt. (8)'s 4096: on 10^6 bits with searches of passes ≥ 2 waiting for lower passes
+          (:data:`DEFER_FROM_PASS`), f 1.038 → 1.035 at 2 %, 1.047 → 1.045 at 6 %, 1.053 → 1.049
+          at 8 % (docs/reconciliation.md);
         * then random bipartitions until ``confirm`` in a row find nothing (see the class
           docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
         """
@@ -177,7 +190,7 @@ class CascadeSchedule:
             k1 //= 2
         ks = [k1, max(2 ** math.ceil((alpha + 12.0) / 2.0), 2 * k1)]
         if n >= THIRD_PASS_MIN_BITS:
-            ks.append(4096)
+            ks.append(THIRD_PASS_BITS_HIGH_QBER if qber >= HIGH_QBER else THIRD_PASS_BITS)
         ks += [HALF] * (confirm + FRAME_EXTRA_HALVES)
         return cls(tuple(ks), "frame", confirm)
 
@@ -488,6 +501,10 @@ def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.nd
     return (d * ainv[q]) % n - b * k[q]
 
 
+DEFER_FROM_PASS = 2
+"""Searches of affine passes from this index on (and of every bipartition pass) ask only when no
+lower pass has a search waiting (see :func:`_cascade_round`)."""
+
 IMPLIED_MAX = 4
 """Largest half (in bits) whose parity Bob derives from known bit values instead of asking."""
 
@@ -732,7 +749,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         inwait[fb] = 0
         if st[fb] != 3:
             continue
-        if fpass[fb] != first and kind[fpass[fb]] == 1:
+        if fpass[fb] != first and (kind[fpass[fb]] == 1 or fpass[fb] >= DEFER_FROM_PASS):
             st[fb] = 1  # deferred: a flip found in a lower pass may restart or end it for free
             deferred[nd] = fb
             nd += 1
