@@ -22,8 +22,9 @@ path. Both channels commute with RZ, so a layer is evaluated as one Kronecker un
 applied as K ρ K† (batched matmuls), the doubled channel on every qubit, then per CNOT a row/column
 permutation and the channel on its two qubits (:func:`hea_density_matrix`); a channel on one
 qubit is an elementwise update of ρ's 2×2 block structure. Without gate noise the state stays pure
-and the statevector path is used. Autograd gives exact gradients; agreement with ``default.mixed``
-to 1e-10 (outputs and gradients) is tested in ``tests/fl_models/test_fl_models_noise.py``.
+and the statevector kernel (:mod:`labqfl.fl.models._statevector`, adjoint gradients) is used.
+Autograd gives exact gradients; agreement with ``default.mixed`` to 1e-10 (outputs and gradients)
+is tested in ``tests/fl_models/test_fl_models_noise.py``.
 
 **Shots.** With ``shots = S`` the readout ⟨Z₀⟩ is estimated as f̂ = 1 − 2k/S, k ~ Binomial(S, (1 − f)/2),
 f the exact noisy expectation (a seeded ``torch.Generator``). Gradients (``shot_grad``):
@@ -49,11 +50,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from labqfl.fl.models._statevector import statevector_expval
 from labqfl.fl.models.hea import (
     Embedding,
     HEASpec,
     _single_qubit_unitaries,
-    hea_expval,
     hea_template,
     hea_unitary,
     z0_signs,
@@ -298,8 +299,8 @@ def hea_density_matrix(weights: torch.Tensor, states: torch.Tensor, spec: HEASpe
 
 def noisy_hea_expval(weights: torch.Tensor, states: torch.Tensor, spec: HEASpec, noise: NoiseModel) -> torch.Tensor:
     """Exact readout expectation (1 − 2r)·Tr(ρ Z₀) per client and example, (C, B) float64."""
-    if not noise.gate_noise:  # pure state: the statevector path
-        return (1.0 - 2.0 * noise.readout) * hea_expval(weights, states, spec)
+    if not noise.gate_noise:  # pure state: the statevector kernel (adjoint gradients)
+        return (1.0 - 2.0 * noise.readout) * statevector_expval(weights, states, spec)
     rho = hea_density_matrix(weights, states, spec, noise)
     diag = torch.diagonal(rho, dim1=-2, dim2=-1).real
     return (1.0 - 2.0 * noise.readout) * (diag @ torch.as_tensor(z0_signs(spec.n_qubits)))

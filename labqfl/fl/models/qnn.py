@@ -7,8 +7,10 @@ Two configurations from the paper:
 * :func:`quantum_data_qnn` — 6 qubits / 4 layers, input = a 6-qubit state (``StatePrep``);
 * :func:`mnist_qnn` — 4 qubits / 3 layers, input = 16 amplitudes (``AmplitudeEmbedding``).
 
-Training and evaluation use the torch fast path (:func:`labqfl.fl.models.hea.hea_expval`); the
-PennyLane QNode of the same circuit is :meth:`QNNModel.qnode`.
+Training and evaluation use the Numba statevector kernel with adjoint gradients
+(:func:`labqfl.fl.models._statevector.statevector_expval`); the torch path
+(:func:`labqfl.fl.models.hea.hea_expval`) is its slow reference, and the PennyLane QNode of the same
+circuit is :meth:`QNNModel.qnode`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from labqfl.fl.models.hea import Embedding, HEASpec, hea_expval, pennylane_qnode
+from labqfl.fl.models._statevector import statevector_expval
+from labqfl.fl.models.hea import Embedding, HEASpec, pennylane_qnode
 
 
 class QNNModel:
@@ -50,7 +53,7 @@ class QNNModel:
     def outputs(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """⟨Z₀⟩ per client and example: params (C, P), x (C, B, 2^n) → (C, B) float64."""
         w = params.reshape((params.shape[0],) + self.spec.weight_shape)
-        return hea_expval(w, x, self.spec)
+        return statevector_expval(w, x, self.spec)
 
     def per_example_loss(self, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         target = 1.0 - 2.0 * y.to(torch.float64)
