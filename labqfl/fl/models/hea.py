@@ -11,7 +11,8 @@ gate list :meth:`HEASpec.gates`:
 * readout ⟨Z₀⟩ ∈ [−1, 1] (wire 0 is the most significant bit of the basis index, as in PennyLane).
 
 :func:`pennylane_qnode` builds a PennyLane QNode from that gate list — the reference, and the way to
-other devices. :func:`hea_expval` is the fast path: a batched statevector simulation in torch
+other devices. Training runs the Numba kernel :func:`labqfl.fl.models._statevector.statevector_expval`
+(adjoint gradients). :func:`hea_expval` is its slow reference: a batched statevector simulation in torch
 (complex128) that batches *clients* (leading axis C, one weight set each) and *examples* (axis B).
 Each layer is one 2^n × 2^n unitary (Kronecker product of the per-qubit RZ·RY, then the CNOT
 permutation), so a forward pass is L small batched matmuls plus one (C, B, 2^n) × (C, 2^n, 2^n)
@@ -122,7 +123,7 @@ def pennylane_qnode(spec: HEASpec, embedding: Embedding = "state", device: Any =
 
 
 # --------------------------------------------------------------------------------------------
-# Torch fast path
+# Torch reference path
 # --------------------------------------------------------------------------------------------
 @lru_cache(maxsize=32)
 def _entangler_permutation(spec: HEASpec) -> np.ndarray:
