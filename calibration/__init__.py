@@ -19,16 +19,10 @@ Every procedure leaves the instruments safe on error or Ctrl-C. See docs/calibra
 from __future__ import annotations
 
 from labqfl.calibration.core import CalContext, ProcedureResult, Quantity
+from labqfl.calibration.dark_count_rate import dark_counts
+from labqfl.calibration.dead_time import dead_time_afterpulsing
 from labqfl.calibration.delays import channel_delays
-from labqfl.calibration.detector import (
-    dark_counts,
-    dead_time_afterpulsing,
-    detector_all,
-    detector_procedures,
-    efficiency,
-    gate_delay,
-    timing_jitter,
-)
+from labqfl.calibration.detection_efficiency import efficiency
 from labqfl.calibration.files import (
     SCHEMA_VERSION,
     apply_calibration,
@@ -38,12 +32,16 @@ from labqfl.calibration.files import (
     write_calibration,
     write_station_toml,
 )
+from labqfl.calibration.gate import gate_delay
+from labqfl.calibration.jitter import timing_jitter
 from labqfl.calibration.phase_modulator import vpi_bias
 from labqfl.calibration.runner import (
     GROUPS,
     CalibrationReport,
     ProcedureFailure,
     calibrate,
+    detector_all,
+    detector_procedures,
     plan_group,
     run_group,
 )

@@ -31,7 +31,7 @@ from labqfl.calibration.core import (
     sim_truth,
     wrap_phase,
 )
-from labqfl.calibration.detector import _dead_time_s, dim_for_rate, guard_original
+from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate, guard_original
 from labqfl.calibration.fitting import FitResult, fit_poisson
 
 from labqfl.errors import CalibrationError
@@ -132,7 +132,7 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
                 att = st.attenuator(c)
                 if hasattr(att, "attenuation_db"):
                     guard.set(att, "attenuation_db", guard_original(guard, att, "attenuation_db"))
-            rates = dim_for_rate(ctx, guard, ("D0", "D1"), {d: 0.1 / max(_dead_time_s(ctx, d), 1e-12) for d in ("D0", "D1")})
+            rates = dim_for_rate(ctx, guard, ("D0", "D1"), {d: 0.1 / max(detector_dead_time_s(ctx, d), 1e-12) for d in ("D0", "D1")})
             # enough clicks per point for the 8σ fringe test at dimmed (dead-time-limited) rates
             t_pt = float(min(max(integration_s, min_counts_per_point / max(min(rates.values()), 1.0)), 0.5))
             vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))

@@ -15,14 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.calibration.core import CalContext, ProcedureResult, Quantity
+from labqfl.calibration.dark_count_rate import dark_counts
+from labqfl.calibration.dead_time import dead_time_afterpulsing
 from labqfl.calibration.delays import channel_delays
-from labqfl.calibration.detector import detector_procedures, gate_delay
+from labqfl.calibration.detection_efficiency import efficiency
+from labqfl.calibration.detector import DETECTORS
 from labqfl.calibration.files import (
     apply_calibration,
     calibration_document,
     write_calibration,
     write_station_toml,
 )
+from labqfl.calibration.gate import gate_delay
+from labqfl.calibration.jitter import timing_jitter
 from labqfl.calibration.phase_modulator import vpi_bias
 from labqfl.calibration.visibility import loop_visibility
 
@@ -34,6 +39,28 @@ from labqfl.station import Station
 GROUPS = ("detector", "delays", "vpi", "visibility", "all")
 CALIBRATION_FILE = "calibration.json"
 CALIBRATED_STATION_FILE = "calibrated_station.toml"
+
+
+def detector_procedures(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS,
+                        quick: bool = False) -> list[tuple[str, Callable[[], ProcedureResult]]]:
+    """The detector procedures in dependency order, as (name, call) pairs: gate delay (gated
+    detectors; first, because every later procedure that uses light needs the gates on the
+    pulses) → dead time/afterpulsing (laser off) → dark counts (uses τ_d, P_ap) → jitter (uses τ_d
+    to select recovered clicks and set the count rate) → efficiency (uses τ_d, P_ap, the gate)."""
+    return [
+        ("gate_delay", lambda: gate_delay(ctx, detectors)),
+        ("dead_time_afterpulsing", lambda: dead_time_afterpulsing(ctx, detectors, n_intervals=60_000 if quick else 150_000)),
+        ("dark_counts", lambda: dark_counts(ctx, detectors, integration_s=1.0 if quick else 2.0,
+                                           sweep_integration_s=0.5 if quick else 1.0)),
+        ("timing_jitter", lambda: timing_jitter(ctx, detectors, target_clicks=20_000 if quick else 50_000)),
+        ("efficiency", lambda: efficiency(ctx, detectors, duration_s=0.1 if quick else 0.2)),
+    ]
+
+
+def detector_all(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, quick: bool = False) -> list[ProcedureResult]:
+    """Every detector procedure in the order of :func:`detector_procedures`; the first failure raises
+    (``labqfl.calibration.calibrate`` instead records it and runs the others)."""
+    return [call() for _, call in detector_procedures(ctx, detectors, quick=quick)]
 
 
 @dataclass(frozen=True)

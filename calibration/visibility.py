@@ -31,7 +31,7 @@ from labqfl.calibration.core import (
     restore_dc,
     sim_truth,
 )
-from labqfl.calibration.detector import _dead_time_s, dim_for_rate
+from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate
 from labqfl.calibration.phase_modulator import _joint, fit_fringe
 
 from labqfl.errors import CalibrationError
@@ -127,7 +127,7 @@ def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_poin
         n_ref = 1 << 20
         f_lit = sum(sched.slots_of_pair(nm_, n_ref) for pr, nm_ in zip(sched.pairs, sched.names, strict=True)
                     if i in pr or j in pr) / n_ref
-        dim_for_rate(ctx, guard, DETECTORS, {d: 0.05 * max(f_lit, 1e-3) / max(_dead_time_s(ctx, d), 1e-12)
+        dim_for_rate(ctx, guard, DETECTORS, {d: 0.05 * max(f_lit, 1e-3) / max(detector_dead_time_s(ctx, d), 1e-12)
                                              for d in DETECTORS})
         ctx.step(f"visibility: {i} alone ({single_duration_s:g} s)")
         guard.set(atts[j], "shutter_closed", True)

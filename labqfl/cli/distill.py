@@ -133,7 +133,7 @@ def distill(
     }
     import json
 
-    from labqfl.cli.common import to_jsonable
+    from labqfl.serialize import to_jsonable
 
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
     run.close()

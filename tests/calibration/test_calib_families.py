@@ -72,8 +72,7 @@ def test_calib_spad_1us_jitter_and_detector_group(station_factory, calh) -> None
 
 
 def test_calib_detector_order_gate_delay_first(station_factory, calh) -> None:
-    from labqfl.calibration.detector import detector_procedures
-    from labqfl.calibration.runner import plan_group
+    from labqfl.calibration.runner import detector_procedures, plan_group
 
     st = station_factory(calh.spad_set)
     ctx = calh.ctx_for(st)

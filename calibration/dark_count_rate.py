@@ -1,0 +1,160 @@
+"""Detector dark-count rate, vs bias and with the temperature (laser off; docs/calibration.md).
+
+DCR = R_m/(1 − R_m·τ_d)·(1 − P_ap) (each click triggers on average P_ap/(1 − P_ap) afterpulses);
+gated detectors: the free-running equivalent −ln(1 − P_dc)/w_gate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from labqfl.calibration.acquire import (
+    save_plot,
+)
+from labqfl.calibration.core import (
+    CalContext,
+    ProcedureResult,
+    Quantity,
+    continuous_dead_time_correction,
+    guarded,
+    pulsed_dead_time_correction,
+    sim_truth,
+)
+from labqfl.calibration.detector import (
+    DETECTORS,
+    afterpulse_probability,
+    darken,
+    detector_counts,
+    detector_dead_time_s,
+    enable_detectors,
+)
+from labqfl.calibration.fitting import (
+    FitResult,
+    fit_curve,
+)
+
+from labqfl.config import StationConfig
+from labqfl.errors import CalibrationError
+
+
+def _bias_unit(cfg: StationConfig, d: str) -> str:
+    return "µA" if cfg.detectors[d].kind == "snspd" else "V"
+
+
+# -- dark counts ----------------------------------------------------------------------------------
+def _dcr_from_counts(ctx: CalContext, d: str, n: int, t: float, var_n: float | None = None) -> tuple[float, float, dict[str, Any]]:
+    """Dark-count rate (free-running equivalent for gated detectors) and its 1σ error.
+
+    The error of the count N is √(N+1) (the Gamma(N+1) posterior width, sane for small N), or the
+    scatter between sub-integrations ``var_n`` (variance of N) when that is larger (drifts,
+    afterpulse clustering)."""
+    det = ctx.station.detector(d)
+    rm = n / t
+    var = max(n + 1.0, var_n or 0.0)
+    s_rel = math.sqrt(var) / max(n, 1)
+    p_ap = afterpulse_probability(ctx, d)
+    if det.gated:
+        f_gate = float(ctx.station.laser.rep_rate_hz)
+        w = float(det.gate_width_ns) * 1e-9
+        p_m = rm / f_gate
+        p_dc = pulsed_dead_time_correction(p_m, detector_dead_time_s(ctx, d) * 1e12, 1e12 / f_gate) * (1.0 - p_ap)
+        dcr = -math.log1p(-p_dc) / w
+        return dcr, dcr * s_rel if n > 0 else 1.0 / t / (w * f_gate), {"p_dc_per_gate": p_dc, "gate_width_s": w}
+    r = continuous_dead_time_correction(rm, detector_dead_time_s(ctx, d)) * (1.0 - p_ap)
+    return r, (r * s_rel if n > 0 else 1.0 / t), {}
+
+
+def dark_counts(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, integration_s: float = 2.0,
+                bias_steps: tuple[float, ...] = (-0.1, -0.05, 0.05, 0.1), sweep_integration_s: float = 1.0) -> ProcedureResult:
+    """Dark-count rate at the operating bias, and its dependence on bias (with the detector
+    temperature recorded at every point; the temperature is read-only on these interfaces).
+
+    Laser off, shutters closed. DCR = R_m/(1 − R_m·τ_d)·(1 − P_ap) with Poisson error √N/t; the
+    bias sweep (relative steps of the operating bias) is fitted with DCR(b) = DCR_0·e^{k(b − b_0)}
+    (Poisson-weighted), k reported as ``<D>.dark_log_slope``.
+    """
+    quantities: list[Quantity] = []
+    raw: dict[str, Any] = {}
+    plots: list[str] = []
+    with guarded(ctx, "dark_counts") as guard:
+        darken(ctx, guard)
+        enable_detectors(ctx, guard, detectors)
+        dets = {d: ctx.station.detector(d) for d in detectors}
+        b0 = {d: float(dets[d].bias) for d in detectors}
+        ctx.step(f"dark counts at the operating bias ({integration_s:g} s in 8 parts)")
+        parts = [detector_counts(ctx, integration_s / 8) for _ in range(8)]
+        n0 = {d: sum(p[d] for p in parts) for d in detectors}
+        var0 = {d: 8.0 * float(np.var([p[d] for p in parts], ddof=1)) for d in detectors}
+        points: dict[str, list[dict[str, float]]] = {d: [] for d in detectors}
+        for d in detectors:
+            dcr, err, extra = _dcr_from_counts(ctx, d, n0[d], integration_s, var0[d])
+            points[d].append({"bias": b0[d], "counts": n0[d], "t_s": integration_s, "dcr_hz": dcr, "err_hz": err,
+                              "temperature_k": float(dets[d].temperature_k)})
+            quantities.append(Quantity(f"{d}.dark_count_rate_hz", dcr, err, "Hz", "dark_counts",
+                                       true=sim_truth(ctx.station, d, lambda c, d=d: c.detectors[d].dark_count_rate_hz),
+                                       details={"counts": n0[d], "integration_s": integration_s, "bias": b0[d],
+                                                "temperature_k": float(dets[d].temperature_k), **extra}))
+        for st in bias_steps:
+            ok = []
+            for d in detectors:
+                if b0[d] <= 0:
+                    continue
+                try:
+                    guard.set(dets[d], "bias", b0[d] * (1.0 + st))
+                    ok.append(d)
+                except ValueError as exc:
+                    ctx.step(f"{d}: bias {b0[d] * (1 + st):.4g} not allowed ({exc}); point skipped")
+            if not ok:
+                continue
+            ctx.step(f"dark counts at bias ×{1 + st:.3f}")
+            n = detector_counts(ctx, sweep_integration_s)
+            for d in ok:
+                dcr, err, _ = _dcr_from_counts(ctx, d, n[d], sweep_integration_s)
+                points[d].append({"bias": float(dets[d].bias), "counts": n[d], "t_s": sweep_integration_s,
+                                  "dcr_hz": dcr, "err_hz": err, "temperature_k": float(dets[d].temperature_k)})
+        for d in detectors:
+            guard.set(dets[d], "bias", b0[d])
+        for d in detectors:
+            pts = sorted(points[d], key=lambda p: p["bias"])
+            raw[d] = {"points": pts}
+            fit = None
+            if len(pts) >= 3 and sum(p["counts"] for p in pts) >= 30:
+                b = np.array([p["bias"] for p in pts])
+                y = np.array([p["dcr_hz"] for p in pts])
+                e = np.array([p["err_hz"] for p in pts])
+                y0 = max(float(y[np.argmin(np.abs(b - b0[d]))]), 1e-3)
+
+                def model(bb: np.ndarray, log_r0: float, k: float, b0d: float = b0[d]) -> np.ndarray:
+                    return np.exp(log_r0 + k * (bb - b0d))
+                try:
+                    fit = fit_curve(model, b, y, e, [math.log(y0), 1.0], ("log_r0", "k"), f"{d} dark counts vs bias")
+                except CalibrationError as exc:
+                    ctx.step(f"{d}: bias-sweep fit failed ({exc}); slope not reported")
+                if fit is not None:
+                    unit = _bias_unit(ctx.config, d)
+                    quantities.append(Quantity(
+                        f"{d}.dark_log_slope", fit["k"], fit.err("k"), f"1/{unit}", "dark_counts",
+                        true=sim_truth(ctx.station, d, lambda c, d=d: 1.0 / float(c.detectors[d].options.get(
+                            "dark_bias_scale", 1.0 if c.detectors[d].kind == "snspd" else 0.5))),
+                        details={"model": "DCR(b) = DCR0·exp(k·(b − b0))", "b0": b0[d], "fit": fit.summary()}))
+                    raw[d]["fit"] = fit.summary()
+            p = save_plot(ctx.plot_path(f"dark_counts_{d}.png"),
+                          lambda ax, pts=pts, fit=fit, d=d: _plot_dark(ax, pts, fit, b0[d], _bias_unit(ctx.config, d)),
+                          f"{d}: dark-count rate vs bias")
+            if p:
+                plots.append(p)
+    return ctx.remember(ProcedureResult("dark_counts", quantities, raw, plots))
+
+
+def _plot_dark(ax: Any, pts: list[dict[str, float]], fit: FitResult | None, b0: float, unit: str) -> None:
+    b = np.array([p["bias"] for p in pts])
+    ax.errorbar(b, [p["dcr_hz"] for p in pts], yerr=[p["err_hz"] for p in pts], fmt="o", label="measured")
+    if fit is not None:
+        bb = np.linspace(b.min(), b.max(), 100)
+        ax.plot(bb, np.exp(fit["log_r0"] + fit["k"] * (bb - b0)), "-", label=f"fit k = {fit['k']:.3f}/{unit}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"bias [{unit}]")
+    ax.set_ylabel("dark-count rate [Hz]")
+    ax.legend(fontsize=8)
