@@ -9,8 +9,9 @@ Everything follows from the station file, the task's model and the secure-aggreg
   (:mod:`labqfl.fl.selfmask`); n = the task model's parameter count (:func:`labqfl.fl.tasks.make_model`).
 * **Key rate per pair** — the finite-key model (:mod:`labqfl.qkd.keyrate`, through the block-size
   rule :func:`labqfl.qkd.blocksize.plan_blocks` that ``labqfl run`` uses for the same duration):
-  ℓ(B)/B secure bits per slot of the pair at the rule's block size B, times the pair's slots per
-  second, share_p · rep_rate (share_p = w_p/W of the schedule, :class:`labqfl.qkd.schedule.PairSchedule`).
+  ℓ(B_p)/B_p secure bits per slot of the pair at the pair's own block size B_p (the rule at the
+  pair's share), times the pair's slots per second, share_p · rep_rate (share_p = w_p/W of the
+  schedule, :class:`labqfl.qkd.schedule.PairSchedule`).
 * **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
   pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
   than the block-size rule's first key (no key exists before every pair has one block).
@@ -68,6 +69,7 @@ class PairPlan:
     need_bits_per_round: int
     acquisition_s_per_round: float  # need / rate (inf: no key)
     starving: bool = False
+    block_slots: float = 0.0  # the pair's block size [slots of the pair] (0: no key in the model)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
@@ -125,12 +127,11 @@ def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
     return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
 
 
-def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], block: Any, bp: Any, n_slots: float,
-                     params: Any) -> float:
+def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots: float, params: Any) -> float:
     """Key bits per slot of a pair with ``n_slots`` slots in the acquisition, cut as the pipeline
-    cuts them: full blocks of the rule's ``block_slots`` and a final rest that is distilled only if
-    it holds ``min_block_bits`` sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`). A
-    weighted schedule gives pairs more or fewer slots than the rule's equal-share ``block_slots``."""
+    cuts them: full blocks of the pair's own ``block_slots`` (the rule's, at the pair's schedule
+    share) and a final rest that is distilled only if it holds the pair's ``min_final_bits``
+    sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`)."""
     from labqfl.qkd.channel_model import pair_channel
     from labqfl.qkd.keyrate import predict_pair
 
@@ -142,7 +143,7 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], block: Any, bp: 
     elif B - rest <= 1e-6 * B + 2:
         full, rest = full + 1, 0.0
     key = full * bp.expected_key_bits
-    if rest >= 1000 and rest * bp.sifted_per_slot >= block.min_block_bits:
+    if rest >= 1000 and rest * bp.sifted_per_slot >= bp.min_final_bits:
         pred = predict_pair(pair_channel(cfg, *pair), rest, 1, float(cfg.laser.rep_rate_hz), params,
                             with_asymptotic=False)
         key += max(pred.report.key_length_bits, 0)
@@ -197,28 +198,26 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
             on = name in sched.names
             share = sched.share(name) if on else 0.0
             bp = block.pairs.get(name) if on else None
-            kps = 0.0
+            kps = rate = 0.0
             if bp is not None and bp.block_slots > 0:
                 kps = bp.expected_key_bits / bp.block_slots
-                if block.duration_s is not None and share > 0:
-                    kps = _cut_into_blocks(cfg, (a, b), block, bp, block.duration_s * rep * share, params)
-            elif bp is not None and math.isfinite(bp.rule_slots) and bp.rule_slots > 0:
-                # the rule has no common block size (some pair makes no key): this pair at its own rule size
-                kps = bp.expected_key_bits_at_rule / bp.rule_slots
-            rate = kps * rep * share
+                rate = kps * rep * share
+                if block.duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
+                    n_slots = sched.slots_of_pair(name, round(block.duration_s * rep))
+                    kps = _cut_into_blocks(cfg, (a, b), bp, n_slots, params)
+                    rate = kps * n_slots / block.duration_s
             out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
                                  key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
-                                 acquisition_s_per_round=need / rate if rate > 0 else math.inf)
+                                 acquisition_s_per_round=need / rate if rate > 0 else math.inf,
+                                 block_slots=float(bp.block_slots) if bp is not None else 0.0)
         return out
 
     block = plan_blocks(cfg, duration_s, params=params)
     pairs = per_pair(block)
     acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
-        # every pair must fill one rule block at its own schedule share before any key exists
-        fill = max((block.block_slots / (rep * sched.share(n)) for n in graph_pairs if n in sched.names), default=0.0)
-        # ... and the rule needs its global threshold of sifted bits on every pair (needed_duration_s)
-        d = max(acq_round * rounds, block.needed_duration_s, fill)
+        # every pair must fill one block of its own rule size, at its own schedule share, before any key exists
+        d = max(acq_round * rounds, block.needed_duration_s)
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = per_pair(block)

@@ -19,6 +19,15 @@ def _s(x: float | None) -> str:
     return "∞ (no key)" if x is None or not math.isfinite(x) else f"{x:.3g}"
 
 
+def _blocks(plan: Any) -> str:
+    """The range of the graph pairs' block sizes, e.g. "1.2e+07–3.4e+08"."""
+    sizes = [p.block_slots for p in plan.pairs.values() if p.block_slots > 0]
+    if not sizes:
+        return "no"
+    lo, hi = min(sizes), max(sizes)
+    return f"{hi:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
+
+
 def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
     """Rich rendering of a :class:`labqfl.planning.Plan` (also used by ``labqfl run``)."""
     con.print(Text(f"plan: {plan.task} ({plan.n_params} parameters), {plan.clients} clients, q = {plan.q}, "
@@ -26,17 +35,18 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                    f"{', self-masks' if plan.self_masks else ''} on {plan.station}", style="bold"))
     con.print(Text(f"key per graph pair and round: {plan.key_bits_per_pair_per_round:,} bits; per round, all "
                    f"{len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
-    t = Table("pair", "share", "loss [dB]", "key rate [bit/s]", "need/round [bit]", "acquisition/round [s]",
-              "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
+    t = Table("pair", "share", "loss [dB]", "block [slots]", "key rate [bit/s]", "need/round [bit]",
+              "acquisition/round [s]", "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
     slowest = sorted(plan.pairs.values(), key=lambda p: (math.isfinite(p.acquisition_s_per_round),
                                                           -p.acquisition_s_per_round, p.pair))
     for p in slowest[:max_rows]:
         name = p.pair
-        t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
+        t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", f"{p.block_slots:.3g}" if p.block_slots else "-",
+                  _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
                   _s(p.acquisition_s_per_round), Text("yes", style="red") if p.starving else "")
     con.print(t)
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
-                   f"the run (block {plan.block_slots:.3g} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
+                   f"the run (blocks {_blocks(plan)} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
                    f"training ≈ {_s(plan.train_s)} s; total wall ≈ {_s(plan.total_wall_s)} s"))
     if plan.rounds_sustained is not None and plan.rounds_sustained < plan.rounds:
         con.print(Text(f"key shortfall: the acquisition holds key for {plan.rounds_sustained} of {plan.rounds} rounds "

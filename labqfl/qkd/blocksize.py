@@ -16,19 +16,24 @@ phase error (docs/protocol.md §4–§5). The rule picks block sizes from the ke
    out (dead time, phase drift, the actual error-correction efficiency);
 3. **with a known amount of data** (a recording, ``labqfl run --duration``) the data are cut into
    as few blocks as possible (the finite-key rate grows with the block), k = ⌈bits / cap⌉ blocks
-   of ``max_block_bits`` at most (memory of one block in the pipeline), each ≥ N_rule; with too
+   of ``max_block_bits`` at most (memory of one block in the pipeline), each ≥ N_rule, per pair; with too
    little data for N_rule on every pair the plan says how much is needed (:attr:`BlockPlan.sufficient`,
    :meth:`BlockPlan.shortfall`) instead of distilling blocks that can only abort.
    Open-ended streams (the GUI's live tab) use N_rule: the earliest key that is expected to come.
 
 Units. The pipeline closes a pair's block after a fixed number of the pair's slots,
-``block_slots``, one number for all pairs (:class:`~labqfl.qkd.pipeline.DistillSettings`,
-docs/protocol.md §5.1), so the plan asks for ``block_slots`` = max_p N_rule,p (open-ended) or
-the data cut into k equal blocks; the rest of a stream is distilled only with at least
-``min_final_block_bits`` = max_p s_p·N_rule,p sifted bits (s_p: the model's sifted bits per slot;
-a smaller rest is dropped and reported, never distilled into an abort). Times are seconds of
-acquired data: a pair owns 1/P of the laser's slots (time-division schedule,
-:mod:`labqfl.qkd.schedule`), so N slots take N·P/rep_rate seconds.
+``block_slots`` (:class:`~labqfl.qkd.pipeline.DistillSettings`, docs/protocol.md §5.1). Every
+pair gets its own: a pair owns the share w_p/W of the laser's slots (time-division schedule,
+:mod:`labqfl.qkd.schedule`; ``labqfl station make`` weights pairs by their key rate), so N slots
+of pair p take N/(share_p·rep_rate) seconds and T seconds of data hold T·share_p·rep_rate of its
+slots (exactly: :meth:`~labqfl.qkd.schedule.PairSchedule.slots_of_pair`). With known data each
+pair's slots are cut into its own k_p equal blocks; open-ended, each pair closes blocks of its own
+N_rule,p. The last, shorter block of a stream is distilled only with at least the pair's
+``min_final_bits`` = s_p·N_rule,p sifted bits (s_p: the model's sifted bits per slot; a smaller
+rest is dropped and reported, never distilled into an abort). One block size for all pairs, the
+largest rule size at an equal share 1/P (this module before issue 22), starved every pair whose
+weight gave it fewer slots: its only block was a short "rest" below the largest pair's threshold
+and was dropped (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ from labqfl.qkd.keyrate import (
     expected_counts,
     station_pair_channel,
 )
-from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, pair_name
+from labqfl.qkd.schedule import PairSchedule
+from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
 __all__ = ["BLOCK_MARGIN", "MIN_KEY_BITS", "MAX_BLOCK_BITS", "PairBlockPlan", "BlockPlan", "break_even_slots",
            "plan_blocks"]
@@ -114,16 +120,28 @@ def _search_break_even(ch: PairChannel, p: SecurityParameters, ec_efficiency: fl
 
 @dataclass(frozen=True)
 class PairBlockPlan:
-    """The rule applied to one pair (slots of the pair; bits are sifted key bits)."""
+    """The rule applied to one pair (slots of the pair; bits are sifted key bits).
+
+    ``share``: the pair's fraction of the laser's slots (schedule weight w_p / W);
+    ``block_slots``: the pair's block size (0: the model gives this pair no key at any size);
+    ``n_blocks``: blocks the known data are cut into; ``min_final_bits``: sifted bits the last,
+    shorter block of a stream needs to be distilled (s_p·N_rule,p); ``data_time_per_block_s``:
+    seconds of data per block at the pair's share; ``needed_duration_s``: seconds of data for
+    one rule-size block of this pair.
+    """
 
     pair: str
+    share: float
     sifted_per_slot: float
     break_even_slots: float
     rule_slots: float
     expected_key_bits_at_rule: float
     block_slots: float
+    n_blocks: int
+    min_final_bits: int
     expected_key_bits: float
     data_time_per_block_s: float
+    needed_duration_s: float
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
@@ -131,15 +149,18 @@ class PairBlockPlan:
 
 @dataclass(frozen=True)
 class BlockPlan:
-    """Block sizes for a station (all scheduled pairs) and, optionally, a known amount of data.
+    """Block sizes for a station (all scheduled pairs, each at its own schedule share) and,
+    optionally, a known amount of data.
 
-    ``block_slots`` / ``min_block_bits``: the pipeline's ``block_slots`` and
-    ``min_final_block_bits`` (module docstring); ``block_bits``: the sifted bits of a block of the
-    pair with the most (for display). ``duration_s``: seconds of data available (None:
-    open-ended stream). ``n_blocks``: blocks per pair the data are cut into (1 for an open-ended
-    stream: the first one). ``sufficient``: every pair gets at least one block of its rule size.
-    ``needed_duration_s``: seconds of data for one rule-size block on every pair.
-    ``first_key_s``: seconds of data until every pair has distilled its first block.
+    ``pairs``: the rule per pair (:class:`PairBlockPlan`); the pipeline gets every pair's own
+    ``block_slots`` and ``min_final_bits`` (:meth:`distill_settings`). ``block_slots`` /
+    ``block_bits`` / ``min_block_bits``: the largest over the pairs (for display, and the
+    pipeline's default for a pair without key in the model). ``duration_s``: seconds of data
+    available (None: open-ended stream). ``n_blocks``: most blocks per pair the data are cut into
+    (1 for an open-ended stream: the first one). ``sufficient``: every pair gets at least one
+    block of its rule size. ``needed_duration_s``: seconds of data for one rule-size block on
+    every pair (the limiting pair's). ``first_key_s``: seconds of data until every pair has
+    distilled its first block.
     """
 
     station: str
@@ -158,12 +179,15 @@ class BlockPlan:
     first_key_s: float
 
     def distill_settings(self, **kw: Any) -> Any:
-        """:class:`~labqfl.qkd.pipeline.DistillSettings` with this plan's block sizes (``kw``: the
-        other fields, e.g. ``engine``, ``params``)."""
+        """:class:`~labqfl.qkd.pipeline.DistillSettings` with this plan's block sizes, per pair
+        (``kw``: the other fields, e.g. ``engine``, ``params``)."""
         from labqfl.qkd.pipeline import DistillSettings
 
-        return DistillSettings(block_slots=self.block_slots, block_bits=max(self.block_bits, 1000),
-                               min_final_block_bits=self.min_block_bits, **kw)
+        keyed = {n: pp for n, pp in self.pairs.items() if pp.block_slots > 0}
+        return DistillSettings(block_slots=max(self.block_slots, 1000), block_bits=max(self.block_bits, 1000),
+                               min_final_block_bits=self.min_block_bits,
+                               pair_block_slots={n: int(pp.block_slots) for n, pp in keyed.items()},
+                               pair_min_final_block_bits={n: pp.min_final_bits for n, pp in keyed.items()}, **kw)
 
     def shortfall(self, what: str = "the data") -> str:
         """One line: why the data cannot give key and how much is needed."""
@@ -171,12 +195,16 @@ class BlockPlan:
         need = self.needed_duration_s
         needs = "no block size gives key on this station" if not math.isfinite(need) else (
             f"a positive-key block on every pair needs ≥ {need:.3g} s of data "
-            f"({need * self.rep_rate_hz / self.n_pairs:.3g} slots per pair; limiting pair {self.limiting_pair})")
+            f"(limiting pair {self.limiting_pair}: {self.pairs[self.limiting_pair].rule_slots:.3g} of its slots at "
+            f"{100 * self.pairs[self.limiting_pair].share:.3g} % of the laser's)")
         return f"{what} ({have}) is too short for the block-size rule: {needs}"
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
-        blk = f"{self.block_slots:.3g} slots per pair (≤ {self.block_bits:,} sifted bits)"
+        sizes = [pp.block_slots for pp in self.pairs.values() if pp.block_slots > 0] or [0.0]
+        lo, hi = min(sizes), max(sizes)
+        per = f"{hi:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
+        blk = f"{per} slots per pair (≤ {self.block_bits:,} sifted bits)"
         if self.duration_s is None:
             return (f"block-size rule: {blk}; first key expected after {self.first_key_s:.3g} s of data "
                     f"(limiting pair {self.limiting_pair})")
@@ -197,7 +225,8 @@ _CACHE: dict[tuple[Any, ...], BlockPlan] = {}
 def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: SecurityParameters | None = None,
                 ec_efficiency: float = DEFAULT_EC_EFFICIENCY, margin: float = BLOCK_MARGIN,
                 max_block_bits: int = MAX_BLOCK_BITS) -> BlockPlan:
-    """The block-size rule (module docstring) for the station's scheduled pairs.
+    """The block-size rule (module docstring) for the station's scheduled pairs, each at its own
+    schedule share.
 
     ``duration_s``: seconds of data to distil (a recording, a timed acquisition), None for an
     open-ended stream. ``params``: the security settings the blocks will be judged with (ε_sec
@@ -212,50 +241,56 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
     key = (cfg.model_dump_json(), duration_s, p, ec_efficiency, margin, max_block_bits)
     if key in _CACHE:
         return _CACHE[key]
-    pairs = cfg.pairs()
-    n_pairs = len(pairs)
+    sched = PairSchedule.from_config(cfg)
+    n_pairs = len(sched.pairs)
     rep = float(cfg.laser.rep_rate_hz)
-    avail = None if duration_s is None else duration_s * rep / n_pairs  # slots of each pair
-    rows: list[tuple[str, PairChannel, float, float]] = []
-    for pr in pairs:
-        ch = station_pair_channel(cfg, pr)
-        n0 = break_even_slots(ch, p, ec_efficiency)
-        k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
-        rows.append((pair_name(*pr), ch, n0, float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])))
-    rule = {name: (1.0 + margin) * n0 for name, _, n0, _ in rows}
-    sifted = {name: s for name, _, _, s in rows}
-    min_bits = max(math.ceil(sifted[n] * rule[n]) if math.isfinite(rule[n]) else 0 for n in rule)
-    # slots each pair needs before its total reaches min_bits (the global threshold)
-    need_slots = {n: (min_bits / sifted[n] if sifted[n] > 0 and math.isfinite(rule[n]) else math.inf) for n in rule}
-    limiting = max(need_slots, key=lambda n: need_slots[n])
-    needed_s = need_slots[limiting] * n_pairs / rep
-    cap = max(max_block_bits, 2 * min_bits)
-    rule_max = max(rule.values())
-    if avail is None:
-        sufficient, n_blocks = math.isfinite(needed_s), 1
-        block_slots = rule_max
-    else:
-        sufficient = math.isfinite(needed_s) and avail >= need_slots[limiting]
-        top = max(sifted[n] * avail for n in rule)
-        n_blocks = max(1, math.ceil(top / cap))
-        block_slots = avail / n_blocks  # k equal blocks: the last one closes at the end of the data
-    block_slots = math.ceil(max(block_slots, 1000.0)) if math.isfinite(block_slots) else 0
-    block_bits = max((math.ceil(sifted[n] * block_slots) for n in rule), default=0)
+    # slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
+    total = None if duration_s is None else int(round(duration_s * rep))
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
     out: dict[str, PairBlockPlan] = {}
-    for name, ch, n0, s in rows:
-        n_rule = rule[name]
-        blk_slots = float(block_slots)
-        k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if math.isfinite(n_rule) else 0
-        k_blk = _evaluate(ch, blk_slots, p, ec_efficiency)[0].key_length_bits if blk_slots >= 1 else 0
+    n_blocks = 1
+    for pr, name in zip(sched.pairs, sched.names, strict=True):
+        ch = station_pair_channel(cfg, pr)
+        share = sched.share(name)
+        s = float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])
+        n0 = break_even_slots(ch, p, ec_efficiency)
+        n_rule = (1.0 + margin) * n0
+        keyed = math.isfinite(n_rule)
+        min_bits = max(math.ceil(s * n_rule), 1000) if keyed else 0
+        avail = None if total is None else float(sched.slots_of_pair(name, total))
+        if not keyed:
+            blk, k = 0.0, 1
+        elif avail is None:
+            blk, k = float(math.ceil(max(n_rule, 1000.0))), 1
+        else:  # as few blocks as memory allows: k equal blocks, the last one closes at the end of the data
+            cap = max(max_block_bits, 2 * min_bits)
+            k = max(1, math.ceil(s * avail / cap))
+            blk = float(math.ceil(max(avail / k, 1000.0)))
+        n_blocks = max(n_blocks, k)
+        k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if keyed else 0
+        k_blk = _evaluate(ch, blk, p, ec_efficiency)[0].key_length_bits if blk >= 1 else 0
         out[name] = PairBlockPlan(
-            pair=name, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
-            expected_key_bits_at_rule=float(k_rule), block_slots=blk_slots, expected_key_bits=float(k_blk),
-            data_time_per_block_s=blk_slots * n_pairs / rep,
+            pair=name, share=share, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
+            expected_key_bits_at_rule=float(k_rule), block_slots=blk, n_blocks=k, min_final_bits=min_bits,
+            expected_key_bits=float(k_blk),
+            data_time_per_block_s=blk / (rep * share) if blk > 0 else math.inf,
+            needed_duration_s=n_rule / (rep * share) if keyed else math.inf,
         )
-    first = max(v.data_time_per_block_s for v in out.values()) if sufficient else math.inf
+    limiting = max(out, key=lambda n: out[n].needed_duration_s)
+    needed_s = out[limiting].needed_duration_s
+    if duration_s is None:
+        sufficient = math.isfinite(needed_s)
+    else:
+        sufficient = math.isfinite(needed_s) and all(
+            pp.block_slots >= pp.rule_slots * (1 - 1e-9) for pp in out.values())
+    keyed_pairs = [pp for pp in out.values() if pp.block_slots > 0]
+    block_slots = int(max((pp.block_slots for pp in keyed_pairs), default=0))
+    block_bits = max((math.ceil(pp.sifted_per_slot * pp.block_slots) for pp in keyed_pairs), default=0)
+    min_bits_all = max((pp.min_final_bits for pp in keyed_pairs), default=1000)
+    first = max(pp.data_time_per_block_s for pp in out.values()) if sufficient else math.inf
     plan = BlockPlan(
         station=cfg.name, n_pairs=n_pairs, rep_rate_hz=rep, margin=margin, duration_s=duration_s, pairs=out,
-        block_slots=int(block_slots), block_bits=int(block_bits), min_block_bits=int(max(min_bits, 1000)),
+        block_slots=block_slots, block_bits=int(block_bits), min_block_bits=int(max(min_bits_all, 1000)),
         n_blocks=n_blocks, sufficient=sufficient,
         needed_duration_s=needed_s, limiting_pair=limiting, first_key_s=first,
     )

@@ -138,12 +138,20 @@ class DistillSettings:
     qber_default: float = 0.02
     bootstrap_auth: bool = True
     block_slots: int | None = None
+    #: per pair (name "Ci-Cj"): its own ``block_slots`` and ``min_final_block_bits``, overriding the
+    #: two above for that pair (the block-size rule gives each pair blocks at its own schedule
+    #: share, :func:`labqfl.qkd.blocksize.plan_blocks`)
+    pair_block_slots: Mapping[str, int] | None = None
+    pair_min_final_block_bits: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.block_bits < 1000:
             raise QKDInputError(f"block_bits must be >= 1000, got {self.block_bits}")
         if self.block_slots is not None and (isinstance(self.block_slots, bool) or int(self.block_slots) < 1000):
             raise QKDInputError(f"block_slots must be None or an integer >= 1000 slots per pair, got {self.block_slots!r}")
+        for pair, bs in (self.pair_block_slots or {}).items():
+            if isinstance(bs, bool) or int(bs) < 1000:
+                raise QKDInputError(f"pair_block_slots[{pair!r}] must be an integer >= 1000 slots, got {bs!r}")
         if not 1 <= self.auth_lanes <= 4:
             raise QKDInputError(f"auth_lanes must be 1..4, got {self.auth_lanes}")
         need = _auth_bits_per_block(self.auth_lanes, first=True)
@@ -513,7 +521,7 @@ class Distiller:
         #: slots of each pair per block, fixed here, before any data (docs/protocol.md §5.1)
         self.block_slots: dict[str, int] = {}
         for name, pr in zip(self.schedule.names, self.schedule.pairs, strict=True):
-            bs = self.settings.block_slots
+            bs = (self.settings.pair_block_slots or {}).get(name, self.settings.block_slots)
             self.block_slots[name] = int(bs) if bs is not None else block_slots_for(cfg, pr, self.settings.block_bits)
             self.pairs[name].result.block_slots = self.block_slots[name]
         if self.auth_store is not None and not self.settings.bootstrap_auth:
@@ -605,7 +613,8 @@ class Distiller:
                     self._drop_block(st, end)
         if final:  # the rest: N = the pair's slots up to the end of the acquisition
             for st in self.pairs.values():
-                if st.n_bits >= self.settings.min_final_block_bits or st.end_i.refused:
+                thr = (self.settings.pair_min_final_block_bits or {}).get(st.pair, self.settings.min_final_block_bits)
+                if st.n_bits >= thr or st.end_i.refused:
                     out.append(self._process_block(st, final_slots))
                 elif st.n_bits:
                     self._drop_block(st, final_slots)

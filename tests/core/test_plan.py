@@ -49,10 +49,12 @@ def test_key_rate_is_the_finite_key_model_times_the_share(default_plan):
     sched = PairSchedule.from_config(cfg)
     for name, pp in default_plan.pairs.items():
         a, b = name.split("-")
-        pred = predict_pair(pair_channel(cfg, a, b), rule.block_slots, 1, cfg.laser.rep_rate_hz, with_asymptotic=False)
-        assert pp.share == pytest.approx(1 / 6)
-        assert pp.key_rate_bps == pytest.approx(pred.key_bits_per_slot * cfg.laser.rep_rate_hz * sched.share(name),
-                                                rel=1e-6)  # one block of the rule per pair (B = ⌈slots⌉)
+        # one block of the rule per pair: all the pair's slots of the acquisition
+        slots = sched.slots_of_pair(name, round(DUR * cfg.laser.rep_rate_hz))
+        assert rule.pairs[name].block_slots == slots and rule.pairs[name].n_blocks == 1
+        pred = predict_pair(pair_channel(cfg, a, b), slots, 1, cfg.laser.rep_rate_hz, with_asymptotic=False)
+        assert pp.share == pytest.approx(1 / 6) == sched.share(name)
+        assert pp.key_rate_bps == pytest.approx(pred.report.key_length_bits / DUR, rel=1e-9)
         assert pp.acquisition_s_per_round == pytest.approx(pp.need_bits_per_round / pp.key_rate_bps)
     worst = max(pp.acquisition_s_per_round for pp in default_plan.pairs.values())
     assert default_plan.acquisition_s_per_round == worst
@@ -109,27 +111,63 @@ def test_plan_cli_json(tmp_path):
 
 
 
-def test_weighted_pairs_are_cut_into_the_rule_blocks():
-    """A pair with more than the equal share gets whole rule blocks and a final rest; the key of
-    that rest comes from the finite-key model at the rest's size."""
-    cfg = load_station_config()
-    d = cfg.model_dump(mode="json", exclude_none=True)
-    d["schedule"]["weights"] = {f"{a}-{b}": (3 if (a, b) == ("C1", "C2") else 1) for a, b in cfg.pairs()}
+def _weighted_default(weights: dict[str, int]):
     from labqfl.config import parse_station_config
 
-    wcfg = parse_station_config(d)
-    p = make_plan(wcfg, "mnist-qnn", 8, 1, duration_s=DUR)
-    rule = plan_blocks(wcfg, DUR, params=SecurityParameters())
-    bp = rule.pairs["C1-C2"]
-    n = DUR * wcfg.laser.rep_rate_hz * 3 / 8  # C1-C2 owns 3 of 8 frames
-    full = int(n // bp.block_slots)
-    rest = n - full * bp.block_slots
-    assert full == 2 and rest > 1000
-    # the pipeline distils the final rest only if it holds min_final_block_bits sifted bits
-    kept = rest * bp.sifted_per_slot >= rule.min_block_bits
-    k_rest = predict_pair(pair_channel(wcfg, "C1", "C2"), rest, 1, wcfg.laser.rep_rate_hz,
-                          with_asymptotic=False).report.key_length_bits if kept else 0
-    assert p.pairs["C1-C2"].share == pytest.approx(3 / 8)
-    assert p.pairs["C1-C2"].key_rate_bps == pytest.approx((full * bp.expected_key_bits + k_rest) / DUR, rel=1e-9)
-    # a pair with 1 of 8 frames holds 3/4 of a rule block: less key than the block would give
-    assert 0 < p.pairs["C3-C4"].key_rate_bps < rule.pairs["C3-C4"].expected_key_bits / DUR
+    d = load_station_config().model_dump(mode="json", exclude_none=True)
+    d["schedule"]["weights"] = weights
+    return parse_station_config(d)
+
+
+def test_weighted_pairs_get_blocks_at_their_own_share():
+    """Under a weighted schedule every pair's blocks are cut from its own slots, and the last block
+    of a pair is distilled at the pair's own sifted-bit threshold. Regression (issue 22): one block
+    size at the equal share 1/P with the largest pair's threshold dropped the only block of a
+    low-share pair, so it starved with no key although its own slots held a positive-key block."""
+    cfg = load_station_config()
+    low = "C1-C2"  # 1 frame per cycle against 8 for every other pair
+    wcfg = _weighted_default({f"{a}-{b}": (1 if f"{a}-{b}" == low else 8) for a, b in cfg.pairs()})
+    sched = PairSchedule.from_config(wcfg)
+    assert sched.share(low) == pytest.approx(1 / 41)
+    dur = 1.1 * plan_blocks(wcfg, params=SecurityParameters()).needed_duration_s  # just enough for every pair
+    rule = plan_blocks(wcfg, dur, params=SecurityParameters())
+    assert rule.sufficient and rule.limiting_pair == low
+    total = round(dur * wcfg.laser.rep_rate_hz)
+    settings = rule.distill_settings()
+    for name, bp in rule.pairs.items():
+        slots = sched.slots_of_pair(name, total)
+        assert bp.share == pytest.approx(sched.share(name))
+        assert bp.n_blocks == 1 and bp.block_slots == slots >= bp.rule_slots  # the pair's own slots, one block
+        assert settings.pair_block_slots[name] == slots
+        # its last block is distilled: its expected sifted bits reach its own threshold
+        assert bp.sifted_per_slot * slots >= settings.pair_min_final_block_bits[name] == bp.min_final_bits
+        assert bp.expected_key_bits > 0
+    # the old rule's one threshold (the largest pair's) is above the low-share pair's sifted bits: it dropped them
+    lo = rule.pairs[low]
+    assert lo.sifted_per_slot * lo.block_slots < settings.min_final_block_bits == max(
+        pp.min_final_bits for pp in rule.pairs.values())
+    p = make_plan(wcfg, "mnist-qnn", 8, 1, duration_s=dur)
+    for name, pp in p.pairs.items():
+        pred = predict_pair(pair_channel(wcfg, *name.split("-")), rule.pairs[name].block_slots, 1,
+                            wcfg.laser.rep_rate_hz, with_asymptotic=False)
+        assert pp.key_rate_bps == pytest.approx(pred.report.key_length_bits / dur, rel=1e-9) and pp.key_rate_bps > 0
+        assert pp.block_slots == rule.pairs[name].block_slots
+
+
+def test_distiller_uses_the_per_pair_block_sizes():
+    """DistillSettings.pair_block_slots / pair_min_final_block_bits reach the Distiller per pair;
+    pairs not named keep the common settings."""
+    from labqfl.qkd.pipeline import DistillSettings, Distiller, MemorySink
+    from labqfl.sim_backends import SagnacTestbed
+
+    cfg = load_station_config()
+    for c in cfg.clients:
+        c.randomness = "seeded"  # logs exist before any acquisition
+    tb = SagnacTestbed(cfg)
+    names = [f"{a}-{b}" for a, b in cfg.pairs()]
+    s = DistillSettings(block_slots=50_000, pair_block_slots={names[0]: 7_000, names[1]: 9_000},
+                        pair_min_final_block_bits={names[0]: 2_000})
+    d = Distiller(cfg, {c: tb.client_log(c) for c in cfg.client_names}, MemorySink(), s)
+    assert d.block_slots == {names[0]: 7_000, names[1]: 9_000, **{n: 50_000 for n in names[2:]}}
+    with pytest.raises(Exception, match="pair_block_slots"):
+        DistillSettings(pair_block_slots={names[0]: 10})
