@@ -157,8 +157,9 @@ def test_weighted_pairs_get_blocks_at_their_own_share():
 def test_distiller_uses_the_per_pair_block_sizes():
     """DistillSettings.pair_block_slots / pair_min_final_block_bits reach the Distiller per pair;
     pairs not named keep the common settings."""
-    from labqfl.qkd.pipeline import DistillSettings, Distiller, MemorySink
     from labqfl.sim_backends import SagnacTestbed
+
+    from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink
 
     cfg = load_station_config()
     for c in cfg.clients:
