@@ -3,7 +3,7 @@
 What it holds, and nobody else: its randomness (a CSPRNG keyed with 256 OS-random bits per
 acquisition, or the seeded generator when the station says ``randomness = "seeded"``), its
 private choice log (0600, ``<data>/nodes/<Ci>/choices/``), its key store
-(``<data>/keys.sqlite``), its certificate. Its choices leave it only as the protocol requires:
+(``<data>/keystore/<Ci>.sqlite``, the layout ``labqfl keys --data-dir`` reads), its certificate. Its choices leave it only as the protocol requires:
 the answers on its modulator link to the optical layer (what it applied in the slots asked), and
 the sifting and test-round reveals of :mod:`labqfl.qkd.twoparty`.
 
@@ -340,11 +340,13 @@ class _IPair:
             try:
                 if isinstance(item, int):
                     self._final(item)
-                    break
-                self._chunk(item)
+                else:
+                    self._chunk(item)
             except (LabqflError, OSError) as e:
                 self.failed = f"pair {self.pair}: {e}"
                 log.warning("node %s: %s", self.node.name, self.failed)
+            if isinstance(item, int):
+                break
         for c in (self.ch, self.ctl):
             if c is not None:
                 try:
@@ -554,9 +556,10 @@ class ClientNode(Node):
                 self.block_slots[pname] = int(s.block_slots) if s.block_slots else block_slots_for(self.cfg, (a, b),
                                                                                                s.block_bits)
                 (self.i_of if a == name else self.j_of)[pname] = b if a == name else a
-        self.store = KeyStore(self.data / "keys.sqlite", node=name)
+        self.store = KeyStore.for_node(name, self.data)  # <data>/keystore/<Ci>.sqlite, as `labqfl keys` expects
         self.pending = self.data / "pending"
         self.pending.mkdir(mode=0o700, exist_ok=True)
+        self._pending_lock = threading.Lock()
         self._import_preshared()
         self.acqs: dict[str, _Acq] = {}
         self._lock = threading.Lock()
@@ -613,7 +616,7 @@ class ClientNode(Node):
     def write_pending(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> None:
         """Cj's accepted block until Ci confirms it stored it (0600, atomic, fsynced)."""
         p = self._pending_path(block_id)
-        tmp = p.with_suffix(".tmp")
+        tmp = p.with_suffix(".tmp")  # one per block: blocks of different pairs never share it
         body = json.dumps({"pair": pair, "block_id": block_id, "nbits": int(final.size), "refill": int(refill),
                            "bits_hex": np.packbits(final).tobytes().hex(), "meta": meta})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -624,20 +627,28 @@ class ClientNode(Node):
         os.replace(tmp, p)
 
     def pending_ids(self, pair: str) -> list[str]:
+        with self._pending_lock:
+            return [rec["block_id"] for _, rec in self._pending_records(pair)]
+
+    def _pending_records(self, pair: str, only: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
+        files = [self._pending_path(only)] if only is not None else sorted(self.pending.glob("*.json"))
         out = []
-        for f in sorted(self.pending.glob("*.json")):
+        for f in files:
+            if not f.is_file():
+                continue
             rec = json.loads(f.read_text())
-            if rec["pair"] == pair:
-                out.append(rec["block_id"])
+            if rec["pair"] == pair and (only is None or rec["block_id"] == only):
+                out.append((f, rec))
         return out
 
     def resolve_pending(self, pair: str, held: list[str], only: str | None = None) -> None:
         """Store the pending blocks of ``pair`` whose IDs (key or auth refill) Ci holds; discard the others."""
-        for f in sorted(self.pending.glob("*.json")):
-            rec = json.loads(f.read_text())
+        with self._pending_lock:
+            self._resolve_pending(pair, held, only)
+
+    def _resolve_pending(self, pair: str, held: list[str], only: str | None) -> None:
+        for f, rec in self._pending_records(pair, only):
             bid = rec["block_id"]
-            if rec["pair"] != pair or (only is not None and bid != only):
-                continue
             bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8), count=int(rec["nbits"]))
             refill, meta = int(rec["refill"]), rec["meta"]
             if refill and bid + AUTH_REFILL_SUFFIX in held and not self.store.has_block(bid + AUTH_REFILL_SUFFIX):

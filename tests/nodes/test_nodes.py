@@ -122,7 +122,7 @@ def four(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     os.environ[WIRE_LOG_ENV] = str(wire)  # the operator's own control sessions too
     try:
         net.start()
-        res = net.acquire(0.2)
+        res = net.acquire(0.2, timeout=300)
         # (d) while the nodes run: a node from our CA is served, one from another CA refused
         ctl = NodeCredentials.load(net.certs, CTL)
         with NodeChannel(net.nodes["C1"].address, ctl, "C1", "ctl") as ch:
@@ -154,13 +154,13 @@ def test_four_client_processes_hold_identical_keys_at_both_ends_of_every_pair(fo
     for pair, r in res["pairs"].items():
         assert r["done"] and not r["failed"], (pair, r["failed"])
         ci, cj = pair.split("-")
-        ki = _key_blocks(net.nodes[ci].data / "keys.sqlite", pair)
-        kj = _key_blocks(net.nodes[cj].data / "keys.sqlite", pair)
+        ki = _key_blocks(net.nodes[ci].data / "keystore" / f"{ci}.sqlite", pair)
+        kj = _key_blocks(net.nodes[cj].data / "keystore" / f"{cj}.sqlite", pair)
         assert ki and set(ki) == set(kj) == set(r["accepted_blocks"]), pair
         for bid in ki:
             assert ki[bid] == kj[bid], f"{pair} block {bid}: keys differ"
             for node in (ci, cj):
-                prov = _meta(net.nodes[node].data / "keys.sqlite", bid)["provenance"]
+                prov = _meta(net.nodes[node].data / "keystore" / f"{node}.sqlite", bid)["provenance"]
                 assert prov["physical_layer"] == "simulated" and prov["randomness"] == "csprng"
                 assert not prov["information_theoretic"] and 0 < prov["eps_total"] < 1e-6
         assert r["final_key_bits"] > 1000
@@ -215,7 +215,7 @@ def test_no_node_folder_log_or_wire_message_holds_another_clients_key_slot_choic
             for what, needle in needles.items():
                 assert needle not in wire_blob, f"{c}'s {what} crossed the wire"
         # the final key: only in the two ends' stores
-        fin = _key_blocks(folders[ci] / "keys.sqlite", pair)
+        fin = _key_blocks(folders[ci] / "keystore" / f"{ci}.sqlite", pair)
         for mat in fin.values():
             assert mat[:16] in blobs[ci] and mat[:16] in blobs[cj]  # positive control: the search finds it
             for other, blob in blobs.items():
@@ -249,7 +249,7 @@ def test_a_cj_node_killed_in_mid_block_leaves_no_key_of_that_block_and_earlier_b
     assert codes["C2"] == -9  # killed by the hook, not shut down
     assert codes["C1"] == 0 and codes["optics"] == 0 and codes["detector"] == 0
     pair = "C1-C2"
-    s1, s2 = net.nodes["C1"].data / "keys.sqlite", net.nodes["C2"].data / "keys.sqlite"
+    s1, s2 = net.nodes["C1"].data / "keystore" / "C1.sqlite", net.nodes["C2"].data / "keystore" / "C2.sqlite"
     k1, k2 = _key_blocks(s1, pair), _key_blocks(s2, pair)
     assert len(k1) == 1 and k1 == k2  # the first block, identical at both ends; nothing of the second
     (first,) = k1
