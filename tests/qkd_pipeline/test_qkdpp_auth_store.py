@@ -23,9 +23,9 @@ from labqfl.qkd.pipeline import (
     DistillSettings,
     KeyStoreSink,
     MemorySink,
-    acquisition_id,
     distill_stream,
 )
+from labqfl.qkd.types import acquisition_id
 
 DUR = 0.1
 PAIR = "C1-C2"

@@ -32,11 +32,10 @@ from labqfl.qkd.pipeline import (
     DistillSettings,
     KeyStoreSink,
     MemorySink,
-    acquisition_id,
     distill_stream,
 )
 from labqfl.qkd.sifting import sift_records
-from labqfl.qkd.types import Announcements, ModulationRecord
+from labqfl.qkd.types import Announcements, ModulationRecord, acquisition_id
 
 PAIR = "C1-C2"
 PARAMS = SecurityParameters(eps_sec=1e-4)
