@@ -20,11 +20,15 @@ LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (po
 CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-<name>.pem/.key (labqfl.net.make_node_certs).")
 
 
-def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None) -> Any:
+def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None, eps_sec: float) -> Any:
+    from labqfl.qkd.estimation import SecurityParameters
     from labqfl.qkd.pipeline import DistillSettings
 
     return DistillSettings(block_bits=block_bits, engine=engine, min_final_block_bits=min_final_bits,
-                           block_slots=block_slots)
+                           block_slots=block_slots, params=SecurityParameters(eps_sec=eps_sec))
+
+
+EPS_SEC = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter ε_sec (every client of the network the same).")
 
 
 def register(app: typer.Typer) -> None:
@@ -46,13 +50,14 @@ def build(node_app: typer.Typer) -> None:
         block_slots: int = typer.Option(None, "--block-slots", help="Slots of the pair per block (overrides --block-bits)."),
         engine: str = typer.Option("cascade", "--engine", help="Reconciliation: cascade or ldpc."),
         min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+        eps_sec: float = EPS_SEC,
     ) -> None:
         """Client node Ci: its randomness, choice log, key store; drives its pairs as Ci, serves them as Cj."""
         from labqfl.nodes.client import main
         from labqfl.nodes.common import parse_addresses
 
         main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
-             settings=_settings(block_bits, engine, min_final_bits, block_slots))
+             settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec))
 
     @node_app.command("detector")
     @handle_errors
@@ -109,6 +114,7 @@ def build(node_app: typer.Typer) -> None:
         block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
         engine: str = typer.Option("cascade", "--engine", help="Reconciliation: cascade or ldpc."),
         min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+        eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
                                                             "(default: a temporary folder, removed after)."),
         as_json: bool = JSON_OPTION,
@@ -117,7 +123,7 @@ def build(node_app: typer.Typer) -> None:
         certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
         from labqfl.nodes.launch import up as run_up
 
-        s = _settings(block_bits, engine, min_final_bits, None)
+        s = _settings(block_bits, engine, min_final_bits, None, eps_sec)
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
                 out = run_up(station, duration, Path(tmp), settings=s)

@@ -557,7 +557,7 @@ class ClientNode(Node):
                                                                                                s.block_bits)
                 (self.i_of if a == name else self.j_of)[pname] = b if a == name else a
         self.store = KeyStore.for_node(name, self.data)  # <data>/keystore/<Ci>.sqlite, as `labqfl keys` expects
-        self.pending = self.data / "pending"
+        self.pending = self.private / "pending"
         self.pending.mkdir(mode=0o700, exist_ok=True)
         self._pending_lock = threading.Lock()
         self._import_preshared()
@@ -570,9 +570,9 @@ class ClientNode(Node):
 
     # -- the key store and the pending blocks --------------------------------------------------
     def _import_preshared(self) -> None:
-        """Load pre-shared authentication secrets delivered out of band into ``<data>/preshared/``
+        """Load pre-shared authentication secrets delivered out of band into ``<data>/nodes/<Ci>/preshared/``
         (what ``labqfl keys preshare`` does by hand), then delete the files."""
-        d = self.data / "preshared"
+        d = self.private / "preshared"
         if not d.is_dir():
             return
         for f in sorted(d.glob("*.json")):

@@ -112,7 +112,12 @@ class Node:
         self.station_path = station
         self.data = Path(data_dir).expanduser().resolve()
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.data, 0o700)
+        #: this node's own files inside the data folder (labqfl's layout: several nodes of one
+        #: machine may share a data folder, each touching only keystore/<name>.sqlite and nodes/<name>/)
+        self.private = self.data / "nodes" / name
+        for d in (self.data / "nodes", self.private):
+            d.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
         self.creds = NodeCredentials.load(Path(certs), name)
         self.server = NodeServer(self.creds, listen, max_workers=max_workers)
         self.server.route("ctl", lambda peer, hello: ServedSession(_Ctl(self)), allowed_peers={CTL})
@@ -134,7 +139,7 @@ class Node:
         """Serve until SIGTERM/SIGINT (or ``ctl/stop``), then shut down cleanly.
 
         Prints ``NODE <name> <address>`` on stdout once listening (and writes it to
-        ``<data>/address.json``), so a launcher can read the ephemeral port."""
+        ``<data>/nodes/<name>/address.json``), so a launcher can read the ephemeral port."""
         prev = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def on_signal(signum: int, frame: object) -> None:
@@ -143,8 +148,8 @@ class Node:
         for s in prev:
             signal.signal(s, on_signal)
         self.server.start()
-        (self.data / "address.json").write_text(json.dumps({"name": self.name, "role": self.role,
-                                                            "address": self.server.address}))
+        (self.private / "address.json").write_text(json.dumps({"name": self.name, "role": self.role,
+                                                               "address": self.server.address}))
         line = f"NODE {self.name} {self.server.address}"
         (announce or (lambda s: print(s, flush=True)))(line)
         try:

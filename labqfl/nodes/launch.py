@@ -119,19 +119,31 @@ class LocalNetwork:
     """Optics + detector + every client of the station as separate processes on loopback."""
 
     def __init__(self, workdir: Path, station: str | Path | None = None, *, settings: DistillSettings | None = None,
-                 env: dict[str, dict[str, str]] | None = None, threads: int | None = None) -> None:
+                 env: dict[str, dict[str, str]] | None = None, threads: int | None = None,
+                 client_data: Path | None = None, preshare: bool = True) -> None:
         self.workdir = Path(workdir)
         self.station = station
         self.cfg = load_station_config(station)
         self.settings = settings or DistillSettings()
         self.env = env or {}
         self.threads = threads
+        #: one data folder for every client (labqfl's layout: each touches only keystore/<Ci>.sqlite
+        #: and nodes/<Ci>/), e.g. ``labqfl run --nodes`` with its --data-dir; default: one per node
+        self.client_data = None if client_data is None else Path(client_data)
+        #: deliver a fresh pre-shared authentication secret per pair (False: the stores hold one)
+        self.preshare = preshare
         self.certs = self.workdir / "certs"
         self.nodes: dict[str, NodeProcess] = {}
 
     # -- life cycle ------------------------------------------------------------------------------
+    def data_of(self, name: str) -> Path:
+        """A node's data folder: ``<workdir>/nodes/<name>``, or for a client ``client_data`` when given."""
+        if self.client_data is not None and name in self.cfg.client_names:
+            return self.client_data
+        return self.workdir / "nodes" / name
+
     def _spawn(self, name: str, role: str, args: list[str]) -> NodeProcess:
-        data = self.workdir / "nodes" / name
+        data = self.data_of(name)
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         logp = self.workdir / "logs" / f"{name}.log"
         logp.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +164,7 @@ class LocalNetwork:
             raw = secrets.token_bytes(bits_n // 8)
             rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}", "bits_hex": raw.hex()}
             for c in (a, b):
-                d = self.workdir / "nodes" / c / "preshared"
+                d = self.data_of(c) / "nodes" / c / "preshared"
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
                 fd = os.open(d / f"{pair}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "w") as f:
@@ -162,9 +174,11 @@ class LocalNetwork:
     def start(self) -> LocalNetwork:
         clients = self.cfg.client_names
         make_node_certs(self.certs, ["optics", "detector", *clients, CTL])
-        self._write_preshared()
+        if self.preshare:
+            self._write_preshared()
         s = self.settings
-        dist = ["--block-bits", str(s.block_bits), "--engine", s.engine, "--min-final-bits", str(s.min_final_block_bits)]
+        dist = ["--block-bits", str(s.block_bits), "--engine", s.engine, "--min-final-bits", str(s.min_final_block_bits),
+                "--eps-sec", repr(s.params.eps_sec)]
         if s.block_slots:
             dist += ["--block-slots", str(s.block_slots)]
         try:

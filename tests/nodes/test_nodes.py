@@ -261,4 +261,4 @@ def test_a_cj_node_killed_in_mid_block_leaves_no_key_of_that_block_and_earlier_b
         con.close()
     # the killed block's slots are claimed (spent): its raw data is never distilled again
     assert len(claimed) == 2 and claimed[0][2] == first and claimed[1][2] != first
-    assert not list((net.nodes["C2"].data / "pending").iterdir())
+    assert not list((net.nodes["C2"].data / "nodes" / "C2" / "pending").iterdir())
