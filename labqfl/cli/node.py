@@ -20,12 +20,25 @@ LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (po
 CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-<name>.pem/.key (labqfl.net.make_node_certs).")
 
 
-def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None, eps_sec: float) -> Any:
+def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None, eps_sec: float,
+              pair_block_slots: list[str] | None = None, pair_min_final_bits: list[str] | None = None) -> Any:
+    from labqfl.errors import ConfigError
     from labqfl.qkd.estimation import SecurityParameters
     from labqfl.qkd.pipeline import DistillSettings
 
+    def per_pair(items: list[str] | None, what: str) -> dict[str, int] | None:
+        out: dict[str, int] = {}
+        for it in items or []:
+            pair, sep, n = it.partition("=")
+            if not sep or not n.isdigit():
+                raise ConfigError(f"{what}: {it!r} is not PAIR=INTEGER (e.g. C1-C2=400000)")
+            out[pair] = int(n)
+        return out or None
+
     return DistillSettings(block_bits=block_bits, engine=engine, min_final_block_bits=min_final_bits,
-                           block_slots=block_slots, params=SecurityParameters(eps_sec=eps_sec))
+                           block_slots=block_slots, params=SecurityParameters(eps_sec=eps_sec),
+                           pair_block_slots=per_pair(pair_block_slots, "--pair-block-slots"),
+                           pair_min_final_block_bits=per_pair(pair_min_final_bits, "--pair-min-final-bits"))
 
 
 EPS_SEC = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter ε_sec (every client of the network the same).")
@@ -51,13 +64,18 @@ def build(node_app: typer.Typer) -> None:
         engine: str = typer.Option("cascade", "--engine", help="Reconciliation: cascade or ldpc."),
         min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
         eps_sec: float = EPS_SEC,
+        pair_block_slots: list[str] = typer.Option(None, "--pair-block-slots",
+                                                   help="PAIR=N: the pair's own block size (block-size rule)."),
+        pair_min_final_bits: list[str] = typer.Option(None, "--pair-min-final-bits",
+                                                      help="PAIR=N: the pair's own smallest final block."),
     ) -> None:
         """Client node Ci: its randomness, choice log, key store; drives its pairs as Ci, serves them as Cj."""
         from labqfl.nodes.client import main
         from labqfl.nodes.common import parse_addresses
 
         main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
-             settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec))
+             settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
+                                pair_min_final_bits))
 
     @node_app.command("detector")
     @handle_errors

@@ -374,7 +374,8 @@ class _IPair:
 
     def _final(self, final: int) -> None:
         s = self.node.settings
-        if self.end.n_bits >= s.min_final_block_bits or self.end.refused:
+        thr = (s.pair_min_final_block_bits or {}).get(self.pair, s.min_final_block_bits)
+        if self.end.n_bits >= thr or self.end.refused:
             self._block(final)
         elif self.end.n_bits or self.end.exchanged:
             self._drop(final)
@@ -552,9 +553,9 @@ class ClientNode(Node):
         self.i_of: dict[str, str] = {}  # pair -> partner, where this node is Ci
         self.j_of: dict[str, str] = {}  # pair -> partner, where this node is Cj
         for pname, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True):
-            if name in (a, b):
-                self.block_slots[pname] = int(s.block_slots) if s.block_slots else block_slots_for(self.cfg, (a, b),
-                                                                                               s.block_bits)
+            if name in (a, b):  # as the Distiller fixes them (per pair when the block-size rule says so)
+                bs = (s.pair_block_slots or {}).get(pname, s.block_slots)
+                self.block_slots[pname] = int(bs) if bs else block_slots_for(self.cfg, (a, b), s.block_bits)
                 (self.i_of if a == name else self.j_of)[pname] = b if a == name else a
         self.store = KeyStore.for_node(name, self.data)  # <data>/keystore/<Ci>.sqlite, as `labqfl keys` expects
         self.pending = self.private / "pending"

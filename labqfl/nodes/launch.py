@@ -181,6 +181,10 @@ class LocalNetwork:
                 "--eps-sec", repr(s.params.eps_sec)]
         if s.block_slots:
             dist += ["--block-slots", str(s.block_slots)]
+        for pair, n in (s.pair_block_slots or {}).items():
+            dist += ["--pair-block-slots", f"{pair}={int(n)}"]
+        for pair, n in (s.pair_min_final_block_bits or {}).items():
+            dist += ["--pair-min-final-bits", f"{pair}={int(n)}"]
         try:
             self._spawn("optics", "optics", ["--threads", str(self.threads)] if self.threads else [])
             self._spawn("detector", "detector", [])

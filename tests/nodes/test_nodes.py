@@ -262,3 +262,32 @@ def test_a_cj_node_killed_in_mid_block_leaves_no_key_of_that_block_and_earlier_b
     # the killed block's slots are claimed (spent): its raw data is never distilled again
     assert len(claimed) == 2 and claimed[0][2] == first and claimed[1][2] != first
     assert not list((net.nodes["C2"].data / "nodes" / "C2" / "pending").iterdir())
+
+
+def test_both_ends_cut_the_detectors_chunks_at_the_pairs_fixed_block_ends():
+    from labqfl.nodes.client import block_cuts
+    from labqfl.qkd.schedule import PairSchedule
+
+    cfg = load_station_config()
+    sch = PairSchedule.from_config(cfg)
+    pair, n = sch.names[2], 300_000
+    ends = [sch.slot_end(pair, m * n) for m in range(1, 40)]
+    rng = np.random.default_rng(1)
+    bounds = np.unique(np.concatenate([[0], rng.integers(1, ends[-1], 60), ends[:5]]))
+    got: list[int] = []
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        cuts = block_cuts(sch, pair, n, lo, hi)
+        assert all(lo < c < hi for c in cuts)
+        got += cuts + ([hi] if hi in ends else [])
+    assert got == [e for e in ends if e <= bounds[-1]]  # every block end once, nothing else
+
+
+def test_per_pair_block_sizes_reach_the_client_nodes_settings():
+    from labqfl.cli.node import _settings
+    from labqfl.errors import ConfigError
+
+    s = _settings(20_000, "cascade", 2000, None, 1e-9, ["C1-C2=400000"], ["C1-C2=5000"])
+    assert s.pair_block_slots == {"C1-C2": 400_000} and s.pair_min_final_block_bits == {"C1-C2": 5000}
+    assert s.params.eps_sec == 1e-9
+    with pytest.raises(ConfigError, match="PAIR=INTEGER"):
+        _settings(20_000, "cascade", 2000, None, 1e-9, ["C1-C2:400000"])
