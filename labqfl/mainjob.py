@@ -433,16 +433,25 @@ class MainJob:
         train = (self.state.get("train") or {}).get("summary")
         keys: dict[str, Any] = {"data_dir": str(self.data_dir), "pairs": {}}
         if acq:
+            from labqfl.fl.masks import mask_graph
+
             stores = {n: KeyStore.for_node(n, self.data_dir) for n in self.cfg.client_names}
+            graph = set(mask_graph(self.cfg.client_names, self.settings.graph, self.settings.k))
             for name, pd in acq["pairs"].items():
                 a = name.split("-")[0]
                 acc = stores[a].accounting().get(name, {})
                 avail, used = acc.get("available", {}), acc.get("consumed", {})
+                was = ((acq.get("stores_before") or {}).get(a, {}).get(name) or {}).get("available", {})
+                remaining = sum(v for k, v in avail.items() if k != "auth") - sum(v for k, v in was.items() if k != "auth")
                 # the "auth" pool/purpose is the pipeline's own authentication key (pre-shared
                 # bootstrap + per-block refills, spent on classical-channel tags): reported apart
                 keys["pairs"][name] = {
                     "distilled_bits": pd["delivered_bits"],
-                    "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train else 0,
+                    # the masks' key: spent by graph pairs only
+                    "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train and name in graph else 0,
+                    # this run's key left in the store: available now − available before the acquisition
+                    # (ledger: consumed = distilled − remaining)
+                    "remaining_bits": remaining,
                     "store_available_bits": sum(v for k, v in avail.items() if k != "auth"),
                     "store_consumed_bits": sum(v for k, v in used.items() if k != "auth"),
                     "auth_available_bits": avail.get("auth", 0),

@@ -20,6 +20,9 @@ def run(
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
     q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
+    graph: str = typer.Option("all", "--graph", help="Mask graph: all | ring-k (each graph pair spends key every "
+                              "round; a `labqfl station make --graph` station schedules only its pairs)."),
+    k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
     engine: str = typer.Option("cascade", "--engine", help="Error correction: cascade | ldpc."),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
@@ -53,7 +56,7 @@ def run(
         else:
             cfg = load_station_config(config)
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
-                                   block_bits=block_bits, data_dir=str(data_dir) if data_dir else None,
+                                   block_bits=block_bits, graph=graph, k=k, data_dir=str(data_dir) if data_dir else None,
                                    bootstrap_auth=not no_auth_bootstrap)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
