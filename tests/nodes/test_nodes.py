@@ -291,3 +291,27 @@ def test_per_pair_block_sizes_reach_the_client_nodes_settings():
     assert s.params.eps_sec == 1e-9
     with pytest.raises(ConfigError, match="PAIR=INTEGER"):
         _settings(20_000, "cascade", 2000, None, 1e-9, ["C1-C2:400000"])
+
+
+def test_a_pending_block_is_stored_at_cj_only_if_ci_holds_it(tmp_path):
+    """Cj keeps an accepted block in a pending file until Ci says it stored it: at the next
+    session the blocks Ci holds are stored (same IDs), the others discarded and their file gone."""
+    from labqfl.nodes.client import ClientNode
+
+    make_node_certs(tmp_path / "certs", ["C2"])
+    node = ClientNode("C2", station=None, data_dir=tmp_path / "C2", listen="127.0.0.1:0", certs=tmp_path / "certs")
+    try:
+        rng = np.random.default_rng(5)
+        keys = {b: rng.integers(0, 2, 3000, dtype=np.uint8) for b in ("blk-held", "blk-lost")}
+        for b, k in keys.items():
+            node.write_pending("C1-C2", b, k, 192, {"kind": "test"})
+        files = list(node.pending.iterdir())
+        assert len(files) == 2 and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+        assert sorted(node.pending_ids("C1-C2")) == ["blk-held", "blk-lost"] and node.pending_ids("C2-C3") == []
+        node.resolve_pending("C1-C2", ["blk-held", "blk-held-auth"])
+        assert not list(node.pending.iterdir())
+        assert node.store.has_block("blk-held") and node.store.has_block("blk-held-auth")
+        assert not node.store.has_block("blk-lost") and not node.store.has_block("blk-lost-auth")
+        assert node.store.available_bits("C1-C2", "general") == 3000 - 192
+    finally:
+        node.store.close()
