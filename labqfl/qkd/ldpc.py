@@ -597,9 +597,12 @@ _MS_Z = 256
 _MS_F_MOTHER = 1.15
 _MS_F_MOTHER_LOW_Q = 5.0
 _MS_F_MIN = 1.0
-_MS_F_START = 1.06
+_MS_F_START = 1.08
+_MS_F_START_LOW_Q = 6.0  # + (0.02 − Q)·6 below Q = 2 %, as the fast preset
 _MS_F_STEP = 0.01
 _MS_F_EXTRA = 0.12
+_LAST_CHANCE_ITER = 60
+"""Sum-product sweeps of a quasi-cyclic frame's last attempt (everything allowed revealed)."""
 # preset "fast": start where nearly every frame decodes at once, fewer sweeps per attempt
 _FAST_F_START = 1.14
 _FAST_F_START_LOW_Q = 6.0  # + (0.02 − Q)·6 below Q = 2 %
@@ -607,8 +610,9 @@ _FAST_F_STEP = 0.02
 _FAST_ITER = (30, 10)
 PRESETS = ("efficient", "fast")
 """Design-point presets of :func:`plan_ldpc` for the quasi-cyclic decoders: ``efficient`` starts at
-1.06·h(Q) in steps of 0.01·h(Q) (lowest f, many short attempts); ``fast`` starts at 1.14·h(Q)
-(more below 2 %) in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, 5–8× fewer sweeps)."""
+1.08·h(Q) in steps of 0.01·h(Q) (lowest f, several short attempts); ``fast`` starts at 1.14·h(Q)
+in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, ≈ 3× fewer sweeps); both start 6·(0.02 − Q)·h(Q)
+higher below Q = 2 %."""
 
 
 def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", code_n: int | None = None,
@@ -636,7 +640,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
         fst, (it1, it2) = _FAST_F_STEP, _FAST_ITER
     elif decoder in ("amin", "minsum"):
         n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (_MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN,
-                                                        _MS_F_START, _MS_F_STEP, _MS_F_EXTRA, 60, 12)
+                                                        _MS_F_START, _MS_F_STEP, _MS_F_EXTRA, 30, 10)
+        fs += _MS_F_START_LOW_Q * max(0.0, 0.02 - qber)
     else:
         n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (16384, 0, _F_MOTHER, _F_MOTHER_LOW_Q, _F_MIN,
                                                         _F_START, _F_STEP, _F_EXTRA, 50, 15)
@@ -822,8 +827,9 @@ class LdpcBob:
             weight = (minsum_weights(code) if pl.decoder == "minsum"
                       else minsum_weights(code, AMIN_ALPHA, {}, AMIN_GAMMA_HIGH))
             kernel = qc_minsum_frames if pl.decoder == "minsum" else qc_aminstar_frames
+        last = False
         while True:
-            if qc:
+            if qc and not last:
                 res = kernel(bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
             else:
                 res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
@@ -840,10 +846,14 @@ class LdpcBob:
             budget = self.retry_iter
             if revealed >= limit or not self.warm_start:
                 # last chance (or cold mode): restart from the priors with the full budget, so a
-                # decoder trapped in a wrong fixed point gets a clean try with everything revealed
+                # decoder trapped in a wrong fixed point gets a clean try with everything revealed;
+                # a quasi-cyclic code's last chance runs sum-product (``bp``) on its sparse rows
                 L[pending] = prior[pending]
                 R[pending] = 0
                 budget = self.first_iter
+                if qc and revealed >= limit:
+                    last = True
+                    budget = max(self.first_iter, _LAST_CHANCE_ITER)
         corrected = self.bits.copy()
         for f in np.flatnonzero(ok):  # type: ignore[assignment]
             n_f = min(kpf, N - f * kpf)

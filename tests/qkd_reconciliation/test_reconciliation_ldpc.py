@@ -261,6 +261,28 @@ def test_ldpc_qc_reconcile_identical_keys_and_honest_leakage(frame, decoder):
     assert res.details["mother_rate"] == plan.rate and res.details["code_n"] == 16384
 
 
+def test_ldpc_qc_last_chance_runs_sum_product(frame, monkeypatch):
+    """Once everything allowed is revealed, a quasi-cyclic frame gets one cold sum-product try."""
+    import labqfl.qkd.ldpc as ldpc_mod
+
+    calls = []
+    real = ldpc_mod._decode_frames
+
+    def spy(*args):
+        calls.append(args[5].copy())  # the pending frames
+        return real(*args)
+
+    monkeypatch.setattr(ldpc_mod, "_decode_frames", spy)
+    x, y = frame(6000, 0.2, 4)  # far above what the code corrects
+    plan = LdpcPlan(code_n=8192, rate=0.9, code_seed=0, d=10, start_revealed=0, step=10, max_reveal=20,
+                    first_iter=5, retry_iter=5, z=128, decoder="amin")
+    alice = LdpcAlice(x, filler_rng=np.random.default_rng(1))
+    res = LdpcBob(y, 0.05, plan=plan).run(LocalChannel(alice))
+    assert not res.success and res.details["decode_attempts"] == [3]  # amin, amin, last chance
+    assert len(calls) == 1 and calls[0].tolist() == [0]
+    assert res.leaked_bits == alice.disclosed_bits == build_code(8192, 0.9, 0, 128).m - 10 + 20
+
+
 def test_ldpc_default_plan_frame_error_rate_at_4_percent(frame):
     """24 whole frames (1.5·10^6 bits, 60 000 errors) at QBER 4 %: no frame error, f < 1.16.
 
