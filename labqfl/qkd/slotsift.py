@@ -92,86 +92,93 @@ class SlotSiftResult:
 # The kernel
 
 
-@numba.njit(cache=True, nogil=True)
-def _assign_one(t, d, a, anchor_t, anchor_k, per, mult, off, half_w, burst_period, burst_on, last_span):  # type: ignore[no-untyped-def]
-    """Slot of one detection (same arithmetic as ``slotting._assign_kernel``), −1 if rejected;
-    returns (slot, anchor index found, used as the next search's hint)."""
-    na = anchor_t.shape[0]
-    if a >= na or anchor_t[a] > t:
-        lo, hi = 0, na
-    else:
-        lo, hi = a, na
-        # galloping from the hint: detections of one detector come in time order
-        step = 1
-        while lo + step < na and anchor_t[lo + step] <= t:
-            lo += step
-            step *= 2
-        hi = min(na, lo + step + 1)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if anchor_t[mid] <= t:
-            lo = mid + 1
-        else:
-            hi = mid
-    a = lo - 1 if lo > 0 else 0
-    rel = float(t - anchor_t[a]) - off[d]
-    P = per[a]
-    r = math.floor(rel / P + 0.5)
-    resid = rel - r * P
-    if abs(resid) > half_w[d]:
-        return np.int64(-1), a
-    if last_span >= 0 and a == na - 1 and r >= last_span:
-        return np.int64(-1), a
-    s = anchor_k[a] * mult + np.int64(r)
-    if s < 0:
-        return np.int64(-1), a
-    if burst_period > 0 and s % burst_period >= burst_on:
-        return np.int64(-1), a
-    return s, a
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_of(s, frame, fend, pair, frame_pair, spf, C):  # type: ignore[no-untyped-def]
+    """Pair of slot ``s`` with a one-frame cache (frame, end of frame, pair): a division only
+    when ``s`` leaves the cached frame (slots mostly come in order)."""
+    if s >= fend or s < fend - spf:
+        frame = s // spf
+        fend = (frame + 1) * spf
+        pair = frame_pair[frame % C]
+    return frame, fend, pair
 
 
 @numba.njit(cache=True, nogil=True)
 def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
                       burst_period, burst_on, last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int,
                       log_k, log_a, nk):
-    """Tags → per-pair (slots, outcomes, key flag, Ci bit, Cj bit) in pair-major order + counts.
+    """Tags → per-pair (slots, outcomes, key flag, Ci bit, Cj bit) + counts, in one pass.
 
-    Returns (order_ok, offsets, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2, doubles,
-    error) with ``error`` 0 = fine, 1 = a slot beyond a log, 2 = an intensity index out of range,
-    3 = a phase index > 3.
+    Output arrays are pair-major: pair q's events are ``[start[q], start[q] + count[q])`` (in
+    slot order). Returns (start, count, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2,
+    doubles, error) with ``error`` 0 = fine, 1 = a slot beyond a log, 2 = an intensity index out
+    of range, 3 = a phase index > 3.
     """
     n = ts.shape[0]
     P = pair_ci.shape[0]
     C = frame_pair.shape[0]
-    # 1. per detector: slots of the accepted detections, in tag order
-    s0 = np.empty(n, dtype=np.int64)
-    s1 = np.empty(n, dtype=np.int64)
-    n0 = 0
-    n1 = 0
-    a0 = 0
-    a1 = 0
-    sorted0 = True
-    sorted1 = True
-    if anchor_t.shape[0] > 0:
+    # 1. per detector: slots of the accepted detections, in tag order (same arithmetic as
+    #    slotting._assign_kernel; the anchor search starts from that detector's previous answer),
+    #    and per pair an upper bound of its clicked slots (its accepted detections)
+    na = anchor_t.shape[0]
+    buf = np.empty((2, n + 1), dtype=np.int64)  # + 1: room for the merge's sentinel
+    nd_ = np.zeros(2, dtype=np.int64)
+    hint = np.zeros(2, dtype=np.int64)
+    delay = np.array([delay0, delay1], dtype=np.int64)
+    ub = np.zeros(P, dtype=np.int64)
+    fr = np.zeros(2, dtype=np.int64)
+    fe = np.zeros(2, dtype=np.int64)  # frame end 0: the first slot misses the cache
+    fp = np.zeros(2, dtype=np.int64)
+    in_order = True
+    if na > 0:
         for q in range(n):
             c = ch[q]
-            if c == c0:
-                s, a0 = _assign_one(ts[q] - delay0, 0, a0, anchor_t, anchor_k, per, mult, off, half_w,
-                                    burst_period, burst_on, last_span)
-                if s >= 0:
-                    if n0 and s < s0[n0 - 1]:
-                        sorted0 = False
-                    s0[n0] = s
-                    n0 += 1
-            elif c == c1:
-                s, a1 = _assign_one(ts[q] - delay1, 1, a1, anchor_t, anchor_k, per, mult, off, half_w,
-                                    burst_period, burst_on, last_span)
-                if s >= 0:
-                    if n1 and s < s1[n1 - 1]:
-                        sorted1 = False
-                    s1[n1] = s
-                    n1 += 1
-    if not (sorted0 and sorted1):  # fallback: one stable sort of both (OR is order-free)
+            if c != c0 and c != c1:
+                continue
+            d = np.int64(c == c1)  # no branch on which detector (they alternate at random)
+            t = ts[q] - delay[d]
+            a = hint[d]
+            if anchor_t[a] > t:
+                lo, hi = 0, a
+            else:
+                lo, hi = a + 1, na
+                if lo < hi and anchor_t[lo] > t:
+                    hi = lo  # the usual case: still in the hint's interval
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if anchor_t[mid] <= t:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            a = lo - 1 if lo > 0 else 0
+            hint[d] = a
+            rel = float(t - anchor_t[a]) - off[d]
+            Pa = per[a]
+            r = math.floor(rel / Pa + 0.5)
+            if abs(rel - r * Pa) > half_w[d]:
+                continue
+            if last_span >= 0 and a == na - 1 and r >= last_span:
+                continue
+            s = anchor_k[a] * mult + np.int64(r)
+            if s < 0:
+                continue
+            if burst_period > 0 and s % burst_period >= burst_on:
+                continue
+            k = nd_[d]
+            if k and s < buf[d, k - 1]:
+                in_order = False
+            buf[d, k] = s
+            nd_[d] = k + 1
+            fr[d], fe[d], fp[d] = _pair_of(s, fr[d], fe[d], fp[d], frame_pair, spf, C)
+            ub[fp[d]] += 1
+    n0 = nd_[0]
+    n1 = nd_[1]
+    s0 = buf[0]
+    s1 = buf[1]
+    if in_order:
+        ob = np.empty(0, dtype=np.uint8)
+        m_in = -1
+    else:  # fallback: one stable sort of both streams (OR is order-free)
         allv = np.empty(n0 + n1, dtype=np.int64)
         allb = np.empty(n0 + n1, dtype=np.uint8)
         allv[:n0] = s0[:n0]
@@ -183,19 +190,42 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
             s0[i] = allv[o[i]]
         ob = allb[o]
         m_in = n0 + n1
-    else:
-        m_in = -1
-        ob = np.empty(0, dtype=np.uint8)
-    # 2. merge + combine → clicked slots (outcome 1/2/3), minus dropped slots; pair of each
-    ev_s = np.empty(n0 + n1, dtype=np.int64)
-    ev_o = np.empty(n0 + n1, dtype=np.uint8)
-    ev_p = np.empty(n0 + n1, dtype=np.int32)
-    cnt = np.zeros(P, dtype=np.int64)
-    m = 0
+    # 2. merge + combine → clicked slots (outcome 1/2/3) in slot order, minus dropped slots;
+    #    each one's pair (cached per frame), both clients' choices, statistics, key flag, bits
+    start = np.zeros(P, dtype=np.int64)
+    for q in range(1, P):
+        start[q] = start[q - 1] + ub[q - 1]
+    count = np.zeros(P, dtype=np.int64)
+    m_out = n0 + n1
+    out_s = np.empty(m_out, dtype=np.int64)
+    out_o = np.empty(m_out, dtype=np.uint8)
+    key = np.empty(m_out, dtype=np.bool_)
+    bit_i = np.empty(m_out, dtype=np.uint8)
+    bit_j = np.empty(m_out, dtype=np.uint8)
+    clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    hist = np.zeros((P, nk, nk, 2, 2, 4, 2), dtype=np.int64)
+    frame = np.int64(0)
+    fend = np.int64(0)
+    q = np.int64(0)
+    cur = np.int64(-1)
+    lki = log_k[0]
+    lkj = log_k[0]
+    lai = log_a[0]
+    laj = log_a[0]
+    nlog = np.int64(0)
+    ni = np.int64(0)
+    nj = np.int64(0)
+    error = 0
     i = 0
     j = 0
     di = 0
     nd = drop.shape[0]
+    big = np.iinfo(np.int64).max
+    if m_in < 0:
+        s0[n0] = big  # sentinels: the merge needs no bounds tests
+        s1[n1] = big
     while True:
         if m_in >= 0:
             if i >= m_in:
@@ -207,60 +237,44 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                 b |= ob[i]
                 i += 1
         else:
-            if i >= n0 and j >= n1:
+            u = s0[i]
+            v = s1[j]
+            s = min(u, v)
+            if s == big:
                 break
-            if j >= n1 or (i < n0 and s0[i] <= s1[j]):
-                s = s0[i]
-            else:
-                s = s1[j]
-            b = np.uint8(0)
-            while i < n0 and s0[i] == s:
-                b |= np.uint8(1)
+            e0 = u == s
+            e1 = v == s
+            b = np.uint8(e0) | (np.uint8(e1) << np.uint8(1))
+            i += e0
+            j += e1
+            while s0[i] == s:  # repeated clicks of one detector in one slot (rare)
                 i += 1
-            while j < n1 and s1[j] == s:
-                b |= np.uint8(2)
+            while s1[j] == s:
                 j += 1
         while di < nd and drop[di, 1] <= s:
             di += 1
         if di < nd and drop[di, 0] <= s:
             continue
-        p = frame_pair[(s // spf) % C]
-        ev_s[m] = s
-        ev_o[m] = b
-        ev_p[m] = p
-        cnt[p] += 1
-        m += 1
-    # 3. per pair, in slot order: both clients' choices, key flag and bits, statistics
-    offs = np.zeros(P + 1, dtype=np.int64)
-    for p in range(P):
-        offs[p + 1] = offs[p] + cnt[p]
-    pos = offs[:P].copy()
-    out_s = np.empty(m, dtype=np.int64)
-    out_o = np.empty(m, dtype=np.uint8)
-    key = np.empty(m, dtype=np.bool_)
-    bit_i = np.empty(m, dtype=np.uint8)
-    bit_j = np.empty(m, dtype=np.uint8)
-    clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
-    errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
-    doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
-    nlog = log_k[0].shape[0]
-    for c in range(len(log_k)):
-        nlog = min(nlog, log_k[c].shape[0], log_a[c].shape[0])
-    error = 0
-    for e in range(m):
-        s = ev_s[e]
-        o = ev_o[e]
-        p = ev_p[e]
+        frame, fend, q = _pair_of(s, frame, fend, q, frame_pair, spf, C)
+        if q != cur:  # a new pair's frame: fetch its clients' logs (list access is not free)
+            cur = q
+            ci = pair_ci[q]
+            cj = pair_cj[q]
+            lki = log_k[ci]
+            lkj = log_k[cj]
+            lai = log_a[ci]
+            laj = log_a[cj]
+            nlog = min(lki.shape[0], lkj.shape[0], lai.shape[0], laj.shape[0])
+            ni = n_int[ci]
+            nj = n_int[cj]
         if s >= nlog:
             error = 1
             break
-        ci = pair_ci[p]
-        cj = pair_cj[p]
-        x = log_k[ci][s]
-        y = log_k[cj][s]
-        ai = log_a[ci][s]
-        aj = log_a[cj][s]
-        if x >= n_int[ci] or y >= n_int[cj]:
+        x = lki[s]
+        y = lkj[s]
+        ai = lai[s]
+        aj = laj[s]
+        if x >= ni or y >= nj:
             error = 2
             break
         if ai > 3 or aj > 3:
@@ -268,23 +282,30 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
             break
         ba = ai & 1
         bb = aj & 1
-        clicks[p, x, y, ba, bb] += 1
-        if o == 3:
-            doubles[p, x, y, ba, bb] += 1
-        k = x == 0 and y == 0 and ba == 0 and bb == 0
-        if ba == bb and not k:
-            if o == 3:
-                errors_x2[p, x, y, ba, bb] += 1
-            elif (o == 1) == ((ai >> 1) != (aj >> 1)):
-                errors_x2[p, x, y, ba, bb] += 2
-        w = pos[p]
-        pos[p] = w + 1
+        # one histogram bin per (pair, cell, outcome, bits differ): no data-dependent branches
+        hist[q, x, y, ba, bb, b, ((ai ^ aj) >> 1) & 1] += 1
+        k = (x | y | ba | bb) == 0
+        w = start[q] + count[q]
+        count[q] += 1
         out_s[w] = s
-        out_o[w] = o
+        out_o[w] = b
         key[w] = k
         bit_i[w] = ai >> 1
-        bit_j[w] = (aj >> 1) ^ (1 if o == 2 else 0)
-    return offs, out_s, out_o, key, bit_i, bit_j, clicks, errors_x2, doubles, error
+        bit_j[w] = (aj >> 1) ^ np.uint8(b == 2)
+    # statistics from the histogram (same rules as sifting._counts_kernel): clicks, double clicks,
+    # errors for equal bases outside the key cell: a double click ½, D0 with different bits or D1
+    # with equal bits 1 (2·errors kept integer)
+    for pq in range(P):
+        for kx in range(nk):
+            for ky in range(nk):
+                for u0 in range(2):
+                    for u1 in range(2):
+                        h = hist[pq, kx, ky, u0, u1]
+                        clicks[pq, kx, ky, u0, u1] = h[1:].sum()
+                        doubles[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1]
+                        if u0 == u1 and not (kx == 0 and ky == 0 and u0 == 0):
+                            errors_x2[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1] + 2 * (h[1, 1] + h[2, 0])
+    return start, count, out_s, out_o, key, bit_i, bit_j, clicks, errors_x2, doubles, error
 
 
 # --------------------------------------------------------------------------------------------
@@ -360,7 +381,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     nk = int(n_int.max())
     p = params
     anchor_t, anchor_k, per, drop = _geometry(block, p)
-    offs, s, o, key, bit_i, bit_j, clicks, errors_x2, doubles, error = _slot_sift_kernel(
+    start, count, s, o, key, bit_i, bit_j, clicks, errors_x2, doubles, error = _slot_sift_kernel(
         ts, ch, np.int16(p.detector_channels[0]), np.int16(p.detector_channels[1]), np.int64(p.delays_ps[0]),
         np.int64(p.delays_ps[1]), anchor_t, anchor_k, per, np.int64(_anchor_step(p)),
         np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
@@ -380,7 +401,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     anns: dict[str, Announcements] = {}
     sifted: dict[str, SiftResult] = {}
     for q, (name, (ci, cj)) in enumerate(zip(schedule.names, schedule.pairs, strict=True)):
-        lo, hi = int(offs[q]), int(offs[q + 1])
+        lo, hi = int(start[q]), int(start[q] + count[q])
         ann = Announcements(name, s[lo:hi], o[lo:hi])
         km = key[lo:hi]
         bj = bit_j[lo:hi][km]
