@@ -205,6 +205,7 @@ def test_no_node_folder_log_or_wire_message_holds_another_clients_key_slot_choic
             needles = {"key-slot phase indices": rec.phase_idx[key][:64].tobytes(),
                        "raw key bits (packed, little)": np.packbits(bits, bitorder="little")[:24].tobytes(),
                        "raw key bits (packed, big)": np.packbits(bits)[:24].tobytes(),
+                       "raw key bits (one byte each)": bits[:64].tobytes(),
                        "generator key": logs[c].key, "generator key (hex)": logs[c].key.hex().encode()}
             assert needles["generator key (hex)"] in blobs[c]  # positive control: found where it is
             for other, blob in blobs.items():
