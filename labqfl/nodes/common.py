@@ -54,18 +54,21 @@ _hook_counts: dict[str, int] = {}
 
 def exit_hook(kind: str) -> None:
     """Kill this process with SIGKILL after the N-th ``kind`` if ``LABQFL_NODE_EXIT_AFTER=kind:N``
-    (nothing is flushed or closed: a crash at exactly that protocol point)."""
+    (nothing is flushed or closed: a crash at exactly that protocol point); ``kind:N:TERM`` sends
+    SIGTERM instead (the operator's clean stop, at exactly that point)."""
     spec = os.environ.get(EXIT_AFTER_ENV)
     if not spec or ":" not in spec:
         return
-    want, n = spec.rsplit(":", 1)
+    parts = spec.split(":")
+    want, n = parts[0], parts[1]
+    sig = signal.SIGTERM if parts[2:] == ["TERM"] else signal.SIGKILL
     if want != kind:
         return
     with _hook_lock:
         _hook_counts[kind] = _hook_counts.get(kind, 0) + 1
         hit = _hook_counts[kind] == int(n)
     if hit:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), sig)
 
 
 def parse_addresses(items: list[str] | None, what: str) -> dict[str, str]:

@@ -316,3 +316,27 @@ def test_a_pending_block_is_stored_at_cj_only_if_ci_holds_it(tmp_path):
         assert node.store.available_bits("C1-C2", "general") == 3000 - 192
     finally:
         node.store.close()
+
+
+@pytest.mark.slow
+def test_sigterm_in_mid_block_finishes_that_block_at_both_ends_and_stops_cleanly(tmp_path):
+    """Ci gets SIGTERM right after its first ``ec/start`` was answered: it completes that block
+    (stored at both ends, identical), takes no new one and exits 0."""
+    station = _station(tmp_path / "station.toml", 2)
+    net = LocalNetwork(tmp_path / "net", station,
+                       settings=DistillSettings(block_bits=20_000, min_final_block_bits=2000),
+                       env={"C1": {EXIT_AFTER_ENV: "ec/start:1:TERM"}})
+    try:
+        net.start()
+        try:
+            net.acquire(0.12, timeout=300)
+        except LabqflError:
+            pass  # C1 left in the middle of the acquisition; the operator is told, nothing else
+    finally:
+        codes = net.stop()
+    assert codes["C1"] == 0  # a clean exit
+    pair = "C1-C2"
+    k1 = _key_blocks(net.nodes["C1"].data / "keystore" / "C1.sqlite", pair)
+    k2 = _key_blocks(net.nodes["C2"].data / "keystore" / "C2.sqlite", pair)
+    assert len(k1) == 1 and k1 == k2
+    assert not list((net.nodes["C2"].data / "nodes" / "C2" / "pending").iterdir())
