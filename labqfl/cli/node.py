@@ -41,6 +41,7 @@ def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: in
                            pair_min_final_block_bits=per_pair(pair_min_final_bits, "--pair-min-final-bits"))
 
 
+NODE_JSON = typer.Option(False, "--json", help="Print the listening line as JSON {node, role, address} on stdout.")
 EPS_SEC = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter ε_sec (every client of the network the same).")
 
 
@@ -68,6 +69,7 @@ def build(node_app: typer.Typer) -> None:
                                                    help="PAIR=N: the pair's own block size (block-size rule)."),
         pair_min_final_bits: list[str] = typer.Option(None, "--pair-min-final-bits",
                                                       help="PAIR=N: the pair's own smallest final block."),
+        as_json: bool = NODE_JSON,
     ) -> None:
         """Client node Ci: its randomness, choice log, key store; drives its pairs as Ci, serves them as Cj."""
         from labqfl.nodes.client import main
@@ -75,7 +77,7 @@ def build(node_app: typer.Typer) -> None:
 
         main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
              settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
-                                pair_min_final_bits))
+                                pair_min_final_bits), as_json=as_json)
 
     @node_app.command("detector")
     @handle_errors
@@ -84,12 +86,14 @@ def build(node_app: typer.Typer) -> None:
         station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
         optics: str = typer.Option("", "--optics", help="HOST:PORT of the optics node."),
         client: list[str] = typer.Option(None, "--client", help="NAME=HOST:PORT of a client (repeatable)."),
+        as_json: bool = NODE_JSON,
     ) -> None:
         """Untrusted measurement node: time tagger, slotting, announcements to every client."""
         from labqfl.nodes.common import parse_addresses
         from labqfl.nodes.detector import main
 
-        main(name, station, data, listen, certs, optics=optics, clients=parse_addresses(client, "--client"))
+        main(name, station, data, listen, certs, optics=optics, clients=parse_addresses(client, "--client"),
+             as_json=as_json)
 
     @node_app.command("optics")
     @handle_errors
@@ -97,11 +101,12 @@ def build(node_app: typer.Typer) -> None:
         name: str = typer.Option("optics", "--name", help="Node name (its certificate's CN)."),
         station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
         threads: int = typer.Option(None, "--threads", help="Monte-Carlo threads (default: every core)."),
+        as_json: bool = NODE_JSON,
     ) -> None:
         """The simulated optical layer: asks each client's modulator link, delivers tags to the detector."""
         from labqfl.nodes.optics import main
 
-        main(name, station, data, listen, certs, threads=threads)
+        main(name, station, data, listen, certs, threads=threads, as_json=as_json)
 
     @node_app.command("acquire")
     @handle_errors

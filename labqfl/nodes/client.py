@@ -761,6 +761,6 @@ class ClientNode(Node):
 
 
 def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path, *,
-         optics: str = "", peers: dict[str, str] | None = None, settings: DistillSettings | None = None) -> None:
+         optics: str = "", peers: dict[str, str] | None = None, settings: DistillSettings | None = None, as_json: bool = False) -> None:
     ClientNode(name, station=station, data_dir=data, listen=listen, certs=certs, optics=optics, peers=peers,
-               settings=settings).serve()
+               settings=settings).serve(as_json)

@@ -138,11 +138,12 @@ class Node:
     def shutdown(self) -> None:
         """Finish what is in progress (no half-stored block) and release resources."""
 
-    def serve(self, announce: Callable[[str], None] | None = None) -> None:
+    def serve(self, as_json: bool = False) -> None:
         """Serve until SIGTERM/SIGINT (or ``ctl/stop``), then shut down cleanly.
 
-        Prints ``NODE <name> <address>`` on stdout once listening (and writes it to
-        ``<data>/nodes/<name>/address.json``), so a launcher can read the ephemeral port."""
+        Prints ``NODE <name> <address>`` on stdout once listening (``as_json``: the JSON object
+        ``{"node", "role", "address"}`` instead) and writes it to ``<data>/nodes/<name>/address.json``,
+        so a launcher can read the ephemeral port."""
         prev = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
 
         def on_signal(signum: int, frame: object) -> None:
@@ -151,10 +152,9 @@ class Node:
         for s in prev:
             signal.signal(s, on_signal)
         self.server.start()
-        (self.private / "address.json").write_text(json.dumps({"name": self.name, "role": self.role,
-                                                               "address": self.server.address}))
-        line = f"NODE {self.name} {self.server.address}"
-        (announce or (lambda s: print(s, flush=True)))(line)
+        info = {"node": self.name, "role": self.role, "address": self.server.address}
+        (self.private / "address.json").write_text(json.dumps(info))
+        print(json.dumps(info) if as_json else f"NODE {self.name} {self.server.address}", flush=True)
         try:
             while not self.stopping.wait(0.5):
                 pass

@@ -128,6 +128,6 @@ class DetectorNode(Node):
 
 
 def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path,
-         optics: str = "", clients: dict[str, str] | None = None) -> None:
+         optics: str = "", clients: dict[str, str] | None = None, as_json: bool = False) -> None:
     DetectorNode(name, station=station, data_dir=data, listen=listen, certs=certs, optics=optics,
-                 clients=clients).serve()
+                 clients=clients).serve(as_json)

@@ -208,6 +208,6 @@ class OpticsNode(Node):
 
 
 def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path,
-         detector: str = "detector", threads: int | None = None) -> None:
+         detector: str = "detector", threads: int | None = None, as_json: bool = False) -> None:
     OpticsNode(name, station=station, data_dir=data, listen=listen, certs=certs, detector=detector,
-               threads=threads).serve()
+               threads=threads).serve(as_json)
