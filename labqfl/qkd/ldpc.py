@@ -13,7 +13,10 @@ Eleftheriou & Arnold, IEEE TIT 51, 386 (2005)) truncated at depth one: variables
 decreasing degree, each edge goes to the least-filled check not within distance 2 of the variable,
 so the graph has **no 4-cycles** (girth ≥ 6) whenever such a check exists — at n = 16384 for
 every mother rate up to 0.93 (``LdpcCode.forced_4cycles`` counts the exceptions; 19 edges at
-0.94; short codes, n ≲ 4096, at high rate have many).  Codes are cached per (n, R, seed).
+0.94; short codes, n ≲ 4096, at high rate have many).  With ``z`` > 0 the same degrees and
+PEG routine build an n/z-column base graph that is lifted by z × z circulants whose shifts close
+no 4-cycle (quasi-cyclic codes, :mod:`labqfl.qkd.ldpc_qc`; the default for the ``amin`` and
+``minsum`` decoders is n = 65536, z = 256).  Codes are cached per (n, R, seed, z).
 
 Protocol (blind reconciliation, Martinez-Mateo, Elkouss & Martin, QIC 12, 791 (2012); Kiktenko
 et al., arXiv:1612.03673; untainted puncturing, Elkouss et al., IEEE WCL 1, 585 (2012))
@@ -72,8 +75,10 @@ from labqfl.qkd.reconciliation import (
 )
 
 __all__ = [
+    "DECODERS",
     "DEGREE_DISTRIBUTIONS",
     "MOTHER_RATES",
+    "PRESETS",
     "LdpcAlice",
     "LdpcBob",
     "LdpcCode",
@@ -81,6 +86,7 @@ __all__ = [
     "build_code",
     "decode_syndrome",
     "decode_syndrome_reference",
+    "minsum_weights",
     "plan_ldpc",
     "reconcile_ldpc",
 ]

@@ -1,36 +1,40 @@
-"""Quasi-cyclic LDPC codes and a vectorised layered min-sum decoder for them.
+"""Quasi-cyclic LDPC codes: 4-cycle-free shifts and vectorised layered min-sum / A-min* decoders.
 
 Codes
 -----
 A quasi-cyclic (QC) code of length n = n_b·Z is the lifting of a *base graph* of m_b × n_b
 entries: each base edge (r, c) with shift s stands for the Z × Z cyclic permutation that joins
 check r·Z + i to variable c·Z + (i + s) mod Z (Fossorier, "Quasi-cyclic LDPC codes from circulant
-permutation matrices", IEEE TIT 50, 1788 (2004)).  :func:`build_qc_base` takes the base
-variable degrees from the same BSC-optimised distributions as the random codes (Elkouss et al.,
-arXiv:0901.2140, Table I), places base edges with the greedy progressive-edge-growth routine of
-:mod:`labqfl.qkd.ldpc`, and picks each shift at random among those that close no 4-cycle in the
-lifted graph: a 4-cycle through base rows r1, r2 and columns c1, c2 exists exactly when
+permutation matrices", IEEE TIT 50, 1788 (2004)).  :func:`labqfl.qkd.ldpc.build_code` (``z`` > 0)
+takes the base variable degrees from the BSC-optimised tables (Elkouss et al., arXiv:0901.2140,
+Table I), places base edges with its greedy progressive-edge-growth routine, and
+:func:`qc_shifts` picks each shift at random among those that close no 4-cycle in the lifted
+graph: a 4-cycle through base rows r1, r2 and columns c1, c2 exists exactly when
 s(r1,c1) − s(r1,c2) + s(r2,c2) − s(r2,c1) ≡ 0 (mod Z) (Fossorier 2004, Theorem 2).
 
-Decoder
--------
-Layered normalised min-sum (Hocevar, SiPS 2004; Chen & Fossorier, IEEE Trans. Commun. 50, 406
-(2002)) with a second, variable-degree correction ("2-D normalisation", Zhang, Wang & Fossorier,
-IEEE Commun. Lett. 10, 1 (2006)).  One *layer* is one base row: its Z checks touch disjoint
+Decoders
+--------
+Layered schedule (Hocevar, SiPS 2004).  One *layer* is one base row: its Z checks touch disjoint
 variables, and the variables of one base edge are a cyclic shift of a contiguous range, so every
 operation runs over Z contiguous floats (the "intra-frame" SIMD layout of QC decoders, e.g.
 Le Gal & Jego, IEEE TPDS 27, 1373 (2016)).  For check c with syndrome bit s_c and edges e::
 
     t_e = L_v − R_e
-    R_e = γ_v · (−1)^s_c · Π_{e'≠e} sgn t_e' · α · min_{e'≠e} |t_e'|        (sgn 0 = +1)
+    R_e = w_e · (−1)^s_c · Π_{e'≠e} sgn t_e' · m_e                          (sgn 0 = +1)
     L_v = t_e + R_e
 
-α (per check) and γ_v (per variable degree) are the two normalisations.  While sweeping, each
-check compares the parity of the current posteriors' signs with s_c; after a sweep in which no
-check disagreed, the hard decision (L < 0 → 1) is verified against the whole syndrome and the
-decoder stops if it matches.  L and R hold the whole state (warm start: the caller may change
-priors in L between calls).  :func:`qc_minsum_reference` is a plain numpy version (same arithmetic
-check by check) used by the tests.
+:func:`qc_minsum`: m_e = min_{e'≠e} |t_e'| and w_e = α·γ_v — normalised min-sum (Chen &
+Fossorier, IEEE Trans. Commun. 50, 406 (2002)) with a second, variable-degree factor γ_v
+("2-D normalisation", Zhang, Wang & Fossorier, IEEE Commun. Lett. 10, 1 (2006)).
+:func:`qc_aminstar`: A-min* (Jones, Valles, Smith & Villasenor, IEEE MILCOM 2003) — m_e is the
+box-plus ⊞ of all |t| for every edge but the one holding the minimum, which gets the ⊞ of the
+others; ⊞ uses a piecewise-linear correction (:func:`_bpx`).
+
+While sweeping, each check compares the parity of the current posteriors' signs with s_c; after a
+sweep in which no check disagreed, the hard decision (L < 0 → 1) is verified against the whole
+syndrome and the decoder stops if it matches.  L and R hold the whole state (warm start: the
+caller may change priors in L between calls).  :func:`qc_decode_reference` is a plain numpy
+version of both (same arithmetic, check by check) used by the tests.
 """
 
 from __future__ import annotations
