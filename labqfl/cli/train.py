@@ -8,24 +8,12 @@ amplitudes), ``ntangled`` and ``magic`` (6-qubit HEA QNN on generated quantum da
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
-from labqfl.errors import ConfigError, KeyStarvationError, SecureAggregationError
-
-
-def _parse_digits(text: str) -> tuple[int, int]:
-    try:
-        a, b = (int(x) for x in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--digits must be two digits like '0,1', got {text!r}") from None
-    if not (0 <= a <= 9 and 0 <= b <= 9 and a != b):
-        raise ConfigError(f"--digits must be two different digits 0-9, got {text!r}")
-    return a, b
 
 
 def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
@@ -99,149 +87,36 @@ def train(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a model federatedly with masked, quantised aggregation; write a run folder."""
-    import torch
-
-    from labqfl.fl.datasets.tasks import TASKS, load_task
-    from labqfl.fl.dp import DPConfig, plan_dp
-    from labqfl.fl.keysource import make_key_source
-    from labqfl.fl.secure import SecAggConfig
-    from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, key_cost, share_prime
-    from labqfl.fl.tasks import TASK_DEFAULTS, make_model
-    from labqfl.fl.training import LocalTrainConfig, run_federated
-    from labqfl.provenance import mask_key_provenance, mask_key_security
+    from labqfl.app.training import TrainingSettings, TrainingSetup
     from labqfl.runs import RunRecord
 
-    if task not in TASKS:
-        raise ConfigError(f"--task {task!r} unknown; expected one of {', '.join(TASKS)}")
-    if keys not in ("qkd", "csprng"):
-        raise ConfigError(f"--keys {keys!r} unknown; expected qkd or csprng")
-    if engine not in ("local", "flower"):
-        raise ConfigError(f"--engine {engine!r} unknown; expected local or flower")
-    if clients < 2:
-        raise ConfigError("--clients must be ≥ 2: secure aggregation of one client would reveal its update")
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    d_ep, d_lr, d_bs, d_clip = TASK_DEFAULTS[task]
-    local = LocalTrainConfig(epochs=local_epochs or d_ep, lr=lr if lr is not None else d_lr,
-                             batch_size=batch_size or d_bs)
-    try:
-        if threshold is not None and not self_masks:
-            raise ValueError(f"--threshold {threshold} needs --self-masks")
-        secagg = SecAggConfig(q=q, clip=clip if clip is not None else d_clip, rounding="stochastic", graph=graph, k=k,
-                              self_masks=self_masks, threshold=threshold)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    secagg.check_bit_budget(clients)
-    model = make_model(task)
-    noise_model = None
-    if noise is not None or shots is not None:
-        from labqfl.fl.models.noisy import NoiseModel, noisy_qnn
-
-        if engine != "local":
-            raise ConfigError("--noise/--shots run on --engine local only")
+    settings = TrainingSettings(
+        task=task, clients=clients, q=q, rounds=rounds, keys=keys, seed=seed, local_epochs=local_epochs, lr=lr,
+        batch_size=batch_size, clip=clip, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
+        dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_honest=dp_honest, dp_clip=dp_clip, engine=engine, noise=noise,
+        shots=shots, shot_grad=shot_grad, keystore_dir=keystore, wait_for_keys=wait_for_keys, non_iid=non_iid,
+        alpha=alpha, data_dir=data_dir, digits=digits, samples_per_client=samples_per_client, test_size=test_size)
+    with TrainingSetup.prepare(settings) as setup:
+        rec = RunRecord.create(f"train-{task}", runs_dir=out)
         try:
-            noise_model = NoiseModel.parse(noise, shots=shots, shot_grad=shot_grad)
-            model = noisy_qnn(model, noise_model, seed)
-        except ValueError as exc:
-            raise ConfigError(f"--noise/--shots/--shot-grad: {exc}") from None
-    names = [f"C{i + 1}" for i in range(clients)]
-    dp_plan = None
-    if dp_epsilon is not None:
-        try:
-            dp_plan = plan_dp(DPConfig(epsilon=dp_epsilon, delta=dp_delta, honest=dp_honest,
-                                       l2_clip=dp_clip if dp_clip is not None else secagg.clip),
-                              n_params=model.n_params, n_clients=clients, q=q, rounds=rounds)
-        except ValueError as exc:
-            raise ConfigError(f"--dp-*: {exc}") from None
-        secagg = dataclasses.replace(secagg, dp=dp_plan)
-    elif dp_clip is not None or dp_honest != 1:
-        raise ConfigError("--dp-clip/--dp-honest need --dp-epsilon")
-    n_words = dp_plan.d_pad if dp_plan is not None else model.n_params  # words per upload
-    if self_masks:
-        try:
-            share_t = secagg.share_threshold(names)
-        except SecureAggregationError as exc:
-            raise ConfigError(f"--threshold: {exc}") from None
+            with progress_bar(enabled=not as_json or console.is_terminal) as prog:
+                bar = prog.add_task(f"{task}: {clients} clients, q={q}, keys={keys}", total=rounds)
 
-    if keys == "qkd":
-        from labqfl.keystore import default_data_dir, list_node_stores
+                def on_round(m: Any) -> None:
+                    prog.update(bar, advance=1, description=f"{task} round {m.round}: acc {100 * m.test_accuracy:.1f} %, "
+                                                            f"loss {m.test_loss:.4f}")
 
-        kdir = keystore if keystore is not None else default_data_dir()
-        have = set(list_node_stores(kdir))
-        missing = [n for n in names if n not in have]
-        if missing:
-            raise ConfigError(f"--keys qkd: no key store for node(s) {missing} under {kdir / 'keystore'}; "
-                              "distil keys first (labqfl distill) or use --keys csprng")
-        key_source = make_key_source("qkd", keystore_dir=kdir, nodes=names,
-                                     starvation="wait" if wait_for_keys > 0 else "fail",
-                                     wait_timeout_s=wait_for_keys)
-        per_pair = secagg.key_bits_per_pair(n_words)
-        need = per_pair * rounds
-        short = []
-        for p in secagg.pairs(names):
-            avail = int(key_source.available_bits(p))  # type: ignore[attr-defined]
-            if avail < need and wait_for_keys == 0:
-                short.append((p, avail))
-        if short:
-            p, avail = short[0]
-            raise KeyStarvationError(
-                f"--keys qkd: pair {p} holds {avail} key bits but {rounds} rounds need {need} "
-                f"({per_pair} per round = {per_pair // n_words}·{n_words} words) — enough for "
-                f"{avail // per_pair} round(s)"
-                + (f"; {len(short) - 1} more pair(s) short" if len(short) > 1 else "")
-                + ". Distil more key, use fewer rounds, a sparse --graph ring-k, or --keys csprng",
-                pair=p, needed_bits=need, available_bits=avail)
-    else:
-        key_source = make_key_source("csprng")
-
-    data = load_task(task, clients, seed, non_iid=non_iid, alpha=alpha, data_dir=data_dir,
-                     digits=_parse_digits(digits), samples_per_client=samples_per_client, test_size=test_size)
-
-    rec = RunRecord.create(f"train-{task}", runs_dir=out)
-    try:
-        with progress_bar(enabled=not as_json or console.is_terminal) as prog:
-            bar = prog.add_task(f"{task}: {clients} clients, q={q}, keys={keys}", total=rounds)
-
-            def on_round(m: Any) -> None:
-                prog.update(bar, advance=1, description=f"{task} round {m.round}: acc {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
-
-            if engine == "flower":
-                from labqfl.fl.flower.engine import run_federated_flower
-
-                result = run_federated_flower(
-                    model, data, rounds=rounds, local=local, secagg=secagg, keys=keys, seed=seed, progress=on_round,
-                    keystore_dir=kdir if keys == "qkd" else None, wait_for_keys=wait_for_keys,
-                    data_options={"non_iid": non_iid, "alpha": alpha, "data_dir": data_dir, "digits": digits,
-                                  "samples_per_client": samples_per_client, "test_size": test_size})
-            else:
-                result = run_federated(model, data, rounds=rounds, local=local, secagg=secagg, key_source=key_source,
-                                       seed=seed, progress=on_round)
-        summary = result.summary()
-        n_pairs = len(secagg.pairs(names))
-        cost = key_cost(clients, n_pairs, n_words, q, self_masks=self_masks)
-        cost["paper_all_pairs_key_bits"] = clients * (clients - 1) // 2 * q * model.n_params
-        summary.update(
-            key_cost_per_round={**cost, "pairs": n_pairs, "all_pairs": clients * (clients - 1) // 2,
-                                "ratio_to_paper_all_pairs": cost["key_bits_total"] / cost["paper_all_pairs_key_bits"]},
-            self_masks=({"enabled": True, "threshold": share_t, "share_field_prime": share_prime(q),
-                         "randomness": SELF_MASK_RANDOMNESS} if self_masks else {"enabled": False}),
-            run_dir=str(rec.path), clients=clients, q=q, rounds_requested=rounds, seed=seed, loss=model.loss_name,
-            local={"epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size, "optimizer": "adam"},
-            secagg=secagg.as_dict(), data=data.meta, client_sizes=data.sizes(),
-            noise=({**noise_model.as_dict(), "shots_used": getattr(model, "shots_used", 0)}
-                   if noise_model is not None else None),
-            # what the masks rest on: the provenance of the key blocks consumed (labqfl.provenance)
-            key_provenance=mask_key_provenance(key_source), security=mask_key_security(key_source)
-            + ("; self-masks: Shamir sharing over GF(p) and one-time-pad share transport (information-theoretic "
-               "given the pair keys), self-mask words from the OS CSPRNG (as strong as the OS generator)"
-               if self_masks else ""),
-        )
-        summary["plots"] = _plot(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
-        rec.write_metrics(summary)
-    finally:
-        rec.close()
-        for store in getattr(key_source, "stores", {}).values():
-            store.close()
+                result = setup.run(progress=on_round)
+            summary = setup.summary(result)
+            summary["run_dir"] = str(rec.path)
+            summary["plots"] = _plot(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
+            rec.write_metrics(summary)
+        finally:
+            rec.close()
 
     def render(con: Any) -> None:
         con.print(f"[bold]{task}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
@@ -255,11 +130,11 @@ def train(
                   + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if self_masks else "")
                   + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
                   f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
-        if dp_plan is not None:
+        if dp_epsilon is not None:
             pv = summary["privacy"]
             con.print(f"privacy: ({pv['epsilon']:.3g}, {pv['delta']:.1g})-DP over {pv['rounds']} rounds, "
                       f"{pv['mechanism']}, holding with {pv['honest_clients_assumed']} honest client(s)")
-        if noise_model is not None:
+        if summary["noise"] is not None:
             nz = summary["noise"]
             con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
                       f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"

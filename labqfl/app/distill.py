@@ -1,0 +1,189 @@
+"""Distillation as one use case: settings, the nodes' key stores, the acquisition ID, the Distiller.
+
+``labqfl distill`` (recording and ``--live``), ``labqfl run``'s acquire+distil phase and the GUI's
+live distillation all go through :class:`DistillSession`::
+
+    settings, plan = distill_settings(cfg, DistillOptions(engine="ldpc"), duration_s, what=..., hint=...)
+    with DistillSession(cfg, settings, data_dir=data_dir, run_id=run.name) as session:
+        session.check_auth()                      # --no-auth-bootstrap: refuse before any acquisition
+        blocks = station.time_tagger.stream(duration_s)
+        session.start_from_station(station)       # the clients' logs and the acquisition ID, from the Station
+        for b in blocks:
+            session.push(b)
+        results = session.finish(total_slots)
+    # the key stores are closed here, whatever happened
+
+Block IDs derive from the acquisition ID (:func:`labqfl.qkd.types.acquisition_id`), so the same
+raw data is never distilled into a store twice (ARCHITECTURE.md "Keys"); every block's
+provenance (physical layer, the clients' randomness, protocol, ε) is stamped by the Distiller
+from the logs the Station hands out (:mod:`labqfl.provenance`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labqfl.config import StationConfig
+from labqfl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """What a user chooses for a distillation (``labqfl distill``/``run`` options, the GUI's panel).
+
+    ``engine``: error correction (:data:`labqfl.qkd.types.ENGINES`); ``block_bits``: sifted bits
+    per key block and pair (``None``: the block-size rule, :mod:`labqfl.qkd.blocksize`);
+    ``eps_sec``: secrecy parameter of the finite-key analysis (``None``: the pipeline's default);
+    ``bootstrap_auth``: False never writes a simulated pre-shared authentication key.
+    """
+
+    engine: str = "cascade"
+    block_bits: int | None = None
+    eps_sec: float | None = None
+    bootstrap_auth: bool = True
+
+    def __post_init__(self) -> None:
+        from labqfl.qkd.types import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.block_bits is not None and self.block_bits <= 0:
+            raise ConfigError(f"block_bits must be > 0 (or None for the block-size rule), got {self.block_bits}")
+        if self.eps_sec is not None and not 0 < self.eps_sec < 1:
+            raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
+
+
+def distill_settings(cfg: StationConfig, options: DistillOptions, duration_s: float | None = None, *,
+                     what: str = "the data", hint: str = "force a block size with --block-bits") -> tuple[Any, Any]:
+    """The pipeline's :class:`~labqfl.qkd.pipeline.DistillSettings` for ``options`` and the
+    :class:`~labqfl.qkd.blocksize.BlockPlan` they came from (``None`` with a forced block size).
+
+    ``duration_s``: the acquisition's length (``None``: an open-ended stream). With the block-size
+    rule, data too short for one positive-key block per pair raises :class:`ConfigError`
+    ``"<shortfall of what>; <hint>"`` before anything is opened.
+    """
+    from labqfl.qkd.pipeline import DistillSettings
+
+    kw: dict[str, Any] = {}
+    if options.eps_sec is not None:
+        from labqfl.qkd.estimation import SecurityParameters
+
+        kw["params"] = SecurityParameters(eps_sec=options.eps_sec)
+    if options.block_bits is not None:
+        return DistillSettings(block_bits=options.block_bits, engine=options.engine,
+                               bootstrap_auth=options.bootstrap_auth, **kw), None
+    from labqfl.qkd.blocksize import plan_blocks
+
+    if duration_s is not None and duration_s <= 0:
+        raise ConfigError(f"{what} holds no data; {hint}")
+    plan = plan_blocks(cfg, duration_s, **kw)
+    if not plan.sufficient:
+        raise ConfigError(f"{plan.shortfall(what)}; {hint}")
+    return plan.distill_settings(engine=options.engine, bootstrap_auth=options.bootstrap_auth, **kw), plan
+
+
+def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) -> tuple[dict[str, Any], str | None]:
+    """(each client's modulation log, the acquisition ID) of a recording (:func:`labqfl.station.open_recording`):
+    seeded clients' logs from the recording, CSPRNG clients' private logs from their folders under
+    ``data_dir`` (``FileNotFoundError`` when one is not on this machine)."""
+    from labqfl.qkd.types import acquisition_id
+
+    logs = {c: recording.client_log(c, data_dir) for c in cfg.client_names}
+    acq = acquisition_id(recording.config, recording.epoch) if recording.epoch >= 0 else None
+    return logs, acq
+
+
+class DistillSession:
+    """The nodes' key stores (one per client, ``<data_dir>/keystore/<node>.sqlite``) and, once
+    :meth:`start` ed, the :class:`~labqfl.qkd.pipeline.Distiller` writing into them.
+
+    The stores are opened here and closed by :meth:`close` (or the ``with`` block), on success
+    and on failure alike. ``run_id`` names the run folder in every stored block's metadata.
+    """
+
+    def __init__(self, cfg: StationConfig, settings: Any, *, data_dir: Path | None = None, run_id: str = "",
+                 plan: Any = None) -> None:
+        from labqfl.keystore import KeyStore
+        from labqfl.qkd.pipeline import KeyStoreSink
+
+        self.cfg = cfg
+        self.settings = settings
+        self.plan = plan
+        self.stores: dict[str, Any] = {}
+        try:
+            for n in cfg.client_names:
+                self.stores[n] = KeyStore.for_node(n, data_dir)
+        except BaseException:
+            self.close()
+            raise
+        self.sink = KeyStoreSink(self.stores, run_id=run_id)
+        self.distiller: Any = None
+        self.acquisition_id: str | None = None
+
+    @classmethod
+    def open(cls, cfg: StationConfig, options: DistillOptions, duration_s: float | None = None, *,
+             data_dir: Path | None = None, run_id: str = "", what: str = "the data",
+             hint: str = "force a block size with --block-bits") -> DistillSession:
+        """Settings from :func:`distill_settings` (refusing too little data first), then the stores."""
+        settings, plan = distill_settings(cfg, options, duration_s, what=what, hint=hint)
+        return cls(cfg, settings, data_dir=data_dir, run_id=run_id, plan=plan)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.sink.run_id)
+
+    @run_id.setter
+    def run_id(self, value: str) -> None:
+        self.sink.run_id = value
+
+    def check_auth(self) -> None:
+        """Without ``bootstrap_auth``: raise :class:`~labqfl.errors.InsufficientKeyError` now if a
+        pair's stores cannot pay for its first block's authentication (before any instrument moves)."""
+        if not self.settings.bootstrap_auth:
+            from labqfl.qkd.pipeline import check_auth_key
+
+            check_auth_key(self.sink, [f"{a}-{b}" for a, b in self.cfg.pairs()], self.settings)
+
+    def start(self, logs: Mapping[str, Any], acquisition_id: str | None) -> Any:
+        """Build the Distiller for an acquisition: each client's own log and the acquisition's ID."""
+        from labqfl.qkd.pipeline import Distiller
+
+        self.acquisition_id = acquisition_id
+        self.distiller = Distiller(self.cfg, dict(logs), self.sink, self.settings, acquisition_id=acquisition_id)
+        return self.distiller
+
+    def start_from_station(self, station: Any) -> Any:
+        """:meth:`start` with the logs and the ID of the acquisition the Station's time tagger has
+        just begun (:meth:`labqfl.station.Station.client_logs`, :meth:`~labqfl.station.Station.acquisition_id`)."""
+        return self.start(station.client_logs(), station.acquisition_id())
+
+    def push(self, block: Any) -> Any:
+        return self._running().push(block)
+
+    def finish(self, total_slots: int | None = None) -> Any:
+        return self._running().finish(total_slots)
+
+    def _running(self) -> Any:
+        if self.distiller is None:
+            raise ConfigError("distillation not started: call start() or start_from_station() first")
+        return self.distiller
+
+    def accounting(self) -> dict[str, Any]:
+        """Each node store's accounting (bits available and consumed per pair and purpose)."""
+        return {n: st.accounting() for n, st in self.stores.items()}
+
+    def close(self) -> None:
+        for st in self.stores.values():
+            st.close()
+
+    def __enter__(self) -> DistillSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["DistillOptions", "DistillSession", "distill_settings", "recording_inputs"]

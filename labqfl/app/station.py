@@ -1,0 +1,54 @@
+"""Open a station and put it in its operating state (one recipe for every front end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from labqfl.config import StationConfig
+from labqfl.instruments.interfaces import (
+    IntensityModulator,
+    PhaseModulator,
+    PhotonDetector,
+    PulsedLaser,
+    VariableAttenuator,
+)
+
+
+def open_station(cfg: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> Any:
+    """Open every role of ``cfg`` (:class:`labqfl.station.Station`); ``base_dir``: folder of the
+    station file (relative pyvisa-sim paths). Use it as a context manager or call ``close()``."""
+    from labqfl.station import Station
+
+    return Station.open(cfg, base_dir=base_dir, tolerant=tolerant)
+
+
+def arm(station: Any) -> list[str]:
+    """Put every instrument of ``station`` in its operating state for acquisition: lasers on, every
+    detector armed, phase and intensity modulators on, attenuator shutters open. Instruments
+    already there are left alone. Returns what was changed, as ``"role.attr=value"``."""
+    changed: list[str] = []
+    for role, inst in station.instruments.items():
+        if isinstance(inst, PulsedLaser):
+            attr, value = "output_enabled", True
+        elif isinstance(inst, PhotonDetector):
+            attr, value = "enabled", True
+        elif isinstance(inst, PhaseModulator | IntensityModulator):
+            attr, value = "output_enabled", True
+        elif isinstance(inst, VariableAttenuator):
+            attr, value = "shutter_closed", False
+        else:
+            continue
+        if getattr(inst, attr) != value:
+            setattr(inst, attr, value)
+            changed.append(f"{role}.{attr}={value}")
+    return changed
+
+
+def channel_names(cfg: StationConfig) -> dict[int, str]:
+    """Time-tagger channel number → name: the sync channel ``"sync"``, each detector by its name."""
+    tt = cfg.time_tagger
+    return {tt.sync_channel: "sync", **{ch: name for name, ch in tt.detector_channels.items()}}
+
+
+__all__ = ["arm", "channel_names", "open_station"]
