@@ -3,10 +3,19 @@ ask for parities that follow from Alice's bits he already knows (GF(2) rank chec
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from labqfl.qkd.cascade import CascadeAlice, CascadeBob, _build_passes
+from labqfl.qkd.cascade import (
+    IMPLIED_MAX,
+    IMPLIED_MIN_QBER,
+    CascadeAlice,
+    CascadeBob,
+    CascadeSchedule,
+    _build_passes,
+)
 from labqfl.qkd.messaging import LocalChannel, Message
 
 
@@ -78,7 +87,8 @@ def test_every_parity_sent_is_counted_and_almost_all_are_independent(frame, n, q
     already known); the rule leaves at most a few (implied only through longer combinations)."""
     x, y = frame(n, qber, seed)
     ch = RecordingChannel(CascadeAlice(x))
-    bob = CascadeBob(y, qber, seed=seed)
+    sched = dataclasses.replace(CascadeSchedule.for_frame(qber, n), implied_max=IMPLIED_MAX)
+    bob = CascadeBob(y, qber, seed=seed, schedule=sched)
     res = bob.run(ch)
     assert np.array_equal(res.corrected, x)
     vecs = disclosed_vectors(n, seed, bob.schedule.block_sizes, ch.log)
@@ -86,3 +96,9 @@ def test_every_parity_sent_is_counted_and_almost_all_are_independent(frame, n, q
     rank = gf2_rank(vecs)
     assert rank <= len(vecs)
     assert len(vecs) - rank <= max(2, len(vecs) // 500), (len(vecs), rank)
+
+
+def test_frame_schedule_derives_implied_parities_from_3_percent_on():
+    assert CascadeSchedule.for_frame(0.02, 10_000).implied_max == 0 < IMPLIED_MIN_QBER
+    assert CascadeSchedule.for_frame(IMPLIED_MIN_QBER, 10_000).implied_max == IMPLIED_MAX
+    assert CascadeSchedule.for_frame(0.08, 10**6).implied_max == IMPLIED_MAX
