@@ -70,6 +70,9 @@ class JobSettings:
     #: False: never write a simulated pre-shared authentication key; every pair's stores must hold
     #: authentication key already (``labqfl keys preshare``), checked before the station is opened
     bootstrap_auth: bool = True
+    #: Shamir-shared self-masks (issue 21, :mod:`labqfl.fl.selfmask`) and their threshold t (None: a majority)
+    self_masks: bool = False
+    threshold: int | None = None
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -80,12 +83,16 @@ class JobSettings:
             raise ConfigError(f"q must be 8, 16 or 32, got {self.q}")
         if not 0 < self.eps_sec < 1:
             raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
-        if self.engine not in ("cascade", "ldpc"):
-            raise ConfigError(f"engine must be 'cascade' or 'ldpc', got {self.engine!r}")
+        from labqfl.qkd.types import ENGINES
+
+        if self.engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {self.engine!r}")
         from labqfl.fl.datasets.tasks import TASKS
 
         if self.task not in TASKS:
             raise ConfigError(f"task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
+        if self.threshold is not None and not self.self_masks:
+            raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSettings:
@@ -95,32 +102,6 @@ class JobSettings:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _matched_test_counts(counts: Any) -> tuple[int, int]:
-    """(clicks, 2·errors) of the test data whose two pulses should interfere perfectly: equal
-    bases and equal non-zero intensities, excluding the key cell (signal, signal, X, X).
-
-    This is the per-interval QBER shown in the report: the optical error rate of the loop
-    (visibility, drift, attacks) without the key bits themselves, which stay secret until error
-    correction.
-    """
-    if counts is None:
-        return 0, 0
-    ki = np.asarray(counts.intensities_i)
-    kj = np.asarray(counts.intensities_j)
-    n_i, n_j = len(ki), len(kj)
-    clicks = errors = 0
-    for a in range(n_i):
-        for b in range(n_j):
-            if ki[a] <= 0 or kj[b] <= 0 or not np.isclose(ki[a], kj[b]):
-                continue
-            for basis in (0, 1):
-                if a == 0 and b == 0 and basis == 0:
-                    continue
-                clicks += int(counts.clicks[a, b, basis, basis])
-                errors += int(counts.errors_x2[a, b, basis, basis])
-    return clicks, errors
 
 
 def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str, dict[str, Any]]:
@@ -156,6 +137,13 @@ class MainJob:
         job = cls(run, cfg, settings, state, base_dir=base_dir, progress=progress)
         job._save_state()
         return job
+
+    def check_training(self) -> None:
+        """Refuse training settings that cannot work (bit budget, self-mask threshold) before the
+        acquisition spends station time: builds the training setup once, without keys or data."""
+        from labqfl.app.training import TrainingSetup
+
+        TrainingSetup(self.training_settings()).close()
 
     @classmethod
     def resume(cls, run_dir: Path | str, *, progress: ProgressFn | None = None) -> MainJob:
@@ -203,6 +191,8 @@ class MainJob:
         self.state["status"] = "running"
         self._save_state()
         try:
+            if self.state["phases"]["train"] != "done":
+                self.check_training()  # before the acquisition spends station time
             if "plan" not in self.state:
                 self.key_plan()
             if self.state["phases"]["acquire"] != "done":
@@ -236,103 +226,45 @@ class MainJob:
         from labqfl.planning import make_plan
 
         s = self.settings
-        plan = make_plan(self.cfg, s.task, s.q, s.rounds, graph=s.graph, k=s.k, duration_s=s.duration_s,
-                         eps_sec=s.eps_sec)
+        plan = make_plan(self.cfg, s.task, s.q, s.rounds, graph=s.graph, k=s.k, self_masks=s.self_masks,
+                         duration_s=s.duration_s, eps_sec=s.eps_sec)
         if "plan" not in self.state:
             self.state["plan"] = plan.as_dict()
             self._save_state()
         return plan
 
-    def block_plan(self) -> Any:
-        """The block-size rule (:func:`labqfl.qkd.blocksize.plan_blocks`) for this job's duration and ε_sec."""
-        from labqfl.qkd.blocksize import plan_blocks
-        from labqfl.qkd.estimation import SecurityParameters
-
-        return plan_blocks(self.cfg, self.settings.duration_s, params=SecurityParameters(eps_sec=self.settings.eps_sec))
-
     def _acquire_and_distil(self) -> None:
-        from labqfl.keystore import KeyStore
-        from labqfl.qkd.estimation import SecurityParameters
-        from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink, check_auth_key
-        from labqfl.station import Station
+        from labqfl.app.distill import DistillOptions, DistillSession
+        from labqfl.app.station import arm, open_station
 
         s, cfg = self.settings, self.cfg
         self._phase("acquire", "running")
-        bd = cfg.simulation.block_duration_s
-        n_blocks = max(1, math.ceil(round(s.duration_s / bd, 9)))
-        chan_names = {cfg.time_tagger.sync_channel: "sync",
-                      **{ch: name for name, ch in cfg.time_tagger.detector_channels.items()}}
-        stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
-        params = SecurityParameters(eps_sec=s.eps_sec)
-        if s.block_bits:
-            dsettings = DistillSettings(block_bits=s.block_bits, engine=s.engine, params=params,
-                                        bootstrap_auth=s.bootstrap_auth)
-        else:  # the block-size rule: as few blocks as the acquisition allows (one for a minute), all expected to give key
-            plan = self.block_plan()
-            if not plan.sufficient:
-                raise ConfigError(f"{plan.shortfall(f'the acquisition of --duration {s.duration_s:g} s')}; "
-                                  "use a longer --duration or force a block size with --block-bits")
-            dsettings = plan.distill_settings(engine=s.engine, params=params, bootstrap_auth=s.bootstrap_auth)
-            self.state["block_rule"] = plan.as_dict()
-            log.info("%s", plan.summary())
-        if not s.bootstrap_auth:  # refuse before any instrument is touched (the Distiller would, later)
-            check_auth_key(KeyStoreSink(stores), [f"{a}-{b}" for a, b in cfg.pairs()], dsettings)
-        before = {n: st.accounting() for n, st in stores.items()}
-        series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
-        timeline: list[dict[str, Any]] = []
-        t_wall = time.perf_counter()
-        with Station(cfg, base_dir=self.base_dir) as station:
-            self.run_record.write_snapshot(station.snapshot())
-            station.laser.output_enabled = True
-            for d in ("D0", "D1"):
-                station.detector(d).enabled = True
-            blocks = station.time_tagger.stream(s.duration_s, bd)
-            logs = station.client_logs()
-            acq_id = station.acquisition_id()
-            self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False})
-            self._save_state()
-            distiller = Distiller(cfg, logs, KeyStoreSink(stores, run_id=self.run_record.name), dsettings,
-                                  acquisition_id=acq_id)
-            window: dict[int, int] = {}
-            last_snap = {p: (0, 0, 0) for p in distiller.pairs}
-            t_next = s.timeline_interval_s
-            for k, blk in enumerate(blocks, start=1):
-                u, c = np.unique(blk.channels, return_counts=True)
-                for ch, n in zip(u.tolist(), c.tolist(), strict=True):
-                    window[ch] = window.get(ch, 0) + n
-                distiller.push(blk)
-                t_sim = min(k * bd, s.duration_s)
-                if t_sim + 1e-12 >= t_next or k == n_blocks:
-                    span = t_sim - (series["t_s"][-1] if series["t_s"] else 0.0)
-                    series["t_s"].append(t_sim)
-                    for ch, name in chan_names.items():
-                        series["rates_hz"][name].append(window.get(abs(ch), 0) / span if span > 0 else 0.0)
-                    window = {}
-                    for name, pst in distiller.pairs.items():
-                        sift = pst.result.sifted_bits
-                        # the block's statistics so far, as Ci's end tallies them (two-party pipeline)
-                        end_i = getattr(pst, "end_i", None)
-                        cx, ex = _matched_test_counts(end_i.counts if end_i is not None else getattr(pst, "counts", None))
-                        s0, c0, e0 = last_snap[name]
-                        if cx < c0:  # a key block was processed and its counts reset
-                            c0 = e0 = 0
-                        timeline.append({"pair": name, "t_s": t_sim, "sifted_rate_bps": (sift - s0) / span,
-                                         "qber": ((ex - e0) / 2 / (cx - c0)) if cx > c0 else None,
-                                         "qber_events": cx - c0})
-                        last_snap[name] = (sift, cx, ex)
-                    t_next += s.timeline_interval_s
-                self.progress("acquire", t_sim, s.duration_s, f"acquiring + sifting ({t_sim:.1f}/{s.duration_s:g} s)")
-            total_slots = int(round(s.duration_s * cfg.laser.rep_rate_hz))
-            self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
-            results = distiller.finish(total_slots)
-            self.progress("distil", 1, 1, "keys distilled into the node key stores")
-            station.safe_state()
-        wall = time.perf_counter() - t_wall
-        after = {n: st.accounting() for n, st in stores.items()}
+        # the block-size rule unless --block-bits: as few blocks as the acquisition allows (one for a
+        # minute), all expected to give key; too short a duration is refused before anything opens
+        opts = DistillOptions(engine=s.engine, block_bits=s.block_bits, eps_sec=s.eps_sec,
+                              bootstrap_auth=s.bootstrap_auth)
+        with DistillSession.open(cfg, opts, s.duration_s, data_dir=self.data_dir, run_id=self.run_record.name,
+                                 what=f"the acquisition of --duration {s.duration_s:g} s",
+                                 hint="use a longer --duration or force a block size with --block-bits") as session:
+            if session.plan is not None:
+                self.state["block_rule"] = session.plan.as_dict()
+                log.info("%s", session.plan.summary())
+            session.check_auth()  # without bootstrap: refuse before any instrument is touched
+            before = session.accounting()
+            t_wall = time.perf_counter()
+            with open_station(cfg, base_dir=self.base_dir) as station:
+                self.run_record.write_snapshot(station.snapshot())
+                changed = arm(station)
+                if changed:
+                    log.info("armed for acquisition: %s", ", ".join(changed))
+                results, series, timeline = self._stream_and_distil(station, session)
+                station.safe_state()
+            wall = time.perf_counter() - t_wall
+            after = session.accounting()
         pairs = distill_pair_metrics(results, s.duration_s)
         self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
         self.state["acquire"] = {
-            "acquisition_id": acq_id, "duration_s": s.duration_s, "wall_s": wall,
+            "acquisition_id": session.acquisition_id, "duration_s": s.duration_s, "wall_s": wall,
             "speed_x_real_time": s.duration_s / wall if wall > 0 else None,
             "count_rate_series": series, "timeline": timeline, "pairs": pairs,
             "stores_before": before, "stores_after": after,
@@ -341,58 +273,84 @@ class MainJob:
         for name, pd in pairs.items():
             log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
 
+    def _stream_and_distil(self, station: Any, session: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """Stream the acquisition into the session's Distiller; (pair results, count-rate series,
+        per-pair timeline of sifted rate and matched-test QBER every ``timeline_interval_s``)."""
+        from labqfl.app.station import channel_names
+
+        s, cfg = self.settings, self.cfg
+        bd = cfg.simulation.block_duration_s
+        n_blocks = max(1, math.ceil(round(s.duration_s / bd, 9)))
+        chan_names = channel_names(cfg)
+        series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
+        timeline: list[dict[str, Any]] = []
+        blocks = station.time_tagger.stream(s.duration_s, bd)
+        distiller = session.start_from_station(station)  # the clients' logs and the acquisition ID
+        self.state["acquisitions"].append({"acquisition_id": session.acquisition_id, "started_utc": _now(),
+                                           "complete": False})
+        self._save_state()
+        window: dict[int, int] = {}
+        last_snap = {p: (0, 0, 0) for p in distiller.pairs}
+        t_next = s.timeline_interval_s
+        for k, blk in enumerate(blocks, start=1):
+            blk.channel_counts(window)
+            session.push(blk)
+            t_sim = min(k * bd, s.duration_s)
+            if t_sim + 1e-12 >= t_next or k == n_blocks:
+                span = t_sim - (series["t_s"][-1] if series["t_s"] else 0.0)
+                series["t_s"].append(t_sim)
+                for ch, name in chan_names.items():
+                    series["rates_hz"][name].append(window.get(abs(ch), 0) / span if span > 0 else 0.0)
+                window = {}
+                for name, pst in distiller.pairs.items():
+                    sift = pst.result.sifted_bits
+                    # the block's statistics so far, as Ci's end tallies them (two-party pipeline)
+                    end_i = getattr(pst, "end_i", None)
+                    counts = end_i.counts if end_i is not None else getattr(pst, "counts", None)
+                    cx, ex = counts.matched_test_counts() if counts is not None else (0, 0)
+                    s0, c0, e0 = last_snap[name]
+                    if cx < c0:  # a key block was processed and its counts reset
+                        c0 = e0 = 0
+                    timeline.append({"pair": name, "t_s": t_sim, "sifted_rate_bps": (sift - s0) / span,
+                                     "qber": ((ex - e0) / 2 / (cx - c0)) if cx > c0 else None,
+                                     "qber_events": cx - c0})
+                    last_snap[name] = (sift, cx, ex)
+                t_next += s.timeline_interval_s
+            self.progress("acquire", t_sim, s.duration_s, f"acquiring + sifting ({t_sim:.1f}/{s.duration_s:g} s)")
+        total_slots = int(round(s.duration_s * cfg.laser.rep_rate_hz))
+        self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
+        results = session.finish(total_slots)
+        self.progress("distil", 1, 1, "keys distilled into the node key stores")
+        return results, series, timeline
+
     # -- phase 2 ---------------------------------------------------------------------------
+    def training_settings(self) -> Any:
+        """The training phase's :class:`~labqfl.app.training.TrainingSettings`: the station's clients,
+        keys from the node stores this job distilled into, a round short of key fails (no pre-flight:
+        the rounds that have key run and are checkpointed, and the run can be resumed with more key)."""
+        from labqfl.app.training import TrainingSettings
+
+        s = self.settings
+        return TrainingSettings(task=s.task, names=tuple(self.cfg.client_names), q=s.q, rounds=s.rounds, keys="qkd",
+                                seed=s.seed, graph=s.graph, k=s.k, self_masks=s.self_masks, threshold=s.threshold,
+                                keystore_dir=self.data_dir, preflight=False)
+
     def _train(self) -> None:
-        from labqfl.fl.datasets.tasks import load_task
-        from labqfl.fl.keysource import make_key_source
-        from labqfl.fl.secure import SecAggConfig
-        from labqfl.fl.tasks import TASK_DEFAULTS, make_model
-        from labqfl.fl.training import LocalTrainConfig, run_federated
+        from labqfl.app.training import TrainingSetup
 
         s, cfg = self.settings, self.cfg
         names = cfg.client_names
         self._phase("train", "running")
-        d_ep, d_lr, d_bs, d_clip = TASK_DEFAULTS[s.task]
-        secagg = SecAggConfig(q=s.q, clip=d_clip, rounding="stochastic", graph=s.graph, k=s.k)
-        secagg.check_bit_budget(len(names))
-        model = make_model(s.task)
-        data = load_task(s.task, len(names), s.seed)
-        tstate = self.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0})
-        ckpt = self.run_record.data_path(CHECKPOINT)
-        start = tstate["rounds_done"] + 1
-        init = np.load(ckpt) if start > 1 and ckpt.exists() else None
-        if start > 1 and init is None:
-            raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
-        if start <= s.rounds:
-            tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
-            key_source = make_key_source("qkd", keystore_dir=self.data_dir, nodes=names, starvation="fail")
-            local = LocalTrainConfig(epochs=d_ep, lr=d_lr, batch_size=d_bs)
-
-            used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
-
-            def on_round(m: Any, params: np.ndarray) -> None:
-                tmp = ckpt.with_suffix(".tmp.npy")
-                np.save(tmp, params)
-                os.replace(tmp, ckpt)
-                for pair, ids in getattr(key_source, "blocks_used", {}).items():  # block IDs (no key bits)
-                    used[pair] = sorted(set(used.get(pair, [])) | ids)
-                tstate["rounds_done"] = m.round
-                tstate["in_round"] = m.round < s.rounds
-                tstate["rounds"].append(asdict(m))
-                self._save_state()
-                self.progress("train", m.round, s.rounds,
-                              f"round {m.round}: test accuracy {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
-
-            tstate["in_round"] = True
-            self._save_state()
-            result = run_federated(model, data, rounds=s.rounds, local=local, secagg=secagg, key_source=key_source,
-                                   seed=s.seed, init_params=init, start_round=start, on_round_end=on_round)
-            tstate["initial_test_accuracy"] = tstate.get("initial_test_accuracy", result.initial_accuracy)
-            tstate["initial_test_loss"] = tstate.get("initial_test_loss", result.initial_loss)
+        setup = TrainingSetup(self.training_settings())
+        with setup:
+            setup.load_data()
+            tstate = self.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0})
+            if tstate["rounds_done"] < s.rounds:
+                self._train_rounds(setup, tstate)
         tstate["in_round"] = False
         rounds = tstate["rounds"]
         tstate["summary"] = {
-            "task": s.task, "model": model.name, "n_params": model.n_params, "clients": len(names), "q": s.q,
+            "task": s.task, "model": setup.model.name, "n_params": setup.model.n_params, "clients": len(names), "q": s.q,
             "rounds_run": len(rounds), "key_source": "qkd",
             "final_test_accuracy": rounds[-1]["test_accuracy"] if rounds else None,
             "final_test_loss": rounds[-1]["test_loss"] if rounds else None,
@@ -400,11 +358,42 @@ class MainJob:
             "key_bits_per_pair_total": sum(r["key_bits_per_pair"] for r in rounds),
             "upload_bits_per_client": rounds[-1]["upload_bits_per_client"] if rounds else 0,
             "baseline_upload_bits_per_client": rounds[-1]["baseline_upload_bits_per_client"] if rounds else 0,
-            "secagg": secagg.as_dict(), "data": data.meta, "rounds": rounds,
+            "secagg": setup.secagg.as_dict(), "data": setup.data.meta, "rounds": rounds,
             "interrupted_rounds": tstate["interrupted_rounds"],
             **self._training_key_security(tstate.get("key_blocks_used", {})),
         }
         self._phase("train", "done")
+
+    def _train_rounds(self, setup: Any, tstate: dict[str, Any]) -> None:
+        """The rounds not done yet, from the last checkpoint; state and checkpoint after each round."""
+        s = self.settings
+        ckpt = self.run_record.data_path(CHECKPOINT)
+        start = tstate["rounds_done"] + 1
+        init = np.load(ckpt) if start > 1 and ckpt.exists() else None
+        if start > 1 and init is None:
+            raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
+        tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
+        key_source = setup.open_keys()
+        used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
+
+        def on_round(m: Any, params: np.ndarray) -> None:
+            tmp = ckpt.with_suffix(".tmp.npy")
+            np.save(tmp, params)
+            os.replace(tmp, ckpt)
+            for pair, ids in getattr(key_source, "blocks_used", {}).items():  # block IDs (no key bits)
+                used[pair] = sorted(set(used.get(pair, [])) | ids)
+            tstate["rounds_done"] = m.round
+            tstate["in_round"] = m.round < s.rounds
+            tstate["rounds"].append(asdict(m))
+            self._save_state()
+            self.progress("train", m.round, s.rounds,
+                          f"round {m.round}: test accuracy {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
+
+        tstate["in_round"] = True
+        self._save_state()
+        result = setup.run(init_params=init, start_round=start, on_round_end=on_round)
+        tstate["initial_test_accuracy"] = tstate.get("initial_test_accuracy", result.initial_accuracy)
+        tstate["initial_test_loss"] = tstate.get("initial_test_loss", result.initial_loss)
 
     def _training_key_security(self, used: Mapping[str, list[str]]) -> dict[str, Any]:
         """``key_provenance`` (per pair: the provenance of the key blocks the masks consumed, from

@@ -23,6 +23,12 @@ def run(
     graph: str = typer.Option("all", "--graph", help="Mask graph: all | ring-k (each graph pair spends key every "
                               "round; a `labqfl station make --graph` station schedules only its pairs)."),
     k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
+    self_masks: bool = typer.Option(
+        False, "--self-masks/--no-self-masks",
+        help="Shamir-shared self-masks: a dropped client's late upload stays hidden (costs 2(q+1) key bits per "
+             "parameter per pair more; the plan and the key check count it)."),
+    threshold: int | None = typer.Option(
+        None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
     engine: str = typer.Option("cascade", "--engine", help="Error correction: cascade | ldpc."),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
@@ -56,7 +62,8 @@ def run(
         else:
             cfg = load_station_config(config)
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
-                                   block_bits=block_bits, graph=graph, k=k, data_dir=str(data_dir) if data_dir else None,
+                                   block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
+                                   data_dir=str(data_dir) if data_dir else None,
                                    bootstrap_auth=not no_auth_bootstrap)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
