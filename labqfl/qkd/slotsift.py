@@ -110,7 +110,8 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
     """Tags → per-pair (slots, outcomes, key flag, Ci bit, Cj bit) + counts, in one pass.
 
     Output arrays are pair-major: pair q's events are ``[start[q], start[q] + count[q])`` (in
-    slot order). Returns (start, count, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2,
+    slot order), ``start[q] = q·(accepted detections)``: each pair has room for every click and
+    only the memory pages actually written are ever touched. Returns (start, count, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2,
     doubles, error) with ``error`` 0 = fine, 1 = a slot beyond a log, 2 = an intensity index out
     of range, 3 = a phase index > 3.
     """
@@ -118,17 +119,12 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
     P = pair_ci.shape[0]
     C = frame_pair.shape[0]
     # 1. per detector: slots of the accepted detections, in tag order (same arithmetic as
-    #    slotting._assign_kernel; the anchor search starts from that detector's previous answer),
-    #    and per pair an upper bound of its clicked slots (its accepted detections)
+    #    slotting._assign_kernel; the anchor search starts from that detector's previous answer)
     na = anchor_t.shape[0]
     buf = np.empty((2, n + 1), dtype=np.int64)  # + 1: room for the merge's sentinel
     nd_ = np.zeros(2, dtype=np.int64)
     hint = np.zeros(2, dtype=np.int64)
     delay = np.array([delay0, delay1], dtype=np.int64)
-    ub = np.zeros(P, dtype=np.int64)
-    fr = np.zeros(2, dtype=np.int64)
-    fe = np.zeros(2, dtype=np.int64)  # frame end 0: the first slot misses the cache
-    fp = np.zeros(2, dtype=np.int64)
     in_order = True
     if na > 0:
         for q in range(n):
@@ -169,8 +165,6 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                 in_order = False
             buf[d, k] = s
             nd_[d] = k + 1
-            fr[d], fe[d], fp[d] = _pair_of(s, fr[d], fe[d], fp[d], frame_pair, spf, C)
-            ub[fp[d]] += 1
     n0 = nd_[0]
     n1 = nd_[1]
     s0 = buf[0]
@@ -192,11 +186,11 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
         m_in = n0 + n1
     # 2. merge + combine → clicked slots (outcome 1/2/3) in slot order, minus dropped slots;
     #    each one's pair (cached per frame), both clients' choices, statistics, key flag, bits
-    start = np.zeros(P, dtype=np.int64)
-    for q in range(1, P):
-        start[q] = start[q - 1] + ub[q - 1]
+    # pair q writes from start[q] = q·(n0 + n1) on: only the pages written are ever touched
+    m_in_all = n0 + n1
+    start = np.arange(P, dtype=np.int64) * m_in_all
     count = np.zeros(P, dtype=np.int64)
-    m_out = n0 + n1
+    m_out = P * m_in_all
     out_s = np.empty(m_out, dtype=np.int64)
     out_o = np.empty(m_out, dtype=np.uint8)
     key = np.empty(m_out, dtype=np.bool_)
