@@ -171,7 +171,33 @@ class LocalNetwork:
                     json.dump(rec, f)
             del raw
 
-    def start(self) -> LocalNetwork:
+    def warm_jit(self) -> None:
+        """Compile (or load) the Numba kernels the nodes use once, in this process, so that the
+        node processes load them from Numba's on-disk cache instead of compiling the same kernels
+        side by side on a cold cache (four clients' Cascade and the optics' Monte-Carlo at once)."""
+        from labqfl.qkd.authentication import poly_hash
+        from labqfl.qkd.cascade import reconcile_cascade
+        from labqfl.qkd.pipeline import MemorySink, distill_stream
+        from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+        from labqfl.qkd.verification import hash_tag
+        from labqfl.sim_backends.testbed import SagnacTestbed
+
+        rng = np.random.default_rng(0)  # test data, not key material
+        x = rng.integers(0, 2, 4096, dtype=np.uint8)
+        y = x.copy()
+        y[::97] ^= 1
+        reconcile_cascade(x, y, 0.01, seed=0)
+        toeplitz_hash(x, toeplitz_seed(x.size, 64), 64)
+        hash_tag(x, toeplitz_seed(x.size, 64), 64)
+        poly_hash(x.tobytes(), 12345)
+        tb = SagnacTestbed(self.cfg, threads=1)
+        tb.modulation_on_demand = True
+        distill_stream(self.cfg, list(tb.stream(0.002)), tb.client_logs(), MemorySink(),
+                       DistillSettings(min_final_block_bits=1000))
+
+    def start(self, warm: bool = True) -> LocalNetwork:
+        if warm:
+            self.warm_jit()
         clients = self.cfg.client_names
         make_node_certs(self.certs, ["optics", "detector", *clients, CTL])
         if self.preshare:
