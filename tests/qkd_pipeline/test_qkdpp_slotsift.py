@@ -207,3 +207,11 @@ def test_bad_inputs():
     with pytest.raises(QKDInputError, match="uint8"):
         DenseLog("C1", np.zeros(3, np.int64), np.zeros(3, np.uint8))
     assert "n_slots=2000" in repr(logs["C1"]) and "phase" not in repr(logs["C1"])
+
+
+def test_bench_entry_runs_quick_and_matches_the_two_stages():
+    from labqfl.bench import registry
+
+    r = registry()["slotsift"].fn(True)
+    assert r.figure > 0 and r.baseline_figure > 0
+    assert r.details["matches_two_stage"] and r.details["events"] > 50_000
