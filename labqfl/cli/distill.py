@@ -8,6 +8,7 @@ as ``metrics.json`` in a run folder.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -40,136 +41,139 @@ def distill(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Distill keys from a recording or a live acquisition; write them to the nodes' key stores."""
-    from labqfl.config import load_station_config
-    from labqfl.keystore import KeyStore
-    from labqfl.qkd.blocksize import BlockPlan, plan_blocks
-    from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
-    from labqfl.qkd.types import ENGINES, acquisition_id
+    from labqfl.app.distill import DistillOptions, DistillSession
     from labqfl.runs import RunRecord
-    from labqfl.station import Station, open_recording
+    from labqfl.serialize import to_jsonable
 
     if (recording is None) == (not live):
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
-    if engine not in ENGINES:
-        raise fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    rec: Any = None
-    station: Station | None = None
-    plan: BlockPlan | None = None
-    if recording is not None:
-        rec = open_recording(recording)
-        cfg = rec.config if config is None else load_station_config(config)
-        duration_s = rec.duration_s
-        if block_bits is None:
-            plan = plan_blocks(cfg, duration_s) if duration_s > 0 else None
-            if plan is None or not plan.sufficient:
-                rec.close()
-                short = plan.shortfall(f"recording {recording}") if plan is not None else f"recording {recording} holds no data"
-                raise fail(f"{short}; record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
-        try:  # seeded clients' logs from the recording; CSPRNG clients' from their private folders here
-            logs = {c: rec.client_log(c, data_dir) for c in cfg.client_names}
-        except FileNotFoundError as exc:  # a CSPRNG client's private log is not on this machine
-            rec.close()
-            raise fail(str(exc)) from None
-        blocks = rec.blocks()
-        acq_id = acquisition_id(rec.config, rec.epoch) if rec.epoch >= 0 else None
-        source = str(recording)
-    else:
-        cfg = load_station_config(config)
-        if not cfg.all_simulated:
-            raise ConfigError("live distillation needs the simulated time tagger and client logs; "
-                              "record real acquisitions with their client logs and pass the recording")
-        if block_bits is None:
-            plan = plan_blocks(cfg, duration)
-            if not plan.sufficient:
-                raise fail(f"{plan.shortfall('--duration')}; use a longer --duration or force a block size with --block-bits")
-        station = Station.open(cfg, base_dir=config.resolve().parent if config else None)
-        try:
-            blocks = station.time_tagger.stream(duration)
-            logs = station.client_logs()
-            acq_id = station.acquisition_id()
-        except BaseException:
-            station.close()
-            raise
-        duration_s = duration
-        source = "live (simulated station)"
-    total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
-    if plan is not None:
-        settings = plan.distill_settings(engine=engine, bootstrap_auth=not no_auth_bootstrap)
-    else:
-        assert block_bits is not None
-        settings = DistillSettings(block_bits=block_bits, engine=engine, bootstrap_auth=not no_auth_bootstrap)
-    stores: dict[str, KeyStore] = {}
-    run: RunRecord | None = None
     try:
-        stores = {n: KeyStore.for_node(n, data_dir) for n in cfg.client_names}
-        sink = KeyStoreSink(stores)
-        # built before the run folder: with --no-auth-bootstrap it refuses here, having written nothing
-        d = Distiller(cfg, logs, sink, settings, acquisition_id=acq_id)
-        run = RunRecord.create("distill", cfg, out)
-        sink.run_id = run.name
-        t0 = time.perf_counter()
-        with console.status("distilling…") if not as_json else _null():
-            for b in blocks:
-                d.push(b)
-            results = d.finish(total_slots)
-        wall = time.perf_counter() - t0
-    except BaseException:
-        if run is not None:
-            run.close()
-        raise
+        options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
+    except ConfigError as exc:
+        raise fail(f"--{exc}") from None
+    src = _Source(recording, live, duration, config, data_dir, options)
+    try:
+        with DistillSession(src.cfg, src.settings, data_dir=data_dir, plan=src.plan) as session:
+            session.check_auth()  # --no-auth-bootstrap: refused here, before any acquisition or run folder
+            src.start(session)
+            run = RunRecord.create("distill", src.cfg, out)
+            session.run_id = run.name
+            try:
+                t0 = time.perf_counter()
+                with console.status("distilling…") if not as_json else _null():
+                    for b in src.blocks:
+                        session.push(b)
+                    results = session.finish(int(round(src.duration_s * src.cfg.laser.rep_rate_hz)))
+                wall = time.perf_counter() - t0
+            except BaseException:
+                run.close()
+                raise
     finally:
-        for s in stores.values():
-            s.close()
-        if rec is not None:
-            rec.close()
-        if station is not None:
-            station.close()
+        src.close()
+    settings, plan, duration_s = src.settings, src.plan, src.duration_s
     data = {
-        "source": source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits, "block_slots": settings.block_slots,
-        "block_rule": plan.as_dict() if plan is not None else None,
+        "source": src.source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits,
+        "block_slots": settings.block_slots, "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
-        "slotting": vars(d.slotter.stats), "run": str(run.path),
+        "slotting": vars(session.distiller.slotter.stats), "run": str(run.path),
         "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
     }
-    import json
-
-    from labqfl.serialize import to_jsonable
-
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
     run.close()
+    emit(data, as_json, lambda con: _render(con, data, plan, settings))
 
-    def render(con: Any) -> None:
-        from rich.table import Table
 
-        con.print(f"source: {source}; {duration_s:g} s of data in {wall:.2f} s; engine {engine}")
-        con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits on average (--block-bits)")
-        from rich import box
+class _Source:
+    """Where the tags and the clients' logs come from: a recording (seeded clients' logs from it,
+    CSPRNG clients' from their folders here) or the Station's time tagger (live; the Station hands
+    out the logs and the acquisition ID). Refuses too little data for the block-size rule first."""
 
-        t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-        reasons: dict[str, list[str]] = {}
-        for k, r in data["pairs"].items():
-            er = r["error_rate"]
+    def __init__(self, recording: Path | None, live: bool, duration: float, config: Path | None,
+                 data_dir: Path | None, options: Any) -> None:
+        from labqfl.app.distill import distill_settings, recording_inputs
+        from labqfl.config import load_station_config
+        from labqfl.station import open_recording
 
-            def pct(v: Any) -> str:
-                return "—" if v is None else f"{100 * v:.2f} %"
+        self.rec: Any = None
+        self.station: Any = None
+        self.config = config
+        self.logs: dict[str, Any] = {}
+        self.acq_id: str | None = None
+        if recording is not None:
+            self.rec = open_recording(recording)
+            try:
+                self.cfg = self.rec.config if config is None else load_station_config(config)
+                self.duration_s = float(self.rec.duration_s)
+                self.settings, self.plan = distill_settings(
+                    self.cfg, options, self.duration_s, what=f"recording {recording}",
+                    hint="record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
+                self.logs, self.acq_id = recording_inputs(self.rec, self.cfg, data_dir)
+            except (ConfigError, FileNotFoundError) as exc:  # e.g. a CSPRNG client's private log is not here
+                self.rec.close()
+                raise fail(str(exc)) from None
+            self.blocks = self.rec.blocks()
+            self.source = str(recording)
+            return
+        self.cfg = load_station_config(config)
+        if not self.cfg.all_simulated:
+            raise ConfigError("live distillation needs the simulated time tagger and client logs; "
+                              "record real acquisitions with their client logs and pass the recording")
+        try:
+            self.settings, self.plan = distill_settings(
+                self.cfg, options, duration, what="--duration",
+                hint="use a longer --duration or force a block size with --block-bits")
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        self.duration_s = duration
+        self.source = "live (simulated station)"
 
-            rate = r["secure_key_rate_bps"]
-            t.add_row(k, f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
-                      "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
-                      "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
-                      "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
-            for reason in r["abort_reasons"]:
-                reasons.setdefault(reason, []).append(k)
-        con.print(t)
-        for reason, pairs in reasons.items():
-            con.print(f"[yellow]aborted[/] ({', '.join(pairs)}): {reason}")
-        if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
-            con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
-                      "block-size rule choose (labqfl.qkd.blocksize).")
-        con.print(f"run folder: {run.path}")
+    def start(self, session: Any) -> None:
+        """Start the session's Distiller on this source (live: open the station and start streaming)."""
+        if self.rec is not None:
+            session.start(self.logs, self.acq_id)
+            return
+        from labqfl.app.station import open_station
 
-    emit(data, as_json, render)
+        self.station = open_station(self.cfg, base_dir=self.config.resolve().parent if self.config else None)
+        self.blocks = self.station.time_tagger.stream(self.duration_s)
+        session.start_from_station(self.station)
+
+    def close(self) -> None:
+        if self.rec is not None:
+            self.rec.close()
+        if self.station is not None:
+            self.station.close()
+
+
+def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
+    from rich import box
+    from rich.table import Table
+
+    con.print(f"source: {data['source']}; {data['duration_s']:g} s of data in {data['wall_s']:.2f} s; engine {data['engine']}")
+    con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits on average (--block-bits)")
+    t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
+              box=box.SIMPLE_HEAD, pad_edge=False)
+    reasons: dict[str, list[str]] = {}
+
+    def pct(v: Any) -> str:
+        return "—" if v is None else f"{100 * v:.2f} %"
+
+    for k, r in data["pairs"].items():
+        er = r["error_rate"]
+        rate = r["secure_key_rate_bps"]
+        t.add_row(k, f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
+                  "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
+                  "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
+                  "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
+        for reason in r["abort_reasons"]:
+            reasons.setdefault(reason, []).append(k)
+    con.print(t)
+    for reason, pairs in reasons.items():
+        con.print(f"[yellow]aborted[/] ({', '.join(pairs)}): {reason}")
+    if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
+        con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
+                  "block-size rule choose (labqfl.qkd.blocksize).")
+    con.print(f"run folder: {data['run']}")
 
 
 class _null:
