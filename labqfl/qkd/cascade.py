@@ -780,8 +780,8 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 fb = top_off[r] + b
                 bob_top[fb] ^= 1
                 odd = alice_top[fb] != bob_top[fb]
-                if kind[r] == 1 or r >= DEFER_FROM_PASS:
-                    # deferrable pass: (re)start lazily, when no lower pass has work (see above)
+                if kind[r] == 0 and r >= DEFER_FROM_PASS:
+                    # deferred affine pass: (re)start lazily, when no lower pass has work (see above)
                     if st[fb] == 4 or st[fb] == 0 or slo[fb] <= _rank_of(n, kind, k, c, ainv, masks, cum,
                                                                          r, b, i) < shi[fb]:
                         if not odd:
