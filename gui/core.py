@@ -41,16 +41,10 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.app.station import arm, channel_names
 from labqfl.config import StationConfig, load_station_config
-from labqfl.errors import ConfigError, LabqflError
+from labqfl.errors import LabqflError
 from labqfl.instruments.base import Instrument
-from labqfl.instruments.interfaces import (
-    IntensityModulator,
-    PhaseModulator,
-    PhotonDetector,
-    PulsedLaser,
-    VariableAttenuator,
-)
 from labqfl.log import ROOT, KeyMaterialFilter, get_logger
 
 log = get_logger("labqfl.gui")
@@ -160,25 +154,8 @@ def parse_setting_value(text: Any, current: Any) -> Any:
     return t
 
 
-def arm_station(station: Any) -> list[str]:
-    """Put every instrument in its operating state for acquisition: laser on, detectors armed,
-    phase/intensity modulators on, attenuator shutters open. Returns what was changed."""
-    changed: list[str] = []
-    for role, inst in station.instruments.items():
-        if isinstance(inst, PulsedLaser):
-            attr, value = "output_enabled", True
-        elif isinstance(inst, PhotonDetector):
-            attr, value = "enabled", True
-        elif isinstance(inst, PhaseModulator | IntensityModulator):
-            attr, value = "output_enabled", True
-        elif isinstance(inst, VariableAttenuator):
-            attr, value = "shutter_closed", False
-        else:
-            continue
-        if getattr(inst, attr) != value:
-            setattr(inst, attr, value)
-            changed.append(f"{role}.{attr}={value}")
-    return changed
+#: Every role in its operating state for acquisition (the application layer's recipe, shared with ``labqfl run``).
+arm_station = arm
 
 
 # -- distillation metrics -------------------------------------------------------------------------
@@ -289,6 +266,15 @@ class TrainingOptions:
     k: int = 0
     samples_per_client: int = 100
     test_size: int = 400
+
+    def settings(self, keystore_dir: Path | None = None) -> Any:
+        """The application layer's :class:`~labqfl.app.training.TrainingSettings` for these options
+        (task defaults for local training and clip; keys from the stores under ``keystore_dir``)."""
+        from labqfl.app.training import TrainingSettings
+
+        return TrainingSettings(task=self.task, clients=self.clients, rounds=self.rounds, q=self.q, keys=self.keys,
+                                seed=self.seed, graph=self.graph, k=self.k, samples_per_client=self.samples_per_client,
+                                test_size=self.test_size, keystore_dir=keystore_dir, preflight=False)
 
 
 class _LogHandler(logging.Handler):
@@ -598,8 +584,7 @@ class TestbedCore:
     def _acquire(self, arm: bool, block_s: float | None) -> None:
         st = self.station
         cfg = self.config
-        tt = cfg.time_tagger
-        names = {tt.sync_channel: "sync", **{ch: d for d, ch in tt.detector_channels.items()}}
+        names = channel_names(cfg)
         bs = block_s or cfg.simulation.block_duration_s
         t_acq = 0.0
         wall0 = time.perf_counter()
@@ -629,11 +614,9 @@ class TestbedCore:
                         t_acq += bs
                         seg_t += bs
                         acc_t += bs
-                        if len(blk):
-                            u, c = np.unique(blk.channels, return_counts=True)
-                            for ch, n in zip(u.tolist(), c.tolist(), strict=True):
-                                if ch in names:
-                                    acc_counts[names[ch]] += n
+                        for ch, n in blk.channel_counts().items():
+                            if ch in names:
+                                acc_counts[names[ch]] += n
                         if feeder is not None:
                             feeder.put(blk)  # blocks when the pipeline lags: back-pressure
                         now = time.perf_counter()
@@ -676,7 +659,7 @@ class TestbedCore:
         station supplies the clients' modulation logs and the acquisition ID (as for
         ``labqfl run``), so block IDs derive from the acquisition and the key stores refuse
         to take the same raw data twice."""
-        from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
+        from labqfl.app.distill import DistillOptions, distill_settings
 
         cfg = self.config
         try:
@@ -686,25 +669,18 @@ class TestbedCore:
             self._error("Cannot distil", exc)
             self._distill_request = None
             return None
-        try:
-            if req["block_bits"] is None:  # the block-size rule for an open-ended stream
-                from labqfl.qkd.blocksize import plan_blocks
-
-                plan = plan_blocks(cfg)
-                if not plan.sufficient:
-                    raise LabqflError(plan.shortfall("live distillation"))
-                settings = plan.distill_settings(engine=str(req["engine"]))
+        try:  # block_bits None: the block-size rule for an open-ended stream
+            options = DistillOptions(engine=str(req["engine"]), block_bits=req["block_bits"])
+            settings, plan = distill_settings(cfg, options, None, what="live distillation", hint="")
+            if plan is not None:
                 self.post("progress", ("distillation", None, plan.summary()))
-            else:
-                settings = DistillSettings(block_bits=int(req["block_bits"]), engine=str(req["engine"]))
         except LabqflError as exc:
             self._error("Cannot distil", exc)
             self._distill_request = None
             return None
         q: queue.Queue[Any] = queue.Queue(maxsize=16)
         self._distill_queue = q
-        th = self._thread(self._distill, (q, cfg, logs, acq_id, settings, Distiller, KeyStoreSink),
-                          "labqfl-distillation")
+        th = self._thread(self._distill, (q, cfg, logs, acq_id, settings), "labqfl-distillation")
         self._distill_thread = th
         self._set_busy("distillation", True)
         th.start()
@@ -713,12 +689,12 @@ class TestbedCore:
     def _finish_distiller(self, q: queue.Queue[Any], seg_t: float, discard: bool) -> None:
         q.put(("finish", seg_t, discard))
 
-    def _distill(self, q: queue.Queue[Any], cfg: StationConfig, logs: dict[str, Any], acq_id: str, settings: Any,
-                 distiller_cls: Any, sink_cls: Any) -> None:
-        from labqfl.keystore import KeyStore
+    def _distill(self, q: queue.Queue[Any], cfg: StationConfig, logs: dict[str, Any], acq_id: str,
+                 settings: Any) -> None:
+        from labqfl.app.distill import DistillSession
         from labqfl.runs import RunRecord
 
-        stores: dict[str, Any] = {}
+        session: DistillSession | None = None
         t_s = 0.0
         bs = cfg.simulation.block_duration_s
         last_emit = 0.0
@@ -726,8 +702,8 @@ class TestbedCore:
             run = RunRecord.create("gui-distill", cfg, self.runs_dir)
             run_name = run.name
             run.close()
-            stores = {n: KeyStore.for_node(n, self.data_dir) for n in cfg.client_names}
-            d = distiller_cls(cfg, logs, sink_cls(stores, run_id=run_name), settings, acquisition_id=acq_id)
+            session = DistillSession(cfg, settings, data_dir=self.data_dir, run_id=run_name)
+            d = session.start(logs, acq_id)
             log.info("distillation of acquisition %s started: blocks of %d sifted bits, %s", acq_id,
                      settings.block_bits, settings.engine)
             while True:
@@ -759,8 +735,8 @@ class TestbedCore:
                 if isinstance(item, tuple) and item[0] == "finish":
                     break
         finally:
-            for s in stores.values():
-                s.close()
+            if session is not None:
+                session.close()
             self._post_pools()
             log.info("distillation stopped")
             self._set_busy("distillation", False)
@@ -860,31 +836,13 @@ class TestbedCore:
     def _train(self, opts: TrainingOptions) -> None:
         try:
             self.post("progress", ("training", None, "loading model and data…"))
-            from labqfl.fl.datasets.tasks import TASKS as FL_TASKS
-            from labqfl.fl.datasets.tasks import load_task
-            from labqfl.fl.keysource import make_key_source
-            from labqfl.fl.secure import SecAggConfig, secure_round
-            from labqfl.fl.tasks import TASK_DEFAULTS, make_model
-            from labqfl.fl.training import LocalTrainConfig, run_federated
+            from labqfl.app.training import TrainingSetup
+            from labqfl.fl.secure import secure_round
 
-            if opts.task not in FL_TASKS:
-                raise ConfigError(f"unknown task {opts.task!r}; expected one of {', '.join(FL_TASKS)}")
-            if opts.clients < 2:
-                raise ConfigError("secure aggregation needs at least 2 clients")
-            ep, lr, bsz, clip = TASK_DEFAULTS[opts.task]
-            local = LocalTrainConfig(epochs=ep, lr=lr, batch_size=bsz)
-            secagg = SecAggConfig(q=opts.q, clip=clip, rounding="stochastic", graph=opts.graph, k=opts.k)
-            secagg.check_bit_budget(opts.clients)
-            model = make_model(opts.task)
-            names = [f"C{i + 1}" for i in range(opts.clients)]
-            if opts.keys == "qkd":
-                key_source = make_key_source("qkd", keystore_dir=self.data_dir, nodes=names, starvation="fail")
-            elif opts.keys == "csprng":
-                key_source = make_key_source("csprng")
-            else:
-                raise ConfigError(f"unknown key source {opts.keys!r}; expected qkd or csprng")
-            data = load_task(opts.task, opts.clients, opts.seed, samples_per_client=opts.samples_per_client,
-                             test_size=opts.test_size)
+            # the shared recipe; no pre-flight key check: keys may still be arriving from a running distillation
+            setup = TrainingSetup.prepare(opts.settings(self.data_dir))
+            model, data, secagg, names = setup.model, setup.data, setup.secagg, setup.names
+            key_source = setup.key_source
             sizes = data.sizes()
             pairs = [p if isinstance(p, str) else "-".join(p) for p in secagg.pairs(names)]
             self.post("train_started", {"task": opts.task, "model": model.name, "n_params": model.n_params,
@@ -927,14 +885,14 @@ class TestbedCore:
 
             self.post("progress", ("training", 0.0, f"{opts.task}: {opts.clients} clients, keys={opts.keys}"))
             try:
-                result = run_federated(model, data, rounds=opts.rounds, local=local, secagg=secagg,
-                                       key_source=key_source, seed=opts.seed, progress=progress,
-                                       secure_round_fn=observed_round)
+                result = setup.run(progress=progress, secure_round_fn=observed_round)
                 summary = result.summary()
                 summary["stopped"] = False
             except _Cancelled:
                 summary = {"stopped": True}
                 log.info("training stopped by the user")
+            finally:
+                setup.close()
             self.post("train_finished", summary)
             self.post("progress", ("training", 1.0, "training stopped" if summary.get("stopped") else "training finished"))
         except Exception as exc:

@@ -63,7 +63,7 @@ def distill_settings(cfg: StationConfig, options: DistillOptions, duration_s: fl
 
     ``duration_s``: the acquisition's length (``None``: an open-ended stream). With the block-size
     rule, data too short for one positive-key block per pair raises :class:`ConfigError`
-    ``"<shortfall of what>; <hint>"`` before anything is opened.
+    ``"<shortfall of what>; <hint>"`` (no hint: the shortfall alone) before anything is opened.
     """
     from labqfl.qkd.pipeline import DistillSettings
 
@@ -77,11 +77,12 @@ def distill_settings(cfg: StationConfig, options: DistillOptions, duration_s: fl
                                bootstrap_auth=options.bootstrap_auth, **kw), None
     from labqfl.qkd.blocksize import plan_blocks
 
+    tail = f"; {hint}" if hint else ""
     if duration_s is not None and duration_s <= 0:
-        raise ConfigError(f"{what} holds no data; {hint}")
+        raise ConfigError(f"{what} holds no data{tail}")
     plan = plan_blocks(cfg, duration_s, **kw)
     if not plan.sufficient:
-        raise ConfigError(f"{plan.shortfall(what)}; {hint}")
+        raise ConfigError(f"{plan.shortfall(what)}{tail}")
     return plan.distill_settings(engine=options.engine, bootstrap_auth=options.bootstrap_auth, **kw), plan
 
 
