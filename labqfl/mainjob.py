@@ -73,6 +73,8 @@ class JobSettings:
     #: Shamir-shared self-masks (issue 21, :mod:`labqfl.fl.selfmask`) and their threshold t (None: a majority)
     self_masks: bool = False
     threshold: int | None = None
+    #: acquire+distil across node processes on loopback (:mod:`labqfl.nodes.runjob`), not in process
+    nodes: bool = False
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -252,19 +254,25 @@ class MainJob:
             session.check_auth()  # without bootstrap: refuse before any instrument is touched
             before = session.accounting()
             t_wall = time.perf_counter()
-            with open_station(cfg, base_dir=self.base_dir) as station:
-                self.run_record.write_snapshot(station.snapshot())
-                changed = arm(station)
-                if changed:
-                    log.info("armed for acquisition: %s", ", ".join(changed))
-                results, series, timeline = self._stream_and_distil(station, session)
-                station.safe_state()
+            path: dict[str, Any] = {"path": "in-process"}
+            if s.nodes:  # every client, the detector and the optics in their own process
+                nodes = self._acquire_over_nodes(session.settings)
+                pairs, series, timeline, acq_id = nodes.pairs, nodes.count_rate_series, nodes.timeline, nodes.acquisition_id
+                path = nodes.path_metrics()
+            else:
+                with open_station(cfg, base_dir=self.base_dir) as station:
+                    self.run_record.write_snapshot(station.snapshot())
+                    changed = arm(station)
+                    if changed:
+                        log.info("armed for acquisition: %s", ", ".join(changed))
+                    results, series, timeline = self._stream_and_distil(station, session)
+                    station.safe_state()
+                pairs, acq_id = distill_pair_metrics(results, s.duration_s), session.acquisition_id
             wall = time.perf_counter() - t_wall
             after = session.accounting()
-        pairs = distill_pair_metrics(results, s.duration_s)
         self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
         self.state["acquire"] = {
-            "acquisition_id": session.acquisition_id, "duration_s": s.duration_s, "wall_s": wall,
+            "acquisition_id": acq_id, "duration_s": s.duration_s, "wall_s": wall, "acquisition": path,
             "speed_x_real_time": s.duration_s / wall if wall > 0 else None,
             "count_rate_series": series, "timeline": timeline, "pairs": pairs,
             "stores_before": before, "stores_after": after,
@@ -272,6 +280,21 @@ class MainJob:
         self._phase("acquire", "done")
         for name, pd in pairs.items():
             log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
+
+    def _acquire_over_nodes(self, settings: Any) -> Any:
+        """``--nodes``: :func:`labqfl.nodes.runjob.acquire_over_nodes` into this job's data directory
+        (the acquisition is recorded in ``state.json`` before it starts, as in process)."""
+        from labqfl.app.station import channel_names
+        from labqfl.nodes.runjob import acquire_over_nodes
+
+        def started(acq_id: str) -> None:
+            self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False})
+            self._save_state()
+
+        return acquire_over_nodes(self.cfg, settings, self.settings.duration_s, data_dir=self.data_dir,
+                                  channel_names=channel_names(self.cfg), run_id=self.run_record.name,
+                                  bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
+                                  on_start=started, log_dir=self.path / "nodes")
 
     def _stream_and_distil(self, station: Any, session: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         """Stream the acquisition into the session's Distiller; (pair results, count-rate series,
@@ -459,6 +482,7 @@ class MainJob:
                                             "count_rate_series") if k in acq} if acq else None,
             "distill": {"pairs": acq.get("pairs"), "timeline": acq.get("timeline")} if acq else None,
             "keys": keys, "train": train,
+            "acquisition": acq.get("acquisition", {"path": "in-process"}) if acq else None,
         }
         if self.state.get("plan"):  # the plan made before the acquisition, next to what happened
             from labqfl.planning import compare

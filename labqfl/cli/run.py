@@ -42,6 +42,11 @@ def run(
         False, "--no-auth-bootstrap",
         help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
              "authentication key (`labqfl keys preshare`); else fail before the station is opened."),
+    nodes: bool = typer.Option(
+        False, "--nodes/--in-process",
+        help="Acquire and distil across node processes on loopback (optics, detector, one process per client; "
+             "throwaway certificates; docs/nodes.md) instead of in this process. Training then draws the pads "
+             "from the same key stores."),
     resume: Path | None = typer.Option(None, "--resume", file_okay=False,
                                        help="Continue an interrupted run folder (other options are taken from it)."),
     as_json: bool = JSON_OPTION,
@@ -64,7 +69,7 @@ def run(
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
                                    data_dir=str(data_dir) if data_dir else None,
-                                   bootstrap_auth=not no_auth_bootstrap)
+                                   bootstrap_auth=not no_auth_bootstrap, nodes=nodes)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
         console.print(f"run folder: {job.path}")

@@ -493,8 +493,9 @@ class _IPair:
 class _Acq:
     """One acquisition at this client: its generator/log, its modulator link, its pairs."""
 
-    def __init__(self, acq: str, log_: Any, peers: dict[str, str]) -> None:
+    def __init__(self, acq: str, log_: Any, peers: dict[str, str], run_id: str = "") -> None:
         self.acq, self.log, self.peers = acq, log_, peers
+        self.run_id = run_id  # the operator's run folder, stamped on every stored block (``labqfl run --nodes``)
         self.i_pairs: dict[str, _IPair] = {}
         self.j_pairs: dict[str, _JPair] = {}
         self.link_error = ""
@@ -595,6 +596,7 @@ class ClientNode(Node):
                 "final_key_bits": int(o.final.size) if o.final is not None else 0, "eps_sec": s.params.eps_sec,
                 "eps_cor": s.params.eps_cor, "eps_auth": eps_auth, "eps_total": eps_t, "acquisition": acq.acq,
                 "slots": [int(extra.get("start", 0)), int(extra.get("end", 0))], "node": self.name,
+                "run_id": acq.run_id,
                 "provenance": pair_provenance(self.cfg, (a, b), {self.name: acq.log}, eps_sec=s.params.eps_sec,
                                               eps_cor=s.params.eps_cor, eps_auth=eps_auth,
                                               eps_total=eps_t).as_dict()}
@@ -604,10 +606,12 @@ class ClientNode(Node):
         held = []
         if refill:
             self.store.add_block(pair, final[:refill], block_id=block_id + AUTH_REFILL_SUFFIX, purpose="auth",
+                                 run_id=str(meta.get("run_id", "")),
                                  meta={**meta, "kind": "auth-refill", "key_block": block_id})
             held.append(block_id + AUTH_REFILL_SUFFIX)
         if final.size > refill:
-            self.store.add_block(pair, final[refill:], block_id=block_id, purpose="general", meta=meta)
+            self.store.add_block(pair, final[refill:], block_id=block_id, purpose="general",
+                                 run_id=str(meta.get("run_id", "")), meta=meta)
             held.append(block_id)
         return held
 
@@ -654,9 +658,11 @@ class ClientNode(Node):
             refill, meta = int(rec["refill"]), rec["meta"]
             if refill and bid + AUTH_REFILL_SUFFIX in held and not self.store.has_block(bid + AUTH_REFILL_SUFFIX):
                 self.store.add_block(pair, bits[:refill], block_id=bid + AUTH_REFILL_SUFFIX, purpose="auth",
+                                     run_id=str(meta.get("run_id", "")),
                                      meta={**meta, "kind": "auth-refill", "key_block": bid})
             if bits.size > refill and bid in held and not self.store.has_block(bid):
-                self.store.add_block(pair, bits[refill:], block_id=bid, purpose="general", meta=meta)
+                self.store.add_block(pair, bits[refill:], block_id=bid, purpose="general",
+                                     run_id=str(meta.get("run_id", "")), meta=meta)
             f.write_bytes(b"\0" * f.stat().st_size)
             f.unlink()
 
@@ -701,7 +707,7 @@ class ClientNode(Node):
         log_ = new_client_log(self.cc, int(req.fields.get("epoch", 0)))
         if isinstance(log_, CsprngChoiceLog):
             save_private_log(log_, self.data, acq)
-        a = _Acq(acq, log_, peers)
+        a = _Acq(acq, log_, peers, str(req.fields.get("run_id", "")))
         for pair, ci in self.j_of.items():
             a.j_pairs[pair] = _JPair(self, a, pair, ci)
         for pair, cj in self.i_of.items():

@@ -74,6 +74,7 @@ class DetectorNode(Node):
         tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
                            fields={"acq": acq, "duration": duration, "block_duration": bd})
         n_tags = n_clicks = n_blocks = 0
+        per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
         prev = 0
         try:
             while True:
@@ -91,6 +92,7 @@ class DetectorNode(Node):
                     raise NodeError(f"optics answered {rep.kind!r} to tags/next")
                 block = TagBlock(np.asarray(rep.get("ts"), np.int64), np.asarray(rep.get("ch"), np.int16))
                 n_tags += int(block.timestamps.size)
+                block.channel_counts(per_channel)
                 n_blocks += 1
                 events = slotter.push(block)
                 n_clicks += int(events.slots.size)
@@ -105,7 +107,7 @@ class DetectorNode(Node):
         log.info("detector: acquisition %s: %d tag blocks, %d tags, %d clicks, %d slots in %.2f s", acq, n_blocks,
                  n_tags, n_clicks, final, wall)
         return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
-                  dropped=int(slotter.dropped.count(0, final)))
+                  dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel))
 
     def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter, events: Any, lo: int, hi: int) -> None:
         if hi <= lo:

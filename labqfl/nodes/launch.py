@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,9 @@ class NodeProcess:
     proc: subprocess.Popen[str]
     address: str = ""
     log_path: Path = field(default_factory=Path)
+    t_spawn: float = 0.0
+    #: seconds from spawn to its ``NODE`` line (None until it printed it)
+    startup_s: float | None = None
 
 
 def _read_address(np_: NodeProcess, timeout: float) -> str:
@@ -62,6 +66,7 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
         assert np_.proc.stdout is not None
         for line in np_.proc.stdout:
             if line.startswith("NODE "):
+                np_.startup_s = time.perf_counter() - np_.t_spawn
                 got.append(line.split()[2])
                 return
 
@@ -77,8 +82,10 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
 
 def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optics: str, clients: dict[str, str],
                     duration: float, block_duration: float = 0.0, timeout: float = 900.0,
-                    detector_name: str = "detector", acq: str | None = None) -> dict[str, Any]:
+                    detector_name: str = "detector", acq: str | None = None, run_id: str = "") -> dict[str, Any]:
     """The operator's acquisition → distillation across running nodes (addresses given).
+
+    ``run_id``: the run folder the clients write into every stored block's ``run_id`` (``labqfl run --nodes``).
 
     Returns ``{"acquisition", "detector": {...}, "pairs": {pair: PairResult dict + done/failed},
     "clients": {name: {...}}, "wall_s"}``. No key bit is in it."""
@@ -89,7 +96,7 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
     ctl = {c: open_session(clients[c], creds, c, "ctl") for c in cfg_clients}
     try:
         for ch in ctl.values():
-            request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics,
+            request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics, "run_id": run_id,
                                             "peers": json.dumps(clients)}), "ctl/armed")
         dch = open_session(detector, creds, detector_name, "ctl", timeout_s=timeout)
         try:
@@ -120,7 +127,7 @@ class LocalNetwork:
 
     def __init__(self, workdir: Path, station: str | Path | None = None, *, settings: DistillSettings | None = None,
                  env: dict[str, dict[str, str]] | None = None, threads: int | None = None,
-                 client_data: Path | None = None, preshare: bool = True) -> None:
+                 client_data: Path | None = None, preshare: bool | Collection[str] = True) -> None:
         self.workdir = Path(workdir)
         self.station = station
         self.cfg = load_station_config(station)
@@ -130,8 +137,11 @@ class LocalNetwork:
         #: one data folder for every client (labqfl's layout: each touches only keystore/<Ci>.sqlite
         #: and nodes/<Ci>/), e.g. ``labqfl run --nodes`` with its --data-dir; default: one per node
         self.client_data = None if client_data is None else Path(client_data)
-        #: deliver a fresh pre-shared authentication secret per pair (False: the stores hold one)
+        #: deliver a fresh pre-shared authentication secret per pair (False: the stores hold one;
+        #: a collection of pair names: to those pairs only)
         self.preshare = preshare
+        #: seconds :meth:`warm_jit` took in :meth:`start`
+        self.warm_jit_s = 0.0
         self.certs = self.workdir / "certs"
         self.nodes: dict[str, NodeProcess] = {}
 
@@ -152,8 +162,9 @@ class LocalNetwork:
                *args]
         env = {**os.environ, **self.env.get(name, {})}
         with logp.open("w") as errf:
+            t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
-        np_ = NodeProcess(name, role, data, proc, log_path=logp)
+        np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[name] = np_
         return np_
 
@@ -161,6 +172,8 @@ class LocalNetwork:
         bits_n = self.settings.preshared_auth_bits
         for a, b in self.cfg.pairs():
             pair = f"{a}-{b}"
+            if not isinstance(self.preshare, bool) and pair not in self.preshare:
+                continue
             raw = secrets.token_bytes(bits_n // 8)
             rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}", "bits_hex": raw.hex()}
             for c in (a, b):
@@ -197,7 +210,9 @@ class LocalNetwork:
 
     def start(self, warm: bool = True) -> LocalNetwork:
         if warm:
+            t = time.perf_counter()
             self.warm_jit()
+            self.warm_jit_s = time.perf_counter() - t
         clients = self.cfg.client_names
         make_node_certs(self.certs, ["optics", "detector", *clients, CTL])
         if self.preshare:

@@ -1,0 +1,192 @@
+"""``labqfl run --nodes``: the main job's acquire+distil phase across node processes.
+
+:func:`acquire_over_nodes` starts the network of one machine with
+:class:`~labqfl.nodes.launch.LocalNetwork` (throwaway certificates, loopback, optics + detector +
+one process per client), with every client's data folder set to the job's data directory
+(``client_data``), so each client process writes its key store ``<data_dir>/keystore/<Ci>.sqlite``
+exactly where the in-process pipeline writes it and where training draws the pads. It runs one
+acquisition → distillation (:func:`~labqfl.nodes.launch.run_acquisition`, tagged with the run's
+ID so the stored blocks carry it as the in-process ones do), stops every node with SIGTERM and
+checks their exit codes — on success, on failure and on Ctrl-C alike.
+
+The job's own process opens the key stores only before the nodes start (the authentication
+check and the "before" accounting) and after they exited (the "after" accounting); while they
+run, each store is written by its own client process only.
+
+What the result holds is what the in-process phase gives ``metrics.json`` (per pair
+:class:`~labqfl.qkd.pipeline.PairResult` as a dict with ``status``/``qber_x``, the count-rate
+series, the per-pair timeline) plus the path and the nodes' start-up times. Granularity differs
+where the nodes expose less: the count-rate series has one point (the detector's per-channel tag
+totals over the acquisition) and the timeline one entry per pair (Ci's totals: sifted rate, X test
+QBER), where the in-process path samples both every ``timeline_interval_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labqfl.config import StationConfig
+from labqfl.log import get_logger
+from labqfl.nodes.common import NodeError
+
+log = get_logger(__name__)
+
+__all__ = ["NodesAcquisition", "acquire_over_nodes", "pairs_needing_preshare"]
+
+#: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
+ProgressFn = Callable[[str, float, float, str], None]
+
+
+@dataclass
+class NodesAcquisition:
+    """One acquisition → distillation over node processes (no key bit in it)."""
+
+    acquisition_id: str
+    #: per pair: :meth:`PairResult.as_dict` as Ci's node reports it, plus ``status`` and ``qber_x``
+    pairs: dict[str, dict[str, Any]]
+    count_rate_series: dict[str, Any]
+    timeline: list[dict[str, Any]]
+    #: wall time of acquisition + distillation (after start-up, before the stop) [s]
+    wall_s: float
+    #: {"warm_jit_s", "total_s", "nodes": {name: seconds from spawn to its listening line}}
+    startup_s: dict[str, Any] = field(default_factory=dict)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    detector: dict[str, Any] = field(default_factory=dict)
+    stop_s: float = 0.0
+
+    def path_metrics(self) -> dict[str, Any]:
+        """``metrics.json``'s ``acquisition`` entry for this path."""
+        return {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
+                "exit_codes": self.exit_codes, "acquisition_wall_s": round(self.wall_s, 3),
+                "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped")
+                             if k in self.detector}}
+
+
+def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) -> list[str]:
+    """Pairs whose Ci store cannot pay for a first block's authentication (what the in-process
+    Distiller bootstraps with a simulated pre-shared block, ``DistillSettings.bootstrap_auth``)."""
+    from labqfl.keystore import KeyStore
+    from labqfl.qkd.pipeline import _auth_bits_per_block
+
+    need = _auth_bits_per_block(settings.auth_lanes, first=True)
+    out = []
+    for a, b in cfg.pairs():
+        with KeyStore.for_node(a, data_dir) as sa, KeyStore.for_node(b, data_dir) as sb:
+            pair = f"{a}-{b}"
+            if min(sa.available_bits(pair, "auth"), sb.available_bits(pair, "auth")) < need:
+                out.append(pair)
+    return out
+
+
+def _pair_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """As :func:`labqfl.mainjob.distill_pair_metrics`, from the dicts the nodes send."""
+    pairs = {}
+    for name, d in sorted(results.items()):
+        pd = dict(d)
+        pd.pop("accepted_blocks", None)  # block IDs: in the stores, not needed in metrics
+        reasons = list(pd.get("abort_reasons") or [])
+        if pd.get("failed"):
+            reasons.append(str(pd["failed"]))
+        pd["status"] = "ok" if pd["final_key_bits"] > 0 else ("abort: " + "; ".join(reasons) if reasons else "no key")
+        pd["qber_x"] = pd["error_rate"]["X_key"]
+        pairs[name] = pd
+    return pairs
+
+
+def _timeline(pairs: dict[str, dict[str, Any]], duration_s: float) -> list[dict[str, Any]]:
+    """One entry per pair over the whole acquisition: sifted rate and the X-basis test QBER (Ci's
+    totals; the nodes report no finer time resolution)."""
+    return [{"pair": name, "t_s": duration_s, "sifted_rate_bps": pd["sifted_bits"] / duration_s,
+             "qber": pd["error_rate"].get("X_test"), "qber_events": None} for name, pd in pairs.items()]
+
+
+def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration_s: float) -> dict[str, Any]:
+    """The count-rate series of metrics.json with one point: each channel's tags over the
+    acquisition (the detector's ``channel_counts``) per second."""
+    counts = {int(k): int(v) for k, v in json.loads(str(detector.get("channel_counts") or "{}")).items()}
+    return {"t_s": [duration_s],
+            "rates_hz": {name: [counts.get(abs(ch), 0) / duration_s] for ch, name in channel_names.items()}}
+
+
+def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
+                       channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
+                       on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
+                       timeout_s: float = 900.0) -> NodesAcquisition:
+    """Start the nodes, acquire ``duration_s`` seconds and distil into ``data_dir``'s stores, stop them.
+
+    ``settings``: the pipeline's :class:`~labqfl.qkd.pipeline.DistillSettings` (block sizes from
+    the block-size rule, engine, ε_sec), handed to every client node. ``bootstrap_auth``: pairs
+    whose stores hold too little authentication key get a fresh simulated pre-shared secret
+    (delivered into both clients' folders, as ``labqfl node up``); False delivers none (the caller
+    checks the stores beforehand). ``channel_names``: tagger channel → name
+    (:func:`labqfl.app.station.channel_names`). ``on_start(acquisition_id)`` is called before the acquisition
+    starts (the job records it, so an interrupted one is never distilled again). ``log_dir``:
+    where the nodes' logs are copied (they hold no key bit and no choice: tests/nodes). Raises
+    :class:`~labqfl.nodes.common.NodeError` when a node fails to start, a pair failed, or a node
+    did not exit with 0 after SIGTERM.
+    """
+    from labqfl.nodes.launch import LocalNetwork, run_acquisition
+    from labqfl.planning import station_toml
+
+    report = progress or (lambda *a: None)
+    preshare = pairs_needing_preshare(cfg, data_dir, settings) if bootstrap_auth else []
+    work = Path(tempfile.mkdtemp(prefix="labqfl-nodes-"))
+    try:
+        station = work / "station.toml"
+        station.write_text(station_toml(cfg), encoding="utf-8")
+        net = LocalNetwork(work, station, settings=settings, client_data=Path(data_dir), preshare=preshare)
+        report("acquire", 0, duration_s, f"starting {len(cfg.client_names) + 2} node processes")
+        t0 = time.perf_counter()
+        stopped = False
+        codes: dict[str, int | None] = {}
+        try:
+            net.start()
+            t_start = time.perf_counter() - t0
+            startup = {"warm_jit_s": round(net.warm_jit_s, 3), "total_s": round(t_start, 3),
+                       "nodes": {n: round(p.startup_s, 3) for n, p in net.nodes.items() if p.startup_s is not None}}
+            acq = f"nodes/{uuid.uuid4()}"
+            if on_start is not None:
+                on_start(acq)
+            report("acquire", 0, duration_s, f"acquiring + distilling over {len(net.nodes)} nodes")
+            a = net.addresses()
+            res = run_acquisition(cfg.client_names, net.certs, detector=a["detector"], optics=a["optics"],
+                                  clients={c: a[c] for c in cfg.client_names}, duration=duration_s,
+                                  timeout=timeout_s, acq=acq, run_id=run_id)
+            report("acquire", duration_s, duration_s, "keys distilled into the clients' key stores")
+            t_stop = time.perf_counter()
+            codes = net.stop()
+            stopped = True
+            stop_s = time.perf_counter() - t_stop
+        finally:
+            if not stopped:  # failure or Ctrl-C: SIGTERM every node and wait (a client finishes its block)
+                codes = net.stop()
+                bad = {n: c for n, c in codes.items() if c != 0}
+                if bad:
+                    log.warning("nodes stopped after a failure; exit codes %s", bad)
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                for p in net.nodes.values():
+                    if p.log_path.is_file():
+                        shutil.copyfile(p.log_path, log_dir / p.log_path.name)
+        bad = {n: c for n, c in codes.items() if c != 0}
+        if bad:
+            raise NodeError(f"node processes did not stop cleanly after SIGTERM (exit codes {bad}); "
+                            f"logs in {log_dir or work / 'logs'}")
+        pairs = _pair_metrics(res["pairs"])
+        failed = {p: d["failed"] for p, d in pairs.items() if d.get("failed") or not d.get("done", True)}
+        if failed:
+            raise NodeError(f"pairs failed over the nodes: {failed}")
+        return NodesAcquisition(
+            acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
+            timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,
+            exit_codes=codes, detector=dict(res["detector"]), stop_s=stop_s)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # throwaway certificates (and the CA key) go with it
