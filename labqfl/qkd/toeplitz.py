@@ -516,11 +516,13 @@ def _mulx(s, p, d, tmp, W, L, lastmask):  # type: ignore[no-untyped-def]
     G = 3 * W + 2
     F0 = tmp[0:G]
     F1 = tmp[G:2 * G]
-    for i in range(W):
+    # unsigned indices: Numba then emits no negative-index wraparound, and the loops vectorise
+    Wu = np.uint64(W)
+    for i in range(Wu):
         a0 = s[i]
-        a1 = s[W + i]
-        F0[W + i] = (a0 & m00) ^ (a1 & m01)
-        F1[W + i] = (a0 & m10) ^ (a1 & m11)
+        a1 = s[Wu + i]
+        F0[Wu + i] = (a0 & m00) ^ (a1 & m01)
+        F1[Wu + i] = (a0 & m10) ^ (a1 & m11)
     rw = r >> 6
     rb = np.uint64(r & 63)
     rc = np.uint64(63) - rb
@@ -529,15 +531,17 @@ def _mulx(s, p, d, tmp, W, L, lastmask):  # type: ignore[no-untyped-def]
     sb = np.uint64(sh & 63)
     sc = np.uint64(63) - sb
     one = np.uint64(1)
-    o1 = W - rw
-    o2 = W + sw
-    for i in range(W):
-        l0 = (F0[o1 + i] << rb) | ((F0[o1 + i - 1] >> one) >> rc)
-        l1 = (F1[o1 + i] << rb) | ((F1[o1 + i - 1] >> one) >> rc)
-        h0 = (F0[o2 + i] >> sb) | ((F0[o2 + i + 1] << one) << sc)
-        h1 = (F1[o2 + i] >> sb) | ((F1[o2 + i + 1] << one) << sc)
+    o1 = np.uint64(W - rw)
+    o1m = np.uint64(W - rw - 1)
+    o2 = np.uint64(W + sw)
+    o2p = np.uint64(W + sw + 1)
+    for i in range(Wu):
+        l0 = (F0[o1 + i] << rb) | ((F0[o1m + i] >> one) >> rc)
+        l1 = (F1[o1 + i] << rb) | ((F1[o1m + i] >> one) >> rc)
+        h0 = (F0[o2 + i] >> sb) | ((F0[o2p + i] << one) << sc)
+        h1 = (F1[o2 + i] >> sb) | ((F1[o2p + i] << one) << sc)
         d[i] = l0 ^ h1
-        d[W + i] = l1 ^ h0 ^ h1
+        d[Wu + i] = l1 ^ h0 ^ h1
     d[W - 1] &= lastmask
     d[2 * W - 1] &= lastmask
 
@@ -551,6 +555,7 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
     c' = ω^{−2j}c, then a+b'+c', a + ρ²b' + ρc', a + ρb' + ρ²c'. ρ = X = x^L.
     """
     W2 = 2 * W
+    Wu = np.uint64(W)  # unsigned indices: no wraparound code, vectorisable loops
     L3 = 3 * L
     y1 = np.empty(W2, dtype=np.uint64)
     y2 = np.empty(W2, dtype=np.uint64)
@@ -575,33 +580,33 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
                 _mulx(cc, L3 - e2, y2, tmp, W, L, lastmask)
                 for i in range(W2):
                     cc[i] = y2[i]
-            for i in range(W):
+            for i in range(Wu):
                 a0 = a[i]
-                a1 = a[W + i]
+                a1 = a[Wu + i]
                 p0 = bb[i]
-                p1 = bb[W + i]
+                p1 = bb[Wu + i]
                 q0 = cc[i]
-                q1 = cc[W + i]
+                q1 = cc[Wu + i]
                 a[i] = a0 ^ p0 ^ q0
-                a[W + i] = a1 ^ p1 ^ q1
+                a[Wu + i] = a1 ^ p1 ^ q1
                 bb[i] = a0 ^ p0 ^ p1 ^ q1
-                bb[W + i] = a1 ^ p0 ^ q0 ^ q1
+                bb[Wu + i] = a1 ^ p0 ^ q0 ^ q1
                 cc[i] = a0 ^ p1 ^ q0 ^ q1
-                cc[W + i] = a1 ^ p0 ^ p1 ^ q0
+                cc[Wu + i] = a1 ^ p0 ^ p1 ^ q0
         else:
-            for i in range(W):
+            for i in range(Wu):
                 a0 = a[i]
-                a1 = a[W + i]
+                a1 = a[Wu + i]
                 p0 = bb[i]
-                p1 = bb[W + i]
+                p1 = bb[Wu + i]
                 q0 = cc[i]
-                q1 = cc[W + i]
+                q1 = cc[Wu + i]
                 a[i] = a0 ^ p0 ^ q0
-                a[W + i] = a1 ^ p1 ^ q1
+                a[Wu + i] = a1 ^ p1 ^ q1
                 y1[i] = a0 ^ p1 ^ q0 ^ q1
-                y1[W + i] = a1 ^ p0 ^ p1 ^ q0
+                y1[Wu + i] = a1 ^ p0 ^ p1 ^ q0
                 y2[i] = a0 ^ p0 ^ p1 ^ q1
-                y2[W + i] = a1 ^ p0 ^ q0 ^ q1
+                y2[Wu + i] = a1 ^ p0 ^ q0 ^ q1
             if e1:
                 _mulx(y1, e1, bb, tmp, W, L, lastmask)
             else:
@@ -631,8 +636,9 @@ def _tfft(A, k, t, inverse, W, L, lastmask, nthreads):  # type: ignore[no-untype
 @numba.njit(cache=True, nogil=True)
 def _polymul(a, b, out, W, ar):  # type: ignore[no-untyped-def]
     """``out[0:2W] = a · b`` in F2[x] (W-word operands), schoolbook over carry-less products."""
-    for i in range(W):
-        ar[i] = a[W - 1 - i]
+    Wm = np.uint64(W - 1)
+    for i in range(np.uint64(W)):
+        ar[i] = a[Wm - i]
     hi_prev = np.uint64(0)
     for d in range(2 * W - 1):
         j0 = d - W + 1 if d >= W else 0
@@ -646,20 +652,22 @@ def _polymul(a, b, out, W, ar):  # type: ignore[no-untyped-def]
 @numba.njit(cache=True, nogil=True)
 def _split_at_L(c, lo, hi, W, Lw, Lb, lastmask):  # type: ignore[no-untyped-def]
     """A product ``c`` (2W words, < 2L bits) → ``lo ^= c mod x^L``, ``hi ^= c >> L`` (W words each)."""
-    for i in range(W - 1):
+    for i in range(np.uint64(W - 1)):
         lo[i] ^= c[i]
     lo[W - 1] ^= c[W - 1] & lastmask
+    Lu = np.uint64(Lw)
     if Lb == 0:
-        for i in range(W):
-            hi[i] ^= c[Lw + i]
+        for i in range(np.uint64(W)):
+            hi[i] ^= c[Lu + i]
     else:
         sb = np.uint64(Lb)
         sc = np.uint64(64 - Lb)
-        for i in range(W):
-            v = c[Lw + i] >> sb
-            if Lw + i + 1 < 2 * W:
-                v |= c[Lw + i + 1] << sc
-            hi[i] ^= v
+        n_full = np.uint64(min(W, 2 * W - Lw - 1))  # words with a next word inside c
+        Lu1 = np.uint64(Lw + 1)
+        for i in range(n_full):
+            hi[i] ^= (c[Lu + i] >> sb) | (c[Lu1 + i] << sc)
+        for i in range(n_full, np.uint64(W)):
+            hi[i] ^= c[Lu + i] >> sb
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -667,6 +675,7 @@ def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-unt
     """``A[J] ← A[J]·B[J]`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
     p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1."""
     K = A.shape[0]
+    Wu = np.uint64(W)  # unsigned indices: no wraparound code
     for tid in numba.prange(nthreads):
         sa = np.empty(W, dtype=np.uint64)
         sb = np.empty(W, dtype=np.uint64)
@@ -678,24 +687,24 @@ def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-unt
         for J in range(tid * K // nthreads, (tid + 1) * K // nthreads):
             e = A[J]
             f = B[J]
-            for i in range(W):
-                sa[i] = e[i] ^ e[W + i]
-                sb[i] = f[i] ^ f[W + i]
+            for i in range(Wu):
+                sa[i] = e[i] ^ e[Wu + i]
+                sb[i] = f[i] ^ f[Wu + i]
             _polymul(e[0:W], f[0:W], p0, W, ar)
             _polymul(e[W:2 * W], f[W:2 * W], p2, W, ar)
             _polymul(sa, sb, p1, W, ar)
-            for i in range(2 * W):
+            for i in range(Wu + Wu):
                 p1[i] ^= p0[i]  # c1
                 p0[i] ^= p2[i]  # c0
             r0 = e[0:W]
             r1 = e[W:2 * W]
-            for i in range(W):
+            for i in range(Wu):
                 r0[i] = 0
                 r1[i] = 0
                 h[i] = 0
             _split_at_L(p0, r0, r1, W, Lw, Lb, lastmask)  # c0l → r0, c0h → r1
             _split_at_L(p1, r1, h, W, Lw, Lb, lastmask)  # c1l → r1, c1h → h
-            for i in range(W):
+            for i in range(Wu):
                 r0[i] ^= h[i]
                 r1[i] ^= h[i]
 
