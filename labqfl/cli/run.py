@@ -79,24 +79,26 @@ def run(
             render_plan(console, job.key_plan())  # the key-aware plan, before any acquisition
         metrics = job.run()
 
-    def render(con: Any) -> None:
-        con.print(f"[bold]labqfl run[/] {metrics['run']} — {metrics['status']}")
-        for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
-            con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
-                      f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s) {p['status']}")
-        t = metrics.get("train") or {}
-        if t:
-            con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
-                      f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
-        cmp_ = (metrics.get("plan") or {}).get("comparison")
-        if cmp_:
-            f = {k: "—" if cmp_[k] is None else f"{cmp_[k]:.3f}"
-                 for k in ("worst_key_use_ratio", "worst_key_rate_ratio", "worst_acquisition_ratio")}
-            con.print(f"  plan vs run (measured/predicted, worst pair): key use {f['worst_key_use_ratio']}, key rate "
-                      f"{f['worst_key_rate_ratio']}, acquisition per round {f['worst_acquisition_ratio']}")
-        con.print(f"report: {job.path / 'report.html'}")
+    emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json,
+         lambda con: _render(con, metrics, job.path))
 
-    emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json, render)
+
+def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
+    con.print(f"[bold]labqfl run[/] {metrics['run']} — {metrics['status']}")
+    for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
+        con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
+                  f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s) {p['status']}")
+    t = metrics.get("train") or {}
+    if t:
+        con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
+                  f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
+    cmp_ = (metrics.get("plan") or {}).get("comparison")
+    if cmp_:
+        f = {k: "—" if cmp_[k] is None else f"{cmp_[k]:.3f}"
+             for k in ("worst_key_use_ratio", "worst_key_rate_ratio", "worst_acquisition_ratio")}
+        con.print(f"  plan vs run (measured/predicted, worst pair): key use {f['worst_key_use_ratio']}, key rate "
+                  f"{f['worst_key_rate_ratio']}, acquisition per round {f['worst_acquisition_ratio']}")
+    con.print(f"report: {path / 'report.html'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -118,30 +118,32 @@ def train(
         finally:
             rec.close()
 
-    def render(con: Any) -> None:
-        con.print(f"[bold]{task}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
-                  f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})")
-        con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
-                  f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
-                  f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
-                  f"−{100 * summary['communication_saving']:.0f} %)")
-        kc = summary["key_cost_per_round"]
-        con.print(f"key per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
-                  + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if self_masks else "")
-                  + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
-                  f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
-        if dp_epsilon is not None:
-            pv = summary["privacy"]
-            con.print(f"privacy: ({pv['epsilon']:.3g}, {pv['delta']:.1g})-DP over {pv['rounds']} rounds, "
-                      f"{pv['mechanism']}, holding with {pv['honest_clients_assumed']} honest client(s)")
-        if summary["noise"] is not None:
-            nz = summary["noise"]
-            con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
-                      f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"
-                      + (f" ({nz['shot_grad']}, {nz['shots_used']:,} shots used)" if nz["shots"] else ""))
-        con.print(f"run folder: {rec.path}")
+    emit(summary, as_json, lambda con: _render(con, summary))
 
-    emit(summary, as_json, render)
+
+def _render(con: Any, summary: dict[str, Any]) -> None:
+    task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
+    con.print(f"[bold]{task}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
+              f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})")
+    con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
+              f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
+              f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
+              f"−{100 * summary['communication_saving']:.0f} %)")
+    kc = summary["key_cost_per_round"]
+    con.print(f"key per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
+              + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if summary["self_masks"]["enabled"] else "")
+              + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
+              f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
+    if summary.get("privacy"):
+        pv = summary["privacy"]
+        con.print(f"privacy: ({pv['epsilon']:.3g}, {pv['delta']:.1g})-DP over {pv['rounds']} rounds, "
+                  f"{pv['mechanism']}, holding with {pv['honest_clients_assumed']} honest client(s)")
+    if summary["noise"] is not None:
+        nz = summary["noise"]
+        con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
+                  f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"
+                  + (f" ({nz['shot_grad']}, {nz['shots_used']:,} shots used)" if nz["shots"] else ""))
+    con.print(f"run folder: {summary['run_dir']}")
 
 
 def register(app: typer.Typer) -> None:
