@@ -92,6 +92,10 @@ class SlotSiftResult:
 # The kernel
 
 
+U = np.uint64
+"""Index cast in the kernels (see the note in :func:`_slot_sift_kernel`)."""
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _pair_of(s, frame, fend, pair, frame_pair, spf, C):  # type: ignore[no-untyped-def]
     """Pair of slot ``s`` with a one-frame cache (frame, end of frame, pair): a division only
@@ -107,13 +111,14 @@ def _pair_of(s, frame, fend, pair, frame_pair, spf, C):  # type: ignore[no-untyp
 def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
                       burst_period, burst_on, last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int,
                       log_k, log_a, nk):
-    """Tags → per-pair (slots, outcomes, key flag, Ci bit, Cj bit) + counts, in one pass.
+    """Tags → per-pair announcements (slots, outcomes), key slots and bits, counts; one pass.
 
-    Output arrays are pair-major: pair q's events are ``[start[q], start[q] + count[q])`` (in
-    slot order), ``start[q] = q·(accepted detections)``: each pair has room for every click and
-    only the memory pages actually written are ever touched. Returns (start, count, slots, outcomes, key, bit_i, bit_j, clicks, errors_x2,
-    doubles, error) with ``error`` 0 = fine, 1 = a slot beyond a log, 2 = an intensity index out
-    of range, 3 = a phase index > 3.
+    Output arrays are pair-major: pair q's events are ``[start[q], start[q] + count[q])`` and its
+    key slots ``[start[q], start[q] + kcount[q])`` (slot order), ``start[q] = q·(accepted
+    detections)``: each pair has room for every click and only the memory pages actually written
+    are ever touched. Returns (start, count, kcount, slots, outcomes, key_slots, key_bit_i,
+    key_bit_j, key_double, clicks, errors_x2, doubles, error) with ``error`` 0 = fine, 1 = a slot
+    beyond a log, 2 = an intensity index out of range, 3 = a phase index > 3.
     """
     n = ts.shape[0]
     P = pair_ci.shape[0]
@@ -133,37 +138,39 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                 continue
             d = np.int64(c == c1)  # no branch on which detector (they alternate at random)
             t = ts[q] - delay[d]
+            # (indices cast to unsigned: they are never negative, and Numba then emits no
+            # negative-index wraparound code)
             a = hint[d]
-            if anchor_t[a] > t:
+            if anchor_t[U(a)] > t:
                 lo, hi = 0, a
             else:
                 lo, hi = a + 1, na
-                if lo < hi and anchor_t[lo] > t:
+                if lo < hi and anchor_t[U(lo)] > t:
                     hi = lo  # the usual case: still in the hint's interval
             while lo < hi:
                 mid = (lo + hi) >> 1
-                if anchor_t[mid] <= t:
+                if anchor_t[U(mid)] <= t:
                     lo = mid + 1
                 else:
                     hi = mid
             a = lo - 1 if lo > 0 else 0
             hint[d] = a
-            rel = float(t - anchor_t[a]) - off[d]
-            Pa = per[a]
+            rel = float(t - anchor_t[U(a)]) - off[d]
+            Pa = per[U(a)]
             r = math.floor(rel / Pa + 0.5)
             if abs(rel - r * Pa) > half_w[d]:
                 continue
             if last_span >= 0 and a == na - 1 and r >= last_span:
                 continue
-            s = anchor_k[a] * mult + np.int64(r)
+            s = anchor_k[U(a)] * mult + np.int64(r)
             if s < 0:
                 continue
             if burst_period > 0 and s % burst_period >= burst_on:
                 continue
             k = nd_[d]
-            if k and s < buf[d, k - 1]:
+            if k and s < buf[d, U(k - 1)]:
                 in_order = False
-            buf[d, k] = s
+            buf[d, U(k)] = s
             nd_[d] = k + 1
     n0 = nd_[0]
     n1 = nd_[1]
@@ -193,9 +200,11 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
     m_out = P * m_in_all
     out_s = np.empty(m_out, dtype=np.int64)
     out_o = np.empty(m_out, dtype=np.uint8)
-    key = np.empty(m_out, dtype=np.bool_)
-    bit_i = np.empty(m_out, dtype=np.uint8)
-    bit_j = np.empty(m_out, dtype=np.uint8)
+    kcount = np.zeros(P, dtype=np.int64)
+    key_s = np.empty(m_out, dtype=np.int64)
+    key_bi = np.empty(m_out, dtype=np.uint8)
+    key_bj = np.empty(m_out, dtype=np.uint8)
+    key_dbl = np.empty(m_out, dtype=np.bool_)
     clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
@@ -231,8 +240,8 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                 b |= ob[i]
                 i += 1
         else:
-            u = s0[i]
-            v = s1[j]
+            u = s0[U(i)]
+            v = s1[U(j)]
             s = min(u, v)
             if s == big:
                 break
@@ -241,9 +250,9 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
             b = np.uint8(e0) | (np.uint8(e1) << np.uint8(1))
             i += e0
             j += e1
-            while s0[i] == s:  # repeated clicks of one detector in one slot (rare)
+            while s0[U(i)] == s:  # repeated clicks of one detector in one slot (rare)
                 i += 1
-            while s1[j] == s:
+            while s1[U(j)] == s:
                 j += 1
         while di < nd and drop[di, 1] <= s:
             di += 1
@@ -264,10 +273,11 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
         if s >= nlog:
             error = 1
             break
-        x = lki[s]
-        y = lkj[s]
-        ai = lai[s]
-        aj = laj[s]
+        su = U(s)
+        x = lki[su]
+        y = lkj[su]
+        ai = lai[su]
+        aj = laj[su]
         if x >= ni or y >= nj:
             error = 2
             break
@@ -277,15 +287,19 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
         ba = ai & 1
         bb = aj & 1
         # one histogram bin per (pair, cell, outcome, bits differ): no data-dependent branches
-        hist[q, x, y, ba, bb, b, ((ai ^ aj) >> 1) & 1] += 1
+        qu = U(q)
+        hist[qu, x, y, ba, bb, b, ((ai ^ aj) >> 1) & 1] += 1
         k = (x | y | ba | bb) == 0
-        w = start[q] + count[q]
-        count[q] += 1
+        w = U(start[qu] + count[qu])
+        count[qu] += 1
         out_s[w] = s
         out_o[w] = b
-        key[w] = k
-        bit_i[w] = ai >> 1
-        bit_j[w] = (aj >> 1) ^ np.uint8(b == 2)
+        kw = U(start[qu] + kcount[qu])  # key slots compacted without a branch: always
+        key_s[kw] = s  # written, kept only if the count moves on
+        key_bi[kw] = ai >> 1
+        key_bj[kw] = (aj >> 1) ^ np.uint8(b == 2)
+        key_dbl[kw] = b == 3
+        kcount[qu] += k
     # statistics from the histogram (same rules as sifting._counts_kernel): clicks, double clicks,
     # errors for equal bases outside the key cell: a double click ½, D0 with different bits or D1
     # with equal bits 1 (2·errors kept integer)
@@ -299,7 +313,7 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                         doubles[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1]
                         if u0 == u1 and not (kx == 0 and ky == 0 and u0 == 0):
                             errors_x2[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1] + 2 * (h[1, 1] + h[2, 0])
-    return start, count, out_s, out_o, key, bit_i, bit_j, clicks, errors_x2, doubles, error
+    return start, count, kcount, out_s, out_o, key_s, key_bi, key_bj, key_dbl, clicks, errors_x2, doubles, error
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,7 +389,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     nk = int(n_int.max())
     p = params
     anchor_t, anchor_k, per, drop = _geometry(block, p)
-    start, count, s, o, key, bit_i, bit_j, clicks, errors_x2, doubles, error = _slot_sift_kernel(
+    start, count, kcount, s, o, key_s, key_bi, key_bj, key_dbl, clicks, errors_x2, doubles, error = _slot_sift_kernel(
         ts, ch, np.int16(p.detector_channels[0]), np.int16(p.detector_channels[1]), np.int64(p.delays_ps[0]),
         np.int64(p.delays_ps[1]), anchor_t, anchor_k, per, np.int64(_anchor_step(p)),
         np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
@@ -397,9 +411,9 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     for q, (name, (ci, cj)) in enumerate(zip(schedule.names, schedule.pairs, strict=True)):
         lo, hi = int(start[q]), int(start[q] + count[q])
         ann = Announcements(name, s[lo:hi], o[lo:hi])
-        km = key[lo:hi]
-        bj = bit_j[lo:hi][km]
-        both = o[lo:hi][km] == 3
+        klo, khi = lo, int(start[q] + kcount[q])
+        bj = key_bj[klo:khi].copy()
+        both = key_dbl[klo:khi]
         nb = int(np.count_nonzero(both))
         if nb:
             bj[both] = rng.integers(0, 2, nb, dtype=np.uint8)
@@ -409,5 +423,5 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
                             si.intensity_probs, sj.intensity_probs, si.basis_x_prob, sj.basis_x_prob,
                             clicks[q, :ni, :nj].copy(), errors_x2[q, :ni, :nj].copy(), doubles[q, :ni, :nj].copy())
         anns[name] = ann
-        sifted[name] = SiftResult(name, ann.slots[km], bit_i[lo:hi][km], bj, counts)
+        sifted[name] = SiftResult(name, key_s[klo:khi], key_bi[klo:khi], bj, counts)
     return SlotSiftResult(anns, sifted)
