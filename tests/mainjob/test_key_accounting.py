@@ -50,6 +50,8 @@ def test_consumed_equals_distilled_minus_remaining_on_every_pair(tmp_path: Path)
     assert m["status"] == "complete"
     graph = mask_graph(cfg.client_names, "ring-k", 2)
     assert set(m["keys"]["pairs"]) == set(graph)  # station make schedules the graph's pairs only
+    # the plan made before the acquisition predicted the key use exactly (q·n per graph pair and round)
+    assert m["plan"]["comparison"]["worst_key_use_ratio"] == 1.0
     n_params = m["train"]["n_params"]
     for name, k in m["keys"]["pairs"].items():
         assert k["distilled_bits"] > 0, name
