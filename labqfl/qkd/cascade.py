@@ -191,10 +191,10 @@ class CascadeSchedule:
         * a third affine pass only for n ≥ 2^19 (:data:`THIRD_PASS_MIN_BITS`): on 10^4–10^5-bit
           frames its parities cost more than it saves; on long frames it clears the residual
           errors in a few hundred to a few thousand round trips, where the bipartitions alone
-          would need 2–9× more.  Its blocks are 8192 bits (16384 from Q = 7 % on) rather than
-          opt. (8)'s 4096: on 10^6 bits with searches of passes ≥ 2 waiting for lower passes
-          (:data:`DEFER_FROM_PASS`), f 1.038 → 1.035 at 2 %, 1.047 → 1.045 at 6 %, 1.053 → 1.049
-          at 8 % (docs/reconciliation.md);
+          would need 2–9× more.  Its blocks are 8192 bits (16384 from Q = 7 % on, where k2 is
+          also doubled) rather than opt. (8)'s 4096: on 10^6 bits with searches of passes ≥ 2
+          waiting for lower passes (:data:`DEFER_FROM_PASS`), f 1.038 → 1.035 at 2 %,
+          1.047 → 1.045 at 6 %, 1.053 → 1.049 at 8 % (docs/reconciliation.md);
         * then random bipartitions until ``confirm`` in a row find nothing (see the class
           docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
         """
@@ -206,7 +206,11 @@ class CascadeSchedule:
             k1 //= 2
         ks = [k1, max(2 ** math.ceil((alpha + 12.0) / 2.0), 2 * k1)]
         if n >= THIRD_PASS_MIN_BITS:
-            ks.append(THIRD_PASS_BITS_HIGH_QBER if qber >= HIGH_QBER else THIRD_PASS_BITS)
+            if qber >= HIGH_QBER:
+                ks[1] *= 2
+                ks.append(THIRD_PASS_BITS_HIGH_QBER)
+            else:
+                ks.append(THIRD_PASS_BITS)
         ks += [HALF] * (confirm + FRAME_EXTRA_HALVES)
         return cls(tuple(ks), "frame", confirm, IMPLIED_MAX if qber >= IMPLIED_MIN_QBER else 0)
 
@@ -627,7 +631,10 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
-    1 active, 3 waiting for a parity from Alice.  Invariant: Alice's and Bob's parities of the
+    1 active, 2 asked, 3 waiting for a parity from Alice (or parked: its pass is deferred and a
+    lower pass has a search waiting), 4 stale (a block of an affine pass from
+    :data:`DEFER_FROM_PASS` on whose parity a flip changed: it restarts from its root only when no
+    lower pass has a search waiting; ``deferred``/``indef`` list the parked and stale ones).  Invariant: Alice's and Bob's parities of the
     search's range [slo, shi) (ranks within the block) differ.  Steps: (1) start searches on
     ``init`` blocks; (2) store Alice's ``answers`` to last round's queries (blocks ``qidx``) and
     descend one level; (3) descend every active search through sub-blocks of known parity; a search

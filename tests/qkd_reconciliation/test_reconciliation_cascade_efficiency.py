@@ -65,7 +65,8 @@ def test_frame_schedule_follows_opt8_with_frame_size_rules(qber, n):
     k1 = 2 ** math.ceil(alpha)
     expect_k1 = k1 // 2 if n // 128 < k1 else k1
     assert s.block_sizes[0] == expect_k1
-    assert s.block_sizes[1] == max(2 ** math.ceil((alpha + 12) / 2), 2 * expect_k1)
+    k2 = max(2 ** math.ceil((alpha + 12) / 2), 2 * expect_k1)
+    assert s.block_sizes[1] == (2 * k2 if n >= THIRD_PASS_MIN_BITS and qber >= HIGH_QBER else k2)
     has_third = s.block_sizes[2] == (THIRD_PASS_BITS_HIGH_QBER if qber >= HIGH_QBER else THIRD_PASS_BITS)
     assert has_third == (n >= THIRD_PASS_MIN_BITS)
     tail = s.block_sizes[3 if has_third else 2:]
