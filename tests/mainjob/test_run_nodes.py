@@ -80,3 +80,46 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     assert t["key_provenance"]["C1-C2"]["blocks"]
     assert (Path(m["run_dir"]) / "report.html").stat().st_size > 1000
     assert (Path(m["run_dir"]) / "nodes" / "C1.log").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to look for leftover node processes")
+def test_ctrl_c_during_the_node_acquisition_stops_every_node_and_resume_makes_a_new_acquisition(
+        small_station_file, tmp_path, monkeypatch):
+    """Ctrl-C while the nodes run: every node gets SIGTERM and is waited for, the job is
+    'interrupted' with the acquisition recorded incomplete; the resumed job makes a new one."""
+    import labqfl.nodes.launch as launch
+    from labqfl.config import load_station_config
+    from labqfl.mainjob import JobSettings, MainJob
+
+    seen: list[str] = []
+
+    def interrupted(*a: object, **kw: object) -> dict[str, object]:
+        assert len(_node_children()) == 4  # optics, detector, C1, C2 are up
+        seen.append(str(kw["acq"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "run_acquisition", interrupted)
+    cfg = load_station_config(small_station_file)
+    job = MainJob.create(cfg, JobSettings(duration_s=0.2, rounds=1, eps_sec=1e-4, nodes=True,
+                                          data_dir=str(tmp_path / "data")), tmp_path / "runs")
+    with pytest.raises(KeyboardInterrupt):
+        job.run()
+    assert not _node_children(), "node processes left running after Ctrl-C"
+    assert seen and job.state["status"] == "interrupted" and job.state["phases"]["acquire"] == "running"
+    assert job.state["acquisitions"] == [{"acquisition_id": seen[0], "started_utc": job.state["acquisitions"][0]["started_utc"],
+                                          "complete": False}]
+
+    again: list[str] = []
+
+    def stop_again(*a: object, **kw: object) -> dict[str, object]:
+        again.append(str(kw["acq"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launch, "run_acquisition", stop_again)
+    resumed = MainJob.resume(job.path)
+    assert resumed.settings.nodes
+    with pytest.raises(KeyboardInterrupt):
+        resumed.run()
+    assert again and again[0] != seen[0] and not _node_children()
+    assert [a["acquisition_id"] for a in resumed.state["acquisitions"]] == [seen[0], again[0]]
