@@ -154,8 +154,14 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     parts.append(
         f"<p><span class='badge{' warn' if status != 'complete' else ''}'>status: {html.escape(status)}</span>"
         f"<span class='badge'>station: {html.escape(str(m.get('station', '?')))}</span>"
-        f"<span class='badge'>key source: {html.escape(str(m.get('key_source', '?')))}</span></p>"
+        f"<span class='badge'>key source: {html.escape(str(m.get('key_source', '?')))}</span>"
+        f"<span class='badge'>acquisition: {html.escape(str((m.get('acquisition') or {}).get('path', '?')))}</span></p>"
     )
+    nodes = m.get("acquisition") or {}
+    if nodes.get("path") == "nodes":  # labqfl run --nodes: each node's start-up (spawn → listening)
+        parts.append("<p>Node processes, start-up [s]: " + html.escape(", ".join(
+            f"{n} {t:.1f}" for n, t in sorted(nodes["startup_s"]["nodes"].items()))) +
+            f"; all exited with {html.escape(str(sorted(set(nodes['exit_codes'].values()))))}</p>")
     dist = (m.get("distill") or {}).get("pairs") or {}
     if dist:
         rows = [{"pair": p, **v} for p, v in sorted(dist.items())]

@@ -85,6 +85,10 @@ def run(
 
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     con.print(f"[bold]labqfl run[/] {metrics['run']} — {metrics['status']}")
+    acq = metrics.get("acquisition") or {}
+    if acq.get("path") == "nodes":
+        con.print(f"  acquisition over node processes: start-up {acq['startup_s']['total_s']:.1f} s, "
+                  f"acquisition + distillation {acq['acquisition_wall_s']:.1f} s, exit codes {acq['exit_codes']}")
     for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
         con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
                   f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s) {p['status']}")

@@ -78,7 +78,8 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     assert kp["consumed_bits"] == t["key_bits_per_pair_total"] == kp["distilled_bits"] - kp["remaining_bits"]
     assert kp["provenance"]["weakest"]["physical_layer"] == "simulated"
     assert t["key_provenance"]["C1-C2"]["blocks"]
-    assert (Path(m["run_dir"]) / "report.html").stat().st_size > 1000
+    html = (Path(m["run_dir"]) / "report.html").read_text()
+    assert "acquisition: nodes" in html and "Node processes, start-up" in html
     assert (Path(m["run_dir"]) / "nodes" / "C1.log").is_file()
 
 
