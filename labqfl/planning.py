@@ -347,8 +347,13 @@ def balance_frames(rates: list[float], resolution: int = 8, max_frames: int = 51
     return out
 
 
+#: ``station make --balance``: what the schedule weights equalise (docs/scaling.md)
+BALANCE_MODES = ("asymptotic", "first-key")
+
+
 def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k: int = 0,
-                 insertion_loss_db: float = 0.5, max_frames: int = 512) -> tuple[StationConfig, dict[str, Any]]:
+                 insertion_loss_db: float = 0.5, max_frames: int = 512,
+                 balance: str = "asymptotic") -> tuple[StationConfig, dict[str, Any]]:
     """A simulated station of ``n_clients`` clients on one Sagnac loop (``labqfl station make``).
 
     Everything but the clients, the loop and the schedule comes from the embedded default station
@@ -360,7 +365,12 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     balance: w_p ∝ 1/R_p with R_p = :func:`labqfl.qkd.keyrate.ideal_decoy_asymptotic_rate` (key
     bits per slot of the pair; the finite-block model costs ~0.5 s per pair, too slow for the
     2016 pairs of N = 64), the best pair at 8 frames (:func:`balance_frames`); a pair that would need more than
-    ``max_frames``, or has no key, gets one frame.
+    ``max_frames``, or has no key, gets one frame. ``balance="first-key"`` instead equalises the
+    time each pair needs for its first finite-key block: w_p ∝ N_rule,p, the block-size rule's
+    size of the pair (:func:`labqfl.qkd.blocksize.break_even_slots` × 1.25, ~0.5–1 s per pair), so
+    all pairs reach key together after Σ_p N_rule,p / rep_rate seconds, the shortest time in which
+    every pair can have key; the asymptotic rates then differ (short runs of one block per pair
+    gain, long runs lose balance).
     Returns the config and a summary (loss and rate ranges, pairs without key).
     """
     import tomllib
@@ -372,6 +382,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
 
     if n_clients < 2:
         raise ConfigError(f"a station needs at least 2 clients, got {n_clients}")
+    if balance not in BALANCE_MODES:
+        raise ConfigError(f"--balance {balance!r} unknown; expected one of {', '.join(BALANCE_MODES)}")
     if not (math.isfinite(loop_km) and loop_km >= 0):
         raise ConfigError(f"--loop-km must be a finite length >= 0 km, got {loop_km}")
     if not (math.isfinite(insertion_loss_db) and insertion_loss_db >= 0):
@@ -397,7 +409,13 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     base["schedule"].pop("weights")
     cfg = parse_station_config(base, "<labqfl station make>")
     rates = [ideal_decoy_asymptotic_rate(pair_channel(cfg, a, b)) for a, b in pairs]
-    frames = balance_frames(rates, max_frames=max_frames)
+    if balance == "first-key":  # w_p ∝ N_rule,p: slots per second ∝ the slots the pair's first block needs
+        from labqfl.qkd.blocksize import BLOCK_MARGIN, break_even_slots
+
+        rule = [(1.0 + BLOCK_MARGIN) * break_even_slots(pair_channel(cfg, a, b)) for a, b in pairs]
+        frames = balance_frames([1.0 / r if math.isfinite(r) and r > 0 else 0.0 for r in rule], max_frames=max_frames)
+    else:
+        frames = balance_frames(rates, max_frames=max_frames)
     cfg.schedule.weights = {f"{a}-{b}": w for (a, b), w in zip(pairs, frames, strict=True)}
     cfg = parse_station_config(cfg.model_dump(mode="json", exclude_none=True), "<labqfl station make>")
     W = sum(frames)
@@ -405,7 +423,7 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     bal = [r * w / W for r, w in zip(rates, frames, strict=True)]
     eq = [r / len(pairs) for r in rates]
     pos = [x for x in bal if x > 0] or [0.0]
-    info = {"clients": n_clients, "pairs": len(pairs), "cycle_frames": W, "loop_km": loop_km,
+    info = {"clients": n_clients, "pairs": len(pairs), "cycle_frames": W, "loop_km": loop_km, "balance": balance,
             "insertion_loss_db": insertion_loss_db, "graph": graph, "k": k,
             "loss_db_min": min(losses), "loss_db_max": max(losses),
             "rate_per_slot_min": min(rates), "rate_per_slot_max": max(rates),

@@ -120,6 +120,9 @@ def make(
     insertion_loss_db: float = typer.Option(
         0.5, "--insertion-loss-db", help="Insertion loss of each client's modulators [dB] (every pulse passing a "
         "client pays it; docs/scaling.md cites typical values)."),
+    balance: str = typer.Option(
+        "asymptotic", "--balance", help="What the schedule weights equalise: asymptotic (the pairs' long-run key "
+        "rates) | first-key (the time to each pair's first finite-key block; ~1 s per pair to compute)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N<N>.toml)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -127,7 +130,8 @@ def make(
     pairs, weighted so that their key rates balance (docs/scaling.md)."""
     from labqfl.planning import make_station, station_toml
 
-    cfg, info = make_station(clients, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db)
+    cfg, info = make_station(clients, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db,
+                             balance=balance)
     path = out or Path(f"station-N{clients}.toml")
     path.write_text(station_toml(cfg), encoding="utf-8")
     load_station_config(path)  # what was written loads

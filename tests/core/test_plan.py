@@ -172,3 +172,17 @@ def test_distiller_uses_the_per_pair_block_sizes():
     assert d.block_slots == {names[0]: 7_000, names[1]: 9_000, **{n: 50_000 for n in names[2:]}}
     with pytest.raises(Exception, match="pair_block_slots"):
         DistillSettings(pair_block_slots={names[0]: 10})
+
+
+def test_first_key_balance_equalises_the_time_to_each_pairs_first_block():
+    """`station make --balance first-key`: weights ∝ each pair's rule block, so every pair fills its
+    first block at about the same time (within the weights' rounding), and the time until every pair
+    has key is shorter than with the asymptotic balance (whose rule blocks differ more than its rates)."""
+    asym, _ = make_station(5, graph="all", insertion_loss_db=0.3)
+    first, info = make_station(5, graph="all", insertion_loss_db=0.3, balance="first-key")
+    assert info["balance"] == "first-key" and first.schedule.weights != asym.schedule.weights
+    need = {n: p.needed_duration_s for n, p in plan_blocks(first).pairs.items()}
+    assert max(need.values()) / min(need.values()) < 1 + 1 / 8  # weights rounded to 1/16 of the smallest block
+    assert max(need.values()) < plan_blocks(asym).needed_duration_s
+    with pytest.raises(ConfigError, match="--balance 'fast' unknown"):
+        make_station(4, balance="fast")
