@@ -47,7 +47,9 @@ disclosing parities — is refused with :class:`~labqfl.errors.KeyStoreError`.
 forgery probability summed over the block's tag verifications
 (:func:`~labqfl.qkd.authentication.transcript_forgery_probability`; docs/protocol.md §5).
 
-Memory is bounded: one tag block, and per pair at most one key block plus one sift chunk.
+Memory is bounded: one tag block, and per pair at most one sift chunk, the current block's key bits
+(packed, one bit per sifted bit and end) and about 2 MB of held-back transcript entries per end
+(the rest spooled compressed to a temporary file, :mod:`labqfl.qkd.spool`; :meth:`Distiller.held_bytes`).
 """
 
 from __future__ import annotations
@@ -557,6 +559,13 @@ class Distiller:
     @property
     def n_slots(self) -> int:
         return self._final_slots
+
+    def held_bytes(self) -> dict[str, int]:
+        """Per pair, the bytes both ends hold in memory for the current block until it closes
+        (packed key bits, held-back transcript entries; :meth:`PairEndI.held_bytes`). Bounded per
+        end: beyond a few MB the transcript entries are spooled to a temporary file
+        (:mod:`labqfl.qkd.spool`)."""
+        return {name: st.end_i.held_bytes() + st.end_j.held_bytes() for name, st in self.pairs.items()}
 
     def _block_id(self, pair: str, start: int, end: int) -> str:
         """Deterministic for a known acquisition: derived from the pair and the block's slot range

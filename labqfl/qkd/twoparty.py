@@ -88,6 +88,7 @@ from labqfl.qkd.sifting import (
     reveal_counts,
     with_key_errors,
 )
+from labqfl.qkd.spool import TranscriptSpool
 from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
 from labqfl.qkd.types import Announcements, ModulationLog, PairCounts, split_pair
 from labqfl.qkd.verification import hash_tag, verification_tag_length
@@ -137,8 +138,9 @@ class TranscriptEnd:
         if side not in (0, 1):
             raise QKDInputError(f"transcript side must be 0 (Ci) or 1 (Cj), got {side!r}")
         self.auth, self.side = auth, side
-        self._held: list[tuple[int, bytes]] = []
-        self._local: list[bytes] = []
+        # held back until absorbed, compactly (labqfl.qkd.spool: same bytes back, in order)
+        self._held = TranscriptSpool()
+        self._local = TranscriptSpool()
         self._started = False
 
     def local(self, payload: bytes) -> None:
@@ -147,7 +149,12 @@ class TranscriptEnd:
         order received, after the block's last absorbed message and before the tags, so the tags
         match only if the detector told both clients the same (information-theoretically, like
         every message)."""
-        self._local.append(bytes(payload))
+        self._local.append(2, payload)
+
+    def held_bytes(self) -> int:
+        """Memory the held-back entries take now (compressed; beyond a bound they are spooled to
+        a temporary file, :class:`~labqfl.qkd.spool.TranscriptSpool`)."""
+        return self._held.held_bytes + self._local.held_bytes
 
     def tag(self, payload: bytes) -> bytes:
         self._absorb(self.side, payload)
@@ -164,20 +171,19 @@ class TranscriptEnd:
         if self._started or self.auth.key_bits_used > 0:
             self.auth.absorb(direction, payload)
         else:
-            self._held.append((direction, bytes(payload)))
+            self._held.append(direction, payload)
 
     def start(self) -> None:
         """From here on absorb directly (the held messages first, in order)."""
         if not self._started:
             self._started = True
-            held, self._held = self._held, []
-            for d, p in held:
+            for d, p in self._held.drain():
                 self.auth.absorb(d, p)
 
     def reset(self) -> None:
         """Forget the current transcript (no pad is spent)."""
-        self._held = []
-        self._local = []
+        self._held.clear()
+        self._local.clear()
         if self.auth.messages:
             self.auth.close()
         self._started = False
@@ -186,8 +192,7 @@ class TranscriptEnd:
         """End of the block's messages: absorb the local entries, freeze the transcript for the
         tag exchange."""
         self.start()
-        local, self._local = self._local, []
-        for p in local:
+        for _, p in self._local.drain():
             self.auth.absorb(2, p)
         self.auth.close()
         self._started = False
@@ -277,6 +282,21 @@ def _unbits(raw: Any, n: int, what: str) -> np.ndarray:
     return np.unpackbits(np.frombuffer(raw, np.uint8), count=n, bitorder="little")
 
 
+def _packed(bits: np.ndarray) -> tuple[np.ndarray, int]:
+    """A chunk's sifted key bits (uint8 0/1) held packed, 8 per byte, until its block closes."""
+    return np.packbits(bits, bitorder="little"), int(bits.size)
+
+
+def _joined(parts: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """The block's key bits (uint8 0/1) from its packed chunks, in order."""
+    out = np.empty(sum(n for _, n in parts), dtype=np.uint8)
+    at = 0
+    for packed, n in parts:
+        out[at:at + n] = np.unpackbits(packed, count=n, bitorder="little")
+        at += n
+    return out
+
+
 def _u8(raw: Any, n: int, what: str, top: int) -> np.ndarray:
     a = np.asarray(raw)
     if a.dtype != np.uint8 or a.ndim != 1 or a.size != n or (a.size and int(a.max()) >= top):
@@ -327,7 +347,7 @@ class _PairEnd:
 # ------------------------------------------------------------------------------------------ Ci
 class _IBlock:
     def __init__(self) -> None:
-        self.bits: list[np.ndarray] = []
+        self.bits: list[tuple[np.ndarray, int]] = []  # packed sifted key bits per chunk
         self.n_bits = 0
         self.n_ann = 0
         self.counts: PairCounts | None = None
@@ -369,6 +389,11 @@ class PairEndI(_PairEnd):
     def exchanged(self) -> bool:
         """Whether any message of the current block was exchanged."""
         return self._blk.exchanged
+
+    def held_bytes(self) -> int:
+        """Bytes held in memory for the current block until it closes: its packed key bits and
+        the held-back transcript entries (:meth:`TranscriptEnd.held_bytes`)."""
+        return sum(p.nbytes for p, _ in self._blk.bits) + self.tx.held_bytes()
 
     def _ask(self, ch: Channel, msg: Message, expect: str) -> Message:
         rep = ch.request(msg)
@@ -419,7 +444,7 @@ class PairEndI(_PairEnd):
             self._add_counts(c)
             return ChunkResult(0, c)
         bits = client_i_key(rec, key)
-        b.bits.append(bits)
+        b.bits.append(_packed(bits))
         b.n_bits += int(bits.size)
         c = self._counts(n_slots, *reveal_counts(ann.outcomes, key, (k_i, b_i, bit_i), (k_j, b_j, bit_j), same,
                                                  len(self.setup_i.intensities), len(self.setup_j.intensities)))
@@ -455,7 +480,7 @@ class PairEndI(_PairEnd):
         qest = self.qber_estimate()
         self._blk = _IBlock()
         counts = b.counts if b.counts is not None else self._empty_counts(0)
-        bits = np.concatenate(b.bits) if b.bits else np.zeros(0, np.uint8)
+        bits = _joined(b.bits)
         n = int(bits.size)
         out = BlockOutcome(block_id, n=n, qber_estimate=qest)
         out.times = {"reconciliation": 0.0, "verification": 0.0, "estimation": 0.0, "amplification": 0.0}
@@ -584,7 +609,7 @@ class _BobRelay(Channel):
 
 class _JBlock:
     def __init__(self) -> None:
-        self.bits: list[np.ndarray] = []
+        self.bits: list[tuple[np.ndarray, int]] = []  # packed sifted key bits per chunk
         self.n_bits = 0
         self.n_ann = 0
         self.n_slots = 0
@@ -626,6 +651,14 @@ class PairEndJ(_PairEnd):
         self.outcomes: list[BlockOutcome] = []
         #: called with each finished outcome (e.g. to store an accepted key)
         self.on_outcome: Callable[[BlockOutcome], None] | None = None
+
+    def held_bytes(self) -> int:
+        """Bytes held in memory for the current block until it closes: its packed key bits, the
+        held-back transcript entries and announcements not yet confirmed by Ci."""
+        with self._lock:
+            b = self._blk
+            n = sum(p.nbytes for p, _ in b.bits) + self.tx.held_bytes()
+            return n + sum(a.slots.nbytes + a.outcomes.nbytes for a, _, _ in b.pending.values())
 
     # -- data from the detector ----------------------------------------------------------------
     def receive(self, ann: Announcements, lo: int, hi: int, n_slots: int) -> None:
@@ -717,7 +750,7 @@ class PairEndJ(_PairEnd):
         bit_i = _unbits(req.get("bits"), int(np.count_nonzero(same)), "test/bits")
         bit_j = (rec.phase_idx[~key][same] >> 1).astype(np.uint8)
         bits = client_j_key(rec, ann.outcomes, key, self.rng)
-        b.bits.append(bits)
+        b.bits.append(_packed(bits))
         b.n_bits += int(bits.size)
         b.n_ann += int(ann.slots.size)
         b.n_slots += cur["n_slots"]
@@ -740,7 +773,7 @@ class PairEndJ(_PairEnd):
         if mine != theirs:
             raise _Refused(f"block/open: Ci counts (measured slots, announcements, sifted bits) = {theirs}, "
                            f"Cj {mine}; block refused")
-        b.key = np.concatenate(b.bits) if b.bits else np.zeros(0, np.uint8)
+        b.key = _joined(b.bits)
         b.bits = []
         return Message("block/ok", {})
 
