@@ -11,7 +11,8 @@ Everything follows from the station file, the task's model and the secure-aggreg
   rule :func:`labqfl.qkd.blocksize.plan_blocks` that ``labqfl run`` uses for the same duration):
   ℓ(B_p)/B_p secure bits per slot of the pair at the pair's own block size B_p (the rule at the
   pair's share), times the pair's slots per second, share_p · rep_rate (share_p = w_p/W of the
-  schedule, :class:`labqfl.qkd.schedule.PairSchedule`).
+  schedule, :class:`labqfl.qkd.schedule.PairSchedule`), less the authentication key each block
+  refills (64·(3 or 2) bits; the measured rate is delivered key).
 * **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
   pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
   than the block-size rule's first key (no key exists before every pair has one block).
@@ -127,11 +128,21 @@ def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
     return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
 
 
+def _delivered(key_bits: float, first: bool) -> float:
+    """Key a block delivers: its final key less the authentication key the pipeline takes back from
+    it to refill the pair's ``auth`` pool (what the block's tags used: 3·64 bits on a pair's first
+    block, 2·64 after, one lane; :mod:`labqfl.qkd.pipeline`), never below 0."""
+    from labqfl.qkd.pipeline import _auth_bits_per_block
+
+    return max(key_bits - _auth_bits_per_block(1, first=first), 0.0) if key_bits > 0 else 0.0
+
+
 def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots: float, params: Any) -> float:
-    """Key bits per slot of a pair with ``n_slots`` slots in the acquisition, cut as the pipeline
-    cuts them: full blocks of the pair's own ``block_slots`` (the rule's, at the pair's schedule
-    share) and a final rest that is distilled only if it holds the pair's ``min_final_bits``
-    sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`)."""
+    """Key bits per slot that a pair with ``n_slots`` slots in the acquisition delivers, cut as the
+    pipeline cuts them: full blocks of the pair's own ``block_slots`` (the rule's, at the pair's
+    schedule share) and a final rest that is distilled only if it holds the pair's
+    ``min_final_bits`` sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`); each block less
+    the authentication key it refills (:func:`_delivered`)."""
     from labqfl.qkd.channel_model import pair_channel
     from labqfl.qkd.keyrate import predict_pair
 
@@ -142,11 +153,12 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
         rest = 0.0
     elif B - rest <= 1e-6 * B + 2:
         full, rest = full + 1, 0.0
-    key = full * bp.expected_key_bits
+    key = sum(_delivered(bp.expected_key_bits, first=i == 0) for i in range(min(full, 2)))
+    key += max(full - 2, 0) * _delivered(bp.expected_key_bits, first=False)
     if rest >= 1000 and rest * bp.sifted_per_slot >= bp.min_final_bits:
         pred = predict_pair(pair_channel(cfg, *pair), rest, 1, float(cfg.laser.rep_rate_hz), params,
                             with_asymptotic=False)
-        key += max(pred.report.key_length_bits, 0)
+        key += _delivered(max(pred.report.key_length_bits, 0), first=full == 0)
     return key / n_slots if n_slots > 0 else 0.0
 
 
@@ -200,7 +212,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
             bp = block.pairs.get(name) if on else None
             kps = rate = 0.0
             if bp is not None and bp.block_slots > 0:
-                kps = bp.expected_key_bits / bp.block_slots
+                kps = _delivered(bp.expected_key_bits, first=False) / bp.block_slots
                 rate = kps * rep * share
                 if block.duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
                     n_slots = sched.slots_of_pair(name, round(block.duration_s * rep))

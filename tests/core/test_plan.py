@@ -54,7 +54,8 @@ def test_key_rate_is_the_finite_key_model_times_the_share(default_plan):
         assert rule.pairs[name].block_slots == slots and rule.pairs[name].n_blocks == 1
         pred = predict_pair(pair_channel(cfg, a, b), slots, 1, cfg.laser.rep_rate_hz, with_asymptotic=False)
         assert pp.share == pytest.approx(1 / 6) == sched.share(name)
-        assert pp.key_rate_bps == pytest.approx(pred.report.key_length_bits / DUR, rel=1e-9)
+        # delivered key: the block's key less the 3·64 bits of authentication key it refills
+        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - 192) / DUR, rel=1e-9)
         assert pp.acquisition_s_per_round == pytest.approx(pp.need_bits_per_round / pp.key_rate_bps)
     worst = max(pp.acquisition_s_per_round for pp in default_plan.pairs.values())
     assert default_plan.acquisition_s_per_round == worst
@@ -150,7 +151,8 @@ def test_weighted_pairs_get_blocks_at_their_own_share():
     for name, pp in p.pairs.items():
         pred = predict_pair(pair_channel(wcfg, *name.split("-")), rule.pairs[name].block_slots, 1,
                             wcfg.laser.rep_rate_hz, with_asymptotic=False)
-        assert pp.key_rate_bps == pytest.approx(pred.report.key_length_bits / dur, rel=1e-9) and pp.key_rate_bps > 0
+        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - 192) / dur, rel=1e-9)
+        assert pp.key_rate_bps > 0
         assert pp.block_slots == rule.pairs[name].block_slots
 
 
