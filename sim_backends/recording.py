@@ -455,9 +455,7 @@ class ReplayTimeTagger(TimeTagger):
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
         counts = dict.fromkeys(self._channels, 0)
         for blk in self.stream(integration_s):
-            u, n = np.unique(blk.channels, return_counts=True)
-            for a, b in zip(u.tolist(), n.tolist(), strict=True):
-                counts[a] = counts.get(a, 0) + b
+            blk.channel_counts(counts)
         return {c: n / integration_s for c, n in counts.items()}
 
     def histogram(self, start_channel: int, click_channel: int, binwidth_ps: int, n_bins: int,

@@ -68,6 +68,7 @@ import numpy as np
 from labqfl.config import StationConfig
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
+from labqfl.physics import loop_delay_ps
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.types import Announcements
 
@@ -155,7 +156,7 @@ class SlottingParams:
 
         # Photons of a slot reach the detectors after one trip round the loop (n·ΣL/c) plus the
         # cable delay; the tagger adds its input delay (same convention as the simulator).
-        loop_ps = cfg.loop.fiber_refractive_index * sum(cfg.loop.segments_km) * 1e3 / 299_792_458.0 * 1e12
+        loop_ps = loop_delay_ps(cfg.loop)
 
         def delay(name: str) -> int:
             optical = loop_ps if name in ("D0", "D1") else 0.0
