@@ -90,100 +90,103 @@ def _raise_dark_rate(ctx: CalContext, guard: SettingsGuard, d: str, target_hz: f
     return bias, rate
 
 
-def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, gated: bool, period_ps: float,
-                           gate_width_ps: float, tail_start_ps: float | None) -> dict[str, Any]:
-    """Dead-time edge and afterpulse excess from inter-arrival times [ps] of one detector."""
-    x = np.sort(intervals_ps.astype(np.float64))
-    n_tot = x.size
-    if n_tot < 2000:
-        raise CalibrationError(f"{d}: only {n_tot} inter-arrival times; need ≥ 2000 (too few clicks)")
-    out: dict[str, Any] = {"n_intervals": int(n_tot)}
-    d_in: np.ndarray | None = None
+def _gated_edge(ctx: CalContext, d: str, x: np.ndarray, period_ps: float, gate_width_ps: float,
+                out: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """Gated detector: τ_d from the first populated gate; returns (intervals in gates after that gate,
+    in-gate offset differences [ps], in-gate offset cut [ps] or None). Fills ``out``."""
+    # first populated gate: the smallest one seen. (A 0.01 % percentile used to skip the first
+    # few intervals as "stray"; when τ_d ends near the end of a gate that gate holds only a few
+    # intervals, so n_min came out one period late and τ_d fell outside its interval: gated
+    # τ_d pulls up to 3.8 with |pull| ≤ √3 promised.) Dead time admits no shorter interval.
+    # With µs dead times the intervals spread over ~1/λ ≈ 10⁴ gates: a few per gate, and an
+    # open gate is empty with probability e^(−ρ) (ρ: mean intervals per gate just after the
+    # edge; measured: 1 detector in 24 had its first open gate empty and τ_d one period high,
+    # pull 3.1). The interval below n_min is widened by the m gates that could all be empty
+    # with probability ≥ 0.1 %: e^(−m·ρ) ≥ 10⁻³.
     d_cut: float | None = None
-    if gated:
-        # first populated gate: the smallest one seen. (A 0.01 % percentile used to skip the first
-        # few intervals as "stray"; when τ_d ends near the end of a gate that gate holds only a few
-        # intervals, so n_min came out one period late and τ_d fell outside its interval: gated
-        # τ_d pulls up to 3.8 with |pull| ≤ √3 promised.) Dead time admits no shorter interval.
-        # With µs dead times the intervals spread over ~1/λ ≈ 10⁴ gates: a few per gate, and an
-        # open gate is empty with probability e^(−ρ) (ρ: mean intervals per gate just after the
-        # edge; measured: 1 detector in 24 had its first open gate empty and τ_d one period high,
-        # pull 3.1). The interval below n_min is widened by the m gates that could all be empty
-        # with probability ≥ 0.1 %: e^(−m·ρ) ≥ 10⁻³.
-        k = np.rint(x / period_ps).astype(np.int64)
-        n_min = int(k.min())
-        rho = float(np.count_nonzero(k < n_min + 50)) / 50.0
-        m_empty = max(0, math.ceil(math.log(1000.0) / max(rho, 1e-3)) - 1)
-        out["empty_gates_allowed"] = m_empty
-        lo, hi = (n_min - 1 - m_empty) * period_ps, n_min * period_ps + gate_width_ps
-        out.update(tau_ps=0.5 * (lo + hi), tau_err_ps=(hi - lo) / math.sqrt(12.0), edge_fit=None)
-        unit_x = k.astype(np.float64) - n_min  # gates after the first open one
-        bw = 1.0
-        # Offset difference d of the two clicks inside their gates [ps]: Poisson (dark) pairs are
-        # triangular on (−w, w) in every gate. When τ_d ends inside gate n_min, that gate is only
-        # open for d ≥ τ_d − n_min·T; the tail extrapolation assumes fully open gates and would
-        # then overestimate the Poisson intervals by ≈ λ·(1 − open fraction)·N, biasing P_ap low
-        # by up to λ per gate (measured: −0.6σ on average). Fix: compare only intervals with
-        # d ≥ d_cut (open in every gate; 5 pair-jitters above the lowest d seen in gate n_min) and
-        # divide by their share s of the Poisson tail (afterpulses of a decay ≫ T fall uniformly in
-        # the gate, like dark counts, so the cut keeps the same share of them).
-        d_in = x - k * period_ps
-        first = d_in[k == n_min]
-        s_pair = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
-        if first.size and float(first.min()) > -gate_width_ps + 3.0 * s_pair:
-            d_cut = float(first.min()) + 5.0 * s_pair
-            if d_cut > gate_width_ps - 3.0 * s_pair:
-                # only a sliver of gate n_min is open: no cut leaves enough intervals. Leave that
-                # gate out (its few intervals too) and start at the next, fully open gate
-                # (τ_d < n_min·T + w ≤ (n_min + 1)·T − w for T ≥ 2w).
-                keep = k > n_min
-                x, k, d_in = x[keep], k[keep], d_in[keep]
-                n_min += 1
-                d_cut = None
-                out["sliver_gate_dropped"] = True
-                unit_x = k.astype(np.float64) - n_min
-            else:
-                out["offset_cut_ps"] = d_cut
-    else:
-        # rough edge: where the intervals start (3rd smallest, robust to one stray short interval);
-        # fit a jitter-smeared step there. The window must open well below the edge: a rough edge
-        # taken as the median of the first ~20 intervals sat up to ~1.5 ns above a sparse edge
-        # (no afterpulses, ~10 intervals/ns), so the window began at the edge and the fit lost it
-        # (6 % of seeds gave τ_d off by ns with errors of µs). It extends upwards until it holds
-        # ≥ 300 intervals (at most 20 ns: the linear term must still describe the density).
-        # For µs dead times (InGaAs) with afterpulses decaying over µs and a dark rate of a few kHz,
-        # 20 ns hold only a handful of intervals; the cap then grows to what the density stays
-        # linear over: 0.1 of the afterpulse decay and 0.1 of the mean Poisson gap.
-        # The window opens 1.5 ns below the *shortest* interval: no interval is shorter than τ_d
-        # (minus jitter). Opening it below the 3rd-shortest failed for InGaAs (afterpulses spread
-        # over µs: < 1 interval/ns at the edge, the 3rd-shortest 4 ns above it, the window began
-        # above the edge and τ_d came out 4 ns high, +6.7σ).
-        rough = float(x[0])
-        lo_w = rough - 1500.0
-        mean_gap_ps = float(np.mean(x)) - rough
-        cap = max(20_000.0, min(0.1 * ctx.config.detectors[d].afterpulse_decay_ns * 1e3, 0.1 * mean_gap_ps))
-        hi_w = rough + min(max(3000.0, float(x[min(300, n_tot - 1)]) - rough), cap)
-        s_edge = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
-        fit = fit_edge_unbinned(x, lo_w, hi_w, rough + s_edge, s_edge, f"{d} dead-time edge")
-        n_win = int(np.count_nonzero((x >= lo_w) & (x < hi_w)))
-        spacing = (hi_w - fit["tau"]) / max(n_win, 1)  # mean gap between intervals above the edge
-        tau_fit, tau_err = fit["tau"], fit.err("tau")
-        if spacing > 0.5 * fit["s"]:  # sparse edge: non-regular likelihood, see edge_bootstrap
-            bias, sd, nb_ = edge_bootstrap(fit, n_win, lo_w, hi_w, ctx.rng(0xED + DETECTORS.index(d)),
-                                           f"{d} dead-time edge")
-            tau_fit, tau_err = tau_fit - bias, math.hypot(sd, sd / math.sqrt(nb_))
-            out["edge_bootstrap"] = {"bias_ps": bias, "sd_ps": sd, "replicates": nb_, "spacing_ps": spacing}
-        bins = np.arange(lo_w, hi_w + 1e-9, 25.0)
-        n_e, _ = np.histogram(x, bins=bins)
-        c_e = 0.5 * (bins[1:] + bins[:-1])
-        sel = n_e[c_e > fit["tau"] + 3 * fit["s"]]
-        scale = float(np.mean(sel)) if sel.size else 1.0
-        model = smoothed_edge(c_e, fit["tau"], fit["s"], scale, scale * fit["b"])
-        out.update(tau_ps=tau_fit, tau_err_ps=tau_err, edge_fit=fit.summary(),
-                   edge_hist={"centres_ps": c_e, "counts": n_e, "model": model})
-        unit_x = x - tau_fit
-        bw = 0.0
-    # afterpulsing: exponential tail fit, extrapolated from the edge
+    k = np.rint(x / period_ps).astype(np.int64)
+    n_min = int(k.min())
+    rho = float(np.count_nonzero(k < n_min + 50)) / 50.0
+    m_empty = max(0, math.ceil(math.log(1000.0) / max(rho, 1e-3)) - 1)
+    out["empty_gates_allowed"] = m_empty
+    lo, hi = (n_min - 1 - m_empty) * period_ps, n_min * period_ps + gate_width_ps
+    out.update(tau_ps=0.5 * (lo + hi), tau_err_ps=(hi - lo) / math.sqrt(12.0), edge_fit=None)
+    unit_x = k.astype(np.float64) - n_min  # gates after the first open one
+    # Offset difference d of the two clicks inside their gates [ps]: Poisson (dark) pairs are
+    # triangular on (−w, w) in every gate. When τ_d ends inside gate n_min, that gate is only
+    # open for d ≥ τ_d − n_min·T; the tail extrapolation assumes fully open gates and would
+    # then overestimate the Poisson intervals by ≈ λ·(1 − open fraction)·N, biasing P_ap low
+    # by up to λ per gate (measured: −0.6σ on average). Fix: compare only intervals with
+    # d ≥ d_cut (open in every gate; 5 pair-jitters above the lowest d seen in gate n_min) and
+    # divide by their share s of the Poisson tail (afterpulses of a decay ≫ T fall uniformly in
+    # the gate, like dark counts, so the cut keeps the same share of them).
+    d_in = x - k * period_ps
+    first = d_in[k == n_min]
+    s_pair = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
+    if first.size and float(first.min()) > -gate_width_ps + 3.0 * s_pair:
+        d_cut = float(first.min()) + 5.0 * s_pair
+        if d_cut > gate_width_ps - 3.0 * s_pair:
+            # only a sliver of gate n_min is open: no cut leaves enough intervals. Leave that
+            # gate out (its few intervals too) and start at the next, fully open gate
+            # (τ_d < n_min·T + w ≤ (n_min + 1)·T − w for T ≥ 2w).
+            keep = k > n_min
+            x, k, d_in = x[keep], k[keep], d_in[keep]
+            n_min += 1
+            d_cut = None
+            out["sliver_gate_dropped"] = True
+            unit_x = k.astype(np.float64) - n_min
+        else:
+            out["offset_cut_ps"] = d_cut
+    return unit_x, d_in, d_cut
+
+
+def _free_running_edge(ctx: CalContext, d: str, x: np.ndarray, out: dict[str, Any]) -> np.ndarray:
+    """Free-running detector: τ_d from a jitter-smeared step fitted to the sorted intervals ``x`` [ps];
+    returns the intervals minus τ_d [ps]. Fills ``out``."""
+    n_tot = x.size
+    # rough edge: where the intervals start (3rd smallest, robust to one stray short interval);
+    # fit a jitter-smeared step there. The window must open well below the edge: a rough edge
+    # taken as the median of the first ~20 intervals sat up to ~1.5 ns above a sparse edge
+    # (no afterpulses, ~10 intervals/ns), so the window began at the edge and the fit lost it
+    # (6 % of seeds gave τ_d off by ns with errors of µs). It extends upwards until it holds
+    # ≥ 300 intervals (at most 20 ns: the linear term must still describe the density).
+    # For µs dead times (InGaAs) with afterpulses decaying over µs and a dark rate of a few kHz,
+    # 20 ns hold only a handful of intervals; the cap then grows to what the density stays
+    # linear over: 0.1 of the afterpulse decay and 0.1 of the mean Poisson gap.
+    # The window opens 1.5 ns below the *shortest* interval: no interval is shorter than τ_d
+    # (minus jitter). Opening it below the 3rd-shortest failed for InGaAs (afterpulses spread
+    # over µs: < 1 interval/ns at the edge, the 3rd-shortest 4 ns above it, the window began
+    # above the edge and τ_d came out 4 ns high, +6.7σ).
+    rough = float(x[0])
+    lo_w = rough - 1500.0
+    mean_gap_ps = float(np.mean(x)) - rough
+    cap = max(20_000.0, min(0.1 * ctx.config.detectors[d].afterpulse_decay_ns * 1e3, 0.1 * mean_gap_ps))
+    hi_w = rough + min(max(3000.0, float(x[min(300, n_tot - 1)]) - rough), cap)
+    s_edge = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", ctx.config.detectors[d].jitter_ps)
+    fit = fit_edge_unbinned(x, lo_w, hi_w, rough + s_edge, s_edge, f"{d} dead-time edge")
+    n_win = int(np.count_nonzero((x >= lo_w) & (x < hi_w)))
+    spacing = (hi_w - fit["tau"]) / max(n_win, 1)  # mean gap between intervals above the edge
+    tau_fit, tau_err = fit["tau"], fit.err("tau")
+    if spacing > 0.5 * fit["s"]:  # sparse edge: non-regular likelihood, see edge_bootstrap
+        bias, sd, nb_ = edge_bootstrap(fit, n_win, lo_w, hi_w, ctx.rng(0xED + DETECTORS.index(d)),
+                                       f"{d} dead-time edge")
+        tau_fit, tau_err = tau_fit - bias, math.hypot(sd, sd / math.sqrt(nb_))
+        out["edge_bootstrap"] = {"bias_ps": bias, "sd_ps": sd, "replicates": nb_, "spacing_ps": spacing}
+    bins = np.arange(lo_w, hi_w + 1e-9, 25.0)
+    n_e, _ = np.histogram(x, bins=bins)
+    c_e = 0.5 * (bins[1:] + bins[:-1])
+    sel = n_e[c_e > fit["tau"] + 3 * fit["s"]]
+    scale = float(np.mean(sel)) if sel.size else 1.0
+    model = smoothed_edge(c_e, fit["tau"], fit["s"], scale, scale * fit["b"])
+    out.update(tau_ps=tau_fit, tau_err_ps=tau_err, edge_fit=fit.summary(),
+               edge_hist={"centres_ps": c_e, "counts": n_e, "model": model})
+    return x - tau_fit
+
+
+def _afterpulse_tail(ctx: CalContext, d: str, unit_x: np.ndarray, d_in: np.ndarray | None, d_cut: float | None,
+                     gated: bool, period_ps: float, tail_start_ps: float | None, out: dict[str, Any]) -> None:
+    """Afterpulse probability: exponential tail fit of the intervals ``unit_x`` past τ_d, extrapolated
+    to the edge, with a bootstrap error. Fills ``out``."""
     mean_gap = float(np.mean(unit_x[unit_x >= 0])) if np.any(unit_x >= 0) else 1.0
     lam_rough = 1.0 / max(mean_gap, 1e-9)
     tau_ap = ctx.config.detectors[d].afterpulse_decay_ns * 1e3
@@ -200,7 +203,6 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
             f"{d}: inter-arrival tail too short to fit (dark rate {lam_rough / (period_ps if gated else 1.0) * 1e12:.3g} Hz "
             f"against an afterpulse decay of {tau_ap / 1e3:.4g} ns; lower the dark-count rate)")
     edges = np.arange(t0 - 0.5, t_max, bw) if gated else np.arange(t0, t_max, bw)  # gated: integer gates
-    n_t, _ = np.histogram(unit_x, bins=edges)
     c_t = 0.5 * (edges[1:] + edges[:-1])
 
     # the decay is fitted relative to the rough rate (k = λ/λ_rough ≈ 1): with λ itself as the
@@ -246,6 +248,24 @@ def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, ga
                tail_hist={"centres": c_t, "counts": n_tail, "model": tail_model(c_t, *tfit.params)},
                tail_start=t0, bin_width=bw, x_unit="gates" if gated else "ps",
                dark_rate_hz=(tfit["lam_rel"] * lam_rough / period_ps * 1e12) if gated else tfit["lam_rel"] * lam_rough * 1e12)
+
+
+def _interarrival_analysis(ctx: CalContext, d: str, intervals_ps: np.ndarray, gated: bool, period_ps: float,
+                           gate_width_ps: float, tail_start_ps: float | None) -> dict[str, Any]:
+    """Dead-time edge and afterpulse excess from inter-arrival times [ps] of one detector."""
+    x = np.sort(intervals_ps.astype(np.float64))
+    n_tot = x.size
+    if n_tot < 2000:
+        raise CalibrationError(f"{d}: only {n_tot} inter-arrival times; need ≥ 2000 (too few clicks)")
+    out: dict[str, Any] = {"n_intervals": int(n_tot)}
+    d_in: np.ndarray | None = None
+    d_cut: float | None = None
+    if gated:
+        unit_x, d_in, d_cut = _gated_edge(ctx, d, x, period_ps, gate_width_ps, out)
+    else:
+        unit_x = _free_running_edge(ctx, d, x, out)
+    # afterpulsing: exponential tail fit, extrapolated from the edge
+    _afterpulse_tail(ctx, d, unit_x, d_in, d_cut, gated, period_ps, tail_start_ps, out)
     return out
 
 
