@@ -273,6 +273,57 @@ def secure_round(
     never reconstructed, so its late upload stays a one-time pad (``debug=True`` records it in
     ``server_view["late_uploads"]``).
     """
+    shape = _check_round_inputs(updates, weights, cfg, dropped)
+    clients = shape.clients
+    pairs = cfg.pairs(clients)
+    drop = set(dropped)
+    survivors = [c for c in clients if c not in drop]
+    per_pair_bits = cfg.key_bits_per_pair(shape.n_words)
+    needs = {p: per_pair_bits for p in pairs}
+    t_share = cfg.share_threshold(clients) if cfg.self_masks else 0
+    ensure = getattr(key_source, "ensure_available", None)
+    if ensure is not None:
+        ensure(needs)
+    m_of = _quantization_levels(clients, weights, cfg, shape.b)
+
+    uploads, clipped = _quantize_uploads(updates, clients, m_of, cfg, round_index=round_index, rng=rng)
+    plain, plain_values = _debug_plain_sum(uploads, clients, survivors, cfg.q, shape.n_words, debug)
+    held, chosen, chosen_error, share_bits_total = _self_mask_stage(
+        cfg, clients, survivors, pairs, uploads, t_share, shape.n_words, key_source, round_index)
+    key_bits_per_pair, revealed = _add_pair_masks(pairs, uploads, drop, key_source, cfg.q, shape.n_words,
+                                                  per_pair_bits, round_index)
+    view = _drop_lost_uploads(uploads, drop, survivors, pairs, cfg, round_index, plain_values, debug)
+    if chosen_error is not None:
+        raise SecureAggregationError(f"round {round_index}: {chosen_error}")
+
+    needed, share_answers = _answer_unmask_requests(cfg, pairs, survivors, drop, chosen, held, unmask_guards)
+    if view is not None:
+        view["revealed_pair_keys"] = {p: revealed[p].copy() for p in needed}
+    agg, total_levels = _unmask_and_decode(uploads, shape, cfg, pairs, drop, survivors, m_of,
+                                           {p: revealed[p] for p in needed}, share_answers, chosen,
+                                           round_index)
+    return _round_result(
+        agg, shape, cfg, key_source, drop=drop, survivors=survivors, key_bits_per_pair=key_bits_per_pair,
+        n_revealed=len(needed), clipped=clipped, m_of=m_of, total_levels=total_levels, round_index=round_index,
+        plain=plain, t_share=t_share, share_bits_total=share_bits_total,
+        n_share_answers=sum(len(v) for v in share_answers.values()), view=view)
+
+
+@dataclass(frozen=True)
+class _RoundShape:
+    """The checked inputs of one round: clients in loop order, bits per value b (0 with DP), the
+    updates' shape, parameters per update and words per upload (DP: the plan's padded length d')."""
+
+    clients: list[str]
+    b: int
+    shape: tuple[int, ...]
+    n_params: int
+    n_words: int
+
+
+def _check_round_inputs(updates: Mapping[str, np.ndarray], weights: Mapping[str, float], cfg: SecAggConfig,
+                        dropped: Collection[str]) -> _RoundShape:
+    """Check the clients, weights, dropouts, bit budget and update shapes of one round."""
     if not updates:
         raise SecureAggregationError("secure_round needs at least one client update")
     clients = order_clients(updates.keys())
@@ -286,8 +337,6 @@ def secure_round(
     b = cfg.check_bit_budget(n_clients) if cfg.dp is None else 0
     if cfg.dp is not None and n_clients > cfg.dp.n_clients:
         raise BitBudgetError(f"the DP plan's bit budget was sized for {cfg.dp.n_clients} clients, got {n_clients}")
-    q = cfg.q
-    dt = uint_dtype(q)
 
     shape = np.asarray(updates[clients[0]]).shape
     for c in clients:
@@ -300,27 +349,28 @@ def secure_round(
     if cfg.dp is not None and cfg.dp.n_params != n_params:
         raise SecureAggregationError(f"the DP plan is for {cfg.dp.n_params} parameters, updates have {n_params}")
     n_words = n_params if cfg.dp is None else cfg.dp.d_pad  # words per upload (DP: padded length d')
+    return _RoundShape(clients, b, shape, n_params, n_words)
 
-    pairs = cfg.pairs(clients)
-    drop = set(dropped)
-    survivors = [c for c in clients if c not in drop]
-    per_pair_bits = cfg.key_bits_per_pair(n_words)
-    needs = {p: per_pair_bits for p in pairs}
-    t_share = cfg.share_threshold(clients) if cfg.self_masks else 0
-    ensure = getattr(key_source, "ensure_available", None)
-    if ensure is not None:
-        ensure(needs)
 
+def _quantization_levels(clients: list[str], weights: Mapping[str, float], cfg: SecAggConfig,
+                         b: int) -> dict[str, int]:
+    """Each client's quantisation range M_i from its FedAvg weight (DP: equal weights)."""
     if cfg.dp is not None:
-        m_of = dict.fromkeys(clients, 1)  # DP: equal weights (a weight would scale the sensitivity)
-    else:
-        try:
-            ranges = weight_ranges([float(weights[c]) for c in clients], b)
-        except ValueError as exc:
-            raise SecureAggregationError(f"FedAvg weights {dict(weights)}: {exc}") from None
-        m_of = dict(zip(clients, (int(m) for m in ranges), strict=True))
+        return dict.fromkeys(clients, 1)  # DP: equal weights (a weight would scale the sensitivity)
+    try:
+        ranges = weight_ranges([float(weights[c]) for c in clients], b)
+    except ValueError as exc:
+        raise SecureAggregationError(f"FedAvg weights {dict(weights)}: {exc}") from None
+    return dict(zip(clients, (int(m) for m in ranges), strict=True))
 
-    # -- clients: quantise (into the buffer that becomes the masked upload) -----------------
+
+def _quantize_uploads(updates: Mapping[str, np.ndarray], clients: list[str], m_of: Mapping[str, int],
+                      cfg: SecAggConfig, *, round_index: int,
+                      rng: np.random.Generator) -> tuple[dict[str, np.ndarray], int]:
+    """Clients: quantise (DP: encode with noise) into the buffers that become the masked uploads.
+
+    Returns the buffers and the count of clipped values.
+    """
     uploads: dict[str, np.ndarray] = {}
     clipped = 0
     for c in clients:
@@ -329,34 +379,58 @@ def secure_round(
                 v, was_clipped = dp_encode(updates[c], cfg.dp, round_index=round_index, rng=rng, noise=noise_rng())
                 nc = int(was_clipped)
             else:
-                v, nc = quantize(np.asarray(updates[c]).reshape(-1), clip=cfg.clip, levels=m_of[c], q=q,
+                v, nc = quantize(np.asarray(updates[c]).reshape(-1), clip=cfg.clip, levels=m_of[c], q=cfg.q,
                                  rounding=cfg.rounding, rng=rng)
         except ValueError as exc:
             raise SecureAggregationError(f"update of client {c}: {exc}") from None
         clipped += nc
         uploads[c] = v
-    plain = None
-    plain_values: dict[str, np.ndarray] = {}
-    if debug:
-        plain = np.zeros(n_words, dtype=dt)
-        for c in survivors:
-            plain += uploads[c]
-        plain_values = {c: uploads[c].copy() for c in clients}
+    return uploads, clipped
 
-    # -- clients: self-masks, Shamir shares under one-time pads (self_masks only) -----------
-    share_bits_total = 0
+
+def _debug_plain_sum(uploads: Mapping[str, np.ndarray], clients: list[str], survivors: list[str], q: int,
+                     n_words: int, debug: bool) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """Debug only (tests): the survivors' unmasked sum and a copy of every plain quantised upload."""
+    if not debug:
+        return None, {}
+    plain = np.zeros(n_words, dtype=uint_dtype(q))
+    for c in survivors:
+        plain += uploads[c]
+    return plain, {c: uploads[c].copy() for c in clients}
+
+
+def _self_mask_stage(cfg: SecAggConfig, clients: list[str], survivors: list[str], pairs: list[str],
+                     uploads: dict[str, np.ndarray], t_share: int, n_words: int, key_source: KeySource,
+                     round_index: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[str]],
+                                                SecureAggregationError | None, int]:
+    """Clients: self-masks and their Shamir shares under one-time pads (``cfg.self_masks`` only).
+
+    Returns the shares each holder keeps (holder → owner → share), the chosen holders per
+    surviving owner, the error choosing them raised (reported after masking, before any reveal, as
+    deployed) and the pad key bits spent.
+    """
     held: dict[str, dict[str, np.ndarray]] = {c: {} for c in clients}  # holder -> owner -> share
     chosen: dict[str, list[str]] = {}
     chosen_error: SecureAggregationError | None = None
-    if cfg.self_masks:
-        try:
-            chosen = choose_share_holders(survivors, clients, pairs, t_share)
-        except SecureAggregationError as exc:  # raised after masking, before any reveal (as deployed)
-            chosen_error = exc
-        share_bits_total = _share_self_masks(clients, pairs, uploads, held, chosen, t_share, q, n_words,
-                                             key_source, round_index)
+    if not cfg.self_masks:
+        return held, chosen, chosen_error, 0
+    try:
+        chosen = choose_share_holders(survivors, clients, pairs, t_share)
+    except SecureAggregationError as exc:  # raised after masking, before any reveal (as deployed)
+        chosen_error = exc
+    spent = _share_self_masks(clients, pairs, uploads, held, chosen, t_share, cfg.q, n_words,
+                              key_source, round_index)
+    return held, chosen, chosen_error, spent
 
-    # -- clients: add pairwise masks (one vector op per pair end; keys drawn once per pair) -
+
+def _add_pair_masks(pairs: list[str], uploads: dict[str, np.ndarray], drop: set[str], key_source: KeySource,
+                    q: int, n_words: int, per_pair_bits: int,
+                    round_index: int) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+    """Clients: add pairwise masks (one vector op per pair end; keys drawn once per pair).
+
+    Returns the key bits spent per pair and the keys of pairs with exactly one dropped end (kept
+    only for the reveal step after the drop).
+    """
     revealed: dict[str, np.ndarray] = {}
     key_bits_per_pair: dict[str, int] = {}
     for p in pairs:
@@ -366,8 +440,17 @@ def secure_round(
         key_bits_per_pair[p] = per_pair_bits
         if drop and (a in drop) != (bb in drop):
             revealed[p] = kw  # kept only for the reveal step after the drop
+    return key_bits_per_pair, revealed
 
-    # -- network: dropped clients' uploads never arrive (debug: they arrive late) ----------
+
+def _drop_lost_uploads(uploads: dict[str, np.ndarray], drop: set[str], survivors: list[str], pairs: list[str],
+                       cfg: SecAggConfig, round_index: int, plain_values: dict[str, np.ndarray],
+                       debug: bool) -> dict[str, Any] | None:
+    """Network: dropped clients' uploads never arrive (debug: they arrive late, into the server view).
+
+    Aborts the round, before any key reveal, with too few survivors or survivors split into
+    several groups of the mask graph. Returns the debug server view (``None`` without debug).
+    """
     view: dict[str, Any] | None = None
     if debug:
         view = {"late_uploads": {c: uploads[c].copy() for c in drop}, "revealed_pair_keys": {},
@@ -385,10 +468,18 @@ def secure_round(
                 f"round {round_index} aborted before any key reveal: dropouts {sorted(drop)} split the "
                 f"survivors into {len(groups)} groups in the mask graph, so unmasking would reveal "
                 f"partial sums; use a denser graph (larger k)")
-    if chosen_error is not None:
-        raise SecureAggregationError(f"round {round_index}: {chosen_error}")
+    return view
 
-    # -- unmask requests: each survivor answers through its guard (one kind per peer) -------
+
+def _answer_unmask_requests(cfg: SecAggConfig, pairs: list[str], survivors: list[str], drop: set[str],
+                            chosen: Mapping[str, list[str]], held: dict[str, dict[str, np.ndarray]],
+                            unmask_guards: Mapping[str, UnmaskGuard] | None,
+                            ) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
+    """Unmask requests: each survivor answers through its guard (one kind per peer).
+
+    Returns the dangling pairs whose keys are revealed and, per surviving owner, the self-mask
+    shares its holders answered (owner → holder → share).
+    """
     needed = dangling_pairs(pairs, survivors, drop) if drop else []
     share_answers: dict[str, dict[str, np.ndarray]] = {c: {} for c in chosen}
     if cfg.self_masks:
@@ -401,43 +492,58 @@ def secure_round(
                 key_peers=key_peers, share_peers=share_peers, dropped=drop, survivors=survivors)
             for i in share_peers:
                 share_answers[i][j] = held[j].pop(i)
-    if view is not None:
-        view["revealed_pair_keys"] = {p: revealed[p].copy() for p in needed}
+    return needed, share_answers
 
-    # -- server: sum, remove dangling masks with the revealed keys, remove self-masks -------
-    total = aggregate(uploads, q, dropped=drop, revealed={p: revealed[p] for p in needed},
-                      pairs=pairs if drop else None)
-    pos = {c: i + 1 for i, c in enumerate(clients)}  # Shamir x-coordinates
+
+def _unmask_and_decode(uploads: Mapping[str, np.ndarray], shape: _RoundShape, cfg: SecAggConfig,
+                       pairs: list[str], drop: set[str], survivors: list[str], m_of: Mapping[str, int],
+                       revealed: Mapping[str, np.ndarray], share_answers: Mapping[str, Mapping[str, np.ndarray]],
+                       chosen: Mapping[str, list[str]], round_index: int) -> tuple[np.ndarray, int]:
+    """Server: sum, remove dangling masks with the revealed keys, remove self-masks, then decode.
+
+    Returns the weighted average in the updates' shape and the survivors' total levels ΣM.
+    """
+    total = aggregate(uploads, cfg.q, dropped=drop, revealed=dict(revealed), pairs=pairs if drop else None)
+    pos = {c: i + 1 for i, c in enumerate(shape.clients)}  # Shamir x-coordinates
     for i, answers in share_answers.items():
         hs = chosen[i]
-        total -= shamir_reconstruct([pos[h] for h in hs], np.stack([answers[h] for h in hs]), q)
+        total -= shamir_reconstruct([pos[h] for h in hs], np.stack([answers[h] for h in hs]), cfg.q)
     total_levels = sum(m_of[c] for c in survivors)
     if total_levels == 0:
         raise SecureAggregationError(
             f"round {round_index}: the surviving clients' weights are all zero; nothing to average")
     if cfg.dp is not None:
-        agg = dp_decode(total, cfg.dp, round_index=round_index, n_survivors=len(survivors)).reshape(shape)
+        agg = dp_decode(total, cfg.dp, round_index=round_index, n_survivors=len(survivors)).reshape(shape.shape)
     else:
-        agg = dequantize_sum(total, clip=cfg.clip, total_levels=total_levels).reshape(shape)
+        agg = dequantize_sum(total, clip=cfg.clip, total_levels=total_levels).reshape(shape.shape)
+    return agg, total_levels
 
-    key_total = sum(key_bits_per_pair.values())
+
+def _round_result(agg: np.ndarray, shape: _RoundShape, cfg: SecAggConfig, key_source: KeySource, *,
+                  drop: set[str], survivors: list[str], key_bits_per_pair: dict[str, int], n_revealed: int,
+                  clipped: int, m_of: Mapping[str, int], total_levels: int, round_index: int,
+                  plain: np.ndarray | None, t_share: int, share_bits_total: int, n_share_answers: int,
+                  view: dict[str, Any] | None) -> RoundResult:
+    """Accounting: the round's :class:`RoundResult` (key, upload and reveal bits; no key material)."""
+    q, n_words, n_params = cfg.q, shape.n_words, shape.n_params
+    n_clients = len(shape.clients)
     return RoundResult(
         aggregate=agg,
         key_bits_per_pair=key_bits_per_pair,
-        key_bits_total=key_total,
+        key_bits_total=sum(key_bits_per_pair.values()),
         upload_bits_per_client=q * n_words,
         baseline_upload_bits_per_client=32 * n_params,
         communication_saving=1.0 - q / 32.0,
         key_source=str(key_source.name),
-        dropped=tuple(c for c in clients if c in drop),
+        dropped=tuple(c for c in shape.clients if c in drop),
         survivors=tuple(survivors),
         q=q,
-        value_bits=b,
+        value_bits=shape.b,
         n_params=n_params,
         graph=cfg.graph,
         k=cfg.k,
         all_pairs_count=n_clients * (n_clients - 1) // 2,
-        reveal_bits_total=q * n_words * len(needed),
+        reveal_bits_total=q * n_words * n_revealed,
         clipped_values=clipped,
         effective_weights={c: m_of[c] / total_levels for c in survivors},
         round_index=round_index,
@@ -445,8 +551,7 @@ def secure_round(
         self_masks=cfg.self_masks,
         threshold=t_share,
         share_key_bits_total=share_bits_total,
-        share_reveal_bits_total=share_bits(q) * n_words * sum(len(v) for v in share_answers.values())
-        if cfg.self_masks else 0,
+        share_reveal_bits_total=share_bits(q) * n_words * n_share_answers if cfg.self_masks else 0,
         paper_all_pairs_key_bits=n_clients * (n_clients - 1) // 2 * q * n_params,
         server_view=view,
         privacy=cfg.dp.privacy() if cfg.dp is not None else None,
