@@ -105,6 +105,117 @@ def _dim_source(ctx: CalContext, guard: SettingsGuard, att: Any, detectors: tupl
     return a
 
 
+def _isolate_source(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str, ...], src: str) -> Any:
+    """Laser on, detectors enabled and gated, only ``src``'s shutter open, its modulator at a constant
+    level. Returns ``src``'s attenuator."""
+    cfg = ctx.config
+    st = ctx.station
+    guard.set(st.laser, "output_enabled", True)
+    enable_detectors(ctx, guard, detectors)
+    gates_to_optimum(ctx, guard, detectors)
+    for c in cfg.client_names:
+        att = st.attenuator(c)
+        if not hasattr(att, "shutter_closed"):
+            raise CalibrationError(f"{c}.attenuator has no shutter; the efficiency procedure needs variable attenuators")
+        guard.set(att, "shutter_closed", c != src)
+    pm_src = st.phase_modulator(src)
+    guard.set(pm_src, "output_enabled", True)
+    restore_dc(guard, pm_src)
+    pm_src.set_dc_voltage(0.0)
+    return st.attenuator(src)
+
+
+def _power_reference(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, att_meas: float, att_ref: float,
+                     power_readings: int) -> tuple[np.ndarray, float, float, float]:
+    """Power-meter readings at ``src``'s output with the attenuation lowered to ``att_ref``.
+
+    Returns (readings [W], mean [W], standard error of the mean [W], wavelength [nm])."""
+    st = ctx.station
+    ctx.step(f"power meter at {src}'s output, attenuation {att_ref:g} dB")
+    meter = st.power_meter
+    wl = float(st.laser.wavelength_nm)
+    guard.set(meter, "wavelength_nm", wl)
+    guard.set(meter, "averaging", 100)
+    meter.place_at(src)
+    guard.set(att, "attenuation_db", att_ref)
+    readings = np.array([meter.power_w() for _ in range(max(2, power_readings))])
+    guard.set(att, "attenuation_db", att_meas)
+    meter.place_at("laser")
+    p_mean = float(readings.mean())
+    p_sem = float(readings.std(ddof=1) / math.sqrt(readings.size))
+    if not p_mean > 5 * max(p_sem, 1e-30):
+        raise CalibrationError(f"no light at the power meter ({p_mean:.3g} ± {p_sem:.2g} W at {src}'s output); "
+                               "is the laser on and the fibre connected?")
+    return readings, p_mean, p_sem, wl
+
+
+def _count_on_off(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, detectors: tuple[str, ...],
+                  duration_s: float, target_clicks: int,
+                  max_duration_s: float) -> tuple[float, dict[str, int], dict[str, int]]:
+    """Clicks with the source open and closed, long enough for ~``target_clicks`` signal clicks.
+
+    Returns (counting duration [s], clicks open, clicks closed)."""
+    rate_on = ctx.station.time_tagger.count_rates(0.02)
+    r_min = min(float(rate_on.get(detector_channel(ctx.config, d), 0.0)) for d in detectors)
+    duration_s = float(min(max(duration_s, target_clicks / max(r_min, 1.0)), max_duration_s))
+    ctx.step(f"counting clicks with {src} open ({duration_s:g} s)")
+    n_on = detector_counts(ctx, duration_s)
+    ctx.step(f"counting background with {src} closed ({duration_s:g} s)")
+    guard.set(att, "shutter_closed", True)
+    n_off = detector_counts(ctx, duration_s)
+    guard.set(att, "shutter_closed", False)
+    return duration_s, n_on, n_off
+
+
+def _detector_efficiency(ctx: CalContext, d: str, src: str, nm: int, nb_: int, weights: list[tuple[float, float, float]], w_light: float,
+                         n_slots: int, T_ps: float, mu: float, rel_mu: float) -> Quantity:
+    """η of detector ``d`` from its clicks with the source open (``nm``) and closed (``nb_``)."""
+    k = DETECTORS.index(d)
+    light_pulses = w_light * n_slots
+    sig_err = math.sqrt(max(nm, 1) + max(nb_, 1)) / light_pulses
+    if nm - nb_ < 5 * math.sqrt(max(nm + nb_, 1)):
+        raise CalibrationError(f"{d}: no light detected from {src} ({nm} clicks with the source open, "
+                               f"{nb_} closed); check the attenuator, laser and fibre path")
+    # Dead-time correction of the lit frames and of the background separately, then the
+    # difference: p_lit = clicks per lit pulse (the unlit frames hold only background,
+    # nb_·(1 − w) of it), s + b = p_lit/(1 − n_b·p_lit), b = p_off/(1 − n_b·p_off).
+    # Correcting the difference with a factor from all clicks per lit pulse (as before)
+    # charged the unlit frames' dark clicks to the lit ones: η high by ≈ R_dark·τ_d, +7 %
+    # (+4σ) for a free-running InGaAs SPAD with 3 kHz of dark counts and τ_d = 23 µs.
+    tau_ps = detector_dead_time_s(ctx, d) * 1e12
+    p_lit = max(nm - nb_ * (1.0 - w_light), 0.0) / light_pulses
+    s_plus_b = pulsed_dead_time_correction(p_lit, tau_ps, T_ps)
+    b_true = pulsed_dead_time_correction(nb_ / n_slots, tau_ps, T_ps)
+    corr = s_plus_b / p_lit if p_lit > 0 else 1.0
+    p_ap = afterpulse_probability(ctx, d)
+    p_det = (s_plus_b - b_true) * (1.0 - p_ap)
+    if p_det >= 0.5:
+        raise CalibrationError(f"{d}: detector saturated ({p_det:.2f} clicks per pulse); increase the attenuation")
+
+    def expected(eta: float, k: int = k) -> float:
+        return sum(w / w_light * -math.expm1(-eta * g[k] * mu) for w, *g in weights)
+
+    hi = 2.0
+    if expected(hi) < p_det:
+        raise CalibrationError(f"{d}: measured click probability {p_det:.3g} exceeds what η = 2 would give; "
+                               "check the power-meter reading, the attenuation and the transmission model")
+    eta = brentq(lambda e, p_det=p_det: expected(e) - p_det, 0.0, hi, xtol=1e-12)
+    deta_dp = 1.0 / max((expected(eta * 1.001) - expected(eta * 0.999)) / (0.002 * eta), 1e-300)
+    p_ap_err = ctx.known[f"{d}.afterpulse_prob"].uncertainty if f"{d}.afterpulse_prob" in ctx.known else 0.0
+    stat = deta_dp * sig_err * corr * (1 - p_ap)
+    e_ap = eta * p_ap_err / max(1 - p_ap, 1e-9)
+    sys_ = eta * rel_mu
+    err = math.sqrt(stat**2 + sys_**2 + e_ap**2)
+    if eta > 1.0 + 3 * err:
+        raise CalibrationError(f"{d}: efficiency {eta:.3f} ± {err:.3f} is above 1; check the power-meter wavelength, "
+                               "the attenuation and the loop-loss fields of the station file")
+    return Quantity(
+        f"{d}.efficiency", eta, err, "", "efficiency",
+        true=sim_truth(ctx.station, (d, "power_meter", f"{src}.attenuator"), lambda c, d=d: c.detectors[d].efficiency),
+        details={"statistical": stat, "systematic_mu": sys_, "afterpulse": e_ap, "mu_photons_per_pulse": mu,
+                 "p_det_per_pulse": p_det, "dead_time_correction": corr, "source_client": src})
+
+
 def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_client: str | None = None,
                duration_s: float = 0.2, reference_attenuation_delta_db: float = 30.0, power_readings: int = 5,
                attenuation_uncertainty_db: float = 0.02, transmission_rel_uncertainty: float = 0.0,
@@ -139,103 +250,27 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
     raw: dict[str, Any] = {}
     with guarded(ctx, "efficiency") as guard:
         st = ctx.station
-        guard.set(st.laser, "output_enabled", True)
-        enable_detectors(ctx, guard, detectors)
-        gates_to_optimum(ctx, guard, detectors)
-        for c in cfg.client_names:
-            att = st.attenuator(c)
-            if not hasattr(att, "shutter_closed"):
-                raise CalibrationError(f"{c}.attenuator has no shutter; the efficiency procedure needs variable attenuators")
-            guard.set(att, "shutter_closed", c != src)
-        pm_src = st.phase_modulator(src)
-        guard.set(pm_src, "output_enabled", True)
-        restore_dc(guard, pm_src)
-        pm_src.set_dc_voltage(0.0)
-        att = st.attenuator(src)
+        att = _isolate_source(ctx, guard, detectors, src)
         att_meas = _dim_source(ctx, guard, att, detectors, dead_time_fraction)
         att_ref = max(att_meas - reference_attenuation_delta_db, 0.0)
         delta = att_meas - att_ref
         # power-meter reference
-        ctx.step(f"power meter at {src}'s output, attenuation {att_ref:g} dB")
-        meter = st.power_meter
-        wl = float(st.laser.wavelength_nm)
-        guard.set(meter, "wavelength_nm", wl)
-        guard.set(meter, "averaging", 100)
-        meter.place_at(src)
-        guard.set(att, "attenuation_db", att_ref)
-        readings = np.array([meter.power_w() for _ in range(max(2, power_readings))])
-        guard.set(att, "attenuation_db", att_meas)
-        meter.place_at("laser")
-        p_mean = float(readings.mean())
-        p_sem = float(readings.std(ddof=1) / math.sqrt(readings.size))
-        if not p_mean > 5 * max(p_sem, 1e-30):
-            raise CalibrationError(f"no light at the power meter ({p_mean:.3g} ± {p_sem:.2g} W at {src}'s output); "
-                                   "is the laser on and the fibre connected?")
+        readings, p_mean, p_sem, wl = _power_reference(ctx, guard, att, src, att_meas, att_ref, power_readings)
         f_rep = float(st.laser.rep_rate_hz)
         h_nu = photon_energy_j(wl)
         mu = p_mean * 10 ** (-delta / 10.0) / (h_nu * f_rep)
         rel_mu = math.sqrt((p_sem / p_mean) ** 2 + cfg.power_meter.relative_uncertainty**2
                            + (math.log(10) / 10 * attenuation_uncertainty_db) ** 2 + transmission_rel_uncertainty**2)
         # clicks with the source open and closed: long enough for ~target_clicks signal clicks
-        rate_on = ctx.station.time_tagger.count_rates(0.02)
-        r_min = min(float(rate_on.get(detector_channel(cfg, d), 0.0)) for d in detectors)
-        duration_s = float(min(max(duration_s, target_clicks / max(r_min, 1.0)), max_duration_s))
-        ctx.step(f"counting clicks with {src} open ({duration_s:g} s)")
-        n_on = detector_counts(ctx, duration_s)
-        ctx.step(f"counting background with {src} closed ({duration_s:g} s)")
-        guard.set(att, "shutter_closed", True)
-        n_off = detector_counts(ctx, duration_s)
-        guard.set(att, "shutter_closed", False)
+        duration_s, n_on, n_off = _count_on_off(ctx, guard, att, src, detectors, duration_s, target_clicks,
+                                                max_duration_s)
         n_slots = int(round(duration_s * f_rep))
         weights = _source_weights(cfg, src, n_slots)
         w_light = sum(w for w, _, _ in weights)
         T_ps = 1e12 / f_rep
         for d in detectors:
-            k = DETECTORS.index(d)
             nm, nb_ = n_on[d], n_off[d]
-            light_pulses = w_light * n_slots
-            sig_err = math.sqrt(max(nm, 1) + max(nb_, 1)) / light_pulses
-            if nm - nb_ < 5 * math.sqrt(max(nm + nb_, 1)):
-                raise CalibrationError(f"{d}: no light detected from {src} ({nm} clicks with the source open, "
-                                       f"{nb_} closed); check the attenuator, laser and fibre path")
-            # Dead-time correction of the lit frames and of the background separately, then the
-            # difference: p_lit = clicks per lit pulse (the unlit frames hold only background,
-            # nb_·(1 − w) of it), s + b = p_lit/(1 − n_b·p_lit), b = p_off/(1 − n_b·p_off).
-            # Correcting the difference with a factor from all clicks per lit pulse (as before)
-            # charged the unlit frames' dark clicks to the lit ones: η high by ≈ R_dark·τ_d, +7 %
-            # (+4σ) for a free-running InGaAs SPAD with 3 kHz of dark counts and τ_d = 23 µs.
-            tau_ps = detector_dead_time_s(ctx, d) * 1e12
-            p_lit = max(nm - nb_ * (1.0 - w_light), 0.0) / light_pulses
-            s_plus_b = pulsed_dead_time_correction(p_lit, tau_ps, T_ps)
-            b_true = pulsed_dead_time_correction(nb_ / n_slots, tau_ps, T_ps)
-            corr = s_plus_b / p_lit if p_lit > 0 else 1.0
-            p_ap = afterpulse_probability(ctx, d)
-            p_det = (s_plus_b - b_true) * (1.0 - p_ap)
-            if p_det >= 0.5:
-                raise CalibrationError(f"{d}: detector saturated ({p_det:.2f} clicks per pulse); increase the attenuation")
-
-            def expected(eta: float, k: int = k) -> float:
-                return sum(w / w_light * -math.expm1(-eta * g[k] * mu) for w, *g in weights)
-
-            hi = 2.0
-            if expected(hi) < p_det:
-                raise CalibrationError(f"{d}: measured click probability {p_det:.3g} exceeds what η = 2 would give; "
-                                       "check the power-meter reading, the attenuation and the transmission model")
-            eta = brentq(lambda e, p_det=p_det: expected(e) - p_det, 0.0, hi, xtol=1e-12)
-            deta_dp = 1.0 / max((expected(eta * 1.001) - expected(eta * 0.999)) / (0.002 * eta), 1e-300)
-            p_ap_err = ctx.known[f"{d}.afterpulse_prob"].uncertainty if f"{d}.afterpulse_prob" in ctx.known else 0.0
-            stat = deta_dp * sig_err * corr * (1 - p_ap)
-            e_ap = eta * p_ap_err / max(1 - p_ap, 1e-9)
-            sys_ = eta * rel_mu
-            err = math.sqrt(stat**2 + sys_**2 + e_ap**2)
-            if eta > 1.0 + 3 * err:
-                raise CalibrationError(f"{d}: efficiency {eta:.3f} ± {err:.3f} is above 1; check the power-meter wavelength, "
-                                       "the attenuation and the loop-loss fields of the station file")
-            quantities.append(Quantity(
-                f"{d}.efficiency", eta, err, "", "efficiency",
-                true=sim_truth(ctx.station, (d, "power_meter", f"{src}.attenuator"), lambda c, d=d: c.detectors[d].efficiency),
-                details={"statistical": stat, "systematic_mu": sys_, "afterpulse": e_ap, "mu_photons_per_pulse": mu,
-                         "p_det_per_pulse": p_det, "dead_time_correction": corr, "source_client": src}))
+            quantities.append(_detector_efficiency(ctx, d, src, nm, nb_, weights, w_light, n_slots, T_ps, mu, rel_mu))
             raw[d] = {"clicks_on": nm, "clicks_off": nb_, "duration_s": duration_s, "light_slot_fraction": w_light}
         raw["reference"] = {"source_client": src, "power_w_mean": p_mean, "power_w_sem": p_sem, "readings": readings,
                             "attenuation_measure_db": att_meas, "attenuation_reference_db": att_ref,
