@@ -25,6 +25,7 @@ from labqfl.calibration.core import (
     CalContext,
     ProcedureResult,
     Quantity,
+    SettingsGuard,
     gates_to_optimum,
     guarded,
     pulsed_dead_time_correction,
@@ -86,6 +87,108 @@ def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) ->
     return out
 
 
+def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str) -> tuple[dict[str, Any], Any, Any]:
+    """Laser and detectors on, only ``i`` and ``j`` open, their modulators at 0 V, both dimmed so the
+    detectors stay far from saturation. Returns (attenuators by client, modulator of i, modulator of j)."""
+    cfg = ctx.config
+    st = ctx.station
+    guard.set(st.laser, "output_enabled", True)
+    for d in DETECTORS:
+        guard.set(st.detector(d), "enabled", True)
+    gates_to_optimum(ctx, guard)
+    atts = {}
+    for c in cfg.client_names:
+        att = st.attenuator(c)
+        if not hasattr(att, "shutter_closed"):
+            raise CalibrationError(f"{c}.attenuator has no shutter; the visibility procedure needs variable attenuators")
+        atts[c] = att
+        guard.set(att, "shutter_closed", c not in (i, j))
+    pm_i, pm_j = st.phase_modulator(i), st.phase_modulator(j)
+    for p in (pm_i, pm_j):
+        guard.set(p, "output_enabled", True)
+        restore_dc(guard, p)
+        p.set_dc_voltage(0.0)
+    # keep R·τ_d ≤ 0.05 in the lit frames on both detectors (measured: at 0.2 a free-running
+    # InGaAs SPAD with τ_d = 23 µs still reached the 50 % refusal at the fringe maximum): InGaAs
+    # SPADs with µs dead times saturate at the operating attenuation; both clients are dimmed
+    # by the same ΔA, which leaves V (a ratio, independent of the intensity balance) unchanged.
+    # Light arrives only in the frames of pairs that contain i or j (share f_lit), where the
+    # rate is 1/f_lit times the mean the counters see.
+    sched = PairSchedule.from_config(cfg)
+    n_ref = 1 << 20
+    f_lit = sum(sched.slots_of_pair(nm_, n_ref) for pr, nm_ in zip(sched.pairs, sched.names, strict=True)
+                if i in pr or j in pr) / n_ref
+    dim_for_rate(ctx, guard, DETECTORS, {d: 0.05 * max(f_lit, 1e-3) / max(detector_dead_time_s(ctx, d), 1e-12)
+                                         for d in DETECTORS})
+    return atts, pm_i, pm_j
+
+
+def _single_client_photons(ctx: CalContext, guard: SettingsGuard, atts: dict[str, Any], i: str, j: str,
+                           single_duration_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Mean photon numbers with ``i`` alone, then ``j`` alone (the fringe's normalisation)."""
+    ctx.step(f"visibility: {i} alone ({single_duration_s:g} s)")
+    guard.set(atts[j], "shutter_closed", True)
+    only_a = _frame_photons(ctx, single_duration_s, (i, j))
+    ctx.step(f"visibility: {j} alone ({single_duration_s:g} s)")
+    guard.set(atts[j], "shutter_closed", False)
+    guard.set(atts[i], "shutter_closed", True)
+    only_b = _frame_photons(ctx, single_duration_s, (i, j))
+    guard.set(atts[i], "shutter_closed", False)
+    return only_a, only_b
+
+
+def _fringe_scan(ctx: CalContext, pm_i: Any, i: str, j: str, n_points: int, point_duration_s: float,
+                 periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Scan ``i``'s modulator voltage over ±``periods``·V_π. Returns (nominal V_π, voltages,
+    mean photon numbers per detector and point, their errors)."""
+    vpi_nom = ctx.value(f"{i}.v_pi_v", float(pm_i.v_pi_v))
+    vmax = min(periods * vpi_nom, float(pm_i.amplitude_vpp) / 2.0)
+    volts = np.linspace(-vmax, vmax, n_points)
+    m = np.zeros((2, n_points))
+    sm = np.zeros((2, n_points))
+    ctx.step(f"visibility: fringe of {i}–{j} ({n_points} points)")
+    for k, v in enumerate(volts):
+        pm_i.set_dc_voltage(float(v))
+        r = _frame_photons(ctx, point_duration_s, (i, j))
+        for q, d in enumerate(DETECTORS):
+            m[q, k], sm[q, k] = r[d][0], r[d][1]
+    return vpi_nom, volts, m, sm
+
+
+def _detector_visibilities(fit: Any, scales: tuple[float, float], only_a: dict[str, Any], only_b: dict[str, Any],
+                           i: str, j: str, raw: dict[str, Any]) -> list[tuple[float, float]]:
+    """V ± σ on each detector: fringe amplitude over 2·√(c_A·c_B). Fills ``raw``."""
+    per_det = []
+    for q, d in enumerate(DETECTORS):
+        sc = scales[q]
+        a, ea = abs(fit[("a0", "a1")[q]]) / sc, fit.err(("a0", "a1")[q]) / sc
+        ca, ea_ = only_a[d][0], only_a[d][1]
+        cb, eb_ = only_b[d][0], only_b[d][1]
+        if ca <= 0 or cb <= 0 or only_a[d][2] < 20 or only_b[d][2] < 20:
+            raise CalibrationError(f"{d}: no light from {i if only_a[d][2] < 20 else j} alone; cannot normalise the fringe")
+        v = a / (2.0 * math.sqrt(ca * cb))
+        ev = v * math.sqrt((ea / a) ** 2 + 0.25 * (ea_ / ca) ** 2 + 0.25 * (eb_ / cb) ** 2)
+        per_det.append((v, ev))
+        raw[d] = {"c_A": ca, "c_A_err": ea_, "c_B": cb, "c_B_err": eb_, "fringe_amplitude": a,
+                  "fringe_amplitude_err": ea, "fringe_mean": fit[("m0", "m1")[q]] / sc, "visibility": v, "err": ev}
+    return per_det
+
+
+def _combined_visibility(per_det: list[tuple[float, float]]) -> tuple[float, float]:
+    """Weighted mean of the detectors' visibilities, its error inflated when they disagree."""
+    w = np.array([1.0 / e**2 for _, e in per_det])
+    vals = np.array([v for v, _ in per_det])
+    vis = float(np.sum(w * vals) / np.sum(w))
+    err = float(1.0 / math.sqrt(np.sum(w)))
+    chi2 = float(np.sum(w * (vals - vis) ** 2))
+    if chi2 > 1.0:  # D0 and D1 disagree beyond their errors: inflate (PDG scale factor, 1 dof)
+        err *= math.sqrt(chi2)
+    if vis > 1.0 + 3 * err:
+        raise CalibrationError(f"visibility {vis:.3f} ± {err:.3f} above 1; the single-client normalisation is off "
+                               "(check the delays/schedule, or light leaking past a closed shutter)")
+    return vis, err
+
+
 def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_points: int = 24,
                     point_duration_s: float = 0.05, single_duration_s: float = 0.3, periods: float = 2.0) -> ProcedureResult:
     """Interference visibility of ``pair`` (default: the first scheduled pair); see module docstring."""
@@ -101,80 +204,15 @@ def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_poin
     plots: list[str] = []
     with guarded(ctx, "visibility") as guard:
         st = ctx.station
-        guard.set(st.laser, "output_enabled", True)
-        for d in DETECTORS:
-            guard.set(st.detector(d), "enabled", True)
-        gates_to_optimum(ctx, guard)
-        atts = {}
-        for c in names:
-            att = st.attenuator(c)
-            if not hasattr(att, "shutter_closed"):
-                raise CalibrationError(f"{c}.attenuator has no shutter; the visibility procedure needs variable attenuators")
-            atts[c] = att
-            guard.set(att, "shutter_closed", c not in (i, j))
-        pm_i, pm_j = st.phase_modulator(i), st.phase_modulator(j)
-        for p in (pm_i, pm_j):
-            guard.set(p, "output_enabled", True)
-            restore_dc(guard, p)
-            p.set_dc_voltage(0.0)
-        # keep R·τ_d ≤ 0.05 in the lit frames on both detectors (measured: at 0.2 a free-running
-        # InGaAs SPAD with τ_d = 23 µs still reached the 50 % refusal at the fringe maximum): InGaAs
-        # SPADs with µs dead times saturate at the operating attenuation; both clients are dimmed
-        # by the same ΔA, which leaves V (a ratio, independent of the intensity balance) unchanged.
-        # Light arrives only in the frames of pairs that contain i or j (share f_lit), where the
-        # rate is 1/f_lit times the mean the counters see.
-        sched = PairSchedule.from_config(cfg)
-        n_ref = 1 << 20
-        f_lit = sum(sched.slots_of_pair(nm_, n_ref) for pr, nm_ in zip(sched.pairs, sched.names, strict=True)
-                    if i in pr or j in pr) / n_ref
-        dim_for_rate(ctx, guard, DETECTORS, {d: 0.05 * max(f_lit, 1e-3) / max(detector_dead_time_s(ctx, d), 1e-12)
-                                             for d in DETECTORS})
-        ctx.step(f"visibility: {i} alone ({single_duration_s:g} s)")
-        guard.set(atts[j], "shutter_closed", True)
-        only_a = _frame_photons(ctx, single_duration_s, (i, j))
-        ctx.step(f"visibility: {j} alone ({single_duration_s:g} s)")
-        guard.set(atts[j], "shutter_closed", False)
-        guard.set(atts[i], "shutter_closed", True)
-        only_b = _frame_photons(ctx, single_duration_s, (i, j))
-        guard.set(atts[i], "shutter_closed", False)
-        vpi_nom = ctx.value(f"{i}.v_pi_v", float(pm_i.v_pi_v))
-        vmax = min(periods * vpi_nom, float(pm_i.amplitude_vpp) / 2.0)
-        volts = np.linspace(-vmax, vmax, n_points)
-        m = np.zeros((2, n_points))
-        sm = np.zeros((2, n_points))
-        ctx.step(f"visibility: fringe of {i}–{j} ({n_points} points)")
-        for k, v in enumerate(volts):
-            pm_i.set_dc_voltage(float(v))
-            r = _frame_photons(ctx, point_duration_s, (i, j))
-            for q, d in enumerate(DETECTORS):
-                m[q, k], sm[q, k] = r[d][0], r[d][1]
+        atts, pm_i, _pm_j = _prepare_pair(ctx, guard, i, j)
+        only_a, only_b = _single_client_photons(ctx, guard, atts, i, j, single_duration_s)
+        vpi_nom, volts, m, sm = _fringe_scan(ctx, pm_i, i, j, n_points, point_duration_s, periods)
         # fringe fit on mean photon numbers: scale to pseudo-counts so the Poisson-weighted fitter applies
         scale = 1.0 / np.maximum(sm**2 / np.maximum(m, 1e-300), 1e-300)
         s0, s1 = float(np.median(scale[0])), float(np.median(scale[1]))
         fit = fit_fringe(volts, m[0] * s0, m[1] * s1, vpi_nom, f"{i}–{j} visibility fringe")
-        per_det = []
-        for q, d in enumerate(DETECTORS):
-            sc = (s0, s1)[q]
-            a, ea = abs(fit[("a0", "a1")[q]]) / sc, fit.err(("a0", "a1")[q]) / sc
-            ca, ea_ = only_a[d][0], only_a[d][1]
-            cb, eb_ = only_b[d][0], only_b[d][1]
-            if ca <= 0 or cb <= 0 or only_a[d][2] < 20 or only_b[d][2] < 20:
-                raise CalibrationError(f"{d}: no light from {i if only_a[d][2] < 20 else j} alone; cannot normalise the fringe")
-            v = a / (2.0 * math.sqrt(ca * cb))
-            ev = v * math.sqrt((ea / a) ** 2 + 0.25 * (ea_ / ca) ** 2 + 0.25 * (eb_ / cb) ** 2)
-            per_det.append((v, ev))
-            raw[d] = {"c_A": ca, "c_A_err": ea_, "c_B": cb, "c_B_err": eb_, "fringe_amplitude": a,
-                      "fringe_amplitude_err": ea, "fringe_mean": fit[("m0", "m1")[q]] / sc, "visibility": v, "err": ev}
-        w = np.array([1.0 / e**2 for _, e in per_det])
-        vals = np.array([v for v, _ in per_det])
-        vis = float(np.sum(w * vals) / np.sum(w))
-        err = float(1.0 / math.sqrt(np.sum(w)))
-        chi2 = float(np.sum(w * (vals - vis) ** 2))
-        if chi2 > 1.0:  # D0 and D1 disagree beyond their errors: inflate (PDG scale factor, 1 dof)
-            err *= math.sqrt(chi2)
-        if vis > 1.0 + 3 * err:
-            raise CalibrationError(f"visibility {vis:.3f} ± {err:.3f} above 1; the single-client normalisation is off "
-                                   "(check the delays/schedule, or light leaking past a closed shutter)")
+        per_det = _detector_visibilities(fit, (s0, s1), only_a, only_b, i, j, raw)
+        vis, err = _combined_visibility(per_det)
         quantities.append(Quantity("loop.visibility", vis, err, "", "visibility",
                                    true=sim_truth(st, ("D0", "D1", "laser", f"{i}.phase_modulator", f"{j}.phase_modulator"),
                                                   lambda c: c.loop.visibility),
