@@ -34,6 +34,7 @@ from labqfl.calibration.core import (
     CalContext,
     ProcedureResult,
     Quantity,
+    SettingsGuard,
     gates_to_optimum,
     guarded,
     sim_truth,
@@ -44,6 +45,64 @@ from labqfl.errors import CalibrationError, InstrumentError
 from labqfl.physics import loop_delay_ps
 
 DETECTORS = ("D0", "D1")
+
+
+def _fine_peaks(ctx: CalContext, tags: dict[int, np.ndarray], detectors: tuple[str, ...], T: float,
+                bin_ps: float) -> dict[str, tuple[float, float, FitResult, np.ndarray, np.ndarray]]:
+    """Sync–click peak of each detector folded modulo the pulse period ``T`` [ps], Gaussian-fitted.
+
+    Returns per detector (peak mod T [ps], its error [ps], fit, bin centres, counts)."""
+    tt_cfg = ctx.config.time_tagger
+    fine: dict[str, tuple[float, float, FitResult, np.ndarray, np.ndarray]] = {}
+    for d in detectors:
+        ph = fold(delay_after_sync(tags[tt_cfg.detector_channels[d]], tags[tt_cfg.sync_channel]), T)
+        if ph.size < 200:
+            raise CalibrationError(f"{d}: only {ph.size} clicks after sync tags; no light or no sync")
+        peak, _, _ = circular_peak(ph, T, 20.0)
+        x = centred_window(ph, peak, T)
+        half = min(T / 2.0, 1500.0)
+        edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bin_ps)  # half-integer edges: tags are integer ps
+        n, _ = np.histogram(x, bins=edges)
+        c = 0.5 * (edges[1:] + edges[:-1])
+        fit = fit_gaussian_peak(c, n, f"{d} sync–click peak")
+        fine[d] = (fit["mu"] % T, fit.err("mu"), fit, c, n)
+    return fine
+
+
+def _coarse_peaks(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str, ...], chans: list[int],
+                  coarse_rep_rate_hz: float | None, coarse_duration_s: float, f_nom: float,
+                  T: float) -> tuple[dict[str, float], str]:
+    """Delay of each detector modulo the coarse period, from an acquisition at ``coarse_rep_rate_hz``
+    (skipped for gated detectors, or when the laser cannot run at that rate).
+
+    Returns (coarse peak per detector [ps], how the integer number of periods is chosen)."""
+    st = ctx.station
+    tt_cfg = ctx.config.time_tagger
+    coarse: dict[str, float] = {}
+    coarse_note = "nominal delay from the station file"
+    gated = any(st.detector(d).gated for d in detectors)
+    if gated and coarse_rep_rate_hz is not None:
+        ctx.step("delays: gated detectors lose the pulses at another repetition rate; coarse stage skipped")
+    if coarse_rep_rate_hz is not None and coarse_rep_rate_hz < f_nom and not gated:
+        try:
+            guard.set(st.laser, "rep_rate_hz", float(coarse_rep_rate_hz))
+        except (ValueError, InstrumentError) as exc:
+            ctx.step(f"delays: laser cannot run at {coarse_rep_rate_hz:g} Hz ({exc}); using nominal delays")
+        else:
+            Tc = 1e12 / float(coarse_rep_rate_hz)
+            ctx.step(f"delays: coarse acquisition at {coarse_rep_rate_hz:.3g} Hz ({coarse_duration_s:g} s)")
+            tc = collect_tags(st.time_tagger, coarse_duration_s, chans)
+            guard.set(st.laser, "rep_rate_hz", f_nom)
+            for d in detectors:
+                ph = fold(delay_after_sync(tc[tt_cfg.detector_channels[d]], tc[tt_cfg.sync_channel]), Tc)
+                if ph.size < 30:
+                    raise CalibrationError(f"{d}: only {ph.size} clicks in the coarse acquisition; no light?")
+                peak, _, _ = circular_peak(ph, Tc, max(T / 10.0, 50.0))
+                x = centred_window(ph, peak, Tc)
+                near = x[np.abs(x - peak) < T / 4]
+                coarse[d] = float(np.median(near)) % Tc
+            coarse_note = f"coarse acquisition at {coarse_rep_rate_hz:g} Hz (delay mod {Tc:g} ps)"
+    return coarse, coarse_note
 
 
 def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine_duration_s: float = 0.03,
@@ -77,44 +136,10 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
         ctx.step(f"delays: fine acquisition ({fine_duration_s:g} s at {f_nom:.4g} Hz)")
         chans = [tt_cfg.sync_channel, *(tt_cfg.detector_channels[d] for d in detectors)]
         tags = collect_tags(tagger, fine_duration_s, chans)
-        fine: dict[str, tuple[float, float, FitResult, np.ndarray, np.ndarray]] = {}
-        for d in detectors:
-            ph = fold(delay_after_sync(tags[tt_cfg.detector_channels[d]], tags[tt_cfg.sync_channel]), T)
-            if ph.size < 200:
-                raise CalibrationError(f"{d}: only {ph.size} clicks after sync tags; no light or no sync")
-            peak, _, _ = circular_peak(ph, T, 20.0)
-            x = centred_window(ph, peak, T)
-            half = min(T / 2.0, 1500.0)
-            edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bin_ps)  # half-integer edges: tags are integer ps
-            n, _ = np.histogram(x, bins=edges)
-            c = 0.5 * (edges[1:] + edges[:-1])
-            fit = fit_gaussian_peak(c, n, f"{d} sync–click peak")
-            fine[d] = (fit["mu"] % T, fit.err("mu"), fit, c, n)
+        fine = _fine_peaks(ctx, tags, detectors, T, bin_ps)
         # coarse stage: integer number of periods
-        coarse: dict[str, float] = {}
-        coarse_note = "nominal delay from the station file"
-        gated = any(st.detector(d).gated for d in detectors)
-        if gated and coarse_rep_rate_hz is not None:
-            ctx.step("delays: gated detectors lose the pulses at another repetition rate; coarse stage skipped")
-        if coarse_rep_rate_hz is not None and coarse_rep_rate_hz < f_nom and not gated:
-            try:
-                guard.set(st.laser, "rep_rate_hz", float(coarse_rep_rate_hz))
-            except (ValueError, InstrumentError) as exc:
-                ctx.step(f"delays: laser cannot run at {coarse_rep_rate_hz:g} Hz ({exc}); using nominal delays")
-            else:
-                Tc = 1e12 / float(coarse_rep_rate_hz)
-                ctx.step(f"delays: coarse acquisition at {coarse_rep_rate_hz:.3g} Hz ({coarse_duration_s:g} s)")
-                tc = collect_tags(tagger, coarse_duration_s, chans)
-                guard.set(st.laser, "rep_rate_hz", f_nom)
-                for d in detectors:
-                    ph = fold(delay_after_sync(tc[tt_cfg.detector_channels[d]], tc[tt_cfg.sync_channel]), Tc)
-                    if ph.size < 30:
-                        raise CalibrationError(f"{d}: only {ph.size} clicks in the coarse acquisition; no light?")
-                    peak, _, _ = circular_peak(ph, Tc, max(T / 10.0, 50.0))
-                    x = centred_window(ph, peak, Tc)
-                    near = x[np.abs(x - peak) < T / 4]
-                    coarse[d] = float(np.median(near)) % Tc
-                coarse_note = f"coarse acquisition at {coarse_rep_rate_hz:g} Hz (delay mod {Tc:g} ps)"
+        coarse, coarse_note = _coarse_peaks(ctx, guard, detectors, chans, coarse_rep_rate_hz, coarse_duration_s,
+                                            f_nom, T)
         for d in detectors:
             mu, e_mu, fit, c, n = fine[d]
             in_d = float(ind.get(tt_cfg.detector_channels[d], 0))
