@@ -25,6 +25,7 @@ from labqfl.calibration.core import (
     CalContext,
     ProcedureResult,
     Quantity,
+    SettingsGuard,
     gates_to_optimum,
     guarded,
     restore_dc,
@@ -89,6 +90,86 @@ def _reference(names: list[str], client: str, reference: str | None) -> str:
     return names[0] if client != names[0] else names[1]
 
 
+def _prepare_fringe(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, integration_s: float,
+                    min_counts_per_point: int) -> float:
+    """Only ``k`` and ``ref`` open, their modulators at 0 V, both dimmed together until R·τ_d ≤ 0.1.
+
+    Returns the integration time per fringe point [s]."""
+    st = ctx.station
+    for c in ctx.config.client_names:
+        att = st.attenuator(c)
+        if hasattr(att, "shutter_closed"):
+            guard.set(att, "shutter_closed", c not in (k, ref))
+    pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
+    for p in (pm, pm_ref):
+        guard.set(p, "output_enabled", True)
+        restore_dc(guard, p)
+    pm_ref.set_dc_voltage(0.0)
+    pm.set_dc_voltage(0.0)
+    # keep R·τ_d ≤ 0.1 on both detectors (InGaAs SPADs with µs dead times saturate at the
+    # operating attenuation): the two clients dimmed by the same ΔA from their own settings
+    for c in (k, ref):
+        att = st.attenuator(c)
+        if hasattr(att, "attenuation_db"):
+            guard.set(att, "attenuation_db", guard_original(guard, att, "attenuation_db"))
+    rates = dim_for_rate(ctx, guard, ("D0", "D1"), {d: 0.1 / max(detector_dead_time_s(ctx, d), 1e-12) for d in ("D0", "D1")})
+    # enough clicks per point for the 8σ fringe test at dimmed (dead-time-limited) rates
+    return float(min(max(integration_s, min_counts_per_point / max(min(rates.values()), 1.0)), 0.5))
+
+
+def _scan_fringe(ctx: CalContext, k: str, ref: str, n_points: int, t_pt: float,
+                 periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Clicks on D0 and D1 against ``k``'s modulator voltage over ±``periods``·V_π.
+
+    Returns (nominal V_π [V], voltages [V], counts D0, counts D1)."""
+    st = ctx.station
+    tt_cfg = ctx.config.time_tagger
+    ch0, ch1 = tt_cfg.detector_channels["D0"], tt_cfg.detector_channels["D1"]
+    pm = st.phase_modulator(k)
+    vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))
+    vmax = min(periods * vpi_nom, float(pm.amplitude_vpp) / 2.0 if pm.amplitude_vpp > 0 else periods * vpi_nom)
+    if vmax < 0.75 * vpi_nom:
+        raise CalibrationError(f"{k}: drive amplitude ±{vmax:.3g} V cannot span a fringe (Vπ ≈ {vpi_nom:.3g} V)")
+    volts = np.linspace(-vmax, vmax, n_points)
+    n0 = np.zeros(n_points)
+    n1 = np.zeros(n_points)
+    ctx.step(f"{k}: fringe scan against {ref} ({n_points} points, ±{vmax:.3g} V)")
+    for i, v in enumerate(volts):
+        pm.set_dc_voltage(float(v))
+        r = st.time_tagger.count_rates(t_pt)
+        n0[i] = round(r.get(ch0, 0.0) * t_pt)
+        n1[i] = round(r.get(ch1, 0.0) * t_pt)
+    pm.set_dc_voltage(0.0)
+    return vpi_nom, volts, n0, n1
+
+
+def _fringe_quantities(ctx: CalContext, k: str, ref: str, fit: FitResult) -> tuple[list[Quantity], float, list[float]]:
+    """V_π and bias phase of ``k`` (relative to ``ref``) from its fringe fit.
+
+    Returns (the two quantities, wrapped bias phase [rad], fringe contrast on D0 and D1)."""
+    st = ctx.station
+    vpi, e_vpi = fit["vpi"], fit.err("vpi")
+    phi = fit["phi"] + (math.pi if fit["a0"] < 0 else 0.0)
+    phi_w = wrap_phase(phi)
+    q_vpi = Quantity(
+        f"{k}.v_pi_v", vpi, e_vpi, "V", "vpi",
+        true=sim_truth(st, f"{k}.phase_modulator",
+                       lambda c, k=k: c.client(k).phase_modulator.v_pi_v / (1.0 + c.client(k).phase_modulator.v_pi_error)),
+        details={"reference_client": ref})
+    true_phi = sim_truth(st, (f"{k}.phase_modulator", f"{ref}.phase_modulator"),
+                         lambda c, k=k, ref=ref: c.client(k).phase_modulator.bias_phase_rad
+                         - c.client(ref).phase_modulator.bias_phase_rad)
+    if true_phi is not None:  # express the truth on the branch nearest the estimate
+        true_phi = phi_w + wrap_phase(true_phi - phi_w)
+    contrast = [abs(fit["a0"]) / fit["m0"] if fit["m0"] > 0 else float("nan"),
+                abs(fit["a1"]) / fit["m1"] if fit["m1"] > 0 else float("nan")]
+    q_phi = Quantity(
+        f"{k}.bias_phase_rad", phi_w, fit.err("phi"), "rad", "vpi", true=true_phi,
+        details={"reference_client": ref, "relative_to": f"{ref}.bias_phase_rad",
+                 "fringe_contrast_D0": contrast[0], "fringe_contrast_D1": contrast[1]})
+    return [q_vpi, q_phi], phi_w, contrast
+
+
 def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str | None = None, n_points: int = 41,
              integration_s: float = 0.02, periods: float = 2.0, min_counts_per_point: int = 1000) -> ProcedureResult:
     """Vπ and bias phase of each client's modulator (default: every client; the reference for all
@@ -106,8 +187,6 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
     quantities: list[Quantity] = []
     raw: dict[str, Any] = {}
     plots: list[str] = []
-    tt_cfg = cfg.time_tagger
-    ch0, ch1 = tt_cfg.detector_channels["D0"], tt_cfg.detector_channels["D1"]
     with guarded(ctx, "vpi") as guard:
         st = ctx.station
         guard.set(st.laser, "output_enabled", True)
@@ -116,59 +195,12 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
         gates_to_optimum(ctx, guard)
         for k in todo:
             ref = _reference(names, k, reference)
-            for c in names:
-                att = st.attenuator(c)
-                if hasattr(att, "shutter_closed"):
-                    guard.set(att, "shutter_closed", c not in (k, ref))
-            pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
-            for p in (pm, pm_ref):
-                guard.set(p, "output_enabled", True)
-                restore_dc(guard, p)
-            pm_ref.set_dc_voltage(0.0)
-            pm.set_dc_voltage(0.0)
-            # keep R·τ_d ≤ 0.1 on both detectors (InGaAs SPADs with µs dead times saturate at the
-            # operating attenuation): the two clients dimmed by the same ΔA from their own settings
-            for c in (k, ref):
-                att = st.attenuator(c)
-                if hasattr(att, "attenuation_db"):
-                    guard.set(att, "attenuation_db", guard_original(guard, att, "attenuation_db"))
-            rates = dim_for_rate(ctx, guard, ("D0", "D1"), {d: 0.1 / max(detector_dead_time_s(ctx, d), 1e-12) for d in ("D0", "D1")})
-            # enough clicks per point for the 8σ fringe test at dimmed (dead-time-limited) rates
-            t_pt = float(min(max(integration_s, min_counts_per_point / max(min(rates.values()), 1.0)), 0.5))
-            vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))
-            vmax = min(periods * vpi_nom, float(pm.amplitude_vpp) / 2.0 if pm.amplitude_vpp > 0 else periods * vpi_nom)
-            if vmax < 0.75 * vpi_nom:
-                raise CalibrationError(f"{k}: drive amplitude ±{vmax:.3g} V cannot span a fringe (Vπ ≈ {vpi_nom:.3g} V)")
-            volts = np.linspace(-vmax, vmax, n_points)
-            n0 = np.zeros(n_points)
-            n1 = np.zeros(n_points)
-            ctx.step(f"{k}: fringe scan against {ref} ({n_points} points, ±{vmax:.3g} V)")
-            for i, v in enumerate(volts):
-                pm.set_dc_voltage(float(v))
-                r = st.time_tagger.count_rates(t_pt)
-                n0[i] = round(r.get(ch0, 0.0) * t_pt)
-                n1[i] = round(r.get(ch1, 0.0) * t_pt)
-            pm.set_dc_voltage(0.0)
+            t_pt = _prepare_fringe(ctx, guard, k, ref, integration_s, min_counts_per_point)
+            vpi_nom, volts, n0, n1 = _scan_fringe(ctx, k, ref, n_points, t_pt, periods)
             fit = fit_fringe(volts, n0, n1, vpi_nom, f"{k} fringe")
             vpi, e_vpi = fit["vpi"], fit.err("vpi")
-            phi = fit["phi"] + (math.pi if fit["a0"] < 0 else 0.0)
-            phi_w = wrap_phase(phi)
-            quantities.append(Quantity(
-                f"{k}.v_pi_v", vpi, e_vpi, "V", "vpi",
-                true=sim_truth(st, f"{k}.phase_modulator",
-                               lambda c, k=k: c.client(k).phase_modulator.v_pi_v / (1.0 + c.client(k).phase_modulator.v_pi_error)),
-                details={"reference_client": ref}))
-            true_phi = sim_truth(st, (f"{k}.phase_modulator", f"{ref}.phase_modulator"),
-                                 lambda c, k=k, ref=ref: c.client(k).phase_modulator.bias_phase_rad
-                                 - c.client(ref).phase_modulator.bias_phase_rad)
-            if true_phi is not None:  # express the truth on the branch nearest the estimate
-                true_phi = phi_w + wrap_phase(true_phi - phi_w)
-            contrast = [abs(fit["a0"]) / fit["m0"] if fit["m0"] > 0 else float("nan"),
-                        abs(fit["a1"]) / fit["m1"] if fit["m1"] > 0 else float("nan")]
-            quantities.append(Quantity(
-                f"{k}.bias_phase_rad", phi_w, fit.err("phi"), "rad", "vpi", true=true_phi,
-                details={"reference_client": ref, "relative_to": f"{ref}.bias_phase_rad",
-                         "fringe_contrast_D0": contrast[0], "fringe_contrast_D1": contrast[1]}))
+            qs, phi_w, contrast = _fringe_quantities(ctx, k, ref, fit)
+            quantities.extend(qs)
             raw[k] = {"reference": ref, "voltages_v": volts, "counts_D0": n0, "counts_D1": n1,
                       "integration_s": t_pt, "fit": fit.summary(),
                       "qber_floor_estimate": (1 - max(contrast)) / 2 if all(math.isfinite(c) for c in contrast) else None}
