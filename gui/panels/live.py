@@ -66,6 +66,34 @@ class LivePanel(QWidget):
         self._pairs_data: dict[str, dict[str, Any]] = {}
 
         # -- controls -------------------------------------------------------------------------------
+        left_w = self._build_controls()
+        # -- plots ----------------------------------------------------------------------------------
+        plots_w = self._build_plots()
+        self._build_pair_table()
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(plots_w)
+        split.addWidget(self.table)
+        split.setStretchFactor(0, 4)
+        split.setStretchFactor(1, 1)
+        split.setSizes([620, 230])
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addWidget(split, 1)
+
+        ctl.countRates.connect(self._on_rates)
+        ctl.pairMetrics.connect(self._on_pairs)
+        ctl.keyPools.connect(self._on_pools)
+        ctl.acquisitionStatus.connect(self._on_acq_status)
+        ctl.busyChanged.connect(self._update_buttons)
+        ctl.connectedChanged.connect(self._update_buttons)
+        ctl.stationInfo.connect(self._on_info)
+        self._distill_ok, self._distill_why = ctl.core.distill_available()
+        self._update_buttons()
+
+    def _build_acquisition_box(self) -> QGroupBox:
+        """Start/stop of the acquisition, with the arm-on-start choice and its status line."""
         acq = QGroupBox("Acquisition")
         self.acq_start = QPushButton("▶ Start")
         self.acq_stop = QPushButton("■ Stop")
@@ -79,10 +107,13 @@ class LivePanel(QWidget):
         al.addWidget(self.acq_stop, 0, 1)
         al.addWidget(self.arm_box, 1, 0, 1, 2)
         al.addWidget(self.acq_status, 2, 0, 1, 2)
-        self.acq_start.clicked.connect(lambda: ctl.start_acquisition(arm=self.arm_box.isChecked()))
-        self.acq_stop.clicked.connect(ctl.stop_acquisition)
+        self.acq_start.clicked.connect(lambda: self.ctl.start_acquisition(arm=self.arm_box.isChecked()))
+        self.acq_stop.clicked.connect(self.ctl.stop_acquisition)
         self.acq_stop.setToolTip("Stop streaming; every instrument goes to its safe state")
+        return acq
 
+    def _build_distillation_box(self) -> QGroupBox:
+        """Block size, error-correction engine, start/stop of the distillation and its status line."""
         dist = QGroupBox("Distillation")
         self.block_bits = QSpinBox()
         self.block_bits.setRange(0, 100_000_000)
@@ -108,8 +139,13 @@ class LivePanel(QWidget):
         dl.addRow(row)
         dl.addRow(self.dist_status)
         self.dist_start.clicked.connect(self._start_distillation)
-        self.dist_stop.clicked.connect(ctl.stop_distillation)
+        self.dist_stop.clicked.connect(self.ctl.stop_distillation)
+        return dist
 
+    def _build_controls(self) -> QWidget:
+        """The left column: acquisition and distillation controls, the pair colour legend and a note."""
+        acq = self._build_acquisition_box()
+        dist = self._build_distillation_box()
         note = QLabel("Count rates are per second of acquired data. QBER X is measured by error correction on each "
                       "key block; QBER Y is the Y-basis test error so far. Key pools are the free bits in the "
                       "nodes' key stores.")
@@ -131,8 +167,10 @@ class LivePanel(QWidget):
         left_w = QWidget()
         left_w.setLayout(left)
         left_w.setFixedWidth(270)
+        return left_w
 
-        # -- plots ----------------------------------------------------------------------------------
+    def _build_plots(self) -> QWidget:
+        """The four live plots (count rates, QBER, key rate, key pools) and the key-provenance line."""
         self.rate_plot = plots.make_plot("Count rate per detector", "rate", "Hz")
         self.rate_series = {d: plots.Series(self.rate_plot.plot(name=d, pen=plots.pen(i))) for i, d in enumerate(self.detectors)}
         self.qber_plot = plots.make_plot("QBER per pair  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
@@ -159,7 +197,7 @@ class LivePanel(QWidget):
         self.pool_empty.setPos((len(self.pairs) - 1) / 2, 0.5)
         self.pool_plot.getPlotItem().setYRange(0, 1)
         #: what the keys this station distils rest on (labqfl.provenance; from the config, no I/O)
-        self.provenance_label = QLabel(key_provenance_text(cfg))
+        self.provenance_label = QLabel(key_provenance_text(self.ctl.config))
         self.provenance_label.setWordWrap(True)
         self.provenance_label.setToolTip("Physical layer (simulated/hardware) and the clients' randomness "
                                          "(qrng/csprng/seeded) of the keys distilled here, recorded in every key "
@@ -173,7 +211,10 @@ class LivePanel(QWidget):
         grid.addWidget(self.provenance_label, 2, 0, 1, 2)
         plots_w = QWidget()
         plots_w.setLayout(grid)
+        return plots_w
 
+    def _build_pair_table(self) -> None:
+        """The per-pair table, one row per pair, every cell "—" until the first metrics arrive."""
         self.table = read_only_table(self.PAIR_COLS)
         self.table.setRowCount(len(self.pairs))
         for r, p in enumerate(self.pairs):
@@ -181,27 +222,6 @@ class LivePanel(QWidget):
             for c in range(1, len(self.PAIR_COLS)):
                 self.table.setItem(r, c, table_item("—", align_right=c < len(self.PAIR_COLS) - 1))
         self.table.setMinimumHeight(60)
-
-        split = QSplitter(Qt.Orientation.Vertical)
-        split.addWidget(plots_w)
-        split.addWidget(self.table)
-        split.setStretchFactor(0, 4)
-        split.setStretchFactor(1, 1)
-        split.setSizes([620, 230])
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addWidget(split, 1)
-
-        ctl.countRates.connect(self._on_rates)
-        ctl.pairMetrics.connect(self._on_pairs)
-        ctl.keyPools.connect(self._on_pools)
-        ctl.acquisitionStatus.connect(self._on_acq_status)
-        ctl.busyChanged.connect(self._update_buttons)
-        ctl.connectedChanged.connect(self._update_buttons)
-        ctl.stationInfo.connect(self._on_info)
-        self._distill_ok, self._distill_why = ctl.core.distill_available()
-        self._update_buttons()
 
     def _start_distillation(self) -> None:
         self.ctl.start_distillation(self.block_bits.value() or None, self.engine.currentText())
