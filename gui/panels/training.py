@@ -35,7 +35,25 @@ class TrainingPanel(QWidget):
     def __init__(self, ctl: Controller) -> None:
         super().__init__()
         self.ctl = ctl
-        n_clients = len(ctl.config.clients)
+        left_w = self._build_controls()
+        grid = self._build_plots()
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(grid, 1)
+
+        self._rounds: list[dict[str, Any]] = []
+        self._initial: tuple[float, float] | None = None
+        ctl.trainingStarted.connect(self._on_started)
+        ctl.trainingRound.connect(self._on_round)
+        ctl.trainingFinished.connect(self._on_finished)
+        ctl.busyChanged.connect(self._update)
+        ctl.progress.connect(self._on_progress)
+        self._update()
+
+    def _build_options_box(self) -> QGroupBox:
+        """Task, clients, rounds, bits per parameter, mask keys and seed; start/stop, progress and status."""
+        n_clients = len(self.ctl.config.clients)
         box = QGroupBox("Federated training")
         self.task = QComboBox()
         self.task.addItems(["mnist-qnn", "ntangled", "magic", "mnist-lenet5"])
@@ -76,8 +94,12 @@ class TrainingPanel(QWidget):
         form.addRow(self.progress)
         form.addRow(self.status)
         self.start_btn.clicked.connect(self._start)
-        self.stop_btn.clicked.connect(ctl.stop_training)
+        self.stop_btn.clicked.connect(self.ctl.stop_training)
+        return box
 
+    def _build_controls(self) -> QWidget:
+        """The left column: the options box and the summary of the last run."""
+        box = self._build_options_box()
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: #333")
@@ -88,7 +110,10 @@ class TrainingPanel(QWidget):
         left_w = QWidget()
         left_w.setLayout(left)
         left_w.setFixedWidth(300)
+        return left_w
 
+    def _build_plots(self) -> QGridLayout:
+        """Accuracy, loss and key-consumption plots and the clients table."""
         self.acc_plot = plots.make_plot("Test accuracy per round", "accuracy", "%", bottom="round", bottom_units=None, legend=False)
         self.acc_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
         self.acc_curve = self.acc_plot.plot(pen=plots.pen(0), symbol="o", symbolSize=6, symbolBrush=plots.colour(0), symbolPen=None)
@@ -115,19 +140,7 @@ class TrainingPanel(QWidget):
         cw = QWidget()
         cw.setLayout(cl)
         grid.addWidget(cw, 1, 1)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(grid, 1)
-
-        self._rounds: list[dict[str, Any]] = []
-        self._initial: tuple[float, float] | None = None
-        ctl.trainingStarted.connect(self._on_started)
-        ctl.trainingRound.connect(self._on_round)
-        ctl.trainingFinished.connect(self._on_finished)
-        ctl.busyChanged.connect(self._update)
-        ctl.progress.connect(self._on_progress)
-        self._update()
+        return grid
 
     def options(self) -> TrainingOptions:
         return TrainingOptions(task=self.task.currentText(), clients=self.clients.value(), rounds=self.rounds.value(),
