@@ -36,6 +36,22 @@ class CalibrationPanel(QWidget):
         self.ctl = ctl
         self.specs, self.unavailable = ctl.calibrations()
 
+        left_w = self._build_procedures()
+        right = self._build_results()
+
+        lay = QHBoxLayout(self)
+        lay.addWidget(left_w)
+        lay.addLayout(right, 1)
+
+        ctl.calibrationResult.connect(self.show_result)
+        ctl.busyChanged.connect(self._update)
+        ctl.connectedChanged.connect(self._update)
+        ctl.progress.connect(self._on_progress)
+        self._on_select()
+        self._update()
+
+    def _build_procedures(self) -> QWidget:
+        """The left column: the procedure list, its description, the quick option, run/cancel and progress."""
         self.list = QListWidget()
         for s in self.specs:
             it = QListWidgetItem(s.title)
@@ -61,7 +77,7 @@ class CalibrationPanel(QWidget):
         self.step.setWordWrap(True)
         self.list.currentItemChanged.connect(self._on_select)
         self.run_btn.clicked.connect(self._run)
-        self.cancel_btn.clicked.connect(ctl.cancel_calibration)
+        self.cancel_btn.clicked.connect(self.ctl.cancel_calibration)
 
         left = QVBoxLayout()
         left.addWidget(heading("Procedures"))
@@ -79,7 +95,10 @@ class CalibrationPanel(QWidget):
         left_w = QWidget()
         left_w.setLayout(left)
         left_w.setFixedWidth(320)
+        return left_w
 
+    def _build_results(self) -> QVBoxLayout:
+        """The right column: the result's title, its quantities table, its plots and the run's record."""
         self.result_title = heading("No result yet")
         self.qtable = read_only_table(["Quantity", "Value", "± (1σ)", "Unit", "Simulator truth", "Pull (σ)"])
         self.qtable.horizontalHeader().setStretchLastSection(False)
@@ -102,17 +121,7 @@ class CalibrationPanel(QWidget):
         right.addWidget(self.qtable)
         right.addWidget(scroll, 1)
         right.addWidget(self.run_label)
-
-        lay = QHBoxLayout(self)
-        lay.addWidget(left_w)
-        lay.addLayout(right, 1)
-
-        ctl.calibrationResult.connect(self.show_result)
-        ctl.busyChanged.connect(self._update)
-        ctl.connectedChanged.connect(self._update)
-        ctl.progress.connect(self._on_progress)
-        self._on_select()
-        self._update()
+        return right
 
     def _on_select(self, *_: Any) -> None:
         it = self.list.currentItem()
