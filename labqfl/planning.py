@@ -173,25 +173,12 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     the rule for an open-ended stream, then for the predicted duration).
     """
     from labqfl.fl.secure import SecAggConfig
-    from labqfl.fl.tasks import TASK_DEFAULTS, make_model
-    from labqfl.qkd.blocksize import plan_blocks
+    from labqfl.fl.tasks import make_model
     from labqfl.qkd.estimation import SecurityParameters
     from labqfl.qkd.schedule import PairSchedule
-    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
     names = cfg.client_names
-    if clients is not None and clients != len(names):
-        raise ConfigError(f"--clients {clients} but station {cfg.name!r} has {len(names)} clients; expected "
-                          f"{len(names)} (make a station of {clients} clients with `labqfl station make --clients "
-                          f"{clients}`)")
-    if task not in TASK_DEFAULTS:
-        raise ConfigError(f"task {task!r} unknown; expected one of {', '.join(TASK_DEFAULTS)}")
-    if rounds < 1:
-        raise ConfigError(f"rounds must be >= 1, got {rounds}")
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ConfigError(f"duration must be > 0 seconds, got {duration_s}")
-    if not distill_bps > 0:
-        raise ConfigError(f"distillation throughput must be > 0 sifted bits/s, got {distill_bps}")
+    _check_plan_args(cfg, task, rounds, clients, duration_s, distill_bps)
     try:
         secagg = SecAggConfig(q=q, graph=graph, k=k, self_masks=self_masks)
         graph_pairs = secagg.pairs(names)
@@ -203,61 +190,13 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     params = SecurityParameters(eps_sec=eps_sec)
     rep = float(cfg.laser.rep_rate_hz)
 
-    def per_pair(block: Any) -> dict[str, PairPlan]:
-        out: dict[str, PairPlan] = {}
-        for name in graph_pairs:
-            a, b = name.split("-")
-            on = name in sched.names
-            share = sched.share(name) if on else 0.0
-            bp = block.pairs.get(name) if on else None
-            kps = rate = 0.0
-            if bp is not None and bp.block_slots > 0:
-                kps = _delivered(bp.expected_key_bits, first=False) / bp.block_slots
-                rate = kps * rep * share
-                if block.duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
-                    n_slots = sched.slots_of_pair(name, round(block.duration_s * rep))
-                    kps = _cut_into_blocks(cfg, (a, b), bp, n_slots, params)
-                    rate = kps * n_slots / block.duration_s
-            out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
-                                 key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
-                                 acquisition_s_per_round=need / rate if rate > 0 else math.inf,
-                                 block_slots=float(bp.block_slots) if bp is not None else 0.0)
-        return out
-
-    block = plan_blocks(cfg, duration_s, params=params)
-    pairs = per_pair(block)
-    acq_round = max(p.acquisition_s_per_round for p in pairs.values())
-    if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
-        # every pair must fill one block of its own rule size, at its own schedule share, before any key exists
-        d = max(acq_round * rounds, block.needed_duration_s)
-        if math.isfinite(d) and d > 0:
-            block = plan_blocks(cfg, d, params=params)
-            pairs = per_pair(block)
-            acq_round = max(p.acquisition_s_per_round for p in pairs.values())
+    block, pairs, acq_round = _plan_blocks_and_pairs(cfg, duration_s, rounds, graph_pairs, sched, params, need)
     # no key before the rule's blocks are full: the run lasts at least its duration (given or chosen)
     first = block.duration_s if block.duration_s is not None else (
         block.first_key_s if math.isfinite(block.first_key_s) else 0.0)
     acq_total = max(acq_round * rounds, first) if math.isfinite(acq_round) else math.inf
-    finite = sorted(p.acquisition_s_per_round for p in pairs.values() if math.isfinite(p.acquisition_s_per_round))
-    median = statistics.median(finite) if finite else math.inf
-    for p in pairs.values():
-        p.starving = (not math.isfinite(p.acquisition_s_per_round)
-                      or p.acquisition_s_per_round > STARVATION_FACTOR * median)
-    order = sorted(pairs.values(), key=lambda p: -p.acquisition_s_per_round if math.isfinite(
-        p.acquisition_s_per_round) else -math.inf)
-    order = [p for p in pairs.values() if not math.isfinite(p.acquisition_s_per_round)] + [
-        p for p in order if math.isfinite(p.acquisition_s_per_round)]
-    # distillation: every scheduled pair's sifted bits over the acquisition
-    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
-    sifted = 0.0
-    if math.isfinite(acq_total):
-        from labqfl.qkd.channel_model import pair_channel
-        from labqfl.qkd.keyrate import expected_counts
-
-        for (a, b), name in zip(sched.pairs, sched.names, strict=True):
-            per_slot = float(expected_counts(pair_channel(cfg, a, b), 1.0).clicks[k0, k0, b0, b0])
-            sifted += per_slot * acq_total * rep * sched.share(name)
-    distill_s = sifted / distill_bps if math.isfinite(acq_total) else math.inf
+    order = _mark_starving(pairs)
+    distill_s = _distill_seconds(cfg, sched, acq_total, distill_bps)
     sustained = None
     if duration_s is not None:
         sustained = min((math.floor(p.key_rate_bps * duration_s / need + 1e-9) if need > 0 else 0
@@ -274,18 +213,119 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         train_s=train_s, total_wall_s=acq_total + distill_s + train_s,
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
         rounds_sustained=sustained,
-        estimates={
-            "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
-                        "pair's schedule share of the laser's slots",
-            "acquisition": "rounds x the slowest graph pair's key need / key rate, at least the acquisition the "
-                           "block-size rule needs before any key exists (the given --duration or the one chosen)",
-            "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
-                       "throughput measured on this machine, docs/scaling.md)",
-            "train": (f"rounds x clients x {cost:g} s per client and round" if per_client else
-                      f"rounds x {cost:g} s per round (the training set is split among the clients)")
-                     + f" for {task}, measured on this machine (docs/scaling.md)",
-        },
+        estimates=_plan_estimates(task, distill_bps, cost, per_client),
     )
+
+
+def _check_plan_args(cfg: StationConfig, task: str, rounds: int, clients: int | None, duration_s: float | None,
+                     distill_bps: float) -> None:
+    """One clear :class:`ConfigError` for a bad :func:`make_plan` argument."""
+    from labqfl.fl.tasks import TASK_DEFAULTS
+
+    names = cfg.client_names
+    if clients is not None and clients != len(names):
+        raise ConfigError(f"--clients {clients} but station {cfg.name!r} has {len(names)} clients; expected "
+                          f"{len(names)} (make a station of {clients} clients with `labqfl station make --clients "
+                          f"{clients}`)")
+    if task not in TASK_DEFAULTS:
+        raise ConfigError(f"task {task!r} unknown; expected one of {', '.join(TASK_DEFAULTS)}")
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ConfigError(f"duration must be > 0 seconds, got {duration_s}")
+    if not distill_bps > 0:
+        raise ConfigError(f"distillation throughput must be > 0 sifted bits/s, got {distill_bps}")
+
+
+def _pair_plans(cfg: StationConfig, block: Any, graph_pairs: list[str], sched: Any, params: Any,
+                need: int) -> dict[str, PairPlan]:
+    """Every graph pair's plan at the block-size rule's ``block``: key per slot, key rate, and the
+    acquisition time one round's ``need`` of key takes."""
+    rep = float(cfg.laser.rep_rate_hz)
+    out: dict[str, PairPlan] = {}
+    for name in graph_pairs:
+        a, b = name.split("-")
+        on = name in sched.names
+        share = sched.share(name) if on else 0.0
+        bp = block.pairs.get(name) if on else None
+        kps = rate = 0.0
+        if bp is not None and bp.block_slots > 0:
+            kps = _delivered(bp.expected_key_bits, first=False) / bp.block_slots
+            rate = kps * rep * share
+            if block.duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
+                n_slots = sched.slots_of_pair(name, round(block.duration_s * rep))
+                kps = _cut_into_blocks(cfg, (a, b), bp, n_slots, params)
+                rate = kps * n_slots / block.duration_s
+        out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
+                             key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
+                             acquisition_s_per_round=need / rate if rate > 0 else math.inf,
+                             block_slots=float(bp.block_slots) if bp is not None else 0.0)
+    return out
+
+
+def _plan_blocks_and_pairs(cfg: StationConfig, duration_s: float | None, rounds: int, graph_pairs: list[str],
+                           sched: Any, params: Any, need: int) -> tuple[Any, dict[str, PairPlan], float]:
+    """The block-size rule's blocks, the pair plans and the acquisition time per round (the slowest
+    pair's). Without ``duration_s``: the rule for an open-ended stream, then for the duration predicted."""
+    from labqfl.qkd.blocksize import plan_blocks
+
+    block = plan_blocks(cfg, duration_s, params=params)
+    pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
+    acq_round = max(p.acquisition_s_per_round for p in pairs.values())
+    if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
+        # every pair must fill one block of its own rule size, at its own schedule share, before any key exists
+        d = max(acq_round * rounds, block.needed_duration_s)
+        if math.isfinite(d) and d > 0:
+            block = plan_blocks(cfg, d, params=params)
+            pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
+            acq_round = max(p.acquisition_s_per_round for p in pairs.values())
+    return block, pairs, acq_round
+
+
+def _mark_starving(pairs: dict[str, PairPlan]) -> list[PairPlan]:
+    """Mark the pairs slower than :data:`STARVATION_FACTOR` × the median acquisition time per round
+    (or without key) as starving; return the pairs slowest first (those without key leading)."""
+    finite = sorted(p.acquisition_s_per_round for p in pairs.values() if math.isfinite(p.acquisition_s_per_round))
+    median = statistics.median(finite) if finite else math.inf
+    for p in pairs.values():
+        p.starving = (not math.isfinite(p.acquisition_s_per_round)
+                      or p.acquisition_s_per_round > STARVATION_FACTOR * median)
+    order = sorted(pairs.values(), key=lambda p: -p.acquisition_s_per_round if math.isfinite(
+        p.acquisition_s_per_round) else -math.inf)
+    return [p for p in pairs.values() if not math.isfinite(p.acquisition_s_per_round)] + [
+        p for p in order if math.isfinite(p.acquisition_s_per_round)]
+
+
+def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_bps: float) -> float:
+    """Distillation: every scheduled pair's sifted bits over the acquisition / ``distill_bps``."""
+    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
+
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    rep = float(cfg.laser.rep_rate_hz)
+    sifted = 0.0
+    if math.isfinite(acq_total):
+        from labqfl.qkd.channel_model import pair_channel
+        from labqfl.qkd.keyrate import expected_counts
+
+        for (a, b), name in zip(sched.pairs, sched.names, strict=True):
+            per_slot = float(expected_counts(pair_channel(cfg, a, b), 1.0).clicks[k0, k0, b0, b0])
+            sifted += per_slot * acq_total * rep * sched.share(name)
+    return sifted / distill_bps if math.isfinite(acq_total) else math.inf
+
+
+def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool) -> dict[str, str]:
+    """How each of the plan's figures is estimated (printed with the plan)."""
+    return {
+        "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
+                    "pair's schedule share of the laser's slots",
+        "acquisition": "rounds x the slowest graph pair's key need / key rate, at least the acquisition the "
+                       "block-size rule needs before any key exists (the given --duration or the one chosen)",
+        "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
+                   "throughput measured on this machine, docs/scaling.md)",
+        "train": (f"rounds x clients x {cost:g} s per client and round" if per_client else
+                  f"rounds x {cost:g} s per round (the training set is split among the clients)")
+                 + f" for {task}, measured on this machine (docs/scaling.md)",
+    }
 
 
 def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
