@@ -425,49 +425,21 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     gain, long runs lose balance).
     Returns the config and a summary (loss and rate ranges, pairs without key).
     """
-    import tomllib
-
-    from labqfl.config import default_station_text, parse_station_config
+    from labqfl.config import parse_station_config
     from labqfl.fl.masks import mask_graph, split_pair
     from labqfl.qkd.channel_model import pair_channel
     from labqfl.qkd.keyrate import ideal_decoy_asymptotic_rate
 
-    if n_clients < 2:
-        raise ConfigError(f"a station needs at least 2 clients, got {n_clients}")
-    if balance not in BALANCE_MODES:
-        raise ConfigError(f"--balance {balance!r} unknown; expected one of {', '.join(BALANCE_MODES)}")
-    if not (math.isfinite(loop_km) and loop_km >= 0):
-        raise ConfigError(f"--loop-km must be a finite length >= 0 km, got {loop_km}")
-    if not (math.isfinite(insertion_loss_db) and insertion_loss_db >= 0):
-        raise ConfigError(f"--insertion-loss-db must be >= 0 dB, got {insertion_loss_db}")
+    _check_station_args(n_clients, loop_km, insertion_loss_db, balance)
     names = [f"C{i + 1}" for i in range(n_clients)]
     try:
         pairs = [split_pair(p) for p in mask_graph(names, graph, k)]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    base = tomllib.loads(default_station_text())
-    c0 = base["clients"][0]
-    base["name"] = f"sagnac-{n_clients}client-{graph if graph != 'ring-k' else f'ring-{k}'}-sim"
-    base["description"] = (f"Simulated {n_clients}-client Sagnac loop, {loop_km:g} km, {insertion_loss_db:g} dB per "
-                           f"client, schedule for the {graph}{f' k={k}' if graph == 'ring-k' else ''} mask graph "
-                           "(labqfl station make)")
-    seg = loop_km / (n_clients + 1)
-    base["loop"]["segments_km"] = [seg] * (n_clients + 1)
-    base["loop"]["fiber_loss_db_per_km"] = FIBRE_LOSS_DB_PER_KM
-    base["clients"] = [{**{k_: v for k_, v in c0.items() if k_ not in ("name", "seed", "phase_modulator")},
-                        "name": n, "seed": 1001 + i, "insertion_loss_db": insertion_loss_db,
-                        "phase_modulator": dict(c0.get("phase_modulator", {}))} for i, n in enumerate(names)]
-    base["schedule"] = {**base.get("schedule", {}), "pairs": [list(p) for p in pairs], "weights": None}
-    base["schedule"].pop("weights")
+    base = _station_dict(names, pairs, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db)
     cfg = parse_station_config(base, "<labqfl station make>")
     rates = [ideal_decoy_asymptotic_rate(pair_channel(cfg, a, b)) for a, b in pairs]
-    if balance == "first-key":  # w_p ∝ N_rule,p: slots per second ∝ the slots the pair's first block needs
-        from labqfl.qkd.blocksize import BLOCK_MARGIN, break_even_slots
-
-        rule = [(1.0 + BLOCK_MARGIN) * break_even_slots(pair_channel(cfg, a, b)) for a, b in pairs]
-        frames = balance_frames([1.0 / r if math.isfinite(r) and r > 0 else 0.0 for r in rule], max_frames=max_frames)
-    else:
-        frames = balance_frames(rates, max_frames=max_frames)
+    frames = _schedule_frames(cfg, pairs, rates, balance, max_frames)
     cfg.schedule.weights = {f"{a}-{b}": w for (a, b), w in zip(pairs, frames, strict=True)}
     cfg = parse_station_config(cfg.model_dump(mode="json", exclude_none=True), "<labqfl station make>")
     W = sum(frames)
@@ -485,6 +457,56 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
             "unbalanced_pairs": [f"{a}-{b}" for (a, b), r, w in zip(pairs, rates, frames, strict=True)
                                  if r > 0 and w == 1 and r < max(rates)]}
     return cfg, info
+
+
+def _check_station_args(n_clients: int, loop_km: float, insertion_loss_db: float, balance: str) -> None:
+    """One clear :class:`ConfigError` for a bad :func:`make_station` argument."""
+    if n_clients < 2:
+        raise ConfigError(f"a station needs at least 2 clients, got {n_clients}")
+    if balance not in BALANCE_MODES:
+        raise ConfigError(f"--balance {balance!r} unknown; expected one of {', '.join(BALANCE_MODES)}")
+    if not (math.isfinite(loop_km) and loop_km >= 0):
+        raise ConfigError(f"--loop-km must be a finite length >= 0 km, got {loop_km}")
+    if not (math.isfinite(insertion_loss_db) and insertion_loss_db >= 0):
+        raise ConfigError(f"--insertion-loss-db must be >= 0 dB, got {insertion_loss_db}")
+
+
+def _station_dict(names: list[str], pairs: list[tuple[str, str]], *, loop_km: float, graph: str, k: int,
+                  insertion_loss_db: float) -> dict[str, Any]:
+    """The station's TOML dict: the embedded default station with ``names`` as clients (each with
+    the default C1's operating point), the loop split evenly, and a schedule of ``pairs`` (no weights yet)."""
+    import tomllib
+
+    from labqfl.config import default_station_text
+
+    n_clients = len(names)
+    base = tomllib.loads(default_station_text())
+    c0 = base["clients"][0]
+    base["name"] = f"sagnac-{n_clients}client-{graph if graph != 'ring-k' else f'ring-{k}'}-sim"
+    base["description"] = (f"Simulated {n_clients}-client Sagnac loop, {loop_km:g} km, {insertion_loss_db:g} dB per "
+                           f"client, schedule for the {graph}{f' k={k}' if graph == 'ring-k' else ''} mask graph "
+                           "(labqfl station make)")
+    seg = loop_km / (n_clients + 1)
+    base["loop"]["segments_km"] = [seg] * (n_clients + 1)
+    base["loop"]["fiber_loss_db_per_km"] = FIBRE_LOSS_DB_PER_KM
+    base["clients"] = [{**{k_: v for k_, v in c0.items() if k_ not in ("name", "seed", "phase_modulator")},
+                        "name": n, "seed": 1001 + i, "insertion_loss_db": insertion_loss_db,
+                        "phase_modulator": dict(c0.get("phase_modulator", {}))} for i, n in enumerate(names)]
+    base["schedule"] = {**base.get("schedule", {}), "pairs": [list(p) for p in pairs], "weights": None}
+    base["schedule"].pop("weights")
+    return base
+
+
+def _schedule_frames(cfg: StationConfig, pairs: list[tuple[str, str]], rates: list[float], balance: str,
+                     max_frames: int) -> list[int]:
+    """Frames per cycle of each pair: balanced asymptotic key rates, or (``"first-key"``) w_p ∝ N_rule,p."""
+    if balance == "first-key":  # w_p ∝ N_rule,p: slots per second ∝ the slots the pair's first block needs
+        from labqfl.qkd.blocksize import BLOCK_MARGIN, break_even_slots
+        from labqfl.qkd.channel_model import pair_channel
+
+        rule = [(1.0 + BLOCK_MARGIN) * break_even_slots(pair_channel(cfg, a, b)) for a, b in pairs]
+        return balance_frames([1.0 / r if math.isfinite(r) and r > 0 else 0.0 for r in rule], max_frames=max_frames)
+    return balance_frames(rates, max_frames=max_frames)
 
 
 def station_toml(cfg: StationConfig) -> str:
