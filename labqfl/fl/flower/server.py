@@ -264,58 +264,14 @@ class LabqflServer:
                       graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
                       pre_drop: list[str],
                       counters: dict[str, list[int]], timing: dict[str, float], state: dict[str, Any]) -> FlowerRound:
-        spec, cfg = self.spec, self.cfg
+        cfg = self.cfg
         q, n = cfg.q, self.words(int(params.size))
-        timeout = spec.stage_timeout_s
-        if len(part) < cfg.min_survivors:
-            raise SecureAggregationError(
-                f"round {r} aborted: {len(part)} client(s) answered the keys stage, at least "
-                f"{cfg.min_survivors} needed; failures: {fail}")
-        pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
-        if len(components(part, pairs)) > 1:
-            raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")
-        t_share = 0
-        if cfg.self_masks:
-            t_share = cfg.threshold if cfg.threshold is not None else default_threshold(part, pairs)
-            check_threshold(part, pairs, t_share, q)
-        if self.dp is None:
-            b = cfg.check_bit_budget(len(part))
-            levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
-        else:  # DP: equal weights (a weight would scale a client's sensitivity); plan_dp sized the budget
-            levels = dict.fromkeys(part, 1)
+        pairs, t_share, levels = self._plan_round(r, graph, ok, fail, part, pre_drop, weights)
         info = {c: ok[c].content.config_records[CFG] for c in part}
 
         # 2. mask
-        t0 = time.perf_counter()
-        msgs = {}
-        for pos, c in enumerate(part):
-            d = self._base("mask", r, n)
-            mine = [p for p in pairs if c in split_pair(p)]
-            d.update(pairs=mine, levels=levels[c], position=pos)
-            if cfg.self_masks:
-                d.update(participants=part, threshold=t_share)
-            if self.dp is not None:
-                d["dp_plan"] = json.dumps(self.dp.as_dict())
-            for p in mine:
-                a, bb = split_pair(p)
-                peer = bb if a == c else a
-                if spec.keys == "qkd":
-                    if bb == c:
-                        d[f"refs.{p}"] = info[a][f"refs.{p}"]
-                        if cfg.self_masks:
-                            d[f"refpad.{p}"] = info[a][f"refpad.{p}"]
-                else:
-                    d[f"pk.{peer}"] = info[peer]["pk"]
-            content = {CFG: ConfigRecord(d), "params": ArrayRecord({"params": Array(np.asarray(params, dtype=np.float64))})}
-            msgs[c] = self._msg(grid, nodes[c], content, r)
-        state["mask_sent"] = True
-        ok2, fail2 = self._exchange(grid, msgs, timeout, counters)
-        timing["mask"] = time.perf_counter() - t0
-        uploads: dict[str, np.ndarray] = {}
-        for c, rep in ok2.items():
-            uploads[c] = uint_array(rep.content.array_records["masked"]["masked"].numpy(), q)
-            if uploads[c].size != n:
-                raise SecureAggregationError(f"round {r}: masked upload of {c} has {uploads[c].size} values, expected {n}")
+        ok2, fail2, uploads = self._mask_stage(grid, r, n, params, nodes, pairs, part, levels, t_share, info, counters,
+                                        timing, state)
         survivors = [c for c in part if c in uploads]
         post_drop = [c for c in part if c not in uploads]
         state["lost"].update(post_drop)
@@ -333,49 +289,145 @@ class LabqflServer:
             total, need, n_shares = self._unmask(grid, r, n, nodes, ok2, info, pairs, part, survivors, post_drop,
                                                  t_share, uploads, counters, timing)
         elif post_drop:
-            if len(components(survivors, pairs)) > 1:
-                raise SecureAggregationError(
-                    f"round {r} aborted before any key reveal: dropouts {post_drop} split the survivors in the "
-                    f"mask graph, so unmasking would reveal partial sums; use a denser graph (larger k)")
-            need = dangling_pairs(pairs, survivors, post_drop)
-            t0 = time.perf_counter()
-            msgs = {}
-            for c in survivors:
-                mine = [p for p in need if c in split_pair(p)]
-                if not mine:
-                    continue
-                d = self._base("reveal", r, n)
-                d.update(pairs=mine, dropped=post_drop)
-                for p in mine:
-                    a, bb = split_pair(p)
-                    peer = bb if a == c else a
-                    if spec.keys == "csprng":
-                        d[f"pk.{peer}"] = info[peer]["pk"]
-                msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
-            ok3, fail3 = self._exchange(grid, msgs, timeout, counters)
-            timing["reveal"] = time.perf_counter() - t0
-            if fail3:
-                raise SecureAggregationError(f"round {r} aborted: survivors failed to reveal keys: {fail3}")
-            for rep in ok3.values():
-                for p, arr in rep.content.array_records["revealed"].items():
-                    revealed[p] = uint_array(arr.numpy(), q)
+            need, revealed = self._reveal_stage(grid, r, n, nodes, info, pairs, survivors, post_drop, counters,
+                                                timing)
 
         # 4. sum, unmask, dequantise
         if not cfg.self_masks:
             n_shares = 0
             total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed,
                               pairs=pairs if post_drop else None)
-        eps_spent = None
+        agg, eps_spent = self._decode(total, r, survivors, levels)
+        self._end_round(grid, r, n, nodes, survivors, timing)
+        return self._round_record(r, n, ok2, weights, part, pre_drop, post_drop, survivors, pairs, need, counters,
+                                  timing, agg, t_share, n_shares, eps_spent)
+
+    def _plan_round(self, r: int, graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
+                    pre_drop: list[str], weights: dict[str, float]) -> tuple[list[str], int, dict[str, int]]:
+        """After the keys stage: check enough clients answered and the graph holds together; return
+        the pairs between them, the Shamir threshold (0 without self-masks) and each client's levels."""
+        cfg = self.cfg
+        if len(part) < cfg.min_survivors:
+            raise SecureAggregationError(
+                f"round {r} aborted: {len(part)} client(s) answered the keys stage, at least "
+                f"{cfg.min_survivors} needed; failures: {fail}")
+        pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
+        if len(components(part, pairs)) > 1:
+            raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")
+        t_share = 0
+        if cfg.self_masks:
+            t_share = cfg.threshold if cfg.threshold is not None else default_threshold(part, pairs)
+            check_threshold(part, pairs, t_share, cfg.q)
+        if self.dp is None:
+            b = cfg.check_bit_budget(len(part))
+            levels = dict(zip(part, (int(m) for m in weight_ranges([weights[c] for c in part], b)), strict=True))
+        else:  # DP: equal weights (a weight would scale a client's sensitivity); plan_dp sized the budget
+            levels = dict.fromkeys(part, 1)
+        return pairs, t_share, levels
+
+    def _mask_config(self, r: int, n: int, c: str, pos: int, pairs: list[str], part: list[str], levels: dict[str, int],
+                     t_share: int, info: dict[str, Any]) -> dict[str, Any]:
+        """The mask message's config for client ``c``: its pairs, levels and position, and per pair the
+        master's key references (QKD) or the peer's public key (CSPRNG)."""
+        cfg = self.cfg
+        d = self._base("mask", r, n)
+        mine = [p for p in pairs if c in split_pair(p)]
+        d.update(pairs=mine, levels=levels[c], position=pos)
+        if cfg.self_masks:
+            d.update(participants=part, threshold=t_share)
+        if self.dp is not None:
+            d["dp_plan"] = json.dumps(self.dp.as_dict())
+        for p in mine:
+            a, bb = split_pair(p)
+            peer = bb if a == c else a
+            if self.spec.keys == "qkd":
+                if bb == c:
+                    d[f"refs.{p}"] = info[a][f"refs.{p}"]
+                    if cfg.self_masks:
+                        d[f"refpad.{p}"] = info[a][f"refpad.{p}"]
+            else:
+                d[f"pk.{peer}"] = info[peer]["pk"]
+        return d
+
+    def _mask_stage(self, grid: Any, r: int, n: int, params: np.ndarray, nodes: dict[str, int], pairs: list[str],
+                    part: list[str], levels: dict[str, int], t_share: int, info: dict[str, Any],
+                    counters: dict[str, list[int]], timing: dict[str, float],
+                    state: dict[str, Any],
+                    ) -> tuple[dict[str, Message], dict[str, str], dict[str, np.ndarray]]:
+        """Send the mask messages (with the global model); return (replies, failures, masked uploads)."""
+        q = self.cfg.q
+        t0 = time.perf_counter()
+        msgs = {}
+        for pos, c in enumerate(part):
+            d = self._mask_config(r, n, c, pos, pairs, part, levels, t_share, info)
+            content = {CFG: ConfigRecord(d), "params": ArrayRecord({"params": Array(np.asarray(params, dtype=np.float64))})}
+            msgs[c] = self._msg(grid, nodes[c], content, r)
+        state["mask_sent"] = True
+        ok2, fail2 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters)
+        timing["mask"] = time.perf_counter() - t0
+        uploads: dict[str, np.ndarray] = {}
+        for c, rep in ok2.items():
+            uploads[c] = uint_array(rep.content.array_records["masked"]["masked"].numpy(), q)
+            if uploads[c].size != n:
+                raise SecureAggregationError(f"round {r}: masked upload of {c} has {uploads[c].size} values, expected {n}")
+        return ok2, fail2, uploads
+
+    def _reveal_stage(self, grid: Any, r: int, n: int, nodes: dict[str, int], info: dict[str, Any],
+                      pairs: list[str], survivors: list[str], post_drop: list[str], counters: dict[str, list[int]],
+                      timing: dict[str, float]) -> tuple[list[str], dict[str, np.ndarray]]:
+        """Dropout recovery without self-masks: ask the survivors for the keys they shared with the
+        clients lost after masking; return (revealed pairs, their key words)."""
+        if len(components(survivors, pairs)) > 1:
+            raise SecureAggregationError(
+                f"round {r} aborted before any key reveal: dropouts {post_drop} split the survivors in the "
+                f"mask graph, so unmasking would reveal partial sums; use a denser graph (larger k)")
+        need = dangling_pairs(pairs, survivors, post_drop)
+        t0 = time.perf_counter()
+        msgs = {}
+        for c in survivors:
+            mine = [p for p in need if c in split_pair(p)]
+            if not mine:
+                continue
+            d = self._base("reveal", r, n)
+            d.update(pairs=mine, dropped=post_drop)
+            for p in mine:
+                a, bb = split_pair(p)
+                peer = bb if a == c else a
+                if self.spec.keys == "csprng":
+                    d[f"pk.{peer}"] = info[peer]["pk"]
+            msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
+        ok3, fail3 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters)
+        timing["reveal"] = time.perf_counter() - t0
+        if fail3:
+            raise SecureAggregationError(f"round {r} aborted: survivors failed to reveal keys: {fail3}")
+        revealed: dict[str, np.ndarray] = {}
+        for rep in ok3.values():
+            for p, arr in rep.content.array_records["revealed"].items():
+                revealed[p] = uint_array(arr.numpy(), self.cfg.q)
+        return need, revealed
+
+    def _decode(self, total: np.ndarray, r: int, survivors: list[str],
+                levels: dict[str, int]) -> tuple[np.ndarray, float | None]:
+        """Dequantise the exact sum (DP: decode it and account ε spent so far)."""
         if self.dp is not None:
             agg = dp_decode(total, self.dp, round_index=r, n_survivors=len(survivors))
-            eps_spent = accounted_epsilon(self.dp.epsilon_round_zcdp, r, self.dp.delta)
-        else:
-            agg = dequantize_sum(total, clip=cfg.clip, total_levels=sum(levels[c] for c in survivors))
+            return agg, accounted_epsilon(self.dp.epsilon_round_zcdp, r, self.dp.delta)
+        return dequantize_sum(total, clip=self.cfg.clip, total_levels=sum(levels[c] for c in survivors)), None
+
+    def _end_round(self, grid: Any, r: int, n: int, nodes: dict[str, int], survivors: list[str],
+                   timing: dict[str, float]) -> None:
+        """Tell the survivors the round is over (they finish their key reservations)."""
         t0 = time.perf_counter()
         end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
-        self._exchange(grid, end_msgs, timeout)
+        self._exchange(grid, end_msgs, self.spec.stage_timeout_s)
         timing["end"] = time.perf_counter() - t0
 
+    def _round_record(self, r: int, n: int, ok2: dict[str, Message], weights: dict[str, float], part: list[str],
+                      pre_drop: list[str], post_drop: list[str], survivors: list[str], pairs: list[str],
+                      need: list[str], counters: dict[str, list[int]], timing: dict[str, float], agg: np.ndarray,
+                      t_share: int, n_shares: int, eps_spent: float | None) -> FlowerRound:
+        """The round's :class:`FlowerRound` (accounting; no key material, no unmasked data)."""
+        cfg, q = self.cfg, self.cfg.q
         mets = {c: ok2[c].content.metric_records["metrics"] for c in survivors}
         tl = float(np.average([float(mets[c]["train_loss"]) for c in survivors],  # type: ignore[arg-type]
                               weights=[weights[c] for c in survivors]))
