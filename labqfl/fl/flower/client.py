@@ -200,9 +200,25 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     spec = FlowerSpec.from_config(cfg)
     name = node_name(context)
     r = _cfg_int(cfg, "round")
-    q = spec.q
     n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
+    _clear_stale_round_state(context, spec, name, r)
+
+    if stage == "keys":
+        return _keys_stage(msg, context, spec, name, r, n, run_tag)
+    if stage == "mask":
+        return _mask_stage(msg, context, call_next, spec, name, r, n, run_tag)
+    if stage == "reveal":
+        return _reveal_stage(msg, context, spec, name, r, n, run_tag)
+    if stage == "unmask":
+        return _unmask(msg, context, spec, name, r, n, run_tag)
+    if stage in ("end", "abort"):
+        return _end_stage(msg, context, spec, name, stage)
+    raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
+
+
+def _clear_stale_round_state(context: Context, spec: FlowerSpec, name: str, r: int) -> None:
+    """Drop what an earlier round (e.g. an aborted one) left in the node state before round ``r``."""
     st = context.state
     if STATE_SECRET in st and _cfg_int(st.config_records[STATE_SECRET], "round") != r:
         _clear_secret(context)  # a previous round's leftovers (e.g. an aborted round)
@@ -211,164 +227,198 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         _finish_reservations(context, spec, name)  # an unfinished earlier round: its bits are spent
     if STATE_OWNSHARE + ".round" in st and _cfg_int(st.config_records[STATE_OWNSHARE + ".round"], "round") != r:
         _clear_selfmask_state(context)
-    w = share_bits(q)
 
-    if stage == "keys":
-        _clear_secret(context)
-        _clear_selfmask_state(context)
-        _finish_reservations(context, spec, name)
-        masters = _cfg_strs(cfg, "master_pairs")
-        out = ConfigRecord()
-        if spec.keys == "qkd":
-            kids: dict[str, str] = {}
-            with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
-                try:
-                    for p in masters:
-                        kid = _key_id(run_tag, r, p)
-                        out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r))
-                        kids[p] = kid
-                        if spec.self_masks:
-                            kid = _key_id(run_tag, r, p + PAD)
-                            out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r))
-                            kids[p + PAD] = kid
-                except BaseException:
-                    for kid in kids.values():  # never read: back to the pool
-                        ks.finish(kid, release=True)
-                    raise
-            _save_reservations(context, r, kids, [])
-        else:
-            priv, pub = new_ecdh_key()
-            st[STATE_SECRET] = ConfigRecord({"round": r, "sk": priv})
-            out["pk"] = pub
-        return _reply(msg, labqfl=out)
 
-    if stage == "mask":
-        res = _reservations(context)
-        if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
-            raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
-        pairs = _cfg_strs(cfg, "pairs")
-        # 1. the training function returns the float update
-        res_msg = call_next(msg, context)
-        if res_msg.has_error():
-            return res_msg
-        update = as_float64(res_msg.content.array_records["update"]["update"].numpy())
-        metrics = res_msg.content.metric_records.get("metrics", MetricRecord())
-        plan = _dp_plan_of(cfg, q, n)
-        n_model = plan.n_params if plan is not None else n  # with DP an upload has d' ≥ P words
-        if update.size != n_model:
-            raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n_model}")
-        if plan is not None:
-            # 2'. distributed DP: clip, rotate, round and add this node's discrete Gaussian noise
-            # in the integer domain, before any mask (rounding and noise from the node's own
-            # OS-seeded generators; neither is seen by anyone)
-            v, was_clipped = dp_encode(update, plan, round_index=r, rng=noise_rng(), noise=noise_rng())
-            n_clipped = int(was_clipped)
-        else:
-            # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
-            rng = stochastic_rng(spec.seed, r, _cfg_int(cfg, "position"), n) if spec.rounding == "stochastic" else None
-            v, n_clipped = quantize(update, clip=spec.clip, levels=_cfg_int(cfg, "levels"), q=q,
-                                    rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
-        del update
-        # 3. pair words, read here and wiped before this call returns
-        words: dict[str, np.ndarray] = {}
-        pads: dict[str, np.ndarray] = {}  # self-masks: pad of the share this node sends over each pair
-        keep = tuple(pairs) + tuple(p + PAD for p in pairs)
-        try:
-            if spec.keys == "qkd":
-                assert res is not None
-                # pairs this node masters that left the round before masking: the slave never
-                # receives their refs, so the bits return to the pool
-                _finish_reservations(context, spec, name, release_unread=True, keep=keep)
-                kids = dict(res["kids"])
-                kids = {p: k for p, k in kids.items() if p in keep}
-                read: list[str] = []
-                with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
-                    for p in pairs:
-                        if pair_sign(name, p) > 0:
-                            if p not in kids:
-                                raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair {p}")
-                        else:
-                            kids[p] = _key_id(run_tag, r, p)
-                            ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r)
-                        if spec.self_masks and pair_sign(name, p) < 0:
-                            kids[p + PAD] = _key_id(run_tag, r, p + PAD)
-                            ks.reserve_slave(p, json.loads(str(cfg[f"refpad.{p}"])), 2 * w * n, kids[p + PAD],
-                                             round_index=r)
-                        elif spec.self_masks and p + PAD not in kids:
-                            raise SecureAggregationError(f"round {r}: {name} holds no pad reservation for pair {p}")
-                        _save_reservations(context, r, kids, read + [p, p + PAD])  # before any bit is read
-                        words[p] = ks.words(kids[p], n, q)
-                        if spec.self_masks:
-                            pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
-                        read.extend((p, p + PAD))
-            else:
-                sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
-                for p in pairs:
-                    a, b = split_pair(p)
-                    peer = b if a == name else a
-                    words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
+def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int,
+                run_tag: str) -> Message:
+    """Keys stage: reserve the mask (and pad) key of every pair this node masters and answer the
+    references (QKD), or answer a fresh ECDH public key (CSPRNG)."""
+    cfg = msg.content.config_records[CFG]
+    q, w = spec.q, share_bits(spec.q)
+    _clear_secret(context)
+    _clear_selfmask_state(context)
+    _finish_reservations(context, spec, name)
+    masters = _cfg_strs(cfg, "master_pairs")
+    out = ConfigRecord()
+    if spec.keys == "qkd":
+        kids: dict[str, str] = {}
+        with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
+            try:
+                for p in masters:
+                    kid = _key_id(run_tag, r, p)
+                    out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r))
+                    kids[p] = kid
                     if spec.self_masks:
-                        pads[p] = ecdh_pad_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, w,  # type: ignore[arg-type]
-                                                 0 if a == name else 1, round_index=r, run_tag=run_tag)
-            y = mask_update(name, v, words, q)
-            cts = ArrayRecord()
-            if spec.self_masks:
-                cts = _self_mask(name, y, pairs, pads, cfg, st, r, q)
-        finally:
-            for arr in (*words.values(), *pads.values()):
-                arr[:] = 0
-            words.clear()
-            pads.clear()
-        if int(context.node_config.get(NODE_DROP_ROUND, -1)) == r:
-            log.warning("%s: crashing after masking round %d (test hook %s)", name, r, NODE_DROP_ROUND)
-            os._exit(17)
-        metrics["clipped_values"] = int(n_clipped)
-        if spec.self_masks:
-            return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), shares=cts, metrics=metrics)
-        return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), metrics=metrics)
+                        kid = _key_id(run_tag, r, p + PAD)
+                        out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r))
+                        kids[p + PAD] = kid
+            except BaseException:
+                for kid in kids.values():  # never read: back to the pool
+                    ks.finish(kid, release=True)
+                raise
+        _save_reservations(context, r, kids, [])
+    else:
+        priv, pub = new_ecdh_key()
+        context.state[STATE_SECRET] = ConfigRecord({"round": r, "sk": priv})
+        out["pk"] = pub
+    return _reply(msg, labqfl=out)
 
-    if stage == "reveal":
-        dropped = set(_cfg_strs(cfg, "dropped"))
-        want = _cfg_strs(cfg, "pairs")
-        out_rec = ArrayRecord()
-        for p in want:
-            a, b = split_pair(p)
-            if name not in (a, b) or (b if a == name else a) not in dropped or name in dropped:
-                raise SecureAggregationError(
-                    f"round {r}: {name} refuses to reveal pair {p}: only keys shared with a dropped partner are revealed")
+
+def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec, name: str, r: int, n: int,
+                run_tag: str) -> Message:
+    """Mask stage: train, encode the update to integers, add the pairwise masks (and the self-mask
+    with its encrypted shares) and answer the masked upload; key words are wiped before returning."""
+    cfg = msg.content.config_records[CFG]
+    q, st = spec.q, context.state
+    res = _reservations(context)
+    if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
+        raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
+    pairs = _cfg_strs(cfg, "pairs")
+    # 1. the training function returns the float update
+    res_msg = call_next(msg, context)
+    if res_msg.has_error():
+        return res_msg
+    metrics = res_msg.content.metric_records.get("metrics", MetricRecord())
+    v, n_clipped = _encode_update(res_msg, cfg, spec, name, r, n)
+    # 3. pair words, read here and wiped before this call returns
+    words: dict[str, np.ndarray] = {}
+    pads: dict[str, np.ndarray] = {}  # self-masks: pad of the share this node sends over each pair
+    try:
         if spec.keys == "qkd":
-            res = _reservations(context)
-            kids = res["kids"] if res is not None else {}
-            missing = [p for p in want if p not in kids]
-            if missing:
-                raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair(s) {missing}")
-            with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
-                for p in want:
-                    # consumed now: a revealed key is spent either way
-                    out_rec[p] = Array(ks.take_words(kids[p], n, q))
-            _finish_reservations(context, spec, name)
+            assert res is not None
+            _read_qkd_pair_words(context, cfg, spec, name, r, n, run_tag, res, pairs, words, pads)
         else:
             sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
-            for p in want:
+            for p in pairs:
                 a, b = split_pair(p)
                 peer = b if a == name else a
-                pk = bytes(cfg[f"pk.{peer}"])  # type: ignore[arg-type]
-                out_rec[p] = Array(ecdh_words(sk, pk, p, n, q, round_index=r, run_tag=run_tag))
-            _clear_secret(context)
-        return _reply(msg, revealed=out_rec)
+                words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
+                if spec.self_masks:
+                    pads[p] = ecdh_pad_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, share_bits(q),  # type: ignore[arg-type]
+                                             0 if a == name else 1, round_index=r, run_tag=run_tag)
+        y = mask_update(name, v, words, q)
+        cts = ArrayRecord()
+        if spec.self_masks:
+            cts = _self_mask(name, y, pairs, pads, cfg, st, r, q)
+    finally:
+        for arr in (*words.values(), *pads.values()):
+            arr[:] = 0
+        words.clear()
+        pads.clear()
+    if int(context.node_config.get(NODE_DROP_ROUND, -1)) == r:
+        log.warning("%s: crashing after masking round %d (test hook %s)", name, r, NODE_DROP_ROUND)
+        os._exit(17)
+    metrics["clipped_values"] = int(n_clipped)
+    if spec.self_masks:
+        return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), shares=cts, metrics=metrics)
+    return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), metrics=metrics)
 
-    if stage == "unmask":
-        return _unmask(msg, context, spec, name, r, n, run_tag)
 
-    if stage in ("end", "abort"):
-        # end: the round is complete, every reservation is spent. abort: the server gave up the
-        # round; "mask_sent" False means no partner ever received refs, so unread bits go back.
-        release = stage == "abort" and not bool(cfg.get("mask_sent", True))
-        _finish_reservations(context, spec, name, release_unread=release)
+def _encode_update(res_msg: Message, cfg: Any, spec: FlowerSpec, name: str, r: int,
+                   n: int) -> tuple[np.ndarray, int]:
+    """Encode the trained float update to integers mod 2^q: quantise on this node's range, or with
+    DP clip, rotate, round and add noise. Returns (integer vector, clipped-value count)."""
+    q = spec.q
+    update = as_float64(res_msg.content.array_records["update"]["update"].numpy())
+    plan = _dp_plan_of(cfg, q, n)
+    n_model = plan.n_params if plan is not None else n  # with DP an upload has d' ≥ P words
+    if update.size != n_model:
+        raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n_model}")
+    if plan is not None:
+        # 2'. distributed DP: clip, rotate, round and add this node's discrete Gaussian noise
+        # in the integer domain, before any mask (rounding and noise from the node's own
+        # OS-seeded generators; neither is seen by anyone)
+        v, was_clipped = dp_encode(update, plan, round_index=r, rng=noise_rng(), noise=noise_rng())
+        n_clipped = int(was_clipped)
+    else:
+        # 2. clip and quantise on this node's range (stochastic rounding: the in-process stream)
+        rng = stochastic_rng(spec.seed, r, _cfg_int(cfg, "position"), n) if spec.rounding == "stochastic" else None
+        v, n_clipped = quantize(update, clip=spec.clip, levels=_cfg_int(cfg, "levels"), q=q,
+                                rounding=spec.rounding, rng=rng)  # type: ignore[arg-type]
+    del update
+    return v, n_clipped
+
+
+def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str,
+                         res: dict[str, Any], pairs: list[str], words: dict[str, np.ndarray],
+                         pads: dict[str, np.ndarray]) -> None:
+    """QKD keys: reserve the slave ends, then read each pair's mask words (and share pad) into
+    ``words``/``pads`` — filled in place, so that the caller wipes whatever was read on any error."""
+    q, w = spec.q, share_bits(spec.q)
+    keep = tuple(pairs) + tuple(p + PAD for p in pairs)
+    # pairs this node masters that left the round before masking: the slave never
+    # receives their refs, so the bits return to the pool
+    _finish_reservations(context, spec, name, release_unread=True, keep=keep)
+    kids = dict(res["kids"])
+    kids = {p: k for p, k in kids.items() if p in keep}
+    read: list[str] = []
+    with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+        for p in pairs:
+            if pair_sign(name, p) > 0:
+                if p not in kids:
+                    raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair {p}")
+            else:
+                kids[p] = _key_id(run_tag, r, p)
+                ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r)
+            if spec.self_masks and pair_sign(name, p) < 0:
+                kids[p + PAD] = _key_id(run_tag, r, p + PAD)
+                ks.reserve_slave(p, json.loads(str(cfg[f"refpad.{p}"])), 2 * w * n, kids[p + PAD],
+                                 round_index=r)
+            elif spec.self_masks and p + PAD not in kids:
+                raise SecureAggregationError(f"round {r}: {name} holds no pad reservation for pair {p}")
+            _save_reservations(context, r, kids, read + [p, p + PAD])  # before any bit is read
+            words[p] = ks.words(kids[p], n, q)
+            if spec.self_masks:
+                pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
+            read.extend((p, p + PAD))
+
+
+def _reveal_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int,
+                  run_tag: str) -> Message:
+    """Reveal stage (no self-masks): answer the mask words of pairs shared with a dropped partner,
+    and only those; the revealed key is spent."""
+    cfg = msg.content.config_records[CFG]
+    q = spec.q
+    dropped = set(_cfg_strs(cfg, "dropped"))
+    want = _cfg_strs(cfg, "pairs")
+    out_rec = ArrayRecord()
+    for p in want:
+        a, b = split_pair(p)
+        if name not in (a, b) or (b if a == name else a) not in dropped or name in dropped:
+            raise SecureAggregationError(
+                f"round {r}: {name} refuses to reveal pair {p}: only keys shared with a dropped partner are revealed")
+    if spec.keys == "qkd":
+        res = _reservations(context)
+        kids = res["kids"] if res is not None else {}
+        missing = [p for p in want if p not in kids]
+        if missing:
+            raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair(s) {missing}")
+        with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+            for p in want:
+                # consumed now: a revealed key is spent either way
+                out_rec[p] = Array(ks.take_words(kids[p], n, q))
+        _finish_reservations(context, spec, name)
+    else:
+        sk = bytes(context.state.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
+        for p in want:
+            a, b = split_pair(p)
+            peer = b if a == name else a
+            pk = bytes(cfg[f"pk.{peer}"])  # type: ignore[arg-type]
+            out_rec[p] = Array(ecdh_words(sk, pk, p, n, q, round_index=r, run_tag=run_tag))
         _clear_secret(context)
-        _clear_selfmask_state(context)
-        return _reply(msg, labqfl=ConfigRecord({"ok": True}))
-    raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
+    return _reply(msg, revealed=out_rec)
+
+
+def _end_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, stage: str) -> Message:
+    """End or abort stage: finish this round's reservations and wipe its secrets."""
+    cfg = msg.content.config_records[CFG]
+    # end: the round is complete, every reservation is spent. abort: the server gave up the
+    # round; "mask_sent" False means no partner ever received refs, so unread bits go back.
+    release = stage == "abort" and not bool(cfg.get("mask_sent", True))
+    _finish_reservations(context, spec, name, release_unread=release)
+    _clear_secret(context)
+    _clear_selfmask_state(context)
+    return _reply(msg, labqfl=ConfigRecord({"ok": True}))
 
 
 def _dp_plan_of(cfg: Any, q: int, n: int) -> DPPlan | None:
