@@ -145,6 +145,69 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
     emit(data, as_json, render)
 
 
+def _check_block_size(block_size: float) -> None:
+    if not (block_size >= 1 and math.isfinite(block_size)):
+        raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+
+
+def _check_write_config(optimize: bool, write_config: Path, block_size: float) -> None:
+    """``--write-config`` needs ``--optimize``, a .toml name and a valid block size."""
+    if not optimize:
+        raise fail("--write-config needs --optimize (it writes the optimised station)")
+    if write_config.suffix.lower() != ".toml":
+        raise fail(f"--write-config {str(write_config)!r}: expected a .toml file name")
+    _check_block_size(block_size)
+
+
+def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], float, float]], optimize: bool,
+                    ec_efficiency: float, as_json: bool) -> list[dict[str, Any]]:
+    """Predicted (or, with ``optimize``, optimised) key rate of each (pair, extra loss [dB], block size) point."""
+    from labqfl.qkd.keyrate import (  # scipy: import on use
+        optimize_pair,
+        predict_pair,
+        station_pair_channel,
+    )
+
+    n_pairs = len(cfg.pairs())
+    rep = cfg.laser.rep_rate_hz
+    results: list[dict[str, Any]] = []
+    with progress_bar(enabled=not as_json and len(points) > 1) as prog:
+        task = prog.add_task("key rate", total=len(points))
+        for pr, L, n in points:
+            ch = station_pair_channel(cfg, pr, L)
+            if optimize:
+                pred = optimize_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency).prediction
+            else:
+                pred = predict_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency)
+            results.append(_row(pred, L, optimize))
+            prog.advance(task)
+    return results
+
+
+def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[dict[str, Any]],
+                    plot: Path | None) -> None:
+    """The key-rate table of ``labqfl keyrate`` (one row per pair and extra loss), aborts and the plot's path."""
+    n_pairs = len(cfg.pairs())
+    rep = cfg.laser.rep_rate_hz
+    con.print(f"[bold]{cfg.name}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
+              f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)")
+    t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
+              "asym.", title="secure key rate per pair (bit/s include the 1/P time share)")
+    for r in main:
+        t.add_row(
+            r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
+            f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
+            f"{r['qber_key']:.3f}", f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
+            f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
+        )
+    con.print(t)
+    for r in main:
+        if r["abort"]:
+            con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")
+    if plot is not None:
+        con.print(f"plot written to {plot}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("keyrate")
     @handle_errors
@@ -168,25 +231,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
-        from labqfl.qkd.keyrate import (  # scipy: import on use
-            optimize_pair,
-            predict_pair,
-            station_pair_channel,
-        )
-
         if write_config is not None:
-            if not optimize:
-                raise fail("--write-config needs --optimize (it writes the optimised station)")
-            if write_config.suffix.lower() != ".toml":
-                raise fail(f"--write-config {str(write_config)!r}: expected a .toml file name")
-            if not (block_size >= 1 and math.isfinite(block_size)):
-                raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+            _check_write_config(optimize, write_config, block_size)
             _write_optimized_station(load_station_config(config), config, block_size, ec_efficiency, write_config,
                                      max_evaluations, as_json)
             return
 
-        if not (block_size >= 1 and math.isfinite(block_size)):
-            raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+        _check_block_size(block_size)
         if not 1.0 <= ec_efficiency <= 2.0:
             raise fail(f"--ec-efficiency must lie in [1, 2], got {ec_efficiency}")
         if plot is not None and plot.suffix.lower() != ".png":
@@ -203,17 +254,7 @@ def register(app: typer.Typer) -> None:
         points: list[tuple[tuple[str, str], float, float]] = [(pr, L, block_size) for pr in pairs for L in losses]
         if plot is not None and sweep == "block":
             points += [(pr, losses[0], n) for pr in pairs for n in BLOCK_SWEEP if n != block_size]
-        results: list[dict[str, Any]] = []
-        with progress_bar(enabled=not as_json and len(points) > 1) as prog:
-            task = prog.add_task("key rate", total=len(points))
-            for pr, L, n in points:
-                ch = station_pair_channel(cfg, pr, L)
-                if optimize:
-                    pred = optimize_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency).prediction
-                else:
-                    pred = predict_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency)
-                results.append(_row(pred, L, optimize))
-                prog.advance(task)
+        results = _predict_points(cfg, points, optimize, ec_efficiency, as_json)
         main = [r for r in results if r["n_slots"] == block_size]
         data = {
             "station": cfg.name, "block_size": block_size, "n_pairs": n_pairs, "rep_rate_hz": rep,
@@ -227,23 +268,4 @@ def register(app: typer.Typer) -> None:
                   + (" (optimised)" if optimize else ""))
             data["plot"] = str(plot)
 
-        def render(con) -> None:  # type: ignore[no-untyped-def]
-            con.print(f"[bold]{cfg.name}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
-                      f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)")
-            t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
-                      "asym.", title="secure key rate per pair (bit/s include the 1/P time share)")
-            for r in main:
-                t.add_row(
-                    r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
-                    f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
-                    f"{r['qber_key']:.3f}", f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
-                    f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
-                )
-            con.print(t)
-            for r in main:
-                if r["abort"]:
-                    con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")
-            if plot is not None:
-                con.print(f"plot written to {plot}")
-
-        emit(data, as_json, render)
+        emit(data, as_json, lambda con: _render_keyrate(con, cfg, block_size, main, plot))
