@@ -40,9 +40,8 @@ def _fig(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] =
     return path
 
 
-def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
-    """Draw every plot the metrics allow; returns {title: png path}."""
-    plots: dict[str, Path] = {}
+def _plot_count_rates(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
+    """Detector count rates over the acquisition. Adds to ``plots`` what the metrics allow."""
     acq = m.get("acquire") or {}
     series = acq.get("count_rate_series")
     if series and series.get("t_s"):
@@ -55,6 +54,9 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
             ax.legend()
         plots["Count rates"] = _fig(run.plot_path("count_rates.png"), draw_rates)
 
+
+def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
+    """QBER and sifted/secure key rate per pair over the acquisition. Adds to ``plots`` what the metrics allow."""
     dist = m.get("distill") or {}
     timeline = dist.get("timeline") or []
     if timeline:
@@ -89,6 +91,9 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
         plots["QBER per pair"] = _fig(run.plot_path("qber.png"), draw_qber)
         plots["Key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate, figsize=(7.0, 4.2))
 
+
+def _plot_key_pools(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
+    """Distilled key per pair against what masks and authentication consumed. Adds to ``plots`` what the metrics allow."""
     keys = (m.get("keys") or {}).get("pairs") or {}
     if keys:
         names = sorted(keys)
@@ -108,6 +113,9 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
         plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools, figsize=(7.0, 4.0))
 
+
+def _plot_training(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
+    """Test accuracy and loss per federated-training round. Adds to ``plots`` what the metrics allow."""
     train = m.get("train") or {}
     rounds = train.get("rounds") or []
     if rounds:
@@ -121,6 +129,15 @@ def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
             ax2.set_ylabel("test loss", color="tab:red")
             ax.set_title(f"Federated training ({train.get('task', '')}, keys: {train.get('key_source', '?')})")
         plots["Training"] = _fig(run.plot_path("training.png"), draw_train)
+
+
+def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
+    """Draw every plot the metrics allow; returns {title: png path}."""
+    plots: dict[str, Path] = {}
+    _plot_count_rates(run, m, plots)
+    _plot_distillation(run, m, plots)
+    _plot_key_pools(run, m, plots)
+    _plot_training(run, m, plots)
     return plots
 
 
