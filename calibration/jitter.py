@@ -31,11 +31,46 @@ from labqfl.calibration.detector import (
     slot_period_ps,
 )
 from labqfl.calibration.fitting import (
+    FitResult,
     fit_gaussian_peak,
     plot_peak,
 )
 
 from labqfl.errors import CalibrationError
+
+
+def _jitter_duration(ctx: CalContext, detectors: tuple[str, ...], rates: dict[str, float], gaps: dict[str, float],
+                     target_clicks: int, min_duration_s: float, max_duration_s: float) -> float:
+    """Acquisition time [s] for about ``target_clicks`` clicks past the recovered-gap cut on every detector."""
+    kept = []
+    for d in detectors:
+        rm, tau = rates[d], detector_dead_time_s(ctx, d)
+        r_true = rm / max(1.0 - rm * tau, 0.02)
+        kept.append(rm * math.exp(-r_true * (gaps[d] * 1e-12 - tau)))
+    return float(min(max(target_clicks / max(min(kept), 1e-9), min_duration_s), max_duration_s))
+
+
+def _click_sync_peak(ctx: CalContext, d: str, ph: np.ndarray, T: float, s_nom: float, bin_ps: float | None,
+                     duration_s: float) -> tuple[float, np.ndarray, np.ndarray, FitResult]:
+    """Histogram of ``d``'s folded click phases [ps] around their peak and its Gaussian + background fit.
+
+    Returns (bin width [ps], bin centres, counts, fit)."""
+    gated = bool(ctx.station.detector(d).gated)
+    if ph.size < 200:
+        hint = "; is the gate delay calibrated (run gate_delay first)?" if gated else ""
+        raise CalibrationError(f"{d}: only {ph.size} clicks in {duration_s:g} s; no light reaches the detector{hint}")
+    bw = float(bin_ps) if bin_ps is not None else float(max(2, int(round(s_nom / 8.0))))
+    peak, _, _ = circular_peak(ph, T, max(20.0, bw))
+    x = centred_window(ph, peak, T)
+    half = min(T / 2.0, max(1500.0, 8.0 * s_nom))
+    if gated:  # dark counts and afterpulses fill only the gate: stay inside it
+        half = min(half, 0.45 * float(ctx.station.detector(d).gate_width_ns) * 1e3)
+    edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bw)  # half-integer edges: tags are integer ps
+    n, _ = np.histogram(x, bins=edges)
+    c = 0.5 * (edges[1:] + edges[:-1])
+    hint = " (gate delay not calibrated?)" if gated else ""
+    fit = fit_gaussian_peak(c, n, f"{d} click-vs-sync peak{hint}")
+    return bw, c, n, fit
 
 
 def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, duration_s: float | None = None,
@@ -72,33 +107,14 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
         limit = {d: 1.0 / max(detector_dead_time_s(ctx, d), gaps[d] * 1e-12 - detector_dead_time_s(ctx, d)) for d in detectors}
         rates = dim_for_rate(ctx, guard, detectors, limit)
         if duration_s is None:
-            kept = []
-            for d in detectors:
-                rm, tau = rates[d], detector_dead_time_s(ctx, d)
-                r_true = rm / max(1.0 - rm * tau, 0.02)
-                kept.append(rm * math.exp(-r_true * (gaps[d] * 1e-12 - tau)))
-            duration_s = float(min(max(target_clicks / max(min(kept), 1e-9), min_duration_s), max_duration_s))
+            duration_s = _jitter_duration(ctx, detectors, rates, gaps, target_clicks, min_duration_s, max_duration_s)
         ctx.step(f"jitter: recording {duration_s:.3g} s of clicks (clicks ≥ {min(gaps.values()) / 1e3:.4g} ns "
                  "after the previous one)")
         phases = folded_click_phases(ctx, duration_s, detectors, gaps)
         for d in detectors:
             ph = phases[d]
-            gated = bool(ctx.station.detector(d).gated)
-            if ph.size < 200:
-                hint = "; is the gate delay calibrated (run gate_delay first)?" if gated else ""
-                raise CalibrationError(f"{d}: only {ph.size} clicks in {duration_s:g} s; no light reaches the detector{hint}")
             s_nom = math.sqrt(ctx.value(f"{d}.jitter_ps", cfg.detectors[d].jitter_ps) ** 2 + ref2)
-            bw = float(bin_ps) if bin_ps is not None else float(max(2, int(round(s_nom / 8.0))))
-            peak, _, _ = circular_peak(ph, T, max(20.0, bw))
-            x = centred_window(ph, peak, T)
-            half = min(T / 2.0, max(1500.0, 8.0 * s_nom))
-            if gated:  # dark counts and afterpulses fill only the gate: stay inside it
-                half = min(half, 0.45 * float(ctx.station.detector(d).gate_width_ns) * 1e3)
-            edges = np.arange(math.floor(peak - half) - 0.5, peak + half + 1e-9, bw)  # half-integer edges: tags are integer ps
-            n, _ = np.histogram(x, bins=edges)
-            c = 0.5 * (edges[1:] + edges[:-1])
-            hint = " (gate delay not calibrated?)" if gated else ""
-            fit = fit_gaussian_peak(c, n, f"{d} click-vs-sync peak{hint}")
+            bw, c, n, fit = _click_sync_peak(ctx, d, ph, T, s_nom, bin_ps, duration_s)
             s_sys, e_sys = fit["sigma"], fit.err("sigma")
             var = s_sys**2 - ref2
             if var <= 0:
