@@ -53,6 +53,14 @@ def register(app: typer.Typer) -> None:
 
 
 def build(node_app: typer.Typer) -> None:
+    _add_client(node_app)
+    _add_detector(node_app)
+    _add_optics(node_app)
+    _add_acquire(node_app)
+    _add_up(node_app)
+
+
+def _add_client(node_app: typer.Typer) -> None:
     @node_app.command("client")
     @handle_errors
     def client(
@@ -79,6 +87,8 @@ def build(node_app: typer.Typer) -> None:
              settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
                                 pair_min_final_bits), as_json=as_json)
 
+
+def _add_detector(node_app: typer.Typer) -> None:
     @node_app.command("detector")
     @handle_errors
     def detector(
@@ -95,6 +105,8 @@ def build(node_app: typer.Typer) -> None:
         main(name, station, data, listen, certs, optics=optics, clients=parse_addresses(client, "--client"),
              as_json=as_json)
 
+
+def _add_optics(node_app: typer.Typer) -> None:
     @node_app.command("optics")
     @handle_errors
     def optics(
@@ -108,6 +120,8 @@ def build(node_app: typer.Typer) -> None:
 
         main(name, station, data, listen, certs, threads=threads, as_json=as_json)
 
+
+def _add_acquire(node_app: typer.Typer) -> None:
     @node_app.command("acquire")
     @handle_errors
     def acquire(
@@ -129,6 +143,8 @@ def build(node_app: typer.Typer) -> None:
         out = summarize(res)
         emit(out, as_json, lambda con: _render(con, out))
 
+
+def _add_up(node_app: typer.Typer) -> None:
     @node_app.command("up")
     @handle_errors
     def up(
