@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -305,6 +305,33 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _nelder_mead_refine(
+    obj: Callable[[np.ndarray], float], x0: np.ndarray, best_val: float, maxfev: int, step: float,
+) -> tuple[np.ndarray, float]:
+    """Nelder–Mead from ``x0`` (objective value ``best_val`` < 0) with an axis-aligned initial
+    simplex of edge ``step``; returns the better of the start and the optimiser's end point."""
+    dim = x0.size
+    res = minimize(obj, x0, method="Nelder-Mead",
+                   options={"maxfev": maxfev, "xatol": 1e-3, "fatol": 1e-4 * -best_val,
+                            "initial_simplex": x0 + np.vstack([np.zeros(dim), step * np.eye(dim)])})
+    if res.fun < best_val:
+        return res.x, float(res.fun)
+    return x0, best_val
+
+
+def _pair_grid_channels(ch: PairChannel) -> list[PairChannel]:
+    """The coarse start grid of :func:`optimize_pair`: intensity-balanced operating points
+    (μ_i·η_cw = μ_j·η_ccw at the splitter) over signal, decoy, probability and P(X) settings."""
+    out = []
+    bal = math.sqrt(ch.eta_ccw / ch.eta_cw) if ch.eta_cw > 0 and ch.eta_ccw > 0 else 1.0
+    for mu, nu, (ps, pv), px in itertools.product((0.01, 0.02, 0.04), (0.1, 0.2, 0.4), ((0.9, 0.05), (0.7, 0.15)),
+                                                  (0.85, 0.7)):
+        out.append(replace(ch, intensities_i=(mu * bal, nu, 0.0), intensities_j=(mu / bal, nu, 0.0),
+                           intensity_probs_i=(ps, 1 - ps - pv, pv), intensity_probs_j=(ps, 1 - ps - pv, pv),
+                           basis_x_prob_i=px, basis_x_prob_j=px))
+    return out
+
+
 def optimize_pair(
     ch: PairChannel,
     n_slots: float,
@@ -368,23 +395,12 @@ def optimize_pair(
     # (μ_i·η_cw = μ_j·η_ccw at the splitter), keep the best. The grid spends more on test rounds
     # than a long-block operating point does: for small blocks or high loss the given point often
     # yields no key at all, and Nelder–Mead cannot leave a flat zero region.
-    cands = [encode(ch)]
-    bal = math.sqrt(ch.eta_ccw / ch.eta_cw) if ch.eta_cw > 0 and ch.eta_ccw > 0 else 1.0
-    for mu, nu, (ps, pv), px in itertools.product((0.01, 0.02, 0.04), (0.1, 0.2, 0.4), ((0.9, 0.05), (0.7, 0.15)),
-                                                  (0.85, 0.7)):
-        c = replace(ch, intensities_i=(mu * bal, nu, 0.0), intensities_j=(mu / bal, nu, 0.0),
-                    intensity_probs_i=(ps, 1 - ps - pv, pv), intensity_probs_j=(ps, 1 - ps - pv, pv),
-                    basis_x_prob_i=px, basis_x_prob_j=px)
-        cands.append(encode(c))
+    cands = [encode(ch)] + [encode(c) for c in _pair_grid_channels(ch)]
     vals = [obj(x) for x in cands]
     x0 = cands[int(np.argmin(vals))]
     best_val = min(vals)
     if best_val < 0:
-        res = minimize(obj, x0, method="Nelder-Mead",
-                       options={"maxfev": max_evaluations, "xatol": 1e-3, "fatol": 1e-4 * -best_val,
-                                "initial_simplex": x0 + np.vstack([np.zeros(8), 0.25 * np.eye(8)])})
-        if res.fun < best_val:
-            x0, best_val = res.x, float(res.fun)
+        x0, best_val = _nelder_mead_refine(obj, x0, best_val, max_evaluations, 0.25)
     best = unpack(x0) if -best_val > start else ch
     pred = predict_pair(best, n_slots, n_pairs, rep_rate_hz, p, ec_efficiency)
     return OptimizedOperatingPoint(prediction=pred, start_bits_per_slot=start, evaluations=n_eval)
@@ -423,6 +439,19 @@ def station_with_operating_point(
         c.intensity_probs = [float(x) for x in probs]
         c.basis_x_prob = float(basis_x_prob)
     return StationConfig.model_validate(out.model_dump())
+
+
+def _station_decoy_candidates(x_given: np.ndarray, nc: int) -> list[np.ndarray]:
+    """Start points of :func:`optimize_station` besides the given one: decoy settings for the
+    block size (with few slots a weak, rarely sent decoy bounds nothing)."""
+    cands = []
+    for nu, (pd, pv) in itertools.product((0.2, 0.4), ((0.015, 0.14), (0.03, 0.1))):
+        x = x_given.copy()
+        x[nc] = math.log(nu)
+        ps = 1 - pd - pv
+        x[nc + 1], x[nc + 2] = _logit(ps), _logit(pv / (1 - ps))
+        cands.append(x)
+    return cands
 
 
 def optimize_station(
@@ -487,25 +516,13 @@ def optimize_station(
 
     start = min_rate(cfg)
     x_given = encode(cfg)
-    cands = [x_given]
-    # decoy settings for the block size: with few slots a weak, rarely sent decoy bounds nothing
-    for nu, (pd, pv) in itertools.product((0.2, 0.4), ((0.015, 0.14), (0.03, 0.1))):
-        x = x_given.copy()
-        x[nc] = math.log(nu)
-        ps = 1 - pd - pv
-        x[nc + 1], x[nc + 2] = _logit(ps), _logit(pv / (1 - ps))
-        cands.append(x)
+    cands = [x_given] + _station_decoy_candidates(x_given, nc)
     vals = [obj(x) for x in cands]
     x0 = cands[int(np.argmin(vals))]
     best_val = min(vals)
     budget = max_evaluations - n_eval
     if best_val < 0 and budget > 0:
-        dim = x0.size
-        res = minimize(obj, x0, method="Nelder-Mead",
-                       options={"maxfev": budget, "xatol": 1e-3, "fatol": 1e-4 * -best_val,
-                                "initial_simplex": x0 + np.vstack([np.zeros(dim), 0.2 * np.eye(dim)])})
-        if res.fun < best_val:
-            x0, best_val = res.x, float(res.fun)
+        x0, best_val = _nelder_mead_refine(obj, x0, best_val, budget, 0.2)
     best = unpack(x0) if -best_val > start else cfg
     before = predict_station(cfg, n_slots, params=p, ec_efficiency=ec_efficiency)
     after = predict_station(best, n_slots, params=p, ec_efficiency=ec_efficiency)
