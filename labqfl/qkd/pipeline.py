@@ -81,7 +81,7 @@ from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
-from labqfl.qkd.twoparty import PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 from labqfl.qkd.types import ENGINES, Announcements, ModulationLog, split_pair
 
 log = get_logger(__name__)
@@ -426,6 +426,26 @@ def _preshared_bits(nbits: int) -> np.ndarray:
     return np.unpackbits(np.frombuffer(secrets.token_bytes(nbits // 8), np.uint8))
 
 
+@dataclass
+class _BlockRun:
+    """One block on its way through :meth:`Distiller._process_block`: its ID and slot range, the
+    two ends' outcomes, the stage times, and the authentication it spent (bits of key, tag
+    checks, their forgery probability ε_auth)."""
+
+    block_id: str
+    start: int
+    end: int
+    n_slots: int
+    oi: BlockOutcome | None = None
+    oj: BlockOutcome | None = None
+    times: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    auth_bits: int = 0
+    checks: int = 0
+    eps_auth: float = 0.0
+    efficiency_f: float = float("nan")
+    report: dict[str, Any] | None = None
+
+
 class _PairState:
     """The Distiller's view of one pair: its two ends (each built from its own client's data only),
     the channel between them, and the block bookkeeping."""
@@ -666,8 +686,40 @@ class Distiller:
     def _process_block(self, st: _PairState, end: int) -> BlockResult:
         """Distil the pair's current block, which covers acquisition slots [st.block_start, end):
         Ci's end runs the protocol with Cj's (:meth:`PairEndI.run_block`); a key is stored only
-        when both ends accepted it."""
-        s = self.settings
+        when both ends accepted it.
+
+        The stages, each a named step: :meth:`_open_block` (block ID, store and ledger checks,
+        authentication key), :meth:`_run_block_protocol` (reconciliation, verification, parameter
+        estimation and key length, privacy amplification, at both ends), then either
+        :meth:`_finish_block` with an abort, or :meth:`_deliver_block` (refill of the
+        authentication pools, delivery) and :meth:`_finish_block`."""
+        run = self._open_block(st, end)
+        self._run_block_protocol(st, run)
+        oi, oj = run.oi, run.oj
+        assert oi is not None
+        final_i = oi.final if oi.accepted else None
+        final_j = oj.final if oj is not None and oj.accepted else None
+        if final_i is None or final_j is None:
+            reason = oi.reason or (oj.reason if oj is not None else "") or "Cj did not accept the block"
+            return self._finish_block(st, run, keys_identical=oi.verified, final_key_bits=0, delivered_bits=0,
+                                      abort=True, abort_reason=reason)
+        ell = int(final_i.size)
+        if not np.array_equal(final_i, final_j):
+            # the verification hash collided (probability ≤ ε_cor) or a party misbehaved: the two
+            # ends do not share this key, so neither stores it — no delivery and no refill of the
+            # authentication pools (their pads, already consumed in step, stay spent and counted).
+            # Only the in-process deployment can see this; between nodes it is the ε_cor event.
+            return self._finish_block(st, run, keys_identical=False, final_key_bits=0, delivered_bits=0, abort=True,
+                                      abort_reason="final keys differ although verification passed; block refused "
+                                                   "at both ends")
+        delivered = self._deliver_block(st, run, final_i, final_j)
+        return self._finish_block(st, run, keys_identical=True, final_key_bits=ell, delivered_bits=delivered,
+                                  abort=False, abort_reason="")
+
+    def _open_block(self, st: _PairState, end: int) -> _BlockRun:
+        """Close the pair's current block at ``end`` and prepare it for distillation: its block
+        ID, the key store's refusal of a block already stored, the ledger's claim on its slots,
+        and an authentication key for its messages."""
         counts = st.end_i.counts
         n_slots = int(counts.n_slots) if counts is not None else 0
         start = st.block_start
@@ -684,73 +736,43 @@ class Distiller:
             self.ledger.claim_slots(st.pair, self.acquisition_id, start, end, block_id)
         if self.auth_store is not None:
             self._ensure_auth_key(st)
+        return _BlockRun(block_id=block_id, start=start, end=end, n_slots=n_slots)
+
+    def _run_block_protocol(self, st: _PairState, run: _BlockRun) -> None:
+        """Run the two-party protocol on the block (reconciliation, verification, parameter
+        estimation and key length, privacy amplification: :meth:`PairEndI.run_block`) and record
+        in ``run`` both ends' outcomes, the stage times, the authentication key it spent and the
+        forgery probability of its tag checks."""
         auth_before = st.auth_i.key_bits_used
         checks_before = st.auth_i.checks + st.auth_j.checks
         before_j = len(st.end_j.outcomes)
-        oi = st.end_i.run_block(st.channel, block_id, start, end)
-        oj = st.end_j.outcomes.pop() if len(st.end_j.outcomes) > before_j else None
+        oi = st.end_i.run_block(st.channel, run.block_id, run.start, run.end)
+        run.oj = st.end_j.outcomes.pop() if len(st.end_j.outcomes) > before_j else None
         st.end_j.outcomes.clear()
-        times = dict.fromkeys(STAGES, 0.0)
+        run.oi = oi
         for k, v in oi.times.items():
-            times[k] += v
-        n = oi.n
-        qber = oi.qber
-        leak = oi.leak
-        f = leak / (n * binary_entropy(qber)) if binary_entropy(qber) > 0 else float("nan")
-        common: dict[str, Any] = dict(qber_key=qber, leaked_ec_bits=leak, efficiency_f=f, verification_bits=oi.tlen,
-                      verified=oi.verified)
-        report = oi.report.as_dict() if oi.report is not None else None
-        auth_bits = st.auth_i.key_bits_used - auth_before
-        checks = st.auth_i.checks + st.auth_j.checks - checks_before
-        eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, checks)
+            run.times[k] += v
+        run.auth_bits = st.auth_i.key_bits_used - auth_before
+        run.checks = st.auth_i.checks + st.auth_j.checks - checks_before
+        n, qber, leak = oi.n, oi.qber, oi.leak
+        run.efficiency_f = leak / (n * binary_entropy(qber)) if binary_entropy(qber) > 0 else float("nan")
+        run.report = oi.report.as_dict() if oi.report is not None else None
+        run.eps_auth = transcript_forgery_probability(st.auth_i, st.auth_j, run.checks)
 
-        def done(**kw: Any) -> BlockResult:
-            br = BlockResult(pair=st.pair, block_id=block_id, n_slots=n_slots, sifted_bits=n,
-                             qber_estimate=oi.qber_estimate, auth_key_bits=auth_bits, times_s=times, slot_start=start,
-                             slot_end=end, auth_checks=checks, eps_auth=eps_auth,
-                             eps_total=epsilon_total(s.params, eps_auth), report=report, **common, **kw)
-            if br.report is not None:
-                br.report["eps_auth"] = eps_auth
-                br.report["eps_total"] = br.eps_total
-            r = st.result
-            r.blocks.append(br)
-            r.processed_bits += n
-            r.leaked_ec_bits += br.leaked_ec_bits
-            r.verification_bits += br.verification_bits
-            r.final_key_bits += br.final_key_bits
-            r.auth_key_bits += auth_bits
-            r.delivered_bits += br.delivered_bits
-            r.key_errors += int(round(br.qber_key * n))
-            for k, v in times.items():
-                r.times_s[k] += v
-            log.info("block %s of %s: slots [%d, %d), %d sifted bits, QBER %.4f, final %d bits%s", block_id[:8],
-                     st.pair, start, end, n, br.qber_key, br.final_key_bits,
-                     f" (abort: {br.abort_reason})" if br.abort else "")
-            if self.progress:
-                self.progress(st.pair)
-            return br
-
-        final_i = oi.final if oi.accepted else None
-        final_j = oj.final if oj is not None and oj.accepted else None
-        if final_i is None or final_j is None:
-            reason = oi.reason or (oj.reason if oj is not None else "") or "Cj did not accept the block"
-            return done(keys_identical=oi.verified, final_key_bits=0, delivered_bits=0, abort=True,
-                        abort_reason=reason)
-        ell = int(final_i.size)
-        if not np.array_equal(final_i, final_j):
-            # the verification hash collided (probability ≤ ε_cor) or a party misbehaved: the two
-            # ends do not share this key, so neither stores it — no delivery and no refill of the
-            # authentication pools (their pads, already consumed in step, stay spent and counted).
-            # Only the in-process deployment can see this; between nodes it is the ε_cor event.
-            return done(keys_identical=False, final_key_bits=0, delivered_bits=0, abort=True,
-                        abort_reason="final keys differ although verification passed; block refused at both ends")
-        # refill the authentication pools with what this block's messages consumed, deliver the rest
+    def _deliver_block(self, st: _PairState, run: _BlockRun, final_i: np.ndarray, final_j: np.ndarray) -> int:
+        """Refill the authentication pools with what this block's messages consumed, deliver the
+        rest to the sink with its metadata and provenance; returns the delivered bit count."""
+        s = self.settings
+        oi = run.oi
+        assert oi is not None
         t = time.perf_counter()
+        ell = int(final_i.size)
+        auth_bits, eps_auth = run.auth_bits, run.eps_auth
         refill = min(auth_bits, ell)
-        meta = {"engine": s.engine, "sifted_bits": n, "qber": qber, "leaked_ec_bits": leak, "final_key_bits": ell,
-                "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor, "eps_auth": eps_auth,
+        meta = {"engine": s.engine, "sifted_bits": oi.n, "qber": oi.qber, "leaked_ec_bits": oi.leak,
+                "final_key_bits": ell, "eps_sec": s.params.eps_sec, "eps_cor": s.params.eps_cor, "eps_auth": eps_auth,
                 "eps_total": epsilon_total(s.params, eps_auth), "acquisition": self.acquisition_id,
-                "slots": [start, end], "n_slots": n_slots}
+                "slots": [run.start, run.end], "n_slots": run.n_slots}
         from labqfl.provenance import (
             pair_provenance,  # physical layer, clients' randomness, protocol, ε
         )
@@ -759,6 +781,7 @@ class Distiller:
         meta["provenance"] = pair_provenance(self.cfg, (a_, b_), self.logs, eps_sec=s.params.eps_sec,
                                              eps_cor=s.params.eps_cor, eps_auth=eps_auth,
                                              eps_total=epsilon_total(s.params, eps_auth)).as_dict()
+        block_id = run.block_id
         if self.auth_store is not None:
             if refill:
                 self.auth_store.add_auth(st.pair, block_id + AUTH_REFILL_SUFFIX, final_i[:refill], final_j[:refill],
@@ -770,9 +793,43 @@ class Distiller:
         deliver_i, deliver_j = final_i[refill:], final_j[refill:]
         if deliver_i.size:
             self.sink.deliver(st.pair, block_id, deliver_i, deliver_j, meta)
-        times["delivery"] = time.perf_counter() - t
-        return done(keys_identical=True, final_key_bits=ell, delivered_bits=int(deliver_i.size), abort=False,
-                    abort_reason="")
+        run.times["delivery"] = time.perf_counter() - t
+        return int(deliver_i.size)
+
+    def _finish_block(self, st: _PairState, run: _BlockRun, **kw: Any) -> BlockResult:
+        """The block's :class:`BlockResult` (``kw``: its outcome — keys identical, final and
+        delivered bits, abort and reason), added to the pair's running totals, logged and
+        reported to the progress callback."""
+        s = self.settings
+        oi = run.oi
+        assert oi is not None
+        n = oi.n
+        eps_auth, auth_bits, times = run.eps_auth, run.auth_bits, run.times
+        br = BlockResult(pair=st.pair, block_id=run.block_id, n_slots=run.n_slots, sifted_bits=n,
+                         qber_estimate=oi.qber_estimate, auth_key_bits=auth_bits, times_s=times,
+                         slot_start=run.start, slot_end=run.end, auth_checks=run.checks, eps_auth=eps_auth,
+                         eps_total=epsilon_total(s.params, eps_auth), report=run.report, qber_key=oi.qber,
+                         leaked_ec_bits=oi.leak, efficiency_f=run.efficiency_f, verification_bits=oi.tlen, verified=oi.verified, **kw)
+        if br.report is not None:
+            br.report["eps_auth"] = eps_auth
+            br.report["eps_total"] = br.eps_total
+        r = st.result
+        r.blocks.append(br)
+        r.processed_bits += n
+        r.leaked_ec_bits += br.leaked_ec_bits
+        r.verification_bits += br.verification_bits
+        r.final_key_bits += br.final_key_bits
+        r.auth_key_bits += auth_bits
+        r.delivered_bits += br.delivered_bits
+        r.key_errors += int(round(br.qber_key * n))
+        for k, v in times.items():
+            r.times_s[k] += v
+        log.info("block %s of %s: slots [%d, %d), %d sifted bits, QBER %.4f, final %d bits%s", run.block_id[:8],
+                 st.pair, run.start, run.end, n, br.qber_key, br.final_key_bits,
+                 f" (abort: {br.abort_reason})" if br.abort else "")
+        if self.progress:
+            self.progress(st.pair)
+        return br
 
 
 def distill_stream(cfg: StationConfig, blocks: Iterable[TagBlock], logs: Mapping[str, ModulationLog], sink: KeySink,
