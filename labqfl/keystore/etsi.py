@@ -333,6 +333,13 @@ def create_app(service: KeyDeliveryService) -> FastAPI:
     :class:`MTLSH11Protocol` puts into ``scope["extensions"]["tls"]``."""
     app = FastAPI(title="labqfl KME (ETSI GS QKD 014 v1.1.1)", openapi_url=None, docs_url=None, redoc_url=None)
 
+    _add_error_handlers(app)
+    _add_routes(app, service)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """JSON error bodies for every failure: EtsiError as-is, bad format 400, other HTTP errors, internal 503."""
     @app.exception_handler(EtsiError)
     async def _etsi_error(request: Request, exc: EtsiError) -> JSONResponse:
         log.info("KME: %s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
@@ -353,52 +360,61 @@ def create_app(service: KeyDeliveryService) -> FastAPI:
         return JSONResponse({"message": "internal error of the KME", "details": [{"type": type(exc).__name__}]},
                             status_code=503)
 
-    def caller(request: Request) -> str:
-        tls = request.scope.get("extensions", {}).get("tls") or {}
-        names = peer_names(tls.get("peercert"))
-        for name in names:
-            if name in service.settings.saes:
-                return name
-        raise EtsiError(401, "unauthorized: the client certificate does not name an SAE known to this KME",
-                        [{"certificate_names": names[:4]}])
 
-    async def json_body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
-        if not raw.strip():
-            return {}
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise EtsiError(400, "request body is not valid JSON") from None
-        if not isinstance(data, dict):
-            raise EtsiError(400, "request body must be a JSON object")
-        return data
+def _caller(service: KeyDeliveryService, request: Request) -> str:
+    """The SAE named by the request's TLS client certificate (401 if none is known to this KME)."""
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    names = peer_names(tls.get("peercert"))
+    for name in names:
+        if name in service.settings.saes:
+            return name
+    raise EtsiError(401, "unauthorized: the client certificate does not name an SAE known to this KME",
+                    [{"certificate_names": names[:4]}])
 
-    def int_query(request: Request, name: str) -> int | None:
-        v = request.query_params.get(name)
-        if v is None:
-            return None
-        try:
-            return int(v)
-        except ValueError:
-            raise EtsiError(400, f"{name} must be an integer", [{"parameter": name, "value": v[:32]}]) from None
 
+async def _json_body(request: Request) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty); 400 otherwise."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise EtsiError(400, "request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise EtsiError(400, "request body must be a JSON object")
+    return data
+
+
+def _int_query(request: Request, name: str) -> int | None:
+    """Integer query parameter ``name`` (None when absent); 400 when not an integer."""
+    v = request.query_params.get(name)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise EtsiError(400, f"{name} must be an integer", [{"parameter": name, "value": v[:32]}]) from None
+
+
+def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
+    """The five ETSI GS QKD 014 endpoints: status, enc_keys (GET/POST), dec_keys (GET/POST)."""
     @app.get(API_PREFIX + "/{slave_SAE_ID}/status")
     async def get_status(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803 (spec name)
-        me = caller(request)
+        me = _caller(service, request)
         return JSONResponse(await run_in_threadpool(service.status, me, slave_SAE_ID))
 
     @app.get(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
     async def get_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
-        me = caller(request)
-        out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, int_query(request, "number"),
-                                      int_query(request, "size"))
+        me = _caller(service, request)
+        out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, _int_query(request, "number"),
+                                      _int_query(request, "size"))
         return JSONResponse(out)
 
     @app.post(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
     async def post_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
-        me = caller(request)
-        body = await json_body(request)
+        me = _caller(service, request)
+        body = await _json_body(request)
         extra = body.get("additional_slave_SAE_IDs")
         if extra is not None and (not isinstance(extra, list) or not all(isinstance(x, str) for x in extra)):
             raise EtsiError(400, "additional_slave_SAE_IDs must be an array of strings")
@@ -411,20 +427,18 @@ def create_app(service: KeyDeliveryService) -> FastAPI:
 
     @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys")
     async def get_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
-        me = caller(request)
+        me = _caller(service, request)
         ids = request.query_params.getlist("key_ID")
         return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, ids))
 
     @app.post(API_PREFIX + "/{master_SAE_ID}/dec_keys")
     async def post_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
-        me = caller(request)
-        body = await json_body(request)
+        me = _caller(service, request)
+        body = await _json_body(request)
         items = body.get("key_IDs")
         if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "key_ID" in i for i in items):
             raise EtsiError(400, "key_IDs must be a non-empty array of {\"key_ID\": ...} objects")
         return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, [i["key_ID"] for i in items]))
-
-    return app
 
 
 def _mtls_protocol_class() -> type:
