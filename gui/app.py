@@ -120,7 +120,6 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     folders go to a temporary folder unless ``data_dir`` / ``runs_dir`` are given.
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    from labqfl.gui.core import TrainingOptions
     from labqfl.gui.main_window import TABS
 
     tabs = list(tabs or ["live"])
@@ -141,45 +140,14 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     t0 = time.monotonic()
     shots: list[str] = []
     try:
-        ctl.connect_station()
-        if not _pump(app, 120.0, lambda: ctl.connected or bool(errors)):
-            raise RuntimeError("the station did not connect within 120 s")
-        if not ctl.connected:
-            raise RuntimeError(f"the station did not connect: {errors[-1][1] if errors else 'unknown error'}")
-        calibrated = None
-        if "calibration" in tabs:
-            specs, _why = ctl.calibrations()
-            names = [s.name for s in specs]
-            pick = next((n for n in PREFERRED_CALIBRATIONS if n in names), names[0] if names else None)
-            if pick is not None:
-                win.calibration_panel.list.setCurrentRow(names.index(pick))
-                ctl.run_calibration(pick)
-                _pump(app, 1.0)
-                _pump(app, 300.0, lambda: not ctl.busy.get("calibration"))
-                calibrated = pick
-        ok, _ = ctl.core.distill_available()
-        if ok:
-            ctl.start_distillation(win.live_panel.block_bits.value(), "cascade")
-        else:
-            ctl.start_acquisition()
-        if "training" in tabs:
-            opts = win.training_panel.options()
-            opts = TrainingOptions(**{**opts.__dict__, "rounds": training_rounds})
-            win.training_panel.rounds.setValue(training_rounds)
-            ctl.start_training(opts)
+        _connect(app, ctl, errors)
+        calibrated = _calibrate(app, ctl, win) if "calibration" in tabs else None
+        _start_jobs(ctl, win, tabs, training_rounds)
         _pump(app, after_s)
         if "training" in tabs:  # the first round needs torch and the data: wait for a few rounds
             _pump(app, 180.0, lambda: win.training_panel.rounds_shown >= min(training_rounds, 5)
                   or not ctl.busy.get("training"))
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        for tab in tabs:
-            win.show_tab(tab)
-            _pump(app, 0.3)
-            path = out if len(tabs) == 1 else out.with_name(f"{out.stem}_{tab}{out.suffix or '.png'}")
-            if not win.grab().save(str(path)):
-                raise RuntimeError(f"could not write {path}")
-            shots.append(str(path))
+        _save_tabs(app, win, tabs, Path(out), shots)
         distilled = {p: {k: m.get(k) for k in ("blocks", "sifted_bits", "final_key_bits")}
                      for p, m in win.live_panel.pair_metrics().items()}
         rounds_shown = win.training_panel.rounds_shown
@@ -197,6 +165,60 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     return {"screenshots": shots, "tabs": tabs, "after_s": after_s, "station": cfg.name,
             "calibration": calibrated, "errors": [{"title": t, "message": m} for t, m in errors],
             "distillation": distilled, "training_rounds": rounds_shown, "wall_s": time.monotonic() - t0}
+
+
+def _connect(app: Any, ctl: Any, errors: list[tuple[str, str]]) -> None:
+    """Connect the station and wait for it (at most 120 s); ``RuntimeError`` if it did not connect."""
+    ctl.connect_station()
+    if not _pump(app, 120.0, lambda: ctl.connected or bool(errors)):
+        raise RuntimeError("the station did not connect within 120 s")
+    if not ctl.connected:
+        raise RuntimeError(f"the station did not connect: {errors[-1][1] if errors else 'unknown error'}")
+
+
+def _calibrate(app: Any, ctl: Any, win: Any) -> str | None:
+    """Run one cheap calibration (:data:`PREFERRED_CALIBRATIONS` first) to its end; its name, or
+    None when the station offers none."""
+    specs, _why = ctl.calibrations()
+    names = [s.name for s in specs]
+    pick = next((n for n in PREFERRED_CALIBRATIONS if n in names), names[0] if names else None)
+    if pick is None:
+        return None
+    win.calibration_panel.list.setCurrentRow(names.index(pick))
+    ctl.run_calibration(pick)
+    _pump(app, 1.0)
+    _pump(app, 300.0, lambda: not ctl.busy.get("calibration"))
+    return pick
+
+
+def _start_jobs(ctl: Any, win: Any, tabs: list[str], training_rounds: int) -> None:
+    """Start acquisition with distillation (acquisition alone when distillation is unavailable),
+    and training with ``training_rounds`` rounds when the training tab is wanted."""
+    from labqfl.gui.core import TrainingOptions
+
+    ok, _ = ctl.core.distill_available()
+    if ok:
+        ctl.start_distillation(win.live_panel.block_bits.value(), "cascade")
+    else:
+        ctl.start_acquisition()
+    if "training" in tabs:
+        opts = win.training_panel.options()
+        opts = TrainingOptions(**{**opts.__dict__, "rounds": training_rounds})
+        win.training_panel.rounds.setValue(training_rounds)
+        ctl.start_training(opts)
+
+
+def _save_tabs(app: Any, win: Any, tabs: list[str], out: Path, shots: list[str]) -> None:
+    """Save one PNG per tab (``out`` for one tab, ``<out stem>_<tab><suffix>`` for several),
+    appending each path to ``shots``; ``RuntimeError`` if one could not be written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for tab in tabs:
+        win.show_tab(tab)
+        _pump(app, 0.3)
+        path = out if len(tabs) == 1 else out.with_name(f"{out.stem}_{tab}{out.suffix or '.png'}")
+        if not win.grab().save(str(path)):
+            raise RuntimeError(f"could not write {path}")
+        shots.append(str(path))
 
 
 __all__ = ["build", "run_gui", "screenshot"]
