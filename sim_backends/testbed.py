@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -493,10 +493,11 @@ class SagnacTestbed:
         d_min = min(acq.delays["D0"], acq.delays["D1"]) - acq.cut_margin
         return min(t + acq.delays["sync"], t + d_min, t + acq.delays.get("marker", acq.delays["sync"]))
 
-    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
-        cfg = self.config
-        sim = cfg.simulation
+    def _window_inputs(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[DetectorLive], bool,
+                                       set[int], int]:
+        """Under the lock: the cached client and pair arrays (rebuilt when the live state changed),
+        copies of both detectors' live settings, whether the laser is on, the enabled channels and
+        the frame length."""
         with self.lock:
             live = self.live
             if self._cache_version != live.version:
@@ -504,85 +505,99 @@ class SagnacTestbed:
                 self._cache_version = live.version
             ca, pa = self._cache
             dets = [DetectorLive(**vars(live.detectors[d])) for d in ("D0", "D1")]
-            laser_on = live.laser_on
-            enabled = set(live.enabled_channels)
-            frame = cfg.schedule.slots_per_frame
+            return ca, pa, dets, live.laser_on, set(live.enabled_channels), self.config.schedule.slots_per_frame
+
+    def _signal_pass(self, acq: _Acq, run: Callable[..., None], n_tasks: int, threads: int, sig_n: np.ndarray,
+                     how: int, codes: np.ndarray, cand_i: np.ndarray, cand_j: np.ndarray,
+                     name: str) -> tuple[np.ndarray, np.ndarray]:
+        """One pass of the signal kernel over the window's chunks (``run(task, sig_slot, sig_outc,
+        codes, cand_i, cand_j)`` per task) into the ``name`` buffers, doubling their capacity
+        until every chunk fits; ``sig_n`` gets the clicks per chunk."""
+        n_chunks = sig_n.size
+        while True:
+            cap = acq.cap_sig if name == "sig" else acq.cap_cand
+            sig_slot = acq.buffer(f"{name}_slot", (n_chunks, cap), np.int64)
+            sig_outc = acq.buffer(f"{name}_outc", (n_chunks, cap), np.uint8)
+
+            def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
+                            sig_outc: np.ndarray = sig_outc) -> None:
+                run(task, slot, sig_slot, sig_outc, how, codes, cand_i, cand_j)
+
+            _parallel.run(n_tasks, signal_task, threads)
+            if min(sig_n.tolist()) >= 0:
+                break
+            if name == "sig":
+                acq.cap_sig *= 2
+            else:
+                acq.cap_cand *= 2
+        grown = int(max(sig_n.tolist()) * 1.25) + 256
+        if name == "sig":
+            acq.cap_sig = max(acq.cap_sig, grown)
+        else:
+            acq.cap_cand = max(acq.cap_cand, grown)
+        return sig_slot, sig_outc
+
+    def _signal_clicks(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
+                       dets: list[DetectorLive], frame: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel: (clicks per
+        chunk, their slots, their outcomes)."""
+        cfg = self.config
+        sim = cfg.simulation
+        fl = sim.faults
         period = acq.period_ps
-        t_loop = _round_ps(self.loop_delay_ps)
         c_first = s0 // CHUNK_SLOTS
         n_chunks = (s1 - 1) // CHUNK_SLOTS - c_first + 1
-        fl = sim.faults
-        threads = self._n_threads()
-        # signal clicks (before dead time), chunks in parallel
-        if laser_on and ca["mu"].any():
-            collapse = (math.ceil(fl.visibility_collapse_at_s * self.live.rep_rate_hz)
-                        if fl.visibility_collapse_at_s is not None else _I64_MAX)
-            ir = sim.intercept_resend
-            eve = self._client_index[ir.client] if ir.enabled else -1
-            drift_chunk = cfg.loop.phase_drift_rad_per_sqrt_s * math.sqrt(CHUNK_SLOTS * period * 1e-12)
-            npairs = pa["ci"].size
-            if acq.guide_q.shape[0] < threads or acq.guide_q.shape[1] != npairs:
-                acq.guide_q = np.zeros((threads, npairs))
-                acq.guide_lo = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
-                acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
-            thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
-                                    drift_chunk, acq.keys["drift"])
-            sig_n = np.zeros(n_chunks, dtype=np.int64)
-            head = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
-                    pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"])
-            tail = (ca["cnk"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
-                    ca["pat"], ca["pat_off"], ca["pat_len"],
-                    cfg.loop.beam_splitter_ratio, dets[0].efficiency, dets[1].efficiency,
-                    cfg.loop.visibility, fl.visibility_after_collapse, np.int64(collapse),
-                    thetas, acq.keys["gap"], acq.keys["acc"], acq.keys["eve"], eve, ir.fraction)
-            # a few tasks per thread (contiguous chunk ranges) balance the pairs' different click rates
-            n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
-            bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
-            unused = np.zeros((1, 1), dtype=np.uint8)
+        collapse = (math.ceil(fl.visibility_collapse_at_s * self.live.rep_rate_hz)
+                    if fl.visibility_collapse_at_s is not None else _I64_MAX)
+        ir = sim.intercept_resend
+        eve = self._client_index[ir.client] if ir.enabled else -1
+        drift_chunk = cfg.loop.phase_drift_rad_per_sqrt_s * math.sqrt(CHUNK_SLOTS * period * 1e-12)
+        npairs = pa["ci"].size
+        if acq.guide_q.shape[0] < threads or acq.guide_q.shape[1] != npairs:
+            acq.guide_q = np.zeros((threads, npairs))
+            acq.guide_lo = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
+            acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
+        thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
+                                drift_chunk, acq.keys["drift"])
+        sig_n = np.zeros(n_chunks, dtype=np.int64)
+        head = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
+                pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"])
+        tail = (ca["cnk"], ca["mu"], ca["phase"], ca["pmode"], ca["fixk0"],
+                ca["pat"], ca["pat_off"], ca["pat_len"],
+                cfg.loop.beam_splitter_ratio, dets[0].efficiency, dets[1].efficiency,
+                cfg.loop.visibility, fl.visibility_after_collapse, np.int64(collapse),
+                thetas, acq.keys["gap"], acq.keys["acc"], acq.keys["eve"], eve, ir.fraction)
+        # a few tasks per thread (contiguous chunk ranges) balance the pairs' different click rates
+        n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
+        bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
+        unused = np.zeros((1, 1), dtype=np.uint8)
 
-            def signal_pass(how: int, codes: np.ndarray, cand_i: np.ndarray, cand_j: np.ndarray,
-                            name: str) -> tuple[np.ndarray, np.ndarray]:
-                while True:
-                    cap = acq.cap_sig if name == "sig" else acq.cap_cand
-                    sig_slot = acq.buffer(f"{name}_slot", (n_chunks, cap), np.int64)
-                    sig_outc = acq.buffer(f"{name}_outc", (n_chunks, cap), np.uint8)
+        def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
+                cand_i: np.ndarray, cand_j: np.ndarray) -> None:
+            K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
+                            acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
+                            sig_slot, sig_outc, sig_n, how, cand_i, cand_j)
 
-                    def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
-                                    sig_outc: np.ndarray = sig_outc) -> None:
-                        K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
-                                        acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
-                                        sig_slot, sig_outc, sig_n, how, cand_i, cand_j)
-
-                    _parallel.run(n_tasks, signal_task, threads)
-                    if min(sig_n.tolist()) >= 0:
-                        break
-                    if name == "sig":
-                        acq.cap_sig *= 2
-                    else:
-                        acq.cap_cand *= 2
-                grown = int(max(sig_n.tolist()) * 1.25) + 256
-                if name == "sig":
-                    acq.cap_sig = max(acq.cap_sig, grown)
-                else:
-                    acq.cap_cand = max(acq.cap_cand, grown)
-                return sig_slot, sig_outc
-
-            if self.modulation_on_demand:
-                # the candidate slots first (independent of the choices), then the clients' codes
-                # in those slots only (ModulationLog.choices), then the clicks
-                cand_slot, _ = signal_pass(1, unused, unused, unused, "cand")
-                cand_i, cand_j = self._candidate_codes(acq, cand_slot, sig_n, pa, frame)
-                sig_slot, sig_outc = signal_pass(2, unused, cand_i, cand_j, "sig")
-            else:
-                codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
-                sig_slot, sig_outc = signal_pass(0, codes, unused, unused, "sig")
+        if self.modulation_on_demand:
+            # the candidate slots first (independent of the choices), then the clients' codes
+            # in those slots only (ModulationLog.choices), then the clicks
+            cand_slot, _ = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, unused, unused, "cand")
+            cand_i, cand_j = self._candidate_codes(acq, cand_slot, sig_n, pa, frame)
+            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused, cand_i, cand_j,
+                                                   "sig")
         else:
-            sig_n = np.zeros(1, dtype=np.int64)
-            sig_slot = np.zeros((1, 1), dtype=np.int64)
-            sig_outc = np.zeros((1, 1), dtype=np.uint8)
-        # both detectors in parallel: dark counts, dead time, afterpulses, jitter, tagger
-        win_end = _round_ps(s1 * period) + t_loop
-        period_int = int(round(period)) if period == round(period) else 0
+            codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
+            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, unused, unused,
+                                                   "sig")
+        return sig_n, sig_slot, sig_outc
+
+    def _detector_params(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive],
+                         t_loop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+        """Per detector (D0, D1): on/off, the integer and float parameters and the stream keys of
+        :func:`kernels.detector_window`, and a capacity for the window's dark counts."""
+        cfg = self.config
+        fl = cfg.simulation.faults
+        period = acq.period_ps
         sig_extra = math.hypot(cfg.laser.timing_jitter_ps, cfg.laser.pulse_width_ps / 2.3548)
         on = np.zeros(2, dtype=np.uint8)
         ip = np.zeros((2, 5), dtype=np.int64)
@@ -599,6 +614,18 @@ class SagnacTestbed:
             fp[k] = (rate, dl.gate_delay_ps, dl.gate_width_ns * 1e3, dl.afterpulse_prob, dl.afterpulse_decay_ns * 1e3,
                      math.hypot(dl.jitter_ps, sig_extra), dl.jitter_ps)
             keys[k] = (acq.keys[f"dark_{d}"], acq.keys[f"ap_{d}"], acq.keys[f"jit_{d}"])
+        return on, ip, fp, keys, dcap
+
+    def _detector_tags(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive], sig: tuple[np.ndarray, ...],
+                       threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """Both detectors in parallel: dark counts, dead time, afterpulses, jitter, tagger. Returns
+        the measured times (one row per detector) and the number of tags in each row."""
+        sig_n, sig_slot, sig_outc = sig
+        period = acq.period_ps
+        t_loop = _round_ps(self.loop_delay_ps)
+        win_end = _round_ps(s1 * period) + t_loop
+        period_int = int(round(period)) if period == round(period) else 0
+        on, ip, fp, keys, dcap = self._detector_params(acq, s0, s1, dets, t_loop)
         ocap = int(sum(sig_n.tolist())) + dcap + K.PEND_CAP + 16
         out_n = np.zeros(2, dtype=np.int64)
         active = [d for d in (0, 1) if on[d]]
@@ -620,11 +647,24 @@ class SagnacTestbed:
             dcap *= 2
             ocap *= 2
         acq.det_state, acq.det_pend = st, pd
+        return meas, out_n
+
+    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
+        cfg = self.config
+        fl = cfg.simulation.faults
+        ca, pa, dets, laser_on, enabled, frame = self._window_inputs()
+        threads = self._n_threads()
+        if laser_on and ca["mu"].any():
+            sig = self._signal_clicks(acq, s0, s1, ca, pa, dets, frame, threads)
+        else:
+            sig = (np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.uint8))
+        meas, out_n = self._detector_tags(acq, s0, s1, dets, sig, threads)
         ch0, ch1, chs = acq.channels["D0"], acq.channels["D1"], acq.channels["sync"]
         srcs = [acq.carry_t,
                 meas[0, :out_n[0]] if ch0 in enabled else _EMPTY_T,
                 meas[1, :out_n[1]] if ch1 in enabled else _EMPTY_T,
-                K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), period,
+                K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), acq.period_ps,
                               np.int64(acq.delays["sync"]), np.int64(acq.res_ps),
                               float(fl.sync_drop_prob), acq.keys["sync"]) if chs in enabled else _EMPTY_T]
         return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
