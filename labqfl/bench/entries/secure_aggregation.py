@@ -127,20 +127,11 @@ def _plain_fedavg(updates: dict[str, np.ndarray], weights: dict[str, float]) -> 
     return acc
 
 
-@benchmark(
-    "secure_aggregation",
-    "200 clients × LeNet-5 updates (61,706 params): quantise + mask + aggregate + unmask "
-    "(q=16, ring-16, csprng) vs a plain FedAvg round (1 local SGD step per client + float32 mean)",
-    target="secure round ≤ 1.10 × plain round (overhead ≤ 10 %)",
-)
-def secure_aggregation_bench(quick: bool) -> BenchResult:
+def _train_timings(n_clients: int, repeats: int, quick: bool) -> tuple[dict[str, np.ndarray], list[float], list[float]]:
+    """One local LeNet-5 SGD step per client on one torch thread (restored after), ``repeats`` times
+    (after a warm-up unless ``quick``): the last repeat's updates, and the wall and CPU s of each repeat."""
     import torch
 
-    from labqfl.fl import CsprngKeySource, SecAggConfig, secure_round
-
-    n_clients = 12 if quick else 200
-    repeats = 1 if quick else 3  # each time below is the minimum over the repeats (least disturbed)
-    q, k = 16, 16
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -153,11 +144,15 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
             train_cpu.append(tc)
     finally:
         torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    weights = {c: float(rng.integers(200, 400)) for c in updates}  # local sample counts
-    clip = float(np.quantile(np.abs(np.concatenate(list(updates.values()))), 0.999))
-    cfg = SecAggConfig(q=q, clip=clip, rounding="nearest", graph="ring-k", k=k)
-    src = CsprngKeySource()
+    return updates, train_wall, train_cpu
+
+
+def _aggregation_timings(updates: dict[str, np.ndarray], weights: dict[str, float], cfg: Any, src: Any,
+                         rng: np.random.Generator, repeats: int) -> tuple[np.ndarray, Any, list[float], list[float],
+                                                                         list[float], list[float]]:
+    """Plain FedAvg and secure aggregation, alternately ``repeats`` times after a secure warm-up round:
+    the last plain mean, the last secure result, and the plain wall/CPU s and secure wall/CPU s of each."""
+    from labqfl.fl import secure_round
 
     plain_wall, plain_cpu, sec_wall, sec_cpu = [], [], [], []
     result = None
@@ -171,6 +166,56 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
         sec_wall.append(tw)
         sec_cpu.append(tc)
     assert result is not None
+    return plain, result, plain_wall, plain_cpu, sec_wall, sec_cpu
+
+
+def _key_details(result: Any, updates: dict[str, np.ndarray], weights: dict[str, float], clip: float,
+                 plain: np.ndarray, n_clients: int) -> dict[str, Any]:
+    """Key use, communication and accuracy of the secure round (vs all pairs, vs the plain means)."""
+    w_total = sum(weights.values())
+    clipped_ref = np.sum([np.clip(u, -clip, clip).astype(np.float64) * (weights[c] / w_total)
+                          for c, u in updates.items()], axis=0)
+    n_pairs_all = n_clients * (n_clients - 1) // 2
+    bits_per_pair = result.key_bits_per_pair[next(iter(result.key_bits_per_pair))]
+    return {
+        "pairs": len(result.key_bits_per_pair),
+        "all_pairs": n_pairs_all,
+        "key_saving_vs_all_pairs": result.key_saving_vs_all_pairs,
+        "key_bits_per_pair_per_round": bits_per_pair,
+        "key_bits_total_per_round": result.key_bits_total,
+        "all_pairs_key_bits_per_round": n_pairs_all * bits_per_pair,
+        "qkd_key_seconds_per_pair_per_round_at_32.8kbps": bits_per_pair / PAPER_KEY_RATE_BPS,
+        "upload_bits_per_client": result.upload_bits_per_client,
+        "baseline_upload_bits_per_client": result.baseline_upload_bits_per_client,
+        "communication_saving": result.communication_saving,
+        "clip": clip,
+        "clipped_values": result.clipped_values,
+        "max_abs_error_vs_plain_clipped_mean": float(np.max(np.abs(result.aggregate - clipped_ref))),
+        "max_abs_error_vs_plain_mean": float(np.max(np.abs(result.aggregate - plain))),
+    }
+
+
+@benchmark(
+    "secure_aggregation",
+    "200 clients × LeNet-5 updates (61,706 params): quantise + mask + aggregate + unmask "
+    "(q=16, ring-16, csprng) vs a plain FedAvg round (1 local SGD step per client + float32 mean)",
+    target="secure round ≤ 1.10 × plain round (overhead ≤ 10 %)",
+)
+def secure_aggregation_bench(quick: bool) -> BenchResult:
+    from labqfl.fl import CsprngKeySource, SecAggConfig, secure_round
+
+    n_clients = 12 if quick else 200
+    repeats = 1 if quick else 3  # each time below is the minimum over the repeats (least disturbed)
+    q, k = 16, 16
+    updates, train_wall, train_cpu = _train_timings(n_clients, repeats, quick)
+    rng = np.random.default_rng(0)
+    weights = {c: float(rng.integers(200, 400)) for c in updates}  # local sample counts
+    clip = float(np.quantile(np.abs(np.concatenate(list(updates.values()))), 0.999))
+    cfg = SecAggConfig(q=q, clip=clip, rounding="nearest", graph="ring-k", k=k)
+    src = CsprngKeySource()
+
+    plain, result, plain_wall, plain_cpu, sec_wall, sec_cpu = _aggregation_timings(updates, weights, cfg, src, rng,
+                                                                                    repeats)
     t_train, t_plain_agg, t_secure_agg = min(train_cpu), min(plain_cpu), min(sec_cpu)
     plain_round = t_train + t_plain_agg
     secure_round_s = t_train + t_secure_agg
@@ -184,11 +229,6 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
 
     extra = _beyond_the_paper(updates, weights, clip, q, k, src, t_train, t_plain_agg)
 
-    w_total = sum(weights.values())
-    clipped_ref = np.sum([np.clip(u, -clip, clip).astype(np.float64) * (weights[c] / w_total)
-                          for c, u in updates.items()], axis=0)
-    n_pairs_all = n_clients * (n_clients - 1) // 2
-    bits_per_pair = result.key_bits_per_pair[next(iter(result.key_bits_per_pair))]
     details: dict[str, Any] = {
         "clients": n_clients,
         "n_params": result.n_params,
@@ -208,20 +248,7 @@ def secure_aggregation_bench(quick: bool) -> BenchResult:
         "secure_aggregation_wall_s": min(sec_wall),
         "overhead_fraction_of_round_wall": wall_overhead,
         "all_pairs_secure_aggregation_cpu_s": all_pairs_cpu,
-        "pairs": len(result.key_bits_per_pair),
-        "all_pairs": n_pairs_all,
-        "key_saving_vs_all_pairs": result.key_saving_vs_all_pairs,
-        "key_bits_per_pair_per_round": bits_per_pair,
-        "key_bits_total_per_round": result.key_bits_total,
-        "all_pairs_key_bits_per_round": n_pairs_all * bits_per_pair,
-        "qkd_key_seconds_per_pair_per_round_at_32.8kbps": bits_per_pair / PAPER_KEY_RATE_BPS,
-        "upload_bits_per_client": result.upload_bits_per_client,
-        "baseline_upload_bits_per_client": result.baseline_upload_bits_per_client,
-        "communication_saving": result.communication_saving,
-        "clip": clip,
-        "clipped_values": result.clipped_values,
-        "max_abs_error_vs_plain_clipped_mean": float(np.max(np.abs(result.aggregate - clipped_ref))),
-        "max_abs_error_vs_plain_mean": float(np.max(np.abs(result.aggregate - plain))),
+        **_key_details(result, updates, weights, clip, plain, n_clients),
         "repeats": repeats,
         **extra,
     }
