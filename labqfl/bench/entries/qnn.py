@@ -30,13 +30,43 @@ def _median_time(fn: Callable[[], None], repeats: int, min_s: float) -> float:
     return float(np.median(times))
 
 
+def _time_steps(fast: Callable[[], None], pennylane: Callable[[], None], torch_path: Callable[[], None],
+                fast_single: Callable[[], None], pennylane_single: Callable[[], None],
+                quick: bool) -> tuple[float, float, float, float, float, float, float, int, int]:
+    """Median step times: kernel, PennyLane, torch reference, single-client kernel and PennyLane at one
+    thread each, then kernel and PennyLane at the libraries' default thread counts (restored after);
+    also returns those default torch and Numba thread counts."""
+    import numba
+
+    repeats = 3 if quick else 10
+    min_s = 0.05 if quick else 1.0
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        # headline: one thread for every library, side by side
+        torch.set_num_threads(1)
+        numba.set_num_threads(1)
+        t_fast = _median_time(fast, repeats, min_s)
+        t_pl = _median_time(pennylane, repeats, min_s)
+        t_torch = _median_time(torch_path, repeats, min_s)
+        t_fast1 = _median_time(fast_single, repeats, min_s)
+        t_pl1 = _median_time(pennylane_single, repeats, min_s)
+        # each library at its default thread count (the kernel stays on one thread below
+        # PARALLEL_MIN_EXAMPLES examples; torch/PennyLane use torch's intra-op pool)
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+        t_fast_d = _median_time(fast, repeats, min_s / 2)
+        t_pl_d = _median_time(pennylane, 2 if quick else 3, min_s / 2)
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+    return t_fast, t_pl, t_torch, t_fast1, t_pl1, t_fast_d, t_pl_d, torch_threads, numba_threads
+
+
 @benchmark("qnn", "Federated QNN training step (6 qubits, 4 HEA layers; 4 clients x 16 examples, as `labqfl train` "
            "runs it): Numba statevector kernel with adjoint gradients (clients and examples batched) vs PennyLane "
            "default.qubit (broadcast over examples, one call per client); one thread each",
            target="≥ 100× faster than default.qubit with broadcasting")
 def qnn_step(quick: bool) -> BenchResult:
-    import numba
-
     from labqfl.fl.models._statevector import statevector_expval
     from labqfl.fl.models.hea import HEASpec, hea_expval, pennylane_qnode
 
@@ -84,27 +114,8 @@ def qnn_step(quick: bool) -> BenchResult:
         w1_pl.grad = None
         ((qnode(st64[0], w1_pl) - t64[0]) ** 2).mean().backward()
 
-    repeats = 3 if quick else 10
-    min_s = 0.05 if quick else 1.0
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    try:
-        # headline: one thread for every library, side by side
-        torch.set_num_threads(1)
-        numba.set_num_threads(1)
-        t_fast = _median_time(fast, repeats, min_s)
-        t_pl = _median_time(pennylane, repeats, min_s)
-        t_torch = _median_time(torch_path, repeats, min_s)
-        t_fast1 = _median_time(fast_single, repeats, min_s)
-        t_pl1 = _median_time(pennylane_single, repeats, min_s)
-        # each library at its default thread count (the kernel stays on one thread below
-        # PARALLEL_MIN_EXAMPLES examples; torch/PennyLane use torch's intra-op pool)
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
-        t_fast_d = _median_time(fast, repeats, min_s / 2)
-        t_pl_d = _median_time(pennylane, 2 if quick else 3, min_s / 2)
-    finally:
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
+    t = _time_steps(fast, pennylane, torch_path, fast_single, pennylane_single, quick)
+    t_fast, t_pl, t_torch, t_fast1, t_pl1, t_fast_d, t_pl_d, torch_threads, numba_threads = t
     # agreement on this very step (same losses, same gradients)
     fast()
     torch_path()
