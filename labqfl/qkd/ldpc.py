@@ -808,13 +808,8 @@ class LdpcBob:
             raise MessageError("ldpc: bad reply to ldpc/syndromes")
         synd = np.ascontiguousarray(rep.disclosed.reshape(nf, code.m))
         keypos, order = _layout(code.n, code.rate, code.seed, d, code.z)
-        L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
         L = np.zeros((nf, code.n), _DTYPE)
-        prior = np.zeros((nf, code.n), _DTYPE)
-        for f in range(nf):
-            chunk = self.bits[f * kpf:(f + 1) * kpf]
-            prior[f, keypos] = _BIG  # padding: shortened zeros
-            prior[f, keypos[:chunk.size]] = np.where(chunk == 1, -L0, L0)
+        prior = self._priors(nf, code.n, kpf, keypos)
         L[:] = prior
         R = np.zeros((nf, code.edges), _DTYPE)
         revealed = 0
@@ -860,10 +855,7 @@ class LdpcBob:
                 if qc and revealed >= limit:
                     last = True
                     budget = max(self.first_iter, _LAST_CHANCE_ITER)
-        corrected = self.bits.copy()
-        for f in np.flatnonzero(ok):  # type: ignore[assignment]
-            n_f = min(kpf, N - f * kpf)
-            corrected[f * kpf:f * kpf + n_f] = (L[f, keypos[:n_f]] < 0).astype(np.uint8)
+        corrected = self._corrected(ok, L, kpf, keypos)
         channel.request(Message("ldpc/done", {"ok": ok.astype(np.uint8)}))
         st = channel.stats
         frame_errors = int((~ok).sum())
@@ -877,6 +869,27 @@ class LdpcBob:
                      "code_n": code.n, "mother_rate": pl.rate, "filler": d,
                      "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
                      "payload_bytes": st.payload_bytes})
+
+    def _priors(self, nf: int, n: int, kpf: int, keypos: np.ndarray) -> np.ndarray:
+        """Per frame, the log-likelihood priors of the code's ``n`` positions: ±ln((1−q)/q) on the
+        key positions from Bob's bits, a large positive value (a known zero) on the shortened
+        padding; the d filler positions stay 0 until revealed."""
+        L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
+        prior = np.zeros((nf, n), _DTYPE)
+        for f in range(nf):
+            chunk = self.bits[f * kpf:(f + 1) * kpf]
+            prior[f, keypos] = _BIG  # padding: shortened zeros
+            prior[f, keypos[:chunk.size]] = np.where(chunk == 1, -L0, L0)
+        return prior
+
+    def _corrected(self, ok: np.ndarray, L: np.ndarray, kpf: int, keypos: np.ndarray) -> np.ndarray:
+        """Bob's bits with each decoded frame's key positions replaced by the decoder's hard decisions."""
+        N = int(self.bits.size)
+        corrected = self.bits.copy()
+        for f in np.flatnonzero(ok).tolist():
+            n_f = min(kpf, N - f * kpf)
+            corrected[f * kpf:f * kpf + n_f] = (L[f, keypos[:n_f]] < 0).astype(np.uint8)
+        return corrected
 
     @staticmethod
     def _reveal(channel: Channel, frames: np.ndarray, start: int, count: int, L: np.ndarray,
