@@ -616,18 +616,7 @@ class Slotter:
                  det_id: np.ndarray, last_raw: int | None, flush: bool) -> SlotEvents:
         p = self.p
         n_a = anchor_t.size
-        if n_a == 0:
-            ready = np.zeros(det_t.size, dtype=bool)
-            if flush:  # no sync tag ever: nothing can be placed
-                self.stats.before_first_slot += int(det_t.size)
-                det_t, det_id = det_t[:0], det_id[:0]
-                ready = ready[:0]
-        elif flush:
-            ready = np.ones(det_t.size, dtype=bool)
-        elif n_a < 2:
-            ready = np.zeros(det_t.size, dtype=bool)
-        else:
-            ready = np.searchsorted(anchor_t, det_t, side="right") - 1 < n_a - 1
+        ready, det_t, det_id = self._ready_tags(anchor_t, det_t, det_id, flush)
         per = _interval_periods(anchor_t, anchor_k, self._step, self._period_est)
         if n_a:
             last_span = p.frame_slots if self._markers else -1
@@ -640,55 +629,14 @@ class Slotter:
             fix = "time_tagger.marker_channel and the marker cable" if self._markers else \
                 "time_tagger.sync_channel and the sync cable"
             raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
-        # Lost-data intervals whose slots the anchors now fix → dropped ranges.
-        pend_lost = self._pend_lost
-        if n_a and pend_lost.size:
-            lost_ready = np.ones(pend_lost.shape[0], dtype=bool) if flush else pend_lost[:, 1] < anchor_t[-1]
-            if np.any(lost_ready):
-                lr = pend_lost[lost_ready]
-                lo = np.ceil(self._slot_position(lr[:, 0], anchor_t, anchor_k, per))
-                hi = np.floor(self._slot_position(lr[:, 1], anchor_t, anchor_k, per)) + 1
-                for s0, s1 in zip(lo.tolist(), hi.tolist(), strict=True):
-                    self.dropped_lost.add(max(int(s0), 0), int(s1))
-                    self._dropped.add(max(int(s0), 0), int(s1))
-                pend_lost = pend_lost[~lost_ready]
-        elif flush:
-            pend_lost = pend_lost[:0]
-        self._pend_lost = pend_lost
-        # Frames not kept (marker missing or off the grid) → dropped ranges.
-        if self._markers and n_a:
-            F = p.frame_slots
-            for j in np.flatnonzero(~anchor_ok).tolist():
-                end = int(anchor_k[j + 1]) * F if j + 1 < n_a else (int(anchor_k[j]) + 1) * F
-                self.dropped_sync.add(int(anchor_k[j]) * F, end)
-                self._dropped.add(int(anchor_k[j]) * F, end)
+        pend_lost = self._drop_lost_intervals(anchor_t, anchor_k, per, flush)
+        self._drop_unkept_frames(anchor_k, anchor_ok)
         # Merge with held slots, sort, combine.
         s_all = np.concatenate([self._held_s, s_new])
         b_all = np.concatenate([self._held_b, b_new])
         order = np.argsort(s_all, kind="stable")
         slots, outcomes = _combine(s_all[order], b_all[order])
-        if flush:
-            threshold = np.iinfo(np.int64).max
-            keep_from = n_a
-        elif n_a == 0 or last_raw is None:
-            threshold = -1
-            keep_from = 0
-        else:
-            # Every later detection has corrected time >= t_min (raw >= last_raw, or waiting
-            # after the last anchor), so slots below `threshold` can no longer change.
-            t_min = min(last_raw - self._max_delay, int(anchor_t[-1]))
-            if pend_lost.size:  # a lost interval still waiting for its anchors may start earlier
-                t_min = min(t_min, int(pend_lost[:, 0].min()))
-            j0 = max(0, int(np.searchsorted(anchor_t, t_min, side="right")) - 2)
-            P0 = per[j0]
-            base = int(anchor_k[j0]) * self._step + int(math.floor((t_min - int(anchor_t[j0])) / P0))
-            threshold = max(base - self._margin_slots, self._final_upto)
-            keep_from = j0
-            if self._markers:
-                # the frame before the last marker can still be dropped (a duplicate of that marker)
-                threshold = min(threshold, int(anchor_k[-2]) * self._step if n_a >= 2 else -1)
-                threshold = max(threshold, self._final_upto)
-                keep_from = min(keep_from, max(n_a - 2, 0))
+        threshold, keep_from = self._emit_threshold(anchor_t, anchor_k, per, pend_lost, last_raw, flush)
         emit = slots < threshold
         self._held_s, self._held_b = slots[~emit], outcomes[~emit]
         self._pend_t, self._pend_id = pend_t, pend_id
@@ -701,6 +649,92 @@ class Slotter:
             es, eo = es[~gone], eo[~gone]
         if es.size:
             self._last_emitted = int(es[-1])
+        self._advance_final(anchor_t, anchor_k, per, threshold, flush)
+        self.stats.double_clicks += int(np.count_nonzero(eo == 3))
+        self.stats.clicked_slots += int(es.size)
+        return SlotEvents(es, eo)
+
+    def _ready_tags(self, anchor_t: np.ndarray, det_t: np.ndarray, det_id: np.ndarray,
+                    flush: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which detector tags the anchors can place now: ``(ready, det_t, det_id)``. At the end
+        of a stream without any sync tag, the tags are counted as before the first slot and
+        removed."""
+        n_a = anchor_t.size
+        if n_a == 0:
+            ready = np.zeros(det_t.size, dtype=bool)
+            if flush:  # no sync tag ever: nothing can be placed
+                self.stats.before_first_slot += int(det_t.size)
+                det_t, det_id = det_t[:0], det_id[:0]
+                ready = ready[:0]
+        elif flush:
+            ready = np.ones(det_t.size, dtype=bool)
+        elif n_a < 2:
+            ready = np.zeros(det_t.size, dtype=bool)
+        else:
+            ready = np.searchsorted(anchor_t, det_t, side="right") - 1 < n_a - 1
+        return ready, det_t, det_id
+
+    def _drop_lost_intervals(self, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray,
+                             flush: bool) -> np.ndarray:
+        """Lost-data intervals whose slots the anchors now fix → dropped ranges. Returns (and
+        keeps) the intervals still waiting for their anchors."""
+        pend_lost = self._pend_lost
+        if anchor_t.size and pend_lost.size:
+            lost_ready = np.ones(pend_lost.shape[0], dtype=bool) if flush else pend_lost[:, 1] < anchor_t[-1]
+            if np.any(lost_ready):
+                lr = pend_lost[lost_ready]
+                lo = np.ceil(self._slot_position(lr[:, 0], anchor_t, anchor_k, per))
+                hi = np.floor(self._slot_position(lr[:, 1], anchor_t, anchor_k, per)) + 1
+                for s0, s1 in zip(lo.tolist(), hi.tolist(), strict=True):
+                    self.dropped_lost.add(max(int(s0), 0), int(s1))
+                    self._dropped.add(max(int(s0), 0), int(s1))
+                pend_lost = pend_lost[~lost_ready]
+        elif flush:
+            pend_lost = pend_lost[:0]
+        self._pend_lost = pend_lost
+        return pend_lost
+
+    def _drop_unkept_frames(self, anchor_k: np.ndarray, anchor_ok: np.ndarray) -> None:
+        """Frames not kept (marker missing or off the grid) → dropped ranges."""
+        n_a = anchor_k.size
+        if self._markers and n_a:
+            F = self.p.frame_slots
+            for j in np.flatnonzero(~anchor_ok).tolist():
+                end = int(anchor_k[j + 1]) * F if j + 1 < n_a else (int(anchor_k[j]) + 1) * F
+                self.dropped_sync.add(int(anchor_k[j]) * F, end)
+                self._dropped.add(int(anchor_k[j]) * F, end)
+
+    def _emit_threshold(self, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray, pend_lost: np.ndarray,
+                        last_raw: int | None, flush: bool) -> tuple[int, int]:
+        """``(threshold, keep_from)``: slots below ``threshold`` are final and emitted; the
+        anchors from index ``keep_from`` on are kept for the next chunk."""
+        n_a = anchor_t.size
+        if flush:
+            return np.iinfo(np.int64).max, n_a
+        if n_a == 0 or last_raw is None:
+            return -1, 0
+        # Every later detection has corrected time >= t_min (raw >= last_raw, or waiting
+        # after the last anchor), so slots below `threshold` can no longer change.
+        t_min = min(last_raw - self._max_delay, int(anchor_t[-1]))
+        if pend_lost.size:  # a lost interval still waiting for its anchors may start earlier
+            t_min = min(t_min, int(pend_lost[:, 0].min()))
+        j0 = max(0, int(np.searchsorted(anchor_t, t_min, side="right")) - 2)
+        P0 = per[j0]
+        base = int(anchor_k[j0]) * self._step + int(math.floor((t_min - int(anchor_t[j0])) / P0))
+        threshold = max(base - self._margin_slots, self._final_upto)
+        keep_from = j0
+        if self._markers:
+            # the frame before the last marker can still be dropped (a duplicate of that marker)
+            threshold = min(threshold, int(anchor_k[-2]) * self._step if n_a >= 2 else -1)
+            threshold = max(threshold, self._final_upto)
+            keep_from = min(keep_from, max(n_a - 2, 0))
+        return threshold, keep_from
+
+    def _advance_final(self, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray, threshold: int,
+                       flush: bool) -> None:
+        """Move the final-slot horizon forward (to the end of the data at a flush) and count the
+        slots dropped in between, by cause."""
+        n_a = anchor_t.size
         prev_final = self._final_upto
         if flush:
             last_anchor_end = (int(anchor_k[-1]) + 1) * self._step if n_a else 0
@@ -717,9 +751,6 @@ class Slotter:
             n_sync = self.dropped_sync.count(prev_final, self._final_upto)
             self.stats.dropped_slots_sync += n_sync
             self.stats.dropped_slots_lost_data += self._dropped.count(prev_final, self._final_upto) - n_sync
-        self.stats.double_clicks += int(np.count_nonzero(eo == 3))
-        self.stats.clicked_slots += int(es.size)
-        return SlotEvents(es, eo)
 
     def run(self, blocks: Iterable[TagBlock]) -> Iterator[SlotEvents]:
         """Slot a whole stream: yields the final events after each block and at the end."""
