@@ -44,6 +44,7 @@ import numpy as np
 
 from labqfl.qkd.decoy import (
     PHASE_ERROR_TARGETS,
+    DecoyBounds,
     basis_pools,
     decoy_yield_bounds,
     phase_error_probability_bound,
@@ -199,6 +200,66 @@ def _validate(counts: PairCounts, n_key_bits: int, qber_key: float, leak_ec_bits
         )
 
 
+def _pooled_gains(
+    clicks: np.ndarray, pools: list[tuple[int, int, tuple[tuple[int, int], ...], float]], pk: np.ndarray, N: float, eps_b: float, finite_size: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps 1–2 of :func:`secure_key_length`: observed, lower and upper slot-averaged gains,
+    each of shape (K_i, K_j).
+
+    1. Kato bounds on the click sum S of every pool of cells that send the same state (cells
+       differing only in the basis of a client that sends vacuum, decoy.basis_pools), and
+    2. their weighted sum: the slot-averaged gain of the four-phase randomised states,
+       Q̄_kl = Σ_pools w·S / (N p_k p_l)
+    """
+    ki, kj = clicks.shape[0], clicks.shape[1]
+    g_obs = np.zeros((ki, kj))
+    g_lo = np.zeros((ki, kj))
+    g_hi = np.zeros((ki, kj))
+    for k, l_, cells, w in pools:
+        m = float(sum(clicks[k, l_, bi, bj] for bi, bj in cells))
+        lo, hi = conditional_sum_bounds(m, N, eps_b) if finite_size else (m, m)
+        g_obs[k, l_] += w * m
+        g_lo[k, l_] += w * lo
+        g_hi[k, l_] += w * hi
+    with np.errstate(divide="ignore", invalid="ignore"):
+        denom = N * pk
+        g_obs = np.where(denom > 0, g_obs / denom, 0.0)
+        g_lo = np.where(denom > 0, g_lo / denom, 0.0)
+        g_hi = np.where(denom > 0, g_hi / denom, 1.0)
+    g_lo, g_hi = np.clip(g_lo, 0.0, 1.0), np.clip(g_hi, 0.0, 1.0)
+    return g_obs, g_lo, g_hi
+
+
+def _decoy_bounds(counts: PairCounts, g_lo: np.ndarray, g_hi: np.ndarray, p: SecurityParameters) -> DecoyBounds:
+    """Step 3 of :func:`secure_key_length`: the decoy LPs on the gain bounds, over the
+    intensity pairs that were actually sent (probability > 0)."""
+    mu_i, mu_j = tuple(counts.intensities_i), tuple(counts.intensities_j)
+    used_i = [k for k in range(len(mu_i)) if counts.intensity_probs_i[k] > 0]
+    used_j = [k for k in range(len(mu_j)) if counts.intensity_probs_j[k] > 0]
+    return decoy_yield_bounds(
+        [mu_i[k] for k in used_i], [mu_j[k] for k in used_j],
+        g_lo[np.ix_(used_i, used_j)], g_hi[np.ix_(used_i, used_j)], targets=PHASE_ERROR_TARGETS,
+        lower=p.yield_lower_bounds,
+    )
+
+
+def _abort_reason(
+    n_key_bits: int, qber_key: float, feasible: bool, e_ph: float, ell: float, p: SecurityParameters
+) -> str:
+    """Why the block aborts, checked in this order; "" when it does not."""
+    if n_key_bits == 0:
+        return "empty sifted key"
+    if qber_key > p.max_qber:
+        return f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}"
+    if not feasible:
+        return "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"
+    if e_ph > p.max_phase_error:
+        return f"phase-error bound {e_ph:.4f} above threshold {p.max_phase_error:.4f}"
+    if ell < 1.0:
+        return f"finite-size key length not positive ({ell:.0f} bits): block too small or too noisy"
+    return ""
+
+
 def secure_key_length(
     counts: PairCounts,
     n_key_bits: int,
@@ -225,7 +286,6 @@ def secure_key_length(
     _validate(counts, n_key_bits, qber_key, leak_ec_bits)
     N = float(counts.n_slots)
     mu_i, mu_j = tuple(counts.intensities_i), tuple(counts.intensities_j)
-    ki, kj = len(mu_i), len(mu_j)
     clicks = np.asarray(counts.clicks, dtype=float)
     sent = counts.expected_sent()  # N p_c
     pc = sent / N
@@ -234,34 +294,11 @@ def secure_key_length(
     n_bounds = 2 * len(pools) + 1
     eps_b = p.eps_pe / n_bounds
 
-    # 1. Kato bounds on the click sum S of every pool of cells that send the same state (cells
-    #    differing only in the basis of a client that sends vacuum, decoy.basis_pools), and
-    # 2. their weighted sum: the slot-averaged gain of the four-phase randomised states,
-    #    Q̄_kl = Σ_pools w·S / (N p_k p_l)
-    g_obs = np.zeros((ki, kj))
-    g_lo = np.zeros((ki, kj))
-    g_hi = np.zeros((ki, kj))
-    for k, l_, cells, w in pools:
-        m = float(sum(clicks[k, l_, bi, bj] for bi, bj in cells))
-        lo, hi = conditional_sum_bounds(m, N, eps_b) if p.finite_size else (m, m)
-        g_obs[k, l_] += w * m
-        g_lo[k, l_] += w * lo
-        g_hi[k, l_] += w * hi
-    with np.errstate(divide="ignore", invalid="ignore"):
-        denom = N * pk
-        g_obs = np.where(denom > 0, g_obs / denom, 0.0)
-        g_lo = np.where(denom > 0, g_lo / denom, 0.0)
-        g_hi = np.where(denom > 0, g_hi / denom, 1.0)
-    g_lo, g_hi = np.clip(g_lo, 0.0, 1.0), np.clip(g_hi, 0.0, 1.0)
+    # 1.–2. Kato bounds on every pool's click sum, and the slot-averaged gains
+    g_obs, g_lo, g_hi = _pooled_gains(clicks, pools, pk, N, eps_b, p.finite_size)
 
     # 3. decoy LPs (only intensity pairs that were actually sent)
-    used_i = [k for k in range(ki) if counts.intensity_probs_i[k] > 0]
-    used_j = [k for k in range(kj) if counts.intensity_probs_j[k] > 0]
-    db = decoy_yield_bounds(
-        [mu_i[k] for k in used_i], [mu_j[k] for k in used_j],
-        g_lo[np.ix_(used_i, used_j)], g_hi[np.ix_(used_i, used_j)], targets=PHASE_ERROR_TARGETS,
-        lower=p.yield_lower_bounds,
-    )
+    db = _decoy_bounds(counts, g_lo, g_hi, p)
 
     # 4. phase errors
     k0 = KEY_INTENSITY_INDEX
@@ -278,17 +315,8 @@ def secure_key_length(
     epa_term = math.log2(1.0 / p.eps_pa) if p.finite_size else 0.0
     ell = n_x - pa_term - float(leak_ec_bits) - cor_term - epa_term
 
-    abort, reason = False, ""
-    if n_key_bits == 0:
-        abort, reason = True, "empty sifted key"
-    elif qber_key > p.max_qber:
-        abort, reason = True, f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}"
-    elif not db.feasible:
-        abort, reason = True, "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"
-    elif e_ph > p.max_phase_error:
-        abort, reason = True, f"phase-error bound {e_ph:.4f} above threshold {p.max_phase_error:.4f}"
-    elif ell < 1.0:
-        abort, reason = True, f"finite-size key length not positive ({ell:.0f} bits): block too small or too noisy"
+    reason = _abort_reason(n_key_bits, qber_key, db.feasible, e_ph, ell, p)
+    abort = bool(reason)
     length = 0 if abort else int(math.floor(ell))
 
     return KeyLengthReport(
