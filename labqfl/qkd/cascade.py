@@ -953,6 +953,77 @@ class CascadeAlice:
         raise MessageError(f"cascade: unexpected message {kind!r}")
 
 
+@dataclass
+class _BobWork:
+    """Bob's working state for one Cascade frame (:meth:`CascadeBob.run`): his bits ``y`` (plain
+    and packed, and in each affine pass's order ``zp``), the per-top-level-block arrays that
+    :func:`_cascade_round` works on (block sizes, Alice's and Bob's parities, the bisection
+    stack and wait lists, the found bits, the deferred queries, the query buffers ``out``), the
+    bits Bob knows of Alice's, the parity cache (open-addressing hash table of capacity
+    ``2**logcap`` holding ``hcount`` entries), and the disclosure counters."""
+
+    y: np.ndarray
+    ypk: np.ndarray
+    zp: np.ndarray
+    fpass: np.ndarray
+    bsize: np.ndarray
+    alice_top: np.ndarray
+    bob_top: np.ndarray
+    st: np.ndarray
+    slo: np.ndarray
+    shi: np.ndarray
+    sh: np.ndarray
+    work: np.ndarray
+    waitl: np.ndarray
+    onstk: np.ndarray
+    inwait: np.ndarray
+    found: np.ndarray
+    fval: np.ndarray
+    qidx: np.ndarray
+    deferred: np.ndarray
+    indef: np.ndarray
+    out: list[np.ndarray]
+    counters: np.ndarray
+    flipped: np.ndarray
+    known_n: np.ndarray
+    known_x: np.ndarray
+    hkeys: np.ndarray
+    hvals: np.ndarray
+    logcap: int
+    hcount: int = 0
+    leaked_top: int = 0
+    leaked_bs: int = 0
+    rounds: int = 0
+
+    @classmethod
+    def allocate(cls, bits: np.ndarray, P: _Passes, qber: float, npasses_scheduled: int) -> _BobWork:
+        """Zeroed state for ``bits`` (copied) under the passes ``P``; the parity cache is sized
+        for the expected number of disclosed parities (grown by :meth:`CascadeBob._bisect_pass`)."""
+        n = int(bits.size)
+        y = bits.copy()
+        ntop = int(P.top_off[-1])
+        words = (n + 63) // 64
+        est = n * binary_entropy(min(qber, 0.49)) * 1.3 + 64 * npasses_scheduled
+        logcap = max(10, math.ceil(math.log2(4.0 * est)))
+
+        def z(dtype: Any) -> np.ndarray:
+            return np.zeros(ntop, dtype)
+
+        return cls(
+            y=y, ypk=_pack(y), zp=np.zeros((P.npasses, words), np.uint64),  # y in each affine pass's order
+            fpass=np.repeat(np.arange(P.npasses, dtype=np.int64), P.nb),
+            bsize=z(np.int64),  # block sizes, filled as passes start
+            alice_top=z(np.uint8), bob_top=z(np.uint8), st=z(np.uint8), slo=z(np.int64), shi=z(np.int64),
+            sh=z(np.int64), work=z(np.int64), waitl=z(np.int64), onstk=z(np.uint8), inwait=z(np.uint8),
+            found=z(np.int64), fval=z(np.uint8), qidx=z(np.int64), deferred=z(np.int64), indef=z(np.uint8),
+            out=[z(np.int64) for _ in range(4)], counters=np.zeros(3, np.int64),
+            flipped=np.zeros(words, np.uint64),
+            known_n=np.zeros(words, np.uint64),  # Alice's bits Bob knows (see _learn)
+            known_x=np.zeros(words, np.uint64),
+            hkeys=np.full(1 << logcap, -1, np.int64), hvals=np.zeros(1 << logcap, np.int8), logcap=logcap,
+        )
+
+
 class CascadeBob:
     """Bob's side: runs Cascade over a channel to Alice and corrects his bits.
 
@@ -979,107 +1050,90 @@ class CascadeBob:
         channel.request(Message("cascade/init", {"n": n, "seed": self.seed,
                                                  "schedule": _schedule_array(self.schedule)}))
         P = _build_passes(n, self.seed, sched)
-        y = self.bits.copy()
-        ypk = _pack(y)
-        zp = np.zeros((P.npasses, (n + 63) // 64), np.uint64)  # y in each affine pass's order
-        ntop = int(P.top_off[-1])
-        fpass = np.repeat(np.arange(P.npasses, dtype=np.int64), P.nb)
-        bsize = np.zeros(ntop, np.int64)  # block sizes, filled as passes start
-        alice_top = np.zeros(ntop, np.uint8)
-        bob_top = np.zeros(ntop, np.uint8)
-        st = np.zeros(ntop, np.uint8)
-        slo = np.zeros(ntop, np.int64)
-        shi = np.zeros(ntop, np.int64)
-        sh = np.zeros(ntop, np.int64)
-        work = np.zeros(ntop, np.int64)
-        waitl = np.zeros(ntop, np.int64)
-        onstk = np.zeros(ntop, np.uint8)
-        inwait = np.zeros(ntop, np.uint8)
-        found = np.zeros(ntop, np.int64)
-        fval = np.zeros(ntop, np.uint8)
-        qidx = np.zeros(ntop, np.int64)
-        deferred = np.zeros(ntop, np.int64)
-        indef = np.zeros(ntop, np.uint8)
-        out = [np.zeros(ntop, np.int64) for _ in range(4)]
-        counters = np.zeros(3, np.int64)
-        flipped = np.zeros((n + 63) // 64, np.uint64)
-        known_n = np.zeros((n + 63) // 64, np.uint64)  # Alice's bits Bob knows (see _learn)
-        known_x = np.zeros((n + 63) // 64, np.uint64)
-        est = n * binary_entropy(min(self.qber, 0.49)) * 1.3 + 64 * len(sched)
-        logcap = max(10, math.ceil(math.log2(4.0 * est)))
-        hkeys = np.full(1 << logcap, -1, np.int64)
-        hvals = np.zeros(1 << logcap, np.int8)
-        hcount = 0
-        leaked_top = leaked_bs = rounds = 0
-        no_init = np.zeros(0, np.int64)
+        w = _BobWork.allocate(self.bits, P, self.qber, len(sched))
         confirm = self.schedule.confirm
         clean = passes_run = 0
         for p in range(P.npasses):
-            rep = channel.request(Message("cascade/blocks", {"pass": p}))
-            o0, o1 = int(P.top_off[p]), int(P.top_off[p + 1])
-            P.ensure(p)
-            bsize[o0:o1] = P.block_sizes(p)
-            implied = 1 if p > 0 else 0
-            if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0 - implied:
-                raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/blocks")
-            alice_top[o0:o1 - implied] = rep.disclosed
-            if implied:  # Alice's whole-key parity (pass 0) fixes the last block of every later pass
-                alice_top[o1 - 1] = (int(alice_top[:int(P.top_off[1])].sum())
-                                     + int(rep.disclosed.sum())) & 1
-            leaked_top += rep.disclosed.size
-            if P.kind[p] == 0:
-                _materialize(y, n, int(P.a[p]), int(P.c[p]), zp[p])
-            bob_top[o0:o1] = _top_parities(zp, ypk, n, P.kind, P.k, P.masks, p, int(P.nb[p]))
-            init = o0 + np.flatnonzero(alice_top[o0:o1] != bob_top[o0:o1]).astype(np.int64)
+            init = self._open_pass(channel, P, p, w)
             clean = clean + 1 if (P.kind[p] == 1 and init.size == 0) else 0
-            answers = np.zeros(0, np.uint8)
-            nprev = 0
-            while True:
-                if hcount + nprev > (1 << logcap) // 2:
-                    logcap += 1
-                    nk = np.full(1 << logcap, -1, np.int64)
-                    nv = np.zeros(1 << logcap, np.int8)
-                    _h_rehash(hkeys, hvals, nk, nv, logcap)
-                    hkeys, hvals = nk, nv
-                hcount += nprev
-                nq = _cascade_round(init, nprev, qidx, answers, y, ypk, zp, p + 1, n, P.kind, P.k, P.a,
-                                    P.c, P.ainv, P.masks, P.cum, P.top_off, fpass, bsize, alice_top,
-                                    bob_top, st, slo, shi, sh, work, waitl, onstk, inwait, found,
-                                    fval, hkeys, hvals, logcap, out[0], out[1], out[2], out[3],
-                                    deferred, counters, flipped, known_n, known_x, indef,
-                                    self.schedule.implied_max)
-                init = no_init
-                if nq < 0:
-                    raise CascadeInconsistencyError(
-                        f"cascade: inconsistent parities from Alice (tampered or desynchronised): key bit "
-                        f"{int(counters[2])} would be flipped a second time in pass {p} (honest parities flip "
-                        f"each bit at most once); reconciliation stopped after {rounds} parity rounds")
-                if nq == 0:
-                    break
-                rep = channel.request(Message("cascade/parity", {
-                    "pass": out[0][:nq].copy(), "block": out[1][:nq].copy(),
-                    "lo": out[2][:nq].copy(), "hi": out[3][:nq].copy()}))
-                if rep.kind != "cascade/parities" or rep.disclosed.size != nq:
-                    raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/parity")
-                answers = rep.disclosed
-                leaked_bs += nq
-                nprev = nq
-                rounds += 1
+            self._bisect_pass(channel, P, p, init, w)
             passes_run = p + 1
             if confirm and clean >= confirm:
                 break  # `confirm` bipartitions in a row found no odd block: stop (see CascadeSchedule)
         channel.request(Message("cascade/done"))
         stats = channel.stats
         return ReconciliationResult(
-            corrected=y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
+            corrected=w.y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
             method=f"cascade-{self.schedule.name}", success=True, frame_errors=0,
             iterations=passes_run, round_trips=stats.round_trips, messages=stats.messages,
-            tag_bytes=stats.tag_bytes, corrected_errors=int(counters[0]),
+            tag_bytes=stats.tag_bytes, corrected_errors=int(w.counters[0]),
             details={"seed": self.seed, "block_sizes": list(sched[:passes_run]),
                      "confirm": confirm, "clean_confirmations": clean,
-                     "leaked_block_parities": leaked_top,
-                     "leaked_binary_search": leaked_bs, "parity_rounds": rounds,
+                     "leaked_block_parities": w.leaked_top,
+                     "leaked_binary_search": w.leaked_bs, "parity_rounds": w.rounds,
                      "payload_bytes": stats.payload_bytes})
+
+    @staticmethod
+    def _open_pass(channel: Channel, P: _Passes, p: int, w: _BobWork) -> np.ndarray:
+        """Start pass ``p``: ask Alice for its block parities, compute Bob's, and return the
+        indices of the top-level blocks whose parities differ (the odd blocks to bisect)."""
+        rep = channel.request(Message("cascade/blocks", {"pass": p}))
+        o0, o1 = int(P.top_off[p]), int(P.top_off[p + 1])
+        P.ensure(p)
+        w.bsize[o0:o1] = P.block_sizes(p)
+        implied = 1 if p > 0 else 0
+        if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0 - implied:
+            raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/blocks")
+        w.alice_top[o0:o1 - implied] = rep.disclosed
+        if implied:  # Alice's whole-key parity (pass 0) fixes the last block of every later pass
+            w.alice_top[o1 - 1] = (int(w.alice_top[:int(P.top_off[1])].sum())
+                                   + int(rep.disclosed.sum())) & 1
+        w.leaked_top += rep.disclosed.size
+        n = int(w.y.size)
+        if P.kind[p] == 0:
+            _materialize(w.y, n, int(P.a[p]), int(P.c[p]), w.zp[p])
+        w.bob_top[o0:o1] = _top_parities(w.zp, w.ypk, n, P.kind, P.k, P.masks, p, int(P.nb[p]))
+        return o0 + np.flatnonzero(w.alice_top[o0:o1] != w.bob_top[o0:o1]).astype(np.int64)
+
+    def _bisect_pass(self, channel: Channel, P: _Passes, p: int, init: np.ndarray, w: _BobWork) -> None:
+        """Binary searches of pass ``p`` (and the cascades into earlier passes), round by round:
+        each :func:`_cascade_round` returns the range parities to ask Alice for, until none is
+        left. Raises :class:`CascadeInconsistencyError` on parities no honest Alice can send."""
+        answers = np.zeros(0, np.uint8)
+        nprev = 0
+        no_init = np.zeros(0, np.int64)
+        while True:
+            if w.hcount + nprev > (1 << w.logcap) // 2:
+                w.logcap += 1
+                nk = np.full(1 << w.logcap, -1, np.int64)
+                nv = np.zeros(1 << w.logcap, np.int8)
+                _h_rehash(w.hkeys, w.hvals, nk, nv, w.logcap)
+                w.hkeys, w.hvals = nk, nv
+            w.hcount += nprev
+            out = w.out
+            nq = _cascade_round(init, nprev, w.qidx, answers, w.y, w.ypk, w.zp, p + 1, int(w.y.size), P.kind, P.k,
+                                P.a, P.c, P.ainv, P.masks, P.cum, P.top_off, w.fpass, w.bsize, w.alice_top,
+                                w.bob_top, w.st, w.slo, w.shi, w.sh, w.work, w.waitl, w.onstk, w.inwait, w.found,
+                                w.fval, w.hkeys, w.hvals, w.logcap, out[0], out[1], out[2], out[3],
+                                w.deferred, w.counters, w.flipped, w.known_n, w.known_x, w.indef,
+                                self.schedule.implied_max)
+            init = no_init
+            if nq < 0:
+                raise CascadeInconsistencyError(
+                    f"cascade: inconsistent parities from Alice (tampered or desynchronised): key bit "
+                    f"{int(w.counters[2])} would be flipped a second time in pass {p} (honest parities flip "
+                    f"each bit at most once); reconciliation stopped after {w.rounds} parity rounds")
+            if nq == 0:
+                break
+            rep = channel.request(Message("cascade/parity", {
+                "pass": out[0][:nq].copy(), "block": out[1][:nq].copy(),
+                "lo": out[2][:nq].copy(), "hi": out[3][:nq].copy()}))
+            if rep.kind != "cascade/parities" or rep.disclosed.size != nq:
+                raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/parity")
+            answers = rep.disclosed
+            w.leaked_bs += nq
+            nprev = nq
+            w.rounds += 1
 
 
 def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
