@@ -9,7 +9,7 @@ Usage, from the repository root with the package installed:
 FAMILY: snspd, spad_gated, spad_free (``draw_detector_family`` of tests/calibration/conftest.py:
 SNSPDs with 10–100 ns dead time; InGaAs SPADs with 1–25 µs dead time, gated and free-running).
 Station k of a family is drawn from ``np.random.default_rng([master, k, family index])`` (master
-19 by default; the CI test tests/calibration/test_calib_families.py draws from master 1919) and
+19 by default; the CI test tests/calibration/test_families.py draws from master 1919) and
 calibrated with ``run_group(ctx, "detector")`` as ``labqfl calibrate detector`` does (gate delay, dead
 time/afterpulsing, dark counts, jitter, efficiency, a failure recorded and the rest run; ``--quick``: the CI test's shorter
 acquisitions). Prints per family and quantity: n, coverage of ±1σ and ±1.96σ, pull mean and sd,

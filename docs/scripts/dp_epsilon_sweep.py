@@ -10,7 +10,7 @@ train`` would reload the embedded MNIST set per run).
 
 The ``no DP`` row uses the task's per-value clip and quantisation at the same q, graph and
 dropouts. Self-masks are off by default (``--self-masks`` turns them on): they are removed exactly
-and change no aggregate (``tests/fl_secure/test_fl_secure_selfmask.py``), so accuracy does not
+and change no aggregate (``tests/fl/secure/test_selfmask.py``), so accuracy does not
 depend on them; they only cost time and key.
 
 Writes a figure (accuracy against ε, one line per H), a JSON of all numbers, and the table and

@@ -11,7 +11,7 @@ phase error (docs/protocol.md §4–§5). The rule picks block sizes from the ke
 2. **rule size** N_rule = (1 + ``margin``)·N₀ (default margin 25 %). On the default station
    the expected key grows from ~1.4·10³ bits at N₀ to ~6·10³ bits at N_rule (pair C1-C4,
    N_rule = 1.3·10⁷ slots), while the key length of a block fluctuates by ~3–4·10² bits (sd over
-   20 seeds of Poisson-sampled counts, tests/qkd_security/test_blocksize_rule.py), so the margin
+   20 seeds of Poisson-sampled counts, tests/qkd/security/test_blocksize_rule.py), so the margin
    keeps a block ~15 standard deviations away from abort; it also absorbs what the model leaves
    out (dead time, phase drift, the actual error-correction efficiency);
 3. **with a known amount of data** (a recording, ``labqfl run --duration``) the data are cut into

@@ -33,7 +33,7 @@ every bit of a half of at most :data:`IMPLIED_MAX` bits is known, or every bit o
 and Bob computes it.  Such a query would add nothing to the span of Alice's disclosures
 (Martinez-Mateo et al. §4 count only independent parities); on 10^4-bit frames at 8 % it was
 1.7–2.1 % of all parities sent (GF(2) rank test in
-``tests/qkd_reconciliation/test_reconciliation_cascade_leakage.py``).  The fast kernel lets searches in affine passes advance
+``tests/qkd/reconciliation/test_cascade_leakage.py``).  The fast kernel lets searches in affine passes advance
 together (fewer round trips); a search in a bipartition pass, or in an affine pass from
 :data:`DEFER_FROM_PASS` on, asks only when no lower pass has a search waiting, as in the
 reference (a flip found there often makes its block even for free — on 10^4-bit frames asking

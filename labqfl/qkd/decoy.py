@@ -293,7 +293,7 @@ def detector_fock_yields(eta_i: float, eta_j: float, p_dark: float = 0.0, n_max:
 
     which is Curty–Azuma–Lo (npj Quantum Inf. 5, 64 (2019), arXiv:1807.07667v2) Eqs. (34)–(35)
     without polarisation misalignment (θ_A = θ_B = 0, checked term by term in
-    tests/qkd_security/test_qkdsec_literature.py). Shape (n_max+1, n_max+1).
+    tests/qkd/security/test_literature.py). Shape (n_max+1, n_max+1).
     Used for the CAL19 reference rate (:func:`labqfl.qkd.keyrate.cal19_asymptotic_rate`).
     """
     if not (0.0 <= eta_i <= 1.0 and 0.0 <= eta_j <= 1.0 and 0.0 <= p_dark < 1.0):

@@ -57,7 +57,7 @@ def threads() -> Callable[..., None]:
 
 # -- fake Swabian SDK ------------------------------------------------------------------------------
 # Method and parameter names copy swabian-timetagger 2.22.6 (Swabian/TimeTagger/__init__.py);
-# tests/drivers/test_drivers_timetagger.py checks them, and every call the driver makes, against the
+# tests/drivers/test_timetagger.py checks them, and every call the driver makes, against the
 # installed SDK.
 TAG_TIMETAG, TAG_ERROR, TAG_OVERFLOW_BEGIN, TAG_OVERFLOW_END, TAG_MISSED = 0, 1, 2, 3, 4
 

@@ -34,7 +34,7 @@ in one Numba kernel, without Python per gate and without forming any 2^n × 2^n 
 computed in the forward call when gradients are needed and contracted with the incoming gradient
 in ``backward``). The torch path :func:`labqfl.fl.models.hea.hea_expval` stays the slow reference;
 agreement with it and with PennyLane ``default.qubit`` to 1e-10 is tested in
-``tests/fl_models/test_fl_models_statevector.py``.
+``tests/fl/models/test_statevector.py``.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ permutation and the channel on its two qubits (:func:`hea_density_matrix`); a ch
 qubit is an elementwise update of ρ's 2×2 block structure. Without gate noise the state stays pure
 and the statevector kernel (:mod:`labqfl.fl.models._statevector`, adjoint gradients) is used.
 Autograd gives exact gradients; agreement with ``default.mixed`` to 1e-10 (outputs and gradients)
-is tested in ``tests/fl_models/test_fl_models_noise.py``.
+is tested in ``tests/fl/models/test_noise.py``.
 
 **Shots.** With ``shots = S`` the readout ⟨Z₀⟩ is estimated as f̂ = 1 − 2k/S, k ~ Binomial(S, (1 − f)/2),
 f the exact noisy expectation (a seeded ``torch.Generator``). Gradients (``shot_grad``):

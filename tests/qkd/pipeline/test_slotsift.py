@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba.typed import List as NumbaList
 from qkdpp_helpers import D0, D1, SYNC, make_params, split_blocks, synth_stream
-from test_qkdpp_sync_markers import marker_stream, mparams
+from test_sync_markers import marker_stream, mparams
 
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock

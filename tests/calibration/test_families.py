@@ -13,7 +13,7 @@ Coverage over detector families: stations drawn by ``draw_detector_family`` from
 seed 1919 (3 stations × 2 detectors per family: every test is deterministic), calibrated with
 ``run_group(ctx, "detector", quick=True)`` as ``labqfl calibrate detector --quick`` does. The
 Gaussian-error quantities of a family are pooled (≈ 30 pulls) and must pass the binomial bounds of
-test_calib_coverage.py (at least k inside ±1.96σ, fewer than m inside ±0.3σ, each failing with
+test_coverage.py (at least k inside ±1.96σ, fewer than m inside ±0.3σ, each failing with
 probability < 0.5 % for honest errors); the Type-B ones (gated τ_d, gate delay) must lie inside
 their uniform intervals (|pull| ≤ √3). The longer study (8+ stations per family) is
 docs/scripts/calibration_detector_families.py; its numbers are in docs/calibration.md.
@@ -34,7 +34,7 @@ TYPE_B = ("dead_time_ns_gated", "gate_delay_ps")
 
 
 def _bounds(n: int) -> tuple[int, int]:
-    """(k, m) as in test_calib_coverage.py: ≥ k of n inside ±1.96σ, < m inside ±0.3σ."""
+    """(k, m) as in test_coverage.py: ≥ k of n inside ±1.96σ, < m inside ±0.3σ."""
     p_small = 2 * norm.cdf(0.3) - 1
     k = max(k for k in range(n + 1) if binom.cdf(k - 1, n, 0.95) < 0.005)
     m = min(m for m in range(n + 1) if binom.sf(m - 1, n, p_small) < 0.005)

@@ -1,5 +1,5 @@
 """Client Cj's end of one pair served by a NodeServer in its own process (for the kill test in
-test_qkdpp_twoparty.py). Usage: ``python cj_node_process.py SETUP.pkl CERTS_DIR OUT_FILE``.
+test_twoparty.py). Usage: ``python cj_node_process.py SETUP.pkl CERTS_DIR OUT_FILE``.
 
 ``SETUP.pkl`` (written by the test): pair, Cj's modulation log, both client setups, protocol
 settings, Cj's copy of the pre-shared authentication bits, squashing seed. Routes: ``qkd/pair``

@@ -1,5 +1,5 @@
 """The torch reference path of the HEA QNN agrees with PennyLane default.qubit (outputs and gradients);
-the Numba kernel is checked against both in test_fl_models_statevector.py."""
+the Numba kernel is checked against both in test_statevector.py."""
 
 from __future__ import annotations
 
