@@ -37,17 +37,17 @@ from labqfl.calibration.detector import (
 from scipy.optimize import brentq
 
 from labqfl.config import StationConfig
+from labqfl.contracts.channel_model import transmittances
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import CalibrationError
 from labqfl.physics import photon_energy_j
-from labqfl.qkd.channel_model import transmittances
-from labqfl.qkd.schedule import PairSchedule
 
 
 # -- efficiency ------------------------------------------------------------------------------------
 def _source_weights(cfg: StationConfig, source: str, n_slots: int) -> list[tuple[float, float, float]]:
     """(slot fraction, D0 factor, D1 factor) per scheduled pair containing ``source``: the factor is
     the station model's transmittance from the source's output to that detector (fibre, insertion
-    and node losses × splitter port), see :mod:`labqfl.qkd.channel_model`."""
+    and node losses × splitter port), see :mod:`labqfl.contracts.channel_model`."""
     sched = PairSchedule.from_config(cfg)
     t = cfg.loop.beam_splitter_ratio
     out = []

@@ -1,6 +1,6 @@
 """Loop interference visibility V of a pair of clients.
 
-Model (:mod:`labqfl.qkd.channel_model`; Lucamarini et al., Nature 557, 400 (2018), Methods): in a
+Model (:mod:`labqfl.contracts.channel_model`; Lucamarini et al., Nature 557, 400 (2018), Methods): in a
 frame of pair (Ci, Cj) the mean photon number reaching D0 is
 
     m0(δ) = c_A + c_B + 2V·√(c_A·c_B)·cos δ,      c_A = η_D0·t·A,  c_B = η_D0·(1 − t)·B,
@@ -35,10 +35,10 @@ from labqfl.calibration.core import (
 from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate
 from labqfl.calibration.phase_modulator import _joint, fit_fringe
 
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import pair_name
 from labqfl.errors import CalibrationError
 from labqfl.physics import loop_delay_ps
-from labqfl.qkd.schedule import PairSchedule
-from labqfl.qkd.types import pair_name
 
 DETECTORS = ("D0", "D1")
 

@@ -85,7 +85,7 @@ class JobSettings:
             raise ConfigError(f"q must be 8, 16 or 32, got {self.q}")
         if not 0 < self.eps_sec < 1:
             raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
-        from labqfl.qkd.types import ENGINES
+        from labqfl.contracts.types import ENGINES
 
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {self.engine!r}")

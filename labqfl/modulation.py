@@ -38,9 +38,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from labqfl.contracts.types import ModulationRecord
 from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PlayedFrames
 from labqfl.log import get_logger
-from labqfl.qkd.types import ModulationRecord
 
 log = get_logger(__name__)
 
@@ -288,7 +288,7 @@ class ModulationStreamer:
 
 
 class PlayedChoiceLog:
-    """A client's :class:`~labqfl.qkd.types.ModulationLog` restricted to what was played: choices for
+    """A client's :class:`~labqfl.contracts.types.ModulationLog` restricted to what was played: choices for
     slots of played frames; asking for a slot of a lost (or unrecorded) frame raises ``ValueError``
     (filter with ``record.slot_mask`` first)."""
 

@@ -11,7 +11,7 @@ Everything follows from the station file, the task's model and the secure-aggreg
   rule :func:`labqfl.qkd.blocksize.plan_blocks` that ``labqfl run`` uses for the same duration):
   ℓ(B_p)/B_p secure bits per slot of the pair at the pair's own block size B_p (the rule at the
   pair's share), times the pair's slots per second, share_p · rep_rate (share_p = w_p/W of the
-  schedule, :class:`labqfl.qkd.schedule.PairSchedule`), less the authentication key each block
+  schedule, :class:`labqfl.contracts.schedule.PairSchedule`), less the authentication key each block
   refills (64·(3 or 2) bits; the measured rate is delivered key).
 * **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
   pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
@@ -122,7 +122,7 @@ class Plan:
 
 
 def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
-    from labqfl.qkd.channel_model import transmittances
+    from labqfl.contracts.channel_model import transmittances
 
     e_cw, e_ccw = transmittances(cfg, a, b)
     return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
@@ -143,7 +143,7 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
     schedule share) and a final rest that is distilled only if it holds the pair's
     ``min_final_bits`` sifted bits (:class:`labqfl.qkd.pipeline.DistillSettings`); each block less
     the authentication key it refills (:func:`_delivered`)."""
-    from labqfl.qkd.channel_model import pair_channel
+    from labqfl.contracts.channel_model import pair_channel
     from labqfl.qkd.keyrate import predict_pair
 
     B = float(bp.block_slots)
@@ -172,10 +172,10 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     block-size rule's block size. ``None``: the duration the plan itself predicts (two passes:
     the rule for an open-ended stream, then for the predicted duration).
     """
+    from labqfl.contracts.schedule import PairSchedule
     from labqfl.fl.secure import SecAggConfig
     from labqfl.fl.tasks import make_model
     from labqfl.qkd.estimation import SecurityParameters
-    from labqfl.qkd.schedule import PairSchedule
 
     names = cfg.client_names
     _check_plan_args(cfg, task, rounds, clients, duration_s, distill_bps)
@@ -298,13 +298,13 @@ def _mark_starving(pairs: dict[str, PairPlan]) -> list[PairPlan]:
 
 def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_bps: float) -> float:
     """Distillation: every scheduled pair's sifted bits over the acquisition / ``distill_bps``."""
-    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
+    from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
     k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
     rep = float(cfg.laser.rep_rate_hz)
     sifted = 0.0
     if math.isfinite(acq_total):
-        from labqfl.qkd.channel_model import pair_channel
+        from labqfl.contracts.channel_model import pair_channel
         from labqfl.qkd.keyrate import expected_counts
 
         for (a, b), name in zip(sched.pairs, sched.names, strict=True):
@@ -412,7 +412,7 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     (laser, detectors, tagger, node loss, operating point of its client C1 for every client).
     Loop: ``loop_km`` of fibre at :data:`FIBRE_LOSS_DB_PER_KM` split evenly into N+1 segments;
     each client's modulators cost ``insertion_loss_db`` to every pulse passing it
-    (:mod:`labqfl.qkd.channel_model`). Schedule: only the pairs of the mask graph
+    (:mod:`labqfl.contracts.channel_model`). Schedule: only the pairs of the mask graph
     (:func:`labqfl.fl.masks.mask_graph`), with weights from the key-rate model so the key rates
     balance: w_p ∝ 1/R_p with R_p = :func:`labqfl.qkd.keyrate.ideal_decoy_asymptotic_rate` (key
     bits per slot of the pair; the finite-block model costs ~0.5 s per pair, too slow for the
@@ -426,8 +426,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     Returns the config and a summary (loss and rate ranges, pairs without key).
     """
     from labqfl.config import parse_station_config
+    from labqfl.contracts.channel_model import pair_channel
     from labqfl.fl.masks import mask_graph, split_pair
-    from labqfl.qkd.channel_model import pair_channel
     from labqfl.qkd.keyrate import ideal_decoy_asymptotic_rate
 
     _check_station_args(n_clients, loop_km, insertion_loss_db, balance)
@@ -501,8 +501,8 @@ def _schedule_frames(cfg: StationConfig, pairs: list[tuple[str, str]], rates: li
                      max_frames: int) -> list[int]:
     """Frames per cycle of each pair: balanced asymptotic key rates, or (``"first-key"``) w_p ∝ N_rule,p."""
     if balance == "first-key":  # w_p ∝ N_rule,p: slots per second ∝ the slots the pair's first block needs
+        from labqfl.contracts.channel_model import pair_channel
         from labqfl.qkd.blocksize import BLOCK_MARGIN, break_even_slots
-        from labqfl.qkd.channel_model import pair_channel
 
         rule = [(1.0 + BLOCK_MARGIN) * break_even_slots(pair_channel(cfg, a, b)) for a, b in pairs]
         return balance_frames([1.0 / r if math.isfinite(r) and r > 0 else 0.0 for r in rule], max_frames=max_frames)

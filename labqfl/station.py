@@ -480,7 +480,7 @@ class Station:
 
     # -- records, checks, shutdown ------------------------------------------------------------
     def client_logs(self) -> dict[str, Any]:
-        """Each client's own modulation log (:class:`~labqfl.qkd.types.ModulationLog`) of the latest
+        """Each client's own modulation log (:class:`~labqfl.contracts.types.ModulationLog`) of the latest
         acquisition of the time tagger, by client name.
 
         Simulated clients arm a generator per acquisition (a fresh CSPRNG key, or the seeded
@@ -500,11 +500,11 @@ class Station:
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see
-        :func:`labqfl.qkd.types.acquisition_id`; block IDs of its keys derive from it."""
+        :func:`labqfl.contracts.types.acquisition_id`; block IDs of its keys derive from it."""
         epoch = getattr(self.time_tagger, "acquisition_epoch", None)
         if epoch is None:
             raise StationError(f"station {self.name!r}: no acquisition yet")
-        from labqfl.qkd.types import acquisition_id
+        from labqfl.contracts.types import acquisition_id
 
         return acquisition_id(self.config, int(epoch))
 

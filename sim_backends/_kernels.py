@@ -70,7 +70,7 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
                  eta_d0: float, eta_d1: float, theta: float) -> float:
     """Cumulative outcome probabilities per (k_i, k_j, a_i, a_j), normalised by their maximum.
 
-    Mean photon numbers exactly as :meth:`labqfl.qkd.channel_model.PairChannel.mean_photons`:
+    Mean photon numbers exactly as :meth:`labqfl.contracts.channel_model.PairChannel.mean_photons`:
     A = η_cw·μ_i, B = η_ccw·μ_j, m0 = η_D0[tA + (1−t)B + 2V√(t(1−t)AB)cos δ],
     m1 = η_D1[(1−t)A + tB − 2V√(t(1−t)AB)cos δ]; signal clicks p = 1 − e^(−m) (dark counts are a
     separate Poisson process, which reproduces 1 − (1 − p_dark)e^(−m) per slot window).

@@ -12,10 +12,10 @@ import numpy as np
 from labqfl.sim_backends.qrng import ChoiceLog, client_log
 
 from labqfl.config import StationConfig
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import pair_name
 from labqfl.instruments.base import TagBlock
 from labqfl.physics import loop_delay_ps
-from labqfl.qkd.schedule import PairSchedule
-from labqfl.qkd.types import pair_name
 
 BASIS_PAIRS = ("XX", "XY", "YX", "YY")
 

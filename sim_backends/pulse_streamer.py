@@ -583,7 +583,7 @@ class PlayedLevels:
             out[:] = self.codes[int(i[0]):int(i[0]) + len(out)]
 
     def choices(self, slots: np.ndarray) -> Any:
-        from labqfl.qkd.types import ModulationRecord
+        from labqfl.contracts.types import ModulationRecord
 
         s = np.ascontiguousarray(slots, dtype=np.int64)
         c = self.codes[self._index(s)]

@@ -12,7 +12,7 @@ client answer "what did I send in slot s?" without replaying a stream.
   γ = 0x9E3779B97F4A7C15;
 * intensity index ``k``: the first k with ``h >> 32 < thr_k`` where ``thr_k = ⌊2^32·Σ_{m≤k} p_m⌋``;
 * basis ``b = 0`` (X) if ``(h >> 1) & (2^31 − 1) < ⌊2^31·p_X⌉`` else 1 (Y); bit ``= h & 1``;
-* phase index ``a = b + 2·bit`` (basis = a % 2, bit = a // 2, as in :mod:`labqfl.qkd.types`).
+* phase index ``a = b + 2·bit`` (basis = a % 2, bit = a // 2, as in :mod:`labqfl.contracts.types`).
 
 This is the **seeded** generator (``randomness = "seeded"``): reproducible for tests and benchmarks,
 and therefore predictable by anyone holding the station file (seed) and the acquisition epoch. Keys
@@ -50,7 +50,7 @@ import numba as nb
 import numpy as np
 
 from labqfl.config import ClientConfig, StationConfig
-from labqfl.qkd.types import ModulationRecord
+from labqfl.contracts.types import ModulationRecord
 
 MASK64 = (1 << 64) - 1
 GAMMA = 0x9E3779B97F4A7C15

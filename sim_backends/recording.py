@@ -168,7 +168,7 @@ def record(tagger: TimeTagger, path: str | Path, duration_s: float, config: Stat
     get_logs = getattr(tagger, "client_logs", None)
     logs = list(get_logs().values()) if (epoch is not None and get_logs is not None) else []
     if logs:
-        from labqfl.qkd.types import acquisition_id
+        from labqfl.contracts.types import acquisition_id
 
         save_client_logs(logs, acquisition_id(config, int(epoch)), data_dir)  # type: ignore[arg-type]
     w = RecordingWriter(path, config, epoch=epoch, client_logs=logs, source="sim" if epoch is not None else "hardware")
@@ -261,11 +261,11 @@ class Recording:
 
     @property
     def acquisition_id(self) -> str | None:
-        """Identity of the recorded acquisition (:func:`labqfl.qkd.types.acquisition_id`), None
+        """Identity of the recorded acquisition (:func:`labqfl.contracts.types.acquisition_id`), None
         for a hardware recording without an epoch."""
         if self.epoch < 0:
             return None
-        from labqfl.qkd.types import acquisition_id
+        from labqfl.contracts.types import acquisition_id
 
         return acquisition_id(self.config, self.epoch)
 

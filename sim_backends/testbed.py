@@ -4,7 +4,7 @@ Model (documented in docs/simulator.md):
 
 * **Laser**: slot ``s`` (one pulse) is emitted at ``round(s·T)`` ps, T = 1/rep_rate. Timing jitter
   (rms) and pulse width (FWHM/2.355) add to the detectors' Gaussian jitter for photon clicks.
-* **Schedule**: :class:`labqfl.qkd.schedule.PairSchedule`; in a frame of pair (Ci, Cj) client i
+* **Schedule**: :class:`labqfl.contracts.schedule.PairSchedule`; in a frame of pair (Ci, Cj) client i
   modulates the clockwise pulse and client j the counter-clockwise one.
 * **Clients**: each client's generator (:mod:`labqfl.sim_backends.qrng`: CSPRNG or seeded) writes
   its modulator drive pattern (intensity level k and phase index a per slot) for the slots of its
@@ -13,9 +13,9 @@ Model (documented in docs/simulator.md):
   (0 with the shutter closed). Applied phase of index a:
   V = clip((aπ/2 − bias_set)·Vπ_set/π, ±amplitude/2), φ = πV/Vπ_true + φ0_true with
   Vπ_true = v_pi_v/(1 + v_pi_error) and φ0_true = config ``bias_phase_rad``.
-* **Loop and splitter**: per-pair transmittances from :func:`labqfl.qkd.channel_model.transmittances`
+* **Loop and splitter**: per-pair transmittances from :func:`labqfl.contracts.channel_model.transmittances`
   and click probabilities with exactly the formulas of
-  :class:`labqfl.qkd.channel_model.PairChannel` (δ = φ_i − φ_j + θ, θ a random walk of strength
+  :class:`labqfl.contracts.channel_model.PairChannel` (δ = φ_i − φ_j + θ, θ a random walk of strength
   ``phase_drift_rad_per_sqrt_s`` stepped every chunk of 65 536 slots).
 * **Thinning**: per frame segment, candidate slots are drawn with geometric gaps at p_max and
   accepted with p/p_max, so the cost grows with detections, not pulses.
@@ -56,10 +56,10 @@ from labqfl.sim_backends.qrng import (
 )
 
 from labqfl.config import StationConfig
+from labqfl.contracts.channel_model import transmittances
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
-from labqfl.qkd.channel_model import transmittances
-from labqfl.qkd.schedule import PairSchedule
 
 C_LIGHT = 299_792_458.0
 H_PLANCK = 6.626_070_15e-34

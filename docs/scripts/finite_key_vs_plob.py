@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from labqfl.qkd.channel_model import PairChannel
+from labqfl.contracts.channel_model import PairChannel
 from labqfl.qkd.keyrate import optimize_pair
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from labqfl.contracts.channel_model import PairChannel, pair_channel
 from labqfl.planning import make_station
-from labqfl.qkd.channel_model import PairChannel, pair_channel
 from labqfl.qkd.keyrate import ideal_decoy_asymptotic_rate
 
 CASES = [(16, 4, 0.5), (16, 4, 1.0), (16, 4, 2.0), (64, 2, 0.05), (64, 2, 0.1), (64, 2, 0.2), (64, 2, 0.5),

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from labqfl.qkd.types import ENGINES
+from labqfl.contracts.types import ENGINES
 
 
 def key_provenance_text(cfg: Any) -> str:

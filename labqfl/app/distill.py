@@ -13,7 +13,7 @@ live distillation all go through :class:`DistillSession`::
         results = session.finish(total_slots)
     # the key stores are closed here, whatever happened
 
-Block IDs derive from the acquisition ID (:func:`labqfl.qkd.types.acquisition_id`), so the same
+Block IDs derive from the acquisition ID (:func:`labqfl.contracts.types.acquisition_id`), so the same
 raw data is never distilled into a store twice (ARCHITECTURE.md "Keys"); every block's
 provenance (physical layer, the clients' randomness, protocol, ε) is stamped by the Distiller
 from the logs the Station hands out (:mod:`labqfl.provenance`).
@@ -34,7 +34,7 @@ from labqfl.errors import ConfigError
 class DistillOptions:
     """What a user chooses for a distillation (``labqfl distill``/``run`` options, the GUI's panel).
 
-    ``engine``: error correction (:data:`labqfl.qkd.types.ENGINES`); ``block_bits``: sifted bits
+    ``engine``: error correction (:data:`labqfl.contracts.types.ENGINES`); ``block_bits``: sifted bits
     per key block and pair (``None``: the block-size rule, :mod:`labqfl.qkd.blocksize`);
     ``eps_sec``: secrecy parameter of the finite-key analysis (``None``: the pipeline's default);
     ``bootstrap_auth``: False never writes a simulated pre-shared authentication key.
@@ -46,7 +46,7 @@ class DistillOptions:
     bootstrap_auth: bool = True
 
     def __post_init__(self) -> None:
-        from labqfl.qkd.types import ENGINES
+        from labqfl.contracts.types import ENGINES
 
         if self.engine not in ENGINES:
             raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
@@ -90,7 +90,7 @@ def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) 
     """(each client's modulation log, the acquisition ID) of a recording (:func:`labqfl.station.open_recording`):
     seeded clients' logs from the recording, CSPRNG clients' private logs from their folders under
     ``data_dir`` (``FileNotFoundError`` when one is not on this machine)."""
-    from labqfl.qkd.types import acquisition_id
+    from labqfl.contracts.types import acquisition_id
 
     logs = {c: recording.client_log(c, data_dir) for c in cfg.client_names}
     acq = acquisition_id(recording.config, recording.epoch) if recording.epoch >= 0 else None

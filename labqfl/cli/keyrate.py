@@ -16,7 +16,7 @@ from rich.table import Table
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import StationConfig, load_station_config
-from labqfl.qkd.types import split_pair
+from labqfl.contracts.types import split_pair
 
 #: Block sizes [slots per pair] of the key-rate-versus-block-size plot.
 BLOCK_SWEEP = (1e8, 3e8, 1e9, 3e9, 1e10, 3e10, 1e11, 1e12, 1e13)

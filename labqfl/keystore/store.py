@@ -184,7 +184,7 @@ def _now() -> str:
 
 
 def _check_pair(pair: str) -> str:
-    # Same rule as labqfl.qkd.types.split_pair (not imported: it would pull numba into every
+    # Same rule as labqfl.contracts.types.split_pair (not imported: it would pull numba into every
     # process that only needs keys).
     a, sep, b = pair.partition("-") if isinstance(pair, str) else ("", "", "")
     if not sep or not _NODE_RE.match(a) or not _NODE_RE.match(b) or a == b:

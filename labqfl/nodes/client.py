@@ -53,6 +53,8 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import Announcements
 from labqfl.errors import AuthenticationError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.log import get_logger
@@ -83,10 +85,8 @@ from labqfl.qkd.pipeline import (
     _auth_bits_per_block,
     block_slots_for,
 )
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
-from labqfl.qkd.types import Announcements
 
 log = get_logger(__name__)
 

@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.nodes.common import Node, NodeError, RecordedChannel, ok, open_session, request
 from labqfl.qkd.messaging import Message
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
 
 log = get_logger(__name__)

@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.types import ModulationRecord
 from labqfl.errors import LabqflError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.net import ServedSession
 from labqfl.nodes.common import Node, NodeError, ok
 from labqfl.qkd.messaging import Message, MessageError
-from labqfl.qkd.types import ModulationRecord
 
 log = get_logger(__name__)
 

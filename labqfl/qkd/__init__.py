@@ -1,7 +1,7 @@
 """QKD post-processing: slotting, sifting, parameter estimation, error correction, verification,
 privacy amplification and the streaming orchestrator. Each stage is a library call.
 
-The public names below are imported lazily (on first use), so ``import labqfl.qkd.types`` and the
+The public names below are imported lazily (on first use), so ``import labqfl.contracts.types`` and the
 light modules do not pay for Numba/SciPy start-up.
 
 Stable API: ``reconcile_cascade(alice_bits, bob_bits, qber, *, seed=None)``,

@@ -24,9 +24,9 @@ phase error (docs/protocol.md §4–§5). The rule picks block sizes from the ke
 Units. The pipeline closes a pair's block after a fixed number of the pair's slots,
 ``block_slots`` (:class:`~labqfl.qkd.pipeline.DistillSettings`, docs/protocol.md §5.1). Every
 pair gets its own: a pair owns the share w_p/W of the laser's slots (time-division schedule,
-:mod:`labqfl.qkd.schedule`; ``labqfl station make`` weights pairs by their key rate), so N slots
+:mod:`labqfl.contracts.schedule`; ``labqfl station make`` weights pairs by their key rate), so N slots
 of pair p take N/(share_p·rep_rate) seconds and T seconds of data hold T·share_p·rep_rate of its
-slots (exactly: :meth:`~labqfl.qkd.schedule.PairSchedule.slots_of_pair`). With known data each
+slots (exactly: :meth:`~labqfl.contracts.schedule.PairSchedule.slots_of_pair`). With known data each
 pair's slots are cut into its own k_p equal blocks; open-ended, each pair closes blocks of its own
 N_rule,p. The last, shorter block of a stream is distilled only with at least the pair's
 ``min_final_bits`` = s_p·N_rule,p sifted bits (s_p: the model's sifted bits per slot; a smaller
@@ -43,7 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from labqfl.config import StationConfig
-from labqfl.qkd.channel_model import PairChannel
+from labqfl.contracts.channel_model import PairChannel
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters
 from labqfl.qkd.keyrate import (
     DEFAULT_EC_EFFICIENCY,
@@ -51,8 +53,6 @@ from labqfl.qkd.keyrate import (
     expected_counts,
     station_pair_channel,
 )
-from labqfl.qkd.schedule import PairSchedule
-from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
 __all__ = ["BLOCK_MARGIN", "MIN_KEY_BITS", "MAX_BLOCK_BITS", "PairBlockPlan", "BlockPlan", "break_even_slots",
            "plan_blocks"]

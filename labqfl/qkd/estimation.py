@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts
 from labqfl.qkd.decoy import (
     PHASE_ERROR_TARGETS,
     DecoyBounds,
@@ -50,7 +51,6 @@ from labqfl.qkd.decoy import (
     phase_error_probability_bound,
 )
 from labqfl.qkd.finite_key import binary_entropy, conditional_sum_bounds, count_upper_bound
-from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Station model → expected counts → predicted secure key rate, and the operating-point optimiser.
 
-The expected statistics come from :mod:`labqfl.qkd.channel_model` (the analytical Sagnac-loop
+The expected statistics come from :mod:`labqfl.contracts.channel_model` (the analytical Sagnac-loop
 model the simulator is checked against): for every cell (k_i, k_j, b_i, b_j) the outcome
 probabilities are averaged over the two bit values of each client. The predicted key length of a
 block of N slots is :func:`labqfl.qkd.estimation.secure_key_length` applied to those expected
@@ -24,11 +24,11 @@ import numpy as np
 from scipy.optimize import minimize
 
 from labqfl.config import StationConfig
-from labqfl.qkd.channel_model import PairChannel, pair_channel
+from labqfl.contracts.channel_model import PairChannel, pair_channel
+from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
 from labqfl.qkd.decoy import detector_fock_yields, ideal_fock_yields, phase_error_probability_bound
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.finite_key import binary_entropy
-from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
 
 #: Default error-correction efficiency f (leak = f·n·h(Q)).
 DEFAULT_EC_EFFICIENCY = 1.1

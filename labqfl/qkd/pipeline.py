@@ -65,6 +65,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from labqfl.config import StationConfig
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import ENGINES, Announcements, ModulationLog, split_pair
 from labqfl.errors import InsufficientKeyError, KeyStoreError, QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
@@ -78,11 +80,9 @@ from labqfl.qkd.authentication import (
 from labqfl.qkd.estimation import SecurityParameters, epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, LocalChannel
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
 from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
-from labqfl.qkd.types import ENGINES, Announcements, ModulationLog, split_pair
 
 log = get_logger(__name__)
 
@@ -399,9 +399,9 @@ def block_slots_for(cfg: StationConfig, pair: tuple[str, str], block_bits: int) 
     """Slots of ``pair`` per block that hold ``block_bits`` sifted bits on average, from the
     station model alone (:func:`labqfl.qkd.keyrate.expected_counts` of the analytical loop
     model), so the block size N is fixed before any data is seen (docs/protocol.md §5.1)."""
-    from labqfl.qkd.channel_model import pair_channel
+    from labqfl.contracts.channel_model import pair_channel
+    from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
     from labqfl.qkd.keyrate import expected_counts
-    from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
     k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
     per_slot = float(expected_counts(pair_channel(cfg, *pair), 1.0).clicks[k0, k0, b0, b0])

@@ -1,6 +1,6 @@
 """Sifting: the node's announcements + each client's own modulation log → raw keys and statistics.
 
-Protocol (docs/protocol.md, rule in :mod:`labqfl.qkd.types`). For every clicked slot the node
+Protocol (docs/protocol.md, rule in :mod:`labqfl.contracts.types`). For every clicked slot the node
 announced, each client looks up its *own* choices and publicly announces one flag: "signal
 intensity and basis X" (a key candidate) or not. Slots flagged by both are **key slots**:
 
@@ -9,7 +9,7 @@ intensity and basis X" (a key candidate) or not. Slots flagged by both are **key
   random bit (squashing).
 
 All other clicked slots are **test slots**: both clients announce intensity, basis and bit, and
-the test statistics :class:`~labqfl.qkd.types.PairCounts` are tallied per (k_i, k_j, basis_i,
+the test statistics :class:`~labqfl.contracts.types.PairCounts` are tallied per (k_i, k_j, basis_i,
 basis_j): clicks, errors (equal bases only; a double click counts as half an error, ``errors_x2``
 keeps 2·errors integer) and double clicks. Key slots are counted as clicks in the (0, 0, X, X)
 cell; their errors are unknown at sifting time (``errors_x2`` there is 0) and are filled in from
@@ -38,8 +38,7 @@ from dataclasses import dataclass, replace
 import numba
 import numpy as np
 
-from labqfl.errors import QKDInputError
-from labqfl.qkd.types import (
+from labqfl.contracts.types import (
     KEY_BASIS,
     KEY_INTENSITY_INDEX,
     OUTCOME_BOTH,
@@ -50,6 +49,7 @@ from labqfl.qkd.types import (
     PairCounts,
     split_pair,
 )
+from labqfl.errors import QKDInputError
 
 __all__ = [
     "ClientSetup",

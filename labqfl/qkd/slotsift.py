@@ -1,5 +1,5 @@
 """Slotting and sifting in one pass: time tags + both clients' modulation logs → per-pair
-announcements, raw keys and :class:`~labqfl.qkd.types.PairCounts`.
+announcements, raw keys and :class:`~labqfl.contracts.types.PairCounts`.
 
 Same rules and the same output as the two stages run one after the other on a whole tag stream —
 :class:`~labqfl.qkd.slotting.Slotter` (push + finish), then
@@ -34,9 +34,10 @@ import numba
 import numpy as np
 from numba.typed import List as NumbaList
 
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import Announcements, ModulationRecord, PairCounts
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup, SiftResult
 from labqfl.qkd.slotting import (
     SlotRanges,
@@ -46,7 +47,6 @@ from labqfl.qkd.slotting import (
     _anchor_syncs,
     _interval_periods,
 )
-from labqfl.qkd.types import Announcements, ModulationRecord, PairCounts
 
 __all__ = ["DenseLog", "SlotSiftResult", "slot_sift"]
 
@@ -55,7 +55,7 @@ __all__ = ["DenseLog", "SlotSiftResult", "slot_sift"]
 class DenseLog:
     """A client's whole modulation record as per-slot arrays (slot s → ``intensity_idx[s]``,
     ``phase_idx[s]``; uint8), e.g. a pattern file or a simulation's record. Also a
-    :class:`~labqfl.qkd.types.ModulationLog` (``choices``), so the two-stage path can use it."""
+    :class:`~labqfl.contracts.types.ModulationLog` (``choices``), so the two-stage path can use it."""
 
     client: str
     intensity_idx: np.ndarray

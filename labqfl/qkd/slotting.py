@@ -66,11 +66,11 @@ import numba
 import numpy as np
 
 from labqfl.config import StationConfig
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import Announcements
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.physics import loop_delay_ps
-from labqfl.qkd.schedule import PairSchedule
-from labqfl.qkd.types import Announcements
 
 __all__ = [
     "SlottingParams",

@@ -3,7 +3,7 @@
 :class:`PairEndI` (client Ci) drives the protocol over a request/response
 :class:`~labqfl.qkd.messaging.Channel`; :class:`PairEndJ` (client Cj) is the
 :class:`~labqfl.qkd.messaging.Responder` on the other side. Each end is built from its own
-client's :class:`~labqfl.qkd.types.ModulationLog`, its own authentication-key supply and the
+client's :class:`~labqfl.contracts.types.ModulationLog`, its own authentication-key supply and the
 public setup of both clients; neither ever reads the other's log, bits or state. The same code
 runs in process (:class:`~labqfl.qkd.messaging.LocalChannel`, what
 :class:`~labqfl.qkd.pipeline.Distiller` uses) and between processes
@@ -25,7 +25,7 @@ per chunk of announced slots ``[lo, hi)`` (skipped for a chunk without announcem
    key slot); Cj answers with its own;
 4. ``test/bits`` — Ci's bits in the test slots with equal bases (the only ones whose bits the
    error counts need); Cj answers with its own. Both then tally the same
-   :class:`~labqfl.qkd.types.PairCounts` (:func:`~labqfl.qkd.sifting.reveal_counts`).
+   :class:`~labqfl.contracts.types.PairCounts` (:func:`~labqfl.qkd.sifting.reveal_counts`).
 
 per block (slots ``[start, end)``):
 
@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.types import Announcements, ModulationLog, PairCounts, split_pair
 from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import AuthKeySupply, TranscriptAuthenticator
@@ -90,7 +91,6 @@ from labqfl.qkd.sifting import (
 )
 from labqfl.qkd.spool import TranscriptSpool
 from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
-from labqfl.qkd.types import Announcements, ModulationLog, PairCounts, split_pair
 from labqfl.qkd.verification import hash_tag, verification_tag_length
 
 log = get_logger(__name__)

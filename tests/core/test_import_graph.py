@@ -44,7 +44,8 @@ LAYERS: dict[str, int] = {
     "labqfl.config": 2,
     "labqfl.instruments": 3,
     # the shared contracts: what the simulator, the Station, the nodes and the pipeline agree on
-    "labqfl.qkd.types": 4, "labqfl.qkd.channel_model": 4, "labqfl.qkd.schedule": 4,
+    "labqfl.contracts": 4, "labqfl.contracts.types": 4, "labqfl.contracts.channel_model": 4,
+    "labqfl.contracts.schedule": 4,
     "labqfl.modulation": 4, "labqfl.provenance": 4,
     # implementations of the instrument interfaces
     "labqfl.drivers": 5, "labqfl.sim_backends": 5,

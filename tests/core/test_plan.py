@@ -11,15 +11,15 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config
+from labqfl.contracts.channel_model import pair_channel
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import ConfigError
 from labqfl.fl.masks import mask_graph
 from labqfl.fl.tasks import make_model
 from labqfl.planning import compare, make_plan, make_station
 from labqfl.qkd.blocksize import plan_blocks
-from labqfl.qkd.channel_model import pair_channel
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.keyrate import predict_pair
-from labqfl.qkd.schedule import PairSchedule
 
 runner = CliRunner()
 DUR = 2.0  # s of acquisition: one rule-size block per pair on the default station

@@ -46,7 +46,7 @@ class LateFrom:
 
 def errors_x(outcomes: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> tuple[int, int]:
     """(errors, clicks) over single clicks in slots where both chose basis X: equal bits should give D0
-    (outcome 1), different bits D1 (outcome 2) (labqfl.qkd.types sifting rule)."""
+    (outcome 1), different bits D1 (outcome 2) (labqfl.contracts.types sifting rule)."""
     sel = (a1 % 2 == 0) & (a2 % 2 == 0) & (outcomes != 3)
     same = (a1 // 2) == (a2 // 2)
     err = (same & (outcomes == 2)) | (~same & (outcomes == 1))

@@ -266,8 +266,8 @@ def test_a_cj_node_killed_in_mid_block_leaves_no_key_of_that_block_and_earlier_b
 
 
 def test_both_ends_cut_the_detectors_chunks_at_the_pairs_fixed_block_ends():
+    from labqfl.contracts.schedule import PairSchedule
     from labqfl.nodes.client import block_cuts
-    from labqfl.qkd.schedule import PairSchedule
 
     cfg = load_station_config()
     sch = PairSchedule.from_config(cfg)

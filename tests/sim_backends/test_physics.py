@@ -1,4 +1,4 @@
-"""Monte-Carlo vs the analytical model (labqfl.qkd.channel_model), with explicit statistical bounds.
+"""Monte-Carlo vs the analytical model (labqfl.contracts.channel_model), with explicit statistical bounds.
 
 For every (intensity pair, phase pair) of a pair, the observed outcome frequencies
 (none / D0 only / D1 only / both) are compared with ``PairChannel.outcome_probabilities``:
@@ -20,7 +20,7 @@ from labqfl.sim_backends.stations import ideal_detectors
 from scipy import stats
 
 from labqfl.config import StationConfig
-from labqfl.qkd.channel_model import pair_channel
+from labqfl.contracts.channel_model import pair_channel
 
 
 def observed_combos(cfg: StationConfig, duration_s: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config, parse_station_config
+from labqfl.contracts.channel_model import pair_channel, transmittances
+from labqfl.contracts.schedule import PairSchedule, frame_order
 from labqfl.errors import ConfigError
 from labqfl.fl.masks import mask_graph
 from labqfl.planning import balance_frames, make_station
-from labqfl.qkd.channel_model import pair_channel, transmittances
 from labqfl.qkd.keyrate import expected_counts, ideal_decoy_asymptotic_rate
-from labqfl.qkd.schedule import PairSchedule, frame_order
 
 runner = CliRunner()
 

@@ -51,8 +51,8 @@ def _best_wall_cpu(fn, repeat: int = 3) -> tuple[float, float]:  # type: ignore[
 
 @benchmark("sifting", "Sifting of 10^7 announced clicks (key bits + PairCounts)", target="≥ 20 M events/s")
 def _sifting(quick: bool) -> BenchResult:
+    from labqfl.contracts.types import Announcements, ModulationRecord
     from labqfl.qkd.sifting import ClientSetup, sift_records
-    from labqfl.qkd.types import Announcements, ModulationRecord
 
     n = 100_000 if quick else 10_000_000
     rng = np.random.default_rng(1)
@@ -139,8 +139,8 @@ def _toeplitz(quick: bool) -> BenchResult:
 def _slotsift_stream(n_slots: int, seed: int = 5):  # type: ignore[no-untyped-def]
     """A tag stream (100 MHz, syncs every 1024 slots, 25 % of the slots clicked, 1 % double
     clicks, jitter 50 ps), three pairs on three clients, and the clients' dense logs."""
+    from labqfl.contracts.schedule import PairSchedule
     from labqfl.instruments.base import TagBlock
-    from labqfl.qkd.schedule import PairSchedule
     from labqfl.qkd.sifting import ClientSetup
     from labqfl.qkd.slotsift import DenseLog
     from labqfl.qkd.slotting import SlottingParams

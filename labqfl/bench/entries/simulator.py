@@ -23,8 +23,8 @@ import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
 from labqfl.config import StationConfig, load_station_config
-from labqfl.qkd.channel_model import pair_channel
-from labqfl.qkd.schedule import PairSchedule
+from labqfl.contracts.channel_model import pair_channel
+from labqfl.contracts.schedule import PairSchedule
 
 
 def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3,

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from labqfl.contracts.types import Announcements
 from labqfl.net import NodeCredentials, NodeServer, ServedSession
 from labqfl.qkd.authentication import BitPool
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.twoparty import BlockOutcome, PairEndJ
-from labqfl.qkd.types import Announcements
 
 
 class _Announcer:

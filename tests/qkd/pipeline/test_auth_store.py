@@ -13,6 +13,7 @@ import pytest
 from labqfl.sim_backends import SagnacTestbed
 from qkdpp_helpers import small_station
 
+from labqfl.contracts.types import acquisition_id
 from labqfl.errors import InsufficientKeyError, KeyStoreError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.qkd.estimation import SecurityParameters
@@ -25,7 +26,6 @@ from labqfl.qkd.pipeline import (
     MemorySink,
     distill_stream,
 )
-from labqfl.qkd.types import acquisition_id
 
 DUR = 0.1
 PAIR = "C1-C2"

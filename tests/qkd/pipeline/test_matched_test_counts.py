@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labqfl.qkd.types import PairCounts
+from labqfl.contracts.types import PairCounts
 
 
 def _counts(intensities_i: tuple[float, ...], intensities_j: tuple[float, ...]) -> PairCounts:

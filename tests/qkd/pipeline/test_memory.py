@@ -17,11 +17,11 @@ import pytest
 from labqfl.sim_backends import SagnacTestbed
 
 from labqfl.config import load_station_config
+from labqfl.contracts.types import Announcements
 from labqfl.qkd import spool
 from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink
 from labqfl.qkd.spool import TranscriptSpool, pack_entry, unpack_entry
 from labqfl.qkd.twoparty import announcement_entry
-from labqfl.qkd.types import Announcements
 
 _SIM_S = 0.25
 

@@ -118,10 +118,10 @@ def test_a_recording_can_be_distilled_into_a_key_store_only_once(tmp_path):
     block IDs derive from the acquisition, and the key store refuses a block it already holds."""
     from labqfl.sim_backends.recording import read_recording
 
+    from labqfl.contracts.types import acquisition_id
     from labqfl.errors import KeyStoreError
     from labqfl.keystore import KeyStore
     from labqfl.qkd.pipeline import KeyStoreSink
-    from labqfl.qkd.types import acquisition_id
 
     path = record_small_station(tmp_path, DUR)
     stores = {n: KeyStore.for_node(n, tmp_path / "data") for n in ("C1", "C2")}

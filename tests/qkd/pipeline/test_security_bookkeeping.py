@@ -13,6 +13,7 @@ from galois import GF
 from labqfl.sim_backends import SagnacTestbed
 from qkdpp_helpers import small_station
 
+from labqfl.contracts.types import Announcements, ModulationRecord, acquisition_id
 from labqfl.errors import AuthenticationError, KeyStoreError
 from labqfl.keystore import KeyStore
 from labqfl.qkd import twoparty as twoparty_mod
@@ -35,7 +36,6 @@ from labqfl.qkd.pipeline import (
     distill_stream,
 )
 from labqfl.qkd.sifting import sift_records
-from labqfl.qkd.types import Announcements, ModulationRecord, acquisition_id
 
 PAIR = "C1-C2"
 PARAMS = SecurityParameters(eps_sec=1e-4)

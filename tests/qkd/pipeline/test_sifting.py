@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labqfl.contracts.types import Announcements, ModulationRecord
 from labqfl.errors import QKDInputError
 from labqfl.qkd.sifting import ClientSetup, sift, sift_records, sift_reference, with_key_errors
-from labqfl.qkd.types import Announcements, ModulationRecord
 
 SETUP_I = ClientSetup("C1", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9)
 SETUP_J = ClientSetup("C2", (0.1, 0.02, 0.0), (0.8, 0.1, 0.1), 0.9)

@@ -10,9 +10,9 @@ from numba.typed import List as NumbaList
 from qkdpp_helpers import D0, D1, SYNC, make_params, split_blocks, synth_stream
 from test_sync_markers import marker_stream, mparams
 
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.sifting import ClientSetup, sift_records
 from labqfl.qkd.slotsift import DenseLog, _slot_sift_kernel, slot_sift
 from labqfl.qkd.slotting import (

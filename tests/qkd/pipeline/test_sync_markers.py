@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from qkdpp_helpers import D0, D1, SYNC, split_blocks
 
 from labqfl.config import load_station_config
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.schedule import PairSchedule
 from labqfl.qkd.slotting import SlotEvents, Slotter, SlottingParams
 
 MARK = 4

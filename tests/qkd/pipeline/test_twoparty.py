@@ -319,9 +319,9 @@ def test_announcements_that_differ_are_refused_by_the_transcript_tags_without_th
 
 def test_local_entries_count_in_the_transcript_length_and_the_forgery_bound():
     """final_words (hence ε_auth = attempts·(L/2^64)^lanes) includes the absorbed announcements."""
+    from labqfl.contracts.types import Announcements
     from labqfl.qkd.authentication import BitPool, TranscriptAuthenticator, forgery_probability
     from labqfl.qkd.twoparty import TranscriptEnd, announcement_entry
-    from labqfl.qkd.types import Announcements
 
     bits = np.random.default_rng(3).integers(0, 2, 4096, dtype=np.uint8)
     ann = Announcements(PAIR, np.arange(0, 3000, 7, dtype=np.int64), np.ones(429, np.uint8))
@@ -404,8 +404,8 @@ def test_a_seed_byte_altered_between_nodes_refuses_the_block_at_both_ends(acquis
 def test_counts_from_the_exchanged_reveals_equal_the_counts_from_both_full_records():
     """Each end tallies PairCounts from its own record plus the partner's flags and test reveals
     (bits only where the bases agree); that must be exactly what both full records give."""
+    from labqfl.contracts.types import ModulationRecord
     from labqfl.qkd.sifting import reveal_counts, sift_counts
-    from labqfl.qkd.types import ModulationRecord
 
     rng = np.random.default_rng(11)
     for _ in range(25):
@@ -452,10 +452,10 @@ def test_killing_the_cj_node_mid_block_refuses_that_block_at_ci_and_keeps_earlie
     import subprocess
     import sys
 
+    from labqfl.contracts.schedule import PairSchedule
+    from labqfl.contracts.types import Announcements
     from labqfl.qkd.authentication import BitPool
-    from labqfl.qkd.schedule import PairSchedule
     from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
-    from labqfl.qkd.types import Announcements
 
     cfg, blocks, logs = acquisition
     si, sj = ClientSetup.from_config(cfg.client("C1")), ClientSetup.from_config(cfg.client("C2"))

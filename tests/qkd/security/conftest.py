@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labqfl.config import StationConfig, load_station_config
-from labqfl.qkd.channel_model import PairChannel
+from labqfl.contracts.channel_model import PairChannel
 
 
 def make_channel(

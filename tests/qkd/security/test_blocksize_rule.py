@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from labqfl.config import StationConfig, load_station_config
+from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, split_pair
 from labqfl.qkd.blocksize import MIN_KEY_BITS, plan_blocks
 from labqfl.qkd.estimation import SecurityParameters, secure_key_length
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.keyrate import DEFAULT_EC_EFFICIENCY, expected_counts, station_pair_channel
-from labqfl.qkd.types import KEY_BASIS, KEY_INTENSITY_INDEX, split_pair
 
 SEEDS = 20
 

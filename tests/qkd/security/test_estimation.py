@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from labqfl.contracts.types import PairCounts
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.keyrate import expected_counts, predict_pair
-from labqfl.qkd.types import PairCounts
 
 _make: Any = None
 

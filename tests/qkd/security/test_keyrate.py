@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from labqfl.qkd.channel_model import PairChannel
+from labqfl.contracts.channel_model import PairChannel
 from labqfl.qkd.keyrate import (
     expected_counts,
     ideal_decoy_asymptotic_rate,

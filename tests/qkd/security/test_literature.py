@@ -16,7 +16,7 @@ import pytest
 from scipy.linalg import expm
 from scipy.optimize import brentq, minimize_scalar
 
-from labqfl.qkd.channel_model import PairChannel
+from labqfl.contracts.channel_model import PairChannel
 from labqfl.qkd.decoy import (
     PHASE_ERROR_TARGETS,
     decoy_yield_bounds,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from labqfl.config import StationConfig
-from labqfl.qkd.types import pair_name
+from labqfl.contracts.types import pair_name
 
 
 def frame_order(frames: Sequence[int]) -> np.ndarray:

@@ -135,7 +135,7 @@ class PairCounts:
 
         The optical error rate of the loop (visibility, drift, attacks): ``errors_x2 / 2 / clicks``.
         Cells of unequal intensities are left out: the wrong output port carries
-        η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.qkd.channel_model`), which is not zero for
+        η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.contracts.channel_model`), which is not zero for
         μ_i ≠ μ_j even at V = 1, so a perfect loop shows errors there.
         """
         ki, kj = self.intensities_i, self.intensities_j
