@@ -60,9 +60,8 @@ from labqfl.contracts.channel_model import transmittances
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
+from labqfl.physics import loop_delay_ps, photon_energy_j
 
-C_LIGHT = 299_792_458.0
-H_PLANCK = 6.626_070_15e-34
 CHUNK_SLOTS = 65536
 #: Largest window simulated at once (64 chunks): bounds the clients' drive-pattern buffers
 #: (one byte per client and slot); blocks longer than this are simulated in several windows.
@@ -297,8 +296,7 @@ class SagnacTestbed:
     @property
     def loop_delay_ps(self) -> float:
         """Propagation time around the whole loop τ_loop = n·ΣL/c [ps] (same for CW and CCW)."""
-        lp = self.config.loop
-        return lp.fiber_refractive_index * sum(lp.segments_km) * 1e3 / C_LIGHT * 1e12
+        return loop_delay_ps(self.config.loop)
 
     def true_delays_ps(self) -> dict[str, int]:
         """Delay from a slot's emission to its tag, per channel name, without jitter [ps]:
@@ -751,9 +749,7 @@ class SagnacTestbed:
             chans = sorted(self.live.enabled_channels)
         counts = dict.fromkeys(chans, 0)
         for blk in self._internal_stream(integration_s):
-            u, c = np.unique(blk.channels, return_counts=True)
-            for ch_, n in zip(u.tolist(), c.tolist(), strict=True):
-                counts[ch_] = counts.get(ch_, 0) + n
+            blk.channel_counts(counts)
         return {ch_: n / integration_s for ch_, n in counts.items()}
 
     def detector_count_rates(self, integration_s: float = 0.1) -> dict[str, float]:
@@ -786,7 +782,7 @@ class SagnacTestbed:
                 raise ValueError(f"power-meter tap must be 'laser' or one of {list(live.clients)}, got {tap!r}")
             ca = self._client_arrays()
             mu0 = float(ca["mu"][self._client_index[tap], 0])
-            photon_j = H_PLANCK * C_LIGHT / (live.wavelength_nm * 1e-9)
+            photon_j = photon_energy_j(live.wavelength_nm)
             return mu0 * photon_j * live.rep_rate_hz
 
     def fringe_scan(self, client: str, voltages: np.ndarray | list[float], *, reference: str | None = None,
