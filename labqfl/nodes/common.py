@@ -144,12 +144,15 @@ class Node:
         Prints ``NODE <name> <address>`` on stdout once listening (``as_json``: the JSON object
         ``{"node", "role", "address"}`` instead) and writes it to ``<data>/nodes/<name>/address.json``,
         so a launcher can read the ephemeral port."""
-        prev = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
         def on_signal(signum: int, frame: object) -> None:
             self.stopping.set()
 
-        for s in prev:
+        # A launcher's SIGTERM may arrive while this node is already stopping (after a ``ctl/stop``
+        # or its own signal): during the shutdown it only sets the event again, and once the node
+        # has shut down both signals are ignored, because the interpreter's own finalisation puts
+        # Python-level handlers back to the default action, and a late SIGTERM would then kill a
+        # cleanly stopped node (exit -15 instead of 0).
+        for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
         self.server.start()
         info = {"node": self.name, "role": self.role, "address": self.server.address}
@@ -164,8 +167,8 @@ class Node:
                 self.shutdown()
             finally:
                 self.server.stop(grace_s=2.0)
-                for s, h in prev.items():
-                    signal.signal(s, h)
+                for s in (signal.SIGTERM, signal.SIGINT):
+                    signal.signal(s, signal.SIG_IGN)
 
 
 #: Test hook: a folder where every node appends every message of the sessions it opens, both
