@@ -12,6 +12,9 @@ front ends cannot drift apart (issue 20; ARCHITECTURE.md "Rules between layers")
 - :mod:`labqfl.app.training` — :class:`TrainingSetup`: task defaults, the secure-aggregation
   config (self-masks, threshold, DP), the bit budget, the key source with its pre-flight key
   check, the run and the summary extras (key cost, provenance), close.
+- :mod:`labqfl.app.nodes` — :class:`NodeSet`: start a local set of node processes or connect to
+  running nodes by address, check that each answers, acquire → distil across them (per-pair
+  results and what each key's security rests on), stop only what it started.
 
 Qt-free and free of CLI code (no typer, no rich): the import-graph test keeps it so.
 """
@@ -19,8 +22,10 @@ Qt-free and free of CLI code (no typer, no rich): the import-graph test keeps it
 from __future__ import annotations
 
 from labqfl.app.distill import DistillOptions, DistillSession, distill_settings
+from labqfl.app.nodes import NodeAcquisition, NodeSet, NodeSetError, PairOutcome, read_addresses
 from labqfl.app.station import arm, channel_names, open_station
 from labqfl.app.training import TrainingSettings, TrainingSetup
 
-__all__ = ["DistillOptions", "DistillSession", "TrainingSettings", "TrainingSetup", "arm", "channel_names",
-           "distill_settings", "open_station"]
+__all__ = ["DistillOptions", "DistillSession", "NodeAcquisition", "NodeSet", "NodeSetError", "PairOutcome",
+           "TrainingSettings", "TrainingSetup", "arm", "channel_names", "distill_settings", "open_station",
+           "read_addresses"]
