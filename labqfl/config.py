@@ -20,6 +20,7 @@ The embedded default (``labqfl/data/default_station.toml``) is the simulated fou
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -427,6 +428,36 @@ def validate_options(model: type[OptionsT], options: dict[str, Any], *, source: 
                           f"got {got!r}{more}") from None
 
 
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+class FlServerConfig(_Model):
+    """The federated-learning server node (``labqfl node server``, docs/nodes.md): where its
+    mutual-TLS front listens and the SuperNodes dial, its certificate name and folder, its data
+    folder. Optional: without this section ``labqfl node server`` takes the same from its options."""
+
+    name: str = Field("server", pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$",
+                      description="certificate CN of the server node (a DNS label)")
+    host: str = Field("127.0.0.1", description="IP address or DNS name of the front (listen / dial)")
+    port: int = Field(9092, ge=0, le=65535, description="TCP port of the front (0: any free port, loopback only)")
+    certs: str | None = Field(None, min_length=1, description="folder with ca.pem and node-<name>.pem/.key")
+    data: str | None = Field(None, min_length=1, description="the server node's own data folder")
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not _HOST_RE.match(v):
+            raise ValueError("expected an IP address or a DNS name (letters, digits, '-' and '.')")
+        return v
+
+
 class StationConfig(_Model):
     """The whole station. Load with :func:`load_station_config`."""
 
@@ -444,6 +475,7 @@ class StationConfig(_Model):
     power_meter: PowerMeterConfig = Field(default_factory=PowerMeterConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    fl_server: FlServerConfig | None = Field(None, description="the federated-learning server node (docs/nodes.md)")
 
     @model_validator(mode="after")
     def _consistency(self) -> StationConfig:

@@ -369,7 +369,10 @@ class MainJob:
             setup.load_data()
             tstate = self.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0})
             if tstate["rounds_done"] < s.rounds:
-                self._train_rounds(setup, tstate)
+                if s.nodes:  # the server node and one SuperNode per client, each drawing its own pads
+                    self._train_over_nodes(setup, tstate)
+                else:
+                    self._train_rounds(setup, tstate)
         tstate["in_round"] = False
         rounds = tstate["rounds"]
         tstate["summary"] = {
@@ -384,6 +387,7 @@ class MainJob:
             "secagg": setup.secagg.as_dict(), "data": setup.data.meta, "rounds": rounds,
             "interrupted_rounds": tstate["interrupted_rounds"],
             **self._training_key_security(tstate.get("key_blocks_used", {})),
+            **({"nodes": tstate["nodes"]} if "nodes" in tstate else {}),
         }
         self._phase("train", "done")
 
@@ -417,6 +421,28 @@ class MainJob:
         result = setup.run(init_params=init, start_round=start, on_round_end=on_round)
         tstate["initial_test_accuracy"] = tstate.get("initial_test_accuracy", result.initial_accuracy)
         tstate["initial_test_loss"] = tstate.get("initial_test_loss", result.initial_loss)
+
+    def _train_over_nodes(self, setup: Any, tstate: dict[str, Any]) -> None:
+        """``--nodes``: every round in one Flower run over the FL server node and a SuperNode per
+        client (:func:`labqfl.nodes.runjob.train_over_nodes`); this process opens no key store
+        while it runs. A Flower run starts from the initial model, so an interrupted training is
+        redone from round 1 with fresh keys (the keys it had drawn are spent, not reused)."""
+        from labqfl.nodes.runjob import train_over_nodes
+
+        tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
+        tstate.update(rounds_done=0, rounds=[], in_round=True)
+        self._save_state()
+        res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
+                               log_dir=self.path / "nodes", progress=self.progress)
+        ckpt = self.run_record.data_path(CHECKPOINT)
+        tmp = ckpt.with_suffix(".tmp.npy")
+        np.save(tmp, np.asarray(res.final_params, dtype=np.float64))
+        os.replace(tmp, ckpt)
+        tstate.update(rounds=res.summary["rounds"], rounds_done=len(res.summary["rounds"]),
+                      initial_test_accuracy=res.summary["initial_test_accuracy"],
+                      initial_test_loss=res.summary["initial_test_loss"], key_blocks_used=res.blocks_used,
+                      nodes=res.path_metrics())
+        self._save_state()
 
     def _training_key_security(self, used: Mapping[str, list[str]]) -> dict[str, Any]:
         """``key_provenance`` (per pair: the provenance of the key blocks the masks consumed, from

@@ -56,6 +56,8 @@ def build(node_app: typer.Typer) -> None:
     _add_client(node_app)
     _add_detector(node_app)
     _add_optics(node_app)
+    _add_server(node_app)
+    _add_supernode(node_app)
     _add_acquire(node_app)
     _add_up(node_app)
 
@@ -119,6 +121,67 @@ def _add_optics(node_app: typer.Typer) -> None:
         from labqfl.nodes.optics import main
 
         main(name, station, data, listen, certs, threads=threads, as_json=as_json)
+
+
+def _add_server(node_app: typer.Typer) -> None:
+    @node_app.command("server")
+    @handle_errors
+    def server(
+        name: str = typer.Option(None, "--name", help="Node name (its certificate's CN; default: the station's "
+                                 "[fl_server] name, else 'server')."),
+        station: Path = STATION,
+        data: Path = typer.Option(None, "--data", help="This node's own data folder (default: the station's "
+                                  "[fl_server] data; one of the two is required)."),
+        listen: str = LISTEN,
+        fl_listen: str = typer.Option(None, "--fl-listen", help="HOST:PORT of the mutual-TLS front the SuperNodes "
+                                      "dial (default: the station's [fl_server] host and port)."),
+        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-<name>.pem/.key (default: the "
+                                   "station's [fl_server] certs; one of the two is required)."),
+        as_json: bool = NODE_JSON,
+    ) -> None:
+        """Federated-learning server: Flower's SuperLink with TLS behind a mutual-TLS front for the clients."""
+        from labqfl.config import load_station_config
+        from labqfl.errors import ConfigError
+        from labqfl.nodes.flserver import main
+
+        fs = load_station_config(station).fl_server
+        name = name or (fs.name if fs else "server")
+        fl_listen = fl_listen or (f"{fs.host}:{fs.port}" if fs else "127.0.0.1:0")
+        data_dir = data or (Path(fs.data) if fs and fs.data else None)
+        cert_dir = certs or (Path(fs.certs) if fs and fs.certs else None)
+        if data_dir is None or cert_dir is None:
+            raise ConfigError("labqfl node server needs --data and --certs (or data and certs in the station's "
+                              "[fl_server] section)")
+        main(name, station, data_dir, listen, cert_dir, fl_listen=fl_listen, as_json=as_json)
+
+
+def _add_supernode(node_app: typer.Typer) -> None:
+    @node_app.command("supernode")
+    @handle_errors
+    def supernode(
+        name: str = typer.Option(..., "--name", help="Client name (C1, C2, ...; its certificate's CN)."),
+        data: Path = typer.Option(..., "--data", help="The client's own data folder, the same as its client node's "
+                                  "(the ClientApp draws the pads from <data>/keystore/<name>.sqlite only)."),
+        server: str = typer.Option(None, "--server", help="HOST:PORT of the server node's mutual-TLS front "
+                                   "(default: the station's [fl_server] host and port)."),
+        server_name: str = typer.Option(None, "--server-name", help="The server node's certificate name "
+                                        "(default: the station's [fl_server] name, else 'server')."),
+        station: Path = STATION, certs: Path = CERTS, as_json: bool = NODE_JSON,
+    ) -> None:
+        """Client Ci's Flower SuperNode beside its client node: its ClientApp uses Ci's key store only."""
+        import sys
+
+        from labqfl.config import load_station_config
+        from labqfl.errors import ConfigError
+        from labqfl.nodes.supernode import main
+
+        fs = load_station_config(station).fl_server
+        front = server or (f"{fs.host}:{fs.port}" if fs and fs.port else None)
+        if front is None:
+            raise ConfigError("labqfl node supernode needs --server HOST:PORT (or host and a port in the station's "
+                              "[fl_server] section)")
+        sys.exit(main(name, data, front, certs, server_name=server_name or (fs.name if fs else "server"),
+                      as_json=as_json))
 
 
 def _add_acquire(node_app: typer.Typer) -> None:

@@ -45,8 +45,9 @@ def run(
     nodes: bool = typer.Option(
         False, "--nodes/--in-process",
         help="Acquire and distil across node processes on loopback (optics, detector, one process per client; "
-             "throwaway certificates; docs/nodes.md) instead of in this process. Training then draws the pads "
-             "from the same key stores."),
+             "throwaway certificates; docs/nodes.md), then train across the federated-learning server node and one "
+             "Flower SuperNode per client, each drawing its pads from its own client's key store only; not in this "
+             "process."),
     resume: Path | None = typer.Option(None, "--resume", file_okay=False,
                                        help="Continue an interrupted run folder (other options are taken from it)."),
     as_json: bool = JSON_OPTION,

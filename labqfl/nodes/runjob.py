@@ -39,7 +39,7 @@ from labqfl.nodes.common import NodeError
 
 log = get_logger(__name__)
 
-__all__ = ["NodesAcquisition", "acquire_over_nodes", "pairs_needing_preshare"]
+__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "train_over_nodes"]
 
 #: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
 ProgressFn = Callable[[str, float, float, str], None]
@@ -190,3 +190,147 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
             exit_codes=codes, detector=dict(res["detector"]), stop_s=stop_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # throwaway certificates (and the CA key) go with it
+
+
+# ------------------------------------------------------------------------------------ training
+@dataclass
+class NodesTraining:
+    """Federated training over the server node and one SuperNode per client (no key bit in it)."""
+
+    #: ``FederatedResult.summary()`` as the ServerApp wrote it (``rounds``: the RoundMetrics dicts)
+    summary: dict[str, Any]
+    #: per Flower round: dropouts, reveal bits, ... (:func:`labqfl.fl.flower.server.flower_summary`)
+    flower: list[dict[str, Any]]
+    final_params: list[float]
+    #: per mask-graph pair: the key-store blocks the pads came from (read after the nodes stopped)
+    blocks_used: dict[str, list[str]]
+    startup_s: dict[str, Any] = field(default_factory=dict)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+    wall_s: float = 0.0
+    stop_s: float = 0.0
+
+    def path_metrics(self) -> dict[str, Any]:
+        """``metrics.json``'s ``train.nodes`` entry."""
+        return {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
+                "exit_codes": self.exit_codes, "train_wall_s": round(self.wall_s, 3), "flower": self.flower}
+
+
+def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
+    """The :class:`~labqfl.fl.flower.spec.FlowerSpec` of a :class:`~labqfl.app.training.TrainingSetup`
+    (the same local training, quantisation, graph and seeds as in process; ``keys="qkd"`` with no
+    key-store folder: every SuperNode uses its own client's)."""
+    from labqfl.errors import ConfigError
+    from labqfl.fl.flower.spec import FlowerSpec
+
+    want = [f"C{i + 1}" for i in range(len(names))]
+    if list(names) != want:
+        raise ConfigError(f"training over nodes needs the station's clients named {want} in this order, got {names}")
+    s, sa = setup.settings, setup.secagg
+    if setup.dp_plan is not None or setup.noise_model is not None:
+        raise ConfigError("training over nodes runs without --dp-epsilon and --noise/--shots")
+    return FlowerSpec(task=s.task, clients=len(names), q=sa.q, rounds=s.rounds, keys="qkd", seed=s.seed,
+                      local_epochs=setup.local.epochs, lr=setup.local.lr, batch_size=setup.local.batch_size,
+                      clip=float(sa.clip), rounding=sa.rounding, graph=sa.graph if sa.graph == "all" else f"ring-{sa.k}",
+                      k=sa.k, min_survivors=sa.min_survivors, self_masks=bool(sa.self_masks),
+                      threshold=int(sa.threshold or 0), non_iid=s.non_iid, alpha=s.alpha, digits=s.digits,
+                      data_dir=data_dir or (str(s.data_dir) if s.data_dir else ""),
+                      samples_per_client=s.samples_per_client if s.samples_per_client is not None else 100,
+                      test_size=s.test_size if s.test_size is not None else 400, keystore_dir="",
+                      stage_timeout_s=600.0, node_wait_s=300.0)
+
+
+def _mnist_cache(task: str, folder: Path) -> str:
+    """For an MNIST task: the embedded subset saved once as ``folder/mnist.npz`` (public data), so
+    that every ClientApp and ServerApp process loads it in milliseconds instead of parsing the
+    embedded copy; "" otherwise."""
+    if not task.startswith("mnist"):
+        return ""
+    import numpy as np
+
+    from labqfl.fl.datasets.mnist import load_embedded_mnist
+
+    mn = load_embedded_mnist()
+    np.savez(folder / "mnist.npz", x_train=mn.x_train, y_train=mn.y_train, x_test=mn.x_test, y_test=mn.y_test)
+    return str(folder)
+
+
+def mask_blocks_used(data_dir: Path, pairs: list[str], since: str) -> dict[str, list[str]]:
+    """Per pair: the block IDs of the mask pads its master Ci reserved since ``since`` (UTC ISO
+    time), from the ``deliveries`` of Ci's store (refs name blocks; no key bit is read). Called
+    only after every node stopped."""
+    import sqlite3
+
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        path = Path(data_dir) / "keystore" / f"{pair.split('-')[0]}.sqlite"
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT refs, info FROM deliveries WHERE pair = ? AND created >= ?", (pair, since)).fetchall()
+        finally:
+            con.close()
+        ids = {str(r[0]) for refs, info in rows if json.loads(info).get("use") == "fl-mask" for r in json.loads(refs)}
+        if ids:
+            out[pair] = sorted(ids)
+    return out
+
+
+def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_dir: Path,
+                     log_dir: Path | None = None, progress: ProgressFn | None = None,
+                     timeout_s: float = 3600.0) -> NodesTraining:
+    """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
+    source is never opened here) across the server node (data folder ``server_dir``) and one
+    SuperNode per client with the job's ``data_dir`` (client Ci's pads from
+    ``<data_dir>/keystore/<Ci>.sqlite``, drawn by Ci's SuperNode only). Throwaway certificates in a
+    temporary folder (deleted afterwards, CA key included). Every process gets SIGTERM at the end,
+    on failure and on Ctrl-C; raises :class:`NodeError` when one does not exit with 0."""
+    from datetime import UTC, datetime
+
+    from labqfl.nodes.fl import FlNetwork
+    from labqfl.planning import station_toml
+
+    report = progress or (lambda *a: None)
+    names = list(cfg.client_names)
+    work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
+    try:
+        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work))
+        spec.secagg()  # a spec the nodes would refuse fails here, before any process starts
+        station = work / "station.toml"
+        station.write_text(station_toml(cfg), encoding="utf-8")
+        net = FlNetwork(work, station, names, Path(data_dir), server_data=Path(server_dir))
+        report("train", 0, spec.rounds, f"starting the server node and {len(names)} SuperNodes")
+        since = datetime.now(UTC).isoformat(timespec="microseconds")
+        t0 = time.perf_counter()
+        stopped = False
+        codes: dict[str, int | None] = {}
+        try:
+            net.start()
+            startup = {"total_s": round(time.perf_counter() - t0, 3),
+                       "nodes": {n: round(p.startup_s, 3) for n, p in net.nodes.items() if p.startup_s is not None}}
+            report("train", 0, spec.rounds, f"training {spec.rounds} round(s) over the nodes")
+            res = net.train(spec.to_config(), timeout_s)
+            t_stop = time.perf_counter()
+            codes = net.stop()
+            stopped = True
+            stop_s = time.perf_counter() - t_stop
+        finally:
+            if not stopped:
+                codes = net.stop()
+                bad = {n: c for n, c in codes.items() if c != 0}
+                if bad:
+                    log.warning("FL nodes stopped after a failure; exit codes %s", bad)
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                for key, p in net.nodes.items():
+                    if p.log_path.is_file():
+                        shutil.copyfile(p.log_path, log_dir / f"fl-{key}.log")
+        bad = {n: c for n, c in codes.items() if c != 0}
+        if bad:
+            raise NodeError(f"FL node processes did not stop cleanly after SIGTERM (exit codes {bad})")
+        summary = {k: v for k, v in res.items() if k not in ("flower", "final_params", "wall_s")}
+        report("train", spec.rounds, spec.rounds, "training over the nodes done")
+        return NodesTraining(summary=summary, flower=list(res.get("flower") or []),
+                             final_params=list(res.get("final_params") or []),
+                             blocks_used=mask_blocks_used(Path(data_dir), list(setup.secagg.pairs(names)), since),
+                             startup_s=startup, exit_codes=codes, wall_s=float(res["wall_s"]), stop_s=stop_s)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

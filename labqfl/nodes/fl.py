@@ -1,0 +1,173 @@
+"""Federated training across node processes on this machine (``labqfl run --nodes``'s training).
+
+:class:`FlNetwork` makes throwaway certificates (:func:`~labqfl.net.make_node_certs`: one CA, the
+server node, every client, the operator ``ctl``), starts the federated-learning server node
+(:mod:`labqfl.nodes.flserver`, its own data folder under the work folder) and one SuperNode per
+client (:mod:`labqfl.nodes.supernode`) with that client's data folder, as separate OS processes
+(``sys.executable -m labqfl.nodes ...``, loopback, ephemeral ports read from their lines).
+:meth:`FlNetwork.train` is the operator's part (``ctl/train`` to the server node, over mutual TLS
+with certificate ``ctl``) and works the same against a server node on another host
+(:func:`train_on_server`). :meth:`FlNetwork.stop` sends SIGTERM to every process (SuperNodes
+first) and returns their exit codes.
+
+The operator's process never opens a key store: each client's pads are drawn by that client's
+own SuperNode's ClientApp, from ``<its data>/keystore/<Ci>.sqlite``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from labqfl.log import get_logger
+from labqfl.net import NodeCredentials, make_node_certs
+from labqfl.nodes.common import CTL, NodeError, open_session, request
+from labqfl.nodes.flserver import FLEET_LINE
+from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess
+from labqfl.qkd.messaging import Message
+
+log = get_logger(__name__)
+
+__all__ = ["FlNetwork", "train_on_server"]
+
+SERVER = "server"
+
+
+def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str, str]:
+    """(NODE address, FLEET address or "") from a node's stdout, within ``timeout`` seconds."""
+    got: dict[str, str] = {}
+
+    def reader() -> None:
+        assert np_.proc.stdout is not None
+        for line in np_.proc.stdout:
+            if line.startswith(FLEET_LINE + " "):
+                got["fleet"] = line.split()[2]
+            elif line.startswith("NODE "):
+                np_.startup_s = time.perf_counter() - np_.t_spawn
+                got["node"] = line.split()[2]
+                return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    t.join(timeout)
+    if "node" not in got or (want_fleet and "fleet" not in got):
+        code = np_.proc.poll()
+        tail = np_.log_path.read_text()[-2000:] if np_.log_path.is_file() else ""
+        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (exit code {code}); log tail:\n{tail}")
+    return got["node"], got.get("fleet", "")
+
+
+def train_on_server(server: str, certs: Path, config: Mapping[str, Any], *, timeout_s: float,
+                    server_name: str = SERVER) -> dict[str, Any]:
+    """The operator's ``ctl/train`` to a running server node at ``server`` (its ``ctl`` address):
+    ``config`` is a :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`; returns the ServerApp's
+    metrics (``FederatedResult.summary()`` + ``flower`` + ``final_params``) and ``wall_s``."""
+    creds = NodeCredentials.load(certs, CTL)
+    ch = open_session(server, creds, server_name, "ctl", timeout_s=timeout_s + 60)
+    try:
+        rep = request(ch, Message("ctl/train", {"config": json.dumps(dict(config)), "timeout": float(timeout_s)}),
+                      "ctl/trained")
+    finally:
+        ch.close()
+    out: dict[str, Any] = json.loads(str(rep.get("result")))
+    out["wall_s"] = float(rep.get("wall_s"))
+    return out
+
+
+class FlNetwork:
+    """The server node and one SuperNode per client as separate processes on loopback.
+
+    ``client_data``: one folder for every client (labqfl's layout: the job's ``--data-dir``), or
+    a mapping client → its own folder. ``env``: extra environment per process name."""
+
+    def __init__(self, workdir: Path, station: str | Path | None, clients: list[str],
+                 client_data: Path | Mapping[str, Path], *, env: dict[str, dict[str, str]] | None = None,
+                 server_data: Path | None = None) -> None:
+        self.workdir = Path(workdir)
+        #: the server node's own data folder (default ``<workdir>/server``)
+        self.server_data = Path(server_data) if server_data is not None else self.workdir / SERVER
+        self.station = station
+        self.clients = list(clients)
+        self.client_data = client_data
+        self.env = env or {}
+        self.certs = self.workdir / "certs"
+        self.nodes: dict[str, NodeProcess] = {}
+        self.server_address = ""
+        self.fleet_address = ""
+
+    def data_of(self, name: str) -> Path:
+        if name == SERVER:
+            return self.server_data
+        if isinstance(self.client_data, Mapping):
+            return Path(self.client_data[name])
+        return Path(self.client_data)
+
+    def _spawn(self, key: str, role: str, name: str, args: list[str]) -> NodeProcess:
+        data = self.data_of(name)
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        logp = self.workdir / "logs" / f"{key}.log"
+        logp.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "labqfl.nodes", role, "--name", name, "--data", str(data), "--certs",
+               str(self.certs), *(["--station", str(self.station)] if self.station else []), *args]
+        with logp.open("w") as errf:
+            t = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
+                                    env={**os.environ, **self.env.get(key, {})})
+        np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
+        self.nodes[key] = np_
+        return np_
+
+    def start(self) -> FlNetwork:
+        """Certificates, the server node (waits for its SuperLink and front), then the SuperNodes."""
+        make_node_certs(self.certs, [SERVER, *self.clients, CTL])
+        try:
+            srv = self._spawn(SERVER, "server", SERVER, ["--listen", "127.0.0.1:0", "--fl-listen", "127.0.0.1:0"])
+            self.server_address, self.fleet_address = _read_lines(srv, START_TIMEOUT_S, True)
+            srv.address = self.server_address
+            for c in self.clients:
+                self._spawn(f"supernode-{c}", "supernode", c, ["--server", self.fleet_address,
+                                                               "--server-name", SERVER])
+            for key, np_ in self.nodes.items():
+                if key != SERVER:
+                    np_.address = _read_lines(np_, START_TIMEOUT_S, False)[0]
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def train(self, config: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
+        return train_on_server(self.server_address, self.certs, config, timeout_s=timeout_s)
+
+    def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
+        """SIGTERM every SuperNode, then the server node; wait for each (SIGKILL after ``timeout``)."""
+        order = [k for k in self.nodes if k != SERVER] + [k for k in self.nodes if k == SERVER]
+        codes: dict[str, int | None] = {}
+        t_end = time.monotonic() + timeout
+        for group in (order[:-1], order[-1:]) if SERVER in self.nodes else (order,):
+            for k in group:
+                if self.nodes[k].proc.poll() is None:
+                    self.nodes[k].proc.send_signal(signal.SIGTERM)
+            for k in group:
+                p = self.nodes[k].proc
+                try:
+                    codes[k] = p.wait(max(t_end - time.monotonic(), 0.1))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    codes[k] = p.wait()
+                if p.stdout is not None:
+                    p.stdout.close()
+        return codes
+
+    def __enter__(self) -> FlNetwork:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
