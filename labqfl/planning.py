@@ -15,7 +15,9 @@ Everything follows from the station file, the task's model and the secure-aggreg
   refills (64·(3 or 2) bits; the measured rate is delivered key).
 * **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
   pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
-  than the block-size rule's first key (no key exists before every pair has one block).
+  than the block-size rule's first key (no key exists before every pair has one block). Without
+  a given duration, the plan chooses the shortest acquisition whose blocks (as large as that
+  data allows) hold all R rounds' key on every graph pair (:func:`_duration_for_rounds`).
 * **Distillation time** — the pipeline's post-processing throughput on this machine: sifted bits
   to correct over :data:`DISTILL_SIFTED_BITS_PER_S` (measured, docs/scaling.md; override
   ``distill_bps``).
@@ -273,13 +275,66 @@ def _plan_blocks_and_pairs(cfg: StationConfig, duration_s: float | None, rounds:
     pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
     acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
-        # every pair must fill one block of its own rule size, at its own schedule share, before any key exists
-        d = max(acq_round * rounds, block.needed_duration_s)
+        # every pair must fill one block of its own rule size, at its own schedule share, before any key
+        # exists, and the data must hold every round's key on every graph pair at the blocks of that data
+        d = _duration_for_rounds(cfg, block, graph_pairs, sched, params, need * rounds)
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
             acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     return block, pairs, acq_round
+
+
+def _key_of_slots(ch: Any, n_slots: float, bp: Any, params: Any) -> float:
+    """Key that ``n_slots`` slots of one pair deliver when a timed acquisition holds exactly them: the
+    block-size rule cuts them into as few equal blocks as memory allows
+    (:func:`labqfl.qkd.blocksize.plan_blocks`: ⌈sifted / max(MAX_BLOCK_BITS, 2·min_final_bits)⌉
+    blocks; ``bp``: the pair's :class:`labqfl.qkd.blocksize.PairBlockPlan`), each less the
+    authentication key it refills (:func:`_delivered`)."""
+    from labqfl.qkd.blocksize import MAX_BLOCK_BITS, _evaluate
+    from labqfl.qkd.keyrate import DEFAULT_EC_EFFICIENCY
+
+    k = max(1, math.ceil(bp.sifted_per_slot * n_slots / max(MAX_BLOCK_BITS, 2 * bp.min_final_bits)))
+    per_block = float(max(_evaluate(ch, n_slots / k, params, DEFAULT_EC_EFFICIENCY)[0].key_length_bits, 0))
+    return sum(_delivered(per_block, first=i == 0) for i in range(k))
+
+
+def _duration_for_rounds(cfg: StationConfig, block: Any, graph_pairs: list[str], sched: Any, params: Any,
+                         need_total: float) -> float:
+    """The shortest acquisition [s] after which every graph pair holds ``need_total`` bits of key
+    (all rounds' key) and has filled one block of its rule size (``block``: the rule for an
+    open-ended stream, :attr:`BlockPlan.needed_duration_s`).
+
+    A timed acquisition distils each pair's slots in blocks as large as the data allows, so the
+    key per slot grows with the duration (finite-key effects): the duration is searched per pair
+    (bisection on the pair's slots, ~15 evaluations of the finite-key model, ~40 ms each) on the
+    key of the pair's slots at that size (:func:`_key_of_slots`), not extrapolated from the rate
+    of a rule-size block, which underrates a long acquisition (LeNet-5 on the default station:
+    62 s from the rule-size rate against 9 s needed, docs/scaling.md)."""
+    from labqfl.qkd.keyrate import station_pair_channel
+
+    rep = float(cfg.laser.rep_rate_hz)
+    d = float(block.needed_duration_s)
+    for name in graph_pairs:
+        bp = block.pairs.get(name) if name in sched.names else None
+        if bp is None or bp.block_slots <= 0:
+            continue  # no key in the model: starving whatever the duration (the plan says so)
+        share = sched.share(name)
+        a, b = name.split("-")
+        ch = station_pair_channel(cfg, (a, b))
+        lo = float(bp.rule_slots)
+        if _key_of_slots(ch, lo, bp, params) >= need_total:
+            continue  # one rule-size block holds every round's key
+        hi = 2.0 * lo
+        while _key_of_slots(ch, hi, bp, params) < need_total:
+            lo, hi = hi, 2.0 * hi
+            if hi * bp.sifted_per_slot > 1e13:  # > 10^13 sifted bits: no duration this side of years
+                return math.inf
+        while hi / lo > 1.0 + 1e-3:
+            mid = math.sqrt(lo * hi)
+            lo, hi = (lo, mid) if _key_of_slots(ch, mid, bp, params) >= need_total else (mid, hi)
+        d = max(d, hi * (1.0 + 1e-3) / (rep * share))  # + the schedule's rounding of the pair's slots
+    return d
 
 
 def _mark_starving(pairs: dict[str, PairPlan]) -> list[PairPlan]:

@@ -82,6 +82,17 @@ def test_unscheduled_and_keyless_pairs_starve():
     assert d["schedule"]["weights"]
 
 
+def test_chosen_duration_holds_every_rounds_key_and_no_more():
+    """Without --duration the plan chooses the shortest acquisition whose blocks hold every round's
+    key on every graph pair. Regression (issue 22): LeNet-5 needs 493 648 bits per pair and round;
+    the plan extrapolated the rate of a rule-size block (~1.25× break-even, a poor finite-key rate)
+    and chose 62.5 s, an acquisition that holds 9 rounds, where 8.9 s holds the one round asked for."""
+    cfg = load_station_config()
+    p = make_plan(cfg, "mnist-lenet5", 8, 1)
+    assert p.acquisition_s == pytest.approx(p.acquisition_s_per_round, rel=0.02)  # old: 62.5 s against 6.8 s
+    assert make_plan(cfg, "mnist-lenet5", 8, 1, duration_s=p.acquisition_s).rounds_sustained == 1  # old: 9
+
+
 def test_clients_must_match_the_station():
     with pytest.raises(ConfigError, match="--clients 16 but station"):
         make_plan(load_station_config(), "mnist-qnn", 8, 1, clients=16, duration_s=DUR)
