@@ -1,7 +1,7 @@
 """Common behaviour of the drivers: what each declares for validation at station load
 (:class:`DriverDeclaration`: typed options, config ranges, spectral range), and for the
-message-based ones open/close/reconnect over a :class:`Link`, identity from ``*IDN?``, range
-validation with one clear ``ValueError``."""
+message-based ones open/close/reconnect over a :class:`Link`, identity from ``*IDN?``, and the
+link under the SCPI commands of their :class:`~labqfl.instruments.settings.Setting` s."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import Field
 from pymeasure.adapters import Adapter
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import InstrumentError, InstrumentReplyError, InstrumentTimeout
 from labqfl.instruments.base import Instrument
+from labqfl.instruments.interfaces import PhotonDetector
+from labqfl.instruments.settings import Rejected, Setting, rule
 
 from ._link import Link
 
@@ -34,7 +37,8 @@ class DriverDeclaration:
     * ``Options``: the pydantic model of the role's ``options`` table (unknown keys and wrong types
       are refused); the driver reads its options only through it, so defaults live there once.
     * :meth:`config_limits`: the driver's ranges for fields of the role's config table (``v_pi_v``,
-      ``dead_time_ns`` …), built from the same constants the driver's setters check.
+      ``dead_time_ns`` …), taken from the driver's :class:`Setting` s (``Setting.limits``) where the
+      field is a setting, so config ranges equal driver ranges.
     * ``SPECTRAL_RANGE_NM``: the documented wavelength range of an optical instrument; a station
       whose ``laser.wavelength_nm`` lies outside it is refused.
     """
@@ -73,7 +77,8 @@ class DriverDeclaration:
 
 
 def check_range(setting: str, value: float, lo: float, hi: float, unit: str = "") -> float:
-    """Return ``float(value)`` or raise ``ValueError`` naming the setting and its valid range."""
+    """Return ``float(value)`` or raise ``ValueError`` naming the argument and its valid range (for
+    method arguments such as ``integration_s``; settings carry their rule in their :class:`Setting`)."""
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -101,14 +106,6 @@ def run_ramp(points: list[float], rate_per_s: float, step: float, write: Callabl
         if k and pause > 0:
             time.sleep(pause)
         write(v)
-
-
-def check_bool(setting: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise ValueError(f"{setting} must be True or False, got {value!r}")
 
 
 class SerialOptions(DriverOptions):
@@ -212,36 +209,43 @@ class MessageDriver(DriverDeclaration, Instrument):
     def _close(self) -> None:
         self.link.close()
 
+    # -- the link under the settings' SCPI commands ----------------------------------------------
+    def _setting_query(self, command: str, cast: Any) -> Any:
+        if cast is float:
+            return self.link.query_float(command)
+        if cast is int:
+            return self.link.query_int(command)
+        if cast is bool:
+            return self.link.query_bool(command)
+        reply = self.link.query(command)
+        return reply if cast is str else cast(reply)
+
+    def _setting_write(self, command: str) -> None:
+        self.link.write(command)
+
+
+def _not_gated(inst: Any, value: Any) -> bool:
+    if isinstance(value, bool | np.bool_) and not value:
+        return False
+    raise Rejected(f"False ({inst.free_running_name} is free-running)")
+
+
+def _no_gate(inst: Any, value: Any) -> Any:
+    raise Rejected(f"no value: {inst.free_running_name} is free-running (no gate to set)")
+
 
 class FreeRunning:
-    """Gate settings of a free-running photon detector: not gated, no gate width or delay to set.
+    """Gate settings of a free-running photon detector: not gated, no gate width or delay to set
+    (the interface's settings with a rule that refuses a gate; read: the station file's values).
 
     ``free_running_name`` names the detector in the refusals (e.g. ``"the ID120"``)."""
 
     free_running_name = "this detector"
     config: Any
 
-    @property
-    def gated(self) -> bool:
-        return False
-
-    @gated.setter
-    def gated(self, value: bool) -> None:
-        if check_bool("gated", value):
-            raise ValueError(f"gated = True is not available: {self.free_running_name} is free-running; expected False")
-
-    @property
-    def gate_width_ns(self) -> float:
-        return float(getattr(self.config, "gate_width_ns", 0.0))
-
-    @gate_width_ns.setter
-    def gate_width_ns(self, value: float) -> None:
-        raise ValueError(f"gate_width_ns cannot be set: {self.free_running_name} is free-running (no gate)")
-
-    @property
-    def gate_delay_ps(self) -> float:
-        return float(getattr(self.config, "gate_delay_ps", 0.0))
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        raise ValueError(f"gate_delay_ps cannot be set: {self.free_running_name} is free-running (no gate)")
+    gated: Setting[bool] = PhotonDetector.gated.refine(validator=rule(_not_gated), fget=lambda s: False,
+                                                       fset=lambda s, v: None)
+    gate_width_ns: Setting[float] = PhotonDetector.gate_width_ns.refine(
+        validator=rule(_no_gate), fget=lambda s: float(getattr(s.config, "gate_width_ns", 0.0)))
+    gate_delay_ps: Setting[float] = PhotonDetector.gate_delay_ps.refine(
+        validator=rule(_no_gate), fget=lambda s: float(getattr(s.config, "gate_delay_ps", 0.0)))

@@ -55,8 +55,9 @@ from pymeasure.adapters import Adapter
 from labqfl.config import DetectorConfig, DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
+from labqfl.instruments.settings import Setting, in_range
 
-from ._base import FreeRunning, Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_range, ramp_points, run_ramp
 
 BIAS_UV = (0, 250_000_000, 80_000)
 THRESHOLD_UV = (0, 1_047_000, 500)
@@ -90,16 +91,20 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
     Options = IDQuantiqueID120Options
     SPECTRAL_RANGE_NM = SPECTRAL_RANGE_NM
 
+    max_bias = BIAS_UV[1] / 1e6
+    bias_unit = "V"
+
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"dead_time_ns": (DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3, "ns"),
-                "bias_current_ua": (BIAS_UV[0] / 1e6, BIAS_UV[1] / 1e6, "V (SPAD bias)"),
-                "temperature_k": (TEMP_MC[0] / 1e3 + 273.15, TEMP_MC[1] / 1e3 + 273.15, "K")}
+        lo, hi, _ = cls.bias.limits(cls)
+        return {"dead_time_ns": cls.dead_time_ns.limits(), "bias_current_ua": (lo, hi, "V (SPAD bias)"),
+                "temperature_k": cls.temperature_setpoint_k.limits()}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         o = self.parse_options(name, config)
+        self.name = name  # for the setting's error before the session opens
         self._nominal_efficiency = float(getattr(config, "efficiency", 0.1))
-        self._bias_setpoint_v = check_range("bias", getattr(config, "bias_current_ua", 0.0), 0.0, BIAS_UV[1] / 1e6, "V")
+        self._bias_setpoint_v = IDQuantiqueID120.bias.validate(self, getattr(config, "bias_current_ua", 0.0))
         self.bias_ramp_v_per_s, self.bias_step_v = o.bias_ramp_v_per_s, o.bias_step_v
         super().__init__(name, config, adapter=adapter)
 
@@ -127,76 +132,48 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
             run_ramp(ramp_points(v0, target_v, self.bias_step_v), self.bias_ramp_v_per_s, self.bias_step_v,
                      self._write_bias_v)
 
-    # -- settings ------------------------------------------------------------------------------
-    @property
+    # -- settings (rules: PhotonDetector's; ranges and units on the wire: the table above) -------------
+    @PhotonDetector.enabled.getter
     def enabled(self) -> bool:
         """Module running (``REG:RUN?``)."""
         return self._query_flag("REG:RUN?")
 
     @enabled.setter
-    def enabled(self, value: bool) -> None:
-        on = check_bool("enabled", value)
-        with self.lock:
-            if on:
-                self.link.write("REG:RUN TRUE")
-                self._ramp_bias(self._bias_setpoint_v)
-            else:
-                self._ramp_bias(0.0)
-                self.link.write("REG:RUN FALSE")
+    def enabled(self, on: bool) -> None:
+        if on:
+            self.link.write("REG:RUN TRUE")
+            self._ramp_bias(self._bias_setpoint_v)
+        else:
+            self._ramp_bias(0.0)
+            self.link.write("REG:RUN FALSE")
 
-    @property
+    @PhotonDetector.bias.getter
     def bias(self) -> float:
         """Operating bias voltage [V], applied (ramped) while the module is armed."""
         return self._bias_setpoint_v
 
     @bias.setter
-    def bias(self, value: float) -> None:
-        v = check_range("bias", value, 0.0, BIAS_UV[1] / 1e6, "V")
-        with self.lock:
-            self._bias_setpoint_v = v
-            if self.enabled:
-                self._ramp_bias(v)
+    def bias(self, v: float) -> None:
+        self._bias_setpoint_v = v
+        if self.enabled:
+            self._ramp_bias(v)
 
-    @property
-    def efficiency(self) -> float:
-        """Nominal detection efficiency from the station file (the ID120 sets it through the bias)."""
-        return self._nominal_efficiency
-
-    @efficiency.setter
-    def efficiency(self, value: float) -> None:
-        self._nominal_efficiency = check_range("efficiency", value, 1e-6, 1.0)
-
-    @property
-    def threshold_mv(self) -> float:
-        return self.link.query_int("THRESHOLD:VOLTAGE?") / 1e3
-
-    @threshold_mv.setter
-    def threshold_mv(self, value: float) -> None:
-        v = check_range("threshold_mv", value, 0.0, THRESHOLD_UV[1] / 1e3, "mV")
-        self.link.write(f"THRESHOLD:VOLTAGE {_snap(v * 1e3, *THRESHOLD_UV):d}")
-
-    @property
-    def dead_time_ns(self) -> float:
-        return self.link.query_int("DEADTIME:TIME?") * 1e3
-
-    @dead_time_ns.setter
-    def dead_time_ns(self, value: float) -> None:
-        v = check_range("dead_time_ns", value, DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3, "ns")
-        self.link.write(f"DEADTIME:TIME {_snap(v / 1e3, *DEADTIME_US):d}")
-
-    @property
-    def temperature_setpoint_k(self) -> float:
-        return self.link.query_int("REG:TEMP_SET_POINT?") / 1e3 + 273.15
-
-    @temperature_setpoint_k.setter
-    def temperature_setpoint_k(self, value: float) -> None:
-        v = check_range("temperature_setpoint_k", value, TEMP_MC[0] / 1e3 + 273.15, TEMP_MC[1] / 1e3 + 273.15, "K")
-        self.link.write(f"REG:TEMP_SET_POINT {_snap((v - 273.15) * 1e3, *TEMP_MC):d}")
-
-    @property
-    def temperature_k(self) -> float:
-        """Measured APD temperature [K] (the module reports m°C)."""
-        return self.link.query_int("REG:MEASURED_TEMP?") / 1e3 + 273.15
+    # nominal detection efficiency from the station file (the ID120 sets it through the bias)
+    efficiency = PhotonDetector.efficiency.kept_in("_nominal_efficiency")
+    threshold_mv: Setting[float] = Setting(
+        "mV", "discriminator threshold", validator=in_range(0.0, THRESHOLD_UV[1] / 1e3, "mV"),
+        get_command="THRESHOLD:VOLTAGE?", set_command="THRESHOLD:VOLTAGE {value:d}", cast=int,
+        get_process=lambda uv: uv / 1e3, set_process=lambda mv: _snap(mv * 1e3, *THRESHOLD_UV))
+    dead_time_ns = PhotonDetector.dead_time_ns.within(DEADTIME_US[0] * 1e3, DEADTIME_US[1] * 1e3).scpi(
+        "DEADTIME:TIME?", "DEADTIME:TIME {value:d}", cast=int, get_process=lambda us: us * 1e3,
+        set_process=lambda ns: _snap(ns / 1e3, *DEADTIME_US))
+    temperature_setpoint_k: Setting[float] = Setting(
+        "K", "cooler set point", validator=in_range(TEMP_MC[0] / 1e3 + 273.15, TEMP_MC[1] / 1e3 + 273.15, "K"),
+        get_command="REG:TEMP_SET_POINT?", set_command="REG:TEMP_SET_POINT {value:d}", cast=int,
+        get_process=lambda mc: mc / 1e3 + 273.15, set_process=lambda k: _snap((k - 273.15) * 1e3, *TEMP_MC))
+    # measured APD temperature (the module reports m°C)
+    temperature_k = PhotonDetector.temperature_k.scpi("REG:MEASURED_TEMP?", cast=int,
+                                                      get_process=lambda mc: mc / 1e3 + 273.15)
 
     def apply_operating_point(self, station: StationConfig) -> None:
         """Dead time, cooler set point and threshold of the station file; bias 0 V until armed."""

@@ -27,7 +27,7 @@ from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD, PhaseModulator
 
-from ._base import Limit, MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver, check_range
 
 AMPLITUDE_VPP = (0.01, 10.0)
 MAX_ABS_V = 5.0
@@ -55,14 +55,14 @@ class Keysight33500B(MessageDriver, PhaseModulator):
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"v_pi_v": (*V_PI_V, "V"), "bias_phase_rad": (*BIAS_PHASE_RAD, "rad"),
-                "gate_delay_ps": (*GATE_DELAY_PS, "ps")}
+        return {name: getattr(cls, name).limits() for name in ("v_pi_v", "bias_phase_rad", "gate_delay_ps")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         opts = self.parse_options(name, config)
         self.channel = opts.channel
         self.sample_rate_hz = opts.sample_rate_hz
-        self._v_pi = check_range("v_pi_v", getattr(config, "v_pi_v", 4.0), *V_PI_V, "V")
+        self.name = name  # for the setting's error before the session opens
+        self._v_pi = Keysight33500B.v_pi_v.validate(self, getattr(config, "v_pi_v", 4.0))
         self._bias = float(getattr(config, "bias_phase_rad", 0.0))
         self.pattern_length = 0
         super().__init__(name, config, adapter=adapter)
@@ -90,49 +90,29 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             self.link.call(label, fn)
             self.link.check_errors(label)
 
-    # -- settings -------------------------------------------------------------------------------
-    @property
+    # -- settings (rules: PhaseModulator's, ranges: this generator's) ---------------------------------
+    @PhaseModulator.output_enabled.getter
     def output_enabled(self) -> bool:
         return bool(self.link.call(f"OUTP{self.channel}?", lambda: self.ch.output))
 
     @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        v = check_bool("output_enabled", value)
+    def output_enabled(self, v: bool) -> None:
         self._set(f"OUTP{self.channel} {int(v)}", lambda: setattr(self.ch, "output", v))
 
-    @property
+    @PhaseModulator.amplitude_vpp.within(*AMPLITUDE_VPP).getter
     def amplitude_vpp(self) -> float:
         return float(self.link.call(f"SOUR{self.channel}:VOLT?", lambda: self.ch.amplitude))
 
     @amplitude_vpp.setter
-    def amplitude_vpp(self, value: float) -> None:
-        v = check_range("amplitude_vpp", value, *AMPLITUDE_VPP, unit="V")
+    def amplitude_vpp(self, v: float) -> None:
         self._set(f"SOUR{self.channel}:VOLT", lambda: setattr(self.ch, "amplitude", v))
 
-    @property
-    def v_pi_v(self) -> float:
-        return self._v_pi
-
-    @v_pi_v.setter
-    def v_pi_v(self, value: float) -> None:
-        self._v_pi = check_range("v_pi_v", value, *V_PI_V, unit="V")
-
-    @property
-    def bias_phase_rad(self) -> float:
-        return self._bias
-
-    @bias_phase_rad.setter
-    def bias_phase_rad(self, value: float) -> None:
-        self._bias = check_range("bias_phase_rad", value, *BIAS_PHASE_RAD, "rad")
-
-    @property
-    def gate_delay_ps(self) -> float:
-        return self.link.query_float(f"TRIG{self.channel}:DEL?") * 1e12
-
-    @gate_delay_ps.setter
-    def gate_delay_ps(self, value: float) -> None:
-        v = check_range("gate_delay_ps", value, *GATE_DELAY_PS, unit="ps")
-        self.link.write(f"TRIG{self.channel}:DEL {v * 1e-12:.6e}")
+    # kept by the driver, used when a pattern is loaded
+    v_pi_v = PhaseModulator.v_pi_v.within(*V_PI_V).kept_in("_v_pi")
+    bias_phase_rad = PhaseModulator.bias_phase_rad.within(*BIAS_PHASE_RAD).kept_in("_bias")
+    gate_delay_ps = PhaseModulator.gate_delay_ps.within(*GATE_DELAY_PS).scpi(
+        "TRIG{channel}:DEL?", "TRIG{channel}:DEL {value:.6e}", get_process=lambda s: s * 1e12,
+        set_process=lambda ps: ps * 1e-12)
 
     # -- waveforms ------------------------------------------------------------------------------
     def pattern_levels(self, phase_indices: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -33,7 +33,7 @@ from pymeasure.adapters import Adapter
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.instruments.interfaces import VariableAttenuator
 
-from ._base import MessageDriver, check_bool, check_range
+from ._base import MessageDriver
 
 WAVELENGTH_NM = (1260.0, 1640.0)
 DEFAULT_MAX_DB = 45.0
@@ -57,7 +57,7 @@ class KeysightN7764A(MessageDriver, VariableAttenuator):
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         opts = self.parse_options(name, config)
         self.channel = opts.channel
-        self.max_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)), opts.max_db)
+        self.max_attenuation_db = min(float(getattr(config, "max_attenuation_db", DEFAULT_MAX_DB)), opts.max_db)
         super().__init__(name, config, adapter=adapter)
 
     def apply_operating_point(self, station: StationConfig) -> None:
@@ -66,32 +66,13 @@ class KeysightN7764A(MessageDriver, VariableAttenuator):
             self.wavelength_nm = station.laser.wavelength_nm
             self.shutter_closed = True
 
-    @property
-    def attenuation_db(self) -> float:
-        return self.link.query_float(f":INP{self.channel}:ATT?")
-
-    @attenuation_db.setter
-    def attenuation_db(self, value: float) -> None:
-        v = check_range("attenuation_db", value, 0.0, self.max_db, "dB")
-        self.link.write(f":INP{self.channel}:ATT {v:.3f}")
-
-    @property
-    def shutter_closed(self) -> bool:
-        return not self.link.query_bool(f":OUTP{self.channel}:STAT?")
-
-    @shutter_closed.setter
-    def shutter_closed(self, value: bool) -> None:
-        closed = check_bool("shutter_closed", value)
-        self.link.write(f":OUTP{self.channel}:STAT {0 if closed else 1}")
-
-    @property
-    def wavelength_nm(self) -> float:
-        return self.link.query_float(f":INP{self.channel}:WAV?") * 1e9
-
-    @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
-        v = check_range("wavelength_nm", value, *WAVELENGTH_NM, unit="nm")
-        self.link.write(f":INP{self.channel}:WAV {v * 1e-9:.6e}")
+    attenuation_db = VariableAttenuator.attenuation_db.scpi(":INP{channel}:ATT?", ":INP{channel}:ATT {value:.3f}")
+    shutter_closed = VariableAttenuator.shutter_closed.scpi(  # the output (STAT 1) is open when the shutter is not
+        ":OUTP{channel}:STAT?", ":OUTP{channel}:STAT {value}", cast=bool,
+        get_process=lambda on: not on, set_process=lambda closed: 0 if closed else 1)
+    wavelength_nm = VariableAttenuator.wavelength_nm.within(*WAVELENGTH_NM).scpi(
+        ":INP{channel}:WAV?", ":INP{channel}:WAV {value:.6e}", get_process=lambda m: m * 1e9,
+        set_process=lambda nm: nm * 1e-9)
 
     def status(self) -> dict[str, object]:
         st = super().status()

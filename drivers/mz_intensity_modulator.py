@@ -48,15 +48,27 @@ from pymeasure.adapters import Adapter
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError
-from labqfl.instruments.base import Setting
 from labqfl.instruments.interfaces import IntensityModulator, ModulatorBiasController
+from labqfl.instruments.settings import Rejected, Setting, rule
 
-from ._base import Limit, MessageDriver, check_bool, check_range
+from ._base import Limit, MessageDriver
 
-BIAS_V = (-10.0, 10.0)
 V_PI = (1.0, 15.0)
 MODES = {"null": "NULL", "peak": "PEAK", "quad+": "QUADP", "quad-": "QUADN", "manual": "MAN"}
-MODE_NAMES = {v: k for k, v in MODES.items()}
+
+
+def _check_levels(inst: GenericMZIntensityModulator, value: object) -> list[float]:
+    """The interface's rule for ``levels``, then this modulator's: at most μ_peak, and either 0
+    (vacuum) or above the extinction floor."""
+    vals: list[float] = IntensityModulator.levels.validator(inst, value)  # type: ignore[misc]
+    floor = inst.floor_mean_photons()
+    for k, mu in enumerate(vals):
+        if mu > inst.peak_mean_photons:
+            raise Rejected(f"0 to peak_mean_photons = {inst.peak_mean_photons:g} photons/pulse", item=f"[{k}]", value=mu)
+        if 0 < mu < floor:
+            raise Rejected(f"0 (vacuum) or >= {floor:.3g} photons/pulse: {mu:g} lies below the extinction floor "
+                           f"({inst.extinction_db:g} dB)", item=f"[{k}]", value=mu)
+    return vals
 
 
 class GenericMZIntensityModulatorOptions(DriverOptions):
@@ -74,14 +86,18 @@ class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBi
     """A Mach–Zehnder intensity modulator and its bias controller (module docstring)."""
 
     Options = GenericMZIntensityModulatorOptions
-    SETTINGS = (  # type: ignore[assignment]  # IntensityModulator's own tuple is narrower
-        Setting("output_enabled", "", "bias output on/off (modulation needs the bias locked)"),
-        Setting("levels", "photons/pulse", "mean photon number per intensity level"),
-        Setting("drive_levels_v", "V", "RF drive voltage per intensity level (code k+1)", writable=False),
-        Setting("mode", "", "bias lock point: null, peak, quad+, quad- or manual"),
-        Setting("bias_voltage_v", "V", "bias voltage (set in manual mode, read back otherwise)"),
-        Setting("locked", "", "the bias loop holds its point", writable=False),
-    )
+
+    output_enabled = ModulatorBiasController.output_enabled.refine(
+        doc="bias output on/off (modulation needs the bias locked)").scpi("OUTP?", "OUTP {value}", cast=bool,
+                                                                          set_process=int)
+    levels = IntensityModulator.levels.refine(doc="mean photon number per intensity level",
+                                              validator=rule(_check_levels),
+                                              fget=lambda s: list(s._levels), fset=lambda s, v: setattr(s, "_levels", v))
+    drive_levels_v: Setting[list[float]] = Setting("V", "RF drive voltage per intensity level (code k+1)",
+                                                   writable=False, fget=lambda s: [s.drive_voltage(mu) for mu in s._levels])
+    mode = ModulatorBiasController.mode.scpi("BIAS:MODE?", "BIAS:MODE {value}", cast=str.upper, values=MODES)
+    bias_voltage_v = ModulatorBiasController.bias_voltage_v.scpi("BIAS:VOLT?", "BIAS:VOLT {value:.4f}")
+    locked = ModulatorBiasController.locked.scpi("BIAS:LOCK?", cast=bool)
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
@@ -109,32 +125,9 @@ class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBi
         """Mean photon number at extinction (0 V drive): μ_peak · 10^(−ER/10)."""
         return self.peak_mean_photons * 10 ** (-self.extinction_db / 10)
 
-    @property
-    def levels(self) -> list[float]:
-        return list(self._levels)
-
-    @levels.setter
-    def levels(self, value: list[float]) -> None:
-        vals = [float(x) for x in value]
-        if not 1 <= len(vals) <= 7:
-            raise ValueError(f"levels: expected 1 to 7 mean photon numbers (codes 1..7), got {len(vals)}")
-        floor = self.floor_mean_photons()
-        for k, mu in enumerate(vals):
-            if not math.isfinite(mu) or mu < 0 or mu > self.peak_mean_photons:
-                raise ValueError(f"levels[{k}] = {mu!r} photons/pulse is out of range; expected 0 to peak_mean_photons = "
-                                 f"{self.peak_mean_photons:g}")
-            if 0 < mu < floor:
-                raise ValueError(f"levels[{k}] = {mu:g} photons/pulse lies below the extinction floor {floor:.3g} "
-                                 f"({self.extinction_db:g} dB); expected 0 (vacuum) or >= {floor:.3g}")
-        self._levels = vals
-
     def drive_voltage(self, mean_photons: float) -> float:
         """RF drive [V] giving ``mean_photons`` with the bias at null: (2Vπ/π)·arcsin(√(μ/μ_peak))."""
         return 2 * self.v_pi_v / math.pi * math.asin(math.sqrt(min(1.0, mean_photons / self.peak_mean_photons)))
-
-    @property
-    def drive_levels_v(self) -> list[float]:
-        return [self.drive_voltage(mu) for mu in self._levels]
 
     def load_pattern(self, level_indices: np.ndarray) -> None:
         raise InstrumentError("this intensity modulator takes its per-slot levels from the client's pattern generator "
@@ -143,41 +136,6 @@ class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBi
                               command="load_pattern")
 
     # -- bias controller --------------------------------------------------------------------------------
-    @property
-    def mode(self) -> str:
-        word = self.link.query("BIAS:MODE?").strip().upper()
-        if word not in MODE_NAMES:
-            raise InstrumentError(f"BIAS:MODE? answered {word!r}; expected one of {sorted(MODE_NAMES)}",
-                                  instrument=self.name, resource=self.resource, command="BIAS:MODE?")
-        return MODE_NAMES[word]
-
-    @mode.setter
-    def mode(self, value: str) -> None:
-        if value not in MODES:
-            raise ValueError(f"mode = {value!r}; expected one of {sorted(MODES)}")
-        self.link.write(f"BIAS:MODE {MODES[value]}")
-
-    @property
-    def bias_voltage_v(self) -> float:
-        return self.link.query_float("BIAS:VOLT?")
-
-    @bias_voltage_v.setter
-    def bias_voltage_v(self, value: float) -> None:
-        v = check_range("bias_voltage_v", value, *BIAS_V, unit="V")
-        self.link.write(f"BIAS:VOLT {v:.4f}")
-
-    @property
-    def locked(self) -> bool:
-        return self.link.query_bool("BIAS:LOCK?")
-
-    @property
-    def output_enabled(self) -> bool:
-        return self.link.query_bool("OUTP?")
-
-    @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        self.link.write(f"OUTP {1 if check_bool('output_enabled', value) else 0}")
-
     def status(self) -> dict[str, Any]:
         st = super().status()
         st.update(mode=self.mode, locked=self.locked, output_enabled=self.output_enabled)

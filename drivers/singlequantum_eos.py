@@ -57,8 +57,9 @@ from pyvisa.resources import MessageBasedResource
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
+from labqfl.instruments.settings import Setting, in_range
 
-from ._base import FreeRunning, Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_range, ramp_points, run_ramp
 
 BIAS_UA = (0.0, 90.9)
 MAX_CHANNELS = 8
@@ -90,15 +91,19 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
     CHANNELS = tuple(range(1, MAX_CHANNELS + 1))
     # no SPECTRAL_RANGE_NM: each nanowire is optimised for one band, stated on its test sheet, not here
 
+    max_bias = BIAS_UA[1]
+    bias_unit = "µA"
+
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"bias_current_ua": (*BIAS_UA, "µA")}
+        return {"bias_current_ua": cls.bias.limits(cls)}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         o = self.parse_options(name, config)
         self.channel = o.channel
         self.bias_ramp_ua_per_s, self.bias_step_ua = o.bias_ramp_ua_per_s, o.bias_step_ua
-        self._bias_setpoint = check_range("bias", getattr(config, "bias_current_ua", 0.0), *BIAS_UA, "µA")
+        self.name = name  # for the setting's error before the session opens
+        self._bias_setpoint = SingleQuantumEos.bias.validate(self, getattr(config, "bias_current_ua", 0.0))
         self._nominal = {"efficiency": float(getattr(config, "efficiency", 0.8)),
                          "dead_time_ns": float(getattr(config, "dead_time_ns", 30.0))}
         self.n_detectors = 0
@@ -252,70 +257,51 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             run_ramp(ramp_points(i0, target_ua, self.bias_step_ua), self.bias_ramp_ua_per_s, self.bias_step_ua,
                      self._write_bias)
 
-    @property
+    @PhotonDetector.enabled.getter
     def enabled(self) -> bool:
         """Armed: ``DetectorEnable`` on and this channel biased."""
         with self.lock:
             return bool(self._labels("DetectorEnable")["DetectorEnable"]) and self.bias_now_ua > 0
 
     @enabled.setter
-    def enabled(self, value: bool) -> None:
-        on = check_bool("enabled", value)
-        with self.lock:
-            if on:
-                if not self._labels("DetectorEnable")["DetectorEnable"]:
-                    self._command("DetectorEnable", "DetectorEnable", True)
-                self._ramp_bias(self._bias_setpoint)
-            else:
-                self._ramp_bias(0.0)
-                if all(abs(b) < 1e-9 for b in self.bias_currents_ua):
-                    self._command("DetectorEnable", "DetectorEnable", False)
+    def enabled(self, on: bool) -> None:
+        if on:
+            if not self._labels("DetectorEnable")["DetectorEnable"]:
+                self._command("DetectorEnable", "DetectorEnable", True)
+            self._ramp_bias(self._bias_setpoint)
+        else:
+            self._ramp_bias(0.0)
+            if all(abs(b) < 1e-9 for b in self.bias_currents_ua):
+                self._command("DetectorEnable", "DetectorEnable", False)
 
-    @property
+    @PhotonDetector.bias.getter
     def bias(self) -> float:
         """Operating bias current [µA], applied (ramped) while armed."""
         return self._bias_setpoint
 
     @bias.setter
-    def bias(self, value: float) -> None:
-        v = check_range("bias", value, *BIAS_UA, "µA")
-        with self.lock:
-            self._bias_setpoint = v
-            if self.enabled:
-                self._ramp_bias(v)
+    def bias(self, v: float) -> None:
+        self._bias_setpoint = v
+        if self.enabled:
+            self._ramp_bias(v)
 
-    @property
+    @Setting("mV", "counter trigger level of this channel", validator=in_range(-1000.0, 1000.0, "mV")).getter
     def trigger_level_mv(self) -> float:
         return float(self._labels("TriggerLevel")["TriggerLevel"][self.channel - 1])
 
     @trigger_level_mv.setter
-    def trigger_level_mv(self, value: float) -> None:
-        v = check_range("trigger_level_mv", value, -1000.0, 1000.0, "mV")
-        with self.lock:
-            levels = [float(x) for x in self._labels("TriggerLevel")["TriggerLevel"]]
-            levels[self.channel - 1] = v
-            self._command("SetAllTriggerLevels", "TriggerLevel", levels)
+    def trigger_level_mv(self, v: float) -> None:
+        levels = [float(x) for x in self._labels("TriggerLevel")["TriggerLevel"]]
+        levels[self.channel - 1] = v
+        self._command("SetAllTriggerLevels", "TriggerLevel", levels)
 
-    # -- nominal values (not settings of this interface) ----------------------------------------------
-    @property
-    def efficiency(self) -> float:
-        """Nominal system detection efficiency from the station file."""
-        return self._nominal["efficiency"]
+    # -- nominal values of the station file (properties of the nanowire, not set on the controller) ----------
+    efficiency = PhotonDetector.efficiency.refine(fget=lambda s: s._nominal["efficiency"],
+                                                  fset=lambda s, v: s._nominal.__setitem__("efficiency", v))
+    dead_time_ns = PhotonDetector.dead_time_ns.refine(fget=lambda s: s._nominal["dead_time_ns"],
+                                                      fset=lambda s, v: s._nominal.__setitem__("dead_time_ns", v))
 
-    @efficiency.setter
-    def efficiency(self, value: float) -> None:
-        self._nominal["efficiency"] = check_range("efficiency", value, 1e-6, 1.0)
-
-    @property
-    def dead_time_ns(self) -> float:
-        """Nominal recovery (dead) time from the station file [ns]."""
-        return self._nominal["dead_time_ns"]
-
-    @dead_time_ns.setter
-    def dead_time_ns(self, value: float) -> None:
-        self._nominal["dead_time_ns"] = check_range("dead_time_ns", value, 0.0, 1e6, "ns")
-
-    @property
+    @PhotonDetector.temperature_k.getter
     def temperature_k(self) -> float:
         """Cold-stage temperature [K] (last entry of ``temperature_long_memory.T``)."""
         with self.lock:

@@ -78,8 +78,9 @@ from pydantic import Field, model_validator
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, LabqflError
 from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PulseGenerator
+from labqfl.instruments.settings import Rejected, rule
 
-from ._base import DriverDeclaration, check_bool
+from ._base import DriverDeclaration
 
 #: Digital sampling period [ns] and shortest pulse [ns] ("Hardware: Digital Output").
 SAMPLE_NS = 1
@@ -151,15 +152,14 @@ class _PulseStreamerCommon(DriverDeclaration):
         return (f"Swabian Instruments, Pulse Streamer 8/2, {self._call('getSerial')}, firmware "
                 f"{self._call('getFirmwareVersion')}")
 
-    @property
+    # the interfaces' rule (PatternGenerator's and PulseGenerator's are the same): internal or external
+    @PatternGenerator.reference_clock.getter
     def reference_clock(self) -> str:
         src = self._call("getClock")
         return "external" if src == self.ps_module.ClockSource.EXT_10MHZ else "internal"
 
     @reference_clock.setter
     def reference_clock(self, value: str) -> None:
-        if value not in ("internal", "external"):
-            raise ValueError(f"reference_clock = {value!r}; expected 'internal' or 'external' (the shared 10 MHz)")
         cs = self.ps_module.ClockSource
         want = cs.EXT_10MHZ if value == "external" else cs.INTERNAL
         self._call("selectClock", want)
@@ -251,32 +251,22 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
         self.reference_clock = station.sync.pattern_generator_reference
 
     # -- settings -------------------------------------------------------------------------------------
-    @property
-    def slot_rate_hz(self) -> float:
-        return 1e9 / self._slot_ns
+    slot_rate_hz = PatternGenerator.slot_rate_hz.getter(lambda s: 1e9 / s._slot_ns)
+    frame_slots = PatternGenerator.frame_slots.kept_in("_frame_slots")
+    frames_per_upload = PatternGenerator.frames_per_upload.getter(lambda s: s.opts.frames_per_upload)
 
-    @property
-    def frame_slots(self) -> int:
-        return self._frame_slots
-
-    @property
-    def frames_per_upload(self) -> int:
-        return self.opts.frames_per_upload
-
-    @property
+    @PatternGenerator.output_enabled.getter
     def output_enabled(self) -> bool:
         return self._enabled
 
     @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        on = check_bool("output_enabled", value)
-        with self.lock:
-            if not on:
-                if self._uploads:
-                    self.stop()
-                else:
-                    self._dark()
-            self._enabled = on
+    def output_enabled(self, on: bool) -> None:
+        if not on:
+            if self._uploads:
+                self.stop()
+            else:
+                self._dark()
+        self._enabled = on
 
     # -- level coding ------------------------------------------------------------------------------------
     def encode(self, frame: ModulationFrame) -> np.ndarray:
@@ -453,6 +443,29 @@ class SwabianPulseStreamerClockOptions(DriverOptions):
     pulse_width_ns: int = Field(2, ge=MIN_PULSE_NS, le=1_000_000, description="trigger pulse width [ns]")
 
 
+def _trigger_rate(clock: SwabianPulseStreamerClock, value: Any) -> float:
+    """Rule of the master clock's ``frequency_hz``: PulseGenerator's (a positive rate), then 1 GHz / n
+    with a period of at least the pulse width + 2 ns (1 GSa/s digital outputs)."""
+    hz = float(PulseGenerator.frequency_hz.validator(clock, value))  # type: ignore[misc]
+    period = 1e9 / hz
+    if abs(period - round(period)) > 1e-6 or round(period) < clock._width_ns + MIN_PULSE_NS:
+        raise Rejected(f"1 GHz / n Hz with a period of at least pulse width + {MIN_PULSE_NS} ns = "
+                       f"{clock._width_ns + MIN_PULSE_NS} ns")
+    return hz
+
+
+def _pulse_width(clock: SwabianPulseStreamerClock, value: Any) -> int:
+    """Rule of the master clock's ``pulse_width_ns``: an integer from 2 ns to the period − 2 ns."""
+    expected = f"an integer from {MIN_PULSE_NS} to {clock._period_ns - MIN_PULSE_NS} ns"
+    try:
+        w = int(value)
+    except (TypeError, ValueError):
+        raise Rejected(expected) from None
+    if isinstance(value, bool) or w != value or not MIN_PULSE_NS <= w <= clock._period_ns - MIN_PULSE_NS:
+        raise Rejected(expected)
+    return w
+
+
 class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
     """The station's master clock on a Pulse Streamer 8/2: a trigger pulse every 1/f on one digital
     output, streamed forever (``stream(seq, REPEAT_INFINITELY, final=ZERO)``), locked to the shared
@@ -476,35 +489,25 @@ class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
         mc = getattr(station, "master_clock", None)
         self.reference_clock = getattr(mc, "reference", "external")
 
-    @property
+    @PulseGenerator.frequency_hz.refine(validator=rule(_trigger_rate)).getter
     def frequency_hz(self) -> float:
         return 1e9 / self._period_ns
 
     @frequency_hz.setter
-    def frequency_hz(self, value: float) -> None:
-        period = 1e9 / float(value)
-        if abs(period - round(period)) > 1e-6 or round(period) < self._width_ns + MIN_PULSE_NS:
-            raise ValueError(f"frequency_hz = {value!r} Hz is not available; expected 1 GHz / n with a period of at least "
-                             f"pulse width + {MIN_PULSE_NS} ns = {self._width_ns + MIN_PULSE_NS} ns")
-        with self.lock:
-            self._period_ns = int(round(period))
-            if self._enabled:
-                self._play()
+    def frequency_hz(self, hz: float) -> None:
+        self._period_ns = int(round(1e9 / hz))
+        if self._enabled:
+            self._play()
 
-    @property
+    @PulseGenerator.pulse_width_ns.refine(validator=rule(_pulse_width)).getter
     def pulse_width_ns(self) -> float:
         return float(self._width_ns)
 
     @pulse_width_ns.setter
-    def pulse_width_ns(self, value: float) -> None:
-        w = int(value)
-        if w != value or not MIN_PULSE_NS <= w <= self._period_ns - MIN_PULSE_NS:
-            raise ValueError(f"pulse_width_ns = {value!r} is not available; expected an integer from {MIN_PULSE_NS} to "
-                             f"{self._period_ns - MIN_PULSE_NS} ns")
-        with self.lock:
-            self._width_ns = w
-            if self._enabled:
-                self._play()
+    def pulse_width_ns(self, w: int) -> None:
+        self._width_ns = w
+        if self._enabled:
+            self._play()
 
     def _play(self) -> None:
         seq = np.zeros(2, dtype=self.ps_module.Sequence.pulse_dtype)
@@ -513,19 +516,17 @@ class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
         self._call("setTrigger", self.ps_module.TriggerStart.IMMEDIATE, self.ps_module.TriggerRearm.AUTO)
         self._call("stream", seq, self.ps_module.PulseStreamer.REPEAT_INFINITELY, self.ps_module.OutputState.ZERO())
 
-    @property
+    @PulseGenerator.output_enabled.getter
     def output_enabled(self) -> bool:
         return self._enabled
 
     @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        on = check_bool("output_enabled", value)
-        with self.lock:
-            if on:
-                self._play()
-            else:
-                self._dark()
-            self._enabled = on
+    def output_enabled(self, on: bool) -> None:
+        if on:
+            self._play()
+        else:
+            self._dark()
+        self._enabled = on
 
     def safe_state(self) -> None:
         with self.lock:

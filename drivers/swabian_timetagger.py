@@ -52,20 +52,21 @@ import importlib
 import time
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from labqfl.config import DriverOptions, InstrumentConfig
 from labqfl.errors import InstrumentError, LabqflError
-from labqfl.instruments.base import Setting, TagBlock
+from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import TimeTagger
+from labqfl.instruments.settings import Rejected, Setting, in_range, per_channel, rule
 
 from ._base import DriverDeclaration, Limit, check_range
 
-TRIGGER_LEVEL_V = (-2.5, 2.5)
-INPUT_DELAY_PS = (-2_000_000, 2_000_000)
+#: Input channels of a Time Tagger (rising edges 1…18, falling edges −1…−18).
+INPUT_CHANNELS = tuple(c for c in range(-18, 19) if c != 0)
 #: setEventDivider: "The divider is a 16 bit integer, so the maximum value is 65535."
 EVENT_DIVIDER = (1, 65_535)
 #: setDeadtime: minimum 2 ns (Ultra) / 1.333 ns (X) / 6 ns (TT20); maximum 2147 µs (Ultra).
@@ -106,19 +107,12 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
     """Adapter from the Swabian SDK to the :class:`TimeTagger` interface."""
 
     Options = SwabianTimeTaggerOptions
-    SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        *TimeTagger.SETTINGS,
-        Setting("event_dividers", "", "event divider per channel (sync, reference)"),
-        Setting("dead_times_ps", "ps", "dead time per channel, as set (rounded by the tagger)"),
-        Setting("conditional_filter", "", "trigger and filtered channels of the conditional filter"),
-        Setting("reference_clock", "", "software reference clock: channel, frequency, locked", writable=False),
-    )
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"trigger_level_v": (*TRIGGER_LEVEL_V, "V"), "input_delays_ps": (*INPUT_DELAY_PS, "ps"),
-                "sync_divider": (*EVENT_DIVIDER, ""), "reference_clock_divider": (*EVENT_DIVIDER, ""),
-                "dead_times_ps": (*DEAD_TIME_PS, "ps")}
+        return {"trigger_level_v": cls.trigger_levels_v.limits(), "input_delays_ps": cls.input_delays_ps.limits(),
+                "sync_divider": cls.event_dividers.limits(), "reference_clock_divider": cls.event_dividers.limits(),
+                "dead_times_ps": cls.dead_times_ps.limits()}
 
     def __init__(self, name: str, config: InstrumentConfig, *, sdk: ModuleType | None = None) -> None:
         opts = self.parse_options(name, config)
@@ -260,101 +254,102 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                     self.log.warning("stopping a measurement failed: %s", exc)
             self._running.clear()
 
-    # -- settings -------------------------------------------------------------------------------
-    @property
+    # -- settings (TimeTagger's rules; SDK calls) ---------------------------------------------------
+    def input_channels(self) -> list[int]:
+        return list(INPUT_CHANNELS)
+
+    @TimeTagger.channels.getter
     def channels(self) -> list[int]:
         return list(self._channels)
 
     @channels.setter
-    def channels(self, value: list[int]) -> None:
-        chans = sorted({int(c) for c in value})
-        if not chans or any(c == 0 or abs(c) > 18 for c in chans):
-            raise ValueError(f"channels must be tagger inputs ±1 … ±18, got {value!r}")
+    def channels(self, chans: list[int]) -> None:
         self._channels = chans
 
-    @property
+    @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:
         return self._resolution_ps
 
-    @property
+    @TimeTagger.trigger_levels_v.getter
     def trigger_levels_v(self) -> dict[int, float]:
         return {c: float(self._sdk_call("getTriggerLevel", self.tagger.getTriggerLevel, c)) for c in self._channels}
 
     @trigger_levels_v.setter
-    def trigger_levels_v(self, value: dict[int, float]) -> None:
-        checked = {self._channel(c): check_range(f"trigger_levels_v[{c}]", v, *TRIGGER_LEVEL_V, "V") for c, v in value.items()}
-        with self.lock:
-            for c, v in checked.items():
-                self._sdk_call(f"setTriggerLevel({c}, {v})", self.tagger.setTriggerLevel, c, v)
+    def trigger_levels_v(self, checked: dict[int, float]) -> None:
+        for c, v in checked.items():
+            self._sdk_call(f"setTriggerLevel({c}, {v})", self.tagger.setTriggerLevel, c, v)
 
-    @property
+    @TimeTagger.input_delays_ps.getter
     def input_delays_ps(self) -> dict[int, int]:
         return {c: int(self._sdk_call("getInputDelay", self.tagger.getInputDelay, c)) for c in self._channels}
 
     @input_delays_ps.setter
-    def input_delays_ps(self, value: dict[int, int]) -> None:
-        checked = {self._channel(c): int(check_range(f"input_delays_ps[{c}]", v, *INPUT_DELAY_PS, "ps"))
-                   for c, v in value.items()}
-        with self.lock:
-            hardware = bool(self._filter[0])
-            for c, v in checked.items():
-                if hardware:  # the conditional filter acts on hardware-delayed tags only
-                    lo, hi = (int(x) for x in self._sdk_call("getDelayHardwareRange", self.tagger.getDelayHardwareRange, c))
-                    if not lo <= v <= hi:
-                        raise ValueError(f"input_delays_ps[{c}] = {v} ps is outside the hardware delay range {lo} to "
-                                         f"{hi} ps; with the conditional filter on, delays must be hardware delays")
-                    self._sdk_call(f"setDelayHardware({c}, {v})", self.tagger.setDelayHardware, c, v)
-                else:
-                    self._sdk_call(f"setInputDelay({c}, {v})", self.tagger.setInputDelay, c, v)
+    def input_delays_ps(self, checked: dict[int, int]) -> None:
+        hardware = bool(self._filter[0])
+        for c, v in checked.items():
+            if hardware:  # the conditional filter acts on hardware-delayed tags only
+                lo, hi = (int(x) for x in self._sdk_call("getDelayHardwareRange", self.tagger.getDelayHardwareRange, c))
+                if not lo <= v <= hi:
+                    raise ValueError(f"input_delays_ps[{c}] = {v} ps is outside the hardware delay range {lo} to "
+                                     f"{hi} ps; with the conditional filter on, delays must be hardware delays")
+                self._sdk_call(f"setDelayHardware({c}, {v})", self.tagger.setDelayHardware, c, v)
+            else:
+                self._sdk_call(f"setInputDelay({c}, {v})", self.tagger.setInputDelay, c, v)
 
-    @property
+    @Setting("", "event divider per channel (sync, reference)",
+             validator=per_channel(in_range(*EVENT_DIVIDER, integer=True), lambda s: s.input_channels())).getter
     def event_dividers(self) -> dict[int, int]:
         return {c: int(self._sdk_call("getEventDivider", self.tagger.getEventDivider, c)) for c in self._dividers}
 
     @event_dividers.setter
-    def event_dividers(self, value: dict[int, int]) -> None:
-        checked = {int(c): int(check_range(f"event_dividers[{c}]", v, *EVENT_DIVIDER)) for c, v in value.items()}
-        with self.lock:
-            for c, d in checked.items():
-                self._sdk_call(f"setEventDivider({c}, {d})", self.tagger.setEventDivider, c, d)
-                self._dividers[c] = d
+    def event_dividers(self, checked: dict[int, int]) -> None:
+        for c, d in checked.items():
+            self._sdk_call(f"setEventDivider({c}, {d})", self.tagger.setEventDivider, c, d)
+            self._dividers[c] = d
 
-    @property
+    @Setting("ps", "dead time per channel, as set (rounded by the tagger)",
+             validator=per_channel(in_range(*DEAD_TIME_PS, "ps", round_to_int=True), lambda s: s.setting_channels())).getter
     def dead_times_ps(self) -> dict[int, int]:
         return dict(self._dead_times)
 
     @dead_times_ps.setter
-    def dead_times_ps(self, value: dict[int, int]) -> None:
-        checked = {self._channel(c): int(check_range(f"dead_times_ps[{c}]", v, *DEAD_TIME_PS, "ps"))
-                   for c, v in value.items()}
-        with self.lock:
-            for c, v in checked.items():
-                actual = int(self._sdk_call(f"setDeadtime({c}, {v})", self.tagger.setDeadtime, c, v))
-                if actual != v:
-                    self.log.info("dead time of channel %d: asked %d ps, the tagger set %d ps", c, v, actual)
-                self._dead_times[c] = actual
+    def dead_times_ps(self, checked: dict[int, int]) -> None:
+        for c, v in checked.items():
+            actual = int(self._sdk_call(f"setDeadtime({c}, {v})", self.tagger.setDeadtime, c, v))
+            if actual != v:
+                self.log.info("dead time of channel %d: asked %d ps, the tagger set %d ps", c, v, actual)
+            self._dead_times[c] = actual
 
-    @property
+    @Setting("", "trigger and filtered channels of the conditional filter (both empty: off)",
+             validator=rule(lambda s, v: s._filter_channels(v))).getter
     def conditional_filter(self) -> tuple[list[int], list[int]]:
         """(trigger channels, filtered channels); both empty = filter off."""
         return list(self._filter[0]), list(self._filter[1])
 
     @conditional_filter.setter
     def conditional_filter(self, value: tuple[list[int], list[int]]) -> None:
-        trig, filt = ([self._channel(c) for c in part] for part in value)
-        if bool(trig) != bool(filt):
-            raise ValueError(f"conditional_filter needs trigger and filtered channels together (or neither), got "
-                             f"{trig} and {filt}")
-        with self.lock:
-            if trig:
-                self._sdk_call(f"setConditionalFilter({trig}, {filt})", self.tagger.setConditionalFilter, trig, filt)
-            else:
-                self._sdk_call("clearConditionalFilter", self.tagger.clearConditionalFilter)
-            self._filter = (trig, filt)
+        trig, filt = value
+        if trig:
+            self._sdk_call(f"setConditionalFilter({trig}, {filt})", self.tagger.setConditionalFilter, trig, filt)
+        else:
+            self._sdk_call("clearConditionalFilter", self.tagger.clearConditionalFilter)
+        self._filter = (trig, filt)
 
-    @property
-    def reference_clock(self) -> dict[str, Any]:
-        return dict(self._reference)
+    def _filter_channels(self, value: Any) -> tuple[list[int], list[int]]:
+        """Rule of ``conditional_filter``: two lists of enabled channels, both empty or both not."""
+        try:
+            trig, filt = ([int(c) for c in part] for part in value)
+        except (TypeError, ValueError):
+            raise Rejected("(trigger channels, filtered channels)") from None
+        bad = [c for c in (*trig, *filt) if c not in self._channels]
+        if bad:
+            raise Rejected(f"enabled channels from {self._channels}; channel {bad[0]} is not enabled")
+        if bool(trig) != bool(filt):
+            raise Rejected("trigger and filtered channels together (or neither)")
+        return trig, filt
+
+    reference_clock: Setting[dict[str, Any]] = Setting(
+        "", "software reference clock: channel, frequency, locked", writable=False, fget=lambda s: dict(s._reference))
 
     def overflows(self) -> int:
         """Overflows since start-up or the last stream start (``getOverflows``)."""

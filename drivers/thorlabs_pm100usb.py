@@ -18,9 +18,7 @@ from labqfl.config import InstrumentConfig
 from labqfl.errors import InstrumentError
 from labqfl.instruments.interfaces import PowerMeter
 
-from ._base import MessageDriver, check_range
-
-AVERAGING = (1, 10000)
+from ._base import MessageDriver
 
 
 class ThorlabsPM100USB(MessageDriver, PowerMeter):
@@ -57,29 +55,21 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
         """Name and serial number of the sensor head."""
         return f"{self.pm.sensor_name} #{self.pm.sensor_sn}"
 
-    @property
+    # the head's own range (SENS:CORR:WAV? MIN|MAX, read at open)
+    wavelength_nm = PowerMeter.wavelength_nm.within(lambda s: s._wl_range[0], lambda s: s._wl_range[1])
+
+    @wavelength_nm.getter
     def wavelength_nm(self) -> float:
         return float(self.link.call("SENSE:CORR:WAV?", lambda: self.pm.wavelength))
 
     @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
+    def wavelength_nm(self, v: float) -> None:
         if not self.pm.wavelength_settable:
             raise ValueError(f"sensor {self.sensor} does not allow setting the wavelength")
-        v = check_range("wavelength_nm", value, *self._wl_range, unit="nm")
-        with self.lock:
-            self.link.call("SENSE:CORR:WAV", lambda: setattr(self.pm, "wavelength", v))
-            self.link.check_errors("SENSE:CORR:WAV")
+        self.link.call("SENSE:CORR:WAV", lambda: setattr(self.pm, "wavelength", v))
+        self.link.check_errors("SENSE:CORR:WAV")
 
-    @property
-    def averaging(self) -> int:
-        return self.link.query_int("SENS:AVER:COUN?")
-
-    @averaging.setter
-    def averaging(self, value: int) -> None:
-        if isinstance(value, bool) or int(value) != value:
-            raise ValueError(f"averaging must be an integer number of samples, got {value!r}")
-        v = int(check_range("averaging", value, *AVERAGING))
-        self.link.write(f"SENS:AVER:COUN {v:d}")
+    averaging = PowerMeter.averaging.scpi("SENS:AVER:COUN?", "SENS:AVER:COUN {value:d}", cast=int)
 
     def power_w(self) -> float:
         """Measured optical power [W]."""

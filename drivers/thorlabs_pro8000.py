@@ -41,7 +41,7 @@ from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PulsedLaser
 
-from ._base import Limit, MessageDriver, check_bool, check_range, ramp_points, run_ramp
+from ._base import Limit, MessageDriver, ramp_points, run_ramp
 
 REP_RATE_HZ = (1.0, 10e9)
 SLOTS = (1, 8)
@@ -87,7 +87,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"rep_rate_hz": (*REP_RATE_HZ, "Hz"), "power_mw": (0.0, options.max_power_mw, "mW")}
+        return {"rep_rate_hz": cls.rep_rate_hz.limits(), "power_mw": (0.0, options.max_power_mw, "mW")}
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         o = self.parse_options(name, config)
@@ -97,7 +97,8 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.temp_range_c = (o.temp_min_c, o.temp_max_c)
         self.ramp_ma_per_s, self.ramp_step_ma = o.ramp_ma_per_s, o.ramp_step_ma
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
-        self._rep_rate = check_range("rep_rate_hz", getattr(config, "rep_rate_hz", 100e6), *REP_RATE_HZ, "Hz")
+        self.name = name  # for the setting's error before the session opens
+        self._rep_rate = ThorlabsPRO8000.rep_rate_hz.validate(self, getattr(config, "rep_rate_hz", 100e6))
         super().__init__(name, config, adapter=adapter)
 
     def _on_open(self) -> None:
@@ -131,7 +132,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             self.link.check_errors(label)
 
     # -- settings -------------------------------------------------------------------------------
-    @property
+    @PulsedLaser.output_enabled.getter
     def output_enabled(self) -> bool:
         reply = str(self._get(self.ld_slot, ":LASER?", "LDCStatus")).strip().upper()
         if reply in ("ON", "1", "1.0"):
@@ -142,22 +143,18 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                                    resource=self.resource, command=":LASER?")
 
     @output_enabled.setter
-    def output_enabled(self, value: bool) -> None:
-        on = check_bool("output_enabled", value)
-        with self.lock:
-            was_on = self.output_enabled
-            if on == was_on:
-                return
-            if on:  # from 0 mA up to the set point, stepwise
-                target = self.current_ma
-                self._write_current(0.0)
-                self._set_ldc(True)
-                self._ramp_to(target, start=0.0)
-            else:  # down to 0 mA stepwise, LDC off, set point back
-                target = self.current_ma
-                self._ramp_to(0.0, start=target)
-                self._set_ldc(False)
-                self._write_current(target)
+    def output_enabled(self, on: bool) -> None:
+        if on == self.output_enabled:
+            return
+        target = self.current_ma
+        if on:  # from 0 mA up to the set point, stepwise
+            self._write_current(0.0)
+            self._set_ldc(True)
+            self._ramp_to(target, start=0.0)
+        else:  # down to 0 mA stepwise, LDC off, set point back
+            self._ramp_to(0.0, start=target)
+            self._set_ldc(False)
+            self._write_current(target)
 
     def _set_ldc(self, on: bool) -> None:
         self._set(self.ld_slot, f":LASER {'ON' if on else 'OFF'}", "LDCStatus", "ON" if on else "OFF")
@@ -192,44 +189,49 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         return float(self._get(self.ld_slot, ":ILD:SET?", "LDCCurrent")) * 1e3
 
     @property
+    def max_power_mw(self) -> float:
+        """Highest average power of the L–I line within ``max_current_ma`` [mW]."""
+        return self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
+
+    @PulsedLaser.power_mw.within(0.0, lambda s: s.max_power_mw).getter
     def power_mw(self) -> float:
         """Average optical power [mW] from the current set point through the L–I line."""
         return max(0.0, self.slope_mw_per_ma * (self.current_ma - self.threshold_ma))
 
     @power_mw.setter
-    def power_mw(self, value: float) -> None:
-        p_max = self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
-        p = check_range("power_mw", value, 0.0, p_max, "mW")
+    def power_mw(self, p: float) -> None:
         i_ma = self.threshold_ma + p / self.slope_mw_per_ma if p > 0 else 0.0
-        with self.lock:
-            if self.output_enabled:
-                self._ramp_to(i_ma)
-            else:
-                self._write_current(i_ma)
+        if self.output_enabled:
+            self._ramp_to(i_ma)
+        else:
+            self._write_current(i_ma)
 
     @property
     def temperature_c(self) -> float:
         """TEC set temperature [°C]."""
         return float(self._get(self.tec_slot, ":TEMP:SET?", "TEDSetTemperature"))
 
-    @property
+    def _wavelength_at(self, t_c: float) -> float:
+        return self.lambda0_nm + self.tuning_nm_per_k * (t_c - self.t0_c)
+
+    # the wavelengths the TEC range reaches
+    @PulsedLaser.wavelength_nm.within(lambda s: s._wavelength_at(s.temp_range_c[0]),
+                                      lambda s: s._wavelength_at(s.temp_range_c[1])).getter
     def wavelength_nm(self) -> float:
-        return self.lambda0_nm + self.tuning_nm_per_k * (self.temperature_c - self.t0_c)
+        return self._wavelength_at(self.temperature_c)
 
     @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
-        lo, hi = (self.lambda0_nm + self.tuning_nm_per_k * (t - self.t0_c) for t in self.temp_range_c)
-        lam = check_range("wavelength_nm", value, lo, hi, "nm")
+    def wavelength_nm(self, lam: float) -> None:
         t = self.t0_c + (lam - self.lambda0_nm) / self.tuning_nm_per_k
         self._set(self.tec_slot, ":TEMP:SET", "TEDSetTemperature", round(t, 4))
 
-    @property
+    @PulsedLaser.rep_rate_hz.within(*REP_RATE_HZ).getter
     def rep_rate_hz(self) -> float:
         return self._rep_rate
 
     @rep_rate_hz.setter
-    def rep_rate_hz(self, value: float) -> None:
-        self._rep_rate = check_range("rep_rate_hz", value, *REP_RATE_HZ, "Hz")
+    def rep_rate_hz(self, v: float) -> None:
+        self._rep_rate = v
         self.log.info("rep_rate_hz recorded as %g Hz; set the external pulse generator to match", self._rep_rate)
 
     def status(self) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Simulated instruments: every interface of :mod:`labqfl.instruments.interfaces`, backed by one
 shared :class:`~labqfl.sim_backends.testbed.SagnacTestbed`.
 
-Each setting is validated (``ValueError`` naming the setting and its valid range), guarded by the
-instrument's ``RLock`` and written into the testbed's live state, which the physics reads at the
+Each setting is the interface's own :class:`~labqfl.instruments.settings.Setting` (same rule,
+same range, same :class:`SettingError` as on hardware), kept here in the testbed's live state
+(:func:`_in_testbed`) under the instrument's and the testbed's locks; the physics reads that state at the
 start of every block: laser off → no photon clicks; detector disabled → no clicks on it;
 attenuator → that client's intensities; phase-modulator Vπ / bias settings → the applied phases.
 """
@@ -17,7 +18,7 @@ import numpy as np
 from labqfl.sim_backends.testbed import SagnacTestbed
 
 from labqfl.config import StationConfig
-from labqfl.instruments.base import Instrument, Setting, TagBlock
+from labqfl.instruments.base import Instrument, TagBlock
 from labqfl.instruments.interfaces import (
     PhaseModulator,
     PhotonDetector,
@@ -26,6 +27,7 @@ from labqfl.instruments.interfaces import (
     TimeTagger,
     VariableAttenuator,
 )
+from labqfl.instruments.settings import Setting, one_of
 
 _VENDOR = "labqfl"
 _FW = "sim-1.0"
@@ -43,29 +45,12 @@ def _check_range(name: str, value: Any, lo: float, hi: float, unit: str = "", *,
     return v
 
 
-def _check_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-class _LiveSetting:
-    """A setting kept in the testbed's live state (declarative, like PyMeasure's ``control``):
-    ``check(instrument, value)`` validates (ValueError naming the setting), then the value is
-    stored under the instrument's and the testbed's locks and the testbed is told."""
-
-    def __init__(self, attr: str, check: Any) -> None:
-        self.attr = attr
-        self.check = check
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
-        return self if obj is None else getattr(obj._live(), self.attr)
-
-    def __set__(self, obj: Any, value: Any) -> None:
-        obj._set(self.attr, self.check(obj, value))
+def _in_testbed(setting: Setting[Any], attr: str) -> Setting[Any]:
+    """The interface's ``setting`` (its rule unchanged), kept in the testbed's live state under
+    ``attr``: validated by the descriptor, then stored under the instrument's and the testbed's
+    locks and the testbed told (:meth:`_SimMixin._set`)."""
+    return setting.refine(fget=lambda s: getattr(s._live(), attr),
+                          fset=lambda s, v: s._set(attr, v), get_command=None, set_command=None, store=None)
 
 
 class _SimMixin:
@@ -100,15 +85,18 @@ class SimulatedLaser(_SimMixin, PulsedLaser):
     def _live(self):  # type: ignore[no-untyped-def]
         return self.testbed.live
 
-    def _check_output(self, value: Any) -> bool:
-        v = _check_bool("output_enabled", value)
-        self.log.info("output %s", "on" if v else "off")
-        return v
+    @PulsedLaser.output_enabled.setter
+    def output_enabled(self, on: bool) -> None:
+        self.log.info("output %s", "on" if on else "off")
+        self._set("laser_on", on)
 
-    output_enabled: bool = _LiveSetting("laser_on", lambda s, v: s._check_output(v))  # type: ignore[assignment]
-    rep_rate_hz: float = _LiveSetting("rep_rate_hz", lambda _s, v: _check_range("rep_rate_hz", v, 1e3, 10e9, "Hz"))  # type: ignore[assignment]
-    power_mw: float = _LiveSetting("power_mw", lambda _s, v: _check_range("power_mw", v, 0.0, 100.0, "mW"))  # type: ignore[assignment]
-    wavelength_nm: float = _LiveSetting("wavelength_nm", lambda _s, v: _check_range("wavelength_nm", v, 1260.0, 1650.0, "nm"))  # type: ignore[assignment]
+    @output_enabled.getter
+    def output_enabled(self) -> bool:
+        return bool(self.testbed.live.laser_on)
+
+    rep_rate_hz = _in_testbed(PulsedLaser.rep_rate_hz, "rep_rate_hz")
+    power_mw = _in_testbed(PulsedLaser.power_mw, "power_mw")
+    wavelength_nm = _in_testbed(PulsedLaser.wavelength_nm, "wavelength_nm")
 
     def status(self) -> dict[str, Any]:
         return {**super().status(), "output_enabled": self.output_enabled, "power_mw": self.power_mw}
@@ -135,11 +123,11 @@ class SimulatedPhaseModulator(_SimMixin, PhaseModulator):
     def _live(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.clients[self.client]
 
-    output_enabled: bool = _LiveSetting("pm_enabled", lambda _s, v: _check_bool("output_enabled", v))  # type: ignore[assignment]
-    v_pi_v: float = _LiveSetting("v_pi_set", lambda _s, v: _check_range("v_pi_v", v, 0.0, 20.0, "V", lo_open=True))  # type: ignore[assignment]
-    bias_phase_rad: float = _LiveSetting("bias_set", lambda _s, v: _check_range("bias_phase_rad", v, -4 * math.pi, 4 * math.pi, "rad"))  # type: ignore[assignment]
-    gate_delay_ps: float = _LiveSetting("gate_delay_set_ps", lambda _s, v: _check_range("gate_delay_ps", v, -1e9, 1e9, "ps"))  # type: ignore[assignment]
-    amplitude_vpp: float = _LiveSetting("amplitude_vpp", lambda _s, v: _check_range("amplitude_vpp", v, 0.0, 40.0, "V"))  # type: ignore[assignment]
+    output_enabled = _in_testbed(PhaseModulator.output_enabled, "pm_enabled")
+    v_pi_v = _in_testbed(PhaseModulator.v_pi_v, "v_pi_set")
+    bias_phase_rad = _in_testbed(PhaseModulator.bias_phase_rad, "bias_set")
+    gate_delay_ps = _in_testbed(PhaseModulator.gate_delay_ps, "gate_delay_set_ps")
+    amplitude_vpp = _in_testbed(PhaseModulator.amplitude_vpp, "amplitude_vpp")
 
     @property
     def dc_voltage(self) -> float | None:
@@ -185,17 +173,9 @@ class SimulatedAttenuator(_SimMixin, VariableAttenuator):
     def _live(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.clients[self.client]
 
-    attenuation_db: float = _LiveSetting("attenuation_db", lambda s, v: _check_range("attenuation_db", v, 0.0, s.max_attenuation_db, "dB"))  # type: ignore[assignment]
-    shutter_closed: bool = _LiveSetting("shutter_closed", lambda _s, v: _check_bool("shutter_closed", v))  # type: ignore[assignment]
-
-    @property
-    def wavelength_nm(self) -> float:  # type: ignore[override]
-        return self._wavelength
-
-    @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
-        with self.lock:
-            self._wavelength = _check_range("wavelength_nm", value, 1260.0, 1650.0, "nm")
+    attenuation_db = _in_testbed(VariableAttenuator.attenuation_db, "attenuation_db")
+    shutter_closed = _in_testbed(VariableAttenuator.shutter_closed, "shutter_closed")
+    wavelength_nm = VariableAttenuator.wavelength_nm.kept_in("_wavelength")
 
 
 class SimulatedDetector(_SimMixin, PhotonDetector):
@@ -214,22 +194,23 @@ class SimulatedDetector(_SimMixin, PhotonDetector):
     def _live(self):  # type: ignore[no-untyped-def]
         return self.testbed.live.detectors[self.name]
 
-    enabled: bool = _LiveSetting("enabled", lambda _s, v: _check_bool("enabled", v))  # type: ignore[assignment]
-    efficiency: float = _LiveSetting("efficiency", lambda _s, v: _check_range("efficiency", v, 0.0, 1.0, "", lo_open=True))  # type: ignore[assignment]
-
-    def _check_bias(self, value: Any) -> float:
-        snspd = self._kind == "snspd"
-        return _check_range("bias", value, 0.0, 30.0 if snspd else 10.0, "µA" if snspd else "V")
-
-    bias: float = _LiveSetting("bias", lambda s, v: s._check_bias(v))  # type: ignore[assignment]
-    dead_time_ns: float = _LiveSetting("dead_time_ns", lambda _s, v: _check_range("dead_time_ns", v, 0.0, 1e5, "ns"))  # type: ignore[assignment]
-    gated: bool = _LiveSetting("gated", lambda _s, v: _check_bool("gated", v))  # type: ignore[assignment]
-    gate_width_ns: float = _LiveSetting("gate_width_ns", lambda _s, v: _check_range("gate_width_ns", v, 0.0, 1e3, "ns", lo_open=True))  # type: ignore[assignment]
-    gate_delay_ps: float = _LiveSetting("gate_delay_ps", lambda _s, v: _check_range("gate_delay_ps", v, -1e9, 1e9, "ps"))  # type: ignore[assignment]
+    enabled = _in_testbed(PhotonDetector.enabled, "enabled")
+    efficiency = _in_testbed(PhotonDetector.efficiency, "efficiency")
+    bias = _in_testbed(PhotonDetector.bias, "bias")
+    dead_time_ns = _in_testbed(PhotonDetector.dead_time_ns, "dead_time_ns")
+    gated = _in_testbed(PhotonDetector.gated, "gated")
+    gate_width_ns = _in_testbed(PhotonDetector.gate_width_ns, "gate_width_ns")
+    gate_delay_ps = _in_testbed(PhotonDetector.gate_delay_ps, "gate_delay_ps")
+    temperature_k = PhotonDetector.temperature_k.kept_in("_temperature")
 
     @property
-    def temperature_k(self) -> float:
-        return self._temperature
+    def max_bias(self) -> float:  # type: ignore[override]
+        """Bias range of the simulated detector: 30 µA (SNSPD) or 10 V (SPAD)."""
+        return 30.0 if self._kind == "snspd" else 10.0
+
+    @property
+    def bias_unit(self) -> str:  # type: ignore[override]
+        return "µA" if self._kind == "snspd" else "V"
 
     def dark_count_rate_hz(self) -> float:
         """True dark-count rate at the current bias [Hz] (simulator truth)."""
@@ -257,51 +238,44 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
         self._all_channels = sorted({tt.sync_channel, *tt.detector_channels.values(),
                                      *([tt.marker_channel] if tt.marker_channel is not None else [])})
 
-    @property
-    def channels(self) -> list[int]:  # type: ignore[override]
+    def input_channels(self) -> list[int]:
+        return list(self._all_channels)
+
+    def setting_channels(self) -> list[int]:
+        """Every channel of the station's tagger (enabled or not) takes a trigger level and a delay."""
+        return list(self._all_channels)
+
+    @TimeTagger.channels.getter
+    def channels(self) -> list[int]:
         return sorted(self.testbed.live.enabled_channels)
 
     @channels.setter
-    def channels(self, value: list[int]) -> None:
-        chans = list(value)
-        bad = [c for c in chans if c not in self._all_channels]
-        if bad:
-            raise ValueError(f"channels must be a subset of {self._all_channels}, got {chans}")
+    def channels(self, chans: list[int]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.enabled_channels = set(chans)
             self.testbed.touch()
 
-    @property
-    def trigger_levels_v(self) -> dict[int, float]:  # type: ignore[override]
+    @TimeTagger.trigger_levels_v.getter
+    def trigger_levels_v(self) -> dict[int, float]:
         return dict(self.testbed.live.trigger_levels_v)
 
     @trigger_levels_v.setter
-    def trigger_levels_v(self, value: dict[int, float]) -> None:
-        new = {}
-        for ch, v in dict(value).items():
-            if ch not in self._all_channels:
-                raise ValueError(f"trigger_levels_v: channel must be one of {self._all_channels}, got {ch!r}")
-            new[ch] = _check_range(f"trigger_levels_v[{ch}]", v, -2.5, 2.5, "V")
+    def trigger_levels_v(self, new: dict[int, float]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.trigger_levels_v.update(new)
             self.testbed.touch()
 
-    @property
-    def input_delays_ps(self) -> dict[int, int]:  # type: ignore[override]
+    @TimeTagger.input_delays_ps.getter
+    def input_delays_ps(self) -> dict[int, int]:
         return {ch: self.testbed.live.input_delays_ps.get(ch, 0) for ch in self._all_channels}
 
     @input_delays_ps.setter
-    def input_delays_ps(self, value: dict[int, int]) -> None:
-        new = {}
-        for ch, v in dict(value).items():
-            if ch not in self._all_channels:
-                raise ValueError(f"input_delays_ps: channel must be one of {self._all_channels}, got {ch!r}")
-            new[ch] = int(round(_check_range(f"input_delays_ps[{ch}]", v, -1e6, 1e6, "ps")))
+    def input_delays_ps(self, new: dict[int, int]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.input_delays_ps.update(new)
             self.testbed.touch()
 
-    @property
+    @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:
         return self.testbed.config.time_tagger.resolution_ps
 
@@ -349,7 +323,6 @@ class SimulatedPowerMeter(_SimMixin, PowerMeter):
     """
 
     _model = "SimPowerMeter"
-    SETTINGS = (*PowerMeter.SETTINGS, Setting("tap", "", "which calibration tap the head sits on"))
 
     def __init__(self, name: str, testbed: SagnacTestbed, options: dict[str, Any]) -> None:
         super().__init__(name, "sim")
@@ -363,37 +336,10 @@ class SimulatedPowerMeter(_SimMixin, PowerMeter):
         self._noise_floor = float(options.get("noise_floor_w", 1e-12))
         self._rng = np.random.default_rng([testbed.config.simulation.seed, 0x504D])
 
-    @property
-    def wavelength_nm(self) -> float:  # type: ignore[override]
-        return self._wavelength
-
-    @wavelength_nm.setter
-    def wavelength_nm(self, value: float) -> None:
-        with self.lock:
-            self._wavelength = _check_range("wavelength_nm", value, 800.0, 1700.0, "nm")
-
-    @property
-    def averaging(self) -> int:  # type: ignore[override]
-        return self._averaging
-
-    @averaging.setter
-    def averaging(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 1 <= int(value) <= 10000:
-            raise ValueError(f"averaging must be an integer in [1, 10000], got {value!r}")
-        with self.lock:
-            self._averaging = int(value)
-
-    @property
-    def tap(self) -> str:
-        return self._tap
-
-    @tap.setter
-    def tap(self, value: str) -> None:
-        valid = ["laser", *self.testbed.config.client_names]
-        if value not in valid:
-            raise ValueError(f"tap must be one of {valid}, got {value!r}")
-        with self.lock:
-            self._tap = value
+    wavelength_nm = PowerMeter.wavelength_nm.kept_in("_wavelength")
+    averaging = PowerMeter.averaging.kept_in("_averaging")
+    tap: Setting[str] = Setting("", "which calibration tap the head sits on", store="_tap",
+                                validator=one_of(lambda s: ["laser", *s.testbed.config.client_names]))
 
     def place_at(self, position: str) -> None:
         """Switch the simulated head to a calibration tap (see :attr:`tap`)."""

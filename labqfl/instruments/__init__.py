@@ -12,6 +12,7 @@ from labqfl.instruments.interfaces import (
     TimeTagger,
     VariableAttenuator,
 )
+from labqfl.instruments.settings import SettingError
 
 __all__ = [
     "PHASE_ALPHABET_RAD",
@@ -22,6 +23,7 @@ __all__ = [
     "PowerMeter",
     "PulsedLaser",
     "Setting",
+    "SettingError",
     "TagBlock",
     "TimeTagger",
     "VariableAttenuator",

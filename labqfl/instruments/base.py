@@ -16,17 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from labqfl.instruments.settings import Setting, declared_settings
 from labqfl.log import instrument_logger
 
-
-@dataclass(frozen=True)
-class Setting:
-    """Declaration of one instrument setting, for snapshots, GUIs and docs."""
-
-    name: str
-    unit: str
-    doc: str
-    writable: bool = True
+__all__ = ["Instrument", "Setting", "TagBlock"]
 
 
 _NO_INTERVALS = np.empty((0, 2), dtype=np.int64)
@@ -85,11 +78,18 @@ class TagBlock:
 class Instrument(ABC):
     """Common behaviour of every instrument.
 
-    Subclasses declare ``SETTINGS`` (tuple of :class:`Setting`) and implement :meth:`identity`,
-    :meth:`get_setting` (via attribute access by default), :meth:`safe_state` and :meth:`_close`.
+    Settings are :class:`~labqfl.instruments.settings.Setting` descriptors on the class; ``SETTINGS``
+    (their declarations, for snapshots, ``station show`` and the GUI) is derived from them when the
+    class is created. Subclasses implement :meth:`identity`, :meth:`safe_state` and :meth:`_close`;
+    those whose settings carry SCPI commands implement :meth:`_setting_query` and
+    :meth:`_setting_write`.
     """
 
-    SETTINGS: ClassVar[tuple[Setting, ...]] = ()
+    SETTINGS: ClassVar[tuple[Setting[Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.SETTINGS = declared_settings(cls)
 
     def __init__(self, name: str, resource: str = "sim") -> None:
         self.name = name
@@ -141,6 +141,16 @@ class Instrument(ABC):
     def get_setting(self, name: str) -> Any:
         """Current value of a declared setting (default: the attribute of that name)."""
         return getattr(self, name)
+
+    def _setting_query(self, command: str, cast: Any) -> Any:
+        """Send a setting's query ``command`` and return the reply read as ``cast`` (``float``,
+        ``int``, ``bool``, ``str`` or a function of the reply text). Instruments whose settings
+        carry SCPI commands implement it (drivers: :class:`labqfl.drivers._base.MessageDriver`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no command link (query {command!r})")
+
+    def _setting_write(self, command: str) -> None:
+        """Send a setting's write ``command`` (see :meth:`_setting_query`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no command link (write {command!r})")
 
     def snapshot(self) -> dict[str, Any]:
         """All declared settings with units: ``{name: {"value": v, "unit": u}}`` plus identity."""

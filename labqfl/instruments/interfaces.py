@@ -1,7 +1,12 @@
 """Instrument interfaces of the Sagnac testbed, with units.
 
-Each role of the station is one of these. Settings are Python properties (read/write where the
-hardware allows); out-of-range values raise ``ValueError`` naming the setting and the valid range.
+Each role of the station is one of these. Each setting is declared here once, as a
+:class:`~labqfl.instruments.settings.Setting` with its unit, doc and rule (validator); drivers and
+simulated instruments say only how it reaches the instrument (SCPI strings, a getter/setter, or an
+attribute) and may narrow a numeric range to their hardware's (:meth:`Setting.within`). So a value
+is refused by the same rule, with the same one-line :class:`SettingError` (instrument, setting,
+value, expected range), on hardware and in simulation. Settings that no implementation could leave
+out are abstract until an implementation says how to read them.
 """
 
 from __future__ import annotations
@@ -9,31 +14,51 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Iterator
-from typing import ClassVar
 
 import numpy as np
 
-from labqfl.instruments.base import Instrument, Setting, TagBlock
+from labqfl.instruments.base import Instrument, TagBlock
+from labqfl.instruments.settings import (
+    Rejected,
+    Setting,
+    boolean,
+    channel_list,
+    in_range,
+    one_of,
+    per_channel,
+    rule,
+)
 
 #: The four-phase alphabet: index a ∈ {0,1,2,3} ↦ phase a·π/2. Basis X = {0, π} (a = 0, 2),
 #: basis Y = {π/2, 3π/2} (a = 1, 3); bit = a // 2, basis = a % 2.
 PHASE_ALPHABET_RAD = np.array([0.0, math.pi / 2, math.pi, 3 * math.pi / 2])
+#: Clock sources of the instruments that take the station's shared 10 MHz reference.
+REFERENCE_CLOCKS = ("internal", "external")
+#: Lock points of a Mach–Zehnder bias controller (``manual``: hold ``bias_voltage_v``).
+BIAS_MODES = ("null", "peak", "quad+", "quad-", "manual")
+
+
+def _mean_photon_numbers(inst: object, value: object) -> list[float]:
+    """Rule of ``IntensityModulator.levels``: 1 to 7 finite mean photon numbers >= 0."""
+    try:
+        vals = [float(x) for x in value]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        raise Rejected("a list of 1 to 7 mean photon numbers >= 0") from None
+    if not 1 <= len(vals) <= 7:
+        raise Rejected(f"1 to 7 mean photon numbers (codes 1..7), got {len(vals)}")
+    for k, mu in enumerate(vals):
+        if not math.isfinite(mu) or mu < 0:
+            raise Rejected("a finite mean photon number >= 0", item=f"[{k}]", value=mu)
+    return vals
 
 
 class PulsedLaser(Instrument):
     """Pulsed laser of the central node."""
 
-    SETTINGS = (
-        Setting("output_enabled", "", "emission on/off"),
-        Setting("rep_rate_hz", "Hz", "pulse repetition rate"),
-        Setting("power_mw", "mW", "average output power"),
-        Setting("wavelength_nm", "nm", "centre wavelength"),
-    )
-
-    output_enabled: bool
-    rep_rate_hz: float
-    power_mw: float
-    wavelength_nm: float
+    output_enabled: Setting[bool] = Setting("", "emission on/off", validator=boolean())
+    rep_rate_hz: Setting[float] = Setting("Hz", "pulse repetition rate", validator=in_range(1e3, 10e9, "Hz"))
+    power_mw: Setting[float] = Setting("mW", "average output power", validator=in_range(0.0, 100.0, "mW"))
+    wavelength_nm: Setting[float] = Setting("nm", "centre wavelength", validator=in_range(1260.0, 1650.0, "nm"))
 
     def safe_state(self) -> None:
         self.output_enabled = False
@@ -46,19 +71,14 @@ class PhaseModulator(Instrument):
     the drive voltage for phase φ is V = (φ − bias_phase) · Vπ/π.
     """
 
-    SETTINGS = (
-        Setting("output_enabled", "", "drive output on/off"),
-        Setting("v_pi_v", "V", "half-wave voltage used to compute drive levels"),
-        Setting("bias_phase_rad", "rad", "bias phase compensated in the drive levels"),
-        Setting("gate_delay_ps", "ps", "trigger delay placing the gate on this client's pulse"),
-        Setting("amplitude_vpp", "V", "peak-to-peak drive amplitude"),
-    )
-
-    output_enabled: bool
-    v_pi_v: float
-    bias_phase_rad: float
-    gate_delay_ps: float
-    amplitude_vpp: float
+    output_enabled: Setting[bool] = Setting("", "drive output on/off", validator=boolean())
+    v_pi_v: Setting[float] = Setting("V", "half-wave voltage used to compute drive levels",
+                                     validator=in_range(0.0, 20.0, "V", lo_open=True))
+    bias_phase_rad: Setting[float] = Setting("rad", "bias phase compensated in the drive levels",
+                                             validator=in_range(-4 * math.pi, 4 * math.pi, "rad"))
+    gate_delay_ps: Setting[float] = Setting("ps", "trigger delay placing the gate on this client's pulse",
+                                            validator=in_range(-1e9, 1e9, "ps"))
+    amplitude_vpp: Setting[float] = Setting("V", "peak-to-peak drive amplitude", validator=in_range(0.0, 40.0, "V"))
 
     @abstractmethod
     def load_pattern(self, phase_indices: np.ndarray) -> None:
@@ -79,15 +99,13 @@ class PhaseModulator(Instrument):
 class VariableAttenuator(Instrument):
     """Variable optical attenuator setting a client's mean photon number."""
 
-    SETTINGS = (
-        Setting("attenuation_db", "dB", "attenuation"),
-        Setting("shutter_closed", "", "beam blocked"),
-        Setting("wavelength_nm", "nm", "calibration wavelength"),
-    )
+    #: Upper end of the attenuation range [dB] (the role's ``max_attenuation_db``, or the unit's).
+    max_attenuation_db: float
 
-    attenuation_db: float
-    shutter_closed: bool
-    wavelength_nm: float
+    attenuation_db: Setting[float] = Setting("dB", "attenuation",
+                                             validator=in_range(0.0, lambda s: s.max_attenuation_db, "dB"))
+    shutter_closed: Setting[bool] = Setting("", "beam blocked", validator=boolean())
+    wavelength_nm: Setting[float] = Setting("nm", "calibration wavelength", validator=in_range(1260.0, 1650.0, "nm"))
 
     def safe_state(self) -> None:
         self.shutter_closed = True
@@ -96,13 +114,9 @@ class VariableAttenuator(Instrument):
 class IntensityModulator(Instrument):
     """Intensity modulator switching per slot between decoy levels."""
 
-    SETTINGS = (
-        Setting("output_enabled", "", "modulation on/off"),
-        Setting("levels", "photons/pulse", "mean photon number per level"),
-    )
-
-    output_enabled: bool
-    levels: list[float]
+    output_enabled: Setting[bool] = Setting("", "modulation on/off", validator=boolean())
+    levels: Setting[list[float]] = Setting("photons/pulse", "mean photon number per level",
+                                           validator=rule(_mean_photon_numbers))
 
     @abstractmethod
     def load_pattern(self, level_indices: np.ndarray) -> None:
@@ -115,29 +129,21 @@ class IntensityModulator(Instrument):
 class PhotonDetector(Instrument):
     """Single-photon detector (SNSPD free-running, or gated InGaAs SPAD)."""
 
-    SETTINGS = (
-        Setting("enabled", "", "bias on / detector armed"),
-        Setting("efficiency", "", "detection efficiency setting (SPADs) or nominal value"),
-        Setting("bias", "µA or V", "bias current (SNSPD) or excess bias voltage (SPAD)"),
-        Setting("dead_time_ns", "ns", "dead time"),
-        Setting("gated", "", "gated mode"),
-        Setting("gate_width_ns", "ns", "gate width"),
-        Setting("gate_delay_ps", "ps", "gate delay relative to the trigger"),
-        Setting("temperature_k", "K", "sensor temperature", writable=False),
-    )
+    #: Highest operating bias and its unit (an SNSPD's bias current, a SPAD's bias voltage).
+    max_bias: float
+    bias_unit: str
 
-    enabled: bool
-    efficiency: float
-    bias: float
-    dead_time_ns: float
-    gated: bool
-    gate_width_ns: float
-    gate_delay_ps: float
-
-    @property
-    @abstractmethod
-    def temperature_k(self) -> float:
-        """Measured detector temperature [K]."""
+    enabled: Setting[bool] = Setting("", "bias on / detector armed", validator=boolean())
+    efficiency: Setting[float] = Setting("", "detection efficiency setting (SPADs) or nominal value",
+                                         validator=in_range(0.0, 1.0, lo_open=True))
+    bias: Setting[float] = Setting("µA or V", "bias current (SNSPD) or excess bias voltage (SPAD)",
+                                   validator=in_range(0.0, lambda s: s.max_bias, lambda s: s.bias_unit))
+    dead_time_ns: Setting[float] = Setting("ns", "dead time", validator=in_range(0.0, 1e5, "ns"))
+    gated: Setting[bool] = Setting("", "gated mode", validator=boolean())
+    gate_width_ns: Setting[float] = Setting("ns", "gate width", validator=in_range(0.0, 1e3, "ns", lo_open=True))
+    gate_delay_ps: Setting[float] = Setting("ps", "gate delay relative to the trigger",
+                                            validator=in_range(-1e9, 1e9, "ps"))
+    temperature_k: Setting[float] = Setting("K", "sensor temperature", writable=False)
 
     @abstractmethod
     def count_rate_hz(self, integration_s: float = 0.1) -> float:
@@ -150,21 +156,23 @@ class PhotonDetector(Instrument):
 class TimeTagger(Instrument):
     """Time tagger: sync, detector and (optional) frame-marker channels, tags as int64 ps."""
 
-    SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        Setting("channels", "", "enabled input channels"),
-        Setting("trigger_levels_v", "V", "trigger level per channel"),
-        Setting("input_delays_ps", "ps", "software input delay per channel"),
-        Setting("resolution_ps", "ps", "timestamp resolution", writable=False),
-    )
+    channels: Setting[list[int]] = Setting("", "enabled input channels",
+                                           validator=channel_list(lambda s: s.input_channels()))
+    trigger_levels_v: Setting[dict[int, float]] = Setting(
+        "V", "trigger level per channel",
+        validator=per_channel(in_range(-2.5, 2.5, "V"), lambda s: s.setting_channels()))
+    input_delays_ps: Setting[dict[int, int]] = Setting(
+        "ps", "software input delay per channel",
+        validator=per_channel(in_range(-2_000_000, 2_000_000, "ps", round_to_int=True), lambda s: s.setting_channels()))
+    resolution_ps: Setting[float] = Setting("ps", "timestamp resolution", writable=False)
 
-    channels: list[int]
-    trigger_levels_v: dict[int, float]
-    input_delays_ps: dict[int, int]
+    def input_channels(self) -> list[int]:
+        """Channel numbers the tagger has (those ``channels`` may enable); default: the enabled ones."""
+        return list(self.channels)
 
-    @property
-    @abstractmethod
-    def resolution_ps(self) -> float:
-        """Timestamp bin [ps]."""
+    def setting_channels(self) -> list[int]:
+        """Channels whose per-channel settings (trigger level, delay) may be written: the enabled ones."""
+        return list(self.channels)
 
     @abstractmethod
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
@@ -193,13 +201,8 @@ class TimeTagger(Instrument):
 class PowerMeter(Instrument):
     """Optical power meter."""
 
-    SETTINGS = (
-        Setting("wavelength_nm", "nm", "correction wavelength"),
-        Setting("averaging", "", "number of averaged samples"),
-    )
-
-    wavelength_nm: float
-    averaging: int
+    wavelength_nm: Setting[float] = Setting("nm", "correction wavelength", validator=in_range(800.0, 1700.0, "nm"))
+    averaging: Setting[int] = Setting("", "number of averaged samples", validator=in_range(1, 10000, integer=True))
 
     @abstractmethod
     def power_w(self) -> float:
@@ -332,31 +335,14 @@ class PatternGenerator(Instrument):
     A frame-start marker is played on the marker output at the first slot of every non-dark frame.
     """
 
-    SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        Setting("output_enabled", "", "outputs playing (False: outputs at their idle levels)"),
-        Setting("slot_rate_hz", "Hz", "slot (pulse) rate of the patterns", writable=False),
-        Setting("frame_slots", "", "slots per frame (one marker per frame)", writable=False),
-        Setting("frames_per_upload", "", "frames carried by one upload", writable=False),
-        Setting("reference_clock", "", "clock source: 'internal' or 'external' (the shared 10 MHz)"),
-    )
-
-    output_enabled: bool
-    reference_clock: str
-
-    @property
-    @abstractmethod
-    def slot_rate_hz(self) -> float:
-        """Slot rate [Hz]."""
-
-    @property
-    @abstractmethod
-    def frame_slots(self) -> int:
-        """Slots per frame."""
-
-    @property
-    @abstractmethod
-    def frames_per_upload(self) -> int:
-        """Frames per upload (an upload is the unit of double buffering)."""
+    output_enabled: Setting[bool] = Setting("", "outputs playing (False: outputs at their idle levels)",
+                                            validator=boolean())
+    slot_rate_hz: Setting[float] = Setting("Hz", "slot (pulse) rate of the patterns", writable=False)
+    frame_slots: Setting[int] = Setting("", "slots per frame (one marker per frame)", writable=False)
+    frames_per_upload: Setting[int] = Setting("", "frames carried by one upload (the unit of double buffering)",
+                                              writable=False)
+    reference_clock: Setting[str] = Setting("", "clock source: 'internal' or 'external' (the shared 10 MHz)",
+                                            validator=one_of(REFERENCE_CLOCKS))
 
     @abstractmethod
     def start(self, first_frame: int = 0) -> None:
@@ -389,21 +375,11 @@ class ModulatorBiasController(Instrument):
     (``"null"``: minimum transmission, ``"peak"``, ``"quad+"``, ``"quad-"``) with a dither loop, or
     holds a manual bias voltage (``"manual"``)."""
 
-    SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        Setting("output_enabled", "", "bias output on/off"),
-        Setting("mode", "", "lock point: null, peak, quad+, quad- or manual"),
-        Setting("bias_voltage_v", "V", "bias voltage (set in manual mode, read back otherwise)"),
-        Setting("locked", "", "the lock loop holds its point", writable=False),
-    )
-
-    output_enabled: bool
-    mode: str
-    bias_voltage_v: float
-
-    @property
-    @abstractmethod
-    def locked(self) -> bool:
-        """True when the controller reports its loop locked."""
+    output_enabled: Setting[bool] = Setting("", "bias output on/off", validator=boolean())
+    mode: Setting[str] = Setting("", "lock point: null, peak, quad+, quad- or manual", validator=one_of(BIAS_MODES))
+    bias_voltage_v: Setting[float] = Setting("V", "bias voltage (set in manual mode, read back otherwise)",
+                                             validator=in_range(-10.0, 10.0, "V"))
+    locked: Setting[bool] = Setting("", "the lock loop holds its point", writable=False)
 
     def safe_state(self) -> None:
         self.output_enabled = False
@@ -413,17 +389,12 @@ class PulseGenerator(Instrument):
     """The station's master clock: the trigger of the pulsed laser (one pulse per slot), disciplined by
     the shared 10 MHz reference that the pattern generators and the tagger also take."""
 
-    SETTINGS: ClassVar[tuple[Setting, ...]] = (
-        Setting("output_enabled", "", "trigger output on/off"),
-        Setting("frequency_hz", "Hz", "trigger (laser repetition) rate"),
-        Setting("pulse_width_ns", "ns", "trigger pulse width"),
-        Setting("reference_clock", "", "clock source: 'internal' or 'external' (the shared 10 MHz)"),
-    )
-
-    output_enabled: bool
-    frequency_hz: float
-    pulse_width_ns: float
-    reference_clock: str
+    output_enabled: Setting[bool] = Setting("", "trigger output on/off", validator=boolean())
+    frequency_hz: Setting[float] = Setting("Hz", "trigger (laser repetition) rate",
+                                           validator=in_range(0.0, 10e9, "Hz", lo_open=True))
+    pulse_width_ns: Setting[float] = Setting("ns", "trigger pulse width", validator=in_range(0.0, 1e9, "ns", lo_open=True))
+    reference_clock: Setting[str] = Setting("", "clock source: 'internal' or 'external' (the shared 10 MHz)",
+                                            validator=one_of(REFERENCE_CLOCKS))
 
     def safe_state(self) -> None:
         self.output_enabled = False
