@@ -28,6 +28,8 @@ PREFERRED_CALIBRATIONS = ("vpi", "delays", "visibility", "detector")
 CLOSE_TIMEOUT_S = 90.0
 #: Longest wait, once the window has closed, for the last worker threads to end [s].
 THREAD_EXIT_WAIT_S = 10.0
+#: Longest wait for the Nodes panel's set to open, and then for its acquisition's results [s].
+NODES_TIMEOUT_S = 900.0
 
 
 def _app() -> Any:
@@ -54,9 +56,17 @@ def build(config: StationConfig | None = None, *, base_dir: Path | None = None, 
     return ctl, MainWindow(ctl)
 
 
-def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, runs_dir: Path | None = None) -> int:
+def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, runs_dir: Path | None = None,
+            nodes: str | None = None, addresses: Path | None = None, certs: Path | None = None,
+            duration: float | None = None) -> int:
     """Open the main window on the station of ``config_path`` (default: the simulated station),
-    connect it, and run until the window is closed (instruments end in their safe state)."""
+    connect it, and run until the window is closed (instruments end in their safe state).
+
+    ``nodes="local"``: open on the Nodes panel and start a local set of node processes of that
+    station instead (the in-process station stays unconnected); ``nodes="connect"``: connect
+    the panel to the running nodes of the ``addresses`` file with the operator's ``certs``
+    folder. ``duration``: the panel's acquisition length [s]. Every node process the panel
+    started must have exited with 0 when the window closed, or the exit code is 1."""
     cfg = load_station_config(config_path)
     app = _app()
     ctl, win = build(cfg, base_dir=config_path.resolve().parent if config_path else None,
@@ -64,7 +74,10 @@ def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, ru
     win.show()
     from PySide6.QtCore import QTimer
 
-    QTimer.singleShot(0, ctl.connect_station)
+    if nodes is not None:
+        _open_nodes(win, config_path, nodes, addresses, certs, duration)
+    else:
+        QTimer.singleShot(0, ctl.connect_station)
     # Ctrl-C in the terminal closes the window cleanly (Python handlers need the loop to wake up)
     signal.signal(signal.SIGINT, lambda *_: win.close())
     wake = QTimer()
@@ -72,11 +85,41 @@ def run_gui(config_path: Path | None = None, *, data_dir: Path | None = None, ru
     wake.start(200)
     code = int(app.exec())
     wake.stop()
-    alive = ctl.live_threads(wait_s=THREAD_EXIT_WAIT_S)
+    alive = ctl.live_threads(wait_s=THREAD_EXIT_WAIT_S) + win.nodes_panel.live_threads(wait_s=THREAD_EXIT_WAIT_S)
     if alive:
         log.error("worker threads still running after the window closed: %s", ", ".join(alive))
         return code or 1
+    bad = _unclean_nodes(win)
+    if bad:
+        log.error("%s", bad)
+        return code or 1
     return code
+
+
+def _open_nodes(win: Any, config_path: Path | None, nodes: str, addresses: Path | None, certs: Path | None,
+                duration: float | None) -> None:
+    """Show the Nodes panel, set it to ``nodes`` ("local" | "connect") and open the set (on the
+    panel's worker thread, once the event loop runs)."""
+    from PySide6.QtCore import QTimer
+
+    panel = win.nodes_panel
+    if duration is not None:
+        panel.duration.setValue(duration)
+    if nodes == "local":
+        panel.set_local(config_path)
+    elif nodes == "connect" and addresses is not None and certs is not None:
+        panel.set_connect(addresses, certs)
+    else:
+        raise ValueError(f"nodes must be 'local' or 'connect' (with addresses and certs), got {nodes!r}")
+    win.show_tab("nodes")
+    QTimer.singleShot(0, panel.open_set)
+
+
+def _unclean_nodes(win: Any) -> str:
+    """'' when every node process the Nodes panel started exited with 0, else one line naming them."""
+    bad = {n: c for n, c in win.nodes_panel.runner.exit_codes.items() if c != 0}
+    return ("node processes did not exit cleanly: " + ", ".join(f"{n} (exit code {c})" for n, c in bad.items())
+            if bad else "")
 
 
 def _close(app: Any, win: Any, ctl: Any, timeout_s: float = CLOSE_TIMEOUT_S,
@@ -90,8 +133,11 @@ def _close(app: Any, win: Any, ctl: Any, timeout_s: float = CLOSE_TIMEOUT_S,
     if not _pump(app, timeout_s, lambda: not win.isVisible()):
         problems.append(f"the window did not close within {timeout_s:g} s")
     alive = ctl.live_threads(wait_s=thread_wait_s if not problems else 0.0)
+    alive += win.nodes_panel.live_threads(wait_s=thread_wait_s if not problems else 0.0)
     if alive:
         problems.append(f"worker threads still running after the window closed: {', '.join(alive)}")
+    if _unclean_nodes(win):
+        problems.append(_unclean_nodes(win))
     return problems
 
 
@@ -109,7 +155,8 @@ def _pump(app: Any, seconds: float, until: Callable[[], bool] | None = None) -> 
 
 def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 10.0, tabs: list[str] | None = None,
                data_dir: Path | None = None, runs_dir: Path | None = None, training_rounds: int = 12,
-               size: tuple[int, int] = (1440, 900)) -> dict[str, Any]:
+               size: tuple[int, int] = (1440, 900), nodes: str | None = None, addresses: Path | None = None,
+               certs: Path | None = None, duration: float | None = None) -> dict[str, Any]:
     """Headless run: connect the station, (run a calibration if the calibration tab is wanted),
     start acquisition with distillation (and training if the training tab is wanted), wait
     ``after_s`` seconds, save one PNG per tab, and close the window as a user would. Returns a
@@ -118,6 +165,10 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
 
     One tab: the picture goes to ``out``; several: ``<out stem>_<tab><suffix>`` each. Keys and run
     folders go to a temporary folder unless ``data_dir`` / ``runs_dir`` are given.
+
+    The nodes tab: the Nodes panel opens a set (``nodes``: "local", the default, or "connect" with
+    ``addresses`` and ``certs``), runs one acquisition of ``duration`` s and waits for its
+    results; only that tab wanted: the in-process station is not connected.
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from labqfl.gui.main_window import TABS
@@ -137,13 +188,19 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     win.show()
     errors: list[tuple[str, str]] = []
     ctl.errorOccurred.connect(lambda t, m: errors.append((t, m)))
+    win.nodes_panel.errorOccurred.connect(lambda m: errors.append(("Nodes", m)))
     t0 = time.monotonic()
     shots: list[str] = []
+    node_run: dict[str, Any] | None = None
+    calibrated = None
     try:
-        _connect(app, ctl, errors)
-        calibrated = _calibrate(app, ctl, win) if "calibration" in tabs else None
-        _start_jobs(ctl, win, tabs, training_rounds)
-        _pump(app, after_s)
+        if [t for t in tabs if t != "nodes"]:
+            _connect(app, ctl, errors)
+            calibrated = _calibrate(app, ctl, win) if "calibration" in tabs else None
+            _start_jobs(ctl, win, tabs, training_rounds)
+            _pump(app, after_s)
+        if "nodes" in tabs:
+            node_run = _run_nodes(app, win, config_path, nodes or "local", addresses, certs, duration)
         if "training" in tabs:  # the first round needs torch and the data: wait for a few rounds
             _pump(app, 180.0, lambda: win.training_panel.rounds_shown >= min(training_rounds, 5)
                   or not ctl.busy.get("training"))
@@ -164,7 +221,25 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
         raise RuntimeError("; ".join(problems))
     return {"screenshots": shots, "tabs": tabs, "after_s": after_s, "station": cfg.name,
             "calibration": calibrated, "errors": [{"title": t, "message": m} for t, m in errors],
-            "distillation": distilled, "training_rounds": rounds_shown, "wall_s": time.monotonic() - t0}
+            "distillation": distilled, "training_rounds": rounds_shown, "nodes": node_run,
+            "wall_s": time.monotonic() - t0}
+
+
+def _run_nodes(app: Any, win: Any, config_path: Path | None, nodes: str, addresses: Path | None,
+               certs: Path | None, duration: float | None) -> dict[str, Any]:
+    """Open the Nodes panel's set, run one acquisition and wait for its results (at most
+    :data:`NODES_TIMEOUT_S`); ``RuntimeError`` with the panel's error line if it failed."""
+    panel = win.nodes_panel
+    _open_nodes(win, config_path, nodes, addresses, certs, duration)
+    opened = _pump(app, NODES_TIMEOUT_S, lambda: (panel.runner.nodes is not None and not panel.runner.busy)
+                   or bool(panel.errors))
+    if not opened or panel.errors:
+        raise RuntimeError(f"Nodes panel: {panel.errors[-1] if panel.errors else 'the set did not open in time'}")
+    panel.acquire()
+    if not _pump(app, NODES_TIMEOUT_S, lambda: panel.results is not None or bool(panel.errors)) or panel.errors:
+        raise RuntimeError(f"Nodes panel: {panel.errors[-1] if panel.errors else 'no result in time'}")
+    return {"nodes": panel.node_rows(), "pairs": {p: o.as_dict() for p, o in panel.results.pairs.items()},
+            "acquisition": panel.results.acquisition, "duration_s": panel.results.duration_s}
 
 
 def _connect(app: Any, ctl: Any, errors: list[tuple[str, str]]) -> None:

@@ -1,9 +1,10 @@
-"""The main window: tabs Station · Live · Calibration · Training · Log, built from a Controller.
+"""The main window: tabs Station · Live · Calibration · Training · Nodes · Log, built from a Controller.
 
 The window does no work in ``__init__`` beyond building widgets: it neither connects the station
 nor starts anything, so tests construct it around a controller and drive it. Closing the window
-stops every job and puts the instruments in their safe state on a helper thread (the window stays
-responsive and closes when :attr:`Controller.shutdownFinished` arrives). Errors from any worker
+stops every job and puts the instruments in their safe state on a helper thread, and stops the
+Nodes panel's local set of node processes (the window stays responsive and closes once both
+:attr:`Controller.shutdownFinished` and :attr:`NodesPanel.shutdownFinished` arrived). Errors from any worker
 show in one non-modal dialog and in the log.
 """
 
@@ -12,13 +13,21 @@ from __future__ import annotations
 from typing import Any
 
 from labqfl.gui.controller import Controller
-from labqfl.gui.panels import CalibrationPanel, LivePanel, LogPanel, StationPanel, TrainingPanel
+from labqfl.gui.panels import (
+    CalibrationPanel,
+    LivePanel,
+    LogPanel,
+    NodesPanel,
+    StationPanel,
+    TrainingPanel,
+)
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSizePolicy, QTabWidget, QWidget
 
 #: Tab keys (for ``--tab``) → titles.
-TABS = {"station": "Station", "live": "Live", "calibration": "Calibration", "training": "Training", "log": "Log"}
+TABS = {"station": "Station", "live": "Live", "calibration": "Calibration", "training": "Training", "nodes": "Nodes",
+        "log": "Log"}
 
 
 class MainWindow(QMainWindow):
@@ -35,12 +44,13 @@ class MainWindow(QMainWindow):
         self.live_panel = LivePanel(controller)
         self.calibration_panel = CalibrationPanel(controller)
         self.training_panel = TrainingPanel(controller)
+        self.nodes_panel = NodesPanel(controller)
         self.log_panel = LogPanel(controller)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
         for key, panel in (("station", self.station_panel), ("live", self.live_panel),
                            ("calibration", self.calibration_panel), ("training", self.training_panel),
-                           ("log", self.log_panel)):
+                           ("nodes", self.nodes_panel), ("log", self.log_panel)):
             self.tabs.addTab(panel, TABS[key])
         self.setCentralWidget(self.tabs)
         for i in range(self.tabs.count()):
@@ -66,11 +76,13 @@ class MainWindow(QMainWindow):
         self.errors: list[tuple[str, str]] = []
         self._closing = False
         self._closed_ok = False
+        self._shut_down: set[str] = set()  # "station", "nodes": what has finished shutting down
         controller.errorOccurred.connect(self.show_error)
         controller.busyChanged.connect(self._show_busy)
         controller.connectedChanged.connect(lambda _c: self._show_busy("station", controller.busy.get("station", False)))
         controller.progress.connect(self._on_progress)
-        controller.shutdownFinished.connect(self._on_shutdown)
+        controller.shutdownFinished.connect(lambda: self._on_shutdown("station"))
+        self.nodes_panel.shutdownFinished.connect(lambda: self._on_shutdown("nodes"))
 
     # -- navigation --------------------------------------------------------------------------------
     def show_tab(self, key: str) -> None:
@@ -127,9 +139,13 @@ class MainWindow(QMainWindow):
             self._closing = True
             self.message.setText("closing: stopping jobs, instruments to safe state…")
             self.setEnabled(False)
+            self.nodes_panel.shutdown_async()
             self.ctl.shutdown_async()
 
-    def _on_shutdown(self) -> None:
+    def _on_shutdown(self, what: str) -> None:
+        self._shut_down.add(what)
+        if self._shut_down != {"station", "nodes"}:
+            return
         self._closed_ok = True
         QTimer.singleShot(0, self.close)
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 from labqfl.gui.panels.calibration import CalibrationPanel
 from labqfl.gui.panels.live import LivePanel, key_provenance_text
 from labqfl.gui.panels.log import LogPanel
+from labqfl.gui.panels.nodes import NodesPanel
 from labqfl.gui.panels.station import StationPanel
 from labqfl.gui.panels.training import TrainingPanel
 
-__all__ = ["CalibrationPanel", "LivePanel", "LogPanel", "StationPanel", "TrainingPanel", "key_provenance_text"]
+__all__ = ["CalibrationPanel", "LivePanel", "LogPanel", "NodesPanel", "StationPanel", "TrainingPanel",
+           "key_provenance_text"]
