@@ -343,6 +343,9 @@ class SimulationConfig(_Model):
         ),
     )
     block_duration_s: float = Field(0.01, gt=0, description="simulated time per streamed block [s]")
+    emulate_pattern_generators: bool = Field(
+        False, description="the clients' pattern_generator roles talk to Pulse Streamer emulators in this process, on "
+        "their loopback resources, and the simulated loop is driven by what those play (docs/lab_setup.md)")
     intercept_resend: InterceptResendConfig = Field(default_factory=InterceptResendConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 

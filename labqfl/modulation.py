@@ -290,12 +290,26 @@ class ModulationStreamer:
 class PlayedChoiceLog:
     """A client's :class:`~labqfl.contracts.types.ModulationLog` restricted to what was played: choices for
     slots of played frames; asking for a slot of a lost (or unrecorded) frame raises ``ValueError``
-    (filter with ``record.slot_mask`` first)."""
+    (filter with ``record.slot_mask`` first). Other attributes (``randomness``, ``generator`` …) are the
+    wrapped log's."""
 
     def __init__(self, log: Any, record: PlayedFrames) -> None:
         self.log = log
         self.record = record
         self.client = log.client
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name in ("log", "record"):
+            raise AttributeError(name)
+        return getattr(self.log, name)
+
+    def __repr__(self) -> str:
+        return f"PlayedChoiceLog({self.log!r}, {len(self.record.played)} played / {len(self.record.lost)} lost frames)"
+
+    @classmethod
+    def from_table(cls, log: Any, table: np.ndarray, frame_slots: int) -> PlayedChoiceLog:
+        """Rebuild from :func:`played_table` rows (frame index, 1 played / 0 lost)."""
+        return cls(log, record_from_table(table, frame_slots))
 
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         s = np.asarray(slots, dtype=np.int64)
@@ -305,3 +319,80 @@ class PlayedChoiceLog:
                              "played (lost or not recorded); expected slots of played frames only (record.slot_mask)")
         rec: ModulationRecord = self.log.choices(s)
         return rec
+
+
+def played_table(record: PlayedFrames) -> np.ndarray:
+    """A played-frames record as an (n, 2) int64 table: frame index, 1 (played) or 0 (lost), by index;
+    what a recording keeps per client (public: it says which frames were played, nothing of the choices)."""
+    idx, ok = record.as_arrays()
+    return np.column_stack([idx, ok.astype(np.int64)]).astype(np.int64).reshape(-1, 2)
+
+
+def record_from_table(table: np.ndarray, frame_slots: int) -> PlayedFrames:
+    """Inverse of :func:`played_table`."""
+    t = np.asarray(table, dtype=np.int64).reshape(-1, 2)
+    rec = PlayedFrames(frame_slots)
+    for f, ok in t.tolist():
+        rec.mark(int(f), bool(ok))
+    return rec
+
+
+class ClientStreams:
+    """Every client's :class:`ModulationStreamer` for one acquisition of ``n_slots`` slots from slot 0.
+
+    ``generators`` and ``logs``: by client name (the client's pattern generator and its own choice log of
+    this acquisition). Each client plays ``ceil(n_slots / F)`` frames from frame 0; a frame not ready
+    within ``max_wait_s`` is played dark and recorded lost. :meth:`finish` waits for the generators'
+    verdicts, stops the streams and returns each client's :class:`PlayedFrames`; :meth:`played_logs`
+    restricts each log to its played frames (what the client's post-processing reads).
+    """
+
+    def __init__(self, generators: dict[str, PatternGenerator], logs: dict[str, Any], n_slots: int, *,
+                 max_wait_s: float = 1.0, poll_interval_s: float = 0.002) -> None:
+        if int(n_slots) < 1:
+            raise ValueError(f"n_slots must be >= 1, got {n_slots!r}")
+        missing = sorted(set(generators) - set(logs))
+        if missing:
+            raise ValueError(f"no choice log for client(s) {missing}; every client with a pattern generator needs its own")
+        self.n_slots = int(n_slots)
+        self.streamers: dict[str, ModulationStreamer] = {}
+        for c, g in generators.items():
+            f = g.frame_slots
+            self.streamers[c] = ModulationStreamer(g, FrameSource(logs[c], f), n_frames=-(-self.n_slots // f),
+                                                   max_wait_s=max_wait_s, poll_interval_s=poll_interval_s)
+        self.records: dict[str, PlayedFrames] = {}
+
+    def start(self) -> None:
+        """Start every client's stream (all of them stopped again if one fails to start)."""
+        started: list[ModulationStreamer] = []
+        try:
+            for st in self.streamers.values():
+                st.start()
+                started.append(st)
+        except BaseException:
+            for st in started:
+                st.stop()
+            raise
+
+    def finish(self, timeout_s: float = 30.0) -> dict[str, PlayedFrames]:
+        """Wait (at most ``timeout_s`` each) for the streams to end, stop them; every client's record."""
+        for c, st in self.streamers.items():
+            if not st.join(timeout_s):
+                log.warning("client %s: its stream did not end within %g s; stopped, unplayed frames lost", c, timeout_s)
+            self.records[c] = st.stop()
+        return dict(self.records)
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        """Per client, over the acquisition's frames (not the dark padding of the last upload): frames,
+        played, lost (late, underflow or cut off), late (played dark) and the stream's error."""
+        out: dict[str, dict[str, Any]] = {}
+        for c, st in self.streamers.items():
+            end = st.requested_end if st.requested_end is not None else st.first_frame + len(st.record)
+            played = sum(1 for f in st.record.played if f < end)
+            out[c] = {"frames": end - st.first_frame, "played": played, "lost": end - st.first_frame - played,
+                      "late": st.late_frames, "error": st.error}
+        return out
+
+    def played_logs(self, logs: dict[str, Any]) -> dict[str, Any]:
+        """Each log restricted to its client's played frames (clients without a stream: unchanged)."""
+        return {c: PlayedChoiceLog(lg, self.records[c]) if c in self.records else lg for c, lg in logs.items()}

@@ -61,6 +61,10 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.log import get_logger
+
+_log = get_logger(__name__)
+
 JSONRPC_PORT = 8050
 BINARY_PORT = 21328
 MAGIC = 0x53504953
@@ -145,14 +149,16 @@ def slot_levels(segment: PlayedSegment, slot_ns: int) -> np.ndarray:
 class PulseStreamerEmulator:
     """A Pulse Streamer 8/2 answering the vendor client on ``self.ip`` (ports 8050 and 21328)."""
 
-    def __init__(self, *, serial: str = "00:26:32:f0:92:42", firmware: str = "2.1.0") -> None:
+    def __init__(self, *, serial: str = "00:26:32:f0:92:42", firmware: str = "2.1.0", ip: str | None = None) -> None:
         self.serial = serial
         self.firmware = firmware
         self.lock = threading.RLock()
+        #: notified after every command (an upload, a start, a stop): :meth:`wait_fed` waits on it
+        self.fed = threading.Condition(self.lock)
         self.requests: list[tuple[str, list[Any]]] = []  # every JSON-RPC call (method, params)
         self.binary_commands: list[dict[str, Any]] = []  # every binary command's parameters
         self._reset_state()
-        self._http, self._bin, self.ip = self._bind()
+        self._http, self._bin, self.ip = self._bind(ip)
         handler = self._make_handler()
         self._http.RequestHandlerClass = handler  # type: ignore[assignment]
         self._stop = threading.Event()
@@ -163,11 +169,12 @@ class PulseStreamerEmulator:
 
     # -- sockets --------------------------------------------------------------------------------
     @staticmethod
-    def _bind() -> tuple[ThreadingHTTPServer, socket.socket, str]:
+    def _bind(fixed: str | None = None) -> tuple[ThreadingHTTPServer, socket.socket, str]:
+        """Bind both ports on ``fixed`` (a loopback address) or on a random free 127.a.b.c."""
         rng = random.Random()
         last: OSError | None = None
-        for _ in range(64):
-            ip = f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+        for _ in range(1 if fixed else 64):
+            ip = fixed or f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
             try:
                 http = ThreadingHTTPServer((ip, JSONRPC_PORT), BaseHTTPRequestHandler)
             except OSError as exc:
@@ -181,7 +188,8 @@ class PulseStreamerEmulator:
                 continue
             http.daemon_threads = True
             return http, b, ip
-        raise OSError(f"no free loopback address for ports {JSONRPC_PORT}/{BINARY_PORT}: {last}")
+        where = f"address {fixed}" if fixed else "loopback address"
+        raise OSError(f"no free {where} for ports {JSONRPC_PORT}/{BINARY_PORT}: {last}")
 
     def close(self) -> None:
         self._stop.set()
@@ -354,8 +362,71 @@ class PulseStreamerEmulator:
             if self.trigger_start >= 2 and self.armed_slot is not None and self.playing is None:
                 self._begin(self.armed_slot)
 
+    # -- what a simulated optical layer asks (virtual-time lockstep) ---------------------------
+    def boundary_ns(self) -> int | None:
+        """When the slot now playing ends (virtual ns), or None (nothing plays, or it repeats forever)."""
+        with self.lock:
+            if self.playing is None:
+                return None
+            s = self.slots[self.playing]
+            return None if s.n_runs < 0 else self.play_start_ns + s.duration_ns
+
+    def next_ready(self) -> bool:
+        """True when the end of the slot now playing will not be an underflow: nothing plays, the slot
+        stops or repeats there, or the other slot holds new data."""
+        with self.lock:
+            if self.playing is None:
+                return True
+            s = self.slots[self.playing]
+            if s.n_runs < 0 or s.next_action in (NEXT_STOP, NEXT_REPEAT):
+                return True
+            if self.slots_to_run > 0 and self.slots_run + 1 >= self.slots_to_run:
+                return True
+            o = self.slots[1 - self.playing]
+            return o.fresh or (s.next_action == NEXT_SWITCH and o.steps is not None)
+
+    def wait_fed(self, timeout_s: float) -> bool:
+        """Wait (wall clock, at most ``timeout_s``) until :meth:`next_ready`; True if it is."""
+        with self.fed:
+            return self.fed.wait_for(self.next_ready, timeout_s)
+
+    def armed(self) -> bool:
+        """A stream is playing, or armed with data and waiting for its trigger."""
+        with self.lock:
+            if self.playing is not None:
+                return True
+            return self.armed_slot is not None and self.slots[self.armed_slot].fresh
+
+    def wait_armed(self, timeout_s: float) -> bool:
+        """Wait (wall clock, at most ``timeout_s``) until :meth:`armed`; True if it is."""
+        with self.fed:
+            return self.fed.wait_for(self.armed, timeout_s)
+
+    def take_played(self) -> list[PlayedSegment]:
+        """The segments completed (or cut) since the last call, and forget them (bounded memory)."""
+        with self.lock:
+            out, self.played = self.played, []
+            return out
+
+    def current_segment(self) -> PlayedSegment | None:
+        """The slot now playing as a segment cut at the present virtual time (not recorded)."""
+        with self.lock:
+            if self.playing is None:
+                return None
+            s = self.slots[self.playing]
+            assert s.steps is not None
+            return PlayedSegment(self.play_start_ns, self.playing, s.steps, s.n_runs, self.now_ns - self.play_start_ns,
+                                 False)
+
     # -- JSON-RPC ---------------------------------------------------------------------------------
     def _rpc(self, method: str, params: list[Any]) -> Any:
+        with self.lock:
+            try:
+                return self._rpc_locked(method, params)
+            finally:
+                self.fed.notify_all()
+
+    def _rpc_locked(self, method: str, params: list[Any]) -> Any:
         with self.lock:
             self.requests.append((method, list(params)))
             if method == "getSerial":
@@ -521,8 +592,10 @@ class PulseStreamerEmulator:
                                          "on_nodata": on_nodata, "clock": self.clock})
             if command == CMD_STREAM:
                 self._stream(steps, int(n_runs), idle)
+                self.fed.notify_all()
                 return 0, b""
             rv = self._upload(int(slot_nr), steps, int(n_runs), idle, int(next_action), int(when), int(on_nodata))
+            self.fed.notify_all()
             return 0, struct.pack("<8i", rv, 0, 0, 0, 0, 0, 0, 0)
 
 
@@ -589,3 +662,249 @@ class PlayedLevels:
         c = self.codes[self._index(s)]
         return ModulationRecord(client=self.client, slots=s, intensity_idx=(c >> 2).astype(np.uint8),
                                 phase_idx=(c & 3).astype(np.uint8))
+
+
+# -- emulated pattern generators as the modulation source of the simulated loop -----------------------
+
+_REGISTRY: dict[str, PulseStreamerEmulator] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def emulator_at(ip: str) -> PulseStreamerEmulator:
+    """The emulator of this process listening on loopback address ``ip`` (started on first use).
+
+    An emulated instrument stays on for the life of the process, like a device on the bench: a station
+    opened again on the same address reaches the same emulator (its history is kept; each acquisition
+    takes its own origin in virtual time). ``ip`` must lie in 127.0.0.0/8, so a real instrument's
+    address can never be taken for an emulator's.
+    """
+    if not _is_loopback(ip):
+        raise ValueError(f"an emulated Pulse Streamer listens on a loopback address (127.x.y.z); got {ip!r}")
+    with _REGISTRY_LOCK:
+        em = _REGISTRY.get(ip)
+        if em is None:
+            em = _REGISTRY[ip] = PulseStreamerEmulator(ip=ip)
+        return em
+
+
+def _is_loopback(ip: str) -> bool:
+    parts = ip.split(".")
+    return len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and 0 <= int(p) <= 255 for p in parts)
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """Which digital outputs of a client's Pulse Streamer drive what (the driver's ``options``, with the
+    driver's defaults: marker 0, phase bits [1, 2], intensity code bits [3, 4]) and how its modulators
+    read them: phase index = the phase bits (LSB first); intensity code = the intensity bits, code 0 =
+    dark (intensity modulator at extinction, no light), code c >= 1 = intensity index c − 1."""
+
+    marker_channel: int = 0
+    phase_channels: tuple[int, ...] = (1, 2)
+    intensity_channels: tuple[int, ...] = (3, 4)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Wiring:
+        d = cls()
+        return cls(int(options.get("marker_channel", d.marker_channel)),
+                   tuple(int(c) for c in options.get("phase_channels", d.phase_channels)),
+                   tuple(int(c) for c in options.get("intensity_channels", d.intensity_channels)))
+
+    def decode(self, digi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(phase index uint8, intensity code int16 (0 = dark), marker bool) of sampled digital masks."""
+        d = np.asarray(digi, dtype=np.uint8)
+        phase = np.zeros(d.shape, dtype=np.uint8)
+        for bit, ch in enumerate(self.phase_channels):
+            phase |= (((d >> ch) & 1) << bit).astype(np.uint8)
+        code = np.zeros(d.shape, dtype=np.int16)
+        for bit, ch in enumerate(self.intensity_channels):
+            code |= (((d >> ch) & 1) << bit).astype(np.int16)
+        return phase, code, ((d >> self.marker_channel) & 1).astype(bool)
+
+
+def _sample(seg: PlayedSegment, t_from: int, t_to: int, origin: int, slot_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot indices, digital masks) of the slots whose centres ``origin + n·slot_ns + slot_ns//2`` lie in
+    [t_from, t_to) and inside the part of ``seg`` that came out."""
+    lo, hi = max(t_from, seg.start_ns), min(t_to, seg.start_ns + seg.played_ns)
+    half = slot_ns // 2
+    n0 = -(-(lo - origin - half) // slot_ns)
+    n1 = -(-(hi - origin - half) // slot_ns)
+    if n1 <= n0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+    n = np.arange(n0, n1, dtype=np.int64)
+    ends = np.cumsum(seg.steps["count"].astype(np.int64))
+    one = int(ends[-1])
+    t = (origin + n * slot_ns + half - seg.start_ns) % one
+    return n, seg.steps["digi"][np.searchsorted(ends, t, side="right")].astype(np.uint8)
+
+
+class EmulatedLevels:
+    """One client's levels as its emulated pattern generator played them, slot by slot: the modulation
+    source the simulated loop reads (``fill_codes(s0, out)``, ``choices(slots)``) instead of the client's
+    log. Slots the generator did not play (before its stream, after an underflow or a stop) are dark.
+    Filled by :class:`EmulatedModulators`; holds only the slots from :meth:`release` on."""
+
+    def __init__(self, client: str, wiring: Wiring, n_intensities: int, dark_index: int) -> None:
+        self.client = client
+        self.wiring = wiring
+        self.n_intensities = int(n_intensities)
+        self.dark_index = int(dark_index)
+        self.base = 0  # acquisition slot of codes[0]
+        self.codes = np.zeros(0, dtype=np.uint8)
+        self.marker = np.zeros(0, dtype=bool)
+
+    @property
+    def end(self) -> int:
+        """One past the last slot known."""
+        return self.base + int(self.codes.size)
+
+    def extend(self, n_end: int, slots: list[np.ndarray], digis: list[np.ndarray]) -> None:
+        """Slots up to ``n_end`` (exclusive): the given (slot, mask) samples; every other slot dark."""
+        m = n_end - self.end
+        if m <= 0:
+            return
+        digi = np.zeros(m, dtype=np.uint8)
+        for s, d in zip(slots, digis, strict=True):
+            digi[s - self.end] = d
+        phase, code, marker = self.wiring.decode(digi)
+        if code.size and int(code.max()) > self.n_intensities:
+            raise ValueError(f"client {self.client}: its pattern generator played intensity code {int(code.max())}, "
+                             f"but the client has {self.n_intensities} intensities (codes 1..{self.n_intensities}, "
+                             "0 = dark)")
+        dark = code == 0
+        k = np.where(dark, self.dark_index, code - 1).astype(np.uint8)
+        a = np.where(dark, 0, phase).astype(np.uint8)
+        self.codes = np.concatenate([self.codes, k * np.uint8(4) + a])
+        self.marker = np.concatenate([self.marker, marker & ~dark])
+
+    def release(self, before: int) -> None:
+        """Forget slots before ``before`` (the simulated loop is done with them)."""
+        cut = min(max(before - self.base, 0), self.codes.size)
+        if cut:
+            self.codes, self.marker = self.codes[cut:].copy(), self.marker[cut:].copy()
+            self.base += cut
+
+    def _index(self, slots: np.ndarray) -> np.ndarray:
+        i = np.asarray(slots, dtype=np.int64) - self.base
+        if i.size and (int(i.min()) < 0 or int(i.max()) >= self.codes.size):
+            raise ValueError(f"client {self.client}: slots {int(i.min()) + self.base} … {int(i.max()) + self.base} "
+                             f"asked, but the emulated generator's levels are known for slots {self.base} … "
+                             f"{self.end - 1}")
+        return i
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        if len(out):
+            i = int(self._index(np.array([s0, s0 + len(out) - 1]))[0])
+            out[:] = self.codes[i:i + len(out)]
+
+    def choices(self, slots: np.ndarray) -> Any:
+        from labqfl.contracts.types import ModulationRecord
+
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        c = self.codes[self._index(s)]
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=(c >> 2).astype(np.uint8),
+                                phase_idx=(c & 3).astype(np.uint8))
+
+    def markers(self, slots: np.ndarray) -> np.ndarray:
+        """Whether the marker output was high (and the slot not dark) at each slot."""
+        return self.marker[self._index(slots)]
+
+
+class EmulatedModulators:
+    """The clients' emulated Pulse Streamers, played in lockstep on one virtual clock by the simulated loop.
+
+    ``emulators``/``wiring``: per client. :meth:`begin` (at the start of an acquisition) waits until every
+    generator has its stream armed (the client's streamer uploaded its first frames), then starts them all
+    at one virtual instant — the start pulse of the master clock at their trigger inputs, or at once for
+    ``trigger = "immediate"``; that instant is slot 0. :meth:`play_until` lets virtual time run to a slot,
+    stopping at every end of an upload until the generator's next upload is in (the feeder's turn), at most
+    ``feed_timeout_s`` of wall-clock time per upload — a generator still unfed then underflows, as hardware
+    whose host fell behind would. The levels each generator played fill its client's :class:`EmulatedLevels`.
+    """
+
+    def __init__(self, emulators: dict[str, PulseStreamerEmulator], levels: dict[str, EmulatedLevels], *,
+                 slot_ns: int, feed_timeout_s: float = 10.0) -> None:
+        self.emulators = dict(emulators)
+        self.levels = dict(levels)
+        self.slot_ns = int(slot_ns)
+        self.feed_timeout_s = float(feed_timeout_s)
+        self.origin_ns = 0
+        self.underflow_waits = 0  # boundaries where a generator was still unfed after feed_timeout_s
+
+    def align(self) -> None:
+        """Bring every emulator to the same virtual time (the latest of them; idle time passes)."""
+        t = max(em.now_ns for em in self.emulators.values())
+        for em in self.emulators.values():
+            em.advance(t - em.now_ns)
+
+    def begin(self) -> None:
+        """A new acquisition: wait for every generator's armed stream, trigger them together (slot 0).
+        Call :meth:`align` before the clients start their streams."""
+        times = {em.now_ns for em in self.emulators.values()}
+        if len(times) != 1:
+            raise RuntimeError(f"the emulated generators' clocks differ ({sorted(times)} ns); call align() before "
+                               "the clients start their streams")
+        self.origin_ns = times.pop()
+        for c, em in self.emulators.items():
+            if not em.wait_armed(self.feed_timeout_s):
+                _log.warning("client %s: its pattern generator was not armed within %g s; it stays dark", c,
+                             self.feed_timeout_s)
+                continue
+            em.hardware_trigger()
+            em.take_played()  # what came out before this acquisition is not part of it
+        for lv in self.levels.values():
+            lv.base, lv.codes, lv.marker = 0, np.zeros(0, np.uint8), np.zeros(0, bool)
+
+    def play_until(self, slot: int) -> None:
+        """Let virtual time run until slot ``slot`` (exclusive) has been played by every generator."""
+        target = self.origin_ns + int(slot) * self.slot_ns
+        self._run_to(target)
+        self._collect(int(slot))
+
+    def finish(self) -> None:
+        """Play every generator to the end of the upload now playing (its frames get their verdicts)."""
+        ends = [b for b in (em.boundary_ns() for em in self.emulators.values()) if b is not None]
+        if ends:
+            self._run_to(max(ends))
+
+    def _run_to(self, target: int) -> None:
+        ems = list(self.emulators.values())
+        while True:
+            now = ems[0].now_ns
+            if now >= target:
+                return
+            bounds = [em.boundary_ns() for em in ems]
+            t_next = min([target, *[b for b in bounds if b is not None]])
+            for em, b in zip(ems, bounds, strict=True):
+                if b is not None and b == t_next and not em.wait_fed(self.feed_timeout_s):
+                    self.underflow_waits += 1
+            for em in ems:
+                em.advance(t_next - em.now_ns)
+
+    def _collect(self, n_end: int) -> None:
+        t_to = self.origin_ns + n_end * self.slot_ns
+        for c, em in self.emulators.items():
+            lv = self.levels[c]
+            t_from = self.origin_ns + lv.end * self.slot_ns
+            segs = em.take_played()
+            cur = em.current_segment()
+            slots, digis = [], []
+            for seg in [*segs, *([cur] if cur is not None else [])]:
+                s, d = _sample(seg, t_from, t_to, self.origin_ns, self.slot_ns)
+                slots.append(s)
+                digis.append(d)
+            lv.extend(n_end, slots, digis)
+
+    def release(self, before: int) -> None:
+        for lv in self.levels.values():
+            lv.release(before)
+
+    def frame_markers(self, frames: np.ndarray, frame_slots: int) -> np.ndarray:
+        """True for each frame whose first slot carried the marker of every client's generator (the
+        markers reach the tagger's marker input through a coincidence (AND) of all clients' marker
+        outputs, so a frame lost at any client is missing at the detection node)."""
+        first = np.asarray(frames, dtype=np.int64) * int(frame_slots)
+        ok = np.ones(first.shape, dtype=bool)
+        for lv in self.levels.values():
+            ok &= lv.markers(first)
+        return ok

@@ -19,6 +19,9 @@ Layout (format ``labqfl-tags``, version 2; see docs/simulator.md)::
                                   reads it from the client's private folder
                                   (``<data dir>/nodes/<name>/choices/``), where
                                   ``labqfl acquire`` left it.
+    /clients/<name>/played_frames  int64 (n, 2): frame index, 1 played / 0 lost (attr frame_slots),
+                           for a client that streamed to a pattern generator: its log then
+                           answers for played frames only (labqfl.modulation.PlayedChoiceLog)
 
 Version 1 files (every client seeded, no ``randomness`` attribute) are still read.
 
@@ -123,6 +126,13 @@ class RecordingWriter:
             ds[-1] = val
         self._f.attrs["n_tags"] = self._n
         self._f.attrs["n_blocks"] = self._blocks
+
+    def add_played_frames(self, client: str, table: np.ndarray, frame_slots: int) -> None:
+        """Client ``client``'s played-frames record (:func:`labqfl.modulation.played_table`; public: which
+        frames its pattern generator played). ``client_log`` then answers for played frames only."""
+        sub = self._f["clients"].require_group(client)
+        sub.create_dataset("played_frames", data=np.asarray(table, dtype=np.int64).reshape(-1, 2))
+        sub.attrs["frame_slots"] = int(frame_slots)
 
     def close(self, duration_s: float | None = None, complete: bool = True) -> None:
         if not self._f:
@@ -280,6 +290,15 @@ class Recording:
         ``/clients/<name>``; a CSPRNG client's private log is read from its own folder under
         ``data_dir`` (default: the data dir, ``$LABQFL_DATA_DIR``) —
         :class:`~labqfl.sim_backends.qrng.PrivateLogMissing` if this machine does not hold it."""
+        log = self._client_log(name, data_dir)
+        g = self._f["clients"][name]
+        if "played_frames" in g:  # a client that streamed to a pattern generator: its played frames only
+            from labqfl.modulation import PlayedChoiceLog
+
+            return PlayedChoiceLog.from_table(log, g["played_frames"][()], int(g.attrs["frame_slots"]))  # type: ignore[return-value]
+        return log
+
+    def _client_log(self, name: str, data_dir: str | Path | None) -> ChoiceLog:
         randomness = self.client_randomness(name)
         a = self._f["clients"][name].attrs
         if randomness == "csprng":

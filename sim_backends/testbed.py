@@ -44,10 +44,17 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from labqfl.sim_backends import _kernels as K
 from labqfl.sim_backends import _parallel
+from labqfl.sim_backends.pulse_streamer import (
+    EmulatedLevels,
+    EmulatedModulators,
+    Wiring,
+    emulator_at,
+)
 from labqfl.sim_backends.qrng import (
     ChoiceLog,
     derive_key,
@@ -247,6 +254,7 @@ class SagnacTestbed:
                               for ch in [cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()]},
         )
         self._eta = {p: transmittances(cfg, *p) for p in cfg.pairs()}
+        self._dark_index: dict[str, int] = {}  # emulated clients: the intensity index of a dark slot (μ = 0)
         base = cfg.simulation.qrng_epoch_base
         # Fresh per testbed unless pinned: repeated client choices would repeat raw keys.
         # Random bases are >= 2^34, clear of the internal read-out epochs [2^32, 2^33).
@@ -259,6 +267,43 @@ class SagnacTestbed:
         self._logs: dict[int, dict[str, ChoiceLog]] = {}
         self._cache_version = -1
         self._cache: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] = ({}, {})
+        #: the clients' emulated pattern generators (None: every client's choices drive the loop directly)
+        self.hardware: EmulatedModulators | None = self._emulated_generators()
+
+    def _emulated_generators(self) -> EmulatedModulators | None:
+        """With ``simulation.emulate_pattern_generators``, clients with a ``pattern_generator`` role drive the
+        loop by what their emulated Pulse Streamers play. Each role's resource must be a loopback address,
+        where the emulator of this process listens (:func:`labqfl.sim_backends.pulse_streamer.emulator_at`):
+        a simulated loop cannot see the light of a real instrument."""
+        cfg = self.config
+        pgs = {c.name: c for c in cfg.clients if c.pattern_generator is not None}
+        if not pgs or not cfg.simulation.emulate_pattern_generators:
+            return None
+        period = 1e9 / cfg.laser.rep_rate_hz
+        if abs(period - round(period)) > 1e-6 or round(period) < 2:
+            raise ValueError(f"laser.rep_rate_hz = {cfg.laser.rep_rate_hz:g} Hz: emulated Pulse Streamers play integer "
+                             "ns slots >= 2 ns; expected 1 GHz / n")
+        ems, levels = {}, {}
+        for name, cc in pgs.items():
+            pg = cc.pattern_generator
+            assert pg is not None
+            ip = (pg.resource or "").strip()
+            if pg.driver != "SwabianPulseStreamer":
+                raise ValueError(f"{name}.pattern_generator: the simulated loop emulates a SwabianPulseStreamer only; "
+                                 f"got driver {pg.driver!r}")
+            try:
+                ems[name] = emulator_at(ip)
+            except ValueError as exc:
+                raise ValueError(f"{name}.pattern_generator: resource {ip!r}: {exc} (the simulated loop cannot see "
+                                 "a real instrument's light; use a simulated-free station for real pattern generators)") from None
+            kk = len(cc.intensities)
+            dark = kk if kk < K.K_MAX else (cc.intensities.index(0.0) if 0.0 in cc.intensities else -1)
+            if dark < 0:
+                raise ValueError(f"client {name}: {kk} intensities leave no index for a dark slot; expected fewer than "
+                                 f"{K.K_MAX} or one of them 0.0")
+            self._dark_index[name] = dark
+            levels[name] = EmulatedLevels(name, Wiring.from_options(pg.options), kk, dark)
+        return EmulatedModulators(ems, levels, slot_ns=int(round(period)))
 
     # -- small helpers ---------------------------------------------------------------------
     @property
@@ -370,7 +415,7 @@ class SagnacTestbed:
             cl = live.clients[cc.name]
             scale = 0.0 if cl.shutter_closed else power_scale * 10.0 ** (-(cl.attenuation_db - cl.nominal_attenuation_db) / 10.0)
             kk = len(cc.intensities)
-            cnk[c] = kk
+            cnk[c] = max(kk, self._dark_index.get(cc.name, -1) + 1)  # an emulated client's dark slots: μ = 0
             mu[c, :kk] = np.asarray(cc.intensities) * scale
             pmc = cc.phase_modulator
             vpi_true = pmc.v_pi_v / (1.0 + pmc.v_pi_error)
@@ -668,7 +713,8 @@ class SagnacTestbed:
         return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
 
     def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None,
-                 logs: dict[str, ChoiceLog]) -> Iterator[TagBlock]:
+                 logs: dict[str, ChoiceLog] | dict[str, Any], hardware: EmulatedModulators | None = None
+                 ) -> Iterator[TagBlock]:
         if not (duration_s > 0 and math.isfinite(duration_s)):
             raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
         bd = self.config.simulation.block_duration_s if block_duration_s is None else block_duration_s
@@ -683,6 +729,8 @@ class SagnacTestbed:
         tt = self.config.time_tagger
         with self.lock:
             marker = tt.marker_channel if tt.marker_channel in self.live.enabled_channels else None
+        if hardware is not None:
+            hardware.begin()
         for s0 in range(0, n_slots, b_slots):
             s1 = min(s0 + b_slots, n_slots)
             parts_t: list[np.ndarray] = []
@@ -690,10 +738,16 @@ class SagnacTestbed:
             # windows of at most WINDOW_SLOTS (the tags do not depend on how slots are cut)
             for w0 in range(s0, s1, WINDOW_SLOTS):
                 w1 = min(w0 + WINDOW_SLOTS, s1)
+                if hardware is not None:  # the generators play the window first; the loop reads what came out
+                    hardware.release(w0)
+                    hardware.play_until(w1)
                 ts, ch = self._window(acq, w0, w1)
                 if marker is not None:  # one marker at the start of every frame of frame_slots slots
                     mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
                                        np.int64(acq.delays["marker"]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+                    if hardware is not None:  # only where every generator played its frame's marker
+                        frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
+                        mt = mt[hardware.frame_markers(frames, tt.frame_slots)]
                     at = np.searchsorted(ts, mt, side="right")
                     ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
                 cut = self._cut(acq, w1) if w1 < n_slots else t_end
@@ -702,6 +756,8 @@ class SagnacTestbed:
                 acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
                 parts_t.append(ts[lo:k])
                 parts_c.append(ch[lo:k])
+            if hardware is not None and s1 == n_slots:
+                hardware.finish()  # the last upload plays out: its frames get their verdicts
             if len(parts_t) == 1:
                 yield TagBlock(parts_t[0], parts_c[0])
             else:
@@ -717,6 +773,11 @@ class SagnacTestbed:
             self.last_epoch = epoch
             logs = {c.name: new_client_log(c, epoch) for c in self.config.clients}
             self._logs[epoch] = logs
+        hw = self.hardware
+        if hw is not None:  # the clients stream their logs to their generators; the loop sees what those play
+            hw.align()
+            sources: dict[str, Any] = {c: hw.levels.get(c, lg) for c, lg in logs.items()}
+            return self._acquire(epoch, duration_s, block_duration_s, sources, hw)
         return self._acquire(epoch, duration_s, block_duration_s, logs)
 
     def stream_with(self, logs: dict[str, ChoiceLog], duration_s: float,

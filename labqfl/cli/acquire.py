@@ -4,19 +4,27 @@ time tagger (simulated by default), optionally record to HDF5, and report clicks
 The recording holds the tags and public metadata only. Each CSPRNG client keeps its private
 choice log (its 32-byte key for this acquisition, mode 0600) in its own folder,
 ``<data dir>/nodes/<Ci>/choices/``; ``labqfl distill REC.h5`` reads it there. Nothing printed
-(JSON included) derives a client's choices."""
+(JSON included) derives a client's choices.
+
+Clients with a ``pattern_generator`` role (e.g. ``examples/station_emulated_hardware.toml``) stream
+their choices to it frame by frame while the tags come in (:func:`labqfl.app.station.start_client_streams`);
+the recording keeps each such client's played-frames record, so its log answers for played frames
+only, and ``--json`` reports ``modulation``: frames played and lost per client (docs/lab_setup.md)."""
 
 from __future__ import annotations
 
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
+from labqfl.app.station import start_client_streams
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import load_station_config
+from labqfl.modulation import played_table
 
 
 @handle_errors
@@ -43,6 +51,8 @@ def acquire(
     n_blocks = max(1, math.ceil(round(duration / bd, 9)))
     station = Station.open(cfg, base_dir=config.resolve().parent if config else None)
     writer = None
+    streams = None
+    modulation: dict[str, dict[str, Any]] = {}
     try:
         tagger = station.time_tagger
         blocks = tagger.stream(duration, bd)
@@ -53,6 +63,8 @@ def acquire(
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             writer = station.recorder(out, data_dir=data_dir)  # CSPRNG logs: each client's own folder, 0600
+        if logs is not None:  # clients with a pattern generator stream their choices to it, frame by frame
+            streams = start_client_streams(station, logs, duration)
         counts: dict[int, int] = {}
         n_tags = 0
         t0 = time.perf_counter()
@@ -67,12 +79,20 @@ def acquire(
                 n_tags += len(blk)
                 prog.advance(task)
         wall = time.perf_counter() - t0
+        if streams is not None:
+            records = streams.finish()
+            modulation, streams = streams.summary(), None
+            for c, rec in records.items():
+                if writer is not None:  # the client's side keeps its played frames only
+                    writer.add_played_frames(c, played_table(rec), rec.frame_slots)
         if report is not None:
             report.finish()
         if writer is not None:
             writer.close(duration_s=duration, complete=True)
             writer = None
     finally:
+        if streams is not None:
+            streams.finish(timeout_s=5.0)
         if writer is not None:
             writer.close(complete=False)
         station.close()
@@ -85,6 +105,7 @@ def acquire(
         "n_tags": n_tags, "wall_s": wall, "speed_x_real_time": duration / wall if wall > 0 else None,
         "count_rates_hz": {names.get(ch, str(ch)): n / duration for ch, n in sorted(counts.items())},
         "pairs": report.summary() if report is not None else {},
+        "modulation": modulation,
         "note": "per-pair basis/intensity counts join the node's outcomes with the clients' logs (report only)",
     }
 
@@ -92,6 +113,9 @@ def acquire(
         con.print(f"[bold]{cfg.name}[/]: {duration:g} s acquired in {wall:.2f} s wall "
                   f"({data['speed_x_real_time']:.2f}× real time), {n_tags} tags" + (f" → {out}" if out else ""))
         con.print("count rates: " + ", ".join(f"{k} {v:,.0f} /s" for k, v in data["count_rates_hz"].items()))
+        if data["modulation"]:
+            con.print("frames played (lost): " + ", ".join(f"{c} {m['played']} ({m['lost']})"
+                                                           for c, m in data["modulation"].items()))
         t = Table("pair", "clicks", "D0", "D1", "double", "QBER XX", "QBER YY")
         for p, r in data["pairs"].items():
             q = [r["by_basis_pair"][b].get("error_rate") for b in ("XX", "YY")]

@@ -1,0 +1,195 @@
+"""The emulated-hardware station end to end (issue 17 acceptance): ``labqfl acquire`` on
+examples/station_emulated_hardware.toml (cut to one pair, ideal detectors) streams each client's
+CSPRNG choices through ModulationStreamer → SwabianPulseStreamer → the vendor client → the Pulse
+Streamer emulators; the simulated loop is driven by what the emulators played, the tagger records
+their frame markers, slotting anchors on them, and ``labqfl distill`` on the recording makes key.
+
+Checked on one acquisition, with C1's randomness stalled for a few frames (played dark, recorded lost):
+
+* the clicks per (intensity pair, phase pair) agree with the analytical model
+  (labqfl.contracts.channel_model, through the pure simulator's own chi-square check
+  ``check_against_model`` of tests/sim_backends/test_physics.py), counted on the frames both clients
+  played, with the choices from their recorded logs;
+* C1's lost frames carry less light (C1 was dark there: the loop saw what was played, not C1's log);
+* the lost frames are dropped, counted slots at both ends (missing markers), C1's recorded log refuses
+  their slots, and the keys in C1's and C2's stores are identical.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from labqfl.sim_backends.analysis import slot_clicks
+from labqfl.sim_backends.pulse_streamer import Wiring
+from labqfl.sim_backends.recording import read_recording
+from labqfl.sim_backends.stations import ideal_detectors
+from typer.testing import CliRunner
+
+import labqfl.cli.acquire as acquire_cmd
+from labqfl.cli import app
+from labqfl.config import parse_station_config
+from labqfl.keystore import KeyStore
+from labqfl.serialize import dump_toml
+
+pytest.importorskip("pulsestreamer")
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "station_emulated_hardware.toml"
+DURATION = 0.08  # s: 8e6 slots, 123 frames of 65 536 (the block-size rule needs 0.05 s here)
+STALL_FROM, N_STALL = 40, 4  # C1's randomness stalls at frame 40 until 4 frames went out dark
+
+
+def _check_against_model() -> Any:
+    """The pure simulator's chi-square check against the analytical model (one definition)."""
+    path = ROOT / "tests" / "sim_backends" / "test_physics.py"
+    spec = importlib.util.spec_from_file_location("_physics_checks", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.check_against_model
+
+
+def emulated_pair_station(tmp_path: Path) -> Path:
+    """The example station cut to C1-C2 on a short loop (the small test station's operating point),
+    ideal detectors (the analytical model's regime), emulators on fresh loopback addresses."""
+    d = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    d["name"] = "emulated-pair"
+    d["clients"] = d["clients"][:2]
+    d["loop"]["segments_km"] = [0.2, 0.2, 0.2]
+    net = f"127.{random.randint(32, 254)}.{random.randint(0, 255)}"
+    for k, c in enumerate(d["clients"]):
+        c["insertion_loss_db"] = 0.2
+        c["intensity_probs"] = [0.6, 0.2, 0.2]
+        c["basis_x_prob"] = 0.7
+        c["pattern_generator"]["resource"] = f"{net}.{k + 1}"
+    ideal_detectors(d)
+    parse_station_config(d, "emulated-pair")  # valid before it is written
+    p = tmp_path / "emulated_pair.toml"
+    p.write_text(dump_toml(d), encoding="utf-8")
+    return p
+
+
+class StalledLog:
+    """C1's choice log whose frame STALL_FROM comes only after N_STALL frames were played dark in its
+    place (a stalled QRNG); every other frame on time."""
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.client = log, log.client
+        self.streams: Any = None
+        self.ready = threading.Event()
+
+    def _stalled_enough(self) -> bool:
+        st = self.streams.streamers[self.client] if self.streams is not None else None
+        return st is not None and (st.late_frames >= N_STALL or st.done)
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        if s0 == STALL_FROM * 65536:
+            self.ready.wait(30)
+            deadline = 600
+            while not self._stalled_enough() and deadline:  # waits on the streamer's state, bounded
+                threading.Event().wait(0.05)
+                deadline -= 1
+        self.log.fill_codes(s0, out)
+
+
+@pytest.mark.slow
+def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    station_file = emulated_pair_station(tmp_path)
+    cfg = parse_station_config(tomllib.loads(station_file.read_text()), str(station_file))
+    data_dir = tmp_path / "data"
+    rec_path = tmp_path / "rec.h5"
+    real_start = acquire_cmd.start_client_streams
+    stalled: list[StalledLog] = []
+
+    def start_with_stall(station: Any, logs: dict[str, Any], duration: float) -> Any:
+        s = StalledLog(logs["C1"])
+        stalled.append(s)
+        streams = real_start(station, {**logs, "C1": s}, duration, max_wait_s=0.2)
+        s.streams = streams
+        s.ready.set()
+        return streams
+
+    monkeypatch.setattr(acquire_cmd, "start_client_streams", start_with_stall)
+    runner = CliRunner()
+    r = runner.invoke(app, ["acquire", "--config", str(station_file), "--duration", str(DURATION), "--out", str(rec_path),
+                            "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    acq = json.loads(r.stdout)
+    n_frames = math.ceil(DURATION * 1e8 / 65536)
+    assert acq["count_rates_hz"]["4"] > 0  # the frame markers reached the tagger
+    lost_c1 = stalled[0].streams.records["C1"].lost
+    lost_in_acq = [f for f in lost_c1 if f < n_frames]
+    assert lost_in_acq == list(range(STALL_FROM, STALL_FROM + len(lost_in_acq))) and len(lost_in_acq) >= N_STALL
+    assert [f for f in stalled[0].streams.records["C2"].lost if f < n_frames] == []
+    assert acq["modulation"]["C1"] == {"frames": n_frames, "played": n_frames - len(lost_in_acq),
+                                       "lost": len(lost_in_acq), "late": len(lost_in_acq), "error": None}
+    assert acq["modulation"]["C2"]["lost"] == 0
+
+    # -- statistics: the frames both clients played, choices from the recorded (played-only) logs ------
+    with read_recording(rec_path) as rec:
+        logs = {c: rec.client_log(c, data_dir) for c in ("C1", "C2")}
+        tags = list(rec.blocks())
+    with pytest.raises(ValueError, match="not played"):
+        logs["C1"].choices(np.array([STALL_FROM * 65536 + 5]))
+    slots_l, outc_l = zip(*(slot_clicks(b, cfg) for b in tags), strict=True)
+    slots, outc = np.concatenate(slots_l), np.concatenate(outc_l)
+    n_total = int(round(DURATION * 1e8))
+    n_valid = n_total - 1000  # clicks of the last slots may fall after the end
+    all_s = np.arange(n_valid, dtype=np.int64)
+    both = logs["C1"].record.slot_mask(all_s) & logs["C2"].record.slot_mask(all_s)
+    keep = (slots >= 0) & (slots < n_valid)
+    slots, outc = slots[keep], outc[keep]
+    in_both = both[slots]
+    # C1 dark in its lost frames: fewer clicks per slot there than where both played
+    lost_slots = ~both
+    rate_both = np.count_nonzero(in_both) / np.count_nonzero(both)
+    rate_lost = np.count_nonzero(~in_both) / np.count_nonzero(lost_slots)
+    assert rate_lost < 0.8 * rate_both
+    s_ok, o_ok, valid = slots[in_both], outc[in_both], all_s[both]
+    ri, rj = logs["C1"].choices(valid), logs["C2"].choices(valid)
+    n = np.zeros((3, 3, 4, 4), dtype=np.int64)
+    np.add.at(n, (ri.intensity_idx, rj.intensity_idx, ri.phase_idx, rj.phase_idx), 1)
+    ci, cj = logs["C1"].choices(s_ok), logs["C2"].choices(s_ok)
+    counts = np.zeros((3, 3, 4, 4, 4), dtype=np.int64)
+    np.add.at(counts, (ci.intensity_idx, cj.intensity_idx, ci.phase_idx, cj.phase_idx, o_ok), 1)
+    counts[..., 0] = n - counts[..., 1:].sum(axis=-1)
+    _check_against_model()(cfg, counts, n)
+
+    # -- distil: key on the pair, lost frames dropped and counted at both ends, identical keys -------------
+    r = runner.invoke(app, ["distill", str(rec_path), "--data-dir", str(data_dir), "--out", str(tmp_path / "runs"),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    dist = json.loads(r.stdout)
+    pair = dist["pairs"]["C1-C2"]
+    assert pair["final_key_bits"] > 0 and pair["delivered_bits"] > 0
+    assert dist["slotting"]["missing_markers"] >= 1
+    assert pair["dropped_slots"] >= len(lost_in_acq) * 65536
+    s1, s2 = KeyStore.for_node("C1", data_dir), KeyStore.for_node("C2", data_dir)
+    try:
+        nbits = s1.available_bits("C1-C2", "general")
+        assert nbits > 0
+        k1 = s1.take("C1-C2", nbits, "general")
+        k2 = s2.take_exact("C1-C2", k1.refs, "general")
+        assert np.array_equal(k1.bits, k2.bits)
+    finally:
+        s1.close()
+        s2.close()
+
+
+def test_emulator_wiring_defaults_are_the_drivers() -> None:
+    """The emulated modulators read the outputs the driver writes by default (one wiring, two copies)."""
+    from labqfl.drivers.swabian_pulsestreamer import SwabianPulseStreamerOptions
+
+    o, w = SwabianPulseStreamerOptions(), Wiring()
+    assert (o.marker_channel, tuple(o.phase_channels), tuple(o.intensity_channels)) == \
+        (w.marker_channel, w.phase_channels, w.intensity_channels)
