@@ -62,6 +62,7 @@ from labqfl.instruments.settings import Setting, in_range
 from ._base import FreeRunning, Limit, MessageDriver, check_range, ramp_points, run_ramp
 
 BIAS_UA = (0.0, 90.9)
+TRIGGER_LEVEL_MV = (-1000.0, 1000.0)
 MAX_CHANNELS = 8
 MIN_PERIOD_MS = 10
 MAX_PERIOD_MS = 10_000  # labqfl's own limit for one count-rate window
@@ -73,7 +74,7 @@ class SingleQuantumEosOptions(DriverOptions):
 
     channel: int = Field(1, ge=1, le=MAX_CHANNELS, description="detector channel (nanowire) of this role, 1-based")
     counts_port: int = Field(12345, ge=1, le=65535, description="TCP port of the controller's count stream")
-    trigger_level_mv: float | None = Field(None, ge=-1000.0, le=1000.0,
+    trigger_level_mv: float | None = Field(None, ge=TRIGGER_LEVEL_MV[0], le=TRIGGER_LEVEL_MV[1],
                                            description="counter trigger level written on open [mV] (None: keep)")
     bias_ramp_ua_per_s: float = Field(10.0, gt=0.0, le=10_000.0, description="average bias ramp rate [µA/s]")
     bias_step_ua: float = Field(0.5, gt=0.0, le=BIAS_UA[1], description="largest bias step of a ramp [µA]")
@@ -285,7 +286,7 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         if self.enabled:
             self._ramp_bias(v)
 
-    @Setting("mV", "counter trigger level of this channel", validator=in_range(-1000.0, 1000.0, "mV")).getter
+    @Setting("mV", "counter trigger level of this channel", validator=in_range(*TRIGGER_LEVEL_MV, "mV")).getter
     def trigger_level_mv(self) -> float:
         return float(self._labels("TriggerLevel")["TriggerLevel"][self.channel - 1])
 

@@ -142,11 +142,8 @@ class _OneOf(Validator):
 
     def __call__(self, inst: Any, value: Any) -> Any:
         choices = list(self.choices(inst)) if callable(self.choices) else list(self.choices)
-        try:
-            ok = value in choices and not (isinstance(value, bool) != any(isinstance(c, bool) for c in choices))
-        except TypeError:
-            ok = False
-        if not ok:
+        # compared by type and value: 1 is not True, 1.0 is not "1"
+        if not any(type(value) is type(c) and value == c for c in choices):
             raise Rejected(f"one of {choices}")
         return value
 
@@ -300,11 +297,11 @@ class Setting(Generic[T]):
 
     def getter(self, fget: Callable[[Any], T]) -> Setting[T]:
         """Decorator: a copy read by ``fget(instrument)`` (like ``property.getter``)."""
-        return self.refine(fget=fget, get_command=None, store=None, name=fget.__name__)
+        return self.refine(fget=fget, get_command=None, store=None)
 
     def setter(self, fset: Callable[[Any, T], None]) -> Setting[T]:
         """Decorator: a copy written by ``fset(instrument, validated_value)``."""
-        return self.refine(fset=fset, set_command=None, name=fset.__name__)
+        return self.refine(fset=fset, set_command=None)
 
     def kept_in(self, attribute: str) -> Setting[T]:
         """A copy whose value is kept in ``instrument.<attribute>`` (a setting of the driver's
