@@ -81,8 +81,8 @@ class MainWindow(QMainWindow):
         controller.busyChanged.connect(self._show_busy)
         controller.connectedChanged.connect(lambda _c: self._show_busy("station", controller.busy.get("station", False)))
         controller.progress.connect(self._on_progress)
-        controller.shutdownFinished.connect(lambda: self._on_shutdown("station"))
-        self.nodes_panel.shutdownFinished.connect(lambda: self._on_shutdown("nodes"))
+        controller.shutdownFinished.connect(self._on_station_shutdown)  # bound methods: gone with the window
+        self.nodes_panel.shutdownFinished.connect(self._on_nodes_shutdown)
 
     # -- navigation --------------------------------------------------------------------------------
     def show_tab(self, key: str) -> None:
@@ -142,9 +142,17 @@ class MainWindow(QMainWindow):
             self.nodes_panel.shutdown_async()
             self.ctl.shutdown_async()
 
+    def _on_station_shutdown(self) -> None:
+        self._on_shutdown("station")
+
+    def _on_nodes_shutdown(self) -> None:
+        self._on_shutdown("nodes")
+
     def _on_shutdown(self, what: str) -> None:
+        """Close once the station is shut down and the Nodes panel is too (or has nothing open)."""
         self._shut_down.add(what)
-        if self._shut_down != {"station", "nodes"}:
+        if self._closed_ok or "station" not in self._shut_down or not (
+                "nodes" in self._shut_down or self.nodes_panel.idle):
             return
         self._closed_ok = True
         QTimer.singleShot(0, self.close)

@@ -453,6 +453,11 @@ class NodesPanel(QWidget):
         self._shutdown_thread = threading.Thread(target=self.runner.shutdown, name="labqfl-nodes-shutdown", daemon=True)
         self._shutdown_thread.start()
 
+    @property
+    def idle(self) -> bool:
+        """No set of nodes open and no command running (nothing to stop)."""
+        return self.runner.nodes is None and not self.runner.busy
+
     def live_threads(self, wait_s: float = 0.0) -> list[str]:
         """Threads of this panel still running after waiting up to ``wait_s`` s (empty once closed)."""
         deadline = time.monotonic() + wait_s
