@@ -8,6 +8,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -43,11 +44,69 @@ def _node_children() -> list[str]:
     return out
 
 
+def _leftovers(tag: str) -> list[str]:
+    """Command lines of any process (ours, e.g. flower-superlink/-supernode in their own sessions)
+    whose command line or environment names ``tag`` (the test's folder)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # exited, or not ours
+        if tag in cmd or tag in env:
+            out.append(cmd)
+    return out
+
+
+def _windows(material: bytes, width: int = 12) -> set[bytes]:
+    """Every ``width``-byte run of the key bits at each of the 8 bit offsets (as a pad would be packed)."""
+    bits = np.unpackbits(np.frombuffer(material, dtype=np.uint8))
+    out = set()
+    for shift in range(8):
+        b = bits[shift:]
+        packed = np.packbits(b[:b.size - b.size % 8]).tobytes()
+        out.update(packed[i:i + width] for i in range(0, len(packed) - width + 1, width))
+    return out
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to look for leftover node processes")
-def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_every_node(small_station_file, tmp_path):
+def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_every_node(small_station_file, tmp_path,
+                                                                                        monkeypatch):
+    """acquire → distil → train across processes: optics, detector, C1, C2, then the FL server
+    node and one SuperNode per client. The job process opens no key store while the training
+    runs; the server node's data folder and every log hold no key bit and no unmasked update."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore import store as store_module
+    from labqfl.nodes.fl import FlNetwork
+
     data, runs = tmp_path / "data", tmp_path / "runs"
-    r = runner.invoke(app, ["run", "--nodes", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "2",
+    training = {"on": False}
+    opened_while_training: list[str] = []
+    before_training: dict[str, dict[str, tuple[int, bytes, str]]] = {}
+    real_init, real_train = store_module.KeyStore.__init__, FlNetwork.train
+
+    def spy_init(self: object, *a: object, **kw: object) -> None:
+        if training["on"]:
+            opened_while_training.append(str(a[0] if a else kw))
+        real_init(self, *a, **kw)  # type: ignore[arg-type]
+
+    def spy_train(self: FlNetwork, config: object, timeout_s: float) -> object:
+        # the test, not the job, reads the key material the pads will come from (read-only SQL)
+        before_training.update({c: _blocks(data / "keystore" / f"{c}.sqlite", "C1-C2") for c in ("C1", "C2")})
+        training["on"] = True
+        try:
+            return real_train(self, config, timeout_s)  # type: ignore[arg-type]
+        finally:
+            training["on"] = False
+
+    monkeypatch.setattr(store_module.KeyStore, "__init__", spy_init)
+    monkeypatch.setattr(FlNetwork, "train", spy_train)
+    r = runner.invoke(app, ["run", "--nodes", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1",
                             "--eps-sec", "1e-4", "--data-dir", str(data), "--out", str(runs), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
@@ -57,6 +116,7 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     assert set(acq["exit_codes"]) == {"optics", "detector", "C1", "C2"} and set(acq["exit_codes"].values()) == {0}
     assert set(acq["startup_s"]["nodes"]) == set(acq["exit_codes"])
     assert not _node_children(), "node processes left running after labqfl run --nodes"
+    assert not _leftovers(str(tmp_path)), "Flower processes left running after labqfl run --nodes"
     assert m["acquisitions"][-1]["acquisition_id"].startswith("nodes/") and m["acquisitions"][-1]["complete"]
 
     pair = m["distill"]["pairs"]["C1-C2"]
@@ -70,17 +130,65 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     for b in b1:
         assert b1[b] == b2[b], f"block {b} differs between C1's and C2's stores"
 
-    # training drew its masks from those stores: consumed = distilled − remaining
+    # training ran over the server node and the SuperNodes, which all stopped with 0
     t = m["train"]
-    assert t["rounds_run"] == 2 and t["key_bits_per_pair_total"] == 2 * 8 * t["n_params"]
+    nodes = t["nodes"]
+    assert nodes["path"] == "nodes"
+    assert nodes["exit_codes"] == {"supernode-C1": 0, "supernode-C2": 0, "server": 0}
+    assert set(nodes["startup_s"]["nodes"]) == set(nodes["exit_codes"])
+    assert opened_while_training == [], "the job process opened a key store while the nodes trained"
+    # and drew its masks from those stores: consumed = distilled − remaining, the same at both ends
+    assert t["rounds_run"] == 1 and t["key_bits_per_pair_total"] == 8 * t["n_params"]
+    assert len(t["rounds"]) == 1 and 0 <= t["rounds"][0]["test_accuracy"] <= 1
     kp = m["keys"]["pairs"]["C1-C2"]
     assert kp["distilled_bits"] == pair["delivered_bits"] > 0
     assert kp["consumed_bits"] == t["key_bits_per_pair_total"] == kp["distilled_bits"] - kp["remaining_bits"]
+    with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
+        a1, a2 = s1.accounting()["C1-C2"], s2.accounting()["C1-C2"]
+    assert a1 == a2 and a1["reserved"] == {}
     assert kp["provenance"]["weakest"]["physical_layer"] == "simulated"
     assert t["key_provenance"]["C1-C2"]["blocks"]
     html = (Path(m["run_dir"]) / "report.html").read_text()
     assert "acquisition: nodes" in html and "Node processes, start-up" in html
-    assert (Path(m["run_dir"]) / "nodes" / "C1.log").is_file()
+    run_nodes = Path(m["run_dir"]) / "nodes"
+    assert (run_nodes / "C1.log").is_file() and (run_nodes / "fl-server.log").is_file()
+
+    # the server node's data folder and every node log: no key bit, no unmasked update
+    server_files = [p for p in (run_nodes / "server").rglob("*") if p.is_file() and not p.is_symlink()]
+    assert any(p.name.endswith(".json") and p.parent.name == "results" for p in server_files)
+    logs = [p for p in run_nodes.glob("*.log")] + list((data / "nodes").rglob("*.log"))
+    blobs = {str(p): p.read_bytes() for p in server_files + logs}
+    key_windows = set().union(*(_windows(material) for material in
+                                (v[1] for st in before_training.values() for v in st.values())))
+    assert key_windows
+    leaks = [(f, w.hex()) for f, blob in blobs.items() for w in key_windows if w in blob]
+    assert not leaks, f"key bits found in the server node's folder or logs: {leaks[:3]}"
+    _assert_no_unmasked_update(m, blobs)
+
+
+def _assert_no_unmasked_update(m: dict, blobs: dict[str, bytes]) -> None:
+    """Each client's round-1 update (as its ClientApp computes it: the in-process engine's
+    ``local_updates``, bit for bit, tests/fl/flower/test_tls.py) appears nowhere as float64 or
+    float32 bytes, nor as the decimal text of one of its values."""
+    from labqfl.app.training import TrainingSettings, TrainingSetup
+    from labqfl.fl.training import local_updates
+    from labqfl.nodes.runjob import flower_spec_for
+
+    s = m["settings"]
+    setup = TrainingSetup(TrainingSettings(task=s["task"], names=("C1", "C2"), q=s["q"], rounds=s["rounds"],
+                                           keys="qkd", seed=s["seed"], preflight=False))
+    spec = flower_spec_for(setup, ["C1", "C2"])
+    model, tdata = spec.model(), spec.data()
+    g = model.init_params(spec.seed)
+    ups, _ = local_updates(model, g, tdata.clients, spec.local(), spec.seed, 1)
+    for c, u in ups.items():
+        u = np.asarray(u, dtype=np.float64).reshape(-1)
+        assert np.count_nonzero(u) > 2
+        pieces = {u[i:i + 2].tobytes() for i in range(u.size - 1) if u[i] and u[i + 1]}
+        pieces |= {u.astype(np.float32)[i:i + 3].tobytes() for i in range(u.size - 2) if u[i] and u[i + 1] and u[i + 2]}
+        pieces |= {repr(float(v)).encode() for v in u if abs(v) > 1e-9 and len(repr(float(v))) > 12}
+        hits = [f for f, blob in blobs.items() if any(p in blob for p in pieces)]
+        assert not hits, f"client {c}'s unmasked update found in {hits}"
 
 
 @pytest.mark.slow
