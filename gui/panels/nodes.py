@@ -287,7 +287,7 @@ class NodesPanel(QWidget):
         bl.addWidget(self.security)
         split.addWidget(top)
         split.addWidget(bottom)
-        split.setSizes([300, 500])
+        split.setSizes([230, 570])
         rl.addWidget(split)
         lay = QHBoxLayout(self)
         lay.addWidget(left)
