@@ -421,21 +421,6 @@ def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _materialize(bits: np.ndarray, n: int, a: int, c: int, row: np.ndarray) -> None:
-    """row ← bits in affine pass order, packed: bit j of row = bits[(c + a·j) mod n]."""
-    idx = c
-    W = (n + 63) // 64
-    for w in range(W):
-        word = np.uint64(0)
-        for t in range(min(64, n - 64 * w)):
-            word |= np.uint64(bits[idx]) << np.uint64(t)
-            idx += a
-            if idx >= n:
-                idx -= n
-        row[w] = word
-
-
-@numba.njit(cache=True, nogil=True)
 def _top_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                   masks: np.ndarray, q: int, nb: int) -> np.ndarray:
     """Parities of all nb blocks of pass q (uint8)."""
@@ -842,28 +827,232 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _range_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
-                    masks: np.ndarray, cum: np.ndarray, nb: np.ndarray, qs: np.ndarray, blocks: np.ndarray, lo: np.ndarray,
-                    hi: np.ndarray) -> np.ndarray:
-    """Alice: parity of ranks lo..hi-1 of block ``blocks[t]`` of pass ``qs[t]``, for every t.
+def _materialize_packed(packed: np.ndarray, n: int, ainv: int, c: int, row: np.ndarray) -> None:
+    """row ← the key in affine pass order, packed: bit j of row = key bit (c + a·j) mod n, so key
+    bit i lands at position (i − c)·a⁻¹ mod n.  Reads ``packed`` (natural order) sequentially and
+    ORs each bit into ``row`` (64× smaller than a uint8 key, so the scattered writes stay in
+    cache); the position advances by a⁻¹ mod n per bit, without a division."""
+    for w in range(row.size):
+        row[w] = 0
+    if n == 1:
+        row[0] = packed[0] & np.uint64(1)
+        return
+    pos = ((n - c) % n) * ainv % n  # position of key bit 0
+    one = np.uint64(1)
+    for w in range((n + 63) // 64):
+        v = packed[w]
+        for t in range(min(64, n - 64 * w)):
+            row[pos >> 6] |= ((v >> np.uint64(t)) & one) << np.uint64(pos & 63)
+            pos += ainv
+            if pos >= n:
+                pos -= n
 
-    Returns uint8 parities, or an empty array if any query is out of range.
-    """
-    out = np.empty(blocks.size, np.uint8)
-    npass = kind.size
-    ones_total = cum[:, -1]
-    for t in range(blocks.size):
-        q = qs[t]
-        if q < 0 or q >= npass or blocks[t] < 0 or blocks[t] >= nb[q]:
-            return np.empty(0, np.uint8)
-        if kind[q] == 1:
-            size = ones_total[q] if blocks[t] == 1 else n - ones_total[q]
+
+@numba.njit(cache=True, nogil=True)
+def _open_frame_pass(f: int, p: int, told: np.ndarray, ns: np.ndarray, wo: np.ndarray, bo: np.ndarray,
+                     kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray,
+                     top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray, built: np.ndarray,
+                     ypk: np.ndarray, zp: np.ndarray, bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray,
+                     init: np.ndarray, clean: np.ndarray) -> int:
+    """Bob opens pass p of frame f with Alice's block parities ``told`` (all but the last from
+    p = 1 on: that one is the frame parity, known from pass 0, plus the others): draws the
+    bipartition or lays out his bits in pass order, computes his block parities, and writes the
+    frame-local indices of the odd blocks to ``init[bo[f]:]``; returns how many there are."""
+    P = kind.shape[1]
+    n = ns[f]
+    W = wo[f + 1] - wo[f]
+    g = bo[f]
+    o0, o1 = top_off[f, p], top_off[f, p + 1]
+    mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+    cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+    if kind[f, p] == 1 and not built[f, p]:
+        _fill_bipartition(mk[p], cm[p], bkeys[f, p], n)
+    built[f, p] = True
+    for b in range(nb[f, p]):
+        if kind[f, p] == 1:
+            bsize[g + o0 + b] = cm[p, W] if b == 1 else n - cm[p, W]
         else:
-            size = min(k[q], n - blocks[t] * k[q])
-        if lo[t] < 0 or hi[t] <= lo[t] or hi[t] > size:
-            return np.empty(0, np.uint8)
-        out[t] = _range_parity(zp, packed, n, kind, k, masks, cum, q, blocks[t], lo[t], hi[t])
-    return out
+            bsize[g + o0 + b] = min(k[f, p], n - b * k[f, p])
+    par = 0
+    for b in range(told.size):
+        alice_top[g + o0 + b] = told[b]
+        par ^= told[b]
+    if p > 0:  # Alice's frame parity (the XOR of pass 0's block parities) fixes the last block
+        for b in range(top_off[f, 1]):
+            par ^= alice_top[g + b]
+        alice_top[g + o1 - 1] = par
+    zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+    yf = ypk[wo[f]:wo[f + 1]]
+    if kind[f, p] == 0:
+        _materialize_packed(yf, n, ainv[f, p], c[f, p], zf[p])
+    tp = _top_parities(zf, yf, n, kind[f], k[f], mk, p, nb[f, p])
+    nodd = 0
+    for b in range(nb[f, p]):
+        bob_top[g + o0 + b] = tp[b]
+        if tp[b] != alice_top[g + o0 + b]:
+            init[g + nodd] = o0 + b
+            nodd += 1
+    clean[f] = clean[f] + 1 if (kind[f, p] == 1 and nodd == 0) else 0
+    return nodd
+
+
+@numba.njit(cache=True, nogil=True)
+def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
+              passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
+              bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
+              nb: np.ndarray, top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray,
+              built: np.ndarray, y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray,
+              bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray, st: np.ndarray, slo: np.ndarray,
+              shi: np.ndarray, sh: np.ndarray, work: np.ndarray, waitl: np.ndarray, onstk: np.ndarray,
+              inwait: np.ndarray, found: np.ndarray, fval: np.ndarray, qidx: np.ndarray, hkeys: np.ndarray,
+              hvals: np.ndarray, ho: np.ndarray, logcap: np.ndarray, hcount: np.ndarray, out_q: np.ndarray,
+              out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray, deferred: np.ndarray,
+              counters: np.ndarray, flipped: np.ndarray, known_n: np.ndarray, known_x: np.ndarray,
+              indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
+              res: np.ndarray) -> int:
+    """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
+    ``cascade/round``: the frames listed in ``opened`` (frame·128 + pass) open their pass
+    (:func:`_open_frame_pass`), every frame with queries last round (``nq[f]`` of them) takes its
+    answers, and every such frame runs one :func:`_cascade_round`.  A frame whose pass has nothing
+    left to ask opens its next pass, unless its last pass is done or ``confirm`` bipartitions in a
+    row found nothing (:class:`CascadeSchedule`).  Writes the next request — the frames that open
+    a pass into ``obuf`` (frame·128 + pass), the queries into ``qbuf`` (frame·128 + pass, block,
+    lo, hi) frame by frame — and their counts into ``res[0]``, ``res[1]``.
+
+    Returns 0; −3 if ``disclosed`` has the wrong length (nothing changed); −2 if a frame's parity
+    cache must grow first (``needgrow``; nothing changed); −1 on inconsistent parities (frame in
+    ``res[2]``, its key bit in ``counters[f, 2]``).  Frames are independent: each runs the protocol
+    a one-frame run runs.
+    """
+    K = ns.size
+    P = kind.shape[1]
+    want = 0
+    for t in range(opened.size):
+        p = opened[t] & 127
+        want += nb[opened[t] >> 7, p] - (1 if p > 0 else 0)
+    for f in range(K):
+        want += nq[f]
+    if disclosed.size != want:
+        return -3
+    grow = False
+    for f in range(K):
+        if nq[f] > 0 and hcount[f] + nq[f] > (1 << logcap[f]) // 2:
+            needgrow[f] = 1
+            grow = True
+    if grow:
+        return -2
+    ninit = np.full(K, -1, np.int64)  # −1: frame not opening
+    pos = 0
+    for t in range(opened.size):
+        f = opened[t] >> 7
+        p = opened[t] & 127
+        m = nb[f, p] - (1 if p > 0 else 0)
+        ninit[f] = _open_frame_pass(f, p, disclosed[pos:pos + m], ns, wo, bo, kind, k, c, ainv, nb, top_off, masks,
+                                    cum, bkeys, built, ypk, zp, bsize, alice_top, bob_top, init, clean)
+        pos += m
+    nopen = 0
+    nqt = 0
+    for f in range(K):
+        nprev = nq[f]
+        if ninit[f] < 0 and nprev == 0:
+            continue  # finished
+        W = wo[f + 1] - wo[f]
+        b0, b1 = bo[f], bo[f + 1]
+        hcount[f] += nprev
+        r = _cascade_round(
+            init[b0:b0 + max(ninit[f], 0)], nprev, qidx[b0:b1], disclosed[pos:pos + nprev], y[no[f]:no[f + 1]],
+            ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
+            a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
+            cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
+            bsize[b0:b1], alice_top[b0:b1], bob_top[b0:b1], st[b0:b1], slo[b0:b1], shi[b0:b1], sh[b0:b1],
+            work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
+            hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
+            out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
+            known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax)
+        pos += nprev
+        if r < 0:
+            res[2] = f
+            return -1
+        nq[f] = r
+        if r == 0:
+            passes_run[f] = cur[f] + 1
+            if cur[f] + 1 < P and not (confirm > 0 and clean[f] >= confirm):
+                cur[f] += 1
+                obuf[nopen] = f * 128 + cur[f]
+                nopen += 1
+        for j in range(r):
+            s = b0 + j
+            qbuf[4 * nqt] = f * 128 + out_q[s]
+            qbuf[4 * nqt + 1] = out_b[s]
+            qbuf[4 * nqt + 2] = out_lo[s]
+            qbuf[4 * nqt + 3] = out_hi[s]
+            nqt += 1
+    res[0] = nopen
+    res[1] = nqt
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
+                 k: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
+                 bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
+                 out: np.ndarray) -> int:
+    """Alice's answer to one ``cascade/round``: the block parities of every (frame·128 + pass) in
+    ``opens`` (all but the last block's from pass 1 on), then the parity of ranks lo..hi−1 of the
+    block of each query (frame·128 + pass, block, lo, hi) in ``queries``, written to ``out``.
+    Returns how many; −1 no such frame or pass, −2 a pass opened before pass 0 of its frame, −3 a
+    query into a pass whose block parities were not disclosed, −4 no such block or range, −5 more
+    parities than ``out`` holds."""
+    K, P = kind.shape
+    pos = 0
+    for t in range(opens.size):
+        f = int(opens[t] >> 7)
+        p = int(opens[t] & 127)
+        if f >= K or p >= P:
+            return -1
+        if p > 0 and not ready[f, 0]:
+            return -2
+        n = ns[f]
+        W = wo[f + 1] - wo[f]
+        mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        xf = xpk[wo[f]:wo[f + 1]]
+        if kind[f, p] == 1 and not built[f, p]:
+            _fill_bipartition(mk[p], cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))[p],
+                              bkeys[f, p], n)
+        built[f, p] = True
+        if kind[f, p] == 0 and not ready[f, p]:
+            _materialize_packed(xf, n, ainv[f, p], c[f, p], zf[p])
+        ready[f, p] = True
+        tp = _top_parities(zf, xf, n, kind[f], k[f], mk, p, nb[f, p])
+        m = nb[f, p] - (1 if p > 0 else 0)
+        if pos + m > out.size:
+            return -5
+        out[pos:pos + m] = tp[:m]
+        pos += m
+    for j in range(queries.size // 4):
+        f = int(queries[4 * j] >> 7)
+        q = int(queries[4 * j] & 127)
+        b = int(queries[4 * j + 1])
+        lo = int(queries[4 * j + 2])
+        hi = int(queries[4 * j + 3])
+        if f >= K or q >= P or not ready[f, q]:
+            return -3
+        n = ns[f]
+        W = wo[f + 1] - wo[f]
+        cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+        if b >= nb[f, q]:
+            return -4
+        if kind[f, q] == 1:
+            size = cm[q, W] if b == 1 else n - cm[q, W]
+        else:
+            size = min(k[f, q], n - b * k[f, q])
+        if hi <= lo or hi > size or pos >= out.size:
+            return -4 if pos < out.size else -5
+        out[pos] = _range_parity(zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), xpk[wo[f]:wo[f + 1]], n, kind[f],
+                                 k[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cm, q, b, lo, hi)
+        pos += 1
+    return pos
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -874,285 +1063,358 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return buf.view("<u8").astype(np.uint64)
 
 
-# ----------------------------------------------------------------------------------- parties
+# ----------------------------------------------------------------------------------- frames
+def split_frames(n: int, frame_bits: int | None) -> np.ndarray:
+    """Lengths (int64) of the frames a key of ``n`` bits is cut into: one frame if ``frame_bits``
+    is None or ≥ n, else K = ⌈n / frame_bits⌉ frames as equal as possible (the first n mod K one
+    bit longer), in key order."""
+    if frame_bits is not None and frame_bits < 1:
+        raise ReconciliationInputError(f"frame_bits must be >= 1 bit, got {frame_bits}")
+    if frame_bits is None or n <= frame_bits:
+        return np.array([n], np.int64)
+    K = -(-n // frame_bits)
+    m, r = divmod(n, K)
+    sizes = np.full(K, m, np.int64)
+    sizes[:r] += 1
+    return sizes
+
+
+def frame_seeds(seed: int, frames: int) -> np.ndarray:
+    """Public seed of each frame's passes (int64): frame f uses (seed + f) mod 2^63."""
+    return ((np.arange(frames, dtype=np.uint64) + np.uint64(seed)) & np.uint64((1 << 63) - 1)).astype(np.int64)
+
+
+MAX_FRAMES = 1 << 24
+"""Most frames one run interleaves (a frame and pass share one uint32 in the messages)."""
+
+
+@dataclass
+class _FrameSet:
+    """The passes of K frames (same schedule, own length and seed) in flat buffers that the
+    kernels slice per frame: offsets of bits ``no``, 64-bit words ``wo`` and top-level blocks
+    ``bo`` (each [K+1]); ``masks`` (and a party's key in pass order) holds frame f's P × W rows
+    at P·wo[f], ``cum`` its P × (W+1) running counts at P·(wo[f] + f).  Bipartition rows are drawn
+    when the pass opens, from ``bkeys`` (``built`` marks them)."""
+
+    ns: np.ndarray
+    no: np.ndarray
+    wo: np.ndarray
+    bo: np.ndarray
+    kind: np.ndarray  # int64 [K, P]: 0 affine, 1 bipartition
+    k: np.ndarray
+    a: np.ndarray
+    c: np.ndarray
+    ainv: np.ndarray
+    nb: np.ndarray
+    top_off: np.ndarray  # int64 [K, P+1]
+    masks: np.ndarray
+    cum: np.ndarray
+    bkeys: np.ndarray  # uint64 [K, P]
+    built: np.ndarray  # bool [K, P]
+
+    @property
+    def frames(self) -> int:
+        return int(self.ns.size)
+
+    @property
+    def npasses(self) -> int:
+        return int(self.kind.shape[1])
+
+    @classmethod
+    def build(cls, sizes: np.ndarray, seeds: np.ndarray, block_sizes: tuple[int, ...]) -> _FrameSet:
+        per = [_build_passes(int(n), int(s), block_sizes) for n, s in zip(sizes, seeds, strict=True)]
+        K, P = len(per), len(block_sizes)
+        ns = np.asarray(sizes, np.int64)
+
+        def offsets(v: np.ndarray) -> np.ndarray:
+            return np.concatenate([[0], np.cumsum(v)]).astype(np.int64)
+
+        wo = offsets((ns + 63) // 64)
+
+        def stack(name: str) -> np.ndarray:
+            return np.ascontiguousarray(np.stack([getattr(p, name) for p in per]))
+
+        bkeys = np.zeros((K, P), np.uint64)  # as _Passes.ensure draws them
+        for f, s in enumerate(seeds.tolist()):
+            for q in np.flatnonzero(per[f].kind == 1).tolist():
+                bkeys[f, q] = int(np.random.default_rng([int(s), q]).integers(0, 1 << 63))
+        return cls(ns, offsets(ns), wo, offsets(np.array([p.top_off[-1] for p in per], np.int64)), stack("kind"),
+                   stack("k"), stack("a"), stack("c"), stack("ainv"), stack("nb"), stack("top_off"),
+                   np.zeros(P * int(wo[-1]), np.uint64), np.zeros(P * (int(wo[-1]) + K), np.int64), bkeys,
+                   np.zeros((K, P), bool))
+
+
 def _schedule_array(schedule: CascadeSchedule) -> np.ndarray:
     return np.asarray(schedule.block_sizes, dtype=np.int64)
 
 
+_ALICE_ERRORS = {-1: "names a frame or pass that does not exist",
+                 -2: "opens a pass before pass 0 of its frame",
+                 -3: "queries a pass whose block parities were not revealed",
+                 -4: "names a block or range that does not exist",
+                 -5: "asks for more parities than the frames have blocks"}
+
+
+# ----------------------------------------------------------------------------------- parties
 class CascadeAlice:
     """Alice's side (a :class:`~labqfl.qkd.messaging.Responder`): answers Bob's parity requests.
 
-    Messages: ``cascade/init`` {n, seed, schedule} → ``cascade/ok``; ``cascade/blocks`` {pass}
-    → all block parities of that pass (disclosed); ``cascade/parity`` {pass, block, lo, hi}
-    (int64 arrays of ranks within blocks) → one parity per query (disclosed); ``cascade/done`` →
-    ``cascade/ok`` with Alice's own count of disclosed bits.
+    Messages: ``cascade/init`` {n, frames (lengths of the K frames, int64; absent: one frame),
+    seeds (one per frame; absent: ``seed``), schedule} → ``cascade/ok``; ``cascade/round`` {open:
+    uint32 frame·128 + pass for every pass whose block parities Bob asks for; query: uint32
+    (frame·128 + pass, block, lo, hi) per range parity (ranks lo..hi−1 within the block)} → every
+    asked block parity (from pass 1 on all but the last block's, which follows from the frame's
+    parity) in the order asked, then one parity per query, all disclosed; the reply is
+    ``cascade/block-parities`` when it carries block parities, else ``cascade/parities``.
+    ``cascade/done`` → ``cascade/ok`` with Alice's own count of disclosed bits.  A request naming
+    a frame, pass, block or range that does not exist, or a pass whose block parities were not
+    disclosed yet, raises :class:`~labqfl.qkd.messaging.MessageError`.
     """
 
     def __init__(self, alice_bits: np.ndarray) -> None:
         if not isinstance(alice_bits, np.ndarray) or alice_bits.dtype != np.uint8 or alice_bits.ndim != 1:
             raise ReconciliationInputError("alice_bits must be a 1-D uint8 array of 0/1")
         self._x = np.ascontiguousarray(alice_bits)
-        self._xpk = _pack(self._x)
-        self._passes: _Passes | None = None
-        self._zp = np.zeros((0, 0), np.uint64)
-        self._ready = np.zeros(0, bool)
+        self._F: _FrameSet | None = None
+        self._xpk = np.zeros(0, np.uint64)
+        self._zp = np.zeros(0, np.uint64)
+        self._ready = np.zeros((0, 0), bool)
         self.disclosed_bits = 0
         self.finished = False
 
-    def _need(self) -> _Passes:
-        if self._passes is None:
-            raise MessageError("cascade: request before cascade/init")
-        return self._passes
+    def _init(self, request: Message) -> Message:
+        n = int(request.get("n"))
+        if n != self._x.size:
+            raise MessageError(f"cascade/init: Bob has {n} bits, Alice has {self._x.size}")
+        sizes = np.asarray(request.fields.get("frames", np.array([n])), dtype=np.int64)
+        seeds = np.asarray(request.get("seeds") if "seeds" in request.fields else [int(request.get("seed"))],
+                           dtype=np.int64)
+        if (sizes.ndim != 1 or sizes.size != seeds.size or not 0 < sizes.size <= MAX_FRAMES or sizes.min() < 1
+                or sizes.max() > MAX_BITS or int(sizes.sum()) != n or seeds.min() < 0):
+            raise MessageError(f"cascade/init: {sizes.size} frame lengths summing to {int(sizes.sum())} and "
+                               f"{seeds.size} seeds for {n} bits; expected one length in [1, {MAX_BITS}] and one "
+                               f"non-negative seed per frame, at most {MAX_FRAMES} frames")
+        sched = tuple(int(v) for v in np.asarray(request.get("schedule"), dtype=np.int64))
+        CascadeSchedule(sched)  # validates
+        self._F = F = _FrameSet.build(sizes, seeds, sched)
+        self._xpk = np.zeros(int(F.wo[-1]), np.uint64)
+        for f in range(F.frames):
+            self._xpk[F.wo[f]:F.wo[f + 1]] = _pack(self._x[F.no[f]:F.no[f + 1]])
+        self._zp = np.zeros(F.npasses * int(F.wo[-1]), np.uint64)
+        self._ready = np.zeros((F.frames, F.npasses), bool)
+        return Message("cascade/ok")
+
+    def _round(self, F: _FrameSet, request: Message) -> Message:
+        opens = np.asarray(request.get("open"), dtype=np.uint32)
+        queries = np.asarray(request.get("query"), dtype=np.uint32)
+        if opens.ndim != 1 or queries.ndim != 1 or queries.size % 4:
+            raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 4 entries")
+        out = np.empty(int(F.bo[-1]) + queries.size // 4, np.uint8)
+        got = _alice_round(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.ainv, F.nb, F.masks, F.cum, F.bkeys,
+                           F.built, self._ready, self._zp, self._xpk, out)
+        if got < 0:
+            raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
+        self.disclosed_bits += got
+        return Message("cascade/block-parities" if opens.size else "cascade/parities", {}, out[:got])
 
     def handle(self, request: Message) -> Message:
         kind = request.kind
         if kind == "cascade/init":
-            n = int(request.get("n"))
-            if n != self._x.size:
-                raise MessageError(f"cascade/init: Bob has {n} bits, Alice has {self._x.size}")
-            sched = np.asarray(request.get("schedule"), dtype=np.int64)
-            CascadeSchedule(tuple(int(v) for v in sched))  # validates
-            self._passes = P = _build_passes(n, int(request.get("seed")), tuple(int(v) for v in sched))
-            self._zp = np.zeros((P.npasses, (n + 63) // 64), np.uint64)
-            self._ready = np.zeros(P.npasses, bool)
-            return Message("cascade/ok")
-        P = self._need()
-        if kind == "cascade/blocks":
-            q = int(request.get("pass"))
-            if not 0 <= q < P.npasses:
-                raise MessageError(f"cascade/blocks: no pass {q}")
-            if q > 0 and not self._ready[0]:
-                raise MessageError("cascade/blocks: pass 0 must be revealed before pass {q}")
-            P.ensure(q)
-            if P.kind[q] == 0 and not self._ready[q]:
-                _materialize(self._x, P.n, int(P.a[q]), int(P.c[q]), self._zp[q])
-            self._ready[q] = True
-            par = _top_parities(self._zp, self._xpk, P.n, P.kind, P.k, P.masks, q, int(P.nb[q]))
-            if q > 0:  # the last block's parity follows from the key's parity, known since pass 0
-                par = par[:-1]
-            self.disclosed_bits += par.size
-            return Message("cascade/block-parities", {"pass": q}, par)
-        if kind == "cascade/parity":
-            qs = np.asarray(request.get("pass"), dtype=np.int64)
-            blocks = np.asarray(request.get("block"), dtype=np.int64)
-            lo = np.asarray(request.get("lo"), dtype=np.int64)
-            hi = np.asarray(request.get("hi"), dtype=np.int64)
-            if not qs.size == blocks.size == lo.size == hi.size:
-                raise MessageError("cascade/parity: pass, block, lo and hi differ in length")
-            if qs.size and (qs.min() < 0 or qs.max() >= P.npasses or not self._ready[qs].all()):
-                raise MessageError("cascade/parity: a query names a pass whose block parities were not revealed")
-            par = _range_parities(self._zp, self._xpk, P.n, P.kind, P.k, P.masks, P.cum,
-                                  P.nb, qs, blocks, lo, hi)
-            if par.size != qs.size:
-                raise MessageError("cascade/parity: a query names a pass, block or range that does not exist")
-            self.disclosed_bits += par.size
-            return Message("cascade/parities", {}, par)
+            return self._init(request)
+        if self._F is None:
+            raise MessageError("cascade: request before cascade/init")
+        if kind == "cascade/round":
+            return self._round(self._F, request)
         if kind == "cascade/done":
             self.finished = True
             return Message("cascade/ok", {"disclosed": self.disclosed_bits})
         raise MessageError(f"cascade: unexpected message {kind!r}")
 
 
+_BLOCK_ARRAYS = ("bsize", "slo", "shi", "sh", "work", "waitl", "found", "qidx", "deferred",
+                 "out_q", "out_b", "out_lo", "out_hi", "init")
+_BLOCK_FLAGS = ("alice_top", "bob_top", "st", "onstk", "inwait", "fval", "indef")
+
+
 @dataclass
 class _BobWork:
-    """Bob's working state for one Cascade frame (:meth:`CascadeBob.run`): his bits ``y`` (plain
-    and packed, and in each affine pass's order ``zp``), the per-top-level-block arrays that
-    :func:`_cascade_round` works on (block sizes, Alice's and Bob's parities, the bisection
-    stack and wait lists, the found bits, the deferred queries, the query buffers ``out``), the
-    bits Bob knows of Alice's, the parity cache (open-addressing hash table of capacity
-    ``2**logcap`` holding ``hcount`` entries), and the disclosure counters."""
+    """Bob's working state for K frames (:meth:`CascadeBob.run`), in flat buffers sliced per frame
+    like :class:`_FrameSet`'s: his bits ``y`` (plain, packed ``ypk``, and in each affine pass's
+    order ``zp``), the per-top-level-block arrays of :func:`_cascade_round` (``arr``: block sizes,
+    Alice's and Bob's parities, the bisection stack and wait lists, the found bits, the deferred
+    queries, the query buffers ``out_*``, the odd blocks ``init`` of an opened pass), the bits Bob
+    knows of Alice's, the parity caches (open-addressing hash tables, frame f's of capacity
+    2**logcap[f] at ``ho[f]``, holding ``hcount[f]`` entries), and each frame's progress: current
+    pass ``cur``, clean bipartitions in a row ``clean``, passes run, queries asked ``nq``."""
 
     y: np.ndarray
     ypk: np.ndarray
     zp: np.ndarray
     fpass: np.ndarray
-    bsize: np.ndarray
-    alice_top: np.ndarray
-    bob_top: np.ndarray
-    st: np.ndarray
-    slo: np.ndarray
-    shi: np.ndarray
-    sh: np.ndarray
-    work: np.ndarray
-    waitl: np.ndarray
-    onstk: np.ndarray
-    inwait: np.ndarray
-    found: np.ndarray
-    fval: np.ndarray
-    qidx: np.ndarray
-    deferred: np.ndarray
-    indef: np.ndarray
-    out: list[np.ndarray]
-    counters: np.ndarray
+    arr: dict[str, np.ndarray]
+    counters: np.ndarray  # int64 [K, 3]: flipped bits, deferred count, inconsistent bit
     flipped: np.ndarray
     known_n: np.ndarray
     known_x: np.ndarray
     hkeys: np.ndarray
     hvals: np.ndarray
-    logcap: int
-    hcount: int = 0
-    leaked_top: int = 0
-    leaked_bs: int = 0
-    rounds: int = 0
+    ho: np.ndarray
+    logcap: np.ndarray
+    prog: dict[str, np.ndarray]
 
     @classmethod
-    def allocate(cls, bits: np.ndarray, P: _Passes, qber: float, npasses_scheduled: int) -> _BobWork:
-        """Zeroed state for ``bits`` (copied) under the passes ``P``; the parity cache is sized
-        for the expected number of disclosed parities (grown by :meth:`CascadeBob._bisect_pass`)."""
-        n = int(bits.size)
+    def allocate(cls, bits: np.ndarray, F: _FrameSet, qber: float, npasses_scheduled: int) -> _BobWork:
+        """Zeroed state for ``bits`` (copied); each frame's parity cache is sized for the expected
+        number of its disclosed parities (grown by :meth:`grow`)."""
         y = bits.copy()
-        ntop = int(P.top_off[-1])
-        words = (n + 63) // 64
-        est = n * binary_entropy(min(qber, 0.49)) * 1.3 + 64 * npasses_scheduled
-        logcap = max(10, math.ceil(math.log2(4.0 * est)))
+        W = int(F.wo[-1])
+        ypk = np.zeros(W, np.uint64)
+        for f in range(F.frames):
+            ypk[F.wo[f]:F.wo[f + 1]] = _pack(y[F.no[f]:F.no[f + 1]])
+        ntop = int(F.bo[-1])
+        est = F.ns * binary_entropy(min(qber, 0.49)) * 1.3 + 64 * npasses_scheduled
+        logcap = np.maximum(10, np.ceil(np.log2(4.0 * est))).astype(np.int64)
+        ho = np.concatenate([[0], np.cumsum(np.int64(1) << logcap)]).astype(np.int64)
+        arr = {name: np.zeros(ntop, np.int64) for name in _BLOCK_ARRAYS}
+        arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
+        fpass = np.concatenate([np.repeat(np.arange(F.npasses, dtype=np.int64), F.nb[f]) for f in range(F.frames)])
+        prog = {name: np.zeros(F.frames, np.int64) for name in ("cur", "clean", "passes_run", "nq", "hcount",
+                                                                 "needgrow")}
+        return cls(y=y, ypk=ypk, zp=np.zeros(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
+                   counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
+                   known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
+                   hkeys=np.full(int(ho[-1]), -1, np.int64), hvals=np.zeros(int(ho[-1]), np.int8),
+                   ho=ho, logcap=logcap, prog=prog)
 
-        def z(dtype: Any) -> np.ndarray:
-            return np.zeros(ntop, dtype)
+    def grow(self, frames: np.ndarray) -> None:
+        """Double the parity caches of ``frames`` (rehashed; the other frames' are copied)."""
+        logcap = self.logcap.copy()
+        logcap[frames] += 1
+        ho = np.concatenate([[0], np.cumsum(np.int64(1) << logcap)]).astype(np.int64)
+        keys, vals = np.full(int(ho[-1]), -1, np.int64), np.zeros(int(ho[-1]), np.int8)
+        for f in range(logcap.size):
+            old = slice(int(self.ho[f]), int(self.ho[f + 1]))
+            new = slice(int(ho[f]), int(ho[f + 1]))
+            if logcap[f] == self.logcap[f]:
+                keys[new], vals[new] = self.hkeys[old], self.hvals[old]
+            else:
+                _h_rehash(self.hkeys[old], self.hvals[old], keys[new], vals[new], int(logcap[f]))
+        self.hkeys, self.hvals, self.ho, self.logcap = keys, vals, ho, logcap
 
-        return cls(
-            y=y, ypk=_pack(y), zp=np.zeros((P.npasses, words), np.uint64),  # y in each affine pass's order
-            fpass=np.repeat(np.arange(P.npasses, dtype=np.int64), P.nb),
-            bsize=z(np.int64),  # block sizes, filled as passes start
-            alice_top=z(np.uint8), bob_top=z(np.uint8), st=z(np.uint8), slo=z(np.int64), shi=z(np.int64),
-            sh=z(np.int64), work=z(np.int64), waitl=z(np.int64), onstk=z(np.uint8), inwait=z(np.uint8),
-            found=z(np.int64), fval=z(np.uint8), qidx=z(np.int64), deferred=z(np.int64), indef=z(np.uint8),
-            out=[z(np.int64) for _ in range(4)], counters=np.zeros(3, np.int64),
-            flipped=np.zeros(words, np.uint64),
-            known_n=np.zeros(words, np.uint64),  # Alice's bits Bob knows (see _learn)
-            known_x=np.zeros(words, np.uint64),
-            hkeys=np.full(1 << logcap, -1, np.int64), hvals=np.zeros(1 << logcap, np.int8), logcap=logcap,
-        )
+    def step(self, F: _FrameSet, disclosed: np.ndarray, opened: np.ndarray, imax: int, confirm: int,
+             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray) -> int:
+        """:func:`_bob_step` on this state (the caches grown first where needed)."""
+        A, g = self.arr, self.prog
+        while True:
+            code = _bob_step(
+                disclosed, opened, g["nq"], g["cur"], g["clean"], g["passes_run"], g["needgrow"], F.ns, F.no, F.wo,
+                F.bo, F.kind, F.k, F.a, F.c, F.ainv, F.nb, F.top_off, F.masks, F.cum, F.bkeys, F.built, self.y,
+                self.ypk, self.zp, self.fpass, A["bsize"], A["alice_top"], A["bob_top"], A["st"], A["slo"],
+                A["shi"], A["sh"], A["work"], A["waitl"], A["onstk"], A["inwait"], A["found"], A["fval"],
+                A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
+                A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
+                A["indef"], A["init"], imax, confirm, obuf, qbuf, res)
+            if code != -2:
+                return int(code)
+            self.grow(np.flatnonzero(g["needgrow"]))
+            g["needgrow"][:] = 0
 
 
 class CascadeBob:
     """Bob's side: runs Cascade over a channel to Alice and corrects his bits.
 
     ``seed`` (public, sent to Alice) fixes the pass permutations; ``None`` draws one from the OS.
+    ``frame_bits``: cut the key into frames of at most this many bits (:func:`split_frames`; None:
+    one frame) that are reconciled **interleaved**: each message carries the requests of every
+    frame and one kernel call per round serves them all.  Frame f runs exactly the protocol a
+    one-frame run with seed (seed + f) mod 2^63 runs on its bits (:func:`frame_seeds`) — the same
+    parities asked, the same corrected bits — only its requests share messages with the other
+    frames', so K frames take the round trips of their slowest one.  ``schedule`` (default
+    :meth:`CascadeSchedule.for_frame` at the shortest frame's length) is the same for every frame.
     """
 
     def __init__(self, bob_bits: np.ndarray, qber: float, *, schedule: CascadeSchedule | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, frame_bits: int | None = None) -> None:
         if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
             raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
-        if bob_bits.size > MAX_BITS:
-            raise ReconciliationInputError(f"Cascade frames hold at most {MAX_BITS} bits, got {bob_bits.size}")
+        self.frames = split_frames(int(bob_bits.size), frame_bits)
+        if int(self.frames.max()) > MAX_BITS or self.frames.size > MAX_FRAMES:
+            raise ReconciliationInputError(
+                f"Cascade frames hold at most {MAX_BITS} bits and a run at most {MAX_FRAMES} frames, got "
+                f"{self.frames.size} frames of up to {int(self.frames.max())} bits (set frame_bits)")
         self.bits = bob_bits
         self.qber = float(qber)
-        self.schedule = schedule or CascadeSchedule.for_frame(self.qber, int(bob_bits.size))
+        self.schedule = schedule or CascadeSchedule.for_frame(self.qber, int(self.frames.min()))
         self.seed = secrets.randbits(63) if seed is None else int(seed)
         if self.seed < 0:
             raise ReconciliationInputError(f"seed must be a non-negative integer, got {seed}")
 
     def run(self, channel: Channel) -> ReconciliationResult:
-        """Run the protocol against Alice behind ``channel``; return Bob's corrected bits."""
-        n = int(self.bits.size)
-        sched = self.schedule.block_sizes
-        channel.request(Message("cascade/init", {"n": n, "seed": self.seed,
+        """Run the protocol against Alice behind ``channel``; return Bob's corrected bits.  Raises
+        :class:`CascadeInconsistencyError` on parities no honest Alice can send."""
+        seeds = frame_seeds(self.seed, int(self.frames.size))
+        channel.request(Message("cascade/init", {"n": int(self.bits.size), "frames": self.frames, "seeds": seeds,
                                                  "schedule": _schedule_array(self.schedule)}))
-        P = _build_passes(n, self.seed, sched)
-        w = _BobWork.allocate(self.bits, P, self.qber, len(sched))
-        confirm = self.schedule.confirm
-        clean = passes_run = 0
-        for p in range(P.npasses):
-            init = self._open_pass(channel, P, p, w)
-            clean = clean + 1 if (P.kind[p] == 1 and init.size == 0) else 0
-            self._bisect_pass(channel, P, p, init, w)
-            passes_run = p + 1
-            if confirm and clean >= confirm:
-                break  # `confirm` bipartitions in a row found no odd block: stop (see CascadeSchedule)
+        F = _FrameSet.build(self.frames, seeds, self.schedule.block_sizes)
+        w = _BobWork.allocate(self.bits, F, self.qber, len(self.schedule.block_sizes))
+        obuf = np.arange(F.frames, dtype=np.uint32) * np.uint32(128)  # every frame opens pass 0
+        qbuf = np.zeros(4 * int(F.bo[-1]), np.uint32)
+        res = np.zeros(3, np.int64)
+        nopen, nqt = F.frames, 0
+        leaked_top = leaked_bs = rounds = 0
+        while nopen or nqt:
+            opened = obuf[:nopen].copy()
+            rep = channel.request(Message("cascade/round", {"open": opened, "query": qbuf[:4 * nqt].copy()}))
+            if rep.kind not in ("cascade/block-parities", "cascade/parities"):
+                raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
+            code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res)
+            if code == -3:
+                raise MessageError(f"cascade: reply {rep.kind!r} to cascade/round carries {rep.disclosed.size} "
+                                   f"parities, not the number asked for")
+            if code == -1:
+                f = int(res[2])
+                raise CascadeInconsistencyError(
+                    f"cascade: inconsistent parities from Alice (tampered or desynchronised): key bit "
+                    f"{int(F.no[f] + w.counters[f, 2])} would be flipped a second time in pass "
+                    f"{int(w.prog['cur'][f])} (honest parities flip each bit at most once); reconciliation "
+                    f"stopped after {rounds} parity rounds")
+            leaked_top += rep.disclosed.size - nqt
+            leaked_bs += nqt
+            rounds += nqt > 0
+            nopen, nqt = int(res[0]), int(res[1])
         channel.request(Message("cascade/done"))
+        passes_run = int(w.prog["passes_run"].max())
         stats = channel.stats
         return ReconciliationResult(
             corrected=w.y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
             method=f"cascade-{self.schedule.name}", success=True, frame_errors=0,
             iterations=passes_run, round_trips=stats.round_trips, messages=stats.messages,
-            tag_bytes=stats.tag_bytes, corrected_errors=int(w.counters[0]),
-            details={"seed": self.seed, "block_sizes": list(sched[:passes_run]),
-                     "confirm": confirm, "clean_confirmations": clean,
-                     "leaked_block_parities": w.leaked_top,
-                     "leaked_binary_search": w.leaked_bs, "parity_rounds": w.rounds,
-                     "payload_bytes": stats.payload_bytes})
-
-    @staticmethod
-    def _open_pass(channel: Channel, P: _Passes, p: int, w: _BobWork) -> np.ndarray:
-        """Start pass ``p``: ask Alice for its block parities, compute Bob's, and return the
-        indices of the top-level blocks whose parities differ (the odd blocks to bisect)."""
-        rep = channel.request(Message("cascade/blocks", {"pass": p}))
-        o0, o1 = int(P.top_off[p]), int(P.top_off[p + 1])
-        P.ensure(p)
-        w.bsize[o0:o1] = P.block_sizes(p)
-        implied = 1 if p > 0 else 0
-        if rep.kind != "cascade/block-parities" or rep.disclosed.size != o1 - o0 - implied:
-            raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/blocks")
-        w.alice_top[o0:o1 - implied] = rep.disclosed
-        if implied:  # Alice's whole-key parity (pass 0) fixes the last block of every later pass
-            w.alice_top[o1 - 1] = (int(w.alice_top[:int(P.top_off[1])].sum())
-                                   + int(rep.disclosed.sum())) & 1
-        w.leaked_top += rep.disclosed.size
-        n = int(w.y.size)
-        if P.kind[p] == 0:
-            _materialize(w.y, n, int(P.a[p]), int(P.c[p]), w.zp[p])
-        w.bob_top[o0:o1] = _top_parities(w.zp, w.ypk, n, P.kind, P.k, P.masks, p, int(P.nb[p]))
-        return o0 + np.flatnonzero(w.alice_top[o0:o1] != w.bob_top[o0:o1]).astype(np.int64)
-
-    def _bisect_pass(self, channel: Channel, P: _Passes, p: int, init: np.ndarray, w: _BobWork) -> None:
-        """Binary searches of pass ``p`` (and the cascades into earlier passes), round by round:
-        each :func:`_cascade_round` returns the range parities to ask Alice for, until none is
-        left. Raises :class:`CascadeInconsistencyError` on parities no honest Alice can send."""
-        answers = np.zeros(0, np.uint8)
-        nprev = 0
-        no_init = np.zeros(0, np.int64)
-        while True:
-            if w.hcount + nprev > (1 << w.logcap) // 2:
-                w.logcap += 1
-                nk = np.full(1 << w.logcap, -1, np.int64)
-                nv = np.zeros(1 << w.logcap, np.int8)
-                _h_rehash(w.hkeys, w.hvals, nk, nv, w.logcap)
-                w.hkeys, w.hvals = nk, nv
-            w.hcount += nprev
-            out = w.out
-            nq = _cascade_round(init, nprev, w.qidx, answers, w.y, w.ypk, w.zp, p + 1, int(w.y.size), P.kind, P.k,
-                                P.a, P.c, P.ainv, P.masks, P.cum, P.top_off, w.fpass, w.bsize, w.alice_top,
-                                w.bob_top, w.st, w.slo, w.shi, w.sh, w.work, w.waitl, w.onstk, w.inwait, w.found,
-                                w.fval, w.hkeys, w.hvals, w.logcap, out[0], out[1], out[2], out[3],
-                                w.deferred, w.counters, w.flipped, w.known_n, w.known_x, w.indef,
-                                self.schedule.implied_max)
-            init = no_init
-            if nq < 0:
-                raise CascadeInconsistencyError(
-                    f"cascade: inconsistent parities from Alice (tampered or desynchronised): key bit "
-                    f"{int(w.counters[2])} would be flipped a second time in pass {p} (honest parities flip "
-                    f"each bit at most once); reconciliation stopped after {w.rounds} parity rounds")
-            if nq == 0:
-                break
-            rep = channel.request(Message("cascade/parity", {
-                "pass": out[0][:nq].copy(), "block": out[1][:nq].copy(),
-                "lo": out[2][:nq].copy(), "hi": out[3][:nq].copy()}))
-            if rep.kind != "cascade/parities" or rep.disclosed.size != nq:
-                raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/parity")
-            answers = rep.disclosed
-            w.leaked_bs += nq
-            nprev = nq
-            w.rounds += 1
+            tag_bytes=stats.tag_bytes, corrected_errors=int(w.counters[:, 0].sum()),
+            details={"seed": self.seed, "frames": F.frames, "block_sizes": list(self.schedule.block_sizes[:passes_run]),
+                     "confirm": self.schedule.confirm, "clean_confirmations": int(w.prog["clean"].min()),
+                     "leaked_block_parities": leaked_top, "leaked_binary_search": leaked_bs,
+                     "parity_rounds": rounds, "payload_bytes": stats.payload_bytes})
 
 
 def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                       seed: int | None = None, schedule: CascadeSchedule | str = "frame",
-                      channel_authenticator: Any = None) -> ReconciliationResult:
+                      channel_authenticator: Any = None, frame_bits: int | None = None) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with Cascade (both parties in process).
 
-    ``alice_bits``, ``bob_bits``: 1-D uint8 arrays of 0/1, equal length n (≤ 2^27).  ``qber``:
-    the estimated bit error rate in (0, 0.5), which sets the block sizes.  ``seed``: public seed of
+    ``alice_bits``, ``bob_bits``: 1-D uint8 arrays of 0/1, equal length n.  ``qber``: the
+    estimated bit error rate in (0, 0.5), which sets the block sizes.  ``seed``: public seed of
     the pass permutations (None: from the OS).  ``schedule``: ``"frame"`` (default,
     :meth:`CascadeSchedule.for_frame`: block sizes per frame length and QBER, confirmation passes
     bounding the frame error rate near 2^-16), ``"tuned"`` (Martinez-Mateo et al. opt. (8), 14
-    passes), ``"original"`` or a :class:`CascadeSchedule`.  Returns a
+    passes), ``"original"`` or a :class:`CascadeSchedule`.  ``frame_bits``: reconcile the key as
+    interleaved frames of at most this many bits (each ≤ 2^27; :class:`CascadeBob`).  Returns a
     :class:`ReconciliationResult`; ``leaked_bits`` counts every parity Alice revealed.
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
+    shortest = int(split_frames(int(alice_bits.size), frame_bits).min())
     if isinstance(schedule, str):
         if schedule == "frame":
-            schedule = CascadeSchedule.for_frame(q, int(alice_bits.size))
+            schedule = CascadeSchedule.for_frame(q, shortest)
         elif schedule == "tuned":
             schedule = CascadeSchedule.tuned(q)
         elif schedule == "original":
@@ -1160,7 +1422,7 @@ def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
         else:
             raise ReconciliationInputError(f"unknown Cascade schedule {schedule!r}; expected 'frame', 'tuned' or 'original'")
     alice = CascadeAlice(alice_bits)
-    bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed)
+    bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed, frame_bits=frame_bits)
     return bob.run(LocalChannel(alice, channel_authenticator))
 
 

@@ -55,14 +55,19 @@ def disclosed_vectors(n: int, seed: int, block_sizes: tuple[int, ...],
 
     vecs: list[int] = []
     for req, rep in log:
-        if req.kind == "cascade/blocks":
-            q = int(req.get("pass"))
-            told = int(P.nb[q]) - (1 if q > 0 else 0)
-            assert rep.disclosed.size == told
-            vecs += [as_int(block(q, b)) for b in range(told)]
-        elif req.kind == "cascade/parity":
-            for q, b, lo, hi in zip(req.get("pass"), req.get("block"), req.get("lo"), req.get("hi"), strict=True):
-                vecs.append(as_int(block(int(q), int(b))[int(lo):int(hi)]))
+        if req.kind != "cascade/round":
+            continue
+        told = 0
+        for v in np.asarray(req.get("open")).tolist():  # frame·128 + pass; one frame here
+            assert v >> 7 == 0
+            q = v & 127
+            told += int(P.nb[q]) - (1 if q > 0 else 0)
+            vecs += [as_int(block(q, b)) for b in range(int(P.nb[q]) - (1 if q > 0 else 0))]
+        queries = np.asarray(req.get("query")).reshape(-1, 4).tolist()
+        assert rep.disclosed.size == told + len(queries)
+        for fq, b, lo, hi in queries:
+            assert fq >> 7 == 0
+            vecs.append(as_int(block(fq & 127, b)[lo:hi]))
     return vecs
 
 

@@ -1,0 +1,130 @@
+"""Interleaved Cascade frames (issue 23 item 2): K frames share every message and every kernel
+call, yet each frame runs exactly the one-frame protocol — same corrected bits, same parities —
+and the leak counted on the channel is exactly the parities Alice disclosed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from labqfl.qkd.cascade import (
+    CascadeAlice,
+    CascadeBob,
+    CascadeInconsistencyError,
+    CascadeSchedule,
+    frame_seeds,
+    reconcile_cascade,
+    split_frames,
+)
+from labqfl.qkd.messaging import LocalChannel, Message, MessageError
+
+
+def test_split_frames_cuts_a_key_into_near_equal_frames_in_order():
+    assert split_frames(10, None).tolist() == [10]
+    assert split_frames(10, 10).tolist() == [10]
+    assert split_frames(10, 4).tolist() == [4, 3, 3]
+    sizes = split_frames(1_000_003, 1 << 18)
+    assert sizes.sum() == 1_000_003 and sizes.max() - sizes.min() <= 1 and sizes.max() <= 1 << 18
+    with pytest.raises(ValueError, match="frame_bits must be >= 1"):
+        split_frames(10, 0)
+    assert frame_seeds(2**63 - 1, 3).tolist() == [2**63 - 1, 0, 1]
+
+
+@pytest.mark.parametrize("n,frame_bits,qber,seed", [(30_000, 10_000, 0.02, 1), (25_001, 6_000, 0.05, 2),
+                                                    (40_000, 9_000, 0.08, 3), (12_000, 5_000, 0.01, 4)])
+def test_interleaved_frames_equal_one_frame_runs(frame, n, frame_bits, qber, seed):
+    """Frame f of an interleaved run = a one-frame run on its bits with seed + f: identical
+    corrected bits and disclosed parities; every error corrected; the round trips are those of the
+    slowest frame (plus nothing), not their sum."""
+    x, y = frame(n, qber, seed)
+    sizes = split_frames(n, frame_bits)
+    sched = CascadeSchedule.for_frame(qber, int(sizes.min()))
+    res = reconcile_cascade(x, y, qber, seed=seed, frame_bits=frame_bits)
+    assert res.details["frames"] == sizes.size > 1
+    assert np.array_equal(res.corrected, x)
+    leak = top = trips = 0
+    for f, (lo, hi) in enumerate(zip(np.cumsum(sizes) - sizes, np.cumsum(sizes), strict=True)):
+        one = reconcile_cascade(x[lo:hi], y[lo:hi], qber, seed=seed + f, schedule=sched)
+        assert np.array_equal(res.corrected[lo:hi], one.corrected)
+        leak += one.leaked_bits
+        top += one.details["leaked_block_parities"]
+        trips = max(trips, one.round_trips)
+    assert res.leaked_bits == leak
+    assert res.details["leaked_block_parities"] == top
+    assert res.round_trips == trips
+
+
+class _CountingAlice(CascadeAlice):
+    """Alice who also counts, message by message, the parity bits she puts on the wire."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        super().__init__(bits)
+        self.sent = 0
+
+    def handle(self, request: Message) -> Message:
+        rep = super().handle(request)
+        self.sent += int(rep.disclosed.size)
+        return rep
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_counted_leak_is_every_parity_alice_disclosed_across_frames(frame, seed):
+    x, y = frame(50_000, 0.03, seed)
+    alice = _CountingAlice(x)
+    res = CascadeBob(y, 0.03, seed=seed, frame_bits=12_000).run(LocalChannel(alice))
+    assert np.array_equal(res.corrected, x)
+    assert res.leaked_bits == alice.sent == alice.disclosed_bits
+    assert res.leaked_bits == res.details["leaked_block_parities"] + res.details["leaked_binary_search"]
+
+
+def test_residual_free_over_seeds_with_many_small_frames(frame):
+    """50 interleaved 2 000-bit frames per run, 4 seeds: 0 residual errors."""
+    for seed in range(4):
+        x, y = frame(100_000, 0.04, 100 + seed)
+        res = reconcile_cascade(x, y, 0.04, seed=seed, frame_bits=2_000)
+        assert res.details["frames"] == 50
+        assert np.array_equal(res.corrected, x)
+
+
+class _FlipOnce:
+    """Alice whose first reply carrying query parities has its last parity flipped."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        self.alice, self.done = CascadeAlice(bits), False
+
+    def handle(self, req: Message) -> Message:
+        rep = self.alice.handle(req)
+        if rep.kind == "cascade/parities" and not self.done and rep.disclosed.size:
+            d = rep.disclosed.copy()
+            d[-1] ^= 1
+            self.done = True
+            return Message(rep.kind, rep.fields, d)
+        return rep
+
+
+def test_a_flipped_parity_in_an_interleaved_run_stops_bob(frame):
+    x, y = frame(30_000, 0.02, 9)
+    with pytest.raises(CascadeInconsistencyError, match="^cascade: inconsistent parities from Alice"):
+        CascadeBob(y, 0.02, seed=9, frame_bits=10_000).run(LocalChannel(_FlipOnce(x)))
+
+
+def test_alice_refuses_requests_outside_the_frames(frame):
+    x, _ = frame(3_000, 0.02, 1)
+    alice = CascadeAlice(x)
+    sched = np.asarray(CascadeSchedule.for_frame(0.02, 1_000).block_sizes, np.int64)
+    with pytest.raises(MessageError, match="frame lengths"):
+        alice.handle(Message("cascade/init", {"n": 3_000, "frames": np.array([1_000, 1_000]),
+                                              "seeds": np.array([1, 2]), "schedule": sched}))
+    alice.handle(Message("cascade/init", {"n": 3_000, "frames": np.array([1_000, 2_000]),
+                                          "seeds": np.array([1, 2]), "schedule": sched}))
+    none = np.zeros(0, np.uint32)
+    cases = {"does not exist": (np.array([2 * 128], np.uint32), none),
+             "before pass 0": (np.array([1], np.uint32), none),
+             "not revealed": (none, np.array([128, 0, 0, 1], np.uint32))}
+    for match, (opens, queries) in cases.items():
+        with pytest.raises(MessageError, match=match):
+            alice.handle(Message("cascade/round", {"open": opens, "query": queries}))
+    rep = alice.handle(Message("cascade/round", {"open": np.array([0], np.uint32), "query": none}))
+    assert rep.kind == "cascade/block-parities" and rep.disclosed.size > 0
+    with pytest.raises(MessageError, match="block or range"):
+        alice.handle(Message("cascade/round", {"open": none, "query": np.array([0, 0, 5, 5], np.uint32)}))
