@@ -348,7 +348,7 @@ class ClientStreams:
     """
 
     def __init__(self, generators: dict[str, PatternGenerator], logs: dict[str, Any], n_slots: int, *,
-                 max_wait_s: float = 1.0, poll_interval_s: float = 0.002) -> None:
+                 max_wait_s: float = 1.0, poll_interval_s: float = 0.01) -> None:
         if int(n_slots) < 1:
             raise ValueError(f"n_slots must be >= 1, got {n_slots!r}")
         missing = sorted(set(generators) - set(logs))

@@ -722,20 +722,25 @@ class Wiring:
         return phase, code, ((d >> self.marker_channel) & 1).astype(bool)
 
 
-def _sample(seg: PlayedSegment, t_from: int, t_to: int, origin: int, slot_ns: int) -> tuple[np.ndarray, np.ndarray]:
-    """(slot indices, digital masks) of the slots whose centres ``origin + n·slot_ns + slot_ns//2`` lie in
-    [t_from, t_to) and inside the part of ``seg`` that came out."""
+def _sample(seg: PlayedSegment, t_from: int, t_to: int, origin: int, slot_ns: int) -> tuple[int, np.ndarray]:
+    """(first slot n0, digital masks of slots n0, n0 + 1, …): the slots whose centres
+    ``origin + n·slot_ns + slot_ns//2`` lie in [t_from, t_to) and inside the part of ``seg`` that came out."""
     lo, hi = max(t_from, seg.start_ns), min(t_to, seg.start_ns + seg.played_ns)
     half = slot_ns // 2
     n0 = -(-(lo - origin - half) // slot_ns)
     n1 = -(-(hi - origin - half) // slot_ns)
     if n1 <= n0:
-        return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        return 0, np.zeros(0, np.uint8)
+    counts = seg.steps["count"].astype(np.int64)
+    if seg.n_runs == 1 and (seg.start_ns - origin) % slot_ns == 0 and not (counts % slot_ns).any():
+        # steps of whole slots on the slot grid (what the driver uploads): one level per slot by repetition
+        first = (seg.start_ns - origin) // slot_ns
+        return n0, np.repeat(seg.steps["digi"], counts // slot_ns)[n0 - first:n1 - first].astype(np.uint8)
     n = np.arange(n0, n1, dtype=np.int64)
-    ends = np.cumsum(seg.steps["count"].astype(np.int64))
+    ends = np.cumsum(counts)
     one = int(ends[-1])
     t = (origin + n * slot_ns + half - seg.start_ns) % one
-    return n, seg.steps["digi"][np.searchsorted(ends, t, side="right")].astype(np.uint8)
+    return n0, seg.steps["digi"][np.searchsorted(ends, t, side="right")].astype(np.uint8)
 
 
 class EmulatedLevels:
@@ -752,30 +757,33 @@ class EmulatedLevels:
         self.base = 0  # acquisition slot of codes[0]
         self.codes = np.zeros(0, dtype=np.uint8)
         self.marker = np.zeros(0, dtype=bool)
+        # every 8-bit output mask → drive code k·4 + a (dark: the dark index, phase 0), marker, intensity code
+        phase, code, marker = wiring.decode(np.arange(256, dtype=np.uint8))
+        dark = code == 0
+        self._lut_code = np.where(dark, self.dark_index * 4, (code - 1) * 4 + phase).astype(np.uint8)
+        self._lut_marker = marker & ~dark
+        self._lut_bad = code > self.n_intensities
 
     @property
     def end(self) -> int:
         """One past the last slot known."""
         return self.base + int(self.codes.size)
 
-    def extend(self, n_end: int, slots: list[np.ndarray], digis: list[np.ndarray]) -> None:
-        """Slots up to ``n_end`` (exclusive): the given (slot, mask) samples; every other slot dark."""
+    def extend(self, n_end: int, runs: list[tuple[int, np.ndarray]]) -> None:
+        """Slots up to ``n_end`` (exclusive): the given runs (first slot, masks of consecutive slots);
+        every other slot dark (output mask 0)."""
         m = n_end - self.end
         if m <= 0:
             return
         digi = np.zeros(m, dtype=np.uint8)
-        for s, d in zip(slots, digis, strict=True):
-            digi[s - self.end] = d
-        phase, code, marker = self.wiring.decode(digi)
-        if code.size and int(code.max()) > self.n_intensities:
-            raise ValueError(f"client {self.client}: its pattern generator played intensity code {int(code.max())}, "
-                             f"but the client has {self.n_intensities} intensities (codes 1..{self.n_intensities}, "
-                             "0 = dark)")
-        dark = code == 0
-        k = np.where(dark, self.dark_index, code - 1).astype(np.uint8)
-        a = np.where(dark, 0, phase).astype(np.uint8)
-        self.codes = np.concatenate([self.codes, k * np.uint8(4) + a])
-        self.marker = np.concatenate([self.marker, marker & ~dark])
+        for s0, d in runs:
+            digi[s0 - self.end:s0 - self.end + d.size] = d
+        if self._lut_bad[digi].any():
+            raise ValueError(f"client {self.client}: its pattern generator played an intensity code above "
+                             f"{self.n_intensities}, but the client has {self.n_intensities} intensities "
+                             f"(codes 1..{self.n_intensities}, 0 = dark)")
+        self.codes = np.concatenate([self.codes, self._lut_code[digi]])
+        self.marker = np.concatenate([self.marker, self._lut_marker[digi]])
 
     def release(self, before: int) -> None:
         """Forget slots before ``before`` (the simulated loop is done with them)."""
@@ -847,9 +855,10 @@ class EmulatedModulators:
         self.origin_ns = times.pop()
         for c, em in self.emulators.items():
             if not em.wait_armed(self.feed_timeout_s):
-                _log.warning("client %s: its pattern generator was not armed within %g s; it stays dark", c,
-                             self.feed_timeout_s)
-                continue
+                raise RuntimeError(f"client {c}: its pattern generator was not armed within {self.feed_timeout_s:g} s; "
+                                   "expected its frame stream started on this acquisition (labqfl acquire starts every "
+                                   "client's stream; labqfl run and distill --live do not)")
+        for em in self.emulators.values():
             em.hardware_trigger()
             em.take_played()  # what came out before this acquisition is not part of it
         for lv in self.levels.values():
@@ -888,12 +897,9 @@ class EmulatedModulators:
             t_from = self.origin_ns + lv.end * self.slot_ns
             segs = em.take_played()
             cur = em.current_segment()
-            slots, digis = [], []
-            for seg in [*segs, *([cur] if cur is not None else [])]:
-                s, d = _sample(seg, t_from, t_to, self.origin_ns, self.slot_ns)
-                slots.append(s)
-                digis.append(d)
-            lv.extend(n_end, slots, digis)
+            runs = [_sample(seg, t_from, t_to, self.origin_ns, self.slot_ns)
+                    for seg in [*segs, *([cur] if cur is not None else [])]]
+            lv.extend(n_end, runs)
 
     def release(self, before: int) -> None:
         for lv in self.levels.values():

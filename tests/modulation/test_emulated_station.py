@@ -44,7 +44,7 @@ pytest.importorskip("pulsestreamer")
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_emulated_hardware.toml"
-DURATION = 0.08  # s: 8e6 slots, 123 frames of 65 536 (the block-size rule needs 0.05 s here)
+DURATION = 0.06  # s: 6e6 slots, 92 frames of 65 536 (the block-size rule needs 0.05 s here)
 STALL_FROM, N_STALL = 40, 4  # C1's randomness stalls at frame 40 until 4 frames went out dark
 
 
