@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 from numba.typed import List as NumbaList
 
 from labqfl.contracts.schedule import PairSchedule
@@ -91,9 +92,404 @@ class SlotSiftResult:
 # --------------------------------------------------------------------------------------------
 # The kernel
 
-
 U = np.uint64
-"""Index cast in the kernels (see the note in :func:`_slot_sift_kernel`)."""
+"""Index cast in the kernels: indices that are never negative, cast to unsigned, spare Numba's
+negative-index wraparound code (and let LLVM vectorise)."""
+
+_ODD = np.uint64(0x5555555555555555)
+_ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
+_TOL = 2.0 ** -20
+"""Half-width (in slots) of the band around a rounding edge where the reciprocal product is not
+trusted and the exact division decides (:func:`_block_slots`)."""
+_XMAX = 2.0 ** 24
+"""Largest |slot offset| for which the reciprocal product is trusted (beyond: the exact division)."""
+_BASE_MAX = 2 ** 49
+"""Anchors at or beyond this slot take the exact path (slot codes are carried as doubles)."""
+_BLOCK = 1024
+"""Tags per vectorised block."""
+_CHUNK = 2048
+"""Slots per announcement chunk (keeps the chunk's events in L1 cache)."""
+_EXACT = -2.0
+_REJECT = -1.0
+
+OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED, DISORDER, WINDOW_FULL = range(7)
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, inv1, per0, per1, hw0, hw1,  # type: ignore[no-untyped-def]
+                 bf0, bf1, lr0, lr1, out):
+    """Slot codes of tags ``q0 … q0+m−1``, whose detectors' intervals are fixed (anchor time
+    ``ta``, period ``per``, ``inv = 1/per``, first slot ``bf`` as a float; ``lr``: the frame
+    length when that interval is the last one, else +inf). No branch and no integer division:
+    LLVM vectorises the loop (4 tags per AVX2 instruction). ``out[j]``: 2·slot + detector for an
+    accepted click, ``_REJECT`` (not a detector, outside the window or frame, before slot 0) or
+    ``_EXACT`` (decide with the exact division: :func:`_exact_code`). Returns True if the
+    timestamps decrease somewhere in ``q0−1 … q0+m−1``.
+
+    Same slot as the slotter's ``floor(rel / per + 0.5)``, with one multiplication by ``inv``
+    instead of the division. Write u = 2^-53, q = rel/per (exact), q_d = fl(q) (the slotter's
+    quotient, correctly rounded: |q_d − q| ≤ u|q|) and q_m = fl(rel·fl(1/per)) (here:
+    |q_m − q| ≤ (2u + u²)|q|). Adding 0.5 rounds each once more (≤ u(|q| + 1) each), so
+    x_d = fl(q_d + 0.5) and x_m = fl(q_m + 0.5) differ by at most 6u(|q| + 1) < 2^-26 for
+    |x_m| < 2^24. If x_m lies at least ``_TOL`` = 2^-20 away from every integer (its fractional
+    part, computed with an error below 2^-52, is in [_TOL, 1 − _TOL]), x_d lies strictly between
+    the same two integers and both floors agree. Otherwise (within 2^-20 slot of a rounding edge,
+    about one tag in 500 000 at random phases, or |x_m| ≥ 2^24, or NaN) the tag takes the exact
+    path. ``rel`` itself is the slotter's: ``t − ta`` converted through int32 is exact while it
+    fits (else the exact path). Goldberg, "What every computer scientist should know about
+    floating-point arithmetic", ACM Comput. Surv. 23 (1991), §1.2 and Theorem 2.
+    """
+    for j in range(m):
+        u = U(q0 + j)
+        c = ch[u]
+        is1 = c == c1
+        isd = is1 | (c == c0)
+        dt = ts[u] - (dl1 if is1 else dl0) - (ta1 if is1 else ta0)
+        fits = (dt >= -2147483648) & (dt < 2147483648)
+        rel = float(np.int32(dt)) - (off1 if is1 else off0)
+        x = rel * (inv1 if is1 else inv0) + 0.5
+        r = np.floor(x)
+        f = x - r
+        sure = (f >= _TOL) & (f <= 1.0 - _TOL) & (abs(x) < _XMAX) & fits
+        outside = abs(rel - r * (per1 if is1 else per0)) > (hw1 if is1 else hw0)
+        sf = (bf1 if is1 else bf0) + r
+        keep = (not outside) & (r < (lr1 if is1 else lr0)) & (sf >= 0.0)
+        code = 2.0 * sf + (1.0 if is1 else 0.0)
+        out[U(j)] = ((code if keep else _REJECT) if sure else _EXACT) if isd else _REJECT
+    bad = False
+    for k in range(max(q0, 1), q0 + m):
+        bad |= ts[U(k)] < ts[U(k - 1)]
+    return bad
+
+
+@numba.njit(cache=True, nogil=True)
+def _exact_code(t_raw, c, c1, delay, off, hw, i, anchor_t, base, per, na, last_span):  # type: ignore[no-untyped-def]
+    """One tag's slot code by the slotter's own arithmetic (``slotting._assign_kernel``)."""
+    d = np.int64(c == c1)
+    t = t_raw - delay[d]
+    rel = float(t - anchor_t[i]) - off[d]
+    P = per[i]
+    r = math.floor(rel / P + 0.5)
+    if abs(rel - r * P) > hw[d]:
+        return np.int64(-1)
+    if last_span >= 0 and i == na - 1 and r >= last_span:
+        return np.int64(-1)
+    s = base[i] + np.int64(r)
+    if s < 0:
+        return np.int64(-1)
+    return 2 * s + d
+
+
+@numba.njit(cache=True, nogil=True)
+def _ring_fill(codes, j, m, ts, ch, q0, c1, delay, off, hw, i0, i1, anchor_t, base, per, na, last_span,  # type: ignore[no-untyped-def]
+               burst_period, burst_on, E, half, bm, wmask):
+    """Slot codes ``codes[j:m]`` → bits of the ring ``bm`` (two per slot: D0, D1; repeated and
+    double clicks combine by OR, as the slotter's sort + combine does). Returns at the end of the
+    block or at a click outside ``[E, E + half)`` (the caller moves the horizon): (j, slot, detector,
+    outside)."""
+    while j < m:
+        v = np.int64(codes[U(j)])
+        if v < 0:
+            if v == -1:
+                j += 1
+                continue
+            u = q0 + j
+            c = ch[u]
+            v = _exact_code(ts[u], c, c1, delay, off, hw, i1 if c == c1 else i0, anchor_t, base, per, na, last_span)
+            if v < 0:
+                j += 1
+                continue
+        s = v >> 1
+        d = v & 1
+        if burst_period > 0 and s % burst_period >= burst_on:
+            j += 1
+            continue
+        if U(s - E) >= U(half):  # below the horizon, or beyond the ring's first half
+            return j, s, d, True
+        bm[U((s >> 5) & wmask)] |= U(1) << U(((s & 31) << 1) + d)
+        j += 1
+    return j, np.int64(0), np.int64(0), False
+
+
+@numba.njit(cache=True, nogil=True)
+def _horizon(tau, delay, off, h, nxt, anchor_t, base, per):  # type: ignore[no-untyped-def]
+    """A lower bound on the slot of any later tag of one detector (raw time >= ``tau``): its
+    nearest slot at ``tau``, less 2 (slot positions computed from two neighbouring intervals can
+    disagree by one near the anchor between them; a bound that is still too high shows up as a
+    click below it, DISORDER). ``h``: anchor pointer (moves forward)."""
+    t = tau - delay
+    while nxt[U(h)] <= t:
+        h += 1
+    r = np.floor((float(t - anchor_t[U(h)]) - off) / per[U(h)] + 0.5)
+    return base[U(h)] + np.int64(r) - 2, h
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _word_mask(wi, sa, sb):  # type: ignore[no-untyped-def]
+    """Bits of ring word ``wi`` that hold slots ``[sa, sb)``."""
+    mask = _ALL
+    if wi == sa >> 5:
+        mask &= _ALL << U((sa & 31) << 1)
+    if wi == (sb - 1) >> 5 and (sb & 31) != 0:
+        mask &= (U(1) << U((sb & 31) << 1)) - U(1)
+    return mask
+
+
+@numba.njit(cache=True, nogil=True)
+def _clear_range(bm, sa, sb, wmask):  # type: ignore[no-untyped-def]
+    """Clear slots ``[sa, sb)`` of the ring; returns how many of them were clicked."""
+    k = 0
+    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
+        mask = _word_mask(wi, sa, sb)
+        v = bm[U(wi & wmask)]
+        k += np.int64(v & mask != 0)
+        bm[U(wi & wmask)] = v & ~mask
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _next_clicked(bm, sa, sb, wmask):  # type: ignore[no-untyped-def]
+    """First clicked slot in ``[sa, sb)``, or ``sb``."""
+    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
+        v = bm[U(wi & wmask)] & _word_mask(wi, sa, sb)
+        if v != 0:
+            return (wi << 5) + np.int64(trailing_zeros(v) >> U(1))
+    return sb
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
+               key_bj, ob, wcnt, kcnt):
+    """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
+    range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
+    bin ``hist[pair, k_i, k_j, a_i, a_j, outcome]``, the announcement, and the key slot and bits
+    (written without a branch, kept if the key count moves on; 2|bit marks Cj's double click).
+    The slots' bits are cleared. Returns (wcnt, kcnt, status)."""
+    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
+        mask = _word_mask(wi, sa, sb)
+        w = bm[U(wi & wmask)]
+        v = w & mask
+        if v == 0:
+            continue
+        bm[U(wi & wmask)] = w & ~mask
+        mm = (v | (v >> U(1))) & _ODD
+        while mm != 0:
+            pz = trailing_zeros(mm)
+            mm &= mm - U(1)
+            sl = (wi << 5) + np.int64(pz >> U(1))
+            b = np.int64((v >> pz) & U(3))
+            su = U(sl)
+            x = np.int64(lki[su])
+            y = np.int64(lkj[su])
+            ai = np.int64(lai[su])
+            aj = np.int64(laj[su])
+            if x >= ni or y >= nj:
+                return wcnt, kcnt, BAD_INTENSITY
+            if (ai | aj) > 3:
+                return wcnt, kcnt, BAD_PHASE
+            hist[U(hb + ((x * nk + y) << 6) + (ai << 4) + (aj << 2) + b)] += 1
+            o = U(ob + wcnt)
+            out_s[o] = sl
+            out_o[o] = b
+            wcnt += 1
+            o = U(ob + kcnt)
+            key_s[o] = sl
+            key_bi[o] = ai >> 1
+            key_bj[o] = ((aj >> 1) ^ (b == 2)) | ((b == 3) << 1)
+            kcnt += (x | y | ai & 1 | aj & 1) == 0
+    return wcnt, kcnt, OK
+
+
+@numba.njit(cache=True, nogil=True)
+def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv, burst_period, burst_on,  # type: ignore[no-untyped-def]
+                  last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int, log_k, log_a, nk, wbits, cap, out_s,
+                  out_o, key_s, key_bi, key_bj, count, kcount, hist):
+    """Tags → per-pair announcements, key slots and bits, and a histogram of the sifting cells in
+    one pass over the tags, with no intermediate array beyond a ring bitmap of ``2^wbits`` slots.
+
+    Tags go in blocks within which both detectors' anchor intervals are fixed: slot codes for the
+    block by :func:`_block_slots` (vectorised), then each accepted click → its bit in the ring
+    (:func:`_ring_fill`). Slots below the horizon (:func:`_horizon`: no later tag can land there)
+    are final: they are read from the ring in slot order, in segments of one pair and one frame
+    outside dropped ranges, and announced and sifted (:func:`_scan_sift`).
+
+    Outputs are pair-major: pair q writes ``[q·cap, q·cap + count[q])`` of ``out_s``/``out_o``,
+    its key slots ``[q·cap, q·cap + kcount[q])``. Returns a status: OK, BEYOND_LOG (a slot beyond
+    a client's log), BAD_INTENSITY, BAD_PHASE (a log entry out of range), NOT_SORTED (a timestamp
+    decreases), DISORDER (a click below the horizon: one detector's slots go backwards, which
+    inconsistent intervals can cause) or WINDOW_FULL (a click beyond the ring); after the last
+    two the caller reruns with a larger ring or :func:`_sorted_kernel`.
+    """
+    n = ts.shape[0]
+    na = anchor_t.shape[0]
+    C = frame_pair.shape[0]
+    nd = drop.shape[0]
+    W = np.int64(1) << wbits
+    half = W >> 1
+    wmask = (W >> 5) - 1
+    bm = np.zeros(W >> 5, dtype=np.uint64)
+    codes = np.empty(_BLOCK, dtype=np.float64)
+    big = np.iinfo(np.int64).max
+    hstride = nk * nk * 64
+    if na == 0:  # nothing can be placed: only the order check
+        for i in range(1, n):
+            if ts[i] < ts[i - 1]:
+                return NOT_SORTED
+        return OK
+    i0 = np.int64(0)  # anchor pointers of the two detectors (they only move forward)
+    i1 = np.int64(0)
+    h0 = np.int64(0)  # and of the horizon
+    h1 = np.int64(0)
+    E = np.int64(0)  # every slot below E is final and announced
+    q = np.int64(0)  # block start
+    m = np.int64(0)  # block length
+    j = np.int64(0)  # position in the block
+    status = OK
+    cur = np.int64(-1)
+    thr = np.int64(0)  # announcement segments end there (frame end, dropped range, log end)
+    fend = np.int64(0)
+    dlo = big
+    di = np.int64(0)
+    nlog = np.int64(0)
+    ni = np.int64(0)
+    nj = np.int64(0)
+    ob = np.int64(0)
+    hb = np.int64(0)
+    wcnt = np.int64(0)
+    kcnt = np.int64(0)
+    lki = log_k[0]
+    lkj = log_k[0]
+    lai = log_a[0]
+    laj = log_a[0]
+    while True:
+        # ---- tags → ring, until a click outside [E, E + half) or the end
+        out = False
+        s = np.int64(0)
+        d = np.int64(0)
+        while True:
+            if j >= m:
+                q += m
+                j = 0
+                if q >= n:
+                    m = 0
+                    break
+                tq = ts[q]
+                while nxt[U(i0)] <= tq - delay[0]:
+                    i0 += 1
+                while nxt[U(i1)] <= tq - delay[1]:
+                    i1 += 1
+                lim0 = nxt[i0] + delay[0] if nxt[i0] != big else big
+                lim1 = nxt[i1] + delay[1] if nxt[i1] != big else big
+                lim = min(lim0, lim1)  # the tags before it keep both intervals
+                e = min(q + _BLOCK, n)
+                if ts[e - 1] >= lim:
+                    lo = q + 1
+                    hi = e - 1
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if ts[mid] < lim:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    e = lo
+                m = e - q
+                if base[i0] < _BASE_MAX and base[i1] < _BASE_MAX and base[i0] > -_BASE_MAX and base[i1] > -_BASE_MAX:
+                    lr0 = float(last_span) if last_span >= 0 and i0 == na - 1 else np.inf
+                    lr1 = float(last_span) if last_span >= 0 and i1 == na - 1 else np.inf
+                    if _block_slots(ts, ch, q, m, c0, c1, delay[0], delay[1], anchor_t[i0], anchor_t[i1], off[0],
+                                    off[1], inv[i0], inv[i1], per[i0], per[i1], hw[0], hw[1], float(base[i0]),
+                                    float(base[i1]), lr0, lr1, codes):
+                        status = NOT_SORTED
+                        break
+                else:
+                    codes[:m] = _EXACT
+                    for k in range(q, q + m):
+                        if k > 0 and ts[k] < ts[k - 1]:
+                            status = NOT_SORTED
+                    if status != OK:
+                        break
+                    for k in range(q, q + m):
+                        if ch[k] != c0 and ch[k] != c1:
+                            codes[k - q] = _REJECT
+            j, s, d, out = _ring_fill(codes, j, m, ts, ch, q, c1, delay, off, hw, i0, i1, anchor_t, base, per, na,
+                                      last_span, burst_period, burst_on, E, half, bm, wmask)
+            if out:
+                break
+        if status != OK:
+            break
+        # ---- the horizon; announce and sift the final slots [E, send)
+        if out:
+            H0, h0 = _horizon(ts[q + j], delay[0], off[0], h0, nxt, anchor_t, base, per)
+            H1, h1 = _horizon(ts[q + j], delay[1], off[1], h1, nxt, anchor_t, base, per)
+            hw_ = min(H0, H1) >> 5  # whole words only
+        else:
+            hw_ = (E + W) >> 5
+        send = min(hw_, (E + W) >> 5) << 5  # (no bit is set at or beyond E + W)
+        sa = E
+        while sa < send:
+            if sa >= thr:  # a new segment: skip to the next click, then drop range, frame, pair, log end
+                sa = _next_clicked(bm, sa, send, wmask)
+                if sa >= send:
+                    break
+                while di < nd and drop[di, 1] <= sa:
+                    di += 1
+                if di < nd and drop[di, 0] <= sa:  # dropped slots: never announced
+                    sb = min(send, drop[di, 1])
+                    _clear_range(bm, sa, sb, wmask)
+                    sa = sb
+                    continue
+                dlo = drop[di, 0] if di < nd else big
+                if sa >= fend or sa < fend - spf:
+                    frame = sa // spf
+                    fend = (frame + 1) * spf
+                    qn = frame_pair[frame % C]
+                    if qn != cur:
+                        if cur >= 0:
+                            count[cur] = wcnt
+                            kcount[cur] = kcnt
+                        cur = qn
+                        ci = pair_ci[cur]
+                        cj = pair_cj[cur]
+                        lki = log_k[ci]
+                        lkj = log_k[cj]
+                        lai = log_a[ci]
+                        laj = log_a[cj]
+                        nlog = min(lki.shape[0], lkj.shape[0], lai.shape[0], laj.shape[0])
+                        ni = n_int[ci]
+                        nj = n_int[cj]
+                        ob = cur * cap
+                        hb = cur * hstride
+                        wcnt = count[cur]
+                        kcnt = kcount[cur]
+                if sa >= nlog:  # a click beyond the logs
+                    status = BEYOND_LOG
+                    break
+                thr = min(fend, dlo, nlog)
+            sb = min(send, thr, sa + _CHUNK)
+            wcnt, kcnt, status = _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_s, out_o,
+                                            key_s, key_bi, key_bj, ob, wcnt, kcnt)
+            if status != OK:
+                break
+            sa = sb
+        if status != OK:
+            break
+        if send > E:
+            E = send
+        if not out:
+            break
+        # ---- the click that stopped the tags
+        if s < E:
+            status = DISORDER
+            break
+        if s - E >= W:
+            status = WINDOW_FULL
+            break
+        bm[U((s >> 5) & wmask)] |= U(1) << U(((s & 31) << 1) + d)
+        j += 1
+    if cur >= 0:
+        count[cur] = wcnt
+        kcount[cur] = kcnt
+    return status
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -108,17 +504,18 @@ def _pair_of(s, frame, fend, pair, frame_pair, spf, C):  # type: ignore[no-untyp
 
 
 @numba.njit(cache=True, nogil=True)
-def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
-                      burst_period, burst_on, last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int,
-                      log_k, log_a, nk):
-    """Tags → per-pair announcements (slots, outcomes), key slots and bits, counts; one pass.
+def _sorted_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
+                   burst_period, burst_on, last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int,
+                   log_k, log_a, nk):
+    """The fallback of :func:`_fused_kernel` for the streams it refuses (DISORDER, WINDOW_FULL,
+    anchors out of order): the same output from per-detector slot arrays (binary-searched anchors,
+    exact division), merged, or sorted when a detector's slots go backwards.
 
     Output arrays are pair-major: pair q's events are ``[start[q], start[q] + count[q])`` and its
     key slots ``[start[q], start[q] + kcount[q])`` (slot order), ``start[q] = q·(accepted
-    detections)``: each pair has room for every click and only the memory pages actually written
-    are ever touched. Returns (start, count, kcount, slots, outcomes, key_slots, key_bit_i,
-    key_bit_j, key_double, clicks, errors_x2, doubles, error) with ``error`` 0 = fine, 1 = a slot
-    beyond a log, 2 = an intensity index out of range, 3 = a phase index > 3.
+    detections)``. Returns (start, count, kcount, slots, outcomes, key_slots, key_bit_i,
+    key_bit_j (2|bit marks a double click), clicks, errors_x2, doubles, error) with ``error`` OK,
+    BEYOND_LOG, BAD_INTENSITY or BAD_PHASE.
     """
     n = ts.shape[0]
     P = pair_ci.shape[0]
@@ -204,7 +601,6 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
     key_s = np.empty(m_out, dtype=np.int64)
     key_bi = np.empty(m_out, dtype=np.uint8)
     key_bj = np.empty(m_out, dtype=np.uint8)
-    key_dbl = np.empty(m_out, dtype=np.bool_)
     clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
@@ -297,8 +693,7 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
         kw = U(start[qu] + kcount[qu])  # key slots compacted without a branch: always
         key_s[kw] = s  # written, kept only if the count moves on
         key_bi[kw] = ai >> 1
-        key_bj[kw] = (aj >> 1) ^ np.uint8(b == 2)
-        key_dbl[kw] = b == 3
+        key_bj[kw] = ((aj >> 1) ^ np.uint8(b == 2)) | (np.uint8(b == 3) << np.uint8(1))  # 2|bit: double click
         kcount[qu] += k
     # statistics from the histogram (same rules as sifting._counts_kernel): clicks, double clicks,
     # errors for equal bases outside the key cell: a double click ½, D0 with different bits or D1
@@ -313,7 +708,55 @@ def _slot_sift_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, m
                         doubles[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1]
                         if u0 == u1 and not (kx == 0 and ky == 0 and u0 == 0):
                             errors_x2[pq, kx, ky, u0, u1] = h[3, 0] + h[3, 1] + 2 * (h[1, 1] + h[2, 0])
-    return start, count, kcount, out_s, out_o, key_s, key_bi, key_bj, key_dbl, clicks, errors_x2, doubles, error
+    return start, count, kcount, out_s, out_o, key_s, key_bi, key_bj, clicks, errors_x2, doubles, error
+
+
+@numba.njit(cache=True, nogil=True)
+def _channel_times(ts, ch, c, delay):  # type: ignore[no-untyped-def]
+    """``ts[ch == c] - delay`` without the temporary mask (two passes over ``ch``)."""
+    n = ch.shape[0]
+    m = 0
+    for i in range(n):
+        m += ch[i] == c
+    out = np.empty(m, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if ch[i] == c:
+            out[k] = ts[i] - delay
+            k += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _cells(hist, P, nk):  # type: ignore[no-untyped-def]
+    """``hist[pair, k_i, k_j, a_i, a_j, outcome]`` → (clicks, errors_x2, doubles) per pair and
+    cell (k_i, k_j, basis_i, basis_j), with the rules of ``sifting._counts_kernel``: a double
+    click counts ½ error, D0 with different bits or D1 with equal bits 1 error, for equal bases
+    outside the key cell (2·errors kept integer)."""
+    h = hist.reshape((P, nk, nk, 4, 4, 4))
+    clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
+    for q in range(P):
+        for x in range(nk):
+            for y in range(nk):
+                for ai in range(4):
+                    for aj in range(4):
+                        ba = ai & 1
+                        bb = aj & 1
+                        differ = (ai >> 1) != (aj >> 1)
+                        counted = ba == bb and not (x == 0 and y == 0 and ba == 0)
+                        for b in range(1, 4):
+                            v = h[q, x, y, ai, aj, b]
+                            clicks[q, x, y, ba, bb] += v
+                            if b == 3:
+                                doubles[q, x, y, ba, bb] += v
+                            if counted:
+                                if b == 3:
+                                    errors_x2[q, x, y, ba, bb] += v
+                                elif (b == 1) == differ:
+                                    errors_x2[q, x, y, ba, bb] += 2 * v
+    return clicks, errors_x2, doubles
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,10 +769,10 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
     step = _anchor_step(p)
     if p.marker_channel is not None:
         sl = Slotter(p)
-        anchor_t, anchor_k, anchor_ok = sl._anchor_markers(ts[ch == p.marker_channel] - p.marker_delay_ps)
+        anchor_t, anchor_k, anchor_ok = sl._anchor_markers(_channel_times(ts, ch, p.marker_channel, p.marker_delay_ps))
         fallback = sl._period_est
     else:
-        sync_t = ts[ch == p.sync_channel] - p.sync_delay_ps
+        sync_t = _channel_times(ts, ch, p.sync_channel, p.sync_delay_ps)
         anchor_t, anchor_k, _, _, _, fallback, _, _ = _anchor_syncs(
             sync_t, False, np.int64(0), np.int64(0), float(p.period_ps), p.sync_divider, float(p.period_ps),
             float(p.gap_tolerance))
@@ -358,6 +801,18 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
     return anchor_t, anchor_k, per, dropped.ranges
 
 
+def _ring_bits(p: SlottingParams, per: np.ndarray) -> int:
+    """log2 of the fused kernel's ring (in slots): at least 2^16 and 8× the largest distance, in
+    slots, between the two detectors' views of one instant (their delays and window offsets)."""
+    spread = abs((p.delays_ps[1] + p.window_offset_ps[1]) - (p.delays_ps[0] + p.window_offset_ps[0]))
+    pmin = float(per.min()) if per.size else p.period_ps
+    need = 8.0 * (spread / pmin + 64.0) if pmin > 0 and math.isfinite(pmin) else 2.0 ** 40
+    return max(16, math.ceil(math.log2(min(need, 2.0 ** 40))))
+
+
+_MAX_RING_BITS = 28
+
+
 def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, logs: Mapping[str, DenseLog],
               setups: Mapping[str, ClientSetup], total_slots: int,
               rng: np.random.Generator | None = None) -> SlotSiftResult:
@@ -371,8 +826,6 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     if not isinstance(block, TagBlock):
         raise QKDInputError(f"slot_sift: expected a TagBlock, got {type(block).__name__}")
     ts, ch = block.timestamps, block.channels
-    if ts.size > 1 and np.any(ts[1:] < ts[:-1]):
-        raise QKDInputError("slot_sift: TagBlock timestamps must be non-decreasing")
     if int(total_slots) < 0:
         raise QKDInputError(f"slot_sift: total_slots must be >= 0, got {total_slots}")
     clients = sorted({c for pr in schedule.pairs for c in pr})
@@ -387,22 +840,63 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     log_a = NumbaList([logs[c].phase_idx for c in clients])
     n_int = np.array([len(setups[c].intensities) for c in clients], dtype=np.int64)
     nk = int(n_int.max())
+    P = len(schedule.pairs)
     p = params
+    c0, c1 = np.int16(p.detector_channels[0]), np.int16(p.detector_channels[1])
+    d0, d1 = np.int64(p.delays_ps[0]), np.int64(p.delays_ps[1])
+    last_span = np.int64(p.frame_slots if p.marker_channel is not None else -1)
+    frame_pair = schedule.frame_pair.astype(np.int64)
+    spf = np.int64(schedule.slots_per_frame)
+    pair_ci = np.array([cidx[a] for a, _ in schedule.pairs], dtype=np.int64)
+    pair_cj = np.array([cidx[b] for _, b in schedule.pairs], dtype=np.int64)
     anchor_t, anchor_k, per, drop = _geometry(block, p)
-    start, count, kcount, s, o, key_s, key_bi, key_bj, key_dbl, clicks, errors_x2, doubles, error = _slot_sift_kernel(
-        ts, ch, np.int16(p.detector_channels[0]), np.int16(p.detector_channels[1]), np.int64(p.delays_ps[0]),
-        np.int64(p.delays_ps[1]), anchor_t, anchor_k, per, np.int64(_anchor_step(p)),
-        np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
-        np.int64(p.burst_period_slots), np.int64(p.burst_on_slots),
-        np.int64(p.frame_slots if p.marker_channel is not None else -1), drop,
-        schedule.frame_pair.astype(np.int64), np.int64(schedule.slots_per_frame),
-        np.array([cidx[a] for a, _ in schedule.pairs], dtype=np.int64),
-        np.array([cidx[b] for _, b in schedule.pairs], dtype=np.int64), n_int, log_k, log_a, nk)
-    if error == 1:
+    mult = _anchor_step(p)
+    status = WINDOW_FULL
+    if anchor_t.size < 2 or bool(np.all(anchor_t[1:] > anchor_t[:-1])):
+        nxt = np.empty_like(anchor_t)
+        nxt[:-1] = anchor_t[1:]
+        nxt[-1:] = np.iinfo(np.int64).max
+        base = anchor_k * np.int64(mult)
+        inv = 1.0 / per
+        cap = int(ts.size)
+        # outputs allocated by numpy, not inside the kernel: numpy asks the kernel for huge pages
+        # (madvise), which makes first touching them several times cheaper
+        out_s = np.empty(P * cap, dtype=np.int64)
+        out_o = np.empty(P * cap, dtype=np.uint8)
+        key_s = np.empty(P * cap, dtype=np.int64)
+        key_bi = np.empty(P * cap, dtype=np.uint8)
+        key_bj = np.empty(P * cap, dtype=np.uint8)
+        wbits = _ring_bits(p, per)
+        while status == WINDOW_FULL and wbits <= _MAX_RING_BITS:
+            count = np.zeros(P, dtype=np.int64)
+            kcount = np.zeros(P, dtype=np.int64)
+            hist = np.zeros(P * nk * nk * 64, dtype=np.int64)
+            status = _fused_kernel(
+                ts, ch, c0, c1, np.array([d0, d1], dtype=np.int64), np.asarray(p.window_offset_ps, dtype=np.float64),
+                np.asarray(p.window_ps, dtype=np.float64) / 2.0, anchor_t, nxt, base, per, inv,
+                np.int64(p.burst_period_slots), np.int64(p.burst_on_slots), last_span, drop, frame_pair, spf, pair_ci,
+                pair_cj, n_int, log_k, log_a, np.int64(nk), np.int64(wbits), np.int64(cap), out_s, out_o, key_s, key_bi,
+                key_bj, count, kcount, hist)
+            wbits += 4
+        if status in (OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED):
+            start = np.arange(P, dtype=np.int64) * cap
+            clicks, errors_x2, doubles = _cells(hist, P, nk)
+    if status in (DISORDER, WINDOW_FULL):
+        if ts.size > 1 and np.any(ts[1:] < ts[:-1]):
+            status = NOT_SORTED
+        else:
+            start, count, kcount, out_s, out_o, key_s, key_bi, key_bj, clicks, errors_x2, doubles, status = _sorted_kernel(
+                ts, ch, c0, c1, d0, d1, anchor_t, anchor_k, per, np.int64(mult),
+                np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
+                np.int64(p.burst_period_slots), np.int64(p.burst_on_slots), last_span, drop, frame_pair, spf,
+                pair_ci, pair_cj, n_int, log_k, log_a, nk)
+    if status != OK and (status == NOT_SORTED or (ts.size > 1 and np.any(ts[1:] < ts[:-1]))):
+        raise QKDInputError("slot_sift: TagBlock timestamps must be non-decreasing")
+    if status == BEYOND_LOG:
         raise QKDInputError(f"slot_sift: a click lies beyond the modulation logs ({n_log} slots)")
-    if error == 2:
+    if status == BAD_INTENSITY:
         raise QKDInputError("slot_sift: a log's intensity index exceeds its client's number of intensities")
-    if error == 3:
+    if status == BAD_PHASE:
         raise QKDInputError("slot_sift: a log's phase index is not in 0..3")
     if rng is None:
         rng = np.random.default_rng(secrets.randbits(128))
@@ -410,10 +904,10 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     sifted: dict[str, SiftResult] = {}
     for q, (name, (ci, cj)) in enumerate(zip(schedule.names, schedule.pairs, strict=True)):
         lo, hi = int(start[q]), int(start[q] + count[q])
-        ann = Announcements(name, s[lo:hi], o[lo:hi])
+        ann = Announcements(name, out_s[lo:hi], out_o[lo:hi])
         klo, khi = lo, int(start[q] + kcount[q])
-        bj = key_bj[klo:khi].copy()
-        both = key_dbl[klo:khi]
+        bj = key_bj[klo:khi]  # 2|bit marks a double click: Cj squashes it to a random bit
+        both = bj >= 2
         nb = int(np.count_nonzero(both))
         if nb:
             bj[both] = rng.integers(0, 2, nb, dtype=np.uint8)

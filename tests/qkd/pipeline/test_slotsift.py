@@ -14,7 +14,7 @@ from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.qkd.sifting import ClientSetup, sift_records
-from labqfl.qkd.slotsift import DenseLog, _slot_sift_kernel, slot_sift
+from labqfl.qkd.slotsift import DenseLog, _sorted_kernel, slot_sift
 from labqfl.qkd.slotting import (
     Slotter,
     SlottingParams,
@@ -178,7 +178,7 @@ def test_out_of_order_detector_stream_falls_back_to_a_sort():
     es, eo = _combine(s_ref[o], b_ref[o])
     assert np.any(np.diff(s_ref[det_id == 0]) < 0)  # the case under test
     logs = NumbaList([np.zeros(100, np.uint8)])
-    start, count, _kcount, s, out, *_rest, err = _slot_sift_kernel(
+    start, count, _kcount, s, out, *_rest, err = _sorted_kernel(
         ts, ch, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), anchor_t, anchor_k, per, np.int64(10), off, hw,
         np.int64(0), np.int64(0), np.int64(-1), np.empty((0, 2), np.int64), np.zeros(1, np.int64), np.int64(1),
         np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([3]), logs, logs, 3)
