@@ -25,6 +25,13 @@ Model (documented in docs/simulator.md):
 * **Time tagger**: tag = arrival + cable delay + input delay (+ jitter), floored to the
   resolution; a sync tag at ``round(s·T) + delay_sync`` for every ``sync_divider``-th slot.
 * **Faults / adversary** from ``config.simulation``.
+* **Emulated hardware** (``simulation.emulate_pattern_generators``, clients with a
+  ``pattern_generator`` role): each such client's levels are what its emulated Pulse Streamer played
+  (:class:`labqfl.sim_backends.pulse_streamer.EmulatedModulators`: the clients stream their own logs
+  to the emulators through the real driver; the loop plays the emulators in virtual-time lockstep,
+  window by window, and never reads those clients' logs); a slot they did not play is dark (μ = 0,
+  an extra intensity index); the tagger's frame markers are where every generator played its marker
+  (docs/lab_setup.md).
 
 Parallel: in every block the 65 536-slot chunks of signal clicks, then the two detectors, then the
 two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
@@ -766,7 +773,10 @@ class SagnacTestbed:
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         """One acquisition of ``duration_s`` seconds as :class:`TagBlock` s of ``block_duration_s``
         (default ``config.simulation.block_duration_s``). Sets :attr:`last_epoch` at once, and every
-        client arms its generator for it at once (:meth:`client_log`)."""
+        client arms its generator for it at once (:meth:`client_log`). With emulated pattern generators
+        (:attr:`hardware`) the clients must start streaming those logs to their generators before the
+        first block is asked for (``labqfl.app.station.start_client_streams``); the loop then plays
+        what the generators played."""
         with self.lock:
             epoch = self._epoch
             self._epoch += 1

@@ -193,3 +193,28 @@ def test_emulator_wiring_defaults_are_the_drivers() -> None:
     o, w = SwabianPulseStreamerOptions(), Wiring()
     assert (o.marker_channel, tuple(o.phase_channels), tuple(o.intensity_channels)) == \
         (w.marker_channel, w.phase_channels, w.intensity_channels)
+
+
+def test_played_levels_are_sampled_at_slot_centres() -> None:
+    """The simulated loop's read-out of a played segment (whole-slot steps read by repetition; any other
+    segment searched step by step) equals sampling every slot centre (``slot_levels``), for any window."""
+    from labqfl.sim_backends.pulse_streamer import PULSE_DTYPE, PlayedSegment, _sample, slot_levels
+
+    rng = np.random.default_rng(5)
+    digi = rng.integers(0, 256, 5000).astype(np.uint8)
+    change = np.flatnonzero(np.diff(digi)) + 1
+    starts = np.concatenate([[0], change])
+    steps = np.zeros(starts.size, dtype=PULSE_DTYPE)
+    steps["count"] = np.diff(np.concatenate([starts, [digi.size]])) * 10
+    steps["digi"] = digi[starts]
+    for start, played in ((1000, 50_000), (1000, 31_234)):
+        seg = PlayedSegment(start, 0, steps, 1, played, played == 50_000)
+        ref = slot_levels(seg, 10)
+        for t_from, t_to in ((0, 10**9), (1000 + 12_340, 1000 + 20_000), (1000 + 12_345, 1000 + 20_007)):
+            n0, d = _sample(seg, t_from, t_to, 1000, 10)
+            k0 = -(-(t_from - 1000 - 5) // 10) if t_from > 1000 else 0
+            assert n0 == k0 and np.array_equal(d, ref[k0:k0 + d.size]) and d.size > 0
+        # an origin off the segment's grid (slot centres fall elsewhere in each step): the step search
+        n0, d = _sample(seg, 0, 10**9, 997, 10)
+        centres = 997 + np.arange(n0, n0 + d.size) * 10 + 5 - start
+        assert np.array_equal(d, digi[centres // 10])
