@@ -23,15 +23,19 @@ QBER), where the in-process path samples both every ``timeline_interval_s``.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import signal
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from labqfl.config import StationConfig
 from labqfl.log import get_logger
@@ -68,6 +72,39 @@ class NodesAcquisition:
                 "exit_codes": self.exit_codes, "acquisition_wall_s": round(self.wall_s, 3),
                 "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped")
                              if k in self.detector}}
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the nodes run, SIGTERM to the job's process raises :class:`KeyboardInterrupt` (as
+    Ctrl-C does), so the job stops every node it started and records itself interrupted instead
+    of dying with its nodes left running. Only in the main thread (where Python delivers signals);
+    the previous handler is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    prev = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _sigterm_stops_nodes(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` under :func:`terminate_as_interrupt`."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with terminate_as_interrupt():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) -> list[str]:
@@ -116,6 +153,7 @@ def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration
             "rates_hz": {name: [counts.get(abs(ch), 0) / duration_s] for ch, name in channel_names.items()}}
 
 
+@_sigterm_stops_nodes
 def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
                        channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
                        on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
@@ -274,6 +312,7 @@ def mask_blocks_used(data_dir: Path, pairs: list[str], since: str) -> dict[str, 
     return out
 
 
+@_sigterm_stops_nodes
 def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_dir: Path,
                      log_dir: Path | None = None, progress: ProgressFn | None = None,
                      timeout_s: float = 3600.0) -> NodesTraining:
@@ -282,7 +321,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
     ``<data_dir>/keystore/<Ci>.sqlite``, drawn by Ci's SuperNode only). Throwaway certificates in a
     temporary folder (deleted afterwards, CA key included). Every process gets SIGTERM at the end,
-    on failure and on Ctrl-C; raises :class:`NodeError` when one does not exit with 0."""
+    on failure and on Ctrl-C (SIGTERM to the job's process counts as Ctrl-C:
+    :func:`terminate_as_interrupt`); raises :class:`NodeError` when one does not exit with 0."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork

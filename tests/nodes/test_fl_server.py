@@ -151,3 +151,54 @@ def test_the_server_node_refuses_a_client_with_another_cas_certificate_and_stops
     assert codes == {"server": 0}
     log = (tmp_path / "fl" / "logs" / "server.log").read_text()
     assert "refused a connection" in log and "TLS handshake failed" in log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to look for leftover processes")
+def test_sigterm_to_the_job_while_the_fl_nodes_run_stops_every_one_of_them(small_station_file, tmp_path,
+                                                                            monkeypatch) -> None:
+    """SIGTERM to the job's process during the training phase is a Ctrl-C: the server node, the
+    SuperNodes and their Flower processes are all stopped before the interrupt leaves the job."""
+    import os
+    import signal
+
+    from labqfl.app.training import TrainingSettings, TrainingSetup
+    from labqfl.nodes.fl import FlNetwork
+    from labqfl.nodes.runjob import train_over_nodes
+
+    seen: dict[str, int] = {}
+
+    def terminated(self: FlNetwork, config: object, timeout_s: float) -> object:
+        seen["procs"] = len(_ours(str(tmp_path)))
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the job")
+
+    monkeypatch.setattr(FlNetwork, "train", terminated)
+    cfg = load_station_config(small_station_file)
+    setup = TrainingSetup(TrainingSettings(task="mnist-qnn", names=("C1", "C2"), q=8, rounds=1, keys="qkd",
+                                           preflight=False))
+    prev = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train_over_nodes(cfg, setup, data_dir=tmp_path / "data", server_dir=tmp_path / "server")
+    assert signal.getsignal(signal.SIGTERM) == prev  # the job's handler is gone again
+    assert seen["procs"] >= 5  # server node + SuperLink, 2 supernode nodes + their flower-supernode
+    assert _ours(str(tmp_path)) == [], "processes left running after SIGTERM to the job"
+
+
+def _ours(tag: str) -> list[str]:
+    """Command lines of processes (ours: their environment is readable) naming ``tag``."""
+    import os
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (d / "environ").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if tag in cmd or tag in env:
+            out.append(cmd)
+    return out
