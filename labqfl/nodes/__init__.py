@@ -8,4 +8,10 @@ folder, certificate and secrets, talking only over authenticated network session
 * :mod:`labqfl.nodes.optics` — ``labqfl node optics``: the simulated optical layer;
 * :mod:`labqfl.nodes.launch` — a whole network on loopback (``labqfl node up``) and the
   operator's acquisition (``labqfl node acquire``).
+* :mod:`labqfl.nodes.flserver` — ``labqfl node server``: the federated-learning server (Flower's
+  SuperLink behind a mutual-TLS front, :mod:`labqfl.nodes.tunnel`);
+* :mod:`labqfl.nodes.supernode` — ``labqfl node supernode``: a client's Flower SuperNode, beside
+  its client node on the same data folder;
+* :mod:`labqfl.nodes.fl` — the server node and the SuperNodes on loopback, and the operator's
+  ``ctl/train``; :mod:`labqfl.nodes.runjob` — ``labqfl run --nodes``.
 """
