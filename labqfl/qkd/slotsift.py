@@ -283,10 +283,8 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
             y = np.int64(lkj[su])
             ai = np.int64(lai[su])
             aj = np.int64(laj[su])
-            if x >= ni or y >= nj:
-                return wcnt, kcnt, BAD_INTENSITY
-            if (ai | aj) > 3:
-                return wcnt, kcnt, BAD_PHASE
+            if (x >= ni) | (y >= nj) | ((ai | aj) > 3):  # one test on the fast path
+                return wcnt, kcnt, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
             hist[U(hb + ((x * nk + y) << 6) + (ai << 4) + (aj << 2) + b)] += 1
             o = U(ob + wcnt)
             out_s[o] = sl

@@ -215,3 +215,120 @@ def test_bench_entry_runs_quick_and_matches_the_two_stages():
     r = registry()["slotsift"].fn(True)
     assert r.figure > 0 and r.baseline_figure > 0
     assert r.details["matches_two_stage"] and r.details["events"] > 50_000
+
+
+def test_reciprocal_slot_equals_the_division_at_rounding_edges():
+    # periods chosen so that t/per + 1/2 lies within a few ulps of an integer: there the product
+    # with 1/per and the slotter's division round differently (the set holds such cases), and the
+    # block kernel must hand every one of them to the exact division
+    from labqfl.qkd.slotsift import _EXACT, _block_slots, _exact_code
+
+    rng = np.random.default_rng(11)
+    n, disagree = 4000, 0
+    dt = rng.integers(1_000, 60_000_000, n)
+    k = rng.integers(0, 6000, n)
+    per = dt / (k + 0.5) * (1.0 + rng.integers(-3, 4, n) * 2.0**-52)
+    off = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(-2.0, 2.0, n))
+    ts = np.empty(1, np.int64)
+    chn = np.array([D1], np.int16)
+    out = np.empty(1)
+    inf = np.inf
+    for t, P, o in zip(dt.tolist(), per.tolist(), off.tolist(), strict=True):
+        rel = float(t) - o
+        disagree += int(np.floor(rel * (1.0 / P) + 0.5) != np.floor(rel / P + 0.5))
+        ts[0] = t
+        for hw in (inf, P / 2.0):
+            _block_slots(ts, chn, 0, 1, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), np.int64(0), np.int64(0),
+                         0.0, o, 1.0 / P, 1.0 / P, P, P, inf, hw, 0.0, 0.0, inf, inf, out)
+            want = _exact_code(np.int64(t), np.int16(D1), np.int16(D1), np.zeros(2, np.int64), np.array([0.0, o]),
+                               np.array([inf, hw]), 0, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([P]), 1,
+                               np.int64(-1))
+            if out[0] != _EXACT:
+                assert int(out[0]) == want, (t, P, o, hw)
+    assert disagree > 50  # the edge cases are really there
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fused_matches_two_stages_with_clicks_on_rounding_edges(seed):
+    # a non-integer period (syncs rounded to whole ps: every interval's period differs) and
+    # detector tags at the half-slot points ±1 ps, where the nearest slot and the window test
+    # both sit on their rounding edges
+    rng = np.random.default_rng(seed)
+    T, D, n_slots = 10_000.0 / 3.0, 16, 40_000
+    p = SlottingParams(period_ps=T, sync_divider=D, sync_channel=SYNC, detector_channels=(D0, D1),
+                       delays_ps=(0, 0), window_ps=(T, T / 2.0), window_offset_ps=(0.0, 0.25))
+    drift = 1.0 + rng.uniform(-3e-5, 3e-5)
+    sync_t = np.round(np.arange(0, n_slots, D) * T * drift).astype(np.int64)
+    clicked = np.sort(rng.choice(n_slots, n_slots // 4, replace=False))
+    edge = np.round((clicked + rng.choice([-0.5, 0.5, 0.0], clicked.size, p=[0.4, 0.4, 0.2])) * T * drift)
+    t_det = edge.astype(np.int64) + rng.integers(-1, 2, clicked.size)
+    det = rng.choice(np.array([D0, D1], np.int16), clicked.size)
+    ts = np.concatenate([sync_t, t_det])
+    ch = np.concatenate([np.full(sync_t.size, SYNC, np.int16), det])
+    o = np.argsort(ts, kind="stable")
+    block = TagBlock(ts[o], ch[o])
+    sched = PairSchedule([("C1", "C2"), ("C2", "C3")], slots_per_frame=100)
+    logs = dense_logs(rng, n_slots + 100)
+    anns, res = two_stage([block], p, sched, logs, n_slots, seed)
+    fused = slot_sift(block, p, sched, logs, SETUPS, n_slots, np.random.default_rng(seed))
+    assert_same(fused, anns, res)
+    assert sum(a.slots.size for a in anns.values()) > n_slots // 8
+
+
+def _spy_statuses(monkeypatch):  # type: ignore[no-untyped-def]
+    from labqfl.qkd import slotsift
+
+    seen: list[int] = []
+    kernel = slotsift._fused_kernel
+
+    def spy(*a):  # type: ignore[no-untyped-def]
+        seen.append(int(kernel(*a)))
+        return seen[-1]
+
+    monkeypatch.setattr(slotsift, "_fused_kernel", spy)
+    return seen
+
+
+def test_a_ring_too_small_for_the_detectors_spread_is_regrown(monkeypatch):
+    from labqfl.qkd import slotsift
+
+    seen = _spy_statuses(monkeypatch)
+    monkeypatch.setattr(slotsift, "_ring_bits", lambda p, per: 6)  # 64 slots; D1 lags D0 by 5500 slots
+    rng = np.random.default_rng(4)
+    p = make_params(divider=64, delays=(0, 55_000_000))
+    ts, ch, _, _ = synth_stream(rng, p, 30_000, p_click=0.1, jitter_ps=50.0)
+    block = TagBlock(ts, ch)
+    sched = PairSchedule([("C1", "C2"), ("C1", "C3")], slots_per_frame=640)
+    logs = dense_logs(rng, 30_100)
+    anns, res = two_stage([block], p, sched, logs, 30_000, 4)
+    assert_same(slot_sift(block, p, sched, logs, SETUPS, 30_000, np.random.default_rng(4)), anns, res)
+    assert seen[0] == slotsift.WINDOW_FULL and seen[-1] == slotsift.OK
+
+
+def test_slots_going_backwards_fall_back_to_the_sorting_kernel(monkeypatch):
+    # inconsistent periods on both sides of an anchor make the slots go back by 190 after slots
+    # were announced: the fused kernel sees a click below its horizon (DISORDER) and the sorting
+    # kernel takes over
+    from labqfl.qkd import slotsift
+
+    seen = _spy_statuses(monkeypatch)
+    monkeypatch.setattr(slotsift, "_ring_bits", lambda p, per: 6)  # slots are announced early
+    anchor_t = np.array([0, 1_000_000], dtype=np.int64)
+    anchor_k = np.array([0, 1], dtype=np.int64)
+    per = np.array([5_000.0, 10_000.0])
+    monkeypatch.setattr(slotsift, "_geometry", lambda block, p: (anchor_t, anchor_k, per, np.empty((0, 2), np.int64)))
+    t = np.arange(60_000, 1_400_000, 2_500, dtype=np.int64)
+    ch = np.where(np.arange(t.size) % 3 == 0, D1, D0).astype(np.int16)
+    p = make_params(divider=10, delays=(0, 0))
+    det_id = (ch == D1).astype(np.int64)
+    s_ref, b_ref, *_ = _assign_kernel(t, det_id, anchor_t, anchor_k, per, np.int64(10), np.zeros(2), np.full(2, np.inf),
+                                      np.int64(0), np.int64(0), np.int64(-1))
+    assert np.any(np.diff(s_ref[det_id == 0]) < 0)  # the case under test
+    o = np.argsort(s_ref, kind="stable")
+    es, eo = _combine(s_ref[o], b_ref[o])
+    sched = PairSchedule([("C1", "C2")], slots_per_frame=1)
+    logs = dense_logs(np.random.default_rng(5), 300)
+    r = slot_sift(TagBlock(t, ch), p, sched, logs, SETUPS, 300, np.random.default_rng(5))
+    assert seen == [slotsift.DISORDER]
+    np.testing.assert_array_equal(r.announcements["C1-C2"].slots, es)
+    np.testing.assert_array_equal(r.announcements["C1-C2"].outcomes, eo)
