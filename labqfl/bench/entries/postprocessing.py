@@ -222,12 +222,15 @@ def _slotsift(quick: bool) -> BenchResult:
                                    setups[ci], setups[cj], sched.slots_of_pair(name, n_slots), rng)
                 for name, (ci, cj) in zip(sched.names, sched.pairs, strict=True)}
 
+    from labqfl.qkd.slotsift import _geometry
+
     r = fused()  # compile / warm
     ref = two_stage()
     same = all(np.array_equal(r.sifted[k].key_slots, ref[k].key_slots) and np.array_equal(r.sifted[k].bits_j, ref[k].bits_j)
                and np.array_equal(r.sifted[k].counts.clicks, ref[k].counts.clicks)
                and np.array_equal(r.sifted[k].counts.errors_x2, ref[k].counts.errors_x2) for k in ref)
     t, cpu = _with_threads(1, lambda: _best_wall_cpu(fused, repeat=5))
+    tg, cpug = _best_wall_cpu(lambda: _geometry(block, p), repeat=5)  # anchors + dropped ranges (inside fused)
     t2, cpu2 = _best_wall_cpu(two_stage, repeat=2)
     tb, cpub = _best_wall_cpu(lambda: _numpy_slot_sift(block, p, sched, logs), repeat=2)
     fig = n_ev / t / 1e6
@@ -239,7 +242,11 @@ def _slotsift(quick: bool) -> BenchResult:
                                 "two_stage_cpu_m_per_s": round(n_ev / cpu2 / 1e6, 2) if cpu2 > 0 else None,
                                 "numpy_m_per_s": round(n_ev / tb / 1e6, 2),
                                 "numpy_cpu_m_per_s": round(n_ev / cpub / 1e6, 2) if cpub > 0 else None,
-                                "speedup_vs_numpy": round(tb / t, 2), "matches_two_stage": same})
+                                "speedup_vs_numpy": round(tb / t, 2), "matches_two_stage": same,
+                                "cpu_speedup_vs_two_stage": round(cpu2 / cpu, 2) if cpu > 0 else None,
+                                "cpu_speedup_vs_numpy": round(cpub / cpu, 2) if cpu > 0 else None,
+                                "fused_ms": round(t * 1e3, 1), "fused_cpu_ms": round(cpu * 1e3, 1),
+                                "geometry_cpu_ms": round(cpug * 1e3, 1)})
 
 
 @benchmark("slotting", "Slotting of simulated-station time tags (streaming, drift-tracking)", target="keeps up with the tag rate")
