@@ -71,7 +71,6 @@ from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
 from labqfl.qkd.reconciliation import (
     ReconciliationInputError,
     ReconciliationResult,
-    binary_entropy,
     validate_reconciliation_input,
 )
 
@@ -479,6 +478,36 @@ def _h_rehash(keys: np.ndarray, vals: np.ndarray, nkeys: np.ndarray, nvals: np.n
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _cache_get(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.ndarray, keys: np.ndarray,
+               vals: np.ndarray, logcap: int, q: int, b: int, node: int) -> int:
+    """Alice's parity of heap node ``node`` of block b of pass q if Bob has it, else −1.  Affine
+    passes keep a bitmap per block (``cwpb[q]`` words of known flags, then as many of values, at
+    ``coff[q]`` + b·2·cwpb[q]): a search's nodes share a few cache lines; bipartitions use the
+    hash table."""
+    if kind[q] == 1:
+        return _h_get(keys, vals, logcap, _node_key(q, b, node))
+    base = coff[q] + 2 * b * cwpb[q] + (node >> 6)
+    m = np.uint64(1) << np.uint64(node & 63)
+    if cbits[base] & m:
+        return 1 if cbits[base + cwpb[q]] & m else 0
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _cache_put(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.ndarray, keys: np.ndarray,
+               vals: np.ndarray, logcap: int, q: int, b: int, node: int, val: int) -> None:
+    """Store Alice's parity of a heap node (see :func:`_cache_get`)."""
+    if kind[q] == 1:
+        _h_put(keys, vals, logcap, _node_key(q, b, node), val)
+        return
+    base = coff[q] + 2 * b * cwpb[q] + (node >> 6)
+    m = np.uint64(1) << np.uint64(node & 63)
+    cbits[base] |= m
+    if val:
+        cbits[base + cwpb[q]] |= m
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _node_key(q: int, b: int, h: int) -> int:
     return (q << 56) | (b << 28) | h
 
@@ -612,7 +641,8 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                    found: np.ndarray, fval: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray, logcap: int, out_q: np.ndarray,
                    out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
                    deferred: np.ndarray, counters: np.ndarray, flipped: np.ndarray,
-                   kn: np.ndarray, kx: np.ndarray, indef: np.ndarray, imax: int) -> int:
+                   kn: np.ndarray, kx: np.ndarray, indef: np.ndarray, imax: int, cbits: np.ndarray,
+                   coff: np.ndarray, cwpb: np.ndarray) -> int:
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
@@ -668,7 +698,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         lo = slo[fb]
         mid = lo + (shi[fb] - lo) // 2
         ans = answers[t]
-        _h_put(hkeys, hvals, logcap, _node_key(q, b, 2 * sh[fb]), ans)
+        _cache_put(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * sh[fb], ans)
         pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
         if imax > 0 and shi[fb] - lo <= 3:
             _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, shi[fb], ans, pl, y, kn, kx)
@@ -701,7 +731,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                     st[fb] = 0
                     break
                 mid = lo + (hi - lo) // 2
-                known = _h_get(hkeys, hvals, logcap, _node_key(q, b, 2 * sh[fb]))
+                known = _cache_get(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * sh[fb])
                 pl = -1
                 if known < 0 and (mid - lo <= imax or hi - mid <= imax):
                     pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
@@ -909,7 +939,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray, deferred: np.ndarray,
               counters: np.ndarray, flipped: np.ndarray, known_n: np.ndarray, known_x: np.ndarray,
               indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
-              res: np.ndarray) -> int:
+              res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray) -> int:
     """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
     ``cascade/round``: the frames listed in ``opened`` (frame·128 + pass) open their pass
     (:func:`_open_frame_pass`), every frame with queries last round (``nq[f]`` of them) takes its
@@ -935,8 +965,11 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
     if disclosed.size != want:
         return -3
     grow = False
+    nhash = np.zeros(K, np.int64)  # answers that go to a hash table (bipartition passes)
     for f in range(K):
-        if nq[f] > 0 and hcount[f] + nq[f] > (1 << logcap[f]) // 2:
+        for t in range(nq[f]):
+            nhash[f] += kind[f, fpass[bo[f] + qidx[bo[f] + t]]]
+        if hcount[f] + nhash[f] > (1 << logcap[f]) // 2:
             needgrow[f] = 1
             grow = True
     if grow:
@@ -958,7 +991,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
             continue  # finished
         W = wo[f + 1] - wo[f]
         b0, b1 = bo[f], bo[f + 1]
-        hcount[f] += nprev
+        hcount[f] += nhash[f]
         r = _cascade_round(
             init[b0:b0 + max(ninit[f], 0)], nprev, qidx[b0:b1], disclosed[pos:pos + nprev], y[no[f]:no[f + 1]],
             ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
@@ -968,7 +1001,8 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
             work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
             hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
             out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
-            known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax)
+            known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
+            coff[f], cwpb[f])
         pos += nprev
         if r < 0:
             res[2] = f
@@ -1083,6 +1117,13 @@ def frame_seeds(seed: int, frames: int) -> np.ndarray:
     """Public seed of each frame's passes (int64): frame f uses (seed + f) mod 2^63."""
     return ((np.arange(frames, dtype=np.uint64) + np.uint64(seed)) & np.uint64((1 << 63) - 1)).astype(np.int64)
 
+
+PIPELINE_FRAME_BITS = 1 << 20
+"""Frame length the pair protocol (:mod:`labqfl.qkd.twoparty`) reconciles a block in: a block of
+n bits becomes ⌈n / 2^20⌉ interleaved frames (:class:`CascadeBob`), each ≥ 2^19 bits once the
+block is, so each keeps the third pass of :meth:`CascadeSchedule.for_frame`; f on 10^6-bit frames
+equals that on 10^7-bit ones (docs/reconciliation.md), and the round trips are those of one
+10^6-bit frame instead of one 10^7-bit frame's."""
 
 MAX_FRAMES = 1 << 24
 """Most frames one run interleaves (a frame and pass share one uint32 in the messages)."""
@@ -1261,19 +1302,28 @@ class _BobWork:
     ho: np.ndarray
     logcap: np.ndarray
     prog: dict[str, np.ndarray]
+    cbits: np.ndarray  # uint64: affine passes' parity bitmaps, frame f's at co[f], pass q's at + coff[f, q]
+    co: np.ndarray
+    coff: np.ndarray
+    cwpb: np.ndarray  # int64 [K, P]: words per block and flag kind (known / value)
 
     @classmethod
-    def allocate(cls, bits: np.ndarray, F: _FrameSet, qber: float, npasses_scheduled: int) -> _BobWork:
-        """Zeroed state for ``bits`` (copied); each frame's parity cache is sized for the expected
-        number of its disclosed parities (grown by :meth:`grow`)."""
+    def allocate(cls, bits: np.ndarray, F: _FrameSet) -> _BobWork:
+        """Zeroed state for ``bits`` (copied); the hash tables (bipartition parities) start small
+        and are grown by :meth:`grow`, the affine passes' bitmaps have a bit pair per heap node."""
         y = bits.copy()
         W = int(F.wo[-1])
         ypk = np.zeros(W, np.uint64)
         for f in range(F.frames):
             ypk[F.wo[f]:F.wo[f + 1]] = _pack(y[F.no[f]:F.no[f + 1]])
         ntop = int(F.bo[-1])
-        est = F.ns * binary_entropy(min(qber, 0.49)) * 1.3 + 64 * npasses_scheduled
-        logcap = np.maximum(10, np.ceil(np.log2(4.0 * est))).astype(np.int64)
+        logcap = np.full(F.frames, 10, np.int64)  # bipartition parities only; grown as needed
+        # affine pass q: a block's heap nodes are < 2^(⌈log2 k⌉+1); one known and one value bit each
+        depth = np.ceil(np.log2(np.maximum(F.k, 1))).astype(np.int64)
+        cwpb = np.where(F.kind == 0, np.maximum(1, (np.int64(2) << depth) // 64), 0).astype(np.int64)
+        per_pass = 2 * cwpb * F.nb
+        coff = np.concatenate([np.zeros((F.frames, 1), np.int64), np.cumsum(per_pass, axis=1)], axis=1)
+        co = np.concatenate([[0], np.cumsum(coff[:, -1])]).astype(np.int64)
         ho = np.concatenate([[0], np.cumsum(np.int64(1) << logcap)]).astype(np.int64)
         arr = {name: np.zeros(ntop, np.int64) for name in _BLOCK_ARRAYS}
         arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
@@ -1284,7 +1334,8 @@ class _BobWork:
                    counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
                    known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
                    hkeys=np.full(int(ho[-1]), -1, np.int64), hvals=np.zeros(int(ho[-1]), np.int8),
-                   ho=ho, logcap=logcap, prog=prog)
+                   ho=ho, logcap=logcap, prog=prog, cbits=np.zeros(int(co[-1]), np.uint64), co=co,
+                   coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb)
 
     def grow(self, frames: np.ndarray) -> None:
         """Double the parity caches of ``frames`` (rehashed; the other frames' are copied)."""
@@ -1313,7 +1364,7 @@ class _BobWork:
                 A["shi"], A["sh"], A["work"], A["waitl"], A["onstk"], A["inwait"], A["found"], A["fval"],
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
                 A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
-                A["indef"], A["init"], imax, confirm, obuf, qbuf, res)
+                A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb)
             if code != -2:
                 return int(code)
             self.grow(np.flatnonzero(g["needgrow"]))
@@ -1356,7 +1407,7 @@ class CascadeBob:
         channel.request(Message("cascade/init", {"n": int(self.bits.size), "frames": self.frames, "seeds": seeds,
                                                  "schedule": _schedule_array(self.schedule)}))
         F = _FrameSet.build(self.frames, seeds, self.schedule.block_sizes)
-        w = _BobWork.allocate(self.bits, F, self.qber, len(self.schedule.block_sizes))
+        w = _BobWork.allocate(self.bits, F)
         obuf = np.arange(F.frames, dtype=np.uint32) * np.uint32(128)  # every frame opens pass 0
         qbuf = np.zeros(4 * int(F.bo[-1]), np.uint32)
         res = np.zeros(3, np.int64)

@@ -262,9 +262,9 @@ def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
 
     bits, _, q = validate_reconciliation_input(bits, bits, qber)
     if engine == "cascade":
-        from labqfl.qkd.cascade import CascadeBob, CascadeSchedule
+        from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, CascadeBob
 
-        return CascadeBob(bits, q, schedule=CascadeSchedule.for_frame(q, int(bits.size)))
+        return CascadeBob(bits, q, frame_bits=PIPELINE_FRAME_BITS)  # interleaved frames, schedule per frame
     if engine == "ldpc":
         from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
 

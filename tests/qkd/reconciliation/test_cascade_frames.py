@@ -128,3 +128,15 @@ def test_alice_refuses_requests_outside_the_frames(frame):
     assert rep.kind == "cascade/block-parities" and rep.disclosed.size > 0
     with pytest.raises(MessageError, match="block or range"):
         alice.handle(Message("cascade/round", {"open": none, "query": np.array([0, 0, 5, 5], np.uint32)}))
+
+
+def test_the_pair_protocol_reconciles_large_blocks_as_interleaved_frames():
+    """Blocks of the pair protocol (labqfl.qkd.twoparty) use the interleaved path: a block of
+    3·2^20 + 5 bits becomes 4 frames, each long enough for the frame schedule's third pass."""
+    from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, THIRD_PASS_MIN_BITS
+    from labqfl.qkd.twoparty import _bob
+
+    bob = _bob("cascade", np.zeros(3 * PIPELINE_FRAME_BITS + 5, np.uint8), 0.02)
+    assert bob.frames.size == 4 and int(bob.frames.min()) >= THIRD_PASS_MIN_BITS
+    assert bob.schedule == CascadeSchedule.for_frame(0.02, int(bob.frames.min()))
+    assert _bob("cascade", np.zeros(1000, np.uint8), 0.02).frames.tolist() == [1000]
