@@ -40,6 +40,11 @@ reference (a flip found there often makes its block even for free — on 10^4-bi
 at once cost 2 % more leakage, on 10^6-bit frames at 4–8 % letting the third pass ask at once
 cost 0.6–0.8 %).
 
+**Interleaved frames** (``frame_bits``, :class:`CascadeBob`): a key cut into K frames is
+reconciled with one ``cascade/round`` message per round carrying every frame's requests, and one
+kernel call per round on each side (:func:`_bob_step`, :func:`_alice_round`); frame f runs exactly
+the one-frame protocol with seed (seed + f) mod 2^63, so K frames take the round trips of one.
+
 A schedule may end with *confirmation*: Bob stops once ``confirm`` bipartitions in a row find no
 odd block, which bounds the frame error rate by 2^-confirm (:class:`CascadeSchedule`).
 

@@ -66,7 +66,7 @@ FieldValue = int | float | str | bytes | np.ndarray
 class Message:
     """One typed protocol message.
 
-    ``kind``: protocol and step, e.g. ``"cascade/parity"``.  ``fields``: public metadata (ints,
+    ``kind``: protocol and step, e.g. ``"cascade/round"``.  ``fields``: public metadata (ints,
     floats, strings, bytes or 1-D numeric numpy arrays: indices, pass numbers, code parameters).
     ``disclosed``: uint8 array of 0/1, the key-dependent bits carried (parities, syndrome bits).
     ``credit``: how many of the disclosed bits are masked by fresh uniformly random filler
