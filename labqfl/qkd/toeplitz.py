@@ -708,6 +708,46 @@ def _split_at_L(c, lo, hi, W, Lw, Lb, lastmask):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
+def _tfft_pointwise_diagonal(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
+    """The previous pointwise products (kept as the benchmark's baseline and tested): as
+    :func:`_tfft_pointwise`, the W-word products schoolbook, one carry-less dot product per
+    diagonal (:func:`_polymul`)."""
+    K = A.shape[0]
+    Wu = np.uint64(W)
+    for tid in numba.prange(nthreads):
+        sa = np.empty(W, dtype=np.uint64)
+        sb = np.empty(W, dtype=np.uint64)
+        ar = np.empty(W, dtype=np.uint64)
+        p0 = np.empty(2 * W, dtype=np.uint64)
+        p1 = np.empty(2 * W, dtype=np.uint64)
+        p2 = np.empty(2 * W, dtype=np.uint64)
+        h = np.empty(W, dtype=np.uint64)
+        for J in range(tid * K // nthreads, (tid + 1) * K // nthreads):
+            e = A[J]
+            f = B[J]
+            for i in range(Wu):
+                sa[i] = e[i] ^ e[Wu + i]
+                sb[i] = f[i] ^ f[Wu + i]
+            _polymul(e[0:W], f[0:W], p0, W, ar)
+            _polymul(e[W:2 * W], f[W:2 * W], p2, W, ar)
+            _polymul(sa, sb, p1, W, ar)
+            for i in range(Wu + Wu):
+                p1[i] ^= p0[i]
+                p0[i] ^= p2[i]
+            r0 = e[0:W]
+            r1 = e[W:2 * W]
+            for i in range(Wu):
+                r0[i] = 0
+                r1[i] = 0
+                h[i] = 0
+            _split_at_L(p0, r0, r1, W, Lw, Lb, lastmask)
+            _split_at_L(p1, r1, h, W, Lw, Lb, lastmask)
+            for i in range(Wu):
+                r0[i] ^= h[i]
+                r1[i] ^= h[i]
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, ymm, nws):  # type: ignore[no-untyped-def]
     """``A[J] ← A[J]·B[J]`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
     p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1.
@@ -901,10 +941,12 @@ def _tfft_params(n: int, m: int) -> tuple[int, int, int]:
 
 
 def _toeplitz_tfft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int,
-                   params: tuple[int, int, int] | None = None, blocking: int | None = None) -> np.ndarray:
+                   params: tuple[int, int, int] | None = None, blocking: int | None = None,
+                   previous: bool = False) -> np.ndarray:
     """GF(2) middle product via one cyclic convolution of length K·64·sw bits (Schönhage's ternary
     FFT, see module docstring); ``params`` = (k, t, sw) overrides the cost model and ``blocking``
-    the number of whole-array transform levels (tests)."""
+    the number of whole-array transform levels (tests). ``previous=True`` runs the previous
+    default (diagonal dot-product word products, no cache blocking): the benchmark's baseline."""
     L_s = n + m - 1
     k, t, sw = params if params is not None else _tfft_params(n, m)
     K = 3 ** k
@@ -923,10 +965,13 @@ def _toeplitz_tfft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int,
     _xor_at_bit(F, _pack_bits_checked("seed_bits", seed_bits[:m], -(-m // 64)), n - 1)
     _to_chunks(F, B, sw, W)
     del F
-    c = _tfft_blocking(k, W) if blocking is None else blocking
+    c = 0 if previous else _tfft_blocking(k, W) if blocking is None else blocking
     _tfft(A, k, t, False, W, L, lastmask, nthreads, c)
     _tfft(B, k, t, False, W, L, lastmask, nthreads, c)
-    _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, _YMM_CLMUL or _WIDE_CLMUL, gf2_mul_ws_words(W))
+    if previous:
+        _tfft_pointwise_diagonal(A, B, W, Lw, Lb, lastmask, nthreads)
+    else:
+        _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, _YMM_CLMUL or _WIDE_CLMUL, gf2_mul_ws_words(W))
     del B
     _tfft(A, k, t, True, W, L, lastmask, nthreads, c)
     Z = np.empty(K * sw, dtype=np.uint64)

@@ -203,8 +203,9 @@ def test_word_product_matches_the_convolution_for_every_size(seed, n, ymm):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4000), frac=st.floats(0.0, 1.0),
        k=st.integers(1, 5), blocking=st.integers(0, 5))
-def test_ternary_fft_cache_blocking_does_not_change_the_result(seed, n, frac, k, blocking):
-    # any number of whole-array levels c (0 … k) before the block-by-block ones
+def test_ternary_fft_cache_blocking_and_the_previous_products_give_the_reference(seed, n, frac, k, blocking):
+    # any number of whole-array levels c (0 … k) before the block-by-block ones; the previous
+    # default (diagonal word products, no blocking) is the benchmark's baseline
     m = max(1, int(round(frac * n)))
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 2, n, dtype=np.uint8)
@@ -213,6 +214,7 @@ def test_ternary_fft_cache_blocking_does_not_change_the_result(seed, n, frac, k,
     t = -(-64 * sw // 3 ** (k - 1))
     expect = toeplitz_hash_reference(x, s, m)
     np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m, (k, t, sw), min(blocking, k)), expect)
+    np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m, (k, t, sw), previous=True), expect)
 
 
 @needs_clmul
