@@ -11,12 +11,15 @@ with drift, dropped syncs, frame markers, lost-data intervals, dark counts and m
 What is shared with the slotter, unchanged: the anchors (syncs: ``_anchor_syncs``; frame markers:
 ``Slotter._anchor_markers``), the period of every interval, the dropped ranges (frames that are
 not kept, lost-data intervals widened by the detectors' delays and windows). What is fused into
-one Numba kernel (:func:`_slot_sift_kernel`), per detector tag: delay correction, interval
-lookup, nearest slot, window/frame/burst tests; then a linear merge of the two detectors'
-streams (each is in slot order; a stable sort is the fallback when one is not) that combines
-clicks of one slot into outcome 1/2/3, drops clicks in dropped slots, finds each slot's pair from
-the schedule, looks both clients' choices up in their logs and tallies the sifting statistics
-and key bits — no intermediate per-pair arrays, no per-pair log queries.
+one pass over the tags (:func:`_fused_kernel`): per block of tags, each tag's delay correction,
+interval, nearest slot (a multiplication by 1/period, bit for bit the slotter's division:
+:func:`_block_slots`) and window/frame/burst tests, vectorised; each accepted click → its
+detector's bit in a ring bitmap (which merges the two detectors and combines clicks of one slot
+into outcome 1/2/3); slots below a horizon no later tag can reach are read back in slot order,
+straight into the pairs' announcements, with both clients' choices looked up in their logs, the
+sifting statistics tallied and the key bits written (:func:`_scan_sift`) — no per-tag or
+per-pair intermediate arrays, no per-pair log queries, no sort. Streams it cannot take in order
+(slots going backwards across an inconsistent anchor) rerun through :func:`_sorted_kernel`.
 
 This is a single-process tool (both logs in one place: simulations, the station's own checks, the
 bench). The distributed pipeline keeps the two stages, because there the node slots and the two
@@ -820,6 +823,8 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     ``logs``/``setups``: every client of the schedule's pairs, by name; ``total_slots``: the
     acquisition's length in slots (each pair's ``n_slots`` is its share of it, as the pipeline
     counts it); ``rng``: Cj's squashing bits for double clicks in key slots (OS entropy if None).
+    The outputs are views into buffers with room for every tag in every pair (address space
+    only: the pages that are never written are never backed by memory).
     """
     if not isinstance(block, TagBlock):
         raise QKDInputError(f"slot_sift: expected a TagBlock, got {type(block).__name__}")
