@@ -40,12 +40,7 @@ def acquire(
     """Acquire time tags from the station and report click counts and rates per pair and channel."""
     from labqfl.station import Station
 
-    if not (math.isfinite(duration) and duration > 0):
-        raise fail(f"--duration must be a number of seconds > 0, got {duration}")
-    if block is not None and not (math.isfinite(block) and block > 0):
-        raise fail(f"--block must be a number of seconds > 0, got {block}")
-    if out is not None and out.suffix.lower() not in (".h5", ".hdf5"):
-        raise fail(f"--out {out}: expected a file name ending in .h5 or .hdf5")
+    _check_options(duration, block, out)
     cfg = load_station_config(config)
     bd = block or cfg.simulation.block_duration_s
     n_blocks = max(1, math.ceil(round(duration / bd, 9)))
@@ -109,21 +104,33 @@ def acquire(
         "note": "per-pair basis/intensity counts join the node's outcomes with the clients' logs (report only)",
     }
 
-    def render(con):  # type: ignore[no-untyped-def]
-        con.print(f"[bold]{cfg.name}[/]: {duration:g} s acquired in {wall:.2f} s wall "
-                  f"({data['speed_x_real_time']:.2f}× real time), {n_tags} tags" + (f" → {out}" if out else ""))
-        con.print("count rates: " + ", ".join(f"{k} {v:,.0f} /s" for k, v in data["count_rates_hz"].items()))
-        if data["modulation"]:
-            con.print("frames played (lost): " + ", ".join(f"{c} {m['played']} ({m['lost']})"
-                                                           for c, m in data["modulation"].items()))
-        t = Table("pair", "clicks", "D0", "D1", "double", "QBER XX", "QBER YY")
-        for p, r in data["pairs"].items():
-            q = [r["by_basis_pair"][b].get("error_rate") for b in ("XX", "YY")]
-            t.add_row(p, str(r["clicks"]), str(r["detector_clicks"]["D0"]), str(r["detector_clicks"]["D1"]),
-                      str(r["double_clicks"]), *[f"{x:.4f}" if x is not None else "—" for x in q])
-        con.print(t)
+    emit(data, as_json, lambda con: _render(con, cfg.name, data, out))
 
-    emit(data, as_json, render)
+
+def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # type: ignore[no-untyped-def]
+    """The human form of ``labqfl acquire``'s result (stderr)."""
+    con.print(f"[bold]{name}[/]: {data['duration_s']:g} s acquired in {data['wall_s']:.2f} s wall "
+              f"({data['speed_x_real_time']:.2f}× real time), {data['n_tags']} tags" + (f" → {out}" if out else ""))
+    con.print("count rates: " + ", ".join(f"{k} {v:,.0f} /s" for k, v in data["count_rates_hz"].items()))
+    if data["modulation"]:
+        con.print("frames played (lost): " + ", ".join(f"{c} {m['played']} ({m['lost']})"
+                                                       for c, m in data["modulation"].items()))
+    t = Table("pair", "clicks", "D0", "D1", "double", "QBER XX", "QBER YY")
+    for p, r in data["pairs"].items():
+        q = [r["by_basis_pair"][b].get("error_rate") for b in ("XX", "YY")]
+        t.add_row(p, str(r["clicks"]), str(r["detector_clicks"]["D0"]), str(r["detector_clicks"]["D1"]),
+                  str(r["double_clicks"]), *[f"{x:.4f}" if x is not None else "—" for x in q])
+    con.print(t)
+
+
+def _check_options(duration: float, block: float | None, out: Path | None) -> None:
+    """One clear line for a bad --duration, --block or --out."""
+    if not (math.isfinite(duration) and duration > 0):
+        raise fail(f"--duration must be a number of seconds > 0, got {duration}")
+    if block is not None and not (math.isfinite(block) and block > 0):
+        raise fail(f"--block must be a number of seconds > 0, got {block}")
+    if out is not None and out.suffix.lower() not in (".h5", ".hdf5"):
+        raise fail(f"--out {out}: expected a file name ending in .h5 or .hdf5")
 
 
 def register(app: typer.Typer) -> None:

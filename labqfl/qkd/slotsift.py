@@ -826,17 +826,8 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     The outputs are views into buffers with room for every tag in every pair (address space
     only: the pages that are never written are never backed by memory).
     """
-    if not isinstance(block, TagBlock):
-        raise QKDInputError(f"slot_sift: expected a TagBlock, got {type(block).__name__}")
+    clients = _check_inputs(block, schedule, logs, setups, total_slots)
     ts, ch = block.timestamps, block.channels
-    if int(total_slots) < 0:
-        raise QKDInputError(f"slot_sift: total_slots must be >= 0, got {total_slots}")
-    clients = sorted({c for pr in schedule.pairs for c in pr})
-    for c in clients:
-        if c not in logs or c not in setups:
-            raise QKDInputError(f"slot_sift: no modulation log or setup for client {c} (have logs for {sorted(logs)})")
-        if not isinstance(logs[c], DenseLog):
-            raise QKDInputError(f"slot_sift: the log of {c} must be a DenseLog, got {type(logs[c]).__name__}")
     n_log = min(logs[c].intensity_idx.size for c in clients)
     cidx = {c: i for i, c in enumerate(clients)}
     log_k = NumbaList([logs[c].intensity_idx for c in clients])  # no copies: the kernel reads the logs
@@ -893,6 +884,29 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
                 np.asarray(p.window_offset_ps, dtype=np.float64), np.asarray(p.window_ps, dtype=np.float64) / 2.0,
                 np.int64(p.burst_period_slots), np.int64(p.burst_on_slots), last_span, drop, frame_pair, spf,
                 pair_ci, pair_cj, n_int, log_k, log_a, nk)
+    _raise_for_status(status, ts, n_log)
+    return _package(schedule, setups, int(total_slots), start, count, kcount, out_s, out_o, key_s, key_bi, key_bj,
+                    clicks, errors_x2, doubles, rng)
+
+
+def _check_inputs(block: TagBlock, schedule: PairSchedule, logs: Mapping[str, DenseLog],
+                  setups: Mapping[str, ClientSetup], total_slots: int) -> list[str]:
+    """The schedule's clients, sorted, after one clear error for a bad argument of :func:`slot_sift`."""
+    if not isinstance(block, TagBlock):
+        raise QKDInputError(f"slot_sift: expected a TagBlock, got {type(block).__name__}")
+    if int(total_slots) < 0:
+        raise QKDInputError(f"slot_sift: total_slots must be >= 0, got {total_slots}")
+    clients = sorted({c for pr in schedule.pairs for c in pr})
+    for c in clients:
+        if c not in logs or c not in setups:
+            raise QKDInputError(f"slot_sift: no modulation log or setup for client {c} (have logs for {sorted(logs)})")
+        if not isinstance(logs[c], DenseLog):
+            raise QKDInputError(f"slot_sift: the log of {c} must be a DenseLog, got {type(logs[c]).__name__}")
+    return clients
+
+
+def _raise_for_status(status: int, ts: np.ndarray, n_log: int) -> None:
+    """One clear error for a kernel status other than OK."""
     if status != OK and (status == NOT_SORTED or (ts.size > 1 and np.any(ts[1:] < ts[:-1]))):
         raise QKDInputError("slot_sift: TagBlock timestamps must be non-decreasing")
     if status == BEYOND_LOG:
@@ -901,6 +915,14 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
         raise QKDInputError("slot_sift: a log's intensity index exceeds its client's number of intensities")
     if status == BAD_PHASE:
         raise QKDInputError("slot_sift: a log's phase index is not in 0..3")
+
+
+def _package(schedule: PairSchedule, setups: Mapping[str, ClientSetup], total_slots: int, start: np.ndarray,
+             count: np.ndarray, kcount: np.ndarray, out_s: np.ndarray, out_o: np.ndarray, key_s: np.ndarray,
+             key_bi: np.ndarray, key_bj: np.ndarray, clicks: np.ndarray, errors_x2: np.ndarray, doubles: np.ndarray,
+             rng: np.random.Generator | None) -> SlotSiftResult:
+    """Each pair's announcements and sift result as views into the kernel's buffers; Cj squashes
+    double clicks in key slots to random bits."""
     if rng is None:
         rng = np.random.default_rng(secrets.randbits(128))
     anns: dict[str, Announcements] = {}
@@ -916,7 +938,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
             bj[both] = rng.integers(0, 2, nb, dtype=np.uint8)
         si, sj = setups[ci], setups[cj]
         ni, nj = len(si.intensities), len(sj.intensities)
-        counts = PairCounts(name, schedule.slots_of_pair(name, int(total_slots)), si.intensities, sj.intensities,
+        counts = PairCounts(name, schedule.slots_of_pair(name, total_slots), si.intensities, sj.intensities,
                             si.intensity_probs, sj.intensity_probs, si.basis_x_prob, sj.basis_x_prob,
                             clicks[q, :ni, :nj].copy(), errors_x2[q, :ni, :nj].copy(), doubles[q, :ni, :nj].copy())
         anns[name] = ann
