@@ -44,12 +44,8 @@ E. Thomé, P. Zimmermann, "Faster multiplication in GF(2)[x]", ANTS VIII, LNCS 5
   cannot reach the bits ``n − 1 … n + m − 2`` we need (as for the FFT path below);
 * the transform is a radix-3 decimation-in-frequency DFT whose twiddles are multiplications by
   powers of x (shifts mod ``x^{2L} + x^L + 1``), no field multiplications at all; the pointwise
-  products in R use carry-less multiplication (three W-word products, Karatsuba over ``x^L``,
-  each W-word product again by Karatsuba down to unrolled products of ≤ 12 words,
-  :mod:`labqfl.qkd._gf2mul`); the inverse runs the stages backwards with ``ω^{−1}``;
-* cache blocking: after the top ``c`` levels (whole-array passes) the transform falls into
-  contiguous sub-transforms that fit in L2 and run level after level, one block at a time;
-* the input and the seed are packed to words in one pass that also tests the bit values. Cost ~ K·log K shifts of L-bit words plus
+  products in R use carry-less multiplication (three W-word products, Karatsuba over ``x^L``);
+  the inverse runs the stages backwards with ``ω^{−1}``. Cost ~ K·log K shifts of L-bit words plus
   K small products: for 10^7 input bits (k = 8, L = 2187) about 30× less work than the tiles below.
 
 **Toeplitz–Karatsuba tiles** (:func:`toeplitz_hash_gf2`; the default for ``out_len`` below
@@ -87,7 +83,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from labqfl.errors import QKDInputError
-from labqfl.qkd._gf2mul import gf2_mul, gf2_mul_ws_words
 
 __all__ = [
     "toeplitz_hash",
@@ -108,7 +103,7 @@ _NTT_G = 3
 _NTT_MAX_LOG = 26
 
 
-def require_bits(name: str, arr: object, length: int | None = None, *, check_values: bool = True) -> np.ndarray:
+def require_bits(name: str, arr: object, length: int | None = None) -> np.ndarray:
     """Validate a bit array: 1-D ``uint8`` numpy array of 0/1 (optionally of a given length).
 
     Raises :class:`QKDInputError` naming the argument and what was expected.
@@ -121,7 +116,7 @@ def require_bits(name: str, arr: object, length: int | None = None, *, check_val
         raise QKDInputError(f"{name}: expected a 1-D bit array, got shape {arr.shape}")
     if length is not None and arr.shape[0] != length:
         raise QKDInputError(f"{name}: expected {length} bits, got {arr.shape[0]}")
-    if check_values and arr.size and int(arr.max()) > 1:
+    if arr.size and int(arr.max()) > 1:
         raise QKDInputError(f"{name}: bits must be 0 or 1, found value {int(arr.max())}")
     return arr
 
@@ -138,10 +133,8 @@ def toeplitz_seed(n_in: int, out_len: int) -> np.ndarray:
     return np.unpackbits(raw)[:length].copy()
 
 
-def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, values: bool = True) -> tuple[int, int]:
-    """Validate the arguments; ``values=False`` leaves the 0/1 test of the bit values to the caller
-    (the ternary-FFT path does it while packing, in the same pass)."""
-    require_bits("bits", bits, check_values=values)
+def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> tuple[int, int]:
+    require_bits("bits", bits)
     n = int(bits.shape[0])
     if n < 1:
         raise QKDInputError("bits: expected at least one input bit, got an empty array")
@@ -150,7 +143,7 @@ def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, values: bool =
     m = int(out_len)
     if not 1 <= m <= n:
         raise QKDInputError(f"out_len: expected 1 <= out_len <= {n} (the input length), got {m}")
-    require_bits("seed_bits", seed_bits, n + m - 1, check_values=values)
+    require_bits("seed_bits", seed_bits, n + m - 1)
     return n, m
 
 
@@ -162,12 +155,11 @@ def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> np.n
     GF(2) ternary-FFT path where the CPU has carry-less multiplication (the Karatsuba tiles for
     short outputs), else the exact FFT/NTT path.
     """
-    n, m = _check(bits, seed_bits, out_len, values=False)
-    if HAS_CLMUL and m >= min(_TFFT_MIN_OUT, n // 8):
-        return _toeplitz_tfft(bits, seed_bits, n, m)  # tests the bit values while packing
-    _check(bits, seed_bits, out_len)
+    n, m = _check(bits, seed_bits, out_len)
     if HAS_CLMUL:
-        return _toeplitz_gf2(bits, seed_bits, n, m)
+        if m < min(_TFFT_MIN_OUT, n // 8):
+            return _toeplitz_gf2(bits, seed_bits, n, m)
+        return _toeplitz_tfft(bits, seed_bits, n, m)
     return _toeplitz_fft(bits, seed_bits, n, m)
 
 
@@ -628,46 +620,17 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tfft(A, k, t, inverse, W, L, lastmask, nthreads, c):  # type: ignore[no-untyped-def]
+def _tfft(A, k, t, inverse, W, L, lastmask, nthreads):  # type: ignore[no-untyped-def]
     """In-place length-3^k DFT over R with ω = x^t (forward: natural → digit-reversed order;
-    inverse: digit-reversed → natural, the stages of the forward run backwards).
-
-    Cache blocking: after the first ``c`` forward levels the array falls into 3^c independent
-    contiguous sub-transforms of S = 3^{k−c} elements (decimation in frequency keeps every
-    butterfly of level ≥ c inside one of them), so levels c … k−1 run block by block while a
-    block stays in cache; the inverse runs those levels first, block by block, then the top c.
-    """
+    inverse: digit-reversed → natural, the stages of the forward run backwards)."""
     K = A.shape[0]
     nb = K // 3
-    S = K // 3 ** c
-    nblk = 3 ** c
-    if inverse:
-        for tid in numba.prange(nthreads):
-            for q in range(tid * nblk // nthreads, (tid + 1) * nblk // nthreads):
-                for level in range(k - 1, c - 1, -1):
-                    M = K // 3 ** (level + 1)
-                    _tfft_stage(A, q * (S // 3), (q + 1) * (S // 3), M, t * 3 ** level, inverse, W, L, lastmask)
-    for st in range(c):
-        level = st if not inverse else c - 1 - st
+    for st in range(k):
+        level = st if not inverse else k - 1 - st
         M = K // 3 ** (level + 1)
         e = t * 3 ** level  # ω_{3M} = ω^{K/(3M)}
         for tid in numba.prange(nthreads):
             _tfft_stage(A, tid * nb // nthreads, (tid + 1) * nb // nthreads, M, e, inverse, W, L, lastmask)
-    if not inverse:
-        for tid in numba.prange(nthreads):
-            for q in range(tid * nblk // nthreads, (tid + 1) * nblk // nthreads):
-                for level in range(c, k):
-                    M = K // 3 ** (level + 1)
-                    _tfft_stage(A, q * (S // 3), (q + 1) * (S // 3), M, t * 3 ** level, inverse, W, L, lastmask)
-
-
-def _tfft_blocking(k: int, W: int, cache_bytes: int = 256 * 1024) -> int:
-    """Top levels run as whole-array passes: the smallest c whose sub-transforms (3^{k−c}
-    elements of 2W words) fit in ``cache_bytes`` (about half of a Zen 3 / Skylake L2)."""
-    c = 0
-    while c < k and 3 ** (k - c) * 16 * W > cache_bytes:
-        c += 1
-    return c
 
 
 @numba.njit(cache=True, nogil=True)
@@ -708,12 +671,11 @@ def _split_at_L(c, lo, hi, W, Lw, Lb, lastmask):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tfft_pointwise_diagonal(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
-    """The previous pointwise products (kept as the benchmark's baseline and tested): as
-    :func:`_tfft_pointwise`, the W-word products schoolbook, one carry-less dot product per
-    diagonal (:func:`_polymul`)."""
+def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
+    """``A[J] ← A[J]·B[J]`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
+    p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1."""
     K = A.shape[0]
-    Wu = np.uint64(W)
+    Wu = np.uint64(W)  # unsigned indices: no wraparound code
     for tid in numba.prange(nthreads):
         sa = np.empty(W, dtype=np.uint64)
         sb = np.empty(W, dtype=np.uint64)
@@ -732,47 +694,6 @@ def _tfft_pointwise_diagonal(A, B, W, Lw, Lb, lastmask, nthreads):  # type: igno
             _polymul(e[W:2 * W], f[W:2 * W], p2, W, ar)
             _polymul(sa, sb, p1, W, ar)
             for i in range(Wu + Wu):
-                p1[i] ^= p0[i]
-                p0[i] ^= p2[i]
-            r0 = e[0:W]
-            r1 = e[W:2 * W]
-            for i in range(Wu):
-                r0[i] = 0
-                r1[i] = 0
-                h[i] = 0
-            _split_at_L(p0, r0, r1, W, Lw, Lb, lastmask)
-            _split_at_L(p1, r1, h, W, Lw, Lb, lastmask)
-            for i in range(Wu):
-                r0[i] ^= h[i]
-                r1[i] ^= h[i]
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, ymm, nws):  # type: ignore[no-untyped-def]
-    """``A[J] ← A[J]·B[J]`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
-    p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1.
-    The W-word products are :func:`labqfl.qkd._gf2mul.gf2_mul` (Karatsuba over unrolled
-    carry-less base products)."""
-    K = A.shape[0]
-    Wu = np.uint64(W)  # unsigned indices: no wraparound code
-    for tid in numba.prange(nthreads):
-        sa = np.empty(W, dtype=np.uint64)
-        sb = np.empty(W, dtype=np.uint64)
-        p0 = np.empty(2 * W, dtype=np.uint64)
-        p1 = np.empty(2 * W, dtype=np.uint64)
-        p2 = np.empty(2 * W, dtype=np.uint64)
-        h = np.empty(W, dtype=np.uint64)
-        ws = np.empty(nws, dtype=np.uint64)
-        for J in range(tid * K // nthreads, (tid + 1) * K // nthreads):
-            e = A[J]
-            f = B[J]
-            for i in range(Wu):
-                sa[i] = e[i] ^ e[Wu + i]
-                sb[i] = f[i] ^ f[Wu + i]
-            gf2_mul(e, 0, f, 0, p0, 0, W, ws, ymm)
-            gf2_mul(e, W, f, W, p2, 0, W, ws, ymm)
-            gf2_mul(sa, 0, sb, 0, p1, 0, W, ws, ymm)
-            for i in range(Wu + Wu):
                 p1[i] ^= p0[i]  # c1
                 p0[i] ^= p2[i]  # c0
             r0 = e[0:W]
@@ -788,51 +709,13 @@ def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, ymm, nws):  # type: ign
                 r1[i] ^= h[i]
 
 
-_PACK_MUL = np.uint64(0x0102040810204080)
-"""``(v · this) >> 56`` gathers the low bits of the 8 bytes of v into one byte, byte k → bit k
-(the partial products land on distinct bits, so no carry reaches the top byte)."""
-
-
-@numba.njit(cache=True, nogil=True)
-def _pack_checked(v8, tail, out):  # type: ignore[no-untyped-def]
-    """Pack uint8 0/1 bits into ``out`` (little-endian words: bit j of the input at bit j mod 64
-    of word j // 64, zero-padded) in one pass that also ORs every byte: returns that OR (a value
-    > 1 means a byte was not 0 or 1).
-
-    ``v8``: the first 64·⌊n/64⌋ bytes viewed as uint64 (8 bytes each); ``tail``: the rest.
-    """
-    nw = v8.shape[0] // 8
-    acc = np.uint64(0)
-    s56 = np.uint64(56)
-    for w in range(nw):
-        word = np.uint64(0)
-        for q in range(8):
-            v = v8[8 * w + q]
-            acc |= v
-            word |= ((v * _PACK_MUL) >> s56) << np.uint64(8 * q)
-        out[w] = word
-    for i in range(out.shape[0] - nw):
-        out[nw + i] = 0
-    for i in range(tail.shape[0]):
-        b = np.uint64(tail[i])
-        acc |= b
-        out[nw + i // 64] |= b << np.uint64(i % 64)
-    for s in range(8, 64, 8):
-        acc |= acc >> np.uint64(s)
-    return acc & np.uint64(0xFF)
-
-
-def _pack_bits_checked(name: str, bits: np.ndarray, nwords: int) -> np.ndarray:
-    """``nwords`` packed words of ``bits`` (:func:`_pack_checked`), the values tested in the same
-    pass; raises like
-    :func:`require_bits` (naming ``name`` and the bad value) if a byte is not 0 or 1."""
-    n64 = bits.shape[0] // 64 * 64
-    out = np.empty(nwords, dtype=np.uint64)
-    head = bits[:n64]
-    v8 = head.view(np.uint64) if head.flags.c_contiguous else np.ascontiguousarray(head).view(np.uint64)
-    if int(_pack_checked(v8, bits[n64:], out)) > 1:
-        require_bits(name, bits)
-    return out
+def _packed_words(bits: np.ndarray, nwords: int) -> np.ndarray:
+    """uint8 0/1 bits → ``nwords`` little-endian uint64 words (bit j of the input at bit j mod 64
+    of word j // 64), zero-padded."""
+    out = np.zeros(nwords * 8, dtype=np.uint8)
+    packed = np.packbits(bits, bitorder="little")
+    out[:packed.size] = packed
+    return out.view(np.uint64)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -863,38 +746,22 @@ def _to_chunks(F, A, sw, W):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True)
 def _overlap_add(A, Z, sw, W, Lw, Lb):  # type: ignore[no-untyped-def]
-    """``Z = Σ_J c_J · x^{64·sw·J}`` mod x^{64·sw·K} − 1 with c_J = e0 + e1·x^L (cyclic in words;
-    only the last few elements wrap, the others take the index-test-free loop)."""
+    """``Z = Σ_J c_J · x^{64·sw·J}`` mod x^{64·sw·K} − 1 with c_J = e0 + e1·x^L (cyclic in words)."""
     K = A.shape[0]
     NZ = Z.shape[0]
-    Wu = np.uint64(W)
     for i in range(NZ):
         Z[i] = 0
-    sb = np.uint64(Lb)
-    sc = np.uint64(64 - Lb) if Lb else np.uint64(0)
     for J in range(K):
         base = J * sw
         e = A[J]
-        if base + Lw + W + 1 <= NZ:
-            z0 = Z[base:base + W]
-            for i in range(Wu):
-                z0[i] ^= e[i]
-            z1 = Z[base + Lw:base + Lw + W + 1]
-            if Lb == 0:
-                for i in range(Wu):
-                    z1[i] ^= e[Wu + i]
-            else:
-                for i in range(Wu):
-                    v = e[Wu + i]
-                    z1[i] ^= v << sb
-                    z1[i + np.uint64(1)] ^= v >> sc
-            continue
         for i in range(W):
             Z[(base + i) % NZ] ^= e[i]
         if Lb == 0:
             for i in range(W):
                 Z[(base + Lw + i) % NZ] ^= e[W + i]
         else:
+            sb = np.uint64(Lb)
+            sc = np.uint64(64 - Lb)
             for i in range(W):
                 v = e[W + i]
                 Z[(base + Lw + i) % NZ] ^= v << sb
@@ -941,12 +808,9 @@ def _tfft_params(n: int, m: int) -> tuple[int, int, int]:
 
 
 def _toeplitz_tfft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int,
-                   params: tuple[int, int, int] | None = None, blocking: int | None = None,
-                   previous: bool = False) -> np.ndarray:
+                   params: tuple[int, int, int] | None = None) -> np.ndarray:
     """GF(2) middle product via one cyclic convolution of length K·64·sw bits (Schönhage's ternary
-    FFT, see module docstring); ``params`` = (k, t, sw) overrides the cost model and ``blocking``
-    the number of whole-array transform levels (tests). ``previous=True`` runs the previous
-    default (diagonal dot-product word products, no cache blocking): the benchmark's baseline."""
+    FFT, see module docstring); ``params`` = (k, t, sw) overrides the cost model (tests)."""
     L_s = n + m - 1
     k, t, sw = params if params is not None else _tfft_params(n, m)
     K = 3 ** k
@@ -959,21 +823,16 @@ def _toeplitz_tfft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int,
     nthreads = numba.get_num_threads()
     A = np.empty((K, 2 * W), dtype=np.uint64)
     B = np.empty((K, 2 * W), dtype=np.uint64)
-    _to_chunks(_pack_bits_checked("bits", bits, K * sw), A, sw, W)
-    # u = roll(seed, −m): seed[m:], then seed[:m] at bit n − 1
-    F = _pack_bits_checked("seed_bits", seed_bits[m:], K * sw)
-    _xor_at_bit(F, _pack_bits_checked("seed_bits", seed_bits[:m], -(-m // 64)), n - 1)
+    _to_chunks(_packed_words(bits, K * sw), A, sw, W)
+    F = _packed_words(seed_bits[m:], K * sw)  # u = roll(seed, −m): seed[m:], then seed[:m] at bit n − 1
+    _xor_at_bit(F, _packed_words(seed_bits[:m], -(-m // 64)), n - 1)
     _to_chunks(F, B, sw, W)
     del F
-    c = 0 if previous else _tfft_blocking(k, W) if blocking is None else blocking
-    _tfft(A, k, t, False, W, L, lastmask, nthreads, c)
-    _tfft(B, k, t, False, W, L, lastmask, nthreads, c)
-    if previous:
-        _tfft_pointwise_diagonal(A, B, W, Lw, Lb, lastmask, nthreads)
-    else:
-        _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads, _YMM_CLMUL or _WIDE_CLMUL, gf2_mul_ws_words(W))
+    _tfft(A, k, t, False, W, L, lastmask, nthreads)
+    _tfft(B, k, t, False, W, L, lastmask, nthreads)
+    _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads)
     del B
-    _tfft(A, k, t, True, W, L, lastmask, nthreads, c)
+    _tfft(A, k, t, True, W, L, lastmask, nthreads)
     Z = np.empty(K * sw, dtype=np.uint64)
     _overlap_add(A, Z, sw, W, Lw, Lb)
     Y = np.empty(-(-m // 64), dtype=np.uint64)
@@ -986,7 +845,7 @@ def toeplitz_hash_tfft(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) ->
 
     Raises :class:`QKDInputError` on a CPU without ``pclmulqdq`` (use :func:`toeplitz_hash`).
     """
-    n, m = _check(bits, seed_bits, out_len, values=False)  # the values are tested while packing
+    n, m = _check(bits, seed_bits, out_len)
     if not HAS_CLMUL:
         raise QKDInputError("toeplitz_hash_tfft needs a CPU with the pclmulqdq instruction; use toeplitz_hash")
     return _toeplitz_tfft(bits, seed_bits, n, m)

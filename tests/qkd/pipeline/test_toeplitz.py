@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 import pytest
 from galois import GF2
@@ -12,7 +11,6 @@ from randextract import ToeplitzHashing
 
 from labqfl.errors import QKDInputError
 from labqfl.qkd import toeplitz_hash
-from labqfl.qkd._gf2mul import YMM_CLMUL, gf2_mul, gf2_mul_ws_words
 from labqfl.qkd.toeplitz import (
     HAS_CLMUL,
     _tfft_params,
@@ -165,82 +163,3 @@ def test_bad_inputs():
         toeplitz_hash(x, np.zeros(20, np.uint8), 11)
     with pytest.raises(QKDInputError, match="0 or 1"):
         toeplitz_hash(np.full(10, 2, np.uint8), np.zeros(14, np.uint8), 5)
-
-
-@numba.njit(cache=False)
-def _gf2_mul_py(a, ao, b, bo, out, oo, n, ws, ymm):  # type: ignore[no-untyped-def]
-    gf2_mul(a, ao, b, bo, out, oo, n, ws, ymm)  # gf2_mul is inlined into Numba callers only
-
-
-def _poly_product_reference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a·b over GF(2) by integer convolution of the bit vectors (words little-endian)."""
-    ab = np.unpackbits(a.view(np.uint8), bitorder="little").astype(np.int64)
-    bb = np.unpackbits(b.view(np.uint8), bitorder="little").astype(np.int64)
-    c = np.zeros(128 * a.size, dtype=np.uint8)
-    c[:ab.size + bb.size - 1] = np.convolve(ab, bb) % 2
-    return np.packbits(c, bitorder="little").view(np.uint64)
-
-
-@needs_clmul
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 130), ymm=st.booleans())
-def test_word_product_matches_the_convolution_for_every_size(seed, n, ymm):
-    # unrolled base products (n ≤ 12), one and two Karatsuba levels (odd halves included), and
-    # the blocked schoolbook above 48 words; the 128-bit form runs on every pclmul CPU
-    if ymm and not YMM_CLMUL:
-        pytest.skip("CPU has no 256-bit vpclmulqdq")
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 2**64, n + 3, dtype=np.uint64)
-    b = rng.integers(0, 2**64, n + 5, dtype=np.uint64)
-    out = np.full(2 * n + 4, 7, dtype=np.uint64)
-    ws = np.zeros(gf2_mul_ws_words(n), dtype=np.uint64)
-    _gf2_mul_py(a, 2, b, 3, out, 1, n, ws, ymm)
-    np.testing.assert_array_equal(out[1:2 * n + 1], _poly_product_reference(a[2:2 + n], b[3:3 + n]))
-    assert out[0] == 7 and out[2 * n + 1] == 7  # nothing written outside out[oo:oo+2n]
-
-
-@needs_clmul
-@settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 4000), frac=st.floats(0.0, 1.0),
-       k=st.integers(1, 5), blocking=st.integers(0, 5))
-def test_ternary_fft_cache_blocking_and_the_previous_products_give_the_reference(seed, n, frac, k, blocking):
-    # any number of whole-array levels c (0 … k) before the block-by-block ones; the previous
-    # default (diagonal word products, no blocking) is the benchmark's baseline
-    m = max(1, int(round(frac * n)))
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 2, n, dtype=np.uint8)
-    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
-    sw = -(-(n + m - 1) // (64 * 3**k))
-    t = -(-64 * sw // 3 ** (k - 1))
-    expect = toeplitz_hash_reference(x, s, m)
-    np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m, (k, t, sw), min(blocking, k)), expect)
-    np.testing.assert_array_equal(_toeplitz_tfft(x, s, n, m, (k, t, sw), previous=True), expect)
-
-
-@needs_clmul
-@pytest.mark.parametrize("case", range(4))
-def test_default_path_on_random_medium_sizes_against_the_ntt(case):
-    # n, m not powers of two, m from a few hundred bits up to m = n (m close to n included)
-    rng = np.random.default_rng(100 + case)
-    n = int(rng.integers(20_000, 400_000))
-    m = n - int(rng.integers(0, 50)) if case % 2 else int(rng.integers(300, n))
-    x = rng.integers(0, 2, n, dtype=np.uint8)
-    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
-    np.testing.assert_array_equal(toeplitz_hash(x, s, m), toeplitz_hash_ntt(x, s, m))
-
-
-@pytest.mark.parametrize("where", [0, 64 * 100 + 5, 64 * 150 + 63, 10_000 - 1])
-def test_a_bad_bit_value_is_named_on_the_ternary_fft_path(where):
-    # the 0/1 test runs inside the packing pass: in the packed head and in the tail, in x and seed
-    n, m = 10_000, 5_000
-    x = np.zeros(n, np.uint8)
-    s = np.zeros(n + m - 1, np.uint8)
-    bad = x.copy()
-    bad[where] = 3
-    with pytest.raises(QKDInputError, match="bits: bits must be 0 or 1, found value 3"):
-        toeplitz_hash(bad, s, m)
-    bad_s = s.copy()
-    bad_s[where] = 2
-    bad_s[n + m - 2] = 1
-    with pytest.raises(QKDInputError, match="seed_bits: bits must be 0 or 1, found value 2"):
-        toeplitz_hash(x, bad_s, m)
