@@ -376,40 +376,42 @@ class ReplayTimeTagger(TimeTagger):
     def identity(self) -> str:
         return f"labqfl,ReplayTimeTagger,{self.recording.path.name},{FORMAT}-v{FORMAT_VERSION}"
 
-    @property
-    def channels(self) -> list[int]:  # type: ignore[override]
+    def input_channels(self) -> list[int]:
+        return list(self._all)
+
+    def setting_channels(self) -> list[int]:
+        """Every recorded channel (enabled or not) takes a trigger level and a delay, as on the
+        simulated tagger: the rules are the interface's (:class:`TimeTagger`)."""
+        return list(self._all)
+
+    @TimeTagger.channels.getter
+    def channels(self) -> list[int]:
         return list(self._channels)
 
     @channels.setter
     def channels(self, value: list[int]) -> None:
-        bad = [c for c in value if c not in self._all]
-        if bad:
-            raise ValueError(f"channels must be a subset of {self._all}, got {list(value)}")
         with self.lock:
             self._channels = list(value)
 
-    @property
-    def trigger_levels_v(self) -> dict[int, float]:  # type: ignore[override]
+    @TimeTagger.trigger_levels_v.getter
+    def trigger_levels_v(self) -> dict[int, float]:
         return dict(self._levels)
 
     @trigger_levels_v.setter
     def trigger_levels_v(self, value: dict[int, float]) -> None:
         with self.lock:
-            self._levels.update({int(k): float(v) for k, v in value.items()})
+            self._levels.update(value)
 
-    @property
-    def input_delays_ps(self) -> dict[int, int]:  # type: ignore[override]
+    @TimeTagger.input_delays_ps.getter
+    def input_delays_ps(self) -> dict[int, int]:
         return {c: self._delays.get(c, 0) for c in self._all}
 
     @input_delays_ps.setter
     def input_delays_ps(self, value: dict[int, int]) -> None:
-        for c in value:
-            if c not in self._all:
-                raise ValueError(f"input_delays_ps: channel must be one of {self._all}, got {c!r}")
         with self.lock:
-            self._delays.update({int(k): int(v) for k, v in value.items()})
+            self._delays.update(value)
 
-    @property
+    @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:
         return self.recording.config.time_tagger.resolution_ps
 

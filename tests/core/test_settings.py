@@ -9,6 +9,7 @@ from typing import Any
 
 import labqfl.drivers as drivers_pkg
 import labqfl.sim_backends.instruments as sim_pkg
+import labqfl.sim_backends.recording as recording_mod
 import numpy as np
 import pytest
 
@@ -130,7 +131,7 @@ def test_validators() -> None:
 
 
 def _implementations() -> list[type]:
-    mods = [m for _, m in inspect.getmembers(drivers_pkg, inspect.ismodule)] + [sim_pkg]
+    mods = [m for _, m in inspect.getmembers(drivers_pkg, inspect.ismodule)] + [sim_pkg, recording_mod]
     classes = {c for m in mods for _, c in inspect.getmembers(m, inspect.isclass)
                if issubclass(c, Instrument) and c.__module__.startswith(("labqfl.drivers", "labqfl.sim_backends"))}
     return sorted(classes, key=lambda c: c.__qualname__)
@@ -140,7 +141,8 @@ def test_every_driver_and_simulated_instrument_is_covered() -> None:
     names = {c.__name__ for c in _implementations()}
     assert {"Keysight33500B", "KeysightN7764A", "ThorlabsPRO8000", "ThorlabsPM100USB", "IDQuantiqueID120",
             "SingleQuantumEos", "SwabianTimeTagger", "SwabianPulseStreamer", "SwabianPulseStreamerClock",
-            "GenericMZIntensityModulator", "SimulatedLaser", "SimulatedDetector", "SimulatedTimeTagger"} <= names
+            "GenericMZIntensityModulator", "SimulatedLaser", "SimulatedDetector", "SimulatedTimeTagger",
+            "ReplayTimeTagger"} <= names
 
 
 @pytest.mark.parametrize("cls", _implementations(), ids=lambda c: c.__name__)
