@@ -133,13 +133,11 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
                      self._write_bias_v)
 
     # -- settings (rules: PhotonDetector's; ranges and units on the wire: the table above) -------------
-    @PhotonDetector.enabled.getter
-    def enabled(self) -> bool:
+    def _get_enabled(self) -> bool:
         """Module running (``REG:RUN?``)."""
         return self._query_flag("REG:RUN?")
 
-    @enabled.setter
-    def enabled(self, on: bool) -> None:
+    def _set_enabled(self, on: bool) -> None:
         if on:
             self.link.write("REG:RUN TRUE")
             self._ramp_bias(self._bias_setpoint_v)
@@ -147,16 +145,18 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
             self._ramp_bias(0.0)
             self.link.write("REG:RUN FALSE")
 
-    @PhotonDetector.bias.getter
-    def bias(self) -> float:
+    enabled = PhotonDetector.enabled.via(_get_enabled, _set_enabled)
+
+    def _get_bias(self) -> float:
         """Operating bias voltage [V], applied (ramped) while the module is armed."""
         return self._bias_setpoint_v
 
-    @bias.setter
-    def bias(self, v: float) -> None:
+    def _set_bias(self, v: float) -> None:
         self._bias_setpoint_v = v
         if self.enabled:
             self._ramp_bias(v)
+
+    bias = PhotonDetector.bias.via(_get_bias, _set_bias)
 
     # nominal detection efficiency from the station file (the ID120 sets it through the bias)
     efficiency = PhotonDetector.efficiency.kept_in("_nominal_efficiency")

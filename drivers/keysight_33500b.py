@@ -91,21 +91,22 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             self.link.check_errors(label)
 
     # -- settings (rules: PhaseModulator's, ranges: this generator's) ---------------------------------
-    @PhaseModulator.output_enabled.getter
-    def output_enabled(self) -> bool:
+    def _get_output_enabled(self) -> bool:
         return bool(self.link.call(f"OUTP{self.channel}?", lambda: self.ch.output))
 
-    @output_enabled.setter
-    def output_enabled(self, v: bool) -> None:
+    def _set_output_enabled(self, v: bool) -> None:
         self._set(f"OUTP{self.channel} {int(v)}", lambda: setattr(self.ch, "output", v))
 
-    @PhaseModulator.amplitude_vpp.within(*AMPLITUDE_VPP).getter
-    def amplitude_vpp(self) -> float:
+    output_enabled = PhaseModulator.output_enabled.via(_get_output_enabled, _set_output_enabled)
+
+    def _get_amplitude_vpp(self) -> float:
         return float(self.link.call(f"SOUR{self.channel}:VOLT?", lambda: self.ch.amplitude))
 
-    @amplitude_vpp.setter
-    def amplitude_vpp(self, v: float) -> None:
+    def _set_amplitude_vpp(self, v: float) -> None:
         self._set(f"SOUR{self.channel}:VOLT", lambda: setattr(self.ch, "amplitude", v))
+
+    amplitude_vpp = PhaseModulator.amplitude_vpp.within(*AMPLITUDE_VPP).via(
+        _get_amplitude_vpp, _set_amplitude_vpp)
 
     # kept by the driver, used when a pattern is loaded
     v_pi_v = PhaseModulator.v_pi_v.within(*V_PI_V).kept_in("_v_pi")

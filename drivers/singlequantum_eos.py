@@ -258,14 +258,12 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             run_ramp(ramp_points(i0, target_ua, self.bias_step_ua), self.bias_ramp_ua_per_s, self.bias_step_ua,
                      self._write_bias)
 
-    @PhotonDetector.enabled.getter
-    def enabled(self) -> bool:
+    def _get_enabled(self) -> bool:
         """Armed: ``DetectorEnable`` on and this channel biased."""
         with self.lock:
             return bool(self._labels("DetectorEnable")["DetectorEnable"]) and self.bias_now_ua > 0
 
-    @enabled.setter
-    def enabled(self, on: bool) -> None:
+    def _set_enabled(self, on: bool) -> None:
         if on:
             if not self._labels("DetectorEnable")["DetectorEnable"]:
                 self._command("DetectorEnable", "DetectorEnable", True)
@@ -275,26 +273,30 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             if all(abs(b) < 1e-9 for b in self.bias_currents_ua):
                 self._command("DetectorEnable", "DetectorEnable", False)
 
-    @PhotonDetector.bias.getter
-    def bias(self) -> float:
+    enabled = PhotonDetector.enabled.via(_get_enabled, _set_enabled)
+
+    def _get_bias(self) -> float:
         """Operating bias current [µA], applied (ramped) while armed."""
         return self._bias_setpoint
 
-    @bias.setter
-    def bias(self, v: float) -> None:
+    def _set_bias(self, v: float) -> None:
         self._bias_setpoint = v
         if self.enabled:
             self._ramp_bias(v)
 
-    @Setting("mV", "counter trigger level of this channel", validator=in_range(*TRIGGER_LEVEL_MV, "mV")).getter
-    def trigger_level_mv(self) -> float:
+    bias = PhotonDetector.bias.via(_get_bias, _set_bias)
+
+    def _get_trigger_level_mv(self) -> float:
         return float(self._labels("TriggerLevel")["TriggerLevel"][self.channel - 1])
 
-    @trigger_level_mv.setter
-    def trigger_level_mv(self, v: float) -> None:
+    def _set_trigger_level_mv(self, v: float) -> None:
         levels = [float(x) for x in self._labels("TriggerLevel")["TriggerLevel"]]
         levels[self.channel - 1] = v
         self._command("SetAllTriggerLevels", "TriggerLevel", levels)
+
+    trigger_level_mv = Setting[float](
+        "mV", "counter trigger level of this channel", validator=in_range(*TRIGGER_LEVEL_MV, "mV"),
+    ).via(_get_trigger_level_mv, _set_trigger_level_mv)
 
     # -- nominal values of the station file (properties of the nanowire, not set on the controller) ----------
     efficiency = PhotonDetector.efficiency.refine(fget=lambda s: s._nominal["efficiency"],

@@ -153,13 +153,11 @@ class _PulseStreamerCommon(DriverDeclaration):
                 f"{self._call('getFirmwareVersion')}")
 
     # the interfaces' rule (PatternGenerator's and PulseGenerator's are the same): internal or external
-    @PatternGenerator.reference_clock.getter
-    def reference_clock(self) -> str:
+    def _get_reference_clock(self) -> str:
         src = self._call("getClock")
         return "external" if src == self.ps_module.ClockSource.EXT_10MHZ else "internal"
 
-    @reference_clock.setter
-    def reference_clock(self, value: str) -> None:
+    def _set_reference_clock(self, value: str) -> None:
         cs = self.ps_module.ClockSource
         want = cs.EXT_10MHZ if value == "external" else cs.INTERNAL
         self._call("selectClock", want)
@@ -168,6 +166,8 @@ class _PulseStreamerCommon(DriverDeclaration):
             raise InstrumentError(f"clock source read back as {got}, expected {want}", instrument=self.name,
                                   resource=self.resource, command="selectClock")
         self.log.info("clock source %s", want.name)
+
+    reference_clock = PatternGenerator.reference_clock.via(_get_reference_clock, _set_reference_clock)
 
     def _dark(self) -> None:
         self._call("forceFinal")
@@ -255,18 +255,18 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
     frame_slots = PatternGenerator.frame_slots.kept_in("_frame_slots")
     frames_per_upload = PatternGenerator.frames_per_upload.getter(lambda s: s.opts.frames_per_upload)
 
-    @PatternGenerator.output_enabled.getter
-    def output_enabled(self) -> bool:
+    def _get_output_enabled(self) -> bool:
         return self._enabled
 
-    @output_enabled.setter
-    def output_enabled(self, on: bool) -> None:
+    def _set_output_enabled(self, on: bool) -> None:
         if not on:
             if self._uploads:
                 self.stop()
             else:
                 self._dark()
         self._enabled = on
+
+    output_enabled = PatternGenerator.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
     # -- level coding ------------------------------------------------------------------------------------
     def encode(self, frame: ModulationFrame) -> np.ndarray:
@@ -489,25 +489,27 @@ class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
         mc = getattr(station, "master_clock", None)
         self.reference_clock = getattr(mc, "reference", "external")
 
-    @PulseGenerator.frequency_hz.refine(validator=rule(_trigger_rate)).getter
-    def frequency_hz(self) -> float:
+    def _get_frequency_hz(self) -> float:
         return 1e9 / self._period_ns
 
-    @frequency_hz.setter
-    def frequency_hz(self, hz: float) -> None:
+    def _set_frequency_hz(self, hz: float) -> None:
         self._period_ns = int(round(1e9 / hz))
         if self._enabled:
             self._play()
 
-    @PulseGenerator.pulse_width_ns.refine(validator=rule(_pulse_width)).getter
-    def pulse_width_ns(self) -> float:
+    frequency_hz = PulseGenerator.frequency_hz.refine(validator=rule(_trigger_rate)).via(
+        _get_frequency_hz, _set_frequency_hz)
+
+    def _get_pulse_width_ns(self) -> float:
         return float(self._width_ns)
 
-    @pulse_width_ns.setter
-    def pulse_width_ns(self, w: int) -> None:
-        self._width_ns = w
+    def _set_pulse_width_ns(self, w: float) -> None:
+        self._width_ns = int(w)  # already a whole number of ns (_pulse_width)
         if self._enabled:
             self._play()
+
+    pulse_width_ns = PulseGenerator.pulse_width_ns.refine(validator=rule(_pulse_width)).via(
+        _get_pulse_width_ns, _set_pulse_width_ns)
 
     def _play(self) -> None:
         seq = np.zeros(2, dtype=self.ps_module.Sequence.pulse_dtype)
@@ -516,17 +518,17 @@ class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
         self._call("setTrigger", self.ps_module.TriggerStart.IMMEDIATE, self.ps_module.TriggerRearm.AUTO)
         self._call("stream", seq, self.ps_module.PulseStreamer.REPEAT_INFINITELY, self.ps_module.OutputState.ZERO())
 
-    @PulseGenerator.output_enabled.getter
-    def output_enabled(self) -> bool:
+    def _get_output_enabled(self) -> bool:
         return self._enabled
 
-    @output_enabled.setter
-    def output_enabled(self, on: bool) -> None:
+    def _set_output_enabled(self, on: bool) -> None:
         if on:
             self._play()
         else:
             self._dark()
         self._enabled = on
+
+    output_enabled = PulseGenerator.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
     def safe_state(self) -> None:
         with self.lock:

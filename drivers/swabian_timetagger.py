@@ -258,33 +258,31 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
     def input_channels(self) -> list[int]:
         return list(INPUT_CHANNELS)
 
-    @TimeTagger.channels.getter
-    def channels(self) -> list[int]:
+    def _get_channels(self) -> list[int]:
         return list(self._channels)
 
-    @channels.setter
-    def channels(self, chans: list[int]) -> None:
+    def _set_channels(self, chans: list[int]) -> None:
         self._channels = chans
+
+    channels = TimeTagger.channels.via(_get_channels, _set_channels)
 
     @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:
         return self._resolution_ps
 
-    @TimeTagger.trigger_levels_v.getter
-    def trigger_levels_v(self) -> dict[int, float]:
+    def _get_trigger_levels_v(self) -> dict[int, float]:
         return {c: float(self._sdk_call("getTriggerLevel", self.tagger.getTriggerLevel, c)) for c in self._channels}
 
-    @trigger_levels_v.setter
-    def trigger_levels_v(self, checked: dict[int, float]) -> None:
+    def _set_trigger_levels_v(self, checked: dict[int, float]) -> None:
         for c, v in checked.items():
             self._sdk_call(f"setTriggerLevel({c}, {v})", self.tagger.setTriggerLevel, c, v)
 
-    @TimeTagger.input_delays_ps.getter
-    def input_delays_ps(self) -> dict[int, int]:
+    trigger_levels_v = TimeTagger.trigger_levels_v.via(_get_trigger_levels_v, _set_trigger_levels_v)
+
+    def _get_input_delays_ps(self) -> dict[int, int]:
         return {c: int(self._sdk_call("getInputDelay", self.tagger.getInputDelay, c)) for c in self._channels}
 
-    @input_delays_ps.setter
-    def input_delays_ps(self, checked: dict[int, int]) -> None:
+    def _set_input_delays_ps(self, checked: dict[int, int]) -> None:
         hardware = bool(self._filter[0])
         for c, v in checked.items():
             if hardware:  # the conditional filter acts on hardware-delayed tags only
@@ -296,44 +294,52 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
             else:
                 self._sdk_call(f"setInputDelay({c}, {v})", self.tagger.setInputDelay, c, v)
 
-    @Setting("", "event divider per channel (sync, reference)",
-             validator=per_channel(in_range(*EVENT_DIVIDER, integer=True), lambda s: s.input_channels())).getter
-    def event_dividers(self) -> dict[int, int]:
+    input_delays_ps = TimeTagger.input_delays_ps.via(_get_input_delays_ps, _set_input_delays_ps)
+
+    def _get_event_dividers(self) -> dict[int, int]:
         return {c: int(self._sdk_call("getEventDivider", self.tagger.getEventDivider, c)) for c in self._dividers}
 
-    @event_dividers.setter
-    def event_dividers(self, checked: dict[int, int]) -> None:
+    def _set_event_dividers(self, checked: dict[int, int]) -> None:
         for c, d in checked.items():
             self._sdk_call(f"setEventDivider({c}, {d})", self.tagger.setEventDivider, c, d)
             self._dividers[c] = d
 
-    @Setting("ps", "dead time per channel, as set (rounded by the tagger)",
-             validator=per_channel(in_range(*DEAD_TIME_PS, "ps", round_to_int=True), lambda s: s.setting_channels())).getter
-    def dead_times_ps(self) -> dict[int, int]:
+    event_dividers = Setting[dict[int, int]](
+        "", "event divider per channel (sync, reference)",
+        validator=per_channel(in_range(*EVENT_DIVIDER, integer=True), lambda s: s.input_channels()),
+    ).via(_get_event_dividers, _set_event_dividers)
+
+    def _get_dead_times_ps(self) -> dict[int, int]:
         return dict(self._dead_times)
 
-    @dead_times_ps.setter
-    def dead_times_ps(self, checked: dict[int, int]) -> None:
+    def _set_dead_times_ps(self, checked: dict[int, int]) -> None:
         for c, v in checked.items():
             actual = int(self._sdk_call(f"setDeadtime({c}, {v})", self.tagger.setDeadtime, c, v))
             if actual != v:
                 self.log.info("dead time of channel %d: asked %d ps, the tagger set %d ps", c, v, actual)
             self._dead_times[c] = actual
 
-    @Setting("", "trigger and filtered channels of the conditional filter (both empty: off)",
-             validator=rule(lambda s, v: s._filter_channels(v))).getter
-    def conditional_filter(self) -> tuple[list[int], list[int]]:
+    dead_times_ps = Setting[dict[int, int]](
+        "ps", "dead time per channel, as set (rounded by the tagger)",
+        validator=per_channel(in_range(*DEAD_TIME_PS, "ps", round_to_int=True), lambda s: s.setting_channels()),
+    ).via(_get_dead_times_ps, _set_dead_times_ps)
+
+    def _get_conditional_filter(self) -> tuple[list[int], list[int]]:
         """(trigger channels, filtered channels); both empty = filter off."""
         return list(self._filter[0]), list(self._filter[1])
 
-    @conditional_filter.setter
-    def conditional_filter(self, value: tuple[list[int], list[int]]) -> None:
+    def _set_conditional_filter(self, value: tuple[list[int], list[int]]) -> None:
         trig, filt = value
         if trig:
             self._sdk_call(f"setConditionalFilter({trig}, {filt})", self.tagger.setConditionalFilter, trig, filt)
         else:
             self._sdk_call("clearConditionalFilter", self.tagger.clearConditionalFilter)
         self._filter = (trig, filt)
+
+    conditional_filter = Setting[tuple[list[int], list[int]]](
+        "", "trigger and filtered channels of the conditional filter (both empty: off)",
+        validator=rule(lambda s, v: s._filter_channels(v)),
+    ).via(_get_conditional_filter, _set_conditional_filter)
 
     def _filter_channels(self, value: Any) -> tuple[list[int], list[int]]:
         """Rule of ``conditional_filter``: two lists of enabled channels, both empty or both not."""

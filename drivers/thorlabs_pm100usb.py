@@ -55,19 +55,18 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
         """Name and serial number of the sensor head."""
         return f"{self.pm.sensor_name} #{self.pm.sensor_sn}"
 
-    # the head's own range (SENS:CORR:WAV? MIN|MAX, read at open)
-    wavelength_nm = PowerMeter.wavelength_nm.within(lambda s: s._wl_range[0], lambda s: s._wl_range[1])
-
-    @wavelength_nm.getter
-    def wavelength_nm(self) -> float:
+    def _get_wavelength_nm(self) -> float:
         return float(self.link.call("SENSE:CORR:WAV?", lambda: self.pm.wavelength))
 
-    @wavelength_nm.setter
-    def wavelength_nm(self, v: float) -> None:
+    def _set_wavelength_nm(self, v: float) -> None:
         if not self.pm.wavelength_settable:
             raise ValueError(f"sensor {self.sensor} does not allow setting the wavelength")
         self.link.call("SENSE:CORR:WAV", lambda: setattr(self.pm, "wavelength", v))
         self.link.check_errors("SENSE:CORR:WAV")
+
+    # the head's own range (SENS:CORR:WAV? MIN|MAX, read at open)
+    wavelength_nm = PowerMeter.wavelength_nm.within(lambda s: s._wl_range[0], lambda s: s._wl_range[1]).via(
+        _get_wavelength_nm, _set_wavelength_nm)
 
     averaging = PowerMeter.averaging.scpi("SENS:AVER:COUN?", "SENS:AVER:COUN {value:d}", cast=int)
 

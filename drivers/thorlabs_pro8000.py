@@ -132,8 +132,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             self.link.check_errors(label)
 
     # -- settings -------------------------------------------------------------------------------
-    @PulsedLaser.output_enabled.getter
-    def output_enabled(self) -> bool:
+    def _get_output_enabled(self) -> bool:
         reply = str(self._get(self.ld_slot, ":LASER?", "LDCStatus")).strip().upper()
         if reply in ("ON", "1", "1.0"):
             return True
@@ -142,8 +141,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         raise InstrumentReplyError(f"unexpected reply {reply!r}; expected ON or OFF", instrument=self.name,
                                    resource=self.resource, command=":LASER?")
 
-    @output_enabled.setter
-    def output_enabled(self, on: bool) -> None:
+    def _set_output_enabled(self, on: bool) -> None:
         if on == self.output_enabled:
             return
         target = self.current_ma
@@ -155,6 +153,8 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             self._ramp_to(0.0, start=target)
             self._set_ldc(False)
             self._write_current(target)
+
+    output_enabled = PulsedLaser.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
     def _set_ldc(self, on: bool) -> None:
         self._set(self.ld_slot, f":LASER {'ON' if on else 'OFF'}", "LDCStatus", "ON" if on else "OFF")
@@ -193,18 +193,18 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         """Highest average power of the L–I line within ``max_current_ma`` [mW]."""
         return self.slope_mw_per_ma * (self.max_current_ma - self.threshold_ma)
 
-    @PulsedLaser.power_mw.within(0.0, lambda s: s.max_power_mw).getter
-    def power_mw(self) -> float:
+    def _get_power_mw(self) -> float:
         """Average optical power [mW] from the current set point through the L–I line."""
         return max(0.0, self.slope_mw_per_ma * (self.current_ma - self.threshold_ma))
 
-    @power_mw.setter
-    def power_mw(self, p: float) -> None:
+    def _set_power_mw(self, p: float) -> None:
         i_ma = self.threshold_ma + p / self.slope_mw_per_ma if p > 0 else 0.0
         if self.output_enabled:
             self._ramp_to(i_ma)
         else:
             self._write_current(i_ma)
+
+    power_mw = PulsedLaser.power_mw.within(0.0, lambda s: s.max_power_mw).via(_get_power_mw, _set_power_mw)
 
     @property
     def temperature_c(self) -> float:
@@ -215,24 +215,24 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         return self.lambda0_nm + self.tuning_nm_per_k * (t_c - self.t0_c)
 
     # the wavelengths the TEC range reaches
-    @PulsedLaser.wavelength_nm.within(lambda s: s._wavelength_at(s.temp_range_c[0]),
-                                      lambda s: s._wavelength_at(s.temp_range_c[1])).getter
-    def wavelength_nm(self) -> float:
+    def _get_wavelength_nm(self) -> float:
         return self._wavelength_at(self.temperature_c)
 
-    @wavelength_nm.setter
-    def wavelength_nm(self, lam: float) -> None:
+    def _set_wavelength_nm(self, lam: float) -> None:
         t = self.t0_c + (lam - self.lambda0_nm) / self.tuning_nm_per_k
         self._set(self.tec_slot, ":TEMP:SET", "TEDSetTemperature", round(t, 4))
 
-    @PulsedLaser.rep_rate_hz.within(*REP_RATE_HZ).getter
-    def rep_rate_hz(self) -> float:
+    wavelength_nm = PulsedLaser.wavelength_nm.within(lambda s: s._wavelength_at(s.temp_range_c[0]),
+                                      lambda s: s._wavelength_at(s.temp_range_c[1])).via(_get_wavelength_nm, _set_wavelength_nm)
+
+    def _get_rep_rate_hz(self) -> float:
         return self._rep_rate
 
-    @rep_rate_hz.setter
-    def rep_rate_hz(self, v: float) -> None:
+    def _set_rep_rate_hz(self, v: float) -> None:
         self._rep_rate = v
         self.log.info("rep_rate_hz recorded as %g Hz; set the external pulse generator to match", self._rep_rate)
+
+    rep_rate_hz = PulsedLaser.rep_rate_hz.within(*REP_RATE_HZ).via(_get_rep_rate_hz, _set_rep_rate_hz)
 
     def status(self) -> dict[str, Any]:
         st = super().status()

@@ -41,14 +41,14 @@ def _u01_open(x: np.uint64) -> float:
 
 
 @nb.njit(inline="always")
-def _gauss(key: np.uint64, m: np.int64) -> float:
+def _gauss(key: np.uint64, m: int) -> float:
     u1 = _u01_open(mix64(key + np.uint64(2 * m) * _G))
     u2 = float(mix64(key + np.uint64(2 * m + 1) * _G) >> _U11) * _INV53
     return math.sqrt(-2.0 * math.log(u1)) * math.cos(_TWO_PI * u2)
 
 
 @nb.njit(cache=True, nogil=True)
-def drift_phase(chunk: np.int64, state: np.ndarray, sigma_chunk: float, key: np.uint64) -> float:
+def drift_phase(chunk: int, state: np.ndarray, sigma_chunk: float, key: np.uint64) -> float:
     """Loop phase θ of ``chunk`` for a random walk θ_m = θ_{m−1} + σ·N_m (θ_0 = 0).
 
     ``state`` = [last chunk, θ(last chunk)] is advanced in place (chunks must not go backwards).
@@ -187,6 +187,11 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
         else:
             ci_ = np.int64(codes_i[s - s0])
             cj_ = np.int64(codes_j[s - s0])
+        # local annotations leave no trace in the bytecode Numba compiles (PEP 526)
+        ki: int | np.int64
+        ai: int | np.int64
+        kj: int | np.int64
+        aj: int | np.int64
         ki, ai = ci_ >> 2, ci_ & 3
         kj, aj = cj_ >> 2, cj_ & 3
         if fix_i:
@@ -388,7 +393,7 @@ def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarra
     n = 0
     nd = dark.shape[0]
     # next photon arrival
-    t_sig = INT64_MAX
+    t_sig: int | np.int64 = INT64_MAX  # a local annotation: no trace in the compiled bytecode (PEP 526)
     while row < n_rows:
         if i < sig_n[row]:
             if sig_outc[row, i] & bit:

@@ -85,14 +85,14 @@ class SimulatedLaser(_SimMixin, PulsedLaser):
     def _live(self):  # type: ignore[no-untyped-def]
         return self.testbed.live
 
-    @PulsedLaser.output_enabled.setter
-    def output_enabled(self, on: bool) -> None:
+    def _set_output_enabled(self, on: bool) -> None:
         self.log.info("output %s", "on" if on else "off")
         self._set("laser_on", on)
 
-    @output_enabled.getter
-    def output_enabled(self) -> bool:
+    def _get_output_enabled(self) -> bool:
         return bool(self.testbed.live.laser_on)
+
+    output_enabled = PulsedLaser.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
     rep_rate_hz = _in_testbed(PulsedLaser.rep_rate_hz, "rep_rate_hz")
     power_mw = _in_testbed(PulsedLaser.power_mw, "power_mw")
@@ -245,35 +245,35 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
         """Every channel of the station's tagger (enabled or not) takes a trigger level and a delay."""
         return list(self._all_channels)
 
-    @TimeTagger.channels.getter
-    def channels(self) -> list[int]:
+    def _get_channels(self) -> list[int]:
         return sorted(self.testbed.live.enabled_channels)
 
-    @channels.setter
-    def channels(self, chans: list[int]) -> None:
+    def _set_channels(self, chans: list[int]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.enabled_channels = set(chans)
             self.testbed.touch()
 
-    @TimeTagger.trigger_levels_v.getter
-    def trigger_levels_v(self) -> dict[int, float]:
+    channels = TimeTagger.channels.via(_get_channels, _set_channels)
+
+    def _get_trigger_levels_v(self) -> dict[int, float]:
         return dict(self.testbed.live.trigger_levels_v)
 
-    @trigger_levels_v.setter
-    def trigger_levels_v(self, new: dict[int, float]) -> None:
+    def _set_trigger_levels_v(self, new: dict[int, float]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.trigger_levels_v.update(new)
             self.testbed.touch()
 
-    @TimeTagger.input_delays_ps.getter
-    def input_delays_ps(self) -> dict[int, int]:
+    trigger_levels_v = TimeTagger.trigger_levels_v.via(_get_trigger_levels_v, _set_trigger_levels_v)
+
+    def _get_input_delays_ps(self) -> dict[int, int]:
         return {ch: self.testbed.live.input_delays_ps.get(ch, 0) for ch in self._all_channels}
 
-    @input_delays_ps.setter
-    def input_delays_ps(self, new: dict[int, int]) -> None:
+    def _set_input_delays_ps(self, new: dict[int, int]) -> None:
         with self.lock, self.testbed.lock:
             self.testbed.live.input_delays_ps.update(new)
             self.testbed.touch()
+
+    input_delays_ps = TimeTagger.input_delays_ps.via(_get_input_delays_ps, _set_input_delays_ps)
 
     @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:

@@ -384,32 +384,32 @@ class ReplayTimeTagger(TimeTagger):
         simulated tagger: the rules are the interface's (:class:`TimeTagger`)."""
         return list(self._all)
 
-    @TimeTagger.channels.getter
-    def channels(self) -> list[int]:
+    def _get_channels(self) -> list[int]:
         return list(self._channels)
 
-    @channels.setter
-    def channels(self, value: list[int]) -> None:
+    def _set_channels(self, value: list[int]) -> None:
         with self.lock:
             self._channels = list(value)
 
-    @TimeTagger.trigger_levels_v.getter
-    def trigger_levels_v(self) -> dict[int, float]:
+    channels = TimeTagger.channels.via(_get_channels, _set_channels)
+
+    def _get_trigger_levels_v(self) -> dict[int, float]:
         return dict(self._levels)
 
-    @trigger_levels_v.setter
-    def trigger_levels_v(self, value: dict[int, float]) -> None:
+    def _set_trigger_levels_v(self, value: dict[int, float]) -> None:
         with self.lock:
             self._levels.update(value)
 
-    @TimeTagger.input_delays_ps.getter
-    def input_delays_ps(self) -> dict[int, int]:
+    trigger_levels_v = TimeTagger.trigger_levels_v.via(_get_trigger_levels_v, _set_trigger_levels_v)
+
+    def _get_input_delays_ps(self) -> dict[int, int]:
         return {c: self._delays.get(c, 0) for c in self._all}
 
-    @input_delays_ps.setter
-    def input_delays_ps(self, value: dict[int, int]) -> None:
+    def _set_input_delays_ps(self, value: dict[int, int]) -> None:
         with self.lock:
             self._delays.update(value)
+
+    input_delays_ps = TimeTagger.input_delays_ps.via(_get_input_delays_ps, _set_input_delays_ps)
 
     @TimeTagger.resolution_ps.getter
     def resolution_ps(self) -> float:

@@ -19,7 +19,8 @@ what its hardware allows; the rule's kind and the error stay those of the interf
 
 Reading a setting on an instrument queries it (``get_command``, a format string whose fields are
 the instrument's attributes, e.g. ``{channel}``, through :meth:`Instrument._setting_query`), or
-calls the implementation's getter (:meth:`Setting.getter`), or returns the value kept in an
+calls the implementation's getter (:meth:`Setting.via`, or :meth:`Setting.getter` as a
+decorator for a read-only one), or returns the value kept in an
 attribute (``store=``). Writing validates first — a refused value raises one
 :class:`SettingError` naming the instrument, the setting, the value and what was expected — then
 sends ``set_command`` (``{value}`` is the validated value after ``values`` mapping and
@@ -296,12 +297,27 @@ class Setting(Generic[T]):
                            store=None, **kw)
 
     def getter(self, fget: Callable[[Any], T]) -> Setting[T]:
-        """Decorator: a copy read by ``fget(instrument)`` (like ``property.getter``)."""
+        """Decorator: a copy read by ``fget(instrument)`` (like ``property.getter``). For a setting
+        that also has its own setter use :meth:`via`: a second ``def`` of the same name under
+        ``@x.setter`` is a redefinition to mypy, which models only ``property`` that way."""
         return self.refine(fget=fget, get_command=None, store=None)
 
     def setter(self, fset: Callable[[Any, T], None]) -> Setting[T]:
         """Decorator: a copy written by ``fset(instrument, validated_value)``."""
         return self.refine(fset=fset, set_command=None)
+
+    def via(self, fget: Callable[[Any], T], fset: Callable[[Any, T], None] | None = None) -> Setting[T]:
+        """A copy read by ``fget(instrument)`` and, if given, written by
+        ``fset(instrument, validated_value)``: an implementation's own getter and setter (ramps,
+        vendor SDK calls), both plain methods of its class, so type checkers see one binding per
+        name::
+
+            def _get_bias(self) -> float: ...
+            def _set_bias(self, v: float) -> None: ...
+            bias = PhotonDetector.bias.via(_get_bias, _set_bias)
+        """
+        new = self.getter(fget)
+        return new.setter(fset) if fset is not None else new
 
     def kept_in(self, attribute: str) -> Setting[T]:
         """A copy whose value is kept in ``instrument.<attribute>`` (a setting of the driver's

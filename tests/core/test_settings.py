@@ -87,6 +87,37 @@ def test_readings_refuse_writes_and_unknown_replies_are_reported() -> None:
         _ = w.mode
 
 
+def test_via_reads_through_the_getter_and_writes_only_validated_values_through_the_setter() -> None:
+    """``Setting.via(fget, fset)``: an implementation's own getter and setter under the
+    interface's rule (the declaration form that type checkers follow: one binding per name)."""
+
+    class Ramp:
+        name = "D0"
+
+        def __init__(self) -> None:
+            self.written: list[float] = []
+
+        def _get_bias(self) -> float:
+            return self.written[-1] if self.written else 0.0
+
+        def _set_bias(self, v: float) -> None:
+            self.written.append(v)
+
+        bias = interfaces.PhotonDetector.bias.within(0.0, 2.0).via(_get_bias, _set_bias)
+        efficiency = interfaces.PhotonDetector.efficiency.via(lambda s: 0.5)
+
+    r = Ramp()
+    r.bias = 1.5
+    assert (r.bias, r.written) == (1.5, [1.5])
+    with pytest.raises(SettingError, match=r"D0: bias = 2\.5 is out of range; expected 0 to 2"):
+        r.bias = 2.5
+    assert r.written == [1.5]
+    assert r.efficiency == 0.5
+    with pytest.raises(NotImplementedError, match="cannot write the setting 'efficiency'"):
+        r.efficiency = 0.4
+    assert interfaces.PhotonDetector.bias.fget is None  # the interface's declaration is untouched
+
+
 def test_settings_list_is_derived_from_the_descriptors() -> None:
     assert [s.name for s in _Wire.SETTINGS] == ["level", "shutter", "mode", "wavelength_nm", "temperature_k"]
     assert [(s.unit, s.writable) for s in _Wire.SETTINGS][-1] == ("K", False)
