@@ -10,7 +10,10 @@ SuperLink through that front (:mod:`labqfl.nodes.supernode`).
 
 The ServerApp (:data:`labqfl.fl.flower.app.server_app`) runs the secure aggregation of
 :mod:`labqfl.fl.flower.server`: it sees masked uploads, key *references* (never key bits) and
-the aggregate. The node opens no key store.
+the aggregate. The node opens no key store. The front checks which certificate connects; the
+ServerApp (run config ``labqfl-ca`` = this node's ``ca.pem``) checks which client each reply
+comes from: it must be signed by the key of a certificate from the network's CA whose CN is the
+client name claimed (:mod:`labqfl.fl.flower.identity`), else that client is dropped.
 
 Its files, all under ``<data>/nodes/<name>/`` (0700): ``address.json``, ``fleet.json`` (the
 front's address), ``flower/`` (SuperLink log, ``flwr_home``), ``apps/<id>/`` (the Flower App
@@ -91,7 +94,8 @@ class ServerNode(Node):
         run = uuid.uuid4().hex[:12]
         out = self.private / "results" / f"{run}.json"
         out.parent.mkdir(mode=0o700, exist_ok=True)
-        app = write_app_project(self.private / "apps" / run, spec, out_json=out)
+        # the ServerApp checks every client reply against the network's CA (labqfl.fl.flower.identity)
+        app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca)
         t0 = time.perf_counter()
         try:
             done = self.fed.run_app(app, timeout_s=timeout)

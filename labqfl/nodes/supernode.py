@@ -10,7 +10,10 @@ holds the stores of the clients of one machine only (docs/nodes.md).
 It starts ``flower-supernode`` (:meth:`~labqfl.fl.flower.deploy.LocalFederation.start_supernode`,
 trusting the network CA for the SuperLink's certificate) and a :class:`~labqfl.nodes.tunnel.TunnelEnd`
 that carries its connection to the server node's mutual-TLS front with Ci's node certificate.
-Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
+Its ClientApps sign every reply with Ci's certificate key (node config ``labqfl-cert`` /
+``labqfl-key``: the paths of ``node-<Ci>.pem/.key``; the key never leaves the files or the
+ClientApp's memory), which the ServerApp checks against the claimed name
+(:mod:`labqfl.fl.flower.identity`). Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
 its Flower log is ``<data>/nodes/<Ci>/fl/supernode-<Ci>.log``. SIGTERM or Ctrl-C stops the
 SuperNode (and its ClientApp processes) and the tunnel, and the process exits with 0; if the
 SuperNode dies on its own, with 1.
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 from labqfl.fl.flower.deploy import LocalFederation, TlsFiles
+from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials
 from labqfl.nodes.tunnel import TunnelEnd, split_address
@@ -57,7 +61,9 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
     try:
         local = tunnel.start()
         fed = LocalFederation(private, local, tls=tls)
-        fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data)})
+        # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity)
+        fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
+                                   NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key)})
         info = {"node": name, "role": "supernode", "address": local, "server": server}
         (private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {name} {local}", flush=True)

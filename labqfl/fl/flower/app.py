@@ -2,8 +2,12 @@
 
 ``server_app`` reads the run's :class:`~labqfl.fl.flower.spec.FlowerSpec` from the run config
 (keys ``spec.*``; ``flwr run … --run-config "spec.clients=8 spec.keys='qkd'"``) and, if the run
-config has ``labqfl-out``, writes the run's metrics there as JSON. ``client_app`` needs the
-SuperNode's ``--node-config "labqfl-client='C1' labqfl-keystore='/path/to/data'"``.
+config has ``labqfl-out``, writes the run's metrics there as JSON; if it has ``labqfl-ca`` (the
+network CA's ``ca.pem`` on the server's host, set by the FL server node), every client reply
+must be signed by the claimed client's certificate key (:mod:`labqfl.fl.flower.identity`).
+``client_app`` needs the SuperNode's ``--node-config "labqfl-client='C1'
+labqfl-keystore='/path/to/data'"``, plus ``labqfl-cert``/``labqfl-key`` (its node certificate and
+key) to sign its replies.
 See :func:`labqfl.fl.flower.deploy.write_app_project` and ``docs/flower.md``.
 """
 
@@ -16,6 +20,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from labqfl.fl.flower.client import make_client_app
+from labqfl.fl.flower.identity import ReplyVerifier
 from labqfl.fl.flower.server import LabqflServer, flower_summary
 from labqfl.fl.flower.spec import FlowerSpec
 
@@ -26,7 +31,8 @@ server_app = ServerApp()
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
     spec = FlowerSpec.from_config(context.run_config)
-    srv = LabqflServer(spec)
+    ca = str(context.run_config.get("labqfl-ca", ""))
+    srv = LabqflServer(spec, identity=ReplyVerifier.from_file(ca) if ca else None)
     result = srv.run(grid)
     out = str(context.run_config.get("labqfl-out", ""))
     if out:

@@ -32,6 +32,11 @@ the stage's fields):
     ``abort``: the server gave the round up — reservations are consumed, or released if the
     server says no mask message was sent (then no partner ever saw the refs).
 
+In a deployment every reply (setup included) is signed by :func:`labqfl_identity_mod` with the
+node's certificate key over the server's run ID and per-message nonce, the stage, the round, the
+claimed client name and a digest of the reply (:mod:`labqfl.fl.flower.identity`); the ServerApp
+refuses a reply whose certificate is not the claimed client's.
+
 Node state (Flower's ``Context.state``, which crosses process boundaries: SuperNode ↔ ClientApp
 process, simulation ↔ Ray worker) holds **no key bits**: for ``qkd`` only the round number, key
 IDs and pair names of the node's reservations (``labqfl.resv``) — the bits stay reserved in the
@@ -60,7 +65,7 @@ from labqfl.fl.flower.keys import (
     new_ecdh_key,
     stochastic_rng,
 )
-from labqfl.fl.flower.spec import FlowerSpec, as_float64, client_index
+from labqfl.fl.flower.spec import FlowerSpec, as_float64
 from labqfl.fl.masks import mask_update, pair_sign, split_pair
 from labqfl.fl.quantize import quantize, uint_dtype
 from labqfl.fl.selfmask import (
@@ -104,13 +109,15 @@ NODE_KEYSTORE = "labqfl-keystore"
 NODE_DROP_ROUND = "labqfl-crash-in-round"  # tests: the ClientApp process dies after masking, before upload
 
 
-def node_name(context: Context) -> str:
-    """This node's client name: ``node_config["labqfl-client"]`` (deployment) or C{partition-id + 1}."""
+def node_name(context: Context, spec: FlowerSpec | None = None) -> str:
+    """This node's client name: ``node_config["labqfl-client"]`` (deployment), or in a simulation
+    the spec's client at position partition-id (C{partition-id + 1} without a spec)."""
     nc = context.node_config
     if NODE_NAME in nc:
         return str(nc[NODE_NAME])
     if "partition-id" in nc:
-        return f"C{int(nc['partition-id']) + 1}"
+        pid = int(nc["partition-id"])
+        return spec.names[pid] if spec is not None else f"C{pid + 1}"
     raise SecureAggregationError(
         f"node has no client name: start the SuperNode with --node-config \"{NODE_NAME}='C1'\"")
 
@@ -198,7 +205,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     cfg = msg.content.config_records[CFG]
     stage = str(cfg.get("stage", ""))
     spec = FlowerSpec.from_config(cfg)
-    name = node_name(context)
+    name = node_name(context, spec)
     r = _cfg_int(cfg, "round")
     n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
@@ -513,7 +520,7 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
                 pad = ks.pad_words(kids[p + PAD], n, w, 0 if split_pair(p)[0] == o else 1)
             else:
                 sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
-                a, b = (o, name) if client_index(o) < client_index(name) else (name, o)
+                a, b = (o, name) if spec.index_of(o) < spec.index_of(name) else (name, o)
                 pad = ecdh_pad_words(sk, bytes(cfg[f"pk.{o}"]), f"{a}-{b}", n, w, 0 if a == o else 1,  # type: ignore[arg-type]
                                      round_index=r, run_tag=run_tag)
             shares_out[o] = Array(encrypt_share(ct, pad))
@@ -541,28 +548,51 @@ def train_update(spec: FlowerSpec, name: str, params: np.ndarray, round_index: i
     from labqfl.fl.training import local_train
 
     model = spec.model()
-    x, y = spec.data().clients[name]
+    x, y = spec.client_data(name)
     g = as_float64(params)
-    new, losses = local_train(model, g, [(x, y)], spec.local(), [[spec.seed, round_index, client_index(name)]])
+    new, losses = local_train(model, g, [(x, y)], spec.local(), [[spec.seed, round_index, spec.index_of(name)]])
     return new[0] - g, len(y), float(losses[0])
 
 
+def labqfl_identity_mod(msg: Message, context: Context, call_next: Any) -> Message:
+    """Sign the reply to every server message that carries a reply nonce with this node's
+    certificate key (node config ``labqfl-cert``/``labqfl-key``, the files of the certificate the
+    SuperNode presents to the server's front; :mod:`labqfl.fl.flower.identity`): run ID, nonce,
+    stage, round, the claimed client name and a digest of the whole reply. Without a key in the
+    node config (a simulation) replies go unsigned; error replies are never signed."""
+    from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY, NONCE, signer_from_files
+
+    rep = call_next(msg, context)
+    if CFG not in msg.content.config_records or rep.has_error():
+        return rep
+    cfg = msg.content.config_records[CFG]
+    nc = context.node_config
+    if NONCE not in cfg or NODE_CERT not in nc:
+        return rep
+    signer = signer_from_files(str(nc[NODE_CERT]), str(nc.get(NODE_KEY, "")))
+    signer.sign(rep, run=str(cfg.get("run_tag", "")), nonce=str(cfg[NONCE]), stage=str(cfg.get("stage", "")),
+                round_index=_cfg_int(cfg, "round") if "round" in cfg else 0,
+                name=node_name(context, FlowerSpec.from_config(cfg)))
+    return rep
+
+
 def make_client_app() -> ClientApp:
-    """The labqfl ClientApp: setup query, training function wrapped by :func:`labqfl_secagg_mod`."""
-    app = ClientApp()
+    """The labqfl ClientApp: setup query, training function wrapped by :func:`labqfl_secagg_mod`,
+    every reply signed by :func:`labqfl_identity_mod` (deployment)."""
+    app = ClientApp(mods=[labqfl_identity_mod])
 
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
         spec = FlowerSpec.from_config(msg.content.config_records[CFG])
-        name = node_name(context)
-        _, y = spec.data().clients[name]
+        name = node_name(context, spec)
+        _, y = spec.client_data(name)
         return _reply(msg, labqfl=ConfigRecord({"name": name, "num_examples": len(y), "pid": os.getpid()}))
 
     @app.train(mods=[labqfl_secagg_mod])
     def train(msg: Message, context: Context) -> Message:
         cfg = msg.content.config_records[CFG]
         spec = FlowerSpec.from_config(cfg)
-        name = node_name(context)
+        name = node_name(context, spec)
         params = msg.content.array_records["params"]["params"].numpy()
         upd, n_ex, loss = train_update(spec, name, params, _cfg_int(cfg, "round"))
         return _reply(msg, update=ArrayRecord({"update": Array(upd)}),

@@ -68,14 +68,18 @@ def _toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None = None) -> Path:
+def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None = None,
+                      ca: Path | None = None) -> Path:
     """Write a Flower App project (pyproject.toml + a stub module) whose components are labqfl's apps.
 
+    ``ca``: the network CA certificate on the server's host (run config ``labqfl-ca``): the
+    ServerApp then refuses every client reply not signed by the claimed client's certificate key.
     The labqfl package itself must be installed on every machine (the FAB carries only the config).
     """
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(spec.to_config())
     cfg["labqfl-out"] = str(out_json) if out_json is not None else ""
+    cfg["labqfl-ca"] = str(Path(ca).resolve()) if ca is not None else ""
     lines = "\n".join(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items())
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
     (app_dir / "labqfl_flower_app.py").write_text(

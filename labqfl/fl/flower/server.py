@@ -53,6 +53,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.dp import accounted_epsilon, dp_decode
 from labqfl.fl.flower.client import CFG, uint_array
+from labqfl.fl.flower.identity import NONCE, ReplyRefused, ReplyVerifier
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
 from labqfl.fl.quantize import dequantize_sum, weight_ranges
@@ -128,8 +129,11 @@ class LabqflServer:
     """Runs a :class:`FlowerSpec` on a ``Grid``; ``on_round(FlowerRound, params)`` after each round."""
 
     def __init__(self, spec: FlowerSpec, on_round: Callable[[FlowerRound, np.ndarray], None] | None = None,
-                 progress: Callable[[Any], None] | None = None) -> None:
+                 progress: Callable[[Any], None] | None = None, identity: ReplyVerifier | None = None) -> None:
         self.spec = spec
+        #: with a verifier, every reply must be signed by the claimed client's certificate key
+        #: (:mod:`labqfl.fl.flower.identity`); a reply that is not is refused (that client is lost)
+        self.identity = identity
         self.progress = progress
         self.cfg = spec.secagg()
         self.dp = self.cfg.dp  # DPPlan or None (the same plan_dp call as the in-process engine)
@@ -142,6 +146,19 @@ class LabqflServer:
         d = self.spec.to_config()
         d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag)
         return d
+
+    def _refusal(self, rep: Message, name: str, sent: Message) -> str:
+        """Why ``rep`` is not client ``name``'s signed answer to ``sent`` ("" when it is, or when
+        this server checks no identities). Run ID, nonce, stage and round are the server's own."""
+        if self.identity is None:
+            return ""
+        cfg = sent.content.config_records[CFG]
+        try:
+            self.identity.verify(rep, run=self.run_tag, nonce=str(cfg[NONCE]), stage=str(cfg["stage"]),
+                                 round_index=int(cfg["round"]), name=name)  # type: ignore[arg-type]
+        except ReplyRefused as exc:
+            return str(exc)
+        return ""
 
     def _exchange(self, grid: Any, msgs: dict[str, Message], timeout: float,
                   counters: dict[str, list[int]] | None = None) -> tuple[dict[str, Message], dict[str, str]]:
@@ -161,6 +178,13 @@ class LabqflServer:
             if rep.has_error():
                 fail[c] = f"error {rep.error.code}: {rep.error.reason}"
                 continue
+            why = self._refusal(rep, c, msgs[c])
+            if why:
+                fail[c] = f"reply refused: {why}"
+                log.warning("%s stage of round %s: refused the reply of node %s as client %s: %s",
+                            msgs[c].content.config_records[CFG]["stage"], msgs[c].content.config_records[CFG]["round"],
+                            rep.metadata.src_node_id, c, why)
+                continue
             ok[c] = rep
             if counters is not None:
                 counters.setdefault(c, [0, 0])[0] += message_bytes(rep)
@@ -169,39 +193,62 @@ class LabqflServer:
                 fail[c] = f"no reply within {timeout} s"
         return ok, fail
 
-    def _msg(self, grid: Any, node: int, content: dict[str, Any], r: int) -> Message:
-        return Message(RecordDict(content), dst_node_id=node, message_type="train", group_id=str(r))
+    def _msg(self, grid: Any, node: int, content: dict[str, Any], r: int, message_type: str = "train") -> Message:
+        """One message to ``node``, with a fresh reply nonce (128 bits) that its signed reply binds."""
+        content[CFG][NONCE] = secrets.token_hex(16)
+        return Message(RecordDict(content), dst_node_id=node, message_type=message_type, group_id=str(r))
 
     def connect(self, grid: Any) -> tuple[dict[str, int], dict[str, float]]:
-        """Wait for the nodes, ask their names and sample counts: (name → node id, name → weight)."""
+        """Wait for the nodes and ask each new one its client name and sample count until every
+        client of the spec has answered: (name → node id, name → weight). A reply that fails the
+        identity check, or an error, is logged and its node never asked again; the run fails
+        after ``node_wait_s`` with the clients still missing and the refusals."""
         t0 = time.monotonic()
-        while True:
-            nodes = list(grid.get_node_ids())
-            if len(nodes) >= self.spec.clients:
-                break
-            if time.monotonic() - t0 > self.spec.node_wait_s:
-                raise SecureAggregationError(
-                    f"only {len(nodes)} of {self.spec.clients} SuperNodes connected after {self.spec.node_wait_s:.0f} s")
-            time.sleep(0.2)
-        cfg = self.spec.to_config()
-        msgs = [Message(RecordDict({CFG: ConfigRecord(cfg)}), dst_node_id=nid, message_type="query.labqfl_setup")
-                for nid in nodes]
-        replies = send_and_receive(grid, msgs, self.spec.stage_timeout_s)
+        asked: set[int] = set()
         names: dict[str, int] = {}
         weights: dict[str, float] = {}
-        for rep in replies:
+        refused: dict[int, str] = {}
+        while True:
+            new = [nid for nid in grid.get_node_ids() if nid not in asked]
+            if new:
+                asked.update(new)
+                self._setup_nodes(grid, new, names, weights, refused)
+            missing = [c for c in self.spec.names if c not in names]
+            if not missing:
+                return {c: names[c] for c in self.spec.names}, {c: weights[c] for c in self.spec.names}
+            if time.monotonic() - t0 > self.spec.node_wait_s:
+                raise SecureAggregationError(
+                    f"no SuperNode answered as client(s) {missing} within {self.spec.node_wait_s:.0f} s; got "
+                    f"{sorted(names)}" + (f"; refused: {refused}" if refused else ""))
+            time.sleep(0.2)
+
+    def _setup_nodes(self, grid: Any, nids: list[int], names: dict[str, int], weights: dict[str, float],
+                     refused: dict[int, str]) -> None:
+        """The setup query to ``nids``; accepted answers go into ``names``/``weights``, refused
+        ones (error, unknown name, failed identity check) into ``refused`` (node id → reason)."""
+        sent: dict[int, Message] = {}
+        for nid in nids:
+            cfg = dict(self.spec.to_config(), stage="setup", round=0, run_tag=self.run_tag)
+            sent[nid] = self._msg(grid, nid, {CFG: ConfigRecord(cfg)}, 0, "query.labqfl_setup")
+        for rep in send_and_receive(grid, list(sent.values()), self.spec.stage_timeout_s):
+            nid = rep.metadata.src_node_id
+            if nid not in sent:
+                continue
             if rep.has_error():
-                raise SecureAggregationError(f"setup failed at node {rep.metadata.src_node_id}: {rep.error.reason}")
-            c = rep.content.config_records[CFG]
-            name = str(c["name"])
-            if name in names:
-                raise SecureAggregationError(f"two SuperNodes claim client name {name}")
-            names[name] = rep.metadata.src_node_id
-            weights[name] = float(c["num_examples"])  # type: ignore[arg-type]
-        missing = [c for c in self.spec.names if c not in names]
-        if missing:
-            raise SecureAggregationError(f"no SuperNode answered as client(s) {missing}; got {sorted(names)}")
-        return {c: names[c] for c in self.spec.names}, {c: weights[c] for c in self.spec.names}
+                refused[nid] = f"setup failed: {rep.error.reason}"
+            else:
+                c = rep.content.config_records[CFG]
+                name = str(c["name"])
+                why = (f"claims {name!r}, not a client of this run" if name not in self.spec.names
+                       else self._refusal(rep, name, sent[nid]))
+                if not why and name in names:
+                    raise SecureAggregationError(f"two SuperNodes claim client name {name}")
+                if not why:
+                    names[name] = nid
+                    weights[name] = float(c["num_examples"])  # type: ignore[arg-type]
+                    continue
+                refused[nid] = f"refused as {name}: {why}"
+            log.warning("setup: node %s %s", nid, refused[nid])
 
     def words(self, n_params: int) -> int:
         """Words per upload: the parameter count, or the DP plan's padded length d'."""
@@ -280,7 +327,8 @@ class LabqflServer:
         if len(survivors) < cfg.min_survivors:
             raise SecureAggregationError(
                 f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, "
-                f"at least {cfg.min_survivors} needed")
+                f"at least {cfg.min_survivors} needed; "
+                + "; ".join(f"{c}: {fail2.get(c, 'no upload')}" for c in post_drop))
 
         # 3. reveal (dropout recovery) — or, with self-masks, unmask (always)
         revealed: dict[str, np.ndarray] = {}

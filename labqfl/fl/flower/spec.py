@@ -8,6 +8,7 @@ ClientApp needs nothing but its node name (``node_config["labqfl-client"]`` in a
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -15,6 +16,8 @@ import numpy as np
 
 from labqfl.errors import ConfigError
 from labqfl.fl.tasks import TASK_DEFAULTS, make_model
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ class FlowerSpec:
     dp_delta: float = 1e-5
     dp_honest: int = 1
     dp_clip: float = 0.0  # 0: the update clip ``clip``
+    #: the clients in loop order, comma-separated ("": C1..C``clients``); the i-th trains data
+    #: partition i with shuffling seed index i, as client i of the in-process engine
+    client_names: str = ""
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -79,6 +85,12 @@ class FlowerSpec:
         if self.dp_epsilon < 0 or self.dp_clip < 0:
             raise ConfigError(f"dp_epsilon and dp_clip must be ≥ 0 (0: off / the update clip), got "
                               f"{self.dp_epsilon} and {self.dp_clip}")
+        if self.client_names:
+            names = self.client_names.split(",")
+            bad = [n for n in names if not _NAME_RE.fullmatch(n)]
+            if bad or len(set(names)) != len(names) or len(names) != self.clients:
+                raise ConfigError(f"client_names {self.client_names!r}: expected {self.clients} distinct names of "
+                                  f"letters, digits and '_' (no '-': it separates a pair's names), comma-separated")
 
     @classmethod
     def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
@@ -104,7 +116,21 @@ class FlowerSpec:
 
     @property
     def names(self) -> list[str]:
+        """The clients in loop order: ``client_names``, or C1..C``clients``."""
+        if self.client_names:
+            return self.client_names.split(",")
         return [f"C{i + 1}" for i in range(self.clients)]
+
+    def index_of(self, name: str) -> int:
+        """0-based position of client ``name`` in :attr:`names` (its data partition and seed index)."""
+        names = self.names
+        if name not in names:
+            raise ConfigError(f"client {name!r} is not one of this run's clients {names}")
+        return names.index(name)
+
+    def client_data(self, name: str) -> Any:
+        """(x, y) of client ``name``: the task data's partition at its position in :attr:`names`."""
+        return self.data().clients[f"C{self.index_of(name) + 1}"]
 
     def secagg(self) -> Any:
         from labqfl.fl.secure import SecAggConfig

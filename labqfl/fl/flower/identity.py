@@ -1,0 +1,256 @@
+"""Message-level identity of a client's Flower replies: signed by the client node's certificate key.
+
+The FL server node's mutual-TLS front (:mod:`labqfl.nodes.tunnel`) checks *which certificate*
+connects, not *which client name* the SuperNode behind it then claims (Flower's node config,
+``labqfl-client``). This module binds the two at the message level:
+
+- the server puts a fresh random nonce (``reply_nonce``, 128 bits from :mod:`secrets`) into every
+  message it sends, next to its run ID (``run_tag``), the stage and the round;
+- the ClientApp signs its reply with its node's TLS private key (``node-<Ci>.key``, the key of
+  the certificate it presents to the front) over the statement
+
+  ``"labqfl-fl-reply/1" ‖ run ID ‖ nonce ‖ stage ‖ round ‖ claimed client name ‖ SHA-256(reply content)``
+
+  (each field length-prefixed; the content digest is over a canonical encoding of every record
+  of the reply except the signature record itself: masked upload, key references, shares,
+  metrics, sample count ...), and adds the record ``labqfl.sig`` = ``{cert: its certificate
+  (PEM), sig: the signature}``;
+- the ServerApp rebuilds the statement from *its own* view (the run ID and nonce it sent to that
+  node, the stage and round it is in, the name it expects from that node) and the content it
+  received, and accepts the reply only if the certificate chains to the network's CA (a client
+  certificate, within its validity), its CN equals the claimed client name, and the signature
+  verifies (:meth:`ReplyVerifier.verify`; :class:`ReplyRefused` with one reason otherwise).
+
+Signature: ECDSA with SHA-256 for the EC keys that :func:`labqfl.net.make_node_certs` issues
+(P-256; FIPS 186-5, SEC 1 v2 §4.1, DER-encoded (r, s)); an Ed25519 key (RFC 8032) is accepted too.
+Chain check: ``cryptography``'s X.509 path validation (RFC 5280, client-certificate profile:
+``PolicyBuilder().store(...).build_client_verifier()``).
+
+What this protects against: a member of the network (a CA-issued certificate) running a
+SuperNode under another client's name (its replies carry its own certificate, whose CN is not
+the claimed name, or no valid signature), an altered reply (the digest changes), a reply replayed
+from an earlier round, stage or run (the nonce, round and stage differ). What it does not: a
+client that holds the claimed name's key (that *is* the client), withholding or delaying replies
+(denial of service by dropping out is handled by the dropout recovery), the server itself (it is
+honest-but-curious; it could skip the check), and the confidentiality of the content (TLS and the
+one-time-pad masks provide that). The signatures are computational (ECDSA), unlike the
+information-theoretic Wegman–Carter tags of the QKD post-processing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from labqfl.errors import ConfigError, SecureAggregationError
+
+__all__ = ["DOMAIN", "NODE_CERT", "NODE_KEY", "NONCE", "SIG", "ReplyRefused", "ReplySigner", "ReplyVerifier",
+           "content_digest", "reply_statement", "signer_from_files"]
+
+#: RecordDict key of a reply's signature record (a ConfigRecord ``{cert: PEM str, sig: bytes}``)
+SIG = "labqfl.sig"
+#: node_config keys of a deployed SuperNode: its certificate and private key (PEM files)
+NODE_CERT = "labqfl-cert"
+NODE_KEY = "labqfl-key"
+#: field of the server's ``labqfl`` ConfigRecord: the fresh nonce the reply to that message must sign
+NONCE = "reply_nonce"
+#: domain separation of the signed statement (version 1)
+DOMAIN = b"labqfl-fl-reply/1"
+
+
+class ReplyRefused(SecureAggregationError):
+    """A reply whose signature, certificate or claimed name does not check out (one reason)."""
+
+
+# --------------------------------------------------------------------------- what is signed
+def _len(n: int) -> bytes:
+    return int(n).to_bytes(8, "big")
+
+
+def _field(b: bytes) -> bytes:
+    return _len(len(b)) + b
+
+
+def _value(v: Any) -> bytes:
+    """Canonical bytes of one ConfigRecord/MetricRecord value (type tag + length-prefixed body)."""
+    if isinstance(v, bool):
+        return b"b" + (b"\x01" if v else b"\x00")
+    if isinstance(v, int):
+        return b"i" + _field(str(v).encode())
+    if isinstance(v, float):
+        return b"f" + struct.pack(">d", v)
+    if isinstance(v, str):
+        return b"s" + _field(v.encode())
+    if isinstance(v, bytes):
+        return b"y" + _field(v)
+    if isinstance(v, list):
+        return b"l" + _len(len(v)) + b"".join(_value(x) for x in v)
+    raise TypeError(f"cannot encode a reply value of type {type(v).__name__}")
+
+
+def _record(rec: Any) -> bytes:
+    """Canonical bytes of one record: kind tag, then its items sorted by key."""
+    kind = type(rec).__name__
+    out = [_field(kind.encode())]
+    for key in sorted(rec.keys()):
+        val = rec[key]
+        out.append(_field(str(key).encode()))
+        if kind == "ArrayRecord":
+            out += [_field(str(val.dtype).encode()), _len(len(val.shape)), *(_len(int(s)) for s in val.shape),
+                    _field(str(val.stype).encode()), _field(bytes(val.data))]
+        else:
+            out.append(_value(val))
+    return b"".join(out)
+
+
+def content_digest(content: Any) -> bytes:
+    """SHA-256 (32 bytes) over a canonical encoding of every record of a Flower ``RecordDict``
+    except the signature record :data:`SIG`, in key order (so the digest does not depend on
+    insertion order or on Flower's protobuf encoding)."""
+    h = hashlib.sha256(b"labqfl-fl-content/1")
+    for key in sorted(k for k in content.keys() if k != SIG):
+        h.update(_field(str(key).encode()))
+        h.update(_field(_record(content[key])))
+    return h.digest()
+
+
+def reply_statement(*, run: str, nonce: str, stage: str, round_index: int, name: str, digest: bytes) -> bytes:
+    """The exact bytes a client signs and the server verifies (module docstring)."""
+    if len(digest) != 32:
+        raise ValueError(f"content digest must be 32 bytes (SHA-256), got {len(digest)}")
+    parts = (DOMAIN, run.encode(), nonce.encode(), stage.encode(), str(int(round_index)).encode(), name.encode(),
+             digest)
+    return b"".join(_field(p) for p in parts)
+
+
+def _cn(cert: x509.Certificate) -> str:
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else ""
+
+
+# ---------------------------------------------------------------------------- client side
+class ReplySigner:
+    """A client node's signing identity: its certificate (PEM, sent with every signature) and its
+    private key (kept in memory, never logged, printed or put into a message)."""
+
+    def __init__(self, cert_pem: bytes, key_pem: bytes, *, source: str = "node key") -> None:
+        try:
+            self.cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: the certificate is not PEM ({exc})") from None
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ConfigError(f"{source}: the private key is not an unencrypted PEM key ({exc})") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey):
+            raise ConfigError(f"{source}: a {type(key).__name__} cannot sign replies; expected an EC (ECDSA) "
+                              "or Ed25519 key, as make_node_certs issues")
+        if key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) \
+                != self.cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                       serialization.PublicFormat.SubjectPublicKeyInfo):
+            raise ConfigError(f"{source}: the private key does not belong to the certificate (CN {_cn(self.cert)!r})")
+        self._key = key
+        self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM).decode()
+        #: the certificate's CN (the client this key belongs to)
+        self.name = _cn(self.cert)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"ReplySigner(cn={self.name!r})"
+
+    def signature(self, statement: bytes) -> bytes:
+        if isinstance(self._key, ed25519.Ed25519PrivateKey):
+            return self._key.sign(statement)
+        return self._key.sign(statement, ec.ECDSA(hashes.SHA256()))
+
+    def sign(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
+        """Add :data:`SIG` to ``reply`` (a Flower ``Message``): this certificate and the signature
+        over :func:`reply_statement` of the reply's content as it is now (sign last)."""
+        from flwr.app import ConfigRecord
+
+        st = reply_statement(run=run, nonce=nonce, stage=stage, round_index=round_index, name=name,
+                             digest=content_digest(reply.content))
+        reply.content[SIG] = ConfigRecord({"cert": self.cert_pem, "sig": self.signature(st)})
+
+
+@functools.lru_cache(maxsize=4)
+def signer_from_files(cert: str, key: str) -> ReplySigner:
+    """The :class:`ReplySigner` of a node's ``node-<name>.pem``/``.key`` (cached per process)."""
+    paths = {"certificate": Path(cert), "private key": Path(key)}
+    for what, p in paths.items():
+        if not p.is_file():
+            raise ConfigError(f"{p}: the node's {what} for signing replies is not a file "
+                              f"(node config {NODE_CERT!r}/{NODE_KEY!r})")
+    return ReplySigner(paths["certificate"].read_bytes(), paths["private key"].read_bytes(), source=str(key))
+
+
+# ---------------------------------------------------------------------------- server side
+class ReplyVerifier:
+    """The ServerApp's check of a client's reply against the network's CA (module docstring)."""
+
+    def __init__(self, ca_pem: bytes, *, source: str = "CA certificate") -> None:
+        try:
+            cas = x509.load_pem_x509_certificates(ca_pem)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: not a PEM certificate ({exc})") from None
+        self._verifier = PolicyBuilder().store(Store(cas)).build_client_verifier()
+        self._ok: dict[bytes, str] = {}  # certificate DER → its CN, once the chain checked
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ReplyVerifier:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: the network CA certificate for checking client replies is not a file")
+        return cls(p.read_bytes(), source=str(p))
+
+    def _certified_name(self, cert_pem: Any) -> tuple[x509.Certificate, str]:
+        try:
+            cert = x509.load_pem_x509_certificate(str(cert_pem).encode())
+        except ValueError:
+            raise ReplyRefused("its certificate is not a PEM certificate") from None
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der not in self._ok:
+            try:
+                # validity is checked at the current time (path validation of RFC 5280)
+                self._verifier.verify(cert, [])
+            except VerificationError as exc:
+                raise ReplyRefused(f"its certificate (CN {_cn(cert)!r}) does not chain to the network's CA: {exc}") \
+                    from None
+            self._ok[der] = _cn(cert)
+        return cert, self._ok[der]
+
+    def verify(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
+        """Accept ``reply`` as client ``name``'s answer to the message that carried ``nonce`` in
+        run ``run``, stage ``stage``, round ``round_index``; :class:`ReplyRefused` otherwise."""
+        recs = reply.content.config_records
+        if SIG not in recs:
+            raise ReplyRefused("it is not signed (no labqfl.sig record)")
+        sig_rec = recs[SIG]
+        if "cert" not in sig_rec or not isinstance(sig_rec.get("sig"), bytes):
+            raise ReplyRefused("its labqfl.sig record lacks the certificate or the signature")
+        cert, cn = self._certified_name(sig_rec["cert"])
+        if cn != name:
+            raise ReplyRefused(f"it claims client {name!r} but is signed with the certificate of {cn!r}")
+        st = reply_statement(run=run, nonce=nonce, stage=stage, round_index=round_index, name=name,
+                             digest=content_digest(reply.content))
+        sig = bytes(sig_rec["sig"])  # type: ignore[arg-type]
+        pub = cert.public_key()
+        try:
+            if isinstance(pub, ed25519.Ed25519PublicKey):
+                pub.verify(sig, st)
+            elif isinstance(pub, ec.EllipticCurvePublicKey):
+                pub.verify(sig, st, ec.ECDSA(hashes.SHA256()))
+            else:
+                raise ReplyRefused(f"its certificate carries a {type(pub).__name__}, expected an EC or Ed25519 key")
+        except InvalidSignature:
+            raise ReplyRefused(f"its signature (certificate {cn!r}) does not match the content, run, round {round_index}, "
+                               f"stage {stage!r} and nonce of this request (altered or replayed)") from None
