@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
+from labqfl.contracts.types import ENGINES
 from labqfl.errors import ConfigError
 
 
@@ -25,7 +26,7 @@ def distill(
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
     duration: float = typer.Option(1.0, "--duration", "-d", min=1e-6, help="Live acquisition time [s]."),
     config: Path | None = CONFIG_OPTION,
-    engine: str = typer.Option("cascade", "--engine", "-e", help="Error correction: cascade or ldpc."),
+    engine: str = typer.Option("cascade", "--engine", "-e", help=f"Error correction: {' or '.join(ENGINES)}."),
     block_bits: int | None = typer.Option(
         None, "--block-bits", min=1000,
         help="Sifted bits per key block and pair (default: the block-size rule of labqfl.qkd.blocksize, from the "
