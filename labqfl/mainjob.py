@@ -75,6 +75,11 @@ class JobSettings:
     threshold: int | None = None
     #: acquire+distil across node processes on loopback (:mod:`labqfl.nodes.runjob`), not in process
     nodes: bool = False
+    #: a round whose key the stores lack waits for a further acquisition + distillation (a top-up);
+    #: False: the round fails at once with "key starvation" (``--no-wait-for-key``)
+    wait_for_key: bool = True
+    #: at most this many top-up acquisitions in the whole run; then the run stops with one error
+    max_top_ups: int = 8
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):
@@ -95,6 +100,9 @@ class JobSettings:
             raise ConfigError(f"task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
         if self.threshold is not None and not self.self_masks:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
+        if self.max_top_ups < 1:
+            raise ConfigError(f"max_top_ups must be >= 1 (top-up acquisitions a starving run may make), "
+                              f"got {self.max_top_ups}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JobSettings:
@@ -236,50 +244,61 @@ class MainJob:
         return plan
 
     def _acquire_and_distil(self) -> None:
+        s = self.settings
+        self._phase("acquire", "running")
+        self.state["acquire"] = self._acquire(s.duration_s, what=f"the acquisition of --duration {s.duration_s:g} s",
+                                              hint="use a longer --duration or force a block size with --block-bits")
+        self._phase("acquire", "done")
+        for name, pd in self.state["acquire"]["pairs"].items():
+            log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
+
+    def _acquire(self, duration_s: float, *, what: str, hint: str, top_up: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One acquisition of ``duration_s`` seconds of station time distilled into the node key stores:
+        the job's first (``top_up`` None: over node processes with ``--nodes``, the instrument snapshot
+        and the block rule recorded) or a top-up a starving round waits for (``top_up``: what to record
+        with it in ``state.json``; always in process, on a freshly opened station, so a new acquisition ID).
+        Returns its record (``state.json`` → ``acquire``)."""
         from labqfl.app.distill import DistillOptions, DistillSession
         from labqfl.app.station import arm, open_station
 
         s, cfg = self.settings, self.cfg
-        self._phase("acquire", "running")
         # the block-size rule unless --block-bits: as few blocks as the acquisition allows (one for a
         # minute), all expected to give key; too short a duration is refused before anything opens
         opts = DistillOptions(engine=s.engine, block_bits=s.block_bits, eps_sec=s.eps_sec,
                               bootstrap_auth=s.bootstrap_auth)
-        with DistillSession.open(cfg, opts, s.duration_s, data_dir=self.data_dir, run_id=self.run_record.name,
-                                 what=f"the acquisition of --duration {s.duration_s:g} s",
-                                 hint="use a longer --duration or force a block size with --block-bits") as session:
+        with DistillSession.open(cfg, opts, duration_s, data_dir=self.data_dir, run_id=self.run_record.name,
+                                 what=what, hint=hint) as session:
             if session.plan is not None:
-                self.state["block_rule"] = session.plan.as_dict()
+                if top_up is None:
+                    self.state["block_rule"] = session.plan.as_dict()
                 log.info("%s", session.plan.summary())
             session.check_auth()  # without bootstrap: refuse before any instrument is touched
             before = session.accounting()
             t_wall = time.perf_counter()
             path: dict[str, Any] = {"path": "in-process"}
-            if s.nodes:  # every client, the detector and the optics in their own process
+            if s.nodes and top_up is None:  # every client, the detector and the optics in their own process
                 nodes = self._acquire_over_nodes(session.settings)
                 pairs, series, timeline, acq_id = nodes.pairs, nodes.count_rate_series, nodes.timeline, nodes.acquisition_id
                 path = nodes.path_metrics()
             else:
                 with open_station(cfg, base_dir=self.base_dir) as station:
-                    self.run_record.write_snapshot(station.snapshot())
+                    if top_up is None:
+                        self.run_record.write_snapshot(station.snapshot())
                     changed = arm(station)
                     if changed:
                         log.info("armed for acquisition: %s", ", ".join(changed))
-                    results, series, timeline = self._stream_and_distil(station, session)
+                    results, series, timeline = self._stream_and_distil(station, session, duration_s, top_up)
                     station.safe_state()
-                pairs, acq_id = distill_pair_metrics(results, s.duration_s), session.acquisition_id
+                pairs, acq_id = distill_pair_metrics(results, duration_s), session.acquisition_id
             wall = time.perf_counter() - t_wall
             after = session.accounting()
         self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
-        self.state["acquire"] = {
-            "acquisition_id": acq_id, "duration_s": s.duration_s, "wall_s": wall, "acquisition": path,
-            "speed_x_real_time": s.duration_s / wall if wall > 0 else None,
+        return {
+            "acquisition_id": acq_id, "duration_s": duration_s, "wall_s": wall, "acquisition": path,
+            "speed_x_real_time": duration_s / wall if wall > 0 else None,
             "count_rate_series": series, "timeline": timeline, "pairs": pairs,
             "stores_before": before, "stores_after": after,
         }
-        self._phase("acquire", "done")
-        for name, pd in pairs.items():
-            log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
 
     def _acquire_over_nodes(self, settings: Any) -> Any:
         """``--nodes``: :func:`labqfl.nodes.runjob.acquire_over_nodes` into this job's data directory
@@ -296,21 +315,28 @@ class MainJob:
                                   bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
                                   on_start=started, log_dir=self.path / "nodes")
 
-    def _stream_and_distil(self, station: Any, session: Any) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-        """Stream the acquisition into the session's Distiller; (pair results, count-rate series,
-        per-pair timeline of sifted rate and matched-test QBER every ``timeline_interval_s``)."""
+    def _stream_and_distil(self, station: Any, session: Any, duration_s: float,
+                           top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+        """Stream an acquisition of ``duration_s`` into the session's Distiller; (pair results, count-rate
+        series, per-pair timeline of sifted rate and matched-test QBER every ``timeline_interval_s``).
+        A top-up whose acquisition ID this run has seen already is refused before any of it is
+        distilled: the same raw data is never distilled twice."""
         from labqfl.app.station import channel_names
 
         s, cfg = self.settings, self.cfg
         bd = cfg.simulation.block_duration_s
-        n_blocks = max(1, math.ceil(round(s.duration_s / bd, 9)))
+        n_blocks = max(1, math.ceil(round(duration_s / bd, 9)))
         chan_names = channel_names(cfg)
         series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
         timeline: list[dict[str, Any]] = []
-        blocks = station.time_tagger.stream(s.duration_s, bd)
+        blocks = station.time_tagger.stream(duration_s, bd)
         distiller = session.start_from_station(station)  # the clients' logs and the acquisition ID
+        if top_up is not None and session.acquisition_id in {a["acquisition_id"] for a in self.state["acquisitions"]}:
+            raise ConfigError(f"station {cfg.name!r}: the top-up acquisition has ID {session.acquisition_id}, which this "
+                              "run has distilled already (simulation.qrng_epoch_base pinned?); expected a fresh "
+                              "acquisition: the same raw data is never distilled twice")
         self.state["acquisitions"].append({"acquisition_id": session.acquisition_id, "started_utc": _now(),
-                                           "complete": False})
+                                           "complete": False, **({"top_up": top_up} if top_up is not None else {})})
         self._save_state()
         window: dict[int, int] = {}
         last_snap = {p: (0, 0, 0) for p in distiller.pairs}
@@ -318,7 +344,7 @@ class MainJob:
         for k, blk in enumerate(blocks, start=1):
             blk.channel_counts(window)
             session.push(blk)
-            t_sim = min(k * bd, s.duration_s)
+            t_sim = min(k * bd, duration_s)
             if t_sim + 1e-12 >= t_next or k == n_blocks:
                 span = t_sim - (series["t_s"][-1] if series["t_s"] else 0.0)
                 series["t_s"].append(t_sim)
@@ -339,8 +365,8 @@ class MainJob:
                                      "qber_events": cx - c0})
                     last_snap[name] = (sift, cx, ex)
                 t_next += s.timeline_interval_s
-            self.progress("acquire", t_sim, s.duration_s, f"acquiring + sifting ({t_sim:.1f}/{s.duration_s:g} s)")
-        total_slots = int(round(s.duration_s * cfg.laser.rep_rate_hz))
+            self.progress("acquire", t_sim, duration_s, f"acquiring + sifting ({t_sim:.1f}/{duration_s:g} s)")
+        total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
         self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
         results = session.finish(total_slots)
         self.progress("distil", 1, 1, "keys distilled into the node key stores")
@@ -368,13 +394,19 @@ class MainJob:
         with setup:
             setup.load_data()
             tstate = self.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0})
+            tstate.setdefault("key_waits", [])
+            tstate.setdefault("round_waits", {})
             if tstate["rounds_done"] < s.rounds:
                 if s.nodes:  # the server node and one SuperNode per client, each drawing its own pads
+                    self._check_keys_for_nodes(setup)
                     self._train_over_nodes(setup, tstate)
                 else:
                     self._train_rounds(setup, tstate)
         tstate["in_round"] = False
         rounds = tstate["rounds"]
+        for r in rounds:  # rounds trained over the nodes never waited (they run only with every round's key)
+            for k_, v in self._round_wait_fields(tstate, int(r["round"])).items():
+                r.setdefault(k_, v)
         tstate["summary"] = {
             "task": s.task, "model": setup.model.name, "n_params": setup.model.n_params, "clients": len(names), "q": s.q,
             "rounds_run": len(rounds), "key_source": "qkd",
@@ -386,6 +418,7 @@ class MainJob:
             "baseline_upload_bits_per_client": rounds[-1]["baseline_upload_bits_per_client"] if rounds else 0,
             "secagg": setup.secagg.as_dict(), "data": setup.data.meta, "rounds": rounds,
             "interrupted_rounds": tstate["interrupted_rounds"],
+            "key_waits": self._key_wait_summary(tstate),
             **self._training_key_security(tstate.get("key_blocks_used", {})),
             **({"nodes": tstate["nodes"]} if "nodes" in tstate else {}),
         }
@@ -411,16 +444,138 @@ class MainJob:
                 used[pair] = sorted(set(used.get(pair, [])) | ids)
             tstate["rounds_done"] = m.round
             tstate["in_round"] = m.round < s.rounds
-            tstate["rounds"].append(asdict(m))
+            tstate["rounds"].append({**asdict(m), **self._round_wait_fields(tstate, m.round)})
             self._save_state()
             self.progress("train", m.round, s.rounds,
                           f"round {m.round}: test accuracy {100 * m.test_accuracy:.1f} %, loss {m.test_loss:.4f}")
+            if m.round < s.rounds:  # the next round starts from these parameters, once its key is there
+                self._wait_for_key(setup, tstate, m.round + 1)
 
+        self._wait_for_key(setup, tstate, start)
         tstate["in_round"] = True
         self._save_state()
         result = setup.run(init_params=init, start_round=start, on_round_end=on_round)
         tstate["initial_test_accuracy"] = tstate.get("initial_test_accuracy", result.initial_accuracy)
         tstate["initial_test_loss"] = tstate.get("initial_test_loss", result.initial_loss)
+
+    # -- waiting for key ---------------------------------------------------------------------
+    def _wait_for_key(self, setup: Any, tstate: dict[str, Any], round_index: int) -> None:
+        """Before round ``round_index``: if some mask-graph pair's stores lack the round's key, make
+        top-up acquisitions (acquire + distil on the station, :meth:`_acquire`, each a new acquisition)
+        until every pair holds it, then return (training goes on from the same model state). Each
+        top-up is sized by :func:`labqfl.planning.plan_top_up` for the key all remaining rounds lack,
+        with :data:`labqfl.planning.KEY_MARGIN`. Recorded in ``state.json`` → ``train.key_waits`` (one
+        entry per top-up) and ``train.round_waits`` (per round: wall seconds waited, station seconds
+        acquired, starved pairs). Without ``wait_for_key`` nothing happens here (the round fails at
+        its key draw). Raises :class:`~labqfl.errors.KeyStarvationError` (one line) when a short pair
+        makes no key in the model at any acquisition length, or after ``max_top_ups`` top-ups."""
+        s = self.settings
+        if not s.wait_for_key:
+            return
+        short = setup.key_shortfall(1)
+        if not short:
+            return
+        from labqfl.planning import plan_top_up
+
+        t0 = time.perf_counter()
+        rw = tstate["round_waits"].setdefault(str(round_index), {"wait_s": 0.0, "station_s": 0.0, "top_ups": 0,
+                                                                 "starved_pairs": []})
+        rw["starved_pairs"] = sorted(set(rw["starved_pairs"]) | set(short))
+        waited_before = float(rw["wait_s"])  # a resumed run that waits again for this round adds to it
+        rounds_left = s.rounds - round_index + 1
+        while short:
+            self._check_top_up_cap(tstate, round_index, short)
+            deficit = {p: need - have for p, (have, need) in setup.key_shortfall(rounds_left).items()}
+            plan = plan_top_up(self.cfg, deficit, eps_sec=s.eps_sec, block_bits=s.block_bits)
+            if plan.no_key_pairs:
+                raise self._no_key_error(plan.no_key_pairs, round_index)
+            n = len(tstate["key_waits"]) + 1
+            log.info("round %d waits for key: pairs %s short; top-up acquisition %d of %.4g s (planned for %d rounds)",
+                     round_index, ", ".join(short), n, plan.duration_s, rounds_left)
+            self.progress("wait", 0, 1, f"round {round_index} waits for key: top-up {n}, {plan.duration_s:.4g} s of station time")
+            rec: dict[str, Any] = {"round": round_index, "top_up": n, "rounds_left": rounds_left, "started_utc": _now(),
+                                   "short_pairs": {p: {"available_bits": h, "needed_bits": nd} for p, (h, nd) in short.items()},
+                                   "plan": plan.as_dict()}
+            acq = self._acquire(plan.duration_s, what=f"the top-up acquisition of {plan.duration_s:g} s",
+                                hint="the top-up planner chose too short an acquisition for the block-size rule",
+                                top_up={"round": round_index, "top_up": n})
+            rec.update(acquisition_id=acq["acquisition_id"], duration_s=acq["duration_s"], wall_s=acq["wall_s"],
+                       pairs={p: {k: pd[k] for k in ("sifted_bits", "final_key_bits", "delivered_bits", "status")}
+                              for p, pd in acq["pairs"].items()})
+            tstate["key_waits"].append(rec)
+            rw["station_s"] += acq["duration_s"]
+            rw["top_ups"] += 1
+            short = setup.key_shortfall(1)
+            rw["wait_s"] = waited_before + time.perf_counter() - t0
+            self._save_state()
+        self.progress("wait", 1, 1, f"round {round_index}: key ready after {rw['wait_s']:.1f} s")
+
+    def _check_top_up_cap(self, tstate: dict[str, Any], round_index: int, short: Mapping[str, tuple[int, int]]) -> None:
+        """Raise one :class:`~labqfl.errors.KeyStarvationError` line when the run's top-ups are spent."""
+        done = tstate["key_waits"]
+        if len(done) < self.settings.max_top_ups:
+            return
+        from labqfl.errors import KeyStarvationError
+
+        p, (have, need) = next(iter(short.items()))
+        station = sum(float(w["duration_s"]) for w in done)
+        raise KeyStarvationError(
+            f"key starvation: pair {p} still holds {have} of the {need} key bits round {round_index} needs after "
+            f"{len(done)} top-up acquisitions ({station:.4g} s of station time; max_top_ups = "
+            f"{self.settings.max_top_ups}); rounds 1-{round_index - 1} are checkpointed, resume with "
+            "`labqfl run --resume` or start with a longer --duration", pair=p, needed_bits=need, available_bits=have)
+
+    def _no_key_error(self, pairs: list[str], round_index: int) -> Exception:
+        from labqfl.errors import KeyStarvationError
+
+        return KeyStarvationError(
+            f"key starvation: pair(s) {', '.join(pairs)} of the mask graph make no key on station {self.cfg.name!r} at any "
+            f"acquisition length in the finite-key model (not scheduled, or beyond break-even), so round {round_index} "
+            "cannot wait for their key; use a --graph without them or a station with less loss", pair=pairs[0])
+
+    def _round_wait_fields(self, tstate: dict[str, Any], round_index: int) -> dict[str, Any]:
+        """``train.rounds[i]``'s wait for key (docs/metrics.md): whether the round waited, the wall
+        seconds of the wait, the station seconds acquired during it, the top-ups and the starved pairs."""
+        rw = (tstate.get("round_waits") or {}).get(str(round_index)) or {}
+        return {"key_waited": bool(rw.get("top_ups")), "key_wait_s": float(rw.get("wait_s", 0.0)),
+                "key_wait_station_s": float(rw.get("station_s", 0.0)), "key_top_ups": int(rw.get("top_ups", 0)),
+                "key_starved_pairs": list(rw.get("starved_pairs", []))}
+
+    def _key_wait_summary(self, tstate: dict[str, Any]) -> dict[str, Any]:
+        """``train.key_waits`` of metrics.json: the waits for key of the whole run and every top-up."""
+        waits = [self._round_wait_fields(tstate, int(r)) | {"round": int(r)}
+                 for r in sorted(tstate.get("round_waits") or {}, key=int)]
+        waits = [w for w in waits if w["key_waited"]]
+        top_ups = tstate.get("key_waits") or []
+        return {"enabled": self.settings.wait_for_key, "max_top_ups": self.settings.max_top_ups,
+                "rounds_waited": len(waits), "top_ups": len(top_ups),
+                "first_wait_round": waits[0]["round"] if waits else None,
+                "wait_s_total": sum(w["key_wait_s"] for w in waits),
+                "station_s_total": sum(float(t["duration_s"]) for t in top_ups),
+                "starved_pairs": sorted({p for w in waits for p in w["key_starved_pairs"]}),
+                "per_round": waits, "acquisitions": top_ups}
+
+    def _check_keys_for_nodes(self, setup: Any) -> None:
+        """``--nodes`` trains only with every round's key in the stores: it cannot wait for key (the
+        top-ups run in this process, which opens no key store while the nodes train), so a shortfall
+        is refused here, before the nodes start, with one line."""
+        s = self.settings
+        from labqfl.errors import KeyStarvationError
+
+        try:
+            setup.open_keys()
+            short = setup.key_shortfall(s.rounds)
+        finally:
+            setup.close()
+            setup.key_source = None
+        if short:
+            p, (have, need) = next(iter(short.items()))
+            raise KeyStarvationError(
+                f"key starvation: labqfl run --nodes does not wait for key (top-up acquisitions run in process only): "
+                f"pair {p} holds {have} key bits, {s.rounds} rounds need {need}"
+                + (f" ({len(short) - 1} more pair(s) short)" if len(short) > 1 else "")
+                + "; use a longer --duration (labqfl plan chooses one) or --in-process",
+                pair=p, needed_bits=need, available_bits=have)
 
     def _train_over_nodes(self, setup: Any, tstate: dict[str, Any]) -> None:
         """``--nodes``: every round in one Flower run over the FL server node and a SuperNode per
@@ -469,6 +624,11 @@ class MainJob:
 
         acq = self.state.get("acquire") or {}
         train = (self.state.get("train") or {}).get("summary")
+        top_ups = (self.state.get("train") or {}).get("key_waits") or []  # the acquisitions rounds waited for
+        topped: dict[str, int] = {}
+        for t in top_ups:
+            for p, tp in t["pairs"].items():
+                topped[p] = topped.get(p, 0) + int(tp["delivered_bits"])
         keys: dict[str, Any] = {"data_dir": str(self.data_dir), "pairs": {}}
         if acq:
             from labqfl.fl.masks import mask_graph
@@ -484,7 +644,9 @@ class MainJob:
                 # the "auth" pool/purpose is the pipeline's own authentication key (pre-shared
                 # bootstrap + per-block refills, spent on classical-channel tags): reported apart
                 keys["pairs"][name] = {
-                    "distilled_bits": pd["delivered_bits"],
+                    # the first acquisition's delivered key and the top-ups' (train.key_waits)
+                    "distilled_bits": pd["delivered_bits"] + topped.get(name, 0),
+                    "distilled_bits_top_ups": topped.get(name, 0),
                     # the masks' key: spent by graph pairs only
                     "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train and name in graph else 0,
                     # this run's key left in the store: available now − available before the acquisition
@@ -504,8 +666,12 @@ class MainJob:
             "schema": SCHEMA, "run": self.run_record.name, "status": status, "station": self.cfg.name,
             "key_source": "qkd", "settings": asdict(self.settings), "attempts": self.state["attempts"],
             "acquisitions": self.state["acquisitions"], "phases": self.state["phases"], "written_utc": _now(),
-            "acquire": {k: acq[k] for k in ("acquisition_id", "duration_s", "wall_s", "speed_x_real_time",
-                                            "count_rate_series") if k in acq} if acq else None,
+            "acquire": {**{k: acq[k] for k in ("acquisition_id", "duration_s", "wall_s", "speed_x_real_time",
+                                               "count_rate_series") if k in acq},
+                        # station time of the whole run: the first acquisition and the top-ups rounds waited for
+                        "top_ups": len(top_ups),
+                        "station_s_total": float(acq["duration_s"]) + sum(float(t["duration_s"]) for t in top_ups)}
+            if acq else None,
             "distill": {"pairs": acq.get("pairs"), "timeline": acq.get("timeline")} if acq else None,
             "keys": keys, "train": train,
             "acquisition": acq.get("acquisition", {"path": "in-process"}) if acq else None,

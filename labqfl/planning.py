@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,10 +308,11 @@ def _key_of_slots(ch: Any, n_slots: float, bp: Any, params: Any) -> float:
 
 
 def _duration_for_rounds(cfg: StationConfig, block: Any, graph_pairs: list[str], sched: Any, params: Any,
-                         need_total: float) -> float:
+                         need_total: float | Mapping[str, float], start_s: float | None = None) -> float:
     """The shortest acquisition [s] after which every graph pair holds ``need_total`` bits of key
-    (all rounds' key) and has filled one block of its rule size (``block``: the rule for an
-    open-ended stream, :attr:`BlockPlan.needed_duration_s`).
+    (all rounds' key; a mapping: each pair's own need) and has filled one block of its rule size
+    (``block``: the rule for an open-ended stream, :attr:`BlockPlan.needed_duration_s`; ``start_s``:
+    a shortest duration to start from instead of that).
 
     A timed acquisition distils each pair's slots in blocks as large as the data allows, so the
     key per slot grows with the duration (finite-key effects): the duration is searched per pair
@@ -321,27 +323,94 @@ def _duration_for_rounds(cfg: StationConfig, block: Any, graph_pairs: list[str],
     from labqfl.qkd.keyrate import station_pair_channel
 
     rep = float(cfg.laser.rep_rate_hz)
-    d = float(block.needed_duration_s)
+    d = float(block.needed_duration_s) if start_s is None else float(start_s)
     for name in graph_pairs:
         bp = block.pairs.get(name) if name in sched.names else None
         if bp is None or bp.block_slots <= 0:
             continue  # no key in the model: starving whatever the duration (the plan says so)
+        need = float(need_total[name] if isinstance(need_total, Mapping) else need_total)
         share = sched.share(name)
         a, b = name.split("-")
         ch = station_pair_channel(cfg, (a, b))
         lo = float(bp.rule_slots)
-        if _key_of_slots(ch, lo, bp, params) >= need_total:
+        if _key_of_slots(ch, lo, bp, params) >= need:
             continue  # one rule-size block holds every round's key
         hi = 2.0 * lo
-        while _key_of_slots(ch, hi, bp, params) < need_total:
+        while _key_of_slots(ch, hi, bp, params) < need:
             lo, hi = hi, 2.0 * hi
             if hi * bp.sifted_per_slot > 1e13:  # > 10^13 sifted bits: no duration this side of years
                 return math.inf
         while hi / lo > 1.0 + 1e-3:
             mid = math.sqrt(lo * hi)
-            lo, hi = (lo, mid) if _key_of_slots(ch, mid, bp, params) >= need_total else (mid, hi)
+            lo, hi = (lo, mid) if _key_of_slots(ch, mid, bp, params) >= need else (mid, hi)
         d = max(d, hi * (1.0 + 1e-3) / (rep * share))  # + the schedule's rounding of the pair's slots
     return d
+
+
+@dataclass
+class TopUpPlan:
+    """A further acquisition that training waits for (``labqfl run``, issue 22): how long, and the
+    key the model expects it to give each pair that lacks key.
+
+    ``deficit_bits``: per short graph pair, the key the remaining rounds need beyond what its
+    stores hold; ``duration_s``: the shortest acquisition whose blocks hold :data:`KEY_MARGIN` × that
+    on every short pair in the finite-key model (and fill one rule block on every scheduled pair, so
+    the block-size rule accepts it); ``predicted_key_bits``: the delivered key the model expects from
+    it per short pair; ``no_key_pairs``: short pairs the model gives no key at any acquisition length
+    (unscheduled, or beyond break-even): no top-up can feed them.
+    """
+
+    duration_s: float
+    deficit_bits: dict[str, int]
+    predicted_key_bits: dict[str, float]
+    no_key_pairs: list[str]
+    margin: float = KEY_MARGIN
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"duration_s": self.duration_s if math.isfinite(self.duration_s) else None,
+                "deficit_bits": dict(self.deficit_bits), "predicted_key_bits": dict(self.predicted_key_bits),
+                "no_key_pairs": list(self.no_key_pairs), "margin": self.margin}
+
+
+def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec: float = 1e-10,
+                block_bits: int | None = None, margin: float = KEY_MARGIN) -> TopUpPlan:
+    """The acquisition a starving run makes before it continues (:class:`TopUpPlan`).
+
+    Same model as :func:`make_plan`: the block-size rule (:func:`labqfl.qkd.blocksize.plan_blocks`)
+    for an open-ended stream gives the shortest duration in which every scheduled pair fills one
+    rule block; from there a bisection per short pair on the key of its slots cut into the rule's
+    blocks (:func:`_duration_for_rounds`) finds the shortest duration holding ``margin`` ×
+    ``deficit_bits[pair]``. With a forced ``block_bits`` (``--block-bits``), also at least
+    ``margin`` × one such block of sifted bits on every short pair. The duration is rounded up to
+    4 significant digits.
+    """
+    from labqfl.contracts.schedule import PairSchedule
+    from labqfl.qkd.blocksize import plan_blocks
+    from labqfl.qkd.estimation import SecurityParameters
+
+    short = {p: int(b) for p, b in deficit_bits.items() if b > 0}
+    params = SecurityParameters(eps_sec=eps_sec)
+    sched = PairSchedule.from_config(cfg)
+    rep = float(cfg.laser.rep_rate_hz)
+    block = plan_blocks(cfg, None, params=params)
+    bps = {p: block.pairs.get(p) if p in sched.names else None for p in short}
+    no_key = sorted(p for p, bp in bps.items() if bp is None or bp.block_slots <= 0)
+    keyed = [p for p in short if p not in no_key]
+    if no_key or not keyed:
+        return TopUpPlan(math.inf if no_key else 0.0, short, dict.fromkeys(short, 0.0), no_key, margin)
+    start = float(block.needed_duration_s)
+    if not math.isfinite(start):  # a pair outside the short ones has no key (only possible with --block-bits)
+        start = max(float(bps[p].needed_duration_s) for p in keyed)  # type: ignore[union-attr]
+    if block_bits is not None:
+        start = max(start, *(margin * block_bits / (bps[p].sifted_per_slot * rep * sched.share(p))  # type: ignore[union-attr]
+                             for p in keyed))
+    d = _duration_for_rounds(cfg, block, keyed, sched, params, {p: margin * short[p] for p in keyed}, start_s=start)
+    if not math.isfinite(d):
+        return TopUpPlan(math.inf, short, dict.fromkeys(short, 0.0), sorted(keyed), margin)
+    step = 10.0 ** (math.floor(math.log10(d)) - 3)
+    d = round(math.ceil(d / step - 1e-9) * step, 12)
+    at_d = _pair_plans(cfg, plan_blocks(cfg, d, params=params), keyed, sched, params, 1)
+    return TopUpPlan(d, short, {p: at_d[p].key_rate_bps * d for p in keyed}, [], margin)
 
 
 def _mark_starving(pairs: dict[str, PairPlan]) -> list[PairPlan]:
@@ -436,7 +505,39 @@ def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
             "worst_key_rate_ratio": worst("key_rate_ratio"), "worst_acquisition_ratio": worst("acquisition_ratio"),
             "measured_wall_s": {"acquire_distill": acq.get("wall_s"),
                                 "train": sum(float(r.get("seconds") or 0.0) for r in rounds) if rounds else None},
-            "predicted_wall_s": {"acquire": p["acquisition_s"], "distill": p["distill_s"], "train": p["train_s"]}}
+            "predicted_wall_s": {"acquire": p["acquisition_s"], "distill": p["distill_s"], "train": p["train_s"]},
+            "key_waits": _compare_waits(p, metrics, dur, ratio)}
+
+
+def _compare_waits(p: dict[str, Any], metrics: dict[str, Any], dur: float,
+                   ratio: Any) -> dict[str, Any]:
+    """The waits for key against the plan: the first round the plan expects to starve (after
+    ``rounds_sustained`` rounds of the given --duration) and the first that waited; the station time
+    of the whole run, planned (``acquisition_s``) and acquired (the first acquisition and every
+    top-up); and per top-up, the key its own plan (:func:`plan_top_up`) expected on each short
+    pair against the key delivered (``key_ratio`` = delivered / predicted)."""
+    waits = ((metrics.get("train") or {}).get("key_waits")) or {}
+    top_ups = waits.get("acquisitions") or []
+    sustained = p.get("rounds_sustained")
+    rounds = p.get("rounds")
+    station = dur + sum(float(t["duration_s"]) for t in top_ups)
+    rows = []
+    for t in top_ups:
+        pred = t["plan"]["predicted_key_bits"]
+        rows.append({"round": t["round"], "top_up": t["top_up"], "duration_s": t["duration_s"],
+                     "pairs": {q: {"deficit_bits": t["plan"]["deficit_bits"][q], "predicted_key_bits": pred[q],
+                                   "delivered_bits": (t["pairs"].get(q) or {}).get("delivered_bits", 0),
+                                   "key_ratio": ratio((t["pairs"].get(q) or {}).get("delivered_bits", 0), pred[q])}
+                               for q in pred}})
+    ratios = [r["key_ratio"] for t in rows for r in t["pairs"].values() if r["key_ratio"] is not None]
+    return {"predicted_rounds_sustained": sustained,
+            "predicted_first_wait_round": (sustained + 1 if sustained is not None and rounds is not None
+                                           and sustained < rounds else None),
+            "measured_first_wait_round": waits.get("first_wait_round"),
+            "rounds_waited": waits.get("rounds_waited", 0),
+            "predicted_station_s": p.get("acquisition_s"), "measured_station_s": station,
+            "station_s_ratio": ratio(station, p.get("acquisition_s")),
+            "top_ups": rows, "worst_top_up_key_ratio": max(ratios, key=lambda x: abs(x - 1.0)) if ratios else None}
 
 
 # ---------------------------------------------------------------- stations of any size

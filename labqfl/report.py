@@ -162,6 +162,51 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _key_wait_section(train: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
+    """"Waits for key": per round whether it waited, the wall and station seconds of the wait and the
+    starved pairs; per top-up acquisition and short pair, the key planned against the key delivered;
+    the plan's first starving round and station time against the run's. Every cell holds a value."""
+    rounds = train.get("rounds") or []
+    if not rounds or "key_waited" not in rounds[0]:
+        return []
+    w = train.get("key_waits") or {}
+    cw = comparison.get("key_waits") or {}
+    out = ["<h2>Waits for key</h2>",
+           "<p class='muted'>Before a round whose key the stores lack, the run acquires and distils more key on the "
+           "station (a top-up, sized by the planner for the remaining rounds) and trains on from the same model "
+           f"({'on' if w.get('enabled', True) else 'off: --no-wait-for-key'}; at most {w.get('max_top_ups', '?')} "
+           "top-ups per run).</p>"]
+    rows = [{"round": r["round"], "waited": "yes" if r["key_waited"] else "no", "wait_s": float(r["key_wait_s"]),
+             "station_s": float(r["key_wait_station_s"]), "top_ups": r["key_top_ups"],
+             "starved": ", ".join(r["key_starved_pairs"]) or "none"} for r in rounds]
+    out.append(_table(rows, [("round", "round"), ("waited", "waited for key"), ("wait_s", "wait, wall [s]"),
+                             ("station_s", "station time acquired [s]"), ("top_ups", "top-up acquisitions"),
+                             ("starved", "starved pairs")]))
+    tops = [{"top_up": t["top_up"], "round": t["round"], "duration_s": float(t["duration_s"]), "pair": q,
+             "deficit": v["deficit_bits"], "predicted": float(v["predicted_key_bits"]), "delivered": v["delivered_bits"],
+             "ratio": "no key predicted" if v["key_ratio"] is None else float(v["key_ratio"])}
+            for t in cw.get("top_ups") or [] for q, v in sorted(t["pairs"].items())]
+    if tops:
+        out.append(_table(tops, [("top_up", "top-up"), ("round", "before round"), ("duration_s", "station time [s]"),
+                                 ("pair", "short pair"), ("deficit", "key lacking [bit]"),
+                                 ("predicted", "key planned [bit]"), ("delivered", "key delivered [bit]"),
+                                 ("ratio", "delivered / planned")]))
+    if cw:
+        first = cw.get("predicted_first_wait_round")
+        got = cw.get("measured_first_wait_round")
+        ratio = cw.get("station_s_ratio")
+        out.append(_table([{
+            "first_pred": f"round {first}" if first is not None else "none",
+            "first_meas": f"round {got}" if got is not None else "none",
+            "st_pred": float(cw["predicted_station_s"]) if cw.get("predicted_station_s") is not None else "no key",
+            "st_meas": float(cw["measured_station_s"]),
+            "st_ratio": float(ratio) if ratio is not None else "no prediction"}],
+            [("first_pred", "first wait, planned"), ("first_meas", "first wait, run"),
+             ("st_pred", "station time, planned [s]"), ("st_meas", "station time, run [s]"),
+             ("st_ratio", "run / planned")]))
+    return out
+
+
 def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
     m = metrics if metrics is not None else run.read_metrics()
@@ -205,6 +250,7 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
                                       ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
         if train.get("security"):
             parts.append(f"<p>Mask security: {html.escape(str(train['security']))}</p>")
+        parts.extend(_key_wait_section(train, (m.get("plan") or {}).get("comparison") or {}))
     for title, path in plots.items():
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")

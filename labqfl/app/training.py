@@ -226,13 +226,20 @@ class TrainingSetup:
             self.check_keys(s.rounds)
         return self.key_source
 
+    def key_shortfall(self, rounds: int) -> dict[str, tuple[int, int]]:
+        """The mask-graph pairs whose stores (both ends) hold less than ``rounds`` rounds of mask key:
+        pair → (bits available, bits needed), in the graph's order; empty when every pair has enough.
+        Needs the ``qkd`` key source open (:meth:`open_keys`)."""
+        need = self.key_bits_per_pair_per_round * rounds
+        return {p: (a, need) for p in self.secagg.pairs(self.names)
+                if (a := int(self.key_source.available_bits(p))) < need}
+
     def check_keys(self, rounds: int) -> None:
         """Raise :class:`KeyStarvationError` naming the first pair whose stores hold less than
         ``rounds`` rounds of mask key (and how many rounds it does hold)."""
         per_pair = self.key_bits_per_pair_per_round
         need = per_pair * rounds
-        short = [(p, a) for p in self.secagg.pairs(self.names)
-                 if (a := int(self.key_source.available_bits(p))) < need]
+        short = [(p, a) for p, (a, _) in self.key_shortfall(rounds).items()]
         if short:
             p, avail = short[0]
             raise KeyStarvationError(

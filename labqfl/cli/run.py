@@ -48,6 +48,12 @@ def run(
              "throwaway certificates; docs/nodes.md), then train across the federated-learning server node and one "
              "Flower SuperNode per client, each drawing its pads from its own client's key store only; not in this "
              "process."),
+    wait_for_key: bool = typer.Option(
+        True, "--wait-for-key/--no-wait-for-key",
+        help="A round whose key the stores lack waits for a further acquisition + distillation on the station, sized "
+             "by the planner for the remaining rounds (at most 8 per run; the waits are in metrics.json and the "
+             "report). --no-wait-for-key: the round fails at once with 'key starvation'. In process only: --nodes "
+             "refuses to start training without every round's key."),
     resume: Path | None = typer.Option(None, "--resume", file_okay=False,
                                        help="Continue an interrupted run folder (other options are taken from it)."),
     as_json: bool = JSON_OPTION,
@@ -70,7 +76,7 @@ def run(
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
                                    data_dir=str(data_dir) if data_dir else None,
-                                   bootstrap_auth=not no_auth_bootstrap, nodes=nodes)
+                                   bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
         console.print(f"run folder: {job.path}")
@@ -97,6 +103,11 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     if t:
         con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
                   f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
+        w = t.get("key_waits") or {}
+        if w.get("rounds_waited"):
+            con.print(f"  waited for key before {w['rounds_waited']} round(s) (first: round {w['first_wait_round']}): "
+                      f"{w['top_ups']} top-up acquisition(s), {w['station_s_total']:.4g} s of station time, "
+                      f"{w['wait_s_total']:.1f} s of wall; starved pairs: {', '.join(w['starved_pairs'])}")
     cmp_ = (metrics.get("plan") or {}).get("comparison")
     if cmp_:
         f = {k: "—" if cmp_[k] is None else f"{cmp_[k]:.3f}"
