@@ -1,0 +1,29 @@
+"""Fixtures of the command tests: offscreen Qt (``labqfl gui --screenshot``), and the fixtures the
+station and key store tests define, loaded from their conftest files (a conftest cannot be
+imported by name under ``--import-mode=importlib``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _conftest(folder: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_labqfl_{folder}_conftest", ROOT / "tests" / folder / "conftest.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_station = _conftest("station")
+voa_role = _station.voa_role
+fake_timetagger_sdk = _station.fake_timetagger_sdk
+real_drivers_station_file = _station.real_drivers_station_file
+kh = _conftest("keystore").kh
