@@ -125,9 +125,8 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         sync = int(getattr(config, "sync_channel", 1))
         det = dict(getattr(config, "detector_channels", {"D0": 2, "D1": 3}))
         self.channel_names: dict[str, int] = {"sync": sync, **{k: int(v) for k, v in det.items()}}
-        marker = getattr(config, "marker_channel", None)
-        if marker is not None:
-            self.channel_names["marker"] = int(marker)
+        marker_inputs = getattr(config, "marker_inputs", None)  # 'marker', or 'marker.<client>' per client
+        self.channel_names.update(marker_inputs() if marker_inputs is not None else {})
         self._channels = sorted(self.channel_names.values())
         self._resolution_ps = float(getattr(config, "resolution_ps", 1.0))
         self._running: list[Any] = []

@@ -139,6 +139,10 @@ class TimeTaggerConfig(InstrumentConfig):
     marker_channel: int | None = Field(
         None, ge=1, description="channel of the frame-start marker from the pattern generators (None = no markers: "
         "slotting counts slots from the first sync, tagger time 0 = slot 0)")
+    marker_channels: dict[str, int] = Field(
+        default_factory=dict, description="one frame-start marker input per client (client name -> channel), instead "
+        "of marker_channel: each client's frames are kept or dropped on its own marker, so a frame lost at one client "
+        "drops only the pairs involving it (delay names 'marker.<client>')")
     frame_slots: int = Field(65_536, ge=1, description="slots per frame: one marker at the start of every frame")
     reference_clock_channel: int | None = Field(
         None, ge=1, description="channel carrying the shared 10 MHz reference (None = the tagger's own clock)")
@@ -151,9 +155,22 @@ class TimeTaggerConfig(InstrumentConfig):
     conditional_filter_filtered: list[str] = Field(
         default_factory=list, description="channel names passed only after a trigger tag (e.g. ['sync'])")
 
+    def marker_inputs(self) -> dict[str, int]:
+        """Frame-marker inputs by channel name: ``{"marker": ch}`` with ``marker_channel``,
+        ``{"marker.<client>": ch, …}`` with ``marker_channels``, ``{}`` without markers."""
+        if self.marker_channels:
+            return {f"marker.{c}": int(ch) for c, ch in self.marker_channels.items()}
+        return {"marker": int(self.marker_channel)} if self.marker_channel is not None else {}
+
     @model_validator(mode="after")
     def _tagger_sync(self) -> TimeTaggerConfig:
-        names = {"sync", *self.detector_channels, *(["marker"] if self.marker_channel is not None else [])}
+        if self.marker_channels and self.marker_channel is not None:
+            raise ValueError("time_tagger: give either marker_channel (one marker input for all clients) or "
+                             "marker_channels (one per client), not both")
+        bad = {c: ch for c, ch in self.marker_channels.items() if isinstance(ch, bool) or ch < 1}
+        if bad:
+            raise ValueError(f"time_tagger.marker_channels: channels must be integers >= 1, got {bad}")
+        names = {"sync", *self.detector_channels, *self.marker_inputs()}
         for field_name in ("dead_times_ps", "conditional_filter_trigger", "conditional_filter_filtered"):
             unknown = sorted(set(getattr(self, field_name)) - names)
             if unknown:
@@ -162,10 +179,11 @@ class TimeTaggerConfig(InstrumentConfig):
         if bool(self.conditional_filter_trigger) != bool(self.conditional_filter_filtered):
             raise ValueError("time_tagger.conditional_filter_trigger and conditional_filter_filtered must be given "
                              "together (both empty = filter off)")
-        if "marker" in self.conditional_filter_filtered:
-            raise ValueError("time_tagger.conditional_filter_filtered must not contain 'marker': every frame marker "
-                             "is needed for slotting")
-        if self.marker_channel is None and "sync" in self.conditional_filter_filtered:
+        filtered_markers = sorted(set(self.marker_inputs()) & set(self.conditional_filter_filtered))
+        if filtered_markers:
+            raise ValueError(f"time_tagger.conditional_filter_filtered must not contain {filtered_markers[0]!r}: every "
+                             "frame marker is needed for slotting")
+        if not self.marker_inputs() and "sync" in self.conditional_filter_filtered:
             raise ValueError("time_tagger.conditional_filter_filtered contains 'sync' but no marker_channel is set: "
                              "without markers slotting needs every (divided) sync tag")
         return self
@@ -499,9 +517,12 @@ class StationConfig(_Model):
             raise ValueError(f"time_tagger.detector_channels lacks {sorted(missing)}")
         tt = self.time_tagger
         chans = list(tt.detector_channels.values()) + [tt.sync_channel]
-        chans += [c for c in (tt.marker_channel, tt.reference_clock_channel) if c is not None]
+        chans += [*tt.marker_inputs().values(), *([tt.reference_clock_channel] if tt.reference_clock_channel else [])]
         if len(set(chans)) != len(chans):
             raise ValueError(f"time tagger channels must be distinct, got detectors + sync (+ marker, reference) = {chans}")
+        if tt.marker_channels and set(tt.marker_channels) != set(names):
+            raise ValueError(f"time_tagger.marker_channels must give one channel per client {names}; got "
+                             f"{sorted(tt.marker_channels)}")
         if self.schedule.pairs != "all":
             for a, b in self.schedule.pairs:
                 if a not in names or b not in names or a == b:

@@ -236,7 +236,7 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
         self.testbed = testbed
         tt = testbed.config.time_tagger
         self._all_channels = sorted({tt.sync_channel, *tt.detector_channels.values(),
-                                     *([tt.marker_channel] if tt.marker_channel is not None else [])})
+                                     *tt.marker_inputs().values()})
 
     def input_channels(self) -> list[int]:
         return list(self._all_channels)

@@ -905,12 +905,16 @@ class EmulatedModulators:
         for lv in self.levels.values():
             lv.release(before)
 
-    def frame_markers(self, frames: np.ndarray, frame_slots: int) -> np.ndarray:
-        """True for each frame whose first slot carried the marker of every client's generator (the
-        markers reach the tagger's marker input through a coincidence (AND) of all clients' marker
-        outputs, so a frame lost at any client is missing at the detection node)."""
+    def frame_markers(self, frames: np.ndarray, frame_slots: int, client: str | None = None) -> np.ndarray:
+        """True for each frame whose first slot carried the marker of the generator(s) wired to one tagger input.
+
+        ``client=None`` (``time_tagger.marker_channel``): every client's generator, the markers reaching one
+        input through a coincidence (AND) of all clients' marker outputs, so a frame lost at any client is
+        missing at the detection node. ``client="C1"`` (``time_tagger.marker_channels``): that client's
+        generator only, on its own input (a client without an emulated generator plays every frame)."""
         first = np.asarray(frames, dtype=np.int64) * int(frame_slots)
         ok = np.ones(first.shape, dtype=bool)
-        for lv in self.levels.values():
-            ok &= lv.markers(first)
+        for name, lv in self.levels.items():
+            if client is None or name == client:
+                ok &= lv.markers(first)
         return ok

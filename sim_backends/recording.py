@@ -368,7 +368,7 @@ class ReplayTimeTagger(TimeTagger):
         self.recording = read_recording(path)
         tt = self.recording.config.time_tagger
         self._all = sorted({tt.sync_channel, *tt.detector_channels.values(),
-                            *([tt.marker_channel] if tt.marker_channel is not None else [])})
+                            *tt.marker_inputs().values()})
         self._channels = list(self._all)
         self._delays: dict[int, int] = {}
         self._levels = {c: tt.trigger_level_v for c in self._all}

@@ -30,8 +30,9 @@ Model (documented in docs/simulator.md):
   (:class:`labqfl.sim_backends.pulse_streamer.EmulatedModulators`: the clients stream their own logs
   to the emulators through the real driver; the loop plays the emulators in virtual-time lockstep,
   window by window, and never reads those clients' logs); a slot they did not play is dark (μ = 0,
-  an extra intensity index); the tagger's frame markers are where every generator played its marker
-  (docs/lab_setup.md).
+  an extra intensity index); a frame-marker input records a marker where the generator(s) wired to it
+  played theirs: each client's own with ``time_tagger.marker_channels``, the AND of all clients' with
+  ``marker_channel`` (docs/lab_setup.md).
 
 Parallel: in every block the 65 536-slot chunks of signal clicks, then the two detectors, then the
 two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
@@ -255,7 +256,7 @@ class SagnacTestbed:
                 for n, d in cfg.detectors.items()
             },
             enabled_channels={cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values(),
-                              *([cfg.time_tagger.marker_channel] if cfg.time_tagger.marker_channel is not None else [])},
+                              *cfg.time_tagger.marker_inputs().values()},
             input_delays_ps={self.channel_of(n): int(round(v)) for n, v in cfg.time_tagger.input_delays_ps.items()},
             trigger_levels_v={ch: cfg.time_tagger.trigger_level_v
                               for ch in [cfg.time_tagger.sync_channel, *cfg.time_tagger.detector_channels.values()]},
@@ -340,6 +341,8 @@ class SagnacTestbed:
             return tt.sync_channel
         if name in tt.detector_channels:
             return tt.detector_channels[name]
+        if name in tt.marker_inputs():
+            return tt.marker_inputs()[name]
         try:
             return int(name)
         except ValueError:
@@ -359,8 +362,8 @@ class SagnacTestbed:
         out = {"sync": _round_ps(tt.cable_delays_ps.get("sync", 0.0)) + ind.get(tt.sync_channel, 0)}
         for d, ch in tt.detector_channels.items():
             out[d] = _round_ps(self.loop_delay_ps + tt.cable_delays_ps.get(d, 0.0)) + ind.get(ch, 0)
-        if tt.marker_channel is not None:  # frame-start marker of the pattern generators: cable + input delay
-            out["marker"] = _round_ps(tt.cable_delays_ps.get("marker", 0.0)) + ind.get(tt.marker_channel, 0)
+        for name, ch in tt.marker_inputs().items():  # frame-start markers of the pattern generators: cable + input delay
+            out[name] = _round_ps(tt.cable_delays_ps.get(name, 0.0)) + ind.get(ch, 0)
         return out
 
     def client_log(self, client: str, epoch: int | None = None) -> ChoiceLog:
@@ -541,7 +544,8 @@ class SagnacTestbed:
         """No tag of a later window can be earlier than this time [ps]."""
         t = _round_ps(s1 * acq.period_ps)
         d_min = min(acq.delays["D0"], acq.delays["D1"]) - acq.cut_margin
-        return min(t + acq.delays["sync"], t + d_min, t + acq.delays.get("marker", acq.delays["sync"]))
+        d_marker = min([acq.delays[n] for n in self.config.time_tagger.marker_inputs()], default=acq.delays["sync"])
+        return min(t + acq.delays["sync"], t + d_min, t + d_marker)
 
     def _window_inputs(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[DetectorLive], bool,
                                        set[int], int]:
@@ -735,7 +739,7 @@ class SagnacTestbed:
         t_end = _round_ps(n_slots * acq.period_ps)
         tt = self.config.time_tagger
         with self.lock:
-            marker = tt.marker_channel if tt.marker_channel in self.live.enabled_channels else None
+            markers = {n: c for n, c in tt.marker_inputs().items() if c in self.live.enabled_channels}
         if hardware is not None:
             hardware.begin()
         for s0 in range(0, n_slots, b_slots):
@@ -749,12 +753,13 @@ class SagnacTestbed:
                     hardware.release(w0)
                     hardware.play_until(w1)
                 ts, ch = self._window(acq, w0, w1)
-                if marker is not None:  # one marker at the start of every frame of frame_slots slots
+                for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
                     mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
-                                       np.int64(acq.delays["marker"]), np.int64(acq.res_ps), 0.0, np.uint64(0))
-                    if hardware is not None:  # only where every generator played its frame's marker
+                                       np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+                    if hardware is not None:  # only where the generator(s) wired to this input played the marker
                         frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
-                        mt = mt[hardware.frame_markers(frames, tt.frame_slots)]
+                        client = name.split(".", 1)[1] if "." in name else None
+                        mt = mt[hardware.frame_markers(frames, tt.frame_slots, client=client)]
                     at = np.searchsorted(ts, mt, side="right")
                     ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
                 cut = self._cut(acq, w1) if w1 < n_slots else t_end

@@ -36,7 +36,13 @@ from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.nodes.common import Node, NodeError, RecordedChannel, ok, open_session, request
 from labqfl.qkd.messaging import Message
-from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
+from labqfl.qkd.slotting import (
+    PairSlotter,
+    Slotter,
+    SlottingParams,
+    announcements_by_pair,
+    make_slotter,
+)
 
 log = get_logger(__name__)
 
@@ -69,7 +75,7 @@ class DetectorNode(Node):
 
     def _run(self, acq: str, duration: float, bd: float, optics: str, clients: dict[str, str]) -> Message:
         t0 = time.perf_counter()
-        slotter = Slotter(SlottingParams.from_config(self.cfg))
+        slotter = make_slotter(SlottingParams.from_config(self.cfg), self.schedule)
         chans = {c: open_session(clients[c], self.creds, c, "ann", fields={"acq": acq}) for c in self.cfg.client_names}
         tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
                            fields={"acq": acq, "duration": duration, "block_duration": bd})
@@ -109,7 +115,7 @@ class DetectorNode(Node):
         return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
                   dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel))
 
-    def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter, events: Any, lo: int, hi: int) -> None:
+    def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter | PairSlotter, events: Any, lo: int, hi: int) -> None:
         if hi <= lo:
             return
         out: dict[str, list[Message]] = {c: [] for c in chans}

@@ -81,7 +81,7 @@ from labqfl.qkd.estimation import SecurityParameters, epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.sifting import ClientSetup
-from labqfl.qkd.slotting import Slotter, SlottingParams, announcements_by_pair
+from labqfl.qkd.slotting import SlottingParams, announcements_by_pair, make_slotter
 from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 
 log = get_logger(__name__)
@@ -509,7 +509,7 @@ class Distiller:
         self.settings = settings or DistillSettings()
         self.reconcile = _engine(self.settings.engine)
         self.schedule = PairSchedule.from_config(cfg)
-        self.slotter = Slotter(slotting or SlottingParams.from_config(cfg))
+        self.slotter = make_slotter(slotting or SlottingParams.from_config(cfg), self.schedule)
         self.logs = dict(logs)
         for a, b in cfg.pairs():
             for c in (a, b):

@@ -826,6 +826,9 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     The outputs are views into buffers with room for every tag in every pair (address space
     only: the pages that are never written are never backed by memory).
     """
+    if params.client_markers:
+        raise QKDInputError("slot_sift: one frame-marker input per client is slotted pair by pair (PairSlotter); "
+                            "expected marker_channel or none here, or use the two stages (make_slotter, sift_records)")
     clients = _check_inputs(block, schedule, logs, setups, total_slots)
     ts, ch = block.timestamps, block.channels
     n_log = min(logs[c].intensity_idx.size for c in clients)

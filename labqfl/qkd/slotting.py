@@ -45,6 +45,13 @@ counted slots, never in a shifted index:
 
 A frame is therefore final only once the marker after the next one is in.
 
+One marker input per client (``time_tagger.marker_channels``, :class:`PairSlotter`). Each client's
+markers form their own chain by the rules above; frame 0 starts at the earliest marker on any
+client's input and each client's first marker is placed a whole number of frames after it (its
+frames before that are missing markers). A pair's clicks take their slots from its first client's
+chain, and a slot of the pair is dropped when either of its two clients' chains drops it: a frame
+lost at one client (no marker from its pattern generator) drops only the pairs involving it.
+
 Lost data. ``TagBlock.lost_intervals_ps`` (overflow, missed events, error records of the tagger)
 drop every slot whose detection window, shifted by either detector's delay, overlaps a lost
 interval (``dropped_slots_lost_data``). Dropped slots are never announced, and
@@ -77,6 +84,8 @@ __all__ = [
     "SlotEvents",
     "SlottingStats",
     "Slotter",
+    "PairSlotter",
+    "make_slotter",
     "slot_tags",
     "slot_tags_reference",
     "announcements_by_pair",
@@ -112,6 +121,8 @@ class SlottingParams:
     marker_delay_ps: int = 0
     marker_tolerance_slots: float = 0.25
     clock_tolerance_ppm: float = 100.0
+    #: one frame-marker input per client: (client, channel, delay [ps]); slotted by :class:`PairSlotter`
+    client_markers: tuple[tuple[str, int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.period_ps > 0 and math.isfinite(self.period_ps)):
@@ -135,6 +146,18 @@ class SlottingParams:
                                     f"{self.marker_tolerance_slots}")
             if not 0 <= self.clock_tolerance_ppm < 1e4:
                 raise QKDInputError(f"slotting: clock_tolerance_ppm must be in [0, 1e4), got {self.clock_tolerance_ppm}")
+        if self.client_markers:
+            chans = [ch for _, ch, _ in self.client_markers]
+            names = [c for c, _, _ in self.client_markers]
+            if self.marker_channel is not None:
+                raise QKDInputError("slotting: give either marker_channel or client_markers, not both")
+            if self.frame_slots < 1:
+                raise QKDInputError(f"slotting: frame_slots must be >= 1 with client markers, got {self.frame_slots}")
+            if len(set(chans)) != len(chans) or len(set(names)) != len(names) or \
+                    set(chans) & {self.sync_channel, *self.detector_channels}:
+                raise QKDInputError(f"slotting: client marker channels {dict(zip(names, chans, strict=True))} must be "
+                                    "distinct, one per client, and differ from the sync and detector channels "
+                                    f"{(self.sync_channel, *self.detector_channels)}")
 
     @classmethod
     def from_config(
@@ -168,7 +191,8 @@ class SlottingParams:
             windows.append(min(w_default, det.gate_width_ns * 1e3) if det.gated else w_default)
         return cls(
             marker_channel=tt.marker_channel,
-            frame_slots=tt.frame_slots if tt.marker_channel is not None else 0,
+            client_markers=tuple((c, int(ch), delay(f"marker.{c}")) for c, ch in tt.marker_channels.items()),
+            frame_slots=tt.frame_slots if tt.marker_inputs() else 0,
             marker_delay_ps=delay("marker"),
             period_ps=period,
             sync_divider=tt.sync_divider,
@@ -415,9 +439,16 @@ class Slotter:
     last two frames), plus the list of dropped slot ranges.
     """
 
-    def __init__(self, params: SlottingParams) -> None:
+    def __init__(self, params: SlottingParams, *, apply_drops: bool = True) -> None:
+        if params.client_markers:
+            raise QKDInputError("slotting: one marker input per client (client_markers) is slotted per pair by "
+                                "PairSlotter (make_slotter(params, schedule)), not by one Slotter")
         self.p = params
         self.stats = SlottingStats()
+        #: False: clicks in dropped slots are emitted too (a :class:`PairSlotter` drops them per pair)
+        self.apply_drops = apply_drops
+        #: corrected time [ps] of frame 0's start; None: the first marker recorded is frame 0
+        self.marker_origin: int | None = None
         self._markers = params.marker_channel is not None
         self._step = _anchor_step(params)
         self._have_prev = False
@@ -545,10 +576,18 @@ class Slotter:
 
         for t in marker_t.tolist():
             if not self._have_prev:
+                k0 = self._first_frame(t)
+                if k0 is None:  # off the origin's frame grid: cannot start the chain
+                    self.stats.spurious_markers += 1
+                    continue
                 self._have_prev = True
                 at.append(t)
-                ak.append(0)
+                ak.append(k0)
                 ok.append(True)
+                if k0 > 0:  # frames before this client's first marker had none: dropped
+                    self.stats.missing_markers += k0
+                    self.dropped_sync.add(0, k0 * F)
+                    self._dropped.add(0, k0 * F)
                 continue
             gi, on_grid = fit(at[-1], t)
             if not on_grid and self._cand is not None:
@@ -598,6 +637,17 @@ class Slotter:
             ok.append(True)
         return np.array(at, dtype=np.int64), np.array(ak, dtype=np.int64), np.array(ok, dtype=bool)
 
+    def _first_frame(self, t: int) -> int | None:
+        """Frame index of the first marker: 0, or with :attr:`marker_origin` set, its whole number of frames
+        after the origin (None if it lies off that frame grid by more than the marker and clock tolerances)."""
+        if self.marker_origin is None:
+            return 0
+        p = self.p
+        g = (t - self.marker_origin) / p.period_ps  # slots
+        k = math.floor(g / p.frame_slots + 0.5)
+        tol = p.marker_tolerance_slots + p.clock_tolerance_ppm * 1e-6 * abs(g)
+        return int(k) if k >= 0 and abs(g - k * p.frame_slots) <= tol else None
+
     def finish(self) -> SlotEvents:
         """End of stream: assign the waiting tags with the last period and emit everything."""
         if self._finished:
@@ -643,7 +693,7 @@ class Slotter:
         self._anchor_t, self._anchor_k = anchor_t[keep_from:], anchor_k[keep_from:]
         self._anchor_ok = anchor_ok[keep_from:]
         es, eo = slots[emit], outcomes[emit]
-        gone = self._dropped.contains(es)
+        gone = self._dropped.contains(es) if self.apply_drops else np.zeros(es.shape, dtype=bool)
         if np.any(gone):
             self.stats.dropped_clicks += int(np.count_nonzero(gone))
             es, eo = es[~gone], eo[~gone]
@@ -757,6 +807,231 @@ class Slotter:
         for b in blocks:
             yield self.push(b)
         yield self.finish()
+
+
+def _merged(intervals: np.ndarray) -> np.ndarray:
+    """Half-open intervals (k, 2) → sorted, disjoint, merged ranges (what :class:`SlotRanges` holds)."""
+    r = np.asarray(intervals, dtype=np.int64).reshape(-1, 2)
+    r = r[r[:, 1] > r[:, 0]]
+    if not r.size:
+        return np.empty((0, 2), dtype=np.int64)
+    r = r[np.argsort(r[:, 0], kind="stable")]
+    end = np.maximum.accumulate(r[:, 1])
+    new = np.r_[True, r[1:, 0] > end[:-1]]
+    starts = r[new, 0]
+    ends = end[np.r_[np.flatnonzero(new)[1:] - 1, r.shape[0] - 1]]
+    return np.column_stack([starts, ends]).astype(np.int64)
+
+
+def _ranges(intervals: np.ndarray) -> SlotRanges:
+    out = SlotRanges()
+    out.ranges = _merged(intervals)
+    return out
+
+
+def _in_frames(ranges: np.ndarray, schedule: PairSchedule, on: np.ndarray) -> np.ndarray:
+    """The parts of ``ranges`` that lie in schedule frames whose pair has ``on[pair]`` set."""
+    on_frame = on[schedule.frame_pair]
+    if on_frame.all() or not ranges.size:
+        return ranges
+    if not on_frame.any():
+        return np.empty((0, 2), dtype=np.int64)
+    F, C = schedule.slots_per_frame, schedule.cycle_frames
+    parts = []
+    for s0, s1 in ranges.tolist():
+        f = np.arange(s0 // F, (s1 - 1) // F + 1, dtype=np.int64)
+        f = f[on_frame[f % C]]
+        parts.append(np.column_stack([np.maximum(f * F, s0), np.minimum((f + 1) * F, s1)]))
+    return np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.int64)
+
+
+class PairSlotter:
+    """Slotting with one frame-marker input per client (``SlottingParams.client_markers``, from
+    ``time_tagger.marker_channels``): a frame lost at one client drops only the pairs involving it.
+
+    Each client ``c`` gets its own :class:`Slotter` anchored on its own markers (same rules:
+    missing, duplicated and off-grid markers, re-lock, drift tracked frame by frame). Frame 0
+    starts at the earliest marker recorded on any client's input; each client's first marker is
+    placed a whole number of frames after it (so a client whose first frames were lost does not
+    renumber its frames), and its frames before that marker are dropped for it. A pair
+    ``(Ci, Cj)`` takes the slot of every click in its own frames from **Ci's** markers (Ci's
+    slotter), and a slot of the pair is dropped if it is dropped for Ci or for Cj (a missing or
+    off-grid marker of either, or lost tagger data): the two clients' markers together decide
+    the pair's frames, other clients' markers never do. Slots are final once every client's
+    slotter has them final. Same interface as :class:`Slotter` (``push``, ``finish``,
+    ``final_slots``, ``dropped_slots_of_pair``, ``stats``); :attr:`dropped` holds the slots
+    dropped for the pair scheduled in them. ``stats``: tag counters from the first pair's Ci,
+    marker counters summed over the clients, click and dropped-slot counters per pair.
+    """
+
+    _TAG_FIELDS = ("sync_tags", "dropped_syncs", "spurious_syncs", "detector_tags", "outside_window", "outside_burst",
+                   "before_first_slot", "overflow_blocks", "outside_frames", "lost_intervals")
+    _MARKER_FIELDS = ("marker_tags", "missing_markers", "spurious_markers", "marker_relocks")
+
+    def __init__(self, params: SlottingParams, schedule: PairSchedule) -> None:
+        if not params.client_markers:
+            raise QKDInputError("PairSlotter needs one marker input per client (SlottingParams.client_markers)")
+        self.p = params
+        self.schedule = schedule
+        markers = {c: (ch, d) for c, ch, d in params.client_markers}
+        clients = list(dict.fromkeys(c for pr in schedule.pairs for c in pr))
+        missing = [c for c in clients if c not in markers]
+        if missing:
+            raise QKDInputError(f"slotting: no frame-marker channel for client(s) {missing}; expected one per client "
+                                f"of the schedule in time_tagger.marker_channels (have {sorted(markers)})")
+        base = dict(vars(params))
+        base.update(client_markers=())
+        self._subs = {c: Slotter(SlottingParams(**{**base, "marker_channel": markers[c][0],
+                                                    "marker_delay_ps": markers[c][1]}), apply_drops=False)
+                      for c in clients}
+        self._markers = {c: markers[c] for c in clients}
+        self._pairs = list(schedule.pairs)
+        self._involved = {c: np.array([c in pr for pr in self._pairs], dtype=bool) for c in clients}
+        self._held = [(np.empty(0, np.int64), np.empty(0, np.uint8)) for _ in self._pairs]
+        self._trailing = {c: SlotRanges() for c in clients}  # frames after a client's last marker, at finish
+        self.stats = SlottingStats()
+        self._origin_set = False
+        self._final_upto = 0
+        self._last_emitted = -1
+        self._finished = False
+
+    @property
+    def last_emitted(self) -> int:
+        return self._last_emitted
+
+    @property
+    def final_slots(self) -> int:
+        return self._final_upto
+
+    def _client_ranges(self, c: str, kind: str) -> np.ndarray:
+        sub = self._subs[c]
+        if kind == "lost":
+            return sub.dropped_lost.ranges
+        own = sub.dropped_sync.ranges if kind == "sync" else sub.dropped.ranges
+        return np.concatenate([own, self._trailing[c].ranges])
+
+    def _scheduled(self, kind: str) -> SlotRanges:
+        """Slots dropped (``kind``: "all", "sync" or "lost") for the pair scheduled in them."""
+        parts = [_in_frames(self._client_ranges(c, kind), self.schedule, self._involved[c]) for c in self._subs]
+        return _ranges(np.concatenate(parts)) if parts else SlotRanges()
+
+    @property
+    def dropped(self) -> SlotRanges:
+        """Every slot dropped for the pair scheduled in it (a marker of either client, lost data)."""
+        return self._scheduled("all")
+
+    @property
+    def dropped_sync(self) -> SlotRanges:
+        return self._scheduled("sync")
+
+    @property
+    def dropped_lost(self) -> SlotRanges:
+        return self._scheduled("lost")
+
+    def pair_dropped(self, a: str, b: str) -> SlotRanges:
+        """Slots dropped for a pair of clients ``a``, ``b`` (in every frame; the pair's own are those it is
+        scheduled in)."""
+        return _ranges(np.concatenate([self._client_ranges(a, "all"), self._client_ranges(b, "all")]))
+
+    def dropped_slots_of_pair(self, schedule: PairSchedule, pair: str, lo: int, hi: int) -> int:
+        """How many of the pair's slots in ``[lo, hi)`` were dropped for it (its two clients' markers, lost
+        data); as :meth:`Slotter.dropped_slots_of_pair`."""
+        a, b = schedule.pairs[schedule.names.index(pair)]
+        r = self.pair_dropped(a, b).ranges
+        n = 0
+        for s0, s1 in r[(r[:, 1] > lo) & (r[:, 0] < hi)].tolist():
+            x, y = max(s0, lo), min(s1, hi)
+            n += schedule.slots_of_pair(pair, y) - schedule.slots_of_pair(pair, x)
+        return n
+
+    def _set_origin(self, block: TagBlock) -> None:
+        firsts = []
+        for ch, d in self._markers.values():
+            m = np.flatnonzero(block.channels == ch)
+            if m.size:
+                firsts.append(int(block.timestamps[m[0]]) - d)
+        if firsts:
+            for sub in self._subs.values():
+                sub.marker_origin = min(firsts)
+            self._origin_set = True
+
+    def push(self, block: TagBlock) -> SlotEvents:
+        """Process one block; return the clicked slots now final for their pair."""
+        if self._finished:
+            raise QKDInputError("slotting: push() after finish()")
+        if not isinstance(block, TagBlock):
+            raise QKDInputError(f"slotting: expected a TagBlock, got {type(block).__name__}")
+        if not self._origin_set:
+            self._set_origin(block)
+        events = {c: sub.push(block) for c, sub in self._subs.items()}
+        return self._emit(events, min(sub.final_slots for sub in self._subs.values()))
+
+    def finish(self) -> SlotEvents:
+        """End of stream: every client's slotter flushes; a client's frames after its last marker (up to the
+        end of the data) are dropped for it (missing markers)."""
+        if self._finished:
+            return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
+        self._finished = True
+        events = {c: sub.finish() for c, sub in self._subs.items()}
+        end = max(sub.final_slots for sub in self._subs.values())
+        for c, sub in self._subs.items():
+            if sub.final_slots < end:
+                self._trailing[c].add(sub.final_slots, end)
+        return self._emit(events, end)
+
+    def _emit(self, events: dict[str, SlotEvents], final: int) -> SlotEvents:
+        final = max(final, self._final_upto)
+        out_s, out_o = [], []
+        for i, (a, b) in enumerate(self._pairs):
+            e = events[a]
+            sel = self.schedule.pair_index(e.slots) == i
+            s = np.concatenate([self._held[i][0], e.slots[sel]])
+            o = np.concatenate([self._held[i][1], e.outcomes[sel]])
+            ready = s < final
+            self._held[i] = (s[~ready], o[~ready])
+            es, eo = s[ready], o[ready]
+            gone = self.pair_dropped(a, b).contains(es)
+            self.stats.dropped_clicks += int(np.count_nonzero(gone))
+            out_s.append(es[~gone])
+            out_o.append(eo[~gone])
+        slots, outcomes = np.concatenate(out_s), np.concatenate(out_o)
+        order = np.argsort(slots, kind="stable")
+        slots, outcomes = slots[order], outcomes[order]
+        if slots.size:
+            self._last_emitted = max(self._last_emitted, int(slots[-1]))
+        self.stats.clicked_slots += int(slots.size)
+        self.stats.double_clicks += int(np.count_nonzero(outcomes == 3))
+        if final > self._final_upto:
+            n_sync = self.dropped_sync.count(self._final_upto, final)
+            self.stats.dropped_slots_sync += n_sync
+            self.stats.dropped_slots_lost_data += self.dropped.count(self._final_upto, final) - n_sync
+            self._final_upto = final
+        self._sum_stats()
+        return SlotEvents(slots, outcomes)
+
+    def _sum_stats(self) -> None:
+        subs = list(self._subs.values())
+        first = self._subs[self._pairs[0][0]].stats
+        for f in self._TAG_FIELDS:
+            setattr(self.stats, f, getattr(first, f))
+        for f in self._MARKER_FIELDS:
+            setattr(self.stats, f, sum(getattr(sub.stats, f) for sub in subs))
+        if self._finished:
+            F = self.p.frame_slots
+            self.stats.missing_markers += sum(-(-int(r[1]) // F) - -(-int(r[0]) // F)
+                                              for t in self._trailing.values() for r in t.ranges)
+        self.stats.other_tags = first.other_tags - sum(s.stats.marker_tags for s in subs if s.stats is not first)
+
+    def run(self, blocks: Iterable[TagBlock]) -> Iterator[SlotEvents]:
+        for b in blocks:
+            yield self.push(b)
+        yield self.finish()
+
+
+def make_slotter(params: SlottingParams, schedule: PairSchedule) -> Slotter | PairSlotter:
+    """The slotter for these parameters: a :class:`PairSlotter` with one marker input per client, else a
+    :class:`Slotter`."""
+    return PairSlotter(params, schedule) if params.client_markers else Slotter(params)
 
 
 def slot_tags(timestamps: np.ndarray, channels: np.ndarray, params: SlottingParams) -> SlotEvents:

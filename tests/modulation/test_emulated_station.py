@@ -34,13 +34,20 @@ from labqfl.sim_backends.recording import read_recording
 from labqfl.sim_backends.stations import ideal_detectors
 from typer.testing import CliRunner
 
-import labqfl.cli.acquire as acquire_cmd
+import labqfl.cli.acquire as acquire_cli
 from labqfl.cli import app
 from labqfl.config import parse_station_config
 from labqfl.keystore import KeyStore
 from labqfl.serialize import dump_toml
 
 pytest.importorskip("pulsestreamer")
+
+# the module whose start_client_streams labqfl acquire calls (the CLI's, or the application layer's)
+try:
+    import labqfl.app.acquire as _app_acquire
+except ImportError:  # pragma: no cover - an application layer without an acquire module
+    _app_acquire = None  # type: ignore[assignment]
+acquire_cmd: Any = _app_acquire if hasattr(_app_acquire, "start_client_streams") else acquire_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_emulated_hardware.toml"
@@ -58,13 +65,23 @@ def _check_against_model() -> Any:
     return mod.check_against_model
 
 
-def emulated_pair_station(tmp_path: Path) -> Path:
-    """The example station cut to C1-C2 on a short loop (the small test station's operating point),
-    ideal detectors (the analytical model's regime), emulators on fresh loopback addresses."""
+def emulated_pair_station(tmp_path: Path, n_clients: int = 2, per_client_markers: bool = False) -> Path:
+    """The example station cut to its first ``n_clients`` clients (pairs C1-C2, C2-C3, … in a chain) on a
+    short loop (the small test station's operating point), ideal detectors (the analytical model's
+    regime), emulators on fresh loopback addresses. Frame markers: the AND of all clients' markers on
+    channel 4, or (``per_client_markers``) each client's on its own channel 4, 5, …"""
     d = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
     d["name"] = "emulated-pair"
-    d["clients"] = d["clients"][:2]
-    d["loop"]["segments_km"] = [0.2, 0.2, 0.2]
+    d["clients"] = d["clients"][:n_clients]
+    d["loop"]["segments_km"] = [0.2] * (n_clients + 1)
+    d["schedule"]["pairs"] = [[f"C{k}", f"C{k + 1}"] for k in range(1, n_clients)]
+    tt = d["time_tagger"]
+    tt.pop("marker_channels", None)
+    tt.pop("marker_channel", None)
+    if per_client_markers:
+        tt["marker_channels"] = {f"C{k + 1}": 4 + k for k in range(n_clients)}
+    else:
+        tt["marker_channel"] = 4
     net = f"127.{random.randint(32, 254)}.{random.randint(0, 255)}"
     for k, c in enumerate(d["clients"]):
         c["insertion_loss_db"] = 0.2
@@ -184,6 +201,67 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
     finally:
         s1.close()
         s2.close()
+
+
+@pytest.mark.slow
+def test_per_client_markers_drop_a_stalled_clients_frames_only_on_its_pairs(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three clients, pairs C1-C2 and C2-C3 (even frames C1-C2, odd frames C2-C3), each client's marker on
+    its own tagger input (``time_tagger.marker_channels``). C1's randomness stalls for a few frames: its
+    emulator plays them dark, so its marker input misses them; C1-C2 drops its frames there, C2-C3 keeps
+    every one of its frames (also those in C1's gap), and both pairs' keys are identical at both ends."""
+    station_file = emulated_pair_station(tmp_path, n_clients=3, per_client_markers=True)
+    data_dir = tmp_path / "data"
+    rec_path = tmp_path / "rec.h5"
+    duration = 0.12  # 183 frames: ~6e6 slots per pair, as the one-pair test above
+    real_start = acquire_cmd.start_client_streams
+    stalled: list[StalledLog] = []
+
+    def start_with_stall(station: Any, logs: dict[str, Any], duration_s: float) -> Any:
+        s = StalledLog(logs["C1"])
+        stalled.append(s)
+        streams = real_start(station, {**logs, "C1": s}, duration_s, max_wait_s=0.2)
+        s.streams = streams
+        s.ready.set()
+        return streams
+
+    monkeypatch.setattr(acquire_cmd, "start_client_streams", start_with_stall)
+    runner = CliRunner()
+    r = runner.invoke(app, ["acquire", "--config", str(station_file), "--duration", str(duration), "--out",
+                            str(rec_path), "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    acq = json.loads(r.stdout)
+    n_frames = math.ceil(duration * 1e8 / 65536)
+    lost_c1 = [f for f in stalled[0].streams.records["C1"].lost if f < n_frames]
+    assert lost_c1 == list(range(STALL_FROM, STALL_FROM + len(lost_c1))) and len(lost_c1) >= N_STALL
+    assert acq["modulation"]["C2"]["lost"] == acq["modulation"]["C3"]["lost"] == 0
+    # each client's marker input: C1's misses its lost frames, C2's and C3's have every frame
+    with read_recording(rec_path) as rec:
+        ch = np.concatenate([b.channels for b in rec.blocks()])
+    assert np.count_nonzero(ch == 5) == np.count_nonzero(ch == 6) == n_frames
+    assert np.count_nonzero(ch == 4) == n_frames - len(lost_c1)
+
+    r = runner.invoke(app, ["distill", str(rec_path), "--data-dir", str(data_dir), "--out", str(tmp_path / "runs"),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    dist = json.loads(r.stdout)
+    # C1's gap (frames first..last, and the one before it, whose closing marker is missing) on the even frames
+    gap = range(lost_c1[0] - 1, lost_c1[-1] + 1)
+    assert dist["pairs"]["C1-C2"]["dropped_slots"] == sum(65536 for f in gap if f % 2 == 0)
+    assert dist["pairs"]["C2-C3"]["dropped_slots"] == 0
+    assert dist["slotting"]["missing_markers"] == len(lost_c1)
+    for pair, (a, b) in (("C1-C2", ("C1", "C2")), ("C2-C3", ("C2", "C3"))):
+        assert dist["pairs"][pair]["final_key_bits"] > 0, pair
+        sa, sb = KeyStore.for_node(a, data_dir), KeyStore.for_node(b, data_dir)
+        try:
+            nbits = sa.available_bits(pair, "general")
+            assert nbits > 0
+            ka = sa.take(pair, nbits, "general")
+            kb = sb.take_exact(pair, ka.refs, "general")
+            assert np.array_equal(ka.bits, kb.bits)
+        finally:
+            sa.close()
+            sb.close()
 
 
 def test_emulator_wiring_defaults_are_the_drivers() -> None:
