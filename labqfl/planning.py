@@ -381,8 +381,9 @@ def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec:
     rule block; from there a bisection per short pair on the key of its slots cut into the rule's
     blocks (:func:`_duration_for_rounds`) finds the shortest duration holding ``margin`` ×
     ``deficit_bits[pair]``. With a forced ``block_bits`` (``--block-bits``), also at least
-    ``margin`` × one such block of sifted bits on every short pair. The duration is rounded up to
-    4 significant digits.
+    ``margin`` × one such block of sifted bits on every short pair. The duration is at least the first
+    at which every pair's own slots fill its rule block, frame by frame
+    (:meth:`labqfl.contracts.schedule.PairSchedule.slot_end`), and is rounded up to 4 significant digits.
     """
     from labqfl.contracts.schedule import PairSchedule
     from labqfl.qkd.blocksize import plan_blocks
@@ -398,9 +399,11 @@ def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec:
     keyed = [p for p in short if p not in no_key]
     if no_key or not keyed:
         return TopUpPlan(math.inf if no_key else 0.0, short, dict.fromkeys(short, 0.0), no_key, margin)
-    start = float(block.needed_duration_s)
-    if not math.isfinite(start):  # a pair outside the short ones has no key (only possible with --block-bits)
-        start = max(float(bps[p].needed_duration_s) for p in keyed)  # type: ignore[union-attr]
+    # the first slot count at which the pairs' own slots fill their rule blocks (every scheduled pair's, so
+    # that the rule accepts the duration; with --block-bits the short pairs'): the schedule hands a pair its
+    # slots frame by frame, so rule_slots / (share · rep) can end inside another pair's frame, short of the block
+    ruled = [n for n in (sched.names if block_bits is None else keyed) if block.pairs[n].block_slots > 0]
+    start = max(sched.slot_end(n, math.ceil(block.pairs[n].rule_slots)) / rep for n in ruled)
     if block_bits is not None:
         start = max(start, *(margin * block_bits / (bps[p].sifted_per_slot * rep * sched.share(p))  # type: ignore[union-attr]
                              for p in keyed))

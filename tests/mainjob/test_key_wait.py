@@ -185,3 +185,15 @@ def test_top_up_plan_is_the_shortest_acquisition_holding_the_margin(small_statio
 
     rule = plan_blocks(cfg, None, params=SecurityParameters(eps_sec=1e-4)).needed_duration_s
     assert rule <= small.duration_s < 1.01 * rule < big.duration_s
+
+
+def test_top_up_is_long_enough_for_the_block_rule_on_a_weighted_schedule():
+    """Pairs get their slots frame by frame: on `station make --clients 4 --graph ring-k --k 2`
+    (36 frames per cycle) the rule's rule_slots / (share · rep), rounded, ends inside another pair's
+    frame and the rule refused the top-up (0.5222 s, C1-C2 short of its block)."""
+    from labqfl.planning import make_station
+    from labqfl.qkd.blocksize import plan_blocks
+
+    cfg, _ = make_station(4, graph="ring-k", k=2)
+    tp = plan_top_up(cfg, {"C1-C4": 100})
+    assert tp.no_key_pairs == [] and plan_blocks(cfg, tp.duration_s).sufficient
