@@ -54,7 +54,8 @@ class MainWindow(QMainWindow):
             self.tabs.addTab(panel, TABS[key])
         self.setCentralWidget(self.tabs)
         for i in range(self.tabs.count()):
-            QShortcut(QKeySequence(f"Ctrl+{i + 1}"), self, activated=lambda i=i: self.tabs.setCurrentIndex(i))
+            shortcut = QShortcut(QKeySequence(f"Ctrl+{i + 1}"), self)
+            shortcut.activated.connect(lambda i=i: self.tabs.setCurrentIndex(i))
 
         # status bar: one indicator per job, plus the latest progress message
         self._indicators: dict[str, QLabel] = {}

@@ -176,7 +176,8 @@ class CalibrationPanel(QWidget):
             for c, v in enumerate(vals):
                 self.qtable.setItem(r, c, table_item(v, align_right=c in (1, 2, 4, 5)))
         while self.plot_grid.count():
-            w = self.plot_grid.takeAt(0).widget()
+            item = self.plot_grid.takeAt(0)
+            w = item.widget() if item is not None else None
             if w is not None:
                 w.deleteLater()
         for i, path in enumerate(res.get("plots", [])):

@@ -33,6 +33,17 @@ def test_building_the_window_does_no_work(win: MainWindow) -> None:
     assert "connect" in win.live_panel.acq_start.toolTip()
 
 
+def test_ctrl_number_shortcuts_switch_tabs(win: MainWindow) -> None:
+    from PySide6.QtGui import QShortcut
+
+    shortcuts = {s.key().toString(): s for s in win.findChildren(QShortcut)}
+    assert sorted(shortcuts) == [f"Ctrl+{i + 1}" for i in range(win.tabs.count())]
+    shortcuts["Ctrl+3"].activated.emit()
+    assert win.tabs.currentIndex() == 2
+    shortcuts["Ctrl+1"].activated.emit()
+    assert win.tabs.currentIndex() == 0
+
+
 def test_station_tree_shows_units_and_edits_through_the_controller(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
     _connect(qtbot, win)
     sp = win.station_panel
