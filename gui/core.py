@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.app.station import arm, channel_names
+from labqfl.app.station import arm
 from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import LabqflError
 from labqfl.instruments.base import Instrument
@@ -55,8 +55,6 @@ TASKS = ("station", "acquisition", "distillation", "calibration", "training")
 INSTRUMENT_PREFIX = f"{ROOT}.instr."
 #: Wall time between two count-rate / pair-metrics events from the acquisition thread [s].
 EMIT_INTERVAL_S = 0.1
-#: Longest single acquisition the core asks the time tagger for [s]; it is stopped long before.
-_OPEN_ENDED_S = 1e6
 
 
 @dataclass(frozen=True)
@@ -241,11 +239,13 @@ CALIBRATION_TEXT = {
 def discover_calibrations() -> tuple[list[CalibrationSpec], str]:
     """Calibration groups of :mod:`labqfl.calibration`, or ``([], reason)`` when unavailable."""
     try:
-        from labqfl.calibration import GROUPS
+        from labqfl.app.calibrate import groups
+
+        names = groups()
     except Exception as exc:  # pragma: no cover - depends on the installation
         return [], f"labqfl.calibration is not available: {one_line(exc)}"
     specs = []
-    for g in GROUPS:
+    for g in names:
         title, desc = CALIBRATION_TEXT.get(g, (g, ""))
         specs.append(CalibrationSpec(g, title, desc))
     return specs, ""
@@ -582,77 +582,67 @@ class TestbedCore:
             self._distill_stop.set()
 
     def _acquire(self, arm: bool, block_s: float | None) -> None:
-        st = self.station
-        cfg = self.config
-        names = channel_names(cfg)
-        bs = block_s or cfg.simulation.block_duration_s
-        t_acq = 0.0
+        """The acquisition thread: the application layer's :class:`~labqfl.app.acquire.Acquisition`
+        (every role armed, tags streamed and counted, safe state at the end), in segments that
+        restart when a distillation is attached or detached."""
+        from labqfl.app.acquire import Acquisition
+
+        acq: Acquisition | None = None
         wall0 = time.perf_counter()
-        n_tags = 0
-        n_blocks = 0
         try:
+            acq = Acquisition(self.station, block_s=block_s, arm=arm)
             if arm:
-                changed = arm_station(st)
-                if changed:
-                    log.info("armed for acquisition: %s", ", ".join(changed))
+                acq.arm()
                 self.post("settings", self._settings())
-            tagger = st.time_tagger
-            log.info("acquisition started (blocks of %g s)", bs)
+            log.info("acquisition started (blocks of %g s)", acq.block_s)
             while not self._acq_stop.is_set():
-                want_distill = self._distill_request
-                self._distill_stop.clear()
-                stream = tagger.stream(_OPEN_ENDED_S, bs)
-                feeder = self._start_distiller(want_distill, st) if want_distill is not None else None
-                seg_t = 0.0
-                acc_counts = dict.fromkeys(names.values(), 0)
-                acc_t = 0.0
-                last_emit = time.perf_counter()
-                try:
-                    for blk in stream:
-                        n_blocks += 1
-                        n_tags += len(blk)
-                        t_acq += bs
-                        seg_t += bs
-                        acc_t += bs
-                        for ch, n in blk.channel_counts().items():
-                            if ch in names:
-                                acc_counts[names[ch]] += n
-                        if feeder is not None:
-                            feeder.put(blk)  # blocks when the pipeline lags: back-pressure
-                        now = time.perf_counter()
-                        if now - last_emit >= EMIT_INTERVAL_S:
-                            self.post("rates", {"t_s": t_acq, "rates_hz": {k: v / acc_t for k, v in acc_counts.items()}})
-                            self.post("acq_status", {"t_s": t_acq, "tags": n_tags, "blocks": n_blocks,
-                                                     "wall_s": now - wall0})
-                            acc_counts = dict.fromkeys(names.values(), 0)
-                            acc_t = 0.0
-                            last_emit = now
-                        if self._acq_stop.is_set():
-                            break
-                        if feeder is not None and self._distill_stop.is_set():
-                            break  # distillation stopped: keep acquiring without it
-                        if feeder is None and self._distill_request is not None:
-                            break  # distillation requested: restart the stream with it
-                finally:
-                    close = getattr(stream, "close", None)
-                    if close is not None:
-                        close()
-                    if feeder is not None:
-                        self._finish_distiller(feeder, seg_t, discard=self._closed)
+                self._acquire_segment(acq, wall0)
         except Exception as exc:
             self._error("Acquisition failed", exc)
         finally:
             try:
-                if st is not None and not st.closed:
-                    failed = st.safe_state()
+                failed = acq.safe_state() if acq is not None else None
+                if failed is not None:
                     self.post("safe", failed)
                     self.post("settings", self._settings())
             except Exception as exc:
                 self._error("Safe state after acquisition failed", exc)
+            t_acq, n_tags, n_blocks = (acq.t_s, acq.n_tags, acq.n_blocks) if acq is not None else (0.0, 0, 0)
             log.info("acquisition stopped after %.3g s of data (%d tags); instruments in safe state", t_acq, n_tags)
             self.post("acq_status", {"t_s": t_acq, "tags": n_tags, "blocks": n_blocks,
                                      "wall_s": time.perf_counter() - wall0})
             self._set_busy("acquisition", False)
+
+    def _acquire_segment(self, acq: Any, wall0: float) -> None:
+        """One open-ended segment of the acquisition (slots from 0), with the distillation requested
+        at its start, if any; ends on stop, or when a distillation is attached or detached."""
+        want_distill = self._distill_request
+        self._distill_stop.clear()
+        stream = acq.start()  # the tagger's acquisition begins: the station's logs and ID are this segment's
+        feeder: queue.Queue[Any] | None = None
+        try:
+            feeder = self._start_distiller(want_distill, acq.station) if want_distill is not None else None
+            last_emit = time.perf_counter()
+            for blk in stream:
+                if feeder is not None:
+                    feeder.put(blk)  # blocks when the pipeline lags: back-pressure
+                now = time.perf_counter()
+                if now - last_emit >= EMIT_INTERVAL_S:
+                    span, clicks = acq.take_window()
+                    self.post("rates", {"t_s": acq.t_s, "rates_hz": {k: v / span for k, v in clicks.items()}})
+                    self.post("acq_status", {"t_s": acq.t_s, "tags": acq.n_tags, "blocks": acq.n_blocks,
+                                             "wall_s": now - wall0})
+                    last_emit = now
+                if self._acq_stop.is_set():
+                    break
+                if feeder is not None and self._distill_stop.is_set():
+                    break  # distillation stopped: keep acquiring without it
+                if feeder is None and self._distill_request is not None:
+                    break  # distillation requested: restart the stream with it
+        finally:
+            stream.close()
+            if feeder is not None:
+                self._finish_distiller(feeder, acq.segment_t_s, discard=self._closed)
 
     def _start_distiller(self, req: dict[str, Any], station: Any) -> queue.Queue[Any] | None:
         """A distillation thread for the acquisition the time tagger has just started. The
@@ -778,7 +768,7 @@ class TestbedCore:
         self._cal_cancel.set()
 
     def _calibrate(self, spec: CalibrationSpec, kwargs: dict[str, Any]) -> None:
-        from labqfl.calibration import calibrate
+        from labqfl.app.calibrate import run_calibration
 
         t0 = time.perf_counter()
         try:
@@ -788,19 +778,19 @@ class TestbedCore:
                 self.post("progress", ("calibration", None, message))
 
             self.post("progress", ("calibration", None, f"{spec.title}…"))
-            rep = calibrate(self.config, spec.name, runs_dir=self.runs_dir, progress=progress, station=self.station,
-                            base_dir=self.base_dir, **kwargs)
-            quantities = [{"name": q.name, **q.as_dict(), "pull": q.pull} for r in rep.results for q in r.quantities]
-            plots_ = [str(p) for r in rep.results for p in r.plots if p]
-            data = {"procedure": spec.name, "title": spec.title, "quantities": quantities, "plots": plots_,
-                    "run": rep.files.get("run", ""), "station_toml": rep.files.get("station_toml", ""),
+            outcome = run_calibration(self.config, spec.name, runs_dir=self.runs_dir, progress=progress,
+                                      station=self.station, base_dir=self.base_dir, **kwargs)
+            quantities = outcome.quantity_rows()
+            data = {"procedure": spec.name, "title": spec.title, "quantities": quantities, "plots": outcome.plots(),
+                    "run": outcome.files.get("run", ""), "station_toml": outcome.files.get("station_toml", ""),
                     "seconds": time.perf_counter() - t0}
             log.info("calibration %s done in %.1f s: %d quantities; calibrated station file %s", spec.name,
                      data["seconds"], len(quantities), data["station_toml"])
             self.post("calibration_result", data)
-            if rep.failures:  # the other procedures ran and were saved; say which did not
-                self._error(f"Calibration {spec.title}: {len(rep.failures)} procedure(s) failed",
-                            "; ".join(f.message for f in rep.failures))
+            if outcome.failures:  # the other procedures ran and were saved; say which did not
+                fails = outcome.report.failures
+                self._error(f"Calibration {spec.title}: {len(fails)} procedure(s) failed",
+                            "; ".join(f.message for f in fails))
             self.post("progress", ("calibration", 1.0, f"{spec.title} done"))
         except Exception as exc:
             cause: BaseException | None = exc
@@ -941,9 +931,9 @@ class TestbedCore:
 
 
 def _default_station(config: StationConfig, base_dir: Path | None) -> Any:
-    from labqfl.station import Station
+    from labqfl.app.station import open_station
 
-    return Station.open(config, base_dir=base_dir)
+    return open_station(config, base_dir=base_dir)
 
 
 __all__ = ["Event", "TestbedCore", "TrainingOptions", "CalibrationSpec", "arm_station", "discover_calibrations",

@@ -1,5 +1,8 @@
-"""``labqfl acquire --duration SECONDS [--config] [--out FILE.h5] [--json]``: run the station's
-time tagger (simulated by default), optionally record to HDF5, and report clicks per pair.
+"""``labqfl acquire --duration SECONDS [--config] [--out FILE.h5] [--json]``: arm the station, run
+its time tagger (simulated by default), optionally record to HDF5, and report clicks per pair.
+
+Argument parsing and rendering only: the recipe is :func:`labqfl.app.acquire.acquire` (open the
+station, arm every role, stream, record, safe state and close).
 
 The recording holds the tags and public metadata only. Each CSPRNG client keeps its private
 choice log (its 32-byte key for this acquisition, mode 0600) in its own folder,
@@ -13,18 +16,17 @@ only, and ``--json`` reports ``modulation``: frames played and lost per client (
 
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from labqfl.app.station import start_client_streams
+from labqfl.app.acquire import AcquireOptions
+from labqfl.app.acquire import acquire as acquire_use_case
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import load_station_config
-from labqfl.modulation import played_table
+from labqfl.errors import ConfigError
 
 
 @handle_errors
@@ -38,72 +40,16 @@ def acquire(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Acquire time tags from the station and report click counts and rates per pair and channel."""
-    from labqfl.station import Station
-
-    _check_options(duration, block, out)
-    cfg = load_station_config(config)
-    bd = block or cfg.simulation.block_duration_s
-    n_blocks = max(1, math.ceil(round(duration / bd, 9)))
-    station = Station.open(cfg, base_dir=config.resolve().parent if config else None)
-    writer = None
-    streams = None
-    modulation: dict[str, dict[str, Any]] = {}
     try:
-        tagger = station.time_tagger
-        blocks = tagger.stream(duration, bd)
-        epoch = getattr(tagger, "acquisition_epoch", None)
-        logs = station.client_logs() if epoch is not None else None
-        acq_id = station.acquisition_id() if epoch is not None else None
-        report = station.pair_report()
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            writer = station.recorder(out, data_dir=data_dir)  # CSPRNG logs: each client's own folder, 0600
-        if logs is not None:  # clients with a pattern generator stream their choices to it, frame by frame
-            streams = start_client_streams(station, logs, duration)
-        counts: dict[int, int] = {}
-        n_tags = 0
-        t0 = time.perf_counter()
-        with progress_bar(not as_json) as prog:
-            task = prog.add_task(f"acquire {duration:g} s", total=n_blocks)
-            for blk in blocks:
-                if writer is not None:
-                    writer.append(blk)
-                if report is not None:
-                    report.add(blk)
-                blk.channel_counts(counts)
-                n_tags += len(blk)
-                prog.advance(task)
-        wall = time.perf_counter() - t0
-        if streams is not None:
-            records = streams.finish()
-            modulation, streams = streams.summary(), None
-            for c, rec in records.items():
-                if writer is not None:  # the client's side keeps its played frames only
-                    writer.add_played_frames(c, played_table(rec), rec.frame_slots)
-        if report is not None:
-            report.finish()
-        if writer is not None:
-            writer.close(duration_s=duration, complete=True)
-            writer = None
-    finally:
-        if streams is not None:
-            streams.finish(timeout_s=5.0)
-        if writer is not None:
-            writer.close(complete=False)
-        station.close()
-
-    tt = cfg.time_tagger
-    names = {tt.sync_channel: "sync", **{ch: d for d, ch in tt.detector_channels.items()}}
-    data = {
-        "station": cfg.name, "duration_s": duration, "acquisition_id": acq_id, "out": str(out) if out else None,
-        "client_randomness": {c: lg.randomness for c, lg in (logs or {}).items()},
-        "n_tags": n_tags, "wall_s": wall, "speed_x_real_time": duration / wall if wall > 0 else None,
-        "count_rates_hz": {names.get(ch, str(ch)): n / duration for ch, n in sorted(counts.items())},
-        "pairs": report.summary() if report is not None else {},
-        "modulation": modulation,
-        "note": "per-pair basis/intensity counts join the node's outcomes with the clients' logs (report only)",
-    }
-
+        options = AcquireOptions(duration_s=duration, block_s=block, out=out, data_dir=data_dir)
+    except ConfigError as exc:
+        raise fail(f"--{exc}") from None
+    cfg = load_station_config(config)
+    with progress_bar(not as_json) as prog:
+        task = prog.add_task(f"acquire {duration:g} s", total=options.n_blocks(cfg))
+        result = acquire_use_case(cfg, options, base_dir=config.resolve().parent if config else None,
+                                  progress=lambda done, _total: prog.update(task, completed=done))
+    data = result.as_dict()
     emit(data, as_json, lambda con: _render(con, cfg.name, data, out))
 
 
@@ -121,16 +67,6 @@ def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # 
         t.add_row(p, str(r["clicks"]), str(r["detector_clicks"]["D0"]), str(r["detector_clicks"]["D1"]),
                   str(r["double_clicks"]), *[f"{x:.4f}" if x is not None else "—" for x in q])
     con.print(t)
-
-
-def _check_options(duration: float, block: float | None, out: Path | None) -> None:
-    """One clear line for a bad --duration, --block or --out."""
-    if not (math.isfinite(duration) and duration > 0):
-        raise fail(f"--duration must be a number of seconds > 0, got {duration}")
-    if block is not None and not (math.isfinite(block) and block > 0):
-        raise fail(f"--block must be a number of seconds > 0, got {block}")
-    if out is not None and out.suffix.lower() not in (".h5", ".hdf5"):
-        raise fail(f"--out {out}: expected a file name ending in .h5 or .hdf5")
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,9 @@ calibration applied; ``--write-config FILE`` writes it elsewhere too). See docs/
 
 A procedure that fails does not stop the others: the table shows every result, one line per
 failure follows, the files hold what succeeded, and the command exits with status 1.
+
+Argument parsing and rendering only: the recipe is :func:`labqfl.app.calibrate.run_calibration`
+(and :func:`~labqfl.app.calibrate.apply_calibration_file` for ``apply``).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def _fmt(q: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
          quick: bool, plots: bool, **kw: Any) -> None:
-    from labqfl.calibration import calibrate, write_station_toml
+    from labqfl.app.calibrate import run_calibration
 
     cfg = load_station_config(config)
     base_dir = config.resolve().parent if config else None
@@ -52,35 +55,29 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
             prog.update(task, description=msg)
             prog.console.log(msg) if not as_json else None
 
-        rep = calibrate(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick, make_plots=plots,
-                        base_dir=base_dir, **kw)
+        outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
+                                  make_plots=plots, base_dir=base_dir, write_config=write_config, **kw)
         prog.update(task, description=f"calibrate {group}: done")
-    files = dict(rep.files)
-    if write_config is not None:
-        files["written_config"] = str(write_station_toml(rep.calibrated_config, write_config))
-    qs = {n: {k: v for k, v in q.items() if k in ("value", "uncertainty", "unit", "true")}
-          for n, q in rep.document["quantities"].items()}
-    failures = {f.procedure: f.message for f in rep.failures}
-    data = {"station": rep.station, "group": group, "simulated": rep.document["simulated"],
-            "schema_version": rep.document["schema_version"], "files": files, "quantities": qs,
-            "failures": failures}
+    data = outcome.as_dict()
+    emit(data, as_json, lambda con: _render(con, outcome.station, data))
+    summary = outcome.failure_summary()
+    if summary is not None:
+        raise fail(summary)
 
-    def render(con: Any) -> None:
-        t = Table("quantity", "value", "±1σ", "unit", "simulator truth", title=f"calibration of {rep.station}")
-        for n, q in qs.items():
-            t.add_row(n, *_fmt(q))
-        con.print(t)
-        con.print(f"run folder: {files['run']}")
-        con.print(f"calibrated station file: {files['station_toml']}")
-        if "written_config" in files:
-            con.print(f"written: {files['written_config']}")
-        for name, msg in failures.items():
-            con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True)
 
-    emit(data, as_json, render)
-    if failures:
-        raise fail(f"{len(failures)} of {len(failures) + len(rep.results)} calibration procedures failed "
-                   f"({', '.join(failures)}); the files hold the {len(rep.results)} that succeeded")
+def _render(con: Any, station: str, data: dict[str, Any]) -> None:
+    """The human form of a calibration's result (stderr)."""
+    files = data["files"]
+    t = Table("quantity", "value", "±1σ", "unit", "simulator truth", title=f"calibration of {station}")
+    for n, q in data["quantities"].items():
+        t.add_row(n, *_fmt(q))
+    con.print(t)
+    con.print(f"run folder: {files['run']}")
+    con.print(f"calibrated station file: {files['station_toml']}")
+    if "written_config" in files:
+        con.print(f"written: {files['written_config']}")
+    for name, msg in data["failures"].items():
+        con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True)
 
 
 def _split_pair(pair: str | None) -> tuple[str, str] | None:
@@ -150,20 +147,10 @@ def apply_cmd(calibration: Path = typer.Argument(..., help="calibration.json of 
               output: Path = typer.Option(..., "--output", "-o", help="Station TOML to write.", dir_okay=False),
               config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Apply a calibration file to a station file and write the updated station TOML."""
-    from labqfl.calibration import (
-        apply_calibration,
-        quantities_from_doc,
-        read_calibration,
-        write_station_toml,
-    )
+    from labqfl.app.calibrate import apply_calibration_file
 
-    cfg = load_station_config(config)
-    doc = read_calibration(calibration)
-    new = apply_calibration(cfg, quantities_from_doc(doc))
-    path = write_station_toml(new, output)
-    data = {"station": new.name, "calibration": str(calibration), "written": str(path),
-            "applied": sorted(doc["quantities"])}
-    emit(data, as_json, lambda con: con.print(f"wrote {path} with {len(data['applied'])} calibrated quantities"))
+    data = apply_calibration_file(load_station_config(config), calibration, output)
+    emit(data, as_json, lambda con: con.print(f"wrote {data['written']} with {len(data['applied'])} calibrated quantities"))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,303 @@
+"""Acquisition as one use case: arm the station, stream its time tagger, count, record, leave it safe.
+
+``labqfl acquire`` calls :func:`acquire` (open the station, arm every role, stream for a duration with
+a progress callback, write the recording, safe state and close). The GUI's acquisition thread and
+``labqfl run``'s in-process acquisition hold their station open themselves and stream through
+:class:`Acquisition`, the same recipe without the opening::
+
+    with open_station(cfg) as station, Acquisition(station) as acq:   # every role armed (acq.armed)
+        blocks = acq.start(duration_s)   # the tagger's acquisition begins now: the Station's logs and ID are its
+        for blk in blocks:               # counted as handed out: acq.n_tags, acq.t_s, acq.counts per channel
+            ...
+            span_s, clicks = acq.take_window()   # clicks per channel name since the last window
+    # every instrument in its safe state (acq.safe_failures), then the station closed
+
+Whether the instruments are real or simulated is the Station's business: the clients' logs, the
+acquisition ID, the per-pair report and the recorder are asked of it (ARCHITECTURE.md rule 1).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labqfl.app.station import arm as arm_roles
+from labqfl.app.station import channel_names, open_station, start_client_streams
+from labqfl.config import StationConfig
+from labqfl.errors import ConfigError
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+#: Longest single acquisition asked of the time tagger for an open-ended stream [s] (the caller stops it long before).
+OPEN_ENDED_S = 1e6
+#: What the per-pair numbers of ``labqfl acquire`` are (they need the clients' logs).
+PAIRS_NOTE = "per-pair basis/intensity counts join the node's outcomes with the clients' logs (report only)"
+
+#: ``progress(blocks_done, blocks_total)`` after every block of :func:`acquire`.
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class AcquireOptions:
+    """What a user chooses for ``labqfl acquire``.
+
+    ``duration_s``: acquisition time [s] (simulated seconds on the simulator); ``block_s``: block
+    duration [s] (``None``: the station's ``simulation.block_duration_s``); ``out``: HDF5 recording
+    (``.h5``/``.hdf5``; ``None``: no recording); ``data_dir``: where each CSPRNG client's private
+    choice log is kept (``None``: the key store's data dir).
+    """
+
+    duration_s: float
+    block_s: float | None = None
+    out: Path | None = None
+    data_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
+            raise ConfigError(f"duration must be a number of seconds > 0, got {self.duration_s}")
+        if self.block_s is not None and not (math.isfinite(self.block_s) and self.block_s > 0):
+            raise ConfigError(f"block must be a number of seconds > 0, got {self.block_s}")
+        if self.out is not None and self.out.suffix.lower() not in (".h5", ".hdf5"):
+            raise ConfigError(f"out {self.out}: expected a file name ending in .h5 or .hdf5")
+
+    def block_duration_s(self, cfg: StationConfig) -> float:
+        return float(self.block_s or cfg.simulation.block_duration_s)
+
+    def n_blocks(self, cfg: StationConfig) -> int:
+        """Blocks the acquisition streams (the last one may be partial)."""
+        return max(1, math.ceil(round(self.duration_s / self.block_duration_s(cfg), 9)))
+
+
+class Blocks:
+    """The tag blocks of one segment of an :class:`Acquisition`, counted as they are handed out.
+    :meth:`close` ends the time tagger's stream (also when it was never iterated)."""
+
+    def __init__(self, acquisition: Acquisition, blocks: Any) -> None:
+        self._acq = acquisition
+        self._blocks = blocks
+        self._it: Iterator[Any] = iter(blocks)
+
+    def __iter__(self) -> Blocks:
+        return self
+
+    def __next__(self) -> Any:
+        blk = next(self._it)
+        self._acq._count(blk)
+        return blk
+
+    def close(self) -> None:
+        close = getattr(self._blocks, "close", None)
+        if close is not None:
+            close()
+
+
+class Acquisition:
+    """An acquisition on an open ``station`` (:func:`labqfl.app.station.open_station`).
+
+    As a context manager it arms every role first (``arm=False``: leaves them as they are; call
+    :meth:`arm` yourself) and puts every instrument in its safe state on exit, whatever happened.
+    :meth:`start` begins a segment (a new acquisition of the time tagger, slots from 0); the
+    counters run over all segments: ``n_blocks``, ``n_tags``, ``t_s`` (acquired time [s], a
+    segment's last block counted up to its duration) and ``counts`` (tags per channel number).
+    ``block_s``: block duration [s] (``None``: the station's ``simulation.block_duration_s``).
+    """
+
+    def __init__(self, station: Any, *, block_s: float | None = None, arm: bool = True) -> None:
+        self.station = station
+        self.block_s = float(block_s or station.config.simulation.block_duration_s)
+        self.names = channel_names(station.config)
+        self.wants_arm = arm
+        self.armed: list[str] = []
+        self.safe_failures: dict[str, str] | None = None
+        self.counts: dict[int, int] = {}
+        self.n_blocks = 0
+        self.n_tags = 0
+        self.t_s = 0.0
+        self._t_before = 0.0  # acquired time of the segments before the current one [s]
+        self._seg_blocks = 0
+        self._seg_duration: float | None = None
+        self._window: dict[int, int] = {}
+        self._window_t0 = 0.0
+
+    def __enter__(self) -> Acquisition:
+        if self.wants_arm:
+            self.arm()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.safe_state()
+
+    def arm(self) -> list[str]:
+        """Every role in its operating state (:func:`labqfl.app.station.arm`); what was changed."""
+        self.armed = arm_roles(self.station)
+        if self.armed:
+            log.info("armed for acquisition: %s", ", ".join(self.armed))
+        return self.armed
+
+    def start(self, duration_s: float | None = None) -> Blocks:
+        """Start a segment now: the time tagger streams ``duration_s`` seconds (``None``: until the
+        caller stops iterating and calls ``close()``) in blocks of ``block_s``. The Station's
+        :meth:`~labqfl.station.Station.client_logs` and ``acquisition_id`` are this segment's from
+        here on. The click window (:meth:`take_window`) restarts with the segment."""
+        self._t_before = self.t_s
+        self._seg_blocks = 0
+        self._seg_duration = duration_s
+        self._window, self._window_t0 = {}, self.t_s
+        blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
+        return Blocks(self, blocks)
+
+    @property
+    def segment_t_s(self) -> float:
+        """Acquired time of the current segment [s]."""
+        return self.t_s - self._t_before
+
+    def _count(self, blk: Any) -> None:
+        self.n_blocks += 1
+        self._seg_blocks += 1
+        self.n_tags += len(blk)
+        seg_t = self._seg_blocks * self.block_s
+        if self._seg_duration is not None:
+            seg_t = min(seg_t, self._seg_duration)
+        self.t_s = self._t_before + seg_t
+        for ch, n in blk.channel_counts().items():
+            self.counts[ch] = self.counts.get(ch, 0) + n
+            self._window[ch] = self._window.get(ch, 0) + n
+
+    def take_window(self) -> tuple[float, dict[str, int]]:
+        """(acquired seconds, tags per channel name: sync and each detector) since the previous
+        call or the segment's start; the next window starts here."""
+        span = self.t_s - self._window_t0
+        clicks = {name: self._window.get(ch, 0) for ch, name in self.names.items()}
+        self._window, self._window_t0 = {}, self.t_s
+        return span, clicks
+
+    def count_rates_hz(self, duration_s: float) -> dict[str, float]:
+        """Every channel's tags over the whole acquisition / ``duration_s``, by name (unnamed
+        channels, e.g. a frame-marker input, by number), in channel order."""
+        return {self.names.get(ch, str(ch)): n / duration_s for ch, n in sorted(self.counts.items())}
+
+    def safe_state(self) -> dict[str, str] | None:
+        """Every instrument to its safe state (nothing when the station is closed already: ``None``);
+        the roles whose safe state failed, with the reason."""
+        if getattr(self.station, "closed", False):
+            return None
+        self.safe_failures = self.station.safe_state()
+        return self.safe_failures
+
+
+@dataclass
+class AcquireResult:
+    """What ``labqfl acquire`` reports (:meth:`as_dict`: its ``--json`` document). Nothing here
+    derives a client's choices: ``client_randomness`` is only each client's kind of randomness."""
+
+    station: str
+    duration_s: float
+    acquisition_id: str | None
+    out: Path | None
+    client_randomness: dict[str, str]
+    n_tags: int
+    wall_s: float
+    count_rates_hz: dict[str, float]
+    pairs: dict[str, Any]
+    modulation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    armed: list[str] = field(default_factory=list)
+
+    @property
+    def speed_x_real_time(self) -> float | None:
+        return self.duration_s / self.wall_s if self.wall_s > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "station": self.station, "duration_s": self.duration_s, "acquisition_id": self.acquisition_id,
+            "out": str(self.out) if self.out else None, "client_randomness": dict(self.client_randomness),
+            "n_tags": self.n_tags, "wall_s": self.wall_s, "speed_x_real_time": self.speed_x_real_time,
+            "count_rates_hz": dict(self.count_rates_hz), "pairs": self.pairs, "modulation": self.modulation,
+            "note": PAIRS_NOTE,
+        }
+
+
+def acquire(cfg: StationConfig, options: AcquireOptions, *, base_dir: Path | None = None,
+            progress: ProgressFn | None = None) -> AcquireResult:
+    """``labqfl acquire``: open the station (``base_dir``: folder of the station file), arm every
+    role, stream ``options.duration_s`` seconds (``progress(done, total)`` after each block), record
+    the tags to ``options.out`` when given, report clicks per channel and pair; every instrument
+    ends in its safe state and the station is closed, on success and on failure alike.
+
+    The recording holds the tags and public metadata only; each CSPRNG client's private choice log
+    goes to its own folder under ``options.data_dir`` (mode 0600). Clients with a
+    ``pattern_generator`` role stream their choices to it while the tags come in
+    (:func:`labqfl.app.station.start_client_streams`); the recording keeps their played frames."""
+    with open_station(cfg, base_dir=base_dir) as station, \
+            Acquisition(station, block_s=options.block_duration_s(cfg)) as acq:
+        return _record(acq, options, progress)
+
+
+def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | None) -> AcquireResult:
+    """The body of :func:`acquire` on an armed station."""
+    station, cfg = acq.station, acq.station.config
+    blocks = acq.start(options.duration_s)
+    writer: Any = None
+    streams: Any = None
+    try:
+        live = getattr(station.time_tagger, "acquisition_epoch", None) is not None  # the clients' logs are known
+        logs = station.client_logs() if live else None
+        acq_id = station.acquisition_id() if live else None
+        report = station.pair_report()
+        if options.out is not None:
+            options.out.parent.mkdir(parents=True, exist_ok=True)
+            writer = station.recorder(options.out, data_dir=options.data_dir)  # CSPRNG logs: each client's own folder
+        if logs is not None:  # clients with a pattern generator stream their choices to it, frame by frame
+            streams = start_client_streams(station, logs, options.duration_s)
+        wall = _pump(blocks, writer, report, progress, options.n_blocks(cfg))
+        modulation: dict[str, dict[str, Any]] = {}
+        if streams is not None:
+            records = streams.finish()
+            modulation, streams = streams.summary(), None
+            _save_played_frames(records, writer)
+        if report is not None:
+            report.finish()
+        if writer is not None:
+            writer.close(duration_s=options.duration_s, complete=True)
+            writer = None
+    finally:
+        blocks.close()
+        if streams is not None:
+            streams.finish(timeout_s=5.0)
+        if writer is not None:
+            writer.close(complete=False)
+    return AcquireResult(
+        station=cfg.name, duration_s=options.duration_s, acquisition_id=acq_id, out=options.out,
+        client_randomness={c: lg.randomness for c, lg in (logs or {}).items()}, n_tags=acq.n_tags, wall_s=wall,
+        count_rates_hz=acq.count_rates_hz(options.duration_s), pairs=report.summary() if report is not None else {},
+        modulation=modulation, armed=list(acq.armed))
+
+
+def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None, total: int) -> float:
+    """Hand every block to the recording and the pair report; the wall time it took [s]."""
+    t0 = time.perf_counter()
+    for k, blk in enumerate(blocks, start=1):
+        if writer is not None:
+            writer.append(blk)
+        if report is not None:
+            report.add(blk)
+        if progress is not None:
+            progress(k, total)
+    return time.perf_counter() - t0
+
+
+def _save_played_frames(records: dict[str, Any], writer: Any) -> None:
+    """Each client's played-frames record into the recording (the client's side keeps its played
+    frames only, so its log answers for those alone)."""
+    from labqfl.modulation import played_table
+
+    if writer is not None:
+        for c, rec in records.items():
+            writer.add_played_frames(c, played_table(rec), rec.frame_slots)
+
+
+__all__ = ["OPEN_ENDED_S", "AcquireOptions", "AcquireResult", "Acquisition", "Blocks", "acquire"]
