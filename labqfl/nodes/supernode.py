@@ -33,6 +33,7 @@ from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials
 from labqfl.nodes.tunnel import TunnelEnd, split_address
+from labqfl.nodes.warmapp import start_warm_clientapps
 
 log = get_logger(__name__)
 
@@ -60,7 +61,7 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
     code = 0
     try:
         local = tunnel.start()
-        fed = LocalFederation(private, local, tls=tls)
+        fed = start_warm_clientapps(private, local, tls=tls)  # ClientApp processes forked pre-imported
         # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity)
         fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
                                    NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key)})

@@ -1,0 +1,406 @@
+"""Warm ClientApp processes for a client's SuperNode: one fresh process per message, forked from a
+parent that has already imported Flower, labqfl and torch.
+
+A Flower SuperNode (flwr 1.42, ``--isolation subprocess``) runs every message it receives in a new
+``flwr-clientapp`` process, started by name from ``PATH`` by its SuperExec. Measured on the 2-core
+development machine (docs/nodes.md), such a process spends most of its life importing: Flower's
+clientapp runtime (~1.5 s CPU), the labqfl Flower app (~0.4 s) and, for the training message, torch
+and the training code (~1.9 s) — three messages per client and round, before any work.
+
+:func:`start_warm_clientapps` adds a *zygote* to a :class:`~labqfl.fl.flower.deploy.LocalFederation`
+of one client (``python -m labqfl.nodes.warmapp zygote SOCKET``): it imports all of that once,
+opens no file, key store or connection, listens on a Unix socket in a private 0700 folder and, per
+request, forks a child that runs Flower's own ``flwr-clientapp`` entry point with the request's
+arguments and standard streams. The SuperExec finds :data:`SHIM` (a few lines of stdlib Python,
+``-SE``) under the name ``flwr-clientapp`` first on its ``PATH``; the shim hands its arguments and
+stdin/stdout/stderr to the zygote (``SCM_RIGHTS``), forwards SIGTERM/SIGINT to the child, and exits
+with the child's exit code. If the zygote is not listening (still importing, or gone), the shim
+``exec``\\ s the real ``flwr-clientapp``: behaviour is Flower's, only slower.
+
+What stays as in Flower: every message runs in its own process, which exits after the reply, so
+nothing (no key word, reservation or secret) survives from one message to the next except what
+Flower's ``Context.state`` carries. The zygote holds only imported modules; before the child runs,
+numpy's legacy global generator is reseeded from the OS (Python's ``random`` reseeds itself on fork;
+labqfl's own secret draws use ``secrets``). The zygote forks only while it has a single thread
+(Python threads, checked), accepts requests only from its own user (``SO_PEERCRED``) and exits when its parent (the
+SuperNode node) is gone or on SIGTERM, taking its children with it (same process group, which
+:meth:`LocalFederation.stop` ends).
+
+Also for the SuperNode: its message loop asks the SuperLink for work every 0.25 s instead of
+Flower's 3 s (:func:`supernode_main`), and its processes run with ``FLWR_TELEMETRY_ENABLED=0`` and
+``FLWR_DISABLE_UPDATE_CHECK=1`` (Flower otherwise posts a usage event to telemetry.flower.ai at
+every process start and exit, waiting up to 4 s for it at exit, and asks PyPI for updates; a lab
+network's node has no business calling out).
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labqfl.fl.flower.deploy import LocalFederation, _bin
+from labqfl.log import get_logger
+
+log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
+
+__all__ = ["SHIM", "WarmFederation", "start_warm_clientapps", "zygote_main"]
+
+#: environment variable naming the zygote's socket (read by the shim)
+SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
+_MAX_REQUEST = 1 << 16
+#: how often the SuperNode asks the SuperLink for a message when it has none [s] (Flower: 3 s)
+PULL_INTERVAL_S = 0.25
+
+#: The ``flwr-clientapp`` the SuperExec starts: stdlib only, no site-packages (``-SE``), so it starts
+#: in ~20 ms. ``{python}`` and ``{real}`` are filled in by :func:`write_shim`.
+SHIM = '''#!{python} -SE
+# labqfl warm ClientApp shim (labqfl/nodes/warmapp.py): runs this flwr-clientapp call in a
+# process forked from the SuperNode's pre-imported zygote, or execs the real one.
+import array, json, os, signal, socket, sys
+REAL = {real!r}
+def _real():
+    os.execv(REAL, [REAL] + sys.argv[1:])
+path = os.environ.get({env!r}, "")
+if not path:
+    _real()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(path)
+    req = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}).encode()
+    s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
+    s.shutdown(socket.SHUT_WR)
+    f = s.makefile("r")
+    first = f.readline().split()
+except OSError:
+    _real()
+if len(first) != 2 or first[0] != "PID":
+    _real()  # the zygote refused or could not fork: nothing ran
+pid = int(first[1])
+def _forward(signum, frame):
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _forward)
+code = 1
+for line in f:
+    w = line.split()
+    if len(w) == 2 and w[0] == "EXIT":
+        code = int(w[1])
+        break
+sys.exit(code)
+'''
+
+
+def write_shim(bin_dir: Path, real: str) -> Path:
+    """Write :data:`SHIM` as ``bin_dir/flwr-clientapp`` (0700), falling back to ``real``."""
+    bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = bin_dir / "flwr-clientapp"
+    path.write_text(SHIM.format(python=sys.executable, real=real, env=SOCKET_ENV), encoding="utf-8")
+    path.chmod(0o700)
+    return path
+
+
+@dataclass
+class WarmFederation(LocalFederation):
+    """A :class:`LocalFederation` whose processes find the warm ``flwr-clientapp`` shim first on
+    ``PATH`` and have Flower's telemetry off (see the module docstring)."""
+
+    warm_dir: Path | None = None
+
+    def env(self) -> dict[str, str]:
+        e = super().env()
+        e["FLWR_TELEMETRY_ENABLED"] = "0"
+        e["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        if self.warm_dir is not None:
+            e["PATH"] = str(self.warm_dir / "bin") + os.pathsep + e["PATH"]
+            e[SOCKET_ENV] = str(self.warm_dir / "zygote.sock")
+        return e
+
+    def _start(self, name: str, cmd: list[str]) -> None:
+        if name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
+            cmd = [sys.executable, "-m", "labqfl.nodes.warmapp", "supernode", *cmd[1:]]
+        super()._start(name, cmd)
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        finally:
+            if self.warm_dir is not None:
+                shutil.rmtree(self.warm_dir, ignore_errors=True)
+
+
+def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederation:
+    """A :class:`WarmFederation` in ``workdir`` with its zygote started (process ``warm-clientapps``,
+    log ``warm-clientapps.log``); start the SuperNode on it as usual. The shim and the socket live in
+    a fresh 0700 folder under the system's temporary folder (a Unix socket path must stay under 108
+    bytes), removed by :meth:`WarmFederation.stop`."""
+    warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
+    fed = WarmFederation(workdir, fleet, warm_dir=warm, **kw)
+    write_shim(warm / "bin", _bin("flwr-clientapp"))
+    fed._start("warm-clientapps", [sys.executable, "-m", "labqfl.nodes.warmapp", "zygote",
+                                   str(warm / "zygote.sock"), str(os.getpid())])
+    return fed
+
+
+# ------------------------------------------------------------------------------------ the zygote
+def _preload() -> Any:
+    """Import what a ClientApp process needs; return Flower's ``flwr-clientapp`` entry point."""
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    import labqfl.fl.datasets.tasks  # noqa: F401 - task data (torch via the measures)
+    import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:client_app``)
+    import labqfl.fl.training  # noqa: F401 - local training (torch, the QNN kernels)
+
+    return flwr_clientapp
+
+
+def _threads() -> int:
+    """Python threads of this process. Native pools are not counted: numpy's OpenBLAS starts one
+    worker thread at import and shuts it down around ``fork`` itself (``pthread_atfork``), as it
+    must for ``multiprocessing``'s fork start method."""
+    import threading
+
+    return threading.active_count()
+
+
+def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """One request: JSON ``{"argv": [...], "cwd": str}`` and three file descriptors (0, 1, 2)."""
+    fds = array.array("i")
+    data = b""
+    while True:
+        msg, anc, _flags, _addr = conn.recvmsg(_MAX_REQUEST, socket.CMSG_SPACE(3 * fds.itemsize))
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        if not msg:
+            break
+        data += msg
+        if len(data) > _MAX_REQUEST:
+            raise ValueError("request too long")
+    req = json.loads(data)
+    if not isinstance(req.get("argv"), list) or not isinstance(req.get("cwd"), str) or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("request must carry argv, cwd and 3 file descriptors")
+    return req, list(fds)
+
+
+def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: take the request's streams, run ``flwr-clientapp``, exit. Never returns."""
+    code = 1
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for i, fd in enumerate(fds):
+            os.dup2(fd, i)
+            os.close(fd)
+        os.chdir(req["cwd"])
+        from labqfl.log import set_verbosity
+
+        set_verbosity("WARNING")  # as quiet as a cold ClientApp process (the zygote logs at INFO)
+        import numpy as np
+
+        np.random.seed()  # the legacy global generator was seeded once, at import in the zygote
+        sys.argv = ["flwr-clientapp", *[str(a) for a in req["argv"]]]
+        entry()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported on the child's stderr, then its exit code
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 - the stream may be closed; exiting anyway
+                pass
+        os._exit(code)
+
+
+def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "") -> int:
+    """Run the zygote until SIGTERM/SIGINT or until ``parent_pid`` is gone; returns 0.
+
+    ``entry_ref`` (``module:function``, tests): run that in each child instead of Flower's
+    ``flwr-clientapp`` entry point, and import nothing else beforehand. Prints ``READY <socket>``
+    on stdout once it accepts requests."""
+    if entry_ref:
+        import importlib
+
+        mod, _, fn = entry_ref.partition(":")
+        entry = getattr(importlib.import_module(mod), fn)
+    else:
+        entry = _preload()
+    stopping = False
+
+    def _stop(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o077)
+    try:
+        lsock.bind(sock_path)
+    finally:
+        os.umask(old)
+    lsock.listen(16)
+    log.info("warm ClientApps: zygote %d ready on %s", os.getpid(), sock_path)
+    print(f"READY {sock_path}", flush=True)
+    children: dict[int, socket.socket] = {}
+    served = 0
+    try:
+        while not stopping and _pid_alive(parent_pid):
+            try:
+                ready, _, _ = select.select([lsock], [], [], 0.5)
+            except InterruptedError:
+                ready = []
+            _reap(children)
+            if not ready or stopping:
+                continue
+            conn, _ = lsock.accept()
+            pid = _serve(lsock, conn, entry, children)
+            if pid:
+                served += 1
+    finally:
+        lsock.close()
+        try:
+            os.unlink(sock_path)
+        except OSError:
+            pass
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        log.info("warm ClientApps: zygote stops after %d ClientApp processes", served)
+    return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _serve(lsock: socket.socket, conn: socket.socket, entry: Any, children: dict[int, socket.socket]) -> int:
+    """Fork one ClientApp process for the request on ``conn``; returns its pid (0: refused)."""
+    try:
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        if uid != os.getuid():
+            raise PermissionError(f"peer uid {uid} is not this node's user")
+        conn.settimeout(10.0)
+        req, fds = _recv_request(conn)
+    except (OSError, ValueError) as exc:
+        log.warning("warm ClientApps: request refused: %s", exc)
+        conn.close()
+        return 0
+    n = _threads()
+    if n != 1:  # forking a multi-threaded process can leave locks held in the child
+        log.warning("warm ClientApps: zygote has %d threads; the shim starts a cold process", n)
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        return 0
+    pid = os.fork()
+    if pid == 0:
+        lsock.close()
+        conn.close()
+        for c in children.values():
+            c.close()
+        _run_child(entry, req, fds)
+    for fd in fds:
+        os.close(fd)
+    try:
+        conn.sendall(f"PID {pid}\n".encode())
+    except OSError:
+        pass  # the shim is gone; the child runs on and is reaped
+    children[pid] = conn
+    return pid
+
+
+def _reap(children: dict[int, socket.socket]) -> None:
+    """Collect exited children and tell their shims the exit code."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        conn = children.pop(pid, None)
+        if conn is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        try:
+            conn.sendall(f"EXIT {code if code >= 0 else 128 - code}\n".encode())
+        except OSError:
+            pass
+        conn.close()
+
+
+class _PollTime:
+    """The ``time`` module as Flower's SuperNode loop sees it, with every sleep capped at
+    :data:`PULL_INTERVAL_S` (everything else is the real module)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import time
+
+        return getattr(time, name)
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        import time
+
+        time.sleep(min(seconds, PULL_INTERVAL_S))
+
+
+def supernode_main(args: list[str]) -> None:
+    """``flower-supernode ARGS`` with its message loop polling every :data:`PULL_INTERVAL_S`.
+
+    flwr 1.42's SuperNode sleeps 3 s whenever a pull from the SuperLink brings no message
+    (``flwr.supernode.start_client_internal``, ``time.sleep(3)``) and 0.5 s between checks for
+    the ClientApp's reply. A labqfl round is three messages in a row per client (keys, mask,
+    end), each sent only after every client answered the previous one, so the SuperNode's pull
+    nearly always comes too early and waits the 3 s: about 9 s of a round spent waiting. Here
+    that module's ``time`` is :class:`_PollTime`, nothing else changes (a Flower without that
+    module attribute runs unpatched, with a warning in the node's log)."""
+    import flwr.supernode.start_client_internal as sci
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    if hasattr(sci, "time"):
+        sci.time = _PollTime()  # type: ignore[assignment]
+    else:
+        log.warning("flower-supernode: no time module in %s; its 3 s pull interval stays", sci.__name__)
+    sys.argv = ["flower-supernode", *args]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "supernode":
+        supernode_main(sys.argv[2:])
+        sys.exit(0)
+    if len(sys.argv) not in (4, 5) or sys.argv[1] != "zygote":
+        sys.exit("usage: python -m labqfl.nodes.warmapp zygote SOCKET PARENT_PID [MODULE:FUNCTION]")
+    from labqfl.log import set_verbosity
+
+    set_verbosity("INFO")
+    sys.exit(zygote_main(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else ""))

@@ -1,0 +1,86 @@
+"""Warm ClientApp processes (labqfl/nodes/warmapp.py): the ``flwr-clientapp`` shim runs each call in a
+fresh child forked from the zygote, with the call's arguments, working folder and streams, and its
+exit code; without a zygote it runs the real program."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from labqfl.nodes.warmapp import SOCKET_ENV, write_shim
+
+ENTRY = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+
+    def main():
+        print(json.dumps({"argv": sys.argv[1:], "cwd": os.getcwd(), "pid": os.getpid(), "ppid": os.getppid(),
+                          "draw": int(np.random.randint(0, 2**62))}), flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+        sys.exit(int(sys.argv[-1]))
+""")
+COLD = "#!/bin/sh\necho cold \"$@\"\nexit 5\n"
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    (tmp_path / "warm_entry_mod.py").write_text(ENTRY)
+    sock = tmp_path / "z.sock"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "labqfl.nodes.warmapp", "zygote", str(sock), str(os.getpid()),
+                             "warm_entry_mod:main"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"READY {sock}"  # blocks until it listens
+        yield proc, sock
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _shim(tmp_path: Path) -> Path:
+    real = tmp_path / "real-clientapp"
+    real.write_text(COLD)
+    real.chmod(0o700)
+    return write_shim(tmp_path / "bin", str(real))
+
+
+def _call(shim: Path, sock: Path | None, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
+    if sock is not None:
+        env[SOCKET_ENV] = str(sock)
+    return subprocess.run([str(shim), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_shim_runs_each_call_in_a_fresh_fork_of_the_zygote(tmp_path: Path, zygote: tuple[subprocess.Popen[str], Path]) -> None:
+    proc, sock = zygote
+    shim = _shim(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    a = _call(shim, sock, work, "--token", "abc", "3")
+    b = _call(shim, sock, work, "--token", "def", "0")
+    assert (a.returncode, b.returncode) == (3, 0)  # the child's exit code, through the shim
+    ra, rb = json.loads(a.stdout), json.loads(b.stdout)
+    assert ra["argv"] == ["--token", "abc", "3"] and rb["argv"] == ["--token", "def", "0"]
+    assert ra["cwd"] == rb["cwd"] == str(work)
+    assert ra["ppid"] == rb["ppid"] == proc.pid  # forked by the zygote ...
+    assert ra["pid"] != rb["pid"]  # ... one process per call
+    assert a.stderr.strip() == "to stderr"  # the call's own stderr
+    # numpy's legacy global generator is reseeded in every child (else both draws would be equal)
+    assert ra["draw"] != rb["draw"]
+
+
+def test_shim_runs_the_real_program_without_a_zygote(tmp_path: Path) -> None:
+    shim = _shim(tmp_path)
+    no_sock = tmp_path / "absent.sock"
+    r = _call(shim, no_sock, tmp_path, "--token", "x")
+    assert (r.returncode, r.stdout.strip()) == (5, "cold --token x")
+    r = _call(shim, None, tmp_path, "--token", "y")
+    assert (r.returncode, r.stdout.strip()) == (5, "cold --token y")
