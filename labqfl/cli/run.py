@@ -43,11 +43,12 @@ def run(
         help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
              "authentication key (`labqfl keys preshare`); else fail before the station is opened."),
     nodes: bool = typer.Option(
-        False, "--nodes/--in-process",
-        help="Acquire and distil across node processes on loopback (optics, detector, one process per client; "
-             "throwaway certificates; docs/nodes.md), then train across the federated-learning server node and one "
-             "Flower SuperNode per client, each drawing its pads from its own client's key store only; not in this "
-             "process."),
+        True, "--nodes/--in-process",
+        help="Default --nodes: acquire and distil across node processes on loopback (optics, detector, one process "
+             "per client; throwaway certificates; docs/nodes.md), then train across the federated-learning server "
+             "node and one Flower SuperNode per client, each drawing its pads from its own client's key store only. "
+             "--in-process: the single-process shortcut for tests and benchmarks (every party in this process; no "
+             "message between parties crosses a network)."),
     wait_for_key: bool = typer.Option(
         True, "--wait-for-key/--no-wait-for-key",
         help="A round whose key the stores lack waits for a further acquisition + distillation on the station, sized "

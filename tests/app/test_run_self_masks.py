@@ -17,7 +17,7 @@ runner = CliRunner()
 def test_run_with_self_masks_spends_and_plans_the_share_pads(small_station_file: Path, tmp_path: Path) -> None:
     data, runs = tmp_path / "data", tmp_path / "runs"
     r = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1",
-                            "--eps-sec", "1e-4", "--self-masks", "--threshold", "2", "--data-dir", str(data),
+                            "--eps-sec", "1e-4", "--in-process", "--self-masks", "--threshold", "2", "--data-dir", str(data),
                             "--out", str(runs), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
@@ -43,7 +43,7 @@ def test_run_refuses_a_bad_threshold_before_the_station_opens(small_station_file
 
     monkeypatch.setattr(labqfl.station, "Station", no_station)
     base = ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1", "--eps-sec", "1e-4",
-            "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--json"]
+            "--in-process", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs"), "--json"]
     # two clients: a client's shares go to itself and one neighbour, so t ≤ 2
     r = runner.invoke(app, [*base, "--self-masks", "--threshold", "3"])
     assert r.exit_code == 1, r.output

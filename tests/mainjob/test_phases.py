@@ -36,7 +36,7 @@ def _assert_disjoint(all_refs):
 def test_run_end_to_end_report_matches_component_commands(small_station_file, tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
     r = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "2",
-                            "--eps-sec", "1e-4", "--data-dir", str(data), "--out", str(runs), "--json"])
+                            "--eps-sec", "1e-4", "--in-process", "--data-dir", str(data), "--out", str(runs), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
     assert m["status"] == "complete" and m["key_source"] == "qkd" and m["schema"] == "labqfl.run/1"

@@ -22,7 +22,7 @@ def test_run_without_auth_key_fails_before_acquiring(small_station_file, tmp_pat
 
     monkeypatch.setattr(labqfl.station, "Station", no_station)
     data, runs = tmp_path / "data", tmp_path / "runs"
-    res = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1",
+    res = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1", "--in-process",
                               "--data-dir", str(data), "--out", str(runs), "--no-auth-bootstrap", "--json"])
     assert res.exit_code == 1, res.output
     err = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
