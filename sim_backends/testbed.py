@@ -78,6 +78,19 @@ from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
 from labqfl.physics import loop_delay_ps, photon_energy_j
 
 CHUNK_SLOTS = 65536
+
+
+def _bit_drive_v(pm: Any) -> tuple[float, ...] | None:
+    """RF drive per phase code of a phase modulator fed by the pattern generator's phase bits (role driver
+    ``GenericBitDrivenPhaseModulator``): V_a = 10^(g/20)·(b0·w0 + b1·w1), b0 = a & 1, b1 = a >> 1, with the
+    role's ``options.bit_levels_v`` = [w0, w1] (default [0.25, 0.5] V) and ``options.rf_gain_db`` = g
+    (default: G·w0 = Vπ/2) — the driver's formula (drivers/bit_phase_modulator.py, tested equal)."""
+    if pm.driver != "GenericBitDrivenPhaseModulator":
+        return None
+    w0, w1 = (float(x) for x in pm.options.get("bit_levels_v", (0.25, 0.5)))
+    gain_db = pm.options.get("rf_gain_db")
+    g = 10.0 ** (float(gain_db) / 20.0) if gain_db is not None else pm.v_pi_v / (2.0 * w0)
+    return tuple(g * ((a & 1) * w0 + (a >> 1) * w1) for a in range(4))
 #: Largest window simulated at once (64 chunks): bounds the clients' drive-pattern buffers
 #: (one byte per client and slot); blocks longer than this are simulated in several windows.
 WINDOW_SLOTS = 64 * CHUNK_SLOTS
@@ -101,6 +114,9 @@ class ClientLive:
     amplitude_vpp: float = 16.0
     dc_volts: float | None = None
     pattern: np.ndarray | None = None
+    #: RF drive [V] per phase code 0..3 of a modulator fed by the pattern generator's phase bits
+    #: (role driver GenericBitDrivenPhaseModulator); None: the drive formula of an AWG-driven modulator
+    bit_drive_v: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -242,6 +258,7 @@ class SagnacTestbed:
                     gate_delay_true_ps=float(c.phase_modulator.options.get("true_gate_delay_ps", c.phase_modulator.gate_delay_ps)),
                     gate_tolerance_ps=float(c.phase_modulator.options.get("gate_tolerance_ps", 500.0)),
                     amplitude_vpp=float(c.phase_modulator.options.get("amplitude_vpp", 4.0 * c.phase_modulator.v_pi_v)),
+                    bit_drive_v=_bit_drive_v(c.phase_modulator),
                 )
                 for c in cfg.clients
             },
@@ -432,8 +449,11 @@ class SagnacTestbed:
             phi0 = pmc.bias_phase_rad
             half = cl.amplitude_vpp / 2.0
             for a in range(4):
-                v = (PHASE_ALPHABET_RAD[a] - cl.bias_set) * cl.v_pi_set / math.pi
-                v = min(max(v, -half), half)
+                if cl.bit_drive_v is not None:  # the phase bits through combiner and amplifier
+                    v = cl.bit_drive_v[a]
+                else:
+                    v = (PHASE_ALPHABET_RAD[a] - cl.bias_set) * cl.v_pi_set / math.pi
+                    v = min(max(v, -half), half)
                 phase[c, a] = math.pi * v / vpi_true + phi0
             gate_miss = abs(cl.gate_delay_set_ps - cl.gate_delay_true_ps) > cl.gate_tolerance_ps
             if not cl.pm_enabled or gate_miss:
