@@ -1,14 +1,17 @@
 """A client's Mach–Zehnder intensity modulator: decoy levels from a pattern-generator channel, its DC bias
 held by a modulator bias controller — a **protocol-level driver that names no model**.
 
-**Why protocol-level.** Bias controllers with remote command sets exist (the Thorlabs MX/MBX
-"Remote Control User Guide", SCPI, has a "Mach-Zehnder Modulator Bias Control Commands" section;
-Optilab's BCB-4 manual lists an RS-485 command set), but the full text of those command tables was
-not available to this project, and a driver built from fragments would invent strings. This driver
-therefore speaks a small SCPI command set of its own, documented here and served by the pyvisa-sim
-device ``labqfl/sim_backends/visa/mz_bias_controller.yaml``; for a real controller, write its
-``{Vendor}{Model}`` driver from its manual with these same five functions, or put a thin adapter in
-front of it. Nothing below is claimed to match a commercial unit::
+**Why protocol-level.** This class is for a bias controller without a driver of its own. For a
+Thorlabs MBX (or the bias section of an MX transmitter) use
+:class:`~labqfl.drivers.thorlabs_mbx.ThorlabsMBX`, a subclass of this one with the MBX's published
+command strings (PyMeasure's ``ThorlabsMBXSeries``, Thorlabs' MX/MBX remote-control guide). Other
+controllers with remote command sets exist (Optilab's BCB-4 manual lists an RS-485 command set), but
+their command tables were not available to this project, and a driver built from fragments would
+invent strings. This driver therefore speaks a small SCPI command set of its own, documented here and
+served by the pyvisa-sim device ``labqfl/sim_backends/visa/mz_bias_controller.yaml``; for another
+controller, write its ``{Vendor}{Model}`` driver from its manual with these same five functions (as
+``ThorlabsMBX`` does), or put a thin adapter in front of it. Nothing below is claimed to match a
+commercial unit::
 
     *IDN?                              identity
     BIAS:MODE NULL|PEAK|QUADP|QUADN|MAN  lock point (MAN: hold BIAS:VOLT)   BIAS:MODE? → the same words
