@@ -255,18 +255,16 @@ class NodesTraining:
 
 def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
     """The :class:`~labqfl.fl.flower.spec.FlowerSpec` of a :class:`~labqfl.app.training.TrainingSetup`
-    (the same local training, quantisation, graph and seeds as in process; ``keys="qkd"`` with no
-    key-store folder: every SuperNode uses its own client's)."""
+    (the same local training, quantisation, graph, DP plan, noise model and seeds as in process;
+    ``keys="qkd"`` with no key-store folder: every SuperNode uses its own client's). ``names``: the
+    station's clients in loop order (any names; the i-th trains data partition i with seed index
+    i and the pairs are named in loop order, as the stores name them)."""
     from labqfl.errors import ConfigError
     from labqfl.fl.flower.spec import FlowerSpec
 
-    want = [f"C{i + 1}" for i in range(len(names))]
-    if list(names) != want:
-        raise ConfigError(f"training over nodes needs the station's clients named {want} in this order, got {names}")
     s, sa = setup.settings, setup.secagg
-    if setup.dp_plan is not None or setup.noise_model is not None:
-        raise ConfigError("training over nodes runs without --dp-epsilon and --noise/--shots")
-    return FlowerSpec(task=s.task, clients=len(names), q=sa.q, rounds=s.rounds, keys="qkd", seed=s.seed,
+    nm = setup.noise_model
+    spec = FlowerSpec(task=s.task, clients=len(names), q=sa.q, rounds=s.rounds, keys="qkd", seed=s.seed,
                       local_epochs=setup.local.epochs, lr=setup.local.lr, batch_size=setup.local.batch_size,
                       clip=float(sa.clip), rounding=sa.rounding, graph=sa.graph if sa.graph == "all" else f"ring-{sa.k}",
                       k=sa.k, min_survivors=sa.min_survivors, self_masks=bool(sa.self_masks),
@@ -274,7 +272,25 @@ def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
                       data_dir=data_dir or (str(s.data_dir) if s.data_dir else ""),
                       samples_per_client=s.samples_per_client if s.samples_per_client is not None else 100,
                       test_size=s.test_size if s.test_size is not None else 400, keystore_dir="",
-                      stage_timeout_s=600.0, node_wait_s=300.0)
+                      stage_timeout_s=600.0, node_wait_s=300.0, client_names=",".join(names),
+                      dp_epsilon=float(s.dp_epsilon or 0.0), dp_delta=float(s.dp_delta), dp_honest=int(s.dp_honest),
+                      dp_clip=float(s.dp_clip or 0.0),
+                      noise=_noise_text(nm) if nm is not None else "",
+                      shots=int(nm.shots or 0) if nm is not None else 0,
+                      shot_grad=nm.shot_grad if nm is not None else "parameter-shift")
+    plan = spec.dp_plan()
+    if (plan.as_dict() if plan is not None else None) != (setup.dp_plan.as_dict() if setup.dp_plan is not None else None):
+        raise ConfigError("training over nodes: the Flower run's DP plan differs from the in-process one "
+                          f"({plan} vs {setup.dp_plan}); check --dp-clip")
+    if nm is not None and spec.noise_model() != nm:
+        raise ConfigError(f"training over nodes: the noise model {spec.noise_model()} differs from {nm}")
+    return spec
+
+
+def _noise_text(nm: Any) -> str:
+    """A :class:`~labqfl.fl.models.noisy.NoiseModel`'s channels as ``--noise`` text."""
+    return ",".join(f"{k}={float(getattr(nm, k))!r}" for k in ("depolarizing", "amplitude_damping", "readout")
+                    if getattr(nm, k) > 0)
 
 
 def _mnist_cache(task: str, folder: Path) -> str:

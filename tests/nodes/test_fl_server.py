@@ -202,3 +202,24 @@ def _ours(tag: str) -> list[str]:
         if tag in cmd or tag in env:
             out.append(cmd)
     return out
+
+
+def test_training_over_nodes_takes_any_client_names_dp_and_noise_from_the_setup() -> None:
+    """``flower_spec_for``: a station whose clients are C2, C1, C3 in loop order, with distributed DP
+    and a noise model, gives the Flower run the same names and pairs, the same DP plan and the same
+    noise model as the in-process setup (these used to be refused)."""
+    from labqfl.app.training import TrainingSettings, TrainingSetup
+    from labqfl.nodes.runjob import flower_spec_for
+
+    names = ["C2", "C1", "C3"]
+    setup = TrainingSetup(TrainingSettings(task="mnist-qnn", names=tuple(names), q=32, rounds=2, keys="qkd",
+                                           dp_epsilon=5.0, dp_honest=2, noise="depolarizing=0.01", shots=64,
+                                           preflight=False))
+    spec = flower_spec_for(setup, names)
+    assert spec.names == names
+    assert spec.secagg().pairs(spec.names) == setup.secagg.pairs(names) == ["C2-C1", "C2-C3", "C1-C3"]
+    assert spec.dp_plan() == setup.dp_plan and spec.secagg().dp == setup.secagg.dp
+    assert spec.noise_model() == setup.noise_model and spec.model().noise == setup.model.noise
+    plain = flower_spec_for(TrainingSetup(TrainingSettings(task="mnist-qnn", names=("C1", "C2"), q=8, rounds=1,
+                                                           keys="qkd", preflight=False)), ["C1", "C2"])
+    assert (plain.dp_plan(), plain.noise_model(), plain.names) == (None, None, ["C1", "C2"])

@@ -543,11 +543,13 @@ def train_update(spec: FlowerSpec, name: str, params: np.ndarray, round_index: i
     """The local update of client ``name`` in round r: (local − global (P,) float64, n samples, loss).
 
     Same function and seeds as the in-process engine (:func:`labqfl.fl.training.local_train`,
-    shuffling seed ``[seed, r, i]`` with i the client's index).
+    shuffling seed ``[seed, r, i]`` with i the client's index). Under a noise model with shots the
+    shots come from this call's own generator (``[seed, r, i]``), not from the in-process engine's
+    one generator for all clients: the same distribution, not the same draws.
     """
     from labqfl.fl.training import local_train
 
-    model = spec.model()
+    model = spec.model((round_index, spec.index_of(name)))  # with noise: this call's own shot stream
     x, y = spec.client_data(name)
     g = as_float64(params)
     new, losses = local_train(model, g, [(x, y)], spec.local(), [[spec.seed, round_index, spec.index_of(name)]])

@@ -71,6 +71,11 @@ class FlowerSpec:
     #: the clients in loop order, comma-separated ("": C1..C``clients``); the i-th trains data
     #: partition i with shuffling seed index i, as client i of the in-process engine
     client_names: str = ""
+    #: QNN hardware noise (:class:`~labqfl.fl.models.noisy.NoiseModel`): ``"depolarizing=p,..."``
+    #: ("": none), shots per expectation (0: exact) and the shot gradient rule
+    noise: str = ""
+    shots: int = 0
+    shot_grad: str = "parameter-shift"
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -91,6 +96,9 @@ class FlowerSpec:
             if bad or len(set(names)) != len(names) or len(names) != self.clients:
                 raise ConfigError(f"client_names {self.client_names!r}: expected {self.clients} distinct names of "
                                   f"letters, digits and '_' (no '-': it separates a pair's names), comma-separated")
+        if self.shots < 0:
+            raise ConfigError(f"shots must be ≥ 0 (0: exact expectation values), got {self.shots}")
+        self.noise_model()  # a bad noise text fails here, with the item named
 
     @classmethod
     def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
@@ -156,8 +164,34 @@ class FlowerSpec:
 
         return LocalTrainConfig(epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size)
 
-    def model(self) -> Any:
-        return _model(self.task)
+    def noise_model(self) -> Any:
+        """The :class:`~labqfl.fl.models.noisy.NoiseModel` of ``noise``/``shots``/``shot_grad``, or
+        ``None`` without them (what ``labqfl train --noise/--shots/--shot-grad`` builds)."""
+        if not self.noise and not self.shots:
+            return None
+        from labqfl.fl.models.noisy import NoiseModel
+
+        try:
+            return NoiseModel.parse(self.noise or None, shots=self.shots or None, shot_grad=self.shot_grad)
+        except ValueError as exc:
+            raise ConfigError(f"noise/shots/shot_grad: {exc}") from None
+
+    def model(self, stream: tuple[int, ...] = ()) -> Any:
+        """The task's model; with a noise model, the QNN under that noise (``noisy_qnn``) whose shot
+        generator is seeded by ``seed`` (the server's evaluation, as the in-process engine's model)
+        or, for a ``stream`` (e.g. (round, client index): one ClientApp call), by
+        ``SeedSequence([seed, *stream])``, so that every client and round draws its own shots."""
+        base = _model(self.task)
+        nm = self.noise_model()
+        if nm is None:
+            return base
+        from labqfl.fl.models.noisy import noisy_qnn
+
+        seed = int(np.random.SeedSequence([self.seed, *stream]).generate_state(1)[0]) if stream else self.seed
+        try:
+            return noisy_qnn(base, nm, seed)
+        except ValueError as exc:
+            raise ConfigError(f"noise/shots: {exc}") from None
 
     def data(self) -> Any:
         """The task data (all clients and the test set); cached per process."""

@@ -3,10 +3,13 @@ qkd keys from each node's own store; dropout recovery; refusals."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
-from labqfl.errors import SecureAggregationError
+from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.client import make_client_app
 from labqfl.fl.flower.keys import ecdh_words, new_ecdh_key, stochastic_rng
 from labqfl.fl.flower.server import LabqflServer
@@ -106,3 +109,53 @@ def test_stochastic_rng_reproduces_the_in_process_stream_per_client() -> None:
     blocks = [rng.random(50) for _ in range(3)]
     for i in range(3):
         assert np.array_equal(stochastic_rng(3, 2, i, 50).random(50), blocks[i])
+
+
+def test_clients_named_in_any_loop_order_draw_their_stores_pairs_and_train_their_partitions(
+        make_stores, local_grid, mnist_dir) -> None:
+    """A station whose clients are C2, C1, C3 in loop order: the pairs are named as its stores name
+    them (C2-C1, ...), and position i trains partition i with seed index i — the same final model
+    as clients C1..C3 (the masks cancel either way)."""
+    names = ["C2", "C1", "C3"]
+    base = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="csprng", seed=3)
+    kdir = make_stores(names, base.q * base.model().n_params)
+    assert sorted(make_stores.bits) == ["C1-C3", "C2-C1", "C2-C3"]
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=3,
+                               keystore_dir=str(kdir), client_names="C2,C1,C3")
+    assert spec.names == names and spec.index_of("C1") == 1
+    res = LabqflServer(spec).run(local_grid(make_client_app(), names))
+    assert np.array_equal(res.final_params, _in_process(base))
+    for p in mask_graph(names):
+        for node in p.split("-"):
+            with KeyStore.for_node(node, kdir) as st:
+                assert st.available_bits(p, "fl") == 0  # each pair's stored key was spent at both ends
+    with pytest.raises(ConfigError, match="client_names 'C1,C1'"):
+        FlowerSpec(clients=2, client_names="C1,C1")
+    with pytest.raises(ConfigError, match="no '-'"):
+        FlowerSpec(clients=2, client_names="C1,C-2")
+
+
+def test_noisy_qnn_clients_train_under_the_same_noise_model_as_in_process(mnist_dir) -> None:
+    """Gate and readout noise with exact expectations: a ClientApp's local update is the in-process
+    local training of the noisy model, bit for bit (not the ideal one); with shots every client
+    and round draws its own shots."""
+    from labqfl.fl.flower.client import train_update
+    from labqfl.fl.models.noisy import NoiseModel, NoisyQNNModel, noisy_qnn
+    from labqfl.fl.training import local_train
+
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=16, q=16, rounds=1, keys="csprng", seed=1,
+                               noise="depolarizing=0.02,readout=0.05")  # 16 clients: 50 samples each
+    nm = NoiseModel.parse("depolarizing=0.02,readout=0.05")
+    assert spec.noise_model() == nm and isinstance(spec.model(), NoisyQNNModel)
+    g = spec.model().init_params(spec.seed)
+    upd, n, _ = train_update(spec, "C3", g, 1)
+    ref, _ = local_train(noisy_qnn(spec.model().base, nm, spec.seed), g, [spec.client_data("C3")], spec.local(),
+                         [[spec.seed, 1, 2]])
+    assert n == len(spec.client_data("C3")[1]) and np.array_equal(upd, ref[0] - g)
+    assert not np.allclose(upd, train_update(dataclasses.replace(spec, noise=""), "C3", g, 1)[0])
+    shots = dataclasses.replace(spec, shots=32)
+    draws = [torch.rand(4, generator=shots.model(s).generator) for s in ((1, 0), (1, 1), (2, 0), (1, 0))]
+    assert not torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    assert torch.equal(draws[0], draws[3])
+    with pytest.raises(ConfigError, match="noise/shots/shot_grad"):
+        FlowerSpec(noise="depolarizing=2")
