@@ -258,8 +258,9 @@ class MainJob:
         and the block rule recorded) or a top-up a starving round waits for (``top_up``: what to record
         with it in ``state.json``; always in process, on a freshly opened station, so a new acquisition ID).
         Returns its record (``state.json`` → ``acquire``)."""
+        from labqfl.app.acquire import Acquisition
         from labqfl.app.distill import DistillOptions, DistillSession
-        from labqfl.app.station import arm, open_station
+        from labqfl.app.station import open_station
 
         s, cfg = self.settings, self.cfg
         # the block-size rule unless --block-bits: as few blocks as the acquisition allows (one for a
@@ -284,11 +285,8 @@ class MainJob:
                 with open_station(cfg, base_dir=self.base_dir) as station:
                     if top_up is None:
                         self.run_record.write_snapshot(station.snapshot())
-                    changed = arm(station)
-                    if changed:
-                        log.info("armed for acquisition: %s", ", ".join(changed))
-                    results, series, timeline = self._stream_and_distil(station, session, duration_s, top_up)
-                    station.safe_state()
+                    with Acquisition(station) as acq:  # every role armed; safe state after, whatever happens
+                        results, series, timeline = self._stream_and_distil(acq, session, duration_s, top_up)
                 pairs, acq_id = distill_pair_metrics(results, duration_s), session.acquisition_id
             wall = time.perf_counter() - t_wall
             after = session.accounting()
@@ -315,22 +313,21 @@ class MainJob:
                                   bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
                                   on_start=started, log_dir=self.path / "nodes")
 
-    def _stream_and_distil(self, station: Any, session: Any, duration_s: float,
+    def _stream_and_distil(self, acq: Any, session: Any, duration_s: float,
                            top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-        """Stream an acquisition of ``duration_s`` into the session's Distiller; (pair results, count-rate
-        series, per-pair timeline of sifted rate and matched-test QBER every ``timeline_interval_s``).
+        """Stream an acquisition of ``duration_s`` (``acq``: :class:`labqfl.app.acquire.Acquisition` on the
+        armed station) into the session's Distiller; (pair results, count-rate series, per-pair
+        timeline of sifted rate and matched-test QBER every ``timeline_interval_s``).
         A top-up whose acquisition ID this run has seen already is refused before any of it is
         distilled: the same raw data is never distilled twice."""
-        from labqfl.app.station import channel_names
-
         s, cfg = self.settings, self.cfg
         bd = cfg.simulation.block_duration_s
         n_blocks = max(1, math.ceil(round(duration_s / bd, 9)))
-        chan_names = channel_names(cfg)
+        chan_names = acq.names
         series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
         timeline: list[dict[str, Any]] = []
-        blocks = station.time_tagger.stream(duration_s, bd)
-        distiller = session.start_from_station(station)  # the clients' logs and the acquisition ID
+        blocks = acq.start(duration_s)
+        distiller = session.start_from_station(acq.station)  # the clients' logs and the acquisition ID
         if top_up is not None and session.acquisition_id in {a["acquisition_id"] for a in self.state["acquisitions"]}:
             raise ConfigError(f"station {cfg.name!r}: the top-up acquisition has ID {session.acquisition_id}, which this "
                               "run has distilled already (simulation.qrng_epoch_base pinned?); expected a fresh "
@@ -338,19 +335,16 @@ class MainJob:
         self.state["acquisitions"].append({"acquisition_id": session.acquisition_id, "started_utc": _now(),
                                            "complete": False, **({"top_up": top_up} if top_up is not None else {})})
         self._save_state()
-        window: dict[int, int] = {}
         last_snap = {p: (0, 0, 0) for p in distiller.pairs}
         t_next = s.timeline_interval_s
         for k, blk in enumerate(blocks, start=1):
-            blk.channel_counts(window)
             session.push(blk)
-            t_sim = min(k * bd, duration_s)
+            t_sim = acq.t_s  # min(k·bd, duration_s)
             if t_sim + 1e-12 >= t_next or k == n_blocks:
-                span = t_sim - (series["t_s"][-1] if series["t_s"] else 0.0)
+                span, clicks = acq.take_window()  # since the previous point of the series
                 series["t_s"].append(t_sim)
-                for ch, name in chan_names.items():
-                    series["rates_hz"][name].append(window.get(abs(ch), 0) / span if span > 0 else 0.0)
-                window = {}
+                for name, n in clicks.items():
+                    series["rates_hz"][name].append(n / span if span > 0 else 0.0)
                 for name, pst in distiller.pairs.items():
                     sift = pst.result.sifted_bits
                     # the block's statistics so far, as Ci's end tallies them (two-party pipeline)

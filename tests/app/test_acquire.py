@@ -181,3 +181,11 @@ def test_gui_acquisition_thread_streams_through_the_application_layer() -> None:
         bad = {i for i in _imports(ast.parse(path.read_text(encoding="utf-8")))
                if i.startswith(STATION_IMPORTS[:3])}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_labqfl_run_acquires_in_process_through_the_application_layer() -> None:
+    tree = ast.parse((ROOT / "labqfl/mainjob.py").read_text(encoding="utf-8"))
+    assert "Acquisition" in _names(_function(tree, "_acquire"))
+    for fn in ("_acquire", "_stream_and_distil"):
+        names = _names(_function(tree, fn))
+        assert not names & {"time_tagger", "arm", "channel_counts", "channel_names", "safe_state"}, fn
