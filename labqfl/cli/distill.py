@@ -133,10 +133,13 @@ class _Source:
         if self.rec is not None:
             session.start(self.logs, self.acq_id)
             return
+        from labqfl.app.acquire import Acquisition
         from labqfl.app.station import open_station
 
         self.station = open_station(self.cfg, base_dir=self.config.resolve().parent if self.config else None)
-        self.blocks = self.station.time_tagger.stream(self.duration_s)
+        acquisition = Acquisition(self.station)  # closing the station leaves every instrument safe
+        acquisition.arm()
+        self.blocks = acquisition.start(self.duration_s)
         session.start_from_station(self.station)
 
     def close(self) -> None:
