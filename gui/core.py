@@ -277,6 +277,47 @@ class TrainingOptions:
                                 test_size=self.test_size, keystore_dir=keystore_dir, preflight=False)
 
 
+class _QueueFeed:
+    """The tag blocks the acquisition thread queues for the distillation thread, as an iterator
+    that ends at the acquisition segment's :class:`END` (its length, and whether to discard the
+    partial data instead of finishing). The queue is bounded: a lagging pipeline slows the
+    acquisition thread (back-pressure) and :meth:`drain` keeps it from blocking on a dead one."""
+
+    @dataclass(frozen=True)
+    class END:
+        t_s: float
+        discard: bool
+
+    def __init__(self, q: queue.Queue[Any]) -> None:
+        self.q = q
+        self.end: _QueueFeed.END | None = None
+
+    def __iter__(self) -> _QueueFeed:
+        return self
+
+    def __next__(self) -> Any:
+        if self.end is not None:
+            raise StopIteration
+        item = self.q.get()
+        if isinstance(item, _QueueFeed.END):
+            self.end = item
+            raise StopIteration
+        return item
+
+    @property
+    def discard(self) -> bool:
+        return self.end is not None and self.end.discard
+
+    @property
+    def end_t_s(self) -> float:
+        return self.end.t_s if self.end is not None else 0.0
+
+    def drain(self) -> None:
+        """Take (and drop) every block up to the segment's end."""
+        for _ in self:
+            pass
+
+
 class _LogHandler(logging.Handler):
     """Copies ``labqfl.*`` log records into the core's event queue (key material filtered)."""
 
@@ -649,12 +690,13 @@ class TestbedCore:
         station supplies the clients' modulation logs and the acquisition ID (as for
         ``labqfl run``), so block IDs derive from the acquisition and the key stores refuse
         to take the same raw data twice."""
-        from labqfl.app.distill import DistillOptions, distill_settings
+        from labqfl.app.distill import DistillOptions, TagSource, distill_settings
 
         cfg = self.config
+        q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        feed = _QueueFeed(q)
         try:
-            logs = station.client_logs()
-            acq_id = station.acquisition_id()
+            source = TagSource.from_station(station, feed)
         except LabqflError as exc:
             self._error("Cannot distil", exc)
             self._distill_request = None
@@ -668,62 +710,56 @@ class TestbedCore:
             self._error("Cannot distil", exc)
             self._distill_request = None
             return None
-        q: queue.Queue[Any] = queue.Queue(maxsize=16)
         self._distill_queue = q
-        th = self._thread(self._distill, (q, cfg, logs, acq_id, settings), "labqfl-distillation")
+        th = self._thread(self._distill, (feed, source, settings), "labqfl-distillation")
         self._distill_thread = th
         self._set_busy("distillation", True)
         th.start()
         return q
 
     def _finish_distiller(self, q: queue.Queue[Any], seg_t: float, discard: bool) -> None:
-        q.put(("finish", seg_t, discard))
+        q.put(_QueueFeed.END(seg_t, discard))
 
-    def _distill(self, q: queue.Queue[Any], cfg: StationConfig, logs: dict[str, Any], acq_id: str,
-                 settings: Any) -> None:
+    def _distill(self, feed: _QueueFeed, source: Any, settings: Any) -> None:
+        """The distillation thread: :meth:`labqfl.app.distill.DistillSession.run` on the blocks the
+        acquisition thread queues, posting live pair metrics and key pools as blocks close."""
         from labqfl.app.distill import DistillSession
         from labqfl.runs import RunRecord
 
+        cfg, acq_id = self.config, source.acquisition_id
         session: DistillSession | None = None
-        t_s = 0.0
         bs = cfg.simulation.block_duration_s
-        last_emit = 0.0
+        t_s, last_emit = 0.0, 0.0
         try:
             run = RunRecord.create("gui-distill", cfg, self.runs_dir)
             run_name = run.name
             run.close()
             session = DistillSession(cfg, settings, data_dir=self.data_dir, run_id=run_name)
-            d = session.start(logs, acq_id)
             log.info("distillation of acquisition %s started: blocks of %d sifted bits, %s", acq_id,
                      settings.block_bits, settings.engine)
-            while True:
-                item = q.get()
-                if isinstance(item, tuple) and item[0] == "finish":
-                    _, seg_t, discard = item
-                    if not (discard or self._closed):
-                        self.post("progress", ("distillation", None, "processing the last partial block…"))
-                        d.finish(int(round(seg_t * cfg.laser.rep_rate_hz)))
-                        t_s = seg_t
-                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s), "acquisition": acq_id,
-                                        "final": True})
-                    break
-                if self._closed:
-                    continue  # shutting down: drop the backlog, keep no partial results
-                results = d.push(item)
-                t_s += bs
+
+            def on_block(k: int, closed: list[Any]) -> None:
+                nonlocal t_s, last_emit
+                t_s = k * bs
                 now = time.perf_counter()
-                if results or now - last_emit >= EMIT_INTERVAL_S:
-                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(d, t_s), "acquisition": acq_id})
+                if closed or now - last_emit >= EMIT_INTERVAL_S:
+                    self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id})
                     last_emit = now
-                if results:
+                if closed:
                     self._post_pools()
+
+            results = session.run(  # shutting down or discarded: the backlog is dropped, no partial results
+                source, total_slots=lambda: int(round(feed.end_t_s * cfg.laser.rep_rate_hz)), on_block=on_block,
+                stop=lambda: self._closed or feed.discard,
+                on_finish=lambda: self.post("progress", ("distillation", None, "processing the last partial block…")))
+            if results is not None:
+                t_s = feed.end_t_s
+            feed.drain()
+            self.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id,
+                                "final": True})
         except Exception as exc:
             self._error("Distillation failed", exc)
-            # keep draining so the acquisition thread never blocks on a dead pipeline
-            while True:
-                item = q.get()
-                if isinstance(item, tuple) and item[0] == "finish":
-                    break
+            feed.drain()  # so the acquisition thread never blocks on a dead pipeline
         finally:
             if session is not None:
                 session.close()

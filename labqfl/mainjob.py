@@ -114,6 +114,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def _timeline_points(pairs: Mapping[str, Any], last_snap: dict[str, tuple[int, int, int]], t_s: float,
+                     span: float) -> list[dict[str, Any]]:
+    """One timeline point per pair of a running Distiller: sifted rate and matched-test QBER since
+    the previous point (``last_snap``: each pair's (sifted bits, test events, errors×2) then; updated)."""
+    out = []
+    for name, pst in pairs.items():
+        sift = pst.result.sifted_bits
+        # the block's statistics so far, as Ci's end tallies them (two-party pipeline)
+        end_i = getattr(pst, "end_i", None)
+        counts = end_i.counts if end_i is not None else getattr(pst, "counts", None)
+        cx, ex = counts.matched_test_counts() if counts is not None else (0, 0)
+        s0, c0, e0 = last_snap.get(name, (0, 0, 0))
+        if cx < c0:  # a key block was processed and its counts reset
+            c0 = e0 = 0
+        out.append({"pair": name, "t_s": t_s, "sifted_rate_bps": (sift - s0) / span,
+                    "qber": ((ex - e0) / 2 / (cx - c0)) if cx > c0 else None, "qber_events": cx - c0})
+        last_snap[name] = (sift, cx, ex)
+    return out
+
+
 def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str, dict[str, Any]]:
     """``distill.pairs`` of metrics.json: each :class:`~labqfl.qkd.pipeline.PairResult` as
     ``labqfl distill --json`` writes it, plus ``status`` and ``qber_x`` (docs/metrics.md)."""
@@ -316,53 +336,40 @@ class MainJob:
     def _stream_and_distil(self, acq: Any, session: Any, duration_s: float,
                            top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
         """Stream an acquisition of ``duration_s`` (``acq``: :class:`labqfl.app.acquire.Acquisition` on the
-        armed station) into the session's Distiller; (pair results, count-rate series, per-pair
-        timeline of sifted rate and matched-test QBER every ``timeline_interval_s``).
-        A top-up whose acquisition ID this run has seen already is refused before any of it is
-        distilled: the same raw data is never distilled twice."""
+        armed station) through the session (:meth:`labqfl.app.distill.DistillSession.run`); (pair
+        results, count-rate series, per-pair timeline of sifted rate and matched-test QBER every
+        ``timeline_interval_s``). A top-up whose acquisition ID this run has seen already is refused
+        before any of it is distilled: the same raw data is never distilled twice."""
+        from labqfl.app.distill import TagSource
+
         s, cfg = self.settings, self.cfg
-        bd = cfg.simulation.block_duration_s
-        n_blocks = max(1, math.ceil(round(duration_s / bd, 9)))
-        chan_names = acq.names
-        series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in chan_names.values()}}
+        n_blocks = max(1, math.ceil(round(duration_s / cfg.simulation.block_duration_s, 9)))
+        series: dict[str, Any] = {"t_s": [], "rates_hz": {name: [] for name in acq.names.values()}}
         timeline: list[dict[str, Any]] = []
-        blocks = acq.start(duration_s)
-        distiller = session.start_from_station(acq.station)  # the clients' logs and the acquisition ID
-        if top_up is not None and session.acquisition_id in {a["acquisition_id"] for a in self.state["acquisitions"]}:
-            raise ConfigError(f"station {cfg.name!r}: the top-up acquisition has ID {session.acquisition_id}, which this "
+        source = TagSource.from_acquisition(acq, duration_s)  # the clients' logs and the acquisition ID
+        if top_up is not None and source.acquisition_id in {a["acquisition_id"] for a in self.state["acquisitions"]}:
+            raise ConfigError(f"station {cfg.name!r}: the top-up acquisition has ID {source.acquisition_id}, which this "
                               "run has distilled already (simulation.qrng_epoch_base pinned?); expected a fresh "
                               "acquisition: the same raw data is never distilled twice")
-        self.state["acquisitions"].append({"acquisition_id": session.acquisition_id, "started_utc": _now(),
+        self.state["acquisitions"].append({"acquisition_id": source.acquisition_id, "started_utc": _now(),
                                            "complete": False, **({"top_up": top_up} if top_up is not None else {})})
         self._save_state()
-        last_snap = {p: (0, 0, 0) for p in distiller.pairs}
-        t_next = s.timeline_interval_s
-        for k, blk in enumerate(blocks, start=1):
-            session.push(blk)
+        last_snap: dict[str, tuple[int, int, int]] = {}
+        t_next = [s.timeline_interval_s]
+
+        def on_block(k: int, _closed: list[Any]) -> None:
             t_sim = acq.t_s  # min(k·bd, duration_s)
-            if t_sim + 1e-12 >= t_next or k == n_blocks:
+            if t_sim + 1e-12 >= t_next[0] or k == n_blocks:
                 span, clicks = acq.take_window()  # since the previous point of the series
                 series["t_s"].append(t_sim)
                 for name, n in clicks.items():
                     series["rates_hz"][name].append(n / span if span > 0 else 0.0)
-                for name, pst in distiller.pairs.items():
-                    sift = pst.result.sifted_bits
-                    # the block's statistics so far, as Ci's end tallies them (two-party pipeline)
-                    end_i = getattr(pst, "end_i", None)
-                    counts = end_i.counts if end_i is not None else getattr(pst, "counts", None)
-                    cx, ex = counts.matched_test_counts() if counts is not None else (0, 0)
-                    s0, c0, e0 = last_snap[name]
-                    if cx < c0:  # a key block was processed and its counts reset
-                        c0 = e0 = 0
-                    timeline.append({"pair": name, "t_s": t_sim, "sifted_rate_bps": (sift - s0) / span,
-                                     "qber": ((ex - e0) / 2 / (cx - c0)) if cx > c0 else None,
-                                     "qber_events": cx - c0})
-                    last_snap[name] = (sift, cx, ex)
-                t_next += s.timeline_interval_s
+                timeline.extend(_timeline_points(session.distiller.pairs, last_snap, t_sim, span))
+                t_next[0] += s.timeline_interval_s
             self.progress("acquire", t_sim, duration_s, f"acquiring + sifting ({t_sim:.1f}/{duration_s:g} s)")
-        total_slots = int(round(duration_s * cfg.laser.rep_rate_hz))
-        self.progress("distil", 0, 1, "error correction, verification, privacy amplification")
-        results = session.finish(total_slots)
+
+        results = session.run(source, on_block=on_block, on_finish=lambda: self.progress(
+            "distil", 0, 1, "error correction, verification, privacy amplification"))
         self.progress("distil", 1, 1, "keys distilled into the node key stores")
         return results, series, timeline
 

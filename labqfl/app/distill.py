@@ -6,12 +6,13 @@ live distillation all go through :class:`DistillSession`::
     settings, plan = distill_settings(cfg, DistillOptions(engine="ldpc"), duration_s, what=..., hint=...)
     with DistillSession(cfg, settings, data_dir=data_dir, run_id=run.name) as session:
         session.check_auth()                      # --no-auth-bootstrap: refuse before any acquisition
-        blocks = station.time_tagger.stream(duration_s)
-        session.start_from_station(station)       # the clients' logs and the acquisition ID, from the Station
-        for b in blocks:
-            session.push(b)
-        results = session.finish(total_slots)
+        source = TagSource.from_acquisition(acq, duration_s)   # or TagSource.from_recording(rec, cfg, data_dir)
+        results = session.run(source, on_block=...)            # push every tag block, then finish
     # the key stores are closed here, whatever happened
+
+:meth:`DistillSession.run` is the one loop: the front ends hand it a :class:`TagSource` and
+callbacks for what they show (count rates, timeline, live metrics) and never push tag blocks into a
+Distiller or finish it themselves (``tests/app/test_front_end_free.py``).
 
 Block IDs derive from the acquisition ID (:func:`labqfl.contracts.types.acquisition_id`), so the same
 raw data is never distilled into a store twice (ARCHITECTURE.md "Keys"); every block's
@@ -21,7 +22,7 @@ from the logs the Station hands out (:mod:`labqfl.provenance`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,40 @@ def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) 
     return logs, acq
 
 
+@dataclass
+class TagSource:
+    """What a distillation reads: the tag blocks, each client's own modulation log, the ID of the
+    acquisition the blocks come from (block IDs derive from it; ``None`` for a recording without an
+    epoch) and its length in seconds (``None``: an open-ended stream, whose slot count the caller
+    gives :meth:`DistillSession.run`)."""
+
+    blocks: Iterable[Any]
+    logs: Mapping[str, Any]
+    acquisition_id: str | None
+    duration_s: float | None = None
+
+    @classmethod
+    def from_recording(cls, recording: Any, cfg: StationConfig, data_dir: Path | None) -> TagSource:
+        """A recording's blocks, logs and acquisition ID (:func:`recording_inputs`; ``FileNotFoundError``
+        when a CSPRNG client's private log is not on this machine)."""
+        logs, acq_id = recording_inputs(recording, cfg, data_dir)
+        return cls(recording.blocks(), logs, acq_id, float(recording.duration_s))
+
+    @classmethod
+    def from_acquisition(cls, acquisition: Any, duration_s: float | None = None) -> TagSource:
+        """Start ``acquisition`` (:class:`labqfl.app.acquire.Acquisition`, armed) for ``duration_s``
+        and take the clients' logs and the acquisition ID the Station hands out for it
+        (:meth:`labqfl.station.Station.client_logs`, :meth:`~labqfl.station.Station.acquisition_id`)."""
+        blocks = acquisition.start(duration_s)
+        return cls.from_station(acquisition.station, blocks, duration_s)
+
+    @classmethod
+    def from_station(cls, station: Any, blocks: Iterable[Any], duration_s: float | None = None) -> TagSource:
+        """``blocks`` of the acquisition the Station's time tagger has just started, with the clients'
+        logs and the acquisition ID the Station hands out for it (the GUI's stream, relayed between threads)."""
+        return cls(blocks, station.client_logs(), station.acquisition_id(), duration_s)
+
+
 class DistillSession:
     """The nodes' key stores (one per client, ``<data_dir>/keystore/<node>.sqlite``) and, once
     :meth:`start` ed, the :class:`~labqfl.qkd.pipeline.Distiller` writing into them.
@@ -161,6 +196,35 @@ class DistillSession:
         just begun (:meth:`labqfl.station.Station.client_logs`, :meth:`~labqfl.station.Station.acquisition_id`)."""
         return self.start(station.client_logs(), station.acquisition_id())
 
+    def run(self, source: TagSource, *, total_slots: int | Callable[[], int | None] | None = None,
+            on_block: Callable[[int, list[Any]], None] | None = None, stop: Callable[[], bool] | None = None,
+            on_finish: Callable[[], None] | None = None) -> dict[str, Any] | None:
+        """Distil ``source`` into the stores: start the Distiller on its logs and acquisition ID, push
+        every tag block (``on_block(k, closed)`` after the k-th, ``closed``: the key blocks it closed),
+        then ``on_finish()`` and finish: the last partial block is processed and the per-pair
+        results are returned. ``total_slots``: the acquisition's slot count for the finish (a
+        callable is asked at the end, for a stream whose length is known only then; default:
+        ``source.duration_s`` × the laser's repetition rate). ``stop()`` true, checked before each
+        block and before the finish, ends the run without finishing: nothing more is processed
+        and ``None`` is returned. The stores stay open for :meth:`accounting` until :meth:`close`."""
+        self.start(source.logs, source.acquisition_id)
+        k = 0
+        for block in source.blocks:
+            if stop is not None and stop():
+                break
+            closed = self.push(block)
+            k += 1
+            if on_block is not None:
+                on_block(k, closed)
+        if stop is not None and stop():
+            return None
+        if on_finish is not None:
+            on_finish()
+        slots = total_slots() if callable(total_slots) else total_slots
+        if slots is None and source.duration_s is not None:
+            slots = int(round(source.duration_s * self.cfg.laser.rep_rate_hz))
+        return dict(self.finish(slots))
+
     def push(self, block: Any) -> Any:
         return self._running().push(block)
 
@@ -187,4 +251,4 @@ class DistillSession:
         self.close()
 
 
-__all__ = ["DistillOptions", "DistillSession", "distill_settings", "recording_inputs"]
+__all__ = ["DistillOptions", "DistillSession", "TagSource", "distill_settings", "recording_inputs"]

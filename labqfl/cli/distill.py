@@ -56,15 +56,14 @@ def distill(
     try:
         with DistillSession(src.cfg, src.settings, data_dir=data_dir, plan=src.plan) as session:
             session.check_auth()  # --no-auth-bootstrap: refused here, before any acquisition or run folder
-            src.start(session)
+            tags = src.start()
             run = RunRecord.create("distill", src.cfg, out)
             session.run_id = run.name
             try:
                 t0 = time.perf_counter()
                 with console.status("distilling…") if not as_json else _null():
-                    for b in src.blocks:
-                        session.push(b)
-                    results = session.finish(int(round(src.duration_s * src.cfg.laser.rep_rate_hz)))
+                    results = session.run(tags)
+                assert results is not None  # no stop condition: the run always finishes
                 wall = time.perf_counter() - t0
             except BaseException:
                 run.close()
@@ -85,21 +84,21 @@ def distill(
 
 
 class _Source:
-    """Where the tags and the clients' logs come from: a recording (seeded clients' logs from it,
-    CSPRNG clients' from their folders here) or the Station's time tagger (live; the Station hands
-    out the logs and the acquisition ID). Refuses too little data for the block-size rule first."""
+    """Where the tags and the clients' logs come from (:class:`labqfl.app.distill.TagSource`): a
+    recording (seeded clients' logs from it, CSPRNG clients' from their folders here) or the
+    Station's time tagger (live; the Station hands out the logs and the acquisition ID). Refuses
+    too little data for the block-size rule first."""
 
     def __init__(self, recording: Path | None, live: bool, duration: float, config: Path | None,
                  data_dir: Path | None, options: Any) -> None:
-        from labqfl.app.distill import distill_settings, recording_inputs
+        from labqfl.app.distill import TagSource, distill_settings
         from labqfl.config import load_station_config
         from labqfl.station import open_recording
 
         self.rec: Any = None
         self.station: Any = None
         self.config = config
-        self.logs: dict[str, Any] = {}
-        self.acq_id: str | None = None
+        self.tags: TagSource | None = None
         if recording is not None:
             self.rec = open_recording(recording)
             try:
@@ -108,11 +107,10 @@ class _Source:
                 self.settings, self.plan = distill_settings(
                     self.cfg, options, self.duration_s, what=f"recording {recording}",
                     hint="record longer (`labqfl acquire --duration S`) or force a block size with --block-bits")
-                self.logs, self.acq_id = recording_inputs(self.rec, self.cfg, data_dir)
+                self.tags = TagSource.from_recording(self.rec, self.cfg, data_dir)
             except (ConfigError, FileNotFoundError) as exc:  # e.g. a CSPRNG client's private log is not here
                 self.rec.close()
                 raise fail(str(exc)) from None
-            self.blocks = self.rec.blocks()
             self.source = str(recording)
             return
         self.cfg = load_station_config(config)
@@ -128,19 +126,19 @@ class _Source:
         self.duration_s = duration
         self.source = "live (simulated station)"
 
-    def start(self, session: Any) -> None:
-        """Start the session's Distiller on this source (live: open the station and start streaming)."""
-        if self.rec is not None:
-            session.start(self.logs, self.acq_id)
-            return
+    def start(self) -> Any:
+        """The tags to distil (live: open the station, arm every role and start streaming)."""
+        if self.tags is not None:
+            return self.tags
         from labqfl.app.acquire import Acquisition
+        from labqfl.app.distill import TagSource
         from labqfl.app.station import open_station
 
         self.station = open_station(self.cfg, base_dir=self.config.resolve().parent if self.config else None)
         acquisition = Acquisition(self.station)  # closing the station leaves every instrument safe
         acquisition.arm()
-        self.blocks = acquisition.start(self.duration_s)
-        session.start_from_station(self.station)
+        self.tags = TagSource.from_acquisition(acquisition, self.duration_s)
+        return self.tags
 
     def close(self) -> None:
         if self.rec is not None:
