@@ -231,7 +231,10 @@ class LocalFederation:
 
     def stop(self) -> None:
         """End every process started here and its children (its process group): SIGTERM, up to
-        10 s grace, then SIGKILL to each group (children such as ClientApp processes included)."""
+        10 s grace, then SIGKILL to each group (children such as ClientApp processes included).
+        Descendants that left the group (flwr starts its SuperExec with ``start_new_session``) are
+        ended afterwards the same way, so none outlives the federation."""
+        kids = [k for p in self.procs.values() if p.poll() is None for k in _descendants(p.pid)]
         for p in list(self.procs.values())[::-1]:
             if p.poll() is None:
                 _killpg(p.pid, signal.SIGTERM)
@@ -247,6 +250,57 @@ class LocalFederation:
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+        _end_detached(kids)
+
+
+def _proc_stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time in clock ticks) of a running Linux process from ``/proc/<pid>/stat``,
+    or None (gone, or a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()  # fields 3.. of proc(5): state, ppid, ..., starttime (22)
+    return None if rest[0] in ("Z", "X") else (int(rest[1]), rest[19])
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below ``pid`` (Linux ``/proc``; [] elsewhere)."""
+    if not Path("/proc/self/stat").exists():
+        return []
+    table = {int(d.name): st for d in Path("/proc").iterdir() if d.name.isdigit()
+             if (st := _proc_stat(int(d.name))) is not None}
+    out: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, start) in table.items():
+            if ppid == parent:
+                out.append((child, start))
+                todo.append(child)
+    return out
+
+
+def _end_detached(procs: list[tuple[int, str]], grace_s: float = 5.0) -> None:
+    """SIGTERM those of ``procs`` still running (same pid *and* start time, so a reused pid is
+    never hit), wait up to ``grace_s``, then SIGKILL the rest."""
+    def alive() -> list[int]:
+        return [pid for pid, start in procs if (st := _proc_stat(pid)) is not None and st[1] == start]
+
+    for pid in alive():
+        _kill(pid, signal.SIGTERM)
+    t_end = time.monotonic() + grace_s
+    while (left := alive()) and time.monotonic() < t_end:
+        time.sleep(0.1)
+    for pid in left:
+        _kill(pid, signal.SIGKILL)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _killpg(pgid: int, sig: int) -> None:
