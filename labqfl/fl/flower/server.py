@@ -36,6 +36,12 @@ is the plan's.
 
 The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
 and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
+
+Client identity (a deployment: ``identity`` = a :class:`~labqfl.fl.flower.identity.ReplyVerifier`
+of the network's CA): every message carries the run ID and a fresh nonce, and every reply must be
+signed by the certificate key of the client it claims to be; a reply that is not is logged with its
+reason and counts as that client's loss (setup: the node is never asked again; keys/mask: a
+dropout, recovered as above; reveal/unmask: the round fails).
 """
 
 from __future__ import annotations
