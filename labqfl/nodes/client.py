@@ -72,6 +72,7 @@ from labqfl.nodes.common import (
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import forgery_probability
 from labqfl.qkd.estimation import epsilon_total
+from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, Message, MessageError
 from labqfl.qkd.pipeline import (
     _BLOCK_NAMESPACE,
@@ -391,14 +392,10 @@ class _IPair:
         r.times_s["sifting"] += time.perf_counter() - t
         r.n_slots += n_slots
         r.sifted_bits += res.n_key
-        cts = res.counts
-        for basis, bb in (("X", 0), ("Y", 1)):
-            clicks = cts.clicks[:, :, bb, bb].copy()
-            errs = cts.errors_x2[:, :, bb, bb].copy()
-            if bb == 0:
-                clicks[0, 0] = 0
-            r.test_clicks[basis] = r.test_clicks.get(basis, 0) + int(clicks.sum())
-            r.test_errors_x2[basis] = r.test_errors_x2.get(basis, 0) + int(errs.sum())
+        for basis, bb in (("X", 0), ("Y", 1)):  # X_test/Y_test as in process (docs/postprocessing.md)
+            clicks, errs_x2 = res.counts.matched_test_counts(bases=(bb,))
+            r.test_clicks[basis] = r.test_clicks.get(basis, 0) + clicks
+            r.test_errors_x2[basis] = r.test_errors_x2.get(basis, 0) + errs_x2
 
     def _drop(self, end: int) -> None:
         assert self.ch is not None and self.ctl is not None
@@ -464,7 +461,7 @@ class _IPair:
         n = oi.n if oi is not None else self.end.n_bits
         qber = oi.qber if oi is not None else 0.0
         leak = oi.leak if oi is not None else 0
-        h = -qber * np.log2(qber) - (1 - qber) * np.log2(1 - qber) if 0 < qber < 1 else 0.0
+        h = binary_entropy(qber)
         br = BlockResult(pair=self.pair, block_id=block_id, n_slots=n_slots, sifted_bits=n, qber_key=qber,
                          qber_estimate=oi.qber_estimate if oi is not None else 0.0, leaked_ec_bits=leak,
                          verification_bits=oi.tlen if oi is not None else 0,

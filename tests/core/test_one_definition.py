@@ -17,8 +17,7 @@ the shapes a copy takes:
 - **per-channel click count**: ``np.unique`` / ``np.bincount`` / ``np.count_nonzero`` over a
   ``.channels`` array; home: :meth:`labqfl.instruments.base.TagBlock.channel_counts`.
 
-A find outside its home fails the test, unless :data:`KNOWN_COPIES` lists it with the reason it is
-still there (and then it must still be there, so the list only shrinks).
+A find outside its home fails the test; no copy is excused.
 """
 
 from __future__ import annotations
@@ -46,15 +45,6 @@ HOME = {
 }
 
 #: (what, file) → why that copy is still there; each entry must still match a find.
-KNOWN_COPIES: dict[tuple[str, str], str] = {
-    ("binary entropy", "labqfl/nodes/client.py"):
-        "the client node's block record computes h(QBER) inline for the efficiency f; the file was "
-        "being edited by the nodes work when the copies were removed (use finite_key.binary_entropy)",
-    ("matched-test error count", "labqfl/nodes/client.py"):
-        "the client node sums every intensity cell of a basis into X_test/Y_test (the pipeline counts "
-        "matched intensities only); same reason as above (use PairCounts.matched_test_counts)",
-}
-
 ENTROPY_NAMES = {"binary_entropy", "h2", "h_2", "h_bin", "entropy_bin", "shannon_binary_entropy"}
 MANTISSAS = {"speed of light": 2.99792458, "Planck constant": 6.62607015}
 COUNTERS = {"unique", "bincount", "count_nonzero"}
@@ -128,16 +118,10 @@ def _all_finds() -> list[tuple[str, str, int]]:
 def test_each_formula_and_constant_is_defined_once() -> None:
     found = _all_finds()
     copies = [f"{rel}:{line}: a copy of the {what} (its one definition: {HOME[what]})"
-              for what, rel, line in found if rel != HOME[what] and (what, rel) not in KNOWN_COPIES]
+              for what, rel, line in found if rel != HOME[what]]
     assert not copies, "import the one definition instead:\n" + "\n".join(copies)
     homes = {(what, rel) for what, rel, _ in found if rel == HOME[what]}
     assert homes == set(HOME.items()), f"a definition left its home: {sorted(set(HOME.items()) - homes)}"
-
-
-def test_every_known_copy_is_still_there() -> None:
-    present = {(what, rel) for what, rel, _ in _all_finds()}
-    gone = sorted(set(KNOWN_COPIES) - present)
-    assert not gone, f"copies no longer present (remove them from KNOWN_COPIES): {gone}"
 
 
 @pytest.mark.parametrize(("what", "source"), [
