@@ -338,29 +338,42 @@ def record_from_table(table: np.ndarray, frame_slots: int) -> PlayedFrames:
 
 
 class ClientStreams:
-    """Every client's :class:`ModulationStreamer` for one acquisition of ``n_slots`` slots from slot 0.
+    """Every client's :class:`ModulationStreamer` for one acquisition of ``n_slots`` slots from slot 0
+    (``None``: open-ended, until :meth:`finish`).
 
     ``generators`` and ``logs``: by client name (the client's pattern generator and its own choice log of
     this acquisition). Each client plays ``ceil(n_slots / F)`` frames from frame 0; a frame not ready
-    within ``max_wait_s`` is played dark and recorded lost. :meth:`finish` waits for the generators'
-    verdicts, stops the streams and returns each client's :class:`PlayedFrames`; :meth:`played_logs`
-    restricts each log to its played frames (what the client's post-processing reads).
+    within ``max_wait_s`` is played dark and recorded lost. :attr:`played` is each client's
+    :class:`PlayedFrames` record as it fills (verdicts arrive as the generator plays); :meth:`finish`
+    waits for the generators' verdicts, stops the streams and returns each client's record;
+    :meth:`played_logs` restricts each log to its played frames (what the client's post-processing reads).
     """
 
-    def __init__(self, generators: dict[str, PatternGenerator], logs: dict[str, Any], n_slots: int, *,
+    def __init__(self, generators: dict[str, PatternGenerator], logs: dict[str, Any], n_slots: int | None, *,
                  max_wait_s: float = 1.0, poll_interval_s: float = 0.01) -> None:
-        if int(n_slots) < 1:
-            raise ValueError(f"n_slots must be >= 1, got {n_slots!r}")
+        if n_slots is not None and int(n_slots) < 1:
+            raise ValueError(f"n_slots must be >= 1 or None (open-ended), got {n_slots!r}")
         missing = sorted(set(generators) - set(logs))
         if missing:
             raise ValueError(f"no choice log for client(s) {missing}; every client with a pattern generator needs its own")
-        self.n_slots = int(n_slots)
+        self.n_slots = None if n_slots is None else int(n_slots)
         self.streamers: dict[str, ModulationStreamer] = {}
         for c, g in generators.items():
             f = g.frame_slots
-            self.streamers[c] = ModulationStreamer(g, FrameSource(logs[c], f), n_frames=-(-self.n_slots // f),
+            n_frames = None if self.n_slots is None else -(-self.n_slots // f)
+            self.streamers[c] = ModulationStreamer(g, FrameSource(logs[c], f), n_frames=n_frames,
                                                    max_wait_s=max_wait_s, poll_interval_s=poll_interval_s)
         self.records: dict[str, PlayedFrames] = {}
+
+    @property
+    def played(self) -> dict[str, PlayedFrames]:
+        """Each client's played-frames record, live: the same objects :meth:`finish` returns."""
+        return {c: st.record for c, st in self.streamers.items()}
+
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` has stopped every stream."""
+        return len(self.records) == len(self.streamers)
 
     def start(self) -> None:
         """Start every client's stream (all of them stopped again if one fails to start)."""
@@ -375,9 +388,12 @@ class ClientStreams:
             raise
 
     def finish(self, timeout_s: float = 30.0) -> dict[str, PlayedFrames]:
-        """Wait (at most ``timeout_s`` each) for the streams to end, stop them; every client's record."""
+        """Wait (at most ``timeout_s`` each; an open-ended stream: not at all) for the streams to end,
+        stop them; every client's record. A second call returns the same records."""
         for c, st in self.streamers.items():
-            if not st.join(timeout_s):
+            if c in self.records:
+                continue
+            if st.end_frame is not None and not st.join(timeout_s):
                 log.warning("client %s: its stream did not end within %g s; stopped, unplayed frames lost", c, timeout_s)
             self.records[c] = st.stop()
         return dict(self.records)
@@ -394,5 +410,7 @@ class ClientStreams:
         return out
 
     def played_logs(self, logs: dict[str, Any]) -> dict[str, Any]:
-        """Each log restricted to its client's played frames (clients without a stream: unchanged)."""
-        return {c: PlayedChoiceLog(lg, self.records[c]) if c in self.records else lg for c, lg in logs.items()}
+        """Each log restricted to its client's played frames (clients without a stream: unchanged); the
+        records are live (:attr:`played`), so before :meth:`finish` a frame without a verdict yet is refused."""
+        played = self.played
+        return {c: PlayedChoiceLog(lg, played[c]) if c in played else lg for c, lg in logs.items()}

@@ -300,6 +300,8 @@ class Station:
         self._skip: set[str] = set()
         #: True while SIGTERM/SIGINT/atexit put this station's instruments in their safe state.
         self.guarded = False
+        #: (acquisition epoch, each streaming client's played-frames record): :meth:`attach_played_frames`.
+        self._played: tuple[int, dict[str, Any]] | None = None
         self._check_duplicate_resources(tolerant)
         wants_guard = _GUARD_DEFAULT if guard is None else guard
         if wants_guard:
@@ -488,7 +490,8 @@ class Station:
         ``randomness`` (``"csprng"`` | ``"seeded"``) to mark the keys made from it. A replayed
         recording gives the seeded clients' logs and the CSPRNG clients' private logs held on this
         machine. A station with a real tagger needs the clients' own recorded logs and raises
-        :class:`StationError` here.
+        :class:`StationError` here. Clients streaming to pattern generators in this acquisition
+        (:meth:`attach_played_frames`) get their log restricted to the frames they played.
         """
         tagger = self.time_tagger
         get_logs = getattr(tagger, "client_logs", None)
@@ -496,7 +499,23 @@ class Station:
             raise StationError(
                 f"station {self.name!r}: the time tagger has no acquisition with client logs; "
                 "real clients must supply their recorded modulation logs (see docs/postprocessing.md)")
-        return dict(get_logs())
+        logs = self._unrestricted_logs()
+        if self._played is not None and self._played[0] == getattr(tagger, "acquisition_epoch", None):  # streaming:
+            from labqfl.modulation import PlayedChoiceLog
+
+            logs.update({c: PlayedChoiceLog(logs[c], rec) for c, rec in self._played[1].items() if c in logs})  # played only
+        return logs
+
+    def _unrestricted_logs(self) -> dict[str, Any]:
+        """The clients' logs of the latest acquisition as the simulated tagger holds them (every frame)."""
+        return dict(cast(Any, self.time_tagger).client_logs())
+
+    def attach_played_frames(self, records: dict[str, Any]) -> None:
+        """Each streaming client's live played-frames record (:class:`~labqfl.instruments.interfaces.PlayedFrames`,
+        by client) of the time tagger's current acquisition: from now on :meth:`client_logs` hands out those
+        clients' logs restricted to their played frames (:class:`labqfl.modulation.PlayedChoiceLog`), as a
+        recording does. Set by :class:`labqfl.app.acquire.Acquisition` when it starts the clients' streams."""
+        self._played = (int(cast(Any, self.time_tagger).acquisition_epoch), dict(records))
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see
@@ -516,7 +535,7 @@ class Station:
         if getattr(self.time_tagger, "acquisition_epoch", None) is None:
             return None
         analysis = importlib.import_module("labqfl.sim_backends.analysis")
-        return analysis.PairReport(self.config, self.client_logs())
+        return analysis.PairReport(self.config, self._unrestricted_logs())  # report only: every frame's choices
 
     def recorder(self, path: str | Path, *, data_dir: str | Path | None = None) -> Any:
         """A writer (``append(block)``, ``close(duration_s=…, complete=…)``) recording the latest
@@ -528,7 +547,7 @@ class Station:
         """
         recording = importlib.import_module("labqfl.sim_backends.recording")
         epoch = getattr(self.time_tagger, "acquisition_epoch", None)
-        logs = self.client_logs() if epoch is not None else {}
+        logs = self._unrestricted_logs() if epoch is not None else {}  # the recording keeps played frames apart
         if logs:
             recording.save_client_logs(logs, self.acquisition_id(), data_dir)
         return recording.RecordingWriter(path, self.config, epoch=epoch, client_logs=list(logs.values()),

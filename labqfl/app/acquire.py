@@ -86,14 +86,22 @@ class Blocks:
         return self
 
     def __next__(self) -> Any:
-        blk = next(self._it)
+        try:
+            blk = next(self._it)
+        except StopIteration:
+            self._acq.finish_streams()  # the last upload has played out: every frame has its verdict
+            raise
         self._acq._count(blk)
         return blk
 
     def close(self) -> None:
-        close = getattr(self._blocks, "close", None)
-        if close is not None:
-            close()
+        """End the tagger's stream, then the clients' streams (frames not played by now are lost)."""
+        try:
+            close = getattr(self._blocks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._acq.finish_streams(timeout_s=5.0)
 
 
 class Acquisition:
@@ -105,6 +113,13 @@ class Acquisition:
     counters run over all segments: ``n_blocks``, ``n_tags``, ``t_s`` (acquired time [s], a
     segment's last block counted up to its duration) and ``counts`` (tags per channel number).
     ``block_s``: block duration [s] (``None``: the station's ``simulation.block_duration_s``).
+
+    Clients with a ``pattern_generator`` role stream their own choices to it during each segment
+    (:func:`labqfl.app.station.start_client_streams`, started by :meth:`start`, finished when the
+    segment's blocks end or are closed, and before the safe state). :attr:`played_frames` is each
+    client's played-frames record as it fills, :attr:`modulation` the frames played and lost; the
+    Station's :meth:`~labqfl.station.Station.client_logs` then answers for played frames only, so a
+    Distiller built from them drops the slots of frames a client did not play.
     """
 
     def __init__(self, station: Any, *, block_s: float | None = None, arm: bool = True) -> None:
@@ -123,6 +138,7 @@ class Acquisition:
         self._seg_duration: float | None = None
         self._window: dict[int, int] = {}
         self._window_t0 = 0.0
+        self.streams: Any = None  # the current segment's ClientStreams (None: no client has a pattern generator)
 
     def __enter__(self) -> Acquisition:
         if self.wants_arm:
@@ -144,12 +160,61 @@ class Acquisition:
         caller stops iterating and calls ``close()``) in blocks of ``block_s``. The Station's
         :meth:`~labqfl.station.Station.client_logs` and ``acquisition_id`` are this segment's from
         here on. The click window (:meth:`take_window`) restarts with the segment."""
+        self.finish_streams(timeout_s=5.0)  # a previous segment's streams end before the tagger's next acquisition
         self._t_before = self.t_s
         self._seg_blocks = 0
         self._seg_duration = duration_s
         self._window, self._window_t0 = {}, self.t_s
         blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
+        try:
+            self._start_streams(duration_s)
+        except BaseException:
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+            raise
         return Blocks(self, blocks)
+
+    def _start_streams(self, duration_s: float | None) -> None:
+        """Each client with a pattern generator streams this segment's log to it; the Station's logs of the
+        segment answer for played frames only from here on. Needs the clients' logs from the Station
+        (the simulated tagger: ``acquisition_epoch``); a real tagger has none, and nothing is streamed."""
+        self.streams = None
+        if not any(c.pattern_generator is not None for c in self.station.config.clients):
+            return
+        if getattr(self.station.time_tagger, "acquisition_epoch", None) is None:
+            log.warning("the clients' logs are not known to this station (real time tagger): their frames are not "
+                        "streamed to their pattern generators by this acquisition")
+            return
+        self.streams = start_client_streams(self.station, self.station.client_logs(), duration_s)
+        if self.streams is not None:
+            self.station.attach_played_frames(self.streams.played)
+
+    def finish_streams(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Let the current segment's client streams play out (at most ``timeout_s`` each) and stop them;
+        each client's played-frames record (empty without streams). Called when the segment's blocks
+        end or are closed, and before the safe state; a second call returns the same records."""
+        if self.streams is None:
+            return {}
+        first = not self.streams.finished
+        records = dict(self.streams.finish(timeout_s=timeout_s))
+        if first:
+            for c, m in self.modulation.items():
+                log.info("client %s: %d of %d frames played, %d lost (%d late)%s", c, m["played"], m["frames"],
+                         m["lost"], m["late"], f"; {m['error']}" if m["error"] else "")
+        return records
+
+    @property
+    def played_frames(self) -> dict[str, Any]:
+        """Each streaming client's :class:`~labqfl.instruments.interfaces.PlayedFrames` of the current
+        segment, live (verdicts arrive as each generator plays; complete once the blocks have ended)."""
+        return {} if self.streams is None else dict(self.streams.played)
+
+    @property
+    def modulation(self) -> dict[str, dict[str, Any]]:
+        """Per streaming client of the current segment: frames, played, lost, late and the stream's
+        error (:meth:`labqfl.modulation.ClientStreams.summary`)."""
+        return {} if self.streams is None else self.streams.summary()
 
     @property
     def segment_t_s(self) -> float:
@@ -186,6 +251,10 @@ class Acquisition:
         the roles whose safe state failed, with the reason."""
         if getattr(self.station, "closed", False):
             return None
+        try:
+            self.finish_streams(timeout_s=1.0)  # no upload goes out after the generators went dark
+        except Exception as exc:  # the safe state comes first
+            log.error("stopping the clients' streams failed: %s: %s", type(exc).__name__, exc)
         self.safe_failures = self.station.safe_state()
         return self.safe_failures
 
@@ -238,11 +307,10 @@ def acquire(cfg: StationConfig, options: AcquireOptions, *, base_dir: Path | Non
 
 
 def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | None) -> AcquireResult:
-    """The body of :func:`acquire` on an armed station."""
+    """The body of :func:`acquire` on an armed station (the clients' streams: :meth:`Acquisition.start`)."""
     station, cfg = acq.station, acq.station.config
     blocks = acq.start(options.duration_s)
     writer: Any = None
-    streams: Any = None
     try:
         live = getattr(station.time_tagger, "acquisition_epoch", None) is not None  # the clients' logs are known
         logs = station.client_logs() if live else None
@@ -251,14 +319,8 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
         if options.out is not None:
             options.out.parent.mkdir(parents=True, exist_ok=True)
             writer = station.recorder(options.out, data_dir=options.data_dir)  # CSPRNG logs: each client's own folder
-        if logs is not None:  # clients with a pattern generator stream their choices to it, frame by frame
-            streams = start_client_streams(station, logs, options.duration_s)
         wall = _pump(blocks, writer, report, progress, options.n_blocks(cfg))
-        modulation: dict[str, dict[str, Any]] = {}
-        if streams is not None:
-            records = streams.finish()
-            modulation, streams = streams.summary(), None
-            _save_played_frames(records, writer)
+        _save_played_frames(acq.finish_streams(), writer)
         if report is not None:
             report.finish()
         if writer is not None:
@@ -266,15 +328,13 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
             writer = None
     finally:
         blocks.close()
-        if streams is not None:
-            streams.finish(timeout_s=5.0)
         if writer is not None:
             writer.close(complete=False)
     return AcquireResult(
         station=cfg.name, duration_s=options.duration_s, acquisition_id=acq_id, out=options.out,
         client_randomness={c: lg.randomness for c, lg in (logs or {}).items()}, n_tags=acq.n_tags, wall_s=wall,
         count_rates_hz=acq.count_rates_hz(options.duration_s), pairs=report.summary() if report is not None else {},
-        modulation=modulation, armed=list(acq.armed))
+        modulation=acq.modulation, armed=list(acq.armed))
 
 
 def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None, total: int) -> float:

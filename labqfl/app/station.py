@@ -45,12 +45,13 @@ def arm(station: Any) -> list[str]:
     return changed
 
 
-def start_client_streams(station: Any, logs: dict[str, Any], duration_s: float, *,
+def start_client_streams(station: Any, logs: dict[str, Any], duration_s: float | None, *,
                          max_wait_s: float = 1.0) -> Any | None:
     """Start every client's frame stream for the acquisition just begun (``station.time_tagger.stream``
     called, ``logs`` = :meth:`Station.client_logs` of it): each client with a ``pattern_generator`` role
     streams its own log to it (:class:`labqfl.modulation.ClientStreams`, ``ceil(duration·f_rep / F)``
-    frames from frame 0). None when no client has a pattern generator. Call ``finish()`` on the result
+    frames from frame 0; ``duration_s`` None: open-ended, until ``finish()``). None when no client has a
+    pattern generator. Call ``finish()`` on the result
     after the last block: it returns each client's played-frames record."""
     from labqfl.modulation import ClientStreams
 
@@ -58,7 +59,7 @@ def start_client_streams(station: Any, logs: dict[str, Any], duration_s: float, 
             if c.pattern_generator is not None}
     if not gens:
         return None
-    n_slots = max(1, int(round(duration_s * station.config.laser.rep_rate_hz)))
+    n_slots = None if duration_s is None else max(1, int(round(duration_s * station.config.laser.rep_rate_hz)))
     streams = ClientStreams(gens, logs, n_slots, max_wait_s=max_wait_s)
     streams.start()
     return streams

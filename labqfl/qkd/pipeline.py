@@ -69,6 +69,7 @@ from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import ENGINES, Announcements, ModulationLog, split_pair
 from labqfl.errors import InsufficientKeyError, KeyStoreError, QKDInputError
 from labqfl.instruments.base import TagBlock
+from labqfl.instruments.interfaces import PlayedFrames
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import (
     AuthKeySupply,
@@ -482,6 +483,82 @@ def local_pair_channel(end_i: PairEndI, end_j: PairEndJ) -> Channel:
     return LocalChannel(end_j, authenticator=end_i.tx, peer_authenticator=end_j.tx)
 
 
+class _PlayedGate:
+    """The played-frames records of the clients whose logs answer for played frames only (a log with a
+    :class:`~labqfl.instruments.interfaces.PlayedFrames` ``record``: :class:`labqfl.modulation.PlayedChoiceLog`,
+    live while the client streams to its pattern generator, or read from a recording).
+
+    * Slots are sifted only once every such client's record has a verdict for their frame: the
+      announcements from that frontier on are held back until the verdicts arrive (a generator
+      reports a frame after playing it) or the stream ends (:meth:`hold`).
+    * The announced slots of a frame that either client of a pair did not play (lost, or no verdict
+      at the end) are dropped at both ends and counted as dropped slots (:meth:`drop_unplayed`), as
+      slotting drops an unmarked frame: its slots never reach a client's log, so never a wrong key.
+    """
+
+    def __init__(self, logs: Mapping[str, Any]) -> None:
+        self.records: dict[str, PlayedFrames] = {}
+        for c, lg in logs.items():
+            rec = getattr(lg, "record", None)
+            if isinstance(rec, PlayedFrames):
+                self.records[c] = rec
+        self._next = dict.fromkeys(self.records, 0)  # per client: first frame without a verdict
+        self._pending: dict[str, Announcements] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.records)
+
+    def frontier(self) -> int:
+        """The first slot whose frame has no verdict yet at some client (verdicts come in frame order)."""
+        out: int | None = None
+        for c, rec in self.records.items():
+            n = self._next[c]
+            while rec.status(n) is not None:
+                n += 1
+            self._next[c] = n
+            out = n * rec.frame_slots if out is None else min(out, n * rec.frame_slots)
+        return 0 if out is None else out
+
+    def hold(self, anns: dict[str, Announcements], final_slots: int, lo: int,
+             final: bool) -> tuple[int, dict[str, Announcements]]:
+        """(slots ready to sift, each pair's announcements below it); the rest waits for the next call."""
+        ready = final_slots if final else max(lo, min(final_slots, self.frontier()))
+        out: dict[str, Announcements] = {}
+        for name, ann in anns.items():
+            prev = self._pending.pop(name, None)
+            if prev is not None:
+                ann = Announcements(name, np.concatenate([prev.slots, ann.slots]),
+                                    np.concatenate([prev.outcomes, ann.outcomes]))
+            k = int(np.searchsorted(ann.slots, ready))
+            out[name] = Announcements(name, ann.slots[:k], ann.outcomes[:k])
+            if k < ann.slots.size:
+                self._pending[name] = Announcements(name, ann.slots[k:], ann.outcomes[k:])
+        return ready, out
+
+    def drop_unplayed(self, ann: Announcements, clients: tuple[str, str], lo: int,
+                      hi: int) -> tuple[Announcements, list[tuple[int, int]]]:
+        """(``ann`` without the slots of frames a client did not play, those frames' slot ranges in [lo, hi))."""
+        recs = [self.records[c] for c in clients if c in self.records]
+        if not recs:
+            return ann, []
+        ok = np.ones(ann.slots.size, dtype=bool)
+        bad: list[tuple[int, int]] = []
+        for rec in recs:
+            ok &= rec.slot_mask(ann.slots)
+            f_slots = rec.frame_slots
+            for f in range(lo // f_slots, -(-hi // f_slots)):
+                if rec.status(f) is not True:
+                    bad.append((max(lo, f * f_slots), min(hi, (f + 1) * f_slots)))
+        merged: list[tuple[int, int]] = []
+        for x, y in sorted(bad):
+            if merged and x <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], y))
+            else:
+                merged.append((x, y))
+        part = ann if ok.all() else Announcements(ann.pair, ann.slots[ok], ann.outcomes[ok])
+        return part, merged
+
+
 class Distiller:
     """Streaming orchestrator. ``push`` tag blocks, then ``finish``; see the module docstring.
 
@@ -552,6 +629,9 @@ class Distiller:
         self._final_slots = 0
         self._slot_time = 0.0
         self._finished = False
+        #: streaming clients' played frames: sift only what has a verdict, drop what was not played
+        self._played = _PlayedGate(self.logs)
+        self._clients = dict(zip(self.schedule.names, self.schedule.pairs, strict=True))
 
     # -- streaming ---------------------------------------------------------------------------
     def push(self, block: TagBlock) -> list[BlockResult]:
@@ -622,9 +702,11 @@ class Distiller:
 
     def _after_slotting(self, events: Any, final_slots: int, final: bool) -> list[BlockResult]:
         prev = self._final_slots
+        anns = announcements_by_pair(events, self.schedule)
+        if self._played:  # slots of frames still without a verdict wait for it
+            final_slots, anns = self._played.hold(anns, final_slots, prev, final)
         self._final_slots = final_slots
         out: list[BlockResult] = []
-        anns = announcements_by_pair(events, self.schedule)
         for name, ann in anns.items():
             st = self.pairs[name]
             lo = prev
@@ -669,6 +751,10 @@ class Distiller:
         # slots dropped by slotting (lost tagger data, unmarked frames) were sent: they count in N as
         # sent without a click (docs/protocol.md §5.1), so N stays the block's fixed slot count
         dropped = self.slotter.dropped_slots_of_pair(self.schedule, name, lo, hi)
+        if self._played:  # frames a client did not play: dropped and counted as slotting's are
+            part, unplayed = self._played.drop_unplayed(part, self._clients[name], lo, hi)
+            dropped += sum(self.schedule.slots_of_pair(name, y) - self.schedule.slots_of_pair(name, x)
+                           - self.slotter.dropped_slots_of_pair(self.schedule, name, x, y) for x, y in unplayed)
         n_slots = self.schedule.slots_of_pair(name, hi) - self.schedule.slots_of_pair(name, lo)
         st.result.dropped_slots += dropped
         ts = time.perf_counter()
