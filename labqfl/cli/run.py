@@ -115,6 +115,14 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
              for k in ("worst_key_use_ratio", "worst_key_rate_ratio", "worst_acquisition_ratio")}
         con.print(f"  plan vs run (measured/predicted, worst pair): key use {f['worst_key_use_ratio']}, key rate "
                   f"{f['worst_key_rate_ratio']}, acquisition per round {f['worst_acquisition_ratio']}")
+        kw = cmp_.get("key_waits") or {}
+        if kw.get("rounds_waited") or kw.get("predicted_first_wait_round") is not None:
+            first = kw.get("predicted_first_wait_round")
+            planned = kw.get("predicted_station_s")
+            con.print(f"  plan vs run, waits for key: first wait planned {f'round {first}' if first else 'none'}, "
+                      f"run {'round ' + str(kw['measured_first_wait_round']) if kw.get('measured_first_wait_round') else 'none'}; "
+                      f"station time planned {f'{planned:.4g} s' if planned is not None else '—'}, "
+                      f"run {kw['measured_station_s']:.4g} s")
     con.print(f"report: {path / 'report.html'}")
 
 
