@@ -80,20 +80,30 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
     return got[0]
 
 
+#: Wall seconds per simulated second of acquisition the operator waits at least before it gives up
+#: on the nodes: the default station over nodes ran at 38 wall s per simulated s on the 2-core
+#: development machine at load 13 (docs/nodes.md); a fixed 900 s failed its 60 s README run there.
+WALL_PER_SIMULATED_S = 150.0
+
+
 def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optics: str, clients: dict[str, str],
                     duration: float, block_duration: float = 0.0, timeout: float = 900.0,
                     detector_name: str = "detector", acq: str | None = None, run_id: str = "") -> dict[str, Any]:
     """The operator's acquisition → distillation across running nodes (addresses given).
 
     ``run_id``: the run folder the clients write into every stored block's ``run_id`` (``labqfl run --nodes``).
+    ``timeout`` [s]: how long the acquisition, and then the clients' distillation, may take at most; never
+    less than :data:`WALL_PER_SIMULATED_S` times ``duration`` (a node that dies ends its session at once;
+    this only bounds a hang).
 
     Returns ``{"acquisition", "detector": {...}, "pairs": {pair: PairResult dict + done/failed},
     "clients": {name: {...}}, "wall_s"}``. No key bit is in it."""
     creds = NodeCredentials.load(certs, CTL)
     acq = acq or f"nodes/{uuid.uuid4()}"
     epoch = (secrets.randbits(24) + 1) << 34  # seeded clients only: a fresh stream per acquisition
+    timeout = max(timeout, duration * WALL_PER_SIMULATED_S)
     t0 = time.perf_counter()
-    ctl = {c: open_session(clients[c], creds, c, "ctl") for c in cfg_clients}
+    ctl = {c: open_session(clients[c], creds, c, "ctl", timeout_s=2 * timeout + 60.0) for c in cfg_clients}
     try:
         for ch in ctl.values():
             request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics, "run_id": run_id,
