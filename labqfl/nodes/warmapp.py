@@ -57,6 +57,8 @@ log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
 
 __all__ = ["SHIM", "WarmFederation", "start_warm_clientapps", "zygote_main"]
 
+#: environment switch: "0" turns the warm ClientApps and the short pull interval off
+WARM_ENV = "LABQFL_WARM_CLIENTAPPS"
 #: environment variable naming the zygote's socket (read by the shim)
 SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
 _MAX_REQUEST = 1 << 16
@@ -131,7 +133,7 @@ class WarmFederation(LocalFederation):
         return e
 
     def _start(self, name: str, cmd: list[str]) -> None:
-        if name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
+        if self.warm_dir is not None and name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
             cmd = [sys.executable, "-m", "labqfl.nodes.warmapp", "supernode", *cmd[1:]]
         super()._start(name, cmd)
 
@@ -147,7 +149,12 @@ def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
     """A :class:`WarmFederation` in ``workdir`` with its zygote started (process ``warm-clientapps``,
     log ``warm-clientapps.log``); start the SuperNode on it as usual. The shim and the socket live in
     a fresh 0700 folder under the system's temporary folder (a Unix socket path must stay under 108
-    bytes), removed by :meth:`WarmFederation.stop`."""
+    bytes), removed by :meth:`WarmFederation.stop`.
+
+    With ``LABQFL_WARM_CLIENTAPPS=0`` in the environment (benchmarks, debugging) it starts no zygote
+    and leaves the SuperNode's pull interval alone: Flower's own behaviour, telemetry still off."""
+    if os.environ.get(WARM_ENV, "1") == "0":
+        return WarmFederation(workdir, fleet, **kw)
     warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
     fed = WarmFederation(workdir, fleet, warm_dir=warm, **kw)
     write_shim(warm / "bin", _bin("flwr-clientapp"))
