@@ -120,6 +120,17 @@ IMPLIED_MIN_QBER = 0.03
 parities are rare (GF(2) rank of the disclosed parities on 10^4-bit frames at 2 %: 0 of ~1 500
 dependent; at 8 %: 1.7–2.1 %) and the bookkeeping made the 10^6-bit kernel ~1.5× slower."""
 
+DEFER_FROM_PASS = 2
+"""Default :attr:`CascadeSchedule.defer_from`: searches of affine passes from this index on (and of
+every bipartition pass) ask only when no lower pass has a search waiting (see
+:func:`_cascade_round`)."""
+
+SHORT_FRAME_BITS = 1 << 16
+""":meth:`CascadeSchedule.for_frame` on frames shorter than this: the second pass's searches wait
+for the first pass's too (``defer_from`` = 1).  10^4 bits, 300 frames: f −0.002 at 1, 4 and 8 %
+for 1.3–1.7× the round trips; 10^5 bits (20 frames) would gain as much for 2.3–2.5× the round
+trips, and is within f ≤ 1.05 without it."""
+
 FRAME_EXTRA_HALVES = 12
 """Bipartition passes :meth:`CascadeSchedule.for_frame` allows beyond ``confirm``."""
 
@@ -145,12 +156,18 @@ class CascadeSchedule:
     ``implied_max`` (bits, 0 = off): Bob derives, instead of asking, the parity of a half of at
     most this many bits that follows from Alice's bits he already knows (module docstring).  Bob's
     choice alone; Alice answers whatever is asked.
+
+    ``defer_from`` (pass index ≥ 1): searches of affine passes from this pass on, like those of
+    bipartitions, ask Alice only when no lower pass has a search waiting, and restart lazily after a
+    flip (:func:`_cascade_round`).  Bob's choice alone: it changes which parities he asks and when,
+    never what Alice answers.
     """
 
     block_sizes: tuple[int, ...]
     name: str = "custom"
     confirm: int = 0
     implied_max: int = IMPLIED_MAX
+    defer_from: int = DEFER_FROM_PASS
 
     def __post_init__(self) -> None:
         if not self.block_sizes:
@@ -160,6 +177,8 @@ class CascadeSchedule:
                 raise ReconciliationInputError(f"Cascade block sizes must be >= 1 or HALF, got {k}")
         if len(self.block_sizes) > 100:
             raise ReconciliationInputError("a Cascade schedule has at most 100 passes")
+        if not 1 <= self.defer_from <= 100:
+            raise ReconciliationInputError(f"defer_from must lie between 1 and 100 (a pass index), got {self.defer_from}")
         if not 0 <= self.implied_max <= 64:
             raise ReconciliationInputError(f"implied_max must lie between 0 and 64 bits, got {self.implied_max}")
         halves = len(self.block_sizes) - len(tuple(k for k in self.block_sizes if k != HALF))
@@ -200,7 +219,9 @@ class CascadeSchedule:
           waiting for lower passes (:data:`DEFER_FROM_PASS`), f 1.038 → 1.035 at 2 %,
           1.047 → 1.045 at 6 %, 1.053 → 1.049 at 8 % (docs/reconciliation.md);
         * then random bipartitions until ``confirm`` in a row find nothing (see the class
-          docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`.
+          docstring), at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`;
+        * below :data:`SHORT_FRAME_BITS` the second pass's searches wait for the first pass's
+          (``defer_from`` = 1).
         """
         if n < 1:
             raise ReconciliationInputError(f"frame length n must be >= 1, got {n}")
@@ -216,7 +237,8 @@ class CascadeSchedule:
             else:
                 ks.append(THIRD_PASS_BITS)
         ks += [HALF] * (confirm + FRAME_EXTRA_HALVES)
-        return cls(tuple(ks), "frame", confirm, IMPLIED_MAX if qber >= IMPLIED_MIN_QBER else 0)
+        return cls(tuple(ks), "frame", confirm, IMPLIED_MAX if qber >= IMPLIED_MIN_QBER else 0,
+                   1 if n < SHORT_FRAME_BITS else DEFER_FROM_PASS)
 
 
 # ----------------------------------------------------------------------------------- passes
@@ -289,6 +311,61 @@ def _fill_bipartition(words: np.ndarray, cum: np.ndarray, key: np.uint64, n: int
     cum[W] = acc
 
 
+SPREAD_CANDIDATES = 8
+"""Multipliers :func:`_build_passes` draws for every affine pass after the first; it keeps the one
+that best separates the bits of each earlier affine pass's blocks (:func:`_co_block_rate`)."""
+
+SPREAD_MAX_BLOCK = 1 << 16
+"""Earlier affine passes with larger blocks are not scored (the score costs one step per bit of a
+block; such passes leave no short-range pairs worth separating)."""
+
+
+def _co_block_rate(n: int, a_r: int, k_r: int, ainv_q: int, k_q: int) -> float:
+    """Expected fraction of the pairs of bits sharing a block of affine pass r (multiplier a_r,
+    block size k_r) that also share a block of affine pass q (inverse multiplier ainv_q, k_q).
+
+    Two bits d positions apart in pass r are a_r·d apart in the key, hence δ = a_r·a_q⁻¹·d (mod n)
+    apart in pass q; blocks of k_q consecutive positions hold both with probability
+    max(0, 1 − |δ|/k_q) (|δ| the distance mod n), and a block of pass r has k_r − d such pairs.
+    The positions λ·d mod n (d = 1 … k_r − 1) are the points of a rank-1 lattice with multiplier
+    λ = a_r·a_q⁻¹: most λ spread them evenly (rate ≈ (k_r·k_q/n − 1)/(k_r − 1), the least any
+    layout allows once k_r·k_q > n), a few λ — small multiples or near-fractions of n — bunch them
+    and make two errors of one first-pass block share a second-pass block far more often (the
+    "good lattice points" of Korobov, Niederreiter 1992, *Random Number Generation and Quasi-Monte
+    Carlo Methods*, ch. 5, are such well-spread multipliers).  A pair of errors in one block of both
+    passes survives both and costs Cascade 2–3× the parities of an isolated error
+    (docs/reconciliation.md)."""
+    d = np.arange(1, k_r, dtype=np.int64)
+    delta = ((a_r * ainv_q) % n * d) % n
+    delta = np.minimum(delta, n - delta)
+    w = (k_r - d).astype(np.float64)
+    return float((w * np.clip(1.0 - delta / k_q, 0.0, None)).sum() / w.sum())
+
+
+def _spread_multiplier(n: int, q: int, seed: int, kq: int, a: np.ndarray, k: np.ndarray, kind: np.ndarray,
+                       first: int) -> int:
+    """Multiplier of affine pass q: the first of :data:`SPREAD_CANDIDATES` units mod n (``first``,
+    then draws from the public seed's stream (seed, q, 1)) with the lowest largest
+    :func:`_co_block_rate` against the earlier affine passes (blocks ≤ :data:`SPREAD_MAX_BLOCK`).
+    Both parties derive it from the public seed; it only decorrelates errors better."""
+    earlier = [r for r in range(q) if kind[r] == 0 and 1 < k[r] <= SPREAD_MAX_BLOCK]
+    if not earlier or n < 4:
+        return first
+    rng = np.random.default_rng([int(seed), q, 1])
+    best, best_rate = first, math.inf
+    for t in range(SPREAD_CANDIDATES):
+        aa = first
+        if t:
+            aa = int(rng.integers(1, n))
+            while math.gcd(aa, n) != 1:
+                aa = int(rng.integers(1, n))
+        ai = pow(aa, -1, n)
+        rate = max(_co_block_rate(n, int(a[r]), int(k[r]), ai, kq) for r in earlier)
+        if rate < best_rate:
+            best, best_rate = aa, rate
+    return best
+
+
 def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
     P = len(block_sizes)
     W = (n + 63) // 64
@@ -314,7 +391,9 @@ def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
                     aa = int(rng.integers(1, n))
                     if math.gcd(aa, n) == 1:
                         break
-                a[q], c[q], ainv[q] = aa, int(rng.integers(0, n)), pow(aa, -1, n)
+                cc = int(rng.integers(0, n))
+                aa = _spread_multiplier(n, q, seed, kk, a, k, kind, aa)
+                a[q], c[q], ainv[q] = aa, cc, pow(aa, -1, n)
     top_off = np.zeros(P + 1, np.int64)
     top_off[1:] = np.cumsum(nb)
     return _Passes(n, kind, k, a, c, ainv, nb, masks, cum, top_off, int(seed), kind == 0)
@@ -540,11 +619,6 @@ def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.nd
     return (d * ainv[q]) % n - b * k[q]
 
 
-DEFER_FROM_PASS = 2
-"""Searches of affine passes from this index on (and of every bipartition pass) ask only when no
-lower pass has a search waiting (see :func:`_cascade_round`)."""
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _kget(kn: np.ndarray, kx: np.ndarray, i: int) -> int:
     """Alice's bit i if Bob knows it (0/1), else −1."""
@@ -647,13 +721,13 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                    out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
                    deferred: np.ndarray, counters: np.ndarray, flipped: np.ndarray,
                    kn: np.ndarray, kx: np.ndarray, indef: np.ndarray, imax: int, cbits: np.ndarray,
-                   coff: np.ndarray, cwpb: np.ndarray) -> int:
+                   coff: np.ndarray, cwpb: np.ndarray, defer: int) -> int:
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
     1 active, 2 asked, 3 waiting for a parity from Alice (or parked: its pass is deferred and a
-    lower pass has a search waiting), 4 stale (a block of an affine pass from
-    :data:`DEFER_FROM_PASS` on whose parity a flip changed: it restarts from its root only when no
+    lower pass has a search waiting), 4 stale (a block of an affine pass from ``defer``
+    (:attr:`CascadeSchedule.defer_from`) on whose parity a flip changed: it restarts from its root only when no
     lower pass has a search waiting; ``deferred``/``indef`` list the parked and stale ones).  Invariant: Alice's and Bob's parities of the
     search's range [slo, shi) (ranks within the block) differ.  Steps: (1) start searches on
     ``init`` blocks; (2) store Alice's ``answers`` to last round's queries (blocks ``qidx``) and
@@ -807,7 +881,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 fb = top_off[r] + b
                 bob_top[fb] ^= 1
                 odd = alice_top[fb] != bob_top[fb]
-                if kind[r] == 0 and r >= DEFER_FROM_PASS:
+                if kind[r] == 0 and r >= defer:
                     # deferred affine pass: (re)start lazily, when no lower pass has work (see above)
                     if st[fb] == 4 or st[fb] == 0 or slo[fb] <= _rank_of(n, kind, k, c, ainv, masks, cum,
                                                                          r, b, i) < shi[fb]:
@@ -841,7 +915,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         inwait[fb] = 0
         if st[fb] != 3:
             continue
-        if fpass[fb] != first and (kind[fpass[fb]] == 1 or fpass[fb] >= DEFER_FROM_PASS):
+        if fpass[fb] != first and (kind[fpass[fb]] == 1 or fpass[fb] >= defer):
             # parked: a flip found in a lower pass may restart or end it for free
             if not indef[fb]:
                 indef[fb] = 1
@@ -944,7 +1018,8 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray, deferred: np.ndarray,
               counters: np.ndarray, flipped: np.ndarray, known_n: np.ndarray, known_x: np.ndarray,
               indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
-              res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray) -> int:
+              res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray,
+              defer: int) -> int:
     """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
     ``cascade/round``: the frames listed in ``opened`` (frame·128 + pass) open their pass
     (:func:`_open_frame_pass`), every frame with queries last round (``nq[f]`` of them) takes its
@@ -1007,7 +1082,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
             hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
             out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
             known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
-            coff[f], cwpb[f])
+            coff[f], cwpb[f], defer)
         pos += nprev
         if r < 0:
             res[2] = f
@@ -1358,7 +1433,7 @@ class _BobWork:
         self.hkeys, self.hvals, self.ho, self.logcap = keys, vals, ho, logcap
 
     def step(self, F: _FrameSet, disclosed: np.ndarray, opened: np.ndarray, imax: int, confirm: int,
-             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray) -> int:
+             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int) -> int:
         """:func:`_bob_step` on this state (the caches grown first where needed)."""
         A, g = self.arr, self.prog
         while True:
@@ -1369,7 +1444,8 @@ class _BobWork:
                 A["shi"], A["sh"], A["work"], A["waitl"], A["onstk"], A["inwait"], A["found"], A["fval"],
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
                 A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
-                A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb)
+                A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb,
+                defer)
             if code != -2:
                 return int(code)
             self.grow(np.flatnonzero(g["needgrow"]))
@@ -1423,7 +1499,8 @@ class CascadeBob:
             rep = channel.request(Message("cascade/round", {"open": opened, "query": qbuf[:4 * nqt].copy()}))
             if rep.kind not in ("cascade/block-parities", "cascade/parities"):
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
-            code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res)
+            code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res,
+                          self.schedule.defer_from)
             if code == -3:
                 raise MessageError(f"cascade: reply {rep.kind!r} to cascade/round carries {rep.disclosed.size} "
                                    f"parities, not the number asked for")
