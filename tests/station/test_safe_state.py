@@ -241,3 +241,67 @@ def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(bench
     assert proc.returncode == -signal.SIGTERM, err[-3000:]
     assert "safe state" in err  # the handler says what it did, on stderr
     bench.assert_safe(since)
+
+
+@needs_pyvisa_py
+@pytest.mark.slow
+def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(bench: Bench, tmp_path: Path) -> None:
+    """Issue 17's acceptance on ``labqfl run --in-process --duration 30000`` (the block-size rule's
+    minimum on this station; killed long before): simulated tagger, emulated hardware drivers, C1
+    streaming its frames to an emulated Pulse Streamer, an emulated master clock. Killed with SIGTERM
+    once it is acquiring and C1's stream plays: laser off (ramped), detector bias down, modulator
+    output off, shutters closed, and the pattern generator and master clock dark. (Before the
+    Acquisition streamed the clients' modulation, C1's generator never played under ``labqfl run``.)"""
+    import json
+    import tomllib
+
+    pytest.importorskip("pulsestreamer")
+    from labqfl.sim_backends.pulse_streamer import PulseStreamerEmulator
+
+    from labqfl.serialize import dump_toml
+
+    pg_em, clk_em = PulseStreamerEmulator(), PulseStreamerEmulator()
+    try:
+        d = tomllib.loads(bench.station_file.read_text(encoding="utf-8"))
+        d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": clk_em.ip}
+        d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": pg_em.ip,
+                                                "options": {"frames_per_upload": 1}}
+        d["time_tagger"]["frame_slots"] = 1000
+        station_file = tmp_path / "emulated_run.toml"
+        station_file.write_text(dump_toml(d), encoding="utf-8")
+        runs = tmp_path / "runs"
+
+        def acquiring() -> bool:  # the run recorded its acquisition as started, and C1's generator plays
+            for p in runs.glob("*/state.json"):
+                try:
+                    if json.loads(p.read_text(encoding="utf-8")).get("acquisitions"):
+                        return pg_em.playing is not None
+                except ValueError:  # being written
+                    return False
+            return False
+
+        bench.laser.ask(":SLOT 1")
+        bench.laser.ask(":ILD:SET 0.03")
+        bench.laser.ask(":LASER ON")
+        proc = subprocess.Popen([str(LABQFL), "run", "--in-process", "--duration", "30000", "--rounds", "1",
+                                 "--config", str(station_file), "--out", str(runs), "--data-dir", str(tmp_path / "data")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_for(acquiring, "the run acquiring with C1's frames playing", proc)
+            assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["enabled"] is True  # armed
+            assert bench.awg.ask("OUTP1?") == "1"
+            since = bench.mark()
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == -signal.SIGTERM, err[-3000:]
+        assert "safe state" in err
+        bench.assert_safe(since)
+        for em in (pg_em, clk_em):
+            assert em.playing is None and em.output == (0, 0, 0)
+    finally:
+        pg_em.close()
+        clk_em.close()
