@@ -18,8 +18,10 @@ least significant first) and the intensity index ``k`` as ``k + 1`` in binary on
 ``options.intensity_channels`` (code 0 = dark: no light, the state of every output at rest), and a
 frame-start marker on ``options.marker_channel`` during the first ``options.marker_slots`` slots of
 every frame. A 2-bit binary-weighted RF combiner (or a multi-electrode modulator) turns the bits
-into the phase-modulator drive; the intensity modulator's bits select its drive level
-(:mod:`labqfl.drivers.generic_bias_controller`). Those combiners are hardware outside this driver.
+into the phase-modulator drive (:mod:`labqfl.drivers.bit_phase_modulator`); the intensity
+modulator's bits select its drive level, with its DC bias held by a bias controller
+(:mod:`labqfl.drivers.mz_intensity_modulator`, :mod:`labqfl.drivers.thorlabs_mbx`). Those combiners
+are hardware outside this driver.
 
 **Sequences** are run-length encoded steps (duration [ns], 8-bit digital mask, a0, a1)
 ("Programming interface: Pulse pattern"); this driver builds them as ``Sequence.pulse_dtype``
