@@ -122,3 +122,31 @@ def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkey
     assert result.dropped_slots >= len(lost) * F
     assert result.final_key_bits > 0 and not any(b.abort for b in result.blocks)
     _assert_identical_keys(data_dir)
+
+
+@pytest.mark.slow
+def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_streams_again(tmp_path: Path) -> None:
+    """The GUI's Live tab: ``Acquisition.start()`` with no duration streams every client's frames until the
+    blocks are closed (the frames not played by then are lost, never replayed); the next segment streams
+    afresh from frame 0 of its own acquisition."""
+    from labqfl.app.station import open_station
+
+    station_file = _emulated_station_module().emulated_pair_station(tmp_path)
+    cfg = parse_station_config(tomllib.loads(station_file.read_text()), str(station_file))
+    with open_station(cfg, base_dir=station_file.parent) as station, app_acquire.Acquisition(station) as acq:
+        blocks = acq.start()
+        assert all(isinstance(lg, PlayedChoiceLog) for lg in station.client_logs().values())
+        for k, _ in enumerate(blocks, start=1):
+            if k == 3:
+                break
+        blocks.close()
+        whole = int(round(acq.t_s * cfg.laser.rep_rate_hz)) // F  # frames wholly inside the acquired time
+        for c, rec in acq.played_frames.items():
+            assert rec.played == list(range(whole)), c  # every frame played up to the cut, in order
+            assert rec.lost and min(rec.lost) == whole  # the frame at the cut and those queued after it: lost
+        first = acq.streams
+        n = sum(1 for _ in acq.start(0.01))
+        assert n == 1 and acq.streams is not first
+        for c in ("C1", "C2"):
+            assert acq.modulation[c] == {"frames": math.ceil(0.01 * 1e8 / F), "played": math.ceil(0.01 * 1e8 / F),
+                                         "lost": 0, "late": 0, "error": None}
