@@ -171,7 +171,7 @@ def test_labqfl_acquire_cli_is_argument_parsing_and_rendering_only() -> None:
 
 
 def test_gui_acquisition_thread_streams_through_the_application_layer() -> None:
-    tree = ast.parse((ROOT / "gui/core.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "gui/workers/acquisition.py").read_text(encoding="utf-8"))
     for fn in ("_acquire", "_acquire_segment"):
         names = _names(_function(tree, fn))
         assert not names & (RECIPE_ATTRIBUTES - {"stream"} | {"arm_station", "channel_counts", "channel_names"}), fn

@@ -84,7 +84,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("front_end", ["labqfl/cli/calibrate.py", "gui/core.py"])
+@pytest.mark.parametrize("front_end", ["labqfl/cli/calibrate.py", "gui/workers/calibration.py"])
 def test_front_ends_calibrate_through_the_application_layer(front_end: str) -> None:
     imports = _imports(ROOT / front_end)
     assert "labqfl.app.calibrate.run_calibration" in imports

@@ -1,0 +1,357 @@
+"""The acquisition task of the GUI core: the acquisition thread (the application layer's
+:class:`~labqfl.app.acquire.Acquisition`, in segments) and the live distillation thread fed from it
+(:meth:`labqfl.app.distill.DistillSession.run`), with the live pair metrics and key pools they post."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from labqfl.gui.workers.common import log, one_line
+
+from labqfl.config import StationConfig
+from labqfl.errors import LabqflError
+
+if TYPE_CHECKING:
+    from labqfl.gui.core import TestbedCore
+
+#: Wall time between two count-rate / pair-metrics events from the acquisition thread [s].
+EMIT_INTERVAL_S = 0.1
+
+
+def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
+    """Live per-pair numbers of a running :class:`~labqfl.qkd.pipeline.Distiller` (no key bits).
+
+    ``qber_x``: error rate of the last reconciled key block (X basis, exact after error
+    correction); ``qber_y``: Y-basis test error rate so far (public test data, updated every tag
+    block); ``key_rate_bps``: final (secret) key bits so far / acquired time ``t_s``;
+    ``block_fill``: sifted bits waiting for the next block / block size; ``first_key_eta_s``:
+    seconds of data until the pair's next block closes (blocks are a fixed number of the pair's
+    slots; 0 once the pair has key).
+    """
+    block_bits = distiller.settings.block_bits
+    out: dict[str, dict[str, Any]] = {}
+    for name, st in distiller.pairs.items():
+        r = st.result
+        tc, te = r.test_clicks, r.test_errors_x2
+        last = r.blocks[-1] if r.blocks else None
+        out[name] = {
+            "sifted_bits": int(r.sifted_bits),
+            "pending_bits": int(st.n_bits),
+            "block_fill": min(1.0, st.n_bits / block_bits) if block_bits else 0.0,
+            "qber_x": float(last.qber_key) if last is not None else None,
+            "qber_y": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
+            "blocks": len(r.blocks),
+            "aborted_blocks": sum(b.abort for b in r.blocks),
+            "last_abort": last.abort_reason if last is not None and last.abort else "",
+            "final_key_bits": int(r.final_key_bits),
+            "delivered_bits": int(r.delivered_bits),
+            "key_rate_bps": r.final_key_bits / t_s if t_s > 0 else 0.0,
+            "first_key_eta_s": 0.0 if r.final_key_bits > 0 else max(
+                (st.block_index + 1) * distiller.block_slots[name] * len(distiller.pairs)
+                / distiller.cfg.laser.rep_rate_hz - t_s, 0.0),
+        }
+    return out
+
+
+def key_pools(config: StationConfig, data_dir: Path | None) -> dict[str, dict[str, int]]:
+    """Free key bits per pair and pool from the key stores under ``data_dir`` (pair "Ci-Cj" read
+    from Ci's store; stores that do not exist yet count as empty and are not created)."""
+    from labqfl.keystore import KeyStore, list_node_stores, node_store_path
+
+    have = set(list_node_stores(data_dir))
+    out: dict[str, dict[str, int]] = {f"{a}-{b}": {} for a, b in config.pairs()}
+    for a in config.client_names:
+        if a not in have:
+            continue
+        store = KeyStore(node_store_path(a, data_dir), node=a, create=False)
+        try:
+            acc = store.accounting()
+        finally:
+            store.close()
+        for pair, entry in acc.items():
+            if pair.split("-")[0] == a and pair in out:
+                out[pair] = {k: int(v) for k, v in entry.get("available", {}).items()}
+    return out
+
+
+class QueueFeed:
+    """The tag blocks the acquisition thread queues for the distillation thread, as an iterator
+    that ends at the acquisition segment's :class:`END` (its length, and whether to discard the
+    partial data instead of finishing). The queue is bounded: a lagging pipeline slows the
+    acquisition thread (back-pressure) and :meth:`drain` keeps it from blocking on a dead one."""
+
+    @dataclass(frozen=True)
+    class END:
+        t_s: float
+        discard: bool
+
+    def __init__(self, q: queue.Queue[Any]) -> None:
+        self.q = q
+        self.end: QueueFeed.END | None = None
+
+    def __iter__(self) -> QueueFeed:
+        return self
+
+    def __next__(self) -> Any:
+        if self.end is not None:
+            raise StopIteration
+        item = self.q.get()
+        if isinstance(item, QueueFeed.END):
+            self.end = item
+            raise StopIteration
+        return item
+
+    @property
+    def discard(self) -> bool:
+        return self.end is not None and self.end.discard
+
+    @property
+    def end_t_s(self) -> float:
+        return self.end.t_s if self.end is not None else 0.0
+
+    def drain(self) -> None:
+        """Take (and drop) every block up to the segment's end."""
+        for _ in self:
+            pass
+
+
+class AcquisitionTask:
+    """Streaming, with or without live distillation, on ``core``'s connected station."""
+
+    def __init__(self, core: TestbedCore) -> None:
+        self.core = core
+        self._acq_thread: threading.Thread | None = None
+        self._acq_stop = threading.Event()
+        self._distill_request: dict[str, Any] | None = None
+        self._distill_stop = threading.Event()
+        self._distill_thread: threading.Thread | None = None
+        self._distill_queue: queue.Queue[Any] | None = None
+
+    def distill_available(self) -> tuple[bool, str]:
+        """Live distillation needs the clients' modulation logs, which only the simulated time
+        tagger provides during a live run (real runs: record, then ``labqfl distill``)."""
+        if not self.core.config.all_simulated:
+            return False, ("live distillation needs the clients' modulation logs, available live only on the "
+                           "simulated station; record real runs and distil them with `labqfl distill`")
+        return True, ""
+
+    def start_acquisition(self, *, distill: dict[str, Any] | None = None, arm: bool = True,
+                          block_s: float | None = None) -> None:
+        """Stream tags until :meth:`stop_acquisition`. ``distill`` (``{"block_bits", "engine"}``)
+        also runs the post-processing pipeline on the stream; ``arm`` switches the instruments to
+        their operating state first (:func:`arm_station`)."""
+        with self.core._lock:
+            if self.core.station is None:
+                self.core._error("Cannot start acquisition", "the station is not connected; press Connect first")
+                return
+            if self.core.busy("calibration"):
+                self.core._error("Cannot start acquisition", "a calibration is running; wait for it to finish")
+                return
+            if self._acq_thread is not None and self._acq_thread.is_alive():
+                if distill is not None:
+                    self.start_distillation(**distill)
+                return
+            if distill is not None:
+                ok, why = self.distill_available()
+                if not ok:
+                    self.core._error("Cannot distil", why)
+                    distill = None
+            self._acq_stop.clear()
+            self._distill_request = distill
+            self._acq_thread = self.core._thread(self._acquire, (arm, block_s), "labqfl-acquisition")
+            self.core._set_busy("acquisition", True)
+            self._acq_thread.start()
+
+    def stop_acquisition(self) -> None:
+        """Stop streaming (and distillation) at the next block; instruments go to safe state."""
+        self._acq_stop.set()
+
+    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
+        """Attach the pipeline to the stream (restarts the acquisition so slots count from 0).
+        ``block_bits`` None or 0: the block-size rule (:mod:`labqfl.qkd.blocksize`)."""
+        ok, why = self.distill_available()
+        if not ok:
+            self.core._error("Cannot distil", why)
+            return
+        req = {"block_bits": int(block_bits) if block_bits else None, "engine": engine}
+        with self.core._lock:
+            running = self._acq_thread is not None and self._acq_thread.is_alive()
+            if not running:
+                self.start_acquisition(distill=req)
+                return
+            self._distill_request = req
+            self._distill_stop.clear()
+
+    def stop_distillation(self) -> None:
+        """Detach the pipeline; the partial block is processed if large enough (``finish``)."""
+        with self.core._lock:
+            self._distill_request = None
+            self._distill_stop.set()
+
+    def _acquire(self, arm: bool, block_s: float | None) -> None:
+        """The acquisition thread: the application layer's :class:`~labqfl.app.acquire.Acquisition`
+        (every role armed, tags streamed and counted, safe state at the end), in segments that
+        restart when a distillation is attached or detached."""
+        from labqfl.app.acquire import Acquisition
+
+        acq: Acquisition | None = None
+        wall0 = time.perf_counter()
+        try:
+            acq = Acquisition(self.core.station, block_s=block_s, arm=arm)
+            if arm:
+                acq.arm()
+                self.core.post("settings", self.core._station_task.rows())
+            log.info("acquisition started (blocks of %g s)", acq.block_s)
+            while not self._acq_stop.is_set():
+                self._acquire_segment(acq, wall0)
+        except Exception as exc:
+            self.core._error("Acquisition failed", exc)
+        finally:
+            try:
+                failed = acq.safe_state() if acq is not None else None
+                if failed is not None:
+                    self.core.post("safe", failed)
+                    self.core.post("settings", self.core._station_task.rows())
+            except Exception as exc:
+                self.core._error("Safe state after acquisition failed", exc)
+            t_acq, n_tags, n_blocks = (acq.t_s, acq.n_tags, acq.n_blocks) if acq is not None else (0.0, 0, 0)
+            log.info("acquisition stopped after %.3g s of data (%d tags); instruments in safe state", t_acq, n_tags)
+            self.core.post("acq_status", {"t_s": t_acq, "tags": n_tags, "blocks": n_blocks,
+                                     "wall_s": time.perf_counter() - wall0})
+            self.core._set_busy("acquisition", False)
+
+    def _acquire_segment(self, acq: Any, wall0: float) -> None:
+        """One open-ended segment of the acquisition (slots from 0), with the distillation requested
+        at its start, if any; ends on stop, or when a distillation is attached or detached."""
+        want_distill = self._distill_request
+        self._distill_stop.clear()
+        stream = acq.start()  # the tagger's acquisition begins: the station's logs and ID are this segment's
+        feeder: queue.Queue[Any] | None = None
+        try:
+            feeder = self._start_distiller(want_distill, acq.station) if want_distill is not None else None
+            last_emit = time.perf_counter()
+            for blk in stream:
+                if feeder is not None:
+                    feeder.put(blk)  # blocks when the pipeline lags: back-pressure
+                now = time.perf_counter()
+                if now - last_emit >= EMIT_INTERVAL_S:
+                    span, clicks = acq.take_window()
+                    self.core.post("rates", {"t_s": acq.t_s, "rates_hz": {k: v / span for k, v in clicks.items()}})
+                    self.core.post("acq_status", {"t_s": acq.t_s, "tags": acq.n_tags, "blocks": acq.n_blocks,
+                                             "wall_s": now - wall0})
+                    last_emit = now
+                if self._acq_stop.is_set():
+                    break
+                if feeder is not None and self._distill_stop.is_set():
+                    break  # distillation stopped: keep acquiring without it
+                if feeder is None and self._distill_request is not None:
+                    break  # distillation requested: restart the stream with it
+        finally:
+            stream.close()
+            if feeder is not None:
+                self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed)
+
+    def _start_distiller(self, req: dict[str, Any], station: Any) -> queue.Queue[Any] | None:
+        """A distillation thread for the acquisition the time tagger has just started. The
+        station supplies the clients' modulation logs and the acquisition ID (as for
+        ``labqfl run``), so block IDs derive from the acquisition and the key stores refuse
+        to take the same raw data twice."""
+        from labqfl.app.distill import DistillOptions, TagSource, distill_settings
+
+        cfg = self.core.config
+        q: queue.Queue[Any] = queue.Queue(maxsize=16)
+        feed = QueueFeed(q)
+        try:
+            source = TagSource.from_station(station, feed)
+        except LabqflError as exc:
+            self.core._error("Cannot distil", exc)
+            self._distill_request = None
+            return None
+        try:  # block_bits None: the block-size rule for an open-ended stream
+            options = DistillOptions(engine=str(req["engine"]), block_bits=req["block_bits"])
+            settings, plan = distill_settings(cfg, options, None, what="live distillation", hint="")
+            if plan is not None:
+                self.core.post("progress", ("distillation", None, plan.summary()))
+        except LabqflError as exc:
+            self.core._error("Cannot distil", exc)
+            self._distill_request = None
+            return None
+        self._distill_queue = q
+        th = self.core._thread(self._distill, (feed, source, settings), "labqfl-distillation")
+        self._distill_thread = th
+        self.core._set_busy("distillation", True)
+        th.start()
+        return q
+
+    def _finish_distiller(self, q: queue.Queue[Any], seg_t: float, discard: bool) -> None:
+        q.put(QueueFeed.END(seg_t, discard))
+
+    def _distill(self, feed: QueueFeed, source: Any, settings: Any) -> None:
+        """The distillation thread: :meth:`labqfl.app.distill.DistillSession.run` on the blocks the
+        acquisition thread queues, posting live pair metrics and key pools as blocks close."""
+        from labqfl.app.distill import DistillSession
+        from labqfl.runs import RunRecord
+
+        cfg, acq_id = self.core.config, source.acquisition_id
+        session: DistillSession | None = None
+        bs = cfg.simulation.block_duration_s
+        t_s, last_emit = 0.0, 0.0
+        try:
+            run = RunRecord.create("gui-distill", cfg, self.core.runs_dir)
+            run_name = run.name
+            run.close()
+            session = DistillSession(cfg, settings, data_dir=self.core.data_dir, run_id=run_name)
+            log.info("distillation of acquisition %s started: blocks of %d sifted bits, %s", acq_id,
+                     settings.block_bits, settings.engine)
+
+            def on_block(k: int, closed: list[Any]) -> None:
+                nonlocal t_s, last_emit
+                t_s = k * bs
+                now = time.perf_counter()
+                if closed or now - last_emit >= EMIT_INTERVAL_S:
+                    self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id})
+                    last_emit = now
+                if closed:
+                    self.post_pools()
+
+            results = session.run(  # shutting down or discarded: the backlog is dropped, no partial results
+                source, total_slots=lambda: int(round(feed.end_t_s * cfg.laser.rep_rate_hz)), on_block=on_block,
+                stop=lambda: self.core._closed or feed.discard,
+                on_finish=lambda: self.core.post("progress", ("distillation", None, "processing the last partial block…")))
+            if results is not None:
+                t_s = feed.end_t_s
+            feed.drain()
+            self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id,
+                                "final": True})
+        except Exception as exc:
+            self.core._error("Distillation failed", exc)
+            feed.drain()  # so the acquisition thread never blocks on a dead pipeline
+        finally:
+            if session is not None:
+                session.close()
+            self.post_pools()
+            log.info("distillation stopped")
+            self.core._set_busy("distillation", False)
+
+    def post_pools(self) -> None:
+        try:
+            self.core.post("pools", key_pools(self.core.config, self.core.data_dir))
+        except Exception as exc:
+            log.warning("key pools unavailable: %s", one_line(exc))
+
+    def refresh_pools(self) -> Future[Any]:
+        return self.core._submit(self.post_pools, "Reading key pools failed")
+
+    def threads(self) -> tuple[threading.Thread | None, threading.Thread | None]:
+        """(the acquisition thread, the distillation thread), either None if never started."""
+        return self._acq_thread, self._distill_thread
+
+    def stop_all(self) -> None:
+        """Shutting down: stop streaming at the next block (the distillation then drops its backlog)."""
+        self._acq_stop.set()

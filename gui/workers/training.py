@@ -1,0 +1,138 @@
+"""The training task of the GUI core: federated training on its own thread through the
+application layer's :class:`~labqfl.app.training.TrainingSetup` (the recipe ``labqfl train`` uses),
+posting each round's metrics and the key left per pair."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from labqfl.gui.workers.common import Cancelled, log
+
+if TYPE_CHECKING:
+    from labqfl.gui.core import TestbedCore
+
+
+@dataclass
+class TrainingOptions:
+    """Federated-training job (same meaning as the options of ``labqfl train``)."""
+
+    task: str = "mnist-qnn"
+    clients: int = 4
+    rounds: int = 10
+    q: int = 8
+    keys: str = "csprng"
+    seed: int = 0
+    graph: str = "all"
+    k: int = 0
+    samples_per_client: int = 100
+    test_size: int = 400
+
+    def settings(self, keystore_dir: Path | None = None) -> Any:
+        """The application layer's :class:`~labqfl.app.training.TrainingSettings` for these options
+        (task defaults for local training and clip; keys from the stores under ``keystore_dir``)."""
+        from labqfl.app.training import TrainingSettings
+
+        return TrainingSettings(task=self.task, clients=self.clients, rounds=self.rounds, q=self.q, keys=self.keys,
+                                seed=self.seed, graph=self.graph, k=self.k, samples_per_client=self.samples_per_client,
+                                test_size=self.test_size, keystore_dir=keystore_dir, preflight=False)
+
+
+class TrainingTask:
+    """One training run at a time; :meth:`stop_training` stops it after the current round."""
+
+    def __init__(self, core: TestbedCore) -> None:
+        self.core = core
+        self._train_thread: threading.Thread | None = None
+        self._train_stop = threading.Event()
+
+    def start_training(self, options: TrainingOptions | None = None) -> None:
+        """Run federated training (:func:`labqfl.fl.training.run_federated`) on its own thread."""
+        opts = options or TrainingOptions()
+        with self.core._lock:
+            if self._train_thread is not None and self._train_thread.is_alive():
+                self.core._error("Cannot start training", "training is already running")
+                return
+            self._train_stop.clear()
+            self.core._set_busy("training", True)
+            self._train_thread = self.core._thread(self._train, (opts,), "labqfl-training")
+            self._train_thread.start()
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The training thread (None if none was started)."""
+        return self._train_thread
+
+    def stop_training(self) -> None:
+        """Stop training after the current round."""
+        self._train_stop.set()
+
+    def _train(self, opts: TrainingOptions) -> None:
+        try:
+            self.core.post("progress", ("training", None, "loading model and data…"))
+            from labqfl.app.training import TrainingSetup
+            from labqfl.fl.secure import secure_round
+
+            # the shared recipe; no pre-flight key check: keys may still be arriving from a running distillation
+            setup = TrainingSetup.prepare(opts.settings(self.core.data_dir))
+            model, data, secagg, names = setup.model, setup.data, setup.secagg, setup.names
+            key_source = setup.key_source
+            sizes = data.sizes()
+            pairs = [p if isinstance(p, str) else "-".join(p) for p in secagg.pairs(names)]
+            self.core.post("train_started", {"task": opts.task, "model": model.name, "n_params": model.n_params,
+                                        "clients": {c: {"samples": int(n)} for c, n in sizes.items()},
+                                        "keys": opts.keys, "rounds": opts.rounds, "q": opts.q, "pairs": pairs})
+            per_client: dict[str, dict[str, Any]] = {}
+
+            def observed_round(updates: Any, weights: Any, cfg: Any, ks: Any, **kw: Any) -> Any:
+                if self._train_stop.is_set():
+                    raise Cancelled("training stopped by the user")
+                res = secure_round(updates, weights, cfg, ks, **kw)
+                for c, u in updates.items():
+                    per_client[c] = {
+                        "samples": int(sizes.get(c, 0)),
+                        "status": "dropped" if c in res.dropped else "aggregated",
+                        "update_norm": float(np.linalg.norm(np.asarray(u, dtype=np.float64))),
+                        "weight": float(res.effective_weights.get(c, 0.0)),
+                    }
+                return res
+
+            cum = {"key_bits": 0}
+
+            def progress(m: Any) -> None:
+                cum["key_bits"] += int(m.key_bits_total)
+                row = asdict(m)
+                row["key_bits_cumulative"] = cum["key_bits"]
+                avail = {}
+                if opts.keys == "qkd" and hasattr(key_source, "available_bits"):
+                    for p in pairs:
+                        try:
+                            avail[p] = int(key_source.available_bits(p))
+                        except Exception:
+                            pass
+                self.core.post("train_round", {"metrics": row, "clients": {c: dict(v, round=m.round) for c, v in per_client.items()},
+                                          "available_bits": avail})
+                self.core.post("progress", ("training", m.round / opts.rounds,
+                                       f"round {m.round}/{opts.rounds}: accuracy {100 * m.test_accuracy:.1f} %"))
+                if self._train_stop.is_set():
+                    raise Cancelled("training stopped by the user")
+
+            self.core.post("progress", ("training", 0.0, f"{opts.task}: {opts.clients} clients, keys={opts.keys}"))
+            try:
+                result = setup.run(progress=progress, secure_round_fn=observed_round)
+                summary = result.summary()
+                summary["stopped"] = False
+            except Cancelled:
+                summary = {"stopped": True}
+                log.info("training stopped by the user")
+            finally:
+                setup.close()
+            self.core.post("train_finished", summary)
+            self.core.post("progress", ("training", 1.0, "training stopped" if summary.get("stopped") else "training finished"))
+        except Exception as exc:
+            self.core._error("Training failed", exc)
+        finally:
+            self.core._set_busy("training", False)
