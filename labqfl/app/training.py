@@ -115,17 +115,16 @@ class TrainingSetup:
     """
 
     def __init__(self, settings: TrainingSettings) -> None:
-        from labqfl.fl.tasks import TASK_DEFAULTS, make_model
-        from labqfl.fl.training import LocalTrainConfig
+        from labqfl.fl import recipe
+        from labqfl.fl.tasks import make_model
 
         settings.validate()
         s = self.settings = settings
         self.names = s.client_names
-        d_ep, d_lr, d_bs, d_clip = TASK_DEFAULTS[s.task]
-        self.local = LocalTrainConfig(epochs=s.local_epochs or d_ep, lr=s.lr if s.lr is not None else d_lr,
-                                      batch_size=s.batch_size or d_bs)
-        self.secagg = self._secagg(s.clip if s.clip is not None else d_clip)
-        self.secagg.check_bit_budget(len(self.names))
+        # the recipe the Flower spec's node processes rebuild too (labqfl.fl.recipe)
+        self.local = recipe.local_config(s.task, epochs=s.local_epochs, lr=s.lr, batch_size=s.batch_size)
+        self.secagg = recipe.secagg_config(q=s.q, clip=recipe.update_clip(s.task, s.clip), graph=s.graph, k=s.k,
+                                           self_masks=s.self_masks, threshold=s.threshold, n_clients=len(self.names))
         self.model = make_model(s.task)
         self.noise_model: Any = None
         if s.noise is not None or s.shots is not None:
@@ -157,16 +156,6 @@ class TrainingSetup:
         return setup
 
     # -- the parts ---------------------------------------------------------------------------------
-    def _secagg(self, clip: float) -> Any:
-        from labqfl.fl.secure import SecAggConfig
-
-        s = self.settings
-        try:
-            return SecAggConfig(q=s.q, clip=clip, rounding="stochastic", graph=s.graph, k=s.k,
-                                self_masks=s.self_masks, threshold=s.threshold)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-
     def _add_noise(self) -> None:
         from labqfl.fl.models.noisy import NoiseModel, noisy_qnn
 
@@ -180,16 +169,14 @@ class TrainingSetup:
             raise ConfigError(f"--noise/--shots/--shot-grad: {exc}") from None
 
     def _add_dp(self) -> None:
-        from labqfl.fl.dp import DPConfig, plan_dp
+        from labqfl.fl.recipe import dp_plan
 
         s = self.settings
         assert s.dp_epsilon is not None
-        try:
-            self.dp_plan = plan_dp(DPConfig(epsilon=s.dp_epsilon, delta=s.dp_delta, honest=s.dp_honest,
-                                            l2_clip=s.dp_clip if s.dp_clip is not None else self.secagg.clip),
-                                   n_params=self.model.n_params, n_clients=len(self.names), q=s.q, rounds=s.rounds)
-        except ValueError as exc:
-            raise ConfigError(f"--dp-*: {exc}") from None
+        self.dp_plan = dp_plan(epsilon=s.dp_epsilon, delta=s.dp_delta, honest=s.dp_honest,
+                               l2_clip=s.dp_clip if s.dp_clip is not None else self.secagg.clip,
+                               n_params=self.model.n_params, n_clients=len(self.names), q=s.q, rounds=s.rounds,
+                               what="--dp-*")
         self.secagg = dataclasses.replace(self.secagg, dp=self.dp_plan)
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.errors import ConfigError
-from labqfl.fl.tasks import TASK_DEFAULTS, make_model
+from labqfl.fl.tasks import make_model
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
 
@@ -103,8 +103,11 @@ class FlowerSpec:
     @classmethod
     def for_task(cls, task: str, **kw: Any) -> FlowerSpec:
         """Spec with the task's default local-training settings (overridden by ``kw``)."""
-        ep, lr, bs, clip = TASK_DEFAULTS.get(task, TASK_DEFAULTS["mnist-qnn"])
-        base: dict[str, Any] = {"local_epochs": ep, "lr": lr, "batch_size": bs, "clip": clip}
+        from labqfl.fl.recipe import local_config, update_clip
+
+        local = local_config(task)  # the task defaults, as labqfl.app.training.TrainingSetup's
+        base: dict[str, Any] = {"local_epochs": local.epochs, "lr": local.lr, "batch_size": local.batch_size,
+                                "clip": update_clip(task)}
         base.update({k: v for k, v in kw.items() if v is not None})
         return cls(task=task, **base)
 
@@ -141,14 +144,12 @@ class FlowerSpec:
         return self.data().clients[f"C{self.index_of(name) + 1}"]
 
     def secagg(self) -> Any:
-        from labqfl.fl.secure import SecAggConfig
+        """The secure-aggregation config (:func:`labqfl.fl.recipe.secagg_config`, as in process)."""
+        from labqfl.fl.recipe import secagg_config
 
-        try:
-            return SecAggConfig(q=self.q, clip=self.clip, rounding=self.rounding,  # type: ignore[arg-type]
-                                graph=self.graph, k=self.k, min_survivors=self.min_survivors,
-                                self_masks=self.self_masks, threshold=self.threshold or None, dp=self.dp_plan())
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        return secagg_config(q=self.q, clip=self.clip, rounding=self.rounding, graph=self.graph, k=self.k,
+                             min_survivors=self.min_survivors, self_masks=self.self_masks,
+                             threshold=self.threshold or None, dp=self.dp_plan())
 
     def dp_plan(self) -> Any:
         """The run's :class:`~labqfl.fl.dp.DPPlan` (``None`` without DP): :func:`~labqfl.fl.dp.plan_dp`
@@ -160,9 +161,9 @@ class FlowerSpec:
                         int(self.model().n_params), self.clients, self.q, self.rounds)
 
     def local(self) -> Any:
-        from labqfl.fl.training import LocalTrainConfig
+        from labqfl.fl.recipe import local_config
 
-        return LocalTrainConfig(epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size)
+        return local_config(self.task, epochs=self.local_epochs, lr=self.lr, batch_size=self.batch_size)
 
     def noise_model(self) -> Any:
         """The :class:`~labqfl.fl.models.noisy.NoiseModel` of ``noise``/``shots``/``shot_grad``, or
@@ -201,22 +202,19 @@ class FlowerSpec:
 
 @functools.lru_cache(maxsize=4)
 def _model(task: str) -> Any:
-    if task not in TASK_DEFAULTS:
-        raise ConfigError(f"task {task!r} unknown; expected mnist-qnn, ntangled, magic or mnist-lenet5")
+    from labqfl.fl.recipe import task_defaults
+
+    task_defaults(task)  # an unknown task: one ConfigError line
     return make_model(task)
 
 
 @functools.lru_cache(maxsize=8)
 def _dp_plan(epsilon: float, delta: float, honest: int, l2_clip: float, n_params: int, clients: int, q: int,
              rounds: int) -> Any:
-    from labqfl.errors import BitBudgetError
-    from labqfl.fl.dp import DPConfig, plan_dp
+    from labqfl.fl.recipe import dp_plan
 
-    try:
-        return plan_dp(DPConfig(epsilon=epsilon, delta=delta, honest=honest, l2_clip=l2_clip),
-                       n_params=n_params, n_clients=clients, q=q, rounds=rounds)
-    except (ValueError, BitBudgetError) as exc:
-        raise ConfigError(f"dp_*: {exc}") from None
+    return dp_plan(epsilon=epsilon, delta=delta, honest=honest, l2_clip=l2_clip, n_params=n_params,
+                   n_clients=clients, q=q, rounds=rounds, what="dp_*")
 
 
 @functools.lru_cache(maxsize=2)
