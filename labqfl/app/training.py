@@ -244,8 +244,12 @@ class TrainingSetup:
         s = self.settings
         kw: dict[str, Any] = {k: v for k, v in (("samples_per_client", s.samples_per_client),
                                                  ("test_size", s.test_size)) if v is not None}
-        self.data = load_task(s.task, len(self.names), s.seed, non_iid=s.non_iid, alpha=s.alpha,
-                              data_dir=s.data_dir, digits=parse_digits(s.digits), **kw)
+        data = load_task(s.task, len(self.names), s.seed, non_iid=s.non_iid, alpha=s.alpha,
+                         data_dir=s.data_dir, digits=parse_digits(s.digits), **kw)
+        # the i-th client (loop order) trains the i-th partition under its station name, as over nodes
+        # (FlowerSpec.client_names): the masks are keyed on these names, so every update must carry one
+        parts = list(data.clients.values())
+        self.data = dataclasses.replace(data, clients=dict(zip(self.names, parts, strict=True)))
         return self.data
 
     # -- the run -----------------------------------------------------------------------------------

@@ -100,3 +100,18 @@ def test_training_setup_task_defaults_and_self_mask_cost() -> None:
     assert masked.key_bits_per_pair_per_round == plain.key_bits_per_pair_per_round * (8 + 2 * 9) // 8
     with pytest.raises(ConfigError, match="--threshold 2 needs --self-masks"):
         TrainingSetup(TrainingSettings(threshold=2))
+
+
+def test_training_setup_trains_clients_not_named_c1_to_cn() -> None:
+    """A station whose clients are C1, C2 and C4 (C3 removed): the i-th client trains the i-th data
+    partition under its own name, so the masks (keyed on the station's names) cover every update."""
+    s = TrainingSettings(names=("C1", "C2", "C4"), rounds=1, keys="csprng")
+    with TrainingSetup(s) as setup:
+        data = setup.load_data()
+        assert list(data.clients) == ["C1", "C2", "C4"]
+        reference = TrainingSetup(TrainingSettings(clients=3))
+        ref = reference.load_data()
+        for name, ref_name in zip(data.clients, ref.clients, strict=True):
+            assert (data.clients[name][1] == ref.clients[ref_name][1]).all()
+        result = setup.run()
+        assert len(result.rounds) == 1
