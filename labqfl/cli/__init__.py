@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # "rich" would take a unit such as [s] or [dB] in a help text for a style tag
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from labqfl.app.acquire import AcquireOptions
@@ -55,8 +56,9 @@ def acquire(
 
 def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # type: ignore[no-untyped-def]
     """The human form of ``labqfl acquire``'s result (stderr)."""
-    con.print(f"[bold]{name}[/]: {data['duration_s']:g} s acquired in {data['wall_s']:.2f} s wall "
-              f"({data['speed_x_real_time']:.2f}× real time), {data['n_tags']} tags" + (f" → {out}" if out else ""))
+    con.print(f"[bold]{escape(name)}[/]: {data['duration_s']:g} s acquired in {data['wall_s']:.2f} s wall "
+              f"({data['speed_x_real_time']:.2f}× real time), {data['n_tags']} tags"
+              + (f" → {escape(str(out))}" if out else ""), markup=True)
     con.print("count rates: " + ", ".join(f"{k} {v:,.0f} /s" for k, v in data["count_rates_hz"].items()))
     if data["modulation"]:
         con.print("frames played (lost): " + ", ".join(f"{c} {m['played']} ({m['lost']})"

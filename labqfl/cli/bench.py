@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from labqfl.bench import machine_info, registry
 from labqfl.cli.common import JSON_OPTION, emit, fail, handle_errors, progress_bar
@@ -23,7 +25,7 @@ def bench(
     if list_only:
         def render_list(con):  # type: ignore[no-untyped-def]
             for n, e in reg.items():
-                con.print(f"[bold]{n}[/]: {e.description}  [dim]{e.target}[/]")
+                con.print(f"[bold]{escape(n)}[/]: {escape(e.description)}  [dim]{escape(e.target)}[/]", markup=True)
 
         emit({"benchmarks": {n: {"description": e.description, "target": e.target} for n, e in reg.items()}},
              as_json, render_list)
@@ -51,7 +53,7 @@ def bench(
         con.print(f"machine: {m['cpu']} ({m['usable_cores']} usable of {m['logical_cores']} cores), Python {m['python']}")
         t = Table("benchmark", "figure", "baseline", "ratio", "target", "met")
         for n, r in results.items():
-            met = {True: "[green]yes[/]", False: "[red]no[/]", None: "—"}[r["passed"]]
+            met = {True: Text("yes", style="green"), False: Text("no", style="red"), None: Text("—")}[r["passed"]]
             t.add_row(n, f"{r['figure']:.4g} {r['unit']}", f"{r['baseline']}: {r['baseline_figure']:.4g} {r['unit']}",
                       f"{r['ratio']:.3g}×", r["target"], met)
         con.print(t)

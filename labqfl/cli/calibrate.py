@@ -77,7 +77,7 @@ def _render(con: Any, station: str, data: dict[str, Any]) -> None:
     if "written_config" in files:
         con.print(f"written: {files['written_config']}")
     for name, msg in data["failures"].items():
-        con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True)
+        con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True, markup=True)
 
 
 def _split_pair(pair: str | None) -> tuple[str, str] | None:

@@ -35,7 +35,10 @@ from labqfl.serialize import to_jsonable
 #: All human-facing output goes to stderr, so stdout carries only JSON.
 #: Piped or logged output (not a terminal) gets 120 columns instead of rich's default 80, so the
 #: tables stay readable in log files; ``COLUMNS`` overrides.
-console = Console(stderr=True, highlight=False,
+#: ``markup=False``: text is shown as written, so a unit such as ``[s]`` or ``[dB]`` in a table header,
+#: a message or a value is never taken for a rich style tag and dropped; the few styled lines pass
+#: ``markup=True`` and escape what they interpolate.
+console = Console(stderr=True, highlight=False, markup=False,
                   width=None if (sys.stderr.isatty() or os.environ.get("COLUMNS")) else 120)
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
 from labqfl.contracts.types import ENGINES
@@ -114,9 +115,10 @@ class _Source:
             self.source = str(recording)
             return
         self.cfg = load_station_config(config)
-        if not self.cfg.all_simulated:
+        if not self.cfg.time_tagger.simulated:  # pattern generators may be real or emulated: they stream
             raise ConfigError("live distillation needs the simulated time tagger and client logs; "
-                              "record real acquisitions with their client logs and pass the recording")
+                              "record real acquisitions with their client logs and pass the recording, "
+                              "or run the clients as nodes (labqfl run --nodes, docs/nodes.md)")
         try:
             self.settings, self.plan = distill_settings(
                 self.cfg, options, duration, what="--duration",
@@ -171,7 +173,7 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
             reasons.setdefault(reason, []).append(k)
     con.print(t)
     for reason, pairs in reasons.items():
-        con.print(f"[yellow]aborted[/] ({', '.join(pairs)}): {reason}")
+        con.print(f"[yellow]aborted[/] ({escape(', '.join(pairs))}): {escape(reason)}", markup=True)
     if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
         con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
                   "block-size rule choose (labqfl.qkd.blocksize).")

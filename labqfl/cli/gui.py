@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
 
@@ -32,7 +33,7 @@ def gui(
     after: float = typer.Option(10.0, "--after", min=0.0, help="Seconds of live running before the screenshot."),
     tab: str | None = typer.Option(None, "--tab",
                                    help="Tab(s) to capture: station, live, calibration, training, nodes, log, a comma "
-                                        "list, or 'all' (several tabs: FILE_<tab>.png each). Default: live, or nodes "
+                                        "list, or 'all' (several tabs: FILE_TAB.png each). Default: live, or nodes "
                                         "with --nodes/--connect."),
     data_dir: Path | None = typer.Option(None, "--data-dir", file_okay=False,
                                          help="Key store directory (default: the key store's; a temporary one with --screenshot)."),
@@ -85,7 +86,7 @@ def gui(
         for p in report["screenshots"]:
             con.print(f"saved {p}")
         for e in report["errors"]:
-            con.print(f"[yellow]error shown during the run:[/] {e['title']}: {e['message']}")
+            con.print(f"[yellow]error shown during the run:[/] {escape(e['title'])}: {escape(e['message'])}", markup=True)
 
     emit(report, as_json, render)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
@@ -189,8 +190,8 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
     """The key-rate table of ``labqfl keyrate`` (one row per pair and extra loss), aborts and the plot's path."""
     n_pairs = len(cfg.pairs())
     rep = cfg.laser.rep_rate_hz
-    con.print(f"[bold]{cfg.name}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
-              f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)")
+    con.print(f"[bold]{escape(cfg.name)}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
+              f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)", markup=True)
     t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
               "asym.", title="secure key rate per pair (bit/s include the 1/P time share)")
     for r in main:

@@ -17,7 +17,7 @@ keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delive
                        no_args_is_help=True)
 
 DATA_DIR_OPTION = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
-                               help="Data folder holding keystore/<node>.sqlite (default: the user data dir).")
+                               help="Data folder holding keystore/NODE.sqlite (default: the user data dir).")
 
 
 def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
@@ -113,7 +113,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
           ca: Path | None = typer.Option(None, "--ca", dir_okay=False, help="CA that signs the SAE certificates."),
           certs_dir: Path | None = typer.Option(None, "--certs", file_okay=False,
                                                 help="Folder from `labqfl keys certs`: defaults for --cert/--key/--ca "
-                                                     "(kme-<name>.pem/.key, ca.pem)."),
+                                                     "(kme-NAME.pem/.key, ca.pem)."),
           kme_name: str = typer.Option("kme", "--kme-name", help="KME certificate name inside --certs."),
           kme_config: Path | None = typer.Option(None, "--kme-config", dir_okay=False,
                                                  help="KME config TOML ([saes] SAE_ID = node; limits). Default: "

@@ -18,7 +18,7 @@ STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default
                        dir_okay=False)
 DATA = typer.Option(..., "--data", help="This node's own data folder (key store, private logs); no other node reads it.")
 LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port).")
-CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-<name>.pem/.key (labqfl.net.make_node_certs).")
+CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (labqfl.net.make_node_certs).")
 
 
 def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None, eps_sec: float,
@@ -136,7 +136,7 @@ def _add_server(node_app: typer.Typer) -> None:
         listen: str = LISTEN,
         fl_listen: str = typer.Option(None, "--fl-listen", help="HOST:PORT of the mutual-TLS front the SuperNodes "
                                       "dial (default: the station's [fl_server] host and port)."),
-        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-<name>.pem/.key (default: the "
+        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-NAME.pem/.key (default: the "
                                    "station's [fl_server] certs; one of the two is required)."),
         as_json: bool = NODE_JSON,
     ) -> None:
@@ -162,7 +162,7 @@ def _add_supernode(node_app: typer.Typer) -> None:
     def supernode(
         name: str = typer.Option(..., "--name", help="Client name (C1, C2, ...; its certificate's CN)."),
         data: Path = typer.Option(..., "--data", help="The client's own data folder, the same as its client node's "
-                                  "(the ClientApp draws the pads from <data>/keystore/<name>.sqlite only)."),
+                                  "(the ClientApp draws the pads from DATA/keystore/NAME.sqlite only)."),
         server: str = typer.Option(None, "--server", help="HOST:PORT of the server node's mutual-TLS front "
                                    "(default: the station's [fl_server] host and port)."),
         server_name: str = typer.Option(None, "--server-name", help="The server node's certificate name "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, handle_errors, progress_bar
 from labqfl.config import load_station_config
@@ -92,7 +93,7 @@ def run(
 
 
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
-    con.print(f"[bold]labqfl run[/] {metrics['run']} — {metrics['status']}")
+    con.print(f"[bold]labqfl run[/] {escape(str(metrics['run']))} — {escape(str(metrics['status']))}", markup=True)
     acq = metrics.get("acquisition") or {}
     if acq.get("path") == "nodes":
         con.print(f"  acquisition over node processes: start-up {acq['startup_s']['total_s']:.1f} s, "

@@ -123,7 +123,7 @@ def make(
     balance: str = typer.Option(
         "asymptotic", "--balance", help="What the schedule weights equalise: asymptotic (the pairs' long-run key "
         "rates) | first-key (the time to each pair's first finite-key block; ~1 s per pair to compute)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N<N>.toml)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N{N}.toml)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a station file for N clients on one Sagnac loop, scheduling only the mask graph's

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
 
@@ -123,8 +124,8 @@ def train(
 
 def _render(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
-    con.print(f"[bold]{task}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
-              f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})")
+    con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
+              f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})", markup=True)
     con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
               f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
               f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "

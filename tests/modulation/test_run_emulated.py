@@ -150,3 +150,18 @@ def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_strea
         for c in ("C1", "C2"):
             assert acq.modulation[c] == {"frames": math.ceil(0.01 * 1e8 / F), "played": math.ceil(0.01 * 1e8 / F),
                                          "lost": 0, "late": 0, "error": None}
+
+
+@pytest.mark.slow
+def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: Path) -> None:
+    """``labqfl distill --live`` accepts a station whose pattern generators are drivers over emulators (the
+    tagger is simulated): the clients stream, and the key made from what they played is identical at both
+    ends."""
+    station_file = _emulated_station_module().emulated_pair_station(tmp_path)
+    data_dir = tmp_path / "data"
+    r = CliRunner().invoke(app, ["distill", "--live", "--config", str(station_file), "--duration", "0.06",
+                                 "--data-dir", str(data_dir), "--json"])
+    assert r.exit_code == 0, r.output
+    pair = json.loads(r.stdout)["pairs"]["C1-C2"]
+    assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0
+    _assert_identical_keys(data_dir)
