@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig, load_station_config
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.log import get_logger
 
 log = get_logger("labqfl.gui")
@@ -273,7 +274,7 @@ def _start_jobs(ctl: Any, win: Any, tabs: list[str], training_rounds: int) -> No
 
     ok, _ = ctl.core.distill_available()
     if ok:
-        ctl.start_distillation(win.live_panel.block_bits.value(), "cascade")
+        ctl.start_distillation(win.live_panel.block_bits.value(), DEFAULT_ENGINE)
     else:
         ctl.start_acquisition()
     if "training" in tabs:

@@ -22,6 +22,7 @@ from labqfl.gui.core import TASKS, TestbedCore, TrainingOptions
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from labqfl.config import StationConfig
+from labqfl.contracts.types import DEFAULT_ENGINE
 
 #: Drain interval [ms]: the GUI gets at most 10 updates per second.
 TICK_MS = 100
@@ -104,7 +105,7 @@ class Controller(QObject):
     def stop_acquisition(self) -> None:
         self.core.stop_acquisition()
 
-    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
+    def start_distillation(self, block_bits: int | None = None, engine: str = DEFAULT_ENGINE) -> None:
         self.core.start_distillation(block_bits, engine)
 
     @Slot()

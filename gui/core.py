@@ -50,6 +50,7 @@ from labqfl.gui.workers.training import TrainingOptions, TrainingTask
 
 from labqfl.app.station import arm
 from labqfl.config import StationConfig, load_station_config
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import LabqflError
 from labqfl.log import ROOT, KeyMaterialFilter
 
@@ -233,7 +234,7 @@ class TestbedCore:
         """Stop streaming (and distillation) at the next block; instruments go to safe state."""
         self._acquisition_task.stop_acquisition()
 
-    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
+    def start_distillation(self, block_bits: int | None = None, engine: str = DEFAULT_ENGINE) -> None:
         """Attach the pipeline to the stream (restarts the acquisition so slots count from 0).
         ``block_bits`` None or 0: the block-size rule (:mod:`labqfl.qkd.blocksize`)."""
         self._acquisition_task.start_distillation(block_bits, engine)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.config import StationConfig
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError, DataFormatError, LabqflError
 from labqfl.log import get_logger
 from labqfl.runs import RunRecord
@@ -59,7 +60,7 @@ class JobSettings:
     task: str = "mnist-qnn"
     rounds: int = 10
     q: int = 8
-    engine: str = "cascade"
+    engine: str = DEFAULT_ENGINE
     seed: int = 0
     block_bits: int | None = None
     timeline_interval_s: float = 5.0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from labqfl.gui.workers.common import log, one_line
 
 from labqfl.config import StationConfig
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import LabqflError
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class AcquisitionTask:
         """Stop streaming (and distillation) at the next block; instruments go to safe state."""
         self._acq_stop.set()
 
-    def start_distillation(self, block_bits: int | None = None, engine: str = "cascade") -> None:
+    def start_distillation(self, block_bits: int | None = None, engine: str = DEFAULT_ENGINE) -> None:
         """Attach the pipeline to the stream (restarts the acquisition so slots count from 0).
         ``block_bits`` None or 0: the block-size rule (:mod:`labqfl.qkd.blocksize`)."""
         ok, why = self.distill_available()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError
 
 
@@ -41,7 +42,7 @@ class DistillOptions:
     ``bootstrap_auth``: False never writes a simulated pre-shared authentication key.
     """
 
-    engine: str = "cascade"
+    engine: str = DEFAULT_ENGINE
     block_bits: int | None = None
     eps_sec: float | None = None
     bootstrap_auth: bool = True

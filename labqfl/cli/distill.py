@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
-from labqfl.contracts.types import ENGINES
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 from labqfl.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def distill(
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
     duration: float = typer.Option(1.0, "--duration", "-d", min=1e-6, help="Live acquisition time [s]."),
     config: Path | None = CONFIG_OPTION,
-    engine: str = typer.Option("cascade", "--engine", "-e", help=f"Error correction: {' or '.join(ENGINES)}."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=f"Error correction: {' or '.join(ENGINES)}."),
     block_bits: int | None = typer.Option(
         None, "--block-bits", min=1000,
         help="Sifted bits per key block and pair (default: the block-size rule of labqfl.qkd.blocksize, from the "

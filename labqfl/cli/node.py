@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from labqfl.cli.common import JSON_OPTION, emit, handle_errors
-from labqfl.contracts.types import ENGINES
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 
 STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
                        dir_okay=False)
@@ -73,7 +73,7 @@ def _add_client(node_app: typer.Typer) -> None:
         peer: list[str] = typer.Option(None, "--peer", help="NAME=HOST:PORT of a partner client (repeatable)."),
         block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
         block_slots: int = typer.Option(None, "--block-slots", help="Slots of the pair per block (overrides --block-bits)."),
-        engine: str = typer.Option("cascade", "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
+        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
         min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
         eps_sec: float = EPS_SEC,
         pair_block_slots: list[str] = typer.Option(None, "--pair-block-slots",
@@ -215,7 +215,7 @@ def _add_up(node_app: typer.Typer) -> None:
         station: Path = STATION,
         duration: float = typer.Option(0.2, "--duration", help="Acquisition length [simulated s]."),
         block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
-        engine: str = typer.Option("cascade", "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
+        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
         min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
         eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "

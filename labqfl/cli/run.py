@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, handle_errors, progress_bar
 from labqfl.config import load_station_config
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 
 
 @handle_errors
@@ -30,7 +31,7 @@ def run(
              "parameter per pair more; the plan and the key check count it)."),
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
-    engine: str = typer.Option("cascade", "--engine", help="Error correction: cascade | ldpc."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Error correction: {' or '.join(ENGINES)}."),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
                                                "labqfl.qkd.blocksize: as few blocks as the acquisition allows)."),

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: Error-correction engines of the pipeline (``DistillSettings.engine``): Cascade or LDPC.
 ENGINES = ("cascade", "ldpc")
+#: The engine every front end and settings object uses unless told otherwise.
+DEFAULT_ENGINE = ENGINES[0]
 
 OUTCOME_D0 = 1
 OUTCOME_D1 = 2

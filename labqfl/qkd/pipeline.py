@@ -66,7 +66,7 @@ import numpy as np
 
 from labqfl.config import StationConfig
 from labqfl.contracts.schedule import PairSchedule
-from labqfl.contracts.types import ENGINES, Announcements, ModulationLog, split_pair
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES, Announcements, ModulationLog, split_pair
 from labqfl.errors import InsufficientKeyError, KeyStoreError, QKDInputError
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PlayedFrames
@@ -132,7 +132,7 @@ class DistillSettings:
     """
 
     block_bits: int = 1_000_000
-    engine: str = "cascade"
+    engine: str = DEFAULT_ENGINE
     params: SecurityParameters = field(default_factory=SecurityParameters)
     min_final_block_bits: int = 10_000
     auth_lanes: int = 1

@@ -73,7 +73,13 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.contracts.types import Announcements, ModulationLog, PairCounts, split_pair
+from labqfl.contracts.types import (
+    DEFAULT_ENGINE,
+    Announcements,
+    ModulationLog,
+    PairCounts,
+    split_pair,
+)
 from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import AuthKeySupply, TranscriptAuthenticator
@@ -109,7 +115,7 @@ UNABSORBED_KINDS = frozenset({"block/confirm", "block/confirmed", "block/accept"
 class ProtocolSettings:
     """What both ends of a pair agree on before any block (from ``DistillSettings``)."""
 
-    engine: str = "cascade"
+    engine: str = DEFAULT_ENGINE
     params: SecurityParameters = field(default_factory=SecurityParameters)
     auth_lanes: int = 1
     qber_floor: float = 0.005

@@ -152,3 +152,32 @@ def test_the_scan_leaves_other_code_alone() -> None:
               "depth = np.ceil(np.log2(np.maximum(k, 1)))\ncor = math.log2(2.0 / eps_cor)\n"
               "q = counts.errors_x2[k0, k0, b0, b0] / 2.0 / n_x\n")
     assert list(finds(ast.parse(source))) == []
+
+
+def _engine_defaults(tree: ast.AST) -> Iterator[int]:
+    """Where a default error-correction engine is spelled out: ``engine: str = "cascade"`` (a field),
+    ``def f(engine="cascade")`` or ``typer.Option("cascade", "--engine", …)``."""
+    def literal(node: ast.expr | None) -> bool:
+        return isinstance(node, ast.Constant) and node.value in ("cascade", "ldpc")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and "engine" in node.target.id \
+                and literal(node.value):
+            yield node.lineno
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            args = node.args.args + node.args.kwonlyargs
+            defaults = [None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults + node.args.kw_defaults
+            yield from (node.lineno for a, d in zip(args, defaults, strict=True) if "engine" in a.arg and literal(d))
+        elif isinstance(node, ast.Call) and _name(node.func) == "Option" and node.args and literal(node.args[0]):
+            yield node.lineno
+
+
+def test_the_default_engine_is_named_once() -> None:
+    """Every settings object and front end takes its default engine from
+    :data:`labqfl.contracts.types.DEFAULT_ENGINE`, so changing the default is one edit."""
+    spelled = [f"{path.relative_to(ROOT).as_posix()}:{line}"
+               for folder in FOLDERS for path in sorted((ROOT / folder).rglob("*.py"))
+               for line in _engine_defaults(ast.parse(path.read_text(encoding="utf-8")))]
+    assert not spelled, "use labqfl.contracts.types.DEFAULT_ENGINE:\n" + "\n".join(spelled)
+    recognised = 'engine: str = "cascade"\ndef f(engine: str = "ldpc"): ...\nx = typer.Option("cascade", "--engine")\n'
+    assert len(list(_engine_defaults(ast.parse(recognised)))) == 3
