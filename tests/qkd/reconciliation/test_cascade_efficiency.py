@@ -15,6 +15,7 @@ from labqfl.qkd.cascade import (
     HALF,
     HIGH_QBER,
     SHORT_FRAME_BITS,
+    SHORT_FRAME_K2_SLACK,
     THIRD_PASS_BITS,
     THIRD_PASS_BITS_HIGH_QBER,
     THIRD_PASS_MIN_BITS,
@@ -69,7 +70,8 @@ def test_frame_schedule_follows_opt8_with_frame_size_rules(qber, n):
     k1 = 2 ** math.ceil(alpha)
     expect_k1 = k1 // 2 if n // 128 < k1 else k1
     assert s.block_sizes[0] == expect_k1
-    k2 = max(2 ** math.ceil((alpha + 12) / 2), 2 * expect_k1)
+    slack = SHORT_FRAME_K2_SLACK if n < SHORT_FRAME_BITS else 0.0
+    k2 = max(2 ** math.ceil((alpha + 12) / 2 - slack), 2 * expect_k1)
     assert s.block_sizes[1] == (2 * k2 if n >= THIRD_PASS_MIN_BITS and qber >= HIGH_QBER else k2)
     has_third = s.block_sizes[2] == (THIRD_PASS_BITS_HIGH_QBER if qber >= HIGH_QBER else THIRD_PASS_BITS)
     assert has_third == (n >= THIRD_PASS_MIN_BITS)
@@ -159,6 +161,11 @@ def test_second_pass_separates_the_bits_of_first_pass_blocks_on_every_seed():
 
 def test_short_frames_defer_second_pass_searches():
     assert CascadeSchedule.for_frame(0.02, 10_000).defer_from == 1
+    # opt. (8)'s k2 exponent (α+12)/2 is 8.07 at 4 % and 9.07 at 1 %: rounded down below 2^16 bits
+    assert CascadeSchedule.for_frame(0.04, 10_000).block_sizes[:2] == (32, 256)
+    assert CascadeSchedule.for_frame(0.01, 10_000).block_sizes[:2] == (64, 512)
+    assert CascadeSchedule.for_frame(0.03, 10_000).block_sizes[:2] == (32, 512)
+    assert CascadeSchedule.for_frame(0.04, 100_000).block_sizes[:2] == (32, 512)
     assert CascadeSchedule.for_frame(0.02, SHORT_FRAME_BITS).defer_from == DEFER_FROM_PASS == 2
     assert CascadeSchedule((64, 512)).defer_from == DEFER_FROM_PASS
     with pytest.raises(ReconciliationInputError, match="defer_from must lie between 1 and 100"):
