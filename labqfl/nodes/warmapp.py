@@ -26,7 +26,7 @@ labqfl's own secret draws use ``secrets``). The zygote forks only while it has a
 SuperNode node) is gone or on SIGTERM, taking its children with it (same process group, which
 :meth:`LocalFederation.stop` ends).
 
-Also for the SuperNode: its message loop asks the SuperLink for work every 0.25 s instead of
+Also for the SuperNode: its message loop asks the SuperLink for work every 0.5 s instead of
 Flower's 3 s (:func:`supernode_main`), and its processes run with ``FLWR_TELEMETRY_ENABLED=0`` and
 ``FLWR_DISABLE_UPDATE_CHECK=1`` (Flower otherwise posts a usage event to telemetry.flower.ai at
 every process start and exit, waiting up to 4 s for it at exit, and asks PyPI for updates; a lab
@@ -63,7 +63,7 @@ WARM_ENV = "LABQFL_WARM_CLIENTAPPS"
 SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
 _MAX_REQUEST = 1 << 16
 #: how often the SuperNode asks the SuperLink for a message when it has none [s] (Flower: 3 s)
-PULL_INTERVAL_S = 0.25
+PULL_INTERVAL_S = 0.5
 
 #: The ``flwr-clientapp`` the SuperExec starts: stdlib only, no site-packages (``-SE``), so it starts
 #: in ~20 ms. ``{python}`` and ``{real}`` are filled in by :func:`write_shim`.
