@@ -147,6 +147,10 @@ class LocalFederation:
         e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
         # SuperExec looks for new tasks every 1 s by default; on loopback 0.2 s costs nothing
         e.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
+        # a lab network does not report to Flower's telemetry service nor look for updates (set either
+        # variable in the environment to opt in)
+        e.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        e.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         return e
 
     def _start(self, name: str, cmd: list[str]) -> None:
