@@ -301,6 +301,21 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
     return wcnt, kcnt, OK
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pair_logs(q, pair_ci, pair_cj, log_k, log_a, n_int):  # type: ignore[no-untyped-def]
+    """Pair ``q``'s two clients' logs (Ci's and Cj's intensity and phase indices), the length
+    all four share and each client's number of intensities — fetched once per change of pair,
+    since list access is not free (both kernels)."""
+    ci = pair_ci[q]
+    cj = pair_cj[q]
+    lki = log_k[ci]
+    lkj = log_k[cj]
+    lai = log_a[ci]
+    laj = log_a[cj]
+    nlog = min(lki.shape[0], lkj.shape[0], lai.shape[0], laj.shape[0])
+    return lki, lkj, lai, laj, nlog, n_int[ci], n_int[cj]
+
+
 @numba.njit(cache=True, nogil=True)
 def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv, burst_period, burst_on,  # type: ignore[no-untyped-def]
                   last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int, log_k, log_a, nk, wbits, cap, out_s,
@@ -449,15 +464,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                             count[cur] = wcnt
                             kcount[cur] = kcnt
                         cur = qn
-                        ci = pair_ci[cur]
-                        cj = pair_cj[cur]
-                        lki = log_k[ci]
-                        lkj = log_k[cj]
-                        lai = log_a[ci]
-                        laj = log_a[cj]
-                        nlog = min(lki.shape[0], lkj.shape[0], lai.shape[0], laj.shape[0])
-                        ni = n_int[ci]
-                        nj = n_int[cj]
+                        lki, lkj, lai, laj, nlog, ni, nj = _pair_logs(cur, pair_ci, pair_cj, log_k, log_a, n_int)
                         ob = cur * cap
                         hb = cur * hstride
                         wcnt = count[cur]
@@ -658,15 +665,7 @@ def _sorted_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult
         frame, fend, q = _pair_of(s, frame, fend, q, frame_pair, spf, C)
         if q != cur:  # a new pair's frame: fetch its clients' logs (list access is not free)
             cur = q
-            ci = pair_ci[q]
-            cj = pair_cj[q]
-            lki = log_k[ci]
-            lkj = log_k[cj]
-            lai = log_a[ci]
-            laj = log_a[cj]
-            nlog = min(lki.shape[0], lkj.shape[0], lai.shape[0], laj.shape[0])
-            ni = n_int[ci]
-            nj = n_int[cj]
+            lki, lkj, lai, laj, nlog, ni, nj = _pair_logs(q, pair_ci, pair_cj, log_k, log_a, n_int)
         if s >= nlog:
             error = 1
             break
