@@ -293,6 +293,26 @@ def _words_to_codes(words: np.ndarray, thr: np.ndarray, guide: np.ndarray, out: 
         out[n] = g + 2 * np.int64(x & _U1)
 
 
+@nb.njit(cache=True, nogil=True)
+def _slot_codes(ks: np.ndarray, slots: np.ndarray, thr: np.ndarray, guide: np.ndarray, k_out: np.ndarray,
+                a_out: np.ndarray) -> None:
+    """Per slot n: word ``slots[n] mod 4`` of the n-th keystream block ``ks[4n:4n+4]``, mapped as
+    :func:`_words_to_codes` maps it, split into intensity index ``k_out`` and phase index ``a_out``."""
+    n_c = thr.shape[0]
+    for n in range(slots.shape[0]):
+        x = np.uint64(ks[4 * n + (slots[n] & 3)])
+        v = x >> _U1
+        g = guide[np.int64(v >> np.uint64(15))]
+        if g == 255:
+            c = 0
+            for m in range(n_c - 1):
+                c += v >= thr[m]
+            g = (c >> 1) * 4 + (c & 1)
+        code = g + 2 * np.int64(x & _U1)
+        k_out[n] = code >> 2
+        a_out[n] = code & 3
+
+
 _RUN_SLOTS = 1 << 18
 _ZEROS = bytes(16 * ((_RUN_SLOTS >> 2) + 1))  # plaintext of the CTR runs (keystream = ciphertext of zeros)
 
@@ -346,14 +366,42 @@ class CsprngChoiceLog:
             hi = min(lo + _RUN_SLOTS, out.shape[0])
             _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, self._guide, out[lo:hi])
 
-    def choices(self, slots: np.ndarray) -> ModulationRecord:
+    @functools.cached_property
+    def _ecb(self):  # type: ignore[no-untyped-def]
+        """AES-256 with this log's key in ECB mode (one cipher object; a fresh encryptor per call)."""
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+        return Cipher(algorithms.AES(self.key), modes.ECB())
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        """The choices of ``slots`` (any order, repeats allowed): per slot its keystream block
+        ``E_K(⌊s/4⌋)`` by ECB of the counter, one block per slot, and word ``s mod 4`` of it. No
+        sort or dedupe of the counters: one AES-NI block costs less than sorting did, and
+        announced slots rarely share a block. Equal to :meth:`choices_reference` bit for bit."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         if s.ndim != 1:
             raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
         if s.size and s.min() < 0:
             raise ValueError("slots must be >= 0")
+        ctr = np.zeros(2 * s.size, dtype=">u8")
+        ctr[1::2] = s >> 2
+        buf = bytearray(ctr.nbytes + 16)  # update_into wants room for one block more
+        enc = self._ecb.encryptor()
+        done = enc.update_into(ctr.view(np.uint8), buf)
+        enc.finalize()  # ECB of whole blocks: nothing left over
+        ks = np.frombuffer(buf, dtype="<u4", count=done // 4)
+        k = np.empty(s.size, dtype=np.uint8)
+        a = np.empty(s.size, dtype=np.uint8)
+        _slot_codes(ks, s, self._thr(), self._guide, k, a)
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=k, phase_idx=a)
+
+    def choices_reference(self, slots: np.ndarray) -> ModulationRecord:
+        """:meth:`choices` as first written, kept to test the fast path against: the distinct
+        counter blocks of ``slots`` (``numpy.unique``, a sort), one ECB encryption each, then each
+        slot's word gathered back."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        s = np.ascontiguousarray(slots, dtype=np.int64)
         blocks, inv = np.unique(s >> 2, return_inverse=True)
         ctr = np.zeros((blocks.size, 2), dtype=">u8")
         ctr[:, 1] = blocks.astype(np.uint64)
