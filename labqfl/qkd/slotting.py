@@ -432,7 +432,34 @@ class SlotRanges:
         return u
 
 
-class Slotter:
+def _pair_slots_in(ranges: np.ndarray, schedule: PairSchedule, pair: str, lo: int, hi: int) -> int:
+    """How many of ``pair``'s slots in ``[lo, hi)`` lie in ``ranges`` (sorted, disjoint ``[start, end)``)."""
+    n = 0
+    for s0, s1 in ranges[(ranges[:, 1] > lo) & (ranges[:, 0] < hi)].tolist():
+        a, b = max(s0, lo), min(s1, hi)
+        n += schedule.slots_of_pair(pair, b) - schedule.slots_of_pair(pair, a)
+    return n
+
+
+class _SlotProgress:
+    """How far a streaming slotter has got: what :class:`Slotter` and :class:`PairSlotter` both
+    report (the subclass moves ``_final_upto`` and ``_last_emitted`` on as it emits)."""
+
+    _final_upto: int  # every slot < this is final (emitted, empty or dropped)
+    _last_emitted: int
+
+    @property
+    def last_emitted(self) -> int:
+        """Largest slot emitted so far (−1 before the first)."""
+        return self._last_emitted
+
+    @property
+    def final_slots(self) -> int:
+        """Number of slots from 0 whose outcomes are final (emitted so far, or dropped)."""
+        return self._final_upto
+
+
+class Slotter(_SlotProgress):
     """Streaming slotter: feed :class:`TagBlock` s with :meth:`push`, then call :meth:`finish`.
 
     Memory is bounded by one block plus the tags of the last sync interval (with markers: of the
@@ -485,16 +512,6 @@ class Slotter:
         self._dropped = SlotRanges()
 
     @property
-    def last_emitted(self) -> int:
-        """Largest slot emitted so far (−1 before the first)."""
-        return self._last_emitted
-
-    @property
-    def final_slots(self) -> int:
-        """Number of slots from 0 whose outcomes are final (emitted so far, or dropped)."""
-        return self._final_upto
-
-    @property
     def dropped(self) -> SlotRanges:
         """Every dropped slot (sync and lost data), as ranges."""
         return self._dropped
@@ -503,12 +520,7 @@ class Slotter:
         """How many of the pair's slots in ``[lo, hi)`` were dropped (exact; ``hi`` <= :attr:`final_slots`
         for a final answer). Reported per pair; they stay in the pair's slot count N as sent without
         a click (docs/protocol.md §5.1)."""
-        r = self._dropped.ranges
-        n = 0
-        for s0, s1 in r[(r[:, 1] > lo) & (r[:, 0] < hi)].tolist():
-            a, b = max(s0, lo), min(s1, hi)
-            n += schedule.slots_of_pair(pair, b) - schedule.slots_of_pair(pair, a)
-        return n
+        return _pair_slots_in(self._dropped.ranges, schedule, pair, lo, hi)
 
     def push(self, block: TagBlock) -> SlotEvents:
         """Process one block; return the clicked slots that are now final."""
@@ -845,7 +857,7 @@ def _in_frames(ranges: np.ndarray, schedule: PairSchedule, on: np.ndarray) -> np
     return np.concatenate(parts) if parts else np.empty((0, 2), dtype=np.int64)
 
 
-class PairSlotter:
+class PairSlotter(_SlotProgress):
     """Slotting with one frame-marker input per client (``SlottingParams.client_markers``, from
     ``time_tagger.marker_channels``): a frame lost at one client drops only the pairs involving it.
 
@@ -895,14 +907,6 @@ class PairSlotter:
         self._last_emitted = -1
         self._finished = False
 
-    @property
-    def last_emitted(self) -> int:
-        return self._last_emitted
-
-    @property
-    def final_slots(self) -> int:
-        return self._final_upto
-
     def _client_ranges(self, c: str, kind: str) -> np.ndarray:
         sub = self._subs[c]
         if kind == "lost":
@@ -937,12 +941,7 @@ class PairSlotter:
         """How many of the pair's slots in ``[lo, hi)`` were dropped for it (its two clients' markers, lost
         data); as :meth:`Slotter.dropped_slots_of_pair`."""
         a, b = schedule.pairs[schedule.names.index(pair)]
-        r = self.pair_dropped(a, b).ranges
-        n = 0
-        for s0, s1 in r[(r[:, 1] > lo) & (r[:, 0] < hi)].tolist():
-            x, y = max(s0, lo), min(s1, hi)
-            n += schedule.slots_of_pair(pair, y) - schedule.slots_of_pair(pair, x)
-        return n
+        return _pair_slots_in(self.pair_dropped(a, b).ranges, schedule, pair, lo, hi)
 
     def _set_origin(self, block: TagBlock) -> None:
         firsts = []
