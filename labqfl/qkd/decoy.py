@@ -46,7 +46,10 @@ Notation (docs/protocol.md §4):
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,10 +130,74 @@ def _envelope_tangents(T: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.nd
     return sg, g - sg * y0, sh, h - sh * y0
 
 
+@functools.lru_cache(maxsize=64)
+def _constraint_geometry(mu_i: tuple[float, ...], mu_j: tuple[float, ...]) -> tuple[tuple[np.ndarray, ...], ...]:
+    """The gain-independent part of :func:`_constraint_rows`, per intensity pair (k, l) in
+    k-major order: arrays (WU, CU, WL, CL), one row per variant — Σ WU·Y + CU ≤ Q̄ ≤ Σ WL·Y + CL
+    (first the constant slack T + 2√T, then the tangents at the yield guesses). Depends only on
+    the intensities, so it is computed once per pair of intensity tuples and reused by every
+    block (the arrays are read-only)."""
+    R = N_PHASES
+    out: list[tuple[np.ndarray, ...]] = []
+    for mk in mu_i:
+        Pi, Ti = pseudo_fock(mk)
+        for ml in mu_j:
+            Pj, Tj = pseudo_fock(ml)
+            W = np.outer(Pi, Pj).ravel()  # P_r(μ_k) P_s(μ_l)
+            T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
+            exact = bool(np.all(T <= 0.0))
+            # each variant: Σ W·(su·Y + cu) ≤ Q̄ ≤ Σ W·(sl·Y + cl); first the constant slack T + 2√T
+            # (valid since Y ≤ 1), then tangents of the exact envelopes at the yield guesses
+            const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
+            variants: list[tuple[np.ndarray, float, np.ndarray, float]] = [(W, -const0, W, const0)]
+            if not exact:
+                for gv in SLACK_GUESSES_VACUUM:
+                    for go in SLACK_GUESSES_OTHER:
+                        y0 = np.full(R * R, go)
+                        y0[0] = gv
+                        sg, cg, sh, ch = _envelope_tangents(T, y0)
+                        variants.append((W * sg, float(np.sum(W * cg)), W * sh, float(np.sum(W * ch))))
+            arrs = (np.array([v[0] for v in variants]), np.array([v[1] for v in variants]),
+                    np.array([v[2] for v in variants]), np.array([v[3] for v in variants]))
+            for a in arrs:
+                a.setflags(write=False)
+            out.append(arrs)
+    return tuple(out)
+
+
 def _constraint_rows(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Linear constraints A·y ≤ b on y = vec(Ȳ_rs) (16 entries) from the gain bounds."""
+    """Linear constraints A·y ≤ b on y = vec(Ȳ_rs) (16 entries) from the gain bounds: per
+    intensity pair (k, l) and variant of :func:`_constraint_geometry`, the rows
+    Σ W g(Y) ≤ Q̄ ≤ qU and Σ W h(Y) ≥ Q̄ ≥ qL, interleaved, each normalised by 1/qU so that
+    the LP tolerance is relative. The same floating-point operations, in the same order, as
+    :func:`_constraint_rows_reference` (equal bit for bit)."""
+    geo = _constraint_geometry(tuple(float(m) for m in mu_i), tuple(float(m) for m in mu_j))
+    R = N_PHASES
+    nrow = 2 * sum(g[0].shape[0] for g in geo)
+    A = np.empty((nrow, R * R))
+    b = np.empty(nrow)
+    pos = 0
+    kj = len(mu_j)
+    for idx, (WU, CU, WL, CL) in enumerate(geo):
+        k, l_ = divmod(idx, kj)
+        qL, qU = float(gain_lower[k, l_]), float(gain_upper[k, l_])
+        scale = 1.0 / max(qU, 1e-12)
+        nv = WU.shape[0]
+        A[pos:pos + 2 * nv:2] = WU * scale
+        b[pos:pos + 2 * nv:2] = (qU - CU) * scale
+        A[pos + 1:pos + 2 * nv:2] = -WL * scale
+        b[pos + 1:pos + 2 * nv:2] = (-qL + CL) * scale
+        pos += 2 * nv
+    return A, b
+
+
+def _constraint_rows_reference(
+    mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_constraint_rows` as first written (everything recomputed per call, row by row);
+    kept to test the cached version against."""
     rows: list[np.ndarray] = []
     rhs: list[float] = []
     R = N_PHASES
@@ -138,13 +205,11 @@ def _constraint_rows(
         Pi, Ti = pseudo_fock(mk)
         for l_, ml in enumerate(mu_j):
             Pj, Tj = pseudo_fock(ml)
-            W = np.outer(Pi, Pj).ravel()  # P_r(μ_k) P_s(μ_l)
+            W = np.outer(Pi, Pj).ravel()
             T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
             qL, qU = float(gain_lower[k, l_]), float(gain_upper[k, l_])
-            scale = 1.0 / max(qU, 1e-12)  # rows normalised so the LP tolerance is relative
+            scale = 1.0 / max(qU, 1e-12)
             exact = bool(np.all(T <= 0.0))
-            # each variant: Σ W·(su·Y + cu) ≤ Q̄ ≤ Σ W·(sl·Y + cl); first the constant slack T + 2√T
-            # (valid since Y ≤ 1), then tangents of the exact envelopes at the yield guesses
             variants: list[tuple[np.ndarray, float, np.ndarray, float]] = []
             const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
             variants.append((W, -const0, W, const0))
@@ -156,7 +221,6 @@ def _constraint_rows(
                         sg, cg, sh, ch = _envelope_tangents(T, y0)
                         variants.append((W * sg, float(np.sum(W * cg)), W * sh, float(np.sum(W * ch))))
             for wu, cu, wl, cl in variants:
-                # Σ W g(Y) ≤ Q̄ ≤ qU      and      Σ W h(Y) ≥ Q̄ ≥ qL
                 rows.append(wu * scale)
                 rhs.append((qU - cu) * scale)
                 rows.append(-wl * scale)
@@ -181,9 +245,43 @@ def decoy_yield_bounds(
 
     One linear program per bound (scipy HiGHS). A small relative margin (1e-7) is added to
     protect the bounds against solver tolerance.
+
+    The result is a deterministic function of the arguments, so it is memoised on their exact
+    values (the float bits of every gain bound; :data:`_BOUNDS_MEMO_SIZE` recent calls): the two
+    ends of a pair in one process compute the same block's bounds from identical authenticated
+    counts, and the second gets the first's result (as a copy) instead of solving the same LPs
+    again. Different inputs in any bit are solved anew.
     """
+    gl = np.ascontiguousarray(gain_lower, dtype=float)
+    gu = np.ascontiguousarray(gain_upper, dtype=float)
+    key = (tuple(float(m) for m in mu_i), tuple(float(m) for m in mu_j), gl.shape, gl.tobytes(), gu.shape,
+           gu.tobytes(), None if targets is None else tuple((int(r), int(s)) for r, s in targets), bool(lower))
+    with _BOUNDS_LOCK:
+        hit = _BOUNDS_MEMO.get(key)
+        if hit is not None:
+            _BOUNDS_MEMO.move_to_end(key)
+    if hit is None:
+        hit = _decoy_yield_bounds(mu_i, mu_j, gl, gu, targets, lower)
+        with _BOUNDS_LOCK:
+            _BOUNDS_MEMO[key] = hit
+            while len(_BOUNDS_MEMO) > _BOUNDS_MEMO_SIZE:
+                _BOUNDS_MEMO.popitem(last=False)
+    return DecoyBounds(hit.y_upper.copy(), hit.y_lower.copy(), hit.feasible)
+
+
+#: Recent :func:`decoy_yield_bounds` results kept (keyed on the exact inputs).
+_BOUNDS_MEMO_SIZE = 64
+_BOUNDS_MEMO: OrderedDict[tuple[object, ...], DecoyBounds] = OrderedDict()
+_BOUNDS_LOCK = threading.Lock()
+
+
+def _decoy_yield_bounds(
+    mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+    targets: Sequence[tuple[int, int]] | None, lower: bool,
+) -> DecoyBounds:
+    """:func:`decoy_yield_bounds` without the memo: the LPs solved."""
     R = N_PHASES
-    A, b = _constraint_rows(mu_i, mu_j, np.asarray(gain_lower, float), np.asarray(gain_upper, float))
+    A, b = _constraint_rows(mu_i, mu_j, gain_lower, gain_upper)
     up = np.ones((R, R))
     lo = np.zeros((R, R))
     tgt = [(r, s) for r in range(R) for s in range(R)] if targets is None else list(targets)

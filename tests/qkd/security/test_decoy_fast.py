@@ -1,0 +1,60 @@
+"""The decoy LPs' fast paths against their references: the cached constraint geometry gives the
+same rows bit for bit, and the memo returns exactly what solving the LPs again would."""
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from labqfl.qkd.decoy import (
+    PHASE_ERROR_TARGETS,
+    _constraint_rows,
+    _constraint_rows_reference,
+    _decoy_yield_bounds,
+    decoy_yield_bounds,
+)
+
+_MUS = st.lists(st.sampled_from([0.0, 1e-3, 0.03, 0.1, 0.25, 0.5, 0.8]), min_size=1, max_size=3)
+
+
+def _gains(seed: int, ki: int, kj: int, mu_i, mu_j) -> tuple[np.ndarray, np.ndarray]:
+    """Gain bounds of a lossy channel (random transmittance, dark counts, relative width)."""
+    rng = np.random.default_rng(seed)
+    eta, dark, w = 10 ** rng.uniform(-4, -0.5), 10 ** rng.uniform(-8, -4), rng.uniform(1e-3, 0.5)
+    mi, mj = np.asarray(mu_i)[:, None], np.asarray(mu_j)[None, :]
+    q = 1.0 - (1.0 - dark) * np.exp(-eta * (mi + mj) * rng.uniform(0.7, 1.3, (ki, kj)))
+    return np.clip(q * (1 - w), 0, 1), np.clip(q * (1 + w), 0, 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(mu_i=_MUS, mu_j=_MUS, seed=st.integers(0, 2**32 - 1), zero_upper=st.booleans())
+def test_cached_constraint_rows_equal_the_reference_bit_for_bit(mu_i, mu_j, seed, zero_upper):
+    gl, gu = _gains(seed, len(mu_i), len(mu_j), mu_i, mu_j)
+    if zero_upper:
+        gu[0, 0] = gl[0, 0] = 0.0  # the 1e-12 floor of the row scale
+    a, b = _constraint_rows(mu_i, mu_j, gl, gu)
+    a_ref, b_ref = _constraint_rows_reference(mu_i, mu_j, gl, gu)
+    assert a.shape == a_ref.shape and b.shape == b_ref.shape
+    assert a.tobytes() == a_ref.tobytes() and b.tobytes() == b_ref.tobytes()
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lower=st.booleans())
+def test_memoised_bounds_equal_a_fresh_solve_and_are_not_shared(seed, lower):
+    """Every call gives what a fresh solve gives (infeasible inputs included), a second call with
+    the same inputs too, and changing a returned array changes nothing later."""
+    mu = (0.03, 0.1, 0.0)
+    gl, gu = _gains(seed, 3, 3, mu, mu)
+    if seed % 3 == 0:
+        gl[1, 1], gu[1, 1] = 0.9, 0.95  # inconsistent with any yields
+    first = decoy_yield_bounds(mu, mu, gl, gu, targets=PHASE_ERROR_TARGETS, lower=lower)
+    fresh = _decoy_yield_bounds(mu, mu, gl.copy(), gu.copy(), PHASE_ERROR_TARGETS, lower)
+    assert first.feasible == fresh.feasible
+    assert first.y_upper.tobytes() == fresh.y_upper.tobytes() and first.y_lower.tobytes() == fresh.y_lower.tobytes()
+    first.y_upper[:] = -1.0
+    again = decoy_yield_bounds(mu, mu, gl, gu, targets=PHASE_ERROR_TARGETS, lower=lower)
+    assert again.y_upper.tobytes() == fresh.y_upper.tobytes()
+    nudged = gu.copy()
+    nudged[0, 1] = np.nextafter(nudged[0, 1], 2.0)  # one ulp: a different LP, solved anew
+    other = decoy_yield_bounds(mu, mu, gl, nudged, targets=PHASE_ERROR_TARGETS, lower=lower)
+    ref = _decoy_yield_bounds(mu, mu, gl, nudged, PHASE_ERROR_TARGETS, lower)
+    assert other.y_upper.tobytes() == ref.y_upper.tobytes() and other.feasible == ref.feasible
