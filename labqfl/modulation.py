@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from labqfl.contracts.types import ModulationRecord
+from labqfl.contracts.types import Announcements, ModulationRecord
 from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PlayedFrames
 from labqfl.log import get_logger
 
@@ -321,6 +321,25 @@ class PlayedChoiceLog:
         return rec
 
 
+def acquisition_slots(duration_s: float | None, rep_rate_hz: float) -> int | None:
+    """Slots of an acquisition of ``duration_s`` seconds at ``rep_rate_hz`` (at least 1; ``None``: open-ended)."""
+    return None if duration_s is None else max(1, int(round(duration_s * rep_rate_hz)))
+
+
+def unplayed_frames(record: PlayedFrames, lo: int, hi: int) -> list[int]:
+    """Frames overlapping slots ``[lo, hi)`` that ``record`` does not say were played (lost, or no verdict)."""
+    f = record.frame_slots
+    return [k for k in range(lo // f, -(-hi // f)) if record.status(k) is not True]
+
+
+def drop_frames(ann: Announcements, frames: list[int], frame_slots: int) -> Announcements:
+    """``ann`` without its slots in the given frames (frames of ``frame_slots`` slots)."""
+    if not frames or ann.slots.size == 0:
+        return ann
+    keep = ~np.isin(ann.slots // int(frame_slots), np.asarray(frames, dtype=np.int64))
+    return ann if keep.all() else Announcements(ann.pair, ann.slots[keep], ann.outcomes[keep])
+
+
 def played_table(record: PlayedFrames) -> np.ndarray:
     """A played-frames record as an (n, 2) int64 table: frame index, 1 (played) or 0 (lost), by index;
     what a recording keeps per client (public: it says which frames were played, nothing of the choices)."""
@@ -387,15 +406,34 @@ class ClientStreams:
                 st.stop()
             raise
 
+    @classmethod
+    def start_for(cls, generators: dict[str, PatternGenerator], logs: dict[str, Any], duration_s: float | None,
+                  rep_rate_hz: float, *, max_wait_s: float = 1.0) -> ClientStreams | None:
+        """Start every client's stream for an acquisition of ``duration_s`` seconds at ``rep_rate_hz`` slots/s
+        just begun (``None``: open-ended); None when no client has a generator. The one start of the clients'
+        streams: the application layer's :class:`~labqfl.app.acquire.Acquisition` (through
+        :func:`labqfl.app.station.start_client_streams`) and a client node (:mod:`labqfl.nodes.client`)."""
+        if not generators:
+            return None
+        streams = cls(generators, logs, acquisition_slots(duration_s, rep_rate_hz), max_wait_s=max_wait_s)
+        streams.start()
+        return streams
+
     def finish(self, timeout_s: float = 30.0) -> dict[str, PlayedFrames]:
         """Wait (at most ``timeout_s`` each; an open-ended stream: not at all) for the streams to end,
-        stop them; every client's record. A second call returns the same records."""
+        stop them; every client's record. A second call returns the same records. The first call logs
+        each client's frames played and lost."""
+        first = not self.finished
         for c, st in self.streamers.items():
             if c in self.records:
                 continue
             if st.end_frame is not None and not st.join(timeout_s):
                 log.warning("client %s: its stream did not end within %g s; stopped, unplayed frames lost", c, timeout_s)
             self.records[c] = st.stop()
+        if first:
+            for c, m in self.summary().items():
+                log.info("client %s: %d of %d frames played, %d lost (%d late)%s", c, m["played"], m["frames"],
+                         m["lost"], m["late"], f"; {m['error']}" if m["error"] else "")
         return dict(self.records)
 
     def summary(self) -> dict[str, dict[str, Any]]:

@@ -816,11 +816,13 @@ class SagnacTestbed:
         return self._acquire(epoch, duration_s, block_duration_s, logs)
 
     def stream_with(self, logs: dict[str, ChoiceLog], duration_s: float,
-                    block_duration_s: float | None = None) -> Iterator[TagBlock]:
+                    block_duration_s: float | None = None, *, hardware: bool = False) -> Iterator[TagBlock]:
         """One acquisition like :meth:`stream`, with the clients' choices from ``logs`` (by client
         name) instead of generators armed here: objects with ``choices(slots)`` (e.g. the
         modulator links of separate client nodes, with :attr:`modulation_on_demand`). The
-        testbed keeps no copy of them (:meth:`client_log` does not know them)."""
+        testbed keeps no copy of them (:meth:`client_log` does not know them). ``hardware``: the
+        clients with emulated pattern generators (:attr:`hardware`) are played from what their
+        generators played, never from ``logs`` (call ``hardware.align()`` before they start streaming)."""
         missing = [c for c in self.config.client_names if c not in logs]
         if missing:
             raise ValueError(f"no modulation source for client(s) {missing}; every client of the station needs one")
@@ -828,7 +830,9 @@ class SagnacTestbed:
             epoch = self._epoch
             self._epoch += 1
             self.last_epoch = epoch
-        return self._acquire(epoch, duration_s, block_duration_s, dict(logs))
+        hw = self.hardware if hardware else None
+        sources: dict[str, Any] = {c: hw.levels.get(c, lg) for c, lg in logs.items()} if hw is not None else dict(logs)
+        return self._acquire(epoch, duration_s, block_duration_s, sources, hw)
 
     def _internal_stream(self, duration_s: float) -> Iterator[TagBlock]:
         """An acquisition for instrument read-outs (count rates, histograms); own epoch space."""

@@ -196,13 +196,7 @@ class Acquisition:
         end or are closed, and before the safe state; a second call returns the same records."""
         if self.streams is None:
             return {}
-        first = not self.streams.finished
-        records = dict(self.streams.finish(timeout_s=timeout_s))
-        if first:
-            for c, m in self.modulation.items():
-                log.info("client %s: %d of %d frames played, %d lost (%d late)%s", c, m["played"], m["frames"],
-                         m["lost"], m["late"], f"; {m['error']}" if m["error"] else "")
-        return records
+        return dict(self.streams.finish(timeout_s=timeout_s))  # the first call logs frames played and lost
 
     @property
     def played_frames(self) -> dict[str, Any]:

@@ -57,12 +57,7 @@ def start_client_streams(station: Any, logs: dict[str, Any], duration_s: float |
 
     gens = {c.name: station[f"{c.name}.pattern_generator"] for c in station.config.clients
             if c.pattern_generator is not None}
-    if not gens:
-        return None
-    n_slots = None if duration_s is None else max(1, int(round(duration_s * station.config.laser.rep_rate_hz)))
-    streams = ClientStreams(gens, logs, n_slots, max_wait_s=max_wait_s)
-    streams.start()
-    return streams
+    return ClientStreams.start_for(gens, logs, duration_s, station.config.laser.rep_rate_hz, max_wait_s=max_wait_s)
 
 
 def channel_names(cfg: StationConfig) -> dict[int, str]:

@@ -12,6 +12,16 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 * it arms its generator and opens its **modulator link** to the optics node (service
   ``optics/modulator``): ``mod/ready`` / ``mod/applied {codes}``, each answered by the optics'
   next ``mod/query {slots}`` (or ``mod/end``);
+* when its station section names a ``pattern_generator`` (a real instrument, or the emulated Pulse
+  Streamer the simulated optics node serves on a loopback address), it opens it once through its
+  driver (operating point applied) and streams its own choice log to it for the acquisition
+  (:meth:`labqfl.modulation.ClientStreams.start_for`, the same streams as the in-process
+  :class:`~labqfl.app.acquire.Acquisition`), started once its modulator link is open and finished
+  when the optics ends the link (``mod/end``); its pair ends then read a played-only log
+  (:class:`~labqfl.modulation.PlayedChoiceLog`): slots are sifted only once their frames have a
+  verdict, and the slots of frames either client of a pair did not play are dropped at both ends
+  (``frames/lost`` below). With emulated generators the optics never asks its modulator link: the
+  simulated loop plays what the generator played;
 * it receives the detector's announcements (service ``ann``: ``ann/chunk``, ``ann/end``);
 * for every pair (Ci, Cj) where it is **Ci** it drives :class:`~labqfl.qkd.twoparty.PairEndI`
   over a session to Cj's node (``qkd/pair``, every message absorbed into the block transcript)
@@ -31,6 +41,12 @@ or withhold a block, never change a key):
   takes exactly the authentication bits Ci allocated (``refs`` into the pair's ``auth`` pool,
   :meth:`~labqfl.keystore.KeyStore.take_exact`);
 * ``block/skip {end}`` → ``block/skipped``: Ci dropped a block with too few sifted bits;
+* ``frames/lost {lo, hi, frames}`` → ``frames/lost {frames}`` (only when a client of the pair streams
+  to a pattern generator): before Ci sifts the detector's chunk ``[lo, hi)``, each end says which
+  frames there it did not play (after waiting for its generator's verdicts); both drop the
+  announced slots of the union, so each end's announcements stay the same (frame indices only, no
+  choice: forging them can only drop slots or make the ends' announcements differ, which the
+  tagged protocol refuses);
 * ``block/commit {held}`` → ``block/committed``: Ci has stored the accepted block (IDs it holds);
   Cj moves it from its pending file into its store. A block is thus stored at both ends or at
   neither (up to a crash inside the commit, resolved by ``pending/*`` at the next session).
@@ -58,6 +74,13 @@ from labqfl.contracts.types import Announcements
 from labqfl.errors import AuthenticationError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.log import get_logger
+from labqfl.modulation import (
+    ClientStreams,
+    PlayedChoiceLog,
+    acquisition_slots,
+    drop_frames,
+    unplayed_frames,
+)
 from labqfl.net import ServedSession
 from labqfl.nodes.common import (
     Node,
@@ -157,6 +180,8 @@ class _Feed:
         self.end_getter = end_getter
         self.schedule, self.pair, self.n = schedule, pair, block_slots
         self.pieces: deque[tuple[int, int, Announcements]] = deque()
+        self.unplayed: set[int] = set()  # frames dropped at both ends (``frames/lost``)
+        self.frame_slots = 1
         self.arrived_hi = 0
         self.ended = False
         self.cond = threading.Condition()
@@ -183,6 +208,7 @@ class _Feed:
     def _give(self, end: PairEndJ, upto: Any) -> None:
         while self.pieces and upto(self.pieces[0]):
             a, b, ann = self.pieces.popleft()
+            ann = drop_frames(ann, sorted(self.unplayed), self.frame_slots) if self.unplayed else ann
             end.receive(ann, a, b, self.schedule.slots_of_pair(self.pair, b) - self.schedule.slots_of_pair(self.pair, a))
 
     def until_lo(self, end: PairEndJ, lo: int) -> None:
@@ -194,6 +220,12 @@ class _Feed:
         with self.cond:
             self._wait(lambda: self.arrived_hi >= hi, f"up to slot {hi}")
             self._give(end, lambda p: p[1] <= hi)
+
+    def drop(self, frames: set[int], frame_slots: int) -> None:
+        """Drop the announced slots of these frames from the pieces still to be handed over."""
+        with self.cond:
+            self.unplayed |= frames
+            self.frame_slots = int(frame_slots)
 
     def discard(self, hi: int) -> None:
         with self.cond:
@@ -277,6 +309,11 @@ class _JCtl:
                 jp.block = {"block": block, "start": start, "end": end, "need": int(req.get("need"))}
                 exit_hook("block/prepare")
                 return ok("block/prepared")
+            if k == "frames/lost":
+                lo, hi = int(req.get("lo")), int(req.get("hi"))
+                mine = jp.acq.unplayed(lo, hi)
+                jp.feed.drop({int(f) for f in json.loads(str(req.get("frames")))} | set(mine), node.frame_slots)
+                return ok("frames/lost", frames=json.dumps(mine))
             if k == "block/skip":
                 jp.feed.discard(int(req.get("end")))
                 if jp.end is not None:
@@ -358,7 +395,30 @@ class _IPair:
     def _block_end(self) -> int:
         return self.node.schedule.slot_end(self.pair, (self.block_index + 1) * self.node.block_slots[self.pair])
 
+    def _played_only(self, c: _Chunk) -> _Chunk:
+        """``c`` without the announced slots of frames either client did not play (``frames/lost``, module
+        docstring); the same chunk when neither client of the pair streams to a pattern generator."""
+        node = self.node
+        if not node.streams_in(self.pair):
+            return c
+        assert self.ctl is not None
+        mine = self.acq.unplayed(c.lo, c.hi)
+        rep = request(self.ctl, Message("frames/lost", {"lo": int(c.lo), "hi": int(c.hi), "frames": json.dumps(mine)}),
+                      "frames/lost")
+        frames = sorted(set(mine) | {int(f) for f in json.loads(str(rep.get("frames")))})
+        if not frames:
+            return c
+        f_slots, sch = node.frame_slots, node.schedule
+        dropped = c.dropped
+        if not node.slotting_drops_unplayed(self.pair):  # otherwise slotting dropped (and counted) them already
+            for f in frames:
+                x, y = max(c.lo, f * f_slots), min(c.hi, (f + 1) * f_slots)
+                if y > x:
+                    dropped += sch.slots_of_pair(self.pair, y) - sch.slots_of_pair(self.pair, x)
+        return _Chunk(c.pair, c.lo, c.hi, dropped, drop_frames(c.ann, frames, f_slots))
+
     def _chunk(self, c: _Chunk) -> None:
+        c = self._played_only(c)
         lo = c.lo
         while True:
             end = self._block_end()
@@ -490,14 +550,36 @@ class _IPair:
 class _Acq:
     """One acquisition at this client: its generator/log, its modulator link, its pairs."""
 
-    def __init__(self, acq: str, log_: Any, peers: dict[str, str], run_id: str = "") -> None:
-        self.acq, self.log, self.peers = acq, log_, peers
+    def __init__(self, acq: str, log_: Any, peers: dict[str, str], run_id: str = "",
+                 streams: ClientStreams | None = None) -> None:
+        self.acq, self.raw_log, self.peers = acq, log_, peers
+        #: this client's stream to its pattern generator (None: it has none); its pair ends then read
+        #: the played-only log
+        self.streams = streams
+        self.log: Any = log_ if streams is None else PlayedChoiceLog(log_, streams.played[log_.client])
         self.run_id = run_id  # the operator's run folder, stamped on every stored block (``labqfl run --nodes``)
         self.i_pairs: dict[str, _IPair] = {}
         self.j_pairs: dict[str, _JPair] = {}
         self.link_error = ""
         self.link_thread: threading.Thread | None = None
         self.answered_slots = 0
+
+    def unplayed(self, lo: int, hi: int) -> list[int]:
+        """Frames overlapping slots ``[lo, hi)`` this client did not play ([] without a stream); waits (at
+        most :data:`FEED_TIMEOUT_S`) until its generator has given their verdicts or the stream ended."""
+        if self.streams is None:
+            return []
+        st = self.streams.streamers[self.log.client]
+        f_slots = st.record.frame_slots
+        if not st.wait_recorded(-(-hi // f_slots) - st.first_frame, timeout=FEED_TIMEOUT_S):
+            log.warning("client %s: no verdict from its pattern generator for slots up to %d: their frames count as lost",
+                        self.log.client, hi)
+        return unplayed_frames(st.record, lo, hi)
+
+    def finish_stream(self, timeout_s: float = 30.0) -> None:
+        """Let this client's stream play out (at most ``timeout_s``) and stop it (nothing without one)."""
+        if self.streams is not None:
+            self.streams.finish(timeout_s=timeout_s)
 
 
 class _Announced:
@@ -562,10 +644,67 @@ class ClientNode(Node):
         self._import_preshared()
         self.acqs: dict[str, _Acq] = {}
         self._lock = threading.Lock()
+        self.frame_slots = int(self.cfg.time_tagger.frame_slots)
+        #: this client's pattern generator (opened at the first ``ctl/arm``; None: it has none, or not yet)
+        self.generator: Any = None
         self.server.route("ann", self._ann, allowed_peers={detector})
         partners = set(self.j_of.values())
         self.server.route("qkd/pair", self._pair, allowed_peers=partners)
         self.server.route("qkd/pairctl", self._pairctl, allowed_peers=partners)
+
+    # -- the pattern generator -------------------------------------------------------------------
+    def streams_in(self, pair: str) -> bool:
+        """Whether a client of ``pair`` streams to a pattern generator (both ends decide alike)."""
+        return any(self.cfg.client(c).pattern_generator is not None for c in pair.split("-"))
+
+    def slotting_drops_unplayed(self, pair: str) -> bool:
+        """Whether the detector's slotting already drops the frames a client of ``pair`` did not play: the
+        markers it slots on come from the generators (a real tagger, or the simulated one fed by emulated
+        generators), on one input for all clients or on an input of each of the pair's clients."""
+        tt, sim = self.cfg.time_tagger, self.cfg.simulation
+        from_generators = not tt.simulated or sim.emulate_pattern_generators
+        marked = tt.marker_channel is not None or set(pair.split("-")) <= set(tt.marker_channels)
+        return from_generators and marked
+
+    def _open_generator(self) -> Any:
+        """This client's pattern generator through its driver, with the station file's operating point
+        (slot period, frame length, reference clock); None when the station names none."""
+        ic = self.cc.pattern_generator
+        if ic is None:
+            return None
+        if self.generator is None:
+            from labqfl.drivers import get_driver, resolve_visa_library
+            from labqfl.instruments.interfaces import PatternGenerator
+
+            cls = get_driver(ic.driver)
+            if not issubclass(cls, PatternGenerator):
+                raise NodeError(f"{self.name}.pattern_generator: driver {ic.driver!r} is not a PatternGenerator driver")
+            base = Path(self.station_path).parent if self.station_path else None
+            resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, base) or None})
+            gen = cls(f"{self.name}.pattern_generator", resolved)  # type: ignore[call-arg]
+            try:
+                gen.apply_operating_point(self.cfg)  # type: ignore[attr-defined]
+            except BaseException:
+                gen.close()
+                raise
+            self.generator = gen
+            log.info("node %s: pattern generator %s at %s open", self.name, ic.driver, ic.resource)
+        return self.generator
+
+    def _generator_safe(self) -> None:
+        """Every stream stopped, the generator in its safe state (outputs dark) and closed."""
+        for a in list(self.acqs.values()):
+            try:
+                a.finish_stream(timeout_s=0.0)
+            except Exception as e:  # the safe state comes first
+                log.error("node %s: stopping the stream of %s failed: %s", self.name, a.acq, e)
+        gen, self.generator = self.generator, None
+        if gen is not None:
+            try:
+                gen.safe_state()
+            finally:
+                gen.close()
+            log.info("node %s: pattern generator in its safe state and closed", self.name)
 
     # -- the key store and the pending blocks --------------------------------------------------
     def _import_preshared(self) -> None:
@@ -704,7 +843,15 @@ class ClientNode(Node):
         log_ = new_client_log(self.cc, int(req.fields.get("epoch", 0)))
         if isinstance(log_, CsprngChoiceLog):
             save_private_log(log_, self.data, acq)
-        a = _Acq(acq, log_, peers, str(req.fields.get("run_id", "")))
+        streams = None
+        gen = self._open_generator()
+        if gen is not None:
+            for prev in list(self.acqs.values()):  # an earlier acquisition's stream ends before this one's starts
+                prev.finish_stream(timeout_s=5.0)
+            duration = float(req.fields.get("duration", 0.0)) or None  # None: open-ended, until mod/end
+            streams = ClientStreams({self.name: gen}, {self.name: log_},
+                                    acquisition_slots(duration, self.cfg.laser.rep_rate_hz))
+        a = _Acq(acq, log_, peers, str(req.fields.get("run_id", "")), streams)
         for pair, ci in self.j_of.items():
             a.j_pairs[pair] = _JPair(self, a, pair, ci)
         for pair, cj in self.i_of.items():
@@ -712,6 +859,12 @@ class ClientNode(Node):
         with self._lock:
             self.acqs[acq] = a
         link = open_session(optics, self.creds, self.optics_name, "optics/modulator", fields={"acq": acq})
+        if a.streams is not None:  # after the link opened: the optics has its emulated generators' clocks aligned
+            try:
+                a.streams.start()
+            except BaseException:
+                link.close()
+                raise
         a.link_thread = threading.Thread(target=self._modulator, args=(a, link), name="modulator", daemon=True)
         a.link_thread.start()
         for ip in a.i_pairs.values():
@@ -719,11 +872,13 @@ class ClientNode(Node):
         return ok("ctl/armed", randomness=str(getattr(log_, "randomness", "")))
 
     def _modulator(self, a: _Acq, link: RecordedChannel) -> None:
-        """Answer the optics' questions: what this client applied in the slots asked (k·4 + a)."""
+        """Answer the optics' questions: what this client applied in the slots asked (k·4 + a), from its
+        own log (a simulated loop beside a real generator cannot see the light; with emulated generators
+        the optics asks nothing). At ``mod/end`` this client's stream plays out and stops."""
         try:
             rep = link.request(Message("mod/ready", {}))
             while rep.kind == "mod/query":
-                rec = a.log.choices(np.asarray(rep.get("slots"), np.int64))
+                rec = a.raw_log.choices(np.asarray(rep.get("slots"), np.int64))
                 codes = (rec.intensity_idx.astype(np.uint8) * 4 + rec.phase_idx.astype(np.uint8)).astype(np.uint8)
                 a.answered_slots += int(codes.size)
                 rep = link.request(Message("mod/applied", {"codes": codes}))
@@ -731,6 +886,12 @@ class ClientNode(Node):
         except (LabqflError, OSError) as e:
             a.link_error = str(e)
             log.warning("node %s: modulator link ended: %s", self.name, e)
+        finally:
+            try:
+                a.finish_stream()  # the last upload has played out: every frame has its verdict
+            except Exception as e:
+                a.link_error = a.link_error or f"stopping the stream failed: {e}"
+                log.error("node %s: stopping the stream failed: %s", self.name, e)
 
     def ctl_wait(self, req: Message) -> Message:
         """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""
@@ -749,11 +910,18 @@ class ClientNode(Node):
             d.update(done=not ip.thread.is_alive(), failed=ip.failed, accepted_blocks=list(ip.accepted_ids),
                      round_trips=ip.ch.stats.round_trips if ip.ch is not None else 0)
             out[name] = d
-        return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error)
+        modulation = a.streams.summary() if a.streams is not None else {}
+        return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error,
+                  modulation=json.dumps(modulation))
 
     def shutdown(self) -> None:
-        """SIGTERM/SIGINT: the pair drivers finish the block in progress (stored at both ends or at
+        """SIGTERM/SIGINT: the pattern generator stops at once (frames not played are lost) and goes to
+        its safe state; the pair drivers finish the block in progress (stored at both ends or at
         neither) and take no new one; then the key store is closed."""
+        try:
+            self._generator_safe()
+        except Exception as e:  # keep shutting down: the key store still closes cleanly
+            log.error("node %s: pattern generator safe state failed: %s", self.name, e)
         for a in list(self.acqs.values()):
             for ip in a.i_pairs.values():
                 ip.inbox.put(-1)

@@ -8,7 +8,8 @@ the detector and every client as separate OS processes (``sys.executable -m labq
 listening on loopback, ephemeral ports read from their ``NODE <name> <address>`` line).
 
 :func:`run_acquisition` is the operator's part and works the same against nodes on other hosts
-(``labqfl node acquire``): arm every client (``ctl/arm``), let the detector run the acquisition
+(``labqfl node acquire``): arm every client (``ctl/arm``, with the duration: a client with a pattern
+generator streams that many slots of frames to it), let the detector run the acquisition
 (``ctl/run``), collect each Ci's results (``ctl/wait``). :meth:`LocalNetwork.stop` sends SIGTERM
 to every node and waits for its clean exit.
 """
@@ -107,7 +108,7 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
     try:
         for ch in ctl.values():
             request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics, "run_id": run_id,
-                                            "peers": json.dumps(clients)}), "ctl/armed")
+                                            "duration": float(duration), "peers": json.dumps(clients)}), "ctl/armed")
         dch = open_session(detector, creds, detector_name, "ctl", timeout_s=timeout)
         try:
             ran = request(dch, Message("ctl/run", {"acq": acq, "duration": float(duration),
@@ -123,7 +124,9 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
                           "ctl/results")
             pairs.update(json.loads(str(rep.get("results"))))
             per_client[c] = {"answered_slots": int(rep.get("answered_slots")),
-                             "modulator_link_error": str(rep.get("link_error"))}
+                             "modulator_link_error": str(rep.get("link_error")),
+                             # frames played and lost on its pattern generator ({} without one)
+                             "modulation": json.loads(str(rep.fields.get("modulation") or "{}")).get(c, {})}
     finally:
         for ch in ctl.values():
             ch.close()
@@ -213,9 +216,13 @@ class LocalNetwork:
         toeplitz_hash(x, toeplitz_seed(x.size, 64), 64)
         hash_tag(x, toeplitz_seed(x.size, 64), 64)
         poly_hash(x.tobytes(), 12345)
-        tb = SagnacTestbed(self.cfg, threads=1)
+        cfg = self.cfg
+        if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
+            cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
+                update={"emulate_pattern_generators": False})})
+        tb = SagnacTestbed(cfg, threads=1)
         tb.modulation_on_demand = True
-        distill_stream(self.cfg, list(tb.stream(0.002)), tb.client_logs(), MemorySink(),
+        distill_stream(cfg, list(tb.stream(0.002)), tb.client_logs(), MemorySink(),
                        DistillSettings(min_final_block_bits=1000))
 
     def start(self, warm: bool = True) -> LocalNetwork:

@@ -18,6 +18,15 @@ Services:
   for every client's modulator link of ``acq``, then ``tags/next`` → ``tags/block {ts, ch}``
   (int64 ps, int16 channel) per simulated block, ``tags/end {n_slots}`` after the last.
 
+**Emulated pattern generators** (``simulation.emulate_pattern_generators``, clients with a
+``pattern_generator`` role on a loopback address): the emulated Pulse Streamers are served by this
+process (the testbed starts them, :attr:`~labqfl.sim_backends.testbed.SagnacTestbed.hardware`); each
+such client node streams its own frames to its generator through the real driver, and the loop plays
+the generators in virtual time and reads only what they played, so the optics never asks those
+clients' modulator links anything (the link then only tells the client that the acquisition ended:
+``mod/end``). The generators' clocks are aligned when the first modulator link of an acquisition
+arrives, before any client of it starts its stream.
+
 The optics learns a client's choices in the candidate slots (about the fraction p_max of the
 slots its pair holds), as the light passing through its modulator would; it keeps none of them,
 announces nothing and holds no key.
@@ -130,7 +139,9 @@ class _TagStream:
         self.links = acq.wait_all()
         tb = node.testbed
         self.n_slots = max(1, int(round(duration * tb.live.rep_rate_hz)))
-        self.blocks: Iterator[TagBlock] = tb.stream_with(dict(self.links), duration, block_duration)
+        # clients with emulated pattern generators: the loop plays what those played (never asks their links)
+        self.blocks: Iterator[TagBlock] = tb.stream_with(dict(self.links), duration, block_duration,
+                                                         hardware=tb.hardware is not None)
         self.done = False
 
     def handle(self, req: Message) -> Message:
@@ -183,6 +194,8 @@ class OpticsNode(Node):
             a = self._acqs.get(acq)
             if a is None:
                 a = self._acqs[acq] = _Acquisition(acq, self.cfg.client_names)
+                if self.testbed.hardware is not None:  # one virtual clock before any client of acq streams to them
+                    self.testbed.hardware.align()
             return a
 
     def forget(self, acq: str) -> None:
