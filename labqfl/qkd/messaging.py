@@ -31,10 +31,11 @@ Key material never appears in ``repr``/logs: :class:`Message` hides ``disclosed`
 
 from __future__ import annotations
 
+import functools
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -153,12 +154,169 @@ def _pack_str(s: str) -> bytes:
     return struct.pack("<H", len(b)) + b
 
 
+_S_H = struct.Struct("<H")
+_S_INT = struct.Struct("<Bq")
+_S_FLOAT = struct.Struct("<Bd")
+_S_BYTES = struct.Struct("<BQ")
+_S_ARRAY = struct.Struct("<BBQ")
+_S_TAIL = struct.Struct("<QQ")
+_B_STR = bytes([_T_STR])
+
+
+@functools.lru_cache(maxsize=512)
+def _packed_name(s: str) -> bytes:
+    """:func:`_pack_str` of a message kind or field name (a small, fixed vocabulary: cached)."""
+    return _pack_str(s)
+
+
+def _array_part(name: str, v: np.ndarray) -> bytes:
+    a = np.ascontiguousarray(v)
+    code = _DTYPES.get(a.dtype.newbyteorder("<").str if a.dtype.byteorder == ">" else a.dtype.str)
+    if code is None or a.ndim != 1:
+        raise MessageError(f"field {name!r}: unsupported array {a.dtype}/{a.ndim}-D")
+    a = a.astype(_DTYPE_BY_CODE[code].newbyteorder("<"), copy=False)
+    return _S_ARRAY.pack(_T_ARRAY, code, a.size) + a.tobytes()
+
+
 def encode_message(msg: Message) -> bytes:
     """Encode a message to bytes (little-endian, self-describing, no pickle).
 
     Layout: ``b"LQM1"``, kind, field count, fields (name, type code, value), credit (u64),
     disclosed bit count (u64) and the disclosed bits packed 8 per byte (little bit order).
+    The same bytes as :func:`encode_message_reference`, with precompiled structs and cached
+    names.
     """
+    fields = msg.fields
+    parts = [_MAGIC, _packed_name(msg.kind), _S_H.pack(len(fields))]
+    for name in sorted(fields):
+        v = fields[name]
+        parts.append(_packed_name(name))
+        t = type(v)
+        if t is int:
+            parts.append(_S_INT.pack(_T_INT, v))
+        elif t is np.ndarray:
+            parts.append(_array_part(name, cast(np.ndarray, v)))
+        elif t is bytes:
+            parts.append(_S_BYTES.pack(_T_BYTES, len(cast(bytes, v))) + cast(bytes, v))
+        elif t is str:
+            parts.append(_B_STR + _pack_str(cast(str, v)))
+        elif t is float:
+            parts.append(_S_FLOAT.pack(_T_FLOAT, v))
+        elif isinstance(v, bool | np.bool_ | int | np.integer):
+            parts.append(_S_INT.pack(_T_INT, int(v)))
+        elif isinstance(v, float | np.floating):
+            parts.append(_S_FLOAT.pack(_T_FLOAT, float(v)))
+        elif isinstance(v, str):
+            parts.append(_B_STR + _pack_str(v))
+        elif isinstance(v, bytes):
+            parts.append(_S_BYTES.pack(_T_BYTES, len(v)) + v)
+        elif isinstance(v, np.ndarray):
+            parts.append(_array_part(name, v))
+        else:
+            raise MessageError(f"field {name!r}: unsupported type {type(v).__name__}")
+    d = msg.disclosed
+    parts.append(_S_TAIL.pack(msg.credit, d.size))
+    if d.size:
+        parts.append(np.packbits(d, bitorder="little").tobytes())
+    return b"".join(parts)
+
+
+def _truncated() -> MessageError:
+    return MessageError("message truncated")
+
+
+def decode_message(buf: bytes) -> Message:
+    """Inverse of :func:`encode_message`; raises :class:`MessageError` on malformed input.
+
+    The same result (and the same errors) as :func:`decode_message_reference`, reading with
+    offsets into the buffer instead of a reader object."""
+    b = buf if type(buf) is bytes else bytes(buf)
+    end = len(b)
+    if end < 4:
+        raise _truncated()
+    if b[:4] != _MAGIC:
+        raise MessageError("not a labqfl protocol message (bad magic)")
+
+    def string(pos: int) -> tuple[str, int]:
+        if pos + 2 > end:
+            raise _truncated()
+        n = b[pos] | (b[pos + 1] << 8)
+        pos += 2
+        if pos + n > end:
+            raise _truncated()
+        try:
+            return b[pos:pos + n].decode("utf-8"), pos + n
+        except UnicodeDecodeError:
+            raise MessageError("message has a non-UTF-8 string") from None
+
+    kind, pos = string(4)
+    if pos + 2 > end:
+        raise _truncated()
+    nf = b[pos] | (b[pos + 1] << 8)
+    pos += 2
+    fields: dict[str, FieldValue] = {}
+    for _ in range(nf):
+        name, pos = string(pos)
+        if pos + 1 > end:
+            raise _truncated()
+        t = b[pos]
+        pos += 1
+        if t == _T_INT:
+            if pos + 8 > end:
+                raise _truncated()
+            fields[name] = int.from_bytes(b[pos:pos + 8], "little", signed=True)
+            pos += 8
+        elif t == _T_FLOAT:
+            if pos + 8 > end:
+                raise _truncated()
+            fields[name] = struct.unpack_from("<d", b, pos)[0]
+            pos += 8
+        elif t == _T_STR:
+            fields[name], pos = string(pos)
+        elif t == _T_BYTES:
+            if pos + 8 > end:
+                raise _truncated()
+            n = int.from_bytes(b[pos:pos + 8], "little")
+            pos += 8
+            if pos + n > end:
+                raise _truncated()
+            fields[name] = b[pos:pos + n]
+            pos += n
+        elif t == _T_ARRAY:
+            if pos + 9 > end:
+                raise _truncated()
+            code = b[pos]
+            n = int.from_bytes(b[pos + 1:pos + 9], "little")
+            pos += 9
+            if code not in _DTYPE_BY_CODE:
+                raise MessageError(f"field {name!r}: unknown dtype code {code}")
+            dt = _DTYPE_BY_CODE[code].newbyteorder("<")
+            nbytes = n * dt.itemsize
+            if pos + nbytes > end:
+                raise _truncated()
+            fields[name] = np.frombuffer(b, dtype=dt, count=n, offset=pos).astype(dt.newbyteorder("="))
+            pos += nbytes
+        else:
+            raise MessageError(f"field {name!r}: unknown type code {t}")
+    if pos + 16 > end:
+        raise _truncated()
+    credit, nbits = _S_TAIL.unpack_from(b, pos)
+    pos += 16
+    nb = (nbits + 7) // 8
+    if pos + nb > end:
+        raise _truncated()
+    if pos + nb != end:
+        raise MessageError("message has trailing bytes")
+    disclosed = (np.unpackbits(np.frombuffer(b, dtype=np.uint8, count=nb, offset=pos), count=nbits, bitorder="little")
+                 if nbits else np.zeros(0, np.uint8))
+    if credit > nbits:
+        raise MessageError("message credit exceeds its disclosed bits")
+    return Message(kind, fields, disclosed, int(credit))
+
+
+def encode_message_reference(msg: Message) -> bytes:
+    """:func:`encode_message` as first written (one ``struct.pack`` per item); kept to test the
+    fast path against, byte for byte."""
     parts = [_MAGIC, _pack_str(msg.kind), struct.pack("<H", len(msg.fields))]
     for name in sorted(msg.fields):
         v = msg.fields[name]
@@ -211,8 +369,8 @@ class _Reader:
             raise MessageError("message has a non-UTF-8 string") from None
 
 
-def decode_message(buf: bytes) -> Message:
-    """Inverse of :func:`encode_message`; raises :class:`MessageError` on malformed input."""
+def decode_message_reference(buf: bytes) -> Message:
+    """:func:`decode_message` as first written (a reader object); kept to test the fast path against."""
     r = _Reader(buf)
     if bytes(r.take(4)) != _MAGIC:
         raise MessageError("not a labqfl protocol message (bad magic)")

@@ -271,12 +271,80 @@ def pack_flags(flags: np.ndarray) -> bytes:
     return np.packbits(np.asarray(flags, dtype=np.uint8), bitorder="little").tobytes()
 
 
+@numba.njit(cache=True, nogil=True)
+def _reveal_kernel(outcomes, key_mask, k_i, b_i, bit_i, k_j, b_j, bit_j, same, n_ki, n_kj):  # type: ignore[no-untyped-def]
+    """:func:`_counts_kernel` on the slots rebuilt from the reveals in one pass: a key slot is
+    (k, a) = (0, 0) at both ends; test slot t (in order) has (k_i[t], b_i[t]) and (k_j[t], b_j[t]),
+    with bits bit_i[u], bit_j[u] where ``same[t]`` (u counts those), else bit 0."""
+    clicks = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    errors_x2 = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    doubles = np.zeros((n_ki, n_kj, 2, 2), dtype=np.int64)
+    t = 0
+    u = 0
+    for s in range(outcomes.shape[0]):
+        o = outcomes[s]
+        if key_mask[s]:
+            clicks[0, 0, 0, 0] += 1
+            if o == 3:
+                doubles[0, 0, 0, 0] += 1
+            continue
+        x = k_i[t]
+        y = k_j[t]
+        ba = b_i[t]
+        bb = b_j[t]
+        sa = 0
+        sb = 0
+        if same[t]:
+            sa = bit_i[u]
+            sb = bit_j[u]
+            u += 1
+        t += 1
+        clicks[x, y, ba, bb] += 1
+        if o == 3:
+            doubles[x, y, ba, bb] += 1
+        key = x == 0 and y == 0 and ba == 0 and bb == 0
+        if ba == bb and not key:
+            if o == 3:
+                errors_x2[x, y, ba, bb] += 1
+            elif (o == 1) == (sa != sb):
+                errors_x2[x, y, ba, bb] += 2
+    return clicks, errors_x2, doubles
+
+
 def reveal_counts(outcomes: np.ndarray, key_mask: np.ndarray,
                   reveal_i: tuple[np.ndarray, np.ndarray, np.ndarray],
                   reveal_j: tuple[np.ndarray, np.ndarray, np.ndarray], same_basis: np.ndarray,
                   n_ki: int, n_kj: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(clicks, errors_x2, double_clicks) from public data only, equal to :func:`sift_counts` on
     the two full records.
+
+    ``key_mask``: key slots among the announced slots (both flags set: intensity 0, basis X at
+    both ends, so the key cell, where no error is counted). ``reveal_i``/``reveal_j``: each
+    client's (intensity index, basis, bit) in the test slots (``~key_mask``, in order), the bits
+    only for the test slots with ``same_basis`` (in order) — the only ones whose errors count.
+    One pass (:func:`_reveal_kernel`), equal to :func:`reveal_counts_reference`.
+    """
+    key_mask = np.ascontiguousarray(key_mask, dtype=bool)
+    same = np.ascontiguousarray(same_basis, dtype=bool)
+    n_test = int(key_mask.size - np.count_nonzero(key_mask))
+    n_same = int(np.count_nonzero(same))
+    ar = []
+    for k, basis, bit in (reveal_i, reveal_j):
+        k_, b_, t_ = (np.ascontiguousarray(v, dtype=np.uint8) for v in (k, basis, bit))
+        if k_.size != n_test or b_.size != n_test or t_.size != n_same or same.size != n_test:
+            raise QKDInputError(f"reveal_counts: {n_test} test slots and {n_same} with equal bases, got reveals of "
+                                f"{k_.size}/{b_.size}/{t_.size} values and {same.size} basis matches")
+        ar += [k_, b_ & 1, t_ & 1]
+    return _reveal_kernel(np.ascontiguousarray(outcomes, dtype=np.uint8), key_mask, ar[0], ar[1], ar[2], ar[3], ar[4],
+                          ar[5], same, n_ki, n_kj)
+
+
+def reveal_counts_reference(outcomes: np.ndarray, key_mask: np.ndarray,
+                  reveal_i: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  reveal_j: tuple[np.ndarray, np.ndarray, np.ndarray], same_basis: np.ndarray,
+                  n_ki: int, n_kj: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`reveal_counts` as first written (full-length arrays rebuilt from the reveals, then
+    :func:`_counts_kernel`); kept to test the fused kernel against.
 
     ``key_mask``: key slots among the announced slots (both flags set: intensity 0, basis X at
     both ends, so the key cell, where no error is counted). ``reveal_i``/``reveal_j``: each
