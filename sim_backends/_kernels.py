@@ -130,6 +130,47 @@ def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
         ghi[i] = np.int64(math.floor(math.log(i / GUIDE) / l1q))
 
 
+@nb.njit(inline="always")
+def _outcome(s: np.int64, ci_: np.int64, cj_: np.int64, mode_i: int, fix_i: bool, pat_i: np.ndarray,
+             mode_j: int, fix_j: bool, pat_j: np.ndarray, eve_side: int, eve_frac: float, key_eve: np.uint64,
+             key_acc: np.uint64, scale: float, table: np.ndarray) -> int | np.int64:
+    """Outcome of candidate slot ``s`` whose clients applied codes ``ci_``/``cj_`` (k·4 + a):
+    0 = rejected, else 1 D0, 2 D1, 3 both (accepted with p(choices)/q, see :func:`_segment`)."""
+    # local annotations leave no trace in the bytecode Numba compiles (PEP 526)
+    ki: int | np.int64
+    ai: int | np.int64
+    kj: int | np.int64
+    aj: int | np.int64
+    ki, ai = ci_ >> 2, ci_ & 3
+    kj, aj = cj_ >> 2, cj_ & 3
+    if fix_i:
+        ki = 0
+    if fix_j:
+        kj = 0
+    if mode_i == 1:
+        ai = 4
+    elif mode_i == 2:
+        ai = np.int64(pat_i[s % pat_i.shape[0]])
+    if mode_j == 1:
+        aj = 4
+    elif mode_j == 2:
+        aj = np.int64(pat_j[s % pat_j.shape[0]])
+    if eve_side != 0:
+        h = mix64(key_eve + np.uint64(s) * _G)
+        if float(h >> _U11) * _INV53 < eve_frac:
+            be = np.int64(h & _U1)
+            bit_e = np.int64((h >> _U1) & _U1)
+            if eve_side == 1 and ai < 4 and be != ai % 2:
+                ai = be + 2 * bit_e
+            elif eve_side == 2 and aj < 4 and be != aj % 2:
+                aj = be + 2 * bit_e
+    idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+    ua = float(mix64(key_acc + np.uint64(s) * _G) >> _U11) * _INV53 * scale
+    if ua < table[idx, 2]:
+        return 1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1])
+    return 0
+
+
 @nb.njit(cache=True, nogil=True)
 def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q: float,
              glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
@@ -137,7 +178,7 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
              codes_j: np.ndarray, mode_j: int, fix_j: bool, pat_j: np.ndarray,
              eve_side: int, eve_frac: float, key_eve: np.uint64,
              key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
-             how: int, kc: int) -> tuple[int, np.uint64, int]:
+             how: int, kc: int, cand: np.ndarray) -> tuple[int, np.uint64, int]:
     """Thinning over one segment [seg, seg_end) of a single pair and fixed parameters.
 
     Candidates at rate q ≥ p_max (geometric gaps, guide table ``glo/ghi`` for q < 1), each accepted
@@ -147,11 +188,29 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
     p_max only, never on the choices, so they can be drawn first and the choices asked for them
     alone (``how``, see :func:`signal_chunks`): ``how`` = 0: ``codes_*`` are indexed by s − s0;
     1: no choice is read, every candidate slot is written to ``out_slot`` (``out_outcome`` 0);
-    2: ``codes_*`` are indexed by the candidate's number ``kc`` in its chunk (the codes the
-    clients answered for the slots of ``how`` = 1). Returns (n, rng, kc); n = −1 if full."""
+    2: the candidates are not drawn again but read from ``cand`` (the chunk's candidate slots of
+    ``how`` = 1, from number ``kc`` on), and ``codes_*`` are indexed by that number (the codes the
+    clients answered for them): the same candidates, so the same clicks. Returns (n, rng, kc);
+    n = −1 if full."""
     cap = out_slot.shape[0]
-    l1q = math.log1p(-q) if q < 1.0 else -math.inf
     scale = q / pmax
+    if how == 2:
+        n_cand = cand.shape[0]
+        while kc < n_cand:
+            s = cand[kc]
+            if s >= seg_end:
+                break
+            o = _outcome(s, np.int64(codes_i[kc]), np.int64(codes_j[kc]), mode_i, fix_i, pat_i, mode_j, fix_j,
+                         pat_j, eve_side, eve_frac, key_eve, key_acc, scale, table)
+            kc += 1
+            if o != 0:
+                if n >= cap:
+                    return -1, rng, kc
+                out_slot[n] = s
+                out_outcome[n] = o
+                n += 1
+        return n, rng, kc
+    l1q = math.log1p(-q) if q < 1.0 else -math.inf
     s = seg - 1
     while True:
         rng += _G
@@ -180,50 +239,90 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
             out_outcome[n] = 0
             n += 1
             continue
-        if how == 2:
-            ci_ = np.int64(codes_i[kc])
-            cj_ = np.int64(codes_j[kc])
-            kc += 1
-        else:
-            ci_ = np.int64(codes_i[s - s0])
-            cj_ = np.int64(codes_j[s - s0])
-        # local annotations leave no trace in the bytecode Numba compiles (PEP 526)
-        ki: int | np.int64
-        ai: int | np.int64
-        kj: int | np.int64
-        aj: int | np.int64
-        ki, ai = ci_ >> 2, ci_ & 3
-        kj, aj = cj_ >> 2, cj_ & 3
-        if fix_i:
-            ki = 0
-        if fix_j:
-            kj = 0
-        if mode_i == 1:
-            ai = 4
-        elif mode_i == 2:
-            ai = np.int64(pat_i[s % pat_i.shape[0]])
-        if mode_j == 1:
-            aj = 4
-        elif mode_j == 2:
-            aj = np.int64(pat_j[s % pat_j.shape[0]])
-        if eve_side != 0:
-            h = mix64(key_eve + np.uint64(s) * _G)
-            if float(h >> _U11) * _INV53 < eve_frac:
-                be = np.int64(h & _U1)
-                bit_e = np.int64((h >> _U1) & _U1)
-                if eve_side == 1 and ai < 4 and be != ai % 2:
-                    ai = be + 2 * bit_e
-                elif eve_side == 2 and aj < 4 and be != aj % 2:
-                    aj = be + 2 * bit_e
-        idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
-        ua = float(mix64(key_acc + np.uint64(s) * _G) >> _U11) * _INV53 * scale
-        if ua < table[idx, 2]:
+        o = _outcome(s, np.int64(codes_i[s - s0]), np.int64(codes_j[s - s0]), mode_i, fix_i, pat_i, mode_j, fix_j,
+                     pat_j, eve_side, eve_frac, key_eve, key_acc, scale, table)
+        if o != 0:
             if n >= cap:
                 return -1, rng, kc
             out_slot[n] = s
-            out_outcome[n] = 1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1])
+            out_outcome[n] = o
             n += 1
     return n, rng, kc
+
+
+@nb.njit(cache=True, nogil=True)
+def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.int64, frame_pair: np.ndarray,
+                     pair_ci: np.ndarray, pair_cj: np.ndarray,
+                     n_clients: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidate slots of a window (rows ``cand_slot[r, :cand_n[r]]``, slots increasing in
+    each row) grouped by the client that modulated them.
+
+    Candidates in a frame f (slots [f·``frame_len``, (f+1)·``frame_len``)) belong to pair
+    p = ``frame_pair[f mod n_frames]``, modulated by client ``pair_ci[p]`` (side 0, the clockwise
+    pulse) and ``pair_cj[p]`` (side 1); a row's candidates of one frame are one contiguous *run*,
+    found by binary search for the frame's end. Returns ``(offsets, slots, runs)``: ``runs[m]`` =
+    (row, first column, end column, pair) in row order; client c's slots are
+    ``slots[offsets[c]:offsets[c + 1]]``: its runs' slots in run order (ascending when the rows
+    are chunks in time order). Cost: one copy of every candidate per side, nothing per candidate
+    but the copy."""
+    n_rows = cand_n.shape[0]
+    n_frames = frame_pair.shape[0]
+    n_runs = 0
+    cap = n_rows + 16
+    runs = np.empty((cap, 4), dtype=np.int64)
+    for r in range(n_rows):
+        n = cand_n[r]
+        k = 0
+        while k < n:
+            f = cand_slot[r, k] // frame_len
+            k1 = k + np.searchsorted(cand_slot[r, k:n], (f + 1) * frame_len)
+            if n_runs == cap:
+                grown = np.empty((2 * cap, 4), dtype=np.int64)
+                grown[:cap] = runs
+                runs = grown
+                cap *= 2
+            runs[n_runs, 0] = r
+            runs[n_runs, 1] = k
+            runs[n_runs, 2] = k1
+            runs[n_runs, 3] = frame_pair[f % n_frames]
+            n_runs += 1
+            k = k1
+    offsets = np.zeros(n_clients + 1, dtype=np.int64)
+    for m in range(n_runs):
+        p = runs[m, 3]
+        ln = runs[m, 2] - runs[m, 1]
+        offsets[pair_ci[p] + 1] += ln
+        offsets[pair_cj[p] + 1] += ln
+    for c in range(n_clients):
+        offsets[c + 1] += offsets[c]
+    slots = np.empty(offsets[n_clients], dtype=np.int64)
+    fill = offsets[:n_clients].copy()
+    for m in range(n_runs):
+        r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
+        for c in (pair_ci[p], pair_cj[p]):
+            q = fill[c]
+            slots[q:q + k1 - k0] = cand_slot[r, k0:k1]
+            fill[c] = q + k1 - k0
+    return offsets, slots, runs[:n_runs]
+
+
+@nb.njit(cache=True, nogil=True)
+def scatter_codes(client: np.int64, intensity_idx: np.ndarray, phase_idx: np.ndarray, runs: np.ndarray,
+                  pair_ci: np.ndarray, pair_cj: np.ndarray, out_i: np.ndarray, out_j: np.ndarray) -> None:
+    """Client ``client``'s answers for its slots of :func:`group_candidates` (in that order) into
+    the candidates' places: code k·4 + a at ``out_i[r, k]`` where it modulated the clockwise pulse
+    of the candidate's pair, at ``out_j[r, k]`` where the counter-clockwise one."""
+    q = 0
+    for m in range(runs.shape[0]):
+        r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
+        if pair_ci[p] == client:
+            for k in range(k0, k1):
+                out_i[r, k] = np.uint8(intensity_idx[q] * 4 + phase_idx[q])
+                q += 1
+        if pair_cj[p] == client:
+            for k in range(k0, k1):
+                out_j[r, k] = np.uint8(intensity_idx[q] * 4 + phase_idx[q])
+                q += 1
 
 
 @nb.njit(cache=True, nogil=True)
@@ -251,7 +350,8 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                   key_gap: np.uint64, key_acc: np.uint64, key_eve: np.uint64,
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
                   guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
-                  out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray) -> bool:
+                  out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray, cand_slot: np.ndarray,
+                  cand_n: np.ndarray) -> bool:
     """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
@@ -272,9 +372,12 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     Two passes instead of drive patterns (the optical layer of separate client nodes, which asks
     each client only for the slots it needs, so its cost grows with detections, not slots):
     ``how = 1`` writes every candidate slot of chunk r into row r (no choice read; the candidates
-    depend on the seeds and p_max only); ``how = 2`` then takes the codes the two clients of each
-    candidate's pair applied there from ``cand_i[r, k]``/``cand_j[r, k]`` (k: the candidate's
-    number in its row) and writes the clicks exactly as ``how = 0`` would with full patterns.
+    depend on the seeds and p_max only); ``how = 2`` then walks those candidates again from
+    ``cand_slot[r, :cand_n[r]]`` (the rows ``how = 1`` wrote; their gaps are not drawn twice),
+    takes the codes the two clients of each candidate's pair applied there from
+    ``cand_i[r, k]``/``cand_j[r, k]`` (k: the candidate's number in its row) and writes the
+    clicks exactly as ``how = 0`` would with full patterns. ``cand_*`` are unused (e.g. 1×1) for
+    ``how`` 0 and 1.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
@@ -311,15 +414,17 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                         guide_q[p] = q
                 if how == 2:
                     code_i, code_j = cand_i[r], cand_j[r]
+                    cand = cand_slot[r, :cand_n[r]]
                 else:
                     code_i, code_j = codes[ci], codes[cj]
+                    cand = cand_slot[0, :0]
                 n, rng, kc = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
                                       code_i, pmode[ci], fixk0[ci] != 0,
                                       pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],
                                       code_j, pmode[cj], fixk0[cj] != 0,
                                       pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
                                       eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n,
-                                      how, kc)
+                                      how, kc, cand)
             seg = seg_end
         out_n[r] = n
         if n < 0:

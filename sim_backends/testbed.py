@@ -543,22 +543,24 @@ class SagnacTestbed:
                          frame: int) -> tuple[np.ndarray, np.ndarray]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
-        window on the client's modulation log (:attr:`modulation_on_demand`). Nothing else of a
-        client is read."""
-        rows = np.repeat(np.arange(cand_n.size), cand_n)
-        cols = np.concatenate([np.arange(int(n)) for n in cand_n.tolist()]) if rows.size else np.zeros(0, np.int64)
-        slots = cand_slot[rows, cols]
-        cycle = pa["frame_pair"]
-        p = cycle[(slots // frame) % cycle.size]
-        shape = (cand_n.size, max(int(cand_n.max()) if cand_n.size else 0, 1))
-        out = (np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
-        for side, who in ((0, pa["ci"][p]), (1, pa["cj"][p])):
-            for c in np.unique(who).tolist():
-                sel = who == c
-                rec = acq.logs[c].choices(np.ascontiguousarray(slots[sel]))
-                out[side][rows[sel], cols[sel]] = (np.asarray(rec.intensity_idx, np.uint8) * 4
-                                                   + np.asarray(rec.phase_idx, np.uint8))
-        return out
+        window on the client's modulation log (:attr:`modulation_on_demand`), its slots in
+        ascending order. Nothing else of a client is read. The candidates are grouped by client
+        in runs of one frame each (:func:`_kernels.group_candidates`) and the answers copied back
+        run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing."""
+        rows = cand_n.size
+        width = max(int(cand_n.max()) if rows else 0, 1)
+        n_clients = len(acq.logs)
+        offsets, slots, runs = K.group_candidates(cand_slot, cand_n, np.int64(frame), pa["frame_pair"],
+                                                  pa["ci"], pa["cj"], np.int64(n_clients))
+        out_i, out_j = np.zeros((rows, width), np.uint8), np.zeros((rows, width), np.uint8)
+        bounds = offsets.tolist()
+        for c in range(n_clients):
+            lo, hi = bounds[c], bounds[c + 1]
+            if hi > lo:
+                rec = acq.logs[c].choices(slots[lo:hi])
+                K.scatter_codes(np.int64(c), np.asarray(rec.intensity_idx, np.uint8),
+                                np.asarray(rec.phase_idx, np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
+        return out_i, out_j
 
     def _cut(self, acq: _Acq, s1: int) -> int:
         """No tag of a later window can be earlier than this time [ps]."""
@@ -582,11 +584,12 @@ class SagnacTestbed:
             return ca, pa, dets, live.laser_on, set(live.enabled_channels), self.config.schedule.slots_per_frame
 
     def _signal_pass(self, acq: _Acq, run: Callable[..., None], n_tasks: int, threads: int, sig_n: np.ndarray,
-                     how: int, codes: np.ndarray, cand_i: np.ndarray, cand_j: np.ndarray,
+                     how: int, codes: np.ndarray, cand: tuple[np.ndarray, ...],
                      name: str) -> tuple[np.ndarray, np.ndarray]:
         """One pass of the signal kernel over the window's chunks (``run(task, sig_slot, sig_outc,
-        codes, cand_i, cand_j)`` per task) into the ``name`` buffers, doubling their capacity
-        until every chunk fits; ``sig_n`` gets the clicks per chunk."""
+        codes, cand)`` per task; ``cand`` = (cand_i, cand_j, cand_slot, cand_n) of
+        :func:`_kernels.signal_chunks`) into the ``name`` buffers, doubling their capacity until
+        every chunk fits; ``sig_n`` gets the clicks per chunk."""
         n_chunks = sig_n.size
         while True:
             cap = acq.cap_sig if name == "sig" else acq.cap_cand
@@ -595,7 +598,7 @@ class SagnacTestbed:
 
             def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
                             sig_outc: np.ndarray = sig_outc) -> None:
-                run(task, slot, sig_slot, sig_outc, how, codes, cand_i, cand_j)
+                run(task, slot, sig_slot, sig_outc, how, codes, cand)
 
             _parallel.run(n_tasks, signal_task, threads)
             if min(sig_n.tolist()) >= 0:
@@ -645,24 +648,25 @@ class SagnacTestbed:
         n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
         bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
         unused = np.zeros((1, 1), dtype=np.uint8)
+        no_cand = (unused, unused, np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64))
 
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
-                cand_i: np.ndarray, cand_j: np.ndarray) -> None:
+                cand: tuple[np.ndarray, ...]) -> None:
             K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
                             acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
-                            sig_slot, sig_outc, sig_n, how, cand_i, cand_j)
+                            sig_slot, sig_outc, sig_n, how, *cand)
 
         if self.modulation_on_demand:
             # the candidate slots first (independent of the choices), then the clients' codes
-            # in those slots only (ModulationLog.choices), then the clicks
-            cand_slot, _ = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, unused, unused, "cand")
-            cand_i, cand_j = self._candidate_codes(acq, cand_slot, sig_n, pa, frame)
-            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused, cand_i, cand_j,
-                                                   "sig")
+            # in those slots only (ModulationLog.choices), then the clicks of those candidates
+            cand_slot, _ = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, "cand")
+            cand_n = sig_n.copy()
+            cand_i, cand_j = self._candidate_codes(acq, cand_slot, cand_n, pa, frame)
+            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused,
+                                                   (cand_i, cand_j, cand_slot, cand_n), "sig")
         else:
             codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
-            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, unused, unused,
-                                                   "sig")
+            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, no_cand, "sig")
         return sig_n, sig_slot, sig_outc
 
     def _detector_params(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive],

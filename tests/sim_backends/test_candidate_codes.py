@@ -1,0 +1,146 @@
+"""The optics' on-demand modulation (``SagnacTestbed._candidate_codes``): the grouped, kernel-backed
+version against the straightforward reference it replaced, on random candidate sets."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from labqfl.sim_backends import SagnacTestbed
+from labqfl.sim_backends import _kernels as K
+from labqfl.sim_backends.qrng import CsprngChoiceLog, log_for_client
+
+from labqfl.config import load_station_config
+from labqfl.contracts.schedule import PairSchedule
+
+
+def reference_candidate_codes(logs: list[Any], cand_slot: np.ndarray, cand_n: np.ndarray,
+                              pa: dict[str, np.ndarray], frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """The slow, obviously-correct version (the landed code before the grouping kernel): every
+    candidate's pair from its frame, then per side and client a ``choices`` call and a scatter."""
+    rows = np.repeat(np.arange(cand_n.size), cand_n)
+    cols = np.concatenate([np.arange(int(n)) for n in cand_n.tolist()]) if rows.size else np.zeros(0, np.int64)
+    slots = cand_slot[rows, cols]
+    cycle = pa["frame_pair"]
+    p = cycle[(slots // frame) % cycle.size]
+    shape = (cand_n.size, max(int(cand_n.max()) if cand_n.size else 0, 1))
+    out = (np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+    for side, who in ((0, pa["ci"][p]), (1, pa["cj"][p])):
+        for c in np.unique(who).tolist():
+            sel = who == c
+            rec = logs[c].choices(np.ascontiguousarray(slots[sel]))
+            out[side][rows[sel], cols[sel]] = (np.asarray(rec.intensity_idx, np.uint8) * 4
+                                               + np.asarray(rec.phase_idx, np.uint8))
+    return out
+
+
+class _Asked:
+    """A client's log that records every ``choices`` call (slots asked), answering from ``log``."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.calls: list[np.ndarray] = []
+
+    def choices(self, slots: np.ndarray) -> Any:
+        self.calls.append(np.array(slots))
+        return self.log.choices(slots)
+
+
+def _random_window(rng: np.random.Generator, n_clients: int, frame: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                   dict[str, np.ndarray]]:
+    """Candidate rows as the signal kernel writes them (chunks in time order, slots increasing,
+    unused columns garbage) and a random pair schedule of ``n_clients`` clients."""
+    names = [f"C{k + 1}" for k in range(n_clients)]
+    pairs = [(names[a], names[b]) for a in range(n_clients) for b in range(a + 1, n_clients)]
+    keep = rng.permutation(len(pairs))[:rng.integers(1, len(pairs) + 1)]
+    pairs = [pairs[k] for k in sorted(keep.tolist())]
+    frames = [int(x) for x in rng.integers(1, 4, len(pairs))]
+    sched = PairSchedule(pairs, frame, frames)
+    pa = {"frame_pair": sched.frame_pair,
+          "ci": np.array([names.index(a) for a, _ in pairs], dtype=np.int64),
+          "cj": np.array([names.index(b) for _, b in pairs], dtype=np.int64)}
+    n_rows = int(rng.integers(1, 7))
+    chunk = int(rng.integers(50, 400))
+    s0 = int(rng.integers(0, 10_000))
+    cand_n = rng.integers(0, chunk // 2, n_rows).astype(np.int64)
+    if rng.random() < 0.2:
+        cand_n[:] = 0
+    cap = int(cand_n.max()) + int(rng.integers(0, 5)) if n_rows else 1
+    cand_slot = rng.integers(-(1 << 40), 1 << 40, (n_rows, max(cap, 1))).astype(np.int64)  # garbage past cand_n
+    for r in range(n_rows):
+        lo = s0 + r * chunk
+        cand_slot[r, :cand_n[r]] = np.sort(rng.choice(np.arange(lo, lo + chunk), int(cand_n[r]), replace=False))
+    return cand_slot, cand_n, pa
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_grouped_candidate_codes_equal_the_reference(seed):
+    """Exactly the reference's codes, with each client asked once per window, for its own
+    candidates only, in ascending slot order (seeded and CSPRNG logs; random schedules, frames,
+    row lengths, empty windows)."""
+    rng = np.random.default_rng(seed)
+    cfg = load_station_config()
+    n_clients = int(rng.integers(2, 6))
+    frame = int(rng.integers(7, 300))
+    cand_slot, cand_n, pa = _random_window(rng, n_clients, frame)
+    cc = cfg.clients[0]
+    base = [log_for_client(cc.model_copy(update={"name": f"C{k + 1}", "seed": 11 + k}), 3) if k % 2 == 0
+            else CsprngChoiceLog(client=f"C{k + 1}", intensity_probs=(0.5, 0.3, 0.2), basis_x_prob=0.6)
+            for k in range(n_clients)]
+    logs = [_Asked(lg) for lg in base]
+    tb = SagnacTestbed(cfg, threads=1)
+    got_i, got_j = tb._candidate_codes(SimpleNamespace(logs=logs), cand_slot, cand_n, pa, frame)
+    ref_i, ref_j = reference_candidate_codes(base, cand_slot, cand_n, pa, frame)
+    assert got_i.shape == ref_i.shape and got_j.shape == ref_j.shape
+    np.testing.assert_array_equal(got_i, ref_i)
+    np.testing.assert_array_equal(got_j, ref_j)
+    all_slots = np.concatenate([cand_slot[r, :cand_n[r]] for r in range(cand_n.size)])
+    p = pa["frame_pair"][(all_slots // frame) % pa["frame_pair"].size]
+    for c, lg in enumerate(logs):
+        mine = np.sort(all_slots[(pa["ci"][p] == c) | (pa["cj"][p] == c)])
+        assert len(lg.calls) == (1 if mine.size else 0)
+        if mine.size:
+            np.testing.assert_array_equal(lg.calls[0], mine)
+
+
+def test_group_candidates_gives_each_client_its_candidates_in_frame_runs():
+    """Every candidate appears once under each of its pair's two clients; the runs tile each row's
+    candidates, one frame (and pair) per run; each client's slots ascend."""
+    rng = np.random.default_rng(7)
+    frame = 50
+    cand_slot, cand_n, pa = _random_window(rng, 4, frame)
+    offsets, slots, runs = K.group_candidates(cand_slot, cand_n, np.int64(frame), pa["frame_pair"],
+                                              pa["ci"], pa["cj"], np.int64(4))
+    assert offsets[0] == 0 and offsets[-1] == 2 * int(cand_n.sum()) == slots.size
+    for r in range(cand_n.size):  # the runs of row r cover its candidates in order, each within one frame
+        mine = runs[runs[:, 0] == r]
+        edges = np.concatenate([[0], mine[:, 2]]) if mine.size else np.array([0])
+        assert edges[-1] == cand_n[r] and np.array_equal(mine[:, 1], edges[:-1]) and np.all(mine[:, 2] > mine[:, 1])
+        for _, k0, k1, p in mine.tolist():
+            f = cand_slot[r, k0:k1] // frame
+            assert np.all(f == f[0]) and p == pa["frame_pair"][f[0] % pa["frame_pair"].size]
+    all_slots = np.concatenate([cand_slot[r, :cand_n[r]] for r in range(cand_n.size)])
+    p = pa["frame_pair"][(all_slots // frame) % pa["frame_pair"].size]
+    for c in range(4):
+        seg = slots[int(offsets[c]):int(offsets[c + 1])]
+        np.testing.assert_array_equal(seg, np.sort(all_slots[(pa["ci"][p] == c) | (pa["cj"][p] == c)]))
+
+
+def test_on_demand_tags_equal_drive_pattern_tags_with_csprng_clients():
+    """With CSPRNG clients (the default) the optics' path (candidates, then each client's choices
+    there) and the in-process path (drive patterns over every slot) give the same tags."""
+    cfg = load_station_config()
+    logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
+                                    basis_x_prob=c.basis_x_prob) for c in cfg.clients}
+    out = []
+    for on_demand in (False, True):
+        tb = SagnacTestbed(cfg, threads=2)
+        tb.modulation_on_demand = on_demand
+        blocks = list(tb.stream_with(logs, 0.004))
+        out.append((np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks])))
+    (t0, c0), (t1, c1) = out
+    assert t0.size > 1000
+    np.testing.assert_array_equal(t0, t1)
+    np.testing.assert_array_equal(c0, c1)
