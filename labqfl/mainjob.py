@@ -281,7 +281,7 @@ class MainJob:
         Returns its record (``state.json`` → ``acquire``)."""
         from labqfl.app.acquire import Acquisition
         from labqfl.app.distill import DistillOptions, DistillSession
-        from labqfl.app.station import open_station
+        from labqfl.app.station import config_for_acquisition, open_station
 
         s, cfg = self.settings, self.cfg
         # the block-size rule unless --block-bits: as few blocks as the acquisition allows (one for a
@@ -303,7 +303,9 @@ class MainJob:
                 pairs, series, timeline, acq_id = nodes.pairs, nodes.count_rate_series, nodes.timeline, nodes.acquisition_id
                 path = nodes.path_metrics()
             else:
-                with open_station(cfg, base_dir=self.base_dir) as station:
+                # a pinned QRNG epoch base moves on per acquisition of the run: every one a new ID
+                with open_station(config_for_acquisition(cfg, len(self.state["acquisitions"])),
+                                  base_dir=self.base_dir) as station:
                     if top_up is None:
                         self.run_record.write_snapshot(station.snapshot())
                     with Acquisition(station) as acq:  # every role armed; safe state after, whatever happens

@@ -23,6 +23,23 @@ def open_station(cfg: StationConfig, *, base_dir: Path | None = None, tolerant: 
     return Station.open(cfg, base_dir=base_dir, tolerant=tolerant)
 
 
+def config_for_acquisition(cfg: StationConfig, index: int) -> StationConfig:
+    """``cfg`` for the ``index``-th acquisition (0: the first) of a job that opens a fresh station for
+    each one (``labqfl run``: the first acquisition, a resumed run's, every top-up). A pinned
+    ``simulation.qrng_epoch_base`` would give every fresh testbed the same first epoch, hence the
+    same acquisition ID and the same seeded choices; here the testbed starts ``index`` epochs later,
+    numbering the job's acquisitions as one testbed making them all would (base, base + 1, ...).
+    An unpinned base (a fresh random one per testbed) is left as it is."""
+    base = cfg.simulation.qrng_epoch_base
+    if base is None or index == 0:
+        return cfg
+    if index < 0:
+        raise ValueError(f"config_for_acquisition: index must be >= 0 (the job's acquisitions before this one), "
+                         f"got {index}")
+    sim = type(cfg.simulation).model_validate({**cfg.simulation.model_dump(), "qrng_epoch_base": base + index})
+    return cfg.model_copy(update={"simulation": sim})
+
+
 def arm(station: Any) -> list[str]:
     """Put every instrument of ``station`` in its operating state for acquisition: lasers on, every
     detector armed, phase and intensity modulators on, attenuator shutters open. Instruments
@@ -66,4 +83,4 @@ def channel_names(cfg: StationConfig) -> dict[int, str]:
     return {tt.sync_channel: "sync", **{ch: name for name, ch in tt.detector_channels.items()}}
 
 
-__all__ = ["arm", "channel_names", "open_station", "start_client_streams"]
+__all__ = ["arm", "channel_names", "config_for_acquisition", "open_station", "start_client_streams"]

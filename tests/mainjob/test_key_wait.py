@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config, parse_station_config
+from labqfl.contracts.types import acquisition_id
 from labqfl.errors import KeyStarvationError
 from labqfl.keystore import KeyStore
 from labqfl.mainjob import JobSettings, MainJob, run_job
@@ -145,17 +146,26 @@ def test_a_pair_without_key_stops_the_wait_with_one_line(small_station_file, tmp
     assert job.state["acquisitions"] == []  # refused before any station time was spent
 
 
-def test_top_ups_stop_at_the_cap_with_one_line(small_station_file, tmp_path):
-    cfg = load_station_config(small_station_file)
+def test_top_ups_stop_at_the_cap_and_each_is_a_new_acquisition_even_with_a_pinned_epoch_base(small_station_file,
+                                                                                               tmp_path):
+    # simulation.qrng_epoch_base pinned: every freshly opened testbed starts at the same epoch, yet the
+    # top-up must be a new acquisition (new ID, new seeded choices), not the first one's raw data again
+    d = load_station_config(small_station_file).model_dump(mode="json", exclude_none=True)
+    d["simulation"]["qrng_epoch_base"] = 7
+    cfg = parse_station_config(d, "<pinned epoch base>")
     job = MainJob.create(cfg, JobSettings(**STARVING, max_top_ups=1, data_dir=str(tmp_path / "keys")), tmp_path / "runs")
+    # the run's first acquisition, on a fresh testbed, as it is named and recorded in state.json
+    job.state["acquisitions"].append({"acquisition_id": acquisition_id(cfg, 7), "complete": True})
     tstate = _tstate()
     with pytest.raises(KeyStarvationError, match=r"pair C1-C2 still holds 0 of the 768 key bits round 2 needs after "
                                                  r"1 top-up acquisitions .*max_top_ups = 1") as exc:
         job._wait_for_key(_ShortSetup(), tstate, 2)
     assert "\n" not in str(exc.value)
-    assert len(tstate["key_waits"]) == 1 and len(job.state["acquisitions"]) == 1  # the one top-up the cap allows
+    assert len(tstate["key_waits"]) == 1 and len(job.state["acquisitions"]) == 2  # the one top-up the cap allows
     rw = tstate["round_waits"]["2"]
     assert rw["top_ups"] == 1 and rw["station_s"] == tstate["key_waits"][0]["duration_s"] and rw["wait_s"] > 0
+    top = job.state["acquisitions"][1]
+    assert top["complete"] and top["acquisition_id"] == acquisition_id(cfg, 8)  # numbered on, as one testbed would
 
 
 def test_nodes_path_refuses_to_train_without_every_rounds_key(small_station_file, tmp_path):
