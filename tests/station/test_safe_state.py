@@ -7,9 +7,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,16 +27,16 @@ needs_pyvisa_py = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is No
                                      reason="pyvisa-py (the 'hardware' extra) is not installed")
 
 
-def _wait_for(cond: Any, what: str, proc: subprocess.Popen[str] | None = None, timeout: float = 60.0) -> None:
-    """Poll ``cond()`` until true (a condition, not a fixed sleep); fail naming ``what``."""
-    t_end = time.monotonic() + timeout
-    while not cond():
-        if proc is not None and proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"process ended (rc {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
-        if time.monotonic() > t_end:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _kill_helpers() -> Any:
+    """tests/_kill.py: the kill tests' shared scaffolding."""
+    spec = importlib.util.spec_from_file_location("_kill", ROOT / "tests" / "_kill.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+kill = _kill_helpers()
 
 
 # -- handlers in this process -------------------------------------------------------------------------
@@ -175,9 +173,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
 @pytest.mark.slow
 def test_sigterm_of_a_process_holding_an_operating_station(bench: Bench, tmp_path: Path) -> None:
     """Laser on, detectors armed, modulator output on, shutters open; then SIGTERM."""
-    script = tmp_path / "hold.py"
-    script.write_text(textwrap.dedent(f"""
-        import sys
+    cmd = kill.holding(tmp_path, f"""
         from labqfl.config import load_station_config
         from labqfl.station import Station
         st = Station(load_station_config({str(bench.station_file)!r}), guard=True)
@@ -187,27 +183,14 @@ def test_sigterm_of_a_process_holding_an_operating_station(bench: Bench, tmp_pat
         st.phase_modulator("C1").output_enabled = True
         for c in ("C1", "C2", "C3", "C4"):
             st.attenuator(c).shutter_closed = False
-        print("ready", flush=True)
-        sys.stdin.read()  # hold the station until killed
-    """), encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if line.strip() != "ready":
-            out, err = proc.communicate(timeout=30)
-            pytest.fail(f"station did not open: {line}{out}\n{err[-3000:]}")
+    """)
+    with kill.running(cmd, stdin=True) as proc:
+        kill.wait_ready(proc)
         assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["bias_ua"] == [4.0, 3.0]
         assert bench.awg.ask("OUTP1?") == "1" and bench.voa.ask(":OUTP5:STAT?") == "1"
         since = bench.mark()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGTERM, err[-3000:]  # ended by the same signal, after the safe state
+        err = kill.terminate(proc)
+    assert proc.returncode == -signal.SIGTERM, err[-kill.TAIL:]  # ended by the same signal, after the safe state
     bench.assert_safe(since)
 
 
@@ -225,20 +208,14 @@ def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(bench
     bench.snspd.handle({"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [4.0, 3.0]})
     bench.awg.ask("OUTP1 1")
     out = tmp_path / "run.h5"
-    proc = subprocess.Popen([str(LABQFL), "acquire", "--duration", "600", "--config", str(bench.station_file),
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(out.exists, "the acquisition started (recording file created)", proc)
+    with kill.running([str(LABQFL), "acquire", "--duration", "600", "--config", str(bench.station_file),
+                       "--out", str(out)]) as proc:
+        kill.wait_for(out.exists, "the acquisition started (recording file created)", proc)
         assert proc.poll() is None
         assert bench.laser.ask(":LASER?") == "ON"  # the operating point (1 mW = 20 mA) kept the laser as it was
         since = bench.mark()
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGTERM, err[-3000:]
+        err = kill.terminate(proc)
+    assert proc.returncode == -signal.SIGTERM, err[-kill.TAIL:]
     assert "safe state" in err  # the handler says what it did, on stderr
     bench.assert_safe(since)
 
@@ -262,11 +239,8 @@ def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(bench: Be
 
     pg_em, clk_em = PulseStreamerEmulator(), PulseStreamerEmulator()
     try:
-        d = tomllib.loads(bench.station_file.read_text(encoding="utf-8"))
-        d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": clk_em.ip}
-        d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": pg_em.ip,
-                                                "options": {"frames_per_upload": 1}}
-        d["time_tagger"]["frame_slots"] = 1000
+        d = kill.stream_c1(tomllib.loads(bench.station_file.read_text(encoding="utf-8")), pg_em.ip,
+                           clock_resource=clk_em.ip)
         station_file = tmp_path / "emulated_run.toml"
         station_file.write_text(dump_toml(d), encoding="utf-8")
         runs = tmp_path / "runs"
@@ -283,25 +257,17 @@ def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(bench: Be
         bench.laser.ask(":SLOT 1")
         bench.laser.ask(":ILD:SET 0.03")
         bench.laser.ask(":LASER ON")
-        proc = subprocess.Popen([str(LABQFL), "run", "--in-process", "--duration", "30000", "--rounds", "1",
-                                 "--config", str(station_file), "--out", str(runs), "--data-dir", str(tmp_path / "data")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_for(acquiring, "the run acquiring with C1's frames playing", proc)
+        with kill.running([str(LABQFL), "run", "--in-process", "--duration", "30000", "--rounds", "1", "--config",
+                           str(station_file), "--out", str(runs), "--data-dir", str(tmp_path / "data")]) as proc:
+            kill.wait_for(acquiring, "the run acquiring with C1's frames playing", proc)
             assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["enabled"] is True  # armed
             assert bench.awg.ask("OUTP1?") == "1"
             since = bench.mark()
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        assert proc.returncode == -signal.SIGTERM, err[-3000:]
+            err = kill.terminate(proc)
+        assert proc.returncode == -signal.SIGTERM, err[-kill.TAIL:]
         assert "safe state" in err
         bench.assert_safe(since)
-        for em in (pg_em, clk_em):
-            assert em.playing is None and em.output == (0, 0, 0)
+        kill.assert_dark(pg_em, clk_em)
     finally:
         pg_em.close()
         clk_em.close()
