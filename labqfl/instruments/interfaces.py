@@ -12,6 +12,7 @@ out are abstract until an implementation says how to read them.
 from __future__ import annotations
 
 import math
+import threading
 from abc import abstractmethod
 from collections.abc import Iterator
 
@@ -274,6 +275,10 @@ class PlayedFrames:
     it with the client's choices; a dark frame (the client was late), a frame lost to a generator
     underflow, and every frame not played when the stream stopped are *lost*. Only played frames'
     slots may enter the client's sifting (:meth:`slot_mask`).
+
+    The streamer's feeder thread marks verdicts while others read (the Distiller, a client node, the
+    GUI): every mark and every read holds the record's own lock, so a read sees the record as it was
+    at one instant, never a verdict landing halfway through.
     """
 
     def __init__(self, frame_slots: int) -> None:
@@ -281,36 +286,48 @@ class PlayedFrames:
             raise ValueError(f"frame_slots must be >= 1, got {frame_slots!r}")
         self.frame_slots = int(frame_slots)
         self._status: dict[int, bool] = {}
+        self._lock = threading.Lock()
 
     def mark(self, index: int, played: bool) -> None:
         index = int(index)
-        if index in self._status:
-            raise ValueError(f"frame {index} already recorded as {'played' if self._status[index] else 'lost'}; a frame "
-                             "is recorded once (never replayed)")
-        self._status[index] = bool(played)
+        with self._lock:
+            before = self._status.get(index)
+            if before is None:
+                self._status[index] = bool(played)
+                return
+        raise ValueError(f"frame {index} already recorded as {'played' if before else 'lost'}; a frame "
+                         "is recorded once (never replayed)")
 
     def status(self, index: int) -> bool | None:
         """True (played), False (lost) or None (not yet recorded)."""
-        return self._status.get(int(index))
+        with self._lock:
+            return self._status.get(int(index))
 
     def __contains__(self, index: object) -> bool:
-        return isinstance(index, int | np.integer) and int(index) in self._status
+        if not isinstance(index, int | np.integer):
+            return False
+        with self._lock:
+            return int(index) in self._status
 
     def __len__(self) -> int:
-        return len(self._status)
+        with self._lock:
+            return len(self._status)
 
     @property
     def played(self) -> list[int]:
-        return sorted(i for i, p in self._status.items() if p)
+        with self._lock:
+            return sorted(i for i, p in self._status.items() if p)
 
     @property
     def lost(self) -> list[int]:
-        return sorted(i for i, p in self._status.items() if not p)
+        with self._lock:
+            return sorted(i for i, p in self._status.items() if not p)
 
     def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(frame indices int64, played bool), sorted by index."""
-        idx = np.array(sorted(self._status), dtype=np.int64)
-        return idx, np.array([self._status[int(i)] for i in idx], dtype=bool)
+        """(frame indices int64, played bool), sorted by index (one consistent state of the record)."""
+        with self._lock:
+            items = sorted(self._status.items())
+        return np.array([i for i, _ in items], dtype=np.int64), np.array([p for _, p in items], dtype=bool)
 
     def slot_mask(self, slots: np.ndarray) -> np.ndarray:
         """True for each slot (int64 acquisition slot index) that lies in a played frame."""

@@ -161,3 +161,41 @@ def test_played_frames_record_rules() -> None:
     with pytest.raises(ValueError, match="phase indices"):
         ModulationFrame(0, np.array([4], np.uint8), np.array([0], np.uint8))
     assert "n_slots=4" in repr(ModulationFrame.dark_frame(1, 4)) and "dark" in repr(ModulationFrame.dark_frame(1, 4))
+
+
+class _VerdictsPausedMidRead(dict):
+    """A played-frames status map that runs ``mid_read`` once, after the first entry a reader takes: the
+    point at which a verdict written by another thread would change the map under the reader."""
+
+    def __init__(self, data: dict[int, bool], mid_read) -> None:
+        super().__init__(data)
+        self.mid_read = mid_read
+
+    def items(self):  # type: ignore[override]
+        for n, kv in enumerate(super().items()):
+            if n == 1 and self.mid_read is not None:
+                hook, self.mid_read = self.mid_read, None
+                hook()
+            yield kv
+
+
+def test_a_verdict_from_the_feeder_waits_for_a_reader_of_the_record() -> None:
+    # the feeder thread marks verdicts while the distiller, a client node or the GUI reads the record: a
+    # verdict must not land in the middle of a read (unlocked, `played` raised "dictionary changed size
+    # during iteration" here, or a read mixed two states of the record)
+    r = PlayedFrames(4)
+    for f in range(3):
+        r.mark(f, f != 1)
+    marked = threading.Event()
+    writer = threading.Thread(target=lambda: (r.mark(3, True), marked.set()), daemon=True)
+
+    def mid_read() -> None:
+        writer.start()
+        # the writer cannot finish while the read holds the record's lock (the wait only bounds the
+        # old, unlocked behaviour, where the verdict lands at once)
+        assert not marked.wait(0.5), "a verdict was recorded in the middle of a read of the record"
+
+    r._status = _VerdictsPausedMidRead(r._status, mid_read)
+    assert r.played == [0, 2]  # the read saw the record as it was when the read began
+    writer.join(timeout=10.0)
+    assert marked.is_set() and r.played == [0, 2, 3] and r.status(3) is True and len(r) == 4
