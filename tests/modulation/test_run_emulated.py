@@ -8,7 +8,6 @@ Station: examples/station_emulated_hardware.toml cut to one pair (tests/modulati
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import tomllib
@@ -27,18 +26,7 @@ from labqfl.modulation import PlayedChoiceLog
 
 pytest.importorskip("pulsestreamer")
 
-ROOT = Path(__file__).resolve().parents[2]
 F = 65_536  # slots per frame of the example station
-
-
-def _emulated_station_module() -> Any:
-    """tests/modulation/test_emulated_station.py: the cut-down station and the stalled log (one definition)."""
-    path = ROOT / "tests" / "modulation" / "test_emulated_station.py"
-    spec = importlib.util.spec_from_file_location("_emulated_station", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _assert_identical_keys(data_dir: Path, pair: str = "C1-C2") -> int:
@@ -58,10 +46,10 @@ def _assert_identical_keys(data_dir: Path, pair: str = "C1-C2") -> int:
 
 
 @pytest.mark.slow
-def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path) -> None:
+def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path, emulated_pair_station: Any) -> None:
     """``labqfl run --in-process`` on the emulated station: every frame played at both clients (metrics
     ``acquisition.modulation``), key made from what the emulators played, identical at both ends."""
-    station_file = _emulated_station_module().emulated_pair_station(tmp_path)
+    station_file = emulated_pair_station()
     data_dir, runs = tmp_path / "data", tmp_path / "runs"
     duration = 0.06  # 92 frames; the block-size rule needs 0.05 s here
     r = CliRunner().invoke(app, ["run", "--config", str(station_file), "--duration", str(duration), "--rounds", "1",
@@ -81,14 +69,15 @@ def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          emulated_station: Any) -> None:
     """A DistillSession fed live from an Acquisition (no recording) while C1's randomness stalls for a few
     frames: the Distiller is handed C1's and C2's played-only logs, C1's lost frames are dropped and
     counted at both ends, and the keys in C1's and C2's stores are identical."""
     from labqfl.app.distill import DistillOptions, DistillSession
     from labqfl.app.station import open_station
 
-    es = _emulated_station_module()
+    es = emulated_station
     station_file = es.emulated_pair_station(tmp_path)
     cfg = parse_station_config(tomllib.loads(station_file.read_text()), str(station_file))
     data_dir, duration = tmp_path / "data", es.DURATION
@@ -125,13 +114,14 @@ def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkey
 
 
 @pytest.mark.slow
-def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_streams_again(tmp_path: Path) -> None:
+def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_streams_again(
+        emulated_pair_station: Any) -> None:
     """The GUI's Live tab: ``Acquisition.start()`` with no duration streams every client's frames until the
     blocks are closed (the frames not played by then are lost, never replayed); the next segment streams
     afresh from frame 0 of its own acquisition."""
     from labqfl.app.station import open_station
 
-    station_file = _emulated_station_module().emulated_pair_station(tmp_path)
+    station_file = emulated_pair_station()
     cfg = parse_station_config(tomllib.loads(station_file.read_text()), str(station_file))
     with open_station(cfg, base_dir=station_file.parent) as station, app_acquire.Acquisition(station) as acq:
         blocks = acq.start()
@@ -153,11 +143,11 @@ def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_strea
 
 
 @pytest.mark.slow
-def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: Path) -> None:
+def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: Path, emulated_pair_station: Any) -> None:
     """``labqfl distill --live`` accepts a station whose pattern generators are drivers over emulators (the
     tagger is simulated): the clients stream, and the key made from what they played is identical at both
     ends."""
-    station_file = _emulated_station_module().emulated_pair_station(tmp_path)
+    station_file = emulated_pair_station()
     data_dir = tmp_path / "data"
     r = CliRunner().invoke(app, ["distill", "--live", "--config", str(station_file), "--duration", "0.06",
                                  "--data-dir", str(data_dir), "--json"])
