@@ -275,10 +275,11 @@ class MainJob:
 
     def _acquire(self, duration_s: float, *, what: str, hint: str, top_up: dict[str, Any] | None = None) -> dict[str, Any]:
         """One acquisition of ``duration_s`` seconds of station time distilled into the node key stores:
-        the job's first (``top_up`` None: over node processes with ``--nodes``, the instrument snapshot
-        and the block rule recorded) or a top-up a starving round waits for (``top_up``: what to record
-        with it in ``state.json``; always in process, on a freshly opened station, so a new acquisition ID).
-        Returns its record (``state.json`` → ``acquire``)."""
+        the job's first (``top_up`` None: the instrument snapshot and the block rule recorded) or a top-up
+        a starving round waits for (``top_up``: what to record with it in ``state.json``). With ``--nodes``
+        (the default) over node processes started for it (:meth:`_acquire_over_nodes`), else in process
+        on a freshly opened station; either way a new acquisition ID. Returns its record
+        (``state.json`` → ``acquire``)."""
         from labqfl.app.acquire import Acquisition
         from labqfl.app.distill import DistillOptions, DistillSession
         from labqfl.app.station import config_for_acquisition, open_station
@@ -298,8 +299,8 @@ class MainJob:
             before = session.accounting()
             t_wall = time.perf_counter()
             path: dict[str, Any] = {"path": "in-process"}
-            if s.nodes and top_up is None:  # every client, the detector and the optics in their own process
-                nodes = self._acquire_over_nodes(session.settings)
+            if s.nodes:  # every client, the detector and the optics in their own process
+                nodes = self._acquire_over_nodes(session.settings, duration_s, top_up)
                 pairs, series, timeline, acq_id = nodes.pairs, nodes.count_rate_series, nodes.timeline, nodes.acquisition_id
                 path = nodes.path_metrics()
             else:
@@ -322,20 +323,23 @@ class MainJob:
             "stores_before": before, "stores_after": after,
         }
 
-    def _acquire_over_nodes(self, settings: Any) -> Any:
-        """``--nodes``: :func:`labqfl.nodes.runjob.acquire_over_nodes` into this job's data directory
-        (the acquisition is recorded in ``state.json`` before it starts, as in process)."""
+    def _acquire_over_nodes(self, settings: Any, duration_s: float, top_up: dict[str, Any] | None = None) -> Any:
+        """``--nodes``: :func:`labqfl.nodes.runjob.acquire_over_nodes` of ``duration_s`` into this job's
+        data directory (the acquisition is recorded in ``state.json`` before it starts, as in process;
+        a top-up's node logs go to ``nodes/top-up-<n>/``)."""
         from labqfl.app.station import channel_names
         from labqfl.nodes.runjob import acquire_over_nodes
 
         def started(acq_id: str) -> None:
-            self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False})
+            self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False,
+                                               **({"top_up": top_up} if top_up is not None else {})})
             self._save_state()
 
-        return acquire_over_nodes(self.cfg, settings, self.settings.duration_s, data_dir=self.data_dir,
+        logs = self.path / "nodes" / (f"top-up-{top_up['top_up']}" if top_up is not None else "")
+        return acquire_over_nodes(self.cfg, settings, duration_s, data_dir=self.data_dir,
                                   channel_names=channel_names(self.cfg), run_id=self.run_record.name,
                                   bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
-                                  on_start=started, log_dir=self.path / "nodes")
+                                  on_start=started, log_dir=logs)
 
     def _stream_and_distil(self, acq: Any, session: Any, duration_s: float,
                            top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -403,13 +407,12 @@ class MainJob:
             tstate.setdefault("round_waits", {})
             if tstate["rounds_done"] < s.rounds:
                 if s.nodes:  # the server node and one SuperNode per client, each drawing its own pads
-                    self._check_keys_for_nodes(setup)
                     self._train_over_nodes(setup, tstate)
                 else:
                     self._train_rounds(setup, tstate)
         tstate["in_round"] = False
         rounds = tstate["rounds"]
-        for r in rounds:  # rounds trained over the nodes never waited (they run only with every round's key)
+        for r in rounds:  # the wait for key before each round (a state.json of an older run may lack them)
             for k_, v in self._round_wait_fields(tstate, int(r["round"])).items():
                 r.setdefault(k_, v)
         tstate["summary"] = {
@@ -560,48 +563,75 @@ class MainJob:
                 "starved_pairs": sorted({p for w in waits for p in w["key_starved_pairs"]}),
                 "per_round": waits, "acquisitions": top_ups}
 
-    def _check_keys_for_nodes(self, setup: Any) -> None:
-        """``--nodes`` trains only with every round's key in the stores: it cannot wait for key (the
-        top-ups run in this process, which opens no key store while the nodes train), so a shortfall
-        is refused here, before the nodes start, with one line."""
-        s = self.settings
+    def _segment_end(self, setup: Any, tstate: dict[str, Any], round_index: int) -> int:
+        """Over nodes, before the Flower run from round ``round_index``, while every FL node is up and
+        idle (no ClientApp draws key): wait for key exactly as in process (:meth:`_wait_for_key`; its
+        top-ups run over node processes of their own, :meth:`_acquire`), then return the last round
+        the stores now hold key for — that segment's last round. This process opens the stores here
+        for their accounting only (bit counts, no key bit; the pads are drawn by each client's
+        SuperNode) and closes them before the segment starts. Without ``wait_for_key`` a round the
+        stores hold no key for stops the run here with one :class:`~labqfl.errors.KeyStarvationError` line."""
         from labqfl.errors import KeyStarvationError
 
+        s = self.settings
+        setup.open_keys()
         try:
-            setup.open_keys()
-            short = setup.key_shortfall(s.rounds)
+            self._wait_for_key(setup, tstate, round_index)
+            n = setup.rounds_of_key(s.rounds - round_index + 1)
+            if n == 0:
+                p, (have, need) = next(iter(setup.key_shortfall(1).items()))
+                raise KeyStarvationError(
+                    f"key starvation: pair {p} needs {need} key bits for round {round_index}, its stores hold {have} "
+                    f"(--no-wait-for-key: no top-up acquisition); rounds 1-{round_index - 1} are checkpointed, resume "
+                    "with `labqfl run --resume` once the stores hold more key", pair=p, needed_bits=need, available_bits=have)
         finally:
             setup.close()
             setup.key_source = None
-        if short:
-            p, (have, need) = next(iter(short.items()))
-            raise KeyStarvationError(
-                f"key starvation: labqfl run --nodes does not wait for key (top-up acquisitions run in process only): "
-                f"pair {p} holds {have} key bits, {s.rounds} rounds need {need}"
-                + (f" ({len(short) - 1} more pair(s) short)" if len(short) > 1 else "")
-                + "; use a longer --duration (labqfl plan chooses one) or --in-process",
-                pair=p, needed_bits=need, available_bits=have)
+        return round_index + n - 1
 
     def _train_over_nodes(self, setup: Any, tstate: dict[str, Any]) -> None:
-        """``--nodes``: every round in one Flower run over the FL server node and a SuperNode per
-        client (:func:`labqfl.nodes.runjob.train_over_nodes`); this process opens no key store
-        while it runs. A Flower run starts from the initial model, so an interrupted training is
-        redone from round 1 with fresh keys (the keys it had drawn are spent, not reused)."""
+        """``--nodes``: the rounds not done yet over the FL server node and a SuperNode per client
+        (:func:`labqfl.nodes.runjob.train_over_nodes`), in segments: before each, :meth:`_segment_end`
+        waits for key and says how many rounds the stores hold key for; after each, the checkpoint and
+        ``state.json``, as after a round in process. An interrupted segment's rounds are redone from the
+        last checkpoint with fresh keys (the keys it had drawn are spent, not reused)."""
         from labqfl.nodes.runjob import train_over_nodes
 
-        tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
-        tstate.update(rounds_done=0, rounds=[], in_round=True)
-        self._save_state()
-        res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
-                               log_dir=self.path / "nodes", progress=self.progress)
         ckpt = self.run_record.data_path(CHECKPOINT)
-        tmp = ckpt.with_suffix(".tmp.npy")
-        np.save(tmp, np.asarray(res.final_params, dtype=np.float64))
-        os.replace(tmp, ckpt)
-        tstate.update(rounds=res.summary["rounds"], rounds_done=len(res.summary["rounds"]),
-                      initial_test_accuracy=res.summary["initial_test_accuracy"],
-                      initial_test_loss=res.summary["initial_test_loss"], key_blocks_used=res.blocks_used,
-                      nodes=res.path_metrics())
+        start = tstate["rounds_done"] + 1
+        init = np.load(ckpt) if start > 1 and ckpt.exists() else None
+        if start > 1 and init is None:
+            raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
+        tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
+
+        def before(r: int) -> int:
+            last = self._segment_end(setup, tstate, r)
+            tstate["in_round"] = True
+            self._save_state()
+            return last
+
+        def done(res: dict[str, Any]) -> None:
+            tmp = ckpt.with_suffix(".tmp.npy")
+            np.save(tmp, np.asarray(res["final_params"], dtype=np.float64))
+            os.replace(tmp, ckpt)
+            for m in res["rounds"]:
+                tstate["rounds"].append({**m, **self._round_wait_fields(tstate, int(m["round"]))})
+            tstate["rounds_done"] = int(res["rounds"][-1]["round"])
+            tstate["in_round"] = False
+            tstate.setdefault("initial_test_accuracy", res["initial_test_accuracy"])
+            tstate.setdefault("initial_test_loss", res["initial_test_loss"])
+            self._save_state()
+            last = tstate["rounds"][-1]
+            self.progress("train", last["round"], self.settings.rounds,
+                          f"round {last['round']}: test accuracy {100 * last['test_accuracy']:.1f} %, loss {last['test_loss']:.4f}")
+
+        res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
+                               log_dir=self.path / "nodes", progress=self.progress, start_round=start,
+                               init_params=init, before_segment=before, on_segment=done)
+        used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
+        for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
+            used[pair] = sorted(set(used.get(pair, [])) | set(ids))
+        tstate["nodes"] = res.path_metrics()
         self._save_state()
 
     def _training_key_security(self, used: Mapping[str, list[str]]) -> dict[str, Any]:

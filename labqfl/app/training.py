@@ -221,6 +221,13 @@ class TrainingSetup:
         return {p: (a, need) for p in self.secagg.pairs(self.names)
                 if (a := int(self.key_source.available_bits(p))) < need}
 
+    def rounds_of_key(self, at_most: int) -> int:
+        """How many rounds of mask key (at most ``at_most``) every mask-graph pair's stores hold: the
+        fewest whole rounds over the pairs. Needs the ``qkd`` key source open (:meth:`open_keys`)."""
+        per_round = self.key_bits_per_pair_per_round
+        have = [int(self.key_source.available_bits(p)) // per_round for p in self.secagg.pairs(self.names)]
+        return max(0, min([at_most, *have]))
+
     def check_keys(self, rounds: int) -> None:
         """Raise :class:`KeyStarvationError` naming the first pair whose stores hold less than
         ``rounds`` rounds of mask key (and how many rounds it does hold)."""

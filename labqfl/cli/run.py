@@ -55,8 +55,8 @@ def run(
         True, "--wait-for-key/--no-wait-for-key",
         help="A round whose key the stores lack waits for a further acquisition + distillation on the station, sized "
              "by the planner for the remaining rounds (at most 8 per run; the waits are in metrics.json and the "
-             "report). --no-wait-for-key: the round fails at once with 'key starvation'. In process only: --nodes "
-             "refuses to start training without every round's key."),
+             "report). --no-wait-for-key: the round fails at once with 'key starvation'. Over nodes the top-ups run "
+             "over node processes too, between Flower runs of the rounds the stores hold key for."),
     resume: Path | None = typer.Option(None, "--resume", file_okay=False,
                                        help="Continue an interrupted run folder (other options are taken from it)."),
     as_json: bool = JSON_OPTION,

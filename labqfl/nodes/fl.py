@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +66,18 @@ def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str
 
 
 def train_on_server(server: str, certs: Path, config: Mapping[str, Any], *, timeout_s: float,
-                    server_name: str = SERVER) -> dict[str, Any]:
+                    server_name: str = SERVER, init_params: Sequence[float] | None = None) -> dict[str, Any]:
     """The operator's ``ctl/train`` to a running server node at ``server`` (its ``ctl`` address):
-    ``config`` is a :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`; returns the ServerApp's
+    ``config`` is a :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`; ``init_params``: the global
+    parameters a segment of rounds (``spec.first_round`` > 1) starts from. Returns the ServerApp's
     metrics (``FederatedResult.summary()`` + ``flower`` + ``final_params``) and ``wall_s``."""
     creds = NodeCredentials.load(certs, CTL)
     ch = open_session(server, creds, server_name, "ctl", timeout_s=timeout_s + 60)
+    fields: dict[str, Any] = {"config": json.dumps(dict(config)), "timeout": float(timeout_s)}
+    if init_params is not None:
+        fields["init_params"] = json.dumps([float(x) for x in init_params])
     try:
-        rep = request(ch, Message("ctl/train", {"config": json.dumps(dict(config)), "timeout": float(timeout_s)}),
-                      "ctl/trained")
+        rep = request(ch, Message("ctl/train", fields), "ctl/trained")
     finally:
         ch.close()
     out: dict[str, Any] = json.loads(str(rep.get("result")))
@@ -143,8 +146,9 @@ class FlNetwork:
             raise
         return self
 
-    def train(self, config: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
-        return train_on_server(self.server_address, self.certs, config, timeout_s=timeout_s)
+    def train(self, config: Mapping[str, Any], timeout_s: float, init_params: Sequence[float] | None = None) -> dict[str, Any]:
+        """One Flower run on this network's server node (:func:`train_on_server`); the nodes stay up."""
+        return train_on_server(self.server_address, self.certs, config, timeout_s=timeout_s, init_params=init_params)
 
     def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every SuperNode, then the server node; wait for each (SIGKILL after ``timeout``)."""

@@ -20,9 +20,13 @@ front's address), ``flower/`` (SuperLink log, ``flwr_home``), ``apps/<id>/`` (th
 project of each training) and ``results/<id>.json`` (the ServerApp's metrics: accuracies, key
 bits per pair, Flower accounting, the final global parameters).
 
-Control (operator ``ctl``): ``ctl/train {config, timeout}`` submits one run with ``config`` the
-:meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config` JSON (``flwr run`` against its own SuperLink)
-and answers ``ctl/trained {result, wall_s}``; ``ctl/ping``; ``ctl/stop``. SIGTERM or Ctrl-C stops
+Control (operator ``ctl``): ``ctl/train {config, timeout[, init_params]}`` submits one run with
+``config`` the :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config` JSON (``flwr run`` against its
+own SuperLink) and answers ``ctl/trained {result, wall_s}``. A run of rounds ``first_round`` > 1
+(a segment of a run that waited for key between segments, ``labqfl run``) needs ``init_params``,
+the global parameters after round ``first_round - 1`` as a JSON list (written to the run's app
+folder as ``init_params.npy``, the ServerApp's run config ``labqfl-init``); the global model is
+public to the server anyway, no key is in it; ``ctl/ping``; ``ctl/stop``. SIGTERM or Ctrl-C stops
 the SuperLink (and any ServerApp) and the front, and the node exits with 0.
 """
 
@@ -91,11 +95,22 @@ class ServerNode(Node):
             raise NodeError("ctl/train: the spec names a key-store folder; in a deployment every client "
                             "node uses its own (labqfl-keystore of its SuperNode), so keystore_dir must be empty")
         timeout = float(req.get("timeout"))
+        init = json.loads(str(req.fields.get("init_params") or "null"))
+        if spec.first_round > 1 and init is None:
+            raise NodeError(f"ctl/train: a run from round {spec.first_round} needs init_params (the global "
+                            f"parameters after round {spec.first_round - 1}); expected a JSON list of floats")
         run = uuid.uuid4().hex[:12]
         out = self.private / "results" / f"{run}.json"
         out.parent.mkdir(mode=0o700, exist_ok=True)
+        init_path = None
+        if init is not None:
+            import numpy as np
+
+            init_path = self.private / "apps" / run / "init_params.npy"
+            init_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            np.save(init_path, np.asarray(init, dtype=np.float64))
         # the ServerApp checks every client reply against the network's CA (labqfl.fl.flower.identity)
-        app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca)
+        app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca, init_params=init_path)
         t0 = time.perf_counter()
         try:
             done = self.fed.run_app(app, timeout_s=timeout)

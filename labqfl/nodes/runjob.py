@@ -1,4 +1,6 @@
-"""``labqfl run --nodes``: the main job's acquire+distil phase across node processes.
+"""``labqfl run --nodes``: the main job's acquire+distil phase across node processes, and its
+training over the FL server node and one SuperNode per client (:func:`train_over_nodes`), in
+segments of rounds between which the job waits for key (top-ups: :func:`acquire_over_nodes` again).
 
 :func:`acquire_over_nodes` starts the network of one machine with
 :class:`~labqfl.nodes.launch.LocalNetwork` (throwaway certificates, loopback, optics + detector +
@@ -246,11 +248,14 @@ class NodesTraining:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     wall_s: float = 0.0
     stop_s: float = 0.0
+    #: one Flower run per segment of rounds between waits for key: first/last round, ``ctl/train`` wall
+    segments: list[dict[str, Any]] = field(default_factory=list)
 
     def path_metrics(self) -> dict[str, Any]:
         """``metrics.json``'s ``train.nodes`` entry."""
         return {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
-                "exit_codes": self.exit_codes, "train_wall_s": round(self.wall_s, 3), "flower": self.flower}
+                "exit_codes": self.exit_codes, "train_wall_s": round(self.wall_s, 3), "flower": self.flower,
+                "segments": self.segments}
 
 
 def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
@@ -328,17 +333,66 @@ def mask_blocks_used(data_dir: Path, pairs: list[str], since: str) -> dict[str, 
     return out
 
 
+#: before_segment(round) -> the last round of the segment starting there; on_segment(the segment's
+#: ServerApp metrics); both called while every FL node is up and idle (no ClientApp draws key)
+SegmentFn = Callable[[int], int]
+SegmentDoneFn = Callable[[dict[str, Any]], None]
+
+
+def _train_segments(net: Any, spec: Any, *, start_round: int, init_params: Any, timeout_s: float,
+                    before_segment: SegmentFn | None, on_segment: SegmentDoneFn | None,
+                    report: ProgressFn) -> dict[str, Any]:
+    """Rounds ``start_round``..``spec.rounds`` on the running FL nodes ``net``, one Flower run per
+    segment (``first_round``/``last_round`` of the spec, each from the previous one's final
+    parameters); returns the merged ServerApp metrics (``rounds`` and ``flower`` of every segment,
+    the first segment's initial accuracy, the last one's final parameters, ``wall_s`` summed,
+    ``segments``: each segment's first and last round and ``ctl/train`` wall)."""
+    import dataclasses
+
+    merged: dict[str, Any] = {"rounds": [], "flower": [], "wall_s": 0.0, "segments": []}
+    params = None if init_params is None else [float(x) for x in init_params]
+    r = start_round
+    while r <= spec.rounds:
+        last = spec.rounds if before_segment is None else int(before_segment(r))
+        if not r <= last <= spec.rounds:
+            raise NodeError(f"training over nodes: segment from round {r} to round {last}; expected a last "
+                            f"round in {r}..{spec.rounds}")
+        seg = dataclasses.replace(spec, first_round=r, last_round=last)
+        report("train", r - 1, spec.rounds, f"training round(s) {r}-{last} of {spec.rounds} over the nodes")
+        res = net.train(seg.to_config(), timeout_s, init_params=params)
+        merged["rounds"].extend(res.get("rounds") or [])
+        merged["flower"].extend(res.get("flower") or [])
+        merged["wall_s"] += float(res["wall_s"])
+        merged["segments"].append({"first_round": r, "last_round": last, "wall_s": round(float(res["wall_s"]), 3)})
+        for k, v in res.items():
+            if k not in ("rounds", "flower", "wall_s") and not (k.startswith("initial_") and k in merged):
+                merged[k] = v
+        params = list(res.get("final_params") or [])
+        if on_segment is not None:
+            on_segment(res)
+        r = last + 1
+    return merged
+
+
 @_sigterm_stops_nodes
 def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_dir: Path,
                      log_dir: Path | None = None, progress: ProgressFn | None = None,
-                     timeout_s: float = 3600.0) -> NodesTraining:
+                     timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
+                     before_segment: SegmentFn | None = None,
+                     on_segment: SegmentDoneFn | None = None) -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
     ``<data_dir>/keystore/<Ci>.sqlite``, drawn by Ci's SuperNode only). Throwaway certificates in a
     temporary folder (deleted afterwards, CA key included). Every process gets SIGTERM at the end,
     on failure and on Ctrl-C (SIGTERM to the job's process counts as Ctrl-C:
-    :func:`terminate_as_interrupt`); raises :class:`NodeError` when one does not exit with 0."""
+    :func:`terminate_as_interrupt`); raises :class:`NodeError` when one does not exit with 0.
+
+    Rounds ``start_round``.. (from ``init_params``, the global parameters after the round before;
+    a resumed job) in segments: ``before_segment(r)`` returns the last round the stores hold key
+    for from round ``r`` (the job waits for key there, with top-up acquisitions over their own
+    node processes, while the FL nodes stay up and idle), ``on_segment`` gets each segment's
+    metrics (the job checkpoints). Without ``before_segment``: one Flower run of every round."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork
@@ -362,8 +416,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
             net.start()
             startup = {"total_s": round(time.perf_counter() - t0, 3),
                        "nodes": {n: round(p.startup_s, 3) for n, p in net.nodes.items() if p.startup_s is not None}}
-            report("train", 0, spec.rounds, f"training {spec.rounds} round(s) over the nodes")
-            res = net.train(spec.to_config(), timeout_s)
+            res = _train_segments(net, spec, start_round=start_round, init_params=init_params, timeout_s=timeout_s,
+                                  before_segment=before_segment, on_segment=on_segment, report=report)
             t_stop = time.perf_counter()
             codes = net.stop()
             stopped = True
@@ -382,11 +436,12 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
         bad = {n: c for n, c in codes.items() if c != 0}
         if bad:
             raise NodeError(f"FL node processes did not stop cleanly after SIGTERM (exit codes {bad})")
-        summary = {k: v for k, v in res.items() if k not in ("flower", "final_params", "wall_s")}
+        summary = {k: v for k, v in res.items() if k not in ("flower", "final_params", "wall_s", "segments")}
         report("train", spec.rounds, spec.rounds, "training over the nodes done")
         return NodesTraining(summary=summary, flower=list(res.get("flower") or []),
                              final_params=list(res.get("final_params") or []),
                              blocks_used=mask_blocks_used(Path(data_dir), list(setup.secagg.pairs(names)), since),
-                             startup_s=startup, exit_codes=codes, wall_s=float(res["wall_s"]), stop_s=stop_s)
+                             startup_s=startup, exit_codes=codes, wall_s=float(res["wall_s"]), stop_s=stop_s,
+                             segments=list(res["segments"]))
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -168,19 +168,47 @@ def test_top_ups_stop_at_the_cap_and_each_is_a_new_acquisition_even_with_a_pinne
     assert top["complete"] and top["acquisition_id"] == acquisition_id(cfg, 8)  # numbered on, as one testbed would
 
 
-def test_nodes_path_refuses_to_train_without_every_rounds_key(small_station_file, tmp_path):
+def _stores_holding(keys, nbits: int) -> None:
+    """C1's and C2's stores with one block of ``nbits`` (random test bits) on C1-C2, the same at both ends."""
+    import numpy as np
+
+    bits = np.random.default_rng(0).integers(0, 2, nbits, dtype=np.uint8)
+    with KeyStore.for_node("C1", keys) as s1, KeyStore.for_node("C2", keys) as s2:
+        bid = s1.add_block("C1-C2", bits, run_id="test", meta={"eps_sec": 1e-4})
+        s2.add_block("C1-C2", bits, block_id=bid, run_id="test", meta={"eps_sec": 1e-4})
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_over_nodes_a_segment_runs_to_the_last_round_the_stores_hold_key_for(small_station_file, tmp_path, wait):
+    """Before each Flower run over the nodes the job counts the rounds of key the stores hold (bit
+    counts only) and closes them again; with enough key for round r, no top-up is made."""
     cfg = load_station_config(small_station_file)
     keys = tmp_path / "keys"
-    for n in cfg.client_names:
-        KeyStore.for_node(n, keys).close()  # the nodes' stores, empty
-    job = MainJob.create(cfg, JobSettings(**STARVING, nodes=True, data_dir=str(keys)), tmp_path / "runs")
+    _stores_holding(keys, 2 * 768 + 100)  # two rounds of 768 bits, not three
+    job = MainJob.create(cfg, JobSettings(**STARVING, nodes=True, wait_for_key=wait, data_dir=str(keys)),
+                         tmp_path / "runs")
     from labqfl.app.training import TrainingSetup
 
     setup = TrainingSetup(job.training_settings())
-    with pytest.raises(KeyStarvationError, match=r"--nodes does not wait for key .* pair C1-C2 holds 0 key bits, "
-                                                 r"3 rounds need 2304") as exc:
-        job._check_keys_for_nodes(setup)
-    assert "\n" not in str(exc.value) and setup.key_source is None
+    assert setup.key_bits_per_pair_per_round == 768
+    tstate = _tstate()
+    assert job._segment_end(setup, tstate, 1) == 2
+    assert setup.key_source is None and job.state["acquisitions"] == [] and tstate["key_waits"] == []
+
+
+def test_over_nodes_without_waiting_a_round_without_key_stops_with_one_line(small_station_file, tmp_path):
+    cfg = load_station_config(small_station_file)
+    keys = tmp_path / "keys"
+    _stores_holding(keys, 700)  # less than one round
+    job = MainJob.create(cfg, JobSettings(**STARVING, nodes=True, wait_for_key=False, data_dir=str(keys)),
+                         tmp_path / "runs")
+    from labqfl.app.training import TrainingSetup
+
+    setup = TrainingSetup(job.training_settings())
+    with pytest.raises(KeyStarvationError, match=r"key starvation: pair C1-C2 needs 768 key bits for round 2, its "
+                                                 r"stores hold 700 \(--no-wait-for-key") as exc:
+        job._segment_end(setup, _tstate(), 2)
+    assert "\n" not in str(exc.value) and setup.key_source is None and job.state["acquisitions"] == []
 
 
 def test_top_up_plan_is_the_shortest_acquisition_holding_the_margin(small_station_file):

@@ -95,12 +95,12 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
             opened_while_training.append(str(a[0] if a else kw))
         real_init(self, *a, **kw)  # type: ignore[arg-type]
 
-    def spy_train(self: FlNetwork, config: object, timeout_s: float) -> object:
+    def spy_train(self: FlNetwork, config: object, timeout_s: float, **kw: object) -> object:
         # the test, not the job, reads the key material the pads will come from (read-only SQL)
         before_training.update({c: _blocks(data / "keystore" / f"{c}.sqlite", "C1-C2") for c in ("C1", "C2")})
         training["on"] = True
         try:
-            return real_train(self, config, timeout_s)  # type: ignore[arg-type]
+            return real_train(self, config, timeout_s, **kw)  # type: ignore[arg-type]
         finally:
             training["on"] = False
 

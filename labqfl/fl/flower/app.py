@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -33,7 +34,8 @@ def _main(grid: Grid, context: Context) -> None:
     spec = FlowerSpec.from_config(context.run_config)
     ca = str(context.run_config.get("labqfl-ca", ""))
     srv = LabqflServer(spec, identity=ReplyVerifier.from_file(ca) if ca else None)
-    result = srv.run(grid)
+    init = str(context.run_config.get("labqfl-init", ""))  # a segment's start (labqfl.nodes.flserver)
+    result = srv.run(grid, init_params=np.load(init) if init else None)
     out = str(context.run_config.get("labqfl-out", ""))
     if out:
         summary = result.summary()

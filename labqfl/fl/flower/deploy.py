@@ -69,7 +69,7 @@ def _toml_value(v: Any) -> str:
 
 
 def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None = None,
-                      ca: Path | None = None) -> Path:
+                      ca: Path | None = None, init_params: Path | None = None) -> Path:
     """Write a Flower App project (pyproject.toml + a stub module) whose components are labqfl's apps.
 
     ``ca``: the network CA certificate on the server's host (run config ``labqfl-ca``): the
@@ -80,6 +80,8 @@ def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None 
     cfg = dict(spec.to_config())
     cfg["labqfl-out"] = str(out_json) if out_json is not None else ""
     cfg["labqfl-ca"] = str(Path(ca).resolve()) if ca is not None else ""
+    # the ServerApp's initial parameters (.npy on the server's host; "": the model's seeded start)
+    cfg["labqfl-init"] = str(Path(init_params).resolve()) if init_params is not None else ""
     lines = "\n".join(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items())
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
     (app_dir / "labqfl_flower_app.py").write_text(

@@ -550,8 +550,9 @@ class LabqflServer:
         return total, need, sum(len(v) for v in got.values())
 
     # --------------------------------------------------------------------------------- run
-    def run(self, grid: Any) -> Any:
-        """The whole run; returns a :class:`~labqfl.fl.training.FederatedResult` (+ Flower rounds)."""
+    def run(self, grid: Any, init_params: np.ndarray | None = None) -> Any:
+        """The whole run (rounds ``spec.first_round``..``last_round``, from ``init_params``, default the
+        model's seeded start); returns a :class:`~labqfl.fl.training.FederatedResult` (+ Flower rounds)."""
         from labqfl.fl.training import FederatedResult, RoundMetrics, evaluate
 
         spec = self.spec
@@ -563,10 +564,10 @@ class LabqflServer:
                                          f"clients, the run has {spec.rounds} and {spec.clients}")
         n_words = self.words(model.n_params)
         nodes, weights = self.connect(grid)
-        params = model.init_params(spec.seed)
+        params = model.init_params(spec.seed) if init_params is None else np.asarray(init_params, dtype=np.float64)
         loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
         result = FederatedResult(data.task, model.name, model.n_params, spec.keys, acc0, loss0)
-        for r in range(1, spec.rounds + 1):
+        for r in range(spec.first_round, (spec.last_round or spec.rounds) + 1):
             t0 = time.perf_counter()
             fr = self.round(grid, r, params, nodes, weights)
             params = params + fr.aggregate

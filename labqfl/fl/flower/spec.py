@@ -76,6 +76,12 @@ class FlowerSpec:
     noise: str = ""
     shots: int = 0
     shot_grad: str = "parameter-shift"
+    #: the rounds this Flower run trains: ``first_round``..``last_round`` (0: ``rounds``) of a run of
+    #: ``rounds`` rounds (``labqfl run`` over nodes trains in segments between waits for key); rounds are
+    #: seeded by their index, so segments train as one run would (the ServerApp's initial parameters:
+    #: run config ``labqfl-init``)
+    first_round: int = 1
+    last_round: int = 0
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -84,6 +90,9 @@ class FlowerSpec:
             raise ConfigError("clients must be ≥ 2: secure aggregation of one client would reveal its update")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
+        if not 1 <= self.first_round <= (self.last_round or self.rounds) <= self.rounds:
+            raise ConfigError(f"first_round {self.first_round} and last_round {self.last_round} must satisfy "
+                              f"1 ≤ first_round ≤ last_round (0: rounds) ≤ rounds = {self.rounds}")
         if self.stage_timeout_s <= 0 or self.straggler_timeout_s < 0:
             raise ConfigError(f"stage_timeout_s must be > 0 and straggler_timeout_s ≥ 0, got "
                               f"{self.stage_timeout_s} and {self.straggler_timeout_s}")
