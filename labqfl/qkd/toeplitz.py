@@ -103,9 +103,10 @@ _NTT_G = 3
 _NTT_MAX_LOG = 26
 
 
-def require_bits(name: str, arr: object, length: int | None = None) -> np.ndarray:
+def require_bits(name: str, arr: object, length: int | None = None, *, values: bool = True) -> np.ndarray:
     """Validate a bit array: 1-D ``uint8`` numpy array of 0/1 (optionally of a given length).
 
+    ``values=False`` skips the pass over the values (for callers that check them while packing).
     Raises :class:`QKDInputError` naming the argument and what was expected.
     """
     if not isinstance(arr, np.ndarray):
@@ -116,7 +117,7 @@ def require_bits(name: str, arr: object, length: int | None = None) -> np.ndarra
         raise QKDInputError(f"{name}: expected a 1-D bit array, got shape {arr.shape}")
     if length is not None and arr.shape[0] != length:
         raise QKDInputError(f"{name}: expected {length} bits, got {arr.shape[0]}")
-    if arr.size and int(arr.max()) > 1:
+    if values and arr.size and int(arr.max()) > 1:
         raise QKDInputError(f"{name}: bits must be 0 or 1, found value {int(arr.max())}")
     return arr
 
@@ -133,8 +134,8 @@ def toeplitz_seed(n_in: int, out_len: int) -> np.ndarray:
     return np.unpackbits(raw)[:length].copy()
 
 
-def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> tuple[int, int]:
-    require_bits("bits", bits)
+def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, values: bool = True) -> tuple[int, int]:
+    require_bits("bits", bits, values=values)
     n = int(bits.shape[0])
     if n < 1:
         raise QKDInputError("bits: expected at least one input bit, got an empty array")
@@ -143,7 +144,7 @@ def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> tuple[int, 
     m = int(out_len)
     if not 1 <= m <= n:
         raise QKDInputError(f"out_len: expected 1 <= out_len <= {n} (the input length), got {m}")
-    require_bits("seed_bits", seed_bits, n + m - 1)
+    require_bits("seed_bits", seed_bits, n + m - 1, values=values)
     return n, m
 
 
@@ -155,11 +156,13 @@ def toeplitz_hash(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> np.n
     GF(2) ternary-FFT path where the CPU has carry-less multiplication (the Karatsuba tiles for
     short outputs), else the exact FFT/NTT path.
     """
-    n, m = _check(bits, seed_bits, out_len)
+    n, m = _check(bits, seed_bits, out_len, values=False)
+    if HAS_CLMUL and m >= min(_TFFT_MIN_OUT, n // 8):
+        return _toeplitz_tfft(bits, seed_bits, n, m)  # checks the values while packing them
+    require_bits("bits", bits)
+    require_bits("seed_bits", seed_bits)
     if HAS_CLMUL:
-        if m < min(_TFFT_MIN_OUT, n // 8):
-            return _toeplitz_gf2(bits, seed_bits, n, m)
-        return _toeplitz_tfft(bits, seed_bits, n, m)
+        return _toeplitz_gf2(bits, seed_bits, n, m)
     return _toeplitz_fft(bits, seed_bits, n, m)
 
 
@@ -368,6 +371,54 @@ def _clmul_dot(typingctx, a, ao, b, bo, cnt):  # type: ignore[no-untyped-def]
     return sig, codegen
 
 
+_ROW_LANES = 8 if _WIDE_CLMUL else 4 if _YMM_CLMUL else 2
+"""64-bit words per vector in :func:`_clmul_row` (one carry-less product per 128-bit lane)."""
+
+
+@intrinsic
+def _clmul_diag(typingctx, a, i0, i1, b, s, ev, od, d):  # type: ignore[no-untyped-def]
+    """Product scanning over ``_ROW_LANES`` consecutive diagonals ``d … d + _ROW_LANES − 1``:
+    ``D[d + q] = XOR_{i0 ≤ i < i1} clmul(a[i], b[s − i + q])`` (128 bits each), accumulated in
+    two vector registers and stored once: the even-offset diagonals to ``ev[d : d + lanes]`` and
+    the odd ones to ``od[d : d + lanes]`` (two words per diagonal).
+
+    Unchecked indices (callers guarantee the ranges). One unaligned vector load of ``b`` and two
+    carry-less multiplies per ``i``: ``pclmulqdq`` immediate 0x00 multiplies the low qwords of each
+    128-bit lane, 0x10 the low qword of the first operand by the high qword of the second (Intel
+    SDM vol. 2B, "PCLMULQDQ"/"VPCLMULQDQ"); ``a[i]`` is broadcast to every lane.
+    """
+    sig = types.void(a, types.intp, types.intp, b, types.intp, ev, od, types.intp)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64, i32, i8 = ir.IntType(64), ir.IntType(32), ir.IntType(8)
+        lanes = _ROW_LANES
+        vl = ir.VectorType(i64, lanes)
+        name = "llvm.x86.pclmulqdq" if lanes == 2 else f"llvm.x86.pclmulqdq.{64 * lanes}"
+        fn = builder.module.declare_intrinsic(name, fnty=ir.FunctionType(vl, [vl, vl, i8]))
+
+        def data(k: int):  # type: ignore[no-untyped-def]
+            return context.make_array(signature.args[k])(context, builder, args[k]).data
+
+        pa, pb = data(0), data(3)
+        acc0 = cgutils.alloca_once_value(builder, ir.Constant(vl, None))
+        acc1 = cgutils.alloca_once_value(builder, ir.Constant(vl, None))
+        count = builder.sub(args[2], args[1])
+        with cgutils.for_range(builder, count) as loop:
+            i = builder.add(args[1], loop.index)
+            one = builder.insert_element(ir.Constant(vl, None), builder.load(builder.gep(pa, [i])), ir.Constant(i32, 0))
+            va = builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+            vb = builder.load(builder.bitcast(builder.gep(pb, [builder.sub(args[4], i)]), vl.as_pointer()), align=8)
+            builder.store(builder.xor(builder.load(acc0), builder.call(fn, [va, vb, ir.Constant(i8, 0x00)])), acc0)
+            builder.store(builder.xor(builder.load(acc1), builder.call(fn, [va, vb, ir.Constant(i8, 0x10)])), acc1)
+        qe = builder.bitcast(builder.gep(data(5), [args[7]]), vl.as_pointer())
+        qo = builder.bitcast(builder.gep(data(6), [args[7]]), vl.as_pointer())
+        builder.store(builder.load(acc0), qe, align=8)
+        builder.store(builder.load(acc1), qo, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
 def _mp_base(g, v, z, k, ws):  # type: ignore[no-untyped-def]
     """Schoolbook middle product: ``z[i] = (g·v)[i + 64k − 1]`` over GF(2), i < 64k bits.
@@ -496,33 +547,25 @@ def toeplitz_hash_gf2(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> 
 
 
 @numba.njit(cache=True, nogil=True)
-def _mulx(s, p, d, tmp, W, L, lastmask):  # type: ignore[no-untyped-def]
-    """``d = x^p · s`` in R = F2[x]/(x^{2L} + x^L + 1), ``0 ≤ p < 3L``; elements are (e0, e1) =
-    ``e0 + e1·x^L`` with e0, e1 of L bits, stored as 2W words.
-
-    With X = x^L (X² = X + 1): X·(e0, e1) = (e1, e0 + e1), X²·(e0, e1) = (e0 + e1, e0); then
-    x^r·(f0 + f1 X) = [lo(f0) + hi(f1)] + [lo(f1) + hi(f0) + hi(f1)] X with lo = (·x^r mod x^L),
-    hi = (· >> (L − r)). ``tmp``: 2·(3W + 2) words whose first and last W(+2) words of each
-    half are zero (guards, so the shifted reads need no bounds tests); one pass over the words.
-    """
-    q = p // L
-    r = p - q * L
+def _mulx_masks(q):  # type: ignore[no-untyped-def]
+    """Word masks (m00, m01, m10, m11) of X^q·(s0, s1) = (s0&m00 ^ s1&m01, s0&m10 ^ s1&m11),
+    X = x^L, X² = X + 1: q = 0 → (s0, s1), q = 1 → (s1, s0 + s1), q = 2 → (s0 + s1, s0)."""
     all1 = np.uint64(0xFFFFFFFFFFFFFFFF)
     zero = np.uint64(0)
-    m00 = all1 if q != 1 else zero  # f0 = s0 (q=0), s1 (q=1), s0+s1 (q=2)
-    m01 = all1 if q != 0 else zero
-    m10 = all1 if q != 0 else zero  # f1 = s1 (q=0), s0+s1 (q=1), s0 (q=2)
-    m11 = all1 if q != 2 else zero
+    return (all1 if q != 1 else zero, all1 if q != 0 else zero,
+            all1 if q != 0 else zero, all1 if q != 2 else zero)
+
+
+@numba.njit(cache=True, nogil=True)
+def _mulx_shift(tmp, r, d, W, L, lastmask):  # type: ignore[no-untyped-def]
+    """``d = x^r · (f0 + f1·X)`` in R for ``0 ≤ r < L``, where f0, f1 (L bits, W words each) sit
+    at words [W, 2W) and [G + W, G + 2W) of ``tmp`` (G = 3W + 2; every other word of ``tmp`` is
+    zero: guards, so the shifted reads need no bounds tests). With lo = (·x^r mod x^L) and
+    hi = (· >> (L − r)): x^r·(f0 + f1 X) = [lo(f0) + hi(f1)] + [lo(f1) + hi(f0) + hi(f1)] X."""
     G = 3 * W + 2
     F0 = tmp[0:G]
     F1 = tmp[G:2 * G]
-    # unsigned indices: Numba then emits no negative-index wraparound, and the loops vectorise
-    Wu = np.uint64(W)
-    for i in range(Wu):
-        a0 = s[i]
-        a1 = s[Wu + i]
-        F0[Wu + i] = (a0 & m00) ^ (a1 & m01)
-        F1[Wu + i] = (a0 & m10) ^ (a1 & m11)
+    Wu = np.uint64(W)  # unsigned indices: Numba then emits no wraparound code, loops vectorise
     rw = r >> 6
     rb = np.uint64(r & 63)
     rc = np.uint64(63) - rb
@@ -547,19 +590,39 @@ def _mulx(s, p, d, tmp, W, L, lastmask):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
+def _mulx(s, p, d, tmp, W, L, lastmask):  # type: ignore[no-untyped-def]
+    """``d = x^p · s`` in R = F2[x]/(x^{2L} + x^L + 1), ``0 ≤ p < 3L``; elements are (e0, e1) =
+    ``e0 + e1·x^L`` with e0, e1 of L bits, stored as 2W words. x^p = X^q·x^r (p = qL + r):
+    first X^q (:func:`_mulx_masks`) into ``tmp``, then x^r (:func:`_mulx_shift`)."""
+    q = p // L
+    m00, m01, m10, m11 = _mulx_masks(q)
+    G = 3 * W + 2
+    Wu = np.uint64(W)
+    Gu = np.uint64(G)
+    for i in range(Wu):
+        a0 = s[i]
+        a1 = s[Wu + i]
+        tmp[Wu + i] = (a0 & m00) ^ (a1 & m01)
+        tmp[Gu + Wu + i] = (a0 & m10) ^ (a1 & m11)
+    _mulx_shift(tmp, p - q * L, d, W, L, lastmask)
+
+
+@numba.njit(cache=True, nogil=True)
 def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-untyped-def]
     """Radix-3 butterflies ``lo ≤ b < hi`` of one stage (blocks of 3M elements, twiddle x^{e·j}).
 
-    Forward (Gentleman–Sande): y0 = a+b+c, y1 = ω^j(a + ρb + ρ²c), y2 = ω^{2j}(a + ρ²b + ρc).
+    Forward (Gentleman–Sande): y0 = a+b+c, y1 = ω^j(a + ρb + ρ²c), y2 = ω^{2j}(a + ρ²b + ρc);
+    the X^q part of each twiddle is applied while y1, y2 are formed (into the guarded buffers of
+    :func:`_mulx_shift`), the x^r part by one shifting pass into b and c.
     Inverse (exact inverse of that stage; 1/3 = 1 in characteristic 2): b' = ω^{−j}b,
     c' = ω^{−2j}c, then a+b'+c', a + ρ²b' + ρc', a + ρb' + ρ²c'. ρ = X = x^L.
     """
-    W2 = 2 * W
+    G = 3 * W + 2
     Wu = np.uint64(W)  # unsigned indices: no wraparound code, vectorisable loops
+    Gu = np.uint64(G)
     L3 = 3 * L
-    y1 = np.empty(W2, dtype=np.uint64)
-    y2 = np.empty(W2, dtype=np.uint64)
-    tmp = np.zeros(2 * (3 * W + 2), dtype=np.uint64)
+    tmp = np.zeros(2 * G, dtype=np.uint64)
+    tmp2 = np.zeros(2 * G, dtype=np.uint64)
     for b in range(lo, hi):
         blk = b // M
         j = b - blk * M
@@ -572,14 +635,10 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
         e1 = (e * j) % L3
         e2 = (2 * e1) % L3
         if inverse:
-            if e1:
-                _mulx(bb, L3 - e1, y1, tmp, W, L, lastmask)
-                for i in range(W2):
-                    bb[i] = y1[i]
+            if e1:  # in place: _mulx reads all of its input into tmp before writing
+                _mulx(bb, L3 - e1, bb, tmp, W, L, lastmask)
             if e2:
-                _mulx(cc, L3 - e2, y2, tmp, W, L, lastmask)
-                for i in range(W2):
-                    cc[i] = y2[i]
+                _mulx(cc, L3 - e2, cc, tmp, W, L, lastmask)
             for i in range(Wu):
                 a0 = a[i]
                 a1 = a[Wu + i]
@@ -593,7 +652,7 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
                 bb[Wu + i] = a1 ^ p0 ^ q0 ^ q1
                 cc[i] = a0 ^ p1 ^ q0 ^ q1
                 cc[Wu + i] = a1 ^ p0 ^ p1 ^ q0
-        else:
+        elif e1 == 0:  # then e2 = 0 too: no twiddles
             for i in range(Wu):
                 a0 = a[i]
                 a1 = a[Wu + i]
@@ -603,30 +662,45 @@ def _tfft_stage(A, lo, hi, M, e, inverse, W, L, lastmask):  # type: ignore[no-un
                 q1 = cc[Wu + i]
                 a[i] = a0 ^ p0 ^ q0
                 a[Wu + i] = a1 ^ p1 ^ q1
-                y1[i] = a0 ^ p1 ^ q0 ^ q1
-                y1[Wu + i] = a1 ^ p0 ^ p1 ^ q0
-                y2[i] = a0 ^ p0 ^ p1 ^ q1
-                y2[Wu + i] = a1 ^ p0 ^ q0 ^ q1
-            if e1:
-                _mulx(y1, e1, bb, tmp, W, L, lastmask)
-            else:
-                for i in range(W2):
-                    bb[i] = y1[i]
-            if e2:
-                _mulx(y2, e2, cc, tmp, W, L, lastmask)
-            else:
-                for i in range(W2):
-                    cc[i] = y2[i]
+                bb[i] = a0 ^ p1 ^ q0 ^ q1
+                bb[Wu + i] = a1 ^ p0 ^ p1 ^ q0
+                cc[i] = a0 ^ p0 ^ p1 ^ q1
+                cc[Wu + i] = a1 ^ p0 ^ q0 ^ q1
+        else:
+            q1s = e1 // L
+            q2s = e2 // L
+            m00, m01, m10, m11 = _mulx_masks(q1s)
+            n00, n01, n10, n11 = _mulx_masks(q2s)
+            for i in range(Wu):
+                a0 = a[i]
+                a1 = a[Wu + i]
+                p0 = bb[i]
+                p1 = bb[Wu + i]
+                q0 = cc[i]
+                q1 = cc[Wu + i]
+                a[i] = a0 ^ p0 ^ q0
+                a[Wu + i] = a1 ^ p1 ^ q1
+                u0 = a0 ^ p1 ^ q0 ^ q1
+                u1 = a1 ^ p0 ^ p1 ^ q0
+                v0 = a0 ^ p0 ^ p1 ^ q1
+                v1 = a1 ^ p0 ^ q0 ^ q1
+                tmp[Wu + i] = (u0 & m00) ^ (u1 & m01)
+                tmp[Gu + Wu + i] = (u0 & m10) ^ (u1 & m11)
+                tmp2[Wu + i] = (v0 & n00) ^ (v1 & n01)
+                tmp2[Gu + Wu + i] = (v0 & n10) ^ (v1 & n11)
+            _mulx_shift(tmp, e1 - q1s * L, bb, W, L, lastmask)
+            _mulx_shift(tmp2, e2 - q2s * L, cc, W, L, lastmask)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tfft(A, k, t, inverse, W, L, lastmask, nthreads):  # type: ignore[no-untyped-def]
-    """In-place length-3^k DFT over R with ω = x^t (forward: natural → digit-reversed order;
-    inverse: digit-reversed → natural, the stages of the forward run backwards)."""
+def _tfft(A, k, t, inverse, l0, l1, W, L, lastmask, nthreads):  # type: ignore[no-untyped-def]
+    """Levels ``l0 … l1−1`` of the in-place length-3^k DFT over R with ω = x^t (forward: natural →
+    digit-reversed order, levels ascending; inverse: digit-reversed → natural, the same levels
+    descending). Level l has blocks of 3M = 3^{k−l} elements and twiddle ω^{3^l}."""
     K = A.shape[0]
     nb = K // 3
-    for st in range(k):
-        level = st if not inverse else k - 1 - st
+    for st in range(l1 - l0):
+        level = l0 + st if not inverse else l1 - 1 - st
         M = K // 3 ** (level + 1)
         e = t * 3 ** level  # ω_{3M} = ω^{K/(3M)}
         for tid in numba.prange(nthreads):
@@ -634,19 +708,29 @@ def _tfft(A, k, t, inverse, W, L, lastmask, nthreads):  # type: ignore[no-untype
 
 
 @numba.njit(cache=True, nogil=True)
-def _polymul(a, b, out, W, ar):  # type: ignore[no-untyped-def]
-    """``out[0:2W] = a · b`` in F2[x] (W-word operands), schoolbook over carry-less products."""
-    Wm = np.uint64(W - 1)
+def _polymul(a, b, out, W, bp, ev, od):  # type: ignore[no-untyped-def]
+    """``out[0:2W] = a · b`` in F2[x] (W-word operands) by product scanning over carry-less
+    products (:func:`_clmul_diag`, ``_ROW_LANES`` diagonals at a time, in registers).
+
+    With ``D[d] = XOR_{i+j=d} clmul(a[i], b[j])`` (128 bits), word d of the product is
+    ``lo(D[d]) ^ hi(D[d−1])``. ``_clmul_diag`` leaves the diagonals of even offset in ``ev``
+    (D[d] at words d, d+1 for d ≡ 0 mod 2) and the others in ``od`` (D[d] at words d−1, d), so
+    word d is ``ev[d] ^ od[d−1]`` for every d. ``bp``: scratch of ``W + 2·_ROW_LANES`` words
+    (``b`` with ``_ROW_LANES`` zero words on each side); ``ev``, ``od``: ≥ 2W + _ROW_LANES words.
+    """
+    R = _ROW_LANES
+    for i in range(np.uint64(R)):
+        bp[i] = 0
+        bp[np.uint64(W + R) + i] = 0
     for i in range(np.uint64(W)):
-        ar[i] = a[Wm - i]
-    hi_prev = np.uint64(0)
-    for d in range(2 * W - 1):
-        j0 = d - W + 1 if d >= W else 0
-        j1 = d if d < W else W - 1
-        lo, hi = _clmul_dot(ar, W - 1 - d + j0, b, j0, j1 - j0 + 1)
-        out[d] = lo ^ hi_prev
-        hi_prev = hi
-    out[2 * W - 1] = hi_prev
+        bp[np.uint64(R) + i] = b[i]
+    for d in range(0, 2 * W - 1, R):
+        i0 = d - W + 1 if d >= W else 0  # b[d − i + q] = 0 unless −R < d − i < W
+        i1 = d + R if d + R < W else W
+        _clmul_diag(a, i0, i1, bp, R + d, ev, od, d)
+    out[0] = ev[0]
+    for d in range(np.uint64(1), np.uint64(2 * W)):
+        out[d] = ev[d] ^ od[d - np.uint64(1)]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -670,43 +754,147 @@ def _split_at_L(c, lo, hi, W, Lw, Lb, lastmask):  # type: ignore[no-untyped-def]
             hi[i] ^= c[Lu + i] >> sb
 
 
+@numba.njit(cache=True, nogil=True)
+def _rmul(e, f, W, Lw, Lb, lastmask, ws):  # type: ignore[no-untyped-def]
+    """``e ← e·f`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
+    p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1.
+    ``ws``: scratch of ≥ 14·W + 4·_ROW_LANES words."""
+    Wu = np.uint64(W)  # unsigned indices: no wraparound code
+    sa = ws[0:W]
+    sb = ws[W:2 * W]
+    h = ws[2 * W:3 * W]
+    p0 = ws[3 * W:5 * W]
+    p1 = ws[5 * W:7 * W]
+    p2 = ws[7 * W:9 * W]
+    R = _ROW_LANES
+    bp = ws[9 * W:10 * W + 2 * R]
+    ev = ws[10 * W + 2 * R:12 * W + 3 * R]
+    od = ws[12 * W + 3 * R:14 * W + 4 * R]
+    for i in range(Wu):
+        sa[i] = e[i] ^ e[Wu + i]
+        sb[i] = f[i] ^ f[Wu + i]
+    _polymul(e[0:W], f[0:W], p0, W, bp, ev, od)
+    _polymul(e[W:2 * W], f[W:2 * W], p2, W, bp, ev, od)
+    _polymul(sa, sb, p1, W, bp, ev, od)
+    for i in range(Wu + Wu):
+        p1[i] ^= p0[i]  # c1
+        p0[i] ^= p2[i]  # c0
+    r0 = e[0:W]
+    r1 = e[W:2 * W]
+    for i in range(Wu):
+        r0[i] = 0
+        r1[i] = 0
+        h[i] = 0
+    _split_at_L(p0, r0, r1, W, Lw, Lb, lastmask)  # c0l → r0, c0h → r1
+    _split_at_L(p1, r1, h, W, Lw, Lb, lastmask)  # c1l → r1, c1h → h
+    for i in range(Wu):
+        r0[i] ^= h[i]
+        r1[i] ^= h[i]
+
+
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
-    """``A[J] ← A[J]·B[J]`` in R, Karatsuba over X = x^L: with p0 = e0f0, p2 = e1f1,
-    p1 = (e0+e1)(f0+f1): c0 = p0 + p2, c1 = p1 + p0, and c0 + c1·X reduced by X² = X + 1."""
+    """``A[J] ← A[J]·B[J]`` in R for every J (:func:`_rmul`)."""
     K = A.shape[0]
-    Wu = np.uint64(W)  # unsigned indices: no wraparound code
     for tid in numba.prange(nthreads):
-        sa = np.empty(W, dtype=np.uint64)
-        sb = np.empty(W, dtype=np.uint64)
-        ar = np.empty(W, dtype=np.uint64)
-        p0 = np.empty(2 * W, dtype=np.uint64)
-        p1 = np.empty(2 * W, dtype=np.uint64)
-        p2 = np.empty(2 * W, dtype=np.uint64)
-        h = np.empty(W, dtype=np.uint64)
+        ws = np.empty(14 * W + 4 * _ROW_LANES, dtype=np.uint64)
         for J in range(tid * K // nthreads, (tid + 1) * K // nthreads):
-            e = A[J]
-            f = B[J]
-            for i in range(Wu):
-                sa[i] = e[i] ^ e[Wu + i]
-                sb[i] = f[i] ^ f[Wu + i]
-            _polymul(e[0:W], f[0:W], p0, W, ar)
-            _polymul(e[W:2 * W], f[W:2 * W], p2, W, ar)
-            _polymul(sa, sb, p1, W, ar)
-            for i in range(Wu + Wu):
-                p1[i] ^= p0[i]  # c1
-                p0[i] ^= p2[i]  # c0
-            r0 = e[0:W]
-            r1 = e[W:2 * W]
-            for i in range(Wu):
-                r0[i] = 0
-                r1[i] = 0
-                h[i] = 0
-            _split_at_L(p0, r0, r1, W, Lw, Lb, lastmask)  # c0l → r0, c0h → r1
-            _split_at_L(p1, r1, h, W, Lw, Lb, lastmask)  # c1l → r1, c1h → h
-            for i in range(Wu):
-                r0[i] ^= h[i]
-                r1[i] ^= h[i]
+            _rmul(A[J], B[J], W, Lw, Lb, lastmask, ws)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _tfft_middle(A, B, k, t, g, W, L, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
+    """Levels ``g … k−1`` of both forward transforms, the pointwise products and the same levels
+    of the inverse transform of ``A``, one block of ``3^{k−g}`` elements at a time.
+
+    From level g on, the radix-3 blocks (3M = 3^{k−l} elements) nest inside these blocks, so each
+    block is transformed, multiplied and transformed back while it stays in cache, instead of
+    one pass over the whole arrays per level (same butterflies, same order within a block)."""
+    K = A.shape[0]
+    Kb = K // 3 ** g
+    nblk = 3 ** g
+    for tid in numba.prange(nthreads):
+        ws = np.empty(14 * W + 4 * _ROW_LANES, dtype=np.uint64)
+        for c in range(tid * nblk // nthreads, (tid + 1) * nblk // nthreads):
+            Ab = A[c * Kb:(c + 1) * Kb]
+            Bb = B[c * Kb:(c + 1) * Kb]
+            for level in range(g, k):
+                M = K // 3 ** (level + 1)
+                _tfft_stage(Ab, 0, Kb // 3, M, t * 3 ** level, False, W, L, lastmask)
+                _tfft_stage(Bb, 0, Kb // 3, M, t * 3 ** level, False, W, L, lastmask)
+            for J in range(Kb):
+                _rmul(Ab[J], Bb[J], W, Lw, Lb, lastmask, ws)
+            for level in range(k - 1, g - 1, -1):
+                M = K // 3 ** (level + 1)
+                _tfft_stage(Ab, 0, Kb // 3, M, t * 3 ** level, True, W, L, lastmask)
+
+
+_TFFT_BLOCK_BYTES = 1 << 17
+"""Blocks of :func:`_tfft_middle` hold at most this many bytes per array (both fit in L2)."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_octets(words, out):  # type: ignore[no-untyped-def]
+    """``out[i]`` = the eight 0/1 bytes of ``words[i]`` as bits 0…7 (little-endian: byte j → bit
+    j); returns the OR of every byte with its lowest bit cleared (non-zero ⇔ a byte was > 1).
+
+    Gather by shifts (byte j's bit at 8j): ``w |= w >> 7`` puts bit pairs in each byte,
+    ``>> 14`` quadruples, ``>> 28`` all eight in byte 0; branch-free, so LLVM vectorises it.
+    """
+    bad = np.uint64(0)
+    s7 = np.uint64(7)
+    s14 = np.uint64(14)
+    s28 = np.uint64(28)
+    for i in range(words.shape[0]):
+        w = words[i]
+        bad |= w
+        w |= w >> s7
+        w |= w >> s14
+        w |= w >> s28
+        out[i] = np.uint8(w & np.uint64(0xFF))
+    return bad & np.uint64(0xFEFEFEFEFEFEFEFE)
+
+
+def _pack_checked(name: str, bits: np.ndarray, nwords: int) -> np.ndarray:
+    """uint8 0/1 bits → ``nwords`` little-endian uint64 words (as :func:`_packed_words`), checking
+    on the way that every byte is 0 or 1 (:class:`QKDInputError` naming ``name`` otherwise)."""
+    n = bits.shape[0]
+    out = np.zeros(nwords * 8, dtype=np.uint8)
+    n8 = n // 8
+    bad = 0
+    if n8 and bits.flags.c_contiguous and bits.ctypes.data % 8 == 0:
+        bad = int(_pack_octets(bits[:n8 * 8].view(np.uint64), out[:n8]))
+    elif n8:
+        bad = int(_pack_octets(np.ascontiguousarray(bits[:n8 * 8]).copy().view(np.uint64), out[:n8]))
+    tail = bits[n8 * 8:]
+    if bad or (tail.size and int(tail.max()) > 1):
+        require_bits(name, bits)  # raises, naming the value found
+    if tail.size:
+        out[n8] = np.packbits(tail, bitorder="little")[0]
+    return out.view(np.uint64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rolled_seed(P, F, n, m):  # type: ignore[no-untyped-def]
+    """``F`` (zeroed words) ← u = roll(seed, −m) from the packed seed ``P`` (n + m − 1 bits, zero
+    above): bits m … m+n−2 of ``P`` at bit 0, then bits 0 … m−1 of ``P`` at bit n − 1."""
+    nb = n - 1
+    w0 = m >> 6
+    b0 = np.uint64(m & 63)
+    np_ = P.shape[0]
+    nw = (nb + 63) >> 6
+    for i in range(nw):
+        v = P[w0 + i] >> b0
+        if b0 != 0 and w0 + i + 1 < np_:
+            v |= P[w0 + i + 1] << (np.uint64(64) - b0)
+        F[i] = v
+    if nb & 63:
+        F[nw - 1] &= (np.uint64(1) << np.uint64(nb & 63)) - np.uint64(1)
+    mw = (m + 63) >> 6
+    head = P[0:mw].copy()
+    if m & 63:
+        head[mw - 1] &= (np.uint64(1) << np.uint64(m & 63)) - np.uint64(1)
+    _xor_at_bit(F, head, nb)
 
 
 def _packed_words(bits: np.ndarray, nwords: int) -> np.ndarray:
@@ -751,17 +939,31 @@ def _overlap_add(A, Z, sw, W, Lw, Lb):  # type: ignore[no-untyped-def]
     NZ = Z.shape[0]
     for i in range(NZ):
         Z[i] = 0
+    sb = np.uint64(Lb)
+    sc = np.uint64(64 - Lb) if Lb else np.uint64(0)
     for J in range(K):
         base = J * sw
         e = A[J]
+        if base + Lw + W + 1 <= NZ:  # no wrap: straight-line, unsigned indices
+            bu = np.uint64(base)
+            for i in range(np.uint64(W)):
+                Z[bu + i] ^= e[i]
+            bl = np.uint64(base + Lw)
+            if Lb == 0:
+                for i in range(np.uint64(W)):
+                    Z[bl + i] ^= e[np.uint64(W) + i]
+            else:
+                for i in range(np.uint64(W)):
+                    v = e[np.uint64(W) + i]
+                    Z[bl + i] ^= v << sb
+                    Z[bl + i + np.uint64(1)] ^= v >> sc
+            continue
         for i in range(W):
             Z[(base + i) % NZ] ^= e[i]
         if Lb == 0:
             for i in range(W):
                 Z[(base + Lw + i) % NZ] ^= e[W + i]
         else:
-            sb = np.uint64(Lb)
-            sc = np.uint64(64 - Lb)
             for i in range(W):
                 v = e[W + i]
                 Z[(base + Lw + i) % NZ] ^= v << sb
@@ -823,16 +1025,19 @@ def _toeplitz_tfft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int,
     nthreads = numba.get_num_threads()
     A = np.empty((K, 2 * W), dtype=np.uint64)
     B = np.empty((K, 2 * W), dtype=np.uint64)
-    _to_chunks(_packed_words(bits, K * sw), A, sw, W)
-    F = _packed_words(seed_bits[m:], K * sw)  # u = roll(seed, −m): seed[m:], then seed[:m] at bit n − 1
-    _xor_at_bit(F, _packed_words(seed_bits[:m], -(-m // 64)), n - 1)
+    _to_chunks(_pack_checked("bits", bits, K * sw), A, sw, W)
+    F = np.zeros(K * sw, dtype=np.uint64)  # u = roll(seed, −m): seed[m:], then seed[:m] at bit n − 1
+    _rolled_seed(_pack_checked("seed_bits", seed_bits, -(-L_s // 64)), F, n, m)
     _to_chunks(F, B, sw, W)
     del F
-    _tfft(A, k, t, False, W, L, lastmask, nthreads)
-    _tfft(B, k, t, False, W, L, lastmask, nthreads)
-    _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads)
+    g = 0  # levels before g run over the whole arrays, the rest block by block in cache
+    while g < k and K // 3 ** g * 2 * W * 8 > _TFFT_BLOCK_BYTES:
+        g += 1
+    _tfft(A, k, t, False, 0, g, W, L, lastmask, nthreads)
+    _tfft(B, k, t, False, 0, g, W, L, lastmask, nthreads)
+    _tfft_middle(A, B, k, t, g, W, L, Lw, Lb, lastmask, nthreads)
     del B
-    _tfft(A, k, t, True, W, L, lastmask, nthreads)
+    _tfft(A, k, t, True, 0, g, W, L, lastmask, nthreads)
     Z = np.empty(K * sw, dtype=np.uint64)
     _overlap_add(A, Z, sw, W, Lw, Lb)
     Y = np.empty(-(-m // 64), dtype=np.uint64)

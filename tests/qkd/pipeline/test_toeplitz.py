@@ -9,10 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from randextract import ToeplitzHashing
 
+import labqfl.qkd.toeplitz as toeplitz_module
 from labqfl.errors import QKDInputError
 from labqfl.qkd import toeplitz_hash
 from labqfl.qkd.toeplitz import (
     HAS_CLMUL,
+    _pack_checked,
     _tfft_params,
     _toeplitz_gf2,
     _toeplitz_tfft,
@@ -163,3 +165,51 @@ def test_bad_inputs():
         toeplitz_hash(x, np.zeros(20, np.uint8), 11)
     with pytest.raises(QKDInputError, match="0 or 1"):
         toeplitz_hash(np.full(10, 2, np.uint8), np.zeros(14, np.uint8), 5)
+
+
+@needs_clmul
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(64, 4000), frac=st.floats(0.05, 1.0),
+       block_bytes=st.sampled_from([0, 1, 600, 2000, 1 << 40]))
+def test_ternary_fft_cache_blocking_at_every_split_level(seed, n, frac, block_bytes):
+    # _TFFT_BLOCK_BYTES decides how many transform levels run over the whole arrays before the
+    # block-by-block middle pass (0 → all of them, 2^40 → none); every split gives the same bits
+    m = max(1, int(round(frac * n)))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, toeplitz_seed_length(n, m), dtype=np.uint8)
+    expect = toeplitz_hash_reference(x, s, m)
+    old = toeplitz_module._TFFT_BLOCK_BYTES
+    try:
+        toeplitz_module._TFFT_BLOCK_BYTES = block_bytes
+        got = _toeplitz_tfft(x, s, n, m)
+    finally:
+        toeplitz_module._TFFT_BLOCK_BYTES = old
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 64, 100, 1001])
+def test_packing_with_the_value_check_matches_packbits(n, offset):
+    # the fused pack + check reads aligned 8-byte words where it can (offset 0) and copies otherwise
+    rng = np.random.default_rng(n + 1000 * offset)
+    buf = rng.integers(0, 2, n + offset, dtype=np.uint8)
+    bits = buf[offset:]
+    nwords = -(-n // 64) + 1
+    expect = np.zeros(nwords * 8, np.uint8)
+    expect[:-(-n // 8)] = np.packbits(bits, bitorder="little")
+    np.testing.assert_array_equal(_pack_checked("bits", bits, nwords), expect.view(np.uint64))
+
+
+@pytest.mark.parametrize("value", [2, 3, 0x80, 0xFF])
+@pytest.mark.parametrize("where", [0, 5, 8, 1000, -1])
+def test_large_block_path_rejects_a_non_bit_anywhere(value, where):
+    # toeplitz_hash checks the values while packing on the ternary-FFT path: one bad byte in the
+    # aligned body or the tail of either input is refused, naming the argument and the value
+    n, m = 1003, 500
+    for name in ("bits", "seed_bits"):
+        x = np.zeros(n, np.uint8)
+        s = np.zeros(n + m - 1, np.uint8)
+        (x if name == "bits" else s)[where] = value
+        with pytest.raises(QKDInputError, match=f"{name}: bits must be 0 or 1, found value {value}"):
+            toeplitz_hash(x, s, m)
