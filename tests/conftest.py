@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from labqfl.config import load_station_config
+from labqfl.config import StationConfig, load_station_config
 from labqfl.serialize import dump_toml
 
 
@@ -40,3 +40,25 @@ def small_station_file(tmp_path: Path) -> Path:
     p = tmp_path / "small_station.toml"
     p.write_text(dump_toml(d), encoding="utf-8")
     return p
+
+
+def _one_pair_station() -> StationConfig:
+    """The default simulated station cut to the one pair C1-C2 on a short loop (0.2 km segments, 0.2 dB
+    insertion loss) with balanced choices (intensities 0.6/0.2/0.2, basis X 0.7): 0.02 s gives a few
+    thousand sifted bits, blocks of ~3·10⁴ sifted bits give key, 0.2 s a key at ε_sec = 1e-4. Clients at
+    their default randomness (CSPRNG)."""
+    cfg = load_station_config()
+    cfg.schedule.pairs = [("C1", "C2")]
+    cfg.loop.segments_km = [0.2] * 5
+    for c in cfg.clients:
+        c.insertion_loss_db = 0.2
+        c.intensity_probs = [0.6, 0.2, 0.2]
+        c.basis_x_prob = 0.7
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def one_pair_station():  # type: ignore[no-untyped-def]
+    """``one_pair_station()`` → a fresh :class:`StationConfig` (each call its own, free to edit): the default
+    station cut to pair C1-C2 on a short loop (the client-secrets, block-size rule and provenance tests)."""
+    return _one_pair_station

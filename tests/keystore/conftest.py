@@ -35,6 +35,36 @@ def expected_bits(blocks: dict[str, np.ndarray], refs: list[tuple[str, int, int]
     return np.concatenate([blocks[b][o:o + n] for b, o, n in refs])
 
 
+@pytest.fixture(scope="session")
+def store_pair_block():  # type: ignore[no-untyped-def]
+    """``store_pair_block(data_dir, bits, meta, purpose="general")`` → the block ID: the same block in C1's and
+    C2's stores (pair C1-C2) under one ID, as a distillation leaves it."""
+
+    def store(data_dir: Path, bits: np.ndarray, meta: dict, purpose: str = "general") -> str:
+        with KeyStore.for_node("C1", data_dir) as a, KeyStore.for_node("C2", data_dir) as b:
+            bid = a.add_block(PAIR, bits, purpose=purpose, meta=meta)
+            b.add_block(PAIR, bits, block_id=bid, purpose=purpose, meta=meta)
+        return bid
+
+    return store
+
+
+@pytest.fixture(scope="session")
+def kme_status():  # type: ignore[no-untyped-def]
+    """``kme_status(data_dir)`` → the ETSI GS QKD 014 status SAE C1 gets for C2 from the nodes' stores in
+    ``data_dir`` (opened for the call and closed again)."""
+
+    def status(data_dir: Path) -> dict:
+        stores = open_node_stores(["C1", "C2"], data_dir)
+        try:
+            return KeyDeliveryService(stores, KmeSettings(saes={"C1": "C1", "C2": "C2"})).status("C1", "C2")
+        finally:
+            for s in stores.values():
+                s.close()
+
+    return status
+
+
 @pytest.fixture
 def two_stores(tmp_path: Path) -> Iterator[tuple[dict[str, KeyStore], dict[str, np.ndarray]]]:
     stores = open_node_stores(["C1", "C2"], tmp_path)

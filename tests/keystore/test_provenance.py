@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config
-from labqfl.keystore import KeyStore, open_node_stores
-from labqfl.keystore.etsi import PROVENANCE_EXTENSION, KeyDeliveryService, KmeSettings
+from labqfl.keystore import KeyStore
+from labqfl.keystore.etsi import PROVENANCE_EXTENSION
 from labqfl.provenance import IT_PHRASE, Provenance, client_randomness
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
@@ -24,24 +24,12 @@ PAIR = "C1-C2"
 runner = CliRunner()
 
 
-def _small_station():
-    """The default simulated station cut to one pair on a short loop (0.2 s gives a key at ε_sec = 1e-4)."""
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
-    return cfg
-
-
 @pytest.fixture(scope="module")
-def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+def distilled(tmp_path_factory: pytest.TempPathFactory, one_pair_station) -> tuple[Path, dict[str, str]]:
     """Distil 0.2 s of the simulated small station into C1/C2 stores; returns (data dir, {client: randomness})."""
     from labqfl.sim_backends import SagnacTestbed
 
-    cfg = _small_station()
+    cfg = one_pair_station()
     data = tmp_path_factory.mktemp("prov") / "data"
     tb = SagnacTestbed(cfg)
     blocks = tb.stream(0.2)
@@ -59,7 +47,7 @@ def distilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     return data, {c: client_randomness(cfg, c, logs[c]) for c in cfg.client_names}
 
 
-def test_simulated_blocks_are_marked_and_never_called_information_theoretic(distilled):
+def test_simulated_blocks_are_marked_and_never_called_information_theoretic(distilled, kme_status):
     data, rnd = distilled
     expected_rnd = "seeded" if "seeded" in rnd.values() else "csprng"
     for node in ("C1", "C2"):
@@ -86,41 +74,22 @@ def test_simulated_blocks_are_marked_and_never_called_information_theoretic(dist
     assert r.exit_code == 0 and "provenance" in r.output and IT_PHRASE not in r.output
 
     # ETSI GS QKD 014 status: the spec's optional status_extension carries labqfl's provenance
-    stores = open_node_stores(["C1", "C2"], data)
-    try:
-        kme = KeyDeliveryService(stores, KmeSettings(saes={"C1": "C1", "C2": "C2"}))
-        st = kme.status("C1", "C2")
-    finally:
-        for s in stores.values():
-            s.close()
+    st = kme_status(data)
     ext = st["status_extension"][PROVENANCE_EXTENSION]
     assert ext["weakest"]["physical_layer"] == "simulated" and ext["information_theoretic"] is False
     assert IT_PHRASE not in json.dumps(st)
 
 
-def _hardware_qrng_store(tmp_path: Path) -> Path:
+def test_hardware_qrng_blocks_are_information_theoretic_everywhere(tmp_path, store_pair_block, kme_status):
     data = tmp_path / "hw"
     meta = {"eps_total": 1.2e-10, "provenance": Provenance("hardware", "qrng", eps_sec=1e-10, eps_cor=1e-15,
                                                            eps_auth=2e-11, eps_total=1.2e-10).as_dict()}
-    bits = np.random.default_rng(1).integers(0, 2, 4096, dtype=np.uint8)
-    with KeyStore.for_node("C1", data) as a, KeyStore.for_node("C2", data) as b:
-        bid = a.add_block(PAIR, bits, purpose="etsi", meta=meta)
-        b.add_block(PAIR, bits, block_id=bid, purpose="etsi", meta=meta)
-    return data
-
-
-def test_hardware_qrng_blocks_are_information_theoretic_everywhere(tmp_path):
-    data = _hardware_qrng_store(tmp_path)
+    store_pair_block(data, np.random.default_rng(1).integers(0, 2, 4096, dtype=np.uint8), meta, purpose="etsi")
     r = runner.invoke(app, ["keys", "status", "--data-dir", str(data), "--json"])
     assert r.exit_code == 0, r.output
     prov = json.loads(r.stdout)["nodes"]["C2"]["provenance"][PAIR]
     assert prov["information_theoretic"] is True and prov["security"].startswith(IT_PHRASE)
-    stores = open_node_stores(["C1", "C2"], data)
-    try:
-        st = KeyDeliveryService(stores, KmeSettings(saes={"C1": "C1", "C2": "C2"})).status("C1", "C2")
-    finally:
-        for s in stores.values():
-            s.close()
+    st = kme_status(data)
     assert st["status_extension"][PROVENANCE_EXTENSION]["information_theoretic"] is True
     assert st["stored_key_count"] == 4096 // st["key_size"]
 
@@ -150,19 +119,16 @@ def test_report_states_the_provenance_of_the_run_keys(tmp_path):
 
 
 @pytest.mark.slow  # two 1-round trainings (~30 s on 2 busy cores)
-def test_train_with_qkd_keys_states_the_provenance_of_the_blocks_it_consumed(tmp_path):
+def test_train_with_qkd_keys_states_the_provenance_of_the_blocks_it_consumed(tmp_path, store_pair_block):
     """``labqfl train --keys qkd``: the masks' security is that of the key blocks consumed (the
     hardware + QRNG block first, then the simulated one), not of the pool at large."""
     ks = tmp_path / "ks"
     per_round = 8 * 24  # q · n_params of the 4-qubit / 3-layer QNN
     rng = np.random.default_rng(3)
     ids = {}
-    with KeyStore.for_node("C1", ks) as a, KeyStore.for_node("C2", ks) as b:
-        for layer, rnd in (("hardware", "qrng"), ("simulated", "csprng")):
-            meta = {"provenance": Provenance(layer, rnd, eps_total=1e-10).as_dict()}
-            bits = rng.integers(0, 2, per_round, dtype=np.uint8)
-            ids[layer] = a.add_block(PAIR, bits, purpose="fl", meta=meta)
-            b.add_block(PAIR, bits, block_id=ids[layer], purpose="fl", meta=meta)
+    for layer, rnd in (("hardware", "qrng"), ("simulated", "csprng")):
+        meta = {"provenance": Provenance(layer, rnd, eps_total=1e-10).as_dict()}
+        ids[layer] = store_pair_block(ks, rng.integers(0, 2, per_round, dtype=np.uint8), meta, purpose="fl")
     args = ["train", "--task", "mnist-qnn", "--clients", "2", "--rounds", "1", "--q", "8", "--keys", "qkd",
             "--keystore", str(ks), "--out", str(tmp_path / "runs"), "--json"]
     first = runner.invoke(app, args)

@@ -35,25 +35,13 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
+from labqfl.config import StationConfig, station_to_toml_dict
 from labqfl.runs import dump_toml
 
 _G = np.uint64(0x9E3779B97F4A7C15)
 N_ANNOUNCED = 16  # announced test rounds the attacker matches (8 sufficed against the old code)
 N_KEY = 20_000  # key slots whose bits the attacker tries to predict
 SEARCH = 1 << 15  # epochs searched on either side of the public epoch
-
-
-def small_station() -> StationConfig:
-    """One pair on a short loop (key within 0.02 s), clients at their default randomness (CSPRNG)."""
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
-    return cfg
 
 
 @nb.njit(cache=False)
@@ -100,9 +88,9 @@ def _attack(cfg: StationConfig, client: str, public_epoch: int, true_log) -> dic
     return out
 
 
-def test_seeded_client_is_predictable_positive_control():
+def test_seeded_client_is_predictable_positive_control(one_pair_station):
     """The attack works: against a seeded client it finds the epoch and every key bit."""
-    cfg = small_station()
+    cfg = one_pair_station()
     cfg.clients[0].randomness = "seeded"
     tb = SagnacTestbed(cfg)
     list(tb.stream(0.0001))
@@ -111,8 +99,7 @@ def test_seeded_client_is_predictable_positive_control():
     assert res["brute_force_agreement"] == 1.0
 
 
-def _acquire_and_distill(tmp_path: Path) -> dict[str, object]:
-    cfg = small_station()
+def _acquire_and_distill(tmp_path: Path, cfg: StationConfig) -> dict[str, object]:
     station_file = tmp_path / "public" / "station.toml"
     station_file.parent.mkdir()
     station_file.write_text(dump_toml(station_to_toml_dict(cfg)))
@@ -137,10 +124,10 @@ def _acquire_and_distill(tmp_path: Path) -> dict[str, object]:
 
 
 @pytest.mark.slow
-def test_prediction_and_isolation_of_csprng_clients(tmp_path):
+def test_prediction_and_isolation_of_csprng_clients(tmp_path, one_pair_station):
     from labqfl.sim_backends.recording import read_recording
 
-    run = _acquire_and_distill(tmp_path)
+    run = _acquire_and_distill(tmp_path, one_pair_station())
     cfg, rec_path, private = run["cfg"], run["rec"], run["private"]
     assert isinstance(cfg, StationConfig) and isinstance(rec_path, Path) and isinstance(private, Path)
     with read_recording(rec_path) as rec:

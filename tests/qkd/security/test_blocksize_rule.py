@@ -34,21 +34,9 @@ def sampled_block(cfg: StationConfig, pair: str, n_slots: float, rng: np.random.
     return secure_key_length(replace(exp, clicks=clicks), n_x, q, leak, params)
 
 
-def small_station() -> StationConfig:
-    """One pair on a short loop with balanced choices: blocks of ~3·10⁴ sifted bits give key."""
-    cfg = load_station_config()
-    cfg.schedule.pairs = [("C1", "C2")]
-    cfg.loop.segments_km = [0.2] * 5
-    for c in cfg.clients:
-        c.insertion_loss_db = 0.2
-        c.intensity_probs = [0.6, 0.2, 0.2]
-        c.basis_x_prob = 0.7
-    return cfg
-
-
 @pytest.mark.parametrize("which", ["default", "small"])
-def test_rule_blocks_never_abort_over_20_seeds(which: str) -> None:
-    cfg = load_station_config() if which == "default" else small_station()
+def test_rule_blocks_never_abort_over_20_seeds(which: str, one_pair_station) -> None:
+    cfg = load_station_config() if which == "default" else one_pair_station()
     params = SecurityParameters()
     plan = plan_blocks(cfg)  # open-ended stream: the smallest blocks the rule allows
     assert plan.sufficient and set(plan.pairs) == {f"{a}-{b}" for a, b in cfg.pairs()}
@@ -92,13 +80,13 @@ def test_known_duration_is_cut_into_few_large_blocks_or_refused_with_the_need() 
     assert all(capped.block_slots >= pp.rule_slots for pp in capped.pairs.values())
 
 
-def test_rule_blocks_give_key_in_a_real_distillation() -> None:
+def test_rule_blocks_give_key_in_a_real_distillation(one_pair_station) -> None:
     """Simulated acquisition → pipeline with the rule's settings: every block of the pair gives key."""
     from labqfl.sim_backends import SagnacTestbed
 
     from labqfl.qkd.pipeline import MemorySink, distill_stream
 
-    cfg = small_station()
+    cfg = one_pair_station()
     need = plan_blocks(cfg).needed_duration_s
     dur = round(2.3 * need, 3)  # two blocks and a rest
     plan = plan_blocks(cfg, None)
