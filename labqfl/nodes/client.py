@@ -380,7 +380,7 @@ class _IPair:
                     self._final(item)
                 else:
                     self._chunk(item)
-            except (LabqflError, OSError) as e:
+            except (LabqflError, OSError, ValueError) as e:  # ValueError: e.g. a log refusing a slot it did not play
                 self.failed = f"pair {self.pair}: {e}"
                 log.warning("node %s: %s", self.node.name, self.failed)
             if isinstance(item, int):

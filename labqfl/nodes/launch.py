@@ -265,13 +265,24 @@ class LocalNetwork:
                                block_duration=block_duration, timeout=timeout)
 
     def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
-        """SIGTERM every node still running, wait for each to exit (SIGKILL after ``timeout``)."""
-        for np_ in self.nodes.values():
+        """SIGTERM every node still running, wait for each to exit (SIGKILL after ``timeout``). The optics
+        node goes last: it serves the emulated pattern generators, which the client nodes put in their
+        safe state as they stop."""
+        codes: dict[str, int | None] = {}
+        t_end = time.monotonic() + timeout
+        last = [n for n, p in self.nodes.items() if p.role == "optics"]
+        for group in ([n for n in self.nodes if n not in last], last):
+            codes.update(self._stop_group(group, t_end))
+        return {n: codes[n] for n in self.nodes}
+
+    def _stop_group(self, names: list[str], t_end: float) -> dict[str, int | None]:
+        for n in names:
+            np_ = self.nodes[n]
             if np_.proc.poll() is None:
                 np_.proc.send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
-        t_end = time.monotonic() + timeout
-        for n, np_ in self.nodes.items():
+        for n in names:
+            np_ = self.nodes[n]
             try:
                 codes[n] = np_.proc.wait(max(t_end - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:

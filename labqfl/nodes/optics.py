@@ -85,8 +85,14 @@ class ModulatorLink:
         return ok("mod/query", slots=q)
 
     def on_close(self, error: BaseException | None) -> None:
-        if error is not None:
-            self._answers.put(NodeError(f"modulator link of client {self.client} lost: {error}"))
+        # a Monte-Carlo waiting for this client's answer stops at once (after mod/end nobody waits)
+        self.abort(f"lost: {error}" if error is not None else "closed by the client")
+
+    def abort(self, why: str) -> None:
+        """Whoever waits for this client's answer gets a :class:`NodeError` now, and the client's session,
+        if it waits for a question, ``mod/end``."""
+        self._answers.put(NodeError(f"modulator link of client {self.client} {why}"))
+        self._questions.put(None)
 
     # the Monte-Carlo's side
     def choices(self, slots: np.ndarray) -> ModulationRecord:
@@ -197,6 +203,17 @@ class OpticsNode(Node):
                 if self.testbed.hardware is not None:  # one virtual clock before any client of acq streams to them
                     self.testbed.hardware.align()
             return a
+
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT: a simulation waiting for a client's answer stops at once (it would wait
+        :data:`LINK_TIMEOUT_S` for a client that is stopping too, and hold this process that long)."""
+        with self._lock:
+            acqs = list(self._acqs.values())
+        for a in acqs:
+            with a.cond:
+                links = list(a.links.values())
+            for link in links:
+                link.abort("ended: the optics node is stopping")
 
     def forget(self, acq: str) -> None:
         with self._lock:
