@@ -793,16 +793,6 @@ def _rmul(e, f, W, Lw, Lb, lastmask, ws):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _tfft_pointwise(A, B, W, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
-    """``A[J] ← A[J]·B[J]`` in R for every J (:func:`_rmul`)."""
-    K = A.shape[0]
-    for tid in numba.prange(nthreads):
-        ws = np.empty(14 * W + 4 * _ROW_LANES, dtype=np.uint64)
-        for J in range(tid * K // nthreads, (tid + 1) * K // nthreads):
-            _rmul(A[J], B[J], W, Lw, Lb, lastmask, ws)
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
 def _tfft_middle(A, B, k, t, g, W, L, Lw, Lb, lastmask, nthreads):  # type: ignore[no-untyped-def]
     """Levels ``g … k−1`` of both forward transforms, the pointwise products and the same levels
     of the inverse transform of ``A``, one block of ``3^{k−g}`` elements at a time.
