@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import ast
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,3 +24,15 @@ def station_file(tmp_path: Path):
         return p
 
     return make
+
+
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+@pytest.fixture(scope="session")
+def parse_source() -> Callable[[Path], ast.Module]:
+    """``parse_source(path)`` → the module's syntax tree, parsed once per session: the import graph, the
+    function-length and the one-definition checks each walk every module of the five source folders
+    (read the trees, never change them)."""
+    return functools.cache(_parse)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -92,9 +92,10 @@ def modules() -> Iterator[tuple[str, Path]]:
             yield ".".join([pkg, *parts]), path
 
 
-def imports_of(name: str, path: Path) -> Iterator[tuple[str, int]]:
-    """(imported labqfl module, line) for every import statement and literal import_module call."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+def imports_of(name: str, path: Path, parse: Callable[[Path], ast.Module]) -> Iterator[tuple[str, int]]:
+    """(imported labqfl module, line) for every import statement and literal import_module call
+    (``parse``: the session's ``parse_source``)."""
+    tree = parse(path)
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -123,11 +124,11 @@ def layer(name: str) -> int | None:
 
 
 @functools.cache
-def edges() -> list[tuple[str, str, int, Path]]:
+def edges(parse: Callable[[Path], ast.Module]) -> list[tuple[str, str, int, Path]]:
     known = {n for n, _ in modules()}
     out: set[tuple[str, str, int, Path]] = set()
     for name, path in modules():
-        for target, line in imports_of(name, path):
+        for target, line in imports_of(name, path, parse):
             if not _is_under(target, "labqfl"):
                 continue
             # ``from pkg import name``: keep the submodule if it is one, else the package
@@ -151,17 +152,17 @@ def test_every_module_has_a_layer() -> None:
     assert not missing, f"modules without a layer: {missing}; add their package to LAYERS in {__file__}"
 
 
-def test_nothing_imports_the_front_ends() -> None:
-    bad = [f"{_where(p, ln)}: {src} imports {dst}" for src, dst, ln, p in edges()
+def test_nothing_imports_the_front_ends(parse_source) -> None:
+    bad = [f"{_where(p, ln)}: {src} imports {dst}" for src, dst, ln, p in edges(parse_source)
            if any(_is_under(dst, f) for f in FRONT_ENDS)
            and not any(_is_under(src, f) for f in FRONT_ENDS) and not src.endswith(".__main__")
            and not _excepted(src, dst)]
     assert not bad, "only the CLI, the GUI and __main__ may import labqfl.cli / labqfl.gui:\n" + "\n".join(bad)
 
 
-def test_drivers_and_simulator_only_through_the_station_or_the_nodes() -> None:
+def test_drivers_and_simulator_only_through_the_station_or_the_nodes(parse_source) -> None:
     bad = []
-    for src, dst, ln, p in edges():
+    for src, dst, ln, p in edges(parse_source):
         impl = next((i for i in IMPLEMENTATIONS if _is_under(dst, i)), None)
         if impl is None or _is_under(src, impl) or _excepted(src, dst):
             continue
@@ -171,17 +172,18 @@ def test_drivers_and_simulator_only_through_the_station_or_the_nodes() -> None:
                      "(or a node process, or a benchmark):\n" + "\n".join(bad))
 
 
-def test_layers_point_down() -> None:
+def test_layers_point_down(parse_source) -> None:
     bad = []
-    for src, dst, ln, p in edges():
+    for src, dst, ln, p in edges(parse_source):
         ls, ld = layer(src), layer(dst)
         if ls is not None and ld is not None and ld > ls and not _excepted(src, dst):
             bad.append(f"{_where(p, ln)}: {src} (layer {ls}) imports {dst} (layer {ld})")
     assert not bad, "imports must point down (LAYERS in this file):\n" + "\n".join(bad)
 
 
-def test_every_exception_is_still_needed() -> None:
-    used = {(a, b) for a, b in EXCEPTIONS if any(_is_under(s, a) and _is_under(d, b) for s, d, _, _ in edges())}
+def test_every_exception_is_still_needed(parse_source) -> None:
+    used = {(a, b) for a, b in EXCEPTIONS
+            if any(_is_under(s, a) and _is_under(d, b) for s, d, _, _ in edges(parse_source))}
     assert used == set(EXCEPTIONS), f"exceptions no longer needed (remove them): {sorted(set(EXCEPTIONS) - used)}"
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -106,17 +106,17 @@ def finds(tree: ast.AST) -> Iterator[tuple[str, int]]:
 
 
 @functools.cache
-def _all_finds() -> list[tuple[str, str, int]]:
+def _all_finds(parse: Callable[[Path], ast.Module]) -> list[tuple[str, str, int]]:
     out = []
     for folder in FOLDERS:
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
-            out += [(what, rel, line) for what, line in finds(ast.parse(path.read_text(encoding="utf-8")))]
+            out += [(what, rel, line) for what, line in finds(parse(path))]
     return out
 
 
-def test_each_formula_and_constant_is_defined_once() -> None:
-    found = _all_finds()
+def test_each_formula_and_constant_is_defined_once(parse_source) -> None:
+    found = _all_finds(parse_source)
     copies = [f"{rel}:{line}: a copy of the {what} (its one definition: {HOME[what]})"
               for what, rel, line in found if rel != HOME[what]]
     assert not copies, "import the one definition instead:\n" + "\n".join(copies)
@@ -172,12 +172,12 @@ def _engine_defaults(tree: ast.AST) -> Iterator[int]:
             yield node.lineno
 
 
-def test_the_default_engine_is_named_once() -> None:
+def test_the_default_engine_is_named_once(parse_source) -> None:
     """Every settings object and front end takes its default engine from
     :data:`labqfl.contracts.types.DEFAULT_ENGINE`, so changing the default is one edit."""
     spelled = [f"{path.relative_to(ROOT).as_posix()}:{line}"
                for folder in FOLDERS for path in sorted((ROOT / folder).rglob("*.py"))
-               for line in _engine_defaults(ast.parse(path.read_text(encoding="utf-8")))]
+               for line in _engine_defaults(parse_source(path))]
     assert not spelled, "use labqfl.contracts.types.DEFAULT_ENGINE:\n" + "\n".join(spelled)
     recognised = 'engine: str = "cascade"\ndef f(engine: str = "ldpc"): ...\nx = typer.Option("cascade", "--engine")\n'
     assert len(list(_engine_defaults(ast.parse(recognised)))) == 3
