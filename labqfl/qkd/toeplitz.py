@@ -46,7 +46,13 @@ E. Thomé, P. Zimmermann, "Faster multiplication in GF(2)[x]", ANTS VIII, LNCS 5
   powers of x (shifts mod ``x^{2L} + x^L + 1``), no field multiplications at all; the pointwise
   products in R use carry-less multiplication (three W-word products, Karatsuba over ``x^L``);
   the inverse runs the stages backwards with ``ω^{−1}``. Cost ~ K·log K shifts of L-bit words plus
-  K small products: for 10^7 input bits (k = 8, L = 2187) about 30× less work than the tiles below.
+  K small products: for 10^7 input bits (k = 8, L = 2187) about 30× less work than the tiles below;
+* the W-word products scan the output diagonals a vector at a time (:func:`_clmul_diag`: one
+  load and two (v)pclmulqdq per word of one operand, accumulated in registers), so they run at
+  the carry-less multiplier's throughput; a forward butterfly applies the ``X^q`` part of its
+  twiddles while it forms its outputs, leaving one shifting pass; from the level whose blocks
+  fit in ``_TFFT_BLOCK_BYTES`` on, both forward transforms, the products and the inverse run
+  block by block in cache (:func:`_tfft_middle`); packing checks the 0/1 values on the way.
 
 **Toeplitz–Karatsuba tiles** (:func:`toeplitz_hash_gf2`; the default for ``out_len`` below
 min(2^15, n/8) bits, where the FFT's fixed cost dominates, e.g. 64-bit tags):
