@@ -6,7 +6,8 @@ streams its CSPRNG frames to the Pulse Streamer emulator that the optics node se
 plays the emulators in virtual time and reads only what they played (the optics asks neither client's
 modulator link anything). C1 plays frames 40-43 dark (recorded lost) and the station has no frame
 markers, so the detector announces clicks in those frames: both ends must drop them (``frames/lost``),
-and the key is made from played frames only, identical at both ends.
+and the key is made from played frames only, identical at both ends. A second acquisition on the same
+nodes streams afresh.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
         net.start()
         assert not set(ips.values()) & set(pulse_streamer._REGISTRY)  # the emulators are the optics node's
         res = net.acquire(duration, timeout=300)
+        again = net.acquire(0.02, timeout=300)  # a second acquisition on the same generators: 31 frames, none dark
     finally:
         codes = net.stop()
     assert codes == dict.fromkeys(codes, 0)
@@ -111,6 +113,11 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
     lost_slots = sum(sch.slots_of_pair("C1-C2", (f + 1) * F) - sch.slots_of_pair("C1-C2", f * F) for f in DARK)
     assert pair["dropped_slots"] == lost_slots > 0
     assert pair["final_key_bits"] > 0 and pair["error_rate"]["X_key"] < 0.03  # C1 dark there: ~50 % if kept
+    n2 = math.ceil(0.02 * cfg.laser.rep_rate_hz / F)
+    for c in ("C1", "C2"):  # each node finished its first stream and the optics re-aligned the generators' clocks
+        assert again["clients"][c]["modulation"] == {"frames": n2, "played": n2, "lost": 0, "late": 0, "error": None}
+        assert again["clients"][c]["answered_slots"] == 0
+    assert again["pairs"]["C1-C2"]["failed"] == "" and again["pairs"]["C1-C2"]["final_key_bits"] > 0
     sa, sb = KeyStore.for_node("C1", net.data_of("C1")), KeyStore.for_node("C2", net.data_of("C2"))
     try:
         nbits = sa.available_bits("C1-C2", "general")
