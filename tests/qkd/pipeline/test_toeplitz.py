@@ -169,7 +169,7 @@ def test_bad_inputs():
 
 @needs_clmul
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), n=st.integers(64, 4000), frac=st.floats(0.05, 1.0),
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(64, 2000), frac=st.floats(0.05, 1.0),
        block_bytes=st.sampled_from([0, 1, 600, 2000, 1 << 40]))
 def test_ternary_fft_cache_blocking_at_every_split_level(seed, n, frac, block_bytes):
     # _TFFT_BLOCK_BYTES decides how many transform levels run over the whole arrays before the
