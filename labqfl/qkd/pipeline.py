@@ -82,7 +82,7 @@ from labqfl.qkd.estimation import SecurityParameters, epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.sifting import ClientSetup
-from labqfl.qkd.slotting import SlottingParams, announcements_by_pair, make_slotter
+from labqfl.qkd.slotting import SlotEvents, SlottingParams, announcements_by_pair, make_slotter
 from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 
 log = get_logger(__name__)
@@ -146,6 +146,12 @@ class DistillSettings:
     #: share, :func:`labqfl.qkd.blocksize.plan_blocks`)
     pair_block_slots: Mapping[str, int] | None = None
     pair_min_final_block_bits: Mapping[str, int] | None = None
+    #: sift in batches: the slotted clicks of several pushed tag blocks are held (all pairs
+    #: together) until they number ``sift_batch_clicks`` or span ``sift_batch_slots`` slots, then
+    #: sifted as one chunk per pair — fewer sifting round trips, the same key bits and counts
+    #: (block ends are fixed slots, cut inside any chunk); 0 sifts after every push
+    sift_batch_clicks: int = 60_000
+    sift_batch_slots: int = 5_000_000
 
     def __post_init__(self) -> None:
         if self.block_bits < 1000:
@@ -163,6 +169,10 @@ class DistillSettings:
                                 f"authentication with {self.auth_lanes} lane(s)), got {self.preshared_auth_bits}")
         if self.engine not in ENGINES:
             raise QKDInputError(f"unknown error-correction engine {self.engine!r}; expected one of {ENGINES}")
+        for name in ("sift_batch_clicks", "sift_batch_slots"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise QKDInputError(f"{name} must be an integer >= 0 (0: sift after every push), got {v!r}")
 
 
 def _auth_bits_per_block(lanes: int, first: bool) -> int:
@@ -629,16 +639,34 @@ class Distiller:
         self._final_slots = 0
         self._slot_time = 0.0
         self._finished = False
+        #: slotted clicks not yet sifted (DistillSettings.sift_batch_clicks/slots)
+        self._batch: list[SlotEvents] = []
+        self._batch_clicks = 0
         #: streaming clients' played frames: sift only what has a verdict, drop what was not played
         self._played = _PlayedGate(self.logs)
         self._clients = dict(zip(self.schedule.names, self.schedule.pairs, strict=True))
 
     # -- streaming ---------------------------------------------------------------------------
     def push(self, block: TagBlock) -> list[BlockResult]:
+        """Slot one tag block; sift when the batch is full (``DistillSettings.sift_batch_clicks``,
+        ``sift_batch_slots``); the key blocks that closed."""
         t0 = time.perf_counter()
         events = self.slotter.push(block)
         self._slot_time += time.perf_counter() - t0
-        return self._after_slotting(events, self.slotter.final_slots, final=False)
+        self._batch.append(events)
+        self._batch_clicks += len(events)
+        s, fs = self.settings, self.slotter.final_slots
+        if self._batch_clicks < s.sift_batch_clicks and fs - self._final_slots < s.sift_batch_slots:
+            return []
+        return self._after_slotting(self._take_batch(), fs, final=False)
+
+    def _take_batch(self, more: SlotEvents | None = None) -> SlotEvents:
+        """The held slotted clicks (and ``more``) as one :class:`SlotEvents`, in slot order."""
+        parts = self._batch + ([more] if more is not None else [])
+        self._batch, self._batch_clicks = [], 0
+        if len(parts) == 1:
+            return parts[0]
+        return SlotEvents(np.concatenate([e.slots for e in parts]), np.concatenate([e.outcomes for e in parts]))
 
     def finish(self, total_slots: int | None = None) -> dict[str, PairResult]:
         """End of stream: flush, process the remaining blocks, return per-pair results."""
@@ -646,7 +674,7 @@ class Distiller:
             raise QKDInputError("Distiller.finish() called twice")
         self._finished = True
         t0 = time.perf_counter()
-        events = self.slotter.finish()
+        events = self._take_batch(self.slotter.finish())
         self._slot_time += time.perf_counter() - t0
         n = self.slotter.final_slots if total_slots is None else max(int(total_slots), self.slotter.last_emitted + 1)
         self._after_slotting(events, n, final=True)
@@ -664,8 +692,10 @@ class Distiller:
         """Per pair, the bytes both ends hold in memory for the current block until it closes
         (packed key bits, held-back transcript entries; :meth:`PairEndI.held_bytes`). Bounded per
         end: beyond a few MB the transcript entries are spooled to a temporary file
-        (:mod:`labqfl.qkd.spool`)."""
-        return {name: st.end_i.held_bytes() + st.end_j.held_bytes() for name, st in self.pairs.items()}
+        (:mod:`labqfl.qkd.spool`). The slotted clicks held for the next sifting batch, shared by
+        all pairs, are counted in equal parts."""
+        batch = sum(e.slots.nbytes + e.outcomes.nbytes for e in self._batch) // max(len(self.pairs), 1)
+        return {name: st.end_i.held_bytes() + st.end_j.held_bytes() + batch for name, st in self.pairs.items()}
 
     def _block_id(self, pair: str, start: int, end: int) -> str:
         """Deterministic for a known acquisition: derived from the pair and the block's slot range
