@@ -340,7 +340,14 @@ class CsprngChoiceLog:
     __str__ = __repr__
 
     def _thr(self) -> np.ndarray:
-        return joint_thresholds(self.intensity_probs, self.basis_x_prob)
+        return self._thresholds
+
+    @functools.cached_property
+    def _thresholds(self) -> np.ndarray:
+        """:func:`joint_thresholds` of this log's probabilities (computed once; read-only)."""
+        t = joint_thresholds(self.intensity_probs, self.basis_x_prob)
+        t.setflags(write=False)
+        return t
 
     @functools.cached_property
     def _guide(self) -> np.ndarray:
