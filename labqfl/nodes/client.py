@@ -11,7 +11,7 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 
 * it arms its generator and opens its **modulator link** to the optics node (service
   ``optics/modulator``): ``mod/ready`` / ``mod/applied {codes}``, each answered by the optics'
-  next ``mod/query {slots}`` (or ``mod/end``);
+  next ``mod/query`` (the asked slots as gaps, ``labqfl.nodes.optics.query_slots``; or ``mod/end``);
 * when its station section names a ``pattern_generator`` (a real instrument, or the emulated Pulse
   Streamer the simulated optics node serves on a loopback address), it opens it once through its
   driver (operating point applied) and streams its own choice log to it for the acquisition
@@ -92,6 +92,7 @@ from labqfl.nodes.common import (
     refuse,
     request,
 )
+from labqfl.nodes.optics import query_slots
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import forgery_probability
 from labqfl.qkd.estimation import epsilon_total
@@ -878,7 +879,7 @@ class ClientNode(Node):
         try:
             rep = link.request(Message("mod/ready", {}))
             while rep.kind == "mod/query":
-                rec = a.raw_log.choices(np.asarray(rep.get("slots"), np.int64))
+                rec = a.raw_log.choices(query_slots(rep))
                 codes = (rec.intensity_idx.astype(np.uint8) * 4 + rec.phase_idx.astype(np.uint8)).astype(np.uint8)
                 a.answered_slots += int(codes.size)
                 rep = link.request(Message("mod/applied", {"codes": codes}))

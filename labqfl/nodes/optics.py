@@ -13,7 +13,9 @@ Services:
 
 * ``optics/modulator`` (peers: the station's clients; opened by the client, hello
   ``{acq}``): the client sends ``mod/ready`` and then ``mod/applied {codes}`` (uint8, k·4 + a per
-  asked slot); every answer is the next ``mod/query {slots}`` (int64), or ``mod/end``.
+  asked slot); every answer is the next ``mod/query {gaps, big_at, big}`` (the asked slots,
+  ascending within a window, as one-byte gaps: :func:`encode_query_slots` / :func:`query_slots`),
+  or ``mod/end``.
 * ``optics/tags`` (peer: the detection node; hello ``{acq, duration, block_duration}``): waits
   for every client's modulator link of ``acq``, then ``tags/next`` → ``tags/block {ts, ch}``
   (int64 ps, int16 channel) per simulated block, ``tags/end {n_slots}`` after the last.
@@ -59,6 +61,41 @@ __all__ = ["OpticsNode", "ModulatorLink"]
 LINK_TIMEOUT_S = 120.0
 
 
+#: Gaps between consecutive asked slots that travel as one byte each (1 … 255); the others apart.
+_SMALL_GAP_MAX = 255
+
+
+def encode_query_slots(slots: np.ndarray) -> dict[str, Any]:
+    """The fields of a ``mod/query`` for ``slots`` (int64): the gaps d_n = s_n − s_{n−1}
+    (s_{−1} = 0) as ``gaps`` (uint8; 0 where d_n is outside 1 … 255) and those other gaps exactly
+    as ``big_at`` (their positions) and ``big`` (their values, int64). A client's candidate slots
+    ascend with gaps of a few slots inside its frames, so a query is about one byte per slot
+    instead of eight (what the optics encrypts and sends, and the client receives, per window);
+    any int64 array round-trips exactly (:func:`query_slots`)."""
+    s = np.ascontiguousarray(slots, dtype=np.int64)
+    d = np.diff(s, prepend=np.int64(0))
+    big = (d < 1) | (d > _SMALL_GAP_MAX)
+    big_at = np.flatnonzero(big).astype(np.int64)
+    gaps = d.astype(np.uint8)
+    gaps[big_at] = 0
+    return {"gaps": gaps, "big_at": big_at, "big": d[big_at]}
+
+
+def query_slots(msg: Message) -> np.ndarray:
+    """The asked slots (int64) of a ``mod/query``: the inverse of :func:`encode_query_slots` (a
+    ``slots`` field, int64, is read as it is)."""
+    if "slots" in msg.fields:
+        return np.asarray(msg.get("slots"), np.int64)
+    d = np.asarray(msg.get("gaps"), np.uint8).astype(np.int64)
+    big_at = np.asarray(msg.get("big_at"), np.int64)
+    big = np.asarray(msg.get("big"), np.int64)
+    if big_at.shape != big.shape or (big_at.size and (int(big_at.min()) < 0 or int(big_at.max()) >= d.size)):
+        raise MessageError(f"mod/query: {big.size} large gaps at {big_at.size} positions of {d.size} slots; "
+                           "expected one value per position, positions inside the query")
+    d[big_at] = big
+    return np.cumsum(d)
+
+
 class ModulatorLink:
     """The optics' end of one client's modulator link for one acquisition.
 
@@ -82,7 +119,7 @@ class ModulatorLink:
         q = self._questions.get()
         if q is None:
             return ok("mod/end")
-        return ok("mod/query", slots=q)
+        return ok("mod/query", **encode_query_slots(q))
 
     def on_close(self, error: BaseException | None) -> None:
         # a Monte-Carlo waiting for this client's answer stops at once (after mod/end nobody waits)
