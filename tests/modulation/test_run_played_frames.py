@@ -85,15 +85,23 @@ def _distil(cfg: Any, blocks: list[Any], logs: dict[str, Any], records: dict[str
     return d, sink, sifted_upto
 
 
+@pytest.fixture(scope="module")
+def played_only(acquisition: Any) -> tuple[Distiller, MemorySink, list[int]]:
+    """The acquisition distilled with played-only logs, every verdict known before the first block (one
+    distillation, read by the tests below)."""
+    cfg, blocks, logs = acquisition
+    return _distil(cfg, blocks, logs, _records(), live=False)
+
+
 def _unplayed_pair_slots(cfg: Any) -> int:
     sched = PairSchedule.from_config(cfg)
     frames = sorted(LOST["C1"] | LOST["C2"])
     return sum(sched.slots_of_pair("C1-C2", (f + 1) * F) - sched.slots_of_pair("C1-C2", f * F) for f in frames)
 
 
-def test_slots_of_frames_a_client_did_not_play_are_dropped_and_counted(acquisition: Any) -> None:
+def test_slots_of_frames_a_client_did_not_play_are_dropped_and_counted(acquisition: Any, played_only: Any) -> None:
     cfg, blocks, logs = acquisition
-    d, sink, _ = _distil(cfg, blocks, logs, _records(), live=False)
+    d, sink, _ = played_only
     r = d.pairs["C1-C2"].result
     assert r.dropped_slots == _unplayed_pair_slots(cfg) > 0
     assert r.n_slots == PairSchedule.from_config(cfg).slots_of_pair("C1-C2", int(DUR * 1e8))  # N stays fixed
@@ -114,11 +122,11 @@ def test_slots_of_frames_a_client_did_not_play_are_dropped_and_counted(acquisiti
     assert d_all.pairs["C1-C2"].result.sifted_bits > r.sifted_bits
 
 
-def test_live_verdicts_hold_slots_back_and_give_the_same_result(acquisition: Any) -> None:
+def test_live_verdicts_hold_slots_back_and_give_the_same_result(acquisition: Any, played_only: Any) -> None:
     """Verdicts arriving one block late (live streaming) change nothing: the slots of frames without a
     verdict wait, and the result equals the one with every verdict known before the first block."""
     cfg, blocks, logs = acquisition
-    d_ref, _, _ = _distil(cfg, blocks, logs, _records(), live=False)
+    d_ref, _, _ = played_only
     d_live, sink, sifted_upto = _distil(cfg, blocks, logs, _records(), live=True)
     assert sifted_upto[0] == 0  # no verdict yet: nothing sifted
     assert all(n % F == 0 for n in sifted_upto[:-1])  # sifted up to whole frames with verdicts only
