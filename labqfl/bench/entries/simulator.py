@@ -8,8 +8,11 @@ in simulated s per CPU-second of the whole process (CPU time per simulated secon
 on a shared machine the wall figures drop first). Further baselines in the details: real time
 (1 simulated s per wall s, the hardware it imitates) and a naive per-pulse NumPy simulation of the
 same station on a short span (cost ∝ pulses, to show that the thinning simulator's cost grows with
-candidates and detections instead). Details give 8 and 16 clients and the default station with
-10 dB more loss, and the load average of the machine during the run.
+candidates and detections instead). Details give 8 and 16 clients, the default station with
+10 dB more loss, the default station on the optics node's path (``modulation_on_demand``: the
+candidate slots first, then each client's choices in those slots only, as ``labqfl node optics``
+asks its clients; here the clients' CSPRNG answers are computed in this process), and the load
+average of the machine during the run.
 """
 
 from __future__ import annotations
@@ -28,12 +31,15 @@ from labqfl.contracts.schedule import PairSchedule
 
 
 def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3,
-           threads: tuple[int | None, ...] = (None,)) -> dict[str, dict[str, Any]]:
+           threads: tuple[int | None, ...] = (None,), on_demand: bool = False) -> dict[str, dict[str, Any]]:
     """Best of ``repeats`` acquisitions of ``duration_s`` per thread setting (fresh epochs, same
-    station); the settings take turns so that they see the same machine load."""
+    station); the settings take turns so that they see the same machine load. ``on_demand``: the
+    optics node's path (candidates first, then the clients' choices there only; same tags)."""
     from labqfl.sim_backends import SagnacTestbed
 
     tbs = {th: SagnacTestbed(cfg, threads=th) for th in threads}
+    for tb in tbs.values():
+        tb.modulation_on_demand = on_demand
     for tb in tbs.values():
         for _ in tb.stream(0.002):  # warm-up (JIT load) outside the timing
             pass
@@ -107,6 +113,8 @@ def _simulator(quick: bool) -> BenchResult:
     details["8_clients"] = _speed(edit_station(n_clients=8), dur_other)["all_cores"]
     details["16_clients"] = _speed(edit_station(n_clients=16), dur_other)["all_cores"]
     details["default_plus_10dB_loss"] = _speed(edit_station(extra_loss_db=10.0), dur_other)["all_cores"]
+    # the optics node's Monte-Carlo (labqfl node optics), its clients' choices answered in process
+    details["default_on_demand_optics_path"] = _speed(base, dur_other, threads=(None,), on_demand=True)["all_cores"]
     n_naive = 200_000 if quick else 5_000_000
     clicks, cpu = naive_per_pulse(base, n_naive)
     naive_sps = n_naive / base.laser.rep_rate_hz / cpu
