@@ -225,6 +225,64 @@ def _truncated() -> MessageError:
     return MessageError("message truncated")
 
 
+def _read_str(b: bytes, pos: int, end: int) -> tuple[str, int]:
+    """A u16-length-prefixed UTF-8 string of ``b`` at ``pos``: (string, position after it)."""
+    if pos + 2 > end:
+        raise _truncated()
+    n = b[pos] | (b[pos + 1] << 8)
+    pos += 2
+    if pos + n > end:
+        raise _truncated()
+    try:
+        return b[pos:pos + n].decode("utf-8"), pos + n
+    except UnicodeDecodeError:
+        raise MessageError("message has a non-UTF-8 string") from None
+
+
+def _read_u64(b: bytes, pos: int, end: int) -> int:
+    if pos + 8 > end:
+        raise _truncated()
+    return int.from_bytes(b[pos:pos + 8], "little")
+
+
+def _read_field(b: bytes, pos: int, end: int, name: str) -> tuple[FieldValue, int]:
+    """One field's type code and value at ``pos`` (:func:`encode_message` layout): (value,
+    position after it)."""
+    if pos + 1 > end:
+        raise _truncated()
+    t = b[pos]
+    pos += 1
+    if t == _T_INT:
+        v = _read_u64(b, pos, end)
+        return v - (1 << 64) if v >= 1 << 63 else v, pos + 8
+    if t == _T_FLOAT:
+        if pos + 8 > end:
+            raise _truncated()
+        return struct.unpack_from("<d", b, pos)[0], pos + 8
+    if t == _T_STR:
+        return _read_str(b, pos, end)
+    if t == _T_BYTES:
+        n = _read_u64(b, pos, end)
+        pos += 8
+        if pos + n > end:
+            raise _truncated()
+        return b[pos:pos + n], pos + n
+    if t == _T_ARRAY:
+        if pos + 9 > end:
+            raise _truncated()
+        code = b[pos]
+        n = int.from_bytes(b[pos + 1:pos + 9], "little")
+        pos += 9
+        if code not in _DTYPE_BY_CODE:
+            raise MessageError(f"field {name!r}: unknown dtype code {code}")
+        dt = _DTYPE_BY_CODE[code].newbyteorder("<")
+        nbytes = n * dt.itemsize
+        if pos + nbytes > end:
+            raise _truncated()
+        return np.frombuffer(b, dtype=dt, count=n, offset=pos).astype(dt.newbyteorder("=")), pos + nbytes
+    raise MessageError(f"field {name!r}: unknown type code {t}")
+
+
 def decode_message(buf: bytes) -> Message:
     """Inverse of :func:`encode_message`; raises :class:`MessageError` on malformed input.
 
@@ -236,68 +294,15 @@ def decode_message(buf: bytes) -> Message:
         raise _truncated()
     if b[:4] != _MAGIC:
         raise MessageError("not a labqfl protocol message (bad magic)")
-
-    def string(pos: int) -> tuple[str, int]:
-        if pos + 2 > end:
-            raise _truncated()
-        n = b[pos] | (b[pos + 1] << 8)
-        pos += 2
-        if pos + n > end:
-            raise _truncated()
-        try:
-            return b[pos:pos + n].decode("utf-8"), pos + n
-        except UnicodeDecodeError:
-            raise MessageError("message has a non-UTF-8 string") from None
-
-    kind, pos = string(4)
+    kind, pos = _read_str(b, 4, end)
     if pos + 2 > end:
         raise _truncated()
     nf = b[pos] | (b[pos + 1] << 8)
     pos += 2
     fields: dict[str, FieldValue] = {}
     for _ in range(nf):
-        name, pos = string(pos)
-        if pos + 1 > end:
-            raise _truncated()
-        t = b[pos]
-        pos += 1
-        if t == _T_INT:
-            if pos + 8 > end:
-                raise _truncated()
-            fields[name] = int.from_bytes(b[pos:pos + 8], "little", signed=True)
-            pos += 8
-        elif t == _T_FLOAT:
-            if pos + 8 > end:
-                raise _truncated()
-            fields[name] = struct.unpack_from("<d", b, pos)[0]
-            pos += 8
-        elif t == _T_STR:
-            fields[name], pos = string(pos)
-        elif t == _T_BYTES:
-            if pos + 8 > end:
-                raise _truncated()
-            n = int.from_bytes(b[pos:pos + 8], "little")
-            pos += 8
-            if pos + n > end:
-                raise _truncated()
-            fields[name] = b[pos:pos + n]
-            pos += n
-        elif t == _T_ARRAY:
-            if pos + 9 > end:
-                raise _truncated()
-            code = b[pos]
-            n = int.from_bytes(b[pos + 1:pos + 9], "little")
-            pos += 9
-            if code not in _DTYPE_BY_CODE:
-                raise MessageError(f"field {name!r}: unknown dtype code {code}")
-            dt = _DTYPE_BY_CODE[code].newbyteorder("<")
-            nbytes = n * dt.itemsize
-            if pos + nbytes > end:
-                raise _truncated()
-            fields[name] = np.frombuffer(b, dtype=dt, count=n, offset=pos).astype(dt.newbyteorder("="))
-            pos += nbytes
-        else:
-            raise MessageError(f"field {name!r}: unknown type code {t}")
+        name, pos = _read_str(b, pos, end)
+        fields[name], pos = _read_field(b, pos, end, name)
     if pos + 16 > end:
         raise _truncated()
     credit, nbits = _S_TAIL.unpack_from(b, pos)
