@@ -260,7 +260,7 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
         k = 0
         while k < n:
             f = cand_slot[r, k] // frame_len
-            k1 = k + np.searchsorted(cand_slot[r, k:n], (f + 1) * frame_len)
+            k1 = max(k + 1, k + np.searchsorted(cand_slot[r, k:n], (f + 1) * frame_len))  # ascending rows
             if n_runs == cap:
                 grown = np.empty((2 * cap, 4), dtype=np.int64)
                 grown[:cap] = runs

@@ -52,7 +52,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from labqfl.sim_backends import _kernels as K
@@ -544,7 +544,8 @@ class SagnacTestbed:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
         window on the client's modulation log (:attr:`modulation_on_demand`), its slots in
-        ascending order. Nothing else of a client is read. The candidates are grouped by client
+        ascending order; a log with ``ask(slots)`` (a remote client's modulator link, returning
+        the wait for its answer) is asked for all clients first. Nothing else of a client is read. The candidates are grouped by client
         in runs of one frame each (:func:`_kernels.group_candidates`) and the answers copied back
         run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing."""
         rows = cand_n.size
@@ -554,13 +555,25 @@ class SagnacTestbed:
                                                   pa["ci"], pa["cj"], np.int64(n_clients))
         out_i, out_j = np.zeros((rows, width), np.uint8), np.zeros((rows, width), np.uint8)
         bounds = offsets.tolist()
-        for c in range(n_clients):
+        answers: list[tuple[int, Callable[[], Any]]] = []
+        for c in range(n_clients):  # every client asked before any answer is awaited (remote clients: in parallel)
             lo, hi = bounds[c], bounds[c + 1]
             if hi > lo:
-                rec = acq.logs[c].choices(slots[lo:hi])
-                K.scatter_codes(np.int64(c), np.asarray(rec.intensity_idx, np.uint8),
-                                np.asarray(rec.phase_idx, np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
+                answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
+        for c, answer in answers:
+            rec = answer()
+            K.scatter_codes(np.int64(c), np.asarray(rec.intensity_idx, np.uint8),
+                            np.asarray(rec.phase_idx, np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
         return out_i, out_j
+
+    @staticmethod
+    def _ask(log: Any, slots: np.ndarray) -> Callable[[], Any]:
+        """The wait for ``log``'s choices in ``slots``: its ``ask(slots)`` where it has one (the
+        question goes out now), else its ``choices(slots)`` when waited for."""
+        ask = getattr(log, "ask", None)
+        if ask is not None:
+            return cast(Callable[[], Any], ask(slots))
+        return lambda: log.choices(slots)
 
     def _cut(self, acq: _Acq, s1: int) -> int:
         """No tag of a later window can be earlier than this time [ps]."""

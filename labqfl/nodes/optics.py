@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +132,15 @@ class ModulatorLink:
         self._questions.put(None)
 
     # the Monte-Carlo's side
-    def choices(self, slots: np.ndarray) -> ModulationRecord:
+    def ask(self, slots: np.ndarray) -> Callable[[], ModulationRecord]:
+        """Put the question "what did you apply in ``slots``?" and return the wait for its answer,
+        so that the Monte-Carlo asks every client of a window before it waits for any (the clients
+        answer in parallel; :meth:`SagnacTestbed._candidate_codes`)."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         self._questions.put(s)
+        return lambda: self._answer(s)
+
+    def _answer(self, s: np.ndarray) -> ModulationRecord:
         try:
             got = self._answers.get(timeout=LINK_TIMEOUT_S)
         except queue.Empty:
@@ -146,6 +152,10 @@ class ModulatorLink:
         self.asked_slots += int(s.size)
         return ModulationRecord(client=self.client, slots=s, intensity_idx=(got >> 2).astype(np.uint8),
                                 phase_idx=(got & 3).astype(np.uint8))
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        """Ask and wait for the answer (:meth:`ask`)."""
+        return self.ask(slots)()
 
     def end(self) -> None:
         self._questions.put(None)

@@ -144,3 +144,37 @@ def test_on_demand_tags_equal_drive_pattern_tags_with_csprng_clients():
     assert t0.size > 1000
     np.testing.assert_array_equal(t0, t1)
     np.testing.assert_array_equal(c0, c1)
+
+
+def test_clients_with_ask_are_all_asked_before_any_answer_is_awaited():
+    """A remote client's link offers ``ask(slots)`` (the question goes out, the wait comes back):
+    every client of the window gets its question before the Monte-Carlo waits for any answer, so
+    the clients answer in parallel; the codes are still the reference's."""
+    rng = np.random.default_rng(3)
+    cfg = load_station_config()
+    cand_slot, cand_n, pa = _random_window(rng, 4, 40)
+    while cand_n.sum() < 20 or pa["ci"].size < 2:
+        cand_slot, cand_n, pa = _random_window(rng, 4, 40)
+    events: list[tuple[str, int]] = []
+    base = [log_for_client(cfg.clients[0].model_copy(update={"name": f"C{k + 1}", "seed": 5 + k}), 1) for k in range(4)]
+
+    class Remote:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        def ask(self, slots: np.ndarray) -> Any:
+            events.append(("ask", self.k))
+
+            def wait() -> Any:
+                events.append(("answer", self.k))
+                return base[self.k].choices(slots)
+            return wait
+
+    tb = SagnacTestbed(cfg, threads=1)
+    got = tb._candidate_codes(SimpleNamespace(logs=[Remote(k) for k in range(4)]), cand_slot, cand_n, pa, 40)
+    ref = reference_candidate_codes(base, cand_slot, cand_n, pa, 40)
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1], ref[1])
+    kinds = [e for e, _ in events]
+    asked = kinds.count("ask")
+    assert asked >= 2 and kinds == ["ask"] * asked + ["answer"] * asked
