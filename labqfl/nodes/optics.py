@@ -100,8 +100,9 @@ class ModulatorLink:
     """The optics' end of one client's modulator link for one acquisition.
 
     The client drives the session (it opened it); each of its requests is answered with the
-    optics' next question. :meth:`choices` (called by the Monte-Carlo) puts a question and waits
-    for the client's answer: the only way a choice reaches the optics.
+    optics' next question. :meth:`ask` (called by the Monte-Carlo) puts a question and returns
+    the wait for the client's answer (:meth:`choices`: both at once): the only way a choice
+    reaches the optics.
     """
 
     def __init__(self, client: str) -> None:
