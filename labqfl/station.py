@@ -67,6 +67,22 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None) -> Instrument:
+    """Open the real instrument of ``role`` through its driver (a pyvisa session or the vendor SDK),
+    its VISA library resolved against ``base_dir`` (the station file's folder). The one place outside
+    the driver registry that instantiates drivers: the Station for its roles, a client node for its
+    own pattern generator."""
+    from labqfl.drivers import get_driver, resolve_visa_library
+
+    cls = get_driver(ic.driver)
+    want = expected_interfaces(role)
+    if not issubclass(cls, want):
+        raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {_kinds(cls)}; "
+                          f"expected a {' or '.join(w.__name__ for w in want)} driver")
+    resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, base_dir) or None})
+    return cls(role, resolved)  # type: ignore[call-arg]
+
+
 def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:
     """Interface(s) an instrument must implement to serve ``role``."""
     if role == "laser":
@@ -430,15 +446,7 @@ class Station:
         return dict(factory(self.config))
 
     def _open_real(self, role: str, ic: InstrumentConfig) -> Instrument:
-        from labqfl.drivers import get_driver, resolve_visa_library
-
-        cls = get_driver(ic.driver)
-        want = expected_interfaces(role)
-        if not issubclass(cls, want):
-            raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {_kinds(cls)}; "
-                              f"expected a {' or '.join(w.__name__ for w in want)} driver")
-        resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, self.base_dir) or None})
-        return cls(role, resolved)  # type: ignore[call-arg]
+        return open_driver(role, ic, self.base_dir)
 
     # -- access ---------------------------------------------------------------------------------
     def __getitem__(self, role: str) -> Instrument:

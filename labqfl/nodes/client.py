@@ -71,7 +71,7 @@ import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements
-from labqfl.errors import AuthenticationError, LabqflError
+from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.log import get_logger
 from labqfl.modulation import (
@@ -674,15 +674,13 @@ class ClientNode(Node):
         if ic is None:
             return None
         if self.generator is None:
-            from labqfl.drivers import get_driver, resolve_visa_library
-            from labqfl.instruments.interfaces import PatternGenerator
+            from labqfl.station import open_driver
 
-            cls = get_driver(ic.driver)
-            if not issubclass(cls, PatternGenerator):
-                raise NodeError(f"{self.name}.pattern_generator: driver {ic.driver!r} is not a PatternGenerator driver")
             base = Path(self.station_path).parent if self.station_path else None
-            resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, base) or None})
-            gen = cls(f"{self.name}.pattern_generator", resolved)  # type: ignore[call-arg]
+            try:
+                gen: Any = open_driver(f"{self.name}.pattern_generator", ic, base)
+            except ConfigError as e:
+                raise NodeError(str(e)) from None
             try:
                 gen.apply_operating_point(self.cfg)  # type: ignore[attr-defined]
             except BaseException:
