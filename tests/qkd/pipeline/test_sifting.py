@@ -85,3 +85,28 @@ def test_bad_records_give_clear_errors():
         sift_records(ann, good, bad_phase, SETUP_I, SETUP_J, 10)
     with pytest.raises(QKDInputError, match="do not match pair"):
         sift(ann, ArrayLog("C3", 1, 5), ArrayLog("C2", 1, 5), SETUP_I, SETUP_J, 10)
+
+
+def test_double_click_bits_do_not_depend_on_how_the_slots_are_chunked() -> None:
+    """Cj's random bits for double clicks are the same whether its key slots are sifted in one chunk
+    or in several (the Distiller's batches and live verdicts split them differently); with
+    ``integers(0, 2, n, dtype=uint8)`` a split changed the bits."""
+    from labqfl.contracts.types import OUTCOME_BOTH, OUTCOME_D0, ModulationRecord
+    from labqfl.qkd.sifting import client_j_key
+
+    gen = np.random.default_rng(7)
+    n = 5000
+    out = np.where(gen.random(n) < 0.3, OUTCOME_BOTH, OUTCOME_D0).astype(np.uint8)
+    rec = ModulationRecord("C2", np.arange(n, dtype=np.int64), np.zeros(n, np.uint8),
+                           gen.integers(0, 4, n).astype(np.uint8))
+    mask = np.ones(n, dtype=bool)
+    whole = client_j_key(rec, out, mask, np.random.default_rng(11))
+    rng = np.random.default_rng(11)
+    cuts = [0, 3, 17, 1001, 2500, 2501, n]
+    parts = []
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        sub = ModulationRecord("C2", rec.slots[lo:hi], rec.intensity_idx[lo:hi], rec.phase_idx[lo:hi])
+        parts.append(client_j_key(sub, out[lo:hi], mask[lo:hi], rng))
+    assert np.array_equal(np.concatenate(parts), whole)
+    both = out == OUTCOME_BOTH
+    assert abs(float((whole[both] ^ (rec.phase_idx[both] >> 1)).mean()) - 0.5) < 0.05
