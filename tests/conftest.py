@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,17 @@ def one_pair_station():  # type: ignore[no-untyped-def]
     """``one_pair_station()`` → a fresh :class:`StationConfig` (each call its own, free to edit): the default
     station cut to pair C1-C2 on a short loop (the client-secrets, block-size rule and provenance tests)."""
     return _one_pair_station
+
+
+@pytest.fixture(scope="session")
+def kill() -> Any:
+    """tests/_kill.py, the kill tests' shared scaffolding (wait_for, running, holding, terminate,
+    stream_c1, assert_dark), loaded by path: the suite runs with --import-mode=importlib."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_kill", Path(__file__).with_name("_kill.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+

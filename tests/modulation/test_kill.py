@@ -4,7 +4,6 @@ playing, every output at 0 V (no laser trigger, no marker, intensity code 0)."""
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import tomllib
 from pathlib import Path
@@ -18,22 +17,9 @@ from labqfl.serialize import dump_toml
 
 pytest.importorskip("pulsestreamer")
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
-def _kill_helpers() -> Any:
-    """tests/_kill.py: the kill tests' shared scaffolding."""
-    spec = importlib.util.spec_from_file_location("_kill", ROOT / "tests" / "_kill.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-kill = _kill_helpers()
-
-
-def test_sigterm_leaves_pattern_generator_and_master_clock_dark(tmp_path: Path) -> None:
+def test_sigterm_leaves_pattern_generator_and_master_clock_dark(kill: Any, tmp_path: Path) -> None:
     pg_em, clk_em = PulseStreamerEmulator(), PulseStreamerEmulator()
     try:
         d = kill.stream_c1(tomllib.loads(default_station_text()), pg_em.ip, clock_resource=clk_em.ip)

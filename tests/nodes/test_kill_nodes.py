@@ -11,7 +11,6 @@ ends with the others.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tomllib
@@ -24,22 +23,9 @@ import pytest
 from labqfl.keystore import KeyStore
 from labqfl.serialize import dump_toml
 
-ROOT = Path(__file__).resolve().parents[2]
 LABQFL = Path(sys.executable).with_name("labqfl")
 PAIR = "C1-C2"
 EARLIER = "earlier-run-block"
-
-
-def _kill_helpers() -> Any:
-    """tests/_kill.py: the kill tests' shared scaffolding."""
-    spec = importlib.util.spec_from_file_location("_kill", ROOT / "tests" / "_kill.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-kill = _kill_helpers()
 
 
 def _node_children(pid: int) -> dict[int, str]:
@@ -65,7 +51,7 @@ def _general_blocks(store: KeyStore) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the node processes through /proc")
-def test_sigterm_of_labqfl_run_over_nodes_leaves_generator_dark_no_process_and_no_partial_block(
+def test_sigterm_of_labqfl_run_over_nodes_leaves_generator_dark_no_process_and_no_partial_block(kill: Any,
         small_station_file: Path, tmp_path: Path) -> None:
     pytest.importorskip("pulsestreamer")
     from labqfl.sim_backends.pulse_streamer import PulseStreamerEmulator

@@ -27,18 +27,6 @@ needs_pyvisa_py = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is No
                                      reason="pyvisa-py (the 'hardware' extra) is not installed")
 
 
-def _kill_helpers() -> Any:
-    """tests/_kill.py: the kill tests' shared scaffolding."""
-    spec = importlib.util.spec_from_file_location("_kill", ROOT / "tests" / "_kill.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-kill = _kill_helpers()
-
-
 # -- handlers in this process -------------------------------------------------------------------------
 def test_guard_installs_and_restores_handlers_and_is_idempotent() -> None:
     calls: list[int] = []
@@ -171,7 +159,7 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
 
 @needs_pyvisa_py
 @pytest.mark.slow
-def test_sigterm_of_a_process_holding_an_operating_station(bench: Bench, tmp_path: Path) -> None:
+def test_sigterm_of_a_process_holding_an_operating_station(kill: Any, bench: Bench, tmp_path: Path) -> None:
     """Laser on, detectors armed, modulator output on, shutters open; then SIGTERM."""
     cmd = kill.holding(tmp_path, f"""
         from labqfl.config import load_station_config
@@ -196,7 +184,7 @@ def test_sigterm_of_a_process_holding_an_operating_station(bench: Bench, tmp_pat
 
 @needs_pyvisa_py
 @pytest.mark.slow
-def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(bench: Bench, tmp_path: Path) -> None:
+def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(kill: Any, bench: Bench, tmp_path: Path) -> None:
     """The acceptance check on a CLI command: ``labqfl acquire --duration 600`` (a long acquisition,
     simulated tagger, emulated hardware drivers), killed with SIGTERM once it is acquiring. The
     instruments start as a crashed earlier session left them: laser on at 30 mA, detectors biased,
@@ -222,7 +210,7 @@ def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(bench
 
 @needs_pyvisa_py
 @pytest.mark.slow
-def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(bench: Bench, tmp_path: Path) -> None:
+def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(kill: Any, bench: Bench, tmp_path: Path) -> None:
     """Issue 17's acceptance on ``labqfl run --in-process --duration 30000`` (the block-size rule's
     minimum on this station; killed long before): simulated tagger, emulated hardware drivers, C1
     streaming its frames to an emulated Pulse Streamer, an emulated master clock. Killed with SIGTERM
