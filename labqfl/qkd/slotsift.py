@@ -42,7 +42,7 @@ from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements, ModulationRecord, PairCounts
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.sifting import ClientSetup, SiftResult
+from labqfl.qkd.sifting import ClientSetup, SiftResult, squash_bits
 from labqfl.qkd.slotting import (
     SlotRanges,
     Slotter,
@@ -937,7 +937,7 @@ def _package(schedule: PairSchedule, setups: Mapping[str, ClientSetup], total_sl
         both = bj >= 2
         nb = int(np.count_nonzero(both))
         if nb:
-            bj[both] = rng.integers(0, 2, nb, dtype=np.uint8)
+            bj[both] = squash_bits(rng, nb)
         si, sj = setups[ci], setups[cj]
         ni, nj = len(si.intensities), len(sj.intensities)
         counts = PairCounts(name, schedule.slots_of_pair(name, total_slots), si.intensities, sj.intensities,

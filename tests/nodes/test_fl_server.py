@@ -169,7 +169,7 @@ def test_sigterm_to_the_job_while_the_fl_nodes_run_stops_every_one_of_them(small
 
     seen: dict[str, int] = {}
 
-    def terminated(self: FlNetwork, config: object, timeout_s: float) -> object:
+    def terminated(self: FlNetwork, config: object, timeout_s: float, init_params: object = None) -> object:
         seen["procs"] = len(_ours(str(tmp_path)))
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt the job")
