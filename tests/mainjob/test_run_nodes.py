@@ -15,6 +15,25 @@ from typer.testing import CliRunner
 from labqfl.cli import app
 
 runner = CliRunner()
+# The run starves on purpose (issue 22, waiting for key over nodes): q = 32: 32·24 = 768 key bits per
+# round on the one pair; 0.015 s of the small station (just above the block-size rule's first block)
+# delivers ~1 000 bits: round 1 runs, round 2 waits for a top-up acquisition over node processes.
+ROUNDS = 2
+STARVING = ["--duration", "0.015", "--rounds", str(ROUNDS), "--q", "32", "--eps-sec", "1e-4"]
+
+
+def _mask_refs(store: Path, pair: str) -> list[tuple[str, int, int]]:
+    """(block ID, offset, length) of every mask pad a node's store handed out or reserved (read-only SQL;
+    refs name bits, they hold none)."""
+    con = sqlite3.connect(f"file:{store}?mode=ro", uri=True)
+    try:
+        rows = con.execute("SELECT refs FROM deliveries WHERE pair = ? AND purpose != 'auth' AND state != 'released'",
+                           (pair,)).fetchall()
+    finally:
+        con.close()
+    return [(str(b), int(o), int(n)) for (refs,) in rows for b, o, n in json.loads(refs)]
+
+
 
 
 def _blocks(store: Path, pair: str) -> dict[str, tuple[int, bytes, str]]:
@@ -106,8 +125,8 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
 
     monkeypatch.setattr(store_module.KeyStore, "__init__", spy_init)
     monkeypatch.setattr(FlNetwork, "train", spy_train)
-    r = runner.invoke(app, ["run", "--nodes", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "1",
-                            "--eps-sec", "1e-4", "--data-dir", str(data), "--out", str(runs), "--json"])
+    r = runner.invoke(app, ["run", "--nodes", "--config", str(small_station_file), *STARVING, "--data-dir", str(data),
+                            "--out", str(runs), "--json"])
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
     assert m["status"] == "complete"
@@ -138,10 +157,10 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     assert set(nodes["startup_s"]["nodes"]) == set(nodes["exit_codes"])
     assert opened_while_training == [], "the job process opened a key store while the nodes trained"
     # and drew its masks from those stores: consumed = distilled − remaining, the same at both ends
-    assert t["rounds_run"] == 1 and t["key_bits_per_pair_total"] == 8 * t["n_params"]
-    assert len(t["rounds"]) == 1 and 0 <= t["rounds"][0]["test_accuracy"] <= 1
+    assert t["rounds_run"] == ROUNDS and t["key_bits_per_pair_total"] == ROUNDS * 32 * t["n_params"]
+    assert len(t["rounds"]) == ROUNDS and 0 <= t["rounds"][0]["test_accuracy"] <= 1
     kp = m["keys"]["pairs"]["C1-C2"]
-    assert kp["distilled_bits"] == pair["delivered_bits"] > 0
+    assert kp["distilled_bits"] == pair["delivered_bits"] + kp["distilled_bits_top_ups"] and pair["delivered_bits"] > 0
     assert kp["consumed_bits"] == t["key_bits_per_pair_total"] == kp["distilled_bits"] - kp["remaining_bits"]
     with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
         a1, a2 = s1.accounting()["C1-C2"], s2.accounting()["C1-C2"]
@@ -164,6 +183,7 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     leaks = [(f, w.hex()) for f, blob in blobs.items() for w in key_windows if w in blob]
     assert not leaks, f"key bits found in the server node's folder or logs: {leaks[:3]}"
     _assert_no_unmasked_update(m, blobs)
+    _check_waits(m, data)
 
 
 def _assert_no_unmasked_update(m: dict, blobs: dict[str, bytes]) -> None:
@@ -232,3 +252,61 @@ def test_ctrl_c_during_the_node_acquisition_stops_every_node_and_resume_makes_a_
         resumed.run()
     assert again and again[0] != seen[0] and not _node_children()
     assert [a["acquisition_id"] for a in resumed.state["acquisitions"]] == [seen[0], again[0]]
+
+
+def _check_waits(m: dict, data: Path) -> None:
+    """Issue 22 over nodes: what a complete starving run must show (``m``: its metrics, ``data``: its --data-dir)."""
+    from labqfl.keystore import KeyStore
+
+    assert m["status"] == "complete" and m["acquisition"]["path"] == "nodes"
+    t = m["train"]
+    assert t["rounds_run"] == ROUNDS and [x["round"] for x in t["rounds"]] == list(range(1, ROUNDS + 1))
+    per_round = 32 * t["n_params"]
+
+    # the run waited before a later round, with a top-up over nodes, and the plan comparison says when
+    w = t["key_waits"]
+    assert w["rounds_waited"] >= 1 and w["first_wait_round"] >= 2 and w["top_ups"] >= w["rounds_waited"]
+    assert w["wait_s_total"] > 0 and w["station_s_total"] > 0
+    assert not t["rounds"][0]["key_waited"]
+    for x in t["rounds"]:
+        assert x["key_waited"] == (x["key_top_ups"] > 0)
+        if x["key_waited"]:
+            assert x["key_wait_s"] > 0 and x["key_wait_station_s"] > 0 and x["key_starved_pairs"] == ["C1-C2"]
+    acqs = m["acquisitions"]
+    assert len(acqs) == 1 + w["top_ups"] and all(a["complete"] and a["acquisition_id"].startswith("nodes/") for a in acqs)
+    assert len({a["acquisition_id"] for a in acqs}) == len(acqs)  # every top-up a new acquisition
+    assert [a.get("top_up", {}).get("top_up") for a in acqs[1:]] == list(range(1, w["top_ups"] + 1))
+    assert m["plan"]["comparison"]["key_waits"]["measured_first_wait_round"] == w["first_wait_round"]
+    for top in w["acquisitions"]:
+        assert top["duration_s"] == top["plan"]["duration_s"] and top["pairs"]["C1-C2"]["delivered_bits"] > 0
+    # one Flower run per segment of rounds on the same FL nodes, which all stopped with 0
+    nodes = t["nodes"]
+    segs = nodes["segments"]
+    assert len(segs) == 1 + w["rounds_waited"] and segs[0]["first_round"] == 1 and segs[-1]["last_round"] == ROUNDS
+    assert all(b["first_round"] == a["last_round"] + 1 for a, b in zip(segs, segs[1:], strict=False))
+    assert set(nodes["exit_codes"].values()) == {0}
+    run_dir = Path(m["run_dir"])
+    assert (run_dir / "nodes" / "top-up-1" / "C1.log").is_file()
+
+    # consume-once across the top-up: consumed = distilled (first + top-ups) − remaining, at both ends
+    k = m["keys"]["pairs"]["C1-C2"]
+    assert k["consumed_bits"] == ROUNDS * per_round == t["key_bits_per_pair_total"]
+    assert k["distilled_bits_top_ups"] == sum(x["pairs"]["C1-C2"]["delivered_bits"] for x in w["acquisitions"]) > 0
+    assert k["consumed_bits"] == k["distilled_bits"] - k["remaining_bits"]
+    for node in ("C1", "C2"):
+        with KeyStore.for_node(node, data) as st:
+            acc = st.accounting()["C1-C2"]
+        assert sum(v for p, v in acc["consumed"].items() if p != "auth") == k["consumed_bits"]
+        assert sum(v for p, v in acc["available"].items() if p != "auth") == k["remaining_bits"]
+        assert acc["reserved"] == {}
+    # each pad bit handed out once, and C2 consumed exactly the bits C1 took, some from the top-up's blocks
+    r1, r2 = _mask_refs(data / "keystore" / "C1.sqlite", "C1-C2"), _mask_refs(data / "keystore" / "C2.sqlite", "C1-C2")
+    positions = [(b, i) for b, off, n in r1 for i in range(off, off + n)]  # every pad bit: (block, index)
+    assert len(positions) == ROUNDS * per_round == len(set(positions)), "a key bit was handed out twice"
+    assert sorted(r1) == sorted(r2)
+    # the first acquisition alone could not pay for the pads: some came from the top-up's blocks
+    assert m["distill"]["pairs"]["C1-C2"]["delivered_bits"] < ROUNDS * per_round
+    assert len({b for b, _, _ in r1}) >= 2
+
+    html = (run_dir / "report.html").read_text()
+    assert "Waits for key" in html
