@@ -247,25 +247,26 @@ def _check_plan_args(cfg: StationConfig, task: str, rounds: int, clients: int | 
         raise ConfigError(f"distillation throughput must be > 0 sifted bits/s, got {distill_bps}")
 
 
-def _pair_plans(cfg: StationConfig, block: Any, graph_pairs: list[str], sched: Any, params: Any,
-                need: int) -> dict[str, PairPlan]:
-    """Every graph pair's plan at the block-size rule's ``block``: key per slot, key rate, and the
-    acquisition time one round's ``need`` of key takes."""
+def _pair_plans(cfg: StationConfig, pair_blocks: Mapping[str, Any], duration_s: float | None, graph_pairs: list[str],
+                sched: Any, params: Any, need: int) -> dict[str, PairPlan]:
+    """Every graph pair's plan at the block-size rule's blocks ``pair_blocks`` (per pair,
+    :class:`labqfl.qkd.blocksize.PairBlockPlan`, for ``duration_s`` of data; None: open-ended): key
+    per slot, key rate, and the acquisition time one round's ``need`` of key takes."""
     rep = float(cfg.laser.rep_rate_hz)
     out: dict[str, PairPlan] = {}
     for name in graph_pairs:
         a, b = name.split("-")
         on = name in sched.names
         share = sched.share(name) if on else 0.0
-        bp = block.pairs.get(name) if on else None
+        bp = pair_blocks.get(name) if on else None
         kps = rate = 0.0
         if bp is not None and bp.block_slots > 0:
             kps = _delivered(bp.expected_key_bits, first=False) / bp.block_slots
             rate = kps * rep * share
-            if block.duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
-                n_slots = sched.slots_of_pair(name, round(block.duration_s * rep))
+            if duration_s is not None and share > 0:  # the key of the pair's exact slots in the data
+                n_slots = sched.slots_of_pair(name, round(duration_s * rep))
                 kps = _cut_into_blocks(cfg, (a, b), bp, n_slots, params)
-                rate = kps * n_slots / block.duration_s
+                rate = kps * n_slots / duration_s
         out[name] = PairPlan(pair=name, scheduled=on, share=share, loss_db=_loss_db(cfg, a, b),
                              key_bits_per_slot=kps, key_rate_bps=rate, need_bits_per_round=need,
                              acquisition_s_per_round=need / rate if rate > 0 else math.inf,
@@ -280,15 +281,16 @@ def _plan_blocks_and_pairs(cfg: StationConfig, duration_s: float | None, rounds:
     from labqfl.qkd.blocksize import plan_blocks
 
     block = plan_blocks(cfg, duration_s, params=params)
-    pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
+    pairs = _pair_plans(cfg, block.pairs, block.duration_s, graph_pairs, sched, params, need)
     acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     if duration_s is None and math.isfinite(acq_round) and block.sufficient:  # the rule for the duration predicted
         # every pair must fill one block of its own rule size, at its own schedule share, before any key
         # exists, and the data must hold every round's key on every graph pair at the blocks of that data
-        d = _duration_for_rounds(cfg, block, graph_pairs, sched, params, KEY_MARGIN * need * rounds)
+        d = _duration_for_rounds(cfg, block.pairs, graph_pairs, sched, params, KEY_MARGIN * need * rounds,
+                                 start_s=float(block.needed_duration_s))
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
-            pairs = _pair_plans(cfg, block, graph_pairs, sched, params, need)
+            pairs = _pair_plans(cfg, block.pairs, block.duration_s, graph_pairs, sched, params, need)
             acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     return block, pairs, acq_round
 
@@ -307,12 +309,14 @@ def _key_of_slots(ch: Any, n_slots: float, bp: Any, params: Any) -> float:
     return sum(_delivered(per_block, first=i == 0) for i in range(k))
 
 
-def _duration_for_rounds(cfg: StationConfig, block: Any, graph_pairs: list[str], sched: Any, params: Any,
-                         need_total: float | Mapping[str, float], start_s: float | None = None) -> float:
-    """The shortest acquisition [s] after which every graph pair holds ``need_total`` bits of key
-    (all rounds' key; a mapping: each pair's own need) and has filled one block of its rule size
-    (``block``: the rule for an open-ended stream, :attr:`BlockPlan.needed_duration_s`; ``start_s``:
-    a shortest duration to start from instead of that).
+def _duration_for_rounds(cfg: StationConfig, pair_blocks: Mapping[str, Any], graph_pairs: list[str], sched: Any,
+                         params: Any, need_total: float | Mapping[str, float], start_s: float) -> float:
+    """The shortest acquisition [s], not below ``start_s``, after which every graph pair holds
+    ``need_total`` bits of key (all rounds' key; a mapping: each pair's own need) at the rule's
+    blocks for an open-ended stream (``pair_blocks``: per pair, its
+    :class:`labqfl.qkd.blocksize.PairBlockPlan`; the pairs missing or without key there are
+    skipped). ``start_s``: e.g. :attr:`labqfl.qkd.blocksize.BlockPlan.needed_duration_s`, the
+    data every pair needs for one block of its rule size.
 
     A timed acquisition distils each pair's slots in blocks as large as the data allows, so the
     key per slot grows with the duration (finite-key effects): the duration is searched per pair
@@ -323,9 +327,9 @@ def _duration_for_rounds(cfg: StationConfig, block: Any, graph_pairs: list[str],
     from labqfl.qkd.keyrate import station_pair_channel
 
     rep = float(cfg.laser.rep_rate_hz)
-    d = float(block.needed_duration_s) if start_s is None else float(start_s)
+    d = float(start_s)
     for name in graph_pairs:
-        bp = block.pairs.get(name) if name in sched.names else None
+        bp = pair_blocks.get(name) if name in sched.names else None
         if bp is None or bp.block_slots <= 0:
             continue  # no key in the model: starving whatever the duration (the plan says so)
         need = float(need_total[name] if isinstance(need_total, Mapping) else need_total)
@@ -384,35 +388,44 @@ def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec:
     ``margin`` × one such block of sifted bits on every short pair. The duration is at least the first
     at which every pair's own slots fill its rule block, frame by frame
     (:meth:`labqfl.contracts.schedule.PairSchedule.slot_end`), and is rounded up to 4 significant digits.
+
+    Cost: only the short pairs get the rule's finite-key evaluations
+    (:func:`labqfl.qkd.blocksize.plan_pair_blocks`, at no data and at the chosen duration); every other
+    scheduled pair needs only its rule size (:func:`labqfl.qkd.blocksize.rule_slots`, a break-even
+    search cached per channel, already made by the run's own plan), and every finite-key evaluation is
+    cached (:func:`labqfl.qkd.blocksize._evaluate`). The plan equals the one computed from
+    :func:`labqfl.qkd.blocksize.plan_blocks` for the whole station
+    (tests/mainjob/test_top_up_planner_fast.py).
     """
     from labqfl.contracts.schedule import PairSchedule
-    from labqfl.qkd.blocksize import plan_blocks
+    from labqfl.qkd.blocksize import plan_pair_blocks, rule_slots
     from labqfl.qkd.estimation import SecurityParameters
 
     short = {p: int(b) for p, b in deficit_bits.items() if b > 0}
     params = SecurityParameters(eps_sec=eps_sec)
     sched = PairSchedule.from_config(cfg)
     rep = float(cfg.laser.rep_rate_hz)
-    block = plan_blocks(cfg, None, params=params)
-    bps = {p: block.pairs.get(p) if p in sched.names else None for p in short}
-    no_key = sorted(p for p, bp in bps.items() if bp is None or bp.block_slots <= 0)
+    # the rule for an open-ended stream, short pairs only (a pair's rule depends on nothing but its own data)
+    bps = plan_pair_blocks(cfg, [p for p in short if p in sched.names], None, params=params, schedule=sched)
+    no_key = sorted(p for p in short if p not in bps or bps[p].block_slots <= 0)
     keyed = [p for p in short if p not in no_key]
     if no_key or not keyed:
         return TopUpPlan(math.inf if no_key else 0.0, short, dict.fromkeys(short, 0.0), no_key, margin)
     # the first slot count at which the pairs' own slots fill their rule blocks (every scheduled pair's, so
     # that the rule accepts the duration; with --block-bits the short pairs'): the schedule hands a pair its
     # slots frame by frame, so rule_slots / (share · rep) can end inside another pair's frame, short of the block
-    ruled = [n for n in (sched.names if block_bits is None else keyed) if block.pairs[n].block_slots > 0]
-    start = max(sched.slot_end(n, math.ceil(block.pairs[n].rule_slots)) / rep for n in ruled)
+    rules = ({n: rule_slots(cfg, n, params=params) for n in sched.names} if block_bits is None
+             else {n: bps[n].rule_slots for n in keyed})
+    start = max(sched.slot_end(n, math.ceil(r)) / rep for n, r in rules.items() if math.isfinite(r))
     if block_bits is not None:
-        start = max(start, *(margin * block_bits / (bps[p].sifted_per_slot * rep * sched.share(p))  # type: ignore[union-attr]
-                             for p in keyed))
-    d = _duration_for_rounds(cfg, block, keyed, sched, params, {p: margin * short[p] for p in keyed}, start_s=start)
+        start = max(start, *(margin * block_bits / (bps[p].sifted_per_slot * rep * sched.share(p)) for p in keyed))
+    d = _duration_for_rounds(cfg, bps, keyed, sched, params, {p: margin * short[p] for p in keyed}, start_s=start)
     if not math.isfinite(d):
         return TopUpPlan(math.inf, short, dict.fromkeys(short, 0.0), sorted(keyed), margin)
     step = 10.0 ** (math.floor(math.log10(d)) - 3)
     d = round(math.ceil(d / step - 1e-9) * step, 12)
-    at_d = _pair_plans(cfg, plan_blocks(cfg, d, params=params), keyed, sched, params, 1)
+    at_d = _pair_plans(cfg, plan_pair_blocks(cfg, keyed, d, params=params, schedule=sched), d, keyed, sched,
+                       params, 1)
     return TopUpPlan(d, short, {p: at_d[p].key_rate_bps * d for p in keyed}, [], margin)
 
 

@@ -55,7 +55,7 @@ from labqfl.qkd.keyrate import (
 )
 
 __all__ = ["BLOCK_MARGIN", "MIN_KEY_BITS", "MAX_BLOCK_BITS", "PairBlockPlan", "BlockPlan", "break_even_slots",
-           "plan_blocks"]
+           "plan_blocks", "plan_pair_blocks", "rule_slots"]
 
 #: Rule size = (1 + BLOCK_MARGIN) × break-even size.
 BLOCK_MARGIN = 0.25
@@ -72,9 +72,26 @@ _SEARCH_RATIO = 1.05
 _N_START, _N_STEP, _N_MAX = 1e7, 4.0, 1e14
 
 
+#: Finite-key evaluations of the model per (channel, block size, security parameters, EC efficiency):
+#: deterministic, and each costs ~0.05–0.1 s (the decoy bounds' linear programs), while the block
+#: rule, the planner and the top-up planner ask for the same ones again (``n_rule`` at every
+#: duration, a pair's bisection from its rule block). Cleared when full.
+_EVAL: dict[tuple[Any, ...], tuple[KeyLengthReport, float]] = {}
+_EVAL_MAX = 1 << 14
+
+
 def _evaluate(ch: PairChannel, n_slots: float, params: SecurityParameters, ec: float) -> tuple[KeyLengthReport, float]:
-    rep, n_x, _ = _key_length_from_model(ch, n_slots, params, ec)
-    return rep, n_x
+    """The model's key-length report and expected sifted bits of one block of ``n_slots`` slots
+    (:func:`labqfl.qkd.keyrate._key_length_from_model`), cached in :data:`_EVAL`. The report is
+    shared between callers: read it, never change it."""
+    key = (ch, float(n_slots), params, ec)
+    hit = _EVAL.get(key)
+    if hit is None:
+        rep, n_x, _ = _key_length_from_model(ch, n_slots, params, ec)
+        if len(_EVAL) >= _EVAL_MAX:
+            _EVAL.clear()
+        hit = _EVAL[key] = (rep, n_x)
+    return hit
 
 
 def break_even_slots(ch: PairChannel, params: SecurityParameters | None = None,
@@ -84,7 +101,7 @@ def break_even_slots(ch: PairChannel, params: SecurityParameters | None = None,
     p = params or SecurityParameters()
     key = (repr(ch), p, ec_efficiency, min_key_bits)
     if key not in _BREAK_EVEN:
-        if len(_BREAK_EVEN) > 256:
+        if len(_BREAK_EVEN) > 4096:  # 2016 pairs at N = 64 with every pair in the graph
             _BREAK_EVEN.clear()
         _BREAK_EVEN[key] = _search_break_even(ch, p, ec_efficiency, min_key_bits)
     return _BREAK_EVEN[key]
@@ -233,10 +250,7 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
     changes the break-even size). Deterministic; cached per (station, arguments) since the search
     costs ~0.5 s per pair.
     """
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ValueError(f"duration must be > 0 seconds, got {duration_s}")
-    if not margin >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    _check_rule_args(duration_s, margin)
     p = params or SecurityParameters()
     key = (cfg.model_dump_json(), duration_s, p, ec_efficiency, margin, max_block_bits)
     if key in _CACHE:
@@ -244,38 +258,9 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
     sched = PairSchedule.from_config(cfg)
     n_pairs = len(sched.pairs)
     rep = float(cfg.laser.rep_rate_hz)
-    # slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
-    total = None if duration_s is None else int(round(duration_s * rep))
-    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
-    out: dict[str, PairBlockPlan] = {}
-    n_blocks = 1
-    for pr, name in zip(sched.pairs, sched.names, strict=True):
-        ch = station_pair_channel(cfg, pr)
-        share = sched.share(name)
-        s = float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])
-        n0 = break_even_slots(ch, p, ec_efficiency)
-        n_rule = (1.0 + margin) * n0
-        keyed = math.isfinite(n_rule)
-        min_bits = max(math.ceil(s * n_rule), 1000) if keyed else 0
-        avail = None if total is None else float(sched.slots_of_pair(name, total))
-        if not keyed:
-            blk, k = 0.0, 1
-        elif avail is None:
-            blk, k = float(math.ceil(max(n_rule, 1000.0))), 1
-        else:  # as few blocks as memory allows: k equal blocks, the last one closes at the end of the data
-            cap = max(max_block_bits, 2 * min_bits)
-            k = max(1, math.ceil(s * avail / cap))
-            blk = float(math.ceil(max(avail / k, 1000.0)))
-        n_blocks = max(n_blocks, k)
-        k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if keyed else 0
-        k_blk = _evaluate(ch, blk, p, ec_efficiency)[0].key_length_bits if blk >= 1 else 0
-        out[name] = PairBlockPlan(
-            pair=name, share=share, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
-            expected_key_bits_at_rule=float(k_rule), block_slots=blk, n_blocks=k, min_final_bits=min_bits,
-            expected_key_bits=float(k_blk),
-            data_time_per_block_s=blk / (rep * share) if blk > 0 else math.inf,
-            needed_duration_s=n_rule / (rep * share) if keyed else math.inf,
-        )
+    out = plan_pair_blocks(cfg, sched.names, duration_s, params=p, ec_efficiency=ec_efficiency, margin=margin,
+                           max_block_bits=max_block_bits, schedule=sched)
+    n_blocks = max((pp.n_blocks for pp in out.values()), default=1)
     limiting = max(out, key=lambda n: out[n].needed_duration_s)
     needed_s = out[limiting].needed_duration_s
     if duration_s is None:
@@ -298,3 +283,78 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
         _CACHE.clear()
     _CACHE[key] = plan
     return plan
+
+
+def _check_rule_args(duration_s: float | None, margin: float) -> None:
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise ValueError(f"duration must be > 0 seconds, got {duration_s}")
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+
+
+def rule_slots(cfg: StationConfig, pair: str, *, params: SecurityParameters | None = None,
+               ec_efficiency: float = DEFAULT_EC_EFFICIENCY, margin: float = BLOCK_MARGIN) -> float:
+    """The rule size N_rule = (1 + ``margin``)·N₀ [slots of the pair] of one scheduled pair
+    ("Ci-Cj"; ``math.inf``: no key at any block size): the one figure of :func:`plan_blocks` that
+    needs only the break-even search (cached per channel, :func:`break_even_slots`), none of the
+    block's own finite-key evaluations."""
+    a, b = pair.split("-")
+    return (1.0 + margin) * break_even_slots(station_pair_channel(cfg, (a, b)), params or SecurityParameters(),
+                                             ec_efficiency)
+
+
+def plan_pair_blocks(cfg: StationConfig, pairs: Any, duration_s: float | None = None, *,
+                     params: SecurityParameters | None = None, ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
+                     margin: float = BLOCK_MARGIN, max_block_bits: int = MAX_BLOCK_BITS,
+                     schedule: PairSchedule | None = None) -> dict[str, PairBlockPlan]:
+    """The rule (module docstring) for the scheduled ``pairs`` only ("Ci-Cj" names, each at its own
+    schedule share), exactly as :func:`plan_blocks` gives them for the whole station: a pair's plan
+    depends only on its own channel, share and slots in the data, so a caller that needs a few pairs
+    (the top-up planner, :func:`labqfl.planning.plan_top_up`) pays for those alone."""
+    _check_rule_args(duration_s, margin)
+    p = params or SecurityParameters()
+    sched = schedule if schedule is not None else PairSchedule.from_config(cfg)
+    rep = float(cfg.laser.rep_rate_hz)
+    # slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
+    total = None if duration_s is None else int(round(duration_s * rep))
+    index = {name: i for i, name in enumerate(sched.names)}
+    out: dict[str, PairBlockPlan] = {}
+    for name in pairs:
+        if name not in index:
+            raise ValueError(f"pair {name!r} is not in the schedule of station {cfg.name!r}; expected one of "
+                             f"{', '.join(sched.names)}")
+        out[name] = _pair_block_plan(cfg, sched, index[name], total, p, ec_efficiency, margin, max_block_bits)
+    return out
+
+
+def _pair_block_plan(cfg: StationConfig, sched: PairSchedule, i: int, total: int | None, p: SecurityParameters,
+                     ec_efficiency: float, margin: float, max_block_bits: int) -> PairBlockPlan:
+    """The rule for the schedule's ``i``-th pair, with ``total`` laser slots of data (None: open-ended)."""
+    k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+    rep = float(cfg.laser.rep_rate_hz)
+    pr, name = sched.pairs[i], sched.names[i]
+    ch = station_pair_channel(cfg, pr)
+    share = sched.share(name)
+    s = float(expected_counts(ch, 1.0).clicks[k0, k0, b0, b0])
+    n0 = break_even_slots(ch, p, ec_efficiency)
+    n_rule = (1.0 + margin) * n0
+    keyed = math.isfinite(n_rule)
+    min_bits = max(math.ceil(s * n_rule), 1000) if keyed else 0
+    avail = None if total is None else float(sched.slots_of_pair(name, total))
+    if not keyed:
+        blk, k = 0.0, 1
+    elif avail is None:
+        blk, k = float(math.ceil(max(n_rule, 1000.0))), 1
+    else:  # as few blocks as memory allows: k equal blocks, the last one closes at the end of the data
+        cap = max(max_block_bits, 2 * min_bits)
+        k = max(1, math.ceil(s * avail / cap))
+        blk = float(math.ceil(max(avail / k, 1000.0)))
+    k_rule = _evaluate(ch, n_rule, p, ec_efficiency)[0].key_length_bits if keyed else 0
+    k_blk = _evaluate(ch, blk, p, ec_efficiency)[0].key_length_bits if blk >= 1 else 0
+    return PairBlockPlan(
+        pair=name, share=share, sifted_per_slot=s, break_even_slots=n0, rule_slots=n_rule,
+        expected_key_bits_at_rule=float(k_rule), block_slots=blk, n_blocks=k, min_final_bits=min_bits,
+        expected_key_bits=float(k_blk),
+        data_time_per_block_s=blk / (rep * share) if blk > 0 else math.inf,
+        needed_duration_s=n_rule / (rep * share) if keyed else math.inf,
+    )
