@@ -25,7 +25,9 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 * it receives the detector's announcements (service ``ann``: ``ann/chunk``, ``ann/end``);
 * for every pair (Ci, Cj) where it is **Ci** it drives :class:`~labqfl.qkd.twoparty.PairEndI`
   over a session to Cj's node (``qkd/pair``, every message absorbed into the block transcript)
-  and a second, untagged session for the node-level bookkeeping (``qkd/pairctl``);
+  and a second, untagged session for the node-level bookkeeping (``qkd/pairctl``); it sifts the
+  detector's chunks in batches, as the in-process Distiller does (:class:`_SiftBatch`), and Cj
+  hands its copy to its end as the same one chunk;
 * for every pair where it is **Cj** it serves :class:`~labqfl.qkd.twoparty.PairEndJ` on those
   two services.
 
@@ -146,6 +148,14 @@ def _piece(ann: Announcements, lo: int, hi: int) -> Announcements:
     return ann if (a, b) == (0, ann.slots.size) else Announcements(ann.pair, ann.slots[a:b], ann.outcomes[a:b])
 
 
+def _joined_announcements(pair: str, parts: list[Announcements]) -> Announcements:
+    """Consecutive pieces of one pair's announcements as one (slot order kept)."""
+    if len(parts) == 1:
+        return parts[0]
+    return Announcements(pair, np.concatenate([a.slots for a in parts]).astype(np.int64, copy=False),
+                         np.concatenate([a.outcomes for a in parts]).astype(np.uint8, copy=False))
+
+
 class _Supply:
     """One end's authentication key for the current block: exactly the bits allocated for it in
     the pair's ``auth`` pool (Ci: ``take``; Cj: ``take_exact`` of Ci's refs), drawn in order."""
@@ -171,6 +181,44 @@ class _Chunk:
     hi: int
     dropped: int
     ann: Announcements
+
+
+class _SiftBatch:
+    """Ci's chunks of one pair from the detector, held until they are sifted as one chunk: as the
+    in-process :class:`~labqfl.qkd.pipeline.Distiller` batches its pushes
+    (``DistillSettings.sift_batch_clicks``/``sift_batch_slots``, here per pair: the pair's
+    announced clicks, the acquisition slots spanned), so a batch costs one sifting exchange (4 round
+    trips) instead of one per tag block. A batch is also sifted as soon as it reaches the pair's
+    current block end (the block closes as early as before) and at the end of the acquisition. The
+    key bits, counts and block ends are those of sifting every chunk on its own (both ends' bits
+    depend only on the slots, and the block ends cut the batch as they cut a chunk); Cj hands its
+    pieces over as the same one chunk (:meth:`_Feed.until`)."""
+
+    def __init__(self, pair: str, clicks: int, slots: int) -> None:
+        self.pair, self.clicks, self.slots = pair, int(clicks), int(slots)
+        self.chunks: list[_Chunk] = []
+        self.n = 0
+
+    def follows(self, c: _Chunk) -> bool:
+        """Whether ``c`` continues the batch (empty, or ``c`` starts where the batch ends)."""
+        return not self.chunks or c.lo == self.chunks[-1].hi
+
+    def add(self, c: _Chunk) -> None:
+        self.chunks.append(c)
+        self.n += int(c.ann.slots.size)
+
+    def full(self, block_end: int) -> bool:
+        if not self.chunks:
+            return False
+        hi = self.chunks[-1].hi
+        return self.n >= self.clicks or hi - self.chunks[0].lo >= self.slots or hi >= block_end
+
+    def take(self) -> _Chunk:
+        cs, self.chunks, self.n = self.chunks, [], 0
+        if len(cs) == 1:
+            return cs[0]
+        return _Chunk(self.pair, cs[0].lo, cs[-1].hi, sum(c.dropped for c in cs),
+                      _joined_announcements(self.pair, [c.ann for c in cs]))
 
 
 class _Feed:
@@ -212,9 +260,28 @@ class _Feed:
             ann = drop_frames(ann, sorted(self.unplayed), self.frame_slots) if self.unplayed else ann
             end.receive(ann, a, b, self.schedule.slots_of_pair(self.pair, b) - self.schedule.slots_of_pair(self.pair, a))
 
-    def until_lo(self, end: PairEndJ, lo: int) -> None:
+    def until(self, end: PairEndJ, lo: int, hi: int) -> None:
+        """Ci's ``ann/confirm`` refers to slots ``[lo, hi)``: hand over the pieces before ``lo``, then
+        the pieces that tile ``[lo, hi)`` as one (Ci sifts a batch of the detector's chunks as one
+        chunk, :class:`_SiftBatch`; the ends' transcript entries then match). Pieces that do not
+        tile it (a detector that cut the two copies differently) are handed over one by one, as they
+        came, and the block is refused (no announcements at ``lo``, or other digests)."""
         with self.cond:
-            self._wait(lambda: self.arrived_hi > lo, f"for slot {lo}")
+            self._wait(lambda: self.arrived_hi >= hi, f"up to slot {hi}")
+            self._give(end, lambda p: p[1] <= lo)
+            take = []
+            for p in self.pieces:
+                if p[0] < lo or p[1] > hi:
+                    break
+                take.append(p)
+            if not take or take[0][0] != lo or take[-1][1] != hi \
+                    or any(a[1] != b[0] for a, b in zip(take[:-1], take[1:], strict=True)):
+                self._give(end, lambda p: p[0] <= lo)
+                return
+            for _ in take:
+                self.pieces.popleft()
+            ann = _joined_announcements(self.pair, [a for _, _, a in take])
+            self.pieces.appendleft((lo, hi, ann))
             self._give(end, lambda p: p[0] <= lo)
 
     def until_hi(self, end: PairEndJ, hi: int) -> None:
@@ -275,7 +342,7 @@ class _JServed:
     def handle(self, req: Message) -> Message:
         k = req.kind
         if k == "ann/confirm":
-            self.jp.feed.until_lo(self.end, int(req.get("lo")))
+            self.jp.feed.until(self.end, int(req.get("lo")), int(req.get("hi")))
         elif k == "block/open":
             self.jp.feed.until_hi(self.end, int(req.get("end")))
         rep = self.end.handle(req)
@@ -341,6 +408,8 @@ class _IPair:
         self.inbox: queue.Queue[_Chunk | int] = queue.Queue()
         self.result = PairResult(pair)
         self.result.block_slots = node.block_slots[pair]
+        s = node.settings
+        self.batch = _SiftBatch(pair, s.sift_batch_clicks, s.sift_batch_slots)
         self.block_index = 0
         self.block_start = 0
         self.failed = ""
@@ -378,9 +447,11 @@ class _IPair:
                 continue
             try:
                 if isinstance(item, int):
+                    if self.batch.chunks:
+                        self._chunk(self.batch.take())
                     self._final(item)
                 else:
-                    self._chunk(item)
+                    self._add(item)
             except (LabqflError, OSError, ValueError) as e:  # ValueError: e.g. a log refusing a slot it did not play
                 self.failed = f"pair {self.pair}: {e}"
                 log.warning("node %s: %s", self.node.name, self.failed)
@@ -418,8 +489,17 @@ class _IPair:
                     dropped += sch.slots_of_pair(self.pair, y) - sch.slots_of_pair(self.pair, x)
         return _Chunk(c.pair, c.lo, c.hi, dropped, drop_frames(c.ann, frames, f_slots))
 
-    def _chunk(self, c: _Chunk) -> None:
+    def _add(self, c: _Chunk) -> None:
+        """One chunk from the detector: into the sifting batch (:class:`_SiftBatch`), sifted when full."""
         c = self._played_only(c)
+        b = self.batch
+        if not b.follows(c):  # not contiguous (never from one detector): sift what is held first
+            self._chunk(b.take())
+        b.add(c)
+        if b.full(self._block_end()):
+            self._chunk(b.take())
+
+    def _chunk(self, c: _Chunk) -> None:
         lo = c.lo
         while True:
             end = self._block_end()
