@@ -40,6 +40,7 @@ import importlib
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -81,6 +82,30 @@ def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None) -> Instr
                           f"expected a {' or '.join(w.__name__ for w in want)} driver")
     resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, base_dir) or None})
     return cls(role, resolved)  # type: ignore[call-arg]
+
+
+def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
+    """Put every instrument of ``instruments`` (by role) in its operating state for acquisition: lasers on,
+    every detector armed, phase and intensity modulators on, attenuator shutters open. Instruments already
+    there are left alone. Returns what was changed, as ``"role.attr=value"``. The one arming rule: a
+    Station's roles (:func:`labqfl.app.station.arm`) and a node process's own roles
+    (:class:`labqfl.nodes.common.NodeInstruments`)."""
+    changed: list[str] = []
+    for role, inst in instruments.items():
+        if isinstance(inst, PulsedLaser):
+            attr, value = "output_enabled", True
+        elif isinstance(inst, PhotonDetector):
+            attr, value = "enabled", True
+        elif isinstance(inst, PhaseModulator | IntensityModulator):
+            attr, value = "output_enabled", True
+        elif isinstance(inst, VariableAttenuator):
+            attr, value = "shutter_closed", False
+        else:
+            continue
+        if getattr(inst, attr) != value:
+            setattr(inst, attr, value)
+            changed.append(f"{role}.{attr}={value}")
+    return changed
 
 
 def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:
@@ -639,4 +664,5 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "expected_interfaces", "guard_stations", "validate_driver_roles"]
+__all__ = ["Station", "arm_instruments", "expected_interfaces", "guard_stations", "open_driver",
+           "validate_driver_roles"]

@@ -6,13 +6,6 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig
-from labqfl.instruments.interfaces import (
-    IntensityModulator,
-    PhaseModulator,
-    PhotonDetector,
-    PulsedLaser,
-    VariableAttenuator,
-)
 
 
 def open_station(cfg: StationConfig, *, base_dir: Path | None = None, tolerant: bool = False) -> Any:
@@ -42,24 +35,12 @@ def config_for_acquisition(cfg: StationConfig, index: int) -> StationConfig:
 
 def arm(station: Any) -> list[str]:
     """Put every instrument of ``station`` in its operating state for acquisition: lasers on, every
-    detector armed, phase and intensity modulators on, attenuator shutters open. Instruments
-    already there are left alone. Returns what was changed, as ``"role.attr=value"``."""
-    changed: list[str] = []
-    for role, inst in station.instruments.items():
-        if isinstance(inst, PulsedLaser):
-            attr, value = "output_enabled", True
-        elif isinstance(inst, PhotonDetector):
-            attr, value = "enabled", True
-        elif isinstance(inst, PhaseModulator | IntensityModulator):
-            attr, value = "output_enabled", True
-        elif isinstance(inst, VariableAttenuator):
-            attr, value = "shutter_closed", False
-        else:
-            continue
-        if getattr(inst, attr) != value:
-            setattr(inst, attr, value)
-            changed.append(f"{role}.{attr}={value}")
-    return changed
+    detector armed, phase and intensity modulators on, attenuator shutters open. Instruments already
+    there are left alone. Returns what was changed, as ``"role.attr=value"``
+    (:func:`labqfl.station.arm_instruments`, the rule the node processes apply to their own roles too)."""
+    from labqfl.station import arm_instruments
+
+    return arm_instruments(station.instruments)
 
 
 def start_client_streams(station: Any, logs: dict[str, Any], duration_s: float | None, *,

@@ -938,11 +938,13 @@ class ClientNode(Node):
         with self._lock:
             self.acqs[acq] = a
         link = open_session(optics, self.creds, self.optics_name, "optics/modulator", fields={"acq": acq})
+        self.instruments.arm()  # its modulators on before its generator plays; disarmed when the link ends
         if a.streams is not None:  # after the link opened: the optics has its emulated generators' clocks aligned
             try:
                 a.streams.start()
             except BaseException:
                 link.close()
+                self.instruments.disarm()
                 raise
         a.link_thread = threading.Thread(target=self._modulator, args=(a, link), name="modulator", daemon=True)
         a.link_thread.start()
@@ -971,6 +973,7 @@ class ClientNode(Node):
             except Exception as e:
                 a.link_error = a.link_error or f"stopping the stream failed: {e}"
                 log.error("node %s: stopping the stream failed: %s", self.name, e)
+            self.instruments.disarm()  # its modulators' safe state after the acquisition, as in process
 
     def ctl_wait(self, req: Message) -> Message:
         """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""

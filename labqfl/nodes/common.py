@@ -6,10 +6,18 @@ A node is one OS process (``labqfl node client|detector|optics``). It holds its 
 :class:`~labqfl.net.NodeServer` (gRPC, mutual TLS). The operator (certificate CN ``ctl``: the
 launcher, ``labqfl node acquire``) commands it through the ``ctl`` service; every other service
 names the peers allowed to open it (checked against the peer certificate's CN).
+
+**Instruments.** A node opens the real instruments of the station roles it owns
+(:func:`owned_roles`; docs/nodes.md, "Which node opens which instrument") through
+:func:`labqfl.station.open_driver`, as :class:`NodeInstruments`: the station file's operating point is
+written when they open (outputs off), they are armed for an acquisition as the in-process
+``Acquisition`` arms a Station's roles (:func:`labqfl.station.arm_instruments`) and put in their safe state
+after it, and on SIGTERM, SIGINT and at exit. Simulated roles are the optics node's (it opens nothing).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -20,14 +28,15 @@ from typing import Any
 
 from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import ConfigError, LabqflError
+from labqfl.instruments.base import Instrument
 from labqfl.log import get_logger
 from labqfl.net import NodeChannel, NodeCredentials, NodeServer, ServedSession
 from labqfl.qkd.messaging import Channel, Message, MessageError, decode_message, encode_message
 
 log = get_logger(__name__)
 
-__all__ = ["CTL", "Node", "NodeError", "RecordedChannel", "exit_hook", "ok", "open_session", "parse_addresses",
-           "read_wire", "refuse", "request"]
+__all__ = ["CTL", "DETECTION_ROLES", "Node", "NodeError", "NodeInstruments", "RecordedChannel", "check_node_station",
+           "exit_hook", "ok", "open_session", "owned_roles", "parse_addresses", "read_wire", "refuse", "request"]
 
 #: Certificate name of the operator (the launcher / ``labqfl node acquire``).
 CTL = "ctl"
@@ -85,6 +94,156 @@ def parse_addresses(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
+#: The station roles of the detection node (the untrusted node). In a Sagnac loop the source sits where
+#: the light leaves the loop and comes back: the laser and its trigger (the master clock) beside the beam
+#: splitter, the detectors and the tagger (docs/lab_setup.md, "Detection node"); the power meter is
+#: that bench's calibration instrument.
+DETECTION_ROLES = ("master_clock", "laser", "D0", "D1", "time_tagger", "power_meter")
+#: A client's own roles (``<Ci>.<role>``): its modulators and the pattern generator that drives them.
+CLIENT_ROLES = ("phase_modulator", "attenuator", "pattern_generator")
+
+
+def owned_roles(cfg: StationConfig, node_role: str, name: str) -> list[str]:
+    """The station roles node ``name`` of kind ``node_role`` owns, real or simulated, in the Station's
+    opening order: the detection node :data:`DETECTION_ROLES`, client Ci its :data:`CLIENT_ROLES`, every
+    other node (optics, FL server, SuperNodes) none."""
+    if node_role == "detector":
+        wanted = set(DETECTION_ROLES)
+    elif node_role == "client":
+        wanted = {f"{name}.{r}" for r in CLIENT_ROLES}
+    else:
+        return []
+    return [r for r in cfg.roles() if r in wanted]
+
+
+def check_node_station(cfg: StationConfig, source: str = "station") -> None:
+    """Refuse, in one line, a station that node processes cannot run: over nodes the detection node's
+    tags come from the optics node's simulated tagger (the optics node simulates the loop), so a real
+    time tagger is refused there (it is read in process: ``labqfl acquire``)."""
+    tt = cfg.time_tagger
+    if not tt.simulated:
+        raise ConfigError(f"{source}: field 'time_tagger.driver': over node processes the detection node takes its "
+                          "tags from the optics node's simulated tagger only (a real tagger is read in process, by "
+                          f"labqfl acquire); expected \"sim\"; got {tt.driver!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class NodeInstruments:
+    """The real instruments of the roles one node owns (``roles``: simulated ones are skipped; they are the
+    optics node's), opened through :func:`labqfl.station.open_driver`, the one function that instantiates
+    drivers, with the station file's folder ``base_dir`` for relative pyvisa-sim paths.
+
+    What each instrument gets is what the in-process Station and ``Acquisition`` send it:
+    :meth:`open` writes the operating point (``apply_operating_point``: ramps included, outputs off);
+    :meth:`arm` puts it in its operating state (:func:`labqfl.station.arm_instruments`: laser on, detectors
+    armed, modulators on, shutters open) and :meth:`disarm` back to its safe state once the last armed
+    acquisition ended; :meth:`stop` (SIGTERM, SIGINT: :meth:`Node.serve`) puts it in its safe state at once
+    and refuses any later arming; :meth:`close` (and the ``atexit`` hook registered by :meth:`open`) safe
+    state and release. Thread-safe: ``ctl`` verbs arm and disarm from the server's threads."""
+
+    def __init__(self, node: str, cfg: StationConfig, roles: list[str], base_dir: Path | None) -> None:
+        self.node, self.cfg, self.base_dir = node, cfg, base_dir
+        all_roles = cfg.roles()
+        self.roles = [r for r in roles if not all_roles[r].simulated]
+        self.instruments: dict[str, Instrument] = {}
+        self._lock = threading.RLock()
+        self._armed = 0
+        self._stopping = False
+        self._closed = False
+
+    def open(self) -> None:
+        """Open every role, then write the station's operating point to each; on a failure what opened is
+        closed (safe state) and :class:`NodeError` names the role."""
+        if not self.roles:
+            return
+        from labqfl.station import open_driver
+
+        atexit.register(self.close)
+        with self._lock:
+            for role in self.roles:
+                ic = self.cfg.roles()[role]
+                try:
+                    self.instruments[role] = open_driver(role, ic, self.base_dir)
+                except Exception as exc:
+                    self.close()
+                    raise NodeError(f"node {self.node}: role {role!r} ({ic.driver} at {ic.resource!r}) failed to "
+                                    f"open: {_one_line(exc)}") from exc
+            for role, inst in self.instruments.items():
+                apply = getattr(inst, "apply_operating_point", None)
+                if apply is None:
+                    continue
+                try:
+                    apply(self.cfg)
+                except Exception as exc:
+                    self.close()
+                    ic = self.cfg.roles()[role]
+                    raise NodeError(f"node {self.node}: role {role!r} ({ic.driver} at {ic.resource!r}): the station "
+                                    f"file's operating point could not be applied: {_one_line(exc)}") from exc
+        log.info("node %s: opened %s; operating point applied", self.node,
+                 ", ".join(f"{r} ({self.cfg.roles()[r].driver} at {self.cfg.roles()[r].resource})" for r in self.roles))
+
+    def arm(self) -> list[str]:
+        """Every instrument in its operating state for an acquisition (counted: :meth:`disarm` once per arm);
+        what was changed. :class:`NodeError` once the node is stopping."""
+        from labqfl.station import arm_instruments
+
+        with self._lock:
+            if self._stopping or self._closed:
+                raise NodeError(f"node {self.node} is stopping: its instruments stay in their safe state")
+            changed = arm_instruments(self.instruments)
+            self._armed += 1
+        if changed:
+            log.info("node %s: armed for acquisition: %s", self.node, ", ".join(changed))
+        return changed
+
+    def disarm(self) -> dict[str, str]:
+        """An armed acquisition ended: the safe state once no other one is armed; the roles whose safe state
+        failed, with the reason."""
+        with self._lock:
+            self._armed = max(0, self._armed - 1)
+            if self._armed or self._closed:
+                return {}
+            return self.safe_state()
+
+    def safe_state(self) -> dict[str, str]:
+        """Every instrument to its safe state (reverse opening order); ``{role: error}`` of the failures."""
+        failed: dict[str, str] = {}
+        with self._lock:
+            for role in reversed(list(self.instruments)):
+                try:
+                    self.instruments[role].safe_state()
+                except Exception as exc:  # keep going: the others must be safe too
+                    failed[role] = _one_line(exc)
+                    log.error("node %s: role %s: safe state failed: %s", self.node, role, exc)
+        if self.instruments:
+            log.info("node %s: %s in the safe state", self.node, ", ".join(reversed(list(self.instruments))))
+        return failed
+
+    def stop(self) -> None:
+        """SIGTERM/SIGINT: the safe state now; no arming from here on."""
+        with self._lock:
+            self._stopping = True
+            if not self._closed:
+                self.safe_state()
+
+    def close(self) -> None:
+        """Safe state and release every instrument (reverse opening order). Idempotent; never raises."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for role in reversed(list(self.instruments)):
+                try:
+                    self.instruments[role].close()  # safe state, then release
+                except Exception as exc:  # keep closing the others
+                    log.error("node %s: role %s: close failed: %s", self.node, role, exc)
+        atexit.unregister(self.close)
+
+
 class _Ctl:
     """The ``ctl`` service: ``ctl/<verb>`` → ``node.ctl_<verb>(message)``."""
 
@@ -125,6 +284,15 @@ class Node:
         self.server = NodeServer(self.creds, listen, max_workers=max_workers)
         self.server.route("ctl", lambda peer, hello: ServedSession(_Ctl(self)), allowed_peers={CTL})
         self.stopping = threading.Event()
+        #: the real instruments of this node's roles (opened by :meth:`serve`; none for a simulated station)
+        self.instruments = NodeInstruments(name, self.cfg, self.instrument_roles(),
+                                           Path(station).parent if station else None)
+
+    def instrument_roles(self) -> list[str]:
+        """The roles whose real instruments :meth:`serve` opens (:func:`owned_roles`). A client's pattern
+        generator is not among them: the client opens it itself at its first ``ctl/arm`` (an emulated one is
+        served by the optics node, which may not be up yet when the client starts)."""
+        return [r for r in owned_roles(self.cfg, self.role, self.name) if not r.endswith(".pattern_generator")]
 
     # -- control verbs every node answers ----------------------------------------------------
     def ctl_ping(self, req: Message) -> Message:
@@ -143,7 +311,9 @@ class Node:
 
         Prints ``NODE <name> <address>`` on stdout once listening (``as_json``: the JSON object
         ``{"node", "role", "address"}`` instead) and writes it to ``<data>/nodes/<name>/address.json``,
-        so a launcher can read the ephemeral port."""
+        so a launcher can read the ephemeral port. The node's instruments (:class:`NodeInstruments`) open
+        before it listens; on SIGTERM/SIGINT they go to their safe state before :meth:`shutdown` finishes
+        the work in progress, and they are released last."""
         def on_signal(signum: int, frame: object) -> None:
             self.stopping.set()
 
@@ -154,7 +324,13 @@ class Node:
         # cleanly stopped node (exit -15 instead of 0).
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
-        self.server.start()
+        # after the handlers: a signal while they open ends in their safe state too (a failure closes them)
+        self.instruments.open()
+        try:
+            self.server.start()
+        except BaseException:
+            self.instruments.close()
+            raise
         info = {"node": self.name, "role": self.role, "address": self.server.address}
         (self.private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {self.name} {self.server.address}", flush=True)
@@ -164,11 +340,15 @@ class Node:
         finally:
             log.info("node %s: stopping", self.name)
             try:
+                self.instruments.stop()  # the safe state first, before the block in progress is finished
                 self.shutdown()
             finally:
-                self.server.stop(grace_s=2.0)
-                for s in (signal.SIGTERM, signal.SIGINT):
-                    signal.signal(s, signal.SIG_IGN)
+                try:
+                    self.server.stop(grace_s=2.0)
+                finally:
+                    self.instruments.close()
+                    for s in (signal.SIGTERM, signal.SIGINT):
+                        signal.signal(s, signal.SIG_IGN)
 
 
 #: Test hook: a folder where every node appends every message of the sessions it opens, both

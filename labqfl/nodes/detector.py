@@ -19,6 +19,15 @@ so a detector that tells the two clients different things gets the block refused
 Control: ``ctl/run {acq, duration, block_duration, optics, clients}`` runs one acquisition
 (``optics``: address of the optics node, ``clients``: JSON ``{name: address}``) and answers
 ``ctl/ran`` with its public statistics.
+
+**Its instruments.** The detection node owns the station's master clock, laser, detectors D0/D1, time
+tagger and power meter (:data:`~labqfl.nodes.common.DETECTION_ROLES`: in a Sagnac loop the source and
+the detectors sit at the untrusted node, docs/lab_setup.md). Those with a real driver it opens through
+:func:`labqfl.station.open_driver` when it starts (operating point written, outputs off), arms for each
+``ctl/run`` (laser on, detectors armed: the in-process ``Acquisition``'s rule) and puts in their safe
+state after it, on SIGTERM/SIGINT and at exit (:class:`~labqfl.nodes.common.NodeInstruments`). The light
+itself stays the optics node's simulation, built from the same station file, and so do the tags: a real
+time tagger is refused (:func:`~labqfl.nodes.common.check_node_station`).
 """
 
 from __future__ import annotations
@@ -34,7 +43,15 @@ import numpy as np
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
-from labqfl.nodes.common import Node, NodeError, RecordedChannel, ok, open_session, request
+from labqfl.nodes.common import (
+    Node,
+    NodeError,
+    RecordedChannel,
+    check_node_station,
+    ok,
+    open_session,
+    request,
+)
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.slotting import (
     PairSlotter,
@@ -57,6 +74,7 @@ class DetectorNode(Node):
     def __init__(self, name: str = "detector", *, optics: str = "", optics_name: str = "optics",
                  clients: dict[str, str] | None = None, **kw: Any) -> None:
         super().__init__(name, **kw)
+        check_node_station(self.cfg, str(self.station_path or "the embedded station"))
         self.optics, self.optics_name = optics, optics_name
         self.clients = dict(clients or {})
         self.schedule = PairSchedule.from_config(self.cfg)
@@ -71,7 +89,11 @@ class DetectorNode(Node):
         missing = [c for c in self.cfg.client_names if c not in clients]
         if not optics or missing:
             raise NodeError(f"addresses missing: optics={optics or '?'}, clients {missing}")
-        return self._run(acq, duration, bd, optics, clients)
+        self.instruments.arm()  # laser on, detectors armed (nothing with simulated ones)
+        try:
+            return self._run(acq, duration, bd, optics, clients)
+        finally:
+            self.instruments.disarm()  # the safe state after the acquisition, as in process
 
     def _run(self, acq: str, duration: float, bd: float, optics: str, clients: dict[str, str]) -> Message:
         t0 = time.perf_counter()

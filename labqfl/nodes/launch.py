@@ -12,6 +12,11 @@ listening on loopback, ephemeral ports read from their ``NODE <name> <address>``
 generator streams that many slots of frames to it), let the detector run the acquisition
 (``ctl/run``), collect each Ci's results (``ctl/wait``). :meth:`LocalNetwork.stop` sends SIGTERM
 to every node and waits for its clean exit.
+
+Each node opens the real instruments of the roles it owns (docs/nodes.md, "Which node opens which
+instrument"): the detector the laser, master clock, detectors and power meter, each client its own
+modulators and pattern generator; a station with a real time tagger is refused before any process starts
+(:func:`~labqfl.nodes.common.check_node_station`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from labqfl.config import load_station_config
 from labqfl.errors import LabqflError
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
-from labqfl.nodes.common import CTL, NodeError, open_session, request
+from labqfl.nodes.common import CTL, NodeError, check_node_station, open_session, request
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
 
@@ -144,6 +149,7 @@ class LocalNetwork:
         self.workdir = Path(workdir)
         self.station = station
         self.cfg = load_station_config(station)
+        check_node_station(self.cfg, str(station or "the embedded station"))  # before any process starts
         self.settings = settings or DistillSettings()
         self.env = env or {}
         self.threads = threads

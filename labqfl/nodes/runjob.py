@@ -67,13 +67,19 @@ class NodesAcquisition:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     detector: dict[str, Any] = field(default_factory=dict)
     stop_s: float = 0.0
+    #: per client streaming to a pattern generator: frames, played, lost, late, error (its node's
+    #: ``ClientStreams.summary``, as ``acquisition.modulation`` of the in-process path)
+    modulation: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def path_metrics(self) -> dict[str, Any]:
         """``metrics.json``'s ``acquisition`` entry for this path."""
-        return {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
-                "exit_codes": self.exit_codes, "acquisition_wall_s": round(self.wall_s, 3),
-                "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped")
-                             if k in self.detector}}
+        out = {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
+               "exit_codes": self.exit_codes, "acquisition_wall_s": round(self.wall_s, 3),
+               "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped")
+                            if k in self.detector}}
+        if self.modulation:
+            out["modulation"] = self.modulation
+        return out
 
 
 @contextmanager
@@ -227,7 +233,8 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
         return NodesAcquisition(
             acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
             timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,
-            exit_codes=codes, detector=dict(res["detector"]), stop_s=stop_s)
+            exit_codes=codes, detector=dict(res["detector"]), stop_s=stop_s,
+            modulation={c: d["modulation"] for c, d in res["clients"].items() if d.get("modulation")})
     finally:
         shutil.rmtree(work, ignore_errors=True)  # throwaway certificates (and the CA key) go with it
 
