@@ -116,6 +116,12 @@ class Plan:
     #: stalls after them); None when the plan chose the duration
     rounds_sustained: int | None = None
     estimates: dict[str, str] = field(default_factory=dict)
+    #: with a given --duration that holds fewer than all rounds' key: the top-up acquisitions the run
+    #: will wait for (:func:`predict_top_ups`: round, duration_s, short pairs' deficits and predicted key)
+    top_ups: list[dict[str, Any]] = field(default_factory=list)
+    #: station time of the whole run: the acquisition, plus the predicted top-ups when it starves
+    #: (inf: a top-up cannot feed a pair); the run measures the same (``acquire.station_s_total``)
+    station_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -208,9 +214,16 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     order = _mark_starving(pairs)
     distill_s = _distill_seconds(cfg, sched, acq_total, distill_bps)
     sustained = None
+    top_ups: list[dict[str, Any]] = []
+    station = acq_total
     if duration_s is not None:
         sustained = min((math.floor(p.key_rate_bps * duration_s / need + 1e-9) if need > 0 else 0
                          for p in pairs.values()), default=0)
+        if sustained < rounds and need > 0:  # the run waits for top-ups (docs/scaling.md, "Training that waits")
+            top_ups = predict_top_ups(cfg, {n: p.key_rate_bps * duration_s for n, p in pairs.items()}, need, rounds,
+                                      eps_sec=eps_sec)
+            station = (duration_s + sum(float(t["duration_s"]) for t in top_ups)
+                       if all(t["duration_s"] is not None for t in top_ups) else math.inf)
     cost, per_client = TRAIN_ROUND_COST[task]
     if train_s_per_round is not None:
         cost, per_client = float(train_s_per_round), False
@@ -224,7 +237,45 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
         rounds_sustained=sustained,
         estimates=_plan_estimates(task, distill_bps, cost, per_client),
+        top_ups=top_ups, station_s=station,
     )
+
+
+#: Top-up acquisitions a run makes at most before it stops (``JobSettings.max_top_ups``'s default).
+MAX_TOP_UPS = 8
+
+
+def predict_top_ups(cfg: StationConfig, first_key_bits: Mapping[str, float], need: int, rounds: int, *,
+                    eps_sec: float = 1e-10, max_top_ups: int = MAX_TOP_UPS) -> list[dict[str, Any]]:
+    """The top-up acquisitions a run whose first acquisition gives each graph pair
+    ``first_key_bits`` (model) will wait for, as ``labqfl run`` makes them
+    (:meth:`labqfl.mainjob.MainJob._wait_for_key`): rounds run while every pair holds ``need`` bits;
+    before the first round some pair lacks, one top-up (:func:`plan_top_up`) for the key all remaining
+    rounds lack on every pair, which adds its predicted key to the short pairs; again until all
+    ``rounds`` are fed, at most ``max_top_ups`` times. Each entry: ``round`` (the one that waits),
+    ``duration_s`` (station time; None: a short pair makes no key in the model, the run stops there),
+    ``deficit_bits`` and ``predicted_key_bits`` per short pair."""
+    held = {p: float(b) for p, b in first_key_bits.items()}
+    out: list[dict[str, Any]] = []
+    done = 0
+    while done < rounds and len(out) < max_top_ups:
+        can = min((math.floor(h / need + 1e-9) for h in held.values()), default=rounds)
+        if done + can >= rounds:
+            break
+        done += can
+        for p in held:
+            held[p] -= can * need
+        left = rounds - done
+        deficit = {p: math.ceil(need * left - h - 1e-9) for p, h in held.items() if need * left - h > 1e-9}
+        tp = plan_top_up(cfg, deficit, eps_sec=eps_sec)
+        out.append({"round": done + 1, "duration_s": tp.duration_s if math.isfinite(tp.duration_s) else None,
+                    "deficit_bits": tp.deficit_bits,
+                    "predicted_key_bits": tp.predicted_key_bits, "no_key_pairs": tp.no_key_pairs})
+        if tp.no_key_pairs or not math.isfinite(tp.duration_s):
+            break
+        for p, b in tp.predicted_key_bits.items():
+            held[p] += b
+    return out
 
 
 def _check_plan_args(cfg: StationConfig, task: str, rounds: int, clients: int | None, duration_s: float | None,
@@ -537,6 +588,8 @@ def _compare_waits(p: dict[str, Any], metrics: dict[str, Any], dur: float,
     sustained = p.get("rounds_sustained")
     rounds = p.get("rounds")
     station = dur + sum(float(t["duration_s"]) for t in top_ups)
+    # a plan made before the top-ups were predicted has no station_s: its acquisition is the prediction
+    pred_station = p["station_s"] if "station_s" in p else p.get("acquisition_s")
     rows = []
     for t in top_ups:
         pred = t["plan"]["predicted_key_bits"]
@@ -551,8 +604,9 @@ def _compare_waits(p: dict[str, Any], metrics: dict[str, Any], dur: float,
                                            and sustained < rounds else None),
             "measured_first_wait_round": waits.get("first_wait_round"),
             "rounds_waited": waits.get("rounds_waited", 0),
-            "predicted_station_s": p.get("acquisition_s"), "measured_station_s": station,
-            "station_s_ratio": ratio(station, p.get("acquisition_s")),
+            "predicted_station_s": pred_station, "measured_station_s": station,
+            "station_s_ratio": ratio(station, pred_station),
+            "predicted_top_ups": [{"round": t["round"], "duration_s": t["duration_s"]} for t in p.get("top_ups") or []],
             "top_ups": rows, "worst_top_up_key_ratio": max(ratios, key=lambda x: abs(x - 1.0)) if ratios else None}
 
 

@@ -102,3 +102,27 @@ def test_the_top_up_planner_evaluates_the_finite_key_model_only_for_short_pairs(
     assert seen and set(seen) == {("C1", "C2")}
     n = len(seen)
     assert plan_top_up(cfg, {"C1-C2": 2_000}) == tp and len(seen) == n  # the same plan again: all from the cache
+
+
+def test_a_starving_plan_predicts_the_top_ups_and_the_station_time_of_the_run(small_station_file):
+    """With a --duration that holds fewer rounds than asked, the plan predicts the top-ups the run
+    will wait for (as MainJob._wait_for_key sizes them), so its station time is the run's: the first
+    acquisition plus every top-up, not R × the acquisition per round (docs/scaling.md: 1.37-1.69x off)."""
+    from labqfl.planning import make_plan
+
+    cfg = load_station_config(small_station_file)
+    plan = make_plan(cfg, "mnist-qnn", 32, 6, duration_s=0.015, eps_sec=1e-4)
+    need = plan.key_bits_per_pair_per_round
+    assert plan.rounds_sustained is not None and plan.rounds_sustained < 6 and plan.top_ups
+    first = plan.top_ups[0]
+    held = plan.pairs["C1-C2"].key_rate_bps * 0.015 - plan.rounds_sustained * need
+    left = 6 - plan.rounds_sustained
+    assert first["round"] == plan.rounds_sustained + 1
+    assert first["deficit_bits"] == {"C1-C2": math.ceil(need * left - held)}
+    assert first["duration_s"] == plan_top_up(cfg, first["deficit_bits"], eps_sec=1e-4).duration_s
+    assert plan.station_s == pytest.approx(0.015 + sum(t["duration_s"] for t in plan.top_ups))
+    # every predicted top-up feeds the rounds after it, until all are fed
+    key = plan.pairs["C1-C2"].key_rate_bps * 0.015 + sum(t["predicted_key_bits"]["C1-C2"] for t in plan.top_ups)
+    assert key >= 6 * need
+    enough = make_plan(cfg, "mnist-qnn", 32, 1, duration_s=0.015, eps_sec=1e-4)
+    assert enough.top_ups == [] and enough.station_s == enough.acquisition_s
