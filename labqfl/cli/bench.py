@@ -57,6 +57,12 @@ def bench(
             t.add_row(n, f"{r['figure']:.4g} {r['unit']}", f"{r['baseline']}: {r['baseline_figure']:.4g} {r['unit']}",
                       f"{r['ratio']:.3g}×", r["target"], met)
         con.print(t)
+        for n, r in results.items():  # extra tables a benchmark reports (details["tables"])
+            for tab in r["details"].get("tables", []):
+                extra = Table(*tab["columns"], title=f"{n}: {tab['title']}")
+                for row in tab["rows"]:
+                    extra.add_row(*(str(v) for v in row))
+                con.print(extra)
 
     emit(data, as_json, render)
 

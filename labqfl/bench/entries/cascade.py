@@ -1,11 +1,13 @@
 """Cascade benchmarks: throughput on 10^6-bit frames and the efficiency grid (frame size × QBER).
 
 ``cascade`` (default, affordable): throughput on a 10^6-bit frame at QBER 2 % against the
-pure-Python reference, plus f per QBER (1–8 %) on 10^4-, 10^5- and 10^6-bit frames.
-``cascade-grid``: the full grid, 10^4 … 10^7 bits × QBER 1–8 %, with more frames per point (a
-minute or two).  Every frame holds exactly round(Q·n) errors, so f = leaked / (n·h(Q)) has no
-error-count fluctuation; each point reports the mean f over its frames, the worst frame, the
-frame error rate (frames with any residual error) and the residual error bits.
+pure-Python reference, plus f per frame size (10^4 … 10^7 bits, :data:`BENCH_GRID_FRAMES`) and
+QBER (1–8 %).  ``cascade-grid``: the same grid with more frames per point
+(:data:`FULL_GRID_FRAMES`, a few minutes).  Every frame holds exactly round(Q·n) errors, so
+f = leaked / (n·h(Q)) has no error-count fluctuation; each point reports the mean f over its
+frames with its standard error, the worst frame, the share of f spent on confirmation
+bipartitions, the frame error rate (frames with any residual error), its bound and what it
+costs in refused blocks, and the residual error bits.  f counts every parity Alice disclosed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import numpy as np
 
 from labqfl.bench import BenchResult, benchmark
 from labqfl.bench import noisy_frame as _frame
-from labqfl.qkd.cascade import cascade_reference, reconcile_cascade
+from labqfl.qkd.cascade import HALF, cascade_reference, reconcile_cascade
+from labqfl.qkd.reconciliation import binary_entropy
 
 GRID_QBERS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08)
 F_TARGET = 1.05
@@ -36,26 +39,52 @@ def _best_time(fn, repeats: int) -> tuple[float, float, Any]:  # type: ignore[no
     return best
 
 
+def refused_block_cost(f: float, q: float, fer: float) -> float:
+    """Upper bound, in units of f, on the key lost to frames refused at verification.
+
+    A frame that keeps residual errors fails the pipeline's verification hash and its block is
+    refused (labqfl/qkd/verification.py).  Per n key bits such a block would have given at most
+    n·(1 − h(Q) − f·h(Q)) secret bits (the asymptotic BB84 rate with phase error Q, Shor &
+    Preskill, PRL 85, 441 (2000); finite-key terms only lower it), so a frame error rate ``fer``
+    costs at most fer·(1 − h(Q) − f·h(Q)) / h(Q) on the scale of f = leak / (n·h(Q)).
+    """
+    h = binary_entropy(q)
+    return fer * max(0.0, 1.0 - h - f * h) / h
+
+
 def efficiency_grid(frames_per_size: dict[int, int], qbers: tuple[float, ...] = GRID_QBERS) -> dict[str, Any]:
     """f of the default Cascade per frame size and QBER.
 
     ``frames_per_size``: frame length n (bits) → number of frames (data seeds 1000 + i, Cascade
-    seeds i).  Returns ``per_frame_size``: ``{"n=<n>": {"<Q>": row}}``, row = mean/max f, frame
-    error rate, residual error bits, mean round trips and Mbit/s (wall, all frames of the point);
-    ``f_table``: ``{"n=<n>": [mean f per QBER in the order of ``qbers``]}``; plus ``worst_f``,
-    ``points_over_target`` (points whose mean f exceeds :data:`F_TARGET`) and ``frames``.
+    seeds i).  Returns ``per_frame_size``: ``{"n=<n>": {"<Q>": row}}``, row = mean f and its
+    standard error (``f_se``, sample standard deviation / √frames; None for a single frame), worst frame, the share of f
+    spent on the ``confirm`` clean confirmation bipartitions (``f_confirmations``: each disclosed
+    one parity, all counted in f), the measured frame error rate and residual error bits, the
+    bound on the frame error rate (``fer_bound``: every run of bipartitions that starts with
+    errors passes ``confirm`` clean ones with probability 2^-confirm, and a run starts at the
+    first bipartition and after each one that found an error, so FER ≤ E[1 + bipartitions −
+    confirm]·2^-confirm) and what that costs in refused blocks (``f_refused_bound``,
+    :func:`refused_block_cost`), mean round trips and Mbit/s (wall, all frames of the point);
+    ``f_table`` / ``f_se_table``: ``{"n=<n>": [mean f / its standard error per QBER in the
+    order of ``qbers``]}``; plus ``worst_f``, ``points_over_target`` (points whose mean f exceeds
+    :data:`F_TARGET`), ``points_within_2se`` (mean f ≤ target < mean f + 2·SE: not yet resolved)
+    and ``frames``.
     """
     reconcile_cascade(*_frame(2000, 0.02, 0), 0.02, seed=0)  # load compiled kernels
     table: dict[str, Any] = {}
     worst = 0.0
     over: list[str] = []
+    unresolved: list[str] = []
     total_frames = total_bad = 0
     for n, frames in frames_per_size.items():
         per_q: dict[str, Any] = {}
         for q in qbers:
             fs: list[float] = []
+            conf: list[int] = []
+            halves: list[int] = []
             bad = resid = rt = 0
             wall = 0.0
+            confirm = 0
             for i in range(frames):
                 x, y = _frame(n, q, 1000 + i)
                 t0 = time.perf_counter()
@@ -63,23 +92,58 @@ def efficiency_grid(frames_per_size: dict[int, int], qbers: tuple[float, ...] = 
                 wall += time.perf_counter() - t0
                 e = int(np.count_nonzero(res.corrected != x))
                 fs.append(res.efficiency)
+                confirm = int(res.details["confirm"])
+                conf.append(int(res.details["clean_confirmations"]))
+                halves.append(sum(k == HALF for k in res.details["block_sizes"]))
                 bad += e > 0
                 resid += e
                 rt += res.round_trips
             mean_f = float(np.mean(fs))
-            per_q[f"{q:.2f}"] = {"f": round(mean_f, 4), "f_max": round(max(fs), 4), "frames": frames,
+            se = float(np.std(fs, ddof=1) / np.sqrt(frames)) if frames > 1 else None
+            nh = n * binary_entropy(q)
+            fer_bound = float(np.mean([1 + max(0, b - confirm) for b in halves])) * 2.0 ** -confirm if confirm else None
+            per_q[f"{q:.2f}"] = {"f": round(mean_f, 4), "f_se": None if se is None else round(se, 4),
+                                 "f_max": round(max(fs), 4),
+                                 "frames": frames, "f_confirmations": round(float(np.mean(conf)) / nh, 4),
                                  "fer": round(bad / frames, 4), "residual_bits": resid,
+                                 "fer_bound": None if fer_bound is None else float(f"{fer_bound:.2g}"),
+                                 "f_refused_bound": None if fer_bound is None
+                                 else round(refused_block_cost(mean_f, q, fer_bound), 5),
                                  "round_trips": round(rt / frames), "mbit_per_s": round(n * frames / wall / 1e6, 2)}
             worst = max(worst, mean_f)
+            point = f"n={n} Q={q:.2f}: f={mean_f:.4f}" + ("" if se is None else f" ± {se:.4f}")
             if mean_f > F_TARGET:
-                over.append(f"n={n} Q={q:.2f}: f={mean_f:.4f}")
+                over.append(point)
+            elif se is not None and mean_f + 2 * se > F_TARGET:
+                unresolved.append(point)
             total_frames += frames
             total_bad += bad
         table[f"n={n}"] = per_q
     f_table = {size: [row["f"] for row in per_q.values()] for size, per_q in table.items()}
-    return {"qbers": [round(q, 4) for q in qbers], "f_table": f_table, "per_frame_size": table,
-            "worst_f": round(worst, 4), "points_over_target": over,
-            "frames": total_frames, "frames_with_residual_errors": total_bad}
+    se_table = {size: [row["f_se"] for row in per_q.values()] for size, per_q in table.items()}
+    return {"qbers": [round(q, 4) for q in qbers], "f_table": f_table, "f_se_table": se_table,
+            "per_frame_size": table, "worst_f": round(worst, 4), "points_over_target": over,
+            "points_within_2se": unresolved, "frames": total_frames, "frames_with_residual_errors": total_bad}
+
+
+def f_table(grid: dict[str, Any]) -> dict[str, Any]:
+    """The grid's mean f ± standard error per frame size (rows) and QBER (columns), as a
+    ``details["tables"]`` entry that ``labqfl bench`` prints under its summary."""
+    rows = []
+    for size, per_q in grid["per_frame_size"].items():
+        n = int(size.removeprefix("n="))
+        frames = next(iter(per_q.values()))["frames"]
+        rows.append([f"{n:.0e} bits ({frames})"] + [
+            f"{r['f']:.4f}" + ("" if r["f_se"] is None else f" ± {r['f_se']:.4f}") for r in per_q.values()])
+    return {"title": f"f = leak/(n·h(Q)) per frame size (frames) and QBER, mean ± standard error; target ≤ {F_TARGET}",
+            "columns": ["frame"] + [f"{100 * q:g} %" for q in grid["qbers"]], "rows": rows}
+
+
+BENCH_GRID_FRAMES = {10_000: 50, 100_000: 5, 1_000_000: 1, 10_000_000: 1}
+"""Frames per frame size in the efficiency grid of ``labqfl bench cascade`` (issue 19 item 6: f
+per frame size 10^4–10^7 bits and QBER 1–8 %); ``cascade-grid`` runs :data:`FULL_GRID_FRAMES`."""
+
+FULL_GRID_FRAMES = {10_000: 400, 100_000: 40, 1_000_000: 3, 10_000_000: 1}
 
 
 SPEED_TARGET_MBPS = 50.0
@@ -90,7 +154,8 @@ INTERLEAVED_FRAMES = 8
 
 
 @benchmark("cascade", "Cascade on 10^6-bit frames at QBER 2 % (both parties in process): 8 frames interleaved "
-           "per message vs one frame per run vs pure Python, plus f per QBER on 10^4-10^6-bit frames",
+           "per message vs one frame per run vs pure Python, plus f (± standard error) per QBER (1-8 %) on "
+           "10^4-10^7-bit frames",
            target="≥ 50 Mbit/s with f ≤ 1.04 and no residual error (issue 23)")
 def _cascade(quick: bool) -> BenchResult:
     import os
@@ -112,8 +177,7 @@ def _cascade(quick: bool) -> BenchResult:
     base_mbps = nb / bwall / 1e6
     residual = int((res.corrected != x).sum()) + int((kres.corrected != xk).sum())
     f = max(res.efficiency, kres.efficiency)
-    grid = efficiency_grid({10_000: 2} if quick else {10_000: 10, 100_000: 3, 1_000_000: 1},
-                           (0.02,) if quick else GRID_QBERS)
+    grid = efficiency_grid({10_000: 2} if quick else BENCH_GRID_FRAMES, (0.02,) if quick else GRID_QBERS)
     ok = (kmbps >= SPEED_TARGET_MBPS and f <= SPEED_F_TARGET and residual == 0
           and grid["frames_with_residual_errors"] == 0)
     return BenchResult(
@@ -133,18 +197,21 @@ def _cascade(quick: bool) -> BenchResult:
                  "block_sizes": res.details["block_sizes"], "load_average": [round(load0, 2), round(load1, 2)],
                  "baseline_frame_bits": nb, "baseline_efficiency_f": round(bres.efficiency, 4),
                  "baseline_residual_errors": int((bres.corrected != xb).sum()),
-                 "efficiency_grid": grid,
+                 "tables": [f_table(grid)],
+                 "efficiency_grid": grid if quick else {**grid, "frames_per_size": {str(k): v for k, v in
+                                                                                     BENCH_GRID_FRAMES.items()}},
                  "note": "figure: K frames of frame_bits bits reconciled interleaved (one message and one kernel "
                          "call per round for all, reconcile_cascade(frame_bits=...)), best of 2; one_frame: the same "
                          "code on one frame per run (best of 3); baseline runs on a smaller frame (pure Python); "
                          "throughputs are per bit; efficiency_grid: mean f over fixed-seed frames per (frame size, "
-                         "QBER); `labqfl bench cascade-grid` adds 10^7-bit frames and more frames per point"})
+                         "QBER (frames per size: efficiency_grid.frames_per_size), f_se its standard error; "
+                         "`labqfl bench cascade-grid` runs more frames per point"})
 
 
 @benchmark("cascade-grid", "Cascade efficiency f per frame size (10^4-10^7 bits) and QBER (1-8 %), "
            "with frame error rates", target="f ≤ 1.05 at every point, no residual error")
 def _cascade_grid(quick: bool) -> BenchResult:
-    sizes = {10_000: 4, 100_000: 1} if quick else {10_000: 200, 100_000: 20, 1_000_000: 3, 10_000_000: 1}
+    sizes = {10_000: 4, 100_000: 1} if quick else FULL_GRID_FRAMES
     qbers = (0.02,) if quick else GRID_QBERS
     t0 = time.perf_counter()
     grid = efficiency_grid(sizes, qbers)
@@ -164,6 +231,7 @@ def _cascade_grid(quick: bool) -> BenchResult:
         baseline="pure-Python Cascade on one 10^4-bit frame per QBER, per bit",
         baseline_figure=bbits / bwall / 1e6, target=f"f ≤ {F_TARGET} at every point, 0 residual errors",
         passed=(not grid["points_over_target"] and grid["frames_with_residual_errors"] == 0) if not quick else None,
-        details={"efficiency_grid": grid, "frames_per_size": {str(n): k for n, k in sizes.items()},
+        details={"efficiency_grid": grid, "tables": [f_table(grid)],
+                 "frames_per_size": {str(n): k for n, k in sizes.items()},
                  "note": "figure: wall-clock throughput over the whole grid (small frames pay per-frame "
                          "overheads); every frame has exactly round(Q·n) errors"})

@@ -11,6 +11,7 @@ import pytest
 from labqfl.qkd.cascade import (
     IMPLIED_MAX,
     IMPLIED_MIN_QBER,
+    SHORT_FRAME_BITS,
     CascadeAlice,
     CascadeBob,
     CascadeSchedule,
@@ -103,7 +104,27 @@ def test_every_parity_sent_is_counted_and_almost_all_are_independent(frame, n, q
     assert len(vecs) - rank <= max(2, len(vecs) // 500), (len(vecs), rank)
 
 
-def test_frame_schedule_derives_implied_parities_from_3_percent_on():
-    assert CascadeSchedule.for_frame(0.02, 10_000).implied_max == 0 < IMPLIED_MIN_QBER
-    assert CascadeSchedule.for_frame(IMPLIED_MIN_QBER, 10_000).implied_max == IMPLIED_MAX
+def test_frame_schedule_derives_implied_parities_from_3_percent_on_and_always_on_short_frames():
+    assert CascadeSchedule.for_frame(0.02, SHORT_FRAME_BITS).implied_max == 0 < IMPLIED_MIN_QBER
+    assert CascadeSchedule.for_frame(0.02, 10**6).implied_max == 0
+    assert CascadeSchedule.for_frame(IMPLIED_MIN_QBER, 10**5).implied_max == IMPLIED_MAX
+    assert CascadeSchedule.for_frame(0.01, 10_000).implied_max == IMPLIED_MAX
+    assert CascadeSchedule.for_frame(0.02, SHORT_FRAME_BITS - 1).implied_max == IMPLIED_MAX
     assert CascadeSchedule.for_frame(0.08, 10**6).implied_max == IMPLIED_MAX
+
+
+@pytest.mark.parametrize("seed", [1, 3])
+def test_default_schedule_sends_no_dependent_parity_on_1e4_bit_frames_at_2_percent(frame, seed):
+    """Regression (issue 19 item 6): with implied parities off below 3 % (the landed rule), Bob
+    asked 4 (seed 1) and 9 (seed 3) parities on these 10^4-bit frames at 2 % that were sums of
+    parities Alice had already sent — one-bit halves of bits whose value he knew; the default
+    schedule now derives them on frames < 2^16 bits at every QBER."""
+    n, qber = 10_000, 0.02
+    x, y = frame(n, qber, 1000 + seed)
+    ch = RecordingChannel(CascadeAlice(x))
+    bob = CascadeBob(y, qber, seed=seed)
+    res = bob.run(ch)
+    assert np.array_equal(res.corrected, x)
+    vecs = disclosed_vectors(n, seed, bob.schedule.block_sizes, ch.log)
+    assert res.leaked_bits == len(vecs)
+    assert gf2_rank(vecs) == len(vecs)
