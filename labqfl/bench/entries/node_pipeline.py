@@ -22,7 +22,9 @@ from labqfl.bench import BenchResult, benchmark
 
 def _station(path: Path) -> Path:
     """The embedded 4-client station on a short loop (its pairs reach key within a fraction of a
-    second), 50 ms tag blocks."""
+    second), with the default station's 10 ms tag blocks (one ``tags/block``, ``mod/query`` and
+    ``ann/chunk`` per client and pair every 10 ms, as the default station runs; 50 ms blocks until
+    2026-12-04 hid the per-chunk costs: docs/nodes.md, "Measured")."""
     from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
     from labqfl.planning import station_toml
 
@@ -31,7 +33,6 @@ def _station(path: Path) -> Path:
     for c in d["clients"]:
         c.update(insertion_loss_db=0.2, intensities=[0.03, 0.1, 0.0], intensity_probs=[0.6, 0.2, 0.2],
                  basis_x_prob=0.7)
-    d["simulation"]["block_duration_s"] = 0.05
     path.write_text(station_toml(StationConfig.model_validate(d)))
     return path
 
