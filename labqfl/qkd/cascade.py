@@ -58,9 +58,9 @@ information reconciliation protocol Cascade", arXiv:1407.3257):
   k1 = 2^⌈α⌉, k2 = 2^⌈(α+12)/2⌉, k3 = 4096, k_i = n/2 for i ≥ 4, 14 passes.
 * :meth:`CascadeSchedule.for_frame` (the default): opt. (8) adapted to the frame length n (k1
   halved below 128 first-pass blocks, a third pass of 8192 bits — 16384 from 7 % — only from
-  2^19 bits on; below 2^16 bits k2's exponent rounded down within ¼ of an integer and the second
-  pass's searches deferred), then bipartitions
-  with confirmation (16 clean bipartitions in a row: frame error rate ≈ 2^-16).
+  2^19 bits on; below 2^16 bits k2's exponent rounded down within ¼ of an integer, the second
+  pass's searches deferred and implied parities derived at every QBER), then bipartitions
+  with confirmation (16 clean bipartitions in a row: frame error rate ≤ runs · 2^-16).
 
 Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by Shannon's bound.
 """
