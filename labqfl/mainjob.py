@@ -339,7 +339,7 @@ class MainJob:
         return acquire_over_nodes(self.cfg, settings, duration_s, data_dir=self.data_dir,
                                   channel_names=channel_names(self.cfg), run_id=self.run_record.name,
                                   bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
-                                  on_start=started, log_dir=logs)
+                                  on_start=started, log_dir=logs, base_dir=self.base_dir)
 
     def _stream_and_distil(self, acq: Any, session: Any, duration_s: float,
                            top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:

@@ -45,7 +45,8 @@ from labqfl.nodes.common import NodeError
 
 log = get_logger(__name__)
 
-__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "train_over_nodes"]
+__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "station_for_nodes",
+           "train_over_nodes"]
 
 #: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
 ProgressFn = Callable[[str, float, float, str], None]
@@ -115,6 +116,32 @@ def _sigterm_stops_nodes(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def station_for_nodes(cfg: StationConfig, base_dir: Path | None) -> str:
+    """The station TOML the job's node processes load from their temporary folder: ``cfg`` with every
+    role's relative pyvisa-sim file (``visa_library = "devices/my.yaml@sim"``, relative to the station
+    file's folder ``base_dir``, else the working directory, as in process) made absolute, so the nodes
+    that open those roles find it (docs/instruments.md)."""
+    from labqfl.config import station_to_toml_dict
+    from labqfl.serialize import dump_toml
+
+    def fix(node: Any) -> None:
+        if isinstance(node, dict):
+            lib = node.get("visa_library")
+            if isinstance(lib, str) and lib.endswith("@sim") and lib != "@sim" and not lib.startswith("@sim:"):
+                path = Path(lib[: -len("@sim")]).expanduser()
+                if not path.is_absolute():
+                    node["visa_library"] = f"{((base_dir or Path.cwd()) / path).resolve()}@sim"
+            for v in node.values():
+                fix(v)
+        elif isinstance(node, list):
+            for v in node:
+                fix(v)
+
+    d = station_to_toml_dict(cfg)
+    fix(d)
+    return f"# {cfg.name}: the station of a labqfl run, for its node processes\n" + dump_toml(d)
+
+
 def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) -> list[str]:
     """Pairs whose Ci store cannot pay for a first block's authentication (what the in-process
     Distiller bootstraps with a simulated pre-shared block, ``DistillSettings.bootstrap_auth``)."""
@@ -165,7 +192,7 @@ def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration
 def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
                        channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
                        on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
-                       timeout_s: float = 900.0) -> NodesAcquisition:
+                       timeout_s: float = 900.0, base_dir: Path | None = None) -> NodesAcquisition:
     """Start the nodes, acquire ``duration_s`` seconds and distil into ``data_dir``'s stores, stop them.
 
     ``settings``: the pipeline's :class:`~labqfl.qkd.pipeline.DistillSettings` (block sizes from
@@ -175,19 +202,19 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
     checks the stores beforehand). ``channel_names``: tagger channel → name
     (:func:`labqfl.app.station.channel_names`). ``on_start(acquisition_id)`` is called before the acquisition
     starts (the job records it, so an interrupted one is never distilled again). ``log_dir``:
-    where the nodes' logs are copied (they hold no key bit and no choice: tests/nodes). Raises
+    where the nodes' logs are copied (they hold no key bit and no choice: tests/nodes). ``base_dir``: the
+    station file's folder (relative pyvisa-sim paths, :func:`station_for_nodes`). Raises
     :class:`~labqfl.nodes.common.NodeError` when a node fails to start, a pair failed, or a node
     did not exit with 0 after SIGTERM.
     """
     from labqfl.nodes.launch import LocalNetwork, run_acquisition
-    from labqfl.planning import station_toml
 
     report = progress or (lambda *a: None)
     preshare = pairs_needing_preshare(cfg, data_dir, settings) if bootstrap_auth else []
     work = Path(tempfile.mkdtemp(prefix="labqfl-nodes-"))
     try:
         station = work / "station.toml"
-        station.write_text(station_toml(cfg), encoding="utf-8")
+        station.write_text(station_for_nodes(cfg, base_dir), encoding="utf-8")
         net = LocalNetwork(work, station, settings=settings, client_data=Path(data_dir), preshare=preshare)
         report("acquire", 0, duration_s, f"starting {len(cfg.client_names) + 2} node processes")
         t0 = time.perf_counter()

@@ -268,6 +268,35 @@ def test_a_role_that_fails_to_open_is_named_and_what_opened_is_closed(small_stat
     assert det.instruments["laser"].closed
 
 
+def test_a_relative_pyvisa_sim_file_is_found_by_the_nodes_of_a_labqfl_run(small_station_file: Path,
+                                                                          tmp_path: Path) -> None:
+    """``visa_library = "devices/….yaml@sim"`` is relative to the station file's folder (docs/instruments.md);
+    ``labqfl run`` hands its nodes the station from a temporary folder, with such paths made absolute."""
+    import shutil
+
+    from labqfl.nodes.runjob import station_for_nodes
+
+    bench_dir = tmp_path / "bench"
+    (bench_dir / "devices").mkdir(parents=True)
+    shutil.copyfile(VISA / "thorlabs_pro8000.yaml", bench_dir / "devices" / "laser.yaml")
+    d = _small(small_station_file)
+    d["laser"].update(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR", visa_library="devices/laser.yaml@sim",
+                      options={"ld_slot": 1, "tec_slot": 2, "slope_mw_per_ma": 0.1, "threshold_ma": 10.0,
+                               "max_current_ma": 100.0})
+    cfg = parse_station_config(d, "bench.toml")
+    work = tmp_path / "work"  # where the job writes the nodes' station file
+    work.mkdir()
+    (work / "station.toml").write_text(station_for_nodes(cfg, bench_dir), encoding="utf-8")
+    moved = load_station_config(work / "station.toml")
+    assert moved.laser.visa_library == f"{(bench_dir / 'devices' / 'laser.yaml').resolve()}@sim"
+    det = NodeInstruments("detector", moved, owned_roles(moved, "detector", "detector"), work)
+    try:
+        det.open()
+        assert det.arm() == ["laser.output_enabled=True"]
+    finally:
+        det.close()
+
+
 # -- labqfl run over node processes ------------------------------------------------------------------------------
 def _emulated_pair(bench: Bench, tmp_path: Path) -> Path:
     """examples/station_emulated_hardware.toml cut to one pair (tests/modulation/test_emulated_station.py), its
