@@ -162,7 +162,6 @@ class NodeInstruments:
             return
         from labqfl.station import open_driver
 
-        atexit.register(self.close)
         with self._lock:
             for role in self.roles:
                 ic = self.cfg.roles()[role]
@@ -172,6 +171,9 @@ class NodeInstruments:
                     self.close()
                     raise NodeError(f"node {self.node}: role {role!r} ({ic.driver} at {ic.resource!r}) failed to "
                                     f"open: {_one_line(exc)}") from exc
+            # after the opening: atexit runs last-registered first, so this runs before the VISA library's
+            # own exit hook closes the sessions the safe state is sent through
+            atexit.register(self.close)
             for role, inst in self.instruments.items():
                 apply = getattr(inst, "apply_operating_point", None)
                 if apply is None:

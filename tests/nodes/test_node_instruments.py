@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import signal
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -251,6 +252,54 @@ def test_arming_is_counted_and_a_stopping_node_arms_nothing(bench_factory: Any, 
         det.close()
         det.close()
     assert all(inst.closed for inst in det.instruments.values())
+
+
+@needs_pyvisa_py
+def test_sigint_of_a_detection_node_and_a_plain_exit_leave_its_instruments_safe(
+        kill: Any, bench_factory: Any, small_station_file: Path, tmp_path: Path) -> None:
+    """SIGINT to ``labqfl node detector`` (laser on, detectors armed as during an acquisition): safe state, then
+    a clean exit (0). A process that armed its NodeInstruments and ends without closing them: the ``atexit``
+    hook leaves them safe."""
+    from labqfl.net import make_node_certs
+
+    b = bench_factory()
+    station = tmp_path / "bench.toml"
+    station.write_text(dump_toml(b.detection(_small(small_station_file))), encoding="utf-8")
+    make_node_certs(tmp_path / "certs", ["detector", "ctl"])
+
+    def on() -> dict[str, list[Any]]:  # what an acquisition leaves: laser on, detectors armed
+        b.laser.ask(":LASER ON")
+        b.snspd.handle({"command": "DetectorEnable", "label": "DetectorEnable", "value": True})
+        b.snspd.handle({"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [4.0, 3.0]})
+        assert b.laser.ask(":LASER?") == "ON"
+        return b.sent()
+
+    with kill.running([sys.executable, "-m", "labqfl.nodes", "detector", "--name", "detector", "--data",
+                       str(tmp_path / "det"), "--listen", "127.0.0.1:0", "--certs", str(tmp_path / "certs"),
+                       "--station", str(station)]) as proc:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("NODE detector "), line + proc.communicate()[1][-kill.TAIL:]
+        since = on()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-kill.TAIL:]
+    b.assert_safe(since, modulators=False)
+    cmd = kill.holding(tmp_path, f"""
+        from labqfl.config import load_station_config
+        from labqfl.nodes.common import NodeInstruments, owned_roles
+        cfg = load_station_config({str(station)!r})
+        det = NodeInstruments("detector", cfg, owned_roles(cfg, "detector", "detector"), None)
+        det.open()
+        det.arm()
+    """)
+    with kill.running(cmd, stdin=True) as proc:
+        kill.wait_ready(proc)
+        assert b.laser.ask(":LASER?") == "ON"
+        since = b.sent()
+        _, err = proc.communicate(input="", timeout=60)  # stdin closed: the script ends without closing them
+    assert proc.returncode == 0, err[-kill.TAIL:]
+    b.assert_safe(since, modulators=False)
 
 
 def test_a_role_that_fails_to_open_is_named_and_what_opened_is_closed(small_station_file: Path) -> None:
