@@ -253,6 +253,16 @@ def _restore_handlers() -> None:
         atexit.unregister(_at_exit)
 
 
+def _guard_exit_hook_last() -> None:
+    """Move the exit hook behind those registered while the instruments opened: ``atexit`` runs the
+    last-registered hook first, and pyvisa registers one per resource manager that closes every session the
+    safe state is sent through (before this, a guarded station's instruments were left on at exit)."""
+    with _GUARD_LOCK:
+        if _GUARDED and os.getpid() == _OWNER_PID:
+            atexit.unregister(_at_exit)
+            atexit.register(_at_exit)
+
+
 def _guard_unregister(station: Station) -> None:
     with _GUARD_LOCK:
         if station in _GUARDED:
@@ -349,6 +359,8 @@ class Station:
             self.guarded = _guard_register(self)  # before opening: a kill during the opening is covered too
         try:
             self._open_all(tolerant)
+            if self.guarded:
+                _guard_exit_hook_last()
             if apply_operating_point:
                 self._apply_operating_point(tolerant)
         except BaseException:

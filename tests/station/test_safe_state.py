@@ -183,6 +183,33 @@ def test_sigterm_of_a_process_holding_an_operating_station(kill: Any, bench: Ben
 
 
 @needs_pyvisa_py
+def test_a_plain_exit_of_a_process_holding_an_operating_station_leaves_it_safe(kill: Any, bench: Bench,
+                                                                               tmp_path: Path) -> None:
+    """The ``atexit`` safe state: the process ends normally with its guarded station still open and operating.
+    (pyvisa's own exit hook, registered when the sessions opened, used to run first and close them, so the
+    safe state could not be sent: laser left on, detectors biased.)"""
+    cmd = kill.holding(tmp_path, f"""
+        from labqfl.config import load_station_config
+        from labqfl.station import Station
+        st = Station(load_station_config({str(bench.station_file)!r}), guard=True)
+        st.laser.output_enabled = True
+        for d in ("D0", "D1"):
+            st.detector(d).enabled = True
+        st.phase_modulator("C1").output_enabled = True
+        for c in ("C1", "C2", "C3", "C4"):
+            st.attenuator(c).shutter_closed = False
+    """)
+    with kill.running(cmd, stdin=True) as proc:
+        kill.wait_ready(proc)
+        assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["bias_ua"] == [4.0, 3.0]
+        since = bench.mark()
+        _, err = proc.communicate(input="", timeout=60)  # stdin closed: the script returns, the interpreter exits
+    assert proc.returncode == 0, err[-kill.TAIL:]
+    assert "interpreter exit" in err and "failed" not in err, err[-kill.TAIL:]
+    bench.assert_safe(since)
+
+
+@needs_pyvisa_py
 @pytest.mark.slow
 def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(kill: Any, bench: Bench, tmp_path: Path) -> None:
     """The acceptance check on a CLI command: ``labqfl acquire --duration 600`` (a long acquisition,
