@@ -363,33 +363,34 @@ def _emulated_pair(bench: Bench, tmp_path: Path) -> Path:
 
 @needs_pyvisa_py
 @pytest.mark.slow
-def test_labqfl_run_acquires_over_nodes_on_the_emulated_pair_station_with_identical_keys(bench_factory: Any,
-                                                                                         tmp_path: Path) -> None:
-    """The acquisition phase of ``labqfl run`` over node processes (``acquire_over_nodes``, what
-    ``MainJob._acquire`` calls, with the block-size rule's settings as the job makes them) on the emulated-hardware
-    example cut to one pair, its laser, detectors and master clock on emulators: the client nodes stream to the
-    Pulse Streamer emulators (every frame played) and open their own modulators, the detection node arms the
-    laser and the detectors for the acquisition and leaves them safe, every node exits with 0 and the key is
-    identical at both ends. (The training that follows over the FL nodes is tests/mainjob/test_run_nodes.py's;
-    the whole ``labqfl run`` on this station: docs/nodes.md.)"""
+def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys(bench_factory: Any,
+                                                                                  tmp_path: Path) -> None:
+    """``labqfl run`` (node processes, the default) on the emulated-hardware example cut to one pair, its laser,
+    detectors and master clock also real drivers over emulators: the client nodes stream to the Pulse Streamer
+    emulators (every frame played) and open their own modulators, the detection node arms the laser and the
+    detectors for the acquisition and leaves them safe, every node exits with 0, the run completes (one
+    federated round over the FL nodes) and the key left is identical at both ends."""
     pytest.importorskip("pulsestreamer")
-    from labqfl.app.distill import DistillOptions, distill_settings
-    from labqfl.app.station import channel_names
-    from labqfl.config import load_station_config
+    from typer.testing import CliRunner
+
+    from labqfl.cli import app
     from labqfl.keystore import KeyStore
-    from labqfl.nodes.runjob import acquire_over_nodes
 
     b = bench_factory()
-    cfg = load_station_config(_emulated_pair(b, tmp_path))
-    data, logs, duration = tmp_path / "data", tmp_path / "logs", 0.05  # the block-size rule's minimum here
-    settings, _ = distill_settings(cfg, DistillOptions(eps_sec=1e-4), duration)
-    res = acquire_over_nodes(cfg, settings, duration, data_dir=data, channel_names=channel_names(cfg), log_dir=logs)
-    m = res.path_metrics()
-    assert set(m["exit_codes"].values()) == {0}
-    n_frames = math.ceil(duration * cfg.laser.rep_rate_hz / cfg.time_tagger.frame_slots)
+    station = _emulated_pair(b, tmp_path)
+    data, runs, duration = tmp_path / "data", tmp_path / "runs", 0.05  # the block-size rule's minimum here
+    r = CliRunner().invoke(app, ["run", "--config", str(station), "--duration", str(duration), "--rounds", "1",
+                                 "--eps-sec", "1e-4", "--no-wait-for-key", "--data-dir", str(data), "--out", str(runs),
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)
+    a = m["acquisition"]
+    assert m["status"] == "complete" and a["path"] == "nodes" and set(a["exit_codes"].values()) == {0}
+    assert len(m["train"]["rounds"]) == 1 and set(m["train"]["nodes"]["exit_codes"].values()) == {0}
+    n_frames = math.ceil(duration * 1e8 / 65_536)
     for c in ("C1", "C2"):
-        assert m["modulation"][c] == {"frames": n_frames, "played": n_frames, "lost": 0, "late": 0, "error": None}
-    pair = res.pairs["C1-C2"]
+        assert a["modulation"][c] == {"frames": n_frames, "played": n_frames, "lost": 0, "late": 0, "error": None}
+    pair = m["distill"]["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0 and pair["error_rate"]["X_key"] < 0.03
     with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
         left = s1.available_bits("C1-C2", "general")
@@ -401,7 +402,7 @@ def test_labqfl_run_acquires_over_nodes_on_the_emulated_pair_station_with_identi
     assert {"command": "DetectorEnable", "value": True} in [{k: x.get(k) for k in ("command", "value")}
                                                              for x in b.snspd.received]
     b.assert_safe({"laser": []}, modulators=False)
-    text = {p.stem: p.read_text(encoding="utf-8") for p in logs.glob("*.log")}
+    text = {p.stem: p.read_text(encoding="utf-8") for p in next(runs.glob("*/nodes")).glob("*.log")}
     assert "node detector: opened master_clock (SwabianPulseStreamerClock" in text["detector"]
     assert "laser.output_enabled=True, D0.enabled=True, D1.enabled=True" in text["detector"]
     for c in ("C1", "C2"):  # each client node opened its own modulators (pyvisa-sim devices in its process)
