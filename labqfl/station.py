@@ -85,14 +85,15 @@ def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None) -> Instr
 
 
 def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
-    """Put every instrument of ``instruments`` (by role) in its operating state for acquisition: lasers on,
-    every detector armed, phase and intensity modulators on, attenuator shutters open. Instruments already
+    """Put every instrument of ``instruments`` (by role) in its operating state for acquisition: the master
+    clock's laser trigger on (a pulsed laser without its trigger emits nothing), lasers on, every detector
+    armed, phase and intensity modulators on, attenuator shutters open. Instruments already
     there are left alone. Returns what was changed, as ``"role.attr=value"``. The one arming rule: a
     Station's roles (:func:`labqfl.app.station.arm`) and a node process's own roles
     (:class:`labqfl.nodes.common.NodeInstruments`)."""
     changed: list[str] = []
     for role, inst in instruments.items():
-        if isinstance(inst, PulsedLaser):
+        if isinstance(inst, PulsedLaser | PulseGenerator):
             attr, value = "output_enabled", True
         elif isinstance(inst, PhotonDetector):
             attr, value = "enabled", True

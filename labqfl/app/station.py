@@ -34,9 +34,9 @@ def config_for_acquisition(cfg: StationConfig, index: int) -> StationConfig:
 
 
 def arm(station: Any) -> list[str]:
-    """Put every instrument of ``station`` in its operating state for acquisition: lasers on, every
-    detector armed, phase and intensity modulators on, attenuator shutters open. Instruments already
-    there are left alone. Returns what was changed, as ``"role.attr=value"``
+    """Put every instrument of ``station`` in its operating state for acquisition: the master clock's laser
+    trigger on, lasers on, every detector armed, phase and intensity modulators on, attenuator shutters
+    open. Instruments already there are left alone. Returns what was changed, as ``"role.attr=value"``
     (:func:`labqfl.station.arm_instruments`, the rule the node processes apply to their own roles too)."""
     from labqfl.station import arm_instruments
 

@@ -139,8 +139,8 @@ class NodeInstruments:
 
     What each instrument gets is what the in-process Station and ``Acquisition`` send it:
     :meth:`open` writes the operating point (``apply_operating_point``: ramps included, outputs off);
-    :meth:`arm` puts it in its operating state (:func:`labqfl.station.arm_instruments`: laser on, detectors
-    armed, modulators on, shutters open) and :meth:`disarm` back to its safe state once the last armed
+    :meth:`arm` puts it in its operating state (:func:`labqfl.station.arm_instruments`: laser trigger and laser on,
+    detectors armed, modulators on, shutters open) and :meth:`disarm` back to its safe state once the last armed
     acquisition ended; :meth:`stop` (SIGTERM, SIGINT: :meth:`Node.serve`) puts it in its safe state at once
     and refuses any later arming; :meth:`close` (and the ``atexit`` hook registered by :meth:`open`) safe
     state and release. Thread-safe: ``ctl`` verbs arm and disarm from the server's threads."""

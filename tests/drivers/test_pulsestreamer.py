@@ -242,6 +242,25 @@ def test_master_clock_streams_the_laser_trigger(emulator: PulseStreamerEmulator)
     assert emulator.output == (0, 0, 0) and emulator.playing is None
 
 
+def test_arming_starts_the_laser_trigger(emulator: PulseStreamerEmulator) -> None:
+    """The one arming rule (labqfl.station.arm_instruments, used by every acquisition in process and by the
+    detection node) switches the master clock's trigger on: a pulsed laser that is not triggered emits
+    nothing. Before, the rule skipped PulseGenerator roles, so a real bench acquired with a dark laser."""
+    from labqfl.station import arm_instruments
+
+    clk = SwabianPulseStreamerClock("master_clock", InstrumentConfig(
+        driver="SwabianPulseStreamerClock", resource=emulator.ip, options={"channel": 3}))
+    clk.apply_operating_point(parse_station_config(tomllib.loads(default_station_text())))
+    assert emulator.playing is None
+    assert arm_instruments({"master_clock": clk}) == ["master_clock.output_enabled=True"]
+    assert clk.output_enabled and emulator.playing is not None
+    assert emulator.binary_commands[-1]["command"] == CMD_STREAM
+    assert arm_instruments({"master_clock": clk}) == []  # already running: not restarted
+    clk.safe_state()
+    assert emulator.output == (0, 0, 0) and emulator.playing is None
+    clk.close()
+
+
 def test_station_roles_typed_and_real_only(emulator: PulseStreamerEmulator) -> None:
     """Station file: ``clients.N.pattern_generator`` and ``master_clock`` take real drivers only, their options
     are typed (unknown keys refused) and their drivers must serve the role."""

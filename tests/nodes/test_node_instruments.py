@@ -237,7 +237,10 @@ def test_arming_is_counted_and_a_stopping_node_arms_nothing(bench_factory: Any, 
     det.open()
     try:
         assert b.laser.ask(":LASER?") == "OFF" and b.snspd.state()["enabled"] is False  # open: outputs off
-        assert det.arm() == ["laser.output_enabled=True", "D0.enabled=True", "D1.enabled=True"]
+        assert b.clock.playing is None  # open: the laser trigger off
+        assert det.arm() == ["master_clock.output_enabled=True", "laser.output_enabled=True", "D0.enabled=True",
+                             "D1.enabled=True"]
+        assert b.clock.playing is not None  # armed: the master clock triggers the laser
         assert det.arm() == []  # a second acquisition armed meanwhile: nothing to change
         det.disarm()
         assert b.laser.ask(":LASER?") == "ON"  # the other acquisition still runs
