@@ -34,7 +34,7 @@ from labqfl.sim_backends.recording import read_recording
 from labqfl.sim_backends.stations import ideal_detectors
 from typer.testing import CliRunner
 
-import labqfl.cli.acquire as acquire_cli
+import labqfl.app.acquire as app_acquire
 from labqfl.cli import app
 from labqfl.config import parse_station_config
 from labqfl.keystore import KeyStore
@@ -42,12 +42,8 @@ from labqfl.serialize import dump_toml
 
 pytest.importorskip("pulsestreamer")
 
-# the module whose start_client_streams labqfl acquire calls (the CLI's, or the application layer's)
-try:
-    import labqfl.app.acquire as _app_acquire
-except ImportError:  # pragma: no cover - an application layer without an acquire module
-    _app_acquire = None  # type: ignore[assignment]
-acquire_cmd: Any = _app_acquire if hasattr(_app_acquire, "start_client_streams") else acquire_cli
+# the module whose start_client_streams labqfl acquire calls: the application layer's Acquisition
+acquire_cmd: Any = app_acquire
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_emulated_hardware.toml"
