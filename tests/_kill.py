@@ -1,6 +1,7 @@
 """Shared scaffolding of the kill tests (SIGTERM of a process holding instruments; the instruments' state
 is read back in the test process, which serves their emulators so that it outlives the killed one):
-tests/station/test_safe_state.py, tests/modulation/test_kill.py, tests/nodes/test_kill_nodes.py.
+tests/station/test_safe_state.py, tests/modulation/test_kill.py, tests/nodes/test_kill_nodes.py,
+tests/nodes/test_node_instruments.py.
 
 The suite runs with ``--import-mode=importlib`` (no test folder on ``sys.path``), so a test module loads
 this one by path::
@@ -38,6 +39,22 @@ def wait_for(cond: Any, what: str, proc: subprocess.Popen[str] | None = None, ti
         if time.monotonic() > t_end:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def node_children(pid: int) -> dict[int, str]:
+    """Node processes (``python -m labqfl.nodes <role> --name <name>``) whose parent is ``pid``: pid → name."""
+    out: dict[int, str] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):  # ended meanwhile
+            continue
+        if ppid == pid and "labqfl.nodes" in cmd and "--name" in cmd:
+            out[int(p.name)] = cmd[cmd.index("--name") + 1]
+    return out
 
 
 @contextmanager

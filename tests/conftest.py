@@ -68,7 +68,7 @@ def one_pair_station():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def kill() -> Any:
     """tests/_kill.py, the kill tests' shared scaffolding (wait_for, running, holding, terminate,
-    stream_c1, assert_dark), loaded by path: the suite runs with --import-mode=importlib."""
+    stream_c1, assert_dark, node_children), loaded by path: the suite runs with --import-mode=importlib."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_kill", Path(__file__).with_name("_kill.py"))

@@ -28,22 +28,6 @@ PAIR = "C1-C2"
 EARLIER = "earlier-run-block"
 
 
-def _node_children(pid: int) -> dict[int, str]:
-    """Node processes (``python -m labqfl.nodes <role> --name <name>``) whose parent is ``pid``: pid → name."""
-    out: dict[int, str] = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):  # ended meanwhile
-            continue
-        if ppid == pid and "labqfl.nodes" in cmd and "--name" in cmd:
-            out[int(p.name)] = cmd[cmd.index("--name") + 1]
-    return out
-
-
 def _general_blocks(store: KeyStore) -> list[str]:
     return [b["block_id"] for b in store.blocks(PAIR) if b["meta"].get("kind") not in ("preshared-auth", "auth-refill")
             and not b["block_id"].startswith("preshared")]
@@ -74,7 +58,7 @@ def test_sigterm_of_labqfl_run_over_nodes_leaves_generator_dark_no_process_and_n
                     started = bool(json.loads(p.read_text(encoding="utf-8")).get("acquisitions"))
                 except ValueError:  # being written
                     return False
-                nodes.update(_node_children(proc.pid))
+                nodes.update(kill.node_children(proc.pid))
                 return started and len(nodes) == 4 and pg_em.playing is not None
             return False
 

@@ -414,22 +414,6 @@ def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys
     assert "opened" not in text["optics"]
 
 
-def _node_children(pid: int) -> dict[int, str]:
-    """Node processes (``python -m labqfl.nodes <role> --name <name>``) whose parent is ``pid``: pid → name."""
-    out: dict[int, str] = {}
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (p / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):  # ended meanwhile
-            continue
-        if ppid == pid and "labqfl.nodes" in cmd and "--name" in cmd:
-            out[int(p.name)] = cmd[cmd.index("--name") + 1]
-    return out
-
-
 @needs_pyvisa_py
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the node processes through /proc")
@@ -449,7 +433,7 @@ def test_sigterm_of_labqfl_run_over_nodes_leaves_every_emulated_instrument_safe(
     nodes: dict[int, str] = {}
 
     def acquiring() -> bool:
-        nodes.update(_node_children(proc.pid))
+        nodes.update(kill.node_children(proc.pid))
         started = False
         for p in runs.glob("*/state.json"):
             try:

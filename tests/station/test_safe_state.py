@@ -157,11 +157,10 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     b.close()
 
 
-@needs_pyvisa_py
-@pytest.mark.slow
-def test_sigterm_of_a_process_holding_an_operating_station(kill: Any, bench: Bench, tmp_path: Path) -> None:
-    """Laser on, detectors armed, modulator output on, shutters open; then SIGTERM."""
-    cmd = kill.holding(tmp_path, f"""
+def _holding_an_operating_station(kill: Any, bench: Bench, tmp_path: Path) -> list[str]:
+    """A process holding the bench's station open (guarded) with the laser on, detectors armed, C1's modulator
+    output on and every shutter open (:func:`kill.holding`)."""
+    return kill.holding(tmp_path, f"""
         from labqfl.config import load_station_config
         from labqfl.station import Station
         st = Station(load_station_config({str(bench.station_file)!r}), guard=True)
@@ -172,6 +171,13 @@ def test_sigterm_of_a_process_holding_an_operating_station(kill: Any, bench: Ben
         for c in ("C1", "C2", "C3", "C4"):
             st.attenuator(c).shutter_closed = False
     """)
+
+
+@needs_pyvisa_py
+@pytest.mark.slow
+def test_sigterm_of_a_process_holding_an_operating_station(kill: Any, bench: Bench, tmp_path: Path) -> None:
+    """Laser on, detectors armed, modulator output on, shutters open; then SIGTERM."""
+    cmd = _holding_an_operating_station(kill, bench, tmp_path)
     with kill.running(cmd, stdin=True) as proc:
         kill.wait_ready(proc)
         assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["bias_ua"] == [4.0, 3.0]
@@ -188,17 +194,7 @@ def test_a_plain_exit_of_a_process_holding_an_operating_station_leaves_it_safe(k
     """The ``atexit`` safe state: the process ends normally with its guarded station still open and operating.
     (pyvisa's own exit hook, registered when the sessions opened, used to run first and close them, so the
     safe state could not be sent: laser left on, detectors biased.)"""
-    cmd = kill.holding(tmp_path, f"""
-        from labqfl.config import load_station_config
-        from labqfl.station import Station
-        st = Station(load_station_config({str(bench.station_file)!r}), guard=True)
-        st.laser.output_enabled = True
-        for d in ("D0", "D1"):
-            st.detector(d).enabled = True
-        st.phase_modulator("C1").output_enabled = True
-        for c in ("C1", "C2", "C3", "C4"):
-            st.attenuator(c).shutter_closed = False
-    """)
+    cmd = _holding_an_operating_station(kill, bench, tmp_path)
     with kill.running(cmd, stdin=True) as proc:
         kill.wait_ready(proc)
         assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["bias_ua"] == [4.0, 3.0]
