@@ -66,6 +66,20 @@ def one_pair_station():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
+def short_loop_seeded_station() -> StationConfig:
+    """The default four-client station on a short loop (0.2 km segments) with seeded clients and a pinned
+    QRNG epoch: the same tags and key bits in every run (the batched-sifting tests, in process and over
+    client nodes, compare two ways of sifting one acquisition). Read-only: copy before editing."""
+    cfg = load_station_config(None)
+    d = cfg.model_dump()
+    d["loop"]["segments_km"] = [0.2] * (len(d["clients"]) + 1)
+    for cl in d["clients"]:
+        cl["randomness"] = "seeded"
+    d["simulation"]["qrng_epoch_base"] = 0
+    return type(cfg).model_validate(d)
+
+
+@pytest.fixture(scope="session")
 def kill() -> Any:
     """tests/_kill.py, the kill tests' shared scaffolding (wait_for, running, holding, terminate,
     stream_c1, assert_dark, node_children), loaded by path: the suite runs with --import-mode=importlib."""

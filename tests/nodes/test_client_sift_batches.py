@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
 
-from labqfl.config import load_station_config
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.nodes import client
 from labqfl.nodes.client import _Chunk, _IPair, _JPair, _JServed
@@ -34,16 +33,10 @@ _SIFT_CHUNK = twoparty.PairEndI.sift_chunk
 
 
 @pytest.fixture(scope="module")
-def acquisition():
+def acquisition(short_loop_seeded_station):
     """0.1 s of the default station on a short loop (seeded clients, pinned epoch), 10 ms tag
     blocks, slotted and split by pair as the detector node announces them."""
-    cfg = load_station_config(None)
-    d = cfg.model_dump()
-    d["loop"]["segments_km"] = [0.2] * (len(d["clients"]) + 1)
-    for c in d["clients"]:
-        c["randomness"] = "seeded"
-    d["simulation"]["qrng_epoch_base"] = 0
-    cfg = type(cfg).model_validate(d)
+    cfg = short_loop_seeded_station
     tb = SagnacTestbed(cfg)
     blocks = list(tb.stream(DURATION))
     schedule = PairSchedule.from_config(cfg)

@@ -9,7 +9,6 @@ import itertools
 import pytest
 from labqfl.sim_backends import SagnacTestbed
 
-from labqfl.config import load_station_config
 from labqfl.errors import QKDInputError
 from labqfl.qkd import pipeline, twoparty
 from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink
@@ -19,15 +18,9 @@ _SIFT_CHUNK = twoparty.PairEndI.sift_chunk
 
 
 @pytest.fixture(scope="module")
-def acquisition():
+def acquisition(short_loop_seeded_station):
     """0.1 s of the default station on a short loop (seeded clients, pinned epoch), 10 ms tag blocks."""
-    cfg = load_station_config(None)
-    d = cfg.model_dump()
-    d["loop"]["segments_km"] = [0.2] * (len(d["clients"]) + 1)
-    for c in d["clients"]:
-        c["randomness"] = "seeded"
-    d["simulation"]["qrng_epoch_base"] = 0
-    cfg = type(cfg).model_validate(d)
+    cfg = short_loop_seeded_station
     tb = SagnacTestbed(cfg)
     return cfg, list(tb.stream(0.1)), tb.client_logs()
 
