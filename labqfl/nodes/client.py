@@ -22,7 +22,8 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
   verdict, and the slots of frames either client of a pair did not play are dropped at both ends
   (``frames/lost`` below). With emulated generators the optics never asks its modulator link: the
   simulated loop plays what the generator played;
-* it receives the detector's announcements (service ``ann``: ``ann/chunk``, ``ann/end``);
+* it receives the detector's announcements (service ``ann``: ``ann/chunks``, one per tag block for
+  all its pairs, split into one chunk per pair by :func:`split_chunks`; ``ann/end``);
 * for every pair (Ci, Cj) where it is **Ci** it drives :class:`~labqfl.qkd.twoparty.PairEndI`
   over a session to Cj's node (``qkd/pair``, every message absorbed into the block transcript)
   and a second, untagged session for the node-level bookkeeping (``qkd/pairctl``); it sifts the
@@ -117,7 +118,7 @@ from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettin
 
 log = get_logger(__name__)
 
-__all__ = ["ClientNode", "block_cuts", "block_id_for"]
+__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks"]
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
@@ -181,6 +182,38 @@ class _Chunk:
     hi: int
     dropped: int
     ann: Announcements
+
+
+def split_chunks(msg: Message) -> list[_Chunk]:
+    """The per-pair chunks of one ``ann/chunks`` message (:mod:`labqfl.nodes.detector`), in its
+    order: pair ``k`` gets ``slots``/``outcomes`` ``[offsets[k], offsets[k+1])`` and ``dropped[k]``,
+    the chunk a per-pair ``ann/chunk`` carried before. Checked whole before anything is used: a
+    message whose offsets, counts or pair names do not add up raises :class:`MessageError`."""
+    lo, hi = int(msg.get("lo")), int(msg.get("hi"))
+    pairs = str(msg.get("pairs")).split(",")
+    slots = np.asarray(msg.get("slots"), np.int64)
+    outcomes = np.asarray(msg.get("outcomes"), np.uint8)
+    dropped = np.asarray(msg.get("dropped"), np.int64)
+    offsets = np.asarray(msg.get("offsets"), np.int64)
+    n = len(pairs)
+    if not 0 <= lo <= hi:
+        raise MessageError(f"ann/chunks: slot range [{lo}, {hi}) is not a range of acquisition slots "
+                           "(expected 0 <= lo <= hi)")
+    if "" in pairs or len(set(pairs)) != n:
+        raise MessageError(f"ann/chunks: pair names {msg.get('pairs')!r} are empty or repeated "
+                           "(expected distinct names, comma-separated)")
+    if slots.ndim != 1 or outcomes.shape != slots.shape:
+        raise MessageError(f"ann/chunks: {slots.size} announced slots but {outcomes.size} outcomes "
+                           "(expected one outcome per slot)")
+    if dropped.shape != (n,) or (dropped < 0).any():
+        raise MessageError(f"ann/chunks: dropped counts {dropped.tolist()} for {n} pairs "
+                           f"(expected {n} counts >= 0)")
+    if offsets.shape != (n + 1,) or offsets[0] != 0 or offsets[-1] != slots.size or (np.diff(offsets) < 0).any():
+        raise MessageError(f"ann/chunks: offsets {offsets.tolist()} do not split the {slots.size} announced slots "
+                           f"among {n} pairs (expected {n + 1} non-decreasing offsets from 0 to {slots.size})")
+    return [_Chunk(p, lo, hi, int(dropped[k]),
+                   Announcements(p, slots[offsets[k]:offsets[k + 1]], outcomes[offsets[k]:offsets[k + 1]]))
+            for k, p in enumerate(pairs)]
 
 
 class _SiftBatch:
@@ -670,17 +703,18 @@ class _Announced:
         self.node, self.acq = node, acq
 
     def handle(self, req: Message) -> Message:
-        if req.kind == "ann/chunk":
-            pair = str(req.get("pair"))
-            c = _Chunk(pair, int(req.get("lo")), int(req.get("hi")), int(req.get("dropped")),
-                       Announcements(pair, np.asarray(req.get("slots"), np.int64),
-                                     np.asarray(req.get("outcomes"), np.uint8)))
-            if pair in self.acq.i_pairs:
-                self.acq.i_pairs[pair].inbox.put(c)
-            elif pair in self.acq.j_pairs:
-                self.acq.j_pairs[pair].feed.add(c)
-            else:
-                raise MessageError(f"client {self.node.name} is not in pair {pair}")
+        if req.kind == "ann/chunks":
+            chunks = split_chunks(req)
+            acq = self.acq
+            unknown = [c.pair for c in chunks if c.pair not in acq.i_pairs and c.pair not in acq.j_pairs]
+            if unknown:
+                raise MessageError(f"ann/chunks: client {self.node.name} is not in pair(s) {', '.join(unknown)} "
+                                   f"(its pairs: {', '.join(sorted([*acq.i_pairs, *acq.j_pairs]))})")
+            for c in chunks:
+                if c.pair in acq.i_pairs:
+                    acq.i_pairs[c.pair].inbox.put(c)
+                else:
+                    acq.j_pairs[c.pair].feed.add(c)
             return ok("ann/ok")
         if req.kind == "ann/end":
             final = int(req.get("final"))

@@ -7,9 +7,14 @@ optical-layer node (session ``optics/tags``: one :class:`~labqfl.instruments.bas
 (:func:`~labqfl.qkd.slotting.announcements_by_pair`) and announces them to **both** clients of
 every pair, each over its own session to that client (service ``ann`` on the client):
 
-* ``ann/chunk {pair, lo, hi, dropped, slots, outcomes}`` — the pair's clicked slots in
-  ``[lo, hi)`` (the slots final after this tag block) and which detector clicked (1 D0, 2 D1,
-  3 both); ``dropped``: the pair's slots slotting had to drop there (lost tagger data);
+* ``ann/chunks {lo, hi, pairs, dropped, offsets, slots, outcomes}`` — one message per client and
+  tag block, for all of that client's pairs (:func:`chunks_message`): ``pairs`` the pair names
+  (comma-separated), and per pair ``k`` its clicked slots in ``[lo, hi)`` (the slots final after
+  this tag block) ``slots[offsets[k]:offsets[k+1]]`` and which detector clicked there
+  (``outcomes``, the same cut: 1 D0, 2 D1, 3 both); ``dropped[k]``: the pair's slots slotting had
+  to drop there (lost tagger data). The client splits it into one chunk per pair
+  (:func:`labqfl.nodes.client.split_chunks`), the chunks one ``ann/chunk`` per pair and client
+  carried until 2026-12-04 (one request/reply round trip per pair instead of per client);
 * ``ann/end {final}`` — the acquisition's last slot (exclusive).
 
 These sessions are protected by TLS only: the detector is untrusted anyway. What each client
@@ -41,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import Announcements
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.nodes.common import (
@@ -63,7 +69,7 @@ from labqfl.qkd.slotting import (
 
 log = get_logger(__name__)
 
-__all__ = ["DetectorNode"]
+__all__ = ["DetectorNode", "chunks_message"]
 
 
 class DetectorNode(Node):
@@ -140,21 +146,33 @@ class DetectorNode(Node):
     def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter | PairSlotter, events: Any, lo: int, hi: int) -> None:
         if hi <= lo:
             return
-        out: dict[str, list[Message]] = {c: [] for c in chans}
+        parts: dict[str, list[tuple[str, int, Announcements]]] = {c: [] for c in chans}
         for name, ann in announcements_by_pair(events, self.schedule).items():
-            dropped = slotter.dropped_slots_of_pair(self.schedule, name, lo, hi)
-            msg = Message("ann/chunk", {"pair": name, "lo": int(lo), "hi": int(hi), "dropped": int(dropped),
-                                        "slots": ann.slots, "outcomes": ann.outcomes})
+            dropped = int(slotter.dropped_slots_of_pair(self.schedule, name, lo, hi))
             a, b = self.schedule.pairs[self.schedule.names.index(name)]
             for c in (a, b):  # each client of the pair receives its own copy
-                out[c].append(msg)
+                parts[c].append((name, dropped, ann))
+        out = {c: chunks_message(lo, hi, p) for c, p in parts.items() if p}
 
-        def send(c: str) -> None:  # each client's session in order; the clients in parallel
-            for msg in out[c]:
-                request(chans[c], msg, "ann/ok")
+        def send(c: str) -> None:  # one message per client and tag block; the clients in parallel
+            request(chans[c], out[c], "ann/ok")
 
         for f in [self._pool.submit(send, c) for c in out]:
             f.result()
+
+
+def chunks_message(lo: int, hi: int, parts: list[tuple[str, int, Announcements]]) -> Message:
+    """``ann/chunks`` (module docstring): one client's announcements of slots ``[lo, hi)`` for each of
+    its pairs, ``parts`` = (pair, dropped slots, announcements) in the order the client splits them
+    back (:func:`labqfl.nodes.client.split_chunks`)."""
+    offsets = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([p[2].slots.size for p in parts], out=offsets[1:])
+    return Message("ann/chunks", {
+        "lo": int(lo), "hi": int(hi), "pairs": ",".join(p[0] for p in parts),
+        "dropped": np.asarray([p[1] for p in parts], np.int64), "offsets": offsets,
+        "slots": np.concatenate([np.asarray(p[2].slots, np.int64) for p in parts]) if parts else np.zeros(0, np.int64),
+        "outcomes": np.concatenate([np.asarray(p[2].outcomes, np.uint8) for p in parts]) if parts
+        else np.zeros(0, np.uint8)})
 
 
 def main(name: str, station: str | Path | None, data: str | Path, listen: str, certs: str | Path,

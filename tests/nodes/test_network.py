@@ -21,6 +21,7 @@ import pytest
 from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
 from labqfl.errors import LabqflError
 from labqfl.net import NodeChannel, NodeCredentials, make_node_certs
+from labqfl.nodes.client import split_chunks
 from labqfl.nodes.common import CTL, EXIT_AFTER_ENV, WIRE_LOG_ENV, read_wire
 from labqfl.nodes.launch import LocalNetwork
 from labqfl.planning import station_toml
@@ -194,8 +195,8 @@ def test_no_node_folder_log_or_wire_message_holds_another_clients_key_slot_choic
     for pair in res["pairs"]:
         ci, cj = pair.split("-")
         # the pair's announced slots, as the detector sent them
-        slots = np.concatenate([np.asarray(m.get("slots"), np.int64) for m in msgs["detector.wire"]
-                                if m.kind == "ann/chunk" and m.get("pair") == pair] or [np.zeros(0, np.int64)])
+        slots = np.concatenate([c.ann.slots for m in msgs["detector.wire"] if m.kind == "ann/chunks"
+                                for c in split_chunks(m) if c.pair == pair] or [np.zeros(0, np.int64)])
         slots = np.unique(slots)
         ri, rj = logs[ci].choices(slots), logs[cj].choices(slots)
         key = key_flags(ri) & key_flags(rj)
