@@ -312,6 +312,8 @@ class MainJob:
                     with Acquisition(station) as acq:  # every role armed; safe state after, whatever happens
                         results, series, timeline = self._stream_and_distil(acq, session, duration_s, top_up)
                     path["modulation"] = acq.modulation  # each streaming client's frames played and lost
+                # the slotting counters, dropped slots by cause among them (report.html "Dropped slots")
+                path["slotting"] = dict(vars(session.distiller.slotter.stats))
                 pairs, acq_id = distill_pair_metrics(results, duration_s), session.acquisition_id
             wall = time.perf_counter() - t_wall
             after = session.accounting()

@@ -207,6 +207,63 @@ def _key_wait_section(train: dict[str, Any], comparison: dict[str, Any]) -> list
     return out
 
 
+def _count(v: Any) -> Any:
+    """An integer counter as a cell (0 stays 0); None (not counted on this path) stays None (n/a)."""
+    return None if v is None else int(v)
+
+
+def _ppm(n: Any, of: Any) -> Any:
+    """``n`` per million of ``of`` (0 stays 0; None when either is missing or ``of`` is 0)."""
+    if n is None or not of:
+        return None
+    return 0 if n == 0 else 1e6 * n / of
+
+
+def _dropped_section(m: dict[str, Any]) -> list[str]:
+    """"Dropped slots": per pair, the slots dropped and counted in its slot count N as sent without a
+    click (docs/protocol.md §5.1, docs/postprocessing.md "Lost data"), and per acquisition, their causes:
+    the tagger's overflow and missed-event intervals, missing or duplicated frame markers, frames a
+    client did not play. Written when the metrics hold the acquisition record (``acquisition``); a
+    counter the acquisition's path does not report shows as n/a, a zero as 0."""
+    acq = m.get("acquisition")
+    dist = (m.get("distill") or {}).get("pairs") or {}
+    if not isinstance(acq, dict) or not dist:
+        return []
+    out = ["<h2>Dropped slots</h2>",
+           "<p class='muted'>Slots inside the time tagger's overflow or missed-event intervals, in frames without "
+           "a valid marker, and in frames a client did not play are dropped: never announced, never sifted, "
+           "counted in the pair's slots as sent without a click (docs/postprocessing.md, \"Lost data\").</p>"]
+    rows = [{"pair": p, "n": _count(v.get("dropped_slots")), "of": _count(v.get("n_slots")),
+             "ppm": _ppm(v.get("dropped_slots"), v.get("n_slots"))} for p, v in sorted(dist.items())]
+    out.append(_table(rows, [("pair", "pair"), ("n", "dropped slots [slots]"), ("of", "pair's slots [slots]"),
+                             ("ppm", "dropped share [ppm]")]))
+    st = acq.get("slotting")
+    st = st if isinstance(st, dict) else {}
+    det = acq.get("detector") or {}
+    causes = [
+        ("tagger overflow / missed-event intervals", st.get("lost_intervals"), "intervals"),
+        ("tag blocks flagged overflow", st.get("overflow_blocks"), "blocks"),
+        ("slots dropped for lost tagger data", st.get("dropped_slots_lost_data"), "slots"),
+        ("missing frame markers", st.get("missing_markers"), "markers"),
+        ("duplicated or stray frame markers", st.get("spurious_markers"), "markers"),
+        ("slots dropped for sync (missing or off-grid marker)", st.get("dropped_slots_sync"), "slots"),
+    ]
+    if "dropped" in det:  # over nodes: the detector node reports its total, not the causes
+        causes.append(("slots dropped by the detector's slotting (all causes)", det["dropped"], "slots"))
+    mod = acq.get("modulation") or {}
+    if mod:
+        causes += [(f"frames not played by {c} (late, underflow or cut off)", v.get("lost"), "frames")
+                   for c, v in sorted(mod.items())]
+    else:
+        causes.append(("frames not played (no client streams to a pattern generator)", 0, "frames"))
+    out.append(_table([{"cause": c, "n": _count(n), "unit": u} for c, n, u in causes],
+                      [("cause", "cause (this acquisition)"), ("n", "count"), ("unit", "unit")]))
+    if not st:
+        out.append("<p class='muted'>n/a: the slotting counters by cause are not reported on this acquisition's "
+                   f"path ({html.escape(str(acq.get('path', '?')))}).</p>")
+    return out
+
+
 def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
     m = metrics if metrics is not None else run.read_metrics()
@@ -232,6 +289,7 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
                                    ("phase_error_bound", "phase-error bound"), ("leaked_ec_bits", "leaked (EC)"),
                                    ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
                                    ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
+    parts.extend(_dropped_section(m))
     kp = (m.get("keys") or {}).get("pairs") or {}
     prov_rows = [{"pair": p, "blocks": ", ".join(f"{k}: {n}" for k, n in v["provenance"]["blocks"].items())
                   or "none with a provenance record", "security": v["provenance"]["security"]}
