@@ -9,8 +9,8 @@ the squashed double clicks) — which stay the reference (tests compare the two 
 with drift, dropped syncs, frame markers, lost-data intervals, dark counts and multi-click slots).
 
 What is shared with the slotter, unchanged: the anchors (syncs: ``_anchor_syncs``; frame markers:
-``Slotter._anchor_markers``), the period of every interval, the dropped ranges (frames that are
-not kept, lost-data intervals widened by the detectors' delays and windows). What is fused into
+``Slotter._anchor_markers``, the frames numbered from slot 0 = the first sync tag), the period of every
+interval, the dropped ranges (frames that are not kept or lie before the first marker, lost-data intervals widened by the detectors' delays and windows). What is fused into
 one pass over the tags (:func:`_fused_kernel`): per block of tags, each tag's delay correction,
 interval, nearest slot (a multiplication by 1/period, bit for bit the slotter's division:
 :func:`_block_slots`) and window/frame/burst tests, vectorised; each accepted click → its
@@ -767,9 +767,19 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
     :class:`Slotter` fed this one block and finished finds them."""
     ts, ch = block.timestamps, block.channels
     step = _anchor_step(p)
+    before_first = np.empty((0, 2), dtype=np.int64)  # frames before the first marker (missing markers)
     if p.marker_channel is not None:
         sl = Slotter(p)
-        anchor_t, anchor_k, anchor_ok = sl._anchor_markers(_channel_times(ts, ch, p.marker_channel, p.marker_delay_ps))
+        marker_t = _channel_times(ts, ch, p.marker_channel, p.marker_delay_ps)
+        if p.slot0_from_sync:  # slot 0 is the first sync tag: it numbers the frames (as in Slotter.push)
+            sync_t = _channel_times(ts, ch, p.sync_channel, p.sync_delay_ps)
+            if not sync_t.size and marker_t.size:
+                raise QKDInputError(f"slot_sift: {marker_t.size} frame markers on channel {p.marker_channel} but no "
+                                    f"sync tag on channel {p.sync_channel}: slot 0 (the first sync tag) is unknown, so "
+                                    "the frames cannot be numbered; check time_tagger.sync_channel and the sync cable")
+            sl.marker_origin = int(sync_t[0]) if sync_t.size else None
+        anchor_t, anchor_k, anchor_ok = sl._anchor_markers(marker_t)
+        before_first = sl.dropped_sync.ranges
         fallback = sl._period_est
     else:
         sync_t = _channel_times(ts, ch, p.sync_channel, p.sync_delay_ps)
@@ -793,6 +803,8 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
 
         for s0, s1 in zip(np.ceil(position(lo_t)).tolist(), (np.floor(position(hi_t)) + 1).tolist(), strict=True):
             dropped.add(max(int(s0), 0), int(s1))
+    for s0, s1 in before_first.tolist():
+        dropped.add(s0, s1)
     if p.marker_channel is not None and n_a:
         F = p.frame_slots
         for j in np.flatnonzero(~anchor_ok).tolist():

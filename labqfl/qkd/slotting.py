@@ -23,8 +23,15 @@ slots are dropped); tags after the last anchor wait for the next sync (or, at th
 stream, use the last period). D0 and D1 in the same slot give outcome 3 (double click).
 
 Frame markers (``marker_channel`` set). The pattern generators mark the start of every frame of
-``F = frame_slots`` slots on one tagger input. The first marker recorded is frame 0; slot indices
-come from the markers, not from "tagger time 0 is slot 0": a detection at corrected time ``t`` in
+``F = frame_slots`` slots on one tagger input. Frames are numbered from slot 0, the master clock's
+first pulse, whose corrected time is the first sync tag's (``slot0_from_sync``; the tagger records
+before the master clock starts): the first marker seen is frame ``k = round(Δt/(F·T))``, ``Δt``
+after slot 0, accepted within a quarter frame of that grid (``_first_frame``), and frames
+``0 … k−1`` had no marker: dropped and counted (``missing_markers``), so a lost first marker never
+renumbers the frames after it. Markers wait for the first sync tag. With the syncs thinned by the
+tagger's conditional filter (``slot0_from_sync`` False) the first marker recorded is frame 0 (a
+lost frame-0 marker then renumbers: documented limit). Slot indices inside a frame come from its
+markers, not from "tagger time 0 is slot 0": a detection at corrected time ``t`` in
 the frame that starts at marker ``(t_m, f)`` belongs to slot ``f·F + ⌊(t − t_m − o)/P + 1/2⌋``,
 ``P = Δt/F`` measured between that marker and the next (clock drift is tracked frame by frame;
 the syncs are then only counted). Each next marker is placed ``g = round(Δt/(F·P̂))`` frames
@@ -46,9 +53,9 @@ counted slots, never in a shifted index:
 A frame is therefore final only once the marker after the next one is in.
 
 One marker input per client (``time_tagger.marker_channels``, :class:`PairSlotter`). Each client's
-markers form their own chain by the rules above; frame 0 starts at the earliest marker on any
-client's input and each client's first marker is placed a whole number of frames after it (its
-frames before that are missing markers). A pair's clicks take their slots from its first client's
+markers form their own chain by the rules above, numbered from slot 0 (the first sync tag; without
+``slot0_from_sync`` from the earliest marker on any client's input): each client's first marker is
+placed a whole number of frames after it (its frames before that are missing markers). A pair's clicks take their slots from its first client's
 chain, and a slot of the pair is dropped when either of its two clients' chains drops it: a frame
 lost at one client (no marker from its pattern generator) drops only the pairs involving it.
 
@@ -123,6 +130,9 @@ class SlottingParams:
     clock_tolerance_ppm: float = 100.0
     #: one frame-marker input per client: (client, channel, delay [ps]); slotted by :class:`PairSlotter`
     client_markers: tuple[tuple[str, int, int], ...] = ()
+    #: with markers: the first sync tag is slot 0 (the master clock's first pulse) and numbers the frames;
+    #: False (syncs thinned by the tagger's conditional filter): the earliest marker is frame 0
+    slot0_from_sync: bool = True
 
     def __post_init__(self) -> None:
         if not (self.period_ps > 0 and math.isfinite(self.period_ps)):
@@ -194,6 +204,7 @@ class SlottingParams:
             client_markers=tuple((c, int(ch), delay(f"marker.{c}")) for c, ch in tt.marker_channels.items()),
             frame_slots=tt.frame_slots if tt.marker_inputs() else 0,
             marker_delay_ps=delay("marker"),
+            slot0_from_sync="sync" not in tt.conditional_filter_filtered,
             period_ps=period,
             sync_divider=tt.sync_divider,
             sync_channel=tt.sync_channel,
@@ -474,8 +485,10 @@ class Slotter(_SlotProgress):
         self.stats = SlottingStats()
         #: False: clicks in dropped slots are emitted too (a :class:`PairSlotter` drops them per pair)
         self.apply_drops = apply_drops
-        #: corrected time [ps] of frame 0's start; None: the first marker recorded is frame 0
+        #: corrected time [ps] of slot 0 (frame 0's start): the first sync tag's with ``slot0_from_sync``;
+        #: None without it (a :class:`PairSlotter` may set it): the first marker recorded is frame 0
         self.marker_origin: int | None = None
+        self._pend_markers = np.empty(0, dtype=np.int64)  # markers waiting for slot 0 (the first sync tag)
         self._markers = params.marker_channel is not None
         self._step = _anchor_step(params)
         self._have_prev = False
@@ -555,8 +568,15 @@ class Slotter(_SlotProgress):
         self.stats.detector_tags += int(det_t_new.size)
 
         if self._markers:
+            if p.slot0_from_sync and self.marker_origin is None and sync_t.size:
+                self.marker_origin = int(sync_t[0])  # slot 0: the master clock's first pulse
             marker_t = ts[is_marker] - p.marker_delay_ps
             self.stats.marker_tags += int(marker_t.size)
+            marker_t = np.concatenate([self._pend_markers, marker_t])
+            if p.slot0_from_sync and self.marker_origin is None:  # frames cannot be numbered yet
+                self._pend_markers, marker_t = marker_t, marker_t[:0]
+            else:
+                self._pend_markers = marker_t[:0]
             anchor_t, anchor_k, anchor_ok = self._anchor_markers(marker_t)
         else:
             a_t, a_k, self._have_prev, self._prev_t, self._prev_k, self._period_est, dropped, spurious = _anchor_syncs(
@@ -650,14 +670,21 @@ class Slotter(_SlotProgress):
         return np.array(at, dtype=np.int64), np.array(ak, dtype=np.int64), np.array(ok, dtype=bool)
 
     def _first_frame(self, t: int) -> int | None:
-        """Frame index of the first marker: 0, or with :attr:`marker_origin` set, its whole number of frames
-        after the origin (None if it lies off that frame grid by more than the marker and clock tolerances)."""
+        """Frame index of the first marker: its whole number of frames after :attr:`marker_origin` (slot 0),
+        or 0 without an origin. None if it lies more than a quarter frame (plus ``clock_tolerance_ppm`` of
+        the gap) off that frame grid, or before slot 0.
+
+        Only the frame index comes from the origin; the slots of the frame are placed by the marker
+        itself. A quarter frame covers what separates a frame's marker from the origin's grid without
+        changing its frame: the marker input's delay calibration, a pattern generator's
+        trigger-to-data delay (61–69 ns on a Pulse Streamer 8/2), the first few sync tags lost (the
+        first one seen is then a multiple of ``sync_divider`` slots late) and clock drift."""
         if self.marker_origin is None:
             return 0
         p = self.p
         g = (t - self.marker_origin) / p.period_ps  # slots
         k = math.floor(g / p.frame_slots + 0.5)
-        tol = p.marker_tolerance_slots + p.clock_tolerance_ppm * 1e-6 * abs(g)
+        tol = p.frame_slots / 4.0 + p.clock_tolerance_ppm * 1e-6 * abs(g)
         return int(k) if k >= 0 and abs(g - k * p.frame_slots) <= tol else None
 
     def finish(self) -> SlotEvents:
@@ -665,6 +692,11 @@ class Slotter(_SlotProgress):
         if self._finished:
             return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
         self._finished = True
+        if self._pend_markers.size:
+            raise QKDInputError(f"slotting: {self._pend_markers.size} frame markers on channel {self.p.marker_channel} "
+                                f"but no sync tag on channel {self.p.sync_channel}: slot 0 (the first sync tag) is "
+                                "unknown, so the frames cannot be numbered; check time_tagger.sync_channel and the "
+                                "sync cable")
         out = self._process(self._anchor_t, self._anchor_k, self._anchor_ok, self._pend_t, self._pend_id,
                             last_raw=None, flush=True)
         return out
@@ -690,6 +722,9 @@ class Slotter(_SlotProgress):
             what = f"frame marker on channel {p.marker_channel}" if self._markers else f"sync tag on channel {p.sync_channel}"
             fix = "time_tagger.marker_channel and the marker cable" if self._markers else \
                 "time_tagger.sync_channel and the sync cable"
+            if self._pend_markers.size:
+                what = f"sync tag on channel {p.sync_channel} (slot 0, which numbers the frame markers)"
+                fix = "time_tagger.sync_channel and the sync cable"
             raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
         pend_lost = self._drop_lost_intervals(anchor_t, anchor_k, per, flush)
         self._drop_unkept_frames(anchor_k, anchor_ok)
@@ -863,9 +898,10 @@ class PairSlotter(_SlotProgress):
 
     Each client ``c`` gets its own :class:`Slotter` anchored on its own markers (same rules:
     missing, duplicated and off-grid markers, re-lock, drift tracked frame by frame). Frame 0
-    starts at the earliest marker recorded on any client's input; each client's first marker is
-    placed a whole number of frames after it (so a client whose first frames were lost does not
-    renumber its frames), and its frames before that marker are dropped for it. A pair
+    starts at slot 0, the first sync tag (``slot0_from_sync``; else at the earliest marker recorded on
+    any client's input); each client's first marker is placed a whole number of frames after it (so a
+    client whose first frames were lost does not renumber its frames), and its frames before that
+    marker are dropped for it. A pair
     ``(Ci, Cj)`` takes the slot of every click in its own frames from **Ci's** markers (Ci's
     slotter), and a slot of the pair is dropped if it is dropped for Ci or for Cj (a missing or
     off-grid marker of either, or lost tagger data): the two clients' markers together decide
@@ -960,7 +996,7 @@ class PairSlotter(_SlotProgress):
             raise QKDInputError("slotting: push() after finish()")
         if not isinstance(block, TagBlock):
             raise QKDInputError(f"slotting: expected a TagBlock, got {type(block).__name__}")
-        if not self._origin_set:
+        if not self._origin_set and not self.p.slot0_from_sync:
             self._set_origin(block)
         events = {c: sub.push(block) for c, sub in self._subs.items()}
         return self._emit(events, min(sub.final_slots for sub in self._subs.values()))

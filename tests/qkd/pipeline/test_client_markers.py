@@ -104,6 +104,34 @@ def test_a_frame_lost_at_c1_drops_only_c1s_pairs() -> None:
     assert s.stats.clicked_slots == got.slots.size
 
 
+@pytest.mark.parametrize("lost", [(0,), (0, 1, 2)])
+def test_first_frames_lost_at_every_client_are_dropped_not_renumbered(lost: tuple[int, ...]) -> None:
+    """Frame 0's (or frames 0-2's) marker is lost on every client's input: no marker anywhere places
+    them, but slot 0 (the first sync tag) does. Those frames are dropped and counted for every pair,
+    every later slot is numbered as with all markers present (bit-identical); C3 also lost frame 4."""
+    rng = np.random.default_rng(13)
+    sched = PairSchedule(PAIRS, slots_per_frame=F)
+    ts, ch, slots, outc = stream(rng, 9, {"C3": {4}}, drift=-25e-6, p_click=0.05)
+    full, _ = run(split_blocks(np.random.default_rng(2), ts, ch, 3), sched)
+    drop = np.zeros(ts.size, dtype=bool)
+    for chan in CHANNELS.values():
+        drop[np.flatnonzero(ch == chan)[list(lost)]] = True
+    got, s = run(split_blocks(rng, ts[~drop], ch[~drop], 4), sched)
+    n = len(lost)
+    want_s, want_o = expected(slots, outc, sched, {c: set(lost) for c in CHANNELS} | {"C3": {*lost, 3, 4}})
+    np.testing.assert_array_equal(got.slots, want_s)
+    np.testing.assert_array_equal(got.outcomes, want_o)
+    later = full.slots >= n * F
+    np.testing.assert_array_equal(got.slots, full.slots[later])
+    np.testing.assert_array_equal(got.outcomes, full.outcomes[later])
+    assert s.stats.missing_markers == 3 * n + 1 and s.stats.spurious_markers == 0
+    # frames 0..n-1 for every pair, plus frame 4 (C1-C3's): C3 lost it. Frame 3, whose closing marker
+    # C3 lost, is C1-C2's: kept for it
+    assert s.stats.dropped_slots_sync == s.dropped.count(0, s.final_slots) == (n + 1) * F
+    for name in sched.names:
+        assert s.dropped_slots_of_pair(sched, name, 0, n * F) == sum(1 for f in range(n) if f % 3 == sched.names.index(name)) * F
+
+
 def test_the_single_marker_input_drops_that_frame_for_every_pair() -> None:
     """The AND of all clients' markers on one input (``marker_channel``): C1's lost frame is gone for all
     pairs, also C2-C3's (what per-client markers avoid)."""

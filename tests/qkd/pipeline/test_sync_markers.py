@@ -126,10 +126,57 @@ def test_missing_marker_drops_and_counts_the_frames_between() -> None:
     assert np.any(got.slots >= 6 * F)
 
 
-def test_missing_first_frames_marker_is_not_frame_zero() -> None:
-    # The marker of frame 0 is lost: its frame cannot be placed (no earlier marker), so the first
-    # marker seen is taken as frame 0 — documented limit: the tagger must be started before the
-    # pattern generators. Here we check the other half: a lost marker later is never misnumbered.
+@pytest.mark.parametrize("lost", [(0,), (0, 1, 2)])
+@pytest.mark.parametrize("syncs_lost", [0, 3])
+def test_missing_first_frames_marker_is_not_frame_zero(lost: tuple[int, ...], syncs_lost: int) -> None:
+    # Frame 0's marker (or frames 0-2's) is lost: the first marker seen is placed by slot 0 (the first
+    # sync tag), not taken as frame 0. The frames before it are dropped and counted as missing
+    # markers; every later slot is numbered exactly as with all markers present. With the first 3 sync
+    # tags lost too (192 slots late), the first one seen still numbers the frames (a quarter frame).
+    rng = np.random.default_rng(8)
+    F = 2048
+    p = mparams(frame_slots=F)
+    ts, ch, slots, outc = marker_stream(rng, p, 9, drift=30e-6, p_click=0.05)
+    full, _ = run(p, split_blocks(np.random.default_rng(1), ts, ch, 4))
+    drop = np.zeros(ts.size, dtype=bool)
+    drop[np.flatnonzero(ch == MARK)[list(lost)]] = True
+    drop[np.flatnonzero(ch == SYNC)[:syncs_lost]] = True
+    got, s = run(p, split_blocks(rng, ts[~drop], ch[~drop], 4))
+    want_s, want_o = expect(slots, outc, set(lost), F)
+    np.testing.assert_array_equal(got.slots, want_s)
+    np.testing.assert_array_equal(got.outcomes, want_o)
+    later = full.slots >= len(lost) * F
+    np.testing.assert_array_equal(got.slots, full.slots[later])  # bit-identical to the run with every marker
+    np.testing.assert_array_equal(got.outcomes, full.outcomes[later])
+    assert s.stats.missing_markers == len(lost) and s.stats.spurious_markers == 0
+    assert s.dropped.ranges.tolist() == [[0, len(lost) * F]]
+    assert s.stats.dropped_slots_sync == len(lost) * F
+    assert s.stats.dropped_clicks == int(np.count_nonzero(slots < len(lost) * F))
+    # the fused slot_sift path finds the same anchors and drops (its _geometry)
+    from labqfl.qkd.slotsift import _geometry
+
+    anchor_t, anchor_k, _, dropped = _geometry(TagBlock(ts[~drop], ch[~drop]), p)
+    assert int(anchor_k[0]) == len(lost) and dropped.tolist() == [[0, len(lost) * F]]
+
+
+def test_first_marker_is_placed_by_slot_zero_not_by_the_tagger_start() -> None:
+    # The tagger started 1.7 frames before the master clock's first pulse (t0): the first sync tag,
+    # not tagger time 0, is slot 0; a stream that has no sync tag cannot number its frames.
+    rng = np.random.default_rng(9)
+    F = 2048
+    p = mparams(frame_slots=F)
+    ts, ch, slots, outc = marker_stream(rng, p, 5, t0=int(1.7 * F * T), missing=(0,), dark_before=0)
+    got, s = run(p, [TagBlock(ts, ch)])
+    want_s, want_o = expect(slots, outc, {0}, F)
+    np.testing.assert_array_equal(got.slots, want_s)
+    np.testing.assert_array_equal(got.outcomes, want_o)
+    assert s.stats.missing_markers == 1
+    no_sync = ch != SYNC
+    with pytest.raises(QKDInputError, match="no sync tag on channel"):
+        run(p, [TagBlock(ts[no_sync], ch[no_sync])])
+
+
+def test_a_lost_marker_later_is_never_misnumbered() -> None:
     rng = np.random.default_rng(4)
     F = 2048
     p = mparams(frame_slots=F)
