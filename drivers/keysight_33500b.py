@@ -1,16 +1,48 @@
-"""Keysight (Agilent) 33500B-series waveform generator driving a client's phase modulator.
+"""Keysight (Agilent) 33500B-series waveform generator on a client's phase modulator: a **fixed
+waveform** source (the DC bias / Vπ fringe scan, or one pattern replayed per trigger), not a per-slot
+random pattern source.
 
 Wraps PyMeasure's :class:`pymeasure.instruments.agilent.Agilent33500` (channel ``options.channel``,
-1 or 2, default 1; the options are typed, see :class:`Keysight33500BOptions`). The phase pattern is played as an arbitrary waveform, one sample per laser
-pulse: the sample rate is ``options.sample_rate_hz`` (default: the laser repetition rate the
-pattern is clocked at, 100 MSa/s; at most 250 MSa/s) and each external trigger (the frame sync,
-``TRIG<ch>:SOUR EXT``) plays the pattern once (triggered burst of one cycle).
+1 or 2, default 1; the options are typed, see :class:`Keysight33500BOptions`).
+
+**Why it cannot carry the client's randomness.** The 33500B plays an arbitrary waveform from its
+memory (8 to 1,000,000 points standard; 16,000,000 with the memory option) at up to 250 MSa/s and has
+no streaming: each trigger replays the same samples. At 100 MHz the whole standard memory is 10 ms of
+slots, replayed on every frame trigger — the same choices and so the same raw key. A client whose
+phase modulator is this driver therefore needs a ``pattern_generator`` role that plays the per-slot
+levels (e.g. ``SwabianPulseStreamer``); the station file is refused otherwise when the time tagger is
+real (``labqfl.config.parse_station_config``). With a simulated time tagger the simulated loop takes the
+client's choices directly and this driver only exercises the protocol.
+
+**What it writes** (Keysight *33500B/33600A Series Trueform Waveform Generators — Operating and Service
+Guide*, SCPI Programming Reference chapter; its online help at
+rfmw.em.keysight.com/spdhelpfiles/33500/webhelp, "Waveform Generation Tutorial — Arbitrary Waveforms /
+Waveform Filters" for the 8 … 1,000,000-point range and the filters: the Normal filter rolls off
+(−3 dB) at 27 % of the sample rate and so smears 10 ns slots into each other; Step and Off keep each
+sample flat for its whole period). The subsystem names below are the guide's; the section numbers
+could not be checked here:
+
+* on open — ``FORMat:BORDer SWAPped`` (FORMat subsystem: binary blocks least-significant byte first,
+  as PCs store int16) and ``SOUR<ch>:FUNCtion:ARBitrary:FILTer STEP`` (FUNCtion subsystem;
+  ``options.arb_filter`` = ``"STEP"`` or ``"OFF"``, never NORMal);
+* operating point — ``ROSCillator:SOURce EXTernal|INTernal`` (ROSCillator subsystem) from
+  ``[sync] pattern_generator_reference`` (the modulation path locks to the station's shared 10 MHz
+  reference, as the pattern generators do), and the trigger delay ``TRIG<ch>:DELay``;
+* pattern — ``SOUR<ch>:DATA:ARBitrary:DAC <name>, #<n><bytes><int16 …>`` (DATA subsystem: an IEEE 488.2
+  definite-length binary block of DAC codes −32767 … +32767 = −1 … +1 of the amplitude), then
+  ``FUNC ARB``, ``FUNC:ARB <name>``, ``FUNC:ARB:SRAT``, amplitude/offset, a triggered burst of one cycle
+  on ``TRIG<ch>:SOUR EXT``. PyMeasure's ``data_arb`` offers only ASCII lists (its docstring: at most
+  65,536 points), so the block is written through the adapter's ``write_binary_values``.
+
+Memory: ``options.max_points`` is the points limit the driver enforces — 1,000,000 (standard, the
+guide's tutorial) by default; 16,000,000 for a unit with the memory option (option MEM, Keysight data
+sheet; not checked against the manual text here). Set it to what ``*OPT?`` of the unit reports.
 
 Drive voltage for phase index a: V = wrap(a·π/2 − bias_phase) · Vπ/π with the phase wrapped into
 [−π, π) (equivalent modulo 2π to :meth:`PhaseModulator.drive_voltage`, and it keeps the drive within
-±Vπ). Vπ and the bias phase are properties of the modulator, kept
-by this driver and used when a pattern is loaded; ``gate_delay_ps`` is the generator's trigger
-delay ``TRIG<ch>:DEL`` [s on the wire]; the output window is ±5 V into 50 Ω.
+±Vπ). Vπ and the bias phase are properties of the modulator, kept by this driver and used when a
+pattern is loaded; ``gate_delay_ps`` is the generator's trigger delay ``TRIG<ch>:DEL`` [s on the wire];
+the output window is ±5 V into 50 Ω.
 """
 
 from __future__ import annotations
@@ -35,7 +67,10 @@ V_PI_V = (0.1, 20.0)
 BIAS_PHASE_RAD = (-2 * math.pi, 2 * math.pi)
 GATE_DELAY_PS = (0.0, 1e12)  # 0 … 1 s
 SAMPLE_RATE_HZ = (1.0, 250e6)
-PATTERN_POINTS = (8, 65536)
+MIN_POINTS = 8  # the guide's minimum arbitrary waveform (33500 Series)
+STANDARD_POINTS: Literal[1_000_000] = 1_000_000  # standard memory per waveform (the guide's tutorial)
+OPTION_MEM_POINTS = 16_000_000  # with the memory option (data sheet; not checked here)
+DAC_FULL_SCALE = 32767  # DATA:ARB:DAC codes -32767 … +32767
 ARB_NAME = "LABQFL"
 
 
@@ -45,6 +80,12 @@ class Keysight33500BOptions(DriverOptions):
     channel: Literal[1, 2] = Field(1, description="output channel driving this role's modulator")
     sample_rate_hz: float = Field(100e6, ge=SAMPLE_RATE_HZ[0], le=SAMPLE_RATE_HZ[1],
                                   description="arbitrary-waveform sample rate = slot rate [Sa/s]")
+    max_points: Literal[1_000_000, 16_000_000] = Field(
+        STANDARD_POINTS, description="arbitrary-waveform memory of this unit [points]: 1,000,000 standard, "
+        "16,000,000 with the memory option (see *OPT?)")
+    arb_filter: Literal["STEP", "OFF"] = Field(
+        "STEP", description="FUNC:ARB:FILT written on open: STEP or OFF keep each slot's level flat (NORMal, the "
+        "instrument's default, smears 10 ns slots and is not offered)")
 
 
 class Keysight33500B(MessageDriver, PhaseModulator):
@@ -61,6 +102,9 @@ class Keysight33500B(MessageDriver, PhaseModulator):
         opts = self.parse_options(name, config)
         self.channel = opts.channel
         self.sample_rate_hz = opts.sample_rate_hz
+        self.max_points = int(opts.max_points)
+        self.arb_filter = str(opts.arb_filter)
+        self.reference = ""  # ROSC:SOUR written by apply_operating_point ("EXT"/"INT")
         self.name = name  # for the setting's error before the session opens
         self._v_pi = Keysight33500B.v_pi_v.validate(self, getattr(config, "v_pi_v", 4.0))
         self._bias = float(getattr(config, "bias_phase_rad", 0.0))
@@ -76,11 +120,19 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             raise InstrumentReplyError("empty reply", instrument=self.name, resource=self.resource, command="*IDN?")
         self.link.heard = True
         self._identity = ident
+        # binary blocks least-significant byte first; a filter that keeps each slot flat
+        self.link.write("FORM:BORD SWAP")
+        self._set(f"SOUR{self.channel}:FUNC:ARB:FILT {self.arb_filter}",
+                  lambda: setattr(self.ch, "arb_filter", self.arb_filter))
 
     def apply_operating_point(self, station: StationConfig) -> None:
-        """Trigger delay ``gate_delay_ps`` of the role; output off until a pattern plays (Vπ and bias
+        """Reference clock from ``[sync] pattern_generator_reference`` (``ROSC:SOUR EXT`` or ``INT``),
+        trigger delay ``gate_delay_ps`` of the role; output off until a pattern plays (Vπ and bias
         phase are kept by the driver from the same config)."""
+        source = "EXT" if station.sync.pattern_generator_reference == "external" else "INT"
         with self.lock:
+            self.link.write(f"ROSC:SOUR {source}")
+            self.reference = source
             self.gate_delay_ps = float(getattr(self.config, "gate_delay_ps", 0.0))
             self.output_enabled = False
 
@@ -119,8 +171,9 @@ class Keysight33500B(MessageDriver, PhaseModulator):
     def pattern_levels(self, phase_indices: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Normalised samples in [-1, 1], amplitude [Vpp] and offset [V] realising the pattern."""
         idx = np.asarray(phase_indices)
-        if idx.ndim != 1 or not PATTERN_POINTS[0] <= idx.size <= PATTERN_POINTS[1]:
-            raise ValueError(f"phase pattern must be 1-D with {PATTERN_POINTS[0]} to {PATTERN_POINTS[1]} slots, got shape {idx.shape}")
+        if idx.ndim != 1 or not MIN_POINTS <= idx.size <= self.max_points:
+            raise ValueError(f"phase pattern must be 1-D with {MIN_POINTS} to {self.max_points} slots (options.max_points), "
+                             f"got shape {idx.shape}")
         if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() > 3:
             raise ValueError("phase pattern must hold integer phase indices 0..3 (phase a·π/2)")
         # phases are equivalent modulo 2π: wrap into [-π, π) to keep the drive inside ±Vπ
@@ -136,14 +189,22 @@ class Keysight33500B(MessageDriver, PhaseModulator):
         return samples, vpp, offset
 
     def load_pattern(self, phase_indices: np.ndarray) -> None:
-        """Upload the per-slot phase pattern and play it once per external trigger."""
+        """Upload one fixed phase pattern and replay it once per external trigger.
+
+        The same samples play on every trigger (no streaming): this is for a fixed test or calibration
+        waveform, never for the client's per-slot randomness (that goes to the pattern generator).
+        DAC codes round(sample·32767) as one binary block (``DATA:ARB:DAC``, int16, byte order
+        ``FORM:BORD SWAP`` written on open)."""
         samples, vpp, offset = self.pattern_levels(phase_indices)
-        points = [f"{s:.4f}" for s in samples]
+        dac = np.rint(samples * DAC_FULL_SCALE).astype("<i2")
         ch = self.ch
+        command = f"SOUR{self.channel}:DATA:ARB:DAC {ARB_NAME}, "
         with self.lock:
             self._set(f"SOUR{self.channel}:DATA:VOL:CLE", ch.data_volatile_clear)
-            self._set(f"SOUR{self.channel}:DATA:ARB {ARB_NAME}, <{len(points)} points>",
-                      lambda: ch.data_arb(ARB_NAME, points, data_format="float"))
+            self._set(f"{command}<{dac.size}-point binary block>",
+                      lambda: self.link.adapter.write_binary_values(  # type: ignore[union-attr]
+                          command, dac, datatype="h", is_big_endian=False,
+                          termination=self.link.write_termination))
             self._set(f"SOUR{self.channel}:FUNC ARB", lambda: setattr(ch, "shape", "ARB"))
             self._set(f"SOUR{self.channel}:FUNC:ARB {ARB_NAME}", lambda: setattr(ch, "arb_file", ARB_NAME))
             self._set(f"SOUR{self.channel}:FUNC:ARB:SRAT", lambda: setattr(ch, "arb_srate", self.sample_rate_hz))
@@ -152,7 +213,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             self._set(f"SOUR{self.channel}:BURS:NCYC 1", lambda: setattr(ch, "burst_ncycles", 1))
             self._set(f"SOUR{self.channel}:BURS:STAT 1", lambda: setattr(ch, "burst_state", True))
             self.link.write(f"TRIG{self.channel}:SOUR EXT")
-            self.pattern_length = len(points)
+            self.pattern_length = int(dac.size)
 
     def set_dc_voltage(self, volts: float) -> None:
         """Constant drive voltage [V] (Vπ fringe scan): DC function at offset ``volts``."""
@@ -163,6 +224,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
 
     def status(self) -> dict[str, Any]:
         st = super().status()
-        st.update(channel=self.channel, output_enabled=self.output_enabled, pattern_length=self.pattern_length)
+        st.update(channel=self.channel, output_enabled=self.output_enabled, pattern_length=self.pattern_length,
+                  max_points=self.max_points, arb_filter=self.arb_filter, reference=self.reference)
         return st
 

@@ -75,6 +75,9 @@ class InstrumentConfig(_Model):
 
 # Drivers that find their hardware without a VISA resource (vendor SDKs by serial number).
 _RESOURCELESS_DRIVERS = {"SwabianTimeTagger"}
+# Phase-modulator drivers that replay one fixed waveform from memory (no streaming): with a real time
+# tagger their client needs a pattern_generator role to carry its per-slot randomness.
+_FIXED_WAVEFORM_PHASE_DRIVERS = {"Keysight33500B"}
 
 
 class LaserConfig(InstrumentConfig):
@@ -429,7 +432,7 @@ def validate_options(model: type[OptionsT], options: dict[str, Any], *, source: 
     Raises :class:`ConfigError` with one line naming the source, the field
     (``<field>.options.<key>``), the role, the value and what was expected, e.g.
     ``station.toml: field 'clients.0.phase_modulator.options.chanel' (role C1.phase_modulator):
-    unknown option for Keysight33500B; expected one of: channel, sample_rate_hz; got 2``.
+    unknown option for Keysight33500B; expected one of: channel, sample_rate_hz, max_points, arb_filter; got 2``.
     """
     try:
         return model.model_validate(options)
@@ -647,6 +650,20 @@ def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> Statio
 
         validate_driver_roles(cfg, source)
     return cfg
+
+
+def require_pattern_generators(cfg: StationConfig, source: str = "station") -> None:
+    """Refuse to acquire when a client's randomness cannot reach its modulator: with a real time tagger,
+    a client whose phase modulator only replays a fixed waveform (``_FIXED_WAVEFORM_PHASE_DRIVERS``: the
+    Keysight 33500B, no streaming) needs a ``pattern_generator``. Called when an acquisition is built
+    (:class:`labqfl.app.acquire.Acquisition`); ``station show``/``check`` still open such a station."""
+    for k, c in enumerate(cfg.clients):
+        pm = c.phase_modulator.driver
+        if pm in _FIXED_WAVEFORM_PHASE_DRIVERS and c.pattern_generator is None and not cfg.time_tagger.simulated:
+            raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator' (role {c.name}.pattern_generator): "
+                              f"missing; {pm} ({c.name}.phase_modulator) replays one fixed waveform, so with a real "
+                              "time tagger the client's per-slot randomness would never reach the modulator; expected "
+                              "a pattern_generator (e.g. 'SwabianPulseStreamer') playing the client's frames")
 
 
 def default_station_text() -> str:

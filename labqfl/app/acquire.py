@@ -27,7 +27,7 @@ from typing import Any
 
 from labqfl.app.station import arm as arm_roles
 from labqfl.app.station import channel_names, open_station, start_client_streams
-from labqfl.config import StationConfig
+from labqfl.config import StationConfig, require_pattern_generators
 from labqfl.errors import ConfigError
 from labqfl.log import get_logger
 
@@ -123,6 +123,7 @@ class Acquisition:
     """
 
     def __init__(self, station: Any, *, block_s: float | None = None, arm: bool = True) -> None:
+        require_pattern_generators(station.config)  # no acquisition whose client randomness cannot reach a modulator
         self.station = station
         self.block_s = float(block_s or station.config.simulation.block_duration_s)
         self.names = channel_names(station.config)

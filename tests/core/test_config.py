@@ -126,7 +126,7 @@ SIM_ATTENUATORS = {**{f"clients.{k}.attenuator.driver": "sim" for k in range(4)}
         # a typo in an option name: was accepted, and the AWG silently used channel 1
         ("example", {"clients.0.phase_modulator.options": {"chanel": 2}},
          r"field 'clients\.0\.phase_modulator\.options\.chanel' \(role C1\.phase_modulator\): unknown option for "
-         r"Keysight33500B; expected one of: channel, sample_rate_hz; got 2$"),
+         r"Keysight33500B; expected one of: channel, sample_rate_hz, max_points, arb_filter; got 2$"),
         ("example", {"clients.0.phase_modulator.options": {"channel": 3}},
          r"field 'clients\.0\.phase_modulator\.options\.channel' \(role C1\.phase_modulator\): Input should be 1 or 2 "
          r"\(option of Keysight33500B\); got 3$"),

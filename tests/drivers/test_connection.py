@@ -52,7 +52,7 @@ def test_silent_instrument_is_a_failed_connection_not_a_command_fault(sim_librar
 
 @pytest.mark.parametrize(("cls", "make_cfg", "options", "expect"), [
     (Keysight33500B, PhaseModulatorConfig, {"chanel": 2},
-     r"^role 'pm': field 'options\.chanel': unknown option for Keysight33500B; expected one of: channel, sample_rate_hz; got 2$"),
+     r"^role 'pm': field 'options\.chanel': unknown option for Keysight33500B; expected one of: channel, sample_rate_hz, max_points, arb_filter; got 2$"),
     (KeysightN7764A, AttenuatorConfig, {"channel": 2}, r"^role 'pm': field 'options\.channel': Input should be 1, 3, 5 or 7 \(option of KeysightN7764A\); got 2$"),
     (ThorlabsPRO8000, LaserConfig, {"max_current_ma": 5.0}, r"max_current_ma \(5\) must be above threshold_ma \(10\)"),
 ])
