@@ -19,8 +19,9 @@ Event kinds (``Event.kind`` → ``Event.data``):
 distill_available, distill_reason} · ``disconnected`` {} · ``settings`` {role: [setting rows]}
 · ``setting_applied`` (role, name, value) · ``setting_rejected`` (role, name, message) ·
 ``rates`` {t_s, rates_hz: {D0, D1, sync}} (acquired time t_s [s], rates [Hz]) · ``pairs``
-{t_s, pairs: {pair: metrics}, acquisition: ID of the acquisition being distilled} · ``pools``
-{pair: {pool: bits}} · ``acq_status`` {t_s, tags, wall_s, blocks} · ``calibrations`` [procedure
+{t_s, pairs: {pair: metrics}, acquisition: ID of the acquisition being distilled, dropped: the
+slotting's dropped-slot counters by cause} · ``pools`` {pair: {pool: bits}} · ``acq_status`` {t_s,
+tags, wall_s, blocks, frames_lost: {client: frames it did not play}} · ``calibrations`` [procedure
 descriptions] · ``calibration_result`` {...} ·
 ``train_started`` / ``train_round`` / ``train_finished`` {...} · ``log`` {time, level, name,
 source, message} · ``error`` (title, message) · ``progress`` (task, fraction or None, message) ·

@@ -54,7 +54,7 @@ class LivePanel(QWidget):
     """Acquisition and distillation controls, four live plots and a per-pair table."""
 
     PAIR_COLS = ["Pair", "Sifted", "Next block", "QBER X (key)", "QBER Y (test)", "Blocks", "Final key",
-                 "Key rate", "Key pool", "Last block"]
+                 "Key rate", "Key pool", "Dropped slots", "Last block"]
 
     def __init__(self, ctl: Controller) -> None:
         super().__init__()
@@ -64,6 +64,8 @@ class LivePanel(QWidget):
         self.detectors = list(cfg.detectors)
         self._pools: dict[str, dict[str, int]] = {}
         self._pairs_data: dict[str, dict[str, Any]] = {}
+        self._dropped: dict[str, int] = {}  # the distiller's slotting counters by cause (dropped_counts)
+        self._frames_lost: dict[str, int] | None = None  # per streaming client, frames it did not play
 
         # -- controls -------------------------------------------------------------------------------
         left_w = self._build_controls()
@@ -142,10 +144,45 @@ class LivePanel(QWidget):
         self.dist_stop.clicked.connect(self.ctl.stop_distillation)
         return dist
 
+    def _build_dropped_box(self) -> QGroupBox:
+        """Dropped slots of this acquisition by cause (docs/postprocessing.md "Lost data"), "—" until counted."""
+        box = QGroupBox("Dropped slots")
+        box.setToolTip("Slots inside the tagger's overflow or missed-event intervals, in frames without a valid "
+                       "marker and in frames a client did not play are dropped: never announced or sifted, "
+                       "counted in the pair's slots as sent without a click. Per pair: the table's "
+                       "'Dropped slots' column.")
+        self.dropped_lost = QLabel("—")
+        self.dropped_lost.setToolTip("The time tagger's overflow and missed-event intervals, tag blocks flagged "
+                                     "overflow, and the slots they dropped")
+        self.dropped_sync = QLabel("—")
+        self.dropped_frames = QLabel("—")
+        fl = QFormLayout(box)
+        for name, lab in (("Tagger lost data", self.dropped_lost), ("Markers", self.dropped_sync),
+                          ("Not played", self.dropped_frames)):
+            lab.setWordWrap(True)
+            fl.addRow(name, lab)
+        return box
+
+    def dropped_text(self) -> str:
+        """What the "Dropped slots" box shows, one line per cause."""
+        return "\n".join(lab.text() for lab in (self.dropped_lost, self.dropped_sync, self.dropped_frames))
+
+    def _show_dropped(self) -> None:
+        d = self._dropped
+        if d:
+            self.dropped_lost.setText(f"{d['lost_intervals']:,} intervals, "
+                                      f"{d['overflow_blocks']:,} overflow blocks → {d['dropped_slots_lost_data']:,} slots")
+            self.dropped_sync.setText(f"{d['missing_markers']:,} missing, {d['spurious_markers']:,} duplicated/stray "
+                                      f"→ {d['dropped_slots_sync']:,} slots")
+        if self._frames_lost is not None:
+            self.dropped_frames.setText(" · ".join(f"{c} {n:,}" for c, n in sorted(self._frames_lost.items()))
+                                        + " frames" if self._frames_lost else "0 frames (no client streams)")
+
     def _build_controls(self) -> QWidget:
-        """The left column: acquisition and distillation controls, the pair colour legend and a note."""
+        """The left column: acquisition and distillation controls, dropped slots, the pair colour legend and a note."""
         acq = self._build_acquisition_box()
         dist = self._build_distillation_box()
+        dropped = self._build_dropped_box()
         note = QLabel("Count rates are per second of acquired data. QBER X is measured by error correction on each "
                       "key block; QBER Y is the Y-basis test error so far. Key pools are the free bits in the "
                       "nodes' key stores.")
@@ -161,6 +198,7 @@ class LivePanel(QWidget):
         left = QVBoxLayout()
         left.addWidget(acq)
         left.addWidget(dist)
+        left.addWidget(dropped)
         left.addWidget(legend)
         left.addWidget(note)
         left.addStretch(1)
@@ -262,6 +300,9 @@ class LivePanel(QWidget):
         speed = s["t_s"] / s["wall_s"] if s.get("wall_s") else 0.0
         self.acq_status.setText(f"{'running' if running else 'stopped'} · {s['t_s']:.2f} s of data · "
                                 f"{s['tags']:,} tags · {speed:.2f}× real time")
+        if "frames_lost" in s:
+            self._frames_lost = dict(s["frames_lost"])
+            self._show_dropped()
 
     def _on_rates(self, points: list[tuple[float, dict[str, float]]]) -> None:
         for t, rates in points:
@@ -296,7 +337,7 @@ class LivePanel(QWidget):
             vals = [f"{m['sifted_bits']:,}", f"{100 * m['block_fill']:.0f} %", fmt_pct(m["qber_x"]),
                     fmt_pct(m["qber_y"]), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
                     fmt_bits(m["final_key_bits"]), f"{m['key_rate_bps']:.4g} bit/s",
-                    fmt_bits(sum(self._pools.get(p, {}).values())),
+                    fmt_bits(sum(self._pools.get(p, {}).values())), f"{m.get('dropped_slots', 0):,}",
                     ("aborted: " + m["last_abort"]) if m["last_abort"] else ("key delivered" if m["blocks"] else "—")]
             for c, v in enumerate(vals, start=1):
                 it = self.table.item(r, c)
@@ -307,6 +348,9 @@ class LivePanel(QWidget):
         for s in (*self.qber_x.values(), *self.qber_y.values(), *self.key_rate.values()):
             s.flush()
         self._scale_key_rate()
+        if snap.get("dropped"):
+            self._dropped = dict(snap["dropped"])
+            self._show_dropped()
 
     def _scale_key_rate(self) -> None:
         top = max((max(s.y) for s in self.key_rate.values() if s.y), default=0.0)

@@ -53,11 +53,26 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
             "final_key_bits": int(r.final_key_bits),
             "delivered_bits": int(r.delivered_bits),
             "key_rate_bps": r.final_key_bits / t_s if t_s > 0 else 0.0,
+            "dropped_slots": int(r.dropped_slots),
             "first_key_eta_s": 0.0 if r.final_key_bits > 0 else max(
                 (st.block_index + 1) * distiller.block_slots[name] * len(distiller.pairs)
                 / distiller.cfg.laser.rep_rate_hz - t_s, 0.0),
         }
     return out
+
+
+#: The slotting counters of dropped slots by cause (:class:`~labqfl.qkd.slotting.SlottingStats`) the Live tab shows.
+DROP_COUNTERS = ("lost_intervals", "overflow_blocks", "dropped_slots_lost_data", "missing_markers",
+                 "spurious_markers", "dropped_slots_sync")
+
+
+def dropped_counts(distiller: Any) -> dict[str, int]:
+    """Dropped slots by cause so far in a running :class:`~labqfl.qkd.pipeline.Distiller`'s slotting:
+    the tagger's overflow / missed-event intervals and the slots they dropped, tag blocks flagged
+    overflow, missing and duplicated/stray frame markers and the slots dropped for sync
+    (docs/postprocessing.md, "Lost data")."""
+    st = distiller.slotter.stats
+    return {k: int(getattr(st, k)) for k in DROP_COUNTERS}
 
 
 def key_pools(config: StationConfig, data_dir: Path | None) -> dict[str, dict[str, int]]:
@@ -245,7 +260,8 @@ class AcquisitionTask:
                     span, clicks = acq.take_window()
                     self.core.post("rates", {"t_s": acq.t_s, "rates_hz": {k: v / span for k, v in clicks.items()}})
                     self.core.post("acq_status", {"t_s": acq.t_s, "tags": acq.n_tags, "blocks": acq.n_blocks,
-                                             "wall_s": now - wall0})
+                                             "wall_s": now - wall0, "frames_lost": {  # frames each streaming client did not play
+                                                 c: len(rec.lost) for c, rec in acq.played_frames.items()}})
                     last_emit = now
                 if self._acq_stop.is_set():
                     break
@@ -316,7 +332,8 @@ class AcquisitionTask:
                 t_s = k * bs
                 now = time.perf_counter()
                 if closed or now - last_emit >= EMIT_INTERVAL_S:
-                    self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id})
+                    self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id,
+                                             "dropped": dropped_counts(session.distiller)})
                     last_emit = now
                 if closed:
                     self.post_pools()
@@ -329,7 +346,7 @@ class AcquisitionTask:
                 t_s = feed.end_t_s
             feed.drain()
             self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id,
-                                "final": True})
+                                "dropped": dropped_counts(session.distiller), "final": True})
         except Exception as exc:
             self.core._error("Distillation failed", exc)
             feed.drain()  # so the acquisition thread never blocks on a dead pipeline
