@@ -279,6 +279,10 @@ def test_marker_params_from_station_and_bad_values() -> None:
     cfg.time_tagger.cable_delays_ps["marker"] = 1200.0
     p = SlottingParams.from_config(cfg)
     assert (p.marker_channel, p.frame_slots, p.marker_delay_ps) == (5, 8192, 1200)
+    assert p.slot0_from_sync  # the first sync tag is slot 0 ...
+    cfg.time_tagger = cfg.time_tagger.model_copy(
+        update={"conditional_filter_trigger": ["D0", "D1"], "conditional_filter_filtered": ["sync"]})
+    assert not SlottingParams.from_config(cfg).slot0_from_sync  # ... unless the tagger thins the syncs
     with pytest.raises(QKDInputError, match="marker_channel 2 must differ"):
         mparams().__class__(**{**mparams().__dict__, "marker_channel": D0})
     with pytest.raises(QKDInputError, match="frame_slots"):
