@@ -52,8 +52,14 @@ def test_n7764a_two_threads(voa: KeysightN7764A, threads) -> None:  # type: igno
 
 
 def test_n7764a_exact_protocol() -> None:
-    """Keysight N77xx Series Programming Guide, ``:INPut[n]:ATTenuation``, ``:INPut[n]:WAVelength`` (m) and
-    ``:OUTPut[n]:STATe`` (shutter) with n the attenuator's port: 1, 3, 5, 7 on the N7764A (driver docstring)."""
+    """Keysight N77xx Series Programming Guide (N7764A and family), ``:INPut[n]`` / ``:OUTPut[n]`` subsystems;
+    the same commands as the Keysight *8163A/B, 8164A/B & 8166A/B Mainframes Programming Guide*, chapter 4
+    "Measurement Operations & Settings", section "Signal Conditioning — The INPut and OUTput commands"
+    (8156x/8157x attenuator modules): ``:INPut[n][:CHANnel[m]]:ATTenuation <value>[dB]`` and its query
+    (read here, example ``INP1:ATT 14dB``), ``:INPut[n]:WAVelength`` (m) and ``:OUTPut[n]:STATe`` (shutter)
+    in the same section (their pages could not be read here). ``SYST:ERR?`` is the SCPI error queue. n is
+    the attenuator's port: 1, 3, 5, 7 on the N7764A (driver docstring: the port table of the N77xx guide
+    could not be read here; two open drivers list [1, 3, 5, 7])."""
     cfg = AttenuatorConfig(driver="KeysightN7764A", resource=RES, options={"channel": 3})
     ok = (b"SYST:ERR?", b'+0,"No error"')
     with expected_protocol(lambda a: KeysightN7764A("C1.attenuator", cfg, adapter=a), [

@@ -1,4 +1,6 @@
-"""ThorlabsPRO8000 and ThorlabsPM100USB (PyMeasure underneath) against pyvisa-sim and expected_protocol."""
+"""ThorlabsPRO8000 and ThorlabsPM100USB (PyMeasure underneath) against pyvisa-sim and expected_protocol.
+
+The manual and section behind each command string are given in the exact-protocol tests' docstrings."""
 
 from __future__ import annotations
 
@@ -64,9 +66,17 @@ def test_pro8000_two_threads_keep_slot_and_command_together(laser: ThorlabsPRO80
 
 
 def test_pro8000_exact_protocol_with_current_ramps() -> None:
-    """PRO8000 manual (PyMeasure ``ThorlabsPro8000``): ``:SLOT <n>`` selects a module, ``:ILD:SET <A>``
-    the LD current, ``:LASER ON|OFF`` the LDC output, ``:TEMP:SET <°C>`` the TEC, ``:SYST:ERR?`` the error
-    queue. The current only moves in ramp steps (here ≤ 15 mA) while the LDC is on."""
+    """Thorlabs *Operation Manual, Mainframe PRO8000 / PRO8000-4 / PRO800* (version 3.3, 2012), chapter 4
+    "Communication with a PC": §4.3.5 "Module specific commands and queries" (``:SLOT <n>`` selects the module
+    the next command goes to; section title from the manual's contents, its page not read here) and §4.4 error
+    queue (``:SYST:ERR?``; §4.4.1 ``0,"No errors"``, §4.4.2 command
+    errors, whose examples are ``:SLOT 3`` and ``:ILD:SET``). The module commands are in the module manuals'
+    "Communication with a PC" chapters — laser-diode current ``:ILD:SET <A>`` (SI units, A not mA) and output
+    ``:LASER ON|OFF`` in the LDC/ITC8000 manual (§7), ``:TEMP:SET <°C>`` in the TED8000 manual (§6); those
+    chapters' command pages could not be read here, so these three strings are from PyMeasure's
+    ``thorlabspro8000.py`` (``ThorlabsPro8000``), and ``:SYST:ANSW VALUE`` is PyMeasure's too (its manual
+    section could not be checked here). The current only moves in ramp steps (here ≤ 15 mA) while the LDC
+    is on."""
     cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
                       options={"ld_slot": 3, "tec_slot": 4, "ramp_step_ma": 15.0, "ramp_ma_per_s": 100_000.0})
     ok = (b":SYST:ERR?", b'0,"No error"')
@@ -119,6 +129,14 @@ def test_pm100usb_two_threads(pm: ThorlabsPM100USB, threads) -> None:  # type: i
 
 
 def test_pm100usb_exact_protocol_and_missing_head() -> None:
+    """Thorlabs *PM100USB Operation Manual* (2020), chapter 7 "Computer Interface": the command format and
+    ``CORR:WAVE`` / ``CORR:WAVE? MIN|MAX`` (its examples at 1550 nm) — here in the long-form path
+    ``SENSE:CORR:WAV``, the SENSe:CORRection:WAVelength node of the SCPI tree that Thorlabs' *PM400 manual*
+    §5.5 "SCPI Commands" lists and states compatible with the PM100USB. ``SYST:SENSOR:IDN?`` (the sensor's
+    ``<name>,<sn>,<cal_msg>,<type>,<subtype>,<flags>``) is the ``:SENSor:IDN?`` query of the SYSTem
+    subsystem, Thorlabs *PM100D manual* §6.4 "PM100D SCPI Commands". ``SENS:AVER:COUN`` and ``MEAS:POW?``
+    are from PyMeasure's ``thorlabspm100usb.py``; their manual section could not be checked here. The
+    "no sensor" reply is the head-missing case the driver refuses."""
     cfg = PowerMeterConfig(driver="ThorlabsPM100USB", resource=PM_RES)
     ok = (b"SYST:ERR?", b'+0,"No error"')
     head = (b"SYST:SENSOR:IDN?", b"S122C,123,07-Sep-2015,1,18,289")
