@@ -118,7 +118,7 @@ from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettin
 
 log = get_logger(__name__)
 
-__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks"]
+__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_toeplitz"]
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
@@ -214,6 +214,19 @@ def split_chunks(msg: Message) -> list[_Chunk]:
     return [_Chunk(p, lo, hi, int(dropped[k]),
                    Announcements(p, slots[offsets[k]:offsets[k + 1]], outcomes[offsets[k]:offsets[k + 1]]))
             for k, p in enumerate(pairs)]
+
+
+def warm_toeplitz() -> None:
+    """Load both paths of :func:`labqfl.qkd.toeplitz.toeplitz_hash` (the ternary-FFT one for outputs of at
+    least 1/8 of the input, the Karatsuba tiles for shorter ones; the float FFT without carry-less
+    multiplication) on tiny inputs, so a block's privacy amplification does not load (or, without
+    Numba's cache, compile) them mid-protocol: which path a block takes depends on its key length,
+    so a first short block does not warm the other. A few ms once the cache holds them."""
+    from labqfl.qkd.toeplitz import toeplitz_hash
+
+    rng = np.random.default_rng(0)  # public filler, no key
+    for n, m in ((64, 16), (1024, 8)):
+        toeplitz_hash(rng.integers(0, 2, n, dtype=np.uint8), rng.integers(0, 2, n + m - 1, dtype=np.uint8), m)
 
 
 class _SiftBatch:
@@ -762,6 +775,7 @@ class ClientNode(Node):
         self.frame_slots = int(self.cfg.time_tagger.frame_slots)
         #: this client's pattern generator (opened at the first ``ctl/arm``; None: it has none, or not yet)
         self.generator: Any = None
+        warm_toeplitz()  # before it serves: no first block loads the kernels mid-protocol
         self.server.route("ann", self._ann, allowed_peers={detector})
         partners = set(self.j_of.values())
         self.server.route("qkd/pair", self._pair, allowed_peers=partners)

@@ -12,12 +12,15 @@ acquisition + distillation in one process.
 :data:`WARMUP_S` (0.1 s) of the same station with the same settings, long enough that every pair
 closes its final block with key (``min_final_block_bits``; about 9 000 sifted bits per pair, a few
 hundred to a thousand final bits): the simulator's and the slotting/sifting kernels, Cascade at both
-ends, the verification hash, the decoy-state LPs and the Toeplitz privacy amplification have then run
-once in every process that the timed part uses (each client node in the roles it holds, Ci or Cj;
-the in-process pipeline in its one process), so Numba's cache is loaded outside the timing. The
-warm-up's final key per pair is in the details (``warmup_final_key_bits_*``: 0 in a pair means its
-amplification was not warmed). Until 2026-12-04 the warm-up was 0.01 s (networked) and 0.002 s (in
-process), which closed no block: the block kernels loaded inside the timed part.
+ends, the verification hash and the decoy-state LPs have then run once in every process that the
+timed part uses (each client node in the roles it holds, Ci or Cj; the in-process pipeline in its one
+process). The Toeplitz hash takes another kernel path for the timed part's larger blocks (output at
+least 1/8 of the input) than for the warm-up's: each client node loads both paths when it starts
+(:func:`labqfl.nodes.client.warm_toeplitz`, in start-up, not in the figure), the in-process path
+calls the same after its warm-up. So Numba's cache is loaded (in a fresh checkout: compiled) outside
+the timing. The warm-up's final key per pair is in the details (``warmup_final_key_bits_*``). Until
+2026-12-04 the warm-up was 0.01 s (networked) and 0.002 s (in process), which closed no block: the
+block kernels loaded inside the timed part.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def _station(path: Path) -> Path:
 def _in_process(station: Path, duration: float, settings: Any, tmp: Path) -> dict[str, Any]:
     from labqfl.config import load_station_config
     from labqfl.keystore import KeyStore
+    from labqfl.nodes.client import warm_toeplitz
     from labqfl.qkd.pipeline import Distiller, KeyStoreSink
     from labqfl.sim_backends import SagnacTestbed
 
@@ -69,6 +73,7 @@ def _in_process(station: Path, duration: float, settings: Any, tmp: Path) -> dic
         for b in blocks:
             d.push(b)
         res_w = d.finish(int(round(WARMUP_S * cfg.laser.rep_rate_hz)))
+        warm_toeplitz()  # both amplification paths, as each client node at its start
         t0 = time.perf_counter()
         blocks = tb.stream(duration)
         d = Distiller(cfg, tb.client_logs(), KeyStoreSink(stores), settings)
