@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -378,8 +378,10 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                 if m in self._running:
                     self._running.remove(m)
 
-    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
-        """Stream tags for ``duration_s`` s, one :class:`TagBlock` per ``block_duration_s`` poll.
+    def stream(self, duration_s: float, block_duration_s: float | None = None,
+               on_recording: Callable[[], None] | None = None) -> Iterator[TagBlock]:
+        """Stream tags for ``duration_s`` s, one :class:`TagBlock` per ``block_duration_s`` poll;
+        ``on_recording`` is called right after ``TimeTagStream.startFor`` (the stream records).
 
         Non-tag records become ``lost_intervals_ps`` (module docstring, "Event types"); the
         overflows and missed events of the stream end up in :attr:`last_stream_overflows` and
@@ -393,6 +395,8 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         state = _EventState()
         try:
             self._sdk_call("TimeTagStream.startFor", s.startFor, int(round(duration * 1e12)))
+            if on_recording is not None:
+                on_recording()
             while True:
                 running = bool(self._sdk_call("TimeTagStream.isRunning", s.isRunning))
                 if running:

@@ -11,7 +11,7 @@ attenuator → that client's intensities; phase-modulator Vπ / bias settings �
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -290,12 +290,16 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
         :meth:`SagnacTestbed.client_logs`)."""
         return self.testbed.client_logs()
 
-    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
+    def stream(self, duration_s: float, block_duration_s: float | None = None,
+               on_recording: Callable[[], None] | None = None) -> Iterator[TagBlock]:
         d = _check_range("duration_s", duration_s, 0.0, 1e7, "s", lo_open=True)
         if block_duration_s is not None:
             _check_range("block_duration_s", block_duration_s, 0.0, 1e7, "s", lo_open=True)
         with self.lock:
-            return self.testbed.stream(d, block_duration_s)
+            blocks = self.testbed.stream(d, block_duration_s)
+        if on_recording is not None:  # the simulated loop's time starts with the stream (slot 0 at t = 0)
+            on_recording()
+        return blocks
 
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
         t = _check_range("integration_s", integration_s, 0.0, 3600.0, "s", lo_open=True)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -442,9 +442,12 @@ class ReplayTimeTagger(TimeTagger):
                 lost = lost + np.array([min(shift), max(shift)], dtype=np.int64)
             yield TagBlock(t, c, blk.overflow, lost_intervals_ps=lost)
 
-    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
+    def stream(self, duration_s: float, block_duration_s: float | None = None,
+               on_recording: Callable[[], None] | None = None) -> Iterator[TagBlock]:
         if not (duration_s > 0 and math.isfinite(duration_s)):
             raise ValueError(f"duration_s must be a finite number > 0, got {duration_s!r}")
+        if on_recording is not None:  # a replay records nothing; the hook still runs once, as on a tagger
+            on_recording()
         bd = block_duration_s or self.recording.config.simulation.block_duration_s
         bd_ps = int(round(bd * 1e12))
         end_ps = int(round(duration_s * 1e12))

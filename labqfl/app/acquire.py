@@ -29,6 +29,7 @@ from labqfl.app.station import arm as arm_roles
 from labqfl.app.station import channel_names, open_station, start_client_streams
 from labqfl.config import StationConfig, require_pattern_generators
 from labqfl.errors import ConfigError
+from labqfl.instruments.interfaces import PulseGenerator
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -166,7 +167,9 @@ class Acquisition:
         self._seg_blocks = 0
         self._seg_duration = duration_s
         self._window, self._window_t0 = {}, self.t_s
-        blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
+        restart = self._stop_running_triggers()
+        blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s,
+                                                 **({"on_recording": restart} if restart is not None else {}))
         try:
             self._start_streams(duration_s)
         except BaseException:
@@ -175,6 +178,26 @@ class Acquisition:
                 close()
             raise
         return Blocks(self, blocks)
+
+    def _stop_running_triggers(self) -> Callable[[], None] | None:
+        """Slot 0 is the master clock's first pulse, and the tagger must record it
+        (docs/decisions/0008-frame-markers.md): a master clock already running (armed) is stopped here
+        and started again by the tagger once it records (``on_recording``), after the clients' pattern
+        generators were loaded; generators triggered in hardware start on that first pulse. Returns the
+        restart, or None when no master clock runs (nothing is switched on that was off)."""
+        clocks = [i for i in self.station.instruments.values()
+                  if isinstance(i, PulseGenerator) and i.output_enabled]
+        if not clocks:
+            return None
+        for clk in clocks:
+            clk.output_enabled = False
+
+        def restart() -> None:
+            for clk in clocks:
+                clk.output_enabled = True
+            log.info("master clock started: the tagger records slot 0")
+
+        return restart
 
     def _start_streams(self, duration_s: float | None) -> None:
         """Each client with a pattern generator streams this segment's log to it; the Station's logs of the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -176,8 +176,12 @@ class TimeTagger(Instrument):
         return list(self.channels)
 
     @abstractmethod
-    def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
-        """Acquire for ``duration_s`` seconds, yielding :class:`TagBlock` s as they arrive."""
+    def stream(self, duration_s: float, block_duration_s: float | None = None,
+               on_recording: Callable[[], None] | None = None) -> Iterator[TagBlock]:
+        """Acquire for ``duration_s`` seconds, yielding :class:`TagBlock` s as they arrive.
+        ``on_recording``: called once, as soon as the tagger records and before its first block is
+        read; an acquisition starts the master clock there, so that the clock's first pulse, slot 0
+        (docs/decisions/0008-frame-markers.md), is recorded."""
 
     @abstractmethod
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:

@@ -261,6 +261,44 @@ def test_arming_starts_the_laser_trigger(emulator: PulseStreamerEmulator) -> Non
     clk.close()
 
 
+def test_an_acquisition_restarts_the_trigger_once_the_tagger_records(emulator: PulseStreamerEmulator) -> None:
+    """Slot 0 is the master clock's first pulse and the tagger must record it (decision 0008): a clock
+    running since arming is stopped when a segment starts, the pattern generators are loaded, and the clock
+    starts again from the tagger's ``on_recording`` hook, before the first block; the same for every
+    segment. Before, arming left it running (or, earlier still, never started it)."""
+    from labqfl.app.acquire import Acquisition
+    from labqfl.station import Station
+
+    d = tomllib.loads(default_station_text())
+    d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": emulator.ip}
+    st = Station(parse_station_config(d, "station.toml"), guard=False)
+    seen: list[str] = []
+    stream = st.time_tagger.stream
+
+    def watched(duration_s: float, block_s: float | None = None, on_recording: object = None) -> object:
+        seen.append(f"stream called, clock {'on' if emulator.playing is not None else 'off'}")
+        assert callable(on_recording)
+
+        def hook() -> None:
+            seen.append("recording")
+            on_recording()
+            seen.append(f"clock {'on' if emulator.playing is not None else 'off'}")
+        return stream(duration_s, block_s, on_recording=hook)
+
+    st.time_tagger.stream = watched  # type: ignore[method-assign]
+    try:
+        with Acquisition(st) as acq:
+            assert "master_clock.output_enabled=True" in acq.armed and emulator.playing is not None
+            for _ in range(2):  # two segments: each restarts the trigger
+                n = sum(c["command"] == CMD_STREAM for c in emulator.binary_commands)
+                blocks = list(acq.start(0.002))
+                assert blocks and sum(c["command"] == CMD_STREAM for c in emulator.binary_commands) == n + 1
+        assert seen == ["stream called, clock off", "recording", "clock on"] * 2
+        assert emulator.playing is None  # safe state at the end
+    finally:
+        st.close()
+
+
 def test_station_roles_typed_and_real_only(emulator: PulseStreamerEmulator) -> None:
     """Station file: ``clients.N.pattern_generator`` and ``master_clock`` take real drivers only, their options
     are typed (unknown keys refused) and their drivers must serve the role."""
