@@ -7,7 +7,8 @@ The Pulse Streamer's 8 digital outputs run at 1 GSa/s with a 2 ns minimum pulse 
 1000/n MHz: 500, 333, 250, 200, 125, 100, 50 MHz … — not 1.25 GHz, and only rates that divide
 1 GHz. Its firmware streams double-buffered memory slots fed over Ethernet, with a documented client
 library on the package index, which is what continuous, never-replayed playback needs; an AWG that
-plays waveforms from memory (Keysight 33500B, 65,536 points by ASCII) replays. A Zurich
+plays waveforms from memory (Keysight 33500B: one waveform of up to 1 M points, 16 M with its memory
+option) replays. A Zurich
 Instruments HDAWG (2.4 GSa/s, 750 MHz bandwidth) covers 1.25 GHz but streams from host memory only
 through its sequencer and offers no simulation mode to test against; it is not implemented here.
 

@@ -75,9 +75,10 @@ class InstrumentConfig(_Model):
 
 # Drivers that find their hardware without a VISA resource (vendor SDKs by serial number).
 _RESOURCELESS_DRIVERS = {"SwabianTimeTagger"}
-# Phase-modulator drivers that replay one fixed waveform from memory (no streaming): with a real time
-# tagger their client needs a pattern_generator role to carry its per-slot randomness.
-_FIXED_WAVEFORM_PHASE_DRIVERS = {"Keysight33500B"}
+# Phase-modulator drivers that cannot take per-slot levels on their own, and why: with a real time tagger
+# their client needs a pattern_generator role to carry its per-slot randomness.
+_PHASE_DRIVERS_NEEDING_A_GENERATOR = {"Keysight33500B": "replays one fixed waveform",
+                                      "GenericBitDrivenPhaseModulator": "takes its phase bits from a pattern generator"}
 
 
 class LaserConfig(InstrumentConfig):
@@ -654,14 +655,16 @@ def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> Statio
 
 def require_pattern_generators(cfg: StationConfig, source: str = "station") -> None:
     """Refuse to acquire when a client's randomness cannot reach its modulator: with a real time tagger,
-    a client whose phase modulator only replays a fixed waveform (``_FIXED_WAVEFORM_PHASE_DRIVERS``: the
-    Keysight 33500B, no streaming) needs a ``pattern_generator``. Called when an acquisition is built
+    a client whose phase modulator cannot take per-slot levels on its own
+    (``_PHASE_DRIVERS_NEEDING_A_GENERATOR``: the Keysight 33500B replays a fixed waveform; the bit-driven
+    modulator takes its bits from a generator) needs a ``pattern_generator``. Called when an acquisition is built
     (:class:`labqfl.app.acquire.Acquisition`); ``station show``/``check`` still open such a station."""
     for k, c in enumerate(cfg.clients):
         pm = c.phase_modulator.driver
-        if pm in _FIXED_WAVEFORM_PHASE_DRIVERS and c.pattern_generator is None and not cfg.time_tagger.simulated:
+        why = _PHASE_DRIVERS_NEEDING_A_GENERATOR.get(pm)
+        if why is not None and c.pattern_generator is None and not cfg.time_tagger.simulated:
             raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator' (role {c.name}.pattern_generator): "
-                              f"missing; {pm} ({c.name}.phase_modulator) replays one fixed waveform, so with a real "
+                              f"missing; {pm} ({c.name}.phase_modulator) {why}, so with a real "
                               "time tagger the client's per-slot randomness would never reach the modulator; expected "
                               "a pattern_generator (e.g. 'SwabianPulseStreamer') playing the client's frames")
 

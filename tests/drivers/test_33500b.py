@@ -183,3 +183,9 @@ def test_33500b_without_pattern_generator_is_refused_with_a_real_tagger() -> Non
     for k, c in enumerate(data["clients"]):
         c["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": f"127.0.17.{k + 1}"}
     require_pattern_generators(parse_station_config(data, "ex.toml"), "ex.toml")
+    bit = copy.deepcopy(data)  # the bit-driven phase modulator: its bits come from a generator too
+    del bit["clients"][1]["pattern_generator"]
+    bit["clients"][1]["phase_modulator"] = {"driver": "GenericBitDrivenPhaseModulator", "resource": "ASRL9::INSTR"}
+    with pytest.raises(ConfigError, match=r"field 'clients\.1\.pattern_generator' .*GenericBitDrivenPhaseModulator "
+                       r"\(C2\.phase_modulator\) takes its phase bits from a pattern generator"):
+        require_pattern_generators(parse_station_config(bit, "ex.toml"), "ex.toml")
