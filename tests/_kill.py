@@ -1,7 +1,6 @@
 """Shared scaffolding of the kill tests (SIGTERM of a process holding instruments; the instruments' state
 is read back in the test process, which serves their emulators so that it outlives the killed one):
-tests/station/test_safe_state.py, tests/modulation/test_kill.py, tests/nodes/test_kill_nodes.py,
-tests/nodes/test_node_instruments.py.
+tests/station/test_safe_state.py, tests/modulation/test_kill.py, tests/nodes/test_node_instruments.py.
 
 The suite runs with ``--import-mode=importlib`` (no test folder on ``sys.path``), so a test module loads
 this one by path::

@@ -24,12 +24,15 @@ import pytest
 
 from labqfl.config import load_station_config, parse_station_config
 from labqfl.errors import ConfigError
+from labqfl.keystore import KeyStore
 from labqfl.nodes.common import NodeError, NodeInstruments, check_node_station, owned_roles
 from labqfl.serialize import dump_toml
 
 ROOT = Path(__file__).resolve().parents[2]
 VISA = ROOT / "sim_backends" / "visa"
 LABQFL = Path(sys.executable).with_name("labqfl")
+PAIR = "C1-C2"
+EARLIER = "earlier-run-block"
 needs_pyvisa_py = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
                                      reason="pyvisa-py (the 'hardware' extra) is not installed")
 PY = {"visa_library": "@py", "timeout_ms": 5000}
@@ -377,7 +380,6 @@ def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys
     from typer.testing import CliRunner
 
     from labqfl.cli import app
-    from labqfl.keystore import KeyStore
 
     b = bench_factory()
     station = _emulated_pair(b, tmp_path)
@@ -424,12 +426,18 @@ def test_sigterm_of_labqfl_run_over_nodes_leaves_every_emulated_instrument_safe(
     clients' attenuators are drivers over emulators. Once the nodes acquire (laser on, detectors armed, C1's
     modulator output on, shutters open, C1's frames playing), SIGTERM to ``labqfl run`` alone: it stops its
     nodes, each puts its own instruments in their safe state (laser off, ramped; detector bias down, ramped;
-    modulator output off; shutters closed; generator and master clock dark), and no node process is left."""
+    modulator output off; shutters closed; generator and master clock dark), and no node process is left.
+    Issue 16's kill fault on the same run: the acquisition is marked incomplete, no block is stored or left
+    pending at either end, and a block stored before (an earlier run's) is intact and equal at both ends."""
     pytest.importorskip("pulsestreamer")
     b = bench_factory(generator=True)
     station = tmp_path / "bench.toml"
     station.write_text(dump_toml(b.modulators(b.detection(_small(small_station_file)))), encoding="utf-8")
-    runs = tmp_path / "runs"
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    earlier = np.random.default_rng(7).integers(0, 2, 4096, dtype=np.uint8)  # test data, not key material
+    for c in ("C1", "C2"):
+        with KeyStore.for_node(c, data) as st:
+            st.add_block(PAIR, earlier, block_id=EARLIER, purpose="general", meta={"kind": "earlier-run"})
     nodes: dict[int, str] = {}
 
     def acquiring() -> bool:
@@ -445,7 +453,7 @@ def test_sigterm_of_labqfl_run_over_nodes_leaves_every_emulated_instrument_safe(
                 and b.awg.ask("OUTP1?") == "1" and b.voa.ask(":OUTP1:STAT?") == "1" and b.voa.ask(":OUTP3:STAT?") == "1")
 
     with kill.running([str(LABQFL), "run", "--duration", "30000", "--rounds", "1", "--config", str(station),
-                       "--out", str(runs), "--data-dir", str(tmp_path / "data")]) as proc:
+                       "--out", str(runs), "--data-dir", str(data)]) as proc:
         kill.wait_for(acquiring, "labqfl run acquiring over its nodes, every instrument armed", proc, timeout=300)
         since = b.sent()
         err = kill.terminate(proc, timeout=120)
@@ -456,3 +464,18 @@ def test_sigterm_of_labqfl_run_over_nodes_leaves_every_emulated_instrument_safe(
     assert sorted(nodes.values()) == ["C1", "C2", "detector", "optics"]
     run_log = next(runs.glob("*/run.log")).read_text(encoding="utf-8")
     assert "exit codes" not in run_log, run_log[-kill.TAIL:]  # every node ended by itself with 0
+    state = json.loads(next(runs.glob("*/state.json")).read_text(encoding="utf-8"))
+    assert [a["complete"] for a in state["acquisitions"]] == [False]
+    assert not list((data / "nodes" / "C2" / "pending").glob("*.json"))  # no block half-stored at Cj
+    with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
+        assert _general_blocks(s1) == _general_blocks(s2) == [EARLIER]
+        assert s1.available_bits(PAIR, "general") == s2.available_bits(PAIR, "general") == earlier.size
+        k1 = s1.take(PAIR, earlier.size, "general")
+        assert np.array_equal(k1.bits, earlier)
+        assert np.array_equal(s2.take_exact(PAIR, k1.refs, "general").bits, earlier)
+
+
+def _general_blocks(store: KeyStore) -> list[str]:
+    """The pair's blocks other than the pre-shared authentication key and its refills."""
+    return [b["block_id"] for b in store.blocks(PAIR) if b["meta"].get("kind") not in ("preshared-auth", "auth-refill")
+            and not b["block_id"].startswith("preshared")]
