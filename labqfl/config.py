@@ -657,12 +657,23 @@ def require_pattern_generators(cfg: StationConfig, source: str = "station") -> N
     """Refuse to acquire when a client's randomness cannot reach its modulator: with a real time tagger,
     a client whose phase modulator cannot take per-slot levels on its own
     (``_PHASE_DRIVERS_NEEDING_A_GENERATOR``: the Keysight 33500B replays a fixed waveform; the bit-driven
-    modulator takes its bits from a generator) needs a ``pattern_generator``. Called when an acquisition is built
-    (:class:`labqfl.app.acquire.Acquisition`); ``station show``/``check`` still open such a station."""
+    modulator takes its bits from a generator) needs a ``pattern_generator``; and with frame markers a Pulse
+    Streamer must start on the master clock's first pulse (``options.trigger = "hardware"``). Called when an
+    acquisition is built (:class:`labqfl.app.acquire.Acquisition`); ``station show``/``check`` still open such a
+    station."""
     for k, c in enumerate(cfg.clients):
         pm = c.phase_modulator.driver
+        pg = c.pattern_generator
+        if (pg is not None and pg.driver == "SwabianPulseStreamer" and not cfg.time_tagger.simulated
+                and cfg.time_tagger.marker_inputs() and "sync" not in cfg.time_tagger.conditional_filter_filtered
+                and pg.options.get("trigger", "immediate") != "hardware"):
+            raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.trigger': "
+                              f"{pg.options.get('trigger', 'immediate')!r}; frames are numbered from slot 0, the master "
+                              "clock's first pulse recorded by the tagger (decision 0008), so a generator started on its "
+                              "first upload puts its frame markers off that frame grid and every frame is dropped; "
+                              "expected \"hardware\" (its trigger input on the master clock's output)")
         why = _PHASE_DRIVERS_NEEDING_A_GENERATOR.get(pm)
-        if why is not None and c.pattern_generator is None and not cfg.time_tagger.simulated:
+        if why is not None and pg is None and not cfg.time_tagger.simulated:
             raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator' (role {c.name}.pattern_generator): "
                               f"missing; {pm} ({c.name}.phase_modulator) {why}, so with a real "
                               "time tagger the client's per-slot randomness would never reach the modulator; expected "

@@ -299,6 +299,23 @@ def test_an_acquisition_restarts_the_trigger_once_the_tagger_records(emulator: P
         st.close()
 
 
+def test_with_a_real_tagger_and_markers_a_generator_must_start_on_the_clock() -> None:
+    """Frames are numbered from slot 0, the master clock's first pulse (decision 0008): with a real tagger
+    and frame markers, a Pulse Streamer that starts on its first upload (``trigger = "immediate"``, the
+    default) would put its markers off that grid and lose every frame, so an acquisition is refused in
+    one line naming the option; ``"hardware"`` passes."""
+    from labqfl.config import require_pattern_generators
+
+    d = tomllib.loads(default_station_text())
+    d["time_tagger"].update(driver="SwabianTimeTagger", options={"serial": "X"}, marker_channel=4)
+    d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": "127.0.17.1"}
+    with pytest.raises(ConfigError, match=r"^st\.toml: field 'clients\.0\.pattern_generator\.options\.trigger': "
+                       r"'immediate'; .*expected \"hardware\""):
+        require_pattern_generators(parse_station_config(d, "st.toml"), "st.toml")
+    d["clients"][0]["pattern_generator"]["options"] = {"trigger": "hardware"}
+    require_pattern_generators(parse_station_config(d, "st.toml"), "st.toml")
+
+
 def test_station_roles_typed_and_real_only(emulator: PulseStreamerEmulator) -> None:
     """Station file: ``clients.N.pattern_generator`` and ``master_clock`` take real drivers only, their options
     are typed (unknown keys refused) and their drivers must serve the role."""
