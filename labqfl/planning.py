@@ -28,6 +28,11 @@ Everything follows from the station file, the task's model and the secure-aggreg
 * **Starvation** — a graph pair whose acquisition time per round exceeds the median pair's by
   more than :data:`STARVATION_FACTOR`, or that makes no key at all (or is not scheduled), stalls
   every round: training waits for its key (``labqfl train --keys qkd`` waits or fails there).
+* **Waits for key** — with a given duration that holds key for fewer rounds than asked
+  (``rounds_sustained``), the top-ups ``labqfl run`` will wait for (:func:`predict_top_ups`); the
+  run's station time ``station_s`` is the duration plus theirs, and the distillation and total wall
+  time are those of ``station_s``. With ``wait_for_key`` off the run stops at the first round
+  without key (``stops_at_round``).
 
 :func:`compare` puts a plan next to what a ``labqfl run`` measured (its metrics.json).
 """
@@ -122,6 +127,10 @@ class Plan:
     #: station time of the whole run: the acquisition, plus the predicted top-ups when it starves
     #: (inf: a top-up cannot feed a pair); the run measures the same (``acquire.station_s_total``)
     station_s: float | None = None
+    #: the round before which the run stops with key starvation (None: every round runs): with
+    #: ``wait_for_key`` off, the first round the acquisition lacks key for; with it, the round of a
+    #: predicted top-up that cannot feed a short pair (no key in the model at any length)
+    stops_at_round: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -181,12 +190,18 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
 def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
               self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
               eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
-              train_s_per_round: float | None = None) -> Plan:
+              train_s_per_round: float | None = None, wait_for_key: bool = True) -> Plan:
     """The plan of ``rounds`` rounds of ``task`` on station ``cfg`` (module docstring).
 
     ``duration_s``: the acquisition the run will make (``labqfl run --duration``); it fixes the
     block-size rule's block size. ``None``: the duration the plan itself predicts (two passes:
     the rule for an open-ended stream, then for the predicted duration).
+
+    With a ``duration_s`` that holds fewer than ``rounds`` rounds' key: ``wait_for_key`` (``labqfl
+    run``'s default) predicts the top-ups the run will wait for (:func:`predict_top_ups`), and the
+    run's station time, distillation and total wall time include them; without it (``labqfl run
+    --no-wait-for-key``) the run stops before round ``rounds_sustained`` + 1 (``stops_at_round``),
+    and only the rounds before it are trained.
     """
     from labqfl.contracts.schedule import PairSchedule
     from labqfl.fl.secure import SecAggConfig
@@ -212,32 +227,39 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         block.first_key_s if math.isfinite(block.first_key_s) else 0.0)
     acq_total = max(acq_round * rounds, first) if math.isfinite(acq_round) else math.inf
     order = _mark_starving(pairs)
-    distill_s = _distill_seconds(cfg, sched, acq_total, distill_bps)
     sustained = None
     top_ups: list[dict[str, Any]] = []
     station = acq_total
+    stops_at: int | None = None
     if duration_s is not None:
         sustained = min((math.floor(p.key_rate_bps * duration_s / need + 1e-9) if need > 0 else 0
                          for p in pairs.values()), default=0)
-        if sustained < rounds and need > 0:  # the run waits for top-ups (docs/scaling.md, "Training that waits")
+        if sustained < rounds and need > 0 and wait_for_key:  # the run waits for top-ups (docs/scaling.md)
             top_ups = predict_top_ups(cfg, {n: p.key_rate_bps * duration_s for n, p in pairs.items()}, need, rounds,
                                       eps_sec=eps_sec)
             station = (duration_s + sum(float(t["duration_s"]) for t in top_ups)
                        if all(t["duration_s"] is not None for t in top_ups) else math.inf)
+            stops_at = next((int(t["round"]) for t in top_ups if t["duration_s"] is None), None)
+        elif sustained < rounds and need > 0:  # --no-wait-for-key: the round without key stops the run
+            station, stops_at = float(duration_s), sustained + 1
+    # the run's station time (with a given duration: the acquisition and the top-ups it waits for) is
+    # what gets distilled; only the rounds before a stop are trained
+    run_acq = station if duration_s is not None else acq_total
+    distill_s = _distill_seconds(cfg, sched, run_acq, distill_bps)
     cost, per_client = TRAIN_ROUND_COST[task]
     if train_s_per_round is not None:
         cost, per_client = float(train_s_per_round), False
-    train_s = rounds * cost * (len(names) if per_client else 1)
+    train_s = (rounds if stops_at is None else stops_at - 1) * cost * (len(names) if per_client else 1)
     return Plan(
         station=cfg.name, task=task, n_params=n_params, clients=len(names), q=q, rounds=rounds,
         graph=secagg.graph, k=secagg.k, self_masks=self_masks, rep_rate_hz=rep, block_slots=block.block_slots,
         first_key_s=block.first_key_s, key_bits_per_pair_per_round=need, key_bits_per_round=need * len(graph_pairs),
         pairs=pairs, acquisition_s_per_round=acq_round, acquisition_s=acq_total, distill_s=distill_s,
-        train_s=train_s, total_wall_s=acq_total + distill_s + train_s,
+        train_s=train_s, total_wall_s=run_acq + distill_s + train_s,
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
         rounds_sustained=sustained,
         estimates=_plan_estimates(task, distill_bps, cost, per_client),
-        top_ups=top_ups, station_s=station,
+        top_ups=top_ups, station_s=station, stops_at_round=stops_at,
     )
 
 

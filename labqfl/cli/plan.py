@@ -51,11 +51,28 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
     if plan.rounds_sustained is not None and plan.rounds_sustained < plan.rounds:
         con.print(Text(f"key shortfall: the acquisition holds key for {plan.rounds_sustained} of {plan.rounds} rounds "
                        f"on the slowest pair ({plan.limiting_pairs[0]}); training stalls after that", style="red"))
+        _render_waits(con, plan)
     if plan.starving_pairs:
         con.print(Text(f"starvation: {len(plan.starving_pairs)} pair(s) stall every round: "
                        + ", ".join(plan.starving_pairs[:10]), style="yellow"))
     for what, how in plan.estimates.items():
         con.print(Text(f"  {what}: {how}", style="dim"))
+
+
+def _render_waits(con: Any, plan: Any) -> None:
+    """The waits for key a starving plan predicts: each top-up ``labqfl run`` will make, the run's
+    station time, or the round the run stops at."""
+    for t in plan.top_ups:
+        if t["duration_s"] is None:
+            continue
+        short = ", ".join(sorted(t["deficit_bits"])[:5]) + (", …" if len(t["deficit_bits"]) > 5 else "")
+        con.print(Text(f"  round {t['round']} waits for key: top-up acquisition of {t['duration_s']:.4g} s "
+                       f"(short: {short})"))
+    if plan.top_ups and plan.stops_at_round is None:
+        con.print(Text(f"  station time of the run with its top-ups: {_s(plan.station_s)} s"))
+    if plan.stops_at_round is not None:
+        con.print(Text(f"  the run stops with key starvation before round {plan.stops_at_round} "
+                       f"(station time {_s(plan.station_s)} s)", style="red"))
 
 
 def register(app: typer.Typer) -> None:
@@ -75,6 +92,9 @@ def register(app: typer.Typer) -> None:
             None, "--duration", help="Acquisition of the run [s] (labqfl run --duration; fixes the block size). "
             "Default: the duration the plan predicts."),
         eps_sec: float = typer.Option(1e-10, "--eps-sec", help="Secrecy parameter of the finite-key analysis."),
+        wait_for_key: bool = typer.Option(
+            True, "--wait-for-key/--no-wait-for-key", help="As labqfl run: a round without key waits for top-up "
+            "acquisitions (predicted), or stops the run."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predict key bits per pair and round, acquisition time, total wall time and starving
@@ -84,5 +104,5 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_station_config(config)
         plan = make_plan(cfg, task, q, rounds, graph=graph, k=k, self_masks=self_masks, clients=clients,
-                         duration_s=duration, eps_sec=eps_sec)
+                         duration_s=duration, eps_sec=eps_sec, wait_for_key=wait_for_key)
         emit(plan.as_dict(), as_json, lambda con: render_plan(con, plan))
