@@ -368,6 +368,10 @@ class SimulationConfig(_Model):
     emulate_pattern_generators: bool = Field(
         False, description="the clients' pattern_generator roles talk to Pulse Streamer emulators in this process, on "
         "their loopback resources, and the simulated loop is driven by what those play (docs/lab_setup.md)")
+    emulate_time_tagger: bool = Field(
+        False, description="the time_tagger role (driver 'SwabianTimeTagger') runs on an emulated Swabian SDK whose "
+        "tags come from the simulated loop (labqfl.sim_backends.timetagger_sdk; docs/lab_setup.md): the real driver, "
+        "an emulated instrument")
     intercept_resend: InterceptResendConfig = Field(default_factory=InterceptResendConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
@@ -544,6 +548,9 @@ class StationConfig(_Model):
         ir = self.simulation.intercept_resend
         if ir.enabled and ir.client not in names:
             raise ValueError(f"simulation.intercept_resend.client {ir.client!r} is not one of {names}")
+        if self.simulation.emulate_time_tagger and tt.driver != "SwabianTimeTagger":
+            raise ValueError(f"simulation.emulate_time_tagger emulates the Swabian Time Tagger's SDK: expected "
+                             f"time_tagger.driver = \"SwabianTimeTagger\", got {tt.driver!r}")
         dd = self.simulation.faults.detector_dies
         if dd is not None and dd not in ("D0", "D1"):
             raise ValueError(f"simulation.faults.detector_dies must be 'D0' or 'D1', got {dd!r}")

@@ -68,11 +68,11 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None) -> Instrument:
+def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None, **kwargs: Any) -> Instrument:
     """Open the real instrument of ``role`` through its driver (a pyvisa session or the vendor SDK),
     its VISA library resolved against ``base_dir`` (the station file's folder). The one place outside
     the driver registry that instantiates drivers: the Station for its roles, a client node for its
-    own pattern generator."""
+    own pattern generator. ``kwargs`` go to the driver (``sdk=`` an emulated SDK: :func:`emulated_tagger_sdk`)."""
     from labqfl.drivers import get_driver, resolve_visa_library
 
     cls = get_driver(ic.driver)
@@ -81,7 +81,19 @@ def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None) -> Instr
         raise ConfigError(f"role {role!r}: driver {ic.driver!r} is a {_kinds(cls)}; "
                           f"expected a {' or '.join(w.__name__ for w in want)} driver")
     resolved = ic.model_copy(update={"visa_library": resolve_visa_library(ic.visa_library, base_dir) or None})
-    return cls(role, resolved)  # type: ignore[call-arg]
+    return cls(role, resolved, **kwargs)  # type: ignore[call-arg]
+
+
+def emulated_tagger_sdk(cfg: StationConfig, light: Any = None) -> Any:
+    """The emulated Swabian SDK of ``simulation.emulate_time_tagger`` (:mod:`labqfl.sim_backends.timetagger_sdk`)
+    for station ``cfg``: its light settings from the file; with ``light`` (the simulated tagger of this
+    process) its count-rate and histogram read-outs from it. The feed is set by whoever runs the
+    acquisition (the Station: :meth:`Station.prepare_light`; the detection node: the optics node's tags)."""
+    sdk_mod = importlib.import_module("labqfl.sim_backends.timetagger_sdk")
+    return sdk_mod.EmulatedTimeTaggerSDK(
+        sdk_mod.LightSettings.from_config(cfg),
+        count_rates=None if light is None else light.count_rates,
+        histogram=None if light is None else light.histogram)
 
 
 def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
@@ -354,6 +366,10 @@ class Station:
         self.guarded = False
         #: (acquisition epoch, each streaming client's played-frames record): :meth:`attach_played_frames`.
         self._played: tuple[int, dict[str, Any]] | None = None
+        #: The simulated tagger behind an emulated real tagger (``simulation.emulate_time_tagger``): the light the
+        #: driver's emulated SDK records, and the holder of the simulated clients' logs. None otherwise.
+        self._light: Any = None
+        self._tagger_sdk: Any = None
         self._check_duplicate_resources(tolerant)
         wants_guard = _GUARD_DEFAULT if guard is None else guard
         if wants_guard:
@@ -412,14 +428,17 @@ class Station:
     def _open_all(self, tolerant: bool) -> None:
         roles = self.config.roles()
         sim_roles = [r for r, ic in roles.items() if ic.simulated]
+        emulated_tt = self.config.simulation.emulate_time_tagger
         opened: dict[str, Instrument] = {}
-        if sim_roles:
+        if sim_roles or emulated_tt:
             try:
                 sims = self._create_simulated()
                 missing = [r for r in sim_roles if r not in sims]
                 for r, inst in sims.items():
                     if r in sim_roles:
                         opened[r] = inst
+                    elif r == "time_tagger" and emulated_tt:  # the light behind the emulated SDK
+                        self._light = inst
                     else:  # the factory built a role the config makes real: not ours to keep
                         inst.close()
                 if missing:
@@ -484,7 +503,39 @@ class Station:
         return dict(factory(self.config))
 
     def _open_real(self, role: str, ic: InstrumentConfig) -> Instrument:
+        if role == "time_tagger" and self.config.simulation.emulate_time_tagger:
+            if self._light is None:
+                raise StationError("the emulated time tagger has no simulated loop behind it (the simulated roles "
+                                   "failed to open)")
+            self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
+            return open_driver(role, ic, self.base_dir, sdk=self._tagger_sdk)
         return open_driver(role, ic, self.base_dir)
+
+    @property
+    def _light_tagger(self) -> Any:
+        """The tagger that knows the simulated clients' acquisitions: the simulated tagger, or the light behind an
+        emulated real tagger."""
+        return self._light if self._light is not None else self.instruments.get("time_tagger")
+
+    def knows_client_logs(self) -> bool:
+        """Whether the latest acquisition's clients' logs are known here (a simulated loop: the simulated tagger,
+        or an emulated real tagger's light); False with a real tagger."""
+        return getattr(self._light_tagger, "acquisition_epoch", None) is not None
+
+    def prepare_light(self, duration_s: float, block_duration_s: float | None) -> None:
+        """With an emulated real tagger: start the simulated loop's acquisition now (the clients' logs of it are
+        known from here, before their streams start, as with the simulated tagger) and hand it to the emulated SDK
+        for the driver's next ``TimeTagStream``. Nothing otherwise."""
+        if self._light is None or self._tagger_sdk is None:
+            return
+        blocks = self._light.stream(duration_s, block_duration_s)
+        sdk = self._tagger_sdk
+
+        def feed(capture_s: float) -> Any:
+            sdk.feed = None  # one acquisition per prepare_light
+            return blocks
+
+        sdk.feed = feed
 
     # -- access ---------------------------------------------------------------------------------
     def __getitem__(self, role: str) -> Instrument:
@@ -539,7 +590,7 @@ class Station:
         :class:`StationError` here. Clients streaming to pattern generators in this acquisition
         (:meth:`attach_played_frames`) get their log restricted to the frames they played.
         """
-        tagger = self.time_tagger
+        tagger = self._light_tagger
         get_logs = getattr(tagger, "client_logs", None)
         if getattr(tagger, "acquisition_epoch", None) is None or get_logs is None:
             raise StationError(
@@ -554,19 +605,19 @@ class Station:
 
     def _unrestricted_logs(self) -> dict[str, Any]:
         """The clients' logs of the latest acquisition as the simulated tagger holds them (every frame)."""
-        return dict(cast(Any, self.time_tagger).client_logs())
+        return dict(cast(Any, self._light_tagger).client_logs())
 
     def attach_played_frames(self, records: dict[str, Any]) -> None:
         """Each streaming client's live played-frames record (:class:`~labqfl.instruments.interfaces.PlayedFrames`,
         by client) of the time tagger's current acquisition: from now on :meth:`client_logs` hands out those
         clients' logs restricted to their played frames (:class:`labqfl.modulation.PlayedChoiceLog`), as a
         recording does. Set by :class:`labqfl.app.acquire.Acquisition` when it starts the clients' streams."""
-        self._played = (int(cast(Any, self.time_tagger).acquisition_epoch), dict(records))
+        self._played = (int(cast(Any, self._light_tagger).acquisition_epoch), dict(records))
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see
         :func:`labqfl.contracts.types.acquisition_id`; block IDs of its keys derive from it."""
-        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
+        epoch = getattr(self._light_tagger, "acquisition_epoch", None)
         if epoch is None:
             raise StationError(f"station {self.name!r}: no acquisition yet")
         from labqfl.contracts.types import acquisition_id
@@ -578,7 +629,7 @@ class Station:
         pair, error rates; ``add(block)`` each streamed block, then ``finish()`` and
         ``summary()``): the node's outcomes joined with the clients' own logs, so a report only.
         None when the time tagger has no client logs (a real tagger)."""
-        if getattr(self.time_tagger, "acquisition_epoch", None) is None:
+        if not self.knows_client_logs():
             return None
         analysis = importlib.import_module("labqfl.sim_backends.analysis")
         return analysis.PairReport(self.config, self._unrestricted_logs())  # report only: every frame's choices
@@ -592,7 +643,7 @@ class Station:
         dir), where ``labqfl distill`` finds it.
         """
         recording = importlib.import_module("labqfl.sim_backends.recording")
-        epoch = getattr(self.time_tagger, "acquisition_epoch", None)
+        epoch = getattr(self._light_tagger, "acquisition_epoch", None)
         logs = self._unrestricted_logs() if epoch is not None else {}  # the recording keeps played frames apart
         if logs:
             recording.save_client_logs(logs, self.acquisition_id(), data_dir)
@@ -655,6 +706,8 @@ class Station:
                         self.instruments[role].close()
                     except Exception as exc:  # keep closing the others
                         log.error("role %s: close failed: %s", role, exc)
+                if self._light is not None:
+                    self._light.close()
             finally:
                 self._closed = True
                 if self.guarded:
@@ -677,5 +730,5 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "arm_instruments", "expected_interfaces", "guard_stations", "open_driver",
+__all__ = ["Station", "arm_instruments", "emulated_tagger_sdk", "expected_interfaces", "guard_stations", "open_driver",
            "validate_driver_roles"]

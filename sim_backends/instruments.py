@@ -361,14 +361,16 @@ class SimulatedPowerMeter(_SimMixin, PowerMeter):
 
 
 def create_simulated_instruments(config: StationConfig, testbed: SagnacTestbed | None = None) -> dict[str, Instrument]:
-    """Every role with ``driver == "sim"``, keyed by role name, all sharing one testbed.
+    """Every role with ``driver == "sim"``, keyed by role name, all sharing one testbed; with
+    ``simulation.emulate_time_tagger`` also the simulated tagger behind the emulated real one (role
+    ``time_tagger``: the light its emulated SDK records, :mod:`labqfl.sim_backends.timetagger_sdk`).
 
     The testbed is also reachable as ``instrument.testbed`` on each of them.
     """
     tb = testbed if testbed is not None else SagnacTestbed(config)
     out: dict[str, Instrument] = {}
     for role, ic in config.roles().items():
-        if not ic.simulated:
+        if not ic.simulated and not (role == "time_tagger" and config.simulation.emulate_time_tagger):
             continue
         inst: Instrument
         if role == "laser":

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from labqfl.app.station import arm as arm_roles
 from labqfl.app.station import channel_names, open_station, start_client_streams
 from labqfl.config import StationConfig, require_pattern_generators
@@ -168,6 +170,7 @@ class Acquisition:
         self._seg_duration = duration_s
         self._window, self._window_t0 = {}, self.t_s
         restart = self._stop_running_triggers()
+        self.station.prepare_light(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
         blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s,
                                                  **({"on_recording": restart} if restart is not None else {}))
         try:
@@ -206,7 +209,7 @@ class Acquisition:
         self.streams = None
         if not any(c.pattern_generator is not None for c in self.station.config.clients):
             return
-        if getattr(self.station.time_tagger, "acquisition_epoch", None) is None:
+        if not self.station.knows_client_logs():
             log.warning("the clients' logs are not known to this station (real time tagger): their frames are not "
                         "streamed to their pattern generators by this acquisition")
             return
@@ -260,9 +263,12 @@ class Acquisition:
         return span, clicks
 
     def count_rates_hz(self, duration_s: float) -> dict[str, float]:
-        """Every channel's tags over the whole acquisition / ``duration_s``, by name (unnamed
-        channels, e.g. a frame-marker input, by number), in channel order."""
-        return {self.names.get(ch, str(ch)): n / duration_s for ch, n in sorted(self.counts.items())}
+        """Every channel's tags over the whole acquisition / ``duration_s``, by name (``sync``, each
+        detector, each frame-marker input as ``marker`` or ``marker.<client>``; other channels by
+        number), in channel order."""
+        markers = {ch: name for name, ch in self.station.config.time_tagger.marker_inputs().items()}
+        names = {**markers, **self.names}
+        return {names.get(ch, str(ch)): n / duration_s for ch, n in sorted(self.counts.items())}
 
     def safe_state(self) -> dict[str, str] | None:
         """Every instrument to its safe state (nothing when the station is closed already: ``None``);
@@ -330,7 +336,7 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
     blocks = acq.start(options.duration_s)
     writer: Any = None
     try:
-        live = getattr(station.time_tagger, "acquisition_epoch", None) is not None  # the clients' logs are known
+        live = station.knows_client_logs()  # the clients' logs are known (a simulated loop)
         logs = station.client_logs() if live else None
         acq_id = station.acquisition_id() if live else None
         report = station.pair_report()
@@ -351,8 +357,45 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
     return AcquireResult(
         station=cfg.name, duration_s=options.duration_s, acquisition_id=acq_id, out=options.out,
         client_randomness={c: lg.randomness for c, lg in (logs or {}).items()}, n_tags=acq.n_tags, wall_s=wall,
-        count_rates_hz=acq.count_rates_hz(options.duration_s), pairs=report.summary() if report is not None else {},
+        count_rates_hz=acq.count_rates_hz(options.duration_s), pairs=pair_summary(report, cfg) if report is not None else {},
         modulation=acq.modulation, armed=list(acq.armed))
+
+
+def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
+    """The pair report's summary (:meth:`labqfl.station.Station.pair_report`) with each pair's
+    ``error_rate``: ``X_key`` (both clients in X at the key intensity, the key cell), ``X_test`` (both
+    in X at equal non-zero intensities, the key cell left out) and ``Y_test`` (both in Y at equal
+    non-zero intensities) — the cells and names of ``labqfl distill``'s error rates
+    (docs/postprocessing.md, ``PairCounts.matched_test_counts``), so the two can be compared; ``None``
+    where a cell has no click. ``by_basis_pair``'s ``error_rate`` counts every intensity pair, also
+    signal against decoy, whose interference is unbalanced: it is far above the key's QBER.
+
+    A slot's error follows the report's rule (docs/protocol.md): equal bits and a D1 click, or
+    different bits and a D0 click, is one error; a double click is half an error."""
+    from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
+
+    out = report.summary()
+    for name, entry in out.items():
+        a, b = name.split("-", 1)
+        mu_a, mu_b = cfg.client(a).intensities, cfg.client(b).intensities
+        combo = np.asarray(report.counts[name]["combo"])  # k_i, k_j, a_i, a_j, outcome (0 none, 1 D0, 2 D1, 3 both)
+        matched = [k for k in range(min(len(mu_a), len(mu_b))) if mu_a[k] > 0 and mu_b[k] > 0]
+
+        def rate(basis: int, ks: list[int]) -> float | None:
+            clicks, errors_x2 = 0, 0
+            for k in ks:
+                sub = combo[k, k, basis::2, basis::2, :]  # [bit_i, bit_j, outcome]
+                same, diff = sub[0, 0] + sub[1, 1], sub[0, 1] + sub[1, 0]
+                clicks += int(sub[..., 1:].sum())
+                errors_x2 += int(2 * (same[2] + diff[1]) + same[3] + diff[3])
+            return errors_x2 / 2 / clicks if clicks else None
+
+        entry["error_rate"] = {
+            "X_key": rate(KEY_BASIS, [KEY_INTENSITY_INDEX] if KEY_INTENSITY_INDEX in matched else []),
+            "X_test": rate(KEY_BASIS, [k for k in matched if k != KEY_INTENSITY_INDEX]),
+            "Y_test": rate(1 - KEY_BASIS, matched),
+        }
+    return out
 
 
 def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None, total: int) -> float:
@@ -378,4 +421,4 @@ def _save_played_frames(records: dict[str, Any], writer: Any) -> None:
             writer.add_played_frames(c, played_table(rec), rec.frame_slots)
 
 
-__all__ = ["OPEN_ENDED_S", "AcquireOptions", "AcquireResult", "Acquisition", "Blocks", "acquire"]
+__all__ = ["OPEN_ENDED_S", "AcquireOptions", "AcquireResult", "Acquisition", "Blocks", "acquire", "pair_summary"]

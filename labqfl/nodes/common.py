@@ -117,14 +117,16 @@ def owned_roles(cfg: StationConfig, node_role: str, name: str) -> list[str]:
 
 
 def check_node_station(cfg: StationConfig, source: str = "station") -> None:
-    """Refuse, in one line, a station that node processes cannot run: over nodes the detection node's
-    tags come from the optics node's simulated tagger (the optics node simulates the loop), so a real
-    time tagger is refused there (it is read in process: ``labqfl acquire``)."""
+    """Refuse, in one line, a station that node processes cannot run: over nodes the light is the optics node's
+    simulated loop, so the detection node's tagger is the simulated one or the real Swabian driver on its emulated
+    SDK fed by that loop (``simulation.emulate_time_tagger``); a real tagger on real hardware is refused there
+    (it is read in process: ``labqfl acquire``)."""
     tt = cfg.time_tagger
-    if not tt.simulated:
-        raise ConfigError(f"{source}: field 'time_tagger.driver': over node processes the detection node takes its "
-                          "tags from the optics node's simulated tagger only (a real tagger is read in process, by "
-                          f"labqfl acquire); expected \"sim\"; got {tt.driver!r}")
+    if not tt.simulated and not cfg.simulation.emulate_time_tagger:
+        raise ConfigError(f"{source}: field 'time_tagger.driver': over node processes the light is the optics node's "
+                          "simulated loop, so the detection node's tagger is the simulated one (\"sim\") or the Swabian "
+                          "driver on its emulated SDK (simulation.emulate_time_tagger = true); a real tagger is read in "
+                          f"process, by labqfl acquire; got {tt.driver!r}")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -165,8 +167,13 @@ class NodeInstruments:
         with self._lock:
             for role in self.roles:
                 ic = self.cfg.roles()[role]
+                extra: dict[str, Any] = {}
+                if role == "time_tagger" and self.cfg.simulation.emulate_time_tagger:
+                    from labqfl.station import emulated_tagger_sdk
+
+                    extra["sdk"] = emulated_tagger_sdk(self.cfg)  # fed per acquisition by the optics node's tags
                 try:
-                    self.instruments[role] = open_driver(role, ic, self.base_dir)
+                    self.instruments[role] = open_driver(role, ic, self.base_dir, **extra)
                 except Exception as exc:
                     self.close()
                     raise NodeError(f"node {self.node}: role {role!r} ({ic.driver} at {ic.resource!r}) failed to "

@@ -1,8 +1,11 @@
 """The untrusted measurement node: ``labqfl node detector``.
 
-It owns the time tagger and the slotting. With the simulated station its tagger is fed by the
-optical-layer node (session ``optics/tags``: one :class:`~labqfl.instruments.base.TagBlock` per
-``tags/next``); it knows nothing of any client's choices. Per tag block it slots the tags
+It owns the time tagger and the slotting. Its tags are the optical-layer node's simulated loop's (session
+``optics/tags``: one :class:`~labqfl.instruments.base.TagBlock` per ``tags/next``), taken as they come with the
+simulated tagger, or recorded through the real Swabian driver on its emulated SDK
+(``simulation.emulate_time_tagger``, :mod:`labqfl.sim_backends.timetagger_sdk`: event divider, delays, dead
+time and lost data as the instrument applies them; the overflows and missed events of each acquisition in
+``ctl/ran``); it knows nothing of any client's choices. Per tag block it slots the tags
 (:class:`~labqfl.qkd.slotting.Slotter`), splits the clicks by the pair scheduled in each slot
 (:func:`~labqfl.qkd.slotting.announcements_by_pair`) and announces them to **both** clients of
 every pair, each over its own session to that client (service ``ann`` on the client):
@@ -31,14 +34,15 @@ the detectors sit at the untrusted node, docs/lab_setup.md). Those with a real d
 :func:`labqfl.station.open_driver` when it starts (operating point written, outputs off), arms for each
 ``ctl/run`` (laser on, detectors armed: the in-process ``Acquisition``'s rule) and puts in their safe
 state after it, on SIGTERM/SIGINT and at exit (:class:`~labqfl.nodes.common.NodeInstruments`). The light
-itself stays the optics node's simulation, built from the same station file, and so do the tags: a real
-time tagger is refused (:func:`~labqfl.nodes.common.check_node_station`).
+itself stays the optics node's simulation, built from the same station file: a real time tagger on real
+hardware is refused (:func:`~labqfl.nodes.common.check_node_station`), its emulated SDK is not.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,26 +109,19 @@ class DetectorNode(Node):
         t0 = time.perf_counter()
         slotter = make_slotter(SlottingParams.from_config(self.cfg), self.schedule)
         chans = {c: open_session(clients[c], self.creds, c, "ann", fields={"acq": acq}) for c in self.cfg.client_names}
-        tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
-                           fields={"acq": acq, "duration": duration, "block_duration": bd})
+        end: dict[str, int] = {}
+        light = self._optics_blocks(optics, acq, duration, bd, end)
+        tagger: Any = self.instruments.instruments.get("time_tagger")  # the real driver on its emulated SDK
+        if tagger is not None:
+            tagger.sdk.feed = lambda capture_s: light  # what the emulated instrument records
+            blocks: Iterator[TagBlock] = tagger.stream(duration, bd or None)
+        else:
+            blocks = light
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
         prev = 0
         try:
-            while True:
-                rep = tags.request(Message("tags/next", {}))
-                if rep.kind == "tags/end":
-                    total = int(rep.get("n_slots"))
-                    events = slotter.finish()
-                    final = max(total, slotter.last_emitted + 1)
-                    n_clicks += int(events.slots.size)
-                    self._announce(chans, slotter, events, prev, final)
-                    for ch in chans.values():
-                        request(ch, Message("ann/end", {"final": final}), "ann/ok")
-                    break
-                if rep.kind != "tags/block":
-                    raise NodeError(f"optics answered {rep.kind!r} to tags/next")
-                block = TagBlock(np.asarray(rep.get("ts"), np.int64), np.asarray(rep.get("ch"), np.int16))
+            for block in blocks:
                 n_tags += int(block.timestamps.size)
                 block.channel_counts(per_channel)
                 n_blocks += 1
@@ -133,15 +130,47 @@ class DetectorNode(Node):
                 final = slotter.final_slots
                 self._announce(chans, slotter, events, prev, final)
                 prev = final
+            total = end.get("n_slots", max(1, int(round(duration * self.cfg.laser.rep_rate_hz))))
+            events = slotter.finish()
+            final = max(total, slotter.last_emitted + 1)
+            n_clicks += int(events.slots.size)
+            self._announce(chans, slotter, events, prev, final)
+            for ch in chans.values():
+                request(ch, Message("ann/end", {"final": final}), "ann/ok")
         finally:
-            tags.close()
+            close = getattr(blocks, "close", None)
+            if close is not None:
+                close()
+            light.close()
             for ch in chans.values():
                 ch.close()
         wall = time.perf_counter() - t0
-        log.info("detector: acquisition %s: %d tag blocks, %d tags, %d clicks, %d slots in %.2f s", acq, n_blocks,
-                 n_tags, n_clicks, final, wall)
+        lost = {} if tagger is None else {"tagger_overflows": int(tagger.last_stream_overflows),
+                                          "tagger_missed_events": int(tagger.last_stream_missed_events)}
+        log.info("detector: acquisition %s: %d tag blocks, %d tags, %d clicks, %d slots (%d dropped) in %.2f s%s", acq,
+                 n_blocks, n_tags, n_clicks, final, slotter.dropped.count(0, final), wall,
+                 "" if tagger is None else f"; tagger ({type(tagger).__name__}): {lost}")
         return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
-                  dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel))
+                  dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel), **lost)
+
+    def _optics_blocks(self, optics: str, acq: str, duration: float, bd: float,
+                       end: dict[str, int]) -> Generator[TagBlock, None, None]:
+        """The optics node's simulated tagger's blocks of acquisition ``acq`` (session ``optics/tags``, opened at
+        the first block asked for); ``end["n_slots"]``: the acquisition's slots, once the optics said
+        ``tags/end``."""
+        tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
+                            fields={"acq": acq, "duration": duration, "block_duration": bd})
+        try:
+            while True:
+                rep = tags.request(Message("tags/next", {}))
+                if rep.kind == "tags/end":
+                    end["n_slots"] = int(rep.get("n_slots"))
+                    return
+                if rep.kind != "tags/block":
+                    raise NodeError(f"optics answered {rep.kind!r} to tags/next")
+                yield TagBlock(np.asarray(rep.get("ts"), np.int64), np.asarray(rep.get("ch"), np.int16))
+        finally:
+            tags.close()
 
     def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter | PairSlotter, events: Any, lo: int, hi: int) -> None:
         if hi <= lo:

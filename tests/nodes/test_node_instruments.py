@@ -159,14 +159,16 @@ def test_a_real_time_tagger_over_nodes_is_refused_in_one_line_before_any_process
     with pytest.raises(ConfigError) as e:
         check_node_station(cfg, "tagger.toml")
     msg = str(e.value)
-    assert "\n" not in msg and "field 'time_tagger.driver'" in msg and 'expected "sim"' in msg
-    assert "'SwabianTimeTagger'" in msg and "labqfl acquire" in msg
+    assert "\n" not in msg and "field 'time_tagger.driver'" in msg and '("sim")' in msg
+    assert "'SwabianTimeTagger'" in msg and "labqfl acquire" in msg and "simulation.emulate_time_tagger" in msg
     path = tmp_path / "tagger.toml"
     path.write_text(dump_toml(d), encoding="utf-8")
     with pytest.raises(ConfigError, match="time_tagger.driver"):
         LocalNetwork(tmp_path / "net", path)
     assert not (tmp_path / "net").exists()  # no certificate, no process
     check_node_station(load_station_config(small_station_file))  # the simulated tagger is fine
+    d["simulation"]["emulate_time_tagger"] = True  # and so is the Swabian driver on its emulated SDK
+    check_node_station(parse_station_config(d, "tagger.toml"))
 
 
 # -- the same commands as in process ------------------------------------------------------------------------
@@ -355,13 +357,16 @@ def test_a_relative_pyvisa_sim_file_is_found_by_the_nodes_of_a_labqfl_run(small_
 # -- labqfl run over node processes ------------------------------------------------------------------------------
 def _emulated_pair(bench: Bench, tmp_path: Path) -> Path:
     """examples/station_emulated_hardware.toml cut to one pair (tests/modulation/test_emulated_station.py), its
-    laser, detectors and master clock on this bench's emulators."""
+    laser, detectors and master clock on this bench's emulators, its time tagger the Swabian driver on the
+    emulated SDK fed by the optics node's loop (labqfl.sim_backends.timetagger_sdk)."""
     spec = importlib.util.spec_from_file_location("_emulated_station", ROOT / "tests" / "modulation" /
                                                   "test_emulated_station.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     d = bench.detection(tomllib.loads(mod.emulated_pair_station(tmp_path).read_text(encoding="utf-8")))
+    d["time_tagger"]["driver"] = "SwabianTimeTagger"
+    d["simulation"]["emulate_time_tagger"] = True
     p = tmp_path / "emulated_pair_bench.toml"
     p.write_text(dump_toml(d), encoding="utf-8")
     return p
@@ -372,7 +377,8 @@ def _emulated_pair(bench: Bench, tmp_path: Path) -> Path:
 def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys(bench_factory: Any,
                                                                                   tmp_path: Path) -> None:
     """``labqfl run`` (node processes, the default) on the emulated-hardware example cut to one pair, its laser,
-    detectors and master clock also real drivers over emulators: the client nodes stream to the Pulse Streamer
+    detectors, master clock and time tagger also real drivers over emulators (the tagger: the Swabian driver on
+    its emulated SDK, recording the optics node's loop): the client nodes stream to the Pulse Streamer
     emulators (every frame played) and open their own modulators, the detection node arms the laser and the
     detectors for the acquisition and leaves them safe, every node exits with 0, the run completes (one
     federated round over the FL nodes) and the key left is identical at both ends."""
@@ -409,6 +415,8 @@ def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys
     b.assert_safe({"laser": []}, modulators=False)
     text = {p.stem: p.read_text(encoding="utf-8") for p in next(runs.glob("*/nodes")).glob("*.log")}
     assert "node detector: opened master_clock (SwabianPulseStreamerClock" in text["detector"]
+    assert "time_tagger (SwabianTimeTagger" in text["detector"]  # the real driver, on the emulated SDK
+    assert "tagger (SwabianTimeTagger): {'tagger_overflows': 0, 'tagger_missed_events': 0}" in text["detector"]
     assert "laser.output_enabled=True, D0.enabled=True, D1.enabled=True" in text["detector"]
     for c in ("C1", "C2"):  # each client node opened its own modulators (pyvisa-sim devices in its process)
         assert f"node {c}: opened {c}.phase_modulator (GenericBitDrivenPhaseModulator" in text[c]
