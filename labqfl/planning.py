@@ -594,7 +594,9 @@ def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
             "worst_key_rate_ratio": worst("key_rate_ratio"), "worst_acquisition_ratio": worst("acquisition_ratio"),
             "measured_wall_s": {"acquire_distill": acq.get("wall_s"),
                                 "train": sum(float(r.get("seconds") or 0.0) for r in rounds) if rounds else None},
-            "predicted_wall_s": {"acquire": p["acquisition_s"], "distill": p["distill_s"], "train": p["train_s"]},
+            # station time the run acquires (with the top-ups it waits for), as the plan's distill/train figures count it
+            "predicted_wall_s": {"acquire": p["station_s"] if p.get("station_s") is not None else p["acquisition_s"],
+                                 "distill": p["distill_s"], "train": p["train_s"]},
             "key_waits": _compare_waits(p, metrics, dur, ratio)}
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config
-from labqfl.planning import TRAIN_ROUND_COST, make_plan
+from labqfl.planning import TRAIN_ROUND_COST, compare, make_plan
 
 # q = 32 on the small 2-client station: 768 key bits per round; 0.015 s holds 2 rounds of it
 ROUNDS = 6
@@ -36,6 +36,9 @@ def test_total_wall_time_of_a_starving_run_counts_its_top_ups(small_station_file
     assert plan.distill_s / plan.station_s == pytest.approx(enough.distill_s / enough.station_s, rel=1e-9)
     assert plan.train_s == pytest.approx(ROUNDS * TRAIN_ROUND_COST["mnist-qnn"][0])
     assert plan.total_wall_s == pytest.approx(plan.station_s + plan.distill_s + plan.train_s)
+    # and the plan-vs-run comparison puts the same station time next to the run's
+    assert compare(plan, {})["predicted_wall_s"] == {"acquire": plan.station_s, "distill": plan.distill_s,
+                                                     "train": plan.train_s}
 
 
 def test_without_waiting_the_plan_says_where_the_run_stops(small_station_file):
