@@ -248,8 +248,12 @@ def _dropped_section(m: dict[str, Any]) -> list[str]:
         ("duplicated or stray frame markers", st.get("spurious_markers"), "markers"),
         ("slots dropped for sync (missing or off-grid marker)", st.get("dropped_slots_sync"), "slots"),
     ]
-    if "dropped" in det:  # over nodes: the detector node reports its total, not the causes
+    if "dropped" in det:  # over nodes: the detector node's total too
         causes.append(("slots dropped by the detector's slotting (all causes)", det["dropped"], "slots"))
+    for key, what in (("tagger_overflows", "tagger overflows (its SDK's count)"),
+                      ("tagger_missed_events", "tags the tagger missed (its SDK's count)")):
+        if key in det:
+            causes.append((what, det[key], "overflows" if key == "tagger_overflows" else "tags"))
     mod = acq.get("modulation") or {}
     if mod:
         causes += [(f"frames not played by {c} (late, underflow or cut off)", v.get("lost"), "frames")

@@ -26,7 +26,9 @@ so a detector that tells the two clients different things gets the block refused
 
 Control: ``ctl/run {acq, duration, block_duration, optics, clients}`` runs one acquisition
 (``optics``: address of the optics node, ``clients``: JSON ``{name: address}``) and answers
-``ctl/ran`` with its public statistics.
+``ctl/ran`` with its public statistics: slots, tags, clicks, blocks, dropped slots, tags per channel,
+``slotting`` (JSON: the slotter's counters by cause, :class:`~labqfl.qkd.slotting.SlottingStats`, as the
+in-process path reports them) and, with the real driver, the tagger's overflows and missed events.
 
 **Its instruments.** The detection node owns the station's master clock, laser, detectors D0/D1, time
 tagger and power meter (:data:`~labqfl.nodes.common.DETECTION_ROLES`: in a Sagnac loop the source and
@@ -151,7 +153,8 @@ class DetectorNode(Node):
                  n_blocks, n_tags, n_clicks, final, slotter.dropped.count(0, final), wall,
                  "" if tagger is None else f"; tagger ({type(tagger).__name__}): {lost}")
         return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
-                  dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel), **lost)
+                  dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel),
+                  slotting=json.dumps(vars(slotter.stats)), **lost)
 
     def _optics_blocks(self, optics: str, acq: str, duration: float, bd: float,
                        end: dict[str, int]) -> Generator[TagBlock, None, None]:

@@ -76,8 +76,11 @@ class NodesAcquisition:
         """``metrics.json``'s ``acquisition`` entry for this path."""
         out = {"path": "nodes", "startup_s": self.startup_s, "stop_s": round(self.stop_s, 3),
                "exit_codes": self.exit_codes, "acquisition_wall_s": round(self.wall_s, 3),
-               "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped")
+               "detector": {k: self.detector[k] for k in ("slots", "tags", "clicks", "blocks", "dropped",
+                                                          "tagger_overflows", "tagger_missed_events")
                             if k in self.detector}}
+        if self.detector.get("slotting"):  # the detector's slotting counters by cause (as in process)
+            out["slotting"] = json.loads(str(self.detector["slotting"]))
         if self.modulation:
             out["modulation"] = self.modulation
         return out

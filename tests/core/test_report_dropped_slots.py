@@ -4,12 +4,14 @@ client did not play), with units; a zero reads 0, a counter its path does not re
 
 from __future__ import annotations
 
+import json
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 from labqfl.config import load_station_config
 from labqfl.mainjob import distill_pair_metrics
+from labqfl.nodes.runjob import NodesAcquisition
 from labqfl.qkd.pipeline import PairResult
 from labqfl.qkd.slotting import SlottingStats
 from labqfl.report import NOT_AVAILABLE, write_report
@@ -108,3 +110,25 @@ def test_nodes_run_shows_the_detector_total_and_marks_causes_it_does_not_report(
     assert _cause(rows, "tagger overflow / missed-event intervals") == (NOT_AVAILABLE, "intervals")
     assert _cause(rows, "frames not played") == ("0", "frames")  # no client streams to a pattern generator
     assert all(c for r in rows for c in r)
+
+
+def test_nodes_run_shows_the_detector_nodes_counters_by_cause_and_the_taggers_own_counts(tmp_path: Path) -> None:
+    """The detection node's ``ctl/ran`` carries its slotter's counters by cause and, with the real tagger
+    driver, the stream's overflows and missed events: the nodes path's metrics and report show them."""
+    stats = SlottingStats(lost_intervals=2, dropped_slots_lost_data=5021, missing_markers=1, dropped_slots_sync=65_536)
+    ran = {"slots": 10**6, "tags": 5, "clicks": 3, "blocks": 1, "dropped": 70_557, "wall_s": 1.0,
+           "channel_counts": "{}", "slotting": json.dumps(vars(stats)), "tagger_overflows": 2,
+           "tagger_missed_events": 4417}
+    acq = NodesAcquisition("a", {}, {}, [], 1.0, startup_s={"nodes": {"detector": 1.0}}, exit_codes={"detector": 0},
+                           detector=ran).path_metrics()
+    assert acq["slotting"] == vars(stats) and acq["detector"]["tagger_missed_events"] == 4417
+    rows = _report(tmp_path, acq, {"C1-C2": 70_557})["Dropped slots"]
+    assert _cause(rows, "tagger overflow / missed-event intervals") == ("2", "intervals")
+    assert _cause(rows, "slots dropped for lost tagger data") == ("5021", "slots")
+    assert _cause(rows, "missing frame markers") == ("1", "markers")
+    assert _cause(rows, "slots dropped for sync") == ("65536", "slots")
+    assert _cause(rows, "slots dropped by the detector's slotting") == ("70557", "slots")
+    assert _cause(rows, "tagger overflows") == ("2", "overflows")
+    assert _cause(rows, "tags the tagger missed") == ("4417", "tags")
+    cells = [c for r in rows for c in r]
+    assert all(cells) and NOT_AVAILABLE not in cells, cells

@@ -403,6 +403,9 @@ def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys
         assert a["modulation"][c] == {"frames": n_frames, "played": n_frames, "lost": 0, "late": 0, "error": None}
     pair = m["distill"]["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0 and pair["error_rate"]["X_key"] < 0.03
+    # the detection node's counters by cause and the tagger driver's own counts reach the metrics
+    assert a["slotting"]["lost_intervals"] == 0 and a["slotting"]["marker_tags"] == n_frames
+    assert a["detector"]["tagger_overflows"] == 0 and a["detector"]["tagger_missed_events"] == 0
     with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
         left = s1.available_bits("C1-C2", "general")
         assert left > 0 and s2.available_bits("C1-C2", "general") == left
