@@ -363,38 +363,41 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
 
 def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
     """The pair report's summary (:meth:`labqfl.station.Station.pair_report`) with each pair's
-    ``error_rate``: ``X_key`` (both clients in X at the key intensity, the key cell), ``X_test`` (both
-    in X at equal non-zero intensities, the key cell left out) and ``Y_test`` (both in Y at equal
-    non-zero intensities) — the cells and names of ``labqfl distill``'s error rates
-    (docs/postprocessing.md, ``PairCounts.matched_test_counts``), so the two can be compared; ``None``
-    where a cell has no click. ``by_basis_pair``'s ``error_rate`` counts every intensity pair, also
-    signal against decoy, whose interference is unbalanced: it is far above the key's QBER.
+    ``error_rate`` on the cells of ``labqfl distill``'s (docs/postprocessing.md), so the two compare:
+    ``X_key`` (both clients in X at the key intensity: the key cell), ``X_test`` and ``Y_test`` (both in
+    X, resp. Y, at equal non-zero intensities, the key cell left out:
+    :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`); ``None`` where a cell has no click.
+    ``by_basis_pair``'s ``error_rate`` counts every intensity pair, also signal against decoy, whose wrong
+    port carries η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.contracts.channel_model`): far above the QBER.
 
-    A slot's error follows the report's rule (docs/protocol.md): equal bits and a D1 click, or
-    different bits and a D0 click, is one error; a double click is half an error."""
-    from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
+    A slot's error (docs/protocol.md): equal bits and a D1 click, or different bits and a D0 click; a
+    double click is half an error."""
+    from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts
 
     out = report.summary()
     for name, entry in out.items():
         a, b = name.split("-", 1)
-        mu_a, mu_b = cfg.client(a).intensities, cfg.client(b).intensities
-        combo = np.asarray(report.counts[name]["combo"])  # k_i, k_j, a_i, a_j, outcome (0 none, 1 D0, 2 D1, 3 both)
-        matched = [k for k in range(min(len(mu_a), len(mu_b))) if mu_a[k] > 0 and mu_b[k] > 0]
-
-        def rate(basis: int, ks: list[int]) -> float | None:
-            clicks, errors_x2 = 0, 0
-            for k in ks:
-                sub = combo[k, k, basis::2, basis::2, :]  # [bit_i, bit_j, outcome]
-                same, diff = sub[0, 0] + sub[1, 1], sub[0, 1] + sub[1, 0]
-                clicks += int(sub[..., 1:].sum())
-                errors_x2 += int(2 * (same[2] + diff[1]) + same[3] + diff[3])
-            return errors_x2 / 2 / clicks if clicks else None
-
-        entry["error_rate"] = {
-            "X_key": rate(KEY_BASIS, [KEY_INTENSITY_INDEX] if KEY_INTENSITY_INDEX in matched else []),
-            "X_test": rate(KEY_BASIS, [k for k in matched if k != KEY_INTENSITY_INDEX]),
-            "Y_test": rate(1 - KEY_BASIS, matched),
-        }
+        ca, cb = cfg.client(a), cfg.client(b)
+        combo = np.asarray(report.counts[name]["combo"])  # k_i, k_j, a_i, a_j (a = bit·2 + basis), outcome
+        clicks = np.zeros(combo.shape[:2] + (2, 2), dtype=np.int64)
+        errors_x2 = np.zeros_like(clicks)
+        for bi in (0, 1):
+            for bj in (0, 1):
+                sub = combo[:, :, bi::2, bj::2, :]  # k_i, k_j, bit_i, bit_j, outcome
+                clicks[:, :, bi, bj] = sub[..., 1:].sum(axis=(2, 3, 4))
+                if bi == bj:
+                    same = sub[:, :, 0, 0] + sub[:, :, 1, 1]
+                    diff = sub[:, :, 0, 1] + sub[:, :, 1, 0]
+                    errors_x2[:, :, bi, bj] = 2 * (same[..., 2] + diff[..., 1]) + same[..., 3] + diff[..., 3]
+        counts = PairCounts(name, 0, tuple(ca.intensities), tuple(cb.intensities), tuple(ca.intensity_probs),
+                            tuple(cb.intensity_probs), ca.basis_x_prob, cb.basis_x_prob, clicks, errors_x2,
+                            np.zeros_like(clicks))
+        k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
+        key = (int(clicks[k0, k0, b0, b0]), int(errors_x2[k0, k0, b0, b0]))
+        x_test = counts.matched_test_counts(bases=(b0,))
+        y_test = counts.matched_test_counts(bases=(1 - b0,))
+        entry["error_rate"] = {k: (e / 2 / n if n else None)
+                               for k, (n, e) in (("X_key", key), ("X_test", x_test), ("Y_test", y_test))}
     return out
 
 

@@ -57,18 +57,27 @@ def acquire(
 def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # type: ignore[no-untyped-def]
     """The human form of ``labqfl acquire``'s result (stderr)."""
     con.print(f"[bold]{escape(name)}[/]: {data['duration_s']:g} s acquired in {data['wall_s']:.2f} s wall "
-              f"({data['speed_x_real_time']:.2f}× real time), {data['n_tags']} tags"
+              f"({data['speed_x_real_time']:.2f}× real time), {data['n_tags']:,} tags"
               + (f" → {escape(str(out))}" if out else ""), markup=True)
     con.print("count rates: " + ", ".join(f"{k} {v:,.0f} /s" for k, v in data["count_rates_hz"].items()))
     if data["modulation"]:
-        con.print("frames played (lost): " + ", ".join(f"{c} {m['played']} ({m['lost']})"
-                                                       for c, m in data["modulation"].items()))
-    t = Table("pair", "clicks", "D0", "D1", "double", "QBER XX", "QBER YY")
+        con.print("frames played/frames (lost): " + ", ".join(
+            f"{c} {m['played']}/{m['frames']} ({m['lost']})" + (f" [red]{escape(m['error'])}[/]" if m.get("error") else "")
+            for c, m in data["modulation"].items()), markup=True)
+    t = Table("pair", "clicks", "D0", "D1", "double", "QBER X key", "QBER X test", "QBER Y test")
     for p, r in data["pairs"].items():
-        q = [r["by_basis_pair"][b].get("error_rate") for b in ("XX", "YY")]
-        t.add_row(p, str(r["clicks"]), str(r["detector_clicks"]["D0"]), str(r["detector_clicks"]["D1"]),
-                  str(r["double_clicks"]), *[f"{x:.4f}" if x is not None else "—" for x in q])
+        er = r.get("error_rate", {})
+        t.add_row(p, f"{r['clicks']:,}", f"{r['detector_clicks']['D0']:,}", f"{r['detector_clicks']['D1']:,}",
+                  f"{r['double_clicks']:,}", *[_pct(er.get(k)) for k in ("X_key", "X_test", "Y_test")])
     con.print(t)
+    if data["pairs"]:
+        con.print("QBER: error rates on equal bases and equal intensities (X key: both at the key intensity; tests: "
+                  "equal non-zero intensities), the cells of `labqfl distill`; slotted with the simulator's true delays "
+                  "(a quick look, not the pipeline's)")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f} %"
 
 
 def register(app: typer.Typer) -> None:

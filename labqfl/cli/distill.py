@@ -76,7 +76,7 @@ def distill(
         "source": src.source, "engine": engine, "duration_s": duration_s, "block_bits": settings.block_bits,
         "block_slots": settings.block_slots, "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
-        "slotting": vars(session.distiller.slotter.stats), "run": str(run.path),
+        "slotting": vars(session.distiller.slotter.stats), "modulation": src.modulation(), "run": str(run.path),
         "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
     }
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
@@ -98,6 +98,7 @@ class _Source:
 
         self.rec: Any = None
         self.station: Any = None
+        self.acquisition: Any = None
         self.config = config
         self.tags: TagSource | None = None
         if recording is not None:
@@ -137,10 +138,28 @@ class _Source:
         from labqfl.app.station import open_station
 
         self.station = open_station(self.cfg, base_dir=self.config.resolve().parent if self.config else None)
-        acquisition = Acquisition(self.station)  # closing the station leaves every instrument safe
-        acquisition.arm()
-        self.tags = TagSource.from_acquisition(acquisition, self.duration_s)
+        self.acquisition = Acquisition(self.station)  # closing the station leaves every instrument safe
+        self.acquisition.arm()
+        self.tags = TagSource.from_acquisition(self.acquisition, self.duration_s)
         return self.tags
+
+    def modulation(self) -> dict[str, dict[str, int]]:
+        """Per client with a pattern generator: the acquisition's frames and those its generator played
+        and lost (the played-frames record of the recording, or of the live acquisition's streams);
+        ``{}`` when no client streamed. The dark padding of a last upload past the data is not counted."""
+        from labqfl.modulation import PlayedChoiceLog
+
+        if self.acquisition is not None:
+            return {c: {k: m[k] for k in ("frames", "played", "lost")} for c, m in self.acquisition.modulation.items()}
+        logs = self.tags.logs if self.tags is not None else {}
+        n_slots = int(round(self.duration_s * self.cfg.laser.rep_rate_hz))
+        out: dict[str, dict[str, int]] = {}
+        for c, lg in logs.items():
+            if isinstance(lg, PlayedChoiceLog):
+                n = -(-n_slots // lg.record.frame_slots)
+                played = sum(1 for f in lg.record.played if f < n)
+                out[c] = {"frames": n, "played": played, "lost": n - played}
+        return out
 
     def close(self) -> None:
         if self.rec is not None:
@@ -155,7 +174,20 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
 
     con.print(f"source: {data['source']}; {data['duration_s']:g} s of data in {data['wall_s']:.2f} s; engine {data['engine']}")
     con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits on average (--block-bits)")
-    t = Table("pair", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
+    mod = data.get("modulation") or {}
+    if mod:
+        con.print("frames played/frames (lost): " + ", ".join(f"{c} {m['played']}/{m['frames']} ({m['lost']})"
+                                                              for c, m in mod.items()))
+    sl = data["slotting"]
+    line = (f"slotting: {sl['sync_tags']:,} sync tags ({sl['dropped_syncs']:,} dropped, {sl['spurious_syncs']:,} spurious), "
+            f"{sl['clicked_slots']:,} clicked slots")
+    if sl.get("marker_tags"):
+        line += (f"; frame markers {sl['marker_tags']:,} ({sl['missing_markers']:,} missing, "
+                 f"{sl['spurious_markers']:,} spurious)")
+    dropped = sl.get("dropped_slots_sync", 0) + sl.get("dropped_slots_lost_data", 0)
+    line += f"; slots dropped: {sl.get('dropped_slots_sync', 0):,} (sync/markers), {sl.get('dropped_slots_lost_data', 0):,} (lost data)"
+    con.print(line if not dropped else f"[yellow]{escape(line)}[/]", markup=bool(dropped))
+    t = Table("pair", "slots", "dropped", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
               box=box.SIMPLE_HEAD, pad_edge=False)
     reasons: dict[str, list[str]] = {}
 
@@ -165,7 +197,7 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     for k, r in data["pairs"].items():
         er = r["error_rate"]
         rate = r["secure_key_rate_bps"]
-        t.add_row(k, f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
+        t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
                   "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
                   "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")

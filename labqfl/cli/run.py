@@ -99,9 +99,16 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     if acq.get("path") == "nodes":
         con.print(f"  acquisition over node processes: start-up {acq['startup_s']['total_s']:.1f} s, "
                   f"acquisition + distillation {acq['acquisition_wall_s']:.1f} s, exit codes {acq['exit_codes']}")
+    mod = acq.get("modulation") or {}
+    if mod:
+        con.print("  frames played/frames (lost): " + ", ".join(
+            f"{c} {m['played']}/{m['frames']} ({m['lost']})" + (f" {escape(str(m['error']))}" if m.get("error") else "")
+            for c, m in mod.items()))
     for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
+        dropped = p.get("dropped_slots")
         con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
-                  f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s) {p['status']}")
+                  f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s)"
+                  + ("" if dropped is None else f", {dropped:,} slots dropped") + f" {p['status']}")
     t = metrics.get("train") or {}
     if t:
         con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
