@@ -8,7 +8,15 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, handle_errors, progress_bar
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    console,
+    emit,
+    fail,
+    handle_errors,
+    progress_bar,
+)
 from labqfl.config import load_station_config
 from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 
@@ -76,6 +84,7 @@ def run(
             job = MainJob.resume(resume, progress=progress)
         else:
             cfg = load_station_config(config)
+            _refuse_too_short(cfg, duration, engine=engine, block_bits=block_bits, eps_sec=eps_sec)
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
                                    data_dir=str(data_dir) if data_dir else None,
@@ -91,6 +100,26 @@ def run(
 
     emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json,
          lambda con: _render(con, metrics, job.path))
+
+
+def _refuse_too_short(cfg: Any, duration: float, *, engine: str, block_bits: int | None, eps_sec: float) -> None:
+    """Refuse a --duration too short for a positive-key block on every pair (the block-size rule,
+    :func:`labqfl.app.distill.distill_settings`, as the job applies it) before a run folder is made or a
+    plan printed: one line naming the duration needed. Other bad options are left to the job's own checks."""
+    from labqfl.app.distill import DistillOptions, distill_settings
+    from labqfl.errors import ConfigError
+
+    if block_bits is not None:
+        return
+    try:
+        opts = DistillOptions(engine=engine, eps_sec=eps_sec)
+    except ConfigError:
+        return  # the job names the bad option itself
+    try:
+        distill_settings(cfg, opts, duration, what="--duration",
+                         hint="use a longer --duration or force a block size with --block-bits")
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
 
 
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:

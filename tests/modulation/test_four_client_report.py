@@ -117,3 +117,18 @@ def test_run_shows_frames_played_and_dropped_slots_per_pair() -> None:
     run_cli._render(Console(file=text, width=200), metrics, Path("runs/r"))
     s = text.getvalue()
     assert "C1 1520/1526 (6)" in s and "393,216 slots dropped" in s and "QBER 0.57 %" in s
+
+
+def test_run_refuses_a_too_short_duration_before_making_a_run_folder(tmp_path: Path) -> None:
+    """`labqfl run --duration 0.05` on the example used to make a run folder and print a whole plan of
+    starving pairs before it refused; now one line, nothing written."""
+    from typer.testing import CliRunner
+
+    from labqfl.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--config", str(EXAMPLE), "--duration", "0.05", "--rounds", "1",
+                                 "--out", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")])
+    assert r.exit_code != 0
+    assert "--duration (0.05 s) is too short" in r.output and "needs ≥ 0.783 s of data" in r.output and "limiting pair C1-C4" in r.output
+    assert "plan:" not in r.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
