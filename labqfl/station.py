@@ -38,6 +38,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import os
+import secrets
 import signal
 import threading
 from collections.abc import Mapping
@@ -88,7 +89,7 @@ def emulated_tagger_sdk(cfg: StationConfig, light: Any = None) -> Any:
     """The emulated Swabian SDK of ``simulation.emulate_time_tagger`` (:mod:`labqfl.sim_backends.timetagger_sdk`)
     for station ``cfg``: its light settings from the file; with ``light`` (the simulated tagger of this
     process) its count-rate and histogram read-outs from it. The feed is set by whoever runs the
-    acquisition (the Station: :meth:`Station.prepare_light`; the detection node: the optics node's tags)."""
+    acquisition (the Station: :meth:`Station.prepare_acquisition`; the detection node: the optics node's tags)."""
     sdk_mod = importlib.import_module("labqfl.sim_backends.timetagger_sdk")
     return sdk_mod.EmulatedTimeTaggerSDK(
         sdk_mod.LightSettings.from_config(cfg),
@@ -370,6 +371,9 @@ class Station:
         #: driver's emulated SDK records, and the holder of the simulated clients' logs. None otherwise.
         self._light: Any = None
         self._tagger_sdk: Any = None
+        #: (epoch, {client: log}) of the latest acquisition with a real tagger on real hardware, the clients'
+        #: generators armed by this process (:meth:`prepare_acquisition`); None otherwise.
+        self._own_logs: tuple[int, dict[str, Any]] | None = None
         self._check_duplicate_resources(tolerant)
         wants_guard = _GUARD_DEFAULT if guard is None else guard
         if wants_guard:
@@ -517,22 +521,44 @@ class Station:
         emulated real tagger."""
         return self._light if self._light is not None else self.instruments.get("time_tagger")
 
-    def knows_client_logs(self) -> bool:
-        """Whether the latest acquisition's clients' logs are known here (a simulated loop: the simulated tagger,
-        or an emulated real tagger's light); False with a real tagger."""
-        return getattr(self._light_tagger, "acquisition_epoch", None) is not None
+    def _latest_epoch(self) -> int | None:
+        """Epoch of the latest acquisition whose clients' logs this station holds (None: none)."""
+        if self._own_logs is not None:
+            return self._own_logs[0]
+        epoch = getattr(self._light_tagger, "acquisition_epoch", None)
+        return None if epoch is None else int(epoch)
 
-    def prepare_light(self, duration_s: float, block_duration_s: float | None) -> None:
-        """With an emulated real tagger: start the simulated loop's acquisition now (the clients' logs of it are
-        known from here, before their streams start, as with the simulated tagger) and hand it to the emulated SDK
-        for the driver's next ``TimeTagStream``. Nothing otherwise."""
+    def knows_client_logs(self) -> bool:
+        """Whether the latest acquisition's clients' logs are known here: a simulated loop (the simulated tagger,
+        or an emulated real tagger's light), or a real tagger whose clients' generators this process armed
+        (:meth:`prepare_acquisition`)."""
+        return self._latest_epoch() is not None
+
+    def prepare_acquisition(self, duration_s: float, block_duration_s: float | None) -> None:
+        """Before each acquisition segment (:class:`labqfl.app.acquire.Acquisition`), so that the clients' logs of
+        it are known before their streams start:
+
+        * an emulated real tagger: the simulated loop's acquisition starts now and is handed to the emulated SDK for
+          the driver's next ``TimeTagStream``;
+        * a real tagger on real hardware, every client on a pattern generator: each client's generator is armed
+          here (:func:`labqfl.sim_backends.qrng.new_client_log`: a fresh CSPRNG key, or its seeded stream) under a
+          fresh random epoch; their frames go to the pattern generators and the light is the lab's. This process
+          then holds every client's randomness, as ``labqfl acquire`` in one process does; over node processes each
+          client holds its own;
+        * otherwise nothing (the simulated tagger arms the clients itself)."""
         if self._light is None or self._tagger_sdk is None:
+            self._own_logs = None
+            if not self.config.time_tagger.simulated and self.config.clients and all(
+                    c.pattern_generator is not None for c in self.config.clients):
+                qrng = importlib.import_module("labqfl.sim_backends.qrng")
+                epoch = secrets.randbits(59)  # public: it names the acquisition; CSPRNG choices do not depend on it
+                self._own_logs = (epoch, {c.name: qrng.new_client_log(c, epoch) for c in self.config.clients})
             return
         blocks = self._light.stream(duration_s, block_duration_s)
         sdk = self._tagger_sdk
 
         def feed(capture_s: float) -> Any:
-            sdk.feed = None  # one acquisition per prepare_light
+            sdk.feed = None  # one acquisition per prepare_acquisition
             return blocks
 
         sdk.feed = feed
@@ -590,14 +616,13 @@ class Station:
         :class:`StationError` here. Clients streaming to pattern generators in this acquisition
         (:meth:`attach_played_frames`) get their log restricted to the frames they played.
         """
-        tagger = self._light_tagger
-        get_logs = getattr(tagger, "client_logs", None)
-        if getattr(tagger, "acquisition_epoch", None) is None or get_logs is None:
+        epoch = self._latest_epoch()
+        if epoch is None or (self._own_logs is None and getattr(self._light_tagger, "client_logs", None) is None):
             raise StationError(
                 f"station {self.name!r}: the time tagger has no acquisition with client logs; "
                 "real clients must supply their recorded modulation logs (see docs/postprocessing.md)")
         logs = self._unrestricted_logs()
-        if self._played is not None and self._played[0] == getattr(tagger, "acquisition_epoch", None):  # streaming:
+        if self._played is not None and self._played[0] == epoch:  # streaming:
             from labqfl.modulation import PlayedChoiceLog
 
             logs.update({c: PlayedChoiceLog(logs[c], rec) for c, rec in self._played[1].items() if c in logs})  # played only
@@ -605,6 +630,8 @@ class Station:
 
     def _unrestricted_logs(self) -> dict[str, Any]:
         """The clients' logs of the latest acquisition as the simulated tagger holds them (every frame)."""
+        if self._own_logs is not None:
+            return dict(self._own_logs[1])
         return dict(cast(Any, self._light_tagger).client_logs())
 
     def attach_played_frames(self, records: dict[str, Any]) -> None:
@@ -612,12 +639,12 @@ class Station:
         by client) of the time tagger's current acquisition: from now on :meth:`client_logs` hands out those
         clients' logs restricted to their played frames (:class:`labqfl.modulation.PlayedChoiceLog`), as a
         recording does. Set by :class:`labqfl.app.acquire.Acquisition` when it starts the clients' streams."""
-        self._played = (int(cast(Any, self._light_tagger).acquisition_epoch), dict(records))
+        self._played = (int(cast(int, self._latest_epoch())), dict(records))
 
     def acquisition_id(self) -> str:
         """Identity of the latest acquisition (station, client seeds, epoch) — see
         :func:`labqfl.contracts.types.acquisition_id`; block IDs of its keys derive from it."""
-        epoch = getattr(self._light_tagger, "acquisition_epoch", None)
+        epoch = self._latest_epoch()
         if epoch is None:
             raise StationError(f"station {self.name!r}: no acquisition yet")
         from labqfl.contracts.types import acquisition_id
@@ -643,12 +670,13 @@ class Station:
         dir), where ``labqfl distill`` finds it.
         """
         recording = importlib.import_module("labqfl.sim_backends.recording")
-        epoch = getattr(self._light_tagger, "acquisition_epoch", None)
+        epoch = self._latest_epoch()
         logs = self._unrestricted_logs() if epoch is not None else {}  # the recording keeps played frames apart
         if logs:
             recording.save_client_logs(logs, self.acquisition_id(), data_dir)
+        simulated_light = self._light is not None or self.config.time_tagger.simulated
         return recording.RecordingWriter(path, self.config, epoch=epoch, client_logs=list(logs.values()),
-                                         source="sim" if epoch is not None else "hardware")
+                                         source="sim" if simulated_light else "hardware")
 
     def snapshot(self) -> dict[str, Any]:
         """All settings of every role with units, for run records (JSON-serialisable)."""

@@ -170,7 +170,7 @@ class Acquisition:
         self._seg_duration = duration_s
         self._window, self._window_t0 = {}, self.t_s
         restart = self._stop_running_triggers()
-        self.station.prepare_light(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
+        self.station.prepare_acquisition(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
         blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s,
                                                  **({"on_recording": restart} if restart is not None else {}))
         try:
@@ -205,13 +205,16 @@ class Acquisition:
     def _start_streams(self, duration_s: float | None) -> None:
         """Each client with a pattern generator streams this segment's log to it; the Station's logs of the
         segment answer for played frames only from here on. Needs the clients' logs from the Station
-        (the simulated tagger: ``acquisition_epoch``); a real tagger has none, and nothing is streamed."""
+        (:meth:`~labqfl.station.Station.prepare_acquisition`: the simulated loop's, or with a real tagger the
+        generators the Station armed when every client has a pattern generator); without them nothing is
+        streamed (a warning)."""
         self.streams = None
         if not any(c.pattern_generator is not None for c in self.station.config.clients):
             return
         if not self.station.knows_client_logs():
-            log.warning("the clients' logs are not known to this station (real time tagger): their frames are not "
-                        "streamed to their pattern generators by this acquisition")
+            log.warning("the clients' logs are not known to this station (a real time tagger and a client without a "
+                        "pattern generator): their frames are not streamed to their pattern generators by this "
+                        "acquisition")
             return
         self.streams = start_client_streams(self.station, self.station.client_logs(), duration_s)
         if self.streams is not None:
