@@ -596,7 +596,9 @@ class MainJob:
         (:func:`labqfl.nodes.runjob.train_over_nodes`), in segments: before each, :meth:`_segment_end`
         waits for key and says how many rounds the stores hold key for; after each, the checkpoint and
         ``state.json``, as after a round in process. An interrupted segment's rounds are redone from the
-        last checkpoint with fresh keys (the keys it had drawn are spent, not reused)."""
+        last checkpoint with fresh keys (the keys it had drawn are spent, not reused). The masks' block
+        IDs (``key_blocks_used``) count from the first training over nodes of the job (``nodes_since``
+        in ``state.json``), so a resumed job keeps those of the rounds before the interruption."""
         from labqfl.nodes.runjob import train_over_nodes
 
         ckpt = self.run_record.data_path(CHECKPOINT)
@@ -605,6 +607,8 @@ class MainJob:
         if start > 1 and init is None:
             raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
         tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
+        since = tstate.setdefault("nodes_since", datetime.now(UTC).isoformat(timespec="microseconds"))
+        self._save_state()
 
         def before(r: int) -> int:
             last = self._segment_end(setup, tstate, r)
@@ -629,7 +633,7 @@ class MainJob:
 
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
-                               init_params=init, before_segment=before, on_segment=done)
+                               init_params=init, before_segment=before, on_segment=done, since=since)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))

@@ -416,7 +416,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
                      log_dir: Path | None = None, progress: ProgressFn | None = None,
                      timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
                      before_segment: SegmentFn | None = None,
-                     on_segment: SegmentDoneFn | None = None) -> NodesTraining:
+                     on_segment: SegmentDoneFn | None = None, since: str | None = None) -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
@@ -429,7 +429,11 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     a resumed job) in segments: ``before_segment(r)`` returns the last round the stores hold key
     for from round ``r`` (the job waits for key there, with top-up acquisitions over their own
     node processes, while the FL nodes stay up and idle), ``on_segment`` gets each segment's
-    metrics (the job checkpoints). Without ``before_segment``: one Flower run of every round."""
+    metrics (the job checkpoints). Without ``before_segment``: one Flower run of every round.
+
+    ``blocks_used``: the block IDs of the mask pads reserved since ``since`` (UTC ISO time with
+    microseconds, as the stores write it; default: now). A resumed job passes the start of its first
+    training over nodes, so the rounds trained before the interruption keep their blocks."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork
@@ -445,7 +449,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
         station.write_text(station_toml(cfg), encoding="utf-8")
         net = FlNetwork(work, station, names, Path(data_dir), server_data=Path(server_dir))
         report("train", 0, spec.rounds, f"starting the server node and {len(names)} SuperNodes")
-        since = datetime.now(UTC).isoformat(timespec="microseconds")
+        since = since or datetime.now(UTC).isoformat(timespec="microseconds")
         t0 = time.perf_counter()
         stopped = False
         codes: dict[str, int | None] = {}
