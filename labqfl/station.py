@@ -511,8 +511,10 @@ class Station:
             if self._light is None:
                 raise StationError("the emulated time tagger has no simulated loop behind it (the simulated roles "
                                    "failed to open)")
-            self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
-            return open_driver(role, ic, self.base_dir, sdk=self._tagger_sdk)
+            sdk = self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
+            light = self._light
+            sdk.feed = sdk.default_feed = lambda capture_s: light.stream(capture_s)  # read-outs: a fresh acquisition
+            return open_driver(role, ic, self.base_dir, sdk=sdk)
         return open_driver(role, ic, self.base_dir)
 
     @property
@@ -558,7 +560,7 @@ class Station:
         sdk = self._tagger_sdk
 
         def feed(capture_s: float) -> Any:
-            sdk.feed = None  # one acquisition per prepare_acquisition
+            sdk.feed = sdk.default_feed  # one acquisition per prepare_acquisition
             return blocks
 
         sdk.feed = feed

@@ -176,7 +176,7 @@ class EmulatedTagger:
         return self.serial
 
     def getModel(self) -> str:  # noqa: N802
-        return "Time Tagger X (emulated: labqfl.sim_backends.timetagger_sdk)"
+        return "Time Tagger X (emulated)"
 
 
 class _Buffer:

@@ -188,3 +188,25 @@ def test_every_sdk_call_the_emulator_offers_is_spelled_as_in_the_vendor_sdk() ->
     for n in ("createTimeTagger", "freeTimeTagger", "TimeTagStream", "Countrate", "Histogram"):
         assert hasattr(sdk, n) and hasattr(EmulatedTimeTaggerSDK, n)
     assert {t.name: int(t) for t in sdk.TagType} == {t.name: int(t) for t in EmulatedTimeTaggerSDK.TagType}
+
+
+def test_a_station_with_the_emulated_tagger_reads_the_loop_through_the_driver_outside_acquisitions_too() -> None:
+    """Calibration and the GUI read the tagger directly (count rates, histograms, a stream): the Station's
+    emulated SDK then records a fresh acquisition of its loop; an Acquisition's segment is recorded once."""
+    from labqfl.station import Station
+
+    cfg = _cfg()
+    with Station(cfg, guard=False) as st:
+        tt = st.time_tagger
+        assert isinstance(tt, SwabianTimeTagger) and "emulated" in tt.identity()
+        rates = tt.count_rates(0.002)
+        assert rates[SYNC] == pytest.approx(cfg.laser.rep_rate_hz / cfg.time_tagger.sync_divider, rel=0.01)
+        assert rates[D0] > 0 and rates[D1] > 0
+        blocks = list(tt.stream(0.002, 0.001))
+        assert sum(len(b) for b in blocks) > 0
+        hist = tt.histogram(SYNC, D0, 1000, 100, 0.002)
+        assert hist.shape == (100,) and hist.sum() > 0
+        st.prepare_acquisition(0.002, 0.001)  # the segment's light is the one recorded next, and only once
+        epoch = st.acquisition_id()
+        assert sum(len(b) for b in tt.stream(0.002, 0.001)) > 0 and st.acquisition_id() == epoch
+        assert sum(len(b) for b in tt.stream(0.002, 0.001)) > 0 and st.acquisition_id() != epoch
