@@ -41,7 +41,7 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -95,6 +95,27 @@ def emulated_tagger_sdk(cfg: StationConfig, light: Any = None) -> Any:
         sdk_mod.LightSettings.from_config(cfg),
         count_rates=None if light is None else light.count_rates,
         histogram=None if light is None else light.histogram)
+
+
+def hold_master_clocks(instruments: Iterable[Instrument]) -> Callable[[], None] | None:
+    """Slot 0 is the master clock's first pulse, and the tagger must record it
+    (docs/decisions/0008-frame-markers.md): every running master clock (a :class:`PulseGenerator` with its output
+    on: armed) among ``instruments`` is stopped here, and the returned restart, given to the tagger's
+    ``stream(on_recording=...)``, starts them again once the tagger records, after the clients' pattern
+    generators were loaded (generators triggered in hardware start on that first pulse). None when no master clock
+    runs (nothing is switched on that was off). Used by the in-process ``Acquisition`` and the detection node."""
+    clocks = [i for i in instruments if isinstance(i, PulseGenerator) and i.output_enabled]
+    if not clocks:
+        return None
+    for clk in clocks:
+        clk.output_enabled = False
+
+    def restart() -> None:
+        for clk in clocks:
+            clk.output_enabled = True
+        log.info("master clock started: the tagger records slot 0")
+
+    return restart
 
 
 def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
@@ -760,5 +781,5 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "arm_instruments", "emulated_tagger_sdk", "expected_interfaces", "guard_stations", "open_driver",
-           "validate_driver_roles"]
+__all__ = ["Station", "arm_instruments", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
+           "hold_master_clocks", "open_driver", "validate_driver_roles"]

@@ -31,8 +31,8 @@ from labqfl.app.station import arm as arm_roles
 from labqfl.app.station import channel_names, open_station, start_client_streams
 from labqfl.config import StationConfig, require_pattern_generators
 from labqfl.errors import ConfigError
-from labqfl.instruments.interfaces import PulseGenerator
 from labqfl.log import get_logger
+from labqfl.station import hold_master_clocks
 
 log = get_logger(__name__)
 
@@ -183,24 +183,9 @@ class Acquisition:
         return Blocks(self, blocks)
 
     def _stop_running_triggers(self) -> Callable[[], None] | None:
-        """Slot 0 is the master clock's first pulse, and the tagger must record it
-        (docs/decisions/0008-frame-markers.md): a master clock already running (armed) is stopped here
-        and started again by the tagger once it records (``on_recording``), after the clients' pattern
-        generators were loaded; generators triggered in hardware start on that first pulse. Returns the
-        restart, or None when no master clock runs (nothing is switched on that was off)."""
-        clocks = [i for i in self.station.instruments.values()
-                  if isinstance(i, PulseGenerator) and i.output_enabled]
-        if not clocks:
-            return None
-        for clk in clocks:
-            clk.output_enabled = False
-
-        def restart() -> None:
-            for clk in clocks:
-                clk.output_enabled = True
-            log.info("master clock started: the tagger records slot 0")
-
-        return restart
+        """The running master clocks stopped, their restart for the tagger's ``on_recording``
+        (:func:`labqfl.station.hold_master_clocks`)."""
+        return hold_master_clocks(self.station.instruments.values())
 
     def _start_streams(self, duration_s: float | None) -> None:
         """Each client with a pattern generator streams this segment's log to it; the Station's logs of the

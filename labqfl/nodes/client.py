@@ -94,6 +94,7 @@ from labqfl.nodes.common import (
     open_session,
     refuse,
     request,
+    simulated_light,
 )
 from labqfl.nodes.optics import query_slots
 from labqfl.provenance import pair_provenance
@@ -117,6 +118,10 @@ from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 
 log = get_logger(__name__)
+
+#: With the lab's light (a real tagger, no optics node), how long a client waits at most for the detector's end of
+#: an acquisition, beyond ten times its duration [s]; then it stops its stream and disarms all the same.
+ENDLESS_WAIT_S = 600.0
 
 __all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_toeplitz"]
 
@@ -690,6 +695,8 @@ class _Acq:
         self.link_error = ""
         self.link_thread: threading.Thread | None = None
         self.answered_slots = 0
+        #: the detector announced the acquisition's end (``ann/end``), or its announcement session ended
+        self.ended = threading.Event()
 
     def unplayed(self, lo: int, hi: int) -> list[int]:
         """Frames overlapping slots ``[lo, hi)`` this client did not play ([] without a stream); waits (at
@@ -735,6 +742,7 @@ class _Announced:
                 ip.inbox.put(final)
             for jp in self.acq.j_pairs.values():
                 jp.feed.end()
+            self.acq.ended.set()
             return ok("ann/ok")
         raise MessageError(f"ann: unexpected {req.kind!r}")
 
@@ -939,7 +947,8 @@ class ClientNode(Node):
         return a
 
     def _ann(self, peer: str, hello: Message) -> ServedSession:
-        return ServedSession(_Announced(self, self._acq(hello)))
+        a = self._acq(hello)
+        return ServedSession(_Announced(self, a), on_close=lambda error: a.ended.set())
 
     def _jpair(self, peer: str, hello: Message) -> _JPair:
         a = self._acq(hello)
@@ -985,16 +994,24 @@ class ClientNode(Node):
             a.i_pairs[pair] = _IPair(self, a, pair, cj)
         with self._lock:
             self.acqs[acq] = a
-        link = open_session(optics, self.creds, self.optics_name, "optics/modulator", fields={"acq": acq})
+        # a simulated light: the modulator link to the optics node; the lab's light (a real tagger): none, the
+        # generator's frames are all the light learns of this client
+        link = open_session(optics, self.creds, self.optics_name, "optics/modulator", fields={"acq": acq}) \
+            if simulated_light(self.cfg) else None
         self.instruments.arm()  # its modulators on before its generator plays; disarmed when the link ends
         if a.streams is not None:  # after the link opened: the optics has its emulated generators' clocks aligned
             try:
                 a.streams.start()
             except BaseException:
-                link.close()
+                if link is not None:
+                    link.close()
                 self.instruments.disarm()
                 raise
-        a.link_thread = threading.Thread(target=self._modulator, args=(a, link), name="modulator", daemon=True)
+        if link is not None:
+            a.link_thread = threading.Thread(target=self._modulator, args=(a, link), name="modulator", daemon=True)
+        else:
+            bound = ENDLESS_WAIT_S + 10.0 * float(req.fields.get("duration", 0.0))
+            a.link_thread = threading.Thread(target=self._until_ended, args=(a, bound), name="acquisition", daemon=True)
         a.link_thread.start()
         for ip in a.i_pairs.values():
             ip.thread.start()
@@ -1022,6 +1039,21 @@ class ClientNode(Node):
                 a.link_error = a.link_error or f"stopping the stream failed: {e}"
                 log.error("node %s: stopping the stream failed: %s", self.name, e)
             self.instruments.disarm()  # its modulators' safe state after the acquisition, as in process
+
+    def _until_ended(self, a: _Acq, bound_s: float) -> None:
+        """The lab's light (no optics node): the acquisition ends when the detector announces its end (or its
+        announcement session ends, or ``bound_s`` passed without either: a detector that never came); then this
+        client's stream plays out and stops, and its modulators go to their safe state."""
+        if not a.ended.wait(bound_s):
+            a.link_error = f"no end of acquisition from the detector within {bound_s:.0f} s"
+            log.error("node %s: acquisition %s: %s", self.name, a.acq, a.link_error)
+        try:
+            a.finish_stream()
+        except Exception as e:
+            a.link_error = f"stopping the stream failed: {e}"
+            log.error("node %s: stopping the stream failed: %s", self.name, e)
+        finally:
+            self.instruments.disarm()
 
     def ctl_wait(self, req: Message) -> Message:
         """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""

@@ -116,17 +116,29 @@ def owned_roles(cfg: StationConfig, node_role: str, name: str) -> list[str]:
     return [r for r in cfg.roles() if r in wanted]
 
 
+def simulated_light(cfg: StationConfig) -> bool:
+    """Whether the light of station ``cfg`` is the optics node's simulated loop (a simulated tagger, or the real
+    driver on its emulated SDK) rather than the lab's (a real tagger on real hardware: no optics node)."""
+    return cfg.time_tagger.simulated or cfg.simulation.emulate_time_tagger
+
+
 def check_node_station(cfg: StationConfig, source: str = "station") -> None:
-    """Refuse, in one line, a station that node processes cannot run: over nodes the light is the optics node's
-    simulated loop, so the detection node's tagger is the simulated one or the real Swabian driver on its emulated
-    SDK fed by that loop (``simulation.emulate_time_tagger``); a real tagger on real hardware is refused there
-    (it is read in process: ``labqfl acquire``)."""
+    """Refuse, in one line, a station that node processes cannot run. With a simulated light (the optics node's
+    loop) anything goes. With a real tagger on real hardware the light is the lab's and there is no optics node:
+    every client must stream its frames to its own pattern generator (nothing else tells the light its
+    choices), and the generators cannot be the optics node's emulators."""
+    if simulated_light(cfg):
+        return
     tt = cfg.time_tagger
-    if not tt.simulated and not cfg.simulation.emulate_time_tagger:
-        raise ConfigError(f"{source}: field 'time_tagger.driver': over node processes the light is the optics node's "
-                          "simulated loop, so the detection node's tagger is the simulated one (\"sim\") or the Swabian "
-                          "driver on its emulated SDK (simulation.emulate_time_tagger = true); a real tagger is read in "
-                          f"process, by labqfl acquire; got {tt.driver!r}")
+    bare = [c.name for c in cfg.clients if c.pattern_generator is None]
+    if bare:
+        raise ConfigError(f"{source}: field 'clients.<k>.pattern_generator': with a real time tagger "
+                          f"({tt.driver!r}) over node processes every client streams its frames to its own pattern "
+                          f"generator; clients without one: {bare}")
+    if cfg.simulation.emulate_pattern_generators:
+        raise ConfigError(f"{source}: field 'simulation.emulate_pattern_generators': with a real time tagger "
+                          f"({tt.driver!r}) there is no optics node to serve emulated generators or play them; expected "
+                          "false (real generators), or simulation.emulate_time_tagger = true (the simulated loop)")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -63,6 +63,7 @@ from labqfl.nodes.common import (
     ok,
     open_session,
     request,
+    simulated_light,
 )
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.slotting import (
@@ -72,6 +73,7 @@ from labqfl.qkd.slotting import (
     announcements_by_pair,
     make_slotter,
 )
+from labqfl.station import hold_master_clocks
 
 log = get_logger(__name__)
 
@@ -87,6 +89,8 @@ class DetectorNode(Node):
                  clients: dict[str, str] | None = None, **kw: Any) -> None:
         super().__init__(name, **kw)
         check_node_station(self.cfg, str(self.station_path or "the embedded station"))
+        #: the light is the optics node's simulated loop; False: a real tagger on real hardware, the lab's light
+        self.light_simulated = simulated_light(self.cfg)
         self.optics, self.optics_name = optics, optics_name
         self.clients = dict(clients or {})
         self.schedule = PairSchedule.from_config(self.cfg)
@@ -99,7 +103,7 @@ class DetectorNode(Node):
         optics = str(req.fields.get("optics", "")) or self.optics
         clients = {**self.clients, **json.loads(str(req.fields.get("clients", "{}")))}
         missing = [c for c in self.cfg.client_names if c not in clients]
-        if not optics or missing:
+        if (self.light_simulated and not optics) or missing:
             raise NodeError(f"addresses missing: optics={optics or '?'}, clients {missing}")
         self.instruments.arm()  # laser on, detectors armed (nothing with simulated ones)
         try:
@@ -112,11 +116,15 @@ class DetectorNode(Node):
         slotter = make_slotter(SlottingParams.from_config(self.cfg), self.schedule)
         chans = {c: open_session(clients[c], self.creds, c, "ann", fields={"acq": acq}) for c in self.cfg.client_names}
         end: dict[str, int] = {}
-        light = self._optics_blocks(optics, acq, duration, bd, end)
-        tagger: Any = self.instruments.instruments.get("time_tagger")  # the real driver on its emulated SDK
-        if tagger is not None:
+        light = self._optics_blocks(optics, acq, duration, bd, end) if self.light_simulated else None
+        tagger: Any = self.instruments.instruments.get("time_tagger")  # a real driver (on its emulated SDK or not)
+        blocks: Iterator[TagBlock]
+        if light is None:  # the lab's light: slot 0 is the master clock's first pulse, which the tagger records
+            restart = hold_master_clocks(self.instruments.instruments.values())
+            blocks = tagger.stream(duration, bd or None, **({"on_recording": restart} if restart is not None else {}))
+        elif tagger is not None:
             tagger.sdk.feed = lambda capture_s: light  # what the emulated instrument records
-            blocks: Iterator[TagBlock] = tagger.stream(duration, bd or None)
+            blocks = tagger.stream(duration, bd or None)
         else:
             blocks = light
         n_tags = n_clicks = n_blocks = 0
@@ -143,7 +151,8 @@ class DetectorNode(Node):
             close = getattr(blocks, "close", None)
             if close is not None:
                 close()
-            light.close()
+            if light is not None:
+                light.close()
             for ch in chans.values():
                 ch.close()
         wall = time.perf_counter() - t0

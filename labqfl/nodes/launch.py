@@ -41,7 +41,14 @@ from labqfl.config import load_station_config
 from labqfl.errors import LabqflError
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
-from labqfl.nodes.common import CTL, NodeError, check_node_station, open_session, request
+from labqfl.nodes.common import (
+    CTL,
+    NodeError,
+    check_node_station,
+    open_session,
+    request,
+    simulated_light,
+)
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
 
@@ -250,7 +257,8 @@ class LocalNetwork:
         for pair, n in (s.pair_min_final_block_bits or {}).items():
             dist += ["--pair-min-final-bits", f"{pair}={int(n)}"]
         try:
-            self._spawn("optics", "optics", ["--threads", str(self.threads)] if self.threads else [])
+            if simulated_light(self.cfg):  # a real tagger on real hardware: the light is the lab's, no optics node
+                self._spawn("optics", "optics", ["--threads", str(self.threads)] if self.threads else [])
             self._spawn("detector", "detector", [])
             for c in clients:
                 self._spawn(c, "client", dist)
@@ -266,7 +274,7 @@ class LocalNetwork:
 
     def acquire(self, duration: float, *, block_duration: float = 0.0, timeout: float = 900.0) -> dict[str, Any]:
         a = self.addresses()
-        return run_acquisition(self.cfg.client_names, self.certs, detector=a["detector"], optics=a["optics"],
+        return run_acquisition(self.cfg.client_names, self.certs, detector=a["detector"], optics=a.get("optics", ""),
                                clients={c: a[c] for c in self.cfg.client_names}, duration=duration,
                                block_duration=block_duration, timeout=timeout)
 

@@ -233,7 +233,7 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
                 on_start(acq)
             report("acquire", 0, duration_s, f"acquiring + distilling over {len(net.nodes)} nodes")
             a = net.addresses()
-            res = run_acquisition(cfg.client_names, net.certs, detector=a["detector"], optics=a["optics"],
+            res = run_acquisition(cfg.client_names, net.certs, detector=a["detector"], optics=a.get("optics", ""),
                                   clients={c: a[c] for c in cfg.client_names}, duration=duration_s,
                                   timeout=timeout_s, acq=acq, run_id=run_id)
             report("acquire", duration_s, duration_s, "keys distilled into the clients' key stores")

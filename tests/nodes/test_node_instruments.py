@@ -149,7 +149,7 @@ def test_the_detection_node_owns_source_clock_and_detectors_each_client_its_modu
     assert NodeInstruments("detector", default, owned_roles(default, "detector", "detector"), None).roles == []
 
 
-def test_a_real_time_tagger_over_nodes_is_refused_in_one_line_before_any_process_starts(
+def test_a_real_time_tagger_over_nodes_without_a_pattern_generator_per_client_is_refused_before_any_process_starts(
         small_station_file: Path, tmp_path: Path) -> None:
     from labqfl.nodes.launch import LocalNetwork
 
@@ -159,11 +159,11 @@ def test_a_real_time_tagger_over_nodes_is_refused_in_one_line_before_any_process
     with pytest.raises(ConfigError) as e:
         check_node_station(cfg, "tagger.toml")
     msg = str(e.value)
-    assert "\n" not in msg and "field 'time_tagger.driver'" in msg and '("sim")' in msg
-    assert "'SwabianTimeTagger'" in msg and "labqfl acquire" in msg and "simulation.emulate_time_tagger" in msg
+    assert "\n" not in msg and "field 'clients.<k>.pattern_generator'" in msg and "'SwabianTimeTagger'" in msg
+    assert "clients without one: ['C1', 'C2']" in msg
     path = tmp_path / "tagger.toml"
     path.write_text(dump_toml(d), encoding="utf-8")
-    with pytest.raises(ConfigError, match="time_tagger.driver"):
+    with pytest.raises(ConfigError, match="pattern_generator"):
         LocalNetwork(tmp_path / "net", path)
     assert not (tmp_path / "net").exists()  # no certificate, no process
     check_node_station(load_station_config(small_station_file))  # the simulated tagger is fine
