@@ -1,10 +1,11 @@
-"""What `labqfl acquire` and `labqfl distill` show a lab user of the four-client emulated-hardware example
+"""What `labqfl acquire`, `distill` and `run` show a lab user of the four-client emulated-hardware example
 (examples/station_emulated_hardware.toml; docs/lab_setup.md "The four-client example, end to end").
 
 Found running the example end to end (issue 17): `acquire` printed a "QBER XX" of 11-14 % per pair while
 `distill` found 0.5 % (the acquire column counted every intensity pair, signal against decoy too, whose
 interference is unbalanced); the four frame-marker inputs were reported as channels "4" … "7"; `distill`
-showed neither dropped slots, missing markers nor frames lost. Fast: no acquisition is run."""
+and `run` showed neither dropped slots, missing markers nor frames lost; `run --duration 0.05` made a run
+folder and printed a plan of six starving pairs before it refused. Fast: no acquisition is run."""
 
 from __future__ import annotations
 
