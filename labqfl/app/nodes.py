@@ -262,7 +262,9 @@ class NodeSet:
         by_role: dict[str, list[str]] = {}
         for n, r in nodes.roles.items():
             by_role.setdefault(r, []).append(n)
-        for role in ("detector", "optics"):
+        from labqfl.nodes.common import simulated_light
+
+        for role in ("detector", "optics") if simulated_light(cfg) else ("detector",):  # the lab's light: no optics
             if len(by_role.get(role, [])) != 1:
                 raise NodeSetError(f"the addresses name {len(by_role.get(role, []))} {role} node(s) "
                                    f"({', '.join(by_role.get(role, [])) or 'none'}); expected exactly one")
@@ -332,12 +334,16 @@ class NodeSet:
             raise NodeSetError(f"acquisition duration must be > 0 s, got {duration_s!r}")
         if self._closed:
             raise NodeSetError("the set of nodes is closed")
+        from labqfl.nodes.common import simulated_light
+
         det, opt, clients = self._names("detector"), self._names("optics"), self._names("client")
-        if len(det) != 1 or len(opt) != 1 or len(clients) < 2:
-            raise NodeSetError(f"an acquisition needs one detector, one optics node and two clients; the set has "
+        n_opt = 1 if simulated_light(self.cfg) else 0  # a real tagger on real hardware: the lab's light, no optics
+        if len(det) != 1 or len(opt) != n_opt or len(clients) < 2:
+            raise NodeSetError(f"an acquisition needs one detector, {n_opt} optics node(s) and two clients; the set has "
                                f"{len(det)}, {len(opt)} and {len(clients)}")
         try:
-            res = run_acquisition(clients, self.certs, detector=self.addresses[det[0]], optics=self.addresses[opt[0]],
+            res = run_acquisition(clients, self.certs, detector=self.addresses[det[0]],
+                                  optics=self.addresses[opt[0]] if opt else "",
                                   clients={c: self.addresses[c] for c in clients}, duration=float(duration_s),
                                   timeout=timeout_s, detector_name=det[0])
         except (LabqflError, OSError) as e:

@@ -191,17 +191,21 @@ def _add_acquire(node_app: typer.Typer) -> None:
     def acquire(
         certs: Path = CERTS, station: Path = STATION,
         detector: str = typer.Option(..., "--detector", help="HOST:PORT of the detector node."),
-        optics: str = typer.Option(..., "--optics", help="HOST:PORT of the optics node."),
+        optics: str = typer.Option("", "--optics", help="HOST:PORT of the optics node (none with a real time tagger: "
+                                   "the light is the lab's)."),
         client: list[str] = typer.Option(..., "--client", help="NAME=HOST:PORT of every client (repeatable)."),
         duration: float = typer.Option(..., "--duration", help="Acquisition length [s of simulated/real time]."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): one acquisition → distillation across running nodes."""
         from labqfl.config import load_station_config
-        from labqfl.nodes.common import parse_addresses
+        from labqfl.errors import ConfigError
+        from labqfl.nodes.common import parse_addresses, simulated_light
         from labqfl.nodes.launch import run_acquisition, summarize
 
         cfg = load_station_config(station)
+        if simulated_light(cfg) and not optics:
+            raise ConfigError("--optics HOST:PORT is needed: this station's light is the optics node's simulated loop")
         res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics,
                               clients=parse_addresses(client, "--client"), duration=duration)
         out = summarize(res)

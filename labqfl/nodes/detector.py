@@ -35,9 +35,10 @@ tagger and power meter (:data:`~labqfl.nodes.common.DETECTION_ROLES`: in a Sagna
 the detectors sit at the untrusted node, docs/lab_setup.md). Those with a real driver it opens through
 :func:`labqfl.station.open_driver` when it starts (operating point written, outputs off), arms for each
 ``ctl/run`` (laser on, detectors armed: the in-process ``Acquisition``'s rule) and puts in their safe
-state after it, on SIGTERM/SIGINT and at exit (:class:`~labqfl.nodes.common.NodeInstruments`). The light
-itself stays the optics node's simulation, built from the same station file: a real time tagger on real
-hardware is refused (:func:`~labqfl.nodes.common.check_node_station`), its emulated SDK is not.
+state after it, on SIGTERM/SIGINT and at exit (:class:`~labqfl.nodes.common.NodeInstruments`). The light is
+the optics node's simulation, built from the same station file, unless the tagger is a real one on real
+hardware: then the light is the lab's, there is no optics node, and the node records through the driver with
+its master clocks held until the tagger records (:func:`~labqfl.station.hold_master_clocks`).
 """
 
 from __future__ import annotations

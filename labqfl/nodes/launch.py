@@ -15,8 +15,9 @@ to every node and waits for its clean exit.
 
 Each node opens the real instruments of the roles it owns (docs/nodes.md, "Which node opens which
 instrument"): the detector the laser, master clock, detectors and power meter, each client its own
-modulators and pattern generator; a station with a real time tagger is refused before any process starts
-(:func:`~labqfl.nodes.common.check_node_station`).
+modulators and pattern generator. With a real time tagger on real hardware the light is the lab's and no
+optics node starts (every client then needs a pattern generator: :func:`~labqfl.nodes.common.check_node_station`,
+before any process starts).
 """
 
 from __future__ import annotations
