@@ -125,7 +125,7 @@ class Plan:
     #: will wait for (:func:`predict_top_ups`: round, duration_s, short pairs' deficits and predicted key)
     top_ups: list[dict[str, Any]] = field(default_factory=list)
     #: station time of the whole run: the acquisition, plus the predicted top-ups when it starves
-    #: (inf: a top-up cannot feed a pair); the run measures the same (``acquire.station_s_total``)
+    #: (up to ``stops_at_round``); the run measures the same (``acquire.station_s_total``)
     station_s: float | None = None
     #: the round before which the run stops with key starvation (None: every round runs): with
     #: ``wait_for_key`` off, the first round the acquisition lacks key for; with it, the round of a
@@ -237,8 +237,8 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         if sustained < rounds and need > 0 and wait_for_key:  # the run waits for top-ups (docs/scaling.md)
             top_ups = predict_top_ups(cfg, {n: p.key_rate_bps * duration_s for n, p in pairs.items()}, need, rounds,
                                       eps_sec=eps_sec)
-            station = (duration_s + sum(float(t["duration_s"]) for t in top_ups)
-                       if all(t["duration_s"] is not None for t in top_ups) else math.inf)
+            # a top-up that cannot feed a short pair is never acquired: the run stops there at once
+            station = duration_s + sum(float(t["duration_s"]) for t in top_ups if t["duration_s"] is not None)
             stops_at = next((int(t["round"]) for t in top_ups if t["duration_s"] is None), None)
         elif sustained < rounds and need > 0:  # --no-wait-for-key: the round without key stops the run
             station, stops_at = float(duration_s), sustained + 1

@@ -91,3 +91,19 @@ def test_labqfl_run_plans_with_its_own_wait_setting(small_station_file, tmp_path
         assert bool(plan.top_ups) == wait
         assert plan.stops_at_round == (None if wait else plan.rounds_sustained + 1)
         assert job.state["plan"]["stops_at_round"] == plan.stops_at_round
+
+
+def test_a_pair_no_top_up_can_feed_stops_the_run_at_once_in_the_plan(small_station_file):
+    """A short pair without key in the model at any length: the run refuses to wait before any
+    top-up (MainJob._no_key_error), so the plan's run stops there with the station time spent so far."""
+    from labqfl.config import parse_station_config
+
+    d = load_station_config(small_station_file).model_dump(mode="json", exclude_none=True)
+    for c in d["clients"]:
+        c["insertion_loss_db"] = 30.0  # 60 dB and more on the pair: beyond break-even at any block size
+    cfg = parse_station_config(d, "<beyond break-even>")
+    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, duration_s=0.015, eps_sec=1e-4)
+    assert plan.rounds_sustained == 0 and plan.stops_at_round == 1
+    assert [t["duration_s"] for t in plan.top_ups] == [None] and plan.top_ups[0]["no_key_pairs"] == ["C1-C2"]
+    assert plan.station_s == pytest.approx(0.015) and plan.train_s == 0.0
+    assert math.isfinite(plan.total_wall_s)
