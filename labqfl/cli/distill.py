@@ -116,10 +116,13 @@ class _Source:
             self.source = str(recording)
             return
         self.cfg = load_station_config(config)
-        if not self.cfg.time_tagger.simulated:  # pattern generators may be real or emulated: they stream
-            raise ConfigError("live distillation needs the simulated time tagger and client logs; "
-                              "record real acquisitions with their client logs and pass the recording, "
-                              "or run the clients as nodes (labqfl run --nodes, docs/nodes.md)")
+        tt, sim = self.cfg.time_tagger, self.cfg.simulation
+        lab_light = not tt.simulated and not sim.emulate_time_tagger
+        if lab_light and any(c.pattern_generator is None for c in self.cfg.clients):
+            # the clients' logs: the simulated loop's, or (a real tagger) the generators this process arms and streams
+            raise ConfigError("live distillation with a real time tagger needs every client on a pattern generator "
+                              "(this process arms and streams their choices); record the acquisition with the "
+                              "clients' logs and pass the recording, or run the clients as nodes (docs/nodes.md)")
         try:
             self.settings, self.plan = distill_settings(
                 self.cfg, options, duration, what="--duration",
@@ -127,7 +130,7 @@ class _Source:
         except ConfigError as exc:
             raise fail(str(exc)) from None
         self.duration_s = duration
-        self.source = "live (simulated station)"
+        self.source = "live (real time tagger)" if lab_light else "live (simulated station)"
 
     def start(self) -> Any:
         """The tags to distil (live: open the station, arm every role and start streaming)."""

@@ -1,18 +1,21 @@
 """The emulated-hardware station end to end (issue 17 acceptance): ``labqfl acquire`` on
 examples/station_emulated_hardware.toml (cut to one pair, ideal detectors) streams each client's
 CSPRNG choices through ModulationStreamer → SwabianPulseStreamer → the vendor client → the Pulse
-Streamer emulators; the simulated loop is driven by what the emulators played, the tagger records
-their frame markers, slotting anchors on them, and ``labqfl distill`` on the recording makes key.
+Streamer emulators; the simulated loop is driven by what the emulators played, the real Swabian Time
+Tagger driver records it through its emulated SDK (the laser: the PRO8000 driver on its pyvisa-sim
+device), slotting anchors on the frame markers, and ``labqfl distill`` on the recording makes key.
 
-Checked on one acquisition, with C1's randomness stalled for a few frames (played dark, recorded lost):
+Checked on one acquisition, with C1's randomness stalled for a few frames (played dark, recorded lost) and
+a USB overflow of the tagger over two frames (its tags removed, OverflowBegin/End and MissedEvents records):
 
 * the clicks per (intensity pair, phase pair) agree with the analytical model
   (labqfl.contracts.channel_model, through the pure simulator's own chi-square check
   ``check_against_model`` of tests/sim_backends/test_physics.py), counted on the frames both clients
   played, with the choices from their recorded logs;
 * C1's lost frames carry less light (C1 was dark there: the loop saw what was played, not C1's log);
-* the lost frames are dropped, counted slots at both ends (missing markers), C1's recorded log refuses
-  their slots, and the keys in C1's and C2's stores are identical.
+* the lost frames and the overflow's slots are dropped, counted slots at both ends (missing markers, lost
+  tagger data), C1's recorded log refuses C1's lost frames' slots, and the keys in C1's and C2's stores
+  are identical.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_emulated_hardware.toml"
 DURATION = 0.06  # s: 6e6 slots, 92 frames of 65 536 (the block-size rule needs 0.05 s here)
 STALL_FROM, N_STALL = 40, 4  # C1's randomness stalls at frame 40 until 4 frames went out dark
+OVERFLOW = (60 * 65536 + 1000, 60 * 65536 + 31000)  # slots whose clicks the tagger loses in an overflow (frame 60)
 
 
 def _check_against_model() -> Any:
@@ -133,6 +137,20 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
         return streams
 
     monkeypatch.setattr(acquire_cmd, "start_client_streams", start_with_stall)
+    import labqfl.station as station_mod
+    from labqfl.qkd.slotting import SlottingParams
+
+    assert cfg.simulation.emulate_time_tagger and cfg.time_tagger.driver == "SwabianTimeTagger"
+    sp = SlottingParams.from_config(cfg)
+    lost_ps = tuple(int(s * sp.period_ps) + sp.delays_ps[0] for s in OVERFLOW)
+    real_sdk = station_mod.emulated_tagger_sdk
+
+    def sdk_with_overflow(config: Any, light: Any = None) -> Any:  # the emulated instrument overflows once
+        sdk = real_sdk(config, light)
+        sdk.overflow_intervals_ps = [lost_ps]
+        return sdk
+
+    monkeypatch.setattr(station_mod, "emulated_tagger_sdk", sdk_with_overflow)
     runner = CliRunner()
     r = runner.invoke(app, ["acquire", "--config", str(station_file), "--duration", str(DURATION), "--out", str(rec_path),
                             "--data-dir", str(data_dir), "--json"])
@@ -152,6 +170,8 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
     with read_recording(rec_path) as rec:
         logs = {c: rec.client_log(c, data_dir) for c in ("C1", "C2")}
         tags = list(rec.blocks())
+    lost = np.concatenate([b.lost_intervals_ps for b in tags])  # the driver's overflow records, recorded
+    assert lost[:, 0].min() == lost_ps[0] and lost[:, 1].max() == lost_ps[1]
     with pytest.raises(ValueError, match="not played"):
         logs["C1"].choices(np.array([STALL_FROM * 65536 + 5]))
     slots_l, outc_l = zip(*(slot_clicks(b, cfg) for b in tags), strict=True)
@@ -160,6 +180,7 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
     n_valid = n_total - 1000  # clicks of the last slots may fall after the end
     all_s = np.arange(n_valid, dtype=np.int64)
     both = logs["C1"].record.slot_mask(all_s) & logs["C2"].record.slot_mask(all_s)
+    both[OVERFLOW[0] - 100:OVERFLOW[1] + 100] = False  # the overflow's slots left out
     keep = (slots >= 0) & (slots < n_valid)
     slots, outc = slots[keep], outc[keep]
     in_both = both[slots]
@@ -185,8 +206,9 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
     dist = json.loads(r.stdout)
     pair = dist["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["delivered_bits"] > 0
-    assert dist["slotting"]["missing_markers"] >= 1
-    assert pair["dropped_slots"] >= len(lost_in_acq) * 65536
+    assert dist["slotting"]["missing_markers"] >= 1 and dist["slotting"]["lost_intervals"] >= 1
+    assert OVERFLOW[1] - OVERFLOW[0] <= dist["slotting"]["dropped_slots_lost_data"] <= OVERFLOW[1] - OVERFLOW[0] + 2
+    assert pair["dropped_slots"] >= len(lost_in_acq) * 65536 + OVERFLOW[1] - OVERFLOW[0]
     s1, s2 = KeyStore.for_node("C1", data_dir), KeyStore.for_node("C2", data_dir)
     try:
         nbits = s1.available_bits("C1-C2", "general")

@@ -52,7 +52,8 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
     from labqfl.sim_backends.timetagger_sdk import EmulatedTimeTaggerSDK, LightSettings
 
     d = tomllib.loads(_emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
-    d["time_tagger"]["driver"] = "SwabianTimeTagger"  # a real tagger: no emulate_time_tagger, no light known
+    d["time_tagger"]["driver"] = "SwabianTimeTagger"  # a real tagger: its SDK not emulated, no light known
+    d["simulation"]["emulate_time_tagger"] = False
     station_file = tmp_path / "real_tagger.toml"
     station_file.write_text(dump_toml(d), encoding="utf-8")
     cfg = parse_station_config(d, str(station_file))
@@ -107,3 +108,16 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
         assert n > 0 and s2.available_bits("C1-C2", "general") == n
         k1 = s1.take("C1-C2", n, "general")
         assert np.array_equal(k1.bits, s2.take_exact("C1-C2", k1.refs, "general").bits)
+
+
+def test_live_distillation_with_a_real_tagger_needs_every_client_on_a_pattern_generator(tmp_path: Path) -> None:
+    d = tomllib.loads(_emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
+    d["time_tagger"]["driver"] = "SwabianTimeTagger"
+    d["simulation"]["emulate_time_tagger"] = False
+    d["simulation"]["emulate_pattern_generators"] = False
+    del d["clients"][1]["pattern_generator"]
+    station_file = tmp_path / "bare.toml"
+    station_file.write_text(dump_toml(d), encoding="utf-8")
+    r = CliRunner().invoke(app, ["distill", "--live", "--config", str(station_file), "--duration", "0.05"])
+    assert r.exit_code != 0
+    assert "live distillation with a real time tagger needs every client on a pattern generator" in r.output
