@@ -79,6 +79,33 @@ def short_loop_seeded_station() -> StationConfig:
     return type(cfg).model_validate(d)
 
 
+def _identical_keys(dir_a: Path, dir_b: Path | None = None, pair: str = "C1-C2") -> int:
+    """Every bit left in ``pair``'s two stores (its first client's in ``dir_a``, its second's in ``dir_b``, default
+    the same folder) is the same at both ends, and there is some; how many bits."""
+    import numpy as np
+
+    from labqfl.keystore import KeyStore
+
+    a, b = pair.split("-")
+    sa, sb = KeyStore.for_node(a, dir_a), KeyStore.for_node(b, dir_b if dir_b is not None else dir_a)
+    try:
+        nbits = sa.available_bits(pair, "general")
+        assert nbits > 0 and sb.available_bits(pair, "general") == nbits
+        ka = sa.take(pair, nbits, "general")
+        assert np.array_equal(ka.bits, sb.take_exact(pair, ka.refs, "general").bits)
+        return int(nbits)
+    finally:
+        sa.close()
+        sb.close()
+
+
+@pytest.fixture(scope="session")
+def identical_keys() -> Any:
+    """``identical_keys(dir_a, dir_b=None, pair="C1-C2")`` → bits: asserts the pair's two stores hold the same,
+    non-empty key (taken at one end, the same references at the other)."""
+    return _identical_keys
+
+
 @pytest.fixture(scope="session")
 def kill() -> Any:
     """tests/_kill.py, the kill tests' shared scaffolding (wait_for, running, holding, terminate,

@@ -19,14 +19,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import labqfl.app.acquire as app_acquire
 from labqfl.cli import app
 from labqfl.config import parse_station_config
-from labqfl.keystore import KeyStore
 from labqfl.serialize import dump_toml
 
 pytest.importorskip("pulsestreamer")
@@ -46,7 +44,7 @@ def _emulated_pair_station(tmp_path: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and_distils_identical_keys(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identical_keys: Any) -> None:
     import labqfl.sim_backends as sim_backends
     from labqfl.sim_backends.recording import read_recording
     from labqfl.sim_backends.timetagger_sdk import EmulatedTimeTaggerSDK, LightSettings
@@ -103,11 +101,7 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
     pair = json.loads(r.stdout)["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0
     assert pair["error_rate"]["X_key"] < 0.03  # ~50 % had the light played other choices than the streamed logs
-    with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
-        n = s1.available_bits("C1-C2", "general")
-        assert n > 0 and s2.available_bits("C1-C2", "general") == n
-        k1 = s1.take("C1-C2", n, "general")
-        assert np.array_equal(k1.bits, s2.take_exact("C1-C2", k1.refs, "general").bits)
+    identical_keys(data)
 
 
 def test_live_distillation_with_a_real_tagger_needs_every_client_on_a_pattern_generator(tmp_path: Path) -> None:

@@ -14,14 +14,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 import labqfl.app.acquire as app_acquire
 from labqfl.cli import app
 from labqfl.config import parse_station_config
-from labqfl.keystore import KeyStore
 from labqfl.modulation import PlayedChoiceLog
 
 pytest.importorskip("pulsestreamer")
@@ -29,24 +27,9 @@ pytest.importorskip("pulsestreamer")
 F = 65_536  # slots per frame of the example station
 
 
-def _assert_identical_keys(data_dir: Path, pair: str = "C1-C2") -> int:
-    """Every bit left in the pair's two stores is the same at both ends; how many there are."""
-    a, b = pair.split("-")
-    sa, sb = KeyStore.for_node(a, data_dir), KeyStore.for_node(b, data_dir)
-    try:
-        nbits = sa.available_bits(pair, "general")
-        assert nbits > 0 and sb.available_bits(pair, "general") == nbits
-        ka = sa.take(pair, nbits, "general")
-        kb = sb.take_exact(pair, ka.refs, "general")
-        assert np.array_equal(ka.bits, kb.bits)
-        return int(nbits)
-    finally:
-        sa.close()
-        sb.close()
-
-
 @pytest.mark.slow
-def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path, emulated_pair_station: Any) -> None:
+def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path, emulated_pair_station: Any,
+                                                              identical_keys: Any) -> None:
     """``labqfl run --in-process`` on the emulated station: every frame played at both clients (metrics
     ``acquisition.modulation``), key made from what the emulators played, identical at both ends."""
     station_file = emulated_pair_station()
@@ -65,12 +48,12 @@ def test_labqfl_run_in_process_streams_the_clients_modulation(tmp_path: Path, em
     pair = m["distill"]["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0
     assert pair["error_rate"]["X_key"] < 0.03  # the loop followed both clients' played choices
-    _assert_identical_keys(data_dir)
+    identical_keys(data_dir)
 
 
 @pytest.mark.slow
 def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          emulated_station: Any) -> None:
+                                                          emulated_station: Any, identical_keys: Any) -> None:
     """A DistillSession fed live from an Acquisition (no recording) while C1's randomness stalls for a few
     frames: the Distiller is handed C1's and C2's played-only logs, C1's lost frames are dropped and
     counted at both ends, and the keys in C1's and C2's stores are identical."""
@@ -110,7 +93,7 @@ def test_live_distillation_drops_a_stalled_clients_frames(tmp_path: Path, monkey
     assert slot_stats.missing_markers >= 1
     assert result.dropped_slots >= len(lost) * F
     assert result.final_key_bits > 0 and not any(b.abort for b in result.blocks)
-    _assert_identical_keys(data_dir)
+    identical_keys(data_dir)
 
 
 @pytest.mark.slow
@@ -143,7 +126,8 @@ def test_an_open_ended_acquisition_streams_until_closed_then_a_new_segment_strea
 
 
 @pytest.mark.slow
-def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: Path, emulated_pair_station: Any) -> None:
+def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: Path, emulated_pair_station: Any,
+                                                                     identical_keys: Any) -> None:
     """``labqfl distill --live`` accepts a station whose pattern generators are drivers over emulators (the
     tagger is simulated): the clients stream, and the key made from what they played is identical at both
     ends."""
@@ -154,4 +138,4 @@ def test_distill_live_on_the_emulated_station_streams_and_keys_agree(tmp_path: P
     assert r.exit_code == 0, r.output
     pair = json.loads(r.stdout)["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["dropped_slots"] == 0
-    _assert_identical_keys(data_dir)
+    identical_keys(data_dir)

@@ -19,12 +19,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from labqfl.config import parse_station_config
 from labqfl.errors import ConfigError
-from labqfl.keystore import KeyStore
 from labqfl.nodes.common import check_node_station
 from labqfl.serialize import dump_toml
 
@@ -76,7 +74,8 @@ def test_a_real_tagger_over_nodes_needs_every_client_on_its_own_real_pattern_gen
 
 
 @pytest.mark.slow
-def test_with_a_real_tagger_the_nodes_run_without_an_optics_node_and_hold_identical_keys(tmp_path: Path) -> None:
+def test_with_a_real_tagger_the_nodes_run_without_an_optics_node_and_hold_identical_keys(tmp_path: Path,
+                                                                                      identical_keys: Any) -> None:
     pytest.importorskip("pulsestreamer")
     from labqfl.nodes.launch import LocalNetwork
     from labqfl.qkd.pipeline import DistillSettings
@@ -105,14 +104,6 @@ def test_with_a_real_tagger_the_nodes_run_without_an_optics_node_and_hold_identi
     pair = res["pairs"]["C1-C2"]
     assert pair["failed"] == "" and pair["done"] and pair["aborted_blocks"] == 0
     assert pair["final_key_bits"] > 0 and pair["error_rate"]["X_key"] < 0.03  # ~50 % had the light other choices
-    sa, sb = KeyStore.for_node("C1", net.data_of("C1")), KeyStore.for_node("C2", net.data_of("C2"))
-    try:
-        nbits = sa.available_bits("C1-C2", "general")
-        assert nbits > 0 and sb.available_bits("C1-C2", "general") == nbits
-        ka = sa.take("C1-C2", nbits, "general")
-        assert np.array_equal(ka.bits, sb.take_exact("C1-C2", ka.refs, "general").bits)
-    finally:
-        sa.close()
-        sb.close()
+    identical_keys(net.data_of("C1"), net.data_of("C2"))
     logs = (tmp_path / "net" / "logs" / "detector.log").read_text(encoding="utf-8")
     assert "time_tagger (SwabianTimeTagger at" in logs and "6000000 slots (0 dropped)" in logs

@@ -26,7 +26,6 @@ import pytest
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements
 from labqfl.instruments.interfaces import PlayedFrames
-from labqfl.keystore import KeyStore
 from labqfl.modulation import drop_frames, unplayed_frames
 from labqfl.serialize import dump_toml
 
@@ -75,7 +74,8 @@ def test_unplayed_frames_are_the_lost_and_the_undecided_ones_and_their_slots_are
 
 # -- the whole chain over node processes -----------------------------------------------------------------
 @pytest.mark.slow
-def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_frames_only(tmp_path: Path) -> None:
+def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_frames_only(tmp_path: Path,
+                                                                                           identical_keys: Any) -> None:
     pytest.importorskip("pulsestreamer")
     from labqfl.sim_backends import pulse_streamer
 
@@ -118,12 +118,4 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
         assert again["clients"][c]["modulation"] == {"frames": n2, "played": n2, "lost": 0, "late": 0, "error": None}
         assert again["clients"][c]["answered_slots"] == 0
     assert again["pairs"]["C1-C2"]["failed"] == "" and again["pairs"]["C1-C2"]["final_key_bits"] > 0
-    sa, sb = KeyStore.for_node("C1", net.data_of("C1")), KeyStore.for_node("C2", net.data_of("C2"))
-    try:
-        nbits = sa.available_bits("C1-C2", "general")
-        assert nbits > 0 and sb.available_bits("C1-C2", "general") == nbits
-        ka = sa.take("C1-C2", nbits, "general")
-        assert np.array_equal(ka.bits, sb.take_exact("C1-C2", ka.refs, "general").bits)
-    finally:
-        sa.close()
-        sb.close()
+    identical_keys(net.data_of("C1"), net.data_of("C2"))
