@@ -52,7 +52,7 @@ import numpy as np
 
 from labqfl.instruments.base import TagBlock
 
-__all__ = ["EmulatedTimeTaggerSDK", "LightSettings", "TagType"]
+__all__ = ["EmulatedTimeTaggerSDK", "LightSettings", "StreamBuffer", "TagType"]
 
 #: CHANNEL_UNUSED of the SDK: the channel of records that are not time tags.
 CHANNEL_UNUSED = -134217728
@@ -179,8 +179,9 @@ class EmulatedTagger:
         return "Time Tagger X (emulated)"
 
 
-class _Buffer:
-    """``TimeTagStreamBuffer``: one poll's records."""
+class StreamBuffer:
+    """``TimeTagStreamBuffer``: one poll's records (time stamps int64 ps, channels, ``TagType`` per record, the
+    missed-event count of each ``MissedEvents`` record); ``hasOverflows`` when any record is not a time tag."""
 
     def __init__(self, ts: np.ndarray, ch: np.ndarray, types: np.ndarray, missed: np.ndarray) -> None:
         self._ts, self._ch, self._types, self._missed = ts, ch, types, missed
@@ -200,7 +201,7 @@ class _Buffer:
         return self._missed
 
 
-_EMPTY = _Buffer(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.uint16))
+_EMPTY = StreamBuffer(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint8), np.zeros(0, np.uint16))
 
 
 class _Records:
@@ -227,17 +228,17 @@ class _Records:
                 self.add(t, TagType.MissedEvents, min(n, MISSED_PER_RECORD))
                 n -= MISSED_PER_RECORD
 
-    def merge(self, ts: np.ndarray, ch: np.ndarray) -> _Buffer:
+    def merge(self, ts: np.ndarray, ch: np.ndarray) -> StreamBuffer:
         n_rec = len(self.t)
         if not n_rec:
-            return _Buffer(ts, ch.astype(np.int32), np.zeros(ts.size, np.uint8), np.zeros(ts.size, np.uint16))
+            return StreamBuffer(ts, ch.astype(np.int32), np.zeros(ts.size, np.uint8), np.zeros(ts.size, np.uint16))
         all_t = np.concatenate([ts, np.asarray(self.t, np.int64)])
         types = np.concatenate([np.zeros(ts.size, np.uint8), np.asarray(self.type, np.uint8)])
         rank = np.vectorize(lambda k: self._RANK[TagType(int(k))], otypes=[np.int8])(types)
         order = np.lexsort((rank, all_t))
         chans = np.concatenate([ch.astype(np.int32), np.full(n_rec, CHANNEL_UNUSED, np.int32)])
         missed = np.concatenate([np.zeros(ts.size, np.uint16), np.asarray(self.missed, np.uint16)])
-        return _Buffer(all_t[order], chans[order], types[order], missed[order])
+        return StreamBuffer(all_t[order], chans[order], types[order], missed[order])
 
 
 class _Processor:
@@ -263,7 +264,7 @@ class _Processor:
         self.next_injected = 0
         self.open_end: int | None = None  # end of an injected interval whose OverflowBegin went out already
 
-    def block(self, blk: TagBlock) -> _Buffer:
+    def block(self, blk: TagBlock) -> StreamBuffer:
         ts, ch = np.asarray(blk.timestamps, np.int64), np.asarray(blk.channels, np.int16)
         keep = np.isin(ch, self.channels)
         ts, ch = ts[keep], ch[keep]
@@ -276,7 +277,7 @@ class _Processor:
         ts, ch = self._dead_time(ts, ch)
         return rec.merge(ts, ch)
 
-    def finish(self) -> _Buffer:
+    def finish(self) -> StreamBuffer:
         """Closing records of an injected overflow still open when the feed ended."""
         rec = _Records()
         if self.open_end is not None:
@@ -382,7 +383,7 @@ class EmulatedStream:
         self.n_max_events = int(n_max_events)
         self._blocks: Iterator[TagBlock] | None = None
         self._proc: _Processor | None = None
-        self._pending: list[_Buffer] = []
+        self._pending: list[StreamBuffer] = []
         self._done = False
         self._stopped = False
 
@@ -413,7 +414,7 @@ class EmulatedStream:
             self._pull()
         return not self._done
 
-    def getData(self) -> _Buffer:  # noqa: N802
+    def getData(self) -> StreamBuffer:  # noqa: N802
         if self._blocks is not None and not self._pending and not self._done and not self._stopped:
             self._pull()
         parts, self._pending = self._pending, []
@@ -422,7 +423,7 @@ class EmulatedStream:
             return _EMPTY
         if len(parts) == 1:
             return parts[0]
-        return _Buffer(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("_ts", "_ch", "_types", "_missed")))
+        return StreamBuffer(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("_ts", "_ch", "_types", "_missed")))
 
     def stop(self) -> None:
         self._stopped = True

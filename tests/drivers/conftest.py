@@ -12,6 +12,7 @@ from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
+from labqfl.sim_backends.timetagger_sdk import StreamBuffer
 
 SIM_DIR = Path(__file__).resolve().parents[2] / "sim_backends" / "visa"
 
@@ -70,26 +71,18 @@ class TagType(enum.IntEnum):
     MissedEvents = TAG_MISSED
 
 
-class _Buffer:
+class _Buffer(StreamBuffer):
+    """The emulated SDK's ``TimeTagStreamBuffer`` built from lists: every record a time tag unless ``types``
+    says otherwise; ``overflow`` overrides ``hasOverflows`` (a buffer flagged without records)."""
+
     def __init__(self, ts: np.ndarray, ch: np.ndarray, types: np.ndarray | None = None,
                  missed: np.ndarray | None = None, overflow: bool | None = None) -> None:
-        self._ts, self._ch = np.asarray(ts, np.int64), np.asarray(ch, np.int32)
-        self._types = np.zeros(self._ts.size, np.uint8) if types is None else np.asarray(types, np.uint8)
-        self._missed = np.zeros(self._ts.size, np.uint16) if missed is None else np.asarray(missed, np.uint16)
-        self.hasOverflows = bool(np.any(self._types != TAG_TIMETAG)) if overflow is None else overflow
-        self.size = int(self._ts.size)
-
-    def getTimestamps(self) -> np.ndarray:  # noqa: N802 - SDK spelling
-        return self._ts
-
-    def getChannels(self) -> np.ndarray:  # noqa: N802
-        return self._ch
-
-    def getEventTypes(self) -> np.ndarray:  # noqa: N802
-        return self._types
-
-    def getMissedEvents(self) -> np.ndarray:  # noqa: N802
-        return self._missed
+        t = np.asarray(ts, np.int64)
+        super().__init__(t, np.asarray(ch, np.int32),
+                         np.zeros(t.size, np.uint8) if types is None else np.asarray(types, np.uint8),
+                         np.zeros(t.size, np.uint16) if missed is None else np.asarray(missed, np.uint16))
+        if overflow is not None:
+            self.hasOverflows = overflow
 
 
 class _Measurement:
