@@ -17,18 +17,11 @@ log = get_logger(__name__)
 
 def collect_tags(source: Any, duration_s: float, channels: list[int]) -> dict[int, np.ndarray]:
     """Stream ``duration_s`` seconds and return the int64 ps timestamps of each channel. ``source``: a
-    :class:`TimeTagger`, or the station — then, when its clients have pattern generators, one segment of a
-    :class:`labqfl.app.acquire.Acquisition` (no arming: the procedure armed what it needs), so each client
-    streams its frames to its generator while the tags come in; without that its generator would play nothing
-    (a laser gated by a dark intensity modulator) and an emulated one would keep the simulated loop waiting."""
-    if isinstance(source, TimeTagger):
-        blocks: Any = source.stream(duration_s)
-    elif any(c.pattern_generator is not None for c in source.config.clients):
-        from labqfl.app.acquire import Acquisition
-
-        blocks = Acquisition(source, arm=False).start(duration_s)
-    else:
-        blocks = source.time_tagger.stream(duration_s)
+    :class:`TimeTagger`, or the procedure's :class:`~labqfl.calibration.core.CalContext` — then its acquisition
+    segments (:meth:`CalContext.tags`: with the application's, each client streams its frames to its pattern
+    generator while the tags come in; without that its generator would play nothing and an emulated one would
+    keep the simulated loop waiting)."""
+    blocks: Any = source.stream(duration_s) if isinstance(source, TimeTagger) else source.tags(duration_s)
     parts: dict[int, list[np.ndarray]] = {c: [] for c in channels}
     overflow = 0
     for blk in blocks:

@@ -10,7 +10,7 @@ truth (taken from the station config, see :func:`sim_truth`) is attached to each
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +78,9 @@ class CalContext:
     ``known`` holds values calibrated earlier in the same session (name → Quantity): later
     procedures use them (e.g. the efficiency uses the dark-count rate and dead time) and fall back
     to the station config otherwise. ``plots_dir`` receives PNG plots (None: no plots).
+    ``segments(station, duration_s)``: the tag blocks of one acquisition segment as the application
+    runs them (the clients stream their frames to their pattern generators meanwhile:
+    :class:`labqfl.app.acquire.Acquisition`); None: the time tagger's stream alone (:meth:`tags`).
     """
 
     station: Station
@@ -86,6 +89,13 @@ class CalContext:
     seed: int = 0
     known: dict[str, Quantity] = field(default_factory=dict)
     make_plots: bool = True
+    segments: Callable[[Station, float], Iterable[Any]] | None = None
+
+    def tags(self, duration_s: float) -> Iterable[Any]:
+        """The tag blocks of ``duration_s`` seconds of acquisition (``segments``, or the tagger's stream)."""
+        if self.segments is not None:
+            return self.segments(self.station, duration_s)
+        return self.station.time_tagger.stream(duration_s)
 
     @property
     def config(self) -> StationConfig:

@@ -287,7 +287,7 @@ def _scout_dead_time_s(ctx: CalContext, d: str, rate_hz: float, max_duration_s: 
     (robust to one stray short interval). None when fewer than 50 intervals were seen."""
     duration = min(max(400.0 / max(rate_hz, 1.0), 0.01), max_duration_s)
     ch = detector_channel(ctx.config, d)
-    tags = collect_tags(ctx.station, duration, [ch])[ch]
+    tags = collect_tags(ctx, duration, [ch])[ch]
     gaps = np.diff(tags)
     if gaps.size < 50:
         return None
@@ -338,7 +338,7 @@ def dead_time_afterpulsing(ctx: CalContext, detectors: tuple[str, ...] = DETECTO
             duration = min(max(n_intervals / rate, 0.05), max_duration_s)
             ctx.step(f"{d}: recording {duration:.3g} s of dark counts at {rate:.3g} Hz")
             ch = detector_channel(cfg, d)
-            tags = collect_tags(ctx.station, duration, [ch])[ch]
+            tags = collect_tags(ctx, duration, [ch])[ch]
             res = _interarrival_analysis(ctx, d, np.diff(tags), gated, slot_period_ps(ctx),
                                          float(det.gate_width_ns) * 1e3, tail_start_ps)
             guard.set(det, "bias", guard_original(guard, det, "bias"))

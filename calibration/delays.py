@@ -91,7 +91,7 @@ def _coarse_peaks(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str, .
         else:
             Tc = 1e12 / float(coarse_rep_rate_hz)
             ctx.step(f"delays: coarse acquisition at {coarse_rep_rate_hz:.3g} Hz ({coarse_duration_s:g} s)")
-            tc = collect_tags(st, coarse_duration_s, chans)
+            tc = collect_tags(ctx, coarse_duration_s, chans)
             guard.set(st.laser, "rep_rate_hz", f_nom)
             sync_t = tc[tt_cfg.sync_channel]
             want = Tc * tt_cfg.sync_divider
@@ -142,7 +142,7 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
         # fine stage at the operating repetition rate
         ctx.step(f"delays: fine acquisition ({fine_duration_s:g} s at {f_nom:.4g} Hz)")
         chans = [tt_cfg.sync_channel, *(tt_cfg.detector_channels[d] for d in detectors)]
-        tags = collect_tags(st, fine_duration_s, chans)
+        tags = collect_tags(ctx, fine_duration_s, chans)
         fine = _fine_peaks(ctx, tags, detectors, T, bin_ps)
         # coarse stage: integer number of periods
         coarse, coarse_note = _coarse_peaks(ctx, guard, detectors, chans, coarse_rep_rate_hz, coarse_duration_s,

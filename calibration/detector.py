@@ -100,7 +100,7 @@ def folded_click_phases(ctx: CalContext, duration_s: float, detectors: tuple[str
     than this (see :func:`recovered_gap_ps`; the first click, whose history is unknown, is dropped)."""
     cfg = ctx.config
     chans = [cfg.time_tagger.sync_channel, *(detector_channel(cfg, d) for d in detectors)]
-    tags = collect_tags(ctx.station, duration_s, chans)
+    tags = collect_tags(ctx, duration_s, chans)
     sync = tags[cfg.time_tagger.sync_channel]
     T = slot_period_ps(ctx)
     out = {}

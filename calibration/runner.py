@@ -196,7 +196,8 @@ def run_group(ctx: CalContext, group: str, *, quick: bool = False, detectors: tu
 
 def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None = None, seed: int | None = None,
               progress: Callable[[str], None] | None = None, quick: bool = False, make_plots: bool = True,
-              base_dir: Path | None = None, station: Station | None = None, **kw: Any) -> CalibrationReport:
+              base_dir: Path | None = None, station: Station | None = None,
+              segments: Callable[[Station, float], Any] | None = None, **kw: Any) -> CalibrationReport:
     """Open the station, run ``group``, write ``calibration.json``, the plots and the calibrated
     station file into a new run folder, close the station. ``seed`` overrides
     ``simulation.seed`` (simulated instruments) and seeds the bootstrap.
@@ -213,7 +214,7 @@ def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None 
         rec = RunRecord.create(f"calibrate-{group}", config, runs_dir, snapshot=st.snapshot())
         try:
             ctx = CalContext(st, record=rec, progress=progress, seed=config.simulation.seed if seed is None else int(seed),
-                             make_plots=make_plots)
+                             make_plots=make_plots, segments=segments)
             failures: list[ProcedureFailure] = []
             results = run_group(ctx, group, quick=quick, failures=failures, **kw)
             doc = calibration_document(st.name, results, simulated=st.config.all_simulated, seed=ctx.seed)

@@ -39,6 +39,7 @@ from labqfl.config import StationConfig
 from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError, DataFormatError, LabqflError
 from labqfl.log import get_logger
+from labqfl.planning import MAX_TOP_UPS
 from labqfl.runs import RunRecord
 
 log = get_logger(__name__)
@@ -80,7 +81,7 @@ class JobSettings:
     #: False: the round fails at once with "key starvation" (``--no-wait-for-key``)
     wait_for_key: bool = True
     #: at most this many top-up acquisitions in the whole run; then the run stops with one error
-    max_top_ups: int = 8
+    max_top_ups: int = MAX_TOP_UPS
 
     def validate(self) -> None:
         if not (math.isfinite(self.duration_s) and self.duration_s > 0):

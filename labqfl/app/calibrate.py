@@ -85,6 +85,17 @@ class CalibrationOutcome:
                 f"({', '.join(failures)}); the files hold the {ok} that succeeded")
 
 
+def acquisition_segment(station: Any, duration_s: float) -> Any:
+    """A calibration's acquisition of ``duration_s`` seconds: with clients on pattern generators one segment of an
+    :class:`~labqfl.app.acquire.Acquisition` (not armed: the procedure armed what it needs), so each client streams
+    its frames while the tags come in; otherwise the time tagger's stream."""
+    if any(c.pattern_generator is not None for c in station.config.clients):
+        from labqfl.app.acquire import Acquisition
+
+        return Acquisition(station, arm=False).start(duration_s)
+    return station.time_tagger.stream(duration_s)
+
+
 def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = None, seed: int | None = None,
                     quick: bool = False, make_plots: bool = True, base_dir: Path | None = None,
                     station: Any = None, write_config: Path | None = None,
@@ -102,7 +113,8 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
     from labqfl.calibration import calibrate, write_station_toml
 
     report = calibrate(cfg, group, runs_dir=runs_dir, seed=seed, progress=progress, quick=quick,
-                       make_plots=make_plots, base_dir=base_dir, station=station, **procedure_options)
+                       make_plots=make_plots, base_dir=base_dir, station=station, segments=acquisition_segment,
+                       **procedure_options)
     files = dict(report.files)
     if write_config is not None:
         files["written_config"] = str(write_station_toml(report.calibrated_config, write_config))
@@ -127,4 +139,4 @@ def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path) 
             "applied": sorted(doc["quantities"])}
 
 
-__all__ = ["CalibrationOutcome", "apply_calibration_file", "groups", "run_calibration"]
+__all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "run_calibration"]
