@@ -3,9 +3,9 @@
 Every key block distilled by :class:`labqfl.qkd.pipeline.Distiller` carries a :class:`Provenance`
 in its key-store metadata (``meta["provenance"]``):
 
-* ``physical_layer``: ``"hardware"`` when every instrument role of the station is a real driver,
-  ``"simulated"`` as soon as one role is simulated (:func:`station_physical_layer`): a simulated
-  optical layer is the simulator's own Monte Carlo, which sees every photon;
+* ``physical_layer``: ``"hardware"`` when every instrument role of the station is a real driver on a real
+  instrument, ``"simulated"`` as soon as one role is simulated or emulated (:func:`station_physical_layer`):
+  a simulated optical layer is the simulator's own Monte Carlo, which sees every photon;
 * ``randomness``: the source of the clients' modulation choices, ``"qrng"`` | ``"csprng"`` |
   ``"seeded"``; a pair's block takes the *weakest* of its two clients (:func:`weakest_randomness`);
 * ``protocol``: the protocol and proof the key length was computed with (:data:`PROTOCOL`);
@@ -149,9 +149,20 @@ def weakest(provs: Iterable[Provenance]) -> Provenance | None:
 
 # -- from the station and the clients' logs -------------------------------------------------------
 def station_physical_layer(cfg: Any) -> str:
-    """``"simulated"`` if any instrument role of the station config is simulated, else ``"hardware"``."""
+    """``"simulated"`` if any instrument role of the station config is simulated (``driver = "sim"``) or
+    emulated — a pyvisa-sim device (``visa_library`` ``@sim:<file>`` or ``<file>@sim``), the emulated pattern
+    generators or time tagger of ``simulation.emulate_*`` (the light is then the simulated loop's) — else
+    ``"hardware"``. Real drivers on emulators stay "simulated": the keys' security never rests on them."""
     roles = cfg.roles()
-    return "simulated" if not roles or any(ic.simulated for ic in roles.values()) else "hardware"
+    sim = getattr(cfg, "simulation", None)
+    emulated = bool(getattr(sim, "emulate_pattern_generators", False) or getattr(sim, "emulate_time_tagger", False))
+
+    def pyvisa_sim(ic: Any) -> bool:
+        lib = str(getattr(ic, "visa_library", None) or "")
+        return lib.startswith("@sim") or lib.endswith("@sim")
+
+    fake = any(ic.simulated or pyvisa_sim(ic) for ic in roles.values())
+    return "simulated" if not roles or fake or emulated else "hardware"
 
 
 def client_randomness(cfg: Any, client: str, log: Any = None) -> str:

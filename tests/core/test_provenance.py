@@ -4,11 +4,12 @@ weakest-of rules, and the physical layer / randomness read from a station config
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from labqfl.config import load_station_config
+from labqfl.config import load_station_config, parse_station_config
 from labqfl.provenance import (
     IT_PHRASE,
     PROTOCOL,
@@ -100,6 +101,30 @@ def test_physical_layer_is_simulated_when_any_role_is():
     assert station_physical_layer(load_station_config()) == "simulated"  # the default station
     assert station_physical_layer(_fake_cfg([False, False], {})) == "hardware"
     assert station_physical_layer(_fake_cfg([False, True, False], {})) == "simulated"
+
+
+def test_real_drivers_on_emulators_are_a_simulated_physical_layer(tmp_path: Path) -> None:
+    """The emulated-hardware example has real drivers in its roles, on pyvisa-sim devices and emulators: its
+    keys rest on a simulated physical layer, whichever flag or device makes it so."""
+    example = load_station_config(Path(__file__).resolve().parents[2] / "examples" / "station_emulated_hardware.toml")
+    assert station_physical_layer(example) == "simulated"
+    d = example.model_dump(mode="json", exclude_none=True)
+    for role in (d["laser"], *(c[k] for c in d["clients"] for k in ("phase_modulator", "attenuator"))):
+        role.pop("visa_library", None)  # as on a bench: the real resources
+    for det in d["detectors"].values():
+        det.update(driver="SingleQuantumEos", resource="192.0.2.10", options={"channel": 1 if det is d["detectors"]["D0"] else 2})
+    d["power_meter"].update(driver="ThorlabsPM100USB", resource="USB0::0x1313::0x8072::P2000001::INSTR")
+    d["power_meter"].pop("options", None)
+    for flag in ("emulate_pattern_generators", "emulate_time_tagger"):
+        others = {"emulate_pattern_generators": False, "emulate_time_tagger": False, flag: True}
+        cfg = parse_station_config({**d, "simulation": {**d["simulation"], **others}}, "bench.toml")
+        assert station_physical_layer(cfg) == "simulated", flag
+    bench = parse_station_config({**d, "simulation": {**d["simulation"], "emulate_pattern_generators": False,
+                                                      "emulate_time_tagger": False}}, "bench.toml")
+    assert station_physical_layer(bench) == "hardware"
+    with_sim_device = bench.model_copy(deep=True)
+    with_sim_device.laser.visa_library = "@sim:thorlabs_pro8000.yaml"
+    assert station_physical_layer(with_sim_device) == "simulated"
 
 
 def test_pair_randomness_is_the_weaker_client_and_logs_take_precedence():
