@@ -88,11 +88,13 @@ def open_driver(role: str, ic: InstrumentConfig, base_dir: Path | None, **kwargs
 def emulated_tagger_sdk(cfg: StationConfig, light: Any = None) -> Any:
     """The emulated Swabian SDK of ``simulation.emulate_time_tagger`` (:mod:`labqfl.sim_backends.timetagger_sdk`)
     for station ``cfg``: its light settings from the file; with ``light`` (the simulated tagger of this
-    process) its count-rate and histogram read-outs from it. The feed is set by whoever runs the
-    acquisition (the Station: :meth:`Station.prepare_acquisition`; the detection node: the optics node's tags)."""
+    process) its read-outs from it (a fresh acquisition per stream, count rates, histograms). An acquisition's
+    light is handed over by whoever runs it (``sdk.prepare``: :meth:`Station.prepare_acquisition`, the detection
+    node with the optics node's tags)."""
     sdk_mod = importlib.import_module("labqfl.sim_backends.timetagger_sdk")
     return sdk_mod.EmulatedTimeTaggerSDK(
         sdk_mod.LightSettings.from_config(cfg),
+        feed=None if light is None else lambda capture_s: light.stream(capture_s),
         count_rates=None if light is None else light.count_rates,
         histogram=None if light is None else light.histogram)
 
@@ -532,10 +534,8 @@ class Station:
             if self._light is None:
                 raise StationError("the emulated time tagger has no simulated loop behind it (the simulated roles "
                                    "failed to open)")
-            sdk = self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
-            light = self._light
-            sdk.feed = sdk.default_feed = lambda capture_s: light.stream(capture_s)  # read-outs: a fresh acquisition
-            return open_driver(role, ic, self.base_dir, sdk=sdk)
+            self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
+            return open_driver(role, ic, self.base_dir, sdk=self._tagger_sdk)
         return open_driver(role, ic, self.base_dir)
 
     @property
@@ -577,14 +577,7 @@ class Station:
                 epoch = secrets.randbits(59)  # public: it names the acquisition; CSPRNG choices do not depend on it
                 self._own_logs = (epoch, {c.name: qrng.new_client_log(c, epoch) for c in self.config.clients})
             return
-        blocks = self._light.stream(duration_s, block_duration_s)
-        sdk = self._tagger_sdk
-
-        def feed(capture_s: float) -> Any:
-            sdk.feed = sdk.default_feed  # one acquisition per prepare_acquisition
-            return blocks
-
-        sdk.feed = feed
+        self._tagger_sdk.prepare(self._light.stream(duration_s, block_duration_s))
 
     # -- access ---------------------------------------------------------------------------------
     def __getitem__(self, role: str) -> Instrument:

@@ -207,8 +207,8 @@ _EMPTY = StreamBuffer(np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, 
 class _Records:
     """Non-tag records of one poll, collected before they are merged with the tags in time order."""
 
-    # order at equal times: OverflowBegin, tags, OverflowEnd, MissedEvents
-    _RANK = {TagType.OverflowBegin: 0, TagType.TimeTag: 1, TagType.OverflowEnd: 2, TagType.MissedEvents: 3}
+    # order at equal times, indexed by TagType: OverflowBegin, tags (and errors), OverflowEnd, MissedEvents
+    _RANK = np.array([1, 1, 0, 2, 3], np.int8)
 
     def __init__(self) -> None:
         self.t: list[int] = []
@@ -234,8 +234,7 @@ class _Records:
             return StreamBuffer(ts, ch.astype(np.int32), np.zeros(ts.size, np.uint8), np.zeros(ts.size, np.uint16))
         all_t = np.concatenate([ts, np.asarray(self.t, np.int64)])
         types = np.concatenate([np.zeros(ts.size, np.uint8), np.asarray(self.type, np.uint8)])
-        rank = np.vectorize(lambda k: self._RANK[TagType(int(k))], otypes=[np.int8])(types)
-        order = np.lexsort((rank, all_t))
+        order = np.lexsort((self._RANK[types], all_t))
         chans = np.concatenate([ch.astype(np.int32), np.full(n_rec, CHANNEL_UNUSED, np.int32)])
         missed = np.concatenate([np.zeros(ts.size, np.uint16), np.asarray(self.missed, np.uint16)])
         return StreamBuffer(all_t[order], chans[order], types[order], missed[order])
@@ -389,11 +388,9 @@ class EmulatedStream:
 
     def startFor(self, capture_duration: int, clear: bool = True) -> None:  # noqa: N802
         sdk = self.tagger.sdk
-        if sdk.feed is None:
-            raise RuntimeError("the emulated Time Tagger has no light: no simulated loop feeds it "
-                               "(labqfl.sim_backends.timetagger_sdk, EmulatedTimeTaggerSDK.feed)")
+        blocks = sdk.take_light(int(capture_duration) * 1e-12)
         self._proc = _Processor(self.tagger, self.channels, sdk.light, sdk.overflow_intervals_ps)
-        self._blocks = iter(sdk.feed(int(capture_duration) * 1e-12))
+        self._blocks = iter(blocks)
         self._done = self._stopped = False
         self._pending = []
 
@@ -451,7 +448,7 @@ class _Measurement:
 
 class EmulatedTimeTaggerSDK:
     """The SDK module's surface the driver uses (module docstring). ``feed``: callable(duration_s) → the
-    simulated tagger's blocks for one acquisition (settable per acquisition); ``light``: what that tagger
+    simulated tagger's blocks for one acquisition, for any stream not :meth:`prepare` d; ``light``: what that tagger
     already applied; ``overflow_intervals_ps``: [(begin, end)] ps of USB overflows to emulate on every
     stream; ``count_rates(integration_s)`` → {channel: Hz} and ``histogram(start, click, binwidth_ps,
     n_bins, integration_s)`` → counts: the read-outs behind ``Countrate`` / ``Histogram``."""
@@ -465,10 +462,26 @@ class EmulatedTimeTaggerSDK:
                  histogram: Callable[[int, int, int, int, float], np.ndarray] | None = None) -> None:
         self.light = light
         self.feed = feed
+        self._prepared: Iterable[TagBlock] | None = None
         self.overflow_intervals_ps = list(overflow_intervals_ps or [])
         self._count_rates, self._histogram = count_rates, histogram
         self.created: list[EmulatedTagger] = []
         self._lock = threading.Lock()
+
+    def prepare(self, blocks: Iterable[TagBlock]) -> None:
+        """The light of the next stream only (an acquisition already started, e.g. one whose clients' logs had to
+        be known before the driver's lazy stream starts); later streams take :attr:`feed` again."""
+        self._prepared = blocks
+
+    def take_light(self, capture_s: float) -> Iterable[TagBlock]:
+        """The blocks the next stream records: the prepared ones once, else the feed's."""
+        blocks, self._prepared = self._prepared, None
+        if blocks is not None:
+            return blocks
+        if self.feed is None:
+            raise RuntimeError("the emulated Time Tagger has no light: no simulated loop feeds it "
+                               "(labqfl.sim_backends.timetagger_sdk, EmulatedTimeTaggerSDK.feed)")
+        return self.feed(capture_s)
 
     def createTimeTagger(self, serial: str = "", resolution: int = 0) -> EmulatedTagger:  # noqa: N802
         with self._lock:

@@ -9,8 +9,11 @@ environment are unaffected.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -118,3 +121,33 @@ def kill() -> Any:
     spec.loader.exec_module(mod)
     return mod
 
+
+# -- the emulated-hardware pair station (tests/modulation, tests/nodes, tests/calibration) ----------------
+MODULATION = Path(__file__).resolve().parent / "modulation"
+
+
+@functools.cache
+def _emulated_station_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_modulation_emulated_station", MODULATION / "test_emulated_station.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def emulated_station() -> ModuleType:
+    """tests/modulation/test_emulated_station.py as a module (defined there, beside the acceptance test that
+    describes it; under ``--import-mode=importlib`` a test module cannot import another): ``StalledLog``
+    (C1's randomness stalled at frame ``STALL_FROM`` until ``N_STALL`` frames went out dark), ``DURATION``
+    and the station builder."""
+    pytest.importorskip("pulsestreamer")
+    return _emulated_station_module()
+
+
+@pytest.fixture
+def emulated_pair_station(emulated_station: ModuleType, tmp_path: Path) -> Any:
+    """``emulated_pair_station(n_clients=2, per_client_markers=False)`` → the station file (in ``tmp_path``): the
+    example emulated-hardware station cut to a chain of ``n_clients`` clients on a short loop, ideal detectors,
+    emulators on fresh loopback addresses."""
+    return functools.partial(emulated_station.emulated_pair_station, tmp_path)

@@ -124,7 +124,7 @@ class DetectorNode(Node):
             restart = hold_master_clocks(self.instruments.instruments.values())
             blocks = tagger.stream(duration, bd or None, **({"on_recording": restart} if restart is not None else {}))
         elif tagger is not None:
-            tagger.sdk.feed = lambda capture_s: light  # what the emulated instrument records
+            tagger.sdk.prepare(light)  # what the emulated instrument records next
             blocks = tagger.stream(duration, bd or None)
         else:
             blocks = light

@@ -7,7 +7,6 @@ station file's nominal delays instead of placing the peak a whole number of wron
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import tomllib
 from pathlib import Path
@@ -19,26 +18,13 @@ from typer.testing import CliRunner
 from labqfl.cli import app
 from labqfl.serialize import dump_toml
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _emulated_station(tmp_path: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("_emulated_station", ROOT / "tests" / "modulation" /
-                                                  "test_emulated_station.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    d: dict[str, Any] = tomllib.loads(mod.emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
-    d["loop"]["segments_km"] = [2.0, 2.0, 2.0]  # the example's 2 km segments: a loop delay of many periods
-    p = tmp_path / "emulated_long.toml"
-    p.write_text(dump_toml(d), encoding="utf-8")
-    return p
-
-
-def test_delays_calibrate_on_the_emulated_hardware_station_through_its_drivers(tmp_path: Path) -> None:
-    pytest.importorskip("pulsestreamer")
-    station = _emulated_station(tmp_path)
-    cfg = tomllib.loads(station.read_text(encoding="utf-8"))
+def test_delays_calibrate_on_the_emulated_hardware_station_through_its_drivers(tmp_path: Path,
+                                                                              emulated_pair_station: Any) -> None:
+    cfg: dict[str, Any] = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
+    cfg["loop"]["segments_km"] = [2.0, 2.0, 2.0]  # the example's 2 km segments: a loop delay of many periods
+    station = tmp_path / "emulated_long.toml"
+    station.write_text(dump_toml(cfg), encoding="utf-8")
     assert cfg["laser"]["driver"] == "ThorlabsPRO8000" and cfg["time_tagger"]["driver"] == "SwabianTimeTagger"
     r = CliRunner().invoke(app, ["calibrate", "delays", "--config", str(station), "--out", str(tmp_path / "cal"),
                                  "--json"])

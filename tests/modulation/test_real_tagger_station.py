@@ -12,7 +12,6 @@ low error rates and identical keys at both ends show the key came from the logs 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tomllib
@@ -29,27 +28,17 @@ from labqfl.serialize import dump_toml
 
 pytest.importorskip("pulsestreamer")
 
-ROOT = Path(__file__).resolve().parents[2]
 DURATION = 0.06
-
-
-def _emulated_pair_station(tmp_path: Path) -> Path:
-    spec = importlib.util.spec_from_file_location("_emulated_station", ROOT / "tests" / "modulation" /
-                                                  "test_emulated_station.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return Path(mod.emulated_pair_station(tmp_path))
 
 
 @pytest.mark.slow
 def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and_distils_identical_keys(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identical_keys: Any) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, identical_keys: Any, emulated_pair_station: Any) -> None:
     import labqfl.sim_backends as sim_backends
     from labqfl.sim_backends.recording import read_recording
     from labqfl.sim_backends.timetagger_sdk import EmulatedTimeTaggerSDK, LightSettings
 
-    d = tomllib.loads(_emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
+    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"  # a real tagger: its SDK not emulated, no light known
     d["simulation"]["emulate_time_tagger"] = False
     station_file = tmp_path / "real_tagger.toml"
@@ -104,8 +93,9 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
     identical_keys(data)
 
 
-def test_live_distillation_with_a_real_tagger_needs_every_client_on_a_pattern_generator(tmp_path: Path) -> None:
-    d = tomllib.loads(_emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
+def test_live_distillation_with_a_real_tagger_needs_every_client_on_a_pattern_generator(
+        tmp_path: Path, emulated_pair_station: Any) -> None:
+    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"
     d["simulation"]["emulate_time_tagger"] = False
     d["simulation"]["emulate_pattern_generators"] = False

@@ -11,7 +11,6 @@ Swabian driver through an emulated SDK module put where the vendor's SDK is impo
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import textwrap
@@ -29,14 +28,10 @@ from labqfl.serialize import dump_toml
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _real_tagger_pair(tmp_path: Path) -> dict[str, Any]:
-    """tests/modulation/test_emulated_station.py's pair station with a real Swabian tagger and real generators."""
-    spec = importlib.util.spec_from_file_location("_emulated_station", ROOT / "tests" / "modulation" /
-                                                  "test_emulated_station.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    d = tomllib.loads(mod.emulated_pair_station(tmp_path).read_text(encoding="utf-8"))
+def _real_tagger_pair(emulated_pair_station: Any) -> dict[str, Any]:
+    """The emulated-hardware pair station (fixture ``emulated_pair_station``) with a real Swabian tagger and real
+    generators."""
+    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"
     d["simulation"]["emulate_time_tagger"] = False  # the tagger is the lab's (its SDK stood in for in the detector)
     d["simulation"]["emulate_pattern_generators"] = False  # the generators are the lab's, not an optics node's
@@ -61,8 +56,9 @@ def _lab_in_the_detector(folder: Path, station: Path) -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
-def test_a_real_tagger_over_nodes_needs_every_client_on_its_own_real_pattern_generator(tmp_path: Path) -> None:
-    d = _real_tagger_pair(tmp_path)
+def test_a_real_tagger_over_nodes_needs_every_client_on_its_own_real_pattern_generator(
+        emulated_pair_station: Any) -> None:
+    d = _real_tagger_pair(emulated_pair_station)
     check_node_station(parse_station_config(d, "lab.toml"), "lab.toml")  # the lab's light: accepted
     bare = {**d, "clients": [{k: v for k, v in d["clients"][0].items() if k != "pattern_generator"}, d["clients"][1]]}
     with pytest.raises(ConfigError) as e:
@@ -74,14 +70,13 @@ def test_a_real_tagger_over_nodes_needs_every_client_on_its_own_real_pattern_gen
 
 
 @pytest.mark.slow
-def test_with_a_real_tagger_the_nodes_run_without_an_optics_node_and_hold_identical_keys(tmp_path: Path,
-                                                                                      identical_keys: Any) -> None:
-    pytest.importorskip("pulsestreamer")
+def test_with_a_real_tagger_the_nodes_run_without_an_optics_node_and_hold_identical_keys(
+        tmp_path: Path, identical_keys: Any, emulated_pair_station: Any) -> None:
     from labqfl.nodes.launch import LocalNetwork
     from labqfl.qkd.pipeline import DistillSettings
 
     station = tmp_path / "lab.toml"
-    d = _real_tagger_pair(tmp_path)
+    d = _real_tagger_pair(emulated_pair_station)
     station.write_text(dump_toml(d), encoding="utf-8")
     cfg = parse_station_config(d, str(station))
     duration = 0.06
