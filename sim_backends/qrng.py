@@ -43,6 +43,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -315,6 +316,14 @@ def _slot_codes(ks: np.ndarray, slots: np.ndarray, thr: np.ndarray, guide: np.nd
 
 _RUN_SLOTS = 1 << 18
 _ZEROS = bytes(16 * ((_RUN_SLOTS >> 2) + 1))  # plaintext of the CTR runs (keystream = ciphertext of zeros)
+_SCRATCH = threading.local()  # per thread: one keystream buffer reused by every fill_codes (no 1 MB zeroed per call)
+
+
+def _keystream_buffer() -> bytearray:
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None:
+        buf = _SCRATCH.buf = bytearray(len(_ZEROS) + 16)
+    return buf
 
 
 @dataclass(frozen=True, repr=False, eq=False)
@@ -368,7 +377,7 @@ class CsprngChoiceLog:
         """The drive pattern of slots s0 … s0 + len(out) − 1 (``k·4 + a``, uint8), in runs of at
         most :data:`_RUN_SLOTS` slots (bounded scratch memory)."""
         thr = self._thr()
-        buf = bytearray(len(_ZEROS) + 16)
+        buf = _keystream_buffer()
         for lo in range(0, out.shape[0], _RUN_SLOTS):
             hi = min(lo + _RUN_SLOTS, out.shape[0])
             _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, self._guide, out[lo:hi])
