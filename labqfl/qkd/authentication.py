@@ -130,6 +130,22 @@ def _horner_from(acc, words, T):  # type: ignore[no-untyped-def]
     return acc
 
 
+def _key_of(T: np.ndarray) -> int:
+    """The hash key k of a :func:`_mul_table` (its entry 1·x^0·k)."""
+    return int(T[0, 1])
+
+
+def _gf64_pow(k: int, m: int) -> int:
+    """k^m in GF(2^64) (square and multiply with :func:`gf64_mul`)."""
+    r, b = 1, k
+    while m:
+        if m & 1:
+            r = gf64_mul(r, b)
+        b = gf64_mul(b, b)
+        m >>= 1
+    return r
+
+
 def _words(payload: bytes) -> np.ndarray:
     n = len(payload)
     pad = (-n) % 8
@@ -242,6 +258,9 @@ class TranscriptAuthenticator:
         self._acc = np.zeros(lanes, dtype=np.uint64)
         self._nbytes = 0
         self._messages = 0
+        # the trailing local entries (absorb_trailing), hashed on their own from a zero accumulator
+        self._tacc = np.zeros(lanes, dtype=np.uint64)
+        self._tbytes = 0
         self._final: list[int] | None = None
         #: 64-bit words of the last closed transcript, its length word included
         self.final_words = 0
@@ -272,24 +291,57 @@ class TranscriptAuthenticator:
         messages (:attr:`final_words`, hence in the forgery bound)."""
         if direction not in (0, 1, 2):
             raise QKDInputError(f"transcript direction must be 0 (Ci), 1 (Cj) or 2 (local entry), got {direction!r}")
-        frame = bytes([direction]) + len(payload).to_bytes(8, "little") + bytes(payload)
-        frame += b"\0" * ((-len(frame)) % 8)
-        words = np.frombuffer(frame, dtype="<u8").astype(np.uint64)
-        for lane, T in enumerate(self._wc._session()):
-            self._acc[lane] = _horner_from(self._acc[lane], words, T)
-        self._nbytes += len(frame)
+        self._nbytes += self._horner(self._acc, direction, payload)
         self._messages += 1
 
+    def absorb_trailing(self, payload: bytes) -> None:
+        """Add a local entry (direction 2) that belongs *after* every message of this transcript,
+        while messages are still being absorbed (the two may interleave in time): the digest at
+        :meth:`close` is exactly the one of absorbing every message and then these entries, each
+        in its own order, with :meth:`absorb`.
+
+        The Horner hash is linear in its starting value: with the messages' accumulator ``a``
+        and the trailing entries' words ``t_1 … t_m`` hashed on their own from zero into ``b``,
+        Horner(a; t_1 … t_m) = a·k^m ⊕ b, so :meth:`close` multiplies ``a`` by k^m once and adds
+        ``b``. A pair end can so hash the detector's announcements as they arrive instead of
+        holding them until the block's last message (docs/protocol.md §2.1). The hash key must
+        already be drawn (:attr:`key_bits_used` > 0): this method never draws it."""
+        if self._wc.key_bits_used == 0:
+            raise QKDInputError("transcript: trailing entries need the hash key already drawn")
+        self._tbytes += self._horner(self._tacc, 2, payload)
+        self._messages += 1
+
+    def _horner(self, acc: np.ndarray, direction: int, payload: bytes) -> int:
+        """Absorb one framed entry into ``acc`` (one value per lane); its framed length in bytes."""
+        n = len(payload)
+        frame = bytearray(9 + n + (-(9 + n)) % 8)
+        frame[0] = direction
+        frame[1:9] = n.to_bytes(8, "little")
+        frame[9:9 + n] = payload
+        words = np.frombuffer(frame, dtype="<u8")
+        for lane, T in enumerate(self._wc._session()):
+            acc[lane] = _horner_from(acc[lane], words, T)
+        return len(frame)
+
     def _digest(self) -> list[int]:
-        end = np.array([self._nbytes], dtype=np.uint64)
-        return [int(_horner_from(self._acc[lane], end, T)) for lane, T in enumerate(self._wc._session())]
+        end = np.array([self._nbytes + self._tbytes], dtype=np.uint64)
+        m = self._tbytes // 8
+        out = []
+        for lane, T in enumerate(self._wc._session()):
+            acc = int(self._acc[lane])
+            if m:
+                acc = gf64_mul(acc, _gf64_pow(_key_of(T), m)) ^ int(self._tacc[lane])
+            out.append(int(_horner_from(np.uint64(acc), end, T)))
+        return out
 
     def close(self) -> None:
         """End of a protocol run: freeze the transcript digest and start a new transcript."""
         self._final = self._digest()
-        self.final_words = self._nbytes // 8 + 1
+        self.final_words = (self._nbytes + self._tbytes) // 8 + 1
         self._acc[:] = 0
+        self._tacc[:] = 0
         self._nbytes = 0
+        self._tbytes = 0
         self._messages = 0
 
     def _padded(self) -> bytes:

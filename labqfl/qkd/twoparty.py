@@ -154,8 +154,21 @@ class TranscriptEnd:
         received them, :func:`announcement_entry`). Both ends absorb their local entries, in the
         order received, after the block's last absorbed message and before the tags, so the tags
         match only if the detector told both clients the same (information-theoretically, like
-        every message)."""
-        self._local.append(2, payload)
+        every message). Once the pair's hash key is drawn (from its first block on) they are
+        hashed as they arrive, into the transcript's trailing part
+        (:meth:`TranscriptAuthenticator.absorb_trailing`: the same digest, nothing held);
+        before, they are held compactly like the messages."""
+        if self.auth.key_bits_used > 0:
+            self._trail_held()
+            self.auth.absorb_trailing(payload)
+        else:
+            self._local.append(2, payload)
+
+    def _trail_held(self) -> None:
+        """The local entries held before the hash key was drawn go first into the trailing part."""
+        if len(self._local):
+            for _, p in self._local.drain():
+                self.auth.absorb_trailing(p)
 
     def held_bytes(self) -> int:
         """Memory the held-back entries take now (compressed; beyond a bound they are spooled to
@@ -198,8 +211,11 @@ class TranscriptEnd:
         """End of the block's messages: absorb the local entries, freeze the transcript for the
         tag exchange."""
         self.start()
-        for _, p in self._local.drain():
-            self.auth.absorb(2, p)
+        if self.auth.key_bits_used > 0:
+            self._trail_held()
+        else:  # an empty transcript so far: nothing drew the key (absorb draws it)
+            for _, p in self._local.drain():
+                self.auth.absorb(2, p)
         self.auth.close()
         self._started = False
 
