@@ -42,6 +42,27 @@ reference (a flip found there often makes its block even for free — on 10^4-bi
 at once cost 2 % more leakage, on 10^6-bit frames at 4–8 % letting the third pass ask at once
 cost 0.6–0.8 %).
 
+**Round trips** (what a networked pair pays per message; the parities disclosed are the same):
+
+* *Block parities asked ahead*: a frame stops only after ``confirm`` clean bipartitions in a row
+  (or its last pass), so every pass up to the first one where such a run *could* be complete runs
+  whatever happens (:func:`_last_certain`): Bob asks for all their block parities at once — in the
+  first round the affine passes' and the first ``confirm`` bipartitions', after a bipartition that
+  found an error the next ``confirm`` — and opens each pass in the same kernel call as the end of
+  the previous one.  Exactly the parities of a run that asks for each pass when it starts are
+  disclosed (no pass is asked for that does not run), and Bob acts on them at the same moments, so
+  the corrected bits and the leak are unchanged; a clean confirmation costs no round trip.
+* *Two bisection levels per round trip* (:attr:`CascadeSchedule.two_level`): Bob's query carries
+  his own parity of the half he asks about, so Alice, comparing it with hers, knows which half
+  holds the odd error count and, if Bob asked for it, answers the parity of that half's left half
+  too (:func:`_alice_round`): one level decided on each side of the round trip.  Alice discloses
+  one parity per level, as before; Bob's parity is no new information — in the one-level protocol
+  his next query names the half he chose, which reveals A(half) ⊕ B(half), i.e. B(half) once
+  Alice's parity is public.  Bob asks for the second parity only where he would have to ask for it
+  next round (not cached, not implied, :func:`_next_level_unknown`).  A search that a flip elsewhere
+  restarts or ends in the same round may leave that second parity unused; measured on the grid,
+  f did not change beyond its standard error (docs/reconciliation.md).
+
 **Interleaved frames** (``frame_bits``, :class:`CascadeBob`): a key cut into K frames is
 reconciled with one ``cascade/round`` message per round carrying every frame's requests, and one
 kernel call per round on each side (:func:`_bob_step`, :func:`_alice_round`); frame f runs exactly
@@ -173,6 +194,10 @@ class CascadeSchedule:
     bipartitions, ask Alice only when no lower pass has a search waiting, and restart lazily after a
     flip (:func:`_cascade_round`).  Bob's choice alone: it changes which parities he asks and when,
     never what Alice answers.
+
+    ``two_level``: Bob asks, with each bisection query, for the next level's parity in the half
+    that Alice's answer will show to be odd (module docstring, "Round trips"): half the round trips
+    of the binary searches for the same parities.  Bob's choice alone.
     """
 
     block_sizes: tuple[int, ...]
@@ -180,6 +205,7 @@ class CascadeSchedule:
     confirm: int = 0
     implied_max: int = IMPLIED_MAX
     defer_from: int = DEFER_FROM_PASS
+    two_level: bool = True
 
     def __post_init__(self) -> None:
         if not self.block_sizes:
@@ -734,6 +760,28 @@ def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.n
 
 
 @numba.njit(cache=True, nogil=True)
+def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray,
+                        c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int, h: int,
+                        y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int, cbits: np.ndarray,
+                        coff: np.ndarray, cwpb: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray,
+                        logcap: int) -> bool:
+    """Whether a search that lands on heap node ``h`` (ranks [lo, hi) of block b of pass q, with
+    an odd number of errors) would have to ask Alice the parity of its left half: the range has
+    two bits or more and that parity is neither cached nor implied by bits Bob knows.  Bob asks
+    for it in the same round as the level above (:func:`_cascade_round`, two-level rounds)."""
+    if hi - lo < 2:
+        return False
+    if _cache_get(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * h) >= 0:
+        return False
+    mid = lo + (hi - lo) // 2
+    if imax > 0 and (mid - lo <= imax or hi - mid <= imax):
+        pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
+        if _implied_left(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, pl, y, kn, kx, imax) >= 0:
+            return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
                    y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
                    k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -745,7 +793,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                    out_b: np.ndarray, out_lo: np.ndarray, out_hi: np.ndarray,
                    deferred: np.ndarray, counters: np.ndarray, flipped: np.ndarray,
                    kn: np.ndarray, kx: np.ndarray, indef: np.ndarray, imax: int, cbits: np.ndarray,
-                   coff: np.ndarray, cwpb: np.ndarray, defer: int) -> int:
+                   coff: np.ndarray, cwpb: np.ndarray, defer: int, sfl: np.ndarray, two_level: int) -> int:
     """One round of Bob's side of Cascade: all BINARY searches of all started passes advance.
 
     A search lives on a block (flat index fb = top_off[pass] + block); ``st[fb]``: 0 none,
@@ -794,23 +842,36 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         fb = init[t]
         _restart(fb, st, slo, shi, sh, bsize)
         sp = _push(fb, onstk, work, sp)
+    pos = 0
     for t in range(nprev):
         fb = qidx[t]
         q = fpass[fb]
         b = fb - top_off[q]
-        lo = slo[fb]
-        mid = lo + (shi[fb] - lo) // 2
-        ans = answers[t]
-        _cache_put(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * sh[fb], ans)
-        pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
-        if imax > 0 and shi[fb] - lo <= 3:
-            _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, shi[fb], ans, pl, y, kn, kx)
-        if pl != ans:
-            shi[fb] = mid
-            sh[fb] = 2 * sh[fb]
-        else:
-            slo[fb] = mid
-            sh[fb] = 2 * sh[fb] + 1
+        fl = sfl[fb]
+        for lvl in range(2):  # Alice's parity of the left half, then (if asked) of the next level's
+            lo = slo[fb]
+            hi = shi[fb]
+            mid = lo + (hi - lo) // 2
+            if lvl == 0:
+                pl = fl & 1  # Bob's parity of [lo, mid), sent with the query (his bits have not changed since)
+            else:
+                pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
+            ans = answers[pos]
+            pos += 1
+            _cache_put(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * sh[fb], ans)
+            if imax > 0 and hi - lo <= 3:
+                _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, ans, pl, y, kn, kx)
+            if pl != ans:
+                shi[fb] = mid
+                sh[fb] = 2 * sh[fb]
+                if not fl & 2:
+                    break
+            else:
+                slo[fb] = mid
+                sh[fb] = 2 * sh[fb] + 1
+                if not fl & 4:
+                    break
+            fl = 0  # at most two levels
         st[fb] = 1
         sp = _push(fb, onstk, work, sp)
     while True:
@@ -948,11 +1009,23 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
             continue
         st[fb] = 2  # asked
         q = fpass[fb]
+        b = fb - top_off[q]
         lo = slo[fb]
+        hi = shi[fb]
+        mid = lo + (hi - lo) // 2
+        fl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
+        if two_level:
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, lo, mid, 2 * sh[fb], y, kn, kx,
+                                   imax, cbits, coff, cwpb, hkeys, hvals, logcap):
+                fl |= 2
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, mid, hi, 2 * sh[fb] + 1, y, kn, kx,
+                                   imax, cbits, coff, cwpb, hkeys, hvals, logcap):
+                fl |= 4
+        sfl[fb] = fl
         out_q[nq] = q
-        out_b[nq] = fb - top_off[q]
+        out_b[nq] = b
         out_lo[nq] = lo
-        out_hi[nq] = lo + (shi[fb] - lo) // 2
+        out_hi[nq] = hi
         qidx[nq] = fb
         nq += 1
     counters[1] = nd
@@ -982,20 +1055,55 @@ def _materialize_packed(packed: np.ndarray, n: int, ainv: int, c: int, row: np.n
 
 
 @numba.njit(cache=True, nogil=True)
-def _open_frame_pass(f: int, p: int, told: np.ndarray, ns: np.ndarray, wo: np.ndarray, bo: np.ndarray,
+def _last_certain(kind_row: np.ndarray, done: int, clean: int, confirm: int) -> int:
+    """Last pass that certainly runs once pass ``done`` (−1: none yet) has ended with ``clean``
+    clean bipartitions in a row: a frame stops after pass p only when ``confirm`` bipartitions in a
+    row found nothing (or p is the last pass), so every pass up to the first one whose run of clean
+    bipartitions *could* reach ``confirm`` runs whatever the passes find.  Bob asks for the block
+    parities of all of them at once (:func:`_bob_step`): the disclosed parities are those of a run
+    that asks for each pass when it starts."""
+    last = done
+    mc = clean
+    for p in range(done + 1, kind_row.size):
+        if confirm > 0 and mc >= confirm:
+            break
+        last = p
+        mc = mc + 1 if kind_row[p] == 1 else 0
+    return last
+
+
+@numba.njit(cache=True, nogil=True)
+def _tell_frame_pass(f: int, p: int, told: np.ndarray, bo: np.ndarray, top_off: np.ndarray,
+                     alice_top: np.ndarray) -> None:
+    """Store Alice's block parities ``told`` of pass p of frame f (all but the last from p = 1 on:
+    that one is the frame parity, known from pass 0, plus the others)."""
+    g = bo[f]
+    o0, o1 = top_off[f, p], top_off[f, p + 1]
+    par = 0
+    for b in range(told.size):
+        alice_top[g + o0 + b] = told[b]
+        par ^= told[b]
+    if p > 0:  # Alice's frame parity (the XOR of pass 0's block parities) fixes the last block
+        for b in range(top_off[f, 1]):
+            par ^= alice_top[g + b]
+        alice_top[g + o1 - 1] = par
+
+
+@numba.njit(cache=True, nogil=True)
+def _open_frame_pass(f: int, p: int, ns: np.ndarray, wo: np.ndarray, bo: np.ndarray,
                      kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray,
                      top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray, built: np.ndarray,
                      ypk: np.ndarray, zp: np.ndarray, bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray,
                      init: np.ndarray, clean: np.ndarray) -> int:
-    """Bob opens pass p of frame f with Alice's block parities ``told`` (all but the last from
-    p = 1 on: that one is the frame parity, known from pass 0, plus the others): draws the
-    bipartition or lays out his bits in pass order, computes his block parities, and writes the
-    frame-local indices of the odd blocks to ``init[bo[f]:]``; returns how many there are."""
+    """Bob opens pass p of frame f (Alice's block parities already stored, :func:`_tell_frame_pass`):
+    draws the bipartition or lays out his bits in pass order, computes his block parities, and
+    writes the frame-local indices of the odd blocks to ``init[bo[f]:]``; returns how many there
+    are."""
     P = kind.shape[1]
     n = ns[f]
     W = wo[f + 1] - wo[f]
     g = bo[f]
-    o0, o1 = top_off[f, p], top_off[f, p + 1]
+    o0 = top_off[f, p]
     mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
     cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
     if kind[f, p] == 1 and not built[f, p]:
@@ -1006,14 +1114,6 @@ def _open_frame_pass(f: int, p: int, told: np.ndarray, ns: np.ndarray, wo: np.nd
             bsize[g + o0 + b] = cm[p, W] if b == 1 else n - cm[p, W]
         else:
             bsize[g + o0 + b] = min(k[f, p], n - b * k[f, p])
-    par = 0
-    for b in range(told.size):
-        alice_top[g + o0 + b] = told[b]
-        par ^= told[b]
-    if p > 0:  # Alice's frame parity (the XOR of pass 0's block parities) fixes the last block
-        for b in range(top_off[f, 1]):
-            par ^= alice_top[g + b]
-        alice_top[g + o1 - 1] = par
     zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
     yf = ypk[wo[f]:wo[f + 1]]
     if kind[f, p] == 0:
@@ -1043,15 +1143,21 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               counters: np.ndarray, flipped: np.ndarray, known_n: np.ndarray, known_x: np.ndarray,
               indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
               res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray,
-              defer: int) -> int:
+              defer: int, sfl: np.ndarray, got: np.ndarray, waiting: np.ndarray, req: np.ndarray,
+              two_level: int) -> int:
     """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
-    ``cascade/round``: the frames listed in ``opened`` (frame·128 + pass) open their pass
-    (:func:`_open_frame_pass`), every frame with queries last round (``nq[f]`` of them) takes its
-    answers, and every such frame runs one :func:`_cascade_round`.  A frame whose pass has nothing
-    left to ask opens its next pass, unless its last pass is done or ``confirm`` bipartitions in a
-    row found nothing (:class:`CascadeSchedule`).  Writes the next request — the frames that open
-    a pass into ``obuf`` (frame·128 + pass), the queries into ``qbuf`` (frame·128 + pass, block,
-    lo, hi) frame by frame — and their counts into ``res[0]``, ``res[1]``.
+    ``cascade/round``: Alice's block parities of the passes listed in ``opened`` (frame·128 + pass)
+    are stored (``got``), every frame with queries last round (``nq[f]`` of them) takes its answers
+    (one or two parities per query, :func:`_alice_round`), and every such frame runs
+    :func:`_cascade_round`.  A frame whose pass has nothing left to ask opens its next pass at once
+    — its block parities were asked for ahead (:func:`_last_certain`) — and runs it in the same
+    call, until a pass has queries, the last pass is done or ``confirm`` bipartitions in a row found
+    nothing (:class:`CascadeSchedule`); ``waiting[f]``: pass ``cur[f]`` is to be opened.  Writes the
+    next request — the passes whose block parities each frame asks for now (frame·128 + pass; all
+    passes up to the last that certainly runs, ``req[f]``: passes asked so far) into ``obuf``, the
+    queries into ``qbuf`` (frame·128 + pass, block, lo, hi, flags, :func:`_alice_round`) frame by
+    frame — and their counts into ``res[0]``, ``res[1]``; ``res[3]``: block parities in
+    ``disclosed``.
 
     Returns 0; −3 if ``disclosed`` has the wrong length (nothing changed); −2 if a frame's parity
     cache must grow first (``needgrow``; nothing changed); −1 on inconsistent parities (frame in
@@ -1060,70 +1166,97 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
     """
     K = ns.size
     P = kind.shape[1]
-    want = 0
+    ntop = 0
     for t in range(opened.size):
         p = opened[t] & 127
-        want += nb[opened[t] >> 7, p] - (1 if p > 0 else 0)
-    for f in range(K):
-        want += nq[f]
-    if disclosed.size != want:
+        ntop += nb[opened[t] >> 7, p] - (1 if p > 0 else 0)
+    if ntop > disclosed.size:
         return -3
-    grow = False
+    qpos = np.zeros(K + 1, np.int64)  # frame f's answers: disclosed[qpos[f]:qpos[f + 1]]
     nhash = np.zeros(K, np.int64)  # answers that go to a hash table (bipartition passes)
+    pos = ntop
     for f in range(K):
+        qpos[f] = pos
         for t in range(nq[f]):
-            nhash[f] += kind[f, fpass[bo[f] + qidx[bo[f] + t]]]
+            fb = qidx[bo[f] + t]
+            fl = sfl[bo[f] + fb]
+            if pos >= disclosed.size:
+                return -3
+            left = disclosed[pos] != (fl & 1)
+            m = 1 + (1 if (left and fl & 2) or (not left and fl & 4) else 0)
+            pos += m
+            nhash[f] += m * kind[f, fpass[bo[f] + fb]]
         if hcount[f] + nhash[f] > (1 << logcap[f]) // 2:
             needgrow[f] = 1
-            grow = True
-    if grow:
-        return -2
-    ninit = np.full(K, -1, np.int64)  # −1: frame not opening
+    qpos[K] = pos
+    if pos != disclosed.size:
+        return -3
+    for f in range(K):
+        if needgrow[f]:
+            return -2
     pos = 0
     for t in range(opened.size):
         f = opened[t] >> 7
         p = opened[t] & 127
         m = nb[f, p] - (1 if p > 0 else 0)
-        ninit[f] = _open_frame_pass(f, p, disclosed[pos:pos + m], ns, wo, bo, kind, k, c, ainv, nb, top_off, masks,
-                                    cum, bkeys, built, ypk, zp, bsize, alice_top, bob_top, init, clean)
+        _tell_frame_pass(f, p, disclosed[pos:pos + m], bo, top_off, alice_top)
+        got[f, p] = True
         pos += m
+    res[3] = ntop
     nopen = 0
     nqt = 0
     for f in range(K):
         nprev = nq[f]
-        if ninit[f] < 0 and nprev == 0:
+        if nprev == 0 and not waiting[f]:
             continue  # finished
         W = wo[f + 1] - wo[f]
         b0, b1 = bo[f], bo[f + 1]
         hcount[f] += nhash[f]
-        r = _cascade_round(
-            init[b0:b0 + max(ninit[f], 0)], nprev, qidx[b0:b1], disclosed[pos:pos + nprev], y[no[f]:no[f + 1]],
-            ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
-            a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
-            cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
-            bsize[b0:b1], alice_top[b0:b1], bob_top[b0:b1], st[b0:b1], slo[b0:b1], shi[b0:b1], sh[b0:b1],
-            work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
-            hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
-            out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
-            known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
-            coff[f], cwpb[f], defer)
-        pos += nprev
-        if r < 0:
-            res[2] = f
-            return -1
-        nq[f] = r
-        if r == 0:
+        while True:
+            ninit = 0
+            if waiting[f]:
+                if not got[f, cur[f]]:
+                    break
+                ninit = _open_frame_pass(f, cur[f], ns, wo, bo, kind, k, c, ainv, nb, top_off, masks, cum, bkeys,
+                                         built, ypk, zp, bsize, alice_top, bob_top, init, clean)
+                waiting[f] = 0
+            r = _cascade_round(
+                init[b0:b0 + ninit], nprev, qidx[b0:b1], disclosed[qpos[f]:qpos[f + 1]], y[no[f]:no[f + 1]],
+                ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
+                a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
+                cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
+                bsize[b0:b1], alice_top[b0:b1], bob_top[b0:b1], st[b0:b1], slo[b0:b1], shi[b0:b1], sh[b0:b1],
+                work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
+                hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
+                out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
+                known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
+                coff[f], cwpb[f], defer, sfl[b0:b1], two_level)
+            nprev = 0
+            if r < 0:
+                res[2] = f
+                return -1
+            nq[f] = r
+            if r > 0:
+                break
             passes_run[f] = cur[f] + 1
             if cur[f] + 1 < P and not (confirm > 0 and clean[f] >= confirm):
                 cur[f] += 1
-                obuf[nopen] = f * 128 + cur[f]
+                waiting[f] = 1
+            else:
+                break
+        if nq[f] > 0 or waiting[f]:
+            last = _last_certain(kind[f], cur[f] - waiting[f], clean[f], confirm)
+            for p in range(req[f], last + 1):
+                obuf[nopen] = f * 128 + p
                 nopen += 1
-        for j in range(r):
+            req[f] = max(req[f], last + 1)
+        for j in range(nq[f]):
             s = b0 + j
-            qbuf[4 * nqt] = f * 128 + out_q[s]
-            qbuf[4 * nqt + 1] = out_b[s]
-            qbuf[4 * nqt + 2] = out_lo[s]
-            qbuf[4 * nqt + 3] = out_hi[s]
+            qbuf[5 * nqt] = f * 128 + out_q[s]
+            qbuf[5 * nqt + 1] = out_b[s]
+            qbuf[5 * nqt + 2] = out_lo[s]
+            qbuf[5 * nqt + 3] = out_hi[s]
+            qbuf[5 * nqt + 4] = sfl[b0 + qidx[s]]
             nqt += 1
     res[0] = nopen
     res[1] = nqt
@@ -1136,11 +1269,16 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
                  out: np.ndarray) -> int:
     """Alice's answer to one ``cascade/round``: the block parities of every (frame·128 + pass) in
-    ``opens`` (all but the last block's from pass 1 on), then the parity of ranks lo..hi−1 of the
-    block of each query (frame·128 + pass, block, lo, hi) in ``queries``, written to ``out``.
+    ``opens`` (all but the last block's from pass 1 on), then one or two parities per query
+    (frame·128 + pass, block, lo, hi, flags) in ``queries``, written to ``out``.  A query names a
+    search's range, ranks lo..hi−1 (≥ 2) of the block; Alice answers the parity of its left half
+    [lo, mid), mid = lo + ⌊(hi − lo)/2⌋.  Flag bit 0 is Bob's own parity of that half, so the half
+    holding the odd error count is known to Alice too: left if the parities differ, else right.
+    Bit 1 (left) or bit 2 (right) asks, for that half, the parity of *its* left half as well — the
+    next bisection level in the same round (the half must hold ≥ 2 bits).
     Returns how many; −1 no such frame or pass, −2 a pass opened before pass 0 of its frame, −3 a
-    query into a pass whose block parities were not disclosed, −4 no such block or range, −5 more
-    parities than ``out`` holds."""
+    query into a pass whose block parities were not disclosed, −4 no such block or range (or
+    flags), −5 more parities than ``out`` holds."""
     K, P = kind.shape
     pos = 0
     for t in range(opens.size):
@@ -1168,12 +1306,13 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
             return -5
         out[pos:pos + m] = tp[:m]
         pos += m
-    for j in range(queries.size // 4):
-        f = int(queries[4 * j] >> 7)
-        q = int(queries[4 * j] & 127)
-        b = int(queries[4 * j + 1])
-        lo = int(queries[4 * j + 2])
-        hi = int(queries[4 * j + 3])
+    for j in range(queries.size // 5):
+        f = int(np.int64(queries[5 * j])) >> 7  # signed: lo, hi and mid mix with int64 (uint64 would give floats)
+        q = int(np.int64(queries[5 * j])) & 127
+        b = int(np.int64(queries[5 * j + 1]))
+        lo = int(np.int64(queries[5 * j + 2]))
+        hi = int(np.int64(queries[5 * j + 3]))
+        fl = int(np.int64(queries[5 * j + 4]))
         if f >= K or q >= P or not ready[f, q]:
             return -3
         n = ns[f]
@@ -1185,11 +1324,29 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
             size = cm[q, W] if b == 1 else n - cm[q, W]
         else:
             size = min(k[f, q], n - b * k[f, q])
-        if hi <= lo or hi > size or pos >= out.size:
-            return -4 if pos < out.size else -5
-        out[pos] = _range_parity(zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), xpk[wo[f]:wo[f + 1]], n, kind[f],
-                                 k[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cm, q, b, lo, hi)
-        pos += 1
+        if hi - lo < 2 or hi > size or fl > 7:
+            return -4
+        zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        for lvl in range(2):
+            mid = lo + (hi - lo) // 2
+            if pos >= out.size:
+                return -5
+            par = _range_parity(zf, xpk[wo[f]:wo[f + 1]], n, kind[f], k[f], mk, cm, q, b, lo, mid)
+            out[pos] = par
+            pos += 1
+            if lvl == 1:
+                break
+            if par != (fl & 1):  # the odd half is the left one
+                hi = mid
+                if not fl & 2:
+                    break
+            else:
+                lo = mid
+                if not fl & 4:
+                    break
+            if hi - lo < 2:
+                return -4
     return pos
 
 
@@ -1307,9 +1464,11 @@ class CascadeAlice:
     Messages: ``cascade/init`` {n, frames (lengths of the K frames, int64; absent: one frame),
     seeds (one per frame; absent: ``seed``), schedule} → ``cascade/ok``; ``cascade/round`` {open:
     uint32 frame·128 + pass for every pass whose block parities Bob asks for; query: uint32
-    (frame·128 + pass, block, lo, hi) per range parity (ranks lo..hi−1 within the block)} → every
-    asked block parity (from pass 1 on all but the last block's, which follows from the frame's
-    parity) in the order asked, then one parity per query, all disclosed; the reply is
+    (frame·128 + pass, block, lo, hi, flags) per bisection step: the search's range, ranks lo..hi−1
+    within the block, and flags (bit 0: Bob's parity of its left half; bits 1/2: also the next
+    level if the left/right half is the odd one, :func:`_alice_round`)} → every asked block parity
+    (from pass 1 on all but the last block's, which follows from the frame's parity) in the order
+    asked, then one or two parities per query, all disclosed; the reply is
     ``cascade/block-parities`` when it carries block parities, else ``cascade/parities``.
     ``cascade/done`` → ``cascade/ok`` with Alice's own count of disclosed bits.  A request naming
     a frame, pass, block or range that does not exist, or a pass whose block parities were not
@@ -1352,9 +1511,9 @@ class CascadeAlice:
     def _round(self, F: _FrameSet, request: Message) -> Message:
         opens = np.asarray(request.get("open"), dtype=np.uint32)
         queries = np.asarray(request.get("query"), dtype=np.uint32)
-        if opens.ndim != 1 or queries.ndim != 1 or queries.size % 4:
-            raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 4 entries")
-        out = np.empty(int(F.bo[-1]) + queries.size // 4, np.uint8)
+        if opens.ndim != 1 or queries.ndim != 1 or queries.size % 5:
+            raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
+        out = np.empty(int(F.bo[-1]) + 2 * (queries.size // 5), np.uint8)
         got = _alice_round(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.ainv, F.nb, F.masks, F.cum, F.bkeys,
                            F.built, self._ready, self._zp, self._xpk, out)
         if got < 0:
@@ -1377,7 +1536,7 @@ class CascadeAlice:
 
 
 _BLOCK_ARRAYS = ("bsize", "slo", "shi", "sh", "work", "waitl", "found", "qidx", "deferred",
-                 "out_q", "out_b", "out_lo", "out_hi", "init")
+                 "out_q", "out_b", "out_lo", "out_hi", "init", "sfl")
 _BLOCK_FLAGS = ("alice_top", "bob_top", "st", "onstk", "inwait", "fval", "indef")
 
 
@@ -1410,6 +1569,7 @@ class _BobWork:
     co: np.ndarray
     coff: np.ndarray
     cwpb: np.ndarray  # int64 [K, P]: words per block and flag kind (known / value)
+    got: np.ndarray  # bool [K, P]: Alice's block parities of the pass received
 
     @classmethod
     def allocate(cls, bits: np.ndarray, F: _FrameSet) -> _BobWork:
@@ -1433,13 +1593,13 @@ class _BobWork:
         arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
         fpass = np.concatenate([np.repeat(np.arange(F.npasses, dtype=np.int64), F.nb[f]) for f in range(F.frames)])
         prog = {name: np.zeros(F.frames, np.int64) for name in ("cur", "clean", "passes_run", "nq", "hcount",
-                                                                 "needgrow")}
+                                                                 "needgrow", "waiting", "req")}
         return cls(y=y, ypk=ypk, zp=np.zeros(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
                    counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
                    known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
                    hkeys=np.full(int(ho[-1]), -1, np.int64), hvals=np.zeros(int(ho[-1]), np.int8),
                    ho=ho, logcap=logcap, prog=prog, cbits=np.zeros(int(co[-1]), np.uint64), co=co,
-                   coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb)
+                   coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb, got=np.zeros((F.frames, F.npasses), bool))
 
     def grow(self, frames: np.ndarray) -> None:
         """Double the parity caches of ``frames`` (rehashed; the other frames' are copied)."""
@@ -1456,8 +1616,21 @@ class _BobWork:
                 _h_rehash(self.hkeys[old], self.hvals[old], keys[new], vals[new], int(logcap[f]))
         self.hkeys, self.hvals, self.ho, self.logcap = keys, vals, ho, logcap
 
+    def start(self, F: _FrameSet, confirm: int, obuf: np.ndarray) -> int:
+        """Every frame waits to open pass 0; writes the first request — the block parities of every
+        pass that certainly runs (:func:`_last_certain`) — into ``obuf``; returns its length."""
+        g = self.prog
+        g["waiting"][:] = 1
+        nopen = 0
+        for f in range(F.frames):
+            last = int(_last_certain(F.kind[f], -1, 0, confirm))
+            obuf[nopen:nopen + last + 1] = f * 128 + np.arange(last + 1, dtype=np.uint32)
+            nopen += last + 1
+            g["req"][f] = last + 1
+        return nopen
+
     def step(self, F: _FrameSet, disclosed: np.ndarray, opened: np.ndarray, imax: int, confirm: int,
-             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int) -> int:
+             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int, two_level: bool) -> int:
         """:func:`_bob_step` on this state (the caches grown first where needed)."""
         A, g = self.arr, self.prog
         while True:
@@ -1469,7 +1642,7 @@ class _BobWork:
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
                 A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
                 A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb,
-                defer)
+                defer, A["sfl"], self.got, g["waiting"], g["req"], int(two_level))
             if code != -2:
                 return int(code)
             self.grow(np.flatnonzero(g["needgrow"]))
@@ -1513,18 +1686,18 @@ class CascadeBob:
                                                  "schedule": _schedule_array(self.schedule)}))
         F = _FrameSet.build(self.frames, seeds, self.schedule.block_sizes)
         w = _BobWork.allocate(self.bits, F)
-        obuf = np.arange(F.frames, dtype=np.uint32) * np.uint32(128)  # every frame opens pass 0
-        qbuf = np.zeros(4 * int(F.bo[-1]), np.uint32)
-        res = np.zeros(3, np.int64)
-        nopen, nqt = F.frames, 0
+        obuf = np.zeros(F.frames * F.npasses, np.uint32)
+        qbuf = np.zeros(5 * int(F.bo[-1]), np.uint32)
+        res = np.zeros(4, np.int64)
+        nopen, nqt = w.start(F, self.schedule.confirm, obuf), 0
         leaked_top = leaked_bs = rounds = 0
         while nopen or nqt:
             opened = obuf[:nopen].copy()
-            rep = channel.request(Message("cascade/round", {"open": opened, "query": qbuf[:4 * nqt].copy()}))
+            rep = channel.request(Message("cascade/round", {"open": opened, "query": qbuf[:5 * nqt].copy()}))
             if rep.kind not in ("cascade/block-parities", "cascade/parities"):
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
             code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res,
-                          self.schedule.defer_from)
+                          self.schedule.defer_from, self.schedule.two_level)
             if code == -3:
                 raise MessageError(f"cascade: reply {rep.kind!r} to cascade/round carries {rep.disclosed.size} "
                                    f"parities, not the number asked for")
@@ -1535,8 +1708,8 @@ class CascadeBob:
                     f"{int(F.no[f] + w.counters[f, 2])} would be flipped a second time in pass "
                     f"{int(w.prog['cur'][f])} (honest parities flip each bit at most once); reconciliation "
                     f"stopped after {rounds} parity rounds")
-            leaked_top += rep.disclosed.size - nqt
-            leaked_bs += nqt
+            leaked_top += int(res[3])
+            leaked_bs += rep.disclosed.size - int(res[3])
             rounds += nqt > 0
             nopen, nqt = int(res[0]), int(res[1])
         channel.request(Message("cascade/done"))
@@ -1590,7 +1763,11 @@ def cascade_reference(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
 
     Same protocol and same pass permutations as :func:`reconcile_cascade`, written with explicit
     Python lists of block members and a dict of known parities, one parity at a time, with direct
-    access to Alice's bits (each access to them counted as one leaked bit).
+    access to Alice's bits (each access to them counted as one leaked bit).  It has no messages,
+    hence no round trips: the fast kernels' ways of saving them (block parities asked ahead, two
+    bisection levels per round trip) disclose the same parities along the same bisection paths,
+    which is what this reference spells out; they change only which searches of different blocks
+    share a round.
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     schedule = schedule or CascadeSchedule.for_frame(q, int(alice_bits.size))

@@ -120,14 +120,18 @@ def test_alice_refuses_requests_outside_the_frames(frame):
     none = np.zeros(0, np.uint32)
     cases = {"does not exist": (np.array([2 * 128], np.uint32), none),
              "before pass 0": (np.array([1], np.uint32), none),
-             "not revealed": (none, np.array([128, 0, 0, 1], np.uint32))}
+             "not revealed": (none, np.array([128, 0, 0, 2, 0], np.uint32))}
     for match, (opens, queries) in cases.items():
         with pytest.raises(MessageError, match=match):
             alice.handle(Message("cascade/round", {"open": opens, "query": queries}))
     rep = alice.handle(Message("cascade/round", {"open": np.array([0], np.uint32), "query": none}))
     assert rep.kind == "cascade/block-parities" and rep.disclosed.size > 0
-    with pytest.raises(MessageError, match="block or range"):
-        alice.handle(Message("cascade/round", {"open": none, "query": np.array([0, 0, 5, 5], np.uint32)}))
+    # (pass, block, lo, hi, flags): a range of < 2 bits, unknown flags, a next level inside a one-bit half
+    for query in ([0, 0, 5, 6, 0], [0, 0, 4, 6, 8], [0, 0, 4, 6, 6], [0, 0, 4, 6, 7]):
+        with pytest.raises(MessageError, match="block or range"):
+            alice.handle(Message("cascade/round", {"open": none, "query": np.array(query, np.uint32)}))
+    with pytest.raises(MessageError, match="multiple of 5"):
+        alice.handle(Message("cascade/round", {"open": none, "query": np.array([0, 0, 4, 6], np.uint32)}))
 
 
 def test_the_pair_protocol_reconciles_large_blocks_as_interleaved_frames():

@@ -64,11 +64,21 @@ def disclosed_vectors(n: int, seed: int, block_sizes: tuple[int, ...],
             q = v & 127
             told += int(P.nb[q]) - (1 if q > 0 else 0)
             vecs += [as_int(block(q, b)) for b in range(int(P.nb[q]) - (1 if q > 0 else 0))]
-        queries = np.asarray(req.get("query")).reshape(-1, 4).tolist()
-        assert rep.disclosed.size == told + len(queries)
-        for fq, b, lo, hi in queries:
+        # (pass, block, lo, hi, flags): Alice's parity of the left half of [lo, hi); flag bit 0 is
+        # Bob's, bits 1/2 ask for the next level inside the odd half (left / right)
+        answers = rep.disclosed[told:].tolist()
+        pos = 0
+        for fq, b, lo, hi, fl in np.asarray(req.get("query")).reshape(-1, 5).tolist():
             assert fq >> 7 == 0
-            vecs.append(as_int(block(fq & 127, b)[lo:hi]))
+            mid = lo + (hi - lo) // 2
+            vecs.append(as_int(block(fq & 127, b)[lo:mid]))
+            left = answers[pos] != fl & 1
+            pos += 1
+            if fl & (2 if left else 4):
+                lo, hi = (lo, mid) if left else (mid, hi)
+                vecs.append(as_int(block(fq & 127, b)[lo:lo + (hi - lo) // 2]))
+                pos += 1
+        assert pos == len(answers)
     return vecs
 
 
