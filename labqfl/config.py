@@ -372,6 +372,11 @@ class SimulationConfig(_Model):
         False, description="the time_tagger role (driver 'SwabianTimeTagger') runs on an emulated Swabian SDK whose "
         "tags come from the simulated loop (labqfl.sim_backends.timetagger_sdk; docs/lab_setup.md): the real driver, "
         "an emulated instrument")
+    emulate_detectors: bool = Field(
+        False, description="the detectors D0/D1 (driver 'SingleQuantumEos') talk to a WebSQ controller emulated in "
+        "the process that opens them, on free loopback ports instead of their resource's; its bias and enable state "
+        "switch the simulated loop's detectors and its count stream counts their clicks "
+        "(labqfl.sim_backends.websq; docs/lab_setup.md): the real driver, an emulated instrument")
     intercept_resend: InterceptResendConfig = Field(default_factory=InterceptResendConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
@@ -551,6 +556,15 @@ class StationConfig(_Model):
         if self.simulation.emulate_time_tagger and tt.driver != "SwabianTimeTagger":
             raise ValueError(f"simulation.emulate_time_tagger emulates the Swabian Time Tagger's SDK: expected "
                              f"time_tagger.driver = \"SwabianTimeTagger\", got {tt.driver!r}")
+        if self.simulation.emulate_detectors:
+            other = {d: ic.driver for d, ic in self.detectors.items() if ic.driver != "SingleQuantumEos"}
+            if other:
+                raise ValueError(f"simulation.emulate_detectors emulates a Single Quantum WebSQ controller: expected "
+                                 f"detectors D0 and D1 on driver \"SingleQuantumEos\", got {other}")
+            if not tt.simulated and not self.simulation.emulate_time_tagger:
+                raise ValueError(f"simulation.emulate_detectors: emulated detectors see the simulated loop, but the "
+                                 f"time tagger ({tt.driver!r}) records the lab's light; expected time_tagger.driver = "
+                                 f"\"sim\" or simulation.emulate_time_tagger = true")
         dd = self.simulation.faults.detector_dies
         if dd is not None and dd not in ("D0", "D1"):
             raise ValueError(f"simulation.faults.detector_dies must be 'D0' or 'D1', got {dd!r}")

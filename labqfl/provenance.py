@@ -151,11 +151,12 @@ def weakest(provs: Iterable[Provenance]) -> Provenance | None:
 def station_physical_layer(cfg: Any) -> str:
     """``"simulated"`` if any instrument role of the station config is simulated (``driver = "sim"``) or
     emulated — a pyvisa-sim device (``visa_library`` ``@sim:<file>`` or ``<file>@sim``), the emulated pattern
-    generators or time tagger of ``simulation.emulate_*`` (the light is then the simulated loop's) — else
+    generators, time tagger or detectors of ``simulation.emulate_*`` (the light is then the simulated loop's) — else
     ``"hardware"``. Real drivers on emulators stay "simulated": the keys' security never rests on them."""
     roles = cfg.roles()
     sim = getattr(cfg, "simulation", None)
-    emulated = bool(getattr(sim, "emulate_pattern_generators", False) or getattr(sim, "emulate_time_tagger", False))
+    emulated = any(bool(getattr(sim, f"emulate_{what}", False))
+                   for what in ("pattern_generators", "time_tagger", "detectors"))
 
     def pyvisa_sim(ic: Any) -> bool:
         lib = str(getattr(ic, "visa_library", None) or "")

@@ -99,6 +99,17 @@ def emulated_tagger_sdk(cfg: StationConfig, light: Any = None) -> Any:
         histogram=None if light is None else light.histogram)
 
 
+def emulated_detectors(cfg: StationConfig, light: Any = None) -> Any:
+    """The emulated WebSQ controllers of ``simulation.emulate_detectors``
+    (:class:`labqfl.sim_backends.websq.EmulatedDetectors`), started here on free loopback ports: point the
+    detectors' driver at them with ``instrument_config(role, ic)`` (or ``station_config(cfg)``), close them
+    after the detectors. ``light``: the simulated tagger of this process (the Station's), whose loop's
+    detectors follow the controllers and whose clicks their count streams report; None (the detection node,
+    the loop being the optics node's): controllers without a light."""
+    websq = importlib.import_module("labqfl.sim_backends.websq")
+    return websq.EmulatedDetectors(cfg, None if light is None else light.testbed)
+
+
 def hold_master_clocks(instruments: Iterable[Instrument]) -> Callable[[], None] | None:
     """Slot 0 is the master clock's first pulse, and the tagger must record it
     (docs/decisions/0008-frame-markers.md): every running master clock (a :class:`PulseGenerator` with its output
@@ -394,6 +405,8 @@ class Station:
         #: driver's emulated SDK records, and the holder of the simulated clients' logs. None otherwise.
         self._light: Any = None
         self._tagger_sdk: Any = None
+        #: The emulated WebSQ controllers of the detectors (``simulation.emulate_detectors``), None otherwise.
+        self._detector_emulators: Any = None
         #: (epoch, {client: log}) of the latest acquisition with a real tagger on real hardware, the clients'
         #: generators armed by this process (:meth:`prepare_acquisition`); None otherwise.
         self._own_logs: tuple[int, dict[str, Any]] | None = None
@@ -470,6 +483,9 @@ class Station:
                         inst.close()
                 if missing:
                     raise StationError(f"the simulator did not build roles {missing}")
+                if self.config.simulation.emulate_detectors:  # their controllers, the loop's detectors following
+                    light = self._light if self._light is not None else opened["time_tagger"]
+                    self._detector_emulators = emulated_detectors(self.config, light)
             except Exception as exc:
                 for inst in opened.values():
                     inst.close()
@@ -536,6 +552,11 @@ class Station:
                                    "failed to open)")
             self._tagger_sdk = emulated_tagger_sdk(self.config, self._light)
             return open_driver(role, ic, self.base_dir, sdk=self._tagger_sdk)
+        if role in ("D0", "D1") and self.config.simulation.emulate_detectors:
+            if self._detector_emulators is None:
+                raise StationError("the emulated detectors have no simulated loop behind them (the simulated roles "
+                                   "failed to open)")
+            return open_driver(role, self._detector_emulators.instrument_config(role, ic), self.base_dir)
         return open_driver(role, ic, self.base_dir)
 
     @property
@@ -750,6 +771,8 @@ class Station:
                         self.instruments[role].close()
                     except Exception as exc:  # keep closing the others
                         log.error("role %s: close failed: %s", role, exc)
+                if self._detector_emulators is not None:  # after the detectors' safe state went through them
+                    self._detector_emulators.close()
                 if self._light is not None:
                     self._light.close()
             finally:
@@ -774,5 +797,5 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "arm_instruments", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
+__all__ = ["Station", "arm_instruments", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
            "hold_master_clocks", "open_driver", "validate_driver_roles"]

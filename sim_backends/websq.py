@@ -13,6 +13,16 @@ Quantum B. V.; the command set :class:`labqfl.drivers.singlequantum_eos.SingleQu
 * **counts port** — one text line ``<time>,<counts ch1>,…,<counts chN>\\n`` per measurement period
   to every connected client.
 
+**As the station's detectors** (``simulation.emulate_detectors``: :class:`EmulatedDetectors`): one
+emulator per controller resource of D0/D1, in the process that opens the detectors, on free loopback ports
+(the driver is pointed at them instead of the resource's). Its state drives the simulated loop's detectors:
+a channel clicks only while ``DetectorEnable`` is on and its bias current is above 0 µA, and its dark-count
+rate follows the bias as a simulated detector's does (DCR₀·exp((I − I₀)/scale), I₀ the station file's
+``bias_current_ua``); the counts port sends the clicks the simulated loop's tagger counts on that detector's
+channel over each measurement period. Without a simulated loop in the process (over node processes the
+detection node holds the controller, the optics node the loop) it sends no count lines, as the emulated
+tagger SDK there has no count-rate read-out.
+
 The emulator keeps the state a test reads back (:attr:`bias_ua`, :attr:`enabled`,
 :attr:`bias_history` — every bias vector the controller accepted, so a ramp is visible step by step)
 in the process that runs it, so a test can kill the client process and then read what the
@@ -25,7 +35,13 @@ import json
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from labqfl.config import InstrumentConfig, StationConfig
+
+if TYPE_CHECKING:
+    from labqfl.sim_backends.testbed import SagnacTestbed
 
 #: Bias current range the vendor's client documents for its IV scans (µA).
 BIAS_LIMIT_UA = 90.9
@@ -34,19 +50,30 @@ MIN_PERIOD_MS = 10
 ETB = "\x17"
 
 
+#: ``counts(period_s)``: the counts of every channel over one measurement period, or None (no line sent)
+CountSource = Callable[[float], "list[int] | None"]
+
+
 class WebSQEmulator:
-    """A WebSQ controller with ``n_detectors`` channels on two loopback ports (0 = pick free ports)."""
+    """A WebSQ controller with ``n_detectors`` channels on two loopback ports (0 = pick free ports).
+
+    ``counts``: where the count stream's numbers come from (:data:`CountSource`, called only while a client
+    listens on the counts port); None: a stand-alone model, ``rate_hz_per_ua`` × bias on an enabled channel.
+    ``on_change(emulator)``: called after every accepted command (outside the emulator's lock)."""
 
     def __init__(self, n_detectors: int = 2, *, control_port: int = 0, counts_port: int = 0,
-                 rate_hz_per_ua: float = 100.0) -> None:
+                 rate_hz_per_ua: float = 100.0, counts: CountSource | None = None,
+                 on_change: Callable[[WebSQEmulator], None] | None = None, temperature_k: float = 2.51) -> None:
         self.n = int(n_detectors)
         self.lock = threading.RLock()
         self.bias_ua = [0.0] * self.n
         self.trigger_mv = [25.0] * self.n
         self.enabled = False
         self.period_ms = 100
-        self.temperature_k = 2.51
+        self.temperature_k = float(temperature_k)
         self.rate_hz_per_ua = float(rate_hz_per_ua)
+        self.counts = counts
+        self.on_change = on_change
         self.bias_history: list[list[float]] = []
         self.received: list[dict[str, Any]] = []
         self._stop = threading.Event()
@@ -81,6 +108,12 @@ class WebSQEmulator:
     # -- protocol ---------------------------------------------------------------------------------
     def handle(self, msg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Apply one client message; return (replies to that client, broadcasts to every client)."""
+        replies, broadcasts = self._apply(msg)
+        if broadcasts and self.on_change is not None:
+            self.on_change(self)
+        return replies, broadcasts
+
+    def _apply(self, msg: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         with self.lock:
             self.received.append(msg)
             if msg.get("request") == "labelProps":
@@ -181,8 +214,14 @@ class WebSQEmulator:
         while not self._stop.is_set():
             with self.lock:
                 period = self.period_ms / 1e3
-                counts = [round(self.rate_hz_per_ua * b * period) if self.enabled and b > 0 else 0 for b in self.bias_ua]
+                counts: list[int] | None = [round(self.rate_hz_per_ua * b * period) if self.enabled and b > 0 else 0
+                                            for b in self.bias_ua]
                 clients = list(self._count_clients)
+            if self.counts is not None:
+                counts = self.counts(period) if clients else None  # a read-out only while someone listens
+            if counts is None:
+                self._stop.wait(period)
+                continue
             line = (",".join([f"{time.time():.3f}"] + [str(c) for c in counts]) + "\n").encode()
             for c in clients:
                 try:
@@ -200,6 +239,9 @@ class WebSQEmulator:
                 c.close()
             self._clients.clear()
             self._count_clients.clear()
+        for t in self._threads:  # the listening sockets are released once their accept() returned
+            if t is not threading.current_thread():
+                t.join(timeout=2.0)
 
     def __enter__(self) -> WebSQEmulator:
         return self
@@ -208,4 +250,94 @@ class WebSQEmulator:
         self.close()
 
 
-__all__ = ["BIAS_LIMIT_UA", "MIN_PERIOD_MS", "WebSQEmulator"]
+class EmulatedDetectors:
+    """``simulation.emulate_detectors``: the station's detectors D0/D1 (driver ``SingleQuantumEos``) on
+    :class:`WebSQEmulator` controllers started here, one per controller resource of the station file (roles
+    on one resource share it, one nanowire each: ``options.channel``), each on free loopback ports.
+
+    ``testbed``: the simulated loop of this process (in process: the Station's), whose detectors follow the
+    controllers (module docstring) and whose tagger counts their clicks for the count stream; None (the
+    detection node: the loop is the optics node's) leaves the controllers without a light, their count
+    streams silent. Until a driver arms them the loop's emulated detectors are off (the controller starts
+    with ``DetectorEnable`` off and every bias at 0 µA), as a controller on the bench would be.
+    """
+
+    DETECTORS = ("D0", "D1")
+
+    def __init__(self, cfg: StationConfig, testbed: SagnacTestbed | None = None) -> None:
+        self.testbed = testbed
+        groups: dict[str, list[tuple[str, int]]] = {}
+        for role in self.DETECTORS:
+            ic = cfg.detectors[role]
+            if ic.driver != "SingleQuantumEos":
+                raise ValueError(f"simulation.emulate_detectors: detector {role} is on driver {ic.driver!r}; "
+                                 f"expected \"SingleQuantumEos\"")
+            channel = ic.options.get("channel", 1)
+            if not isinstance(channel, int) or channel < 1:
+                raise ValueError(f"detectors.{role}.options.channel must be an integer >= 1, got {channel!r}")
+            groups.setdefault(str(ic.resource).strip().upper(), []).append((role, channel))
+        #: role -> (its controller, its channel)
+        self.by_role: dict[str, tuple[WebSQEmulator, int]] = {}
+        self.emulators: list[WebSQEmulator] = []
+        try:
+            for roles in groups.values():
+                emu = WebSQEmulator(max(ch for _, ch in roles),
+                                    counts=self._count_source(roles),
+                                    on_change=self._follower(roles) if testbed is not None else None,
+                                    temperature_k=cfg.detectors[roles[0][0]].temperature_k)
+                self.emulators.append(emu)
+                for role, ch in roles:
+                    self.by_role[role] = (emu, ch)
+                if testbed is not None:
+                    self._follower(roles)(emu)  # the loop's detectors as the controller starts: off
+        except BaseException:
+            self.close()
+            raise
+
+    # -- the simulated loop follows the controllers ------------------------------------------------
+    def _follower(self, roles: list[tuple[str, int]]) -> Callable[[WebSQEmulator], None]:
+        def follow(emu: WebSQEmulator) -> None:
+            tb = self.testbed
+            assert tb is not None
+            with emu.lock:
+                state = [(role, emu.enabled, emu.bias_ua[ch - 1]) for role, ch in roles]
+            with tb.lock:
+                for role, enabled, bias in state:
+                    d = tb.live.detectors[role]
+                    d.enabled = bool(enabled and bias > 0)
+                    d.bias = float(bias)
+                tb.touch()
+        return follow
+
+    def _count_source(self, roles: list[tuple[str, int]]) -> CountSource:
+        def counts(period_s: float) -> list[int] | None:
+            if self.testbed is None:
+                return None  # no light in this process
+            rates = self.testbed.detector_count_rates(period_s)
+            out = [0] * max(ch for _, ch in roles)
+            for role, ch in roles:
+                out[ch - 1] = round(rates[role] * period_s)
+            return out
+        return counts
+
+    # -- what the driver is pointed at -----------------------------------------------------------
+    def instrument_config(self, role: str, ic: InstrumentConfig) -> InstrumentConfig:
+        """Detector ``role``'s config pointed at its emulated controller: the control port as a VISA socket
+        through pyvisa-py (``@py``) and ``options.counts_port``, instead of the resource's."""
+        if role not in self.by_role:
+            raise ValueError(f"no emulated detector {role!r}; emulated are {sorted(self.by_role)}")
+        emu, _ = self.by_role[role]
+        return ic.model_copy(update={"resource": emu.resource, "visa_library": "@py",
+                                     "options": {**ic.options, "counts_port": emu.counts_port}})
+
+    def station_config(self, cfg: StationConfig) -> StationConfig:
+        """``cfg`` with its detectors pointed at the emulated controllers (:meth:`instrument_config`)."""
+        dets = {r: self.instrument_config(r, ic) if r in self.by_role else ic for r, ic in cfg.detectors.items()}
+        return cfg.model_copy(update={"detectors": dets})
+
+    def close(self) -> None:
+        for emu in self.emulators:
+            emu.close()
+
+
+__all__ = ["BIAS_LIMIT_UA", "MIN_PERIOD_MS", "EmulatedDetectors", "WebSQEmulator"]

@@ -147,7 +147,8 @@ def emulated_station() -> ModuleType:
 
 @pytest.fixture
 def emulated_pair_station(emulated_station: ModuleType, tmp_path: Path) -> Any:
-    """``emulated_pair_station(n_clients=2, per_client_markers=False)`` → the station file (in ``tmp_path``): the
-    example emulated-hardware station cut to a chain of ``n_clients`` clients on a short loop, ideal detectors,
-    emulators on fresh loopback addresses."""
+    """``emulated_pair_station(n_clients=2, per_client_markers=False, emulated_detectors=True)`` → the station file
+    (in ``tmp_path``): the example emulated-hardware station cut to a chain of ``n_clients`` clients on a short
+    loop, ideal detectors (the Eos driver on its emulated controller, or simulated roles), emulators on fresh
+    loopback addresses."""
     return functools.partial(emulated_station.emulated_pair_station, tmp_path)

@@ -39,6 +39,9 @@ state after it, on SIGTERM/SIGINT and at exit (:class:`~labqfl.nodes.common.Node
 the optics node's simulation, built from the same station file, unless the tagger is a real one on real
 hardware: then the light is the lab's, there is no optics node, and the node records through the driver with
 its master clocks held until the tagger records (:func:`~labqfl.station.hold_master_clocks`).
+With ``simulation.emulate_detectors`` the detectors' WebSQ controllers are emulated in this process
+(:func:`~labqfl.station.emulated_detectors`) and the Eos driver is pointed at them; every ``ctl/run`` arms them
+to the station file's bias, the operating point at which the optics node's loop simulates its detectors.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from labqfl.qkd.slotting import (
     announcements_by_pair,
     make_slotter,
 )
-from labqfl.station import hold_master_clocks
+from labqfl.station import emulated_detectors, hold_master_clocks
 
 log = get_logger(__name__)
 
@@ -96,6 +99,11 @@ class DetectorNode(Node):
         self.clients = dict(clients or {})
         self.schedule = PairSchedule.from_config(self.cfg)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cfg.client_names)), thread_name_prefix="announce")
+        if self.cfg.simulation.emulate_detectors:
+            # the detectors' emulated WebSQ controllers live in this process, the one that opens the detectors,
+            # for its whole life (a controller on the bench); no light here: the loop is the optics node's
+            self.detector_emulators = emulated_detectors(self.cfg)
+            self.instruments.cfg = self.detector_emulators.station_config(self.cfg)
 
     def ctl_run(self, req: Message) -> Message:
         acq = str(req.get("acq"))

@@ -111,17 +111,22 @@ def test_real_drivers_on_emulators_are_a_simulated_physical_layer(tmp_path: Path
     d = example.model_dump(mode="json", exclude_none=True)
     for role in (d["laser"], *(c[k] for c in d["clients"] for k in ("phase_modulator", "attenuator"))):
         role.pop("visa_library", None)  # as on a bench: the real resources
+    assert all(det["driver"] == "SingleQuantumEos" for det in d["detectors"].values())  # real driver, emulated
     for det in d["detectors"].values():
-        det.update(driver="SingleQuantumEos", resource="192.0.2.10", options={"channel": 1 if det is d["detectors"]["D0"] else 2})
+        det.update(resource="TCPIP0::192.0.2.10::12000::SOCKET")
     d["power_meter"].update(driver="ThorlabsPM100USB", resource="USB0::0x1313::0x8072::P2000001::INSTR")
     d["power_meter"].pop("options", None)
-    for flag in ("emulate_pattern_generators", "emulate_time_tagger"):
-        others = {"emulate_pattern_generators": False, "emulate_time_tagger": False, flag: True}
+    flags = ("emulate_pattern_generators", "emulate_time_tagger", "emulate_detectors")
+    for on in (("emulate_pattern_generators",), ("emulate_time_tagger",), ("emulate_time_tagger", "emulate_detectors")):
+        others = {f: f in on for f in flags}
         cfg = parse_station_config({**d, "simulation": {**d["simulation"], **others}}, "bench.toml")
-        assert station_physical_layer(cfg) == "simulated", flag
-    bench = parse_station_config({**d, "simulation": {**d["simulation"], "emulate_pattern_generators": False,
-                                                      "emulate_time_tagger": False}}, "bench.toml")
+        assert station_physical_layer(cfg) == "simulated", on
+    bench = parse_station_config({**d, "simulation": {**d["simulation"], **dict.fromkeys(flags, False)}}, "bench.toml")
     assert station_physical_layer(bench) == "hardware"
+    # emulate_detectors alone (the load refuses it without a simulated loop, but the label never rests on that)
+    only_detectors = bench.model_copy(update={"simulation": bench.simulation.model_copy(
+        update={"emulate_detectors": True})})
+    assert station_physical_layer(only_detectors) == "simulated"
     with_sim_device = bench.model_copy(deep=True)
     with_sim_device.laser.visa_library = "@sim:thorlabs_pro8000.yaml"
     assert station_physical_layer(with_sim_device) == "simulated"

@@ -65,12 +65,27 @@ def _check_against_model() -> Any:
     return mod.check_against_model
 
 
-def emulated_pair_station(tmp_path: Path, n_clients: int = 2, per_client_markers: bool = False) -> Path:
+def simulated_detectors(d: dict[str, Any]) -> None:
+    """Edit: D0/D1 simulated roles (``driver = "sim"``) instead of the Eos driver on its emulated controller
+    (``simulation.emulate_detectors`` off), their nanowires' figures kept: for a station whose light is the
+    lab's (a real tagger), which emulated detectors cannot see."""
+    d["simulation"]["emulate_detectors"] = False
+    for det in d["detectors"].values():
+        for key in ("resource", "visa_library", "options", "bias_current_ua"):
+            det.pop(key, None)
+        det["driver"] = "sim"
+
+
+def emulated_pair_station(tmp_path: Path, n_clients: int = 2, per_client_markers: bool = False,
+                          emulated_detectors: bool = True) -> Path:
     """The example station cut to its first ``n_clients`` clients (pairs C1-C2, C2-C3, … in a chain) on a
     short loop (the small test station's operating point), ideal detectors (the analytical model's
     regime), emulators on fresh loopback addresses. Frame markers: the AND of all clients' markers on
-    channel 4, or (``per_client_markers``) each client's on its own channel 4, 5, …"""
+    channel 4, or (``per_client_markers``) each client's on its own channel 4, 5, … Detectors: the Eos driver
+    on its emulated controller, as in the example, or (not ``emulated_detectors``) simulated roles."""
     d = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    if not emulated_detectors:
+        simulated_detectors(d)
     d["name"] = "emulated-pair"
     d["clients"] = d["clients"][:n_clients]
     d["loop"]["segments_km"] = [0.2] * (n_clients + 1)
@@ -141,6 +156,7 @@ def test_emulated_station_matches_the_model_and_distils_identical_keys(tmp_path:
     from labqfl.qkd.slotting import SlottingParams
 
     assert cfg.simulation.emulate_time_tagger and cfg.time_tagger.driver == "SwabianTimeTagger"
+    assert cfg.simulation.emulate_detectors and {d.driver for d in cfg.detectors.values()} == {"SingleQuantumEos"}
     sp = SlottingParams.from_config(cfg)
     lost_ps = tuple(int(s * sp.period_ps) + sp.delays_ps[0] for s in OVERFLOW)
     real_sdk = station_mod.emulated_tagger_sdk

@@ -38,7 +38,7 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
     from labqfl.sim_backends.recording import read_recording
     from labqfl.sim_backends.timetagger_sdk import EmulatedTimeTaggerSDK, LightSettings
 
-    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
+    d = tomllib.loads(emulated_pair_station(emulated_detectors=False).read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"  # a real tagger: its SDK not emulated, no light known
     d["simulation"]["emulate_time_tagger"] = False
     station_file = tmp_path / "real_tagger.toml"
@@ -95,7 +95,7 @@ def test_a_real_tagger_station_arms_streams_and_records_its_clients_own_logs_and
 
 def test_live_distillation_with_a_real_tagger_needs_every_client_on_a_pattern_generator(
         tmp_path: Path, emulated_pair_station: Any) -> None:
-    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
+    d = tomllib.loads(emulated_pair_station(emulated_detectors=False).read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"
     d["simulation"]["emulate_time_tagger"] = False
     d["simulation"]["emulate_pattern_generators"] = False

@@ -67,6 +67,7 @@ class Bench:
                                        options={"channel": ch, "counts_port": self.snspd.counts_port,
                                                 "bias_step_ua": 1.0, "bias_ramp_ua_per_s": 200.0})
         d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": self.clock.ip}
+        d.setdefault("simulation", {})["emulate_detectors"] = False  # this bench's controller, not the node's own
         return d
 
     def modulators(self, d: dict[str, Any]) -> dict[str, Any]:

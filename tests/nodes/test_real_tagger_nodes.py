@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _real_tagger_pair(emulated_pair_station: Any) -> dict[str, Any]:
     """The emulated-hardware pair station (fixture ``emulated_pair_station``) with a real Swabian tagger and real
     generators."""
-    d = tomllib.loads(emulated_pair_station().read_text(encoding="utf-8"))
+    d = tomllib.loads(emulated_pair_station(emulated_detectors=False).read_text(encoding="utf-8"))
     d["time_tagger"]["driver"] = "SwabianTimeTagger"
     d["simulation"]["emulate_time_tagger"] = False  # the tagger is the lab's (its SDK stood in for in the detector)
     d["simulation"]["emulate_pattern_generators"] = False  # the generators are the lab's, not an optics node's
