@@ -119,3 +119,9 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
         assert again["clients"][c]["answered_slots"] == 0
     assert again["pairs"]["C1-C2"]["failed"] == "" and again["pairs"]["C1-C2"]["final_key_bits"] > 0
     identical_keys(net.data_of("C1"), net.data_of("C2"))
+    # the detectors: the Eos driver on the detection node's own emulated controller (simulation.emulate_detectors),
+    # armed for each acquisition and safe after it
+    assert cfg.simulation.emulate_detectors
+    text = (tmp_path / "net" / "logs" / "detector.log").read_text(encoding="utf-8")
+    assert "D0 (SingleQuantumEos at TCPIP0::127.0.0.1::" in text and "D1 (SingleQuantumEos at TCPIP0::127.0.0.1::" in text
+    assert text.count("D0.enabled=True, D1.enabled=True") == 2
