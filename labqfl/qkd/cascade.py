@@ -761,17 +761,16 @@ def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.n
 
 @numba.njit(cache=True, nogil=True)
 def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray,
-                        c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int, h: int,
-                        y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int, cbits: np.ndarray,
-                        coff: np.ndarray, cwpb: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray,
-                        logcap: int) -> bool:
-    """Whether a search that lands on heap node ``h`` (ranks [lo, hi) of block b of pass q, with
+                        c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
+                        y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> bool:
+    """Whether a search that lands on a child h of its node (ranks [lo, hi) of block b of pass q, with
     an odd number of errors) would have to ask Alice the parity of its left half: the range has
-    two bits or more and that parity is neither cached nor implied by bits Bob knows.  Bob asks
-    for it in the same round as the level above (:func:`_cascade_round`, two-level rounds)."""
+    two bits or more and that parity is not implied by bits Bob knows.  Bob asks for it in the same
+    round as the level above (:func:`_cascade_round`, two-level rounds).  It is never cached: the
+    search asks about h's parent because that parity was neither cached nor implied, and implied
+    parities stay implied (known bits are never forgotten), so no search has ever stood on h or
+    asked about its halves."""
     if hi - lo < 2:
-        return False
-    if _cache_get(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * h) >= 0:
         return False
     mid = lo + (hi - lo) // 2
     if imax > 0 and (mid - lo <= imax or hi - mid <= imax):
@@ -1015,11 +1014,9 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         mid = lo + (hi - lo) // 2
         fl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
         if two_level:
-            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, lo, mid, 2 * sh[fb], y, kn, kx,
-                                   imax, cbits, coff, cwpb, hkeys, hvals, logcap):
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, lo, mid, y, kn, kx, imax):
                 fl |= 2
-            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, mid, hi, 2 * sh[fb] + 1, y, kn, kx,
-                                   imax, cbits, coff, cwpb, hkeys, hvals, logcap):
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, mid, hi, y, kn, kx, imax):
                 fl |= 4
         sfl[fb] = fl
         out_q[nq] = q

@@ -139,6 +139,19 @@ def f_table(grid: dict[str, Any]) -> dict[str, Any]:
             "columns": ["frame"] + [f"{100 * q:g} %" for q in grid["qbers"]], "rows": rows}
 
 
+def rounds_table(grid: dict[str, Any]) -> dict[str, Any]:
+    """The grid's mean round trips per frame (rows: frame size, columns: QBER), next to
+    :func:`f_table`: each round trip is one ``cascade/round`` message and its reply, plus
+    ``cascade/init`` and ``cascade/done`` — what a networked pair pays per frame (issue 16 item 8)."""
+    rows = []
+    for size, per_q in grid["per_frame_size"].items():
+        n = int(size.removeprefix("n="))
+        frames = next(iter(per_q.values()))["frames"]
+        rows.append([f"{n:.0e} bits ({frames})"] + [f"{r['round_trips']}" for r in per_q.values()])
+    return {"title": "round trips per frame (mean over the frames), per frame size (frames) and QBER",
+            "columns": ["frame"] + [f"{100 * q:g} %" for q in grid["qbers"]], "rows": rows}
+
+
 BENCH_GRID_FRAMES = {10_000: 50, 100_000: 5, 1_000_000: 1, 10_000_000: 1}
 """Frames per frame size in the efficiency grid of ``labqfl bench cascade`` (issue 19 item 6: f
 per frame size 10^4–10^7 bits and QBER 1–8 %); ``cascade-grid`` runs :data:`FULL_GRID_FRAMES`."""
@@ -197,7 +210,7 @@ def _cascade(quick: bool) -> BenchResult:
                  "block_sizes": res.details["block_sizes"], "load_average": [round(load0, 2), round(load1, 2)],
                  "baseline_frame_bits": nb, "baseline_efficiency_f": round(bres.efficiency, 4),
                  "baseline_residual_errors": int((bres.corrected != xb).sum()),
-                 "tables": [f_table(grid)],
+                 "tables": [f_table(grid), rounds_table(grid)],
                  "efficiency_grid": grid if quick else {**grid, "frames_per_size": {str(k): v for k, v in
                                                                                      BENCH_GRID_FRAMES.items()}},
                  "note": "figure: K frames of frame_bits bits reconciled interleaved (one message and one kernel "
@@ -231,7 +244,7 @@ def _cascade_grid(quick: bool) -> BenchResult:
         baseline="pure-Python Cascade on one 10^4-bit frame per QBER, per bit",
         baseline_figure=bbits / bwall / 1e6, target=f"f ≤ {F_TARGET} at every point, 0 residual errors",
         passed=(not grid["points_over_target"] and grid["frames_with_residual_errors"] == 0) if not quick else None,
-        details={"efficiency_grid": grid, "tables": [f_table(grid)],
+        details={"efficiency_grid": grid, "tables": [f_table(grid), rounds_table(grid)],
                  "frames_per_size": {str(n): k for n, k in sizes.items()},
                  "note": "figure: wall-clock throughput over the whole grid (small frames pay per-frame "
                          "overheads); every frame has exactly round(Q·n) errors"})

@@ -223,6 +223,12 @@ def test_bench_cascade_reports_f_per_frame_size_and_qber():
     t = bench.f_table(g)
     assert t["columns"] == ["frame", "2 %", "8 %"] and len(t["rows"]) == 1
     assert t["rows"][0][0] == "3e+03 bits (4)" and " ± " in t["rows"][0][1]
+    # and the round trips per frame beside it (issue 16 item 8)
+    r = bench.rounds_table(g)
+    assert r["columns"] == t["columns"] and r["rows"][0][0] == t["rows"][0][0]
+    assert [int(v) for v in r["rows"][0][1:]] == [g["per_frame_size"]["n=3000"][q]["round_trips"]
+                                                  for q in ("0.02", "0.08")]
+    assert 2 < int(r["rows"][0][1]) < int(r["rows"][0][2])  # init + rounds + done; more at 8 %
 
 
 def test_refused_block_cost_is_the_asymptotic_key_lost_per_unit_of_f():
