@@ -235,6 +235,248 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
     return n, rng, kc
 
 
+#: The two-level thinning (:func:`_segment_bright`) is used where it removes at least this much
+#: candidate rate per slot (p_max − q_lo); below it the bright-slot scan would cost more than it saves.
+BRIGHT_MIN_GAIN = 0.05
+
+
+@nb.njit(cache=True, nogil=True)
+def _bright_levels(ci: int, cj: int, mu: np.ndarray, cnk: np.ndarray, eta_cw: float, eta_ccw: float, t: float,
+                   vis: float, eta_d0: float, eta_d1: float) -> tuple[int, int, float]:
+    """The *bright* intensity level of each client of a pair (its largest μ; −1: none, a single level)
+    and an upper bound of the any-click probability of the combinations in which neither client
+    sends its bright level, over every phase (:func:`_build_table`'s formulas; m0 + m1 is convex in
+    the cross term c ∈ [−amp, amp], so its maximum is at c = ±amp): independent of the loop phase,
+    so the geometric-gap table of the rate is built once per pair."""
+    top_i = -1
+    top_j = -1
+    if cnk[ci] > 1:
+        top_i = 0
+        for k in range(1, cnk[ci]):
+            if mu[ci, k] > mu[ci, top_i]:
+                top_i = k
+    if cnk[cj] > 1:
+        top_j = 0
+        for k in range(1, cnk[cj]):
+            if mu[cj, k] > mu[cj, top_j]:
+                top_j = k
+    lo = 0.0
+    for ki in range(cnk[ci]):
+        if ki == top_i:
+            continue
+        A = eta_cw * mu[ci, ki]
+        for kj in range(cnk[cj]):
+            if kj == top_j:
+                continue
+            B = eta_ccw * mu[cj, kj]
+            amp = 2.0 * vis * math.sqrt(t * (1.0 - t) * A * B)
+            for sign in (-1.0, 1.0):
+                m0 = max(eta_d0 * (t * A + (1.0 - t) * B + sign * amp), 0.0)
+                m1 = max(eta_d1 * ((1.0 - t) * A + t * B - sign * amp), 0.0)
+                e3 = -math.expm1(-(m0 + m1))
+                if e3 > lo:
+                    lo = e3
+    return top_i, top_j, lo
+
+
+_B01 = np.uint64(0x0101010101010101)
+_B07 = np.uint64(0x0707070707070707)
+_B7F = np.uint64(0x7F7F7F7F7F7F7F7F)
+_B80 = np.uint64(0x8080808080808080)
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+#: bit index of the lowest set bit: _DEBRUIJN_IDX[((m & −m)·_DEBRUIJN) >> 58]
+_DEBRUIJN_IDX = np.zeros(64, dtype=np.int64)
+for _i in range(64):
+    _DEBRUIJN_IDX[((1 << _i) * 0x03F79D71B4CB0A89 & 0xFFFFFFFFFFFFFFFF) >> 58] = _i
+
+
+@nb.njit(inline="always")
+def _level_bytes(x: np.uint64, top: int) -> np.uint64:
+    """Bit 8b+7 set where byte b of ``x`` (a drive code k·4 + a) has intensity level k = ``top``
+    (0 for ``top`` < 0). Exact per byte: the levels k ≤ 7 fill three bits, so no carry crosses a byte."""
+    if top < 0:
+        return np.uint64(0)
+    y = ((x >> _U2) & _B07) ^ (np.uint64(top) * _B01)
+    return ~(y + _B7F) & _B80
+
+
+@nb.njit(inline="always")
+def _click(t: np.int64, ci_: np.int64, cj_: np.int64, mode_i: int, pat_i: np.ndarray, mode_j: int,
+           pat_j: np.ndarray, eve_side: int, eve_frac: float, key_eve: np.uint64, key_acc: np.uint64,
+           scale: float, table: np.ndarray) -> np.int64:
+    """Outcome (0 none, 1 D0, 2 D1, 3 both) of a candidate slot t with codes ``ci_``/``cj_``,
+    accepted when U(key_acc, t)·``scale`` < p(choices)/p_max (``_segment``'s acceptance)."""
+    ai: int | np.int64
+    aj: int | np.int64
+    ki, ai = ci_ >> 2, ci_ & 3
+    kj, aj = cj_ >> 2, cj_ & 3
+    if mode_i == 1:
+        ai = 4
+    elif mode_i == 2:
+        ai = np.int64(pat_i[t % pat_i.shape[0]])
+    if mode_j == 1:
+        aj = 4
+    elif mode_j == 2:
+        aj = np.int64(pat_j[t % pat_j.shape[0]])
+    if eve_side != 0:
+        h = mix64(key_eve + np.uint64(t) * _G)
+        if float(h >> _U11) * _INV53 < eve_frac:
+            be = np.int64(h & _U1)
+            bit_e = np.int64((h >> _U1) & _U1)
+            if eve_side == 1 and ai < 4 and be != ai % 2:
+                ai = be + 2 * bit_e
+            elif eve_side == 2 and aj < 4 and be != aj % 2:
+                aj = be + 2 * bit_e
+    idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+    ua = float(mix64(key_acc + np.uint64(t) * _G) >> _U11) * _INV53 * scale
+    return np.int64(ua < table[idx, 2]) * (1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1]))
+
+
+@nb.njit(cache=True, nogil=True)
+def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
+                    r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
+                    codes_i: np.ndarray, words_i: np.ndarray, mode_i: int, pat_i: np.ndarray, top_i: int,
+                    codes_j: np.ndarray, words_j: np.ndarray, mode_j: int, pat_j: np.ndarray, top_j: int,
+                    eve_side: int, eve_frac: float, key_eve: np.uint64, key_acc: np.uint64, key_extra: np.uint64,
+                    out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
+                    how: int, kc: int, cand: np.ndarray, cand_lo: np.ndarray) -> tuple[int, np.uint64, int]:
+    """:func:`_segment` with two candidate rates (same arguments and ``how`` as there; clients in a
+    fixed-level mode never reach here; ``words_*``: the drive patterns ``codes_*`` read 8 slots at a
+    time, uint64, for ``how`` = 0).
+
+    A slot is *bright* when either client sends its bright level (``top_i``/``top_j``, the level of
+    largest μ; −1: none), *dim* otherwise. Candidates: C_lo, drawn with geometric gaps at q_lo ≥ the
+    largest dim click probability (the chunk's stream, as in :func:`_segment`), and
+    E = {s : U(key_extra, s) < r_extra} (a hash per slot) with r_extra = (p_max − q_lo)/(1 − q_lo),
+    so that P(s ∈ C_lo ∪ E) = p_max. A dim slot clicks iff it is in C_lo and U(key_acc, s)·q_lo <
+    p(choices); a bright slot iff it is in C_lo ∪ E and U(key_acc, s)·p_max < p(choices). So every
+    slot clicks with exactly p(choices), independently of the others, as with the single rate p_max
+    of :func:`_segment`, but only C_lo (≈ 2 % of the slots on the default station instead of 27 %)
+    and the bright slots (≈ 5 %) are looked at. ``how`` = 0 finds the bright slots between C_lo
+    candidates by scanning the drive patterns 8 slots per word; ``how`` = 1 writes C_lo ∪ E (E by
+    its hash, every slot: the choices are not known there) with ``out_outcome`` = 1 for C_lo, 0 for
+    E only; ``how`` = 2 reads those candidates and flags (``cand``, ``cand_lo``) and the clients'
+    codes there: the same clicks as ``how`` = 0."""
+    cap = out_slot.shape[0]
+    l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
+    scale_lo = q_lo / pmax
+    n_cand = cand.shape[0]
+    s = seg - 1  # last C_lo candidate drawn
+    pos: int | np.int64 = seg if seg > s0 else s0  # first slot not yet looked at (slots before s0 belong to the previous window)
+    br = np.empty(512, dtype=np.int64)  # bright slots (− s0) found and not yet looked at
+    # s ∈ E ⇔ U(key_extra, s) = (h >> 11)·2^−53 < r_extra ⇔ h >> 11 < ⌈r_extra·2^53⌉ (exact: 2^53 scales exactly)
+    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))
+    while True:
+        # -- the next candidate c (c = seg_end: none left) and whether it is in C_lo
+        in_lo = True
+        if how == 2:
+            if kc >= n_cand or cand[kc] >= seg_end:
+                break
+            c = cand[kc]
+            in_lo = cand_lo[kc] != 0
+        else:
+            c = seg_end
+            while q_lo > 0.0:
+                rng += _G
+                if q_lo < 1.0:
+                    x = mix64(rng)
+                    b = np.int64(x >> np.uint64(54))
+                    g = glo[b]
+                    if g != ghi[b]:
+                        gf = math.log(_u01_open(x)) / l1q
+                        if gf >= seg_end - s:
+                            break
+                        g = np.int64(gf)
+                    elif g >= seg_end - s:
+                        break
+                    s = s + 1 + g
+                else:
+                    s = s + 1
+                if s >= seg_end:
+                    break
+                if s >= s0:
+                    c = s
+                    break
+            # -- the slots in [pos, c), outside C_lo
+            if r_extra > 0.0 and pos < c:
+                if how == 1:  # E, by every slot's hash (in blocks of 64 slots, appended without a branch)
+                    for b0 in range(pos, c, 64):
+                        b1 = b0 + 64 if b0 + 64 < c else c
+                        if n + (b1 - b0) > cap:
+                            return -1, rng, kc
+                        for t in range(b0, b1):
+                            out_slot[n] = t
+                            out_outcome[n] = 0
+                            n += int((mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr)
+                else:  # the bright slots, 8 per word of the drive patterns; those in E accepted at p_max
+                    u = pos - s0
+                    end = c - s0
+                    nbr = 0
+                    while u < end:
+                        w = u >> 3
+                        m = _level_bytes(words_i[w], top_i) | _level_bytes(words_j[w], top_j)
+                        m &= ~np.uint64(0) << np.uint64(8 * (u & 7))
+                        if end - 8 * w < 8:
+                            m &= (np.uint64(1) << np.uint64(8 * (end - 8 * w))) - _U1
+                        u = 8 * w + 8
+                        # the word's bright slots into br (two without a branch: a word holds more than two
+                        # in < 1 % of the words on the default station; a branch per word would be
+                        # mispredicted in a third of them)
+                        br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                        nbr += int(m != 0)
+                        m &= m - _U1
+                        br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                        nbr += int(m != 0)
+                        m &= m - _U1
+                        while m != 0:
+                            br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                            nbr += 1
+                            m &= m - _U1
+                        if nbr > br.shape[0] - 16 or u >= end:
+                            if n + nbr > cap:
+                                return -1, rng, kc
+                            for k in range(nbr):  # clicks appended without a branch on the (random) outcome
+                                t = s0 + br[k]
+                                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
+                                o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), mode_i, pat_i,
+                                           mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc, 1.0,
+                                           table) * np.int64(in_e)
+                                out_slot[n] = t
+                                out_outcome[n] = o
+                                n += int(o != 0)
+                            nbr = 0
+            if c >= seg_end:
+                break
+            if how == 1:
+                if n >= cap:
+                    return -1, rng, kc
+                out_slot[n] = c
+                out_outcome[n] = 1
+                n += 1
+                pos = c + 1
+                continue
+        pos = c + 1
+        # -- candidate c (in C_lo; for how 2 in C_lo ∪ E): its clients' codes
+        if how == 2:
+            ci_ = np.int64(codes_i[kc])
+            cj_ = np.int64(codes_j[kc])
+            kc += 1
+        else:
+            ci_ = np.int64(codes_i[c - s0])
+            cj_ = np.int64(codes_j[c - s0])
+        bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
+        if not bright and not in_lo:
+            continue
+        o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
+                   1.0 if bright else scale_lo, table)
+        if n >= cap:
+            return -1, rng, kc
+        out_slot[n] = c
+        out_outcome[n] = o
+        n += int(o != 0)
+    return n, rng, kc
+
+
 @nb.njit(cache=True, nogil=True)
 def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.int64, frame_pair: np.ndarray,
                      pair_ci: np.ndarray, pair_cj: np.ndarray,
@@ -336,7 +578,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
                   guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
                   out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray, cand_slot: np.ndarray,
-                  cand_n: np.ndarray) -> bool:
+                  cand_n: np.ndarray, key_extra: np.uint64, cand_lo: np.ndarray, words: np.ndarray) -> bool:
     """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
@@ -391,18 +633,42 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                 eve_side = 0
                 if eve_client >= 0:
                     eve_side = 1 if ci == eve_client else (2 if cj == eve_client else 0)
+                if how == 2:
+                    code_i, code_j = cand_i[r], cand_j[r]
+                    cand = cand_slot[r, :cand_n[r]]
+                    flags = cand_lo[r, :cand_n[r]]
+                else:
+                    code_i, code_j = codes[ci], codes[cj]
+                    cand = cand_slot[0, :0]
+                    flags = cand_lo[0, :0]
+                words_i = words[ci] if how == 0 else words[0, :0]
+                words_j = words[cj] if how == 0 else words[0, :0]
+                top_i, top_j, lo = -1, -1, 1.0
+                if fixk0[ci] == 0 and fixk0[cj] == 0:
+                    top_i, top_j, lo = _bright_levels(ci, cj, mu, cnk, pair_eta_cw[p], pair_eta_ccw[p], t_split,
+                                                      vis, eta_d0, eta_d1)
+                q_lo = 0.0
+                if lo > 0.0:
+                    q_lo = min(math.exp(math.ceil(math.log(lo) / _Q_STEP) * _Q_STEP), 1.0)
+                if (top_i >= 0 or top_j >= 0) and pmax - q_lo >= BRIGHT_MIN_GAIN:
+                    # two rates: C_lo at q_lo (geometric gaps) and the bright slots (_segment_bright)
+                    if 0.0 < q_lo < 1.0 and guide_q[p] != q_lo:
+                        _build_guide(q_lo, guide_lo[p], guide_hi[p])
+                        guide_q[p] = q_lo
+                    n, rng, kc = _segment_bright(
+                        seg, seg_end, s0, rng, pmax, q_lo, (pmax - q_lo) / (1.0 - q_lo), guide_lo[p], guide_hi[p],
+                        table, code_i, words_i, pmode[ci], pat[pat_off[ci]:pat_off[ci] + pat_len[ci]], top_i,
+                        code_j, words_j, pmode[cj], pat[pat_off[cj]:pat_off[cj] + pat_len[cj]], top_j,
+                        eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot[r], out_outcome[r], n,
+                        how, kc, cand, flags)
+                    seg = seg_end
+                    continue
                 q = 1.0
                 if pmax < 1.0:
                     q = min(math.exp(math.ceil(math.log(pmax) / _Q_STEP) * _Q_STEP), 1.0)
                     if q < 1.0 and guide_q[p] != q:
                         _build_guide(q, guide_lo[p], guide_hi[p])
                         guide_q[p] = q
-                if how == 2:
-                    code_i, code_j = cand_i[r], cand_j[r]
-                    cand = cand_slot[r, :cand_n[r]]
-                else:
-                    code_i, code_j = codes[ci], codes[cj]
-                    cand = cand_slot[0, :0]
                 n, rng, kc = _segment(seg, seg_end, s0, rng, pmax, q, guide_lo[p], guide_hi[p], table,
                                       code_i, pmode[ci], fixk0[ci] != 0,
                                       pat[pat_off[ci]:pat_off[ci] + pat_len[ci]],

@@ -18,7 +18,10 @@ Model (documented in docs/simulator.md):
   :class:`labqfl.contracts.channel_model.PairChannel` (δ = φ_i − φ_j + θ, θ a random walk of strength
   ``phase_drift_rad_per_sqrt_s`` stepped every chunk of 65 536 slots).
 * **Thinning**: per frame segment, candidate slots are drawn with geometric gaps at p_max and
-  accepted with p/p_max, so the cost grows with detections, not pulses.
+  accepted with p/p_max, so the cost grows with detections, not pulses. Where one intensity level
+  per client (its brightest, the decoy) sets p_max, two rates instead: the dim slots (neither
+  client at that level) at q_lo, their own bound, and the bright slots — found in the drive
+  patterns 8 slots per word — at p_max (:func:`_kernels._segment_bright`; same click law).
 * **Detectors**: dark counts (Poisson in continuous time), gating, non-paralysable dead time,
   afterpulsing (probability per click, exponential delay after the dead time), Gaussian jitter.
   Photons from slot s reach the detectors at ``round(s·T) + τ_loop``, τ_loop = n·ΣL/c.
@@ -498,7 +501,8 @@ class SagnacTestbed:
         # epoch, so their choices never repeat across testbeds.
         chan_epoch = epoch - self.epoch_base if self.epoch_base <= epoch < self.epoch_base + (1 << 32) else epoch
         keys = {name: np.uint64(derive_key(seed, chan_epoch, sid)) for sid, name in enumerate(
-            ["gap", "acc", "eve", "drift", "dark_D0", "dark_D1", "jit_D0", "jit_D1", "ap_D0", "ap_D1", "sync"])}
+            ["gap", "acc", "eve", "drift", "dark_D0", "dark_D1", "jit_D0", "jit_D1", "ap_D0", "ap_D1", "sync",
+             "gap_bright"])}
         with self.lock:
             period = 1e12 / self.live.rep_rate_hz
             delays = self.true_delays_ps()
@@ -529,7 +533,8 @@ class SagnacTestbed:
                     r[-1][1] = hi
                 else:
                     r.append([lo, hi])
-        codes = acq.buffer("codes", (len(acq.logs), s1 - s0), np.uint8)
+        # rows padded to whole 8-slot words: the signal kernel scans them 8 slots at a time
+        codes = acq.buffer("codes", (len(acq.logs), -(-(s1 - s0) // 8) * 8), np.uint8)
         work = [(c, lo, hi) for c, rs in runs.items() for lo, hi in rs]
 
         def fill(task: int, slot: int) -> None:
@@ -661,22 +666,25 @@ class SagnacTestbed:
         n_tasks = 1 if threads == 1 else min(n_chunks, 2 * threads)
         bounds = [k * n_chunks // n_tasks for k in range(n_tasks + 1)]
         unused = np.zeros((1, 1), dtype=np.uint8)
-        no_cand = (unused, unused, np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64))
+        no_cand = (unused, unused, np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64), unused)
+        no_words = np.zeros((1, 1), dtype=np.uint64)
 
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
             K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
                             acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
-                            sig_slot, sig_outc, sig_n, how, *cand)
+                            sig_slot, sig_outc, sig_n, how, *cand[:4], acq.keys["gap_bright"], cand[4],
+                            codes.view(np.uint64) if how == 0 else no_words)
 
         if self.modulation_on_demand:
             # the candidate slots first (independent of the choices), then the clients' codes
             # in those slots only (ModulationLog.choices), then the clicks of those candidates
-            cand_slot, _ = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, "cand")
+            # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
+            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, "cand")
             cand_n = sig_n.copy()
             cand_i, cand_j = self._candidate_codes(acq, cand_slot, cand_n, pa, frame)
             sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused,
-                                                   (cand_i, cand_j, cand_slot, cand_n), "sig")
+                                                   (cand_i, cand_j, cand_slot, cand_n, cand_lo), "sig")
         else:
             codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
             sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, no_cand, "sig")
