@@ -110,6 +110,9 @@ _BASE_MAX = 2 ** 49
 """Anchors at or beyond this slot take the exact path (slot codes are carried as doubles)."""
 _BLOCK = 1024
 """Tags per vectorised block."""
+_GALLOP = 64
+"""Galloping step (tags) of the search for a block's end: probing the far end of the block
+(1024 tags, 10 kB ahead) first missed the cache once per block."""
 _CHUNK = 2048
 """Slots per announcement chunk (keeps the chunk's events in L1 cache)."""
 _EXACT = -2.0
@@ -398,16 +401,20 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                 lim1 = nxt[i1] + delay[1] if nxt[i1] != big else big
                 lim = min(lim0, lim1)  # the tags before it keep both intervals
                 e = min(q + _BLOCK, n)
-                if ts[e - 1] >= lim:
-                    lo = q + 1
-                    hi = e - 1
-                    while lo < hi:
-                        mid = (lo + hi) >> 1
-                        if ts[mid] < lim:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    e = lo
+                lo = q + 1  # the block ends at the first tag at or after lim: galloping from q (reads
+                hi = min(q + _GALLOP, e)  # next to the tags just read, in cache), then bisection
+                while hi < e and ts[hi] < lim:
+                    lo = hi + 1
+                    hi = min(hi + _GALLOP, e)
+                if hi == e and ts[e - 1] < lim:
+                    lo = e
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if ts[mid] < lim:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                e = lo
                 m = e - q
                 if base[i0] < _BASE_MAX and base[i1] < _BASE_MAX and base[i0] > -_BASE_MAX and base[i1] > -_BASE_MAX:
                     lr0 = float(last_span) if last_span >= 0 and i0 == na - 1 else np.inf

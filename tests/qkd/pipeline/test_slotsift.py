@@ -332,3 +332,60 @@ def test_slots_going_backwards_fall_back_to_the_sorting_kernel(monkeypatch):
     assert seen == [slotsift.DISORDER]
     np.testing.assert_array_equal(r.announcements["C1-C2"].slots, es)
     np.testing.assert_array_equal(r.announcements["C1-C2"].outcomes, eo)
+
+
+@pytest.mark.parametrize("case", ["empty", "syncs_only", "clicks_only", "one_sync", "one_click"])
+def test_degenerate_streams_match_the_two_stages(case):  # type: ignore[no-untyped-def]
+    # streams with nothing to anchor or nothing to announce: the fused pass returns what the two
+    # stages return (empty announcements and keys, zero counts, each pair's slot count)
+    p = make_params(divider=16, delays=(3150, 3420))
+    rng = np.random.default_rng(17)
+    ts, ch, _, _ = synth_stream(rng, p, 3000, p_click=0.2)
+    det = (ch == D0) | (ch == D1)
+    pick = {"empty": np.zeros(ts.size, bool), "syncs_only": ~det, "clicks_only": det,
+            "one_sync": ~det & (np.cumsum(~det) == 1) | det, "one_click": ~det | det & (np.cumsum(det) == 1)}[case]
+    block = TagBlock(ts[pick], ch[pick])
+    sched = PairSchedule([("C1", "C2"), ("C2", "C3")], slots_per_frame=7)
+    logs = dense_logs(rng, 3100)
+    anns, res = two_stage([block], p, sched, logs, 3000, 17)
+    fused = slot_sift(block, p, sched, logs, SETUPS, 3000, np.random.default_rng(17))
+    assert_same(fused, anns, res)
+    n_ann = sum(a.slots.size for a in fused.announcements.values())
+    assert (n_ann > 0) == (case in ("one_sync", "one_click"))  # an anchor and clicks: something announced
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23, 24])
+def test_fused_matches_two_stages_at_frame_edges_with_double_clicks_and_sync_gaps(seed):  # type: ignore[no-untyped-def]
+    # every click on the first or last slot of a schedule frame (the pair changes between them),
+    # a third of them double clicks, runs of dropped syncs (gaps of several sync periods), dark
+    # counts and lost-data intervals that start on a frame edge
+    rng = np.random.default_rng(seed)
+    spf, n_slots = 8, 20_000
+    p = make_params(divider=64, delays=(3150, 3420))
+    T = p.period_ps
+    edges = np.unique(np.concatenate([np.arange(0, n_slots, spf), np.arange(spf - 1, n_slots, spf)]))
+    clicked = np.sort(rng.choice(edges, edges.size // 2, replace=False))
+    out = rng.choice(np.array([1, 2, 3], np.uint8), clicked.size, p=[1 / 3, 1 / 3, 1 / 3])
+    sync_slots = np.arange(0, n_slots, p.sync_divider)
+    keep = np.ones(sync_slots.size, bool)
+    for g in rng.choice(np.arange(2, sync_slots.size - 8), 4, replace=False):
+        keep[g:g + int(rng.integers(1, 6))] = False  # gaps of 1-5 missing syncs
+    ts = [sync_slots[keep] * int(T)]
+    ch = [np.full(int(keep.sum()), SYNC, np.int16)]
+    for d, chan in ((0, D0), (1, D1)):
+        sel = (out & (1 << d)) != 0
+        ts.append(clicked[sel] * int(T) + p.delays_ps[d] + rng.integers(-300, 300, int(sel.sum())))
+        ch.append(np.full(int(sel.sum()), chan, np.int16))
+    t_all, c_all = np.concatenate(ts), np.concatenate(ch)
+    o = np.argsort(t_all, kind="stable")
+    lost_start = rng.choice(edges[edges % spf == 0], 3, replace=False) * int(T) + p.delays_ps[0]
+    lost = np.stack([lost_start, lost_start + 3 * int(T)], axis=1).astype(np.int64)
+    block = add_noise(rng, t_all[o], c_all[o], n_dark=200, n_multi=100, lost=lost[np.argsort(lost[:, 0])])
+    sched = PairSchedule([("C1", "C2"), ("C2", "C3"), ("C1", "C3")], slots_per_frame=spf, frames=[1, 2, 1])
+    logs = dense_logs(rng, n_slots + 100)
+    anns, res = two_stage([block], p, sched, logs, n_slots, seed)
+    fused = slot_sift(block, p, sched, logs, SETUPS, n_slots, np.random.default_rng(seed))
+    assert_same(fused, anns, res)
+    both = sum(int(np.count_nonzero(a.outcomes == 3)) for a in anns.values())
+    assert both > clicked.size // 5  # the double clicks are really there
+    assert all(a.slots.size for a in anns.values())
