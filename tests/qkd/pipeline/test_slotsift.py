@@ -389,3 +389,17 @@ def test_fused_matches_two_stages_at_frame_edges_with_double_clicks_and_sync_gap
     both = sum(int(np.count_nonzero(a.outcomes == 3)) for a in anns.values())
     assert both > clicked.size // 5  # the double clicks are really there
     assert all(a.slots.size for a in anns.values())
+
+
+def test_channel_times_equals_the_numpy_mask():
+    # the chunked scan (64-tag chunks, a tail, chunks without a hit) against ts[ch == c] − delay
+    from labqfl.qkd.slotsift import _channel_times
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 63, 64, 65, 128, 129, 10_007):
+        for dens in (0.0, 0.01, 0.5, 1.0):
+            ch = np.where(rng.random(n) < dens, 7, rng.integers(1, 5, n)).astype(np.int16)
+            ts = np.cumsum(rng.integers(0, 100, n)).astype(np.int64)
+            for c in (7, 2):
+                got = _channel_times(ts, ch, np.int16(c), np.int64(3))
+                np.testing.assert_array_equal(got, ts[ch == c] - 3)
