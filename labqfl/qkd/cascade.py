@@ -1697,9 +1697,11 @@ class CascadeBob:
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
             code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res,
                           self.schedule.defer_from, self.schedule.two_level)
-            if code == -3:
-                raise MessageError(f"cascade: reply {rep.kind!r} to cascade/round carries {rep.disclosed.size} "
-                                   f"parities, not the number asked for")
+            if code == -3:  # with two-level queries a flipped first-level parity changes the count too
+                raise CascadeInconsistencyError(
+                    f"cascade: inconsistent parities from Alice (tampered or desynchronised): reply {rep.kind!r} to "
+                    f"cascade/round carries {rep.disclosed.size} parities, not the number its block parities and "
+                    f"first-level answers call for; reconciliation stopped after {rounds} parity rounds")
             if code == -1:
                 f = int(res[2])
                 raise CascadeInconsistencyError(

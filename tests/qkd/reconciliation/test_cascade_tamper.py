@@ -90,3 +90,32 @@ def test_honest_runs_are_unchanged_by_the_consistency_check(frame, case):
     assert res.corrected_errors == int(np.count_nonzero(x != y))
     leaked, trips = PINNED[case]
     assert res.leaked_bits <= leaked and res.round_trips <= trips
+
+
+class _PaddingAlice:
+    """Alice whose ``which``-th reply of ``kind`` carries one parity too many or too few."""
+
+    def __init__(self, bits: np.ndarray, kind: str, which: int, extra: bool) -> None:
+        self.alice, self.kind, self.which, self.extra = CascadeAlice(bits), kind, which, extra
+        self.seen = 0
+
+    def handle(self, req: Message) -> Message:
+        rep = self.alice.handle(req)
+        if rep.kind == self.kind:
+            if self.seen == self.which:
+                d = np.append(rep.disclosed, np.uint8(0)) if self.extra else rep.disclosed[:-1].copy()
+                rep = Message(rep.kind, rep.fields, d, rep.credit)
+            self.seen += 1
+        return rep
+
+
+@pytest.mark.parametrize("kind", ["cascade/block-parities", "cascade/parities"])
+@pytest.mark.parametrize("extra", [True, False])
+def test_a_reply_with_the_wrong_number_of_parities_stops_bob_with_the_same_error(frame, kind, extra):
+    """With two bisection levels per query the count of parities depends on their values, so a
+    flipped first-level parity can change it: a wrong count is reported as inconsistent parities."""
+    x, y = frame(10_000, 0.02, 4)
+    res, err = _run_bounded(CascadeBob(y, 0.02, seed=4), _PaddingAlice(x, kind, 1 if kind.endswith("/parities") else 0,
+                                                                       extra))
+    assert res is None and isinstance(err, CascadeInconsistencyError)
+    assert str(err).startswith("cascade: inconsistent parities from Alice (tampered or desynchronised): reply")
