@@ -118,6 +118,21 @@ _CHUNK = 2048
 _EXACT = -2.0
 _REJECT = -1.0
 
+
+def _key_lut() -> np.ndarray:
+    """Per (a_i, a_j, outcome) = 16·a_i + 4·a_j + b: bit 0 Ci's key bit, bits 1–2 Cj's (2|bit marks
+    a double click; D1 flips Cj's bit), bit 3 both in basis X (with both at intensity 0: a key slot)."""
+    t = np.zeros(64, dtype=np.uint8)
+    for ai in range(4):
+        for aj in range(4):
+            for b in range(4):
+                kbj = ((aj >> 1) ^ int(b == 2)) | (int(b == 3) << 1)
+                t[ai * 16 + aj * 4 + b] = (ai >> 1) | (kbj << 1) | (int(((ai | aj) & 1) == 0) << 3)
+    return t
+
+
+_KEY_LUT = _key_lut()
+
 OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED, DISORDER, WINDOW_FULL = range(7)
 
 
@@ -269,7 +284,8 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
     bin ``hist[pair, k_i, k_j, a_i, a_j, outcome]``, the announcement, and the key slot and bits
-    (written without a branch, kept if the key count moves on; 2|bit marks Cj's double click).
+    (from :data:`_KEY_LUT`; written without a branch, kept if the key count moves on; 2|bit marks
+    Cj's double click).
     The slots' bits are cleared. Returns (wcnt, kcnt, status)."""
     for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
         mask = _word_mask(wi, sa, sb)
@@ -289,18 +305,21 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
             y = np.int64(lkj[su])
             ai = np.int64(lai[su])
             aj = np.int64(laj[su])
-            if (x >= ni) | (y >= nj) | ((ai | aj) > 3):  # one test on the fast path
+            if ((x - ni) & (y - nj) & ((ai | aj) - 4)) >= 0:  # one test: valid iff all three < 0
                 return wcnt, kcnt, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
-            hist[U(hb + ((x * nk + y) << 6) + (ai << 4) + (aj << 2) + b)] += 1
+            low = (ai * 4 + aj) * 4 + b
+            hi = x * nk + y
+            hist[U(hb + (hi << 6) + low)] += 1
             o = U(ob + wcnt)
             out_s[o] = sl
             out_o[o] = b
             wcnt += 1
+            kb = np.int64(_KEY_LUT[U(low)])
             o = U(ob + kcnt)
             key_s[o] = sl
-            key_bi[o] = ai >> 1
-            key_bj[o] = ((aj >> 1) ^ (b == 2)) | ((b == 3) << 1)
-            kcnt += (x | y | ai & 1 | aj & 1) == 0
+            key_bi[o] = kb & 1
+            key_bj[o] = (kb >> 1) & 3
+            kcnt += (kb >> 3) & (hi == 0)
     return wcnt, kcnt, OK
 
 
