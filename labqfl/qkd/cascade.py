@@ -23,8 +23,8 @@ For pass p = 0, 1, ...: Alice reveals the parity of every block of pass p — ex
 on, the last block's, which Bob computes from the parity of the whole key (the XOR of pass 0's
 block parities): one disclosed bit less per pass.  Then, repeatedly, Bob takes the *first* pass
 q ≤ p that has blocks whose parity differs from Alice's ("odd" blocks) and runs a BINARY search
-in each of them (left half = first ⌊s/2⌋ bits of the range), one channel round trip per
-bisection level; the bit found in each block is flipped, which toggles the parity of the blocks
+in each of them (left half = first ⌊s/2⌋ bits of the range), one parity per bisection level
+(two levels per channel round trip, see "Round trips" below); the bit found in each block is flipped, which toggles the parity of the blocks
 holding it in every other started pass (the *cascade effect*).  Pass p ends when no started pass
 has an odd block.  Alice's answers are remembered per sub-block (*sub-block reuse*, Martinez-Mateo
 et al. arXiv:1407.3257 §4): a parity Bob already knows is never asked again, and the right half's
@@ -803,13 +803,15 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     (:attr:`CascadeSchedule.defer_from`) on whose parity a flip changed: it restarts from its root only when no
     lower pass has a search waiting; ``deferred``/``indef`` list the parked and stale ones).  Invariant: Alice's and Bob's parities of the
     search's range [slo, shi) (ranks within the block) differ.  Steps: (1) start searches on
-    ``init`` blocks; (2) store Alice's ``answers`` to last round's queries (blocks ``qidx``) and
-    descend one level; (3) descend every active search through sub-blocks of known parity; a search
+    ``init`` blocks; (2) store Alice's ``answers`` to last round's queries (blocks ``qidx``; one
+    or two parities each, as the search's flags ``sfl`` asked) and descend one or two levels; (3) descend every active search through sub-blocks of known parity; a search
     reaching one bit has found an error — after all descents the found bits are flipped (unless a
     concurrent search already fixed that bit); each flip toggles the parity of the bit's block in
     every started pass: a search whose range holds the bit restarts at its block's root (or stops
     if the block became even), an odd block without a search gets one; repeat until every search
-    waits for Alice.  (4) Emit one query (pass, block, lo, mid) per waiting search; return how many.
+    waits for Alice.  (4) Emit one query (pass, block, lo, hi) per waiting search, with flags
+    ``sfl[fb]``: bit 0 Bob's parity of [lo, mid), bits 1/2 the next level in the left/right half
+    if ``two_level`` and it is not implied (:func:`_next_level_unknown`); return how many.
     ``counters[0]`` accumulates the number of flipped bits.
 
     ``flipped`` (packed, one bit per key index) marks the bits flipped so far.  With Alice's true
