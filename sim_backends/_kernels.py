@@ -332,6 +332,136 @@ def _click(t: np.int64, ci_: np.int64, cj_: np.int64, mode_i: int, pat_i: np.nda
     return np.int64(ua < table[idx, 2]) * (1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1]))
 
 
+_BLOCK = 4096  # slots per block of _segment_patterns' bright scan (its scratch: 32 KiB)
+
+
+@nb.njit(inline="always")
+def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: float, glo: np.ndarray,
+              ghi: np.ndarray) -> tuple[np.int64, np.uint64]:
+    """The next candidate after slot s of a geometric-gap stream at rate q (``_segment``'s draw, with
+    the guide table ``glo/ghi``); ≥ ``seg_end`` when there is none before it."""
+    rng += _G
+    if q >= 1.0:
+        return s + 1, rng
+    x = mix64(rng)
+    b = np.int64(x >> np.uint64(54))
+    g = glo[b]
+    if g != ghi[b]:
+        gf = math.log(_u01_open(x)) / l1q
+        if gf >= seg_end - s:
+            return seg_end, rng
+        g = np.int64(gf)
+    elif g >= seg_end - s:
+        return seg_end, rng
+    return s + 1 + g, rng
+
+
+@nb.njit(cache=True, nogil=True)
+def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
+                      r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
+                      codes_i: np.ndarray, words_i: np.ndarray, mode_i: int, pat_i: np.ndarray, top_i: int,
+                      codes_j: np.ndarray, words_j: np.ndarray, mode_j: int, pat_j: np.ndarray, top_j: int,
+                      eve_side: int, eve_frac: float, key_eve: np.uint64, key_acc: np.uint64, key_extra: np.uint64,
+                      out_slot: np.ndarray, out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
+    """:func:`_segment_bright` with ``how`` = 0 (the drive patterns): the same clicks, found in blocks
+    of :data:`_BLOCK` slots. Per block, first every bright slot (the word scan, its bits taken
+    without a branch per word) and its click (in C_lo ∪ E; those not in E are left to C_lo), then
+    the block's C_lo candidates, the bright clicks merged in slot order."""
+    cap = out_slot.shape[0]
+    l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
+    scale_lo = q_lo / pmax
+    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
+    br = np.empty(_BLOCK + 16, dtype=np.int64)
+    plain = mode_i == 0 and mode_j == 0 and eve_side == 0
+    s = seg - 1
+    c = seg_end  # the next C_lo candidate at or after s0
+    while q_lo > 0.0:
+        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
+        if s >= seg_end or s >= s0:
+            c = s if s < seg_end else seg_end
+            break
+    p0 = seg if seg > s0 else s0
+    for b0 in range(p0, seg_end, _BLOCK):
+        b1 = b0 + _BLOCK if b0 + _BLOCK < seg_end else seg_end
+        # -- the block's bright slots (positions − s0), ascending
+        nbr = 0
+        if r_extra > 0.0:
+            wa = (b0 - s0) >> 3
+            wb = (b1 - 1 - s0) >> 3
+            first = ~np.uint64(0) << np.uint64(8 * ((b0 - s0) & 7))
+            last = ~np.uint64(0) >> np.uint64(8 * (7 - ((b1 - 1 - s0) & 7)))
+            for w in range(wa, wb + 1):
+                m = _level_bytes(words_i[w], top_i) | _level_bytes(words_j[w], top_j)
+                if w == wa:
+                    m &= first
+                if w == wb:
+                    m &= last
+                # two bits without a branch (a word holds more than two bright slots in < 1 % of the
+                # words on the default station; a branch per word would be mispredicted in a third)
+                br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                nbr += int(m != 0)
+                m &= m - _U1
+                br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                nbr += int(m != 0)
+                m &= m - _U1
+                while m != 0:
+                    br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
+                    nbr += 1
+                    m &= m - _U1
+        # -- their clicks where in E, compacted in place as (position − s0)·4 + outcome
+        nbc = 0
+        if plain:  # the same _click with its modes as constants: compiled without their branches (1.5× faster)
+            for k in range(nbr):
+                t = s0 + br[k]
+                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
+                o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), 0, pat_i, 0, pat_j,
+                           0, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
+                br[nbc] = br[k] * 4 + o
+                nbc += int(o != 0)
+        else:
+            for k in range(nbr):
+                t = s0 + br[k]
+                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
+                o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), mode_i, pat_i, mode_j, pat_j,
+                           eve_side, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
+                br[nbc] = br[k] * 4 + o
+                nbc += int(o != 0)
+        # -- the block's C_lo candidates, the bright clicks merged in
+        kb = 0
+        while c < b1:
+            while kb < nbc and s0 + (br[kb] >> 2) < c:
+                if n >= cap:
+                    return -1, rng
+                out_slot[n] = s0 + (br[kb] >> 2)
+                out_outcome[n] = br[kb] & 3
+                n += 1
+                kb += 1
+            ci_ = np.int64(codes_i[c - s0])
+            cj_ = np.int64(codes_j[c - s0])
+            bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
+            if not (bright and (mix64(key_extra + np.uint64(c) * _G) >> _U11) < e_thr):  # else: done above
+                if plain:
+                    o = _click(c, ci_, cj_, 0, pat_i, 0, pat_j, 0, eve_frac, key_eve, key_acc,
+                               1.0 if bright else scale_lo, table)
+                else:
+                    o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
+                               1.0 if bright else scale_lo, table)
+                if n >= cap:
+                    return -1, rng
+                out_slot[n] = c
+                out_outcome[n] = o
+                n += int(o != 0)
+            s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi) if q_lo > 0.0 else (seg_end, rng)
+            c = s if s < seg_end else seg_end
+        if n + (nbc - kb) > cap:
+            return -1, rng
+        for k in range(kb, nbc):
+            out_slot[n] = s0 + (br[k] >> 2)
+            out_outcome[n] = br[k] & 3
+            n += 1
+    return n, rng
+
+
 @nb.njit(cache=True, nogil=True)
 def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
                     r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
@@ -352,18 +482,22 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
     p(choices); a bright slot iff it is in C_lo ∪ E and U(key_acc, s)·p_max < p(choices). So every
     slot clicks with exactly p(choices), independently of the others, as with the single rate p_max
     of :func:`_segment`, but only C_lo (≈ 2 % of the slots on the default station instead of 27 %)
-    and the bright slots (≈ 5 %) are looked at. ``how`` = 0 finds the bright slots between C_lo
-    candidates by scanning the drive patterns 8 slots per word; ``how`` = 1 writes C_lo ∪ E (E by
+    and the bright slots (≈ 5 %) are looked at. ``how`` = 0: :func:`_segment_patterns` (the bright
+    slots found by scanning the drive patterns 8 slots per word); ``how`` = 1 writes C_lo ∪ E (E by
     its hash, every slot: the choices are not known there) with ``out_outcome`` = 1 for C_lo, 0 for
     E only; ``how`` = 2 reads those candidates and flags (``cand``, ``cand_lo``) and the clients'
     codes there: the same clicks as ``how`` = 0."""
+    if how == 0:
+        n, rng = _segment_patterns(seg, seg_end, s0, rng, pmax, q_lo, r_extra, glo, ghi, table,
+                                   codes_i, words_i, mode_i, pat_i, top_i, codes_j, words_j, mode_j, pat_j, top_j,
+                                   eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot, out_outcome, n)
+        return n, rng, kc
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     scale_lo = q_lo / pmax
     n_cand = cand.shape[0]
     s = seg - 1  # last C_lo candidate drawn
     pos: int | np.int64 = seg if seg > s0 else s0  # first slot not yet looked at (slots before s0 belong to the previous window)
-    br = np.empty(512, dtype=np.int64)  # bright slots (− s0) found and not yet looked at
     # s ∈ E ⇔ U(key_extra, s) = (h >> 11)·2^−53 < r_extra ⇔ h >> 11 < ⌈r_extra·2^53⌉ (exact: 2^53 scales exactly)
     e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))
     while True:
@@ -397,64 +531,25 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                 if s >= s0:
                     c = s
                     break
-            # -- the slots in [pos, c), outside C_lo
-            if r_extra > 0.0 and pos < c:
-                if how == 1:  # E, by every slot's hash (in blocks of 64 slots, appended without a branch)
-                    for b0 in range(pos, c, 64):
-                        b1 = b0 + 64 if b0 + 64 < c else c
-                        if n + (b1 - b0) > cap:
-                            return -1, rng, kc
-                        for t in range(b0, b1):
-                            out_slot[n] = t
-                            out_outcome[n] = 0
-                            n += int((mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr)
-                else:  # the bright slots, 8 per word of the drive patterns; those in E accepted at p_max
-                    u = pos - s0
-                    end = c - s0
-                    nbr = 0
-                    while u < end:
-                        w = u >> 3
-                        m = _level_bytes(words_i[w], top_i) | _level_bytes(words_j[w], top_j)
-                        m &= ~np.uint64(0) << np.uint64(8 * (u & 7))
-                        if end - 8 * w < 8:
-                            m &= (np.uint64(1) << np.uint64(8 * (end - 8 * w))) - _U1
-                        u = 8 * w + 8
-                        # the word's bright slots into br (two without a branch: a word holds more than two
-                        # in < 1 % of the words on the default station; a branch per word would be
-                        # mispredicted in a third of them)
-                        br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
-                        nbr += int(m != 0)
-                        m &= m - _U1
-                        br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
-                        nbr += int(m != 0)
-                        m &= m - _U1
-                        while m != 0:
-                            br[nbr] = 8 * w + (_DEBRUIJN_IDX[np.int64(((m & (~m + _U1)) * _DEBRUIJN) >> np.uint64(58))] >> 3)
-                            nbr += 1
-                            m &= m - _U1
-                        if nbr > br.shape[0] - 16 or u >= end:
-                            if n + nbr > cap:
-                                return -1, rng, kc
-                            for k in range(nbr):  # clicks appended without a branch on the (random) outcome
-                                t = s0 + br[k]
-                                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
-                                o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), mode_i, pat_i,
-                                           mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc, 1.0,
-                                           table) * np.int64(in_e)
-                                out_slot[n] = t
-                                out_outcome[n] = o
-                                n += int(o != 0)
-                            nbr = 0
+            # -- the slots in [pos, c), outside C_lo: E, by every slot's hash (how 1)
+            if r_extra > 0.0 and pos < c:  # in blocks of 64 slots, appended without a branch
+                for b0 in range(pos, c, 64):
+                    b1 = b0 + 64 if b0 + 64 < c else c
+                    if n + (b1 - b0) > cap:
+                        return -1, rng, kc
+                    for t in range(b0, b1):
+                        out_slot[n] = t
+                        out_outcome[n] = 0
+                        n += int((mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr)
             if c >= seg_end:
                 break
-            if how == 1:
-                if n >= cap:
-                    return -1, rng, kc
-                out_slot[n] = c
-                out_outcome[n] = 1
-                n += 1
-                pos = c + 1
-                continue
+            if n >= cap:
+                return -1, rng, kc
+            out_slot[n] = c
+            out_outcome[n] = 1
+            n += 1
+            pos = c + 1
+            continue
         pos = c + 1
         # -- candidate c (in C_lo; for how 2 in C_lo ∪ E): its clients' codes
         if how == 2:
