@@ -97,6 +97,7 @@ from labqfl.nodes.common import (
     simulated_light,
 )
 from labqfl.nodes.optics import query_slots
+from labqfl.nodes.wire import decode_gaps
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import forgery_probability
 from labqfl.qkd.estimation import epsilon_total
@@ -192,11 +193,12 @@ class _Chunk:
 def split_chunks(msg: Message) -> list[_Chunk]:
     """The per-pair chunks of one ``ann/chunks`` message (:mod:`labqfl.nodes.detector`), in its
     order: pair ``k`` gets ``slots``/``outcomes`` ``[offsets[k], offsets[k+1])`` and ``dropped[k]``,
-    the chunk a per-pair ``ann/chunk`` carried before. Checked whole before anything is used: a
-    message whose offsets, counts or pair names do not add up raises :class:`MessageError`."""
+    the chunk a per-pair ``ann/chunk`` carried before; ``slots`` are the ``slot_*`` gaps from ``lo``
+    (:func:`labqfl.nodes.wire.decode_gaps`; a plain int64 ``slots`` field is read as it is). Checked
+    whole before anything is used: a message whose gaps, offsets, counts or pair names do not add up
+    raises :class:`MessageError`."""
     lo, hi = int(msg.get("lo")), int(msg.get("hi"))
     pairs = str(msg.get("pairs")).split(",")
-    slots = np.asarray(msg.get("slots"), np.int64)
     outcomes = np.asarray(msg.get("outcomes"), np.uint8)
     dropped = np.asarray(msg.get("dropped"), np.int64)
     offsets = np.asarray(msg.get("offsets"), np.int64)
@@ -204,6 +206,7 @@ def split_chunks(msg: Message) -> list[_Chunk]:
     if not 0 <= lo <= hi:
         raise MessageError(f"ann/chunks: slot range [{lo}, {hi}) is not a range of acquisition slots "
                            "(expected 0 <= lo <= hi)")
+    slots = decode_gaps(msg, base=lo, prefix="slot_", plain="slots")
     if "" in pairs or len(set(pairs)) != n:
         raise MessageError(f"ann/chunks: pair names {msg.get('pairs')!r} are empty or repeated "
                            "(expected distinct names, comma-separated)")

@@ -10,10 +10,11 @@ time and lost data as the instrument applies them; the overflows and missed even
 (:func:`~labqfl.qkd.slotting.announcements_by_pair`) and announces them to **both** clients of
 every pair, each over its own session to that client (service ``ann`` on the client):
 
-* ``ann/chunks {lo, hi, pairs, dropped, offsets, slots, outcomes}`` — one message per client and
-  tag block, for all of that client's pairs (:func:`chunks_message`): ``pairs`` the pair names
-  (comma-separated), and per pair ``k`` its clicked slots in ``[lo, hi)`` (the slots final after
-  this tag block) ``slots[offsets[k]:offsets[k+1]]`` and which detector clicked there
+* ``ann/chunks {lo, hi, pairs, dropped, offsets, slot_gaps, slot_big_at, slot_big, outcomes}`` — one
+  message per client and tag block, for all of that client's pairs (:func:`chunks_message`): ``pairs``
+  the pair names (comma-separated), and per pair ``k`` its clicked slots in ``[lo, hi)`` (the slots
+  final after this tag block) ``slots[offsets[k]:offsets[k+1]]`` (``slots``: the ``slot_*`` fields,
+  gaps from ``lo``, decoded by :func:`labqfl.nodes.wire.decode_gaps`) and which detector clicked there
   (``outcomes``, the same cut: 1 D0, 2 D1, 3 both); ``dropped[k]``: the pair's slots slotting had
   to drop there (lost tagger data). The client splits it into one chunk per pair
   (:func:`labqfl.nodes.client.split_chunks`), the chunks one ``ann/chunk`` per pair and client
@@ -69,6 +70,8 @@ from labqfl.nodes.common import (
     request,
     simulated_light,
 )
+from labqfl.nodes.optics import block_of
+from labqfl.nodes.wire import encode_gaps
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.slotting import (
     PairSlotter,
@@ -189,7 +192,7 @@ class DetectorNode(Node):
                     return
                 if rep.kind != "tags/block":
                     raise NodeError(f"optics answered {rep.kind!r} to tags/next")
-                yield TagBlock(np.asarray(rep.get("ts"), np.int64), np.asarray(rep.get("ch"), np.int16))
+                yield block_of(rep)
         finally:
             tags.close()
 
@@ -214,13 +217,17 @@ class DetectorNode(Node):
 def chunks_message(lo: int, hi: int, parts: list[tuple[str, int, Announcements]]) -> Message:
     """``ann/chunks`` (module docstring): one client's announcements of slots ``[lo, hi)`` for each of
     its pairs, ``parts`` = (pair, dropped slots, announcements) in the order the client splits them
-    back (:func:`labqfl.nodes.client.split_chunks`)."""
+    back (:func:`labqfl.nodes.client.split_chunks`). The pairs' slots, one after the other, travel as
+    gaps from ``lo`` (``slot_gaps``, ``slot_big_at``, ``slot_big``: :func:`labqfl.nodes.wire.encode_gaps`;
+    they ascend within a pair, a few slots apart, so about one byte a slot instead of eight, and each
+    pair's first slot is an escape)."""
     offsets = np.zeros(len(parts) + 1, np.int64)
     np.cumsum([p[2].slots.size for p in parts], out=offsets[1:])
+    slots = np.concatenate([np.asarray(p[2].slots, np.int64) for p in parts]) if parts else np.zeros(0, np.int64)
     return Message("ann/chunks", {
         "lo": int(lo), "hi": int(hi), "pairs": ",".join(p[0] for p in parts),
         "dropped": np.asarray([p[1] for p in parts], np.int64), "offsets": offsets,
-        "slots": np.concatenate([np.asarray(p[2].slots, np.int64) for p in parts]) if parts else np.zeros(0, np.int64),
+        **encode_gaps(slots, base=int(lo), prefix="slot_"),
         "outcomes": np.concatenate([np.asarray(p[2].outcomes, np.uint8) for p in parts]) if parts
         else np.zeros(0, np.uint8)})
 
