@@ -700,6 +700,11 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     ``cand_i[r, k]``/``cand_j[r, k]`` (k: the candidate's number in its row) and writes the
     clicks exactly as ``how = 0`` would with full patterns. ``cand_*`` are unused (e.g. 1×1) for
     ``how`` 0 and 1.
+
+    Two rates (:func:`_segment_bright`) where they save ≥ :data:`BRIGHT_MIN_GAIN` of candidate rate:
+    ``key_extra`` keys its per-slot set E; ``cand_lo[r, k]`` (``how`` = 2) is ``out_outcome`` of the
+    ``how`` = 1 pass: 1 where the candidate is in C_lo; ``words`` (``how`` = 0) is ``codes`` viewed
+    as uint64 (rows padded to whole words), unused (1×1) otherwise.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
