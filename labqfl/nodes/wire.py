@@ -56,13 +56,12 @@ def encode_gaps(values: np.ndarray, *, base: int = 0, prefix: str = "",
         raise ValueError(f"encode_gaps: width {widths[0]} is not one of {[str(t) for t in GAP_DTYPES]}")
     best: tuple[int, np.dtype[Any], np.ndarray] | None = None
     for t in widths:
+        if best is not None and best[0] <= v.size * t.itemsize:
+            break  # this width and the wider ones cost at least as much
         big = u > np.iinfo(t).max
-        n_big = int(np.count_nonzero(big))
-        cost = v.size * t.itemsize + _ESCAPE_BYTES * n_big
+        cost = v.size * t.itemsize + _ESCAPE_BYTES * int(np.count_nonzero(big))
         if best is None or cost < best[0]:
             best = (cost, t, big)
-        if n_big == 0:
-            break  # a wider one only costs more
     assert best is not None
     _, t, big = best
     big_at = np.flatnonzero(big).astype(np.int64)
