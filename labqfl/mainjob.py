@@ -259,7 +259,7 @@ class MainJob:
 
         s = self.settings
         plan = make_plan(self.cfg, s.task, s.q, s.rounds, graph=s.graph, k=s.k, self_masks=s.self_masks,
-                         duration_s=s.duration_s, eps_sec=s.eps_sec, wait_for_key=s.wait_for_key)
+                         duration_s=s.duration_s, eps_sec=s.eps_sec, wait_for_key=s.wait_for_key, nodes=s.nodes)
         if "plan" not in self.state:
             self.state["plan"] = plan.as_dict()
             self._save_state()

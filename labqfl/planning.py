@@ -63,6 +63,17 @@ DISTILL_SIFTED_BITS_PER_S = 1.0e5
 TRAIN_ROUND_COST: dict[str, tuple[float, bool]] = {
     "mnist-qnn": (0.2, False), "mnist-lenet5": (55.7, False), "ntangled": (0.52, True), "magic": (0.17, True),
 }
+#: Over node processes (``labqfl run``'s default path) the acquisition and its distillation are one
+#: streamed phase: sifted bits per wall second of that phase, the simulated optical layer included,
+#: measured on this 2-core machine (2026-12-04, quiet: the default ``labqfl run``, 7.76e7 sifted bits
+#: in 175.5 s; docs/scaling.md). The plan's ``distill_s`` over nodes is that phase's wall time beyond
+#: the station time (never below 0).
+NODE_STREAM_SIFTED_BITS_PER_S = 4.4e5
+#: What a federated round costs over the Flower nodes on top of the task's own round
+#: (:data:`TRAIN_ROUND_COST`): the SuperNodes' pulls, a forked ClientApp per message (setup, keys,
+#: mask, end), the tunnels and TLS; mnist-qnn measured 68.4 s for 10 rounds in the same run
+#: (6.84 s a round against 0.2 s in process).
+NODE_ROUND_OVERHEAD_S = 6.6
 #: A pair needing more than this many times the median pair's acquisition time is starving.
 STARVATION_FACTOR = 2.0
 #: Headroom of the acquisition the plan chooses (no --duration): it must hold this many times all
@@ -190,7 +201,7 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
 def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
               self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
               eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
-              train_s_per_round: float | None = None, wait_for_key: bool = True) -> Plan:
+              train_s_per_round: float | None = None, wait_for_key: bool = True, nodes: bool = False) -> Plan:
     """The plan of ``rounds`` rounds of ``task`` on station ``cfg`` (module docstring).
 
     ``duration_s``: the acquisition the run will make (``labqfl run --duration``); it fixes the
@@ -202,6 +213,10 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     run's station time, distillation and total wall time include them; without it (``labqfl run
     --no-wait-for-key``) the run stops before round ``rounds_sustained`` + 1 (``stops_at_round``),
     and only the rounds before it are trained.
+
+    ``nodes``: the run goes over node processes (``labqfl run``'s default): the streamed acquisition
+    and distillation at :data:`NODE_STREAM_SIFTED_BITS_PER_S` (``distill_s`` is what that phase takes
+    beyond the station time) and every round :data:`NODE_ROUND_OVERHEAD_S` longer.
     """
     from labqfl.contracts.schedule import PairSchedule
     from labqfl.fl.secure import SecAggConfig
@@ -245,11 +260,16 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     # the run's station time (with a given duration: the acquisition and the top-ups it waits for) is
     # what gets distilled; only the rounds before a stop are trained
     run_acq = station if duration_s is not None else acq_total
-    distill_s = _distill_seconds(cfg, sched, run_acq, distill_bps)
+    if nodes:
+        stream_s = _distill_seconds(cfg, sched, run_acq, NODE_STREAM_SIFTED_BITS_PER_S)
+        distill_s = max(stream_s - run_acq, 0.0) if math.isfinite(stream_s) else math.inf
+    else:
+        distill_s = _distill_seconds(cfg, sched, run_acq, distill_bps)
     cost, per_client = TRAIN_ROUND_COST[task]
     if train_s_per_round is not None:
         cost, per_client = float(train_s_per_round), False
-    train_s = (rounds if stops_at is None else stops_at - 1) * cost * (len(names) if per_client else 1)
+    trained = rounds if stops_at is None else stops_at - 1
+    train_s = trained * (cost * (len(names) if per_client else 1) + (NODE_ROUND_OVERHEAD_S if nodes else 0.0))
     return Plan(
         station=cfg.name, task=task, n_params=n_params, clients=len(names), q=q, rounds=rounds,
         graph=secagg.graph, k=secagg.k, self_masks=self_masks, rep_rate_hz=rep, block_slots=block.block_slots,
@@ -258,7 +278,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         train_s=train_s, total_wall_s=run_acq + distill_s + train_s,
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
         rounds_sustained=sustained,
-        estimates=_plan_estimates(task, distill_bps, cost, per_client),
+        estimates=_plan_estimates(task, distill_bps, cost, per_client, nodes),
         top_ups=top_ups, station_s=station, stops_at_round=stops_at,
     )
 
@@ -533,9 +553,10 @@ def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_b
     return sifted / distill_bps if math.isfinite(acq_total) else math.inf
 
 
-def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool) -> dict[str, str]:
+def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool,
+                    nodes: bool = False) -> dict[str, str]:
     """How each of the plan's figures is estimated (printed with the plan)."""
-    return {
+    est = {
         "key_rate": "finite-key model (labqfl.qkd.keyrate) at the block-size rule's block size, times the "
                     "pair's schedule share of the laser's slots",
         "acquisition": "rounds x the slowest graph pair's key need / key rate, at least the acquisition the "
@@ -547,6 +568,12 @@ def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool
                   f"rounds x {cost:g} s per round (the training set is split among the clients)")
                  + f" for {task}, measured on this machine (docs/scaling.md)",
     }
+    if nodes:
+        est["distill"] = (f"over node processes: sifted bits of the acquisition / {NODE_STREAM_SIFTED_BITS_PER_S:.3g} "
+                          "sifted bits/s for the streamed acquisition + distillation (measured on this machine, "
+                          "docs/scaling.md), minus the station time")
+        est["train"] += f", plus {NODE_ROUND_OVERHEAD_S:g} s per round over the Flower nodes"
+    return est
 
 
 def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:

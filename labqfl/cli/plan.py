@@ -95,6 +95,10 @@ def register(app: typer.Typer) -> None:
         wait_for_key: bool = typer.Option(
             True, "--wait-for-key/--no-wait-for-key", help="As labqfl run: a round without key waits for top-up "
             "acquisitions (predicted), or stops the run."),
+        nodes: bool = typer.Option(
+            True, "--nodes/--in-process", help="As labqfl run: the run goes over node processes (its default; "
+            "the streamed acquisition + distillation and the Flower rounds at their measured cost over nodes) or "
+            "in this process."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predict key bits per pair and round, acquisition time, total wall time and starving
@@ -104,5 +108,5 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_station_config(config)
         plan = make_plan(cfg, task, q, rounds, graph=graph, k=k, self_masks=self_masks, clients=clients,
-                         duration_s=duration, eps_sec=eps_sec, wait_for_key=wait_for_key)
+                         duration_s=duration, eps_sec=eps_sec, wait_for_key=wait_for_key, nodes=nodes)
         emit(plan.as_dict(), as_json, lambda con: render_plan(con, plan))

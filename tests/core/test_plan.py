@@ -204,3 +204,30 @@ def test_first_key_balance_equalises_the_time_to_each_pairs_first_block():
     assert max(need.values()) < plan_blocks(asym).needed_duration_s
     with pytest.raises(ConfigError, match="--balance 'fast' unknown"):
         make_station(4, balance="fast")
+
+
+def test_the_plan_over_nodes_streams_the_distillation_and_pays_the_flower_rounds():
+    """``labqfl run``'s default path (node processes): the acquisition and its distillation are one
+    streamed phase at the nodes' measured throughput (what it takes beyond the station time is
+    ``distill_s``), and every round costs the Flower nodes' overhead on top of the task's own round; the
+    in-process plan of the same run is unchanged and its figures differ exactly there."""
+    from labqfl.planning import (
+        DISTILL_SIFTED_BITS_PER_S,
+        NODE_ROUND_OVERHEAD_S,
+        NODE_STREAM_SIFTED_BITS_PER_S,
+        TRAIN_ROUND_COST,
+    )
+
+    cfg = load_station_config()
+    here = make_plan(cfg, "mnist-qnn", 8, 10, duration_s=60.0)
+    over = make_plan(cfg, "mnist-qnn", 8, 10, duration_s=60.0, nodes=True)
+    sifted = here.distill_s * DISTILL_SIFTED_BITS_PER_S  # the model's sifted bits of the 60 s
+    assert sifted > 1e7
+    assert over.distill_s == pytest.approx(max(sifted / NODE_STREAM_SIFTED_BITS_PER_S - 60.0, 0.0))
+    assert over.train_s == pytest.approx(10 * (TRAIN_ROUND_COST["mnist-qnn"][0] + NODE_ROUND_OVERHEAD_S))
+    assert over.total_wall_s == pytest.approx(60.0 + over.distill_s + over.train_s)
+    assert here.total_wall_s > 2 * over.total_wall_s  # the in-process model charges the whole distillation
+    assert "node processes" in over.estimates["distill"] and "Flower nodes" in over.estimates["train"]
+    assert "node" not in here.estimates["distill"]
+    assert {k: v for k, v in over.as_dict().items() if k not in ("distill_s", "train_s", "total_wall_s", "estimates")} \
+        == {k: v for k, v in here.as_dict().items() if k not in ("distill_s", "train_s", "total_wall_s", "estimates")}
