@@ -260,11 +260,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     # the run's station time (with a given duration: the acquisition and the top-ups it waits for) is
     # what gets distilled; only the rounds before a stop are trained
     run_acq = station if duration_s is not None else acq_total
-    if nodes:
-        stream_s = _distill_seconds(cfg, sched, run_acq, NODE_STREAM_SIFTED_BITS_PER_S)
-        distill_s = max(stream_s - run_acq, 0.0) if math.isfinite(stream_s) else math.inf
-    else:
-        distill_s = _distill_seconds(cfg, sched, run_acq, distill_bps)
+    distill_s = _phase_distill_seconds(cfg, sched, run_acq, distill_bps, nodes)
     cost, per_client = TRAIN_ROUND_COST[task]
     if train_s_per_round is not None:
         cost, per_client = float(train_s_per_round), False
@@ -534,6 +530,16 @@ def _mark_starving(pairs: dict[str, PairPlan]) -> list[PairPlan]:
         p.acquisition_s_per_round) else -math.inf)
     return [p for p in pairs.values() if not math.isfinite(p.acquisition_s_per_round)] + [
         p for p in order if math.isfinite(p.acquisition_s_per_round)]
+
+
+def _phase_distill_seconds(cfg: StationConfig, sched: Any, run_acq: float, distill_bps: float, nodes: bool) -> float:
+    """The plan's ``distill_s``: in process the sifted bits over ``distill_bps``; over nodes what the
+    streamed acquisition + distillation (at :data:`NODE_STREAM_SIFTED_BITS_PER_S`) takes beyond the
+    station time ``run_acq``."""
+    if not nodes:
+        return _distill_seconds(cfg, sched, run_acq, distill_bps)
+    stream_s = _distill_seconds(cfg, sched, run_acq, NODE_STREAM_SIFTED_BITS_PER_S)
+    return max(stream_s - run_acq, 0.0) if math.isfinite(stream_s) else math.inf
 
 
 def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_bps: float) -> float:
