@@ -26,8 +26,15 @@ labqfl's own secret draws use ``secrets``). The zygote forks only while it has a
 SuperNode node) is gone or on SIGTERM, taking its children with it (same process group, which
 :meth:`LocalFederation.stop` ends).
 
-Also for the SuperNode: its message loop asks the SuperLink for work every 0.5 s instead of
-Flower's 3 s (:func:`supernode_main`), and its processes run with ``FLWR_TELEMETRY_ENABLED=0`` and
+The zygote also loads the Numba kernels of local training and quantisation once
+(:func:`~labqfl.fl.flower.latency.warm_kernels`; otherwise ~0.7 s of CPU in every training
+ClientApp) and shortens Flower's retry backoff of object pulls
+(:func:`~labqfl.fl.flower.latency.quick_object_pulls`).
+
+Also for the SuperNode: its message loop asks the SuperLink for work every 0.2 s for 10 s after
+each message and every 0.5 s otherwise, instead of Flower's 3 s; it checks for its ClientApp's
+reply every 0.05 s instead of 0.5 s, and retries object pulls after 20 ms instead of 1 s
+(:func:`supernode_main`). Its processes run with ``FLWR_TELEMETRY_ENABLED=0`` and
 ``FLWR_DISABLE_UPDATE_CHECK=1`` (Flower otherwise posts a usage event to telemetry.flower.ai at
 every process start and exit, waiting up to 4 s for it at exit, and asks PyPI for updates; a lab
 network's node has no business calling out).
@@ -64,6 +71,13 @@ SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
 _MAX_REQUEST = 1 << 16
 #: how often the SuperNode asks the SuperLink for a message when it has none [s] (Flower: 3 s)
 PULL_INTERVAL_S = 0.5
+#: how often it asks within :data:`HOT_WINDOW_S` of its last message [s]: mid-run, the next
+#: message comes as soon as every client answered the previous one
+HOT_PULL_S = 0.2
+#: how long after a message the SuperNode keeps asking every :data:`HOT_PULL_S` [s]
+HOT_WINDOW_S = 10.0
+#: how often the SuperNode looks for its ClientApp's reply in its own state [s] (Flower: 0.5 s)
+REPLY_POLL_S = 0.05
 
 #: The ``flwr-clientapp`` the SuperExec starts: stdlib only, no site-packages (``-SE``), so it starts
 #: in ~20 ms. ``{python}`` and ``{real}`` are filled in by :func:`write_shim`.
@@ -171,6 +185,10 @@ def _preload() -> Any:
     import labqfl.fl.datasets.tasks  # noqa: F401 - task data (torch via the measures)
     import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:client_app``)
     import labqfl.fl.training  # noqa: F401 - local training (torch, the QNN kernels)
+    from labqfl.fl.flower.latency import quick_object_pulls, warm_kernels
+
+    quick_object_pulls()  # the child's pull of its message from the SuperNode (inherited by every fork)
+    warm_kernels()  # Numba's machine code loaded once here, not in every training ClientApp
 
     return flwr_clientapp
 
@@ -365,19 +383,44 @@ def _reap(children: dict[int, socket.socket]) -> None:
 
 
 class _PollTime:
-    """The ``time`` module as Flower's SuperNode loop sees it, with every sleep capped at
-    :data:`PULL_INTERVAL_S` (everything else is the real module)."""
+    """The ``time`` module as Flower's SuperNode loop sees it: its idle sleep (3 s, nothing pulled)
+    becomes :data:`HOT_PULL_S` within :data:`HOT_WINDOW_S` of the last message pulled
+    (:attr:`last_message`, set by :func:`_note_messages`) and :data:`PULL_INTERVAL_S` otherwise; its
+    shorter sleeps (0.5 s, waiting for the ClientApp's reply in the node's own memory)
+    :data:`REPLY_POLL_S`. Everything else is the real module."""
+
+    last_message = float("-inf")
 
     def __getattr__(self, name: str) -> Any:
         import time
 
         return getattr(time, name)
 
-    @staticmethod
-    def sleep(seconds: float) -> None:
+    @classmethod
+    def sleep(cls, seconds: float) -> None:
         import time
 
-        time.sleep(min(seconds, PULL_INTERVAL_S))
+        if seconds < 1.0:
+            time.sleep(min(seconds, REPLY_POLL_S))
+        elif time.monotonic() - cls.last_message < HOT_WINDOW_S:
+            time.sleep(min(seconds, HOT_PULL_S))
+        else:
+            time.sleep(min(seconds, PULL_INTERVAL_S))
+
+
+def _note_messages(pull: Any) -> Any:
+    """``pull`` (Flower's ``_pull_and_store_message``), noting in :class:`_PollTime` when it brought
+    a message (it returns the message's run ID, or None)."""
+
+    def pull_and_note(*args: Any, **kwargs: Any) -> Any:
+        import time
+
+        run_id = pull(*args, **kwargs)
+        if run_id is not None:
+            _PollTime.last_message = time.monotonic()
+        return run_id
+
+    return pull_and_note
 
 
 def supernode_main(args: list[str]) -> None:
@@ -388,15 +431,21 @@ def supernode_main(args: list[str]) -> None:
     the ClientApp's reply. A labqfl round is three messages in a row per client (keys, mask,
     end), each sent only after every client answered the previous one, so the SuperNode's pull
     nearly always comes too early and waits the 3 s: about 9 s of a round spent waiting. Here
-    that module's ``time`` is :class:`_PollTime`, nothing else changes (a Flower without that
-    module attribute runs unpatched, with a warning in the node's log)."""
+    that module's ``time`` is :class:`_PollTime` (the reply check looks at the node's in-memory
+    state, no request) and the object pulls retry sooner
+    (:func:`~labqfl.fl.flower.latency.quick_object_pulls`); nothing else changes (a Flower without
+    that module attribute runs unpatched, with a warning in the node's log)."""
     import flwr.supernode.start_client_internal as sci
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    if hasattr(sci, "time"):
+    from labqfl.fl.flower.latency import quick_object_pulls
+
+    if hasattr(sci, "time") and hasattr(sci, "_pull_and_store_message"):
         sci.time = _PollTime()  # type: ignore[assignment]
+        sci._pull_and_store_message = _note_messages(sci._pull_and_store_message)
     else:
         log.warning("flower-supernode: no time module in %s; its 3 s pull interval stays", sci.__name__)
+    quick_object_pulls()
     sys.argv = ["flower-supernode", *args]
     flower_supernode()
 

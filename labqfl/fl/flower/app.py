@@ -22,6 +22,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from labqfl.fl.flower.client import make_client_app
 from labqfl.fl.flower.identity import ReplyVerifier
+from labqfl.fl.flower.latency import quick_object_pulls
 from labqfl.fl.flower.server import LabqflServer, flower_summary
 from labqfl.fl.flower.spec import FlowerSpec
 
@@ -31,6 +32,7 @@ server_app = ServerApp()
 
 @server_app.main()
 def _main(grid: Grid, context: Context) -> None:
+    quick_object_pulls()  # the replies' objects: retried after 20 ms, not Flower's 1 s (latency.py)
     spec = FlowerSpec.from_config(context.run_config)
     ca = str(context.run_config.get("labqfl-ca", ""))
     srv = LabqflServer(spec, identity=ReplyVerifier.from_file(ca) if ca else None)

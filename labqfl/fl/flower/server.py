@@ -100,7 +100,7 @@ class FlowerRound:
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
-                     poll_s: float = 0.25) -> list[Message]:
+                     poll_s: float = 0.1) -> list[Message]:
     """Push ``messages``, collect replies until all have answered, ``timeout`` seconds have passed
     or — with ``straggler_s`` > 0 — ``straggler_s`` seconds have passed since the latest reply
     (the clients still missing then are treated as lost). Polls every ``poll_s`` seconds. A grid
