@@ -89,7 +89,9 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
 
     For simulated phase modulators the *settings* change (``v_pi_v``, ``options.bias_setting_rad``)
     while ``v_pi_error`` is adjusted so the simulator's true Vπ stays the same; for real ones
-    ``v_pi_v`` and ``bias_phase_rad`` (the compensation the driver applies) are written. Bias
+    ``v_pi_v`` and ``bias_phase_rad`` (the compensation the driver applies) are written; for a modulator fed
+    by its pattern generator's bits (``GenericBitDrivenPhaseModulator``) also ``options.rf_gain_db`` (the
+    ideal gain for the measured Vπ), with ``v_pi_error`` kept as the emulated loop's truth. Bias
     phases are relative to the reference client, whose setting is kept (the gauge).
     """
     qs: dict[str, Quantity] = {}
@@ -123,9 +125,16 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
         k = c["name"]
         pm = c.setdefault("phase_modulator", {})
         sim = pm.get("driver", "sim") == "sim"
+        # a modulator fed by its pattern generator's bits: v_pi_error stays the emulated loop's truth as for a
+        # simulated one, and the amplifier gain becomes the ideal one for the measured Vπ (calibration.pg_fringe)
+        bits = pm.get("driver") == "GenericBitDrivenPhaseModulator"
+        if bits and f"{k}.rf_gain_db" in qs:
+            opts = dict(pm.get("options", {}))
+            opts["rf_gain_db"] = round(float(min(max(qs[f"{k}.rf_gain_db"].value, 0.0), 40.0)), 2)
+            pm["options"] = opts
         if f"{k}.v_pi_v" in qs:
             v = float(qs[f"{k}.v_pi_v"].value)
-            if sim:
+            if sim or bits:
                 true_vpi = float(pm.get("v_pi_v", 4.0)) / (1.0 + float(pm.get("v_pi_error", 0.0)))
                 pm["v_pi_error"] = float(min(max(v / true_vpi - 1.0, -0.5), 0.5))
             pm["v_pi_v"] = v

@@ -34,6 +34,13 @@ from labqfl.calibration.core import (
 )
 from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate, guard_original
 from labqfl.calibration.fitting import FitResult, fit_poisson
+from labqfl.calibration.pg_fringe import (
+    ideal_gain_quantity_value,
+    loop_truth,
+    pg_driven,
+    pg_fringe_scan,
+    scheduled_reference,
+)
 
 from labqfl.errors import CalibrationError
 
@@ -143,22 +150,30 @@ def _scan_fringe(ctx: CalContext, k: str, ref: str, n_points: int, t_pt: float,
     return vpi_nom, volts, n0, n1
 
 
-def _fringe_quantities(ctx: CalContext, k: str, ref: str, fit: FitResult) -> tuple[list[Quantity], float, list[float]]:
-    """V_π and bias phase of ``k`` (relative to ``ref``) from its fringe fit.
+def _truth(ctx: CalContext, k: str, roles: tuple[str, ...], value: Any) -> float | None:
+    """The simulator's value for ``k``'s quantity: its roles simulated, or (a pattern-generator-driven
+    modulator) the loop simulated from the station file (:func:`~labqfl.calibration.pg_fringe.loop_truth`)."""
+    if pg_driven(ctx, k):
+        return float(value(ctx.config)) if loop_truth(ctx, tuple(r.split(".")[0] for r in roles)) else None
+    return sim_truth(ctx.station, roles, value)
 
-    Returns (the two quantities, wrapped bias phase [rad], fringe contrast on D0 and D1)."""
-    st = ctx.station
+
+def _fringe_quantities(ctx: CalContext, k: str, ref: str, fit: FitResult) -> tuple[list[Quantity], float, list[float]]:
+    """V_π and bias phase of ``k`` (relative to ``ref``) from its fringe fit; for a modulator fed by its
+    pattern generator's bits also the ideal amplifier gain for that V_π (``<k>.rf_gain_db``, G·w0 = V_π/2).
+
+    Returns (the quantities, wrapped bias phase [rad], fringe contrast on D0 and D1)."""
     vpi, e_vpi = fit["vpi"], fit.err("vpi")
     phi = fit["phi"] + (math.pi if fit["a0"] < 0 else 0.0)
     phi_w = wrap_phase(phi)
     q_vpi = Quantity(
         f"{k}.v_pi_v", vpi, e_vpi, "V", "vpi",
-        true=sim_truth(st, f"{k}.phase_modulator",
-                       lambda c, k=k: c.client(k).phase_modulator.v_pi_v / (1.0 + c.client(k).phase_modulator.v_pi_error)),
+        true=_truth(ctx, k, (f"{k}.phase_modulator",),
+                    lambda c, k=k: c.client(k).phase_modulator.v_pi_v / (1.0 + c.client(k).phase_modulator.v_pi_error)),
         details={"reference_client": ref})
-    true_phi = sim_truth(st, (f"{k}.phase_modulator", f"{ref}.phase_modulator"),
-                         lambda c, k=k, ref=ref: c.client(k).phase_modulator.bias_phase_rad
-                         - c.client(ref).phase_modulator.bias_phase_rad)
+    true_phi = _truth(ctx, k, (f"{k}.phase_modulator", f"{ref}.phase_modulator"),
+                      lambda c, k=k, ref=ref: c.client(k).phase_modulator.bias_phase_rad
+                      - c.client(ref).phase_modulator.bias_phase_rad)
     if true_phi is not None:  # express the truth on the branch nearest the estimate
         true_phi = phi_w + wrap_phase(true_phi - phi_w)
     contrast = [abs(fit["a0"]) / fit["m0"] if fit["m0"] > 0 else float("nan"),
@@ -167,7 +182,14 @@ def _fringe_quantities(ctx: CalContext, k: str, ref: str, fit: FitResult) -> tup
         f"{k}.bias_phase_rad", phi_w, fit.err("phi"), "rad", "vpi", true=true_phi,
         details={"reference_client": ref, "relative_to": f"{ref}.bias_phase_rad",
                  "fringe_contrast_D0": contrast[0], "fringe_contrast_D1": contrast[1]})
-    return [q_vpi, q_phi], phi_w, contrast
+    qs = [q_vpi, q_phi]
+    if pg_driven(ctx, k):
+        pm = ctx.station.phase_modulator(k)
+        g, e_g = ideal_gain_quantity_value(pm, vpi, e_vpi)
+        qs.append(Quantity(f"{k}.rf_gain_db", g, e_g, "dB", "vpi",
+                           details={"bit_levels_v": list(pm.bit_levels_v),  # type: ignore[attr-defined]
+                                    "rule": "G·w0 = Vπ/2 (phase code 1 → π/2)"}))
+    return qs, phi_w, contrast
 
 
 def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str | None = None, n_points: int = 41,
@@ -195,8 +217,13 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
         gates_to_optimum(ctx, guard)
         for k in todo:
             ref = _reference(names, k, reference)
+            if pg_driven(ctx, k):
+                ref = scheduled_reference(ctx, k, ref, reference is not None and reference != k)
             t_pt = _prepare_fringe(ctx, guard, k, ref, integration_s, min_counts_per_point)
-            vpi_nom, volts, n0, n1 = _scan_fringe(ctx, k, ref, n_points, t_pt, periods)
+            if pg_driven(ctx, k):  # its phase is what its pattern generator plays: scan through it
+                vpi_nom, volts, n0, n1 = pg_fringe_scan(ctx, guard, k, ref, n_points, t_pt, periods)
+            else:
+                vpi_nom, volts, n0, n1 = _scan_fringe(ctx, k, ref, n_points, t_pt, periods)
             fit = fit_fringe(volts, n0, n1, vpi_nom, f"{k} fringe")
             vpi, e_vpi = fit["vpi"], fit.err("vpi")
             qs, phi_w, contrast = _fringe_quantities(ctx, k, ref, fit)

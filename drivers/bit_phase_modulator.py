@@ -148,6 +148,7 @@ class GenericBitDrivenPhaseModulator(MessageDriver, PhaseModulator):
         v = check_range("dc voltage", volts, -DC_V, DC_V, "V")
         with self.lock:
             self.link.write(f"BIAS:VOLT {v:.4f}")
+        self.setting_changed("dc_voltage")  # change hooks: an emulated station's loop follows the DC port
 
     def dc_voltage(self) -> float:
         """DC bias port voltage now set [V]."""

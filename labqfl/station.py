@@ -407,6 +407,9 @@ class Station:
         self._tagger_sdk: Any = None
         #: The emulated WebSQ controllers of the detectors (``simulation.emulate_detectors``), None otherwise.
         self._detector_emulators: Any = None
+        #: The simulated loop of this process (the testbed behind the simulated or the emulated tagger), which
+        #: follows the real drivers of the roles it models (:meth:`_follow_driver`); None without one.
+        self._loop: Any = None
         #: (epoch, {client: log}) of the latest acquisition with a real tagger on real hardware, the clients'
         #: generators armed by this process (:meth:`prepare_acquisition`); None otherwise.
         self._own_logs: tuple[int, dict[str, Any]] | None = None
@@ -483,6 +486,8 @@ class Station:
                         inst.close()
                 if missing:
                     raise StationError(f"the simulator did not build roles {missing}")
+                light = self._light if self._light is not None else opened.get("time_tagger")
+                self._loop = getattr(light, "testbed", None)
                 if self.config.simulation.emulate_detectors:  # their controllers, the loop's detectors following
                     light = self._light if self._light is not None else opened["time_tagger"]
                     self._detector_emulators = emulated_detectors(self.config, light)
@@ -504,6 +509,7 @@ class Station:
                 continue
             try:
                 self._add(role, self._open_real(role, ic))
+                self._follow_driver(role)
             except Exception as exc:
                 if not tolerant:
                     raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}) failed to open: {_one_line(exc)}") from exc
@@ -544,6 +550,20 @@ class Station:
             raise StationError("simulated instruments are unavailable: labqfl.sim_backends has no "
                                "create_simulated_instruments(config)") from exc
         return dict(factory(self.config))
+
+    def _follow_driver(self, role: str) -> None:
+        """A real driver next to a simulated loop (an emulated station): the loop follows the instrument state
+        the driver writes, for the roles it models (the laser's output and power; a bit-driven phase modulator's
+        amplifier output, gain and DC bias: ``labqfl.sim_backends.instruments.driver_follower``), from the state
+        the instrument holds now on."""
+        if self._loop is None:
+            return
+        sim = importlib.import_module("labqfl.sim_backends.instruments")
+        hook = sim.driver_follower(self._loop, role)
+        if hook is not None:
+            inst = self.instruments[role]
+            inst.add_change_hook(hook)
+            hook(inst, "")
 
     def _open_real(self, role: str, ic: InstrumentConfig) -> Instrument:
         if role == "time_tagger" and self.config.simulation.emulate_time_tagger:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from labqfl.sim_backends.testbed import SagnacTestbed
@@ -358,6 +358,35 @@ class SimulatedPowerMeter(_SimMixin, PowerMeter):
             p = self.true_power_w()
             sd = math.hypot(self._noise_rel * p, self._noise_floor) / math.sqrt(self._averaging)
             return float(p + sd * self._rng.standard_normal())
+
+
+def driver_follower(testbed: SagnacTestbed, role: str) -> Callable[[Instrument, str], None] | None:
+    """A change hook (:meth:`Instrument.add_change_hook`) that makes ``testbed``'s loop follow the real driver
+    of ``role``, for the roles the loop models; None for the others. After every setting the driver writes,
+    the hook reads the instrument's state back through the driver (its queries: what the instrument holds,
+    a pyvisa-sim device included, which only stores it) and hands it to the loop:
+
+    * ``laser``: output on/off and average power (:meth:`SagnacTestbed.follow_laser`);
+    * ``<client>.phase_modulator`` on the driver ``GenericBitDrivenPhaseModulator``: the RF amplifier's
+      output and gain and the DC bias port (:meth:`SagnacTestbed.follow_bit_modulator`).
+
+    Only instrument state flows this way; a client's choices reach the loop only through what its pattern
+    generator plays. The Station connects it when it opens a real driver next to a simulated loop."""
+    cfg = testbed.config
+    if role == "laser":
+        def follow_laser(inst: Instrument, setting: str) -> None:
+            laser = cast(PulsedLaser, inst)
+            testbed.follow_laser(bool(laser.output_enabled), float(laser.power_mw))
+        return follow_laser
+    client = role.removesuffix(".phase_modulator")
+    if role.endswith(".phase_modulator") and client in cfg.client_names \
+            and cfg.client(client).phase_modulator.driver == "GenericBitDrivenPhaseModulator":
+        def follow_modulator(inst: Instrument, setting: str) -> None:
+            pm: Any = inst
+            testbed.follow_bit_modulator(client, output_enabled=bool(pm.output_enabled),
+                                         gain_db=float(pm.rf_gain_db), dc_volts=float(pm.dc_voltage()))
+        return follow_modulator
+    return None
 
 
 def create_simulated_instruments(config: StationConfig, testbed: SagnacTestbed | None = None) -> dict[str, Instrument]:

@@ -83,15 +83,17 @@ from labqfl.physics import loop_delay_ps, photon_energy_j
 CHUNK_SLOTS = 65536
 
 
-def _bit_drive_v(pm: Any) -> tuple[float, ...] | None:
+def _bit_drive_v(pm: Any, gain_db: float | None = None) -> tuple[float, ...] | None:
     """RF drive per phase code of a phase modulator fed by the pattern generator's phase bits (role driver
     ``GenericBitDrivenPhaseModulator``): V_a = 10^(g/20)·(b0·w0 + b1·w1), b0 = a & 1, b1 = a >> 1, with the
-    role's ``options.bit_levels_v`` = [w0, w1] (default [0.25, 0.5] V) and ``options.rf_gain_db`` = g
-    (default: G·w0 = Vπ/2) — the driver's formula (drivers/bit_phase_modulator.py, tested equal)."""
+    role's ``options.bit_levels_v`` = [w0, w1] (default [0.25, 0.5] V) and the gain g = ``gain_db`` (the
+    driver's live GAIN, :meth:`SagnacTestbed.follow_bit_modulator`), else ``options.rf_gain_db`` (default:
+    G·w0 = Vπ/2) — the driver's formula (drivers/bit_phase_modulator.py, tested equal)."""
     if pm.driver != "GenericBitDrivenPhaseModulator":
         return None
     w0, w1 = (float(x) for x in pm.options.get("bit_levels_v", (0.25, 0.5)))
-    gain_db = pm.options.get("rf_gain_db")
+    if gain_db is None:
+        gain_db = pm.options.get("rf_gain_db")
     g = 10.0 ** (float(gain_db) / 20.0) if gain_db is not None else pm.v_pi_v / (2.0 * w0)
     return tuple(g * ((a & 1) * w0 + (a >> 1) * w1) for a in range(4))
 #: Largest window simulated at once (64 chunks): bounds the clients' drive-pattern buffers
@@ -120,6 +122,8 @@ class ClientLive:
     #: RF drive [V] per phase code 0..3 of a modulator fed by the pattern generator's phase bits
     #: (role driver GenericBitDrivenPhaseModulator); None: the drive formula of an AWG-driven modulator
     bit_drive_v: tuple[float, ...] | None = None
+    #: that modulator's DC bias port [V] (its driver's BIAS:VOLT), added to the RF drive of every code
+    bias_port_v: float = 0.0
 
 
 @dataclass
@@ -349,6 +353,34 @@ class SagnacTestbed:
     def _n_threads(self) -> int:
         return _parallel.default_threads() if self._threads is None else self._threads
 
+    def follow_laser(self, on: bool, power_mw: float) -> None:
+        """The laser's live state as its real driver set it (output on/off, average power [mW]); the clients'
+        mean photon numbers scale with the power (module docstring). Called by the Station's follower of a real
+        laser next to this loop (:func:`labqfl.sim_backends.instruments.driver_follower`)."""
+        with self.lock:
+            self.live.laser_on = bool(on)
+            self.live.power_mw = float(power_mw)
+            self.live.version += 1
+
+    def follow_bit_modulator(self, client: str, *, output_enabled: bool, gain_db: float, dc_volts: float) -> None:
+        """``client``'s phase modulator fed by its pattern generator's phase bits as its real driver set it:
+        the RF amplifier's output (off: no RF drive), its gain (the drive per code,
+        :func:`_bit_drive_v`) and the DC bias port voltage. The phase of code a is then
+        φ_a = π·(V_a + V_dc)/Vπ + φ0 (Saleh & Teich, *Fundamentals of Photonics*, §20.1), with one Vπ for
+        the RF and the DC port: a single-electrode modulator whose DC bias reaches the electrode through a
+        bias tee (a modulator with a separate DC electrode has its own, usually larger, DC Vπ)."""
+        cc = self.config.client(client)
+        drive = _bit_drive_v(cc.phase_modulator, gain_db)
+        if drive is None:
+            raise ValueError(f"{client}.phase_modulator is not fed by its pattern generator's phase bits "
+                             f"(driver {cc.phase_modulator.driver!r}); nothing to follow")
+        with self.lock:
+            cl = self.live.clients[client]
+            cl.pm_enabled = bool(output_enabled)
+            cl.bit_drive_v = drive
+            cl.bias_port_v = float(dc_volts)
+            self.live.version += 1
+
     def touch(self) -> None:
         """Mark the live state as changed (instruments call this after writing a setting)."""
         with self.lock:
@@ -452,14 +484,16 @@ class SagnacTestbed:
             phi0 = pmc.bias_phase_rad
             half = cl.amplitude_vpp / 2.0
             for a in range(4):
-                if cl.bit_drive_v is not None:  # the phase bits through combiner and amplifier
-                    v = cl.bit_drive_v[a]
+                if cl.bit_drive_v is not None:  # the phase bits through combiner and amplifier, plus the DC port
+                    v = (cl.bit_drive_v[a] if cl.pm_enabled else 0.0) + cl.bias_port_v  # amplifier off: no RF
                 else:
                     v = (PHASE_ALPHABET_RAD[a] - cl.bias_set) * cl.v_pi_set / math.pi
                     v = min(max(v, -half), half)
                 phase[c, a] = math.pi * v / vpi_true + phi0
             gate_miss = abs(cl.gate_delay_set_ps - cl.gate_delay_true_ps) > cl.gate_tolerance_ps
-            if not cl.pm_enabled or gate_miss:
+            if cl.bit_drive_v is not None:
+                pass  # the pattern generator's codes pick the phases above (its amplifier off: all alike)
+            elif not cl.pm_enabled or gate_miss:
                 pmode[c] = 1
                 phase[c, 4] = phi0
             elif cl.dc_volts is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -97,6 +98,7 @@ class Instrument(ABC):
         self.lock = threading.RLock()
         self.log: logging.LoggerAdapter[logging.Logger] = instrument_logger(name)
         self._closed = False
+        self._change_hooks: list[Callable[[Instrument, str], None]] = []
 
     # -- identity / lifecycle -------------------------------------------------------------
     @abstractmethod
@@ -138,6 +140,19 @@ class Instrument(ABC):
         return self._closed
 
     # -- settings ---------------------------------------------------------------------------
+    def add_change_hook(self, hook: Callable[[Instrument, str], None]) -> None:
+        """Call ``hook(instrument, setting_name)`` after every write of a setting (and after the writes a
+        driver reports with :meth:`setting_changed`, e.g. a DC level). The Station connects a simulated loop
+        that must follow a real driver's instrument state this way (``labqfl.station``); nothing else is
+        passed, so a hook can only read the instrument, as the physics would."""
+        self._change_hooks.append(hook)
+
+    def setting_changed(self, name: str) -> None:
+        """Tell the change hooks that setting ``name`` was written (called by the :class:`Setting`
+        descriptors after each write; a hook's error propagates to the writer)."""
+        for hook in tuple(getattr(self, "_change_hooks", ())):
+            hook(self, name)
+
     def get_setting(self, name: str) -> Any:
         """Current value of a declared setting (default: the attribute of that name)."""
         return getattr(self, name)

@@ -389,6 +389,9 @@ class Setting(Generic[T]):
                 setattr(inst, self.store, v)
             else:
                 raise NotImplementedError(f"{type(inst).__name__} cannot write the setting {self.name!r}")
+        changed = getattr(inst, "setting_changed", None)
+        if changed is not None:  # an instrument's change hooks (Instrument.add_change_hook)
+            changed(self.name)
 
     def __repr__(self) -> str:
         return f"<Setting {self.name!r} [{self.unit}]{'' if self.writable else ' read-only'}>"

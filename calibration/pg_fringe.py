@@ -1,0 +1,206 @@
+"""The Vπ fringe of a phase modulator fed by its pattern generator's phase bits (a "PG station",
+``drivers/bit_phase_modulator.py``: combiner + RF amplifier of gain G into the modulator, DC bias port beside it).
+
+Such a modulator holds no constant phase of its own: its phase is the code the client's pattern generator
+plays, φ_a = π·G·u_a/Vπ + φ0 with u_a = b0·w0 + b1·w1 (Saleh & Teich, *Fundamentals of Photonics*, §20.1).
+The scan therefore goes through the pattern generator, as the client's own frames do: during each point the
+client under test's generator plays code 3 (both bits on, u_3 = w0 + w1) at its signal intensity in every
+slot, the reference client's plays code 0 (no RF drive), every other client's its lowest intensity (its
+vacuum level), all uploaded through the :class:`~labqfl.instruments.interfaces.PatternGenerator` interface
+(:class:`labqfl.modulation.ClientStreams`, as an acquisition streams the clients' choices). The scan variable
+is the drive V = G·(w0 + w1): the amplifier gain is stepped (``rf_gain_db``, read back after each write) so
+that V spans about two fringe periods (2·``periods``·Vπ) from its smallest value; both DC bias ports sit at
+0 V. The clicks of D0 and D1 in the frames of the pair (client, reference) follow the fringe of
+:mod:`labqfl.calibration.phase_modulator`, C(V) = M + A·cos(πV/Vπ + φ0), fitted jointly (:func:`fit_fringe`).
+
+What it measures: the Vπ of the RF path referred to the nominal drive G·u (the combiner levels
+``bit_levels_v`` and the amplifier's dB scale as the driver states them: an error in either is absorbed
+into Vπ, which is what the encoding needs, since the ideal gain G·w0 = Vπ/2 is computed on the same
+scale), and the client's bias phase relative to the reference's (plus the loop's phase drift during the
+scan). Assumed: the amplifier is linear over the scanned drive, and the combiner is binary-weighted only
+as far as the encoding goes (the scan uses code 3 alone).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from labqfl.calibration.core import CalContext, SettingsGuard
+
+from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import pair_name
+from labqfl.errors import CalibrationError
+from labqfl.modulation import ClientStreams
+from labqfl.physics import loop_delay_ps
+from labqfl.station import hold_master_clocks
+
+#: the phase code the client under test plays (both phase bits on) and the reference's (no RF drive)
+SCAN_CODE = 3
+REFERENCE_CODE = 0
+
+
+class ConstantCodes:
+    """A choice source (:class:`labqfl.modulation.ChoiceSource`) that plays one drive code k·4 + a in every
+    slot: a calibration pattern, not a client's randomness."""
+
+    def __init__(self, client: str, code: int) -> None:
+        if not 0 <= int(code) < 256:
+            raise ValueError(f"drive code must lie in 0..255, got {code!r}")
+        self.client = client
+        self.code = np.uint8(code)
+
+    def fill_codes(self, s0: int, out: np.ndarray) -> None:
+        out[:] = self.code
+
+
+def pg_driven(ctx: CalContext, client: str) -> bool:
+    """Whether ``client``'s phase modulator takes its phases from the client's pattern generator's bits."""
+    if ctx.config.client(client).pattern_generator is None:
+        return False
+    pm = ctx.station.phase_modulator(client)
+    return all(hasattr(pm, a) for a in ("bit_levels_v", "rf_gain_db", "dc_voltage", "ideal_gain_db"))
+
+
+def loop_truth(ctx: CalContext, client_roles: tuple[str, ...]) -> bool:
+    """Whether the light is a simulated loop that builds these clients' modulators from the station file (an
+    emulated station: pattern generators emulated, the loop following the drivers), so the file's values are
+    the truth the procedure must recover."""
+    cfg = ctx.config
+    sim = cfg.simulation
+    light_simulated = cfg.time_tagger.simulated or sim.emulate_time_tagger
+    return bool(light_simulated and sim.emulate_pattern_generators
+                and all(cfg.client(c).pattern_generator is not None for c in client_roles))
+
+
+def _vacuum_code(ctx: CalContext, client: str) -> int:
+    intens = ctx.config.client(client).intensities
+    return int(np.argmin(intens)) * 4 + REFERENCE_CODE
+
+
+def _pair_frame_clicks(ctx: CalContext, tags: dict[int, list[np.ndarray]], pair: tuple[str, str],
+                       n_slots: int) -> tuple[int, int]:
+    """Clicks of D0 and D1 in the frames of ``pair`` (slots assigned with the station's delays, as
+    :mod:`labqfl.calibration.visibility` does; acquisition starts at slot 0)."""
+    cfg = ctx.config
+    tt = cfg.time_tagger
+    T = 1e12 / float(ctx.station.laser.rep_rate_hz)
+    sched = PairSchedule.from_config(cfg)
+    order = cfg.client_names
+    name = pair_name(*sorted(pair, key=order.index))
+    if name not in sched.names:
+        raise CalibrationError(f"pair {name} is not scheduled; scheduled pairs: {sched.names}")
+    p_idx = sched.names.index(name)
+    ind = ctx.station.time_tagger.input_delays_ps
+    out = []
+    for d in ("D0", "D1"):
+        ch = tt.detector_channels[d]
+        t = np.concatenate(tags[ch]) if tags[ch] else np.zeros(0, dtype=np.int64)
+        delay = loop_delay_ps(cfg.loop) + ctx.value(f"{d}.cable_delay_ps", tt.cable_delays_ps.get(d, 0.0)) \
+            + float(ind.get(ch, 0))
+        slots = np.floor((t - delay) / T + 0.5).astype(np.int64)
+        ok = (slots >= 0) & (slots < n_slots)
+        out.append(int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx)))
+    return out[0], out[1]
+
+
+def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, int],
+                         pair: tuple[str, str]) -> tuple[int, int]:
+    """One acquisition of ``duration_s`` seconds in which every client's pattern generator plays its code of
+    ``codes`` (others: their vacuum level) in every slot; the clicks of D0 and D1 in the frames of ``pair``.
+
+    The same order as an application acquisition segment (:class:`labqfl.app.acquire.Acquisition`): running
+    master clocks held, the tagger's acquisition prepared and started, then the streams."""
+    st = ctx.station
+    cfg = ctx.config
+    block = cfg.simulation.block_duration_s
+    chans = [cfg.time_tagger.detector_channels[d] for d in ("D0", "D1")]
+    restart = hold_master_clocks(st.instruments.values())
+    st.prepare_acquisition(duration_s, block)
+    blocks: Any = st.time_tagger.stream(duration_s, block, **({"on_recording": restart} if restart else {}))
+    gens = {c.name: st[f"{c.name}.pattern_generator"] for c in cfg.clients if c.pattern_generator is not None}
+    logs = {c: ConstantCodes(c, codes.get(c, _vacuum_code(ctx, c))) for c in gens}
+    streams = None
+    tags: dict[int, list[np.ndarray]] = {c: [] for c in chans}
+    try:
+        streams = ClientStreams.start_for(gens, logs, duration_s, cfg.laser.rep_rate_hz)  # type: ignore[arg-type]
+        for blk in blocks:
+            for c in chans:
+                tags[c].append(blk.timestamps[blk.channels == c])
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
+        if streams is not None:
+            streams.finish(timeout_s=5.0)
+    return _pair_frame_clicks(ctx, tags, pair, int(round(duration_s * float(st.laser.rep_rate_hz))))
+
+
+def scheduled_reference(ctx: CalContext, k: str, ref: str, explicit: bool) -> str:
+    """``ref`` when the pair (k, ref) has frames in the schedule (the scan counts only those); otherwise, unless
+    the reference was asked for (``explicit``), ``k``'s first scheduled partner."""
+    cfg = ctx.config
+    partners = [b if a == k else a for a, b in cfg.pairs() if k in (a, b)]
+    if ref in partners:
+        return ref
+    if explicit or not partners:
+        raise CalibrationError(f"{k}: the pair ({k}, {ref}) has no frames in the schedule; a pattern-generator "
+                               f"fringe needs a scheduled pair (partners of {k}: {partners or 'none'})")
+    return partners[0]
+
+
+def _hold_dc(guard: SettingsGuard, pm: Any) -> None:
+    """DC bias port to 0 V; the guard puts the old voltage back."""
+    old = float(pm.dc_voltage())
+    guard.remember_call(pm, "__call__dc_bias", lambda: pm.set_dc_voltage(old))
+    pm.set_dc_voltage(0.0)
+
+
+def pg_fringe_scan(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, n_points: int, t_pt: float,
+                   periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Clicks on D0 and D1 against the drive G·(w0 + w1) of ``k``'s code 3 (module docstring).
+
+    Returns (nominal V_π [V], drive voltages [V], counts D0, counts D1)."""
+    st = ctx.station
+    pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
+    for p in (pm, pm_ref):
+        guard.set(p, "output_enabled", True)
+        _hold_dc(guard, p)
+    u3 = float(sum(pm.bit_levels_v))  # type: ignore[attr-defined]
+    vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))
+    lo_db, hi_db, _ = type(pm).rf_gain_db.limits(pm)  # type: ignore[attr-defined]
+    v_lo, v_max = u3 * 10.0 ** (lo_db / 20.0), u3 * 10.0 ** (hi_db / 20.0)
+    v_hi = min(v_lo + 2.0 * periods * vpi_nom, v_max)
+    if v_hi - v_lo < 1.5 * vpi_nom:
+        raise CalibrationError(f"{k}: the amplifier's gain range {lo_db:g}–{hi_db:g} dB drives code {SCAN_CODE} only "
+                               f"from {v_lo:.3g} to {v_hi:.3g} V, less than 1.5·Vπ (Vπ ≈ {vpi_nom:.3g} V)")
+    codes = {c: 4 * _signal_index(ctx, c) + a for c, a in ((k, SCAN_CODE), (ref, REFERENCE_CODE))}
+    volts = np.zeros(n_points)
+    n0 = np.zeros(n_points)
+    n1 = np.zeros(n_points)
+    ctx.step(f"{k}: fringe scan through its pattern generator against {ref} ({n_points} points, "
+             f"drive {v_lo:.3g}–{v_hi:.3g} V by the amplifier gain)")
+    for i, v in enumerate(np.linspace(v_lo, v_hi, n_points)):
+        guard.set(pm, "rf_gain_db", round(min(max(20.0 * math.log10(v / u3), lo_db), hi_db), 2))
+        volts[i] = u3 * 10.0 ** (float(pm.rf_gain_db) / 20.0)  # type: ignore[attr-defined]
+        n0[i], n1[i] = constant_code_clicks(ctx, t_pt, codes, (k, ref))
+    return vpi_nom, volts, n0, n1
+
+
+def _signal_index(ctx: CalContext, client: str) -> int:
+    """Index of the signal intensity: the first of the client's ``intensities`` (docs/station.md)."""
+    intens = ctx.config.client(client).intensities
+    if not intens or intens[0] <= 0:
+        raise CalibrationError(f"{client}: its first intensity (the signal) is {intens[:1]}; the fringe needs light")
+    return 0
+
+
+def ideal_gain_quantity_value(pm: Any, vpi: float, e_vpi: float) -> tuple[float, float]:
+    """The amplifier gain [dB] with G·w0 = Vπ/2 for the measured Vπ, and its uncertainty
+    (20/ln 10 · σ_Vπ/Vπ)."""
+    return float(pm.ideal_gain_db(vpi)), 20.0 / math.log(10.0) * e_vpi / vpi
+
+
+__all__ = ["ConstantCodes", "constant_code_clicks", "ideal_gain_quantity_value", "loop_truth", "pg_driven",
+           "pg_fringe_scan", "scheduled_reference"]
