@@ -24,6 +24,7 @@ as far as the encoding goes (the scan uses code 3 alone).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,13 +75,23 @@ def loop_truth(ctx: CalContext, client_roles: tuple[str, ...]) -> bool:
                 and all(cfg.client(c).pattern_generator is not None for c in client_roles))
 
 
-def _vacuum_code(ctx: CalContext, client: str) -> int:
+def vacuum_code(ctx: CalContext, client: str) -> int:
+    """The drive code of ``client``'s lowest intensity (its vacuum level) with phase code 0."""
     intens = ctx.config.client(client).intensities
     return int(np.argmin(intens)) * 4 + REFERENCE_CODE
 
 
-def _pair_frame_clicks(ctx: CalContext, tags: dict[int, list[np.ndarray]], pair: tuple[str, str],
-                       n_slots: int) -> tuple[int, int]:
+def signal_code(ctx: CalContext, client: str, phase_code: int) -> int:
+    """The drive code k·4 + a of ``client``'s signal intensity (the first of its ``intensities``,
+    docs/station.md) with phase code ``phase_code``."""
+    intens = ctx.config.client(client).intensities
+    if not intens or intens[0] <= 0:
+        raise CalibrationError(f"{client}: its first intensity (the signal) is {intens[:1]}; the fringe needs light")
+    return int(phase_code)
+
+
+def pair_frame_clicks(ctx: CalContext, tags: dict[int, np.ndarray], pair: tuple[str, str],
+                      n_slots: int) -> tuple[int, int]:
     """Clicks of D0 and D1 in the frames of ``pair`` (slots assigned with the station's delays, as
     :mod:`labqfl.calibration.visibility` does; acquisition starts at slot 0)."""
     cfg = ctx.config
@@ -96,19 +107,18 @@ def _pair_frame_clicks(ctx: CalContext, tags: dict[int, list[np.ndarray]], pair:
     out = []
     for d in ("D0", "D1"):
         ch = tt.detector_channels[d]
-        t = np.concatenate(tags[ch]) if tags[ch] else np.zeros(0, dtype=np.int64)
         delay = loop_delay_ps(cfg.loop) + ctx.value(f"{d}.cable_delay_ps", tt.cable_delays_ps.get(d, 0.0)) \
             + float(ind.get(ch, 0))
-        slots = np.floor((t - delay) / T + 0.5).astype(np.int64)
+        slots = np.floor((tags[ch] - delay) / T + 0.5).astype(np.int64)
         ok = (slots >= 0) & (slots < n_slots)
         out.append(int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx)))
     return out[0], out[1]
 
 
-def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, int],
-                         pair: tuple[str, str]) -> tuple[int, int]:
+def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]) -> tuple[dict[int, np.ndarray], int]:
     """One acquisition of ``duration_s`` seconds in which every client's pattern generator plays its code of
-    ``codes`` (others: their vacuum level) in every slot; the clicks of D0 and D1 in the frames of ``pair``.
+    ``codes`` (others: their vacuum level) in every slot. Returns the tags of D0 and D1 (by tagger channel)
+    and the acquisition's slots.
 
     The same order as an application acquisition segment (:class:`labqfl.app.acquire.Acquisition`): running
     master clocks held, the tagger's acquisition prepared and started, then the streams."""
@@ -120,21 +130,29 @@ def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, in
     st.prepare_acquisition(duration_s, block)
     blocks: Any = st.time_tagger.stream(duration_s, block, **({"on_recording": restart} if restart else {}))
     gens = {c.name: st[f"{c.name}.pattern_generator"] for c in cfg.clients if c.pattern_generator is not None}
-    logs = {c: ConstantCodes(c, codes.get(c, _vacuum_code(ctx, c))) for c in gens}
+    logs = {c: ConstantCodes(c, codes.get(c, vacuum_code(ctx, c))) for c in gens}
     streams = None
-    tags: dict[int, list[np.ndarray]] = {c: [] for c in chans}
+    parts: dict[int, list[np.ndarray]] = {c: [] for c in chans}
     try:
         streams = ClientStreams.start_for(gens, logs, duration_s, cfg.laser.rep_rate_hz)  # type: ignore[arg-type]
         for blk in blocks:
             for c in chans:
-                tags[c].append(blk.timestamps[blk.channels == c])
+                parts[c].append(blk.timestamps[blk.channels == c])
     finally:
         close = getattr(blocks, "close", None)
         if close is not None:
             close()
         if streams is not None:
             streams.finish(timeout_s=5.0)
-    return _pair_frame_clicks(ctx, tags, pair, int(round(duration_s * float(st.laser.rep_rate_hz))))
+    tags = {c: np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for c, p in parts.items()}
+    return tags, int(round(duration_s * float(st.laser.rep_rate_hz)))
+
+
+def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, int],
+                         pair: tuple[str, str]) -> tuple[int, int]:
+    """Clicks of D0 and D1 in the frames of ``pair`` during :func:`constant_code_tags`."""
+    tags, n_slots = constant_code_tags(ctx, duration_s, codes)
+    return pair_frame_clicks(ctx, tags, pair, n_slots)
 
 
 def scheduled_reference(ctx: CalContext, k: str, ref: str, explicit: bool) -> str:
@@ -157,16 +175,26 @@ def _hold_dc(guard: SettingsGuard, pm: Any) -> None:
     pm.set_dc_voltage(0.0)
 
 
-def pg_fringe_scan(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, n_points: int, t_pt: float,
-                   periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Clicks on D0 and D1 against the drive G·(w0 + w1) of ``k``'s code 3 (module docstring).
-
-    Returns (nominal V_π [V], drive voltages [V], counts D0, counts D1)."""
-    st = ctx.station
-    pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
-    for p in (pm, pm_ref):
+def prepare_modulators(ctx: CalContext, guard: SettingsGuard, clients: tuple[str, ...]) -> None:
+    """The clients' RF amplifier outputs on and their DC bias ports at 0 V (the guard restores both)."""
+    for c in clients:
+        p = ctx.station.phase_modulator(c)
         guard.set(p, "output_enabled", True)
         _hold_dc(guard, p)
+
+
+def scan_codes(ctx: CalContext, k: str, ref: str) -> dict[str, int]:
+    """During the scan: ``k`` plays code 3 and ``ref`` code 0, both at their signal intensity."""
+    return {k: signal_code(ctx, k, SCAN_CODE), ref: signal_code(ctx, ref, REFERENCE_CODE)}
+
+
+def pg_drive_scan(ctx: CalContext, guard: SettingsGuard, k: str, n_points: int, periods: float,
+                  measure: Callable[[], Any]) -> tuple[float, np.ndarray, list[Any]]:
+    """Step ``k``'s amplifier gain so that the drive of code 3, V = G·(w0 + w1), spans 2·``periods``·V_π
+    from its smallest value (within the gain range) and call ``measure()`` at each point.
+
+    Returns (nominal V_π [V], the drive voltages from the gains read back [V], what ``measure`` returned)."""
+    pm = ctx.station.phase_modulator(k)
     u3 = float(sum(pm.bit_levels_v))  # type: ignore[attr-defined]
     vpi_nom = float(ctx.value(f"{k}.v_pi_v", pm.v_pi_v))
     lo_db, hi_db, _ = type(pm).rf_gain_db.limits(pm)  # type: ignore[attr-defined]
@@ -175,25 +203,27 @@ def pg_fringe_scan(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, n_po
     if v_hi - v_lo < 1.5 * vpi_nom:
         raise CalibrationError(f"{k}: the amplifier's gain range {lo_db:g}–{hi_db:g} dB drives code {SCAN_CODE} only "
                                f"from {v_lo:.3g} to {v_hi:.3g} V, less than 1.5·Vπ (Vπ ≈ {vpi_nom:.3g} V)")
-    codes = {c: 4 * _signal_index(ctx, c) + a for c, a in ((k, SCAN_CODE), (ref, REFERENCE_CODE))}
+    ctx.step(f"{k}: fringe scan through its pattern generator ({n_points} points, drive of code {SCAN_CODE} "
+             f"{v_lo:.3g}–{v_hi:.3g} V by the amplifier gain)")
     volts = np.zeros(n_points)
-    n0 = np.zeros(n_points)
-    n1 = np.zeros(n_points)
-    ctx.step(f"{k}: fringe scan through its pattern generator against {ref} ({n_points} points, "
-             f"drive {v_lo:.3g}–{v_hi:.3g} V by the amplifier gain)")
+    out = []
     for i, v in enumerate(np.linspace(v_lo, v_hi, n_points)):
         guard.set(pm, "rf_gain_db", round(min(max(20.0 * math.log10(v / u3), lo_db), hi_db), 2))
         volts[i] = u3 * 10.0 ** (float(pm.rf_gain_db) / 20.0)  # type: ignore[attr-defined]
-        n0[i], n1[i] = constant_code_clicks(ctx, t_pt, codes, (k, ref))
-    return vpi_nom, volts, n0, n1
+        out.append(measure())
+    return vpi_nom, volts, out
 
 
-def _signal_index(ctx: CalContext, client: str) -> int:
-    """Index of the signal intensity: the first of the client's ``intensities`` (docs/station.md)."""
-    intens = ctx.config.client(client).intensities
-    if not intens or intens[0] <= 0:
-        raise CalibrationError(f"{client}: its first intensity (the signal) is {intens[:1]}; the fringe needs light")
-    return 0
+def pg_fringe_scan(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, n_points: int, t_pt: float,
+                   periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Clicks on D0 and D1 in the frames of (k, ref) against the drive G·(w0 + w1) of ``k``'s code 3
+    (module docstring). Returns (nominal V_π [V], drive voltages [V], counts D0, counts D1)."""
+    prepare_modulators(ctx, guard, (k, ref))
+    codes = scan_codes(ctx, k, ref)
+    vpi_nom, volts, got = pg_drive_scan(ctx, guard, k, n_points, periods,
+                                        lambda: constant_code_clicks(ctx, t_pt, codes, (k, ref)))
+    n = np.asarray(got, dtype=np.float64).reshape(n_points, 2)
+    return vpi_nom, volts, n[:, 0], n[:, 1]
 
 
 def ideal_gain_quantity_value(pm: Any, vpi: float, e_vpi: float) -> tuple[float, float]:
@@ -202,5 +232,6 @@ def ideal_gain_quantity_value(pm: Any, vpi: float, e_vpi: float) -> tuple[float,
     return float(pm.ideal_gain_db(vpi)), 20.0 / math.log(10.0) * e_vpi / vpi
 
 
-__all__ = ["ConstantCodes", "constant_code_clicks", "ideal_gain_quantity_value", "loop_truth", "pg_driven",
-           "pg_fringe_scan", "scheduled_reference"]
+__all__ = ["ConstantCodes", "constant_code_clicks", "constant_code_tags", "ideal_gain_quantity_value", "loop_truth",
+           "pair_frame_clicks", "pg_drive_scan", "pg_driven", "pg_fringe_scan", "prepare_modulators", "scan_codes",
+           "scheduled_reference", "signal_code", "vacuum_code"]

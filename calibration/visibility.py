@@ -33,6 +33,16 @@ from labqfl.calibration.core import (
     sim_truth,
 )
 from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate
+from labqfl.calibration.pg_fringe import (
+    constant_code_tags,
+    loop_truth,
+    pg_drive_scan,
+    pg_driven,
+    prepare_modulators,
+    scan_codes,
+    signal_code,
+    vacuum_code,
+)
 from labqfl.calibration.phase_modulator import _joint, fit_fringe
 
 from labqfl.contracts.schedule import PairSchedule
@@ -45,22 +55,36 @@ DETECTORS = ("D0", "D1")
 
 def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
     """Mean photon number per pulse (m, σ_m, clicks) at each detector in the frames of ``pair``."""
+    tt = ctx.config.time_tagger
+    n_slots = int(round(duration_s * float(ctx.station.laser.rep_rate_hz)))
+    return _photons_from_tags(ctx, collect_tags(ctx.station.time_tagger, duration_s,
+                                                [tt.detector_channels[d] for d in DETECTORS]), n_slots, pair)
+
+
+def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
+                      pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
+    """:func:`_frame_photons` of an acquisition in which the clients' pattern generators play ``codes``
+    (:func:`~labqfl.calibration.pg_fringe.constant_code_tags`)."""
+    tags, n_slots = constant_code_tags(ctx, duration_s, codes)
+    return _photons_from_tags(ctx, tags, n_slots, pair)
+
+
+def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: int,
+                       pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
+    """Mean photon number per pulse (m, σ_m, clicks) at each detector in the frames of ``pair`` from the
+    detectors' tags of an acquisition of ``n_slots`` slots."""
     cfg = ctx.config
     tt = cfg.time_tagger
     st = ctx.station
-    f_rep = float(st.laser.rep_rate_hz)
-    T = 1e12 / f_rep
+    T = 1e12 / float(st.laser.rep_rate_hz)
     sched = PairSchedule.from_config(cfg)
     name = pair_name(*pair)
     if name not in sched.names:
         raise CalibrationError(f"pair {name} is not scheduled; scheduled pairs: {sched.names}")
     p_idx = sched.names.index(name)
-    n_slots = int(round(duration_s * f_rep))
     n_pair = sched.slots_of_pair(name, n_slots)
     if n_pair == 0:
-        raise CalibrationError(f"no frame of pair {name} in {duration_s:g} s; increase the integration time")
-    chans = [tt.detector_channels[d] for d in DETECTORS]
-    tags = collect_tags(st.time_tagger, duration_s, chans)
+        raise CalibrationError(f"no frame of pair {name} in {n_slots} slots; increase the integration time")
     ind = st.time_tagger.input_delays_ps
     loop = loop_delay_ps(cfg.loop)
     out = {}
@@ -87,9 +111,11 @@ def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) ->
     return out
 
 
-def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str) -> tuple[dict[str, Any], Any, Any]:
+def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str, pg: bool) -> tuple[dict[str, Any], Any, Any]:
     """Laser and detectors on, only ``i`` and ``j`` open, their modulators at 0 V, both dimmed so the
-    detectors stay far from saturation. Returns (attenuators by client, modulator of i, modulator of j)."""
+    detectors stay far from saturation. Returns (attenuators by client, modulator of i, modulator of j).
+    ``pg``: the clients' light and phases come from their pattern generators (no shutters: a client is dark
+    when its generator plays its vacuum level; :mod:`labqfl.calibration.pg_fringe`)."""
     cfg = ctx.config
     st = ctx.station
     guard.set(st.laser, "output_enabled", True)
@@ -97,14 +123,16 @@ def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str) -> tupl
         guard.set(st.detector(d), "enabled", True)
     gates_to_optimum(ctx, guard)
     atts = {}
-    for c in cfg.client_names:
+    for c in ([] if pg else cfg.client_names):
         att = st.attenuator(c)
         if not hasattr(att, "shutter_closed"):
             raise CalibrationError(f"{c}.attenuator has no shutter; the visibility procedure needs variable attenuators")
         atts[c] = att
         guard.set(att, "shutter_closed", c not in (i, j))
     pm_i, pm_j = st.phase_modulator(i), st.phase_modulator(j)
-    for p in (pm_i, pm_j):
+    if pg:
+        prepare_modulators(ctx, guard, (i, j))
+    for p in ([] if pg else [pm_i, pm_j]):
         guard.set(p, "output_enabled", True)
         restore_dc(guard, p)
         p.set_dc_voltage(0.0)
@@ -135,6 +163,33 @@ def _single_client_photons(ctx: CalContext, guard: SettingsGuard, atts: dict[str
     only_b = _frame_photons(ctx, single_duration_s, (i, j))
     guard.set(atts[i], "shutter_closed", False)
     return only_a, only_b
+
+
+def _pg_single_client_photons(ctx: CalContext, i: str, j: str,
+                              single_duration_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_single_client_photons` on a pattern-generator station: ``i`` at its signal level while ``j``'s
+    generator plays its vacuum level, then the other way round."""
+    for c in (i, j):
+        if min(ctx.config.client(c).intensities) > 0:
+            raise CalibrationError(f"{c}: no vacuum level among its intensities {ctx.config.client(c).intensities}; "
+                                   "the single-client normalisation needs one client dark")
+    ctx.step(f"visibility: {i} alone ({single_duration_s:g} s, {j}'s pattern generator at its vacuum level)")
+    only_a = _pg_frame_photons(ctx, single_duration_s, {i: signal_code(ctx, i, 0), j: vacuum_code(ctx, j)}, (i, j))
+    ctx.step(f"visibility: {j} alone ({single_duration_s:g} s)")
+    only_b = _pg_frame_photons(ctx, single_duration_s, {i: vacuum_code(ctx, i), j: signal_code(ctx, j, 0)}, (i, j))
+    return only_a, only_b
+
+
+def _pg_fringe_scan(ctx: CalContext, guard: SettingsGuard, i: str, j: str, n_points: int, point_duration_s: float,
+                    periods: float) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_fringe_scan` through the pattern generators: ``i`` plays code 3 and ``j`` code 0 at their
+    signal levels while ``i``'s amplifier gain steps the drive (:func:`~labqfl.calibration.pg_fringe.pg_drive_scan`)."""
+    codes = scan_codes(ctx, i, j)
+    vpi_nom, volts, got = pg_drive_scan(ctx, guard, i, n_points, periods,
+                                        lambda: _pg_frame_photons(ctx, point_duration_s, codes, (i, j)))
+    m = np.array([[r[d][0] for r in got] for d in DETECTORS])
+    sm = np.array([[r[d][1] for r in got] for d in DETECTORS])
+    return vpi_nom, volts, m, sm
 
 
 def _fringe_scan(ctx: CalContext, pm_i: Any, i: str, j: str, n_points: int, point_duration_s: float,
@@ -204,9 +259,14 @@ def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_poin
     plots: list[str] = []
     with guarded(ctx, "visibility") as guard:
         st = ctx.station
-        atts, pm_i, _pm_j = _prepare_pair(ctx, guard, i, j)
-        only_a, only_b = _single_client_photons(ctx, guard, atts, i, j, single_duration_s)
-        vpi_nom, volts, m, sm = _fringe_scan(ctx, pm_i, i, j, n_points, point_duration_s, periods)
+        pg = pg_driven(ctx, i) and cfg.client(j).pattern_generator is not None  # phases from the generators
+        atts, pm_i, _pm_j = _prepare_pair(ctx, guard, i, j, pg)
+        if pg:
+            only_a, only_b = _pg_single_client_photons(ctx, i, j, single_duration_s)
+            vpi_nom, volts, m, sm = _pg_fringe_scan(ctx, guard, i, j, n_points, point_duration_s, periods)
+        else:
+            only_a, only_b = _single_client_photons(ctx, guard, atts, i, j, single_duration_s)
+            vpi_nom, volts, m, sm = _fringe_scan(ctx, pm_i, i, j, n_points, point_duration_s, periods)
         # fringe fit on mean photon numbers: scale to pseudo-counts so the Poisson-weighted fitter applies
         scale = 1.0 / np.maximum(sm**2 / np.maximum(m, 1e-300), 1e-300)
         s0, s1 = float(np.median(scale[0])), float(np.median(scale[1]))
@@ -214,8 +274,9 @@ def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_poin
         per_det = _detector_visibilities(fit, (s0, s1), only_a, only_b, i, j, raw)
         vis, err = _combined_visibility(per_det)
         quantities.append(Quantity("loop.visibility", vis, err, "", "visibility",
-                                   true=sim_truth(st, ("D0", "D1", "laser", f"{i}.phase_modulator", f"{j}.phase_modulator"),
-                                                  lambda c: c.loop.visibility),
+                                   true=cfg.loop.visibility if pg and loop_truth(ctx, (i, j)) else
+                                   sim_truth(st, ("D0", "D1", "laser", f"{i}.phase_modulator", f"{j}.phase_modulator"),
+                                             lambda c: c.loop.visibility),
                                    details={"pair": f"{i}-{j}", "D0": per_det[0], "D1": per_det[1],
                                             "qber_floor_estimate": (1 - vis) / 2}))
         raw["scan"] = {"voltages_v": volts, "m_D0": m[0], "m_D1": m[1], "fit": fit.summary(),

@@ -18,6 +18,7 @@ from labqfl.calibration.core import SettingsGuard
 from labqfl.calibration.detector import darken, detector_counts, enable_detectors
 from labqfl.calibration.files import apply_calibration
 from labqfl.calibration.phase_modulator import vpi_bias
+from labqfl.calibration.visibility import loop_visibility
 
 from labqfl.config import StationConfig, parse_station_config
 from labqfl.station import Station
@@ -112,3 +113,18 @@ def test_darken_on_the_pro8000_station_darkens_the_loop(emulated_pair_station: A
         expected_dark = cfg.detectors[d].dark_count_rate_hz * 0.02
         assert lit[d] > 100 * (expected_dark + 10)
         assert dark[d] <= expected_dark + 5 * math.sqrt(expected_dark) + 3
+
+
+def test_loop_visibility_through_the_pattern_generators_recovers_the_loop(emulated_pair_station: Any) -> None:
+    def edit(d: dict[str, Any]) -> None:
+        d["loop"]["visibility"] = 0.93
+        d["clients"][0]["phase_modulator"].update(v_pi_error=-0.05)
+
+    cfg, base = _station(emulated_pair_station, edit)
+    with Station(cfg, base_dir=base) as st:
+        res = loop_visibility(CalContext(st, make_plots=False), n_points=16, point_duration_s=0.03,
+                              single_duration_s=0.15)
+    (q,) = res.quantities
+    assert q.true == pytest.approx(0.93)
+    assert abs(q.value - 0.93) < 3 * q.uncertainty
+    assert q.uncertainty < 0.005
