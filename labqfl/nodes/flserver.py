@@ -2,7 +2,8 @@
 
 A long-running process (a :class:`~labqfl.nodes.common.Node`: its certificate, its own data
 folder, its ``ctl`` service over mutual TLS) that runs Flower's SuperLink
-(:class:`~labqfl.fl.flower.deploy.LocalFederation`, ``flower-superlink`` with TLS from the
+(:class:`~labqfl.fl.flower.deploy.LocalFederation`, with its ServerApp processes forked from a
+pre-imported zygote: :func:`~labqfl.nodes.warmapp.start_warm_serverapps`; ``flower-superlink`` with TLS from the
 network's CA: ``ca.pem`` and its own ``node-<name>.pem/.key``) on ``127.0.0.1`` of its host and a
 mutual-TLS front (:class:`~labqfl.nodes.tunnel.MtlsFront`) on ``--fl-listen`` that admits only
 the station's clients (certificate CN C1, C2, ... from the same CA). Every SuperNode reaches the
@@ -40,10 +41,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from labqfl.fl.flower.deploy import LocalFederation, TlsFiles, free_port, write_app_project
+from labqfl.fl.flower.deploy import TlsFiles, free_port, write_app_project
 from labqfl.log import get_logger
 from labqfl.nodes.common import Node, NodeError, ok
 from labqfl.nodes.tunnel import MtlsFront
+from labqfl.nodes.warmapp import WarmFederation, start_warm_serverapps
 from labqfl.qkd.messaging import Message
 
 log = get_logger(__name__)
@@ -67,7 +69,8 @@ class ServerNode(Node):
         self.tls = TlsFiles(ca=certs / "ca.pem", cert=certs / f"node-{name}.pem", key=certs / f"node-{name}.key")
         flower = self.private / "flower"
         flower.mkdir(mode=0o700, exist_ok=True)
-        self.fed = LocalFederation(flower, f"127.0.0.1:{free_port()}", tls=self.tls)
+        # its ServerApp processes (one per run) are forked from a pre-imported zygote (warmapp.py)
+        self.fed = start_warm_serverapps(flower, f"127.0.0.1:{free_port()}", tls=self.tls)
         self.front: MtlsFront | None = None
         try:
             t0 = time.perf_counter()
@@ -112,6 +115,8 @@ class ServerNode(Node):
         # the ServerApp checks every client reply against the network's CA (labqfl.fl.flower.identity)
         app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca, init_params=init_path)
         t0 = time.perf_counter()
+        if isinstance(self.fed, WarmFederation):  # the ServerApp forked pre-imported, not started cold
+            self.fed.wait_zygote()  # (it imports while the SuperNodes start; at once after the first run)
         try:
             done = self.fed.run_app(app, timeout_s=timeout)
         except subprocess.TimeoutExpired:

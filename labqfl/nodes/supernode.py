@@ -33,7 +33,7 @@ from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials
 from labqfl.nodes.tunnel import TunnelEnd, split_address
-from labqfl.nodes.warmapp import start_warm_clientapps
+from labqfl.nodes.warmapp import WarmFederation, start_warm_clientapps
 
 log = get_logger(__name__)
 
@@ -65,6 +65,9 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
         # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity)
         fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
                                    NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key)})
+        if isinstance(fed, WarmFederation):
+            # NODE only once the zygote serves: a ClientApp started cold before that costs 4-12 s
+            fed.wait_zygote()
         info = {"node": name, "role": "supernode", "address": local, "server": server}
         (private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {name} {local}", flush=True)

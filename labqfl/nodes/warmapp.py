@@ -62,12 +62,16 @@ from labqfl.log import get_logger
 
 log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
 
-__all__ = ["SHIM", "WarmFederation", "start_warm_clientapps", "zygote_main"]
+__all__ = ["SHIM", "WarmFederation", "start_warm_clientapps", "start_warm_serverapps", "zygote_main"]
 
 #: environment switch: "0" turns the warm ClientApps and the short pull interval off
 WARM_ENV = "LABQFL_WARM_CLIENTAPPS"
 #: environment variable naming the zygote's socket (read by the shim)
 SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
+#: the same for the server node's ServerApp zygote (:func:`start_warm_serverapps`)
+SERVER_SOCKET_ENV = "LABQFL_WARM_SERVERAPP"
+#: name the child's ``sys.argv[0]`` gets (set by :func:`zygote_main`)
+_PROG = ["flwr-clientapp"]
 _MAX_REQUEST = 1 << 16
 #: how often the SuperNode asks the SuperLink for a message when it has none [s] (Flower: 3 s)
 PULL_INTERVAL_S = 0.5
@@ -121,11 +125,12 @@ sys.exit(code)
 '''
 
 
-def write_shim(bin_dir: Path, real: str) -> Path:
-    """Write :data:`SHIM` as ``bin_dir/flwr-clientapp`` (0700), falling back to ``real``."""
+def write_shim(bin_dir: Path, real: str, name: str = "flwr-clientapp", env: str = SOCKET_ENV) -> Path:
+    """Write :data:`SHIM` as ``bin_dir/<name>`` (0700), asking the zygote on the socket named by
+    the environment variable ``env`` and falling back to ``real``."""
     bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = bin_dir / "flwr-clientapp"
-    path.write_text(SHIM.format(python=sys.executable, real=real, env=SOCKET_ENV), encoding="utf-8")
+    path = bin_dir / name
+    path.write_text(SHIM.format(python=sys.executable, real=real, env=env), encoding="utf-8")
     path.chmod(0o700)
     return path
 
@@ -136,6 +141,8 @@ class WarmFederation(LocalFederation):
     ``PATH`` and have Flower's telemetry off (see the module docstring)."""
 
     warm_dir: Path | None = None
+    #: the environment variable the shim reads the zygote's socket from
+    socket_env: str = SOCKET_ENV
 
     def env(self) -> dict[str, str]:
         e = super().env()
@@ -143,13 +150,31 @@ class WarmFederation(LocalFederation):
         e["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         if self.warm_dir is not None:
             e["PATH"] = str(self.warm_dir / "bin") + os.pathsep + e["PATH"]
-            e[SOCKET_ENV] = str(self.warm_dir / "zygote.sock")
+            e[self.socket_env] = str(self.warm_dir / "zygote.sock")
         return e
 
     def _start(self, name: str, cmd: list[str]) -> None:
         if self.warm_dir is not None and name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
             cmd = [sys.executable, "-m", "labqfl.nodes.warmapp", "supernode", *cmd[1:]]
         super()._start(name, cmd)
+
+    def wait_zygote(self, timeout_s: float = 120.0) -> bool:
+        """Block until the zygote listens (True), has exited or ``timeout_s`` passed (False: the
+        shim then starts Flower's own program, slower). Start the SuperNode/SuperLink after this,
+        so that no message reaches a node whose zygote is still importing."""
+        import time
+
+        if self.warm_dir is None:
+            return False
+        sock = self.warm_dir / "zygote.sock"
+        proc = next((p for n, p in self.procs.items() if n.startswith("warm-")), None)
+        t_end = time.monotonic() + timeout_s
+        while not sock.exists():
+            if proc is None or proc.poll() is not None or time.monotonic() > t_end:
+                log.warning("warm %s: no zygote listening on %s; Flower's own program runs instead", _PROG[0], sock)
+                return False
+            time.sleep(0.05)
+        return True
 
     def stop(self) -> None:
         try:
@@ -177,6 +202,21 @@ def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
     return fed
 
 
+def start_warm_serverapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederation:
+    """As :func:`start_warm_clientapps`, for a server node's SuperLink: its SuperExec's
+    ``flwr-serverapp`` (one process per run) is forked from a zygote (process ``warm-serverapps``)
+    that has imported Flower's ServerApp runtime, the labqfl Flower app, torch and the training and
+    evaluation code, and holds nothing else. Start the SuperLink on it as usual."""
+    if os.environ.get(WARM_ENV, "1") == "0":
+        return WarmFederation(workdir, fleet, **kw)
+    warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
+    fed = WarmFederation(workdir, fleet, warm_dir=warm, socket_env=SERVER_SOCKET_ENV, **kw)
+    write_shim(warm / "bin", _bin("flwr-serverapp"), "flwr-serverapp", SERVER_SOCKET_ENV)
+    fed._start("warm-serverapps", [sys.executable, "-m", "labqfl.nodes.warmapp", "zygote-serverapp",
+                                   str(warm / "zygote.sock"), str(os.getpid())])
+    return fed
+
+
 # ------------------------------------------------------------------------------------ the zygote
 def _preload() -> Any:
     """Import what a ClientApp process needs; return Flower's ``flwr-clientapp`` entry point."""
@@ -191,6 +231,20 @@ def _preload() -> Any:
     warm_kernels()  # Numba's machine code loaded once here, not in every training ClientApp
 
     return flwr_clientapp
+
+
+def _preload_serverapp() -> Any:
+    """Import what a ServerApp process needs; return Flower's ``flwr-serverapp`` entry point."""
+    from flwr.superlink.cli import flwr_serverapp
+
+    import labqfl.fl.datasets.tasks  # noqa: F401 - the test set
+    import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:server_app``)
+    import labqfl.fl.training  # noqa: F401 - the model and its evaluation
+    from labqfl.fl.flower.latency import quick_object_pulls, warm_kernels
+
+    quick_object_pulls()
+    warm_kernels()
+    return flwr_serverapp
 
 
 def _threads() -> int:
@@ -240,7 +294,7 @@ def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
         import numpy as np
 
         np.random.seed()  # the legacy global generator was seeded once, at import in the zygote
-        sys.argv = ["flwr-clientapp", *[str(a) for a in req["argv"]]]
+        sys.argv = [_PROG[0], *[str(a) for a in req["argv"]]]
         entry()
         code = 0
     except SystemExit as exc:
@@ -256,19 +310,21 @@ def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
         os._exit(code)
 
 
-def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "") -> int:
+def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str = "clientapp") -> int:
     """Run the zygote until SIGTERM/SIGINT or until ``parent_pid`` is gone; returns 0.
 
     ``entry_ref`` (``module:function``, tests): run that in each child instead of Flower's
     ``flwr-clientapp`` entry point, and import nothing else beforehand. Prints ``READY <socket>``
-    on stdout once it accepts requests."""
+    on stdout once it accepts requests. ``kind``: ``clientapp`` or ``serverapp`` (which Flower
+    program the children run)."""
+    _PROG[0] = f"flwr-{kind}"
     if entry_ref:
         import importlib
 
         mod, _, fn = entry_ref.partition(":")
         entry = getattr(importlib.import_module(mod), fn)
     else:
-        entry = _preload()
+        entry = _preload_serverapp() if kind == "serverapp" else _preload()
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -284,7 +340,7 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "") -> int:
     finally:
         os.umask(old)
     lsock.listen(16)
-    log.info("warm ClientApps: zygote %d ready on %s", os.getpid(), sock_path)
+    log.info("warm %s: zygote %d ready on %s", _PROG[0], os.getpid(), sock_path)
     print(f"READY {sock_path}", flush=True)
     children: dict[int, socket.socket] = {}
     served = 0
@@ -312,7 +368,7 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "") -> int:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
                 pass
-        log.info("warm ClientApps: zygote stops after %d ClientApp processes", served)
+        log.info("warm %s: zygote stops after %d processes", _PROG[0], served)
     return 0
 
 
@@ -454,9 +510,10 @@ if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "supernode":
         supernode_main(sys.argv[2:])
         sys.exit(0)
-    if len(sys.argv) not in (4, 5) or sys.argv[1] != "zygote":
-        sys.exit("usage: python -m labqfl.nodes.warmapp zygote SOCKET PARENT_PID [MODULE:FUNCTION]")
+    if len(sys.argv) not in (4, 5) or sys.argv[1] not in ("zygote", "zygote-serverapp"):
+        sys.exit("usage: python -m labqfl.nodes.warmapp zygote|zygote-serverapp SOCKET PARENT_PID [MODULE:FUNCTION]")
     from labqfl.log import set_verbosity
 
     set_verbosity("INFO")
-    sys.exit(zygote_main(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else ""))
+    sys.exit(zygote_main(sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) == 5 else "",
+                         "serverapp" if sys.argv[1] == "zygote-serverapp" else "clientapp"))

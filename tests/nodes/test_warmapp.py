@@ -84,3 +84,32 @@ def test_shim_runs_the_real_program_without_a_zygote(tmp_path: Path) -> None:
     assert (r.returncode, r.stdout.strip()) == (5, "cold --token x")
     r = _call(shim, None, tmp_path, "--token", "y")
     assert (r.returncode, r.stdout.strip()) == (5, "cold --token y")
+
+
+def test_the_serverapp_shim_reads_its_own_socket_variable_and_wait_zygote_waits_for_the_socket(
+        tmp_path: Path, zygote: tuple[subprocess.Popen[str], Path]) -> None:
+    from labqfl.nodes.warmapp import SERVER_SOCKET_ENV, WarmFederation
+
+    proc, sock = zygote
+    real = tmp_path / "real-serverapp"
+    real.write_text(COLD)
+    real.chmod(0o700)
+    shim = write_shim(tmp_path / "sbin", str(real), "flwr-serverapp", SERVER_SOCKET_ENV)
+    assert shim.name == "flwr-serverapp"
+    env = {k: v for k, v in os.environ.items() if k not in (SOCKET_ENV, SERVER_SOCKET_ENV)}
+    r = subprocess.run([str(shim), "--run", "0"], env={**env, SOCKET_ENV: str(sock)}, capture_output=True,
+                       text=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (5, "cold --run 0")  # a ClientApp zygote's variable: not its own
+    r = subprocess.run([str(shim), "--run", "0"], env={**env, SERVER_SOCKET_ENV: str(sock)}, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["ppid"] == proc.pid  # forked by the zygote
+
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    fed = WarmFederation(tmp_path, "127.0.0.1:1", warm_dir=warm, socket_env=SERVER_SOCKET_ENV)
+    assert fed.env()[SERVER_SOCKET_ENV] == str(warm / "zygote.sock") and SOCKET_ENV not in fed.env()
+    fed.procs["warm-serverapps"] = proc  # type: ignore[assignment]
+    (warm / "zygote.sock").symlink_to(sock)
+    assert fed.wait_zygote(timeout_s=5) is True
+    (warm / "zygote.sock").unlink()
+    assert fed.wait_zygote(timeout_s=0.3) is False  # nothing listens: the shim runs Flower's own program
