@@ -12,7 +12,9 @@ Four-phase encoding (φ_a = a·π/2, :data:`~labqfl.instruments.interfaces.PHASE
 ``G·w0 = Vπ/2`` and ``w1 = 2·w0``: :meth:`ideal_gain_db` gives that gain, written on open unless
 ``options.rf_gain_db`` fixes another one; :meth:`phases_rad` and :meth:`phase_errors_rad` show what a
 given gain, combiner and Vπ give. The same formula drives the simulated loop for a client whose
-``phase_modulator`` role uses this driver (``labqfl.sim_backends.testbed``, checked by the tests).
+``phase_modulator`` role uses this driver (``labqfl.sim_backends.testbed``, checked by the tests); in process
+the loop follows this driver's live output, gain and DC bias through the Station's change hook
+(:meth:`~labqfl.instruments.base.Instrument.add_change_hook`; DC port assumed to share the RF path's Vπ).
 
 **Why protocol-level.** The remote-controlled parts of this chain — the amplifier's gain and output and
 the modulator's DC bias port — come as separate boxes in every lab; no single unit with a published
@@ -27,7 +29,9 @@ to match a commercial unit::
     BIAS:VOLT <V>          DC bias port voltage [V], ±20 V        BIAS:VOLT? → V
     SYST:ERR?              error queue, <code>,"<message>"
 
-``set_dc_voltage`` writes the DC bias port (the Vπ fringe calibration's DC path); ``amplitude_vpp`` is the
+``set_dc_voltage`` writes the DC bias port, whose voltage adds to every code's drive (it holds no phase of
+its own while the pattern generator plays: the Vπ fringe is scanned through the generator by the gain,
+``labqfl.calibration.pg_fringe``); ``amplitude_vpp`` is the
 largest drive, ``G·(w0 + w1)``, and writing it sets the gain; ``gate_delay_ps`` is kept for snapshots only
 (the slot timing is the pattern generator's and the cables'). The per-slot pattern does not pass through
 this driver: :meth:`load_pattern` refuses with that explanation. Safe state: amplifier output off.
@@ -144,7 +148,7 @@ class GenericBitDrivenPhaseModulator(MessageDriver, PhaseModulator):
                               command="load_pattern")
 
     def set_dc_voltage(self, volts: float) -> None:
-        """DC bias port voltage [V] (the Vπ fringe calibration's DC path), ±20 V."""
+        """DC bias port voltage [V], ±20 V: adds π·V/Vπ to the phase of every code."""
         v = check_range("dc voltage", volts, -DC_V, DC_V, "V")
         with self.lock:
             self.link.write(f"BIAS:VOLT {v:.4f}")

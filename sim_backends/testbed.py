@@ -35,7 +35,10 @@ Model (documented in docs/simulator.md):
   window by window, and never reads those clients' logs); a slot they did not play is dark (μ = 0,
   an extra intensity index); a frame-marker input records a marker where the generator(s) wired to it
   played theirs: each client's own with ``time_tagger.marker_channels``, the AND of all clients' with
-  ``marker_channel`` (docs/lab_setup.md).
+  ``marker_channel`` (docs/lab_setup.md). Real drivers of roles the loop models, opened by a Station next to
+  this loop, are followed (:func:`labqfl.sim_backends.instruments.driver_follower`): the laser's output and
+  power (:meth:`SagnacTestbed.follow_laser`) and a bit-driven modulator's amplifier output, gain and DC bias
+  (:meth:`SagnacTestbed.follow_bit_modulator`: φ_a = π·(V_a + V_dc)/Vπ + φ0, one Vπ for both ports).
 
 Parallel: in every block the 65 536-slot chunks of signal clicks, then the two detectors, then the
 two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
@@ -143,8 +146,19 @@ class DetectorLive:
     gate_delay_ps: float
 
     def dcr_hz(self) -> float:
-        """Dark-count rate at the current bias: DCR₀·exp((bias − bias₀)/scale)."""
-        return self.dark_count_rate_hz * math.exp((self.bias - self.bias_nominal) / self.bias_scale)
+        """Dark-count rate at the current bias (:func:`dark_count_rate_at`)."""
+        return dark_count_rate_at(self.dark_count_rate_hz, self.bias, self.bias_nominal, self.bias_scale)
+
+
+def dark_bias_scale(d: Any) -> float:
+    """The bias scale of detector config ``d``'s dark-count law: ``options.dark_bias_scale``, default 1 µA for
+    an SNSPD, 0.5 V otherwise."""
+    return float(d.options.get("dark_bias_scale", 1.0 if d.kind == "snspd" else 0.5))
+
+
+def dark_count_rate_at(dcr0_hz: float, bias: float, bias_nominal: float, scale: float) -> float:
+    """Dark-count rate [Hz] of a detector biased at ``bias``: DCR₀·exp((bias − bias₀)/scale)."""
+    return dcr0_hz * math.exp((bias - bias_nominal) / scale)
 
 
 @dataclass
@@ -272,7 +286,7 @@ class SagnacTestbed:
             detectors={
                 n: DetectorLive(
                     enabled=True, efficiency=d.efficiency, bias=d.bias_current_ua, bias_nominal=d.bias_current_ua,
-                    bias_scale=float(d.options.get("dark_bias_scale", 1.0 if d.kind == "snspd" else 0.5)),
+                    bias_scale=dark_bias_scale(d),
                     dark_count_rate_hz=d.dark_count_rate_hz, dead_time_ns=d.dead_time_ns,
                     afterpulse_prob=d.afterpulse_prob, afterpulse_decay_ns=d.afterpulse_decay_ns,
                     jitter_ps=d.jitter_ps, gated=d.gated, gate_width_ns=d.gate_width_ns, gate_delay_ps=d.gate_delay_ps,
