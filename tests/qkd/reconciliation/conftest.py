@@ -1,9 +1,15 @@
-"""Shared helpers for the reconciliation tests."""
+"""Shared helpers for the reconciliation tests; makes this folder's helper modules (``cascade_helpers``)
+importable by its test modules, which pytest imports in importlib mode (no package, no sys.path entry)."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 def make_frame(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from cascade_helpers import RecordingChannel
 
 from labqfl.qkd.cascade import (
     IMPLIED_MAX,
@@ -17,20 +18,7 @@ from labqfl.qkd.cascade import (
     CascadeSchedule,
     _build_passes,
 )
-from labqfl.qkd.messaging import LocalChannel, Message
-
-
-class RecordingChannel(LocalChannel):
-    """A local channel that keeps every request and reply."""
-
-    def __init__(self, responder: CascadeAlice) -> None:
-        super().__init__(responder)
-        self.log: list[tuple[Message, Message]] = []
-
-    def _exchange(self, msg: Message) -> Message:
-        reply = super()._exchange(msg)
-        self.log.append((msg, reply))
-        return reply
+from labqfl.qkd.messaging import Message
 
 
 def disclosed_vectors(n: int, seed: int, block_sizes: tuple[int, ...],

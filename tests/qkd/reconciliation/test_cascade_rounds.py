@@ -7,20 +7,10 @@ import dataclasses
 
 import numpy as np
 import pytest
+from cascade_helpers import RecordingChannel
 
 from labqfl.qkd.cascade import HALF, CascadeAlice, CascadeBob, CascadeSchedule, _last_certain
 from labqfl.qkd.messaging import LocalChannel, Message
-
-
-class _Recording(LocalChannel):
-    def __init__(self, responder: CascadeAlice) -> None:
-        super().__init__(responder)
-        self.log: list[tuple[Message, Message]] = []
-
-    def _exchange(self, msg: Message) -> Message:
-        reply = super()._exchange(msg)
-        self.log.append((msg, reply))
-        return reply
 
 
 def _opened(log: list[tuple[Message, Message]]) -> list[int]:
@@ -43,7 +33,7 @@ def test_every_pass_whose_block_parities_were_asked_ahead_ran(frame, n, qber, se
     """No parity is disclosed for a pass the run does not reach: passes asked = passes run, each
     once, in order — also when bipartitions found errors and the run went past ``confirm``."""
     x, y = frame(n, qber, seed)
-    ch = _Recording(CascadeAlice(x))
+    ch = RecordingChannel(CascadeAlice(x))
     res = CascadeBob(y, qber, seed=seed).run(ch)
     assert np.array_equal(res.corrected, x)
     assert _opened(ch.log) == list(range(res.iterations))
@@ -81,7 +71,7 @@ def test_bipartition_searches_use_two_levels_too_and_alice_accepts_every_query()
     x = rng.integers(0, 2, n, dtype=np.uint8)
     y = x ^ (rng.random(n) < qber).astype(np.uint8)
     sched = CascadeSchedule((16, HALF, HALF, HALF, HALF, HALF, HALF), confirm=2)
-    ch = _Recording(CascadeAlice(x))
+    ch = RecordingChannel(CascadeAlice(x))
     res = CascadeBob(y, qber, seed=3, schedule=sched).run(ch)
     assert np.array_equal(res.corrected, x)
     queries = {0: 0, 1: 0}
