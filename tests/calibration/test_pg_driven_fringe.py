@@ -6,6 +6,7 @@ fringe is scanned through the client's pattern generator by the amplifier gain (
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from collections.abc import Callable
@@ -20,10 +21,13 @@ from labqfl.calibration.files import apply_calibration
 from labqfl.calibration.phase_modulator import vpi_bias
 from labqfl.calibration.visibility import loop_visibility
 
-from labqfl.config import StationConfig, parse_station_config
+from labqfl.cli import app
+from labqfl.config import StationConfig, load_station_config, parse_station_config
+from labqfl.serialize import dump_toml
 from labqfl.station import Station
 
 pytest.importorskip("pulsestreamer")
+CliRunner = pytest.importorskip("typer.testing").CliRunner
 
 W0 = 0.25  # the example's combiner level of phase bit 0 [V]
 
@@ -128,3 +132,29 @@ def test_loop_visibility_through_the_pattern_generators_recovers_the_loop(emulat
     assert q.true == pytest.approx(0.93)
     assert abs(q.value - 0.93) < 3 * q.uncertainty
     assert q.uncertainty < 0.005
+
+
+def test_calibrate_vpi_and_apply_from_the_command_line_write_the_ideal_gain(emulated_pair_station: Any,
+                                                                             tmp_path: Path) -> None:
+    path = emulated_pair_station(2, emulated_detectors=False)
+    d = tomllib.loads(path.read_text(encoding="utf-8"))
+    d["clients"][1]["phase_modulator"].update(v_pi_v=3.8, v_pi_error=-0.08)
+    d["clients"][1]["phase_modulator"]["options"]["rf_gain_db"] = 19.0
+    station = tmp_path / "pg_wrong_gain.toml"
+    station.write_text(dump_toml(d), encoding="utf-8")
+    r = CliRunner().invoke(app, ["calibrate", "vpi", "--config", str(station), "--client", "C2",
+                                 "--out", str(tmp_path / "cal"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    q = out["quantities"]
+    vpi_true = 3.8 / (1 - 0.08)
+    assert abs(q["C2.v_pi_v"]["value"] - vpi_true) < 3 * q["C2.v_pi_v"]["uncertainty"]
+    assert q["C2.v_pi_v"]["true"] == pytest.approx(vpi_true)
+    new_path = tmp_path / "calibrated.toml"
+    r = CliRunner().invoke(app, ["calibrate", "apply", out["files"]["calibration"], "-o", str(new_path),
+                                 "--config", str(station), "--json"])
+    assert r.exit_code == 0, r.output
+    new = load_station_config(new_path)
+    pm = new.client("C2").phase_modulator
+    assert pm.options["rf_gain_db"] == pytest.approx(20 * math.log10(vpi_true / (2 * W0)), abs=0.03)
+    assert _true_vpi(new, "C2") == pytest.approx(vpi_true)
