@@ -107,12 +107,13 @@ def _prepare_fringe(ctx: CalContext, guard: SettingsGuard, k: str, ref: str, int
         att = st.attenuator(c)
         if hasattr(att, "shutter_closed"):
             guard.set(att, "shutter_closed", c not in (k, ref))
-    pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
-    for p in (pm, pm_ref):
-        guard.set(p, "output_enabled", True)
-        restore_dc(guard, p)
-    pm_ref.set_dc_voltage(0.0)
-    pm.set_dc_voltage(0.0)
+    if not pg_driven(ctx, k):  # a pattern-generator scan sets its modulators itself (pg_fringe.prepare_modulators)
+        pm, pm_ref = st.phase_modulator(k), st.phase_modulator(ref)
+        for p in (pm, pm_ref):
+            guard.set(p, "output_enabled", True)
+            restore_dc(guard, p)
+        pm_ref.set_dc_voltage(0.0)
+        pm.set_dc_voltage(0.0)
     # keep R·τ_d ≤ 0.1 on both detectors (InGaAs SPADs with µs dead times saturate at the
     # operating attenuation): the two clients dimmed by the same ΔA from their own settings
     for c in (k, ref):
