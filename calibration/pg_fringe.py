@@ -64,7 +64,7 @@ def pg_driven(ctx: CalContext, client: str) -> bool:
     return all(hasattr(pm, a) for a in ("bit_levels_v", "rf_gain_db", "dc_voltage", "ideal_gain_db"))
 
 
-def loop_truth(ctx: CalContext, client_roles: tuple[str, ...]) -> bool:
+def loop_truth(ctx: CalContext, clients: tuple[str, ...]) -> bool:
     """Whether the light is a simulated loop that builds these clients' modulators from the station file (an
     emulated station: pattern generators emulated, the loop following the drivers), so the file's values are
     the truth the procedure must recover."""
@@ -72,7 +72,7 @@ def loop_truth(ctx: CalContext, client_roles: tuple[str, ...]) -> bool:
     sim = cfg.simulation
     light_simulated = cfg.time_tagger.simulated or sim.emulate_time_tagger
     return bool(light_simulated and sim.emulate_pattern_generators
-                and all(cfg.client(c).pattern_generator is not None for c in client_roles))
+                and all(cfg.client(c).pattern_generator is not None for c in clients))
 
 
 def vacuum_code(ctx: CalContext, client: str) -> int:
@@ -134,7 +134,7 @@ def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]
     streams = None
     parts: dict[int, list[np.ndarray]] = {c: [] for c in chans}
     try:
-        streams = ClientStreams.start_for(gens, logs, duration_s, cfg.laser.rep_rate_hz)  # type: ignore[arg-type]
+        streams = ClientStreams.start_for(gens, logs, duration_s, cfg.laser.rep_rate_hz)
         for blk in blocks:
             for c in chans:
                 parts[c].append(blk.timestamps[blk.channels == c])
