@@ -20,8 +20,12 @@ a channel clicks only while ``DetectorEnable`` is on and its bias current is abo
 rate follows the bias as a simulated detector's does (DCR₀·exp((I − I₀)/scale), I₀ the station file's
 ``bias_current_ua``); the counts port sends the clicks the simulated loop's tagger counts on that detector's
 channel over each measurement period. Without a simulated loop in the process (over node processes the
-detection node holds the controller, the optics node the loop) it sends no count lines, as the emulated
-tagger SDK there has no count-rate read-out.
+detection node holds the controller, the optics node the loop) the controller counts the tag blocks the
+detection node slots (:meth:`EmulatedDetectors.feed`, :class:`BlockCounts`): while an acquisition runs, each
+enabled channel reports its detector's recent click rate in those blocks × the measurement period (rounded);
+with no recent blocks it reports its dark counts at the controller's bias (the simulated loop's law,
+:func:`~labqfl.sim_backends.testbed.dark_count_rate_at`, Poisson-drawn). A disabled channel (``DetectorEnable``
+off or its bias ≤ 0 µA) counts 0 either way, as a real controller's would.
 
 The emulator keeps the state a test reads back (:attr:`bias_ua`, :attr:`enabled`,
 :attr:`bias_history` — every bias vector the controller accepted, so a ramp is visible step by step)
@@ -31,14 +35,20 @@ controller was left with.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from labqfl.sim_backends.testbed import dark_bias_scale, dark_count_rate_at
+
 from labqfl.config import InstrumentConfig, StationConfig
+from labqfl.instruments.base import TagBlock
 
 if TYPE_CHECKING:
     from labqfl.sim_backends.testbed import SagnacTestbed
@@ -250,6 +260,88 @@ class WebSQEmulator:
         self.close()
 
 
+#: Wall time [s] the last tag block fed stays recent outside an open acquisition (:class:`BlockCounts`).
+HOLD_S = 1.0
+#: Simulated time [s] of tag blocks kept: the longest measurement period the Eos driver reads.
+KEEP_S = 10.0
+
+
+class BlockCounts:
+    """The clicks of each detector in the tag blocks a detection node slots, for its emulated controllers' count
+    streams (over node processes: no simulated loop in the process). Thread-safe: fed by the node's acquisition,
+    read by every controller's count loop.
+
+    A block's clicks are its tags on the detector's tagger channel (``time_tagger.detector_channels``), its
+    simulated duration the time from the previous block's last tag (0 at an acquisition's start, where
+    :class:`~labqfl.instruments.base.TagBlock` timestamps start) to its own last tag, so consecutive blocks tile
+    the acquisition; a block starting before the previous one ended starts a new acquisition. The rate for a
+    measurement period P (:meth:`rates`) is the clicks over the duration of the latest blocks whose durations add
+    up to ≥ P (all those kept, up to :data:`KEEP_S`, if fewer). Blocks are recent while an acquisition is open
+    (:meth:`acquisition`, which starts with none) and for ``hold_s`` of wall time after the last one fed."""
+
+    def __init__(self, channels: dict[str, int], hold_s: float = HOLD_S) -> None:
+        if hold_s < 0:
+            raise ValueError(f"hold_s must be >= 0 s, got {hold_s!r}")
+        self.channels = dict(channels)
+        self.hold_s = float(hold_s)
+        self._lock = threading.Lock()
+        self._blocks: deque[tuple[float, dict[str, int]]] = deque()  # (simulated s, clicks per detector)
+        self._kept_s = 0.0
+        self._last_ps = 0
+        self._last_fed = -float("inf")
+        self._open = 0
+
+    def _clear(self) -> None:
+        self._blocks.clear()
+        self._kept_s = 0.0
+        self._last_ps = 0
+
+    def feed(self, block: TagBlock) -> None:
+        """Count one tag block (empty blocks carry no time: skipped)."""
+        if not len(block):
+            return
+        per_channel = block.channel_counts()
+        clicks = {r: per_channel.get(ch, 0) for r, ch in self.channels.items()}
+        first, last = int(block.timestamps[0]), int(block.timestamps[-1])
+        with self._lock:
+            if first < self._last_ps:
+                self._clear()
+            duration = (last - self._last_ps) * 1e-12
+            self._last_ps = last
+            self._last_fed = time.monotonic()
+            self._blocks.append((duration, clicks))
+            self._kept_s += duration
+            while len(self._blocks) > 1 and self._kept_s - self._blocks[0][0] >= KEEP_S:
+                self._kept_s -= self._blocks.popleft()[0]
+
+    @contextlib.contextmanager
+    def acquisition(self) -> Iterator[None]:
+        """An acquisition runs (its blocks are recent however slowly they come); the earlier blocks are forgotten."""
+        with self._lock:
+            self._clear()
+            self._open += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open -= 1
+
+    def rates(self, period_s: float) -> dict[str, float] | None:
+        """Recent click rate [Hz] of each detector (class docstring); None: no recent blocks."""
+        with self._lock:
+            recent = self._open > 0 or time.monotonic() - self._last_fed <= self.hold_s
+            if not recent or not self._blocks:
+                return None
+            duration, clicks = 0.0, dict.fromkeys(self.channels, 0)
+            for d, c in reversed(self._blocks):
+                duration += d
+                for r, n in c.items():
+                    clicks[r] += n
+                if duration >= period_s:
+                    break
+        return {r: n / duration for r, n in clicks.items()} if duration > 0 else None
+
+
 class EmulatedDetectors:
     """``simulation.emulate_detectors``: the station's detectors D0/D1 (driver ``SingleQuantumEos``) on
     :class:`WebSQEmulator` controllers started here, one per controller resource of the station file (roles
@@ -257,15 +349,21 @@ class EmulatedDetectors:
 
     ``testbed``: the simulated loop of this process (in process: the Station's), whose detectors follow the
     controllers (module docstring) and whose tagger counts their clicks for the count stream; None (the
-    detection node: the loop is the optics node's) leaves the controllers without a light, their count
-    streams silent. Until a driver arms them the loop's emulated detectors are off (the controller starts
-    with ``DetectorEnable`` off and every bias at 0 µA), as a controller on the bench would be.
+    detection node: the loop is the optics node's): the count streams report the tag blocks given to
+    :meth:`feed` (:class:`BlockCounts`, blocks recent for ``hold_s`` after the last one outside an
+    :meth:`acquisition`), or dark counts at the controller's bias with none recent. Until a driver arms them the
+    loop's emulated detectors are off (the controller starts with ``DetectorEnable`` off and every bias at 0 µA),
+    as a controller on the bench would be.
     """
 
     DETECTORS = ("D0", "D1")
 
-    def __init__(self, cfg: StationConfig, testbed: SagnacTestbed | None = None) -> None:
+    def __init__(self, cfg: StationConfig, testbed: SagnacTestbed | None = None, *, hold_s: float = HOLD_S) -> None:
         self.testbed = testbed
+        self.blocks = BlockCounts({r: cfg.time_tagger.detector_channels[r] for r in self.DETECTORS}, hold_s)
+        #: role -> (DCR₀ [Hz], I₀, scale) of its dark-count law
+        self._dark = {r: (cfg.detectors[r].dark_count_rate_hz, cfg.detectors[r].bias_current_ua,
+                          dark_bias_scale(cfg.detectors[r])) for r in self.DETECTORS}
         groups: dict[str, list[tuple[str, int]]] = {}
         for role in self.DETECTORS:
             ic = cfg.detectors[role]
@@ -310,15 +408,46 @@ class EmulatedDetectors:
         return follow
 
     def _count_source(self, roles: list[tuple[str, int]]) -> CountSource:
+        rng = np.random.default_rng()  # used by this controller's count loop only
+
         def counts(period_s: float) -> list[int] | None:
             if self.testbed is None:
-                return None  # no light in this process
+                return self._block_counts(roles, period_s, rng)  # no light here: the blocks the node slots
             rates = self.testbed.detector_count_rates(period_s)
             out = [0] * max(ch for _, ch in roles)
             for role, ch in roles:
                 out[ch - 1] = round(rates[role] * period_s)
             return out
         return counts
+
+    def _block_counts(self, roles: list[tuple[str, int]], period_s: float,
+                      rng: np.random.Generator) -> list[int] | None:
+        """One count line without a loop (module docstring): 0 on a disabled channel; the recent blocks' click
+        rate × ``period_s``, rounded; with no recent blocks, dark counts at the bias, Poisson-drawn."""
+        if roles[0][0] not in self.by_role:
+            return None  # still starting
+        emu = self.by_role[roles[0][0]][0]
+        with emu.lock:
+            enabled, bias = emu.enabled, list(emu.bias_ua)
+        rates = self.blocks.rates(period_s)
+        out = [0] * len(bias)
+        for role, ch in roles:
+            if not enabled or bias[ch - 1] <= 0:
+                continue
+            if rates is not None:
+                out[ch - 1] = round(rates[role] * period_s)
+            else:
+                dcr0, bias0, scale = self._dark[role]
+                out[ch - 1] = int(rng.poisson(dark_count_rate_at(dcr0, bias[ch - 1], bias0, scale) * period_s))
+        return out
+
+    def feed(self, block: TagBlock) -> None:
+        """Count a tag block the detection node slots (:meth:`BlockCounts.feed`)."""
+        self.blocks.feed(block)
+
+    def acquisition(self) -> contextlib.AbstractContextManager[None]:
+        """While an acquisition runs (:meth:`BlockCounts.acquisition`)."""
+        return self.blocks.acquisition()
 
     # -- what the driver is pointed at -----------------------------------------------------------
     def instrument_config(self, role: str, ic: InstrumentConfig) -> InstrumentConfig:
@@ -340,4 +469,4 @@ class EmulatedDetectors:
             emu.close()
 
 
-__all__ = ["BIAS_LIMIT_UA", "MIN_PERIOD_MS", "EmulatedDetectors", "WebSQEmulator"]
+__all__ = ["BIAS_LIMIT_UA", "HOLD_S", "KEEP_S", "MIN_PERIOD_MS", "BlockCounts", "EmulatedDetectors", "WebSQEmulator"]

@@ -42,11 +42,16 @@ hardware: then the light is the lab's, there is no optics node, and the node rec
 its master clocks held until the tagger records (:func:`~labqfl.station.hold_master_clocks`).
 With ``simulation.emulate_detectors`` the detectors' WebSQ controllers are emulated in this process
 (:func:`~labqfl.station.emulated_detectors`) and the Eos driver is pointed at them; every ``ctl/run`` arms them
-to the station file's bias, the operating point at which the optics node's loop simulates its detectors.
+to the station file's bias, the operating point at which the optics node's loop simulates its detectors. Their
+count streams (``SingleQuantumEos.count_rate_hz``) report what the nanowires see: during a ``ctl/run`` the
+clicks of the tag blocks this node slots (every block is fed to the controllers,
+:meth:`~labqfl.sim_backends.websq.EmulatedDetectors.feed`: recent click rate × measurement period), otherwise
+dark counts at the controller's bias (0 on a disabled channel), :class:`~labqfl.sim_backends.websq.BlockCounts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Generator, Iterator
@@ -102,11 +107,17 @@ class DetectorNode(Node):
         self.clients = dict(clients or {})
         self.schedule = PairSchedule.from_config(self.cfg)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cfg.client_names)), thread_name_prefix="announce")
+        #: the emulated WebSQ controllers (``simulation.emulate_detectors``), fed every tag block slotted here
+        self.detector_emulators: Any = None
         if self.cfg.simulation.emulate_detectors:
             # the detectors' emulated WebSQ controllers live in this process, the one that opens the detectors,
             # for its whole life (a controller on the bench); no light here: the loop is the optics node's
             self.detector_emulators = emulated_detectors(self.cfg)
             self.instruments.cfg = self.detector_emulators.station_config(self.cfg)
+            for emu in self.detector_emulators.emulators:
+                log.info("detector: emulated SNSPD controller (WebSQ) of %s: control port %d, counts port %d",
+                         ", ".join(r for r, (e, _) in self.detector_emulators.by_role.items() if e is emu),
+                         emu.control_port, emu.counts_port)
 
     def ctl_run(self, req: Message) -> Message:
         acq = str(req.get("acq"))
@@ -118,8 +129,10 @@ class DetectorNode(Node):
         if (self.light_simulated and not optics) or missing:
             raise NodeError(f"addresses missing: optics={optics or '?'}, clients {missing}")
         self.instruments.arm()  # laser on, detectors armed (nothing with simulated ones)
+        emus = self.detector_emulators
         try:
-            return self._run(acq, duration, bd, optics, clients)
+            with emus.acquisition() if emus is not None else contextlib.nullcontext():  # their counts: the blocks
+                return self._run(acq, duration, bd, optics, clients)
         finally:
             self.instruments.disarm()  # the safe state after the acquisition, as in process
 
@@ -142,8 +155,11 @@ class DetectorNode(Node):
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
         prev = 0
+        feed = self.detector_emulators.feed if self.detector_emulators is not None else None
         try:
             for block in blocks:
+                if feed is not None:  # what the emulated controllers' nanowires see
+                    feed(block)
                 n_tags += int(block.timestamps.size)
                 block.channel_counts(per_channel)
                 n_blocks += 1

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from labqfl.config import load_station_config, parse_station_config
-from labqfl.errors import ConfigError, InstrumentError
+from labqfl.errors import ConfigError
 from labqfl.station import Station
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,9 +93,10 @@ def test_the_loop_follows_the_emulated_controller_and_its_counts_are_the_loops()
 
 
 @needs_pyvisa_py
-def test_without_a_loop_the_controller_has_no_count_stream() -> None:
+def test_without_a_loop_the_controller_counts_dark_counts() -> None:
     """The detection node's controllers (``light`` None: the loop is the optics node's): the driver opens on them
-    through the rewritten station config; the count stream is silent, so a read-out fails in one line."""
+    through the rewritten station config; with no tag blocks fed the count stream reports dark counts at the bias
+    (the fed blocks: tests/sim_backends/test_websq_block_counts.py)."""
     from labqfl.station import emulated_detectors, open_driver
 
     cfg = parse_station_config(_eos_station(), "eos.toml")
@@ -111,8 +112,8 @@ def test_without_a_loop_the_controller_has_no_count_stream() -> None:
             d0.enabled = True
             assert emu.emulators[0].bias_ua == [12.0, 0.0]
             assert d0.temperature_k == pytest.approx(cfg.detectors["D0"].temperature_k)
-            with pytest.raises(InstrumentError, match="no count line"):
-                d0.count_rate_hz(0.01)
+            dark = cfg.detectors["D0"].dark_count_rate_hz  # at I0: DCR0, Poisson over 0.5 s (5 sigma)
+            assert abs(d0.count_rate_hz(0.5) - dark) * 0.5 < 5 * (dark * 0.5) ** 0.5 + 1
         finally:
             d0.close()
         assert emu.emulators[0].bias_ua == [0.0, 0.0] and emu.emulators[0].enabled is False
