@@ -13,9 +13,14 @@ nodes streams afresh.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
+import re
+import socket
 import textwrap
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -72,6 +77,31 @@ def test_unplayed_frames_are_the_lost_and_the_undecided_ones_and_their_slots_are
     assert drop_frames(ann, [], 10) is ann
 
 
+def _counts_port(net_dir: Path) -> int:
+    """The counts port of the detection node's emulated SNSPD controller, from its log."""
+    log = (net_dir / "logs" / "detector.log").read_text(encoding="utf-8")
+    m = re.search(r"emulated SNSPD controller \(WebSQ\) of D0, D1: control port \d+, counts port (\d+)", log)
+    assert m, log[-2000:]
+    return int(m.group(1))
+
+
+def _listen_counts(port: int, stop: threading.Event, lines: list[tuple[float, list[int]]]) -> None:
+    """Every count line of a WebSQ counts port until ``stop``: (monotonic time, counts per channel)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.settimeout(0.5)
+        buf = b""
+        while not stop.is_set():
+            try:
+                data = s.recv(4096)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            buf += data
+            *done, buf = buf.split(b"\n")
+            lines.extend((time.monotonic(), [int(x) for x in ln.decode().split(",")[1:]]) for ln in done)
+
+
 # -- the whole chain over node processes -----------------------------------------------------------------
 @pytest.mark.slow
 def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_frames_only(tmp_path: Path,
@@ -92,12 +122,19 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
     duration = 0.06  # 92 frames
     net = LocalNetwork(tmp_path / "net", station, settings=DistillSettings(min_final_block_bits=2000),
                        env={"C1": _dark_frames_hook(tmp_path / "hook")})
+    lines: list[tuple[float, list[int]]] = []
+    stop = threading.Event()
     try:
         net.start()
         assert not set(ips.values()) & set(pulse_streamer._REGISTRY)  # the emulators are the optics node's
+        threading.Thread(target=_listen_counts, args=(_counts_port(tmp_path / "net"), stop, lines), daemon=True).start()
         res = net.acquire(duration, timeout=300)
+        t0 = time.monotonic()
         again = net.acquire(0.02, timeout=300)  # a second acquisition on the same generators: 31 frames, none dark
+        t1 = time.monotonic()
+        time.sleep(0.5)
     finally:
+        stop.set()
         codes = net.stop()
     assert codes == dict.fromkeys(codes, 0)
     n = math.ceil(duration * cfg.laser.rep_rate_hz / F)
@@ -125,3 +162,12 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
     text = (tmp_path / "net" / "logs" / "detector.log").read_text(encoding="utf-8")
     assert "D0 (SingleQuantumEos at TCPIP0::127.0.0.1::" in text and "D1 (SingleQuantumEos at TCPIP0::127.0.0.1::" in text
     assert text.count("D0.enabled=True, D1.enabled=True") == 2
+    # the controller's count stream (its counts port, read as the vendor's client does): the clicks of the tag blocks
+    # the detection node slots while it acquires, 0 while disarmed (issue 17)
+    assert lines and lines[0][1] == [0, 0] and lines[-1][1] == [0, 0]
+    busy = [c for t, c in lines if t0 <= t <= t1 and c[0] > 0 and c[1] > 0]
+    assert busy, lines
+    counts = {int(k): v for k, v in json.loads(again["detector"]["channel_counts"]).items()}
+    rate0 = counts[cfg.time_tagger.detector_channels["D0"]] / 0.02  # the acquisition's mean click rate on D0 [Hz]
+    # the acquisition (0.02 s) is shorter than the 0.1 s period: once its blocks are in, the rate over all of them
+    assert abs(max(c[0] for c in busy) - rate0 * 0.1) < 0.1 * rate0 * 0.1
