@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -90,35 +91,66 @@ def signal_code(ctx: CalContext, client: str, phase_code: int) -> int:
     return int(phase_code)
 
 
-def pair_frame_clicks(ctx: CalContext, tags: dict[int, np.ndarray], pair: tuple[str, str],
-                      n_slots: int) -> tuple[int, int]:
-    """Clicks of D0 and D1 in the frames of ``pair`` (slots assigned with the station's delays, as
-    :mod:`labqfl.calibration.visibility` does; acquisition starts at slot 0)."""
+def played_pair_slots(ctx: CalContext, pair: tuple[str, str], n_slots: int,
+                      played: dict[str, set[int]]) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
+    """The slots of an acquisition of ``n_slots`` slots that count for ``pair``: those of the pair's frames that
+    both clients' generators played (``played``: frame indices by client; a frame played dark or lost to an
+    underflow carried no light of the client). Returns (how many, a mask function over slot numbers)."""
     cfg = ctx.config
-    tt = cfg.time_tagger
-    T = 1e12 / float(ctx.station.laser.rep_rate_hz)
     sched = PairSchedule.from_config(cfg)
-    order = cfg.client_names
-    name = pair_name(*sorted(pair, key=order.index))
+    name = pair_name(*sorted(pair, key=cfg.client_names.index))
     if name not in sched.names:
         raise CalibrationError(f"pair {name} is not scheduled; scheduled pairs: {sched.names}")
-    p_idx = sched.names.index(name)
-    ind = ctx.station.time_tagger.input_delays_ps
-    out = []
-    for d in ("D0", "D1"):
-        ch = tt.detector_channels[d]
-        delay = loop_delay_ps(cfg.loop) + ctx.value(f"{d}.cable_delay_ps", tt.cable_delays_ps.get(d, 0.0)) \
-            + float(ind.get(ch, 0))
-        slots = np.floor((tags[ch] - delay) / T + 0.5).astype(np.int64)
-        ok = (slots >= 0) & (slots < n_slots)
-        out.append(int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx)))
-    return out[0], out[1]
+    F = sched.slots_per_frame
+    frames = np.arange(-(-n_slots // F), dtype=np.int64)
+    ok = sched.frame_pair[frames % sched.cycle_frames] == sched.names.index(name)
+    for c in pair:
+        if c in played:
+            ok &= np.isin(frames, np.fromiter(played[c], dtype=np.int64, count=len(played[c])))
+    n_pair = int(np.minimum(F, n_slots - frames * F)[ok].sum())
+
+    def keep(slots: np.ndarray) -> np.ndarray:
+        inside = (slots >= 0) & (slots < n_slots)
+        out = np.zeros(slots.shape, dtype=bool)
+        out[inside] = ok[slots[inside] // F]
+        return out
+
+    return n_pair, keep
 
 
-def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]) -> tuple[dict[int, np.ndarray], int]:
+def slots_of_tags(ctx: CalContext, d: str, t: np.ndarray) -> np.ndarray:
+    """Slot of each tag of detector ``d`` (the station's delays: loop + cable + input; acquisition from slot 0,
+    as :mod:`labqfl.calibration.visibility` assigns them)."""
+    cfg = ctx.config
+    tt = cfg.time_tagger
+    ch = tt.detector_channels[d]
+    T = 1e12 / float(ctx.station.laser.rep_rate_hz)
+    delay = loop_delay_ps(cfg.loop) + ctx.value(f"{d}.cable_delay_ps", tt.cable_delays_ps.get(d, 0.0)) \
+        + float(ctx.station.time_tagger.input_delays_ps.get(ch, 0))
+    return np.floor((t - delay) / T + 0.5).astype(np.int64)
+
+
+@dataclass
+class Segment:
+    """What :func:`constant_code_tags` acquired: the detectors' tags by tagger channel, the slots, and the
+    frames each streaming client's generator played."""
+
+    tags: dict[int, np.ndarray]
+    n_slots: int
+    played: dict[str, set[int]]
+
+    def pair_clicks(self, ctx: CalContext, pair: tuple[str, str]) -> tuple[int, int]:
+        """Clicks of D0 and D1 in the frames of ``pair`` both clients played."""
+        _, keep = played_pair_slots(ctx, pair, self.n_slots, self.played)
+        tt = ctx.config.time_tagger
+        n0, n1 = (int(np.count_nonzero(keep(slots_of_tags(ctx, d, self.tags[tt.detector_channels[d]]))))
+                  for d in ("D0", "D1"))
+        return n0, n1
+
+
+def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]) -> Segment:
     """One acquisition of ``duration_s`` seconds in which every client's pattern generator plays its code of
-    ``codes`` (others: their vacuum level) in every slot. Returns the tags of D0 and D1 (by tagger channel)
-    and the acquisition's slots.
+    ``codes`` (others: their vacuum level) in every slot.
 
     The same order as an application acquisition segment (:class:`labqfl.app.acquire.Acquisition`): running
     master clocks held, the tagger's acquisition prepared and started, then the streams."""
@@ -132,6 +164,7 @@ def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]
     gens = {c.name: st[f"{c.name}.pattern_generator"] for c in cfg.clients if c.pattern_generator is not None}
     logs = {c: ConstantCodes(c, codes.get(c, vacuum_code(ctx, c))) for c in gens}
     streams = None
+    records: dict[str, Any] = {}
     parts: dict[int, list[np.ndarray]] = {c: [] for c in chans}
     try:
         streams = ClientStreams.start_for(gens, logs, duration_s, cfg.laser.rep_rate_hz)
@@ -143,16 +176,16 @@ def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]
         if close is not None:
             close()
         if streams is not None:
-            streams.finish(timeout_s=5.0)
+            records = streams.finish(timeout_s=5.0)
     tags = {c: np.concatenate(p) if p else np.zeros(0, dtype=np.int64) for c, p in parts.items()}
-    return tags, int(round(duration_s * float(st.laser.rep_rate_hz)))
+    return Segment(tags, int(round(duration_s * float(st.laser.rep_rate_hz))),
+                   {c: set(rec.played) for c, rec in records.items()})
 
 
 def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, int],
                          pair: tuple[str, str]) -> tuple[int, int]:
-    """Clicks of D0 and D1 in the frames of ``pair`` during :func:`constant_code_tags`."""
-    tags, n_slots = constant_code_tags(ctx, duration_s, codes)
-    return pair_frame_clicks(ctx, tags, pair, n_slots)
+    """Clicks of D0 and D1 in the frames of ``pair`` both clients played during :func:`constant_code_tags`."""
+    return constant_code_tags(ctx, duration_s, codes).pair_clicks(ctx, pair)
 
 
 def scheduled_reference(ctx: CalContext, k: str, ref: str, explicit: bool) -> str:
@@ -233,5 +266,5 @@ def ideal_gain_quantity_value(pm: Any, vpi: float, e_vpi: float) -> tuple[float,
 
 
 __all__ = ["ConstantCodes", "constant_code_clicks", "constant_code_tags", "ideal_gain_quantity_value", "loop_truth",
-           "pair_frame_clicks", "pg_drive_scan", "pg_driven", "pg_fringe_scan", "prepare_modulators", "scan_codes",
+           "played_pair_slots", "Segment", "slots_of_tags", "pg_drive_scan", "pg_driven", "pg_fringe_scan", "prepare_modulators", "scan_codes",
            "scheduled_reference", "signal_code", "vacuum_code"]

@@ -38,6 +38,7 @@ from labqfl.calibration.pg_fringe import (
     loop_truth,
     pg_drive_scan,
     pg_driven,
+    played_pair_slots,
     prepare_modulators,
     scan_codes,
     signal_code,
@@ -65,14 +66,15 @@ def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
                       pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
     """:func:`_frame_photons` of an acquisition in which the clients' pattern generators play ``codes``
     (:func:`~labqfl.calibration.pg_fringe.constant_code_tags`)."""
-    tags, n_slots = constant_code_tags(ctx, duration_s, codes)
-    return _photons_from_tags(ctx, tags, n_slots, pair)
+    seg = constant_code_tags(ctx, duration_s, codes)
+    return _photons_from_tags(ctx, seg.tags, seg.n_slots, pair, seg.played)
 
 
-def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: int,
-                       pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
+def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: int, pair: tuple[str, str],
+                       played: dict[str, set[int]] | None = None) -> dict[str, tuple[float, float, int]]:
     """Mean photon number per pulse (m, σ_m, clicks) at each detector in the frames of ``pair`` from the
-    detectors' tags of an acquisition of ``n_slots`` slots."""
+    detectors' tags of an acquisition of ``n_slots`` slots (``played``: the frames each client's pattern
+    generator played; only frames both played count, :func:`~labqfl.calibration.pg_fringe.played_pair_slots`)."""
     cfg = ctx.config
     tt = cfg.time_tagger
     st = ctx.station
@@ -83,8 +85,12 @@ def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: in
         raise CalibrationError(f"pair {name} is not scheduled; scheduled pairs: {sched.names}")
     p_idx = sched.names.index(name)
     n_pair = sched.slots_of_pair(name, n_slots)
+    keep = None
+    if played is not None:  # only the pair's frames that both clients' generators played
+        n_pair, keep = played_pair_slots(ctx, pair, n_slots, played)
     if n_pair == 0:
-        raise CalibrationError(f"no frame of pair {name} in {n_slots} slots; increase the integration time")
+        raise CalibrationError(f"no frame of pair {name} in {n_slots} slots (played by both clients); increase "
+                               "the integration time")
     ind = st.time_tagger.input_delays_ps
     loop = loop_delay_ps(cfg.loop)
     out = {}
@@ -93,8 +99,11 @@ def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: in
         cable = ctx.value(f"{d}.cable_delay_ps", tt.cable_delays_ps.get(d, 0.0))
         delay = loop + cable + float(ind.get(ch, 0))
         slots = np.floor((tags[ch] - delay) / T + 0.5).astype(np.int64)
-        ok = (slots >= 0) & (slots < n_slots)
-        k = int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx))
+        if keep is not None:
+            k = int(np.count_nonzero(keep(slots)))
+        else:
+            ok = (slots >= 0) & (slots < n_slots)
+            k = int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx))
         p_m = k / n_pair
         tau_ps = ctx.value(f"{d}.dead_time_ns", cfg.detectors[d].dead_time_ns) * 1e3
         p_ap = min(max(ctx.value(f"{d}.afterpulse_prob", cfg.detectors[d].afterpulse_prob), 0.0), 0.9)
