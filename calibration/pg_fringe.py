@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from labqfl.calibration.core import CalContext, SettingsGuard
+from labqfl.calibration.core import CalContext, SettingsGuard, pulsed_dead_time_correction
 
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import pair_name
@@ -183,9 +183,29 @@ def constant_code_tags(ctx: CalContext, duration_s: float, codes: dict[str, int]
 
 
 def constant_code_clicks(ctx: CalContext, duration_s: float, codes: dict[str, int],
-                         pair: tuple[str, str]) -> tuple[int, int]:
-    """Clicks of D0 and D1 in the frames of ``pair`` both clients played during :func:`constant_code_tags`."""
-    return constant_code_tags(ctx, duration_s, codes).pair_clicks(ctx, pair)
+                         pair: tuple[str, str]) -> tuple[float, float]:
+    """Clicks of D0 and D1 in the frames of ``pair`` both clients played during :func:`constant_code_tags`, with
+    the click law undone (:func:`linear_counts`)."""
+    seg = constant_code_tags(ctx, duration_s, codes)
+    n_pair, _ = played_pair_slots(ctx, pair, seg.n_slots, seg.played)
+    if n_pair == 0:
+        raise CalibrationError(f"no frame of the pair {pair} was played by both clients in {duration_s:g} s")
+    n0, n1 = seg.pair_clicks(ctx, pair)
+    return linear_counts(ctx, "D0", n0, n_pair), linear_counts(ctx, "D1", n1, n_pair)
+
+
+def linear_counts(ctx: CalContext, d: str, clicks: int, n_slots: int) -> float:
+    """``clicks`` of detector ``d`` in ``n_slots`` pulses as N·m, m = −ln(1 − p) the mean number of detected
+    photons per pulse, p the click probability per pulse before dead time (:func:`pulsed_dead_time_correction`).
+    The fringe is a cosine in m (Lucamarini et al., Nature 557, 400 (2018), Methods), not in the clicks, whose
+    saturation 1 − e^(−m) and dead time add harmonics. Poisson weights stay (var N·m ≈ N·m·(1 + p/2) at these
+    p ≪ 1)."""
+    T = 1e12 / float(ctx.station.laser.rep_rate_hz)
+    tau_ps = ctx.value(f"{d}.dead_time_ns", ctx.config.detectors[d].dead_time_ns) * 1e3
+    p = pulsed_dead_time_correction(clicks / n_slots, tau_ps, T)
+    if p >= 0.5:
+        raise CalibrationError(f"{d}: detector saturated ({p:.2f} clicks per pulse); lower the light level")
+    return -n_slots * math.log1p(-p)
 
 
 def scheduled_reference(ctx: CalContext, k: str, ref: str, explicit: bool) -> str:
@@ -265,6 +285,6 @@ def ideal_gain_quantity_value(pm: Any, vpi: float, e_vpi: float) -> tuple[float,
     return float(pm.ideal_gain_db(vpi)), 20.0 / math.log(10.0) * e_vpi / vpi
 
 
-__all__ = ["ConstantCodes", "constant_code_clicks", "constant_code_tags", "ideal_gain_quantity_value", "loop_truth",
+__all__ = ["ConstantCodes", "constant_code_clicks", "constant_code_tags", "ideal_gain_quantity_value", "linear_counts", "loop_truth",
            "played_pair_slots", "Segment", "slots_of_tags", "pg_drive_scan", "pg_driven", "pg_fringe_scan", "prepare_modulators", "scan_codes",
            "scheduled_reference", "signal_code", "vacuum_code"]
