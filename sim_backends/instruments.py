@@ -371,8 +371,17 @@ def driver_follower(testbed: SagnacTestbed, role: str) -> Callable[[Instrument, 
       output and gain and the DC bias port (:meth:`SagnacTestbed.follow_bit_modulator`).
 
     Only instrument state flows this way; a client's choices reach the loop only through what its pattern
-    generator plays. The Station connects it when it opens a real driver next to a simulated loop."""
+    generator plays. The Station connects it when it opens a real driver next to a simulated loop.
+
+    Only a driver whose instrument is a pyvisa-sim device (``visa_library = "@sim…"``) is followed: that device
+    *is* the simulated instrument, so its state is the loop's physics. An instrument on any other backend is a
+    real unit (or a bench emulator of one) whose light is not this loop's; reading it back after every write
+    would also send it commands that a node process, which holds no loop, never sends
+    (tests/nodes/test_node_instruments.py compares the two)."""
     cfg = testbed.config
+    ic = cfg.roles().get(role)
+    if ic is None or not str(ic.visa_library or "").startswith("@sim"):
+        return None
     if role == "laser":
         def follow_laser(inst: Instrument, setting: str) -> None:
             laser = cast(PulsedLaser, inst)
