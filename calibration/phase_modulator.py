@@ -218,10 +218,11 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
         gates_to_optimum(ctx, guard)
         for k in todo:
             ref = _reference(names, k, reference)
-            if pg_driven(ctx, k):
+            pg = pg_driven(ctx, k)  # its phase is what its pattern generator plays: scan through it
+            if pg:
                 ref = scheduled_reference(ctx, k, ref, reference is not None and reference != k)
             t_pt = _prepare_fringe(ctx, guard, k, ref, integration_s, min_counts_per_point)
-            if pg_driven(ctx, k):  # its phase is what its pattern generator plays: scan through it
+            if pg:
                 vpi_nom, volts, n0, n1 = pg_fringe_scan(ctx, guard, k, ref, n_points, t_pt, periods)
             else:
                 vpi_nom, volts, n0, n1 = _scan_fringe(ctx, k, ref, n_points, t_pt, periods)
