@@ -45,16 +45,26 @@ class BenchEntry:
     description: str
     fn: Callable[[bool], BenchResult]
     target: str = ""
+    requires: Callable[[], str | None] | None = None
+    """Returns why the benchmark cannot run on this host (e.g. no GPU), or None when it can."""
+
+    def unavailable(self) -> str | None:
+        return self.requires() if self.requires is not None else None
 
 
 _REGISTRY: dict[str, BenchEntry] = {}
 
 
-def benchmark(name: str, description: str, target: str = "") -> Callable[[Callable[[bool], BenchResult]], Callable[[bool], BenchResult]]:
+def benchmark(name: str, description: str, target: str = "", requires: Callable[[], str | None] | None = None,
+              ) -> Callable[[Callable[[bool], BenchResult]], Callable[[bool], BenchResult]]:
+    """Register ``fn`` as benchmark ``name``. ``requires`` (optional) says why the host cannot run it
+    (None when it can): ``labqfl bench`` then skips it when running every benchmark and refuses it
+    by name with that reason."""
+
     def deco(fn: Callable[[bool], BenchResult]) -> Callable[[bool], BenchResult]:
         if name in _REGISTRY:
             raise ValueError(f"benchmark {name!r} registered twice")
-        _REGISTRY[name] = BenchEntry(name, description, fn, target)
+        _REGISTRY[name] = BenchEntry(name, description, fn, target, requires)
         return fn
 
     return deco
@@ -84,8 +94,10 @@ def machine_info() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count() or 1
+    from labqfl.accel import cuda_name
+
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
-            "python": platform.python_version(), "platform": platform.platform()}
+            "python": platform.python_version(), "platform": platform.platform(), "gpu": cuda_name()}
 
 
 def noisy_frame(n: int, qber: float, seed: int) -> tuple[Any, Any]:

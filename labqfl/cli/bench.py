@@ -30,10 +30,14 @@ def bench(
         emit({"benchmarks": {n: {"description": e.description, "target": e.target} for n, e in reg.items()}},
              as_json, render_list)
         return
-    selected = names or list(reg)
-    unknown = [n for n in selected if n not in reg]
+    unknown = [n for n in names or [] if n not in reg]
     if unknown:
         raise fail(f"unknown benchmark(s) {unknown}; available: {list(reg)}")
+    skipped = {n: why for n, e in reg.items() if (why := e.unavailable()) is not None}
+    refused = [f"{n} ({skipped[n]})" for n in names or [] if n in skipped]
+    if refused:
+        raise fail(f"cannot run here: {'; '.join(refused)}")
+    selected = names or [n for n in reg if n not in skipped]
     results = {}
     with progress_bar() as prog:
         task = prog.add_task("benchmarks", total=len(selected))
@@ -46,11 +50,15 @@ def bench(
                           "higher_is_better": r.higher_is_better, "target": r.target or reg[n].target,
                           "passed": r.passed, "details": r.details, "wall_s": time.perf_counter() - t0}
             prog.advance(task)
-    data = {"machine": machine_info(), "quick": quick, "results": results}
+    data = {"machine": machine_info(), "quick": quick, "results": results,
+            "skipped": {} if names else skipped}
 
     def render(con):  # type: ignore[no-untyped-def]
         m = data["machine"]
-        con.print(f"machine: {m['cpu']} ({m['usable_cores']} usable of {m['logical_cores']} cores), Python {m['python']}")
+        gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
+        con.print(f"machine: {m['cpu']} ({m['usable_cores']} usable of {m['logical_cores']} cores{gpu}), Python {m['python']}")
+        for n, why in data["skipped"].items():
+            con.print(f"skipped {n}: {why}")
         t = Table("benchmark", "figure", "baseline", "ratio", "target", "met")
         for n, r in results.items():
             met = {True: Text("yes", style="green"), False: Text("no", style="red"), None: Text("—")}[r["passed"]]

@@ -91,6 +91,7 @@ from numba.extending import intrinsic
 from labqfl.errors import QKDInputError
 
 __all__ = [
+    "fft_rounding_bound",
     "toeplitz_hash",
     "toeplitz_hash_fft",
     "toeplitz_hash_gf2",
@@ -178,14 +179,19 @@ def toeplitz_hash_fft(bits: np.ndarray, seed_bits: np.ndarray, out_len: int) -> 
     return _toeplitz_fft(bits, seed_bits, n, m)
 
 
+def fft_rounding_bound(ones_x: int, ones_u: int, nfft: int) -> float:
+    """A-priori bound on the float64 FFT convolution's error for 0/1 inputs with ``ones_x`` and
+    ``ones_u`` ones at length ``nfft``: ‖x‖₂‖u‖₂ · 4·(3 + 3√5 + 3) · log2(nfft) · 2^−53 (Percival 2003,
+    Thm. 5.1, first order, 4× safety factor; module docstring). The rounded sums are exact when < 1/4."""
+    norm = math.sqrt(float(ones_x)) * math.sqrt(float(ones_u))
+    return norm * 4.0 * (6.0 + 3.0 * math.sqrt(5.0)) * math.log2(nfft) * _EPS
+
+
 def _toeplitz_fft(bits: np.ndarray, seed_bits: np.ndarray, n: int, m: int) -> np.ndarray:
     L = n + m - 1
     u = np.roll(seed_bits, -m)
     nfft = sfft.next_fast_len(L, real=True)
-    k = math.log2(nfft)
-    norm = math.sqrt(float(np.count_nonzero(bits))) * math.sqrt(float(np.count_nonzero(u)))
-    a_priori = norm * 4.0 * (6.0 + 3.0 * math.sqrt(5.0)) * k * _EPS
-    if a_priori < 0.25:
+    if fft_rounding_bound(int(np.count_nonzero(bits)), int(np.count_nonzero(u)), nfft) < 0.25:
         workers = 2
         fx = sfft.rfft(bits.astype(np.float64), nfft, workers=workers)
         fu = sfft.rfft(u.astype(np.float64), nfft, workers=workers)

@@ -177,7 +177,7 @@ def hea_unitary(weights: torch.Tensor, spec: HEASpec) -> torch.Tensor:
     """
     if weights.ndim != 4 or tuple(weights.shape[1:]) != spec.weight_shape:
         raise ValueError(f"weights must have shape (C, {', '.join(map(str, spec.weight_shape))}), got {tuple(weights.shape)}")
-    perm = torch.as_tensor(_entangler_permutation(spec))
+    perm = torch.as_tensor(_entangler_permutation(spec), device=weights.device)
     u1 = _single_qubit_unitaries(weights)  # (C, L, n, 2, 2)
     C, L = u1.shape[0], u1.shape[1]
     K = u1[:, :, 0]
@@ -203,7 +203,7 @@ def hea_expval(weights: torch.Tensor, states: torch.Tensor, spec: HEASpec) -> to
     psi = states.to(torch.complex128)
     out = psi @ U.transpose(1, 2)  # (C, B, d): rows are U ψ
     probs = out.real**2 + out.imag**2
-    return probs @ torch.as_tensor(z0_signs(spec.n_qubits))
+    return probs @ torch.as_tensor(z0_signs(spec.n_qubits), device=out.device)
 
 
 def amplitude_normalise(features: np.ndarray) -> np.ndarray:
