@@ -783,9 +783,15 @@ class LdpcBob:
     """Bob's side: blind rate-adaptive syndrome decoding over a channel to Alice."""
 
     def __init__(self, bob_bits: np.ndarray, qber: float, *, plan: LdpcPlan | None = None,
-                 max_iter: int | None = None) -> None:
+                 max_iter: int | None = None, device: str | None = None) -> None:
         if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
             raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
+        # device None: the Numba kernels; a torch device: the quasi-cyclic decoders run there
+        # (labqfl.qkd.ldpc_torch, bit-identical results), the last-chance sum-product stays on the CPU
+        self.device = device
+        if device is not None:
+            from labqfl.qkd.ldpc_torch import resolve_device
+            resolve_device(device)
         self.bits = bob_bits
         self.qber = float(qber)
         self.plan = plan or plan_ldpc(self.qber)
@@ -830,7 +836,11 @@ class LdpcBob:
             kernel = qc_minsum_frames if pl.decoder == "minsum" else qc_aminstar_frames
         last = False
         while True:
-            if qc and not last:
+            if qc and not last and self.device is not None:
+                from labqfl.qkd.ldpc_torch import qc_decode_frames_torch
+                res = qc_decode_frames_torch(pl.decoder, bptr, bcol, bsh, code.z, synd, L, R, pending, weight,
+                                             budget, device=self.device)
+            elif qc and not last:
                 res = kernel(bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
             else:
                 res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
@@ -910,7 +920,8 @@ class LdpcBob:
 
 def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                    seed: int | None = None, code_n: int | None = None, decoder: str = "amin",
-                   preset: str = "efficient", channel_authenticator: object = None) -> ReconciliationResult:
+                   preset: str = "efficient", channel_authenticator: object = None,
+                   device: str | None = None) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with blind rate-adaptive LDPC (in process).
 
     ``alice_bits``, ``bob_bits``: 1-D uint8 0/1 arrays of equal length N (split into frames of
@@ -919,10 +930,13 @@ def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
     quasi-cyclic decoders, 16384 for ``bp``); ``preset``: :data:`PRESETS`.  ``seed``: seeds Alice's filler bits (None: OS
     randomness — use None outside tests); the codes themselves are fixed public constructions.
     Failed frames are reported in ``frame_errors`` / ``details['frame_ok']`` and ``success`` is
-    False when any frame failed.
+    False when any frame failed.  ``device``: None (default) decodes with the Numba kernels; a torch
+    device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there
+    (:mod:`labqfl.qkd.ldpc_torch`, same results bit for bit).
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     rng = np.random.default_rng(seed) if seed is not None else None
     plan = plan_ldpc(q, decoder=decoder, preset=preset, code_n=code_n)
+    bob = LdpcBob(bob_bits, q, plan=plan, device=device)
     alice = LdpcAlice(alice_bits, filler_rng=rng)
-    return LdpcBob(bob_bits, q, plan=plan).run(LocalChannel(alice, channel_authenticator))  # type: ignore[arg-type]
+    return bob.run(LocalChannel(alice, channel_authenticator))  # type: ignore[arg-type]
