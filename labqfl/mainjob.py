@@ -27,7 +27,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,6 +113,29 @@ class JobSettings:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+class PhaseClock:
+    """Wall seconds per phase of one :meth:`MainJob.run` call (``phases_s`` of its metrics):
+    :meth:`phase` times a block (a phase entered twice adds up); :meth:`as_dict` gives each
+    phase's seconds and ``total_s``, the seconds since the clock was made (so the phases sum to
+    at most ``total_s``; the rest is what ran between them)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+    def as_dict(self) -> dict[str, float]:
+        return {**{k: round(v, 3) for k, v in self.seconds.items()}, "total_s": round(time.perf_counter() - self.t0, 3)}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -157,6 +181,8 @@ class MainJob:
         self.state = state
         self.base_dir = base_dir
         self.progress = progress or (lambda *a: None)
+        #: ``--nodes``: the FL nodes, started once the first acquisition's nodes listen (:meth:`run`)
+        self._fl: Any = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -219,19 +245,29 @@ class MainJob:
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Run (or continue) every phase that is not done; returns the metrics."""
+        clock = PhaseClock()
         self.state["attempts"] += 1
         self.state["status"] = "running"
         self._save_state()
         try:
-            if self.state["phases"]["train"] != "done":
-                self.check_training()  # before the acquisition spends station time
-            if "plan" not in self.state:
-                self.key_plan()
-            if self.state["phases"]["acquire"] != "done":
-                self._acquire_and_distil()
-            if self.state["phases"]["train"] != "done":
-                self._train()
-            metrics = self._report()
+            with clock.phase("setup"):
+                if self.state["phases"]["train"] != "done":
+                    self.check_training()  # before the acquisition spends station time
+                if "plan" not in self.state:
+                    self.key_plan()
+                self._fl = self._early_fl()
+            with self._nodes_guard():
+                if self.state["phases"]["acquire"] != "done":
+                    with clock.phase("acquire"):
+                        self._acquire_and_distil()
+                if self.state["phases"]["train"] != "done":
+                    with clock.phase("train"):
+                        self._train()
+            with clock.phase("report"):
+                metrics = self._report()
+            # this call's wall seconds per phase (metrics.json is written before the report: added after it)
+            metrics["phases_s"] = clock.as_dict()
+            self.run_record.update_metrics(phases_s=metrics["phases_s"])
         except KeyboardInterrupt:
             self._interrupted("interrupted by user (Ctrl-C)")
             raise
@@ -239,8 +275,38 @@ class MainJob:
             self._interrupted(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            self.run_record.close()
+            try:
+                if self._fl is not None:  # not handed to the training (a failure before it): stop them
+                    self._fl.close(self.path / "nodes")
+            finally:
+                self._fl = None
+                self.run_record.close()
         return metrics
+
+    def _early_fl(self) -> Any:
+        """Over nodes, with the acquisition and training still to run: the FL nodes' start-up
+        (:class:`labqfl.nodes.runjob.FlStart`, not begun yet; :meth:`_acquire_over_nodes` begins it
+        once the acquisition's nodes listen, so it runs during the acquisition). None otherwise, or
+        with ``LABQFL_FL_EARLY_START=0`` (the training starts them after the acquisition)."""
+        s = self.settings
+        if not (s.nodes and self.state["phases"]["acquire"] != "done" and self.state["phases"]["train"] != "done"):
+            return None
+        from labqfl.nodes.runjob import FlStart, fl_early_start_enabled
+
+        if not fl_early_start_enabled():
+            return None
+        return FlStart(self.cfg, s.task, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server")
+
+    def _nodes_guard(self) -> Any:
+        """While FL nodes started early may run, SIGTERM to the job acts as Ctrl-C (between the
+        acquisition and the training too), so :meth:`run` stops them; a no-op otherwise."""
+        from contextlib import nullcontext
+
+        if self._fl is None:
+            return nullcontext()
+        from labqfl.nodes.runjob import terminate_as_interrupt
+
+        return terminate_as_interrupt()
 
     def _interrupted(self, why: str) -> None:
         self.state["status"] = "interrupted"
@@ -337,6 +403,8 @@ class MainJob:
             self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False,
                                                **({"top_up": top_up} if top_up is not None else {})})
             self._save_state()
+            if top_up is None and self._fl is not None:  # the FL nodes start while the acquisition runs
+                self._fl.begin()
 
         logs = self.path / "nodes" / (f"top-up-{top_up['top_up']}" if top_up is not None else "")
         return acquire_over_nodes(self.cfg, settings, duration_s, data_dir=self.data_dir,
@@ -632,9 +700,11 @@ class MainJob:
             self.progress("train", last["round"], self.settings.rounds,
                           f"round {last['round']}: test accuracy {100 * last['test_accuracy']:.1f} %, loss {last['test_loss']:.4f}")
 
+        early, self._fl = self._fl, None  # started during the acquisition (or None): train_over_nodes owns them now
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
-                               init_params=init, before_segment=before, on_segment=done, since=since)
+                               init_params=init, before_segment=before, on_segment=done, since=since,
+                               early=early)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))
@@ -744,4 +814,4 @@ def run_job(cfg: StationConfig, settings: JobSettings, runs_dir: Path | str | No
     return job, job.run()
 
 
-__all__ = ["JobSettings", "MainJob", "run_job", "distill_pair_metrics", "LabqflError"]
+__all__ = ["JobSettings", "MainJob", "PhaseClock", "run_job", "distill_pair_metrics", "LabqflError"]

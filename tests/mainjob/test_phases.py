@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -35,11 +36,20 @@ def _assert_disjoint(all_refs):
 
 def test_run_end_to_end_report_matches_component_commands(small_station_file, tmp_path):
     data, runs = tmp_path / "data", tmp_path / "runs"
+    t0 = time.perf_counter()
     r = runner.invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.2", "--rounds", "2",
                             "--eps-sec", "1e-4", "--in-process", "--data-dir", str(data), "--out", str(runs), "--json"])
+    wall = time.perf_counter() - t0
     assert r.exit_code == 0, r.output
     m = json.loads(r.stdout)
     assert m["status"] == "complete" and m["key_source"] == "qkd" and m["schema"] == "labqfl.run/1"
+    # wall seconds per phase of this call, in the JSON and in metrics.json: each phase, none negative,
+    # their sum within the job's total and that within the command's wall time
+    ph = m["phases_s"]
+    assert set(ph) == {"setup", "acquire", "train", "report", "total_s"} and min(ph.values()) >= 0
+    assert ph["acquire"] > 0 and ph["train"] > 0 and ph["report"] > 0
+    assert sum(v for k, v in ph.items() if k != "total_s") <= ph["total_s"] + 0.01 and ph["total_s"] <= wall
+    assert json.loads((Path(m["run_dir"]) / "metrics.json").read_text())["phases_s"] == ph
     run_dir = Path(m["run_dir"])
     html = (run_dir / "report.html").read_text()
     for png in ("count_rates.png", "qber.png", "key_rate.png", "key_pools.png", "training.png"):
