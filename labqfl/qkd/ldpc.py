@@ -789,6 +789,7 @@ class LdpcBob:
         # device None: the Numba kernels; a torch device: the quasi-cyclic decoders run there
         # (labqfl.qkd.ldpc_torch, bit-identical results), the last-chance sum-product stays on the CPU
         self.device = device
+        self.backend: str | None = None  # "numba-cuda" or "torch", chosen at the first decode on a device
         if device is not None:
             from labqfl.qkd.ldpc_torch import resolve_device
             resolve_device(device)
@@ -837,9 +838,7 @@ class LdpcBob:
         last = False
         while True:
             if qc and not last and self.device is not None:
-                from labqfl.qkd.ldpc_torch import qc_decode_frames_torch
-                res = qc_decode_frames_torch(pl.decoder, bptr, bcol, bsh, code.z, synd, L, R, pending, weight,
-                                             budget, device=self.device)
+                res = self._decode_on_device(pl.decoder, bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
             elif qc and not last:
                 res = kernel(bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
             else:
@@ -878,7 +877,26 @@ class LdpcBob:
                      "revealed_at_success": leak_at.tolist(),
                      "code_n": code.n, "mother_rate": pl.rate, "filler": d,
                      "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
+                     "decoder_backend": self.backend or "numba-cpu",
                      "payload_bytes": st.payload_bytes})
+
+    def _decode_on_device(self, rule: str, bptr: np.ndarray, bcol: np.ndarray, bsh: np.ndarray, z: int,
+                          synd: np.ndarray, L: np.ndarray, R: np.ndarray, pending: np.ndarray, weight: np.ndarray,
+                          budget: int) -> np.ndarray:
+        """The quasi-cyclic decoder on ``self.device``: on a CUDA device the one-launch Numba CUDA
+        kernel (:mod:`labqfl.qkd.ldpc_cuda`) where Numba can launch it, else the torch path
+        (:mod:`labqfl.qkd.ldpc_torch`); both bit-identical to the CPU kernels."""
+        from labqfl.qkd.ldpc_cuda import MAX_LANES, cuda_decoder_available, qc_decode_frames_cuda
+        from labqfl.qkd.ldpc_torch import qc_decode_frames_torch
+
+        if self.backend is None:
+            # Numba launches on its current device (0); another CUDA index runs through torch
+            on_gpu = self.device in ("cuda", "cuda:0") and z <= MAX_LANES and cuda_decoder_available()
+            self.backend = "numba-cuda" if on_gpu else "torch"
+        if self.backend == "numba-cuda":
+            return qc_decode_frames_cuda(rule, bptr, bcol, bsh, z, synd, L, R, pending, weight, budget)
+        return qc_decode_frames_torch(rule, bptr, bcol, bsh, z, synd, L, R, pending, weight, budget,
+                                      device=str(self.device))
 
     def _priors(self, nf: int, n: int, kpf: int, keypos: np.ndarray) -> np.ndarray:
         """Per frame, the log-likelihood priors of the code's ``n`` positions: ±ln((1−q)/q) on the
@@ -931,8 +949,9 @@ def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
     randomness — use None outside tests); the codes themselves are fixed public constructions.
     Failed frames are reported in ``frame_errors`` / ``details['frame_ok']`` and ``success`` is
     False when any frame failed.  ``device``: None (default) decodes with the Numba kernels; a torch
-    device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there
-    (:mod:`labqfl.qkd.ldpc_torch`, same results bit for bit).
+    device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there — on CUDA
+    device 0 as one Numba CUDA kernel (:mod:`labqfl.qkd.ldpc_cuda`), elsewhere through torch
+    (:mod:`labqfl.qkd.ldpc_torch`); same results bit for bit (``details["decoder_backend"]``).
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     rng = np.random.default_rng(seed) if seed is not None else None

@@ -1,0 +1,57 @@
+"""The CUDA LDPC kernel (labqfl.qkd.ldpc_cuda, issue 23 item 7) against the CPU kernels, bit for
+bit: run in Numba's CUDA simulator in a subprocess (the simulator must be chosen before Numba is
+imported), so it is checked on a host without a GPU. `labqfl bench gpu` repeats the comparison on
+a real GPU with the whole blind protocol."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labqfl.qkd.ldpc_cuda import cuda_decoder_available, qc_decode_frames_cuda
+from labqfl.qkd.reconciliation import ReconciliationInputError
+
+SCRIPT = Path(__file__).with_name("cuda_sim_check.py")
+
+
+def test_the_kernel_in_the_cuda_simulator_equals_the_cpu_kernels_bit_for_bit():
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    proc = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [(c["rule"], c["budget"]) for c in cases] == [("minsum", 2), ("minsum", 6), ("amin", 2), ("amin", 6)]
+    for c in cases:
+        assert c["cuda"] == c["cpu"], c
+        assert c["L_equal"] and c["R_equal"] and c["R_nonzero"], c
+    # the cases exercise both outcomes: frames that converge (at different sweeps) and one that never does
+    results = {s for c in cases for s in c["cpu"]}
+    assert -1 in results and len(results - {-1}) >= 2
+
+
+@pytest.mark.skipif(cuda_decoder_available(), reason="checks the refusals on a host without CUDA")
+def test_bad_arguments_and_no_gpu_get_one_clear_error():
+    args = (np.array([0, 1]), np.array([0]), np.array([0]), 4, np.zeros((1, 4), np.uint8),
+            np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32), np.array([0]), np.ones(1, np.float32), 3)
+    with pytest.raises(ReconciliationInputError, match="rule must be 'minsum' or 'amin', got 'bp'"):
+        qc_decode_frames_cuda("bp", *args)
+    with pytest.raises(ReconciliationInputError, match="lifting size Z must be 1..1024, got 2048"):
+        qc_decode_frames_cuda("amin", *args[:3], 2048, *args[4:])
+    with pytest.raises(ReconciliationInputError, match="Numba sees no CUDA device"):
+        qc_decode_frames_cuda("amin", *args)
+
+
+def test_the_result_names_the_decoder_that_ran():
+    from labqfl.bench import noisy_frame
+    from labqfl.qkd.ldpc import reconcile_ldpc
+
+    x, y = noisy_frame(6000, 0.03, 4)
+    cpu = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192)
+    on_torch = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192, device="cpu")
+    assert cpu.details["decoder_backend"] == "numba-cpu" and on_torch.details["decoder_backend"] == "torch"
+    assert np.array_equal(cpu.corrected, on_torch.corrected) and cpu.leaked_bits == on_torch.leaked_bits
