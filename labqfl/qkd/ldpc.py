@@ -796,6 +796,9 @@ class LdpcBob:
         self.bits = bob_bits
         self.qber = float(qber)
         self.plan = plan or plan_ldpc(self.qber)
+        if device is not None and not (self.plan.z and self.plan.decoder in ("amin", "minsum")):
+            raise ReconciliationInputError(f"LDPC device={device!r} needs a quasi-cyclic decoder ('amin' or 'minsum'), "
+                                           f"got decoder {self.plan.decoder!r}; use device=None")
         self.first_iter = int(max_iter) if max_iter is not None else self.plan.first_iter
         self.retry_iter = min(self.first_iter, self.plan.retry_iter)
         self.warm_start = True

@@ -130,6 +130,12 @@ def test_bad_device_is_one_clear_error(frame, device):
         LdpcBob(y, 0.03, device=device)  # type: ignore[arg-type]
 
 
+def test_device_with_the_sum_product_decoder_is_one_clear_error(frame):
+    x, y = frame(1000, 0.03, 1)
+    with pytest.raises(ReconciliationInputError, match="needs a quasi-cyclic decoder .* got decoder 'bp'"):
+        reconcile_ldpc(x, y, 0.03, decoder="bp", device="cpu")
+
+
 def test_cuda_without_a_cuda_device_is_one_clear_error(frame, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     x, y = frame(1000, 0.03, 1)
