@@ -219,9 +219,11 @@ def qc_decode_frames_cuda(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bshi
     d_out = cuda.device_array(fr.size, np.int64, stream=stream)
     _decode[fr.size, int(Z), stream](rule == "amin", *code, int(Z), d_synd, d_L, d_R, d_rows, w,
                                      int(max_iter), d_out)
-    L[fr] = d_L.copy_to_host(stream=stream)
-    R[fr] = d_R.copy_to_host(stream=stream)
+    h_L = d_L.copy_to_host(stream=stream)
+    h_R = d_R.copy_to_host(stream=stream)
     d_out.copy_to_host(out, stream=stream)
-    stream.synchronize()
+    stream.synchronize()  # the copies above are asynchronous on a stream: read them only after this
+    L[fr] = h_L
+    R[fr] = h_R
     return out
 
