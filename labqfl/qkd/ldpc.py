@@ -790,6 +790,7 @@ class LdpcBob:
         # (labqfl.qkd.ldpc_torch, bit-identical results), the last-chance sum-product stays on the CPU
         self.device = device
         self.backend: str | None = None  # "numba-cuda" or "torch", chosen at the first decode on a device
+        self.backend_note: str | None = None  # why a CUDA device runs the torch path, if it does
         if device is not None:
             from labqfl.qkd.ldpc_torch import resolve_device
             resolve_device(device)
@@ -880,7 +881,7 @@ class LdpcBob:
                      "revealed_at_success": leak_at.tolist(),
                      "code_n": code.n, "mother_rate": pl.rate, "filler": d,
                      "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
-                     "decoder_backend": self.backend or "numba-cpu",
+                     "decoder_backend": self.backend or "numba-cpu", "decoder_backend_note": self.backend_note,
                      "payload_bytes": st.payload_bytes})
 
     def _decode_on_device(self, rule: str, bptr: np.ndarray, bcol: np.ndarray, bsh: np.ndarray, z: int,
@@ -889,13 +890,15 @@ class LdpcBob:
         """The quasi-cyclic decoder on ``self.device``: on a CUDA device the one-launch Numba CUDA
         kernel (:mod:`labqfl.qkd.ldpc_cuda`) where Numba can launch it, else the torch path
         (:mod:`labqfl.qkd.ldpc_torch`); both bit-identical to the CPU kernels."""
-        from labqfl.qkd.ldpc_cuda import MAX_LANES, cuda_decoder_available, qc_decode_frames_cuda
+        from labqfl.qkd.ldpc_cuda import MAX_LANES, cuda_decoder_problem, qc_decode_frames_cuda
         from labqfl.qkd.ldpc_torch import qc_decode_frames_torch
 
         if self.backend is None:
             # Numba launches on its current device (0); another CUDA index runs through torch
-            on_gpu = self.device in ("cuda", "cuda:0") and z <= MAX_LANES and cuda_decoder_available()
-            self.backend = "numba-cuda" if on_gpu else "torch"
+            self.backend = "torch"
+            if self.device in ("cuda", "cuda:0") and z <= MAX_LANES:
+                self.backend_note = cuda_decoder_problem()
+                self.backend = "numba-cuda" if self.backend_note is None else "torch"
         if self.backend == "numba-cuda":
             return qc_decode_frames_cuda(rule, bptr, bcol, bsh, z, synd, L, R, pending, weight, budget)
         return qc_decode_frames_torch(rule, bptr, bcol, bsh, z, synd, L, R, pending, weight, budget,

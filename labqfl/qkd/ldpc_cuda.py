@@ -27,13 +27,14 @@ the CPU's on every run.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import numpy as np
 from numba import cuda
 
 from labqfl.qkd.reconciliation import ReconciliationInputError
 
-__all__ = ["MAX_LANES", "cuda_decoder_available", "qc_decode_frames_cuda"]
+__all__ = ["MAX_LANES", "cuda_decoder_available", "cuda_decoder_problem", "qc_decode_frames_cuda"]
 
 MAX_LANES = 1024
 """Largest lifting size Z (one thread per lane, at most 1024 threads per block)."""
@@ -183,12 +184,28 @@ def _decode(amin, row_ptr, bcol, bshift, Z, synd, L, R, frames, weight, max_iter
         out[cuda.blockIdx.x] = result
 
 
-def cuda_decoder_available() -> bool:
-    """Whether Numba can launch CUDA kernels here (a GPU and its driver, or the simulator)."""
+def _probe(x):  # type: ignore[no-untyped-def]
+    x[0] = x[0] + np.float32(1.0)
+
+
+@lru_cache(maxsize=1)
+def cuda_decoder_problem() -> str | None:
+    """Why the CUDA kernel cannot run here, or None when it can: a CUDA device visible to Numba
+    (or the simulator), and Numba's CUDA target able to compile a kernel — which a numba-cuda
+    release built for another numpy may not be (seen on a GPU host: numpy 2.5 without
+    ``np.row_stack``, which numba-cuda 0.x registers on its first compilation)."""
     try:
-        return bool(cuda.is_available())
-    except Exception:  # noqa: BLE001 - a broken driver install reads as "not available"
-        return False
+        if not cuda.is_available():
+            return "Numba sees no CUDA device"
+        cuda.jit("void(float32[:])")(_probe)
+    except Exception as exc:  # noqa: BLE001 - any failure of the toolchain means "use another path"
+        return f"Numba's CUDA target cannot compile here ({type(exc).__name__}: {exc})"
+    return None
+
+
+def cuda_decoder_available() -> bool:
+    """Whether :func:`qc_decode_frames_cuda` can run here (:func:`cuda_decoder_problem` is None)."""
+    return cuda_decoder_problem() is None
 
 
 def qc_decode_frames_cuda(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int,
@@ -203,8 +220,9 @@ def qc_decode_frames_cuda(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bshi
         raise ReconciliationInputError(f"LDPC rule must be 'minsum' or 'amin', got {rule!r}")
     if not 1 <= int(Z) <= MAX_LANES:
         raise ReconciliationInputError(f"CUDA LDPC decoder: lifting size Z must be 1..{MAX_LANES}, got {Z}")
-    if not cuda_decoder_available():
-        raise ReconciliationInputError("CUDA LDPC decoder: Numba sees no CUDA device")
+    problem = cuda_decoder_problem()
+    if problem is not None:
+        raise ReconciliationInputError(f"CUDA LDPC decoder: {problem}")
     fr = np.ascontiguousarray(frames, dtype=np.int64)
     out = np.empty(fr.size, np.int64)
     if fr.size == 0:

@@ -42,7 +42,7 @@ def test_bad_arguments_and_no_gpu_get_one_clear_error():
         qc_decode_frames_cuda("bp", *args)
     with pytest.raises(ReconciliationInputError, match="lifting size Z must be 1..1024, got 2048"):
         qc_decode_frames_cuda("amin", *args[:3], 2048, *args[4:])
-    with pytest.raises(ReconciliationInputError, match="Numba sees no CUDA device"):
+    with pytest.raises(ReconciliationInputError, match="CUDA LDPC decoder: Numba sees no CUDA device"):
         qc_decode_frames_cuda("amin", *args)
 
 
@@ -55,3 +55,38 @@ def test_the_result_names_the_decoder_that_ran():
     on_torch = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192, device="cpu")
     assert cpu.details["decoder_backend"] == "numba-cpu" and on_torch.details["decoder_backend"] == "torch"
     assert np.array_equal(cpu.corrected, on_torch.corrected) and cpu.leaked_bits == on_torch.leaked_bits
+
+
+def test_a_cuda_target_that_cannot_compile_is_named_and_the_torch_path_runs(monkeypatch):
+    """The kernel needs Numba's CUDA target to compile; when it cannot (as on a GPU host whose
+    numba-cuda predates its numpy), a CUDA device runs the torch path and the result says why."""
+    import labqfl.qkd.ldpc_cuda as lc
+    from labqfl.bench import noisy_frame
+    from labqfl.qkd import ldpc_torch
+    from labqfl.qkd.ldpc import LdpcAlice, LdpcBob, plan_ldpc
+    from labqfl.qkd.messaging import LocalChannel
+
+    def broken() -> None:
+        raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+
+    lc.cuda_decoder_problem.cache_clear()
+    monkeypatch.setattr(lc.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(lc.cuda, "jit", lambda *a, **k: lambda fn: broken())
+    problem = lc.cuda_decoder_problem()
+    lc.cuda_decoder_problem.cache_clear()
+    assert problem is not None and "cannot compile here (AttributeError" in problem and "row_stack" in problem
+    monkeypatch.setattr(lc, "cuda_decoder_problem", lambda: problem)
+    devices: list[str] = []
+    real = ldpc_torch.qc_decode_frames_torch
+
+    def on_cpu(*args, device):  # the CUDA device this host lacks: run the same call on "cpu"
+        devices.append(device)
+        return real(*args, device="cpu")
+
+    monkeypatch.setattr(ldpc_torch, "qc_decode_frames_torch", on_cpu)
+    x, y = noisy_frame(6000, 0.03, 4)
+    bob = LdpcBob(y, 0.03, plan=plan_ldpc(0.03, code_n=8192))
+    bob.device = "cuda"  # as if torch saw a GPU (the device check ran in __init__)
+    res = bob.run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
+    assert res.details["decoder_backend"] == "torch" and res.details["decoder_backend_note"] == problem
+    assert devices and set(devices) == {"cuda"} and res.success
