@@ -181,8 +181,6 @@ class MainJob:
         self.state = state
         self.base_dir = base_dir
         self.progress = progress or (lambda *a: None)
-        #: ``--nodes``: the FL nodes, started once the first acquisition's nodes listen (:meth:`run`)
-        self._fl: Any = None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -255,14 +253,12 @@ class MainJob:
                     self.check_training()  # before the acquisition spends station time
                 if "plan" not in self.state:
                     self.key_plan()
-                self._fl = self._early_fl()
-            with self._nodes_guard():
-                if self.state["phases"]["acquire"] != "done":
-                    with clock.phase("acquire"):
-                        self._acquire_and_distil()
-                if self.state["phases"]["train"] != "done":
-                    with clock.phase("train"):
-                        self._train()
+            if self.state["phases"]["acquire"] != "done":
+                with clock.phase("acquire"):
+                    self._acquire_and_distil()
+            if self.state["phases"]["train"] != "done":
+                with clock.phase("train"):
+                    self._train()
             with clock.phase("report"):
                 metrics = self._report()
             # this call's wall seconds per phase (metrics.json is written before the report: added after it)
@@ -275,38 +271,8 @@ class MainJob:
             self._interrupted(f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            try:
-                if self._fl is not None:  # not handed to the training (a failure before it): stop them
-                    self._fl.close(self.path / "nodes")
-            finally:
-                self._fl = None
-                self.run_record.close()
+            self.run_record.close()
         return metrics
-
-    def _early_fl(self) -> Any:
-        """Over nodes, with the acquisition and training still to run: the FL nodes' start-up
-        (:class:`labqfl.nodes.runjob.FlStart`, not begun yet; :meth:`_acquire_over_nodes` begins it
-        once the acquisition's nodes listen, so it runs during the acquisition). None otherwise, or
-        with ``LABQFL_FL_EARLY_START=0`` (the training starts them after the acquisition)."""
-        s = self.settings
-        if not (s.nodes and self.state["phases"]["acquire"] != "done" and self.state["phases"]["train"] != "done"):
-            return None
-        from labqfl.nodes.runjob import FlStart, fl_early_start_enabled
-
-        if not fl_early_start_enabled():
-            return None
-        return FlStart(self.cfg, s.task, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server")
-
-    def _nodes_guard(self) -> Any:
-        """While FL nodes started early may run, SIGTERM to the job acts as Ctrl-C (between the
-        acquisition and the training too), so :meth:`run` stops them; a no-op otherwise."""
-        from contextlib import nullcontext
-
-        if self._fl is None:
-            return nullcontext()
-        from labqfl.nodes.runjob import terminate_as_interrupt
-
-        return terminate_as_interrupt()
 
     def _interrupted(self, why: str) -> None:
         self.state["status"] = "interrupted"
@@ -403,8 +369,6 @@ class MainJob:
             self.state["acquisitions"].append({"acquisition_id": acq_id, "started_utc": _now(), "complete": False,
                                                **({"top_up": top_up} if top_up is not None else {})})
             self._save_state()
-            if top_up is None and self._fl is not None:  # the FL nodes start while the acquisition runs
-                self._fl.begin()
 
         logs = self.path / "nodes" / (f"top-up-{top_up['top_up']}" if top_up is not None else "")
         return acquire_over_nodes(self.cfg, settings, duration_s, data_dir=self.data_dir,
@@ -700,11 +664,9 @@ class MainJob:
             self.progress("train", last["round"], self.settings.rounds,
                           f"round {last['round']}: test accuracy {100 * last['test_accuracy']:.1f} %, loss {last['test_loss']:.4f}")
 
-        early, self._fl = self._fl, None  # started during the acquisition (or None): train_over_nodes owns them now
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
-                               init_params=init, before_segment=before, on_segment=done, since=since,
-                               early=early)
+                               init_params=init, before_segment=before, on_segment=done, since=since)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))

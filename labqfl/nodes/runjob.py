@@ -45,7 +45,7 @@ from labqfl.nodes.common import NodeError
 
 log = get_logger(__name__)
 
-__all__ = ["FlStart", "NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "station_for_nodes",
+__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "station_for_nodes",
            "train_over_nodes"]
 
 #: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
@@ -411,116 +411,12 @@ def _train_segments(net: Any, spec: Any, *, start_round: int, init_params: Any, 
     return merged
 
 
-#: ``LABQFL_FL_EARLY_START=0``: ``labqfl run`` starts the FL nodes only after the acquisition (measurements)
-FL_EARLY_ENV = "LABQFL_FL_EARLY_START"
-
-
-def fl_early_start_enabled() -> bool:
-    """Whether ``labqfl run --nodes`` starts its FL nodes while the acquisition runs (default yes)."""
-    import os
-
-    return os.environ.get(FL_EARLY_ENV, "1") != "0"
-
-
-class FlStart:
-    """The FL server node and one SuperNode per client of a ``labqfl run --nodes``, started in the
-    background (:meth:`begin`: ``labqfl run`` calls it once the acquisition's nodes listen, so the
-    SuperLink, the SuperNodes and their zygotes' torch imports run while the acquisition does) or
-    in the foreground (:func:`train_over_nodes` without one). The work folder (throwaway
-    certificates, CA key included, the station file, the MNIST cache) is made at construction and
-    removed by :meth:`close`, which also stops every process still running (on success, failure
-    and Ctrl-C alike) and copies the logs. The FL nodes open no key store until a ``ctl/train``
-    reaches them: a SuperNode's ClientApps run only on the ServerApp's messages."""
-
-    def __init__(self, cfg: StationConfig, task: str, *, data_dir: Path, server_dir: Path) -> None:
-        from labqfl.nodes.fl import FlNetwork
-        from labqfl.planning import station_toml
-
-        self.work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
-        try:
-            self.mnist_dir = _mnist_cache(task, self.work)
-            station = self.work / "station.toml"
-            station.write_text(station_toml(cfg), encoding="utf-8")
-        except BaseException:
-            shutil.rmtree(self.work, ignore_errors=True)
-            raise
-        self.net = FlNetwork(self.work, station, list(cfg.client_names), Path(data_dir), server_data=Path(server_dir))
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        #: ``train.nodes.startup_s``: total_s (spawn of the server node to the last ``NODE`` line), nodes,
-        #: and ``overlapped`` (started during the acquisition) with ``wait_s`` (how long training waited for it)
-        self.startup: dict[str, Any] = {}
-        self.stopped = False
-        self.stop_s = 0.0
-
-    def _start(self) -> None:
-        t0 = time.perf_counter()
-        try:
-            self.net.start()
-        except BaseException as exc:  # raised to the caller of wait()
-            self._error = exc
-            return
-        self.startup = {"total_s": round(time.perf_counter() - t0, 3),
-                        "nodes": {n: round(p.startup_s, 3) for n, p in self.net.nodes.items() if p.startup_s is not None}}
-
-    def begin(self) -> FlStart:
-        """Start the nodes in a background thread (at most once)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._start, name="fl-start", daemon=True)
-            self._thread.start()
-        return self
-
-    @property
-    def begun(self) -> bool:
-        return self._thread is not None
-
-    def wait(self) -> Any:
-        """The started :class:`~labqfl.nodes.fl.FlNetwork` (starts it here if :meth:`begin` was not
-        called); raises what the start raised. ``startup['wait_s']``: seconds spent waiting here."""
-        t0 = time.perf_counter()
-        if self._thread is None:
-            self._start()
-            overlapped = False
-        else:
-            self._thread.join()
-            overlapped = True
-        if self._error is not None:
-            raise self._error
-        self.startup.update(overlapped=overlapped, wait_s=round(time.perf_counter() - t0, 3))
-        return self.net
-
-    def stop(self) -> dict[str, int | None]:
-        """SIGTERM every FL node (after a start still under way), wait for each; their exit codes."""
-        if self._thread is not None:
-            self._thread.join()
-        t0 = time.perf_counter()
-        codes = self.net.stop()
-        self.stop_s, self.stopped = time.perf_counter() - t0, True
-        return codes
-
-    def close(self, log_dir: Path | None = None) -> None:
-        """Stop what still runs, copy the logs to ``log_dir`` (``fl-<name>.log``), remove the work folder."""
-        try:
-            if not self.stopped:
-                bad = {n: c for n, c in self.stop().items() if c != 0}
-                if bad:
-                    log.warning("FL nodes stopped after a failure; exit codes %s", bad)
-        finally:
-            if log_dir is not None:
-                log_dir.mkdir(parents=True, exist_ok=True)
-                for key, p in self.net.nodes.items():
-                    if p.log_path.is_file():
-                        shutil.copyfile(p.log_path, log_dir / f"fl-{key}.log")
-            shutil.rmtree(self.work, ignore_errors=True)  # throwaway certificates (and the CA key) go with it
-
-
 @_sigterm_stops_nodes
 def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_dir: Path,
                      log_dir: Path | None = None, progress: ProgressFn | None = None,
                      timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
                      before_segment: SegmentFn | None = None,
-                     on_segment: SegmentDoneFn | None = None, since: str | None = None,
-                     early: FlStart | None = None) -> NodesTraining:
+                     on_segment: SegmentDoneFn | None = None, since: str | None = None) -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
@@ -528,8 +424,6 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     temporary folder (deleted afterwards, CA key included). Every process gets SIGTERM at the end,
     on failure and on Ctrl-C (SIGTERM to the job's process counts as Ctrl-C:
     :func:`terminate_as_interrupt`); raises :class:`NodeError` when one does not exit with 0.
-    ``early``: those nodes, started already (:class:`FlStart`, begun while the acquisition ran, for
-    ``cfg``, ``data_dir`` and ``server_dir``); this function then owns and stops them.
 
     Rounds ``start_round``.. (from ``init_params``, the global parameters after the round before;
     a resumed job) in segments: ``before_segment(r)`` returns the last round the stores hold key
@@ -542,28 +436,53 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     training over nodes, so the rounds trained before the interruption keep their blocks."""
     from datetime import UTC, datetime
 
+    from labqfl.nodes.fl import FlNetwork
+    from labqfl.planning import station_toml
+
     report = progress or (lambda *a: None)
     names = list(cfg.client_names)
-    fl = early if early is not None else FlStart(cfg, setup.settings.task, data_dir=data_dir, server_dir=server_dir)
+    work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
     try:
-        spec = flower_spec_for(setup, names, data_dir=fl.mnist_dir)
-        spec.secagg()  # a spec the nodes would refuse fails here, before a process of its own starts
-        report("train", 0, spec.rounds, f"{'waiting for' if fl.begun else 'starting'} the server node and "
-                                        f"{len(names)} SuperNodes")
+        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work))
+        spec.secagg()  # a spec the nodes would refuse fails here, before any process starts
+        station = work / "station.toml"
+        station.write_text(station_toml(cfg), encoding="utf-8")
+        net = FlNetwork(work, station, names, Path(data_dir), server_data=Path(server_dir))
+        report("train", 0, spec.rounds, f"starting the server node and {len(names)} SuperNodes")
         since = since or datetime.now(UTC).isoformat(timespec="microseconds")
-        net = fl.wait()
-        res = _train_segments(net, spec, start_round=start_round, init_params=init_params, timeout_s=timeout_s,
-                              before_segment=before_segment, on_segment=on_segment, report=report)
-        codes = fl.stop()
+        t0 = time.perf_counter()
+        stopped = False
+        codes: dict[str, int | None] = {}
+        try:
+            net.start()
+            startup = {"total_s": round(time.perf_counter() - t0, 3),
+                       "nodes": {n: round(p.startup_s, 3) for n, p in net.nodes.items() if p.startup_s is not None}}
+            res = _train_segments(net, spec, start_round=start_round, init_params=init_params, timeout_s=timeout_s,
+                                  before_segment=before_segment, on_segment=on_segment, report=report)
+            t_stop = time.perf_counter()
+            codes = net.stop()
+            stopped = True
+            stop_s = time.perf_counter() - t_stop
+        finally:
+            if not stopped:
+                codes = net.stop()
+                bad = {n: c for n, c in codes.items() if c != 0}
+                if bad:
+                    log.warning("FL nodes stopped after a failure; exit codes %s", bad)
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                for key, p in net.nodes.items():
+                    if p.log_path.is_file():
+                        shutil.copyfile(p.log_path, log_dir / f"fl-{key}.log")
+        bad = {n: c for n, c in codes.items() if c != 0}
+        if bad:
+            raise NodeError(f"FL node processes did not stop cleanly after SIGTERM (exit codes {bad})")
+        summary = {k: v for k, v in res.items() if k not in ("flower", "final_params", "wall_s", "segments")}
+        report("train", spec.rounds, spec.rounds, "training over the nodes done")
+        return NodesTraining(summary=summary, flower=list(res.get("flower") or []),
+                             final_params=list(res.get("final_params") or []),
+                             blocks_used=mask_blocks_used(Path(data_dir), list(setup.secagg.pairs(names)), since),
+                             startup_s=startup, exit_codes=codes, wall_s=float(res["wall_s"]), stop_s=stop_s,
+                             segments=list(res["segments"]))
     finally:
-        fl.close(log_dir)
-    bad = {n: c for n, c in codes.items() if c != 0}
-    if bad:
-        raise NodeError(f"FL node processes did not stop cleanly after SIGTERM (exit codes {bad})")
-    summary = {k: v for k, v in res.items() if k not in ("flower", "final_params", "wall_s", "segments")}
-    report("train", spec.rounds, spec.rounds, "training over the nodes done")
-    return NodesTraining(summary=summary, flower=list(res.get("flower") or []),
-                         final_params=list(res.get("final_params") or []),
-                         blocks_used=mask_blocks_used(Path(data_dir), list(setup.secagg.pairs(names)), since),
-                         startup_s=fl.startup, exit_codes=codes, wall_s=float(res["wall_s"]), stop_s=fl.stop_s,
-                         segments=list(res["segments"]))
+        shutil.rmtree(work, ignore_errors=True)
