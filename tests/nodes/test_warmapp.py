@@ -113,3 +113,26 @@ def test_the_serverapp_shim_reads_its_own_socket_variable_and_wait_zygote_waits_
     assert fed.wait_zygote(timeout_s=5) is True
     (warm / "zygote.sock").unlink()
     assert fed.wait_zygote(timeout_s=0.3) is False  # nothing listens: the shim runs Flower's own program
+
+
+def test_the_zygote_stops_on_sigterm_with_0_its_socket_removed_and_its_log_written(tmp_path: Path) -> None:
+    """SIGTERM: the zygote closes and removes its socket, logs how many processes it served and exits
+    with 0 (it leaves with ``os._exit``, skipping the interpreter's teardown of what it imported)."""
+    (tmp_path / "warm_entry_mod.py").write_text(ENTRY)
+    sock = tmp_path / "z.sock"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "labqfl.nodes.warmapp", "zygote", str(sock), str(os.getpid()),
+                             "warm_entry_mod:main"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"READY {sock}"
+        assert _call(_shim(tmp_path), sock, tmp_path, "x", "0").returncode == 0  # one child served
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0
+    assert not sock.exists()
+    assert "zygote stops after 1 processes" in err
