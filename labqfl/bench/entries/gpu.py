@@ -82,7 +82,7 @@ def _ldpc(dev: torch.device, quick: bool) -> list[dict[str, Any]]:
     from labqfl.qkd.ldpc import plan_ldpc, reconcile_ldpc
 
     rows = []
-    qbers = (0.02, 0.06) if quick else LDPC_QBERS
+    qbers = (0.06,) if quick else LDPC_QBERS
     frames = 2 if quick else LDPC_FRAMES
     for i, q in enumerate(qbers):
         code_n = 4096 if quick else None
