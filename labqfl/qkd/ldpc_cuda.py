@@ -184,6 +184,14 @@ def _decode(amin, row_ptr, bcol, bshift, Z, synd, L, R, frames, weight, max_iter
         out[cuda.blockIdx.x] = result
 
 
+@cuda.jit
+def _wipe(a):  # type: ignore[no-untyped-def]
+    """Zero a 2-D device array: block r clears row r."""
+    r = cuda.blockIdx.x
+    for j in range(cuda.threadIdx.x, a.shape[1], cuda.blockDim.x):
+        a[r, j] = 0
+
+
 def _probe(x):  # type: ignore[no-untyped-def]
     x[0] = x[0] + np.float32(1.0)
 
@@ -240,6 +248,8 @@ def qc_decode_frames_cuda(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bshi
     h_L = d_L.copy_to_host(stream=stream)
     h_R = d_R.copy_to_host(stream=stream)
     d_out.copy_to_host(out, stream=stream)
+    for a in (d_L, d_R):  # the posteriors' signs are Bob's corrected key: zero them before the memory is freed
+        _wipe[a.shape[0], 256, stream](a)
     stream.synchronize()  # the copies above are asynchronous on a stream: read them only after this
     L[fr] = h_L
     R[fr] = h_R

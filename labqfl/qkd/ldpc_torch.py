@@ -273,11 +273,21 @@ def qc_decode_frames_torch(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bsh
         pos = pos[~done]
         if pos.size == 0:
             break
-        Ld, Rd, Sd = Ld[kt], Rd[kt], Sd[kt]
+        kept = Ld[kt], Rd[kt]
+        _wipe(Ld, Rd)
+        (Ld, Rd), Sd = kept, Sd[kt]
     if pos.size:
         pt = torch.from_numpy(pos).to(dev)
         Lout.index_copy_(0, pt, Ld)
         Rout.index_copy_(0, pt, Rd)
-    L[fr] = Lout.cpu().numpy()
+    L[fr] = Lout.cpu().numpy()  # copies into the caller's arrays before the device state is wiped
     R[fr] = Rout.cpu().numpy()
+    _wipe(Ld, Rd, Lout, Rout)
     return out
+
+
+def _wipe(*state: torch.Tensor) -> None:
+    """Zero the decoder's state tensors (posteriors whose signs are Bob's corrected key) before
+    torch's allocator can reuse their memory. The per-layer temporaries are not wiped."""
+    for t in state:
+        t.zero_()

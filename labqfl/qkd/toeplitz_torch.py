@@ -10,7 +10,9 @@ float64 FFT pair of length ``N = next_fast_len(n + m − 1)`` (cuFFT on a GPU), 
 
 If either check fails, the exact CPU path (:func:`labqfl.qkd.toeplitz.toeplitz_hash`, carry-less
 GF(2) arithmetic, no rounding) computes the result instead, so no rounded value can leave this
-module. For 10^7 input bits the a-priori bound is ≈ 10^−6. The CPU paths stay the default of the
+module. For 10^7 input bits the a-priori bound is ≈ 10^−6. The device buffers that hold the input
+bits or anything computed from them (the output included) are zeroed before they are given back to
+torch's allocator, as the key store wipes its key material (:mod:`labqfl.keystore.material`). The CPU paths stay the default of the
 pipeline; this one is for hosts with a GPU (``labqfl bench gpu``) and is tested on ``"cpu"``
 against randextract's convention bit for bit (tests/qkd/test_toeplitz_torch.py).
 """
@@ -40,7 +42,7 @@ def toeplitz_hash_torch(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, *
     except ValueError as exc:
         raise QKDInputError(str(exc)) from None
     L = n + m - 1
-    x = torch.from_numpy(np.ascontiguousarray(bits)).to(dev)
+    x = torch.from_numpy(np.ascontiguousarray(bits)).to(dev, copy=True)  # ours to wipe (never the caller's array)
     u = torch.roll(torch.from_numpy(np.ascontiguousarray(seed_bits)).to(dev), -m)
     stats = torch.stack([x.max().to(torch.int64), u.max().to(torch.int64),
                          x.sum(dtype=torch.int64), u.sum(dtype=torch.int64)]).cpu().tolist()
@@ -50,14 +52,20 @@ def toeplitz_hash_torch(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, *
     nfft = sfft.next_fast_len(L, real=True)
     if fft_rounding_bound(stats[2], stats[3], nfft) >= 0.25:
         return toeplitz_hash(bits, seed_bits, m)
-    fx = torch.fft.rfft(x.to(torch.float64), nfft)
-    fx *= torch.fft.rfft(u.to(torch.float64), nfft)
-    del u
-    z = torch.fft.irfft(fx, nfft)[n - 1:L]
-    del fx
-    r = torch.round(z)
-    err = (z - r).abs().max()
-    out = (r.to(torch.int64) & 1).to(torch.uint8)
-    if float(err.cpu()) >= 0.125:
-        return toeplitz_hash(bits, seed_bits, m)
-    return out.cpu().numpy()
+    secret: list[torch.Tensor] = [x]  # device buffers derived from the key: wiped before they are freed
+    try:
+        xf = x.to(torch.float64)
+        fx = torch.fft.rfft(xf, nfft)
+        fx *= torch.fft.rfft(u.to(torch.float64), nfft)
+        zf = torch.fft.irfft(fx, nfft)
+        z = zf[n - 1:L]
+        r = torch.round(z)
+        d = (z - r).abs_()
+        out = (r.to(torch.int64) & 1).to(torch.uint8)
+        secret += [xf, fx, zf, r, d, out]
+        if float(d.max().cpu()) >= 0.125:
+            return toeplitz_hash(bits, seed_bits, m)
+        return out.to("cpu", copy=True).numpy()  # a host copy: ``out`` itself is wiped below
+    finally:
+        for t in secret:
+            t.zero_()

@@ -83,3 +83,31 @@ def test_bad_inputs_get_one_clear_error():
 def test_cuda_without_a_gpu_is_refused_clearly():
     with pytest.raises(QKDInputError, match="sees no CUDA device"):
         toeplitz_hash_torch(np.zeros(10, np.uint8), np.zeros(14, np.uint8), 5, device="cuda")
+
+
+def test_device_buffers_holding_key_material_are_zeroed(monkeypatch):
+    """The input bits, their spectrum, the convolution and the output are wiped on the device
+    before torch may reuse the memory (the result handed back is a host copy)."""
+    rng = np.random.default_rng(5)
+    n, m = 4000, 1000
+    x = rng.integers(0, 2, n, dtype=np.uint8)
+    s = rng.integers(0, 2, n + m - 1, dtype=np.uint8)
+    seen: list[torch.Tensor] = []
+    irfft, rfft = torch.fft.irfft, torch.fft.rfft
+
+    def keep(fn):
+        def wrapped(*a, **k):
+            seen.append(a[0])  # the inputs (the bits as floats, the product spectrum)
+            out = fn(*a, **k)
+            seen.append(out)
+            return out
+        return wrapped
+
+    monkeypatch.setattr(torch.fft, "rfft", keep(rfft))
+    monkeypatch.setattr(torch.fft, "irfft", keep(irfft))
+    x0 = x.copy()
+    got = toeplitz_hash_torch(x, s, m)
+    assert np.array_equal(x, x0)  # the caller's bits are not wiped
+    assert np.array_equal(got, toeplitz_hash_reference(x, s, m)) and got.any()
+    secret = [seen[0], seen[1], seen[4], seen[5]]  # bits (float), their spectrum, product spectrum, convolution
+    assert all(t.abs().max().item() == 0 for t in secret)

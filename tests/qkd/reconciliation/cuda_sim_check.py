@@ -37,5 +37,16 @@ def main() -> None:
                               "R_nonzero": bool(np.any(Ra != 0))}))
 
 
+def wipe() -> None:
+    from numba import cuda
+
+    from labqfl.qkd.ldpc_cuda import _wipe
+
+    a = cuda.to_device(np.arange(3 * 300, dtype=np.float32).reshape(3, 300) + 1)
+    _wipe[3, 256](a)
+    print(json.dumps({"wiped": bool(not a.copy_to_host().any())}))
+
+
 if __name__ == "__main__":
     main()
+    wipe()

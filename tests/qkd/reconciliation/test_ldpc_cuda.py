@@ -24,7 +24,9 @@ def test_the_kernel_in_the_cuda_simulator_equals_the_cpu_kernels_bit_for_bit():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cases = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines[-1] == {"wiped": True}  # the kernel that zeroes the posteriors before they are freed
+    cases = lines[:-1]
     assert [(c["rule"], c["budget"]) for c in cases] == [("minsum", 2), ("minsum", 6), ("amin", 2), ("amin", 6)]
     for c in cases:
         assert c["cuda"] == c["cpu"], c
@@ -90,3 +92,32 @@ def test_a_cuda_target_that_cannot_compile_is_named_and_the_torch_path_runs(monk
     res = bob.run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
     assert res.details["decoder_backend"] == "torch" and res.details["decoder_backend_note"] == problem
     assert devices and set(devices) == {"cuda"} and res.success
+
+
+def test_the_torch_decoder_wipes_its_state_and_keeps_the_callers_result(monkeypatch):
+    from labqfl.qkd import ldpc_torch
+    from labqfl.qkd.ldpc import build_code, minsum_weights
+    from labqfl.qkd.ldpc_qc import qc_minsum_frames
+
+    code = build_code(1024, 0.7, 1, 32)
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2, (3, code.n), dtype=np.uint8)
+    y = x ^ (rng.random((3, code.n)) < 0.01).astype(np.uint8)
+    synd = np.stack([code.syndrome(r) for r in x])
+    L0 = np.where(y == 1, -4.6, 4.6).astype(np.float32)
+    w = minsum_weights(code)
+    base = (code.base_ptr, code.base_col, code.base_shift, code.z, synd)
+    La, Ra = L0.copy(), np.zeros((3, code.edges), np.float32)
+    Lb, Rb = L0.copy(), np.zeros((3, code.edges), np.float32)
+    wiped: list[object] = []
+    real = ldpc_torch._wipe
+
+    def record(*state):
+        real(*state)
+        wiped.extend(state)
+
+    monkeypatch.setattr(ldpc_torch, "_wipe", record)
+    ra = qc_minsum_frames(*base, La, Ra, np.arange(3), w, 20)
+    rb = ldpc_torch.qc_decode_frames_torch("minsum", *base, Lb, Rb, np.arange(3), w, 20, device="cpu")
+    assert np.array_equal(ra, rb) and np.array_equal(La, Lb) and np.array_equal(Ra, Rb) and (ra > 0).any()
+    assert len(wiped) >= 4 and all(not t.any() for t in wiped)  # type: ignore[attr-defined]
