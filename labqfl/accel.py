@@ -17,22 +17,23 @@ import torch
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
-def torch_device(name: object, *, what: str = "device") -> torch.device:
+def torch_device(name: object, *, what: str = "device", error: type[Exception] = ValueError) -> torch.device:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a :class:`torch.device`, checked to exist.
 
-    ``what`` names the argument in the error message. Raises ValueError naming the value and what
-    is expected (a malformed name, CUDA without a visible CUDA device, or a device index out of range).
+    ``what`` names the argument in the error message. Raises ``error`` (the caller's input-error
+    class) naming the value and what is expected: a malformed name, CUDA without a visible CUDA
+    device, or a device index out of range.
     """
     if not isinstance(name, str) or not _DEVICE.match(name):
-        raise ValueError(f"{what}: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
+        raise error(f"{what}: expected 'cpu', 'cuda' or 'cuda:N', got {name!r}")
     dev = torch.device(name)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{what}: {name!r} asked for, but torch {torch.__version__} sees no CUDA device "
+            raise error(f"{what}: {name!r} asked for, but torch {torch.__version__} sees no CUDA device "
                              "(a CPU-only build or no GPU); use 'cpu'")
         count = torch.cuda.device_count()
         if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{what}: {name!r} asked for, but torch sees {count} CUDA device(s) (0..{count - 1})")
+            raise error(f"{what}: {name!r} asked for, but torch sees {count} CUDA device(s) (0..{count - 1})")
     return dev
 
 

@@ -792,8 +792,8 @@ class LdpcBob:
         self.backend: str | None = None  # "numba-cuda" or "torch", chosen at the first decode on a device
         self.backend_note: str | None = None  # why a CUDA device runs the torch path, if it does
         if device is not None:
-            from labqfl.qkd.ldpc_torch import resolve_device
-            resolve_device(device)
+            from labqfl.accel import torch_device
+            torch_device(device, what="LDPC device", error=ReconciliationInputError)
         self.bits = bob_bits
         self.qber = float(qber)
         self.plan = plan or plan_ldpc(self.qber)

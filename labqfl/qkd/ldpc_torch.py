@@ -36,7 +36,7 @@ import torch
 from labqfl.accel import torch_device
 from labqfl.qkd.reconciliation import ReconciliationInputError
 
-__all__ = ["RULES", "qc_decode_frames_torch", "resolve_device"]
+__all__ = ["RULES", "qc_decode_frames_torch"]
 
 RULES = ("minsum", "amin")
 """``minsum``: as :func:`~labqfl.qkd.ldpc_qc.qc_minsum_frames`; ``amin``: as
@@ -45,15 +45,6 @@ RULES = ("minsum", "amin")
 _BIG = 3.0e38  # the kernels' initial min / ⊞ value (np.float32(3.0e38))
 # _bpx's piecewise-linear f(u) = max(0.6931 − 0.38·u, 0.445 − 0.132·u, 0) (labqfl.qkd.ldpc_qc)
 _C0, _C1, _C2, _C3 = 0.6931, 0.38, 0.445, 0.132
-
-
-def resolve_device(device: object) -> torch.device:
-    """``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``) as a torch device, or one clear
-    ReconciliationInputError naming the value and what is expected."""
-    try:
-        return torch_device(device, what="LDPC device")
-    except ValueError as exc:
-        raise ReconciliationInputError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -245,7 +236,7 @@ def qc_decode_frames_torch(rule: str, row_ptr: np.ndarray, bcol: np.ndarray, bsh
     """
     if rule not in RULES:
         raise ReconciliationInputError(f"qc_decode_frames_torch: rule must be one of {RULES}, got {rule!r}")
-    dev = resolve_device(device)
+    dev = torch_device(device, what="LDPC device", error=ReconciliationInputError)
     Eb = _check_code(row_ptr, bcol, bshift, Z, weight)
     mb = row_ptr.size - 1
     fr = _check_state(synd, L, R, frames, mb * Z, (int(bcol.max()) + 1) * Z, Eb * Z)

@@ -37,10 +37,7 @@ def toeplitz_hash_torch(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, *
     transfers included); ``device``: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     """
     n, m = _check(bits, seed_bits, out_len, values=False)
-    try:
-        dev = torch_device(device)
-    except ValueError as exc:
-        raise QKDInputError(str(exc)) from None
+    dev = torch_device(device, error=QKDInputError)
     L = n + m - 1
     x = torch.from_numpy(np.ascontiguousarray(bits)).to(dev, copy=True)  # ours to wipe (never the caller's array)
     u = torch.roll(torch.from_numpy(np.ascontiguousarray(seed_bits)).to(dev), -m)
