@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.config import StationConfig
-from labqfl.contracts.types import DEFAULT_ENGINE
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
 from labqfl.errors import ConfigError, DataFormatError, LabqflError
 from labqfl.log import get_logger
 from labqfl.planning import MAX_TOP_UPS
@@ -58,7 +58,7 @@ ProgressFn = Callable[[str, float, float, str], None]
 class JobSettings:
     """Options of ``labqfl run`` (see its ``--help``)."""
 
-    duration_s: float = 60.0
+    duration_s: float = DEFAULT_DURATION_S
     task: str = "mnist-qnn"
     rounds: int = 10
     q: int = 8

@@ -31,6 +31,12 @@ ENGINES = ("cascade", "ldpc")
 #: The engine every front end and settings object uses unless told otherwise.
 DEFAULT_ENGINE = ENGINES[0]
 
+#: Station time the default ``labqfl run`` acquires [s]. On the default station 10 s is one block of
+#: 1.67e8 slots per pair by the block-size rule, predicted 57-86 kbit/s per pair (docs/station.md);
+#: 60 s (1e9 slots per pair, the block the embedded operating point is optimised for) predicts
+#: 73-101 kbit/s, and the whole job takes about three times as long on two cores (docs/nodes.md).
+DEFAULT_DURATION_S = 10.0
+
 OUTCOME_D0 = 1
 OUTCOME_D1 = 2
 OUTCOME_BOTH = 3

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import load_station_config
+from labqfl.contracts.types import DEFAULT_DURATION_S
 from labqfl.qkd.keyrate import predict_station
 from labqfl.runs import dump_toml
 
@@ -48,9 +49,10 @@ def test_write_config_needs_optimize(tmp_path: Path) -> None:
 
 
 def test_embedded_station_predicts_the_papers_rate_on_every_pair_for_the_main_jobs_block() -> None:
-    """`labqfl run` (60 s) distils one block of 1e9 slots per pair; the embedded operating point
-    is optimised for it (docs/station.md)."""
+    """`labqfl run` (10 s by default) distils one block of 1.67e8 slots per pair; with 60 s (1e9
+    slots per pair, the block the embedded operating point is optimised for) more (docs/station.md)."""
     cfg = load_station_config()
-    n = 60.0 * cfg.laser.rep_rate_hz / len(cfg.pairs())
-    for p in predict_station(cfg, n):
-        assert p.bits_per_second >= PAPER_RATE_BPS * 1.2, (p.pair, p.bits_per_second)
+    for duration in (DEFAULT_DURATION_S, 60.0):
+        n = duration * cfg.laser.rep_rate_hz / len(cfg.pairs())
+        for p in predict_station(cfg, n):
+            assert p.bits_per_second >= PAPER_RATE_BPS * 1.5, (duration, p.pair, p.bits_per_second)
