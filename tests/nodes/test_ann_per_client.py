@@ -55,7 +55,7 @@ def announced(short_loop_seeded_station):
     wires = {c: _Wire() for c in cfg.client_names}
     blocks: list[dict[str, Any]] = []
     prev = 0
-    for b in tb.stream(DURATION):
+    for b in tb.stream(DURATION, 0.01):  # 10 ms tag blocks: several per acquisition
         events = slotter.push(b)
         hi = slotter.final_slots
         if hi > prev:

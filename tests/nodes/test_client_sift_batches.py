@@ -38,7 +38,7 @@ def acquisition(short_loop_seeded_station):
     blocks, slotted and split by pair as the detector node announces them."""
     cfg = short_loop_seeded_station
     tb = SagnacTestbed(cfg)
-    blocks = list(tb.stream(DURATION))
+    blocks = list(tb.stream(DURATION, 0.01))  # 10 ms tag blocks: several per pair batch
     schedule = PairSchedule.from_config(cfg)
     slotter = make_slotter(SlottingParams.from_config(cfg), schedule)
     chunks: list[_Chunk] = []

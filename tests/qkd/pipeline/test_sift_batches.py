@@ -22,7 +22,7 @@ def acquisition(short_loop_seeded_station):
     """0.1 s of the default station on a short loop (seeded clients, pinned epoch), 10 ms tag blocks."""
     cfg = short_loop_seeded_station
     tb = SagnacTestbed(cfg)
-    return cfg, list(tb.stream(0.1)), tb.client_logs()
+    return cfg, list(tb.stream(0.1, 0.01)), tb.client_logs()  # 10 ms tag blocks: several per batch
 
 
 def _sifted_blocks(acquisition, monkeypatch, **batch):
