@@ -31,6 +31,7 @@ from labqfl.errors import ConfigError, LabqflError
 from labqfl.instruments.base import Instrument
 from labqfl.log import get_logger
 from labqfl.net import NodeChannel, NodeCredentials, NodeServer, ServedSession
+from labqfl.nodes.heap import keep_freed_memory
 from labqfl.qkd.messaging import Channel, Message, MessageError, decode_message, encode_message
 
 log = get_logger(__name__)
@@ -345,6 +346,7 @@ class Node:
         # cleanly stopped node (exit -15 instead of 0).
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
+        keep_freed_memory()  # every tag block's arrays from kept pages, not fresh zeroed ones (labqfl.nodes.heap)
         # after the handlers: a signal while they open ends in their safe state too (a failure closes them)
         self.instruments.open()
         try:
