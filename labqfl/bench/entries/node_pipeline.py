@@ -41,11 +41,18 @@ from labqfl.bench import BenchResult, benchmark
 WARMUP_S = 0.1
 
 
+def _block_ms() -> float:
+    """The embedded station's tag block [ms]."""
+    from labqfl.config import load_station_config
+
+    return load_station_config().simulation.block_duration_s * 1e3
+
+
 def _station(path: Path) -> Path:
     """The embedded 4-client station on a short loop (its pairs reach key within a fraction of a
-    second), with the default station's 10 ms tag blocks (one ``tags/block``, one ``mod/query`` per
-    client and one ``ann/chunks`` per client, for all its pairs, every 10 ms, as the default station runs; 50 ms blocks until
-    2026-12-04 hid the per-chunk costs: docs/nodes.md, "Measured")."""
+    second), with the default station's tag blocks (``simulation.block_duration_s``: one ``tags/block``,
+    one ``mod/query`` per client and one ``ann/chunks`` per client, for all its pairs, per block;
+    docs/nodes.md, "Measured" and "Tag blocks of 50 ms")."""
     from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
     from labqfl.planning import station_toml
 
@@ -155,7 +162,7 @@ def _node_pipeline(quick: bool) -> BenchResult:
         baseline="the same acquisition + distillation in one process (SagnacTestbed + Distiller + key stores)",
         baseline_figure=main["in_process_sim_s_per_wall_s"],
         passed=all(r["ok"] for r in runs.values()) if not quick else None,
-        details={"station": "embedded default station (4 clients, 10 km loop, 10 ms tag blocks)", **main,
+        details={"station": f"embedded default station (4 clients, 10 km loop, {_block_ms():g} ms tag blocks)", **main,
                  "short_loop": ({"station": "embedded 4-client station, 0.2 km loop segments", **runs["short_loop"]}
                                 if "short_loop" in runs else None),
                  "load_average": [round(load0, 2), round(load1, 2)]})
