@@ -3,12 +3,13 @@
 A node allocates and frees arrays of a few MB for every tag block: the optics' queries and
 answers, the clients' choices, announcements and sifting batches. With glibc's defaults many of
 them are served by ``mmap`` or returned by trimming the heap, so the next block's arrays arrive
-as fresh pages that the kernel zeroes and faults in one by one. Measured on the default station's
-10 s over nodes (`labqfl node up --duration 10`, six node processes on two cores,
-``docs/scripts/node_cpu.py``, alternated): 310 000–560 000 minor page faults per client and the
-kernel's page zeroing (``clear_page_erms``) 7.6 % of a client's CPU samples in ``perf``; with the
-settings below 68 000–79 000 faults per client, all nodes 40.8–46.0 CPU s instead of 45.3–51.0, the
-acquisition 17.2–19.1 s instead of 19.6–22.3 s (docs/nodes.md, "Freed memory stays in the node").
+as fresh pages that the kernel zeroes and faults in one by one: on the default station's 10 s over
+nodes, 310 000–560 000 minor page faults per client, and the kernel's page zeroing
+(``clear_page_erms``) 7.6 % of a client's CPU samples in ``perf``. With this function called as every
+node starts serving (`labqfl node up --duration 10` through ``docs/scripts/node_cpu.py``, alternated
+three times against the same tree without the call): the acquisition 17.5–20.5 s instead of
+19.9–23.1 s, all nodes 41.6–47.9 CPU s instead of 45.3–53.1, 0.42·10^6 minor faults in all instead of
+1.7–1.9·10^6 (docs/nodes.md, "Freed memory stays in the node").
 
 The settings (``mallopt``, glibc's ``malloc.h``): ``M_MMAP_THRESHOLD`` 32 MiB (glibc's largest;
 blocks up to it come from the heap), ``M_TRIM_THRESHOLD`` 1 GiB (free memory at the top of the
