@@ -45,10 +45,11 @@ counted slots, never in a shifted index:
 * marker off the frame grid (a duplicated marker, a glitch): the frame it falls in is dropped
   (``spurious_markers``); if it lies within one slot after the previous marker (a duplicate of it:
   which of the two starts the frame is unknown) the frame before is dropped too;
-* re-lock: if the next marker lies on the grid of an off-grid marker and not on the chain's, the
-  chain moves to that grid (``marker_relocks``; a glitch that was accepted in place of a lost
-  marker cannot shift later frames); the frames on both sides of the contradicted marker are
-  dropped.
+* re-lock: if the next marker lies on the grid of an off-grid marker and not on the chain's (or
+  nearer that grid than the chain's: before the period is measured the chain's tolerance includes
+  the clock's), the chain moves to that grid (``marker_relocks``; a glitch that was accepted in
+  place of a lost marker, or a duplicate just before the first one, cannot shift later frames);
+  the frames on both sides of the contradicted marker are dropped.
 
 A frame is therefore final only once the marker after the next one is in.
 
@@ -599,12 +600,13 @@ class Slotter(_SlotProgress):
         F = p.frame_slots
         at, ak, ok = self._anchor_t.tolist(), self._anchor_k.tolist(), self._anchor_ok.tolist()
 
-        def fit(t0: int, t: int) -> tuple[int, bool]:
-            """Frames from a marker at t0 to one at t, and whether t lies on that frame grid."""
+        def fit(t0: int, t: int) -> tuple[int, bool, float]:
+            """Frames from a marker at t0 to one at t, whether t lies on that frame grid, and how far
+            off it it lies [slots]."""
             g = (t - t0) / self._period_est  # slots
             gi = math.floor(g / F + 0.5)
             tol = p.marker_tolerance_slots + (0.0 if self._period_measured else p.clock_tolerance_ppm * 1e-6 * g)
-            return gi, gi >= 1 and abs(g - gi * F) <= tol
+            return gi, gi >= 1 and abs(g - gi * F) <= tol, abs(g - gi * F)
 
         for t in marker_t.tolist():
             if not self._have_prev:
@@ -621,10 +623,14 @@ class Slotter(_SlotProgress):
                     self.dropped_sync.add(0, k0 * F)
                     self._dropped.add(0, k0 * F)
                 continue
-            gi, on_grid = fit(at[-1], t)
-            if not on_grid and self._cand is not None:
-                gci, relock = fit(self._cand[0], t)
-                if relock:
+            gi, on_grid, off = fit(at[-1], t)
+            if self._cand is not None:
+                gci, relock, off_cand = fit(self._cand[0], t)
+                # the off-grid marker's grid wins when it fits this marker and the chain does not, or
+                # fits it better: before the period is measured the chain's tolerance includes the
+                # clock's, wide enough to take a marker a fraction of a slot off (a duplicate just
+                # before the first marker would otherwise set a wrong period and lose every frame)
+                if relock and (not on_grid or off_cand < off):
                     # this marker confirms the earlier off-grid one: the chain moves to their grid
                     # (the frames in between stay dropped)
                     self.stats.marker_relocks += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from numba.typed import List as NumbaList
 from qkdpp_helpers import D0, D1, SYNC, make_params, split_blocks, synth_stream
@@ -139,7 +139,10 @@ def test_fused_matches_two_stages_with_frame_markers_and_lost_data(seed, drift, 
     anns, res = two_stage([block], p, sched, logs, 8 * F, seed)
     fused = slot_sift(block, p, sched, logs, SETUPS, 8 * F, np.random.default_rng(seed))
     assert_same(fused, anns, res)
-    assert sum(a.slots.size for a in anns.values()) > 0
+    # Some draws legitimately keep no frame: with markers 1 and 5 missing and 3 and 7 duplicated,
+    # every frame of the 8 lacks a sure start or end marker (docs of labqfl.qkd.slotting). The two
+    # paths must still agree (above), but such a draw does not count towards the 20 examples.
+    assume(sum(a.slots.size for a in anns.values()) > 0)
 
 
 def test_known_answer_one_pair():

@@ -207,6 +207,26 @@ def test_duplicated_marker_drops_and_counts_its_frames(dt: int, dropped: set[int
     assert s.stats.dropped_slots_sync == len(dropped) * F
 
 
+@pytest.mark.parametrize("dt", [-2_501, -5_000, -9_000])
+def test_a_duplicate_just_before_the_first_marker_costs_frame_zero_only(dt: int) -> None:
+    # The chain starts at the stray marker a fraction of a slot early; the true marker after it is
+    # off that grid (a candidate). Before the period is measured the chain's tolerance also takes the
+    # next marker, 0.25-0.9 slot off: it used to be accepted, the period measured from the stray
+    # marker was wrong by that much per frame, and every later marker fell off the grid (all 8 frames
+    # lost; found by test_slotsift's property test, seed 0, duplicate {0: -2501}). The candidate's
+    # grid fits that marker exactly, so the chain moves to it: only frame 0 (ambiguous) is dropped.
+    rng = np.random.default_rng(0)
+    F = 1024
+    p = mparams(frame_slots=F)
+    ts, ch, slots, outc = marker_stream(rng, p, 8, duplicates={0: dt}, p_click=0.1)
+    got, s = run(p, split_blocks(rng, ts, ch, 3))
+    want_s, want_o = expect(slots, outc, {0}, F)
+    np.testing.assert_array_equal(got.slots, want_s)
+    np.testing.assert_array_equal(got.outcomes, want_o)
+    assert s.stats.spurious_markers == 1 and s.stats.marker_relocks == 1 and s.stats.missing_markers == 0
+    assert s.stats.dropped_slots_sync == F
+
+
 def test_lost_data_interval_drops_and_counts_the_slots_it_can_touch() -> None:
     rng = np.random.default_rng(6)
     F = 4096
