@@ -22,7 +22,7 @@ returns False.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+from typing import Any
 
 #: glibc malloc.h parameter numbers
 M_TRIM_THRESHOLD = -1
@@ -34,15 +34,15 @@ TRIM_THRESHOLD_BYTES = 1 << 30
 TOP_PAD_BYTES = 64 << 20
 
 
+def _libc() -> Any:
+    """The C library this process already runs on (its own symbols: no library search, no subprocess)."""
+    return ctypes.CDLL(None)
+
+
 def keep_freed_memory() -> bool:
     """Apply the module's ``mallopt`` settings to this process; True when the C library took all three."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int

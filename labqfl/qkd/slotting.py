@@ -605,8 +605,9 @@ class Slotter(_SlotProgress):
             off it it lies [slots]."""
             g = (t - t0) / self._period_est  # slots
             gi = math.floor(g / F + 0.5)
+            off = abs(g - gi * F)
             tol = p.marker_tolerance_slots + (0.0 if self._period_measured else p.clock_tolerance_ppm * 1e-6 * g)
-            return gi, gi >= 1 and abs(g - gi * F) <= tol, abs(g - gi * F)
+            return gi, gi >= 1 and off <= tol, off
 
         for t in marker_t.tolist():
             if not self._have_prev:
