@@ -627,10 +627,8 @@ class Slotter(_SlotProgress):
             gi, on_grid, off = fit(at[-1], t)
             if self._cand is not None:
                 gci, relock, off_cand = fit(self._cand[0], t)
-                # the off-grid marker's grid wins when it fits this marker and the chain does not, or
-                # fits it better: before the period is measured the chain's tolerance includes the
-                # clock's, wide enough to take a marker a fraction of a slot off (a duplicate just
-                # before the first marker would otherwise set a wrong period and lose every frame)
+                # the off-grid marker's grid wins where the chain's misses this marker or fits it worse
+                # (before the period is measured: a stray marker just before the first, module docstring)
                 if relock and (not on_grid or off_cand < off):
                     # this marker confirms the earlier off-grid one: the chain moves to their grid
                     # (the frames in between stay dropped)
