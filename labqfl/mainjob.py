@@ -300,7 +300,7 @@ class MainJob:
     def _acquire_and_distil(self) -> None:
         s = self.settings
         self._phase("acquire", "running")
-        self.state["acquire"] = self._acquire(s.duration_s, what=f"the acquisition of --duration {s.duration_s:g} s",
+        self.state["acquire"] = self._acquire(s.duration_s, what="--duration",
                                               hint="use a longer --duration or force a block size with --block-bits")
         self._phase("acquire", "done")
         for name, pd in self.state["acquire"]["pairs"].items():

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from labqfl.cli.common import JSON_OPTION, emit, handle_errors
-from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
 STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
                        dir_okay=False)
@@ -21,25 +21,56 @@ LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (po
 CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (labqfl.net.make_node_certs).")
 
 
-def _settings(block_bits: int, engine: str, min_final_bits: int, block_slots: int | None, eps_sec: float,
-              pair_block_slots: list[str] | None = None, pair_min_final_bits: list[str] | None = None) -> Any:
+def _settings(station: Path | None, block_bits: int | None, engine: str, min_final_bits: int | None,
+              block_slots: int | None, eps_sec: float, pair_block_slots: list[str] | None = None,
+              pair_min_final_bits: list[str] | None = None, *, duration: float | None = None,
+              what: str = "the stream") -> tuple[Any, Any]:
+    """The clients' :class:`~labqfl.qkd.pipeline.DistillSettings` and the block-size plan they come
+    from (None when block sizes are forced). With no block size given (``--block-bits``,
+    ``--block-slots``, ``--pair-block-slots``) the block-size rule decides, as in ``labqfl run`` and
+    ``labqfl distill``: for ``duration`` seconds of data (``node up``) or an open-ended stream
+    (``node client``). ``--min-final-bits`` / ``--pair-min-final-bits`` override the rule's smallest
+    final block."""
+    import dataclasses
+
     from labqfl.errors import ConfigError
     from labqfl.qkd.estimation import SecurityParameters
     from labqfl.qkd.pipeline import DistillSettings
 
-    def per_pair(items: list[str] | None, what: str) -> dict[str, int] | None:
+    def per_pair(items: list[str] | None, what_: str) -> dict[str, int] | None:
         out: dict[str, int] = {}
         for it in items or []:
             pair, sep, n = it.partition("=")
             if not sep or not n.isdigit():
-                raise ConfigError(f"{what}: {it!r} is not PAIR=INTEGER (e.g. C1-C2=400000)")
+                raise ConfigError(f"{what_}: {it!r} is not PAIR=INTEGER (e.g. C1-C2=400000)")
             out[pair] = int(n)
         return out or None
 
-    return DistillSettings(block_bits=block_bits, engine=engine, min_final_block_bits=min_final_bits,
-                           block_slots=block_slots, params=SecurityParameters(eps_sec=eps_sec),
-                           pair_block_slots=per_pair(pair_block_slots, "--pair-block-slots"),
-                           pair_min_final_block_bits=per_pair(pair_min_final_bits, "--pair-min-final-bits"))
+    params = SecurityParameters(eps_sec=eps_sec)
+    plan = None
+    if block_bits is None and block_slots is None and not pair_block_slots:
+        from labqfl.app.distill import DistillOptions, distill_settings
+        from labqfl.config import load_station_config
+
+        settings, plan = distill_settings(load_station_config(station), DistillOptions(engine=engine, eps_sec=eps_sec),
+                                          duration, what=what, hint="use a longer --duration or force a block size "
+                                          "with --block-bits")
+    else:
+        settings = DistillSettings(block_bits=1_000_000 if block_bits is None else block_bits, engine=engine,
+                                   block_slots=block_slots, params=params,
+                                   pair_block_slots=per_pair(pair_block_slots, "--pair-block-slots"))
+    if min_final_bits is not None:  # one smallest final block for every pair
+        settings = dataclasses.replace(settings, min_final_block_bits=min_final_bits, pair_min_final_block_bits=None)
+    if pair_min_final_bits:
+        settings = dataclasses.replace(settings, pair_min_final_block_bits=per_pair(pair_min_final_bits,
+                                                                                    "--pair-min-final-bits"))
+    return settings, plan
+
+
+BLOCK_BITS = typer.Option(None, "--block-bits", min=1000, help="Sifted bits per key block (average; default: the "
+                          "block-size rule, docs/postprocessing.md).")
+MIN_FINAL_BITS = typer.Option(None, "--min-final-bits", min=1000, help="Smallest final rest block distilled "
+                              "(default: the block-size rule's, per pair).")
 
 
 NODE_JSON = typer.Option(False, "--json", help="Print the listening line as JSON {node, role, address} on stdout.")
@@ -71,10 +102,10 @@ def _add_client(node_app: typer.Typer) -> None:
         station: Path = STATION, data: Path = DATA, listen: str = LISTEN, certs: Path = CERTS,
         optics: str = typer.Option("", "--optics", help="HOST:PORT of the optics node (or sent by the operator)."),
         peer: list[str] = typer.Option(None, "--peer", help="NAME=HOST:PORT of a partner client (repeatable)."),
-        block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
+        block_bits: int = BLOCK_BITS,
         block_slots: int = typer.Option(None, "--block-slots", help="Slots of the pair per block (overrides --block-bits)."),
         engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
-        min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+        min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         pair_block_slots: list[str] = typer.Option(None, "--pair-block-slots",
                                                    help="PAIR=N: the pair's own block size (block-size rule)."),
@@ -87,8 +118,8 @@ def _add_client(node_app: typer.Typer) -> None:
         from labqfl.nodes.common import parse_addresses
 
         main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
-             settings=_settings(block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
-                                pair_min_final_bits), as_json=as_json)
+             settings=_settings(station, block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
+                                pair_min_final_bits)[0], as_json=as_json)
 
 
 def _add_detector(node_app: typer.Typer) -> None:
@@ -217,10 +248,11 @@ def _add_up(node_app: typer.Typer) -> None:
     @handle_errors
     def up(
         station: Path = STATION,
-        duration: float = typer.Option(0.2, "--duration", help="Acquisition length [simulated s]."),
-        block_bits: int = typer.Option(1_000_000, "--block-bits", help="Sifted bits per key block (average)."),
+        duration: float = typer.Option(DEFAULT_DURATION_S, "--duration", min=0.001,
+                                       help="Acquisition length [simulated s]."),
+        block_bits: int = BLOCK_BITS,
         engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
-        min_final_bits: int = typer.Option(10_000, "--min-final-bits", help="Smallest final rest block distilled."),
+        min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
                                                             "(default: a temporary folder, removed after)."),
@@ -230,16 +262,20 @@ def _add_up(node_app: typer.Typer) -> None:
         certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
         from labqfl.nodes.launch import up as run_up
 
-        s = _settings(block_bits, engine, min_final_bits, None, eps_sec)
+        s, plan = _settings(station, block_bits, engine, min_final_bits, None, eps_sec, duration=duration,
+                            what="--duration")
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
                 out = run_up(station, duration, Path(tmp), settings=s)
         else:
             out = run_up(station, duration, workdir, settings=s)
-        emit(out, as_json, lambda con: _render(con, out))
+        out["block_rule"] = plan.as_dict() if plan is not None else None
+        emit(out, as_json, lambda con: _render(con, out, plan))
 
 
-def _render(con: Any, out: dict[str, Any]) -> None:
+def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:
+    if plan is not None:
+        con.print(plan.summary())
     t = Table("pair", "final key [bit]", "blocks", "aborted", "key rate [bit/s]", "QBER (key)",
               title=f"acquisition {out['acquisition']}: {out['duration_s']} s simulated in {out['wall_s']} s wall")
     for p, d in out["pairs"].items():

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.config import load_station_config
+from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import LabqflError
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
@@ -148,6 +148,16 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
             "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
 
 
+def stream_rule_settings(cfg: StationConfig) -> DistillSettings:
+    """The clients' settings when none are given: the block-size rule's blocks for an open-ended
+    stream (:func:`labqfl.qkd.blocksize.plan_blocks`; every pair its own block size, each block
+    expected to give key), or the pipeline's defaults where the model gives no pair key."""
+    from labqfl.qkd.blocksize import plan_blocks
+
+    plan = plan_blocks(cfg, None)
+    return plan.distill_settings() if plan.sufficient else DistillSettings()
+
+
 class LocalNetwork:
     """Optics + detector + every client of the station as separate processes on loopback."""
 
@@ -158,7 +168,8 @@ class LocalNetwork:
         self.station = station
         self.cfg = load_station_config(station)
         check_node_station(self.cfg, str(station or "the embedded station"))  # before any process starts
-        self.settings = settings or DistillSettings()
+        #: the clients' distillation; default the block-size rule for an open-ended stream (docs/postprocessing.md)
+        self.settings = settings or stream_rule_settings(self.cfg)
         self.env = env or {}
         self.threads = threads
         #: one data folder for every client (labqfl's layout: each touches only keystore/<Ci>.sqlite
