@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from labqfl.sim_backends import client_log
@@ -61,7 +62,6 @@ def test_qrng_clients_and_epochs_independent():
 
 def test_client_log_refuses_csprng_clients():
     """A CSPRNG client's choices are not a function of the station file: nothing rebuilds them."""
-    import pytest
 
     cfg = load_station_config()
     assert cfg.client("C1").randomness == "csprng"
@@ -105,7 +105,6 @@ def test_csprng_pattern_and_random_access_match_the_definition(s0, n, probs, px)
 
 
 def test_csprng_frequencies_fresh_keys_and_private_file(tmp_path):
-    import pytest
     from labqfl.sim_backends.qrng import (
         CsprngChoiceLog,
         PrivateLogMissing,
@@ -153,3 +152,36 @@ def test_seeded_drive_pattern_matches_reference(seed, epoch, s0, n, probs, px):
     ClientQRNGLog("C1", seed, epoch, tuple(probs), px).fill_codes(s0, out)
     k, a = choices_reference(seed, epoch, probs, px, np.arange(s0, s0 + n, dtype=np.int64))
     np.testing.assert_array_equal(out, k * 4 + a)
+
+
+@pytest.mark.parametrize("probs,px", [([0.891, 0.024, 0.085], 0.967), ([0.0, 0.3, 0.7], 0.5), ([1.0], 0.2),
+                                      ([0.125] * 8, 0.9), ([1e-9, 1 - 2e-9, 1e-9], 0.01)])
+def test_word_codes_on_every_threshold_edge_equal_the_threshold_rule(probs, px):
+    """The branch-free mapping (the 32-bit sign of v − t per threshold) on words whose v lies on,
+    just below and just above every threshold, and at 0 and 2^31 − 1, with both bits: the same
+    codes as counting the thresholds at or below v (the definition), for 1 to 8 intensity levels
+    (1 to 15 thresholds, one compiled kernel per count), empty and near-empty categories included;
+    fill_codes' kernel and the random-access kernel alike."""
+    from labqfl.sim_backends.qrng import (
+        _slot_codes,
+        _words_to_codes,
+        code_thresholds,
+        joint_thresholds,
+    )
+
+    thr = joint_thresholds(probs, px)
+    v = np.unique(np.clip(np.concatenate([thr.astype(np.int64) + d for d in (-2, -1, 0, 1, 2)] + [[0, 2**31 - 1]]),
+                          0, 2**31 - 1)).astype(np.uint64)
+    x = np.concatenate([2 * v, 2 * v + 1]).astype(np.uint32)
+    c = np.searchsorted(thr, x.astype(np.uint64) >> np.uint64(1), side="right")
+    ref = ((c >> 1) * 4 + (c & 1) + 2 * (x & 1)).astype(np.uint8)
+    out = np.empty(x.size, np.uint8)
+    _words_to_codes(x, code_thresholds(thr), out)
+    np.testing.assert_array_equal(out, ref)
+    # random access: word s mod 4 of block n (here every block holds x[n] at the slot's word)
+    slots = np.arange(x.size, dtype=np.int64) * 7 + 3
+    ks = np.zeros(4 * x.size, np.uint32)
+    ks[4 * np.arange(x.size) + (slots & 3)] = x
+    k, a = np.empty(x.size, np.uint8), np.empty(x.size, np.uint8)
+    _slot_codes(ks, slots, code_thresholds(thr), k, a)
+    np.testing.assert_array_equal(k * 4 + a, ref)
