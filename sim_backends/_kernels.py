@@ -450,6 +450,51 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
 
 
 @nb.njit(cache=True, nogil=True)
+def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, r_extra: float,
+                     glo: np.ndarray, ghi: np.ndarray, key_extra: np.uint64, out_slot: np.ndarray,
+                     out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
+    """:func:`_segment_bright`'s ``how`` = 1: every slot of C_lo ∪ E in [max(seg, s0), seg_end), in
+    slot order, ``out_outcome`` 1 where in C_lo, else 0 — block by block (:data:`_BLOCK` slots):
+    E's hash of every slot of the block first, as flags in a loop that LLVM vectorises (8 SplitMix64
+    per AVX-512 instruction), then the block's C_lo candidates marked (the chunk's geometric-gap
+    stream, drawn in the same order and number as the slot-by-slot loop it replaces, so ``rng``
+    leaves in the same state), then the flagged slots appended without a branch. Returns (n, rng);
+    n = −1 if ``out_slot`` is full."""
+    cap = out_slot.shape[0]
+    l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
+    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
+    flags = np.empty(_BLOCK, dtype=np.uint8)
+    s = seg - 1
+    c = seg_end  # the next C_lo candidate at or after s0
+    while q_lo > 0.0:
+        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
+        if s >= seg_end or s >= s0:
+            c = s if s < seg_end else seg_end
+            break
+    p0 = seg if seg > s0 else s0
+    for b0 in range(p0, seg_end, _BLOCK):
+        m = _BLOCK if b0 + _BLOCK < seg_end else seg_end - b0
+        if n + m > cap:
+            return -1, rng
+        if r_extra > 0.0:
+            base = np.uint64(b0)
+            for i in range(np.uint64(m)):
+                flags[i] = np.uint8((mix64(key_extra + (base + i) * _G) >> _U11) < e_thr)
+        else:
+            flags[:m] = 0
+        while c < b0 + m:
+            flags[c - b0] = 2
+            s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
+            c = s if s < seg_end else seg_end
+        for i in range(m):
+            f = flags[i]
+            out_slot[n] = b0 + i
+            out_outcome[n] = f >> 1
+            n += int(f != 0)
+    return n, rng
+
+
+@nb.njit(cache=True, nogil=True)
 def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
                     r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
                     codes_i: np.ndarray, words_i: np.ndarray, mode_i: int, pat_i: np.ndarray, top_i: int,
@@ -479,59 +524,19 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                                    codes_i, words_i, mode_i, pat_i, top_i, codes_j, words_j, mode_j, pat_j, top_j,
                                    eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot, out_outcome, n)
         return n, rng, kc
+    if how == 1:
+        n, rng = _candidates_lo_e(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, out_slot, out_outcome, n)
+        return n, rng, kc
+    # how 2: the candidates of how 1 (C_lo ∪ E) with their C_lo flags, and the clients' codes there
     cap = out_slot.shape[0]
-    l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     scale_lo = q_lo / pmax
     n_cand = cand.shape[0]
-    s = seg - 1  # last C_lo candidate drawn
-    pos: int | np.int64 = seg if seg > s0 else s0  # first slot not yet looked at (slots before s0 belong to the previous window)
-    # s ∈ E ⇔ U(key_extra, s) = (h >> 11)·2^−53 < r_extra ⇔ h >> 11 < ⌈r_extra·2^53⌉ (exact: 2^53 scales exactly)
-    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))
-    while True:
-        # -- the next candidate c (c = seg_end: none left) and whether it is in C_lo
-        in_lo = True
-        if how == 2:
-            if kc >= n_cand or cand[kc] >= seg_end:
-                break
-            c = cand[kc]
-            in_lo = cand_lo[kc] != 0
-        else:
-            c = seg_end
-            while q_lo > 0.0:
-                s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
-                if s >= seg_end:
-                    break
-                if s >= s0:
-                    c = s
-                    break
-            # -- the slots in [pos, c), outside C_lo: E, by every slot's hash (how 1)
-            if r_extra > 0.0 and pos < c:  # in blocks of 64 slots, appended without a branch
-                for b0 in range(pos, c, 64):
-                    b1 = b0 + 64 if b0 + 64 < c else c
-                    if n + (b1 - b0) > cap:
-                        return -1, rng, kc
-                    for t in range(b0, b1):
-                        out_slot[n] = t
-                        out_outcome[n] = 0
-                        n += int((mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr)
-            if c >= seg_end:
-                break
-            if n >= cap:
-                return -1, rng, kc
-            out_slot[n] = c
-            out_outcome[n] = 1
-            n += 1
-            pos = c + 1
-            continue
-        pos = c + 1
-        # -- candidate c (in C_lo; for how 2 in C_lo ∪ E): its clients' codes
-        if how == 2:
-            ci_ = np.int64(codes_i[kc])
-            cj_ = np.int64(codes_j[kc])
-            kc += 1
-        else:
-            ci_ = np.int64(codes_i[c - s0])
-            cj_ = np.int64(codes_j[c - s0])
+    while kc < n_cand and cand[kc] < seg_end:
+        c = cand[kc]
+        in_lo = cand_lo[kc] != 0
+        ci_ = np.int64(codes_i[kc])
+        cj_ = np.int64(codes_j[kc])
+        kc += 1
         bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
         if not bright and not in_lo:
             continue

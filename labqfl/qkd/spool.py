@@ -7,7 +7,7 @@ after the block's last message, docs/protocol.md §2.1) and, before the pair's h
 this the bulk of ``labqfl run``'s memory: 9 bytes per announced slot and end for the local
 entries (int64 slot + outcome), about 2.3 more for the held messages.
 
-:class:`TranscriptSpool` keeps each entry compressed and gives back the exact same bytes, in
+:class:`TranscriptSpool` keeps each entry packed and gives back the exact same bytes, in
 order, when the entries are absorbed, so the transcript (and every tag) is unchanged:
 
 * an announcement entry (``b"ann/"``, five int64 header words, ``count`` int64 slots, ``count``
@@ -19,9 +19,14 @@ order, when the entries are absorbed, so the transcript (and every tag) is uncha
   went through zlib level 1 (1.3 bytes per slot too, but 37 ns per slot to pack and 21 to unpack
   against about 3 and 2 now: ``labqfl bench`` is not needed to see it, the figures are in
   docs/memory.md);
-* any other entry is stored zlib-compressed (level 1, RFC 1950/1951).
+* any other entry is stored as it is. Until 2026-12-04 these went through zlib level 1: in process,
+  on the default station, 9.1·10^6 bytes per simulated second (``test/bases`` then two uint8 arrays)
+  compressed to 0.33 of their size for ≈ 0.1 CPU s, a fifth of the streaming stages' CPU (``labqfl
+  bench pipeline``). ``test/bases`` now carries nibbles (:func:`labqfl.qkd.twoparty.pack_test_bases`):
+  3.5·10^6 bytes as they are, which zlib would shrink only to 0.70 for 0.086 CPU s (the rest is packed
+  bits: ``sift/flags`` to 0.84, ``test/bits`` 1.01 of its size).
 
-Beyond ``ram_bytes`` of compressed entries the spool moves them to an anonymous temporary file
+Beyond ``ram_bytes`` of packed entries the spool moves them to an anonymous temporary file
 (:func:`tempfile.TemporaryFile`: unlinked at once, gone when closed or when the process ends) and
 reads them back in order when drained, so the memory an end holds stays bounded however long the
 block. Only public data is ever spooled: the announcements and the sifting messages that crossed
@@ -31,7 +36,6 @@ the channel in the clear (flags, test bases and bits); key bits are never handed
 from __future__ import annotations
 
 import tempfile
-import zlib
 from collections.abc import Iterator
 from typing import IO
 
@@ -40,10 +44,10 @@ import numpy as np
 
 __all__ = ["TranscriptSpool", "pack_entry", "unpack_entry", "DEFAULT_RAM_BYTES"]
 
-#: compressed bytes a spool keeps in memory before it moves them to its temporary file
+#: packed bytes a spool keeps in memory before it moves them to its temporary file
 DEFAULT_RAM_BYTES = 1 << 20
 
-_PLAIN, _ANN = 0, 2  # 1 was the zlib'd byte planes of announcement entries (before 2026-12-04)
+_PLAIN, _ANN = 3, 2  # 0 was a zlib'd entry, 1 the zlib'd byte planes of an announcement (before 2026-12-04)
 _ANN_HEAD = 4 + 5 * 8
 _ESC = 255  # a slot difference outside 0 … 254 follows this byte as eight little-endian bytes
 
@@ -141,7 +145,7 @@ def pack_entry(payload: bytes) -> bytes:
     """Compact, exactly invertible form of one transcript entry (:func:`unpack_entry`)."""
     n = _ann_count(payload)
     if n < 0:
-        return bytes([_PLAIN]) + zlib.compress(payload, 1)
+        return bytes([_PLAIN]) + payload
     slots = np.frombuffer(payload, dtype="<i8", count=n, offset=_ANN_HEAD)
     outcomes = np.frombuffer(payload, dtype=np.uint8, count=n, offset=_ANN_HEAD + 8 * n)
     out = np.empty(1 + 10 * n, np.uint8)
@@ -152,7 +156,7 @@ def pack_entry(payload: bytes) -> bytes:
 def unpack_entry(packed: bytes) -> bytes:
     """The entry :func:`pack_entry` was given, byte for byte."""
     if packed[0] == _PLAIN:
-        return zlib.decompress(packed[1:])
+        return packed[1:]
     if packed[0] != _ANN or len(packed) < 1 + _ANN_HEAD:
         raise ValueError(f"spool: entry of unknown kind {packed[0]} or truncated ({len(packed)} bytes)")
     head = packed[1:1 + _ANN_HEAD]
@@ -168,7 +172,7 @@ def unpack_entry(packed: bytes) -> bytes:
 class TranscriptSpool:
     """FIFO of (direction, payload) transcript entries held compactly (module docstring).
 
-    ``ram_bytes``: compressed bytes kept in memory before they go to the temporary file (default
+    ``ram_bytes``: packed bytes kept in memory before they go to the temporary file (default
     :data:`DEFAULT_RAM_BYTES`). ``append`` stores one entry; ``drain`` yields them all back in order (exact bytes) and empties
     the spool; ``clear`` forgets them. ``held_bytes`` is the memory the entries take now,
     ``spilled_bytes`` what lies in the temporary file.

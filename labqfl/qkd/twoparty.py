@@ -22,7 +22,7 @@ per chunk of announced slots ``[lo, hi)`` (skipped for a chunk without announcem
    answers with its own flags; both take the key slots as the slots flagged by both
    (:func:`~labqfl.qkd.sifting.key_flags`) and each keeps its own raw key bits;
 3. ``test/bases`` — Ci's (intensity, basis) in the test slots (every announced slot that is not a
-   key slot); Cj answers with its own;
+   key slot), one nibble 2·k + basis per slot (:func:`pack_test_bases`); Cj answers with its own;
 4. ``test/bits`` — Ci's bits in the test slots with equal bases (the only ones whose bits the
    error counts need); Cj answers with its own. Both then tally the same
    :class:`~labqfl.contracts.types.PairCounts` (:func:`~labqfl.qkd.sifting.reveal_counts`).
@@ -319,11 +319,33 @@ def _joined(parts: list[tuple[np.ndarray, int]]) -> np.ndarray:
     return out
 
 
-def _u8(raw: Any, n: int, what: str, top: int) -> np.ndarray:
-    a = np.asarray(raw)
-    if a.dtype != np.uint8 or a.ndim != 1 or a.size != n or (a.size and int(a.max()) >= top):
-        raise _Refused(f"{what}: expected {n} values in 0..{top - 1} (uint8)")
-    return a
+def pack_test_bases(k: np.ndarray, basis: np.ndarray) -> bytes:
+    """The ``kb`` field of ``test/bases``: per test slot the nibble 2·k + basis (intensity index k <
+    8, basis 0 X / 1 Y), two per byte, the first slot in the low nibble, a last odd one padded with
+    0. A quarter of the bytes of one uint8 array each, which the transcript hashes and the first
+    block's spool compresses (docs/protocol.md)."""
+    c = np.asarray(k, np.uint8) * np.uint8(2) + np.asarray(basis, np.uint8)
+    if c.size % 2:
+        c = np.append(c, np.uint8(0))
+    return (c[0::2] | (c[1::2] << np.uint8(4))).tobytes()
+
+
+def unpack_test_bases(raw: Any, n: int, n_levels: int, what: str = "test/bases") -> tuple[np.ndarray, np.ndarray]:
+    """(k, basis) of ``n`` test slots from a ``kb`` field (:func:`pack_test_bases`), checked: the
+    length, every k below ``n_levels``, and the padding nibble 0; anything else is refused."""
+    if not isinstance(raw, bytes) or len(raw) != (n + 1) // 2:
+        got = len(raw) if isinstance(raw, bytes) else type(raw).__name__
+        raise _Refused(f"{what}: expected {n} (intensity, basis) nibbles in {(n + 1) // 2} bytes, got {got}")
+    a = np.frombuffer(raw, np.uint8)
+    c = np.empty(2 * a.size, np.uint8)
+    c[0::2] = a & np.uint8(15)
+    c[1::2] = a >> np.uint8(4)
+    if c.size > n and c[n] != 0:
+        raise _Refused(f"{what}: the padding nibble after {n} test slots is not 0")
+    c = c[:n]
+    if c.size and int(c.max()) >> 1 >= n_levels:
+        raise _Refused(f"{what}: an intensity index is not in 0..{n_levels - 1}")
+    return c >> np.uint8(1), c & np.uint8(1)
 
 
 class _PairEnd:
@@ -452,10 +474,8 @@ class PairEndI(_PairEnd):
             key = mine & _unbits(rep.get("flags"), n, "sift/flags").astype(bool)
             test = ~key
             k_i, b_i = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
-            rep = self._ask(ch, Message("test/bases", {"lo": int(lo), "k": k_i, "basis": b_i}), "test/bases")
-            nt = int(np.count_nonzero(test))
-            k_j = _u8(rep.get("k"), nt, "test/bases k", len(self.setup_j.intensities))
-            b_j = _u8(rep.get("basis"), nt, "test/bases basis", 2)
+            rep = self._ask(ch, Message("test/bases", {"lo": int(lo), "kb": pack_test_bases(k_i, b_i)}), "test/bases")
+            k_j, b_j = unpack_test_bases(rep.get("kb"), int(np.count_nonzero(test)), len(self.setup_j.intensities))
             same = b_i == b_j
             bit_i = (rec.phase_idx[test][same] >> 1).astype(np.uint8)
             rep = self._ask(ch, Message("test/bits", {"lo": int(lo), "bits": _bits_field(bit_i)}), "test/bits")
@@ -758,11 +778,10 @@ class PairEndJ(_PairEnd):
         rec, key = cur["rec"], cur["key"]
         test = ~key
         nt = int(np.count_nonzero(test))
-        k_i = _u8(req.get("k"), nt, "test/bases k", len(self.setup_i.intensities))
-        b_i = _u8(req.get("basis"), nt, "test/bases basis", 2)
+        k_i, b_i = unpack_test_bases(req.get("kb"), nt, len(self.setup_i.intensities))
         k_j, b_j = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
         cur.update(step="bases", theirs=(k_i, b_i), mine=(k_j, b_j))
-        return Message("test/bases", {"k": k_j, "basis": b_j})
+        return Message("test/bases", {"kb": pack_test_bases(k_j, b_j)})
 
     def _test_bits(self, b: _JBlock, req: Message) -> Message:
         cur = self._cur(b, req, "bases")

@@ -288,11 +288,12 @@ def test_per_pair_block_sizes_reach_the_client_nodes_settings():
     from labqfl.cli.node import _settings
     from labqfl.errors import ConfigError
 
-    s = _settings(20_000, "cascade", 2000, None, 1e-9, ["C1-C2=400000"], ["C1-C2=5000"])
+    s, plan = _settings(None, 20_000, "cascade", 2000, None, 1e-9, ["C1-C2=400000"], ["C1-C2=5000"])
+    assert plan is None and s.min_final_block_bits == 2000 and s.block_bits == 20_000
     assert s.pair_block_slots == {"C1-C2": 400_000} and s.pair_min_final_block_bits == {"C1-C2": 5000}
     assert s.params.eps_sec == 1e-9
     with pytest.raises(ConfigError, match="PAIR=INTEGER"):
-        _settings(20_000, "cascade", 2000, None, 1e-9, ["C1-C2:400000"])
+        _settings(None, 20_000, "cascade", 2000, None, 1e-9, ["C1-C2:400000"])
 
 
 def test_a_pending_block_is_stored_at_cj_only_if_ci_holds_it(tmp_path):

@@ -112,12 +112,14 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
 
     def run(how, ci, cj, wi, wj, cand=none_i, flags=none_b):
         out_s, out_o = np.zeros(n_slots, np.int64), np.zeros(n_slots, np.uint8)
-        n, _, _ = K._segment_bright(np.int64(seg), np.int64(s0 + n_slots), np.int64(s0), np.uint64(99), pmax, q_lo, r,
+        n, rng_out, _ = K._segment_bright(np.int64(seg), np.int64(s0 + n_slots), np.int64(s0), np.uint64(99), pmax, q_lo, r,
                                     glo, ghi, table, ci, wi, 0, pat, top_i, cj, wj, 0, pat, top_j,
                                     0, 0.0, np.uint64(0), np.uint64(key_acc), np.uint64(key_extra),
                                     out_s, out_o, 0, how, 0, cand, flags)
+        drawn.append(rng_out)
         return out_s[:n], out_o[:n]
 
+    drawn: list[np.uint64] = []
     cs, cf = run(1, codes[0], codes[1], words[0], words[1])
     slots = np.arange(s0, s0 + n_slots)
     e_thr = math.ceil(r * 2.0**53)
@@ -137,6 +139,7 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
     outcome = 1 + (ua >= table[idx, 0]).astype(np.int64) + (ua >= table[idx, 1])
     assert bright.mean() > 0.05 and click.sum() > 500
     ds, do = run(0, codes[0], codes[1], words[0], words[1])
+    assert drawn[0] == drawn[1]  # both drew the chunk's C_lo stream to the same state (the next segment goes on from it)
     np.testing.assert_array_equal(ds, slots[click])
     np.testing.assert_array_equal(do, outcome[click])
     ts, to = run(2, codes[0, cs - s0].copy(), codes[1, cs - s0].copy(), words[0, :0], words[1, :0], cs, cf)

@@ -20,7 +20,7 @@ from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.messaging import LocalChannel, Message, decode_message, encode_message
 from labqfl.qkd.pipeline import DistillSettings, MemorySink, distill_stream
 from labqfl.qkd.sifting import ClientSetup, key_flags
-from labqfl.qkd.twoparty import PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.twoparty import PairEndI, PairEndJ, ProtocolSettings, unpack_test_bases
 
 PAIR = "C1-C2"
 PARAMS = SecurityParameters(eps_sec=1e-4)
@@ -124,12 +124,14 @@ def test_cj_receives_no_key_slot_choice_and_no_key_bit_of_ci(acquisition):
     kinds = [m.kind for m in seen]
     assert {"ann/confirm", "sift/flags", "test/bases", "test/bits", "block/open", "ec/start", "verify/request",
             "pa/seed", "block/confirm", "block/accept"} <= set(kinds)
-    k_rev = np.concatenate([m.get("k") for m in seen if m.kind == "test/bases"])
-    b_rev = np.concatenate([m.get("basis") for m in seen if m.kind == "test/bases"])
+    n_test = _test_counts(seen, ri, key, slots)
+    kb = _revealed_bases(seen, n_test)
+    k_rev = np.concatenate([k for k, _ in kb])
+    b_rev = np.concatenate([b for _, b in kb])
     assert np.array_equal(k_rev, ri.intensity_idx[test]) and np.array_equal(b_rev, ri.phase_idx[test] & 1)
     revealed_bits = sum(len(m.get("bits")) for m in seen if m.kind == "test/bits")
-    assert revealed_bits == sum((int(n) + 7) // 8 for n in _equal_basis_counts(seen, rj, slots, test))
-    assert int(same.sum()) == sum(_equal_basis_counts(seen, rj, slots, test))
+    assert revealed_bits == sum((int(n) + 7) // 8 for n in _equal_basis_counts(seen, rj, slots, test, n_test))
+    assert int(same.sum()) == sum(_equal_basis_counts(seen, rj, slots, test, n_test))
     # no key-slot choice or key bit anywhere in what Cj received: Ci's key bits (any 96-bit run,
     # either bit order, packed or one per byte) never occur in a payload
     blob = b"".join(encode_message(m) for m in seen)
@@ -146,16 +148,31 @@ def test_cj_receives_no_key_slot_choice_and_no_key_bit_of_ci(acquisition):
     assert disclosed == r.leaked_ec_bits + r.verification_bits
 
 
-def _equal_basis_counts(seen, rj, slots, test):
+def _equal_basis_counts(seen, rj, slots, test, n_test):
     """Per chunk, the test slots whose bases agree (from Ci's revealed bases and Cj's own log)."""
     out = []
     b_j = rj.phase_idx[test] & 1
     pos = 0
+    for (_, b_i) in _revealed_bases(seen, n_test):
+        out.append(int(np.count_nonzero(b_i == b_j[pos:pos + b_i.size])))
+        pos += b_i.size
+    return out
+
+
+def _revealed_bases(seen, n_test):
+    """(k, basis) of every ``test/bases`` message Cj received, decoded with its chunk's test-slot count."""
+    msgs = [m for m in seen if m.kind == "test/bases"]
+    return [unpack_test_bases(m.get("kb"), n, 3) for m, n in zip(msgs, n_test, strict=True)]
+
+
+def _test_counts(seen, ri, key, slots):
+    """Test slots per ``test/bases`` message: the chunks' announced slots, in order (from ``ann/confirm``)."""
+    out, pos = [], 0
     for m in seen:
-        if m.kind == "test/bases":
-            b_i = m.get("basis")
-            out.append(int(np.count_nonzero(b_i == b_j[pos:pos + b_i.size])))
-            pos += b_i.size
+        if m.kind == "ann/confirm":
+            n = int(m.get("n"))
+            out.append(int(np.count_nonzero(~key[pos:pos + n])))
+            pos += n
     return out
 
 
@@ -516,3 +533,36 @@ def test_killing_the_cj_node_mid_block_refuses_that_block_at_ci_and_keeps_earlie
     # the first block's key is intact at Ci and is the one Cj stored
     line = stored_j.read_text().split()
     assert line == ["block-0", hashlib.sha256(keys_i["block-0"].tobytes()).hexdigest()]
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1000])
+def test_test_bases_nibbles_round_trip_and_refuse_malformed_fields(n):
+    """``test/bases`` carries one nibble 2·k + basis per test slot; the receiver gets back exactly the
+    sender's (k, basis) and refuses a wrong length, an intensity index out of range or a non-zero
+    padding nibble (a tampered or desynchronised partner), each with one reason."""
+    from labqfl.qkd.twoparty import _Refused, pack_test_bases
+
+    rng = np.random.default_rng(n)
+    k = rng.integers(0, 3, n).astype(np.uint8)
+    b = rng.integers(0, 2, n).astype(np.uint8)
+    raw = pack_test_bases(k, b)
+    assert len(raw) == (n + 1) // 2
+    k2, b2 = unpack_test_bases(raw, n, 3)
+    assert np.array_equal(k2, k) and np.array_equal(b2, b)
+    with pytest.raises(_Refused, match="expected"):
+        unpack_test_bases(raw + b"\x00", n, 3)
+    with pytest.raises(_Refused, match="expected"):
+        unpack_test_bases(np.frombuffer(raw, np.uint8), n, 3)  # not bytes
+    if n:
+        bad = bytearray(raw)
+        bad[0] = (bad[0] & 0xF0) | (3 << 1)  # k = 3 with three levels
+        with pytest.raises(_Refused, match="intensity index"):
+            unpack_test_bases(bytes(bad), n, 3)
+    if n % 2:
+        bad = bytearray(raw)
+        bad[-1] |= 0x10
+        with pytest.raises(_Refused, match="padding nibble"):
+            unpack_test_bases(bytes(bad), n, 3)
+    # eight intensity levels still fit a nibble
+    k8 = rng.integers(0, 8, n).astype(np.uint8)
+    assert np.array_equal(unpack_test_bases(pack_test_bases(k8, b), n, 8)[0], k8)
