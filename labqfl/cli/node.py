@@ -52,9 +52,10 @@ def _settings(station: Path | None, block_bits: int | None, engine: str, min_fin
         from labqfl.app.distill import DistillOptions, distill_settings
         from labqfl.config import load_station_config
 
+        hint = ("force a block size with --block-bits" if duration is None
+                else "use a longer --duration or force a block size with --block-bits")
         settings, plan = distill_settings(load_station_config(station), DistillOptions(engine=engine, eps_sec=eps_sec),
-                                          duration, what=what, hint="use a longer --duration or force a block size "
-                                          "with --block-bits")
+                                          duration, what=what, hint=hint)
     else:
         settings = DistillSettings(block_bits=1_000_000 if block_bits is None else block_bits, engine=engine,
                                    block_slots=block_slots, params=params,

@@ -76,3 +76,21 @@ def test_node_up_with_defaults_but_a_short_duration_gives_key_on_every_pair() ->
         assert d["aborted_blocks"] == 0 and d["blocks"] == 1, (pair, d["abort_reasons"])
         assert d["final_key_bits"] > 0, pair
     assert set(out["exit_codes"].values()) == {0}
+
+
+def test_a_client_on_a_station_without_key_at_any_block_size_is_told_to_force_one(tmp_path) -> None:
+    """300 km of loop: the model gives no pair key at any block size, so the rule has nothing to
+    pick; the client refuses in one line that names --block-bits (there is no --duration to lengthen)."""
+    import tomli_w
+
+    from labqfl.config import station_to_toml_dict
+
+    d = station_to_toml_dict(load_station_config())
+    d["loop"]["segments_km"] = [60.0] * len(d["loop"]["segments_km"])
+    path = tmp_path / "far.toml"
+    path.write_bytes(tomli_w.dumps(d).encode())
+    with pytest.raises(ConfigError, match=r"no block size gives key on this station; force a block size with "
+                                          r"--block-bits$"):
+        _settings(path, None, "cascade", None, None, 1e-10)
+    s, plan = _settings(path, 200_000, "cascade", None, None, 1e-10)  # forced: the client starts
+    assert plan is None and s.block_bits == 200_000
