@@ -343,6 +343,22 @@ def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: flo
     return s + 1 + g, rng
 
 
+@nb.njit(inline="always")
+def _first_lo(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, l1q: float,
+              glo: np.ndarray, ghi: np.ndarray) -> tuple[np.int64, np.int64, np.uint64]:
+    """(s, c, rng): the chunk's C_lo stream drawn from slot ``seg`` up to its first candidate c at
+    or after the window start ``s0`` (c = ``seg_end``: none in the segment), s the last slot drawn
+    (the stream goes on from it)."""
+    s = seg - 1
+    c = seg_end
+    while q_lo > 0.0:
+        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
+        if s >= seg_end or s >= s0:
+            c = s if s < seg_end else seg_end
+            break
+    return s, c, rng
+
+
 @nb.njit(cache=True, nogil=True)
 def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
                       r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
@@ -360,13 +376,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
     e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
     br = np.empty(_BLOCK + 16, dtype=np.int64)
     plain = mode_i == 0 and mode_j == 0 and eve_side == 0
-    s = seg - 1
-    c = seg_end  # the next C_lo candidate at or after s0
-    while q_lo > 0.0:
-        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
-        if s >= seg_end or s >= s0:
-            c = s if s < seg_end else seg_end
-            break
+    s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
     p0 = seg if seg > s0 else s0
     for b0 in range(p0, seg_end, _BLOCK):
         b1 = b0 + _BLOCK if b0 + _BLOCK < seg_end else seg_end
@@ -464,13 +474,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
     flags = np.empty(_BLOCK, dtype=np.uint8)
-    s = seg - 1
-    c = seg_end  # the next C_lo candidate at or after s0
-    while q_lo > 0.0:
-        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
-        if s >= seg_end or s >= s0:
-            c = s if s < seg_end else seg_end
-            break
+    s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
     p0 = seg if seg > s0 else s0
     for b0 in range(p0, seg_end, _BLOCK):
         m = _BLOCK if b0 + _BLOCK < seg_end else seg_end - b0
@@ -508,13 +512,7 @@ def _candidates_lo_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: n
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
-    s = seg - 1
-    c = seg_end  # the next C_lo candidate at or after s0
-    while q_lo > 0.0:
-        s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
-        if s >= seg_end or s >= s0:
-            c = s if s < seg_end else seg_end
-            break
+    s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
     p0 = seg if seg > s0 else s0
     k = np.searchsorted(bright, p0)
     k_end = np.searchsorted(bright, seg_end)
