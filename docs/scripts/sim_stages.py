@@ -1,0 +1,84 @@
+"""CPU seconds per simulated second of each stage of the in-process simulator, default station.
+
+Usage: ``python docs/scripts/sim_stages.py [--threads N] [--on-demand] [--seconds S]``
+
+Wraps the simulator's stage methods with ``time.process_time`` and streams ``S`` simulated seconds
+(default 2) of the embedded station twice after a short warm-up, printing per run the CPU seconds
+per simulated second of every stage. Without ``--on-demand``: the drive-pattern path
+(``_drive_patterns``, ``_signal_clicks`` including the patterns, ``_detector_tags``, ``_merge``,
+``_window``). With it: the optics node's path with the clients' logs in the same process (the
+clients' bright-level answers ``level_slots`` and choices, ``_bright_slots``, the two passes of the
+signal kernel, grouping and scattering of the candidates' codes). Used for the stage tables of
+docs/simulator.md and docs/nodes.md. Process time includes every thread of the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import labqfl.sim_backends.qrng as qrng
+from labqfl.sim_backends import _kernels as kernels
+from labqfl.sim_backends import testbed
+
+from labqfl.config import load_station_config
+
+
+def _timed(acc: dict[str, float], obj: Any, name: str, key: Callable[..., str]) -> None:
+    f = getattr(obj, name)
+
+    def g(*a: Any, **k: Any) -> Any:
+        t = time.process_time()
+        try:
+            return f(*a, **k)
+        finally:
+            kk = key(*a, **k)
+            acc[kk] = acc.get(kk, 0.0) + time.process_time() - t
+
+    setattr(obj, name, g)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--on-demand", action="store_true", help="the optics node's path (ask the clients)")
+    ap.add_argument("--seconds", type=float, default=2.0)
+    args = ap.parse_args()
+    acc: dict[str, float] = {}
+    T = testbed.SagnacTestbed
+    stages: list[tuple[Any, str, Callable[..., str]]] = [
+        (T, "_drive_patterns", lambda *a, **k: "drive patterns"),
+        (T, "_signal_clicks", lambda *a, **k: "signal clicks (incl. patterns or the clients' answers)"),
+        (T, "_detector_tags", lambda *a, **k: "detectors"),
+        (testbed, "_merge", lambda *a, **k: "merge"),
+        (T, "_window", lambda *a, **k: "whole window"),
+    ]
+    if args.on_demand:
+        stages += [
+            (T, "_signal_pass", lambda *a, **k: f"signal kernel pass '{a[-1]}'"),
+            (T, "_bright_slots", lambda *a, **k: "bright slots (incl. the clients' level answers)"),
+            (T, "_candidate_codes", lambda *a, **k: "candidates' codes (incl. the clients' choices)"),
+            (kernels, "group_candidates", lambda *a, **k: "grouping"),
+            (kernels, "scatter_codes", lambda *a, **k: "scattering"),
+            (qrng.CsprngChoiceLog, "choices", lambda *a, **k: "clients: choices"),
+            (qrng.CsprngChoiceLog, "level_slots", lambda *a, **k: "clients: level slots"),
+        ]
+    for obj, name, key in stages:
+        _timed(acc, obj, name, key)
+    tb = T(load_station_config(None), threads=args.threads)
+    tb.modulation_on_demand = args.on_demand
+    list(tb.stream(0.2))  # warm-up: JIT cache, buffers
+    for _ in range(2):
+        acc.clear()
+        t0 = time.process_time()
+        tags = sum(b.timestamps.size for b in tb.stream(args.seconds))
+        total = (time.process_time() - t0) / args.seconds
+        print(f"{tags} tags; CPU s per simulated s: whole process {total:.3f}")
+        for k, v in sorted(acc.items()):
+            print(f"  {k:55s} {v / args.seconds:.4f}")
+
+
+if __name__ == "__main__":
+    main()
