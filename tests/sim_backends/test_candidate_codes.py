@@ -178,3 +178,63 @@ def test_clients_with_ask_are_all_asked_before_any_answer_is_awaited():
     kinds = [e for e, _ in events]
     asked = kinds.count("ask")
     assert asked >= 2 and kinds == ["ask"] * asked + ["answer"] * asked
+
+
+class _ChoicesOnly:
+    """A modulation source that can answer choices but not tell its intensity levels."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def choices(self, slots: np.ndarray) -> Any:
+        return self._log.choices(slots)
+
+
+class _Link:
+    """A remote client's link as the optics sees it: questions go out at once, answers are awaited."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.level_questions = 0
+        self.choice_slots = 0
+
+    def ask(self, slots: np.ndarray) -> Any:
+        self.choice_slots += int(slots.size)
+        return lambda: self._log.choices(slots)
+
+    def ask_levels(self, runs: np.ndarray, level: int) -> Any:
+        self.level_questions += 1
+        return lambda: self._log.level_slots(runs, level)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_bright_slots_first_give_the_drive_pattern_tags_and_a_source_without_levels_falls_back(mixed):
+    """Clients that tell their bright-level slots (``ask_levels``) are asked for choices at
+    C_lo ∪ (E ∩ bright) only: far fewer slots than C_lo ∪ E, the same tags as the drive patterns.
+    With one source that cannot tell its levels, no client is asked about levels at all (so no link
+    is left holding an answer nobody awaits) and the optics asks about E as before: the same tags."""
+    cfg = load_station_config()
+    logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
+                                    basis_x_prob=c.basis_x_prob) for c in cfg.clients}
+    tb = SagnacTestbed(cfg, threads=1)
+    blocks = list(tb.stream_with(logs, 0.004))
+    want = (np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks]))
+    links = {c: _Link(lg) for c, lg in logs.items()}
+    sources: dict[str, Any] = dict(links)
+    if mixed:
+        sources["C4"] = _ChoicesOnly(logs["C4"])  # the last client a window meets: the others come first
+    tb = SagnacTestbed(cfg, threads=1)
+    tb.modulation_on_demand = True
+    blocks = list(tb.stream_with(sources, 0.004))
+    got = (np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks]))
+    assert want[0].size > 1000
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    asked = sum(lk.choice_slots for c, lk in links.items() if not (mixed and c == "C4"))
+    n_slots = int(round(0.004 * cfg.laser.rep_rate_hz))
+    if mixed:
+        assert all(lk.level_questions == 0 for lk in links.values())
+        assert asked > 0.2 * n_slots  # every slot of E, as before (≈ 27 % of the slots, two clients each)
+    else:
+        assert all(lk.level_questions > 0 for lk in links.values())
+        assert asked < 0.1 * n_slots
