@@ -185,27 +185,3 @@ def test_word_codes_on_every_threshold_edge_equal_the_threshold_rule(probs, px):
     k, a = np.empty(x.size, np.uint8), np.empty(x.size, np.uint8)
     _slot_codes(ks, slots, code_thresholds(thr), k, a)
     np.testing.assert_array_equal(k * 4 + a, ref)
-
-
-def test_level_slots_equal_the_choices_and_refuse_bad_questions():
-    """A client's bright-level answer (the optics' ``mod/levels``): the slots of the runs whose
-    intensity level is the one asked, exactly as its ``choices`` give them, for the CSPRNG's
-    keystream-word path and the generic drive-pattern path (seeded clients); runs that are not
-    ascending [lo, hi) pairs of slots ≥ 0, or cover too many slots, and levels outside 0..7 are refused."""
-    from labqfl.sim_backends.qrng import MAX_LEVEL_QUERY_SLOTS, ClientQRNGLog, CsprngChoiceLog
-
-    runs = np.array([5, 70_000, 131_072, 400_000, 10**9, 10**9 + 300_001], np.int64)
-    slots = np.concatenate([np.arange(lo, hi) for lo, hi in zip(runs[0::2], runs[1::2], strict=True)])
-    for log in (CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967), ClientQRNGLog("C1", 7, 3, (0.891, 0.024, 0.085), 0.967),
-                CsprngChoiceLog("C1", (0.0, 0.3, 0.7), 0.5), CsprngChoiceLog("C1", (1.0,), 0.2)):
-        k = log.choices(slots).intensity_idx
-        for level in range(len(log.intensity_probs) + 1):
-            np.testing.assert_array_equal(log.level_slots(runs, level), slots[k == level])
-    log = CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967)
-    for bad in ([10, 5], [0, 10, 5, 20], [-1, 5], [0, 10, 20], [[0, 10]]):
-        with pytest.raises(ValueError, match="runs must be ascending"):
-            log.level_slots(np.array(bad, np.int64), 1)
-    with pytest.raises(ValueError, match="at most"):
-        log.level_slots(np.array([0, MAX_LEVEL_QUERY_SLOTS + 1], np.int64), 1)
-    with pytest.raises(ValueError, match="0..7"):
-        log.level_slots(np.array([0, 10], np.int64), 8)
