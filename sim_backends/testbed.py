@@ -634,19 +634,21 @@ class SagnacTestbed:
         ``level_slots(runs, level)`` (a remote client's modulator link: ``ask_levels``, every client
         asked before any answer is awaited); ascending, without repeats. None when a client cannot
         tell (a log without either): the optics then asks about every slot of E."""
-        questions: list[tuple[Any, np.ndarray, int]] = []
+        asks: list[Callable[[], np.ndarray]] = []
         for c, runs in _client_runs(s0, s1, pa, frame).items():
             n_levels = int(ca["cnk"][c])
             if n_levels < 2 or ca["fixk0"][c]:
                 continue  # one level (no bright one) or a fixed-level mode: its pairs take the one-rate path
-            log = acq.logs[c]
-            if not (hasattr(log, "ask_levels") or hasattr(log, "level_slots")):
-                return None  # decided before any question goes out: no link is left with an unawaited answer
             top = int(np.argmax(ca["mu"][c, :n_levels]))  # the first of equal maxima, as _bright_levels
-            questions.append((log, np.asarray(runs, dtype=np.int64).ravel(), top))
-        asks: list[Callable[[], np.ndarray]] = [
-            log.ask_levels(flat, top) if hasattr(log, "ask_levels") else functools.partial(log.level_slots, flat, top)
-            for log, flat, top in questions]
+            flat = np.asarray(runs, dtype=np.int64).ravel()
+            log = acq.logs[c]
+            ask = getattr(log, "ask_levels", None)
+            if ask is not None:
+                asks.append(ask(flat, top))
+            elif hasattr(log, "level_slots"):
+                asks.append(functools.partial(log.level_slots, flat, top))
+            else:
+                return None
         parts = [np.asarray(a(), dtype=np.int64) for a in asks]
         if not parts:
             return np.zeros(0, np.int64)
