@@ -499,56 +499,13 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
 
 
 @nb.njit(cache=True, nogil=True)
-def _candidates_lo_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, r_extra: float,
-                          glo: np.ndarray, ghi: np.ndarray, key_extra: np.uint64, bright: np.ndarray,
-                          out_slot: np.ndarray, out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
-    """:func:`_candidates_lo_e` when the clients have told which slots are bright (``bright``: the
-    window's slots where either client of their pair sends its bright level, ascending): C_lo ∪
-    (E ∩ bright) in slot order, ``out_outcome`` 1 where in C_lo. A candidate of E that is dim never
-    clicks (:func:`_segment_bright`, ``how`` = 2, skips it), so the clicks are those of C_lo ∪ E,
-    for ≈ 3 % of the slots asked about instead of ≈ 27 % on the default station; E's hash is taken
-    at the bright slots only. The chunk's C_lo stream is drawn in the same order and number as
-    there (the same state leaves). Returns (n, rng); n = −1 if ``out_slot`` is full."""
-    cap = out_slot.shape[0]
-    l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
-    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
-    s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
-    p0 = seg if seg > s0 else s0
-    k = np.searchsorted(bright, p0)
-    k_end = np.searchsorted(bright, seg_end)
-    while True:
-        b = bright[k] if k < k_end else seg_end
-        if c <= b:
-            if c >= seg_end:
-                break
-            if n >= cap:
-                return -1, rng
-            out_slot[n] = c
-            out_outcome[n] = 1
-            n += 1
-            k += int(b == c)
-            s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
-            c = s if s < seg_end else seg_end
-        else:
-            if r_extra > 0.0 and (mix64(key_extra + np.uint64(b) * _G) >> _U11) < e_thr:
-                if n >= cap:
-                    return -1, rng
-                out_slot[n] = b
-                out_outcome[n] = 0
-                n += 1
-            k += 1
-    return n, rng
-
-
-@nb.njit(cache=True, nogil=True)
 def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q_lo: float,
                     r_extra: float, glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
                     codes_i: np.ndarray, words_i: np.ndarray, mode_i: int, pat_i: np.ndarray, top_i: int,
                     codes_j: np.ndarray, words_j: np.ndarray, mode_j: int, pat_j: np.ndarray, top_j: int,
                     eve_side: int, eve_frac: float, key_eve: np.uint64, key_acc: np.uint64, key_extra: np.uint64,
                     out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
-                    how: int, kc: int, cand: np.ndarray, cand_lo: np.ndarray, bright: np.ndarray,
-                    use_bright: bool) -> tuple[int, np.uint64, int]:
+                    how: int, kc: int, cand: np.ndarray, cand_lo: np.ndarray) -> tuple[int, np.uint64, int]:
     """:func:`_segment` with two candidate rates (same arguments and ``how`` as there; clients in a
     fixed-level mode never reach here; ``words_*``: the drive patterns ``codes_*`` read 8 slots at a
     time, uint64, for ``how`` = 0).
@@ -570,10 +527,6 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
         n, rng = _segment_patterns(seg, seg_end, s0, rng, pmax, q_lo, r_extra, glo, ghi, table,
                                    codes_i, words_i, mode_i, pat_i, top_i, codes_j, words_j, mode_j, pat_j, top_j,
                                    eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot, out_outcome, n)
-        return n, rng, kc
-    if how == 1 and use_bright:
-        n, rng = _candidates_lo_bright(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, bright, out_slot,
-                                       out_outcome, n)
         return n, rng, kc
     if how == 1:
         n, rng = _candidates_lo_e(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, out_slot, out_outcome, n)
@@ -658,30 +611,6 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
 
 
 @nb.njit(cache=True, nogil=True)
-def union_sorted(parts: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """The ascending union, without repeats, of the ascending runs ``parts[offsets[m]:offsets[m + 1]]``
-    (a k-way merge: the clients' bright slots of a window, two clients per frame)."""
-    k = offsets.shape[0] - 1
-    heads = offsets[:-1].copy()
-    out = np.empty(parts.shape[0], dtype=np.int64)
-    n = 0
-    big = np.int64(9223372036854775807)
-    while True:
-        best = big
-        for m in range(k):
-            if heads[m] < offsets[m + 1] and parts[heads[m]] < best:
-                best = parts[heads[m]]
-        if best == big:
-            break
-        out[n] = best
-        n += 1
-        for m in range(k):
-            if heads[m] < offsets[m + 1] and parts[heads[m]] == best:
-                heads[m] += 1
-    return out[:n]
-
-
-@nb.njit(cache=True, nogil=True)
 def scatter_codes(client: np.int64, intensity_idx: np.ndarray, phase_idx: np.ndarray, runs: np.ndarray,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, out_i: np.ndarray, out_j: np.ndarray) -> None:
     """Client ``client``'s answers for its slots of :func:`group_candidates` (in that order) into
@@ -726,8 +655,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
                   guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
                   out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray, cand_slot: np.ndarray,
-                  cand_n: np.ndarray, key_extra: np.uint64, cand_lo: np.ndarray, words: np.ndarray,
-                  bright: np.ndarray, use_bright: bool) -> bool:
+                  cand_n: np.ndarray, key_extra: np.uint64, cand_lo: np.ndarray, words: np.ndarray) -> bool:
     """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
@@ -758,9 +686,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     Two rates (:func:`_segment_bright`) where they save ≥ :data:`BRIGHT_MIN_GAIN` of candidate rate:
     ``key_extra`` keys its per-slot set E; ``cand_lo[r, k]`` (``how`` = 2) is ``out_outcome`` of the
     ``how`` = 1 pass: 1 where the candidate is in C_lo; ``words`` (``how`` = 0) is ``codes`` viewed
-    as uint64 (rows padded to whole words), unused (1×1) otherwise. ``use_bright`` (``how`` = 1):
-    ``bright`` holds the window's bright slots, ascending, as the clients told them
-    (:func:`_candidates_lo_bright`: C_lo ∪ (E ∩ bright) instead of C_lo ∪ E, the same clicks).
+    as uint64 (rows padded to whole words), unused (1×1) otherwise.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
@@ -816,7 +742,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                         table, code_i, words_i, pmode[ci], pat[pat_off[ci]:pat_off[ci] + pat_len[ci]], top_i,
                         code_j, words_j, pmode[cj], pat[pat_off[cj]:pat_off[cj] + pat_len[cj]], top_j,
                         eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot[r], out_outcome[r], n,
-                        how, kc, cand, flags, bright, use_bright)
+                        how, kc, cand, flags)
                     seg = seg_end
                     continue
                 q = 1.0

@@ -46,7 +46,6 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numba as nb
 import numpy as np
@@ -204,10 +203,6 @@ class ClientQRNGLog:
         _codes_kernel(self.key, intensity_thresholds(self.intensity_probs), basis_threshold(self.basis_x_prob),
                       np.int64(s0), out)
 
-    def level_slots(self, runs: np.ndarray, level: int) -> np.ndarray:
-        """The slots of ``runs`` with intensity level ``level`` (:func:`level_slots`)."""
-        return level_slots(self, runs, level)
-
     @property
     def key(self) -> np.uint64:
         return np.uint64(client_key(self.seed, self.epoch))
@@ -323,85 +318,6 @@ def _keystream_buffer() -> bytearray:
     return buf
 
 
-#: most slots one ``level_slots`` question may cover (about 1.3 s at 100 MHz; a window is 50 ms)
-MAX_LEVEL_QUERY_SLOTS = 1 << 27
-
-
-@nb.njit(cache=True, nogil=True)
-def _level_positions(codes: np.ndarray, level: np.uint8, lo: np.int64, out: np.ndarray, n: np.int64) -> np.int64:
-    """Append lo + i to ``out`` (from ``n``) for every i with intensity level ``codes[i] >> 2 == level``."""
-    for i in range(codes.shape[0]):
-        out[n] = lo + i
-        n += np.int64((codes[i] >> np.uint8(2)) == level)
-    return n
-
-
-@nb.njit(cache=True, nogil=True)
-def _level_words(words: np.ndarray, lo_v: np.uint32, span: np.uint32, lo: np.int64, out: np.ndarray,
-                 n: np.int64) -> np.int64:
-    """Append lo + i to ``out`` (from ``n``) for every keystream word whose v = x >> 1 lies in
-    [lo_v, lo_v + span) (one intensity level: its two joint categories, X and Y, are adjacent).
-    Groups of 16 words are tested at once first (vectorised) and skipped when none is in range:
-    the bright level is a few % of the slots (0.46 against 0.76 ns per word for the plain loop)."""
-    m = words.shape[0]
-    m16 = m - m % 16
-    for i0 in range(0, m16, 16):
-        f = _W32(0)
-        for j in range(16):
-            f |= _W32(_W32(_W32(words[i0 + j] >> _W32(1)) - lo_v) < span)
-        if f != 0:
-            for j in range(16):
-                out[n] = lo + i0 + j
-                n += np.int64(_W32(_W32(words[i0 + j] >> _W32(1)) - lo_v) < span)
-    for i in range(m16, m):
-        out[n] = lo + i
-        n += np.int64(_W32(_W32(words[i] >> _W32(1)) - lo_v) < span)
-    return n
-
-
-def _level_runs(runs: np.ndarray, level: int) -> tuple[list[tuple[int, int]], int]:
-    """The runs of a ``level_slots`` question as (lo, hi) pairs and their slot count, checked."""
-    r = np.asarray(runs, dtype=np.int64)
-    if r.ndim != 1 or r.size % 2 or (r.size and (int(r.min()) < 0 or bool(np.any(r[1::2] <= r[0::2]))
-                                                   or bool(np.any(r[2::2] < r[1:-1:2])))):
-        raise ValueError("runs must be ascending, non-overlapping [lo, hi) pairs of slots >= 0")
-    total = int(np.sum(r[1::2] - r[0::2]))
-    if total > MAX_LEVEL_QUERY_SLOTS:
-        raise ValueError(f"runs cover {total} slots; at most {MAX_LEVEL_QUERY_SLOTS} per question")
-    if not 0 <= int(level) < 8:
-        raise ValueError(f"intensity level must be in 0..7, got {level}")
-    return list(zip(r[0::2].tolist(), r[1::2].tolist(), strict=True)), total
-
-
-def _collect_levels(runs: list[tuple[int, int]], total: int, step: Any) -> np.ndarray:
-    """Run ``step(a, m, out, n) -> n`` over every run in pieces of at most :data:`_RUN_SLOTS` slots,
-    ``out`` grown as needed; the slots appended, ascending."""
-    out = np.empty(min(total, _RUN_SLOTS), dtype=np.int64)
-    n = np.int64(0)
-    for lo, hi in runs:
-        for a in range(lo, hi, _RUN_SLOTS):
-            m = min(_RUN_SLOTS, hi - a)
-            if out.size < n + m:
-                out = np.concatenate([out[:n], np.empty(max(out.size, m), dtype=np.int64)])
-            n = step(a, m, out, n)
-    return out[:n].copy()
-
-
-def level_slots(log: Any, runs: np.ndarray, level: int) -> np.ndarray:
-    """The slots of ``runs`` (flat int64: lo₀, hi₀, lo₁, hi₁, …, each [lo, hi), ascending) in which the
-    client of ``log`` sends intensity level ``level``, from its drive pattern (``log.fill_codes``),
-    ascending: what the optics node asks a client for to find its bright slots (the
-    ``mod/levels`` question of its modulator link). Bad runs raise ``ValueError``."""
-    pairs, total = _level_runs(runs, level)
-    buf = np.empty(_RUN_SLOTS, dtype=np.uint8)
-
-    def step(a: int, m: int, out: np.ndarray, n: np.int64) -> np.int64:
-        log.fill_codes(a, buf[:m])
-        return _level_positions(buf[:m], np.uint8(level), np.int64(a), out, n)
-
-    return _collect_levels(pairs, total, step)
-
-
 @dataclass(frozen=True, repr=False, eq=False)
 class CsprngChoiceLog:
     """A client's choices from AES-256-CTR keyed with 256 bits of the OS CSPRNG (module docstring);
@@ -457,23 +373,6 @@ class CsprngChoiceLog:
         for lo in range(0, out.shape[0], _RUN_SLOTS):
             hi = min(lo + _RUN_SLOTS, out.shape[0])
             _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, out[lo:hi])
-
-    def level_slots(self, runs: np.ndarray, level: int) -> np.ndarray:
-        """The slots of ``runs`` with intensity level ``level`` (:func:`level_slots`), from the
-        keystream words directly: level k is v ∈ [thr_{2k−1}, thr_{2k+1}) (its X and Y categories),
-        one range test per word instead of the mapping to codes (the same slots)."""
-        pairs, total = _level_runs(runs, level)
-        thr = self._thr()
-        k = int(level)
-        hi_v = int(thr[2 * k + 1]) if 2 * k + 1 < thr.size else 0
-        lo_v = int(thr[2 * k - 1]) if k > 0 else 0
-        span = _W32(max(hi_v - lo_v, 0))
-        buf = _keystream_buffer()
-
-        def step(a: int, m: int, out: np.ndarray, n: np.int64) -> np.int64:
-            return _level_words(self._words_range(a, m, buf), _W32(lo_v), span, np.int64(a), out, n)
-
-        return _collect_levels(pairs, total, step)
 
     @functools.cached_property
     def _ecb(self):  # type: ignore[no-untyped-def]

@@ -53,7 +53,6 @@ reads them except through the drive patterns).
 
 from __future__ import annotations
 
-import functools
 import math
 import secrets
 import threading
@@ -246,23 +245,6 @@ def _merge(srcs: list[np.ndarray], carry_c: np.ndarray, ch0: np.int16, ch1: np.i
 
 def _round_ps(x: float) -> int:
     return int(math.floor(x + 0.5))
-
-
-def _client_runs(s0: int, s1: int, pa: dict[str, np.ndarray], frame: int) -> dict[int, list[list[int]]]:
-    """Per client, the runs [lo, hi) of slots of [s0, s1) in the frames of its pairs (the slots it
-    modulates), ascending and merged where frames meet."""
-    cycle = pa["frame_pair"]
-    runs: dict[int, list[list[int]]] = {}
-    for f in range(s0 // frame, (s1 - 1) // frame + 1):
-        lo, hi = max(s0, f * frame), min(s1, (f + 1) * frame)
-        p = int(cycle[f % cycle.size])
-        for c in (int(pa["ci"][p]), int(pa["cj"][p])):
-            r = runs.setdefault(c, [])
-            if r and r[-1][1] == lo:
-                r[-1][1] = hi
-            else:
-                r.append([lo, hi])
-    return runs
 
 
 class SagnacTestbed:
@@ -588,7 +570,17 @@ class SagnacTestbed:
         is scheduled, written by the client's own generator: what the clients stream to their
         modulators. Rows are indexed by s − s0; slots outside a client's frames are not written
         (and never read)."""
-        runs = _client_runs(s0, s1, pa, frame)
+        cycle = pa["frame_pair"]
+        runs: dict[int, list[list[int]]] = {}
+        for f in range(s0 // frame, (s1 - 1) // frame + 1):
+            lo, hi = max(s0, f * frame), min(s1, (f + 1) * frame)
+            p = int(cycle[f % cycle.size])
+            for c in (int(pa["ci"][p]), int(pa["cj"][p])):
+                r = runs.setdefault(c, [])
+                if r and r[-1][1] == lo:
+                    r[-1][1] = hi
+                else:
+                    r.append([lo, hi])
         # rows padded to whole 8-slot words: the signal kernel scans them 8 slots at a time
         codes = acq.buffer("codes", (len(acq.logs), -(-(s1 - s0) // 8) * 8), np.uint8)
         work = [(c, lo, hi) for c, rs in runs.items() for lo, hi in rs]
@@ -626,35 +618,6 @@ class SagnacTestbed:
             K.scatter_codes(np.int64(c), np.asarray(rec.intensity_idx, np.uint8),
                             np.asarray(rec.phase_idx, np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
         return out_i, out_j
-
-    def _bright_slots(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
-                      frame: int) -> np.ndarray | None:
-        """The slots of [s0, s1) where a client sends its bright level (its largest μ, as
-        :func:`_kernels._bright_levels` picks it), each client asked for its own frames' slots by
-        ``level_slots(runs, level)`` (a remote client's modulator link: ``ask_levels``, every client
-        asked before any answer is awaited); ascending, without repeats. None when a client cannot
-        tell (a log without either): the optics then asks about every slot of E."""
-        asks: list[Callable[[], np.ndarray]] = []
-        for c, runs in _client_runs(s0, s1, pa, frame).items():
-            n_levels = int(ca["cnk"][c])
-            if n_levels < 2 or ca["fixk0"][c]:
-                continue  # one level (no bright one) or a fixed-level mode: its pairs take the one-rate path
-            top = int(np.argmax(ca["mu"][c, :n_levels]))  # the first of equal maxima, as _bright_levels
-            flat = np.asarray(runs, dtype=np.int64).ravel()
-            log = acq.logs[c]
-            ask = getattr(log, "ask_levels", None)
-            if ask is not None:
-                asks.append(ask(flat, top))
-            elif hasattr(log, "level_slots"):
-                asks.append(functools.partial(log.level_slots, flat, top))
-            else:
-                return None
-        parts = [np.asarray(a(), dtype=np.int64) for a in asks]
-        if not parts:
-            return np.zeros(0, np.int64)
-        offsets = np.zeros(len(parts) + 1, np.int64)
-        offsets[1:] = np.cumsum([p.size for p in parts])
-        return K.union_sorted(np.concatenate(parts), offsets)
 
     @staticmethod
     def _ask(log: Any, slots: np.ndarray) -> Callable[[], Any]:
@@ -754,22 +717,16 @@ class SagnacTestbed:
         no_cand = (unused, unused, np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64), unused)
         no_words = np.zeros((1, 1), dtype=np.uint64)
 
-        bright: list[np.ndarray | None] = [None]  # the window's bright slots, when the clients told them
-
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
-            br = bright[0]
             K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
                             acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
                             sig_slot, sig_outc, sig_n, how, *cand[:4], acq.keys["gap_bright"], cand[4],
-                            codes.view(np.uint64) if how == 0 else no_words,
-                            _EMPTY_T if br is None else br, br is not None)
+                            codes.view(np.uint64) if how == 0 else no_words)
 
         if self.modulation_on_demand:
-            bright[0] = self._bright_slots(acq, s0, s1, ca, pa, frame)
-            # each client's bright-level slots (asked above: _bright_slots), then the candidate slots
-            # (C_lo ∪ (E ∩ bright); C_lo ∪ E when a client cannot tell its levels), then the clients'
-            # codes in those slots only (ModulationLog.choices), then the clicks of those candidates
+            # the candidate slots first (independent of the choices), then the clients' codes
+            # in those slots only (ModulationLog.choices), then the clicks of those candidates
             # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
             cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, "cand")
             cand_n = sig_n.copy()

@@ -7,8 +7,8 @@ Wraps the simulator's stage methods with ``time.process_time`` and streams ``S``
 per simulated second of every stage. Without ``--on-demand``: the drive-pattern path
 (``_drive_patterns``, ``_signal_clicks`` including the patterns, ``_detector_tags``, ``_merge``,
 ``_window``). With it: the optics node's path with the clients' logs in the same process (the
-clients' bright-level answers ``level_slots`` and choices, ``_bright_slots``, the two passes of the
-signal kernel, grouping and scattering of the candidates' codes). Used for the stage tables of
+clients' choices, the two passes of the signal kernel, grouping and scattering of the candidates'
+codes). Used for the stage tables of
 docs/simulator.md and docs/nodes.md. Process time includes every thread of the process.
 """
 
@@ -58,12 +58,10 @@ def main() -> None:
     if args.on_demand:
         stages += [
             (T, "_signal_pass", lambda *a, **k: f"signal kernel pass '{a[-1]}'"),
-            (T, "_bright_slots", lambda *a, **k: "bright slots (incl. the clients' level answers)"),
             (T, "_candidate_codes", lambda *a, **k: "candidates' codes (incl. the clients' choices)"),
             (kernels, "group_candidates", lambda *a, **k: "grouping"),
             (kernels, "scatter_codes", lambda *a, **k: "scattering"),
             (qrng.CsprngChoiceLog, "choices", lambda *a, **k: "clients: choices"),
-            (qrng.CsprngChoiceLog, "level_slots", lambda *a, **k: "clients: level slots"),
         ]
     for obj, name, key in stages:
         _timed(acc, obj, name, key)

@@ -96,7 +96,7 @@ from labqfl.nodes.common import (
     request,
     simulated_light,
 )
-from labqfl.nodes.optics import encode_query_slots, query_slots
+from labqfl.nodes.optics import query_slots
 from labqfl.nodes.wire import decode_gaps
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import forgery_probability
@@ -698,8 +698,6 @@ class _Acq:
         self.link_error = ""
         self.link_thread: threading.Thread | None = None
         self.answered_slots = 0
-        #: slots named in this client's answers to ``mod/levels`` (its bright-level slots)
-        self.level_slots = 0
         #: the detector announced the acquisition's end (``ann/end``), or its announcement session ended
         self.ended = threading.Event()
 
@@ -1028,15 +1026,7 @@ class ClientNode(Node):
         the optics asks nothing). At ``mod/end`` this client's stream plays out and stops."""
         try:
             rep = link.request(Message("mod/ready", {}))
-            while rep.kind in ("mod/query", "mod/levels"):
-                if rep.kind == "mod/levels":  # the slots of its frames with one intensity level (the bright one)
-                    try:
-                        slots = a.raw_log.level_slots(np.asarray(rep.get("runs"), dtype=np.int64), int(rep.get("level")))
-                    except (ValueError, TypeError) as e:
-                        raise MessageError(f"mod/levels from the optics: {e}") from None
-                    a.level_slots += int(slots.size)
-                    rep = link.request(Message("mod/level-slots", encode_query_slots(slots)))
-                    continue
+            while rep.kind == "mod/query":
                 rec = a.raw_log.choices(query_slots(rep))
                 codes = (rec.intensity_idx.astype(np.uint8) * 4 + rec.phase_idx.astype(np.uint8)).astype(np.uint8)
                 a.answered_slots += int(codes.size)
@@ -1086,7 +1076,7 @@ class ClientNode(Node):
                      round_trips=ip.ch.stats.round_trips if ip.ch is not None else 0)
             out[name] = d
         modulation = a.streams.summary() if a.streams is not None else {}
-        return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, level_slots=a.level_slots, link_error=a.link_error,
+        return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error,
                   modulation=json.dumps(modulation))
 
     def shutdown(self) -> None:

@@ -137,7 +137,6 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
                           "ctl/results")
             pairs.update(json.loads(str(rep.get("results"))))
             per_client[c] = {"answered_slots": int(rep.get("answered_slots")),
-                             "level_slots": int(rep.fields.get("level_slots", 0)),
                              "modulator_link_error": str(rep.get("link_error")),
                              # frames played and lost on its pattern generator ({} without one)
                              "modulation": json.loads(str(rep.fields.get("modulation") or "{}")).get(c, {})}

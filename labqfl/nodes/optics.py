@@ -41,7 +41,6 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,13 +98,6 @@ def block_of(msg: Message) -> TagBlock:
     return TagBlock(ts, ch)
 
 
-@dataclass(frozen=True)
-class _LevelSlots:
-    """A client's answer to ``mod/levels``: the slots, ascending (told apart from ``mod/applied`` codes)."""
-
-    slots: np.ndarray
-
-
 class ModulatorLink:
     """The optics' end of one client's modulator link for one acquisition.
 
@@ -117,25 +109,19 @@ class ModulatorLink:
 
     def __init__(self, client: str) -> None:
         self.client = client
-        self._questions: queue.Queue[np.ndarray | tuple[np.ndarray, int] | None] = queue.Queue()
-        self._answers: queue.Queue[np.ndarray | _LevelSlots | BaseException] = queue.Queue()
+        self._questions: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._answers: queue.Queue[np.ndarray | BaseException] = queue.Queue()
         self.asked_slots = 0
-        #: slots of this client's frames the optics asked the bright-level slots of (``mod/levels``)
-        self.level_slots_asked = 0
 
     # served side (the client's session thread)
     def handle(self, req: Message) -> Message:
         if req.kind == "mod/applied":
             self._answers.put(np.asarray(req.get("codes"), dtype=np.uint8))
-        elif req.kind == "mod/level-slots":
-            self._answers.put(_LevelSlots(query_slots(req)))
         elif req.kind != "mod/ready":
             raise MessageError(f"modulator link of {self.client}: unexpected {req.kind!r}")
         q = self._questions.get()
         if q is None:
             return ok("mod/end")
-        if isinstance(q, tuple):
-            return ok("mod/levels", runs=q[0], level=q[1])
         return ok("mod/query", **encode_query_slots(q))
 
     def on_close(self, error: BaseException | None) -> None:
@@ -157,41 +143,13 @@ class ModulatorLink:
         self._questions.put(s)
         return lambda: self._answer(s)
 
-    def ask_levels(self, runs: np.ndarray, level: int) -> Callable[[], np.ndarray]:
-        """Put the question "in which slots of ``runs`` (flat [lo, hi) pairs: this client's frames of
-        the window) did you send intensity level ``level``?" and return the wait for the answer (the
-        slots, ascending): how the Monte-Carlo learns the bright slots, so that it asks for choices
-        only where a slot can click (:meth:`SagnacTestbed._bright_slots`)."""
-        r = np.ascontiguousarray(runs, dtype=np.int64)
-        self._questions.put((r, int(level)))
-        return lambda: self._level_answer(r)
-
-    def _next_answer(self) -> np.ndarray | _LevelSlots:
+    def _answer(self, s: np.ndarray) -> ModulationRecord:
         try:
             got = self._answers.get(timeout=LINK_TIMEOUT_S)
         except queue.Empty:
             raise NodeError(f"client {self.client} did not answer its modulator link within {LINK_TIMEOUT_S:.0f} s") from None
         if isinstance(got, BaseException):
             raise got
-        return got
-
-    def _level_answer(self, r: np.ndarray) -> np.ndarray:
-        got = self._next_answer()
-        if not isinstance(got, _LevelSlots):
-            raise NodeError(f"client {self.client} answered codes to a question about its intensity levels")
-        s = got.slots
-        lo, hi = r[0::2], r[1::2]
-        at = np.searchsorted(lo, s, side="right") - 1
-        if s.size and (bool(np.any(np.diff(s) <= 0)) or int(at.min()) < 0 or bool(np.any(s >= hi[at]))):
-            raise NodeError(f"client {self.client} answered {s.size} level slots that are not ascending slots of "
-                            "the runs asked")
-        self.level_slots_asked += int(np.sum(hi - lo))
-        return s
-
-    def _answer(self, s: np.ndarray) -> ModulationRecord:
-        got = self._next_answer()
-        if not isinstance(got, np.ndarray):
-            raise NodeError(f"client {self.client} answered level slots to a question about its choices")
         if got.shape != s.shape or (got.size and int(got.max()) >= 4 * 8):
             raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots")
         self.asked_slots += int(s.size)

@@ -110,13 +110,12 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
     pat = np.zeros(1, np.uint8)
     none_i, none_b = np.zeros(0, np.int64), np.zeros(0, np.uint8)
 
-    def run(how, ci, cj, wi, wj, cand=none_i, flags=none_b, bright=None):
+    def run(how, ci, cj, wi, wj, cand=none_i, flags=none_b):
         out_s, out_o = np.zeros(n_slots, np.int64), np.zeros(n_slots, np.uint8)
         n, rng_out, _ = K._segment_bright(np.int64(seg), np.int64(s0 + n_slots), np.int64(s0), np.uint64(99), pmax, q_lo, r,
                                     glo, ghi, table, ci, wi, 0, pat, top_i, cj, wj, 0, pat, top_j,
                                     0, 0.0, np.uint64(0), np.uint64(key_acc), np.uint64(key_extra),
-                                    out_s, out_o, 0, how, 0, cand, flags,
-                                    none_i if bright is None else bright, bright is not None)
+                                    out_s, out_o, 0, how, 0, cand, flags)
         drawn.append(rng_out)
         return out_s[:n], out_o[:n]
 
@@ -144,16 +143,6 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
     np.testing.assert_array_equal(ds, slots[click])
     np.testing.assert_array_equal(do, outcome[click])
     ts, to = run(2, codes[0, cs - s0].copy(), codes[1, cs - s0].copy(), words[0, :0], words[1, :0], cs, cf)
-    np.testing.assert_array_equal(ts, ds)
-    np.testing.assert_array_equal(to, do)
-    # the clients tell their bright slots: C_lo ∪ (E ∩ bright), the C_lo stream drawn alike, the same clicks
-    bright_slots = slots[bright]
-    bs, bf = run(1, codes[0], codes[1], words[0], words[1], bright=bright_slots)
-    keep = (cf == 1) | np.isin(cs, bright_slots)
-    np.testing.assert_array_equal(bs, cs[keep])
-    np.testing.assert_array_equal(bf, cf[keep])
-    assert drawn[-1] == drawn[0] and bs.size < 0.5 * cs.size
-    ts, to = run(2, codes[0, bs - s0].copy(), codes[1, bs - s0].copy(), words[0, :0], words[1, :0], bs, bf)
     np.testing.assert_array_equal(ts, ds)
     np.testing.assert_array_equal(to, do)
 
