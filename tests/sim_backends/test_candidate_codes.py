@@ -178,3 +178,47 @@ def test_clients_with_ask_are_all_asked_before_any_answer_is_awaited():
     kinds = [e for e, _ in events]
     asked = kinds.count("ask")
     assert asked >= 2 and kinds == ["ask"] * asked + ["answer"] * asked
+
+
+class _AskRecorder:
+    """A remote client's link as the optics sees it, recording every slot it is asked about."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self.asked: list[np.ndarray] = []
+
+    def ask(self, slots: np.ndarray) -> Any:
+        self.asked.append(np.array(slots, copy=True))
+        return lambda: self._log.choices(slots)
+
+    def __getattr__(self, name: str) -> Any:  # whatever else the client's log can answer, the link forwards
+        return getattr(self._log, name)
+
+
+def test_the_slots_a_client_is_asked_about_do_not_depend_on_any_clients_choices():
+    """Decision 0004: the optics asks about candidate slots drawn from its own channel seeds and the
+    link budget only, so what a client is asked reveals nothing of its partners' choices. Two
+    acquisitions with the same channel seeds, once with C2 (and C3) drawing other choices: every
+    client is asked about exactly the same slots, while the clicks differ. (A design that asked only
+    where some client sent its bright level — built and reverted on 2026-12-04 — fails this: C1
+    would be asked about its partners' decoy slots.)"""
+    cfg = load_station_config()
+
+    def fresh(name: str) -> CsprngChoiceLog:
+        c = cfg.client(name)
+        return CsprngChoiceLog(client=name, intensity_probs=tuple(c.intensity_probs), basis_x_prob=c.basis_x_prob)
+
+    base = {c.name: fresh(c.name) for c in cfg.clients}
+    runs = []
+    for swapped in ((), ("C2", "C3")):
+        logs = {n: (fresh(n) if n in swapped else lg) for n, lg in base.items()}
+        links = {n: _AskRecorder(lg) for n, lg in logs.items()}
+        tb = SagnacTestbed(cfg, threads=1)
+        tb.modulation_on_demand = True
+        tags = np.concatenate([b.timestamps for b in tb.stream_with(dict(links), 0.004)])
+        runs.append((tags, {n: np.concatenate(lk.asked) for n, lk in links.items()}))
+    (tags_a, asked_a), (tags_b, asked_b) = runs
+    assert not np.array_equal(tags_a, tags_b)  # the choices did change the clicks
+    for n in asked_a:
+        assert asked_a[n].size > 10_000
+        np.testing.assert_array_equal(asked_a[n], asked_b[n], err_msg=f"{n} was asked about other slots")
