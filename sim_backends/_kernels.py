@@ -616,17 +616,18 @@ def scatter_codes(client: np.int64, intensity_idx: np.ndarray, phase_idx: np.nda
     """Client ``client``'s answers for its slots of :func:`group_candidates` (in that order) into
     the candidates' places: code k·4 + a at ``out_i[r, k]`` where it modulated the clockwise pulse
     of the candidate's pair, at ``out_j[r, k]`` where the counter-clockwise one."""
-    q = 0
+    q = np.uint64(0)
     for m in range(runs.shape[0]):
         r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
-        if pair_ci[p] == client:
-            for k in range(k0, k1):
-                out_i[r, k] = np.uint8(intensity_idx[q] * 4 + phase_idx[q])
-                q += 1
-        if pair_cj[p] == client:
-            for k in range(k0, k1):
-                out_j[r, k] = np.uint8(intensity_idx[q] * 4 + phase_idx[q])
-                q += 1
+        for side in range(2):
+            if (pair_ci[p] if side == 0 else pair_cj[p]) != client:
+                continue
+            row = out_i[r] if side == 0 else out_j[r]
+            base = np.uint64(k0)
+            # unsigned offsets: no negative-index wraparound per access, so LLVM vectorises the copy
+            for t in range(np.uint64(k1 - k0)):
+                row[base + t] = np.uint8(intensity_idx[q + t] * 4 + phase_idx[q + t])
+            q += np.uint64(k1 - k0)
 
 
 @nb.njit(cache=True, nogil=True)
