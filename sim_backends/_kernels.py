@@ -344,6 +344,19 @@ def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: flo
 
 
 @nb.njit(inline="always")
+def _e_threshold(r_extra: float) -> np.uint64:
+    """The threshold of E = {s : U(key_extra, s) < r_extra}: with U = (h >> 11)·2^−53, s ∈ E ⇔
+    h >> 11 < ⌈r_extra·2^53⌉ (exact: 2^53 scales a double exactly)."""
+    return np.uint64(math.ceil(r_extra * 9007199254740992.0))
+
+
+@nb.njit(inline="always")
+def _in_e(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> bool:
+    """Whether slot ``t`` is in E (:func:`_e_threshold`): its hash under ``key_extra``, per slot."""
+    return (mix64(key_extra + t * _G) >> _U11) < e_thr
+
+
+@nb.njit(inline="always")
 def _first_lo(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, l1q: float,
               glo: np.ndarray, ghi: np.ndarray) -> tuple[np.int64, np.int64, np.uint64]:
     """(s, c, rng): the chunk's C_lo stream drawn from slot ``seg`` up to its first candidate c at
@@ -373,7 +386,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     scale_lo = q_lo / pmax
-    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
+    e_thr = _e_threshold(r_extra)
     br = np.empty(_BLOCK + 16, dtype=np.int64)
     plain = mode_i == 0 and mode_j == 0 and eve_side == 0
     s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
@@ -410,7 +423,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
         if plain:  # the same _click with its modes as constants: compiled without their branches (1.5× faster)
             for k in range(nbr):
                 t = s0 + br[k]
-                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
+                in_e = _in_e(key_extra, np.uint64(t), e_thr)
                 o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), 0, pat_i, 0, pat_j,
                            0, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
                 br[nbc] = br[k] * 4 + o
@@ -418,7 +431,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
         else:
             for k in range(nbr):
                 t = s0 + br[k]
-                in_e = (mix64(key_extra + np.uint64(t) * _G) >> _U11) < e_thr
+                in_e = _in_e(key_extra, np.uint64(t), e_thr)
                 o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), mode_i, pat_i, mode_j, pat_j,
                            eve_side, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
                 br[nbc] = br[k] * 4 + o
@@ -436,7 +449,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
             ci_ = np.int64(codes_i[c - s0])
             cj_ = np.int64(codes_j[c - s0])
             bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
-            if not (bright and (mix64(key_extra + np.uint64(c) * _G) >> _U11) < e_thr):  # else: done above
+            if not (bright and _in_e(key_extra, np.uint64(c), e_thr)):  # else: done above
                 if plain:
                     o = _click(c, ci_, cj_, 0, pat_i, 0, pat_j, 0, eve_frac, key_eve, key_acc,
                                1.0 if bright else scale_lo, table)
@@ -472,7 +485,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
     n = −1 if ``out_slot`` is full."""
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
-    e_thr = np.uint64(math.ceil(r_extra * 9007199254740992.0))  # as in _segment_bright
+    e_thr = _e_threshold(r_extra)
     flags = np.empty(_BLOCK, dtype=np.uint8)
     s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
     p0 = seg if seg > s0 else s0
@@ -483,7 +496,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
         if r_extra > 0.0:
             base = np.uint64(b0)
             for i in range(np.uint64(m)):
-                flags[i] = np.uint8((mix64(key_extra + (base + i) * _G) >> _U11) < e_thr)
+                flags[i] = np.uint8(_in_e(key_extra, base + i, e_thr))
         else:
             flags[:m] = 0
         while c < b0 + m:

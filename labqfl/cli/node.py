@@ -46,7 +46,6 @@ def _settings(station: Path | None, block_bits: int | None, engine: str, min_fin
             out[pair] = int(n)
         return out or None
 
-    params = SecurityParameters(eps_sec=eps_sec)
     plan = None
     if block_bits is None and block_slots is None and not pair_block_slots:
         from labqfl.app.distill import DistillOptions, distill_settings
@@ -58,7 +57,7 @@ def _settings(station: Path | None, block_bits: int | None, engine: str, min_fin
                                           duration, what=what, hint=hint)
     else:
         settings = DistillSettings(block_bits=1_000_000 if block_bits is None else block_bits, engine=engine,
-                                   block_slots=block_slots, params=params,
+                                   block_slots=block_slots, params=SecurityParameters(eps_sec=eps_sec),
                                    pair_block_slots=per_pair(pair_block_slots, "--pair-block-slots"))
     if min_final_bits is not None:  # one smallest final block for every pair
         settings = dataclasses.replace(settings, min_final_block_bits=min_final_bits, pair_min_final_block_bits=None)

@@ -38,7 +38,8 @@ def _probe(mode: str) -> tuple[str, int, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),
-                    reason="mallopt is glibc's: elsewhere keep_freed_memory changes nothing (next test)")
+                    reason="only Linux's glibc has mallopt; on other systems keep_freed_memory leaves the "
+                           "allocator as it is (checked by test_without_mallopt_nothing_is_changed)")
 def test_freed_arrays_come_back_without_page_faults() -> None:
     took, faults, pages = _probe("keep")
     assert took == "True"
