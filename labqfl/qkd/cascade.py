@@ -115,6 +115,16 @@ __all__ = [
     "reconcile_cascade",
 ]
 
+_NO_REFCOUNT = {"cache": True, "nogil": True, "_nrt": False}
+"""Every kernel here is compiled without Numba's reference counting (``_nrt=False``): with it,
+each array argument a kernel stores in a local costs an atomic ``NRT_incref`` and
+``NRT_decref`` per call, and the small helpers the search calls per parity (range parities,
+index arithmetic) take six to nine arrays each.  On a 10^6-bit frame at QBER 2 % those calls were
+24 % of the CPU time (perf, samples attributed with the kernels' load addresses).  Such a kernel
+must not allocate or return an array (Numba then has nothing to free it with): buffers come from
+the caller (``tests/qkd/reconciliation/test_cascade_kernels.py`` checks the compiled code calls no
+reference counting)."""
+
 HALF = -1
 """Schedule entry meaning "block size n/2": a random bipartition of the key."""
 
@@ -336,7 +346,7 @@ class _Passes:
         return np.minimum(k, self.n - b * k).astype(np.int64)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _fill_bipartition(words: np.ndarray, cum: np.ndarray, key: np.uint64, n: int) -> None:
     """Membership bits of a bipartition pass: word w = SplitMix64(key + w·γ) (Steele, Lea & Flood,
     "Fast splittable pseudorandom number generators", OOPSLA 2014), bits ≥ n cleared; ``cum``:
@@ -455,7 +465,7 @@ def _build_passes(n: int, seed: int, block_sizes: tuple[int, ...]) -> _Passes:
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _fold(v: np.uint64) -> int:
     v ^= v >> np.uint64(32)
     v ^= v >> np.uint64(16)
@@ -466,7 +476,7 @@ def _fold(v: np.uint64) -> int:
     return np.int64(v & np.uint64(1))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     """Key index of the r-th (0-based) member of bipartition block b (increasing index)."""
     W = masks.shape[1]
@@ -490,7 +500,7 @@ def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     return w * 64 + bit
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
               masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     if kind[q] == 1:
@@ -498,7 +508,7 @@ def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndar
     return (c[q] + a[q] * (b * k[q] + r)) % n
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               masks: np.ndarray, q: int, i: int) -> int:
     if kind[q] == 1:
@@ -509,7 +519,7 @@ def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.n
     return ((d * ainv[q]) % n) // k[q]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     """Parity of bits i0..i1-1 of a packed row (bit i = word i>>6, bit i&63), i0 < i1."""
     w0 = i0 >> 6
@@ -524,7 +534,7 @@ def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     return _fold(acc)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int) -> int:
     """Parity of members lo..hi-1 (ranks within block b of pass q).
@@ -555,35 +565,34 @@ def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, 
     return _fold(acc64)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _top_parities(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
-                  masks: np.ndarray, q: int, nb: int) -> np.ndarray:
-    """Parities of all nb blocks of pass q (uint8)."""
-    out = np.zeros(nb, np.uint8)
+                  masks: np.ndarray, q: int, nb: int, out: np.ndarray, o: int) -> None:
+    """Parities of the first nb blocks of pass q → ``out[o:o + nb]``."""
     if kind[q] == 1:
         acc1 = np.uint64(0)
         acc0 = np.uint64(0)
         for w in range(packed.size):
             acc1 ^= packed[w] & masks[q, w]
             acc0 ^= packed[w] & ~masks[q, w]
-        out[1] = _fold(acc1)
-        out[0] = _fold(acc0)  # bits beyond n are zero in ``packed``
-        return out
+        out[o] = _fold(acc0)  # bits beyond n are zero in ``packed``
+        if nb > 1:
+            out[o + 1] = _fold(acc1)
+        return
     kk = k[q]
     for blk in range(nb):
-        out[blk] = _span_parity(zp[q], blk * kk, min(n, (blk + 1) * kk))
-    return out
+        out[o + blk] = _span_parity(zp[q], blk * kk, min(n, (blk + 1) * kk))
 
 
 _GOLD = np.uint64(0x9E3779B97F4A7C15)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _slot(key: int, logcap: int) -> int:
     return np.int64((np.uint64(key) * _GOLD) >> np.uint64(64 - logcap))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _h_get(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int) -> int:
     mask = keys.size - 1
     i = _slot(key, logcap)
@@ -596,7 +605,7 @@ def _h_get(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int) -> int:
         i = (i + 1) & mask
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _h_put(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int, val: int) -> None:
     mask = keys.size - 1
     i = _slot(key, logcap)
@@ -606,14 +615,14 @@ def _h_put(keys: np.ndarray, vals: np.ndarray, logcap: int, key: int, val: int) 
     vals[i] = val
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _h_rehash(keys: np.ndarray, vals: np.ndarray, nkeys: np.ndarray, nvals: np.ndarray, logcap: int) -> None:
     for i in range(keys.size):
         if keys[i] != -1:
             _h_put(nkeys, nvals, logcap, keys[i], vals[i])
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _cache_get(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.ndarray, keys: np.ndarray,
                vals: np.ndarray, logcap: int, q: int, b: int, node: int) -> int:
     """Alice's parity of heap node ``node`` of block b of pass q if Bob has it, else −1.  Affine
@@ -629,7 +638,7 @@ def _cache_get(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.n
     return -1
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _cache_put(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.ndarray, keys: np.ndarray,
                vals: np.ndarray, logcap: int, q: int, b: int, node: int, val: int) -> None:
     """Store Alice's parity of a heap node (see :func:`_cache_get`)."""
@@ -643,12 +652,12 @@ def _cache_put(cbits: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, kind: np.n
         cbits[base + cwpb[q]] |= m
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _node_key(q: int, b: int, h: int) -> int:
     return (q << 56) | (b << 28) | h
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _popcount(v: np.uint64) -> int:
     v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
     v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -656,7 +665,7 @@ def _popcount(v: np.uint64) -> int:
     return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))  # type: ignore[return-value]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
              masks: np.ndarray, cum: np.ndarray, q: int, b: int, i: int) -> int:
     """Rank of key index i within its block b of pass q (inverse of :func:`_index_of`)."""
@@ -671,7 +680,7 @@ def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.nd
     return (d * ainv[q]) % n - b * k[q]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _kget(kn: np.ndarray, kx: np.ndarray, i: int) -> int:
     """Alice's bit i if Bob knows it (0/1), else −1."""
     m = np.uint64(1) << np.uint64(i & 63)
@@ -680,7 +689,7 @@ def _kget(kn: np.ndarray, kx: np.ndarray, i: int) -> int:
     return -1
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _kset(kn: np.ndarray, kx: np.ndarray, i: int, v: int) -> None:
     m = np.uint64(1) << np.uint64(i & 63)
     kn[i >> 6] |= m
@@ -690,7 +699,7 @@ def _kset(kn: np.ndarray, kx: np.ndarray, i: int, v: int) -> None:
         kx[i >> 6] &= ~m
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _known_parity(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
                   kn: np.ndarray, kx: np.ndarray) -> int:
@@ -704,7 +713,7 @@ def _known_parity(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.
     return acc
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _implied_left(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, mid: int, hi: int,
                   pl: int, y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> int:
@@ -729,7 +738,7 @@ def _implied_left(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _learn(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
            masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, mid: int, hi: int,
            al: int, pl: int, y: np.ndarray, kn: np.ndarray, kx: np.ndarray) -> None:
@@ -742,7 +751,7 @@ def _learn(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray
         _kset(kn, kx, i, pl ^ y[i] ^ 1 ^ al)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _push(fb: int, onstk: np.ndarray, work: np.ndarray, sp: int) -> int:
     """Put search ``fb`` on the work stack unless it is already there; returns the new stack size."""
     if not onstk[fb]:
@@ -752,7 +761,7 @@ def _push(fb: int, onstk: np.ndarray, work: np.ndarray, sp: int) -> int:
     return sp
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.ndarray, bsize: np.ndarray) -> None:
     """(Re)start the binary search of top block ``fb`` at its root (whole block, heap index 1)."""
     st[fb] = 1
@@ -761,7 +770,7 @@ def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.n
     sh[fb] = 1
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray,
                         c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
                         y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> bool:
@@ -782,7 +791,7 @@ def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarra
     return True
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
                    y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
                    k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -1033,7 +1042,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
     return nq
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _materialize_packed(packed: np.ndarray, n: int, ainv: int, c: int, row: np.ndarray) -> None:
     """row ← the key in affine pass order, packed: bit j of row = key bit (c + a·j) mod n, so key
     bit i lands at position (i − c)·a⁻¹ mod n.  Reads ``packed`` (natural order) sequentially and
@@ -1055,7 +1064,7 @@ def _materialize_packed(packed: np.ndarray, n: int, ainv: int, c: int, row: np.n
                 pos -= n
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _last_certain(kind_row: np.ndarray, done: int, clean: int, confirm: int) -> int:
     """Last pass that certainly runs once pass ``done`` (−1: none yet) has ended with ``clean``
     clean bipartitions in a row: a frame stops after pass p only when ``confirm`` bipartitions in a
@@ -1073,7 +1082,7 @@ def _last_certain(kind_row: np.ndarray, done: int, clean: int, confirm: int) -> 
     return last
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _tell_frame_pass(f: int, p: int, told: np.ndarray, bo: np.ndarray, top_off: np.ndarray,
                      alice_top: np.ndarray) -> None:
     """Store Alice's block parities ``told`` of pass p of frame f (all but the last from p = 1 on:
@@ -1090,7 +1099,7 @@ def _tell_frame_pass(f: int, p: int, told: np.ndarray, bo: np.ndarray, top_off: 
         alice_top[g + o1 - 1] = par
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _open_frame_pass(f: int, p: int, ns: np.ndarray, wo: np.ndarray, bo: np.ndarray,
                      kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray,
                      top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray, built: np.ndarray,
@@ -1119,18 +1128,17 @@ def _open_frame_pass(f: int, p: int, ns: np.ndarray, wo: np.ndarray, bo: np.ndar
     yf = ypk[wo[f]:wo[f + 1]]
     if kind[f, p] == 0:
         _materialize_packed(yf, n, ainv[f, p], c[f, p], zf[p])
-    tp = _top_parities(zf, yf, n, kind[f], k[f], mk, p, nb[f, p])
+    _top_parities(zf, yf, n, kind[f], k[f], mk, p, nb[f, p], bob_top, g + o0)
     nodd = 0
     for b in range(nb[f, p]):
-        bob_top[g + o0 + b] = tp[b]
-        if tp[b] != alice_top[g + o0 + b]:
+        if bob_top[g + o0 + b] != alice_top[g + o0 + b]:
             init[g + nodd] = o0 + b
             nodd += 1
     clean[f] = clean[f] + 1 if (kind[f, p] == 1 and nodd == 0) else 0
     return nodd
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
               passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
               bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -1145,7 +1153,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
               res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray,
               defer: int, sfl: np.ndarray, got: np.ndarray, waiting: np.ndarray, req: np.ndarray,
-              two_level: int) -> int:
+              two_level: int, qpos: np.ndarray, nhash: np.ndarray) -> int:
     """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
     ``cascade/round``: Alice's block parities of the passes listed in ``opened`` (frame·128 + pass)
     are stored (``got``), every frame with queries last round (``nq[f]`` of them) takes its answers
@@ -1173,11 +1181,10 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
         ntop += nb[opened[t] >> 7, p] - (1 if p > 0 else 0)
     if ntop > disclosed.size:
         return -3
-    qpos = np.zeros(K + 1, np.int64)  # frame f's answers: disclosed[qpos[f]:qpos[f + 1]]
-    nhash = np.zeros(K, np.int64)  # answers that go to a hash table (bipartition passes)
-    pos = ntop
-    for f in range(K):
+    pos = ntop  # qpos[:K + 1]: frame f's answers are disclosed[qpos[f]:qpos[f + 1]]; nhash[:K]: answers
+    for f in range(K):  # that go to a hash table (bipartition passes)
         qpos[f] = pos
+        nhash[f] = 0
         for t in range(nq[f]):
             fb = qidx[bo[f] + t]
             fl = sfl[bo[f] + fb]
@@ -1264,7 +1271,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
     return 0
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(**_NO_REFCOUNT)
 def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
                  k: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
@@ -1301,12 +1308,16 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
         if kind[f, p] == 0 and not ready[f, p]:
             _materialize_packed(xf, n, ainv[f, p], c[f, p], zf[p])
         ready[f, p] = True
-        tp = _top_parities(zf, xf, n, kind[f], k[f], mk, p, nb[f, p])
         m = nb[f, p] - (1 if p > 0 else 0)
         if pos + m > out.size:
             return -5
-        out[pos:pos + m] = tp[:m]
+        _top_parities(zf, xf, n, kind[f], k[f], mk, p, m, out, pos)
         pos += m
+    fv = -1  # the frame whose views (cm, zf, mk) are at hand: queries come frame by frame
+    W = wo[1] - wo[0]
+    cm = cum[:P * (W + 1)].reshape((P, W + 1))
+    zf = zp[:P * W].reshape((P, W))
+    mk = masks[:P * W].reshape((P, W))
     for j in range(queries.size // 5):
         f = int(np.int64(queries[5 * j])) >> 7  # signed: lo, hi and mid mix with int64 (uint64 would give floats)
         q = int(np.int64(queries[5 * j])) & 127
@@ -1317,8 +1328,12 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
         if f >= K or q >= P or not ready[f, q]:
             return -3
         n = ns[f]
-        W = wo[f + 1] - wo[f]
-        cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+        if f != fv:
+            fv = f
+            W = wo[f + 1] - wo[f]
+            cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+            zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+            mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
         if b >= nb[f, q]:
             return -4
         if kind[f, q] == 1:
@@ -1327,8 +1342,6 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
             size = min(k[f, q], n - b * k[f, q])
         if hi - lo < 2 or hi > size or fl > 7:
             return -4
-        zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-        mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
         for lvl in range(2):
             mid = lo + (hi - lo) // 2
             if pos >= out.size:
@@ -1571,6 +1584,7 @@ class _BobWork:
     coff: np.ndarray
     cwpb: np.ndarray  # int64 [K, P]: words per block and flag kind (known / value)
     got: np.ndarray  # bool [K, P]: Alice's block parities of the pass received
+    qpos: np.ndarray  # int64 [K + 1]: scratch of _bob_step (where each frame's answers start)
 
     @classmethod
     def allocate(cls, bits: np.ndarray, F: _FrameSet) -> _BobWork:
@@ -1594,13 +1608,14 @@ class _BobWork:
         arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
         fpass = np.concatenate([np.repeat(np.arange(F.npasses, dtype=np.int64), F.nb[f]) for f in range(F.frames)])
         prog = {name: np.zeros(F.frames, np.int64) for name in ("cur", "clean", "passes_run", "nq", "hcount",
-                                                                 "needgrow", "waiting", "req")}
+                                                                 "needgrow", "waiting", "req", "nhash")}
         return cls(y=y, ypk=ypk, zp=np.zeros(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
                    counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
                    known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
                    hkeys=np.full(int(ho[-1]), -1, np.int64), hvals=np.zeros(int(ho[-1]), np.int8),
                    ho=ho, logcap=logcap, prog=prog, cbits=np.zeros(int(co[-1]), np.uint64), co=co,
-                   coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb, got=np.zeros((F.frames, F.npasses), bool))
+                   coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb, got=np.zeros((F.frames, F.npasses), bool),
+                   qpos=np.zeros(F.frames + 1, np.int64))
 
     def grow(self, frames: np.ndarray) -> None:
         """Double the parity caches of ``frames`` (rehashed; the other frames' are copied)."""
@@ -1643,7 +1658,7 @@ class _BobWork:
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
                 A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
                 A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb,
-                defer, A["sfl"], self.got, g["waiting"], g["req"], int(two_level))
+                defer, A["sfl"], self.got, g["waiting"], g["req"], int(two_level), self.qpos, g["nhash"])
             if code != -2:
                 return int(code)
             self.grow(np.flatnonzero(g["needgrow"]))

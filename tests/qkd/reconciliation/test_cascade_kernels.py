@@ -1,0 +1,51 @@
+"""Cascade's Numba kernels are compiled without reference counting (``_nrt=False``), which is only
+safe while no kernel that Python calls returns an array: Python would then wrap a view whose
+owner was never increfed, and free it twice.  Numba itself refuses allocations in such a kernel at compile time."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba.core import types
+from numba.core.registry import CPUDispatcher
+
+import labqfl.qkd.cascade as cascade
+from labqfl.qkd import reconcile_cascade
+
+
+def _kernels() -> dict[str, CPUDispatcher]:
+    return {name: obj for name, obj in vars(cascade).items() if isinstance(obj, CPUDispatcher)}
+
+
+def test_every_cascade_kernel_is_compiled_without_reference_counting() -> None:
+    kernels = _kernels()
+    assert {"_cascade_round", "_bob_step", "_alice_round", "_range_parity"} <= set(kernels)
+    counted = sorted(name for name, d in kernels.items() if d.targetoptions.get("_nrt", True))
+    assert counted == [], f"kernels compiled with reference counting (use _NO_REFCOUNT): {counted}"
+
+
+def test_no_cascade_kernel_returns_an_array(frame) -> None:  # type: ignore[no-untyped-def]
+    x, y = frame(20_000, 0.04, 3)
+    r = reconcile_cascade(x, y, 0.04, seed=5, frame_bits=8_000)  # every kernel runs, frames interleaved
+    assert np.array_equal(r.corrected, x)
+    compiled = {name: d for name, d in _kernels().items() if d.signatures}  # the kernels Python calls
+    assert {"_bob_step", "_alice_round"} <= set(compiled)
+    for name, d in compiled.items():
+        for sig in d.signatures:
+            ret = d.overloads[sig].signature.return_type
+            arrays = [t for t in getattr(ret, "types", (ret,)) if isinstance(t, types.Array)]
+            assert not arrays, f"{name}{sig} returns {ret}: an array leaving a kernel without reference counting"
+
+
+def test_numba_refuses_an_allocation_without_reference_counting() -> None:
+    """What the rule above relies on: a kernel that allocates does not compile under ``_nrt=False``."""
+
+    def allocates(n: int) -> float:
+        return float(np.zeros(n).sum())
+
+    kernel = numba.njit(**{**cascade._NO_REFCOUNT, "cache": False})(allocates)
+    try:
+        kernel(3)
+    except numba.core.errors.TypingError:
+        return
+    raise AssertionError("Numba compiled an allocation under _nrt=False")
