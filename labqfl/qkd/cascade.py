@@ -500,7 +500,7 @@ def _select(masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     return w * 64 + bit
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
               masks: np.ndarray, cum: np.ndarray, q: int, b: int, r: int) -> int:
     if kind[q] == 1:
@@ -508,7 +508,7 @@ def _index_of(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndar
     return (c[q] + a[q] * (b * k[q] + r)) % n
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               masks: np.ndarray, q: int, i: int) -> int:
     if kind[q] == 1:
@@ -519,7 +519,7 @@ def _block_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.n
     return ((d * ainv[q]) % n) // k[q]
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     """Parity of bits i0..i1-1 of a packed row (bit i = word i>>6, bit i&63), i0 < i1."""
     w0 = i0 >> 6
@@ -534,7 +534,7 @@ def _span_parity(words: np.ndarray, i0: int, i1: int) -> int:
     return _fold(acc)
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _range_parity(zp: np.ndarray, packed: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int) -> int:
     """Parity of members lo..hi-1 (ranks within block b of pass q).
@@ -665,7 +665,7 @@ def _popcount(v: np.uint64) -> int:
     return np.int64((v * np.uint64(0x0101010101010101)) >> np.uint64(56))  # type: ignore[return-value]
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _rank_of(n: int, kind: np.ndarray, k: np.ndarray, c: np.ndarray, ainv: np.ndarray,
              masks: np.ndarray, cum: np.ndarray, q: int, b: int, i: int) -> int:
     """Rank of key index i within its block b of pass q (inverse of :func:`_index_of`)."""
@@ -770,7 +770,7 @@ def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.n
     sh[fb] = 1
 
 
-@numba.njit(**_NO_REFCOUNT)
+@numba.njit(inline="always", **_NO_REFCOUNT)
 def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray,
                         c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
                         y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> bool:
