@@ -49,3 +49,22 @@ def test_numba_refuses_an_allocation_without_reference_counting() -> None:
     except numba.core.errors.TypingError:
         return
     raise AssertionError("Numba compiled an allocation under _nrt=False")
+
+
+def test_a_pass_order_row_holds_key_bit_c_plus_a_j_mod_n_at_position_j() -> None:
+    """The gathered row against its definition, for lengths on and off a word boundary."""
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 63, 64, 65, 1000, 4096, 10_007):
+        x = rng.integers(0, 2, n, dtype=np.uint8)
+        a = int(rng.integers(1, max(n, 2)))
+        while n > 1 and np.gcd(a, n) != 1:
+            a += 1
+        a %= n
+        c = int(rng.integers(0, n))
+        a_s = (a * np.arange(65, dtype=np.int64)) % n
+        row = np.full((n + 63) // 64, np.uint64(0xFFFFFFFFFFFFFFFF))  # stale content must not survive
+        cascade._materialize_packed(cascade._pack(x), n, c, row, a_s)
+        bits = np.unpackbits(row.view(np.uint8), bitorder="little")
+        expect = x[(c + a * np.arange(n, dtype=np.int64)) % n]
+        assert np.array_equal(bits[:n], expect), n
+        assert not bits[n:].any(), n
