@@ -701,6 +701,12 @@ def _kset(kn: np.ndarray, kx: np.ndarray, i: int, v: int) -> None:
         kx[i >> 6] &= ~m
 
 
+@numba.njit(inline="always", **_NO_REFCOUNT)
+def _bit(words: np.ndarray, i: int) -> int:
+    """Bit i of a packed row (bit i = word i >> 6, bit i & 63)."""
+    return np.int64((words[i >> 6] >> np.uint64(i & 63)) & np.uint64(1))  # type: ignore[return-value]
+
+
 @numba.njit(**_NO_REFCOUNT)
 def _known_parity(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
@@ -718,7 +724,7 @@ def _known_parity(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.
 @numba.njit(**_NO_REFCOUNT)
 def _implied_left(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
                   masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, mid: int, hi: int,
-                  pl: int, y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> int:
+                  pl: int, ypk: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> int:
     """Alice's parity of the left half [lo, mid) when it follows from known bit values, else −1.
 
     Either every bit of the left half is known (its parity is their XOR), or every bit of the
@@ -735,7 +741,7 @@ def _implied_left(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.
         if v >= 0:
             br = 0
             for r in range(mid, hi):
-                br ^= y[_index_of(n, kind, k, a, c, masks, cum, q, b, r)]
+                br ^= _bit(ypk, _index_of(n, kind, k, a, c, masks, cum, q, b, r))
             return pl ^ br ^ 1 ^ v
     return -1
 
@@ -743,14 +749,14 @@ def _implied_left(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.
 @numba.njit(**_NO_REFCOUNT)
 def _learn(n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray,
            masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, mid: int, hi: int,
-           al: int, pl: int, y: np.ndarray, kn: np.ndarray, kx: np.ndarray) -> None:
+           al: int, pl: int, ypk: np.ndarray, kn: np.ndarray, kx: np.ndarray) -> None:
     """Record Alice's bit for a one-bit half once Alice's parity ``al`` of the left half is known:
     a one-bit left half is that bit; a one-bit right half is A(range) ⊕ al = B(range) ⊕ 1 ⊕ al."""
     if mid - lo == 1:
         _kset(kn, kx, _index_of(n, kind, k, a, c, masks, cum, q, b, lo), al)
     if hi - mid == 1:
         i = _index_of(n, kind, k, a, c, masks, cum, q, b, mid)
-        _kset(kn, kx, i, pl ^ y[i] ^ 1 ^ al)
+        _kset(kn, kx, i, pl ^ _bit(ypk, i) ^ 1 ^ al)
 
 
 @numba.njit(inline="always", **_NO_REFCOUNT)
@@ -775,7 +781,7 @@ def _restart(fb: int, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.n
 @numba.njit(inline="always", **_NO_REFCOUNT)
 def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarray, k: np.ndarray, a: np.ndarray,
                         c: np.ndarray, masks: np.ndarray, cum: np.ndarray, q: int, b: int, lo: int, hi: int,
-                        y: np.ndarray, kn: np.ndarray, kx: np.ndarray, imax: int) -> bool:
+                        kn: np.ndarray, kx: np.ndarray, imax: int) -> bool:
     """Whether a search that lands on a child h of its node (ranks [lo, hi) of block b of pass q, with
     an odd number of errors) would have to ask Alice the parity of its left half: the range has
     two bits or more and that parity is not implied by bits Bob knows.  Bob asks for it in the same
@@ -788,14 +794,14 @@ def _next_level_unknown(zp: np.ndarray, ypk: np.ndarray, n: int, kind: np.ndarra
     mid = lo + (hi - lo) // 2
     if imax > 0 and (mid - lo <= imax or hi - mid <= imax):
         pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
-        if _implied_left(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, pl, y, kn, kx, imax) >= 0:
+        if _implied_left(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, pl, ypk, kn, kx, imax) >= 0:
             return False
     return True
 
 
 @numba.njit(**_NO_REFCOUNT)
 def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.ndarray,
-                   y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
+                   ypk: np.ndarray, zp: np.ndarray, started: int, n: int, kind: np.ndarray,
                    k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
                    masks: np.ndarray, cum: np.ndarray, top_off: np.ndarray, fpass: np.ndarray,
                    bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray, st: np.ndarray,
@@ -874,7 +880,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
             pos += 1
             _cache_put(cbits, coff, cwpb, kind, hkeys, hvals, logcap, q, b, 2 * sh[fb], ans)
             if imax > 0 and hi - lo <= 3:
-                _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, ans, pl, y, kn, kx)
+                _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, ans, pl, ypk, kn, kx)
             if pl != ans:
                 shi[fb] = mid
                 sh[fb] = 2 * sh[fb]
@@ -904,7 +910,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 if hi - lo == 1:
                     i = _index_of(n, kind, k, a, c, masks, cum, q, b, lo)
                     found[nf] = i
-                    fval[nf] = 1 - y[i]  # Alice's bit
+                    fval[nf] = 1 - _bit(ypk, i)  # Alice's bit
                     nf += 1
                     st[fb] = 0
                     break
@@ -913,7 +919,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 pl = -1
                 if known < 0 and (mid - lo <= imax or hi - mid <= imax):
                     pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
-                    known = _implied_left(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, pl, y, kn, kx, imax)
+                    known = _implied_left(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, pl, ypk, kn, kx, imax)
                 if known < 0:
                     st[fb] = 3
                     if not inwait[fb]:
@@ -924,7 +930,7 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
                 if pl < 0:
                     pl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
                 if imax > 0 and hi - lo <= 3:
-                    _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, known, pl, y, kn, kx)
+                    _learn(n, kind, k, a, c, masks, cum, q, b, lo, mid, hi, known, pl, ypk, kn, kx)
                 if pl != known:
                     shi[fb] = mid
                     sh[fb] = 2 * sh[fb]
@@ -959,14 +965,13 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
             continue
         for t in range(nf):
             i = found[t]
-            if y[i] == fval[t]:
+            if _bit(ypk, i) == fval[t]:
                 continue  # already fixed by a concurrent search in another pass
             fbit = np.uint64(1) << np.uint64(i & 63)
             if flipped[i >> 6] & fbit:
                 counters[2] = i
                 return -1
             flipped[i >> 6] |= fbit
-            y[i] ^= 1
             ypk[i >> 6] ^= np.uint64(1) << np.uint64(i & 63)
             counters[0] += 1
             for r in range(started):
@@ -1029,9 +1034,9 @@ def _cascade_round(init: np.ndarray, nprev: int, qidx: np.ndarray, answers: np.n
         mid = lo + (hi - lo) // 2
         fl = _range_parity(zp, ypk, n, kind, k, masks, cum, q, b, lo, mid)
         if two_level:
-            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, lo, mid, y, kn, kx, imax):
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, lo, mid, kn, kx, imax):
                 fl |= 2
-            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, mid, hi, y, kn, kx, imax):
+            if _next_level_unknown(zp, ypk, n, kind, k, a, c, masks, cum, q, b, mid, hi, kn, kx, imax):
                 fl |= 4
         sfl[fb] = fl
         out_q[nq] = q
@@ -1151,7 +1156,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
               bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               nb: np.ndarray, top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray,
-              built: np.ndarray, y: np.ndarray, ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray,
+              built: np.ndarray, ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray,
               bsize: np.ndarray, alice_top: np.ndarray, bob_top: np.ndarray, st: np.ndarray, slo: np.ndarray,
               shi: np.ndarray, sh: np.ndarray, work: np.ndarray, waitl: np.ndarray, onstk: np.ndarray,
               inwait: np.ndarray, found: np.ndarray, fval: np.ndarray, qidx: np.ndarray, hkeys: np.ndarray,
@@ -1237,7 +1242,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
                                          built, ypk, zp, bsize, alice_top, bob_top, init, clean)
                 waiting[f] = 0
             r = _cascade_round(
-                init[b0:b0 + ninit], nprev, qidx[b0:b1], disclosed[qpos[f]:qpos[f + 1]], y[no[f]:no[f + 1]],
+                init[b0:b0 + ninit], nprev, qidx[b0:b1], disclosed[qpos[f]:qpos[f + 1]],
                 ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
                 a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
                 cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
@@ -1567,15 +1572,14 @@ _BLOCK_FLAGS = ("alice_top", "bob_top", "st", "onstk", "inwait", "fval", "indef"
 @dataclass
 class _BobWork:
     """Bob's working state for K frames (:meth:`CascadeBob.run`), in flat buffers sliced per frame
-    like :class:`_FrameSet`'s: his bits ``y`` (plain, packed ``ypk``, and in each affine pass's
-    order ``zp``), the per-top-level-block arrays of :func:`_cascade_round` (``arr``: block sizes,
+    like :class:`_FrameSet`'s: his bits (packed ``ypk``, and in each affine pass's order ``zp``;
+    :meth:`corrected` unpacks them), the per-top-level-block arrays of :func:`_cascade_round` (``arr``: block sizes,
     Alice's and Bob's parities, the bisection stack and wait lists, the found bits, the deferred
     queries, the query buffers ``out_*``, the odd blocks ``init`` of an opened pass), the bits Bob
     knows of Alice's, the parity caches (open-addressing hash tables, frame f's of capacity
     2**logcap[f] at ``ho[f]``, holding ``hcount[f]`` entries), and each frame's progress: current
     pass ``cur``, clean bipartitions in a row ``clean``, passes run, queries asked ``nq``."""
 
-    y: np.ndarray
     ypk: np.ndarray
     zp: np.ndarray
     fpass: np.ndarray
@@ -1600,11 +1604,10 @@ class _BobWork:
     def allocate(cls, bits: np.ndarray, F: _FrameSet) -> _BobWork:
         """Zeroed state for ``bits`` (copied); the hash tables (bipartition parities) start small
         and are grown by :meth:`grow`, the affine passes' bitmaps have a bit pair per heap node."""
-        y = bits.copy()
         W = int(F.wo[-1])
         ypk = np.zeros(W, np.uint64)
         for f in range(F.frames):
-            ypk[F.wo[f]:F.wo[f + 1]] = _pack(y[F.no[f]:F.no[f + 1]])
+            ypk[F.wo[f]:F.wo[f + 1]] = _pack(bits[F.no[f]:F.no[f + 1]])
         ntop = int(F.bo[-1])
         logcap = np.full(F.frames, 10, np.int64)  # bipartition parities only; grown as needed
         # affine pass q: a block's heap nodes are < 2^(⌈log2 k⌉+1); one known and one value bit each
@@ -1614,18 +1617,26 @@ class _BobWork:
         coff = np.concatenate([np.zeros((F.frames, 1), np.int64), np.cumsum(per_pass, axis=1)], axis=1)
         co = np.concatenate([[0], np.cumsum(coff[:, -1])]).astype(np.int64)
         ho = np.concatenate([[0], np.cumsum(np.int64(1) << logcap)]).astype(np.int64)
-        arr = {name: np.zeros(ntop, np.int64) for name in _BLOCK_ARRAYS}
+        arr = {name: np.zeros(ntop, np.int32) for name in _BLOCK_ARRAYS}
         arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
         fpass = np.concatenate([np.repeat(np.arange(F.npasses, dtype=np.int64), F.nb[f]) for f in range(F.frames)])
         prog = {name: np.zeros(F.frames, np.int64) for name in ("cur", "clean", "passes_run", "nq", "hcount",
                                                                  "needgrow", "waiting", "req", "nhash")}
-        return cls(y=y, ypk=ypk, zp=np.empty(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
+        return cls(ypk=ypk, zp=np.empty(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
                    counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
                    known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
                    hkeys=np.full(int(ho[-1]), -1, np.int64), hvals=np.zeros(int(ho[-1]), np.int8),
                    ho=ho, logcap=logcap, prog=prog, cbits=np.zeros(int(co[-1]), np.uint64), co=co,
                    coff=np.ascontiguousarray(coff[:, :-1]), cwpb=cwpb, got=np.zeros((F.frames, F.npasses), bool),
                    qpos=np.zeros(F.frames + 1, np.int64))
+
+    def corrected(self, F: _FrameSet) -> np.ndarray:
+        """Bob's bits now (uint8 0/1, frames concatenated)."""
+        out = np.empty(int(F.no[-1]), np.uint8)
+        for f in range(F.frames):
+            words = self.ypk[F.wo[f]:F.wo[f + 1]].astype("<u8")
+            out[F.no[f]:F.no[f + 1]] = np.unpackbits(words.view(np.uint8), bitorder="little")[:int(F.ns[f])]
+        return out
 
     def grow(self, frames: np.ndarray) -> None:
         """Double the parity caches of ``frames`` (rehashed; the other frames' are copied)."""
@@ -1662,7 +1673,7 @@ class _BobWork:
         while True:
             code = _bob_step(
                 disclosed, opened, g["nq"], g["cur"], g["clean"], g["passes_run"], g["needgrow"], F.ns, F.no, F.wo,
-                F.bo, F.kind, F.k, F.a, F.c, F.ainv, F.nb, F.top_off, F.masks, F.cum, F.bkeys, F.built, self.y,
+                F.bo, F.kind, F.k, F.a, F.c, F.ainv, F.nb, F.top_off, F.masks, F.cum, F.bkeys, F.built,
                 self.ypk, self.zp, self.fpass, A["bsize"], A["alice_top"], A["bob_top"], A["st"], A["slo"],
                 A["shi"], A["sh"], A["work"], A["waitl"], A["onstk"], A["inwait"], A["found"], A["fval"],
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
@@ -1744,7 +1755,7 @@ class CascadeBob:
         passes_run = int(w.prog["passes_run"].max())
         stats = channel.stats
         return ReconciliationResult(
-            corrected=w.y, leaked_bits=int(stats.leaked_bits), qber=self.qber,
+            corrected=w.corrected(F), leaked_bits=int(stats.leaked_bits), qber=self.qber,
             method=f"cascade-{self.schedule.name}", success=True, frame_errors=0,
             iterations=passes_run, round_trips=stats.round_trips, messages=stats.messages,
             tag_bytes=stats.tag_bytes, corrected_errors=int(w.counters[:, 0].sum()),
