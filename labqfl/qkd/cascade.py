@@ -90,13 +90,16 @@ Efficiency ``f = leaked_bits / (n · h(Q))`` (h the binary entropy) is ≥ 1 by 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numba
 import numpy as np
+from numba import prange
 
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
 from labqfl.qkd.reconciliation import (
@@ -1152,6 +1155,65 @@ def _open_frame_pass(f: int, p: int, ns: np.ndarray, wo: np.ndarray, bo: np.ndar
 
 
 @numba.njit(**_NO_REFCOUNT)
+def _bob_frame(f: int, disclosed: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
+               passes_run: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray, bo: np.ndarray,
+               kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray,
+               top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray, built: np.ndarray,
+               ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray, bsize: np.ndarray, alice_top: np.ndarray,
+               bob_top: np.ndarray, st: np.ndarray, slo: np.ndarray, shi: np.ndarray, sh: np.ndarray,
+               work: np.ndarray, waitl: np.ndarray, onstk: np.ndarray, inwait: np.ndarray, found: np.ndarray,
+               fval: np.ndarray, qidx: np.ndarray, hkeys: np.ndarray, hvals: np.ndarray, ho: np.ndarray,
+               logcap: np.ndarray, hcount: np.ndarray, out_q: np.ndarray, out_b: np.ndarray, out_lo: np.ndarray,
+               out_hi: np.ndarray, deferred: np.ndarray, counters: np.ndarray, flipped: np.ndarray,
+               known_n: np.ndarray, known_x: np.ndarray, indef: np.ndarray, init: np.ndarray, imax: int,
+               confirm: int, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray, defer: int,
+               sfl: np.ndarray, got: np.ndarray, waiting: np.ndarray, two_level: int, qpos: np.ndarray,
+               nhash: np.ndarray, a_s: np.ndarray) -> int:
+    """Frame f's part of :func:`_bob_step`: its answers, then :func:`_cascade_round`, opening each
+    next pass whose block parities are at hand, until it has queries, waits for block parities or
+    is done.  Touches only frame f's slices.  Returns 0, or −1 on inconsistent parities."""
+    P = kind.shape[1]
+    nprev = nq[f]
+    if nprev == 0 and not waiting[f]:
+        return 0  # finished
+    W = wo[f + 1] - wo[f]
+    b0, b1 = bo[f], bo[f + 1]
+    hcount[f] += nhash[f]
+    while True:
+        ninit = 0
+        if waiting[f]:
+            if not got[f, cur[f]]:
+                break
+            ninit = _open_frame_pass(f, cur[f], ns, wo, bo, kind, k, c, a_s, nb, top_off, masks, cum, bkeys,
+                                     built, ypk, zp, bsize, alice_top, bob_top, init, clean)
+            waiting[f] = 0
+        r = _cascade_round(
+            init[b0:b0 + ninit], nprev, qidx[b0:b1], disclosed[qpos[f]:qpos[f + 1]],
+            ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
+            a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
+            cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
+            bsize[b0:b1], alice_top[b0:b1], bob_top[b0:b1], st[b0:b1], slo[b0:b1], shi[b0:b1], sh[b0:b1],
+            work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
+            hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
+            out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
+            known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
+            coff[f], cwpb[f], defer, sfl[b0:b1], two_level)
+        nprev = 0
+        if r < 0:
+            return -1
+        nq[f] = r
+        if r > 0:
+            break
+        passes_run[f] = cur[f] + 1
+        if cur[f] + 1 < P and not (confirm > 0 and clean[f] >= confirm):
+            cur[f] += 1
+            waiting[f] = 1
+        else:
+            break
+    return 0
+
+
+@numba.njit(parallel=True, **_NO_REFCOUNT)
 def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
               passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
               bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -1166,7 +1228,8 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
               indef: np.ndarray, init: np.ndarray, imax: int, confirm: int, obuf: np.ndarray, qbuf: np.ndarray,
               res: np.ndarray, cbits: np.ndarray, co: np.ndarray, coff: np.ndarray, cwpb: np.ndarray,
               defer: int, sfl: np.ndarray, got: np.ndarray, waiting: np.ndarray, req: np.ndarray,
-              two_level: int, qpos: np.ndarray, nhash: np.ndarray, a_s: np.ndarray) -> int:
+              two_level: int, qpos: np.ndarray, nhash: np.ndarray, a_s: np.ndarray, ferr: np.ndarray,
+              parallel: int) -> int:
     """Bob's whole round over K frames, given Alice's reply ``disclosed`` to his last
     ``cascade/round``: Alice's block parities of the passes listed in ``opened`` (frame·128 + pass)
     are stored (``got``), every frame with queries last round (``nq[f]`` of them) takes its answers
@@ -1224,47 +1287,28 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
         got[f, p] = True
         pos += m
     res[3] = ntop
+    args = (disclosed, nq, cur, clean, passes_run, ns, no, wo, bo, kind, k, a, c, ainv, nb, top_off, masks, cum,
+            bkeys, built, ypk, zp, fpass, bsize, alice_top, bob_top, st, slo, shi, sh, work, waitl, onstk, inwait,
+            found, fval, qidx, hkeys, hvals, ho, logcap, hcount, out_q, out_b, out_lo, out_hi, deferred, counters,
+            flipped, known_n, known_x, indef, init, imax, confirm, cbits, co, coff, cwpb, defer, sfl, got, waiting,
+            two_level, qpos, nhash, a_s)
+    active = 0
+    for f in range(K):
+        active += nq[f] > 0 or waiting[f]
+    if parallel and active > 1:
+        for f in prange(K):  # frames are independent: numba.get_num_threads() of them at a time
+            ferr[f] = _bob_frame(f, *args)
+    else:
+        for f in range(K):
+            ferr[f] = _bob_frame(f, *args)
+    for f in range(K):
+        if ferr[f] < 0:
+            res[2] = f
+            return -1
     nopen = 0
     nqt = 0
     for f in range(K):
-        nprev = nq[f]
-        if nprev == 0 and not waiting[f]:
-            continue  # finished
-        W = wo[f + 1] - wo[f]
-        b0, b1 = bo[f], bo[f + 1]
-        hcount[f] += nhash[f]
-        while True:
-            ninit = 0
-            if waiting[f]:
-                if not got[f, cur[f]]:
-                    break
-                ninit = _open_frame_pass(f, cur[f], ns, wo, bo, kind, k, c, a_s, nb, top_off, masks, cum, bkeys,
-                                         built, ypk, zp, bsize, alice_top, bob_top, init, clean)
-                waiting[f] = 0
-            r = _cascade_round(
-                init[b0:b0 + ninit], nprev, qidx[b0:b1], disclosed[qpos[f]:qpos[f + 1]],
-                ypk[wo[f]:wo[f + 1]], zp[P * wo[f]:P * wo[f + 1]].reshape((P, W)), cur[f] + 1, ns[f], kind[f], k[f],
-                a[f], c[f], ainv[f], masks[P * wo[f]:P * wo[f + 1]].reshape((P, W)),
-                cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1)), top_off[f], fpass[b0:b1],
-                bsize[b0:b1], alice_top[b0:b1], bob_top[b0:b1], st[b0:b1], slo[b0:b1], shi[b0:b1], sh[b0:b1],
-                work[b0:b1], waitl[b0:b1], onstk[b0:b1], inwait[b0:b1], found[b0:b1], fval[b0:b1],
-                hkeys[ho[f]:ho[f + 1]], hvals[ho[f]:ho[f + 1]], logcap[f], out_q[b0:b1], out_b[b0:b1],
-                out_lo[b0:b1], out_hi[b0:b1], deferred[b0:b1], counters[f], flipped[wo[f]:wo[f + 1]],
-                known_n[wo[f]:wo[f + 1]], known_x[wo[f]:wo[f + 1]], indef[b0:b1], imax, cbits[co[f]:co[f + 1]],
-                coff[f], cwpb[f], defer, sfl[b0:b1], two_level)
-            nprev = 0
-            if r < 0:
-                res[2] = f
-                return -1
-            nq[f] = r
-            if r > 0:
-                break
-            passes_run[f] = cur[f] + 1
-            if cur[f] + 1 < P and not (confirm > 0 and clean[f] >= confirm):
-                cur[f] += 1
-                waiting[f] = 1
-            else:
-                break
+        b0 = bo[f]
         if nq[f] > 0 or waiting[f]:
             last = _last_certain(kind[f], cur[f] - waiting[f], clean[f], confirm)
             for p in range(req[f], last + 1):
@@ -1285,10 +1329,33 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
 
 
 @numba.njit(**_NO_REFCOUNT)
+def _alice_open(f: int, p: int, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray, k: np.ndarray, c: np.ndarray,
+                a_s: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray,
+                built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray, out: np.ndarray,
+                pos: int) -> None:
+    """Alice opens pass p of frame f (draws the bipartition or lays out her bits in pass order, once)
+    and writes its block parities (all but the last from p = 1 on) to ``out[pos:]``."""
+    K, P = kind.shape
+    n = ns[f]
+    W = wo[f + 1] - wo[f]
+    mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+    zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+    xf = xpk[wo[f]:wo[f + 1]]
+    if kind[f, p] == 1 and not built[f, p]:
+        _fill_bipartition(mk[p], cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))[p],
+                          bkeys[f, p], n)
+    built[f, p] = True
+    if kind[f, p] == 0 and not ready[f, p]:
+        _materialize_packed(xf, n, c[f, p], zf[p], a_s[f, p])
+    ready[f, p] = True
+    _top_parities(zf, xf, n, kind[f], k[f], mk, p, nb[f, p] - (1 if p > 0 else 0), out, pos)
+
+
+@numba.njit(parallel=True, **_NO_REFCOUNT)
 def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
                  k: np.ndarray, c: np.ndarray, a_s: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
-                 out: np.ndarray) -> int:
+                 out: np.ndarray, opos: np.ndarray, parallel: int) -> int:
     """Alice's answer to one ``cascade/round``: the block parities of every (frame·128 + pass) in
     ``opens`` (all but the last block's from pass 1 on), then one or two parities per query
     (frame·128 + pass, block, lo, hi, flags) in ``queries``, written to ``out``.  A query names a
@@ -1299,33 +1366,35 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
     next bisection level in the same round (the half must hold ≥ 2 bits).
     Returns how many; −1 no such frame or pass, −2 a pass opened before pass 0 of its frame, −3 a
     query into a pass whose block parities were not disclosed, −4 no such block or range (or
-    flags), −5 more parities than ``out`` holds."""
+    flags), −5 more parities than ``out`` holds.  ``opos``: scratch, one entry per open; ``parallel``:
+    open the frames' passes on numba.get_num_threads() threads."""
     K, P = kind.shape
     pos = 0
-    for t in range(opens.size):
+    for t in range(opens.size):  # check every open and place its parities, before any work
         f = int(opens[t] >> 7)
         p = int(opens[t] & 127)
         if f >= K or p >= P:
             return -1
         if p > 0 and not ready[f, 0]:
-            return -2
-        n = ns[f]
-        W = wo[f + 1] - wo[f]
-        mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-        zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-        xf = xpk[wo[f]:wo[f + 1]]
-        if kind[f, p] == 1 and not built[f, p]:
-            _fill_bipartition(mk[p], cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))[p],
-                              bkeys[f, p], n)
-        built[f, p] = True
-        if kind[f, p] == 0 and not ready[f, p]:
-            _materialize_packed(xf, n, c[f, p], zf[p], a_s[f, p])
-        ready[f, p] = True
+            first = False  # pass 0 of the frame opened earlier in this request
+            for u in range(t):
+                first |= opens[u] == opens[t] - p
+            if not first:
+                return -2
         m = nb[f, p] - (1 if p > 0 else 0)
         if pos + m > out.size:
             return -5
-        _top_parities(zf, xf, n, kind[f], k[f], mk, p, m, out, pos)
+        opos[t] = pos
         pos += m
+    args = (ns, wo, kind, k, c, a_s, nb, masks, cum, bkeys, built, ready, zp, xpk, out)
+    if parallel and opens.size > 1:
+        for f in prange(K):  # frames are independent: numba.get_num_threads() of them at a time
+            for t in range(opens.size):
+                if int(opens[t] >> 7) == f:
+                    _alice_open(f, int(opens[t] & 127), *args, opos[t])
+    else:
+        for t in range(opens.size):
+            _alice_open(int(opens[t] >> 7), int(opens[t] & 127), *args, opos[t])
     fv = -1  # the frame whose views (cm, zf, mk) are at hand: queries come frame by frame
     W = wo[1] - wo[0]
     cm = cum[:P * (W + 1)].reshape((P, W + 1))
@@ -1486,6 +1555,28 @@ _ALICE_ERRORS = {-1: "names a frame or pass that does not exist",
                  -5: "asks for more parities than the frames have blocks"}
 
 
+def _check_threads(threads: int) -> int:
+    if isinstance(threads, bool) or not isinstance(threads, int | np.integer) or threads < 1:
+        raise ReconciliationInputError(f"threads must be a positive integer, got {threads!r}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def _numba_threads(threads: int) -> Iterator[None]:
+    """Numba's thread count for the calling thread set to ``threads`` (at most
+    ``NUMBA_NUM_THREADS``) inside the block; nothing is changed for 1 (the kernels then run no
+    parallel loop)."""
+    if threads <= 1:
+        yield
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------------- parties
 class CascadeAlice:
     """Alice's side (a :class:`~labqfl.qkd.messaging.Responder`): answers Bob's parity requests.
@@ -1504,9 +1595,10 @@ class CascadeAlice:
     disclosed yet, raises :class:`~labqfl.qkd.messaging.MessageError`.
     """
 
-    def __init__(self, alice_bits: np.ndarray) -> None:
+    def __init__(self, alice_bits: np.ndarray, *, threads: int = 1) -> None:
         if not isinstance(alice_bits, np.ndarray) or alice_bits.dtype != np.uint8 or alice_bits.ndim != 1:
             raise ReconciliationInputError("alice_bits must be a 1-D uint8 array of 0/1")
+        self.threads = _check_threads(threads)
         self._x = np.ascontiguousarray(alice_bits)
         self._F: _FrameSet | None = None
         self._xpk = np.zeros(0, np.uint64)
@@ -1543,8 +1635,10 @@ class CascadeAlice:
         if opens.ndim != 1 or queries.ndim != 1 or queries.size % 5:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
         out = np.empty(int(F.bo[-1]) + 2 * (queries.size // 5), np.uint8)
-        got = _alice_round(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.a_s, F.nb, F.masks, F.cum, F.bkeys,
-                           F.built, self._ready, self._zp, self._xpk, out)
+        with _numba_threads(self.threads if opens.size > 1 else 1):  # opening passes is what runs in parallel
+            got = _alice_round(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.a_s, F.nb, F.masks, F.cum, F.bkeys,
+                               F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
+                               int(self.threads > 1))
         if got < 0:
             raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
         self.disclosed_bits += got
@@ -1621,7 +1715,7 @@ class _BobWork:
         arr.update({name: np.zeros(ntop, np.uint8) for name in _BLOCK_FLAGS})
         fpass = np.concatenate([np.repeat(np.arange(F.npasses, dtype=np.int64), F.nb[f]) for f in range(F.frames)])
         prog = {name: np.zeros(F.frames, np.int64) for name in ("cur", "clean", "passes_run", "nq", "hcount",
-                                                                 "needgrow", "waiting", "req", "nhash")}
+                                                                 "needgrow", "waiting", "req", "nhash", "ferr")}
         return cls(ypk=ypk, zp=np.empty(F.npasses * W, np.uint64), fpass=fpass, arr=arr,
                    counters=np.zeros((F.frames, 3), np.int64), flipped=np.zeros(W, np.uint64),
                    known_n=np.zeros(W, np.uint64), known_x=np.zeros(W, np.uint64),
@@ -1667,7 +1761,8 @@ class _BobWork:
         return nopen
 
     def step(self, F: _FrameSet, disclosed: np.ndarray, opened: np.ndarray, imax: int, confirm: int,
-             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int, two_level: bool) -> int:
+             obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int, two_level: bool,
+             parallel: bool = False) -> int:
         """:func:`_bob_step` on this state (the caches grown first where needed)."""
         A, g = self.arr, self.prog
         while True:
@@ -1679,7 +1774,8 @@ class _BobWork:
                 A["qidx"], self.hkeys, self.hvals, self.ho, self.logcap, g["hcount"], A["out_q"], A["out_b"],
                 A["out_lo"], A["out_hi"], A["deferred"], self.counters, self.flipped, self.known_n, self.known_x,
                 A["indef"], A["init"], imax, confirm, obuf, qbuf, res, self.cbits, self.co, self.coff, self.cwpb,
-                defer, A["sfl"], self.got, g["waiting"], g["req"], int(two_level), self.qpos, g["nhash"], F.a_s)
+                defer, A["sfl"], self.got, g["waiting"], g["req"], int(two_level), self.qpos, g["nhash"], F.a_s, g["ferr"],
+                int(parallel))
             if code != -2:
                 return int(code)
             self.grow(np.flatnonzero(g["needgrow"]))
@@ -1697,12 +1793,17 @@ class CascadeBob:
     parities asked, the same corrected bits — only its requests share messages with the other
     frames', so K frames take the round trips of their slowest one.  ``schedule`` (default
     :meth:`CascadeSchedule.for_frame` at the shortest frame's length) is the same for every frame.
+    ``threads``: how many frames Bob's kernel works on at once (Numba threads, at most
+    ``NUMBA_NUM_THREADS``); the same bits, parities and messages for any value.  The default 1
+    keeps Cascade on one core, for processes that share the machine with others (a node runs
+    beside the acquisition); a frame set alone on a machine can use its cores.
     """
 
     def __init__(self, bob_bits: np.ndarray, qber: float, *, schedule: CascadeSchedule | None = None,
-                 seed: int | None = None, frame_bits: int | None = None) -> None:
+                 seed: int | None = None, frame_bits: int | None = None, threads: int = 1) -> None:
         if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
             raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
+        self.threads = _check_threads(threads)
         self.frames = split_frames(int(bob_bits.size), frame_bits)
         if int(self.frames.max()) > MAX_BITS or self.frames.size > MAX_FRAMES:
             raise ReconciliationInputError(
@@ -1718,6 +1819,10 @@ class CascadeBob:
     def run(self, channel: Channel) -> ReconciliationResult:
         """Run the protocol against Alice behind ``channel``; return Bob's corrected bits.  Raises
         :class:`CascadeInconsistencyError` on parities no honest Alice can send."""
+        with _numba_threads(self.threads if self.frames.size > 1 else 1):
+            return self._run(channel)
+
+    def _run(self, channel: Channel) -> ReconciliationResult:
         seeds = frame_seeds(self.seed, int(self.frames.size))
         channel.request(Message("cascade/init", {"n": int(self.bits.size), "frames": self.frames, "seeds": seeds,
                                                  "schedule": _schedule_array(self.schedule)}))
@@ -1733,8 +1838,8 @@ class CascadeBob:
             rep = channel.request(Message("cascade/round", {"open": opened, "query": qbuf[:5 * nqt].copy()}))
             if rep.kind not in ("cascade/block-parities", "cascade/parities"):
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
-            code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf, res,
-                          self.schedule.defer_from, self.schedule.two_level)
+            code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf,
+                          res, self.schedule.defer_from, self.schedule.two_level, self.threads > 1)
             if code == -3:  # with two-level queries a flipped first-level parity changes the count too
                 raise CascadeInconsistencyError(
                     f"cascade: inconsistent parities from Alice (tampered or desynchronised): reply {rep.kind!r} to "
@@ -1767,7 +1872,8 @@ class CascadeBob:
 
 def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                       seed: int | None = None, schedule: CascadeSchedule | str = "frame",
-                      channel_authenticator: Any = None, frame_bits: int | None = None) -> ReconciliationResult:
+                      channel_authenticator: Any = None, frame_bits: int | None = None,
+                      threads: int = 1) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with Cascade (both parties in process).
 
     ``alice_bits``, ``bob_bits``: 1-D uint8 arrays of 0/1, equal length n.  ``qber``: the
@@ -1776,7 +1882,8 @@ def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     :meth:`CascadeSchedule.for_frame`: block sizes per frame length and QBER, confirmation passes
     bounding the frame error rate near 2^-16), ``"tuned"`` (Martinez-Mateo et al. opt. (8), 14
     passes), ``"original"`` or a :class:`CascadeSchedule`.  ``frame_bits``: reconcile the key as
-    interleaved frames of at most this many bits (each ≤ 2^27; :class:`CascadeBob`).  Returns a
+    interleaved frames of at most this many bits (each ≤ 2^27; :class:`CascadeBob`), ``threads`` of
+    them at once on each side (default 1; the result does not depend on it).  Returns a
     :class:`ReconciliationResult`; ``leaked_bits`` counts every parity Alice revealed.
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
@@ -1790,8 +1897,8 @@ def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
             schedule = CascadeSchedule.original(q)
         else:
             raise ReconciliationInputError(f"unknown Cascade schedule {schedule!r}; expected 'frame', 'tuned' or 'original'")
-    alice = CascadeAlice(alice_bits)
-    bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed, frame_bits=frame_bits)
+    alice = CascadeAlice(alice_bits, threads=threads)
+    bob = CascadeBob(bob_bits, q, schedule=schedule, seed=seed, frame_bits=frame_bits, threads=threads)
     return bob.run(LocalChannel(alice, channel_authenticator))
 
 

@@ -144,3 +144,50 @@ def test_the_pair_protocol_reconciles_large_blocks_as_interleaved_frames():
     assert bob.frames.size == 4 and int(bob.frames.min()) >= THIRD_PASS_MIN_BITS
     assert bob.schedule == CascadeSchedule.for_frame(0.02, int(bob.frames.min()))
     assert _bob("cascade", np.zeros(1000, np.uint8), 0.02).frames.tolist() == [1000]
+
+
+@pytest.mark.parametrize("qber", [0.02, 0.06])
+def test_frames_on_two_threads_give_the_one_thread_bits_parities_and_messages(frame, qber):
+    """``threads`` only changes how many frames each side works on at once (issue 23 item 2)."""
+    import numba
+
+    x, y = frame(120_000, qber, 21)
+    one = reconcile_cascade(x, y, qber, seed=4, frame_bits=15_000)
+    before = numba.get_num_threads()
+    two = reconcile_cascade(x, y, qber, seed=4, frame_bits=15_000, threads=2)
+    assert numba.get_num_threads() == before  # the caller's setting is restored
+    assert np.array_equal(two.corrected, x) and np.array_equal(one.corrected, x)
+    assert (two.leaked_bits, two.round_trips, two.messages, two.details["leaked_binary_search"]) == \
+        (one.leaked_bits, one.round_trips, one.messages, one.details["leaked_binary_search"])
+
+
+def test_a_flipped_parity_stops_bob_on_two_threads_too(frame):
+    x, y = frame(30_000, 0.02, 9)
+    with pytest.raises(CascadeInconsistencyError, match="^cascade: inconsistent parities from Alice"):
+        CascadeBob(y, 0.02, seed=9, frame_bits=10_000, threads=2).run(LocalChannel(_FlipOnce(x)))
+
+
+def test_alice_on_two_threads_refuses_a_pass_before_pass_0_but_takes_both_in_one_request(frame):
+    x, _ = frame(3_000, 0.02, 1)
+    sched = np.asarray(CascadeSchedule.for_frame(0.02, 1_000).block_sizes, np.int64)
+    init = Message("cascade/init", {"n": 3_000, "frames": np.array([1_000, 2_000]), "seeds": np.array([1, 2]),
+                                    "schedule": sched})
+    none = np.zeros(0, np.uint32)
+    alice = CascadeAlice(x, threads=2)
+    alice.handle(init)
+    with pytest.raises(MessageError, match="before pass 0"):
+        alice.handle(Message("cascade/round", {"open": np.array([0, 129], np.uint32), "query": none}))
+    rep = alice.handle(Message("cascade/round", {"open": np.array([0, 128, 129, 1], np.uint32), "query": none}))
+    serial = CascadeAlice(x)
+    serial.handle(init)
+    ref = serial.handle(Message("cascade/round", {"open": np.array([0, 128, 129, 1], np.uint32), "query": none}))
+    assert np.array_equal(rep.disclosed, ref.disclosed) and rep.disclosed.size > 0
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
+def test_threads_must_be_a_positive_integer(frame, threads):
+    from labqfl.qkd.reconciliation import ReconciliationInputError
+
+    x, y = frame(2_000, 0.02, 1)
+    with pytest.raises(ReconciliationInputError, match="threads must be a positive integer"):
+        reconcile_cascade(x, y, 0.02, seed=1, threads=threads)
