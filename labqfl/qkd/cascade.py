@@ -93,6 +93,7 @@ from __future__ import annotations
 import contextlib
 import math
 import secrets
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,7 @@ __all__ = [
     "reconcile_cascade",
 ]
 
-_NO_REFCOUNT = {"cache": True, "nogil": True, "_nrt": False}
+_NO_REFCOUNT: dict[str, Any] = {"cache": True, "nogil": True, "_nrt": False}
 """Every kernel here is compiled without Numba's reference counting (``_nrt=False``): with it,
 each array argument a kernel stores in a local costs an atomic ``NRT_incref`` and
 ``NRT_decref`` per call, and the small helpers the search calls per parity (range parities,
@@ -1213,7 +1214,7 @@ def _bob_frame(f: int, disclosed: np.ndarray, nq: np.ndarray, cur: np.ndarray, c
     return 0
 
 
-@numba.njit(parallel=True, **_NO_REFCOUNT)
+@numba.njit(**_NO_REFCOUNT)
 def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
               passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
               bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
@@ -1250,7 +1251,6 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
     a one-frame run runs.
     """
     K = ns.size
-    P = kind.shape[1]
     ntop = 0
     for t in range(opened.size):
         p = opened[t] & 127
@@ -1351,7 +1351,7 @@ def _alice_open(f: int, p: int, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray
     _top_parities(zf, xf, n, kind[f], k[f], mk, p, nb[f, p] - (1 if p > 0 else 0), out, pos)
 
 
-@numba.njit(parallel=True, **_NO_REFCOUNT)
+@numba.njit(**_NO_REFCOUNT)
 def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
                  k: np.ndarray, c: np.ndarray, a_s: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
@@ -1445,6 +1445,21 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
                 return -4
     return pos
 
+
+
+def _parallel_copy(kernel: Any) -> Any:
+    """``kernel`` compiled again with ``parallel=True`` (its ``prange`` over frames then runs on
+    Numba's threads), cached under a name of its own.  Only runs with ``threads`` > 1 use it, so
+    only they pay its compilation (≈ 20 s cold, against ≈ 4 s for the serial kernel)."""
+    fn = kernel.py_func
+    name = fn.__name__ + "_parallel"
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    return numba.njit(parallel=True, **_NO_REFCOUNT)(copy)
+
+
+_bob_step_parallel = _parallel_copy(_bob_step)
+_alice_round_parallel = _parallel_copy(_alice_round)
 
 def _pack(bits: np.ndarray) -> np.ndarray:
     W = (bits.size + 63) // 64
@@ -1570,7 +1585,7 @@ def _numba_threads(threads: int) -> Iterator[None]:
         yield
         return
     before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(threads, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
     try:
         yield
     finally:
@@ -1636,9 +1651,10 @@ class CascadeAlice:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
         out = np.empty(int(F.bo[-1]) + 2 * (queries.size // 5), np.uint8)
         with _numba_threads(self.threads if opens.size > 1 else 1):  # opening passes is what runs in parallel
-            got = _alice_round(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.a_s, F.nb, F.masks, F.cum, F.bkeys,
-                               F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
-                               int(self.threads > 1))
+            kernel = _alice_round_parallel if self.threads > 1 else _alice_round
+            got = kernel(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.a_s, F.nb, F.masks, F.cum, F.bkeys,
+                         F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
+                         int(self.threads > 1))
         if got < 0:
             raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
         self.disclosed_bits += got
@@ -1766,7 +1782,8 @@ class _BobWork:
         """:func:`_bob_step` on this state (the caches grown first where needed)."""
         A, g = self.arr, self.prog
         while True:
-            code = _bob_step(
+            kernel = _bob_step_parallel if parallel else _bob_step
+            code = kernel(
                 disclosed, opened, g["nq"], g["cur"], g["clean"], g["passes_run"], g["needgrow"], F.ns, F.no, F.wo,
                 F.bo, F.kind, F.k, F.a, F.c, F.ainv, F.nb, F.top_off, F.masks, F.cum, F.bkeys, F.built,
                 self.ypk, self.zp, self.fpass, A["bsize"], A["alice_top"], A["bob_top"], A["st"], A["slo"],
