@@ -1247,8 +1247,10 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
 
     Returns 0; −3 if ``disclosed`` has the wrong length (nothing changed); −2 if a frame's parity
     cache must grow first (``needgrow``; nothing changed); −1 on inconsistent parities (frame in
-    ``res[2]``, its key bit in ``counters[f, 2]``).  Frames are independent: each runs the protocol
-    a one-frame run runs.
+    ``res[2]``, its key bit in ``counters[f, 2]``; ``ferr``: scratch, one entry per frame).  Frames
+    are independent: each runs the protocol a one-frame run runs, in :func:`_bob_frame`, which
+    touches only its frame's slices — with ``parallel`` (the :func:`_parallel_copy`,
+    ``_bob_step_parallel``) and more than one frame with work, on Numba's threads.
     """
     K = ns.size
     ntop = 0
@@ -1607,7 +1609,8 @@ class CascadeAlice:
     ``cascade/block-parities`` when it carries block parities, else ``cascade/parities``.
     ``cascade/done`` → ``cascade/ok`` with Alice's own count of disclosed bits.  A request naming
     a frame, pass, block or range that does not exist, or a pass whose block parities were not
-    disclosed yet, raises :class:`~labqfl.qkd.messaging.MessageError`.
+    disclosed yet, raises :class:`~labqfl.qkd.messaging.MessageError`.  ``threads``: how many
+    frames' passes she opens at once (as :class:`CascadeBob`'s; the replies do not depend on it).
     """
 
     def __init__(self, alice_bits: np.ndarray, *, threads: int = 1) -> None:
