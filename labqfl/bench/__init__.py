@@ -79,6 +79,14 @@ def registry() -> dict[str, BenchEntry]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, Python and platform — printed with every benchmark report."""
     cpu = platform.processor() or "unknown"
@@ -90,13 +98,9 @@ def machine_info() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 1
     from labqfl.accel import cuda_name
 
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable,
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable_cores(),
             "python": platform.python_version(), "platform": platform.platform(), "gpu": cuda_name()}
 
 

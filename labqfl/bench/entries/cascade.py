@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.bench import BenchResult, benchmark
+from labqfl.bench import BenchResult, benchmark, usable_cores
 from labqfl.bench import noisy_frame as _frame
 from labqfl.qkd.cascade import HALF, cascade_reference, reconcile_cascade
 from labqfl.qkd.reconciliation import binary_entropy
@@ -184,7 +184,7 @@ def _cascade(quick: bool) -> BenchResult:
     load0 = os.getloadavg()[0]
     wall, cpu, res = _best_time(lambda: reconcile_cascade(x, y, q, seed=7), 1 if quick else 3)
     xk, yk = _frame(K * n, q, 3)
-    threads = max(1, min(len(os.sched_getaffinity(0)), int(numba.config.NUMBA_NUM_THREADS), K))  # type: ignore[attr-defined]
+    threads = max(1, min(usable_cores(), int(numba.config.NUMBA_NUM_THREADS), K))  # type: ignore[attr-defined]
     for t in {1, threads}:  # a first run of this size faults in its pages and starts the thread pool
         reconcile_cascade(xk, yk, q, seed=7, frame_bits=n, threads=t)
     kwall, kcpu, kres = _best_time(lambda: reconcile_cascade(xk, yk, q, seed=7, frame_bits=n, threads=threads),
