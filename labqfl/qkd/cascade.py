@@ -125,9 +125,9 @@ each array argument a kernel stores in a local costs an atomic ``NRT_incref`` an
 ``NRT_decref`` per call, and the small helpers the search calls per parity (range parities,
 index arithmetic) take six to nine arrays each.  On a 10^6-bit frame at QBER 2 % those calls were
 24 % of the CPU time (perf, samples attributed with the kernels' load addresses).  Such a kernel
-must not allocate or return an array (Numba then has nothing to free it with): buffers come from
-the caller (``tests/qkd/reconciliation/test_cascade_kernels.py`` checks the compiled code calls no
-reference counting)."""
+must not allocate (Numba refuses to compile that) or hand an array back to Python (nothing would
+own it): buffers come from the caller.  ``tests/qkd/reconciliation/test_cascade_kernels.py``
+checks that every kernel is compiled so and that none Python calls returns an array."""
 
 HALF = -1
 """Schedule entry meaning "block size n/2": a random bipartition of the key."""
@@ -1157,7 +1157,7 @@ def _open_frame_pass(f: int, p: int, ns: np.ndarray, wo: np.ndarray, bo: np.ndar
 
 @numba.njit(**_NO_REFCOUNT)
 def _bob_frame(f: int, disclosed: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
-               passes_run: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray, bo: np.ndarray,
+               passes_run: np.ndarray, ns: np.ndarray, wo: np.ndarray, bo: np.ndarray,
                kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray, nb: np.ndarray,
                top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray, built: np.ndarray,
                ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray, bsize: np.ndarray, alice_top: np.ndarray,
@@ -1216,7 +1216,7 @@ def _bob_frame(f: int, disclosed: np.ndarray, nq: np.ndarray, cur: np.ndarray, c
 
 @numba.njit(**_NO_REFCOUNT)
 def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np.ndarray, clean: np.ndarray,
-              passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, no: np.ndarray, wo: np.ndarray,
+              passes_run: np.ndarray, needgrow: np.ndarray, ns: np.ndarray, wo: np.ndarray,
               bo: np.ndarray, kind: np.ndarray, k: np.ndarray, a: np.ndarray, c: np.ndarray, ainv: np.ndarray,
               nb: np.ndarray, top_off: np.ndarray, masks: np.ndarray, cum: np.ndarray, bkeys: np.ndarray,
               built: np.ndarray, ypk: np.ndarray, zp: np.ndarray, fpass: np.ndarray,
@@ -1289,7 +1289,7 @@ def _bob_step(disclosed: np.ndarray, opened: np.ndarray, nq: np.ndarray, cur: np
         got[f, p] = True
         pos += m
     res[3] = ntop
-    args = (disclosed, nq, cur, clean, passes_run, ns, no, wo, bo, kind, k, a, c, ainv, nb, top_off, masks, cum,
+    args = (disclosed, nq, cur, clean, passes_run, ns, wo, bo, kind, k, a, c, ainv, nb, top_off, masks, cum,
             bkeys, built, ypk, zp, fpass, bsize, alice_top, bob_top, st, slo, shi, sh, work, waitl, onstk, inwait,
             found, fval, qidx, hkeys, hvals, ho, logcap, hcount, out_q, out_b, out_lo, out_hi, deferred, counters,
             flipped, known_n, known_x, indef, init, imax, confirm, cbits, co, coff, cwpb, defer, sfl, got, waiting,
@@ -1337,7 +1337,7 @@ def _alice_open(f: int, p: int, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray
                 pos: int) -> None:
     """Alice opens pass p of frame f (draws the bipartition or lays out her bits in pass order, once)
     and writes its block parities (all but the last from p = 1 on) to ``out[pos:]``."""
-    K, P = kind.shape
+    P = kind.shape[1]
     n = ns[f]
     W = wo[f + 1] - wo[f]
     mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
@@ -1448,11 +1448,11 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
     return pos
 
 
-
 def _parallel_copy(kernel: Any) -> Any:
     """``kernel`` compiled again with ``parallel=True`` (its ``prange`` over frames then runs on
     Numba's threads), cached under a name of its own.  Only runs with ``threads`` > 1 use it, so
-    only they pay its compilation (≈ 20 s cold, against ≈ 4 s for the serial kernel)."""
+    only they pay its compilation (cold: ≈ 24 s for both copies, on top of ≈ 23 s for the serial
+    kernels; measured on the 2-core development VM)."""
     fn = kernel.py_func
     name = fn.__name__ + "_parallel"
     copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
@@ -1462,6 +1462,7 @@ def _parallel_copy(kernel: Any) -> Any:
 
 _bob_step_parallel = _parallel_copy(_bob_step)
 _alice_round_parallel = _parallel_copy(_alice_round)
+
 
 def _pack(bits: np.ndarray) -> np.ndarray:
     W = (bits.size + 63) // 64
@@ -1653,11 +1654,12 @@ class CascadeAlice:
         if opens.ndim != 1 or queries.ndim != 1 or queries.size % 5:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
         out = np.empty(int(F.bo[-1]) + 2 * (queries.size // 5), np.uint8)
-        with _numba_threads(self.threads if opens.size > 1 else 1):  # opening passes is what runs in parallel
-            kernel = _alice_round_parallel if self.threads > 1 else _alice_round
+        threads = min(self.threads, opens.size)  # opening passes is what runs in parallel
+        with _numba_threads(threads):
+            kernel = _alice_round_parallel if threads > 1 else _alice_round
             got = kernel(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.a_s, F.nb, F.masks, F.cum, F.bkeys,
                          F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
-                         int(self.threads > 1))
+                         int(threads > 1))
         if got < 0:
             raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
         self.disclosed_bits += got
@@ -1781,13 +1783,13 @@ class _BobWork:
 
     def step(self, F: _FrameSet, disclosed: np.ndarray, opened: np.ndarray, imax: int, confirm: int,
              obuf: np.ndarray, qbuf: np.ndarray, res: np.ndarray, defer: int, two_level: bool,
-             parallel: bool = False) -> int:
+             parallel: bool) -> int:
         """:func:`_bob_step` on this state (the caches grown first where needed)."""
         A, g = self.arr, self.prog
         while True:
             kernel = _bob_step_parallel if parallel else _bob_step
             code = kernel(
-                disclosed, opened, g["nq"], g["cur"], g["clean"], g["passes_run"], g["needgrow"], F.ns, F.no, F.wo,
+                disclosed, opened, g["nq"], g["cur"], g["clean"], g["passes_run"], g["needgrow"], F.ns, F.wo,
                 F.bo, F.kind, F.k, F.a, F.c, F.ainv, F.nb, F.top_off, F.masks, F.cum, F.bkeys, F.built,
                 self.ypk, self.zp, self.fpass, A["bsize"], A["alice_top"], A["bob_top"], A["st"], A["slo"],
                 A["shi"], A["sh"], A["work"], A["waitl"], A["onstk"], A["inwait"], A["found"], A["fval"],
@@ -1839,10 +1841,11 @@ class CascadeBob:
     def run(self, channel: Channel) -> ReconciliationResult:
         """Run the protocol against Alice behind ``channel``; return Bob's corrected bits.  Raises
         :class:`CascadeInconsistencyError` on parities no honest Alice can send."""
-        with _numba_threads(self.threads if self.frames.size > 1 else 1):
-            return self._run(channel)
+        threads = min(self.threads, int(self.frames.size))
+        with _numba_threads(threads):
+            return self._run(channel, threads > 1)
 
-    def _run(self, channel: Channel) -> ReconciliationResult:
+    def _run(self, channel: Channel, parallel: bool) -> ReconciliationResult:
         seeds = frame_seeds(self.seed, int(self.frames.size))
         channel.request(Message("cascade/init", {"n": int(self.bits.size), "frames": self.frames, "seeds": seeds,
                                                  "schedule": _schedule_array(self.schedule)}))
@@ -1859,7 +1862,7 @@ class CascadeBob:
             if rep.kind not in ("cascade/block-parities", "cascade/parities"):
                 raise MessageError(f"cascade: bad reply {rep.kind!r} to cascade/round")
             code = w.step(F, rep.disclosed, opened, self.schedule.implied_max, self.schedule.confirm, obuf, qbuf,
-                          res, self.schedule.defer_from, self.schedule.two_level, self.threads > 1)
+                          res, self.schedule.defer_from, self.schedule.two_level, parallel)
             if code == -3:  # with two-level queries a flipped first-level parity changes the count too
                 raise CascadeInconsistencyError(
                     f"cascade: inconsistent parities from Alice (tampered or desynchronised): reply {rep.kind!r} to "
