@@ -52,7 +52,8 @@ def test_numba_refuses_an_allocation_without_reference_counting() -> None:
 
 
 def test_a_pass_order_row_holds_key_bit_c_plus_a_j_mod_n_at_position_j() -> None:
-    """The gathered row against its definition, for lengths on and off a word boundary."""
+    """The scattered row against its definition, for lengths on and off a word boundary; bits of the
+    packed key at or beyond n (none in a frame's words, set here) must not reach the row."""
     rng = np.random.default_rng(11)
     for n in (1, 2, 63, 64, 65, 1000, 4096, 10_007):
         x = rng.integers(0, 2, n, dtype=np.uint8)
@@ -61,10 +62,27 @@ def test_a_pass_order_row_holds_key_bit_c_plus_a_j_mod_n_at_position_j() -> None
             a += 1
         a %= n
         c = int(rng.integers(0, n))
-        a_s = (a * np.arange(65, dtype=np.int64)) % n
+        ai_s = (pow(a, -1, n) * np.arange(65, dtype=np.int64)) % n
         row = np.full((n + 63) // 64, np.uint64(0xFFFFFFFFFFFFFFFF))  # stale content must not survive
-        cascade._materialize_packed(cascade._pack(x), n, c, row, a_s)
+        packed = cascade._pack(x)
+        if n % 64:
+            packed[-1] |= ~((np.uint64(1) << np.uint64(n % 64)) - np.uint64(1))
+        cascade._materialize_packed(packed, n, c, row, ai_s)
         bits = np.unpackbits(row.view(np.uint8), bitorder="little")
         expect = x[(c + a * np.arange(n, dtype=np.int64)) % n]
         assert np.array_equal(bits[:n], expect), n
         assert not bits[n:].any(), n
+
+
+def test_bipartition_keys_are_numpys_default_rng_draws() -> None:
+    """The vectorised key derivation against the call it replaces, on seeds of one and two 32-bit
+    words (and the edges 0, 2^32 − 1, 2^32, 2^64 − 1) and passes 0 … 39."""
+    rng = np.random.default_rng(5)
+    seeds = ([int(rng.integers(0, 1 << 63)) for _ in range(40)] + [int(rng.integers(0, 1 << 32)) for _ in range(20)]
+             + [0, 1, (1 << 32) - 1, 1 << 32, (1 << 63) - 1, (1 << 64) - 1])
+    s = np.repeat(np.array(seeds, np.uint64), 40)
+    q = np.tile(np.arange(40), len(seeds))
+    expect = np.array([np.random.default_rng([int(a), int(b)]).integers(0, 1 << 63) for a, b in zip(s, q, strict=True)],
+                      np.uint64)
+    assert np.array_equal(cascade.bipartition_keys(s, q), expect)
+    assert cascade.bipartition_keys(np.zeros(0, np.uint64), np.zeros(0, np.int64)).size == 0
