@@ -1425,11 +1425,58 @@ def _alice_open(f: int, p: int, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray
     _top_parities(zf, xf, n, kind[f], k[f], mk, p, nb[f, p] - (1 if p > 0 else 0), out, pos)
 
 
+@numba.njit(inline="always", **_NO_REFCOUNT)
+def _alice_query(queries: np.ndarray, j: int, f: int, n: int, kind: np.ndarray, k: np.ndarray, nb: np.ndarray,
+                 ready: np.ndarray, cm: np.ndarray, zf: np.ndarray, mk: np.ndarray, xf: np.ndarray, out: np.ndarray,
+                 pos: int, limit: int) -> int:
+    """Alice's one or two parities for query j of frame f < K (:func:`_alice_round`; the frame's
+    length n and its views: running counts ``cm``, rows ``zf``, masks ``mk``, packed key ``xf``),
+    written to ``out[pos:]`` (below ``limit``); returns how many, or the error code."""
+    P = kind.shape[1]
+    q = int(np.int64(queries[5 * j])) & 127  # signed: lo, hi and mid mix with int64 (uint64 would give floats)
+    b = int(np.int64(queries[5 * j + 1]))
+    lo = int(np.int64(queries[5 * j + 2]))
+    hi = int(np.int64(queries[5 * j + 3]))
+    fl = int(np.int64(queries[5 * j + 4]))
+    if q >= P or not ready[f, q]:
+        return -3
+    if b >= nb[f, q]:
+        return -4
+    if kind[f, q] == 1:
+        size = cm[q, cm.shape[1] - 1] if b == 1 else n - cm[q, cm.shape[1] - 1]
+    else:
+        size = min(k[f, q], n - b * k[f, q])
+    if hi - lo < 2 or hi > size or fl > 7:
+        return -4
+    got = 0
+    for lvl in range(2):
+        mid = lo + (hi - lo) // 2
+        if pos + got >= limit:
+            return -5
+        par = _range_parity(zf, xf, n, kind[f], k[f], mk, cm, q, b, lo, mid)
+        out[pos + got] = par
+        got += 1
+        if lvl == 1:
+            break
+        if par != (fl & 1):  # the odd half is the left one
+            hi = mid
+            if not fl & 2:
+                break
+        else:
+            lo = mid
+            if not fl & 4:
+                break
+        if hi - lo < 2:
+            return -4
+    return got
+
+
 @numba.njit(**_NO_REFCOUNT)
 def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
                  k: np.ndarray, c: np.ndarray, ai_s: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
-                 out: np.ndarray, opos: np.ndarray, parallel: int) -> int:
+                 out: np.ndarray, opos: np.ndarray, seg: np.ndarray, qcnt: np.ndarray, qout: np.ndarray,
+                 parallel: int) -> int:
     """Alice's answer to one ``cascade/round``: the block parities of every (frame·128 + pass) in
     ``opens`` (all but the last block's from pass 1 on), then one or two parities per query
     (frame·128 + pass, block, lo, hi, flags) in ``queries``, written to ``out``.  A query names a
@@ -1440,8 +1487,11 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
     next bisection level in the same round (the half must hold ≥ 2 bits).
     Returns how many; −1 no such frame or pass, −2 a pass opened before pass 0 of its frame, −3 a
     query into a pass whose block parities were not disclosed, −4 no such block or range (or
-    flags), −5 more parities than ``out`` holds.  ``opos``: scratch, one entry per open; ``parallel``:
-    open the frames' passes on numba.get_num_threads() threads."""
+    flags), −5 more parities than ``out`` holds.  ``opos``: scratch, one entry per open; ``seg``
+    (K + 1 entries), ``qcnt`` (one per query) and ``qout`` (two per query): scratch of the parallel
+    answers; ``parallel``: open the frames' passes, and answer the frames' queries, on
+    numba.get_num_threads() threads (queries only when they come frame by frame; the answers are
+    then packed in request order, so the reply is the serial one)."""
     K, P = kind.shape
     pos = 0
     for t in range(opens.size):  # check every open and place its parities, before any work
@@ -1469,54 +1519,60 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
     else:
         for t in range(opens.size):
             _alice_open(int(opens[t] >> 7), int(opens[t] & 127), *args, opos[t])
-    fv = -1  # the frame whose views (cm, zf, mk) are at hand: queries come frame by frame
+    nq = queries.size // 5
+    if parallel and nq > 1:  # frames' queries in parallel, if they come frame by frame (an honest Bob's do)
+        ns_ = 0
+        for j in range(nq):
+            if j == 0 or queries[5 * j] >> 7 != queries[5 * j - 5] >> 7:
+                if queries[5 * j] >> 7 >= K or (j > 0 and queries[5 * j] >> 7 < queries[5 * j - 5] >> 7):
+                    ns_ = 0  # not frame by frame, or no such frame: answered in order below
+                    break
+                seg[ns_] = j  # frames strictly increase, so at most K segments: seg holds K + 1
+                ns_ += 1
+        if ns_ > 1:
+            seg[ns_] = nq
+            for t in prange(ns_):
+                f = int(queries[5 * seg[t]] >> 7)
+                W = wo[f + 1] - wo[f]
+                cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+                zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+                mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+                xf = xpk[wo[f]:wo[f + 1]]
+                for j in range(seg[t], seg[t + 1]):
+                    qcnt[j] = _alice_query(queries, j, f, ns[f], kind, k, nb, ready, cm, zf, mk, xf, qout, 2 * j,
+                                           qout.size)
+                    if qcnt[j] < 0:
+                        break
+            for j in range(nq):  # in request order: the first error, else the answers packed
+                if qcnt[j] < 0:
+                    return qcnt[j]
+                if pos + qcnt[j] > out.size:
+                    return -5
+                for u in range(qcnt[j]):
+                    out[pos + u] = qout[2 * j + u]
+                pos += qcnt[j]
+            return pos
+    fv = -1  # the frame whose views (cm, zf, mk, xf) are at hand: queries come frame by frame
     W = wo[1] - wo[0]
     cm = cum[:P * (W + 1)].reshape((P, W + 1))
     zf = zp[:P * W].reshape((P, W))
     mk = masks[:P * W].reshape((P, W))
-    for j in range(queries.size // 5):
-        f = int(np.int64(queries[5 * j])) >> 7  # signed: lo, hi and mid mix with int64 (uint64 would give floats)
-        q = int(np.int64(queries[5 * j])) & 127
-        b = int(np.int64(queries[5 * j + 1]))
-        lo = int(np.int64(queries[5 * j + 2]))
-        hi = int(np.int64(queries[5 * j + 3]))
-        fl = int(np.int64(queries[5 * j + 4]))
-        if f >= K or q >= P or not ready[f, q]:
+    xf = xpk[:W]
+    for j in range(nq):
+        f = int(queries[5 * j] >> 7)
+        if f >= K:
             return -3
-        n = ns[f]
         if f != fv:
             fv = f
             W = wo[f + 1] - wo[f]
             cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
             zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
             mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-        if b >= nb[f, q]:
-            return -4
-        if kind[f, q] == 1:
-            size = cm[q, W] if b == 1 else n - cm[q, W]
-        else:
-            size = min(k[f, q], n - b * k[f, q])
-        if hi - lo < 2 or hi > size or fl > 7:
-            return -4
-        for lvl in range(2):
-            mid = lo + (hi - lo) // 2
-            if pos >= out.size:
-                return -5
-            par = _range_parity(zf, xpk[wo[f]:wo[f + 1]], n, kind[f], k[f], mk, cm, q, b, lo, mid)
-            out[pos] = par
-            pos += 1
-            if lvl == 1:
-                break
-            if par != (fl & 1):  # the odd half is the left one
-                hi = mid
-                if not fl & 2:
-                    break
-            else:
-                lo = mid
-                if not fl & 4:
-                    break
-            if hi - lo < 2:
-                return -4
+            xf = xpk[wo[f]:wo[f + 1]]
+        got = _alice_query(queries, j, f, ns[f], kind, k, nb, ready, cm, zf, mk, xf, out, pos, out.size)
+        if got < 0:
+            return got
+        pos += got
     return pos
 
 
@@ -1637,6 +1693,10 @@ def _schedule_array(schedule: CascadeSchedule) -> np.ndarray:
     return np.asarray(schedule.block_sizes, dtype=np.int64)
 
 
+PARALLEL_QUERIES = 2048
+"""Alice answers a round's queries frame-parallel from this many on (fewer are not worth waking
+the threads for)."""
+
 _ALICE_ERRORS = {-1: "names a frame or pass that does not exist",
                  -2: "opens a pass before pass 0 of its frame",
                  -3: "queries a pass whose block parities were not revealed",
@@ -1717,6 +1777,7 @@ class CascadeAlice:
             self._xpk[F.wo[f]:F.wo[f + 1]] = _pack(self._x[F.no[f]:F.no[f + 1]])
         self._zp = np.empty(F.npasses * int(F.wo[-1]), np.uint64)  # an affine pass's row is written whole when it opens
         self._ready = np.zeros((F.frames, F.npasses), bool)
+        self._seg = np.empty(F.frames + 1, np.int64)
         return Message("cascade/ok")
 
     def _round(self, F: _FrameSet, request: Message) -> Message:
@@ -1724,13 +1785,17 @@ class CascadeAlice:
         queries = np.asarray(request.get("query"), dtype=np.uint32)
         if opens.ndim != 1 or queries.ndim != 1 or queries.size % 5:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
-        out = np.empty(int(F.bo[-1]) + 2 * (queries.size // 5), np.uint8)
-        threads = min(self.threads, opens.size)  # opening passes is what runs in parallel
+        nq = queries.size // 5
+        out = np.empty(int(F.bo[-1]) + 2 * nq, np.uint8)
+        # frames open passes and answer queries in parallel: worth it with several opens, or queries of
+        # several frames (that is checked in the kernel)
+        threads = min(self.threads, max(opens.size, F.frames if nq >= PARALLEL_QUERIES else 1))
         with _numba_threads(threads):
             kernel = _alice_round_parallel if threads > 1 else _alice_round
             got = kernel(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.ai_s, F.nb, F.masks, F.cum, F.bkeys,
                          F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
-                         int(threads > 1))
+                         self._seg, np.empty(nq if threads > 1 else 0, np.int64),
+                         np.empty(2 * nq if threads > 1 else 0, np.uint8), int(threads > 1))
         if got < 0:
             raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
         self.disclosed_bits += got

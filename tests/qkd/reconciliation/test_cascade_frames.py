@@ -191,3 +191,59 @@ def test_threads_must_be_a_positive_integer(frame, threads):
     x, y = frame(2_000, 0.02, 1)
     with pytest.raises(ReconciliationInputError, match="threads must be a positive integer"):
         reconcile_cascade(x, y, 0.02, seed=1, threads=threads)
+
+
+def _two_frame_alices(x, monkeypatch):
+    """A serial Alice and a two-thread one that answers every request's queries frame-parallel
+    (PARALLEL_QUERIES lowered to 2), both past cascade/init and pass 0 of both frames."""
+    import labqfl.qkd.cascade as cascade
+
+    monkeypatch.setattr(cascade, "PARALLEL_QUERIES", 2)
+    sched = np.asarray(CascadeSchedule.for_frame(0.02, 1_000).block_sizes, np.int64)
+    init = Message("cascade/init", {"n": 3_000, "frames": np.array([1_000, 2_000]), "seeds": np.array([1, 2]),
+                                    "schedule": sched})
+    opens = Message("cascade/round", {"open": np.array([0, 128], np.uint32), "query": np.zeros(0, np.uint32)})
+    alices = (CascadeAlice(x), CascadeAlice(x, threads=2))
+    for a in alices:
+        a.handle(init)
+        a.handle(opens)
+    return alices
+
+
+def test_alice_answers_the_frames_queries_in_parallel_as_in_request_order(frame, monkeypatch):
+    """Frame-parallel answers are packed in request order: the same reply as the serial loop, for
+    queries that come frame by frame and for queries that do not (answered in order)."""
+    x, _ = frame(3_000, 0.02, 1)
+    serial, parallel = _two_frame_alices(x, monkeypatch)
+    rng = np.random.default_rng(3)
+    q = np.array([[f * 128, b, 0, 16, fl] for f in (0, 1) for b in range(10) for fl in rng.integers(0, 8, 3)],
+                 np.uint32)
+    for rows in (q, q[rng.permutation(len(q))]):
+        msg = Message("cascade/round", {"open": np.zeros(0, np.uint32), "query": rows.ravel()})
+        a, b = serial.handle(msg), parallel.handle(msg)
+        assert a.disclosed.size > len(rows) and np.array_equal(a.disclosed, b.disclosed)
+
+
+def test_alice_refuses_a_bad_query_in_any_frame_of_a_parallel_round(frame, monkeypatch):
+    x, _ = frame(3_000, 0.02, 1)
+    serial, parallel = _two_frame_alices(x, monkeypatch)
+    good = [[0, 0, 0, 16, 3], [0, 1, 0, 16, 5], [128, 0, 0, 16, 0], [128, 2, 0, 16, 6]]
+    for bad, match in (([128, 1, 5, 6, 0], "block or range"), ([128 + 5, 0, 0, 16, 0], "not revealed"),
+                       ([2 * 128, 0, 0, 16, 0], "not revealed")):
+        for rows in (good + [bad], [bad] + good, good[:2] + [bad] + good[2:]):
+            msg = Message("cascade/round", {"open": np.zeros(0, np.uint32), "query": np.array(rows, np.uint32).ravel()})
+            for alice in (serial, parallel):
+                with pytest.raises(MessageError, match=match):
+                    alice.handle(msg)
+
+
+@pytest.mark.parametrize("qber", [0.02, 0.06])
+def test_a_run_whose_every_round_alice_answers_in_parallel_is_the_one_thread_run(frame, qber, monkeypatch):
+    import labqfl.qkd.cascade as cascade
+
+    x, y = frame(120_000, qber, 21)
+    one = reconcile_cascade(x, y, qber, seed=4, frame_bits=15_000)
+    monkeypatch.setattr(cascade, "PARALLEL_QUERIES", 2)
+    two = reconcile_cascade(x, y, qber, seed=4, frame_bits=15_000, threads=2)
+    assert np.array_equal(two.corrected, x) and np.array_equal(one.corrected, x)
+    assert (two.leaked_bits, two.round_trips, two.messages) == (one.leaked_bits, one.round_trips, one.messages)
