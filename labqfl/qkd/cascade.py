@@ -391,24 +391,25 @@ def bipartition_keys(seeds: np.ndarray, passes: np.ndarray) -> np.ndarray:
         hc = [_SS_INIT_A]
 
         def hashmix(v: np.ndarray) -> np.ndarray:
-            v = v ^ hc[0]
+            v = np.bitwise_xor(v, hc[0], dtype=np.uint32)
             hc[0] = np.uint32(hc[0] * _SS_MULT_A)
-            v = v * hc[0]
-            return v ^ (v >> np.uint32(16))
+            v = np.multiply(v, hc[0], dtype=np.uint32)
+            return np.bitwise_xor(v, v >> np.uint32(16), dtype=np.uint32)
 
         pool = [hashmix(ent[t] if t < 3 else np.zeros(m, np.uint32)) for t in range(4)]
         for src in range(4):
             for dst in range(4):
                 if src != dst:
-                    r = _SS_MIX_L * pool[dst] - _SS_MIX_R * hashmix(pool[src])
-                    pool[dst] = r ^ (r >> np.uint32(16))
+                    r = np.subtract(np.multiply(_SS_MIX_L, pool[dst], dtype=np.uint32),
+                                    np.multiply(_SS_MIX_R, hashmix(pool[src]), dtype=np.uint32), dtype=np.uint32)
+                    pool[dst] = np.bitwise_xor(r, r >> np.uint32(16), dtype=np.uint32)
         hb = _SS_INIT_B
         state = []
         for t in range(8):
-            v = pool[t % 4] ^ hb
+            v = np.bitwise_xor(pool[t % 4], hb, dtype=np.uint32)
             hb = np.uint32(hb * _SS_MULT_B)
-            v = v * hb
-            state.append((v ^ (v >> np.uint32(16))).astype(np.uint64))
+            v = np.multiply(v, hb, dtype=np.uint32)
+            state.append(np.bitwise_xor(v, v >> np.uint32(16), dtype=np.uint32).astype(np.uint64))
     s64 = [(state[2 * t] | (state[2 * t + 1] << np.uint64(32))).tolist() for t in range(4)]
     out = []
     for hi0, lo0, hi1, lo1 in zip(*s64, strict=True):
@@ -1144,7 +1145,7 @@ def _materialize_packed(packed: np.ndarray, n: int, c: int, row: np.ndarray, ai_
     for w in range(W):
         v = packed[w] & tail if w == last else packed[w]
         while v != 0:
-            j = jw + ai_s[trailing_zeros(v)]
+            j = jw + ai_s[trailing_zeros(v)]  # type: ignore[call-arg]  # a Numba intrinsic
             j = j - n if j >= n else j
             row[j >> 6] |= one << np.uint64(j & 63)
             v &= v - one
@@ -1475,8 +1476,7 @@ def _alice_query(queries: np.ndarray, j: int, f: int, n: int, kind: np.ndarray, 
 def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
                  k: np.ndarray, c: np.ndarray, ai_s: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray,
                  bkeys: np.ndarray, built: np.ndarray, ready: np.ndarray, zp: np.ndarray, xpk: np.ndarray,
-                 out: np.ndarray, opos: np.ndarray, seg: np.ndarray, qcnt: np.ndarray, qout: np.ndarray,
-                 parallel: int) -> int:
+                 out: np.ndarray, opos: np.ndarray, parallel: int) -> int:
     """Alice's answer to one ``cascade/round``: the block parities of every (frame·128 + pass) in
     ``opens`` (all but the last block's from pass 1 on), then one or two parities per query
     (frame·128 + pass, block, lo, hi, flags) in ``queries``, written to ``out``.  A query names a
@@ -1487,11 +1487,9 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
     next bisection level in the same round (the half must hold ≥ 2 bits).
     Returns how many; −1 no such frame or pass, −2 a pass opened before pass 0 of its frame, −3 a
     query into a pass whose block parities were not disclosed, −4 no such block or range (or
-    flags), −5 more parities than ``out`` holds.  ``opos``: scratch, one entry per open; ``seg``
-    (K + 1 entries), ``qcnt`` (one per query) and ``qout`` (two per query): scratch of the parallel
-    answers; ``parallel``: open the frames' passes, and answer the frames' queries, on
-    numba.get_num_threads() threads (queries only when they come frame by frame; the answers are
-    then packed in request order, so the reply is the serial one)."""
+    flags), −5 more parities than ``out`` holds.  ``opos``: scratch, one entry per open; ``parallel``:
+    open the frames' passes on numba.get_num_threads() threads (many queries of several frames go
+    to :func:`_alice_queries_parallel` instead)."""
     K, P = kind.shape
     pos = 0
     for t in range(opens.size):  # check every open and place its parities, before any work
@@ -1520,38 +1518,6 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
         for t in range(opens.size):
             _alice_open(int(opens[t] >> 7), int(opens[t] & 127), *args, opos[t])
     nq = queries.size // 5
-    if parallel and nq > 1:  # frames' queries in parallel, if they come frame by frame (an honest Bob's do)
-        ns_ = 0
-        for j in range(nq):
-            if j == 0 or queries[5 * j] >> 7 != queries[5 * j - 5] >> 7:
-                if queries[5 * j] >> 7 >= K or (j > 0 and queries[5 * j] >> 7 < queries[5 * j - 5] >> 7):
-                    ns_ = 0  # not frame by frame, or no such frame: answered in order below
-                    break
-                seg[ns_] = j  # frames strictly increase, so at most K segments: seg holds K + 1
-                ns_ += 1
-        if ns_ > 1:
-            seg[ns_] = nq
-            for t in prange(ns_):
-                f = int(queries[5 * seg[t]] >> 7)
-                W = wo[f + 1] - wo[f]
-                cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
-                zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-                mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
-                xf = xpk[wo[f]:wo[f + 1]]
-                for j in range(seg[t], seg[t + 1]):
-                    qcnt[j] = _alice_query(queries, j, f, ns[f], kind, k, nb, ready, cm, zf, mk, xf, qout, 2 * j,
-                                           qout.size)
-                    if qcnt[j] < 0:
-                        break
-            for j in range(nq):  # in request order: the first error, else the answers packed
-                if qcnt[j] < 0:
-                    return qcnt[j]
-                if pos + qcnt[j] > out.size:
-                    return -5
-                for u in range(qcnt[j]):
-                    out[pos + u] = qout[2 * j + u]
-                pos += qcnt[j]
-            return pos
     fv = -1  # the frame whose views (cm, zf, mk, xf) are at hand: queries come frame by frame
     W = wo[1] - wo[0]
     cm = cum[:P * (W + 1)].reshape((P, W + 1))
@@ -1573,6 +1539,41 @@ def _alice_round(opens: np.ndarray, queries: np.ndarray, ns: np.ndarray, wo: np.
         if got < 0:
             return got
         pos += got
+    return pos
+
+
+@numba.njit(parallel=True, **_NO_REFCOUNT)
+def _alice_queries_parallel(queries: np.ndarray, seg: np.ndarray, ns: np.ndarray, wo: np.ndarray, kind: np.ndarray,
+                            k: np.ndarray, nb: np.ndarray, masks: np.ndarray, cum: np.ndarray, ready: np.ndarray,
+                            zp: np.ndarray, xpk: np.ndarray, out: np.ndarray, pos: int, qcnt: np.ndarray,
+                            qout: np.ndarray) -> int:
+    """The queries of :func:`_alice_round` answered frame-parallel: ``seg`` cuts them into runs of
+    one frame each (frames strictly increasing, all < K, checked by the caller), answered on
+    numba.get_num_threads() threads into ``qout`` (two per query, ``qcnt`` how many or the error
+    code), then packed into ``out[pos:]`` in request order — the serial loop's reply, or its first
+    error.  Compiled (with ``parallel=True``) only when a run with ``threads`` > 1 first has
+    :data:`PARALLEL_QUERIES` queries in a round."""
+    P = kind.shape[1]
+    nq = queries.size // 5
+    for t in prange(seg.size - 1):
+        f = int(queries[5 * seg[t]] >> 7)
+        W = wo[f + 1] - wo[f]
+        cm = cum[P * (wo[f] + f):P * (wo[f + 1] + f + 1)].reshape((P, W + 1))
+        zf = zp[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        mk = masks[P * wo[f]:P * wo[f + 1]].reshape((P, W))
+        xf = xpk[wo[f]:wo[f + 1]]
+        for j in range(seg[t], seg[t + 1]):
+            qcnt[j] = _alice_query(queries, j, f, ns[f], kind, k, nb, ready, cm, zf, mk, xf, qout, 2 * j, qout.size)
+            if qcnt[j] < 0:
+                break
+    for j in range(nq):  # in request order: the first error, else the answers packed
+        if qcnt[j] < 0:
+            return qcnt[j]
+        if pos + qcnt[j] > out.size:
+            return -5
+        for u in range(qcnt[j]):
+            out[pos + u] = qout[2 * j + u]
+        pos += qcnt[j]
     return pos
 
 
@@ -1777,7 +1778,6 @@ class CascadeAlice:
             self._xpk[F.wo[f]:F.wo[f + 1]] = _pack(self._x[F.no[f]:F.no[f + 1]])
         self._zp = np.empty(F.npasses * int(F.wo[-1]), np.uint64)  # an affine pass's row is written whole when it opens
         self._ready = np.zeros((F.frames, F.npasses), bool)
-        self._seg = np.empty(F.frames + 1, np.int64)
         return Message("cascade/ok")
 
     def _round(self, F: _FrameSet, request: Message) -> Message:
@@ -1787,15 +1787,22 @@ class CascadeAlice:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
         nq = queries.size // 5
         out = np.empty(int(F.bo[-1]) + 2 * nq, np.uint8)
-        # frames open passes and answer queries in parallel: worth it with several opens, or queries of
-        # several frames (that is checked in the kernel)
-        threads = min(self.threads, max(opens.size, F.frames if nq >= PARALLEL_QUERIES else 1))
+        seg = None  # many queries of several frames, frame by frame (as an honest Bob sends them): answered
+        if self.threads > 1 and nq >= PARALLEL_QUERIES:  # frame-parallel after the opens
+            fq = queries[::5] >> 7
+            if int(fq[-1]) < F.frames and bool(np.all(fq[1:] >= fq[:-1])):
+                seg = np.append(np.flatnonzero(np.r_[True, fq[1:] != fq[:-1]]), nq).astype(np.int64)
+                seg = seg if seg.size > 2 else None
+        threads = min(self.threads, max(opens.size, 1 if seg is None else seg.size - 1))
         with _numba_threads(threads):
-            kernel = _alice_round_parallel if threads > 1 else _alice_round
-            got = kernel(opens, queries, F.ns, F.wo, F.kind, F.k, F.c, F.ai_s, F.nb, F.masks, F.cum, F.bkeys,
-                         F.built, self._ready, self._zp, self._xpk, out, np.empty(opens.size, np.int64),
-                         self._seg, np.empty(nq if threads > 1 else 0, np.int64),
-                         np.empty(2 * nq if threads > 1 else 0, np.uint8), int(threads > 1))
+            kernel = _alice_round_parallel if min(self.threads, opens.size) > 1 else _alice_round
+            got = kernel(opens, queries if seg is None else queries[:0], F.ns, F.wo, F.kind, F.k, F.c, F.ai_s, F.nb,
+                         F.masks, F.cum, F.bkeys, F.built, self._ready, self._zp, self._xpk, out,
+                         np.empty(opens.size, np.int64), int(kernel is _alice_round_parallel))
+            if got >= 0 and seg is not None:
+                got = _alice_queries_parallel(queries, seg, F.ns, F.wo, F.kind, F.k, F.nb, F.masks, F.cum, self._ready,
+                                              self._zp, self._xpk, out, got, np.empty(nq, np.int64),
+                                              np.empty(2 * nq, np.uint8))
         if got < 0:
             raise MessageError(f"cascade/round: a request {_ALICE_ERRORS[got]}")
         self.disclosed_bits += got
