@@ -1743,7 +1743,9 @@ class CascadeAlice:
     ``cascade/done`` → ``cascade/ok`` with Alice's own count of disclosed bits.  A request naming
     a frame, pass, block or range that does not exist, or a pass whose block parities were not
     disclosed yet, raises :class:`~labqfl.qkd.messaging.MessageError`.  ``threads``: how many
-    frames' passes she opens at once (as :class:`CascadeBob`'s; the replies do not depend on it).
+    frames' passes she opens at once, and, in a round with at least :data:`PARALLEL_QUERIES`
+    queries that come frame by frame, how many frames' queries she answers at once (as
+    :class:`CascadeBob`'s; the replies do not depend on it).
     """
 
     def __init__(self, alice_bits: np.ndarray, *, threads: int = 1) -> None:
@@ -1787,8 +1789,10 @@ class CascadeAlice:
             raise MessageError("cascade/round: open must be 1-D and query a 1-D multiple of 5 entries")
         nq = queries.size // 5
         out = np.empty(int(F.bo[-1]) + 2 * nq, np.uint8)
-        seg = None  # many queries of several frames, frame by frame (as an honest Bob sends them): answered
-        if self.threads > 1 and nq >= PARALLEL_QUERIES:  # frame-parallel after the opens
+        # many queries of several frames, frame by frame (as an honest Bob sends them), are answered
+        # frame-parallel after the opens (_alice_queries_parallel); seg cuts them into one run per frame
+        seg = None
+        if self.threads > 1 and nq >= PARALLEL_QUERIES:
             fq = queries[::5] >> 7
             if int(fq[-1]) < F.frames and bool(np.all(fq[1:] >= fq[:-1])):
                 seg = np.append(np.flatnonzero(np.r_[True, fq[1:] != fq[:-1]]), nq).astype(np.int64)
