@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 EMIT_INTERVAL_S = 0.1
 
 
+def _frames_lost(acq: Any) -> dict[str, int]:
+    """Frames each streaming client of the acquisition's segment did not play (empty without streams)."""
+    return {c: len(rec.lost) for c, rec in acq.played_frames.items()}
+
+
 def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
     """Live per-pair numbers of a running :class:`~labqfl.qkd.pipeline.Distiller` (no key bits).
 
@@ -238,8 +243,10 @@ class AcquisitionTask:
                 self.core._error("Safe state after acquisition failed", exc)
             t_acq, n_tags, n_blocks = (acq.t_s, acq.n_tags, acq.n_blocks) if acq is not None else (0.0, 0, 0)
             log.info("acquisition stopped after %.3g s of data (%d tags); instruments in safe state", t_acq, n_tags)
-            self.core.post("acq_status", {"t_s": t_acq, "tags": n_tags, "blocks": n_blocks,
-                                     "wall_s": time.perf_counter() - wall0})
+            status: dict[str, Any] = {"t_s": t_acq, "tags": n_tags, "blocks": n_blocks, "wall_s": time.perf_counter() - wall0}
+            if acq is not None:  # the last word on unplayed frames, also for a stop within the first status interval
+                status["frames_lost"] = _frames_lost(acq)
+            self.core.post("acq_status", status)
             self.core._set_busy("acquisition", False)
 
     def _acquire_segment(self, acq: Any, wall0: float) -> None:
@@ -260,8 +267,7 @@ class AcquisitionTask:
                     span, clicks = acq.take_window()
                     self.core.post("rates", {"t_s": acq.t_s, "rates_hz": {k: v / span for k, v in clicks.items()}})
                     self.core.post("acq_status", {"t_s": acq.t_s, "tags": acq.n_tags, "blocks": acq.n_blocks,
-                                             "wall_s": now - wall0, "frames_lost": {  # frames each streaming client did not play
-                                                 c: len(rec.lost) for c, rec in acq.played_frames.items()}})
+                                             "wall_s": now - wall0, "frames_lost": _frames_lost(acq)})
                     last_emit = now
                 if self._acq_stop.is_set():
                     break

@@ -68,3 +68,26 @@ def test_lost_data_intervals_show_in_the_live_tab_by_cause_and_per_pair(qtbot, s
     col = LivePanel.PAIR_COLS.index("Dropped slots")
     # one pair: every dropped slot is its slot, all sifted by the final snapshot
     assert panel.table.item(0, col).text() == f"{lost_slots:,}"
+
+
+def test_an_acquisition_stopped_before_its_first_status_still_shows_the_unplayed_frames(qtbot, small_config, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                       monkeypatch) -> None:
+    """The acquisition's last status carries the frames each client did not play: a stop within the
+    first status interval (no periodic status at all here) left the "Not played" line at "—" (seen
+    in CI, where the lost-data test above stopped its acquisition within 0.1 s)."""
+    from labqfl.gui.workers import acquisition
+
+    monkeypatch.setattr(acquisition, "EMIT_INTERVAL_S", 1e9)  # no periodic status: only the final one
+    ctl = Controller(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
+    panel = LivePanel(ctl)
+    qtbot.addWidget(panel)
+    try:
+        ctl.connect_station()
+        qtbot.waitUntil(lambda: ctl.connected, timeout=60_000)
+        ctl.start_acquisition()
+        qtbot.waitUntil(lambda: bool(ctl.busy.get("acquisition")), timeout=60_000)
+        ctl.stop_acquisition()
+        qtbot.waitUntil(lambda: not ctl.busy.get("acquisition"), timeout=60_000)
+    finally:
+        ctl.shutdown(20.0)
+    assert panel.dropped_frames.text() == "0 frames (no client streams)", panel.dropped_text()
