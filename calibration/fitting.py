@@ -108,7 +108,11 @@ def fit_gaussian_peak(x: np.ndarray, counts: np.ndarray, what: str) -> FitResult
     Start values: background from the outer tenth of the window on each side, peak height from the
     largest 3-bin running mean above it (robust when the window is not much wider than the peak,
     e.g. inside a short gate). "No peak" means that height is below 5 standard deviations of a
-    3-bin mean of the background."""
+    3-bin mean of the background.
+
+    The background is not bounded below: in a window of ±1.5 σ (a gated detector's jitter fit in a
+    0.5 ns gate) background and σ trade off, and a bound at 0 clipped the fluctuations on one side,
+    biasing σ low (pull mean −0.46, 2 % of pulls beyond 3 σ; tests/calibration/test_peak_fit.py)."""
     counts = np.asarray(counts, dtype=np.float64)
     x = np.asarray(x, dtype=np.float64)
     if counts.sum() < 50:
@@ -130,7 +134,7 @@ def fit_gaussian_peak(x: np.ndarray, counts: np.ndarray, what: str) -> FitResult
 
     return fit_poisson(model, x, counts, [amp0, float(x[k]), width0, max(bg0, 0.0)],
                        ("amp", "mu", "sigma", "bg"), what,
-                       bounds=([0.0, float(x[0]), 1e-3, 0.0], [np.inf, float(x[-1]), span, np.inf]))
+                       bounds=([0.0, float(x[0]), 1e-3, -np.inf], [np.inf, float(x[-1]), span, np.inf]))
 
 
 def smoothed_edge(x: np.ndarray, tau: float, s: float, a0: float, a1: float) -> np.ndarray:
