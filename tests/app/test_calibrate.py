@@ -22,6 +22,7 @@ def _config(*, visibility: float | None = None, seed: int = 8) -> StationConfig:
     """The default station with seeded clients (reproducible read-outs), optionally without a fringe."""
     data = load_station_config().model_dump(mode="json")
     data["simulation"]["seed"] = seed
+    data["simulation"]["qrng_epoch_base"] = (seed + 1) << 34  # seeded choices are a function of (seed, epoch)
     for c in data["clients"]:
         c["randomness"] = "seeded"
     if visibility is not None:

@@ -37,6 +37,7 @@ def _station(emulated_pair_station: Callable[..., Path], edit: Callable[[dict[st
     d = tomllib.loads(path.read_text(encoding="utf-8"))
     for c in d["clients"]:
         c["randomness"] = "seeded"
+    d.setdefault("simulation", {})["qrng_epoch_base"] = 1 << 34  # reproducible: seeded choices depend on the epoch
     edit(d)
     return parse_station_config(d, "pg-pair"), path.parent
 
