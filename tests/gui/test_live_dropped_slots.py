@@ -17,10 +17,16 @@ LOST_BLOCKS = (2, 5)
 LOST_PS = 1_000_000  # each interval: 1 µs
 
 
-def test_lost_data_intervals_show_in_the_live_tab_by_cause_and_per_pair(qtbot, small_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _live_panel(qtbot, small_config, tmp_path) -> tuple[Controller, LivePanel]:  # type: ignore[no-untyped-def]
+    """A controller on the small station and its Live tab (the caller connects and shuts down)."""
     ctl = Controller(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
     panel = LivePanel(ctl)
     qtbot.addWidget(panel)
+    return ctl, panel
+
+
+def test_lost_data_intervals_show_in_the_live_tab_by_cause_and_per_pair(qtbot, small_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctl, panel = _live_panel(qtbot, small_config, tmp_path)
     try:
         ctl.connect_station()
         qtbot.waitUntil(lambda: ctl.connected, timeout=60_000)
@@ -78,9 +84,7 @@ def test_an_acquisition_stopped_before_its_first_status_still_shows_the_unplayed
     from labqfl.gui.workers import acquisition
 
     monkeypatch.setattr(acquisition, "EMIT_INTERVAL_S", 1e9)  # no periodic status: only the final one
-    ctl = Controller(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
-    panel = LivePanel(ctl)
-    qtbot.addWidget(panel)
+    ctl, panel = _live_panel(qtbot, small_config, tmp_path)
     try:
         ctl.connect_station()
         qtbot.waitUntil(lambda: ctl.connected, timeout=60_000)
