@@ -22,6 +22,23 @@ from labqfl.config import StationConfig, load_station_config
 from labqfl.serialize import dump_toml
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker per core, at most 4. Many tests start node,
+    SuperLink and SuperNode processes of their own, so more workers than cores only queue them."""
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist each worker gets its own subfolder of a ``LABQFL_DATA_DIR`` set for the whole
+    run (``.ci/run`` sets one): two workers never share a default key store or runs folder."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    base = os.environ.get("LABQFL_DATA_DIR")
+    if worker and base:
+        mine = Path(base) / worker
+        mine.mkdir(parents=True, exist_ok=True)
+        os.environ["LABQFL_DATA_DIR"] = str(mine)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     if not os.environ.get("LABQFL_DATA_DIR"):
