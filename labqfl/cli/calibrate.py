@@ -21,7 +21,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    emit,
+    fail,
+    handle_errors,
+    print_path,
+    progress_bar,
+)
 from labqfl.config import load_station_config
 
 calibrate_app = typer.Typer(help="Calibrate detectors, phase modulators, delays and the loop visibility.",
@@ -72,10 +80,10 @@ def _render(con: Any, station: str, data: dict[str, Any]) -> None:
     for n, q in data["quantities"].items():
         t.add_row(n, *_fmt(q))
     con.print(t)
-    con.print(f"run folder: {files['run']}")
-    con.print(f"calibrated station file: {files['station_toml']}")
+    print_path(con, "run folder", files["run"])
+    print_path(con, "calibrated station file", files["station_toml"])
     if "written_config" in files:
-        con.print(f"written: {files['written_config']}")
+        print_path(con, "written", files["written_config"])
     for name, msg in data["failures"].items():
         con.print(f"[bold red]failed:[/] {escape(name)}: {escape(msg)}", soft_wrap=True, markup=True)
 

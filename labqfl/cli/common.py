@@ -53,6 +53,12 @@ EXIT_INTERRUPTED = 130
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def print_path(con: Console, label: str, path: object) -> None:
+    """``label: path`` on one line, however narrow the terminal: rich breaks long lines where they reach
+    its width, and a path broken over two lines can be neither copied nor read back by a script."""
+    con.print(f"{label}: {path}", soft_wrap=True)
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()

@@ -16,7 +16,15 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    console,
+    emit,
+    fail,
+    handle_errors,
+    print_path,
+)
 from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 from labqfl.errors import ConfigError
 
@@ -212,7 +220,7 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
         con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
                   "block-size rule choose (labqfl.qkd.blocksize).")
-    con.print(f"run folder: {data['run']}")
+    print_path(con, "run folder", data["run"])
 
 
 class _null:

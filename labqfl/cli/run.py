@@ -15,6 +15,7 @@ from labqfl.cli.common import (
     emit,
     fail,
     handle_errors,
+    print_path,
     progress_bar,
 )
 from labqfl.config import load_station_config
@@ -92,7 +93,7 @@ def run(
                                    bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
-        console.print(f"run folder: {job.path}")
+        print_path(console, "run folder", job.path)
         if job.state.get("phases", {}).get("acquire") != "done":
             from labqfl.cli.plan import render_plan
 
@@ -162,7 +163,7 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
                       f"run {'round ' + str(kw['measured_first_wait_round']) if kw.get('measured_first_wait_round') else 'none'}; "
                       f"station time planned {f'{planned:.4g} s' if planned is not None else '—'}, "
                       f"run {kw['measured_station_s']:.4g} s")
-    con.print(f"report: {path / 'report.html'}")
+    print_path(con, "report", path / "report.html")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, progress_bar
+from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, print_path, progress_bar
 
 
 def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
@@ -144,7 +144,7 @@ def _render(con: Any, summary: dict[str, Any]) -> None:
         con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
                   f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"
                   + (f" ({nz['shot_grad']}, {nz['shots_used']:,} shots used)" if nz["shots"] else ""))
-    con.print(f"run folder: {summary['run_dir']}")
+    print_path(con, "run folder", summary["run_dir"])
 
 
 def register(app: typer.Typer) -> None:

@@ -225,6 +225,7 @@ class NodeChannel(Channel):
         call = self._grpc.stream_stream(_METHOD)
         self._responses: Iterator[bytes] = call(iter(self._out.get, _END), timeout=timeout_s)
         self._closed = False
+        self._aborted = False  # abort() was called here (a request in flight then fails as aborted)
         hello = Message(_HELLO, {"service": service, **(fields or {})})
         ready = self._roundtrip(_frame(encode_message(hello), b""))
         if decode_message(_unframe(ready)[0]).kind != _READY:
@@ -243,6 +244,8 @@ class NodeChannel(Channel):
             self._closed = True
             self._grpc.close()
             code, details = e.code(), e.details()  # type: ignore[attr-defined]
+            if self._aborted and code == grpc.StatusCode.CANCELLED:
+                raise MessageError(f"session {self.service} with node {self.peer} aborted by this node") from None
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise MessageError(f"node {self.peer} at {self.address} unreachable or refused the TLS handshake "
                                    f"(expected a certificate for {self.peer!r} from our CA): {details}") from None
@@ -278,7 +281,7 @@ class NodeChannel(Channel):
     def abort(self) -> None:
         """End the session as failed: the serving side's ``on_close`` receives an error, not a normal end."""
         if not self._closed:
-            self._closed = True
+            self._closed = self._aborted = True
             self._responses.cancel()  # type: ignore[attr-defined]
             self._out.put(_END)
             self._grpc.close()

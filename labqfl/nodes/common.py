@@ -411,6 +411,15 @@ class RecordedChannel(Channel):
     def close(self) -> None:
         self.inner.close()
 
+    def abort(self) -> None:
+        """End the session as failed, now: a request waiting on it in another thread fails at once
+        (:meth:`labqfl.net.NodeChannel.abort`; a channel without one is closed)."""
+        abort = getattr(self.inner, "abort", None)
+        if abort is not None:
+            abort()
+        else:
+            self.inner.close()
+
 
 def open_session(address: str, creds: NodeCredentials, peer: str, service: str, **kw: Any) -> RecordedChannel:
     """A :class:`~labqfl.net.NodeChannel` to ``service`` on node ``peer``, recorded if asked (above)."""

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,10 @@ class DetectorNode(Node):
         self.clients = dict(clients or {})
         self.schedule = PairSchedule.from_config(self.cfg)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.cfg.client_names)), thread_name_prefix="announce")
+        #: the sessions of the acquisitions running now (the optics' tags, the clients' announcements): a stopping
+        #: node aborts them (:meth:`shutdown`), so no acquisition outlives its SIGTERM waiting on a peer
+        self._sessions: set[RecordedChannel] = set()
+        self._sessions_lock = threading.Lock()
         #: the emulated WebSQ controllers (``simulation.emulate_detectors``), fed every tag block slotted here
         self.detector_emulators: Any = None
         if self.cfg.simulation.emulate_detectors:
@@ -136,10 +141,47 @@ class DetectorNode(Node):
         finally:
             self.instruments.disarm()  # the safe state after the acquisition, as in process
 
+    def shutdown(self) -> None:
+        """SIGTERM/SIGINT (or ``ctl/stop``): the acquisitions running now end at once. Their sessions are aborted,
+        so a ``tags/next`` the optics does not answer, or an announcement a stopping client does not take, fails
+        now instead of holding this process until its peer ends (its instruments are already in their safe
+        state: :meth:`Node.serve`). A detector holds no key material: nothing is left half-stored."""
+        with self._sessions_lock:
+            live = list(self._sessions)
+        for ch in live:
+            ch.abort()
+
+    def _session(self, address: str, peer: str, service: str, fields: dict[str, Any]) -> RecordedChannel:
+        """A session of a running acquisition, aborted if this node is stopping (:meth:`shutdown`)."""
+        if self.stopping.is_set():
+            raise NodeError(f"node {self.name} is stopping: the acquisition ends")
+        ch = open_session(address, self.creds, peer, service, fields=fields)
+        with self._sessions_lock:
+            self._sessions.add(ch)
+        if self.stopping.is_set():  # the stop came while the session opened: shutdown() may not have seen it
+            self._end_session(ch)
+            raise NodeError(f"node {self.name} is stopping: the acquisition ends")
+        return ch
+
+    def _end_session(self, ch: RecordedChannel) -> None:
+        with self._sessions_lock:
+            self._sessions.discard(ch)
+        if self.stopping.is_set():
+            ch.abort()
+        else:
+            ch.close()
+
     def _run(self, acq: str, duration: float, bd: float, optics: str, clients: dict[str, str]) -> Message:
         t0 = time.perf_counter()
         slotter = make_slotter(SlottingParams.from_config(self.cfg), self.schedule)
-        chans = {c: open_session(clients[c], self.creds, c, "ann", fields={"acq": acq}) for c in self.cfg.client_names}
+        chans: dict[str, RecordedChannel] = {}
+        try:
+            for c in self.cfg.client_names:
+                chans[c] = self._session(clients[c], c, "ann", {"acq": acq})
+        except BaseException:
+            for ch in chans.values():
+                self._end_session(ch)
+            raise
         end: dict[str, int] = {}
         light = self._optics_blocks(optics, acq, duration, bd, end) if self.light_simulated else None
         tagger: Any = self.instruments.instruments.get("time_tagger")  # a real driver (on its emulated SDK or not)
@@ -158,6 +200,8 @@ class DetectorNode(Node):
         feed = self.detector_emulators.feed if self.detector_emulators is not None else None
         try:
             for block in blocks:
+                if self.stopping.is_set():  # a real tagger's stream: stop at the next block
+                    raise NodeError(f"node {self.name} is stopping: acquisition {acq} ends before its end")
                 if feed is not None:  # what the emulated controllers' nanowires see
                     feed(block)
                 n_tags += int(block.timestamps.size)
@@ -182,7 +226,7 @@ class DetectorNode(Node):
             if light is not None:
                 light.close()
             for ch in chans.values():
-                ch.close()
+                self._end_session(ch)
         wall = time.perf_counter() - t0
         lost = {} if tagger is None else {"tagger_overflows": int(tagger.last_stream_overflows),
                                           "tagger_missed_events": int(tagger.last_stream_missed_events)}
@@ -198,8 +242,8 @@ class DetectorNode(Node):
         """The optics node's simulated tagger's blocks of acquisition ``acq`` (session ``optics/tags``, opened at
         the first block asked for); ``end["n_slots"]``: the acquisition's slots, once the optics said
         ``tags/end``."""
-        tags = open_session(optics, self.creds, self.optics_name, "optics/tags",
-                            fields={"acq": acq, "duration": duration, "block_duration": bd})
+        tags = self._session(optics, self.optics_name, "optics/tags",
+                             {"acq": acq, "duration": duration, "block_duration": bd})
         try:
             while True:
                 rep = tags.request(Message("tags/next", {}))
@@ -210,7 +254,7 @@ class DetectorNode(Node):
                     raise NodeError(f"optics answered {rep.kind!r} to tags/next")
                 yield block_of(rep)
         finally:
-            tags.close()
+            self._end_session(tags)
 
     def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter | PairSlotter, events: Any, lo: int, hi: int) -> None:
         if hi <= lo:

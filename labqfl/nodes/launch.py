@@ -293,12 +293,12 @@ class LocalNetwork:
     def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every node still running, wait for each to exit (SIGKILL after ``timeout``). The optics
         node goes last: it serves the emulated pattern generators, which the client nodes put in their
-        safe state as they stop."""
+        safe state as they stop. Each group has its own ``timeout``: a node of the first group that had to
+        be killed does not use up the optics node's time to stop cleanly."""
         codes: dict[str, int | None] = {}
-        t_end = time.monotonic() + timeout
         last = [n for n, p in self.nodes.items() if p.role == "optics"]
         for group in ([n for n in self.nodes if n not in last], last):
-            codes.update(self._stop_group(group, t_end))
+            codes.update(self._stop_group(group, time.monotonic() + timeout))
         return {n: codes[n] for n in self.nodes}
 
     def _stop_group(self, names: list[str], t_end: float) -> dict[str, int | None]:

@@ -205,6 +205,9 @@ class _TagStream:
             raise MessageError(f"optics/tags: unexpected {req.kind!r}")
         if self.done:
             return ok("tags/end", n_slots=self.n_slots)
+        if self.node.stopping.is_set():  # SIGTERM: no further block (shutdown() ends the clients' links)
+            self.finish()
+            raise NodeError(f"optics node {self.node.name} is stopping: acquisition {self.acq.acq} ends")
         try:
             b = next(self.blocks)
         except StopIteration:

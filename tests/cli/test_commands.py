@@ -63,3 +63,18 @@ def test_every_command_accepts_json():
 
     missing = [" ".join(p) for p, cmd in leaves(click_app) if not any("--json" in prm.opts for prm in cmd.params)]
     assert missing == []
+
+
+def test_a_printed_path_stays_on_one_line_in_a_narrow_terminal():
+    """``run folder: …``, ``report: …``: rich broke a path at the terminal's width, and a script reading the
+    run folder off stderr got a cut path (seen at 80 columns)."""
+    import io
+
+    from rich.console import Console
+
+    from labqfl.cli.common import print_path
+
+    con = Console(file=io.StringIO(), width=40, highlight=False, markup=False)
+    path = "/data/runs/20261205T080928.170904Z-run/" + "x" * 60 + "/report.html"
+    print_path(con, "report", path)
+    assert con.file.getvalue() == f"report: {path}\n"

@@ -16,7 +16,11 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
 
 
-def test_station_show_prints_every_unit() -> None:
+def test_station_show_prints_every_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a wide terminal: at 80 columns (pytest-xdist's workers set COLUMNS=80) rich wraps the headers
+    from labqfl.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
     res = CliRunner().invoke(app, ["station", "show"])
     assert res.exit_code == 0, res.output
     # the two columns whose units rich took for markup tags and dropped

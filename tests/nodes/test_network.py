@@ -11,7 +11,10 @@ after the second block's ``ec/start``: no key of that block at either end, the f
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +345,49 @@ def test_sigterm_in_mid_block_finishes_that_block_at_both_ends_and_stops_cleanly
     k2 = _key_blocks(net.nodes["C2"].data / "keystore" / "C2.sqlite", pair)
     assert len(k1) == 1 and k1 == k2
     assert not list((net.nodes["C2"].data / "nodes" / "C2" / "pending").iterdir())
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_detectors_acquisition_while_its_optics_does_not_answer(tmp_path):
+    """The detector waits on a ``tags/next`` that the optics does not answer (SIGSTOP: a hung or overloaded
+    optics node) when it gets SIGTERM. It must end its acquisition and exit 0 within seconds, not when the
+    optics answers: before, it held its process until the launcher's SIGKILL 60 s later (seen in CI under
+    load, where the optics then had no time left either and was killed too)."""
+    station = _station(tmp_path / "station.toml", 2)
+    wire = tmp_path / "wire"
+    wire.mkdir()
+    net = LocalNetwork(tmp_path / "net", station, settings=DistillSettings(min_final_block_bits=2000),
+                       env={"detector": {WIRE_LOG_ENV: str(wire)}})
+    errors: list[LabqflError] = []
+
+    def acquire() -> None:
+        try:
+            net.acquire(600.0, timeout=900)
+        except LabqflError as e:
+            errors.append(e)
+
+    optics = None
+    acq = threading.Thread(target=acquire, daemon=True)
+    try:
+        net.start()
+        acq.start()
+        deadline, rec = time.monotonic() + 120, wire / "detector.wire"
+        while not (rec.is_file() and rec.read_bytes().count(b"tags/block") >= 3):
+            assert time.monotonic() < deadline, "the detector never received tag blocks from the optics"
+            time.sleep(0.2)
+        optics = net.nodes["optics"].proc
+        os.kill(optics.pid, signal.SIGSTOP)
+        time.sleep(1.0)  # the detector's next tags/next now waits on the stopped optics
+        det = net.nodes["detector"].proc
+        t0 = time.monotonic()
+        det.send_signal(signal.SIGTERM)
+        assert det.wait(30) == 0  # TimeoutExpired before: the acquisition thread kept the process alive
+        assert time.monotonic() - t0 < 30
+    finally:
+        if optics is not None:
+            os.kill(optics.pid, signal.SIGCONT)
+        codes = net.stop()
+    acq.join(120)
+    assert not acq.is_alive()
+    assert errors, "the acquisition was cut short: the launcher must be told"
+    assert codes == dict.fromkeys(["optics", "detector", "C1", "C2"], 0), codes
