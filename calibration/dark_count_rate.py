@@ -66,6 +66,35 @@ def _dcr_from_counts(ctx: CalContext, d: str, n: int, t: float, var_n: float | N
     return r, (r * s_rel if n > 0 else 1.0 / t), {}
 
 
+def _operating_point_counts(ctx: CalContext, detectors: tuple[str, ...], integration_s: float, min_counts: int,
+                            max_integration_s: float) -> tuple[dict[str, int], dict[str, float], float, dict[str, int] | None]:
+    """Clicks per detector at the operating bias in 8 parts, their variance (from the parts' scatter), the
+    integration [s], and the scout's clicks if the first look had fewer than ``min_counts``.
+
+    When ``integration_s`` gives a detector fewer than ``min_counts`` clicks (a gated InGaAs SPAD sees its
+    dark counts only in its gates: 300 Hz in 0.5 ns gates at 100 MHz is 15 clicks/s), that first look is
+    a scout and the rate is measured again, for the time the scouted rate needs for ``min_counts`` (at most
+    ``max_integration_s``). Only the second measurement is returned: its length does not depend on its own
+    counts, so the stopping rule does not bias the rate. With 15 clicks the rate was ±26 %, its error taken
+    from the count itself, and a low fluctuation (2 clicks, Poisson probability 4·10⁻⁵) came out as
+    40 ± 40 Hz against 300 Hz, a −6.5σ pull (docs/calibration.md)."""
+    ctx.step(f"dark counts at the operating bias ({integration_s:g} s in 8 parts)")
+    t0 = integration_s
+    parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
+    n0 = {d: sum(p[d] for p in parts) for d in detectors}
+    scout: dict[str, int] | None = None
+    if min(n0.values()) < min_counts:
+        scout = n0
+        need = max(min_counts * integration_s / max(n, 1) for n in n0.values())
+        t0 = min(max(need, integration_s), max_integration_s)
+        ctx.step(f"{min(n0.values())} clicks in {integration_s:g} s: measuring again for {t0:.3g} s "
+                 f"(≈ {min_counts} clicks), the first look only a scout")
+        parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
+        n0 = {d: sum(p[d] for p in parts) for d in detectors}
+    var0 = {d: 8.0 * float(np.var([p[d] for p in parts], ddof=1)) for d in detectors}
+    return n0, var0, t0, scout
+
+
 def dark_counts(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, integration_s: float = 2.0,
                 bias_steps: tuple[float, ...] = (-0.1, -0.05, 0.05, 0.1), sweep_integration_s: float = 1.0,
                 min_counts: int = 400, max_integration_s: float = 30.0) -> ProcedureResult:
@@ -76,16 +105,9 @@ def dark_counts(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, integra
     bias sweep (relative steps of the operating bias) is fitted with DCR(b) = DCR_0·e^{k(b − b_0)}
     (Poisson-weighted), k reported as ``<D>.dark_log_slope``.
 
-    The integration adapts to the detector: when ``integration_s`` gives a detector fewer than
-    ``min_counts`` clicks (a gated InGaAs SPAD sees its dark counts only in its gates: 300 Hz in
-    0.5 ns gates at 100 MHz is 15 clicks/s), that first look is a scout and the rate is measured again,
-    for the time the scouted rate needs for ``min_counts`` (at most ``max_integration_s``). Only the
-    second measurement enters the result: its length does not depend on its own counts, so the
-    stopping rule does not bias the rate. Each sweep point then integrates for ``min_counts``/4 clicks
-    at the operating rate (at least ``sweep_integration_s``, at most half of ``max_integration_s``).
-    With 15 clicks the rate was ±26 %, its error taken from the count itself, and a low fluctuation
-    (2 clicks, Poisson probability 4·10⁻⁵) came out as 40 ± 40 Hz against 300 Hz, a −6.5σ pull
-    (docs/calibration.md).
+    The integration adapts to the detector (:func:`_operating_point_counts`: at least ``min_counts``
+    clicks, at most ``max_integration_s``); each sweep point integrates for ``min_counts``/4 clicks at the
+    operating rate (at least ``sweep_integration_s``, at most half of ``max_integration_s``).
     """
     quantities: list[Quantity] = []
     raw: dict[str, Any] = {}
@@ -95,20 +117,7 @@ def dark_counts(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, integra
         enable_detectors(ctx, guard, detectors)
         dets = {d: ctx.station.detector(d) for d in detectors}
         b0 = {d: float(dets[d].bias) for d in detectors}
-        ctx.step(f"dark counts at the operating bias ({integration_s:g} s in 8 parts)")
-        t0 = integration_s
-        parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
-        n0 = {d: sum(p[d] for p in parts) for d in detectors}
-        scout: dict[str, int] | None = None
-        if min(n0.values()) < min_counts:
-            scout = n0
-            need = max(min_counts * integration_s / max(n, 1) for n in n0.values())
-            t0 = min(max(need, integration_s), max_integration_s)
-            ctx.step(f"{min(n0.values())} clicks in {integration_s:g} s: measuring again for {t0:.3g} s "
-                     f"(≈ {min_counts} clicks), the first look only a scout")
-            parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
-            n0 = {d: sum(p[d] for p in parts) for d in detectors}
-        var0 = {d: 8.0 * float(np.var([p[d] for p in parts], ddof=1)) for d in detectors}
+        n0, var0, t0, scout = _operating_point_counts(ctx, detectors, integration_s, min_counts, max_integration_s)
         points: dict[str, list[dict[str, float]]] = {d: [] for d in detectors}
         for d in detectors:
             dcr, err, extra = _dcr_from_counts(ctx, d, n0[d], t0, var0[d])
@@ -146,33 +155,40 @@ def dark_counts(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, integra
         for d in detectors:
             pts = sorted(points[d], key=lambda p: p["bias"])
             raw[d] = {"points": pts}
-            fit = None
-            if len(pts) >= 3 and sum(p["counts"] for p in pts) >= 30:
-                b = np.array([p["bias"] for p in pts])
-                y = np.array([p["dcr_hz"] for p in pts])
-                e = np.array([p["err_hz"] for p in pts])
-                y0 = max(float(y[np.argmin(np.abs(b - b0[d]))]), 1e-3)
-
-                def model(bb: np.ndarray, log_r0: float, k: float, b0d: float = b0[d]) -> np.ndarray:
-                    return np.exp(log_r0 + k * (bb - b0d))
-                try:
-                    fit = fit_curve(model, b, y, e, [math.log(y0), 1.0], ("log_r0", "k"), f"{d} dark counts vs bias")
-                except CalibrationError as exc:
-                    ctx.step(f"{d}: bias-sweep fit failed ({exc}); slope not reported")
-                if fit is not None:
-                    unit = _bias_unit(ctx.config, d)
-                    quantities.append(Quantity(
-                        f"{d}.dark_log_slope", fit["k"], fit.err("k"), f"1/{unit}", "dark_counts",
-                        true=sim_truth(ctx.station, d, lambda c, d=d: 1.0 / float(c.detectors[d].options.get(
-                            "dark_bias_scale", 1.0 if c.detectors[d].kind == "snspd" else 0.5))),
-                        details={"model": "DCR(b) = DCR0·exp(k·(b − b0))", "b0": b0[d], "fit": fit.summary()}))
-                    raw[d]["fit"] = fit.summary()
+            fit = _bias_sweep_fit(ctx, d, pts, b0[d])
+            if fit is not None:
+                unit = _bias_unit(ctx.config, d)
+                quantities.append(Quantity(
+                    f"{d}.dark_log_slope", fit["k"], fit.err("k"), f"1/{unit}", "dark_counts",
+                    true=sim_truth(ctx.station, d, lambda c, d=d: 1.0 / float(c.detectors[d].options.get(
+                        "dark_bias_scale", 1.0 if c.detectors[d].kind == "snspd" else 0.5))),
+                    details={"model": "DCR(b) = DCR0·exp(k·(b − b0))", "b0": b0[d], "fit": fit.summary()}))
+                raw[d]["fit"] = fit.summary()
             p = save_plot(ctx.plot_path(f"dark_counts_{d}.png"),
                           lambda ax, pts=pts, fit=fit, d=d: _plot_dark(ax, pts, fit, b0[d], _bias_unit(ctx.config, d)),
                           f"{d}: dark-count rate vs bias")
             if p:
                 plots.append(p)
     return ctx.remember(ProcedureResult("dark_counts", quantities, raw, plots))
+
+
+def _bias_sweep_fit(ctx: CalContext, d: str, pts: list[dict[str, float]], b0: float) -> FitResult | None:
+    """DCR(b) = DCR0·e^{k(b − b0)} fitted to the sweep's points (sorted by bias); None with fewer than
+    3 points or 30 clicks, or when the fit fails (the slope is then not reported)."""
+    if len(pts) < 3 or sum(p["counts"] for p in pts) < 30:
+        return None
+    b = np.array([p["bias"] for p in pts])
+    y = np.array([p["dcr_hz"] for p in pts])
+    e = np.array([p["err_hz"] for p in pts])
+    y0 = max(float(y[np.argmin(np.abs(b - b0))]), 1e-3)
+
+    def model(bb: np.ndarray, log_r0: float, k: float) -> np.ndarray:
+        return np.exp(log_r0 + k * (bb - b0))
+    try:
+        return fit_curve(model, b, y, e, [math.log(y0), 1.0], ("log_r0", "k"), f"{d} dark counts vs bias")
+    except CalibrationError as exc:
+        ctx.step(f"{d}: bias-sweep fit failed ({exc}); slope not reported")
+        return None
 
 
 def _plot_dark(ax: Any, pts: list[dict[str, float]], fit: FitResult | None, b0: float, unit: str) -> None:
