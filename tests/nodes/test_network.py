@@ -391,3 +391,27 @@ def test_sigterm_ends_the_detectors_acquisition_while_its_optics_does_not_answer
     assert not acq.is_alive()
     assert errors, "the acquisition was cut short: the launcher must be told"
     assert codes == dict.fromkeys(["optics", "detector", "C1", "C2"], 0), codes
+
+
+def test_the_optics_gets_its_own_grace_after_a_first_group_node_had_to_be_killed(tmp_path):
+    """``LocalNetwork.stop``: a detector that ignores SIGTERM is killed after the timeout; the optics,
+    stopped after it, still gets its own time to exit cleanly. Before, one deadline covered both groups,
+    and an optics needing 0.5 s after the detector's kill was killed too (exit −9)."""
+    import subprocess
+    import sys
+
+    from labqfl.nodes.launch import NodeProcess
+
+    ignores = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    slow_clean = ("import signal, sys, time\n"
+                  "def stop(*_): time.sleep(0.5); sys.exit(0)\n"
+                  "signal.signal(signal.SIGTERM, stop); print('up', flush=True); time.sleep(60)")
+    net = LocalNetwork(tmp_path / "net", None)
+    for name, role, code in (("detector", "detector", ignores), ("optics", "optics", slow_clean)):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "up"  # its handler is installed
+        net.nodes[name] = NodeProcess(name, role, tmp_path, proc)
+    t0 = time.monotonic()
+    codes = net.stop(timeout=2.0)
+    assert codes == {"detector": -9, "optics": 0}, codes
+    assert time.monotonic() - t0 < 10
