@@ -83,11 +83,11 @@ def _operating_point_counts(ctx: CalContext, detectors: tuple[str, ...], integra
     parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
     n0 = {d: sum(p[d] for p in parts) for d in detectors}
     scout: dict[str, int] | None = None
-    if min(n0.values()) < min_counts:
+    fewest = min(n0.values())
+    if fewest < min_counts:
         scout = n0
-        need = max(min_counts * integration_s / max(n, 1) for n in n0.values())
-        t0 = min(max(need, integration_s), max_integration_s)
-        ctx.step(f"{min(n0.values())} clicks in {integration_s:g} s: measuring again for {t0:.3g} s "
+        t0 = min(max(min_counts * integration_s / max(fewest, 1), integration_s), max_integration_s)
+        ctx.step(f"{fewest} clicks in {integration_s:g} s: measuring again for {t0:.3g} s "
                  f"(≈ {min_counts} clicks), the first look only a scout")
         parts = [detector_counts(ctx, t0 / 8) for _ in range(8)]
         n0 = {d: sum(p[d] for p in parts) for d in detectors}
