@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from labqfl.contracts.types import Announcements, ModulationRecord
+from labqfl.contracts.types import Announcements, ModulationRecord, drive_codes
 from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PlayedFrames
 from labqfl.log import get_logger
 
@@ -311,14 +311,21 @@ class PlayedChoiceLog:
         """Rebuild from :func:`played_table` rows (frame index, 1 played / 0 lost)."""
         return cls(log, record_from_table(table, frame_slots))
 
-    def choices(self, slots: np.ndarray) -> ModulationRecord:
+    def _played(self, slots: np.ndarray) -> np.ndarray:
         s = np.asarray(slots, dtype=np.int64)
         ok = self.record.slot_mask(s)
         if not ok.all():
             raise ValueError(f"client {self.client}: {int((~ok).sum())} of {s.size} slots lie in frames that were not "
                              "played (lost or not recorded); expected slots of played frames only (record.slot_mask)")
-        rec: ModulationRecord = self.log.choices(s)
+        return s
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        rec: ModulationRecord = self.log.choices(self._played(slots))
         return rec
+
+    def codes(self, slots: np.ndarray) -> np.ndarray:
+        """:meth:`choices` as drive codes k·4 + a (:func:`labqfl.contracts.types.drive_codes`), same check."""
+        return drive_codes(self.log, self._played(slots))
 
 
 def acquisition_slots(duration_s: float | None, rep_rate_hz: float) -> int | None:

@@ -624,11 +624,11 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
 
 
 @nb.njit(cache=True, nogil=True)
-def scatter_codes(client: np.int64, intensity_idx: np.ndarray, phase_idx: np.ndarray, runs: np.ndarray,
+def scatter_codes(client: np.int64, codes: np.ndarray, runs: np.ndarray,
                   pair_ci: np.ndarray, pair_cj: np.ndarray, out_i: np.ndarray, out_j: np.ndarray) -> None:
-    """Client ``client``'s answers for its slots of :func:`group_candidates` (in that order) into
-    the candidates' places: code k·4 + a at ``out_i[r, k]`` where it modulated the clockwise pulse
-    of the candidate's pair, at ``out_j[r, k]`` where the counter-clockwise one."""
+    """Client ``client``'s answers (drive codes k·4 + a) for its slots of :func:`group_candidates`
+    (in that order) into the candidates' places: at ``out_i[r, k]`` where it modulated the clockwise
+    pulse of the candidate's pair, at ``out_j[r, k]`` where the counter-clockwise one."""
     q = np.uint64(0)
     for m in range(runs.shape[0]):
         r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
@@ -639,7 +639,7 @@ def scatter_codes(client: np.int64, intensity_idx: np.ndarray, phase_idx: np.nda
             base = np.uint64(k0)
             # unsigned offsets: no negative-index wraparound per access, so LLVM vectorises the copy
             for t in range(np.uint64(k1 - k0)):
-                row[base + t] = np.uint8(intensity_idx[q + t] * 4 + phase_idx[q + t])
+                row[base + t] = codes[q + t]
             q += np.uint64(k1 - k0)
 
 

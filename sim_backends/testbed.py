@@ -79,6 +79,7 @@ from labqfl.sim_backends.qrng import (
 from labqfl.config import StationConfig
 from labqfl.contracts.channel_model import transmittances
 from labqfl.contracts.schedule import PairSchedule
+from labqfl.contracts.types import drive_codes
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD
 from labqfl.physics import loop_delay_ps, photon_energy_j
@@ -614,19 +615,17 @@ class SagnacTestbed:
             if hi > lo:
                 answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
         for c, answer in answers:
-            rec = answer()
-            K.scatter_codes(np.int64(c), np.asarray(rec.intensity_idx, np.uint8),
-                            np.asarray(rec.phase_idx, np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
+            K.scatter_codes(np.int64(c), np.asarray(answer(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
         return out_i, out_j
 
     @staticmethod
-    def _ask(log: Any, slots: np.ndarray) -> Callable[[], Any]:
-        """The wait for ``log``'s choices in ``slots``: its ``ask(slots)`` where it has one (the
-        question goes out now), else its ``choices(slots)`` when waited for."""
+    def _ask(log: Any, slots: np.ndarray) -> Callable[[], np.ndarray]:
+        """The wait for ``log``'s drive codes k·4 + a in ``slots``: its ``ask(slots)`` where it has one
+        (the question goes out now), else :func:`~labqfl.contracts.types.drive_codes` when waited for."""
         ask = getattr(log, "ask", None)
         if ask is not None:
-            return cast(Callable[[], Any], ask(slots))
-        return lambda: log.choices(slots)
+            return cast(Callable[[], np.ndarray], ask(slots))
+        return lambda: drive_codes(log, slots)
 
     def _cut(self, acq: _Acq, s1: int) -> int:
         """No tag of a later window can be earlier than this time [ps]."""

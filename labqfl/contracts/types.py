@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 
@@ -92,6 +92,19 @@ class ModulationLog(Protocol):
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         """The client's intensity and phase indices in the given slots (int64 array)."""
         ...
+
+
+def drive_codes(log: ModulationLog, slots: np.ndarray) -> np.ndarray:
+    """What ``log``'s client applied in ``slots`` as drive codes k·4 + a (uint8; intensity index k,
+    phase index a), the form a modulator link carries: the log class's own ``codes(slots)`` where
+    it has one (one pass, no split and re-join), else its :meth:`ModulationLog.choices` joined.
+    The method is looked up on the class, so a wrapper that forwards unknown attributes
+    (:class:`labqfl.modulation.PlayedChoiceLog`) keeps its own checks."""
+    own = getattr(type(log), "codes", None)
+    if own is not None:
+        return cast(np.ndarray, own(log, slots))
+    rec = log.choices(slots)
+    return np.asarray(rec.intensity_idx, np.uint8) << np.uint8(2) | np.asarray(rec.phase_idx, np.uint8)
 
 
 #: Sifting rule of labqfl's protocol (docs/protocol.md): the raw key of a pair is made of the

@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
-from labqfl.contracts.types import Announcements
+from labqfl.contracts.types import Announcements, drive_codes
 from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.log import get_logger
@@ -1027,8 +1027,7 @@ class ClientNode(Node):
         try:
             rep = link.request(Message("mod/ready", {}))
             while rep.kind == "mod/query":
-                rec = a.raw_log.choices(query_slots(rep))
-                codes = (rec.intensity_idx.astype(np.uint8) * 4 + rec.phase_idx.astype(np.uint8)).astype(np.uint8)
+                codes = drive_codes(a.raw_log, query_slots(rep))
                 a.answered_slots += int(codes.size)
                 rep = link.request(Message("mod/applied", {"codes": codes}))
             link.close()

@@ -135,15 +135,15 @@ class ModulatorLink:
         self._questions.put(None)
 
     # the Monte-Carlo's side
-    def ask(self, slots: np.ndarray) -> Callable[[], ModulationRecord]:
+    def ask(self, slots: np.ndarray) -> Callable[[], np.ndarray]:
         """Put the question "what did you apply in ``slots``?" and return the wait for its answer,
-        so that the Monte-Carlo asks every client of a window before it waits for any (the clients
-        answer in parallel; :meth:`SagnacTestbed._candidate_codes`)."""
+        the drive codes k·4 + a, so that the Monte-Carlo asks every client of a window before it
+        waits for any (the clients answer in parallel; :meth:`SagnacTestbed._candidate_codes`)."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         self._questions.put(s)
         return lambda: self._answer(s)
 
-    def _answer(self, s: np.ndarray) -> ModulationRecord:
+    def _answer(self, s: np.ndarray) -> np.ndarray:
         try:
             got = self._answers.get(timeout=LINK_TIMEOUT_S)
         except queue.Empty:
@@ -153,12 +153,17 @@ class ModulatorLink:
         if got.shape != s.shape or (got.size and int(got.max()) >= 4 * 8):
             raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots")
         self.asked_slots += int(s.size)
-        return ModulationRecord(client=self.client, slots=s, intensity_idx=(got >> 2).astype(np.uint8),
-                                phase_idx=(got & 3).astype(np.uint8))
+        return got
 
-    def choices(self, slots: np.ndarray) -> ModulationRecord:
+    def codes(self, slots: np.ndarray) -> np.ndarray:
         """Ask and wait for the answer (:meth:`ask`)."""
         return self.ask(slots)()
+
+    def choices(self, slots: np.ndarray) -> ModulationRecord:
+        """:meth:`codes`, split into intensity and phase indices."""
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        got = self.codes(s)
+        return ModulationRecord(client=self.client, slots=s, intensity_idx=got >> 2, phase_idx=got & 3)
 
     def end(self) -> None:
         self._questions.put(None)

@@ -167,7 +167,7 @@ def test_clients_with_ask_are_all_asked_before_any_answer_is_awaited():
 
             def wait() -> Any:
                 events.append(("answer", self.k))
-                return base[self.k].choices(slots)
+                return base[self.k].codes(slots)  # a link answers drive codes k·4 + a
             return wait
 
     tb = SagnacTestbed(cfg, threads=1)
@@ -189,7 +189,7 @@ class _AskRecorder:
 
     def ask(self, slots: np.ndarray) -> Any:
         self.asked.append(np.array(slots, copy=True))
-        return lambda: self._log.choices(slots)
+        return lambda: self._log.codes(slots)  # a link answers drive codes k·4 + a
 
     def __getattr__(self, name: str) -> Any:  # whatever else the client's log can answer, the link forwards
         return getattr(self._log, name)

@@ -163,7 +163,7 @@ def test_word_codes_on_every_threshold_edge_equal_the_threshold_rule(probs, px):
     (1 to 15 thresholds, one compiled kernel per count), empty and near-empty categories included;
     fill_codes' kernel and the random-access kernel alike."""
     from labqfl.sim_backends.qrng import (
-        _slot_codes,
+        _block_words,
         _words_to_codes,
         code_thresholds,
         joint_thresholds,
@@ -178,10 +178,37 @@ def test_word_codes_on_every_threshold_edge_equal_the_threshold_rule(probs, px):
     out = np.empty(x.size, np.uint8)
     _words_to_codes(x, code_thresholds(thr), out)
     np.testing.assert_array_equal(out, ref)
-    # random access: word s mod 4 of block n (here every block holds x[n] at the slot's word)
+    # random access: word s mod 4 of block n (slots 7 apart: one counter block each, block n holds x[n]
+    # at the slot's word)
     slots = np.arange(x.size, dtype=np.int64) * 7 + 3
     ks = np.zeros(4 * x.size, np.uint32)
     ks[4 * np.arange(x.size) + (slots & 3)] = x
-    k, a = np.empty(x.size, np.uint8), np.empty(x.size, np.uint8)
-    _slot_codes(ks, slots, code_thresholds(thr), k, a)
-    np.testing.assert_array_equal(k * 4 + a, ref)
+    words = np.empty(x.size, np.uint32)
+    _block_words(ks, slots, words)
+    _words_to_codes(words, code_thresholds(thr), out)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_csprng_codes_of_long_unordered_questions_with_shared_blocks_match_the_reference():
+    """The modulator link's path (:meth:`CsprngChoiceLog.codes`): one AES block per run of slots
+    sharing a counter, in pieces of ``_QUERY_SLOTS`` through reused buffers. Dense ascending slots
+    (most runs share a block, runs crossing a piece's edge), then the same slots shuffled with
+    repeats, each equal to the reference (one ECB block per distinct counter); a second log's
+    question in between must not leak into the buffers' next use; a negative slot is refused."""
+    from labqfl.sim_backends.qrng import _QUERY_SLOTS, CsprngChoiceLog
+
+    rng = np.random.default_rng(5)
+    log, other = CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967), CsprngChoiceLog("C2", (0.5, 0.5), 0.5)
+    dense = (2**40 + np.flatnonzero(rng.random(4 * _QUERY_SLOTS + 1000) < 0.3)).astype(np.int64)
+    assert dense.size > _QUERY_SLOTS and (np.diff(dense >> 2) == 0).mean() > 0.2
+    for slots in (dense, rng.permutation(np.concatenate([dense[:5000], dense[:5000], dense[-3:]]))):
+        ref = log.choices_reference(slots)
+        np.testing.assert_array_equal(log.codes(slots), ref.intensity_idx * 4 + ref.phase_idx)
+        o = other.choices_reference(slots[:1000])
+        np.testing.assert_array_equal(other.codes(slots[:1000]), o.intensity_idx * 4 + o.phase_idx)
+        rec = log.choices(slots)
+        np.testing.assert_array_equal(rec.intensity_idx, ref.intensity_idx)
+        np.testing.assert_array_equal(rec.phase_idx, ref.phase_idx)
+    assert log.codes(np.empty(0, np.int64)).size == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        log.codes(np.array([4, -1, 8], np.int64))
