@@ -22,6 +22,7 @@ returns False.
 from __future__ import annotations
 
 import ctypes
+import gc
 from typing import Any
 
 #: glibc malloc.h parameter numbers
@@ -49,3 +50,18 @@ def keep_freed_memory() -> bool:
     done = [mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
             mallopt(M_TOP_PAD, TOP_PAD_BYTES)]
     return all(r == 1 for r in done)
+
+
+def freeze_startup_objects() -> int:
+    """Move every object the process holds now (its imports and warm-up: numpy, scipy, gRPC, Numba's
+    dispatchers, ...) to the collector's permanent generation, so that the cyclic collections a
+    serving node triggers by allocating messages and arrays no longer traverse them
+    (:func:`gc.freeze`). Called as a node starts serving. Returns how many objects are frozen.
+
+    Measured (2026-12-05, Zen 3 VM, default station's 10 s over nodes, ``perf record -a``, samples
+    grouped by process): the collector's own functions (``gc_collect_main``, ``visit_decref``,
+    ``visit_reachable``) were 7.5 % of the detector's CPU samples and 5.8 % of a client's; with the
+    start-up frozen, 1.1 % and 2.0–2.6 %. The frozen objects are only exempt from cycle detection:
+    reference counting still frees them."""
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from labqfl.qkd.messaging import Message, MessageError
@@ -32,42 +33,107 @@ GAP_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype(np.uint8), np.dtype(np.uint16)
 _ESCAPE_BYTES = 16
 
 
-def _differences(values: np.ndarray, base: int) -> np.ndarray:
-    """d_n = v_n − v_{n−1} with v_{−1} = ``base`` (int64, wrapping modulo 2^64 like the decoder's sum)."""
-    d = np.empty(values.size, np.int64)
-    if values.size:
-        np.subtract(values[:1], np.array([base], np.int64), out=d[:1])
-        np.subtract(values[1:], values[:-1], out=d[1:])
-    return d
+@numba.njit(cache=True, nogil=True)
+def _escape_counts(values: np.ndarray, base: np.int64, counts: np.ndarray) -> None:
+    """``counts[w]``: how many differences d_n = v_n − v_{n−1} (v_{−1} = ``base``; int64 modulo 2^64, read
+    as uint64 so that a negative one is above every width) exceed 2^8 − 1, 2^16 − 1, 2^32 − 1 (w = 0, 1, 2).
+    One pass that LLVM vectorises (each difference from two loads, no carried value), no array of
+    differences."""
+    n = values.shape[0]
+    if n == 0:
+        counts[:] = 0
+        return
+    u0 = np.uint64(values[0] - base)
+    c8, c16, c32 = np.int64(u0 > np.uint64(0xFF)), np.int64(u0 > np.uint64(0xFFFF)), np.int64(u0 > np.uint64(0xFFFFFFFF))
+    for i in range(np.uint64(1), np.uint64(n)):
+        u = np.uint64(values[i] - values[i - np.uint64(1)])  # int64 subtraction wraps modulo 2^64, as the decoder's sum
+        c8 += np.int64(u > np.uint64(0xFF))
+        c16 += np.int64(u > np.uint64(0xFFFF))
+        c32 += np.int64(u > np.uint64(0xFFFFFFFF))
+    counts[0], counts[1], counts[2] = c8, c16, c32
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_gaps(values: np.ndarray, base: np.int64, limit: np.uint64, gaps: np.ndarray, big_at: np.ndarray,
+               big: np.ndarray) -> None:
+    """The differences of ``values`` from ``base`` (:func:`_escape_counts`) into ``gaps``, each one above
+    ``limit`` (the width's maximum) as 0 there and as (position, value) in ``big_at``, ``big`` (sized to
+    the count of such differences). The gaps in a vectorised pass; the escapes, if any, in a second."""
+    n = values.shape[0]
+    if n == 0:
+        return
+    u0 = np.uint64(values[0] - base)
+    gaps[0] = u0 if u0 <= limit else 0
+    for i in range(np.uint64(1), np.uint64(n)):
+        u = np.uint64(values[i] - values[i - np.uint64(1)])
+        gaps[i] = u if u <= limit else np.uint64(0)
+    k = 0
+    if u0 > limit:
+        big_at[0], big[0] = 0, values[0] - base
+        k = 1
+    m = big_at.shape[0]
+    lo = 1
+    while k < m and lo < n:  # 64 differences at a time: a vectorised test, the scalar search only where one escapes
+        hi = min(lo + 64, n)
+        hit = False
+        for i in range(lo, hi):
+            hit |= bool(np.uint64(values[i] - values[i - 1]) > limit)
+        if hit:
+            for i in range(lo, hi):
+                d = values[i] - values[i - 1]
+                if np.uint64(d) > limit:
+                    big_at[k], big[k] = i, d
+                    k += 1
+        lo = hi
+
+
+@numba.njit(cache=True, nogil=True)
+def _sum_gaps(gaps: np.ndarray, big_at: np.ndarray, big: np.ndarray, base: np.int64, out: np.ndarray) -> None:
+    """The inverse of :func:`_fill_gaps`: v_n = v_{n−1} + d_n (v_{−1} = ``base``, int64 modulo 2^64), d_n the
+    escaped value at the positions ``big_at`` (ascending, checked by the caller), else ``gaps[n]``."""
+    v = base
+    k = np.uint64(0)
+    nxt = big_at[0] if big_at.shape[0] > 0 else np.int64(-1)
+    for n in range(np.uint64(gaps.shape[0])):
+        if np.int64(n) == nxt:
+            v += big[k]
+            k += np.uint64(1)
+            nxt = big_at[k] if k < np.uint64(big_at.shape[0]) else np.int64(-1)
+        else:
+            v += np.int64(gaps[n])
+        out[n] = v
 
 
 def encode_gaps(values: np.ndarray, *, base: int = 0, prefix: str = "",
                 dtype: np.dtype[Any] | type | None = None) -> dict[str, np.ndarray]:
     """The fields carrying ``values`` (any 1-D int64 array) as differences from ``base`` (module
     docstring): ``dtype`` (``uint8``/``uint16``/``uint32``) fixes the width, else the one with the
-    fewest bytes (n·width + 16 per escaped difference) is taken. The inverse is :func:`decode_gaps`."""
+    fewest bytes (n·width + 16 per escaped difference) is taken. The inverse is :func:`decode_gaps`.
+    Two passes over ``values`` (the escapes per width, then the chosen width's fields), no array of
+    differences."""
     v = np.ascontiguousarray(values, dtype=np.int64)
     if v.ndim != 1:
         raise ValueError(f"encode_gaps: expected a 1-D array, got shape {v.shape}")
-    d = _differences(v, int(base))
-    u = d.view(np.uint64)  # a negative difference is above every width's maximum here
     widths = GAP_DTYPES if dtype is None else (np.dtype(dtype),)
     if widths[0] not in GAP_DTYPES:
         raise ValueError(f"encode_gaps: width {widths[0]} is not one of {[str(t) for t in GAP_DTYPES]}")
-    best: tuple[int, np.dtype[Any], np.ndarray] | None = None
+    b = np.int64(int(base))
+    counts = np.empty(3, np.int64)
+    _escape_counts(v, b, counts)
+    best: tuple[int, np.dtype[Any], int] | None = None
     for t in widths:
         if best is not None and best[0] <= v.size * t.itemsize:
             break  # this width and the wider ones cost at least as much
-        big = u > np.iinfo(t).max
-        cost = v.size * t.itemsize + _ESCAPE_BYTES * int(np.count_nonzero(big))
+        escaped = int(counts[GAP_DTYPES.index(t)])
+        cost = v.size * t.itemsize + _ESCAPE_BYTES * escaped
         if best is None or cost < best[0]:
-            best = (cost, t, big)
+            best = (cost, t, escaped)
     assert best is not None
-    _, t, big = best
-    big_at = np.flatnonzero(big).astype(np.int64)
-    gaps = d.astype(t)  # wraps where escaped; those entries are set to 0 and never read
-    gaps[big_at] = 0
-    return {f"{prefix}gaps": gaps, f"{prefix}big_at": big_at, f"{prefix}big": d[big_at]}
+    _, t, escaped = best
+    gaps = np.empty(v.size, t)
+    big_at, big = np.empty(escaped, np.int64), np.empty(escaped, np.int64)
+    _fill_gaps(v, b, np.uint64(np.iinfo(t).max), gaps, big_at, big)
+    return {f"{prefix}gaps": gaps, f"{prefix}big_at": big_at, f"{prefix}big": big}
 
 
 def decode_gaps(msg: Message, *, base: int = 0, prefix: str = "", plain: str | None = None) -> np.ndarray:
@@ -93,10 +159,10 @@ def decode_gaps(msg: Message, *, base: int = 0, prefix: str = "", plain: str | N
                            f"{int(big_at.max())} of {n} values; expected ascending positions inside 0 … {n - 1}")
     if not -(1 << 63) <= base < (1 << 63):
         raise MessageError(f"{msg.kind}: base {base} of {g_name!r} is not an int64")
-    d = gaps.astype(np.int64)
-    d[big_at] = big
-    d[:1] += np.int64(base)  # an array operation: wraps modulo 2^64 as the encoder's difference did
-    return np.cumsum(d, out=d)
+    out = np.empty(n, np.int64)
+    _sum_gaps(np.ascontiguousarray(gaps), np.ascontiguousarray(big_at), np.ascontiguousarray(big), np.int64(base),
+              out)
+    return out
 
 
 def encode_channels(channels: np.ndarray) -> np.ndarray:

@@ -50,3 +50,26 @@ def test_freed_arrays_come_back_without_page_faults() -> None:
 def test_without_mallopt_nothing_is_changed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(heap, "_libc", lambda: object())  # a C library without mallopt (musl, macOS)
     assert heap.keep_freed_memory() is False
+
+
+def test_the_start_up_objects_leave_the_cyclic_collections():
+    """After :func:`heap.freeze_startup_objects` the objects a node built while starting (here 20 000
+    containers) sit in the permanent generation: a full collection no longer has them in any
+    generation, while reference counting still frees a frozen object."""
+    probe = textwrap.dedent("""
+        import gc, weakref
+        from labqfl.nodes.heap import freeze_startup_objects
+        class Box:
+            pass
+        held = [[i] for i in range(20_000)]
+        gone = Box()
+        ref = weakref.ref(gone)
+        frozen = freeze_startup_objects()
+        gc.collect()
+        tracked = sum(len(gc.get_objects(g)) for g in range(3))
+        del gone
+        print(frozen, tracked, ref() is None)
+    """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    frozen, tracked, freed = out.stdout.split()
+    assert int(frozen) >= 20_000 and int(tracked) < 5_000 and freed == "True"
