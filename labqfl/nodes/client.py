@@ -124,7 +124,7 @@ log = get_logger(__name__)
 #: an acquisition, beyond ten times its duration [s]; then it stops its stream and disarms all the same.
 ENDLESS_WAIT_S = 600.0
 
-__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_toeplitz"]
+__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_answers", "warm_toeplitz"]
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
@@ -235,6 +235,16 @@ def warm_toeplitz() -> None:
     rng = np.random.default_rng(0)  # public filler, no key
     for n, m in ((64, 16), (1024, 8)):
         toeplitz_hash(rng.integers(0, 2, n, dtype=np.uint8), rng.integers(0, 2, n + m - 1, dtype=np.uint8), m)
+
+
+def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:
+    """Load the kernels of :meth:`CsprngChoiceLog.codes` for this client's number of choice categories (a
+    throwaway log with its own fresh key, asked about a few slots), so that the modulator link's first
+    question and the pair ends' first look-up do not load them mid-acquisition."""
+    from labqfl.sim_backends.qrng import CsprngChoiceLog
+
+    CsprngChoiceLog(client="warm-up", intensity_probs=probs, basis_x_prob=basis_x_prob).codes(
+        np.arange(0, 64, 3, dtype=np.int64))
 
 
 class _SiftBatch:
@@ -787,6 +797,8 @@ class ClientNode(Node):
         #: this client's pattern generator (opened at the first ``ctl/arm``; None: it has none, or not yet)
         self.generator: Any = None
         warm_toeplitz()  # before it serves: no first block loads the kernels mid-protocol
+        me = self.cfg.client(self.name)
+        warm_answers(tuple(me.intensity_probs), me.basis_x_prob)
         self.server.route("ann", self._ann, allowed_peers={detector})
         partners = set(self.j_of.values())
         self.server.route("qkd/pair", self._pair, allowed_peers=partners)

@@ -32,6 +32,7 @@ from labqfl.instruments.base import Instrument
 from labqfl.log import get_logger
 from labqfl.net import NodeChannel, NodeCredentials, NodeServer, ServedSession
 from labqfl.nodes.heap import freeze_startup_objects, keep_freed_memory
+from labqfl.nodes.wire import warm_codec
 from labqfl.qkd.messaging import Channel, Message, MessageError, decode_message, encode_message
 
 log = get_logger(__name__)
@@ -347,6 +348,7 @@ class Node:
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
         keep_freed_memory()  # every tag block's arrays from kept pages, not fresh zeroed ones (labqfl.nodes.heap)
+        warm_codec()  # the bulk arrays' codec loaded before the first acquisition's messages (labqfl.nodes.wire)
         freeze_startup_objects()  # imports and warm-up out of every later cyclic collection (labqfl.nodes.heap)
         # after the handlers: a signal while they open ends in their safe state too (a failure closes them)
         self.instruments.open()

@@ -25,7 +25,7 @@ import numpy as np
 
 from labqfl.qkd.messaging import Message, MessageError
 
-__all__ = ["decode_channels", "decode_gaps", "encode_channels", "encode_gaps"]
+__all__ = ["decode_channels", "decode_gaps", "encode_channels", "encode_gaps", "warm_codec"]
 
 #: The widths a difference may travel in, narrowest first.
 GAP_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
@@ -163,6 +163,14 @@ def decode_gaps(msg: Message, *, base: int = 0, prefix: str = "", plain: str | N
     _sum_gaps(np.ascontiguousarray(gaps), np.ascontiguousarray(big_at), np.ascontiguousarray(big), np.int64(base),
               out)
     return out
+
+
+def warm_codec() -> None:
+    """Load the codec's kernels for every width (tiny public arrays), so that a node's first message of
+    an acquisition does not load (or, on a cold Numba cache, compile) them mid-protocol."""
+    for t in GAP_DTYPES:
+        f = encode_gaps(np.array([1, 3, 1 << 40], np.int64), dtype=t)
+        decode_gaps(Message("warm", dict(f)))
 
 
 def encode_channels(channels: np.ndarray) -> np.ndarray:
