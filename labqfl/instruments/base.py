@@ -69,10 +69,12 @@ class TagBlock:
         """Tags per channel number in this block, added to ``into`` (and returned) when given,
         so a stream is counted with ``for b in blocks: b.channel_counts(counts)``."""
         out = {} if into is None else into
-        if len(self):
-            u, c = np.unique(self.channels, return_counts=True)
-            for ch, n in zip(u.tolist(), c.tolist(), strict=True):
-                out[ch] = out.get(ch, 0) + n
+        if len(self):  # a histogram over the block's channel range (int16: at most 2^16 bins), not a sort
+            ch = np.asarray(self.channels)
+            lo = int(ch.min())
+            c = np.bincount((ch.astype(np.int32) - lo) if lo else ch)
+            for k in np.flatnonzero(c).tolist():
+                out[lo + k] = out.get(lo + k, 0) + int(c[k])
         return out
 
 

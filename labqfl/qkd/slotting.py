@@ -295,6 +295,58 @@ def _anchor_syncs(sync_t, have_prev, prev_t, prev_k, period_est, divider, period
 
 
 @numba.njit(cache=True, nogil=True)
+def _split_tags(ts, ch, sync_ch, marker_ch, use_markers, d0_ch, d1_ch, sync_delay, marker_delay, d0_delay,  # type: ignore[no-untyped-def]
+                d1_delay):
+    """One pass over a tag block (timestamps ``ts``, channels ``ch``): the sync times, the marker times (when
+    ``use_markers``), the detector tags' times and detector ids (1 on D1's channel, else 0), each less its
+    cable delay and in stream order, the number of tags on none of those channels, and whether the
+    timestamps fail to be non-decreasing. A channel that is several of these counts for each, as the
+    per-channel masks it replaces did."""
+    n = ts.shape[0]
+    ns = nm = nd = 0
+    other = 0
+    for i in range(n):
+        c = ch[i]
+        hit = False
+        if c == sync_ch:
+            ns += 1
+            hit = True
+        if use_markers and c == marker_ch:
+            nm += 1
+            hit = True
+        if c == d0_ch or c == d1_ch:
+            nd += 1
+            hit = True
+        other += not hit
+    sync_t = np.empty(ns, np.int64)
+    marker_t = np.empty(nm, np.int64)
+    det_t = np.empty(nd, np.int64)
+    det_id = np.empty(nd, np.int64)
+    ns = nm = nd = 0
+    descending = False
+    for i in range(n):
+        c = ch[i]
+        t = ts[i]
+        if i > 0 and t < ts[i - 1]:
+            descending = True
+        if c == sync_ch:
+            sync_t[ns] = t - sync_delay
+            ns += 1
+        if use_markers and c == marker_ch:
+            marker_t[nm] = t - marker_delay
+            nm += 1
+        if c == d1_ch:
+            det_t[nd] = t - d1_delay
+            det_id[nd] = 1
+            nd += 1
+        elif c == d0_ch:
+            det_t[nd] = t - d0_delay
+            det_id[nd] = 0
+            nd += 1
+    return sync_t, marker_t, det_t, det_id, other, descending
+
+
+@numba.njit(cache=True, nogil=True)
 def _combine(slots, bits):  # type: ignore[no-untyped-def]
     """Merge detections of equal slots (input sorted by slot): OR of detector bits → outcome."""
     n = slots.shape[0]
@@ -344,11 +396,17 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, bu
     a = 0
     for q in range(n):
         t = det_t[q]
-        # last anchor with anchor_t <= t (0 if none); start from the previous answer
+        # last anchor with anchor_t <= t (0 if none); start from the previous answer, galloping ahead of it
+        # (the detections come nearly in time order, so the answer is mostly a or a + 1)
         if a >= na or anchor_t[a] > t:
             lo, hi = 0, na
         else:
-            lo, hi = a, na
+            last, step, j = a, 1, a + 1  # anchor_t[last] <= t; probe a + 1, a + 2, a + 4, ...
+            while j < na and anchor_t[j] <= t:
+                last = j
+                step *= 2
+                j = a + step
+            lo, hi = last + 1, min(j, na)
         while lo < hi:
             mid = (lo + hi) // 2
             if anchor_t[mid] <= t:
@@ -543,35 +601,31 @@ class Slotter(_SlotProgress):
         if not isinstance(block, TagBlock):
             raise QKDInputError(f"slotting: expected a TagBlock, got {type(block).__name__}")
         ts, ch = block.timestamps, block.channels
-        if ts.size > 1 and np.any(ts[1:] < ts[:-1]):
+        p = self.p
+        sync_t, marker_t, det_t_new, det_id_new, other, descending = _split_tags(
+            np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(ch), np.int64(p.sync_channel),
+            np.int64(p.marker_channel if self._markers and p.marker_channel is not None else 0), bool(self._markers),
+            np.int64(p.detector_channels[0]), np.int64(p.detector_channels[1]), np.int64(p.sync_delay_ps),
+            np.int64(p.marker_delay_ps if self._markers else 0), np.int64(p.delays_ps[0]), np.int64(p.delays_ps[1]))
+        if descending:
             raise QKDInputError("slotting: TagBlock timestamps must be non-decreasing")
         if self._last_raw is not None and ts.size and ts[0] < self._last_raw:
             raise QKDInputError("slotting: TagBlock starts before the end of the previous block (blocks out of order)")
         if block.overflow:
             self.stats.overflow_blocks += 1
-        p = self.p
         lost = block.lost_intervals_ps
         if lost.size:
             self.stats.lost_intervals += int(lost.shape[0])
             corr = np.stack([lost[:, 0] - self._max_delay - self._lost_reach,
                              lost[:, 1] - self._min_delay + self._lost_reach], axis=1).astype(np.int64)
             self._pend_lost = np.concatenate([self._pend_lost, corr])
-        is_sync = ch == p.sync_channel
-        is_marker = ch == p.marker_channel if self._markers else np.zeros(ts.shape, dtype=bool)
-        is_d0 = ch == p.detector_channels[0]
-        is_d1 = ch == p.detector_channels[1]
-        self.stats.other_tags += int(ts.size - np.count_nonzero(is_sync | is_marker | is_d0 | is_d1))
-        sync_t = ts[is_sync] - p.sync_delay_ps
+        self.stats.other_tags += int(other)
         self.stats.sync_tags += int(sync_t.size)
-        is_det = is_d0 | is_d1
-        det_id_new = is_d1[is_det].astype(np.int64)
-        det_t_new = ts[is_det] - np.where(det_id_new == 1, p.delays_ps[1], p.delays_ps[0])
         self.stats.detector_tags += int(det_t_new.size)
 
         if self._markers:
             if p.slot0_from_sync and self.marker_origin is None and sync_t.size:
                 self.marker_origin = int(sync_t[0])  # slot 0: the master clock's first pulse
-            marker_t = ts[is_marker] - p.marker_delay_ps
             self.stats.marker_tags += int(marker_t.size)
             marker_t = np.concatenate([self._pend_markers, marker_t])
             if p.slot0_from_sync and self.marker_origin is None:  # frames cannot be numbered yet
@@ -772,8 +826,9 @@ class Slotter(_SlotProgress):
             ready = np.ones(det_t.size, dtype=bool)
         elif n_a < 2:
             ready = np.zeros(det_t.size, dtype=bool)
-        else:
-            ready = np.searchsorted(anchor_t, det_t, side="right") - 1 < n_a - 1
+        else:  # a tag after the last anchor waits for the next one; anchor_t ascends, so this is
+            # searchsorted(anchor_t, det_t, "right") − 1 < n_a − 1 without a search per tag
+            ready = det_t < anchor_t[-1]
         return ready, det_t, det_id
 
     def _drop_lost_intervals(self, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray,
@@ -1140,11 +1195,46 @@ def slot_tags_reference(timestamps: np.ndarray, channels: np.ndarray, params: Sl
     return SlotEvents(np.array(ks, dtype=np.int64), np.array([clicks[k] for k in ks], dtype=np.uint8))
 
 
+@numba.njit(cache=True, nogil=True)
+def _split_by_pair(slots, outcomes, slots_per_frame, frame_pair, n_pairs):  # type: ignore[no-untyped-def]
+    """The clicked slots grouped by the pair scheduled in them, each pair's in their given order:
+    (slots, outcomes, offsets), pair p's at [offsets[p], offsets[p + 1]). A slot's pair is
+    ``frame_pair[(s // slots_per_frame) mod len(frame_pair)]`` (:meth:`PairSchedule.pair_index`), found
+    again only when a slot leaves the previous slot's frame (the slots mostly ascend)."""
+    n = slots.shape[0]
+    C = frame_pair.shape[0]
+    pidx = np.empty(n, np.int64)
+    counts = np.zeros(n_pairs + 1, np.int64)
+    lo = np.int64(1)
+    hi = np.int64(0)  # empty: the first slot looks its frame up
+    p = np.int64(0)
+    for i in range(n):
+        s = slots[i]
+        if s < lo or s >= hi:
+            f = s // slots_per_frame
+            lo = f * slots_per_frame
+            hi = lo + slots_per_frame
+            p = frame_pair[f % C]
+        pidx[i] = p
+        counts[p + 1] += 1
+    for q in range(n_pairs):
+        counts[q + 1] += counts[q]
+    out_s = np.empty(n, np.int64)
+    out_o = np.empty(n, np.uint8)
+    pos = counts[:n_pairs].copy()
+    for i in range(n):
+        q = pidx[i]
+        out_s[pos[q]] = slots[i]
+        out_o[pos[q]] = outcomes[i]
+        pos[q] += 1
+    return out_s, out_o, counts
+
+
 def announcements_by_pair(events: SlotEvents, schedule: PairSchedule) -> dict[str, Announcements]:
     """Split clicked slots by the pair scheduled in them: the measurement node's announcements."""
-    pidx = schedule.pair_index(events.slots)
-    out: dict[str, Announcements] = {}
-    for i, name in enumerate(schedule.names):
-        sel = pidx == i
-        out[name] = Announcements(name, np.ascontiguousarray(events.slots[sel]), np.ascontiguousarray(events.outcomes[sel]))
-    return out
+    slots, outcomes, off = _split_by_pair(np.ascontiguousarray(events.slots, np.int64),
+                                          np.ascontiguousarray(events.outcomes, np.uint8),
+                                          np.int64(schedule.slots_per_frame),
+                                          np.ascontiguousarray(schedule.frame_pair, np.int64), len(schedule.names))
+    return {name: Announcements(name, slots[off[i]:off[i + 1]], outcomes[off[i]:off[i + 1]])
+            for i, name in enumerate(schedule.names)}

@@ -18,6 +18,15 @@ def test_channel_counts_accumulate() -> None:
     assert b.channel_counts(counts) is counts
     assert counts == {7: 1, 1: 1, 2: 3, 3: 1}
     assert TagBlock(np.empty(0, np.int64), np.empty(0, np.int16)).channel_counts() == {}
+    # a tagger's falling edges are negative channel numbers; the extremes of int16 too
+    rng = np.random.default_rng(2)
+    for chans in (rng.integers(-9, 9, 5000), rng.choice([-32768, -1, 0, 5, 32767], 300), np.full(7, 4),
+                  np.full(3, -2)):
+        ch = np.asarray(chans, np.int16)
+        want: dict[int, int] = {}
+        for c in ch.tolist():
+            want[c] = want.get(c, 0) + 1
+        assert TagBlock(np.arange(ch.size, dtype=np.int64), ch).channel_counts() == want
 
 
 def test_record_report_and_replay_through_the_station(tmp_path: Path) -> None:

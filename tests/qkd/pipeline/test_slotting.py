@@ -122,3 +122,78 @@ def test_bad_inputs_give_clear_errors():
         s2.push(TagBlock(np.array([50], np.int64), np.array([1], np.int16)))
     with pytest.raises(QKDInputError, match="sync_divider"):
         make_params(divider=0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_assign_kernel_finds_the_anchor_of_the_binary_search_in_any_tag_order(seed):
+    """The galloping search from the previous answer gives exactly the anchor (and so the slot) of a
+    binary search over all anchors, whether the detections come in time order, nearly so (two
+    detectors' delays) or shuffled, including times before the first anchor, on an anchor and after
+    the last."""
+    from labqfl.qkd.slotting import _assign_kernel
+
+    rng = np.random.default_rng(seed)
+    anchor_t = np.cumsum(rng.integers(1, 5000, 400)).astype(np.int64)
+    anchor_k = np.arange(anchor_t.size, dtype=np.int64) * 3
+    per = rng.uniform(900.0, 1100.0, anchor_t.size)
+    t = rng.integers(-3000, int(anchor_t[-1]) + 9000, 6000).astype(np.int64)
+    t[:50] = anchor_t[rng.integers(0, anchor_t.size, 50)]
+    orders = [np.sort(t), np.sort(t) + rng.integers(-700, 700, t.size), rng.permutation(t)]
+    for det_t in orders:
+        det_id = rng.integers(0, 2, det_t.size).astype(np.int64)
+        args = (anchor_k, per, np.int64(3), np.array([0.0, 150.0]), np.array([500.0, 500.0]), np.int64(0),
+                np.int64(0), np.int64(-1))
+        got = _assign_kernel(det_t, det_id, anchor_t, *args)
+        a = np.maximum(np.searchsorted(anchor_t, det_t, side="right") - 1, 0)
+        rel = (det_t - anchor_t[a]).astype(np.float64) - np.array([0.0, 150.0])[det_id]
+        r = np.floor(rel / per[a] + 0.5)
+        keep = np.abs(rel - r * per[a]) <= 500.0
+        s = anchor_k[a] * 3 + r.astype(np.int64)
+        keep &= s >= 0
+        np.testing.assert_array_equal(got[0], s[keep])
+        np.testing.assert_array_equal(got[1], (1 << det_id[keep]).astype(np.uint8))
+
+
+def test_split_tags_equals_the_channel_masks():
+    """One pass over a block gives the sync, marker and detector tags (less their delays) and the
+    count of other tags that the per-channel masks gave, a channel that is two roles counting for both;
+    a step back in time is reported."""
+    from labqfl.qkd.slotting import _split_tags
+
+    rng = np.random.default_rng(4)
+    ts = np.cumsum(rng.integers(0, 50, 5000)).astype(np.int64)
+    for sync, marker, d0, d1 in ((1, 4, 2, 3), (1, 1, 2, 3), (2, 4, 2, 3), (1, 4, 3, 3)):
+        ch = rng.integers(-1, 6, ts.size).astype(np.int16)
+        for use_markers in (False, True):
+            sy, mk, dt, di, other, back = _split_tags(ts, ch, np.int64(sync), np.int64(marker), use_markers,
+                                                      np.int64(d0), np.int64(d1), np.int64(7), np.int64(9),
+                                                      np.int64(11), np.int64(13))
+            is_m = (ch == marker) if use_markers else np.zeros(ch.shape, bool)
+            is_det = (ch == d0) | (ch == d1)
+            np.testing.assert_array_equal(sy, ts[ch == sync] - 7)
+            np.testing.assert_array_equal(mk, ts[is_m] - 9)
+            ids = (ch == d1)[is_det].astype(np.int64)
+            np.testing.assert_array_equal(di, ids)
+            np.testing.assert_array_equal(dt, ts[is_det] - np.where(ids == 1, 13, 11))
+            assert other == int(np.count_nonzero(~((ch == sync) | is_m | is_det))) and not back
+    assert _split_tags(np.array([5, 4], np.int64), np.array([1, 1], np.int16), np.int64(1), np.int64(0), False,
+                       np.int64(2), np.int64(3), np.int64(0), np.int64(0), np.int64(0), np.int64(0))[5]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_announcements_by_pair_equal_the_schedules_pair_index(seed):
+    """Each pair's announcements are exactly the events whose slot :meth:`PairSchedule.pair_index`
+    gives that pair, in their given order: ascending slots (a frame looked up once), unsorted ones and
+    slots far apart; outcomes travel with their slots."""
+    cfg = load_station_config()
+    sched = PairSchedule.from_config(cfg)
+    rng = np.random.default_rng(seed)
+    asc = np.unique(rng.integers(0, 40 * sched.slots_per_frame * sched.cycle_frames, 20_000)).astype(np.int64)
+    for slots in (asc, rng.permutation(asc), rng.integers(0, 1 << 50, 300).astype(np.int64), asc[:0]):
+        ev = SlotEvents(slots, rng.integers(1, 4, slots.size).astype(np.uint8))
+        ann = announcements_by_pair(ev, sched)
+        pidx = sched.pair_index(slots)
+        assert list(ann) == list(sched.names)
+        for i, name in enumerate(sched.names):
+            np.testing.assert_array_equal(ann[name].slots, slots[pidx == i])
+            np.testing.assert_array_equal(ann[name].outcomes, ev.outcomes[pidx == i])
