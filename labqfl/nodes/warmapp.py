@@ -59,7 +59,6 @@ from typing import Any
 
 from labqfl.fl.flower.deploy import LocalFederation, _bin
 from labqfl.log import get_logger
-from labqfl.nodes.heap import freeze_startup_objects
 
 log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
 
@@ -326,10 +325,6 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str 
         entry = getattr(importlib.import_module(mod), fn)
     else:
         entry = _preload_serverapp() if kind == "serverapp" else _preload()
-    # what the children inherit stays out of their cyclic collections: a full collection in a forked
-    # ClientApp walked all ≈ 3.7·10^5 preloaded objects, 250–280 ms and 2.4·10^4 copy-on-write page faults
-    # each; with them frozen 0.1 ms and 8 faults (Python's gc docs: gc.freeze() before fork)
-    freeze_startup_objects()
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
