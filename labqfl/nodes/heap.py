@@ -61,7 +61,11 @@ def freeze_startup_objects() -> int:
     Measured (2026-12-05, Zen 3 VM, default station's 10 s over nodes, ``perf record -a``, samples
     grouped by process): the collector's own functions (``gc_collect_main``, ``visit_decref``,
     ``visit_reachable``) were 7.5 % of the detector's CPU samples and 5.8 % of a client's; with the
-    start-up frozen, 1.1 % and 2.0–2.6 %. The frozen objects are only exempt from cycle detection:
-    reference counting still frees them."""
+    start-up frozen, 1.1 % and 2.0–2.6 %. The whole acquisition's CPU did not measurably change with
+    it (three alternated pairs of ``docs/scripts/node_phases.py``: 30.3, 33.1, 27.7 CPU s with, 32.8,
+    31.1, 28.3 without), so it is kept for the collector's share alone. Not used in the warm ClientApp
+    zygote (labqfl.nodes.warmapp): frozen there before its forks, the rounds of ``labqfl run`` got
+    slower (docs/nodes.md). The frozen objects are only exempt from cycle detection: reference
+    counting still frees them."""
     gc.freeze()
     return gc.get_freeze_count()
