@@ -350,7 +350,7 @@ def _block_words(ks: np.ndarray, slots: np.ndarray, words: np.ndarray) -> None:
         words[n] = ks[np.uint64(4) * blocks - np.uint64(4) + np.uint64(s & 3)]
 
 
-#: Slots per AES call of :meth:`CsprngChoiceLog.codes` (its two scratch buffers: 1 MiB each, cache-sized).
+#: Slots per AES call of :meth:`CsprngChoiceLog.codes` (its counter and keystream buffers: 1 MiB each).
 _QUERY_SLOTS = 1 << 16
 _RUN_SLOTS = 1 << 18
 _ZEROS = bytes(16 * ((_RUN_SLOTS >> 2) + 1))  # plaintext of the CTR runs (keystream = ciphertext of zeros)
@@ -362,7 +362,6 @@ def _keystream_buffer() -> bytearray:
     if buf is None:
         buf = _SCRATCH.buf = bytearray(len(_ZEROS) + 16)
     return buf
-
 
 
 @dataclass(frozen=True, repr=False, eq=False)
