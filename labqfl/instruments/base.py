@@ -70,9 +70,8 @@ class TagBlock:
         so a stream is counted with ``for b in blocks: b.channel_counts(counts)``."""
         out = {} if into is None else into
         if len(self):  # a histogram over the block's channel range (int16: at most 2^16 bins), not a sort
-            ch = np.asarray(self.channels)
-            lo = int(ch.min())
-            c = np.bincount((ch.astype(np.int32) - lo) if lo else ch)
+            lo = int(self.channels.min())
+            c = np.bincount(self.channels.astype(np.int32) - lo)
             for k in np.flatnonzero(c).tolist():
                 out[lo + k] = out.get(lo + k, 0) + int(c[k])
         return out
