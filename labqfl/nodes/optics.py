@@ -104,11 +104,13 @@ class ModulatorLink:
     The client drives the session (it opened it); each of its requests is answered with the
     optics' next question. :meth:`ask` (called by the Monte-Carlo) puts a question and returns
     the wait for the client's answer (:meth:`choices`: both at once): the only way a choice
-    reaches the optics.
+    reaches the optics. ``levels``: the client's number of intensity levels in the station file; an
+    answer naming a level it does not have is refused (the Monte-Carlo's table holds no such row).
     """
 
-    def __init__(self, client: str) -> None:
+    def __init__(self, client: str, levels: int) -> None:
         self.client = client
+        self.levels = int(levels)
         self._questions: queue.Queue[np.ndarray | None] = queue.Queue()
         self._answers: queue.Queue[np.ndarray | BaseException] = queue.Queue()
         self.asked_slots = 0
@@ -150,8 +152,11 @@ class ModulatorLink:
             raise NodeError(f"client {self.client} did not answer its modulator link within {LINK_TIMEOUT_S:.0f} s") from None
         if isinstance(got, BaseException):
             raise got
-        if got.shape != s.shape or (got.size and int(got.max()) >= 4 * 8):
-            raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots")
+        if got.shape != s.shape:
+            raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots (expected one per slot)")
+        if got.size and int(got.max()) >> 2 >= self.levels:
+            raise NodeError(f"client {self.client} answered intensity level {int(got.max()) >> 2} (code "
+                            f"{int(got.max())}); expected codes k·4 + a with k below its {self.levels} levels")
         self.asked_slots += int(s.size)
         return got
 
@@ -170,17 +175,18 @@ class ModulatorLink:
 
 
 class _Acquisition:
-    def __init__(self, acq: str, clients: list[str]) -> None:
+    def __init__(self, acq: str, clients: list[str], levels: dict[str, int]) -> None:
         self.acq = acq
         self.links: dict[str, ModulatorLink] = {}
         self.clients = clients
+        self.levels = levels
         self.cond = threading.Condition()
 
     def attach(self, client: str) -> ModulatorLink:
         with self.cond:
             if client in self.links:
                 raise NodeError(f"client {client} already has a modulator link for acquisition {self.acq}")
-            link = self.links[client] = ModulatorLink(client)
+            link = self.links[client] = ModulatorLink(client, self.levels[client])
             self.cond.notify_all()
             return link
 
@@ -256,7 +262,8 @@ class OpticsNode(Node):
         with self._lock:
             a = self._acqs.get(acq)
             if a is None:
-                a = self._acqs[acq] = _Acquisition(acq, self.cfg.client_names)
+                a = self._acqs[acq] = _Acquisition(acq, self.cfg.client_names,
+                                                      {c.name: len(c.intensity_probs) for c in self.cfg.clients})
                 if self.testbed.hardware is not None:  # one virtual clock before any client of acq streams to them
                     self.testbed.hardware.align()
             return a

@@ -48,3 +48,24 @@ def test_a_query_with_large_gaps_outside_the_slots_is_refused():
 def test_a_query_with_plain_slots_is_read_as_it_is():
     s = np.array([3, 1, 4, 1, 5], np.int64)
     np.testing.assert_array_equal(query_slots(Message("mod/query", {"slots": s})), s)
+
+
+def test_the_optics_refuses_an_answer_with_a_level_the_client_does_not_have_or_the_wrong_count():
+    """A client's answer on its modulator link is drive codes k·4 + a, one per asked slot. A code whose
+    level k the client's station entry does not have (the Monte-Carlo's probability table holds no row
+    for it) and an answer of the wrong length are refused, each naming what was wrong; a valid answer
+    comes back as sent."""
+    from labqfl.nodes.common import NodeError
+    from labqfl.nodes.optics import ModulatorLink
+
+    def answer(codes: list[int], asked: int = 3) -> np.ndarray:
+        link = ModulatorLink("C2", levels=3)
+        wait = link.ask(np.arange(asked, dtype=np.int64))
+        link.handle(Message("mod/applied", {"codes": np.array(codes, np.uint8)}))
+        return wait()
+
+    np.testing.assert_array_equal(answer([0, 5, 11]), [0, 5, 11])  # levels 0, 1, 2 (k·4 + a ≤ 11)
+    with pytest.raises(NodeError, match=r"C2 answered intensity level 3 \(code 12\).*below its 3 levels"):
+        answer([0, 12, 1])
+    with pytest.raises(NodeError, match="C2 answered 2 codes for 3 slots"):
+        answer([0, 1])
