@@ -11,6 +11,8 @@ import math
 
 import numba as nb
 import numpy as np
+from llvmlite import ir
+from numba.extending import intrinsic
 from labqfl.sim_backends.qrng import mix64
 from scipy.special import ndtri
 
@@ -345,15 +347,78 @@ def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: flo
 
 @nb.njit(inline="always")
 def _e_threshold(r_extra: float) -> np.uint64:
-    """The threshold of E = {s : U(key_extra, s) < r_extra}: with U = (h >> 11)·2^−53, s ∈ E ⇔
-    h >> 11 < ⌈r_extra·2^53⌉ (exact: 2^53 scales a double exactly)."""
+    """The threshold T of E = {s : U(key_extra, s) < r_extra}: with U = V·2^−53 for a uniform 53-bit
+    integer V (:func:`_e_word`), s ∈ E ⇔ V < T = ⌈r_extra·2^53⌉ (exact: 2^53 scales a double exactly),
+    so P(s ∈ E) = T·2^−53."""
     return np.uint64(math.ceil(r_extra * 9007199254740992.0))
+
+
+_E_FIRST = 10  # planes of _e_word computed unconditionally
+_E_PLANES = 53  # bits of E's uniform V per slot (:func:`_e_word`)
+_U52 = np.uint64(52)
+_U6 = np.uint64(6)
+_U63 = np.uint64(63)
+_ALL64 = ~np.uint64(0)
+
+
+@nb.njit(inline="always")
+def _e_plane(key_extra: np.uint64, w: np.uint64, j: int) -> np.uint64:
+    """Bit plane j of E's uniforms for the 64 slots 64w … 64w + 63: bit ℓ is bit 52 − j (most
+    significant first) of slot 64w + ℓ's 53-bit V (a counter-based hash, one per plane and word)."""
+    return mix64(key_extra + (w * np.uint64(64) + np.uint64(j)) * _G)
+
+
+@nb.njit(inline="always")
+def _e_word(key_extra: np.uint64, w: np.uint64, e_thr: np.uint64) -> np.uint64:
+    """E's membership of the 64 slots 64w … 64w + 63 as the bits of one word (bit ℓ: slot 64w + ℓ):
+    V < T compared bit-sliced, the 64 slots at once, most significant plane first (``lt``: lanes
+    already below T, ``eq``: lanes equal so far): 10 planes, then more only while a lane is still
+    equal — ≈ 10 hashes per 64 slots instead of one per slot. Exactly the rule of
+    :func:`_e_threshold` (a lane still equal after all 53 planes has V = T, not below)."""
+    if e_thr >= np.uint64(1) << np.uint64(_E_PLANES):
+        return _ALL64
+    lt = np.uint64(0)
+    eq = _ALL64
+    for j in range(_E_FIRST):  # without a branch: an exit test per plane was mispredicted once per word
+        x = _e_plane(key_extra, w, j)
+        tb = np.uint64(0) - ((e_thr >> (_U52 - np.uint64(j))) & _U1)  # all ones where T's bit j is 1
+        lt |= eq & ~x & tb
+        eq &= ~(x ^ tb)
+    j = _E_FIRST
+    while eq != 0 and j < _E_PLANES:  # a lane still equal after 10 planes: in ≈ 6 % of the words
+        x = _e_plane(key_extra, w, j)
+        tb = np.uint64(0) - ((e_thr >> (_U52 - np.uint64(j))) & _U1)
+        lt |= eq & ~x & tb
+        eq &= ~(x ^ tb)
+        j += 1
+    return lt
 
 
 @nb.njit(inline="always")
 def _in_e(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> bool:
-    """Whether slot ``t`` is in E (:func:`_e_threshold`): its hash under ``key_extra``, per slot."""
-    return (mix64(key_extra + t * _G) >> _U11) < e_thr
+    """Whether slot ``t`` is in E: bit t mod 64 of :func:`_e_word` of word t >> 6, compared plane by
+    plane for this slot alone until its bit differs from T's (≈ 2 hashes)."""
+    if e_thr >= np.uint64(1) << np.uint64(_E_PLANES):
+        return True
+    w = t >> _U6
+    lane = t & _U63
+    for j in range(_E_PLANES):
+        x = (_e_plane(key_extra, w, j) >> lane) & _U1
+        b = (e_thr >> (_U52 - np.uint64(j))) & _U1
+        if x != b:
+            return x < b
+    return False
+
+
+@intrinsic
+def _cttz64(typingctx, x):  # type: ignore[no-untyped-def]
+    """The index of the lowest set bit of the uint64 ``x`` ≠ 0 (LLVM's ``cttz``: one instruction)."""
+    sig = nb.types.uint64(nb.types.uint64)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
+
+    return sig, codegen
 
 
 @nb.njit(inline="always")
@@ -477,37 +542,50 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
                      glo: np.ndarray, ghi: np.ndarray, key_extra: np.uint64, out_slot: np.ndarray,
                      out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
     """:func:`_segment_bright`'s ``how`` = 1: every slot of C_lo ∪ E in [max(seg, s0), seg_end), in
-    slot order, ``out_outcome`` 1 where in C_lo, else 0 — block by block (:data:`_BLOCK` slots):
-    E's hash of every slot of the block first, as flags in a loop that LLVM vectorises (8 SplitMix64
-    per AVX-512 instruction), then the block's C_lo candidates marked (the chunk's geometric-gap
-    stream, drawn in the same order and number as the slot-by-slot loop it replaces, so ``rng``
-    leaves in the same state), then the flagged slots appended without a branch. Returns (n, rng);
+    slot order, ``out_outcome`` 1 where in C_lo, else 0 — block by block (:data:`_BLOCK` slots, 64
+    words): E's membership of the block's words bit-sliced (:func:`_e_word`, ≈ 8 hashes per 64 slots),
+    the block's C_lo candidates set in a second bit array (the chunk's geometric-gap stream, drawn
+    in the same order and number as the slot-by-slot loop, so ``rng`` leaves in the same state),
+    then the set bits of their union appended in order (lowest set bit by ``cttz``). Returns (n, rng);
     n = −1 if ``out_slot`` is full."""
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
     e_thr = _e_threshold(r_extra)
-    flags = np.empty(_BLOCK, dtype=np.uint8)
+    nw = _BLOCK // 64 + 1
+    ew = np.empty(nw, dtype=np.uint64)
+    lw = np.empty(nw, dtype=np.uint64)
     s, c, rng = _first_lo(seg, seg_end, s0, rng, q_lo, l1q, glo, ghi)
     p0 = seg if seg > s0 else s0
     for b0 in range(p0, seg_end, _BLOCK):
         m = _BLOCK if b0 + _BLOCK < seg_end else seg_end - b0
         if n + m > cap:
             return -1, rng
+        w0 = np.uint64(b0) >> _U6
+        w1 = np.uint64(b0 + m - 1) >> _U6
+        k = np.int64(w1 - w0) + 1
         if r_extra > 0.0:
-            base = np.uint64(b0)
-            for i in range(np.uint64(m)):
-                flags[i] = np.uint8(_in_e(key_extra, base + i, e_thr))
+            for i in range(k):
+                ew[i] = _e_word(key_extra, w0 + np.uint64(i), e_thr)
         else:
-            flags[:m] = 0
+            ew[:k] = 0
+        ew[0] &= _ALL64 << (np.uint64(b0) & _U63)
+        ew[k - 1] &= _ALL64 >> (_U63 - (np.uint64(b0 + m - 1) & _U63))
+        lw[:k] = 0
         while c < b0 + m:
-            flags[c - b0] = 2
+            d = np.uint64(c) - (w0 << _U6)
+            lw[d >> _U6] |= _U1 << (d & _U63)
             s, rng = _next_gap(s, rng, seg_end, q_lo, l1q, glo, ghi)
             c = s if s < seg_end else seg_end
-        for i in range(m):
-            f = flags[i]
-            out_slot[n] = b0 + i
-            out_outcome[n] = f >> 1
-            n += int(f != 0)
+        for i in range(k):
+            lo = lw[i]
+            u = ew[i] | lo
+            base = np.int64((w0 + np.uint64(i)) << _U6)
+            while u != 0:
+                b = _cttz64(u)
+                out_slot[n] = base + np.int64(b)
+                out_outcome[n] = np.uint8((lo >> b) & _U1)
+                n += 1
+                u &= u - _U1
     return n, rng
 
 

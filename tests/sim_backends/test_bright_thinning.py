@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from labqfl.sim_backends import SagnacTestbed
 from labqfl.sim_backends import _kernels as K
 from labqfl.sim_backends.qrng import GAMMA, MASK64, mix64_int
@@ -82,6 +83,16 @@ def _u(key: int, s: int) -> int:
     return mix64_int((key + s * GAMMA) & MASK64) >> 11
 
 
+def _v(key: int, s: int) -> int:
+    """E's 53-bit uniform V of slot s (U = V·2^−53): bit 52 − j is bit s mod 64 of plane j of word
+    s >> 6, plane j = SplitMix64 of the counter 64·(s >> 6) + j under ``key`` (pure Python)."""
+    w, lane = s >> 6, s & 63
+    v = 0
+    for j in range(53):
+        v = (v << 1) | ((mix64_int((key + (64 * w + j) * GAMMA) & MASK64) >> lane) & 1)
+    return v
+
+
 def test_segment_bright_follows_its_rule_slot_by_slot():
     """``how`` = 1 writes C_lo (flag 1) and E = {s : U(key_extra, s) < r} (flag 0, checked against a
     pure-Python hash of every slot); ``how`` = 0 (bright slots found by the word scan) clicks exactly
@@ -123,7 +134,7 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
     cs, cf = run(1, codes[0], codes[1], words[0], words[1])
     slots = np.arange(s0, s0 + n_slots)
     e_thr = math.ceil(r * 2.0**53)
-    in_e = np.array([_u(key_extra, int(s)) < e_thr for s in slots])
+    in_e = np.array([_v(key_extra, int(s)) < e_thr for s in slots])
     c_lo = cs[cf == 1]
     assert np.all(np.diff(cs) > 0) and c_lo.size > 0.5 * q_lo * n_slots
     np.testing.assert_array_equal(cs[cf == 0], np.setdiff1d(slots[in_e], c_lo))
@@ -155,3 +166,22 @@ def test_the_per_slot_threshold_is_the_uniforms_comparison():
         for x in [thr - 1, thr, thr + 1, *rng.integers(0, 2**53, 20).tolist()]:
             if 0 <= x < 2**53:
                 assert (x < thr) == (float(x) * 2.0**-53 < r)
+
+
+@pytest.mark.parametrize("r", [0.0, 2.0**-53, 1e-6, 0.125, 0.2583, 0.5, 0.75 + 2.0**-40, 1.0 - 2.0**-53, 1.0])
+def test_e_words_slots_and_reference_agree_on_every_threshold(r):
+    """E bit-sliced per 64 slots (``_e_word``), slot by slot (``_in_e``) and in pure Python (V < T
+    with V from 53 planes) agree on every slot of 40 words, for thresholds with few and many bits,
+    0 and 2^53; and the share of E is T·2^−53 (binomial, 6σ) on 2^18 slots."""
+    key = 0x0FED_CBA9_8765_4321
+    thr = np.uint64(K._e_threshold(r))
+    for w in range(40):
+        word = int(K._e_word(np.uint64(key), np.uint64(w), thr))
+        for lane in range(64):
+            t = 64 * w + lane
+            ref = _v(key, t) < int(thr)
+            assert bool((word >> lane) & 1) == ref == bool(K._in_e(np.uint64(key), np.uint64(t), thr)), (w, lane)
+    n = 1 << 18
+    got = sum(int(K._e_word(np.uint64(key), np.uint64(w), thr)).bit_count() for w in range(n // 64))
+    p = min(int(thr) * 2.0**-53, 1.0)
+    assert abs(got - n * p) <= 6 * math.sqrt(n * p * (1 - p)) + 1e-9
