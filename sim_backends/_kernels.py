@@ -11,9 +11,9 @@ import math
 
 import numba as nb
 import numpy as np
+from labqfl.sim_backends.qrng import mix64
 from llvmlite import ir
 from numba.extending import intrinsic
-from labqfl.sim_backends.qrng import mix64
 from scipy.special import ndtri
 
 _G = np.uint64(0x9E3779B97F4A7C15)
@@ -406,7 +406,7 @@ def _in_e(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> bool:
         x = (_e_plane(key_extra, w, j) >> lane) & _U1
         b = (e_thr >> (_U52 - np.uint64(j))) & _U1
         if x != b:
-            return x < b
+            return bool(x < b)
     return False
 
 
@@ -581,7 +581,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
             u = ew[i] | lo
             base = np.int64((w0 + np.uint64(i)) << _U6)
             while u != 0:
-                b = _cttz64(u)
+                b: np.uint64 = _cttz64(u)  # type: ignore[call-arg]
                 out_slot[n] = base + np.int64(b)
                 out_outcome[n] = np.uint8((lo >> b) & _U1)
                 n += 1

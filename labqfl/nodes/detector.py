@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -89,6 +90,9 @@ from labqfl.qkd.slotting import (
 from labqfl.station import emulated_detectors, hold_master_clocks
 
 log = get_logger(__name__)
+
+#: Tag blocks the detector asks the optics for ahead of the one it slots (:meth:`DetectorNode._optics_blocks`).
+TAGS_AHEAD = 1
 
 __all__ = ["DetectorNode", "chunks_message"]
 
@@ -241,19 +245,54 @@ class DetectorNode(Node):
                        end: dict[str, int]) -> Generator[TagBlock, None, None]:
         """The optics node's simulated tagger's blocks of acquisition ``acq`` (session ``optics/tags``, opened at
         the first block asked for); ``end["n_slots"]``: the acquisition's slots, once the optics said
-        ``tags/end``."""
+        ``tags/end``.
+
+        The next block is asked for while this one is slotted and announced (:data:`TAGS_AHEAD` blocks ahead,
+        by a thread of its own): the optics simulates block b + 1 while this node and the clients work on
+        block b, instead of each waiting for the other. The blocks come in the order the optics sent them.
+        If the consumer stops early, the session is aborted (a request in flight ends at once)."""
         tags = self._session(optics, self.optics_name, "optics/tags",
                              {"acq": acq, "duration": duration, "block_duration": bd})
+        got: queue.Queue[TagBlock | BaseException | None] = queue.Queue()
+        room = threading.Semaphore(TAGS_AHEAD)
+        stop = threading.Event()
+
+        def fetch() -> None:
+            try:
+                while True:
+                    room.acquire()
+                    if stop.is_set():
+                        return
+                    rep = tags.request(Message("tags/next", {}))
+                    if rep.kind == "tags/end":
+                        end["n_slots"] = int(rep.get("n_slots"))
+                        got.put(None)
+                        return
+                    if rep.kind != "tags/block":
+                        raise NodeError(f"optics answered {rep.kind!r} to tags/next")
+                    got.put(block_of(rep))
+            except BaseException as e:  # handed to the consumer, which raises it
+                got.put(e)
+
+        ahead = threading.Thread(target=fetch, name=f"tags-{acq}", daemon=True)
+        ahead.start()
+        finished = False
         try:
             while True:
-                rep = tags.request(Message("tags/next", {}))
-                if rep.kind == "tags/end":
-                    end["n_slots"] = int(rep.get("n_slots"))
+                item = got.get()
+                if item is None:
+                    finished = True
                     return
-                if rep.kind != "tags/block":
-                    raise NodeError(f"optics answered {rep.kind!r} to tags/next")
-                yield block_of(rep)
+                if isinstance(item, BaseException):
+                    raise item
+                room.release()
+                yield item
         finally:
+            stop.set()
+            room.release()  # a fetcher waiting for room sees the stop
+            if not finished and ahead.is_alive():
+                tags.abort()  # a request in flight ends now
+            ahead.join()
             self._end_session(tags)
 
     def _announce(self, chans: dict[str, RecordedChannel], slotter: Slotter | PairSlotter, events: Any, lo: int, hi: int) -> None:
