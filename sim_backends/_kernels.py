@@ -321,6 +321,7 @@ def _click(t: np.int64, ci_: np.int64, cj_: np.int64, mode_i: int, pat_i: np.nda
     return np.int64(ua < table[idx, 2]) * (1 + np.int64(ua >= table[idx, 0]) + np.int64(ua >= table[idx, 1]))
 
 
+_PICK = 1024  # candidates per piece of _segment_bright's how = 2
 _BLOCK = 4096  # slots per block of _segment_patterns' bright scan (its scratch: 32 KiB)
 
 
@@ -623,26 +624,37 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
         n, rng = _candidates_lo_e(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, out_slot, out_outcome, n)
         return n, rng, kc
     # how 2: the candidates of how 1 (C_lo ∪ E) with their C_lo flags, and the clients' codes there
+    # The candidates that can click (bright, or in C_lo: ≈ 12 % of them on the default station) are
+    # picked first, per piece of _PICK, without a branch (a skip decided per candidate was mispredicted
+    # in about one of eight), then only those are clicked, in order.
     cap = out_slot.shape[0]
     scale_lo = q_lo / pmax
     n_cand = cand.shape[0]
-    while kc < n_cand and cand[kc] < seg_end:
-        c = cand[kc]
-        in_lo = cand_lo[kc] != 0
-        ci_ = np.int64(codes_i[kc])
-        cj_ = np.int64(codes_j[kc])
-        kc += 1
-        bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
-        if not bright and not in_lo:
-            continue
-        o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
-                   1.0 if bright else scale_lo, table)
-        if n >= cap:
-            return -1, rng, kc
-        out_slot[n] = c
-        out_outcome[n] = o
-        n += int(o != 0)
-    return n, rng, kc
+    kend = kc
+    while kend < n_cand and cand[kend] < seg_end:
+        kend += 1
+    pick = np.empty(_PICK, dtype=np.int64)
+    for p0 in range(kc, kend, _PICK):
+        p1 = p0 + _PICK if p0 + _PICK < kend else kend
+        m = 0
+        for k in range(p0, p1):
+            pick[m] = k
+            m += int(((np.int64(codes_i[k]) >> 2) == top_i) | ((np.int64(codes_j[k]) >> 2) == top_j)
+                     | (cand_lo[k] != 0))
+        for t in range(m):
+            k = pick[t]
+            c = cand[k]
+            ci_ = np.int64(codes_i[k])
+            cj_ = np.int64(codes_j[k])
+            bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
+            o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
+                       1.0 if bright else scale_lo, table)
+            if n >= cap:
+                return -1, rng, k
+            out_slot[n] = c
+            out_outcome[n] = o
+            n += int(o != 0)
+    return n, rng, kend
 
 
 @nb.njit(cache=True, nogil=True)
