@@ -150,8 +150,8 @@ class DistillSettings:
     #: together) until they number ``sift_batch_clicks`` or span ``sift_batch_slots`` slots, then
     #: sifted as one chunk per pair — fewer sifting round trips, the same key bits and counts
     #: (block ends are fixed slots, cut inside any chunk); 0 sifts after every push
-    sift_batch_clicks: int = 60_000
-    sift_batch_slots: int = 5_000_000
+    sift_batch_clicks: int = 300_000
+    sift_batch_slots: int = 20_000_000
 
     def __post_init__(self) -> None:
         if self.block_bits < 1000:
