@@ -103,6 +103,10 @@ def _bit_drive_v(pm: Any, gain_db: float | None = None) -> tuple[float, ...] | N
 #: Largest window simulated at once (64 chunks): bounds the clients' drive-pattern buffers
 #: (one byte per client and slot); blocks longer than this are simulated in several windows.
 WINDOW_SLOTS = 64 * CHUNK_SLOTS
+#: Largest window on the on-demand path (:attr:`SagnacTestbed.modulation_on_demand`, 128 chunks: no
+#: drive patterns, only the candidates): one window, hence one question per client over a node's
+#: modulator link, per 50 ms tag block at 100 MHz instead of two.
+WINDOW_SLOTS_ON_DEMAND = 128 * CHUNK_SLOTS
 _INTERNAL_EPOCH_BASE = 1 << 32
 _I64_MAX = int(np.iinfo(np.int64).max)
 
@@ -839,8 +843,9 @@ class SagnacTestbed:
             parts_t: list[np.ndarray] = []
             parts_c: list[np.ndarray] = []
             # windows of at most WINDOW_SLOTS (the tags do not depend on how slots are cut)
-            for w0 in range(s0, s1, WINDOW_SLOTS):
-                w1 = min(w0 + WINDOW_SLOTS, s1)
+            window = WINDOW_SLOTS_ON_DEMAND if self.modulation_on_demand else WINDOW_SLOTS
+            for w0 in range(s0, s1, window):
+                w1 = min(w0 + window, s1)
                 if hardware is not None:  # the generators play the window first; the loop reads what came out
                     hardware.release(w0)
                     hardware.play_until(w1)

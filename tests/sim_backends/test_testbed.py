@@ -262,6 +262,41 @@ def test_blocks_longer_than_a_window_give_the_same_tags():
     np.testing.assert_array_equal(c1, c2)
 
 
+def test_on_demand_windows_are_longer_and_give_the_tags_of_the_drive_patterns():
+    """On the on-demand path (the optics node's) a window spans up to WINDOW_SLOTS_ON_DEMAND slots, so
+    a 50 ms block at 100 MHz is one window (one question per client) where the drive-pattern path cuts
+    it in two; a block longer than that window, and short blocks, give the drive patterns' tags."""
+    from labqfl.sim_backends.testbed import WINDOW_SLOTS, WINDOW_SLOTS_ON_DEMAND
+
+    cfg = edit_station(lambda d: d["simulation"].__setitem__("qrng_epoch_base", 0), randomness="seeded")
+    assert WINDOW_SLOTS < 0.05 * cfg.laser.rep_rate_hz <= WINDOW_SLOTS_ON_DEMAND
+    dur = 0.1
+    assert dur * cfg.laser.rep_rate_hz > WINDOW_SLOTS_ON_DEMAND
+
+    def on_demand(block: float) -> tuple[np.ndarray, np.ndarray]:
+        tb = SagnacTestbed(cfg)
+        tb.modulation_on_demand = True
+        windows: list[int] = []
+        window = tb._window
+
+        def counted(acq, s0, s1):  # type: ignore[no-untyped-def]
+            windows.append(s1 - s0)
+            return window(acq, s0, s1)
+
+        tb._window = counted  # type: ignore[method-assign]
+        out = collect(tb, dur, block=block)
+        assert max(windows) <= WINDOW_SLOTS_ON_DEMAND
+        if block == 0.05:
+            assert len(windows) == 2
+        return out
+
+    t0, c0 = collect(SagnacTestbed(cfg), dur, block=0.05)
+    for block in (dur, 0.05, 0.01):
+        t, c = on_demand(block)
+        np.testing.assert_array_equal(t, t0)
+        np.testing.assert_array_equal(c, c0)
+
+
 def test_csprng_clients_log_what_they_sent():
     """The physics sees only the clients' drive patterns; each client's own log (fresh key per
     acquisition) reproduces them: equal-basis slots of a pair show an error rate well below 1/2
