@@ -45,6 +45,7 @@ from labqfl.qkd.messaging import (
     _check_tag,
     decode_message,
     encode_message,
+    encode_message_parts,
 )
 
 __all__ = ["NodeChannel", "NodeServer", "ServedSession", "SessionFactory"]
@@ -65,13 +66,41 @@ def _frame(payload: bytes, tag: bytes) -> bytes:
     return struct.pack("<H", len(tag)) + tag + payload
 
 
-def _unframe(raw: bytes) -> tuple[bytes, bytes]:
+_NO_TAG = struct.pack("<H", 0)
+
+
+def _encoded_frame(msg: Message, auth: Authenticator | None) -> tuple[bytes, int, int]:
+    """The frame of ``msg`` (tagged by ``auth`` if there is one), its payload's and its tag's lengths.
+    Without an authenticator the header and the message's pieces are joined once: an array field's
+    bytes are copied once here, not three times (:func:`encode_message_parts`)."""
+    if auth is None:
+        frame = b"".join([_NO_TAG, *encode_message_parts(msg)])
+        return frame, len(frame) - 2, -1
+    payload = encode_message(msg)
+    tag = auth.tag(payload)
+    return _frame(payload, tag), len(payload), len(tag)
+
+
+def _unframe(raw: bytes) -> tuple[memoryview, bytes]:
+    """(payload, tag) of a frame; the payload is a view of ``raw`` (:func:`decode_message` reads it in
+    place)."""
     if len(raw) < 2:
         raise MessageError(f"frame of {len(raw)} bytes is too short; expected at least the 2-byte tag length")
     (t,) = struct.unpack_from("<H", raw)
     if len(raw) < 2 + t:
         raise MessageError(f"frame announces a {t}-byte tag but holds {len(raw) - 2} bytes")
-    return raw[2 + t:], raw[2:2 + t]
+    return memoryview(raw)[2 + t:], raw[2:2 + t]
+
+
+def _checked(auth: Authenticator | None, payload: memoryview, tag: bytes) -> bytes | memoryview:
+    """``payload`` once its tag is verified (:func:`~labqfl.qkd.messaging._check_tag`): as bytes where an
+    authenticator reads it, else the view as it is."""
+    if auth is None:
+        _check_tag(None, b"", tag)  # a tag where none is expected is refused
+        return payload
+    data = bytes(payload)
+    _check_tag(auth, data, tag)
+    return data
 
 
 @dataclass
@@ -175,15 +204,13 @@ class NodeServer:
         try:
             for raw in requests:
                 payload, tag = _unframe(raw)
-                _check_tag(sess.authenticator, payload, tag)
-                req = decode_message(payload)
+                req = decode_message(_checked(sess.authenticator, payload, tag))
                 sess.stats.count(req, len(payload), len(tag) if sess.authenticator else -1)
                 reply = sess.responder.handle(req)
-                rpayload = encode_message(reply)
-                rtag = sess.authenticator.tag(rpayload) if sess.authenticator else b""
-                sess.stats.count(reply, len(rpayload), len(rtag) if sess.authenticator else -1)
+                frame, n_payload, n_tag = _encoded_frame(reply, sess.authenticator)
+                sess.stats.count(reply, n_payload, n_tag)
                 sess.stats.round_trips += 1
-                yield _frame(rpayload, rtag)
+                yield frame
         except (MessageError, AuthenticationError) as e:
             error = e
             log.warning("node %s: session %s from %s ended: %s", self.creds.name, service, _peer_name(context), e)
@@ -253,16 +280,15 @@ class NodeChannel(Channel):
 
     def _exchange(self, msg: Message) -> Message:
         with self._lock:
-            payload = encode_message(msg)
-            tag = self.authenticator.tag(payload) if self.authenticator else b""
-            self.stats.count(msg, len(payload), len(tag) if self.authenticator else -1)
-            rpayload, rtag = _unframe(self._roundtrip(_frame(payload, tag)))
+            frame, n_payload, n_tag = _encoded_frame(msg, self.authenticator)
+            self.stats.count(msg, n_payload, n_tag)
+            rpayload, rtag = _unframe(self._roundtrip(frame))
             try:
-                _check_tag(self.authenticator, rpayload, rtag)
+                data = _checked(self.authenticator, rpayload, rtag)
             except (MessageError, AuthenticationError):
                 self.abort()
                 raise
-            reply = decode_message(rpayload)
+            reply = decode_message(data)
             self.stats.count(reply, len(rpayload), len(rtag) if self.authenticator else -1)
             return reply
 

@@ -2,6 +2,7 @@
 the same decoded message for every encoding, and the same error for every malformed one."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -89,3 +90,30 @@ def test_fast_decoder_refuses_malformed_messages_as_the_reference_does(msg, cut,
         bad[flip % len(bad)] = byte
     for cand in (raw[:cut % (len(raw) + 1)], bytes(bad), raw + tail):
         assert _outcome(decode_message, cand) == _outcome(decode_message_reference, cand)
+
+
+def test_parts_join_to_the_encoding_and_a_memoryview_decodes_in_place_to_owned_arrays():
+    """``encode_message_parts`` (array fields as views of the arrays, joined once by a transport) joins to
+    the reference bytes, also for big-endian, strided and empty arrays; ``decode_message`` of a
+    ``memoryview`` (a received frame's payload, not copied first) gives the same message, its arrays
+    writable copies that outlive the buffer, its bytes fields ``bytes``."""
+    import gc
+
+    from labqfl.qkd.messaging import encode_message_parts
+
+    arrays = [np.zeros(0, np.int64), np.arange(10, dtype=">i4"), np.arange(40, dtype=np.int64)[::3],
+              np.arange(7, dtype=np.uint8), np.array([1.5, -2.5])]
+    for a in arrays:
+        m = Message("k/x", {"a": a, "b": b"xyz", "n": -5, "s": "hé"}, disclosed=np.array([1, 0, 1], np.uint8))
+        raw = b"".join(encode_message_parts(m))
+        assert raw == encode_message(m) == encode_message_reference(m)
+        frame = bytearray(b"\x00\x00" + raw)
+        got = decode_message(memoryview(bytes(frame))[2:])
+        del frame
+        gc.collect()
+        np.testing.assert_array_equal(got.get("a"), a)
+        assert got.get("a").flags.writeable and got.get("a").flags.owndata
+        assert type(got.get("b")) is bytes and got.get("b") == b"xyz" and got.get("s") == "hé" and got.get("n") == -5
+        np.testing.assert_array_equal(got.disclosed, [1, 0, 1])
+    with pytest.raises(MessageError, match="trailing"):
+        decode_message(memoryview(encode_message(Message("k/x", {})) + b"\x00"))
