@@ -577,6 +577,8 @@ class _IPair:
                 self._block(end)
             else:
                 self._drop(end)
+            if self.node.stopping.is_set():  # SIGTERM: the block in hand is done; no new one from this chunk
+                return
 
     def _final(self, final: int) -> None:
         s = self.node.settings

@@ -82,6 +82,7 @@ from labqfl.nodes.wire import encode_gaps
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.slotting import (
     PairSlotter,
+    SlotEvents,
     Slotter,
     SlottingParams,
     announcements_by_pair,
@@ -93,6 +94,10 @@ log = get_logger(__name__)
 
 #: Tag blocks the detector asks the optics for ahead of the one it slots (:meth:`DetectorNode._optics_blocks`).
 TAGS_AHEAD = 1
+#: Station time the detector's announcements cover at least, per ``ann/chunks`` [s]: the clicks of several
+#: tag blocks go to each client in one message (a client sifts batches of about this span anyway,
+#: ``DistillSettings.sift_batch_slots``); the last one covers what is left.
+ANN_BATCH_S = 0.2
 
 __all__ = ["DetectorNode", "chunks_message"]
 
@@ -201,6 +206,8 @@ class DetectorNode(Node):
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
         prev = 0
+        held: list[SlotEvents] = []  # slotted clicks of [prev, final) not yet announced
+        batch_slots = max(1, int(round(ANN_BATCH_S * self.cfg.laser.rep_rate_hz)))
         feed = self.detector_emulators.feed if self.detector_emulators is not None else None
         try:
             for block in blocks:
@@ -213,14 +220,16 @@ class DetectorNode(Node):
                 n_blocks += 1
                 events = slotter.push(block)
                 n_clicks += int(events.slots.size)
+                held.append(events)
                 final = slotter.final_slots
-                self._announce(chans, slotter, events, prev, final)
-                prev = final
+                if final - prev >= batch_slots:  # one ann/chunks per client for several tag blocks
+                    self._announce(chans, slotter, _joined_events(held), prev, final)
+                    held, prev = [], final
             total = end.get("n_slots", max(1, int(round(duration * self.cfg.laser.rep_rate_hz))))
             events = slotter.finish()
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
-            self._announce(chans, slotter, events, prev, final)
+            self._announce(chans, slotter, _joined_events([*held, events]), prev, final)
             for ch in chans.values():
                 request(ch, Message("ann/end", {"final": final}), "ann/ok")
         finally:
@@ -311,6 +320,15 @@ class DetectorNode(Node):
 
         for f in [self._pool.submit(send, c) for c in out]:
             f.result()
+
+
+def _joined_events(parts: list[SlotEvents]) -> SlotEvents:
+    """The slotted clicks of consecutive pushes as one :class:`SlotEvents` (slot order is kept: each push
+    emits only slots after the previous one's)."""
+    if len(parts) == 1:
+        return parts[0]
+    return SlotEvents(np.concatenate([e.slots for e in parts]) if parts else np.zeros(0, np.int64),
+                      np.concatenate([e.outcomes for e in parts]) if parts else np.zeros(0, np.uint8))
 
 
 def chunks_message(lo: int, hi: int, parts: list[tuple[str, int, Announcements]]) -> Message:
