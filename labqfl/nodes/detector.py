@@ -11,9 +11,10 @@ time and lost data as the instrument applies them; the overflows and missed even
 every pair, each over its own session to that client (service ``ann`` on the client):
 
 * ``ann/chunks {lo, hi, pairs, dropped, offsets, slot_gaps, slot_big_at, slot_big, outcomes}`` — one
-  message per client and tag block, for all of that client's pairs (:func:`chunks_message`): ``pairs``
-  the pair names (comma-separated), and per pair ``k`` its clicked slots in ``[lo, hi)`` (the slots
-  final after this tag block) ``slots[offsets[k]:offsets[k+1]]`` (``slots``: the ``slot_*`` fields,
+  message per client and at least :data:`ANN_BATCH_S` of station time (the tag blocks slotted since the
+  last one), for all of that client's pairs (:func:`chunks_message`): ``pairs`` the pair names
+  (comma-separated), and per pair ``k`` its clicked slots in ``[lo, hi)`` (the slots final after the
+  last of those tag blocks) ``slots[offsets[k]:offsets[k+1]]`` (``slots``: the ``slot_*`` fields,
   gaps from ``lo``, decoded by :func:`labqfl.nodes.wire.decode_gaps`) and which detector clicked there
   (``outcomes``, the same cut: 1 D0, 2 D1, 3 both); ``dropped[k]``: the pair's slots slotting had
   to drop there (lost tagger data). The client splits it into one chunk per pair
@@ -315,7 +316,7 @@ class DetectorNode(Node):
                 parts[c].append((name, dropped, ann))
         out = {c: chunks_message(lo, hi, p) for c, p in parts.items() if p}
 
-        def send(c: str) -> None:  # one message per client and tag block; the clients in parallel
+        def send(c: str) -> None:  # one message per client and announcement; the clients in parallel
             request(chans[c], out[c], "ann/ok")
 
         for f in [self._pool.submit(send, c) for c in out]:
