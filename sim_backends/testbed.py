@@ -210,6 +210,7 @@ class _Acq:
     carry_t: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     carry_c: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
+    windows_started: int = 0  # on-demand windows begun: two in flight use alternate candidate buffers
 
     def buffer(self, name: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
         """A scratch array of at least ``shape`` reused across windows (a view of exactly ``shape``
@@ -599,13 +600,19 @@ class SagnacTestbed:
 
     def _candidate_codes(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
                          frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_ask_candidates`, waited for."""
+        return self._ask_candidates(acq, cand_slot, cand_n, pa, frame)()
+
+    def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
+                        frame: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
         window on the client's modulation log (:attr:`modulation_on_demand`), its slots in
         ascending order; a log with ``ask(slots)`` (a remote client's modulator link, returning
         the wait for its answer) is asked for all clients first. Nothing else of a client is read. The candidates are grouped by client
         in runs of one frame each (:func:`_kernels.group_candidates`) and the answers copied back
-        run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing."""
+        run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing. The
+        questions go out now; the returned call waits for the answers and scatters them."""
         rows = cand_n.size
         width = max(int(cand_n.max()) if rows else 0, 1)
         n_clients = len(acq.logs)
@@ -618,9 +625,13 @@ class SagnacTestbed:
             lo, hi = bounds[c], bounds[c + 1]
             if hi > lo:
                 answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
-        for c, answer in answers:
-            K.scatter_codes(np.int64(c), np.asarray(answer(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
-        return out_i, out_j
+
+        def scattered() -> tuple[np.ndarray, np.ndarray]:
+            for c, answer in answers:
+                K.scatter_codes(np.int64(c), np.asarray(answer(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
+            return out_i, out_j
+
+        return scattered
 
     @staticmethod
     def _ask(log: Any, slots: np.ndarray) -> Callable[[], np.ndarray]:
@@ -687,6 +698,14 @@ class SagnacTestbed:
                        dets: list[DetectorLive], frame: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel: (clicks per
         chunk, their slots, their outcomes)."""
+        return self._signal_start(acq, s0, s1, ca, pa, dets, frame, threads)()
+
+    def _signal_start(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
+                      dets: list[DetectorLive], frame: int,
+                      threads: int) -> Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """:meth:`_signal_clicks` begun: on the on-demand path the candidates are drawn and the clients
+        asked now, and the returned call waits for their answers and clicks the candidates (so the
+        clients answer while the caller finishes the window before); else everything is done now."""
         cfg = self.config
         sim = cfg.simulation
         fl = sim.faults
@@ -731,15 +750,22 @@ class SagnacTestbed:
             # the candidate slots first (independent of the choices), then the clients' codes
             # in those slots only (ModulationLog.choices), then the clicks of those candidates
             # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
-            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, "cand")
+            name = f"cand{acq.windows_started % 2}"  # the buffers of a window still being finished stay apart
+            acq.windows_started += 1
+            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name)
             cand_n = sig_n.copy()
-            cand_i, cand_j = self._candidate_codes(acq, cand_slot, cand_n, pa, frame)
-            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused,
-                                                   (cand_i, cand_j, cand_slot, cand_n, cand_lo), "sig")
-        else:
-            codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
-            sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, no_cand, "sig")
-        return sig_n, sig_slot, sig_outc
+            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame)
+
+            def clicked() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                cand_i, cand_j = codes_of()
+                sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused,
+                                                       (cand_i, cand_j, cand_slot, cand_n, cand_lo), "sig")
+                return sig_n, sig_slot, sig_outc
+
+            return clicked
+        codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
+        sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, no_cand, "sig")
+        return lambda: (sig_n, sig_slot, sig_outc)
 
     def _detector_params(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive],
                          t_loop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -801,14 +827,26 @@ class SagnacTestbed:
 
     def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
         """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
-        cfg = self.config
-        fl = cfg.simulation.faults
+        return self._window_start(acq, s0, s1)()
+
+    def _window_start(self, acq: _Acq, s0: int, s1: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`_window` begun (:meth:`_signal_start`: on the on-demand path the clients are asked now);
+        the returned call finishes it. Windows are finished in order (the detectors' state and the carry
+        run from one to the next); the next one may be begun before (:meth:`_acquire`)."""
         ca, pa, dets, laser_on, enabled, frame = self._window_inputs()
         threads = self._n_threads()
         if laser_on and ca["mu"].any():
-            sig = self._signal_clicks(acq, s0, s1, ca, pa, dets, frame, threads)
+            signal = self._signal_start(acq, s0, s1, ca, pa, dets, frame, threads)
         else:
-            sig = (np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.uint8))
+            dark = (np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.uint8))
+            signal = lambda: dark  # noqa: E731
+        return lambda: self._window_finish(acq, s0, s1, signal(), dets, enabled, threads)
+
+    def _window_finish(self, acq: _Acq, s0: int, s1: int, sig: tuple[np.ndarray, ...], dets: list[DetectorLive],
+                       enabled: set[int], threads: int) -> tuple[np.ndarray, np.ndarray]:
+        """The detectors, the tagger and the merge of a window whose signal clicks are ``sig``."""
+        cfg = self.config
+        fl = cfg.simulation.faults
         meas, out_n = self._detector_tags(acq, s0, s1, dets, sig, threads)
         ch0, ch1, chs = acq.channels["D0"], acq.channels["D1"], acq.channels["sync"]
         srcs = [acq.carry_t,
@@ -838,39 +876,51 @@ class SagnacTestbed:
             markers = {n: c for n, c in tt.marker_inputs().items() if c in self.live.enabled_channels}
         if hardware is not None:
             hardware.begin()
-        for s0 in range(0, n_slots, b_slots):
-            s1 = min(s0 + b_slots, n_slots)
-            parts_t: list[np.ndarray] = []
-            parts_c: list[np.ndarray] = []
-            # windows of at most WINDOW_SLOTS (the tags do not depend on how slots are cut)
-            window = WINDOW_SLOTS_ON_DEMAND if self.modulation_on_demand else WINDOW_SLOTS
-            for w0 in range(s0, s1, window):
-                w1 = min(w0 + window, s1)
-                if hardware is not None:  # the generators play the window first; the loop reads what came out
-                    hardware.release(w0)
-                    hardware.play_until(w1)
-                ts, ch = self._window(acq, w0, w1)
-                for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
-                    mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
-                                       np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))
-                    if hardware is not None:  # only where the generator(s) wired to this input played the marker
-                        frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
-                        client = name.split(".", 1)[1] if "." in name else None
-                        mt = mt[hardware.frame_markers(frames, tt.frame_slots, client=client)]
-                    at = np.searchsorted(ts, mt, side="right")
-                    ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
-                cut = self._cut(acq, w1) if w1 < n_slots else t_end
-                k = int(np.searchsorted(ts, cut, side="left"))
-                lo = int(np.searchsorted(ts, 0, side="left"))
-                acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
-                parts_t.append(ts[lo:k])
-                parts_c.append(ch[lo:k])
-            if hardware is not None and s1 == n_slots:
+        window = WINDOW_SLOTS_ON_DEMAND if self.modulation_on_demand else WINDOW_SLOTS
+        # windows of at most `window` slots (the tags do not depend on how slots are cut), blocks of b_slots
+        cuts = ((s0, w0, min(w0 + window, s0 + b_slots, n_slots)) for s0 in range(0, n_slots, b_slots)
+                for w0 in range(s0, min(s0 + b_slots, n_slots), window))
+        # On the on-demand path (no emulated generators) the next window is begun before this one is
+        # finished: its clients are asked while this window's clicks, detectors and merge run (and while
+        # whoever takes the block works on it), instead of the Monte-Carlo waiting for their answers.
+        ahead = self.modulation_on_demand and hardware is None
+        started: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+        parts_t: list[np.ndarray] = []
+        parts_c: list[np.ndarray] = []
+        nxt = next(cuts, None)
+        while nxt is not None:
+            s0, w0, w1 = nxt
+            nxt = next(cuts, None)
+            if hardware is not None:  # the generators play the window first; the loop reads what came out
+                hardware.release(w0)
+                hardware.play_until(w1)
+            this = started if started is not None else self._window_start(acq, w0, w1)
+            started = self._window_start(acq, nxt[1], nxt[2]) if ahead and nxt is not None else None
+            ts, ch = this()
+            for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
+                mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
+                                   np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+                if hardware is not None:  # only where the generator(s) wired to this input played the marker
+                    frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
+                    client = name.split(".", 1)[1] if "." in name else None
+                    mt = mt[hardware.frame_markers(frames, tt.frame_slots, client=client)]
+                at = np.searchsorted(ts, mt, side="right")
+                ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
+            cut = self._cut(acq, w1) if w1 < n_slots else t_end
+            k = int(np.searchsorted(ts, cut, side="left"))
+            lo = int(np.searchsorted(ts, 0, side="left"))
+            acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
+            parts_t.append(ts[lo:k])
+            parts_c.append(ch[lo:k])
+            if nxt is not None and nxt[0] == s0:
+                continue  # the block goes on in the next window
+            if hardware is not None and w1 == n_slots:
                 hardware.finish()  # the last upload plays out: its frames get their verdicts
             if len(parts_t) == 1:
                 yield TagBlock(parts_t[0], parts_c[0])
             else:
                 yield TagBlock(np.concatenate(parts_t), np.concatenate(parts_c))
+            parts_t, parts_c = [], []
 
     def stream(self, duration_s: float, block_duration_s: float | None = None) -> Iterator[TagBlock]:
         """One acquisition of ``duration_s`` seconds as :class:`TagBlock` s of ``block_duration_s``

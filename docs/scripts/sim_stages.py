@@ -5,8 +5,8 @@ Usage: ``python docs/scripts/sim_stages.py [--threads N] [--on-demand] [--second
 Wraps the simulator's stage methods with ``time.process_time`` and streams ``S`` simulated seconds
 (default 2) of the embedded station twice after a short warm-up, printing per run the CPU seconds
 per simulated second of every stage. Without ``--on-demand``: the drive-pattern path
-(``_drive_patterns``, ``_signal_clicks`` including the patterns, ``_detector_tags``, ``_merge``,
-``_window``). With it: the optics node's path with the clients' logs in the same process (the
+(``_drive_patterns``, ``_signal_start`` and its finish including the patterns, ``_detector_tags``,
+``_merge``, ``_window_start`` and its finish). With it: the optics node's path with the clients' logs in the same process (the
 clients' choices, the two passes of the signal kernel, grouping and scattering of the candidates'
 codes). Used for the stage tables of
 docs/simulator.md and docs/nodes.md. Process time includes every thread of the process.
@@ -40,6 +40,32 @@ def _timed(acc: dict[str, float], obj: Any, name: str, key: Callable[..., str]) 
     setattr(obj, name, g)
 
 
+def _timed_begun(acc: dict[str, float], obj: Any, name: str, key: str) -> None:
+    """Time a method that begins a stage and returns the call that finishes it, both under ``key``."""
+    f = getattr(obj, name)
+
+    def add(t: float) -> None:
+        acc[key] = acc.get(key, 0.0) + time.process_time() - t
+
+    def g(*a: Any, **k: Any) -> Any:
+        t = time.process_time()
+        try:
+            finish = f(*a, **k)
+        finally:
+            add(t)
+
+        def done() -> Any:
+            t1 = time.process_time()
+            try:
+                return finish()
+            finally:
+                add(t1)
+
+        return done
+
+    setattr(obj, name, g)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
@@ -50,21 +76,24 @@ def main() -> None:
     T = testbed.SagnacTestbed
     stages: list[tuple[Any, str, Callable[..., str]]] = [
         (T, "_drive_patterns", lambda *a, **k: "drive patterns"),
-        (T, "_signal_clicks", lambda *a, **k: "signal clicks (incl. patterns or the clients' answers)"),
         (T, "_detector_tags", lambda *a, **k: "detectors"),
         (testbed, "_merge", lambda *a, **k: "merge"),
-        (T, "_window", lambda *a, **k: "whole window"),
     ]
+    begun = [(T, "_signal_start", "signal clicks (incl. patterns or the clients' answers)"),
+             (T, "_window_start", "whole window")]
     if args.on_demand:
         stages += [
-            (T, "_signal_pass", lambda *a, **k: f"signal kernel pass '{a[-1]}'"),
-            (T, "_candidate_codes", lambda *a, **k: "candidates' codes (incl. the clients' choices)"),
+            (T, "_signal_pass", lambda *a, **k: f"signal kernel pass '{a[-1].rstrip('01')}'"),
             (kernels, "group_candidates", lambda *a, **k: "grouping"),
             (kernels, "scatter_codes", lambda *a, **k: "scattering"),
             (qrng.CsprngChoiceLog, "choices", lambda *a, **k: "clients: choices"),
         ]
+    if args.on_demand:
+        begun.append((T, "_ask_candidates", "candidates' codes (incl. the clients' choices)"))
     for obj, name, key in stages:
         _timed(acc, obj, name, key)
+    for obj, name, label in begun:
+        _timed_begun(acc, obj, name, label)
     tb = T(load_station_config(None), threads=args.threads)
     tb.modulation_on_demand = args.on_demand
     list(tb.stream(0.2))  # warm-up: JIT cache, buffers

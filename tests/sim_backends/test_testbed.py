@@ -277,13 +277,13 @@ def test_on_demand_windows_are_longer_and_give_the_tags_of_the_drive_patterns():
         tb = SagnacTestbed(cfg)
         tb.modulation_on_demand = True
         windows: list[int] = []
-        window = tb._window
+        window = tb._window_start
 
         def counted(acq, s0, s1):  # type: ignore[no-untyped-def]
             windows.append(s1 - s0)
             return window(acq, s0, s1)
 
-        tb._window = counted  # type: ignore[method-assign]
+        tb._window_start = counted  # type: ignore[method-assign]
         out = collect(tb, dur, block=block)
         assert max(windows) <= WINDOW_SLOTS_ON_DEMAND
         if block == 0.05:
