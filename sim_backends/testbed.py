@@ -739,10 +739,12 @@ class SagnacTestbed:
         no_cand = (unused, unused, np.zeros((1, 1), dtype=np.int64), np.zeros(1, dtype=np.int64), unused)
         no_words = np.zeros((1, 1), dtype=np.uint64)
 
+        guides = (acq.guide_q, acq.guide_lo, acq.guide_hi)  # this window's, even if a later one reallocates them
+
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
             K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
-                            acq.guide_q[slot], acq.guide_lo[slot], acq.guide_hi[slot],
+                            guides[0][slot], guides[1][slot], guides[2][slot],
                             sig_slot, sig_outc, sig_n, how, *cand[:4], acq.keys["gap_bright"], cand[4],
                             codes.view(np.uint64) if how == 0 else no_words)
 
