@@ -349,66 +349,65 @@ def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: flo
 @nb.njit(inline="always")
 def _e_threshold(r_extra: float) -> np.uint64:
     """The threshold T of E = {s : U(key_extra, s) < r_extra}: with U = V·2^−53 for a uniform 53-bit
-    integer V (:func:`_e_word`), s ∈ E ⇔ V < T = ⌈r_extra·2^53⌉ (exact: 2^53 scales a double exactly),
+    integer V (:func:`_e_slot`), s ∈ E ⇔ V < T = ⌈r_extra·2^53⌉ (exact: 2^53 scales a double exactly),
     so P(s ∈ E) = T·2^−53."""
     return np.uint64(math.ceil(r_extra * 9007199254740992.0))
 
 
-_E_FIRST = 10  # planes of _e_word computed unconditionally
-_E_PLANES = 53  # bits of E's uniform V per slot (:func:`_e_word`)
-_U52 = np.uint64(52)
+_E_WIDE = np.uint64(1) << np.uint64(53)  # a threshold T of 2^53 or more: every slot is in E
+_U37 = np.uint64(37)
 _U6 = np.uint64(6)
 _U63 = np.uint64(63)
+_M16 = np.uint64(0xFFFF)
+_M37 = np.uint64((1 << 37) - 1)
+_K_LOW = np.uint64(0x4C4F5745525F4537)  # the key of E's low bits: key_extra ^ this
 _ALL64 = ~np.uint64(0)
 
 
 @nb.njit(inline="always")
-def _e_plane(key_extra: np.uint64, w: np.uint64, j: int) -> np.uint64:
-    """Bit plane j of E's uniforms for the 64 slots 64w … 64w + 63: bit ℓ is bit 52 − j (most
-    significant first) of slot 64w + ℓ's 53-bit V (a counter-based hash, one per plane and word)."""
-    return mix64(key_extra + (w * np.uint64(64) + np.uint64(j)) * _G)
+def _e_low(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> np.uint64:
+    """1 if slot ``t``, whose high 16 bits of V equal T's, is in E: V's low 37 bits (a hash of its own,
+    drawn only then, with probability 2^−16 per slot) below T's."""
+    return np.uint64((mix64((key_extra ^ _K_LOW) + t * _G) >> np.uint64(27)) < (e_thr & _M37))
+
+
+@nb.njit(inline="always")
+def _e_slot(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> np.uint64:
+    """1 if slot ``t`` is in E = {V < T}. V's high 16 bits are 16 bits of one hash per four slots
+    (bits 16·(t mod 4) … of the hash of ⌊t/4⌋ under ``key_extra``), its low 37 bits a second hash
+    (:func:`_e_low`) needed only where the high bits equal T's: V is uniform on 53 bits and
+    P(t ∈ E) = T·2^−53, one hash per slot asked about."""
+    if e_thr >= _E_WIDE:
+        return _U1
+    hi = e_thr >> _U37
+    u = (mix64(key_extra + (t >> _U2) * _G) >> (np.uint64(16) * (t & np.uint64(3)))) & _M16
+    if u != hi:
+        return np.uint64(u < hi)
+    return _e_low(key_extra, t, e_thr)
 
 
 @nb.njit(inline="always")
 def _e_word(key_extra: np.uint64, w: np.uint64, e_thr: np.uint64) -> np.uint64:
     """E's membership of the 64 slots 64w … 64w + 63 as the bits of one word (bit ℓ: slot 64w + ℓ):
-    V < T compared bit-sliced, the 64 slots at once, most significant plane first (``lt``: lanes
-    already below T, ``eq``: lanes equal so far): 10 planes, then more only while a lane is still
-    equal — ≈ 10 hashes per 64 slots instead of one per slot. Exactly the rule of
-    :func:`_e_threshold` (a lane still equal after all 53 planes has V = T, not below)."""
-    if e_thr >= np.uint64(1) << np.uint64(_E_PLANES):
+    :func:`_e_slot` for all of them from 16 hashes (four slots each), branch-free but for the rare
+    slot whose high bits equal T's."""
+    if e_thr >= _E_WIDE:
         return _ALL64
+    hi = e_thr >> _U37
     lt = np.uint64(0)
-    eq = _ALL64
-    for j in range(_E_FIRST):  # without a branch: an exit test per plane was mispredicted once per word
-        x = _e_plane(key_extra, w, j)
-        tb = np.uint64(0) - ((e_thr >> (_U52 - np.uint64(j))) & _U1)  # all ones where T's bit j is 1
-        lt |= eq & ~x & tb
-        eq &= ~(x ^ tb)
-    j = _E_FIRST
-    while eq != 0 and j < _E_PLANES:  # a lane still equal after 10 planes: in ≈ 6 % of the words
-        x = _e_plane(key_extra, w, j)
-        tb = np.uint64(0) - ((e_thr >> (_U52 - np.uint64(j))) & _U1)
-        lt |= eq & ~x & tb
-        eq &= ~(x ^ tb)
-        j += 1
+    eq = np.uint64(0)
+    for g in range(16):
+        h = mix64(key_extra + (w * np.uint64(16) + np.uint64(g)) * _G)
+        for q in range(4):
+            u = (h >> np.uint64(16 * q)) & _M16
+            b = np.uint64(4 * g + q)
+            lt |= np.uint64(u < hi) << b
+            eq |= np.uint64(u == hi) << b
+    while eq != 0:  # ≈ 2^−10 of the words
+        b = _cttz64(eq) & _U63  # type: ignore[call-arg]
+        lt |= _e_low(key_extra, w * np.uint64(64) + b, e_thr) << b
+        eq &= eq - _U1
     return lt
-
-
-@nb.njit(inline="always")
-def _in_e(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> bool:
-    """Whether slot ``t`` is in E: bit t mod 64 of :func:`_e_word` of word t >> 6, compared plane by
-    plane for this slot alone until its bit differs from T's (≈ 2 hashes)."""
-    if e_thr >= np.uint64(1) << np.uint64(_E_PLANES):
-        return True
-    w = t >> _U6
-    lane = t & _U63
-    for j in range(_E_PLANES):
-        x = (_e_plane(key_extra, w, j) >> lane) & _U1
-        b = (e_thr >> (_U52 - np.uint64(j))) & _U1
-        if x != b:
-            return bool(x < b)
-    return False
 
 
 @intrinsic
@@ -489,7 +488,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
         if plain:  # the same _click with its modes as constants: compiled without their branches (1.5× faster)
             for k in range(nbr):
                 t = s0 + br[k]
-                in_e = _in_e(key_extra, np.uint64(t), e_thr)
+                in_e = _e_slot(key_extra, np.uint64(t), e_thr)
                 o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), 0, pat_i, 0, pat_j,
                            0, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
                 br[nbc] = br[k] * 4 + o
@@ -497,7 +496,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
         else:
             for k in range(nbr):
                 t = s0 + br[k]
-                in_e = _in_e(key_extra, np.uint64(t), e_thr)
+                in_e = _e_slot(key_extra, np.uint64(t), e_thr)
                 o = _click(t, np.int64(codes_i[t - s0]), np.int64(codes_j[t - s0]), mode_i, pat_i, mode_j, pat_j,
                            eve_side, eve_frac, key_eve, key_acc, 1.0, table) * np.int64(in_e)
                 br[nbc] = br[k] * 4 + o
@@ -515,7 +514,7 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
             ci_ = np.int64(codes_i[c - s0])
             cj_ = np.int64(codes_j[c - s0])
             bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
-            if not (bright and _in_e(key_extra, np.uint64(c), e_thr)):  # else: done above
+            if not (bright and _e_slot(key_extra, np.uint64(c), e_thr) != 0):  # else: done above
                 if plain:
                     o = _click(c, ci_, cj_, 0, pat_i, 0, pat_j, 0, eve_frac, key_eve, key_acc,
                                1.0 if bright else scale_lo, table)

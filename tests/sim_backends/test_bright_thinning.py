@@ -84,13 +84,12 @@ def _u(key: int, s: int) -> int:
 
 
 def _v(key: int, s: int) -> int:
-    """E's 53-bit uniform V of slot s (U = V·2^−53): bit 52 − j is bit s mod 64 of plane j of word
-    s >> 6, plane j = SplitMix64 of the counter 64·(s >> 6) + j under ``key`` (pure Python)."""
-    w, lane = s >> 6, s & 63
-    v = 0
-    for j in range(53):
-        v = (v << 1) | ((mix64_int((key + (64 * w + j) * GAMMA) & MASK64) >> lane) & 1)
-    return v
+    """E's 53-bit uniform V of slot s (U = V·2^−53), in pure Python: its high 16 bits are bits
+    16·(s mod 4) … of SplitMix64(⌊s/4⌋) under ``key``, its low 37 bits the top of SplitMix64(s) under
+    ``key`` ^ K._K_LOW."""
+    hi = (mix64_int((key + (s >> 2) * GAMMA) & MASK64) >> (16 * (s & 3))) & 0xFFFF
+    lo = mix64_int(((key ^ int(K._K_LOW)) + s * GAMMA) & MASK64) >> 27
+    return (hi << 37) | lo
 
 
 def test_segment_bright_follows_its_rule_slot_by_slot():
@@ -170,9 +169,9 @@ def test_the_per_slot_threshold_is_the_uniforms_comparison():
 
 @pytest.mark.parametrize("r", [0.0, 2.0**-53, 1e-6, 0.125, 0.2583, 0.5, 0.75 + 2.0**-40, 1.0 - 2.0**-53, 1.0])
 def test_e_words_slots_and_reference_agree_on_every_threshold(r):
-    """E bit-sliced per 64 slots (``_e_word``), slot by slot (``_in_e``) and in pure Python (V < T
-    with V from 53 planes) agree on every slot of 40 words, for thresholds with few and many bits,
-    0 and 2^53; and the share of E is T·2^−53 (binomial, 6σ) on 2^18 slots."""
+    """E per 64-slot word (``_e_word``, the optics' dense first pass), per slot (``_e_slot``, the drive
+    patterns' bright slots) and in pure Python (V < T) agree on every slot of 40 words, for thresholds
+    with few and many bits, 0 and 2^53; and the share of E is T·2^−53 (binomial, 6σ) on 2^18 slots."""
     key = 0x0FED_CBA9_8765_4321
     thr = np.uint64(K._e_threshold(r))
     for w in range(40):
@@ -180,8 +179,20 @@ def test_e_words_slots_and_reference_agree_on_every_threshold(r):
         for lane in range(64):
             t = 64 * w + lane
             ref = _v(key, t) < int(thr)
-            assert bool((word >> lane) & 1) == ref == bool(K._in_e(np.uint64(key), np.uint64(t), thr)), (w, lane)
+            assert bool((word >> lane) & 1) == ref == bool(K._e_slot(np.uint64(key), np.uint64(t), thr)), (w, lane)
     n = 1 << 18
     got = sum(int(K._e_word(np.uint64(key), np.uint64(w), thr)).bit_count() for w in range(n // 64))
     p = min(int(thr) * 2.0**-53, 1.0)
     assert abs(got - n * p) <= 6 * math.sqrt(n * p * (1 - p)) + 1e-9
+
+
+def test_e_decides_by_the_low_bits_where_the_high_bits_equal_the_thresholds():
+    """Thresholds whose high 16 bits equal those of chosen slots' V (probability 2^−16 per slot, so never
+    met by chance in a test): the second hash decides, the same in the word, the slot and the reference,
+    on both sides of V."""
+    key = 0x1357_9BDF_2468_ACE0
+    for t in (0, 5, 63, 64 * 7 + 33):
+        v = _v(key, t)
+        for thr in (v, v + 1, (v >> 37) << 37, ((v >> 37) << 37) | ((1 << 37) - 1)):
+            word = int(K._e_word(np.uint64(key), np.uint64(t >> 6), np.uint64(thr)))
+            assert bool((word >> (t & 63)) & 1) == (v < thr) == bool(K._e_slot(np.uint64(key), np.uint64(t), np.uint64(thr)))
