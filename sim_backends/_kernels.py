@@ -543,7 +543,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
                      out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
     """:func:`_segment_bright`'s ``how`` = 1: every slot of C_lo ∪ E in [max(seg, s0), seg_end), in
     slot order, ``out_outcome`` 1 where in C_lo, else 0 — block by block (:data:`_BLOCK` slots, 64
-    words): E's membership of the block's words bit-sliced (:func:`_e_word`, ≈ 8 hashes per 64 slots),
+    words): E's membership of the block's words (:func:`_e_word`, 16 hashes per 64 slots),
     the block's C_lo candidates set in a second bit array (the chunk's geometric-gap stream, drawn
     in the same order and number as the slot-by-slot loop, so ``rng`` leaves in the same state),
     then the set bits of their union appended in order (lowest set bit by ``cttz``). Returns (n, rng);
@@ -604,14 +604,14 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
     A slot is *bright* when either client sends its bright level (``top_i``/``top_j``, the level of
     largest μ; −1: none), *dim* otherwise. Candidates: C_lo, drawn with geometric gaps at q_lo ≥ the
     largest dim click probability (the chunk's stream, as in :func:`_segment`), and
-    E = {s : U(key_extra, s) < r_extra} (a hash per slot) with r_extra = (p_max − q_lo)/(1 − q_lo),
+    E = {s : U(key_extra, s) < r_extra} (:func:`_e_slot`) with r_extra = (p_max − q_lo)/(1 − q_lo),
     so that P(s ∈ C_lo ∪ E) = p_max. A dim slot clicks iff it is in C_lo and U(key_acc, s)·q_lo <
     p(choices); a bright slot iff it is in C_lo ∪ E and U(key_acc, s)·p_max < p(choices). So every
     slot clicks with exactly p(choices), independently of the others, as with the single rate p_max
     of :func:`_segment`, but only C_lo (≈ 2 % of the slots on the default station instead of 27 %)
     and the bright slots (≈ 5 %) are looked at. ``how`` = 0: :func:`_segment_patterns` (the bright
-    slots found by scanning the drive patterns 8 slots per word); ``how`` = 1 writes C_lo ∪ E (E by
-    its hash, every slot: the choices are not known there) with ``out_outcome`` = 1 for C_lo, 0 for
+    slots found by scanning the drive patterns 8 slots per word); ``how`` = 1 writes C_lo ∪ E (E of
+    every slot, :func:`_e_word`: the choices are not known there) with ``out_outcome`` = 1 for C_lo, 0 for
     E only; ``how`` = 2 reads those candidates and flags (``cand``, ``cand_lo``) and the clients'
     codes there: the same clicks as ``how`` = 0."""
     if how == 0:
