@@ -365,6 +365,13 @@ _ALL64 = ~np.uint64(0)
 
 
 @nb.njit(inline="always")
+def _e_group(key_extra: np.uint64, g: np.uint64) -> np.uint64:
+    """The hash of slots 4g … 4g + 3 under ``key_extra``: bits 16·(t mod 4) … 16·(t mod 4) + 15 are slot t's
+    high 16 bits of V (:func:`_e_slot`, :func:`_e_word`)."""
+    return mix64(key_extra + g * _G)
+
+
+@nb.njit(inline="always")
 def _e_low(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> np.uint64:
     """1 if slot ``t``, whose high 16 bits of V equal T's, is in E: V's low 37 bits (a hash of its own,
     drawn only then, with probability 2^−16 per slot) below T's."""
@@ -380,7 +387,7 @@ def _e_slot(key_extra: np.uint64, t: np.uint64, e_thr: np.uint64) -> np.uint64:
     if e_thr >= _E_WIDE:
         return _U1
     hi = e_thr >> _U37
-    u = (mix64(key_extra + (t >> _U2) * _G) >> (np.uint64(16) * (t & np.uint64(3)))) & _M16
+    u = (_e_group(key_extra, t >> _U2) >> (np.uint64(16) * (t & np.uint64(3)))) & _M16
     if u != hi:
         return np.uint64(u < hi)
     return _e_low(key_extra, t, e_thr)
@@ -397,14 +404,14 @@ def _e_word(key_extra: np.uint64, w: np.uint64, e_thr: np.uint64) -> np.uint64:
     lt = np.uint64(0)
     eq = np.uint64(0)
     for g in range(16):
-        h = mix64(key_extra + (w * np.uint64(16) + np.uint64(g)) * _G)
+        h = _e_group(key_extra, w * np.uint64(16) + np.uint64(g))
         for q in range(4):
             u = (h >> np.uint64(16 * q)) & _M16
             b = np.uint64(4 * g + q)
             lt |= np.uint64(u < hi) << b
             eq |= np.uint64(u == hi) << b
     while eq != 0:  # ≈ 2^−10 of the words
-        b = _cttz64(eq) & _U63  # type: ignore[call-arg]
+        b = _cttz64(eq)  # type: ignore[call-arg]
         lt |= _e_low(key_extra, w * np.uint64(64) + b, e_thr) << b
         eq &= eq - _U1
     return lt

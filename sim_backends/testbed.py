@@ -598,11 +598,6 @@ class SagnacTestbed:
         _parallel.run(len(work), fill, threads)
         return codes
 
-    def _candidate_codes(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
-                         frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`_ask_candidates`, waited for."""
-        return self._ask_candidates(acq, cand_slot, cand_n, pa, frame)()
-
     def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
                         frame: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
@@ -694,18 +689,13 @@ class SagnacTestbed:
             acq.cap_cand = max(acq.cap_cand, grown)
         return sig_slot, sig_outc
 
-    def _signal_clicks(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
-                       dets: list[DetectorLive], frame: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel: (clicks per
-        chunk, their slots, their outcomes)."""
-        return self._signal_start(acq, s0, s1, ca, pa, dets, frame, threads)()
-
     def _signal_start(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
                       dets: list[DetectorLive], frame: int,
                       threads: int) -> Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """:meth:`_signal_clicks` begun: on the on-demand path the candidates are drawn and the clients
-        asked now, and the returned call waits for their answers and clicks the candidates (so the
-        clients answer while the caller finishes the window before); else everything is done now."""
+        """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel: the returned call gives
+        (clicks per chunk, their slots, their outcomes). On the on-demand path the candidates are drawn
+        and the clients asked now, and the call waits for their answers and clicks the candidates (so
+        the clients answer while the caller finishes the window before); else everything is done now."""
         cfg = self.config
         sim = cfg.simulation
         fl = sim.faults
@@ -827,13 +817,10 @@ class SagnacTestbed:
         acq.det_state, acq.det_pend = st, pd
         return meas, out_n
 
-    def _window(self, acq: _Acq, s0: int, s1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels)."""
-        return self._window_start(acq, s0, s1)()
-
     def _window_start(self, acq: _Acq, s0: int, s1: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-        """:meth:`_window` begun (:meth:`_signal_start`: on the on-demand path the clients are asked now);
-        the returned call finishes it. Windows are finished in order (the detectors' state and the carry
+        """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels), begun
+        (:meth:`_signal_start`: on the on-demand path the clients are asked now); the returned call
+        finishes it and gives them. Windows are finished in order (the detectors' state and the carry
         run from one to the next); the next one may be begun before (:meth:`_acquire`)."""
         ca, pa, dets, laser_on, enabled, frame = self._window_inputs()
         threads = self._n_threads()

@@ -224,13 +224,13 @@ class DetectorNode(Node):
                 held.append(events)
                 final = slotter.final_slots
                 if final - prev >= batch_slots:  # one ann/chunks per client for several tag blocks
-                    self._announce(chans, slotter, _joined_events(held), prev, final)
+                    self._announce(chans, slotter, SlotEvents.joined(held), prev, final)
                     held, prev = [], final
             total = end.get("n_slots", max(1, int(round(duration * self.cfg.laser.rep_rate_hz))))
             events = slotter.finish()
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
-            self._announce(chans, slotter, _joined_events([*held, events]), prev, final)
+            self._announce(chans, slotter, SlotEvents.joined([*held, events]), prev, final)
             for ch in chans.values():
                 request(ch, Message("ann/end", {"final": final}), "ann/ok")
         finally:
@@ -321,15 +321,6 @@ class DetectorNode(Node):
 
         for f in [self._pool.submit(send, c) for c in out]:
             f.result()
-
-
-def _joined_events(parts: list[SlotEvents]) -> SlotEvents:
-    """The slotted clicks of consecutive pushes as one :class:`SlotEvents` (slot order is kept: each push
-    emits only slots after the previous one's)."""
-    if len(parts) == 1:
-        return parts[0]
-    return SlotEvents(np.concatenate([e.slots for e in parts]) if parts else np.zeros(0, np.int64),
-                      np.concatenate([e.outcomes for e in parts]) if parts else np.zeros(0, np.uint8))
 
 
 def chunks_message(lo: int, hi: int, parts: list[tuple[str, int, Announcements]]) -> Message:

@@ -140,7 +140,7 @@ class ModulatorLink:
     def ask(self, slots: np.ndarray) -> Callable[[], np.ndarray]:
         """Put the question "what did you apply in ``slots``?" and return the wait for its answer,
         the drive codes k·4 + a, so that the Monte-Carlo asks every client of a window before it
-        waits for any (the clients answer in parallel; :meth:`SagnacTestbed._candidate_codes`)."""
+        waits for any (the clients answer in parallel; :meth:`SagnacTestbed._ask_candidates`)."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         self._questions.put(s)
         return lambda: self._answer(s)

@@ -664,9 +664,7 @@ class Distiller:
         """The held slotted clicks (and ``more``) as one :class:`SlotEvents`, in slot order."""
         parts = self._batch + ([more] if more is not None else [])
         self._batch, self._batch_clicks = [], 0
-        if len(parts) == 1:
-            return parts[0]
-        return SlotEvents(np.concatenate([e.slots for e in parts]), np.concatenate([e.outcomes for e in parts]))
+        return SlotEvents.joined(parts)
 
     def finish(self, total_slots: int | None = None) -> dict[str, PairResult]:
         """End of stream: flush, process the remaining blocks, return per-pair results."""

@@ -228,6 +228,16 @@ class SlotEvents:
     def __len__(self) -> int:
         return int(self.slots.shape[0])
 
+    @staticmethod
+    def joined(parts: list[SlotEvents]) -> SlotEvents:
+        """The clicks of consecutive pushes as one :class:`SlotEvents` (each push emits only slots after
+        the previous one's, so slot order is kept); one part is returned as it is."""
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return SlotEvents(np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return SlotEvents(np.concatenate([e.slots for e in parts]), np.concatenate([e.outcomes for e in parts]))
+
 
 @dataclass
 class SlottingStats:

@@ -1,4 +1,4 @@
-"""The optics' on-demand modulation (``SagnacTestbed._candidate_codes``): the grouped, kernel-backed
+"""The optics' on-demand modulation (``SagnacTestbed._ask_candidates``): the grouped, kernel-backed
 version against the straightforward reference it replaced, on random candidate sets."""
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def test_grouped_candidate_codes_equal_the_reference(seed):
             for k in range(n_clients)]
     logs = [_Asked(lg) for lg in base]
     tb = SagnacTestbed(cfg, threads=1)
-    got_i, got_j = tb._candidate_codes(SimpleNamespace(logs=logs), cand_slot, cand_n, pa, frame)
+    got_i, got_j = tb._ask_candidates(SimpleNamespace(logs=logs), cand_slot, cand_n, pa, frame)()
     ref_i, ref_j = reference_candidate_codes(base, cand_slot, cand_n, pa, frame)
     assert got_i.shape == ref_i.shape and got_j.shape == ref_j.shape
     np.testing.assert_array_equal(got_i, ref_i)
@@ -171,7 +171,7 @@ def test_clients_with_ask_are_all_asked_before_any_answer_is_awaited():
             return wait
 
     tb = SagnacTestbed(cfg, threads=1)
-    got = tb._candidate_codes(SimpleNamespace(logs=[Remote(k) for k in range(4)]), cand_slot, cand_n, pa, 40)
+    got = tb._ask_candidates(SimpleNamespace(logs=[Remote(k) for k in range(4)]), cand_slot, cand_n, pa, 40)()
     ref = reference_candidate_codes(base, cand_slot, cand_n, pa, 40)
     np.testing.assert_array_equal(got[0], ref[0])
     np.testing.assert_array_equal(got[1], ref[1])
