@@ -98,7 +98,7 @@ TAGS_AHEAD = 1
 #: Station time the detector's announcements cover at least, per ``ann/chunks`` [s]: the clicks of several
 #: tag blocks go to each client in one message (a client sifts batches of about this span anyway,
 #: ``DistillSettings.sift_batch_slots``); the last one covers what is left.
-ANN_BATCH_S = 0.2
+ANN_BATCH_S = 0.5
 
 __all__ = ["DetectorNode", "chunks_message"]
 
