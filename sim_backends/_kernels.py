@@ -636,10 +636,9 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
     cap = out_slot.shape[0]
     scale_lo = q_lo / pmax
     n_cand = cand.shape[0]
-    kend = kc
-    while kend < n_cand and cand[kend] < seg_end:
-        kend += 1
+    kend = kc + np.searchsorted(cand[kc:], seg_end)  # the segment's candidates: ascending slots
     pick = np.empty(_PICK, dtype=np.int64)
+    plain = mode_i == 0 and mode_j == 0 and eve_side == 0
     for p0 in range(kc, kend, _PICK):
         p1 = p0 + _PICK if p0 + _PICK < kend else kend
         m = 0
@@ -647,16 +646,32 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
             pick[m] = k
             m += int(((np.int64(codes_i[k]) >> 2) == top_i) | ((np.int64(codes_j[k]) >> 2) == top_j)
                      | (cand_lo[k] != 0))
-        for t in range(m):
+        if n + m > cap:  # perhaps no room for every click of the piece: checked per click
+            for t in range(m):
+                k = pick[t]
+                ci_ = np.int64(codes_i[k])
+                cj_ = np.int64(codes_j[k])
+                bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
+                o = _click(cand[k], ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
+                           1.0 if bright else scale_lo, table)
+                if n >= cap:
+                    return -1, rng, k
+                out_slot[n] = cand[k]
+                out_outcome[n] = o
+                n += int(o != 0)
+            continue
+        for t in range(m):  # the same without a check per click, and _click's modes as constants when plain
             k = pick[t]
             c = cand[k]
             ci_ = np.int64(codes_i[k])
             cj_ = np.int64(codes_j[k])
             bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
-            o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
-                       1.0 if bright else scale_lo, table)
-            if n >= cap:
-                return -1, rng, k
+            if plain:
+                o = _click(c, ci_, cj_, 0, pat_i, 0, pat_j, 0, eve_frac, key_eve, key_acc,
+                           1.0 if bright else scale_lo, table)
+            else:
+                o = _click(c, ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
+                           1.0 if bright else scale_lo, table)
             out_slot[n] = c
             out_outcome[n] = o
             n += int(o != 0)

@@ -222,3 +222,33 @@ def test_the_slots_a_client_is_asked_about_do_not_depend_on_any_clients_choices(
     for n in asked_a:
         assert asked_a[n].size > 10_000
         np.testing.assert_array_equal(asked_a[n], asked_b[n], err_msg=f"{n} was asked about other slots")
+
+
+@pytest.mark.parametrize("on_demand", [False, True])
+def test_signal_rows_too_short_for_a_chunks_clicks_are_grown_and_give_the_same_tags(on_demand, monkeypatch):
+    """The signal kernel's rows start at 16 clicks per chunk here instead of 4096: every chunk overflows,
+    the pass is rerun with longer rows until all fit (the second pass checks the room once per piece of
+    candidates and per click only where a piece might not fit), and the tags are those of the default rows."""
+    cfg = load_station_config()
+    logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
+                                    basis_x_prob=c.basis_x_prob) for c in cfg.clients}
+
+    def tags() -> tuple[np.ndarray, np.ndarray]:
+        tb = SagnacTestbed(cfg, threads=2)
+        tb.modulation_on_demand = on_demand
+        blocks = list(tb.stream_with(logs, 0.004))
+        return np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks])
+
+    t0, c0 = tags()
+    new_acq = SagnacTestbed._new_acq
+
+    def short_rows(self: SagnacTestbed, *a: Any) -> Any:
+        acq = new_acq(self, *a)
+        acq.cap_sig = acq.cap_cand = 16
+        return acq
+
+    monkeypatch.setattr(SagnacTestbed, "_new_acq", short_rows)
+    t1, c1 = tags()
+    assert t0.size > 1000
+    np.testing.assert_array_equal(t1, t0)
+    np.testing.assert_array_equal(c1, c0)
