@@ -263,7 +263,8 @@ def test_slots_of_an_aborted_block_are_spent_too(acquisition, tmp_path):
     over the same slots would distil raw data whose leakage it does not count. Refused."""
     cfg, blocks, logs, acq_id = acquisition
     stores = _stores(tmp_path)
-    d = Distiller(cfg, logs, KeyStoreSink(stores), DistillSettings(block_bits=2000, params=PARAMS),
+    d = Distiller(cfg, logs, KeyStoreSink(stores), DistillSettings(block_bits=2000, params=PARAMS, sift_batch_clicks=0,
+                                                                   sift_batch_slots=0),  # blocks close while pushing
                   acquisition_id=acq_id)
     out = []
     for b in blocks:
