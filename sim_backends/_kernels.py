@@ -11,9 +11,8 @@ import math
 
 import numba as nb
 import numpy as np
+from labqfl.bitops import cttz64 as _cttz64
 from labqfl.sim_backends.qrng import mix64
-from llvmlite import ir
-from numba.extending import intrinsic
 from scipy.special import ndtri
 
 _G = np.uint64(0x9E3779B97F4A7C15)
@@ -139,7 +138,7 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
              codes_j: np.ndarray, mode_j: int, fix_j: bool, pat_j: np.ndarray,
              eve_side: int, eve_frac: float, key_eve: np.uint64,
              key_acc: np.uint64, out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
-             how: int, kc: int, cand: np.ndarray) -> tuple[int, np.uint64, int]:
+             how: int, kc: int, cand: np.ndarray, bits: np.ndarray, bits_w0: np.int64) -> tuple[int, np.uint64, int]:
     """Thinning over one segment [seg, seg_end) of a single pair and fixed parameters.
 
     Candidates at rate q ≥ p_max (geometric gaps, guide table ``glo/ghi`` for q < 1), each accepted
@@ -148,7 +147,8 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
     to its modulators; the simulator holds no client key. The candidates depend on the seeds and
     p_max only, never on the choices, so they can be drawn first and the choices asked for them
     alone (``how``, see :func:`signal_chunks`): ``how`` = 0: ``codes_*`` are indexed by s − s0;
-    1: no choice is read, every candidate slot is written to ``out_slot`` (``out_outcome`` 0);
+    1: no choice is read, every candidate slot is written to ``out_slot`` (``out_outcome`` 0) and
+    set in the window's candidate bitmap ``bits`` (bit s mod 64 of word s // 64 − ``bits_w0``);
     2: the candidates are not drawn again but read from ``cand`` (the chunk's candidate slots of
     ``how`` = 1, from number ``kc`` on), and ``codes_*`` are indexed by that number (the codes the
     clients answered for them): the same candidates, so the same clicks. Returns (n, rng, kc);
@@ -177,6 +177,7 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
             out_slot[n] = s
             out_outcome[n] = 0
             n += 1
+            bits[(s >> 6) - bits_w0] |= _U1 << np.uint64(s & 63)
             continue
         if how == 2:
             ci_ = np.int64(codes_i[kc])
@@ -417,17 +418,6 @@ def _e_word(key_extra: np.uint64, w: np.uint64, e_thr: np.uint64) -> np.uint64:
     return lt
 
 
-@intrinsic
-def _cttz64(typingctx, x):  # type: ignore[no-untyped-def]
-    """The index of the lowest set bit of the uint64 ``x`` ≠ 0 (LLVM's ``cttz``: one instruction)."""
-    sig = nb.types.uint64(nb.types.uint64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
-
-    return sig, codegen
-
-
 @nb.njit(inline="always")
 def _first_lo(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, l1q: float,
               glo: np.ndarray, ghi: np.ndarray) -> tuple[np.int64, np.int64, np.uint64]:
@@ -547,13 +537,14 @@ def _segment_patterns(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.ui
 @nb.njit(cache=True, nogil=True)
 def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q_lo: float, r_extra: float,
                      glo: np.ndarray, ghi: np.ndarray, key_extra: np.uint64, out_slot: np.ndarray,
-                     out_outcome: np.ndarray, n: int) -> tuple[int, np.uint64]:
+                     out_outcome: np.ndarray, n: int, bits: np.ndarray, bits_w0: np.int64) -> tuple[int, np.uint64]:
     """:func:`_segment_bright`'s ``how`` = 1: every slot of C_lo ∪ E in [max(seg, s0), seg_end), in
     slot order, ``out_outcome`` 1 where in C_lo, else 0 — block by block (:data:`_BLOCK` slots, 64
     words): E's membership of the block's words (:func:`_e_word`, 16 hashes per 64 slots),
     the block's C_lo candidates set in a second bit array (the chunk's geometric-gap stream, drawn
     in the same order and number as the slot-by-slot loop, so ``rng`` leaves in the same state),
-    then the set bits of their union appended in order (lowest set bit by ``cttz``). Returns (n, rng);
+    then the set bits of their union appended in order (lowest set bit by ``cttz``) and ORed into the
+    window's candidate bitmap ``bits`` (word w − ``bits_w0`` for slots 64w … 64w + 63). Returns (n, rng);
     n = −1 if ``out_slot`` is full."""
     cap = out_slot.shape[0]
     l1q = math.log1p(-q_lo) if 0.0 < q_lo < 1.0 else -math.inf
@@ -586,6 +577,7 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
         for i in range(k):
             lo = lw[i]
             u = ew[i] | lo
+            bits[np.int64(w0) + i - bits_w0] |= u
             base = np.int64((w0 + np.uint64(i)) << _U6)
             while u != 0:
                 b: np.uint64 = _cttz64(u)  # type: ignore[call-arg]
@@ -603,7 +595,8 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                     codes_j: np.ndarray, words_j: np.ndarray, mode_j: int, pat_j: np.ndarray, top_j: int,
                     eve_side: int, eve_frac: float, key_eve: np.uint64, key_acc: np.uint64, key_extra: np.uint64,
                     out_slot: np.ndarray, out_outcome: np.ndarray, n: int,
-                    how: int, kc: int, cand: np.ndarray, cand_lo: np.ndarray) -> tuple[int, np.uint64, int]:
+                    how: int, kc: int, cand: np.ndarray, cand_lo: np.ndarray, bits: np.ndarray,
+                    bits_w0: np.int64) -> tuple[int, np.uint64, int]:
     """:func:`_segment` with two candidate rates (same arguments and ``how`` as there; clients in a
     fixed-level mode never reach here; ``words_*``: the drive patterns ``codes_*`` read 8 slots at a
     time, uint64, for ``how`` = 0).
@@ -627,7 +620,8 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                                    eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot, out_outcome, n)
         return n, rng, kc
     if how == 1:
-        n, rng = _candidates_lo_e(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, out_slot, out_outcome, n)
+        n, rng = _candidates_lo_e(seg, seg_end, s0, rng, q_lo, r_extra, glo, ghi, key_extra, out_slot, out_outcome, n,
+                                  bits, bits_w0)
         return n, rng, kc
     # how 2: the candidates of how 1 (C_lo ∪ E) with their C_lo flags, and the clients' codes there
     # The candidates that can click (bright, or in C_lo: ≈ 12 % of them on the default station) are
@@ -680,8 +674,8 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
 
 @nb.njit(cache=True, nogil=True)
 def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.int64, frame_pair: np.ndarray,
-                     pair_ci: np.ndarray, pair_cj: np.ndarray,
-                     n_clients: np.int64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     pair_ci: np.ndarray, pair_cj: np.ndarray, n_clients: np.int64,
+                     copy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The candidate slots of a window (rows ``cand_slot[r, :cand_n[r]]``, slots increasing in
     each row) grouped by the client that modulated them.
 
@@ -692,7 +686,8 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
     (row, first column, end column, pair) in row order; client c's slots are
     ``slots[offsets[c]:offsets[c + 1]]``: its runs' slots in run order (ascending when the rows
     are chunks in time order). Cost: one copy of every candidate per side, nothing per candidate
-    but the copy."""
+    but the copy; with ``copy`` False, ``slots`` is empty (the offsets and runs alone: clients asked
+    with the window's candidate bitmap, :func:`client_bits`)."""
     n_rows = cand_n.shape[0]
     n_frames = frame_pair.shape[0]
     n_runs = 0
@@ -723,6 +718,8 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
         offsets[pair_cj[p] + 1] += ln
     for c in range(n_clients):
         offsets[c + 1] += offsets[c]
+    if not copy:
+        return offsets, np.empty(0, dtype=np.int64), runs[:n_runs]
     slots = np.empty(offsets[n_clients], dtype=np.int64)
     fill = offsets[:n_clients].copy()
     for m in range(n_runs):
@@ -732,6 +729,27 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
             slots[q:q + k1 - k0] = cand_slot[r, k0:k1]
             fill[c] = q + k1 - k0
     return offsets, slots, runs[:n_runs]
+
+
+@nb.njit(cache=True, nogil=True)
+def client_bits(bits: np.ndarray, bits_w0: np.int64, runs: np.ndarray) -> np.ndarray:
+    """A client's question as a bitmap: for each run [lo, hi) of ``runs`` (int64 rows, ascending, the
+    slots of its frames), the words lo // 64 … (hi − 1) // 64 of the window's candidate bitmap ``bits``
+    (word w − ``bits_w0`` for slots 64w … 64w + 63), with the bits of slots outside the run cleared,
+    concatenated run after run (:func:`labqfl.nodes.wire.decode_slot_bits` gives back the slots)."""
+    n_words = 0
+    for r in range(runs.shape[0]):
+        n_words += ((runs[r, 1] - 1) >> 6) - (runs[r, 0] >> 6) + 1
+    out = np.empty(n_words, dtype=np.uint64)
+    q = 0
+    for r in range(runs.shape[0]):
+        lo, hi = runs[r, 0], runs[r, 1]
+        wa, wb = lo >> 6, (hi - 1) >> 6
+        out[q:q + wb - wa + 1] = bits[wa - bits_w0:wb - bits_w0 + 1]
+        out[q] &= _ALL64 << np.uint64(lo & 63)
+        out[q + wb - wa] &= _ALL64 >> np.uint64(63 - ((hi - 1) & 63))
+        q += wb - wa + 1
+    return out
 
 
 @nb.njit(cache=True, nogil=True)
@@ -780,7 +798,8 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                   eve_client: int, eve_frac: float, guide_q: np.ndarray, guide_lo: np.ndarray,
                   guide_hi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray,
                   out_n: np.ndarray, how: int, cand_i: np.ndarray, cand_j: np.ndarray, cand_slot: np.ndarray,
-                  cand_n: np.ndarray, key_extra: np.uint64, cand_lo: np.ndarray, words: np.ndarray) -> bool:
+                  cand_n: np.ndarray, key_extra: np.uint64, cand_lo: np.ndarray, words: np.ndarray,
+                  cand_bits: np.ndarray, bits_w0: np.int64) -> bool:
     """Signal clicks (before dead time) of chunks r_lo ≤ r < r_hi of the slots [s0, s1), by thinning.
 
     Chunk r covers the slots of the 65 536-slot chunk m = s0 // chunk_slots + r that lie in
@@ -811,7 +830,10 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     Two rates (:func:`_segment_bright`) where they save ≥ :data:`BRIGHT_MIN_GAIN` of candidate rate:
     ``key_extra`` keys its per-slot set E; ``cand_lo[r, k]`` (``how`` = 2) is ``out_outcome`` of the
     ``how`` = 1 pass: 1 where the candidate is in C_lo; ``words`` (``how`` = 0) is ``codes`` viewed
-    as uint64 (rows padded to whole words), unused (1×1) otherwise.
+    as uint64 (rows padded to whole words), unused (1×1) otherwise. ``how`` = 1 also sets every candidate
+    in ``cand_bits`` (bit s mod 64 of word s // 64 − ``bits_w0``; zeroed by the caller, one word per 64 slots
+    of the window): the modulator links' questions (:meth:`SagnacTestbed._ask_candidates`). Chunks are whole
+    words (the testbed's 65 536 slots), so threads never share one.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots
@@ -867,7 +889,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                         table, code_i, words_i, pmode[ci], pat[pat_off[ci]:pat_off[ci] + pat_len[ci]], top_i,
                         code_j, words_j, pmode[cj], pat[pat_off[cj]:pat_off[cj] + pat_len[cj]], top_j,
                         eve_side, eve_frac, key_eve, key_acc, key_extra, out_slot[r], out_outcome[r], n,
-                        how, kc, cand, flags)
+                        how, kc, cand, flags, cand_bits, bits_w0)
                     seg = seg_end
                     continue
                 q = 1.0
@@ -882,7 +904,7 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
                                       code_j, pmode[cj], fixk0[cj] != 0,
                                       pat[pat_off[cj]:pat_off[cj] + pat_len[cj]],
                                       eve_side, eve_frac, key_eve, key_acc, out_slot[r], out_outcome[r], n,
-                                      how, kc, cand)
+                                      how, kc, cand, cand_bits, bits_w0)
             seg = seg_end
         out_n[r] = n
         if n < 0:

@@ -570,12 +570,10 @@ class SagnacTestbed:
         acq.logs = [logs[c.name] for c in cfg.clients]
         return acq
 
-    def _drive_patterns(self, acq: _Acq, s0: int, s1: int, pa: dict[str, np.ndarray], frame: int,
-                        threads: int) -> np.ndarray:
-        """Each client's drive pattern (k·4 + a per slot) over the frames of [s0, s1) where its pair
-        is scheduled, written by the client's own generator: what the clients stream to their
-        modulators. Rows are indexed by s − s0; slots outside a client's frames are not written
-        (and never read)."""
+    @staticmethod
+    def _client_runs(s0: int, s1: int, pa: dict[str, np.ndarray], frame: int) -> dict[int, list[list[int]]]:
+        """Per client index, the runs [lo, hi) of the slots of [s0, s1) in the frames of its pairs
+        (consecutive frames of its pairs joined), ascending."""
         cycle = pa["frame_pair"]
         runs: dict[int, list[list[int]]] = {}
         for f in range(s0 // frame, (s1 - 1) // frame + 1):
@@ -587,6 +585,15 @@ class SagnacTestbed:
                     r[-1][1] = hi
                 else:
                     r.append([lo, hi])
+        return runs
+
+    def _drive_patterns(self, acq: _Acq, s0: int, s1: int, pa: dict[str, np.ndarray], frame: int,
+                        threads: int) -> np.ndarray:
+        """Each client's drive pattern (k·4 + a per slot) over the frames of [s0, s1) where its pair
+        is scheduled, written by the client's own generator: what the clients stream to their
+        modulators. Rows are indexed by s − s0; slots outside a client's frames are not written
+        (and never read)."""
+        runs = self._client_runs(s0, s1, pa, frame)
         # rows padded to whole 8-slot words: the signal kernel scans them 8 slots at a time
         codes = acq.buffer("codes", (len(acq.logs), -(-(s1 - s0) // 8) * 8), np.uint8)
         work = [(c, lo, hi) for c, rs in runs.items() for lo, hi in rs]
@@ -599,7 +606,8 @@ class SagnacTestbed:
         return codes
 
     def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
-                        frame: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+                        frame: int, bits: tuple[np.ndarray, int, int, int] | None = None
+                        ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
         window on the client's modulation log (:attr:`modulation_on_demand`), its slots in
@@ -607,18 +615,32 @@ class SagnacTestbed:
         the wait for its answer) is asked for all clients first. Nothing else of a client is read. The candidates are grouped by client
         in runs of one frame each (:func:`_kernels.group_candidates`) and the answers copied back
         run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing. The
-        questions go out now; the returned call waits for the answers and scatters them."""
+        questions go out now; the returned call waits for the answers and scatters them.
+
+        ``bits`` = (the window's candidate bitmap of the first pass, its first word, s0, s1): a log with
+        ``ask_bits(runs, words, n)`` (a remote client's modulator link) is asked with the words of that
+        bitmap over the runs of its frames instead (:func:`_kernels.client_bits`; one bit per slot of its
+        frames, against a byte per asked slot as gaps), so nothing is copied or encoded per candidate
+        for it: the same slots, ascending."""
         rows = cand_n.size
         width = max(int(cand_n.max()) if rows else 0, 1)
         n_clients = len(acq.logs)
+        by_bits = [bits is not None and getattr(log, "ask_bits", None) is not None for log in acq.logs]
         offsets, slots, runs = K.group_candidates(cand_slot, cand_n, np.int64(frame), pa["frame_pair"],
-                                                  pa["ci"], pa["cj"], np.int64(n_clients))
+                                                  pa["ci"], pa["cj"], np.int64(n_clients), not all(by_bits))
         out_i, out_j = np.zeros((rows, width), np.uint8), np.zeros((rows, width), np.uint8)
         bounds = offsets.tolist()
+        client_runs = self._client_runs(bits[2], bits[3], pa, frame) if bits is not None and any(by_bits) else {}
         answers: list[tuple[int, Callable[[], Any]]] = []
         for c in range(n_clients):  # every client asked before any answer is awaited (remote clients: in parallel)
             lo, hi = bounds[c], bounds[c + 1]
-            if hi > lo:
+            if hi <= lo:
+                continue
+            if by_bits[c]:
+                assert bits is not None
+                rs = np.array(client_runs[c], dtype=np.int64)
+                answers.append((c, acq.logs[c].ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1]), rs), hi - lo)))
+            else:
                 answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
 
         def scattered() -> tuple[np.ndarray, np.ndarray]:
@@ -660,16 +682,19 @@ class SagnacTestbed:
 
     def _signal_pass(self, acq: _Acq, run: Callable[..., None], n_tasks: int, threads: int, sig_n: np.ndarray,
                      how: int, codes: np.ndarray, cand: tuple[np.ndarray, ...],
-                     name: str) -> tuple[np.ndarray, np.ndarray]:
+                     name: str, bits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One pass of the signal kernel over the window's chunks (``run(task, sig_slot, sig_outc,
         codes, cand)`` per task; ``cand`` = (cand_i, cand_j, cand_slot, cand_n) of
         :func:`_kernels.signal_chunks`) into the ``name`` buffers, doubling their capacity until
-        every chunk fits; ``sig_n`` gets the clicks per chunk."""
+        every chunk fits; ``sig_n`` gets the clicks per chunk. ``bits`` (the first pass's candidate bitmap,
+        ORed into by the kernel) is zeroed before each try."""
         n_chunks = sig_n.size
         while True:
             cap = acq.cap_sig if name == "sig" else acq.cap_cand
             sig_slot = acq.buffer(f"{name}_slot", (n_chunks, cap), np.int64)
             sig_outc = acq.buffer(f"{name}_outc", (n_chunks, cap), np.uint8)
+            if bits is not None:
+                bits[:] = 0
 
             def signal_task(task: int, slot: int, sig_slot: np.ndarray = sig_slot,
                             sig_outc: np.ndarray = sig_outc) -> None:
@@ -731,12 +756,16 @@ class SagnacTestbed:
 
         guides = (acq.guide_q, acq.guide_lo, acq.guide_hi)  # this window's, even if a later one reallocates them
 
+        # the first pass's candidates also as a bitmap of the window (the modulator links' questions)
+        bits_w0 = s0 >> 6
+        cand_bits = np.zeros(((s1 - 1) >> 6) - bits_w0 + 1 if self.modulation_on_demand else 1, dtype=np.uint64)
+
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
             K.signal_chunks(np.int64(bounds[task]), np.int64(bounds[task + 1]), *head, codes, *tail,
                             guides[0][slot], guides[1][slot], guides[2][slot],
                             sig_slot, sig_outc, sig_n, how, *cand[:4], acq.keys["gap_bright"], cand[4],
-                            codes.view(np.uint64) if how == 0 else no_words)
+                            codes.view(np.uint64) if how == 0 else no_words, cand_bits, np.int64(bits_w0))
 
         if self.modulation_on_demand:
             # the candidate slots first (independent of the choices), then the clients' codes
@@ -744,9 +773,10 @@ class SagnacTestbed:
             # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
             name = f"cand{acq.windows_started % 2}"  # the buffers of a window still being finished stay apart
             acq.windows_started += 1
-            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name)
+            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name,
+                                                   bits=cand_bits)
             cand_n = sig_n.copy()
-            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame)
+            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, bits_w0, s0, s1))
 
             def clicked() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 cand_i, cand_j = codes_of()

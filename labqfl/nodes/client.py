@@ -11,7 +11,7 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 
 * it arms its generator and opens its **modulator link** to the optics node (service
   ``optics/modulator``): ``mod/ready`` / ``mod/applied {codes}``, each answered by the optics'
-  next ``mod/query`` (the asked slots as gaps, ``labqfl.nodes.optics.query_slots``; or ``mod/end``);
+  next ``mod/query`` (the asked slots as a bitmap or as gaps, ``labqfl.nodes.optics.query_slots``; or ``mod/end``);
 * when its station section names a ``pattern_generator`` (a real instrument, or the emulated Pulse
   Streamer the simulated optics node serves on a loopback address), it opens it once through its
   driver (operating point applied) and streams its own choice log to it for the acquisition

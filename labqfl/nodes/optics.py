@@ -13,9 +13,10 @@ Services:
 
 * ``optics/modulator`` (peers: the station's clients; opened by the client, hello
   ``{acq}``): the client sends ``mod/ready`` and then ``mod/applied {codes}`` (uint8, k·4 + a per
-  asked slot); every answer is the next ``mod/query {gaps, big_at, big}`` (the asked slots,
-  ascending within a window, as gaps, mostly one byte each: :func:`encode_query_slots` /
-  :func:`query_slots`, the codec of :mod:`labqfl.nodes.wire`), or ``mod/end``.
+  asked slot); every answer is the next ``mod/query {runs, bits, n}`` (the asked slots of a window,
+  ascending: the Monte-Carlo's candidate bitmap over the runs of the client's frames, one bit per slot;
+  or, for slots asked one by one, ``{gaps, big_at, big}``, mostly a byte per slot:
+  :func:`query_slots` reads both, the codecs of :mod:`labqfl.nodes.wire`), or ``mod/end``.
 * ``optics/tags`` (peer: the detection node; hello ``{acq, duration, block_duration}``): waits
   for every client's modulator link of ``acq``, then ``tags/next`` → ``tags/block {ts_gaps, ts_big_at,
   ts_big, ch}`` (the int64 ps timestamps as gaps, the channels as uint8 when they fit, else int16:
@@ -52,7 +53,7 @@ from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.net import ServedSession
 from labqfl.nodes.common import Node, NodeError, ok
-from labqfl.nodes.wire import decode_channels, decode_gaps, encode_channels, encode_gaps
+from labqfl.nodes.wire import decode_channels, decode_gaps, decode_slot_bits, encode_channels, encode_gaps, slot_bits_fields
 from labqfl.qkd.messaging import Message, MessageError
 
 log = get_logger(__name__)
@@ -73,8 +74,11 @@ def encode_query_slots(slots: np.ndarray) -> dict[str, Any]:
 
 
 def query_slots(msg: Message) -> np.ndarray:
-    """The asked slots (int64) of a ``mod/query``: the inverse of :func:`encode_query_slots` (a
-    ``slots`` field, int64, is read as it is)."""
+    """The asked slots (int64) of a ``mod/query``: as a bitmap over runs (``bits``, the Monte-Carlo's
+    questions: :func:`labqfl.nodes.wire.decode_slot_bits`), as gaps (the inverse of
+    :func:`encode_query_slots`), or a ``slots`` field (int64) read as it is."""
+    if "bits" in msg.fields:
+        return decode_slot_bits(msg)
     return decode_gaps(msg, plain="slots")
 
 
@@ -111,7 +115,7 @@ class ModulatorLink:
     def __init__(self, client: str, levels: int) -> None:
         self.client = client
         self.levels = int(levels)
-        self._questions: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._questions: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._answers: queue.Queue[np.ndarray | BaseException] = queue.Queue()
         self.asked_slots = 0
 
@@ -124,7 +128,7 @@ class ModulatorLink:
         q = self._questions.get()
         if q is None:
             return ok("mod/end")
-        return ok("mod/query", **encode_query_slots(q))
+        return ok("mod/query", **q)
 
     def on_close(self, error: BaseException | None) -> None:
         # a Monte-Carlo waiting for this client's answer stops at once (after mod/end nobody waits)
@@ -142,22 +146,29 @@ class ModulatorLink:
         the drive codes k·4 + a, so that the Monte-Carlo asks every client of a window before it
         waits for any (the clients answer in parallel; :meth:`SagnacTestbed._ask_candidates`)."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
-        self._questions.put(s)
-        return lambda: self._answer(s)
+        self._questions.put(encode_query_slots(s))
+        return lambda: self._answer(int(s.size))
 
-    def _answer(self, s: np.ndarray) -> np.ndarray:
+    def ask_bits(self, runs: np.ndarray, words: np.ndarray, n: int) -> Callable[[], np.ndarray]:
+        """:meth:`ask` for ``n`` slots given as a bitmap over ``runs`` (the slots of this client's frames in a
+        window, :func:`labqfl.nodes.wire.slot_bits_fields`): what the Monte-Carlo's first pass drew, sent
+        without a copy or an encoding per slot."""
+        self._questions.put(slot_bits_fields(runs, words, n))
+        return lambda: self._answer(int(n))
+
+    def _answer(self, n: int) -> np.ndarray:
         try:
             got = self._answers.get(timeout=LINK_TIMEOUT_S)
         except queue.Empty:
             raise NodeError(f"client {self.client} did not answer its modulator link within {LINK_TIMEOUT_S:.0f} s") from None
         if isinstance(got, BaseException):
             raise got
-        if got.shape != s.shape:
-            raise NodeError(f"client {self.client} answered {got.size} codes for {s.size} slots (expected one per slot)")
+        if got.shape != (n,):
+            raise NodeError(f"client {self.client} answered {got.size} codes for {n} slots (expected one per slot)")
         if got.size and int(got.max()) >> 2 >= self.levels:
             raise NodeError(f"client {self.client} answered intensity level {int(got.max()) >> 2} (code "
                             f"{int(got.max())}); expected codes k·4 + a with k below its {self.levels} levels")
-        self.asked_slots += int(s.size)
+        self.asked_slots += n
         return got
 
     def codes(self, slots: np.ndarray) -> np.ndarray:

@@ -23,9 +23,11 @@ from typing import Any
 import numba
 import numpy as np
 
+from labqfl.bitops import cttz64
 from labqfl.qkd.messaging import Message, MessageError
 
-__all__ = ["decode_channels", "decode_gaps", "encode_channels", "encode_gaps", "warm_codec"]
+__all__ = ["decode_channels", "decode_gaps", "decode_slot_bits", "encode_channels", "encode_gaps", "slot_bits",
+           "slot_bits_fields", "warm_codec"]
 
 #: The widths a difference may travel in, narrowest first.
 GAP_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
@@ -165,12 +167,115 @@ def decode_gaps(msg: Message, *, base: int = 0, prefix: str = "", plain: str | N
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _bits_count(runs: np.ndarray, words: np.ndarray) -> np.int64:
+    """The number of slots of :func:`decode_slot_bits`'s fields, or a negative code: −1 runs not ascending,
+    disjoint and non-empty from slot 0 on, −2 the words not those the runs span, −3 a bit outside its run."""
+    n_words = 0
+    prev = np.int64(0)
+    for r in range(runs.shape[0] // 2):
+        lo, hi = runs[2 * r], runs[2 * r + 1]
+        if lo < prev or hi <= lo:
+            return np.int64(-1)
+        prev = hi
+        n_words += ((hi - 1) >> 6) - (lo >> 6) + 1
+    if n_words != words.shape[0]:
+        return np.int64(-2)
+    n = np.int64(0)
+    q = 0
+    for r in range(runs.shape[0] // 2):
+        lo, hi = runs[2 * r], runs[2 * r + 1]
+        nw = ((hi - 1) >> 6) - (lo >> 6) + 1
+        outside = words[q] & ~(~np.uint64(0) << np.uint64(lo & 63))
+        outside |= words[q + nw - 1] & ~(~np.uint64(0) >> np.uint64(63 - ((hi - 1) & 63)))
+        if outside != 0:
+            return np.int64(-3)
+        for k in range(q, q + nw):
+            w = words[k]
+            while w != 0:  # Kernighan's count: ≈ 17 set bits per word here
+                w &= w - np.uint64(1)
+                n += 1
+        q += nw
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _bits_slots(runs: np.ndarray, words: np.ndarray, out: np.ndarray) -> None:
+    """The slots of the set bits, ascending, into ``out`` (checked by :func:`_bits_count`): bit b of the
+    k-th word of run [lo, hi) is slot 64·(lo // 64 + k) + b."""
+    n = 0
+    q = 0
+    for r in range(runs.shape[0] // 2):
+        lo, hi = runs[2 * r], runs[2 * r + 1]
+        w0 = lo >> 6
+        for k in range(((hi - 1) >> 6) - w0 + 1):
+            w = words[q + k]
+            base = (w0 + k) << 6
+            while w != 0:
+                out[n] = base + np.int64(cttz64(w))  # type: ignore[call-arg]
+                n += 1
+                w &= w - np.uint64(1)
+        q += ((hi - 1) >> 6) - w0 + 1
+
+
+def slot_bits_fields(runs: np.ndarray, words: np.ndarray, n: int) -> dict[str, Any]:
+    """The fields carrying ``n`` ascending slots as a bitmap: ``runs`` (int64 rows [lo, hi), ascending and
+    disjoint) and ``words`` (uint64: for each run, the words lo // 64 … (hi − 1) // 64, bit s mod 64 set for
+    each slot s, no bit outside the run), as ``runs`` (flat), ``bits`` and ``n``. At the optics' candidate
+    density (≈ 27 % of a client's slots) one bit per slot of its frames is ≈ 0.46 bytes per slot against
+    the gaps' one byte. The inverse is :func:`decode_slot_bits`."""
+    return {"runs": np.ascontiguousarray(runs, dtype=np.int64).reshape(-1),
+            "bits": np.ascontiguousarray(words, dtype=np.uint64), "n": int(n)}
+
+
+def slot_bits(slots: np.ndarray, runs: np.ndarray) -> np.ndarray:
+    """The words of :func:`slot_bits_fields` for ``slots`` (ascending, each inside one of ``runs``)."""
+    s = np.asarray(slots, dtype=np.int64)
+    r = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+    spans = [np.arange(lo >> 6, ((hi - 1) >> 6) + 1) for lo, hi in r.tolist()]
+    first = np.cumsum([0] + [a.size for a in spans])
+    words = np.zeros(int(first[-1]), dtype=np.uint64)
+    run = np.searchsorted(r[:, 0], s, side="right") - 1
+    if s.size and (int(run.min()) < 0 or bool((s >= r[run, 1]).any())):
+        raise ValueError("slot_bits: a slot outside every run")
+    at = first[run] + (s >> 6) - (r[run, 0] >> 6)
+    np.bitwise_or.at(words, at, np.left_shift(np.uint64(1), (s & 63).astype(np.uint64)))
+    return words
+
+
+def decode_slot_bits(msg: Message) -> np.ndarray:
+    """The ascending slots (int64) of :func:`slot_bits_fields`'s fields in ``msg``. Runs not ascending and
+    disjoint, words not the ones the runs span, a bit outside its run, or a count other than ``n`` raise
+    :class:`MessageError` naming the message and the field."""
+    runs = _int_array(msg, "runs", np.int64)
+    words = msg.get("bits")
+    if not isinstance(words, np.ndarray) or words.ndim != 1 or words.dtype != np.uint64:
+        raise MessageError(f"{msg.kind}: field 'bits' is {_what(words)} (expected a 1-D array of uint64)")
+    n_said = msg.get("n")
+    if runs.size % 2:
+        raise MessageError(f"{msg.kind}: field 'runs' has {runs.size} values (expected pairs lo, hi)")
+    n = int(_bits_count(np.ascontiguousarray(runs), np.ascontiguousarray(words)))
+    if n == -1:
+        raise MessageError(f"{msg.kind}: field 'runs' is not ascending, disjoint, non-empty runs [lo, hi) of slots >= 0")
+    if n == -2:
+        raise MessageError(f"{msg.kind}: field 'bits' has {words.size} words (expected the words its runs span)")
+    if n == -3:
+        raise MessageError(f"{msg.kind}: field 'bits' sets a bit outside its run (expected slots inside the runs only)")
+    if not isinstance(n_said, int) or n_said != n:
+        raise MessageError(f"{msg.kind}: field 'n' is {n_said!r} but the bits hold {n} slots")
+    out = np.empty(n, np.int64)
+    _bits_slots(np.ascontiguousarray(runs), np.ascontiguousarray(words), out)
+    return out
+
+
 def warm_codec() -> None:
     """Load the codec's kernels for every width (tiny public arrays), so that a node's first message of
     an acquisition does not load (or, on a cold Numba cache, compile) them mid-protocol."""
     for t in GAP_DTYPES:
         f = encode_gaps(np.array([1, 3, 1 << 40], np.int64), dtype=t)
         decode_gaps(Message("warm", dict(f)))
+    runs = np.array([[1, 70]], np.int64)
+    decode_slot_bits(Message("warm", slot_bits_fields(runs, slot_bits(np.array([1, 69], np.int64), runs), 2)))
 
 
 def encode_channels(channels: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The optics' ``mod/query``: the asked slots as one-byte gaps, decoded exactly by the client."""
+"""The optics' ``mod/query``: the asked slots as a bitmap over runs or as one-byte gaps, decoded exactly by the client."""
 
 from __future__ import annotations
 
@@ -69,3 +69,43 @@ def test_the_optics_refuses_an_answer_with_a_level_the_client_does_not_have_or_t
         answer([0, 12, 1])
     with pytest.raises(NodeError, match="C2 answered 2 codes for 3 slots"):
         answer([0, 1])
+
+
+def _bits_query(slots: np.ndarray, runs: np.ndarray) -> dict:
+    from labqfl.nodes.wire import slot_bits, slot_bits_fields
+
+    return slot_bits_fields(runs, slot_bits(slots, runs), slots.size)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_query_as_a_bitmap_over_runs_round_trips_and_is_about_half_a_byte_per_slot(seed):
+    """The Monte-Carlo's questions: the asked slots as one bit per slot of the client's runs (runs that
+    begin and end anywhere inside a 64-slot word), read back exactly and in order by the client."""
+    rng = np.random.default_rng(seed)
+    edges = np.sort(rng.choice(np.arange(1, 400_000), 2 * int(rng.integers(1, 8)), replace=False)) + (1 << 33)
+    runs = edges.reshape(-1, 2)
+    slots = np.concatenate([lo + np.flatnonzero(rng.random(hi - lo) < 0.27) for lo, hi in runs.tolist()])
+    msg = Message("mod/query", _bits_query(slots, runs))
+    got = query_slots(decode_message(encode_message(msg)))
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, slots)
+    assert len(encode_message(msg)) < 0.5 * slots.size + 16 * runs.shape[0] + 300
+
+
+def test_a_malformed_bitmap_query_is_refused_naming_the_field():
+    runs = np.array([[10, 300], [700, 900]], np.int64)
+    slots = np.array([10, 64, 299, 700, 899], np.int64)
+    good = _bits_query(slots, runs)
+    np.testing.assert_array_equal(query_slots(Message("mod/query", dict(good))), slots)
+    cases = {
+        "not ascending": ({"runs": np.array([700, 900, 10, 300], np.int64)}, "field 'runs' is not ascending"),
+        "empty run": ({"runs": np.array([10, 10, 700, 900], np.int64)}, "field 'runs' is not ascending"),
+        "odd runs": ({"runs": np.array([10, 300, 700], np.int64)}, "expected pairs lo, hi"),
+        "words": ({"bits": good["bits"][:-1]}, "words its runs span"),
+        "outside": ({"bits": good["bits"] | np.uint64(1)}, "outside its run"),  # slot 0 < 10
+        "count": ({"n": 4}, "field 'n' is 4 but the bits hold 5 slots"),
+        "dtype": ({"bits": good["bits"].astype(np.int64)}, "expected a 1-D array of uint64"),
+    }
+    for name, (change, match) in cases.items():
+        with pytest.raises(MessageError, match=match):
+            query_slots(Message("mod/query", {**good, **change}))

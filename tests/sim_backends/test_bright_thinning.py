@@ -120,17 +120,23 @@ def test_segment_bright_follows_its_rule_slot_by_slot():
     pat = np.zeros(1, np.uint8)
     none_i, none_b = np.zeros(0, np.int64), np.zeros(0, np.uint8)
 
+    bits_w0 = s0 >> 6
+    bits = np.zeros(((s0 + n_slots - 1) >> 6) - bits_w0 + 1, np.uint64)
+
     def run(how, ci, cj, wi, wj, cand=none_i, flags=none_b):
         out_s, out_o = np.zeros(n_slots, np.int64), np.zeros(n_slots, np.uint8)
         n, rng_out, _ = K._segment_bright(np.int64(seg), np.int64(s0 + n_slots), np.int64(s0), np.uint64(99), pmax, q_lo, r,
                                     glo, ghi, table, ci, wi, 0, pat, top_i, cj, wj, 0, pat, top_j,
                                     0, 0.0, np.uint64(0), np.uint64(key_acc), np.uint64(key_extra),
-                                    out_s, out_o, 0, how, 0, cand, flags)
+                                    out_s, out_o, 0, how, 0, cand, flags, bits, np.int64(bits_w0))
         drawn.append(rng_out)
         return out_s[:n], out_o[:n]
 
     drawn: list[np.uint64] = []
     cs, cf = run(1, codes[0], codes[1], words[0], words[1])
+    # the first pass's candidate bitmap (the modulator links' questions) holds exactly its candidates
+    set_bits = np.flatnonzero(np.unpackbits(bits.view(np.uint8), bitorder="little")) + 64 * bits_w0
+    np.testing.assert_array_equal(set_bits, cs)
     slots = np.arange(s0, s0 + n_slots)
     e_thr = math.ceil(r * 2.0**53)
     in_e = np.array([_v(key_extra, int(s)) < e_thr for s in slots])

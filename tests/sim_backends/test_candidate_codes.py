@@ -252,3 +252,53 @@ def test_signal_rows_too_short_for_a_chunks_clicks_are_grown_and_give_the_same_t
     assert t0.size > 1000
     np.testing.assert_array_equal(t1, t0)
     np.testing.assert_array_equal(c1, c0)
+
+
+class _BitsRecorder(_AskRecorder):
+    """A remote client's link that is asked with the window's candidate bitmap (``ask_bits``, as the optics'
+    modulator links are): the question goes through the wire's encoding and the client's decoding."""
+
+    def ask_bits(self, runs: np.ndarray, words: np.ndarray, n: int) -> Any:
+        from labqfl.nodes.optics import query_slots
+        from labqfl.nodes.wire import slot_bits_fields
+        from labqfl.qkd.messaging import Message, decode_message, encode_message
+
+        slots = query_slots(decode_message(encode_message(Message("mod/query", slot_bits_fields(runs, words, n)))))
+        return self.ask(slots)
+
+
+def _single_rate_misaligned_frames() -> Any:
+    """The embedded station with a dim decoy (one thinning rate, ``_segment``) and frames of 1000 slots
+    (runs that begin and end inside a 64-slot word of the bitmap)."""
+    cfg = load_station_config()
+    cfg.schedule.slots_per_frame = 1000
+    for c in cfg.clients:
+        c.intensities = [0.03, 0.1, 0.0]
+    return cfg
+
+
+@pytest.mark.parametrize("station", ["embedded", "single rate, 1000-slot frames"])
+def test_links_asked_with_the_candidate_bitmap_are_asked_the_same_slots_and_give_the_same_tags(station):
+    """The optics asks a link that has ``ask_bits`` with the first pass's candidate bitmap over the runs of
+    the client's frames instead of the grouped slots: every client is asked about exactly the slots the
+    grouping gives (in the same order), and the tags are those of the drive patterns, on the embedded station
+    (two rates) and on one with a single rate and frames that do not fill whole 64-slot words."""
+    cfg = load_station_config() if station == "embedded" else _single_rate_misaligned_frames()
+    logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
+                                    basis_x_prob=c.basis_x_prob) for c in cfg.clients}
+    runs = {}
+    for kind in ("patterns", _AskRecorder, _BitsRecorder):
+        tb = SagnacTestbed(cfg, threads=2)
+        tb.modulation_on_demand = kind != "patterns"
+        links = {n: kind(lg) for n, lg in logs.items()} if kind != "patterns" else logs
+        blocks = list(tb.stream_with(dict(links), 0.003, 0.001))
+        asked = {n: np.concatenate(lk.asked) for n, lk in links.items()} if kind != "patterns" else {}
+        runs[kind] = (np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks]), asked)
+    (tp, cp, _), (ts, cs, asked_s), (tb_, cb, asked_b) = runs.values()
+    assert tp.size > 1000
+    for t, c in ((ts, cs), (tb_, cb)):
+        np.testing.assert_array_equal(t, tp)
+        np.testing.assert_array_equal(c, cp)
+    for n in asked_s:
+        assert asked_s[n].size > 10_000
+        np.testing.assert_array_equal(asked_b[n], asked_s[n])
