@@ -11,9 +11,10 @@ import math
 
 import numba as nb
 import numpy as np
-from labqfl.bitops import cttz64 as _cttz64
 from labqfl.sim_backends.qrng import mix64
 from scipy.special import ndtri
+
+from labqfl.bitops import cttz64 as _cttz64
 
 _G = np.uint64(0x9E3779B97F4A7C15)
 _G2 = np.uint64(0xD1B54A32D192ED03)
@@ -629,8 +630,7 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
     # in about one of eight), then only those are clicked, in order.
     cap = out_slot.shape[0]
     scale_lo = q_lo / pmax
-    n_cand = cand.shape[0]
-    kend = kc + np.searchsorted(cand[kc:], seg_end)  # the segment's candidates: ascending slots
+    kend = kc + int(np.searchsorted(cand[kc:], seg_end))  # the segment's candidates: ascending slots
     pick = np.empty(_PICK, dtype=np.int64)
     plain = mode_i == 0 and mode_j == 0 and eve_side == 0
     for p0 in range(kc, kend, _PICK):

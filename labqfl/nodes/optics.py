@@ -53,7 +53,14 @@ from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.net import ServedSession
 from labqfl.nodes.common import Node, NodeError, ok
-from labqfl.nodes.wire import decode_channels, decode_gaps, decode_slot_bits, encode_channels, encode_gaps, slot_bits_fields
+from labqfl.nodes.wire import (
+    decode_channels,
+    decode_gaps,
+    decode_slot_bits,
+    encode_channels,
+    encode_gaps,
+    slot_bits_fields,
+)
 from labqfl.qkd.messaging import Message, MessageError
 
 log = get_logger(__name__)

@@ -106,6 +106,6 @@ def test_a_malformed_bitmap_query_is_refused_naming_the_field():
         "count": ({"n": 4}, "field 'n' is 4 but the bits hold 5 slots"),
         "dtype": ({"bits": good["bits"].astype(np.int64)}, "expected a 1-D array of uint64"),
     }
-    for name, (change, match) in cases.items():
+    for change, match in cases.values():
         with pytest.raises(MessageError, match=match):
             query_slots(Message("mod/query", {**good, **change}))
