@@ -654,7 +654,9 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                 out_outcome[n] = o
                 n += int(o != 0)
             continue
-        for t in range(m):  # the same without a check per click, and _click's modes as constants when plain
+        # the same without a check per click, and _click's modes as constants when plain (the two calls
+        # written out as in _segment_patterns: an inline helper choosing between them cost 15 % here, A/B)
+        for t in range(m):
             k = pick[t]
             c = cand[k]
             ci_ = np.int64(codes_i[k])
