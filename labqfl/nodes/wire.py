@@ -1,7 +1,9 @@
-"""Compact, exactly invertible encodings of the node pipeline's bulk arrays (the one gap codec).
+"""Compact, exactly invertible encodings of the node pipeline's bulk arrays (the one gap codec, and the
+slot bitmap of the optics' questions).
 
 The nodes' high-rate messages carry int64 sequences that ascend in small steps: the optics' asked
-slots (``mod/query``, :mod:`labqfl.nodes.optics`), the tagger's timestamps (``tags/block``, optics →
+slots asked one by one (``mod/query``, :mod:`labqfl.nodes.optics`; a window's questions travel as the
+Monte-Carlo's candidate bitmap instead, :func:`slot_bits_fields`), the tagger's timestamps (``tags/block``, optics →
 detector) and each pair's announced slots (``ann/chunks``, detector → client,
 :mod:`labqfl.nodes.detector`). They travel as their differences d_n = v_n − v_{n−1} (v_{−1} = the
 ``base`` both ends know) in the narrowest unsigned width — ``uint8``, ``uint16`` or ``uint32``, the
