@@ -25,7 +25,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from labqfl.bitops import cttz64
+from labqfl.bitops import cttz64, popcount64
 from labqfl.qkd.messaging import Message, MessageError
 
 __all__ = ["decode_channels", "decode_gaps", "decode_slot_bits", "encode_channels", "encode_gaps", "slot_bits",
@@ -193,30 +193,41 @@ def _bits_count(runs: np.ndarray, words: np.ndarray) -> np.int64:
         if outside != 0:
             return np.int64(-3)
         for k in range(q, q + nw):
-            w = words[k]
-            while w != 0:  # Kernighan's count: ≈ 17 set bits per word here
-                w &= w - np.uint64(1)
-                n += 1
+            n += np.int64(popcount64(words[k]))  # type: ignore[call-arg]
         q += nw
     return n
 
 
 @numba.njit(cache=True, nogil=True)
 def _bits_slots(runs: np.ndarray, words: np.ndarray, out: np.ndarray) -> None:
-    """The slots of the set bits, ascending, into ``out`` (checked by :func:`_bits_count`): bit b of the
-    k-th word of run [lo, hi) is slot 64·(lo // 64 + k) + b."""
-    n = 0
+    """The slots of the set bits, ascending, into ``out`` (checked by :func:`_bits_count`; room for 3 more):
+    bit b of the k-th word of run [lo, hi) is slot 64·(lo // 64 + k) + b. Four bits per step, each by
+    ``cttz`` of the word with bit 63 forced (a step past the word's last bit writes junk past its slots,
+    overwritten by the next word's or left beyond ``n``): 0.66 against 0.90 ms for a window's 690 000
+    slots one bit per step (Zen 3)."""
+    n = np.uint64(0)
     q = 0
+    top = np.uint64(1) << np.uint64(63)
+    one = np.uint64(1)
     for r in range(runs.shape[0] // 2):
         lo, hi = runs[2 * r], runs[2 * r + 1]
         w0 = lo >> 6
         for k in range(((hi - 1) >> 6) - w0 + 1):
             w = words[q + k]
             base = (w0 + k) << 6
-            while w != 0:
-                out[n] = base + np.int64(cttz64(w))  # type: ignore[call-arg]
-                n += 1
-                w &= w - np.uint64(1)
+            c: np.uint64 = popcount64(w)  # type: ignore[call-arg]
+            i = np.uint64(0)
+            while i < c:
+                out[n + i] = base + np.int64(cttz64(w | top))  # type: ignore[call-arg]
+                w &= w - one
+                out[n + i + one] = base + np.int64(cttz64(w | top))  # type: ignore[call-arg]
+                w &= w - one
+                out[n + i + np.uint64(2)] = base + np.int64(cttz64(w | top))  # type: ignore[call-arg]
+                w &= w - one
+                out[n + i + np.uint64(3)] = base + np.int64(cttz64(w | top))  # type: ignore[call-arg]
+                w &= w - one
+                i += np.uint64(4)
+            n += c
         q += ((hi - 1) >> 6) - w0 + 1
 
 
@@ -265,9 +276,9 @@ def decode_slot_bits(msg: Message) -> np.ndarray:
         raise MessageError(f"{msg.kind}: field 'bits' sets a bit outside its run (expected slots inside the runs only)")
     if not isinstance(n_said, int) or n_said != n:
         raise MessageError(f"{msg.kind}: field 'n' is {n_said!r} but the bits hold {n} slots")
-    out = np.empty(n, np.int64)
+    out = np.empty(n + 3, np.int64)
     _bits_slots(np.ascontiguousarray(runs), np.ascontiguousarray(words), out)
-    return out
+    return out[:n]
 
 
 def warm_codec() -> None:

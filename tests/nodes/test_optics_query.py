@@ -109,3 +109,15 @@ def test_a_malformed_bitmap_query_is_refused_naming_the_field():
     for change, match in cases.values():
         with pytest.raises(MessageError, match=match):
             query_slots(Message("mod/query", {**good, **change}))
+
+
+def test_bitmap_words_full_empty_or_with_only_the_top_bit_read_back_exactly():
+    """The decoder takes four bits per step with bit 63 forced (labqfl.nodes.wire._bits_slots): words with
+    every bit set, none, only bit 63, or a count not a multiple of four still give exactly their slots."""
+    base = 1 << 20
+    runs = np.array([[base, base + 64 * 6]], np.int64)
+    cases = [np.arange(64), np.zeros(0, np.int64), np.array([63]), np.array([0, 63]), np.array([1, 2, 3, 62, 63]),
+             np.arange(0, 64, 3)]
+    slots = np.concatenate([base + 64 * k + c for k, c in enumerate(cases)]).astype(np.int64)
+    got = query_slots(decode_message(encode_message(Message("mod/query", _bits_query(slots, runs)))))
+    np.testing.assert_array_equal(got, slots)
