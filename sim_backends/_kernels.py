@@ -640,22 +640,10 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
             pick[m] = k
             m += int(((np.int64(codes_i[k]) >> 2) == top_i) | ((np.int64(codes_j[k]) >> 2) == top_j)
                      | (cand_lo[k] != 0))
-        if n + m > cap:  # perhaps no room for every click of the piece: checked per click
-            for t in range(m):
-                k = pick[t]
-                ci_ = np.int64(codes_i[k])
-                cj_ = np.int64(codes_j[k])
-                bright = (ci_ >> 2) == top_i or (cj_ >> 2) == top_j
-                o = _click(cand[k], ci_, cj_, mode_i, pat_i, mode_j, pat_j, eve_side, eve_frac, key_eve, key_acc,
-                           1.0 if bright else scale_lo, table)
-                if n >= cap:
-                    return -1, rng, k
-                out_slot[n] = cand[k]
-                out_outcome[n] = o
-                n += int(o != 0)
-            continue
-        # the same without a check per click, and _click's modes as constants when plain (the two calls
-        # written out as in _segment_patterns: an inline helper choosing between them cost 15 % here, A/B)
+        if n + m > cap:  # perhaps no room for every click of the piece: the row is too short, the pass is rerun
+            return -1, rng, p0
+        # no check per click, and _click's modes as constants when plain (the two calls written out as in
+        # _segment_patterns: an inline helper choosing between them cost 15 % here, A/B)
         for t in range(m):
             k = pick[t]
             c = cand[k]

@@ -606,7 +606,7 @@ class SagnacTestbed:
         return codes
 
     def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
-                        frame: int, bits: tuple[np.ndarray, int, int, int] | None = None
+                        frame: int, bits: tuple[np.ndarray, int, int] | None = None
                         ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
@@ -617,7 +617,8 @@ class SagnacTestbed:
         run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing. The
         questions go out now; the returned call waits for the answers and scatters them.
 
-        ``bits`` = (the window's candidate bitmap of the first pass, its first word, s0, s1): a log with
+        ``bits`` = (the window's candidate bitmap of the first pass, its window's s0, s1; word 0 is slots
+        64·(s0 // 64) …): a log with
         ``ask_bits(runs, words, n)`` (a remote client's modulator link) is asked with the words of that
         bitmap over the runs of its frames instead (:func:`_kernels.client_bits`; one bit per slot of its
         frames, against a byte per asked slot as gaps), so nothing is copied or encoded per candidate
@@ -630,7 +631,7 @@ class SagnacTestbed:
                                                   pa["ci"], pa["cj"], np.int64(n_clients), not all(by_bits))
         out_i, out_j = np.zeros((rows, width), np.uint8), np.zeros((rows, width), np.uint8)
         bounds = offsets.tolist()
-        client_runs = self._client_runs(bits[2], bits[3], pa, frame) if bits is not None and any(by_bits) else {}
+        client_runs = self._client_runs(bits[1], bits[2], pa, frame) if bits is not None and any(by_bits) else {}
         answers: list[tuple[int, Callable[[], Any]]] = []
         for c in range(n_clients):  # every client asked before any answer is awaited (remote clients: in parallel)
             lo, hi = bounds[c], bounds[c + 1]
@@ -639,7 +640,7 @@ class SagnacTestbed:
             if by_bits[c]:
                 assert bits is not None
                 rs = np.array(client_runs[c], dtype=np.int64)
-                answers.append((c, acq.logs[c].ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1]), rs), hi - lo)))
+                answers.append((c, acq.logs[c].ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1] >> 6), rs), hi - lo)))
             else:
                 answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
 
@@ -758,7 +759,7 @@ class SagnacTestbed:
 
         # the first pass's candidates also as a bitmap of the window (the modulator links' questions)
         bits_w0 = s0 >> 6
-        cand_bits = np.zeros(((s1 - 1) >> 6) - bits_w0 + 1 if self.modulation_on_demand else 1, dtype=np.uint64)
+        cand_bits = np.empty(((s1 - 1) >> 6) - bits_w0 + 1 if self.modulation_on_demand else 1, dtype=np.uint64)
 
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
@@ -776,7 +777,7 @@ class SagnacTestbed:
             cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name,
                                                    bits=cand_bits)
             cand_n = sig_n.copy()
-            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, bits_w0, s0, s1))
+            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, s0, s1))
 
             def clicked() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 cand_i, cand_j = codes_of()

@@ -228,7 +228,7 @@ def test_the_slots_a_client_is_asked_about_do_not_depend_on_any_clients_choices(
 def test_signal_rows_too_short_for_a_chunks_clicks_are_grown_and_give_the_same_tags(on_demand, monkeypatch):
     """The signal kernel's rows start at 16 clicks per chunk here instead of 4096: every chunk overflows,
     the pass is rerun with longer rows until all fit (the second pass checks the room once per piece of
-    candidates and per click only where a piece might not fit), and the tags are those of the default rows."""
+    candidates and reruns where a piece might not fit), and the tags are those of the default rows."""
     cfg = load_station_config()
     logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
                                     basis_x_prob=c.basis_x_prob) for c in cfg.clients}
