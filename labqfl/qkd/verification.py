@@ -39,10 +39,11 @@ def verification_tag_length(eps_cor: float) -> int:
 
 
 def _pack_words(bits: np.ndarray, n_words: int) -> np.ndarray:
-    """Little-endian packing: bit b of word w is bits[64·w + b]."""
-    padded = np.zeros(n_words * 64, dtype=np.uint8)
-    padded[: bits.size] = bits
-    return np.packbits(padded, bitorder="little").view("<u8").copy()
+    """Little-endian packing: bit b of word w is bits[64·w + b] (zeros past the end)."""
+    out = np.zeros(n_words * 8, dtype=np.uint8)
+    packed = np.packbits(bits, bitorder="little")
+    out[: packed.size] = packed
+    return out.view("<u8")
 
 
 @numba.njit(cache=True, nogil=True)
@@ -86,8 +87,9 @@ def hash_tag(bits: np.ndarray, seed_bits: np.ndarray, t: int) -> np.ndarray:
         raise QKDInputError(f"verification: tag length must be 1..min(64, n={n}), got {t}")
     L = n + t - 1
     require_bits("seed_bits", seed_bits, L)
-    # Row i of T is the window q[t-1-i : t-1-i+n] of q[s] = seed[(t-1-s) mod L].
-    q = seed_bits[(t - 1 - np.arange(L)) % L]
+    # Row i of T is the window q[t-1-i : t-1-i+n] of q[s] = seed[(t-1-s) mod L], that is
+    # seed[t-1], …, seed[0] and then seed[L-1], …, seed[t]: two reversed slices, no index array.
+    q = np.concatenate((seed_bits[t - 1::-1], seed_bits[:t - 1:-1]))
     n_words = (n + 63) // 64
     X = _pack_words(bits, n_words)
     Q = _pack_words(q, (L + 63) // 64 + 2)
