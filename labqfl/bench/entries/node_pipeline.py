@@ -23,8 +23,9 @@ ends, the verification hash and the decoy-state LPs have then run once in every 
 timed part uses (each client node in the roles it holds, Ci or Cj; the in-process pipeline in its one
 process). The Toeplitz hash takes another kernel path for the timed part's larger blocks (output at
 least 1/8 of the input) than for the warm-up's: each client node loads both paths when it starts
-(:func:`labqfl.nodes.client.warm_toeplitz`, in start-up, not in the figure), the in-process path
-calls the same after its warm-up. So Numba's cache is loaded (in a fresh checkout: compiled) outside
+(:func:`labqfl.nodes.client.warm_distillation`, in start-up, not in the figure: with Cascade and the
+verification tag, which the main job's figure has no warm-up run to load), the in-process path calls the
+same after its warm-up. So Numba's cache is loaded (in a fresh checkout: compiled) outside
 the timing. The warm-up's final key per pair is in the details (``warmup_final_key_bits_*``). Until
 2026-12-04 the warm-up was 0.01 s (networked) and 0.002 s (in process), which closed no block: the
 block kernels loaded inside the timed part.
@@ -74,7 +75,7 @@ def _in_process(station: Path | None, duration: float, settings: Any, tmp: Path,
     """The in-process pipeline (``warmup`` 0: no warm-up, as the main job)."""
     from labqfl.config import load_station_config
     from labqfl.keystore import KeyStore
-    from labqfl.nodes.client import warm_toeplitz
+    from labqfl.nodes.client import warm_distillation
     from labqfl.qkd.pipeline import Distiller, KeyStoreSink
     from labqfl.sim_backends import SagnacTestbed
 
@@ -90,7 +91,7 @@ def _in_process(station: Path | None, duration: float, settings: Any, tmp: Path,
             for b in blocks:
                 d.push(b)
             res_w = d.finish(int(round(warmup * cfg.laser.rep_rate_hz)))
-        warm_toeplitz()  # both amplification paths, as each client node at its start
+        warm_distillation(settings.engine)  # as each client node at its start
         t0 = time.perf_counter()
         blocks = tb.stream(duration)
         d = Distiller(cfg, tb.client_logs(), KeyStoreSink(stores), settings)
