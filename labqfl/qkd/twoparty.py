@@ -97,6 +97,7 @@ from labqfl.qkd.sifting import (
 )
 from labqfl.qkd.spool import TranscriptSpool
 from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+from labqfl.qkd.transcript_entries import announcement_entry
 from labqfl.qkd.verification import hash_tag, verification_tag_length
 
 log = get_logger(__name__)
@@ -255,16 +256,6 @@ class BlockOutcome:
 
 class _Refused(LabqflError):
     """This end refuses the current block (the message is the reason)."""
-
-
-def announcement_entry(ann: Announcements, lo: int, hi: int, n_slots: int) -> bytes:
-    """The transcript's local entry for the detector's announcements of slots ``[lo, hi)`` as one
-    end received them: slot range, measured slots, count, slot indices (int64) and outcomes (uint8),
-    little-endian. Injective for a given chunk layout (fixed-size header, lengths from the count)."""
-    slots = np.ascontiguousarray(ann.slots, dtype="<i8")
-    outcomes = np.ascontiguousarray(ann.outcomes, dtype=np.uint8)
-    head = np.array([lo, hi, n_slots, slots.size, outcomes.size], dtype="<i8").tobytes()
-    return b"ann/" + head + slots.tobytes() + outcomes.tobytes()
 
 
 def _alice(engine: str, bits: np.ndarray) -> Any:

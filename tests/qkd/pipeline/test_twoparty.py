@@ -338,6 +338,7 @@ def test_local_entries_count_in_the_transcript_length_and_the_forgery_bound():
     """final_words (hence ε_auth = attempts·(L/2^64)^lanes) includes the absorbed announcements."""
     from labqfl.contracts.types import Announcements
     from labqfl.qkd.authentication import BitPool, TranscriptAuthenticator, forgery_probability
+    from labqfl.qkd.transcript_entries import read_announcement_entry
     from labqfl.qkd.twoparty import TranscriptEnd, announcement_entry
 
     bits = np.random.default_rng(3).integers(0, 2, 4096, dtype=np.uint8)
@@ -357,7 +358,8 @@ def test_local_entries_count_in_the_transcript_length_and_the_forgery_bound():
     words = lambda nbytes: -(-(9 + nbytes) // 8)  # noqa: E731  (direction byte, u64 length, payload)
     assert ends[2].final_words == words(len(msg)) + 1
     assert ends[0].final_words == ends[1].final_words == ends[2].final_words + words(len(entry))
-    assert len(entry) >= 8 * 429 + 429  # every slot index and outcome is in the entry
+    _, _, _, slots, outcomes = read_announcement_entry(entry)  # every slot index and outcome is in the entry
+    assert np.array_equal(slots, ann.slots) and np.array_equal(outcomes, ann.outcomes)
     from labqfl.qkd.authentication import transcript_forgery_probability
 
     assert transcript_forgery_probability(ends[0], ends[1], 2) == 2 * forgery_probability(ends[0].final_words, 2)
