@@ -244,8 +244,8 @@ def decoy_yield_bounds(
     targets: (r, s) pairs to bound (default: all 16); others get [0, 1].
     lower: also compute lower bounds (else ``y_lower`` is all zeros).
 
-    One linear program per bound (HiGHS, warm-started from bound to bound: :class:`_YieldLp`). A small relative margin (1e-7) is added to
-    protect the bounds against solver tolerance.
+    One linear program per bound (HiGHS, warm-started from bound to bound), each bound certified by LP
+    duality (:class:`_YieldLp`); a small relative margin (1e-7) is added on top, against rounding.
 
     The result is a deterministic function of the arguments, so it is memoised on their exact
     values (the float bits of every gain bound; :data:`_BOUNDS_MEMO_SIZE` recent calls): the two
@@ -279,14 +279,37 @@ _BOUNDS_LOCK = threading.Lock()
 class _YieldLp:
     """The decoy LP of one set of gain bounds, max/min y_rs subject to A·y ≤ b and 0 ≤ y ≤ 1, as ONE
     HiGHS model whose objective changes from bound to bound: each solve starts from the last one's
-    optimal basis (a few simplex iterations) instead of from scratch. Same solver as SciPy's
-    ``linprog(method="highs")``, which labqfl called per bound until 2026-12-05: on the default
-    station's pairs at 10^7 … 10^10 slots the bounds agree to 2·10^-13 (relative), and the eight
-    bounds of a block take ≈ 5 ms instead of ≈ 24 (the per-call set-up and presolve were most of it).
+    optimal basis (a few simplex iterations) instead of from scratch; the eight bounds of a block take
+    ≈ 5 ms instead of the ≈ 24 of one SciPy ``linprog(method="highs")`` per bound (labqfl's solver until
+    2026-12-05, whose per-call set-up and presolve were most of it).
+
+    **Each bound is certified by LP duality, not read off the solver's primal value** (:meth:`bound`):
+    for any row multipliers λ ≥ 0, weak duality gives
+
+        max y_c ≤ b·λ + Σ_i max(0, e_c − Aᵀλ)_i,     min y_c ≥ Σ_i min(0, e_c + Aᵀλ)_i − b·λ
+
+    over the box 0 ≤ y ≤ 1, whatever the solver's tolerances or whether it stopped at the optimum; the
+    solver's row duals supply λ (either sign convention is tried, and λ = 0, the box itself), so an
+    accurate solve gives a tight bound and an inaccurate one a looser but still valid bound. The
+    gains' rows are normalised by the gain (:func:`_constraint_rows`), so coefficients span ~10 to
+    ~10^6 and the asymptotic case (lower = upper gain: a thin feasible set) is ill-conditioned: there,
+    on the default station's C1-C4 at its optimised point, HiGHS's primal "optimum" for Y_20 came out
+    0.532 (SciPy), 1.0 (this model at the default 10^-7 tolerances) or 0.524 at 10^-10 tolerances — the
+    last *below* a feasible point at 0.532, i.e. not a valid upper bound; its duals certified only 0.538.
+    With feasibility tolerances of 10^-8 the certificate is 0.532. On the finite-size LPs (gain bounds
+    with slack) the certified upper bounds lie within 3.4·10^-8 (relative) of SciPy's primal values on
+    the default station's pairs at 10^6 … 10^12 slots, inside the 10^-7 margin the bounds always got;
+    on random lossy channels (tests/qkd/security/test_decoy_fast.py) HiGHS's duals sometimes certify
+    a feasible primal optimum only to ≈ 4·10^-6 (relative), whatever the tolerances: the bound is then
+    that much looser (never tighter than the truth), where the primal value plus 10^-7 might not
+    have been a bound at all.
 
     ``highspy._core._Highs`` is the solver class that :class:`highspy.Highs` extends with Python
     callbacks; installing them prints HiGHS's banner on standard output at the first construction,
     which would corrupt ``--json`` output. Nothing here needs callbacks."""
+
+    #: HiGHS primal and dual feasibility tolerances (its default 10^-7; class docstring)
+    TOLERANCE = 1e-8
 
     def __init__(self, A: np.ndarray, b: np.ndarray) -> None:
         m, n = A.shape
@@ -300,27 +323,67 @@ class _YieldLp:
         lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(np.bincount(cols[0], minlength=n))]).astype(np.int32)
         lp.a_matrix_.index_ = cols[1].astype(np.int32)
         lp.a_matrix_.value_ = A.T[cols].astype(float)
-        self.n = n
+        self.A, self.b, self.n = A, np.asarray(b, dtype=float), n
         self.h = _Highs()
         self.h.setOptionValue("output_flag", False)
+        self._tolerance(self.TOLERANCE)
         self.h.passModel(lp)
         self._cols = np.arange(n, dtype=np.int32)
 
-    def solve(self, col: int, sense: ObjSense) -> tuple[HighsModelStatus, float]:
-        """Optimise y[col] in ``sense``: the model status and the optimal value."""
+    def bound(self, col: int, upper: bool) -> tuple[bool, float]:
+        """(feasible, bound): the largest (``upper``) or smallest value of y[col] over the LP, as the
+        duality certificate of the class docstring; ``feasible`` False when HiGHS finds no y at all.
+        When a solve's certificate lies further than 10^-9 (relative) from its primal value (its duals
+        are not accurate enough to certify its optimum), the LP is solved again from scratch, then
+        from scratch with the tolerances at 10^-9 and 10^-10; the tightest certificate is kept."""
         c = np.zeros(self.n)
         c[col] = 1.0
-        self.h.changeObjectiveSense(sense)
+        self.h.changeObjectiveSense(ObjSense.kMaximize if upper else ObjSense.kMinimize)
         self.h.changeColsCost(self.n, self._cols, c)
-        self.h.run()
-        return self.h.getModelStatus(), float(self.h.getInfo().objective_function_value)
+        best = 1.0 if upper else 0.0  # λ = 0: the box
+        try:
+            for fresh, tol in _RESOLVES:
+                if fresh:
+                    self._tolerance(tol)
+                    self.h.clearSolver()
+                self.h.run()
+                if self.h.getModelStatus() == HighsModelStatus.kInfeasible:
+                    return False, math.nan
+                best = self._certificate(c, upper, best)
+                primal = float(self.h.getInfo().objective_function_value)
+                if abs(best - primal) <= 1e-9 * max(abs(primal), 1e-12):
+                    break
+        finally:
+            self._tolerance(self.TOLERANCE)
+        return True, best
+
+    def _tolerance(self, tol: float) -> None:
+        self.h.setOptionValue("primal_feasibility_tolerance", tol)
+        self.h.setOptionValue("dual_feasibility_tolerance", tol)
+
+    def _certificate(self, c: np.ndarray, upper: bool, best: float) -> float:
+        """``best`` tightened by the weak-duality bounds of the last solve's row duals (both signs)."""
+        duals = np.asarray(self.h.getSolution().row_dual, dtype=float)
+        for lam in (np.maximum(duals, 0.0), np.maximum(-duals, 0.0)):
+            g = self.A.T @ lam
+            if upper:
+                best = min(best, float(self.b @ lam + np.maximum(0.0, c - g).sum()))
+            else:
+                best = max(best, float(np.minimum(0.0, c + g).sum() - self.b @ lam))
+        return best
+
+
+#: :meth:`_YieldLp.bound`'s solves of one bound: (from scratch, tolerances), until one certifies its optimum
+_RESOLVES: tuple[tuple[bool, float], ...] = ((False, _YieldLp.TOLERANCE), (True, _YieldLp.TOLERANCE), (True, 1e-9),
+                                             (True, 1e-10))
 
 
 def _decoy_yield_bounds(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
     targets: Sequence[tuple[int, int]] | None, lower: bool,
 ) -> DecoyBounds:
-    """:func:`decoy_yield_bounds` without the memo: the LPs solved (:class:`_YieldLp`)."""
+    """:func:`decoy_yield_bounds` without the memo: the LPs solved, each bound certified
+    (:class:`_YieldLp`)."""
     R = N_PHASES
     A, b = _constraint_rows(mu_i, mu_j, gain_lower, gain_upper)
     up = np.ones((R, R))
@@ -328,16 +391,12 @@ def _decoy_yield_bounds(
     tgt = [(r, s) for r in range(R) for s in range(R)] if targets is None else list(targets)
     lp = _YieldLp(A, b)
     for r, s in tgt:
-        status, value = lp.solve(r * R + s, ObjSense.kMaximize)
-        if status == HighsModelStatus.kInfeasible:
+        feasible, value = lp.bound(r * R + s, upper=True)
+        if not feasible:
             return DecoyBounds(np.ones((R, R)), np.zeros((R, R)), False)
-        if status == HighsModelStatus.kOptimal:
-            up[r, s] = min(1.0, value * (1 + 1e-7) + 1e-12)
-        if not lower:
-            continue
-        status, value = lp.solve(r * R + s, ObjSense.kMinimize)
-        if status == HighsModelStatus.kOptimal:
-            lo[r, s] = max(0.0, value * (1 - 1e-7) - 1e-12)
+        up[r, s] = min(1.0, value * (1 + 1e-7) + 1e-12)
+        if lower:
+            lo[r, s] = max(0.0, lp.bound(r * R + s, upper=False)[1] * (1 - 1e-7) - 1e-12)
     return DecoyBounds(up, lo, True)
 
 
