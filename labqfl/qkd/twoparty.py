@@ -275,9 +275,16 @@ def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
 
     bits, _, q = validate_reconciliation_input(bits, bits, qber)
     if engine == "cascade":
-        from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, CascadeBob
+        from labqfl.qkd.cascade import (
+            PIPELINE_FRAME_BITS,
+            CascadeBob,
+            CascadeSchedule,
+            split_frames,
+        )
 
-        return CascadeBob(bits, q, frame_bits=PIPELINE_FRAME_BITS)  # interleaved frames, schedule per frame
+        # interleaved frames; the schedule for few round trips (CascadeSchedule.for_link)
+        shortest = int(split_frames(int(bits.size), PIPELINE_FRAME_BITS).min())
+        return CascadeBob(bits, q, frame_bits=PIPELINE_FRAME_BITS, schedule=CascadeSchedule.for_link(q, shortest))
     if engine == "ldpc":
         from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
 

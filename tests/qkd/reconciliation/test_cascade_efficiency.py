@@ -81,6 +81,32 @@ def test_frame_schedule_follows_opt8_with_frame_size_rules(qber, n):
     assert s.name == "frame"
 
 
+@pytest.mark.parametrize("qber", [0.005, 0.01, 0.02, 0.04, 0.08])
+@pytest.mark.parametrize("n", [10_000, THIRD_PASS_MIN_BITS - 1, THIRD_PASS_MIN_BITS, 1 << 20])
+def test_link_schedule_halves_the_second_pass_on_long_frames_only(n: int, qber: float) -> None:
+    f, link = CascadeSchedule.for_frame(qber, n), CascadeSchedule.for_link(qber, n)
+    assert link.name == "link"
+    if n < THIRD_PASS_MIN_BITS:
+        assert link.block_sizes == f.block_sizes
+    else:
+        assert link.block_sizes[1] == max(f.block_sizes[1] // 2, 2 * f.block_sizes[0])
+        assert link.block_sizes[:1] + link.block_sizes[2:] == f.block_sizes[:1] + f.block_sizes[2:]
+    assert (link.confirm, link.implied_max, link.defer_from, link.two_level) == (f.confirm, f.implied_max,
+                                                                               f.defer_from, f.two_level)
+
+
+def test_link_schedule_corrects_a_long_frame_in_fewer_round_trips(frame):
+    """The pair protocol's schedule (CascadeSchedule.for_link): every error corrected, fewer than 3/4
+    of the default's round trips, f within 0.01 of it (measured: about half, +0.004 … +0.007)."""
+    n, q = 600_000, 0.01
+    x, y = frame(n, q, 4)
+    a = reconcile_cascade(x, y, q, seed=9)
+    b = reconcile_cascade(x, y, q, seed=9, schedule=CascadeSchedule.for_link(q, n))
+    assert np.array_equal(a.corrected, x) and np.array_equal(b.corrected, x)
+    assert b.method == "cascade-link" and b.round_trips < 0.75 * a.round_trips
+    assert b.leaked_bits < 1.01 * a.leaked_bits + 0.01 * n * binary_entropy(q)
+
+
 def test_frame_schedule_is_the_default(frame):
     x, y = frame(10_000, 0.03, 1)
     a = reconcile_cascade(x, y, 0.03, seed=5)

@@ -136,13 +136,15 @@ def test_alice_refuses_requests_outside_the_frames(frame):
 
 def test_the_pair_protocol_reconciles_large_blocks_as_interleaved_frames():
     """Blocks of the pair protocol (labqfl.qkd.twoparty) use the interleaved path: a block of
-    3·2^20 + 5 bits becomes 4 frames, each long enough for the frame schedule's third pass."""
+    3·2^20 + 5 bits becomes 4 frames, each long enough for the frame schedule's third pass, with the
+    link schedule (CascadeSchedule.for_link: the second pass halved, fewer round trips)."""
     from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, THIRD_PASS_MIN_BITS
     from labqfl.qkd.twoparty import _bob
 
     bob = _bob("cascade", np.zeros(3 * PIPELINE_FRAME_BITS + 5, np.uint8), 0.02)
     assert bob.frames.size == 4 and int(bob.frames.min()) >= THIRD_PASS_MIN_BITS
-    assert bob.schedule == CascadeSchedule.for_frame(0.02, int(bob.frames.min()))
+    assert bob.schedule == CascadeSchedule.for_link(0.02, int(bob.frames.min()))
+    assert bob.schedule.block_sizes[1] < CascadeSchedule.for_frame(0.02, int(bob.frames.min())).block_sizes[1]
     assert _bob("cascade", np.zeros(1000, np.uint8), 0.02).frames.tolist() == [1000]
 
 
