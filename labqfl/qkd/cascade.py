@@ -302,7 +302,6 @@ class CascadeSchedule:
         return cls(tuple(ks), "frame", confirm, IMPLIED_MAX if implied else 0,
                    1 if n < SHORT_FRAME_BITS else DEFER_FROM_PASS)
 
-
     @classmethod
     def for_link(cls, qber: float, n: int, confirm: int = FRAME_CONFIRM) -> CascadeSchedule:
         """The pair protocol's schedule (:mod:`labqfl.qkd.twoparty`, in process and between nodes):
