@@ -226,21 +226,16 @@ class LocalNetwork:
         """Compile (or load) the Numba kernels the nodes use once, in this process, so that the
         node processes load them from Numba's on-disk cache instead of compiling the same kernels
         side by side on a cold cache (four clients' Cascade and the optics' Monte-Carlo at once)."""
-        from labqfl.qkd.authentication import poly_hash
-        from labqfl.qkd.cascade import reconcile_cascade
+        from labqfl.nodes.client import warm_distillation
+        from labqfl.nodes.wire import warm_codec
         from labqfl.qkd.pipeline import MemorySink, distill_stream
-        from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
-        from labqfl.qkd.verification import hash_tag
         from labqfl.sim_backends.testbed import SagnacTestbed
 
-        rng = np.random.default_rng(0)  # test data, not key material
-        x = rng.integers(0, 2, 4096, dtype=np.uint8)
-        y = x.copy()
-        y[::97] ^= 1
-        reconcile_cascade(x, y, 0.01, seed=0)
-        toeplitz_hash(x, toeplitz_seed(x.size, 64), 64)
-        hash_tag(x, toeplitz_seed(x.size, 64), 64)
-        poly_hash(x.tobytes(), 12345)
+        # what every node loads at its start: the wire codec (each node) and a client's distillation
+        # kernels (both Toeplitz paths: the ternary-FFT one alone was ≈ 12 s of compiling in each of
+        # four clients side by side on a cold cache, the codec ≈ 2.5 CPU s in each of the six nodes)
+        warm_codec()
+        warm_distillation(self.settings.engine)
         cfg = self.cfg
         if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
             cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
