@@ -124,7 +124,7 @@ log = get_logger(__name__)
 #: an acquisition, beyond ten times its duration [s]; then it stops its stream and disarms all the same.
 ENDLESS_WAIT_S = 600.0
 
-__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_answers", "warm_distillation"]
+__all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_answers", "warm_cascade", "warm_distillation"]
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
@@ -224,15 +224,15 @@ def split_chunks(msg: Message) -> list[_Chunk]:
             for k, p in enumerate(pairs)]
 
 
-def warm_distillation(engine: str) -> None:
+def warm_distillation(engine: str, cascade: bool = True) -> None:
     """Load the kernels a block's distillation runs, on tiny public filler (no key, no secret), so the
     first block does not load (or, without Numba's cache, compile) them mid-protocol, on the critical
     path of the run's last blocks: both paths of :func:`labqfl.qkd.toeplitz.toeplitz_hash` (the
     ternary-FFT one for outputs of at least 1/8 of the input, the Karatsuba tiles for shorter ones;
     which one a block takes depends on its key length), the verification tag
     (:func:`labqfl.qkd.verification.hash_tag`), the transcript's polynomial hash and, for
-    ``engine`` "cascade", both ends of Cascade (a 2 000-bit run in process: the same kernels as a
-    block's interleaved 2^20-bit frames). Measured in a process whose Numba is already initialised
+    ``engine`` "cascade" unless ``cascade`` is False, both ends of Cascade (:func:`warm_cascade`: a
+    2 000-bit run in process, the same kernels as a block's interleaved 2^20-bit frames). Measured in a process whose Numba is already initialised
     (another kernel loaded first): 0.05–0.08 CPU s of Cascade and 4 ms of the tag saved from the first
     block (docs/nodes.md). A few tens of ms at start-up once the cache holds them."""
     from labqfl.qkd.authentication import poly_hash
@@ -244,13 +244,19 @@ def warm_distillation(engine: str) -> None:
         toeplitz_hash(rng.integers(0, 2, n, dtype=np.uint8), rng.integers(0, 2, n + m - 1, dtype=np.uint8), m)
     hash_tag(rng.integers(0, 2, 256, dtype=np.uint8), rng.integers(0, 2, 256 + 49, dtype=np.uint8), 50)
     poly_hash(b"warm-up", 1)
-    if engine == "cascade":
-        from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, CascadeAlice, CascadeBob
-        from labqfl.qkd.messaging import LocalChannel
+    if engine == "cascade" and cascade:
+        warm_cascade()
 
-        a = rng.integers(0, 2, 2000, dtype=np.uint8)
-        b = a ^ (rng.random(2000) < 0.02).astype(np.uint8)
-        CascadeBob(b, 0.02, frame_bits=PIPELINE_FRAME_BITS, seed=0).run(LocalChannel(CascadeAlice(a), None))
+
+def warm_cascade() -> None:
+    """Both ends of the pair protocol's Cascade on 2 000 bits of public filler (:func:`warm_distillation`)."""
+    from labqfl.qkd.cascade import PIPELINE_FRAME_BITS, CascadeAlice, CascadeBob
+    from labqfl.qkd.messaging import LocalChannel
+
+    rng = np.random.default_rng(1)  # public filler, no key
+    a = rng.integers(0, 2, 2000, dtype=np.uint8)
+    b = a ^ (rng.random(2000) < 0.02).astype(np.uint8)
+    CascadeBob(b, 0.02, frame_bits=PIPELINE_FRAME_BITS, seed=0).run(LocalChannel(CascadeAlice(a), None))
 
 
 def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:

@@ -223,27 +223,42 @@ class LocalNetwork:
             del raw
 
     def warm_jit(self) -> None:
-        """Compile (or load) the Numba kernels the nodes use once, in this process, so that the
+        """Compile (or load) the Numba kernels the nodes use once, before they start, so that the
         node processes load them from Numba's on-disk cache instead of compiling the same kernels
-        side by side on a cold cache (four clients' Cascade and the optics' Monte-Carlo at once)."""
-        from labqfl.nodes.client import warm_distillation
+        side by side on a cold cache (four clients' Cascade and the optics' Monte-Carlo at once).
+
+        What every node loads at its start: the wire codec (each node) and a client's distillation
+        kernels (both Toeplitz paths: the ternary-FFT one alone was ≈ 12 s of compiling in each of four
+        clients side by side on a cold cache, the codec ≈ 2.5 CPU s in each of the six nodes); then the
+        simulator and the in-process pipeline on 2 ms of the station. Cascade's kernels, the longest to
+        compile on a cold cache (≈ 36 s: Bob's ≈ 28, Alice's ≈ 8), are loaded by a second process
+        (:func:`labqfl.nodes.client.warm_cascade`) beside the rest here, on the other core; this process
+        waits for it before the pipeline runs Cascade (on a warm cache both take a second or two). If
+        that process fails, this one loads them itself."""
+        from labqfl.nodes.client import warm_cascade, warm_distillation
         from labqfl.nodes.wire import warm_codec
         from labqfl.qkd.pipeline import MemorySink, distill_stream
         from labqfl.sim_backends.testbed import SagnacTestbed
 
-        # what every node loads at its start: the wire codec (each node) and a client's distillation
-        # kernels (both Toeplitz paths: the ternary-FFT one alone was ≈ 12 s of compiling in each of
-        # four clients side by side on a cold cache, the codec ≈ 2.5 CPU s in each of the six nodes)
-        warm_codec()
-        warm_distillation(self.settings.engine)
-        cfg = self.cfg
-        if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
-            cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
-                update={"emulate_pattern_generators": False})})
-        tb = SagnacTestbed(cfg, threads=1)
-        tb.modulation_on_demand = True
-        distill_stream(cfg, list(tb.stream(0.002)), tb.client_logs(), MemorySink(),
-                       DistillSettings(min_final_block_bits=1000))
+        cascade = self.settings.engine == "cascade"
+        helper = subprocess.Popen([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade; warm_cascade()"],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) \
+            if cascade else None
+        try:
+            warm_codec()
+            warm_distillation(self.settings.engine, cascade=False)
+            cfg = self.cfg
+            if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
+                cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
+                    update={"emulate_pattern_generators": False})})
+            tb = SagnacTestbed(cfg, threads=1)
+            tb.modulation_on_demand = True
+            blocks = list(tb.stream(0.002))
+        finally:
+            if helper is not None and helper.wait() != 0:
+                log.warning("Cascade's warm-up process exited with %s; loading its kernels here", helper.returncode)
+                warm_cascade()
+        distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
 
     def start(self, warm: bool = True) -> LocalNetwork:
         if warm:
