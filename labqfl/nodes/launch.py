@@ -254,10 +254,14 @@ class LocalNetwork:
             tb = SagnacTestbed(cfg, threads=1)
             tb.modulation_on_demand = True
             blocks = list(tb.stream(0.002))
-        finally:
-            if helper is not None and helper.wait() != 0:
-                log.warning("Cascade's warm-up process exited with %s; loading its kernels here", helper.returncode)
-                warm_cascade()
+        except BaseException:  # an error or Ctrl-C here: the helper is not waited for
+            if helper is not None:
+                helper.kill()
+                helper.wait()
+            raise
+        if helper is not None and helper.wait() != 0:
+            log.warning("Cascade's warm-up process exited with %s; loading its kernels here", helper.returncode)
+            warm_cascade()
         distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
 
     def start(self, warm: bool = True) -> LocalNetwork:
