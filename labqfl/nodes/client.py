@@ -232,9 +232,10 @@ def warm_distillation(engine: str, cascade: bool = True) -> None:
     which one a block takes depends on its key length), the verification tag
     (:func:`labqfl.qkd.verification.hash_tag`), the transcript's polynomial hash and, for
     ``engine`` "cascade" unless ``cascade`` is False, both ends of Cascade (:func:`warm_cascade`: a
-    2 000-bit run in process, the same kernels as a block's interleaved 2^20-bit frames). Measured in a process whose Numba is already initialised
-    (another kernel loaded first): 0.05–0.08 CPU s of Cascade and 4 ms of the tag saved from the first
-    block (docs/nodes.md). A few tens of ms at start-up once the cache holds them."""
+    2 000-bit run in process, the same kernels as a block's interleaved 2^20-bit frames). Measured in a
+    process whose Numba is already initialised (another kernel loaded first): 0.05–0.08 CPU s of Cascade
+    and 4 ms of the tag saved from the first block (docs/nodes.md). A few tens of ms at start-up once
+    the cache holds them."""
     from labqfl.qkd.authentication import poly_hash
     from labqfl.qkd.toeplitz import toeplitz_hash
     from labqfl.qkd.verification import hash_tag
