@@ -299,10 +299,12 @@ class _YieldLp:
     With feasibility tolerances of 10^-8 the certificate is 0.532. On the finite-size LPs (gain bounds
     with slack) the certified upper bounds lie within 3.4·10^-8 (relative) of SciPy's primal values on
     the default station's pairs at 10^6 … 10^12 slots, inside the 10^-7 margin the bounds always got;
-    on random lossy channels (tests/qkd/security/test_decoy_fast.py) HiGHS's duals sometimes certify
-    a feasible primal optimum only to ≈ 4·10^-6 (relative), whatever the tolerances: the bound is then
-    that much looser (never tighter than the truth), where the primal value plus 10^-7 might not
-    have been a bound at all.
+    on random lossy channels (tests/qkd/security/test_decoy_fast.py) the duals of HiGHS's default
+    scaling sometimes certified an optimum only to 1–27 % (relative) of small yields (~10^-6), at any
+    tolerance, which a solve from scratch with another scaling certifies (:data:`_RESOLVES`); when
+    none does, the bound is that much looser, never tighter than the truth. The primal values are no
+    bound either way: SciPy's solves at 10^-10 tolerances put a minimum 7.7·10^-7 (relative) below
+    what their own duals prove (a point 10^-9 infeasible), more than the 10^-7 margin.
 
     ``highspy._core._Highs`` is the solver class that :class:`highspy.Highs` extends with Python
     callbacks; installing them prints HiGHS's banner on standard output at the first construction,
@@ -310,6 +312,8 @@ class _YieldLp:
 
     #: HiGHS primal and dual feasibility tolerances (its default 10^-7; class docstring)
     TOLERANCE = 1e-8
+    #: HiGHS's ``simplex_scale_strategy`` of the warm-started solves (its default, equilibration)
+    SCALING = 2
 
     def __init__(self, A: np.ndarray, b: np.ndarray) -> None:
         m, n = A.shape
@@ -326,7 +330,7 @@ class _YieldLp:
         self.A, self.b, self.n = A, np.asarray(b, dtype=float), n
         self.h = _Highs()
         self.h.setOptionValue("output_flag", False)
-        self._tolerance(self.TOLERANCE)
+        self._options(self.TOLERANCE, self.SCALING)
         self.h.passModel(lp)
         self._cols = np.arange(n, dtype=np.int32)
 
@@ -334,17 +338,17 @@ class _YieldLp:
         """(feasible, bound): the largest (``upper``) or smallest value of y[col] over the LP, as the
         duality certificate of the class docstring; ``feasible`` False when HiGHS finds no y at all.
         When a solve's certificate lies further than 10^-9 (relative) from its primal value (its duals
-        are not accurate enough to certify its optimum), the LP is solved again from scratch, then
-        from scratch with the tolerances at 10^-9 and 10^-10; the tightest certificate is kept."""
+        are not accurate enough to certify its optimum), the LP is solved again from scratch as
+        :data:`_RESOLVES` lists; the tightest certificate is kept."""
         c = np.zeros(self.n)
         c[col] = 1.0
         self.h.changeObjectiveSense(ObjSense.kMaximize if upper else ObjSense.kMinimize)
         self.h.changeColsCost(self.n, self._cols, c)
         best = 1.0 if upper else 0.0  # λ = 0: the box
         try:
-            for fresh, tol in _RESOLVES:
+            for fresh, tol, scale in _RESOLVES:
                 if fresh:
-                    self._tolerance(tol)
+                    self._options(tol, scale)
                     self.h.clearSolver()
                 self.h.run()
                 if self.h.getModelStatus() == HighsModelStatus.kInfeasible:
@@ -354,12 +358,13 @@ class _YieldLp:
                 if abs(best - primal) <= 1e-9 * max(abs(primal), 1e-12):
                     break
         finally:
-            self._tolerance(self.TOLERANCE)
+            self._options(self.TOLERANCE, self.SCALING)
         return True, best
 
-    def _tolerance(self, tol: float) -> None:
+    def _options(self, tol: float, scale: int) -> None:
         self.h.setOptionValue("primal_feasibility_tolerance", tol)
         self.h.setOptionValue("dual_feasibility_tolerance", tol)
+        self.h.setOptionValue("simplex_scale_strategy", scale)
 
     def _certificate(self, c: np.ndarray, upper: bool, best: float) -> float:
         """``best`` tightened by the weak-duality bounds of the last solve's row duals (both signs)."""
@@ -373,9 +378,17 @@ class _YieldLp:
         return best
 
 
-#: :meth:`_YieldLp.bound`'s solves of one bound: (from scratch, tolerances), until one certifies its optimum
-_RESOLVES: tuple[tuple[bool, float], ...] = ((False, _YieldLp.TOLERANCE), (True, _YieldLp.TOLERANCE), (True, 1e-9),
-                                             (True, 1e-10))
+#: :meth:`_YieldLp.bound`'s solves of one bound, until one certifies its optimum: (from scratch,
+#: feasibility tolerances, HiGHS's ``simplex_scale_strategy``). The first is the warm start at HiGHS's
+#: default scaling (equilibration, 2); from scratch, scaling 4 (each row's and column's largest
+#: coefficient scaled to 1) certified the optima that equilibration's duals did not on random lossy
+#: channels of tests/qkd/security/test_decoy_fast.py: Y_00's maximum 7.5395·10^-7 (mu = (0.001, 0.03)
+#: and (0.03, 0.001), seed 3238), 7.2334·10^-6 and 3.0450·10^-6 (mu = (0, 0.001) and (0.001, 0.25),
+#: seeds 604445, 12425), which equilibration's optimal bases certified only to 9.555·10^-7,
+#: 7.3093·10^-6 and 3.1210·10^-6 at any tolerance, with or without presolve, by primal or dual simplex.
+_RESOLVES: tuple[tuple[bool, float, int], ...] = ((False, _YieldLp.TOLERANCE, _YieldLp.SCALING),
+                                                  (True, _YieldLp.TOLERANCE, 4), (True, 1e-9, 4), (True, 1e-10, 4),
+                                                  (True, 1e-10, _YieldLp.SCALING))
 
 
 def _decoy_yield_bounds(
