@@ -213,13 +213,18 @@ class _Acq:
     windows_started: int = 0  # on-demand windows begun: two in flight use alternate candidate buffers
 
     def buffer(self, name: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
-        """A scratch array of at least ``shape`` reused across windows (a view of exactly ``shape``
-        rows × columns; rows are contiguous)."""
+        """A scratch array of exactly ``shape``, C-contiguous, its memory reused across windows (a view of
+        a flat buffer that grows when needed). Contiguous whatever the shape: a kernel's argument of
+        another layout is another Numba specialisation, compiled when it first occurs — until
+        2026-12-05 a slice of a wider buffer made ``detector_window`` compile its non-contiguous variant
+        in the optics node mid-acquisition on a cold cache (the launcher's warm-up had met only fresh,
+        contiguous buffers)."""
+        n = shape[0] * shape[1]
         b = self.buffers.get(name)
-        if b is None or b.shape[0] < shape[0] or b.shape[1] < shape[1]:
-            b = np.empty((max(shape[0], 0 if b is None else b.shape[0]), shape[1]), dtype=dtype)
+        if b is None or b.size < n:
+            b = np.empty(max(n, 0 if b is None else b.size), dtype=dtype)
             self.buffers[name] = b
-        return b[:shape[0], :shape[1]]
+        return b[:n].reshape(shape)
 
 
 _EMPTY_T = np.zeros(0, dtype=np.int64)

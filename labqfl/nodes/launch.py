@@ -230,23 +230,28 @@ class LocalNetwork:
         What every node loads at its start: the wire codec (each node) and a client's distillation
         kernels (both Toeplitz paths: the ternary-FFT one alone was ≈ 12 s of compiling in each of four
         clients side by side on a cold cache, the codec ≈ 2.5 CPU s in each of the six nodes); then the
-        simulator and the in-process pipeline on 2 ms of the station. Cascade's kernels, the longest to
-        compile on a cold cache (≈ 36 s: Bob's ≈ 28, Alice's ≈ 8), are loaded by a second process
-        (:func:`labqfl.nodes.client.warm_cascade`) beside the rest here, on the other core; this process
-        waits for it before the pipeline runs Cascade (on a warm cache both take a second or two). If
-        that process fails, this one loads them itself."""
-        from labqfl.nodes.client import warm_cascade, warm_distillation
+        simulator and the in-process pipeline on 2 ms of the station. On a cold cache Cascade's kernels
+        take ≈ 33 CPU s to compile, Toeplitz's and the tags' ≈ 16, the codec's and the simulator's ≈ 40:
+        the first two are loaded by two more processes (:func:`labqfl.nodes.client.warm_cascade`,
+        :func:`~labqfl.nodes.client.warm_distillation` without it) beside this one, which waits for them
+        before its pipeline run (on a warm cache all take a second or two). On the 2-core Zen 3 the cold
+        warm-up took 50 s this way, against 54–65 s with Cascade alone in a second process and 53.5 s
+        with all the distillation kernels there (that process then took 50 CPU s, this one 39). If a
+        helper fails, this process loads the distillation kernels itself."""
+        from labqfl.nodes.client import warm_distillation
         from labqfl.nodes.wire import warm_codec
         from labqfl.qkd.pipeline import MemorySink, distill_stream
+        from labqfl.sim_backends import _kernels
         from labqfl.sim_backends.testbed import SagnacTestbed
 
-        cascade = self.settings.engine == "cascade"
-        helper = subprocess.Popen([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade; warm_cascade()"],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) \
-            if cascade else None
+        engine = self.settings.engine
+        parts = [f"warm_distillation({engine!r}, cascade=False)", *(["warm_cascade()"] if engine == "cascade" else [])]
+        helpers = [subprocess.Popen([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade, "
+                                     f"warm_distillation; {part}"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                   for part in parts]
         try:
             warm_codec()
-            warm_distillation(self.settings.engine, cascade=False)
             cfg = self.cfg
             if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
                 cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
@@ -254,14 +259,17 @@ class LocalNetwork:
             tb = SagnacTestbed(cfg, threads=1)
             tb.modulation_on_demand = True
             blocks = list(tb.stream(0.002))
-        except BaseException:  # an error or Ctrl-C here: the helper is not waited for
-            if helper is not None:
-                helper.kill()
-                helper.wait()
+            # the optics node's questions to remote clients as bitmaps (in process, the logs are asked directly)
+            _kernels.client_bits(np.zeros(2, np.uint64), np.int64(0), np.array([[3, 70]], np.int64))
+        except BaseException:  # an error or Ctrl-C here: the helpers are not waited for
+            for h in helpers:
+                h.kill()
+                h.wait()
             raise
-        if helper is not None and helper.wait() != 0:
-            log.warning("Cascade's warm-up process exited with %s; loading its kernels here", helper.returncode)
-            warm_cascade()
+        codes = [h.wait() for h in helpers]  # every helper waited for, whichever fails
+        if any(codes):
+            log.warning("a warm-up process of the distillation kernels failed (exit codes %s); loading them here", codes)
+            warm_distillation(engine)
         distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
 
     def start(self, warm: bool = True) -> LocalNetwork:

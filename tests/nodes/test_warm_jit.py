@@ -1,5 +1,5 @@
-"""The launcher's warm-up (LocalNetwork.warm_jit): Cascade's kernels are loaded by a second process beside
-the rest, and by the launcher itself when that process fails."""
+"""The launcher's warm-up (LocalNetwork.warm_jit): the distillation kernels are loaded by two more processes
+(Cascade's; Toeplitz's and the tags') beside the rest, and by the launcher itself when one of them fails."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from labqfl.nodes import client, launch
 from labqfl.nodes.launch import LocalNetwork
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch, code: str) -> tuple[list[list[str]], list[int]]:
-    """Every Python process warm_jit starts runs ``code`` instead (its command recorded); warm_cascade
-    calls in this process are counted, not run."""
+def _spy(monkeypatch: pytest.MonkeyPatch, code: str) -> tuple[list[list[str]], list[str]]:
+    """Every Python process warm_jit starts runs ``code`` instead (its command recorded); warm_distillation
+    calls in this process are counted (their engine), not run."""
     started: list[list[str]] = []
-    here: list[int] = []
+    here: list[str] = []
     real = subprocess.Popen
 
     def popen(cmd: list[str], **kw: object) -> subprocess.Popen[bytes]:
@@ -27,19 +27,21 @@ def _spy(monkeypatch: pytest.MonkeyPatch, code: str) -> tuple[list[list[str]], l
         return real([sys.executable, "-c", code], **kw)  # type: ignore[call-overload, no-any-return]
 
     monkeypatch.setattr(launch.subprocess, "Popen", popen)
-    monkeypatch.setattr(client, "warm_cascade", lambda: here.append(1))
+    monkeypatch.setattr(client, "warm_distillation", lambda engine, cascade=True: here.append(engine))
     return started, here
 
 
-def test_cascade_is_warmed_by_a_second_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_distillation_kernels_are_warmed_by_a_second_process(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     started, here = _spy(monkeypatch, "pass")
     LocalNetwork(tmp_path).warm_jit()
-    assert len(started) == 1 and started[0][0] == sys.executable
-    assert "warm_cascade()" in started[0][-1]
+    assert len(started) == 2 and all(cmd[0] == sys.executable for cmd in started)
+    assert sorted(cmd[-1].split("; ")[-1] for cmd in started) == ["warm_cascade()",
+                                                                    "warm_distillation('cascade', cascade=False)"]
     assert here == []  # not in this process
 
 
 def test_a_failed_warm_up_process_is_made_up_for_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     started, here = _spy(monkeypatch, "raise SystemExit(3)")
     LocalNetwork(tmp_path).warm_jit()
-    assert len(started) == 1 and here == [1]
+    assert len(started) == 2 and here == ["cascade"]
