@@ -6,7 +6,6 @@ node compiled ``detector_window`` a second time mid-acquisition on a cold cache 
 from __future__ import annotations
 
 import numpy as np
-
 from labqfl.sim_backends.testbed import _Acq
 
 
