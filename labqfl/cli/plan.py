@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors
+from labqfl.planning import STARVATION_FACTOR
 
 
 def _s(x: float | None) -> str:
@@ -43,7 +44,7 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
         name = p.pair
         t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", f"{p.block_slots:.3g}" if p.block_slots else "-",
                   _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
-                  _s(p.acquisition_s_per_round), Text("yes", style="red") if p.starving else "")
+                  _s(p.acquisition_s_per_round), Text("yes", style="yellow") if p.starving else "")
     con.print(t)
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
                    f"the run (blocks {_blocks(plan)} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
@@ -53,8 +54,13 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                        f"on the slowest pair ({plan.limiting_pairs[0]}); training stalls after that", style="red"))
         _render_waits(con, plan)
     if plan.starving_pairs:
-        con.print(Text(f"starvation: {len(plan.starving_pairs)} pair(s) stall every round: "
-                       + ", ".join(plan.starving_pairs[:10]), style="yellow"))
+        # "starving" (planning._mark_starving): slower than STARVATION_FACTOR × the median pair, or keyless. Over a
+        # continuous run they would set the round rate; here the acquisition (and any top-up) is sized for them,
+        # so no round waits for them beyond the waits printed above.
+        names = ", ".join(plan.starving_pairs[:10]) + (", …" if len(plan.starving_pairs) > 10 else "")
+        con.print(Text(f"starving pairs ({len(plan.starving_pairs)}: acquisition per round over "
+                       f"{STARVATION_FACTOR:g}× the median pair's, or no key): {names}; they set how much "
+                       "acquisition the rounds need", style="yellow"))
     for what, how in plan.estimates.items():
         con.print(Text(f"  {what}: {how}", style="dim"))
 

@@ -128,6 +128,18 @@ def test_plan_cli_json(tmp_path):
 
 
 
+def test_plan_cli_names_the_starving_pairs_without_predicting_waits_the_plan_does_not_make():
+    """The default plan's slowest pair (C1-C4: over 2× the median pair's acquisition per round) is named as
+    starving, and the printed plan does not claim it stalls every round: the acquisition the plan chooses holds
+    every round's key (until 2026-12-05 it printed "1 pair(s) stall every round" beside a plan with no wait)."""
+    r = runner.invoke(app, ["plan", "--task", "mnist-qnn", "--clients", "4", "--q", "8", "--rounds", "3"])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stderr.split())
+    assert ("starving pairs (1: acquisition per round over 2× the median pair's, or no key): C1-C4; they set how "
+            "much acquisition the rounds need") in text
+    assert "stall" not in text and "waits for key" not in text and "key shortfall" not in text
+
+
 def _weighted_default(weights: dict[str, int]):
     from labqfl.config import parse_station_config
 
