@@ -50,8 +50,15 @@ def _held_per_sifted_bit(acquisition: tuple[object, list[object], dict[str, obje
     # sifting batch still pending at the end (bounded by sift_batch_clicks, whatever the block size)
     s = DistillSettings(block_slots=10**12, sift_batch_clicks=0, sift_batch_slots=0)
     d = Distiller(cfg, logs, MemorySink(), s, rng=np.random.default_rng(1))  # type: ignore[arg-type]
-    # the entry kernels loaded (on a cold Numba cache: compiled) before the trace, not counted as held
+    # every kernel of the path loaded (on a cold Numba cache: compiled) before the trace, not counted as
+    # held: a throwaway Distiller on the first tag blocks. Numba keeps part of what compiling allocates, so
+    # with a cold cache and only the entry kernels warmed the trace read 24.7 bytes per sifted bit (17.6 in a
+    # CI worker whose earlier tests had compiled some of the kernels; stop 43), 8 with a warm one.
     announcement_entry(Announcements("C1-C2", np.arange(3, dtype=np.int64), np.ones(3, np.uint8)), 0, 3, 3)
+    warm = Distiller(cfg, logs, MemorySink(), s, rng=np.random.default_rng(2))  # type: ignore[arg-type]
+    for blk in blocks[:3]:
+        warm.push(blk)  # type: ignore[arg-type]
+    del warm
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -70,8 +77,13 @@ def test_held_bytes_per_sifted_bit_bounded(acquisition: tuple[object, list[objec
     # both ends, one byte per key bit); compressed now: ≈ 8
     per_bit, bits, d = _held_per_sifted_bit(acquisition)
     assert per_bit < 16, f"{per_bit:.1f} bytes held per sifted bit ({bits} bits)"
+    # the Distiller's own account against the trace: each pair end counts what it holds, and in one process
+    # both ends hold the same held-back message objects, which the trace counts once (434 of 2 279 kB of
+    # the spooled entries here), so the account may exceed the trace, never by more than that double
+    # count; it must not miss most of what is held either
     reported = sum(d.held_bytes().values())
-    assert 0 < reported <= per_bit * bits * 1.1  # the Distiller's own account is no larger than what is traced
+    traced = per_bit * bits
+    assert 0.5 * traced <= reported <= 2 * traced, (reported, traced)
 
 
 def test_spooled_transcripts_keep_memory_flat(acquisition: tuple[object, list[object], dict[str, object]],
