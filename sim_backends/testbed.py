@@ -222,8 +222,7 @@ class _Acq:
         n = shape[0] * shape[1]
         b = self.buffers.get(name)
         if b is None or b.size < n:
-            b = np.empty(max(n, 0 if b is None else b.size), dtype=dtype)
-            self.buffers[name] = b
+            b = self.buffers[name] = np.empty(n, dtype=dtype)
         return b[:n].reshape(shape)
 
 
