@@ -44,6 +44,7 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
+from labqfl.bitops import cttz64
 from labqfl.config import ClientConfig, StationConfig
 from labqfl.contracts.types import ModulationRecord
 
@@ -226,6 +228,10 @@ class ClientQRNGLog:
         rec = self.choices(slots)
         return rec.intensity_idx << np.uint8(2) | rec.phase_idx
 
+    def codes_of_bitmap(self, runs: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
+        """:meth:`codes` of the slots set in a checked bitmap over runs (:func:`bitmap_codes`)."""
+        return bitmap_codes(self.fill_codes, runs, words, n)
+
     def params(self) -> dict[str, object]:
         """Everything needed to rebuild this log (stored in recordings)."""
         return {"client": self.client, "seed": self.seed, "epoch": self.epoch,
@@ -364,6 +370,54 @@ def _keystream_buffer() -> bytearray:
     return buf
 
 
+@nb.njit(cache=True, nogil=True)
+def _gather_bit_codes(codes: np.ndarray, words: np.ndarray, q: int, nw: int, out: np.ndarray, k: int) -> int:
+    """For each set bit b of ``words[q + i]`` (i < ``nw``, in order), ``codes[64·i + b]`` into ``out[k]``,
+    ``out[k + 1]`` …; returns the next k. ``codes``: the dense codes of the slots of those words."""
+    one = np.uint64(1)
+    for i in range(np.uint64(nw)):
+        w = words[np.uint64(q) + i]
+        base = np.uint64(64) * i
+        while w != np.uint64(0):
+            out[k] = codes[base + np.uint64(cttz64(w))]  # type: ignore[call-arg]
+            k += 1
+            w &= w - one
+    return k
+
+
+def bitmap_codes(fill_codes: Callable[[int, np.ndarray], None], runs: np.ndarray, words: np.ndarray,
+                 n: int) -> np.ndarray:
+    """The drive codes of the ``n`` slots set in a bitmap over runs (``runs`` flat int64 pairs lo, hi;
+    ``words``: for each run its words lo // 64 … (hi − 1) // 64; the layout and the checks of
+    :func:`labqfl.nodes.wire.slot_bits_of`), in ascending slot order, from ``fill_codes(s0, out)``: the
+    dense pattern of each run's whole words, in pieces of :data:`_RUN_SLOTS` slots through one per-thread
+    buffer, then the codes of the set bits gathered from it (:func:`_gather_bit_codes`). Equal to the
+    codes of the decoded slots (tested). Computes the pattern of every slot of the runs, of which the
+    optics asks about a quarter, yet costs a client node less CPU than the random-access path
+    (:meth:`CsprngChoiceLog.codes` of the decoded slots), which is faster alone: its counters, keystream
+    and decoded slots (≈ 12 bytes per asked slot) run out of cache beside the other nodes' work, where
+    this path's working set is one 1 MiB keystream piece (docs/nodes.md, "A client's answers from the
+    bitmap")."""
+    out = np.empty(n, dtype=np.uint8)
+    buf = getattr(_SCRATCH, "codes", None)
+    if buf is None:
+        buf = _SCRATCH.codes = np.empty(_RUN_SLOTS, dtype=np.uint8)
+    pr = runs.reshape(-1, 2)
+    k, q, step = 0, 0, _RUN_SLOTS >> 6
+    for r in range(pr.shape[0]):
+        w0 = int(pr[r, 0]) >> 6
+        nw = ((int(pr[r, 1]) - 1) >> 6) - w0 + 1
+        for p in range(0, nw, step):
+            pn = min(nw - p, step)
+            piece = buf[:pn << 6]
+            fill_codes((w0 + p) << 6, piece)
+            k = _gather_bit_codes(piece, words, q + p, pn, out, k)
+        q += nw
+    if k != n:
+        raise ValueError(f"bitmap_codes: the words hold {k} set bits, expected {n}")
+    return out
+
+
 @dataclass(frozen=True, repr=False, eq=False)
 class CsprngChoiceLog:
     """A client's choices from AES-256-CTR keyed with 256 bits of the OS CSPRNG (module docstring);
@@ -455,6 +509,11 @@ class CsprngChoiceLog:
             _words_to_codes(words, thr, out[lo:lo + _QUERY_SLOTS])
         enc.finalize()  # ECB of whole blocks: nothing left over
         return out
+
+    def codes_of_bitmap(self, runs: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
+        """:meth:`codes` of the slots set in a checked bitmap over runs, from the dense keystream of the runs
+        (:func:`bitmap_codes`: the modulator link's answers; the optics asks about ≈ 27 % of a client's slots)."""
+        return bitmap_codes(self.fill_codes, runs, words, n)
 
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         """The choices of ``slots`` (any order, repeats allowed): :meth:`codes`, split into intensity

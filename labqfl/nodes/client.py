@@ -11,7 +11,8 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 
 * it arms its generator and opens its **modulator link** to the optics node (service
   ``optics/modulator``): ``mod/ready`` / ``mod/applied {codes}``, each answered by the optics'
-  next ``mod/query`` (the asked slots as a bitmap or as gaps, ``labqfl.nodes.optics.query_slots``; or ``mod/end``);
+  next ``mod/query`` (the asked slots as a bitmap or as gaps; answered by ``labqfl.nodes.optics.answer_codes``;
+  or ``mod/end``);
 * when its station section names a ``pattern_generator`` (a real instrument, or the emulated Pulse
   Streamer the simulated optics node serves on a loopback address), it opens it once through its
   driver (operating point applied) and streams its own choice log to it for the acquisition
@@ -73,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
-from labqfl.contracts.types import Announcements, drive_codes
+from labqfl.contracts.types import Announcements
 from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.log import get_logger
@@ -96,7 +97,7 @@ from labqfl.nodes.common import (
     request,
     simulated_light,
 )
-from labqfl.nodes.optics import query_slots
+from labqfl.nodes.optics import answer_codes
 from labqfl.nodes.wire import decode_gaps
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import forgery_probability
@@ -261,13 +262,17 @@ def warm_cascade() -> None:
 
 
 def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:
-    """Load the kernels of :meth:`CsprngChoiceLog.codes` for this client's number of choice categories (a
-    throwaway log with its own fresh key, asked about a few slots), so that the modulator link's first
-    question and the pair ends' first look-up do not load them mid-acquisition."""
+    """Load the kernels of :meth:`CsprngChoiceLog.codes` and :meth:`~CsprngChoiceLog.codes_of_bitmap` for this
+    client's number of choice categories (a throwaway log with its own fresh key, asked about a few slots),
+    so that the modulator link's first question and the pair ends' first look-up do not load them
+    mid-acquisition."""
+    from labqfl.nodes.wire import slot_bits
     from labqfl.sim_backends.qrng import CsprngChoiceLog
 
-    CsprngChoiceLog(client="warm-up", intensity_probs=probs, basis_x_prob=basis_x_prob).codes(
-        np.arange(0, 64, 3, dtype=np.int64))
+    log_ = CsprngChoiceLog(client="warm-up", intensity_probs=probs, basis_x_prob=basis_x_prob)
+    log_.codes(np.arange(0, 64, 3, dtype=np.int64))
+    runs = np.array([[3, 70]], np.int64)
+    log_.codes_of_bitmap(runs.reshape(-1), slot_bits(np.array([3, 69], np.int64), runs), 2)
 
 
 class _SiftBatch:
@@ -1064,7 +1069,7 @@ class ClientNode(Node):
         try:
             rep = link.request(Message("mod/ready", {}))
             while rep.kind == "mod/query":
-                codes = drive_codes(a.raw_log, query_slots(rep))
+                codes = answer_codes(a.raw_log, rep)
                 a.answered_slots += int(codes.size)
                 rep = link.request(Message("mod/applied", {"codes": codes}))
             link.close()

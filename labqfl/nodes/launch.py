@@ -238,7 +238,7 @@ class LocalNetwork:
         warm-up took 50 s this way, against 54–65 s with Cascade alone in a second process and 53.5 s
         with all the distillation kernels there (that process then took 50 CPU s, this one 39). If a
         helper fails, this process loads the distillation kernels itself."""
-        from labqfl.nodes.client import warm_distillation
+        from labqfl.nodes.client import warm_answers, warm_distillation
         from labqfl.nodes.wire import warm_codec
         from labqfl.qkd.pipeline import MemorySink, distill_stream
         from labqfl.sim_backends import _kernels
@@ -259,8 +259,11 @@ class LocalNetwork:
             tb = SagnacTestbed(cfg, threads=1)
             tb.modulation_on_demand = True
             blocks = list(tb.stream(0.002))
-            # the optics node's questions to remote clients as bitmaps (in process, the logs are asked directly)
+            # the optics node's questions to remote clients as bitmaps (in process, the logs are asked directly),
+            # and the clients' answers from them
             _kernels.client_bits(np.zeros(2, np.uint64), np.int64(0), np.array([[3, 70]], np.int64))
+            for c in cfg.clients:
+                warm_answers(tuple(c.intensity_probs), c.basis_x_prob)
         except BaseException:  # an error or Ctrl-C here: the helpers are not waited for
             for h in helpers:
                 h.kill()

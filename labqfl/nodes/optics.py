@@ -43,11 +43,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
-from labqfl.contracts.types import ModulationRecord
+from labqfl.contracts.types import ModulationLog, ModulationRecord, drive_codes
 from labqfl.errors import LabqflError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
@@ -60,6 +60,7 @@ from labqfl.nodes.wire import (
     encode_channels,
     encode_gaps,
     slot_bits_fields,
+    slot_bits_of,
 )
 from labqfl.qkd.messaging import Message, MessageError
 
@@ -87,6 +88,20 @@ def query_slots(msg: Message) -> np.ndarray:
     if "bits" in msg.fields:
         return decode_slot_bits(msg)
     return decode_gaps(msg, plain="slots")
+
+
+def answer_codes(log_: ModulationLog, msg: Message) -> np.ndarray:
+    """A client's answer to a ``mod/query``: the drive codes k·4 + a of the asked slots, ascending. A
+    bitmap question goes to the log class's own ``codes_of_bitmap`` where it has one (the generators of
+    :mod:`labqfl.sim_backends.qrng`: the runs' dense pattern, gathered at the set bits, without decoding the
+    slots), checked first (:func:`labqfl.nodes.wire.slot_bits_of`); otherwise the slots are decoded
+    (:func:`query_slots`) and asked of the log (:func:`~labqfl.contracts.types.drive_codes`). As there, the
+    method is looked up on the class: a wrapper that forwards unknown attributes
+    (:class:`labqfl.modulation.PlayedChoiceLog`) keeps its own checks."""
+    own = getattr(type(log_), "codes_of_bitmap", None)
+    if own is not None and "bits" in msg.fields:
+        return cast(np.ndarray, own(log_, *slot_bits_of(msg)))
+    return drive_codes(log_, query_slots(msg))
 
 
 def block_fields(b: TagBlock) -> dict[str, Any]:

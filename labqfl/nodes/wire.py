@@ -257,9 +257,20 @@ def slot_bits(slots: np.ndarray, runs: np.ndarray) -> np.ndarray:
 
 
 def decode_slot_bits(msg: Message) -> np.ndarray:
-    """The ascending slots (int64) of :func:`slot_bits_fields`'s fields in ``msg``. Runs not ascending and
-    disjoint, words not the ones the runs span, a bit outside its run, or a count other than ``n`` raise
-    :class:`MessageError` naming the message and the field."""
+    """The ascending slots (int64) of :func:`slot_bits_fields`'s fields in ``msg``, checked by
+    :func:`slot_bits_of`."""
+    runs, words, n = slot_bits_of(msg)
+    out = np.empty(n + 3, np.int64)
+    _bits_slots(runs, words, out)
+    return out[:n]
+
+
+def slot_bits_of(msg: Message) -> tuple[np.ndarray, np.ndarray, int]:
+    """(runs as flat int64 pairs lo, hi; words; n) of :func:`slot_bits_fields`'s fields in ``msg``, checked
+    without decoding the slots (a client answers from the bitmap itself:
+    :func:`labqfl.nodes.optics.answer_codes`). Runs not ascending and disjoint, words not the ones the runs
+    span, a bit outside its run, or a count other than ``n`` raise :class:`MessageError` naming the message
+    and the field."""
     runs = _int_array(msg, "runs", np.int64)
     words = msg.get("bits")
     if not isinstance(words, np.ndarray) or words.ndim != 1 or words.dtype != np.uint64:
@@ -276,9 +287,7 @@ def decode_slot_bits(msg: Message) -> np.ndarray:
         raise MessageError(f"{msg.kind}: field 'bits' sets a bit outside its run (expected slots inside the runs only)")
     if not isinstance(n_said, int) or n_said != n:
         raise MessageError(f"{msg.kind}: field 'n' is {n_said!r} but the bits hold {n} slots")
-    out = np.empty(n + 3, np.int64)
-    _bits_slots(np.ascontiguousarray(runs), np.ascontiguousarray(words), out)
-    return out[:n]
+    return np.ascontiguousarray(runs), np.ascontiguousarray(words), n
 
 
 def warm_codec() -> None:

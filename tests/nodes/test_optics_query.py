@@ -121,3 +121,64 @@ def test_bitmap_words_full_empty_or_with_only_the_top_bit_read_back_exactly():
     slots = np.concatenate([base + 64 * k + c for k, c in enumerate(cases)]).astype(np.int64)
     got = query_slots(decode_message(encode_message(Message("mod/query", _bits_query(slots, runs)))))
     np.testing.assert_array_equal(got, slots)
+
+
+def _logs() -> list:
+    from labqfl.sim_backends.qrng import ClientQRNGLog, CsprngChoiceLog
+
+    return [CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967),
+            ClientQRNGLog("C2", seed=7, epoch=3, intensity_probs=(0.6, 0.3, 0.1), basis_x_prob=0.8)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_client_answers_a_bitmap_question_from_the_bitmap_with_the_codes_of_the_decoded_slots(seed):
+    """``answer_codes`` answers a bitmap question from the runs' dense pattern gathered at the set bits
+    (``codes_of_bitmap``, no decoded slots): the same codes, in the same order, as the client's log gives for
+    the decoded slots — for both generators, on runs that start and end inside a 64-slot word, two runs that
+    share a word, a run longer than one keystream piece (2^18 slots), a run with no asked slot, and word-sized
+    runs at slot 0."""
+    from labqfl.sim_backends.qrng import _RUN_SLOTS
+
+    from labqfl.nodes.optics import answer_codes
+
+    rng = np.random.default_rng(seed)
+    base = int(rng.integers(0, 1 << 40))
+    runs = np.array([[0, 64], [64, 100], [130, 140], [base + 5, base + 5 + _RUN_SLOTS + 777],
+                     [base + _RUN_SLOTS + 900, base + _RUN_SLOTS + 1500], [base + 4 * _RUN_SLOTS, base + 4 * _RUN_SLOTS + 50]],
+                    np.int64)
+    p = float(rng.uniform(0.05, 0.5))
+    slots = np.concatenate([lo + np.flatnonzero(rng.random(hi - lo) < p) for lo, hi in runs.tolist()[:-1]])
+    msg = decode_message(encode_message(Message("mod/query", _bits_query(slots.astype(np.int64), runs))))
+    for log_ in _logs():
+        got = answer_codes(log_, msg)
+        assert got.dtype == np.uint8 and got.size == slots.size
+        np.testing.assert_array_equal(got, log_.codes(query_slots(msg)))
+
+
+def test_answers_without_a_bitmap_path_and_malformed_bitmaps():
+    """A gap-coded question, a log class without ``codes_of_bitmap`` and a wrapper that forwards attributes
+    (``PlayedChoiceLog``: it refuses slots of frames that were not played) take the decoded slots; a malformed
+    bitmap is refused before any code is computed, naming the field."""
+    from labqfl.modulation import PlayedChoiceLog, record_from_table
+    from labqfl.nodes.optics import answer_codes, encode_query_slots
+
+    log_ = _logs()[0]
+    slots = np.array([70, 71, 200, 70_000], np.int64)
+    runs = np.array([[64, 300], [65_536, 70_100]], np.int64)
+    want = log_.codes(slots)
+    np.testing.assert_array_equal(answer_codes(log_, Message("mod/query", encode_query_slots(slots))), want)
+
+    class Plain:  # a ModulationLog with choices only
+        def choices(self, s):  # type: ignore[no-untyped-def]
+            return log_.choices(s)
+
+    bits = Message("mod/query", _bits_query(slots, runs))
+    np.testing.assert_array_equal(answer_codes(Plain(), bits), want)
+    played = PlayedChoiceLog(log_, record_from_table(np.array([[0, 1], [1, 0]]), 65_536))  # frame 1 lost
+    with pytest.raises(ValueError, match="not played"):
+        answer_codes(played, bits)
+    bad = _bits_query(slots, runs)
+    bad["bits"] = bad["bits"].copy()
+    bad["bits"][-1] |= np.uint64(1) << np.uint64(63)  # slot 70 143: beyond the second run's end
+    with pytest.raises(MessageError, match="outside its run"):
+        answer_codes(log_, Message("mod/query", bad))
