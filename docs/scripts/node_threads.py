@@ -46,7 +46,12 @@ def _perf_map():
                 for name, f in list(vars(m).items()):
                     if isinstance(f, CPUDispatcher):
                         for cr in list(f.overloads.values()):
-                            starts[cr.library.get_pointer_to_function(cr.fndesc.llvm_func_name)] = f"{mname}.{name}"
+                            try:
+                                starts[cr.library.get_pointer_to_function(cr.fndesc.llvm_func_name)] = f"{mname}.{name}"
+                            except Exception:  # an overload without a native entry point: not in the map
+                                pass
+        if not starts:
+            continue
         a = sorted(starts)  # each entry runs up to the next one (at most 1 MiB): a kernel's size is not known here
         with open(f"/tmp/perf-{os.getpid()}.map", "w") as fh:
             fh.writelines(f"{x:x} {min(y - x, 1 << 20):x} {starts[x]}\\n" for x, y in zip(a, a[1:] + [a[-1] + (1 << 20)]))
