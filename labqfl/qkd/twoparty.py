@@ -90,6 +90,7 @@ from labqfl.qkd.sifting import (
     announcement_digest,
     client_i_key,
     client_j_key,
+    compress,
     key_flags,
     pack_flags,
     reveal_counts,
@@ -471,11 +472,12 @@ class PairEndI(_PairEnd):
             rep = self._ask(ch, Message("sift/flags", {"lo": int(lo), "flags": pack_flags(mine)}), "sift/flags")
             key = mine & _unbits(rep.get("flags"), n, "sift/flags").astype(bool)
             test = ~key
-            k_i, b_i = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
+            k_i, a_i = compress(rec.intensity_idx, test), compress(rec.phase_idx, test)
+            b_i = (a_i & 1).astype(np.uint8)
             rep = self._ask(ch, Message("test/bases", {"lo": int(lo), "kb": pack_test_bases(k_i, b_i)}), "test/bases")
             k_j, b_j = unpack_test_bases(rep.get("kb"), int(np.count_nonzero(test)), len(self.setup_j.intensities))
             same = b_i == b_j
-            bit_i = (rec.phase_idx[test][same] >> 1).astype(np.uint8)
+            bit_i = (compress(a_i, same) >> 1).astype(np.uint8)
             rep = self._ask(ch, Message("test/bits", {"lo": int(lo), "bits": _bits_field(bit_i)}), "test/bits")
             bit_j = _unbits(rep.get("bits"), int(np.count_nonzero(same)), "test/bits")
         except _Refused as e:
@@ -777,8 +779,9 @@ class PairEndJ(_PairEnd):
         test = ~key
         nt = int(np.count_nonzero(test))
         k_i, b_i = unpack_test_bases(req.get("kb"), nt, len(self.setup_i.intensities))
-        k_j, b_j = rec.intensity_idx[test], (rec.phase_idx[test] & 1).astype(np.uint8)
-        cur.update(step="bases", theirs=(k_i, b_i), mine=(k_j, b_j))
+        k_j, a_j = compress(rec.intensity_idx, test), compress(rec.phase_idx, test)
+        b_j = (a_j & 1).astype(np.uint8)
+        cur.update(step="bases", theirs=(k_i, b_i), mine=(k_j, b_j), a_test=a_j)
         return Message("test/bases", {"kb": pack_test_bases(k_j, b_j)})
 
     def _test_bits(self, b: _JBlock, req: Message) -> Message:
@@ -787,7 +790,7 @@ class PairEndJ(_PairEnd):
         (k_i, b_i), (k_j, b_j) = cur["theirs"], cur["mine"]
         same = b_i == b_j
         bit_i = _unbits(req.get("bits"), int(np.count_nonzero(same)), "test/bits")
-        bit_j = (rec.phase_idx[~key][same] >> 1).astype(np.uint8)
+        bit_j = (compress(cur["a_test"], same) >> 1).astype(np.uint8)
         bits = client_j_key(rec, ann.outcomes, key, self.rng)
         b.bits.append(_packed(bits))
         b.n_bits += int(bits.size)

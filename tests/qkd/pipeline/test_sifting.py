@@ -117,3 +117,20 @@ def test_double_click_bits_do_not_depend_on_how_the_slots_are_chunked() -> None:
     assert np.array_equal(np.concatenate(parts), whole)
     both = out == OUTCOME_BOTH
     assert abs(float((whole[both] ^ (rec.phase_idx[both] >> 1)).mean()) - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float64])
+def test_compress_equals_numpy_boolean_indexing(dtype):
+    """The sifting's branch-free selection (key bits, test reveals) gives ``values[mask]`` exactly, in order,
+    for random, empty, all-set and all-clear masks; arrays of different lengths are refused."""
+    from labqfl.qkd.sifting import compress
+
+    rng = np.random.default_rng(3)
+    for n, p in ((0, 0.5), (1, 1.0), (1000, 0.74), (1000, 0.0), (1000, 1.0), (100_003, 0.26)):
+        values = (rng.random(n) * 250).astype(dtype)
+        mask = rng.random(n) < p
+        got = compress(values, mask)
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, values[mask])
+    with pytest.raises(QKDInputError, match="expected equal 1-D shapes"):
+        compress(np.zeros(5, np.uint8), np.ones(4, bool))
