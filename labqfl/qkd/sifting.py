@@ -287,8 +287,8 @@ def announcement_digest(ann: Announcements) -> bytes:
     a client received from the detector, compared between the two clients (32 bytes)."""
     h = hashlib.sha256(b"labqfl-announcements-v1\0" + ann.pair.encode() + b"\0")
     h.update(_u64(ann.slots.size))
-    h.update(np.ascontiguousarray(ann.slots, dtype="<i8"))  # the arrays' buffers, not copies
-    h.update(np.ascontiguousarray(ann.outcomes, dtype=np.uint8))
+    h.update(np.ascontiguousarray(ann.slots, dtype="<i8").data)  # the arrays' buffers, not copies
+    h.update(np.ascontiguousarray(ann.outcomes, dtype=np.uint8).data)
     return h.digest()
 
 
