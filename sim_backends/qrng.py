@@ -25,7 +25,8 @@ slot, slot ``s`` = little-endian 32-bit word ``s mod 4`` of the keystream block
 ``E_K(⌊s/4⌋ as a 128-bit big-endian counter)``. Counter mode gives random access by slot: the
 client writes its modulator pattern in contiguous runs (CTR) and answers "what did I send in
 slots S?" by encrypting only the counter blocks of S (ECB of the counter values, the same
-keystream). The word ``x`` maps to ``bit = x & 1`` and, with ``v = x >> 1`` (31 bits), to the
+keystream; a client node answers the optics' dense questions, a quarter of its slots, from the runs' CTR
+pattern instead: :func:`bitmap_codes`). The word ``x`` maps to ``bit = x & 1`` and, with ``v = x >> 1`` (31 bits), to the
 joint category (intensity k, basis b) = the first c with ``v < thr_c``,
 ``thr_c = ⌊2^31·Σ_{(k',b') ≤ c} p_k'·p_b'⌋`` (order k-major, X before Y, last threshold 2^31):
 each probability p_k·p_b is realised as an integer multiple of 2^−31, off by less than 2^−31
