@@ -103,7 +103,12 @@ def main() -> None:
             read_threads(pids, before)
             last = dict(before)
             stop = threading.Event()
-            poll = threading.Thread(target=lambda: [read_threads(pids, last) for _ in iter(lambda: stop.wait(0.05), True)])
+
+            def sample() -> None:
+                while not stop.wait(0.05):
+                    read_threads(pids, last)
+
+            poll = threading.Thread(target=sample)
             poll.start()
             rec = subprocess.Popen(["perf", "record", "-a", "-F", "1999", "-o", str(args.perf)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.perf else None

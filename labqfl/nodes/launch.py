@@ -262,8 +262,8 @@ class LocalNetwork:
             # the optics node's questions to remote clients as bitmaps (in process, the logs are asked directly),
             # and the clients' answers from them
             _kernels.client_bits(np.zeros(2, np.uint64), np.int64(0), np.array([[3, 70]], np.int64))
-            for c in cfg.clients:
-                warm_answers(tuple(c.intensity_probs), c.basis_x_prob)
+            for probs, px in {(tuple(c.intensity_probs), c.basis_x_prob) for c in cfg.clients}:
+                warm_answers(probs, px)
         except BaseException:  # an error or Ctrl-C here: the helpers are not waited for
             for h in helpers:
                 h.kill()
