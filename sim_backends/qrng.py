@@ -20,9 +20,13 @@ from it are marked ``seeded``.
 
 **Client CSPRNG** (:class:`CsprngChoiceLog`, ``randomness = "csprng"``, the default): a fresh
 256-bit key from the operating system's CSPRNG (:func:`secrets.token_bytes`) per acquisition, and
-AES-256 in counter mode (NIST SP 800-38A §6.5; FIPS 197) as the generator: 32 keystream bits per
+AES-256 in counter mode (NIST SP 800-38A §6.5; FIPS 197) as the generator. Generator
+``aes256-ctr-slot32-v1`` (below; logs written with it still load) spends 32 keystream bits per
 slot, slot ``s`` = little-endian 32-bit word ``s mod 4`` of the keystream block
-``E_K(⌊s/4⌋ as a 128-bit big-endian counter)``. Counter mode gives random access by slot: the
+``E_K(⌊s/4⌋ as a 128-bit big-endian counter)``; new logs use ``aes256-ctr-slot8-v2``
+(:mod:`labqfl.sim_backends.slot8`), which builds the same 32-bit word from one keystream byte per
+slot and, only for the ≈ 3 % of slots whose byte does not decide the category, 24 bits of a second
+counter domain: the same distribution of codes, with a quarter of the keystream. Counter mode gives random access by slot: the
 client writes its modulator pattern in contiguous runs (CTR) and answers "what did I send in
 slots S?" by encrypting only the counter blocks of S (ECB of the counter values, the same
 keystream; a client node answers the optics' dense questions, a quarter of its slots, from the runs' CTR
@@ -45,16 +49,15 @@ import os
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numba as nb
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
+from labqfl.sim_backends import slot8
 
-from labqfl.bitops import cttz64
+from labqfl.bitops import bswap64, cttz64
 from labqfl.config import ClientConfig, StationConfig
 from labqfl.contracts.types import ModulationRecord
 
@@ -65,7 +68,9 @@ _M2 = 0x94D049BB133111EB
 C_QRNG = 0x5152_4E47_434C_4E54  # "QRNGCLNT"
 
 GENERATOR_NAME = "splitmix64-counter-v1"
-CSPRNG_GENERATOR_NAME = "aes256-ctr-slot32-v1"
+CSPRNG_GENERATOR_V1 = "aes256-ctr-slot32-v1"  # 32 keystream bits per slot; its private logs still load
+CSPRNG_GENERATOR_NAME = slot8.NAME  # "aes256-ctr-slot8-v2": what new CSPRNG logs use
+CSPRNG_GENERATORS = (CSPRNG_GENERATOR_V1, CSPRNG_GENERATOR_NAME)
 PRIVATE_LOG_FORMAT = "labqfl-client-choices"
 
 _G = np.uint64(GAMMA)
@@ -309,33 +314,23 @@ def _words_to_codes(words: np.ndarray, thr: tuple[np.uint32, ...], out: np.ndarr
         out[n] = np.uint8(_word_code(words[n], thr))
 
 
-@intrinsic
-def _bswap64(typingctx, x):  # type: ignore[no-untyped-def]
-    """The byte-swapped uint64 ``x`` (LLVM's ``bswap``: one instruction; the shift-and-mask
-    expression took ~2 ns per slot in :func:`_counter_blocks`)."""
-    sig = types.uint64(types.uint64)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        return builder.bswap(args[0])
-
-    return sig, codegen
-
-
 @nb.njit(cache=True, nogil=True)
-def _counter_blocks(slots: np.ndarray, ctr: np.ndarray) -> np.int64:
-    """The AES input of ``slots`` (int64, any order): one 128-bit big-endian counter ⌊s/4⌋ per run of
-    consecutive slots that share it, as two uint64 words each (``ctr``: high word 0, low word the
-    byte-swapped counter; room for 2·len(slots) words). Returns the number of counter blocks, or −1
-    if a slot is negative (nothing else is checked or written after it)."""
+def _counter_blocks(slots: np.ndarray, ctr: np.ndarray, shift: int, hi: np.uint64) -> np.int64:
+    """The AES input of ``slots`` (int64, any order): one 128-bit big-endian counter ⌊s/2^shift⌋ (+ the high
+    64 bits whose byte-swapped value is ``hi``) per run of consecutive slots that share it, as two uint64
+    words each (``ctr``: high word ``hi``, low word the byte-swapped counter; room for 2·len(slots) words).
+    v1 takes shift 2, hi 0; v2's coarse stream shift 4, hi 0, its fine stream shift 2, hi
+    :data:`slot8.FINE_HI`. Returns the number of counter blocks, or −1 if a slot is negative (nothing
+    else is checked or written after it)."""
     nb_ = np.uint64(0)  # unsigned indices: no negative-index wraparound code per access
     prev = np.int64(-1)
     for n in range(np.uint64(slots.shape[0])):  # branch-free: a slot's counter is written, kept if it is new
         s = slots[n]
         if s < 0:
             return np.int64(-1)
-        b = s >> 2
-        ctr[np.uint64(2) * nb_] = np.uint64(0)
-        ctr[np.uint64(2) * nb_ + np.uint64(1)] = _bswap64(np.uint64(b))  # type: ignore[call-arg]
+        b = s >> shift
+        ctr[np.uint64(2) * nb_] = hi
+        ctr[np.uint64(2) * nb_ + np.uint64(1)] = bswap64(np.uint64(b))  # type: ignore[call-arg]
         nb_ += np.uint64(b != prev)
         prev = b
     return np.int64(nb_)
@@ -360,15 +355,32 @@ def _block_words(ks: np.ndarray, slots: np.ndarray, words: np.ndarray) -> None:
 #: Slots per AES call of :meth:`CsprngChoiceLog.codes` (its counter and keystream buffers: 1 MiB each).
 _QUERY_SLOTS = 1 << 16
 _RUN_SLOTS = 1 << 18
-_ZEROS = bytes(16 * ((_RUN_SLOTS >> 2) + 1))  # plaintext of the CTR runs (keystream = ciphertext of zeros)
-_SCRATCH = threading.local()  # per thread: one keystream buffer reused by every fill_codes (no 1 MB zeroed per call)
+_SCRATCH = threading.local()  # per thread: buffers reused by every fill_codes (no 1 MB allocated per call)
 
 
-def _keystream_buffer() -> bytearray:
+def _keystream_buffer() -> np.ndarray:
+    """This thread's buffer of a piece's keystream (v1: 4 bytes a slot, room for one block more)."""
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None:
-        buf = _SCRATCH.buf = bytearray(len(_ZEROS) + 16)
+        buf = _SCRATCH.buf = np.empty(16 * ((_RUN_SLOTS >> 2) + 2), np.uint8)
     return buf
+
+
+def _counters_buffer() -> np.ndarray:
+    """This thread's buffer of a piece's counter blocks (two uint64 each)."""
+    buf = getattr(_SCRATCH, "ctr", None)
+    if buf is None:
+        buf = _SCRATCH.ctr = np.empty(2 * ((_RUN_SLOTS >> 2) + 2), np.uint64)
+    return buf
+
+
+@nb.njit(cache=True, nogil=True)
+def _counter_run(b0: int, nb_: int, ctr: np.ndarray) -> None:
+    """The counter blocks b0 … b0 + nb_ − 1 (128-bit big-endian, high 64 bits 0) into ``ctr`` (two uint64
+    each): their ECB is the CTR keystream that starts at counter b0 (NIST SP 800-38A §6.5)."""
+    for i in range(nb_):
+        ctr[2 * i] = np.uint64(0)
+        ctr[2 * i + 1] = bswap64(np.uint64(b0 + i))  # type: ignore[call-arg]
 
 
 @nb.njit(cache=True, nogil=True)
@@ -400,30 +412,83 @@ def bitmap_codes(fill_codes: Callable[[int, np.ndarray], None], runs: np.ndarray
     this path's working set is one 1 MiB keystream piece (docs/nodes.md, "A client's answers from the
     bitmap")."""
     out = np.empty(n, dtype=np.uint8)
-    buf = getattr(_SCRATCH, "codes", None)
-    if buf is None:
-        buf = _SCRATCH.codes = np.empty(_RUN_SLOTS, dtype=np.uint8)
+    buf = _codes_buffer()
+    k = 0
+    for s0, q, nw in bitmap_pieces(runs):
+        piece = buf[:nw << 6]
+        fill_codes(s0, piece)
+        k = _gather_bit_codes(piece, words, q, nw, out, k)
+    _check_set_bits(k, n)
+    return out
+
+
+def bitmap_pieces(runs: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """The pieces of a bitmap over ``runs`` (flat int64 pairs lo, hi) in order, as (first slot, first word's
+    index among the bitmap's words, number of words): each run's whole 64-slot words, at most
+    :data:`_RUN_SLOTS` slots a piece."""
     pr = runs.reshape(-1, 2)
-    k, q, step = 0, 0, _RUN_SLOTS >> 6
+    q, step = 0, _RUN_SLOTS >> 6
     for r in range(pr.shape[0]):
         w0 = int(pr[r, 0]) >> 6
         nw = ((int(pr[r, 1]) - 1) >> 6) - w0 + 1
         for p in range(0, nw, step):
-            pn = min(nw - p, step)
-            piece = buf[:pn << 6]
-            fill_codes((w0 + p) << 6, piece)
-            k = _gather_bit_codes(piece, words, q + p, pn, out, k)
+            yield (w0 + p) << 6, q + p, min(nw - p, step)
         q += nw
+
+
+def _check_set_bits(k: int, n: int) -> None:
     if k != n:
         raise ValueError(f"bitmap_codes: the words hold {k} set bits, expected {n}")
-    return out
+
+
+def _codes_buffer() -> np.ndarray:
+    """This thread's :data:`_RUN_SLOTS`-slot buffer of a bitmap piece's dense codes."""
+    buf = getattr(_SCRATCH, "codes", None)
+    if buf is None:
+        buf = _SCRATCH.codes = np.empty(_RUN_SLOTS, dtype=np.uint8)
+    return buf
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_listed(out: np.ndarray, k: np.ndarray, slots: np.ndarray, y: np.ndarray, ks: np.ndarray,
+                   thr: tuple[np.uint32, ...]) -> None:
+    """v2: ``out[k[j]]`` = the code of slot ``slots[j]`` (coarse byte ``y[j]``) from its fine word, word
+    ``slots[j] mod 4`` of block j of the fine keystream ``ks`` (uint32; :func:`slot8.fine_counters`' blocks)."""
+    for j in range(k.shape[0]):
+        w = ks[4 * j + (slots[j] & 3)]
+        out[k[j]] = np.uint8(_word_code(slot8.slot_word(y[j], w), thr))
+
+
+@nb.njit(cache=True, nogil=True)
+def _finish_dense(out: np.ndarray, pos: np.ndarray, m: int, y: np.ndarray, s0: int, ks: np.ndarray,
+                  thr: tuple[np.uint32, ...]) -> None:
+    """v2: ``out[i]``, i = ``pos[j]`` (j < m; the ambiguous codes of a dense piece of slots s0 …, coarse bytes
+    ``y``), from block j of the fine keystream ``ks`` (uint32; :func:`slot8.coarse_pass`' blocks)."""
+    for j in range(m):
+        i = pos[j]
+        w = ks[4 * j + ((s0 + i) & 3)]
+        out[i] = np.uint8(_word_code(slot8.slot_word(y[i], w), thr))
+
+
+def _fine_scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's buffers for a dense v2 piece's ambiguous slots: positions (int64), counter blocks (two
+    uint64 each) and their keystream (bytes), room for every slot of a :data:`_RUN_SLOTS` piece; only the first
+    few entries of each are ever written (≈ 3 % of the piece)."""
+    sc = getattr(_SCRATCH, "fine", None)
+    if sc is None:
+        sc = _SCRATCH.fine = (np.empty(_RUN_SLOTS, np.int64), np.empty(2 * _RUN_SLOTS, np.uint64),
+                              np.empty(16 * _RUN_SLOTS + 16, np.uint8))
+    return sc
 
 
 @dataclass(frozen=True, repr=False, eq=False)
 class CsprngChoiceLog:
-    """A client's choices from AES-256-CTR keyed with 256 bits of the OS CSPRNG (module docstring);
-    its :class:`ModulationLog` and the source of its modulator pattern. The key is the client's
-    secret: ``repr`` shows none of it, and it is written only to the client's private log file."""
+    """A client's choices from AES-256 in counter mode keyed with 256 bits of the OS CSPRNG (module
+    docstring); its :class:`ModulationLog` and the source of its modulator pattern. ``generator``: new logs
+    ``aes256-ctr-slot8-v2`` (:mod:`labqfl.sim_backends.slot8`: one keystream byte per slot, 24 more bits
+    only where they decide), logs written as ``aes256-ctr-slot32-v1`` (32 keystream bits per slot) keep
+    theirs. The key is the client's secret: ``repr`` shows none of it, and it is written only to the
+    client's private log file."""
 
     client: str
     intensity_probs: tuple[float, ...]
@@ -435,11 +500,17 @@ class CsprngChoiceLog:
     def __post_init__(self) -> None:
         if not isinstance(self.key, bytes) or len(self.key) != 32:
             raise ValueError("a CSPRNG client log needs a 32-byte key")
+        if self.generator not in CSPRNG_GENERATORS:
+            raise ValueError(f"unknown CSPRNG generator {self.generator!r}; expected one of {CSPRNG_GENERATORS}")
 
     def __repr__(self) -> str:
         return f"CsprngChoiceLog(client={self.client!r}, generator={self.generator!r})"
 
     __str__ = __repr__
+
+    @property
+    def _v1(self) -> bool:
+        return self.generator == CSPRNG_GENERATOR_V1
 
     def _thr(self) -> np.ndarray:
         return self._thresholds
@@ -455,66 +526,156 @@ class CsprngChoiceLog:
     def _code_thr(self) -> tuple[np.uint32, ...]:
         return code_thresholds(self._thr())
 
-    def _words_range(self, s0: int, n: int, buf: bytearray) -> np.ndarray:
-        """Keystream words of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    @functools.cached_property
+    def _coarse_map(self) -> slot8.CoarseMap:
+        return slot8.coarse_map(self._thr())
 
-        b0 = s0 >> 2
-        nb_ = ((s0 + n + 3) >> 2) - b0
-        enc = Cipher(algorithms.AES(self.key), modes.CTR(b0.to_bytes(16, "big"))).encryptor()
-        enc.update_into(memoryview(_ZEROS)[:16 * nb_], buf)
-        off = s0 - 4 * b0
-        return np.frombuffer(buf, dtype="<u4", count=4 * nb_)[off:off + n]
+    def _keystream(self, s0: int, n: int, shift: int, buf: np.ndarray) -> tuple[int, int]:
+        """The CTR keystream of the counter blocks ⌊s/2^shift⌋ of slots s0 … s0 + n − 1 (counters below
+        2^64; n ≤ :data:`_RUN_SLOTS`) into ``buf``, as the ECB of the counters through one of this log's
+        reused encryptors (:meth:`_encryptor`); returns (bytes written, the first slot's unit offset in them)."""
+        b0 = s0 >> shift
+        nb_ = ((s0 + n + (1 << shift) - 1) >> shift) - b0
+        ctr = _counters_buffer()
+        _counter_run(b0, nb_, ctr)
+        enc = self._encryptor()
+        try:
+            enc.update_into(ctr.view(np.uint8)[:16 * nb_], buf)
+        finally:
+            self._idle.append(enc)
+        return 16 * nb_, s0 - (b0 << shift)
+
+    def _words_range(self, s0: int, n: int, buf: np.ndarray) -> np.ndarray:
+        """v1: keystream words of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
+        size, off = self._keystream(s0, n, 2, buf)
+        return np.frombuffer(buf, dtype="<u4", count=size // 4)[off:off + n]
+
+    def _coarse_range(self, s0: int, n: int, buf: np.ndarray) -> np.ndarray:
+        """v2: coarse bytes of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
+        size, off = self._keystream(s0, n, 4, buf)
+        return np.frombuffer(buf, dtype=np.uint8, count=size)[off:off + n]
 
     def fill_codes(self, s0: int, out: np.ndarray) -> None:
         """The drive pattern of slots s0 … s0 + len(out) − 1 (``k·4 + a``, uint8), in runs of at
         most :data:`_RUN_SLOTS` slots (bounded scratch memory)."""
-        thr = self._code_thr
         buf = _keystream_buffer()
         for lo in range(0, out.shape[0], _RUN_SLOTS):
             hi = min(lo + _RUN_SLOTS, out.shape[0])
-            _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), thr, out[lo:hi])
+            if self._v1:
+                _words_to_codes(self._words_range(int(s0) + lo, hi - lo, buf), self._code_thr, out[lo:hi])
+                continue
+            y = self._coarse_range(int(s0) + lo, hi - lo, buf)
+            pos, ctr, ks = _fine_scratch()
+            m = slot8.coarse_pass(y, *self._coarse_map, out[lo:hi], int(s0) + lo, pos, ctr)
+            if m:
+                _finish_dense(out[lo:hi], pos, m, y, int(s0) + lo, self._fine_keystream(ctr, m, ks), self._code_thr)
 
     @functools.cached_property
     def _ecb(self):  # type: ignore[no-untyped-def]
-        """AES-256 with this log's key in ECB mode (one cipher object; a fresh encryptor per call)."""
+        """AES-256 with this log's key in ECB mode (one cipher object)."""
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
         return Cipher(algorithms.AES(self.key), modes.ECB())
 
+    @functools.cached_property
+    def _idle(self) -> list:  # type: ignore[type-arg]
+        """This log's ECB encryptors not in use (:meth:`_encryptor`)."""
+        return []
+
+    def _encryptor(self):  # type: ignore[no-untyped-def]
+        """An ECB encryptor of this log's key for one caller at a time (the caller appends it to :attr:`_idle`
+        when done; ``list.pop``/``append`` are atomic, so threads never share one). ECB contexts fed whole
+        blocks hold nothing between calls, so they are reused instead of created per call: OpenSSL 3 looks the
+        cipher up under a lock at each creation, and two threads creating contexts for every 64 KiB piece
+        ran 3–4× slower per piece than one (measured, docs/simulator.md)."""
+        try:
+            return self._idle.pop()
+        except IndexError:
+            return self._ecb.encryptor()
+
+    def _fine_keystream(self, ctr: np.ndarray, m: int, ks: np.ndarray) -> np.ndarray:
+        """v2: ECB of the first m counter blocks of ``ctr`` (two uint64 each) into ``ks`` (room for 16·m + 16
+        bytes), as uint32 words."""
+        enc = self._encryptor()
+        try:
+            done = enc.update_into(ctr.view(np.uint8)[:16 * m], ks)  # whole blocks: nothing held back
+        finally:
+            self._idle.append(enc)
+        return np.frombuffer(ks, dtype="<u4", count=done // 4)
+
+    def _refine(self, codes: np.ndarray, k: np.ndarray, slots: np.ndarray, y: np.ndarray) -> None:
+        """v2: ``codes[k]`` (ambiguous: the slots ``slots`` ≥ 0 with coarse bytes ``y``) from their fine words."""
+        ctr = np.empty(2 * slots.size, np.uint64)
+        slot8.fine_counters(slots, ctr)
+        ks = self._fine_keystream(ctr, slots.size, np.empty(16 * slots.size + 16, np.uint8))
+        _finish_listed(codes, k, slots, y, ks, self._code_thr)
+
     def codes(self, slots: np.ndarray) -> np.ndarray:
         """The drive codes k·4 + a (uint8) of ``slots`` (int64, any order, repeats allowed): per slot
-        its keystream block ``E_K(⌊s/4⌋)`` by ECB of the counter, encrypted once per run of slots
-        that share it (the ascending candidates a modulator link asks about share a block about a
-        third of the time), and word ``s mod 4`` of it. In pieces of :data:`_QUERY_SLOTS` slots through
-        two buffers of the call's own, not zeroed (a 1 MiB piece: 3.8 ns per slot on a window's question
-        against 4.1 for 2^14 slots, Zen 3). Equal to :meth:`choices_reference` bit for bit."""
+        its keystream block by ECB of the counter (v1 ``E_K(⌊s/4⌋)``, v2 ``E_K(⌊s/16⌋)``), encrypted once
+        per run of slots that share it, and the slot's word (v1) or byte (v2: the ambiguous ones then
+        take their fine words) of it. In pieces of :data:`_QUERY_SLOTS` slots through buffers of the
+        call's own, not zeroed (a 1 MiB piece: 3.8 ns per slot on a window's question against 4.1 for
+        2^14 slots, v1, Zen 3). Equal to :meth:`choices_reference` bit for bit."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         if s.ndim != 1:
             raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
         out = np.empty(s.size, dtype=np.uint8)
+        enc = self._encryptor()
+        try:
+            self._codes_pieces(s, out, enc)
+        finally:
+            self._idle.append(enc)
+        return out
+
+    def _codes_pieces(self, s: np.ndarray, out: np.ndarray, enc) -> None:  # type: ignore[no-untyped-def]
+        """:meth:`codes` of ``s`` into ``out``, piece by piece through the ECB encryptor ``enc``."""
         piece = min(s.size, _QUERY_SLOTS)
         ctr = np.empty(2 * piece, np.uint64)
         buf = np.empty(16 * piece + 16, np.uint8)  # update_into wants room for one block more
         ctr_bytes = ctr.view(np.uint8)
-        thr = self._code_thr
-        enc = self._ecb.encryptor()
+        y = np.empty(0 if self._v1 else piece, np.uint8)
+        pos = np.empty(0 if self._v1 else piece, np.int64)
         for lo in range(0, s.size, _QUERY_SLOTS):
             part = s[lo:lo + _QUERY_SLOTS]
-            nb_ = int(_counter_blocks(part, ctr))
+            nb_ = int(_counter_blocks(part, ctr, 2 if self._v1 else 4, np.uint64(0)))
             if nb_ < 0:
                 raise ValueError("slots must be >= 0")
             done = enc.update_into(ctr_bytes[:16 * nb_], buf)
-            words = ctr.view(np.uint32)[:part.size]  # the counters are spent: their buffer takes the words
-            _block_words(np.frombuffer(buf, dtype="<u4", count=done // 4), part, words)
-            _words_to_codes(words, thr, out[lo:lo + _QUERY_SLOTS])
-        enc.finalize()  # ECB of whole blocks: nothing left over
-        return out
+            o = out[lo:lo + _QUERY_SLOTS]
+            if self._v1:
+                words = ctr.view(np.uint32)[:part.size]  # the counters are spent: their buffer takes the words
+                _block_words(np.frombuffer(buf, dtype="<u4", count=done // 4), part, words)
+                _words_to_codes(words, self._code_thr, o)
+                continue
+            yp = y[:part.size]
+            slot8.block_bytes(buf[:done], part, yp)
+            slot8.bytes_to_codes(yp, *self._coarse_map, o)
+            m = slot8.ambiguous_positions(o, pos)
+            if m:
+                p = pos[:m]
+                self._refine(o, p, part[p], yp[p])
 
     def codes_of_bitmap(self, runs: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
         """:meth:`codes` of the slots set in a checked bitmap over runs, from the dense keystream of the runs
-        (:func:`bitmap_codes`: the modulator link's answers; the optics asks about ≈ 27 % of a client's slots)."""
-        return bitmap_codes(self.fill_codes, runs, words, n)
+        (:func:`bitmap_codes`: the modulator link's answers; the optics asks about ≈ 27 % of a client's slots).
+        v2: each piece's coarse codes, the asked ones gathered with the place, slot and byte of each ambiguous
+        one, then only those take their fine words (≈ 3 % of the asked slots, not of the runs)."""
+        if self._v1:
+            return bitmap_codes(self.fill_codes, runs, words, n)
+        out = np.empty(n, dtype=np.uint8)
+        amb_k, amb_s, amb_y = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint8)
+        codes, ks = _codes_buffer(), _keystream_buffer()
+        k = m = 0
+        for s0, q, nw in bitmap_pieces(runs):
+            y = self._coarse_range(s0, nw << 6, ks)
+            piece = codes[:nw << 6]
+            slot8.bytes_to_codes(y, *self._coarse_map, piece)
+            k, m = slot8.gather_bit_codes(piece, y, words, q, nw, s0, out, k, amb_k, amb_s, amb_y, m)
+        _check_set_bits(k, n)
+        if m:
+            self._refine(out, amb_k[:m], amb_s[:m], amb_y[:m])
+        return out
 
     def choices(self, slots: np.ndarray) -> ModulationRecord:
         """The choices of ``slots`` (any order, repeats allowed): :meth:`codes`, split into intensity
@@ -523,21 +684,35 @@ class CsprngChoiceLog:
         codes = self.codes(s)
         return ModulationRecord(client=self.client, slots=s, intensity_idx=codes >> 2, phase_idx=codes & 3)
 
-    def choices_reference(self, slots: np.ndarray) -> ModulationRecord:
-        """:meth:`choices` as first written, kept to test the fast path against: the distinct
-        counter blocks of ``slots`` (``numpy.unique``, a sort), one ECB encryption each, then each
-        slot's word gathered back."""
+    def _ecb_blocks(self, counters: np.ndarray) -> np.ndarray:
+        """``E_K`` of each 128-bit big-endian counter (rows of two big-endian uint64: high, low), as bytes."""
         from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-        s = np.ascontiguousarray(slots, dtype=np.int64)
-        blocks, inv = np.unique(s >> 2, return_inverse=True)
-        ctr = np.zeros((blocks.size, 2), dtype=">u8")
-        ctr[:, 1] = blocks.astype(np.uint64)
         enc = Cipher(algorithms.AES(self.key), modes.ECB()).encryptor()
-        ks = np.frombuffer(enc.update(ctr.tobytes()) + enc.finalize(), dtype="<u4")
-        words = np.ascontiguousarray(ks[inv.ravel() * 4 + (s & 3)])
-        codes = np.empty(s.size, dtype=np.uint8)
-        _words_to_codes(words, self._code_thr, codes)
+        ctr = np.ascontiguousarray(counters, dtype=">u8")
+        return np.frombuffer(enc.update(ctr.tobytes()) + enc.finalize(), dtype=np.uint8)
+
+    def choices_reference(self, slots: np.ndarray) -> ModulationRecord:
+        """:meth:`choices` as the definitions read, kept to test the fast paths against: the distinct
+        counter blocks of ``slots`` (``numpy.unique``, a sort), one ECB encryption each, then each slot's
+        word gathered back (v1); v2 computes both the coarse byte and the fine word of every slot
+        (:mod:`labqfl.sim_backends.slot8`'s definition, no shortcut for the slots the byte decides) and
+        counts the thresholds at or below v with ``numpy.searchsorted``."""
+        s = np.ascontiguousarray(slots, dtype=np.int64)
+        if self._v1:
+            blocks, inv = np.unique(s >> 2, return_inverse=True)
+            ks = self._ecb_blocks(np.stack([np.zeros_like(blocks), blocks], axis=1)).view("<u4")
+            words = np.ascontiguousarray(ks[inv.ravel() * 4 + (s & 3)])
+            codes = np.empty(s.size, dtype=np.uint8)
+            _words_to_codes(words, self._code_thr, codes)
+        else:
+            cb, cinv = np.unique(s >> 4, return_inverse=True)
+            y = self._ecb_blocks(np.stack([np.zeros_like(cb), cb], axis=1))[cinv.ravel() * 16 + (s & 15)]
+            fb, finv = np.unique(s >> 2, return_inverse=True)
+            w = self._ecb_blocks(np.stack([np.ones_like(fb), fb], axis=1)).view("<u4")[finv.ravel() * 4 + (s & 3)]
+            v = ((y.astype(np.uint64) & np.uint64(127)) << np.uint64(24)) | (w.astype(np.uint64) & np.uint64(0xFFFFFF))
+            c = np.searchsorted(self._thr(), v, side="right")
+            codes = ((c >> 1) * 4 + (c & 1) + 2 * (y >> 7)).astype(np.uint8)
         return ModulationRecord(client=self.client, slots=s, intensity_idx=(codes >> 2).astype(np.uint8),
                                 phase_idx=(codes & 3).astype(np.uint8))
 
@@ -598,12 +773,14 @@ def load_private_log(data_dir: str | Path, client: str, acquisition_id: str) -> 
                                 f"in {path.parent}; distil on the machine that holds it")
     try:
         d = json.loads(path.read_text())
-        if d.get("format") != PRIVATE_LOG_FORMAT or d.get("generator") != CSPRNG_GENERATOR_NAME:
-            raise ValueError(f"format {d.get('format')!r}/generator {d.get('generator')!r}")
+        if d.get("format") != PRIVATE_LOG_FORMAT or d.get("generator") not in CSPRNG_GENERATORS:
+            raise ValueError(f"format {d.get('format')!r}/generator {d.get('generator')!r}, expected "
+                             f"{PRIVATE_LOG_FORMAT!r}/one of {CSPRNG_GENERATORS}")
         if d["client"] != client or d["acquisition_id"] != acquisition_id:
             raise ValueError(f"it belongs to {d['client']} / {d['acquisition_id']}")
         return CsprngChoiceLog(client=client, intensity_probs=tuple(float(p) for p in d["intensity_probs"]),
-                               basis_x_prob=float(d["basis_x_prob"]), key=bytes.fromhex(d["key_hex"]))
+                               basis_x_prob=float(d["basis_x_prob"]), key=bytes.fromhex(d["key_hex"]),
+                               generator=d["generator"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid private choice log of {client} ({exc}); expected the file "
                          "`labqfl acquire` wrote") from None

@@ -264,8 +264,9 @@ def warm_cascade() -> None:
 def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:
     """Load the kernels of :meth:`CsprngChoiceLog.codes` and :meth:`~CsprngChoiceLog.codes_of_bitmap` for this
     client's number of choice categories (a throwaway log with its own fresh key, asked about a few slots),
-    so that the modulator link's first question and the pair ends' first look-up do not load them
-    mid-acquisition."""
+    and those that finish the ≈ 3 % of slots whose coarse byte does not decide (asked directly: a few random
+    slots may hold none), so that the modulator link's first question and the pair ends' first look-up do
+    not load them mid-acquisition."""
     from labqfl.nodes.wire import slot_bits
     from labqfl.sim_backends.qrng import CsprngChoiceLog
 
@@ -273,6 +274,7 @@ def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:
     log_.codes(np.arange(0, 64, 3, dtype=np.int64))
     runs = np.array([[3, 70]], np.int64)
     log_.codes_of_bitmap(runs.reshape(-1), slot_bits(np.array([3, 69], np.int64), runs), 2)
+    log_._refine(np.zeros(1, np.uint8), np.zeros(1, np.int64), np.array([5], np.int64), np.zeros(1, np.uint8))
 
 
 class _SiftBatch:

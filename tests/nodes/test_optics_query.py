@@ -124,17 +124,19 @@ def test_bitmap_words_full_empty_or_with_only_the_top_bit_read_back_exactly():
 
 
 def _logs() -> list:
-    from labqfl.sim_backends.qrng import ClientQRNGLog, CsprngChoiceLog
+    from labqfl.sim_backends.qrng import CSPRNG_GENERATOR_V1, ClientQRNGLog, CsprngChoiceLog
 
     return [CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967),
-            ClientQRNGLog("C2", seed=7, epoch=3, intensity_probs=(0.6, 0.3, 0.1), basis_x_prob=0.8)]
+            ClientQRNGLog("C2", seed=7, epoch=3, intensity_probs=(0.6, 0.3, 0.1), basis_x_prob=0.8),
+            CsprngChoiceLog("C3", (0.7, 0.2, 0.1), 0.9, generator=CSPRNG_GENERATOR_V1)]
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_a_client_answers_a_bitmap_question_from_the_bitmap_with_the_codes_of_the_decoded_slots(seed):
     """``answer_codes`` answers a bitmap question from the runs' dense pattern gathered at the set bits
     (``codes_of_bitmap``, no decoded slots): the same codes, in the same order, as the client's log gives for
-    the decoded slots — for both generators, on runs that start and end inside a 64-slot word, two runs that
+    the decoded slots — for the three generators (CSPRNG v2, whose ambiguous slots take their fine
+    words after the gather, seeded, CSPRNG v1), on runs that start and end inside a 64-slot word, two runs that
     share a word, a run longer than one keystream piece (2^18 slots), a run with no asked slot, and word-sized
     runs at slot 0."""
     from labqfl.sim_backends.qrng import _RUN_SLOTS

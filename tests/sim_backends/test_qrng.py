@@ -71,16 +71,29 @@ def test_client_log_refuses_csprng_clients():
 
 # -- the CSPRNG client (AES-256-CTR keyed from the OS) ------------------------------------------
 
-def _reference_codes(key: bytes, probs, px, s0: int, n: int) -> np.ndarray:
-    """Straight from the definition: CTR keystream from `cryptography` (counter ⌊s/4⌋, big-endian),
-    32-bit little-endian word per slot, category = number of joint thresholds at or below x >> 1."""
+def _ctr(key: bytes, first_block: int, s0: int, n: int, per_block: int, dtype: str) -> np.ndarray:
+    """Units (``per_block`` to a 16-byte block) of slots s0 … s0 + n − 1 of the CTR keystream whose slot 0
+    is counter ``first_block`` (128-bit big-endian), from `cryptography` alone."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    b0 = s0 // per_block
+    nb_ = (s0 + n + per_block - 1) // per_block - b0
+    ks = Cipher(algorithms.AES(key), modes.CTR((first_block + b0).to_bytes(16, "big"))).encryptor().update(bytes(16 * nb_))
+    return np.frombuffer(ks, dtype=dtype)[s0 - per_block * b0:s0 - per_block * b0 + n].astype(np.uint64)
+
+
+def _reference_codes(key: bytes, probs, px, s0: int, n: int, generator: str = "aes256-ctr-slot8-v2") -> np.ndarray:
+    """Straight from the definitions, every slot in full. v1: CTR keystream (counter ⌊s/4⌋, big-endian),
+    32-bit little-endian word x per slot. v2: byte s mod 16 of the block with counter ⌊s/16⌋ (y) and word
+    s mod 4 of the block with counter 2^64 + ⌊s/4⌋ (w), x = (y mod 128)·2^25 + (w mod 2^24)·2 + ⌊y/128⌋.
+    Category = number of joint thresholds at or below x >> 1, bit = x & 1."""
     from labqfl.sim_backends.qrng import joint_thresholds
 
-    b0 = s0 // 4
-    nb_ = (s0 + n + 3) // 4 - b0
-    ks = Cipher(algorithms.AES(key), modes.CTR(b0.to_bytes(16, "big"))).encryptor().update(bytes(16 * nb_))
-    x = np.frombuffer(ks, dtype="<u4")[s0 - 4 * b0:s0 - 4 * b0 + n].astype(np.uint64)
+    if generator == "aes256-ctr-slot32-v1":
+        x = _ctr(key, 0, s0, n, 4, "<u4")
+    else:
+        y, w = _ctr(key, 0, s0, n, 16, "u1"), _ctr(key, 1 << 64, s0, n, 4, "<u4")
+        x = ((y % 128) << np.uint64(25)) | ((w & np.uint64(0xFFFFFF)) << np.uint64(1)) | (y // 128)
     c = np.searchsorted(joint_thresholds(probs, px), x >> np.uint64(1), side="right")
     return ((c >> 1) * 4 + (c & 1) + 2 * (x & np.uint64(1))).astype(np.uint8)
 
@@ -88,14 +101,15 @@ def _reference_codes(key: bytes, probs, px, s0: int, n: int) -> np.ndarray:
 @settings(max_examples=25, deadline=None)
 @given(s0=st.integers(0, 2**40), n=st.integers(1, 3000),
        probs=st.sampled_from([[1.0], [0.5, 0.5], [0.891, 0.024, 0.085], [0.0, 0.3, 0.7], [1e-9, 1 - 2e-9, 1e-9]]),
-       px=st.floats(0.01, 0.99))
-def test_csprng_pattern_and_random_access_match_the_definition(s0, n, probs, px):
-    """Dense drive pattern (CTR runs + guide table), random-access choices (ECB of the counters)
-    and the reference computed from the definition all agree, for any start slot and length."""
+       px=st.floats(0.01, 0.99), generator=st.sampled_from(["aes256-ctr-slot8-v2", "aes256-ctr-slot32-v1"]))
+def test_csprng_pattern_and_random_access_match_the_definition(s0, n, probs, px, generator):
+    """Dense drive pattern (CTR runs + the branch-free mapping), random-access choices (ECB of the counters)
+    and the reference computed from the definition all agree, for any start slot and length, both
+    generators."""
     from labqfl.sim_backends.qrng import CsprngChoiceLog
 
-    log = CsprngChoiceLog("C1", tuple(probs), px)
-    ref = _reference_codes(log.key, probs, px, s0, n)
+    log = CsprngChoiceLog("C1", tuple(probs), px, generator=generator)
+    ref = _reference_codes(log.key, probs, px, s0, n, generator)
     out = np.empty(n, dtype=np.uint8)
     log.fill_codes(s0, out)
     np.testing.assert_array_equal(out, ref)
@@ -139,6 +153,103 @@ def test_csprng_frequencies_fresh_keys_and_private_file(tmp_path):
                                   a.choices(s).phase_idx)
     with pytest.raises(PrivateLogMissing, match="client C2's private choice log for acquisition st/abc/epoch-5 not found"):
         load_private_log(tmp_path, "C2", "st/abc/epoch-5")
+
+
+def test_v1_private_logs_still_load_and_unknown_generators_are_refused(tmp_path):
+    """A log written with ``aes256-ctr-slot32-v1`` loads as v1 (the same choices as when it was written); new
+    logs are v2; a log naming another generator is one clear error, and no log object takes an unknown one."""
+    from labqfl.sim_backends.qrng import (
+        CSPRNG_GENERATOR_V1,
+        CsprngChoiceLog,
+        load_private_log,
+        save_private_log,
+    )
+
+    old = CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967, generator=CSPRNG_GENERATOR_V1)
+    new = CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967, key=old.key)
+    assert new.generator == "aes256-ctr-slot8-v2"
+    s = np.arange(5, 200_000, 7, dtype=np.int64)
+    assert (old.codes(s) != new.codes(s)).mean() > 0.3  # the same key, two generators: different choices
+    save_private_log(old, tmp_path, "acq-1")
+    back = load_private_log(tmp_path, "C1", "acq-1")
+    assert back.generator == CSPRNG_GENERATOR_V1
+    np.testing.assert_array_equal(back.codes(s), old.codes(s))
+    p = save_private_log(new, tmp_path, "acq-2")
+    assert load_private_log(tmp_path, "C1", "acq-2").generator == "aes256-ctr-slot8-v2"
+    p.chmod(0o600)
+    p.write_text(p.read_text().replace("aes256-ctr-slot8-v2", "aes256-ctr-slot4-v9"))
+    with pytest.raises(ValueError, match="generator 'aes256-ctr-slot4-v9', expected"):
+        load_private_log(tmp_path, "C1", "acq-2")
+    with pytest.raises(ValueError, match="unknown CSPRNG generator"):
+        CsprngChoiceLog("C1", (1.0,), 0.5, generator="aes256-ctr-slot4-v9")
+
+
+@pytest.mark.parametrize("probs,px", [([0.891, 0.024, 0.085], 0.967), ([0.0, 0.3, 0.7], 0.5), ([1.0], 0.2),
+                                      ([0.125] * 8, 0.9), ([1e-9, 1 - 2e-9, 1e-9], 0.01), ([0.5, 0.5], 0.5)])
+def test_v2_coarse_bytes_decide_exactly_when_no_threshold_splits_their_bin(probs, px):
+    """Every coarse byte 0 … 255, both mapping paths (the 128-byte table where the CPU has AVX-512 VBMI, the
+    8-bit lanes everywhere): the code when all of the byte's 2^24 values of v fall in one category
+    (computed from the thresholds with Python integers), AMBIGUOUS exactly when a threshold lies strictly
+    inside the byte's bin; then the finished word gives the category of its v, at the bin's both ends and
+    on each threshold inside it."""
+    from labqfl.sim_backends import slot8
+    from labqfl.sim_backends.qrng import _finish_listed, code_thresholds, joint_thresholds
+
+    from labqfl.bitops import HAS_BYTE_LUT
+
+    thr = joint_thresholds(probs, px)
+    t = [int(x) for x in thr[:-1]]
+    y = np.arange(256 + 64 + 7, dtype=np.int64).astype(np.uint8)  # every byte, then a tail past whole 64-byte steps
+    table, lo_t, hi_t = slot8.coarse_map(thr)
+    out, lanes = np.empty(y.size, np.uint8), np.empty(y.size, np.uint8)
+    slot8.bytes_to_codes(y, table, lo_t, hi_t, out)
+    slot8.bytes_to_codes_lanes(y, lo_t, hi_t, lanes)
+    np.testing.assert_array_equal(out, lanes)
+    print("the 128-byte table path ran" if HAS_BYTE_LUT else "no AVX-512 VBMI here: the lanes path only")
+    for b in range(256):
+        u, bit = b & 127, b >> 7
+        lo, hi = u << 24, (u << 24) + (1 << 24) - 1
+        c_lo, c_hi = sum(x <= lo for x in t), sum(x <= hi for x in t)
+        assert (out[b] == slot8.AMBIGUOUS) == (c_lo != c_hi), b
+        if c_lo == c_hi:
+            assert out[b] == (c_lo >> 1) * 4 + (c_lo & 1) + 2 * bit, b
+        for v in {lo, hi, *(x for x in t if lo < x <= hi), *(x - 1 for x in t if lo < x <= hi)}:
+            got = np.zeros(1, np.uint8)
+            _finish_listed(got, np.zeros(1, np.int64), np.array([2], np.int64), np.array([b], np.uint8),
+                           np.array([0, 0, v - lo, 0], np.uint32), code_thresholds(thr))  # slot 2: word 2
+            c = sum(x <= v for x in t)
+            assert got[0] == (c >> 1) * 4 + (c & 1) + 2 * bit, (b, v)
+    pos = np.empty(y.size, np.int64)
+    m = slot8.ambiguous_positions(out, pos)
+    np.testing.assert_array_equal(pos[:m], np.flatnonzero(out == slot8.AMBIGUOUS))
+
+
+def test_v2_on_the_default_station_refines_three_percent_of_slots_and_keeps_the_distribution():
+    """On the default probabilities 4 of the 128 coarse bins hold a threshold (3.1 % of slots); a dense
+    pattern of 2^20 slots holds such slots, each with the reference's code, and the codes' frequencies are
+    the thresholds' (chi-square over all 12 codes)."""
+    from labqfl.sim_backends import slot8
+    from labqfl.sim_backends.qrng import CsprngChoiceLog, joint_thresholds
+
+    probs, px = [0.891, 0.024, 0.085], 0.967
+    log = CsprngChoiceLog("C1", tuple(probs), px)
+    n, s0 = 1 << 20, 2**33 + 11
+    coarse = np.empty(n, np.uint8)
+    slot8.bytes_to_codes(_ctr(log.key, 0, s0, n, 16, "u1").astype(np.uint8), *slot8.coarse_map(
+        joint_thresholds(probs, px)), coarse)
+    amb = coarse == slot8.AMBIGUOUS
+    assert 0.028 < amb.mean() < 0.034
+    out = np.empty(n, np.uint8)
+    log.fill_codes(s0, out)
+    ref = _reference_codes(log.key, probs, px, s0, n)
+    np.testing.assert_array_equal(out, ref)
+    assert np.unique(out[amb]).size >= 4  # the refined slots land on both sides of their thresholds
+    thr = joint_thresholds(probs, px).astype(np.float64)
+    pc = np.diff(np.concatenate([[0.0], thr])) / 2**31  # category probabilities
+    want = np.array([pc[c] / 2 for c in range(6) for _ in (0, 1)])  # codes k·4 + {b, b + 2}, b = c & 1
+    codes = np.array([(c >> 1) * 4 + (c & 1) + 2 * bit for c in range(6) for bit in (0, 1)])
+    obs = np.bincount(out, minlength=32)[codes]
+    assert obs.sum() == n and stats.chisquare(obs, want * n).pvalue > 1e-4
 
 
 @settings(max_examples=20, deadline=None)
