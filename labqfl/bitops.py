@@ -7,17 +7,29 @@ from numba import types
 from numba.extending import intrinsic
 
 __all__ = ["HAS_BYTE_COMPRESS", "HAS_BYTE_LUT", "bswap64", "compress_bytes64", "cttz64", "eq_mask64",
-           "lut128_bytes64", "popcount64"]
+           "lut128_bytes64", "popcount64", "target_features"]
 
 
-def _host_has(*features: str) -> bool:
+def target_features() -> set[str]:
+    """The CPU features Numba compiles for: those of ``NUMBA_CPU_FEATURES`` where it is set (the ``+name``
+    entries: a portable cache built for a named CPU), else the host's, as Numba's own code generator takes
+    them. Kernels that emit an instruction only some CPUs have check this, never the host alone, so that a
+    build for another CPU never emits an instruction its target lacks."""
+    from numba.core import config
+
+    wanted = getattr(config, "CPU_FEATURES", None)
+    if wanted is not None:
+        return {f[1:] for f in str(wanted).split(",") if f.startswith("+")}
     try:
         from llvmlite import binding
 
-        feats = binding.get_host_cpu_features()
-        return all(bool(feats.get(f)) for f in features)
-    except Exception:  # noqa: BLE001 - no feature query on this platform: take the portable path
-        return False
+        return {name for name, on in binding.get_host_cpu_features().items() if on}
+    except Exception:  # noqa: BLE001 - no feature query on this platform: take the portable paths
+        return set()
+
+
+def _host_has(*features: str) -> bool:
+    return set(features) <= target_features()
 
 
 HAS_BYTE_COMPRESS: bool = _host_has("avx512vbmi2", "avx512bw", "avx512vl")

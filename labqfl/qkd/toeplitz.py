@@ -88,6 +88,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from labqfl.bitops import target_features
 from labqfl.errors import QKDInputError
 
 __all__ = [
@@ -297,17 +298,7 @@ def toeplitz_hash_reference(bits: np.ndarray, seed_bits: np.ndarray, out_len: in
 # Exact GF(2) path: bit-packed Toeplitz–Karatsuba with hardware carry-less multiplication.
 
 
-def _host_features() -> set[str]:
-    try:
-        from llvmlite import binding
-
-        feats = binding.get_host_cpu_features()
-        return {name for name, on in feats.items() if on}
-    except Exception:  # noqa: BLE001 - no feature query on this platform: use the FFT path
-        return set()
-
-
-_FEATURES = _host_features()
+_FEATURES = target_features()  # what Numba compiles for (NUMBA_CPU_FEATURES where set, else the host's)
 HAS_CLMUL: bool = "pclmul" in _FEATURES
 """True where the CPU has ``pclmulqdq``: :func:`toeplitz_hash` then uses the GF(2) path."""
 _WIDE_CLMUL: bool = HAS_CLMUL and {"vpclmulqdq", "avx512f"} <= _FEATURES

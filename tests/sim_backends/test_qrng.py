@@ -323,3 +323,35 @@ def test_csprng_codes_of_long_unordered_questions_with_shared_blocks_match_the_r
     assert log.codes(np.empty(0, np.int64)).size == 0
     with pytest.raises(ValueError, match=">= 0"):
         log.codes(np.array([4, -1, 8], np.int64))
+
+
+def test_v2_paths_without_avx512_give_the_same_codes(tmp_path):
+    """The portable paths (8-bit lanes instead of the 128-byte table, set bit by set bit instead of the compress
+    store) on every host: a subprocess compiles for the baseline x86-64 CPU (``NUMBA_CPU_NAME``/``FEATURES``,
+    its own cache), finds neither AVX-512 feature, and its dense pattern and bitmap answers equal the reference."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import numpy as np
+        from labqfl.bitops import HAS_BYTE_COMPRESS, HAS_BYTE_LUT
+        from labqfl.nodes.wire import slot_bits
+        from labqfl.sim_backends.qrng import CsprngChoiceLog
+        assert not HAS_BYTE_COMPRESS and not HAS_BYTE_LUT
+        log = CsprngChoiceLog("C1", (0.891, 0.024, 0.085), 0.967)
+        n, s0 = 300_000, 2**35 + 3
+        out = np.empty(n, np.uint8)
+        log.fill_codes(s0, out)
+        ref = log.choices_reference(s0 + np.arange(n))
+        ref = ref.intensity_idx * 4 + ref.phase_idx
+        assert np.array_equal(out, ref)
+        slots = s0 + np.flatnonzero(np.random.default_rng(0).random(n) < 0.25)
+        runs = np.array([[s0, s0 + n]], np.int64)
+        assert np.array_equal(log.codes_of_bitmap(runs.reshape(-1), slot_bits(slots, runs), slots.size), ref[slots - s0])
+        print("portable paths equal")
+    """)
+    env = {**os.environ, "NUMBA_CPU_NAME": "x86-64", "NUMBA_CPU_FEATURES": "", "NUMBA_CACHE_DIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "portable paths equal" in r.stdout, r.stderr[-2000:]
