@@ -282,18 +282,14 @@ def sift_reference(outcomes: np.ndarray, rec_i: ModulationRecord, rec_j: Modulat
             clicks, errors_x2, doubles)
 
 
-def announcement_digest(ann: Announcements) -> bytes:
-    """SHA-256 of one pair's announcements (pair name, slots as int64 LE, outcomes as uint8): what
-    a client received from the detector, compared between the two clients (32 bytes)."""
-    h = hashlib.sha256(b"labqfl-announcements-v1\0" + ann.pair.encode() + b"\0")
-    h.update(_u64(ann.slots.size))
-    h.update(np.ascontiguousarray(ann.slots, dtype="<i8").data)  # the arrays' buffers, not copies
-    h.update(np.ascontiguousarray(ann.outcomes, dtype=np.uint8).data)
-    return h.digest()
-
-
-def _u64(n: int) -> bytes:
-    return int(n).to_bytes(8, "little")
+def announcement_digest(pair: str, entry: bytes) -> bytes:
+    """SHA-256 of one pair's announcements as a client received them, over their transcript entry
+    (:func:`labqfl.qkd.transcript_entries.announcement_entry`: an injective encoding of the slot range,
+    the measured slots, the slots and the outcomes, ≈ 1.3 bytes per announced slot — each end makes it
+    anyway, for its transcript) and the pair's name; compared between the two clients (32 bytes).
+    Version 1 hashed the int64 slots and uint8 outcomes (9 bytes a slot): 0.024 CPU s per simulated s of
+    SHA-256 on the default station, in process."""
+    return hashlib.sha256(b"labqfl-announcements-v2\0" + pair.encode() + b"\0" + entry).digest()
 
 
 def pack_flags(flags: np.ndarray) -> bytes:

@@ -456,8 +456,9 @@ class PairEndI(_PairEnd):
         received them; ``n_slots``: the pair's measured slots there) with Cj over ``ch``."""
         b = self._blk
         n = int(ann.slots.size)
+        entry = announcement_entry(ann, lo, hi, n_slots) if n else b""
         if n:
-            self.tx.local(announcement_entry(ann, lo, hi, n_slots))
+            self.tx.local(entry)
         if n == 0 or b.refused:
             c = self._empty_counts(n_slots)
             self._add_counts(c)
@@ -467,7 +468,7 @@ class PairEndI(_PairEnd):
         rec = self.log.choices(ann.slots)
         try:
             self._ask(ch, Message("ann/confirm", {"lo": int(lo), "hi": int(hi), "n": n, "n_slots": int(n_slots),
-                                                  "digest": announcement_digest(ann)}), "ann/ok")
+                                                  "digest": announcement_digest(ann.pair, entry)}), "ann/ok")
             mine = key_flags(rec)
             rep = self._ask(ch, Message("sift/flags", {"lo": int(lo), "flags": pack_flags(mine)}), "sift/flags")
             key = mine & _unbits(rep.get("flags"), n, "sift/flags").astype(bool)
@@ -672,7 +673,7 @@ class _JBlock:
         self.final: np.ndarray | None = None
         self.confirmed = False
         # the chunk being sifted: (lo, hi) → announcements, measured slots; then Ci's flags etc.
-        self.pending: dict[int, tuple[Announcements, int, int]] = {}
+        self.pending: dict[int, tuple[Announcements, int, int, bytes]] = {}  # lo: (ann, hi, n_slots, digest)
         self.cur: dict[str, Any] = {}
 
 
@@ -700,7 +701,7 @@ class PairEndJ(_PairEnd):
         with self._lock:
             b = self._blk
             n = sum(p.nbytes for p, _ in b.bits) + self.tx.held_bytes()
-            return n + sum(a.slots.nbytes + a.outcomes.nbytes for a, _, _ in b.pending.values())
+            return n + sum(a.slots.nbytes + a.outcomes.nbytes for a, _, _, _ in b.pending.values())
 
     # -- data from the detector ----------------------------------------------------------------
     def receive(self, ann: Announcements, lo: int, hi: int, n_slots: int) -> None:
@@ -713,8 +714,9 @@ class PairEndJ(_PairEnd):
                 c = self._empty_counts(n_slots)
                 b.counts = c if b.counts is None else b.counts + c
             else:
-                self.tx.local(announcement_entry(ann, lo, hi, n_slots))
-                b.pending[int(lo)] = (ann, int(hi), int(n_slots))
+                entry = announcement_entry(ann, lo, hi, n_slots)
+                self.tx.local(entry)
+                b.pending[int(lo)] = (ann, int(hi), int(n_slots), announcement_digest(ann.pair, entry))
 
     # -- protocol ------------------------------------------------------------------------------
     def handle(self, request: Message) -> Message:
@@ -751,9 +753,9 @@ class PairEndJ(_PairEnd):
         got = b.pending.get(lo)
         if got is None:
             raise _Refused(f"ann/confirm: Cj received no announcements for slots from {lo}")
-        ann, hi, n_slots = got
+        ann, hi, n_slots, digest = got
         if (int(req.get("hi")), int(req.get("n")), int(req.get("n_slots"))) != (hi, int(ann.slots.size), n_slots) \
-                or req.get("digest") != announcement_digest(ann):
+                or req.get("digest") != digest:
             raise _Refused(f"the detector's announcements for slots [{lo}, {hi}) differ between the two clients "
                            f"(announcement digests or counts do not match); block refused")
         b.cur = {"lo": lo, "ann": ann, "n_slots": n_slots, "rec": self.log.choices(ann.slots), "step": "ann"}

@@ -158,7 +158,8 @@ def test_a_detector_telling_the_two_clients_different_things_gets_the_block_refu
                            block_slots={pair: block_slots_for(cfg, (ci, cj), s.block_bits)})
     n_slots = schedule.slots_of_pair(pair, mine.hi) - schedule.slots_of_pair(pair, mine.lo)
     confirm = Message("ann/confirm", {"lo": mine.lo, "hi": mine.hi, "n": int(mine.ann.slots.size),
-                                      "n_slots": int(n_slots), "digest": twoparty.announcement_digest(mine.ann)})
+                                      "n_slots": int(n_slots), "digest": twoparty.announcement_digest(
+                                          pair, twoparty.announcement_entry(mine.ann, mine.lo, mine.hi, n_slots))})
     replies = {}
     for what, msg in (("true", m), ("lying", lying)):
         jp = _JPair(node, SimpleNamespace(log=logs[cj]), pair, ci)

@@ -134,3 +134,32 @@ def test_compress_equals_numpy_boolean_indexing(dtype):
         np.testing.assert_array_equal(got, values[mask])
     with pytest.raises(QKDInputError, match="expected equal 1-D shapes"):
         compress(np.zeros(5, np.uint8), np.ones(4, bool))
+
+
+def test_announcement_digest_binds_every_field_of_the_entry_and_the_pair():
+    """The two clients' digest (over the transcript entry, ≈ 1.3 bytes a slot): equal for equal announcements,
+    different when one outcome, one slot, the slot range, the measured slots or the pair differ, and for a
+    slot gap that needs the entry's escape (≥ 255) against one that does not."""
+    from labqfl.contracts.types import Announcements
+    from labqfl.qkd.sifting import announcement_digest
+    from labqfl.qkd.transcript_entries import announcement_entry
+
+    rng = np.random.default_rng(3)
+    slots = np.cumsum(rng.integers(1, 90, 5000)).astype(np.int64) + 10**9
+    outcomes = rng.integers(1, 4, slots.size).astype(np.uint8)
+
+    def dig(s, o, lo=10**9, hi=10**10, n_slots=123_456, pair="C1-C2"):  # type: ignore[no-untyped-def]
+        return announcement_digest(pair, announcement_entry(Announcements(pair, s, o), lo, hi, n_slots))
+
+    base = dig(slots, outcomes)
+    assert len(base) == 32 and base == dig(slots.copy(), outcomes.copy())
+    o2 = outcomes.copy()
+    o2[777] ^= 3
+    s2 = slots.copy()
+    s2[4000] += 1
+    s3 = slots.copy()
+    s3[10:] += 300  # a gap of ≥ 255: escaped in the entry
+    others = [dig(slots, o2), dig(s2, outcomes), dig(s3, outcomes), dig(slots, outcomes, lo=10**9 + 1),
+              dig(slots, outcomes, hi=10**10 - 1), dig(slots, outcomes, n_slots=123_457),
+              dig(slots, outcomes, pair="C1-C3")]
+    assert len({base, *others}) == len(others) + 1

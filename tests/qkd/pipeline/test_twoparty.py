@@ -318,7 +318,7 @@ def test_announcements_that_differ_are_refused_by_the_transcript_tags_without_th
     its transcript, so even with the (computational) digest check disabled the tags differ."""
     import labqfl.qkd.twoparty as twoparty
 
-    monkeypatch.setattr(twoparty, "announcement_digest", lambda ann: b"digest check disabled")
+    monkeypatch.setattr(twoparty, "announcement_digest", lambda pair, entry: b"digest check disabled")
     outcomes = []
 
     def channel(ei, ej):
