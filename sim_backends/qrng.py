@@ -533,17 +533,12 @@ class CsprngChoiceLog:
     def _keystream(self, s0: int, n: int, shift: int, buf: np.ndarray) -> tuple[int, int]:
         """The CTR keystream of the counter blocks ⌊s/2^shift⌋ of slots s0 … s0 + n − 1 (counters below
         2^64; n ≤ :data:`_RUN_SLOTS`) into ``buf``, as the ECB of the counters through one of this log's
-        reused encryptors (:meth:`_encryptor`); returns (bytes written, the first slot's unit offset in them)."""
+        reused encryptors (:meth:`_ecb_into`); returns (bytes written, the first slot's unit offset in them)."""
         b0 = s0 >> shift
         nb_ = ((s0 + n + (1 << shift) - 1) >> shift) - b0
         ctr = _counters_buffer()
         _counter_run(b0, nb_, ctr)
-        enc = self._encryptor()
-        try:
-            enc.update_into(ctr.view(np.uint8)[:16 * nb_], buf)
-        finally:
-            self._idle.append(enc)
-        return 16 * nb_, s0 - (b0 << shift)
+        return self._ecb_into(ctr, nb_, buf), s0 - (b0 << shift)
 
     def _words_range(self, s0: int, n: int, buf: np.ndarray) -> np.ndarray:
         """v1: keystream words of slots s0 … s0 + n − 1 (n ≤ _RUN_SLOTS), written into ``buf``."""
@@ -579,29 +574,28 @@ class CsprngChoiceLog:
 
     @functools.cached_property
     def _idle(self) -> list:  # type: ignore[type-arg]
-        """This log's ECB encryptors not in use (:meth:`_encryptor`)."""
+        """This log's ECB encryptors not in use (:meth:`_ecb_into`)."""
         return []
 
-    def _encryptor(self):  # type: ignore[no-untyped-def]
-        """An ECB encryptor of this log's key for one caller at a time (the caller appends it to :attr:`_idle`
-        when done; ``list.pop``/``append`` are atomic, so threads never share one). ECB contexts fed whole
-        blocks hold nothing between calls, so they are reused instead of created per call (a CTR context per
-        64 K-slot run before): the simulator's drive patterns on two threads went from 2.56–2.63 to 3.17
-        simulated s per wall s with this alone (docs/simulator.md)."""
+    def _ecb_into(self, ctr: np.ndarray, m: int, out: np.ndarray) -> int:
+        """ECB of the first m counter blocks of ``ctr`` (two uint64 each) into ``out`` (room for 16·m + 16
+        bytes); the bytes written. Through an encryptor of this log's key that one caller holds at a time
+        (taken from and given back to :attr:`_idle`; ``list.pop``/``append`` are atomic, so threads never share
+        one). ECB contexts fed whole blocks hold nothing between calls, so they are reused instead of created
+        per call (a CTR context per 64 K-slot run before): the simulator's drive patterns on two threads went
+        from 2.56–2.63 to 3.17 simulated s per wall s with this alone (docs/simulator.md)."""
         try:
-            return self._idle.pop()
+            enc = self._idle.pop()
         except IndexError:
-            return self._ecb.encryptor()
-
-    def _fine_keystream(self, ctr: np.ndarray, m: int, ks: np.ndarray) -> np.ndarray:
-        """v2: ECB of the first m counter blocks of ``ctr`` (two uint64 each) into ``ks`` (room for 16·m + 16
-        bytes), as uint32 words."""
-        enc = self._encryptor()
+            enc = self._ecb.encryptor()
         try:
-            done = enc.update_into(ctr.view(np.uint8)[:16 * m], ks)  # whole blocks: nothing held back
+            return int(enc.update_into(ctr.view(np.uint8)[:16 * m], out))
         finally:
             self._idle.append(enc)
-        return np.frombuffer(ks, dtype="<u4", count=done // 4)
+
+    def _fine_keystream(self, ctr: np.ndarray, m: int, ks: np.ndarray) -> np.ndarray:
+        """v2: ECB of the first m counter blocks of ``ctr`` into ``ks``, as uint32 words."""
+        return np.frombuffer(ks, dtype="<u4", count=self._ecb_into(ctr, m, ks) // 4)
 
     def _refine(self, codes: np.ndarray, k: np.ndarray, slots: np.ndarray, y: np.ndarray) -> None:
         """v2: ``codes[k]`` (ambiguous: the slots ``slots`` ≥ 0 with coarse bytes ``y``) from their fine words."""
@@ -621,19 +615,9 @@ class CsprngChoiceLog:
         if s.ndim != 1:
             raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
         out = np.empty(s.size, dtype=np.uint8)
-        enc = self._encryptor()
-        try:
-            self._codes_pieces(s, out, enc)
-        finally:
-            self._idle.append(enc)
-        return out
-
-    def _codes_pieces(self, s: np.ndarray, out: np.ndarray, enc) -> None:  # type: ignore[no-untyped-def]
-        """:meth:`codes` of ``s`` into ``out``, piece by piece through the ECB encryptor ``enc``."""
         piece = min(s.size, _QUERY_SLOTS)
         ctr = np.empty(2 * piece, np.uint64)
         buf = np.empty(16 * piece + 16, np.uint8)  # update_into wants room for one block more
-        ctr_bytes = ctr.view(np.uint8)
         y = np.empty(0 if self._v1 else piece, np.uint8)
         pos = np.empty(0 if self._v1 else piece, np.int64)
         for lo in range(0, s.size, _QUERY_SLOTS):
@@ -641,7 +625,7 @@ class CsprngChoiceLog:
             nb_ = int(_counter_blocks(part, ctr, 2 if self._v1 else 4, np.uint64(0)))
             if nb_ < 0:
                 raise ValueError("slots must be >= 0")
-            done = enc.update_into(ctr_bytes[:16 * nb_], buf)
+            done = self._ecb_into(ctr, nb_, buf)
             o = out[lo:lo + _QUERY_SLOTS]
             if self._v1:
                 words = ctr.view(np.uint32)[:part.size]  # the counters are spent: their buffer takes the words
@@ -655,6 +639,7 @@ class CsprngChoiceLog:
             if m:
                 p = pos[:m]
                 self._refine(o, p, part[p], yp[p])
+        return out
 
     def codes_of_bitmap(self, runs: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
         """:meth:`codes` of the slots set in a checked bitmap over runs, from the dense keystream of the runs
