@@ -5,7 +5,7 @@ A Flower SuperNode (flwr 1.42, ``--isolation subprocess``) runs every message it
 ``flwr-clientapp`` process, started by name from ``PATH`` by its SuperExec. Measured on the 2-core
 development machine (docs/nodes.md), such a process spends most of its life importing: Flower's
 clientapp runtime (~1.5 s CPU), the labqfl Flower app (~0.4 s) and, for the training message, torch
-and the training code (~1.9 s) — three messages per client and round, before any work.
+and the training code (~1.9 s) — two or three messages per client and round, before any work.
 
 :func:`start_warm_clientapps` adds a *zygote* to a :class:`~labqfl.fl.flower.deploy.LocalFederation`
 of one client (``python -m labqfl.nodes.warmapp zygote SOCKET``): it imports all of that once,
@@ -484,9 +484,9 @@ def supernode_main(args: list[str]) -> None:
 
     flwr 1.42's SuperNode sleeps 3 s whenever a pull from the SuperLink brings no message
     (``flwr.supernode.start_client_internal``, ``time.sleep(3)``) and 0.5 s between checks for
-    the ClientApp's reply. A labqfl round is three messages in a row per client (keys, mask,
-    end), each sent only after every client answered the previous one, so the SuperNode's pull
-    nearly always comes too early and waits the 3 s: about 9 s of a round spent waiting. Here
+    the ClientApp's reply. A labqfl round is two messages in a row per client (keys, mask; the
+    run's last round also end), each sent only after every client answered the previous one, so
+    the SuperNode's pull nearly always comes too early and waits the 3 s. Here
     that module's ``time`` is :class:`_PollTime` (the reply check looks at the node's in-memory
     state, no request) and the object pulls retry sooner
     (:func:`~labqfl.fl.flower.latency.quick_object_pulls`); nothing else changes (a Flower without

@@ -7,8 +7,10 @@ the stage's fields):
 - ``train`` with ``stage`` in ``keys | mask | reveal | end | abort``: handled by
   :func:`labqfl_secagg_mod`, a Flower *mod* wrapped around the training function:
 
-  * ``keys``: for each pair it masters the node reserves q·P bits of its own key store (no bit
-    is read) and answers the refs (``qkd``), or answers a fresh X25519 public key (``csprng``);
+  * ``keys``: the node first ends its previous round (its reservations consumed, its secrets
+    wiped: between two rounds of a run the server sends no ``end``, the next ``keys`` carries it);
+    then for each pair it masters it reserves q·P bits of its own key store (no bit is read) and
+    answers the refs (``qkd``), or answers a fresh X25519 public key (``csprng``);
   * ``mask``: the mod calls the training function (which returns the float update), clips and
     quantises it on the node's integer range, reads its pair keys (the slave first reserves the
     master's refs), adds the pairwise masks, wipes the keys and answers only the masked
@@ -28,7 +30,8 @@ the stage's fields):
     L2-clips, rotates, rounds and adds its own discrete Gaussian noise N_Z(0, σ²) per word
     (:func:`~labqfl.fl.dp.dp_encode`, rounding and noise from OS-seeded generators of the node)
     *before* any mask, and masks the d' words; every other stage works on d' words;
-  * ``end``: every reservation of the round is consumed (bits overwritten in the store);
+  * ``end`` (after a run's last round, or a run stopped between rounds): every reservation of
+    the round is consumed (bits overwritten in the store);
     ``abort``: the server gave the round up — reservations are consumed, or released if the
     server says no mask message was sent (then no partner ever saw the refs).
 

@@ -146,6 +146,9 @@ class LabqflServer:
         self.on_round = on_round
         self.run_tag = secrets.token_hex(8)
         self.rounds: list[FlowerRound] = []
+        #: (round, n_words, survivors) of a completed round whose reservations the next round's
+        #: ``keys`` message finishes (no separate ``end`` between the rounds of a run)
+        self._unfinished: tuple[int, int, list[str]] | None = None
 
     # ---------------------------------------------------------------------------- messaging
     def _base(self, stage: str, r: int, n: int) -> dict[str, Any]:
@@ -266,7 +269,10 @@ class LabqflServer:
 
     # ----------------------------------------------------------------------------- one round
     def round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int],
-              weights: dict[str, float]) -> FlowerRound:
+              weights: dict[str, float], *, end: bool = True) -> FlowerRound:
+        """Round ``r``: keys, mask (reveal or unmask after dropouts) and, with ``end``, the end
+        message. Without it (:meth:`run`, every round but a run's last) the next ``round`` call's
+        keys message ends this round at the nodes (:meth:`_end_round`)."""
         spec, cfg = self.spec, self.cfg
         n = self.words(int(params.size))
         clients = list(nodes)  # loop order C1..CN
@@ -275,7 +281,7 @@ class LabqflServer:
         timing: dict[str, float] = {}
         timeout = spec.stage_timeout_s
 
-        # 1. keys
+        # 1. keys (it also ends the previous round at every node: see _end_round)
         t0 = time.perf_counter()
         msgs = {}
         for c in clients:
@@ -283,6 +289,7 @@ class LabqflServer:
             d["master_pairs"] = [p for p in graph if split_pair(p)[0] == c]
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
         ok, fail = self._exchange(grid, msgs, timeout, counters)
+        self._unfinished = None  # delivered with the keys messages
         timing["keys"] = time.perf_counter() - t0
         for c, why in fail.items():
             log.warning("round %d: client %s dropped before masking (%s)", r, c, why)
@@ -291,7 +298,7 @@ class LabqflServer:
         state: dict[str, Any] = {"mask_sent": False, "lost": set(pre_drop)}
         try:
             return self._finish_round(grid, r, params, nodes, weights, graph, ok, fail, part, pre_drop, counters,
-                                      timing, state)
+                                      timing, state, end)
         except BaseException:
             self._abort(grid, r, n, nodes, [c for c in part if c not in state["lost"]], bool(state["mask_sent"]))
             raise
@@ -316,7 +323,8 @@ class LabqflServer:
     def _finish_round(self, grid: Any, r: int, params: np.ndarray, nodes: dict[str, int], weights: dict[str, float],
                       graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
                       pre_drop: list[str],
-                      counters: dict[str, list[int]], timing: dict[str, float], state: dict[str, Any]) -> FlowerRound:
+                      counters: dict[str, list[int]], timing: dict[str, float], state: dict[str, Any],
+                      end: bool) -> FlowerRound:
         cfg = self.cfg
         q, n = cfg.q, self.words(int(params.size))
         pairs, t_share, levels = self._plan_round(r, graph, ok, fail, part, pre_drop, weights)
@@ -352,7 +360,10 @@ class LabqflServer:
             total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed,
                               pairs=pairs if post_drop else None)
         agg, eps_spent = self._decode(total, r, survivors, levels)
-        self._end_round(grid, r, n, nodes, survivors, timing)
+        if end:
+            self._end_round(grid, r, n, nodes, survivors, timing)
+        else:
+            self._unfinished = (r, n, survivors)
         return self._round_record(r, n, ok2, weights, part, pre_drop, post_drop, survivors, pairs, need, counters,
                                   timing, agg, t_share, n_shares, eps_spent)
 
@@ -470,11 +481,32 @@ class LabqflServer:
 
     def _end_round(self, grid: Any, r: int, n: int, nodes: dict[str, int], survivors: list[str],
                    timing: dict[str, float]) -> None:
-        """Tell the survivors the round is over (they finish their key reservations)."""
+        """Tell the survivors the round is over: they finish its key reservations (consumed: the
+        bits are overwritten in each store) and wipe its secrets.
+
+        :meth:`run` sends it after the run's last round only. Between two rounds the next round's
+        ``keys`` message does the same at every node before it reserves anything (the node finishes
+        whatever an earlier round left: :func:`labqfl.fl.flower.client.labqfl_secagg_mod`), so a
+        separate message would cost a whole exchange — about a third of a round's wall time in a
+        deployment (docs/flower.md) — for nothing. If the run stops between two rounds (an error,
+        Ctrl-C), :meth:`run` still sends it."""
         t0 = time.perf_counter()
         end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
         self._exchange(grid, end_msgs, self.spec.stage_timeout_s)
         timing["end"] = time.perf_counter() - t0
+
+    def _end_unfinished(self, grid: Any, nodes: dict[str, int]) -> None:
+        """The run stops between two rounds: send the completed round's ``end`` that the next
+        ``keys`` would have carried (best effort: a node that does not answer finishes the round's
+        reservations at its next message)."""
+        if self._unfinished is None:
+            return
+        r, n, survivors = self._unfinished
+        self._unfinished = None
+        try:
+            self._end_round(grid, r, n, nodes, survivors, {})
+        except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
+            log.warning("round %d: end message failed (%s)", r, exc)
 
     def _round_record(self, r: int, n: int, ok2: dict[str, Message], weights: dict[str, float], part: list[str],
                       pre_drop: list[str], post_drop: list[str], survivors: list[str], pairs: list[str],
@@ -567,22 +599,26 @@ class LabqflServer:
         params = model.init_params(spec.seed) if init_params is None else np.asarray(init_params, dtype=np.float64)
         loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
         result = FederatedResult(data.task, model.name, model.n_params, spec.keys, acc0, loss0)
-        for r in range(spec.first_round, (spec.last_round or spec.rounds) + 1):
-            t0 = time.perf_counter()
-            fr = self.round(grid, r, params, nodes, weights)
-            params = params + fr.aggregate
-            loss, acc = evaluate(model, params, data.x_test, data.y_test)
-            self.rounds.append(fr)
-            m = RoundMetrics(r, acc, loss, fr.train_loss, fr.key_bits_per_pair, fr.key_bits_per_pair * fr.pairs,
-                             fr.pairs, spec.q * n_words, 32 * model.n_params, fr.clipped_values,
-                             time.perf_counter() - t0, fr.privacy_epsilon_spent)
-            result.rounds.append(m)
-            log.info("flower round %d: test accuracy %.4f, dropped %s", r, acc,
-                     fr.dropped_before_masking + fr.dropped_after_masking)
-            if self.on_round is not None:
-                self.on_round(fr, params)
-            if self.progress is not None:
-                self.progress(m)
+        last = spec.last_round or spec.rounds
+        try:
+            for r in range(spec.first_round, last + 1):
+                t0 = time.perf_counter()
+                fr = self.round(grid, r, params, nodes, weights, end=r == last)
+                params = params + fr.aggregate
+                loss, acc = evaluate(model, params, data.x_test, data.y_test)
+                self.rounds.append(fr)
+                m = RoundMetrics(r, acc, loss, fr.train_loss, fr.key_bits_per_pair, fr.key_bits_per_pair * fr.pairs,
+                                 fr.pairs, spec.q * n_words, 32 * model.n_params, fr.clipped_values,
+                                 time.perf_counter() - t0, fr.privacy_epsilon_spent)
+                result.rounds.append(m)
+                log.info("flower round %d: test accuracy %.4f, dropped %s", r, acc,
+                         fr.dropped_before_masking + fr.dropped_after_masking)
+                if self.on_round is not None:
+                    self.on_round(fr, params)
+                if self.progress is not None:
+                    self.progress(m)
+        finally:
+            self._end_unfinished(grid, nodes)
         result.final_params = params
         if self.dp is not None:
             result.privacy = self.dp.privacy()

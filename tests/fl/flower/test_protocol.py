@@ -51,6 +51,71 @@ def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_e
     assert res.rounds[0].key_bits_per_pair == per_round
 
 
+def _reserved_rounds(kdir: object, node: str) -> set[int]:
+    """Rounds of the FL mask reservations still pending in ``node``'s store (no key bits read)."""
+    import json
+    import sqlite3
+
+    from labqfl.keystore.store import node_store_path
+
+    with sqlite3.connect(node_store_path(node, kdir)) as con:  # type: ignore[arg-type]
+        rows = con.execute("SELECT info FROM deliveries WHERE state = 'reserved'").fetchall()
+    return {int(json.loads(r[0]).get("round", -1)) for r in rows}
+
+
+def test_rounds_of_a_run_send_no_end_message_between_them_and_keys_finishes_the_previous_round(
+        make_stores, local_grid, mnist_dir) -> None:
+    """Between two rounds the next round's keys message ends the previous one at every node (one
+    exchange less per round); the run's last round still gets its end message, and after the run no
+    reservation is left pending anywhere."""
+    spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=3, keys="qkd", seed=2)
+    per_round = spec0.q * spec0.model().n_params
+    kdir = make_stores(spec0.names, 3 * per_round)
+    spec = dataclasses.replace(spec0, keystore_dir=str(kdir))
+    seen: list[tuple[str, str, int, set[int]]] = []  # (node, stage, round, rounds still reserved after it)
+
+    class Watching(local_grid):  # type: ignore[misc, valid-type]
+        def send_and_receive(self, messages, *, timeout=None):  # type: ignore[no-untyped-def]
+            messages = list(messages)
+            out = super().send_and_receive(messages, timeout=timeout)
+            for m in messages:
+                cfg = m.content.config_records.get("labqfl")
+                if cfg is not None:
+                    node = self.nodes[m.metadata.dst_node_id]
+                    seen.append((node, str(cfg["stage"]), int(cfg["round"]), _reserved_rounds(kdir, node)))
+            return out
+
+    res = LabqflServer(spec).run(Watching(make_client_app(), spec.names))
+    assert np.array_equal(res.final_params, _in_process(spec))
+    for node in spec.names:
+        mine = [(stage, r) for n, stage, r, _ in seen if n == node]
+        assert mine == [("setup", 0), ("keys", 1), ("mask", 1), ("keys", 2), ("mask", 2), ("keys", 3), ("mask", 3), ("end", 3)]
+        for n, stage, r, reserved in seen:
+            if n == node and stage == "keys":
+                assert reserved <= {r}, f"{node}: rounds {reserved} still reserved after keys of round {r}"
+        assert _reserved_rounds(kdir, node) == set()
+    for p in mask_graph(spec.names):
+        for node in p.split("-"):
+            with KeyStore.for_node(node, kdir) as st:
+                assert st.available_bits(p, "fl") == 0  # 3 rounds stored, 3 spent
+
+
+def test_a_run_that_stops_between_rounds_still_ends_the_completed_round(make_stores, local_grid, mnist_dir) -> None:
+    """An error after a round (here the caller's per-round hook) ends the run before the next keys
+    message: the server still sends the completed round's end, so no reservation stays pending."""
+    spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=3, keys="qkd", seed=2)
+    kdir = make_stores(spec0.names, 3 * spec0.q * spec0.model().n_params)
+    spec = dataclasses.replace(spec0, keystore_dir=str(kdir))
+
+    def stop(fr: object, params: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        LabqflServer(spec, on_round=stop).run(local_grid(make_client_app(), spec.names))
+    for node in spec.names:
+        assert _reserved_rounds(kdir, node) == set()
+
+
 def test_flower_engine_survives_a_client_lost_after_masking(local_grid, mnist_dir) -> None:
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=6, q=16, rounds=1, keys="csprng", seed=5, graph="ring-4")
     srv = LabqflServer(spec)
