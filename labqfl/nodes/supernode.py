@@ -62,12 +62,13 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
     try:
         local = tunnel.start()
         fed = start_warm_clientapps(private, local, tls=tls)  # ClientApp processes forked pre-imported
+        if isinstance(fed, WarmFederation):
+            # the SuperNode and its SuperExec are forked from the zygote as well, so start them once
+            # it serves (before that the shims would start them cold: Flower imported twice more)
+            fed.wait_zygote()
         # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity)
         fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
                                    NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key)})
-        if isinstance(fed, WarmFederation):
-            # NODE only once the zygote serves: a ClientApp started cold before that costs 4-12 s
-            fed.wait_zygote()
         info = {"node": name, "role": "supernode", "address": local, "server": server}
         (private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {name} {local}", flush=True)

@@ -50,6 +50,7 @@ import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -57,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labqfl.fl.flower.deploy import LocalFederation, _bin
+from labqfl.fl.flower.deploy import LocalFederation, _bin, _descendants, _end_detached
 from labqfl.log import get_logger
 
 log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
@@ -70,8 +71,13 @@ WARM_ENV = "LABQFL_WARM_CLIENTAPPS"
 SOCKET_ENV = "LABQFL_WARM_CLIENTAPP"
 #: the same for the server node's ServerApp zygote (:func:`start_warm_serverapps`)
 SERVER_SOCKET_ENV = "LABQFL_WARM_SERVERAPP"
-#: name the child's ``sys.argv[0]`` gets (set by :func:`zygote_main`)
+#: name of the zygote's main program (``flwr-clientapp`` or ``flwr-serverapp``; set by :func:`zygote_main`)
 _PROG = ["flwr-clientapp"]
+#: the zygote's wake-up pipe (read, write end): closed in every child
+_WAKE_FDS: list[int] = []
+#: what the ``flower-supernode`` shim runs when no zygote listens: the SuperNode with labqfl's
+#: shorter waits (:func:`supernode_main`), started cold
+SUPERNODE_REAL = [sys.executable, "-m", "labqfl.nodes.warmapp", "supernode"]
 _MAX_REQUEST = 1 << 16
 #: how often the SuperNode asks the SuperLink for a message when it has none [s] (Flower: 3 s)
 PULL_INTERVAL_S = 0.5
@@ -83,22 +89,24 @@ HOT_WINDOW_S = 10.0
 #: how often the SuperNode looks for its ClientApp's reply in its own state [s] (Flower: 0.5 s)
 REPLY_POLL_S = 0.05
 
-#: The ``flwr-clientapp`` the SuperExec starts: stdlib only, no site-packages (``-SE``), so it starts
-#: in ~20 ms. ``{python}`` and ``{real}`` are filled in by :func:`write_shim`.
+#: A Flower program the zygote can stand in for (``flwr-clientapp``, which the SuperExec starts per
+#: message; ``flower-superexec``, which the SuperNode starts; ``flower-supernode``): stdlib only, no
+#: site-packages (``-SE``), so it starts in ~20 ms. ``{python}``, ``{prog}``, ``{real}`` (the real
+#: program's argv prefix) and ``{env}`` are filled in by :func:`write_shim`.
 SHIM = '''#!{python} -SE
-# labqfl warm ClientApp shim (labqfl/nodes/warmapp.py): runs this flwr-clientapp call in a
-# process forked from the SuperNode's pre-imported zygote, or execs the real one.
+# labqfl warm shim (labqfl/nodes/warmapp.py): runs this {prog} call in a process forked from
+# the node's pre-imported zygote, or execs the real program.
 import array, json, os, signal, socket, sys
 REAL = {real!r}
 def _real():
-    os.execv(REAL, [REAL] + sys.argv[1:])
+    os.execv(REAL[0], REAL + sys.argv[1:])
 path = os.environ.get({env!r}, "")
 if not path:
     _real()
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
     s.connect(path)
-    req = json.dumps({{"argv": sys.argv[1:], "cwd": os.getcwd()}}).encode()
+    req = json.dumps({{"prog": {prog!r}, "argv": sys.argv[1:], "cwd": os.getcwd()}}).encode()
     s.sendmsg([req], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1, 2]))])
     s.shutdown(socket.SHUT_WR)
     f = s.makefile("r")
@@ -125,12 +133,14 @@ sys.exit(code)
 '''
 
 
-def write_shim(bin_dir: Path, real: str, name: str = "flwr-clientapp", env: str = SOCKET_ENV) -> Path:
-    """Write :data:`SHIM` as ``bin_dir/<name>`` (0700), asking the zygote on the socket named by
-    the environment variable ``env`` and falling back to ``real``."""
+def write_shim(bin_dir: Path, real: str | list[str], name: str = "flwr-clientapp", env: str = SOCKET_ENV) -> Path:
+    """Write :data:`SHIM` as ``bin_dir/<name>`` (0700): it asks the zygote on the socket named by
+    the environment variable ``env`` to run program ``name`` and falls back to ``real`` (a program's
+    path, or an argv prefix such as ``[python, "-m", module]``)."""
     bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = bin_dir / name
-    path.write_text(SHIM.format(python=sys.executable, real=real, env=env), encoding="utf-8")
+    argv = [real] if isinstance(real, str) else [str(a) for a in real]
+    path.write_text(SHIM.format(python=sys.executable, prog=name, real=argv, env=env), encoding="utf-8")
     path.chmod(0o700)
     return path
 
@@ -155,7 +165,8 @@ class WarmFederation(LocalFederation):
 
     def _start(self, name: str, cmd: list[str]) -> None:
         if self.warm_dir is not None and name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
-            cmd = [sys.executable, "-m", "labqfl.nodes.warmapp", "supernode", *cmd[1:]]
+            # the shim: forked from the zygote when it listens (wait_zygote first), else SUPERNODE_REAL
+            cmd = [str(self.warm_dir / "bin" / "flower-supernode"), *cmd[1:]]
         super()._start(name, cmd)
 
     def wait_zygote(self, timeout_s: float = 120.0) -> bool:
@@ -178,10 +189,41 @@ class WarmFederation(LocalFederation):
 
     def stop(self) -> None:
         try:
+            self._stop_supernodes()
             super().stop()
         finally:
             if self.warm_dir is not None:
                 shutil.rmtree(self.warm_dir, ignore_errors=True)
+
+    def _stop_supernodes(self, timeout_s: float = 10.0) -> None:
+        """A SuperNode forked from the zygote lives in the zygote's process group: SIGTERM it through
+        its shim (which forwards it) and wait for the shim before the zygote's group is ended, so
+        that it gets one SIGTERM and shuts down as Flower's own process does (it leaves the
+        SuperLink), not signalled again by the group and the zygote while it does."""
+        if self.warm_dir is None:
+            return
+        zygote = self.procs.get("warm-clientapps")
+        if zygote is not None and zygote.poll() is None:
+            # first its SuperExec (through that one's shim), which polls the SuperNode's runtime API
+            # and would log failed connections while the SuperNode shuts down
+            shim = str(self.warm_dir / "bin" / "flower-superexec")
+            _end_detached([(pid, st) for pid, st in _descendants(zygote.pid) if shim in _cmdline(pid)], timeout_s)
+        shims = [p for n, p in self.procs.items() if n.startswith("supernode-") and p.poll() is None]
+        for p in shims:
+            p.send_signal(signal.SIGTERM)
+        for p in shims:
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("warm SuperNode %d: not stopped after %.0f s; its process group is ended", p.pid, timeout_s)
+
+
+def _cmdline(pid: int) -> str:
+    """Process ``pid``'s command line, arguments joined by spaces ("" when it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederation:
@@ -197,6 +239,8 @@ def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
     warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
     fed = WarmFederation(workdir, fleet, warm_dir=warm, **kw)
     write_shim(warm / "bin", _bin("flwr-clientapp"))
+    write_shim(warm / "bin", _bin("flower-superexec"), "flower-superexec")
+    write_shim(warm / "bin", SUPERNODE_REAL, "flower-supernode")
     fed._start("warm-clientapps", [sys.executable, "-m", "labqfl.nodes.warmapp", "zygote",
                                    str(warm / "zygote.sock"), str(os.getpid())])
     return fed
@@ -218,8 +262,15 @@ def start_warm_serverapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
 
 
 # ------------------------------------------------------------------------------------ the zygote
-def _preload() -> Any:
-    """Import what a ClientApp process needs; return Flower's ``flwr-clientapp`` entry point."""
+def _preload() -> dict[str, Any]:
+    """Import what a ClientApp process needs and what the SuperNode and its SuperExec run; return
+    the entry point of each program a child may run: ``flwr-clientapp`` (one per message),
+    ``flower-supernode`` (:func:`supernode_main`) and ``flower-superexec`` (once per node). The
+    SuperNode and the SuperExec are forked from here too so that a client's node does not import
+    Flower three times at its start (measured: ~1.6 and ~1.2 s of CPU each on the 2-core
+    development machine, docs/nodes.md)."""
+    from flwr.supercore.cli import flower_superexec
+    from flwr.supernode.cli.flower_supernode import flower_supernode  # noqa: F401 - its imports, for the fork
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     import labqfl.fl.datasets.tasks  # noqa: F401 - task data (torch via the measures)
@@ -230,11 +281,13 @@ def _preload() -> Any:
     quick_object_pulls()  # the child's pull of its message from the SuperNode (inherited by every fork)
     warm_kernels()  # Numba's machine code loaded once here, not in every training ClientApp
 
-    return flwr_clientapp
+    return {"flwr-clientapp": flwr_clientapp, "flower-superexec": flower_superexec,
+            "flower-supernode": lambda: supernode_main(sys.argv[1:])}
 
 
-def _preload_serverapp() -> Any:
-    """Import what a ServerApp process needs; return Flower's ``flwr-serverapp`` entry point."""
+def _preload_serverapp() -> dict[str, Any]:
+    """Import what a ServerApp process needs; return Flower's ``flwr-serverapp`` entry point (as
+    :func:`_preload`: program name → entry point)."""
     from flwr.superlink.cli import flwr_serverapp
 
     import labqfl.fl.datasets.tasks  # noqa: F401 - the test set
@@ -244,7 +297,7 @@ def _preload_serverapp() -> Any:
 
     quick_object_pulls()
     warm_kernels()
-    return flwr_serverapp
+    return {"flwr-serverapp": flwr_serverapp}
 
 
 def _threads() -> int:
@@ -257,7 +310,7 @@ def _threads() -> int:
 
 
 def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
-    """One request: JSON ``{"argv": [...], "cwd": str}`` and three file descriptors (0, 1, 2)."""
+    """One request: JSON ``{"prog": str, "argv": [...], "cwd": str}`` and three file descriptors (0, 1, 2)."""
     fds = array.array("i")
     data = b""
     while True:
@@ -271,19 +324,24 @@ def _recv_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         if len(data) > _MAX_REQUEST:
             raise ValueError("request too long")
     req = json.loads(data)
-    if not isinstance(req.get("argv"), list) or not isinstance(req.get("cwd"), str) or len(fds) != 3:
+    if (not isinstance(req.get("argv"), list) or not isinstance(req.get("cwd"), str)
+            or not isinstance(req.get("prog", ""), str) or len(fds) != 3):
         for fd in fds:
             os.close(fd)
         raise ValueError("request must carry argv, cwd and 3 file descriptors")
     return req, list(fds)
 
 
-def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
-    """In the forked child: take the request's streams, run ``flwr-clientapp``, exit. Never returns."""
+def _run_child(entry: Any, prog: str, req: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: take the request's streams, run program ``prog`` (``entry``), exit with
+    its code. Never returns."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        for fd in _WAKE_FDS:
+            os.close(fd)
         for i, fd in enumerate(fds):
             os.dup2(fd, i)
             os.close(fd)
@@ -294,9 +352,9 @@ def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
         import numpy as np
 
         np.random.seed()  # the legacy global generator was seeded once, at import in the zygote
-        sys.argv = [_PROG[0], *[str(a) for a in req["argv"]]]
-        entry()
-        code = 0
+        sys.argv = [prog, *[str(a) for a in req["argv"]]]
+        rc = entry()
+        code = rc if isinstance(rc, int) else 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # noqa: BLE001 - reported on the child's stderr, then its exit code
@@ -313,8 +371,9 @@ def _run_child(entry: Any, req: dict[str, Any], fds: list[int]) -> None:
 def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str = "clientapp") -> int:
     """Run the zygote until SIGTERM/SIGINT or until ``parent_pid`` is gone; returns 0.
 
-    ``entry_ref`` (``module:function``, tests): run that in each child instead of Flower's
-    ``flwr-clientapp`` entry point, and import nothing else beforehand. Prints ``READY <socket>``
+    ``entry_ref`` (``module:function``, tests): run that in each child, whatever program the shim
+    stands for, instead of Flower's entry points, and import nothing else beforehand; or
+    ``module:DICT``, a dict program name → function: run the one the shim names (others refused). Prints ``READY <socket>``
     on stdout once it accepts requests. ``kind``: ``clientapp`` or ``serverapp`` (which Flower
     program the children run)."""
     _PROG[0] = f"flwr-{kind}"
@@ -322,9 +381,10 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str 
         import importlib
 
         mod, _, fn = entry_ref.partition(":")
-        entry = getattr(importlib.import_module(mod), fn)
+        obj = getattr(importlib.import_module(mod), fn)
+        programs = dict(obj) if isinstance(obj, dict) else {"*": obj}
     else:
-        entry = _preload_serverapp() if kind == "serverapp" else _preload()
+        programs = _preload_serverapp() if kind == "serverapp" else _preload()
     stopping = False
 
     def _stop(signum: int, frame: Any) -> None:
@@ -344,17 +404,27 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str 
     print(f"READY {sock_path}", flush=True)
     children: dict[int, socket.socket] = {}
     served = 0
+    # a child's exit (SIGCHLD) or SIGTERM wakes the loop at once (the signal's byte on this pipe), so
+    # a shim learns its child's exit code without waiting out the poll below
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake_w)
+    _WAKE_FDS[:] = [wake_r, wake_w]
     try:
         while not stopping and _pid_alive(parent_pid):
             try:
-                ready, _, _ = select.select([lsock], [], [], 0.5)
+                ready: list[int] = select.select([lsock.fileno(), wake_r], [], [], 0.5)[0]
             except InterruptedError:
                 ready = []
+            if wake_r in ready:
+                _drain(wake_r)
             _reap(children)
-            if not ready or stopping:
+            if lsock.fileno() not in ready or stopping:
                 continue
             conn, _ = lsock.accept()
-            pid = _serve(lsock, conn, entry, children)
+            pid = _serve(lsock, conn, programs, children)
             if pid:
                 served += 1
     finally:
@@ -372,6 +442,14 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str 
     return 0
 
 
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -382,8 +460,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _serve(lsock: socket.socket, conn: socket.socket, entry: Any, children: dict[int, socket.socket]) -> int:
-    """Fork one ClientApp process for the request on ``conn``; returns its pid (0: refused)."""
+def _serve(lsock: socket.socket, conn: socket.socket, programs: dict[str, Any],
+           children: dict[int, socket.socket]) -> int:
+    """Fork one process for the request on ``conn`` running the program it names (``programs``:
+    name → entry point; ``"*"``: any name); returns its pid (0: refused, the shim then runs the
+    real program)."""
     try:
         uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
         if uid != os.getuid():
@@ -392,6 +473,14 @@ def _serve(lsock: socket.socket, conn: socket.socket, entry: Any, children: dict
         req, fds = _recv_request(conn)
     except (OSError, ValueError) as exc:
         log.warning("warm ClientApps: request refused: %s", exc)
+        conn.close()
+        return 0
+    prog = str(req.get("prog") or _PROG[0])
+    entry = programs.get(prog, programs.get("*"))
+    if entry is None:
+        log.warning("warm ClientApps: request for %r refused: this zygote runs %s", prog, sorted(programs))
+        for fd in fds:
+            os.close(fd)
         conn.close()
         return 0
     n = _threads()
@@ -407,7 +496,7 @@ def _serve(lsock: socket.socket, conn: socket.socket, entry: Any, children: dict
         conn.close()
         for c in children.values():
             c.close()
-        _run_child(entry, req, fds)
+        _run_child(entry, prog, req, fds)
     for fd in fds:
         os.close(fd)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,10 @@ def test_sigterm_to_the_job_while_the_fl_nodes_run_stops_every_one_of_them(small
 
     def terminated(self: FlNetwork, config: object, timeout_s: float, init_params: object = None) -> object:
         seen["procs"] = len(_ours(str(tmp_path)))
+        t_end = time.monotonic() + 60  # the SuperNodes fork their SuperExecs on their own time
+        while (forked := _forked_by_zygotes()) != [2, 2] and time.monotonic() < t_end:
+            time.sleep(0.1)
+        seen["forked"] = forked
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not interrupt the job")
 
@@ -183,7 +188,32 @@ def test_sigterm_to_the_job_while_the_fl_nodes_run_stops_every_one_of_them(small
         train_over_nodes(cfg, setup, data_dir=tmp_path / "data", server_dir=tmp_path / "server")
     assert signal.getsignal(signal.SIGTERM) == prev  # the job's handler is gone again
     assert seen["procs"] >= 5  # server node + SuperLink, 2 supernode nodes + their flower-supernode
+    # each client's SuperNode and its SuperExec run in processes forked from that client's zygote
+    # (Flower imported once per client), not started cold
+    assert seen["forked"] == [2, 2]
     assert _ours(str(tmp_path)) == [], "processes left running after SIGTERM to the job"
+
+
+def _forked_by_zygotes() -> list[int]:
+    """For every ClientApp zygote running (``labqfl.nodes.warmapp zygote``), how many live processes
+    it has forked (children share its command line), sorted."""
+    import os
+
+    procs: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()
+        if rest[0] not in ("Z", "X"):
+            procs[int(d.name)] = (int(rest[1]), cmd)
+    tag = "labqfl.nodes.warmapp zygote "
+    zygotes = [pid for pid, (ppid, cmd) in procs.items() if tag in cmd and tag not in procs.get(ppid, (0, ""))[1]]
+    return sorted(sum(1 for ppid, _ in procs.values() if ppid == z) for z in zygotes)
 
 
 def _ours(tag: str) -> list[str]:

@@ -25,6 +25,12 @@ ENTRY = textwrap.dedent("""
                           "draw": int(np.random.randint(0, 2**62))}), flush=True)
         print("to stderr", file=sys.stderr, flush=True)
         sys.exit(int(sys.argv[-1]))
+
+    def node():
+        print(json.dumps({"prog": sys.argv[0], "argv": sys.argv[1:], "ppid": os.getppid()}), flush=True)
+        return 4  # an entry point's return value is the exit code (flower-superexec's is)
+
+    PROGRAMS = {"flwr-clientapp": main, "flower-supernode": node}
 """)
 COLD = "#!/bin/sh\necho cold \"$@\"\nexit 5\n"
 
@@ -136,3 +142,31 @@ def test_the_zygote_stops_on_sigterm_with_0_its_socket_removed_and_its_log_writt
     assert proc.returncode == 0
     assert not sock.exists()
     assert "zygote stops after 1 processes" in err
+
+
+def test_the_zygote_runs_the_program_its_shim_names_and_refuses_one_it_does_not_run(tmp_path: Path) -> None:
+    """One zygote stands in for several Flower programs (a client's ClientApps, its SuperNode and its
+    SuperExec): each shim names its program, the child runs that one's entry point with argv[0]
+    set to it, and a program the zygote does not run is refused, so its shim runs the real one."""
+    (tmp_path / "warm_entry_mod.py").write_text(ENTRY)
+    sock = tmp_path / "z.sock"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "labqfl.nodes.warmapp", "zygote", str(sock), str(os.getpid()),
+                             "warm_entry_mod:PROGRAMS"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == f"READY {sock}"
+        real = tmp_path / "real"
+        real.write_text(COLD)
+        real.chmod(0o700)
+        node = _call(write_shim(tmp_path / "bin", str(real), "flower-supernode"), sock, tmp_path, "--superlink", "x")
+        assert node.returncode == 4
+        assert json.loads(node.stdout) == {"prog": "flower-supernode", "argv": ["--superlink", "x"], "ppid": proc.pid}
+        app = _call(write_shim(tmp_path / "bin", str(real)), sock, tmp_path, "--token", "t", "0")
+        assert app.returncode == 0 and json.loads(app.stdout)["ppid"] == proc.pid
+        other = _call(write_shim(tmp_path / "bin", [str(real), "--as-superexec"], "flower-superexec"), sock,
+                      tmp_path, "--runtime-api-address", "y")
+        assert (other.returncode, other.stdout.strip()) == (5, "cold --as-superexec --runtime-api-address y")
+    finally:
+        proc.terminate()
+        proc.wait(30)
