@@ -70,13 +70,15 @@ TRAIN_ROUND_COST: dict[str, tuple[float, bool]] = {
 #: the station time (never below 0).
 NODE_STREAM_SIFTED_BITS_PER_S = 4.4e5
 #: What a federated round costs over the Flower nodes on top of the task's own round
-#: (:data:`TRAIN_ROUND_COST`): the SuperNodes' pulls, a forked ClientApp per message (setup, keys,
-#: mask, end), the tunnels and TLS, the run's ServerApp start amortised over its rounds. Was 6.6 s
-#: (68.4 s for 10 mnist-qnn rounds in a quiet default run); after the latency cuts of issue 18
-#: item 3 (docs/nodes.md) 10 rounds took 36.6 and 32.0 s in ``docs/scripts/flower_round_overhead.py``
-#: (server node + 4 SuperNodes, csprng keys, load 4-6; the tree before: 79.0 s between them), and
-#: 63.9 s in a default ``labqfl run`` at load 8-9 (2026-12-04).
-NODE_ROUND_OVERHEAD_S = 3.2
+#: (:data:`TRAIN_ROUND_COST`): the SuperNodes' pulls, a forked ClientApp per message (keys, mask;
+#: setup and end once per run), the tunnels and TLS, the run's ServerApp start amortised over its
+#: rounds. Was 6.6 s (68.4 s for 10 mnist-qnn rounds in a quiet default run), then 3.2 s after the
+#: latency cuts of issue 18 item 3 (docs/nodes.md; 2026-12-04). Since the next round's keys message
+#: ends the previous round (no end message between rounds, 2026-12-06) 10 rounds took 24.4 and
+#: 26.4 s in ``docs/scripts/flower_round_overhead.py`` (server node + 4 SuperNodes, csprng keys; the
+#: tree before: 31.4 and 33.4 s between them) and 23.6 / 24.1 / 26.2 s in default ``labqfl run``\ s
+#: on the 2-core Intel Xeon: ≈ 2.4 s a round, the task's own 0.2 s included.
+NODE_ROUND_OVERHEAD_S = 2.2
 #: A pair needing more than this many times the median pair's acquisition time is starving.
 STARVATION_FACTOR = 2.0
 #: Headroom of the acquisition the plan chooses (no --duration): it must hold this many times all
