@@ -26,6 +26,12 @@ labqfl's own secret draws use ``secrets``). The zygote forks only while it has a
 SuperNode node) is gone or on SIGTERM, taking its children with it (same process group, which
 :meth:`LocalFederation.stop` ends).
 
+The client's ``flower-supernode`` and the ``flower-superexec`` it starts are forked from the same
+zygote (shims of those names; each shim names its program in its request and the zygote refuses a
+program it does not run), so a client imports Flower once instead of three times at its start;
+:meth:`WarmFederation.stop` SIGTERMs the SuperExec and then the SuperNode through their shims
+before the zygote's process group is ended, and the zygote wakes on SIGCHLD to report an exit at once.
+
 The zygote also loads the Numba kernels of local training and quantisation once
 (:func:`~labqfl.fl.flower.latency.warm_kernels`; otherwise ~0.7 s of CPU in every training
 ClientApp) and shortens Flower's retry backoff of object pulls
@@ -373,8 +379,8 @@ def zygote_main(sock_path: str, parent_pid: int, entry_ref: str = "", kind: str 
 
     ``entry_ref`` (``module:function``, tests): run that in each child, whatever program the shim
     stands for, instead of Flower's entry points, and import nothing else beforehand; or
-    ``module:DICT``, a dict program name → function: run the one the shim names (others refused). Prints ``READY <socket>``
-    on stdout once it accepts requests. ``kind``: ``clientapp`` or ``serverapp`` (which Flower
+    ``module:DICT``, a dict program name → function: run the one the shim names (others refused).
+    Prints ``READY <socket>`` on stdout once it accepts requests. ``kind``: ``clientapp`` or ``serverapp`` (which Flower
     program the children run)."""
     _PROG[0] = f"flwr-{kind}"
     if entry_ref:

@@ -131,6 +131,10 @@ def message_bytes(msg: Message) -> int:
     return int(recorddict_to_proto(msg.content).ByteSize())
 
 
+#: longest wait [s] for the replies to the end message a run sends when it stops between two rounds
+BEST_EFFORT_END_S = 30.0
+
+
 class LabqflServer:
     """Runs a :class:`FlowerSpec` on a ``Grid``; ``on_round(FlowerRound, params)`` after each round."""
 
@@ -480,7 +484,7 @@ class LabqflServer:
         return dequantize_sum(total, clip=self.cfg.clip, total_levels=sum(levels[c] for c in survivors)), None
 
     def _end_round(self, grid: Any, r: int, n: int, nodes: dict[str, int], survivors: list[str],
-                   timing: dict[str, float]) -> None:
+                   timing: dict[str, float], timeout_s: float | None = None) -> None:
         """Tell the survivors the round is over: they finish its key reservations (consumed: the
         bits are overwritten in each store) and wipe its secrets.
 
@@ -492,19 +496,20 @@ class LabqflServer:
         Ctrl-C), :meth:`run` still sends it."""
         t0 = time.perf_counter()
         end_msgs = {c: self._msg(grid, nodes[c], {CFG: ConfigRecord(self._base("end", r, n))}, r) for c in survivors}
-        self._exchange(grid, end_msgs, self.spec.stage_timeout_s)
+        self._exchange(grid, end_msgs, self.spec.stage_timeout_s if timeout_s is None else timeout_s)
         timing["end"] = time.perf_counter() - t0
 
     def _end_unfinished(self, grid: Any, nodes: dict[str, int]) -> None:
         """The run stops between two rounds: send the completed round's ``end`` that the next
-        ``keys`` would have carried (best effort: a node that does not answer finishes the round's
-        reservations at its next message)."""
+        ``keys`` would have carried (best effort, waiting at most :data:`BEST_EFFORT_END_S` for the
+        replies so that a failing run is not held up: a node that does not answer finishes the
+        round's reservations at its next message)."""
         if self._unfinished is None:
             return
         r, n, survivors = self._unfinished
         self._unfinished = None
         try:
-            self._end_round(grid, r, n, nodes, survivors, {})
+            self._end_round(grid, r, n, nodes, survivors, {}, min(self.spec.stage_timeout_s, BEST_EFFORT_END_S))
         except Exception as exc:  # noqa: BLE001 - the run's own error is the one to report
             log.warning("round %d: end message failed (%s)", r, exc)
 
