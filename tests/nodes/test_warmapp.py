@@ -35,16 +35,22 @@ ENTRY = textwrap.dedent("""
 COLD = "#!/bin/sh\necho cold \"$@\"\nexit 5\n"
 
 
-@pytest.fixture
-def zygote(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+def _start_zygote(tmp_path: Path, entry: str) -> tuple[subprocess.Popen[str], Path]:
+    """A zygote running ``warm_entry_mod:<entry>`` (ENTRY) in each child, once it listens."""
     (tmp_path / "warm_entry_mod.py").write_text(ENTRY)
     sock = tmp_path / "z.sock"
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "labqfl.nodes.warmapp", "zygote", str(sock), str(os.getpid()),
-                             "warm_entry_mod:main"], stdout=subprocess.PIPE, text=True, env=env)
+                             f"warm_entry_mod:{entry}"], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == f"READY {sock}"  # blocks until it listens
+    return proc, sock
+
+
+@pytest.fixture
+def zygote(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path]]:
+    proc, sock = _start_zygote(tmp_path, "main")
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == f"READY {sock}"  # blocks until it listens
         yield proc, sock
     finally:
         proc.terminate()
@@ -148,14 +154,8 @@ def test_the_zygote_runs_the_program_its_shim_names_and_refuses_one_it_does_not_
     """One zygote stands in for several Flower programs (a client's ClientApps, its SuperNode and its
     SuperExec): each shim names its program, the child runs that one's entry point with argv[0]
     set to it, and a program the zygote does not run is refused, so its shim runs the real one."""
-    (tmp_path / "warm_entry_mod.py").write_text(ENTRY)
-    sock = tmp_path / "z.sock"
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "labqfl.nodes.warmapp", "zygote", str(sock), str(os.getpid()),
-                             "warm_entry_mod:PROGRAMS"], stdout=subprocess.PIPE, text=True, env=env)
+    proc, sock = _start_zygote(tmp_path, "PROGRAMS")
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == f"READY {sock}"
         real = tmp_path / "real"
         real.write_text(COLD)
         real.chmod(0o700)
