@@ -65,10 +65,16 @@ TRAIN_ROUND_COST: dict[str, tuple[float, bool]] = {
 }
 #: Over node processes (``labqfl run``'s default path) the acquisition and its distillation are one
 #: streamed phase: sifted bits per wall second of that phase, the simulated optical layer included,
-#: measured on this 2-core machine (2026-12-04, quiet: the default ``labqfl run``, 7.76e7 sifted bits
-#: in 175.5 s; docs/scaling.md). The plan's ``distill_s`` over nodes is that phase's wall time beyond
-#: the station time (never below 0).
-NODE_STREAM_SIFTED_BITS_PER_S = 4.4e5
+#: measured in default ``labqfl run``\ s on the 2-core Intel Xeon development machine (2026-12-06:
+#: ≈ 1.29e7 sifted bits in 8.5–9.6 s of the nodes' acquisition, ``acquisition.acquisition_wall_s``;
+#: the slowest of four runs; 4.4e5 on a Zen 3 with the code of 2026-12-04, 7.76e7 bits in 175.5 s;
+#: docs/scaling.md). The plan's ``distill_s`` over nodes is that phase's wall time beyond the station
+#: time (never below 0).
+NODE_STREAM_SIFTED_BITS_PER_S = 1.35e6
+#: Over node processes: starting and stopping them, on top of the phases — the QKD network (the
+#: launcher's warm-up, optics, detector and client nodes listening: 5.2–5.5 s; stop 0.24 s) and the FL
+#: network (server node and SuperNodes: 10.9–11.5 s; stop 1.3 s), measured in the same runs.
+NODE_PROCESSES_S = 18.0
 #: What a federated round costs over the Flower nodes on top of the task's own round
 #: (:data:`TRAIN_ROUND_COST`): the SuperNodes' pulls, a forked ClientApp per message (keys, mask;
 #: setup and end once per run), the tunnels and TLS, the run's ServerApp start amortised over its
@@ -147,6 +153,8 @@ class Plan:
     #: ``wait_for_key`` off, the first round the acquisition lacks key for; with it, the round of a
     #: predicted top-up that cannot feed a short pair (no key in the model at any length)
     stops_at_round: int | None = None
+    #: over node processes: their start-ups and stops (:data:`NODE_PROCESSES_S`), in ``total_wall_s``
+    nodes_s: float = 0.0
 
     @property
     def duration_s(self) -> float:
@@ -271,16 +279,17 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         cost, per_client = float(train_s_per_round), False
     trained = rounds if stops_at is None else stops_at - 1
     train_s = trained * (cost * (len(names) if per_client else 1) + (NODE_ROUND_OVERHEAD_S if nodes else 0.0))
+    nodes_s = NODE_PROCESSES_S if nodes else 0.0
     return Plan(
         station=cfg.name, task=task, n_params=n_params, clients=len(names), q=q, rounds=rounds,
         graph=secagg.graph, k=secagg.k, self_masks=self_masks, rep_rate_hz=rep, block_slots=block.block_slots,
         first_key_s=block.first_key_s, key_bits_per_pair_per_round=need, key_bits_per_round=need * len(graph_pairs),
         pairs=pairs, acquisition_s_per_round=acq_round, acquisition_s=acq_total, distill_s=distill_s,
-        train_s=train_s, total_wall_s=run_acq + distill_s + train_s,
+        train_s=train_s, total_wall_s=run_acq + distill_s + train_s + nodes_s,
         limiting_pairs=[p.pair for p in order[:5]], starving_pairs=[p.pair for p in order if p.starving],
         rounds_sustained=sustained,
         estimates=_plan_estimates(task, distill_bps, cost, per_client, nodes),
-        top_ups=top_ups, station_s=station, stops_at_round=stops_at,
+        top_ups=top_ups, station_s=station, stops_at_round=stops_at, nodes_s=nodes_s,
     )
 
 
@@ -584,6 +593,8 @@ def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool
                           "sifted bits/s for the streamed acquisition + distillation (measured on this machine, "
                           "docs/scaling.md), minus the station time")
         est["train"] += f", plus {NODE_ROUND_OVERHEAD_S:g} s per round over the Flower nodes"
+        est["nodes"] = (f"starting and stopping the QKD and FL node processes: {NODE_PROCESSES_S:g} s (measured on "
+                        "this machine, docs/scaling.md)")
     return est
 
 

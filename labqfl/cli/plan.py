@@ -48,7 +48,9 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
     con.print(t)
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
                    f"the run (blocks {_blocks(plan)} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
-                   f"training ≈ {_s(plan.train_s)} s; total wall ≈ {_s(plan.total_wall_s)} s"))
+                   f"training ≈ {_s(plan.train_s)} s; "
+                   + (f"node processes' start-ups and stops ≈ {_s(plan.nodes_s)} s; " if plan.nodes_s else "")
+                   + f"total wall ≈ {_s(plan.total_wall_s)} s"))
     if plan.rounds_sustained is not None and plan.rounds_sustained < plan.rounds:
         con.print(Text(f"key shortfall: the acquisition holds key for {plan.rounds_sustained} of {plan.rounds} rounds "
                        f"on the slowest pair ({plan.limiting_pairs[0]}); training stalls after that", style="red"))

@@ -225,6 +225,7 @@ def test_the_plan_over_nodes_streams_the_distillation_and_pays_the_flower_rounds
     in-process plan of the same run is unchanged and its figures differ exactly there."""
     from labqfl.planning import (
         DISTILL_SIFTED_BITS_PER_S,
+        NODE_PROCESSES_S,
         NODE_ROUND_OVERHEAD_S,
         NODE_STREAM_SIFTED_BITS_PER_S,
         TRAIN_ROUND_COST,
@@ -237,9 +238,12 @@ def test_the_plan_over_nodes_streams_the_distillation_and_pays_the_flower_rounds
     assert sifted > 1e7
     assert over.distill_s == pytest.approx(max(sifted / NODE_STREAM_SIFTED_BITS_PER_S - 60.0, 0.0))
     assert over.train_s == pytest.approx(10 * (TRAIN_ROUND_COST["mnist-qnn"][0] + NODE_ROUND_OVERHEAD_S))
-    assert over.total_wall_s == pytest.approx(60.0 + over.distill_s + over.train_s)
+    assert over.nodes_s == NODE_PROCESSES_S and here.nodes_s == 0.0  # the node processes' start-ups and stops
+    assert over.total_wall_s == pytest.approx(60.0 + over.distill_s + over.train_s + over.nodes_s)
     assert here.total_wall_s > 2 * over.total_wall_s  # the in-process model charges the whole distillation
     assert "node processes" in over.estimates["distill"] and "Flower nodes" in over.estimates["train"]
+    assert "node processes" in over.estimates["nodes"] and "nodes" not in here.estimates
     assert "node" not in here.estimates["distill"]
-    assert {k: v for k, v in over.as_dict().items() if k not in ("distill_s", "train_s", "total_wall_s", "estimates")} \
-        == {k: v for k, v in here.as_dict().items() if k not in ("distill_s", "train_s", "total_wall_s", "estimates")}
+    differ = ("distill_s", "train_s", "total_wall_s", "estimates", "nodes_s")
+    assert {k: v for k, v in over.as_dict().items() if k not in differ} \
+        == {k: v for k, v in here.as_dict().items() if k not in differ}
