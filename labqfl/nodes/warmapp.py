@@ -483,15 +483,11 @@ def _serve(lsock: socket.socket, conn: socket.socket, programs: dict[str, Any],
         return 0
     prog = str(req.get("prog") or _PROG[0])
     entry = programs.get(prog, programs.get("*"))
-    if entry is None:
-        log.warning("warm ClientApps: request for %r refused: this zygote runs %s", prog, sorted(programs))
-        for fd in fds:
-            os.close(fd)
-        conn.close()
-        return 0
-    n = _threads()
-    if n != 1:  # forking a multi-threaded process can leave locks held in the child
-        log.warning("warm ClientApps: zygote has %d threads; the shim starts a cold process", n)
+    n = _threads()  # forking a multi-threaded process can leave locks held in the child
+    why = (f"request for {prog!r} refused: this zygote runs {sorted(programs)}" if entry is None else
+           f"zygote has {n} threads; the shim starts a cold process" if n != 1 else "")
+    if why:
+        log.warning("warm ClientApps: %s", why)
         for fd in fds:
             os.close(fd)
         conn.close()
