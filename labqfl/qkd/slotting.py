@@ -313,46 +313,41 @@ def _split_tags(ts, ch, sync_ch, marker_ch, use_markers, d0_ch, d1_ch, sync_dela
     timestamps fail to be non-decreasing. A channel that is several of these counts for each, as the
     per-channel masks it replaces did."""
     n = ts.shape[0]
+    # one pass without a branch per tag (the detectors' tags alternate at random, so a branch on the
+    # channel was mispredicted about every other tag): every tag is written at each output's cursor,
+    # and the cursor moves on only for the tags of that output; the buffers have room for every tag
+    # (address space: the pages never written are never backed)
+    sync_b = np.empty(n, np.int64)
+    marker_b = np.empty(n if use_markers else 0, np.int64)
+    det_t = np.empty(n, np.int64)
+    det_id = np.empty(n, np.int64)
     ns = nm = nd = 0
     other = 0
-    for i in range(n):
-        c = ch[i]
-        hit = False
-        if c == sync_ch:
-            ns += 1
-            hit = True
-        if use_markers and c == marker_ch:
-            nm += 1
-            hit = True
-        if c == d0_ch or c == d1_ch:
-            nd += 1
-            hit = True
-        other += not hit
-    sync_t = np.empty(ns, np.int64)
-    marker_t = np.empty(nm, np.int64)
-    det_t = np.empty(nd, np.int64)
-    det_id = np.empty(nd, np.int64)
-    ns = nm = nd = 0
     descending = False
+    prev = ts[0] if n else np.int64(0)
     for i in range(n):
         c = ch[i]
         t = ts[i]
-        if i > 0 and t < ts[i - 1]:
-            descending = True
-        if c == sync_ch:
-            sync_t[ns] = t - sync_delay
-            ns += 1
-        if use_markers and c == marker_ch:
-            marker_t[nm] = t - marker_delay
-            nm += 1
-        if c == d1_ch:
-            det_t[nd] = t - d1_delay
-            det_id[nd] = 1
-            nd += 1
-        elif c == d0_ch:
-            det_t[nd] = t - d0_delay
-            det_id[nd] = 0
-            nd += 1
+        descending |= t < prev
+        prev = t
+        is_s = c == sync_ch
+        sync_b[ns] = t - sync_delay
+        ns += is_s
+        is_m = False
+        if use_markers:
+            is_m = c == marker_ch
+            marker_b[nm] = t - marker_delay
+            nm += is_m
+        is1 = c == d1_ch
+        is_d = is1 | (c == d0_ch)
+        det_t[nd] = t - (d1_delay if is1 else d0_delay)
+        det_id[nd] = is1
+        nd += is_d
+        other += not (is_s | is_m | is_d)
+    sync_t = sync_b[:ns].copy()
+    marker_t = marker_b[:nm].copy()
+    det_t = det_t[:nd]
+    det_id = det_id[:nd]
     return sync_t, marker_t, det_t, det_id, other, descending
 
 
@@ -389,16 +384,34 @@ def _interval_periods(anchor_t: np.ndarray, anchor_k: np.ndarray, divider: int, 
 
 
 @numba.njit(cache=True, nogil=True)
-def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, burst_period, burst_on, last_span):  # type: ignore[no-untyped-def]
-    """Per detection: interval by binary search, nearest slot, window and burst checks.
+def _place_kernel(det_t, det_id, limit, all_ready, held_s, held_b, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
+                  burst_period, burst_on, last_span):
+    """The held slots and detector bits, then those of the detections whose interval is known, in one pass.
+
+    Detections at or after ``limit`` (corrected time; none if ``all_ready``) wait for their anchor: they are
+    returned apart, in order. The others: interval by binary search from the previous answer, nearest slot,
+    window, frame and burst checks. Returns (slots, bits (1 = D0, 2 = D1), waiting times, waiting ids,
+    n_out, n_neg, n_burst, n_frame, ordered), the slots being the held ones (``held_s``/``held_b``) followed
+    by the new ones, and ``ordered`` whether they never decrease (the usual case: then no sort is needed).
 
     ``mult``: slots per anchor step (the sync divider, or the frame length with markers);
     ``last_span`` >= 0: slots after the last anchor that belong to it (a frame), -1: no limit."""
     n = det_t.shape[0]
+    nh = held_s.shape[0]
     na = anchor_t.shape[0]
-    slots = np.empty(n, dtype=np.int64)
-    bits = np.empty(n, dtype=np.uint8)
-    m = 0
+    slots = np.empty(nh + n, dtype=np.int64)
+    bits = np.empty(nh + n, dtype=np.uint8)
+    pend_t = np.empty_like(det_t)
+    pend_id = np.empty_like(det_id)
+    ordered = True
+    prev = np.iinfo(np.int64).min
+    for i in range(nh):
+        slots[i] = held_s[i]
+        bits[i] = held_b[i]
+        ordered &= held_s[i] >= prev
+        prev = held_s[i]
+    m = nh
+    n_pend = 0
     n_out = 0
     n_neg = 0
     n_burst = 0
@@ -406,6 +419,12 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, bu
     a = 0
     for q in range(n):
         t = det_t[q]
+        d = det_id[q]
+        if not all_ready and t >= limit:
+            pend_t[n_pend] = t
+            pend_id[n_pend] = d
+            n_pend += 1
+            continue
         # last anchor with anchor_t <= t (0 if none); start from the previous answer, galloping ahead of it
         # (the detections come nearly in time order, so the answer is mostly a or a + 1)
         if a >= na or anchor_t[a] > t:
@@ -424,7 +443,6 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, bu
             else:
                 hi = mid
         a = lo - 1 if lo > 0 else 0
-        d = det_id[q]
         rel = float(t - anchor_t[a]) - off[d]
         P = per[a]
         r = math.floor(rel / P + 0.5)
@@ -444,23 +462,40 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, bu
             continue
         slots[m] = s
         bits[m] = np.uint8(1) << np.uint8(d)
+        ordered &= s >= prev
+        prev = s
         m += 1
-    return slots[:m], bits[:m], n_out, n_neg, n_burst, n_frame
+    # the waiting tags are kept until the next block: copies, not views of buffers sized for every tag
+    return slots[:m], bits[:m], pend_t[:n_pend].copy(), pend_id[:n_pend].copy(), n_out, n_neg, n_burst, n_frame, ordered
 
 
-def _assign(det_t: np.ndarray, det_id: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray,
-            per: np.ndarray, p: SlottingParams, stats: SlottingStats, last_span: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slots and detector bits (1 = D0, 2 = D1) of detections whose interval is known."""
-    slots, bits, n_out, n_neg, n_burst, n_frame = _assign_kernel(
-        np.ascontiguousarray(det_t), np.ascontiguousarray(det_id), anchor_t, anchor_k, per,
-        np.int64(_anchor_step(p)), np.asarray(p.window_offset_ps, dtype=np.float64),
+@numba.njit(cache=True, nogil=True)
+def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, burst_period, burst_on, last_span):  # type: ignore[no-untyped-def]
+    """Per detection: interval by binary search, nearest slot, window and burst checks
+    (:func:`_place_kernel` with every detection ready and nothing held). Returns (slots, bits, n_out,
+    n_neg, n_burst, n_frame)."""
+    none = np.empty(0, dtype=np.int64)
+    slots, bits, _, _, n_out, n_neg, n_burst, n_frame, _ = _place_kernel(
+        det_t, det_id, np.int64(0), True, none, np.empty(0, dtype=np.uint8), anchor_t, anchor_k, per, mult, off,
+        half_w, burst_period, burst_on, last_span)
+    return slots, bits, n_out, n_neg, n_burst, n_frame
+
+
+def _place(det_t: np.ndarray, det_id: np.ndarray, limit: int, all_ready: bool, held_s: np.ndarray,
+           held_b: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray, p: SlottingParams,
+           stats: SlottingStats, last_span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
+    """:func:`_place_kernel` with the slotter's parameters; the refusals counted in ``stats``. Returns
+    (held and new slots, their bits, waiting times, waiting ids, ordered)."""
+    slots, bits, pend_t, pend_id, n_out, n_neg, n_burst, n_frame, ordered = _place_kernel(
+        np.ascontiguousarray(det_t), np.ascontiguousarray(det_id), np.int64(limit), bool(all_ready), held_s, held_b,
+        anchor_t, anchor_k, per, np.int64(_anchor_step(p)), np.asarray(p.window_offset_ps, dtype=np.float64),
         np.asarray(p.window_ps, dtype=np.float64) / 2.0, np.int64(p.burst_period_slots), np.int64(p.burst_on_slots),
         np.int64(last_span))
     stats.outside_window += int(n_out)
     stats.before_first_slot += int(n_neg)
     stats.outside_burst += int(n_burst)
     stats.outside_frames += int(n_frame)
-    return slots, bits
+    return slots, bits, pend_t, pend_id, bool(ordered)
 
 
 def _anchor_step(p: SlottingParams) -> int:
@@ -778,15 +813,12 @@ class Slotter(_SlotProgress):
     def _process(self, anchor_t: np.ndarray, anchor_k: np.ndarray, anchor_ok: np.ndarray, det_t: np.ndarray,
                  det_id: np.ndarray, last_raw: int | None, flush: bool) -> SlotEvents:
         p = self.p
-        n_a = anchor_t.size
-        ready, det_t, det_id = self._ready_tags(anchor_t, det_t, det_id, flush)
+        limit, all_ready, det_t, det_id = self._ready_tags(anchor_t, det_t, det_id, flush)
         per = _interval_periods(anchor_t, anchor_k, self._step, self._period_est)
-        if n_a:
-            last_span = p.frame_slots if self._markers else -1
-            s_new, b_new = _assign(det_t[ready], det_id[ready], anchor_t, anchor_k, per, p, self.stats, last_span)
-        else:
-            s_new, b_new = np.empty(0, np.int64), np.empty(0, np.uint8)
-        pend_t, pend_id = det_t[~ready], det_id[~ready]
+        # held slots first, then the new ones; mostly in order already (the two detectors' slots rarely cross)
+        s_all, b_all, pend_t, pend_id, ordered = _place(det_t, det_id, limit, all_ready, self._held_s, self._held_b,
+                                                        anchor_t, anchor_k, per, p, self.stats,
+                                                        p.frame_slots if self._markers else -1)
         if not flush and pend_t.size > MAX_PENDING_TAGS:
             what = f"frame marker on channel {p.marker_channel}" if self._markers else f"sync tag on channel {p.sync_channel}"
             fix = "time_tagger.marker_channel and the marker cable" if self._markers else \
@@ -797,18 +829,17 @@ class Slotter(_SlotProgress):
             raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
         pend_lost = self._drop_lost_intervals(anchor_t, anchor_k, per, flush)
         self._drop_unkept_frames(anchor_k, anchor_ok)
-        # Merge with held slots, sort, combine.
-        s_all = np.concatenate([self._held_s, s_new])
-        b_all = np.concatenate([self._held_b, b_new])
-        order = np.argsort(s_all, kind="stable")
-        slots, outcomes = _combine(s_all[order], b_all[order])
+        if not ordered:
+            order = np.argsort(s_all, kind="stable")
+            s_all, b_all = s_all[order], b_all[order]
+        slots, outcomes = _combine(s_all, b_all)
         threshold, keep_from = self._emit_threshold(anchor_t, anchor_k, per, pend_lost, last_raw, flush)
-        emit = slots < threshold
-        self._held_s, self._held_b = slots[~emit], outcomes[~emit]
+        k = int(np.searchsorted(slots, threshold))  # slots ascend: those below the threshold are a prefix
+        self._held_s, self._held_b = slots[k:].copy(), outcomes[k:].copy()
         self._pend_t, self._pend_id = pend_t, pend_id
         self._anchor_t, self._anchor_k = anchor_t[keep_from:], anchor_k[keep_from:]
         self._anchor_ok = anchor_ok[keep_from:]
-        es, eo = slots[emit], outcomes[emit]
+        es, eo = slots[:k], outcomes[:k]
         gone = self._dropped.contains(es) if self.apply_drops else np.zeros(es.shape, dtype=bool)
         if np.any(gone):
             self.stats.dropped_clicks += int(np.count_nonzero(gone))
@@ -821,25 +852,24 @@ class Slotter(_SlotProgress):
         return SlotEvents(es, eo)
 
     def _ready_tags(self, anchor_t: np.ndarray, det_t: np.ndarray, det_id: np.ndarray,
-                    flush: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Which detector tags the anchors can place now: ``(ready, det_t, det_id)``. At the end
-        of a stream without any sync tag, the tags are counted as before the first slot and
-        removed."""
+                    flush: bool) -> tuple[int, bool, np.ndarray, np.ndarray]:
+        """Which detector tags the anchors can place now: ``(limit, all_ready, det_t, det_id)``, the
+        tags at or after ``limit`` waiting (none if ``all_ready``). At the end of a stream without
+        any sync tag, the tags are counted as before the first slot and removed."""
         n_a = anchor_t.size
+        never = int(np.iinfo(np.int64).min)  # every tag waits
         if n_a == 0:
-            ready = np.zeros(det_t.size, dtype=bool)
             if flush:  # no sync tag ever: nothing can be placed
                 self.stats.before_first_slot += int(det_t.size)
                 det_t, det_id = det_t[:0], det_id[:0]
-                ready = ready[:0]
-        elif flush:
-            ready = np.ones(det_t.size, dtype=bool)
-        elif n_a < 2:
-            ready = np.zeros(det_t.size, dtype=bool)
-        else:  # a tag after the last anchor waits for the next one; anchor_t ascends, so this is
-            # searchsorted(anchor_t, det_t, "right") − 1 < n_a − 1 without a search per tag
-            ready = det_t < anchor_t[-1]
-        return ready, det_t, det_id
+            return never, False, det_t, det_id
+        if flush:
+            return never, True, det_t, det_id
+        if n_a < 2:
+            return never, False, det_t, det_id
+        # a tag after the last anchor waits for the next one; anchor_t ascends, so this is
+        # searchsorted(anchor_t, det_t, "right") − 1 < n_a − 1 without a search per tag
+        return int(anchor_t[-1]), False, det_t, det_id
 
     def _drop_lost_intervals(self, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray,
                              flush: bool) -> np.ndarray:
