@@ -3,6 +3,7 @@ pipeline), each against a baseline measured side by side."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -300,7 +301,34 @@ def _slotting(quick: bool) -> BenchResult:
                        target="> station tag rate (~5 M tags/s, default station)", details={"tags": int(ts.size)})
 
 
-@benchmark("pipeline", "Whole pipeline on the default simulated station (real-time factor)", target="≥ 1× real time")
+def _full_block(block: int, q: float) -> tuple[float, float, int]:
+    """One full-size block's stages on synthetic bits at QBER ``q``: Cascade, the verification tag at
+    both ends and amplification to a quarter of the length, the better of two runs (the first
+    full-size block also faults in its buffers' pages). Returns (wall s, CPU s, residual errors)."""
+    from labqfl.qkd.cascade import reconcile_cascade
+    from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
+    from labqfl.qkd.verification import hash_tag
+
+    rng = np.random.default_rng(8)
+    x = rng.integers(0, 2, block, dtype=np.uint8)
+    y = x ^ (rng.random(block) < q).astype(np.uint8)
+    reconcile_cascade(x[:2000], y[:2000], q, seed=0)
+    ell = block // 4
+    pseed, vseed = toeplitz_seed(block, ell), toeplitz_seed(block, 64)
+    toeplitz_hash(x[:1000], pseed[:1000 + 250 - 1], 250)
+    t_blk = c_blk = math.inf
+    for _ in range(2):
+        t0, c0 = time.perf_counter(), time.process_time()
+        ec = reconcile_cascade(x, y, q, seed=1)
+        hash_tag(x, vseed, 64)
+        hash_tag(ec.corrected, vseed, 64)
+        toeplitz_hash(x, pseed, ell)
+        toeplitz_hash(ec.corrected, pseed, ell)
+        t_blk, c_blk = min(t_blk, time.perf_counter() - t0), min(c_blk, time.process_time() - c0)
+    return t_blk, c_blk, int(np.count_nonzero(ec.corrected != x))
+
+
+@benchmark("pipeline", "Whole pipeline on the default simulated station (real-time factor)", target="≥ 5× real time")
 def _pipeline(quick: bool) -> BenchResult:
     """Real-time factor of the post-processing at the finite-key block size.
 
@@ -312,13 +340,12 @@ def _pipeline(quick: bool) -> BenchResult:
     (estimation) measured on the run's final blocks. Figures use process CPU time (the machine
     may be shared); wall-clock versions are in ``details``. ``measured_small_blocks_x`` is the
     directly measured end-to-end factor on the short run (small final blocks, dominated by
-    per-block overheads).
+    per-block overheads). Steady state, as in a pipeline that runs for minutes: the stream goes
+    through a first Distiller before the measured one (``warmup_cpu_s``: loading the compiled
+    kernels, the allocator's first page faults), and the block's stages are the better of two runs.
     """
     from labqfl.config import load_station_config
-    from labqfl.qkd.cascade import reconcile_cascade
     from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink
-    from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
-    from labqfl.qkd.verification import hash_tag
     from labqfl.sim_backends import SagnacTestbed
 
     cfg = load_station_config()
@@ -328,8 +355,20 @@ def _pipeline(quick: bool) -> BenchResult:
     t0, c0 = time.perf_counter(), time.process_time()
     blocks = list(tb.stream(dur))
     t_sim, c_sim = time.perf_counter() - t0, time.process_time() - c0
-    d = Distiller(cfg, {c: tb.client_log(c) for c in cfg.client_names}, MemorySink(),
-                  DistillSettings(block_bits=max(block, 1000), min_final_block_bits=10_000))
+    logs = {c: tb.client_log(c) for c in cfg.client_names}
+    settings = DistillSettings(block_bits=max(block, 1000), min_final_block_bits=10_000)
+    # warm-up: the same blocks through a Distiller of their own (slotting, sifting, its small final
+    # blocks) load every compiled kernel from the cache once and let the allocator settle (glibc's
+    # mmap threshold rises after the first large frees, so later buffers come from the heap without
+    # page faults), as in a pipeline that runs for minutes; reported in details, not charged per
+    # data second
+    t0, c0 = time.perf_counter(), time.process_time()
+    warm = Distiller(cfg, logs, MemorySink(), settings)
+    for b in blocks:
+        warm.push(b)
+    warm.finish()
+    t_warm, c_warm = time.perf_counter() - t0, time.process_time() - c0
+    d = Distiller(cfg, logs, MemorySink(), settings)
     t0, c0 = time.perf_counter(), time.process_time()
     for b in blocks:
         d.push(b)
@@ -346,29 +385,16 @@ def _pipeline(quick: bool) -> BenchResult:
     est_per_block = stages.get("estimation", 0.0) / nblk
     qs = [b.qber_key for r in res.values() for b in r.blocks if b.sifted_bits]
     q = float(np.clip(np.mean(qs) if qs else 0.02, 0.005, 0.2))
-    # one full-size block: Cascade + verification tag + amplification to a quarter of the length
-    rng = np.random.default_rng(8)
-    x = rng.integers(0, 2, block, dtype=np.uint8)
-    y = x ^ (rng.random(block) < q).astype(np.uint8)
-    reconcile_cascade(x[:2000], y[:2000], q, seed=0)
-    ell = block // 4
-    pseed, vseed = toeplitz_seed(block, ell), toeplitz_seed(block, 64)
-    toeplitz_hash(x[:1000], pseed[:1000 + 250 - 1], 250)
-    t0, c0 = time.perf_counter(), time.process_time()
-    ec = reconcile_cascade(x, y, q, seed=1)
-    hash_tag(x, vseed, 64)
-    hash_tag(ec.corrected, vseed, 64)
-    toeplitz_hash(x, pseed, ell)
-    toeplitz_hash(ec.corrected, pseed, ell)
-    t_blk, c_blk = time.perf_counter() - t0, time.process_time() - c0
+    t_blk, c_blk, residual = _full_block(block, q)
     rate_bits = sifted / dur  # sifted bits per second of data, all pairs
     per_s_cpu = c_stream / dur + rate_bits * (c_blk / block) + rate_bits / block * est_per_block
     per_s_wall = t_stream / dur + rate_bits * (t_blk / block) + rate_bits / block * est_per_block
     fig = 1.0 / per_s_cpu
     return BenchResult(fig, "× real time (CPU)", "simulator generating the same tags (CPU)", dur / c_sim if c_sim > 0 else 0.0,
-                       target="≥ 1× real time", passed=None if quick else fig >= 1.0,
+                       target="≥ 5× real time", passed=None if quick else fig >= 5.0,
                        details={"data_s": dur, "block_bits": block, "qber": round(q, 4),
                                 "real_time_x_wall": round(1.0 / per_s_wall, 3),
+                                "warmup_cpu_s": round(c_warm, 4), "warmup_wall_s": round(t_warm, 4),
                                 "streaming_cpu_s_per_data_s": round(c_stream / dur, 4),
                                 "streaming_wall_s_per_data_s": round(t_stream / dur, 4),
                                 "block_cpu_s": round(c_blk, 3), "block_wall_s": round(t_blk, 3),
@@ -376,7 +402,7 @@ def _pipeline(quick: bool) -> BenchResult:
                                 "sifted_bits_per_data_s": round(rate_bits),
                                 "measured_small_blocks_x": round(dur / (c_stream + c_fin), 3) if c_stream + c_fin > 0 else None,
                                 "simulator_x_wall": round(dur / t_sim, 3), "final_blocks_wall_s": round(t_fin, 3),
-                                "stage_s": stages, "cascade_residual_errors": int(np.count_nonzero(ec.corrected != x))})
+                                "stage_s": stages, "cascade_residual_errors": residual})
 
 
 def _first_implementations():  # type: ignore[no-untyped-def]
