@@ -302,15 +302,17 @@ def _reveal_kernel(outcomes, key_mask, k_i, b_i, bit_i, k_j, b_j, bit_j, same, n
     """:func:`_counts_kernel` on the slots rebuilt from the reveals: a key slot is (k, a) = (0, 0) at
     both ends; test slot t (in order) has (k_i[t], b_i[t]) and (k_j[t], b_j[t]), with bits bit_i[u],
     bit_j[u] where ``same[t]`` (u counts those), else bit 0. Two passes without a data-dependent branch:
-    the key slots counted and the test slots' outcomes compacted in order, then each test slot's cell,
-    double click and error weight (0, 1 or 2) added (a branch per slot on ``key_mask`` and ``same``,
+    the key slots counted and the test slots' outcomes compacted in order, then each test slot's cell and
+    what it adds there (a single click with or without an error, counted twice; a double click, counted
+    once as an error where errors count) as one of four bins per cell of a single histogram, folded into
+    clicks, errors and double clicks at the end (a branch per slot on ``key_mask`` and ``same``,
     mispredicted often at the default station's rates, cost 5.4 against 2.9 ns per announcement on 150 000
-    of them, Intel Xeon)."""
+    of them, Intel Xeon; three histograms, one increment each, 3.9 against 2.3 ns on the default station's
+    sifting chunks)."""
     n = outcomes.shape[0]
     cells = n_ki * n_kj * 4
-    clicks = np.zeros(cells, dtype=np.int64)
-    errors_x2 = np.zeros(cells, dtype=np.int64)
-    doubles = np.zeros(cells, dtype=np.int64)
+    # per cell: single click without / with an error, double click not counted / counted as an error
+    hist = np.zeros(cells * 4, dtype=np.int64)
     test_o = np.empty(n, dtype=np.uint8)
     n_key = 0
     key_doubles = 0
@@ -322,8 +324,6 @@ def _reveal_kernel(outcomes, key_mask, k_i, b_i, bit_i, k_j, b_j, bit_j, same, n
         key_doubles += km & (o == 3)
         test_o[t] = o
         t += not km
-    clicks[0] += n_key
-    doubles[0] += key_doubles
     n_same = bit_i.shape[0]
     u = 0
     for t in range(k_i.shape[0]):
@@ -334,15 +334,20 @@ def _reveal_kernel(outcomes, key_mask, k_i, b_i, bit_i, k_j, b_j, bit_j, same, n
         bb = np.int64(b_j[t])
         sm = np.int64(same[t])
         v = min(u, n_same - 1)  # read in range (a bit is used only where same[t])
-        sa = bit_i[v] & sm if n_same else 0
-        sb = bit_j[v] & sm if n_same else 0
+        sa = np.int64(bit_i[v]) & sm if n_same else 0
+        sb = np.int64(bit_j[v]) & sm if n_same else 0
         u += sm
         c = ((x * n_kj + y) * 2 + ba) * 2 + bb
-        clicks[c] += 1
         d = np.int64(o == 3)
-        doubles[c] += d
         counted = np.int64(ba == bb) & np.int64((x | y | ba | bb) != 0)
-        errors_x2[c] += counted * (d + 2 * (1 - d) * np.int64((o == 1) == (sa != sb)))
+        err = counted & np.int64((o == 1) == (sa != sb))
+        hist[c * 4 + d * 2 + (counted if d else err)] += 1
+    h = hist.reshape((cells, 4))
+    clicks = h[:, 0] + h[:, 1] + h[:, 2] + h[:, 3]
+    errors_x2 = 2 * h[:, 1] + h[:, 3]
+    doubles = h[:, 2] + h[:, 3]
+    clicks[0] += n_key
+    doubles[0] += key_doubles
     shape = (n_ki, n_kj, 2, 2)
     return clicks.reshape(shape), errors_x2.reshape(shape), doubles.reshape(shape)
 
