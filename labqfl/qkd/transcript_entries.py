@@ -44,11 +44,10 @@ def _pack_ann(slots: np.ndarray, outcomes: np.ndarray, out: np.ndarray, w: int) 
     """The flag, the slot differences and the outcomes (module docstring) into ``out`` from byte
     ``w``; the end. ``out`` must hold ``w + 1 + 9·n + n`` bytes (the worst case)."""
     n = slots.shape[0]
-    small = 1
-    for i in range(n):
-        if outcomes[i] > 3:
-            small = 0
-            break
+    mx = np.uint8(0)
+    for i in range(n):  # a reduction without an early exit: vectorised
+        mx = max(mx, outcomes[i])
+    small = 1 if mx <= 3 else 0
     out[w] = small
     w += 1
     prev = np.int64(0)
@@ -64,10 +63,15 @@ def _pack_ann(slots: np.ndarray, outcomes: np.ndarray, out: np.ndarray, w: int) 
                 out[w + 1 + b] = np.uint8((d >> np.uint64(8 * b)) & np.uint64(255))
             w += 9
     if small:
-        for i in range(0, n, 4):
+        q = n >> 2
+        for k in range(q):  # whole groups of four: vectorised
+            i = 4 * k
+            out[w + k] = outcomes[i] | (outcomes[i + 1] << 2) | (outcomes[i + 2] << 4) | (outcomes[i + 3] << 6)
+        w += q
+        if n & 3:
             v = np.int64(0)
-            for j in range(min(4, n - i)):
-                v |= np.int64(outcomes[i + j]) << (2 * j)
+            for j in range(n & 3):
+                v |= np.int64(outcomes[4 * q + j]) << (2 * j)
             out[w] = np.uint8(v)
             w += 1
     else:
