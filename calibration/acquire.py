@@ -61,23 +61,25 @@ def centred_window(phase_ps: np.ndarray, centre_ps: float, period_ps: float) -> 
 
 
 def save_plot(path: str | None, draw: Callable[[Any], None], title: str) -> str | None:
-    """Draw a figure with ``draw(ax)`` and save it as PNG (matplotlib Agg); returns the path."""
+    """Draw a figure with ``draw(ax)`` and save it as PNG; returns the path.
+
+    A :class:`matplotlib.figure.Figure` on its own Agg canvas, not pyplot: procedures run on the
+    GUI's worker threads too, and pyplot's global figure registry and backend switch are not safe
+    there (matplotlib's "Embedding in a web application server" pattern).
+    """
     if path is None:
         return None
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
-    try:
-        draw(ax)
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(path)
-    finally:
-        plt.close(fig)
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    draw(ax)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
     return path
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from labqfl.gui.workers.common import log, one_line
+from labqfl.gui.workers.warmup import warm_up
 
 from labqfl.config import StationConfig
 from labqfl.errors import LabqflError
@@ -131,6 +132,8 @@ class StationTask:
                 roles[role] = {"driver": ic.driver, "simulated": ic.simulated,
                                "kind": type(inst).__name__ if inst is not None else None,
                                "error": st.failures.get(role) if hasattr(st, "failures") else None}
+            self.core.post("progress", ("station", None, "preparing the analysis code…"))
+            log.info("first-use imports and compiled-code set-up done in %.2f s", warm_up())
             ok, why = self.core.distill_available()
             log.info("station %s connected: %d roles", self.core.config.name, len(st.instruments))
             self.core.post("connected", {"station": self.core.config.name, "description": self.core.config.description,

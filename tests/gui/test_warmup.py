@@ -1,0 +1,53 @@
+"""First-use work happens while the station connects, not on a worker thread during a run.
+
+In a fresh interpreter (the test process has long imported everything), a first calibration
+after Connect must import no matplotlib or Numba module (the GIL-holding imports that froze the
+window, :mod:`labqfl.gui.workers.warmup`), and the calibration plots must not go through pyplot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    from pathlib import Path
+    from labqfl.gui.core import TestbedCore
+    from labqfl.sim_backends.stations import edit_station
+
+    def edit(d):
+        d["simulation"]["block_duration_s"] = 0.002
+        d["name"] = "warm-up-test"
+
+    tmp = Path(sys.argv[1])
+    core = TestbedCore(edit_station(edit, n_clients=2), data_dir=tmp / "data", runs_dir=tmp / "runs")
+    core.connect().result(120)
+    before = set(sys.modules)
+    core.run_calibration("visibility")
+    deadline = time.monotonic() + 120
+    while core.busy("calibration") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = core.drain()
+    core.shutdown(20)
+    print(json.dumps({"new": sorted(set(sys.modules) - before), "pyplot": "matplotlib.pyplot" in sys.modules,
+                      "errors": [str(e.data) for e in events if e.kind == "error"],
+                      "results": [e.data["procedure"] for e in events if e.kind == "calibration_result"],
+                      "plots": [p for e in events if e.kind == "calibration_result" for p in e.data["plots"]]}))
+""")
+
+
+def test_a_first_calibration_after_connect_imports_no_plotting_or_compiler_modules(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["errors"] == [] and r["results"] == ["visibility"]
+    late = [m for m in r["new"] if m.split(".")[0] in ("matplotlib", "numba", "llvmlite")]
+    assert late == [], f"imported by the calibration thread instead of at connect: {late[:10]}"
+    assert not r["pyplot"], "calibration plots went through pyplot (global state shared by threads)"
+    assert r["plots"] and all(Path(p).suffix == ".png" and Path(p).stat().st_size > 1000 for p in r["plots"])
