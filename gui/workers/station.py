@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from labqfl.gui.workers.common import log, one_line
+from labqfl.gui.workers.warmup import MESSAGE as WARM_UP_MESSAGE
 from labqfl.gui.workers.warmup import warm_up
 
 from labqfl.config import StationConfig
@@ -120,8 +121,13 @@ class StationTask:
             if self.core.station is not None:
                 return
             self.core._set_busy("station", True)
-            self.core.post("progress", ("station", None, f"opening station {self.core.config.name!r}…"))
             try:
+                self.core.post("progress", ("station", None, WARM_UP_MESSAGE))
+                try:
+                    log.info("first-use imports and compiled code loaded in %.2f s", warm_up(self.core.config))
+                except Exception as exc:  # only a head start: the workers load the same at first use
+                    log.warning("first-use set-up skipped: %s", one_line(exc))
+                self.core.post("progress", ("station", None, f"opening station {self.core.config.name!r}…"))
                 st = self.factory(self.core.config, self.core.base_dir)
             finally:
                 self.core._set_busy("station", False)
@@ -132,11 +138,6 @@ class StationTask:
                 roles[role] = {"driver": ic.driver, "simulated": ic.simulated,
                                "kind": type(inst).__name__ if inst is not None else None,
                                "error": st.failures.get(role) if hasattr(st, "failures") else None}
-            self.core.post("progress", ("station", None, "preparing the analysis code…"))
-            try:
-                log.info("first-use imports and compiled-code set-up done in %.2f s", warm_up())
-            except Exception as exc:  # only a head start: the workers import the same at first use
-                log.warning("first-use set-up skipped: %s", one_line(exc))
             ok, why = self.core.distill_available()
             log.info("station %s connected: %d roles", self.core.config.name, len(st.instruments))
             self.core.post("connected", {"station": self.core.config.name, "description": self.core.config.description,

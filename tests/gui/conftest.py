@@ -27,6 +27,16 @@ def small_config() -> StationConfig:
     return edit_station(edit, n_clients=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _warm_kernels(small_config: StationConfig) -> None:
+    """What a connect loads first (:mod:`labqfl.gui.workers.warmup`), once per test process and without
+    a deadline: on a clean clone's empty Numba cache it compiles for about a minute, which the tests'
+    60 s connect and 30 s first-rates deadlines are not meant to measure."""
+    from labqfl.gui.workers.warmup import warm_up
+
+    warm_up(small_config)
+
+
 @pytest.fixture
 def core(small_config: StationConfig, tmp_path) -> Any:  # type: ignore[no-untyped-def]
     c = TestbedCore(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")

@@ -2,7 +2,9 @@
 
 In a fresh interpreter (the test process has long imported everything), a first calibration
 after Connect must import no matplotlib or Numba module (the GIL-holding imports that froze the
-window, :mod:`labqfl.gui.workers.warmup`), and the calibration plots must not go through pyplot.
+window, :mod:`labqfl.gui.workers.warmup`), the calibration plots must not go through pyplot, and a
+first Start with live distillation must load no compiled kernel that Connect did not (on an empty
+Numba cache each would be compiled there: a first Start showed its first rates after 32 s).
 """
 
 from __future__ import annotations
@@ -71,3 +73,46 @@ def test_a_failing_warm_up_does_not_fail_the_connect(core, events, monkeypatch) 
     core.connect().result(120)
     events.wait(lambda: events.kinds("connected"))
     assert core.station is not None and not events.kinds("error")
+
+
+LIVE_SCRIPT = textwrap.dedent("""
+    import gc, json, sys, time
+    from pathlib import Path
+    from numba.core.dispatcher import Dispatcher
+    from labqfl.gui.core import TestbedCore
+    from labqfl.sim_backends.stations import edit_station
+
+    def loaded():
+        return {f"{d.py_func.__module__}.{d.py_func.__qualname__}{sig}" for d in gc.get_objects()
+                if isinstance(d, Dispatcher) for sig in d.overloads}
+
+    def edit(d):
+        d["simulation"]["block_duration_s"] = 0.002
+        d["name"] = "warm-up-test"
+
+    tmp = Path(sys.argv[1])
+    core = TestbedCore(edit_station(edit, n_clients=2), data_dir=tmp / "data", runs_dir=tmp / "runs")
+    core.connect().result(300)
+    before = loaded()
+    core.start_acquisition(distill={"block_bits": None, "engine": "cascade"})
+    events, deadline = [], time.monotonic() + 120
+    while not any(e.kind == "pairs" for e in events) and time.monotonic() < deadline:
+        events += core.drain()
+        time.sleep(0.05)
+    core.stop_acquisition()
+    while (core.busy("acquisition") or core.busy("distillation")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events += core.drain()
+    core.shutdown(20)
+    print(json.dumps({"new": sorted(loaded() - before), "kinds": sorted({e.kind for e in events}),
+                      "errors": [str(e.data) for e in events if e.kind == "error"]}))
+""")
+
+
+def test_a_first_start_with_live_distillation_loads_no_kernel_the_connect_did_not(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", LIVE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["errors"] == [] and {"rates", "pairs"} <= set(r["kinds"])
+    assert r["new"] == [], f"loaded (or, on an empty cache, compiled) at the first Start: {r['new'][:8]}"
