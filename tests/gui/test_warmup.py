@@ -96,7 +96,7 @@ LIVE_SCRIPT = textwrap.dedent("""
     before = loaded()
     core.start_acquisition(distill={"block_bits": None, "engine": "cascade"})
     events, deadline = [], time.monotonic() + 120
-    while not any(e.kind == "pairs" for e in events) and time.monotonic() < deadline:
+    while not {"rates", "pairs"} <= {e.kind for e in events} and time.monotonic() < deadline:
         events += core.drain()
         time.sleep(0.05)
     core.stop_acquisition()
