@@ -55,7 +55,7 @@ from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
 
 log = get_logger(__name__)
 
-__all__ = ["LocalNetwork", "NodeProcess", "run_acquisition"]
+__all__ = ["LocalNetwork", "NodeProcess", "run_acquisition", "warm_in_process_pipeline"]
 
 START_TIMEOUT_S = 120.0
 
@@ -158,6 +158,36 @@ def stream_rule_settings(cfg: StationConfig) -> DistillSettings:
     return plan.distill_settings() if plan.sufficient else DistillSettings()
 
 
+def _throwaway_blocks(cfg: StationConfig, *, on_demand: bool) -> tuple[StationConfig, Any, list[Any]]:
+    """2 ms of station ``cfg`` on a throwaway testbed of one thread (fresh CSPRNG clients, nothing written):
+    the configuration it ran (emulated pattern generators off — they take their patterns from a station's
+    instruments, or are the optics node's), the testbed and its tag blocks. ``on_demand``: the optics
+    node's path (the clients asked only about candidate slots) instead of whole drive patterns."""
+    from labqfl.sim_backends.testbed import SagnacTestbed
+
+    if cfg.simulation.emulate_pattern_generators:
+        cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
+            update={"emulate_pattern_generators": False})})
+    tb = SagnacTestbed(cfg, threads=1)
+    tb.modulation_on_demand = on_demand
+    return cfg, tb, list(tb.stream(0.002))
+
+
+def warm_in_process_pipeline(cfg: StationConfig, engine: str) -> None:
+    """Load (on an empty Numba cache: compile) what an in-process acquisition with live distillation of
+    station ``cfg`` runs — the simulator on whole drive patterns, the pipeline's slotting, sifting and
+    estimation, the distillation kernels of ``engine`` (:func:`labqfl.nodes.client.warm_distillation`) —
+    on 2 ms of a throwaway testbed, keys into a memory sink that is dropped. ≈ 0.5 s on a warm cache,
+    ≈ 60 CPU s on an empty one (2-core Intel Xeon). For front ends that acquire in process (the GUI's
+    Connect), as :meth:`LocalNetwork.warm_jit` does before node processes start."""
+    from labqfl.nodes.client import warm_distillation
+    from labqfl.qkd.pipeline import MemorySink, distill_stream
+
+    cfg, tb, blocks = _throwaway_blocks(cfg, on_demand=False)
+    distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
+    warm_distillation(engine)
+
+
 class LocalNetwork:
     """Optics + detector + every client of the station as separate processes on loopback."""
 
@@ -242,7 +272,6 @@ class LocalNetwork:
         from labqfl.nodes.wire import warm_codec
         from labqfl.qkd.pipeline import MemorySink, distill_stream
         from labqfl.sim_backends import _kernels
-        from labqfl.sim_backends.testbed import SagnacTestbed
 
         engine = self.settings.engine
         parts = [f"warm_distillation({engine!r}, cascade=False)", *(["warm_cascade()"] if engine == "cascade" else [])]
@@ -252,13 +281,7 @@ class LocalNetwork:
                    for part in parts]
         try:
             warm_codec()
-            cfg = self.cfg
-            if cfg.simulation.emulate_pattern_generators:  # the emulated generators are the optics node's, not ours
-                cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
-                    update={"emulate_pattern_generators": False})})
-            tb = SagnacTestbed(cfg, threads=1)
-            tb.modulation_on_demand = True
-            blocks = list(tb.stream(0.002))
+            cfg, tb, blocks = _throwaway_blocks(self.cfg, on_demand=True)
             # the optics node's questions to remote clients as bitmaps (in process, the logs are asked directly),
             # and the clients' answers from them
             _kernels.client_bits(np.zeros(2, np.uint64), np.int64(0), np.array([[3, 70]], np.int64))
