@@ -45,10 +45,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-v info, -vv debug)."),
 ) -> None:
     set_verbosity(["WARNING", "INFO", "DEBUG"][min(verbose, 2)])
+    from labqfl.cli.compiling import KERNEL_COMMANDS, watch
+
+    if ctx.invoked_subcommand in KERNEL_COMMANDS:
+        watch()  # a first run after an install says that it compiles, and for how long
 
 
 for _mod in COMMAND_MODULES:

@@ -1,0 +1,42 @@
+"""A command that compiles Numba kernels says so once, and how long it took (labqfl.cli.compiling)."""
+
+from __future__ import annotations
+
+from numba import njit
+from numba.core import event
+
+from labqfl.cli import compiling
+
+
+def test_a_compilation_is_announced_once_and_counted_as_one_kernel_with_its_callees() -> None:
+    said: list[str] = []
+    w = compiling.CompileWatch(said.append)
+
+    @njit(cache=False)
+    def inner(x: int) -> int:
+        return x + 1
+
+    @njit(cache=False)
+    def outer(x: int) -> int:
+        return inner(x) * 2  # inner is compiled inside outer's compilation: one outermost compilation
+
+    @njit(cache=False)
+    def other(x: float) -> float:
+        return x / 2
+
+    assert w.summary() is None
+    with event.install_listener("numba:compile", w.listener()):
+        assert outer(1) == 4 and outer(2) == 6  # the second call compiles nothing
+        assert other(3.0) == 1.5
+    assert said == [compiling.NOTICE]
+    assert w.kernels == 2 and w.seconds > 0
+    assert (w.summary() or "").startswith(f"labqfl: {w.seconds:.1f} s of this run compiled 2 kernel(s)")
+
+
+def test_the_process_has_one_watch_however_many_commands_it_runs() -> None:
+    assert compiling.watch() is compiling.watch()
+
+
+def test_only_commands_that_run_kernels_import_numba_for_the_watch() -> None:
+    assert {"run", "acquire", "distill", "calibrate", "bench"} <= compiling.KERNEL_COMMANDS
+    assert not {"keys", "plan", "keyrate", "node"} & compiling.KERNEL_COMMANDS
