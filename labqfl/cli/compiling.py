@@ -72,7 +72,7 @@ class CompileWatch:
         """The closing line, or None when nothing was compiled."""
         if not self.kernels:
             return None
-        return (f"labqfl: {self.seconds:.1f} s of this run compiled {self.kernels} kernel(s); "
+        return (f"labqfl: this process spent {self.seconds:.1f} s compiling {self.kernels} kernel(s); "
                 "later runs load them from Numba's cache")
 
 

@@ -30,7 +30,7 @@ def test_a_compilation_is_announced_once_and_counted_as_one_kernel_with_its_call
         assert other(3.0) == 1.5
     assert said == [compiling.NOTICE]
     assert w.kernels == 2 and w.seconds > 0
-    assert (w.summary() or "").startswith(f"labqfl: {w.seconds:.1f} s of this run compiled 2 kernel(s)")
+    assert (w.summary() or "").startswith(f"labqfl: this process spent {w.seconds:.1f} s compiling 2 kernel(s)")
 
 
 def test_the_process_has_one_watch_however_many_commands_it_runs() -> None:
