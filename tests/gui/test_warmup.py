@@ -16,8 +16,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-SCRIPT = textwrap.dedent("""
-    import json, sys, time
+#: A fresh interpreter with a 2-client station connected (the warm-up runs inside the connect).
+CONNECTED = textwrap.dedent("""
+    import gc, json, sys, time
     from pathlib import Path
     from labqfl.gui.core import TestbedCore
     from labqfl.sim_backends.stations import edit_station
@@ -28,10 +29,13 @@ SCRIPT = textwrap.dedent("""
 
     tmp = Path(sys.argv[1])
     core = TestbedCore(edit_station(edit, n_clients=2), data_dir=tmp / "data", runs_dir=tmp / "runs")
-    core.connect().result(120)
+    core.connect().result(300)
+    deadline = time.monotonic() + 120
+""")
+
+CALIBRATION = CONNECTED + textwrap.dedent("""
     before = set(sys.modules)
     core.run_calibration("visibility")
-    deadline = time.monotonic() + 120
     while core.busy("calibration") and time.monotonic() < deadline:
         time.sleep(0.05)
     events = core.drain()
@@ -43,19 +47,19 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _first_calibration(tmp: Path) -> dict:  # type: ignore[type-arg]
+def _run(script: str, tmp: Path) -> dict:  # type: ignore[type-arg]
     tmp.mkdir()
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp)], capture_output=True, text=True, timeout=300,
+    out = subprocess.run([sys.executable, "-c", script, str(tmp)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def test_a_first_calibration_after_connect_imports_no_plotting_or_compiler_modules(tmp_path: Path) -> None:
-    # A first process fills Numba's on-disk cache where it lacks the procedure's kernels (a clean
-    # clone has none; compiling them is first-use work no warm-up at Connect can do in reasonable time).
-    _first_calibration(tmp_path / "fill-cache")
-    r = _first_calibration(tmp_path / "measured")
+    # A first process fills Numba's on-disk cache with the procedure's own kernels (a clean clone has
+    # none; the warm-up at Connect covers the acquisition and distillation path, not every procedure).
+    _run(CALIBRATION, tmp_path / "fill-cache")
+    r = _run(CALIBRATION, tmp_path / "measured")
     assert r["errors"] == [] and r["results"] == ["visibility"]
     late = [m for m in r["new"] if m.split(".")[0] in ("matplotlib", "numba", "llvmlite")]
     assert late == [], f"imported by the calibration thread instead of at connect: {late[:10]}"
@@ -66,7 +70,7 @@ def test_a_first_calibration_after_connect_imports_no_plotting_or_compiler_modul
 def test_a_failing_warm_up_does_not_fail_the_connect(core, events, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import labqfl.gui.workers.station as station
 
-    def broken() -> float:
+    def broken(*args: object, **kwargs: object) -> float:
         raise RuntimeError("no compiler today")
 
     monkeypatch.setattr(station, "warm_up", broken)
@@ -75,27 +79,16 @@ def test_a_failing_warm_up_does_not_fail_the_connect(core, events, monkeypatch) 
     assert core.station is not None and not events.kinds("error")
 
 
-LIVE_SCRIPT = textwrap.dedent("""
-    import gc, json, sys, time
-    from pathlib import Path
+LIVE = CONNECTED + textwrap.dedent("""
     from numba.core.dispatcher import Dispatcher
-    from labqfl.gui.core import TestbedCore
-    from labqfl.sim_backends.stations import edit_station
 
     def loaded():
         return {f"{d.py_func.__module__}.{d.py_func.__qualname__}{sig}" for d in gc.get_objects()
                 if isinstance(d, Dispatcher) for sig in d.overloads}
 
-    def edit(d):
-        d["simulation"]["block_duration_s"] = 0.002
-        d["name"] = "warm-up-test"
-
-    tmp = Path(sys.argv[1])
-    core = TestbedCore(edit_station(edit, n_clients=2), data_dir=tmp / "data", runs_dir=tmp / "runs")
-    core.connect().result(300)
     before = loaded()
     core.start_acquisition(distill={"block_bits": None, "engine": "cascade"})
-    events, deadline = [], time.monotonic() + 120
+    events = []
     while not {"rates", "pairs"} <= {e.kind for e in events} and time.monotonic() < deadline:
         events += core.drain()
         time.sleep(0.05)
@@ -110,9 +103,6 @@ LIVE_SCRIPT = textwrap.dedent("""
 
 
 def test_a_first_start_with_live_distillation_loads_no_kernel_the_connect_did_not(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", LIVE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
-    assert out.returncode == 0, out.stderr[-2000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _run(LIVE, tmp_path / "live")
     assert r["errors"] == [] and {"rates", "pairs"} <= set(r["kinds"])
     assert r["new"] == [], f"loaded (or, on an empty cache, compiled) at the first Start: {r['new'][:8]}"
