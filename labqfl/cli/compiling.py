@@ -4,8 +4,7 @@ Numba keeps compiled kernels in an on-disk cache (``__pycache__`` beside the sou
 ``NUMBA_CACHE_DIR``). The first run after an install or an upgrade finds it empty or stale and
 compiles what it uses: `labqfl acquire --duration 1` of the default station acquired in 17.6 s wall
 instead of 0.8 s and printed "0.06× real time" (2-core Intel Xeon, empty cache), with nothing saying
-why.
-Commands that run kernels (:data:`KERNEL_COMMANDS`) now print one line at the first compilation and,
+why. Commands that run kernels (:data:`KERNEL_COMMANDS`) now print one line at the first compilation and,
 at exit, the number of kernels compiled and the seconds they took, so a first run's timing is not
 read as the pipeline's speed. Nothing goes to stdout, so ``--json`` output is unchanged.
 """
