@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.config import StationConfig
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, duration_problem
 from labqfl.errors import ConfigError, DataFormatError, LabqflError
 from labqfl.log import get_logger
 from labqfl.planning import MAX_TOP_UPS
@@ -85,8 +85,8 @@ class JobSettings:
     max_top_ups: int = MAX_TOP_UPS
 
     def validate(self) -> None:
-        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
-            raise ConfigError(f"duration must be > 0 seconds, got {self.duration_s}")
+        if (problem := duration_problem(self.duration_s)) is not None:
+            raise ConfigError(f"duration {problem}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
         if self.q not in (8, 16, 32):

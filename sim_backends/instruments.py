@@ -18,6 +18,7 @@ import numpy as np
 from labqfl.sim_backends.testbed import SagnacTestbed
 
 from labqfl.config import StationConfig
+from labqfl.contracts.types import MAX_DURATION_S
 from labqfl.instruments.base import Instrument, TagBlock
 from labqfl.instruments.interfaces import (
     PhaseModulator,
@@ -292,9 +293,9 @@ class SimulatedTimeTagger(_SimMixin, TimeTagger):
 
     def stream(self, duration_s: float, block_duration_s: float | None = None,
                on_recording: Callable[[], None] | None = None) -> Iterator[TagBlock]:
-        d = _check_range("duration_s", duration_s, 0.0, 1e7, "s", lo_open=True)
+        d = _check_range("duration_s", duration_s, 0.0, MAX_DURATION_S, "s", lo_open=True)
         if block_duration_s is not None:
-            _check_range("block_duration_s", block_duration_s, 0.0, 1e7, "s", lo_open=True)
+            _check_range("block_duration_s", block_duration_s, 0.0, MAX_DURATION_S, "s", lo_open=True)
         with self.lock:
             blocks = self.testbed.stream(d, block_duration_s)
         if on_recording is not None:  # the simulated loop's time starts with the stream (slot 0 at t = 0)

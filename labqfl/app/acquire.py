@@ -30,6 +30,7 @@ import numpy as np
 from labqfl.app.station import arm as arm_roles
 from labqfl.app.station import channel_names, open_station, start_client_streams
 from labqfl.config import StationConfig, require_pattern_generators
+from labqfl.contracts.types import duration_problem
 from labqfl.errors import ConfigError
 from labqfl.log import get_logger
 from labqfl.station import hold_master_clocks
@@ -61,10 +62,10 @@ class AcquireOptions:
     data_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.duration_s) and self.duration_s > 0):
-            raise ConfigError(f"duration must be a number of seconds > 0, got {self.duration_s}")
-        if self.block_s is not None and not (math.isfinite(self.block_s) and self.block_s > 0):
-            raise ConfigError(f"block must be a number of seconds > 0, got {self.block_s}")
+        if (problem := duration_problem(self.duration_s)) is not None:
+            raise ConfigError(f"duration {problem}")
+        if self.block_s is not None and (problem := duration_problem(self.block_s)) is not None:
+            raise ConfigError(f"block {problem}")
         if self.out is not None and self.out.suffix.lower() not in (".h5", ".hdf5"):
             raise ConfigError(f"out {self.out}: expected a file name ending in .h5 or .hdf5")
 

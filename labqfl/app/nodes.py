@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig, load_station_config
+from labqfl.contracts.types import duration_problem
 from labqfl.errors import ConfigError, LabqflError
 from labqfl.log import get_logger
 
@@ -330,8 +331,8 @@ class NodeSet:
         positive, or a node refused or was lost (the nodes store no half block: docs/nodes.md)."""
         from labqfl.nodes.launch import run_acquisition
 
-        if not duration_s > 0:
-            raise NodeSetError(f"acquisition duration must be > 0 s, got {duration_s!r}")
+        if (problem := duration_problem(duration_s)) is not None:
+            raise NodeSetError(f"acquisition duration {problem}")
         if self._closed:
             raise NodeSetError("the set of nodes is closed")
         from labqfl.nodes.common import simulated_light

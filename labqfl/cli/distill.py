@@ -25,7 +25,7 @@ from labqfl.cli.common import (
     handle_errors,
     print_path,
 )
-from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES, duration_problem
 from labqfl.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ from labqfl.errors import ConfigError
 def distill(
     recording: Path | None = typer.Argument(None, help="HDF5 recording (from `labqfl acquire --out`)", dir_okay=False),
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
-    duration: float = typer.Option(1.0, "--duration", "-d", min=1e-6, help="Live acquisition time [s]."),
+    duration: float = typer.Option(1.0, "--duration", "-d", help="Live acquisition time [s]."),
     config: Path | None = CONFIG_OPTION,
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=f"Error correction: {' or '.join(ENGINES)}."),
     block_bits: int | None = typer.Option(
@@ -57,6 +57,8 @@ def distill(
 
     if (recording is None) == (not live):
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
+    if live and (problem := duration_problem(duration)) is not None:
+        raise fail(f"--duration {problem}")
     try:
         options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from labqfl.cli.common import JSON_OPTION, emit, handle_errors
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES, duration_problem
 
 STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
                        dir_okay=False)
@@ -234,6 +234,8 @@ def _add_acquire(node_app: typer.Typer) -> None:
         from labqfl.nodes.common import parse_addresses, simulated_light
         from labqfl.nodes.launch import run_acquisition, summarize
 
+        if (problem := duration_problem(duration)) is not None:
+            raise ConfigError(f"--duration {problem}")
         cfg = load_station_config(station)
         if simulated_light(cfg) and not optics:
             raise ConfigError("--optics HOST:PORT is needed: this station's light is the optics node's simulated loop")
@@ -248,8 +250,7 @@ def _add_up(node_app: typer.Typer) -> None:
     @handle_errors
     def up(
         station: Path = STATION,
-        duration: float = typer.Option(DEFAULT_DURATION_S, "--duration", min=0.001,
-                                       help="Acquisition length [simulated s]."),
+        duration: float = typer.Option(DEFAULT_DURATION_S, "--duration", help="Acquisition length [simulated s]."),
         block_bits: int = BLOCK_BITS,
         engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
         min_final_bits: int = MIN_FINAL_BITS,
@@ -260,8 +261,11 @@ def _add_up(node_app: typer.Typer) -> None:
     ) -> None:
         """Start optics + detector + every client as separate processes on loopback (throwaway
         certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
+        from labqfl.errors import ConfigError
         from labqfl.nodes.launch import up as run_up
 
+        if (problem := duration_problem(duration)) is not None:
+            raise ConfigError(f"--duration {problem}")
         s, plan = _settings(station, block_bits, engine, min_final_bits, None, eps_sec, duration=duration,
                             what="--duration")
         if workdir is None:

@@ -19,7 +19,7 @@ from labqfl.cli.common import (
     progress_bar,
 )
 from labqfl.config import load_station_config
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES, duration_problem
 
 
 @handle_errors
@@ -74,6 +74,7 @@ def run(
     """Acquire → distil → key store → federated training masked with the distilled keys → report."""
     from labqfl.mainjob import JobSettings, MainJob
 
+    cfg = None if resume is not None else _checked_station(config, duration, engine, block_bits, eps_sec)
     with progress_bar(percent=True) as prog:
         bars: dict[str, Any] = {}
 
@@ -85,8 +86,7 @@ def run(
         if resume is not None:
             job = MainJob.resume(resume, progress=progress)
         else:
-            cfg = load_station_config(config)
-            _refuse_too_short(cfg, duration, engine=engine, block_bits=block_bits, eps_sec=eps_sec)
+            assert cfg is not None
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
                                    data_dir=str(data_dir) if data_dir else None,
@@ -104,24 +104,31 @@ def run(
          lambda con: _render(con, metrics, job.path))
 
 
-def _refuse_too_short(cfg: Any, duration: float, *, engine: str, block_bits: int | None, eps_sec: float) -> None:
-    """Refuse a --duration too short for a positive-key block on every pair (the block-size rule,
-    :func:`labqfl.app.distill.distill_settings`, as the job applies it) before a run folder is made or a
-    plan printed: one line naming the duration needed. Other bad options are left to the job's own checks."""
+def _checked_station(config: Path | None, duration: float, engine: str, block_bits: int | None,
+                     eps_sec: float) -> Any:
+    """The station of a new run, once its --duration is known to be usable: a number of seconds in
+    (0, MAX_DURATION_S] and long enough for a positive-key block on every pair (the block-size rule,
+    :func:`labqfl.app.distill.distill_settings`, as the job applies it). Refused before a run folder is
+    made or a plan printed, in one line naming what is needed. Other bad options are left to the job's
+    own checks."""
     from labqfl.app.distill import DistillOptions, distill_settings
     from labqfl.errors import ConfigError
 
+    if (problem := duration_problem(duration)) is not None:
+        raise fail(f"--duration {problem}")
+    cfg = load_station_config(config)
     if block_bits is not None:
-        return
+        return cfg
     try:
         opts = DistillOptions(engine=engine, eps_sec=eps_sec)
     except ConfigError:
-        return  # the job names the bad option itself
+        return cfg  # the job names the bad option itself
     try:
         distill_settings(cfg, opts, duration, what="--duration",
                          hint="use a longer --duration or force a block size with --block-bits")
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    return cfg
 
 
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:

@@ -18,6 +18,7 @@ Conventions (see docs/protocol.md):
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -36,6 +37,24 @@ DEFAULT_ENGINE = ENGINES[0]
 #: 60 s (1e9 slots per pair, the block the embedded operating point is optimised for) predicts
 #: 73-101 kbit/s, and the whole job takes about three times as long on two cores (docs/nodes.md).
 DEFAULT_DURATION_S = 10.0
+
+#: Longest acquisition (and block) any front end or node accepts [s], about 116 days: what the
+#: simulator streams at most. Before this bound a 1e9 s ``labqfl run`` failed with "DEADLINE_EXCEEDED"
+#: (its session deadlines, 150 wall s per simulated s, overflowed gRPC's clock; see
+#: :data:`labqfl.net.transport.MAX_DEADLINE_S`) and ``labqfl acquire`` named the simulator's argument.
+MAX_DURATION_S = 1e7
+
+
+def duration_problem(value: float) -> str | None:
+    """Why ``value`` is not a usable acquisition or block length [s] (``None``: it is): one phrase,
+    "must be a number of seconds in (0, 1e+07], got …", for the caller to prefix with the option
+    or field it came from."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = math.isfinite(v) and 0 < v <= MAX_DURATION_S
+    return None if ok else f"must be a number of seconds in (0, {MAX_DURATION_S:g}], got {value!r}"
 
 OUTCOME_D0 = 1
 OUTCOME_D1 = 2

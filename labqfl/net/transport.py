@@ -229,6 +229,10 @@ class NodeServer:
 
 
 _END = object()
+#: Session deadlines [s] longer than this (about 31 years) are dropped, not passed on: gRPC adds the
+#: timeout to the clock in int64 nanoseconds, and from about 7e9 s on (measured with grpcio 1.85:
+#: 3e9 s worked, 9.2e9 s failed) the call ends at once with DEADLINE_EXCEEDED.
+MAX_DEADLINE_S = 1e9
 
 
 class NodeChannel(Channel):
@@ -250,6 +254,8 @@ class NodeChannel(Channel):
         self._out: queue.Queue[object] = queue.Queue()
         self._lock = threading.Lock()
         call = self._grpc.stream_stream(_METHOD)
+        if timeout_s is not None and timeout_s > MAX_DEADLINE_S:
+            timeout_s = None  # beyond ~7e9 s gRPC's deadline overflows and the call fails at once
         self._responses: Iterator[bytes] = call(iter(self._out.get, _END), timeout=timeout_s)
         self._closed = False
         self._aborted = False  # abort() was called here (a request in flight then fails as aborted)

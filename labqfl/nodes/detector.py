@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
-from labqfl.contracts.types import Announcements
+from labqfl.contracts.types import Announcements, duration_problem
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.nodes.common import (
@@ -138,6 +138,8 @@ class DetectorNode(Node):
         acq = str(req.get("acq"))
         duration = float(req.get("duration"))
         bd = float(req.fields.get("block_duration", 0.0))
+        if (problem := duration_problem(duration)) is not None:
+            raise NodeError(f"ctl/run: duration {problem}")
         optics = str(req.fields.get("optics", "")) or self.optics
         clients = {**self.clients, **json.loads(str(req.fields.get("clients", "{}")))}
         missing = [c for c in self.cfg.client_names if c not in clients]

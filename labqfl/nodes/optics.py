@@ -47,7 +47,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from labqfl.contracts.types import ModulationLog, ModulationRecord, drive_codes
+from labqfl.contracts.types import ModulationLog, ModulationRecord, drive_codes, duration_problem
 from labqfl.errors import LabqflError
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
@@ -323,8 +323,8 @@ class OpticsNode(Node):
     def _tags(self, peer: str, hello: Message) -> ServedSession:
         dur = float(hello.get("duration"))
         bd = float(hello.fields.get("block_duration", 0.0)) or None
-        if not dur > 0:
-            raise NodeError(f"duration must be > 0 s, got {dur}")
+        if (problem := duration_problem(dur)) is not None:
+            raise NodeError(f"duration {problem}")
         try:
             stream = _TagStream(self, self._acq(str(hello.fields.get("acq", ""))), dur, bd)
         except LabqflError:

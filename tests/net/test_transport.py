@@ -71,6 +71,19 @@ def test_request_reply_between_nodes_counts_leakage_and_ends_cleanly(certs: Path
         srv.stop()
 
 
+@pytest.mark.parametrize("timeout_s", [3e11, 1e10])
+def test_a_session_deadline_beyond_grpc_s_clock_still_opens_a_session(certs: Path, timeout_s: float) -> None:
+    """gRPC adds the timeout to its clock in int64 ns: from ~7e9 s on the call used to fail at once with
+    DEADLINE_EXCEEDED (``labqfl run --duration 1e9`` asked for 3e11 s); such deadlines are dropped."""
+    closed: list = []
+    srv, _ = _serve(NodeCredentials.load(certs, "C2"), closed)
+    try:
+        with NodeChannel(srv.address, NodeCredentials.load(certs, "C1"), "C2", "adder", timeout_s=timeout_s) as ch:
+            assert ch.request(Message("add", {"x": 41})).get("x") == 42
+    finally:
+        srv.stop()
+
+
 def test_wegman_carter_tags_verified_end_to_end_and_a_flipped_bit_is_refused(certs: Path,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     bits = np.random.default_rng(1).integers(0, 2, 1 << 14, dtype=np.uint8)
