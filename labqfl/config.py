@@ -314,6 +314,11 @@ class LoopConfig(_Model):
 
 #: Largest schedule weight (frames of one pair per schedule cycle).
 MAX_PAIR_FRAMES = 4096
+#: Most clients one station (one Sagnac loop) holds. Every pulse passes every client's modulators, so
+#: at 0.5 dB each a loop of 256 clients costs 128 dB of insertion loss alone; at N = 64 most pairs
+#: already make no key (docs/scaling.md), and ``labqfl station make --clients 256`` takes ~20 s for
+#: its 32 640 pairs. Before this bound, ``station make --clients 100000`` ran out of memory.
+MAX_CLIENTS = 256
 
 
 class ScheduleConfig(_Model):
@@ -516,8 +521,8 @@ class StationConfig(_Model):
     @model_validator(mode="after")
     def _consistency(self) -> StationConfig:
         names = [c.name for c in self.clients]
-        if len(self.clients) < 2:
-            raise ValueError(f"a station needs at least 2 clients, got {len(self.clients)}")
+        if not 2 <= len(self.clients) <= MAX_CLIENTS:
+            raise ValueError(f"a station holds 2 to {MAX_CLIENTS} clients, got {len(self.clients)}")
         if len(set(names)) != len(names):
             raise ValueError(f"client names must be unique, got {names}")
         if set(self.detectors) != {"D0", "D1"}:

@@ -89,8 +89,10 @@ class JobSettings:
             raise ConfigError(f"duration {problem}")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
-        if self.q not in (8, 16, 32):
-            raise ConfigError(f"q must be 8, 16 or 32, got {self.q}")
+        from labqfl.fl.quantize import q_problem
+
+        if (problem := q_problem(self.q)) is not None:
+            raise ConfigError(f"--q {problem}")
         if not 0 < self.eps_sec < 1:
             raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
         from labqfl.contracts.types import ENGINES

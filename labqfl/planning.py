@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labqfl.config import StationConfig
+from labqfl.config import MAX_CLIENTS, StationConfig
 from labqfl.errors import ConfigError
 
 #: Sifted bits per second through the whole post-processing (slotting, two-party sifting,
@@ -237,7 +237,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     from labqfl.qkd.estimation import SecurityParameters
 
     names = cfg.client_names
-    _check_plan_args(cfg, task, rounds, clients, duration_s, distill_bps)
+    _check_plan_args(cfg, task, rounds, q, clients, duration_s, distill_bps)
     try:
         secagg = SecAggConfig(q=q, graph=graph, k=k, self_masks=self_masks)
         graph_pairs = secagg.pairs(names)
@@ -330,22 +330,27 @@ def predict_top_ups(cfg: StationConfig, first_key_bits: Mapping[str, float], nee
     return out
 
 
-def _check_plan_args(cfg: StationConfig, task: str, rounds: int, clients: int | None, duration_s: float | None,
-                     distill_bps: float) -> None:
+def _check_plan_args(cfg: StationConfig, task: str, rounds: int, q: int, clients: int | None,
+                     duration_s: float | None, distill_bps: float) -> None:
     """One clear :class:`ConfigError` for a bad :func:`make_plan` argument."""
+    from labqfl.contracts.types import duration_problem
+    from labqfl.fl.quantize import q_problem
     from labqfl.fl.tasks import TASK_DEFAULTS
 
     names = cfg.client_names
     if clients is not None and clients != len(names):
+        hint = (f"make a station of {clients} clients with `labqfl station make --clients {clients}`"
+                if 2 <= clients <= MAX_CLIENTS else f"a station holds 2 to {MAX_CLIENTS} clients")
         raise ConfigError(f"--clients {clients} but station {cfg.name!r} has {len(names)} clients; expected "
-                          f"{len(names)} (make a station of {clients} clients with `labqfl station make --clients "
-                          f"{clients}`)")
+                          f"{len(names)} ({hint})")
     if task not in TASK_DEFAULTS:
         raise ConfigError(f"task {task!r} unknown; expected one of {', '.join(TASK_DEFAULTS)}")
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ConfigError(f"duration must be > 0 seconds, got {duration_s}")
+    if duration_s is not None and (problem := duration_problem(duration_s)) is not None:
+        raise ConfigError(f"--duration {problem}")
+    if (problem := q_problem(q)) is not None:
+        raise ConfigError(f"--q {problem}")
     if not distill_bps > 0:
         raise ConfigError(f"distillation throughput must be > 0 sifted bits/s, got {distill_bps}")
 
@@ -768,8 +773,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
 
 def _check_station_args(n_clients: int, loop_km: float, insertion_loss_db: float, balance: str) -> None:
     """One clear :class:`ConfigError` for a bad :func:`make_station` argument."""
-    if n_clients < 2:
-        raise ConfigError(f"a station needs at least 2 clients, got {n_clients}")
+    if not 2 <= n_clients <= MAX_CLIENTS:
+        raise ConfigError(f"--clients: a station holds 2 to {MAX_CLIENTS} clients, got {n_clients}")
     if balance not in BALANCE_MODES:
         raise ConfigError(f"--balance {balance!r} unknown; expected one of {', '.join(BALANCE_MODES)}")
     if not (math.isfinite(loop_km) and loop_km >= 0):

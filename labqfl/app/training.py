@@ -14,6 +14,7 @@ and closing the key stores, always.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,7 @@ class TrainingSettings:
 
     def validate(self) -> None:
         from labqfl.fl.datasets.tasks import TASKS
+        from labqfl.fl.quantize import q_problem
 
         if self.task not in TASKS:
             raise ConfigError(f"--task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
@@ -98,6 +100,11 @@ class TrainingSettings:
             raise ConfigError("--clients must be ≥ 2: secure aggregation of one client would reveal its update")
         if self.rounds < 1:
             raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
+        if (problem := q_problem(self.q)) is not None:
+            raise ConfigError(f"--q {problem}")
+        for option, value in (("--lr", self.lr), ("--clip", self.clip), ("--alpha", self.alpha)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{option} must be a positive finite number, got {value}")
         if self.threshold is not None and not self.self_masks:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
         if self.dp_epsilon is None and (self.dp_clip is not None or self.dp_honest != 1):

@@ -31,6 +31,7 @@ from labqfl.cli.common import (
     progress_bar,
 )
 from labqfl.config import load_station_config
+from labqfl.errors import ConfigError
 
 calibrate_app = typer.Typer(help="Calibrate detectors, phase modulators, delays and the loop visibility.",
                             no_args_is_help=True)
@@ -55,6 +56,7 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
     from labqfl.app.calibrate import run_calibration
 
     cfg = load_station_config(config)
+    _check_names(cfg, kw.get("clients"), kw.get("pair"))
     base_dir = config.resolve().parent if config else None
     with progress_bar(True) as prog:
         task = prog.add_task(f"calibrate {group}", total=None)
@@ -93,8 +95,20 @@ def _split_pair(pair: str | None) -> tuple[str, str] | None:
         return None
     parts = pair.replace(",", "-").split("-")
     if len(parts) != 2 or not all(parts):
-        raise ValueError(f"--pair {pair!r} is not of the form 'Ci-Cj'")
+        raise ConfigError(f"--pair {pair!r} is not of the form 'Ci-Cj'")
     return parts[0], parts[1]
+
+
+def _check_names(cfg: Any, clients: list[str] | None, pair: tuple[str, str] | None) -> None:
+    """Refuse --client / --pair names the station does not have before a run folder is made or an
+    instrument opened (they used to fail inside the procedure, after both)."""
+    names = cfg.client_names
+    what, given = ("--pair", list(pair)) if pair is not None else ("--client", list(clients or []))
+    unknown = [c for c in given if c not in names]
+    if unknown:
+        raise ConfigError(f"{what}: unknown client(s) {', '.join(unknown)}; station {cfg.name!r} has {', '.join(names)}")
+    if pair is not None and pair[0] == pair[1]:
+        raise ConfigError(f"--pair {pair[0]}-{pair[1]}: expected two different clients")
 
 
 @calibrate_app.command("detector")

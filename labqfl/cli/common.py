@@ -114,5 +114,15 @@ def progress_bar(enabled: bool = True, *, percent: bool = False) -> Iterator[Pro
         transient=False,
         disable=not enabled,
     )
-    with prog:
+    prog.start()
+    try:
         yield prog
+    finally:
+        # rich ends a bar on a non-terminal with an empty line; with no task shown (an option refused
+        # first) that line would stand alone above the error, so the console is quiet while it stops
+        quiet = console.quiet
+        console.quiet = quiet or not prog.tasks
+        try:
+            prog.stop()
+        finally:
+            console.quiet = quiet

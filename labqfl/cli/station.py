@@ -10,7 +10,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, print_json
-from labqfl.config import StationConfig, load_station_config, station_to_toml_dict
+from labqfl.config import MAX_CLIENTS, StationConfig, load_station_config, station_to_toml_dict
 from labqfl.errors import LabqflError
 
 station_app = typer.Typer(help="Inspect and check the station (instruments by role).", no_args_is_help=True)
@@ -112,7 +112,7 @@ def check(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> N
 @station_app.command("make")
 @handle_errors
 def make(
-    clients: int = typer.Option(..., "--clients", min=2, help="Number of clients N on the loop."),
+    clients: int = typer.Option(..., "--clients", help=f"Number of clients N on the loop (2 to {MAX_CLIENTS})."),
     loop_km: float = typer.Option(10.0, "--loop-km", help="Total fibre length of the loop [km], split evenly "
                                   "into the N+1 segments node→C1, …, CN→node."),
     graph: str = typer.Option("all", "--graph", help="Mask graph whose pairs get slots: all | ring-k (or ring-8)."),

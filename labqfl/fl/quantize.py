@@ -44,6 +44,12 @@ Rounding = Literal["nearest", "stochastic"]
 SUPPORTED_Q = (8, 16, 32)
 
 
+def q_problem(q: object) -> str | None:
+    """Why ``q`` is not a supported word size (``None``: it is), as one phrase for the caller to prefix
+    with the option it came from: "must be one of 8, 16, 32 (bits per masked value), got 7"."""
+    return None if q in SUPPORTED_Q else f"must be one of {', '.join(map(str, SUPPORTED_Q))} (bits per masked value), got {q!r}"
+
+
 def ceil_log2(n: int) -> int:
     """⌈log2 n⌉ for an integer n >= 1 (exact, no floating point)."""
     if n < 1:

@@ -60,6 +60,15 @@ from labqfl.fl.selfmask import (
 )
 
 
+def _larger_q(n_clients: int) -> str:
+    """What to use instead of a q too small so that N clients keep ≥ 2 bits per value: the supported word
+    sizes that do, or that none does."""
+    fits = [w for w in SUPPORTED_Q if w - ceil_log2(n_clients) >= 2]
+    if not fits:
+        return f"No supported q ({', '.join(map(str, SUPPORTED_Q))}) leaves 2 bits for {n_clients} clients."
+    return f"Use q = {' or '.join(map(str, fits))}."
+
+
 @dataclass(frozen=True)
 class SecAggConfig:
     """Secure-aggregation settings.
@@ -141,7 +150,7 @@ class SecAggConfig:
         if b < 2:
             raise BitBudgetError(
                 f"bit budget too small: N={n_clients} clients with q={self.q} leave {avail} bit(s) per "
-                f"value (b = q - ceil(log2 N)); at least 2 are needed. Use q >= {ceil_log2(n_clients) + 2}.")
+                f"value (b = q - ceil(log2 N)); at least 2 are needed. {_larger_q(n_clients)}")
         return b
 
     def pairs(self, clients: list[str]) -> list[str]:

@@ -161,5 +161,5 @@ def test_bad_settings_are_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="task 'nope' unknown"):
         MainJob.create(load_station_config(), JobSettings(task="nope"), tmp_path)
-    with pytest.raises(ConfigError, match="q must be 8, 16 or 32"):
+    with pytest.raises(ConfigError, match=r"^--q must be one of 8, 16, 32 \(bits per masked value\), got 12$"):
         MainJob.create(load_station_config(), JobSettings(q=12), tmp_path)

@@ -91,6 +91,22 @@ def test_make_refuses_bad_graph():
     assert r.exit_code == 1 and "even k" in r.stderr
 
 
+@pytest.mark.parametrize("n", ["1", "257", "100000"])
+def test_make_refuses_a_client_count_outside_the_bound_in_one_line(n, tmp_path):
+    """100000 clients ran out of memory (5e9 pairs) before the bound; now refused before any work."""
+    r = runner.invoke(app, ["station", "make", "--clients", n, "--out", str(tmp_path / "s.toml")])
+    assert r.exit_code == 1 and not (tmp_path / "s.toml").exists()
+    assert r.stderr.strip() == f"error: --clients: a station holds 2 to 256 clients, got {n}"
+
+
+def test_a_station_file_beyond_the_client_bound_is_refused_naming_the_count():
+    d = load_station_config().model_dump(mode="json", exclude_none=True)
+    d["clients"] = [{**d["clients"][0], "name": f"C{i + 1}"} for i in range(257)]
+    d["loop"]["segments_km"] = [0.1] * 258
+    with pytest.raises(ConfigError, match="a station holds 2 to 256 clients, got 257"):
+        parse_station_config(d)
+
+
 def test_64_clients_simulate_slot_and_sift():
     """N = 64 on a ring-4 graph: the simulator follows the weighted schedule, the pipeline gives each
     pair exactly its scheduled slots, and the sifted bits agree with the model (a short acquisition;

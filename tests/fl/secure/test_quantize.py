@@ -34,7 +34,7 @@ def test_value_bits_is_q_minus_ceil_log2_n() -> None:
 
 
 def test_bit_budget_refuses_wrapping_configurations_with_clear_message() -> None:
-    with pytest.raises(BitBudgetError, match=r"N=200.*q=8.*0 bit") as ei:
+    with pytest.raises(BitBudgetError, match=r"N=200.*q=8.*0 bit.*Use q = 16 or 32\.$") as ei:
         SecAggConfig(q=8).check_bit_budget(200)
     assert isinstance(ei.value, ValueError) and isinstance(ei.value, LabqflError)
     with pytest.raises(BitBudgetError, match=r"N=5.*q=8.*5 bits per value.*value_bits=6"):
@@ -43,6 +43,11 @@ def test_bit_budget_refuses_wrapping_configurations_with_clear_message() -> None
     assert SecAggConfig(q=8).check_bit_budget(64) == 2
     with pytest.raises(BitBudgetError):
         SecAggConfig(q=8).check_bit_budget(65)
+    # the hint names only word sizes that exist and fit (it once said "Use q >= 11")
+    with pytest.raises(BitBudgetError, match=r"Use q = 32\.$"):
+        SecAggConfig(q=16).check_bit_budget(2**15)
+    with pytest.raises(BitBudgetError, match=r"No supported q \(8, 16, 32\) leaves 2 bits for 1073741825 clients\.$"):
+        SecAggConfig(q=32).check_bit_budget(2**30 + 1)
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,0 +1,110 @@
+"""Bad option values get one error line naming the option, the value and what was expected.
+
+Acquisition lengths: one bound (``labqfl.contracts.types.MAX_DURATION_S``) in every command that takes
+one. Before: ``labqfl run --duration 1e9`` and ``labqfl node up --duration 1e9`` failed with "node C1 ended
+session ctl: DEADLINE_EXCEEDED" (the session deadline overflowed gRPC's clock), and ``labqfl acquire
+--duration 1e9`` with "ValueError: duration_s must be in (0, 1e+07] s", the simulator's argument."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.contracts.types import MAX_DURATION_S, duration_problem
+from labqfl.nodes.common import NodeError
+from labqfl.qkd.messaging import Message
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("good", [1e-3, 10, 10.0, np.float32(2.5), MAX_DURATION_S])
+def test_usable_durations_pass(good: float) -> None:
+    assert duration_problem(good) is None
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1.0, math.nan, math.inf, -math.inf, MAX_DURATION_S * (1 + 1e-12), 1e9,
+                                 "ten", None])
+def test_unusable_durations_name_the_range_and_the_value(bad: object) -> None:
+    problem = duration_problem(bad)  # type: ignore[arg-type]
+    assert problem is not None and problem.startswith("must be a number of seconds in (0, 1e+07], got ")
+    assert problem.endswith(repr(bad))
+
+
+@pytest.mark.parametrize("argv", [
+    ["acquire", "--duration", "1e9"],
+    ["run", "--duration", "1e9"],
+    ["run", "--duration", "0", "--block-bits", "100000"],
+    ["distill", "--live", "--duration", "1e9"],
+    ["distill", "--live", "--duration", "-2", "--block-bits", "100000"],
+    ["node", "up", "--duration", "1e9"],
+    ["node", "up", "--duration", "0", "--block-bits", "100000"],
+    ["node", "acquire", "--certs", ".", "--detector", "127.0.0.1:1", "--optics", "127.0.0.1:2",
+     "--client", "C1=127.0.0.1:3", "--duration", "1e9"],
+    ["gui", "--nodes", "local", "--duration", "1e8", "--screenshot", "never.png"],
+])
+def test_every_command_refuses_an_unusable_duration_in_one_line_naming_the_option(argv: list[str]) -> None:
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 1, r.output
+    assert len(r.stderr.splitlines()) == 1, r.stderr  # no empty line from a progress bar that never showed
+    assert r.stderr.startswith("error: --duration must be a number of seconds in (0, 1e+07], got "), r.stderr
+
+
+def test_acquire_names_a_block_length_beyond_the_bound() -> None:
+    r = runner.invoke(app, ["acquire", "--duration", "1", "--block", "1e8"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "error: --block must be a number of seconds in (0, 1e+07], got 100000000.0"
+
+
+def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
+    """The optics and detector nodes check what the operator's messages carry, not only the CLI."""
+    from labqfl.nodes.detector import DetectorNode
+    from labqfl.nodes.optics import OpticsNode
+
+    want = r"duration must be a number of seconds in \(0, 1e\+07\], got 1000000000.0"
+    detector = DetectorNode.__new__(DetectorNode)  # the check comes before any of its state is used
+    with pytest.raises(NodeError, match=want):
+        detector.ctl_run(Message("ctl/run", {"acq": "a", "duration": 1e9}))
+    optics = OpticsNode.__new__(OpticsNode)
+    with pytest.raises(NodeError, match=want):
+        optics._tags("detector", Message("hello", {"acq": "a", "duration": 1e9}))
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["run", "--q", "7"], "--q must be one of 8, 16, 32 (bits per masked value), got 7"),
+    (["plan", "--q", "7"], "--q must be one of 8, 16, 32 (bits per masked value), got 7"),
+    (["train", "--q", "12"], "--q must be one of 8, 16, 32 (bits per masked value), got 12"),
+    (["train", "--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+    (["train", "--clip", "-1"], "--clip must be a positive finite number, got -1.0"),
+    (["train", "--non-iid", "--alpha", "nan"], "--alpha must be a positive finite number, got nan"),
+    (["train", "--clients", "300"], "bit budget too small: N=300 clients with q=8 leave -1 bit(s) per value "
+                                    "(b = q - ceil(log2 N)); at least 2 are needed. Use q = 16 or 32."),
+    (["plan", "--clients", "300"], "--clients 300 but station 'sagnac-4client-sim' has 4 clients; expected 4 "
+                                   "(a station holds 2 to 256 clients)"),
+    (["run", "--task", "nope"], "task 'nope' unknown; expected one of mnist-qnn, ntangled, magic, mnist-lenet5"),
+])
+def test_training_and_planning_options_are_refused_in_one_line_naming_the_option(argv: list[str], line: str) -> None:
+    """Before: "SecAggConfig.q must be one of (8, 16, 32)", "ValueError: learning rate must be …", a hint
+    "Use q >= 11" (no such word size), and ``run`` printed an empty line above its error."""
+    r = runner.invoke(app, argv)
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {line}\n"
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["calibrate", "visibility", "--pair", "C1-C9"],
+     "--pair: unknown client(s) C9; station 'sagnac-4client-sim' has C1, C2, C3, C4"),
+    (["calibrate", "visibility", "--pair", "C2-C2"], "--pair C2-C2: expected two different clients"),
+    (["calibrate", "visibility", "--pair", "C1C2"], "--pair 'C1C2' is not of the form 'Ci-Cj'"),
+    (["calibrate", "vpi", "--client", "C7", "--client", "C1"],
+     "--client: unknown client(s) C7; station 'sagnac-4client-sim' has C1, C2, C3, C4"),
+])
+def test_calibration_refuses_unknown_clients_before_making_a_run_folder(argv: list[str], line: str, tmp_path) -> None:
+    """Before: a run folder with an empty calibration, then "failed: visibility: pair (C1, C9) must name…"."""
+    r = runner.invoke(app, [*argv, "--out", str(tmp_path / "runs")])
+    assert r.exit_code == 1, r.output
+    assert r.stderr == f"error: {line}\n"
+    assert not (tmp_path / "runs").exists()
