@@ -7,6 +7,8 @@ Layout (format ``labqfl-tags``, version 2; see docs/simulator.md)::
                                   sync_channel, detector_channels (JSON), source
     /config_toml           scalar string: the station config (TOML) of the run
     /tags/timestamps       int64 [ps], chunked, resizable, non-decreasing
+                           (every /tags dataset: chunks with Fletcher-32 checksums since
+                           2026-12-06; older files have none and read as before)
     /tags/channels         int16, same length
     /tags/block_end        int64, cumulative tag count at the end of each block
     /tags/block_overflow   bool, per block
@@ -81,11 +83,14 @@ class RecordingWriter:
         f.create_dataset("config_toml", data=dump_toml(config.model_dump(mode="json", exclude_none=True)),
                          dtype=h5py.string_dtype())
         g = f.create_group("tags")
-        g.create_dataset("timestamps", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_CHUNK,))
-        g.create_dataset("channels", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(_CHUNK,))
-        g.create_dataset("block_end", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-        g.create_dataset("block_overflow", shape=(0,), maxshape=(None,), dtype=bool, chunks=(1024,))
-        g.create_dataset("lost_intervals", shape=(0, 3), maxshape=(None, 3), dtype=np.int64, chunks=(1024, 3))
+        # every chunk carries a Fletcher-32 checksum (HDF5's filter): a bit flipped on disk or in a copy
+        # fails the read of its chunk instead of feeding wrong tags to the pipeline
+        ck = {"fletcher32": True}
+        g.create_dataset("timestamps", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(_CHUNK,), **ck)
+        g.create_dataset("channels", shape=(0,), maxshape=(None,), dtype=np.int16, chunks=(_CHUNK,), **ck)
+        g.create_dataset("block_end", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,), **ck)
+        g.create_dataset("block_overflow", shape=(0,), maxshape=(None,), dtype=bool, chunks=(1024,), **ck)
+        g.create_dataset("lost_intervals", shape=(0, 3), maxshape=(None, 3), dtype=np.int64, chunks=(1024, 3), **ck)
         cg = f.create_group("clients")
         for log in client_logs or []:
             sub = cg.create_group(log.client)

@@ -104,6 +104,26 @@ def test_bad_files_give_data_format_errors(tmp_path, rec_path):
         read_recording(bad)
 
 
+@pytest.mark.parametrize("dataset", ["tags/timestamps", "tags/channels", "tags/block_end"])
+def test_a_bit_flipped_in_a_chunk_fails_its_checksum_with_one_clear_error(tmp_path, rec_path, dataset):
+    """Every /tags chunk carries a Fletcher-32 checksum: one flipped bit on disk is refused as a corrupt
+    file naming it, never read as tags (before, a flipped timestamp reached the pipeline and failed in
+    slotting with "TagBlock timestamps must be non-decreasing", naming no file; a flipped low bit
+    would have passed as a wrong tag)."""
+    p, _ = rec_path
+    with h5py.File(p, "r") as f:
+        ds = f[dataset]
+        assert ds.fletcher32
+        info = ds.id.get_chunk_info(0)
+    flipped = tmp_path / "flipped.h5"
+    raw = bytearray(p.read_bytes())
+    raw[info.byte_offset + 9] ^= 0x01  # the lowest bit of the second value's low byte (little-endian int64)
+    flipped.write_bytes(bytes(raw))
+    with pytest.raises(DataFormatError, match=rf"^{flipped}: .*corrupt"):
+        with read_recording(flipped) as rec:
+            list(rec.blocks())
+
+
 def test_cli_acquire_json_and_recording(tmp_path):
     out = tmp_path / "acq.h5"
     r = CliRunner().invoke(app, ["acquire", "--duration", "0.004", "--out", str(out), "--json",
