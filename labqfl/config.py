@@ -302,6 +302,11 @@ class LoopConfig(_Model):
     phase_drift_rad_per_sqrt_s: float = Field(
         0.01, ge=0, description="random-walk strength of the loop's residual phase drift [rad/√s]"
     )
+    phase_drift_correlation_s: float | None = Field(
+        None, gt=0, le=1e9,
+        description="correlation time τ of that drift [s]: the phase relaxes towards 0 (Ornstein–Uhlenbeck, "
+                    "stationary rms σ·√(τ/2)); absent: an unbounded random walk, whose QBER grows ∝ time",
+    )
     fiber_refractive_index: float = Field(1.468, gt=1)
 
     @field_validator("segments_km")

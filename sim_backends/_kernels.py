@@ -50,8 +50,12 @@ def _gauss(key: np.uint64, m: int) -> float:
 
 
 @nb.njit(cache=True, nogil=True)
-def drift_phase(chunk: int, state: np.ndarray, sigma_chunk: float, key: np.uint64) -> float:
-    """Loop phase θ of ``chunk`` for a random walk θ_m = θ_{m−1} + σ·N_m (θ_0 = 0).
+def drift_phase(chunk: int, state: np.ndarray, sigma_chunk: float, key: np.uint64, rho: float = 1.0) -> float:
+    """Loop phase θ of ``chunk`` for θ_m = ρ·θ_{m−1} + σ·N_m (θ_0 = 0): a random walk (ρ = 1) or,
+    with ρ = e^(−Δ/τ) and σ = σ_c·√(τ(1 − ρ²)/2), the exact discretisation over chunks of length Δ
+    of the Ornstein–Uhlenbeck process dθ = −θ/τ dt + σ_c dW (Uhlenbeck & Ornstein, Phys. Rev. 36,
+    823 (1930); stationary variance σ_c²τ/2, autocorrelation e^(−|t|/τ)). ρ = 1 multiplies by 1.0,
+    so the random walk's phases are bit for bit those of the walk before ρ existed.
 
     ``state`` = [last chunk, θ(last chunk)] is advanced in place (chunks must not go backwards).
     """
@@ -59,7 +63,7 @@ def drift_phase(chunk: int, state: np.ndarray, sigma_chunk: float, key: np.uint6
     theta = state[1]
     if sigma_chunk > 0.0:
         for m in range(last + 1, chunk + 1):
-            theta += sigma_chunk * _gauss(key, m)
+            theta = rho * theta + sigma_chunk * _gauss(key, m)
     if chunk > last:
         state[0] = chunk
         state[1] = theta
@@ -764,14 +768,14 @@ def scatter_codes(client: np.int64, codes: np.ndarray, runs: np.ndarray,
 
 @nb.njit(cache=True, nogil=True)
 def drift_thetas(c_first: np.int64, c_last: np.int64, state: np.ndarray, sigma_chunk: float,
-                 key: np.uint64) -> np.ndarray:
+                 key: np.uint64, rho: float = 1.0) -> np.ndarray:
     """Loop phase θ of chunks c_first..c_last (:func:`drift_phase`; ``state`` advanced in place).
 
     The walk is the only sequential randomness of the signal clicks; it costs one Gaussian per
     chunk, so it is computed before the chunks are simulated in parallel."""
     out = np.empty(c_last - c_first + 1)
     for c in range(c_first, c_last + 1):
-        out[c - c_first] = drift_phase(c, state, sigma_chunk, key)
+        out[c - c_first] = drift_phase(c, state, sigma_chunk, key, rho)
     return out
 
 

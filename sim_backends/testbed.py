@@ -155,6 +155,18 @@ class DetectorLive:
         return dark_count_rate_at(self.dark_count_rate_hz, self.bias, self.bias_nominal, self.bias_scale)
 
 
+def drift_step(loop: Any, chunk_s: float) -> tuple[float, float]:
+    """(σ, ρ) of one chunk of ``chunk_s`` seconds of the loop phase θ_m = ρ·θ_{m−1} + σ·N_m
+    (:func:`labqfl.sim_backends._kernels.drift_phase`): σ_c√Δ and ρ = 1 for the random walk;
+    with a correlation time τ the Ornstein–Uhlenbeck step, ρ = e^(−Δ/τ), σ = σ_c·√(τ(1 − ρ²)/2)."""
+    sigma_c = float(loop.phase_drift_rad_per_sqrt_s)
+    tau = loop.phase_drift_correlation_s
+    if tau is None:
+        return sigma_c * math.sqrt(chunk_s), 1.0
+    rho = math.exp(-chunk_s / tau)
+    return sigma_c * math.sqrt(tau * -math.expm1(-2.0 * chunk_s / tau) / 2.0), rho
+
+
 def dark_bias_scale(d: Any) -> float:
     """The bias scale of detector config ``d``'s dark-count law: ``options.dark_bias_scale``, default 1 µA for
     an SNSPD, 0.5 V otherwise."""
@@ -736,14 +748,14 @@ class SagnacTestbed:
                     if fl.visibility_collapse_at_s is not None else _I64_MAX)
         ir = sim.intercept_resend
         eve = self._client_index[ir.client] if ir.enabled else -1
-        drift_chunk = cfg.loop.phase_drift_rad_per_sqrt_s * math.sqrt(CHUNK_SLOTS * period * 1e-12)
+        drift_chunk, drift_rho = drift_step(cfg.loop, CHUNK_SLOTS * period * 1e-12)
         npairs = pa["ci"].size
         if acq.guide_q.shape[0] < threads or acq.guide_q.shape[1] != npairs:
             acq.guide_q = np.zeros((threads, npairs))
             acq.guide_lo = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
             acq.guide_hi = np.zeros((threads, npairs, K.GUIDE), dtype=np.int64)
         thetas = K.drift_thetas(np.int64(c_first), np.int64(c_first + n_chunks - 1), acq.drift_state,
-                                drift_chunk, acq.keys["drift"])
+                                drift_chunk, acq.keys["drift"], drift_rho)
         sig_n = np.zeros(n_chunks, dtype=np.int64)
         head = (np.int64(s0), np.int64(s1), np.int64(CHUNK_SLOTS), np.int64(frame), pa["frame_pair"],
                 pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"])

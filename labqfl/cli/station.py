@@ -51,7 +51,8 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
         con.print(t)
         L = cfg.loop
         con.print(Text(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm; "
-                       f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}"))
+                       f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}, "
+                       + _drift_text(L)))
         t = _table(CLIENT_COLUMNS)
         for c in cfg.clients:
             t.add_row(c.name, str(c.seed), Text(str(c.intensities)), Text(str(c.intensity_probs)),
@@ -149,6 +150,15 @@ def make(
                            + ", ".join(info["no_key_pairs"][:10]), style="yellow"))
 
     emit(data, as_json, render)
+
+
+def _drift_text(loop: Any) -> str:
+    """The loop's residual phase drift in words (labqfl.config.LoopConfig)."""
+    if not loop.phase_drift_rad_per_sqrt_s:
+        return "no phase drift"
+    tau = loop.phase_drift_correlation_s
+    return (f"phase drift {loop.phase_drift_rad_per_sqrt_s:g} rad/√s "
+            + (f"relaxing with τ = {tau:g} s" if tau else "(an unbounded random walk)"))
 
 
 def register(app: typer.Typer) -> None:
