@@ -710,7 +710,7 @@ class _IPair:
                          times_s=times, slot_start=start, slot_end=end, auth_checks=2 if oi is not None else 0,
                          eps_auth=eps_auth, eps_total=epsilon_total(s.params, eps_auth))
         r = self.result
-        r.blocks.append(br)
+        r.add_block(br)
         r.processed_bits += n
         r.leaked_ec_bits += leak
         r.verification_bits += br.verification_bits

@@ -223,9 +223,51 @@ class BlockResult:
     eps_total: float = 0.0
 
 
+#: Blocks a :class:`PairResult` keeps in full (with their key-length reports, ~6 kB each); older
+#: blocks live on in :class:`EarlierBlocks`. An open-ended stream (the GUI's live tab closes ~12
+#: blocks a second on the default station) otherwise grew by ~0.2 GB an hour.
+BLOCKS_KEPT = 256
+
+
+@dataclass
+class EarlierBlocks:
+    """What :meth:`PairResult.as_dict` needs of the blocks no longer kept in full, accumulated
+    block by block in their order (so every sum is the one over the whole list)."""
+
+    n: int = 0
+    aborted: int = 0
+    auth_checks: int = 0
+    eps_auth: float = 0.0
+    eps_total_max: float | None = None
+    abort_reasons: set[str] = field(default_factory=set)
+    #: Σ h(QBER)·n over the blocks error correction ran on (efficiency f = leak / this)
+    ec_entropy_bits: float = 0.0
+    phase_error_max: float | None = None
+
+    def absorb(self, b: BlockResult) -> None:
+        self.n += 1
+        self.aborted += bool(b.abort)
+        self.auth_checks += b.auth_checks
+        self.eps_auth += b.eps_auth
+        self.eps_total_max = b.eps_total if self.eps_total_max is None else max(self.eps_total_max, b.eps_total)
+        if b.abort:
+            self.abort_reasons.add(b.abort_reason)
+        if not b.abort or b.leaked_ec_bits:
+            self.ec_entropy_bits += binary_entropy(b.qber_key) * b.sifted_bits
+        pe = b.report.get("phase_error_upper") if b.report else None
+        if pe is not None:
+            self.phase_error_max = pe if self.phase_error_max is None else max(self.phase_error_max, pe)
+
+
+def _max_or_none(*xs: float | None) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return max(vals) if vals else None
+
+
 @dataclass
 class PairResult:
-    """Totals of one pair over the run (the JSON of ``labqfl distill`` per pair)."""
+    """Totals of one pair over the run (the JSON of ``labqfl distill`` per pair). ``blocks``: the
+    last :data:`BLOCKS_KEPT` blocks (:meth:`add_block`), the ones before in ``earlier``."""
 
     pair: str
     n_slots: int = 0
@@ -245,12 +287,30 @@ class PairResult:
     auth_key_bits: int = 0
     delivered_bits: int = 0
     blocks: list[BlockResult] = field(default_factory=list)
+    earlier: EarlierBlocks = field(default_factory=EarlierBlocks)
     times_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
+    def add_block(self, b: BlockResult) -> None:
+        """Keep ``b`` in full; the oldest kept block beyond :data:`BLOCKS_KEPT` moves to ``earlier``."""
+        self.blocks.append(b)
+        if len(self.blocks) > BLOCKS_KEPT:
+            self.earlier.absorb(self.blocks.pop(0))
+
+    @property
+    def n_blocks(self) -> int:
+        return self.earlier.n + len(self.blocks)
+
+    @property
+    def aborted_blocks(self) -> int:
+        return self.earlier.aborted + sum(b.abort for b in self.blocks)
+
     def as_dict(self, duration_s: float) -> dict[str, Any]:
-        h = sum(binary_entropy(b.qber_key) * b.sifted_bits for b in self.blocks if not b.abort or b.leaked_ec_bits)
+        e = self.earlier
+        h = sum((binary_entropy(b.qber_key) * b.sifted_bits for b in self.blocks if not b.abort or b.leaked_ec_bits),
+                e.ec_entropy_bits)
         f = self.leaked_ec_bits / h if h > 0 else None
         pe = [b.report["phase_error_upper"] for b in self.blocks if b.report and b.report.get("phase_error_upper") is not None]
+        pe_max = _max_or_none(e.phase_error_max, max(pe) if pe else None)
         tc, te = self.test_clicks, self.test_errors_x2
         return {
             "pair": self.pair,
@@ -264,7 +324,7 @@ class PairResult:
                 "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X") else None,
                 "Y_test": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
             },
-            "phase_error_bound": max(pe) if pe else None,
+            "phase_error_bound": pe_max,
             "leaked_ec_bits": self.leaked_ec_bits,
             "verification_bits": self.verification_bits,
             "efficiency_f": f,
@@ -273,13 +333,13 @@ class PairResult:
             "delivered_bits": self.delivered_bits,
             "secure_key_rate_bps": self.final_key_bits / duration_s if duration_s > 0 else None,
             "net_key_rate_bps": self.delivered_bits / duration_s if duration_s > 0 else None,
-            "blocks": len(self.blocks),
+            "blocks": self.n_blocks,
             "block_slots": self.block_slots,
-            "auth_checks": sum(b.auth_checks for b in self.blocks),
-            "eps_auth": sum(b.eps_auth for b in self.blocks),
-            "eps_total_per_block": max((b.eps_total for b in self.blocks), default=None),
-            "aborted_blocks": sum(b.abort for b in self.blocks),
-            "abort_reasons": sorted({b.abort_reason for b in self.blocks if b.abort}),
+            "auth_checks": e.auth_checks + sum(b.auth_checks for b in self.blocks),
+            "eps_auth": sum((b.eps_auth for b in self.blocks), e.eps_auth),
+            "eps_total_per_block": _max_or_none(e.eps_total_max, max((b.eps_total for b in self.blocks), default=None)),
+            "aborted_blocks": self.aborted_blocks,
+            "abort_reasons": sorted(e.abort_reasons | {b.abort_reason for b in self.blocks if b.abort}),
             "times_s": dict(self.times_s),
         }
 
@@ -930,7 +990,7 @@ class Distiller:
             br.report["eps_auth"] = eps_auth
             br.report["eps_total"] = br.eps_total
         r = st.result
-        r.blocks.append(br)
+        r.add_block(br)
         r.processed_bits += n
         r.leaked_ec_bits += br.leaked_ec_bits
         r.verification_bits += br.verification_bits

@@ -381,7 +381,7 @@ def _pipeline(quick: bool) -> BenchResult:
         for k, v in r.times_s.items():
             stages[k] = stages.get(k, 0.0) + v
     sifted = sum(r.sifted_bits for r in res.values())
-    nblk = max(1, sum(len(r.blocks) for r in res.values()))
+    nblk = max(1, sum(r.n_blocks for r in res.values()))
     est_per_block = stages.get("estimation", 0.0) / nblk
     qs = [b.qber_key for r in res.values() for b in r.blocks if b.sifted_bits]
     q = float(np.clip(np.mean(qs) if qs else 0.02, 0.005, 0.2))
