@@ -227,12 +227,15 @@ class BlockResult:
 #: blocks live on in :class:`EarlierBlocks`. An open-ended stream (the GUI's live tab closes ~12
 #: blocks a second on the default station) otherwise grew by ~0.2 GB an hour.
 BLOCKS_KEPT = 256
+#: Distinct abort reasons :class:`EarlierBlocks` keeps.
+REASONS_KEPT = 64
 
 
 @dataclass
 class EarlierBlocks:
     """What :meth:`PairResult.as_dict` needs of the blocks no longer kept in full, accumulated
-    block by block in their order (so every sum is the one over the whole list)."""
+    block by block in their order (so every sum is the one over the whole list). Abort reasons carry
+    numbers (the negative key length), so at most :data:`REASONS_KEPT` distinct ones are kept."""
 
     n: int = 0
     aborted: int = 0
@@ -250,7 +253,7 @@ class EarlierBlocks:
         self.auth_checks += b.auth_checks
         self.eps_auth += b.eps_auth
         self.eps_total_max = b.eps_total if self.eps_total_max is None else max(self.eps_total_max, b.eps_total)
-        if b.abort:
+        if b.abort and len(self.abort_reasons) < REASONS_KEPT:
             self.abort_reasons.add(b.abort_reason)
         if not b.abort or b.leaked_ec_bits:
             self.ec_entropy_bits += binary_entropy(b.qber_key) * b.sifted_bits

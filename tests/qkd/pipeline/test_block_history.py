@@ -37,3 +37,16 @@ def test_as_dict_over_a_long_stream_equals_the_whole_list_while_memory_stays_bou
     assert len(bounded.blocks) == BLOCKS_KEPT and bounded.blocks[-1] is whole.blocks[-1]
     assert bounded.n_blocks == len(whole.blocks) and bounded.earlier.n == 2 * BLOCKS_KEPT + 17
     assert bounded.aborted_blocks == sum(b.abort for b in whole.blocks) > 0
+
+
+def test_distinct_abort_reasons_of_earlier_blocks_stay_bounded() -> None:
+    """Reasons carry numbers ("key length not positive (-987 bits)"): each would be a new entry."""
+    from labqfl.qkd.pipeline import REASONS_KEPT
+
+    rng = np.random.default_rng(5)
+    r = PairResult("C1-C2")
+    for k in range(BLOCKS_KEPT + 3 * REASONS_KEPT):
+        b = _block(rng, k)
+        b.abort, b.abort_reason = True, f"finite-size key length not positive ({-k} bits)"
+        r.add_block(b)
+    assert len(r.earlier.abort_reasons) == REASONS_KEPT and r.aborted_blocks == r.n_blocks
