@@ -372,8 +372,15 @@ def _caller(service: KeyDeliveryService, request: Request) -> str:
                     [{"certificate_names": names[:4]}])
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object ({} when empty); 400 otherwise."""
+#: The fields of ETSI GS QKD 014 v1.1.1's "Key request" (§6.2, enc_keys) and "Key IDs" (§6.4, dec_keys)
+#: data formats. A field outside them is refused: a client that posts a dec_keys body (``key_IDs``) to
+#: enc_keys by mistake would otherwise be handed, and spend, fresh key.
+ENC_KEYS_FIELDS = ("number", "size", "additional_slave_SAE_IDs", "extension_mandatory", "extension_optional")
+DEC_KEYS_FIELDS = ("key_IDs", "key_IDs_extension")
+
+
+async def _json_body(request: Request, fields: Sequence[str]) -> dict[str, Any]:
+    """The request body as a JSON object ({} when empty) holding only ``fields``; 400 otherwise."""
     raw = await request.body()
     if not raw.strip():
         return {}
@@ -383,6 +390,10 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise EtsiError(400, "request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise EtsiError(400, "request body must be a JSON object")
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise EtsiError(400, f"unknown field(s) {', '.join(map(repr, unknown))} in the request body; expected "
+                             f"{', '.join(fields)}", [{"parameter": k} for k in unknown[:8]])
     return data
 
 
@@ -414,7 +425,7 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
     @app.post(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
     async def post_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
-        body = await _json_body(request)
+        body = await _json_body(request, ENC_KEYS_FIELDS)
         extra = body.get("additional_slave_SAE_IDs")
         if extra is not None and (not isinstance(extra, list) or not all(isinstance(x, str) for x in extra)):
             raise EtsiError(400, "additional_slave_SAE_IDs must be an array of strings")
@@ -434,7 +445,7 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
     @app.post(API_PREFIX + "/{master_SAE_ID}/dec_keys")
     async def post_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
-        body = await _json_body(request)
+        body = await _json_body(request, DEC_KEYS_FIELDS)
         items = body.get("key_IDs")
         if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "key_ID" in i for i in items):
             raise EtsiError(400, "key_IDs must be a non-empty array of {\"key_ID\": ...} objects")

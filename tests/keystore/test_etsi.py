@@ -115,6 +115,23 @@ def test_other_bad_requests_are_400(kme, kh):
         assert r.status_code == 400 and "unknown" in r.json()["message"]
 
 
+def test_fields_outside_the_spec_s_formats_are_refused_and_consume_nothing(kme, kh):
+    """A dec_keys body posted to enc_keys by mistake used to be answered with fresh key (200), which
+    the caller then held without meaning to; now 400 naming the field and the spec's fields."""
+    with _client(kme, kh, "C1") as c:
+        before = c.get("/api/v1/keys/C2/status").json()["stored_key_count"]
+        r = c.post("/api/v1/keys/C2/enc_keys", json={"key_IDs": [{"key_ID": str(uuid.uuid4())}]})
+        assert r.status_code == 400, r.text
+        assert r.json()["message"] == ("unknown field(s) 'key_IDs' in the request body; expected number, size, "
+                                       "additional_slave_SAE_IDs, extension_mandatory, extension_optional")
+        assert c.get("/api/v1/keys/C2/status").json()["stored_key_count"] == before
+        assert c.post("/api/v1/keys/C2/enc_keys", json={"number": 1, "sise": 256}).status_code == 400
+        assert c.post("/api/v1/keys/C2/enc_keys", json={"number": 1, "extension_optional": [{}]}).status_code == 200
+    with _client(kme, kh, "C2") as c:
+        r = c.post("/api/v1/keys/C1/dec_keys", json={"key_IDs": [{"key_ID": str(uuid.uuid4())}], "number": 1})
+        assert r.status_code == 400 and "unknown field(s) 'number'" in r.json()["message"]
+
+
 def test_only_the_slave_sae_can_retrieve_a_key(kme, kh):
     with _client(kme, kh, "C1") as m, _client(kme, kh, "C3") as other:
         kid = m.post("/api/v1/keys/C2/enc_keys", json={"number": 1}).json()["keys"][0]["key_ID"]
