@@ -37,8 +37,8 @@ from labqfl.qkd.messaging import Channel, Message, MessageError, decode_message,
 
 log = get_logger(__name__)
 
-__all__ = ["CTL", "DETECTION_ROLES", "Node", "NodeError", "NodeInstruments", "RecordedChannel", "check_node_station",
-           "exit_hook", "ok", "open_session", "owned_roles", "parse_addresses", "read_wire", "refuse", "request"]
+__all__ = ["CTL", "DETECTION_ROLES", "LAUNCHER_PID_ENV", "LauncherWatch", "Node", "NodeError", "NodeInstruments",
+           "RecordedChannel", "check_node_station", "exit_hook", "launcher_env", "ok", "open_session", "owned_roles", "parse_addresses", "read_wire", "refuse", "request"]
 
 #: Certificate name of the operator (the launcher / ``labqfl node acquire``).
 CTL = "ctl"
@@ -347,6 +347,7 @@ class Node:
         # cleanly stopped node (exit -15 instead of 0).
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
+        launcher = LauncherWatch()
         keep_freed_memory()  # every tag block's arrays from kept pages, not fresh zeroed ones (labqfl.nodes.heap)
         warm_codec()  # the bulk arrays' codec loaded before the first acquisition's messages (labqfl.nodes.wire)
         freeze_startup_objects()  # imports and warm-up out of every later cyclic collection (labqfl.nodes.heap)
@@ -362,7 +363,9 @@ class Node:
         print(json.dumps(info) if as_json else f"NODE {self.name} {self.server.address}", flush=True)
         try:
             while not self.stopping.wait(0.5):
-                pass
+                if launcher.gone():
+                    log.warning("node %s: its launcher (process %d) is gone; stopping", self.name, launcher.pid)
+                    self.stopping.set()
         finally:
             log.info("node %s: stopping", self.name)
             try:
@@ -375,6 +378,30 @@ class Node:
                     self.instruments.close()
                     for s in (signal.SIGTERM, signal.SIGINT):
                         signal.signal(s, signal.SIG_IGN)
+
+
+#: Set by a launcher (``labqfl run``, ``labqfl node up``, the GUI's Nodes panel) in every node process it
+#: spawns: the launcher's process ID. A node whose launcher is gone (killed, crashed: it is no longer the
+#: node's parent) stops as on SIGTERM, instead of living on as an orphan that holds its key store, its
+#: ports and its instruments. Read and removed from the environment once, so the node's own children
+#: (Flower's processes) do not inherit it. A node started by hand has none and serves until stopped.
+LAUNCHER_PID_ENV = "LABQFL_LAUNCHER_PID"
+
+
+def launcher_env() -> dict[str, str]:
+    """The environment entry a launcher gives each node it spawns (:data:`LAUNCHER_PID_ENV`)."""
+    return {LAUNCHER_PID_ENV: str(os.getpid())}
+
+
+class LauncherWatch:
+    """Whether the launcher that spawned this node (:data:`LAUNCHER_PID_ENV`) is gone."""
+
+    def __init__(self) -> None:
+        raw = os.environ.pop(LAUNCHER_PID_ENV, "")
+        self.pid = int(raw) if raw.isdigit() else None
+
+    def gone(self) -> bool:
+        return self.pid is not None and os.getppid() != self.pid
 
 
 #: Test hook: a folder where every node appends every message of the sessions it opens, both

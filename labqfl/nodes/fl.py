@@ -29,7 +29,7 @@ from typing import Any
 
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
-from labqfl.nodes.common import CTL, NodeError, open_session, request
+from labqfl.nodes.common import CTL, NodeError, launcher_env, open_session, request
 from labqfl.nodes.flserver import FLEET_LINE
 from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess
 from labqfl.qkd.messaging import Message
@@ -123,7 +123,7 @@ class FlNetwork:
         with logp.open("w") as errf:
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
-                                    env={**os.environ, **self.env.get(key, {})})
+                                    env={**os.environ, **launcher_env(), **self.env.get(key, {})})
         np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[key] = np_
         return np_

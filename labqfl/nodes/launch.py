@@ -46,6 +46,7 @@ from labqfl.nodes.common import (
     CTL,
     NodeError,
     check_node_station,
+    launcher_env,
     open_session,
     request,
     simulated_light,
@@ -228,7 +229,7 @@ class LocalNetwork:
         cmd = [sys.executable, "-m", "labqfl.nodes", role, "--name", name, "--data", str(data), "--listen",
                "127.0.0.1:0", "--certs", str(self.certs), *(["--station", str(self.station)] if self.station else []),
                *args]
-        env = {**os.environ, **self.env.get(name, {})}
+        env = {**os.environ, **launcher_env(), **self.env.get(name, {})}
         with logp.open("w") as errf:
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env)

@@ -32,6 +32,7 @@ from labqfl.fl.flower.deploy import LocalFederation, TlsFiles
 from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials
+from labqfl.nodes.common import LauncherWatch
 from labqfl.nodes.tunnel import TunnelEnd, split_address
 from labqfl.nodes.warmapp import WarmFederation, start_warm_clientapps
 
@@ -55,6 +56,7 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stopping.set())
+    launcher = LauncherWatch()
     tunnel = TunnelEnd(ca=tls.ca, cert=tls.cert, key=tls.key, server=server, server_name=server_name,
                        name=f"{name}-fl-tunnel")
     fed: LocalFederation | None = None
@@ -74,6 +76,9 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
         print(json.dumps(info) if as_json else f"NODE {name} {local}", flush=True)
         proc = fed.procs[f"supernode-{name}"]
         while not stopping.wait(0.5):
+            if launcher.gone():
+                log.warning("node %s: its launcher (process %d) is gone; stopping", name, launcher.pid)
+                break
             if proc.poll() is not None:
                 log.error("node %s: flower-supernode exited with %s; see %s", name, proc.returncode,
                           private / f"supernode-{name}.log")
