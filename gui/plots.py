@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -49,10 +50,32 @@ def make_plot(title: str, left: str, left_units: str | None = None, bottom: str 
     return w
 
 
+class MarkedCurve:
+    """A line with a marker at every point: the line a ``PlotDataItem``, the markers one
+    ``ScatterPlotItem`` whose style is set once. A ``PlotDataItem`` with ``symbol*`` options hands its
+    scatter fresh pen and brush copies on every ``setData``, and pyqtgraph's ``SymbolAtlas`` keys a
+    rendered symbol by the identity of those objects: one more atlas entry (image and coordinates) per
+    update, which kept growing the Live tab's QBER plot (6 curves, 10 updates a second; measured
+    with pyqtgraph 0.14.0: 2 007 atlas entries after 2 000 updates of one curve, 1 with this class)."""
+
+    def __init__(self, plot: pg.PlotWidget, pen: Any, colour: str, *, symbol: str = "o", size: float = 5,
+                 name: str | None = None) -> None:
+        self.line = plot.plot(name=name, pen=pen)
+        self.scatter = pg.ScatterPlotItem(size=size, symbol=symbol, brush=pg.mkBrush(colour), pen=None)
+        plot.addItem(self.scatter)
+
+    def setData(self, x: Any, y: Any) -> None:  # noqa: N802 (pyqtgraph's name)
+        self.line.setData(x, y)
+        self.scatter.setData(x=np.asarray(x, dtype=float), y=np.asarray(y, dtype=float))
+
+    def getData(self) -> tuple[Any, Any]:  # noqa: N802
+        return self.line.getData()
+
+
 class Series:
     """A bounded (t, y) series bound to one curve; ``append`` then ``flush`` once per update."""
 
-    def __init__(self, curve: pg.PlotDataItem, maxlen: int = MAX_POINTS) -> None:
+    def __init__(self, curve: pg.PlotDataItem | MarkedCurve, maxlen: int = MAX_POINTS) -> None:
         self.curve = curve
         self.maxlen = maxlen
         self.t: list[float] = []

@@ -213,8 +213,7 @@ class LivePanel(QWidget):
         self.rate_series = {d: plots.Series(self.rate_plot.plot(name=d, pen=plots.pen(i))) for i, d in enumerate(self.detectors)}
         self.qber_plot = plots.make_plot("QBER per pair  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
         self.qber_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
-        self.qber_x = {p: plots.Series(self.qber_plot.plot(name=p, pen=plots.pen(i), symbol="o", symbolSize=5,
-                                                              symbolBrush=plots.colour(i), symbolPen=None))
+        self.qber_x = {p: plots.Series(plots.MarkedCurve(self.qber_plot, plots.pen(i), plots.colour(i), name=p))
                        for i, p in enumerate(self.pairs)}
         self.qber_y = {p: plots.Series(self.qber_plot.plot(pen=plots.pen(i, dashed=True, width=1.5)))
                        for i, p in enumerate(self.pairs)}

@@ -116,18 +116,16 @@ class TrainingPanel(QWidget):
         """Accuracy, loss and key-consumption plots and the clients table."""
         self.acc_plot = plots.make_plot("Test accuracy per round", "accuracy", "%", bottom="round", bottom_units=None, legend=False)
         self.acc_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
-        self.acc_curve = self.acc_plot.plot(pen=plots.pen(0), symbol="o", symbolSize=6, symbolBrush=plots.colour(0), symbolPen=None)
+        self.acc_curve = plots.MarkedCurve(self.acc_plot, plots.pen(0), plots.colour(0), size=6)
         self.loss_plot = plots.make_plot("Loss per round", "loss", None, bottom="round", bottom_units=None)
         self.loss_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
-        self.test_loss_curve = self.loss_plot.plot(name="test", pen=plots.pen(1), symbol="o", symbolSize=6,
-                                                   symbolBrush=plots.colour(1), symbolPen=None)
+        self.test_loss_curve = plots.MarkedCurve(self.loss_plot, plots.pen(1), plots.colour(1), size=6, name="test")
         self.train_loss_curve = self.loss_plot.plot(name="train (clients' mean)", pen=plots.pen(2, dashed=True))
         self.key_plot = plots.make_plot("Key consumption (mask key, all pairs)", "key", "bit", bottom="round",
                                         bottom_units=None)
         self.key_bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=plots.colour(4), pen=None, name="per round")
         self.key_plot.addItem(self.key_bars)
-        self.key_cum = self.key_plot.plot(name="cumulative", pen=plots.pen(3), symbol="s", symbolSize=5,
-                                          symbolBrush=plots.colour(3), symbolPen=None)
+        self.key_cum = plots.MarkedCurve(self.key_plot, plots.pen(3), plots.colour(3), symbol="s", name="cumulative")
         self.clients_table = read_only_table(["Client", "Samples", "Status", "Round", "Update ‖Δ‖", "FedAvg weight"])
 
         grid = QGridLayout()
