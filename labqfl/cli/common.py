@@ -80,6 +80,15 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def check_duration(value: float, option: str = "--duration") -> None:
+    """Refuse an acquisition length ``option`` outside (0, MAX_DURATION_S] in one line
+    (:func:`labqfl.contracts.types.duration_problem`)."""
+    from labqfl.contracts.types import duration_problem
+
+    if (problem := duration_problem(value)) is not None:
+        raise fail(f"{option} {problem}")
+
+
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
 

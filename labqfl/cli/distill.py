@@ -19,13 +19,14 @@ from rich.markup import escape
 from labqfl.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    check_duration,
     console,
     emit,
     fail,
     handle_errors,
     print_path,
 )
-from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES, duration_problem
+from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
 from labqfl.errors import ConfigError
 
 
@@ -57,8 +58,8 @@ def distill(
 
     if (recording is None) == (not live):
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
-    if live and (problem := duration_problem(duration)) is not None:
-        raise fail(f"--duration {problem}")
+    if live:
+        check_duration(duration)
     try:
         options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
     except ConfigError as exc:

@@ -12,7 +12,15 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, console, emit, fail, handle_errors
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    check_duration,
+    console,
+    emit,
+    fail,
+    handle_errors,
+)
 
 TAB_NAMES = ("station", "live", "calibration", "training", "nodes", "log")
 
@@ -94,8 +102,6 @@ def gui(
 def _node_mode(nodes: str | None, connect: Path | None, certs: Path | None, duration: float | None) -> str | None:
     """"local", "connect" or None from the node options; one clear error line for a bad combination,
     a malformed addresses file or an unusable certificate folder (checked before any window opens)."""
-    from labqfl.contracts.types import duration_problem
-
     if nodes is not None and nodes != "local":
         raise fail(f"--nodes {nodes!r}: expected 'local' (to connect to running nodes: --connect FILE --certs DIR)")
     if nodes is not None and connect is not None:
@@ -104,8 +110,8 @@ def _node_mode(nodes: str | None, connect: Path | None, certs: Path | None, dura
         raise fail(f"--connect {connect}: also give --certs DIR, the operator's certificate folder")
     if certs is not None and connect is None:
         raise fail("--certs is only meaningful with --connect ADDRESSES_FILE")
-    if duration is not None and (problem := duration_problem(duration)) is not None:
-        raise fail(f"--duration {problem}")
+    if duration is not None:
+        check_duration(duration)
     if connect is not None and certs is not None:
         from labqfl.app.nodes import operator_credentials, read_addresses
 

@@ -11,8 +11,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import JSON_OPTION, emit, handle_errors
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES, duration_problem
+from labqfl.cli.common import JSON_OPTION, check_duration, emit, handle_errors
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
 STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
                        dir_okay=False)
@@ -234,8 +234,7 @@ def _add_acquire(node_app: typer.Typer) -> None:
         from labqfl.nodes.common import parse_addresses, simulated_light
         from labqfl.nodes.launch import run_acquisition, summarize
 
-        if (problem := duration_problem(duration)) is not None:
-            raise ConfigError(f"--duration {problem}")
+        check_duration(duration)
         cfg = load_station_config(station)
         if simulated_light(cfg) and not optics:
             raise ConfigError("--optics HOST:PORT is needed: this station's light is the optics node's simulated loop")
@@ -261,11 +260,9 @@ def _add_up(node_app: typer.Typer) -> None:
     ) -> None:
         """Start optics + detector + every client as separate processes on loopback (throwaway
         certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
-        from labqfl.errors import ConfigError
         from labqfl.nodes.launch import up as run_up
 
-        if (problem := duration_problem(duration)) is not None:
-            raise ConfigError(f"--duration {problem}")
+        check_duration(duration)
         s, plan = _settings(station, block_bits, engine, min_final_bits, None, eps_sec, duration=duration,
                             what="--duration")
         if workdir is None:

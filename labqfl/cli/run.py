@@ -11,6 +11,7 @@ from rich.markup import escape
 from labqfl.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    check_duration,
     console,
     emit,
     fail,
@@ -19,7 +20,7 @@ from labqfl.cli.common import (
     progress_bar,
 )
 from labqfl.config import load_station_config
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES, duration_problem
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
 
 @handle_errors
@@ -114,8 +115,7 @@ def _checked_station(config: Path | None, duration: float, engine: str, block_bi
     from labqfl.app.distill import DistillOptions, distill_settings
     from labqfl.errors import ConfigError
 
-    if (problem := duration_problem(duration)) is not None:
-        raise fail(f"--duration {problem}")
+    check_duration(duration)
     cfg = load_station_config(config)
     if block_bits is not None:
         return cfg
