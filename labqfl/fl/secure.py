@@ -80,7 +80,8 @@ class SecAggConfig:
     k: neighbours per client for "ring-k".
     value_bits: explicit bits per value b; ``None`` → b = q − ⌈log2 N⌉ (the largest safe b).
     min_survivors: a round with fewer surviving clients is aborted (an "aggregate" of one
-        client would be that client's update).
+        client would be that client's update); with ``dp`` also one with fewer than the plan's H
+        honest clients (:attr:`survivors_needed`).
     self_masks: add a Shamir-shared self-mask per client (:mod:`labqfl.fl.selfmask`), so that a
         dropped client's late upload stays hidden after its partners reveal their keys.
     threshold: Shamir threshold t for the self-mask shares (``None``: a majority of the smallest
@@ -117,6 +118,22 @@ class SecAggConfig:
             raise ValueError(f"SecAggConfig.min_survivors must be >= 1, got {self.min_survivors}")
         if self.threshold is not None and (not self.self_masks or self.threshold < 1):
             raise ValueError(f"SecAggConfig.threshold={self.threshold} needs self_masks=True and t >= 1")
+
+    @property
+    def survivors_needed(self) -> int:
+        """Fewest clients whose uploads must reach a round's sum: ``min_survivors``, and with DP at
+        least the H honest clients the noise is sized for (fewer survivors carry less noise than
+        the plan's σ assumes, so the reported ε would understate the release)."""
+        return max(self.min_survivors, self.dp.honest if self.dp is not None else 0)
+
+    def too_few_survivors(self, n: int) -> str | None:
+        """Why ``n`` surviving clients cannot make a round (``None`` if they can)."""
+        if n >= self.survivors_needed:
+            return None
+        if self.dp is not None and n < self.dp.honest:
+            return (f"at least {self.survivors_needed} needed (the DP noise is sized for "
+                    f"H = {self.dp.honest} honest clients' noise in the sum)")
+        return f"at least {self.survivors_needed} needed"
 
     def share_threshold(self, clients: list[str]) -> int:
         """The Shamir threshold t for ``clients`` (explicit or the default), checked against the graph."""
@@ -270,8 +287,9 @@ def secure_round(
     from ``key_source``. Every pair of the mask graph consumes q·n_params key bits.
 
     Raises :class:`BitBudgetError` (sum could wrap), :class:`SecureAggregationError` (fewer than
-    ``cfg.min_survivors`` survivors, or survivors split into several groups by the dropouts —
-    unmasking would then reveal partial sums), ``KeyStarvationError`` (a pair lacks key).
+    ``cfg.survivors_needed`` survivors — with DP at least its H honest clients — or survivors
+    split into several groups by the dropouts — unmasking would then reveal partial sums),
+    ``KeyStarvationError`` (a pair lacks key).
 
     With ``cfg.self_masks`` every client also adds a self-mask s_i (OS CSPRNG) and Shamir-shares
     it among itself and its graph neighbours (threshold t); each share travels under a one-time
@@ -466,10 +484,9 @@ def _drop_lost_uploads(uploads: dict[str, np.ndarray], drop: set[str], survivors
                 "quantized": plain_values}
     for c in drop:
         del uploads[c]
-    if len(survivors) < cfg.min_survivors:
+    if (short := cfg.too_few_survivors(len(survivors))) is not None:
         raise SecureAggregationError(
-            f"round {round_index} aborted: {len(survivors)} survivor(s) after dropouts "
-            f"{sorted(drop)}, at least {cfg.min_survivors} needed")
+            f"round {round_index} aborted: {len(survivors)} survivor(s) after dropouts {sorted(drop)}, {short}")
     if drop:
         groups = components(survivors, pairs)
         if len(groups) > 1:

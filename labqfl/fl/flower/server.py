@@ -342,10 +342,9 @@ class LabqflServer:
         state["lost"].update(post_drop)
         for c in post_drop:
             log.warning("round %d: client %s lost after masking (%s)", r, c, fail2.get(c))
-        if len(survivors) < cfg.min_survivors:
+        if (short := cfg.too_few_survivors(len(survivors))) is not None:
             raise SecureAggregationError(
-                f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, "
-                f"at least {cfg.min_survivors} needed; "
+                f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, {short}; "
                 + "; ".join(f"{c}: {fail2.get(c, 'no upload')}" for c in post_drop))
 
         # 3. reveal (dropout recovery) — or, with self-masks, unmask (always)
@@ -376,10 +375,9 @@ class LabqflServer:
         """After the keys stage: check enough clients answered and the graph holds together; return
         the pairs between them, the Shamir threshold (0 without self-masks) and each client's levels."""
         cfg = self.cfg
-        if len(part) < cfg.min_survivors:
+        if (short := cfg.too_few_survivors(len(part))) is not None:
             raise SecureAggregationError(
-                f"round {r} aborted: {len(part)} client(s) answered the keys stage, at least "
-                f"{cfg.min_survivors} needed; failures: {fail}")
+                f"round {r} aborted: {len(part)} client(s) answered the keys stage, {short}; failures: {fail}")
         pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
         if len(components(part, pairs)) > 1:
             raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")

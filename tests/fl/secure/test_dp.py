@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from labqfl.errors import BitBudgetError
+from labqfl.errors import BitBudgetError, SecureAggregationError
 from labqfl.fl import CsprngKeySource, SecAggConfig, secure_round
 from labqfl.fl.dp import (
     DPConfig,
@@ -91,3 +91,19 @@ def test_dp_round_is_exact_through_masks_self_masks_and_a_dropout() -> None:
     std = plan.gamma * math.sqrt(5 * (plan.sigma**2 + 0.25)) / 5  # noise + rounding, per coordinate
     assert np.max(np.abs(r.aggregate - mean)) < 6 * std
     assert r.accounting()["privacy"]["epsilon"] == plan.epsilon and r.clipped_values == 0
+
+
+def test_a_dp_round_with_fewer_survivors_than_the_honest_clients_assumed_is_aborted() -> None:
+    """σ is sized so that H clients' noise is in the sum: with fewer survivors the release would carry
+    less noise than the reported ε assumes (N = 4, H = 3: one dropout is fine, two abort the round)."""
+    n, clients = 32, [f"C{i}" for i in range(1, 5)]
+    ups = {c: np.full(n, 0.01 * i) for i, c in enumerate(clients)}
+    plan = plan_dp(DPConfig(epsilon=8.0, honest=3), n_params=n, n_clients=4, q=32, rounds=5)
+    cfg = SecAggConfig(q=32, dp=plan)
+    assert cfg.survivors_needed == 3 and SecAggConfig(q=32).survivors_needed == 2
+    kwargs = {"cfg": cfg, "key_source": CsprngKeySource(), "round_index": 1}
+    r = secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0), dropped=["C4"])
+    assert r.survivors == ("C1", "C2", "C3")
+    with pytest.raises(SecureAggregationError, match=r"round 1 aborted: 2 survivor\(s\) after dropouts \['C3', 'C4'\], "
+                                                     r"at least 3 needed \(the DP noise is sized for H = 3"):
+        secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0), dropped=["C3", "C4"])
