@@ -50,6 +50,7 @@ the round's ephemeral X25519 private key (``labqfl.secret``, not QKD material; s
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import uuid
@@ -69,10 +70,12 @@ from labqfl.fl.flower.keys import (
     stochastic_rng,
 )
 from labqfl.fl.flower.spec import FlowerSpec, as_float64
-from labqfl.fl.masks import mask_update, pair_sign, split_pair
+from labqfl.fl.masks import components, mask_graph, mask_update, pair_sign, split_pair
 from labqfl.fl.quantize import quantize, uint_dtype
 from labqfl.fl.selfmask import (
     UnmaskGuard,
+    check_threshold,
+    default_threshold,
     draw_self_mask,
     encrypt_share,
     holders_of,
@@ -283,7 +286,7 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     res = _reservations(context)
     if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
         raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
-    pairs = _cfg_strs(cfg, "pairs")
+    pairs, participants, t = _checked_mask_plan(cfg, spec, name, r)
     # 1. the training function returns the float update
     res_msg = call_next(msg, context)
     if res_msg.has_error():
@@ -309,7 +312,7 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
         y = mask_update(name, v, words, q)
         cts = ArrayRecord()
         if spec.self_masks:
-            cts = _self_mask(name, y, pairs, pads, cfg, st, r, q)
+            cts = _self_mask(name, y, pairs, participants, t, pads, cfg, st, r, q)
     finally:
         for arr in (*words.values(), *pads.values()):
             arr[:] = 0
@@ -322,6 +325,53 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     if spec.self_masks:
         return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), shares=cts, metrics=metrics)
     return _reply(msg, masked=ArrayRecord({"masked": Array(y)}), metrics=metrics)
+
+
+def _checked_mask_plan(cfg: Any, spec: FlowerSpec, name: str, r: int) -> tuple[list[str], list[str], int]:
+    """The mask message's pairs, participants and (with self-masks) Shamir threshold, checked against
+    the run's spec before this node masks anything.
+
+    The server only chooses *who* takes part (the clients that answered the keys stage); everything
+    else follows from the spec, which this node holds itself: its pairs are its edges of the spec's
+    mask graph among the participants, the participants must be enough for a round
+    (``SecAggConfig.survivors_needed``) and connected in that graph, and the threshold is the spec's
+    (or the default rule's for those participants). Without these checks a server could send no
+    pairs (the upload would go out unmasked) or a threshold of 1 with the node as its only holder (its
+    self-mask would then be given away by the node's own share)."""
+    pairs, participants = _cfg_strs(cfg, "pairs"), _cfg_strs(cfg, "participants")
+    sa = spec.secagg()
+    ordered = [c for c in spec.names if c in set(participants)]
+    if name not in participants or participants != ordered:
+        raise SecureAggregationError(
+            f"round {r}: the mask message's participants {participants} are not clients of this run in loop "
+            f"order including {name} (expected a subsequence of {spec.names})")
+    if (short := sa.too_few_survivors(len(participants))) is not None:
+        raise SecureAggregationError(f"round {r}: the mask message names {len(participants)} participant(s), {short}")
+    among = _graph_pairs(tuple(spec.names), sa.graph, sa.k, tuple(participants))
+    if len(components(participants, among)) > 1:
+        raise SecureAggregationError(f"round {r}: the mask message's participants {participants} are not "
+                                     "connected in the mask graph")
+    mine = [p for p in among if name in split_pair(p)]
+    if pairs != mine:
+        raise SecureAggregationError(f"round {r}: the mask message gives {name} the pairs {pairs}; the mask "
+                                     f"graph among the round's participants gives {mine}")
+    if not spec.self_masks:
+        return pairs, participants, 0
+    t = _cfg_int(cfg, "threshold")
+    expected = sa.threshold if sa.threshold is not None else default_threshold(participants, among)
+    if t != expected:
+        raise SecureAggregationError(f"round {r}: the mask message's self-mask threshold is {t}; this run's "
+                                     f"rule gives {expected} for the round's participants")
+    check_threshold(participants, among, t, spec.q)
+    return pairs, participants, t
+
+
+@functools.lru_cache(maxsize=8)
+def _graph_pairs(names: tuple[str, ...], graph: str, k: int, participants: tuple[str, ...]) -> tuple[str, ...]:
+    """The pairs of the run's mask graph over ``names`` with both ends among ``participants``
+    (cached: every round of a run without dropouts asks the same)."""
+    part = set(participants)
+    return tuple(p for p in mask_graph(list(names), graph, k) if all(x in part for x in split_pair(p)))
 
 
 def _encode_update(res_msg: Message, cfg: Any, spec: FlowerSpec, name: str, r: int,
@@ -447,12 +497,11 @@ def _dp_plan_of(cfg: Any, q: int, n: int) -> DPPlan | None:
     return plan
 
 
-def _self_mask(name: str, y: np.ndarray, pairs: list[str], pads: dict[str, np.ndarray], cfg: Any, st: Any,
-               r: int, q: int) -> ArrayRecord:
+def _self_mask(name: str, y: np.ndarray, pairs: list[str], participants: list[str], t: int,
+               pads: dict[str, np.ndarray], cfg: Any, st: Any, r: int, q: int) -> ArrayRecord:
     """Add this node's self-mask to ``y`` (in place); return its partners' shares under one-time
-    pads (``ArrayRecord`` holder → ciphertext); keep its own share in the node state."""
-    participants = _cfg_strs(cfg, "participants")
-    t = _cfg_int(cfg, "threshold")
+    pads (``ArrayRecord`` holder → ciphertext); keep its own share in the node state. ``participants``
+    and ``t`` are the round's, checked by :func:`_checked_mask_plan`."""
     pos = {c: i + 1 for i, c in enumerate(participants)}
     hs = holders_of(name, participants, pairs)
     s_i = draw_self_mask(y.size, q)

@@ -399,9 +399,9 @@ class LabqflServer:
         cfg = self.cfg
         d = self._base("mask", r, n)
         mine = [p for p in pairs if c in split_pair(p)]
-        d.update(pairs=mine, levels=levels[c], position=pos)
+        d.update(pairs=mine, levels=levels[c], position=pos, participants=part)
         if cfg.self_masks:
-            d.update(participants=part, threshold=t_share)
+            d["threshold"] = t_share
         if self.dp is not None:
             d["dp_plan"] = json.dumps(self.dp.as_dict())
         for p in mine:
