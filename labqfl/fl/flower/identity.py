@@ -39,6 +39,7 @@ information-theoretic Wegman–Carter tags of the QKD post-processing.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import struct
@@ -194,6 +195,11 @@ def signer_from_files(cert: str, key: str) -> ReplySigner:
 
 
 # ---------------------------------------------------------------------------- server side
+def _now() -> datetime.datetime:
+    """The current time, UTC (one place, so that tests can move the clock)."""
+    return datetime.datetime.now(datetime.UTC)
+
+
 class ReplyVerifier:
     """The ServerApp's check of a client's reply against the network's CA (module docstring)."""
 
@@ -203,7 +209,8 @@ class ReplyVerifier:
         except ValueError as exc:
             raise ConfigError(f"{source}: not a PEM certificate ({exc})") from None
         self._verifier = PolicyBuilder().store(Store(cas)).build_client_verifier()
-        self._ok: dict[bytes, str] = {}  # certificate DER → its CN, once the chain checked
+        #: certificate DER → (its CN, the chain's common validity window), once the chain checked
+        self._ok: dict[bytes, tuple[str, datetime.datetime, datetime.datetime]] = {}
 
     @classmethod
     def from_file(cls, path: str | Path) -> ReplyVerifier:
@@ -221,12 +228,18 @@ class ReplyVerifier:
         if der not in self._ok:
             try:
                 # validity is checked at the current time (path validation of RFC 5280)
-                self._verifier.verify(cert, [])
+                chain = self._verifier.verify(cert, []).chain
             except VerificationError as exc:
                 raise ReplyRefused(f"its certificate (CN {_cn(cert)!r}) does not chain to the network's CA: {exc}") \
                     from None
-            self._ok[der] = _cn(cert)
-        return cert, self._ok[der]
+            self._ok[der] = (_cn(cert), max(c.not_valid_before_utc for c in chain),
+                             min(c.not_valid_after_utc for c in chain))
+        cn, start, end = self._ok[der]
+        # a long run outlives a check made once: the chain's window is checked at every reply
+        if not start <= (now := _now()) <= end:
+            raise ReplyRefused(f"its certificate (CN {cn!r}) or its CA is valid from {start:%Y-%m-%d %H:%M} to "
+                               f"{end:%Y-%m-%d %H:%M} UTC, not now ({now:%Y-%m-%d %H:%M} UTC)")
+        return cert, cn
 
     def verify(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
         """Accept ``reply`` as client ``name``'s answer to the message that carried ``nonce`` in

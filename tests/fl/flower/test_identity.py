@@ -278,3 +278,23 @@ def test_a_keys_answer_replayed_from_round_1_in_round_2_is_refused(certs) -> Non
     assert not srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights).dropped_before_masking
     fr = srv.round(grid, 2, np.zeros(N_WORDS), nodes, weights)
     assert fr.dropped_before_masking == ["C1"] and fr.participants == ["C2", "C3"]
+
+
+def test_a_certificate_accepted_once_is_refused_after_it_expires(certs, monkeypatch) -> None:
+    """The verifier caches a certificate's chain check; its validity window is still checked at every
+    reply, so a run that outlives a node's certificate (or the CA's) stops accepting it."""
+    import datetime
+
+    from cryptography import x509
+
+    from labqfl.fl.flower import identity
+
+    v = ReplyVerifier.from_file(certs["net"] / "ca.pem")
+    good = _signed_reply(_request(), "C1", _node_config(certs["net"], "C1"), np.arange(N_WORDS, dtype=np.uint8))
+    _verify(v, good, "C1")  # accepted and cached
+    end = x509.load_pem_x509_certificate((certs["net"] / "node-C1.pem").read_bytes()).not_valid_after_utc
+    monkeypatch.setattr(identity, "_now", lambda: end + datetime.timedelta(seconds=1))
+    with pytest.raises(ReplyRefused, match=r"its certificate \(CN 'C1'\) or its CA is valid from .* UTC, not now"):
+        _verify(v, good, "C1")
+    monkeypatch.setattr(identity, "_now", lambda: end - datetime.timedelta(seconds=1))
+    _verify(v, good, "C1")
