@@ -74,7 +74,11 @@ def key_words(source: KeySource, pair: str, n_words: int, q: int, *, round_index
     if fast is not None:
         w = fast(pair, n_words, q, round_index=round_index)
     else:
-        w = words_from_bits(source.shared_keys(pair, q * n_words, round_index=round_index), q)
+        bits = source.shared_keys(pair, q * n_words, round_index=round_index)
+        try:
+            w = words_from_bits(bits, q)
+        finally:
+            bits[:] = 0  # only the words leave: the bit copy of the key is wiped
     if w.dtype != dt or w.shape != (n_words,):
         raise SecureAggregationError(f"key source {source.name!r} returned wrong words for pair {pair!r}")
     return w
@@ -257,7 +261,11 @@ class KeyStoreKeySource(_Accounting):
         self.ensure_available({pair: nbits})
         master, slave = self._ends(pair)
         a, refs = take_master_keys(master, pair, nbits, round_index=round_index, purpose=self.purpose)
-        b = take_slave_keys(slave, pair, refs, round_index=round_index, purpose=self.purpose)
+        try:
+            b = take_slave_keys(slave, pair, refs, round_index=round_index, purpose=self.purpose)
+        except BaseException:
+            a[:] = 0  # the master's copy is spent with the round: wiped, as on a mismatch
+            raise
         same = a.shape == b.shape == (nbits,) and np.array_equal(a, b)
         b[:] = 0
         if not same:

@@ -319,16 +319,20 @@ def secure_round(
         cfg, clients, survivors, pairs, uploads, t_share, shape.n_words, key_source, round_index)
     key_bits_per_pair, revealed = _add_pair_masks(pairs, uploads, drop, key_source, cfg.q, shape.n_words,
                                                   per_pair_bits, round_index)
-    view = _drop_lost_uploads(uploads, drop, survivors, pairs, cfg, round_index, plain_values, debug)
-    if chosen_error is not None:
-        raise SecureAggregationError(f"round {round_index}: {chosen_error}")
+    try:
+        view = _drop_lost_uploads(uploads, drop, survivors, pairs, cfg, round_index, plain_values, debug)
+        if chosen_error is not None:
+            raise SecureAggregationError(f"round {round_index}: {chosen_error}")
 
-    needed, share_answers = _answer_unmask_requests(cfg, pairs, survivors, drop, chosen, held, unmask_guards)
-    if view is not None:
-        view["revealed_pair_keys"] = {p: revealed[p].copy() for p in needed}
-    agg, total_levels = _unmask_and_decode(uploads, shape, cfg, pairs, drop, survivors, m_of,
-                                           {p: revealed[p] for p in needed}, share_answers, chosen,
-                                           round_index)
+        needed, share_answers = _answer_unmask_requests(cfg, pairs, survivors, drop, chosen, held, unmask_guards)
+        if view is not None:
+            view["revealed_pair_keys"] = {p: revealed[p].copy() for p in needed}
+        agg, total_levels = _unmask_and_decode(uploads, shape, cfg, pairs, drop, survivors, m_of,
+                                               {p: revealed[p] for p in needed}, share_answers, chosen,
+                                               round_index)
+    finally:
+        for kw in revealed.values():
+            kw[:] = 0
     return _round_result(
         agg, shape, cfg, key_source, drop=drop, survivors=survivors, key_bits_per_pair=key_bits_per_pair,
         n_revealed=len(needed), clipped=clipped, m_of=m_of, total_levels=total_levels, round_index=round_index,
@@ -466,7 +470,9 @@ def _add_pair_masks(pairs: list[str], uploads: dict[str, np.ndarray], drop: set[
         apply_pair_key(uploads[a], uploads[bb], kw)
         key_bits_per_pair[p] = per_pair_bits
         if drop and (a in drop) != (bb in drop):
-            revealed[p] = kw  # kept only for the reveal step after the drop
+            revealed[p] = kw  # kept only for the reveal step after the drop (wiped after it)
+        else:
+            kw[:] = 0  # applied at both ends: no copy of the key stays in memory
     return key_bits_per_pair, revealed
 
 
@@ -612,8 +618,12 @@ def _share_self_masks(clients: list[str], pairs: list[str], uploads: dict[str, n
             if j != i:
                 p = pair_of[frozenset((i, j))]
                 fast = getattr(key_source, "shared_pad_words", None)
-                pad = (fast(p, n, w, round_index=round_index) if fast is not None else
-                       pad_words_from_bits(key_source.shared_keys(p, w * n, round_index=round_index), w))
+                if fast is not None:
+                    pad = fast(p, n, w, round_index=round_index)
+                else:
+                    bits = key_source.shared_keys(p, w * n, round_index=round_index)
+                    pad = pad_words_from_bits(bits, w)
+                    bits[:] = 0
                 spent += w * n
                 ct = encrypt_share(share, pad)  # what travels i -> j
                 share = encrypt_share(ct, pad)  # j decrypts with its copy of the pair key

@@ -292,6 +292,53 @@ def test_key_mismatch_between_ends_aborts(key_network) -> None:  # type: ignore[
     assert src.available_bits("C1-C2") == 0  # spent either way, never reused
 
 
+def test_the_master_s_copy_is_wiped_when_the_slave_end_fails(key_network, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A failure at the slave's store (here: its store refuses the refs) leaves no copy of the master's
+    bits in memory: the array the master end returned is zeroed before the error propagates."""
+    from labqfl.errors import KeyStoreError
+    from labqfl.fl import keysource
+
+    key_network.add_key("C1-C2", 256)
+    taken: list[np.ndarray] = []
+
+    def master(*args, **kwargs):  # type: ignore[no-untyped-def]
+        bits, refs = take_master_keys(*args, **kwargs)
+        taken.append(bits)
+        return bits, refs
+
+    def slave(*args, **kwargs):  # type: ignore[no-untyped-def]
+        assert taken[0].any()  # the master's bits, still there when the slave end is asked
+        raise KeyStoreError("store of C2: refs unknown")
+
+    take_master_keys = keysource.take_master_keys
+    monkeypatch.setattr(keysource, "take_master_keys", master)
+    monkeypatch.setattr(keysource, "take_slave_keys", slave)
+    src = KeyStoreKeySource(key_network.stores(["C1", "C2"]))
+    with pytest.raises(KeyStoreError, match="refs unknown"):
+        src.shared_keys("C1-C2", 128, round_index=1)
+    assert len(taken) == 1 and taken[0].size == 128 and not taken[0].any()
+
+
+@pytest.mark.parametrize("dropped", [[], ["C3"]])
+def test_no_key_words_stay_in_memory_after_a_round(dropped: list[str]) -> None:
+    """Every pair's mask words are zeroed once applied, and a dropped client's revealed ones once the
+    server has used them (in-process engine, with and without a dropout)."""
+    handed: list[np.ndarray] = []
+
+    class Recording(CsprngKeySource):
+        def shared_words(self, pair: str, n_words: int, q: int, *, round_index: int) -> np.ndarray:
+            w = super().shared_words(pair, n_words, q, round_index=round_index)
+            handed.append(w)
+            return w
+
+    clients = ["C1", "C2", "C3", "C4"]
+    ups = {c: np.full(16, 0.1 * i) for i, c in enumerate(clients)}
+    r = secure_round(ups, dict.fromkeys(clients, 1.0), SecAggConfig(q=16), Recording(), round_index=1,
+                     rng=np.random.default_rng(0), dropped=dropped)
+    assert len(handed) == 6 and all(not w.any() for w in handed)
+    assert np.allclose(r.aggregate, np.mean([ups[c] for c in clients if c not in dropped], axis=0), atol=1e-3)
+
+
 def test_make_key_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert make_key_source("csprng").name == "csprng"
     src = make_key_source("qkd", keystore_dir=tmp_path, nodes=["C1", "C2"], starvation="fail")
