@@ -98,6 +98,7 @@ class TrainingSettings:
             raise ConfigError(f"--engine {self.engine!r} unknown; expected local or flower")
         if len(self.client_names) < 2:
             raise ConfigError("--clients must be ≥ 2: secure aggregation of one client would reveal its update")
+        self._check_scale()
         if self.rounds < 1:
             raise ConfigError(f"rounds must be ≥ 1, got {self.rounds}")
         if (problem := q_problem(self.q)) is not None:
@@ -109,6 +110,33 @@ class TrainingSettings:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
         if self.dp_epsilon is None and (self.dp_clip is not None or self.dp_honest != 1):
             raise ConfigError("--dp-clip/--dp-honest need --dp-epsilon")
+
+
+    def _check_scale(self) -> None:
+        """Refuse client counts and mask graphs this process cannot hold, before anything is built
+        (on the 2-core development VM, one round of ntangled with q = 32: 4 000 clients on ``all``,
+        8·10^6 pairs, 62 s and 2.2 GB; 20 000 on ``ring-4``, 51 s and 2.0 GB; 100 000 on ``all``
+        never finished)."""
+        from labqfl.fl.masks import mask_pair_count, parse_graph
+
+        n = len(self.client_names)
+        if n > MAX_TRAIN_CLIENTS:
+            raise ConfigError(f"--clients {n}: at most {MAX_TRAIN_CLIENTS} clients train in one process")
+        try:
+            pairs = mask_pair_count(n, self.graph, self.k)
+            kind, _ = parse_graph(self.graph, self.k)
+        except ValueError as exc:
+            raise ConfigError(f"--graph/--k: {exc}") from None
+        if pairs > MAX_MASK_PAIRS:
+            hint = " (use --graph ring-k --k K: N·K/2 pairs)" if kind == "all" else ""
+            raise ConfigError(f"--clients {n} with --graph {self.graph} makes {pairs:,} mask pairs per round; at most "
+                              f"{MAX_MASK_PAIRS:,} fit one process{hint}")
+
+
+#: largest federation ``labqfl train`` runs in one process (see ``TrainingSettings._check_scale``)
+MAX_TRAIN_CLIENTS = 20_000
+#: most mask-graph pairs per round (each holds its key words and the accounting of its key)
+MAX_MASK_PAIRS = 10_000_000
 
 
 class TrainingSetup:
@@ -253,13 +281,17 @@ class TrainingSetup:
 
     def load_data(self) -> Any:
         """The task's client datasets and test set (:func:`labqfl.fl.datasets.tasks.load_task`)."""
+        from labqfl.fl.datasets.splits import TooFewExamplesError
         from labqfl.fl.datasets.tasks import load_task
 
         s = self.settings
         kw: dict[str, Any] = {k: v for k, v in (("samples_per_client", s.samples_per_client),
                                                  ("test_size", s.test_size)) if v is not None}
-        data = load_task(s.task, len(self.names), s.seed, non_iid=s.non_iid, alpha=s.alpha,
-                         data_dir=s.data_dir, digits=parse_digits(s.digits), **kw)
+        try:
+            data = load_task(s.task, len(self.names), s.seed, non_iid=s.non_iid, alpha=s.alpha,
+                             data_dir=s.data_dir, digits=parse_digits(s.digits), **kw)
+        except TooFewExamplesError as exc:
+            raise ConfigError(f"--clients {len(self.names)}: {exc}") from None
         # the i-th client (loop order) trains the i-th partition under its station name, as over nodes
         # (FlowerSpec.client_names): the masks are keyed on these names, so every update must carry one
         parts = list(data.clients.values())

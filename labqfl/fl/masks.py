@@ -95,6 +95,15 @@ def mask_graph(clients: Sequence[str], graph: str = "all", k: int = 0) -> list[s
     return [pair_name(clients[a], clients[b]) for a, b in sorted(edges)]
 
 
+def mask_pair_count(n_clients: int, graph: str = "all", k: int = 0) -> int:
+    """Number of pairs :func:`mask_graph` gives over ``n_clients`` clients, without listing them:
+    N(N−1)/2 for ``"all"`` (or ``ring-k`` with k ≥ N − 1), N·k/2 for the Harary graph H_{k,N}."""
+    kind, k = parse_graph(graph, k)
+    if kind == "all" or k >= n_clients - 1:
+        return n_clients * (n_clients - 1) // 2
+    return n_clients * k // 2
+
+
 def pairs_of(client: str, pairs: Iterable[str]) -> list[str]:
     """The pairs that contain ``client``."""
     return [p for p in pairs if client in split_pair(p)]

@@ -82,13 +82,21 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
     (["train", "--non-iid", "--alpha", "nan"], "--alpha must be a positive finite number, got nan"),
     (["train", "--clients", "300"], "bit budget too small: N=300 clients with q=8 leave -1 bit(s) per value "
                                     "(b = q - ceil(log2 N)); at least 2 are needed. Use q = 16 or 32."),
+    (["train", "--clients", "100000", "--q", "32"], "--clients 100000: at most 20000 clients train in one process"),
+    (["train", "--clients", "5000", "--q", "32"],
+     "--clients 5000 with --graph all makes 12,497,500 mask pairs per round; at most 10,000,000 fit one process "
+     "(use --graph ring-k --k K: N·K/2 pairs)"),
+    (["train", "--clients", "900", "--q", "32"],
+     "--clients 900: cannot split 800 training examples over 900 clients (each needs ≥ 1: at most 800 clients)"),
     (["plan", "--clients", "300"], "--clients 300 but station 'sagnac-4client-sim' has 4 clients; expected 4 "
                                    "(a station holds 2 to 256 clients)"),
     (["run", "--task", "nope"], "task 'nope' unknown; expected one of mnist-qnn, ntangled, magic, mnist-lenet5"),
 ])
 def test_training_and_planning_options_are_refused_in_one_line_naming_the_option(argv: list[str], line: str) -> None:
     """Before: "SecAggConfig.q must be one of (8, 16, 32)", "ValueError: learning rate must be …", a hint
-    "Use q >= 11" (no such word size), and ``run`` printed an empty line above its error."""
+    "Use q >= 11" (no such word size), ``run`` printed an empty line above its error, ``train --clients
+    100000 --q 32`` ran out of memory building its mask graph, and 900 clients of the 800 examples said
+    "ValueError: cannot split …"."""
     r = runner.invoke(app, argv)
     assert r.exit_code == 1, r.output
     assert r.stderr == f"error: {line}\n"

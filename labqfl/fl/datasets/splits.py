@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from labqfl.errors import ConfigError
+
+
+class TooFewExamplesError(ConfigError, ValueError):
+    """A training set too small to give every client its share."""
+
 
 def split_iid(n_examples: int, n_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle indices 0..n-1 and deal them into ``n_clients`` shards of near-equal size (int64 arrays)."""
     if n_clients < 1 or n_examples < n_clients:
-        raise ValueError(f"cannot split {n_examples} examples over {n_clients} clients (need ≥ 1 each)")
+        raise TooFewExamplesError(f"cannot split {n_examples} training examples over {n_clients} clients "
+                                  f"(each needs ≥ 1: at most {n_examples} clients)")
     perm = rng.permutation(n_examples)
     return [np.sort(s).astype(np.int64) for s in np.array_split(perm, n_clients)]
 
@@ -27,7 +34,8 @@ def split_dirichlet(labels: np.ndarray, n_clients: int, alpha: float, rng: np.ra
     if alpha <= 0:
         raise ValueError(f"Dirichlet alpha must be > 0, got {alpha}")
     if len(labels) < n_clients * min_size:
-        raise ValueError(f"cannot give {n_clients} clients ≥ {min_size} examples each from {len(labels)}")
+        raise TooFewExamplesError(f"cannot give {n_clients} clients ≥ {min_size} training examples each from "
+                                  f"{len(labels)} (at most {len(labels) // min_size} clients)")
     for _ in range(100):
         shards: list[list[int]] = [[] for _ in range(n_clients)]
         for c in np.unique(labels):

@@ -127,3 +127,11 @@ def test_aggregate_refuses_inconsistent_uploads() -> None:
         aggregate({"C1": np.zeros(3, np.uint8), "C2": np.zeros(4, np.uint8)}, 8)
     with pytest.raises(SecureAggregationError, match="marked dropped but uploaded"):
         aggregate({"C1": np.zeros(3, np.uint8)}, 8, dropped=["C1"])
+
+
+@pytest.mark.parametrize(("n", "graph", "k"), [(2, "all", 0), (7, "all", 0), (9, "ring-k", 2), (10, "ring-k", 4),
+                                               (5, "ring-k", 4), (6, "ring-k", 6), (31, "ring-k", 8)])
+def test_the_pair_count_is_the_graph_s_without_listing_it(n: int, graph: str, k: int) -> None:
+    from labqfl.fl.masks import mask_pair_count
+
+    assert mask_pair_count(n, graph, k) == len(mask_graph([f"C{i}" for i in range(1, n + 1)], graph, k))
