@@ -411,7 +411,7 @@ class _JPair:
         ci, cj = self.pair.split("-")
         end = PairEndJ(self.pair, self.acq.log, ClientSetup.from_config(n.cfg.client(ci)),
                        ClientSetup.from_config(n.cfg.client(cj)), n.proto, self.supply,
-                       np.random.default_rng(secrets.randbits(128)))
+                       np.random.default_rng(secrets.randbits(128)), schedule=n.schedule)
         end.on_outcome = self._outcome
         self.end = end
         return end
@@ -498,7 +498,8 @@ class _IPair:
         ci = node.name
         self.supply = _Supply()
         self.end = PairEndI(pair, acq.log, ClientSetup.from_config(node.cfg.client(ci)),
-                            ClientSetup.from_config(node.cfg.client(cj)), node.proto, self.supply)
+                            ClientSetup.from_config(node.cfg.client(cj)), node.proto, self.supply,
+                            schedule=node.schedule)
         self.inbox: queue.Queue[_Chunk | int] = queue.Queue()
         self.result = PairResult(pair)
         self.result.block_slots = node.block_slots[pair]

@@ -689,8 +689,8 @@ class Distiller:
                 pools = (BitPool(pre), BitPool(pre.copy()))
                 sup_i, sup_j = pools
             squash = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-            end_i = PairEndI(name, self.logs[a], setup_i, setup_j, proto, sup_i)
-            end_j = PairEndJ(name, self.logs[b], setup_i, setup_j, proto, sup_j, squash)
+            end_i = PairEndI(name, self.logs[a], setup_i, setup_j, proto, sup_i, schedule=self.schedule)
+            end_j = PairEndJ(name, self.logs[b], setup_i, setup_j, proto, sup_j, squash, schedule=self.schedule)
             self.pairs[name] = _PairState(name, end_i, end_j, self.pair_channel(end_i, end_j), pools)
         #: slots of each pair per block, fixed here, before any data (docs/protocol.md §5.1)
         self.block_slots: dict[str, int] = {}

@@ -73,6 +73,7 @@ from typing import Any
 
 import numpy as np
 
+from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import (
     DEFAULT_ENGINE,
     Announcements,
@@ -104,7 +105,7 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 log = get_logger(__name__)
 
 __all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
-           "UNABSORBED_KINDS", "REFUSED", "announcement_entry"]
+           "UNABSORBED_KINDS", "REFUSED", "announcement_entry", "announcement_problem"]
 
 #: Cj's answer to any message of a block it has refused (fields: ``reason``).
 REFUSED = "block/refused"
@@ -122,6 +123,33 @@ class ProtocolSettings:
     auth_lanes: int = 1
     qber_floor: float = 0.005
     qber_default: float = 0.02
+
+
+def announcement_problem(ann: Announcements, lo: int, hi: int, after: int, schedule: PairSchedule, pair: str) -> str:
+    """Why an end refuses the untrusted detector's announcements for the pair's slots ``[lo, hi)``
+    ('' if it does not): each announced slot must be one of the pair's own slots (the schedule's
+    frames of ``pair``), inside ``[lo, hi)``, announced once (strictly increasing; ``[lo, hi)`` must
+    not reach back before ``after``, the end of what the end already sifted) with an outcome in
+    {1, 2, 3}. The transcript tags cannot catch a detector that tells both clients the same
+    falsehood: a slot announced k times would give its raw key bit k times and be counted as k
+    independent sifted bits by the key-length bound, and another pair's slot would reuse a
+    client's choice in two pairs' keys."""
+    s, o = ann.slots, ann.outcomes
+    if ann.pair != pair:
+        return f"announcements for pair {ann.pair} handed to pair {pair}"
+    if not after <= lo <= hi:
+        return f"slot range [{lo}, {hi}) reaches back before slot {after}, already sifted"
+    if s.size == 0:
+        return ""
+    if s.size > 1 and not bool(np.all(s[1:] > s[:-1])):
+        return "announced slots are not strictly increasing (a slot announced twice, or out of order)"
+    if s[0] < lo or s[-1] >= hi:
+        return f"announced slots {int(s[0])}..{int(s[-1])} lie outside the chunk's range [{lo}, {hi})"
+    if bool(np.any((o < 1) | (o > 3))):
+        return "announced outcomes outside {1, 2, 3} (D0, D1, both)"
+    if bool(np.any(schedule.pair_index(s) != schedule.names.index(pair))):
+        return "announced slots of another pair's frames"
+    return ""
 
 
 def _kind(payload: bytes) -> str:
@@ -354,8 +382,10 @@ class _PairEnd:
     side = 0
 
     def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
-                 settings: ProtocolSettings, supply: AuthKeySupply) -> None:
+                 settings: ProtocolSettings, supply: AuthKeySupply, *, schedule: PairSchedule) -> None:
         ci, cj = split_pair(pair)
+        if pair not in schedule.names:
+            raise QKDInputError(f"pair {pair} is not in the station's schedule ({', '.join(schedule.names)})")
         me = (ci, cj)[self.side]
         if log.client != me:
             raise QKDInputError(f"pair {pair}: the {'Ci' if self.side == 0 else 'Cj'} end needs {me}'s modulation log, "
@@ -367,6 +397,16 @@ class _PairEnd:
         self.settings = settings
         self.auth = TranscriptAuthenticator(supply, settings.auth_lanes)
         self.tx = TranscriptEnd(self.auth, self.side)
+        self.schedule = schedule
+        #: end (exclusive) of the slots whose announcements this end has taken: a chunk may not reach back
+        self.announced_hi = 0
+
+    def _check_announced(self, ann: Announcements, lo: int, hi: int) -> str:
+        """:func:`announcement_problem` for this end; a chunk it takes moves :attr:`announced_hi` on."""
+        why = announcement_problem(ann, int(lo), int(hi), self.announced_hi, self.schedule, self.pair)
+        if not why:
+            self.announced_hi = int(hi)
+        return why and f"the detector's announcements for slots [{lo}, {hi}) refused: {why}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(pair={self.pair!r})"
@@ -408,8 +448,8 @@ class PairEndI(_PairEnd):
     side = 0
 
     def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
-                 settings: ProtocolSettings, supply: AuthKeySupply) -> None:
-        super().__init__(pair, log, setup_i, setup_j, settings, supply)
+                 settings: ProtocolSettings, supply: AuthKeySupply, *, schedule: PairSchedule) -> None:
+        super().__init__(pair, log, setup_i, setup_j, settings, supply, schedule=schedule)
         self._blk = _IBlock()
         #: the corrected QBER of the last block (public: Cj announced its error count)
         self.last_qber: float | None = None
@@ -455,7 +495,10 @@ class PairEndI(_PairEnd):
         """Sift the announced slots of ``[lo, hi)`` (``ann``: the detector's announcements as Ci
         received them; ``n_slots``: the pair's measured slots there) with Cj over ``ch``."""
         b = self._blk
-        n = int(ann.slots.size)
+        if (why := self._check_announced(ann, lo, hi)) and not b.refused:
+            b.refused = why
+            log.warning("pair %s: %s", self.pair, why)
+        n = 0 if why else int(ann.slots.size)
         entry = announcement_entry(ann, lo, hi, n_slots) if n else b""
         if n:
             self.tx.local(entry)
@@ -685,8 +728,9 @@ class PairEndJ(_PairEnd):
     side = 1
 
     def __init__(self, pair: str, log: ModulationLog, setup_i: ClientSetup, setup_j: ClientSetup,
-                 settings: ProtocolSettings, supply: AuthKeySupply, rng: np.random.Generator) -> None:
-        super().__init__(pair, log, setup_i, setup_j, settings, supply)
+                 settings: ProtocolSettings, supply: AuthKeySupply, rng: np.random.Generator, *,
+                 schedule: PairSchedule) -> None:
+        super().__init__(pair, log, setup_i, setup_j, settings, supply, schedule=schedule)
         self.rng = rng
         self._blk = _JBlock()
         self._lock = threading.Lock()
@@ -709,6 +753,11 @@ class PairEndJ(_PairEnd):
         pair's measured slots there, as delivered to Cj."""
         with self._lock:
             b = self._blk
+            if why := self._check_announced(ann, lo, hi):
+                if not b.refused:
+                    b.refused = why
+                    log.warning("pair %s: %s", self.pair, why)
+                return
             if ann.slots.size == 0:
                 b.n_slots += int(n_slots)
                 c = self._empty_counts(n_slots)

@@ -40,7 +40,7 @@ def main(setup_path: str, certs: str, out_file: str) -> None:
     with open(setup_path, "rb") as f:
         s = pickle.load(f)  # written by the test itself
     end = PairEndJ(s["pair"], s["log_j"], s["setup_i"], s["setup_j"], s["settings"], BitPool(s["auth_bits"]),
-                   np.random.default_rng(s["seed"]))
+                   np.random.default_rng(s["seed"]), schedule=s["schedule"])
     out = Path(out_file)
 
     def stored(o: BlockOutcome) -> None:

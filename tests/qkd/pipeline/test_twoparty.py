@@ -65,10 +65,13 @@ def test_each_end_is_built_from_its_own_clients_log_only(acquisition):
     si, sj = ClientSetup.from_config(cfg.client("C1")), ClientSetup.from_config(cfg.client("C2"))
     from labqfl.qkd.authentication import BitPool
 
+    from labqfl.contracts.schedule import PairSchedule
+
+    sch = PairSchedule.from_config(cfg)
     with pytest.raises(QKDInputError, match="needs C2's modulation log, got C1's"):
-        PairEndJ(PAIR, logs["C1"], si, sj, ProtocolSettings(), BitPool(), np.random.default_rng(0))
+        PairEndJ(PAIR, logs["C1"], si, sj, ProtocolSettings(), BitPool(), np.random.default_rng(0), schedule=sch)
     with pytest.raises(QKDInputError, match="needs C1's modulation log"):
-        PairEndI(PAIR, logs["C2"], si, sj, ProtocolSettings(), BitPool())
+        PairEndI(PAIR, logs["C2"], si, sj, ProtocolSettings(), BitPool(), schedule=sch)
 
 
 def test_honest_run_both_ends_accept_and_hold_the_same_key(acquisition):
@@ -482,7 +485,8 @@ def test_killing_the_cj_node_mid_block_refuses_that_block_at_ci_and_keeps_earlie
     auth_bits = np.random.default_rng(5).integers(0, 2, 20_000, dtype=np.uint8)
     setup = tmp_path / "cj.pkl"
     setup.write_bytes(pickle.dumps({"pair": PAIR, "log_j": logs["C2"], "setup_i": si, "setup_j": sj,
-                                    "settings": settings, "auth_bits": auth_bits.copy(), "seed": 7}))
+                                    "settings": settings, "auth_bits": auth_bits.copy(), "seed": 7,
+                                    "schedule": PairSchedule.from_config(cfg)}))
     stored_j = tmp_path / "cj-keys.txt"
     # the detector's announcements for the pair (one pair: its slots are the acquisition's)
     slotter, schedule = Slotter(SlottingParams.from_config(cfg)), PairSchedule.from_config(cfg)
@@ -500,7 +504,7 @@ def test_killing_the_cj_node_mid_block_refuses_that_block_at_ci_and_keeps_earlie
         address = proc.stdout.readline().strip()
         assert address, f"the Cj node did not start (exit code {proc.poll()})"
         creds = NodeCredentials.load(certs, "C1")
-        ei = PairEndI(PAIR, logs["C1"], si, sj, settings, BitPool(auth_bits.copy()))
+        ei = PairEndI(PAIR, logs["C1"], si, sj, settings, BitPool(auth_bits.copy()), schedule=schedule)
         announce = NodeChannel(address, creds, "C2", "test/announce")
         pair_ch = NodeChannel(address, creds, "C2", "qkd/pair", fields={"pair": PAIR}, authenticator=ei.tx)
         ch = _KillAfter(pair_ch, proc, "__never__")
