@@ -695,6 +695,16 @@ def _layout(n: int, rate: float, seed: int, d: int, z: int = 0) -> tuple[np.ndar
     return keypos, order
 
 
+def _filler_bits(frames: int, d: int, rng: np.random.Generator | None) -> np.ndarray:
+    """``(frames, d)`` uniform filler bits (uint8 0/1): from ``rng`` if given (tests), else from the
+    OS CSPRNG (see :class:`LdpcAlice`)."""
+    if rng is not None:
+        return rng.integers(0, 2, (frames, d), dtype=np.uint8)
+    n = frames * d
+    raw = np.frombuffer(secrets.token_bytes((n + 7) // 8), dtype=np.uint8)
+    return np.unpackbits(raw)[:n].reshape(frames, d)
+
+
 class LdpcAlice:
     """Alice's side (a Responder).  Messages: ``ldpc/init`` {N, code_n, rate, code_seed, d,
     max_reveal} → ``ldpc/ok``; ``ldpc/syndromes`` {frames} → syndromes (disclosed, credit d per
@@ -703,10 +713,16 @@ class LdpcAlice:
     """
 
     def __init__(self, alice_bits: np.ndarray, *, filler_rng: np.random.Generator | None = None) -> None:
+        """``filler_rng``: seeded filler for reproducible tests and benchmarks only. Without it (every
+        distillation) the filler comes from the OS CSPRNG (:func:`secrets.token_bytes`): the syndrome
+        is credited d bits per frame (``credit``) only because the filler is fresh and uniform, and
+        the revealed filler values must say nothing about the unrevealed ones — a seeded PRNG's
+        revealed outputs determine its stream for an unbounded adversary, so its unrevealed filler
+        would then be known and the syndrome would leak up to d bits more than counted."""
         if not isinstance(alice_bits, np.ndarray) or alice_bits.dtype != np.uint8 or alice_bits.ndim != 1:
             raise ReconciliationInputError("alice_bits must be a 1-D uint8 array of 0/1")
         self._x = alice_bits
-        self._rng = filler_rng or np.random.default_rng(secrets.randbits(128))
+        self._rng = filler_rng
         self._code: LdpcCode | None = None
         self.disclosed_bits = 0
 
@@ -726,7 +742,7 @@ class LdpcAlice:
                 raise MessageError(f"ldpc/init: max_reveal={max_reveal} outside [{d}, {code.n}]")
             self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
-            self._filler = self._rng.integers(0, 2, (self._nf, d), dtype=np.uint8)
+            self._filler = _filler_bits(self._nf, d, self._rng)
             self._order = _layout(code.n, code.rate, code.seed, d, code.z)[1]
             return Message("ldpc/ok")
         code = self._code  # type: ignore[assignment]
@@ -951,8 +967,9 @@ def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
     ``alice_bits``, ``bob_bits``: 1-D uint8 0/1 arrays of equal length N (split into frames of
     ``code_n − d`` key bits).  ``qber`` in (0, 0.5) picks the mother code and starting rate.
     ``decoder``: one of :data:`DECODERS` (``code_n`` None: its default length, 65536 for the
-    quasi-cyclic decoders, 16384 for ``bp``); ``preset``: :data:`PRESETS`.  ``seed``: seeds Alice's filler bits (None: OS
-    randomness — use None outside tests); the codes themselves are fixed public constructions.
+    quasi-cyclic decoders, 16384 for ``bp``); ``preset``: :data:`PRESETS`.  ``seed``: seeds Alice's filler bits (None: the OS
+    CSPRNG — use None outside tests and benchmarks: the syndrome's credit of d bits per frame rests
+    on the filler being fresh and uniform, :class:`LdpcAlice`); the codes themselves are fixed public constructions.
     Failed frames are reported in ``frame_errors`` / ``details['frame_ok']`` and ``success`` is
     False when any frame failed.  ``device``: None (default) decodes with the Numba kernels; a torch
     device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there — on CUDA

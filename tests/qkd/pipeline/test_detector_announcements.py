@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from labqfl.sim_backends import SagnacTestbed
 from qkdpp_helpers import small_station
 
 from labqfl.contracts.schedule import PairSchedule
@@ -20,7 +21,6 @@ from labqfl.contracts.types import Announcements
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.pipeline import Distiller, DistillSettings, MemorySink, distill_stream
 from labqfl.qkd.twoparty import announcement_problem
-from labqfl.sim_backends import SagnacTestbed
 
 SCHEDULE = PairSchedule([("C1", "C2"), ("C3", "C4")], slots_per_frame=100)  # C1-C2 owns 0..99, 200..299, …
 

@@ -63,9 +63,8 @@ def _auth_in_step(d) -> None:
 def test_each_end_is_built_from_its_own_clients_log_only(acquisition):
     cfg, _, logs = acquisition
     si, sj = ClientSetup.from_config(cfg.client("C1")), ClientSetup.from_config(cfg.client("C2"))
-    from labqfl.qkd.authentication import BitPool
-
     from labqfl.contracts.schedule import PairSchedule
+    from labqfl.qkd.authentication import BitPool
 
     sch = PairSchedule.from_config(cfg)
     with pytest.raises(QKDInputError, match="needs C2's modulation log, got C1's"):

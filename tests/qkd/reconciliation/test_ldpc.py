@@ -26,7 +26,7 @@ from labqfl.qkd.ldpc import (
     plan_ldpc,
 )
 from labqfl.qkd.ldpc_qc import qc_aminstar, qc_decode_reference, qc_minsum
-from labqfl.qkd.messaging import LocalChannel
+from labqfl.qkd.messaging import LocalChannel, Message
 from labqfl.qkd.reconciliation import binary_entropy
 
 
@@ -312,3 +312,27 @@ def test_reconciliation_bench_entries_run_quick():
     for name in ("cascade", "ldpc"):
         res = reg[name].fn(True)
         assert res.figure > 0 and res.baseline_figure > 0 and res.unit == "Mbit/s"
+
+
+def test_the_distillation_s_filler_comes_from_the_os_csprng(frame, monkeypatch):
+    """The syndrome's credit of d bits per frame needs fresh uniform filler whose revealed values say
+    nothing about the rest: the pipeline's ``LdpcAlice(bits)`` draws it from ``secrets`` (it was a
+    PCG64 stream seeded once per block, whose revealed outputs fix the unrevealed ones)."""
+    from labqfl.qkd import ldpc
+
+    drawn: list[int] = []
+
+    def token_bytes(n: int) -> bytes:
+        drawn.append(n)
+        return b"\xa5" * n  # 1010 0101 …
+
+    monkeypatch.setattr(ldpc.secrets, "token_bytes", token_bytes)
+    q = 0.05
+    plan = plan_ldpc(q, decoder="minsum", code_n=16384, z=128)
+    x, y = frame(2 * plan.key_bits_per_frame, q, 3)
+    alice = LdpcAlice(x)
+    alice.handle(Message("ldpc/init", {"N": x.size, "code_n": plan.code_n, "rate": plan.rate,
+                                       "code_seed": plan.code_seed, "d": plan.d, "max_reveal": plan.d, "z": plan.z}))
+    assert drawn == [(2 * plan.d + 7) // 8]
+    pattern = np.unpackbits(np.frombuffer(b"\xa5" * drawn[0], np.uint8))[:2 * plan.d].reshape(2, plan.d)
+    assert np.array_equal(alice._filler, pattern)
