@@ -758,9 +758,8 @@ class KeyStore:
             if need == 0:
                 return picked
         have = nbits - need
-        raise InsufficientKeyError(
-            f"pair {pair}: {have} bits available for purpose {purpose!r} (pools {pools}), {nbits} requested"
-            f" in key store {self.path}")
+        what = f"in pool {pools[0]!r}" if len(pools) == 1 else f"for purpose {purpose!r} (pools {', '.join(pools)})"
+        raise InsufficientKeyError(f"pair {pair}: {have} bits available {what}, {nbits} requested in key store {self.path}")
 
     def _record(self, conn: sqlite3.Connection, key_id: str, pair: str, purpose: str, kind: str, state: str,
                 refs: list[Ref], info: dict[str, Any] | None) -> None:
@@ -1049,6 +1048,12 @@ class KeyStore:
         if ticket.target_store == self.store_id:
             raise self._fail(f"import ticket {ticket.ticket_id} was issued by this store (node {self.node}); an "
                              "export must go to another store")
+        # a pair's key is held by its two nodes, each with its own copy: bits leave a store only for
+        # another store of the same node (the partner holds them already; a third node must not)
+        if ticket.target_node != (self.node or ticket.target_node) or ticket.target_node not in pair.split("-"):
+            raise self._fail(f"import ticket {ticket.ticket_id} is for node {ticket.target_node}; this store holds "
+                             f"node {self.node}'s copy of pair {pair}'s key, which may only move to another store of "
+                             f"node {self.node} (ask that store for a ticket: labqfl keys ticket --node {self.node})")
         binding = ExportBinding(str(uuid.uuid4()), self.node or "", self.store_id, ticket.target_node,
                                 ticket.target_store, ticket.ticket_id)
         out: list[ExportedSegment] = []

@@ -78,11 +78,20 @@ def _mac(secret: bytes, doc: dict[str, Any]) -> str:
     return hmac.new(secret, _canonical(doc), hashlib.sha256).hexdigest()
 
 
-def _write_new(path: Path, doc: dict[str, Any], what: str) -> None:
+def _create_new(path: Path, what: str) -> int:
+    """Create ``path`` (mode 0600, never overwriting) and return its descriptor; one clear error if
+    it exists or cannot be created there."""
     if path.exists():
         raise DataFormatError(f"{what} {path} already exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise DataFormatError(f"{what} {path}: cannot create it ({exc.strerror or exc}); expected a new file "
+                              "in a writable folder") from None
+
+
+def _write_fd(fd: int, doc: dict[str, Any]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         json.dump(doc, fh)
         fh.flush()
@@ -106,12 +115,16 @@ def write_ticket(store: KeyStore, out: Path) -> dict[str, Any]:
     """Issue an import ticket from ``store`` (the future target) into a new file ``out``.
     Returns a summary without the secret."""
     out = Path(out)
-    if out.exists():
-        raise DataFormatError(f"ticket file {out} already exists; refusing to overwrite it")
-    t = store.issue_import_ticket()
-    _write_new(out, {"format": TICKET_FORMAT, "version": TICKET_VERSION, "ticket_id": t.ticket_id,
-                     "target_node": t.target_node, "target_store": t.target_store,
-                     "secret": base64.b64encode(t.secret).decode("ascii")}, "ticket file")
+    fd = _create_new(out, "ticket file")
+    try:
+        t = store.issue_import_ticket()
+    except BaseException:
+        os.close(fd)
+        out.unlink(missing_ok=True)
+        raise
+    _write_fd(fd, {"format": TICKET_FORMAT, "version": TICKET_VERSION, "ticket_id": t.ticket_id,
+                   "target_node": t.target_node, "target_store": t.target_store,
+                   "secret": base64.b64encode(t.secret).decode("ascii")})
     return {"ticket_id": t.ticket_id, "target_node": t.target_node, "target_store": t.target_store, "file": str(out)}
 
 
@@ -141,9 +154,13 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
     ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
     summary (no key material)."""
     out = Path(out)
-    if out.exists():
-        raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
-    binding, segs = store.export_segments(pair, nbits, purpose, ticket=ticket)
+    fd = _create_new(out, "export file")  # before any bit moves: a path that cannot be written loses nothing
+    try:
+        binding, segs = store.export_segments(pair, nbits, purpose, ticket=ticket)
+    except BaseException:
+        os.close(fd)
+        out.unlink(missing_ok=True)
+        raise
     doc: dict[str, Any] = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -155,7 +172,7 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
     }
     doc[MAC_FIELD] = _mac(ticket.secret, doc)
     try:
-        _write_new(out, doc, "export file")
+        _write_fd(fd, doc)
     finally:
         for s in segs:
             s.bits[:] = 0

@@ -221,3 +221,39 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_keys(tmp_path: Pat
         assert again.store_id == meta["store_id"]
         write_ticket(again, tmp_path / "t.json")  # and the migrated store can be an export target
     assert read_ticket(tmp_path / "t.json").target_store == meta["store_id"]
+
+
+def test_key_moves_only_between_stores_of_the_same_node(tmp_path: Path, two_stores):
+    """A ticket from another node's store is refused before anything moves: from C2's store, one of
+    C3 would have put pair C1-C2's key on a third node, one of C1 lost C2's copy (C1 holds the same
+    bits already, so the import failed and the pair fell out of step)."""
+    stores, _ = two_stores
+    src = stores["C2"]
+    before = src.accounting()
+    for node in ("C3", "C1"):
+        other = KeyStore.for_node(node, tmp_path / f"other-{node}")
+        with pytest.raises(KeyStoreError, match=f"import ticket .* is for node {node}; this store holds node C2's copy "
+                                                f"of pair C1-C2's key, which may only move to another store of node C2"):
+            export_keys(src, PAIR, tmp_path / f"to-{node}.json", ticket=other.issue_import_ticket(), nbits=64)
+        assert not (tmp_path / f"to-{node}.json").exists()
+        other.close()
+    assert src.accounting() == before
+
+
+@pytest.mark.parametrize("where", ["/proc/labqfl-nowhere/x.json", "file/x.json"])
+def test_an_export_to_a_path_it_cannot_write_moves_no_bits_and_keeps_the_ticket(tmp_path: Path, two_stores, where):
+    """The export file is created before the bits move: an unwritable path used to mark the bits
+    exported and spend the ticket, then fail with "FileNotFoundError" and no file."""
+    stores, _ = two_stores
+    src = stores["C2"]
+    target = KeyStore.for_node("C2", tmp_path / "target")
+    (tmp_path / "file").write_text("a file, not a folder")
+    ticket = target.issue_import_ticket()
+    before = src.accounting()
+    with pytest.raises(DataFormatError, match=r"export file .*: cannot create it .*; expected a new file in a writable"):
+        export_keys(src, PAIR, tmp_path / where, ticket=ticket, nbits=64)
+    assert src.accounting() == before
+    out = tmp_path / "x.json"
+    assert export_keys(src, PAIR, out, ticket=ticket, nbits=64)["nbits"] == 64  # the same ticket still works
+    assert import_keys(target, out)["imported_bits"] == 64
+    target.close()
