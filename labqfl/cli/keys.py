@@ -47,7 +47,7 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
     ddir = data_dir or default_data_dir()
     data: dict[str, object] = {"data_dir": str(ddir), "nodes": {}}
     for n in _nodes_or_all(node, data_dir):
-        with KeyStore.for_node(n, ddir) as st:
+        with KeyStore.for_node(n, ddir, create=False) as st:  # a read: never creates or initialises a store
             acc = st.accounting()
             data["nodes"][n] = {"store": str(st.path), "store_id": st.store_id,  # type: ignore[index]
                                 "pairs": acc, "exports": st.exports(), "scrub": st.scrub(),
@@ -196,7 +196,7 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
 
     tk = read_ticket(ticket_file)
     _nodes_or_all([node], data_dir)
-    with KeyStore.for_node(node, data_dir) as st:
+    with KeyStore.for_node(node, data_dir, create=False) as st:  # the source holds key: never made here
         summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=purpose)
     emit(summary, as_json, lambda con: con.print(
         f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}), "

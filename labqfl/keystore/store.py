@@ -304,9 +304,10 @@ class KeyStore:
         self._scrub()  # finish what a process that died with a pending checkpoint left behind
 
     @classmethod
-    def for_node(cls, node: str, data_dir: Path | None = None) -> KeyStore:
-        """The store of ``node`` at ``<data_dir>/keystore/<node>.sqlite`` (created if missing)."""
-        return cls(node_store_path(node, data_dir), node=node)
+    def for_node(cls, node: str, data_dir: Path | None = None, *, create: bool = True) -> KeyStore:
+        """The store of ``node`` at ``<data_dir>/keystore/<node>.sqlite`` (created if missing, unless
+        ``create`` is False: then a missing or empty file is refused)."""
+        return cls(node_store_path(node, data_dir), node=node, create=create)
 
     # ------------------------------------------------------------------ opening / schema
 
@@ -354,6 +355,9 @@ class KeyStore:
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
                 raise self._fail(f"not a labqfl key store (SQLite application_id {app_id:#x}, tables "
                                  f"{sorted(tables)[:5]}); refusing to use or modify it")
+            if app_id == 0 and not self._create:
+                raise self._fail(f"empty ({path.stat().st_size} bytes, no tables): not an initialised key store "
+                                 "(truncated?); refusing to create one here")
             mode_row = conn.execute("PRAGMA journal_mode = WAL").fetchone()
             if not mode_row or str(mode_row[0]).lower() != "wal":
                 raise self._fail(f"cannot switch to WAL journal mode (got {mode_row})")

@@ -66,6 +66,26 @@ def test_certs_status_export_import(tmp_path, kh):
                 str(tmp_path / "n.json"), data=data).exit_code == 1
 
 
+def test_status_refuses_an_empty_store_file_and_leaves_it_as_it_was(tmp_path, kh):
+    """A zero-length store (truncated) was turned into a new, empty store by ``keys status`` — a read
+    that created 73 KB and a new store ID. Now it is refused in one line and left untouched."""
+    data = tmp_path / "data"
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 1, 4000, seed=1)
+    for s in stores.values():
+        s.close()
+    victim = data / "keystore" / "C2.sqlite"
+    victim.write_bytes(b"")
+    for p in (Path(str(victim) + "-wal"), Path(str(victim) + "-shm")):
+        p.unlink(missing_ok=True)
+    res = _run("keys", "status", "--node", "C2", "--json", data=data)
+    assert res.exit_code == 1 and res.stdout == ""
+    assert res.stderr == (f"error: key store {victim}: empty (0 bytes, no tables): not an initialised key store "
+                          "(truncated?); refusing to create one here\n")
+    assert victim.stat().st_size == 0
+    assert _run("keys", "status", "--node", "C1", data=data).exit_code == 0  # the other store still reads
+
+
 def test_serve_refuses_missing_tls_files(tmp_path):
     res = _run("keys", "serve", "--cert", str(tmp_path / "no.pem"), "--key", str(tmp_path / "no.key"),
                "--ca", str(tmp_path / "ca.pem"), data=tmp_path)
