@@ -248,6 +248,7 @@ _GUARD_DEFAULT = False
 _GUARD_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
 _GUARD_LOCK = threading.RLock()
 _GUARDED: list[Station] = []
+_EVER_GUARDED = False
 _PREVIOUS: dict[int, Any] = {}
 _IN_HANDLER = False
 _OWNER_PID = 0  # the process that installed the handlers (a forked child inherits them: it must not act)
@@ -263,8 +264,14 @@ def guard_stations(enabled: bool = True) -> None:
     _GUARD_DEFAULT = bool(enabled)
 
 
+def guard_was_used() -> bool:
+    """Whether this process ever guarded a station (so SIGINT/SIGTERM put instruments in their safe state)."""
+    return _EVER_GUARDED
+
+
 def _guard_register(station: Station) -> bool:
     """Add ``station`` to the guarded set; install the handlers with the first one (main thread only)."""
+    global _EVER_GUARDED
     if threading.current_thread() is not threading.main_thread():
         log.info("station %s opened outside the main thread: no SIGTERM/SIGINT safe-state handlers "
                  "(Python delivers signals to the main thread only); close it explicitly", station.name)
@@ -283,6 +290,7 @@ def _guard_register(station: Station) -> bool:
                 signal.signal(sig, _on_signal)
             atexit.register(_at_exit)
         _GUARDED.append(station)
+        _EVER_GUARDED = True
     return True
 
 

@@ -89,6 +89,13 @@ def check_duration(value: float, option: str = "--duration") -> None:
         raise fail(f"{option} {problem}")
 
 
+def _safe_state_note() -> str:
+    """"; instruments were put in their safe state" when this process opened a guarded station (its
+    SIGINT handler did that, :mod:`labqfl.station`), else nothing: a key-store command has none."""
+    station = sys.modules.get("labqfl.station")
+    return "; instruments were put in their safe state" if station is not None and station.guard_was_used() else ""
+
+
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
 
@@ -101,7 +108,7 @@ def handle_errors(fn: F) -> F:
         except LabqflError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
-            raise fail("interrupted by user (Ctrl-C); instruments were put in their safe state", EXIT_INTERRUPTED) from None
+            raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
         except (OSError, ValueError) as exc:
             raise fail(f"{exc.__class__.__name__}: {exc}") from None
 

@@ -131,7 +131,7 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
     store_i.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)
     try:
         store_j.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)
-    except Exception as exc:
+    except BaseException as exc:  # Ctrl-C too: it must not leave the secret at one end only
         why = str(exc) if isinstance(exc, KeyStoreError) else f"{type(exc).__name__}: {exc}"
         try:
             store_i.take_exact(pair, [(block_id, 0, int(arr.size))], "auth", key_id=_rollback_key_id(block_id),
@@ -141,6 +141,8 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
                 f"pre-shared block {block_id} was added to key store {store_i.path} but adding it to {store_j.path} "
                 f"failed ({why}), and withdrawing it from {store_i.path} failed too ({exc2}): the stores disagree; "
                 f"do not distill pair {pair} until block {block_id} is removed from {store_i.path}") from exc
+        if not isinstance(exc, Exception):
+            raise  # interrupted: withdrawn at Ci, reported as the interruption it was
         raise KeyStoreError(
             f"adding the pre-shared block to key store {store_j.path} failed ({why}); the copy already added to "
             f"{store_i.path} was withdrawn (marked consumed, material zeroed; none of it was used), so neither store "

@@ -46,6 +46,7 @@ import secrets
 import sqlite3
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -297,6 +298,7 @@ class KeyStore:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
+        self._wrote = False  # whether this object made a write transaction (a pending checkpoint then matters)
         self._abandoned: list[sqlite3.Connection] = []
         self._scrub_init()
         with self._lock:
@@ -461,7 +463,7 @@ class KeyStore:
             if self._conn is not None and self._pid == os.getpid():
                 res = self._checkpoint(self._conn)
                 self._note_scrub(res, retry=False)
-                if not res["done"]:
+                if not res["done"] and self._wrote:
                     log.warning("key store %s closed with its WAL checkpoint pending (a reader holds an old "
                                 "snapshot); overwritten key material stays in the database files until the store "
                                 "is opened again", self.path)
@@ -487,10 +489,8 @@ class KeyStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._connection()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise self._fail(f"cannot start a write transaction ({exc})") from None
+            self._begin_immediate(conn)
+            self._wrote = True
             try:
                 yield conn
             except BaseException:
@@ -507,6 +507,29 @@ class KeyStore:
                 except sqlite3.Error:
                     pass
                 raise self._fail(f"commit failed ({exc}); nothing was handed out") from None
+
+    #: longest single wait for the write lock inside SQLite [ms]: between waits Python handles signals
+    _LOCK_POLL_MS = 200
+
+    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to the store's busy timeout for another process's write lock
+        in short SQLite waits, so that Ctrl-C (handled by Python only between them) stops the wait."""
+        deadline = time.monotonic() + self._busy_ms / 1000
+        conn.execute(f"PRAGMA busy_timeout = {min(self._LOCK_POLL_MS, self._busy_ms)}")
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) and "busy" not in str(exc):
+                        raise self._fail(f"cannot start a write transaction ({exc})") from None
+                    if time.monotonic() >= deadline:
+                        raise self._fail(f"locked by another process for {self._busy_ms / 1000:g} s (it holds "
+                                         "a write transaction); nothing was changed — try again when it is done") \
+                            from None
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:

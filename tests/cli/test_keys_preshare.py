@@ -177,3 +177,25 @@ def test_second_add_failing_withdraws_the_first_and_names_both_stores(tmp_path, 
     with KeyStore.for_node("C1", data) as s1, KeyStore.for_node("C2", data) as s2:
         km = s1.take(PAIR, 512, "auth")
         assert np.array_equal(km.bits, s2.take_exact(PAIR, km.refs, "auth").bits)
+
+
+def test_ctrl_c_while_adding_at_the_second_end_withdraws_the_first_and_keeps_the_file(tmp_path, monkeypatch):
+    """Ctrl-C while C2's store was locked (the add waiting) left the secret in C1's auth pool only:
+    the rollback caught ``Exception``, not ``KeyboardInterrupt``. Now it is withdrawn at C1, the
+    command says it was interrupted (no instruments to mention) and the secret file is kept."""
+    data = tmp_path / "data"
+    _secret(tmp_path / "s.bin")
+    real_add = KeyStore.add_block
+
+    def interrupted_add(self, *a, **kw):
+        if self.node == "C2":
+            raise KeyboardInterrupt
+        return real_add(self, *a, **kw)
+
+    monkeypatch.setattr(KeyStore, "add_block", interrupted_add)
+    res = _run("--pair", PAIR, "--file", str(tmp_path / "s.bin"), data=data)
+    assert res.exit_code != 0 and res.stderr == "error: interrupted by user (Ctrl-C)\n", res.output
+    assert (tmp_path / "s.bin").exists()
+    for node in ("C1", "C2"):
+        with KeyStore.for_node(node, data) as st:
+            assert st.accounting().get(PAIR, {}).get("available", {}) == {}, node

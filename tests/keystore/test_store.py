@@ -253,3 +253,44 @@ def test_pickling_a_store_reopens_it_by_path(tmp_path: Path):
     s2 = pickle.loads(pickle.dumps(s))
     assert s2.path == s.path and s2.node == "C1"
 
+
+
+def test_waiting_for_another_process_s_write_lock_can_be_interrupted_and_times_out_clearly(tmp_path):
+    """A write waited for another process's lock inside one 60 s SQLite call, where Python cannot run
+    its SIGINT handler: Ctrl-C was ignored until the lock holder finished. Now the wait is made of
+    short SQLite waits; a timeout names the lock holder instead of "database is locked"."""
+    import signal
+    import sqlite3
+    import time
+
+    path = tmp_path / "C1.sqlite"
+    KeyStore(path, node="C1").close()
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        st = KeyStore(path, node="C1", busy_timeout_s=0.5)
+        with pytest.raises(KeyStoreError, match=r"locked by another process for 0.5 s \(it holds a write "
+                                                r"transaction\); nothing was changed"):
+            st.add_block("C1-C2", np.ones(64, np.uint8), block_id="b1")
+        st.close()
+        st = KeyStore(path, node="C1", busy_timeout_s=60)
+
+        def interrupt(*_: object) -> None:
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGALRM, interrupt)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                st.add_block("C1-C2", np.ones(64, np.uint8), block_id="b2")
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert time.monotonic() - t0 < 30  # the handler ran long before the 60 s busy timeout
+        st.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with KeyStore(path, node="C1") as st:
+        assert st.accounting() == {}
