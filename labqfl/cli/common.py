@@ -96,6 +96,19 @@ def _safe_state_note() -> str:
     return "; instruments were put in their safe state" if station is not None and station.guard_was_used() else ""
 
 
+def _interrupted_inside(exc: BaseException) -> bool:
+    """Whether ``exc`` wraps a ``KeyboardInterrupt`` (CPython reports one raised inside a callback of
+    C code as "SystemError: … returned a result with an exception set", the interrupt as its cause)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
 
@@ -108,6 +121,10 @@ def handle_errors(fn: F) -> F:
         except LabqflError as exc:
             raise fail(str(exc)) from None
         except KeyboardInterrupt:
+            raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
+        except SystemError as exc:  # Ctrl-C inside a C extension's callback (Numba loading a kernel)
+            if not _interrupted_inside(exc):
+                raise
             raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
         except (OSError, ValueError) as exc:
             raise fail(f"{exc.__class__.__name__}: {exc}") from None

@@ -220,6 +220,10 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     con.print(t)
     for reason, pairs in reasons.items():
         con.print(f"[yellow]aborted[/] ({escape(', '.join(pairs))}): {escape(reason)}", markup=True)
+    skipped = {k: r["skipped_blocks"] for k, r in data["pairs"].items() if r.get("skipped_blocks")}
+    if skipped:
+        con.print("skipped, distilled by an earlier run of this recording (its key is in the stores, or its raw "
+                  "bits were spent): " + ", ".join(f"{k} {n} block(s)" for k, n in skipped.items()))
     if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
         con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
                   "block-size rule choose (labqfl.qkd.blocksize).")

@@ -281,6 +281,8 @@ class PairResult:
     sifted_bits: int = 0
     processed_bits: int = 0
     dropped_bits: int = 0
+    #: blocks an earlier run of the same acquisition distilled (or spent) already: skipped
+    skipped_blocks: int = 0
     key_errors: int = 0
     test_clicks: dict[str, int] = field(default_factory=dict)
     test_errors_x2: dict[str, int] = field(default_factory=dict)
@@ -322,6 +324,7 @@ class PairResult:
             "sifted_bits": self.sifted_bits,
             "processed_bits": self.processed_bits,
             "dropped_bits": self.dropped_bits,
+            "skipped_blocks": self.skipped_blocks,
             "error_rate": {
                 "X_key": self.key_errors / self.processed_bits if self.processed_bits else None,
                 "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X") else None,
@@ -387,6 +390,11 @@ class DistilledSlotLedger(Protocol):
         recorded before."""
         ...
 
+    def distilled_ranges(self, pair: str, acquisition: str) -> set[tuple[int, int]]:
+        """The slot ranges ``(start, end)`` of ``acquisition`` recorded as distilled for ``pair`` at
+        both ends (an earlier, perhaps interrupted, run of the same recording)."""
+        ...
+
 
 class MemorySink:
     """Keeps keys in memory (tests and benchmarks only; never logged or pickled)."""
@@ -442,6 +450,11 @@ class KeyStoreSink:
             store.check_slots_free(pair, acquisition, start, end)
         for store in ends:
             store.claim_slots(pair, acquisition, start, end, block_id)
+
+    def distilled_ranges(self, pair: str, acquisition: str) -> set[tuple[int, int]]:
+        si, sj = self._ends(pair)
+        return ({(a, b) for a, b, _ in si.distilled_slots(pair, acquisition)}
+                & {(a, b) for a, b, _ in sj.distilled_slots(pair, acquisition)})
 
     def check_new(self, pair: str, block_ids: Iterable[str]) -> None:
         ids = list(block_ids)
@@ -658,6 +671,8 @@ class Distiller:
                  pair_channel: Callable[[PairEndI, PairEndJ], Channel] | None = None) -> None:
         self.cfg = cfg
         self.acquisition_id = acquisition_id
+        #: per pair, the block ranges an earlier run of this acquisition distilled (read once)
+        self._earlier: dict[str, set[tuple[int, int]]] = {}
         self.settings = settings or DistillSettings()
         self.reconcile = _engine(self.settings.engine)
         self.schedule = PairSchedule.from_config(cfg)
@@ -812,14 +827,14 @@ class Distiller:
                 if hi < end:
                     break
                 if st.n_bits >= _MIN_BLOCK_BITS or st.end_i.refused:
-                    out.append(self._process_block(st, end))
+                    self._close_block(st, end, out)
                 else:  # (almost) no light in this block: nothing worth disclosing parities for
                     self._drop_block(st, end)
         if final:  # the rest: N = the pair's slots up to the end of the acquisition
             for st in self.pairs.values():
                 thr = (self.settings.pair_min_final_block_bits or {}).get(st.pair, self.settings.min_final_block_bits)
                 if st.n_bits >= thr or st.end_i.refused:
-                    out.append(self._process_block(st, final_slots))
+                    self._close_block(st, final_slots, out)
                 elif st.n_bits:
                     self._drop_block(st, final_slots)
                 elif st.end_i.exchanged:  # announcements without a sifted bit: forget them at both ends
@@ -832,6 +847,30 @@ class Distiller:
         not claimed); its sifted bits are reported as dropped."""
         st.result.dropped_bits += st.n_bits
         st.end_i.drop_block(st.channel)
+        st.block_index += 1
+        st.block_start = end
+
+    def _distilled_before(self, st: _PairState, end: int) -> bool:
+        """Whether an earlier run of this acquisition recorded the block ``[st.block_start, end)`` as
+        distilled at both ends (its key stored, or its raw bits spent by an abort or an interruption)."""
+        if self.ledger is None or self.acquisition_id is None:
+            return False
+        done = self._earlier.get(st.pair)
+        if done is None:
+            done = self._earlier[st.pair] = self.ledger.distilled_ranges(st.pair, self.acquisition_id)
+        return (st.block_start, end) in done
+
+    def _close_block(self, st: _PairState, end: int, out: list[BlockResult]) -> None:
+        """Distil the pair's block ending at ``end`` into ``out`` — or, if an earlier run of this
+        acquisition distilled it, discard it: only its public sifting messages were exchanged again
+        (the same test-round values); nothing is claimed, stored or spent."""
+        if not self._distilled_before(st, end):
+            out.append(self._process_block(st, end))
+            return
+        log.info("pair %s: slots [%d, %d) were distilled by an earlier run of this acquisition; skipped",
+                 st.pair, st.block_start, end)
+        st.end_i.drop_block(st.channel)
+        st.result.skipped_blocks += 1
         st.block_index += 1
         st.block_start = end
 

@@ -116,3 +116,31 @@ def test_calibration_refuses_unknown_clients_before_making_a_run_folder(argv: li
     assert r.exit_code == 1, r.output
     assert r.stderr == f"error: {line}\n"
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_inside_a_kernel_load_is_reported_as_an_interruption(capsys) -> None:
+    """Ctrl-C while Numba loaded a cached kernel (a callback of C code) surfaced as a 77-line
+    traceback ending "SystemError: CPUDispatcher(...) returned a result with an exception set"; it
+    is the interruption it was. A SystemError with no interrupt behind it still propagates."""
+    import typer
+
+    from labqfl.cli.common import EXIT_INTERRUPTED, handle_errors
+
+    @handle_errors
+    def load_interrupted() -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise SystemError("CPUDispatcher(<function _place_kernel>) returned a result with an exception set") \
+                from exc
+
+    @handle_errors
+    def broken() -> None:
+        raise SystemError("a real bug")
+
+    with pytest.raises(typer.Exit) as ex:
+        load_interrupted()
+    assert ex.value.exit_code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "error: interrupted by user (Ctrl-C)\n"
+    with pytest.raises(SystemError, match="a real bug"):
+        broken()

@@ -114,8 +114,9 @@ def test_cli_distills_a_recording_into_the_key_stores(tmp_path):
 
 
 def test_a_recording_can_be_distilled_into_a_key_store_only_once(tmp_path):
-    """Distilling the same raw data twice would hand out two hashes of one raw key (key reuse):
-    block IDs derive from the acquisition, and the key store refuses a block it already holds."""
+    """Distilling the same raw data twice would hand out two hashes of one raw key (key reuse): the
+    stores record each block's slots; a second run skips every block an earlier run distilled
+    (so an interrupted run can be finished), and stores or spends nothing."""
     from labqfl.sim_backends.recording import read_recording
 
     from labqfl.contracts.types import acquisition_id
@@ -138,10 +139,62 @@ def test_a_recording_can_be_distilled_into_a_key_store_only_once(tmp_path):
 
     res = distil_once()
     assert res["C1-C2"].delivered_bits > 0
-    before = stores["C1"].accounting()
+    before = {n: st.accounting() for n, st in stores.items()}
+    again = distil_once()["C1-C2"]
+    assert again.skipped_blocks == res["C1-C2"].n_blocks > 0
+    assert again.n_blocks == again.delivered_bits == again.leaked_ec_bits == 0
+    assert {n: st.accounting() for n, st in stores.items()} == before  # nothing stored twice, nothing lost
+    # a block ID already stored outside the ledger's record is still refused
     with pytest.raises(KeyStoreError, match="refusing to add it twice"):
-        distil_once()
-    assert stores["C1"].accounting() == before  # nothing stored twice, nothing lost
+        stores["C1"].add_block("C1-C2", np.ones(8, np.uint8), block_id=stores["C1"].blocks("C1-C2")[0]["block_id"])
+
+
+def test_an_interrupted_distillation_is_finished_by_running_it_again(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of ``labqfl distill REC`` left some blocks stored and the rest undone; the
+    rerun was refused ("already in key store … distilled into the store before") and the rest of the
+    recording's key was lost. Now the rerun skips what the first run distilled — including the block
+    in flight, whose slots were claimed and whose raw bits are spent — and distils the rest."""
+    from labqfl.sim_backends.recording import read_recording
+
+    from labqfl.contracts.types import acquisition_id
+    from labqfl.errors import KeyStoreError
+    from labqfl.keystore import KeyStore
+    from labqfl.qkd.pipeline import KeyStoreSink
+
+    path = record_small_station(tmp_path, DUR)
+    stores = {n: KeyStore.for_node(n, tmp_path / "data") for n in ("C1", "C2")}
+
+    def distil(settings=DistillSettings(block_bits=25_000, params=PARAMS)):  # ~4 blocks in 0.2 s
+        with read_recording(path) as rec:
+            cfg = rec.config
+            d = Distiller(cfg, {c: rec.client_log(c) for c in cfg.client_names}, KeyStoreSink(stores), settings,
+                          acquisition_id=acquisition_id(cfg, rec.epoch))
+            for b in rec.blocks():
+                d.push(b)
+            return d.finish(int(DUR * cfg.laser.rep_rate_hz))["C1-C2"]
+
+    real = Distiller._run_block_protocol
+    calls = []
+
+    def interrupted(self, st, run):
+        calls.append(run.block_id)
+        if len(calls) == 3:  # Ctrl-C in the third block's protocol: its slots are claimed already
+            raise KeyboardInterrupt
+        return real(self, st, run)
+
+    monkeypatch.setattr(Distiller, "_run_block_protocol", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distil()
+    monkeypatch.setattr(Distiller, "_run_block_protocol", real)
+    first = {b["block_id"] for b in stores["C1"].blocks("C1-C2")}  # two blocks and their auth refills
+    r = distil()
+    assert r.skipped_blocks == 3 and r.n_blocks >= 1 and r.delivered_bits > 0
+    ids = [b["block_id"] for b in stores["C1"].blocks("C1-C2")]
+    assert ids == [b["block_id"] for b in stores["C2"].blocks("C1-C2")] and len(ids) == len(set(ids))
+    assert calls[2] not in ids  # the block in flight stays spent, never distilled again
+    assert first < set(ids)
+    with pytest.raises(KeyStoreError, match=r"overlap slots"):  # another block size: ranges overlap, refused
+        distil(DistillSettings(block_bits=40_000, params=PARAMS))
 
 
 def test_cli_rejects_corrupt_and_truncated_recordings(tmp_path):
