@@ -122,13 +122,14 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
           as_json: bool = typer.Option(False, "--json", help="Print the endpoint (url, SAEs, CA) as one JSON line on "
                                                              "stdout once listening, then serve.")) -> None:
     """Serve ETSI GS QKD 014 v1.1.1 (status, enc_keys, dec_keys) over HTTPS with mutual TLS."""
-    from labqfl.keystore import default_data_dir, open_node_stores
+    from labqfl.keystore import default_data_dir
     from labqfl.keystore.etsi import (
         KeyDeliveryService,
         KmeSettings,
         bind_socket,
         build_server,
         load_kme_settings,
+        open_kme_stores,
     )
 
     if certs_dir is not None:
@@ -145,7 +146,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
         if not nodes:
             raise fail(f"no key stores under {ddir}; run `labqfl distill` first or give --data-dir")
         settings = KmeSettings(saes={n: n for n in nodes}, nodes=nodes)
-    stores = open_node_stores(sorted(set(settings.saes.values())), ddir)
+    stores = open_kme_stores(settings, ddir)  # a node without a store (a typo in [saes]) is refused
     server = build_server(KeyDeliveryService(stores, settings), host=host, port=port, certfile=cert, keyfile=key,
                           cafile=ca)
     sock = bind_socket(host, port)

@@ -7,12 +7,16 @@ default SAE ID = node name) and is identified by its client certificate (CN or a
 subjectAltName equal to the SAE ID).  For a master SAE at node *m* asking for keys shared with a
 slave SAE at node *s*, the KME
 
-1. takes ``number × size`` bits of the pair's ``etsi`` pool (then ``general``) from *m*'s store
-   (:meth:`~labqfl.keystore.KeyStore.take_many`: consumed and overwritten in one transaction),
-2. reserves exactly the same bits (by block ID and offset) in *s*'s store for the key IDs
-   (:meth:`~labqfl.keystore.KeyStore.reserve_exact_many`), so no other take can hand them out,
-3. returns the keys to the master.  The slave's ``dec_keys`` consumes the reservation
-   (:meth:`~labqfl.keystore.KeyStore.take_exact_many`) and gets the same bytes, once.
+1. reserves ``number × size`` bits of the pair's ``etsi`` pool (then ``general``) in *m*'s store,
+   one reservation per key ID, without reading them (:meth:`~labqfl.keystore.KeyStore.reserve`,
+   :meth:`~labqfl.keystore.KeyStore.reserve_exact_many`),
+2. reserves exactly the same bits (by block ID and offset) in *s*'s store for the same key IDs
+   (:meth:`~labqfl.keystore.KeyStore.reserve_exact_many`), so no other take can hand them out;
+   if *s*'s store refuses (the stores are out of step), *m*'s reservations are released and the
+   request fails with nothing consumed at either end,
+3. consumes *m*'s reservations (:meth:`~labqfl.keystore.KeyStore.take_exact_many`: read and
+   overwritten in one transaction) and returns the keys to the master.  The slave's ``dec_keys``
+   consumes its reservation the same way and gets the same bytes, once.
 
 Endpoints (section 5 of the spec): ``GET /api/v1/keys/{slave_SAE_ID}/status``,
 ``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys``, ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys``.
@@ -29,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
+import re
 import socket
 import ssl
 import threading
@@ -47,6 +53,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreError
+from labqfl.keystore.material import KeyMaterial, Ref
 from labqfl.keystore.store import KeyStore, check_node_name
 from labqfl.log import get_logger
 
@@ -84,6 +91,13 @@ class KmeSettings:
             check_node_name(node)
         if not self.nodes:
             self.nodes = sorted(set(self.saes.values()))
+        for node in self.nodes:
+            check_node_name(node)
+        outside = {sae: node for sae, node in self.saes.items() if node not in self.nodes}
+        if outside:
+            raise ConfigError("KME config: " + "; ".join(f"SAE {sae!r} is attached to node {node!r}"
+                                                         for sae, node in outside.items())
+                              + f", not one of [kme] nodes = {self.nodes}; check the node names in [saes]")
         for name in ("key_size", "min_key_size", "max_key_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0 or v % 8:
@@ -130,6 +144,32 @@ def load_kme_settings(path: Path) -> KmeSettings:
         raise ConfigError(f"KME config {path}: {exc}") from None
 
 
+def open_kme_stores(settings: KmeSettings, data_dir: Path | None = None) -> dict[str, KeyStore]:
+    """``{node: KeyStore}`` for every node an SAE of ``settings`` is attached to, from
+    ``<data_dir>/keystore/``.  A node with no store there (a typo in ``[saes]``) is refused with one
+    :class:`ConfigError` naming the SAE, the node and the stores found, and no store is created."""
+    from labqfl.keystore.store import default_data_dir, list_node_stores, node_store_path
+
+    ddir = data_dir if data_dir is not None else default_data_dir()
+    found = list_node_stores(ddir)
+    missing = {sae: node for sae, node in settings.saes.items() if node not in found}
+    if missing:
+        raise ConfigError("KME config: " + "; ".join(f"SAE {sae!r} is attached to node {node!r}"
+                                                     for sae, node in missing.items())
+                          + f", which has no key store under {Path(ddir) / 'keystore'} (stores found: "
+                          + (", ".join(found) or "none") + "); check the node names in [saes] or give the "
+                          "right --data-dir")
+    stores: dict[str, KeyStore] = {}
+    try:
+        for n in sorted(set(settings.saes.values())):
+            stores[n] = KeyStore(node_store_path(n, ddir), node=n, create=False)
+    except BaseException:
+        for st in stores.values():
+            st.close()
+        raise
+    return stores
+
+
 class EtsiError(Exception):
     """An ETSI 014 error response: HTTP ``status`` with body ``{"message", "details"}``."""
 
@@ -144,6 +184,21 @@ class EtsiError(Exception):
         if self.details:
             out["details"] = self.details
         return out
+
+
+def _echo(value: Any) -> Any:
+    """A request value to quote in an error's ``details``, always JSON-serialisable: finite numbers
+    and short strings as they are; ``NaN``/``Infinity`` (and numbers like ``1e400`` that parse to
+    them), huge integers and arrays/objects as a short description."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if -(2 ** 63) <= value < 2 ** 63 else "an integer beyond 64 bits"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else f"{value!r} (not a finite number)"
+    if isinstance(value, str):
+        return value[:64]
+    return f"a JSON {'array' if isinstance(value, list | tuple) else 'object'}"
 
 
 class KeyDeliveryService:
@@ -193,6 +248,75 @@ class KeyDeliveryService:
         bits = min(self.stores[m].available_bits(pair, ETSI_PURPOSE), self.stores[s].available_bits(pair, ETSI_PURPOSE))
         return bits // size
 
+    def _reserve_at_master(self, pair: str, m: str, sizes: list[int], info: dict[str, Any]) -> list[tuple[list[Ref], str]]:
+        """Reserve at the master's store, under a fresh key ID per key, the bits a take would pick
+        (pool ``etsi``, then ``general``); no bit is read.  Returns ``[(refs, key_ID)]``.
+
+        One key: :meth:`KeyStore.reserve`.  Several: one ``reserve`` of the total picks the bits
+        (a probe reservation, released at once), then ``reserve_exact_many`` splits them into one
+        reservation per key in one transaction; if another process drew some of them in between,
+        that refuses and the bits are picked again."""
+        store, last = self.stores[m], ""
+        for _ in range(3):
+            try:
+                if len(sizes) == 1:
+                    kid = str(uuid.uuid4())
+                    return [(store.reserve(pair, sizes[0], ETSI_PURPOSE, kid, info=info), kid)]
+                probe = str(uuid.uuid4())
+                refs = store.reserve(pair, sum(sizes), ETSI_PURPOSE, probe, info={**info, "use": "etsi-allocation"})
+                store.release(probe)
+            except InsufficientKeyError as exc:
+                raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
+            except KeyStoreError as exc:
+                raise EtsiError(503, "key store error at the master's KME; no key was handed out",
+                                [{"reason": str(exc)}]) from None
+            items = [(part, str(uuid.uuid4())) for part in _split_refs(refs, sizes)]
+            try:
+                store.reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
+                return items
+            except KeyStoreError as exc:
+                last = str(exc)
+        raise EtsiError(503, "the master's key store kept changing while the KME picked the bits; no key was "
+                             "consumed, try again", [{"pair": pair, "reason": last}])
+
+    def _release(self, node: str, items: Sequence[tuple[list[Ref], str]]) -> list[str]:
+        """Release the reservations ``items`` at ``node``'s store; returns the key IDs that stay reserved."""
+        kept = []
+        for _, kid in items:
+            try:
+                self.stores[node].release(kid)
+            except KeyStoreError as exc:
+                log.error("KME: could not release reservation %s at node %s (%s); its bits stay reserved and "
+                          "unused", kid, node, exc)
+                kept.append(kid)
+        return kept
+
+    def _take_at_both(self, pair: str, m: str, s: str, sizes: list[int], info: dict[str, Any]) -> list[KeyMaterial]:
+        """Reserve the keys' bits at the master's store, the same bits at the slave's, and only then
+        consume the master's: a refusal at either end consumes nothing, and no bit is read before
+        both ends hold it for the key (caller holds the pair lock)."""
+        items = self._reserve_at_master(pair, m, sizes, info)
+        try:
+            self.stores[s].reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
+        except KeyStoreError as exc:
+            kept = self._release(m, items)
+            log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
+                      s, len(items), pair, exc)
+            raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's store "
+                                 "cannot reserve the bits the master's store holds next; no key was consumed" +
+                                 (f" (but {len(kept)} reservation(s) at the master could not be released)" if kept
+                                  else ""), [{"pair": pair, "reason": str(exc)}]) from None
+        try:
+            return self.stores[m].take_exact_many(pair, items, ETSI_PURPOSE)
+        except KeyStoreError as exc:
+            reason = str(exc)
+        # take_exact_many is one transaction: refused means nothing was read or consumed at the master
+        kept = self._release(s, items)
+        kept += self._release(m, [it for it in items if it[1] not in kept])
+        raise EtsiError(503, "key store error at the master's KME; no key was consumed" +
+                        (f" ({len(kept)} reservation(s) could not be released)" if kept else ""),
+                        [{"pair": pair, "reason": reason}])
+
     # -- the three API calls
 
     def status(self, master_sae: str, slave_sae: str) -> dict[str, Any]:
@@ -223,10 +347,13 @@ class KeyDeliveryService:
         size = st.key_size if size is None else size
         if isinstance(number, bool) or not isinstance(number, int) or not 1 <= number <= st.max_key_per_request:
             raise EtsiError(400, f"number must be an integer from 1 to max_key_per_request = {st.max_key_per_request}",
-                            [{"parameter": "number", "value": number}])
+                            [{"parameter": "number", "value": _echo(number),
+                              "expected": f"integer in [1, {st.max_key_per_request}]"}])
         if isinstance(size, bool) or not isinstance(size, int) or size % 8 or not st.min_key_size <= size <= st.max_key_size:
             raise EtsiError(400, f"size must be a multiple of 8 bits from min_key_size = {st.min_key_size} to "
-                                 f"max_key_size = {st.max_key_size}", [{"parameter": "size", "value": size}])
+                                 f"max_key_size = {st.max_key_size}",
+                            [{"parameter": "size", "value": _echo(size),
+                              "expected": f"multiple of 8 in [{st.min_key_size}, {st.max_key_size}]"}])
         if additional_slave_sae_ids:
             raise EtsiError(400, "key multicast is not supported (max_SAE_ID_count = 0)",
                             [{"parameter": "additional_slave_SAE_IDs", "max_SAE_ID_count": 0}])
@@ -242,21 +369,7 @@ class KeyDeliveryService:
             if available < number:
                 raise EtsiError(503, "not enough key material for this request",
                                 [{"pair": pair, "requested_keys": number, "size": size, "available_keys": available}])
-            try:
-                mats = self.stores[m].take_many(pair, [size] * number, ETSI_PURPOSE, info=info)
-            except InsufficientKeyError as exc:
-                raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
-            except KeyStoreError as exc:
-                raise EtsiError(503, "key store error at the master's KME", [{"reason": str(exc)}]) from None
-            try:
-                self.stores[s].reserve_exact_many(pair, [(k.refs, k.key_id) for k in mats], ETSI_PURPOSE, info=info)
-            except KeyStoreError as exc:
-                for k in mats:
-                    k.wipe()
-                log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); the master's bits "
-                          "stay consumed and were not delivered", s, number, pair, exc)
-                raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair",
-                                [{"pair": pair, "reason": str(exc)}]) from None
+            mats = self._take_at_both(pair, m, s, [size] * number, info)
         try:
             keys = [{"key_ID": k.key_id, "key": base64.b64encode(k.to_bytes()).decode("ascii")} for k in mats]
         finally:
@@ -315,6 +428,25 @@ class KeyDeliveryService:
         return {"keys": [{"key_ID": kid, "key": got[kid]} for kid in key_ids]}
 
 
+def _split_refs(refs: Sequence[Ref], sizes: Sequence[int]) -> list[list[Ref]]:
+    """Cut ``refs`` (in order) into consecutive parts of ``sizes`` bits."""
+    out: list[list[Ref]] = []
+    pending = list(refs)[::-1]
+    for size in sizes:
+        part: list[Ref] = []
+        while size:
+            block_id, start, length = pending.pop()
+            use = min(length, size)
+            part.append((block_id, start, use))
+            if use < length:
+                pending.append((block_id, start + use, length - use))
+            size -= use
+        out.append(part)
+    if pending:
+        raise ValueError("refs hold more bits than the sizes")
+    return out
+
+
 # ---------------------------------------------------------------------------------- HTTP layer
 
 
@@ -343,7 +475,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EtsiError)
     async def _etsi_error(request: Request, exc: EtsiError) -> JSONResponse:
         log.info("KME: %s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        return JSONResponse(exc.body(), status_code=exc.status)
+        try:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except (TypeError, ValueError):  # a detail that JSON cannot carry: still answer the error
+            return JSONResponse({"message": exc.message}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -379,14 +514,34 @@ ENC_KEYS_FIELDS = ("number", "size", "additional_slave_SAE_IDs", "extension_mand
 DEC_KEYS_FIELDS = ("key_IDs", "key_IDs_extension")
 
 
+class _RepeatedMember(Exception):
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name[:64]
+
+
+def _no_repeated_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: a member name given twice (which ``json`` would silently resolve
+    to the last value) raises :class:`_RepeatedMember`."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _RepeatedMember(k)
+        out[k] = v
+    return out
+
+
 async def _json_body(request: Request, fields: Sequence[str]) -> dict[str, Any]:
     """The request body as a JSON object ({} when empty) holding only ``fields``; 400 otherwise."""
     raw = await request.body()
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(raw, object_pairs_hook=_no_repeated_members)
+    except _RepeatedMember as exc:
+        raise EtsiError(400, f"field {exc.name!r} appears more than once in a JSON object of the request body; "
+                             "expected each field at most once", [{"parameter": exc.name}]) from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise EtsiError(400, "request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise EtsiError(400, "request body must be a JSON object")
@@ -397,15 +552,22 @@ async def _json_body(request: Request, fields: Sequence[str]) -> dict[str, Any]:
     return data
 
 
+_INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+
+
 def _int_query(request: Request, name: str) -> int | None:
-    """Integer query parameter ``name`` (None when absent); 400 when not an integer."""
-    v = request.query_params.get(name)
-    if v is None:
+    """Integer query parameter ``name`` (None when absent); 400 when not a decimal integer or
+    given more than once (``?number=1&number=2`` must not silently mean 2)."""
+    values = request.query_params.getlist(name)
+    if not values:
         return None
-    try:
-        return int(v)
-    except ValueError:
-        raise EtsiError(400, f"{name} must be an integer", [{"parameter": name, "value": v[:32]}]) from None
+    if len(values) > 1:
+        raise EtsiError(400, f"query parameter {name!r} is given {len(values)} times; expected it at most once",
+                        [{"parameter": name, "values": [v[:32] for v in values[:8]]}])
+    v = values[0]
+    if not _INT_RE.fullmatch(v):
+        raise EtsiError(400, f"{name} must be a decimal integer", [{"parameter": name, "value": v[:32]}])
+    return int(v)
 
 
 def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
