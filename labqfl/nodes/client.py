@@ -896,16 +896,31 @@ class ClientNode(Node):
         d = self.private / "preshared"
         if not d.is_dir():
             return
+        from labqfl.keystore.preshare import shred_secret_file
+
         for f in sorted(d.glob("*.json")):
-            rec = json.loads(f.read_text())
-            bid = str(rec["block_id"])
+            try:
+                rec = json.loads(f.read_text())
+                bid, pair, raw = str(rec["block_id"]), str(rec["pair"]), bytes.fromhex(rec["bits_hex"])
+                simulated = rec.get("simulated", True)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise NodeError(f"{f}: not a pre-shared secret file ({type(exc).__name__}: {exc}); expected JSON "
+                                '{"pair", "block_id", "bits_hex"[, "simulated"]}') from None
             if not bid.startswith(PRESHARED_PREFIX):
                 raise NodeError(f"{f}: pre-shared block IDs start with {PRESHARED_PREFIX!r}")
+            if not isinstance(simulated, bool):
+                raise NodeError(f"{f}: 'simulated' must be true or false, got {simulated!r}")
             if not self.store.has_block(bid):
-                bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8))
-                self.store.add_block(str(rec["pair"]), bits, block_id=bid, purpose="auth",
-                                     meta={"kind": "preshared-auth", "simulated": True, "nbits": int(bits.size)})
-            f.unlink()
+                bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+                # simulated unless the file says otherwise: the launcher's own secrets are generated on
+                # one machine (simulated out-of-band delivery); an operator's real one says "simulated": false
+                self.store.add_block(pair, bits, block_id=bid, purpose="auth",
+                                     meta={"kind": "preshared-auth", "simulated": simulated, "nbits": int(bits.size)})
+                bits[:] = 0
+            # overwritten and fsynced before the unlink, as `labqfl keys preshare` does: a secret recovered
+            # from freed disk blocks would be loaded, and its one-time pads used, twice
+            if (problem := shred_secret_file(f)) is not None:
+                log.warning("%s: %s", self.name, problem)
 
     def block_meta(self, pair: str, acq: _Acq, o: BlockOutcome, eps_auth: float, extra: dict[str, Any]) -> dict[str, Any]:
         s = self.settings

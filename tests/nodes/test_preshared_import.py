@@ -1,0 +1,65 @@
+"""A client node loads the pre-shared authentication secrets delivered into ``<data>/nodes/<Ci>/preshared/``
+and destroys each file as ``labqfl keys preshare`` does: overwritten with zeros and flushed before
+the unlink (it was only unlinked, leaving the secret's bytes in freed disk blocks, from where it could
+be loaded — and its one-time pads used — a second time)."""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labqfl.keystore import KeyStore
+from labqfl.nodes.client import ClientNode
+from labqfl.nodes.common import NodeError
+
+SECRET = bytes(range(7, 7 + 48))
+
+
+def _node(tmp_path: Path) -> types.SimpleNamespace:
+    private = tmp_path / "nodes" / "C1"
+    (private / "preshared").mkdir(parents=True)
+    return types.SimpleNamespace(private=private, store=KeyStore.for_node("C1", tmp_path / "data"), name="C1")
+
+
+def _file(node: types.SimpleNamespace, **fields: object) -> Path:
+    f = node.private / "preshared" / "C1-C2.json"
+    f.write_text(json.dumps({"pair": "C1-C2", "block_id": "preshared-1234", "bits_hex": SECRET.hex(), **fields}))
+    return f
+
+
+@pytest.mark.parametrize(("fields", "simulated"), [({}, True), ({"simulated": False}, False)])
+def test_the_secret_is_loaded_and_its_file_overwritten_before_it_is_deleted(tmp_path, fields, simulated) -> None:
+    node = _node(tmp_path)
+    f = _file(node, **fields)
+    other_name = tmp_path / "same-inode.json"  # a second name of the same file: shows what the disk blocks hold
+    os.link(f, other_name)
+    ClientNode._import_preshared(node)  # type: ignore[arg-type]
+    assert not f.exists()
+    assert other_name.read_bytes() == b"\0" * other_name.stat().st_size
+    km = node.store.take("C1-C2", 8 * len(SECRET), "auth")
+    assert np.array_equal(km.bits, np.unpackbits(np.frombuffer(SECRET, np.uint8)))
+    assert node.store.blocks("C1-C2")[0]["meta"]["simulated"] is simulated
+    node.store.close()
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("not json", "not a pre-shared secret file"),
+    (json.dumps({"pair": "C1-C2", "block_id": "preshared-1"}), "not a pre-shared secret file"),
+    (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": "zz"}), "not a pre-shared secret file"),
+    (json.dumps({"pair": "C1-C2", "block_id": "other-1", "bits_hex": SECRET.hex()}), "block IDs start with"),
+    (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": SECRET.hex(), "simulated": "no"}),
+     "'simulated' must be true or false"),
+])
+def test_a_malformed_file_is_refused_in_one_line_and_kept(tmp_path, text: str, why: str) -> None:
+    node = _node(tmp_path)
+    f = node.private / "preshared" / "C1-C2.json"
+    f.write_text(text)
+    with pytest.raises(NodeError, match=why):
+        ClientNode._import_preshared(node)  # type: ignore[arg-type]
+    assert f.read_text() == text and node.store.accounting() == {}
+    node.store.close()
