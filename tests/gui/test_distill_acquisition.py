@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from labqfl.gui.core import TestbedCore
 
-from labqfl.errors import KeyStoreError
 from labqfl.keystore import KeyStore
 from labqfl.qkd.pipeline import Distiller, DistillSettings, KeyStoreSink
 
@@ -46,16 +44,19 @@ def test_gui_distillation_is_bound_to_its_acquisition_and_cannot_be_repeated(cor
     assert acq.startswith(f"{core.config.name}/") and "/epoch-" in acq
     assert {p["acquisition"] for p in events.kinds("pairs")} == {acq}
 
-    # the same raw data again, distilled the way `labqfl run` does (station's logs and ID): refused
+    # the same raw data again, distilled the way `labqfl run` does (station's logs and ID): every block
+    # the GUI distilled is skipped (recorded in both stores' ledgers), nothing is distilled twice
     stores = {n: KeyStore.for_node(n, core.data_dir) for n in core.config.client_names}
     try:
         before = {n: s.accounting() for n, s in stores.items()}
         again = Distiller(core.config, st.client_logs(), KeyStoreSink(stores), DistillSettings(block_bits=BLOCK_BITS),
                           acquisition_id=acq)
-        with pytest.raises(KeyStoreError, match="twice|already"):
-            for blk in seen:
-                again.push(blk)
-            again.finish()
+        for blk in seen:
+            again.push(blk)
+        res = again.finish()
+        gui = [*events.kinds("pairs")][-1]["pairs"]
+        assert {p: r.skipped_blocks for p, r in res.items()} == {p: m["blocks"] for p, m in gui.items()}
+        assert all(r.n_blocks == 0 for r in res.values())
         assert {n: s.accounting() for n, s in stores.items()} == before  # nothing added, nothing lost
     finally:
         for s in stores.values():
