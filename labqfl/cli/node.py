@@ -17,7 +17,7 @@ from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
                        dir_okay=False)
 DATA = typer.Option(..., "--data", help="This node's own data folder (key store, private logs); no other node reads it.")
-LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on (port 0: any free port).")
+LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on, PORT 0-65535 (0: any free port).")
 CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (labqfl.net.make_node_certs).")
 
 
@@ -115,8 +115,11 @@ def _add_client(node_app: typer.Typer) -> None:
     ) -> None:
         """Client node Ci: its randomness, choice log, key store; drives its pairs as Ci, serves them as Cj."""
         from labqfl.nodes.client import main
-        from labqfl.nodes.common import parse_addresses
+        from labqfl.nodes.common import check_address, parse_addresses
 
+        check_address(listen, "--listen")
+        if optics:
+            check_address(optics, "--optics")
         main(name, station, data, listen, certs, optics=optics, peers=parse_addresses(peer, "--peer"),
              settings=_settings(station, block_bits, engine, min_final_bits, block_slots, eps_sec, pair_block_slots,
                                 pair_min_final_bits)[0], as_json=as_json)
@@ -133,9 +136,12 @@ def _add_detector(node_app: typer.Typer) -> None:
         as_json: bool = NODE_JSON,
     ) -> None:
         """Untrusted measurement node: time tagger, slotting, announcements to every client."""
-        from labqfl.nodes.common import parse_addresses
+        from labqfl.nodes.common import check_address, parse_addresses
         from labqfl.nodes.detector import main
 
+        check_address(listen, "--listen")
+        if optics:
+            check_address(optics, "--optics")
         main(name, station, data, listen, certs, optics=optics, clients=parse_addresses(client, "--client"),
              as_json=as_json)
 
@@ -150,8 +156,10 @@ def _add_optics(node_app: typer.Typer) -> None:
         as_json: bool = NODE_JSON,
     ) -> None:
         """The simulated optical layer: asks each client's modulator link, delivers tags to the detector."""
+        from labqfl.nodes.common import check_address
         from labqfl.nodes.optics import main
 
+        check_address(listen, "--listen")
         main(name, station, data, listen, certs, threads=threads, as_json=as_json)
 
 
@@ -174,8 +182,10 @@ def _add_server(node_app: typer.Typer) -> None:
         """Federated-learning server: Flower's SuperLink with TLS behind a mutual-TLS front for the clients."""
         from labqfl.config import load_station_config
         from labqfl.errors import ConfigError
+        from labqfl.nodes.common import check_address
         from labqfl.nodes.flserver import main
 
+        check_address(listen, "--listen")
         fs = load_station_config(station).fl_server
         name = name or (fs.name if fs else "server")
         fl_listen = fl_listen or (f"{fs.host}:{fs.port}" if fs else "127.0.0.1:0")
@@ -231,15 +241,25 @@ def _add_acquire(node_app: typer.Typer) -> None:
         """As the operator (certificate 'ctl'): one acquisition → distillation across running nodes."""
         from labqfl.config import load_station_config
         from labqfl.errors import ConfigError
-        from labqfl.nodes.common import parse_addresses, simulated_light
+        from labqfl.nodes.common import (
+            check_address,
+            check_client_addresses,
+            parse_addresses,
+            simulated_light,
+        )
         from labqfl.nodes.launch import run_acquisition, summarize
 
         check_duration(duration)
+        check_address(detector, "--detector")
+        if optics:
+            check_address(optics, "--optics")
         cfg = load_station_config(station)
         if simulated_light(cfg) and not optics:
             raise ConfigError("--optics HOST:PORT is needed: this station's light is the optics node's simulated loop")
-        res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics,
-                              clients=parse_addresses(client, "--client"), duration=duration)
+        clients = parse_addresses(client, "--client")
+        check_client_addresses(clients, cfg, "--client")  # before any session opens
+        res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics, clients=clients,
+                              duration=duration)
         out = summarize(res)
         emit(out, as_json, lambda con: _render(con, out))
 
@@ -255,7 +275,8 @@ def _add_up(node_app: typer.Typer) -> None:
         min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
-                                                            "(default: a temporary folder, removed after)."),
+                                     "(default: a temporary folder, removed after); run again in the same folder, "
+                                     "the certificates it holds are used again."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Start optics + detector + every client as separate processes on loopback (throwaway

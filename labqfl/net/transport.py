@@ -103,6 +103,24 @@ def _checked(auth: Authenticator | None, payload: memoryview, tag: bytes) -> byt
     return data
 
 
+def _bind_problem(address: str) -> str:
+    """Why ``address`` (HOST:PORT) cannot be listened on, as the OS says it ("" if it can): the port in use
+    (a listening socket, whoever holds it), the host not one of this machine's addresses, or not a name."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+        family, _, _, _, sockaddr = infos[0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a port in TIME_WAIT is free
+            s.bind(sockaddr)
+            s.listen(1)
+    except (OSError, ValueError, IndexError) as e:
+        return str(getattr(e, "strerror", None) or e)
+    return ""
+
+
 @dataclass
 class ServedSession:
     """What a service hands the server for one session: who answers, who checks tags, who hears the end.
@@ -142,17 +160,26 @@ class NodeServer:
                  max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self.creds = creds
         self._routes: dict[str, _Route] = {}
+        # no SO_REUSEPORT: with it (gRPC's default on Linux) a second node on a port already served listens
+        # beside the first, and the two share its connections; without it that bind fails (below)
         self._server = grpc.server(ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"node-{creds.name}"),
-                                   options=_grpc_options(max_bytes))
+                                   options=[*_grpc_options(max_bytes), ("grpc.so_reuseport", 0)])
         handler = grpc.method_handlers_generic_handler(
             _SERVICE, {"Session": grpc.stream_stream_rpc_method_handler(self._session)})
         self._server.add_generic_rpc_handlers((handler,))
         tls = grpc.ssl_server_credentials([(creds.key_pem, creds.cert_pem)], root_certificates=creds.ca_pem,
                                           require_client_auth=True)
         host = address.rsplit(":", 1)[0]
-        self.port = self._server.add_secure_port(address, tls)
+        # asked first: gRPC's own failure is a C-level log line on stderr and "Failed to bind" with no reason
+        problem = _bind_problem(address)
+        try:
+            self.port = 0 if problem else self._server.add_secure_port(address, tls)
+        except RuntimeError:  # grpcio ≥ 1.60 raises "Failed to bind to address ..." where it returned 0
+            self.port = 0
         if self.port == 0:
-            raise MessageError(f"node {creds.name}: cannot listen on {address}")
+            raise MessageError(f"node {creds.name}: cannot listen on {address}: "
+                               f"{problem or 'the address could not be bound'}; expected HOST:PORT with a free port "
+                               "and HOST an address or name of this machine")
         self.address = f"{host}:{self.port}"
 
     def route(self, service: str, factory: SessionFactory, *, allowed_peers: Collection[str] | None = None) -> None:
@@ -283,6 +310,9 @@ class NodeChannel(Channel):
                 raise MessageError(f"node {self.peer} at {self.address} unreachable or refused the TLS handshake "
                                    f"(expected a certificate for {self.peer!r} from our CA): {details}") from None
             raise MessageError(f"node {self.peer} ended session {self.service}: {code.name}: {details}") from None
+        except BaseException:  # Ctrl-C while waiting: the call keeps a pending receive, so close() could not
+            self.abort()       # read it out (gRPC's "Internal gRPC call error 8"): it ends as failed now
+            raise
 
     def _exchange(self, msg: Message) -> Message:
         with self._lock:

@@ -38,7 +38,7 @@ from labqfl.qkd.messaging import Channel, Message, MessageError, decode_message,
 log = get_logger(__name__)
 
 __all__ = ["CTL", "DETECTION_ROLES", "LAUNCHER_PID_ENV", "LauncherWatch", "Node", "NodeError", "NodeInstruments",
-           "RecordedChannel", "check_node_station", "exit_hook", "launcher_env", "ok", "open_session", "owned_roles", "parse_addresses", "read_wire", "refuse", "request"]
+           "RecordedChannel", "check_address", "check_client_addresses", "check_node_station", "exit_hook", "launcher_env", "ok", "open_session", "owned_roles", "parse_addresses", "read_wire", "refuse", "request"]
 
 #: Certificate name of the operator (the launcher / ``labqfl node acquire``).
 CTL = "ctl"
@@ -82,18 +82,55 @@ def exit_hook(kind: str) -> None:
         os.kill(os.getpid(), sig)
 
 
+def check_address(address: str, what: str) -> str:
+    """``address`` if it is ``HOST:PORT`` with a port 0–65535 (port 0: any free port, where a node listens);
+    else :class:`ConfigError` naming ``what`` (the option, e.g. ``--listen``) and the value. gRPC takes a port
+    beyond 65535 modulo 65536 (``:99999`` listened on 34463, ``:-1`` on 65535), so nothing else catches it."""
+    from labqfl.nodes.tunnel import split_address
+
+    split_address(address, what)
+    return address
+
+
 def parse_addresses(items: list[str] | None, what: str) -> dict[str, str]:
-    """``["C1=host:port", ...]`` → ``{"C1": "host:port"}``; one clear error for a bad item."""
+    """``["C1=host:port", ...]`` → ``{"C1": "host:port"}``; one clear error for a bad item (not
+    NAME=HOST:PORT, a port outside 0–65535) or a name given twice."""
     out: dict[str, str] = {}
     for it in items or []:
         for part in it.split(","):
             if not part:
                 continue
             name, sep, addr = part.partition("=")
-            if not sep or not name or ":" not in addr:
-                raise ConfigError(f"{what}: {part!r} is not NAME=HOST:PORT")
+            try:
+                if not sep or not name:
+                    raise ConfigError(part)
+                check_address(addr, what)
+            except ConfigError:
+                raise ConfigError(f"{what}: {part!r} is not NAME=HOST:PORT with a port 0-65535") from None
+            if name in out:
+                raise ConfigError(f"{what}: {name} given twice ({out[name]} and {addr}); expected one "
+                                  "NAME=HOST:PORT per name")
             out[name] = addr
     return out
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    """``C1, C2, C3`` (the first ``most`` and how many more of a long list)."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def check_client_addresses(addresses: dict[str, str], cfg: StationConfig, what: str = "--client") -> None:
+    """Refuse, in one line, client addresses (:func:`parse_addresses`) that are not exactly the station's
+    clients: a client of the station without one, or a name the station has no client of."""
+    station = f"station {cfg.name!r} has clients {_listed(cfg.client_names)}"
+    unknown = [n for n in addresses if n not in cfg.client_names]
+    if unknown:
+        raise ConfigError(f"{what} for {_listed(unknown)}: no such client ({station})")
+    missing = [c for c in cfg.client_names if c not in addresses]
+    if missing:
+        raise ConfigError(f"missing {what} for {_listed(missing)} ({station}); expected {what} NAME=HOST:PORT "
+                          "for every client")
 
 
 #: The station roles of the detection node (the untrusted node). In a Sagnac loop the source sits where
@@ -292,6 +329,7 @@ class Node:
 
     def __init__(self, name: str, *, station: str | Path | None, data_dir: str | Path, listen: str,
                  certs: str | Path, max_workers: int = 64) -> None:
+        check_address(listen, "--listen")  # before anything is made
         self.name = name
         self.cfg: StationConfig = load_station_config(station)
         self.station_path = station

@@ -1,7 +1,8 @@
 """Start a whole network of nodes on this machine and run one acquisition across them.
 
 :class:`LocalNetwork` makes throwaway certificates (:func:`~labqfl.net.make_node_certs`: one CA,
-one certificate per node and one for the operator ``ctl``), gives every node its own data folder,
+one certificate per node and one for the operator ``ctl``; in a work folder an earlier network left,
+its certificates are used again: :func:`node_certs`), gives every node its own data folder,
 delivers each pair's pre-shared authentication secret into the two clients' folders (the
 simulated out-of-band delivery, as ``labqfl keys preshare`` by hand), and starts the optics,
 the detector and every client as separate OS processes (``sys.executable -m labqfl.nodes ...``,
@@ -22,6 +23,7 @@ before any process starts).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import secrets
@@ -37,9 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from labqfl.config import StationConfig, load_station_config
-from labqfl.errors import LabqflError
+from labqfl.errors import ConfigError
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
 from labqfl.nodes.common import (
@@ -56,7 +60,7 @@ from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
 
 log = get_logger(__name__)
 
-__all__ = ["LocalNetwork", "NodeProcess", "run_acquisition", "warm_in_process_pipeline"]
+__all__ = ["LocalNetwork", "NodeProcess", "node_certs", "run_acquisition", "warm_in_process_pipeline"]
 
 START_TIMEOUT_S = 120.0
 
@@ -113,13 +117,19 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
 
     Returns ``{"acquisition", "detector": {...}, "pairs": {pair: PairResult dict + done/failed},
     "clients": {name: {...}}, "wall_s"}``. No key bit is in it."""
+    missing = [c for c in cfg_clients if c not in clients]
+    if missing:
+        raise NodeError(f"no address for client {', '.join(missing)}; expected one for every client of the station "
+                        f"({', '.join(cfg_clients)})")
     creds = NodeCredentials.load(certs, CTL)
     acq = acq or f"nodes/{uuid.uuid4()}"
     epoch = (secrets.randbits(24) + 1) << 34  # seeded clients only: a fresh stream per acquisition
     timeout = max(timeout, duration * WALL_PER_SIMULATED_S)
     t0 = time.perf_counter()
-    ctl = {c: open_session(clients[c], creds, c, "ctl", timeout_s=2 * timeout + 60.0) for c in cfg_clients}
+    ctl: dict[str, Any] = {}
     try:
+        for c in cfg_clients:
+            ctl[c] = open_session(clients[c], creds, c, "ctl", timeout_s=2 * timeout + 60.0)
         for ch in ctl.values():
             request(ch, Message("ctl/arm", {"acq": acq, "epoch": epoch, "optics": optics, "run_id": run_id,
                                             "duration": float(duration), "peers": json.dumps(clients)}), "ctl/armed")
@@ -141,9 +151,13 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
                              "modulator_link_error": str(rep.get("link_error")),
                              # frames played and lost on its pattern generator ({} without one)
                              "modulation": json.loads(str(rep.fields.get("modulation") or "{}")).get(c, {})}
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C: end the sessions now, without waiting on the nodes
+        for ch in ctl.values():
+            ch.abort()
+        raise
     finally:
         for ch in ctl.values():
-            ch.close()
+            ch.close()  # nothing left to do on an aborted one
     wall = time.perf_counter() - t0
     return {"acquisition": acq, "duration_s": duration, "wall_s": wall, "acquisition_wall_s": t_acq,
             "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
@@ -187,6 +201,63 @@ def warm_in_process_pipeline(cfg: StationConfig, engine: str) -> None:
     cfg, tb, blocks = _throwaway_blocks(cfg, on_demand=False)
     distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
     warm_distillation(engine)
+
+
+#: a kept certificate must stay valid this long (a run longer than that on one is not expected)
+CERT_MARGIN = dt.timedelta(days=1)
+
+
+def _cert_problem(certs: Path, name: str, ca: x509.Certificate) -> str:
+    """Why ``node-<name>.pem/.key`` in ``certs`` cannot be used again ("" if it can): a file missing or
+    unreadable, another name, not issued by ``ca``, expired or about to, a key that is not the certificate's."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from cryptography.x509.oid import NameOID
+
+    cert_p, key_p = certs / f"node-{name}.pem", certs / f"node-{name}.key"
+    try:
+        cert = x509.load_pem_x509_certificate(cert_p.read_bytes())
+        key = load_pem_private_key(key_p.read_bytes(), password=None)
+        cert.verify_directly_issued_by(ca)
+    except (OSError, ValueError, TypeError, InvalidSignature) as e:
+        return f"{cert_p.name}/.key: not a certificate and key issued by ca.pem ({type(e).__name__}: {e})"
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns or cns[0].value != name:
+        return f"{cert_p.name} is not a certificate for {name!r}"
+    if cert.not_valid_after_utc < dt.datetime.now(dt.UTC) + CERT_MARGIN:
+        return f"{cert_p.name} expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    if key.public_key() != cert.public_key():
+        return f"{key_p.name} is not the key of {cert_p.name}"
+    return ""
+
+
+def node_certs(certs: Path, names: list[str]) -> None:
+    """The throwaway certificates of a local network in ``certs``: made with a new CA in an empty folder; in one
+    an earlier network left (``labqfl node up --workdir W`` run again) its CA and the node certificates it issued
+    are used again and those missing issued by it. A folder holding one this cannot use is refused in one line
+    naming the file and what to do; nothing in it is overwritten."""
+    ca_pem, ca_key = certs / "ca.pem", certs / "ca.key"
+    present = [n for n in names if (certs / f"node-{n}.pem").exists() or (certs / f"node-{n}.key").exists()]
+    if not present and not ca_pem.exists() and not ca_key.exists():
+        make_node_certs(certs, names)
+        return
+    try:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        ca = x509.load_pem_x509_certificate(ca_pem.read_bytes())
+        if load_pem_private_key(ca_key.read_bytes(), password=None).public_key() != ca.public_key():
+            raise ValueError("ca.key is not the key of ca.pem")
+        problem = ""
+    except (OSError, ValueError, TypeError) as e:
+        problem = f"ca.pem/ca.key: not a readable CA certificate and its key ({type(e).__name__}: {e})"
+    problem = problem or next((p for n in present if (p := _cert_problem(certs, n, ca))), "")
+    if problem:
+        raise ConfigError(f"{certs}: {problem}; expected the certificates of an earlier network (reused) or none: "
+                          f"delete the folder {certs} (new throwaway certificates are made) or use another work "
+                          "folder (--workdir)")
+    missing = [n for n in names if n not in present]
+    if missing:
+        make_node_certs(certs, missing)  # issued by the CA found there
+    log.info("certificates of %s in %s reused (%s issued)", ", ".join(present), certs, ", ".join(missing) or "none")
 
 
 class LocalNetwork:
@@ -305,7 +376,7 @@ class LocalNetwork:
             self.warm_jit()
             self.warm_jit_s = time.perf_counter() - t
         clients = self.cfg.client_names
-        make_node_certs(self.certs, ["optics", "detector", *clients, CTL])
+        node_certs(self.certs, ["optics", "detector", *clients, CTL])
         if self.preshare:
             self._write_preshared()
         s = self.settings
@@ -401,7 +472,7 @@ def up(station: str | Path | None, duration: float, workdir: Path, *, settings: 
         net.start()
         t_start = time.perf_counter() - t0
         res = net.acquire(duration)
-    except LabqflError:
+    except BaseException:  # an error, or Ctrl-C: no node outlives the command
         net.stop()
         raise
     codes = net.stop()
