@@ -4,10 +4,13 @@ package and exposes ``register(app)``; add the module name to ``COMMAND_MODULES`
 from __future__ import annotations
 
 import importlib
+import sys
 
+import click
 import typer
 
 from labqfl import __version__
+from labqfl.cli.common import EXIT_INTERRUPTED
 from labqfl.log import set_verbosity
 
 #: Modules under ``labqfl.cli`` that register commands, in help order.
@@ -64,4 +67,18 @@ def main() -> None:
     from labqfl.station import guard_stations
 
     guard_stations()  # a killed command leaves every instrument safe (SIGTERM/SIGINT/atexit)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `labqfl` or `labqfl keys` alone: typer printed the help
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:  # one line, as every other failure (not click's boxed usage)
+        where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
+        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:  # Ctrl-C at a prompt or before a command's own handler runs
+        click.echo("error: interrupted by user (Ctrl-C)", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

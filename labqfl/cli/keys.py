@@ -89,7 +89,7 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
                                         "(default: the station's clients, C1..CK)."),
           host: list[str] = typer.Option(None, "--host", help="Host names/IPs in the KME certificate "
                                          "(default: localhost, 127.0.0.1, ::1)."),
-          days: int = typer.Option(825, "--days", help="Validity [days]."),
+          days: int = typer.Option(825, "--days", min=1, max=36500, help="Validity [days], 1 to 36500."),
           force: bool = typer.Option(False, "--force", help="Overwrite existing files and make a new CA."),
           config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Make a development CA plus KME (server) and SAE (client) certificates for local use."""
@@ -107,7 +107,7 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
 @keys_app.command("serve")
 @handle_errors
 def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-          port: int = typer.Option(8443, "--port", help="TCP port."),
+          port: int = typer.Option(8443, "--port", min=0, max=65535, help="TCP port (0: any free port)."),
           cert: Path | None = typer.Option(None, "--cert", dir_okay=False, help="KME certificate (PEM)."),
           key: Path | None = typer.Option(None, "--key", dir_okay=False, help="KME private key (PEM)."),
           ca: Path | None = typer.Option(None, "--ca", dir_okay=False, help="CA that signs the SAE certificates."),

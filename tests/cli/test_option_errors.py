@@ -8,6 +8,7 @@ session ctl: DEADLINE_EXCEEDED" (the session deadline overflowed gRPC's clock), 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -144,3 +145,36 @@ def test_ctrl_c_inside_a_kernel_load_is_reported_as_an_interruption(capsys) -> N
     assert capsys.readouterr().err == "error: interrupted by user (Ctrl-C)\n"
     with pytest.raises(SystemError, match="a real bug"):
         broken()
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["keys", "export", "--bits", "abc"],
+     "error: Invalid value for '--bits': 'abc' is not a valid integer. (see 'labqfl keys export -h')"),
+    (["nosuch"], "error: No such command 'nosuch'. (see 'labqfl -h')"),
+    (["station", "make", "--clients"], "error: Option '--clients' requires an argument."),
+    # these two ended in OverflowError tracebacks (bind(): port must be 0-65535; date value out of range)
+    (["keys", "serve", "--certs", ".", "--port", "70000"],
+     "error: Invalid value for '--port': 70000 is not in the range 0<=x<=65535. (see 'labqfl keys serve -h')"),
+    (["keys", "certs", "zz", "--days", "3000000"],
+     "error: Invalid value for '--days': 3000000 is not in the range 1<=x<=36500. (see 'labqfl keys certs -h')"),
+])
+def test_usage_errors_are_one_line_too(argv: list[str], line: str) -> None:
+    """Click's usage errors came as a boxed block of 5 lines (usage, hint, box); the console script
+    now prints them as every other failure: one line on stderr, exit code 2, nothing on stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "labqfl"
+    r = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert (r.returncode, r.stdout, r.stderr) == (2, "", line + "\n")
+
+
+def test_the_bare_command_still_prints_its_help() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([str(Path(sys.executable).parent / "labqfl")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Usage: labqfl" in r.stdout and r.stderr == ""
