@@ -824,6 +824,7 @@ class ClientNode(Node):
         self.pending.mkdir(mode=0o700, exist_ok=True)
         self._pending_lock = threading.Lock()
         self._import_preshared()
+        self._warn_without_auth_key()
         self.acqs: dict[str, _Acq] = {}
         self._lock = threading.Lock()
         self.frame_slots = int(self.cfg.time_tagger.frame_slots)
@@ -921,6 +922,20 @@ class ClientNode(Node):
             # from freed disk blocks would be loaded, and its one-time pads used, twice
             if (problem := shred_secret_file(f)) is not None:
                 log.warning("%s: %s", self.name, problem)
+
+    def _warn_without_auth_key(self) -> None:
+        """Say at start which of this node's pairs cannot authenticate a first block (no pre-shared secret
+        in the store's ``auth`` pool): every block of theirs would abort, and the run still exit 0."""
+        from labqfl.keystore.preshare import min_preshared_bits
+
+        need = min_preshared_bits(self.settings.auth_lanes)
+        for pair in sorted({*self.i_of, *self.j_of}):
+            have = self.store.available_bits(pair, "auth")
+            if have < need:
+                log.warning("%s: pair %s has %d authentication key bits in its store, %d needed for a first block: "
+                            "its blocks abort until the pair's pre-shared secret is delivered "
+                            "(<data>/nodes/%s/preshared/%s.json, docs/nodes.md)", self.name, pair, have, need,
+                            self.name, pair)
 
     def block_meta(self, pair: str, acq: _Acq, o: BlockOutcome, eps_auth: float, extra: dict[str, Any]) -> dict[str, Any]:
         s = self.settings

@@ -63,3 +63,21 @@ def test_a_malformed_file_is_refused_in_one_line_and_kept(tmp_path, text: str, w
         ClientNode._import_preshared(node)  # type: ignore[arg-type]
     assert f.read_text() == text and node.store.accounting() == {}
     node.store.close()
+
+
+def test_a_pair_without_a_pre_shared_secret_is_named_at_start(tmp_path, caplog) -> None:
+    """A client node started without its pairs' pre-shared secrets served, every block aborted on "0 bits
+    available for purpose 'auth'" and the acquisition still exited 0, with nothing said at start."""
+    import logging
+
+    from labqfl.qkd.pipeline import DistillSettings
+
+    node = _node(tmp_path)
+    node.i_of, node.j_of, node.settings = {"C1-C2": "C2"}, {"C0-C1": "C0"}, DistillSettings()
+    _file(node)  # C1-C2's secret delivered, C0-C1's not
+    ClientNode._import_preshared(node)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        ClientNode._warn_without_auth_key(node)  # type: ignore[arg-type]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "pair C0-C1 has 0 authentication key bits" in warned[0], warned
+    node.store.close()
