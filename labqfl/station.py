@@ -370,16 +370,17 @@ def _at_exit() -> None:
     _emergency_close("interpreter exit")
 
 
-def open_recording(path: str | Path) -> Any:
+def open_recording(path: str | Path, *, allow_incomplete: bool = False) -> Any:
     """An HDF5 recording of an acquisition (``labqfl acquire --out``) for replay: its station
     ``config``, ``epoch``, ``acquisition_id``, ``duration_s``, ``blocks()`` and each client's
     ``client_log(name, data_dir)``. Close it with ``close()``.
 
     A CSPRNG client's log is its private file in that client's own folder: ``client_log`` raises
     :class:`FileNotFoundError` naming the client and the acquisition when this machine lacks it.
+    ``allow_incomplete``: also a recording whose acquisition was interrupted (its whole blocks).
     """
     recording = importlib.import_module("labqfl.sim_backends.recording")
-    return recording.read_recording(path)
+    return recording.read_recording(path, allow_incomplete=allow_incomplete)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -777,7 +778,12 @@ class Station:
         return {"station": self.name, "ok": all(r["ok"] for r in roles.values()), "roles": roles}
 
     def safe_state(self) -> dict[str, str]:
-        """Every instrument to its safe state (reverse order); returns ``{role: error}`` of failures."""
+        """Every instrument to its safe state (reverse order); returns ``{role: error}`` of failures.
+        Nothing to do on a closed station: its close put every instrument safe and released it (a
+        SIGINT handler closes it before the interrupted ``with`` block exits; a second pass printed a
+        "safe_state failed: instrument is not connected" error for every role)."""
+        if self._closed:
+            return {}
         failed: dict[str, str] = {}
         for role in reversed(list(self.instruments)):
             try:

@@ -66,8 +66,10 @@ class RecordingWriter:
                  client_logs: list[ChoiceLog] | None = None, source: str = "sim") -> None:
         self.path = Path(path)
         self.config = config
+        if self.path.exists():
+            raise DataFormatError(f"{self.path} already exists; refusing to overwrite a recording")
         try:
-            self._f = h5py.File(self.path, "w")
+            self._f = h5py.File(self.path, "w-")  # never truncates an existing file (a race with the check above)
         except OSError as exc:
             raise DataFormatError(f"{self.path}: cannot create recording ({exc})") from None
         f = self._f
@@ -131,6 +133,11 @@ class RecordingWriter:
             ds[-1] = val
         self._f.attrs["n_tags"] = self._n
         self._f.attrs["n_blocks"] = self._blocks
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks appended so far."""
+        return self._blocks
 
     def add_played_frames(self, client: str, table: np.ndarray, frame_slots: int) -> None:
         """Client ``client``'s played-frames record (:func:`labqfl.modulation.played_table`; public: which
@@ -202,6 +209,23 @@ def record(tagger: TimeTagger, path: str | Path, duration_s: float, config: Stat
     return Path(path)
 
 
+def _check_duration(p: Path, duration_s: float, ts: Any, n_blocks: int) -> None:
+    """Refuse a recording whose ``duration_s`` attribute disagrees with its tags: they must span it to
+    within two blocks (sync tags come every frame). The duration fixes every block's slot count and the
+    slot ranges claimed in the key stores: an edited ``duration_s = 100`` on 1.2 s of data made
+    ``distill`` claim 10^10 slots per pair and abort every block, and the true recording could then never
+    be distilled (its slots overlapped the claim)."""
+    if not math.isfinite(duration_s) or duration_s < 0:
+        raise DataFormatError(f"{p}: attribute duration_s = {duration_s!r}; expected a finite number of seconds >= 0")
+    if ts.shape[0] < 2 or n_blocks < 1 or duration_s <= 0:
+        return
+    span_s = (int(ts[-1]) - int(ts[0])) * 1e-12
+    block_s = duration_s / n_blocks
+    if not duration_s - 2 * block_s <= span_s <= duration_s + block_s:
+        raise DataFormatError(f"{p}: attribute duration_s = {duration_s:g} s, but its {ts.shape[0]:,} tags span "
+                              f"{span_s:.6g} s in {n_blocks} blocks; the file was edited or is corrupt")
+
+
 class Recording:
     """A recording opened for reading: ``.config``, ``.duration_s``, ``.epoch``, ``.blocks()``,
     ``.client_log(name)``. Open with :meth:`open` / :func:`read_recording`."""
@@ -242,13 +266,16 @@ class Recording:
                 if name not in f:
                     raise DataFormatError(f"{p}: recording lacks '/{name}'; the file is truncated or corrupt")
             if not bool(a.get("complete", False)) and not allow_incomplete:
-                raise DataFormatError(f"{p}: recording is incomplete (the acquisition was interrupted); pass allow_incomplete=True to read what was written")
+                raise DataFormatError(f"{p}: recording is incomplete (the acquisition was interrupted after "
+                                      f"{float(a.get('duration_s', 0.0)):g} s of data); `labqfl distill "
+                                      "--allow-incomplete` distils what was written")
             ts, ch = f["tags/timestamps"], f["tags/channels"]
             if ts.dtype != np.int64 or ch.dtype != np.int16 or ts.shape != ch.shape:
                 raise DataFormatError(f"{p}: /tags/timestamps must be int64 and /tags/channels int16 of equal length, got {ts.dtype}{ts.shape} and {ch.dtype}{ch.shape}")
             be = f["tags/block_end"][...]
             if be.size and (np.any(np.diff(be) < 0) or be[-1] != ts.shape[0]):
                 raise DataFormatError(f"{p}: /tags/block_end does not match the number of tags ({be[-1] if be.size else 0} vs {ts.shape[0]}); the file is truncated or corrupt")
+            _check_duration(p, float(a["duration_s"]), ts, be.size)
             text = f["config_toml"][()]
             text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
             cfg = _parse_config_text(text, p)

@@ -68,6 +68,9 @@ class AcquireOptions:
             raise ConfigError(f"block {problem}")
         if self.out is not None and self.out.suffix.lower() not in (".h5", ".hdf5"):
             raise ConfigError(f"out {self.out}: expected a file name ending in .h5 or .hdf5")
+        if self.out is not None and self.out.exists():  # before the station opens: nothing is lost or overwritten
+            raise ConfigError(f"out {self.out} already exists; refusing to overwrite a recording (choose another "
+                              "--out, or move or delete that file)")
 
     def block_duration_s(self, cfg: StationConfig) -> float:
         return float(self.block_s or cfg.simulation.block_duration_s)
@@ -341,8 +344,9 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
             writer = None
     finally:
         blocks.close()
-        if writer is not None:
-            writer.close(complete=False)
+        if writer is not None:  # interrupted: the recording says how much it holds (its whole blocks)
+            writer.close(duration_s=min(options.duration_s, writer.n_blocks * options.block_duration_s(cfg)),
+                         complete=False)
     return AcquireResult(
         station=cfg.name, duration_s=options.duration_s, acquisition_id=acq_id, out=options.out,
         client_randomness={c: lg.randomness for c, lg in (logs or {}).items()}, n_tags=acq.n_tags, wall_s=wall,

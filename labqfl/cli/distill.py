@@ -49,6 +49,9 @@ def distill(
         help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
              "authentication key (load the pair's real secret with `labqfl keys preshare`); else fail before "
              "distilling anything."),
+    allow_incomplete: bool = typer.Option(
+        False, "--allow-incomplete",
+        help="Also distil a recording whose acquisition was interrupted: the whole blocks it holds."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Distill keys from a recording or a live acquisition; write them to the nodes' key stores."""
@@ -64,7 +67,7 @@ def distill(
         options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
     except ConfigError as exc:
         raise fail(f"--{exc}") from None
-    src = _Source(recording, live, duration, config, data_dir, options)
+    src = _Source(recording, live, duration, config, data_dir, options, allow_incomplete=allow_incomplete)
     try:
         with DistillSession(src.cfg, src.settings, data_dir=data_dir, plan=src.plan) as session:
             session.check_auth()  # --no-auth-bootstrap: refused here, before any acquisition or run folder
@@ -102,7 +105,7 @@ class _Source:
     too little data for the block-size rule first."""
 
     def __init__(self, recording: Path | None, live: bool, duration: float, config: Path | None,
-                 data_dir: Path | None, options: Any) -> None:
+                 data_dir: Path | None, options: Any, *, allow_incomplete: bool = False) -> None:
         from labqfl.app.distill import TagSource, distill_settings
         from labqfl.config import load_station_config
         from labqfl.station import open_recording
@@ -113,7 +116,7 @@ class _Source:
         self.config = config
         self.tags: TagSource | None = None
         if recording is not None:
-            self.rec = open_recording(recording)
+            self.rec = open_recording(recording, allow_incomplete=allow_incomplete)
             try:
                 self.cfg = self.rec.config if config is None else load_station_config(config)
                 self.duration_s = float(self.rec.duration_s)

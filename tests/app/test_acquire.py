@@ -191,3 +191,49 @@ def test_labqfl_run_acquires_in_process_through_the_application_layer() -> None:
     for fn in ("_acquire", "_stream_and_distil"):
         names = _names(_function(tree, fn))
         assert not names & {"time_tagger", "arm", "channel_counts", "channel_names", "safe_state"}, fn
+
+
+def test_an_existing_recording_is_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`acquire --out EXISTING.h5` replaced a complete recording without a word, and Ctrl-C in such a
+    run left the old file truncated to an incomplete one; now refused before the station opens."""
+    out = tmp_path / "old.h5"
+    out.write_bytes(b"a complete recording of yesterday")
+
+    def no_station(*a: Any, **k: Any) -> Any:
+        raise AssertionError("the station must not open")
+
+    monkeypatch.setattr(acquire_module, "open_station", no_station)
+    with pytest.raises(ConfigError, match=r"^out .*old\.h5 already exists; refusing to overwrite a recording"):
+        acquire(load_station_config(), AcquireOptions(duration_s=DURATION, out=out))
+    assert out.read_bytes() == b"a complete recording of yesterday"
+    from labqfl.sim_backends.recording import RecordingWriter
+
+    with pytest.raises(DataFormatError, match="already exists; refusing to overwrite"):
+        RecordingWriter(out, load_station_config())  # the writer itself never truncates a file either
+    assert out.read_bytes() == b"a complete recording of yesterday"
+
+
+def test_an_interrupted_recording_says_how_much_it_holds_and_distils_on_request(tmp_path: Path) -> None:
+    """An interrupted recording said ``duration_s = 0`` and could be read only from Python
+    (``allow_incomplete=True``); it now records its whole blocks' duration, and the refusal names
+    ``labqfl distill --allow-incomplete``."""
+    cfg = _seeded()
+    out = tmp_path / "cut.h5"
+    calls: list[float] = []
+
+    def progress(done: float, total: float) -> None:
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        acquire(cfg, AcquireOptions(duration_s=20 * cfg.simulation.block_duration_s, out=out, data_dir=tmp_path),
+                progress=progress)
+    with pytest.raises(DataFormatError, match=r"interrupted after .* s of data\); `labqfl distill --allow-incomplete`"):
+        open_recording(out)
+    rec = open_recording(out, allow_incomplete=True)
+    try:
+        assert not rec.complete and len(rec.block_end) == 3
+        assert rec.duration_s == pytest.approx(3 * cfg.simulation.block_duration_s)
+    finally:
+        rec.close()

@@ -164,3 +164,18 @@ def test_bench_entry_quick_runs():
     runs = d["default_4_clients"]
     assert runs["1_thread"]["threads"] == 1 and runs["1_thread"]["sim_s_per_wall_s"] == res.baseline_figure
     assert runs["1_thread"]["tags"] > 0 and runs["all_cores"]["cpu_s_per_sim_s"] > 0
+
+
+@pytest.mark.parametrize("duration", [100.0, 0.0005, float("nan"), -1.0])
+def test_a_duration_that_disagrees_with_the_tags_is_refused(tmp_path, rec_path, duration):
+    """An edited ``duration_s = 100`` on a short recording made distill claim 100 s of slots per pair in the
+    key stores (every block aborted, exit 0), after which the true recording overlapped the claim and could
+    never be distilled. The duration must agree with the tags' span."""
+    p, _ = rec_path
+    bad = tmp_path / "edited.h5"
+    bad.write_bytes(p.read_bytes())
+    with h5py.File(bad, "r+") as f:
+        f.attrs["duration_s"] = duration
+    with pytest.raises(DataFormatError, match=r"duration_s = .*(tags span|expected a finite number)"):
+        read_recording(bad)
+    read_recording(p).close()  # the untouched one still opens

@@ -282,3 +282,20 @@ def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(kill: Any
     finally:
         pg_em.close()
         clk_em.close()
+
+
+def test_sigint_inside_a_with_block_logs_no_second_safe_state(caplog: Any) -> None:
+    """Ctrl-C in `labqfl acquire` on the pyvisa-sim station printed "role laser: safe_state failed:
+    instrument is not connected (closed)" for every role: the SIGINT handler had closed the station,
+    then ``Station.__exit__`` put the closed instruments safe again."""
+    import logging
+
+    with caplog.at_level(logging.ERROR), pytest.raises(KeyboardInterrupt):
+        with Station(load_station_config(EXAMPLE), guard=True) as st:
+            st.laser.output_enabled = True
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                time.sleep(0.001)
+    assert st.closed
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert st.safe_state() == {}
