@@ -336,6 +336,28 @@ class ScheduleConfig(_Model):
         "None = one frame each (equal time shares). `labqfl station make` sets them from the key-rate model so "
         "that the pairs' key rates balance")
 
+    @field_validator("pairs", mode="before")
+    @classmethod
+    def _pairs(cls, v: Any) -> Any:
+        """Pairs as the CLI writes them ("C1-C2") or as lists (["C1", "C2"]); an empty list refused: a
+        station with no pair to schedule acquired nothing and failed later with "schedule needs at least
+        one pair", naming no file or field."""
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("no pair scheduled; expected 'all' or at least one pair, e.g. [\"C1-C2\"] or "
+                                 "[[\"C1\", \"C2\"]]")
+            out = []
+            for p in v:
+                if isinstance(p, str):
+                    a, sep, b = p.partition("-")
+                    if not sep or not a or not b:
+                        raise ValueError(f"pair {p!r} is not of the form 'Ci-Cj' (or [\"Ci\", \"Cj\"])")
+                    out.append((a, b))
+                else:
+                    out.append(p)
+            return out
+        return v
+
     @field_validator("weights")
     @classmethod
     def _weights(cls, v: dict[str, int] | None) -> dict[str, int] | None:
@@ -549,9 +571,13 @@ class StationConfig(_Model):
             raise ValueError(f"time_tagger.marker_channels must give one channel per client {names}; got "
                              f"{sorted(tt.marker_channels)}")
         if self.schedule.pairs != "all":
+            seen: set[frozenset[str]] = set()
             for a, b in self.schedule.pairs:
                 if a not in names or b not in names or a == b:
                     raise ValueError(f"schedule pair ({a}, {b}) must name two different clients from {names}")
+                if frozenset((a, b)) in seen:  # "C1-C2" and "C2-C1" collapsed into one pair shown twice
+                    raise ValueError(f"schedule.pairs lists the pair of {a} and {b} twice; expected each pair once")
+                seen.add(frozenset((a, b)))
         if self.schedule.weights is not None:
             want = [f"{a}-{b}" for a, b in self.pairs()]
             if len(set(want)) != len(want):

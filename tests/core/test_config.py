@@ -71,6 +71,12 @@ def _edit(data: dict, path: str, value) -> None:
         ({"detectors.D0.dead_tme_ns": 30.0}, r"field 'detectors\.D0\.dead_tme_ns': unknown field"),
         ({"detectors.D0.driver": "IDQuantiqueID120"}, r"needs a 'resource'"),
         ({"clients.2.seed": "DELETE"}, r"field 'clients\.2\.seed': Field required"),
+        # pairs: an empty list loaded and failed at acquire ("schedule needs at least one pair", no file);
+        # a pair given twice, in either order, showed twice and collapsed into one
+        ({"schedule.pairs": []}, r"field 'schedule\.pairs': no pair scheduled; expected 'all' or at least one pair"),
+        ({"schedule.pairs": ["C1-C2", "C2-C1"]}, r"lists the pair of C2 and C1 twice; expected each pair once"),
+        ({"schedule.pairs": ["C1-C2", "C1-C9"]}, r"schedule pair \(C1, C9\) must name two different clients"),
+        ({"schedule.pairs": ["C1+C2"]}, r"pair 'C1\+C2' is not of the form 'Ci-Cj'"),
     ],
 )
 def test_bad_field_gives_one_line_naming_file_field_and_value(tmp_path, edits, expect):
@@ -84,6 +90,16 @@ def test_bad_field_gives_one_line_naming_file_field_and_value(tmp_path, edits, e
     msg = str(info.value)
     assert "\n" not in msg
     assert msg.startswith(str(path))
+
+
+def test_pairs_may_be_written_as_the_cli_names_them(tmp_path):
+    """``pairs = ["C1-C2", "C3-C4"]`` (as `station show` and `--pair` write pairs) was refused with an error
+    that blamed the valid pair; it means the same as ``[["C1", "C2"], ["C3", "C4"]]``."""
+    data = tomllib.loads(default_station_text())
+    data["schedule"]["pairs"] = ["C1-C2", "C3-C4"]
+    path = tmp_path / "station.toml"
+    path.write_text(dump_toml(data), encoding="utf-8")
+    assert load_station_config(path).pairs() == [("C1", "C2"), ("C3", "C4")]
 
 
 def test_not_toml(station_file):
