@@ -11,13 +11,18 @@ File format (JSON, ``schema_version`` 1)::
 :func:`apply_calibration` maps quantities onto the station config: detector efficiency, dark
 counts, dead time, afterpulsing, jitter, gate delay; phase-modulator Vπ and bias; the detectors'
 ``time_tagger.cable_delays_ps`` (what the slotting uses as the calibrated propagation delay);
-``loop.visibility``.
+``loop.visibility``. :func:`check_quantities` refuses, before anything is written, a file whose
+quantity has no station field (a misspelt name), names a client the station lacks, or lies outside
+its allowed range (:data:`QUANTITY_RANGES`) by more than its uncertainties allow; within them the
+value is clipped to the range and reported (``labqfl calibrate apply``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,11 +30,52 @@ from typing import Any
 from labqfl.calibration.core import ProcedureResult, Quantity, wrap_phase
 
 from labqfl.config import StationConfig, station_to_toml_dict
-from labqfl.errors import DataFormatError
+from labqfl.errors import ConfigError, DataFormatError
 from labqfl.serialize import dump_toml, to_jsonable
 
 SCHEMA_VERSION = 1
 KIND = "labqfl-calibration"
+
+
+@dataclass(frozen=True)
+class QuantityRange:
+    """The values a calibrated quantity may take in the station file, ``lo`` to ``hi`` (``text``: the
+    same in words). A measurement may land just outside by its statistics (an afterpulse probability of
+    −0.002 ± 0.004): within ``sigmas`` of its uncertainties it is clipped to the bound (and
+    :func:`check_quantities` says so); further out it is refused, as the procedures refuse an
+    efficiency more than 3σ above 1."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    text: str = "any finite value"
+    sigmas: float = 3.0
+
+    def clip(self, value: float) -> float:
+        return float(min(max(value, self.lo), self.hi))
+
+
+#: Allowed range of each quantity by its field (the part after ``Dk.`` / ``Ck.`` / ``loop.``).
+QUANTITY_RANGES: dict[str, QuantityRange] = {
+    "efficiency": QuantityRange(1e-6, 1.0, "0 < value ≤ 1"),
+    "dark_count_rate_hz": QuantityRange(0.0, text="a value ≥ 0 Hz"),
+    "dead_time_ns": QuantityRange(0.0, text="a value ≥ 0 ns"),
+    "afterpulse_prob": QuantityRange(0.0, 0.999, "0 ≤ value ≤ 0.999"),
+    "jitter_ps": QuantityRange(0.0, text="a value ≥ 0 ps"),
+    "gate_delay_ps": QuantityRange(),
+    "cable_delay_ps": QuantityRange(),
+    "dark_log_slope": QuantityRange(),
+    "v_pi_v": QuantityRange(1e-9, text="a value > 0 V", sigmas=0.0),
+    "bias_phase_rad": QuantityRange(),
+    "rf_gain_db": QuantityRange(0.0, 40.0, "0 dB ≤ value ≤ 40 dB"),
+    "visibility": QuantityRange(1e-6, 1.0, "0 < value ≤ 1"),
+}
+#: Detector fields written under ``detectors.Dk`` (the channel delay goes to the time tagger).
+DETECTOR_FIELDS = ("efficiency", "dark_count_rate_hz", "dead_time_ns", "afterpulse_prob", "jitter_ps", "gate_delay_ps")
+#: The quantities a calibration file may hold, per detector (``D0``, ``D1``), per client, of the loop.
+DETECTOR_QUANTITIES = (*DETECTOR_FIELDS, "cable_delay_ps", "dark_log_slope")
+CLIENT_QUANTITIES = ("v_pi_v", "bias_phase_rad", "rf_gain_db")
+LOOP_QUANTITIES = ("visibility",)
+DETECTORS = ("D0", "D1")
 
 
 def calibration_document(station_name: str, results: list[ProcedureResult], *, simulated: bool,
@@ -76,6 +122,8 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
             raise DataFormatError(f"{p}: quantity {name!r} lacks value/uncertainty/unit")
         if not (isinstance(q["value"], int | float) and math.isfinite(q["value"])):
             raise DataFormatError(f"{p}: quantity {name!r} has a non-finite value")
+        if not isinstance(q["uncertainty"], int | float) or isinstance(q["uncertainty"], bool):
+            raise DataFormatError(f"{p}: quantity {name!r} has uncertainty {q['uncertainty']!r}; expected a number")
     return doc
 
 
@@ -102,15 +150,9 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
     for d in ("D0", "D1"):
         dd = det.get(d, {})
 
-        def put(key: str, qname: str, lo: float = -math.inf, hi: float = math.inf, dd: dict[str, Any] = dd) -> None:
-            if qname in qs:
-                dd[key] = float(min(max(qs[qname].value, lo), hi))
-        put("efficiency", f"{d}.efficiency", 1e-6, 1.0)
-        put("dark_count_rate_hz", f"{d}.dark_count_rate_hz", 0.0)
-        put("dead_time_ns", f"{d}.dead_time_ns", 0.0)
-        put("afterpulse_prob", f"{d}.afterpulse_prob", 0.0, 0.999)
-        put("jitter_ps", f"{d}.jitter_ps", 0.0)
-        put("gate_delay_ps", f"{d}.gate_delay_ps")
+        for key in DETECTOR_FIELDS:
+            if f"{d}.{key}" in qs:
+                dd[key] = QUANTITY_RANGES[key].clip(qs[f"{d}.{key}"].value)
         det[d] = dd
     tt = data.setdefault("time_tagger", {})
     cable = dict(tt.get("cable_delays_ps", {}))
@@ -119,7 +161,7 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
             cable[d] = float(qs[f"{d}.cable_delay_ps"].value)
     tt["cable_delays_ps"] = cable
     if "loop.visibility" in qs:
-        data["loop"]["visibility"] = float(min(max(qs["loop.visibility"].value, 1e-6), 1.0))
+        data["loop"]["visibility"] = QUANTITY_RANGES["visibility"].clip(qs["loop.visibility"].value)
     names = [c["name"] for c in data["clients"]]
     for c in data["clients"]:
         k = c["name"]
@@ -130,7 +172,7 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
         bits = pm.get("driver") == "GenericBitDrivenPhaseModulator"
         if bits and f"{k}.rf_gain_db" in qs:
             opts = dict(pm.get("options", {}))
-            opts["rf_gain_db"] = round(float(min(max(qs[f"{k}.rf_gain_db"].value, 0.0), 40.0)), 2)
+            opts["rf_gain_db"] = round(QUANTITY_RANGES["rf_gain_db"].clip(qs[f"{k}.rf_gain_db"].value), 2)
             pm["options"] = opts
         if f"{k}.v_pi_v" in qs:
             v = float(qs[f"{k}.v_pi_v"].value)
@@ -163,13 +205,133 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
     return parse_station_config(data, "<calibrated station>")
 
 
-def write_station_toml(config: StationConfig, path: str | Path) -> Path:
-    """Write a station file (re-loadable with ``--config``)."""
+@dataclass
+class CalibrationCheck:
+    """What :func:`apply_calibration` makes of a calibration file's quantities: ``applied`` (names written
+    into the station), ``not_applied`` (name → why no station field takes it) and ``clipped`` (name →
+    value, uncertainty, the bound written and the allowed range; within its uncertainties of the range)."""
+
+    applied: list[str] = field(default_factory=list)
+    not_applied: dict[str, str] = field(default_factory=dict)
+    clipped: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class _Refused(ValueError):
+    """One quantity of a calibration file refused (collected by :func:`check_quantities`)."""
+
+
+def check_quantities(config: StationConfig, quantities: dict[str, Quantity], source: str = "calibration") -> CalibrationCheck:
+    """Refuse (:class:`DataFormatError`, one line naming ``source`` and each quantity refused with its
+    value and what was expected) what :func:`apply_calibration` would silently ignore or clamp: a
+    name it does not know (a misspelt key), a client the station lacks, a value outside its allowed
+    range by more than its uncertainties allow (:data:`QUANTITY_RANGES`), a Vπ that would push a
+    simulated modulator's ``v_pi_error`` beyond ±0.5, a bias phase without its reference client.
+    Otherwise says which quantities are applied, which not (and why), and which are clipped."""
+    check = CalibrationCheck()
+    refused: list[str] = []
+    for name, q in quantities.items():
+        try:
+            owner, key = _quantity_target(config, name)
+            reason = _not_applied_reason(config, quantities, owner, key)
+            if reason:
+                check.not_applied[name] = reason
+                continue
+            clipped = _check_range(q, QUANTITY_RANGES[key])
+            if key == "v_pi_v":
+                _check_vpi(config, q, owner)
+        except _Refused as exc:
+            refused.append(str(exc))
+            continue
+        if clipped is not None:
+            check.clipped[name] = clipped
+        check.applied.append(name)
+    if refused:
+        what = f"{len(refused)} quantities refused: " if len(refused) > 1 else ""
+        raise DataFormatError(f"{source}: {what}{'; '.join(refused)}; nothing written")
+    return check
+
+
+def _check_range(q: Quantity, rng: QuantityRange) -> dict[str, Any] | None:
+    """``None`` when ``q`` lies in ``rng``; what is written instead when it lies outside by no more than
+    ``rng.sigmas`` of its uncertainty; else refused."""
+    if not (math.isfinite(q.uncertainty) and q.uncertainty >= 0):
+        raise _Refused(f"quantity {q.name!r} has uncertainty {q.uncertainty!r}, expected a finite number ≥ 0")
+    if rng.lo <= q.value <= rng.hi:
+        return None
+    outside = rng.lo - q.value if q.value < rng.lo else q.value - rng.hi
+    if outside > rng.sigmas * q.uncertainty:
+        beyond = f" (± {q.uncertainty:.3g}: more than {rng.sigmas:g}σ outside)" if rng.sigmas else ""
+        raise _Refused(f"quantity {q.name!r} = {q.value:g}{' ' + q.unit if q.unit else ''}{beyond}, "
+                       f"expected {rng.text}")
+    return {"value": q.value, "uncertainty": q.uncertainty, "written": rng.clip(q.value), "allowed": rng.text}
+
+
+def _check_vpi(config: StationConfig, q: Quantity, owner: str) -> None:
+    """A simulated (or bit-driven) modulator keeps its true Vπ: the calibrated Vπ moves ``v_pi_error``,
+    which the station bounds to ±0.5; refuse a Vπ beyond that (:func:`apply_calibration` clamps it)."""
+    pm = config.client(owner).phase_modulator
+    if pm.driver not in ("sim", "GenericBitDrivenPhaseModulator"):
+        return
+    true_vpi = pm.v_pi_v / (1.0 + pm.v_pi_error)
+    err = q.value / true_vpi - 1.0
+    if abs(err) > 0.5:
+        raise _Refused(f"quantity {q.name!r} = {q.value:g} V is {err:+.0%} from the simulated modulator's true Vπ "
+                       f"{true_vpi:g} V, expected within ±50 % (the station's v_pi_error range)")
+
+
+def _quantity_target(config: StationConfig, name: str) -> tuple[str, str]:
+    """``(owner, field)`` of quantity ``name`` (``D0``/``C2``/``loop``, ``efficiency``/…); refuses a name
+    no station field has, or a client the station lacks."""
+    owner, _, key = name.partition(".")
+    clients = config.client_names
+    if owner in clients and key in CLIENT_QUANTITIES or owner in DETECTORS and key in DETECTOR_QUANTITIES \
+            or owner == "loop" and key in LOOP_QUANTITIES:
+        return owner, key
+    shown = "/".join(clients) if len(clients) <= 8 else f"{clients[0]}…{clients[-1]}"
+    if key in CLIENT_QUANTITIES and owner not in (*DETECTORS, "loop"):
+        raise _Refused(f"quantity {name!r}: station {config.name!r} has no client {owner!r} (it has {shown})")
+    known = [f"{d}.{k}" for d in DETECTORS for k in DETECTOR_QUANTITIES] + \
+            [f"{c}.{k}" for c in clients for k in CLIENT_QUANTITIES] + [f"loop.{k}" for k in LOOP_QUANTITIES]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise _Refused(f"unknown quantity {name!r}{hint}, expected {'/'.join(DETECTORS)}.{{{', '.join(DETECTOR_QUANTITIES)}}}, "
+                   f"{shown}.{{{', '.join(CLIENT_QUANTITIES)}}} or loop.visibility")
+
+
+def _not_applied_reason(config: StationConfig, quantities: dict[str, Quantity], owner: str, key: str) -> str:
+    """Why the known quantity ``owner.key`` leaves the station as it is ("" when it is applied); refuses a
+    bias phase without a reference client of the station."""
+    name = f"{owner}.{key}"
+    if key == "dark_log_slope":
+        return "no station field (the detector procedures use it within a session)"
+    if owner not in config.client_names:
+        return ""
+    if key == "rf_gain_db" and config.client(owner).phase_modulator.driver != "GenericBitDrivenPhaseModulator":
+        return f"{owner}'s phase modulator is not driven by its pattern generator's bits (no amplifier gain to set)"
+    if key == "bias_phase_rad":
+        ref = (quantities[name].details or {}).get("reference_client")
+        if ref not in config.client_names:
+            raise _Refused(f"quantity {name!r}: details.reference_client is {ref!r}, expected a client of station "
+                           f"{config.name!r} (the phase is relative to it)")
+        first = config.client_names[0]
+        if owner == first and any(f"{o}.bias_phase_rad" in quantities for o in config.client_names[1:]):
+            return f"{first} is the gauge of the other clients' bias phases (it keeps its setting)"
+    return ""
+
+
+def write_station_toml(config: StationConfig, path: str | Path, *, overwrite: bool = True) -> Path:
+    """Write a station file (re-loadable with ``--config``); ``overwrite=False`` refuses an existing
+    file (:class:`~labqfl.errors.ConfigError`) instead of replacing it."""
     p = Path(path)
     header = f"# labqfl station file written by `labqfl calibrate` on {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC\n"
-    p.write_text(header + dump_toml(station_to_toml_dict(config)), encoding="utf-8")
+    try:
+        with p.open("w" if overwrite else "x", encoding="utf-8") as f:
+            f.write(header + dump_toml(station_to_toml_dict(config)))
+    except FileExistsError:
+        raise ConfigError(f"{p}: file exists; not overwritten") from None
     return p
 
 
-__all__ = ["SCHEMA_VERSION", "apply_calibration", "calibration_document", "quantities_from_doc", "read_calibration",
-           "write_calibration", "write_station_toml"]
+__all__ = ["QUANTITY_RANGES", "SCHEMA_VERSION", "CalibrationCheck", "QuantityRange", "apply_calibration",
+           "calibration_document", "check_quantities", "quantities_from_doc", "read_calibration", "write_calibration",
+           "write_station_toml"]

@@ -98,7 +98,7 @@ def acquisition_segment(station: Any, duration_s: float) -> Any:
 
 def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = None, seed: int | None = None,
                     quick: bool = False, make_plots: bool = True, base_dir: Path | None = None,
-                    station: Any = None, write_config: Path | None = None,
+                    station: Any = None, write_config: Path | None = None, overwrite_config: bool = False,
                     progress: Callable[[str], None] | None = None, **procedure_options: Any) -> CalibrationOutcome:
     """Run calibration ``group`` (:func:`groups`) on the station of ``cfg``.
 
@@ -107,36 +107,63 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
     overrides ``simulation.seed`` and seeds the bootstrap; ``quick``: shorter acquisitions;
     ``make_plots``: a PNG of every fit. The run folder goes under ``runs_dir`` (default
     ``$LABQFL_RUNS_DIR`` or ``./runs``); ``write_config`` also writes the calibrated station TOML
-    there. ``progress(message)`` before each step; an exception it raises ends the session (a
+    there, refusing an existing file before anything runs unless ``overwrite_config``. ``progress(message)`` before each step; an exception it raises ends the session (a
     cancel). ``procedure_options``: ``detectors`` (detector), ``clients`` (vpi), ``pair`` (visibility).
     A failing procedure does not raise: see :attr:`CalibrationOutcome.failures`."""
     from labqfl.calibration import calibrate, write_station_toml
 
+    if write_config is not None and not overwrite_config:
+        refuse_existing(write_config)
     report = calibrate(cfg, group, runs_dir=runs_dir, seed=seed, progress=progress, quick=quick,
                        make_plots=make_plots, base_dir=base_dir, station=station, segments=acquisition_segment,
                        **procedure_options)
     files = dict(report.files)
     if write_config is not None:
-        files["written_config"] = str(write_station_toml(report.calibrated_config, write_config))
+        files["written_config"] = str(write_station_toml(report.calibrated_config, write_config,
+                                                         overwrite=overwrite_config))
     return CalibrationOutcome(report, group, files)
 
 
-def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path) -> dict[str, Any]:
+def refuse_existing(path: Path, what: str = "") -> None:
+    """Refuse (:class:`~labqfl.errors.ConfigError`, one line) to replace the existing file ``path``: nothing
+    overwrites a user's file unasked (the commands' ``--force`` asks). ``what``: the option that named it."""
+    from labqfl.errors import ConfigError
+
+    label = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a directory; expected a file name")
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{label}: file exists; not overwritten (pass --force to replace it)")
+
+
+def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path, *,
+                           overwrite: bool = False) -> dict[str, Any]:
     """Apply the calibration file ``calibration`` (``calibration.json`` of an earlier run) to the
-    station ``cfg`` and write the result to the station TOML ``output``: the station's name, both
-    paths and the names of the quantities applied."""
+    station ``cfg`` and write the result to the station TOML ``output`` (an existing one only when
+    ``overwrite``): the station's name, both paths, the names of the quantities applied, those not
+    applied (name → why) and those clipped into their allowed range (name → value, written, allowed).
+
+    Nothing is written when a quantity is unknown, names a client or detector the station lacks, or
+    lies outside its allowed range by more than its uncertainties allow
+    (:func:`labqfl.calibration.files.check_quantities`, one-line :class:`~labqfl.errors.DataFormatError`)."""
     from labqfl.calibration import (
         apply_calibration,
         quantities_from_doc,
         read_calibration,
         write_station_toml,
     )
+    from labqfl.calibration.files import check_quantities
 
+    if not overwrite:
+        refuse_existing(output)
     doc = read_calibration(calibration)
-    new = apply_calibration(cfg, quantities_from_doc(doc))
-    path = write_station_toml(new, output)
+    quantities = quantities_from_doc(doc)
+    check = check_quantities(cfg, quantities, str(calibration))
+    new = apply_calibration(cfg, quantities)
+    path = write_station_toml(new, output, overwrite=overwrite)
     return {"station": new.name, "calibration": str(calibration), "written": str(path),
-            "applied": sorted(doc["quantities"])}
+            "applied": sorted(check.applied), "not_applied": check.not_applied, "clipped": check.clipped}
 
 
-__all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "run_calibration"]
+__all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "refuse_existing",
+           "run_calibration"]

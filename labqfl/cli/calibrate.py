@@ -3,7 +3,8 @@
 Each run writes a run folder (``--out``/``$LABQFL_RUNS_DIR``/``./runs``) with ``calibration.json``
 (versioned, per quantity value/uncertainty/unit and, for simulated instruments, the simulator's
 ``true`` value), PNG plots of every fit and ``calibrated_station.toml`` (the station file with the
-calibration applied; ``--write-config FILE`` writes it elsewhere too). See docs/calibration.md.
+calibration applied; ``--write-config FILE`` writes it elsewhere too, never over an existing file
+unless ``--force``). See docs/calibration.md.
 
 A procedure that fails does not stop the others: the table shows every result, one line per
 failure follows, the files hold what succeeded, and the command exits with status 1.
@@ -38,8 +39,9 @@ calibrate_app = typer.Typer(help="Calibrate detectors, phase modulators, delays 
 
 OUT_OPTION = typer.Option(None, "--out", help="Folder for the run folder (default $LABQFL_RUNS_DIR or ./runs).")
 SEED_OPTION = typer.Option(None, "--seed", help="Seed of the simulated instruments and the bootstrap.")
-WRITE_OPTION = typer.Option(None, "--write-config", help="Also write the calibrated station TOML to this file.",
-                            dir_okay=False)
+WRITE_OPTION = typer.Option(None, "--write-config", help="Also write the calibrated station TOML to this file "
+                            "(an existing file is refused unless --force).", dir_okay=False)
+FORCE_OPTION = typer.Option(False, "--force", help="Overwrite the --write-config file if it exists.")
 QUICK_OPTION = typer.Option(False, "--quick", help="Shorter acquisitions (larger uncertainties).")
 PLOTS_OPTION = typer.Option(True, "--plots/--no-plots", help="Write a PNG plot of every fit.")
 
@@ -52,9 +54,11 @@ def _fmt(q: dict[str, Any]) -> tuple[str, str, str, str]:
 
 
 def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
-         quick: bool, plots: bool, **kw: Any) -> None:
-    from labqfl.app.calibrate import run_calibration
+         quick: bool, plots: bool, force: bool = False, **kw: Any) -> None:
+    from labqfl.app.calibrate import refuse_existing, run_calibration
 
+    if write_config is not None and not force:
+        refuse_existing(write_config, "--write-config")  # before any instrument is opened or run folder made
     cfg = load_station_config(config)
     _check_names(cfg, kw.get("clients"), kw.get("pair"))
     base_dir = config.resolve().parent if config else None
@@ -66,7 +70,8 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
             prog.console.log(msg) if not as_json else None
 
         outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
-                                  make_plots=plots, base_dir=base_dir, write_config=write_config, **kw)
+                                  make_plots=plots, base_dir=base_dir, write_config=write_config,
+                                  overwrite_config=force, **kw)
         prog.update(task, description=f"calibrate {group}: done")
     data = outcome.as_dict()
     emit(data, as_json, lambda con: _render(con, outcome.station, data))
@@ -115,64 +120,81 @@ def _check_names(cfg: Any, clients: list[str] | None, pair: tuple[str, str] | No
 @handle_errors
 def detector_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
                  seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
-                 plots: bool = PLOTS_OPTION,
+                 plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION,
                  detector: list[str] = typer.Option(["D0", "D1"], "--detector", "-d", help="Detector(s) to calibrate.")) -> None:
     """Dead time, afterpulsing, dark counts (vs bias), gate delay, jitter and efficiency."""
     bad = [d for d in detector if d not in ("D0", "D1")]
     if bad:
         raise ValueError(f"--detector must be D0 or D1, got {bad}")
-    _run("detector", config, as_json, out, seed, write_config, quick, plots, detectors=tuple(detector))
+    _run("detector", config, as_json, out, seed, write_config, quick, plots, force, detectors=tuple(detector))
 
 
 @calibrate_app.command("delays")
 @handle_errors
 def delays_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
                seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
-               plots: bool = PLOTS_OPTION) -> None:
+               plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION) -> None:
     """Time-tagger channel (cable) delays of D0 and D1 relative to the sync."""
-    _run("delays", config, as_json, out, seed, write_config, quick, plots)
+    _run("delays", config, as_json, out, seed, write_config, quick, plots, force)
 
 
 @calibrate_app.command("vpi")
 @handle_errors
 def vpi_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
             seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
-            plots: bool = PLOTS_OPTION,
+            plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION,
             client: list[str] = typer.Option([], "--client", help="Client(s) to calibrate (default: all).")) -> None:
     """Phase-modulator Vπ and bias phase of each client from a fringe fit."""
-    _run("vpi", config, as_json, out, seed, write_config, quick, plots, clients=list(client) or None)
+    _run("vpi", config, as_json, out, seed, write_config, quick, plots, force, clients=list(client) or None)
 
 
 @calibrate_app.command("visibility")
 @handle_errors
 def visibility_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
                    seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
-                   plots: bool = PLOTS_OPTION,
+                   plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION,
                    pair: str | None = typer.Option(None, "--pair", help="Pair 'Ci-Cj' (default: the first scheduled).")) -> None:
     """Interference visibility of the loop for one pair of clients."""
-    _run("visibility", config, as_json, out, seed, write_config, quick, plots, pair=_split_pair(pair))
+    _run("visibility", config, as_json, out, seed, write_config, quick, plots, force, pair=_split_pair(pair))
 
 
 @calibrate_app.command("all")
 @handle_errors
 def all_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
             seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
-            plots: bool = PLOTS_OPTION) -> None:
+            plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION) -> None:
     """Everything, in order: detectors (gate delay first), delays, Vπ/bias, visibility; every
     procedure runs even when another failed (exit status 1 then)."""
-    _run("all", config, as_json, out, seed, write_config, quick, plots)
+    _run("all", config, as_json, out, seed, write_config, quick, plots, force)
 
 
 @calibrate_app.command("apply")
 @handle_errors
 def apply_cmd(calibration: Path = typer.Argument(..., help="calibration.json of an earlier run.", dir_okay=False),
-              output: Path = typer.Option(..., "--output", "-o", help="Station TOML to write.", dir_okay=False),
-              config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Apply a calibration file to a station file and write the updated station TOML."""
-    from labqfl.app.calibrate import apply_calibration_file
+              output: Path = typer.Option(..., "--output", "-o", help="Station TOML to write (an existing file is "
+                                          "refused unless --force).", dir_okay=False),
+              config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION,
+              force: bool = typer.Option(False, "--force", help="Overwrite the --output file if it exists.")) -> None:
+    """Apply a calibration file to a station file and write the updated station TOML.
 
-    data = apply_calibration_file(load_station_config(config), calibration, output)
-    emit(data, as_json, lambda con: con.print(f"wrote {data['written']} with {len(data['applied'])} calibrated quantities"))
+    A quantity the station has no field for, a client or detector it lacks, or a value outside its
+    allowed range (beyond its uncertainties) refuses the file; nothing is written then."""
+    from labqfl.app.calibrate import apply_calibration_file, refuse_existing
+
+    if not force:
+        refuse_existing(output, "--output")
+    data = apply_calibration_file(load_station_config(config), calibration, output, overwrite=force)
+    emit(data, as_json, lambda con: _render_applied(con, data))
+
+
+def _render_applied(con: Any, data: dict[str, Any]) -> None:
+    """The human form of ``calibrate apply``: what was written, and every quantity not applied or clipped."""
+    con.print(f"wrote {data['written']} with {len(data['applied'])} calibrated quantities", soft_wrap=True)
+    for name, reason in data["not_applied"].items():
+        con.print(f"not applied: {name}: {reason}", soft_wrap=True)
+    for name, c in data["clipped"].items():
+        con.print(f"clipped: {name} = {c['value']:g} ± {c['uncertainty']:.2g} written as {c['written']:g} "
+                  f"(allowed: {c['allowed']})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,14 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, print_json
-from labqfl.config import MAX_CLIENTS, StationConfig, load_station_config, station_to_toml_dict
-from labqfl.errors import LabqflError
+from labqfl.config import (
+    MAX_CLIENTS,
+    StationConfig,
+    load_station_config,
+    parse_station_config,
+    station_to_toml_dict,
+)
+from labqfl.errors import ConfigError, LabqflError
 
 station_app = typer.Typer(help="Inspect and check the station (instruments by role).", no_args_is_help=True)
 
@@ -124,18 +131,24 @@ def make(
     balance: str = typer.Option(
         "asymptotic", "--balance", help="What the schedule weights equalise: asymptotic (the pairs' long-run key "
         "rates) | first-key (the time to each pair's first finite-key block; ~1 s per pair to compute)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N{N}.toml)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Station file to write (default: station-N{N}.toml); "
+                                    "an existing file is refused unless --force."),
+    force: bool = typer.Option(False, "--force", help="Overwrite the station file if it exists."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a station file for N clients on one Sagnac loop, scheduling only the mask graph's
-    pairs, weighted so that their key rates balance (docs/scaling.md)."""
+    pairs, weighted so that their key rates balance (docs/scaling.md). An existing file is never
+    replaced unless --force."""
     from labqfl.planning import make_station, station_toml
 
+    path = out or Path(f"station-N{clients}.toml")
+    if not force:  # before the (possibly slow) planning: a user's hand-edited station is never lost
+        _refuse_existing(path, "--out" if out is not None else "")
     cfg, info = make_station(clients, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db,
                              balance=balance)
-    path = out or Path(f"station-N{clients}.toml")
-    path.write_text(station_toml(cfg), encoding="utf-8")
-    load_station_config(path)  # what was written loads
+    text = station_toml(cfg)
+    parse_station_config(tomllib.loads(text), str(path))  # what is written loads (checked before writing)
+    _write_station_file(path, text, force)
     data = {"path": str(path), "station": cfg.name, **info}
 
     def render(con):  # type: ignore[no-untyped-def]
@@ -150,6 +163,26 @@ def make(
                            + ", ".join(info["no_key_pairs"][:10]), style="yellow"))
 
     emit(data, as_json, render)
+
+
+def _refuse_existing(path: Path, option: str) -> None:
+    """Refuse in one line to replace the existing ``path`` (``option``: the option that named it, or ""
+    for the default name): nothing overwrites a user's file unless ``--force``."""
+    label = f"{option} {path}" if option else str(path)
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a directory; expected a station file name")
+    if path.exists() or path.is_symlink():
+        other = "" if option else ", or --out to name another file"
+        raise ConfigError(f"{label}: file exists; not overwritten (pass --force to replace it{other})")
+
+
+def _write_station_file(path: Path, text: str, force: bool) -> None:
+    """Write ``text`` to ``path``; without ``force`` only as a new file (a file that appeared meanwhile is kept)."""
+    try:
+        with path.open("w" if force else "x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise ConfigError(f"{path}: file exists; not overwritten (pass --force to replace it)") from None
 
 
 def _drift_text(loop: Any) -> str:
