@@ -95,3 +95,16 @@ def _has_nested(d: dict[str, Any]) -> bool:
     return any(isinstance(v, dict) or _is_table_list(v) for v in d.values()) or any(
         isinstance(v, str | bool | list) for v in d.values()
     )
+
+
+def refuse_existing(path: Path, what: str = "", hint: str = "") -> None:
+    """Refuse (:class:`~labqfl.errors.ConfigError`, one line) to replace the existing file ``path``:
+    nothing overwrites a user's file unasked (the commands' ``--force`` asks). ``what``: the option
+    that named it (none for a default name); ``hint``: another way out, e.g. ", or --out to name another file"."""
+    from labqfl.errors import ConfigError
+
+    label = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        raise ConfigError(f"{label}: is a directory; expected a file name")
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{label}: file exists; not overwritten (pass --force to replace it{hint})")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig
+from labqfl.serialize import refuse_existing
 
 #: The fields of a calibrated quantity that a report shows (``true``: the simulator's value, simulated instruments only).
 QUANTITY_FIELDS = ("value", "uncertainty", "unit", "true")
@@ -124,18 +125,6 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
     return CalibrationOutcome(report, group, files)
 
 
-def refuse_existing(path: Path, what: str = "") -> None:
-    """Refuse (:class:`~labqfl.errors.ConfigError`, one line) to replace the existing file ``path``: nothing
-    overwrites a user's file unasked (the commands' ``--force`` asks). ``what``: the option that named it."""
-    from labqfl.errors import ConfigError
-
-    label = f"{what} {path}" if what else str(path)
-    if path.is_dir():
-        raise ConfigError(f"{label}: is a directory; expected a file name")
-    if path.exists() or path.is_symlink():
-        raise ConfigError(f"{label}: file exists; not overwritten (pass --force to replace it)")
-
-
 def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path, *,
                            overwrite: bool = False) -> dict[str, Any]:
     """Apply the calibration file ``calibration`` (``calibration.json`` of an earlier run) to the
@@ -165,5 +154,4 @@ def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path, 
             "applied": sorted(check.applied), "not_applied": check.not_applied, "clipped": check.clipped}
 
 
-__all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "refuse_existing",
-           "run_calibration"]
+__all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "run_calibration"]

@@ -55,7 +55,8 @@ def _fmt(q: dict[str, Any]) -> tuple[str, str, str, str]:
 
 def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
          quick: bool, plots: bool, force: bool = False, **kw: Any) -> None:
-    from labqfl.app.calibrate import refuse_existing, run_calibration
+    from labqfl.app.calibrate import run_calibration
+    from labqfl.serialize import refuse_existing
 
     if write_config is not None and not force:
         refuse_existing(write_config, "--write-config")  # before any instrument is opened or run folder made
@@ -179,7 +180,8 @@ def apply_cmd(calibration: Path = typer.Argument(..., help="calibration.json of 
 
     A quantity the station has no field for, a client or detector it lacks, or a value outside its
     allowed range (beyond its uncertainties) refuses the file; nothing is written then."""
-    from labqfl.app.calibrate import apply_calibration_file, refuse_existing
+    from labqfl.app.calibrate import apply_calibration_file
+    from labqfl.serialize import refuse_existing
 
     if not force:
         refuse_existing(output, "--output")

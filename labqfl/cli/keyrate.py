@@ -151,13 +151,18 @@ def _check_block_size(block_size: float) -> None:
         raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
 
 
-def _check_write_config(optimize: bool, write_config: Path, block_size: float) -> None:
-    """``--write-config`` needs ``--optimize``, a .toml name and a valid block size."""
+def _check_write_config(optimize: bool, write_config: Path, block_size: float, force: bool) -> None:
+    """``--write-config`` needs ``--optimize``, a .toml name, a valid block size and a new file (or
+    ``--force``): checked before the optimiser's ~20 s."""
+    from labqfl.serialize import refuse_existing
+
     if not optimize:
         raise fail("--write-config needs --optimize (it writes the optimised station)")
     if write_config.suffix.lower() != ".toml":
         raise fail(f"--write-config {str(write_config)!r}: expected a .toml file name")
     _check_block_size(block_size)
+    if not force:
+        refuse_existing(write_config, "--write-config")
 
 
 def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], float, float]], optimize: bool,
@@ -229,11 +234,12 @@ def register(app: typer.Typer) -> None:
                  "serving all its pairs; maximises the smallest pair's key rate) and write the station TOML here."),
         max_evaluations: int = typer.Option(200, "--max-evaluations", min=10,
                                             help="Model evaluations of the station optimiser (--write-config)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite the --write-config file if it exists."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
         if write_config is not None:
-            _check_write_config(optimize, write_config, block_size)
+            _check_write_config(optimize, write_config, block_size, force)
             _write_optimized_station(load_station_config(config), config, block_size, ec_efficiency, write_config,
                                      max_evaluations, as_json)
             return

@@ -19,6 +19,7 @@ from labqfl.config import (
     station_to_toml_dict,
 )
 from labqfl.errors import ConfigError, LabqflError
+from labqfl.serialize import refuse_existing
 
 station_app = typer.Typer(help="Inspect and check the station (instruments by role).", no_args_is_help=True)
 
@@ -143,7 +144,8 @@ def make(
 
     path = out or Path(f"station-N{clients}.toml")
     if not force:  # before the (possibly slow) planning: a user's hand-edited station is never lost
-        _refuse_existing(path, "--out" if out is not None else "")
+        refuse_existing(path, "--out" if out is not None else "", "" if out is not None else ", or --out to name "
+                        "another file")
     cfg, info = make_station(clients, loop_km=loop_km, graph=graph, k=k, insertion_loss_db=insertion_loss_db,
                              balance=balance)
     text = station_toml(cfg)
@@ -163,17 +165,6 @@ def make(
                            + ", ".join(info["no_key_pairs"][:10]), style="yellow"))
 
     emit(data, as_json, render)
-
-
-def _refuse_existing(path: Path, option: str) -> None:
-    """Refuse in one line to replace the existing ``path`` (``option``: the option that named it, or ""
-    for the default name): nothing overwrites a user's file unless ``--force``."""
-    label = f"{option} {path}" if option else str(path)
-    if path.is_dir():
-        raise ConfigError(f"{label}: is a directory; expected a station file name")
-    if path.exists() or path.is_symlink():
-        other = "" if option else ", or --out to name another file"
-        raise ConfigError(f"{label}: file exists; not overwritten (pass --force to replace it{other})")
 
 
 def _write_station_file(path: Path, text: str, force: bool) -> None:

@@ -169,3 +169,12 @@ def test_calibrate_apply_refuses_a_bad_uncertainty_naming_the_quantity(tmp_path)
         line = _one_error_line(runner.invoke(app, ["calibrate", "apply", str(path), "-o", str(tmp_path / "n.toml")]))
         assert "'D1.efficiency'" in line and needle in line, line
         assert not (tmp_path / "n.toml").exists()
+
+
+# -- keyrate --write-config ----------------------------------------------------------------------------------
+def test_keyrate_write_config_refuses_an_existing_file_before_optimising(tmp_path) -> None:
+    out = tmp_path / "opt.toml"
+    out.write_text(PRECIOUS, encoding="utf-8")
+    line = _one_error_line(runner.invoke(app, ["keyrate", "--optimize", "--write-config", str(out)]))
+    assert line == f"error: --write-config {out}: file exists; not overwritten (pass --force to replace it)"
+    assert out.read_text(encoding="utf-8") == PRECIOUS
