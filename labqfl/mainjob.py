@@ -244,7 +244,13 @@ class MainJob:
 
     # -- the job ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Run (or continue) every phase that is not done; returns the metrics."""
+        """Run (or continue) every phase that is not done; returns the metrics. A complete run is left
+        as it is (its metrics returned): a resume of one recounted it against the key stores' state of
+        the day, wiped its phase timings and rebuilt its report from those numbers."""
+        if self.state.get("status") == "complete" and self.state["phases"].get("report") == "done":
+            log.info("run %s is complete: nothing to do", self.run_record.name)
+            self.run_record.close()
+            return self.run_record.read_metrics()
         clock = PhaseClock()
         self.state["attempts"] += 1
         self.state["status"] = "running"
@@ -265,7 +271,8 @@ class MainJob:
                 metrics = self._report()
             # this call's wall seconds per phase (metrics.json is written before the report: added after it)
             metrics["phases_s"] = clock.as_dict()
-            self.run_record.update_metrics(phases_s=metrics["phases_s"])
+            metrics["phases"] = dict(self.state["phases"])  # the report phase is done now (it said "pending")
+            self.run_record.update_metrics(phases_s=metrics["phases_s"], phases=metrics["phases"])
         except KeyboardInterrupt:
             self._interrupted("interrupted by user (Ctrl-C)")
             raise

@@ -58,7 +58,14 @@ class RunRecord:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         safe = _NAME_RE.sub("-", name).strip("-") or "run"
         path = base / f"{stamp}-{safe}"
-        path.mkdir(parents=True, exist_ok=False)
+        try:
+            path.mkdir(parents=True, exist_ok=False)
+        except (NotADirectoryError, FileExistsError, PermissionError) as exc:
+            from labqfl.errors import ConfigError
+
+            why = "a file, not a folder" if base.exists() and not base.is_dir() else (exc.strerror or str(exc))
+            raise ConfigError(f"runs folder {base}: {why}; expected a folder for run folders (--out, or "
+                              "$LABQFL_RUNS_DIR)") from None
         (path / "data").mkdir()
         (path / "plots").mkdir()
         rec = cls(path)

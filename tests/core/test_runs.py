@@ -63,3 +63,17 @@ def test_refuses_raw_bytes_in_metrics(tmp_path):
     rec = RunRecord.create("x", runs_dir=tmp_path, capture_log=False)
     with pytest.raises(TypeError, match="raw bytes"):
         rec.write_metrics({"key": b"\x01\x02"})
+
+
+def test_a_runs_folder_that_is_a_file_is_named(tmp_path):
+    """`labqfl run/train --out FILE` said "NotADirectoryError: [Errno 20] Not a directory: 'FILE/2026…-run'"."""
+    import pytest
+
+    from labqfl.errors import ConfigError
+    from labqfl.runs import RunRecord
+
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match=r"runs folder .*afile: a file, not a folder; expected a folder for run folders"):
+        RunRecord.create("run", runs_dir=f)
+    assert f.read_text() == "x"

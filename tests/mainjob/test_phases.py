@@ -123,6 +123,13 @@ def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_pa
     _assert_disjoint(handed)
     acc = KeyStore.for_node("C1", data).accounting()["C1-C2"]
     assert sum(v for k, v in acc["consumed"].items() if k != "auth") == 3 * per_round
+    on_disk = json.loads((job.path / "metrics.json").read_text())
+    assert on_disk["phases"]["report"] == "done"  # it said "pending" while status said complete
+    # a resume of the complete run leaves it as it is: it recounted it against the stores of the day,
+    # wiped its phase timings, added an attempt and rebuilt the report
+    files = {p.name: p.read_bytes() for p in job.path.iterdir() if p.is_file() and p.name != "run.log"}
+    assert MainJob.resume(job.path).run() == on_disk
+    assert {p.name: p.read_bytes() for p in job.path.iterdir() if p.is_file() and p.name != "run.log"} == files
 
 
 def test_interrupted_acquisition_is_discarded_and_never_distilled_twice(small_station_file, tmp_path):
