@@ -94,17 +94,23 @@ class JobSettings:
         if (problem := q_problem(self.q)) is not None:
             raise ConfigError(f"--q {problem}")
         if not 0 < self.eps_sec < 1:
-            raise ConfigError(f"eps_sec must be in (0, 1), got {self.eps_sec}")
+            raise ConfigError(f"--eps-sec must be in (0, 1), got {self.eps_sec}")
         from labqfl.contracts.types import ENGINES
 
         if self.engine not in ENGINES:
-            raise ConfigError(f"engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {self.engine!r}")
+            raise ConfigError(f"--engine must be one of {', '.join(repr(e) for e in ENGINES)}, got {self.engine!r}")
         from labqfl.fl.datasets.tasks import TASKS
 
         if self.task not in TASKS:
-            raise ConfigError(f"task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
+            raise ConfigError(f"--task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
         if self.threshold is not None and not self.self_masks:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
+        from labqfl.fl.masks import parse_graph
+
+        try:  # before any run folder or plan: it was refused after both, naming no option
+            parse_graph(self.graph, self.k)
+        except ValueError as exc:
+            raise ConfigError(f"--graph/--k: {exc}") from None
         if self.max_top_ups < 1:
             raise ConfigError(f"max_top_ups must be >= 1 (top-up acquisitions a starving run may make), "
                               f"got {self.max_top_ups}")

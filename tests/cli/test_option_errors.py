@@ -91,7 +91,9 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
      "--clients 900: cannot split 800 training examples over 900 clients (each needs ≥ 1: at most 800 clients)"),
     (["plan", "--clients", "300"], "--clients 300 but station 'sagnac-4client-sim' has 4 clients; expected 4 "
                                    "(a station holds 2 to 256 clients)"),
-    (["run", "--task", "nope"], "task 'nope' unknown; expected one of mnist-qnn, ntangled, magic, mnist-lenet5"),
+    (["run", "--task", "nope"], "--task 'nope' unknown; expected one of mnist-qnn, ntangled, magic, mnist-lenet5"),
+    (["run", "--graph", "ring-k", "--k", "3"], "--graph/--k: graph 'ring-k' needs an even k >= 2 neighbours, got k=3"),
+    (["run", "--eps-sec", "0"], "--eps-sec must be in (0, 1), got 0.0"),
 ])
 def test_training_and_planning_options_are_refused_in_one_line_naming_the_option(argv: list[str], line: str) -> None:
     """Before: "SecAggConfig.q must be one of (8, 16, 32)", "ValueError: learning rate must be …", a hint
