@@ -115,6 +115,11 @@ def register(app: typer.Typer) -> None:
         from labqfl.planning import make_plan
 
         cfg = load_station_config(config)
+        if duration is not None:  # the refusal `labqfl run --duration` gives (plan predicted a run there)
+            from labqfl.app.distill import DistillOptions, distill_settings
+
+            distill_settings(cfg, DistillOptions(eps_sec=eps_sec), duration, what="--duration",
+                             hint="use a longer --duration")
         plan = make_plan(cfg, task, q, rounds, graph=graph, k=k, self_masks=self_masks, clients=clients,
                          duration_s=duration, eps_sec=eps_sec, wait_for_key=wait_for_key, nodes=nodes)
         emit(plan.as_dict(), as_json, lambda con: render_plan(con, plan))
