@@ -23,6 +23,20 @@ from labqfl.config import load_station_config
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
 
+def _refuse_options_with_resume() -> None:
+    """``--resume`` continues a run with the settings in its folder: a setting given beside it was silently
+    ignored (``--resume R --rounds 6`` trained the folder's rounds); now refused in one line naming it."""
+    import click
+
+    ctx = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ctx.params
+             if name not in ("resume", "as_json")
+             and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise fail(f"--resume continues the run with the settings in its folder; {', '.join(given)} cannot change them "
+                   "(start a new run to use other settings)")
+
+
 @handle_errors
 def run(
     config: Path | None = CONFIG_OPTION,
@@ -75,6 +89,8 @@ def run(
     """Acquire → distil → key store → federated training masked with the distilled keys → report."""
     from labqfl.mainjob import JobSettings, MainJob
 
+    if resume is not None:
+        _refuse_options_with_resume()
     cfg = None if resume is not None else _checked_station(config, duration, engine, block_bits, eps_sec)
     with progress_bar(percent=True) as prog:
         bars: dict[str, Any] = {}

@@ -94,6 +94,10 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
     (["run", "--task", "nope"], "--task 'nope' unknown; expected one of mnist-qnn, ntangled, magic, mnist-lenet5"),
     (["run", "--graph", "ring-k", "--k", "3"], "--graph/--k: graph 'ring-k' needs an even k >= 2 neighbours, got k=3"),
     (["run", "--eps-sec", "0"], "--eps-sec must be in (0, 1), got 0.0"),
+    # silently ignored before (the folder's rounds were trained)
+    (["run", "--resume", "somerun", "--rounds", "6", "--duration", "9"],
+     "--resume continues the run with the settings in its folder; --rounds, --duration cannot change them "
+     "(start a new run to use other settings)"),
     # plan predicted a 26 s run where `run --rounds 3 --duration 0.5` refuses: now the same refusal
     (["plan", "--rounds", "3", "--duration", "0.5"],
      "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.783 s "
