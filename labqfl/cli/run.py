@@ -110,15 +110,20 @@ def run(
                                    bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
-        print_path(console, "run folder", job.path)
-        if job.state.get("phases", {}).get("acquire") != "done":
-            from labqfl.cli.plan import render_plan
-
-            render_plan(console, job.key_plan())  # the key-aware plan, before any acquisition
+        _show_start(job)
         metrics = job.run()
 
     emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json,
          lambda con: _render(con, metrics, job.path))
+
+
+def _show_start(job: Any) -> None:
+    """The run folder and, before any acquisition, the job's key-aware plan."""
+    print_path(console, "run folder", job.path)
+    if job.state.get("phases", {}).get("acquire") != "done":
+        from labqfl.cli.plan import render_plan
+
+        render_plan(console, job.key_plan())
 
 
 def _checked_station(config: Path | None, duration: float, engine: str, block_bits: int | None,
