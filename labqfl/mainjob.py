@@ -279,8 +279,8 @@ class MainJob:
             metrics["phases_s"] = clock.as_dict()
             metrics["phases"] = dict(self.state["phases"])  # the report phase is done now (it said "pending")
             self.run_record.update_metrics(phases_s=metrics["phases_s"], phases=metrics["phases"])
-        except KeyboardInterrupt:
-            self._interrupted("interrupted by user (Ctrl-C)")
+        except KeyboardInterrupt as exc:
+            self._interrupted("terminated (SIGTERM)" if exc.args == ("SIGTERM",) else "interrupted by user (Ctrl-C)")
             raise
         except BaseException as exc:
             self._interrupted(f"{type(exc).__name__}: {exc}")

@@ -49,6 +49,8 @@ CONFIG_OPTION = typer.Option(
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+#: exit status after SIGTERM turned into an orderly stop (128 + 15, as a shell reports a SIGTERM death)
+EXIT_TERMINATED = 143
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,7 +122,10 @@ def handle_errors(fn: F) -> F:
             raise
         except LabqflError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            if exc.args == ("SIGTERM",):  # labqfl.nodes.runjob.terminate_as_interrupt: stopped, not Ctrl-C
+                raise fail("terminated (SIGTERM)" + _safe_state_note(),
+                           EXIT_TERMINATED) from None
             raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
         except SystemError as exc:  # Ctrl-C inside a C extension's callback (Numba loading a kernel)
             if not _interrupted_inside(exc):

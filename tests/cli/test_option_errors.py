@@ -188,3 +188,21 @@ def test_the_bare_command_still_prints_its_help() -> None:
 
     r = subprocess.run([str(Path(sys.executable).parent / "labqfl")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Usage: labqfl" in r.stdout and r.stderr == ""
+
+
+def test_sigterm_of_a_node_run_is_reported_as_such(capsys) -> None:
+    """`labqfl run` turns SIGTERM into KeyboardInterrupt("SIGTERM") to stop its nodes in order
+    (labqfl.nodes.runjob.terminate_as_interrupt); it was reported as "interrupted by user (Ctrl-C)"."""
+    import typer
+
+    from labqfl.cli.common import EXIT_TERMINATED, handle_errors
+
+    @handle_errors
+    def terminated() -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    with pytest.raises(typer.Exit) as ex:
+        terminated()
+    assert ex.value.exit_code == EXIT_TERMINATED == 143
+    assert capsys.readouterr().err == "error: terminated (SIGTERM)\n"
+
