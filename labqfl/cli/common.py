@@ -122,14 +122,11 @@ def handle_errors(fn: F) -> F:
             raise
         except LabqflError as exc:
             raise fail(str(exc)) from None
-        except KeyboardInterrupt as exc:
-            if exc.args == ("SIGTERM",):  # labqfl.nodes.runjob.terminate_as_interrupt: stopped, not Ctrl-C
-                raise fail("terminated (SIGTERM)" + _safe_state_note(),
-                           EXIT_TERMINATED) from None
-            raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
-        except SystemError as exc:  # Ctrl-C inside a C extension's callback (Numba loading a kernel)
+        except (KeyboardInterrupt, SystemError) as exc:  # SystemError: Ctrl-C inside a C callback (Numba)
             if not _interrupted_inside(exc):
                 raise
+            if exc.args == ("SIGTERM",):  # labqfl.nodes.runjob.terminate_as_interrupt: stopped, not Ctrl-C
+                raise fail("terminated (SIGTERM)" + _safe_state_note(), EXIT_TERMINATED) from None
             raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
         except (OSError, ValueError) as exc:
             raise fail(f"{exc.__class__.__name__}: {exc}") from None

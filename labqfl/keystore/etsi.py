@@ -250,34 +250,17 @@ class KeyDeliveryService:
 
     def _reserve_at_master(self, pair: str, m: str, sizes: list[int], info: dict[str, Any]) -> list[tuple[list[Ref], str]]:
         """Reserve at the master's store, under a fresh key ID per key, the bits a take would pick
-        (pool ``etsi``, then ``general``); no bit is read.  Returns ``[(refs, key_ID)]``.
-
-        One key: :meth:`KeyStore.reserve`.  Several: one ``reserve`` of the total picks the bits
-        (a probe reservation, released at once), then ``reserve_exact_many`` splits them into one
-        reservation per key in one transaction; if another process drew some of them in between,
-        that refuses and the bits are picked again."""
-        store, last = self.stores[m], ""
-        for _ in range(3):
-            try:
-                if len(sizes) == 1:
-                    kid = str(uuid.uuid4())
-                    return [(store.reserve(pair, sizes[0], ETSI_PURPOSE, kid, info=info), kid)]
-                probe = str(uuid.uuid4())
-                refs = store.reserve(pair, sum(sizes), ETSI_PURPOSE, probe, info={**info, "use": "etsi-allocation"})
-                store.release(probe)
-            except InsufficientKeyError as exc:
-                raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
-            except KeyStoreError as exc:
-                raise EtsiError(503, "key store error at the master's KME; no key was handed out",
-                                [{"reason": str(exc)}]) from None
-            items = [(part, str(uuid.uuid4())) for part in _split_refs(refs, sizes)]
-            try:
-                store.reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
-                return items
-            except KeyStoreError as exc:
-                last = str(exc)
-        raise EtsiError(503, "the master's key store kept changing while the KME picked the bits; no key was "
-                             "consumed, try again", [{"pair": pair, "reason": last}])
+        (pool ``etsi``, then ``general``), all in one transaction (:meth:`KeyStore.reserve_many`); no
+        bit is read.  Returns ``[(refs, key_ID)]``."""
+        kids = [str(uuid.uuid4()) for _ in sizes]
+        try:
+            refs = self.stores[m].reserve_many(pair, sizes, ETSI_PURPOSE, kids, info=info)
+        except InsufficientKeyError as exc:
+            raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
+        except KeyStoreError as exc:
+            raise EtsiError(503, "key store error at the master's KME; no key was handed out",
+                            [{"reason": str(exc)}]) from None
+        return list(zip(refs, kids, strict=True))
 
     def _release(self, node: str, items: Sequence[tuple[list[Ref], str]]) -> list[str]:
         """Release the reservations ``items`` at ``node``'s store; returns the key IDs that stay reserved."""
@@ -426,25 +409,6 @@ class KeyDeliveryService:
         log.info("KME: dec_keys %s <- %s (node %s): %d key(s), key IDs %s", slave_sae, master_sae, m, len(key_ids),
                  list(key_ids))
         return {"keys": [{"key_ID": kid, "key": got[kid]} for kid in key_ids]}
-
-
-def _split_refs(refs: Sequence[Ref], sizes: Sequence[int]) -> list[list[Ref]]:
-    """Cut ``refs`` (in order) into consecutive parts of ``sizes`` bits."""
-    out: list[list[Ref]] = []
-    pending = list(refs)[::-1]
-    for size in sizes:
-        part: list[Ref] = []
-        while size:
-            block_id, start, length = pending.pop()
-            use = min(length, size)
-            part.append((block_id, start, use))
-            if use < length:
-                pending.append((block_id, start + use, length - use))
-            size -= use
-        out.append(part)
-    if pending:
-        raise ValueError("refs hold more bits than the sizes")
-    return out
 
 
 # ---------------------------------------------------------------------------------- HTTP layer

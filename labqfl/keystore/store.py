@@ -956,20 +956,32 @@ class KeyStore:
         The partner reserves or consumes the same bits by refs (:meth:`reserve_exact`,
         :meth:`take_exact`); here :meth:`read_reserved`, :meth:`take_exact` with ``key_id`` or
         :meth:`release` finish the reservation."""
+        return self.reserve_many(pair, [nbits], purpose, [key_id], info=info)[0]
+
+    def reserve_many(self, pair: str, sizes: Sequence[int], purpose: str, key_ids: Sequence[str], *,
+                     info: dict[str, Any] | None = None) -> list[list[Ref]]:
+        """Like :meth:`reserve` for several keys (``sizes[i]`` bits for ``key_ids[i]``, consecutive
+        free bits in the order :meth:`take` picks them), all or nothing in one transaction; the refs
+        of each key."""
         _check_pair(pair)
         _check_purpose(purpose)
-        n = self._check_nbits(nbits)
-        kid = str(key_id)
-        refs: list[Ref] = []
+        if len(sizes) != len(key_ids):
+            raise KeyStoreError(f"reserve_many: {len(sizes)} sizes for {len(key_ids)} key IDs")
+        ns = [self._check_nbits(n) for n in sizes]
+        out: list[list[Ref]] = []
         with self._write() as conn:
-            for seq, block_id, start, length in self._allocate(conn, pair, n, purpose):
-                self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
-                           key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
-                refs.append((block_id, start, length))
-            self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
-        log.debug("key store %s: reserved %d bits of pair %s, purpose %s, key ID %s", self.path.name, n, pair,
-                  purpose, kid)
-        return refs
+            for n, key_id in zip(ns, key_ids, strict=True):
+                kid = str(key_id)
+                refs: list[Ref] = []
+                for seq, block_id, start, length in self._allocate(conn, pair, n, purpose):
+                    self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
+                               key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
+                    refs.append((block_id, start, length))
+                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
+                out.append(refs)
+        log.debug("key store %s: reserved %d key(s) of %d bits, pair %s, purpose %s", self.path.name, len(ns),
+                  sum(ns), pair, purpose)
+        return out
 
     def read_reserved(self, key_id: str) -> KeyMaterial:
         """The bits reserved for ``key_id``, which *stay reserved*: no other take can hand them out

@@ -12,13 +12,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from labqfl.errors import ConfigError, KeyStoreError
+from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreError
 from labqfl.keystore import KeyStore, open_node_stores
 from labqfl.keystore.etsi import (
     EtsiError,
     KeyDeliveryService,
     KmeSettings,
-    _split_refs,
     open_kme_stores,
 )
 
@@ -231,27 +230,16 @@ def test_master_store_failure_after_both_reservations_consumes_nothing(two_store
     _unchanged(before, _snapshot(stores))
 
 
-def test_bits_drawn_by_another_process_meanwhile_are_picked_again(two_stores, monkeypatch):
+def test_the_master_reserves_every_key_of_a_request_in_one_transaction(two_stores):
+    """The master's keys are picked and reserved together (KeyStore.reserve_many): no other allocator can
+    take bits between the pick and the reservation, and a request too large reserves nothing."""
     stores, _ = two_stores
-    svc = KeyDeliveryService(stores, KmeSettings(saes={"A": "C1", "B": "C2"}))
-    real = stores["C1"].reserve_exact_many
-    calls = []
-
-    def raced(pair, items, purpose, **kw):
-        calls.append(items)
-        if len(calls) == 1:  # another allocator takes the first bits between pick and reservation
-            stores["C1"].take(PAIR, 100, "etsi")
-        return real(pair, items, purpose, **kw)
-
-    monkeypatch.setattr(stores["C1"], "reserve_exact_many", raced)
-    keys = svc.enc_keys("A", "B", number=2, size=64)["keys"]
-    assert len(calls) == 2 and len(keys) == 2
-    assert svc.dec_keys("B", "A", [k["key_ID"] for k in keys])["keys"] == keys
-    assert not stores["C1"].accounting()[PAIR]["reserved"]
-
-
-def test_split_refs():
-    refs = [("a", 0, 100), ("b", 8, 60)]
-    assert _split_refs(refs, [64, 64, 32]) == [[("a", 0, 64)], [("a", 64, 36), ("b", 8, 28)], [("b", 36, 32)]]
-    with pytest.raises(ValueError):
-        _split_refs(refs, [64])
+    st = stores["C1"]
+    refs = st.reserve_many(PAIR, [64, 64], "etsi", ["k1", "k2"])
+    assert [sum(r[2] for r in part) for part in refs] == [64, 64]
+    first, second = refs[0][-1], refs[1][0]
+    assert (first[0], first[1] + first[2]) == (second[0], second[1])  # consecutive, in take's order
+    before = st.accounting()
+    with pytest.raises(InsufficientKeyError):
+        st.reserve_many(PAIR, [64, 10**9], "etsi", ["k3", "k4"])
+    assert st.accounting() == before and st.reservation("k3") is None
