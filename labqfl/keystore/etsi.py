@@ -8,8 +8,8 @@ subjectAltName equal to the SAE ID).  For a master SAE at node *m* asking for ke
 slave SAE at node *s*, the KME
 
 1. reserves ``number × size`` bits of the pair's ``etsi`` pool (then ``general``) in *m*'s store,
-   one reservation per key ID, without reading them (:meth:`~labqfl.keystore.KeyStore.reserve`,
-   :meth:`~labqfl.keystore.KeyStore.reserve_exact_many`),
+   one reservation per key ID, all in one transaction, without reading them
+   (:meth:`~labqfl.keystore.KeyStore.reserve_many`),
 2. reserves exactly the same bits (by block ID and offset) in *s*'s store for the same key IDs
    (:meth:`~labqfl.keystore.KeyStore.reserve_exact_many`), so no other take can hand them out;
    if *s*'s store refuses (the stores are out of step), *m*'s reservations are released and the
