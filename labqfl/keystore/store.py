@@ -1083,6 +1083,95 @@ class KeyStore:
         log.info("key store %s: released reservation %s (%d bits)", self.path.name, key_id, refs_nbits(refs))  # type: ignore[arg-type]
         return refs_nbits(refs)  # type: ignore[arg-type]
 
+    # ------------------------------------------------------------------ stranded reservations
+
+    def pending_reservations(self, purpose: str | None = None) -> list[dict[str, Any]]:
+        """Every reservation not finished yet (optionally of pool ``purpose``), as :meth:`delivery`
+        records, oldest first — e.g. those a process that was killed mid-protocol left behind."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT key_id FROM deliveries WHERE state = 'reserved'" +
+                                (" AND purpose = ?" if purpose is not None else "") + " ORDER BY created, key_id",
+                                () if purpose is None else (_check_purpose(purpose),)).fetchall()
+        out = [self.delivery(str(r[0])) for r in rows]
+        return [d for d in out if d is not None]
+
+    def void(self, key_id: str, reason: str) -> list[Ref]:
+        """Spend a pending reservation without handing its bits to anyone: they are marked consumed
+        and overwritten, the delivery is recorded ``voided`` with ``reason``.  For reservations a
+        protocol can no longer finish (its process died) whose bits may have been read at either end:
+        they can never be used again, and the partner is told to discard the same refs
+        (:meth:`discard_exact`).  Returns the refs."""
+        kid = str(key_id)
+        with self._write() as conn:
+            row = conn.execute("SELECT pair, refs, info FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                               (kid,)).fetchone()
+            if row is None:
+                raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
+            pair = str(row[0])
+            refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
+            for block_id, start, length in refs:
+                seq = self._pair_block(conn, pair, block_id)
+                self._mark(conn, pair, seq, block_id, start, length, new_state="consumed",
+                           purpose=self._segments(conn, seq, start, start + 1)[0].purpose, key_id=None,
+                           allow=lambda s: None if (s.state == "reserved" and s.key_id == kid)
+                           else "are not reserved for this key")
+                self._io_bits(conn, seq, start, length, zero=True)
+            info = dict(json.loads(row[2]), voided=str(reason))
+            conn.execute("UPDATE deliveries SET state = 'voided', info = ?, updated = ? WHERE key_id = ?",
+                         (_json(info, "delivery info"), _now(), kid))
+        self._scrub()
+        log.info("key store %s: voided reservation %s of pair %s (%d bits): %s", self.path.name, kid, pair,
+                 refs_nbits(refs), reason)
+        return refs
+
+    def finished(self, pair: str, *, limit: int = 16) -> list[dict[str, Any]]:
+        """The ``limit`` most recently finished keys of ``pair`` that left this store spent (delivered
+        or voided, not released), newest first, as :meth:`delivery` records."""
+        _check_pair(pair)
+        with self._read() as conn:
+            rows = conn.execute("SELECT key_id FROM deliveries WHERE pair = ? AND state IN ('delivered', 'voided') "
+                                "ORDER BY updated DESC, key_id LIMIT ?", (pair, int(limit))).fetchall()
+        out = [self.delivery(str(r[0])) for r in rows]
+        return [d for d in out if d is not None]
+
+    def discard_exact(self, pair: str, refs: Iterable[Sequence[Any]], reason: str) -> int:
+        """Discard the bits of ``refs`` that are still free here (any pool): marked consumed and
+        overwritten, never handed out — the partner voided them (:meth:`void`).  Bits already
+        consumed, exported or absent are left as they are; reserved bits are left too (a live
+        key holds them) and logged.  Idempotent; returns the number of bits discarded."""
+        _check_pair(pair)
+        norm = self._norm_refs(refs)
+        done: list[Ref] = []
+        held = 0
+        with self._write() as conn:
+            for block_id, start, length in norm:
+                blk = self._block(conn, block_id)
+                if blk is None or blk[1] != pair:
+                    continue
+                seq, end = blk[0], start + length
+                for s in self._segments(conn, seq, start, end):
+                    lo, hi = max(s.start, start), min(s.end, end)
+                    if hi <= lo:
+                        continue
+                    if s.state == "reserved":
+                        held += hi - lo
+                    if s.state != "free":
+                        continue
+                    self._mark(conn, pair, seq, block_id, lo, hi - lo, new_state="consumed", purpose=s.purpose,
+                               key_id=None, allow=lambda x: None if x.state == "free" else "are not free")
+                    self._io_bits(conn, seq, lo, hi - lo, zero=True)
+                    done.append((block_id, lo, hi - lo))
+            if done:
+                self._record(conn, f"discard-{uuid.uuid4()}", pair, GENERAL, "discard", "discarded", done,
+                             {"reason": str(reason)})
+        if done:
+            self._scrub()
+            log.info("key store %s: discarded %d bits of pair %s: %s", self.path.name, refs_nbits(done), pair, reason)
+        if held:
+            log.warning("key store %s: %d bits of pair %s the partner voided are reserved here for a key in use; "
+                        "left reserved", self.path.name, held, pair)
+        return refs_nbits(done)
+
     # ------------------------------------------------------------------ export / import
 
     def issue_import_ticket(self) -> ImportTicket:

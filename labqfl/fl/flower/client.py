@@ -256,14 +256,18 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     if spec.keys == "qkd":
         kids: dict[str, str] = {}
         with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
+            ks.void_stranded(run_tag, r)  # what a killed round left reserved (never released: it may be in use)
             try:
                 for p in masters:
+                    if spent := ks.spent_refs(p):
+                        out[f"void.{p}"] = json.dumps(spent)  # the slave discards what it still holds free
                     kid = _key_id(run_tag, r, p)
-                    out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r))
+                    out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r, run_tag=run_tag))
                     kids[p] = kid
                     if spec.self_masks:
                         kid = _key_id(run_tag, r, p + PAD)
-                        out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r))
+                        out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r,
+                                                                          run_tag=run_tag))
                         kids[p + PAD] = kid
             except BaseException:
                 for kid in kids.values():  # never read: back to the pool
@@ -418,12 +422,14 @@ def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str
                 if p not in kids:
                     raise SecureAggregationError(f"round {r}: {name} holds no reservation for pair {p}")
             else:
+                if f"void.{p}" in cfg:
+                    ks.discard(p, json.loads(str(cfg[f"void.{p}"])))
                 kids[p] = _key_id(run_tag, r, p)
-                ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r)
+                ks.reserve_slave(p, json.loads(str(cfg[f"refs.{p}"])), q * n, kids[p], round_index=r, run_tag=run_tag)
             if spec.self_masks and pair_sign(name, p) < 0:
                 kids[p + PAD] = _key_id(run_tag, r, p + PAD)
                 ks.reserve_slave(p, json.loads(str(cfg[f"refpad.{p}"])), 2 * w * n, kids[p + PAD],
-                                 round_index=r)
+                                 round_index=r, run_tag=run_tag)
             elif spec.self_masks and p + PAD not in kids:
                 raise SecureAggregationError(f"round {r}: {name} holds no pad reservation for pair {p}")
             _save_reservations(context, r, kids, read + [p, p + PAD])  # before any bit is read

@@ -42,6 +42,8 @@ from labqfl.fl.keysource import KEY_PURPOSE
 from labqfl.fl.masks import words_from_bits
 from labqfl.fl.quantize import uint_dtype
 
+#: ``info["use"]`` of a mask (or share-pad) reservation in a node's key store
+USE = "fl-mask"
 _ZERO_NONCE = bytes(16)  # each AES key (fresh per pair and round) encrypts exactly one stream
 
 
@@ -163,15 +165,49 @@ class NodeKeyStore:
                     f"{have} available (purpose {self.purpose!r})", pair=pair, needed_bits=nbits, available_bits=have)
             time.sleep(min(self.poll_s, self.timeout_s - waited))
 
-    def reserve_master(self, pair: str, nbits: int, key_id: str, *, round_index: int) -> list[list[Any]]:
+    def reserve_master(self, pair: str, nbits: int, key_id: str, *, round_index: int, run_tag: str) -> list[list[Any]]:
         """Master end: reserve ``nbits`` of the pair's free bits for ``key_id`` (no bit is read);
         returns the refs ``[[block_id, offset, length], ...]`` to send to the slave."""
         self._wait(pair, nbits)
         refs = self.store.reserve(pair, nbits, self.purpose, key_id,
-                                  info={"use": "fl-mask", "round": int(round_index), "end": "master"})
+                                  info={"use": USE, "run": run_tag, "round": int(round_index), "end": "master"})
         return [list(r) for r in refs]
 
-    def reserve_slave(self, pair: str, refs: Any, nbits: int, key_id: str, *, round_index: int) -> None:
+    def void_stranded(self, run_tag: str, round_index: int) -> int:
+        """Void (:meth:`KeyStore.void`) every mask reservation of this store that no live round can
+        finish: one of another run, or of an earlier round of this run, that the node's state no
+        longer names (the caller finished those first) — left by a node process that was killed
+        mid-round (Ctrl-C, a crash, a restarted SuperNode).  Such bits may have been read at either
+        end, so they are never released; the master announces them to the slave
+        (:meth:`spent_refs`, the slave's :meth:`discard`) so both stores agree again.  A node's
+        store serves one FL run at a time.  Returns the number of reservations voided."""
+        n = 0
+        for d in self.store.pending_reservations(self.purpose):
+            info = d["info"]
+            if info.get("use") != USE or (info.get("run") == run_tag and int(info.get("round", 0)) >= round_index):
+                continue
+            self.store.void(d["key_id"], f"stranded by an interrupted round (run {info.get('run', '?')}, round "
+                            f"{info.get('round', '?')}, {info.get('end', '?')} end)")
+            n += 1
+        return n
+
+    def spent_refs(self, pair: str) -> list[list[Any]]:
+        """The refs of this master's most recent spent mask reservations of ``pair`` (consumed or
+        voided), announced to the slave at every keys stage: a slave that never reserved them (its
+        process died, the round was interrupted before it got the refs, it was lost after masking)
+        still holds them free, and :meth:`discard` there brings the two stores back in step.  The
+        slave's discard is idempotent and skips what it consumed itself, so a slave that missed one
+        announcement gets the next."""
+        return [list(r) for d in self.store.finished(pair) if d["info"].get("use") == USE
+                and d["info"].get("end") == "master" for r in d["refs"]]
+
+    def discard(self, pair: str, refs: Any) -> int:
+        """Slave end: discard the bits the master voided (those still free here)."""
+        from labqfl.keystore.material import normalize_refs
+
+        return self.store.discard_exact(pair, normalize_refs(refs), f"voided by the master of {pair}")
+
+    def reserve_slave(self, pair: str, refs: Any, nbits: int, key_id: str, *, round_index: int, run_tag: str) -> None:
         """Slave end: reserve exactly the bits the master's refs name, for ``key_id``."""
         from labqfl.keystore.material import normalize_refs, refs_nbits
 
@@ -181,7 +217,7 @@ class NodeKeyStore:
                 f"node {self.name}: refs for pair {pair} name {refs_nbits(norm)} bits, {nbits} expected",
                 pair=pair, needed_bits=nbits, available_bits=refs_nbits(norm))
         self.store.reserve_exact(pair, norm, self.purpose, key_id,
-                                 info={"use": "fl-mask", "round": int(round_index), "end": "slave"})
+                                 info={"use": USE, "run": run_tag, "round": int(round_index), "end": "slave"})
 
     def words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
         """The q-bit words (``uint{q}``, shape (n_words,)) of the bits reserved for ``key_id``; the

@@ -410,6 +410,8 @@ class LabqflServer:
             if self.spec.keys == "qkd":
                 if bb == c:
                     d[f"refs.{p}"] = info[a][f"refs.{p}"]
+                    if f"void.{p}" in info[a]:  # the master's spent keys, for a slave out of step
+                        d[f"void.{p}"] = info[a][f"void.{p}"]
                     if cfg.self_masks:
                         d[f"refpad.{p}"] = info[a][f"refpad.{p}"]
             else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
+from typing import Any
 
 import numpy as np
 import pytest
@@ -66,19 +67,19 @@ def test_node_key_store_life_cycle_spends_read_keys_and_releases_unread_ones(tmp
     _store(tmp_path, "C1", bid=bid, nbits=96).close()
     _store(tmp_path, "C2", bid=bid, nbits=96).close()
     with NodeKeyStore("C1", tmp_path) as m, NodeKeyStore("C2", tmp_path) as s:
-        refs = m.reserve_master("C1-C2", 32, "m1", round_index=1)
-        s.reserve_slave("C1-C2", refs, 32, "s1", round_index=1)
+        refs = m.reserve_master("C1-C2", 32, "m1", round_index=1, run_tag="t")
+        s.reserve_slave("C1-C2", refs, 32, "s1", round_index=1, run_tag="t")
         wm, ws = m.words("m1", 4, 8), s.words("s1", 4, 8)
         assert np.array_equal(wm, ws) and wm.dtype == np.uint8
         assert np.array_equal(s.take_words("s1", 4, 8), ws)  # reveal: consumed now
         assert m.finish("m1") == "consumed" and s.finish("s1") == "none"
-        m.reserve_master("C1-C2", 32, "m2", round_index=2)
+        m.reserve_master("C1-C2", 32, "m2", round_index=2, run_tag="t")
         assert m.finish("m2", release=True) == "released"  # never read, refs never sent
-        m.reserve_master("C1-C2", 32, "m3", round_index=3)
+        m.reserve_master("C1-C2", 32, "m3", round_index=3, run_tag="t")
         m.words("m3", 4, 8)
         assert m.finish("m3", release=True) == "consumed"  # read: spent, never released
         with pytest.raises(KeyStoreError):
-            s.reserve_slave("C1-C2", refs, 32, "s2", round_index=1)  # those bits are spent
+            s.reserve_slave("C1-C2", refs, 32, "s2", round_index=1, run_tag="t")  # those bits are spent
         assert m.store.accounting()["C1-C2"]["available"] == {"fl": 32}
 
 
@@ -141,3 +142,83 @@ def test_abort_after_masking_spends_the_reservations(make_stores, local_grid, mn
         with KeyStore.for_node(node, kdir) as s:
             for p in pairs:  # read for masking: spent, never back in the pool
                 assert s.accounting()[p]["consumed"] == {"fl": per_round} and s.accounting()[p]["reserved"] == {}
+
+
+def test_reservations_a_killed_round_left_are_voided_at_both_ends_and_never_released(tmp_path) -> None:
+    """A node process killed mid-round (Ctrl-C, a crash) leaves its mask reservations in its store,
+    and no later round finished them: the pair's two stores disagreed for good (the master's bits
+    reserved, the slave's free, so a key drawn from the slave's end was refused there).  The next
+    run's keys stage voids them — spent, never released, since either end may have masked with them
+    — and the master's announcement makes the slave discard the same bits."""
+    bid = str(uuid.uuid4())
+    _store(tmp_path, "C1", bid=bid, nbits=128).close()
+    _store(tmp_path, "C2", bid=bid, nbits=128).close()
+    with NodeKeyStore("C1", tmp_path) as m, NodeKeyStore("C2", tmp_path) as s:
+        r1 = m.reserve_master("C1-C2", 32, "m1", round_index=1, run_tag="old")  # slave reserved and read
+        s.reserve_slave("C1-C2", r1, 32, "s1", round_index=1, run_tag="old")
+        s.words("s1", 4, 8)
+        m.reserve_master("C1-C2", 32, "m2", round_index=2, run_tag="old")  # the slave never saw these refs
+        live = m.reserve_master("C1-C2", 16, "m3", round_index=1, run_tag="new")  # this run's round: kept
+        # the processes die; a new run's keys stage (round 1) at each node
+        assert m.void_stranded("new", 1) == 2 and s.void_stranded("new", 1) == 1
+        assert m.store.reservation("m3") is not None
+        with pytest.raises(KeyStoreError):
+            m.store.release("m2")  # voided: never back in the pool
+        announced = m.spent_refs("C1-C2")
+        assert sorted(map(tuple, announced)) == [(bid, 0, 32), (bid, 32, 32)]
+        assert s.discard("C1-C2", announced) == 32 and s.discard("C1-C2", announced) == 0  # idempotent
+        s.reserve_slave("C1-C2", live, 16, "s3", round_index=1, run_tag="new")
+        acc_m, acc_s = m.store.accounting()["C1-C2"], s.store.accounting()["C1-C2"]
+        assert acc_m["available"] == acc_s["available"] == {"fl": 128 - 80}
+        assert acc_m["reserved"] == acc_s["reserved"] == {"fl": 16}
+        # in step again: a key drawn at the slave's end is accepted at the master's
+        km = s.store.take("C1-C2", 24, "fl")
+        assert np.array_equal(m.store.take_exact("C1-C2", km.refs, "fl").bits, km.bits)
+
+
+class _KilledGrid:
+    """A LocalGrid whose node processes are all killed (Ctrl-C) when the server sends round
+    ``kill_round``'s mask messages, after ``deliver``'s nodes handled theirs: nothing reaches a
+    node afterwards (not the server's abort either), as when every process of the run dies."""
+
+    def __init__(self, grid: Any, kill_round: int, deliver: tuple[str, ...] = ()) -> None:
+        self.grid, self.kill_round, self.deliver, self.dead = grid, kill_round, deliver, False
+
+    def get_node_ids(self) -> Any:
+        return self.grid.get_node_ids()
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> Any:
+        messages = list(messages)
+        if self.dead:
+            return []
+        cfg = messages[0].content.config_records.get("labqfl") if messages else None
+        if cfg is not None and cfg.get("stage") == "mask" and int(cfg["round"]) == self.kill_round:
+            self.grid.send_and_receive([m for m in messages if self.grid.nodes[m.metadata.dst_node_id] in self.deliver])
+            self.dead = True
+            raise KeyboardInterrupt
+        return self.grid.send_and_receive(messages, timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.grid, name)
+
+
+@pytest.mark.parametrize("deliver", [(), ("C2", "C3")], ids=["before-masking", "slaves-masked"])
+def test_a_run_after_an_interrupted_one_leaves_every_pair_s_stores_in_step(make_stores, local_grid, mnist_dir,
+                                                                           deliver) -> None:
+    names = ["C1", "C2", "C3"]
+    spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1)
+    per_round = spec0.q * spec0.model().n_params
+    kdir = make_stores(names, 3 * per_round)
+    spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1,
+                               keystore_dir=str(kdir))
+    with pytest.raises(KeyboardInterrupt):
+        LabqflServer(spec).run(_KilledGrid(local_grid(make_client_app(), names), 1, deliver))
+    LabqflServer(spec).run(local_grid(make_client_app(), names))  # new processes: fresh node state
+    for p in mask_graph(names):
+        a, b = p.split("-")
+        with KeyStore.for_node(a, kdir) as sa, KeyStore.for_node(b, kdir) as sb:
+            acc_a, acc_b = sa.accounting()[p], sb.accounting()[p]
+            assert acc_a["reserved"] == acc_b["reserved"] == {}, (p, acc_a, acc_b)
+            assert acc_a["available"] == acc_b["available"] == {"fl": per_round}, (p, acc_a, acc_b)
+            km = sb.take(p, 64, "fl")  # drawn at the other end: the same free bits
+            assert np.array_equal(sa.take_exact(p, km.refs, "fl").bits, km.bits)
