@@ -249,3 +249,42 @@ class FreeRunning:
         validator=rule(_no_gate), fget=lambda s: float(getattr(s.config, "gate_width_ns", 0.0)))
     gate_delay_ps: Setting[float] = PhotonDetector.gate_delay_ps.refine(
         validator=rule(_no_gate), fget=lambda s: float(getattr(s.config, "gate_delay_ps", 0.0)))
+
+
+def _bare_message(exc: BaseException) -> str:
+    """``exc``'s message without the ``(instrument …, resource …, command …)`` that
+    :class:`InstrumentError` appends (it is added again by the error raised in its place)."""
+    text = str(exc)
+    if isinstance(exc, InstrumentError):
+        where = str(InstrumentError("", instrument=exc.instrument, resource=exc.resource, command=exc.command))
+        if where.strip() and text.endswith(where):
+            return text[: -len(where)]
+        return text
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, ValueError) else text
+
+
+def off_anyway(inst: Instrument, approach: Callable[[], None], off: Callable[[], None], what: str) -> None:
+    """A safe state that does not depend on read-backs: run ``approach`` (read, then ramp down);
+    whatever it raised, run ``off`` (the command that stops emission or bias); then re-raise the
+    first failure as one error of the same class that says the off command was sent (or that it
+    failed too)."""
+    first: BaseException | None = None
+    try:
+        approach()
+    except Exception as exc:  # noqa: BLE001 - re-raised below, after the off command
+        first = exc
+    try:
+        off()
+    except Exception as exc:
+        if first is None:
+            raise
+        raise _again(inst, first, f"; switching {what} off failed too: {_bare_message(exc)}") from first
+    if first is not None:
+        raise _again(inst, first, f"; {what} was switched off anyway") from first
+
+
+def _again(inst: Instrument, first: BaseException, tail: str) -> InstrumentError:
+    cls = type(first) if isinstance(first, InstrumentError) else InstrumentError
+    return cls(f"safe state: {_bare_message(first)}{tail}", instrument=getattr(first, "instrument", "") or inst.name,
+               resource=getattr(first, "resource", "") or getattr(inst, "resource", ""),
+               command=getattr(first, "command", ""))

@@ -23,6 +23,7 @@ shipped in ``labqfl/sim_backends/visa/``.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -62,6 +63,9 @@ _OPEN_LOCK = threading.Lock()
 _MAX_QUEUE = 32
 
 PACKAGED_SIM_PREFIX = "@sim:"
+
+#: Smallest magnitude of the SCPI overflow (9.9E+37) and not-a-number (9.91E+37) replies.
+SCPI_OVERFLOW = 9.9e37
 
 
 def packaged_sim_yaml(filename: str) -> Path:
@@ -270,6 +274,14 @@ class Link:
             except (ValueError, TypeError, IndexError) as exc:
                 raise InstrumentReplyError(f"unexpected reply: {exc}", instrument=self.owner.name,
                                            resource=self.resource, command=command) from exc
+            except KeyError as exc:  # PyMeasure's map_values: "Value 2.0 not found in mapped values"
+                text = exc.args[0] if exc.args else exc
+                raise InstrumentReplyError(f"unexpected reply: {text}; expected one of the values this command "
+                                           f"answers", instrument=self.owner.name, resource=self.resource,
+                                           command=command) from exc
+            except AttributeError as exc:  # PyMeasure refusing a property of this unit ("… is not a power sensor")
+                raise InstrumentReplyError(f"unexpected reply: {exc}", instrument=self.owner.name,
+                                           resource=self.resource, command=command) from exc
             except (OSError, ConnectionError) as exc:
                 raise InstrumentError(f"I/O failed: {_describe(exc)}", instrument=self.owner.name,
                                       resource=self.resource, command=command) from exc
@@ -304,16 +316,47 @@ class Link:
                                            instrument=self.owner.name, resource=self.resource, command=command)
             return reply
 
-    def query_float(self, command: str) -> float:
-        reply = self.query(command)
-        try:
-            return float(reply)
-        except ValueError:
-            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected a number",
-                                       instrument=self.owner.name, resource=self.resource, command=command) from None
+    def number(self, command: str, reply: Any, lo: float | None = None, hi: float | None = None,
+               unit: str = "") -> float:
+        """``reply`` (text or number) as a float within ``lo`` … ``hi``; otherwise one
+        :class:`InstrumentReplyError` naming the reply and what was expected.
 
-    def query_int(self, command: str) -> int:
-        value = self.query_float(command)
+        Refused always: no number, NaN/infinity, and the SCPI overflow / not-a-number values
+        (9.9E+37 / 9.91E+37, IEEE 488.2 and SCPI-99 §7.2.1.5), which an instrument answers when the
+        reading is out of its range or undefined.
+        """
+        where = {"instrument": self.owner.name, "resource": self.resource, "command": command}
+        text = reply.strip() if isinstance(reply, str) else reply
+        if isinstance(text, str) and not text:
+            raise InstrumentReplyError("empty reply; expected a number", **where)
+        if isinstance(text, bool):
+            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected a number", **where)
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected a number", **where) from None
+        u = f" {unit}" if unit else ""
+        if not math.isfinite(value) or abs(value) >= SCPI_OVERFLOW:
+            raise InstrumentReplyError(f"reply {reply!r} is the SCPI overflow/not-a-number value (reading out of "
+                                       f"range or undefined); expected a finite reading", **where)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            expected = (f"at least {lo:g}" if hi is None else f"at most {hi:g}" if lo is None
+                        else f"{lo:g} to {hi:g}")
+            raise InstrumentReplyError(f"reply {reply!r} is out of range; expected {expected}{u}", **where)
+        return value
+
+    def call_float(self, command: str, fn: Callable[[], Any], lo: float | None = None, hi: float | None = None,
+                   unit: str = "") -> float:
+        """:meth:`call` ``fn`` (a PyMeasure read), its result converted by :meth:`number` under the same
+        lock, so an unparsable or out-of-range reply is one clear error naming the command."""
+        with self.owner.lock:
+            return self.number(command, self.call(command, fn), lo, hi, unit)
+
+    def query_float(self, command: str, lo: float | None = None, hi: float | None = None, unit: str = "") -> float:
+        return self.number(command, self.query(command), lo, hi, unit)
+
+    def query_int(self, command: str, lo: float | None = None, hi: float | None = None, unit: str = "") -> int:
+        value = self.query_float(command, lo, hi, unit)
         if value != int(value):
             raise InstrumentReplyError(f"unexpected reply {value!r}; expected an integer",
                                        instrument=self.owner.name, resource=self.resource, command=command)

@@ -26,6 +26,12 @@ command                              meaning                    unit / range ([I
 ``REG:STATE?``                       state text                 [I ``state``]
 ==================================  =========================  ===================================
 
+**Naming rule (review s31, D1), stated here as it stands.** Every command string of this driver
+comes from that third-party driver (Instrumental), not from an ID Quantique manual or SDK; no vendor
+document with the ID120's remote-control commands was found. The driver is nevertheless named and
+registered after the vendor model (``IDQuantiqueID120``); whether to rename it to a protocol-level
+generic driver (as ``GenericBitDrivenPhaseModulator``) is left to the project owner.
+
 The dead-time unit is the one that driver declares (µs); it is the least certain entry: check
 ``DEADTIME:CAPABILITY?`` on your unit. There is no error queue in that command set, so a refused
 value is seen by reading the setting back.
@@ -33,7 +39,11 @@ value is seen by reading the setting back.
 **labqfl's use.** ``enabled`` = ``REG:RUN``; arming ramps ``BIAS:VOLTAGE`` up to the operating bias
 (the role's ``bias_current_ua`` field, which holds a voltage [V] for SPADs) in steps of at most
 ``options.bias_step_v`` at ``options.bias_ramp_v_per_s``; disarming and the safe state (also on
-SIGTERM/SIGINT through the Station) ramp it down to 0 V and stop the module. The module is
+SIGTERM/SIGINT through the Station) ramp it down to 0 V and stop the module. The safe state does
+not depend on the bias read-back: if ``BIAS:VOLTAGE?`` answers garbage (or a write fails) the bias
+is ramped down from the last value written in this session (or set to 0 V at once when none was),
+``REG:RUN FALSE`` is sent in any case, and the first failure is raised after it. Replies out of the
+table's range (a negative count rate, a bias outside 0 … 250 V) are refused. The module is
 free-running: ``gated`` is always False, and the ID120 sets no efficiency of its own (it follows
 the bias): ``efficiency`` is the nominal value of the station file. On open the station's
 operating point is written: dead time and cooler set point (``temperature_k``); the bias stays 0 V
@@ -57,7 +67,7 @@ from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 from labqfl.instruments.settings import Setting, in_range
 
-from ._base import FreeRunning, Limit, MessageDriver, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_range, off_anyway, ramp_points, run_ramp
 
 BIAS_UV = (0, 250_000_000, 80_000)
 THRESHOLD_UV = (0, 1_047_000, 500)
@@ -106,6 +116,7 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
         self._nominal_efficiency = float(getattr(config, "efficiency", 0.1))
         self._bias_setpoint_v = IDQuantiqueID120.bias.validate(self, getattr(config, "bias_current_ua", 0.0))
         self.bias_ramp_v_per_s, self.bias_step_v = o.bias_ramp_v_per_s, o.bias_step_v
+        self._last_bias_v: float | None = None  # last bias written in this session [V]
         super().__init__(name, config, adapter=adapter)
 
     # -- low level --------------------------------------------------------------------------------
@@ -117,12 +128,14 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
         return reply == "TRUE"
 
     def _write_bias_v(self, volts: float) -> None:
-        self.link.write(f"BIAS:VOLTAGE {_snap(volts * 1e6, *BIAS_UV):d}")
+        uv = _snap(volts * 1e6, *BIAS_UV)
+        self.link.write(f"BIAS:VOLTAGE {uv:d}")
+        self._last_bias_v = uv / 1e6
 
     @property
     def bias_voltage_v(self) -> float:
-        """Bias voltage applied now [V] (``BIAS:VOLTAGE?``, µV on the wire)."""
-        return self.link.query_int("BIAS:VOLTAGE?") / 1e6
+        """Bias voltage applied now [V] (``BIAS:VOLTAGE?``, µV on the wire, 0 … 250 V)."""
+        return self.link.query_int("BIAS:VOLTAGE?", BIAS_UV[0], BIAS_UV[1], "µV") / 1e6
 
     def _ramp_bias(self, target_v: float) -> None:
         with self.lock:
@@ -142,8 +155,27 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
             self.link.write("REG:RUN TRUE")
             self._ramp_bias(self._bias_setpoint_v)
         else:
+            with self.lock:
+                off_anyway(self, self._bias_down, self._stop, "the module (REG:RUN FALSE)")
+
+    def _bias_down(self) -> None:
+        """Bias ramped to 0 V from the value read back; if that read fails, from the last bias written in
+        this session (steps down only), else straight to 0 V — then the read failure is raised."""
+        try:
             self._ramp_bias(0.0)
-            self.link.write("REG:RUN FALSE")
+        except Exception:
+            try:
+                if self._last_bias_v is not None and self._last_bias_v > 0:
+                    run_ramp(ramp_points(self._last_bias_v, 0.0, self.bias_step_v), self.bias_ramp_v_per_s,
+                             self.bias_step_v, self._write_bias_v)
+                else:
+                    self._write_bias_v(0.0)
+            except Exception as exc:  # the read failure is the one to report
+                self.log.warning("bias ramp-down after a failed read failed too: %s", exc)
+            raise
+
+    def _stop(self) -> None:
+        self.link.write("REG:RUN FALSE")
 
     enabled = PhotonDetector.enabled.via(_get_enabled, _set_enabled)
 
@@ -197,7 +229,7 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
         with self.lock:
             self.link.write(f"COUNTERS:INTEGRATION_TIME {ms:d}")
             time.sleep(ms / 1e3)  # the module publishes the rate after the window closes
-            return float(self.link.query_int("COUNTERS:DETECTION_FREQ?"))
+            return float(self.link.query_int("COUNTERS:DETECTION_FREQ?", 0, None, "Hz"))
 
     def status(self) -> dict[str, Any]:
         st = super().status()

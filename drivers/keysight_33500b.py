@@ -34,6 +34,12 @@ could not be checked here:
   on ``TRIG<ch>:SOUR EXT``. PyMeasure's ``data_arb`` offers only ASCII lists (its docstring: at most
   65,536 points), so the block is written through the adapter's ``write_binary_values``.
 
+Filter and sample rate: with ``arb_filter = "OFF"`` the options refuse ``sample_rate_hz`` above
+62.5 MSa/s. That limit is inferred from Keysight's 33500/33600 online help, RATE subsystem
+(rfmw.em.keysight.com/spdhelpfiles/33500/webhelp-mobile/JP/Advanced/Content/__I_SCPI/RATE_Subsystem.htm:
+NORMal/STEP up to 250 MSa/s on the 33500 Series, OFF up to 62.5 MSa/s; 250 MSa/s on the 33600), not
+checked against the printed guide.
+
 Memory: ``options.max_points`` is the points limit the driver enforces — 1,000,000 (standard, the
 guide's tutorial) by default; 16,000,000 for a unit with the memory option (option MEM, Keysight data
 sheet; not checked against the manual text here). Set it to what ``*OPT?`` of the unit reports.
@@ -51,7 +57,7 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from pymeasure.adapters import Adapter
 from pymeasure.instruments.agilent import Agilent33500
 
@@ -67,6 +73,7 @@ V_PI_V = (0.1, 20.0)
 BIAS_PHASE_RAD = (-2 * math.pi, 2 * math.pi)
 GATE_DELAY_PS = (0.0, 1e12)  # 0 … 1 s
 SAMPLE_RATE_HZ = (1.0, 250e6)
+ARB_FILTER_OFF_MAX_HZ = 62.5e6  # with FUNC:ARB:FILT OFF (33500 Series; Keysight help, RATE subsystem)
 MIN_POINTS = 8  # the guide's minimum arbitrary waveform (33500 Series)
 STANDARD_POINTS: Literal[1_000_000] = 1_000_000  # standard memory per waveform (the guide's tutorial)
 OPTION_MEM_POINTS = 16_000_000  # with the memory option (data sheet; not checked here)
@@ -86,6 +93,17 @@ class Keysight33500BOptions(DriverOptions):
     arb_filter: Literal["STEP", "OFF"] = Field(
         "STEP", description="FUNC:ARB:FILT written on open: STEP or OFF keep each slot's level flat (NORMal, the "
         "instrument's default, smears 10 ns slots and is not offered)")
+
+    @model_validator(mode="after")
+    def _filter_allows_rate(self) -> Keysight33500BOptions:
+        # Keysight 33500/33600 help, RATE subsystem (FUNCtion:ARBitrary:SRATe): with the filter OFF the
+        # 33500 Series plays arbitrary waveforms at up to 62.5 MSa/s (250 MSa/s with NORMal/STEP). The
+        # limit is inferred from that page (not the printed guide) and applies to the 33500 Series.
+        if self.arb_filter == "OFF" and self.sample_rate_hz > ARB_FILTER_OFF_MAX_HZ:
+            raise ValueError(f"arb_filter = 'OFF' with sample_rate_hz = {self.sample_rate_hz:g}: the 33500 Series "
+                             f"plays at most {ARB_FILTER_OFF_MAX_HZ / 1e6:g} MSa/s with the filter off; expected "
+                             f"sample_rate_hz <= {ARB_FILTER_OFF_MAX_HZ:g} or arb_filter = 'STEP'")
+        return self
 
 
 class Keysight33500B(MessageDriver, PhaseModulator):
@@ -152,7 +170,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
     output_enabled = PhaseModulator.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
     def _get_amplitude_vpp(self) -> float:
-        return float(self.link.call(f"SOUR{self.channel}:VOLT?", lambda: self.ch.amplitude))
+        return self.link.call_float(f"SOUR{self.channel}:VOLT?", lambda: self.ch.amplitude, 0.0, 2 * MAX_ABS_V, "Vpp")
 
     def _set_amplitude_vpp(self, v: float) -> None:
         self._set(f"SOUR{self.channel}:VOLT", lambda: setattr(self.ch, "amplitude", v))

@@ -47,6 +47,7 @@ point is written: the trigger level (``options.trigger_level_mv``, if given) and
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, cast
 
 import pyvisa
@@ -59,7 +60,7 @@ from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentReply
 from labqfl.instruments.interfaces import PhotonDetector
 from labqfl.instruments.settings import Setting, in_range
 
-from ._base import FreeRunning, Limit, MessageDriver, check_range, ramp_points, run_ramp
+from ._base import FreeRunning, Limit, MessageDriver, check_range, off_anyway, ramp_points, run_ramp
 
 BIAS_UA = (0.0, 90.9)
 TRIGGER_LEVEL_MV = (-1000.0, 1000.0)
@@ -204,7 +205,32 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             if missing:
                 raise InstrumentReplyError(f"the controller's labelProps lack {missing}; expected them all",
                                            instrument=self.name, resource=self.resource, command="labelProps")
+            for label in wanted:
+                self._check_label(label, got[label])
             return got
+
+    #: Labels holding one number per channel, and the range each number must lie in.
+    _PER_CHANNEL = {"BiasCurrent": (-BIAS_UA[1], BIAS_UA[1], "µA"), "TriggerLevel": (*TRIGGER_LEVEL_MV, "mV")}
+
+    def _check_label(self, label: str, value: Any) -> None:
+        """Refuse a label value of the wrong shape: ``DetectorEnable`` a JSON boolean; ``BiasCurrent`` /
+        ``TriggerLevel`` a list of ``n_detectors`` numbers within the controller's range."""
+        def bad(expected: str) -> InstrumentReplyError:
+            return InstrumentReplyError(f"unexpected {label} = {value!r}; expected {expected}", instrument=self.name,
+                                        resource=self.resource, command="labelProps")
+        if label == "DetectorEnable" and not isinstance(value, bool):
+            raise bad("a JSON boolean (true or false)")
+        if label in self._PER_CHANNEL:
+            lo, hi, unit = self._PER_CHANNEL[label]
+            n = self.n_detectors
+            shape = f"a list of {n} numbers (one per detector)" if n else "a list of numbers (one per detector)"
+            if not isinstance(value, list) or (n and len(value) != n):
+                raise bad(shape)
+            for x in value:
+                if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                    raise bad(shape)
+                if not lo - 1e-9 <= x <= hi + 1e-9:
+                    raise bad(f"{shape} within {lo:g} … {hi:g} {unit}")
 
     def _command(self, command: str, label: str, value: Any) -> None:
         """Send a command and confirm the controller now holds ``value`` under ``label``."""
@@ -259,9 +285,9 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                      self._write_bias)
 
     def _get_enabled(self) -> bool:
-        """Armed: ``DetectorEnable`` on and this channel biased."""
+        """Armed: ``DetectorEnable`` on (a JSON ``true``) and this channel biased."""
         with self.lock:
-            return bool(self._labels("DetectorEnable")["DetectorEnable"]) and self.bias_now_ua > 0
+            return self._labels("DetectorEnable")["DetectorEnable"] is True and self.bias_now_ua > 0
 
     def _set_enabled(self, on: bool) -> None:
         if on:
@@ -269,9 +295,25 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                 self._command("DetectorEnable", "DetectorEnable", True)
             self._ramp_bias(self._bias_setpoint)
         else:
+            with self.lock:
+                self._disarm()
+
+    def _disarm(self) -> None:
+        """This channel ramped to 0 µA; ``DetectorEnable`` off once every channel is at 0 µA. If a read or
+        write on the way fails, ``DetectorEnable`` is switched off at once (it removes the bias of every
+        nanowire of the controller) and the first failure is raised after that."""
+        state = {"failed": True, "all_zero": False}
+
+        def approach() -> None:
             self._ramp_bias(0.0)
-            if all(abs(b) < 1e-9 for b in self.bias_currents_ua):
+            state["all_zero"] = all(abs(b) < 1e-9 for b in self.bias_currents_ua)
+            state["failed"] = False
+
+        def off() -> None:
+            if state["failed"] or state["all_zero"]:
                 self._command("DetectorEnable", "DetectorEnable", False)
+
+        off_anyway(self, approach, off, "the bias supply (DetectorEnable false)")
 
     enabled = PhotonDetector.enabled.via(_get_enabled, _set_enabled)
 
@@ -317,7 +359,8 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                 v = m.get("value")
                 if m.get("label") == "temperature_long_memory" and isinstance(v, dict) and v.get("T"):
                     self._pending.clear()
-                    return float(v["T"][-1])
+                    t = v["T"]
+                    return self.link.number("TemperatureHistory", t[-1] if isinstance(t, list) else t, 0.0, 400.0, "K")
 
     # -- station hooks --------------------------------------------------------------------------------
     def apply_operating_point(self, station: StationConfig) -> None:
@@ -358,10 +401,14 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             finally:
                 counts.close()
         try:
-            return float(fields[self.channel]) / (ms / 1e3)
+            counts_n = float(fields[self.channel])
         except (IndexError, ValueError):
             raise InstrumentReplyError(f"unexpected count line {','.join(fields)!r}; expected <time>,<counts>…",
                                        instrument=self.name, resource=self.resource, command="counts") from None
+        if not math.isfinite(counts_n) or counts_n < 0:
+            raise InstrumentReplyError(f"unexpected count line {','.join(fields)!r}; expected counts >= 0",
+                                       instrument=self.name, resource=self.resource, command="counts")
+        return counts_n / (ms / 1e3)
 
     def status(self) -> dict[str, Any]:
         st = super().status()

@@ -29,6 +29,13 @@ pattern generator.
   is a SCPI instrument). Serial: 115200 baud (PyMeasure), USB (Silicon Labs UART) or RS-232 with a
   null modem.
 
+**Naming rule (review s31, D1), stated here as it stands.** The MZM command strings (the part of
+this driver that moves the bias) come from a third-party driver, PyMeasure's
+``thorlabsmbxseries.py``; no vendor manual with the MZM command table (§2.4 of the guide) was found.
+PyMeasure also terminates with CR (``thorlabsmbxseries.py``), not the LF assumed here. The driver
+is nevertheless named after the vendor model (``ThorlabsMBX``); whether to rename it to a generic
+protocol-level driver is left to the project owner.
+
 **Interfaces.** :class:`~labqfl.instruments.interfaces.ModulatorBiasController` (lock point ``null``
 → mode 2, ``peak`` → 1, ``quad+`` → 3, ``quad-`` → 4, ``manual`` → 7; bias output off = mode 0,
 so the lock point is kept by the driver while the output is off and written when it is turned on)

@@ -4,6 +4,13 @@ Wraps PyMeasure's :class:`pymeasure.instruments.thorlabs.ThorlabsPM100USB` (whic
 sensor head's ID and flags at open). PyMeasure clips out-of-range wavelengths silently; this
 driver refuses them with ``ValueError`` using the head's own range (``SENS:CORR:WAV? MIN|MAX``).
 Averaging uses ``SENS:AVER:COUN`` (samples, 1 … 10000); power is ``MEAS:POW?`` [W].
+
+``MEAS:POW?`` answers in the meter's selected unit, so on open the driver writes ``SENS:POW:UNIT W``
+(``SENSe:POWer[:DC]:UNIT W|DBM``, "Sets the power unit W or dBm": Thorlabs' PM100 SCPI command table as
+transcribed in clade/ThorlabsPM100, ``ThorlabsPM100.py``, ``SensePowerDc.unit``; the short form leaves
+out the optional DC node) and checks ``SENS:POW:UNIT?`` = W (again in :meth:`status`). A head whose
+flags say it is not a power sensor (an energy head) is refused at open. Negative readings and the
+SCPI overflow value 9.9E+37 are refused.
 """
 
 from __future__ import annotations
@@ -15,10 +22,13 @@ from pymeasure.adapters import Adapter
 from pymeasure.instruments.thorlabs import ThorlabsPM100USB as _PM100USB
 
 from labqfl.config import InstrumentConfig
-from labqfl.errors import InstrumentError
+from labqfl.errors import InstrumentError, InstrumentReplyError
 from labqfl.instruments.interfaces import PowerMeter
 
 from ._base import MessageDriver
+
+#: Plausible wavelength replies of any PM100 head [nm] (widest Thorlabs head ranges lie inside).
+WAVELENGTH_NM = (100.0, 30_000.0)
 
 
 class ThorlabsPM100USB(MessageDriver, PowerMeter):
@@ -42,13 +52,28 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
                                           resource=self.resource, command="SYST:SENSOR:IDN?") from exc
 
         self.pm = self.link.call("SYST:SENSOR:IDN?", build)
+        if not self.pm.is_power_sensor:  # e.g. an energy head (flags bit 1 clear): MEAS:POW? is meaningless
+            raise InstrumentError(f"sensor head {self.pm.sensor_name} is not a power sensor (SYST:SENSOR:IDN? flags "
+                                  f"{sum(b << i for i, b in enumerate(self.pm.flags))}); expected a photodiode or "
+                                  f"thermal power head", instrument=self.name, resource=self.resource,
+                                  command="SYST:SENSOR:IDN?")
         self._identity = self.link.query("*IDN?")
         self._wl_range = (
-            float(self.link.call("SENS:CORR:WAV? MIN", lambda: self.pm.wavelength_min)),
-            float(self.link.call("SENS:CORR:WAV? MAX", lambda: self.pm.wavelength_max)),
+            self.link.call_float("SENS:CORR:WAV? MIN", lambda: self.pm.wavelength_min, *WAVELENGTH_NM, "nm"),
+            self.link.call_float("SENS:CORR:WAV? MAX", lambda: self.pm.wavelength_max, *WAVELENGTH_NM, "nm"),
         )
         # PyMeasure caches the range on first use; hand it the values already read.
         self.pm._wavelength_min, self.pm._wavelength_max = self._wl_range
+        # MEAS:POW? answers in the selected unit: select watts and check the meter took it
+        self.link.write("SENS:POW:UNIT W")
+        self.check_power_unit()
+
+    def check_power_unit(self) -> None:
+        """Refuse a meter whose power unit is not W (``SENS:POW:UNIT?``; dBm would be read as watts)."""
+        unit = self.link.query("SENS:POW:UNIT?")
+        if unit.strip().upper() != "W":
+            raise InstrumentReplyError(f"power unit is {unit!r}; expected 'W' (MEAS:POW? is read in watts)",
+                                       instrument=self.name, resource=self.resource, command="SENS:POW:UNIT?")
 
     @property
     def sensor(self) -> str:
@@ -56,7 +81,7 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
         return f"{self.pm.sensor_name} #{self.pm.sensor_sn}"
 
     def _get_wavelength_nm(self) -> float:
-        return float(self.link.call("SENSE:CORR:WAV?", lambda: self.pm.wavelength))
+        return self.link.call_float("SENSE:CORR:WAV?", lambda: self.pm.wavelength, *WAVELENGTH_NM, "nm")
 
     def _set_wavelength_nm(self, v: float) -> None:
         if not self.pm.wavelength_settable:
@@ -71,10 +96,12 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
     averaging = PowerMeter.averaging.scpi("SENS:AVER:COUN?", "SENS:AVER:COUN {value:d}", cast=int)
 
     def power_w(self) -> float:
-        """Measured optical power [W]."""
-        return float(self.link.call("MEAS:POW?", lambda: self.pm.power))
+        """Measured optical power [W] (a negative reading or the SCPI overflow 9.9E+37 is refused)."""
+        return self.link.call_float("MEAS:POW?", lambda: self.pm.power, 0.0, None, "W")
 
     def status(self) -> dict[str, Any]:
         st = super().status()
-        st.update(sensor=self.sensor, power_w=self.power_w())
+        with self.lock:
+            self.check_power_unit()
+            st.update(sensor=self.sensor, power_unit="W", power_w=self.power_w())
         return st

@@ -25,7 +25,20 @@ external pattern generator that gates the diode, so:
   temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off.
 
 Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, ``:ILD:SET <A>``,
-``:LASER ON|OFF``, ``:TEMP:SET <°C>``, error queue ``:SYST:ERR?``.
+``:LASER ON|OFF``, ``:TEMP:SET <°C>``, error queue ``:SYST:ERR?``; the LD software current limit
+``:LIMC:SET <A>`` (PyMeasure ``ThorlabsPro8000.LDCCurrentLimit``; Thorlabs' PRO800/8000 VXIpnp driver
+``pro8.c`` v2.5.3, ``Pro8_LdcSetLdLimit``), the TEC output ``:TEC ON|OFF`` / ``:TEC?`` (PyMeasure
+``TEDStatus``; ``pro8.c`` ``Pro8_TecSetPtOutput`` / ``Pro8_TecGetPtOutput``) and the actual TEC
+temperature ``:TEMP:ACT?`` (``pro8.c`` ``Pro8_TecGetTemp``; not in PyMeasure 0.16's class).
+
+**Safety checks.** On open ``:LIMC:SET`` is written with ``max_current_ma``, so the LDC itself refuses
+more. ``apply_operating_point`` switches the TEC on (``:TEC ON``). Before ``:LASER ON`` the driver
+requires a set point read back within 0 … ``max_current_ma``, the TEC on and ``|:TEMP:ACT? −
+:TEMP:SET?|`` ≤ ``options.temp_tolerance_k`` (0.5 K), and refuses otherwise. The safe state does not
+depend on read-backs: if ``:LASER?`` or ``:ILD:SET?`` answers garbage, or a ramp write fails,
+``:LASER OFF`` and ``:ILD:SET 0`` are sent at once and the first failure is raised after them.
+``wavelength_nm`` is computed from the TEC *set* temperature; :meth:`snapshot` says so and adds the
+actual temperature and the wavelength it gives (``tec``).
 """
 
 from __future__ import annotations
@@ -38,10 +51,10 @@ from pymeasure.adapters import Adapter
 from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
-from labqfl.errors import InstrumentReplyError
+from labqfl.errors import InstrumentError, InstrumentReplyError
 from labqfl.instruments.interfaces import PulsedLaser
 
-from ._base import Limit, MessageDriver, ramp_points, run_ramp
+from ._base import Limit, MessageDriver, off_anyway, ramp_points, run_ramp
 
 REP_RATE_HZ = (1.0, 10e9)
 SLOTS = (1, 8)
@@ -62,6 +75,8 @@ class ThorlabsPRO8000Options(DriverOptions):
     temp_max_c: float = Field(35.0, ge=TEC_C[0], le=TEC_C[1], description="highest TEC set point [°C]")
     ramp_ma_per_s: float = Field(20.0, gt=0.0, le=100_000.0, description="average ramp rate of the diode current [mA/s]")
     ramp_step_ma: float = Field(1.0, gt=0.0, le=100.0, description="largest current step of a ramp [mA]")
+    temp_tolerance_k: float = Field(0.5, gt=0.0, le=10.0, description="largest |actual − set| TEC temperature "
+                                    "at which the laser may be switched on [K]")
 
     @model_validator(mode="after")
     def _consistent(self) -> ThorlabsPRO8000Options:
@@ -96,6 +111,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.t0_c, self.tuning_nm_per_k = o.t0_c, o.tuning_nm_per_k
         self.temp_range_c = (o.temp_min_c, o.temp_max_c)
         self.ramp_ma_per_s, self.ramp_step_ma = o.ramp_ma_per_s, o.ramp_step_ma
+        self.temp_tolerance_k = o.temp_tolerance_k
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
         self.name = name  # for the setting's error before the session opens
         self._rep_rate = ThorlabsPRO8000.rep_rate_hz.validate(self, getattr(config, "rep_rate_hz", 100e6))
@@ -112,6 +128,8 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.pm = self.link.call(":SYST:ANSW VALUE", build)
         self.link.check_errors(":SYST:ANSW VALUE")
         self._identity = self.link.query("*IDN?")
+        # the LDC's software current limit: the module itself refuses a set point above max_current_ma
+        self._set(self.ld_slot, ":LIMC:SET", "LDCCurrentLimit", round(self.max_current_ma * 1e-3, 9))
 
     # -- slot-addressed I/O ------------------------------------------------------------------
     def _get(self, slot: int, label: str, attr: str) -> Any:
@@ -132,27 +150,79 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             self.link.check_errors(label)
 
     # -- settings -------------------------------------------------------------------------------
-    def _get_output_enabled(self) -> bool:
-        reply = str(self._get(self.ld_slot, ":LASER?", "LDCStatus")).strip().upper()
+    def _on_off(self, slot: int, command: str, attr: str) -> bool:
+        reply = str(self._get(slot, command, attr)).strip().upper()
         if reply in ("ON", "1", "1.0"):
             return True
         if reply in ("OFF", "0", "0.0"):
             return False
         raise InstrumentReplyError(f"unexpected reply {reply!r}; expected ON or OFF", instrument=self.name,
-                                   resource=self.resource, command=":LASER?")
+                                   resource=self.resource, command=command)
+
+    def _get_output_enabled(self) -> bool:
+        return self._on_off(self.ld_slot, ":LASER?", "LDCStatus")
 
     def _set_output_enabled(self, on: bool) -> None:
-        if on == self.output_enabled:
+        with self.lock:
+            if on:
+                self._switch_on()
+            else:
+                self._switch_off()
+
+    def _switch_on(self) -> None:
+        """From 0 mA up to the set point, stepwise — only with a set point within ``max_current_ma``
+        and the TEC on and settled."""
+        if self.output_enabled:
             return
         target = self.current_ma
-        if on:  # from 0 mA up to the set point, stepwise
-            self._write_current(0.0)
-            self._set_ldc(True)
-            self._ramp_to(target, start=0.0)
-        else:  # down to 0 mA stepwise, LDC off, set point back
-            self._ramp_to(0.0, start=target)
+        if target > self.max_current_ma + 1e-9:
+            raise InstrumentReplyError(
+                f"LD set point {target:g} mA (reply {target * 1e-3:g} A) is out of range; expected 0 to "
+                f"{self.max_current_ma:g} mA (options.max_current_ma): laser left off", instrument=self.name,
+                resource=self.resource, command=":ILD:SET?")
+        self._require_tec_ready()
+        self._write_current(0.0)
+        self._set_ldc(True)
+        self._ramp_to(target, start=0.0)
+
+    def _switch_off(self) -> None:
+        """Down to 0 mA stepwise, LDC off, set point back. A failed read or write on the way still ends
+        with ``:LASER OFF`` (and the set point at 0 mA); the first failure is raised after that."""
+        state: dict[str, Any] = {"on": True, "target": None, "ramped": False}
+
+        def approach() -> None:
+            if not self.output_enabled:
+                state["on"] = False
+                return
+            state["target"] = self.current_ma
+            self._ramp_to(0.0, start=state["target"])
+            state["ramped"] = True
+
+        def off() -> None:
+            if not state["on"]:
+                return
+            if not state["ramped"]:  # the ramp did not finish: emission off at once, set point to 0
+                for command in (":LASER OFF", ":ILD:SET 0"):  # both sent before anything is read
+                    self.link.call(f":SLOT {self.ld_slot}", lambda: setattr(self.pm, "slot", self.ld_slot))
+                    self.link.write(command, check=False)
+                self.link.check_errors(":LASER OFF")
+                return
             self._set_ldc(False)
-            self._write_current(target)
+            self._write_current(state["target"])
+
+        off_anyway(self, approach, off, "the laser (:LASER OFF)")
+
+    def _require_tec_ready(self) -> None:
+        """The TEC output on and the diode at its set temperature (within ``options.temp_tolerance_k``)."""
+        if not self._on_off(self.tec_slot, ":TEC?", "TEDStatus"):
+            raise InstrumentError(f"TEC (slot {self.tec_slot}) is off; expected it on before :LASER ON "
+                                  f"(apply_operating_point switches it on)", instrument=self.name,
+                                  resource=self.resource, command=":TEC?")
+        t_set, t_act = self.temperature_c, self.temperature_act_c
+        if abs(t_act - t_set) > self.temp_tolerance_k:
+            raise InstrumentError(f"TEC not settled: actual {t_act:g} °C, set {t_set:g} °C; expected within "
+                                  f"{self.temp_tolerance_k:g} K (options.temp_tolerance_k) before :LASER ON",
+                                  instrument=self.name, resource=self.resource, command=":TEMP:ACT?")
 
     output_enabled = PulsedLaser.output_enabled.via(_get_output_enabled, _set_output_enabled)
 
@@ -173,20 +243,32 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                      self._write_current)
 
     def safe_state(self) -> None:
-        """Current ramped down to 0 mA, then emission off (the set point is kept)."""
+        """Current ramped down to 0 mA, then emission off (the set point is kept). A bad read-back or a
+        failed write still ends with ``:LASER OFF`` (set point 0 mA); the first failure is raised after."""
         self.output_enabled = False
 
     def apply_operating_point(self, station: StationConfig) -> None:
-        """TEC temperature for ``laser.wavelength_nm`` and the set point for ``laser.power_mw``."""
+        """TEC temperature for ``laser.wavelength_nm`` and TEC output on, then the set point for
+        ``laser.power_mw`` (emission stays off)."""
         cfg = station.laser
         with self.lock:
             self.wavelength_nm = cfg.wavelength_nm
+            self._set(self.tec_slot, ":TEC ON", "TEDStatus", "ON")
             self.power_mw = cfg.power_mw
+
+    def _get_number(self, slot: int, command: str, attr: str, lo: float | None, hi: float | None,
+                    unit: str) -> float:
+        def get() -> Any:
+            self.pm.slot = slot
+            return getattr(self.pm, attr) if attr else self.pm.ask(command)
+
+        with self.lock:
+            return self.link.call_float(command, get, lo, hi, unit)
 
     @property
     def current_ma(self) -> float:
-        """LD current set point [mA]."""
-        return float(self._get(self.ld_slot, ":ILD:SET?", "LDCCurrent")) * 1e3
+        """LD current set point [mA] (a negative or non-numeric reply is refused)."""
+        return self._get_number(self.ld_slot, ":ILD:SET?", "LDCCurrent", 0.0, None, "A") * 1e3
 
     @property
     def max_power_mw(self) -> float:
@@ -209,7 +291,17 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     @property
     def temperature_c(self) -> float:
         """TEC set temperature [°C]."""
-        return float(self._get(self.tec_slot, ":TEMP:SET?", "TEDSetTemperature"))
+        return self._get_number(self.tec_slot, ":TEMP:SET?", "TEDSetTemperature", *TEC_C, "°C")
+
+    @property
+    def temperature_act_c(self) -> float:
+        """Actual (measured) TEC temperature [°C] (``:TEMP:ACT?``)."""
+        return self._get_number(self.tec_slot, ":TEMP:ACT?", "", *TEC_C, "°C")
+
+    @property
+    def tec_on(self) -> bool:
+        """TEC output on (``:TEC?``)."""
+        return self._on_off(self.tec_slot, ":TEC?", "TEDStatus")
 
     def _wavelength_at(self, t_c: float) -> float:
         return self.lambda0_nm + self.tuning_nm_per_k * (t_c - self.t0_c)
@@ -236,6 +328,24 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
     def status(self) -> dict[str, Any]:
         st = super().status()
-        st.update(output_enabled=self.output_enabled, current_ma=round(self.current_ma, 4),
-                  temperature_c=self.temperature_c)
+        with self.lock:
+            t_act = self.temperature_act_c
+            st.update(output_enabled=self.output_enabled, current_ma=round(self.current_ma, 4),
+                      temperature_c=self.temperature_c, temperature_act_c=t_act, tec_on=self.tec_on,
+                      wavelength_act_nm=round(self._wavelength_at(t_act), 4))
         return st
+
+    def snapshot(self) -> dict[str, Any]:
+        """The settings (``wavelength_nm`` from the TEC *set* temperature), plus what the TEC reports now:
+        ``tec`` = output on/off, actual temperature and the wavelength it gives."""
+        out = super().snapshot()
+        out["wavelength_source"] = "wavelength_nm is from the TEC set temperature (:TEMP:SET?), not the actual one"
+        try:
+            with self.lock:
+                t_act = self.temperature_act_c
+                out["tec"] = {"on": self.tec_on, "temperature_act_c": t_act,
+                              "wavelength_at_actual_nm": round(self._wavelength_at(t_act), 4),
+                              "source": "TEC actual temperature (:TEMP:ACT?)"}
+        except Exception as exc:
+            out["tec"] = f"<error: {exc}>"
+        return out

@@ -36,7 +36,7 @@ from labqfl.config import (
     parse_station_config,
     require_pattern_generators,
 )
-from labqfl.errors import InstrumentQueueError, InstrumentTimeout
+from labqfl.errors import InstrumentQueueError, InstrumentReplyError, InstrumentTimeout
 
 RES = "TCPIP0::10.0.0.11::inst0::INSTR"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "station_pyvisa_sim.toml"
@@ -106,7 +106,8 @@ def test_33500b_memory_and_filter_options(sim_library) -> None:  # type: ignore[
     options.arb_filter offers STEP or OFF only."""
     big = Keysight33500B("pm", PhaseModulatorConfig(driver="Keysight33500B", resource=RES, timeout_ms=150,
                                                      visa_library=sim_library("keysight_33500b.yaml"),
-                                                     options={"max_points": 16_000_000, "arb_filter": "OFF"}))
+                                                     options={"max_points": 16_000_000, "arb_filter": "OFF",
+                                                              "sample_rate_hz": 62.5e6}))
     assert big.max_points == 16_000_000 and big.link.query("SOUR1:FUNC:ARB:FILT?") == "OFF"
     big.close()
     samples, _, _ = big.pattern_levels(np.zeros(1_000_001, dtype=np.uint8) | np.arange(1_000_001, dtype=np.uint8) % 4)
@@ -189,3 +190,30 @@ def test_33500b_without_pattern_generator_is_refused_with_a_real_tagger() -> Non
     with pytest.raises(ConfigError, match=r"field 'clients\.1\.pattern_generator' .*GenericBitDrivenPhaseModulator "
                        r"\(C2\.phase_modulator\) takes its phase bits from a pattern generator"):
         require_pattern_generators(parse_station_config(bit, "ex.toml"), "ex.toml")
+
+
+# -- review s31 B1/B2/B3/C2 -------------------------------------------------------------------------------
+OPEN_33500B = [(b"*IDN?", b"Agilent Technologies,33522B,X,1"), (b"FORM:BORD SWAP", None),
+               (b"SYST:ERR?", b'+0,"No error"'), (b"SOUR1:FUNC:ARB:FILT STEP", None), (b"SYST:ERR?", b'+0,"No error"')]
+
+
+@pytest.mark.parametrize("query,reply,match", [
+    (b"OUTP1?", b"2", "unexpected reply: Value 2.0 not found in mapped values"),
+    (b"SOUR1:VOLT?", b"abc", "unexpected reply 'abc'; expected a number"),
+    (b"SOUR1:VOLT?", b"9.9E+37", "SCPI overflow"),
+])
+def test_33500b_bad_replies_are_one_clear_error(query: bytes, reply: bytes, match: str) -> None:
+    """OUTPut and SOURce:VOLTage subsystems: a reply PyMeasure cannot map (its KeyError), a non-number, or the
+    SCPI overflow value is one InstrumentReplyError naming instrument, resource and command."""
+    cfg = PhaseModulatorConfig(driver="Keysight33500B", resource=RES)
+    with expected_protocol(lambda a: Keysight33500B("pm", cfg, adapter=a), [*OPEN_33500B, (query, reply)]) as d:
+        with pytest.raises(InstrumentReplyError, match=f"{match}.*'pm'.*{RES}"):
+            _ = d.output_enabled if query == b"OUTP1?" else d.amplitude_vpp
+
+
+def test_33500b_filter_off_is_refused_above_62_5_msa_s() -> None:
+    """Keysight 33500/33600 help, RATE subsystem: with FUNC:ARB:FILT OFF the 33500 Series plays at most
+    62.5 MSa/s (limit inferred from that page); refused at station load, naming both options."""
+    with pytest.raises(ConfigError, match=r"arb_filter = 'OFF' with sample_rate_hz = 1e\+08.*62.5"):
+        Keysight33500B("pm", PhaseModulatorConfig(driver="Keysight33500B", resource=RES,
+                                                  options={"arb_filter": "OFF"}))

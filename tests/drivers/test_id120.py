@@ -129,3 +129,53 @@ def test_id120_refused_at_1550_nm() -> None:
         parse_station_config(data, "s.toml")
     data["laser"] = {"wavelength_nm": 850.0}
     assert parse_station_config(data, "s.toml").detectors["D0"].driver == "IDQuantiqueID120"
+
+
+# -- review s31 A3/B3: the safe state ends with REG:RUN FALSE; out-of-range replies refused ---------------
+def test_id120_safe_state_stops_the_module_when_the_bias_read_back_is_bad() -> None:
+    """[I] ``bias``/``run``: a garbage ``BIAS:VOLTAGE?`` reply still ends with ``BIAS:VOLTAGE`` ramped down from
+    the last bias written (here 120 V, in 50 V steps) and ``REG:RUN FALSE``; the read failure is raised after."""
+    cfg = DetectorConfig(driver="IDQuantiqueID120", resource=RES, kind="spad", bias_current_ua=120.0, options=FAST)
+    with expected_protocol(lambda a: IDQuantiqueID120("D0", cfg, adapter=a), [
+        (b"*IDN?", b"ID Quantique,ID120,2008,2.1"),
+        (b"REG:RUN TRUE", None), (b"BIAS:VOLTAGE?", b"0"),
+        (b"BIAS:VOLTAGE 40000000", None), (b"BIAS:VOLTAGE 80000000", None), (b"BIAS:VOLTAGE 120000000", None),
+        (b"BIAS:VOLTAGE?", b"ERR"),
+        (b"BIAS:VOLTAGE 80000000", None), (b"BIAS:VOLTAGE 40000000", None), (b"BIAS:VOLTAGE 0", None),
+        (b"REG:RUN FALSE", None),
+        (b"BIAS:VOLTAGE?", b"0"), (b"REG:RUN FALSE", None),  # close()
+    ]) as d:
+        d.enabled = True
+        with pytest.raises(InstrumentReplyError, match=r"safe state: unexpected reply 'ERR'; expected a number; the "
+                                                       r"module \(REG:RUN FALSE\) was switched off anyway"):
+            d.safe_state()
+        d.close()
+
+
+def test_id120_safe_state_without_a_known_bias_goes_straight_to_zero() -> None:
+    """No bias written in this session and the read fails: ``BIAS:VOLTAGE 0`` at once, then ``REG:RUN FALSE``."""
+    cfg = DetectorConfig(driver="IDQuantiqueID120", resource=RES)
+    with expected_protocol(lambda a: IDQuantiqueID120("D0", cfg, adapter=a), [
+        (b"*IDN?", b"ID Quantique,ID120,2008,2.1"),
+        (b"BIAS:VOLTAGE?", b""), (b"BIAS:VOLTAGE 0", None), (b"REG:RUN FALSE", None),
+    ]) as d:
+        d.close()  # close logs the failure and still releases the session
+        assert d.closed
+
+
+@pytest.mark.parametrize("query,reply,match", [
+    (b"COUNTERS:DETECTION_FREQ?", b"-5", "reply '-5' is out of range; expected at least 0 Hz"),
+    (b"BIAS:VOLTAGE?", b"999000000000", "out of range; expected 0 to 2.5e\\+08 µV"),
+])
+def test_id120_out_of_range_replies_are_refused(query: bytes, reply: bytes, match: str) -> None:
+    """[I] ``freq`` (a count rate, >= 0) and [I] ``bias`` (0 … 250 000 000 µV)."""
+    cfg = DetectorConfig(driver="IDQuantiqueID120", resource=RES)
+    steps = [(b"COUNTERS:INTEGRATION_TIME 200", None)] if query.startswith(b"COUNTERS") else []
+    with expected_protocol(lambda a: IDQuantiqueID120("D0", cfg, adapter=a), [
+        (b"*IDN?", b"ID Quantique,ID120,2008,2.1"), *steps, (query, reply),
+    ]) as d:
+        with pytest.raises(InstrumentReplyError, match=match):
+            if steps:
+                d.count_rate_hz(0.2)
+            else:
+                _ = d.bias_voltage_v

@@ -130,3 +130,35 @@ def test_eos_channel_beyond_the_controller_is_refused() -> None:
                            options={"channel": 3})
         with pytest.raises(InstrumentError, match="options.channel = 3, but the controller has 2 detectors"):
             SingleQuantumEos("D0", c)
+
+
+# -- review s31 A4/B3: label shapes checked; the safe state ends with DetectorEnable false -------------------
+EN_OFF = b'{"command": "DetectorEnable", "label": "DetectorEnable", "value": false}'
+
+
+@pytest.mark.parametrize("bias", [[10.0], [10.0, "n/a"], [10.0, None]])
+def test_eos_safe_state_switches_detector_enable_off_when_bias_current_is_malformed(bias: list) -> None:
+    """[W] ``enable_detectors``: a ``BiasCurrent`` that is not one number per detector is one InstrumentReplyError
+    naming the label, and the safe state still sends ``DetectorEnable`` false (it removes every nanowire's bias)."""
+    with expected_protocol(lambda a: SingleQuantumEos("D1", cfg(), adapter=a), [
+        *opening([0.0, 10.0], True),
+        (LP, dump(bias, True)),  # type: ignore[arg-type]
+        (EN_OFF, None), (LP, dump([0.0, 0.0], False)),
+        # close(): already at 0 µA, every channel at 0 µA: DetectorEnable false (again)
+        (LP, dump([0.0, 0.0], False)), (LP, dump([0.0, 0.0], False)), (EN_OFF, None), (LP, dump([0.0, 0.0], False)),
+    ]) as d:
+        with pytest.raises(InstrumentReplyError, match=r"safe state: unexpected BiasCurrent = .*expected a list of 2 "
+                                                       r"numbers.*DetectorEnable false\) was switched off anyway"):
+            d.safe_state()
+        d.close()
+
+
+def test_eos_detector_enable_must_be_a_json_boolean() -> None:
+    """[W] ``enable_detectors`` sends a JSON boolean; the string "false" read back is refused, not taken as armed."""
+    with expected_protocol(lambda a: SingleQuantumEos("D1", cfg(), adapter=a), [
+        *opening([0.0, 0.0], False),
+        (LP, dump([0.0, 0.0], False).replace(b'"DetectorEnable", "value": {"value": false}',
+                                              b'"DetectorEnable", "value": {"value": "false"}')),
+    ]) as d:
+        with pytest.raises(InstrumentReplyError, match="unexpected DetectorEnable = 'false'; expected a JSON boolean"):
+            _ = d.enabled

@@ -4,15 +4,26 @@ The manual and section behind each command string are given in the exact-protoco
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from labqfl.drivers.thorlabs_pm100usb import ThorlabsPM100USB
 from labqfl.drivers.thorlabs_pro8000 import ThorlabsPRO8000
 from pymeasure.test import expected_protocol
 
 from labqfl.config import LaserConfig, PowerMeterConfig
-from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentTimeout
+from labqfl.errors import (
+    InstrumentError,
+    InstrumentQueueError,
+    InstrumentReplyError,
+    InstrumentTimeout,
+)
 
 PM_RES = "USB0::0x1313::0x8072::SIMPM0001::INSTR"
+#: Power unit W selected and checked at open: ``SENSe:POWer[:DC]:UNIT W|DBM`` ("Sets the power unit W or dBm",
+#: Thorlabs' PM100 SCPI command table as transcribed in clade/ThorlabsPM100, ``ThorlabsPM100.py``, class
+#: ``SensePowerDc.unit``), short form with the optional DC node left out.
+PM_UNIT_W = [(b"SENS:POW:UNIT W", None), (b"SYST:ERR?", b'+0,"No error"'), (b"SENS:POW:UNIT?", b"W")]
 
 
 @pytest.fixture
@@ -34,8 +45,16 @@ def pm(sim_library):  # type: ignore[no-untyped-def]
     d.close()
 
 
+def _station(wavelength_nm: float = 1550.0, power_mw: float = 0.0) -> SimpleNamespace:
+    return SimpleNamespace(laser=SimpleNamespace(wavelength_nm=wavelength_nm, power_mw=power_mw))
+
+
 def test_pro8000_settings_ranges_and_safe_state(laser: ThorlabsPRO8000) -> None:
     assert "PRO8000" in laser.identity()
+    with pytest.raises(InstrumentError, match=r"TEC \(slot 2\) is off"):  # the TEC is off at power-on
+        laser.output_enabled = True
+    laser.apply_operating_point(_station())  # type: ignore[arg-type] # TEC at 25 °C and on
+    assert laser.tec_on and laser.link.query(":LIMC:SET?") == "3.000000E-01"  # software limit = max_current_ma
     laser.output_enabled, laser.power_mw, laser.wavelength_nm, laser.rep_rate_hz = True, 2.0, 1550.8, 250e6
     assert laser.output_enabled is True and laser.power_mw == pytest.approx(2.0)
     assert laser.current_ma == pytest.approx(30.0) and laser.temperature_c == pytest.approx(33.0)
@@ -83,11 +102,14 @@ def test_pro8000_exact_protocol_with_current_ramps() -> None:
     on, off = (b":SLOT 3", None), (b":SLOT 3", None)
     with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
         (b":SYST:ANSW VALUE", None), ok, (b"*IDN?", b"PROFILE,PRO8000,1,3"),
+        (b":SLOT 3", None), (b":LIMC:SET 0.1", None), ok,  # software current limit = max_current_ma
         # power 2 mW with the LDC off: the set point is written directly (no current flows)
         (b":SLOT 3", None), (b":LASER?", b"OFF"),
         (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
-        # on: set point read, 0 mA, LDC on, then 15 mA, 30 mA
+        # on: set point read (within max_current_ma), TEC on and settled, 0 mA, LDC on, then 15 mA, 30 mA
         on, (b":LASER?", b"OFF"), (b":SLOT 3", None), (b":ILD:SET?", b"3.000000E-02"),
+        (b":SLOT 4", None), (b":TEC?", b"ON"), (b":SLOT 4", None), (b":TEMP:SET?", b"2.500000E+01"),
+        (b":SLOT 4", None), (b":TEMP:ACT?", b"2.530000E+01"),
         (b":SLOT 3", None), (b":ILD:SET 0", None), ok,
         (b":SLOT 3", None), (b":LASER ON", None), ok,
         (b":SLOT 3", None), (b":ILD:SET 0.015", None), ok,
@@ -142,7 +164,7 @@ def test_pm100usb_exact_protocol_and_missing_head() -> None:
     head = (b"SYST:SENSOR:IDN?", b"S122C,123,07-Sep-2015,1,18,289")
     with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [
         head, (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"),
-        (b"SENS:CORR:WAV? MIN", b"700"), (b"SENS:CORR:WAV? MAX", b"1800"),
+        (b"SENS:CORR:WAV? MIN", b"700"), (b"SENS:CORR:WAV? MAX", b"1800"), *PM_UNIT_W,
         (b"SENSE:CORR:WAV 1310.0", None), ok,
         (b"SENS:AVER:COUN 50", None), ok,
         (b"MEAS:POW?", b"1.25E-04"),
@@ -153,4 +175,129 @@ def test_pm100usb_exact_protocol_and_missing_head() -> None:
     with pytest.raises(InstrumentError, match="no sensor"):
         with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a),
                                [(b"SYST:SENSOR:IDN?", b"no sensor,0,0,0,0,0")]):
+            pass
+
+
+# -- review s31: safe state, set-point and TEC checks, replies (PRO8000); unit, head and readings (PM100) ----
+PRO_OPEN = [(b":SYST:ANSW VALUE", None), (b":SYST:ERR?", b'0,"No error"'), (b"*IDN?", b"PROFILE,PRO8000,1,3"),
+            (b":SLOT 1", None), (b":LIMC:SET 0.1", None), (b":SYST:ERR?", b'0,"No error"')]
+PRO_OK = (b":SYST:ERR?", b'0,"No error"')
+PRO_CFG = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
+                      options={"ramp_step_ma": 50.0, "ramp_ma_per_s": 100_000.0})
+S1 = (b":SLOT 1", None)
+S2 = (b":SLOT 2", None)
+#: close() of a laser that reads back OFF
+CLOSED_OFF = [S1, (b":LASER?", b"OFF")]
+#: what the safe state sends when a read-back failed: emission off and set point 0 at once, then the queue
+OFF_AT_ONCE = [S1, (b":LASER OFF", None), S1, (b":ILD:SET 0", None), PRO_OK]
+
+
+@pytest.mark.parametrize("replies,match", [
+    ([(b":LASER?", b"1,2")], "expected ON or OFF"),
+    ([(b":LASER?", b"ON"), S1, (b":ILD:SET?", b"garbage")], "unexpected reply 'garbage'; expected a number"),
+    ([(b":LASER?", b"ON"), S1, (b":ILD:SET?", b"-0.5")], r"reply -0.5 is out of range; expected at least 0 A"),
+])
+def test_pro8000_safe_state_reaches_laser_off_when_a_read_back_is_bad(replies: list, match: str) -> None:
+    """Review s31 A1: ``:LASER OFF`` (Thorlabs PRO800/8000 VXIpnp driver ``pro8.c`` ``Pro8_LdcSetLdOutput``;
+    PyMeasure ``LDCStatus``) and ``:ILD:SET 0`` are sent even when ``:LASER?`` or ``:ILD:SET?`` answers
+    garbage; the first failure is raised after them, as one InstrumentReplyError."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a),
+                           [*PRO_OPEN, S1, *replies, *OFF_AT_ONCE, *CLOSED_OFF]) as d:
+        with pytest.raises(InstrumentReplyError, match=f"safe state: .*{match}.*switched off anyway"):
+            d.safe_state()
+        d.close()
+
+
+def test_pro8000_safe_state_still_sends_laser_off_when_a_ramp_write_fails() -> None:
+    """A1: the error queue refusing a ramp step (``:ILD:SET``) still ends with ``:LASER OFF``."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"ON"), S1, (b":ILD:SET?", b"0.1"),
+        S1, (b":ILD:SET 0.05", None), (b":SYST:ERR?", b'-222,"Data out of range"'), (b":SYST:ERR?", b'0,"No error"'),
+        *OFF_AT_ONCE, *CLOSED_OFF,
+    ]) as d:
+        with pytest.raises(InstrumentQueueError, match="Data out of range.*switched off anyway"):
+            d.safe_state()
+        d.close()
+
+
+def test_pro8000_refuses_a_set_point_above_max_current_before_laser_on() -> None:
+    """A2: a set point read back above ``options.max_current_ma`` (100 mA; here 500 mA, e.g. from the front
+    panel) is refused and ``:LASER ON`` is never sent."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"OFF"), S1, (b":ILD:SET?", b"0.5"), *CLOSED_OFF,
+    ]) as d:
+        with pytest.raises(InstrumentReplyError, match=r"500 mA .*expected 0 to 100 mA.*laser left off"):
+            d.output_enabled = True
+        d.close()
+
+
+@pytest.mark.parametrize("tec,match", [
+    ([(b":TEC?", b"OFF")], r"TEC \(slot 2\) is off"),
+    ([(b":TEC?", b"ON"), S2, (b":TEMP:SET?", b"30"), S2, (b":TEMP:ACT?", b"24.2")],
+     r"TEC not settled: actual 24.2 °C, set 30 °C; expected within 0.5 K"),
+])
+def test_pro8000_laser_on_needs_the_tec_on_and_settled(tec: list, match: str) -> None:
+    """C3: before ``:LASER ON`` the TED output must be on (``:TEC?``: PyMeasure ``TEDStatus``; ``pro8.c``
+    ``Pro8_TecGetPtOutput``) and the actual temperature (``:TEMP:ACT?``: ``pro8.c`` ``Pro8_TecGetTemp``,
+    value 3 — not in PyMeasure 0.16's ``ThorlabsPro8000``) within ``options.temp_tolerance_k`` of the set
+    point."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"OFF"), S1, (b":ILD:SET?", b"0.03"), S2, *tec, *CLOSED_OFF,
+    ]) as d:
+        with pytest.raises(InstrumentError, match=match):
+            d.output_enabled = True
+        d.close()
+
+
+def test_pro8000_operating_point_switches_the_tec_on() -> None:
+    """C3: ``apply_operating_point`` writes the TEC set point, then ``:TEC ON`` (PyMeasure ``TEDStatus``;
+    ``pro8.c`` ``Pro8_TecSetPtOutput``), then the LD set point."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S2, (b":TEMP:SET 25", None), PRO_OK, S2, (b":TEC ON", None), PRO_OK,
+        S1, (b":LASER?", b"OFF"), S1, (b":ILD:SET 0.03", None), PRO_OK, *CLOSED_OFF,
+    ]) as d:
+        d.apply_operating_point(_station(1550.0, 2.0))  # type: ignore[arg-type]
+        d.close()
+
+
+def test_pro8000_snapshot_says_where_the_wavelength_comes_from(laser: ThorlabsPRO8000) -> None:
+    """C3: the snapshot's ``wavelength_nm`` is from the TEC set temperature, and says so; the actual one is
+    beside it."""
+    laser.apply_operating_point(_station())  # type: ignore[arg-type]
+    snap = laser.snapshot()
+    assert "set temperature" in snap["wavelength_source"]
+    assert snap["tec"]["on"] is True and snap["tec"]["temperature_act_c"] == 25.0
+    assert snap["tec"]["wavelength_at_actual_nm"] == pytest.approx(1550.0)
+    assert laser.status()["temperature_act_c"] == 25.0
+
+
+PM_HEAD = (b"SYST:SENSOR:IDN?", b"S122C,123,07-Sep-2015,1,18,289")
+PM_OPEN = [PM_HEAD, (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"), (b"SENS:CORR:WAV? MIN", b"700"),
+           (b"SENS:CORR:WAV? MAX", b"1800"), *PM_UNIT_W]
+
+
+@pytest.mark.parametrize("reply,match", [
+    (b"-1.0E-03", r"reply -0.001 is out of range; expected at least 0 W"),
+    (b"9.9E+37", "SCPI overflow"),
+    (b"abc", "unexpected reply 'abc'; expected a number"),
+])
+def test_pm100_refuses_negative_overflow_and_garbage_readings(reply: bytes, match: str) -> None:
+    """C1/B2/B3: ``MEAS:POW?`` replies that are no power in W are one InstrumentReplyError naming the command."""
+    cfg = PowerMeterConfig(driver="ThorlabsPM100USB", resource=PM_RES)
+    with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [*PM_OPEN, (b"MEAS:POW?", reply)]) as d:
+        with pytest.raises(InstrumentReplyError, match=f"{match}.*'MEAS:POW\\?'"):
+            d.power_w()
+
+
+def test_pm100_refuses_a_dbm_unit_and_an_energy_head_at_open() -> None:
+    """C1: the unit must read back W after ``SENS:POW:UNIT W``; B1: a head whose flags lack "power sensor"
+    (PM100D manual §6.4 ``SYST:SENSOR:IDN?`` flags; PyMeasure ``_set_flags``) is refused at open."""
+    cfg = PowerMeterConfig(driver="ThorlabsPM100USB", resource=PM_RES)
+    with pytest.raises(InstrumentReplyError, match="power unit is 'DBM'; expected 'W'"):
+        with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [*PM_OPEN[:-1],
+                                                                                 (b"SENS:POW:UNIT?", b"DBM")]):
+            pass
+    with pytest.raises(InstrumentError, match="ES120C is not a power sensor"):
+        with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a),
+                               [(b"SYST:SENSOR:IDN?", b"ES120C,7,01-Jan-2020,2,1,2")]):
             pass
