@@ -95,9 +95,15 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
 
     averaging = PowerMeter.averaging.scpi("SENS:AVER:COUN?", "SENS:AVER:COUN {value:d}", cast=int)
 
+    #: most negative reading accepted [W]: after a zero adjustment a head in the dark reads small
+    #: negative powers (offset noise: nW for photodiode heads, up to tens of µW for thermal ones); a
+    #: reading below −1 mW means a wrong zero or a wrong unit, and is refused
+    NEGATIVE_FLOOR_W = -1e-3
+
     def power_w(self) -> float:
-        """Measured optical power [W] (a negative reading or the SCPI overflow 9.9E+37 is refused)."""
-        return self.link.call_float("MEAS:POW?", lambda: self.pm.power, 0.0, None, "W")
+        """Measured optical power [W]; zero-offset noise may be slightly negative (down to
+        :data:`NEGATIVE_FLOOR_W`), anything below it or the SCPI overflow 9.9E+37 is refused."""
+        return self.link.call_float("MEAS:POW?", lambda: self.pm.power, self.NEGATIVE_FLOOR_W, None, "W")
 
     def status(self) -> dict[str, Any]:
         st = super().status()

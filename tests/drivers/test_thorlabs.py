@@ -277,7 +277,7 @@ PM_OPEN = [PM_HEAD, (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"), (b"SENS:CORR:WAV?
 
 
 @pytest.mark.parametrize("reply,match", [
-    (b"-1.0E-03", r"reply -0.001 is out of range; expected at least 0 W"),
+    (b"-2.0E-03", r"reply -0.002 is out of range; expected at least -0.001 W"),
     (b"9.9E+37", "SCPI overflow"),
     (b"abc", "unexpected reply 'abc'; expected a number"),
 ])
@@ -287,6 +287,12 @@ def test_pm100_refuses_negative_overflow_and_garbage_readings(reply: bytes, matc
     with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [*PM_OPEN, (b"MEAS:POW?", reply)]) as d:
         with pytest.raises(InstrumentReplyError, match=f"{match}.*'MEAS:POW\\?'"):
             d.power_w()
+
+
+def test_pm100_accepts_the_small_negative_readings_of_a_zeroed_head_in_the_dark() -> None:
+    cfg = PowerMeterConfig(driver="ThorlabsPM100USB", resource=PM_RES)
+    with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [*PM_OPEN, (b"MEAS:POW?", b"-3.2E-09")]) as d:
+        assert d.power_w() == pytest.approx(-3.2e-9)
 
 
 def test_pm100_refuses_a_dbm_unit_and_an_energy_head_at_open() -> None:
