@@ -271,14 +271,18 @@ def off_anyway(inst: Instrument, approach: Callable[[], None], off: Callable[[],
     first: BaseException | None = None
     try:
         approach()
-    except Exception as exc:  # noqa: BLE001 - re-raised below, after the off command
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the off command (Ctrl-C too)
         first = exc
     try:
         off()
     except Exception as exc:
         if first is None:
             raise
+        if not isinstance(first, Exception):
+            raise first from exc  # Ctrl-C / SystemExit stay what they are
         raise _again(inst, first, f"; switching {what} off failed too: {_bare_message(exc)}") from first
+    if first is not None and not isinstance(first, Exception):
+        raise first  # interrupted during the ramp-down: switched off, then the interrupt goes on
     if first is not None:
         raise _again(inst, first, f"; {what} was switched off anyway") from first
 

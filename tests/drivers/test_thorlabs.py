@@ -220,6 +220,21 @@ def test_pro8000_safe_state_still_sends_laser_off_when_a_ramp_write_fails() -> N
         d.close()
 
 
+def test_pro8000_safe_state_interrupted_by_ctrl_c_still_sends_laser_off() -> None:
+    """Ctrl-C during the ramp-down: ``:LASER OFF`` is still sent, then the interrupt goes on unchanged."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"ON"), S1, (b":ILD:SET?", b"0.1"), *OFF_AT_ONCE, *CLOSED_OFF,
+    ]) as d:
+        def interrupted(*args: object, **kw: object) -> None:
+            raise KeyboardInterrupt
+
+        d._ramp_to = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            d.safe_state()
+        del d._ramp_to
+        d.close()
+
+
 def test_pro8000_refuses_a_set_point_above_max_current_before_laser_on() -> None:
     """A2: a set point read back above ``options.max_current_ma`` (100 mA; here 500 mA, e.g. from the front
     panel) is refused and ``:LASER ON`` is never sent."""
