@@ -168,28 +168,37 @@ class PairCounts:
         bj = np.array([self.basis_x_prob_j, 1 - self.basis_x_prob_j])[None, None, None, :]
         return self.n_slots * pi * pj * bi * bj
 
-    def matched_test_counts(self, bases: tuple[int, ...] = (0, 1)) -> tuple[int, int]:
-        """(clicks, 2·errors) of the test data whose two pulses should interfere perfectly:
-        equal bases (in ``bases``; 0 = X, 1 = Y) and equal non-zero intensities, without the key
-        cell (signal, signal, X, X), whose errors stay secret until error correction.
-
-        The optical error rate of the loop (visibility, drift, attacks): ``errors_x2 / 2 / clicks``.
-        Cells of unequal intensities are left out: the wrong output port carries
-        η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.contracts.channel_model`), which is not zero for
-        μ_i ≠ μ_j even at V = 1, so a perfect loop shows errors there.
-        """
+    def matched_test_cells(self, bases: tuple[int, ...] = (0, 1)) -> list[tuple[int, int, int]]:
+        """The cells (k_i, k_j, basis) that :meth:`matched_test_counts` sums: equal bases (in
+        ``bases``), equal non-zero intensities, the key cell (signal, signal, X, X) left out."""
         ki, kj = self.intensities_i, self.intensities_j
-        clicks = errors_x2 = 0
+        cells = []
         for a, mu_a in enumerate(ki):
             for b, mu_b in enumerate(kj):
                 # numpy.isclose's rule (rtol 1e-5, atol 1e-8) on finite scalars, without its array overhead
                 if mu_a <= 0 or mu_b <= 0 or not abs(mu_a - mu_b) <= 1e-8 + 1e-5 * abs(mu_b):
                     continue
-                for basis in bases:
-                    if a == 0 and b == 0 and basis == 0:
-                        continue
-                    clicks += int(self.clicks[a, b, basis, basis])
-                    errors_x2 += int(self.errors_x2[a, b, basis, basis])
+                cells += [(a, b, basis) for basis in bases if not (a == 0 and b == 0 and basis == 0)]
+        return cells
+
+    def matched_test_counts(self, bases: tuple[int, ...] = (0, 1)) -> tuple[int, int]:
+        """(clicks, 2·errors) of the test data whose two pulses should interfere perfectly:
+        equal bases (in ``bases``; 0 = X, 1 = Y) and equal non-zero intensities, without the key
+        cell (signal, signal, X, X), whose errors stay secret until error correction
+        (:meth:`matched_test_cells`).
+
+        The optical error rate of the loop (visibility, drift, attacks): ``errors_x2 / 2 / clicks``.
+        Cells of unequal intensities are left out: the wrong output port carries
+        η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.contracts.channel_model`), which is not zero for
+        μ_i ≠ μ_j even at V = 1, so a perfect loop shows errors there. Equal intensities *leaving
+        the clients* can still arrive unequal at the splitter (different path losses), which is why
+        the first block's QBER estimate (:func:`labqfl.qkd.first_qber.key_qber_from_tests`) does not
+        take this rate as it is.
+        """
+        clicks = errors_x2 = 0
+        for a, b, basis in self.matched_test_cells(bases):
+            clicks += int(self.clicks[a, b, basis, basis])
+            errors_x2 += int(self.errors_x2[a, b, basis, basis])
         return clicks, errors_x2
 
     def __add__(self, other: PairCounts) -> PairCounts:

@@ -85,6 +85,7 @@ from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import AuthKeySupply, TranscriptAuthenticator
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
+from labqfl.qkd.first_qber import key_qber_from_tests
 from labqfl.qkd.messaging import Channel, Message, MessageError, _encoded_size
 from labqfl.qkd.sifting import (
     ClientSetup,
@@ -538,17 +539,17 @@ class PairEndI(_PairEnd):
         return ChunkResult(int(bits.size), c)
 
     def qber_estimate(self) -> float:
-        """QBER assumed for reconciliation: the last block's, else the block's own test rounds
-        at equal decoy intensities (basis X), else the default; clipped to [floor, 0.25]."""
+        """QBER assumed for reconciliation: the last block's, else the key cell's QBER predicted
+        from the block's own test rounds (:func:`key_qber_from_tests`), else the default (fewer
+        than :data:`~labqfl.qkd.first_qber.MIN_TEST_CLICKS` matched test clicks); clipped to [floor, 0.25]."""
         s = self.settings
         counts = self._blk.counts
         if self.last_qber is not None:
-            q = self.last_qber
-        elif counts is None:
-            q = s.qber_default
+            q: float | None = self.last_qber
         else:
-            clicks, errs_x2 = counts.matched_test_counts(bases=(0,))
-            q = errs_x2 / 2 / clicks if clicks >= 200 else s.qber_default
+            q = key_qber_from_tests(counts) if counts is not None else None
+        if q is None:
+            q = s.qber_default
         return float(min(max(q, s.qber_floor), 0.25))
 
     def drop_block(self, ch: Channel) -> None:
