@@ -4,6 +4,7 @@ pre-shared authentication secrets."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -94,14 +95,22 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
           config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Make a development CA plus KME (server) and SAE (client) certificates for local use."""
     from labqfl.config import load_station_config
-    from labqfl.keystore.certs import DEFAULT_HOSTS, make_dev_certs
+    from labqfl.keystore.certs import DEFAULT_HOSTS, kme_uri, make_dev_certs, spki_pin
 
     saes = sae or [c.name for c in load_station_config(config).clients]
-    files = make_dev_certs(out_dir, kmes=kme or ["kme"], saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days,
-                           force=force)
-    data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}}
-    emit(data, as_json, lambda con: con.print(f"wrote {len(files)} files to {out_dir}: "
-                                              + ", ".join(sorted(p.name for p in files.values()))))
+    kmes = kme or ["kme"]
+    files = make_dev_certs(out_dir, kmes=kmes, saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days, force=force)
+    # what an SAE checks to know it talks to this KME, not to another server of the same CA (docs/keystore.md)
+    ids = {n: {"identity": kme_uri(n), "pin": spki_pin(files[f"kme-{n}"])} for n in kmes}
+    data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}, "kmes": ids}
+
+    def render(con: Any) -> None:
+        con.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(sorted(p.name for p in files.values())))
+        for n, v in ids.items():
+            con.print(f"KME {n}: identity {v['identity']} (URI subjectAltName); public-key pin for SAEs "
+                      f"(curl --pinnedpubkey): {v['pin']}", soft_wrap=True)
+
+    emit(data, as_json, render)
 
 
 @keys_app.command("serve")

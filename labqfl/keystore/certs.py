@@ -5,20 +5,31 @@ made with ``cryptography``.  For local use and tests only: keys are unencrypted 
 Files written into the output folder::
 
     ca.pem, ca.key                 the development CA (ca.key lets you issue more later)
-    kme-<name>.pem, kme-<name>.key KME server certificate: CN=<name>, SAN = hosts (DNS/IP),
+    kme-<name>.pem, kme-<name>.key KME server certificate: CN=<name>, SAN = hosts (DNS/IP) and the
+                                   URI ``urn:labqfl:kme:<name>`` (its KME identity, :func:`kme_uri`),
                                    extendedKeyUsage serverAuth
     sae-<name>.pem, sae-<name>.key SAE client certificate: CN=<name> (= SAE ID), SAN DNS or URI
                                    <name>, extendedKeyUsage clientAuth
 
 Keys are ECDSA P-256; signatures SHA-256.
+
+The CA is shared with the node network (:mod:`labqfl.net.pki`), so CA + host name do not tell the
+KME from a node: every serving node's certificate is also a serverAuth certificate of this CA for
+``localhost``/``127.0.0.1`` by default.  What only a KME certificate carries is the URI SAN
+``urn:labqfl:kme:<name>`` (node certificates carry no URI SAN; SAE certificates only
+``urn:labqfl:sae:…`` and no serverAuth).  SAEs check it (:func:`labqfl.keystore.etsi.kme_client_context`)
+or pin the KME certificate's public key (:func:`spki_pin`, curl ``--pinnedpubkey``); docs/keystore.md.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +44,8 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
+#: URI subjectAltName prefix of a KME server certificate's identity: ``urn:labqfl:kme:<name>``
+KME_URI_PREFIX = "urn:labqfl:kme:"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -42,6 +55,46 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.chmod(path, 0o600)
+
+
+def kme_uri(name: str) -> str:
+    """The KME identity a KME server certificate of ``name`` carries as URI subjectAltName."""
+    return f"{KME_URI_PREFIX}{name}"
+
+
+def cert_uris(cert: x509.Certificate) -> list[str]:
+    """The URI subjectAltNames of ``cert``."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
+
+
+def spki_pin(cert_path: Path) -> str:
+    """The public-key pin of the certificate in ``cert_path`` (PEM) in curl's ``--pinnedpubkey``
+    form: ``sha256//`` + base64 of the SHA-256 of its DER SubjectPublicKeyInfo (RFC 7469's pin-sha256)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256//" + base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+def check_private_key_file(path: Path, what: str = "private key") -> None:
+    """Refuse a private key file that group or others may access (``mode & 0o077``), with one
+    :class:`ConfigError` naming the file and its mode.  Refused, not tightened: a key that was
+    readable by others may already have been copied, so it should be replaced, not reused (on
+    Windows, where POSIX modes mean little, nothing is checked)."""
+    if os.name == "nt":
+        return
+    p = Path(path)
+    try:
+        mode = stat.S_IMODE(p.stat().st_mode)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the {what}: {exc}") from None
+    if mode & 0o077:
+        raise ConfigError(f"{p}: {what} has permissions {mode:04o}, readable or writable by group/others; expected "
+                          f"0600 (owner only). If nobody else could have read it: chmod 600 {p}; otherwise issue a "
+                          "new key and certificate")
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -150,7 +203,7 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
     files: dict[str, Path] = {"ca": out / "ca.pem", "ca.key": out / "ca.key"}
     host_sans = [_host_san(h) for h in hosts]
     for n in kmes:
-        c, k = _issue(out, f"kme-{n}", n, host_sans, True, ca, days)
+        c, k = _issue(out, f"kme-{n}", n, [*host_sans, x509.UniformResourceIdentifier(kme_uri(n))], True, ca, days)
         files[f"kme-{n}"], files[f"kme-{n}.key"] = c, k
     for n in saes:
         san: x509.GeneralName = x509.DNSName(n) if _DNS_RE.match(n) else x509.UniformResourceIdentifier(f"urn:labqfl:sae:{n}")

@@ -63,6 +63,8 @@ API_PREFIX = "/api/v1/keys"
 ETSI_PURPOSE = "etsi"
 #: vendor key inside the status response's ``status_extension`` (spec 6.1: an optional object)
 PROVENANCE_EXTENSION = "labqfl_provenance"
+#: tries of one enc_keys when the slave's store refuses bits it already spent (KeyDeliveryService._take_at_both)
+RESYNC_ATTEMPTS = 4
 
 
 @dataclass
@@ -81,6 +83,9 @@ class KmeSettings:
     max_key_per_request: int = 128
     max_key_count: int = 100_000
     kme_id_prefix: str = "KME-"
+    #: bits a slave's store consumed less than this many seconds ago are never spent at the master to
+    #: bring the two stores back in step (a partner's take_exact may still be on its way); seconds
+    resync_settled_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.saes:
@@ -106,6 +111,9 @@ class KmeSettings:
             raise ConfigError("KME config: expected min_key_size <= key_size <= max_key_size")
         if self.max_key_per_request <= 0 or self.max_key_count <= 0:
             raise ConfigError("KME config: max_key_per_request and max_key_count must be positive")
+        if isinstance(self.resync_settled_s, bool) or not isinstance(self.resync_settled_s, int | float) \
+                or not 0 <= self.resync_settled_s < math.inf:
+            raise ConfigError(f"KME config: resync_settled_s = {self.resync_settled_s!r}; expected seconds >= 0")
 
     def kme_id(self, node: str) -> str:
         return f"{self.kme_id_prefix}{node}"
@@ -121,6 +129,7 @@ def load_kme_settings(path: Path) -> KmeSettings:
         max_key_per_request = 128
         max_key_count = 100000
         nodes = ["C1", "C2", "C3", "C4"]   # loop order
+        resync_settled_s = 60  # out-of-step bits spent at the slave this long ago are spent at the master too
 
         [saes]                # SAE ID (certificate CN or SAN) = node
         "SAE-alice" = "C1"
@@ -132,7 +141,7 @@ def load_kme_settings(path: Path) -> KmeSettings:
         raise ConfigError(f"KME config {path}: {exc}") from None
     kme = dict(data.get("kme", {}))
     unknown = set(kme) - {"key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
-                          "nodes", "kme_id_prefix"}
+                          "nodes", "kme_id_prefix", "resync_settled_s"}
     if unknown or set(data) - {"kme", "saes"}:
         raise ConfigError(f"KME config {path}: unknown keys {sorted(unknown | (set(data) - {'kme', 'saes'}))}")
     saes = data.get("saes")
@@ -220,9 +229,8 @@ class KeyDeliveryService:
 
     def _node(self, sae: str, role: str) -> str:
         node = self.settings.saes.get(sae)
-        if node is None:
-            raise EtsiError(400, f"{role} {sae!r} is not known to this KME",
-                            [{"parameter": role, "known_SAE_IDs": sorted(self.settings.saes)}])
+        if node is None:  # the configured SAE IDs are not listed: any certified SAE could map the network
+            raise EtsiError(400, f"{role} {_echo(sae)!r} is not known to this KME", [{"parameter": role}])
         return node
 
     def _pair(self, a: str, b: str) -> str:
@@ -274,21 +282,52 @@ class KeyDeliveryService:
                 kept.append(kid)
         return kept
 
+    def _resync(self, pair: str, m: str, s: str, items: Sequence[tuple[list[Ref], str]]) -> int:
+        """After the slave's store refused the master's next bits (``items``, released again at the
+        master): spend at the master, without handing them out, those the slave's store already
+        spent for good — consumed (longer ago than ``resync_settled_s``), exported or absent there
+        (:meth:`KeyStore.spent_refs`; never bits reserved there: a live key) — so the next
+        reservation moves past them (:meth:`KeyStore.discard_exact`, recorded ``discarded``).
+        Returns the bits discarded at the master."""
+        refs = [r for rr, _ in items for r in rr]
+        try:
+            spent = self.stores[s].spent_refs(pair, refs, settled_s=self.settings.resync_settled_s)
+            if not spent:
+                return 0
+            n = self.stores[m].discard_exact(pair, spent, f"ETSI KME: already spent at the slave's store ({s}); "
+                                                          "the two stores were out of step")
+        except KeyStoreError as exc:
+            log.error("KME: pair %s: could not bring the stores of %s and %s back in step: %s", pair, m, s, exc)
+            return 0
+        if n:
+            log.warning("KME: pair %s out of step: %d bit(s) the master's store %s held next were already spent at the "
+                        "slave's store %s (consumed, exported or absent there); discarded them at %s too, never handed "
+                        "out", pair, n, m, s, m)
+        return n
+
     def _take_at_both(self, pair: str, m: str, s: str, sizes: list[int], info: dict[str, Any]) -> list[KeyMaterial]:
         """Reserve the keys' bits at the master's store, the same bits at the slave's, and only then
         consume the master's: a refusal at either end consumes nothing, and no bit is read before
-        both ends hold it for the key (caller holds the pair lock)."""
-        items = self._reserve_at_master(pair, m, sizes, info)
-        try:
-            self.stores[s].reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
-        except KeyStoreError as exc:
-            kept = self._release(m, items)
-            log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
-                      s, len(items), pair, exc)
-            raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's store "
-                                 "cannot reserve the bits the master's store holds next; no key was consumed" +
-                                 (f" (but {len(kept)} reservation(s) at the master could not be released)" if kept
-                                  else ""), [{"pair": pair, "reason": str(exc)}]) from None
+        both ends hold it for the key (caller holds the pair lock).  When the slave's store refused
+        because some of those bits were already spent there for good, they are spent at the master
+        too (:meth:`_resync`) and the request is tried again with the following bits (at most
+        :data:`RESYNC_ATTEMPTS` tries: a spent range that does not end where a request does takes two)."""
+        for attempt in range(RESYNC_ATTEMPTS):
+            items = self._reserve_at_master(pair, m, sizes, info)
+            try:
+                self.stores[s].reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
+                break
+            except KeyStoreError as exc:
+                kept = self._release(m, items)
+                if not kept and self._resync(pair, m, s, items) and attempt < RESYNC_ATTEMPTS - 1:
+                    continue
+                log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
+                          s, len(items), pair, exc)
+                raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's "
+                                     "store cannot reserve the bits the master's store holds next; no key was "
+                                     "consumed" + (f" (but {len(kept)} reservation(s) at the master could not be "
+                                                   "released)" if kept else ""),
+                                [{"pair": pair, "reason": str(exc)}]) from None
         try:
             return self.stores[m].take_exact_many(pair, items, ETSI_PURPOSE)
         except KeyStoreError as exc:
@@ -299,6 +338,17 @@ class KeyDeliveryService:
         raise EtsiError(503, "key store error at the master's KME; no key was consumed" +
                         (f" ({len(kept)} reservation(s) could not be released)" if kept else ""),
                         [{"pair": pair, "reason": reason}])
+
+    def _held_for_another_sae(self, kid: str, slave_sae: str) -> bool:
+        """Whether some store of this KME (every node's) records key ``kid`` for a slave SAE other
+        than ``slave_sae`` (or for no SAE: a key of another purpose).  Spec 5.3: such a caller gets
+        401, whatever state the key is in and whoever its master is, so the answer tells an
+        unrelated SAE no more than the spec's 401."""
+        for store in self.stores.values():
+            rec = store.delivery(kid)
+            if rec is not None and rec["state"] != "released" and rec["info"].get("slave_SAE_ID") != slave_sae:
+                return True
+        return False
 
     # -- the three API calls
 
@@ -378,18 +428,23 @@ class KeyDeliveryService:
         if len(set(key_ids)) != len(key_ids):
             raise EtsiError(400, "a key_ID appears more than once", [{"parameter": "key_IDs"}])
         s, m = self._node(slave_sae, "slave_SAE_ID"), self._node(master_sae, "master_SAE_ID")
+        if s == m:
+            raise EtsiError(400, f"master and slave SAE are both attached to node {s}; no QKD key links a node to itself")
         store = self.stores[s]
         by_pair: dict[str, list[tuple[list[Any], str]]] = {}
         for kid in key_ids:
+            not_slave = EtsiError(401, "this SAE is not the slave SAE of the key", [{"key_ID": kid}])
             res = store.reservation(kid)
             if res is None:
                 known = store.delivery(kid)
-                if known is not None and known["info"].get("slave_SAE_ID") == slave_sae:
+                if known is not None and known["state"] == "delivered" and known["info"].get("slave_SAE_ID") == slave_sae:
                     raise EtsiError(400, "key_ID was already retrieved", [{"key_ID": kid}])
+                if self._held_for_another_sae(kid, slave_sae):
+                    raise not_slave
                 raise EtsiError(400, "key_ID is unknown to this KME for this SAE", [{"key_ID": kid}])
             pair, refs, purpose, info = res
             if info.get("slave_SAE_ID") != slave_sae:
-                raise EtsiError(401, "this SAE is not the slave SAE of the key", [{"key_ID": kid}])
+                raise not_slave
             if info.get("master_SAE_ID") != master_sae:
                 raise EtsiError(400, "key_ID was not requested by this master_SAE_ID", [{"key_ID": kid}])
             by_pair.setdefault(pair, []).append((refs, kid))
@@ -517,6 +572,30 @@ async def _json_body(request: Request, fields: Sequence[str]) -> dict[str, Any]:
 
 
 _INT_RE = re.compile(r"[+-]?[0-9]{1,18}")
+#: The query parameters of the spec's GET forms (§5.1 status: none; §5.2 enc_keys; §5.3 dec_keys).
+STATUS_QUERY: tuple[str, ...] = ()
+ENC_KEYS_QUERY = ("number", "size")
+DEC_KEYS_QUERY = ("key_ID",)
+
+
+def _only_query(request: Request, allowed: Sequence[str]) -> None:
+    """400 naming every query parameter outside ``allowed``: a request meant for another form
+    (``?key_ID=`` on enc_keys, ``?additional_slave_SAE_IDs=`` asking for multicast, a misspelt
+    ``?numbr=``) must not be answered as if it had not been given, spending fresh key."""
+    unknown = [k for k in dict.fromkeys(request.query_params.keys()) if k not in allowed]
+    if unknown:
+        raise EtsiError(400, f"unknown query parameter(s) {', '.join(repr(k[:64]) for k in unknown[:8])}; expected "
+                             + (", ".join(allowed) if allowed else "none"),
+                        [{"parameter": k[:64]} for k in unknown[:8]])
+
+
+def _objects(body: Mapping[str, Any], name: str) -> list[Any] | None:
+    """Body field ``name`` that the spec defines as an array of objects (§6.2 extension_mandatory,
+    extension_optional: name/value pairs); 400 when it is anything else."""
+    v = body.get(name)
+    if v is not None and (not isinstance(v, list) or not all(isinstance(e, dict) for e in v)):
+        raise EtsiError(400, f"{name} must be an array of objects", [{"parameter": name, "value": _echo(v)}])
+    return v
 
 
 def _int_query(request: Request, name: str) -> int | None:
@@ -539,11 +618,13 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
     @app.get(API_PREFIX + "/{slave_SAE_ID}/status")
     async def get_status(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803 (spec name)
         me = _caller(service, request)
+        _only_query(request, STATUS_QUERY)
         return JSONResponse(await run_in_threadpool(service.status, me, slave_SAE_ID))
 
     @app.get(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
     async def get_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
+        _only_query(request, ENC_KEYS_QUERY)
         out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, _int_query(request, "number"),
                                       _int_query(request, "size"))
         return JSONResponse(out)
@@ -555,9 +636,8 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
         extra = body.get("additional_slave_SAE_IDs")
         if extra is not None and (not isinstance(extra, list) or not all(isinstance(x, str) for x in extra)):
             raise EtsiError(400, "additional_slave_SAE_IDs must be an array of strings")
-        ext = body.get("extension_mandatory")
-        if ext is not None and not isinstance(ext, list):
-            raise EtsiError(400, "extension_mandatory must be an array of objects")
+        ext = _objects(body, "extension_mandatory")
+        _objects(body, "extension_optional")  # optional extensions may be ignored, but only well-formed ones
         out = await run_in_threadpool(service.enc_keys, me, slave_SAE_ID, body.get("number"), body.get("size"),
                                       extra, ext)
         return JSONResponse(out)
@@ -565,6 +645,7 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
     @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys")
     async def get_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
+        _only_query(request, DEC_KEYS_QUERY)
         ids = request.query_params.getlist("key_ID")
         return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, ids))
 
@@ -611,18 +692,87 @@ def server_ssl_context(certfile: Path, keyfile: Path, cafile: Path) -> ssl.SSLCo
     return ctx
 
 
+def _warn_without_kme_identity(certfile: Path) -> None:
+    """Log a WARNING when the server certificate carries no KME identity (URI SAN
+    ``urn:labqfl:kme:<name>``): SAEs that check it, as docs/keystore.md asks, will refuse this KME."""
+    from cryptography import x509
+
+    from labqfl.keystore.certs import KME_URI_PREFIX, cert_uris
+
+    try:
+        uris = cert_uris(x509.load_pem_x509_certificate(certfile.read_bytes()))
+    except (ValueError, OSError):
+        return
+    if not any(u.startswith(KME_URI_PREFIX) for u in uris):
+        log.warning("KME certificate %s carries no KME identity (URI subjectAltName %s<name>): it may be a node's "
+                    "certificate, and SAEs that check the KME's identity will refuse it; issue one with `labqfl keys "
+                    "certs DIR --kme NAME`", certfile, KME_URI_PREFIX)
+
+
+class _KmeIdentity:
+    """Mixin for the TLS objects of :func:`kme_client_context`: after the handshake (CA, validity,
+    serverAuth and host name already verified by OpenSSL), the server certificate must also carry
+    the KME identity the context expects, or the connection fails with an ``SSLCertVerificationError``."""
+
+    def _check_kme_identity(self) -> None:
+        want = getattr(self.context, "kme_uri", None)  # type: ignore[attr-defined]
+        cert = self.getpeercert()  # type: ignore[attr-defined]
+        uris = [v for k, v in (cert or {}).get("subjectAltName", ()) if k == "URI"]
+        if want not in uris:
+            raise ssl.SSLCertVerificationError(
+                f"the server's certificate is not the KME's: it carries no URI subjectAltName {want!r} "
+                f"(its URIs: {uris or 'none'}); it may be another node's certificate from the same CA")
+
+
+class _KmeSSLSocket(_KmeIdentity, ssl.SSLSocket):
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        self._check_kme_identity()
+
+
+class _KmeSSLObject(_KmeIdentity, ssl.SSLObject):
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        self._check_kme_identity()
+
+
+def kme_client_context(cafile: Path, certfile: Path | None = None, keyfile: Path | None = None, *,
+                       kme: str = "kme") -> ssl.SSLContext:
+    """TLS ≥ 1.2 client context for an SAE talking to this KME: trusts ``cafile``, presents the SAE
+    certificate ``certfile``/``keyfile``, checks the host name as usual **and** requires the server
+    certificate to carry the KME identity ``urn:labqfl:kme:<kme>`` (URI subjectAltName,
+    :func:`labqfl.keystore.certs.kme_uri`).  CA + host name alone also accept every serving node's
+    certificate of the same CA (they name localhost/127.0.0.1 by default).  Works with
+    ``ssl``/``http.client``/``urllib``, ``requests`` (through an adapter) and ``httpx`` (``verify=``)."""
+    from labqfl.keystore.certs import kme_uri
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(str(cafile))
+    if certfile is not None:
+        ctx.load_cert_chain(str(certfile), None if keyfile is None else str(keyfile))
+    ctx.kme_uri = kme_uri(kme)  # type: ignore[attr-defined]
+    ctx.sslsocket_class = _KmeSSLSocket
+    ctx.sslobject_class = _KmeSSLObject
+    return ctx
+
+
 def build_server(service: KeyDeliveryService, *, host: str, port: int, certfile: Path, keyfile: Path,
                  cafile: Path) -> Any:
     """A ``uvicorn.Server`` for the KME with mutual TLS (``ssl.CERT_REQUIRED``)."""
     import uvicorn
 
+    from labqfl.keystore.certs import check_private_key_file
+
     for label, p in (("--cert", certfile), ("--key", keyfile), ("--ca", cafile)):
         if not Path(p).is_file():
             raise ConfigError(f"{label} {p}: no such file")
+    check_private_key_file(Path(keyfile), "KME private key (--key)")
     try:
         server_ssl_context(certfile, keyfile, cafile)  # fail early with a clear message
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load KME TLS files (cert {certfile}, key {keyfile}, CA {cafile}): {exc}") from None
+    _warn_without_kme_identity(Path(certfile))
     config = uvicorn.Config(create_app(service), host=host, port=port, ssl_certfile=str(certfile),
                             ssl_keyfile=str(keyfile), ssl_ca_certs=str(cafile), ssl_cert_reqs=ssl.CERT_REQUIRED,
                             http=_mtls_protocol_class(), ws="none", lifespan="off", log_config=None,

@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -1171,6 +1171,40 @@ class KeyStore:
             log.warning("key store %s: %d bits of pair %s the partner voided are reserved here for a key in use; "
                         "left reserved", self.path.name, held, pair)
         return refs_nbits(done)
+
+    def spent_refs(self, pair: str, refs: Iterable[Sequence[Any]], *, settled_s: float = 0.0) -> list[Ref]:
+        """The parts of ``refs`` this store can never hand out: bits consumed, exported or absent
+        here.  Reads only.  Left out: free and reserved bits (a reservation is a live key), bits of
+        a block this store does not hold (its add may still be on its way), and bits consumed by a
+        key recorded here less than ``settled_s`` seconds ago (the partner's :meth:`take_exact` of
+        a key this store allocated may still be on its way).  For the ETSI KME, which spends at
+        the master the bits a slave's store already spent (:meth:`discard_exact`)."""
+        _check_pair(pair)
+        norm = self._norm_refs(refs)
+        out: list[Ref] = []
+        with self._read() as conn:
+            recent: dict[str, list[tuple[int, int]]] = {}
+            if settled_s > 0:
+                cutoff = (datetime.now(UTC) - timedelta(seconds=float(settled_s))).isoformat(timespec="microseconds")
+                for (r,) in conn.execute("SELECT refs FROM deliveries WHERE pair = ? AND updated >= ? AND state NOT IN "
+                                         "('reserved', 'released')", (pair, cutoff)):
+                    for b, o, n in json.loads(r):
+                        recent.setdefault(str(b), []).append((int(o), int(o) + int(n)))
+            for block_id, start, length in norm:
+                blk = self._block(conn, block_id)
+                if blk is None or blk[1] != pair:
+                    continue
+                end = start + length
+                for s in self._segments(conn, blk[0], start, end):
+                    lo, hi = max(s.start, start), min(s.end, end)
+                    if hi <= lo or s.state not in ("consumed", "exported", "absent"):
+                        continue
+                    pieces = [(lo, hi)]
+                    if s.state == "consumed":
+                        for a, b in recent.get(block_id, ()):
+                            pieces = [p for x, y in pieces for p in ((x, min(y, a)), (max(x, b), y)) if p[1] > p[0]]
+                    out += [(block_id, x, y - x) for x, y in pieces]
+        return out
 
     # ------------------------------------------------------------------ export / import
 

@@ -177,6 +177,8 @@ def test_credentials_are_checked_on_load(certs: Path, tmp_path: Path) -> None:
         (tmp_path / f).write_bytes((certs / f).read_bytes())
     (tmp_path / "node-C2.pem").write_bytes((certs / "node-C1.pem").read_bytes())
     (tmp_path / "node-C2.key").write_bytes((certs / "node-C1.key").read_bytes())
+    for f in ("node-C1.key", "node-C2.key"):  # copies as private as the originals (a wider key is refused)
+        (tmp_path / f).chmod(0o600)
     with pytest.raises(ConfigError, match="certificate is for 'C1', expected node 'C2'"):
         NodeCredentials.load(tmp_path, "C2")
     assert "BEGIN" not in repr(NodeCredentials.load(certs, "C1"))
