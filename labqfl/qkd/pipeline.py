@@ -416,6 +416,7 @@ class KeyStoreSink:
     def __init__(self, stores: Mapping[str, Any], run_id: str = "") -> None:
         self.stores = dict(stores)
         self.run_id = run_id
+        self._in_step: set[str] = set()
 
     def _ends(self, pair: str) -> tuple[Any, Any]:
         out = []
@@ -423,6 +424,11 @@ class KeyStoreSink:
             if node not in self.stores:
                 raise QKDInputError(f"no key store for node {node!r}")
             out.append(self.stores[node])
+        if pair not in self._in_step:  # a block an earlier process stored at one end only: retired there
+            from labqfl.keystore.pairs import retire_one_sided_blocks
+
+            retire_one_sided_blocks(self.stores, [pair])
+            self._in_step.add(pair)
         return out[0], out[1]
 
     def _add(self, pair: str, block_id: str, bits_i: np.ndarray, bits_j: np.ndarray, meta: dict[str, Any],

@@ -197,6 +197,57 @@ def test_an_interrupted_distillation_is_finished_by_running_it_again(tmp_path, m
         distil(DistillSettings(block_bits=40_000, params=PARAMS))
 
 
+def test_a_block_stored_at_one_end_only_by_a_killed_run_is_retired_not_left_one_sided(tmp_path, monkeypatch, caplog):
+    """A process killed between the two ends' ``add_block`` (two SQLite files, no common transaction)
+    left the block at C1 only, its slots recorded as distilled: the rerun skipped it, and every key
+    drawn from it at C1 was refused by C2 (ETSI 503, FL rounds aborted) for good. Now the sink retires
+    such a block at the holding end on its first use of the pair: its bits discarded there, never
+    handed out, and the pair's stores agree again."""
+    from labqfl.sim_backends.recording import read_recording
+
+    import labqfl.keystore.pairs as pairs_mod
+    from labqfl.contracts.types import acquisition_id
+    from labqfl.keystore import KeyStore
+    from labqfl.qkd.pipeline import KeyStoreSink
+
+    path = record_small_station(tmp_path, DUR)
+    stores = {n: KeyStore.for_node(n, tmp_path / "data") for n in ("C1", "C2")}
+
+    def distil():
+        with read_recording(path) as rec:
+            cfg = rec.config
+            d = Distiller(cfg, {c: rec.client_log(c) for c in cfg.client_names}, KeyStoreSink(stores),
+                          DistillSettings(block_bits=25_000, params=PARAMS), acquisition_id=acquisition_id(cfg, rec.epoch))
+            for b in rec.blocks():
+                d.push(b)
+            return d.finish(int(DUR * cfg.laser.rep_rate_hz))["C1-C2"]
+
+    real = KeyStore.add_block
+
+    def killed_between_the_ends(self, pair, bits, **kw):  # C2's copy of the second key block never written
+        if self.node == "C2" and kw.get("purpose") == "general" and stores["C1"].available_bits(pair) > 0 \
+                and len([b for b in stores["C1"].blocks(pair) if b["meta"].get("qber") is not None]) == 2:
+            raise KeyboardInterrupt
+        return real(self, pair, bits, **kw)
+
+    monkeypatch.setattr(KeyStore, "add_block", killed_between_the_ends)
+    with pytest.raises(KeyboardInterrupt):
+        distil()
+    monkeypatch.setattr(KeyStore, "add_block", real)
+    c1 = {b["block_id"] for b in stores["C1"].blocks("C1-C2")}
+    c2 = {b["block_id"] for b in stores["C2"].blocks("C1-C2")}
+    (lonely,) = c1 - c2
+    monkeypatch.setattr(pairs_mod, "MIN_AGE_S", 0.0)
+    with caplog.at_level("WARNING", logger="labqfl.keystore.pairs"):
+        r = distil()
+    assert r.skipped_blocks >= 1 and f"block {lonely} was stored at C1 only" in caplog.text
+    acc1, acc2 = stores["C1"].accounting()["C1-C2"], stores["C2"].accounting()["C1-C2"]
+    assert acc1["available"] == acc2["available"] and acc1["available"].get("general", 0) > 0
+    km = stores["C1"].take("C1-C2", stores["C1"].available_bits("C1-C2", "general"), "general")
+    assert lonely not in {ref[0] for ref in km.refs}  # every key C1 draws is one C2 holds
+    assert np.array_equal(stores["C2"].take_exact("C1-C2", km.refs, "general").bits, km.bits)
+
+
 def test_cli_rejects_corrupt_and_truncated_recordings(tmp_path):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(b"not an hdf5 file at all")
