@@ -13,7 +13,9 @@ slave SAE at node *s*, the KME
 2. reserves exactly the same bits (by block ID and offset) in *s*'s store for the same key IDs
    (:meth:`~labqfl.keystore.KeyStore.reserve_exact_many`), so no other take can hand them out;
    if *s*'s store refuses (the stores are out of step), *m*'s reservations are released and the
-   request fails with nothing consumed at either end,
+   request fails with nothing consumed at either end — unless some of those bits were already spent
+   for good at *s* (consumed long enough ago, exported, absent): those are discarded at *m* too and
+   the request is tried again with the following bits (:meth:`KeyDeliveryService._resync`),
 3. consumes *m*'s reservations (:meth:`~labqfl.keystore.KeyStore.take_exact_many`: read and
    overwritten in one transaction) and returns the keys to the master.  The slave's ``dec_keys``
    consumes its reservation the same way and gets the same bytes, once.
