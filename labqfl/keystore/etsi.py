@@ -45,6 +45,7 @@ import tomllib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +227,49 @@ class KeyDeliveryService:
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.recover_interrupted_requests()
+
+    def recover_interrupted_requests(self, min_age_s: float | None = None) -> list[str]:
+        """Release the reservations of enc_keys requests that a stopped KME (SIGKILL, a crash, a
+        power cut) left half-done; returns their key IDs.
+
+        An enc_keys request commits three transactions in two stores: the master's reservation, the
+        slave's reservation of the same bits, the master's take.  Killed after the first or the
+        second, the request never handed a key out (the master's bits are read only by the take),
+        but its reservations stayed: the master's bits reserved at the master only, so every request
+        with the *slave's* node as master picked them first and was refused there — that direction
+        answered 503 for good.  Such reservations — master end still reserved and unread, slave end
+        reserved or never made — are released at both ends.  A slave reservation whose master end
+        was taken is a delivered key waiting for its dec_keys and stays.  Only reservations older
+        than ``min_age_s`` (default ``resync_settled_s``) are touched: another KME process serving
+        the same stores may have a request in flight."""
+        age = float(self.settings.resync_settled_s if min_age_s is None else min_age_s)
+        cutoff = (datetime.now(UTC) - timedelta(seconds=age)).isoformat(timespec="microseconds")
+        released: list[str] = []
+        for node, store in self.stores.items():
+            for d in store.pending_reservations(ETSI_PURPOSE):
+                if d["kind"] != "reserve" or str(d["created"]) > cutoff:
+                    continue  # read (a key handed out), or maybe in flight
+                master = self.settings.saes.get(str(d["info"].get("master_SAE_ID")))
+                other = [n for n in str(d["pair"]).split("-") if n != node]
+                partner = self.stores.get(other[0]) if other else None
+                if master is None or partner is None:
+                    continue  # an SAE no longer configured, or the partner's store not here: left as it is
+                kid = str(d["key_id"])
+                peer = partner.delivery(kid)
+                if master != node:  # a slave end: a delivered key waits for dec_keys, unless its master end is gone
+                    if peer is None or peer["state"] == "released":
+                        self._release(node, [([], kid)])
+                        released.append(kid)
+                    continue
+                if peer is not None and peer["state"] == "reserved":
+                    self._release(other[0], [([], kid)])
+                self._release(node, [([], kid)])
+                released.append(kid)
+        if released:
+            log.warning("KME: released %d reservation(s) of enc_keys requests a stopped KME left half-done (no key "
+                        "was handed out for them): %s", len(released), ", ".join(released))
+        return released
 
     # -- helpers
 

@@ -184,6 +184,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+#: delivery info key of a reservation: the pieces reserved from the ``general`` pool (given back to it on release)
+_FROM_GENERAL = "from_general"
+
+
+def _with_general(info: dict[str, Any] | None, general: list[Ref]) -> dict[str, Any] | None:
+    if not general:
+        return info
+    return {**(info or {}), _FROM_GENERAL: [list(r) for r in general]}
+
+
 def _check_pair(pair: str) -> str:
     # Same rule as labqfl.contracts.types.split_pair (not imported: it would pull numba into every
     # process that only needs keys).
@@ -796,6 +806,23 @@ class KeyStore:
         return {"consumed": "were already consumed", "exported": "were exported from this store",
                 "absent": "are not held by this store"}.get(s.state, f"are in state {s.state!r}")
 
+    def _mark_reserved(self, conn: sqlite3.Connection, pair: str, seq: int, block_id: str, start: int, length: int,
+                       purpose: str, key_id: str, general: list[Ref]) -> None:
+        """Reserve bits ``[start, start+length)`` for ``key_id`` under ``purpose``, appending to
+        ``general`` the pieces that came from the ``general`` pool (:meth:`release` gives them back
+        to it: a released bit keeps the pool it was added to, at both ends)."""
+        end = start + length
+
+        def allow(s: _Seg) -> str | None:
+            reason = self._pool_reason(s, purpose, None)
+            lo, hi = max(s.start, start), min(s.end, end)
+            if reason is None and s.purpose != purpose and hi > lo:
+                general.append((block_id, lo, hi - lo))
+            return reason
+
+        self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose, key_id=key_id,
+                   allow=allow)
+
     def _allocate(self, conn: sqlite3.Connection, pair: str, nbits: int, purpose: str,
                   pools: Sequence[str] | None = None) -> list[tuple[int, str, int, int]]:
         """Pick the first ``nbits`` free bits of ``pair`` in pool order then block order:
@@ -974,11 +1001,11 @@ class KeyStore:
         norm = [(self._norm_refs(r), str(k)) for r, k in items]
         with self._write() as conn:
             for refs, kid in norm:
+                general: list[Ref] = []
                 for block_id, start, length in refs:
                     seq = self._pair_block(conn, pair, block_id)
-                    self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
-                               key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
-                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
+                    self._mark_reserved(conn, pair, seq, block_id, start, length, purpose, kid, general)
+                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, _with_general(info, general))
         log.debug("key store %s: reserved %d key(s), pair %s, purpose %s", self.path.name, len(norm), pair, purpose)
 
     def reserve(self, pair: str, nbits: int, purpose: str, key_id: str, *,
@@ -1005,11 +1032,11 @@ class KeyStore:
             for n, key_id in zip(ns, key_ids, strict=True):
                 kid = str(key_id)
                 refs: list[Ref] = []
+                general: list[Ref] = []
                 for seq, block_id, start, length in self._allocate(conn, pair, n, purpose):
-                    self._mark(conn, pair, seq, block_id, start, length, new_state="reserved", purpose=purpose,
-                               key_id=kid, allow=lambda s: self._pool_reason(s, purpose, None))
+                    self._mark_reserved(conn, pair, seq, block_id, start, length, purpose, kid, general)
                     refs.append((block_id, start, length))
-                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, info)
+                self._record(conn, kid, pair, purpose, "reserve", "reserved", refs, _with_general(info, general))
                 out.append(refs)
         log.debug("key store %s: reserved %d key(s) of %d bits, pair %s, purpose %s", self.path.name, len(ns),
                   sum(ns), pair, purpose)
@@ -1064,8 +1091,8 @@ class KeyStore:
     def release(self, key_id: str) -> int:
         """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits."""
         with self._write() as conn:
-            row = conn.execute("SELECT pair, refs, purpose, kind FROM deliveries WHERE key_id = ? AND state = 'reserved'",
-                               (str(key_id),)).fetchone()
+            row = conn.execute("SELECT pair, refs, purpose, kind, info FROM deliveries WHERE key_id = ? AND "
+                               "state = 'reserved'", (str(key_id),)).fetchone()
             if row is None:
                 raise KeyStoreError(f"no pending reservation for key ID {key_id} in key store {self.path}")
             if row[3] == "reserve-read":
@@ -1079,6 +1106,11 @@ class KeyStore:
                 self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=purpose,
                            key_id=None, allow=lambda s: None if (s.state == "reserved" and s.key_id == key_id)
                            else "are not reserved for this key")
+            for block_id, start, length in json.loads(row[4]).get(_FROM_GENERAL, []):  # back to the pool they came from
+                blk = self._block(conn, block_id)
+                assert blk is not None
+                self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=GENERAL,
+                           key_id=None, allow=lambda s: None if s.state == "free" else "are not free")
             conn.execute("UPDATE deliveries SET state = 'released', updated = ? WHERE key_id = ?", (_now(), str(key_id)))
         log.info("key store %s: released reservation %s (%d bits)", self.path.name, key_id, refs_nbits(refs))  # type: ignore[arg-type]
         return refs_nbits(refs)  # type: ignore[arg-type]

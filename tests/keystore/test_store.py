@@ -319,3 +319,23 @@ def test_waiting_for_another_process_s_write_lock_can_be_interrupted_and_times_o
         holder.close()
     with KeyStore(path, node="C1") as st:
         assert st.accounting() == {}
+
+
+def test_released_bits_go_back_to_the_pool_they_were_added_to(tmp_path: Path, kh):
+    """Review s31 (crash consistency), F5: a reservation for ``etsi`` that drew on ``general`` bits
+    and was released left them in the ``etsi`` pool at the master (where the slave, which never
+    reserved them, kept them ``general``): the ends disagreed, and ``fl`` could no longer use them."""
+    stores = open_node_stores(["C1", "C2"], tmp_path)
+    kh.fill_pair(stores, PAIR, 1, 100, seed=4, purpose="etsi")
+    kh.fill_pair(stores, PAIR, 1, 1000, seed=5, purpose="general")
+    before = stores["C1"].accounting()[PAIR]["available"]
+    assert before == {"etsi": 100, "general": 1000}
+    refs = stores["C1"].reserve(PAIR, 256, "etsi", "k1")  # 100 from etsi, 156 from general
+    stores["C2"].reserve_exact(PAIR, refs, "etsi", "k1")
+    for s in stores.values():
+        assert s.release("k1") == 256
+        assert s.accounting()[PAIR]["available"] == before
+    k = stores["C2"].take(PAIR, 1000, "fl")  # fl draws on general: all of it again
+    assert np.array_equal(stores["C1"].take_exact(PAIR, k.refs, "fl").bits, k.bits)
+    for s in stores.values():
+        s.close()
