@@ -178,20 +178,69 @@ class KeyLengthReport:
         return d
 
 
+def _number(what: str, x: Any) -> float:
+    """``x`` as a float, or ValueError naming ``what`` (a string, None or an array is not a number)."""
+    if isinstance(x, bool | np.bool_) or not isinstance(x, int | float | np.integer | np.floating):
+        raise ValueError(f"{what} must be a number, got {x!r}")
+    try:
+        return float(x)
+    except OverflowError:  # an int beyond float range: reported as not finite below
+        return math.inf
+
+
+def _count(what: str, x: Any) -> None:
+    """A finite whole number >= 0 (a bit count), or ValueError naming ``what``."""
+    v = _number(what, x)
+    if not (math.isfinite(v) and v >= 0 and v == math.floor(v)):
+        raise ValueError(f"{what} must be a finite whole number >= 0, got {x!r}")
+
+
+def _validate_settings(counts: PairCounts) -> None:
+    """The pair's intensities, intensity probabilities and X-basis probabilities: what turns click
+    counts into gains (docs/protocol.md §4). A negative or unnormalised probability weights the
+    pooled gains wrongly, and the decoy bounds then overstate the key (a signal probability of −0.5
+    gave 4.8× the key of the true settings)."""
+    for side in ("i", "j"):
+        mus, probs = getattr(counts, f"intensities_{side}"), getattr(counts, f"intensity_probs_{side}")
+        for field_, vec in ((f"intensities_{side}", mus), (f"intensity_probs_{side}", probs)):
+            vals = [_number(f"PairCounts.{field_}[{k}] of {counts.pair}", v) for k, v in enumerate(vec)]
+            if not all(math.isfinite(v) and v >= 0 for v in vals):
+                raise ValueError(f"PairCounts.{field_} of {counts.pair} = {tuple(vec)}; expected finite values >= 0")
+        if len(mus) != len(probs):
+            raise ValueError(f"PairCounts.intensities_{side} of {counts.pair} has {len(mus)} values but "
+                             f"intensity_probs_{side} has {len(probs)}; expected one probability per intensity")
+        total = math.fsum(float(v) for v in probs)
+        if not abs(total - 1.0) <= 1e-9:
+            raise ValueError(f"PairCounts.intensity_probs_{side} of {counts.pair} = {tuple(probs)} sums to "
+                             f"{total!r}; expected probabilities that sum to 1 (within 1e-9)")
+        px = _number(f"PairCounts.basis_x_prob_{side} of {counts.pair}", getattr(counts, f"basis_x_prob_{side}"))
+        if not 0.0 < px < 1.0:
+            raise ValueError(f"PairCounts.basis_x_prob_{side} of {counts.pair} = {px!r}; expected a probability "
+                             "strictly between 0 and 1")
+
+
 def _validate(counts: PairCounts, n_key_bits: int, qber_key: float, leak_ec_bits: int) -> None:
+    """Refuse inputs :func:`secure_key_length` cannot bound soundly, with a ValueError naming the
+    argument or ``PairCounts`` field, its value and what was expected. Every check is written so
+    that NaN fails it (``math.isfinite(x) and x > 0``, never ``x <= 0``)."""
+    _validate_settings(counts)
     ki, kj = len(counts.intensities_i), len(counts.intensities_j)
     for name in ("clicks", "errors_x2", "double_clicks"):
         arr = np.asarray(getattr(counts, name))
         if arr.shape != (ki, kj, 2, 2):
             raise ValueError(f"PairCounts.{name} of {counts.pair} has shape {arr.shape}; expected {(ki, kj, 2, 2)}")
-        if np.any(arr < 0) or not np.all(np.isfinite(arr)):
+        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise ValueError(f"PairCounts.{name} of {counts.pair} has dtype {arr.dtype}; expected real counts")
+        if not (np.all(np.isfinite(arr)) and np.all(arr >= 0)):
             raise ValueError(f"PairCounts.{name} of {counts.pair} must be finite and >= 0")
-    if counts.n_slots <= 0:
-        raise ValueError(f"PairCounts.n_slots of {counts.pair} must be > 0, got {counts.n_slots}")
-    if n_key_bits < 0 or leak_ec_bits < 0:
-        raise ValueError(f"n_key_bits and leak_ec_bits must be >= 0, got {n_key_bits}, {leak_ec_bits}")
-    if not 0.0 <= qber_key <= 1.0:
-        raise ValueError(f"qber_key must lie in [0, 1], got {qber_key}")
+    n_slots = _number(f"PairCounts.n_slots of {counts.pair}", counts.n_slots)
+    if not (math.isfinite(n_slots) and n_slots > 0):
+        raise ValueError(f"PairCounts.n_slots of {counts.pair} must be a finite number > 0, got {counts.n_slots!r}")
+    _count("n_key_bits", n_key_bits)
+    _count("leak_ec_bits", leak_ec_bits)
+    q = _number("qber_key", qber_key)
+    if not (math.isfinite(q) and 0.0 <= q <= 1.0):
+        raise ValueError(f"qber_key must be a finite error rate in [0, 1], got {qber_key!r}")
     key_clicks = float(np.asarray(counts.clicks)[KEY_INTENSITY_INDEX, KEY_INTENSITY_INDEX, KEY_BASIS, KEY_BASIS])
     if n_key_bits > key_clicks + 1e-6 * max(key_clicks, 1.0):
         raise ValueError(
