@@ -43,7 +43,14 @@ or withhold a block, never change a key):
   Cj checks the block ID is new and claims the block's slots in its store (the raw data of these
   slots is never distilled again: a block killed half-way is discarded, never half-used), and
   takes exactly the authentication bits Ci allocated (``refs`` into the pair's ``auth`` pool,
-  :meth:`~labqfl.keystore.KeyStore.take_exact`);
+  :meth:`~labqfl.keystore.KeyStore.take_exact`). Ci has only *reserved* those bits and takes them once
+  Cj answered ``block/prepared``; a Cj that does not hold a block the refs name refuses first, naming
+  it (``missing``), so neither end spends a bit and Ci retires that block at its end (a pre-shared
+  secret only Ci imported: never used); bits Cj spent already come back as ``spent`` and are
+  discarded at Ci;
+* ``auth/void {refs}`` → ``auth/voided {bits}``: at the start of a session, authentication bits Ci
+  reserved for a block that never started (Ci stopped in between) are discarded at Cj, then voided at
+  Ci: spent at both ends, never used;
 * ``block/skip {end}`` → ``block/skipped``: Ci dropped a block with too few sifted bits;
 * ``frames/lost {lo, hi, frames}`` → ``frames/lost {frames}`` (only when a client of the pair streams
   to a pattern generator): before Ci sifts the detector's chunk ``[lo, hi)``, each end says which
@@ -126,6 +133,13 @@ log = get_logger(__name__)
 ENDLESS_WAIT_S = 600.0
 
 __all__ = ["ClientNode", "block_cuts", "block_id_for", "split_chunks", "warm_answers", "warm_cascade", "warm_distillation"]
+
+#: Key-ID prefix of the authentication bits Ci reserves for one block until Cj has taken the same bits
+#: (``block/prepare``); a reservation left by a Ci that stopped in between is voided at both ends at
+#: the pair's next session (``auth/void``).
+AUTH_KEY_PREFIX = "blockauth-"
+#: In a block's abort reason: the pair's ends share no authentication key for it (the job names the pair).
+AUTH_STARVED = "no authentication key shared with"
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
@@ -464,13 +478,29 @@ class _JCtl:
                 for bid in (block, block + AUTH_REFILL_SUFFIX):
                     if st.has_block(bid):
                         raise NodeError(f"block {bid} is already in {node.name}'s key store")
+                refs = json.loads(str(req.get("refs")))
+                # authentication bits of a block this store does not hold: refused before anything is
+                # claimed or spent here, naming the blocks, so that Ci spends nothing either (it reserved them)
+                missing = sorted({str(r[0]) for r in refs if not st.has_block(str(r[0]))})
+                if missing:
+                    return Message("node/refused", {"reason": f"{k}: pair {jp.pair}: authentication block(s) "
+                                                    f"{', '.join(missing)} not in {node.name}'s key store {st.path}",
+                                                    "missing": json.dumps(missing)})
                 st.check_slots_free(jp.pair, jp.acq.acq, start, end)
                 st.claim_slots(jp.pair, jp.acq.acq, start, end, block)
-                refs = json.loads(str(req.get("refs")))
-                jp.supply.load(np.asarray(st.take_exact(jp.pair, refs, "auth").bits, dtype=np.uint8))
+                try:
+                    km = st.take_exact(jp.pair, refs, "auth")
+                except LabqflError as e:  # some of them spent here already: Ci may discard those at its end
+                    return Message("node/refused", {"reason": f"{k}: {e}",
+                                                    "spent": json.dumps(st.spent_refs(jp.pair, refs))})
+                jp.supply.load(np.asarray(km.bits, dtype=np.uint8))
                 jp.block = {"block": block, "start": start, "end": end, "need": int(req.get("need"))}
                 exit_hook("block/prepare")
                 return ok("block/prepared")
+            if k == "auth/void":  # a block's authentication bits Ci reserved and never finished: spent here too
+                n = node.store.discard_exact(jp.pair, json.loads(str(req.get("refs"))),
+                                             f"authentication key of a block {jp.ci} never finished (voided at both ends)")
+                return ok("auth/voided", bits=int(n))
             if k == "frames/lost":
                 lo, hi = int(req.get("lo")), int(req.get("hi"))
                 mine = jp.acq.unplayed(lo, hi)
@@ -523,7 +553,75 @@ class _IPair:
         ids = json.loads(str(request(self.ctl, Message("pending/list", {}), "pending/ids").get("ids")))
         held = [b for b in ids if self.node.store.has_block(b)]
         request(self.ctl, Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+        self._void_stale_auth()
         self.ch = open_session(addr, self.node.creds, self.cj, "qkd/pair", fields=fields, authenticator=self.end.tx)
+
+    def _void_stale_auth(self) -> None:
+        """Authentication bits this end reserved for a block and never finished (a Ci stopped between its
+        reservation and its ``take_exact``; Cj may or may not have taken them): spent at both ends, never
+        used — Cj discards them first (``auth/void``), then they are voided here, both recorded."""
+        assert self.ctl is not None
+        st = self.node.store
+        for r in st.pending_reservations("auth"):
+            kid = str(r["key_id"])
+            if r["pair"] != self.pair or not kid.startswith(AUTH_KEY_PREFIX) or kid in self.node.auth_inflight:
+                continue
+            rep = request(self.ctl, Message("auth/void", {"refs": json.dumps([list(x) for x in r["refs"]])}),
+                          "auth/voided")
+            st.void(kid, f"block authentication key reserved by a Ci that stopped before its block started "
+                         f"({int(rep.get('bits'))} bits discarded at {self.cj}); spent at both ends, never used")
+            log.warning("node %s: pair %s: %d authentication bits reserved for a block that never started (%s) "
+                        "voided at both ends", self.node.name, self.pair, int(r["nbits"]), kid)
+
+    def _draw_auth(self, block_id: str, start: int, end: int, need: int) -> None:
+        """This block's authentication key at both ends, or at neither: Ci reserves ``need`` bits, Cj takes
+        exactly those (``block/prepare``), then Ci takes its reservation. A Cj that refuses spends nothing
+        and Ci releases its reservation; blocks Cj does not hold (a pre-shared secret only this end
+        imported) are retired here (never used), bits Cj spent already are discarded here. Raises
+        :class:`NodeError` (the block does not start)."""
+        assert self.ctl is not None
+        node, st = self.node, self.node.store
+        kid = f"{AUTH_KEY_PREFIX}{uuid.uuid4()}"
+        try:
+            refs = st.reserve(self.pair, need, "auth", kid, info={"block": block_id})
+        except LabqflError as e:
+            raise NodeError(f"{AUTH_STARVED} {self.cj}: {e}") from None
+        node.auth_inflight.add(kid)
+        try:
+            rep = self.ctl.request(Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
+                                                             "need": need, "refs": json.dumps(refs)}))
+            if rep.kind == "node/refused":
+                st.release(kid)  # Cj refused before taking anything: nothing was spent at either end
+                reason = str(rep.fields.get("reason", f"answered {rep.kind!r}"))
+                missing = json.loads(str(rep.fields.get("missing") or "[]"))
+                spent = json.loads(str(rep.fields.get("spent") or "[]"))
+                done = self._retire(missing, spent)
+                raise NodeError(reason + (f"; {done}" if done else ""))
+            if rep.kind != "block/prepared":  # whether Cj took the bits is unknown: voided at the next session
+                raise MessageError(f"answered {rep.kind!r} to 'block/prepare'; expected 'block/prepared'")
+            km = st.take_exact(self.pair, refs, "auth", key_id=kid)
+        finally:
+            node.auth_inflight.discard(kid)
+        self.supply.load(np.asarray(km.bits, dtype=np.uint8))
+
+    def _retire(self, missing: list[str], spent: list[Any]) -> str:
+        """Authentication material Cj cannot match, spent here so that no later block draws it: ``missing``
+        authentication blocks Cj does not hold (pre-shared or refill blocks; another block is left alone)
+        and ``spent`` refs Cj consumed already. Returns what was done ("" if nothing)."""
+        st, done = self.node.store, []
+        sizes = {str(b["block_id"]): int(b["nbits"]) for b in st.blocks(self.pair)}
+        for bid in missing:
+            if bid in sizes and (bid.startswith(PRESHARED_PREFIX) or bid.endswith(AUTH_REFILL_SUFFIX)):
+                n = st.discard_exact(self.pair, [(bid, 0, sizes[bid])],
+                                     f"authentication block held at {self.node.name} only ({self.cj} does not hold "
+                                     "it): retired, never used")
+                done.append(f"block {bid}, held at {self.node.name} only, retired there ({n} bits, never used)")
+        if spent:
+            n = st.discard_exact(self.pair, spent, f"authentication bits {self.cj} spent already: discarded, never used")
+            done.append(f"{n} authentication bits {self.cj} had spent already discarded here")
+        for d in done:
+            log.warning("node %s: pair %s: %s", self.node.name, self.pair, d)
+        return "; ".join(done)
 
     # -- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -661,10 +759,7 @@ class _IPair:
                     raise NodeError(f"block {bid} is already in {node.name}'s key store")
             st.check_slots_free(self.pair, self.acq.acq, start, end)
             st.claim_slots(self.pair, self.acq.acq, start, end, block_id)
-            km = st.take(self.pair, need, "auth")
-            self.supply.load(np.asarray(km.bits, dtype=np.uint8))
-            request(self.ctl, Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
-                                                        "need": need, "refs": json.dumps(km.refs)}), "block/prepared")
+            self._draw_auth(block_id, start, end, need)
         except LabqflError as e:  # nothing of the block was disclosed: forget it at both ends
             self.end.drop_block(self.ch)
             request(self.ctl, Message("block/skip", {"end": int(end)}), "block/skipped")
@@ -823,6 +918,8 @@ class ClientNode(Node):
         self.pending = self.private / "pending"
         self.pending.mkdir(mode=0o700, exist_ok=True)
         self._pending_lock = threading.Lock()
+        #: key IDs of block authentication reservations in flight (``_IPair._draw_auth``)
+        self.auth_inflight: set[str] = set()
         self._import_preshared()
         self._warn_without_auth_key()
         self.acqs: dict[str, _Acq] = {}

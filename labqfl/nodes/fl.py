@@ -31,7 +31,8 @@ from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
 from labqfl.nodes.common import CTL, NodeError, launcher_env, open_session, request
 from labqfl.nodes.flserver import FLEET_LINE
-from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess
+from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess, drop_ca_key
+from labqfl.nodes.pdeath import die_with_parent
 from labqfl.qkd.messaging import Message
 
 log = get_logger(__name__)
@@ -93,7 +94,7 @@ class FlNetwork:
 
     def __init__(self, workdir: Path, station: str | Path | None, clients: list[str],
                  client_data: Path | Mapping[str, Path], *, env: dict[str, dict[str, str]] | None = None,
-                 server_data: Path | None = None) -> None:
+                 server_data: Path | None = None, keep_ca_key: bool = False) -> None:
         self.workdir = Path(workdir)
         #: the server node's own data folder (default ``<workdir>/server``)
         self.server_data = Path(server_data) if server_data is not None else self.workdir / SERVER
@@ -102,6 +103,8 @@ class FlNetwork:
         self.client_data = client_data
         self.env = env or {}
         self.certs = self.workdir / "certs"
+        #: keep the throwaway CA's key (tests issue more certificates from it); default: destroyed once issued
+        self.keep_ca_key = keep_ca_key
         self.nodes: dict[str, NodeProcess] = {}
         self.server_address = ""
         self.fleet_address = ""
@@ -123,7 +126,8 @@ class FlNetwork:
         with logp.open("w") as errf:
             t = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
-                                    env={**os.environ, **launcher_env(), **self.env.get(key, {})})
+                                    env={**os.environ, **launcher_env(), **self.env.get(key, {})},
+                                    preexec_fn=die_with_parent())  # SIGTERM when the launcher dies
         np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[key] = np_
         return np_
@@ -131,6 +135,8 @@ class FlNetwork:
     def start(self) -> FlNetwork:
         """Certificates, the server node (waits for its SuperLink and front), then the SuperNodes."""
         make_node_certs(self.certs, [SERVER, *self.clients, CTL])
+        if not self.keep_ca_key:
+            drop_ca_key(self.certs)  # issued: the throwaway CA's key is destroyed at once
         try:
             srv = self._spawn(SERVER, "server", SERVER, ["--listen", "127.0.0.1:0", "--fl-listen", "127.0.0.1:0"])
             self.server_address, self.fleet_address = _read_lines(srv, START_TIMEOUT_S, True)

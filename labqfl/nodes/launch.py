@@ -55,8 +55,9 @@ from labqfl.nodes.common import (
     request,
     simulated_light,
 )
+from labqfl.nodes.pdeath import die_with_parent
 from labqfl.qkd.messaging import Message
-from labqfl.qkd.pipeline import PRESHARED_PREFIX, DistillSettings
+from labqfl.qkd.pipeline import DistillSettings
 
 log = get_logger(__name__)
 
@@ -260,12 +261,23 @@ def node_certs(certs: Path, names: list[str]) -> None:
     log.info("certificates of %s in %s reused (%s issued)", ", ".join(present), certs, ", ".join(missing) or "none")
 
 
+def drop_ca_key(certs: Path) -> None:
+    """Destroy ``certs/ca.key`` (overwritten, flushed, deleted) once the certificates are issued: a
+    throwaway CA's key has no further use, and a launcher killed later leaves none behind."""
+    from labqfl.keystore.preshare import shred_secret_file
+
+    key = Path(certs) / "ca.key"
+    if key.exists() and (problem := shred_secret_file(key)) is not None:
+        raise NodeError(f"the throwaway CA's key: {problem}")
+
+
 class LocalNetwork:
     """Optics + detector + every client of the station as separate processes on loopback."""
 
     def __init__(self, workdir: Path, station: str | Path | None = None, *, settings: DistillSettings | None = None,
                  env: dict[str, dict[str, str]] | None = None, threads: int | None = None,
-                 client_data: Path | None = None, preshare: bool | Collection[str] = True) -> None:
+                 client_data: Path | None = None, preshare: bool | Collection[str] = True,
+                 keep_ca_key: bool = True) -> None:
         self.workdir = Path(workdir)
         self.station = station
         self.cfg = load_station_config(station)
@@ -280,6 +292,9 @@ class LocalNetwork:
         #: deliver a fresh pre-shared authentication secret per pair (False: the stores hold one;
         #: a collection of pair names: to those pairs only)
         self.preshare = preshare
+        #: keep the throwaway CA's key in ``<workdir>/certs`` (``node up --workdir`` issues from it again);
+        #: False: destroyed right after the certificates are issued (``labqfl run``: a new CA every time)
+        self.keep_ca_key = keep_ca_key
         #: seconds :meth:`warm_jit` took in :meth:`start`
         self.warm_jit_s = 0.0
         self.certs = self.workdir / "certs"
@@ -303,26 +318,33 @@ class LocalNetwork:
         env = {**os.environ, **launcher_env(), **self.env.get(name, {})}
         with logp.open("w") as errf:
             t = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env,
+                                    preexec_fn=die_with_parent())  # SIGTERM when the launcher dies
         np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[name] = np_
         return np_
 
     def _write_preshared(self) -> None:
+        """Deliver the pairs' pre-shared secrets (:mod:`labqfl.nodes.preshared`): each pair first reconciled
+        (a delivery under way is completed, never overwritten; a pre-shared block one end holds alone is
+        retired there), then a fresh secret for a pair that needs one: every pair with ``preshare=True``
+        (unless a delivery of it is under way), a listed pair if its ends share too few authentication bits."""
+        from labqfl.keystore import KeyStore
+        from labqfl.keystore.preshare import min_preshared_bits
+        from labqfl.nodes.preshared import reconcile_pair, write_pair_secret
+
         bits_n = self.settings.preshared_auth_bits
+        need = min_preshared_bits(self.settings.auth_lanes)
         for a, b in self.cfg.pairs():
             pair = f"{a}-{b}"
             if not isinstance(self.preshare, bool) and pair not in self.preshare:
                 continue
-            raw = secrets.token_bytes(bits_n // 8)
-            rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}", "bits_hex": raw.hex()}
-            for c in (a, b):
-                d = self.data_of(c) / "nodes" / c / "preshared"
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)
-                fd = os.open(d / f"{pair}.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    json.dump(rec, f)
-            del raw
+            da, db = self.data_of(a), self.data_of(b)
+            with KeyStore.for_node(a, da) as sa, KeyStore.for_node(b, db) as sb:
+                st = reconcile_pair(pair, sa, sb, da, db)
+            if st.pending or st.malformed or (self.preshare is not True and st.shared_bits >= need):
+                continue
+            write_pair_secret(pair, da, db, bits_n)
 
     def warm_jit(self) -> None:
         """Compile (or load) the Numba kernels the nodes use once, before they start, so that the
@@ -349,7 +371,8 @@ class LocalNetwork:
         parts = [f"warm_distillation({engine!r}, cascade=False)", *(["warm_cascade()"] if engine == "cascade" else [])]
         helpers = [subprocess.Popen([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade, "
                                      f"warm_distillation; {part}"],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                    preexec_fn=die_with_parent())
                    for part in parts]
         try:
             warm_codec()
@@ -377,6 +400,8 @@ class LocalNetwork:
             self.warm_jit_s = time.perf_counter() - t
         clients = self.cfg.client_names
         node_certs(self.certs, ["optics", "detector", *clients, CTL])
+        if not self.keep_ca_key:
+            drop_ca_key(self.certs)
         if self.preshare:
             self._write_preshared()
         s = self.settings

@@ -45,7 +45,8 @@ from labqfl.nodes.common import NodeError
 
 log = get_logger(__name__)
 
-__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "pairs_needing_preshare", "station_for_nodes",
+__all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "auth_starved_pairs", "check_pairs_authenticated",
+           "pairs_needing_preshare", "station_for_nodes",
            "train_over_nodes"]
 
 #: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
@@ -145,19 +146,57 @@ def station_for_nodes(cfg: StationConfig, base_dir: Path | None) -> str:
     return f"# {cfg.name}: the station of a labqfl run, for its node processes\n" + dump_toml(d)
 
 
-def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) -> list[str]:
-    """Pairs whose Ci store cannot pay for a first block's authentication (what the in-process
-    Distiller bootstraps with a simulated pre-shared block, ``DistillSettings.bootstrap_auth``)."""
+def _reconcile_pairs(cfg: StationConfig, data_dir: Path, settings: Any) -> dict[str, Any]:
+    """Every pair's :func:`~labqfl.nodes.preshared.reconcile_pair` in ``data_dir`` (no node may run): a
+    pre-shared delivery under way kept, a pre-shared block one end holds alone retired there."""
     from labqfl.keystore import KeyStore
+    from labqfl.nodes.preshared import reconcile_pair
+
+    out = {}
+    for a, b in cfg.pairs():
+        with KeyStore.for_node(a, data_dir) as sa, KeyStore.for_node(b, data_dir) as sb:
+            out[f"{a}-{b}"] = reconcile_pair(f"{a}-{b}", sa, sb, Path(data_dir), Path(data_dir))
+    return out
+
+
+def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) -> list[str]:
+    """Pairs whose two stores cannot pay for a first block's authentication from bits both ends hold
+    (what the in-process Distiller bootstraps with a simulated pre-shared block,
+    ``DistillSettings.bootstrap_auth``). Each pair is reconciled first (:func:`_reconcile_pairs`): a
+    pre-shared block held at one end only (a client killed before it imported its copy) is retired at
+    that end, never used, and counts for nothing; one the other end still has to import counts."""
     from labqfl.qkd.pipeline import _auth_bits_per_block
 
     need = _auth_bits_per_block(settings.auth_lanes, first=True)
-    out = []
-    for a, b in cfg.pairs():
-        with KeyStore.for_node(a, data_dir) as sa, KeyStore.for_node(b, data_dir) as sb:
-            pair = f"{a}-{b}"
-            if min(sa.available_bits(pair, "auth"), sb.available_bits(pair, "auth")) < need:
-                out.append(pair)
+    return [p for p, st in _reconcile_pairs(cfg, data_dir, settings).items()
+            if not st.pending and not st.malformed and st.shared_bits < need]
+
+
+def check_pairs_authenticated(cfg: StationConfig, data_dir: Path, settings: Any) -> None:
+    """Without the bootstrap (``--no-auth-bootstrap``): every pair's stores must share the bits of a first
+    block's authentication; else one :class:`NodeError` naming each such pair, before any node starts."""
+    from labqfl.qkd.pipeline import _auth_bits_per_block
+
+    need = _auth_bits_per_block(settings.auth_lanes, first=True)
+    short = {p: st for p, st in _reconcile_pairs(cfg, data_dir, settings).items() if st.shared_bits < need}
+    if short:
+        raise NodeError("; ".join(f"pair {p}: its two key stores share {st.shared_bits} authentication bits, a first "
+                                  f"block needs {need}" + (f" ({st.describe()})" if st.describe() else "")
+                                  for p, st in short.items())
+                        + " — load a pre-shared secret into both stores (labqfl keys preshare) or drop "
+                          "--no-auth-bootstrap")
+
+
+def auth_starved_pairs(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Pairs that made no key because no block of theirs found authentication key both ends hold
+    (pair → the reason); a top-up acquisition cannot help them."""
+    from labqfl.nodes.client import AUTH_STARVED
+
+    out = {}
+    for p, d in pairs.items():
+        reasons = [str(r) for r in d.get("abort_reasons") or [] if AUTH_STARVED in str(r)]
+        if reasons and not d.get("final_key_bits"):
+            out[p] = reasons[0]
     return out
 
 
@@ -213,12 +252,17 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
     from labqfl.nodes.launch import LocalNetwork, run_acquisition
 
     report = progress or (lambda *a: None)
-    preshare = pairs_needing_preshare(cfg, data_dir, settings) if bootstrap_auth else []
+    if bootstrap_auth:
+        preshare = pairs_needing_preshare(cfg, data_dir, settings)
+    else:
+        check_pairs_authenticated(cfg, data_dir, settings)
+        preshare = []
     work = Path(tempfile.mkdtemp(prefix="labqfl-nodes-"))
     try:
         station = work / "station.toml"
         station.write_text(station_for_nodes(cfg, base_dir), encoding="utf-8")
-        net = LocalNetwork(work, station, settings=settings, client_data=Path(data_dir), preshare=preshare)
+        net = LocalNetwork(work, station, settings=settings, client_data=Path(data_dir), preshare=preshare,
+                           keep_ca_key=False)
         report("acquire", 0, duration_s, f"starting {len(cfg.client_names) + 2} node processes")
         t0 = time.perf_counter()
         stopped = False
@@ -260,6 +304,11 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
         failed = {p: d["failed"] for p, d in pairs.items() if d.get("failed") or not d.get("done", True)}
         if failed:
             raise NodeError(f"pairs failed over the nodes: {failed}")
+        starved = auth_starved_pairs(pairs)
+        if starved:  # not key starvation: no acquisition can help until the pair's ends share authentication key
+            raise NodeError("; ".join(f"pair {p}: no block could be authenticated ({r})" for p, r in starved.items())
+                            + f" — its two key stores share no authentication key (labqfl keys status --data-dir "
+                              f"{data_dir}); load a pre-shared secret into both (labqfl keys preshare)")
         return NodesAcquisition(
             acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
             timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,

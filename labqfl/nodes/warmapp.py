@@ -66,6 +66,7 @@ from typing import Any
 
 from labqfl.fl.flower.deploy import LocalFederation, _bin, _descendants, _end_detached
 from labqfl.log import get_logger
+from labqfl.nodes.pdeath import die_with_parent
 
 log = get_logger("labqfl.nodes.warmapp")  # also when run as __main__
 
@@ -173,7 +174,11 @@ class WarmFederation(LocalFederation):
         if self.warm_dir is not None and name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
             # the shim: forked from the zygote when it listens (wait_zygote first), else SUPERNODE_REAL
             cmd = [str(self.warm_dir / "bin" / "flower-supernode"), *cmd[1:]]
-        super()._start(name, cmd)
+        # as LocalFederation._start, and SIGTERM when this node dies (labqfl.nodes.pdeath): a SuperLink whose
+        # node was killed ends (and its SuperExec, which watches it, with it) instead of serving on, orphaned
+        log_f = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.procs[name] = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT, env=self.env(),
+                                            start_new_session=True, preexec_fn=die_with_parent())
 
     def wait_zygote(self, timeout_s: float = 120.0) -> bool:
         """Block until the zygote listens (True), has exited or ``timeout_s`` passed (False: the

@@ -126,7 +126,7 @@ def test_the_server_node_refuses_a_client_with_another_cas_certificate_and_stops
     another CA never gets past the front; SIGTERM stops the node (and its SuperLink) with exit 0."""
     from labqfl.nodes.fl import FlNetwork
 
-    net = FlNetwork(tmp_path / "fl", None, [], tmp_path / "unused")
+    net = FlNetwork(tmp_path / "fl", None, [], tmp_path / "unused", keep_ca_key=True)  # C1's issued below
     net.start()  # the server node only (no clients given): certificates server + ctl, then its SuperLink
     try:
         make_node_certs(net.certs, ["C1"])  # the same CA (reused from the folder)

@@ -1,0 +1,192 @@
+"""A pair's simulated pre-shared authentication secret, delivered by a local launcher so that a crash at
+any point leaves either both ends or neither holding a usable block (docs/nodes.md, "Pre-shared
+secrets after a crash").
+
+The launcher (:class:`~labqfl.nodes.launch.LocalNetwork`, ``labqfl run`` over nodes) writes the same
+secret file ``<data>/nodes/<Ci>/preshared/<pair>.json`` into both clients' folders; each client imports
+its copy into its store's ``auth`` pool at start and destroys the file. A client killed before its
+import leaves the secret at the other end only. Before new secrets are issued, :func:`reconcile_pair`
+looks at both stores and both files of a pair:
+
+* a file whose block the other end holds, or whose twin file the other end still has, is a delivery
+  under way: it is kept (never overwritten) and the client imports it at its next start;
+* a file the other end has neither imported nor still holds (the launcher was killed between its two
+  writes) is destroyed (:func:`~labqfl.keystore.preshare.shred_secret_file`);
+* a pre-shared block held at one end only with no such file at the other is retired at the end that
+  holds it: its free bits are marked consumed and overwritten (``discard_exact``, recorded in the
+  store's deliveries with the reason), never used. Its secret is never issued again.
+
+A new secret is written to a temporary file and linked into place at each end (``os.link`` refuses an
+existing name), so no file of either end is ever overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["PairAuth", "reconcile_pair", "secret_path", "shared_auth_bits", "write_pair_secret"]
+
+#: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
+AUTH_POOLS = ("auth", "general")
+
+
+def secret_path(data: Path, node: str, pair: str) -> Path:
+    """Where a launcher delivers ``pair``'s secret for ``node`` whose data folder is ``data``."""
+    return Path(data) / "nodes" / node / "preshared" / f"{pair}.json"
+
+
+def _free_ranges(store: Any, pair: str) -> dict[str, list[tuple[int, int]]]:
+    """Block ID → free ``[start, end)`` ranges of ``pair`` in the pools an authentication draw uses."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    with store._read() as conn:
+        rows = conn.execute("SELECT b.block_id, s.start, s.length FROM segments s JOIN blocks b ON b.seq = s.block_seq "
+                            f"WHERE s.pair = ? AND s.state = 'free' AND s.purpose IN ({','.join('?' * len(AUTH_POOLS))}) "
+                            "ORDER BY s.block_seq, s.start", (pair, *AUTH_POOLS)).fetchall()
+    for bid, start, length in rows:
+        out.setdefault(str(bid), []).append((int(start), int(start) + int(length)))
+    return out
+
+
+def shared_auth_bits(store_a: Any, store_b: Any, pair: str) -> int:
+    """Authentication bits of ``pair`` free at both ends: in blocks both stores hold, the bits free in both."""
+    fa, fb = _free_ranges(store_a, pair), _free_ranges(store_b, pair)
+    total = 0
+    for bid in fa.keys() & fb.keys():
+        for x0, x1 in fa[bid]:
+            for y0, y1 in fb[bid]:
+                total += max(0, min(x1, y1) - max(x0, y0))
+    return total
+
+
+def _file_block(path: Path) -> str | None:
+    """The block ID a secret file names; "" for a file that is not one (the node refuses it in one line)."""
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["block_id"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+@dataclass
+class PairAuth:
+    """What :func:`reconcile_pair` found and did for one pair."""
+
+    pair: str
+    #: authentication bits free at both ends once the deliveries under way are imported
+    shared_bits: int = 0
+    #: block IDs of secret files kept for the other end to import (a delivery under way)
+    pending: list[str] = field(default_factory=list)
+    #: (node, block ID, bits discarded): pre-shared blocks held at one end only, retired there
+    retired: list[tuple[str, str, int]] = field(default_factory=list)
+    #: secret files destroyed because the other end never got that secret
+    shredded: list[str] = field(default_factory=list)
+    #: secret files that are not readable secrets (kept: the node refuses them in one line)
+    malformed: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"pre-shared block {b} was held at {n} only; retired there ({k} free bits discarded, never used)"
+                 for n, b, k in self.retired]
+        parts += [f"secret file {f} of a delivery the other end never got: destroyed" for f in self.shredded]
+        parts += [f"pre-shared block {b} held at one end: the other end imports it at its start" for b in self.pending]
+        return f"pair {self.pair}: " + "; ".join(parts) if parts else ""
+
+
+def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: Path, *,
+                   retire: bool = True) -> PairAuth:
+    """Make ``pair``'s pre-shared secrets consistent before its nodes start (module docstring).
+
+    ``store_a``/``store_b``: the stores of Ci and Cj (closed by the caller); ``data_a``/``data_b``: their data
+    folders (the secret files' home). Returns the :class:`PairAuth`. Call it only while neither node runs."""
+    from labqfl.keystore.preshare import shred_secret_file
+    from labqfl.qkd.pipeline import PRESHARED_PREFIX
+
+    a, b = pair.split("-")
+    st = PairAuth(pair)
+    ends = {a: (store_a, secret_path(data_a, a, pair)), b: (store_b, secret_path(data_b, b, pair))}
+    for _, path in ends.values():  # a secret written under a temporary name by a launcher killed right then
+        for tmp in path.parent.glob(f".{path.name}.*.tmp") if path.parent.is_dir() else ():
+            if (problem := shred_secret_file(tmp)) is not None:
+                raise OSError(problem)
+            st.shredded.append(str(tmp))
+    ids = {n: _file_block(p) for n, (_, p) in ends.items()}
+    for n, (_, path) in ends.items():
+        o = b if n == a else a
+        x = ids[n]
+        if x is None:
+            continue
+        if x == "":
+            st.malformed.append(str(path))
+            continue
+        if ends[o][0].has_block(x) or ids[o] == x:
+            if not ends[n][0].has_block(x):
+                st.pending.append(x)
+            continue
+        problem = shred_secret_file(path)
+        if problem is not None:
+            raise OSError(problem)
+        st.shredded.append(str(path))
+        ids[n] = None
+    pending = set(st.pending)
+    if retire:
+        for n, (store, _) in ends.items():
+            other = ends[b if n == a else a][0]
+            for blk in store.blocks(pair):
+                bid = str(blk["block_id"])
+                if not bid.startswith(PRESHARED_PREFIX) or bid in pending or other.has_block(bid):
+                    continue
+                k = store.discard_exact(pair, [(bid, 0, int(blk["nbits"]))],
+                                        f"pre-shared block held at {n} only (its partner never imported it): "
+                                        "retired, never used")
+                if k:
+                    st.retired.append((n, bid, k))
+    st.shared_bits = shared_auth_bits(store_a, store_b, pair)
+    for x in sorted(pending):
+        holder = a if ends[a][0].has_block(x) else b
+        fr = _free_ranges(ends[holder][0], pair).get(x, [])
+        st.shared_bits += sum(e - s for s, e in fr)
+    if st.describe():
+        log.warning("%s", st.describe())
+    return st
+
+
+def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int) -> str:
+    """A fresh secret of ``nbits`` bits for ``pair``, delivered into both ends' folders; its block ID.
+
+    Each copy is written and flushed under a temporary name, then linked to ``<pair>.json``; an existing
+    file there is never overwritten (:class:`FileExistsError`: reconcile first). A crash between the two
+    ends leaves the first end's file only, which :func:`reconcile_pair` destroys before the next issue."""
+    from labqfl.qkd.pipeline import PRESHARED_PREFIX
+
+    a, b = pair.split("-")
+    rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}",
+           "bits_hex": secrets.token_bytes(nbits // 8).hex()}
+    data = json.dumps(rec).encode()
+    for node, folder in ((a, data_a), (b, data_b)):
+        final = secret_path(folder, node, pair)
+        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if final.exists():
+            raise FileExistsError(f"{final}: a secret file of pair {pair} is already there; not overwritten")
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    bid = str(rec["block_id"])
+    del rec, data
+    return bid
