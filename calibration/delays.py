@@ -42,9 +42,43 @@ from labqfl.calibration.core import (
 from labqfl.calibration.fitting import FitResult, fit_gaussian_peak, plot_peak
 
 from labqfl.errors import CalibrationError, InstrumentError
+from labqfl.instruments.interfaces import (
+    IntensityModulator,
+    PhaseModulator,
+    PhotonDetector,
+    PulsedLaser,
+    PulseGenerator,
+    VariableAttenuator,
+)
 from labqfl.physics import loop_delay_ps
 
 DETECTORS = ("D0", "D1")
+
+
+def light_path_on(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str, ...] = DETECTORS) -> list[str]:
+    """Put the light path in its operating state through ``guard`` (restored when the procedure ends):
+    the master clock's laser trigger and the laser on, ``detectors`` armed, every client's attenuator
+    shutter open and its intensity and phase modulators on — the arming rule of an acquisition
+    (:func:`labqfl.station.arm_instruments`), so a procedure that needs light also works from the safe
+    state (after Stop, Safe state or a failed procedure), which closes the shutters and switches the
+    modulators off. Returns what was changed, as ``"role.attr=value"``."""
+    st = ctx.station
+    changed: list[str] = []
+    for role, inst in st.instruments.items():
+        if isinstance(inst, PulsedLaser | PulseGenerator | PhaseModulator | IntensityModulator):
+            attr, value = "output_enabled", True
+        elif isinstance(inst, PhotonDetector):
+            if role not in detectors:
+                continue
+            attr, value = "enabled", True
+        elif isinstance(inst, VariableAttenuator):
+            attr, value = "shutter_closed", False
+        else:
+            continue
+        if getattr(inst, attr) != value:
+            guard.set(inst, attr, value)
+            changed.append(f"{role}.{attr}={value}")
+    return changed
 
 
 def _fine_peaks(ctx: CalContext, tags: dict[int, np.ndarray], detectors: tuple[str, ...], T: float,
@@ -130,9 +164,9 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
     with guarded(ctx, "delays") as guard:
         st = ctx.station
         tagger = st.time_tagger
-        guard.set(st.laser, "output_enabled", True)
-        for d in detectors:
-            guard.set(st.detector(d), "enabled", True)
+        changed = light_path_on(ctx, guard, detectors)
+        if changed:
+            ctx.step(f"delays: light path on ({', '.join(changed)})")
         gates_to_optimum(ctx, guard)
         ind = tagger.input_delays_ps
         in_sync = float(ind.get(tt_cfg.sync_channel, 0))
@@ -175,4 +209,4 @@ def channel_delays(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, fine
     return ctx.remember(ProcedureResult("delays", quantities, raw, plots))
 
 
-__all__ = ["channel_delays"]
+__all__ = ["channel_delays", "light_path_on"]

@@ -19,6 +19,7 @@ from labqfl.calibration.core import (
     guarded,
     sim_truth,
 )
+from labqfl.calibration.delays import light_path_on
 from labqfl.calibration.detector import DETECTORS, detector_counts, enable_detectors, slot_period_ps
 
 from labqfl.errors import CalibrationError
@@ -41,7 +42,7 @@ def gate_delay(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, n_coarse
     if not gated:
         return ProcedureResult("gate_delay", [], {"skipped": "no gated detector"}, [])
     with guarded(ctx, "gate_delay") as guard:
-        guard.set(ctx.station.laser, "output_enabled", True)
+        light_path_on(ctx, guard, gated)  # also from the safe state: shutters open, modulators on
         enable_detectors(ctx, guard, gated)
         T = slot_period_ps(ctx)
         for d in gated:

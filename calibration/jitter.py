@@ -21,6 +21,7 @@ from labqfl.calibration.core import (
     guarded,
     sim_truth,
 )
+from labqfl.calibration.delays import light_path_on
 from labqfl.calibration.detector import (
     DETECTORS,
     detector_dead_time_s,
@@ -97,7 +98,7 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
     plots: list[str] = []
     cfg = ctx.config
     with guarded(ctx, "timing_jitter") as guard:
-        guard.set(ctx.station.laser, "output_enabled", True)
+        light_path_on(ctx, guard, detectors)  # also from the safe state: shutters open, modulators on
         enable_detectors(ctx, guard, detectors)
         gates_to_optimum(ctx, guard, detectors)
         T = slot_period_ps(ctx)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from labqfl.gui.controller import Controller
-from labqfl.gui.panels._common import heading, read_only_table, table_item
+from labqfl.gui.panels._common import ERR_COLOUR, heading, read_only_table, table_item
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
@@ -106,10 +106,16 @@ class CalibrationPanel(QWidget):
         self.qtable.setMaximumHeight(230)
         self.plot_box = QWidget()
         self.plot_grid = QGridLayout(self.plot_box)
-        scroll = QScrollArea()
+        self.plot_scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.plot_box)
         scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.failure_label = QLabel("")
+        self.failure_label.setWordWrap(True)
+        self.failure_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.failure_label.setStyleSheet(f"color: {ERR_COLOUR.name()}")
+        self.failure_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.failure_label.setVisible(False)
         self.run_label = QLabel("")
         self.run_label.setWordWrap(True)
         self.run_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
@@ -118,9 +124,13 @@ class CalibrationPanel(QWidget):
 
         right = QVBoxLayout()
         right.addWidget(self.result_title)
+        right.addWidget(self.failure_label)
         right.addWidget(self.qtable)
         right.addWidget(scroll, 1)
+        self.no_plots = QWidget()  # keeps the run record at the bottom while the plot area is hidden
+        right.addWidget(self.no_plots, 1)
         right.addWidget(self.run_label)
+        scroll.setVisible(False)
         return right
 
     def _on_select(self, *_: Any) -> None:
@@ -137,8 +147,14 @@ class CalibrationPanel(QWidget):
 
     def _run(self) -> None:
         name = self.selected()
-        if name:
-            self.ctl.run_calibration(name, quick=self.quick.isChecked())
+        if not name:
+            return
+        # disabled at once: a second click of a double click must not reach the core before the
+        # controller's next drain delivers the busy state (it was refused with an error dialog)
+        self.run_btn.setEnabled(False)
+        self.ctl.run_calibration(name, quick=self.quick.isChecked())
+        if not self.ctl.core.busy("calibration"):  # refused (its error is on the way): the button back
+            self._update()
 
     def _update(self, *_: Any) -> None:
         b = self.ctl.busy
@@ -163,9 +179,23 @@ class CalibrationPanel(QWidget):
     def _on_progress(self, task: str, frac: float, msg: str) -> None:
         if task == "calibration":
             self.step.setText(msg)
+            failed = msg.startswith(("failed", "partial"))
+            self.step.setStyleSheet(f"color: {ERR_COLOUR.name()}" if failed else "")
 
     def show_result(self, res: dict[str, Any]) -> None:
-        self.result_title.setText(f"{res['title']}  ·  {res['seconds']:.1f} s")
+        """Show one procedure's outcome (``status``: done, partial, failed or cancelled): the
+        quantities and plots it calibrated, what failed, and the files only when something was
+        calibrated. Replaces the previous result entirely."""
+        status = res.get("status", "done")
+        label = {"done": "", "partial": "partial", "failed": "failed", "cancelled": "cancelled"}.get(status, status)
+        title = f"{res['title']}  ·  {res['seconds']:.1f} s" + (f"  ·  {label}" if label else "")
+        self.result_title.setText(title)
+        self.result_title.setStyleSheet(f"color: {ERR_COLOUR.name()}" if status in ("partial", "failed") else "")
+        failures: dict[str, str] = res.get("failures") or {}
+        if failures:
+            lines = [f"✗ {name}: {msg}" for name, msg in failures.items()]
+            self.failure_label.setText("\n".join(lines))
+        self.failure_label.setVisible(bool(failures))
         qs = res["quantities"]
         self.qtable.setRowCount(len(qs))
         for r, q in enumerate(qs):
@@ -180,7 +210,8 @@ class CalibrationPanel(QWidget):
             w = item.widget() if item is not None else None
             if w is not None:
                 w.deleteLater()
-        for i, path in enumerate(res.get("plots", [])):
+        paths = res.get("plots", [])
+        for i, path in enumerate(paths):
             lab = QLabel()
             pm = QPixmap(path)
             if pm.isNull():
@@ -189,5 +220,18 @@ class CalibrationPanel(QWidget):
                 lab.setPixmap(pm.scaledToWidth(min(pm.width(), 520), Qt.TransformationMode.SmoothTransformation))
             lab.setToolTip(path)
             self.plot_grid.addWidget(lab, i // 2, i % 2)
-        self.run_label.setText(f"run folder: {res.get('run', '')}   ·   calibrated station file: "
-                               f"{res.get('station_toml', '')} (use it with --config)")
+        self.plot_scroll.setVisible(bool(paths))
+        self.no_plots.setVisible(not paths)
+        run, toml = res.get("run", ""), res.get("station_toml", "")
+        if status == "cancelled":
+            text = "cancelled: nothing calibrated; settings restored, instruments in their safe state"
+        elif not qs or not toml:
+            text = "nothing calibrated: no station file to use" + (f"   ·   run folder: {run}" if run else "")
+        elif status == "partial":
+            n_ok = res.get("succeeded", 0)
+            text = (f"run folder: {run}   ·   calibrated station file (only the {n_ok} procedure(s) that succeeded): "
+                    f"{toml} (use it with --config)")
+        else:
+            text = f"run folder: {run}   ·   calibrated station file: {toml} (use it with --config)"
+        self.run_label.setText(text)
+        self.run_label.setStyleSheet("color: #555" if qs and toml else f"color: {ERR_COLOUR.name()}")

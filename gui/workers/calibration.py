@@ -94,6 +94,16 @@ class CalibrationTask:
         from labqfl.app.calibrate import run_calibration
 
         t0 = time.perf_counter()
+
+        def result(status: str, **extra: Any) -> dict[str, Any]:
+            """The ``calibration_result`` event: ``status`` done / partial (some procedures failed) /
+            failed (nothing calibrated) / cancelled; nothing calibrated has no files to offer."""
+            data: dict[str, Any] = {"procedure": spec.name, "title": spec.title, "status": status, "quantities": [],
+                                    "plots": [], "run": "", "station_toml": "", "failures": {}, "succeeded": 0,
+                                    "seconds": time.perf_counter() - t0}
+            data.update(extra)
+            return data
+
         try:
             def progress(message: str) -> None:
                 if self._cal_cancel.is_set():
@@ -104,27 +114,52 @@ class CalibrationTask:
             outcome = run_calibration(self.core.config, spec.name, runs_dir=self.core.runs_dir, progress=progress,
                                       station=self.core.station, base_dir=self.core.base_dir, **kwargs)
             quantities = outcome.quantity_rows()
-            data = {"procedure": spec.name, "title": spec.title, "quantities": quantities, "plots": outcome.plots(),
-                    "run": outcome.files.get("run", ""), "station_toml": outcome.files.get("station_toml", ""),
-                    "seconds": time.perf_counter() - t0}
-            log.info("calibration %s done in %.1f s: %d quantities; calibrated station file %s", spec.name,
-                     data["seconds"], len(quantities), data["station_toml"])
+            failures = outcome.failures
+            succeeded = len(outcome.report.results)
+            status = "failed" if failures and not succeeded else ("partial" if failures else "done")
+            data = result(status, quantities=quantities, plots=outcome.plots(), run=outcome.files.get("run", ""),
+                          station_toml=outcome.files.get("station_toml", "") if succeeded else "",
+                          failures=failures, succeeded=succeeded)
+            log.info("calibration %s %s in %.1f s: %d quantities; calibrated station file %s", spec.name, status,
+                     data["seconds"], len(quantities), data["station_toml"] or "(none)")
             self.core.post("calibration_result", data)
-            if outcome.failures:  # the other procedures ran and were saved; say which did not
-                fails = outcome.report.failures
-                self.core._error(f"Calibration {spec.title}: {len(fails)} procedure(s) failed",
-                            "; ".join(f.message for f in fails))
-            self.core.post("progress", ("calibration", 1.0, f"{spec.title} done"))
+            if status == "done":
+                self.core.post("progress", ("calibration", 1.0, f"{spec.title} done"))
+            elif status == "failed":
+                self.core.post("progress", ("calibration", 0.0, "failed: " + failure_reason(failures)))
+                self.core._error(f"Calibration {spec.title} failed", "; ".join(failures.values()))
+            else:  # the other procedures ran and were saved; say which did not
+                self.core.post("progress", ("calibration", 1.0, f"partial: {len(failures)} of "
+                                            f"{len(failures) + succeeded} procedures failed ({', '.join(failures)})"))
+                self.core._error(f"Calibration {spec.title}: {len(failures)} procedure(s) failed",
+                                 "; ".join(failures.values()))
         except Exception as exc:
             cause: BaseException | None = exc
             while cause is not None and not isinstance(cause, Cancelled):
                 cause = cause.__cause__
             if isinstance(cause, Cancelled):
                 log.warning("%s (settings restored, instruments in safe state)", cause)
+                self.core.post("calibration_result", result("cancelled"))
                 self.core.post("progress", ("calibration", 0.0, "cancelled; instruments in safe state"))
             else:
+                self.core.post("calibration_result", result("failed", failures={spec.name: one_line(exc)}))
+                self.core.post("progress", ("calibration", 0.0, "failed: " + one_line(exc)))
                 self.core._error(f"Calibration {spec.title} failed", exc)
         finally:
             if self.core.station is not None:
                 self.core.post("settings", self.core._station_task.rows())
             self.core._set_busy("calibration", False)
+
+
+def failure_reason(failures: dict[str, str]) -> str:
+    """One line for the status: each failed procedure's reason without the library's
+    "calibration NAME failed: " prefix and "; instruments put in their safe state …" suffix."""
+    out = []
+    for name, msg in failures.items():
+        text = msg
+        prefix = f"calibration {name} failed: "
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+        text = text.split("; instruments put in their safe state")[0]
+        out.append(text if len(failures) == 1 else f"{name}: {text}")
+    return "; ".join(out)
