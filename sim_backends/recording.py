@@ -4,7 +4,8 @@ Layout (format ``labqfl-tags``, version 2; see docs/simulator.md)::
 
     /                      attrs: format="labqfl-tags", format_version=2, created_utc,
                                   duration_s, rep_rate_hz, epoch, complete (bool), n_tags, n_blocks,
-                                  sync_channel, detector_channels (JSON), source
+                                  sync_channel, detector_channels (JSON), source, acquisition_id
+                                  (since 2026-12-06; with an epoch only)
     /config_toml           scalar string: the station config (TOML) of the run
     /tags/timestamps       int64 [ps], chunked, resizable, non-decreasing
                            (every /tags dataset: chunks with Fletcher-32 checksums since
@@ -26,6 +27,14 @@ Layout (format ``labqfl-tags``, version 2; see docs/simulator.md)::
                            answers for played frames only (labqfl.modulation.PlayedChoiceLog)
 
 Version 1 files (every client seeded, no ``randomness`` attribute) are still read.
+
+The reader checks what it reads against the stored config (:meth:`Recording.open`): rep_rate_hz,
+sync_channel and detector_channels, every client's intensities, intensity_probs and basis_x_prob, a
+seeded client's seed (the config's) and epoch (the root's), the generator, ``complete`` (a bool), the
+lost intervals, and (:meth:`Recording.blocks`) that the timestamps never decrease. The acquisition ID
+hashes the config's station name and seeds while a seeded client's log is rebuilt from its
+``/clients`` attributes: an edited seed or station name once distilled the same raw tags again under
+a new ID.
 
 A recording whose writer did not finish (``complete = False``) is refused unless
 ``allow_incomplete=True``.
@@ -82,6 +91,10 @@ class RecordingWriter:
             "sync_channel": int(tt.sync_channel), "detector_channels": json.dumps(tt.detector_channels),
             "source": source,
         })
+        if epoch is not None:  # what the reader recomputes from config_toml and epoch (a renamed station differs)
+            from labqfl.contracts.types import acquisition_id
+
+            f.attrs["acquisition_id"] = acquisition_id(config, int(epoch))
         f.create_dataset("config_toml", data=dump_toml(config.model_dump(mode="json", exclude_none=True)),
                          dtype=h5py.string_dtype())
         g = f.create_group("tags")
@@ -226,6 +239,104 @@ def _check_duration(p: Path, duration_s: float, ts: Any, n_blocks: int) -> None:
                               f"{span_s:.6g} s in {n_blocks} blocks; the file was edited or is corrupt")
 
 
+def _check_root_attrs(p: Path, a: Any, cfg: StationConfig) -> None:
+    """The root attributes that repeat the stored config must equal it (the pipeline takes the config's):
+    ``rep_rate_hz``, ``sync_channel``, ``detector_channels`` (the latter two absent in no file written so
+    far, but optional), and ``acquisition_id`` where written (the ID of config_toml's station and epoch)."""
+    tt = cfg.time_tagger
+    rate = a["rep_rate_hz"]
+    if not (isinstance(rate, int | float | np.integer | np.floating) and not isinstance(rate, bool | np.bool_)
+            and float(rate) == float(cfg.laser.rep_rate_hz)):
+        raise DataFormatError(f"{p}: attribute rep_rate_hz = {rate!r}, but the stored config has laser.rep_rate_hz = "
+                              f"{cfg.laser.rep_rate_hz!r}; the file was edited or is corrupt")
+    if "sync_channel" in a:
+        sc = a["sync_channel"]
+        if not (isinstance(sc, int | np.integer) and not isinstance(sc, bool | np.bool_) and int(sc) == tt.sync_channel):
+            raise DataFormatError(f"{p}: attribute sync_channel = {sc!r}, but the stored config has "
+                                  f"time_tagger.sync_channel = {tt.sync_channel}; the file was edited or is corrupt")
+    if "detector_channels" in a:
+        raw = a["detector_channels"]
+        try:
+            got = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        except ValueError:
+            got = raw
+        want = json.loads(json.dumps(tt.detector_channels))
+        if got != want:
+            raise DataFormatError(f"{p}: attribute detector_channels = {raw!r}, but the stored config has "
+                                  f"time_tagger.detector_channels = {json.dumps(want)}; the file was edited or is corrupt")
+    if "acquisition_id" in a and int(a["epoch"]) >= 0:
+        from labqfl.contracts.types import acquisition_id
+
+        want_id = acquisition_id(cfg, int(a["epoch"]))
+        if str(a["acquisition_id"]) != want_id:
+            raise DataFormatError(f"{p}: attribute acquisition_id = {a['acquisition_id']!r}, but config_toml and epoch "
+                                  f"give {want_id!r}; the file was edited (station name, seeds or epoch) or is corrupt")
+
+
+def _same_floats(got: Any, want: Any) -> bool:
+    try:
+        g = np.asarray(got, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return False
+    w = np.asarray(want, dtype=np.float64).reshape(-1)
+    return g.shape == w.shape and bool(np.all(np.isfinite(g))) and bool(np.allclose(g, w, rtol=1e-12, atol=0.0))
+
+
+def _check_clients(p: Path, clients: Any, cfg: StationConfig, epoch: int) -> None:
+    """Every ``/clients/<name>`` group must agree with the stored config: its name, randomness, intensities,
+    intensity_probs and basis_x_prob, and for a seeded client the generator, seed and epoch. A seeded
+    client's log is rebuilt from these attributes while the acquisition ID (and so the slot ledger that
+    refuses a second distillation) hashes the config's seeds and the root epoch: an edited seed or epoch on
+    one side only gave the same raw tags a new ID."""
+    for name in clients:
+        ga = clients[name].attrs
+        where = f"{p}: /clients/{name}"
+        try:
+            cc = cfg.client(name)
+        except ConfigError:
+            raise DataFormatError(f"{where}: no client {name!r} in the stored config (clients {cfg.client_names}); "
+                                  "the file was edited or is corrupt") from None
+        if "randomness" not in ga and "intensity_probs" not in ga:
+            continue  # played frames only (a client whose log is not recorded)
+        randomness = ga.get("randomness", "seeded")  # version 1: every client seeded
+        if randomness not in ("csprng", "seeded"):
+            raise DataFormatError(f"{where} attribute randomness = {randomness!r}; expected 'csprng' or 'seeded'")
+        for attr, want in (("intensity_probs", cc.intensity_probs), ("basis_x_prob", cc.basis_x_prob),
+                           ("intensities", cc.intensities)):
+            if (attr in ga or attr != "intensities") and not _same_floats(ga.get(attr), want):
+                shown = list(want) if isinstance(want, list | tuple) else want
+                raise DataFormatError(f"{where} attribute {attr} = {ga.get(attr)!r}, but the stored config has "
+                                      f"{shown!r}; the file was edited or is corrupt")
+        if randomness != "seeded":
+            continue
+        if ga.get("generator") != GENERATOR_NAME:
+            raise DataFormatError(f"{where} attribute generator = {ga.get('generator')!r}; a seeded client's is "
+                                  f"{GENERATOR_NAME!r}")
+        for attr, want_v, src in (("seed", int(cc.seed), f"the stored config's seed of {name}"),
+                                  ("epoch", epoch, "the recording's epoch")):
+            v = ga.get(attr)
+            if not (isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_) and int(v) == want_v):
+                raise DataFormatError(f"{where} attribute {attr} = {v!r}, but {src} is {want_v}; the acquisition ID "
+                                      "would not name these choices (the file was edited or is corrupt)")
+
+
+def _check_lost_intervals(p: Path, f: Any, n_blocks: int) -> None:
+    """``/tags/lost_intervals``: integer (k, 3) rows (block, begin, end) with 0 <= block < n_blocks and
+    begin <= end. A malformed row was dropped without a word, and the slots it should have dropped (which
+    may hide a lost detector tag) were distilled."""
+    if "tags/lost_intervals" not in f:
+        return  # older files: none recorded
+    ds = f["tags/lost_intervals"]
+    what = f"{p}: /tags/lost_intervals"
+    if not np.issubdtype(ds.dtype, np.integer) or len(ds.shape) != 2 or ds.shape[1] != 3:
+        raise DataFormatError(f"{what} is {ds.dtype}{ds.shape}; expected integer rows (k, 3) of block, begin, end [ps]")
+    li = np.asarray(ds[...], dtype=np.int64)
+    bad = np.flatnonzero((li[:, 0] < 0) | (li[:, 0] >= n_blocks) | (li[:, 1] > li[:, 2]))
+    if bad.size:
+        r = bad[0]
+        raise DataFormatError(f"{what} row {r} = {li[r].tolist()}; expected 0 <= block < {n_blocks} and begin <= end")
+
+
 class Recording:
     """A recording opened for reading: ``.config``, ``.duration_s``, ``.epoch``, ``.blocks()``,
     ``.client_log(name)``. Open with :meth:`open` / :func:`read_recording`."""
@@ -265,7 +376,11 @@ class Recording:
             for name in ("config_toml", "tags/timestamps", "tags/channels", "tags/block_end", "tags/block_overflow", "clients"):
                 if name not in f:
                     raise DataFormatError(f"{p}: recording lacks '/{name}'; the file is truncated or corrupt")
-            if not bool(a.get("complete", False)) and not allow_incomplete:
+            complete = a.get("complete", False)
+            if not isinstance(complete, bool | np.bool_):
+                raise DataFormatError(f"{p}: attribute complete = {complete!r} ({type(complete).__name__}); expected a "
+                                      "bool (True when the writer finished); the file was edited or is corrupt")
+            if not bool(complete) and not allow_incomplete:
                 raise DataFormatError(f"{p}: recording is incomplete (the acquisition was interrupted after "
                                       f"{float(a.get('duration_s', 0.0)):g} s of data); `labqfl distill "
                                       "--allow-incomplete` distils what was written")
@@ -279,6 +394,9 @@ class Recording:
             text = f["config_toml"][()]
             text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
             cfg = _parse_config_text(text, p)
+            _check_root_attrs(p, a, cfg)
+            _check_clients(p, f["clients"], cfg, int(a["epoch"]))
+            _check_lost_intervals(p, f, be.size)
             rec = cls(p, f, cfg)
         except DataFormatError:
             f.close()
@@ -339,7 +457,12 @@ class Recording:
             acq = self.acquisition_id
             if acq is None:
                 raise DataFormatError(f"{self.path}: client {name!r} is marked csprng but the recording has no epoch")
-            return load_private_log(default_data_dir() if data_dir is None else data_dir, name, acq)
+            log = load_private_log(default_data_dir() if data_dir is None else data_dir, name, acq)
+            if a.get("generator") != log.generator:
+                raise DataFormatError(f"{self.path}: /clients/{name} attribute generator = {a.get('generator')!r}, but "
+                                      f"the client's private log for {acq} uses {log.generator!r}; the file was edited "
+                                      "or does not belong with that log")
+            return log
         if a.get("generator") != GENERATOR_NAME:
             raise DataFormatError(f"{self.path}: client {name!r} uses generator {a.get('generator')!r}; this labqfl reads {GENERATOR_NAME!r}")
         return ClientQRNGLog(client=name, seed=int(a["seed"]), epoch=int(a["epoch"]),
@@ -350,6 +473,7 @@ class Recording:
         """The recorded blocks in order (a recorded block above ``max_tags`` tags is split)."""
         ts, ch = self._f["tags/timestamps"], self._f["tags/channels"]
         start = 0
+        last = np.iinfo(np.int64).min  # the previous chunk's last timestamp
         for k, end in enumerate(self.block_end.tolist()):
             step = (end - start) if max_tags is None else max(1, max_tags)
             a = start
@@ -361,12 +485,23 @@ class Recording:
                     c = np.asarray(ch[a:b], dtype=np.int16)
                 except OSError as exc:
                     raise DataFormatError(f"{self.path}: cannot read tags {a}..{b} ({exc}); the file is corrupt") from None
+                if t.size:  # non-decreasing within the chunk and from the previous one (one diff per chunk)
+                    if t[0] < last:
+                        self._out_of_order(a, k)
+                    down = np.flatnonzero(np.diff(t) < 0)
+                    if down.size:
+                        self._out_of_order(a + int(down[0]) + 1, k)
+                    last = int(t[-1])
                 yield TagBlock(t, c, overflow=bool(self.block_overflow[k]), lost_intervals_ps=lost)
                 lost = lost[:0]  # a split block's intervals travel with its first part
                 if b == a:
                     break
                 a = b
             start = end
+
+    def _out_of_order(self, i: int, k: int) -> None:
+        raise DataFormatError(f"{self.path}: /tags/timestamps decrease at tag {i} (block {k}); they must be "
+                              "non-decreasing; the file is corrupt or edited")
 
     def tags(self) -> TagBlock:
         """All tags at once (small recordings only)."""
