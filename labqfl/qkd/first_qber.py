@@ -99,7 +99,15 @@ def key_qber_from_tests(counts: PairCounts, sigmas: float = FIRST_QBER_SIGMAS) -
                 return plain
             means[side, k] = max(math.log1p(-y0) - math.log1p(-g), 0.0)
     weighted = [(int(counts.clicks[a, b, x, x]), means[0, a], means[1, b]) for a, b, x in cells]
-    key = means[0, 0], means[1, 0]
+    return _predict_key_qber(weighted, (means[0, 0], means[1, 0]), e, dark, sigmas)
+
+
+def _predict_key_qber(weighted: list[tuple[int, float, float]], key: tuple[float, float], e: float, dark: float,
+                      sigmas: float) -> float:
+    """Steps 2–3 of :func:`key_qber_from_tests`: the visibility V that makes the matched cells
+    (``weighted``: clicks, arrival means a and b) predict ``e`` errors, then the key cell's error rate at
+    the signals' arrival means ``key`` and that V, plus ``sigmas`` standard deviations of the error count
+    carried through the fit."""
 
     def predicted(vis: float) -> float:  # the matched cells' errors at visibility ``vis``
         return sum(w * _x_error_rate(a, b, vis, dark) for w, a, b in weighted)
