@@ -44,12 +44,36 @@ class TrainingPanel(QWidget):
 
         self._rounds: list[dict[str, Any]] = []
         self._initial: tuple[float, float] | None = None
+        self._last_avail: dict[str, int] = {}
+        #: free key bits per pair and pool in the key stores (None until the controller reports them)
+        self._pools: dict[str, dict[str, int]] | None = None
         ctl.trainingStarted.connect(self._on_started)
         ctl.trainingRound.connect(self._on_round)
         ctl.trainingFinished.connect(self._on_finished)
         ctl.busyChanged.connect(self._update)
         ctl.progress.connect(self._on_progress)
+        ctl.keyPools.connect(self._on_pools)
+        self.keys.currentTextChanged.connect(self._on_keys_changed)
+        self.clients.valueChanged.connect(self._update)
         self._update()
+
+    def _on_keys_changed(self, keys: str) -> None:
+        if keys == "qkd":
+            self.ctl.refresh_pools()  # read on the core's station thread; keyPools calls _update
+        self._update()
+
+    def _on_pools(self, pools: dict[str, dict[str, int]]) -> None:
+        self._pools = pools
+        self._update()
+
+    def missing_keys(self) -> list[str]:
+        """The pairs of the training's clients with no free key in the key stores (empty while the
+        pools are unknown: the worker checks the stores itself)."""
+        if self._pools is None:
+            return []
+        names = [f"C{i + 1}" for i in range(self.clients.value())]
+        pairs = [f"{a}-{b}" for i, a in enumerate(names) for b in names[i + 1:]]
+        return [p for p in pairs if sum(self._pools.get(p, {}).values()) <= 0]
 
     def _build_options_box(self) -> QGroupBox:
         """Task, clients, rounds, bits per parameter, mask keys and seed; start/stop, progress and status."""
@@ -149,10 +173,22 @@ class TrainingPanel(QWidget):
 
     def _update(self, *_: Any) -> None:
         running = bool(self.ctl.busy.get("training"))
-        self.start_btn.setEnabled(not running)
+        missing = self.missing_keys() if self.keys.currentText() == "qkd" else []
+        self.start_btn.setEnabled(not running and not missing)
+        if running:
+            self.start_btn.setToolTip("training is running")
+        elif missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+            self.start_btn.setToolTip(f"no QKD key in the key stores for {shown}: distil keys first "
+                                      "(Live tab ▸ Distillation ▸ Start) or choose mask keys csprng")
+        else:
+            self.start_btn.setToolTip("train with the options above")
         self.stop_btn.setEnabled(running)
         for w in (self.task, self.clients, self.rounds, self.q, self.keys, self.seed):
             w.setEnabled(not running)
+        if not running and self.progress.maximum() == 0:  # no busy stripes once nothing runs
+            self.progress.setRange(0, 100)
+            self.progress.setValue(0)
 
     def _on_progress(self, task: str, frac: float, msg: str) -> None:
         if task != "training":
@@ -163,9 +199,11 @@ class TrainingPanel(QWidget):
             self.progress.setRange(0, 100)
             self.progress.setValue(int(round(100 * frac)))
         self.status.setText(msg)
+        self.status.setStyleSheet(f"color: {ERR_COLOUR.name()}" if msg.startswith("failed") else "")
 
     def _on_started(self, info: dict[str, Any]) -> None:
         self._rounds.clear()
+        self._last_avail = {}
         self.acc_curve.setData([], [])
         self.test_loss_curve.setData([], [])
         self.train_loss_curve.setData([], [])
@@ -203,6 +241,7 @@ class TrainingPanel(QWidget):
                 if col == 2:
                     it.setForeground(QBrush(OK_COLOUR if text == "aggregated" else ERR_COLOUR))
         avail = d.get("available_bits") or {}
+        self._last_avail = dict(avail)
         extra = f" · key left (min over pairs) {fmt_bits(min(avail.values()))}" if avail else ""
         self.status.setText(f"round {m['round']}: accuracy {100 * m['test_accuracy']:.1f} %, test loss {m['test_loss']:.4f}, "
                             f"{fmt_bits(m['key_bits_per_pair'])} per pair{extra}")
@@ -211,8 +250,11 @@ class TrainingPanel(QWidget):
         if s.get("stopped"):
             self.status.setText("stopped by the user" + (f" after round {self._rounds[-1]['round']}" if self._rounds else ""))
             return
+        left = (f" · key left (min over pairs) {fmt_bits(min(self._last_avail.values()))}"
+                if self._last_avail else "")
         self.status.setText(f"finished: accuracy {100 * s['final_test_accuracy']:.1f} % "
-                            f"(from {100 * s['initial_test_accuracy']:.1f} %), key used {fmt_bits(s['key_bits_total'])}")
+                            f"(from {100 * s['initial_test_accuracy']:.1f} %), key used {fmt_bits(s['key_bits_total'])}"
+                            + left)
 
     @property
     def rounds_shown(self) -> int:

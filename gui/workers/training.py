@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from labqfl.gui.workers.common import Cancelled, log
+from labqfl.gui.workers.common import Cancelled, log, one_line
+
+from labqfl.errors import ConfigError
 
 if TYPE_CHECKING:
     from labqfl.gui.core import TestbedCore
@@ -70,14 +72,23 @@ class TrainingTask:
         """Stop training after the current round."""
         self._train_stop.set()
 
+    def _post_pools(self) -> None:
+        """The Live tab's key pools after key use (training takes mask key from the stores)."""
+        self.core._acquisition_task.post_pools()
+
     def _train(self, opts: TrainingOptions) -> None:
         try:
+            settings = opts.settings(self.core.data_dir)
+            if opts.keys == "qkd":  # before the model and data load (≈ 15 s): say at once what is missing
+                missing = missing_key_stores(settings.client_names, self.core.data_dir)
+                if missing:
+                    raise ConfigError(no_key_stores_text(missing, self.core.data_dir))
             self.core.post("progress", ("training", None, "loading model and data…"))
             from labqfl.app.training import TrainingSetup
             from labqfl.fl.secure import secure_round
 
             # the shared recipe; no pre-flight key check: keys may still be arriving from a running distillation
-            setup = TrainingSetup.prepare(opts.settings(self.core.data_dir))
+            setup = TrainingSetup.prepare(settings)
             model, data, secagg, names = setup.model, setup.data, setup.secagg, setup.names
             key_source = setup.key_source
             sizes = data.sizes()
@@ -113,10 +124,13 @@ class TrainingTask:
                             avail[p] = int(key_source.available_bits(p))
                         except Exception:
                             pass
-                self.core.post("train_round", {"metrics": row, "clients": {c: dict(v, round=m.round) for c, v in per_client.items()},
-                                          "available_bits": avail})
+                # the progress line first: the round's own line (with the key left) is the last word
                 self.core.post("progress", ("training", m.round / opts.rounds,
                                        f"round {m.round}/{opts.rounds}: accuracy {100 * m.test_accuracy:.1f} %"))
+                self.core.post("train_round", {"metrics": row, "clients": {c: dict(v, round=m.round) for c, v in per_client.items()},
+                                          "available_bits": avail})
+                if opts.keys == "qkd":
+                    self._post_pools()
                 if self._train_stop.is_set():
                     raise Cancelled("training stopped by the user")
 
@@ -130,9 +144,54 @@ class TrainingTask:
                 log.info("training stopped by the user")
             finally:
                 setup.close()
-            self.core.post("train_finished", summary)
+            # the progress event first: the summary that train_finished shows must stay the last word
             self.core.post("progress", ("training", 1.0, "training stopped" if summary.get("stopped") else "training finished"))
+            self.core.post("train_finished", summary)
         except Exception as exc:
-            self.core._error("Training failed", exc)
+            msg = gui_wording(one_line(exc))
+            log.debug("training failed", exc_info=exc)
+            self.core.post("progress", ("training", 0.0, f"failed: {msg}"))
+            self.core._error("Training failed", msg)
         finally:
+            if opts.keys == "qkd":
+                self._post_pools()
             self.core._set_busy("training", False)
+
+
+def missing_key_stores(names: list[str], data_dir: Path | None) -> list[str]:
+    """The clients among ``names`` without a key store under ``data_dir``."""
+    from labqfl.keystore import list_node_stores
+
+    have = set(list_node_stores(data_dir))
+    return [n for n in names if n not in have]
+
+
+def no_key_stores_text(missing: list[str], data_dir: Path | None) -> str:
+    """Why ``qkd`` mask keys cannot be used, in the window's terms."""
+    from labqfl.keystore import default_data_dir
+
+    where = data_dir if data_dir is not None else default_data_dir()
+    return (f"mask keys qkd: no key store for {', '.join(missing)} under {where}; distil keys first "
+            "(Live tab ▸ Distillation ▸ Start) or choose mask keys csprng")
+
+
+#: Command-line wording in the application layer's messages → the Training tab's (first match wins).
+_GUI_WORDS = (
+    ("use --keys csprng", "choose mask keys csprng"),
+    ("or --keys csprng", "or choose mask keys csprng"),
+    ("--keys qkd", "mask keys qkd"),
+    ("--keys csprng", "mask keys csprng"),
+    ("(labqfl distill)", "(Live tab ▸ Distillation ▸ Start)"),
+    ("a sparse --graph ring-k, ", ""),
+    ("--clients", "Clients"),
+    ("--rounds", "Rounds"),
+    ("--task", "Task"),
+    ("--q", "Bits per parameter q"),
+)
+
+
+def gui_wording(message: str) -> str:
+    """``message`` with the CLI's option names replaced by the Training tab's fields."""
+    for cli, gui in _GUI_WORDS:
+        message = message.replace(cli, gui)
+    return message
