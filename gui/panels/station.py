@@ -97,13 +97,26 @@ class StationPanel(QWidget):
         ctl.settingApplied.connect(self._on_applied)
         ctl.settingRejected.connect(self._on_rejected)
         ctl.busyChanged.connect(self._on_busy)
+        ctl.errorOccurred.connect(self._on_error)
         self._on_connected(False)
 
     # -- signals -----------------------------------------------------------------------------------
     def _on_busy(self, task: str, busy: bool) -> None:
-        if task == "station":
-            self.connect_btn.setEnabled(not busy and not self.ctl.connected)
-            self.state_label.setText("connecting…" if busy else self.state_label.text())
+        if task != "station":
+            return
+        self.connect_btn.setEnabled(not busy and not self.ctl.connected)
+        if busy:
+            self.state_label.setText("connecting…")
+            self.state_label.setToolTip("")
+        elif not self.ctl.connected:  # the connect failed (its error follows) or a disconnect ended
+            self._on_connected(False)
+
+    def _on_error(self, title: str, message: str) -> None:
+        if title == "Connect failed" and not self.ctl.connected:
+            self._on_connected(False)
+            self.state_label.setText("○ not connected — connect failed")
+            self.state_label.setStyleSheet(f"color: {ERR_COLOUR.name()}; font-weight: 600")
+            self.state_label.setToolTip(message)
 
     def _on_connected(self, connected: bool) -> None:
         self.connect_btn.setEnabled(not connected)
@@ -112,6 +125,7 @@ class StationPanel(QWidget):
         sim = self.ctl.config.all_simulated
         self.state_label.setText(("● connected" + (" (simulated)" if sim else "")) if connected else "○ not connected")
         self.state_label.setStyleSheet(f"color: {OK_COLOUR.name() if connected else MUTED.name()}; font-weight: 600")
+        self.state_label.setToolTip("")
         if not connected:
             self.tree.setEnabled(False)
 

@@ -100,11 +100,44 @@ def parse_setting_value(text: Any, current: Any) -> Any:
     return t
 
 
+#: The unit of a detector's bias by detector type (the interface declares both: "µA or V").
+BIAS_UNITS = {"snspd": ("µA", "bias current"), "spad": ("V", "excess bias voltage")}
+
+
+def detector_unit(kind: str, unit: str, doc: str) -> tuple[str, str]:
+    """A detector setting's (unit, description) for this detector type: the bias of an SNSPD in µA
+    (a bias current), of a SPAD in V (an excess bias voltage); other settings unchanged."""
+    if unit == "µA or V" and kind in BIAS_UNITS:
+        u, what = BIAS_UNITS[kind]
+        return u, f"{what} ({kind.upper()})"
+    return unit, doc
+
+
 def default_station(config: StationConfig, base_dir: Path | None) -> Any:
     """The application layer's station (:func:`labqfl.app.station.open_station`)."""
     from labqfl.app.station import open_station
 
     return open_station(config, base_dir=base_dir)
+
+
+def simulated_roles_safe(station: Any, config: StationConfig) -> list[str]:
+    """Put the simulated roles of a station just opened in their safe state: the simulator starts
+    with the laser emitting, the detectors biased and the modulators on, while real drivers keep
+    every output off until a procedure or Start turns it on (``drivers/_base.py``
+    ``apply_operating_point``). Connect shows both kinds alike, in the safe state. Returns the roles
+    whose safe state failed (logged)."""
+    roles = config.roles()
+    failed = []
+    for role, inst in station.instruments.items():
+        ic = roles.get(role)
+        if ic is None or not ic.simulated:
+            continue
+        try:
+            inst.safe_state()
+        except Exception as exc:
+            failed.append(role)
+            log.warning("role %s: safe state after connect failed: %s", role, one_line(exc))
+    return failed
 
 
 class StationTask:
@@ -122,13 +155,24 @@ class StationTask:
                 return
             self.core._set_busy("station", True)
             try:
-                self.core.post("progress", ("station", None, WARM_UP_MESSAGE))
-                try:
-                    log.info("first-use imports and compiled code loaded in %.2f s", warm_up(self.core.config))
-                except Exception as exc:  # only a head start: the workers load the same at first use
-                    log.warning("first-use set-up skipped: %s", one_line(exc))
+                # the instruments first: a wrong address or a missing VISA library is reported at once,
+                # not after the first-use warm-up (about a minute on an empty compile cache)
                 self.core.post("progress", ("station", None, f"opening station {self.core.config.name!r}…"))
-                st = self.factory(self.core.config, self.core.base_dir)
+                try:
+                    st = self.factory(self.core.config, self.core.base_dir)
+                except Exception as exc:
+                    self.core.post("progress", ("station", 0.0, f"connect failed: {one_line(exc)}"))
+                    raise
+                try:
+                    simulated_roles_safe(st, self.core.config)
+                    self.core.post("progress", ("station", None, WARM_UP_MESSAGE))
+                    try:
+                        log.info("first-use imports and compiled code loaded in %.2f s", warm_up(self.core.config))
+                    except Exception as exc:  # only a head start: the workers load the same at first use
+                        log.warning("first-use set-up skipped: %s", one_line(exc))
+                except BaseException:
+                    st.close()
+                    raise
             finally:
                 self.core._set_busy("station", False)
             self.core.station = st
@@ -175,7 +219,11 @@ class StationTask:
         st = self.core.station
         if st is None:
             return {}
-        return {role: setting_rows(inst) for role, inst in st.instruments.items()}
+        out = {role: setting_rows(inst) for role, inst in st.instruments.items()}
+        for role, det in self.core.config.detectors.items():
+            for row in out.get(role, []):
+                row["unit"], row["doc"] = detector_unit(det.kind, row["unit"], row["doc"])
+        return out
 
     def refresh_settings(self) -> Future[Any]:
         def job() -> None:

@@ -58,9 +58,10 @@ def test_station_tree_shows_units_and_edits_through_the_controller(qtbot, win: M
     assert "power_mw" in sp.status_of("laser", "power_mw")
     assert sp.value_of("laser", "power_mw") == "3.5"  # the old value is back
     sw = sp.item("D1", "enabled")
-    sw.setCheckState(1, Qt.CheckState.Unchecked)
+    assert sw.checkState(1) == Qt.CheckState.Unchecked  # connected in the safe state: nothing armed
+    sw.setCheckState(1, Qt.CheckState.Checked)
     qtbot.waitUntil(lambda: sp.status_of("D1", "enabled") == "✓ applied", timeout=10_000)
-    assert not win.ctl.core.station.detector("D1").enabled
+    assert win.ctl.core.station.detector("D1").enabled
 
 
 def test_live_panel_plots_rates_and_pair_metrics(qtbot, win: MainWindow) -> None:  # type: ignore[no-untyped-def]
