@@ -125,9 +125,9 @@ class FlNetwork:
                str(self.certs), *(["--station", str(self.station)] if self.station else []), *args]
         with logp.open("w") as errf:
             t = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True,
-                                    env={**os.environ, **launcher_env(), **self.env.get(key, {})},
-                                    preexec_fn=die_with_parent())  # SIGTERM when the launcher dies
+            # SIGTERM when the launcher dies (labqfl.nodes.pdeath)
+            proc = subprocess.Popen(die_with_parent(cmd), stdout=subprocess.PIPE, stderr=errf, text=True,
+                                    env={**os.environ, **launcher_env(), **self.env.get(key, {})})
         np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[key] = np_
         return np_

@@ -318,8 +318,8 @@ class LocalNetwork:
         env = {**os.environ, **launcher_env(), **self.env.get(name, {})}
         with logp.open("w") as errf:
             t = time.perf_counter()
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errf, text=True, env=env,
-                                    preexec_fn=die_with_parent())  # SIGTERM when the launcher dies
+            # SIGTERM when the launcher dies (labqfl.nodes.pdeath)
+            proc = subprocess.Popen(die_with_parent(cmd), stdout=subprocess.PIPE, stderr=errf, text=True, env=env)
         np_ = NodeProcess(name, role, data, proc, log_path=logp, t_spawn=t)
         self.nodes[name] = np_
         return np_
@@ -369,10 +369,9 @@ class LocalNetwork:
 
         engine = self.settings.engine
         parts = [f"warm_distillation({engine!r}, cascade=False)", *(["warm_cascade()"] if engine == "cascade" else [])]
-        helpers = [subprocess.Popen([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade, "
-                                     f"warm_distillation; {part}"],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    preexec_fn=die_with_parent())
+        helpers = [subprocess.Popen(die_with_parent([sys.executable, "-c", "from labqfl.nodes.client import warm_cascade, "
+                                                     f"warm_distillation; {part}"]),
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                    for part in parts]
         try:
             warm_codec()

@@ -177,8 +177,8 @@ class WarmFederation(LocalFederation):
         # as LocalFederation._start, and SIGTERM when this node dies (labqfl.nodes.pdeath): a SuperLink whose
         # node was killed ends (and its SuperExec, which watches it, with it) instead of serving on, orphaned
         log_f = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen(cmd, stdout=log_f, stderr=subprocess.STDOUT, env=self.env(),
-                                            start_new_session=True, preexec_fn=die_with_parent())
+        self.procs[name] = subprocess.Popen(die_with_parent(cmd), stdout=log_f, stderr=subprocess.STDOUT, env=self.env(),
+                                            start_new_session=True)
 
     def wait_zygote(self, timeout_s: float = 120.0) -> bool:
         """Block until the zygote listens (True), has exited or ``timeout_s`` passed (False: the
