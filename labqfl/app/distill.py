@@ -144,6 +144,7 @@ class DistillSession:
     def __init__(self, cfg: StationConfig, settings: Any, *, data_dir: Path | None = None, run_id: str = "",
                  plan: Any = None) -> None:
         from labqfl.keystore import KeyStore
+        from labqfl.keystore.pairs import retire_one_sided_blocks
         from labqfl.qkd.pipeline import KeyStoreSink
 
         self.cfg = cfg
@@ -156,7 +157,8 @@ class DistillSession:
         except BaseException:
             self.close()
             raise
-        self.sink = KeyStoreSink(self.stores, run_id=run_id)
+        # a block a killed process stored at one end only is retired at that end before the pair is used
+        self.sink = KeyStoreSink(self.stores, run_id=run_id, prepare_pair=retire_one_sided_blocks)
         self.distiller: Any = None
         self.acquisition_id: str | None = None
 

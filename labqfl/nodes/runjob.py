@@ -231,6 +231,25 @@ def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration
 
 
 @_sigterm_stops_nodes
+def _checked_outcome(codes: Mapping[str, int | None], res: Mapping[str, Any], logs: Path,
+                     data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The pairs' metrics of a finished acquisition over nodes, or :class:`NodeError` naming what went
+    wrong: a node that did not stop cleanly, a failed pair, a pair whose ends share no authentication key."""
+    bad = {n: c for n, c in codes.items() if c != 0}
+    if bad:
+        raise NodeError(f"node processes did not stop cleanly after SIGTERM (exit codes {bad}); logs in {logs}")
+    pairs = _pair_metrics(res["pairs"])
+    failed = {p: d["failed"] for p, d in pairs.items() if d.get("failed") or not d.get("done", True)}
+    if failed:
+        raise NodeError(f"pairs failed over the nodes: {failed}")
+    starved = auth_starved_pairs(pairs)
+    if starved:  # not key starvation: no acquisition can help until the pair's ends share authentication key
+        raise NodeError("; ".join(f"pair {p}: no block could be authenticated ({r})" for p, r in starved.items())
+                        + f" — its two key stores share no authentication key (labqfl keys status --data-dir "
+                          f"{data_dir}); load a pre-shared secret into both (labqfl keys preshare)")
+    return pairs
+
+
 def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
                        channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
                        on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
@@ -296,19 +315,7 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
                 for p in net.nodes.values():
                     if p.log_path.is_file():
                         shutil.copyfile(p.log_path, log_dir / p.log_path.name)
-        bad = {n: c for n, c in codes.items() if c != 0}
-        if bad:
-            raise NodeError(f"node processes did not stop cleanly after SIGTERM (exit codes {bad}); "
-                            f"logs in {log_dir or work / 'logs'}")
-        pairs = _pair_metrics(res["pairs"])
-        failed = {p: d["failed"] for p, d in pairs.items() if d.get("failed") or not d.get("done", True)}
-        if failed:
-            raise NodeError(f"pairs failed over the nodes: {failed}")
-        starved = auth_starved_pairs(pairs)
-        if starved:  # not key starvation: no acquisition can help until the pair's ends share authentication key
-            raise NodeError("; ".join(f"pair {p}: no block could be authenticated ({r})" for p, r in starved.items())
-                            + f" — its two key stores share no authentication key (labqfl keys status --data-dir "
-                              f"{data_dir}); load a pre-shared secret into both (labqfl keys preshare)")
+        pairs = _checked_outcome(codes, res, log_dir or work / "logs", data_dir)
         return NodesAcquisition(
             acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
             timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,

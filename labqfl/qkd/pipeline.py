@@ -413,9 +413,13 @@ class KeyStoreSink:
     """Writes each block into both nodes' key stores under the same block ID, and is the pairs'
     authentication key source (:class:`AuthKeyStore`: purpose ``auth`` of the same stores)."""
 
-    def __init__(self, stores: Mapping[str, Any], run_id: str = "") -> None:
+    def __init__(self, stores: Mapping[str, Any], run_id: str = "",
+                 prepare_pair: Callable[[Mapping[str, Any], list[str]], Any] | None = None) -> None:
+        #: ``prepare_pair(stores, [pair])`` runs once per pair before the sink first uses it (the app
+        #: layer passes :func:`labqfl.keystore.pairs.retire_one_sided_blocks`)
         self.stores = dict(stores)
         self.run_id = run_id
+        self._prepare_pair = prepare_pair
         self._in_step: set[str] = set()
 
     def _ends(self, pair: str) -> tuple[Any, Any]:
@@ -424,10 +428,9 @@ class KeyStoreSink:
             if node not in self.stores:
                 raise QKDInputError(f"no key store for node {node!r}")
             out.append(self.stores[node])
-        if pair not in self._in_step:  # a block an earlier process stored at one end only: retired there
-            from labqfl.keystore.pairs import retire_one_sided_blocks
-
-            retire_one_sided_blocks(self.stores, [pair])
+        if pair not in self._in_step:  # e.g. a block an earlier process stored at one end only: retired there
+            if self._prepare_pair is not None:
+                self._prepare_pair(self.stores, [pair])
             self._in_step.add(pair)
         return out[0], out[1]
 

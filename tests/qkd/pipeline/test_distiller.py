@@ -216,7 +216,8 @@ def test_a_block_stored_at_one_end_only_by_a_killed_run_is_retired_not_left_one_
     def distil():
         with read_recording(path) as rec:
             cfg = rec.config
-            d = Distiller(cfg, {c: rec.client_log(c) for c in cfg.client_names}, KeyStoreSink(stores),
+            sink = KeyStoreSink(stores, prepare_pair=pairs_mod.retire_one_sided_blocks)  # as DistillSession's
+            d = Distiller(cfg, {c: rec.client_log(c) for c in cfg.client_names}, sink,
                           DistillSettings(block_bits=25_000, params=PARAMS), acquisition_id=acquisition_id(cfg, rec.epoch))
             for b in rec.blocks():
                 d.push(b)
