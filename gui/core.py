@@ -286,7 +286,8 @@ class TestbedCore:
         self.cancel_calibration()
         self.stop_training()
         deadline = time.monotonic() + timeout_s
-        for th in (*self._acquisition_task.threads(), self._calibration_task.thread):
+        acq_th, distill_th = self._acquisition_task.threads()
+        for th in (acq_th, self._calibration_task.thread):
             self._join(th, max(0.1, deadline - time.monotonic()))
         failed: dict[str, str] = {}
         st, self.station = self.station, None
@@ -298,6 +299,13 @@ class TestbedCore:
                 st.close()
             log.info("station %s: instruments in safe state and closed", self.config.name)
             self.post("disconnected", {})
+        # the instruments are safe first; a key block in progress (error correction and privacy
+        # amplification: ≈ 20 s for a first block on a 2-core machine) cannot be interrupted, and
+        # its key is written to both ends' stores: wait for it, saying so
+        if distill_th is not None and distill_th.is_alive():
+            self.post("progress", ("distillation", None, "closing: instruments in safe state; waiting for the "
+                                   "distillation to finish the key block in progress (it cannot be interrupted)…"))
+            self._join(distill_th, max(0.1, deadline - time.monotonic()))
         # training stops at the end of its current round; it may be taking keys from the stores
         self._join(self._training_task.thread, max(0.1, deadline - time.monotonic()))
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -22,12 +22,43 @@ from labqfl.gui.panels import (
     TrainingPanel,
 )
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtGui import QCloseEvent, QKeySequence, QResizeEvent, QShortcut
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QSizePolicy, QTabWidget, QWidget
 
 #: Tab keys (for ``--tab``) → titles.
 TABS = {"station": "Station", "live": "Live", "calibration": "Calibration", "training": "Training", "nodes": "Nodes",
         "log": "Log"}
+
+
+#: The window's minimum size [px].
+MIN_SIZE = (1100, 680)
+
+
+class ElidedLabel(QLabel):
+    """A one-line label that ends in "…" when it is too narrow (the status bar cut its message
+    mid-word); the whole text is in its tooltip."""
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__(text)
+        self._full = text
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+
+    def setText(self, text: str) -> None:  # noqa: N802 - Qt override
+        self._full = text
+        self.setToolTip(text)
+        self._elide()
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        width = self.contentsRect().width()
+        shown = self._full if width <= 0 else self.fontMetrics().elidedText(self._full, Qt.TextElideMode.ElideRight, width)
+        super().setText(shown)
 
 
 class MainWindow(QMainWindow):
@@ -39,6 +70,8 @@ class MainWindow(QMainWindow):
         cfg = controller.config
         self.setWindowTitle(f"labqfl — {cfg.name}")
         self.resize(1440, 900)
+        # below this the Live tab's four plots clip their titles and legends (a 1366×768 laptop still fits)
+        self.setMinimumSize(*MIN_SIZE)
 
         self.station_panel = StationPanel(controller)
         self.live_panel = LivePanel(controller)
@@ -60,8 +93,7 @@ class MainWindow(QMainWindow):
         # status bar: one indicator per job, plus the latest progress message
         self._indicators: dict[str, QLabel] = {}
         sb = self.statusBar()
-        self.message = QLabel("")
-        self.message.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.message = ElidedLabel("")
         sb.addWidget(self.message, 1)
         self._titles = {"station": "Station", "acquisition": "Acquisition", "distillation": "Distillation",
                         "calibration": "Calibration", "training": "Training"}
@@ -106,7 +138,6 @@ class MainWindow(QMainWindow):
 
     def _on_progress(self, task: str, frac: float, msg: str) -> None:
         self.message.setText(f"{task}: {msg}")
-        self.message.setToolTip(f"{task}: {msg}")
 
     # -- errors ------------------------------------------------------------------------------------
     def show_error(self, title: str, message: str) -> None:

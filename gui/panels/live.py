@@ -24,11 +24,13 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QVBoxLayout,
@@ -48,6 +50,26 @@ def key_provenance_text(cfg: Any) -> str:
     if w is None:
         return "Key provenance: the station has no pairs"
     return f"Keys distilled here ({w.label}): {security_statement(w)}"
+
+
+def first_key_text(pairs: dict[str, dict[str, Any]]) -> str:
+    """The Distillation status while it runs: how much more data the first key on every pair needs,
+    "first block being distilled" once that data is in but no pair without key has its block done
+    yet, and plain "running" once every pair has key."""
+    waiting = [m for m in pairs.values() if m.get("final_key_bits", 0) <= 0]
+    if not waiting:
+        return "running"
+    etas = [m.get("first_key_eta_s") for m in waiting]
+    if any(e is None for e in etas):
+        return "running"
+    eta = max(e for e in etas if e is not None)
+    if eta > 0:
+        return f"running · first key on every pair expected after ≈ {eta:.{1 if eta < 10 else 0}f} s more data"
+    return "running · first block being distilled (error correction, privacy amplification)…"
+
+
+#: Width of the Live tab's control column [px] (a scroll bar is added beside it when the window is short).
+LEFT_WIDTH = 280
 
 
 class LivePanel(QWidget):
@@ -126,6 +148,7 @@ class LivePanel(QWidget):
         self.block_bits.setToolTip("Sifted bits per key block and pair (finite-key block size). auto: the block-size "
                                    "rule picks the smallest blocks expected to give key with a margin; smaller manual "
                                    "blocks show QBER and abort reasons.")
+        self.block_bits.setMinimumWidth(self.block_bits.sizeHint().width())  # its whole special text
         self.engine = QComboBox()
         self.engine.addItems(list(ENGINES))
         self.dist_start = QPushButton("▶ Start")
@@ -133,6 +156,8 @@ class LivePanel(QWidget):
         self.dist_status = QLabel("idle")
         self.dist_status.setWordWrap(True)
         dl = QFormLayout(dist)
+        # a field wider than the column goes below its label instead of being clipped ("ıto (key-rate rule)")
+        dl.setRowWrapPolicy(QFormLayout.RowWrapPolicy.WrapLongRows)
         dl.addRow("Block size", self.block_bits)
         dl.addRow("Error correction", self.engine)
         row = QHBoxLayout()
@@ -178,7 +203,7 @@ class LivePanel(QWidget):
             self.dropped_frames.setText(" · ".join(f"{c} {n:,}" for c, n in sorted(self._frames_lost.items()))
                                         + " frames" if self._frames_lost else "0 frames (no client streams)")
 
-    def _build_controls(self) -> QWidget:
+    def _build_controls(self) -> QScrollArea:
         """The left column: acquisition and distillation controls, dropped slots, the pair colour legend and a note."""
         acq = self._build_acquisition_box()
         dist = self._build_distillation_box()
@@ -204,14 +229,23 @@ class LivePanel(QWidget):
         left.addStretch(1)
         left_w = QWidget()
         left_w.setLayout(left)
-        left_w.setFixedWidth(270)
-        return left_w
+        # scrolls when the window is short (at the window's minimum size the boxes were squashed into
+        # each other) instead of clipping its rows
+        scroll = QScrollArea()
+        scroll.setWidget(left_w)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setFixedWidth(LEFT_WIDTH + scroll.verticalScrollBar().sizeHint().width())
+        left_w.setFixedWidth(LEFT_WIDTH)
+        self.controls_scroll = scroll
+        return scroll
 
     def _build_plots(self) -> QWidget:
         """The four live plots (count rates, QBER, key rate, key pools) and the key-provenance line."""
         self.rate_plot = plots.make_plot("Count rate per detector", "rate", "Hz")
         self.rate_series = {d: plots.Series(self.rate_plot.plot(name=d, pen=plots.pen(i))) for i, d in enumerate(self.detectors)}
-        self.qber_plot = plots.make_plot("QBER per pair  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
+        self.qber_plot = plots.make_plot("QBER  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
         self.qber_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
         self.qber_x = {p: plots.Series(plots.MarkedCurve(self.qber_plot, plots.pen(i), plots.colour(i), name=p))
                        for i, p in enumerate(self.pairs)}
@@ -222,7 +256,7 @@ class LivePanel(QWidget):
         self.rate_zero = pg.TextItem("", color="#777", anchor=(0.5, 0.5))
         self.rate_key_plot.addItem(self.rate_zero)
         self.key_rate = {p: plots.Series(self.rate_key_plot.plot(name=p, pen=plots.pen(i))) for i, p in enumerate(self.pairs)}
-        self.pool_plot = plots.make_plot("Key pools per pair (free bits in the key stores)", "free key", "bit",
+        self.pool_plot = plots.make_plot("Key pools (free bits in the key stores)", "free key", "bit",
                                          bottom="", bottom_units=None, legend=True, legend_right=True)
         plots.category_axis(self.pool_plot, self.pairs)
         self.pool_plot.getPlotItem().setXRange(-0.6, len(self.pairs) - 0.4)
@@ -233,6 +267,7 @@ class LivePanel(QWidget):
         self.pool_plot.addItem(self.pool_empty)
         self.pool_empty.setPos((len(self.pairs) - 1) / 2, 0.5)
         self.pool_plot.getPlotItem().setYRange(0, 1)
+        self.pool_plot.getPlotItem().vb.sigResized.connect(self._fit_pool_range)
         #: what the keys this station distils rest on (labqfl.provenance; from the config, no I/O)
         self.provenance_label = QLabel(key_provenance_text(self.ctl.config))
         self.provenance_label.setWordWrap(True)
@@ -319,9 +354,8 @@ class LivePanel(QWidget):
 
     def _on_pairs(self, snap: dict[str, Any]) -> None:
         t = snap["t_s"]
-        etas = [m.get("first_key_eta_s") for m in snap["pairs"].values()]
-        if etas and all(e is not None for e in etas) and max(etas) > 0 and not snap.get("final"):
-            self.dist_status.setText(f"running · first key on every pair expected after ≈ {max(etas):.0f} s more data")
+        if not snap.get("final") and self.ctl.busy.get("distillation"):
+            self.dist_status.setText(first_key_text(snap["pairs"]))
         for r, p in enumerate(self.pairs):
             m = snap["pairs"].get(p)
             if m is None:
@@ -364,6 +398,20 @@ class LivePanel(QWidget):
         else:
             self.rate_zero.setVisible(False)
 
+    def _fit_pool_range(self, *_: Any) -> None:
+        """The key-pool bars' y range with room above the tallest bar for the legend (its height in
+        pixels, whatever the plot's size: the legend sat on the tallest bars)."""
+        item = self.pool_plot.getPlotItem()
+        top = getattr(self, "_pool_top", 0.0)
+        if top <= 0:
+            item.setYRange(0, 1.0, padding=0)
+            return
+        h = item.vb.height()
+        legend = item.legend
+        lh = legend.boundingRect().height() + 16 if legend is not None and legend.isVisible() else 0.0
+        frac = min(0.5, lh / h) if h > 0 else 0.3
+        item.setYRange(0, top * 1.05 / (1.0 - frac), padding=0)
+
     def _on_pools(self, pools: dict[str, dict[str, int]]) -> None:
         self._pools = pools
         for b in self._pool_bars:
@@ -383,6 +431,7 @@ class LivePanel(QWidget):
             base += h
             total += int(h.sum())
         self.pool_empty.setVisible(total == 0)
-        self.pool_plot.getPlotItem().setYRange(0, max(1.0, float(base.max()) * 1.1 if len(base) else 1.0))
+        self._pool_top = float(base.max()) if len(base) else 0.0
+        self._fit_pool_range()
         for r, p in enumerate(self.pairs):
             self.table.item(r, 8).setText(fmt_bits(sum(pools.get(p, {}).values())))
