@@ -169,7 +169,10 @@ class TrainingPanel(QWidget):
                                q=int(self.q.currentText()), keys=self.keys.currentText(), seed=self.seed.value())
 
     def _start(self) -> None:
+        self.start_btn.setEnabled(False)  # at once: a double click's second click was refused with a dialog
         self.ctl.start_training(self.options())
+        if not self.ctl.core.busy("training"):  # refused (its error is on the way): the button back
+            self._update()
 
     def _update(self, *_: Any) -> None:
         running = bool(self.ctl.busy.get("training"))

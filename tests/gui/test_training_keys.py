@@ -55,6 +55,7 @@ def test_qkd_training_refreshes_the_live_pools_and_keeps_its_summary(qtbot, make
     tp.rounds.setValue(2)
     tp.clients.setValue(2)
     qtbot.mouseClick(tp.start_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(tp.start_btn, Qt.MouseButton.LeftButton)  # a double click starts one run, no error dialog
     qtbot.waitUntil(lambda: w.errors or (not w.ctl.busy["training"] and tp.rounds_shown == 2), timeout=120_000)
     assert not w.errors
     stored = _total(key_pools(w.ctl.config, data))
