@@ -63,12 +63,18 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
     cfg = load_station_config(config)
     _check_names(cfg, kw.get("clients"), kw.get("pair"))
     base_dir = config.resolve().parent if config else None
+    import logging
+    import time
+
+    # each step's line stays on screen only with -v (info); without it the spinner shows the current step
+    step_lines = not as_json and logging.getLogger("labqfl").isEnabledFor(logging.INFO)
     with progress_bar(True) as prog:
         task = prog.add_task(f"calibrate {group}", total=None)
 
         def progress(msg: str) -> None:
             prog.update(task, description=msg)
-            prog.console.log(msg) if not as_json else None
+            if step_lines:
+                prog.console.print(f"{time.strftime('%H:%M:%S')} {msg}", soft_wrap=True)
 
         outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
                                   make_plots=plots, base_dir=base_dir, write_config=write_config,

@@ -48,8 +48,9 @@ def gui(
     out: Path | None = typer.Option(None, "--out", file_okay=False, help="Runs directory for calibration/distillation run folders."),
     rounds: int = typer.Option(12, "--rounds", min=1, help="Training rounds shown in a training screenshot."),
     nodes: str | None = typer.Option(None, "--nodes", metavar="local",
-                                     help="Open on the Nodes panel and start a local set of node processes of the "
-                                          "station (--config): optics, detector, every client, on loopback."),
+                                     help="The one value is 'local': open on the Nodes panel and start a local set "
+                                          "of node processes of the station (--config): optics, detector, every "
+                                          "client, on loopback."),
     connect: Path | None = typer.Option(None, "--connect", metavar="ADDRESSES_FILE", dir_okay=False,
                                         help="Open on the Nodes panel connected to running nodes: a file with one "
                                              "NAME=HOST:PORT per line (needs --certs)."),

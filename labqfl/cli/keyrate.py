@@ -220,7 +220,9 @@ def register(app: typer.Typer) -> None:
     def keyrate(
         config: Path | None = CONFIG_OPTION,
         pair: str | None = typer.Option(None, "--pair", help="Only this pair, e.g. C1-C4 (default: all scheduled pairs)."),
-        block_size: float = typer.Option(1e10, "--block-size", "-n", help="Block size N in slots of the pair (finite-key analysis)."),
+        block_size: float = typer.Option(1e10, "--block-size", "-n", help="Block size N in slots of the pair (finite-key analysis): acquisition s × rep rate / scheduled pairs. "
+                 "The default 1e10 is 600 s on the default station; a 10 s `labqfl run` there distils blocks of "
+                 "1.67e8 (-n 1.67e8 predicts its rates)."),
         loss_db: str | None = typer.Option(
             None, "--loss-db",
             help="Extra loss added to BOTH arms [dB]: a value '3', a list '0,5,10' or a range 'start:stop:step'.",

@@ -14,8 +14,9 @@ from rich.table import Table
 from labqfl.cli.common import JSON_OPTION, check_duration, emit, handle_errors
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
-STATION = typer.Option(None, "--station", "-c", help="Station TOML file (default: the embedded 4-client station).",
-                       dir_okay=False)
+STATION = typer.Option(None, "--config", "-c", "--station",
+                       help="Station TOML file, as --config in every other command (default: the embedded 4-client "
+                            "station); --station is its older name.", dir_okay=False)
 DATA = typer.Option(..., "--data", help="This node's own data folder (key store, private logs); no other node reads it.")
 LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on, PORT 0-65535 (0: any free port).")
 CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (labqfl.net.make_node_certs).")

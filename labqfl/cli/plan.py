@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
                                            help="Clients N (must match the station; default: the station's)."),
         q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
         rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
-        graph: str = typer.Option("all", "--graph", help="Mask graph: all | ring-k (or ring-8)."),
+        graph: str = typer.Option("all", "--graph", help="Mask graph: all, or ring-k with --k K, or ring-K (e.g. ring-8)."),
         k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
         self_masks: bool = typer.Option(False, "--self-masks", help="Add the share pads of Shamir self-masks."),
         duration: float | None = typer.Option(

@@ -47,8 +47,9 @@ def run(
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
     q: int = typer.Option(8, "--q", help="Bits per uploaded parameter (8, 16, 32)."),
-    graph: str = typer.Option("all", "--graph", help="Mask graph: all | ring-k (each graph pair spends key every "
-                              "round; a `labqfl station make --graph` station schedules only its pairs)."),
+    graph: str = typer.Option("all", "--graph", help="Mask graph: all, or ring-k with --k K, or ring-K (e.g. ring-8). Each "
+                              "pair of the graph spends key every round. A station written by `labqfl station make "
+                              "--graph` gives light only to that graph's pairs."),
     k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
     self_masks: bool = typer.Option(
         False, "--self-masks/--no-self-masks",

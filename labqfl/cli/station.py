@@ -124,7 +124,8 @@ def make(
     clients: int = typer.Option(..., "--clients", help=f"Number of clients N on the loop (2 to {MAX_CLIENTS})."),
     loop_km: float = typer.Option(10.0, "--loop-km", help="Total fibre length of the loop [km], split evenly "
                                   "into the N+1 segments node→C1, …, CN→node."),
-    graph: str = typer.Option("all", "--graph", help="Mask graph whose pairs get slots: all | ring-k (or ring-8)."),
+    graph: str = typer.Option("all", "--graph", help="Mask graph whose pairs get slots: all, or ring-k with --k K, or ring-K "
+                                                  "(e.g. ring-8)."),
     k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
     insertion_loss_db: float = typer.Option(
         0.5, "--insertion-loss-db", help="Insertion loss of each client's modulators [dB] (every pulse passing a "

@@ -14,7 +14,29 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from labqfl.cli.common import JSON_OPTION, console, emit, handle_errors, print_path, progress_bar
+from labqfl.cli.common import (
+    JSON_OPTION,
+    console,
+    emit,
+    fail,
+    handle_errors,
+    print_path,
+    progress_bar,
+)
+
+MNIST_DIR_OPTION = typer.Option(
+    None, "--mnist-dir", file_okay=False, metavar="DIR",
+    help="Folder with full MNIST (the four IDX files or mnist.npz); default: the embedded 5k subset.")
+DATA_DIR_OPTION = typer.Option(
+    None, "--data-dir", file_okay=False, metavar="DIR",
+    help="Data folder holding keystore/NODE.sqlite for --keys qkd, as in every other command (default: "
+         "$LABQFL_DATA_DIR, else the per-user data dir). It used to name the MNIST folder: a folder holding "
+         "MNIST files and no keystore/ is still read as one, with a warning (use --mnist-dir).")
+WAIT_FOR_KEY_OPTION = typer.Option(
+    0.0, "--wait-for-key", "--wait-for-keys", min=0.0, metavar="SECONDS",
+    help="Seconds a round may wait for QKD key that another process (labqfl distill, nodes) adds to the stores; "
+         "0: the round fails at once with 'key starvation'. train acquires nothing itself, so this is a time, "
+         "not labqfl run's --wait-for-key/--no-wait-for-key switch (run tops its stores up while it waits).")
 
 
 def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
@@ -43,6 +65,36 @@ def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
     return out
 
 
+def _holds_mnist(folder: Path) -> bool:
+    """Whether ``folder`` has MNIST files the loader reads (``mnist.npz`` or a training-image IDX file)."""
+    return any((folder / n).is_file() for n in ("mnist.npz", "train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"))
+
+
+def _resolve_dirs(mnist_dir: Path | None, data_dir: Path | None, keystore: Path | None,
+                  keys: str) -> tuple[Path | None, Path | None]:
+    """(MNIST folder, key-store data dir) from ``--mnist-dir``, ``--data-dir`` and the deprecated
+    ``--keystore``. ``--data-dir`` is the key-store data dir, as in ``run``, ``distill`` and ``keys``;
+    it used to be the MNIST folder, so an old command line keeps working, with a warning: ``--data-dir``
+    beside ``--keystore``, or naming a folder that holds MNIST files and no ``keystore/``, without
+    ``--mnist-dir``, is read as the MNIST folder."""
+    if keystore is not None:
+        console.print("warning: --keystore is deprecated; it is --data-dir now, as in every other command",
+                      soft_wrap=True)
+    if data_dir is not None and mnist_dir is None and (
+            keystore is not None or (_holds_mnist(data_dir) and not (data_dir / "keystore").is_dir())):
+        console.print(f"warning: --data-dir {data_dir} read as the MNIST folder (its old meaning); use --mnist-dir "
+                      "for MNIST; --data-dir is the key-store data dir now", soft_wrap=True)
+        return data_dir, keystore
+    if data_dir is not None and keystore is not None and data_dir != keystore:
+        raise fail(f"--data-dir {data_dir} and --keystore {keystore} name two key-store data dirs; "
+                   "give --data-dir only (--keystore is its deprecated name)")
+    store = data_dir if data_dir is not None else keystore
+    if store is not None and keys != "qkd":
+        console.print(f"warning: --data-dir {store} is the key-store data dir, used with --keys qkd only; "
+                      "full MNIST is --mnist-dir", soft_wrap=True)
+    return mnist_dir, store
+
+
 @handle_errors
 def train(
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
@@ -59,12 +111,13 @@ def train(
     alpha: float = typer.Option(0.5, "--alpha", help="Dirichlet concentration for --non-iid."),
     graph: str = typer.Option("all", "--graph", help="Mask graph: all (every pair) or ring-k (k neighbours)."),
     k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Full MNIST (IDX files or mnist.npz); default: embedded 5k subset."),
+    mnist_dir: Path | None = MNIST_DIR_OPTION,
     digits: str = typer.Option("0,1", "--digits", help="Digit pair for mnist-qnn."),
     samples_per_client: int = typer.Option(30, "--samples-per-client", min=2, help="Generated states per client (ntangled, magic)."),
     test_size: int = typer.Option(400, "--test-size", min=2, help="Generated test states (ntangled, magic)."),
-    keystore: Path | None = typer.Option(None, "--keystore", help="Key store data dir for --keys qkd (default: labqfl data dir)."),
-    wait_for_keys: float = typer.Option(0.0, "--wait-for-keys", min=0.0, help="Seconds a round may wait for QKD key (0: fail at once)."),
+    data_dir: Path | None = DATA_DIR_OPTION,
+    keystore: Path | None = typer.Option(None, "--keystore", metavar="DIR", help="Deprecated name of --data-dir."),
+    wait_for_keys: float = WAIT_FOR_KEY_OPTION,
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch default)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
     self_masks: bool = typer.Option(
@@ -91,6 +144,7 @@ def train(
     from labqfl.app.training import TrainingSettings, TrainingSetup
     from labqfl.runs import RunRecord
 
+    mnist_dir, keystore_dir = _resolve_dirs(mnist_dir, data_dir, keystore, keys)
     if threads:
         import torch
 
@@ -99,8 +153,8 @@ def train(
         task=task, clients=clients, q=q, rounds=rounds, keys=keys, seed=seed, local_epochs=local_epochs, lr=lr,
         batch_size=batch_size, clip=clip, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
         dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_honest=dp_honest, dp_clip=dp_clip, engine=engine, noise=noise,
-        shots=shots, shot_grad=shot_grad, keystore_dir=keystore, wait_for_keys=wait_for_keys, non_iid=non_iid,
-        alpha=alpha, data_dir=data_dir, digits=digits, samples_per_client=samples_per_client, test_size=test_size)
+        shots=shots, shot_grad=shot_grad, keystore_dir=keystore_dir, wait_for_keys=wait_for_keys, non_iid=non_iid,
+        alpha=alpha, data_dir=mnist_dir, digits=digits, samples_per_client=samples_per_client, test_size=test_size)
     with TrainingSetup.prepare(settings) as setup:
         rec = RunRecord.create(f"train-{task}", runs_dir=out)
         try:

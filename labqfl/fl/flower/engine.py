@@ -48,6 +48,13 @@ def ray_backend_config(num_cpus: int | None = None, cpus_per_client: float = 1.0
                           "log_to_driver": False}}
 
 
+def _drop_run_simulation_deprecation(record: logging.LogRecord) -> bool:
+    """Drop Flower's "DEPRECATED FEATURE: The `run_simulation` function is deprecated" warning (three
+    lines on every ``labqfl train --engine flower``): labqfl calls it on purpose, in-process, where
+    ``flwr run`` would start another process; docs/flower.md says so. Every other record passes."""
+    return not ("DEPRECATED FEATURE" in str(record.msg) and "run_simulation" in str(record.args))
+
+
 def run_simulation(spec: FlowerSpec, *, num_cpus: int | None = None, cpus_per_client: float = 1.0,
                    on_round: Callable[[FlowerRound, np.ndarray], None] | None = None,
                    progress: Callable[[Any], None] | None = None, verbose: bool = False) -> tuple[Any, list[FlowerRound], float]:
@@ -62,10 +69,15 @@ def run_simulation(spec: FlowerSpec, *, num_cpus: int | None = None, cpus_per_cl
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     sink: dict[str, Any] = {}
     t0 = time.perf_counter()
-    flwr_run_simulation(server_app=make_server_app(spec, sink, on_round, progress), client_app=make_client_app(),
-                        num_supernodes=spec.clients, backend_name="ray",
-                        backend_config=ray_backend_config(num_cpus, cpus_per_client),  # type: ignore[arg-type]
-                        verbose_logging=verbose)
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.addFilter(_drop_run_simulation_deprecation)
+    try:
+        flwr_run_simulation(server_app=make_server_app(spec, sink, on_round, progress), client_app=make_client_app(),
+                            num_supernodes=spec.clients, backend_name="ray",
+                            backend_config=ray_backend_config(num_cpus, cpus_per_client),  # type: ignore[arg-type]
+                            verbose_logging=verbose)
+    finally:
+        flwr_log.removeFilter(_drop_run_simulation_deprecation)
     wall = time.perf_counter() - t0
     if "result" not in sink:
         raise RuntimeError("the Flower simulation ended without a result (see the Flower log above)")
