@@ -7,7 +7,7 @@ Sources:
   digit taken from the MNIST training set of LeCun, Cortes and Burges
   (https://yann.lecun.com/exdb/mnist/), 28×28 uint8 pixels. labqfl splits it deterministically:
   every fifth image (index ≡ 4 mod 5) is the test set (1,000 images), the rest train (4,000).
-* **Full MNIST** from a local folder (``--data-dir``): the four IDX files
+* **Full MNIST** from a local folder (``labqfl train --mnist-dir``): the four IDX files
   (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
   ``t10k-labels-idx1-ubyte``, optionally ``.gz``) or one ``mnist.npz`` with arrays ``x_train``,
   ``y_train``, ``x_test``, ``y_test`` (the Keras layout). Nothing is downloaded.
