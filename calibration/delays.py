@@ -42,15 +42,8 @@ from labqfl.calibration.core import (
 from labqfl.calibration.fitting import FitResult, fit_gaussian_peak, plot_peak
 
 from labqfl.errors import CalibrationError, InstrumentError
-from labqfl.instruments.interfaces import (
-    IntensityModulator,
-    PhaseModulator,
-    PhotonDetector,
-    PulsedLaser,
-    PulseGenerator,
-    VariableAttenuator,
-)
 from labqfl.physics import loop_delay_ps
+from labqfl.station import arming_settings
 
 DETECTORS = ("D0", "D1")
 
@@ -62,22 +55,10 @@ def light_path_on(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str, .
     (:func:`labqfl.station.arm_instruments`), so a procedure that needs light also works from the safe
     state (after Stop, Safe state or a failed procedure), which closes the shutters and switches the
     modulators off. Returns what was changed, as ``"role.attr=value"``."""
-    st = ctx.station
     changed: list[str] = []
-    for role, inst in st.instruments.items():
-        if isinstance(inst, PulsedLaser | PulseGenerator | PhaseModulator | IntensityModulator):
-            attr, value = "output_enabled", True
-        elif isinstance(inst, PhotonDetector):
-            if role not in detectors:
-                continue
-            attr, value = "enabled", True
-        elif isinstance(inst, VariableAttenuator):
-            attr, value = "shutter_closed", False
-        else:
-            continue
-        if getattr(inst, attr) != value:
-            guard.set(inst, attr, value)
-            changed.append(f"{role}.{attr}={value}")
+    for role, inst, attr, value in arming_settings(ctx.station.instruments, detectors):
+        guard.set(inst, attr, value)
+        changed.append(f"{role}.{attr}={value}")
     return changed
 
 

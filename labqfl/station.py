@@ -41,7 +41,7 @@ import os
 import secrets
 import signal
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -131,28 +131,40 @@ def hold_master_clocks(instruments: Iterable[Instrument]) -> Callable[[], None] 
     return restart
 
 
-def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
-    """Put every instrument of ``instruments`` (by role) in its operating state for acquisition: the master
-    clock's laser trigger on (a pulsed laser without its trigger emits nothing), lasers on, every detector
-    armed, phase and intensity modulators on, attenuator shutters open. Instruments already
-    there are left alone. Returns what was changed, as ``"role.attr=value"``. The one arming rule: a
-    Station's roles (:func:`labqfl.app.station.arm`) and a node process's own roles
-    (:class:`labqfl.nodes.common.NodeInstruments`)."""
-    changed: list[str] = []
+def arming_settings(instruments: Mapping[str, Instrument],
+                    detectors: Container[str] | None = None) -> list[tuple[str, Instrument, str, bool]]:
+    """``(role, instrument, attribute, value)`` of every setting that puts ``instruments`` (by role) in
+    their operating state for acquisition and is not there yet: the master clock's laser trigger on (a
+    pulsed laser without its trigger emits nothing), lasers on, detectors armed (only the roles in
+    ``detectors`` when given), phase and intensity modulators on, attenuator shutters open. The one
+    arming rule, applied by :func:`arm_instruments` and by calibration procedures that need light
+    (:func:`labqfl.calibration.delays.light_path_on`, through their settings guard)."""
+    out: list[tuple[str, Instrument, str, bool]] = []
     for role, inst in instruments.items():
-        if isinstance(inst, PulsedLaser | PulseGenerator):
+        if isinstance(inst, PulsedLaser | PulseGenerator | PhaseModulator | IntensityModulator):
             attr, value = "output_enabled", True
         elif isinstance(inst, PhotonDetector):
+            if detectors is not None and role not in detectors:
+                continue
             attr, value = "enabled", True
-        elif isinstance(inst, PhaseModulator | IntensityModulator):
-            attr, value = "output_enabled", True
         elif isinstance(inst, VariableAttenuator):
             attr, value = "shutter_closed", False
         else:
             continue
         if getattr(inst, attr) != value:
-            setattr(inst, attr, value)
-            changed.append(f"{role}.{attr}={value}")
+            out.append((role, inst, attr, value))
+    return out
+
+
+def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
+    """Put every instrument of ``instruments`` (by role) in its operating state for acquisition
+    (:func:`arming_settings`). Instruments already there are left alone. Returns what was changed, as
+    ``"role.attr=value"``. Used by a Station's roles (:func:`labqfl.app.station.arm`) and a node
+    process's own roles (:class:`labqfl.nodes.common.NodeInstruments`)."""
+    changed: list[str] = []
+    for role, inst, attr, value in arming_settings(instruments):
+        setattr(inst, attr, value)
+        changed.append(f"{role}.{attr}={value}")
     return changed
 
 
