@@ -230,7 +230,6 @@ def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration
             "rates_hz": {name: [counts.get(abs(ch), 0) / duration_s] for ch, name in channel_names.items()}}
 
 
-@_sigterm_stops_nodes
 def _checked_outcome(codes: Mapping[str, int | None], res: Mapping[str, Any], logs: Path,
                      data_dir: Path) -> dict[str, dict[str, Any]]:
     """The pairs' metrics of a finished acquisition over nodes, or :class:`NodeError` naming what went
@@ -250,6 +249,7 @@ def _checked_outcome(codes: Mapping[str, int | None], res: Mapping[str, Any], lo
     return pairs
 
 
+@_sigterm_stops_nodes
 def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
                        channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
                        on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
