@@ -31,13 +31,14 @@ of authentication with key recycling is Portmann, IEEE Trans. Inf. Theory 60, 43
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections import deque
 from typing import Protocol
 
 import numba
 import numpy as np
 
-from labqfl.errors import AuthenticationError, InsufficientKeyError, QKDInputError
+from labqfl.errors import AuthenticationError, InsufficientKeyError, LabqflError, QKDInputError
 
 __all__ = [
     "AuthKeySupply",
@@ -411,11 +412,18 @@ def transcript_forgery_probability(auth_i: TranscriptAuthenticator, auth_j: Tran
 class _KeyStorePair:
     """Two ends drawing the same bits from Ci's and Cj's key stores (pool ``auth``/``general``).
 
-    Ci allocates (``KeyStore.take``) and Cj consumes the same refs (``take_exact``), as the key
-    store's synchronisation rule asks; whichever end needs bits first triggers the allocation, and
-    the other end's share waits in a queue (in a network deployment the refs travel with the
-    tagged message).
+    Both ends' bits are taken in one step, as the ETSI KME takes a key
+    (:meth:`labqfl.keystore.etsi.KeyDeliveryService._take_at_both`): Ci reserves the bits ``take``
+    would pick, Cj reserves exactly those, then both consume them — so no bit is spent at one end only.
+    When Cj's store refuses because some of them are spent there for good (exported, consumed, absent),
+    Ci discards them too and the draw moves on (at most :data:`DRAW_ATTEMPTS` tries): an export of the
+    pair's ``auth`` bits from one end used to make every later block abort at that end's partner,
+    128 bits spent at Ci each time. Whichever end needs bits first triggers the draw; the other end's
+    share waits in a queue (in a network deployment the refs travel with the tagged message).
     """
+
+    #: tries of one draw when Cj's store holds some of Ci's next bits spent
+    DRAW_ATTEMPTS = 4
 
     def __init__(self, store_i: object, store_j: object, pair: str) -> None:
         self.store_i, self.store_j, self.pair = store_i, store_j, pair
@@ -427,16 +435,30 @@ class _KeyStorePair:
             n, val = q.popleft()
             if n != nbits:
                 raise AuthenticationError(f"authentication key draws out of step ({n} vs {nbits} bits)")
-            if side == "i":
-                return val
-            return np.asarray(self.store_j.take_exact(self.pair, val, "auth").bits, dtype=np.uint8)  # type: ignore[attr-defined]
-        km = self.store_i.take(self.pair, nbits, "auth")  # type: ignore[attr-defined]
-        bits_i = np.asarray(km.bits, dtype=np.uint8)
-        if side == "i":
-            self.queue["j"].append((nbits, km.refs))
-            return bits_i
-        self.queue["i"].append((nbits, bits_i))
-        return np.asarray(self.store_j.take_exact(self.pair, km.refs, "auth").bits, dtype=np.uint8)  # type: ignore[attr-defined]
+            return val
+        bits_i, bits_j = self._draw_both(nbits)
+        other = "j" if side == "i" else "i"
+        self.queue[other].append((nbits, bits_j if other == "j" else bits_i))
+        return bits_i if side == "i" else bits_j
+
+    def _draw_both(self, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+        si, sj, pair = self.store_i, self.store_j, self.pair
+        for attempt in range(self.DRAW_ATTEMPTS):
+            kid = f"auth-{uuid.uuid4()}"
+            refs = si.reserve(pair, nbits, "auth", kid)  # type: ignore[attr-defined]
+            try:
+                sj.reserve_exact(pair, refs, "auth", kid)  # type: ignore[attr-defined]
+            except LabqflError:
+                si.release(kid)  # type: ignore[attr-defined]
+                spent = sj.spent_refs(pair, refs)  # type: ignore[attr-defined]
+                if not spent or attempt == self.DRAW_ATTEMPTS - 1:
+                    raise
+                si.discard_exact(pair, spent, "authentication bits spent at the partner's store already")  # type: ignore[attr-defined]
+                continue
+            km_i = si.take_exact(pair, refs, "auth", key_id=kid)  # type: ignore[attr-defined]
+            km_j = sj.take_exact(pair, refs, "auth", key_id=kid)  # type: ignore[attr-defined]
+            return np.asarray(km_i.bits, dtype=np.uint8), np.asarray(km_j.bits, dtype=np.uint8)
+        raise AssertionError("unreachable")
 
 
 class _Side:

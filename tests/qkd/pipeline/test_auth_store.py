@@ -123,14 +123,22 @@ def test_second_distiller_uses_the_refill_and_does_not_bootstrap_again(acquisiti
 def test_consumed_auth_bits_are_never_handed_out_again(acquisition, tmp_path, monkeypatch):
     stores = _stores(tmp_path)
     handed: list[tuple[str, int, int]] = []
-    real_take = KeyStore.take
+    real_take, real_take_exact = KeyStore.take, KeyStore.take_exact
 
-    def spy_take(self, *a, **kw):
+    def spy_take(self, *a, **kw):  # C1's hand-outs: by allocation or (a draw at both ends) by reservation
         km = real_take(self, *a, **kw)
-        handed.extend(km.refs)
+        if self.node == "C1":
+            handed.extend(km.refs)
+        return km
+
+    def spy_take_exact(self, *a, **kw):
+        km = real_take_exact(self, *a, **kw)
+        if self.node == "C1":
+            handed.extend(km.refs)
         return km
 
     monkeypatch.setattr(KeyStore, "take", spy_take)
+    monkeypatch.setattr(KeyStore, "take_exact", spy_take_exact)
     runs = [_distil(acquisition, KeyStoreSink(stores), preshared_auth_bits=1024) for _ in range(3)]
     spent = list(handed)
     assert sum(n for _, _, n in spent) == sum(r.auth_key_bits for r in runs) == FIRST * 3
@@ -197,3 +205,24 @@ def test_memory_sink_keeps_the_in_memory_pool(acquisition):
     assert np.array_equal(st.pool_i.take(FIRST), st.pool_j.take(FIRST))
     with pytest.raises(LabqflError, match="preshared_auth_bits"):
         DistillSettings(preshared_auth_bits=FIRST - 8)
+
+
+def test_an_auth_draw_skips_bits_the_partner_already_spent_and_never_spends_at_one_end_only(tmp_path):
+    """Review s31 (concurrency, F4): the documented `keys export` (every pool) moved C2's oldest `auth`
+    bits out; every later block then aborted at C2's `take_exact`, 128 bits spent at C1 each time, for
+    good. The draw now reserves at both ends first, discards at C1 what C2 already spent, and takes
+    the following bits at both."""
+    from labqfl.qkd.authentication import keystore_auth_supplies
+
+    stores = _stores(tmp_path)
+    secret = np.random.default_rng(3).integers(0, 2, 2048, dtype=np.uint8)  # test data, not key material
+    for st in stores.values():
+        st.add_block(PAIR, secret, block_id="preshared-test", purpose="auth")
+    gone = stores["C2"].take(PAIR, 256, "auth")  # spent at C2 only (an export, a lost take)
+    ci, cj = keystore_auth_supplies(stores["C1"], stores["C2"], PAIR)
+    a, b = ci.take(128), cj.take(128)
+    assert np.array_equal(a, b) and np.array_equal(a, secret[256:384])
+    acc = [st.accounting()[PAIR] for st in stores.values()]
+    assert acc[0]["available"] == acc[1]["available"] == {"auth": 2048 - 384}
+    assert not any(st.pending_reservations() for st in stores.values())
+    assert gone.refs == [("preshared-test", 0, 256)]
