@@ -198,7 +198,10 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
                                             help="Import ticket from the target store (`labqfl keys ticket`)."),
            out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="Export file to create (never overwritten)."),
            bits: int | None = typer.Option(None, "--bits", help="Number of bits (default: every free bit)."),
-           purpose: str | None = typer.Option(None, "--purpose", help="Only this pool (auth, fl, etsi, general)."),
+           purpose: str = typer.Option(
+               "general", "--purpose",
+               help="Pool to move: general (default), auth, fl, etsi, or all. The auth pool is what the pair's "
+                    "distillation authenticates its blocks with: move it only with the partner's copy."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Move free key bits of a pair out of a node's store into an authenticated file bound to the ticket's store."""
     from labqfl.keystore import KeyStore
@@ -207,7 +210,7 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
     tk = read_ticket(ticket_file)
     _nodes_or_all([node], data_dir)
     with KeyStore.for_node(node, data_dir, create=False) as st:  # the source holds key: never made here
-        summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=purpose)
+        summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=None if purpose == "all" else purpose)
     emit(summary, as_json, lambda con: con.print(
         f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}), "
         f"importable only by node {summary['target_node']}, store {summary['target_store']}; they are no longer in "

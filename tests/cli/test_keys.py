@@ -66,6 +66,32 @@ def test_certs_status_export_import(tmp_path, kh):
                 str(tmp_path / "n.json"), data=data).exit_code == 1
 
 
+def test_export_moves_the_general_pool_unless_another_is_named(tmp_path, kh):
+    """Review s31: `keys export` without --purpose took every pool oldest first — the pair's pre-shared
+    auth block — and every later block of the pair aborted at the partner. Now `general` by default."""
+    data, other = tmp_path / "data", tmp_path / "other"
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 1, 2000, seed=1, purpose="auth")
+    kh.fill_pair(stores, PAIR, 1, 3000, seed=2)
+    for s in stores.values():
+        s.close()
+
+    def export(n: int, *extra: str) -> object:
+        ticket = tmp_path / f"t{n}.json"
+        assert runner.invoke(app, ["keys", "ticket", "--node", "C2", "--out", str(ticket)],
+                             env={"LABQFL_DATA_DIR": str(other)}).exit_code == 0
+        return _run("keys", "export", "--node", "C2", "--pair", PAIR, "--ticket", str(ticket),
+                    "--out", str(tmp_path / f"x{n}.json"), "--json", *extra, data=data)
+
+    res = export(1)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["nbits"] == 3000
+    st = json.loads(_run("keys", "status", "--json", data=data).stdout)["nodes"]["C2"]["pairs"][PAIR]
+    assert st["available"] == {"auth": 2000}
+    res = export(2, "--purpose", "all", "--bits", "500")
+    assert res.exit_code == 0 and json.loads(res.stdout)["nbits"] == 500
+
+
 def test_status_refuses_an_empty_store_file_and_leaves_it_as_it_was(tmp_path, kh):
     """A zero-length store (truncated) was turned into a new, empty store by ``keys status`` — a read
     that created 73 KB and a new store ID. Now it is refused in one line and left untouched."""
