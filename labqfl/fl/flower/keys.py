@@ -41,6 +41,9 @@ from labqfl.errors import KeyStarvationError
 from labqfl.fl.keysource import KEY_PURPOSE
 from labqfl.fl.masks import words_from_bits
 from labqfl.fl.quantize import uint_dtype
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
 
 #: ``info["use"]`` of a mask (or share-pad) reservation in a node's key store
 USE = "fl-mask"
@@ -186,10 +189,31 @@ class NodeKeyStore:
             info = d["info"]
             if info.get("use") != USE or (info.get("run") == run_tag and int(info.get("round", 0)) >= round_index):
                 continue
-            self.store.void(d["key_id"], f"stranded by an interrupted round (run {info.get('run', '?')}, round "
-                            f"{info.get('round', '?')}, {info.get('end', '?')} end)")
+            self.store.void(d["key_id"], f"voided at node {self.name} by FL run {run_tag}, round {round_index}: left "
+                            f"by run {info.get('run', '?')}, round {info.get('round', '?')} ({info.get('end', '?')} "
+                            "end), which no live round of this node finishes")
             n += 1
+        if n:
+            log.warning(
+                "node %s: voided %d mask reservation(s) of an earlier FL run or round in its key store (an interrupted "
+                "run; if another FL run is using this key store now, it will fail: one FL run per key store at a "
+                "time)", self.name, n)
         return n
+
+    def _reserved(self, key_id: str) -> Any:
+        """:meth:`KeyStore.read_reserved`, with one clear error when another FL run's keys stage voided the
+        reservation (two FL runs on one node store at a time)."""
+        from labqfl.errors import KeyStoreError, SecureAggregationError
+
+        try:
+            return self.store.read_reserved(key_id)
+        except KeyStoreError:
+            d = self.store.delivery(key_id)
+            if d is not None and d["state"] == "voided":
+                raise SecureAggregationError(
+                    f"node {self.name}: its key for pair {d['pair']} was taken away: {d['info'].get('voided', 'voided')}"
+                    " — a node's key store serves one FL run at a time; run one after the other") from None
+            raise
 
     def spent_refs(self, pair: str) -> list[list[Any]]:
         """The refs of this master's most recent spent mask reservations of ``pair`` (consumed or
@@ -222,7 +246,7 @@ class NodeKeyStore:
     def words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
         """The q-bit words (``uint{q}``, shape (n_words,)) of the bits reserved for ``key_id``; the
         bits stay reserved in the store (and can no longer be released, only consumed)."""
-        km = self.store.read_reserved(key_id)
+        km = self._reserved(key_id)
         try:
             return self._to_words(km, n_words, q)
         finally:
@@ -234,7 +258,7 @@ class NodeKeyStore:
         The bits stay reserved (consumed at the end of the round)."""
         from labqfl.fl.selfmask import pad_words_from_bits
 
-        km = self.store.read_reserved(key_id)
+        km = self._reserved(key_id)
         try:
             if km.nbits != 2 * w * n_words:
                 raise KeyStarvationError(

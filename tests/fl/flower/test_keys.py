@@ -222,3 +222,16 @@ def test_a_run_after_an_interrupted_one_leaves_every_pair_s_stores_in_step(make_
             assert acc_a["available"] == acc_b["available"] == {"fl": per_round}, (p, acc_a, acc_b)
             km = sb.take(p, 64, "fl")  # drawn at the other end: the same free bits
             assert np.array_equal(sa.take_exact(p, km.refs, "fl").bits, km.bits)
+
+
+def test_a_second_fl_run_on_the_same_store_makes_the_first_fail_with_one_clear_error(tmp_path) -> None:
+    """Review s31 (concurrency, F2): a second Flower run's keys stage voids the first run's live
+    reservations (a node store serves one FL run at a time); the first run then failed with ~500 lines
+    of 'no pending reservation for key ID …'. Now one error names what happened and the rule."""
+    bid = str(uuid.uuid4())
+    _store(tmp_path, "C1", bid=bid, nbits=128).close()
+    with NodeKeyStore("C1", tmp_path) as a, NodeKeyStore("C1", tmp_path) as b:
+        a.reserve_master("C1-C2", 32, "run-a-key", round_index=1, run_tag="run-a")
+        assert b.void_stranded("run-b", 1) == 1  # run B's keys stage
+        with pytest.raises(SecureAggregationError, match="voided at node C1 by FL run run-b.*one FL run at a time"):
+            a.words("run-a-key", 4, 8)
