@@ -52,6 +52,18 @@ class KeyStoreError(LabqflError):
     """The key store refused an operation (corrupt file, unknown pair, not enough key)."""
 
 
+class KeyStoreBusyError(KeyStoreError):
+    """Another process (a ``sqlite3`` shell, a backup, another labqfl process) held the key store's
+    write lock for longer than the store's busy timeout; nothing was changed: retry later.
+    ``path`` and ``node`` name the store (``node`` may be None)."""
+
+    def __init__(self, message: str, *, path: str = "", node: str | None = None, waited_s: float = 0.0):
+        super().__init__(message)
+        self.path = path
+        self.node = node
+        self.waited_s = waited_s
+
+
 class InsufficientKeyError(KeyStoreError):
     """A pair's pool holds fewer unconsumed bits than requested."""
 

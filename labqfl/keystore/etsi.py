@@ -55,7 +55,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreError
+from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreBusyError, KeyStoreError
 from labqfl.keystore.material import KeyMaterial, Ref
 from labqfl.keystore.store import KeyStore, check_node_name
 from labqfl.log import get_logger
@@ -89,6 +89,10 @@ class KmeSettings:
     #: bits a slave's store consumed less than this many seconds ago are never spent at the master to
     #: bring the two stores back in step (a partner's take_exact may still be on its way); seconds
     resync_settled_s: float = 60.0
+    #: how long a request waits for a key store's write lock held by another process (a ``sqlite3``
+    #: shell, a backup) before it answers 503 "key store ... is busy"; seconds (SAE clients time out
+    #: long before the stores' default 60 s)
+    store_busy_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.saes:
@@ -117,6 +121,10 @@ class KmeSettings:
         if isinstance(self.resync_settled_s, bool) or not isinstance(self.resync_settled_s, int | float) \
                 or not 0 <= self.resync_settled_s < math.inf:
             raise ConfigError(f"KME config: resync_settled_s = {self.resync_settled_s!r}; expected seconds >= 0")
+        if isinstance(self.store_busy_timeout_s, bool) or not isinstance(self.store_busy_timeout_s, int | float) \
+                or not 0 < self.store_busy_timeout_s <= 3600:
+            raise ConfigError(f"KME config: store_busy_timeout_s = {self.store_busy_timeout_s!r}; expected seconds "
+                              "in (0, 3600]")
 
     def kme_id(self, node: str) -> str:
         return f"{self.kme_id_prefix}{node}"
@@ -133,6 +141,7 @@ def load_kme_settings(path: Path) -> KmeSettings:
         max_key_count = 100000
         nodes = ["C1", "C2", "C3", "C4"]   # loop order
         resync_settled_s = 60  # out-of-step bits spent at the slave this long ago are spent at the master too
+        store_busy_timeout_s = 5  # wait this long for a store another process write-locks, then 503 "busy"
 
         [saes]                # SAE ID (certificate CN or SAN) = node
         "SAE-alice" = "C1"
@@ -144,7 +153,7 @@ def load_kme_settings(path: Path) -> KmeSettings:
         raise ConfigError(f"KME config {path}: {exc}") from None
     kme = dict(data.get("kme", {}))
     unknown = set(kme) - {"key_size", "min_key_size", "max_key_size", "max_key_per_request", "max_key_count",
-                          "nodes", "kme_id_prefix", "resync_settled_s"}
+                          "nodes", "kme_id_prefix", "resync_settled_s", "store_busy_timeout_s"}
     if unknown or set(data) - {"kme", "saes"}:
         raise ConfigError(f"KME config {path}: unknown keys {sorted(unknown | (set(data) - {'kme', 'saes'}))}")
     saes = data.get("saes")
@@ -159,7 +168,8 @@ def load_kme_settings(path: Path) -> KmeSettings:
 def open_kme_stores(settings: KmeSettings, data_dir: Path | None = None) -> dict[str, KeyStore]:
     """``{node: KeyStore}`` for every node an SAE of ``settings`` is attached to, from
     ``<data_dir>/keystore/``.  A node with no store there (a typo in ``[saes]``) is refused with one
-    :class:`ConfigError` naming the SAE, the node and the stores found, and no store is created."""
+    :class:`ConfigError` naming the SAE, the node and the stores found, and no store is created.
+    The stores wait ``settings.store_busy_timeout_s`` for a write lock another process holds."""
     from labqfl.keystore.store import default_data_dir, list_node_stores, node_store_path
 
     ddir = data_dir if data_dir is not None else default_data_dir()
@@ -174,7 +184,8 @@ def open_kme_stores(settings: KmeSettings, data_dir: Path | None = None) -> dict
     stores: dict[str, KeyStore] = {}
     try:
         for n in sorted(set(settings.saes.values())):
-            stores[n] = KeyStore(node_store_path(n, ddir), node=n, create=False)
+            stores[n] = KeyStore(node_store_path(n, ddir), node=n, create=False,
+                                 busy_timeout_s=settings.store_busy_timeout_s)
     except BaseException:
         for st in stores.values():
             st.close()
@@ -302,6 +313,14 @@ class KeyDeliveryService:
         bits = min(self.stores[m].available_bits(pair, ETSI_PURPOSE), self.stores[s].available_bits(pair, ETSI_PURPOSE))
         return bits // size
 
+    @staticmethod
+    def _busy(node: str, exc: KeyStoreBusyError, consumed: str = "no key was consumed") -> EtsiError:
+        """503 for a store another process write-locks (not "out of step": nothing is wrong with the keys)."""
+        log.warning("KME: key store of node %s is busy (another process holds its write lock for %g s or more); "
+                    "%s", node, exc.waited_s, consumed)
+        return EtsiError(503, f"key store of node {node} is busy (another process holds its write lock); retry "
+                              f"later; {consumed}", [{"node": node, "reason": str(exc)}])
+
     def _reserve_at_master(self, pair: str, m: str, sizes: list[int], info: dict[str, Any]) -> list[tuple[list[Ref], str]]:
         """Reserve at the master's store, under a fresh key ID per key, the bits a take would pick
         (pool ``etsi``, then ``general``), all in one transaction (:meth:`KeyStore.reserve_many`); no
@@ -311,6 +330,8 @@ class KeyDeliveryService:
             refs = self.stores[m].reserve_many(pair, sizes, ETSI_PURPOSE, kids, info=info)
         except InsufficientKeyError as exc:
             raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
+        except KeyStoreBusyError as exc:
+            raise self._busy(m, exc) from None
         except KeyStoreError as exc:
             raise EtsiError(503, "key store error at the master's KME; no key was handed out",
                             [{"reason": str(exc)}]) from None
@@ -318,10 +339,16 @@ class KeyDeliveryService:
 
     def _release(self, node: str, items: Sequence[tuple[list[Ref], str]]) -> list[str]:
         """Release the reservations ``items`` at ``node``'s store; returns the key IDs that stay reserved."""
-        kept = []
-        for _, kid in items:
+        kept: list[str] = []
+        for i, (_, kid) in enumerate(items):
             try:
                 self.stores[node].release(kid)
+            except KeyStoreBusyError as exc:  # the next ones would each wait the busy timeout too
+                rest = [k for _, k in items[i:]]
+                log.error("KME: could not release %d reservation(s) at node %s (%s); their bits stay reserved and "
+                          "unused: %s", len(rest), node, exc, ", ".join(rest))
+                kept += rest
+                break
             except KeyStoreError as exc:
                 log.error("KME: could not release reservation %s at node %s (%s); its bits stay reserved and "
                           "unused", kid, node, exc)
@@ -363,6 +390,10 @@ class KeyDeliveryService:
             try:
                 self.stores[s].reserve_exact_many(pair, items, ETSI_PURPOSE, info=info)
                 break
+            except KeyStoreBusyError as exc:
+                kept = self._release(m, items)
+                raise self._busy(s, exc, "no key was consumed" + (f" (but {len(kept)} reservation(s) at the "
+                                         "master could not be released)" if kept else "")) from None
             except KeyStoreError as exc:
                 kept = self._release(m, items)
                 if not kept and self._resync(pair, m, s, items) and attempt < RESYNC_ATTEMPTS - 1:
@@ -374,13 +405,19 @@ class KeyDeliveryService:
                                      "consumed" + (f" (but {len(kept)} reservation(s) at the master could not be "
                                                    "released)" if kept else ""),
                                 [{"pair": pair, "reason": str(exc)}]) from None
+        busy: KeyStoreBusyError | None = None
         try:
             return self.stores[m].take_exact_many(pair, items, ETSI_PURPOSE)
+        except KeyStoreBusyError as exc:
+            busy, reason = exc, str(exc)
         except KeyStoreError as exc:
             reason = str(exc)
         # take_exact_many is one transaction: refused means nothing was read or consumed at the master
         kept = self._release(s, items)
         kept += self._release(m, [it for it in items if it[1] not in kept])
+        if busy is not None:
+            raise self._busy(m, busy, "no key was consumed" + (f" ({len(kept)} reservation(s) could not be "
+                                                                "released)" if kept else ""))
         raise EtsiError(503, "key store error at the master's KME; no key was consumed" +
                         (f" ({len(kept)} reservation(s) could not be released)" if kept else ""),
                         [{"pair": pair, "reason": reason}])
@@ -499,6 +536,8 @@ class KeyDeliveryService:
             with self._lock(pair):
                 try:
                     mats = store.take_exact_many(pair, items, ETSI_PURPOSE)
+                except KeyStoreBusyError as exc:
+                    raise self._busy(s, exc, "no key was retrieved; the key IDs stay valid") from None
                 except KeyStoreError as exc:
                     raise EtsiError(400, "key_ID could not be retrieved", [{"reason": str(exc)}]) from None
             try:
@@ -544,6 +583,14 @@ def _add_error_handlers(app: FastAPI) -> None:
             return JSONResponse(exc.body(), status_code=exc.status)
         except (TypeError, ValueError):  # a detail that JSON cannot carry: still answer the error
             return JSONResponse({"message": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(KeyStoreBusyError)
+    async def _busy_error(request: Request, exc: KeyStoreBusyError) -> JSONResponse:
+        node = exc.node or Path(exc.path).stem
+        log.warning("KME: %s %s -> 503: key store of node %s is busy", request.method, request.url.path, node)
+        return JSONResponse({"message": f"key store of node {node} is busy (another process holds its write lock); "
+                                        "retry later", "details": [{"node": node, "reason": str(exc)}]},
+                            status_code=503)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

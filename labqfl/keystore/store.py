@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.errors import InsufficientKeyError, KeyStoreError
+from labqfl.errors import InsufficientKeyError, KeyStoreBusyError, KeyStoreError
 from labqfl.keystore.material import KeyMaterial, Ref, normalize_refs, refs_nbits
 from labqfl.log import get_logger
 
@@ -529,9 +529,8 @@ class KeyStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
-            self._begin_immediate(conn)
+        conn = self._begin_immediate()  # returns holding self._lock, inside BEGIN IMMEDIATE
+        try:
             self._wrote = True
             try:
                 yield conn
@@ -549,29 +548,48 @@ class KeyStore:
                 except sqlite3.Error:
                     pass
                 raise self._fail(f"commit failed ({exc}); nothing was handed out") from None
+        finally:
+            self._lock.release()
 
-    #: longest single wait for the write lock inside SQLite [ms]: between waits Python handles signals
-    _LOCK_POLL_MS = 200
+    #: longest single wait for the write lock inside SQLite, holding the store's thread lock [ms]
+    _LOCK_POLL_MS = 20
+    #: pause between two such waits without the thread lock, so that this object's readers (and
+    #: other threads' writes) are not queued behind a wait for another process's write lock [s]
+    _LOCK_YIELD_S = 0.01
 
-    def _begin_immediate(self, conn: sqlite3.Connection) -> None:
-        """``BEGIN IMMEDIATE``, waiting up to the store's busy timeout for another process's write lock
-        in short SQLite waits, so that Ctrl-C (handled by Python only between them) stops the wait."""
+    def _begin_immediate(self) -> sqlite3.Connection:
+        """``BEGIN IMMEDIATE`` on the store's connection; returns it with ``self._lock`` held (the
+        caller releases it).  Another process's write lock is waited for, up to the store's busy
+        timeout, in short SQLite waits (:data:`_LOCK_POLL_MS`) with the thread lock released in
+        between: Ctrl-C (handled by Python only between them) stops the wait, and reads of this
+        object (``status``, ``available_bits``; WAL readers need no write lock) go on meanwhile.
+        Still locked at the deadline: :class:`~labqfl.errors.KeyStoreBusyError`."""
         deadline = time.monotonic() + self._busy_ms / 1000
-        conn.execute(f"PRAGMA busy_timeout = {min(self._LOCK_POLL_MS, self._busy_ms)}")
-        try:
-            while True:
+        while True:
+            self._lock.acquire()
+            try:
+                conn = self._connection()
+                wait_ms = max(0, min(self._LOCK_POLL_MS, int((deadline - time.monotonic()) * 1000)))
+                conn.execute(f"PRAGMA busy_timeout = {wait_ms}")
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    return
+                    return conn  # self._lock stays held until _write ends
                 except sqlite3.OperationalError as exc:
                     if "locked" not in str(exc) and "busy" not in str(exc):
                         raise self._fail(f"cannot start a write transaction ({exc})") from None
-                    if time.monotonic() >= deadline:
-                        raise self._fail(f"locked by another process for {self._busy_ms / 1000:g} s (it holds "
-                                         "a write transaction); nothing was changed — try again when it is done") \
-                            from None
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            except BaseException:
+                self._lock.release()
+                raise
+            self._lock.release()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise KeyStoreBusyError(
+                    f"key store {self.path}: locked by another process for {self._busy_ms / 1000:g} s (it holds "
+                    "a write transaction); nothing was changed — try again when it is done",
+                    path=str(self.path), node=self.node, waited_s=self._busy_ms / 1000)
+            time.sleep(min(self._LOCK_YIELD_S, left))
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
