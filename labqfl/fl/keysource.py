@@ -4,9 +4,13 @@ A :class:`KeySource` hands out, for a pair "Ci-Cj" and a round, bits that *both*
 Every run records which source it used (``RoundResult.key_source``):
 
 - ``qkd`` (:class:`KeyStoreKeySource`): bits consumed from the pair's pool in the per-node SQLite
-  key stores — ``take`` on the master's store (the pair's first client), ``take_exact`` with the
-  same refs on the slave's; the two are compared (a mismatch aborts the round without printing
-  them). Consumed bits are marked used by the store and never handed out again. One-time-pad
+  key stores, with the ETSI KME's protocol (another process — ``labqfl keys serve`` — may serve the
+  same stores): ``reserve`` on the master's store (the pair's first client), ``reserve_exact`` of
+  the same refs on the slave's, then ``take_exact`` under that key ID at both; the two copies are
+  compared (a mismatch aborts the round without printing them). Bits the slave's store holds
+  reserved for another process's key are skipped (kept reserved at the master until the draw is
+  done, then released: never read, never reused). Consumed bits are marked used by the store and
+  never handed out again. One-time-pad
   masks are as secure as these keys: information-theoretically only for keys from a hardware
   physical layer with QRNG clients (their block provenance, :mod:`labqfl.provenance`;
   ``blocks_used`` names the blocks drawn from).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +43,13 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from labqfl.errors import KeyStarvationError, SecureAggregationError
+from labqfl.errors import (
+    InsufficientKeyError,
+    KeyStarvationError,
+    KeyStoreBusyError,
+    KeyStoreError,
+    SecureAggregationError,
+)
 from labqfl.fl.masks import split_pair, words_from_bits
 from labqfl.fl.quantize import uint_dtype
 from labqfl.log import get_logger
@@ -46,6 +57,11 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 KEY_PURPOSE = "fl"
+#: ``info["use"]`` of the in-process source's reservations (not the Flower engine's ``fl-mask``,
+#: whose stranded-reservation cleanup must leave a live in-process draw alone)
+LOCAL_USE = "fl-mask-local"
+#: reservations tried per draw when the slave's store holds the master's next bits for another key
+RESERVE_ATTEMPTS = 8
 _ZERO_NONCE = bytes(16)  # each AES key (fresh OS seed) encrypts exactly one stream
 
 
@@ -180,7 +196,9 @@ class KeyStoreKeySource(_Accounting):
     """Keys from the per-node QKD key stores (``labqfl.keystore``), consumed once, ever.
 
     ``stores`` maps node (client) name → that node's ``KeyStore``. For pair "Ci-Cj", Ci's store
-    is the master (``take``), Cj's the slave (``take_exact`` with the master's refs).
+    is the master (``reserve``), Cj's the slave (``reserve_exact`` with the master's refs); both
+    then consume the key by ID (``take_exact``). ``reserve_attempts``: how many times a draw moves
+    past bits the slave's store holds reserved for another process's key before it gives up.
     """
 
     name = "qkd"
@@ -196,8 +214,12 @@ class KeyStoreKeySource(_Accounting):
         purpose: str = KEY_PURPOSE,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        reserve_attempts: int = RESERVE_ATTEMPTS,
     ) -> None:
         super().__init__()
+        if reserve_attempts < 1:
+            raise ValueError(f"reserve_attempts must be >= 1, got {reserve_attempts}")
+        self.reserve_attempts = int(reserve_attempts)
         if starvation not in ("wait", "fail"):
             raise ValueError(f"starvation must be 'wait' or 'fail', got {starvation!r}")
         if wait_timeout_s < 0 or poll_interval_s <= 0:
@@ -255,16 +277,93 @@ class KeyStoreKeySource(_Accounting):
             log.info("waiting for key: pair %s needs %d bits, %d available", pair, need, have)
             self._sleep(min(self.poll_interval_s, self.wait_timeout_s - waited))
 
+    def _reserve_at_both(self, pair: str, nbits: int, round_index: int) -> tuple[str, list[Any]]:
+        """Reserve ``nbits`` at the master's store and the same bits at the slave's under one fresh
+        key ID; no bit is read.  Returns ``(key_id, refs)``.
+
+        When the slave's store refuses because those bits are reserved there for another key
+        (another process serving the same stores, e.g. the ETSI KME, drew them with the slave as
+        its master), the master's reservation is kept while the following bits are tried, at most
+        :attr:`reserve_attempts` times, and all skipped reservations are released at the master at
+        the end (never read: the bits stay free for later draws).  Any other refusal releases the
+        master's reservation and raises: nothing is ever spent at one end only."""
+        master, slave = self._ends(pair)
+        mname, sname = split_pair(pair)
+        info = {"use": LOCAL_USE, "round": int(round_index)}
+        skipped: list[str] = []
+        last: KeyStoreError | None = None
+        try:
+            for _ in range(self.reserve_attempts):
+                kid = f"fl-local-{uuid.uuid4()}"
+                try:
+                    refs = master.reserve(pair, nbits, self.purpose, kid, info=info)
+                except InsufficientKeyError as exc:
+                    if not skipped:
+                        raise
+                    raise KeyStoreError(
+                        f"pair {pair}: the key store of {sname} ({slave.path}) holds the bits the master's store "
+                        f"{mname} has next reserved for another key — another process (an ETSI KME serving these "
+                        f"stores, or another run) holds them — and the bits after them are too few ({exc}); "
+                        "nothing was consumed at either end") from None
+                try:
+                    slave.reserve_exact(pair, refs, self.purpose, kid, info=info)
+                    return kid, refs
+                except KeyStoreError as exc:
+                    held_elsewhere = not isinstance(exc, KeyStoreBusyError) and "reserved for another key" in str(exc)
+                    if held_elsewhere:
+                        skipped.append(kid)
+                        last = exc
+                        log.info("pair %s: key store %s holds the next %d bits reserved for another key (another "
+                                 "process); trying the following bits", pair, sname, nbits)
+                        continue
+                    self._release(master, kid)
+                    if isinstance(exc, KeyStoreBusyError):
+                        raise
+                    raise KeyStoreError(
+                        f"pair {pair}: the slave's key store {sname} refused the bits the master's store {mname} "
+                        f"holds next ({exc}); nothing was consumed at either end") from None
+            raise KeyStoreError(
+                f"pair {pair}: the key store of {sname} ({slave.path}) refused the bits the master's store "
+                f"{mname} holds next {self.reserve_attempts} times: they are reserved there for another key, i.e. "
+                "another process (an ETSI KME serving these stores, or another run) holds them; nothing was "
+                f"consumed at either end; retry later ({last})")
+        finally:
+            for k in skipped:
+                self._release(master, k)
+
+    @staticmethod
+    def _release(store: Any, key_id: str) -> bool:
+        """Release a reservation nobody read; False (logged) when the store refused."""
+        try:
+            store.release(key_id)
+            return True
+        except KeyStoreError as exc:
+            log.warning("could not release key reservation %s in key store %s (%s); its bits stay reserved and "
+                        "unused", key_id, getattr(store, "path", "?"), exc)
+            return False
+
     def shared_keys(self, pair: str, nbits: int, *, round_index: int) -> np.ndarray:
         if nbits < 0:
             raise ValueError(f"nbits must be >= 0, got {nbits}")
         self.ensure_available({pair: nbits})
         master, slave = self._ends(pair)
-        a, refs = take_master_keys(master, pair, nbits, round_index=round_index, purpose=self.purpose)
+        kid, refs = self._reserve_at_both(pair, nbits, round_index)
         try:
-            b = take_slave_keys(slave, pair, refs, round_index=round_index, purpose=self.purpose)
+            a, _ = take_master_keys(master, pair, nbits, round_index=round_index, purpose=self.purpose,
+                                    key_id=kid, refs=refs)
+        except BaseException:
+            # take_exact is one transaction: refused, nothing was read at the master — free both ends again
+            # (if the master's reservation is gone after all, its bits may be spent: spend the slave's too)
+            if self._release(master, kid):
+                self._release(slave, kid)
+            else:
+                self._void(slave, kid, pair)
+            raise
+        try:
+            b = take_slave_keys(slave, pair, refs, round_index=round_index, purpose=self.purpose, key_id=kid)
         except BaseException:
             a[:] = 0  # the master's copy is spent with the round: wiped, as on a mismatch
+            self._void(slave, kid, pair)  # spent at the master: spent at the slave too, never handed out
             raise
         same = a.shape == b.shape == (nbits,) and np.array_equal(a, b)
         b[:] = 0
@@ -278,16 +377,34 @@ class KeyStoreKeySource(_Accounting):
         log.debug("round %d: took %d key bits for pair %s", round_index, nbits, pair)
         return a
 
+    @staticmethod
+    def _void(store: Any, key_id: str, pair: str) -> None:
+        """Spend the slave's reservation of bits the master consumed (never handed out)."""
+        try:
+            store.void(key_id, f"pair {pair}: the master's end of this FL mask key was spent, this end failed")
+        except KeyStoreError as exc:
+            log.warning("could not void key reservation %s in key store %s (%s)", key_id,
+                        getattr(store, "path", "?"), exc)
+
     def __reduce__(self) -> Any:  # pragma: no cover
         raise TypeError("key sources are not picklable")
 
 
 def take_master_keys(store: Any, pair: str, nbits: int, *, round_index: int,
-                     purpose: str = KEY_PURPOSE) -> tuple[np.ndarray, list[Any]]:
+                     purpose: str = KEY_PURPOSE, key_id: str | None = None,
+                     refs: Any = None) -> tuple[np.ndarray, list[Any]]:
     """Master end (the pair's first client) of a distributed round: consume ``nbits`` from its
     own key store. Returns ``(bits, refs)``; send ``refs`` (not the bits) to the partner, who calls
-    :func:`take_slave_keys`. The store's in-memory copy is wiped."""
-    km = store.take(pair, nbits, purpose=purpose, info={"use": "fl-mask", "round": int(round_index)})
+    :func:`take_slave_keys`. With ``key_id`` and ``refs``, consume instead exactly the bits this
+    store reserved for ``key_id`` (``reserve``). The store's in-memory copy is wiped."""
+    info = {"use": "fl-mask", "round": int(round_index)}
+    if key_id is not None and refs is not None:
+        km = store.take_exact(pair, refs, purpose=purpose, key_id=key_id, info=info)
+        if km.nbits != nbits:
+            km.wipe()
+            raise SecureAggregationError(f"pair {pair}: reservation {key_id} holds {km.nbits} bits, not {nbits}")
+    else:
+        km = store.take(pair, nbits, purpose=purpose, info=info)
     try:
         return np.array(km.bits, dtype=np.uint8), list(km.refs)
     finally:
@@ -295,9 +412,11 @@ def take_master_keys(store: Any, pair: str, nbits: int, *, round_index: int,
 
 
 def take_slave_keys(store: Any, pair: str, refs: Any, *, round_index: int,
-                    purpose: str = KEY_PURPOSE) -> np.ndarray:
-    """Slave end (the pair's second client): consume exactly the bits the master named."""
-    km = store.take_exact(pair, refs, purpose=purpose, info={"use": "fl-mask", "round": int(round_index)})
+                    purpose: str = KEY_PURPOSE, key_id: str | None = None) -> np.ndarray:
+    """Slave end (the pair's second client): consume exactly the bits the master named (reserved
+    here for ``key_id``, if given)."""
+    km = store.take_exact(pair, refs, purpose=purpose, key_id=key_id,
+                          info={"use": "fl-mask", "round": int(round_index)})
     try:
         return np.array(km.bits, dtype=np.uint8)
     finally:

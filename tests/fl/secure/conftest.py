@@ -39,6 +39,23 @@ class RecordingStore:
         self._note(pair, km.refs)
         return km
 
+    # reservations hand out no bits (take_exact of the key ID does): passed through unrecorded
+    def reserve(self, *a: Any, **kw: Any) -> Any:
+        return self.store.reserve(*a, **kw)
+
+    def reserve_exact(self, *a: Any, **kw: Any) -> Any:
+        return self.store.reserve_exact(*a, **kw)
+
+    def release(self, key_id: str) -> int:
+        return self.store.release(key_id)
+
+    def void(self, key_id: str, reason: str) -> Any:
+        return self.store.void(key_id, reason)
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
 
 class KeyNetwork:
     """Per-node key stores in a temporary data dir; pair blocks added identically at both ends."""
