@@ -234,6 +234,26 @@ class KeyStoreKeySource(_Accounting):
         self._clock = clock
         #: per pair, the key-store block IDs the handed-out bits came from (for their provenance)
         self.blocks_used: dict[str, set[str]] = {}
+        self.void_stranded()
+
+    #: a draw's reservations older than this are a killed process's, not a concurrent run's [s]
+    STRANDED_AFTER_S = 60.0
+
+    def void_stranded(self) -> int:
+        """Void (spent, never handed out: :meth:`KeyStore.void`) the reservations of draws that a killed
+        process left between its reservations and its takes — at either end, older than
+        :data:`STRANDED_AFTER_S` (another run on the same stores may be drawing now). Never released:
+        the master end may have been taken already. Returns how many."""
+        from datetime import UTC, datetime, timedelta
+
+        cutoff = (datetime.now(UTC) - timedelta(seconds=self.STRANDED_AFTER_S)).isoformat(timespec="microseconds")
+        n = 0
+        for node, store in self.stores.items():
+            for d in store.pending_reservations(self.purpose):
+                if d["info"].get("use") == LOCAL_USE and str(d["created"]) < cutoff:
+                    store.void(d["key_id"], f"FL key draw left half-done by a stopped process (node {node})")
+                    n += 1
+        return n
 
     def _ends(self, pair: str) -> tuple[Any, Any]:
         a, b = split_pair(pair)

@@ -187,3 +187,23 @@ def test_train_draws_beside_a_kme_serving_the_same_stores_never_abort(stores, tm
     _assert_disjoint(a)
     assert a == b and _consumed(stores["C1"]) == _consumed(stores["C2"])
     assert stores["C1"].pending_reservations() == [] and stores["C2"].pending_reservations() == []
+
+
+def test_a_draw_a_killed_process_left_half_done_is_voided_at_both_ends_by_the_next_source(stores) -> None:  # type: ignore[no-untyped-def]
+    """A train killed between its reservations and its takes left `fl-mask-local` reservations that
+    nothing freed. The next key source voids them (older than STRANDED_AFTER_S; never released: the
+    master end may have been taken), so neither end can hand them out and both stay in step."""
+    from labqfl.fl.keysource import LOCAL_USE
+
+    _fill(stores, 1024)
+    refs = stores["C1"].reserve(PAIR, 256, "fl", "dead-draw", info={"use": LOCAL_USE})
+    stores["C2"].reserve_exact(PAIR, refs, "fl", "dead-draw", info={"use": LOCAL_USE})
+    KeyStoreKeySource(stores)  # young: maybe another run's draw in flight
+    assert stores["C1"].reservation("dead-draw") is not None
+    KeyStoreKeySource.STRANDED_AFTER_S = 0.0
+    try:
+        assert KeyStoreKeySource(stores).void_stranded() == 0  # the constructor voided both already
+    finally:
+        KeyStoreKeySource.STRANDED_AFTER_S = 60.0
+    for s in stores.values():
+        assert s.reservation("dead-draw") is None and s.available_bits(PAIR) == 1024 - 256

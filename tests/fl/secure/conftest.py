@@ -52,6 +52,9 @@ class RecordingStore:
     def void(self, key_id: str, reason: str) -> Any:
         return self.store.void(key_id, reason)
 
+    def pending_reservations(self, purpose: str | None = None) -> Any:
+        return self.store.pending_reservations(purpose)
+
     @property
     def path(self) -> Path:
         return self.store.path
