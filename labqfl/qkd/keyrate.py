@@ -1,7 +1,8 @@
 """Station model → expected counts → predicted secure key rate, and the operating-point optimiser.
 
 The expected statistics come from :mod:`labqfl.contracts.channel_model` (the analytical Sagnac-loop
-model the simulator is checked against): for every cell (k_i, k_j, b_i, b_j) the outcome
+model the simulator is checked against, detectors' dead time and afterpulsing included, dark counts
+over the gate of a gated detector): for every cell (k_i, k_j, b_i, b_j) the outcome
 probabilities are averaged over the two bit values of each client. The predicted key length of a
 block of N slots is :func:`labqfl.qkd.estimation.secure_key_length` applied to those expected
 counts, with the error-correction leakage modelled as λ_EC = f·n_X·h(Q_X) (f = ``ec_efficiency``,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from labqfl.config import StationConfig
-from labqfl.contracts.channel_model import PairChannel, pair_channel
+from labqfl.contracts.channel_model import PairChannel, model_limits, pair_channel
 from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
 from labqfl.qkd.decoy import detector_fock_yields, ideal_fock_yields, phase_error_probability_bound
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
@@ -268,7 +270,11 @@ def predict_station(
     params: SecurityParameters | None = None,
     ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
 ) -> list[KeyRatePrediction]:
-    """Predictions for the station's scheduled pairs (time share 1/P with P = all scheduled pairs)."""
+    """Predictions for the station's scheduled pairs (time share 1/P with P = all scheduled pairs).
+    Warns (:class:`UserWarning`) for a station outside what the model was checked for
+    (:func:`labqfl.contracts.channel_model.model_limits`)."""
+    for msg in model_limits(cfg):
+        warnings.warn(f"key-rate model: {msg}", UserWarning, stacklevel=2)
     scheduled = cfg.pairs()
     n_pairs = len(scheduled)
     sel = scheduled if pairs is None else list(pairs)

@@ -100,8 +100,8 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
      "(start a new run to use other settings)"),
     # plan predicted a 26 s run where `run --rounds 3 --duration 0.5` refuses: now the same refusal
     (["plan", "--rounds", "3", "--duration", "0.5"],
-     "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.783 s "
-     "of data (limiting pair C1-C4: 1.31e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
+     "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.818 s "
+     "of data (limiting pair C1-C4: 1.36e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
 ])
 def test_training_and_planning_options_are_refused_in_one_line_naming_the_option(argv: list[str], line: str) -> None:
     """Before: "SecAggConfig.q must be one of (8, 16, 32)", "ValueError: learning rate must be …", a hint

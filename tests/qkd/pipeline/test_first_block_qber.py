@@ -95,8 +95,9 @@ def test_first_block_estimate_is_the_key_cells_qber_not_the_decoy_cells(cfg, pai
 
 def test_first_block_estimate_at_a_3_s_blocks_statistics(cfg):
     """Sampled counts of a 3 s first block (5e7 slots, ~400 decoy–decoy errors at V = 0.97): the
-    model's estimate lies within 20 % of the key cell's QBER for these seeds (its spread is ~±11 %
-    there, ~±24 % at V = 0.99), the decoy cell's rate does not; the conservative margin (one
+    model's estimate lies within 30 % of the key cell's QBER (2.5 sd: its spread is ±12 % there,
+    mean +0.1 % over 40 seeds, ~±24 % at V = 0.99; seed 0 gives +20.4 % since the model has the
+    detectors' dead time), the decoy cell's rate does not; the conservative margin (one
     standard deviation of the decoy cell's error count) only raises it, by less than 20 %."""
     ch = dataclasses.replace(pair_channel(cfg, "C1", "C2"), visibility=0.97)
     q_key = _key_qber(ch)
@@ -106,7 +107,7 @@ def test_first_block_estimate_at_a_3_s_blocks_statistics(cfg):
         assert errs_x2 / 2 / clicks > 1.5 * q_key
         q0, q1 = key_qber_from_tests(counts, sigmas=0), key_qber_from_tests(counts)
         assert q0 is not None and q1 is not None
-        assert q0 == pytest.approx(q_key, rel=0.2), seed
+        assert q0 == pytest.approx(q_key, rel=0.3), seed
         assert q0 < q1 < 1.2 * q0, seed
 
 
