@@ -86,7 +86,7 @@ def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_pa
     cfg = load_station_config(small_station_file)
     data = tmp_path / "data"
     handed: list = []
-    real_take = KeyStore.take
+    real_take, real_exact = KeyStore.take, KeyStore.take_exact
 
     def spy_take(self, *a, **kw):
         km = real_take(self, *a, **kw)
@@ -94,7 +94,14 @@ def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_pa
             handed.extend(km.refs)
         return km
 
+    def spy_exact(self, *a, **kw):  # the key source takes the master's (C1's) bits by key ID
+        km = real_exact(self, *a, **kw)
+        if km.purpose != "auth" and self.node == "C1":
+            handed.extend(km.refs)
+        return km
+
     monkeypatch.setattr(KeyStore, "take", spy_take)
+    monkeypatch.setattr(KeyStore, "take_exact", spy_exact)
     import labqfl.fl.training as training
 
     real_eval = training.evaluate
