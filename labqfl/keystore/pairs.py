@@ -21,7 +21,7 @@ networked pipeline stores a block at Ci just before Cj, and a concurrent run mus
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,11 +42,13 @@ def _age_s(created: str) -> float:
 
 
 def retire_one_sided_blocks(stores: Mapping[str, Any], pairs: Iterable[str], *,
-                            min_age_s: float | None = None) -> list[dict[str, Any]]:
+                            min_age_s: float | None = None, only: Callable[[str], bool] | None = None,
+                            why: str = "the process that stored it stopped before") -> list[dict[str, Any]]:
     """Discard, at the holding end, every block of ``pairs`` that only one of the pair's two stores
     (``stores[node]``, :class:`~labqfl.keystore.KeyStore`) holds; returns one record per block that
     had free bits to discard (pair, block_id, node, nbits, discarded).  Pairs whose two stores are not both in ``stores`` are
-    skipped.  ``min_age_s``: default :data:`MIN_AGE_S`."""
+    skipped.  ``min_age_s``: default :data:`MIN_AGE_S`; ``only``: the block IDs to consider (default all);
+    ``why``: how the block came to be one-sided, for the log ("… <other>'s copy")."""
     min_age = MIN_AGE_S if min_age_s is None else float(min_age_s)
     out: list[dict[str, Any]] = []
     for pair in pairs:
@@ -56,15 +58,16 @@ def retire_one_sided_blocks(stores: Mapping[str, Any], pairs: Iterable[str], *,
         held = {n: {d["block_id"]: d for d in stores[n].blocks(pair)} for n in (a, b)}
         for node, other in ((a, b), (b, a)):
             for bid in sorted(held[node].keys() - held[other].keys()):
+                if only is not None and not only(bid):
+                    continue
                 d = held[node][bid]
                 if _age_s(str(d["created"])) < min_age:
                     continue
                 n = stores[node].discard_exact(pair, [(bid, 0, int(d["nbits"]))],
-                                               f"block held at {node} only: {other} never stored it")
+                                               f"block held at {node} only ({why} {other}'s copy): retired, never used")
                 if not n:
                     continue  # retired before (or nothing free left in it)
-                log.warning("pair %s: block %s was stored at %s only (the process that stored it stopped before "
-                            "%s's copy); its %d free bits at %s were discarded, never handed out", pair, bid, node,
-                            other, n, node)
+                log.warning("pair %s: block %s was stored at %s only (%s %s's copy); its %d free bits at %s were "
+                            "discarded, never handed out", pair, bid, node, why, other, n, node)
                 out.append({"pair": pair, "block_id": bid, "node": node, "nbits": int(d["nbits"]), "discarded": n})
     return out

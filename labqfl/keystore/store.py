@@ -1486,6 +1486,19 @@ class KeyStore:
                                 "ORDER BY start", (pair, acquisition)).fetchall()
         return [(int(a), int(b), str(c)) for a, b, c in rows]
 
+    def free_ranges(self, pair: str, pools: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
+        """Block ID → the free ``[start, end)`` ranges of ``pair`` in ``pools``, in block and bit order."""
+        _check_pair(pair)
+        names = [_check_purpose(p) for p in pools]
+        out: dict[str, list[tuple[int, int]]] = {}
+        with self._read() as conn:
+            rows = conn.execute("SELECT b.block_id, s.start, s.length FROM segments s JOIN blocks b ON b.seq = s.block_seq "
+                                f"WHERE s.pair = ? AND s.state = 'free' AND s.purpose IN ({','.join('?' * len(names))}) "
+                                "ORDER BY s.block_seq, s.start", (pair, *names)).fetchall()
+        for bid, start, length in rows:
+            out.setdefault(str(bid), []).append((int(start), int(start) + int(length)))
+        return out
+
     def available_bits(self, pair: str, purpose: str | None = None) -> int:
         """Free bits a :meth:`take` for ``purpose`` could draw (its pool plus ``general``); all
         free bits of the pair when ``purpose`` is None."""

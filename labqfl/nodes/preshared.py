@@ -47,14 +47,7 @@ def secret_path(data: Path, node: str, pair: str) -> Path:
 
 def _free_ranges(store: Any, pair: str) -> dict[str, list[tuple[int, int]]]:
     """Block ID → free ``[start, end)`` ranges of ``pair`` in the pools an authentication draw uses."""
-    out: dict[str, list[tuple[int, int]]] = {}
-    with store._read() as conn:
-        rows = conn.execute("SELECT b.block_id, s.start, s.length FROM segments s JOIN blocks b ON b.seq = s.block_seq "
-                            f"WHERE s.pair = ? AND s.state = 'free' AND s.purpose IN ({','.join('?' * len(AUTH_POOLS))}) "
-                            "ORDER BY s.block_seq, s.start", (pair, *AUTH_POOLS)).fetchall()
-    for bid, start, length in rows:
-        out.setdefault(str(bid), []).append((int(start), int(start) + int(length)))
-    return out
+    return dict(store.free_ranges(pair, AUTH_POOLS))
 
 
 def shared_auth_bits(store_a: Any, store_b: Any, pair: str) -> int:
@@ -108,6 +101,7 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
 
     ``store_a``/``store_b``: the stores of Ci and Cj (closed by the caller); ``data_a``/``data_b``: their data
     folders (the secret files' home). Returns the :class:`PairAuth`. Call it only while neither node runs."""
+    from labqfl.keystore.pairs import retire_one_sided_blocks
     from labqfl.keystore.preshare import shred_secret_file
     from labqfl.qkd.pipeline import PRESHARED_PREFIX
 
@@ -138,18 +132,11 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
         st.shredded.append(str(path))
         ids[n] = None
     pending = set(st.pending)
-    if retire:
-        for n, (store, _) in ends.items():
-            other = ends[b if n == a else a][0]
-            for blk in store.blocks(pair):
-                bid = str(blk["block_id"])
-                if not bid.startswith(PRESHARED_PREFIX) or bid in pending or other.has_block(bid):
-                    continue
-                k = store.discard_exact(pair, [(bid, 0, int(blk["nbits"]))],
-                                        f"pre-shared block held at {n} only (its partner never imported it): "
-                                        "retired, never used")
-                if k:
-                    st.retired.append((n, bid, k))
+    if retire:  # no node runs now: no store of this pair can be half-way through an add
+        done = retire_one_sided_blocks({a: store_a, b: store_b}, [pair], min_age_s=0.0,
+                                       only=lambda bid: bid.startswith(PRESHARED_PREFIX) and bid not in pending,
+                                       why="a pre-shared secret whose delivery stopped before")
+        st.retired.extend((r["node"], r["block_id"], r["discarded"]) for r in done)
     st.shared_bits = shared_auth_bits(store_a, store_b, pair)
     for x in sorted(pending):
         holder = a if ends[a][0].has_block(x) else b

@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 import pytest
 from labqfl.sim_backends import SagnacTestbed
-from labqfl.sim_backends.analysis import slot_clicks
+from labqfl.sim_backends.analysis import pair_cell_counts
 from labqfl.sim_backends.stations import edit_station, ideal_detectors
 from scipy import stats
 
-from labqfl.config import LoopConfig, StationConfig
+from labqfl.config import LoopConfig
 from labqfl.contracts.channel_model import PairChannel, blocked_slots, model_limits, pair_channel
 from labqfl.contracts.types import PairCounts
 from labqfl.physics import loop_delay_ps
@@ -28,34 +28,6 @@ from labqfl.qkd.blocksize import rule_slots
 from labqfl.qkd.estimation import SecurityParameters, secure_key_length
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.keyrate import expected_counts
-
-
-def _combos(cfg: StationConfig, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(counts[k_i,k_j,a_i,a_j,outcome], n_slots[k_i,k_j,a_i,a_j]) of the one scheduled pair."""
-    (i, j), = cfg.pairs()
-    tb = SagnacTestbed(cfg)
-    period = 1e12 / cfg.laser.rep_rate_hz
-    n_valid = int(round(duration_s * cfg.laser.rep_rate_hz)) - int(math.ceil((tb.loop_delay_ps + 10_000) / period)) - 2
-    sl, ol = [], []
-    for blk in tb.stream(duration_s):
-        s, o = slot_clicks(blk, cfg)
-        sl.append(s)
-        ol.append(o)
-    slots, outc = np.concatenate(sl), np.concatenate(ol)
-    keep = (slots >= 0) & (slots < n_valid)
-    slots, outc = slots[keep], outc[keep]
-    li, lj = tb.client_log(i), tb.client_log(j)
-    ki, kj = len(cfg.client(i).intensities), len(cfg.client(j).intensities)
-    n = np.zeros((ki, kj, 4, 4), dtype=np.int64)
-    for s0 in range(0, n_valid, 1 << 22):
-        a = np.arange(s0, min(s0 + (1 << 22), n_valid), dtype=np.int64)
-        ri, rj = li.choices(a), lj.choices(a)
-        np.add.at(n, (ri.intensity_idx, rj.intensity_idx, ri.phase_idx, rj.phase_idx), 1)
-    counts = np.zeros((ki, kj, 4, 4, 4), dtype=np.int64)
-    ci, cj = li.choices(slots), lj.choices(slots)
-    np.add.at(counts, (ci.intensity_idx, cj.intensity_idx, ci.phase_idx, cj.phase_idx, outc), 1)
-    counts[..., 0] = n - counts[..., 1:].sum(axis=-1)
-    return counts, n
 
 
 def _expected(ch: PairChannel, n: np.ndarray) -> np.ndarray:
@@ -107,7 +79,7 @@ def test_blocked_slots_follow_the_kernels_rule():
 def test_dead_time_at_1ghz_agrees_with_the_simulator():
     """Default station at 1 GHz, 30 ns dead time (29 blocked slots): −24 % clicks, −42 % doubles."""
     cfg = edit_station(_one_ghz)
-    counts, n = _combos(cfg, 0.04)
+    counts, n = pair_cell_counts(cfg, 0.04)
     ch = pair_channel(cfg, "C1", "C4")
     l0, l1, _, _ = ch.detector_memory
     assert 0.74 < l0 < 0.77 and 0.74 < l1 < 0.77
@@ -124,7 +96,7 @@ def test_gated_detectors_count_darks_over_the_gate():
     cfg = edit_station(_gated)
     ch = pair_channel(cfg, "C1", "C2")
     assert ch.p_dark_d0 == pytest.approx(1e5 * 1e-9, rel=1e-4)  # the gate, not the 10 ns slot
-    counts, n = _combos(cfg, 0.1)
+    counts, n = pair_cell_counts(cfg, 0.1)
     e = _expected(ch, n)
     c2, dof, p = _chi2_p(counts, e)
     assert p > 1e-3, f"chi2 {c2:.1f}/{dof}"
@@ -141,7 +113,7 @@ def test_afterpulsing_agrees_with_the_simulator():
             det.update(afterpulse_prob=0.05, afterpulse_decay_ns=100.0)
 
     cfg = edit_station(edit)
-    counts, n = _combos(cfg, 0.2)
+    counts, n = pair_cell_counts(cfg, 0.2)
     ch = pair_channel(cfg, "C1", "C4")
     e = _expected(ch, n)
     c2, dof, p = _chi2_p(counts, e)
@@ -175,7 +147,7 @@ def test_rule_block_gives_key_at_1ghz():
     ch = pair_channel(cfg, "C1", "C4")
     period = 1e12 / cfg.laser.rep_rate_hz
     pad = int(math.ceil((SagnacTestbed(cfg).loop_delay_ps + 10_000) / period)) + 2
-    counts, n = _combos(cfg, (n_rule + pad + 10) / cfg.laser.rep_rate_hz)
+    counts, n = pair_cell_counts(cfg, (n_rule + pad + 10) / cfg.laser.rep_rate_hz)
     ki, kj = n.shape[:2]
     clicks, err2, dbl = (np.zeros((ki, kj, 2, 2), dtype=np.int64) for _ in range(3))
     for ai, aj in itertools.product(range(4), range(4)):

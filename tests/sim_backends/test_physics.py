@@ -13,45 +13,13 @@ import math
 
 import numpy as np
 import pytest
-from labqfl.sim_backends import SagnacTestbed
-from labqfl.sim_backends.analysis import slot_clicks
+from labqfl.sim_backends.analysis import pair_cell_counts
 from labqfl.sim_backends.stations import edit_station as station
 from labqfl.sim_backends.stations import ideal_detectors
 from scipy import stats
 
 from labqfl.config import StationConfig
 from labqfl.contracts.channel_model import pair_channel
-
-
-def observed_combos(cfg: StationConfig, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """(counts[k_i,k_j,a_i,a_j,outcome], n_slots[k_i,k_j,a_i,a_j]) for the single scheduled pair."""
-    (i, j), = cfg.pairs()
-    tb = SagnacTestbed(cfg)
-    period = 1e12 / cfg.laser.rep_rate_hz
-    n_total = int(round(duration_s * cfg.laser.rep_rate_hz))
-    # slots whose clicks can all reach the tagger before the acquisition ends
-    n_valid = n_total - int(math.ceil((tb.loop_delay_ps + 10_000) / period)) - 2
-    slots_l, outc_l = [], []
-    for blk in tb.stream(duration_s):
-        s, o = slot_clicks(blk, cfg)
-        slots_l.append(s)
-        outc_l.append(o)
-    slots = np.concatenate(slots_l)
-    outc = np.concatenate(outc_l)
-    keep = (slots >= 0) & (slots < n_valid)
-    slots, outc = slots[keep], outc[keep]
-    assert np.all(np.diff(slots) > 0)
-    li, lj = tb.client_log(i), tb.client_log(j)
-    ki, kj = len(cfg.client(i).intensities), len(cfg.client(j).intensities)
-    all_s = np.arange(n_valid, dtype=np.int64)
-    ri, rj = li.choices(all_s), lj.choices(all_s)
-    n = np.zeros((ki, kj, 4, 4), dtype=np.int64)
-    np.add.at(n, (ri.intensity_idx, rj.intensity_idx, ri.phase_idx, rj.phase_idx), 1)
-    counts = np.zeros((ki, kj, 4, 4, 4), dtype=np.int64)
-    ci, cj = li.choices(slots), lj.choices(slots)
-    np.add.at(counts, (ci.intensity_idx, cj.intensity_idx, ci.phase_idx, cj.phase_idx, outc), 1)
-    counts[..., 0] = n - counts[..., 1:].sum(axis=-1)
-    return counts, n
 
 
 def check_against_model(cfg: StationConfig, counts: np.ndarray, n: np.ndarray) -> None:
@@ -124,7 +92,7 @@ def _point_lossy_fast(d):
                          ids=["default", "bright-asymmetric-darks", "1.25GHz-lossy"])
 def test_outcomes_agree_with_channel_model(edit, duration):
     cfg = station(edit)
-    counts, n = observed_combos(cfg, duration)
+    counts, n = pair_cell_counts(cfg, duration)
     check_against_model(cfg, counts, n)
 
 
@@ -138,7 +106,7 @@ def test_intercept_resend_raises_error_rate_as_predicted():
         d["simulation"]["intercept_resend"] = {"enabled": True, "client": "C2", "fraction": 0.6}
 
     cfg = station(edit)
-    counts, n = observed_combos(cfg, 0.02)
+    counts, n = pair_cell_counts(cfg, 0.02)
     pc = pair_channel(cfg, "C2", "C4")
     f = 0.6
     # Eve measures C2's phase in a random basis; a wrong basis resends a uniformly random phase
