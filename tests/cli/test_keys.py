@@ -120,28 +120,32 @@ def test_serve_refuses_missing_tls_files(tmp_path):
     assert res.exit_code == 1 and "--cert" in res.output
 
 
-def test_labqfl_keys_serve_with_third_party_client(tmp_path, kh):
-    client_mod = pytest.importorskip("etsi_qkd_014_client")
-    data = tmp_path / "data"
-    assert _run("keys", "certs", str(tmp_path / "certs"), data=data).exit_code == 0
-    stores = open_node_stores(["C1", "C2"], data)
-    kh.fill_pair(stores, PAIR, 1, 8192, seed=2, purpose="etsi")
+def _start_serve(tmp_path: Path, data: Path) -> tuple[subprocess.Popen, int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-c", "from labqfl.cli import main; main()", "keys", "serve",
                              "--port", str(port), "--certs", str(tmp_path / "certs")],
                             env={**os.environ, "LABQFL_DATA_DIR": str(data)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "labqfl keys serve did not start"
+            time.sleep(0.05)
+
+
+def test_labqfl_keys_serve_with_third_party_client(tmp_path, kh):
+    client_mod = pytest.importorskip("etsi_qkd_014_client")
+    data = tmp_path / "data"
+    assert _run("keys", "certs", str(tmp_path / "certs"), data=data).exit_code == 0
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 1, 8192, seed=2, purpose="etsi")
+    proc, port = _start_serve(tmp_path, data)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "labqfl keys serve did not start"
-                time.sleep(0.05)
         c = tmp_path / "certs"
         m = client_mod.QKD014Client(f"127.0.0.1:{port}", str(c / "sae-C1.pem"), str(c / "sae-C1.key"), str(c / "ca.pem"))
         sl = client_mod.QKD014Client(f"127.0.0.1:{port}", str(c / "sae-C2.pem"), str(c / "sae-C2.key"), str(c / "ca.pem"))
@@ -156,6 +160,57 @@ def test_labqfl_keys_serve_with_third_party_client(tmp_path, kh):
         proc.wait(30)
     acc = open_node_stores(["C1"], data)["C1"].accounting()[PAIR]
     assert acc["consumed"] == {"etsi": 1024}
+
+
+def test_sigterm_of_keys_serve_under_load_finishes_every_request_it_began(tmp_path, kh):
+    """SIGTERM (systemd's stop) while SAEs keep asking for keys: uvicorn stops accepting, lets the requests in flight
+    finish, then exits by the signal (status 143, as uvicorn re-raises it). No enc_keys request is left half done:
+    every bit consumed at the master's store is the key of a completed request, reserved at the slave's store for its
+    dec_keys, and the two stores agree on what is still free."""
+    import threading
+
+    import httpx
+
+    from labqfl.keystore.etsi import kme_client_context
+
+    data = tmp_path / "data"
+    assert _run("keys", "certs", str(tmp_path / "certs"), data=data).exit_code == 0
+    stores = open_node_stores(["C1", "C2"], data)
+    kh.fill_pair(stores, PAIR, 8, 1 << 16, seed=3, purpose="etsi")
+    for s in stores.values():
+        s.close()
+    proc, port = _start_serve(tmp_path, data)
+    c = tmp_path / "certs"
+    delivered: list[int] = []
+
+    def sae() -> None:
+        with httpx.Client(verify=kme_client_context(c / "ca.pem", c / "sae-C1.pem", c / "sae-C1.key"), timeout=30) as cl:
+            while True:
+                try:
+                    r = cl.get(f"https://127.0.0.1:{port}/api/v1/keys/C2/enc_keys", params={"number": 4, "size": 256})
+                except httpx.TransportError:
+                    return  # the server has gone
+                if r.status_code == 200:
+                    delivered.append(sum(256 for _ in r.json()["keys"]))
+
+    threads = [threading.Thread(target=sae) for _ in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        while len(delivered) < 20 and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(15)
+        assert proc.wait(60) in (-15, 143)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for t in threads:
+            t.join(60)
+    with open_node_stores(["C1"], data)["C1"] as a, open_node_stores(["C2"], data)["C2"] as b:
+        acc_a, acc_b = a.accounting()[PAIR], b.accounting()[PAIR]
+        assert acc_a["reserved"] == {} and a.pending_reservations("etsi") == []
+        assert acc_a["consumed"]["etsi"] == acc_b["reserved"]["etsi"] == sum(delivered) > 0
+        assert acc_a["available"] == acc_b["available"]
 
 
 def test_keystore_benchmark_quick():
