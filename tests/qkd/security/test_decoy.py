@@ -70,3 +70,27 @@ def test_phase_error_bound_single_photon_regime() -> None:
     # with every yield bounded by 1 the bound does not depend on the channel
     assert np.isclose(phase_error_probability_bound(0.02, 0.02, np.ones((4, 4))),
                       phase_error_probability_bound(0.02, 0.02, np.ones((41, 41))))
+
+
+def test_the_phase_error_sum_keeps_the_mass_of_bright_settings() -> None:
+    """With every yield 1 the bound is Σ_par (Σ_{n≡par} √p_n(μ_i) · Σ_{m≡par} √p_m(μ_j))²: computed here to
+    n = 600 from log-weights. A fixed cut at n = 40 gave 0.10 instead of 156 at μ = 50 (review s32 F3), i.e. a
+    phase-error bound far too low for a bright setting; the cut-off now follows μ. Dim settings are unchanged."""
+    import math
+
+    from labqfl.qkd.decoy import fock_cutoff
+
+    def exact(mi: float, mj: float) -> float:
+        def amps(mu: float) -> np.ndarray:
+            n = np.arange(601)
+            logp = -mu + n * math.log(mu) - np.array([math.lgamma(k + 1.0) for k in n])
+            return np.exp(0.5 * logp)
+        ai, aj = amps(mi), amps(mj)
+        return sum(float(ai[par::2].sum() * aj[par::2].sum()) ** 2 for par in (0, 1))
+
+    for mi, mj in ((50.0, 50.0), (30.0, 0.5), (20.0, 20.0)):
+        assert np.isclose(phase_error_probability_bound(mi, mj, np.ones((4, 4))), exact(mi, mj), rtol=1e-9)
+    assert fock_cutoff(0.0) == fock_cutoff(0.8) == 40  # the usual settings: the same sums as before
+    assert np.isclose(phase_error_probability_bound(0.5, 0.1, np.ones((4, 4))), exact(0.5, 0.1), rtol=1e-12)
+    P, _ = pseudo_fock(50.0)
+    assert np.isclose(P.sum(), 1.0, rtol=1e-12)

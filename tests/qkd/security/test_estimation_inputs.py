@@ -86,3 +86,18 @@ def test_whole_numbers_of_any_numeric_type_are_accepted() -> None:
     assert secure_key_length(c, np.int64(n), np.float64(0.01), float(leak)).key_length_bits == ref  # type: ignore[arg-type]
     big = replace(c, n_slots=np.int64(1e9))  # type: ignore[arg-type]
     assert secure_key_length(big, n, 0.01, leak).key_length_bits == ref
+
+
+def test_measured_key_cell_counts_allow_no_extra_sifted_bit() -> None:
+    """Measured (integer) clicks: not one sifted bit more than the key cell clicked (review s32 F2: a 1e-6
+    tolerance meant for model expectations let +14 bits in and gave +8 bits of key); model (float) counts keep
+    their rounding tolerance."""
+    c, _, leak = _base()
+    clicks = np.floor(np.asarray(c.clicks, dtype=float))
+    measured = replace(c, clicks=clicks)
+    n = int(clicks[0, 0, 0, 0])
+    assert secure_key_length(measured, n, 0.01, leak).key_length_bits > 0
+    with pytest.raises(ValueError, match=r"n_key_bits=.* exceeds the clicks in the key cell"):
+        secure_key_length(measured, n + 1, 0.01, leak)
+    model = replace(c, clicks=clicks + np.where(np.arange(clicks.size).reshape(clicks.shape) == 0, 0.25, 0.0))
+    assert secure_key_length(model, n, 0.01, leak).key_length_bits > 0
