@@ -10,11 +10,22 @@ the stage's fields):
   * ``keys``: the node first ends its previous round (its reservations consumed, its secrets
     wiped: between two rounds of a run the server sends no ``end``, the next ``keys`` carries it);
     then for each pair it masters it reserves q·P bits of its own key store (no bit is read) and
-    answers the refs (``qkd``), or answers a fresh X25519 public key (``csprng``);
+    a separate 256-bit refs tag key, and answers the refs (``refs.<pair>``, ``reftag.<pair>``,
+    ``void.<pair>``); for each pair it is the slave of (``slave_pairs``) it draws a fresh 128-bit
+    nonce, keeps it in the node state (``labqfl.nonce``) and answers it (``nonce.<pair>``)
+    (``qkd``); or it answers a fresh X25519 public key (``csprng``);
+  * ``refs`` (``qkd`` only): a master answers, per pair asked, ``tag.<pair>``: the Wegman–Carter
+    tag (:meth:`~labqfl.fl.flower.keys.NodeKeyStore.tag_refs`) of
+    :func:`~labqfl.fl.flower.keys.refs_statement` over the run, round, pair, the slave's nonce and
+    the refs *as its own store and state hold them*; once per pair and round (a second request is
+    refused: one tag per tag key), and from then on that pair's reservations are never released;
   * ``mask``: the mod calls the training function (which returns the float update), clips and
-    quantises it on the node's integer range, reads its pair keys (the slave first reserves the
-    master's refs), adds the pairwise masks, wipes the keys and answers only the masked
-    ``uint{q}`` vector — the unmasked update never leaves the mod;
+    quantises it on the node's integer range, reads its pair keys, adds the pairwise masks, wipes
+    the keys and answers only the masked ``uint{q}`` vector — the unmasked update never leaves the
+    mod. A slave first checks every slave pair's refs (:func:`_check_refs_tag`: it pops its nonce,
+    reserves and reads the tag key, compares the master's tag over the refs as received) and only
+    then discards the void refs and reserves the master's refs; a mismatch refuses the round
+    (``SecureAggregationError``) with nothing masked;
   * ``reveal``: a survivor consumes and answers the keys it shared with dropped partners
     (dropout recovery; those keys are spent either way);
   * with self-masks (``spec.self_masks``, :mod:`labqfl.fl.selfmask`): at ``keys`` a master also
@@ -42,8 +53,9 @@ refuses a reply whose certificate is not the claimed client's.
 
 Node state (Flower's ``Context.state``, which crosses process boundaries: SuperNode ↔ ClientApp
 process, simulation ↔ Ray worker) holds **no key bits**: for ``qkd`` only the round number, key
-IDs and pair names of the node's reservations (``labqfl.resv``) — the bits stay reserved in the
-node's key store between stages and are read only inside the call that uses them; for ``csprng``
+IDs and pair names of the node's reservations (``labqfl.resv``, with the void refs it announced) and
+its slave nonces (``labqfl.nonce``) — the bits stay reserved in the node's key store between stages
+and are read only inside the call that uses them; for ``csprng``
 the round's ephemeral X25519 private key (``labqfl.secret``, not QKD material; see
 ``docs/flower.md``). Leftovers of an unfinished round are consumed at the node's next message.
 """
@@ -53,6 +65,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import secrets
 import uuid
 from typing import Any
 
@@ -60,13 +73,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from labqfl.errors import SecureAggregationError
+from labqfl.errors import LabqflError, SecureAggregationError
 from labqfl.fl.dp import DPPlan, dp_encode, noise_rng
 from labqfl.fl.flower.keys import (
+    REFS_NONCE_BYTES,
+    REFS_TAG_BITS,
     NodeKeyStore,
     ecdh_pad_words,
     ecdh_words,
     new_ecdh_key,
+    refs_statement,
     stochastic_rng,
 )
 from labqfl.fl.flower.spec import FlowerSpec, as_float64
@@ -108,7 +124,9 @@ STATE_RESV = "labqfl.resv"
 STATE_SECRET = "labqfl.secret"
 STATE_OWNSHARE = "labqfl.ownshare"
 STATE_GUARD = "labqfl.guard"
+STATE_NONCE = "labqfl.nonce"
 PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
+TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
 NODE_NAME = "labqfl-client"
 NODE_KEYSTORE = "labqfl-keystore"
@@ -143,17 +161,43 @@ def _reply(msg: Message, **records: Any) -> Message:
 # ------------------------------------------------------------ node state (no key material)
 def _reservations(context: Context) -> dict[str, Any] | None:
     """This node's qkd reservations of its current round: ``{"round", "kids": {pair: key ID},
-    "read": [pairs]}`` (key IDs and pair names only), or None."""
+    "read": [pairs], "void": {pair: refs}}`` (key IDs, pair names and the void refs the node
+    announced as master — no key bits), or None. A name in ``read`` is never released: its bits
+    were read, or (a master's mask and pad after the refs stage) its refs were authenticated."""
     st = context.state
     if STATE_RESV not in st:
         return None
     rec = st.config_records[STATE_RESV]
     return {"round": int(rec["round"]), "kids": json.loads(str(rec["kids"])),  # type: ignore[arg-type]
-            "read": list(json.loads(str(rec["read"])))}
+            "read": list(json.loads(str(rec["read"]))), "void": json.loads(str(rec.get("void", "{}")))}
 
 
-def _save_reservations(context: Context, r: int, kids: dict[str, str], read: list[str]) -> None:
-    context.state[STATE_RESV] = ConfigRecord({"round": r, "kids": json.dumps(kids), "read": json.dumps(read)})
+def _save_reservations(context: Context, r: int, kids: dict[str, str], read: list[str],
+                       void: dict[str, Any] | None = None) -> None:
+    context.state[STATE_RESV] = ConfigRecord({"round": r, "kids": json.dumps(kids), "read": json.dumps(read),
+                                              "void": json.dumps(void or {})})
+
+
+def _save_nonces(context: Context, r: int, nonces: dict[str, str]) -> None:
+    """Keep this node's slave nonces of round ``r`` (pair → hex) in the node state."""
+    context.state[STATE_NONCE] = ConfigRecord({"round": r, "nonces": json.dumps(nonces)})
+
+
+def _pop_nonce(context: Context, r: int, pair: str) -> bytes | None:
+    """Take this node's nonce for ``pair`` in round ``r`` out of the node state (at most once), or
+    None when it holds none (never drawn, another round's, or already used)."""
+    st = context.state
+    if STATE_NONCE not in st or _cfg_int(st.config_records[STATE_NONCE], "round") != r:
+        return None
+    nonces = json.loads(str(st.config_records[STATE_NONCE]["nonces"]))
+    got = nonces.pop(pair, None)
+    _save_nonces(context, r, nonces)
+    return None if got is None else bytes.fromhex(str(got))
+
+
+def _clear_nonces(context: Context) -> None:
+    if STATE_NONCE in context.state:
+        del context.state[STATE_NONCE]
 
 
 def _finish_reservations(context: Context, spec: FlowerSpec, name: str, *, release_unread: bool = False,
@@ -171,7 +215,8 @@ def _finish_reservations(context: Context, spec: FlowerSpec, name: str, *, relea
             for p, kid in todo.items():
                 ks.finish(kid, release=release_unread and p not in res["read"])
     if left:
-        _save_reservations(context, res["round"], left, [p for p in res["read"] if p in left])
+        _save_reservations(context, res["round"], left, [p for p in res["read"] if p in left],
+                           {p: v for p, v in res["void"].items() if p in left})
     else:
         del context.state[STATE_RESV]
 
@@ -219,6 +264,8 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
 
     if stage == "keys":
         return _keys_stage(msg, context, spec, name, r, n, run_tag)
+    if stage == "refs":
+        return _refs_stage(msg, context, spec, name, r, run_tag)
     if stage == "mask":
         return _mask_stage(msg, context, call_next, spec, name, r, n, run_tag)
     if stage == "reveal":
@@ -240,44 +287,114 @@ def _clear_stale_round_state(context: Context, spec: FlowerSpec, name: str, r: i
         _finish_reservations(context, spec, name)  # an unfinished earlier round: its bits are spent
     if STATE_OWNSHARE + ".round" in st and _cfg_int(st.config_records[STATE_OWNSHARE + ".round"], "round") != r:
         _clear_selfmask_state(context)
+    if STATE_NONCE in st and _cfg_int(st.config_records[STATE_NONCE], "round") != r:
+        _clear_nonces(context)
 
 
 def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int,
                 run_tag: str) -> Message:
-    """Keys stage: reserve the mask (and pad) key of every pair this node masters and answer the
-    references (QKD), or answer a fresh ECDH public key (CSPRNG)."""
+    """Keys stage: reserve the mask (and pad) key and the refs tag key of every pair this node
+    masters, answer the references and a fresh nonce per pair it is the slave of (QKD), or answer
+    a fresh ECDH public key (CSPRNG)."""
     cfg = msg.content.config_records[CFG]
-    q, w = spec.q, share_bits(spec.q)
     _clear_secret(context)
     _clear_selfmask_state(context)
+    _clear_nonces(context)
     _finish_reservations(context, spec, name)
     masters = _cfg_strs(cfg, "master_pairs")
     out = ConfigRecord()
     if spec.keys == "qkd":
-        kids: dict[str, str] = {}
-        with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
-            ks.void_stranded(run_tag, r)  # what a killed round left reserved (never released: it may be in use)
-            try:
-                for p in masters:
-                    if spent := ks.spent_refs(p):
-                        out[f"void.{p}"] = json.dumps(spent)  # the slave discards what it still holds free
-                    kid = _key_id(run_tag, r, p)
-                    out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r, run_tag=run_tag))
-                    kids[p] = kid
-                    if spec.self_masks:
-                        kid = _key_id(run_tag, r, p + PAD)
-                        out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r,
-                                                                          run_tag=run_tag))
-                        kids[p + PAD] = kid
-            except BaseException:
-                for kid in kids.values():  # never read: back to the pool
-                    ks.finish(kid, release=True)
-                raise
-        _save_reservations(context, r, kids, [])
+        slaves = _cfg_strs(cfg, "slave_pairs")
+        if bad := [p for p in slaves if split_pair(p)[1] != name]:
+            raise SecureAggregationError(f"round {r}: {name} is not the slave of pair(s) {bad}")
+        # the slave's fresh nonce per pair: the master's refs tag must cover it (no replay)
+        nonces = {p: secrets.token_bytes(REFS_NONCE_BYTES).hex() for p in slaves}
+        for p, v in nonces.items():
+            out[f"nonce.{p}"] = v
+        _save_nonces(context, r, nonces)
+        kids, void = _reserve_master_keys(context, spec, name, r, n, run_tag, masters, out)
+        _save_reservations(context, r, kids, [], void)
     else:
         priv, pub = new_ecdh_key()
         context.state[STATE_SECRET] = ConfigRecord({"round": r, "sk": priv})
         out["pk"] = pub
+    return _reply(msg, labqfl=out)
+
+
+def _reserve_master_keys(context: Context, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str,
+                         masters: list[str], out: ConfigRecord) -> tuple[dict[str, str], dict[str, Any]]:
+    """For every pair in ``masters``: reserve the mask key (q·n bits), with self-masks the share
+    pads (2·(q+1)·n) and the refs tag key (:data:`~labqfl.fl.flower.keys.REFS_TAG_BITS`, its own
+    reservation so that the mask bits can still be released if the round ends before the refs
+    stage), answering their refs and the void refs in ``out``. Returns (name → key ID, pair → void refs)."""
+    q, w = spec.q, share_bits(spec.q)
+    need = q * n + (2 * w * n if spec.self_masks else 0) + REFS_TAG_BITS  # the pair's bits this round
+    kids: dict[str, str] = {}
+    void: dict[str, Any] = {}
+    with NodeKeyStore(name, _keystore_dir(context, spec), starvation_timeout_s=spec.wait_for_keys_s) as ks:
+        ks.void_stranded(run_tag, r)  # what a killed round left reserved (never released: it may be in use)
+        try:
+            for p in masters:
+                if spent := ks.spent_refs(p):
+                    void[p] = spent
+                    out[f"void.{p}"] = json.dumps(spent)  # the slave discards what it still holds free
+                kid = _key_id(run_tag, r, p)
+                out[f"refs.{p}"] = json.dumps(ks.reserve_master(p, q * n, kid, round_index=r, run_tag=run_tag,
+                                                                wait_bits=need))
+                kids[p] = kid
+                if spec.self_masks:
+                    kid = _key_id(run_tag, r, p + PAD)
+                    out[f"refpad.{p}"] = json.dumps(ks.reserve_master(p, 2 * w * n, kid, round_index=r,
+                                                                      run_tag=run_tag))
+                    kids[p + PAD] = kid
+                kid = _key_id(run_tag, r, p + TAG)
+                out[f"reftag.{p}"] = json.dumps(ks.reserve_master(p, REFS_TAG_BITS, kid, round_index=r,
+                                                                  run_tag=run_tag))
+                kids[p + TAG] = kid
+        except BaseException:
+            for kid in kids.values():  # never read: back to the pool
+                ks.finish(kid, release=True)
+            raise
+    return kids, void
+
+
+def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, run_tag: str) -> Message:
+    """Refs stage (QKD): tag, for each pair asked, the refs this master holds together with the
+    slave's nonce the server relays (:func:`~labqfl.fl.flower.keys.refs_statement`,
+    :meth:`~labqfl.fl.flower.keys.NodeKeyStore.tag_refs`; Wegman & Carter 1981). The refs are
+    taken from this node's store and state, never from the message. Each pair is tagged at most
+    once per round (one tag per tag key: two tags under one pad would let the server forge), and
+    its mask and pad reservations count as read from now on: tagged refs may reach the slave, so
+    those bits are never released, only consumed."""
+    cfg = msg.content.config_records[CFG]
+    res = _reservations(context)
+    want = _cfg_strs(cfg, "pairs")
+    if spec.keys != "qkd" or res is None or res["round"] != r:
+        raise SecureAggregationError(f"round {r}: refs stage at {name} without a qkd keys stage of this round")
+    kids, read = res["kids"], list(res["read"])
+    nonces: dict[str, bytes] = {}
+    for p in want:
+        if split_pair(p)[0] != name or p not in kids or p + TAG not in kids:
+            raise SecureAggregationError(f"round {r}: {name} holds no reservation as master of pair {p}")
+        if p + TAG in read or p in nonces:
+            raise SecureAggregationError(f"round {r}: {name} refuses to tag the refs of pair {p} twice "
+                                         "(one tag per tag key)")
+        try:
+            nonces[p] = bytes.fromhex(str(cfg[f"nonce.{p}"]))
+        except (KeyError, ValueError):
+            nonces[p] = b""
+        if len(nonces[p]) != REFS_NONCE_BYTES:
+            raise SecureAggregationError(f"round {r}: no {8 * REFS_NONCE_BYTES}-bit slave nonce for pair {p}")
+    read += [x for p in want for x in (p, p + PAD, p + TAG) if x in kids and x not in read]
+    _save_reservations(context, r, kids, read, res["void"])  # before any tag key is read
+    out = ConfigRecord()
+    with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+        for p in want:
+            statement = refs_statement(run_tag, r, p, nonces[p], refs=ks.reserved_refs(kids[p]),
+                                       tag_refs=ks.reserved_refs(kids[p + TAG]),
+                                       pad_refs=ks.reserved_refs(kids[p + PAD]) if p + PAD in kids else [],
+                                       void_refs=res["void"].get(p, []))
+            out[f"tag.{p}"] = ks.tag_refs(kids[p + TAG], statement).hex()
     return _reply(msg, labqfl=out)
 
 
@@ -406,17 +523,20 @@ def _encode_update(res_msg: Message, cfg: Any, spec: FlowerSpec, name: str, r: i
 def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str,
                          res: dict[str, Any], pairs: list[str], words: dict[str, np.ndarray],
                          pads: dict[str, np.ndarray]) -> None:
-    """QKD keys: reserve the slave ends, then read each pair's mask words (and share pad) into
-    ``words``/``pads`` — filled in place, so that the caller wipes whatever was read on any error."""
+    """QKD keys: authenticate every slave pair's refs (:func:`_check_refs_tag`), reserve the slave
+    ends, then read each pair's mask words (and share pad) into ``words``/``pads`` — filled in
+    place, so that the caller wipes whatever was read on any error."""
     q, w = spec.q, share_bits(spec.q)
-    keep = tuple(pairs) + tuple(p + PAD for p in pairs)
-    # pairs this node masters that left the round before masking: the slave never
-    # receives their refs, so the bits return to the pool
+    keep = tuple(x for p in pairs for x in (p, p + PAD, p + TAG))
+    # pairs this node masters that left the round before masking: released if their refs were never
+    # tagged (the slave cannot have them), consumed otherwise
     _finish_reservations(context, spec, name, release_unread=True, keep=keep)
-    kids = dict(res["kids"])
-    kids = {p: k for p, k in kids.items() if p in keep}
-    read: list[str] = []
+    kids = {p: k for p, k in res["kids"].items() if p in keep}
+    read = [x for x in res["read"] if x in kids]
     with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
+        for p in pairs:  # every slave pair is authenticated before any mask bit is reserved
+            if pair_sign(name, p) < 0:
+                _check_refs_tag(context, cfg, spec, ks, name, r, run_tag, p, kids, read)
         for p in pairs:
             if pair_sign(name, p) > 0:
                 if p not in kids:
@@ -437,6 +557,48 @@ def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str
             if spec.self_masks:
                 pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
             read.extend((p, p + PAD))
+
+
+def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeyStore, name: str, r: int,
+                    run_tag: str, pair: str, kids: dict[str, str], read: list[str]) -> None:
+    """Slave end of ``pair``: check that the refs relayed by the server are its master's, made for
+    this node's nonce of this round, before any of them is used (Wegman & Carter 1981, as
+    :mod:`labqfl.qkd.authentication`). Pops the nonce (used at most once; missing: refused),
+    reserves the tag key the master names (``reftag``) and reads it, and compares the master's
+    ``tag`` with the tag of :func:`~labqfl.fl.flower.keys.refs_statement` over its own nonce and
+    the refs as received. A mismatch raises :class:`SecureAggregationError`; the tag key is then
+    spent (read, consumed at the round's end) and nothing else of the pair was touched. A forged
+    or altered statement passes with probability ≤ (L/2^64)^2
+    (:func:`~labqfl.fl.flower.keys.refs_forgery_probability`); a replayed one was made for
+    another nonce."""
+    master = split_pair(pair)[0]
+    nonce = _pop_nonce(context, r, pair)
+    if nonce is None:
+        raise SecureAggregationError(f"round {r}: {name} holds no nonce of this round for pair {pair} (never drawn "
+                                     "or already used): its key references are refused")
+    try:
+        tag_refs = json.loads(str(cfg[f"reftag.{pair}"]))
+        statement = refs_statement(
+            run_tag, r, pair, nonce, refs=json.loads(str(cfg[f"refs.{pair}"])), tag_refs=tag_refs,
+            pad_refs=json.loads(str(cfg[f"refpad.{pair}"])) if spec.self_masks else [],
+            void_refs=json.loads(str(cfg[f"void.{pair}"])) if f"void.{pair}" in cfg else [])
+        tag = bytes.fromhex(str(cfg[f"tag.{pair}"]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SecureAggregationError(f"round {r}: malformed or missing key references for pair {pair} "
+                                     f"({type(exc).__name__}: {exc}): refused") from None
+    kid = _key_id(run_tag, r, pair + TAG)
+    try:
+        ks.reserve_slave(pair, tag_refs, REFS_TAG_BITS, kid, round_index=r, run_tag=run_tag)
+    except LabqflError as exc:
+        raise SecureAggregationError(f"round {r}: the refs tag key named for pair {pair} cannot be reserved in "
+                                     f"{name}'s store ({exc}): its key references are refused") from None
+    kids[pair + TAG] = kid
+    read.append(pair + TAG)
+    _save_reservations(context, r, kids, read)  # before the tag key is read
+    if not ks.refs_tag_matches(kids[pair + TAG], statement, tag):
+        raise SecureAggregationError(
+            f"round {r}: key references for pair {pair} not authenticated by its master {master}: altered, "
+            f"forged or replayed by the server; {name} masks nothing with them")
 
 
 def _reveal_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int,
@@ -484,6 +646,7 @@ def _end_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, stag
     _finish_reservations(context, spec, name, release_unread=release)
     _clear_secret(context)
     _clear_selfmask_state(context)
+    _clear_nonces(context)
     return _reply(msg, labqfl=ConfigRecord({"ok": True}))
 
 
@@ -548,7 +711,7 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
     keys_out, shares_out = ArrayRecord(), ArrayRecord()
     res = _reservations(context) if spec.keys == "qkd" else None
     kids = res["kids"] if res is not None else {}
-    by_peer = {_peer(name, p): p for p in kids if not p.endswith(PAD)} if spec.keys == "qkd" else {}
+    by_peer = {_peer(name, p): p for p in kids if not p.endswith((PAD, TAG))} if spec.keys == "qkd" else {}
     ks = NodeKeyStore(name, _keystore_dir(context, spec)) if spec.keys == "qkd" else None
     try:
         for p in want:

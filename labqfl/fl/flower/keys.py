@@ -20,6 +20,17 @@ objects do not apply. Each node derives the words of its pairs itself:
   active server could substitute public keys; QKD refs have no such weakness since the bits
   never travel).
 
+**Authenticated refs** (``qkd``): the slave cannot tell the master's refs from the server's, so
+every pair and round the master also reserves :data:`REFS_TAG_BITS` bits (a separate reservation)
+and tags a canonical statement of the refs it holds (:func:`refs_statement`: domain, run, round,
+pair, the slave's fresh 128-bit nonce, mask / tag / pad / void refs) with a Wegman–Carter tag
+(:class:`~labqfl.qkd.authentication.WegmanCarterAuthenticator`, 2 lanes; Wegman & Carter, JCSS 22,
+265 (1981)); the slave reserves the same tag bits and checks the tag over the refs it received
+and its own nonce before it touches anything else of the pair (:meth:`NodeKeyStore.tag_refs`,
+:meth:`NodeKeyStore.refs_tag_matches`). A forged or altered statement passes with probability
+≤ (L/2^64)^2 per verification, L its length in 64-bit words (:func:`refs_forgery_probability`); a
+replay carries another nonce; every tag key is read once and consumed.
+
 Key words are never logged or printed. ``stochastic_rng`` reproduces the in-process engine's
 stochastic-rounding stream for one client, so both engines quantise identically.
 """
@@ -42,12 +53,21 @@ from labqfl.fl.keysource import KEY_PURPOSE
 from labqfl.fl.masks import words_from_bits
 from labqfl.fl.quantize import uint_dtype
 from labqfl.log import get_logger
+from labqfl.qkd.authentication import BitPool, WegmanCarterAuthenticator, forgery_probability
 
 log = get_logger(__name__)
 
 #: ``info["use"]`` of a mask (or share-pad) reservation in a node's key store
 USE = "fl-mask"
 _ZERO_NONCE = bytes(16)  # each AES key (fresh per pair and round) encrypts exactly one stream
+#: Wegman–Carter lanes of a refs tag (forgery ≤ (L/2^64)^2 per verification)
+REFS_TAG_LANES = 2
+#: key bits of one refs tag: 64·lanes hash-key bits + 64·lanes pad bits = 256 per pair and round
+REFS_TAG_BITS = 2 * 64 * REFS_TAG_LANES
+#: first field of every refs statement (versioned: a change of encoding changes it)
+REFS_DOMAIN = b"labqfl-fl-refs/1"
+#: bytes of the slave's fresh nonce per pair and round
+REFS_NONCE_BYTES = 16
 
 
 def stochastic_rng(seed: int, round_index: int, position: int, n_params: int) -> np.random.Generator:
@@ -116,6 +136,45 @@ def ecdh_pad_words(private_key: bytes, peer_public_key: bytes, pair: str, n_word
     return pad_words_from_bits(np.unpackbits(out[:k])[:n_words * w], w)
 
 
+# ------------------------------------------------------------------------- authenticated refs
+def _field(b: bytes) -> bytes:
+    return len(b).to_bytes(8, "big") + b
+
+
+def _refs_bytes(refs: Any) -> bytes:
+    """Length-prefixed encoding of a refs list ``[[block_id, offset, length], ...]`` in its own
+    order (the order sets which bits make which word): count, then per ref the block ID
+    (length-prefixed UTF-8), offset and length (u64 big-endian). Refuses malformed refs."""
+    out = [len(refs).to_bytes(8, "big")]
+    for r in refs:
+        if not isinstance(r, list | tuple) or len(r) != 3 or not isinstance(r[0], str) or \
+                not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**64 for x in r[1:]):
+            raise ValueError(f"malformed key reference {r!r}")
+        out += [_field(r[0].encode()), int(r[1]).to_bytes(8, "big"), int(r[2]).to_bytes(8, "big")]
+    return b"".join(out)
+
+
+def refs_statement(run_tag: str, round_index: int, pair: str, nonce: bytes, *, refs: Any, tag_refs: Any,
+                   pad_refs: Any, void_refs: Any) -> bytes:
+    """The canonical statement a master tags and its slave checks for one pair and round: the
+    domain :data:`REFS_DOMAIN`, run tag, round, pair and the slave's nonce (each length-prefixed),
+    then the mask refs, the tag key's refs, the self-mask pad refs and the void refs (each
+    :func:`_refs_bytes`; ``[]`` where there are none). Injective: every field is length-prefixed,
+    so two different statements never encode alike."""
+    if not isinstance(round_index, int) or isinstance(round_index, bool) or round_index < 0:
+        raise ValueError(f"round must be a non-negative integer, got {round_index!r}")
+    return b"".join([_field(REFS_DOMAIN), _field(run_tag.encode()), round_index.to_bytes(8, "big"),
+                     _field(pair.encode()), _field(bytes(nonce)), _field(_refs_bytes(refs)),
+                     _field(_refs_bytes(tag_refs)), _field(_refs_bytes(pad_refs)), _field(_refs_bytes(void_refs))])
+
+
+def refs_forgery_probability(statement: bytes) -> float:
+    """Chance that a forged or altered refs statement of this length passes one slave check:
+    (L/2^64)^2 with L = ⌈len/8⌉ + 1 words (the length word included;
+    :func:`~labqfl.qkd.authentication.forgery_probability`, Wegman & Carter 1981)."""
+    return forgery_probability(-(-len(statement) // 8) + 1, REFS_TAG_LANES)
+
+
 # -------------------------------------------------------------------------------------- qkd
 class NodeKeyStore:
     """One node's own key store (``labqfl.keystore.KeyStore``) used for its mask pairs.
@@ -168,10 +227,13 @@ class NodeKeyStore:
                     f"{have} available (purpose {self.purpose!r})", pair=pair, needed_bits=nbits, available_bits=have)
             time.sleep(min(self.poll_s, self.timeout_s - waited))
 
-    def reserve_master(self, pair: str, nbits: int, key_id: str, *, round_index: int, run_tag: str) -> list[list[Any]]:
+    def reserve_master(self, pair: str, nbits: int, key_id: str, *, round_index: int, run_tag: str,
+                       wait_bits: int = 0) -> list[list[Any]]:
         """Master end: reserve ``nbits`` of the pair's free bits for ``key_id`` (no bit is read);
-        returns the refs ``[[block_id, offset, length], ...]`` to send to the slave."""
-        self._wait(pair, nbits)
+        returns the refs ``[[block_id, offset, length], ...]`` to send to the slave. With
+        ``wait_bits`` it first waits for that many free bits (the round's whole need of the pair:
+        mask, pads and refs tag), not only ``nbits``."""
+        self._wait(pair, max(nbits, wait_bits))
         refs = self.store.reserve(pair, nbits, self.purpose, key_id,
                                   info={"use": USE, "run": run_tag, "round": int(round_index), "end": "master"})
         return [list(r) for r in refs]
@@ -242,6 +304,42 @@ class NodeKeyStore:
                 pair=pair, needed_bits=nbits, available_bits=refs_nbits(norm))
         self.store.reserve_exact(pair, norm, self.purpose, key_id,
                                  info={"use": USE, "run": run_tag, "round": int(round_index), "end": "slave"})
+
+    def reserved_refs(self, key_id: str) -> list[list[Any]]:
+        """The refs of the pending reservation ``key_id`` as this store holds them ([] if none)."""
+        res = self.store.reservation(key_id)
+        return [] if res is None else [list(r) for r in res[1]]
+
+    def _refs_authenticator(self, key_id: str) -> WegmanCarterAuthenticator:
+        """A Wegman–Carter authenticator (:data:`REFS_TAG_LANES` lanes) over the
+        :data:`REFS_TAG_BITS` bits reserved for ``key_id``: hash keys first, then the one pad. The
+        bits stay reserved (read: they can only be consumed now)."""
+        km = self._reserved(key_id)
+        try:
+            if km.nbits != REFS_TAG_BITS:
+                raise KeyStarvationError(
+                    f"node {self.name}: refs tag key {km.key_id} of pair {km.pair} has {km.nbits} bits, "
+                    f"{REFS_TAG_BITS} expected", pair=km.pair, needed_bits=REFS_TAG_BITS, available_bits=km.nbits)
+            return WegmanCarterAuthenticator(BitPool(np.asarray(km.bits, dtype=np.uint8)), lanes=REFS_TAG_LANES)
+        finally:
+            km.wipe()
+
+    def tag_refs(self, key_id: str, statement: bytes) -> bytes:
+        """Master end: the Wegman–Carter tag (16 bytes) of a :func:`refs_statement` under the tag
+        key reserved for ``key_id``. Call it once per reservation: a second tag under the same key
+        would give the server two tags under one pad (the caller's node state enforces it)."""
+        return self._refs_authenticator(key_id).tag(statement)
+
+    def refs_tag_matches(self, key_id: str, statement: bytes, tag: bytes) -> bool:
+        """Slave end: whether ``tag`` is the master's tag of ``statement`` under the tag key reserved
+        for ``key_id`` (constant-time comparison, ``hmac.compare_digest``)."""
+        from labqfl.errors import AuthenticationError
+
+        try:
+            self._refs_authenticator(key_id).verify(statement, tag)
+        except AuthenticationError:
+            return False
+        return True
 
     def words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
         """The q-bit words (``uint{q}``, shape (n_words,)) of the bits reserved for ``key_id``; the

@@ -2,25 +2,33 @@
 
 Per round r (see :mod:`labqfl.fl.flower.client` for the client side):
 
-1. ``keys`` — every participant answers refs for the pairs it masters (qkd) or an X25519 public
-   key (csprng). A client that does not answer is dropped *before masking* (the pairs with it are
-   left out of the round; key bits its partners already took for them are spent, unused).
-2. ``mask`` — the server sends the global parameters, each client's integer range M_i (from the
+1. ``keys`` — every participant answers refs for the pairs it masters, with a separate 256-bit
+   refs tag key per pair, and a fresh 128-bit nonce per pair it is the slave of (qkd), or an
+   X25519 public key (csprng). A client that does not answer is dropped *before masking* (the
+   pairs with it are left out of the round; key bits its partners reserved for them go back).
+2. ``refs`` (qkd only) — each master is sent the nonces of its participating slaves and answers
+   per pair a Wegman–Carter tag of its refs and that nonce (:func:`~labqfl.fl.flower.keys.refs_statement`);
+   a master that fails it is dropped before masking like a keys-stage failure (participants and
+   pairs planned again). The tags travel to the slaves with the mask message; each slave checks
+   its pair's tag before it uses any ref (the server can neither forge, alter nor replay refs).
+3. ``mask`` — the server sends the global parameters, each client's integer range M_i (from the
    public sample counts, :func:`~labqfl.fl.quantize.weight_ranges`), its position in the loop order
    and the refs / public keys of its partners; each client answers ``y_i = v_i + m_i mod 2^q``.
-3. ``reveal`` — only if clients were lost after masking: their surviving partners reveal the
+4. ``reveal`` — only if clients were lost after masking: their surviving partners reveal the
    shared keys, after the same safety checks as :func:`~labqfl.fl.secure.secure_round`
    (≥ ``min_survivors`` survivors, survivors still connected in the mask graph).
-4. sum mod 2^q (:func:`~labqfl.fl.masks.aggregate`), dequantise, FedAvg step, evaluation on the
+5. sum mod 2^q (:func:`~labqfl.fl.masks.aggregate`), dequantise, FedAvg step, evaluation on the
    server's test set; ``end`` makes the clients consume their round's key reservations.
 
 If the round is given up after the keys stage (too few clients, a split mask graph, a failed
 reveal), the server sends ``abort`` with ``mask_sent``: the clients consume their reservations,
-or release them when no mask message (hence no refs) ever left the server.
+or release them when no mask message (hence no refs) ever left the server — except a master's
+reservations whose refs it has tagged, which it always consumes (the server holds refs the slave
+would accept).
 
 With self-masks (``spec.self_masks``, :mod:`labqfl.fl.selfmask`) the mask stage also carries the
 round's participants and the Shamir threshold t; each reply adds the node's self-mask shares for
-its partners under one-time pads; stage 3 becomes ``unmask`` and always runs: after the same checks
+its partners under one-time pads; stage 4 becomes ``unmask`` and always runs: after the same checks
 plus "every survivor keeps ≥ t surviving share holders", each survivor is asked for the keys of its
 dropped partners and its shares (relayed ciphertexts) of surviving clients' self-masks — never
 both kinds about one peer, which each client enforces itself — and the server subtracts the
@@ -34,7 +42,8 @@ over the survivors) and, after each round r, records ε(δ) of rounds 1..r from 
 (:func:`~labqfl.fl.dp.accounted_epsilon`) in the round's metrics; the run's ``privacy`` block
 is the plan's.
 
-The server sees sample counts, masked vectors, refs (names of key bits, not bits) or public keys,
+The server sees sample counts, masked vectors, refs (names of key bits, not bits), nonces and refs
+tags (one-time-padded: nothing about the tag key) or public keys,
 and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
 
 Client identity (a deployment: ``identity`` = a :class:`~labqfl.fl.flower.identity.ReplyVerifier`
@@ -60,6 +69,7 @@ from labqfl.errors import SecureAggregationError
 from labqfl.fl.dp import accounted_epsilon, dp_decode
 from labqfl.fl.flower.client import CFG, uint_array
 from labqfl.fl.flower.identity import NONCE, ReplyRefused, ReplyVerifier
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
 from labqfl.fl.quantize import dequantize_sum, weight_ranges
@@ -97,6 +107,9 @@ class FlowerRound:
     share_reveal_bits: int = 0
     #: with DP: ε at the plan's δ spent by rounds 1..this one (``dp_accounting``, as in process)
     privacy_epsilon_spent: float | None = None
+    #: qkd: key bits per pair of the refs tag (:data:`~labqfl.fl.flower.keys.REFS_TAG_BITS`),
+    #: included in ``key_bits_per_pair``; 0 with csprng keys
+    tag_bits_per_pair: int = 0
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
@@ -291,6 +304,8 @@ class LabqflServer:
         for c in clients:
             d = self._base("keys", r, n)
             d["master_pairs"] = [p for p in graph if split_pair(p)[0] == c]
+            if spec.keys == "qkd":
+                d["slave_pairs"] = [p for p in graph if split_pair(p)[1] == c]
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
         ok, fail = self._exchange(grid, msgs, timeout, counters)
         self._unfinished = None  # delivered with the keys messages
@@ -332,9 +347,18 @@ class LabqflServer:
         cfg = self.cfg
         q, n = cfg.q, self.words(int(params.size))
         pairs, t_share, levels = self._plan_round(r, graph, ok, fail, part, pre_drop, weights)
-        info = {c: ok[c].content.config_records[CFG] for c in part}
+        info: dict[str, Any] = {c: dict(ok[c].content.config_records[CFG]) for c in part}
+        # 2. refs (qkd): the masters tag their refs and their slaves' nonces
+        if self.spec.keys == "qkd" and (failed := self._refs_stage(grid, r, n, nodes, pairs, info, counters, timing)):
+            for c, why in failed.items():
+                log.warning("round %d: client %s dropped before masking (refs stage: %s)", r, c, why)
+            fail = {**fail, **{c: f"refs stage: {why}" for c, why in failed.items()}}
+            part = [c for c in part if c not in failed]
+            pre_drop = [c for c in nodes if c not in part]
+            ok = {c: ok[c] for c in part}
+            pairs, t_share, levels = self._plan_round(r, graph, ok, fail, part, pre_drop, weights)
 
-        # 2. mask
+        # 3. mask
         ok2, fail2, uploads = self._mask_stage(grid, r, n, params, nodes, pairs, part, levels, t_share, info, counters,
                                         timing, state)
         survivors = [c for c in part if c in uploads]
@@ -347,7 +371,7 @@ class LabqflServer:
                 f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, {short}; "
                 + "; ".join(f"{c}: {fail2.get(c, 'no upload')}" for c in post_drop))
 
-        # 3. reveal (dropout recovery) — or, with self-masks, unmask (always)
+        # 4. reveal (dropout recovery) — or, with self-masks, unmask (always)
         revealed: dict[str, np.ndarray] = {}
         need: list[str] = []
         if cfg.self_masks:
@@ -357,7 +381,7 @@ class LabqflServer:
             need, revealed = self._reveal_stage(grid, r, n, nodes, info, pairs, survivors, post_drop, counters,
                                                 timing)
 
-        # 4. sum, unmask, dequantise
+        # 5. sum, unmask, dequantise
         if not cfg.self_masks:
             n_shares = 0
             total = aggregate(uploads, q, dropped=set(post_drop), revealed=revealed,
@@ -369,6 +393,36 @@ class LabqflServer:
             self._unfinished = (r, n, survivors)
         return self._round_record(r, n, ok2, weights, part, pre_drop, post_drop, survivors, pairs, need, counters,
                                   timing, agg, t_share, n_shares, eps_spent)
+
+    def _refs_stage(self, grid: Any, r: int, n: int, nodes: dict[str, int], pairs: list[str], info: dict[str, Any],
+                    counters: dict[str, list[int]], timing: dict[str, float]) -> dict[str, str]:
+        """QKD: send each master of the round's ``pairs`` its slaves' nonces; put its answered
+        refs tags into ``info[master]["tag.<pair>"]``. Returns the clients that failed (name →
+        reason): a master that did not answer a tag, or a slave whose keys reply had no nonce."""
+        t0 = time.perf_counter()
+        failed = {split_pair(p)[1]: f"no nonce for pair {p} in its keys reply" for p in pairs
+                  if f"nonce.{p}" not in info[split_pair(p)[1]]}
+        asked: dict[str, list[str]] = {}
+        for p in pairs:
+            a, b = split_pair(p)
+            if a not in failed and b not in failed:
+                asked.setdefault(a, []).append(p)
+        msgs = {}
+        for c, mine in asked.items():
+            d = self._base("refs", r, n)
+            d["pairs"] = mine
+            for p in mine:
+                d[f"nonce.{p}"] = str(info[split_pair(p)[1]][f"nonce.{p}"])
+            msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
+        ok, fail = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters) if msgs else ({}, {})
+        timing["refs"] = time.perf_counter() - t0
+        for c, rep in ok.items():
+            got = rep.content.config_records[CFG]
+            if missing := [p for p in asked[c] if f"tag.{p}" not in got]:
+                fail[c] = f"no refs tag for pair(s) {missing}"
+                continue
+            info[c].update({f"tag.{p}": str(got[f"tag.{p}"]) for p in asked[c]})
+        return {**failed, **fail}
 
     def _plan_round(self, r: int, graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
                     pre_drop: list[str], weights: dict[str, float]) -> tuple[list[str], int, dict[str, int]]:
@@ -408,8 +462,10 @@ class LabqflServer:
             a, bb = split_pair(p)
             peer = bb if a == c else a
             if self.spec.keys == "qkd":
-                if bb == c:
+                if bb == c:  # the slave: the master's refs, its refs tag key and tag (checked at the slave)
                     d[f"refs.{p}"] = info[a][f"refs.{p}"]
+                    d[f"reftag.{p}"] = info[a][f"reftag.{p}"]
+                    d[f"tag.{p}"] = info[a][f"tag.{p}"]
                     if f"void.{p}" in info[a]:  # the master's spent keys, for a slave out of step
                         d[f"void.{p}"] = info[a][f"void.{p}"]
                     if cfg.self_masks:
@@ -524,11 +580,12 @@ class LabqflServer:
                               weights=[weights[c] for c in survivors]))
         up = [counters[c][0] for c in part]
         down = [counters[c][1] for c in part]
-        return FlowerRound(r, part, pre_drop, post_drop, len(pairs), cfg.key_bits_per_pair(n), q * n * len(need),
-                           float(np.mean(up)), float(np.mean(down)), timing,
+        tag_bits = REFS_TAG_BITS if self.spec.keys == "qkd" else 0  # the refs tag key of each pair
+        return FlowerRound(r, part, pre_drop, post_drop, len(pairs), cfg.key_bits_per_pair(n) + tag_bits,
+                           q * n * len(need), float(np.mean(up)), float(np.mean(down)), timing,
                            sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg,  # type: ignore[arg-type, misc]
                            cfg.self_masks, t_share, share_bits(q) * n * n_shares if cfg.self_masks else 0,
-                           eps_spent)
+                           eps_spent, tag_bits)
 
     def _unmask(self, grid: Any, r: int, n: int, nodes: dict[str, int], ok2: dict[str, Message],
                 info: dict[str, Any], pairs: list[str], part: list[str], survivors: list[str], post_drop: list[str],
@@ -636,5 +693,6 @@ def flower_summary(rounds: Iterable[FlowerRound]) -> list[dict[str, Any]]:
              "dropped_after_masking": f.dropped_after_masking, "reveal_bits": f.reveal_bits,
              "upload_bytes_per_client": f.upload_bytes_per_client,
              "download_bytes_per_client": f.download_bytes_per_client, "stage_seconds": f.stage_seconds,
+             "key_bits_per_pair": f.key_bits_per_pair, "tag_bits_per_pair": f.tag_bits_per_pair,
              "privacy_epsilon_spent": f.privacy_epsilon_spent}
             for f in rounds]

@@ -16,7 +16,7 @@ from flwr.common.serde import recorddict_to_proto
 
 from labqfl.errors import KeyStoreError, SecureAggregationError
 from labqfl.fl.flower.client import make_client_app
-from labqfl.fl.flower.keys import NodeKeyStore
+from labqfl.fl.flower.keys import REFS_TAG_BITS, NodeKeyStore
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import mask_graph, words_from_bits
@@ -87,7 +87,7 @@ def test_no_key_bits_in_node_state_or_messages_and_only_dangling_keys_revealed(m
     names = [f"C{i}" for i in range(1, 5)]
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=2, keys="qkd", seed=3)
     per_round = spec0.q * spec0.model().n_params
-    kdir = make_stores(names, 2 * per_round)
+    kdir = make_stores(names, 2 * (per_round + REFS_TAG_BITS))
     keys = dict(make_stores.bits)
     # the detector sees the words as the old engine kept them in Context.state
     st = RecordDict({"labqfl.words": ArrayRecord({"C1-C2": Array(words_from_bits(keys["C1-C2"][:per_round], 8))})})
@@ -116,7 +116,7 @@ def test_no_key_bits_in_node_state_or_messages_and_only_dangling_keys_revealed(m
 def test_abort_before_masking_releases_the_reservations(make_stores, local_grid, tmp_path, mnist_dir) -> None:
     names = ["C1", "C2", "C3"]
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1)
-    per_round = spec0.q * spec0.model().n_params
+    per_round = spec0.q * spec0.model().n_params + REFS_TAG_BITS
     kdir = make_stores(names, per_round)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir),
                                min_survivors=3)
@@ -132,7 +132,7 @@ def test_abort_before_masking_releases_the_reservations(make_stores, local_grid,
 def test_abort_after_masking_spends_the_reservations(make_stores, local_grid, mnist_dir) -> None:
     names = ["C1", "C2", "C3"]
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1)
-    per_round = spec0.q * spec0.model().n_params
+    per_round = spec0.q * spec0.model().n_params + REFS_TAG_BITS
     kdir = make_stores(names, per_round)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir),
                                min_survivors=3)
@@ -207,7 +207,7 @@ def test_a_run_after_an_interrupted_one_leaves_every_pair_s_stores_in_step(make_
                                                                            deliver) -> None:
     names = ["C1", "C2", "C3"]
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1)
-    per_round = spec0.q * spec0.model().n_params
+    per_round = spec0.q * spec0.model().n_params + REFS_TAG_BITS
     kdir = make_stores(names, 3 * per_round)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=1,
                                keystore_dir=str(kdir))

@@ -12,6 +12,7 @@ from scipy import stats
 
 from labqfl.fl.flower.client import labqfl_secagg_mod, node_name
 from labqfl.fl.flower.inprocess import InProcessGrid
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import pair_mask
@@ -64,14 +65,14 @@ def _late_view(self_masks: bool, keystore: str) -> tuple[np.ndarray, np.ndarray,
 
 def test_flower_late_upload_is_exposed_without_self_masks(make_stores) -> None:
     names = [f"C{i}" for i in range(1, 6)]
-    kdir = make_stores(names, 8 * N_WORDS)
+    kdir = make_stores(names, 8 * N_WORDS + REFS_TAG_BITS)
     view, v, _ = _late_view(False, str(kdir))
     assert np.array_equal(view, v)  # the server learns the dropped client's quantised update
 
 
 def test_flower_late_upload_stays_uniform_with_self_masks(make_stores) -> None:
     names = [f"C{i}" for i in range(1, 6)]
-    kdir = make_stores(names, (8 + 2 * 9) * N_WORDS)
+    kdir = make_stores(names, (8 + 2 * 9) * N_WORDS + REFS_TAG_BITS)
     view, v, exchanged = _late_view(True, str(kdir))
     # the same computation as above now leaves v + s mod 2^8 with s uniform: nothing of v survives
     counts = np.bincount(view, minlength=256)

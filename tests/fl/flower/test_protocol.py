@@ -11,7 +11,7 @@ import torch
 
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.client import make_client_app
-from labqfl.fl.flower.keys import ecdh_words, new_ecdh_key, stochastic_rng
+from labqfl.fl.flower.keys import REFS_TAG_BITS, ecdh_words, new_ecdh_key, stochastic_rng
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.keysource import CsprngKeySource, make_key_source
@@ -39,7 +39,7 @@ def test_flower_engine_matches_in_process_engine_bit_for_bit_with_csprng_ecdh(lo
 def test_flower_engine_qkd_keys_from_each_node_store_are_consumed_once_at_both_ends(make_stores, local_grid, mnist_dir) -> None:
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=2, keys="qkd", seed=2)
     n_params = spec0.model().n_params
-    per_round = spec0.q * n_params
+    per_round = spec0.q * n_params + REFS_TAG_BITS  # mask key + the refs tag key
     kdir = make_stores(spec0.names, 3 * per_round)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=2, keys="qkd", seed=2, keystore_dir=str(kdir))
     res = LabqflServer(spec).run(local_grid(make_client_app(), spec.names))
@@ -69,7 +69,7 @@ def test_rounds_of_a_run_send_no_end_message_between_them_and_keys_finishes_the_
     exchange less per round); the run's last round still gets its end message, and after the run no
     reservation is left pending anywhere."""
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=3, keys="qkd", seed=2)
-    per_round = spec0.q * spec0.model().n_params
+    per_round = spec0.q * spec0.model().n_params + REFS_TAG_BITS
     kdir = make_stores(spec0.names, 3 * per_round)
     spec = dataclasses.replace(spec0, keystore_dir=str(kdir))
     seen: list[tuple[str, str, int, set[int]]] = []  # (node, stage, round, rounds still reserved after it)
@@ -89,7 +89,10 @@ def test_rounds_of_a_run_send_no_end_message_between_them_and_keys_finishes_the_
     assert np.array_equal(res.final_params, _in_process(spec))
     for node in spec.names:
         mine = [(stage, r) for n, stage, r, _ in seen if n == node]
-        assert mine == [("setup", 0), ("keys", 1), ("mask", 1), ("keys", 2), ("mask", 2), ("keys", 3), ("mask", 3), ("end", 3)]
+        refs = [("refs", r) for r in (1, 2, 3)] if node != "C3" else [(), (), ()]  # C3 masters no pair
+        expected = [("setup", 0), ("keys", 1), refs[0], ("mask", 1), ("keys", 2), refs[1], ("mask", 2), ("keys", 3),
+                    refs[2], ("mask", 3), ("end", 3)]
+        assert mine == [x for x in expected if x]
         for n, stage, r, reserved in seen:
             if n == node and stage == "keys":
                 assert reserved <= {r}, f"{node}: rounds {reserved} still reserved after keys of round {r}"
@@ -104,7 +107,7 @@ def test_a_run_that_stops_between_rounds_still_ends_the_completed_round(make_sto
     """An error after a round (here the caller's per-round hook) ends the run before the next keys
     message: the server still sends the completed round's end, so no reservation stays pending."""
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=3, keys="qkd", seed=2)
-    kdir = make_stores(spec0.names, 3 * spec0.q * spec0.model().n_params)
+    kdir = make_stores(spec0.names, 3 * (spec0.q * spec0.model().n_params + REFS_TAG_BITS))
     spec = dataclasses.replace(spec0, keystore_dir=str(kdir))
 
     def stop(fr: object, params: object) -> None:
@@ -134,7 +137,7 @@ def test_flower_engine_survives_a_client_lost_after_masking(local_grid, mnist_di
 def test_flower_engine_qkd_dropout_reveals_the_stored_pair_keys(make_stores, local_grid, mnist_dir) -> None:
     names = [f"C{i}" for i in range(1, 5)]
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1)
-    kdir = make_stores(names, spec0.q * spec0.model().n_params)
+    kdir = make_stores(names, spec0.q * spec0.model().n_params + REFS_TAG_BITS)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1, keystore_dir=str(kdir))
     srv = LabqflServer(spec)
     res = srv.run(local_grid(make_client_app(), spec.names, crash={"C2": 1}))
@@ -183,7 +186,7 @@ def test_clients_named_in_any_loop_order_draw_their_stores_pairs_and_train_their
     as clients C1..C3 (the masks cancel either way)."""
     names = ["C2", "C1", "C3"]
     base = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="csprng", seed=3)
-    kdir = make_stores(names, base.q * base.model().n_params)
+    kdir = make_stores(names, base.q * base.model().n_params + REFS_TAG_BITS)
     assert sorted(make_stores.bits) == ["C1-C3", "C2-C1", "C2-C3"]
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=8, rounds=1, keys="qkd", seed=3,
                                keystore_dir=str(kdir), client_names="C2,C1,C3")

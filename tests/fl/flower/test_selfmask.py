@@ -9,7 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.flower.client import CFG, STATE_SECRET, labqfl_secagg_mod, make_client_app
-from labqfl.fl.flower.keys import new_ecdh_key
+from labqfl.fl.flower.keys import REFS_TAG_BITS, new_ecdh_key
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.keysource import CsprngKeySource
@@ -47,7 +47,7 @@ def test_flower_self_masks_qkd_pads_come_from_each_node_store_once(make_stores, 
     spec0 = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1,
                                 self_masks=True)
     n = spec0.model().n_params
-    per_round = (8 + 2 * 9) * n
+    per_round = (8 + 2 * 9) * n + REFS_TAG_BITS  # mask, both pads and the refs tag key
     kdir = make_stores(names, per_round + 11)
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=4, q=8, rounds=1, keys="qkd", seed=1,
                                self_masks=True, keystore_dir=str(kdir))

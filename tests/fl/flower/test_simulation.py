@@ -8,6 +8,7 @@ import json
 from typer.testing import CliRunner
 
 from labqfl.cli import app
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import mask_graph
 from labqfl.keystore import KeyStore
@@ -17,7 +18,7 @@ def test_train_engine_flower_on_ray_matches_engine_local(make_stores, tmp_path, 
     n, q = 8, 16
     spec = FlowerSpec.for_task("mnist-qnn", clients=n, q=q)
     per_round = q * spec.model().n_params
-    kdir = make_stores(spec.names, 2 * per_round, "ring-4")
+    kdir = make_stores(spec.names, 2 * per_round + REFS_TAG_BITS, "ring-4")  # Flower also spends a refs tag key
     out = {}
     for engine in ("flower", "local"):
         res = CliRunner().invoke(app, ["train", "--engine", engine, "--task", "mnist-qnn", "--clients", str(n), "--q", str(q),
@@ -28,7 +29,8 @@ def test_train_engine_flower_on_ray_matches_engine_local(make_stores, tmp_path, 
     a, b = out["flower"], out["local"]
     assert a["key_source"] == b["key_source"] == "qkd"
     assert a["test_loss"] == b["test_loss"] and a["test_accuracy"] == b["test_accuracy"]
-    assert a["key_bits_total"] == b["key_bits_total"] == per_round * len(mask_graph(spec.names, "ring-4"))
+    pairs = len(mask_graph(spec.names, "ring-4"))
+    assert b["key_bits_total"] == per_round * pairs and a["key_bits_total"] == (per_round + REFS_TAG_BITS) * pairs
     for p in mask_graph(spec.names, "ring-4"):
         for node in p.split("-"):
             with KeyStore.for_node(node, kdir) as st:
