@@ -98,3 +98,39 @@ def test_pool_exhaustion_is_a_clear_error():
     a = WegmanCarterAuthenticator(BitPool(np.zeros(100, np.uint8)))
     with pytest.raises(InsufficientKeyError, match="holds 36 bits; 64 needed"):
         a.tag(b"m")
+
+
+def test_a_transcript_above_its_cap_is_refused_at_that_end_and_the_bound_uses_the_cap():
+    """Review s32 F1: ε_auth came from the transcript lengths seen, which an adversary chooses (fields no handler
+    reads ride along up to the transport's limit). With a cap fixed before the block, an end refuses a transcript
+    above it — even one its partner saw identically — after spending the same pads as its partner, and the bound
+    is the cap's."""
+    from labqfl.qkd.authentication import (
+        TranscriptAuthenticator,
+        confirm_transcripts,
+        forgery_probability,
+        transcript_forgery_probability,
+        transcript_word_cap,
+    )
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2, 4096, dtype=np.uint8)
+    cap = 64
+    for size, refused in ((8 * 40, False), (8 * 80, True)):
+        pi, pj = BitPool(bits.copy()), BitPool(bits.copy())
+        ai, aj = TranscriptAuthenticator(pi, max_words=cap), TranscriptAuthenticator(pj, max_words=cap)
+        for a in (ai, aj):
+            a.absorb(0, bytes(size))
+        if refused:
+            with pytest.raises(AuthenticationError, match=r"above its cap of 64"):
+                confirm_transcripts(ai, aj)
+            assert aj.over_cap and ai.over_cap
+            assert ai.key_bits_used == aj.key_bits_used == 128  # the hash key and one pad each: still in step
+        else:
+            eps = confirm_transcripts(ai, aj)
+            assert eps == 2 * forgery_probability(cap) == transcript_forgery_probability(ai, aj, 2)
+            assert ai.forgery_bound(2) == eps and ai.final_words < cap
+            assert ai.key_bits_used == aj.key_bits_used
+    assert transcript_word_cap(10**7) == 4 * 10**7 + 2**20
+    with pytest.raises(Exception, match="max_words"):
+        TranscriptAuthenticator(BitPool(bits.copy()), max_words=0)
