@@ -390,6 +390,9 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     out = ConfigRecord()
     with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
         for p in want:
+            if not ks.reserved_refs(kids[p]):
+                raise SecureAggregationError(f"round {r}: {name}'s reservation for pair {p} is no longer pending in "
+                                             "its key store: nothing to tag")
             statement = refs_statement(run_tag, r, p, nonces[p], refs=ks.reserved_refs(kids[p]),
                                        tag_refs=ks.reserved_refs(kids[p + TAG]),
                                        pad_refs=ks.reserved_refs(kids[p + PAD]) if p + PAD in kids else [],

@@ -29,7 +29,10 @@ pair, the slave's fresh 128-bit nonce, mask / tag / pad / void refs) with a Wegm
 and its own nonce before it touches anything else of the pair (:meth:`NodeKeyStore.tag_refs`,
 :meth:`NodeKeyStore.refs_tag_matches`). A forged or altered statement passes with probability
 ≤ (L/2^64)^2 per verification, L its length in 64-bit words (:func:`refs_forgery_probability`); a
-replay carries another nonce; every tag key is read once and consumed.
+replay carries another nonce; every tag key is read once and consumed. The bound needs the
+slave's copy of the tag key to be unknown to the server: bits of a pair key its master revealed
+(a dropout) while the slave never reserved them break that — the residual of
+``docs/secure_aggregation.md`` §9 (``tests/fl/flower/test_refs_auth.py``, strict xfail).
 
 Key words are never logged or printed. ``stochastic_rng`` reproduces the in-process engine's
 stochastic-rounding stream for one client, so both engines quantise identically.
