@@ -232,7 +232,8 @@ class TestbedCore:
         self._acquisition_task.start_acquisition(distill=distill, arm=arm, block_s=block_s)
 
     def stop_acquisition(self) -> None:
-        """Stop streaming (and distillation) at the next block; instruments go to safe state."""
+        """Stop streaming at the next tag block; instruments go to safe state at once (a running
+        distillation still distils the data already acquired, then ends)."""
         self._acquisition_task.stop_acquisition()
 
     def start_distillation(self, block_bits: int | None = None, engine: str = DEFAULT_ENGINE) -> None:
@@ -241,7 +242,9 @@ class TestbedCore:
         self._acquisition_task.start_distillation(block_bits, engine)
 
     def stop_distillation(self) -> None:
-        """Detach the pipeline; the partial block is processed if large enough (``finish``)."""
+        """Detach the pipeline and stop it at the end of the stage in progress: a key block being
+        distilled is abandoned at both ends (nothing of it stored), the rest of the data is not
+        distilled; the acquisition goes on."""
         self._acquisition_task.stop_distillation()
 
     def refresh_pools(self) -> Future[Any]:
@@ -299,12 +302,13 @@ class TestbedCore:
                 st.close()
             log.info("station %s: instruments in safe state and closed", self.config.name)
             self.post("disconnected", {})
-        # the instruments are safe first; a key block in progress (error correction and privacy
-        # amplification: ≈ 20 s for a first block on a 2-core machine) cannot be interrupted, and
-        # its key is written to both ends' stores: wait for it, saying so
+        # the instruments are safe first; the distillation stops at the end of the stage in
+        # progress (stop_all): a key block being distilled is abandoned at both ends, nothing of
+        # it stored (one past privacy amplification is stored at both ends first)
         if distill_th is not None and distill_th.is_alive():
-            self.post("progress", ("distillation", None, "closing: instruments in safe state; waiting for the "
-                                   "distillation to finish the key block in progress (it cannot be interrupted)…"))
+            self.post("progress", ("distillation", None, "closing: instruments in safe state; stopping the "
+                                   "distillation at the end of its current stage (the key block in progress is "
+                                   "abandoned, nothing of it stored)…"))
             self._join(distill_th, max(0.1, deadline - time.monotonic()))
         # training stops at the end of its current round; it may be taking keys from the stores
         self._join(self._training_task.thread, max(0.1, deadline - time.monotonic()))

@@ -167,6 +167,8 @@ class LivePanel(QWidget):
         dl.addRow(self.dist_status)
         self.dist_start.clicked.connect(self._start_distillation)
         self.dist_stop.clicked.connect(self.ctl.stop_distillation)
+        self.dist_stop.setToolTip("Stop distilling at the end of the current stage: a key block in progress is "
+                                  "abandoned at both ends (nothing of it stored); the acquisition goes on")
         return dist
 
     def _build_dropped_box(self) -> QGroupBox:

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,17 +106,25 @@ def key_pools(config: StationConfig, data_dir: Path | None) -> dict[str, dict[st
 class QueueFeed:
     """The tag blocks the acquisition thread queues for the distillation thread, as an iterator
     that ends at the acquisition segment's :class:`END` (its length, and whether to discard the
-    partial data instead of finishing). The queue is bounded: a lagging pipeline slows the
-    acquisition thread (back-pressure) and :meth:`drain` keeps it from blocking on a dead one."""
+    partial data instead of finishing), which follows the last queued block. The queue is
+    bounded: a lagging pipeline slows the acquisition thread (back-pressure); a stopping
+    acquisition's last block and the end marker never wait for room (:meth:`close`), so Stop puts
+    the instruments in their safe state without waiting for the key block in progress, and
+    :meth:`drain` keeps the acquisition thread from blocking on a dead pipeline."""
 
     @dataclass(frozen=True)
     class END:
         t_s: float
         discard: bool
 
+    #: How often a consumer waiting on an empty queue looks for the end marker [s].
+    POLL_S = 0.05
+
     def __init__(self, q: queue.Queue[Any]) -> None:
         self.q = q
         self.end: QueueFeed.END | None = None
+        self._closing: QueueFeed.END | None = None
+        self._tail: collections.deque[Any] = collections.deque()
 
     def __iter__(self) -> QueueFeed:
         return self
@@ -122,11 +132,24 @@ class QueueFeed:
     def __next__(self) -> Any:
         if self.end is not None:
             raise StopIteration
-        item = self.q.get()
-        if isinstance(item, QueueFeed.END):
-            self.end = item
-            raise StopIteration
-        return item
+        while True:
+            try:
+                item = self.q.get(timeout=self.POLL_S)
+            except queue.Empty:
+                closing = self._closing  # set only after the producer's last put: empty now means done
+                if closing is None or not self.q.empty():
+                    continue
+                item = self._tail.popleft() if self._tail else closing
+            if isinstance(item, QueueFeed.END):
+                self.end = item
+                raise StopIteration
+            return item
+
+    def close(self, end: END, tail: Iterable[Any] = ()) -> None:
+        """The producer's last word, after its last put: ``tail`` (blocks that found the queue full)
+        follows the queued blocks, then the iterator ends at ``end``. Never blocks."""
+        self._tail.extend(tail)
+        self._closing = end
 
     @property
     def discard(self) -> bool:
@@ -152,6 +175,9 @@ class AcquisitionTask:
         self._distill_request: dict[str, Any] | None = None
         self._distill_stop = threading.Event()
         self._distill_thread: threading.Thread | None = None
+        #: the running distillation's stop (Stop, close): it abandons the key block in progress
+        self._distill_abort: threading.Event | None = None
+        #: the running distillation's queue of tag blocks
         self._distill_queue: queue.Queue[Any] | None = None
 
     def distill_available(self) -> tuple[bool, str]:
@@ -190,7 +216,8 @@ class AcquisitionTask:
             self._acq_thread.start()
 
     def stop_acquisition(self) -> None:
-        """Stop streaming (and distillation) at the next block; instruments go to safe state."""
+        """Stop streaming at the next tag block; instruments go to safe state at once (a running
+        distillation goes on with the data already acquired, then ends)."""
         self._acq_stop.set()
 
     def start_distillation(self, block_bits: int | None = None, engine: str = DEFAULT_ENGINE) -> None:
@@ -210,10 +237,14 @@ class AcquisitionTask:
             self._distill_stop.clear()
 
     def stop_distillation(self) -> None:
-        """Detach the pipeline; the partial block is processed if large enough (``finish``)."""
+        """Detach the pipeline and stop it at the end of the stage in progress: the key block being
+        distilled is abandoned at both ends (nothing of it stored), the data not yet distilled is
+        dropped; the acquisition goes on."""
         with self.core._lock:
             self._distill_request = None
             self._distill_stop.set()
+            if self._distill_abort is not None:
+                self._distill_abort.set()
 
     def _acquire(self, arm: bool, block_s: float | None) -> None:
         """The acquisition thread: the application layer's :class:`~labqfl.app.acquire.Acquisition`
@@ -255,13 +286,14 @@ class AcquisitionTask:
         want_distill = self._distill_request
         self._distill_stop.clear()
         stream = acq.start()  # the tagger's acquisition begins: the station's logs and ID are this segment's
-        feeder: queue.Queue[Any] | None = None
+        feeder: QueueFeed | None = None
+        tail: list[Any] = []
         try:
             feeder = self._start_distiller(want_distill, acq.station) if want_distill is not None else None
             last_emit = time.perf_counter()
             for blk in stream:
-                if feeder is not None and not self._feed(feeder, blk):
-                    break  # closing: the pipeline's backlog is dropped anyway
+                if feeder is not None and not self._feed(feeder, blk, tail):
+                    break  # stopping: the segment ends now (Stop: the instruments go safe)
                 now = time.perf_counter()
                 if now - last_emit >= EMIT_INTERVAL_S:
                     span, clicks = acq.take_window()
@@ -278,9 +310,9 @@ class AcquisitionTask:
         finally:
             stream.close()
             if feeder is not None:
-                self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed)
+                self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed, tail=tail)
 
-    def _start_distiller(self, req: dict[str, Any], station: Any) -> queue.Queue[Any] | None:
+    def _start_distiller(self, req: dict[str, Any], station: Any) -> QueueFeed | None:
         """A distillation thread for the acquisition the time tagger has just started. The
         station supplies the clients' modulation logs and the acquisition ID (as for
         ``labqfl run``), so block IDs derive from the acquisition and the key stores refuse
@@ -305,39 +337,46 @@ class AcquisitionTask:
             self.core._error("Cannot distil", exc)
             self._distill_request = None
             return None
-        self._distill_queue = q
-        th = self.core._thread(self._distill, (feed, source, settings), "labqfl-distillation")
+        abort = threading.Event()
+        self._distill_abort, self._distill_queue = abort, q
+        th = self.core._thread(self._distill, (feed, source, settings, abort), "labqfl-distillation")
         self._distill_thread = th
         self.core._set_busy("distillation", True)
         th.start()
-        return q
+        return feed
 
-    def _feed(self, q: queue.Queue[Any], blk: Any) -> bool:
+    def _feed(self, feed: QueueFeed, blk: Any, tail: list[Any]) -> bool:
         """Queue one tag block for the distillation thread, waiting while the pipeline lags
-        (back-pressure) — but not once the GUI is closing: then the block is dropped (a closing
-        distillation discards its backlog) and False is returned, so the acquisition ends and the
-        instruments go safe at once instead of after the key block in progress (≈ 20 s for a first
-        block on a 2-core machine)."""
+        (back-pressure) — but not once the acquisition or the distillation is stopping: then False
+        is returned at once, so the segment ends and the instruments go safe without waiting for the
+        key block in progress. On Stop the block goes to ``tail`` (:meth:`QueueFeed.close` hands it
+        over after the queue: the distillation still gets every block); when closing or stopping
+        the distillation it is dropped (that backlog is discarded anyway)."""
         while True:
             try:
-                q.put(blk, timeout=0.1)
+                feed.q.put(blk, timeout=0.1)
                 return True
             except queue.Full:
-                if self.core._closed:
+                if self.core._closed or self._distill_stop.is_set():
+                    return False
+                if self._acq_stop.is_set():
+                    tail.append(blk)
                     return False
 
-    def _finish_distiller(self, q: queue.Queue[Any], seg_t: float, discard: bool) -> None:
-        if discard:  # closing: empty the backlog it would drop, so the end marker never waits on the pipeline
+    def _finish_distiller(self, feed: QueueFeed, seg_t: float, discard: bool, tail: list[Any]) -> None:
+        if discard:  # closing: empty the backlog it would drop
             while True:
                 try:
-                    q.get_nowait()
+                    feed.q.get_nowait()
                 except queue.Empty:
                     break
-        q.put(QueueFeed.END(seg_t, discard))
+        feed.close(QueueFeed.END(seg_t, discard), () if discard else tail)  # never waits on the pipeline
 
-    def _distill(self, feed: QueueFeed, source: Any, settings: Any) -> None:
+    def _distill(self, feed: QueueFeed, source: Any, settings: Any, abort: threading.Event) -> None:
         """The distillation thread: :meth:`labqfl.app.distill.DistillSession.run` on the blocks the
-        acquisition thread queues, posting live pair metrics and key pools as blocks close."""
+        acquisition thread queues, posting live pair metrics and key pools as blocks close.
+        ``abort`` (Stop, close) stops it at the end of the stage in progress: the key block being
+        distilled is abandoned at both ends and nothing of it is stored (the Distiller's "Stopping")."""
         from labqfl.app.distill import DistillSession
         from labqfl.runs import RunRecord
 
@@ -364,12 +403,15 @@ class AcquisitionTask:
                 if closed:
                     self.post_pools()
 
-            results = session.run(  # shutting down or discarded: the backlog is dropped, no partial results
+            results = session.run(  # stopped, closing or discarded: the backlog is dropped, no partial results
                 source, total_slots=lambda: int(round(feed.end_t_s * cfg.laser.rep_rate_hz)), on_block=on_block,
-                stop=lambda: self.core._closed or feed.discard,
+                stop=lambda: abort.is_set() or self.core._closed or feed.discard,
                 on_finish=lambda: self.core.post("progress", ("distillation", None, "processing the last partial block…")))
             if results is not None:
                 t_s = feed.end_t_s
+            elif abort.is_set() or self.core._closed:
+                self.core.post("progress", ("distillation", None, "distillation stopped by user: a key block in progress "
+                                            "was abandoned at both ends (nothing of it stored)"))
             feed.drain()
             self.core.post("pairs", {"t_s": t_s, "pairs": pair_metrics(session.distiller, t_s), "acquisition": acq_id,
                                 "dropped": dropped_counts(session.distiller), "final": True})
@@ -397,5 +439,10 @@ class AcquisitionTask:
         return self._acq_thread, self._distill_thread
 
     def stop_all(self) -> None:
-        """Shutting down: stop streaming at the next block (the distillation then drops its backlog)."""
+        """Shutting down: stop streaming at the next tag block, and the distillation at the end of
+        the stage in progress (the key block being distilled is abandoned at both ends, the backlog
+        dropped)."""
         self._acq_stop.set()
+        with self.core._lock:
+            if self._distill_abort is not None:
+                self._distill_abort.set()

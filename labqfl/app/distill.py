@@ -186,12 +186,15 @@ class DistillSession:
 
             check_auth_key(self.sink, [f"{a}-{b}" for a, b in self.cfg.pairs()], self.settings)
 
-    def start(self, logs: Mapping[str, Any], acquisition_id: str | None) -> Any:
-        """Build the Distiller for an acquisition: each client's own log and the acquisition's ID."""
+    def start(self, logs: Mapping[str, Any], acquisition_id: str | None,
+              stop: Callable[[], bool] | None = None) -> Any:
+        """Build the Distiller for an acquisition: each client's own log and the acquisition's ID;
+        ``stop()`` is asked between its stages (:class:`~labqfl.qkd.pipeline.Distiller`)."""
         from labqfl.qkd.pipeline import Distiller
 
         self.acquisition_id = acquisition_id
-        self.distiller = Distiller(self.cfg, dict(logs), self.sink, self.settings, acquisition_id=acquisition_id)
+        self.distiller = Distiller(self.cfg, dict(logs), self.sink, self.settings, acquisition_id=acquisition_id,
+                                   stop=stop)
         return self.distiller
 
     def start_from_station(self, station: Any) -> Any:
@@ -207,19 +210,29 @@ class DistillSession:
         then ``on_finish()`` and finish: the last partial block is processed and the per-pair
         results are returned. ``total_slots``: the acquisition's slot count for the finish (a
         callable is asked at the end, for a stream whose length is known only then; default:
-        ``source.duration_s`` × the laser's repetition rate). ``stop()`` true, checked before each
-        block and before the finish, ends the run without finishing: nothing more is processed
-        and ``None`` is returned. The stores stay open for :meth:`accounting` until :meth:`close`."""
-        self.start(source.logs, source.acquisition_id)
+        ``source.duration_s`` × the laser's repetition rate). ``stop()`` true ends the run without
+        finishing and ``None`` is returned: it is checked before each tag block and before the
+        finish, and inside the Distiller between the stages of a key block, so a stop waits for
+        one stage, not for the block — the block in progress is abandoned at both ends, nothing of
+        it stored (the Distiller's "Stopping"). The stores stay open for :meth:`accounting` until
+        :meth:`close`."""
+        distiller = self.start(source.logs, source.acquisition_id, stop=stop)
+
+        def stopped() -> bool:
+            if distiller.stopped or (stop is not None and stop()):
+                distiller.abandon()
+                return True
+            return False
+
         k = 0
         for block in source.blocks:
-            if stop is not None and stop():
+            if stopped():
                 break
             closed = self.push(block)
             k += 1
             if on_block is not None:
                 on_block(k, closed)
-        if stop is not None and stop():
+        if stopped():
             return None
         if on_finish is not None:
             on_finish()

@@ -43,6 +43,18 @@ both nodes' stores before it spends any key, and a block overlapping a range cla
 by an earlier run with any block size, whether that block delivered key or aborted after
 disclosing parities — is refused with :class:`~labqfl.errors.KeyStoreError`.
 
+Stopping. ``Distiller(stop=...)``: a callable asked between the stages — before each pair's sifting,
+before a block claims its slots and, inside the two-party protocol (:meth:`PairEndI.run_block`),
+before its first message, between the round trips of error correction, after error correction and
+after verification. Once it answers true the Distiller is stopped for good (:attr:`Distiller.stopped`):
+a block inside the protocol ends as any refused block does — the tag exchange runs, both ends spend
+the same pads (none goes back to the pool), neither accepts it, its slots stay claimed (its parities
+may be out) and nothing of it is stored at either end; it is reported as an abort with reason
+:data:`STOPPED_BY_USER`. A block that has not claimed its slots is forgotten at both ends like a
+dropped one (only public sifting messages were exchanged; nothing claimed, spent or stored). A block
+past privacy amplification runs to its end: its key is stored at both ends, or at neither.
+:meth:`Distiller.push` and :meth:`Distiller.finish` then process nothing more.
+
 ε of a block: ``eps_total = ε_sec + ε_cor + ε_auth``, where ``ε_auth`` is the Wegman–Carter
 forgery probability summed over the block's tag verifications
 (:func:`~labqfl.qkd.authentication.transcript_forgery_probability`; docs/protocol.md §5).
@@ -83,13 +95,14 @@ from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, LocalChannel
 from labqfl.qkd.sifting import ClientSetup
 from labqfl.qkd.slotting import SlotEvents, SlottingParams, announcements_by_pair, make_slotter
-from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.twoparty import STOPPED_BY_USER, BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 
 log = get_logger(__name__)
 
 __all__ = ["DistillSettings", "BlockResult", "PairResult", "KeySink", "AuthKeyStore",
            "DistilledSlotLedger", "MemorySink", "KeyStoreSink", "Distiller", "distill_stream",
-           "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "check_auth_key", "block_slots_for", "local_pair_channel"]
+           "PRESHARED_PREFIX", "AUTH_REFILL_SUFFIX", "STOPPED_BY_USER", "check_auth_key", "block_slots_for",
+           "local_pair_channel"]
 
 STAGES = ("slotting", "sifting", "reconciliation", "verification", "estimation", "amplification", "delivery")
 
@@ -664,7 +677,8 @@ class Distiller:
     given one is shared by the ends, for reproducible runs). ``pair_channel(end_i, end_j)``: the
     channel from each pair's Ci end to its Cj end (default :func:`local_pair_channel`, in
     process; a :class:`~labqfl.net.transport.NodeChannel` to a node serving ``end_j`` runs the
-    same protocol between processes).
+    same protocol between processes). ``stop()``: asked between the stages; true stops the
+    Distiller for good, abandoning the blocks in progress (module docstring, "Stopping").
 
     This is the in-process deployment: it holds both ends of every pair, but each end is built
     from its own client's data only and they talk only through the channel
@@ -677,8 +691,12 @@ class Distiller:
                  rng: np.random.Generator | None = None,
                  progress: Callable[[str], None] | None = None,
                  acquisition_id: str | None = None,
-                 pair_channel: Callable[[PairEndI, PairEndJ], Channel] | None = None) -> None:
+                 pair_channel: Callable[[PairEndI, PairEndJ], Channel] | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
         self.cfg = cfg
+        self._stop = stop
+        #: set once ``stop()`` answered true (or :meth:`abandon`): nothing more is processed
+        self.stopped = False
         self.acquisition_id = acquisition_id
         #: per pair, the block ranges an earlier run of this acquisition distilled (read once)
         self._earlier: dict[str, set[tuple[int, int]]] = {}
@@ -738,7 +756,9 @@ class Distiller:
     # -- streaming ---------------------------------------------------------------------------
     def push(self, block: TagBlock) -> list[BlockResult]:
         """Slot one tag block; sift when the batch is full (``DistillSettings.sift_batch_clicks``,
-        ``sift_batch_slots``); the key blocks that closed."""
+        ``sift_batch_slots``); the key blocks that closed. A stopped Distiller takes nothing."""
+        if self.stopped:
+            return []
         t0 = time.perf_counter()
         events = self.slotter.push(block)
         self._slot_time += time.perf_counter() - t0
@@ -756,10 +776,13 @@ class Distiller:
         return SlotEvents.joined(parts)
 
     def finish(self, total_slots: int | None = None) -> dict[str, PairResult]:
-        """End of stream: flush, process the remaining blocks, return per-pair results."""
+        """End of stream: flush, process the remaining blocks, return per-pair results (a stopped
+        Distiller processes nothing more and returns the results so far)."""
         if self._finished:
             raise QKDInputError("Distiller.finish() called twice")
         self._finished = True
+        if self.stopped:
+            return {k: p.result for k, p in self.pairs.items()}
         t0 = time.perf_counter()
         events = self._take_batch(self.slotter.finish())
         self._slot_time += time.perf_counter() - t0
@@ -825,22 +848,13 @@ class Distiller:
         self._final_slots = final_slots
         out: list[BlockResult] = []
         for name, ann in anns.items():
-            st = self.pairs[name]
-            lo = prev
-            while True:  # a chunk may close several blocks; each closes at its fixed slot count
-                end = self._block_end(st)
-                hi = min(final_slots, end)
-                if hi > lo:
-                    self._sift_into(st, ann, lo, hi)
-                    lo = hi
-                if hi < end:
-                    break
-                if st.n_bits >= _MIN_BLOCK_BITS or st.end_i.refused:
-                    self._close_block(st, end, out)
-                else:  # (almost) no light in this block: nothing worth disclosing parities for
-                    self._drop_block(st, end)
+            if self._stop_requested():
+                break
+            self._advance_pair(self.pairs[name], ann, prev, final_slots, out)
         if final:  # the rest: N = the pair's slots up to the end of the acquisition
             for st in self.pairs.values():
+                if self._stop_requested():
+                    break
                 thr = (self.settings.pair_min_final_block_bits or {}).get(st.pair, self.settings.min_final_block_bits)
                 if st.n_bits >= thr or st.end_i.refused:
                     self._close_block(st, final_slots, out)
@@ -848,7 +862,45 @@ class Distiller:
                     self._drop_block(st, final_slots)
                 elif st.end_i.exchanged:  # announcements without a sifted bit: forget them at both ends
                     st.end_i.drop_block(st.channel)
+        if self.stopped:
+            self.abandon()
         return out
+
+    def _advance_pair(self, st: _PairState, ann: Announcements, lo: int, final_slots: int,
+                      out: list[BlockResult]) -> None:
+        """Sift the pair's announcements of ``[lo, final_slots)`` into its blocks, closing (into
+        ``out``) or dropping each block whose fixed slot count is reached; a stop ends it before a
+        block claims its slots."""
+        while not self._stop_requested():  # a chunk may close several blocks, each at its fixed slot count
+            end = self._block_end(st)
+            hi = min(final_slots, end)
+            if hi > lo:
+                self._sift_into(st, ann, lo, hi)
+                lo = hi
+            if hi < end or self._stop_requested():
+                return
+            if st.n_bits >= _MIN_BLOCK_BITS or st.end_i.refused:
+                self._close_block(st, end, out)
+            else:  # (almost) no light in this block: nothing worth disclosing parities for
+                self._drop_block(st, end)
+
+    def _stop_requested(self) -> bool:
+        """Whether the owner asked to stop (``stop()``, latched in :attr:`stopped`)."""
+        if not self.stopped and self._stop is not None and self._stop():
+            self.stopped = True
+            log.info("distillation stopped by user: the key blocks in progress are abandoned at both ends "
+                     "(nothing of them is stored)")
+        return self.stopped
+
+    def abandon(self) -> None:
+        """Stop for good: every pair's block not yet closed is forgotten at both ends (only public
+        sifting messages were exchanged for it: nothing is claimed, spent or stored, as for a dropped
+        block); :meth:`push` and :meth:`finish` process nothing more. Blocks already closed are not
+        touched (a block inside the protocol when the stop came ended as an abort)."""
+        self.stopped = True
+        for st in self.pairs.values():
+            if st.end_i.exchanged or st.n_bits:
+                st.end_i.drop_block(st.channel)
 
     def _drop_block(self, st: _PairState, end: int) -> None:
         """Discard the pair's current block unused (no key bit disclosed: only the public sifting
@@ -973,7 +1025,8 @@ class Distiller:
         auth_before = st.auth_i.key_bits_used
         checks_before = st.auth_i.checks + st.auth_j.checks
         before_j = len(st.end_j.outcomes)
-        oi = st.end_i.run_block(st.channel, run.block_id, run.start, run.end)
+        oi = st.end_i.run_block(st.channel, run.block_id, run.start, run.end,
+                                stop=self._stop_requested if self._stop is not None else None)
         run.oj = st.end_j.outcomes.pop() if len(st.end_j.outcomes) > before_j else None
         st.end_j.outcomes.clear()
         run.oi = oi

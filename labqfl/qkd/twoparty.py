@@ -106,10 +106,12 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 log = get_logger(__name__)
 
 __all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
-           "UNABSORBED_KINDS", "REFUSED", "announcement_entry", "announcement_problem"]
+           "UNABSORBED_KINDS", "REFUSED", "STOPPED_BY_USER", "announcement_entry", "announcement_problem"]
 
 #: Cj's answer to any message of a block it has refused (fields: ``reason``).
 REFUSED = "block/refused"
+#: The reason of a block Ci abandoned because its owner asked it to stop (:meth:`PairEndI.run_block`).
+STOPPED_BY_USER = "stopped by user"
 #: Messages that carry or follow the transcript tags and are therefore not absorbed into them.
 UNABSORBED_KINDS = frozenset({"block/confirm", "block/confirmed", "block/accept", "block/accepted", "block/drop",
                               "block/dropped", REFUSED})
@@ -286,6 +288,19 @@ class BlockOutcome:
 
 class _Refused(LabqflError):
     """This end refuses the current block (the message is the reason)."""
+
+
+class _Stopped(_Refused):
+    """Ci abandons the current block: its owner asked it to stop (a refusal like any other, so the
+    block still ends with the tag exchange and both ends spend the same pads)."""
+
+    def __init__(self) -> None:
+        super().__init__(STOPPED_BY_USER)
+
+
+def _check_stop(stop: Callable[[], bool] | None) -> None:
+    if stop is not None and stop():
+        raise _Stopped()
 
 
 def _alice(engine: str, bits: np.ndarray) -> Any:
@@ -561,8 +576,15 @@ class PairEndI(_PairEnd):
             ch.request(Message("block/drop", {}))
 
     # -- one block -----------------------------------------------------------------------------
-    def run_block(self, ch: Channel, block_id: str, start: int, end: int) -> BlockOutcome:
-        """Distil the current block with Cj; returns Ci's outcome (``final`` only if accepted)."""
+    def run_block(self, ch: Channel, block_id: str, start: int, end: int,
+                  stop: Callable[[], bool] | None = None) -> BlockOutcome:
+        """Distil the current block with Cj; returns Ci's outcome (``final`` only if accepted).
+
+        ``stop()`` true, asked before the block is opened, between the stages (error correction,
+        verification, key length and privacy amplification) and between the round trips of error
+        correction, abandons the block: Ci refuses it with reason :data:`STOPPED_BY_USER` and, as
+        for any refusal, the tag exchange still runs, so both ends spend the same pads and neither
+        accepts the block. Once privacy amplification is done the block runs to its end."""
         b = self._blk
         qest = self.qber_estimate()
         self._blk = _IBlock()
@@ -576,9 +598,10 @@ class PairEndI(_PairEnd):
         try:
             if b.refused:
                 raise _Refused(b.refused)
+            _check_stop(stop)
             self._ask(ch, Message("block/open", {"block": block_id, "start": int(start), "end": int(end),
                                                  "n_slots": int(counts.n_slots), "n_ann": b.n_ann, "n": n}), "block/ok")
-            final = self._distil(ch, bits, counts, out)
+            final = self._distil(ch, bits, counts, out, stop)
         except _Refused as e:
             out.reason = out.reason or str(e)
         except (LabqflError, ValueError) as e:  # a malformed request from Bob, a broken channel
@@ -599,7 +622,8 @@ class PairEndI(_PairEnd):
             out.accepted, out.final = True, final
         return out
 
-    def _distil(self, ch: Channel, bits: np.ndarray, counts: PairCounts, out: BlockOutcome) -> np.ndarray | None:
+    def _distil(self, ch: Channel, bits: np.ndarray, counts: PairCounts, out: BlockOutcome,
+                stop: Callable[[], bool] | None = None) -> np.ndarray | None:
         s = self.settings
         n = out.n
         # 1. error correction: Cj (Bob) drives Cascade/LDPC, Ci (Alice) answers
@@ -608,6 +632,9 @@ class PairEndI(_PairEnd):
         leak = 0
         rep = ch.request(Message("ec/start", {"engine": s.engine, "qber": out.qber_estimate, "n": n}))
         while rep.kind not in ("ec/done", REFUSED):
+            if stop is not None and stop():  # Bob's request stays unanswered; the tag exchange ends his thread
+                out.times["reconciliation"] = time.perf_counter() - t
+                raise _Stopped()
             ans = alice.handle(rep)
             leak += ans.leaked_bits
             rep = ch.request(ans)
@@ -623,6 +650,7 @@ class PairEndI(_PairEnd):
             raise _Refused(f"disclosed-bit counts differ: Ci sent {leak}, Cj received {int(rep.get('leaked'))}")
         if not out.ec_success:
             raise _Refused("error correction failed (decoder did not converge)")
+        _check_stop(stop)
         # 2. verification: Ci sends seed + tag, Cj compares
         t = time.perf_counter()
         out.tlen = tlen = min(verification_tag_length(s.params.eps_cor), n)
@@ -631,6 +659,7 @@ class PairEndI(_PairEnd):
                                     disclosed=hash_tag(bits, vseed, tlen)), "verify/result")
         out.verified = bool(rep.get("ok"))
         out.times["verification"] = time.perf_counter() - t
+        _check_stop(stop)
         # 3. secure key length, computed here and (independently) at Cj
         ell = 0
         reason = ""
