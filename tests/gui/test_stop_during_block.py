@@ -52,16 +52,15 @@ class EcGate:
         monkeypatch.setattr(CascadeAlice, "handle", gated)
 
 
-def _stores(core: TestbedCore) -> dict[str, tuple[list[str], list[tuple[int, int]]]]:
-    """Per client: (block IDs stored for the pair, the pair's slot ranges of the station's
-    latest acquisition recorded as distilled)."""
+def _stores(core: TestbedCore, acq: str) -> dict[str, tuple[list[str], list[tuple[int, int]]]]:
+    """Per client: (block IDs stored for the pair, the pair's slot ranges of acquisition ``acq``
+    recorded as distilled)."""
     pair = "-".join(core.config.pairs()[0])
-    acq = core.station.acquisition_id() if core.station is not None else None
     out = {}
     for node in core.config.client_names:
         st = KeyStore(node_store_path(node, core.data_dir), node=node, create=False)
         try:
-            spent = sorted((a, b) for a, b, _ in st.distilled_slots(pair, acq)) if acq else []
+            spent = sorted((a, b) for a, b, _ in st.distilled_slots(pair, acq))
             out[node] = (sorted(d["block_id"] for d in st.blocks(pair)), spent)
         finally:
             st.close()
@@ -86,6 +85,7 @@ def test_stopping_the_distillation_during_error_correction_abandons_the_block(  
     core.connect().result(60)
     core.start_distillation(None, "cascade")  # the block-size rule: a block that gives key
     assert gate.entered.wait(GATE_S), "the first key block never reached error correction"
+    acq = core.station.acquisition_id()  # the acquisition being distilled (Stop starts a new one)
     core.stop_distillation()
     stop_pressed.set()
     events.wait(lambda: ("distillation", False) in events.kinds("busy"), timeout=GATE_S)
@@ -94,11 +94,12 @@ def test_stopping_the_distillation_during_error_correction_abandons_the_block(  
     assert events.kinds("error") == []
     steps = [m for task, _f, m in events.kinds("progress") if task == "distillation"]
     assert any("stopped by user" in m for m in steps)
-    state = _stores(core)
+    state = _stores(core, acq)
     core.stop_acquisition()
     (ids_i, spent_i), (ids_j, spent_j) = state.values()
     assert ids_i == ids_j and spent_i == spent_j
     assert all(b.startswith(PRESHARED_PREFIX) for b in ids_i), f"a key block was stored: {ids_i}"
+    assert len(spent_i) == 1  # the abandoned block's raw data counts as spent at both ends
 
 
 def test_stopping_the_acquisition_makes_the_station_safe_while_the_block_is_distilled(  # type: ignore[no-untyped-def]
@@ -108,13 +109,14 @@ def test_stopping_the_acquisition_makes_the_station_safe_while_the_block_is_dist
     gate = EcGate(monkeypatch, lambda: not st.laser.output_enabled)
     core.start_distillation(None, "cascade")
     assert gate.entered.wait(GATE_S), "the first key block never reached error correction"
+    acq = st.acquisition_id()
     task = core._acquisition_task
     events.wait(lambda: task._distill_queue is not None and task._distill_queue.full(), timeout=GATE_S)
     core.stop_acquisition()  # the queue is full and the pipeline is held in error correction
     events.wait(lambda: ("distillation", False) in events.kinds("busy"), timeout=2 * GATE_S)
     assert gate.released_in_time, "the instruments went safe only after the key block"
     assert events.kinds("error") == []
-    (ids_i, spent_i), (ids_j, spent_j) = _stores(core).values()
+    (ids_i, spent_i), (ids_j, spent_j) = _stores(core, acq).values()
     assert ids_i == ids_j and spent_i == spent_j
     keys = [b for b in ids_i if not b.startswith(PRESHARED_PREFIX)]
     assert keys, "the block held in error correction was not distilled to its end"
