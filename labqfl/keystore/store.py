@@ -1106,8 +1106,16 @@ class KeyStore:
                 "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
                 "created": row[7], "updated": row[8]}
 
-    def release(self, key_id: str) -> int:
-        """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits."""
+    def release(self, key_id: str, *, spend: Iterable[Sequence[Any]] = (), reason: str = "") -> int:
+        """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits.
+
+        ``spend``: refs the partner can never hand out (it spent them already): the parts of them
+        inside this reservation are discarded instead (marked consumed and overwritten, recorded with
+        ``reason``), in the same transaction, so no other key can draw them in between. Parts outside
+        the reservation are ignored: a partner's word can spend nothing this reservation does not hold."""
+        spend = list(spend)
+        spend_refs = self._norm_refs(spend) if spend else []
+        done: list[Ref] = []
         with self._write() as conn:
             row = conn.execute("SELECT pair, refs, purpose, kind, info FROM deliveries WHERE key_id = ? AND "
                                "state = 'reserved'", (str(key_id),)).fetchone()
@@ -1130,8 +1138,32 @@ class KeyStore:
                 self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=GENERAL,
                            key_id=None, allow=lambda s: None if s.state == "free" else "are not free")
             conn.execute("UPDATE deliveries SET state = 'released', updated = ? WHERE key_id = ?", (_now(), str(key_id)))
+            if spend_refs:
+                done, _ = self._discard_free(conn, pair, _clip_refs(spend_refs, refs))  # type: ignore[arg-type]
+                if done:
+                    self._record(conn, f"discard-{uuid.uuid4()}", pair, purpose, "discard", "discarded", done,
+                                 {"reason": str(reason), "released": str(key_id)})
+        if done:
+            self._scrub()
+            log.info("key store %s: %d bits of released reservation %s discarded: %s", self.path.name,
+                     refs_nbits(done), key_id, reason)
         log.info("key store %s: released reservation %s (%d bits)", self.path.name, key_id, refs_nbits(refs))  # type: ignore[arg-type]
         return refs_nbits(refs)  # type: ignore[arg-type]
+
+    def forbid_key_id(self, pair: str, key_id: str, purpose: str, reason: str) -> bool:
+        """Record ``key_id`` as voided with no bits, so that a later :meth:`take_exact` or reservation under
+        that ID is refused here: for a key the partner reserved and voids before this store took it (the
+        partner then releases its reservation). False (nothing recorded) if the key ID is already recorded
+        here — whether this store took it is then for :meth:`delivery` to say."""
+        _check_pair(pair)
+        _check_purpose(purpose)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM deliveries WHERE key_id = ?", (str(key_id),)).fetchone() is not None:
+                return False
+            self._record(conn, str(key_id), pair, purpose, "void-unheld", "voided", [], {"reason": str(reason)})
+        log.info("key store %s: key ID %s of pair %s voided before any bit was taken here: %s", self.path.name,
+                 key_id, pair, reason)
+        return True
 
     # ------------------------------------------------------------------ stranded reservations
 
@@ -1191,26 +1223,8 @@ class KeyStore:
         key holds them) and logged.  Idempotent; returns the number of bits discarded."""
         _check_pair(pair)
         norm = self._norm_refs(refs)
-        done: list[Ref] = []
-        held = 0
         with self._write() as conn:
-            for block_id, start, length in norm:
-                blk = self._block(conn, block_id)
-                if blk is None or blk[1] != pair:
-                    continue
-                seq, end = blk[0], start + length
-                for s in self._segments(conn, seq, start, end):
-                    lo, hi = max(s.start, start), min(s.end, end)
-                    if hi <= lo:
-                        continue
-                    if s.state == "reserved":
-                        held += hi - lo
-                    if s.state != "free":
-                        continue
-                    self._mark(conn, pair, seq, block_id, lo, hi - lo, new_state="consumed", purpose=s.purpose,
-                               key_id=None, allow=lambda x: None if x.state == "free" else "are not free")
-                    self._io_bits(conn, seq, lo, hi - lo, zero=True)
-                    done.append((block_id, lo, hi - lo))
+            done, held = self._discard_free(conn, pair, norm)
             if done:
                 self._record(conn, f"discard-{uuid.uuid4()}", pair, GENERAL, "discard", "discarded", done,
                              {"reason": str(reason)})
@@ -1221,6 +1235,30 @@ class KeyStore:
             log.warning("key store %s: %d bits of pair %s the partner voided are reserved here for a key in use; "
                         "left reserved", self.path.name, held, pair)
         return refs_nbits(done)
+
+    def _discard_free(self, conn: sqlite3.Connection, pair: str, refs: list[Ref]) -> tuple[list[Ref], int]:
+        """Mark the free bits of ``refs`` consumed and overwrite them (:meth:`discard_exact`); the refs
+        discarded and the number of bits left because a reservation holds them."""
+        done: list[Ref] = []
+        held = 0
+        for block_id, start, length in refs:
+            blk = self._block(conn, block_id)
+            if blk is None or blk[1] != pair:
+                continue
+            seq, end = blk[0], start + length
+            for s in self._segments(conn, seq, start, end):
+                lo, hi = max(s.start, start), min(s.end, end)
+                if hi <= lo:
+                    continue
+                if s.state == "reserved":
+                    held += hi - lo
+                if s.state != "free":
+                    continue
+                self._mark(conn, pair, seq, block_id, lo, hi - lo, new_state="consumed", purpose=s.purpose,
+                           key_id=None, allow=lambda x: None if x.state == "free" else "are not free")
+                self._io_bits(conn, seq, lo, hi - lo, zero=True)
+                done.append((block_id, lo, hi - lo))
+        return done, held
 
     def spent_refs(self, pair: str, refs: Iterable[Sequence[Any]], *, settled_s: float = 0.0) -> list[Ref]:
         """The parts of ``refs`` this store can never hand out: bits consumed, exported or absent
@@ -1554,6 +1592,17 @@ class KeyStore:
             return normalize_refs(refs)
         except (ValueError, TypeError) as exc:
             raise KeyStoreError(f"invalid key references: {exc}") from None
+
+
+def _clip_refs(refs: list[Ref], within: Sequence[Sequence[Any]]) -> list[Ref]:
+    """The parts of ``refs`` that lie inside ``within`` (refs of the same blocks)."""
+    out: list[Ref] = []
+    for block_id, start, length in refs:
+        for b, o, n in within:
+            lo, hi = max(start, int(o)), min(start + length, int(o) + int(n))
+            if str(b) == block_id and hi > lo:
+                out.append((block_id, lo, hi - lo))
+    return out
 
 
 def _reopen(path: str, node: str | None) -> KeyStore:

@@ -24,7 +24,9 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
   (``frames/lost`` below). With emulated generators the optics never asks its modulator link: the
   simulated loop plays what the generator played;
 * it receives the detector's announcements (service ``ann``: ``ann/chunks``, one per tag block for
-  all its pairs, split into one chunk per pair by :func:`split_chunks`; ``ann/end``);
+  all its pairs, split into one chunk per pair by :func:`split_chunks`; ``ann/end``), each chunk
+  continuing the last and ending within the acquisition's slots (:class:`_Announced`); a session
+  that ends before ``ann/end`` fails every pair it fed at once, naming the detector;
 * for every pair (Ci, Cj) where it is **Ci** it drives :class:`~labqfl.qkd.twoparty.PairEndI`
   over a session to Cj's node (``qkd/pair``, every message absorbed into the block transcript)
   and a second, untagged session for the node-level bookkeeping (``qkd/pairctl``); it sifts the
@@ -33,24 +35,26 @@ Per acquisition (``ctl/arm {acq, epoch, optics, peers}`` from the operator):
 * for every pair where it is **Cj** it serves :class:`~labqfl.qkd.twoparty.PairEndJ` on those
   two services.
 
-Node-level messages (``qkd/pairctl``, Ci → Cj; none carries key bits, forging one can only refuse
-or withhold a block, never change a key):
+Node-level messages (``qkd/pairctl``, Ci → Cj; untagged, none carries key bits: forging one can refuse
+or withhold a block, never change a key — docs/nodes.md, "Messages", says exactly what one can still do):
 
 * ``pending/list`` → ``pending/ids {ids}``, then ``pending/resolve {held}`` → ``pending/resolved``:
   at the start of a session, key blocks Cj accepted but whose storage at Ci it never heard of
   are stored at Cj if Ci holds them, else discarded;
-* ``block/prepare {block, start, end, refs}`` → ``block/prepared``: before a block spends anything,
-  Cj checks the block ID is new and claims the block's slots in its store (the raw data of these
-  slots is never distilled again: a block killed half-way is discarded, never half-used), and
-  takes exactly the authentication bits Ci allocated (``refs`` into the pair's ``auth`` pool,
-  :meth:`~labqfl.keystore.KeyStore.take_exact`). Ci has only *reserved* those bits and takes them once
-  Cj answered ``block/prepared``; a Cj that does not hold a block the refs name refuses first, naming
-  it (``missing``), so neither end spends a bit and Ci retires that block at its end (a pre-shared
-  secret only Ci imported: never used); bits Cj spent already come back as ``spent`` and are
-  discarded at Ci;
-* ``auth/void {refs}`` → ``auth/voided {bits}``: at the start of a session, authentication bits Ci
-  reserved for a block that never started (Ci stopped in between) are discarded at Cj, then voided at
-  Ci: spent at both ends, never used;
+* ``block/prepare {block, start, end, need, refs, key}`` → ``block/prepared``: before a block spends
+  anything, Cj checks the block ID is new, takes exactly the authentication bits Ci reserved (``refs``
+  into the pair's ``auth`` pool, :meth:`~labqfl.keystore.KeyStore.take_exact`, recorded under Ci's
+  reservation key ID ``key``) and only then claims the block's slots in its store (the raw data of
+  these slots is never distilled again: a block killed half-way is discarded, never half-used). Ci
+  takes its reservation once Cj answered ``block/prepared``; a Cj that does not hold a block the refs
+  name refuses first, naming it (``missing``), so neither end spends a bit and Ci retires that block
+  at its end (a pre-shared secret only Ci imported: never used); a refusal names the bits Cj spent
+  (``spent``), and Ci discards those of its own reservation only, releasing the rest;
+* ``auth/void {key, refs}`` → ``auth/voided {taken, spent, bits}``: at the start of a session, for a
+  reservation Ci made for a block that never started (Ci stopped in between), Cj says whether it took
+  it (its record under ``key``). Taken: voided at Ci, spent at both ends, never used. Never taken: Cj
+  voids the key ID (a late ``block/prepare`` under it is refused) and Ci releases the reservation,
+  discarding only its parts Cj names ``spent``. Cj discards nothing;
 * ``block/skip {end}`` → ``block/skipped``: Ci dropped a block with too few sifted bits;
 * ``frames/lost {lo, hi, frames}`` → ``frames/lost {frames}`` (only when a client of the pair streams
   to a pattern generator): before Ci sifts the detector's chunk ``[lo, hi)``, each end says which
@@ -58,9 +62,11 @@ or withhold a block, never change a key):
   announced slots of the union, so each end's announcements stay the same (frame indices only, no
   choice: forging them can only drop slots or make the ends' announcements differ, which the
   tagged protocol refuses);
-* ``block/commit {held}`` → ``block/committed``: Ci has stored the accepted block (IDs it holds);
+* ``block/commit {block, held}`` → ``block/committed``: Ci has stored the accepted block (IDs it holds);
   Cj moves it from its pending file into its store. A block is thus stored at both ends or at
-  neither (up to a crash inside the commit, resolved by ``pending/*`` at the next session).
+  neither (up to a crash inside the commit, resolved by ``pending/*`` at the end of Ci's run of the
+  pair or at the next session). A block Cj holds neither pending nor stored is refused
+  (``out_of_step``): Ci retires its copy (never used) and the pair stops.
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements
 from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
+from labqfl.keystore.material import normalize_refs
 from labqfl.log import get_logger
 from labqfl.modulation import (
     ClientStreams,
@@ -143,6 +150,14 @@ AUTH_STARVED = "no authentication key shared with"
 
 #: How long Cj waits for the detector's copy of announcements Ci already refers to [s].
 FEED_TIMEOUT_S = 120.0
+#: How far past the acquisition's slots (``ctl/arm``'s duration) the detector may announce (fraction): a tagger's
+#: stream may end a little after the duration; no further, so no announcement makes a client cut and walk more
+#: blocks than the acquisition holds (:meth:`_Acq.slot_bound`).
+ANN_SLOT_MARGIN = 0.05
+#: An open-ended acquisition (no duration): the detector may announce up to this factor × the time since ``ctl/arm``
+#: plus :data:`ANN_OPEN_SLACK_S`, at the laser's repetition rate.
+ANN_OPEN_FACTOR = 2.0
+ANN_OPEN_SLACK_S = 10.0
 
 
 def block_cuts(schedule: PairSchedule, pair: str, block_slots: int, lo: int, hi: int) -> list[int]:
@@ -205,6 +220,25 @@ class _Chunk:
     ann: Announcements
 
 
+def _int_field(msg: Message, name: str) -> int:
+    """Field ``name`` of ``msg`` as an integer; :class:`MessageError` naming the field if it is none."""
+    v = msg.get(name)
+    if isinstance(v, bool) or not isinstance(v, int | np.integer):
+        raise MessageError(f"{msg.kind}: field {name!r} is {str(v)[:40]!r} (expected an integer)")
+    return int(v)
+
+
+def _array_field(msg: Message, name: str, dtype: Any) -> np.ndarray:
+    """Field ``name`` of ``msg`` as a numeric array; :class:`MessageError` naming the field if it is none."""
+    v = msg.get(name)
+    try:
+        if isinstance(v, str | bytes):
+            raise TypeError(type(v).__name__)
+        return np.asarray(v, dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise MessageError(f"{msg.kind}: field {name!r} is {str(v)[:40]!r} (expected an array of integers)") from None
+
+
 def split_chunks(msg: Message) -> list[_Chunk]:
     """The per-pair chunks of one ``ann/chunks`` message (:mod:`labqfl.nodes.detector`), in its
     order: pair ``k`` gets ``slots``/``outcomes`` ``[offsets[k], offsets[k+1])`` and ``dropped[k]``,
@@ -212,11 +246,10 @@ def split_chunks(msg: Message) -> list[_Chunk]:
     (:func:`labqfl.nodes.wire.decode_gaps`; a plain int64 ``slots`` field is read as it is). Checked
     whole before anything is used: a message whose gaps, offsets, counts or pair names do not add up
     raises :class:`MessageError`."""
-    lo, hi = int(msg.get("lo")), int(msg.get("hi"))
+    lo, hi = _int_field(msg, "lo"), _int_field(msg, "hi")
     pairs = str(msg.get("pairs")).split(",")
-    outcomes = np.asarray(msg.get("outcomes"), np.uint8)
-    dropped = np.asarray(msg.get("dropped"), np.int64)
-    offsets = np.asarray(msg.get("offsets"), np.int64)
+    outcomes, dropped, offsets = (_array_field(msg, f, t) for f, t in
+                                  (("outcomes", np.uint8), ("dropped", np.int64), ("offsets", np.int64)))
     n = len(pairs)
     if not 0 <= lo <= hi:
         raise MessageError(f"ann/chunks: slot range [{lo}, {hi}) is not a range of acquisition slots "
@@ -341,6 +374,7 @@ class _Feed:
         self.frame_slots = 1
         self.arrived_hi = 0
         self.ended = False
+        self.lost = ""  # why the detector's announcements stopped before their end ("" if they did not)
         self.cond = threading.Condition()
 
     def add(self, c: _Chunk) -> None:
@@ -352,15 +386,19 @@ class _Feed:
             self.arrived_hi = max(self.arrived_hi, c.hi)
             self.cond.notify_all()
 
-    def end(self) -> None:
+    def end(self, lost: str = "") -> None:
+        """No more announcements: the acquisition's end, or ``lost`` (why they stopped before it)."""
         with self.cond:
             self.ended = True
+            self.lost = self.lost or lost
             self.cond.notify_all()
 
     def _wait(self, pred: Any, what: str) -> None:
         if not self.cond.wait_for(lambda: pred() or self.ended, FEED_TIMEOUT_S):
             raise NodeError(f"pair {self.pair}: the detector's announcements {what} did not arrive within "
                             f"{FEED_TIMEOUT_S:.0f} s")
+        if self.lost and not pred():
+            raise NodeError(f"pair {self.pair}: {self.lost}")
 
     def _give(self, end: PairEndJ, upto: Any) -> None:
         while self.pieces and upto(self.pieces[0]):
@@ -458,6 +496,16 @@ class _JServed:
         return rep
 
 
+def _auth_refs(req: Message) -> list[tuple[str, int, int]]:
+    """The ``refs`` of a ``block/prepare``/``auth/void``: key references ``[[block_id, start, length], ...]``."""
+    raw = req.get("refs")
+    try:
+        return normalize_refs(json.loads(str(raw)))
+    except (ValueError, TypeError) as e:
+        raise MessageError(f"refs {str(raw)[:80]!r} are not key references ({e}); expected a non-empty JSON list "
+                           "[[block_id, start, length], ...]") from None
+
+
 class _JCtl:
     """Cj's responder on ``qkd/pairctl`` (module docstring)."""
 
@@ -473,34 +521,9 @@ class _JCtl:
                 node.resolve_pending(jp.pair, json.loads(str(req.get("held"))))
                 return ok("pending/resolved")
             if k == "block/prepare":
-                block, start, end = str(req.get("block")), int(req.get("start")), int(req.get("end"))
-                st = node.store
-                for bid in (block, block + AUTH_REFILL_SUFFIX):
-                    if st.has_block(bid):
-                        raise NodeError(f"block {bid} is already in {node.name}'s key store")
-                refs = json.loads(str(req.get("refs")))
-                # authentication bits of a block this store does not hold: refused before anything is
-                # claimed or spent here, naming the blocks, so that Ci spends nothing either (it reserved them)
-                missing = sorted({str(r[0]) for r in refs if not st.has_block(str(r[0]))})
-                if missing:
-                    return Message("node/refused", {"reason": f"{k}: pair {jp.pair}: authentication block(s) "
-                                                    f"{', '.join(missing)} not in {node.name}'s key store {st.path}",
-                                                    "missing": json.dumps(missing)})
-                st.check_slots_free(jp.pair, jp.acq.acq, start, end)
-                st.claim_slots(jp.pair, jp.acq.acq, start, end, block)
-                try:
-                    km = st.take_exact(jp.pair, refs, "auth")
-                except LabqflError as e:  # some of them spent here already: Ci may discard those at its end
-                    return Message("node/refused", {"reason": f"{k}: {e}",
-                                                    "spent": json.dumps(st.spent_refs(jp.pair, refs))})
-                jp.supply.load(np.asarray(km.bits, dtype=np.uint8))
-                jp.block = {"block": block, "start": start, "end": end, "need": int(req.get("need"))}
-                exit_hook("block/prepare")
-                return ok("block/prepared")
-            if k == "auth/void":  # a block's authentication bits Ci reserved and never finished: spent here too
-                n = node.store.discard_exact(jp.pair, json.loads(str(req.get("refs"))),
-                                             f"authentication key of a block {jp.ci} never finished (voided at both ends)")
-                return ok("auth/voided", bits=int(n))
+                return self._prepare(req)
+            if k == "auth/void":
+                return self._void(req)
             if k == "frames/lost":
                 lo, hi = int(req.get("lo")), int(req.get("hi"))
                 mine = jp.acq.unplayed(lo, hi)
@@ -512,12 +535,79 @@ class _JCtl:
                     jp.end.handle(Message("block/drop", {}))
                 return ok("block/skipped")
             if k == "block/commit":
-                node.resolve_pending(jp.pair, json.loads(str(req.get("held"))), only=str(req.get("block")))
+                block = str(req.get("block"))
+                if not node.resolve_pending(jp.pair, json.loads(str(req.get("held"))), only=block) \
+                        and not any(node.store.has_block(b) for b in (block, block + AUTH_REFILL_SUFFIX)):
+                    return Message("node/refused", {
+                        "reason": f"block/commit: pair {jp.pair}: block {block} is neither pending at {node.name} nor "
+                                  f"in its key store {node.store.path} (expected a block {node.name} accepted)",
+                        "out_of_step": block})
                 exit_hook("block/commit")
                 return ok("block/committed")
-        except (LabqflError, ValueError, OSError) as e:
+        except (LabqflError, ValueError, TypeError, OSError) as e:
             return refuse(f"{k}: {e}")
         return refuse(f"unexpected {k!r} on qkd/pairctl")
+
+    def _prepare(self, req: Message) -> Message:
+        """``block/prepare``: the block ID must be new, the refs Ci's reservation ``key`` of blocks held here;
+        then the bits are taken (recorded under Ci's key ID) and only then are the slots claimed, so a
+        refusal claims nothing and spends nothing here, or names every bit it spent (``spent``)."""
+        jp, node, st = self.jp, self.jp.node, self.jp.node.store
+        block, start, end = str(req.get("block")), int(req.get("start")), int(req.get("end"))
+        key = str(req.get("key"))
+        if not key.startswith(AUTH_KEY_PREFIX):
+            raise NodeError(f"pair {jp.pair}: reservation key ID {key!r} is not a block authentication key "
+                            f"(expected {AUTH_KEY_PREFIX}<uuid>)")
+        for bid in (block, block + AUTH_REFILL_SUFFIX):
+            if st.has_block(bid):
+                raise NodeError(f"block {bid} is already in {node.name}'s key store")
+        refs = _auth_refs(req)
+        # authentication bits of a block this store does not hold: refused before anything is
+        # claimed or spent here, naming the blocks, so that Ci spends nothing either (it reserved them)
+        missing = sorted({r[0] for r in refs if not st.has_block(r[0])})
+        if missing:
+            return Message("node/refused", {"reason": f"block/prepare: pair {jp.pair}: authentication block(s) "
+                                            f"{', '.join(missing)} not in {node.name}'s key store {st.path}",
+                                            "missing": json.dumps(missing)})
+        st.check_slots_free(jp.pair, jp.acq.acq, start, end)
+        try:
+            km = st.take_exact(jp.pair, refs, "auth", key_id=key, info={"block": block, "ci": jp.ci})
+        except LabqflError as e:  # some of them spent here already: Ci may discard those at its end
+            return Message("node/refused", {"reason": f"block/prepare: {e}",
+                                            "spent": json.dumps(st.spent_refs(jp.pair, refs))})
+        try:
+            st.claim_slots(jp.pair, jp.acq.acq, start, end, block)
+        except LabqflError as e:  # the bits are spent here now: Ci spends them too (never used)
+            return Message("node/refused", {"reason": f"block/prepare: {e}", "spent": json.dumps(km.refs)})
+        jp.supply.load(np.asarray(km.bits, dtype=np.uint8))
+        jp.block = {"block": block, "start": start, "end": end, "need": int(req.get("need"))}
+        exit_hook("block/prepare")
+        return ok("block/prepared")
+
+    def _void(self, req: Message) -> Message:
+        """``auth/void {key, refs}``: Ci's reservation ``key`` for a block that never started. Took it here
+        (``block/prepare``, recorded under that key ID with the same refs): ``taken`` (Ci voids it: spent at
+        both ends). Never took it: the key ID is voided here (a late ``block/prepare`` with it is refused), and
+        ``spent`` names the refs this store can never hand out (Ci discards those parts, releases the rest).
+        Nothing is discarded here: a forged ``auth/void`` spends no bit of this store."""
+        jp, node, st = self.jp, self.jp.node, self.jp.node.store
+        key, refs = str(req.get("key")), _auth_refs(req)
+        if not key.startswith(AUTH_KEY_PREFIX):
+            raise NodeError(f"pair {jp.pair}: key ID {key!r} is not a block authentication reservation "
+                            f"(expected {AUTH_KEY_PREFIX}<uuid>)")
+        st.forbid_key_id(jp.pair, key, "auth", f"block authentication key {jp.ci} reserved and voided before "
+                                              f"{node.name} took it")
+        d = st.delivery(key)
+        assert d is not None
+        same = d["pair"] == jp.pair and d["purpose"] == "auth"
+        if same and d["kind"] == "void-unheld":
+            return ok("auth/voided", taken=0, spent=json.dumps(st.spent_refs(jp.pair, refs)), bits=0)
+        if same and d["kind"] == "take_exact" and d["state"] == "delivered" and [list(r) for r in d["refs"]] == \
+                [list(r) for r in refs]:
+            return ok("auth/voided", taken=1, spent="[]", bits=int(d["nbits"]))
+        raise NodeError(f"pair {jp.pair}: key ID {key} in {node.name}'s key store is a {d['kind']} ({d['state']}) of "
+                        f"pair {d['pair']}, purpose {d['purpose']}, over other bits (expected {jp.ci}'s block "
+                        f"authentication reservation with these refs, taken by block/prepare or never seen)")
 
 
 class _IPair:
@@ -530,7 +620,10 @@ class _IPair:
         self.end = PairEndI(pair, acq.log, ClientSetup.from_config(node.cfg.client(ci)),
                             ClientSetup.from_config(node.cfg.client(cj)), node.proto, self.supply,
                             schedule=node.schedule)
-        self.inbox: queue.Queue[_Chunk | int] = queue.Queue()
+        #: the detector's chunks, then the acquisition's final slot (-1: this node stops; None: see ``lost``)
+        self.inbox: queue.Queue[_Chunk | int | None] = queue.Queue()
+        #: why the detector's announcements for this pair are lost ("" while they are not; :meth:`lose`)
+        self.lost = ""
         self.result = PairResult(pair)
         self.result.block_slots = node.block_slots[pair]
         s = node.settings
@@ -558,20 +651,28 @@ class _IPair:
 
     def _void_stale_auth(self) -> None:
         """Authentication bits this end reserved for a block and never finished (a Ci stopped between its
-        reservation and its ``take_exact``; Cj may or may not have taken them): spent at both ends, never
-        used — Cj discards them first (``auth/void``), then they are voided here, both recorded."""
+        reservation and its ``take_exact``): Cj says whether it took them (``auth/void``, by the reservation's
+        key ID). Taken: voided here, spent at both ends, never used. Never taken: Cj voids the key ID (a late
+        ``block/prepare`` with it is refused) and the reservation is released here — neither end read a bit —
+        except the parts Cj says it can never hand out (``spent``), discarded here in the same transaction."""
         assert self.ctl is not None
         st = self.node.store
         for r in st.pending_reservations("auth"):
             kid = str(r["key_id"])
             if r["pair"] != self.pair or not kid.startswith(AUTH_KEY_PREFIX) or kid in self.node.auth_inflight:
                 continue
-            rep = request(self.ctl, Message("auth/void", {"refs": json.dumps([list(x) for x in r["refs"]])}),
+            rep = request(self.ctl, Message("auth/void", {"key": kid, "refs": json.dumps([list(x) for x in r["refs"]])}),
                           "auth/voided")
-            st.void(kid, f"block authentication key reserved by a Ci that stopped before its block started "
-                         f"({int(rep.get('bits'))} bits discarded at {self.cj}); spent at both ends, never used")
-            log.warning("node %s: pair %s: %d authentication bits reserved for a block that never started (%s) "
-                        "voided at both ends", self.node.name, self.pair, int(r["nbits"]), kid)
+            if int(rep.get("taken")) == 1:
+                st.void(kid, f"block authentication key reserved by a Ci that stopped before its block started "
+                             f"({self.cj} had taken it); spent at both ends, never used")
+                what = "voided at both ends"
+            else:
+                spent = json.loads(str(rep.fields.get("spent") or "[]"))
+                st.release(kid, spend=spent, reason=f"authentication bits {self.cj} spent already: discarded, never used")
+                what = f"released at both ends ({self.cj} never took them)"
+            log.warning("node %s: pair %s: %d authentication bits reserved for a block that never started (%s) %s",
+                        self.node.name, self.pair, int(r["nbits"]), kid, what)
 
     def _draw_auth(self, block_id: str, start: int, end: int, need: int) -> None:
         """This block's authentication key at both ends, or at neither: Ci reserves ``need`` bits, Cj takes
@@ -589,13 +690,18 @@ class _IPair:
         node.auth_inflight.add(kid)
         try:
             rep = self.ctl.request(Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
-                                                             "need": need, "refs": json.dumps(refs)}))
+                                                             "need": need, "refs": json.dumps(refs), "key": kid}))
             if rep.kind == "node/refused":
-                st.release(kid)  # Cj refused before taking anything: nothing was spent at either end
                 reason = str(rep.fields.get("reason", f"answered {rep.kind!r}"))
                 missing = json.loads(str(rep.fields.get("missing") or "[]"))
                 spent = json.loads(str(rep.fields.get("spent") or "[]"))
-                done = self._retire(missing, spent)
+                # Cj spent nothing but what it names as spent: only those parts of this reservation are
+                # discarded here (in the release's transaction), the rest is free again at both ends
+                st.release(kid, spend=spent, reason=f"authentication bits {self.cj} spent already: discarded, never used")
+                done = self._retire([m for m in missing if m in {r[0] for r in refs}])
+                if spent:
+                    done = "; ".join(x for x in (done, f"the authentication bits {self.cj} had spent already (of "
+                                                       "this block's reservation only) discarded here") if x)
                 raise NodeError(reason + (f"; {done}" if done else ""))
             if rep.kind != "block/prepared":  # whether Cj took the bits is unknown: voided at the next session
                 raise MessageError(f"answered {rep.kind!r} to 'block/prepare'; expected 'block/prepared'")
@@ -604,10 +710,10 @@ class _IPair:
             node.auth_inflight.discard(kid)
         self.supply.load(np.asarray(km.bits, dtype=np.uint8))
 
-    def _retire(self, missing: list[str], spent: list[Any]) -> str:
-        """Authentication material Cj cannot match, spent here so that no later block draws it: ``missing``
-        authentication blocks Cj does not hold (pre-shared or refill blocks; another block is left alone)
-        and ``spent`` refs Cj consumed already. Returns what was done ("" if nothing)."""
+    def _retire(self, missing: list[str]) -> str:
+        """Authentication blocks Cj does not hold (``missing``, among those this block's reservation drew
+        from), spent here so that no later block draws them: pre-shared or refill blocks only (another
+        block is left alone). Returns what was done ("" if nothing)."""
         st, done = self.node.store, []
         sizes = {str(b["block_id"]): int(b["nbits"]) for b in st.blocks(self.pair)}
         for bid in missing:
@@ -616,9 +722,6 @@ class _IPair:
                                      f"authentication block held at {self.node.name} only ({self.cj} does not hold "
                                      "it): retired, never used")
                 done.append(f"block {bid}, held at {self.node.name} only, retired there ({n} bits, never used)")
-        if spent:
-            n = st.discard_exact(self.pair, spent, f"authentication bits {self.cj} spent already: discarded, never used")
-            done.append(f"{n} authentication bits {self.cj} had spent already discarded here")
         for d in done:
             log.warning("node %s: pair %s: %s", self.node.name, self.pair, d)
         return "; ".join(done)
@@ -628,6 +731,10 @@ class _IPair:
         opened = False
         while True:
             item = self.inbox.get()
+            if self.lost:  # the detector's announcement session broke: no more announcements, the pair ends now
+                self.failed = self.failed or self.lost
+                log.warning("node %s: pair %s: %s", self.node.name, self.pair, self.lost)
+                break
             if not opened and not self.failed:  # at the first announcement: every client is armed by then
                 opened = True
                 try:
@@ -643,19 +750,53 @@ class _IPair:
                     if self.batch.chunks:
                         self._chunk(self.batch.take())
                     self._final(item)
-                else:
+                elif item is not None:
                     self._add(item)
             except (LabqflError, OSError, ValueError) as e:  # ValueError: e.g. a log refusing a slot it did not play
-                self.failed = f"pair {self.pair}: {e}"
+                self.failed = self.lost or f"pair {self.pair}: {e}"  # a lost detector is the cause, named as such
                 log.warning("node %s: %s", self.node.name, self.failed)
             if isinstance(item, int):
                 break
+        if self.ctl is not None:  # the pair's sessions were open (else there is nothing new to resolve)
+            self._resolve_pending_at_end()
         for c in (self.ch, self.ctl):
             if c is not None:
                 try:
                     c.close()
                 except (LabqflError, OSError):
                     pass
+
+    def lose(self, reason: str) -> None:
+        """The detector's announcements for this pair are lost (its ``ann`` session ended before ``ann/end``):
+        the pair fails with ``reason`` as soon as its thread finishes the item in hand."""
+        self.lost = reason
+        self.inbox.put(None)
+
+    def _resolve_pending_at_end(self) -> None:
+        """At the end of the pair's run (the acquisition's end, a failure, this node's stop), the blocks Cj
+        accepted whose commit it never heard of (a cut connection, a ``block/accept`` delivered twice) are
+        resolved as at a session's start (``pending/*``: stored at Cj if held here, else destroyed there), over a
+        fresh ``qkd/pairctl`` session if this one broke, rather than kept at Cj until the pair's next session."""
+        for attempt in range(2):
+            try:
+                if attempt:
+                    try:
+                        self.ctl.close()  # type: ignore[union-attr]
+                    except (LabqflError, OSError):
+                        pass
+                    self.ctl = open_session(self.acq.peers[self.cj], self.node.creds, self.cj, "qkd/pairctl",
+                                            fields={"pair": self.pair, "acq": self.acq.acq}, timeout_s=60.0)
+                ids = json.loads(str(request(self.ctl, Message("pending/list", {}), "pending/ids").get("ids")))
+                if ids:
+                    held = [b for b in ids if self.node.store.has_block(b)]
+                    request(self.ctl, Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+                    log.info("node %s: pair %s: %d block(s) pending at %s resolved at the end (%d held here)",
+                             self.node.name, self.pair, len(ids), self.cj, len(held))
+                return
+            except (LabqflError, OSError) as e:
+                err = e
+        log.warning("node %s: pair %s: blocks %s may hold pending could not be resolved at the end (%s): they stay "
+                    "there until the pair's next session", self.node.name, self.pair, self.cj, err)
 
     def _block_end(self) -> int:
         return self.node.schedule.slot_end(self.pair, (self.block_index + 1) * self.node.block_slots[self.pair])
@@ -781,11 +922,35 @@ class _IPair:
         meta = node.block_meta(self.pair, self.acq, oi, eps_auth, {"start": start, "end": end, "n_slots": n_slots})
         held = node.store_block(self.pair, block_id, final, refill, meta)
         exit_hook("block/stored")
-        request(self.ctl, Message("block/commit", {"block": block_id, "held": json.dumps(held)}), "block/committed")
+        try:
+            self._commit(block_id, held)
+        except NodeError as e:
+            self._record(block_id, start, end, n_slots, oi, times, str(e), auth_bits, eps_auth)
+            raise
         times["delivery"] = time.perf_counter() - t
         self.accepted_ids.append(block_id)
         self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),
                      delivered=int(final.size) - refill)
+
+    def _commit(self, block_id: str, held: list[str]) -> None:
+        """``block/commit``: Cj moves its pending copy into its store. A Cj that holds the block neither pending
+        nor stored (``out_of_step``) leaves it at this end only: retired here (never used), and the pair stops
+        with one error, out of step. Another refusal leaves Cj's copy pending (resolved at the end of the run)."""
+        assert self.ctl is not None
+        rep = self.ctl.request(Message("block/commit", {"block": block_id, "held": json.dumps(held)}))
+        if rep.kind == "block/committed":
+            return
+        reason = str(rep.fields.get("reason", f"answered {rep.kind!r} to 'block/commit'; expected 'block/committed'"))
+        if rep.kind == "node/refused" and rep.fields.get("out_of_step") == block_id:
+            st = self.node.store
+            sizes = {str(b["block_id"]): int(b["nbits"]) for b in st.blocks(self.pair)}
+            n = sum(st.discard_exact(self.pair, [(b, 0, sizes[b])], f"block {self.cj} does not hold (it refused "
+                                     "block/commit): retired at this end, never used") for b in held if b in sizes)
+            raise NodeError(f"pair {self.pair} out of step: {reason}; the block's {n} bits stored at "
+                            f"{self.node.name} retired there, never used")
+        if rep.kind == "node/refused":
+            raise NodeError(reason)
+        raise MessageError(reason)
 
     def _record(self, block_id: str, start: int, end: int, n_slots: int, oi: BlockOutcome | None,
                 times: dict[str, float], reason: str, auth_bits: int, eps_auth: float, final: int = 0,
@@ -838,6 +1003,26 @@ class _Acq:
         self.answered_slots = 0
         #: the detector announced the acquisition's end (``ann/end``), or its announcement session ended
         self.ended = threading.Event()
+        self.ann_done = False  # ``ann/end`` arrived
+        self.ann_opened = False  # the detector opened its announcement session (one per acquisition)
+        #: the acquisition's slots from ``ctl/arm``'s duration (None: open-ended), the laser's repetition rate,
+        #: and when it was armed: the bound on the slots the detector may announce (:meth:`slot_bound`)
+        self.n_slots: int | None = None
+        self.rep_rate_hz = 0.0
+        self.armed_at = time.monotonic()
+
+    def slot_bound(self) -> tuple[int, str]:
+        """The last slot (exclusive) the detector may announce now, and what bounds it: the acquisition's slots
+        (``ctl/arm``'s duration) plus :data:`ANN_SLOT_MARGIN` (a tagger's stream may run a little past the
+        duration); open-ended, :data:`ANN_OPEN_FACTOR` × the time since ``ctl/arm`` plus :data:`ANN_OPEN_SLACK_S`,
+        at the repetition rate (the light cannot run ahead of the clock)."""
+        if self.n_slots is not None:
+            n = self.n_slots
+            return int(n * (1 + ANN_SLOT_MARGIN)) + 1, f"the acquisition's {n} slots (+{ANN_SLOT_MARGIN:.0%})"
+        t = time.monotonic() - self.armed_at
+        return (int((ANN_OPEN_FACTOR * t + ANN_OPEN_SLACK_S) * self.rep_rate_hz) + 1,
+                f"{ANN_OPEN_FACTOR:g} x {t:.1f} s since ctl/arm + {ANN_OPEN_SLACK_S:g} s at {self.rep_rate_hz:g} Hz "
+                "(open-ended acquisition)")
 
     def unplayed(self, lo: int, hi: int) -> list[int]:
         """Frames overlapping slots ``[lo, hi)`` this client did not play ([] without a stream); waits (at
@@ -858,10 +1043,24 @@ class _Acq:
 
 
 class _Announced:
-    """The ``ann`` service: the detector's announcements as this client receives them."""
+    """The ``ann`` service: the detector's announcements as this client receives them. The detector is
+    untrusted: a chunk must continue the previous one (its ``lo`` where the last ``hi`` was, from 0) and end
+    within :meth:`_Acq.slot_bound`, and ``ann/end``'s final slot too, so that no message makes this client cut
+    and walk more blocks than the acquisition holds; else the session ends with one error naming the
+    detector, and every pair it fed fails with it (:meth:`ClientNode._ann_closed`)."""
 
-    def __init__(self, node: ClientNode, acq: _Acq) -> None:
-        self.node, self.acq = node, acq
+    def __init__(self, node: ClientNode, acq: _Acq, detector: str = "detector") -> None:
+        self.node, self.acq, self.detector = node, acq, detector
+        self.next_lo = 0
+
+    def _check_range(self, lo: int, hi: int, what: str) -> None:
+        bound = getattr(self.acq, "slot_bound", None)
+        if lo != self.next_lo:
+            raise MessageError(f"{what} from detector {self.detector}: slots from {lo}, but its announcements so far end "
+                               f"at slot {self.next_lo} (expected each chunk to continue the last)")
+        if bound is not None and hi > (b := bound())[0]:
+            raise MessageError(f"{what} from detector {self.detector}: slots up to {hi}, beyond slot {b[0]} "
+                               f"(expected at most {b[1]})")
 
     def handle(self, req: Message) -> Message:
         if req.kind == "ann/chunks":
@@ -871,6 +1070,9 @@ class _Announced:
             if unknown:
                 raise MessageError(f"ann/chunks: client {self.node.name} is not in pair(s) {', '.join(unknown)} "
                                    f"(its pairs: {', '.join(sorted([*acq.i_pairs, *acq.j_pairs]))})")
+            if chunks:
+                self._check_range(chunks[0].lo, chunks[0].hi, "ann/chunks")
+                self.next_lo = chunks[0].hi
             for c in chunks:
                 if c.pair in acq.i_pairs:
                     acq.i_pairs[c.pair].inbox.put(c)
@@ -878,7 +1080,12 @@ class _Announced:
                     acq.j_pairs[c.pair].feed.add(c)
             return ok("ann/ok")
         if req.kind == "ann/end":
-            final = int(req.get("final"))
+            final = _int_field(req, "final")
+            self._check_range(self.next_lo, final, "ann/end")
+            if final < self.next_lo:
+                raise MessageError(f"ann/end from detector {self.detector}: final slot {final} before slot "
+                                   f"{self.next_lo}, where its announcements end (expected final >= {self.next_lo})")
+            self.acq.ann_done = True
             for ip in self.acq.i_pairs.values():
                 ip.inbox.put(final)
             for jp in self.acq.j_pairs.values():
@@ -1092,13 +1299,18 @@ class ClientNode(Node):
                 out.append((f, rec))
         return out
 
-    def resolve_pending(self, pair: str, held: list[str], only: str | None = None) -> None:
-        """Store the pending blocks of ``pair`` whose IDs (key or auth refill) Ci holds; discard the others."""
+    def resolve_pending(self, pair: str, held: list[str], only: str | None = None) -> int:
+        """Store the pending blocks of ``pair`` whose IDs (key or auth refill) Ci holds; destroy the others
+        (every resolved file overwritten, flushed to disk and deleted). Returns the number of pending blocks
+        resolved."""
         with self._pending_lock:
-            self._resolve_pending(pair, held, only)
+            return self._resolve_pending(pair, [str(h) for h in held], only)
 
-    def _resolve_pending(self, pair: str, held: list[str], only: str | None) -> None:
-        for f, rec in self._pending_records(pair, only):
+    def _resolve_pending(self, pair: str, held: list[str], only: str | None) -> int:
+        from labqfl.keystore.preshare import shred_secret_file
+
+        records = self._pending_records(pair, only)
+        for f, rec in records:
             bid = rec["block_id"]
             bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8), count=int(rec["nbits"]))
             refill, meta = int(rec["refill"]), rec["meta"]
@@ -1109,8 +1321,12 @@ class ClientNode(Node):
             if bits.size > refill and bid in held and not self.store.has_block(bid):
                 self.store.add_block(pair, bits[refill:], block_id=bid, purpose="general",
                                      run_id=str(meta.get("run_id", "")), meta=meta)
-            f.write_bytes(b"\0" * f.stat().st_size)
-            f.unlink()
+            bits[:] = 0
+            # overwritten and fsynced before the unlink (as pre-shared secrets are): key bits neither end will
+            # use (or a copy of those now in the store) are not left on freed disk blocks
+            if (problem := shred_secret_file(f)) is not None:
+                log.error("%s: pending block %s: %s", self.name, bid, problem)
+        return len(records)
 
     # -- sessions ------------------------------------------------------------------------------
     def _acq(self, hello: Message) -> _Acq:
@@ -1123,7 +1339,26 @@ class ClientNode(Node):
 
     def _ann(self, peer: str, hello: Message) -> ServedSession:
         a = self._acq(hello)
-        return ServedSession(_Announced(self, a), on_close=lambda error: a.ended.set())
+        with self._lock:
+            if a.ann_opened:
+                raise NodeError(f"detector {peer} already opened the announcement session of acquisition {a.acq} "
+                                "(expected one per acquisition)")
+            a.ann_opened = True
+        return ServedSession(_Announced(self, a, peer), on_close=lambda error: self._ann_closed(a, peer, error))
+
+    def _ann_closed(self, a: _Acq, peer: str, error: BaseException | None) -> None:
+        """The detector's ``ann`` session ended. Before ``ann/end`` (a refused message, a reset connection, a
+        detector that stopped), every pair it fed fails now, naming the detector and the cause: Ci's pair
+        threads stop (:meth:`_IPair.lose`), Cj's feeds end (Ci's next request that needs more is refused)."""
+        if not a.ann_done:
+            why = str(error) if error is not None else "session closed before ann/end"
+            reason = f"announcements from detector node {peer!r} lost: {why}"
+            log.warning("node %s: acquisition %s: %s", self.name, a.acq, reason)
+            for ip in a.i_pairs.values():
+                ip.lose(reason)
+            for jp in a.j_pairs.values():
+                jp.feed.end(reason)
+        a.ended.set()
 
     def _jpair(self, peer: str, hello: Message) -> _JPair:
         a = self._acq(hello)
@@ -1163,6 +1398,8 @@ class ClientNode(Node):
             streams = ClientStreams({self.name: gen}, {self.name: log_},
                                     acquisition_slots(duration, self.cfg.laser.rep_rate_hz))
         a = _Acq(acq, log_, peers, str(req.fields.get("run_id", "")), streams)
+        a.n_slots = acquisition_slots(float(req.fields.get("duration", 0.0)) or None, self.cfg.laser.rep_rate_hz)
+        a.rep_rate_hz = float(self.cfg.laser.rep_rate_hz)
         for pair, ci in self.j_of.items():
             a.j_pairs[pair] = _JPair(self, a, pair, ci)
         for pair, cj in self.i_of.items():

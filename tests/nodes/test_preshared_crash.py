@@ -164,29 +164,38 @@ def _ipair(data: Path) -> Any:
     return ip
 
 
-@pytest.mark.parametrize("cj_took", [True, False])
-def test_authentication_bits_a_killed_ci_reserved_are_spent_at_both_ends_at_the_next_session(tmp_path, cj_took) -> None:
+@pytest.mark.parametrize("cj_took", ["by key ID", "without key ID", "never"])
+def test_authentication_bits_a_killed_ci_reserved_are_settled_at_both_ends_at_the_next_session(tmp_path, cj_took) -> None:
+    """Cj says whether it took Ci's reservation (``auth/void`` by key ID, answered by the real Cj responder):
+    taken, voided at both ends; never taken, released at both ends (neither read a bit) and the key ID voided
+    at Cj, so a late ``block/prepare`` with it is refused; taken by a Cj that did not record the key ID, the
+    bits it spent are discarded at Ci too. Every way, both stores hold the same free bits."""
+    from labqfl.nodes.client import _JCtl
+
     data = tmp_path / "data"
     s1, s2 = _stores(data)
+    kid = f"{AUTH_KEY_PREFIX}dead"
     with s1, s2:
         load_preshared_auth(s1, s2, PAIR, _bits())
-        refs = s1.reserve(PAIR, 192, "auth", f"{AUTH_KEY_PREFIX}dead")  # Ci killed after this
-        if cj_took:
+        refs = s1.reserve(PAIR, 192, "auth", kid)  # Ci killed after this
+        if cj_took == "by key ID":
+            s2.take_exact(PAIR, refs, "auth", key_id=kid)
+        elif cj_took == "without key ID":  # a Cj before key IDs were recorded with the take
             s2.take_exact(PAIR, refs, "auth")
     ip = _ipair(data)
-
-    def void(msg: Message) -> Message:
-        assert msg.kind == "auth/void"
-        with KeyStore.for_node("C2", data) as st:
-            return Message("auth/voided", {"bits": st.discard_exact(PAIR, json.loads(str(msg.get("refs"))), "test")})
-
-    ip.ctl = types.SimpleNamespace(request=void)
+    s2 = KeyStore.for_node("C2", data)
+    jp = types.SimpleNamespace(pair=PAIR, ci="C1", node=types.SimpleNamespace(store=s2, name="C2"))
+    ip.ctl = types.SimpleNamespace(request=_JCtl(jp).handle)  # type: ignore[arg-type]
     ip._void_stale_auth()
     s1 = ip.node.store
-    with s1, KeyStore.for_node("C2", data) as s2:
+    left = 65536 if cj_took == "never" else 65536 - 192
+    with s1, s2:
         assert not s1.pending_reservations("auth")
-        assert s1.available_bits(PAIR, "auth") == s2.available_bits(PAIR, "auth") == 65536 - 192
-        assert shared_auth_bits(s1, s2, PAIR) == 65536 - 192
+        assert s1.available_bits(PAIR, "auth") == s2.available_bits(PAIR, "auth") == left
+        assert shared_auth_bits(s1, s2, PAIR) == left
+        if cj_took == "never":
+            with pytest.raises(Exception, match=f"key ID {kid} was already voided"):
+                s2.take_exact(PAIR, refs, "auth", key_id=kid)
 
 
 def test_a_pair_without_shared_authentication_key_is_named_not_starved(tmp_path) -> None:
