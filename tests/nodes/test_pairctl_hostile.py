@@ -161,3 +161,35 @@ def test_ci_retires_its_copy_and_stops_the_pair_when_cj_refuses_the_commit_out_o
     with pytest.raises(NodeError, match="disk full"):
         ip._commit("blk-2", ["blk-2"])
     assert s1.available_bits(PAIR, "general") == 4096 + 300  # another refusal: Cj's copy stays pending, kept here
+
+
+def test_a_slot_claim_lost_after_the_take_spends_the_bits_at_both_ends(c2, monkeypatch) -> None:
+    """Cj takes the bits first and claims the slots after: when the claim then fails (another session claimed
+    them in between), the refusal names every bit taken, and Ci spends exactly those of its reservation."""
+    st = c2.node.store
+    st.claim_slots(PAIR, ACQ, 0, 100, "a-block-of-another-session")
+    monkeypatch.setattr(st, "check_slots_free", lambda *a: None)  # the claim raced in after this check
+    ip = _ipair(c2.s1, c2.ch.request)
+    with pytest.raises(NodeError, match=r"overlap slots \[0, 100\).*of this block's reservation only"):
+        ip._draw_auth("b-3", 0, 100, 192)
+    assert _free(c2.s1) == _free(st) == (4096, 1024 - 192)  # spent at both ends, never used
+    assert not c2.s1.pending_reservations("auth")
+
+
+def test_a_second_announcement_session_for_one_acquisition_is_refused(tmp_path) -> None:
+    from labqfl.qkd.messaging import MessageError
+
+    certs = tmp_path / "certs"
+    make_node_certs(certs, ["C2", "detector"])
+    node = ClientNode("C2", station=None, data_dir=tmp_path / "data", listen="127.0.0.1:0", certs=certs)
+    node.server.start()
+    node.acqs[ACQ] = _Acq(ACQ, new_client_log(node.cfg.client("C2"), 1 << 20), {})
+    det = NodeCredentials.load(certs, "detector")
+    try:
+        first = open_session(node.server.address, det, "C2", "ann", fields={"acq": ACQ}, timeout_s=30)
+        with pytest.raises(MessageError, match="detector detector already opened the announcement session"):
+            open_session(node.server.address, det, "C2", "ann", fields={"acq": ACQ}, timeout_s=30)
+        first.close()
+    finally:
+        node.server.stop(0)
+        node.store.close()
