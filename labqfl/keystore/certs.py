@@ -16,9 +16,14 @@ Keys are ECDSA P-256; signatures SHA-256.
 The CA is shared with the node network (:mod:`labqfl.net.pki`), so CA + host name do not tell the
 KME from a node: every serving node's certificate is also a serverAuth certificate of this CA for
 ``localhost``/``127.0.0.1`` by default.  What only a KME certificate carries is the URI SAN
-``urn:labqfl:kme:<name>`` (node certificates carry no URI SAN; SAE certificates only
+``urn:labqfl:kme:<name>`` (node certificates carry ``urn:labqfl:node:<name>`` instead; SAE certificates only
 ``urn:labqfl:sae:…`` and no serverAuth).  SAEs check it (:func:`labqfl.keystore.etsi.kme_client_context`)
 or pin the KME certificate's public key (:func:`spki_pin`, curl ``--pinnedpubkey``); docs/keystore.md.
+Conversely the nodes accept a peer only with the node identity ``urn:labqfl:node:<CN>``
+(:func:`labqfl.net.pki.node_cert_problem`), which no certificate made here carries, so an SAE
+certificate whose SAE ID equals a node name (the default C1…C4) cannot act as that node; SAE IDs
+equal to the fixed node names of the network (:data:`RESERVED_SAE_IDS`: the operator ``ctl``, ``detector``,
+``optics``, ``server``) are refused all the same, so that no certificate of this CA names them but theirs.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ log = get_logger(__name__)
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")
 #: URI subjectAltName prefix of a KME server certificate's identity: ``urn:labqfl:kme:<name>``
 KME_URI_PREFIX = "urn:labqfl:kme:"
+#: SAE IDs refused by :func:`make_dev_certs`: the default names of the node network's non-client nodes and
+#: of its operator (:mod:`labqfl.net.pki`, labqfl.nodes.common.CTL)
+RESERVED_SAE_IDS = ("ctl", "detector", "optics", "server")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -189,6 +197,10 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
     for n in (*kmes, *saes):
         if not _NAME_RE.match(n):
             raise ConfigError(f"certificate name {n!r} is invalid; expected letters, digits, '_', '.', '-'")
+    reserved = [n for n in saes if n.lower() in RESERVED_SAE_IDS]
+    if reserved:
+        raise ConfigError(f"SAE ID {reserved[0]!r} is the name of a node of the node network (reserved: "
+                          f"{', '.join(RESERVED_SAE_IDS)}); expected another SAE ID")
     if not kmes and not saes:
         raise ConfigError("nothing to make: give at least one --kme or --sae name")
     out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,9 @@ every SuperNode reaches it through a local end that presents its owner's node ce
 The bytes inside are the SuperNode's own TLS session with the SuperLink (it verifies the
 SuperLink's certificate against the network CA), so the Flower traffic is TLS end to end and the
 tunnel adds node identity: :class:`MtlsFront` requires a client certificate issued by the
-network's CA (``ssl.CERT_REQUIRED``) whose CN is one of the allowed names, and refuses every other
+network's CA (``ssl.CERT_REQUIRED``) that is a node certificate (URI subjectAltName
+``urn:labqfl:node:<CN>``, :func:`labqfl.net.pki.node_cert_problem`: an ETSI SAE certificate of the same
+CA named like a client is refused) whose CN is one of the allowed names, and refuses every other
 connection before a byte reaches the SuperLink. Python's :mod:`ssl` (OpenSSL) and :mod:`asyncio`
 streams; one event loop in a daemon thread per tunnel.
 """
@@ -26,8 +28,11 @@ from collections.abc import Collection, Coroutine
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from labqfl.errors import ConfigError
 from labqfl.log import get_logger
+from labqfl.net.pki import node_cert_problem
 
 log = get_logger(__name__)
 
@@ -52,6 +57,16 @@ def _peer_cn(cert: dict | None) -> str:  # type: ignore[type-arg]
             if key == "commonName":
                 return str(value)
     return ""
+
+
+def _node_problem(der: bytes | None) -> str:
+    """Why the peer's certificate (DER, as TLS got it) is not a node certificate; "" if it is."""
+    if not der:
+        return "the peer presented no certificate"
+    try:
+        return node_cert_problem(x509.load_der_x509_certificate(der))
+    except ValueError as exc:
+        return f"the peer's certificate is unreadable ({exc})"
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -121,7 +136,7 @@ class _LoopThread:
 
 class MtlsFront(_LoopThread):
     """The FL server node's listening side: mutual TLS with the network's CA; a connection whose
-    certificate CN is in ``allowed`` is spliced to ``target`` (the SuperLink on loopback), every
+    certificate is a node certificate (``urn:labqfl:node:<CN>``) with its CN in ``allowed`` is spliced to ``target`` (the SuperLink on loopback), every
     other one is refused (handshake failure or closed after it) and logged."""
 
     def __init__(self, *, ca: Path, cert: Path, key: Path, listen: str, target: str, allowed: Collection[str],
@@ -150,6 +165,13 @@ class MtlsFront(_LoopThread):
             writer.transport.abort()
             return
         peer = _peer_cn(writer.get_extra_info("peercert"))
+        ssl_obj = writer.get_extra_info("ssl_object")
+        problem = _node_problem(ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None)
+        if problem:
+            self.refused.append(f"{peer or '<no name>'}: not a node certificate")
+            log.warning("%s: refused a connection from %s: %s", self.name, where, problem)
+            writer.close()
+            return
         if peer not in self.allowed:
             self.refused.append(peer or "<no name>")
             log.warning("%s: refused peer %r (allowed: %s)", self.name, peer, sorted(self.allowed))

@@ -18,8 +18,10 @@ connects, not *which client name* the SuperNode behind it then claims (Flower's 
 - the ServerApp rebuilds the statement from *its own* view (the run ID and nonce it sent to that
   node, the stage and round it is in, the name it expects from that node) and the content it
   received, and accepts the reply only if the certificate chains to the network's CA (a client
-  certificate, within its validity), its CN equals the claimed client name, and the signature
-  verifies (:meth:`ReplyVerifier.verify`; :class:`ReplyRefused` with one reason otherwise).
+  certificate, within its validity), is a node certificate (URI subjectAltName
+  ``urn:labqfl:node:<CN>``, :func:`labqfl.net.pki.node_cert_problem`: the ETSI SAE certificates of the
+  same CA, whose SAE IDs default to the client names, are not), its CN equals the claimed client
+  name, and the signature verifies (:meth:`ReplyVerifier.verify`; :class:`ReplyRefused` with one reason otherwise).
 
 Signature: ECDSA with SHA-256 for the EC keys that :func:`labqfl.net.make_node_certs` issues
 (P-256; FIPS 186-5, SEC 1 v2 §4.1, DER-encoded (r, s)); an Ed25519 key (RFC 8032) is accepted too.
@@ -54,6 +56,7 @@ from cryptography.x509.oid import NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from labqfl.errors import ConfigError, SecureAggregationError
+from labqfl.net.pki import node_cert_problem
 
 __all__ = ["DOMAIN", "NODE_CERT", "NODE_KEY", "NONCE", "SIG", "ReplyRefused", "ReplySigner", "ReplyVerifier",
            "content_digest", "reply_statement", "signer_from_files"]
@@ -232,6 +235,8 @@ class ReplyVerifier:
             except VerificationError as exc:
                 raise ReplyRefused(f"its certificate (CN {_cn(cert)!r}) does not chain to the network's CA: {exc}") \
                     from None
+            if problem := node_cert_problem(cert):
+                raise ReplyRefused(f"its certificate is refused: {problem}")
             self._ok[der] = (_cn(cert), max(c.not_valid_before_utc for c in chain),
                              min(c.not_valid_after_utc for c in chain))
         cn, start, end = self._ok[der]
