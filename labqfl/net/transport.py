@@ -564,8 +564,8 @@ class NodeChannel(Channel):
         if self._aborted and code == grpc.StatusCode.CANCELLED:
             return MessageError(f"session {self.service} with node {self.peer} aborted by this node")
         if code == grpc.StatusCode.UNAVAILABLE and self._opened:
-            return MessageError(f"connection to node {self.peer} at {self.address} lost during session {self.service} "
-                                f"(reset, or no answer to keepalive pings): {details}")
+            return MessageError(f"node {self.peer} at {self.address} unreachable during session {self.service}: the "
+                                f"connection was lost (reset, or no answer to keepalive pings): {details}")
         if code == grpc.StatusCode.UNAVAILABLE:
             return MessageError(f"node {self.peer} at {self.address} unreachable or refused the TLS handshake "
                                 f"(expected a certificate for {self.peer!r} from our CA): {details}")
