@@ -196,7 +196,9 @@ class MtlsFront(_LoopThread):
 class TunnelEnd(_LoopThread):
     """A client's end: listens on ``127.0.0.1`` (plain, for its own SuperNode only) and carries
     each connection over mutual TLS to the server node's :class:`MtlsFront`, presenting this
-    node's certificate and verifying the server's (CA and name ``server_name``)."""
+    node's certificate and verifying the server's (CA and name ``server_name``, and that it is a node
+    certificate: ``urn:labqfl:node:<CN>`` with CN ``server_name``, so that an ETSI KME certificate of
+    the same CA issued for that host name does not pass for the server node)."""
 
     def __init__(self, *, ca: Path, cert: Path, key: Path, server: str, server_name: str = "server",
                  name: str = "fl-tunnel") -> None:
@@ -215,6 +217,15 @@ class TunnelEnd(_LoopThread):
                                                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S)
         except (OSError, ssl.SSLError) as exc:
             log.warning("%s: cannot reach server node %s at %s: %s", self.name, self.server_name, self.server, exc)
+            writer.close()
+            return
+        ssl_obj = uw.get_extra_info("ssl_object")
+        problem = _node_problem(ssl_obj.getpeercert(binary_form=True) if ssl_obj is not None else None)
+        cn = _peer_cn(uw.get_extra_info("peercert"))
+        if problem or cn != self.server_name:
+            log.warning("%s: refused server node %s at %s: %s", self.name, self.server_name, self.server,
+                        problem or f"its certificate is for {cn!r}, expected {self.server_name!r}")
+            uw.transport.abort()
             writer.close()
             return
         await _splice(reader, writer, ur, uw)

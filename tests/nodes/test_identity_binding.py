@@ -103,8 +103,9 @@ def test_sae_ids_of_the_networks_fixed_nodes_are_refused(tmp_path: Path) -> None
     assert not (tmp_path / "sae-C1.pem").exists()  # refused before anything is written
 
 
-def _through_front(pki: Path, stem: str) -> bytes:
-    """Send bytes through the FL server's mutual-TLS front (target: an echo server) presenting ``stem``."""
+def _through_front(pki: Path, stem: str, front_stem: str = "node-server") -> bytes:
+    """Send bytes through the FL server's mutual-TLS front (target: an echo server) presenting ``stem``; the
+    front presents ``front_stem``."""
     from labqfl.nodes.tunnel import MtlsFront, TunnelEnd
 
     echo = socket.create_server(("127.0.0.1", 0))
@@ -119,7 +120,7 @@ def _through_front(pki: Path, stem: str) -> bytes:
                 conn.sendall(data)
 
     threading.Thread(target=serve, daemon=True).start()
-    front = MtlsFront(ca=pki / "ca.pem", cert=pki / "node-server.pem", key=pki / "node-server.key",
+    front = MtlsFront(ca=pki / "ca.pem", cert=pki / f"{front_stem}.pem", key=pki / f"{front_stem}.key",
                       listen="127.0.0.1:0", target=f"127.0.0.1:{echo.getsockname()[1]}", allowed=["C1"])
     end = TunnelEnd(ca=pki / "ca.pem", cert=pki / f"{stem}.pem", key=pki / f"{stem}.key", server=front.start())
     try:
@@ -142,3 +143,13 @@ def test_the_fl_front_refuses_the_sae_certificate_of_a_client(pki: Path, caplog:
         assert _through_front(pki, "sae-C1") == b""
     assert "certificate CN 'C1'" in caplog.text and "urn:labqfl:node:C1" in caplog.text
     assert "must be re-issued" in caplog.text
+
+
+def test_a_tunnel_end_refuses_a_kme_certificate_issued_for_the_servers_name(pki: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """The client side of the FL tunnel checks the server's node identity too: a KME certificate of the same
+    CA whose host names include ``server`` passes TLS hostname verification, but is not the server node."""
+    make_dev_certs(pki, kmes=("server",), saes=(), hosts=("server", "127.0.0.1"))
+    with caplog.at_level("WARNING"):
+        assert _through_front(pki, "node-C1", front_stem="kme-server") == b""
+    assert "refused server node server" in caplog.text and "urn:labqfl:node:server" in caplog.text
