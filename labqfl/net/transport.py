@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 import queue
 import struct
 import threading
@@ -124,6 +125,11 @@ class _Watchdog:
     _MAX_WAIT_S = 3600.0  # threading's waits overflow beyond ~9e9 s; a long wait is taken in steps
 
     def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # a forked child has no watchdog thread: it starts its own
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._cond = threading.Condition()
         self._due: dict[int, tuple[float, Callable[[], None]]] = {}
         self._ids = itertools.count()
