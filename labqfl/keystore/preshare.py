@@ -30,12 +30,13 @@ PRESHARED_MAX_BYTES = 1 << 20
 PRESHARED_KIND = "preshared-auth"
 
 
-def min_preshared_bits(auth_lanes: int = 1) -> int:
+def min_preshared_bits(auth_lanes: int | None = None) -> int:
     """Least secret [bits] that pays for a distiller's first block with ``auth_lanes`` 64-bit lanes:
     hash key plus two one-time pads (``labqfl.qkd.pipeline._auth_bits_per_block``)."""
+    from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
     from labqfl.qkd.pipeline import _auth_bits_per_block
 
-    return _auth_bits_per_block(auth_lanes, first=True)
+    return _auth_bits_per_block(DEFAULT_AUTH_LANES if auth_lanes is None else auth_lanes, first=True)
 
 
 def read_secret_file(path: Path, *, min_bits: int | None = None, max_bytes: int = PRESHARED_MAX_BYTES) -> np.ndarray:

@@ -114,7 +114,7 @@ from labqfl.nodes.common import (
 from labqfl.nodes.optics import answer_codes
 from labqfl.nodes.wire import decode_gaps
 from labqfl.provenance import pair_provenance
-from labqfl.qkd.authentication import forgery_probability
+from labqfl.qkd.authentication import transcript_word_cap
 from labqfl.qkd.estimation import epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.messaging import Channel, Message, MessageError
@@ -464,6 +464,7 @@ class _JPair:
         end = PairEndJ(self.pair, self.acq.log, ClientSetup.from_config(n.cfg.client(ci)),
                        ClientSetup.from_config(n.cfg.client(cj)), n.proto, self.supply,
                        np.random.default_rng(secrets.randbits(128)), schedule=n.schedule)
+        end.auth.max_words = transcript_word_cap(n.block_slots[self.pair])  # fixed before any data (review s32)
         end.on_outcome = self._outcome
         self.end = end
         return end
@@ -471,8 +472,7 @@ class _JPair:
     def _outcome(self, o: BlockOutcome) -> None:
         if not (o.accepted and o.final is not None and self.end is not None):
             return
-        words = max(self.end.auth.final_words, 1)
-        eps_auth = 2 * forgery_probability(words, self.end.auth.lanes)
+        eps_auth = self.end.auth.forgery_bound(2)  # two checks, each of a transcript within the cap
         refill = min(int(self.block.get("need", 0)), int(o.final.size))
         self.node.write_pending(self.pair, o.block_id, o.final, refill,
                                 self.node.block_meta(self.pair, self.acq, o, eps_auth, self.block))
@@ -620,6 +620,9 @@ class _IPair:
         self.end = PairEndI(pair, acq.log, ClientSetup.from_config(node.cfg.client(ci)),
                             ClientSetup.from_config(node.cfg.client(cj)), node.proto, self.supply,
                             schedule=node.schedule)
+        # the transcript length cap of every block of the pair, fixed with its size before any data: Cj sets the
+        # same from the same settings, each end refuses a longer transcript, eps_auth is the cap's (review s32)
+        self.end.auth.max_words = transcript_word_cap(node.block_slots[pair])
         #: the detector's chunks, then the acquisition's final slot (-1: this node stops; None: see ``lost``)
         self.inbox: queue.Queue[_Chunk | int | None] = queue.Queue()
         #: why the detector's announcements for this pair are lost ("" while they are not; :meth:`lose`)
@@ -911,7 +914,7 @@ class _IPair:
         for k, v in oi.times.items():
             times[k] += v
         auth_bits = self.end.auth.key_bits_used - used_before
-        eps_auth = 2 * forgery_probability(max(self.end.auth.final_words, 1), self.end.auth.lanes)
+        eps_auth = self.end.auth.forgery_bound(2)
         if not (oi.accepted and oi.final is not None):
             self._record(block_id, start, end, n_slots, oi, times, oi.reason or "Cj did not accept the block",
                          auth_bits, eps_auth)

@@ -50,6 +50,7 @@ __all__ = [
     "transcript_forgery_probability",
     "forgery_probability",
     "transcript_word_cap",
+    "DEFAULT_AUTH_LANES",
     "gf64_mul",
     "poly_hash",
     "poly_hash_reference",
@@ -437,6 +438,12 @@ def transcript_forgery_probability(auth_i: TranscriptAuthenticator, auth_j: Tran
     return attempts * forgery_probability(words, auth_i.lanes)
 
 
+#: 64-bit lanes of the pipeline's transcript tags (DistillSettings, ProtocolSettings, pre-shared secrets): two, a
+#: 128-bit tag, so that the forgery bound with the length cap fixed in advance (:func:`transcript_word_cap`) is
+#: negligible even for 10^9-slot blocks: 2·(4·10^9/2^64)^2 ≈ 10^-19 per block, where one lane gives ≈ 4·10^-10,
+#: four times the default ε_sec (review s32). Cost: 128 bits more per block (192 more on a session's first).
+DEFAULT_AUTH_LANES = 2
+
 #: Transcript words allowed per slot of a block (:func:`transcript_word_cap`): every honest transcript
 #: measured takes ≈ 0.013 (≈ 1 word per announced click; 5·10^6-slot blocks of the tests' small station,
 #: 66 634 words with Cascade, 62 452 with LDPC), and no message carries more than a few bytes per slot.
@@ -454,8 +461,8 @@ def transcript_word_cap(block_slots: int) -> int:
     its choice (a message may carry fields no handler reads, up to the transport's limit), so the bound is a
     security parameter only with a cap fixed in advance and enforced — an end refuses a transcript above it
     (:meth:`TranscriptAuthenticator.check_final`). Review s32: ε_auth was computed from the lengths seen, and
-    between nodes from one end's own length. At the default station's blocks (≈ 10^7 pair slots) the cap gives
-    ≈ 2·10^-12 per verification with one lane."""
+    between nodes from one end's own length. With the default two lanes (:data:`DEFAULT_AUTH_LANES`) the bound
+    stays negligible: ≈ 5·10^-20 per verification for the 10^9 pair slots of a default 60 s run's block."""
     if isinstance(block_slots, bool) or int(block_slots) < 1:
         raise QKDInputError(f"authentication: block_slots must be an integer >= 1, got {block_slots!r}")
     return TRANSCRIPT_WORDS_PER_SLOT * int(block_slots) + TRANSCRIPT_BASE_WORDS

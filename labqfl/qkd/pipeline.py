@@ -84,11 +84,13 @@ from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import PlayedFrames
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import (
+    DEFAULT_AUTH_LANES,
     AuthKeySupply,
     BitPool,
     TranscriptAuthenticator,
     keystore_auth_supplies,
     transcript_forgery_probability,
+    transcript_word_cap,
 )
 from labqfl.qkd.estimation import SecurityParameters, epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
@@ -148,7 +150,7 @@ class DistillSettings:
     engine: str = DEFAULT_ENGINE
     params: SecurityParameters = field(default_factory=SecurityParameters)
     min_final_block_bits: int = 10_000
-    auth_lanes: int = 1
+    auth_lanes: int = DEFAULT_AUTH_LANES
     preshared_auth_bits: int = 1 << 16
     qber_floor: float = 0.005
     qber_default: float = 0.02
@@ -740,6 +742,10 @@ class Distiller:
             bs = (self.settings.pair_block_slots or {}).get(name, self.settings.block_slots)
             self.block_slots[name] = int(bs) if bs is not None else block_slots_for(cfg, pr, self.settings.block_bits)
             self.pairs[name].result.block_slots = self.block_slots[name]
+            # the transcript length cap of every block of the pair, fixed with its size before any data: an end
+            # refuses a longer transcript, and the forgery bound (eps_auth) is the cap's (review s32)
+            cap = transcript_word_cap(self.block_slots[name])
+            self.pairs[name].end_i.auth.max_words = self.pairs[name].end_j.auth.max_words = cap
         if self.auth_store is not None and not self.settings.bootstrap_auth:
             for st in self.pairs.values():  # fail before any acquisition, not at the first block
                 self._ensure_auth_key(st)

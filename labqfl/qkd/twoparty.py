@@ -83,7 +83,7 @@ from labqfl.contracts.types import (
 )
 from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
 from labqfl.log import get_logger
-from labqfl.qkd.authentication import AuthKeySupply, TranscriptAuthenticator
+from labqfl.qkd.authentication import DEFAULT_AUTH_LANES, AuthKeySupply, TranscriptAuthenticator
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.first_qber import key_qber_from_tests
 from labqfl.qkd.messaging import Channel, Message, MessageError, _encoded_size
@@ -123,7 +123,7 @@ class ProtocolSettings:
 
     engine: str = DEFAULT_ENGINE
     params: SecurityParameters = field(default_factory=SecurityParameters)
-    auth_lanes: int = 1
+    auth_lanes: int = DEFAULT_AUTH_LANES
     qber_floor: float = 0.005
     qber_default: float = 0.02
 

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from labqfl.cli import app
 from labqfl.errors import KeyStoreError
 from labqfl.keystore import KeyStore, open_node_stores
+from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
 from labqfl.qkd.pipeline import PRESHARED_PREFIX, _auth_bits_per_block
 
 runner = CliRunner()
 PAIR = "C1-C2"
-FIRST = _auth_bits_per_block(1, first=True)  # 192 bits = 24 bytes
+FIRST = _auth_bits_per_block(DEFAULT_AUTH_LANES, first=True)  # 384 bits = 48 bytes (two 64-bit lanes)
 
 
 def _run(*args: str, data: Path):
@@ -70,11 +71,11 @@ def test_preshare_loads_the_same_bits_into_both_stores(tmp_path):
 
 
 def test_human_output_names_the_block_and_pools(tmp_path):
-    _secret(tmp_path / "s.bin", 24)
+    _secret(tmp_path / "s.bin", FIRST // 8)
     res = _run("--pair", PAIR, "--file", str(tmp_path / "s.bin"), "--data-dir", str(tmp_path / "d"),
                data=tmp_path / "ignored")
     assert res.exit_code == 0, res.output
-    assert "loaded 192 pre-shared bits of C1-C2" in res.output and PRESHARED_PREFIX in res.output
+    assert f"loaded {FIRST} pre-shared bits of C1-C2" in res.output and PRESHARED_PREFIX in res.output
     assert (tmp_path / "d" / "keystore" / "C1.sqlite").is_file()  # --data-dir wins over the env var
     assert not (tmp_path / "ignored").exists()
 

@@ -16,6 +16,7 @@ from qkdpp_helpers import small_station
 from labqfl.contracts.types import acquisition_id
 from labqfl.errors import InsufficientKeyError, KeyStoreError, LabqflError
 from labqfl.keystore import KeyStore
+from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.pipeline import (
     AUTH_REFILL_SUFFIX,
@@ -30,7 +31,7 @@ from labqfl.qkd.pipeline import (
 DUR = 0.1
 PAIR = "C1-C2"
 PARAMS = SecurityParameters(eps_sec=1e-4)
-FIRST = 3 * 64  # hash key + two pads: what one end's authentication takes for a Distiller's first block
+FIRST = 3 * 64 * DEFAULT_AUTH_LANES  # hash key + two pads: what one end's authentication takes for a Distiller's first block
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def test_refusing_to_bootstrap_names_the_pair_and_the_bits_needed(acquisition, t
     cfg, _, logs, _ = acquisition
     from labqfl.qkd.pipeline import Distiller
 
-    with pytest.raises(InsufficientKeyError, match=r"pair C1-C2: .* holds 0 bits, 192 needed .* purpose 'auth'") as exc:
+    with pytest.raises(InsufficientKeyError, match=r"pair C1-C2: .* holds 0 bits, 384 needed .* purpose 'auth'") as exc:
         Distiller(cfg, logs, KeyStoreSink(stores), DistillSettings(params=PARAMS, bootstrap_auth=False))
     assert isinstance(exc.value, LabqflError)
     assert stores["C1"].accounting() == {} and stores["C2"].accounting() == {}  # nothing written

@@ -41,7 +41,7 @@ def test_no_auth_bootstrap_on_empty_stores_fails_cleanly_then_runs_on_the_presha
     assert res.exit_code == 1, res.output
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: pair C1-C2: "), res.output
-    assert "holds 0 bits, 192 needed" in lines[0] and "labqfl keys preshare --pair C1-C2" in lines[0]
+    assert "holds 0 bits, 384 needed" in lines[0] and "labqfl keys preshare --pair C1-C2" in lines[0]
     assert not res.stdout.strip()  # no JSON document on stdout
     assert not (tmp_path / "runs").exists()  # no run folder
     for n in ("C1", "C2"):
@@ -59,7 +59,7 @@ def test_no_auth_bootstrap_on_empty_stores_fails_cleanly_then_runs_on_the_presha
     assert res.exit_code == 0, res.output
     assert "bootstrapped" not in res.output
     p = json.loads(res.stdout)["pairs"][PAIR]
-    assert p["auth_key_bits"] >= 192
+    assert p["auth_key_bits"] >= 384
     for n in ("C1", "C2"):
         with KeyStore.for_node(n, tmp_path / "data") as st:
             pre = [b for b in st.blocks(PAIR) if b["block_id"].startswith(PRESHARED_PREFIX)]

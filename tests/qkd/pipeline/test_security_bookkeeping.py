@@ -18,12 +18,14 @@ from labqfl.errors import AuthenticationError, KeyStoreError
 from labqfl.keystore import KeyStore
 from labqfl.qkd import twoparty as twoparty_mod
 from labqfl.qkd.authentication import (
+    DEFAULT_AUTH_LANES,
     BitPool,
     TranscriptAuthenticator,
     WegmanCarterAuthenticator,
     confirm_transcripts,
     forgery_probability,
     transcript_forgery_probability,
+    transcript_word_cap,
 )
 from labqfl.qkd.estimation import SecurityParameters, epsilon_total
 from labqfl.qkd.pipeline import (
@@ -121,9 +123,14 @@ def test_each_block_states_its_authentication_forgery_probability_in_its_epsilon
     assert blk.auth_checks == 2  # Cj checks Ci's final tag, Ci checks Cj's
     words = max(st.auth_i.final_words, st.auth_j.final_words)
     assert words > 100  # the whole reconciliation transcript
-    assert blk.eps_auth == pytest.approx(2 * words / 2.0**64, rel=1e-12)
+    # the bound is the one of the length cap fixed with the block's size before any data (review s32), which
+    # every transcript of the pair stays under; two 64-bit lanes by default
+    cap = transcript_word_cap(d.block_slots[PAIR])
+    assert st.auth_i.max_words == st.auth_j.max_words == cap > words
+    assert blk.eps_auth == pytest.approx(2 * (cap / 2.0**64) ** DEFAULT_AUTH_LANES, rel=1e-12)
     assert blk.eps_total == pytest.approx(PARAMS.eps_sec + PARAMS.eps_cor + blk.eps_auth, rel=1e-15)
-    assert blk.eps_total == epsilon_total(PARAMS, blk.eps_auth) > PARAMS.eps_sec + PARAMS.eps_cor
+    assert blk.eps_total == epsilon_total(PARAMS, blk.eps_auth)
+    assert epsilon_total(PARAMS, 1e-6) > PARAMS.eps_sec + PARAMS.eps_cor  # ε_auth is part of the sum
     assert blk.report["eps_auth"] == blk.eps_auth and blk.report["eps_total"] == blk.eps_total
     m = r.as_dict(DUR)
     assert m["auth_checks"] == 2 and m["eps_auth"] == blk.eps_auth and m["eps_total_per_block"] == blk.eps_total
@@ -208,7 +215,7 @@ def test_a_block_whose_final_keys_differ_is_refused_at_both_ends(acquisition, tm
     # authentication accounting: the pads this block used are spent at both ends and counted
     acc = {n: s.accounting()[PAIR] for n, s in stores.items()}
     assert acc["C1"]["consumed"] == acc["C2"]["consumed"] == {"auth": blk.auth_key_bits}
-    assert blk.auth_key_bits == 3 * 64 and blk.auth_checks == 2
+    assert blk.auth_key_bits == 3 * 64 * DEFAULT_AUTH_LANES and blk.auth_checks == 2
     # the stores' remaining auth keys are still the same bits at both ends
     km = stores["C1"].take(PAIR, 64, "auth")
     assert np.array_equal(km.bits, stores["C2"].take_exact(PAIR, km.refs, "auth").bits)

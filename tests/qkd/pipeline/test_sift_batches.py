@@ -38,14 +38,14 @@ def _sifted_blocks(acquisition, monkeypatch, **batch):
     seeds = itertools.count(1000)
     monkeypatch.setattr(pipeline.secrets, "randbits", lambda k: next(seeds))
 
-    def run_block(self, ch, block_id, start, end):
+    def run_block(self, ch, block_id, start, end, stop=None):
         b = self._blk
         bits = twoparty._joined(b.bits)
         c = b.counts
         seen.setdefault(self.pair, []).append(
             (start, end, b.n_ann, hashlib.sha256(bits.tobytes()).hexdigest(), c.n_slots, c.clicks.tobytes(),
              c.errors_x2.tobytes(), c.double_clicks.tobytes()))
-        return real_i(self, ch, block_id, start, end)
+        return real_i(self, ch, block_id, start, end, stop)
 
     def block_open(self, b, req):
         bits = twoparty._joined(b.bits)

@@ -17,6 +17,7 @@ from qkdpp_helpers import small_station
 
 from labqfl.contracts.types import acquisition_id
 from labqfl.keystore import KeyStore
+from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.messaging import Channel, Message
 from labqfl.qkd.pipeline import (
@@ -32,7 +33,7 @@ from labqfl.qkd.twoparty import PairEndI, PairEndJ
 DUR = 0.1
 PAIR = "C1-C2"
 PARAMS = SecurityParameters(eps_sec=1e-4)
-FIRST = 3 * 64  # hash key + two pads: one end's authentication of a Distiller's first block
+FIRST = 3 * 64 * DEFAULT_AUTH_LANES  # hash key + two pads: one end's authentication of a Distiller's first block
 
 
 @pytest.fixture(scope="module")
