@@ -228,6 +228,10 @@ def _cert_problem(certs: Path, name: str, ca: x509.Certificate) -> str:
         return f"{cert_p.name} expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
     if key.public_key() != cert.public_key():
         return f"{key_p.name} is not the key of {cert_p.name}"
+    from labqfl.net.pki import node_cert_problem
+
+    if why := node_cert_problem(cert):  # issued before node certificates carried their URI (review s32)
+        return f"{cert_p.name}: {why}"
     return ""
 
 

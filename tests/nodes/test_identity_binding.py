@@ -153,3 +153,17 @@ def test_a_tunnel_end_refuses_a_kme_certificate_issued_for_the_servers_name(pki:
     with caplog.at_level("WARNING"):
         assert _through_front(pki, "node-C1", front_stem="kme-server") == b""
     assert "refused server node server" in caplog.text and "urn:labqfl:node:server" in caplog.text
+
+
+def test_a_work_folder_with_node_certificates_issued_before_the_binding_is_refused_not_reused(
+        pki: Path, tmp_path: Path) -> None:
+    """`labqfl node up --workdir W` run again reuses W's certificates: one without its node URI would have been
+    reused and every node would then refuse to start; the launcher says so first, naming the file."""
+    from labqfl.nodes.launch import node_certs
+
+    for f in ("ca.pem", "ca.key", "old-C1.pem", "old-C1.key"):
+        (tmp_path / f.replace("old-", "node-")).write_bytes((pki / f).read_bytes())
+    with pytest.raises(ConfigError, match=r"node-C1\.pem: .*lacks the URI subjectAltName 'urn:labqfl:node:C1'.*"
+                                          r"delete the folder"):
+        node_certs(tmp_path, ["C1", "C2"])
+    assert not (tmp_path / "node-C2.pem").exists()  # nothing issued into a folder it refused
