@@ -441,7 +441,9 @@ class MainJob:
         s = self.settings
         return TrainingSettings(task=s.task, names=tuple(self.cfg.client_names), q=s.q, rounds=s.rounds, keys="qkd",
                                 seed=s.seed, graph=s.graph, k=s.k, self_masks=s.self_masks, threshold=s.threshold,
-                                keystore_dir=self.data_dir, preflight=False)
+                                keystore_dir=self.data_dir, preflight=False,
+                                # over nodes the rounds run on the Flower engine (each master's refs tag key too)
+                                engine="flower" if s.nodes else "local")
 
     def _train(self) -> None:
         from labqfl.app.training import TrainingSetup

@@ -245,6 +245,10 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         raise ConfigError(str(exc)) from None
     n_params = int(make_model(task).n_params)
     need = int(secagg.key_bits_per_pair(n_params))
+    if nodes:  # the Flower engine's refs tag key of each pair and round (docs/secure_aggregation.md §9)
+        from labqfl.fl.flower.keys import REFS_TAG_BITS
+
+        need += REFS_TAG_BITS
     sched = PairSchedule.from_config(cfg)
     params = SecurityParameters(eps_sec=eps_sec)
     rep = float(cfg.laser.rep_rate_hz)

@@ -14,6 +14,7 @@ from labqfl.cli import app
 from labqfl.config import load_station_config, parse_station_config
 from labqfl.contracts.types import acquisition_id
 from labqfl.errors import KeyStarvationError
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.keystore import KeyStore
 from labqfl.mainjob import JobSettings, MainJob, run_job
 from labqfl.planning import KEY_MARGIN, plan_top_up
@@ -185,13 +186,14 @@ def test_over_nodes_a_segment_runs_to_the_last_round_the_stores_hold_key_for(sma
     counts only) and closes them again; with enough key for round r, no top-up is made."""
     cfg = load_station_config(small_station_file)
     keys = tmp_path / "keys"
-    _stores_holding(keys, 2 * 768 + 100)  # two rounds of 768 bits, not three
+    # over nodes a round takes 768 mask bits + the refs tag key (REFS_TAG_BITS = 256): two rounds, not three
+    _stores_holding(keys, 2 * (768 + REFS_TAG_BITS) + 100)
     job = MainJob.create(cfg, JobSettings(**STARVING, nodes=True, wait_for_key=wait, data_dir=str(keys)),
                          tmp_path / "runs")
     from labqfl.app.training import TrainingSetup
 
     setup = TrainingSetup(job.training_settings())
-    assert setup.key_bits_per_pair_per_round == 768
+    assert setup.key_bits_per_pair_per_round == 768 + REFS_TAG_BITS
     tstate = _tstate()
     assert job._segment_end(setup, tstate, 1) == 2
     assert setup.key_source is None and job.state["acquisitions"] == [] and tstate["key_waits"] == []
@@ -206,7 +208,7 @@ def test_over_nodes_without_waiting_a_round_without_key_stops_with_one_line(smal
     from labqfl.app.training import TrainingSetup
 
     setup = TrainingSetup(job.training_settings())
-    with pytest.raises(KeyStarvationError, match=r"key starvation: pair C1-C2 needs 768 key bits for round 2, its "
+    with pytest.raises(KeyStarvationError, match=r"key starvation: pair C1-C2 needs 1024 key bits for round 2, its "
                                                  r"stores hold 700 \(--no-wait-for-key") as exc:
         job._segment_end(setup, _tstate(), 2)
     assert "\n" not in str(exc.value) and setup.key_source is None and job.state["acquisitions"] == []

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from labqfl.cli import app
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 
 runner = CliRunner()
 # The run starves on purpose (issue 22, waiting for key over nodes): q = 32: 32·24 = 768 key bits per
@@ -158,7 +159,8 @@ def test_run_over_node_processes_trains_on_the_keys_both_ends_stored_and_stops_e
     assert set(nodes["startup_s"]["nodes"]) == set(nodes["exit_codes"])
     assert opened_while_training == [], "the job process opened a key store while the nodes trained"
     # and drew its masks from those stores: consumed = distilled − remaining, the same at both ends
-    assert t["rounds_run"] == ROUNDS and t["key_bits_per_pair_total"] == ROUNDS * 32 * t["n_params"]
+    # per round the mask (q·n bits) and the master's refs tag key (REFS_TAG_BITS)
+    assert t["rounds_run"] == ROUNDS and t["key_bits_per_pair_total"] == ROUNDS * (32 * t["n_params"] + REFS_TAG_BITS)
     assert len(t["rounds"]) == ROUNDS and 0 <= t["rounds"][0]["test_accuracy"] <= 1
     kp = m["keys"]["pairs"]["C1-C2"]
     assert kp["distilled_bits"] == pair["delivered_bits"] + kp["distilled_bits_top_ups"] and pair["delivered_bits"] > 0
@@ -262,7 +264,7 @@ def _check_waits(m: dict, data: Path) -> None:
     assert m["status"] == "complete" and m["acquisition"]["path"] == "nodes"
     t = m["train"]
     assert t["rounds_run"] == ROUNDS and [x["round"] for x in t["rounds"]] == list(range(1, ROUNDS + 1))
-    per_round = 32 * t["n_params"]
+    per_round = 32 * t["n_params"] + REFS_TAG_BITS  # the mask and the master's refs tag key
 
     # the run waited before a later round, with a top-up over nodes, and the plan comparison says when
     w = t["key_waits"]
