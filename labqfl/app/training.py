@@ -269,17 +269,19 @@ class TrainingSetup:
         return max(0, min([at_most, *have]))
 
     def check_keys(self, rounds: int) -> None:
-        """Raise :class:`KeyStarvationError` naming the first pair whose stores hold less than
-        ``rounds`` rounds of mask key (and how many rounds it does hold)."""
+        """Raise :class:`KeyStarvationError` naming the pair whose stores hold the fewest rounds of mask
+        key, if it is fewer than ``rounds`` (and how many it does hold: the rounds a run can have)."""
         per_pair = self.key_bits_per_pair_per_round
         need = per_pair * rounds
-        short = [(p, a) for p, (a, _) in self.key_shortfall(rounds).items()]
+        short = sorted(((p, a) for p, (a, _) in self.key_shortfall(rounds).items()), key=lambda x: x[1])
         if short:
-            p, avail = short[0]
+            p, avail = short[0]  # the limiting pair (review s32: the first short pair's count still failed)
+            mask = int(self.secagg.key_bits_per_pair(self.n_words))
+            words = f"{mask // self.n_words}·{self.n_words} words"
+            what = f"{words} + {per_pair - mask} bits of refs tag key" if per_pair > mask else words
             raise KeyStarvationError(
                 f"--keys qkd: pair {p} holds {avail} key bits but {rounds} rounds need {need} "
-                f"({per_pair} per round = {per_pair // self.n_words}·{self.n_words} words) — enough for "
-                f"{avail // per_pair} round(s)"
+                f"({per_pair} per round = {what}) — enough for {avail // per_pair} round(s)"
                 + (f"; {len(short) - 1} more pair(s) short" if len(short) > 1 else "")
                 + ". Distil more key, use fewer rounds, a sparse --graph ring-k, or --keys csprng",
                 pair=p, needed_bits=need, available_bits=avail)

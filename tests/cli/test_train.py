@@ -121,3 +121,28 @@ def test_train_with_distributed_dp_reports_privacy(tmp_path: Path) -> None:
     assert metrics["privacy"] == p
     r = CliRunner().invoke(app, ["train", "--clients", "3", "--dp-honest", "2", "--out", str(tmp_path)])
     assert r.exit_code == 1 and "need --dp-epsilon" in r.output
+
+
+def test_a_key_shortfall_names_the_pair_with_the_fewest_rounds(tmp_path: Path) -> None:
+    """Review s32 M4: the refusal named the first short pair in graph order ("enough for 52 rounds"), and a run
+    of 52 rounds then failed on another pair with 33. It names the limiting pair."""
+    import uuid
+
+    import numpy as np
+
+    from labqfl.keystore import KeyStore
+
+    ks = tmp_path / "ks"
+    per_round = 8 * 24
+    rng = np.random.default_rng(1)
+    for pair, nbits in (("C1-C2", 3 * per_round), ("C1-C3", per_round + 5), ("C2-C3", 2 * per_round)):
+        bits = rng.integers(0, 2, size=nbits, dtype=np.uint8)
+        bid = str(uuid.uuid4())
+        for node in pair.split("-"):
+            with KeyStore.for_node(node, ks) as st:
+                st.add_block(pair, bits, block_id=bid, purpose="fl")
+    args = ["train", "--task", "mnist-qnn", "--clients", "3", "--rounds", "4", "--q", "8", "--keys", "qkd",
+            "--keystore", str(ks), "--out", str(tmp_path)]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1
+    assert "pair C1-C3 holds 197 key bits" in r.output and "enough for 1 round(s); 2 more pair(s) short" in r.output
