@@ -236,7 +236,7 @@ def register(app: typer.Typer) -> None:
                  "serving all its pairs; maximises the smallest pair's key rate) and write the station TOML here."),
         max_evaluations: int = typer.Option(200, "--max-evaluations", min=10,
                                             help="Model evaluations of the station optimiser (--write-config)."),
-        force: bool = typer.Option(False, "--force", help="Overwrite the --write-config file if it exists."),
+        force: bool = typer.Option(False, "--force", help="Overwrite the --write-config or --plot file if it exists."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
@@ -251,6 +251,10 @@ def register(app: typer.Typer) -> None:
             raise fail(f"--ec-efficiency must lie in [1, 2], got {ec_efficiency}")
         if plot is not None and plot.suffix.lower() != ".png":
             raise fail(f"--plot {str(plot)!r}: expected a .png file name")
+        if plot is not None and not force:  # like --write-config: no file replaced unasked (review s32 L5)
+            from labqfl.serialize import refuse_existing
+
+            refuse_existing(plot, "--plot")
         cfg = load_station_config(config)
         try:
             losses = parse_loss_spec(loss_db)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, handle_errors
+from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, check_duration, emit, fail, handle_errors
 from labqfl.planning import STARVATION_FACTOR
 
 
@@ -114,6 +114,10 @@ def register(app: typer.Typer) -> None:
         from labqfl.config import load_station_config
         from labqfl.planning import make_plan
 
+        if duration is not None:
+            check_duration(duration)  # the one line `labqfl run` gives for a bad --duration
+        if not (math.isfinite(eps_sec) and 0.0 < eps_sec < 1.0):
+            raise fail(f"--eps-sec must be in (0, 1), got {eps_sec!r}")
         cfg = load_station_config(config)
         if duration is not None:  # the refusal `labqfl run --duration` gives (plan predicted a run there)
             from labqfl.app.distill import DistillOptions, distill_settings

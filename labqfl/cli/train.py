@@ -98,7 +98,8 @@ def _resolve_dirs(mnist_dir: Path | None, data_dir: Path | None, keystore: Path 
 @handle_errors
 def train(
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
-    clients: int = typer.Option(4, "--clients", min=1, help="Number of clients C1..CN."),
+    clients: int = typer.Option(4, "--clients", min=2, help="Number of clients C1..CN (at least 2: secure aggregation of one client "
+                                 "would reveal its update)."),
     q: int = typer.Option(8, "--q", help="Bits per uploaded parameter and modulus 2^q (8, 16, 32)."),
     rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
     keys: str = typer.Option("csprng", "--keys", help="Mask key source: qkd (node key stores) or csprng."),

@@ -227,7 +227,7 @@ class BlockPlan:
         sizes = [pp.block_slots for pp in self.pairs.values() if pp.block_slots > 0] or [0.0]
         lo, hi = min(sizes), max(sizes)
         per = f"{hi:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
-        blk = f"{per} slots per pair (≤ {self.block_bits:,} sifted bits)"
+        blk = f"{per} slots per pair (≈ {self.block_bits:,} sifted bits expected in the largest)"
         if self.duration_s is None:
             return (f"block-size rule: {blk}; first key expected after {self.first_key_s:.3g} s of data "
                     f"(limiting pair {self.limiting_pair})")

@@ -178,3 +178,15 @@ def test_keyrate_write_config_refuses_an_existing_file_before_optimising(tmp_pat
     line = _one_error_line(runner.invoke(app, ["keyrate", "--optimize", "--write-config", str(out)]))
     assert line == f"error: --write-config {out}: file exists; not overwritten (pass --force to replace it)"
     assert out.read_text(encoding="utf-8") == PRECIOUS
+
+
+def test_keyrate_plot_refuses_an_existing_file_unless_forced(tmp_path: Path) -> None:
+    """Review s32 L5: `keyrate --plot k.png` replaced an existing file silently."""
+    out = tmp_path / "k.png"
+    out.write_bytes(b"my figure")
+    args = ["keyrate", "--pair", "C1-C2", "--loss-db", "0,5", "--plot", str(out)]
+    line = _one_error_line(runner.invoke(app, args))
+    assert str(out) in line and "exists" in line and out.read_bytes() == b"my figure"
+    r = runner.invoke(app, [*args, "--force"])
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes().startswith(b"\x89PNG")

@@ -46,6 +46,8 @@ def test_unusable_durations_name_the_range_and_the_value(bad: object) -> None:
     ["node", "acquire", "--certs", ".", "--detector", "127.0.0.1:1", "--optics", "127.0.0.1:2",
      "--client", "C1=127.0.0.1:3", "--duration", "1e9"],
     ["gui", "--nodes", "local", "--duration", "1e8", "--screenshot", "never.png"],
+    ["plan", "--duration", "nan"],  # review s32: "ValueError: duration must be > 0 seconds, got nan"
+    ["plan", "--duration", "0"],  # review s32: "--duration holds no data"
 ])
 def test_every_command_refuses_an_unusable_duration_in_one_line_naming_the_option(argv: list[str]) -> None:
     r = runner.invoke(app, argv)
@@ -102,6 +104,8 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
     (["plan", "--rounds", "3", "--duration", "0.5"],
      "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.818 s "
      "of data (limiting pair C1-C4: 1.36e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
+    # review s32: "ValueError: eps_sec and eps_cor must lie in (0, 1), got 0.0, 1e-15" after 3.5 s
+    (["plan", "--eps-sec", "0"], "--eps-sec must be in (0, 1), got 0.0"),
 ])
 def test_training_and_planning_options_are_refused_in_one_line_naming_the_option(argv: list[str], line: str) -> None:
     """Before: "SecAggConfig.q must be one of (8, 16, 32)", "ValueError: learning rate must be …", a hint
