@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import JSON_OPTION, check_duration, emit, handle_errors
+from labqfl.cli.common import JSON_OPTION, check_duration, console, emit, fail, handle_errors
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
 
 STATION = typer.Option(None, "--config", "-c", "--station",
@@ -178,7 +178,8 @@ def _add_server(node_app: typer.Typer) -> None:
                                       "dial (default: the station's [fl_server] host and port)."),
         certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-NAME.pem/.key (default: the "
                                    "station's [fl_server] certs; one of the two is required)."),
-        as_json: bool = NODE_JSON,
+        as_json: bool = typer.Option(False, "--json", help="Print the listening line as JSON {node, role, address, "
+                                     "fl_address} on stdout (fl_address: the mutual-TLS front's HOST:PORT)."),
     ) -> None:
         """Federated-learning server: Flower's SuperLink with TLS behind a mutual-TLS front for the clients."""
         from labqfl.config import load_station_config
@@ -262,7 +263,7 @@ def _add_acquire(node_app: typer.Typer) -> None:
         res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics, clients=clients,
                               duration=duration)
         out = summarize(res)
-        emit(out, as_json, lambda con: _render(con, out))
+        _report(out, as_json)
 
 
 def _add_up(node_app: typer.Typer) -> None:
@@ -293,7 +294,34 @@ def _add_up(node_app: typer.Typer) -> None:
         else:
             out = run_up(station, duration, workdir, settings=s)
         out["block_rule"] = plan.as_dict() if plan is not None else None
-        emit(out, as_json, lambda con: _render(con, out, plan))
+        _report(out, as_json, plan)
+
+
+def _why_no_key(d: dict[str, Any]) -> str:
+    """One line: why a pair's acquisition gave it no key (its failure, else its first abort reason)."""
+    reasons = list(d.get("abort_reasons") or [])
+    why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or f"no block distilled " \
+        f"({int(d.get('sifted_bits') or 0):,} sifted bits)"
+    more = len(reasons) - (0 if d.get("failed") else 1)
+    return " ".join(why.split()) + (f" (+{more} more block(s) aborted)" if more > 0 else "")
+
+
+def _report(out: dict[str, Any], as_json: bool, plan: Any = None) -> None:
+    """Emit an acquisition's summary (``node acquire``, ``node up``) and judge it: no pair with key → the
+    JSON's ``error`` and exit 1 with ``error: no pair produced key: <pair: reason; …>``; some pairs
+    without key → the JSON's ``warning`` and a ``warning:`` line naming them on stderr, exit 0."""
+    pairs = out["pairs"]
+    none = {p: _why_no_key(d) for p, d in pairs.items() if not d["final_key_bits"]}
+    listed = "; ".join(f"{p}: {why}" for p, why in none.items())
+    if none and len(none) == len(pairs):
+        out["error"] = f"no pair produced key: {listed}"
+    elif none:
+        out["warning"] = f"no key from {len(none)} of {len(pairs)} pairs: {listed}"
+    emit(out, as_json, lambda con: _render(con, out, plan))
+    if "warning" in out:
+        console.print(f"warning: {out['warning']}", soft_wrap=True)
+    if "error" in out:
+        raise fail(out["error"])
 
 
 def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:

@@ -43,12 +43,19 @@ SERVER = "server"
 
 
 def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str, str]:
-    """(NODE address, FLEET address or "") from a node's stdout, within ``timeout`` seconds."""
+    """(NODE address, FLEET address or "") from a node's stdout, within ``timeout`` seconds: its
+    ``FLEET``/``NODE`` lines, or its one JSON object (``--json``: ``address``, ``fl_address``)."""
     got: dict[str, str] = {}
 
     def reader() -> None:
         assert np_.proc.stdout is not None
         for line in np_.proc.stdout:
+            if line.startswith("{"):
+                info = json.loads(line)
+                np_.startup_s = time.perf_counter() - np_.t_spawn
+                got.update(node=str(info["address"]), **({"fleet": str(info["fl_address"])}
+                                                          if info.get("fl_address") else {}))
+                return
             if line.startswith(FLEET_LINE + " "):
                 got["fleet"] = line.split()[2]
             elif line.startswith("NODE "):

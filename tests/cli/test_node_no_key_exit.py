@@ -1,0 +1,88 @@
+"""``labqfl node acquire`` / ``node up`` judge what the acquisition gave (review s32 M2(a)): no pair with key →
+exit 1, one ``error: no pair produced key: <pair: reason; …>`` line, the JSON document (still one) with an
+``error`` field; some pairs without key → exit 0 with a ``warning:`` line naming them; every pair with key →
+exit 0, no warning. Before, every one of these exited 0 without a word beyond the table."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+
+runner = CliRunner()
+PAIRS = ["C1-C2", "C1-C3", "C1-C4", "C2-C3", "C2-C4", "C3-C4"]
+AUTH = ("block not started: no authentication key shared with {b}: pair {p}: 0 bits available for purpose "
+        "'auth'")
+
+
+def _pair(p: str, final: int) -> dict[str, Any]:
+    b = p.split("-")[1]
+    return {"final_key_bits": final, "delivered_bits": final, "sifted_bits": 200_000, "blocks": 1,
+            "aborted_blocks": 0 if final else 1, "abort_reasons": [] if final else [AUTH.format(b=b, p=p)],
+            "secure_key_rate_bps": float(final), "error_rate": {"X_key": 0.005}, "failed": "",
+            "round_trips": 3, "times_s": {"sift": 0.1}}
+
+
+def _result(finals: dict[str, int]) -> dict[str, Any]:
+    return {"acquisition": "nodes/test", "duration_s": 1.0, "wall_s": 2.0, "acquisition_wall_s": 1.5,
+            "detector": {}, "pairs": {p: _pair(p, finals.get(p, 0)) for p in PAIRS}}
+
+
+ACQUIRE = ["node", "acquire", "--certs", "nocerts", "--detector", "127.0.0.1:7001", "--optics", "127.0.0.1:7000",
+           *[f"--client=C{i}=127.0.0.1:700{i + 1}" for i in range(1, 5)], "--duration", "1"]
+
+
+@pytest.fixture
+def acquired(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    finals: dict[str, int] = {}
+    monkeypatch.setattr("labqfl.nodes.launch.run_acquisition", lambda *a, **k: _result(finals))
+    return finals
+
+
+def test_node_acquire_where_no_pair_made_key_exits_1_with_one_error_line_naming_each_pair(acquired) -> None:
+    r = runner.invoke(app, [*ACQUIRE, "--json"])
+    assert r.exit_code == 1, (r.output, r.exception)
+    doc = json.loads(r.stdout)  # still exactly one JSON document
+    assert doc["error"].startswith("no pair produced key: C1-C2: block not started: no authentication key")
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == f"error: {doc['error']}"
+    assert all(f"{p}: block not started" in errors[0] for p in PAIRS)
+    r = runner.invoke(app, ACQUIRE)  # the table for humans, then the same line
+    assert r.exit_code == 1 and r.stdout == ""
+    assert r.stderr.splitlines()[-1].startswith("error: no pair produced key: C1-C2: ")
+
+
+def test_node_acquire_where_some_pairs_made_key_exits_0_with_a_warning_naming_the_others(acquired) -> None:
+    acquired.update({p: 30_000 for p in PAIRS if p != "C1-C3" and p != "C2-C4"})
+    r = runner.invoke(app, [*ACQUIRE, "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    doc = json.loads(r.stdout)
+    assert "error" not in doc and doc["warning"].startswith("no key from 2 of 6 pairs: C1-C3: block not started")
+    assert "C2-C4: block not started" in doc["warning"] and "C1-C2" not in doc["warning"]
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")] == [f"warning: {doc['warning']}"]
+
+
+def test_node_acquire_where_every_pair_made_key_says_nothing_more(acquired) -> None:
+    acquired.update({p: 30_000 for p in PAIRS})
+    r = runner.invoke(app, [*ACQUIRE, "--json"])
+    assert r.exit_code == 0
+    doc = json.loads(r.stdout)
+    assert "error" not in doc and "warning" not in doc and "warning" not in r.stderr
+
+
+def test_node_up_where_no_pair_made_key_exits_1_too(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from labqfl.nodes.launch import summarize
+
+    res = _result({})
+    res["pairs"]["C3-C4"]["failed"] = "client C3: connection reset"
+    res["pairs"]["C3-C4"]["abort_reasons"] = []
+    monkeypatch.setattr("labqfl.nodes.launch.up", lambda *a, **k: summarize(res))
+    r = runner.invoke(app, ["node", "up", "--duration", "1", "--workdir", str(tmp_path), "--json"])
+    assert r.exit_code == 1, (r.output, r.exception)
+    doc = json.loads(r.stdout)
+    assert doc["block_rule"] is not None and "C3-C4: client C3: connection reset" in doc["error"]
+    assert r.stderr.splitlines()[-1] == f"error: {doc['error']}"
