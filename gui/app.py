@@ -169,7 +169,8 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
 
     The nodes tab: the Nodes panel opens a set (``nodes``: "local", the default, or "connect" with
     ``addresses`` and ``certs``), runs one acquisition of ``duration`` s and waits for its
-    results; only that tab wanted: the in-process station is not connected.
+    results, and the picture is taken once ``after_s`` s have passed since the window opened (or
+    right after the results, if later); only that tab wanted: the in-process station is not connected.
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from labqfl.gui.main_window import TABS
@@ -202,6 +203,7 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
             _pump(app, after_s)
         if "nodes" in tabs:
             node_run = _run_nodes(app, win, config_path, nodes or "local", addresses, certs, duration)
+            _pump(app, after_s - (time.monotonic() - t0))  # --after: at least after_s s of running, nodes too
         if "training" in tabs:  # the first round needs torch and the data: wait for a few rounds
             _pump(app, 180.0, lambda: win.training_panel.rounds_shown >= min(training_rounds, 5)
                   or not ctl.busy.get("training"))

@@ -161,7 +161,7 @@ class NodesRunner:
             self._finish(ns)
             return
         self._emit("nodes", ns.nodes())
-        self._emit("opened", {"started": ns.started})
+        self._emit("opened", {"started": ns.started, "planned_duration_s": ns.planned_duration_s})
 
     def open_local(self, station: str | Path | StationConfig | None, **kwargs: Any) -> bool:
         """Start a local set of the station (a file, or the window's station config)."""
@@ -415,7 +415,8 @@ class NodesPanel(QWidget):
         """Start the local set or connect, as chosen (on the runner's worker thread)."""
         self._set_error("")
         if self.mode_local.isChecked():
-            started = self.runner.open_local(self._station())
+            # block sizes: the block-size rule for the chosen duration, as `labqfl node up --duration`
+            started = self.runner.open_local(self._station(), duration_s=float(self.duration.value()))
             what = "starting the local set of nodes (certificates, one process per node)…"
         else:
             addr, certs = self.addresses_edit.text().strip(), self.certs_edit.text().strip()
@@ -495,7 +496,9 @@ class NodesPanel(QWidget):
             self._show_nodes(d)
         elif k == "opened":
             n = self.node_table.rowCount()
-            self.status.setText(f"{n} node(s) answering; {'started here' if d['started'] else 'connected'}")
+            planned = d.get("planned_duration_s")
+            self.status.setText(f"{n} node(s) answering; {'started here' if d['started'] else 'connected'}"
+                                + (f"; blocks planned for {planned:g} s acquisitions" if planned is not None else ""))
         elif k == "acquiring":
             self._acq = d
             self._show_pending(d["pairs"])
@@ -583,8 +586,17 @@ class NodesPanel(QWidget):
         self.security.setText("<br>".join(f"<b>Key security, {', '.join(ps)}:</b> {s}" for s, ps in statements.items()))
         self.summary.setText(f"Acquisition {run.acquisition}: {run.duration_s:g} s in {run.wall_s:.1f} s wall; "
                              f"{fmt_bits(run.total_final_key_bits)} of final key over {len(run.pairs)} pair(s) "
-                             "(stored in each pair's two client stores; no key bit leaves them)")
+                             f"(stored in each pair's two client stores; no key bit leaves them){self._plan_note(run.duration_s)}")
         self.status.setText("acquisition done")
+
+    def _plan_note(self, duration_s: float) -> str:
+        """What the local set's block sizes were planned for (the block-size rule, at start), when it differs."""
+        ns = self.runner.nodes
+        planned = ns.planned_duration_s if ns is not None else None
+        if planned is None or abs(planned - duration_s) <= 1e-9 * max(1.0, planned):
+            return ""
+        return (f"; its blocks were planned for {planned:g} s acquisitions (block-size rule): stop and start the "
+                f"set to plan them for {duration_s:g} s")
 
     # -- for tests and the screenshot ----------------------------------------------------------------
     def pair_rows(self) -> dict[str, dict[str, str]]:

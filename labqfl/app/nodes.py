@@ -2,7 +2,7 @@
 
 The GUI's Nodes panel (and any other front end) makes these calls; the recipe lives only here::
 
-    nodes = NodeSet.start_local(station)                       # optics, detector, every client: own processes
+    nodes = NodeSet.start_local(station, duration_s=0.5)       # optics, detector, every client: own processes
     # or: NodeSet.connect(read_addresses("nodes.txt"), "certs", station=station)
     nodes.check()                                              # every node answers an authenticated ctl/ping
     run = nodes.acquire(0.5)                                   # per pair: status, sifted bits, QBER, key bits, rate, security
@@ -48,7 +48,7 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 __all__ = ["NODE_STATES", "NodeAcquisition", "NodeSet", "NodeSetError", "NodeStatus", "PairOutcome",
-           "operator_credentials", "read_addresses"]
+           "local_settings", "operator_credentials", "read_addresses"]
 
 #: What :attr:`NodeStatus.state` can say.
 NODE_STATES = ("starting", "answering", "not answering", "stopped", "left running")
@@ -173,6 +173,22 @@ def _one_line(exc: BaseException) -> str:
 
 
 # -- the set ----------------------------------------------------------------------------------------
+def local_settings(cfg: StationConfig, duration_s: float) -> tuple[Any, Any]:
+    """The clients' :class:`~labqfl.qkd.pipeline.DistillSettings` and the block-size rule's plan
+    (:mod:`labqfl.qkd.blocksize`) for acquisitions of ``duration_s`` seconds: the rule ``labqfl node up
+    --duration`` gives its clients (default engine and ε_sec). :class:`NodeSetError` when
+    ``duration_s`` is too short for a block with key at every pair."""
+    from labqfl.app.distill import DistillOptions, distill_settings
+
+    if (problem := duration_problem(duration_s)) is not None:
+        raise NodeSetError(f"acquisition duration {problem}")
+    try:
+        return distill_settings(cfg, DistillOptions(), float(duration_s), what=f"{duration_s:g} s of acquisition",
+                                hint="choose a longer duration")
+    except ConfigError as e:
+        raise NodeSetError(str(e)) from None
+
+
 class NodeSet:
     """An opened set of nodes (module docstring). Build it with :meth:`start_local` or
     :meth:`connect`; every method may be called from a worker thread, :meth:`close` from any
@@ -192,6 +208,12 @@ class NodeSet:
         self._lock = threading.Lock()
         self._closed = False
         self.exit_codes: dict[str, int | None] = {}
+        #: the acquisition length [s] a local set's block sizes were planned for (:meth:`start_local`'s
+        #: ``duration_s``; None: an open-ended stream's, settings given, or a connected set)
+        self.planned_duration_s: float | None = None
+        #: the block-size rule's plan the local set's clients run (:class:`~labqfl.qkd.blocksize.BlockPlan`; None
+        #: when the settings were given or the set is connected)
+        self.block_plan: Any = None
         self._status: dict[str, NodeStatus] = {
             n: NodeStatus(n, self.roles.get(n, "?"), a, "starting" if network is not None else "?")
             for n, a in self.addresses.items()}
@@ -208,17 +230,20 @@ class NodeSet:
     # -- opening ----------------------------------------------------------------------------------
     @classmethod
     def start_local(cls, station: str | Path | StationConfig | None = None, *, workdir: str | Path | None = None,
-                    settings: Any = None, threads: int | None = None) -> NodeSet:
+                    settings: Any = None, threads: int | None = None, duration_s: float | None = None) -> NodeSet:
         """Start optics, detector and every client of ``station`` as separate processes on loopback
         (:class:`~labqfl.nodes.launch.LocalNetwork`: throwaway certificates, one data folder per
         node under ``workdir``; default a temporary folder removed at :meth:`close`), then
         :meth:`check` them. A station given as a config object is written to ``<workdir>/station.toml``
-        for the node processes. ``settings``: the clients' :class:`~labqfl.qkd.pipeline.DistillSettings`."""
+        for the node processes. ``settings``: the clients' :class:`~labqfl.qkd.pipeline.DistillSettings`;
+        without them, the block-size rule's (:func:`local_settings`) for acquisitions of ``duration_s``
+        seconds, as ``labqfl node up --duration`` (None: for an open-ended stream, smaller blocks)."""
         from labqfl.nodes.launch import LocalNetwork
 
         tmp = tempfile.TemporaryDirectory(prefix="labqfl-nodes-") if workdir is None else None
         wd = Path(tmp.name) if tmp is not None else Path(workdir or ".")
         path: Path | None
+        plan = None
         try:
             wd.mkdir(parents=True, exist_ok=True, mode=0o700)
             if isinstance(station, StationConfig):
@@ -230,6 +255,8 @@ class NodeSet:
                 path = None if station is None else Path(station)
                 if path is not None and not path.is_file():
                     raise ConfigError(f"{path}: station file not found")
+            if settings is None and duration_s is not None:
+                settings, plan = local_settings(load_station_config(path), duration_s)
             net = LocalNetwork(wd, path, settings=settings, threads=threads)
             net.start()
         except BaseException:
@@ -238,6 +265,8 @@ class NodeSet:
             raise
         roles = {n: p.role for n, p in net.nodes.items()}
         nodes = cls(net.cfg, net.certs, net.addresses(), roles=roles, network=net, tmp=tmp)
+        nodes.block_plan = plan
+        nodes.planned_duration_s = float(duration_s) if plan is not None and duration_s is not None else None
         try:
             nodes.check()
         except BaseException:
