@@ -2,10 +2,10 @@
 
 The GUI's Nodes panel (and any other front end) makes these calls; the recipe lives only here::
 
-    nodes = NodeSet.start_local(station, duration_s=0.5)       # optics, detector, every client: own processes
+    nodes = NodeSet.start_local(station, duration_s=1.0)       # optics, detector, every client: own processes
     # or: NodeSet.connect(read_addresses("nodes.txt"), "certs", station=station)
     nodes.check()                                              # every node answers an authenticated ctl/ping
-    run = nodes.acquire(0.5)                                   # per pair: status, sifted bits, QBER, key bits, rate, security
+    run = nodes.acquire(1.0)                                   # per pair: status, sifted bits, QBER, key bits, rate, security
     codes = nodes.close()                                      # stops only what it started; exit codes
 
 **Two ways to open a set.** :meth:`NodeSet.start_local` starts a
@@ -183,7 +183,7 @@ def local_settings(cfg: StationConfig, duration_s: float) -> tuple[Any, Any]:
     if (problem := duration_problem(duration_s)) is not None:
         raise NodeSetError(f"acquisition duration {problem}")
     try:
-        return distill_settings(cfg, DistillOptions(), float(duration_s), what=f"{duration_s:g} s of acquisition",
+        return distill_settings(cfg, DistillOptions(), float(duration_s), what="the acquisition",
                                 hint="choose a longer duration")
     except ConfigError as e:
         raise NodeSetError(str(e)) from None

@@ -65,7 +65,7 @@ def test_start_local_without_a_duration_keeps_the_open_ended_stream_rule(spawned
 def test_start_local_for_a_duration_too_short_for_key_says_so_before_any_process(spawned, tmp_path) -> None:
     with pytest.raises(NodeSetError) as e:
         NodeSet.start_local(None, workdir=tmp_path / "w", duration_s=0.001)
-    assert "0.001 s of acquisition" in str(e.value) and "choose a longer duration" in str(e.value)
+    assert "the acquisition (0.001 s) is too short" in str(e.value) and "choose a longer duration" in str(e.value)
     assert "\n" not in str(e.value) and spawned == []
 
 
