@@ -40,8 +40,10 @@ import importlib
 import os
 import secrets
 import signal
+import sys
 import threading
-from collections.abc import Callable, Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
@@ -376,6 +378,81 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     elif prev is None or prev == signal.SIG_DFL:  # end the process by the same signal, as without us
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+class Termination:
+    """What :func:`sigterm_as_interrupt` yields: whether a SIGTERM came (:attr:`requested`), and
+    :meth:`check`, to call at every safe point of a long loop (e.g. after each block)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        """Raise ``KeyboardInterrupt("SIGTERM")`` when a SIGTERM came: the handler raises it at once, but
+        CPython loses an exception a signal handler raises while a ``__del__`` or weakref callback runs
+        (h5py's run often), and the process would go on as if nothing had happened."""
+        if self.requested:
+            raise KeyboardInterrupt("SIGTERM")
+
+
+def _interrupt_inside(exc: BaseException) -> bool:
+    """Whether ``exc`` is or wraps a :class:`KeyboardInterrupt` (CPython reports one raised inside a C
+    callback as ``SystemError``, the interrupt as its cause)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[Termination]:
+    """While inside, SIGTERM stops the process the way Ctrl-C does: :class:`KeyboardInterrupt` with
+    ``args == ("SIGTERM",)`` (reported by the CLI as "terminated (SIGTERM)", exit 143), so ``finally``
+    blocks run and files are closed, where the default action ends the process at once (an HDF5
+    recording open for writing was left unreadable). Enter it *before* opening a guarded station: the
+    station's handler puts every instrument in its safe state first, then chains to this one.
+
+    Only the first SIGTERM raises; another one while the process winds down is logged and ignored. An
+    interrupt lost in a ``__del__``/weakref callback is not printed as a traceback; call the yielded
+    :meth:`Termination.check` at safe points to raise it again there. An interrupt that leaves the block
+    (also wrapped in ``SystemError``) after a SIGTERM leaves it as ``KeyboardInterrupt("SIGTERM")``. Only
+    in the main thread (where Python delivers signals); the previous handlers are restored on exit."""
+    term = Termination()
+    if threading.current_thread() is not threading.main_thread():
+        yield term
+        return
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        if term.requested:
+            log.warning("SIGTERM again: ignored while the process closes its files and stops")
+            return
+        term.requested = True
+        raise KeyboardInterrupt("SIGTERM")
+
+    def unraisable(info: Any) -> None:  # the interrupt lost in a callback: Termination.check raises it again
+        if not (isinstance(info.exc_value, KeyboardInterrupt) and info.exc_value.args == ("SIGTERM",)):
+            prev_hook(info)
+
+    prev = signal.signal(signal.SIGTERM, on_term)
+    prev_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        yield term
+    except BaseException as exc:
+        if term.requested and _interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
+                                                              and exc.args == ("SIGTERM",)):
+            raise KeyboardInterrupt("SIGTERM") from exc
+        raise
+    finally:
+        sys.unraisablehook = prev_hook
+        with _GUARD_LOCK:
+            if signal.getsignal(signal.SIGTERM) is not on_term and _PREVIOUS.get(int(signal.SIGTERM)) is on_term:
+                _PREVIOUS[int(signal.SIGTERM)] = prev  # a guarded station still open: it chains to ``prev`` now
+            else:
+                signal.signal(signal.SIGTERM, prev)
 
 
 def _at_exit() -> None:
@@ -844,4 +921,4 @@ class Station:
 
 
 __all__ = ["Station", "arm_instruments", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
-           "hold_master_clocks", "open_driver", "validate_driver_roles"]
+           "hold_master_clocks", "open_driver", "sigterm_as_interrupt", "Termination", "validate_driver_roles"]

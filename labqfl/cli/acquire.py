@@ -12,7 +12,11 @@ choice log (its 32-byte key for this acquisition, mode 0600) in its own folder,
 Clients with a ``pattern_generator`` role (e.g. ``examples/station_emulated_hardware.toml``) stream
 their choices to it frame by frame while the tags come in (:func:`labqfl.app.station.start_client_streams`);
 the recording keeps each such client's played-frames record, so its log answers for played frames
-only, and ``--json`` reports ``modulation``: frames played and lost per client (docs/lab_setup.md)."""
+only, and ``--json`` reports ``modulation``: frames played and lost per client (docs/lab_setup.md).
+
+SIGTERM stops it as Ctrl-C does (:func:`labqfl.station.sigterm_as_interrupt`): every instrument in its
+safe state, the recording closed and marked incomplete (``labqfl distill --allow-incomplete`` reads its
+whole blocks), one line ``error: terminated (SIGTERM); …`` and exit status 143."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from labqfl.app.acquire import acquire as acquire_use_case
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import load_station_config
 from labqfl.errors import ConfigError
+from labqfl.station import sigterm_as_interrupt
 
 
 @handle_errors
@@ -46,10 +51,18 @@ def acquire(
     except ConfigError as exc:
         raise fail(f"--{exc}") from None
     cfg = load_station_config(config)
-    with progress_bar(not as_json) as prog:
+    # SIGTERM (kill, timeout, a scheduler) stops like Ctrl-C: the station's handler puts the instruments safe
+    # first, then the recording is closed as incomplete (the default action left an unreadable HDF5 file)
+    with sigterm_as_interrupt() as term, progress_bar(not as_json) as prog:
         task = prog.add_task(f"acquire {duration:g} s", total=options.n_blocks(cfg))
+
+        def progress(done: int, _total: int) -> None:
+            term.check()  # after each block: a SIGTERM whose interrupt was lost in a callback stops here
+            prog.update(task, completed=done)
+
         result = acquire_use_case(cfg, options, base_dir=config.resolve().parent if config else None,
-                                  progress=lambda done, _total: prog.update(task, completed=done))
+                                  progress=progress)
+        term.check()
     data = result.as_dict()
     emit(data, as_json, lambda con: _render(con, cfg.name, data, out))
 
