@@ -179,11 +179,13 @@ def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
 
 def _delivered(key_bits: float, first: bool) -> float:
     """Key a block delivers: its final key less the authentication key the pipeline takes back from
-    it to refill the pair's ``auth`` pool (what the block's tags used: 3·64 bits on a pair's first
-    block, 2·64 after, one lane; :mod:`labqfl.qkd.pipeline`), never below 0."""
+    it to refill the pair's ``auth`` pool (what the block's tags used: 3·64 bits per lane on a pair's first
+    block, 2·64 after, :data:`~labqfl.qkd.authentication.DEFAULT_AUTH_LANES` lanes; :mod:`labqfl.qkd.pipeline`),
+    never below 0."""
+    from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
     from labqfl.qkd.pipeline import _auth_bits_per_block
 
-    return max(key_bits - _auth_bits_per_block(1, first=first), 0.0) if key_bits > 0 else 0.0
+    return max(key_bits - _auth_bits_per_block(DEFAULT_AUTH_LANES, first=first), 0.0) if key_bits > 0 else 0.0
 
 
 def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots: float, params: Any) -> float:

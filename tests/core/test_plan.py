@@ -14,14 +14,18 @@ from labqfl.config import load_station_config
 from labqfl.contracts.channel_model import pair_channel
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import ConfigError
+from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.masks import mask_graph
 from labqfl.fl.tasks import make_model
 from labqfl.planning import KEY_MARGIN, compare, make_plan, make_station
+from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
 from labqfl.qkd.blocksize import plan_blocks
 from labqfl.qkd.estimation import SecurityParameters
 from labqfl.qkd.keyrate import predict_pair
 
 runner = CliRunner()
+#: authentication key a pair's first block refills (hash key + two pads, 64 bits per lane)
+FIRST_AUTH = 3 * 64 * DEFAULT_AUTH_LANES
 DUR = 2.0  # s of acquisition: one rule-size block per pair on the default station
 
 
@@ -54,8 +58,8 @@ def test_key_rate_is_the_finite_key_model_times_the_share(default_plan):
         assert rule.pairs[name].block_slots == slots and rule.pairs[name].n_blocks == 1
         pred = predict_pair(pair_channel(cfg, a, b), slots, 1, cfg.laser.rep_rate_hz, with_asymptotic=False)
         assert pp.share == pytest.approx(1 / 6) == sched.share(name)
-        # delivered key: the block's key less the 3·64 bits of authentication key it refills
-        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - 192) / DUR, rel=1e-9)
+        # delivered key: the block's key less the 3·64 bits per lane of authentication key it refills
+        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - FIRST_AUTH) / DUR, rel=1e-9)
         assert pp.acquisition_s_per_round == pytest.approx(pp.need_bits_per_round / pp.key_rate_bps)
     worst = max(pp.acquisition_s_per_round for pp in default_plan.pairs.values())
     assert default_plan.acquisition_s_per_round == worst
@@ -121,7 +125,8 @@ def test_plan_cli_json(tmp_path):
                             "--duration", str(DUR), "--json"])
     assert r.exit_code == 0, r.output
     d = json.loads(r.stdout)
-    assert d["q"] == 16 and d["key_bits_per_pair_per_round"] == 16 * d["n_params"]
+    # over nodes (plan's default) each round also spends the master's refs tag key
+    assert d["q"] == 16 and d["key_bits_per_pair_per_round"] == 16 * d["n_params"] + REFS_TAG_BITS
     assert set(d["pairs"]) == set(mask_graph([f"C{i}" for i in range(1, 5)], "all"))
     r = runner.invoke(app, ["plan", "--clients", "5", "--json"])
     assert r.exit_code == 1 and r.stdout == "" and "--clients 5" in r.stderr
@@ -179,7 +184,7 @@ def test_weighted_pairs_get_blocks_at_their_own_share():
     for name, pp in p.pairs.items():
         pred = predict_pair(pair_channel(wcfg, *name.split("-")), rule.pairs[name].block_slots, 1,
                             wcfg.laser.rep_rate_hz, with_asymptotic=False)
-        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - 192) / dur, rel=1e-9)
+        assert pp.key_rate_bps == pytest.approx((pred.report.key_length_bits - FIRST_AUTH) / dur, rel=1e-9)
         assert pp.key_rate_bps > 0
         assert pp.block_slots == rule.pairs[name].block_slots
 
@@ -244,6 +249,10 @@ def test_the_plan_over_nodes_streams_the_distillation_and_pays_the_flower_rounds
     assert "node processes" in over.estimates["distill"] and "Flower nodes" in over.estimates["train"]
     assert "node processes" in over.estimates["nodes"] and "nodes" not in here.estimates
     assert "node" not in here.estimates["distill"]
-    differ = ("distill_s", "train_s", "total_wall_s", "estimates", "nodes_s")
+    # and the refs tag key each pair's master reserves per round on the Flower engine (+REFS_TAG_BITS)
+    assert over.key_bits_per_pair_per_round == here.key_bits_per_pair_per_round + REFS_TAG_BITS
+    differ = ("distill_s", "train_s", "total_wall_s", "estimates", "nodes_s", "key_bits_per_pair_per_round",
+              "key_bits_per_round", "pairs", "rounds_sustained", "acquisition_s_per_round", "acquisition_s",
+              "limiting_pairs", "starving_pairs", "top_ups")
     assert {k: v for k, v in over.as_dict().items() if k not in differ} \
         == {k: v for k, v in here.as_dict().items() if k not in differ}
