@@ -219,6 +219,7 @@ def _add_supernode(node_app: typer.Typer) -> None:
         from labqfl.errors import ConfigError
         from labqfl.nodes.supernode import main
 
+        _check_client_data(name, data)
         fs = load_station_config(station).fl_server
         front = server or (f"{fs.host}:{fs.port}" if fs and fs.port else None)
         if front is None:
@@ -226,6 +227,21 @@ def _add_supernode(node_app: typer.Typer) -> None:
                               "[fl_server] section)")
         sys.exit(main(name, data, front, certs, server_name=server_name or (fs.name if fs else "server"),
                       as_json=as_json))
+
+
+def _check_client_data(name: str, data: Path) -> None:
+    """A SuperNode's ``--data`` is its client's data folder (review s32 L11): a folder that does not exist (a
+    typo) is refused in one line naming the store, before anything is created in it; an existing one without
+    ``keystore/NAME.sqlite`` gets a warning (training with csprng keys needs no store; with qkd keys it has no pads)."""
+    from labqfl.errors import ConfigError
+
+    store = data.expanduser() / "keystore" / f"{name}.sqlite"
+    if not data.expanduser().is_dir():
+        raise ConfigError(f"{store}: key store of client {name} not found: the data folder {data} does not exist "
+                          f"(give client {name}'s data folder, the one its client node uses)")
+    if not store.is_file():
+        console.print(f"warning: {store}: key store of client {name} not found: training with qkd keys will find "
+                      "no pads (is --data the folder its client node uses?)", soft_wrap=True)
 
 
 def _add_acquire(node_app: typer.Typer) -> None:

@@ -86,3 +86,28 @@ def test_node_up_where_no_pair_made_key_exits_1_too(monkeypatch: pytest.MonkeyPa
     doc = json.loads(r.stdout)
     assert doc["block_rule"] is not None and "C3-C4: client C3: connection reset" in doc["error"]
     assert r.stderr.splitlines()[-1] == f"error: {doc['error']}"
+
+
+def test_node_supernode_with_a_data_folder_that_does_not_exist_is_refused_before_it_is_made(tmp_path) -> None:
+    """Review s32 L11: before, it started and created DIR/nodes/C2/fl."""
+    missing = tmp_path / "emptyd"
+    r = runner.invoke(app, ["node", "supernode", "--name", "C2", "--data", str(missing), "--certs", str(tmp_path),
+                            "--server", "127.0.0.1:9"])
+    assert r.exit_code == 1, (r.output, r.exception)
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {missing / 'keystore' / 'C2.sqlite'}: key store of client C2")
+    assert "does not exist" in lines[0] and not missing.exists()
+
+
+def test_node_supernode_with_a_data_folder_without_the_store_warns(monkeypatch, tmp_path) -> None:
+    started: list[str] = []
+    monkeypatch.setattr("labqfl.nodes.supernode.main", lambda name, *a, **k: started.append(name) or 0)
+    r = runner.invoke(app, ["node", "supernode", "--name", "C2", "--data", str(tmp_path), "--certs", str(tmp_path),
+                            "--server", "127.0.0.1:9"])
+    assert r.exit_code == 0 and started == ["C2"], (r.output, r.exception)
+    assert r.stderr.startswith(f"warning: {tmp_path / 'keystore' / 'C2.sqlite'}: key store of client C2 not found")
+    (tmp_path / "keystore").mkdir()
+    (tmp_path / "keystore" / "C2.sqlite").write_bytes(b"")
+    r = runner.invoke(app, ["node", "supernode", "--name", "C2", "--data", str(tmp_path), "--certs", str(tmp_path),
+                            "--server", "127.0.0.1:9"])
+    assert r.exit_code == 0 and r.stderr == ""
