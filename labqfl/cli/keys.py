@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors
+from labqfl.cli.common import CONFIG_OPTION, EXIT_ERROR, JSON_OPTION, emit, fail, handle_errors
 from labqfl.errors import KeyStoreError
 
 keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import "
@@ -34,6 +34,55 @@ def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
     return nodes
 
 
+def _node_status(node: str, ddir: Path) -> dict[str, Any]:
+    """One node's entry of ``keys status``: accounting, store ID, exports, scrub state, provenance;
+    for a store that cannot be opened or read, ``{"store", "error"}`` (the file is left as it is)."""
+    import sqlite3
+
+    from labqfl.keystore import KeyStore, node_store_path
+    from labqfl.provenance import store_pair_provenance
+
+    path = node_store_path(node, ddir)
+    try:
+        with KeyStore.for_node(node, ddir, create=False) as st:  # a read: never creates or initialises a store
+            acc = st.accounting()
+            return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
+                    "scrub": st.scrub(), "provenance": {p: store_pair_provenance(st, p) for p in acc}}
+    except (KeyStoreError, sqlite3.Error, OSError) as exc:
+        return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}"}
+
+
+def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> None:
+    con.print(f"key stores under {ddir}" if nodes else f"no key stores in {ddir / 'keystore'} (the folder is empty)")
+    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exported", "added")
+
+    def fmt(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
+
+    for n, info in nodes.items():
+        if "error" in info:
+            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "")
+        elif not info["pairs"]:
+            t.add_row(n, "—", "0", "0", "0", "0", "0", "0")
+        for p, a in info.get("pairs", {}).items():
+            t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
+                      fmt(a["exported"]), str(a["added"]))
+    if nodes:
+        con.print(t)
+    for n, info in nodes.items():
+        if "error" in info:
+            continue
+        sc = info["scrub"]
+        state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
+                 f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
+        con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
+        for p, prov in info["provenance"].items():
+            blocks = ", ".join(f"{k} {v}" for k, v in prov["blocks"].items()) or "none with a record"
+            extra = "".join(f", {v} {k}" for k, v in (("pre-shared", prov["preshared_blocks"]),
+                                                      ("unrecorded", prov["unrecorded_blocks"])) if v)
+            con.print(f"  {p} provenance (blocks by physical layer/randomness: {blocks}{extra}): {prov['security']}")
+
+
 @keys_app.command("status")
 @handle_errors
 def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to show (default: every store)."),
@@ -41,45 +90,27 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
     """Key accounting per node and pair: available, reserved, consumed (bits, by purpose); the
     store's ID (for export binding), its exports, whether overwritten key material is still
     waiting for a WAL checkpoint (a reader holds an old snapshot), and per pair the provenance of
-    its key blocks (physical layer, clients' randomness) with what their security rests on."""
-    from labqfl.keystore import KeyStore, default_data_dir
-    from labqfl.provenance import store_pair_provenance
+    its key blocks (physical layer, clients' randomness) with what their security rests on.
+
+    A data dir without a keystore/ folder is an error (a wrong --data-dir is not "no keys"); an
+    empty keystore/ folder is an empty status. A store that cannot be read is reported as an error
+    in its row (JSON: its entry's "error"), the others are still shown, and the exit status is 1;
+    the unreadable file is never modified.
+    """
+    from labqfl.keystore import default_data_dir
 
     ddir = data_dir or default_data_dir()
-    data: dict[str, object] = {"data_dir": str(ddir), "nodes": {}}
-    for n in _nodes_or_all(node, data_dir):
-        with KeyStore.for_node(n, ddir, create=False) as st:  # a read: never creates or initialises a store
-            acc = st.accounting()
-            data["nodes"][n] = {"store": str(st.path), "store_id": st.store_id,  # type: ignore[index]
-                                "pairs": acc, "exports": st.exports(), "scrub": st.scrub(),
-                                "provenance": {p: store_pair_provenance(st, p) for p in acc}}
-
-    def render(con):  # type: ignore[no-untyped-def]
-        con.print(f"key stores under {ddir}")
-        t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exported", "added")
-
-        def fmt(d: dict[str, int]) -> str:
-            return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
-
-        for n, info in data["nodes"].items():  # type: ignore[attr-defined]
-            if not info["pairs"]:
-                t.add_row(n, "—", "0", "0", "0", "0", "0", "0")
-            for p, a in info["pairs"].items():
-                t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
-                          fmt(a["exported"]), str(a["added"]))
-        con.print(t)
-        for n, info in data["nodes"].items():  # type: ignore[attr-defined]
-            sc = info["scrub"]
-            state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
-                     f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
-            con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
-            for p, prov in info["provenance"].items():
-                blocks = ", ".join(f"{k} {v}" for k, v in prov["blocks"].items()) or "none with a record"
-                extra = "".join(f", {v} {k}" for k, v in (("pre-shared", prov["preshared_blocks"]),
-                                                          ("unrecorded", prov["unrecorded_blocks"])) if v)
-                con.print(f"  {p} provenance (blocks by physical layer/randomness: {blocks}{extra}): {prov['security']}")
-
-    emit(data, as_json, render)
+    if not (ddir / "keystore").is_dir():
+        what = "does not exist" if not ddir.exists() else "exists, but no labqfl command made key stores in it"
+        raise fail(f"no key stores under {ddir} (no keystore/ folder); the folder {what}: give the data dir that "
+                   "`labqfl distill`/`labqfl run` wrote to (--data-dir or $LABQFL_DATA_DIR)")
+    nodes = {n: _node_status(n, ddir) for n in _nodes_or_all(node, ddir)}
+    emit({"data_dir": str(ddir), "nodes": nodes}, as_json, lambda con: _render_status(con, ddir, nodes))
+    bad = [n for n, info in nodes.items() if "error" in info]
+    for n in bad:
+        fail(f"node {n}: {nodes[n]['error']}")
+    if bad:
+        raise typer.Exit(EXIT_ERROR)
 
 
 @keys_app.command("certs")
@@ -263,7 +294,7 @@ def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:
 def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2 (as the station names it)."),
              file: Path = typer.Option(..., "--file", "-f",
                                        help="The pair's pre-shared secret: raw bytes, each 8 key bits (MSB first), "
-                                            "delivered out of band. At least 24 bytes; at most 1 MiB."),
+                                            "delivered out of band. At least 48 bytes; at most 1 MiB; loaded once only."),
              keep_file: bool = typer.Option(False, "--keep-file",
                                             help="Do not overwrite and delete the secret file after loading it."),
              config: Path | None = CONFIG_OPTION, data_dir: Path | None = DATA_DIR_OPTION,
@@ -273,18 +304,27 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     The distiller authenticates a pair's first block with this key (then refills the pool from
     each block's own key); use with `labqfl distill --no-auth-bootstrap`. The pair must be one
     of the station's (--config) pairs, as it names them. A secret may be used only once: after a
-    successful load the file is overwritten with zeros and deleted (unless --keep-file). Key bits
-    are never printed.
+    successful load the file is overwritten with zeros and deleted (unless --keep-file), and a
+    secret that any store of the data dir already loaded (for any pair) is refused. Key bits are
+    never printed.
     """
     from labqfl.keystore import KeyStore, default_data_dir
-    from labqfl.keystore.preshare import load_preshared_auth, read_secret_file, shred_secret_file
+    from labqfl.keystore.preshare import (
+        check_secret_unused,
+        load_preshared_auth,
+        read_secret_file,
+        shred_secret_file,
+    )
 
     a, b = _station_pair(pair, config)
     bits = read_secret_file(file)
     ddir = data_dir or default_data_dir()
-    with KeyStore.for_node(a, ddir) as si, KeyStore.for_node(b, ddir) as sj:
-        summary = load_preshared_auth(si, sj, pair, bits, source=file.name)
-    bits[:] = 0
+    try:
+        check_secret_unused(ddir, bits, source=file.name)  # every store of the data dir, before any is created
+        with KeyStore.for_node(a, ddir) as si, KeyStore.for_node(b, ddir) as sj:
+            summary = load_preshared_auth(si, sj, pair, bits, source=file.name)
+    finally:
+        bits[:] = 0
     problem = None if keep_file else shred_secret_file(file)
     summary["secret_file"] = "kept" if keep_file else ("destroyed" if problem is None else "NOT destroyed")
     if problem is not None:

@@ -10,24 +10,38 @@ stores as one block of pool ``auth`` — the same layout as the distiller's simu
 Bit convention: each byte of the secret is 8 key bits, most significant bit first
 (``np.unpackbits``, as the pipeline's own pre-shared bits and the store's packed material), so
 the store holds the secret byte for byte.
+
+A secret may be used only once: loaded twice (same pair or another), its bits would sit in two
+blocks and Wegman–Carter would reuse one-time key. Each load therefore records a fingerprint of the
+secret in the block's metadata (:func:`secret_fingerprint`, field ``secret_fingerprint``) and a
+load whose fingerprint a store already holds is refused (:func:`check_secret_unused` over every
+store of a data dir, and :func:`load_preshared_auth` over its two stores).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from labqfl.errors import KeyStoreError
-from labqfl.keystore.store import KeyStore
+from labqfl.keystore.store import KeyStore, list_node_stores, node_store_path
 
 #: Largest secret accepted [bytes] (8 Mbit; the distiller's own bootstrap is 64 kbit).
 PRESHARED_MAX_BYTES = 1 << 20
 #: Block-metadata kind of a pre-shared authentication block (the pipeline's bootstrap uses it too).
 PRESHARED_KIND = "preshared-auth"
+#: Block-metadata field of a pre-shared block holding its secret's fingerprint (:func:`secret_fingerprint`).
+#: The store leaves it out of export files (``KeyStore.export_segments``).
+FINGERPRINT_FIELD = "secret_fingerprint"
+#: Shortest secret given a fingerprint [bits]: a hash of fewer random bits could be inverted by search.
+FINGERPRINT_MIN_BITS = 256
+_FINGERPRINT_DOMAIN = b"labqfl preshared-auth secret fingerprint v1\x00"
 
 
 def min_preshared_bits(auth_lanes: int | None = None) -> int:
@@ -68,16 +82,100 @@ def read_secret_file(path: Path, *, min_bits: int | None = None, max_bytes: int 
     if data.count(data[0]) == len(data):
         raise KeyStoreError(f"secret file {path} holds {len(data)} copies of byte {data[0]:#04x}; that is not a "
                             "random secret")
+    if (period := _repeat_period(data)) is not None:
+        raise KeyStoreError(f"secret file {path} is its first {period} bytes repeated {len(data) // period} times "
+                            "(e.g. two identical halves); that is not a random secret, and its repeated bits would "
+                            "reuse one-time key")
     return np.unpackbits(np.frombuffer(data, np.uint8))
+
+
+def _repeat_period(data: bytes) -> int | None:
+    """The shortest ``p`` < len(data) such that ``data`` is its first ``p`` bytes repeated (two
+    identical halves: ``p = len/2``), else None. Only divisors of the length are tried."""
+    n = len(data)
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and data[p:2 * p] == data[:p] and data[:p] * (n // p) == data:
+            return p
+    return None
+
+
+def secret_fingerprint(bits: np.ndarray) -> str | None:
+    """Fingerprint of a pre-shared secret (uint8 0/1 bits): ``"sha256:<hex>"`` of a domain-separated
+    SHA-256 over the bit count and the packed bits; None for a secret shorter than
+    :data:`FINGERPRINT_MIN_BITS` (not recorded, not checked).
+
+    Why storing it beside the key is safe: (1) while any bit of the secret is still usable, the same
+    store holds that bit in clear, so whoever can read the fingerprint can read the key itself; (2)
+    once bits are consumed their material is zeroed and only the fingerprint remains, and learning
+    an authentication key *after* its tags were checked forges nothing; (3) recovering the secret
+    from the fingerprint means searching ≥ 2^256 candidates (the CLI's secrets have ≥ 384 random
+    bits) for a SHA-256 preimage, which no feasible computation does. It reveals nothing usable. It
+    is not exported with the block (an export file holds only part of a block's bits; the
+    fingerprint could narrow down the rest). The domain prefix keeps it from equalling any other
+    hash of the same bytes.
+    """
+    arr = np.asarray(bits, dtype=np.uint8)
+    if arr.size < FINGERPRINT_MIN_BITS:
+        return None
+    packed = np.packbits(arr)
+    try:
+        h = hashlib.sha256(_FINGERPRINT_DOMAIN)
+        h.update(int(arr.size).to_bytes(8, "big"))
+        h.update(packed.data)
+        return "sha256:" + h.hexdigest()
+    finally:
+        packed[:] = 0
+
+
+def find_earlier_load(stores: Iterable[KeyStore], fingerprint: str) -> dict[str, str] | None:
+    """The first pre-shared block of ``stores`` recorded with ``fingerprint`` — ``{"node", "store",
+    "block_id", "pair"}`` — or None. A block withdrawn by a failed load's rollback (its bits were
+    never used; key ID ``rollback-<block ID>``) does not count."""
+    for st in stores:
+        for blk in st.blocks():
+            meta = blk["meta"]
+            if (isinstance(meta, dict) and meta.get("kind") == PRESHARED_KIND
+                    and meta.get(FINGERPRINT_FIELD) == fingerprint
+                    and st.delivery(_rollback_key_id(blk["block_id"])) is None):
+                return {"node": str(st.node), "store": str(st.path), "block_id": str(blk["block_id"]),
+                        "pair": str(blk["pair"])}
+    return None
+
+
+def _reuse_error(found: dict[str, str], source: str) -> KeyStoreError:
+    what = f"secret file {source}: " if source else ""
+    return KeyStoreError(f"{what}this secret was already loaded as block {found['block_id']} of pair {found['pair']} "
+                         f"on node {found['node']} ({found['store']}); a pre-shared secret may be used only once (its "
+                         "one-time key would be reused): use a fresh secret. Nothing was loaded")
+
+
+def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "") -> None:
+    """Refuse (:class:`KeyStoreError`, one line naming the earlier block, pair and node) a secret
+    that any key store under ``data_dir`` already loaded (:func:`find_earlier_load`). Every store is
+    opened read-only in intent (``create=False``); one that cannot be opened or read is refused too,
+    since it might hold the earlier load. Writes nothing."""
+    import sqlite3
+
+    fp = secret_fingerprint(bits)
+    if fp is None:
+        return
+    for node in list_node_stores(data_dir):
+        try:
+            with KeyStore.for_node(node, data_dir, create=False) as st:
+                found = find_earlier_load([st], fp)
+        except (KeyStoreError, sqlite3.Error, OSError) as exc:
+            why = str(exc) if isinstance(exc, KeyStoreError) else f"key store {node_store_path(node, data_dir)}: {exc}"
+            raise KeyStoreError(f"{why}; it cannot be checked for an earlier load of this secret, so nothing was "
+                                "loaded") from None
+        if found is not None:
+            raise _reuse_error(found, source)
 
 
 def shred_secret_file(path: Path) -> str | None:
     """Overwrite the secret file with zeros, flush it to disk and delete it, so the same secret
     cannot be loaded a second time by mistake (two blocks with the same bits would reuse one-time
-    pads). Returns None on success, else a one-line reason (the load itself stands).
-
-    labqfl keeps no fingerprint of the secret to detect a reload: a hash of key material stored next
-    to it would reduce the information-theoretic secrecy of the pads to computational secrecy.
+    pads; the stores' fingerprints refuse such a load too). Returns None on success, else a one-line
+    reason (the load itself stands).
     """
     path = Path(path)
     try:
@@ -109,9 +207,10 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
 
     ``store_i``/``store_j``: the stores of the pair's nodes Ci and Cj; ``source``: where the
     secret came from (a file name; stored in the block metadata). Both stores are checked first
-    (open and valid, writable); then the block is added to Ci's store and to Cj's. Loading the same
-    secret twice cannot be detected here (no fingerprint of key material is kept): the CLI destroys
-    the secret file after a successful load (:func:`shred_secret_file`). If the second add fails, the block just added at Ci is withdrawn (consumed
+    (open and valid, writable, neither holds this secret already: :func:`find_earlier_load`); then
+    the block, with the secret's fingerprint in its metadata, is added to Ci's store and to Cj's.
+    Other stores are not looked at here: the CLI checks the whole data dir first
+    (:func:`check_secret_unused`). If the second add fails, the block just added at Ci is withdrawn (consumed
     under key ID ``rollback-<block ID>``, material zeroed, so neither end can use it; the same secret
     may be loaded again) and the error names both stores. Returns a
     summary without key material: pair, nbits, block_id, stores, auth pool bits per node.
@@ -127,8 +226,13 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
         raise KeyStoreError("pre-shared bits must be a non-empty 1-D uint8 array of 0/1")
     for st in (store_i, store_j):
         _check_writable(st)
+    fp = secret_fingerprint(arr)
+    if fp is not None and (found := find_earlier_load((store_i, store_j), fp)) is not None:
+        raise _reuse_error(found, source)
     block_id = f"{PRESHARED_PREFIX}{uuid.uuid4()}"
-    meta = {"kind": PRESHARED_KIND, "simulated": False, "source": source, "nbits": int(arr.size)}
+    meta: dict[str, Any] = {"kind": PRESHARED_KIND, "simulated": False, "source": source, "nbits": int(arr.size)}
+    if fp is not None:
+        meta[FINGERPRINT_FIELD] = fp
     store_i.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)
     try:
         store_j.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)

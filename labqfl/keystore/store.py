@@ -145,6 +145,12 @@ CREATE TABLE import_tickets (
 }
 
 
+#: Block-metadata fields never written to an export file: a pre-shared secret's fingerprint
+#: (labqfl.keystore.preshare.secret_fingerprint) beside only part of the block's bits could narrow
+#: down the bits that stay here.
+_UNEXPORTED_META = ("secret_fingerprint",)
+
+
 def default_data_dir() -> Path:
     """``$LABQFL_DATA_DIR`` if set, else ``platformdirs.user_data_dir("labqfl")``."""
     env = os.environ.get(DATA_DIR_ENV)
@@ -1357,8 +1363,8 @@ class KeyStore:
                 self._mark(conn, pair, seq, block_id, start, length, new_state="exported", purpose=seg.purpose,
                            key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
                 bits = self._io_bits(conn, seq, start, length, zero=True)
-                out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]),
-                                           json.loads(row[2]), bits))
+                meta = {k: v for k, v in json.loads(row[2]).items() if k not in _UNEXPORTED_META}
+                out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]), meta, bits))
             conn.execute("INSERT INTO exports (export_id, pair, nbits, refs, target_node, target_store, ticket_id, "
                          "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (binding.export_id, pair, int(nbits), json.dumps([[s.block_id, s.offset, int(s.bits.size)]

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from labqfl.errors import DataFormatError
+from labqfl.errors import DataFormatError, KeyStoreError
 from labqfl.keystore.store import ExportBinding, ExportedSegment, ImportTicket, KeyStore
 from labqfl.log import get_logger
 
@@ -154,6 +154,10 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
     ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
     summary (no key material)."""
     out = Path(out)
+    a, sep, b = pair.partition("-")
+    if sep and store.node and store.node not in (a, b):  # else the store's refusal would talk of "C1's copy"
+        raise KeyStoreError(f"node {store.node} is not a member of pair {pair}: its store holds no key of that pair "
+                            f"(export from the store of node {a} or {b})")
     fd = _create_new(out, "export file")  # before any bit moves: a path that cannot be written loses nothing
     try:
         binding, segs = store.export_segments(pair, nbits, purpose, ticket=ticket)

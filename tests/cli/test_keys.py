@@ -105,9 +105,11 @@ def test_status_refuses_an_empty_store_file_and_leaves_it_as_it_was(tmp_path, kh
     for p in (Path(str(victim) + "-wal"), Path(str(victim) + "-shm")):
         p.unlink(missing_ok=True)
     res = _run("keys", "status", "--node", "C2", "--json", data=data)
-    assert res.exit_code == 1 and res.stdout == ""
-    assert res.stderr == (f"error: key store {victim}: empty (0 bytes, no tables): not an initialised key store "
-                          "(truncated?); refusing to create one here\n")
+    why = (f"key store {victim}: empty (0 bytes, no tables): not an initialised key store (truncated?); refusing to "
+           "create one here")
+    assert res.exit_code == 1  # reported in its entry (review s32 M6), not as an empty output
+    assert json.loads(res.stdout)["nodes"] == {"C2": {"store": str(victim), "error": why}}
+    assert res.stderr == f"error: node C2: {why}\n"
     assert victim.stat().st_size == 0
     assert _run("keys", "status", "--node", "C1", data=data).exit_code == 0  # the other store still reads
 

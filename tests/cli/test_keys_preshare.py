@@ -132,14 +132,17 @@ def test_the_secret_file_is_destroyed_after_a_successful_load_only(tmp_path):
     assert not (tmp_path / "s.bin").exists()
     line = _error_line(_run("--pair", PAIR, "--file", str(tmp_path / "s.bin"), data=data))
     assert "does not exist" in line
-    # --keep-file keeps it and says so; no fingerprint of the key is stored anywhere
-    _secret(tmp_path / "t.bin", seed=4)
+    # --keep-file keeps it and says so; the store keeps a fingerprint of each secret (never the secret)
+    secret = _secret(tmp_path / "t.bin", seed=4)
     res = _run("--pair", PAIR, "--file", str(tmp_path / "t.bin"), "--keep-file", data=data)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "t.bin").exists() and "kept" in res.output
     with KeyStore.for_node("C1", data) as st:
         metas = [b["meta"] for b in st.blocks()]
-    assert len(metas) == 2 and all(set(m) == {"kind", "simulated", "source", "nbits"} for m in metas)
+    assert len(metas) == 2
+    assert all(set(m) == {"kind", "simulated", "source", "nbits", "secret_fingerprint"} for m in metas)
+    assert all(m["secret_fingerprint"].startswith("sha256:") and secret.hex() not in m["secret_fingerprint"]
+               for m in metas)
 
 
 def test_a_store_that_is_not_a_key_store_is_refused_before_anything_is_written(tmp_path):
