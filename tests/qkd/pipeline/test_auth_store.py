@@ -10,10 +10,7 @@ import logging
 
 import numpy as np
 import pytest
-from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import small_station
 
-from labqfl.contracts.types import acquisition_id
 from labqfl.errors import InsufficientKeyError, KeyStoreError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
@@ -35,13 +32,9 @@ FIRST = 3 * 64 * DEFAULT_AUTH_LANES  # hash key + two pads: what one end's authe
 
 
 @pytest.fixture(scope="module")
-def acquisition():
-    """The small one-pair station of the pipeline tests (0.1 s gives a key)."""
-    cfg = small_station()
-    tb = SagnacTestbed(cfg)
-    blocks = list(tb.stream(DUR))
-    logs = {c: tb.client_log(c) for c in cfg.client_names}
-    return cfg, blocks, logs, acquisition_id(cfg, tb.last_epoch)
+def acquisition(small_acquisition):  # type: ignore[no-untyped-def]
+    """The small one-pair station of the pipeline tests: 0.1 s, one key block (conftest)."""
+    return small_acquisition
 
 
 def _stores(path):

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from galois import GF
 from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import small_station
 
-from labqfl.contracts.types import Announcements, ModulationRecord, acquisition_id
+from labqfl.contracts.types import Announcements, ModulationRecord
 from labqfl.errors import AuthenticationError, KeyStoreError
 from labqfl.keystore import KeyStore
 from labqfl.qkd import twoparty as twoparty_mod
@@ -45,12 +44,9 @@ DUR = 0.1
 
 
 @pytest.fixture(scope="module")
-def acquisition():
-    cfg = small_station()
-    tb = SagnacTestbed(cfg)
-    blocks = list(tb.stream(DUR))
-    logs = {c: tb.client_log(c) for c in cfg.client_names}
-    return cfg, blocks, logs, acquisition_id(cfg, tb.last_epoch)
+def acquisition(small_acquisition):  # type: ignore[no-untyped-def]
+    """The small one-pair station of the pipeline tests: 0.1 s, one key block (conftest)."""
+    return small_acquisition
 
 
 def _stores(path):

@@ -12,10 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from labqfl.sim_backends import SagnacTestbed
-from qkdpp_helpers import small_station
 
-from labqfl.contracts.types import acquisition_id
 from labqfl.keystore import KeyStore
 from labqfl.qkd.authentication import DEFAULT_AUTH_LANES
 from labqfl.qkd.estimation import SecurityParameters
@@ -37,13 +34,9 @@ FIRST = 3 * 64 * DEFAULT_AUTH_LANES  # hash key + two pads: one end's authentica
 
 
 @pytest.fixture(scope="module")
-def acquisition():
-    """The small one-pair station of the pipeline tests (0.1 s gives one key block)."""
-    cfg = small_station()
-    tb = SagnacTestbed(cfg)
-    blocks = list(tb.stream(DUR))
-    logs = {c: tb.client_log(c) for c in cfg.client_names}
-    return cfg, blocks, logs, acquisition_id(cfg, tb.last_epoch)
+def acquisition(small_acquisition):  # type: ignore[no-untyped-def]
+    """The small one-pair station of the pipeline tests: 0.1 s, one key block (conftest)."""
+    return small_acquisition
 
 
 class SpyChannel(Channel):
