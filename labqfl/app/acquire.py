@@ -18,7 +18,6 @@ acquisition ID, the per-pair report and the recorder are asked of it (ARCHITECTU
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,12 +32,15 @@ from labqfl.config import StationConfig, require_pattern_generators
 from labqfl.contracts.types import duration_problem
 from labqfl.errors import ConfigError
 from labqfl.log import get_logger
-from labqfl.station import hold_master_clocks
+from labqfl.station import hold_master_clocks, sigterm_as_interrupt
 
 log = get_logger(__name__)
 
 #: Longest single acquisition asked of the time tagger for an open-ended stream [s] (the caller stops it long before).
 OPEN_ENDED_S = 1e6
+#: Shortest block ``labqfl acquire --block`` accepts [s]: 1 ms is 10^5 slots at 100 MHz, longer than a laser
+#: period and than a 65 536-slot frame; every block costs a fixed overhead (a 1e-9 s block over 0.2 s ran for minutes).
+MIN_BLOCK_S = 1e-3
 #: What the per-pair numbers of ``labqfl acquire`` are (they need the clients' logs).
 PAIRS_NOTE = "per-pair basis/intensity counts join the node's outcomes with the clients' logs (report only)"
 
@@ -66,6 +68,9 @@ class AcquireOptions:
             raise ConfigError(f"duration {problem}")
         if self.block_s is not None and (problem := duration_problem(self.block_s)) is not None:
             raise ConfigError(f"block {problem}")
+        if self.block_s is not None and self.block_s < MIN_BLOCK_S:
+            raise ConfigError(f"block must be at least {MIN_BLOCK_S:g} s (1 ms, the shortest block an acquisition "
+                              f"streams), got {self.block_s!r}")
         if self.out is not None and self.out.suffix.lower() not in (".h5", ".hdf5"):
             raise ConfigError(f"out {self.out}: expected a file name ending in .h5 or .hdf5")
         if self.out is not None and self.out.exists():  # before the station opens: nothing is lost or overwritten
@@ -76,8 +81,12 @@ class AcquireOptions:
         return float(self.block_s or cfg.simulation.block_duration_s)
 
     def n_blocks(self, cfg: StationConfig) -> int:
-        """Blocks the acquisition streams (the last one may be partial)."""
-        return max(1, math.ceil(round(self.duration_s / self.block_duration_s(cfg), 9)))
+        """Blocks the acquisition streams (the last one may be partial), counted as the simulated tagger cuts
+        them: duration and block rounded to whole laser periods (at least one each). A real tagger's blocks
+        are its polls, about as many."""
+        rep = cfg.laser.rep_rate_hz
+        n_slots = max(1, round(self.duration_s * rep))
+        return -(-n_slots // max(1, round(self.block_duration_s(cfg) * rep)))
 
 
 class Blocks:
@@ -316,13 +325,21 @@ def acquire(cfg: StationConfig, options: AcquireOptions, *, base_dir: Path | Non
     The recording holds the tags and public metadata only; each CSPRNG client's private choice log
     goes to its own folder under ``options.data_dir`` (mode 0600). Clients with a
     ``pattern_generator`` role stream their choices to it while the tags come in
-    (:func:`labqfl.app.station.start_client_streams`); the recording keeps their played frames."""
-    with open_station(cfg, base_dir=base_dir) as station, \
-            Acquisition(station, block_s=options.block_duration_s(cfg)) as acq:
-        return _record(acq, options, progress)
+    (:func:`labqfl.app.station.start_client_streams`); the recording keeps their played frames.
+
+    SIGTERM (in the main thread) stops it as Ctrl-C does (:func:`labqfl.station.sigterm_as_interrupt`): the
+    guarded station's safe state first, then ``KeyboardInterrupt("SIGTERM")``, the recording closed and
+    marked incomplete (the default action left an HDF5 file no reader could open)."""
+    with sigterm_as_interrupt() as term:
+        with open_station(cfg, base_dir=base_dir) as station, \
+                Acquisition(station, block_s=options.block_duration_s(cfg)) as acq:
+            result = _record(acq, options, progress, term.check)
+        term.check()  # a SIGTERM whose interrupt CPython lost in a callback: still a stop, not a success
+        return result
 
 
-def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | None) -> AcquireResult:
+def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | None,
+            stop_if_terminated: Callable[[], None]) -> AcquireResult:
     """The body of :func:`acquire` on an armed station (the clients' streams: :meth:`Acquisition.start`)."""
     station, cfg = acq.station, acq.station.config
     blocks = acq.start(options.duration_s)
@@ -335,7 +352,7 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
         if options.out is not None:
             options.out.parent.mkdir(parents=True, exist_ok=True)
             writer = station.recorder(options.out, data_dir=options.data_dir)  # CSPRNG logs: each client's own folder
-        wall = _pump(blocks, writer, report, progress, options.n_blocks(cfg))
+        wall = _pump(blocks, writer, report, progress, options.n_blocks(cfg), stop_if_terminated)
         _save_played_frames(acq.finish_streams(), writer)
         if report is not None:
             report.finish()
@@ -394,10 +411,13 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
     return out
 
 
-def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None, total: int) -> float:
-    """Hand every block to the recording and the pair report; the wall time it took [s]."""
+def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None, total: int,
+          stop_if_terminated: Callable[[], None]) -> float:
+    """Hand every block to the recording and the pair report; the wall time it took [s].
+    ``stop_if_terminated`` before each block (:meth:`labqfl.station.Termination.check`)."""
     t0 = time.perf_counter()
     for k, blk in enumerate(blocks, start=1):
+        stop_if_terminated()  # before the block is written: an interrupted recording holds whole blocks
         if writer is not None:
             writer.append(blk)
         if report is not None:
@@ -417,4 +437,4 @@ def _save_played_frames(records: dict[str, Any], writer: Any) -> None:
             writer.add_played_frames(c, played_table(rec), rec.frame_slots)
 
 
-__all__ = ["OPEN_ENDED_S", "AcquireOptions", "AcquireResult", "Acquisition", "Blocks", "acquire", "pair_summary"]
+__all__ = ["MIN_BLOCK_S", "OPEN_ENDED_S", "AcquireOptions", "AcquireResult", "Acquisition", "Blocks", "acquire", "pair_summary"]

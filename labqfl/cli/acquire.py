@@ -14,7 +14,7 @@ their choices to it frame by frame while the tags come in (:func:`labqfl.app.sta
 the recording keeps each such client's played-frames record, so its log answers for played frames
 only, and ``--json`` reports ``modulation``: frames played and lost per client (docs/lab_setup.md).
 
-SIGTERM stops it as Ctrl-C does (:func:`labqfl.station.sigterm_as_interrupt`): every instrument in its
+SIGTERM stops it as Ctrl-C does (:func:`labqfl.app.acquire.acquire`): every instrument in its
 safe state, the recording closed and marked incomplete (``labqfl distill --allow-incomplete`` reads its
 whole blocks), one line ``error: terminated (SIGTERM); …`` and exit status 143."""
 
@@ -32,7 +32,6 @@ from labqfl.app.acquire import acquire as acquire_use_case
 from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
 from labqfl.config import load_station_config
 from labqfl.errors import ConfigError
-from labqfl.station import sigterm_as_interrupt
 
 
 @handle_errors
@@ -40,7 +39,7 @@ def acquire(
     duration: float = typer.Option(..., "--duration", "-d", help="Acquisition time [s] (simulated seconds on the simulator)."),
     config: Path | None = CONFIG_OPTION,
     out: Path | None = typer.Option(None, "--out", "-o", help="Record the tags to this HDF5 file (layout: docs/simulator.md).", dir_okay=False),
-    block: float | None = typer.Option(None, "--block", help="Block duration [s] (default: simulation.block_duration_s)."),
+    block: float | None = typer.Option(None, "--block", help="Block duration [s], at least 0.001 (default: simulation.block_duration_s)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
                                          help="Data directory holding each client's private choice logs (default: the key store's data dir)."),
     as_json: bool = JSON_OPTION,
@@ -51,18 +50,10 @@ def acquire(
     except ConfigError as exc:
         raise fail(f"--{exc}") from None
     cfg = load_station_config(config)
-    # SIGTERM (kill, timeout, a scheduler) stops like Ctrl-C: the station's handler puts the instruments safe
-    # first, then the recording is closed as incomplete (the default action left an unreadable HDF5 file)
-    with sigterm_as_interrupt() as term, progress_bar(not as_json) as prog:
+    with progress_bar(not as_json) as prog:  # SIGTERM stops the use case as Ctrl-C does (exit 143)
         task = prog.add_task(f"acquire {duration:g} s", total=options.n_blocks(cfg))
-
-        def progress(done: int, _total: int) -> None:
-            term.check()  # after each block: a SIGTERM whose interrupt was lost in a callback stops here
-            prog.update(task, completed=done)
-
         result = acquire_use_case(cfg, options, base_dir=config.resolve().parent if config else None,
-                                  progress=progress)
-        term.check()
+                                  progress=lambda done, _total: prog.update(task, completed=done))
     data = result.as_dict()
     emit(data, as_json, lambda con: _render(con, cfg.name, data, out))
 
