@@ -1204,7 +1204,12 @@ class ClientNode(Node):
         d = self.private / "preshared"
         if not d.is_dir():
             return
-        from labqfl.keystore.preshare import shred_secret_file
+        from labqfl.keystore.preshare import (
+            FINGERPRINT_FIELD,
+            find_earlier_load,
+            secret_fingerprint,
+            shred_secret_file,
+        )
 
         for f in sorted(d.glob("*.json")):
             try:
@@ -1220,10 +1225,19 @@ class ClientNode(Node):
                 raise NodeError(f"{f}: 'simulated' must be true or false, got {simulated!r}")
             if not self.store.has_block(bid):
                 bits = np.unpackbits(np.frombuffer(raw, np.uint8))
+                meta: dict[str, Any] = {"kind": "preshared-auth", "simulated": simulated, "nbits": int(bits.size)}
+                # one secret, one block: loaded again under another block ID (a file copied for a second pair)
+                # its one-time pads would authenticate two blocks (review s32; `labqfl keys preshare` refuses alike)
+                if (fp := secret_fingerprint(bits)) is not None:
+                    if (earlier := find_earlier_load([self.store], fp)) is not None:
+                        bits[:] = 0
+                        raise NodeError(f"{f}: this secret was already loaded as block {earlier['block_id']} of pair "
+                                        f"{earlier['pair']} on node {self.name}; a pre-shared secret may be used once "
+                                        "(issue a fresh one per pair)")
+                    meta[FINGERPRINT_FIELD] = fp
                 # simulated unless the file says otherwise: the launcher's own secrets are generated on
                 # one machine (simulated out-of-band delivery); an operator's real one says "simulated": false
-                self.store.add_block(pair, bits, block_id=bid, purpose="auth",
-                                     meta={"kind": "preshared-auth", "simulated": simulated, "nbits": int(bits.size)})
+                self.store.add_block(pair, bits, block_id=bid, purpose="auth", meta=meta)
                 bits[:] = 0
             # overwritten and fsynced before the unlink, as `labqfl keys preshare` does: a secret recovered
             # from freed disk blocks would be loaded, and its one-time pads used, twice

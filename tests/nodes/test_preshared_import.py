@@ -81,3 +81,26 @@ def test_a_pair_without_a_pre_shared_secret_is_named_at_start(tmp_path, caplog) 
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "pair C0-C1 has 0 authentication key bits" in warned[0], warned
     node.store.close()
+
+
+def test_one_secret_delivered_for_two_blocks_is_loaded_once(tmp_path) -> None:
+    """Review s32 (H3 at the node): an operator's secret file copied for a second pair, under another block ID, was
+    loaded again — its one-time pads would then authenticate blocks of two pairs. The node records the secret's
+    fingerprint (as `labqfl keys preshare` does) and refuses the copy, keeping the file."""
+    from labqfl.keystore.preshare import FINGERPRINT_FIELD
+
+    node = _node(tmp_path)
+    rng = np.random.default_rng(3)
+    secret = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+    _file(node, bits_hex=secret.hex(), simulated=False)
+    ClientNode._import_preshared(node)  # type: ignore[arg-type]
+    assert node.store.blocks("C1-C2")[0]["meta"][FINGERPRINT_FIELD].startswith("sha256:")
+    before = node.store.accounting()
+    copy = node.private / "preshared" / "C1-C3.json"
+    copy.write_text(json.dumps({"pair": "C1-C3", "block_id": "preshared-5678", "bits_hex": secret.hex(),
+                                "simulated": False}))
+    with pytest.raises(NodeError, match=r"C1-C3\.json: this secret was already loaded as block preshared-1234 of "
+                                        r"pair C1-C2 on node C1; a pre-shared secret may be used once"):
+        ClientNode._import_preshared(node)  # type: ignore[arg-type]
+    assert node.store.accounting() == before and copy.exists()
+    node.store.close()
