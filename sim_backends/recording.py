@@ -59,12 +59,14 @@ from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import ConfigError, DataFormatError
 from labqfl.instruments.base import TagBlock
 from labqfl.instruments.interfaces import TimeTagger
+from labqfl.log import get_logger
 from labqfl.serialize import dump_toml
 
 FORMAT = "labqfl-tags"
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _CHUNK = 1 << 16
+_log = get_logger(__name__)
 
 
 class RecordingWriter:
@@ -356,6 +358,7 @@ class Recording:
         lost = f["tags/lost_intervals"][...] if "tags/lost_intervals" in f else np.empty((0, 3))
         self.lost_intervals = np.asarray(lost, dtype=np.int64).reshape(-1, 3)
         self.source = str(a.get("source", ""))
+        self._warned_unknown = False  # tags on channels the config does not use: warned once (blocks())
 
     @classmethod
     def open(cls, path: str | Path, *, allow_incomplete: bool = False) -> Recording:
@@ -470,8 +473,29 @@ class Recording:
                              basis_x_prob=float(a["basis_x_prob"]))
 
     def blocks(self, max_tags: int | None = None) -> Iterator[TagBlock]:
-        """The recorded blocks in order (a recorded block above ``max_tags`` tags is split)."""
+        """The recorded blocks in order (a recorded block above ``max_tags`` tags is split). Tags on a
+        channel that is neither the sync, a detector nor a frame-marker input of the recording's config
+        pass as they are (slotting leaves them out): one WARNING per recording names their channels and
+        count (a mis-wired tagger input lost its tags without a word)."""
+        unknown: dict[int, int] = {}
+        try:
+            yield from self._blocks(max_tags, unknown)
+        finally:
+            if unknown and not self._warned_unknown:
+                self._warned_unknown = True
+                tt = self.config.time_tagger
+                known = {"sync": tt.sync_channel, **tt.detector_channels, **tt.marker_inputs()}
+                _log.warning("%s: %d tags on channel(s) %s, which the recording's config does not use (%s); "
+                             "they are left out of slotting: a mis-wired tagger input?", self.path,
+                             sum(unknown.values()), ", ".join(map(str, sorted(unknown))),
+                             ", ".join(f"{n} {c}" for n, c in known.items()))
+
+    def _blocks(self, max_tags: int | None, unknown: dict[int, int]) -> Iterator[TagBlock]:
         ts, ch = self._f["tags/timestamps"], self._f["tags/channels"]
+        tt = self.config.time_tagger
+        used = np.zeros(1 << 16, dtype=bool)  # by channel number as uint16
+        used[np.array([tt.sync_channel, *tt.detector_channels.values(), *tt.marker_inputs().values()],
+                      dtype=np.int16).view(np.uint16)] = True
         start = 0
         last = np.iinfo(np.int64).min  # the previous chunk's last timestamp
         for k, end in enumerate(self.block_end.tolist()):
@@ -492,6 +516,10 @@ class Recording:
                     if down.size:
                         self._out_of_order(a + int(down[0]) + 1, k)
                     last = int(t[-1])
+                    other = ~used[c.view(np.uint16)]
+                    if other.any():
+                        for chn, n in zip(*np.unique(c[other], return_counts=True), strict=True):
+                            unknown[int(chn)] = unknown.get(int(chn), 0) + int(n)
                 yield TagBlock(t, c, overflow=bool(self.block_overflow[k]), lost_intervals_ps=lost)
                 lost = lost[:0]  # a split block's intervals travel with its first part
                 if b == a:
