@@ -13,7 +13,10 @@ that carries its connection to the server node's mutual-TLS front with Ci's node
 Its ClientApps sign every reply with Ci's certificate key (node config ``labqfl-cert`` /
 ``labqfl-key``: the paths of ``node-<Ci>.pem/.key``; the key never leaves the files or the
 ClientApp's memory), which the ServerApp checks against the claimed name
-(:mod:`labqfl.fl.flower.identity`). Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
+(:mod:`labqfl.fl.flower.identity`). With qkd keys they also sign the key refs of every pair Ci
+masters and require, before using any ref, its master's signature under a node certificate of the
+network CA (node config ``labqfl-ca``: ``ca.pem`` of the certificate folder; docs/secure_aggregation.md
+§9). Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
 its Flower log is ``<data>/nodes/<Ci>/fl/supernode-<Ci>.log``. SIGTERM or Ctrl-C stops the
 SuperNode (and its ClientApp processes) and the tunnel, and the process exits with 0; if the
 SuperNode dies on its own, with 1.
@@ -29,7 +32,7 @@ import time
 from pathlib import Path
 
 from labqfl.fl.flower.deploy import LocalFederation, TlsFiles
-from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
+from labqfl.fl.flower.identity import NODE_CA, NODE_CERT, NODE_KEY
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials
 from labqfl.nodes.common import LauncherWatch
@@ -68,9 +71,10 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
             # the SuperNode and its SuperExec are forked from the zygote as well, so start them once
             # it serves (before that the shims would start them cold: Flower imported twice more)
             fed.wait_zygote()
-        # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity)
+        # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity), sign
+        # the refs of the pairs Ci masters, and require its masters' refs signatures under the CA
         fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
-                                   NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key)})
+                                   NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key), NODE_CA: str(tls.ca)})
         info = {"node": name, "role": "supernode", "address": local, "server": server}
         (private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {name} {local}", flush=True)

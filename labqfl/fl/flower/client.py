@@ -19,10 +19,13 @@ the stage's fields):
     :func:`~labqfl.fl.flower.keys.refs_statement` over the run, round, pair, the slave's nonce and
     the refs *as its own store and state hold them*; once per pair and round (a second request is
     refused: one tag per tag key), and from then on that pair's reservations are never released;
+    with signing keys in the node config (a deployment) also ``refsig.<pair>``, its certificate
+    key's signature over the same statement, and ``refcert``, its certificate;
   * ``mask``: the mod calls the training function (which returns the float update), clips and
     quantises it on the node's integer range, reads its pair keys, adds the pairwise masks, wipes
     the keys and answers only the masked ``uint{q}`` vector — the unmasked update never leaves the
     mod. A slave first checks every slave pair's refs (:func:`_check_refs_tag`: it pops its nonce,
+    with signing keys configured requires the master's signature (:func:`_check_refs_signature`),
     reserves and reads the tag key, compares the master's tag over the refs as received) and only
     then discards the void refs and reserves the master's refs; a mismatch refuses the round
     (``SecureAggregationError``) with nothing masked;
@@ -388,6 +391,9 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     read += [x for p in want for x in (p, p + PAD, p + TAG) if x in kids and x not in read]
     _save_reservations(context, r, kids, read, res["void"])  # before any tag key is read
     out = ConfigRecord()
+    signer = _refs_signer(context)
+    if signer is not None and want:
+        out["refcert"] = signer.cert_pem  # the slave checks it chains to the network CA, CN = this node
     with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
         for p in want:
             if not ks.reserved_refs(kids[p]):
@@ -398,7 +404,59 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
                                        pad_refs=ks.reserved_refs(kids[p + PAD]) if p + PAD in kids else [],
                                        void_refs=res["void"].get(p, []))
             out[f"tag.{p}"] = ks.tag_refs(kids[p + TAG], statement).hex()
+            if signer is not None:  # the second, computational factor (deployment)
+                out[f"refsig.{p}"] = signer.sign_refs(statement)
     return _reply(msg, labqfl=out)
+
+
+def _refs_signer(context: Context) -> Any:
+    """This node's :class:`~labqfl.fl.flower.identity.ReplySigner` when it has signing keys
+    (node config ``labqfl-cert``/``labqfl-key``: a deployment), else None (a simulation)."""
+    from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY, signer_from_files
+
+    nc = context.node_config
+    if NODE_CERT not in nc:
+        return None
+    return signer_from_files(str(nc[NODE_CERT]), str(nc.get(NODE_KEY, "")))
+
+
+def _refs_verifier(context: Context, name: str, r: int) -> Any:
+    """The check of masters' refs signatures this node must apply: a
+    :class:`~labqfl.fl.flower.identity.ReplyVerifier` of the network CA (node config ``labqfl-ca``)
+    when the node has signing keys or a CA configured (a deployment: the signature is then
+    required), None without either (a simulation: the Wegman–Carter tag alone)."""
+    from labqfl.fl.flower.identity import NODE_CA, NODE_CERT, verifier_from_file
+
+    nc = context.node_config
+    if NODE_CERT not in nc and NODE_CA not in nc:
+        return None
+    if not str(nc.get(NODE_CA, "")):
+        raise SecureAggregationError(f"round {r}: {name} has a signing key ({NODE_CERT!r}) but no network CA "
+                                     f"(node config {NODE_CA!r}) to check its masters' refs signatures: it masks "
+                                     "nothing (start it with labqfl node supernode)")
+    try:
+        return verifier_from_file(str(nc[NODE_CA]))
+    except LabqflError as exc:
+        raise SecureAggregationError(f"round {r}: {name} cannot load its network CA: {exc}") from None
+
+
+def _check_refs_signature(context: Context, cfg: Any, name: str, r: int, pair: str, statement: bytes) -> None:
+    """Deployment (signing keys configured): the refs of ``pair`` must come with its master's
+    signature over ``statement`` (this node's nonce, the refs as received) under a node certificate
+    of the network CA whose CN is the master (:meth:`~labqfl.fl.flower.identity.ReplyVerifier.verify_refs`);
+    a missing one is refused too (else the server would just strip it). Checked before any bit of
+    the pair is reserved or read. A simulation without node keys has only the Wegman–Carter tag."""
+    from labqfl.fl.flower.identity import ReplyRefused
+
+    verifier = _refs_verifier(context, name, r)
+    if verifier is None:
+        return
+    master = split_pair(pair)[0]
+    try:
+        verifier.verify_refs(cfg.get(f"refcert.{pair}", ""), cfg.get(f"refsig.{pair}"), statement, master=master)
+    except ReplyRefused as exc:
+        raise SecureAggregationError(f"round {r}: key references for pair {pair} not signed by its master {master}: "
+                                     f"{exc}; {name} masks nothing with them") from None
 
 
 def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec, name: str, r: int, n: int,
@@ -573,7 +631,9 @@ def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeySto
     spent (read, consumed at the round's end) and nothing else of the pair was touched. A forged
     or altered statement passes with probability ≤ (L/2^64)^2
     (:func:`~labqfl.fl.flower.keys.refs_forgery_probability`); a replayed one was made for
-    another nonce."""
+    another nonce. That bound fails once the server knows the tag key (bits revealed after a
+    dropout lie, docs/secure_aggregation.md §9): with signing keys configured the master's
+    signature is checked first (:func:`_check_refs_signature`), before any bit is reserved."""
     master = split_pair(pair)[0]
     nonce = _pop_nonce(context, r, pair)
     if nonce is None:
@@ -589,6 +649,7 @@ def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeySto
     except (KeyError, ValueError, TypeError) as exc:
         raise SecureAggregationError(f"round {r}: malformed or missing key references for pair {pair} "
                                      f"({type(exc).__name__}: {exc}): refused") from None
+    _check_refs_signature(context, cfg, name, r, pair, statement)  # before any bit is touched
     kid = _key_id(run_tag, r, pair + TAG)
     try:
         ks.reserve_slave(pair, tag_refs, REFS_TAG_BITS, kid, round_index=r, run_tag=run_tag)

@@ -23,6 +23,14 @@ connects, not *which client name* the SuperNode behind it then claims (Flower's 
   same CA, whose SAE IDs default to the client names, are not), its CN equals the claimed client
   name, and the signature verifies (:meth:`ReplyVerifier.verify`; :class:`ReplyRefused` with one reason otherwise).
 
+**Refs signatures** (qkd keys, docs/secure_aggregation.md §9): with the same key a master signs,
+in the refs stage, ``"labqfl-fl-refs-sig/1" ‖ refs statement`` (:func:`refs_signed_bytes`; the
+statement of :func:`~labqfl.fl.flower.keys.refs_statement` holds run, round, pair, the slave's fresh
+nonce and every ref) — a domain of its own, so that neither kind of signature passes as the other.
+The slave checks it with :meth:`ReplyVerifier.verify_refs` against the network CA of its node
+config (:data:`NODE_CA`): chain, node certificate, CN = the pair's master, signature over the
+statement rebuilt with its own nonce.
+
 Signature: ECDSA with SHA-256 for the EC keys that :func:`labqfl.net.make_node_certs` issues
 (P-256; FIPS 186-5, SEC 1 v2 §4.1, DER-encoded (r, s)); an Ed25519 key (RFC 8032) is accepted too.
 Chain check: ``cryptography``'s X.509 path validation (RFC 5280, client-certificate profile:
@@ -58,18 +66,23 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.net.pki import node_cert_problem
 
-__all__ = ["DOMAIN", "NODE_CERT", "NODE_KEY", "NONCE", "SIG", "ReplyRefused", "ReplySigner", "ReplyVerifier",
-           "content_digest", "reply_statement", "signer_from_files"]
+__all__ = ["DOMAIN", "NODE_CA", "NODE_CERT", "NODE_KEY", "NONCE", "REFS_SIG_DOMAIN", "SIG", "ReplyRefused",
+           "ReplySigner", "ReplyVerifier", "content_digest", "refs_signed_bytes", "reply_statement",
+           "signer_from_files", "verifier_from_file"]
 
 #: RecordDict key of a reply's signature record (a ConfigRecord ``{cert: PEM str, sig: bytes}``)
 SIG = "labqfl.sig"
 #: node_config keys of a deployed SuperNode: its certificate and private key (PEM files)
 NODE_CERT = "labqfl-cert"
 NODE_KEY = "labqfl-key"
+#: node_config key of a deployed SuperNode: the network CA (PEM) its masters' refs signatures chain to
+NODE_CA = "labqfl-ca"
 #: field of the server's ``labqfl`` ConfigRecord: the fresh nonce the reply to that message must sign
 NONCE = "reply_nonce"
 #: domain separation of the signed statement (version 1)
 DOMAIN = b"labqfl-fl-reply/1"
+#: domain separation of a master's signature over its refs statement (never a reply signature)
+REFS_SIG_DOMAIN = b"labqfl-fl-refs-sig/1"
 
 
 class ReplyRefused(SecureAggregationError):
@@ -137,6 +150,14 @@ def reply_statement(*, run: str, nonce: str, stage: str, round_index: int, name:
     return b"".join(_field(p) for p in parts)
 
 
+def refs_signed_bytes(statement: bytes) -> bytes:
+    """What a master signs for one pair and round: :data:`REFS_SIG_DOMAIN` ‖ the refs statement
+    (:func:`~labqfl.fl.flower.keys.refs_statement`: run, round, pair, the slave's nonce, every ref),
+    each length-prefixed. The domain differs from :data:`DOMAIN`, so no reply signature is a refs
+    signature and no refs signature a reply signature."""
+    return _field(REFS_SIG_DOMAIN) + _field(bytes(statement))
+
+
 def _cn(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else ""
@@ -175,6 +196,10 @@ class ReplySigner:
         if isinstance(self._key, ed25519.Ed25519PrivateKey):
             return self._key.sign(statement)
         return self._key.sign(statement, ec.ECDSA(hashes.SHA256()))
+
+    def sign_refs(self, statement: bytes) -> bytes:
+        """This node's signature over a refs statement it is the master of (:func:`refs_signed_bytes`)."""
+        return self.signature(refs_signed_bytes(statement))
 
     def sign(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
         """Add :data:`SIG` to ``reply`` (a Flower ``Message``): this certificate and the signature
@@ -260,15 +285,42 @@ class ReplyVerifier:
             raise ReplyRefused(f"it claims client {name!r} but is signed with the certificate of {cn!r}")
         st = reply_statement(run=run, nonce=nonce, stage=stage, round_index=round_index, name=name,
                              digest=content_digest(reply.content))
-        sig = bytes(sig_rec["sig"])  # type: ignore[arg-type]
-        pub = cert.public_key()
-        try:
-            if isinstance(pub, ed25519.Ed25519PublicKey):
-                pub.verify(sig, st)
-            elif isinstance(pub, ec.EllipticCurvePublicKey):
-                pub.verify(sig, st, ec.ECDSA(hashes.SHA256()))
-            else:
-                raise ReplyRefused(f"its certificate carries a {type(pub).__name__}, expected an EC or Ed25519 key")
-        except InvalidSignature:
+        if not _signature_ok(cert, bytes(sig_rec["sig"]), st):  # type: ignore[arg-type]
             raise ReplyRefused(f"its signature (certificate {cn!r}) does not match the content, run, round {round_index}, "
-                               f"stage {stage!r} and nonce of this request (altered or replayed)") from None
+                               f"stage {stage!r} and nonce of this request (altered or replayed)")
+
+    def verify_refs(self, cert_pem: Any, sig: Any, statement: bytes, *, master: str) -> None:
+        """Accept ``sig`` as master ``master``'s signature over the refs ``statement`` (rebuilt by the
+        slave from the refs as received and *its own* nonce): the certificate chains to the network's
+        CA, is a node certificate whose CN is ``master``, and the signature verifies over
+        :func:`refs_signed_bytes`; :class:`ReplyRefused` with one reason otherwise."""
+        if not cert_pem or not isinstance(sig, bytes) or not sig:
+            raise ReplyRefused("no signature or certificate came with them")
+        cert, cn = self._certified_name(cert_pem)
+        if cn != master:
+            raise ReplyRefused(f"they are signed with the certificate of {cn!r}, not of the pair's master {master!r}")
+        if not _signature_ok(cert, sig, refs_signed_bytes(statement)):
+            raise ReplyRefused(f"the signature (certificate {cn!r}) does not cover these refs, this round and this "
+                               "node's nonce (altered, forged or replayed)")
+
+
+def _signature_ok(cert: x509.Certificate, sig: bytes, data: bytes) -> bool:
+    """Whether ``sig`` is the certificate's key's signature over ``data`` (ECDSA-SHA256 or Ed25519)."""
+    pub = cert.public_key()
+    try:
+        if isinstance(pub, ed25519.Ed25519PublicKey):
+            pub.verify(sig, data)
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            pub.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            raise ReplyRefused(f"its certificate carries a {type(pub).__name__}, expected an EC or Ed25519 key")
+    except InvalidSignature:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=4)
+def verifier_from_file(ca: str) -> ReplyVerifier:
+    """The :class:`ReplyVerifier` of the network CA file ``ca`` (cached per process: a client node's
+    check of its masters' refs signatures, node config :data:`NODE_CA`)."""
+    return ReplyVerifier.from_file(ca)

@@ -31,8 +31,11 @@ and its own nonce before it touches anything else of the pair (:meth:`NodeKeySto
 ≤ (L/2^64)^2 per verification, L its length in 64-bit words (:func:`refs_forgery_probability`); a
 replay carries another nonce; every tag key is read once and consumed. The bound needs the
 slave's copy of the tag key to be unknown to the server: bits of a pair key its master revealed
-(a dropout) while the slave never reserved them break that — the residual of
-``docs/secure_aggregation.md`` §9 (``tests/fl/flower/test_refs_auth.py``, strict xfail).
+(a dropout) while the slave never reserved them break that. Where the nodes have signing keys (a
+deployment) the master also signs the same statement with its node certificate key and the slave
+requires it (:meth:`labqfl.fl.flower.identity.ReplyVerifier.verify_refs`), which closes that; in a
+simulation without node keys it remains, the residual of ``docs/secure_aggregation.md`` §9
+(``tests/fl/flower/test_refs_auth.py``, strict xfail; signed: ``test_refs_signed.py``).
 
 Key words are never logged or printed. ``stochastic_rng`` reproduces the in-process engine's
 stochastic-rounding stream for one client, so both engines quantise identically.

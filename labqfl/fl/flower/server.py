@@ -11,6 +11,10 @@ Per round r (see :mod:`labqfl.fl.flower.client` for the client side):
    a master that fails it is dropped before masking like a keys-stage failure (participants and
    pairs planned again). The tags travel to the slaves with the mask message; each slave checks
    its pair's tag before it uses any ref (the server can neither forge, alter nor replay refs).
+   In a deployment the master also answers its certificate key's signature over the same statement
+   (``refsig.<pair>``) and its certificate (``refcert``); the server relays both to the slave, which
+   requires them (docs/secure_aggregation.md §9: the tag alone is forgeable once tag-key bits were
+   revealed after a dropout lie).
 3. ``mask`` — the server sends the global parameters, each client's integer range M_i (from the
    public sample counts, :func:`~labqfl.fl.quantize.weight_ranges`), its position in the loop order
    and the refs / public keys of its partners; each client answers ``y_i = v_i + m_i mod 2^q``.
@@ -422,6 +426,10 @@ class LabqflServer:
                 fail[c] = f"no refs tag for pair(s) {missing}"
                 continue
             info[c].update({f"tag.{p}": str(got[f"tag.{p}"]) for p in asked[c]})
+            # deployment: the master's signature per pair and its certificate, relayed to each slave
+            info[c].update({f"refsig.{p}": got[f"refsig.{p}"] for p in asked[c] if f"refsig.{p}" in got})
+            if "refcert" in got:
+                info[c]["refcert"] = str(got["refcert"])
         return {**failed, **fail}
 
     def _plan_round(self, r: int, graph: list[str], ok: dict[str, Message], fail: dict[str, str], part: list[str],
@@ -466,6 +474,8 @@ class LabqflServer:
                     d[f"refs.{p}"] = info[a][f"refs.{p}"]
                     d[f"reftag.{p}"] = info[a][f"reftag.{p}"]
                     d[f"tag.{p}"] = info[a][f"tag.{p}"]
+                    if f"refsig.{p}" in info[a]:  # deployment: the master's signature, checked at the slave
+                        d[f"refsig.{p}"], d[f"refcert.{p}"] = info[a][f"refsig.{p}"], info[a].get("refcert", "")
                     if f"void.{p}" in info[a]:  # the master's spent keys, for a slave out of step
                         d[f"void.{p}"] = info[a][f"void.{p}"]
                     if cfg.self_masks:

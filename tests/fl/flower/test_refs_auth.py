@@ -260,13 +260,20 @@ def test_a_master_tags_a_pair_once_and_a_slave_checks_a_nonce_once(make_stores, 
         send("C2", "mask", **mask)  # the same message again: the nonce was used
 
 
-@pytest.mark.xfail(strict=True, reason="residual (docs/secure_aggregation.md §9): a pair key revealed after a dropout "
-                                       "lie is still free in the slave's store and can be named as its refs tag key")
-def test_a_tag_key_made_of_bits_revealed_after_a_dropout_lie_is_refused(make_stores, local_grid, mnist_dir) -> None:
-    """Round 1: the server withholds C2's mask message and declares C2 lost, so C1 reveals its words
-    of C1-C2 — bits still free in C2's store. Round 2: the server names 256 of those known bits as
-    C2's tag key, forges refs (bits of a later round) and computes the tag itself. A secure slave
-    would refuse; this one cannot tell (the residual the docs state)."""
+@pytest.mark.xfail(strict=True, reason="residual of the UNSIGNED path only (a simulation without node keys; "
+                                       "docs/secure_aggregation.md §9): a pair key revealed after a dropout lie is "
+                                       "still free in the slave's store and can be named as its refs tag key. Closed "
+                                       "where nodes have signing keys: test_refs_signed.py")
+def test_unsigned_simulation_residual_a_tag_key_made_of_bits_revealed_after_a_dropout_lie(
+        make_stores, local_grid, mnist_dir) -> None:
+    """NOT a security claim: it documents the residual of the unsigned path (no ``labqfl-cert`` /
+    ``labqfl-ca`` node config: a Flower simulation, Ray, one machine). Round 1: the server withholds
+    C2's mask message and declares C2 lost, so C1 reveals its words of C1-C2 — bits still free in
+    C2's store. Round 2: the server names 256 of those known bits as C2's tag key, forges refs (bits
+    of a later round) and computes the tag itself. A secure slave would refuse; without a master
+    signature this one cannot tell, and masks with the forged refs (strict xfail: the assertion that
+    it refuses fails). With signing keys configured (a deployment) the same attack is refused:
+    ``test_refs_signed.py::test_a_tag_key_made_of_bits_revealed_after_a_dropout_lie_is_refused_when_refs_are_signed``."""
     from labqfl.fl.flower.keys import REFS_TAG_LANES
     from labqfl.qkd.authentication import BitPool, WegmanCarterAuthenticator
 
