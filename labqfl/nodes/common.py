@@ -367,6 +367,11 @@ class Node:
     def shutdown(self) -> None:
         """Finish what is in progress (no half-stored block) and release resources."""
 
+    def listening_fields(self) -> dict[str, Any]:
+        """What this node adds to its listening line's JSON object (:meth:`serve`): nothing by default;
+        the FL server node its mutual-TLS front's address."""
+        return {}
+
     def serve(self, as_json: bool = False) -> None:
         """Serve until SIGTERM/SIGINT (or ``ctl/stop``), then shut down cleanly.
 
@@ -396,7 +401,7 @@ class Node:
         except BaseException:
             self.instruments.close()
             raise
-        info = {"node": self.name, "role": self.role, "address": self.server.address}
+        info = {"node": self.name, "role": self.role, "address": self.server.address, **self.listening_fields()}
         (self.private / "address.json").write_text(json.dumps(info))
         print(json.dumps(info) if as_json else f"NODE {self.name} {self.server.address}", flush=True)
         try:

@@ -33,11 +33,9 @@ the SuperLink (and any ServerApp) and the front, and the node exits with 0.
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -57,41 +55,6 @@ __all__ = ["FLEET_LINE", "ServerNode", "main"]
 #: first word of the line a server node prints with its front's address, before its ``NODE`` line
 #: (without ``--json``; with it, the front's address is the JSON object's ``fl_address``)
 FLEET_LINE = "FLEET"
-
-
-class _JsonLineFields(io.TextIOBase):
-    """Stands in for ``sys.stdout`` until the first full line has been written: a JSON object line
-    (:meth:`Node.serve`'s listening line under ``--json``) gets ``fields`` added; that line and every
-    later write go to ``inner``, and ``sys.stdout`` is ``inner`` again."""
-
-    def __init__(self, inner: Any, fields: dict[str, Any]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.fields = fields
-        self.pending: str | None = ""  # None once the first line went out
-
-    def write(self, text: str) -> int:
-        if self.pending is None:
-            return int(self.inner.write(text))
-        line, nl, rest = (self.pending + text).partition("\n")
-        if not nl:
-            self.pending = line
-            return len(text)
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict):
-            line = json.dumps({**obj, **self.fields})
-        self.pending = None
-        self.inner.write(line + "\n" + rest)
-        self.inner.flush()
-        if sys.stdout is self:
-            sys.stdout = self.inner
-        return len(text)
-
-    def flush(self) -> None:
-        self.inner.flush()
 
 
 class ServerNode(Node):
@@ -126,20 +89,17 @@ class ServerNode(Node):
         log.info("node %s: SuperLink up in %.1f s; mutual-TLS front on %s for %s", name, self.superlink_start_s,
                  self.fl_address, self.cfg.client_names)
 
+    def listening_fields(self) -> dict[str, Any]:
+        """The front's address in the listening line's JSON object (``fl_address``; stdout under ``--json``
+        is exactly one JSON document)."""
+        return {"fl_address": self.fl_address}
+
     def serve(self, as_json: bool = False) -> None:
-        """:meth:`Node.serve`, with the front's address announced too: without ``as_json`` the line
-        ``FLEET <name> HOST:PORT`` before the ``NODE`` line; with it, ``"fl_address"`` in the one JSON
-        object on stdout (stdout under ``--json`` is exactly one JSON document)."""
+        """:meth:`Node.serve`; without ``as_json`` the line ``FLEET <name> HOST:PORT`` (the front's address)
+        comes first, before the ``NODE`` line; with it the address is the JSON object's ``fl_address``."""
         if not as_json:
             print(f"{FLEET_LINE} {self.name} {self.fl_address}", flush=True)
-            super().serve(False)
-            return
-        sys.stdout = _JsonLineFields(sys.stdout, {"fl_address": self.fl_address})
-        try:
-            super().serve(True)
-        finally:
-            if isinstance(sys.stdout, _JsonLineFields):
-                sys.stdout = sys.stdout.inner
+        super().serve(as_json)
 
     def ctl_train(self, req: Message) -> Message:
         """One Flower run on this SuperLink with the operator's spec; the ServerApp's metrics back."""

@@ -4,7 +4,6 @@ from that object as from the ``FLEET``/``NODE`` lines of a node started without 
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import pytest
 
 from labqfl.net import make_node_certs
 from labqfl.nodes.fl import _read_lines
-from labqfl.nodes.flserver import _JsonLineFields
 
 
 def _first_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -70,18 +68,3 @@ def test_the_launcher_reads_the_addresses_from_the_json_object_and_from_the_line
     client = _fake_node([json.dumps({"node": "C1", "role": "supernode", "address": "127.0.0.1:3001"}) + "\n"])
     assert _read_lines(client, 5, False) == ("127.0.0.1:3001", "")  # type: ignore[arg-type]
 
-
-def test_the_stdout_stand_in_adds_the_fields_to_the_first_json_line_only_and_steps_aside() -> None:
-    inner = io.StringIO()
-    saved = sys.stdout
-    try:
-        sys.stdout = stand_in = _JsonLineFields(inner, {"fl_address": "h:2"})
-        print(json.dumps({"node": "server", "address": "h:1"}), flush=True)  # print: the text, then "\n"
-        assert sys.stdout is inner
-        print("later")
-        stand_in.write('{"x": 1}\n')  # after the first line, passed through unchanged
-    finally:
-        sys.stdout = saved
-    first, *others = inner.getvalue().splitlines()
-    assert json.loads(first) == {"node": "server", "address": "h:1", "fl_address": "h:2"}
-    assert others == ["later", '{"x": 1}']
