@@ -55,3 +55,42 @@ def test_a_supernode_with_c2s_certificate_claiming_c1_is_refused_by_the_server_n
     text = logs[0].read_text()
     assert "refused as C1: it claims client 'C1' but is signed with the certificate of 'C2'" in text, text[-3000:]
     assert "no SuperNode answered as client(s) ['C1']" in text and "got ['C2']" in text  # C2 itself was accepted
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_qkd_training_over_node_processes_signs_and_checks_every_pairs_refs(tmp_path) -> None:
+    """Three ``labqfl node supernode`` processes and the server node, qkd keys from the nodes' own
+    stores, two rounds: every SuperNode has its certificate, key and the network CA in its node
+    config, so every master signs its refs and every slave requires that signature (a node with
+    ``labqfl-cert`` but no ``labqfl-ca`` would refuse to mask: docs/secure_aggregation.md §9). The run
+    completes with no client lost and both ends of every pair in step."""
+    import uuid
+
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
+    from labqfl.fl.masks import mask_graph
+    from labqfl.keystore import KeyStore
+    from labqfl.nodes.fl import FlNetwork
+
+    names = ["C1", "C2", "C3"]
+    spec = FlowerSpec.for_task("mnist-qnn", clients=3, rounds=2, keys="qkd", q=8, stage_timeout_s=120.0,
+                               data_dir=_mnist_cache(tmp_path))
+    need = 2 * (spec.q * spec.model().n_params + REFS_TAG_BITS) + 64
+    rng = np.random.default_rng(3)
+    for p in mask_graph(names):
+        bits, bid = rng.integers(0, 2, need, dtype=np.uint8), str(uuid.uuid4())
+        for node in p.split("-"):
+            with KeyStore.for_node(node, tmp_path / "data") as st:
+                st.add_block(p, bits, block_id=bid, purpose="fl")
+    net = FlNetwork(tmp_path / "fl", None, names, tmp_path / "data")
+    net.start()
+    try:
+        res = net.train(spec.to_config(), timeout_s=240)
+    finally:
+        codes = net.stop()
+    assert set(codes.values()) == {0}
+    fl = res.get("flower") or []
+    assert len(fl) == 2 and all(not rd["dropped_before_masking"] and not rd["dropped_after_masking"] for rd in fl)
+    for c in names:
+        with KeyStore.for_node(c, tmp_path / "data") as st:
+            assert all(a["available"] == {"fl": 64} and a["reserved"] == {} for a in st.accounting().values()), c
