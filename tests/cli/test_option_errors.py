@@ -133,7 +133,7 @@ def test_calibration_refuses_unknown_clients_before_making_a_run_folder(argv: li
     assert not (tmp_path / "runs").exists()
 
 
-def test_ctrl_c_inside_a_kernel_load_is_reported_as_an_interruption(capsys) -> None:
+def test_ctrl_c_inside_a_kernel_load_is_reported_as_an_interruption(capsys, unguarded) -> None:
     """Ctrl-C while Numba loaded a cached kernel (a callback of C code) surfaced as a 77-line
     traceback ending "SystemError: CPUDispatcher(...) returned a result with an exception set"; it
     is the interruption it was. A SystemError with no interrupt behind it still propagates."""
@@ -194,7 +194,16 @@ def test_the_bare_command_still_prints_its_help() -> None:
     assert r.returncode == 2 and "Usage: labqfl" in r.stdout and r.stderr == ""
 
 
-def test_sigterm_of_a_node_run_is_reported_as_such(capsys) -> None:
+@pytest.fixture
+def unguarded(monkeypatch):  # type: ignore[no-untyped-def]
+    """This worker process as if it had never guarded a station: the error line then has no "; instruments were
+    put in their safe state" ending, whichever test files (`--dist loadfile`) ran in it before."""
+    import labqfl.station
+
+    monkeypatch.setattr(labqfl.station, "_EVER_GUARDED", False)
+
+
+def test_sigterm_of_a_node_run_is_reported_as_such(capsys, unguarded) -> None:
     """`labqfl run` turns SIGTERM into KeyboardInterrupt("SIGTERM") to stop its nodes in order
     (labqfl.nodes.runjob.terminate_as_interrupt); it was reported as "interrupted by user (Ctrl-C)"."""
     import typer
