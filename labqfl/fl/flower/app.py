@@ -7,7 +7,8 @@ network CA's ``ca.pem`` on the server's host, set by the FL server node), every 
 must be signed by the claimed client's certificate key (:mod:`labqfl.fl.flower.identity`).
 ``client_app`` needs the SuperNode's ``--node-config "labqfl-client='C1'
 labqfl-keystore='/path/to/data'"``, plus ``labqfl-cert``/``labqfl-key`` (its node certificate and
-key) to sign its replies.
+key) to sign its replies and its refs as a master, and ``labqfl-ca`` (the network CA) to check its masters'
+signed refs (``qkd`` keys; a node with a signing key and no CA masks nothing: docs/secure_aggregation.md §9).
 See :func:`labqfl.fl.flower.deploy.write_app_project` and ``docs/flower.md``.
 """
 
