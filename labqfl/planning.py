@@ -213,6 +213,15 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
     return key / n_slots if n_slots > 0 else 0.0
 
 
+def key_bits_per_pair_per_round(secagg: Any, n_params: int, nodes: bool) -> int:
+    """Key bits a mask-graph pair spends per round: the mask (and self-mask share pads,
+    :meth:`~labqfl.fl.secure.SecAggConfig.key_bits_per_pair`), plus over nodes (the Flower engine) the
+    master's refs tag key (:data:`~labqfl.fl.flower.keys.REFS_TAG_BITS`, docs/secure_aggregation.md §9)."""
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
+
+    return int(secagg.key_bits_per_pair(n_params)) + (REFS_TAG_BITS if nodes else 0)
+
+
 def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str = "all", k: int = 0,
               self_masks: bool = False, clients: int | None = None, duration_s: float | None = None,
               eps_sec: float = 1e-10, distill_bps: float = DISTILL_SIFTED_BITS_PER_S,
@@ -246,11 +255,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     n_params = int(make_model(task).n_params)
-    need = int(secagg.key_bits_per_pair(n_params))
-    if nodes:  # the Flower engine's refs tag key of each pair and round (docs/secure_aggregation.md §9)
-        from labqfl.fl.flower.keys import REFS_TAG_BITS
-
-        need += REFS_TAG_BITS
+    need = key_bits_per_pair_per_round(secagg, n_params, nodes)
     sched = PairSchedule.from_config(cfg)
     params = SecurityParameters(eps_sec=eps_sec)
     rep = float(cfg.laser.rep_rate_hz)

@@ -225,10 +225,10 @@ class TrainingSetup:
         """Key bits each mask-graph pair spends per round: the mask (and self-mask share pads), plus on the
         Flower engine with ``qkd`` keys the master's refs tag key
         (:data:`~labqfl.fl.flower.keys.REFS_TAG_BITS`, docs/secure_aggregation.md §9)."""
-        from labqfl.fl.flower.keys import REFS_TAG_BITS
+        from labqfl.planning import key_bits_per_pair_per_round
 
-        tag = REFS_TAG_BITS if self.settings.engine == "flower" and self.settings.keys == "qkd" else 0
-        return int(self.secagg.key_bits_per_pair(self.n_words)) + tag
+        s = self.settings
+        return key_bits_per_pair_per_round(self.secagg, self.n_words, s.engine == "flower" and s.keys == "qkd")
 
     def open_keys(self) -> Any:
         """The key source: the node key stores (``qkd``; every client needs its store, and with
