@@ -319,6 +319,7 @@ def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[s
     self-masks, default threshold; ``rounds`` rounds, the last one losing ``dropped`` after masking. Returns per-round wall seconds, bytes per client, aggregates."""
     from labqfl.errors import SecureAggregationError
     from labqfl.fl.flower.inprocess import InProcessGrid
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
     from labqfl.fl.flower.server import LabqflServer
     from labqfl.fl.flower.spec import FlowerSpec
 
@@ -328,8 +329,10 @@ def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[s
                       k=k, self_masks=True, rounding="nearest", clip=1.0, keystore_dir=str(folder))
     srv = LabqflServer(spec)
     pairs = srv.cfg.pairs(names)
+    # per pair and round: the mask and share pads, plus with qkd keys the master's refs tag key
+    per_round = srv.cfg.key_bits_per_pair(n) + (REFS_TAG_BITS if keys == "qkd" else 0)
     if keys == "qkd":
-        _fill_key_stores(names, pairs, rounds * srv.cfg.key_bits_per_pair(n), folder)
+        _fill_key_stores(names, pairs, rounds * per_round, folder)
     out: dict[str, Any] = {"rounds": []}
     weights = dict.fromkeys(names, 100.0)
     for r in range(1, rounds + 1):
@@ -347,7 +350,7 @@ def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[s
                               "up_bytes": float(np.mean(list(grid.up.values()))),
                               "down_bytes": float(np.mean(list(grid.down.values()))), "completed": ok,
                               "aggregate": agg, "threshold": thr})
-    out["key_bits_per_pair_per_round"] = srv.cfg.key_bits_per_pair(n)
+    out["key_bits_per_pair_per_round"] = per_round
     out["pairs"] = len(pairs)
     return out
 

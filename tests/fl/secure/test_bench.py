@@ -33,6 +33,7 @@ def test_secaggplus_side_by_side_runs_both_schemes_on_one_grid(tmp_path) -> None
     import numpy as np
 
     from labqfl.bench.entries.secure_aggregation import _labqfl_round, _secaggplus_round
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
 
     names = [f"C{i}" for i in range(1, 6)]
     rng = np.random.default_rng(0)
@@ -49,7 +50,8 @@ def test_secaggplus_side_by_side_runs_both_schemes_on_one_grid(tmp_path) -> None
         assert r1["up_bytes"] > 0 and r1["down_bytes"] > 0
     # labqfl: 16 words of q = 16 bits masked, plus each share ciphertext (uint32 words) to 2 partners
     assert ours["rounds"][0]["up_bytes"] > 16 * 2 + 2 * 16 * 4
-    assert ours["key_bits_per_pair_per_round"] == 16 * (16 + 2 * 17) and ours["pairs"] == 5
+    # mask (q·n) and share pads (2·(q+1)·n), and the master's refs tag key (qkd keys)
+    assert ours["key_bits_per_pair_per_round"] == 16 * (16 + 2 * 17) + REFS_TAG_BITS and ours["pairs"] == 5
     # losing both neighbours of C3 isolates it (and leaves it one holder, itself, for t = 2): refused
     lost2 = _labqfl_round(ups, 2, 16, {"C2", "C4"}, tmp_path / "b", rounds=1)
     assert not lost2["rounds"][0]["completed"] and "aborted before any key reveal" in lost2["failure"]
