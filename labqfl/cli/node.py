@@ -93,6 +93,7 @@ def build(node_app: typer.Typer) -> None:
     _add_supernode(node_app)
     _add_acquire(node_app)
     _add_up(node_app)
+    _add_certs(node_app)
 
 
 def _add_client(node_app: typer.Typer) -> None:
@@ -311,6 +312,184 @@ def _add_up(node_app: typer.Typer) -> None:
             out = run_up(station, duration, workdir, settings=s)
         out["block_rule"] = plan.as_dict() if plan is not None else None
         _report(out, as_json, plan)
+
+
+def _add_certs(node_app: typer.Typer) -> None:
+    @node_app.command("certs")
+    @handle_errors
+    def certs(
+        out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for ca.pem/ca.key and node-NAME.pem/.key "
+                                       "(made if missing; a CA already in it issues the new certificates)."),
+        node: list[str] = typer.Option(..., "--node", help="NAME[=HOST[,HOST...]] (repeatable): a node to certify "
+                                       "(C1.., detector, optics, server, the operator ctl) and the host names/IPs "
+                                       "it serves on, as DNS/IP subjectAltNames (the FL server: also 127.0.0.1; "
+                                       "ctl serves nothing and takes none)."),
+        days: int = typer.Option(825, "--days", min=1, max=36500, help="Validity [days], 1 to 36500 (a new CA: the same)."),
+        force: bool = typer.Option(False, "--force", help="Replace the named nodes' existing files (the CA in the "
+                                   "folder issues them; a folder whose CA cannot issue gets a new CA)."),
+        drop_ca_key: bool = typer.Option(False, "--drop-ca-key", help="Destroy ca.key (overwritten, flushed, "
+                                         "deleted) once the certificates are issued: no more can be added here."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Issue the network's node certificates (mutual TLS between nodes; docs/nodes.md, "Separate hosts"):
+        a CA, or the one already in OUT_DIR, and node-NAME.pem/.key (key 0600) per --node, each carrying its
+        node identity urn:labqfl:node:NAME. Copy ca.pem and a node's own two files to its host only."""
+        from labqfl.net.pki import make_node_certs
+
+        hosts = _node_specs(node)
+        new_ca, stale = _cert_folder_check(out_dir, list(hosts), force)
+        files = make_node_certs(out_dir, list(hosts), days=days, force=force, node_hosts=hosts, new_ca=new_ca)
+        out = _describe_certs(out_dir, files, hosts, new_ca)
+        warnings = _cert_warnings(out_dir, hosts, stale, drop_ca_key, out)
+        if drop_ca_key:
+            from labqfl.keystore.preshare import shred_secret_file
+
+            if (problem := shred_secret_file(out_dir / "ca.key")) is not None:
+                raise fail(f"the certificates are issued, but the CA's key was not destroyed: {problem}")
+            out["ca"]["key"] = None
+        out["ca"]["key_dropped"] = drop_ca_key
+        out["warnings"] = warnings
+        emit(out, as_json, lambda con: _render_certs(con, out))
+        for w in warnings:
+            console.print(f"warning: {w}", soft_wrap=True)
+
+
+def _node_specs(specs: list[str]) -> dict[str, list[str]]:
+    """``--node NAME[=HOST[,HOST...]]`` → name → hosts, checked before anything is written (one line per mistake)."""
+    from labqfl.errors import ConfigError
+    from labqfl.keystore.certs import _DNS_RE, _NAME_RE, _host_san
+    from labqfl.net.pki import CLIENT_ONLY
+
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, rest = spec.partition("=")
+        name = name.strip()
+        hosts = [h.strip() for h in rest.split(",")] if sep else []
+        if not name or (sep and not all(hosts)):
+            raise ConfigError(f"--node {spec!r}: expected NAME[=HOST[,HOST...]] (e.g. C1=c1.lab or "
+                              "server=fl.lab,127.0.0.1), with no empty name or host")
+        if not _DNS_RE.match(name) or not _NAME_RE.match(name):
+            raise ConfigError(f"--node {spec!r}: node name {name!r} is invalid; expected letters, digits and '-' "
+                              "(a DNS label: C1, detector, optics, server, ctl)")
+        if name in out:
+            raise ConfigError(f"--node {name!r} is given twice; expected each node once (all its hosts after '=')")
+        if name in CLIENT_ONLY and hosts:
+            raise ConfigError(f"--node {spec!r}: {name!r} (the operator) only connects, its certificate names no "
+                              f"host; expected --node {name}")
+        for h in hosts:
+            try:
+                _host_san(h)
+            except ConfigError as e:
+                raise ConfigError(f"--node {spec!r}: {e}") from None
+        out[name] = hosts
+    return out
+
+
+def _cert_folder_check(out: Path, names: list[str], force: bool) -> tuple[bool, list[str]]:
+    """Whether a new CA must be made in ``out`` (none there, or with ``force`` one that cannot issue), and the
+    node certificates already there that it would leave behind (issued by the old CA). Refuses, one line: a
+    named node's existing file without ``force``; a CA that cannot issue (ca.key dropped, a pair that does not
+    match) without ``force``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from labqfl.errors import ConfigError
+    from labqfl.serialize import refuse_existing
+
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; expected a folder for the certificates")
+    if not force:
+        for p in (out / f"node-{n}{ext}" for n in names for ext in (".pem", ".key")):
+            refuse_existing(p, hint=", or issue into another folder")
+    pem, key = out / "ca.pem", out / "ca.key"
+    stale = sorted(p.name for p in out.glob("node-*.pem") if p.name[5:-4] not in names)
+    if not pem.exists() and not key.exists():
+        return True, stale
+    problem = ""
+    if not key.exists():
+        problem = f"{pem} is there but not ca.key: the CA's key was dropped or is kept elsewhere, so it issues no more"
+    elif not pem.exists():
+        problem = f"{key} is there but not ca.pem"
+    else:
+        try:
+            ca = x509.load_pem_x509_certificate(pem.read_bytes())
+            if load_pem_private_key(key.read_bytes(), password=None).public_key() != ca.public_key():
+                raise ValueError("ca.key is not the key of ca.pem")
+        except (OSError, ValueError, TypeError) as e:
+            problem = f"{out}: ca.pem/ca.key are not a readable CA certificate and its key ({e})"
+    if not problem:
+        return False, []
+    if not force:
+        raise ConfigError(f"{problem}; put the CA's key back as {key}, issue into another folder (a new CA: every "
+                          "node then needs its new ca.pem and certificate), or pass --force to make a new CA here")
+    return True, stale
+
+
+def _describe_certs(out: Path, files: dict[str, Path], hosts: dict[str, list[str]], new_ca: bool) -> dict[str, Any]:
+    """What ``node certs`` wrote: the CA and, per node, its files, identity, subjectAltNames, key usages, validity."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from labqfl.net.pki import node_uri
+
+    eku_names = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth", ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth"}
+
+    def when(c: x509.Certificate) -> tuple[str, str]:
+        return (c.not_valid_before_utc.isoformat(timespec="seconds"), c.not_valid_after_utc.isoformat(timespec="seconds"))
+
+    def san(g: x509.GeneralName) -> str:
+        kind = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.UniformResourceIdentifier: "URI"}.get(type(g), "?")
+        return f"{kind}:{g.value}"
+
+    ca = x509.load_pem_x509_certificate(files["ca"].read_bytes())
+    nb, na = when(ca)
+    res: dict[str, Any] = {"dir": str(out), "ca": {"cert": str(files["ca"]), "key": str(out / "ca.key"), "new": new_ca,
+                                                   "not_before": nb, "not_after": na}, "nodes": {}}
+    for n in hosts:
+        c = x509.load_pem_x509_certificate(files[n].read_bytes())
+        sans = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        ekus = c.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        nb, na = when(c)
+        res["nodes"][n] = {"cert": str(files[n]), "key": str(files[f"{n}.key"]), "identity": node_uri(n),
+                           "hosts": hosts[n], "sans": [san(g) for g in sans],
+                           "eku": [eku_names.get(e, e.dotted_string) for e in ekus], "serial": f"{c.serial_number:#x}",
+                           "not_before": nb, "not_after": na}
+    return res
+
+
+def _cert_warnings(out: Path, hosts: dict[str, list[str]], stale: list[str], drop: bool,
+                   issued: dict[str, Any]) -> list[str]:
+    """``node certs``'s warnings: the CA's key, certificates a new CA leaves behind, the FL server's loopback
+    host, node certificates valid longer than their CA."""
+    ws = []
+    ca_end = issued["ca"]["not_after"]
+    longer = [n for n, d in issued["nodes"].items() if d["not_after"] > ca_end]
+    if longer:
+        ws.append(f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(longer)} are refused "
+                  "from then on, before their own end (a shorter --days, or a new CA in another folder)")
+    if not drop:
+        ws.append(f"{out / 'ca.key'} is the CA's private key: whoever holds it can issue certificates every node of this "
+                  "network accepts. Keep it offline (never on a node's host, never copied with the node files) and "
+                  "destroy it once every certificate is issued (--drop-ca-key, or shred it)")
+    if stale:
+        ws.append(f"a new CA was made in {out}: {', '.join(stale)} there were issued by the old one and are refused by "
+                  "nodes that trust the new ca.pem; re-issue them (--node NAME --force)")
+    if "server" in hosts and "127.0.0.1" not in hosts["server"]:
+        ws.append("node 'server' has no host 127.0.0.1: the FL server node's SuperLink serves its certificate on "
+                  "127.0.0.1 (give --node server=HOST,127.0.0.1)")
+    return ws
+
+
+def _render_certs(con: Any, out: dict[str, Any]) -> None:
+    ca = out["ca"]
+    state = "destroyed (--drop-ca-key)" if ca["key_dropped"] else ca["key"]
+    con.print(f"CA {ca['cert']} ({'new' if ca['new'] else 'reused'}, valid to {ca['not_after']}); its key: {state}",
+              soft_wrap=True)
+    for n, d in out["nodes"].items():
+        con.print(f"node {n}: {d['cert']}, {d['key']} (0600); SAN {', '.join(d['sans'])}; {'+'.join(d['eku'])}; "
+                  f"valid {d['not_before']} to {d['not_after']}", soft_wrap=True)
+    con.print(f"copy {ca['cert']} and each node's own node-NAME.pem/.key to its host only (the key with mode 0600: "
+              "install -m 600)", soft_wrap=True)
 
 
 def _why_no_key(d: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ top (:mod:`labqfl.qkd.authentication`), never from TLS.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +48,9 @@ CLIENT_ONLY = ("ctl",)
 #: URI subjectAltName prefix of a node certificate's identity: ``urn:labqfl:node:<name>``
 NODE_URI_PREFIX = "urn:labqfl:node:"
 #: what to do about a certificate without a node identity (part of every such refusal)
-REISSUE_HINT = ("node certificates must be re-issued with labqfl.net.make_node_certs (docs/nodes.md, "
-                "\"Separate hosts\"; for `labqfl node up --workdir W` delete W/certs and it makes new ones)")
+REISSUE_HINT = ("node certificates must be re-issued with labqfl.net.make_node_certs (`labqfl node certs DIR --node "
+                "NAME=HOST`; docs/nodes.md, \"Separate hosts\"; for `labqfl node up --workdir W` delete W/certs and it "
+                "makes new ones)")
 
 
 def node_uri(name: str) -> str:
@@ -96,10 +97,14 @@ def certified_node_name(cert_pem: bytes) -> tuple[str, str]:
 
 
 def make_node_certs(out_dir: Path, nodes: Sequence[str], *, hosts: Sequence[str] = _certs.DEFAULT_HOSTS,
-                    days: int = 825, force: bool = False, client_only: Collection[str] = CLIENT_ONLY) -> dict[str, Path]:
+                    days: int = 825, force: bool = False, client_only: Collection[str] = CLIENT_ONLY,
+                    node_hosts: Mapping[str, Sequence[str]] | None = None,
+                    new_ca: bool | None = None) -> dict[str, Path]:
     """Issue ``node-<name>.pem/.key`` for each name in ``nodes`` (reusing ``ca.pem``/``ca.key`` in
     ``out_dir`` when present, else making a new CA).  Existing node files are not overwritten
-    unless ``force`` (which also makes a new CA).  Returns ``{"ca": path, "<name>": cert, "<name>.key": key}``.
+    unless ``force`` (which also makes a new CA, unless ``new_ca`` is False: then the CA in ``out_dir``
+    issues them when it is there).  ``node_hosts``: a serving node's own hosts instead of ``hosts``
+    (``labqfl node certs``).  Returns ``{"ca": path, "<name>": cert, "<name>.key": key}``.
 
     A name in ``client_only`` (default: the operator ``ctl``) gets a client certificate: EKU
     clientAuth only and SAN ``DNS:<name>`` only (no ``hosts``), so it cannot serve TLS to anyone.
@@ -113,17 +118,18 @@ def make_node_certs(out_dir: Path, nodes: Sequence[str], *, hosts: Sequence[str]
             raise ConfigError(f"node name {n!r} is invalid; expected letters, digits and '-' (a DNS label)")
     if not nodes:
         raise ConfigError("nothing to make: give at least one node name")
+    sans_of = {n: [_certs._host_san(h) for h in (node_hosts or {}).get(n, hosts)] for n in nodes}  # before any write
     out.mkdir(parents=True, exist_ok=True)
     if not force:
         clash = [f"node-{n}{ext}" for n in nodes for ext in (".pem", ".key") if (out / f"node-{n}{ext}").exists()]
         if clash:
             raise ConfigError(f"{out} already has {clash[:4]}; use force to overwrite (this also makes a new CA)")
-    ca = None if force else _certs._load_ca(out)
+    ca = None if (force if new_ca is None else new_ca) else _certs._load_ca(out)
     if ca is None:
         ca = _certs._make_ca(out, days)
     files: dict[str, Path] = {"ca": out / "ca.pem"}
-    host_sans = [_certs._host_san(h) for h in hosts]
     for n in nodes:
+        host_sans = sans_of[n]
         if n in client_only:
             c, k = _certs._issue(out, f"node-{n}", n, [x509.DNSName(n), x509.UniformResourceIdentifier(node_uri(n))],
                                  False, ca, days, ekus=[ExtendedKeyUsageOID.CLIENT_AUTH])
