@@ -76,6 +76,37 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = No
         console.print_json(json.dumps(to_jsonable(data)))
 
 
+def _why_no_key(d: dict[str, Any]) -> str:
+    """One line: why a pair gave no key (its failure, else its first abort reason)."""
+    reasons = list(d.get("abort_reasons") or [])
+    why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or f"no block distilled " \
+        f"({int(d.get('sifted_bits') or 0):,} sifted bits)"
+    more = len(reasons) - (0 if d.get("failed") else 1)
+    return " ".join(why.split()) + (f" (+{more} more block(s) aborted)" if more > 0 else "")
+
+
+def judge_key(out: dict[str, Any]) -> None:
+    """Judge a distillation's summary ``out`` (its ``pairs``: name → ``final_key_bits``, ``abort_reasons``,
+    ``failed``): no pair with key → ``out["error"] = "no pair produced key: <pair: reason; …>"``; some pairs
+    without → ``out["warning"]``. The caller emits ``out`` and then calls :func:`key_verdict_exit`."""
+    pairs = out["pairs"]
+    none = {p: _why_no_key(d) for p, d in pairs.items() if not d["final_key_bits"]}
+    listed = "; ".join(f"{p}: {why}" for p, why in none.items())
+    if none and len(none) == len(pairs):
+        out["error"] = f"no pair produced key: {listed}"
+    elif none:
+        out["warning"] = f"no key from {len(none)} of {len(pairs)} pairs: {listed}"
+
+
+def key_verdict_exit(out: dict[str, Any]) -> None:
+    """After ``out`` was emitted: its ``warning`` as a line on stderr; its ``error`` as the one error line and
+    exit 1 (a run that made no key at all is a failure for scripts and schedulers)."""
+    if "warning" in out:
+        console.print(f"warning: {out['warning']}", soft_wrap=True, markup=False)
+    if "error" in out:
+        raise fail(out["error"])
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     """Print one clear error line and return the Exit to raise: ``raise fail("...")``."""
     console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # text, not markup

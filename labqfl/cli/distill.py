@@ -24,6 +24,8 @@ from labqfl.cli.common import (
     emit,
     fail,
     handle_errors,
+    judge_key,
+    key_verdict_exit,
     print_path,
 )
 from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
@@ -93,9 +95,11 @@ def distill(
         "slotting": vars(session.distiller.slotter.stats), "modulation": src.modulation(), "run": str(run.path),
         "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
     }
+    judge_key(data)  # no pair with key: exit 1 after the summary (review s32 M2(b)); some without: a warning
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
     run.close()
     emit(data, as_json, lambda con: _render(con, data, plan, settings))
+    key_verdict_exit(data)
 
 
 class _Source:

@@ -219,3 +219,18 @@ def test_sigterm_of_a_node_run_is_reported_as_such(capsys, unguarded) -> None:
     assert ex.value.exit_code == EXIT_TERMINATED == 143
     assert capsys.readouterr().err == "error: terminated (SIGTERM)\n"
 
+
+
+def test_a_distillation_that_makes_no_key_at_all_exits_1_after_its_summary(small_station_file, tmp_path) -> None:
+    """Review s32 M2(b): `distill --block-bits 1000`, every block aborted ("phase-error bound … above threshold"),
+    exited 0 — a scheduler could not tell "got key" from "got nothing". The summary still comes (one JSON document
+    with an "error" field), then one error line naming each pair and why, exit 1."""
+    import json
+
+    r = runner.invoke(app, ["distill", "--live", "--duration", "0.02", "--block-bits", "1000", "--config",
+                            str(small_station_file), "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "runs"),
+                            "--json"])
+    assert r.exit_code == 1, r.output
+    doc = json.loads(r.stdout)
+    assert doc["error"].startswith("no pair produced key: C1-C2: ") and "threshold" in doc["error"]
+    assert r.stderr.splitlines() == [f"error: {doc['error']}"]

@@ -117,7 +117,9 @@ def _acquire_and_distill(tmp_path: Path, cfg: StationConfig) -> dict[str, object
     assert "client C1's private choice log for acquisition" in other.output and "distil on the machine" in other.output
     dist = runner.invoke(app, ["distill", str(rec), "--json", "--block-bits", "5000", "--data-dir", str(private),
                                "--out", str(tmp_path / "public" / "runs")])
-    assert dist.exit_code == 0, dist.output
+    # 0.02 s mostly gives no key (the blocks are sifted, then abort): the summary, then exit 1 naming why (a block
+    # of these fresh CSPRNG choices sometimes keeps a few bits: exit 0)
+    assert dist.exit_code == 0 or "error: no pair produced key: C1-C2: " in dist.stderr, dist.output
     assert json.loads(dist.stdout)["pairs"]["C1-C2"]["sifted_bits"] > 4000  # sifted with the private logs
     return {"cfg": cfg, "rec": rec, "private": private, "acq_json": acq_json,
             "outputs": acq.stdout + dist.stdout + other.output}

@@ -56,7 +56,9 @@ def test_no_auth_bootstrap_on_empty_stores_fails_cleanly_then_runs_on_the_presha
     loaded = json.loads(res.stdout)["block_id"]
 
     res = _distill(path, tmp_path, "--no-auth-bootstrap", "--json")
-    assert res.exit_code == 0, res.output
+    # the short recording's blocks authenticate on the secret and mostly give no key: then the summary, and exit 1
+    # with one line saying so (a block of these fresh CSPRNG choices sometimes keeps a few bits: exit 0)
+    assert res.exit_code == 0 or res.stderr.startswith("error: no pair produced key: C1-C2: "), res.output
     assert "bootstrapped" not in res.output
     p = json.loads(res.stdout)["pairs"][PAIR]
     assert p["auth_key_bits"] >= 384
