@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from labqfl.cli.common import (
     CONFIG_OPTION,
+    EC_ENGINE_HELP,
     JSON_OPTION,
     check_duration,
     console,
@@ -28,7 +29,7 @@ from labqfl.cli.common import (
     key_verdict_exit,
     print_path,
 )
-from labqfl.contracts.types import DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError
 
 
@@ -38,7 +39,7 @@ def distill(
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
     duration: float = typer.Option(1.0, "--duration", "-d", help="Live acquisition time [s]."),
     config: Path | None = CONFIG_OPTION,
-    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=f"Error correction: {' or '.join(ENGINES)}."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(
         None, "--block-bits", min=1000,
         help="Sifted bits per key block and pair (default: the block-size rule of labqfl.qkd.blocksize, from the "

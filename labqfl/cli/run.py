@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from labqfl.cli.common import (
     CONFIG_OPTION,
+    EC_ENGINE_HELP,
     JSON_OPTION,
     check_duration,
     console,
@@ -20,7 +21,7 @@ from labqfl.cli.common import (
     progress_bar,
 )
 from labqfl.config import load_station_config
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
 
 
 def _refuse_options_with_resume() -> None:
@@ -57,7 +58,7 @@ def run(
              "parameter per pair more; the plan and the key check count it)."),
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
-    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Error correction: {' or '.join(ENGINES)}."),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
                                                "labqfl.qkd.blocksize: as few blocks as the acquisition allows)."),
