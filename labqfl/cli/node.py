@@ -94,6 +94,7 @@ def build(node_app: typer.Typer) -> None:
     _add_acquire(node_app)
     _add_up(node_app)
     _add_certs(node_app)
+    _add_preshare(node_app)
 
 
 def _add_client(node_app: typer.Typer) -> None:
@@ -490,6 +491,101 @@ def _render_certs(con: Any, out: dict[str, Any]) -> None:
                   f"valid {d['not_before']} to {d['not_after']}", soft_wrap=True)
     con.print(f"copy {ca['cert']} and each node's own node-NAME.pem/.key to its host only (the key with mode 0600: "
               "install -m 600)", soft_wrap=True)
+
+
+def _add_preshare(node_app: typer.Typer) -> None:
+    @node_app.command("preshare")
+    @handle_errors
+    def preshare(
+        out_dir: Path = typer.Option(..., "--out", file_okay=False, help="Folder for the secret files: "
+                                     "OUT/Ci/nodes/Ci/preshared/PAIR.json, OUT/Ci laid out as Ci's data folder."),
+        pair: list[str] = typer.Option(None, "--pair", "-p", help="Pair Ci-Cj as the station names it (repeatable; "
+                                       "default: every scheduled pair of the station)."),
+        bits: int = typer.Option(1 << 16, "--bits", help="Secret size per pair [bits], a multiple of 8, at least "
+                                 "the first block's authentication key (default 65536, as node up)."),
+        station: Path = STATION,
+        force: bool = typer.Option(False, "--force", help="Replace secret files already in OUT (they are destroyed: "
+                                   "overwritten, flushed, deleted)."),
+        as_json: bool = JSON_OPTION,
+    ) -> None:
+        """Issue each pair's pre-shared authentication secret for nodes on separate hosts: the same fresh
+        secret in two files (0600), one per client, which the client node imports from <its data>/nodes/Ci/
+        preshared/ at its start and then destroys (docs/nodes.md, "Pre-shared authentication secrets").
+        Key bits are never printed."""
+        from labqfl.config import load_station_config
+        from labqfl.nodes.preshared import write_pair_secret
+
+        pairs = _preshare_pairs(pair, station, bits)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise fail(f"--out {out_dir}: exists and is not a folder; expected a folder for the secret files")
+        _clear_secret_files(out_dir, pairs, force)
+        out: dict[str, Any] = {"dir": str(out_dir), "station": load_station_config(station).name, "bits": bits,
+                               "simulated": True, "pairs": {}}
+        for a, b in pairs:
+            p = f"{a}-{b}"
+            bid = write_pair_secret(p, out_dir / a, out_dir / b, bits)
+            out["pairs"][p] = {"block_id": bid, "files": {n: str(_secret_file(out_dir, n, p)) for n in (a, b)}}
+        out["next"] = (f"copy {out_dir}/Ci/nodes/Ci/preshared/*.json into <Ci's data>/nodes/Ci/preshared/ on Ci's "
+                       "host with mode 0600 (install -m 600), over a channel you trust, then destroy these copies "
+                       f"(shred -u, or rm -rf {out_dir}): each secret may be loaded once, at its two ends")
+        out["warnings"] = ["the keys' provenance records these secrets as simulated deliveries (the files carry no "
+                           "\"simulated\" field); set \"simulated\": false in both copies of a pair only when they "
+                           "really were delivered out of band"]
+
+        def render(con: Any) -> None:
+            for p, d in out["pairs"].items():
+                con.print(f"pair {p}: {bits} bits, block {d['block_id']}: " + ", ".join(d["files"].values()),
+                          soft_wrap=True)
+            con.print(out["next"], soft_wrap=True)
+
+        emit(out, as_json, render)
+        for w in out["warnings"]:
+            console.print(f"warning: {w}", soft_wrap=True)
+
+
+def _secret_file(out: Path, node: str, pair: str) -> Path:
+    from labqfl.nodes.preshared import secret_path
+
+    return secret_path(out / node, node, pair)
+
+
+def _preshare_pairs(pairs: list[str] | None, station: Path | None, bits: int) -> list[tuple[str, str]]:
+    """The pairs ``node preshare`` issues secrets for (each checked against the station), after checking ``bits``."""
+    from labqfl.config import load_station_config
+    from labqfl.errors import ConfigError
+    from labqfl.keystore.preshare import PRESHARED_MAX_BYTES, min_preshared_bits
+
+    least = -(-min_preshared_bits() // 8) * 8
+    if bits % 8 or not least <= bits <= 8 * PRESHARED_MAX_BYTES:
+        raise ConfigError(f"--bits {bits}: expected a multiple of 8 from {least} (a first block's authentication "
+                          f"key) to {8 * PRESHARED_MAX_BYTES}")
+    cfg = load_station_config(station)
+    if not pairs:
+        return cfg.pairs()
+    names = {f"{a}-{b}": (a, b) for a, b in cfg.pairs()}
+    where = f"station {cfg.name!r}" + (f" ({station})" if station else " (the embedded default; give --config)")
+    for p in pairs:
+        if p not in names:
+            flip = "-".join(reversed(p.split("-", 1)))
+            also = f"; it names this pair {flip}" if flip in names else ""
+            raise ConfigError(f"--pair {p!r}: not a scheduled pair of {where}{also}; its pairs are {', '.join(names)}")
+    if len(set(pairs)) < len(pairs):
+        raise ConfigError(f"--pair: a pair is given twice ({', '.join(pairs)}); expected each pair once")
+    return [names[p] for p in pairs]
+
+
+def _clear_secret_files(out: Path, pairs: list[tuple[str, str]], force: bool) -> None:
+    """Refuse (one line) a secret file already at a target path, or with ``force`` destroy it, before any is written."""
+    from labqfl.keystore.preshare import shred_secret_file
+    from labqfl.serialize import refuse_existing
+
+    paths = [_secret_file(out, n, f"{a}-{b}") for a, b in pairs for n in (a, b)]
+    for p in paths:
+        if not force:
+            refuse_existing(p, "a secret file", ", or another --out")
+    for p in paths:
+        if p.exists() and (problem := shred_secret_file(p)) is not None:
+            raise fail(f"--force: {problem}")
 
 
 def _why_no_key(d: dict[str, Any]) -> str:
