@@ -19,7 +19,7 @@ STATION = typer.Option(None, "--config", "-c", "--station",
                             "station); --station is its older name.", dir_okay=False)
 DATA = typer.Option(..., "--data", help="This node's own data folder (key store, private logs); no other node reads it.")
 LISTEN = typer.Option("127.0.0.1:0", "--listen", help="HOST:PORT to serve on, PORT 0-65535 (0: any free port).")
-CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (labqfl.net.make_node_certs).")
+CERTS = typer.Option(..., "--certs", help="Folder with ca.pem and node-NAME.pem/.key (from `labqfl node certs`; docs/nodes.md).")
 
 
 def _settings(station: Path | None, block_bits: int | None, engine: str, min_final_bits: int | None,
@@ -178,7 +178,8 @@ def _add_server(node_app: typer.Typer) -> None:
         listen: str = LISTEN,
         fl_listen: str = typer.Option(None, "--fl-listen", help="HOST:PORT of the mutual-TLS front the SuperNodes "
                                       "dial (default: the station's [fl_server] host and port)."),
-        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-NAME.pem/.key (default: the "
+        certs: Path = typer.Option(None, "--certs", help="Folder with ca.pem and node-NAME.pem/.key (`labqfl node "
+                                   "certs`; default: the "
                                    "station's [fl_server] certs; one of the two is required)."),
         as_json: bool = typer.Option(False, "--json", help="Print the listening line as JSON {node, role, address, "
                                      "fl_address} on stdout (fl_address: the mutual-TLS front's HOST:PORT)."),
@@ -509,8 +510,8 @@ def _add_preshare(node_app: typer.Typer) -> None:
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Issue each pair's pre-shared authentication secret for nodes on separate hosts: the same fresh
-        secret in two files (0600), one per client, which the client node imports from <its data>/nodes/Ci/
-        preshared/ at its start and then destroys (docs/nodes.md, "Pre-shared authentication secrets").
+        secret in two files (0600), one per client, which the client node imports from nodes/Ci/preshared/
+        of its data folder at its start, then destroys (docs/nodes.md, "Pre-shared authentication secrets").
         Key bits are never printed."""
         from labqfl.config import load_station_config
         from labqfl.nodes.preshared import write_pair_secret
