@@ -128,6 +128,8 @@ STATE_SECRET = "labqfl.secret"
 STATE_OWNSHARE = "labqfl.ownshare"
 STATE_GUARD = "labqfl.guard"
 STATE_NONCE = "labqfl.nonce"
+#: the round this node already answered a mask message for: its pair keys mask one upload per round
+STATE_MASKED = "labqfl.masked"
 PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
 TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
@@ -459,6 +461,20 @@ def _check_refs_signature(context: Context, cfg: Any, name: str, r: int, pair: s
                                      f"{exc}; {name} masks nothing with them") from None
 
 
+def _mask_once(context: Context, name: str, r: int, run_tag: str) -> None:
+    """One mask message per round: a second one (a malicious server's, with another participant set) would
+    mask another upload with the same pair keys — the server subtracts the two and recovers the update (review
+    s32: a 3-client round gave C1's quantised update exactly). Marked in the node state before any key word is
+    read; a round whose mask stage failed before answering sent no upload, so nothing was masked twice."""
+    st = context.state
+    if STATE_MASKED in st:
+        done = st.config_records[STATE_MASKED]
+        if _cfg_int(done, "round") == r and str(done.get("run", "")) == run_tag:
+            raise SecureAggregationError(f"round {r}: {name} was asked to mask a second upload in this round; "
+                                         "refused (its pair keys mask one upload per round)")
+    st[STATE_MASKED] = ConfigRecord({"round": r, "run": run_tag})
+
+
 def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec, name: str, r: int, n: int,
                 run_tag: str) -> Message:
     """Mask stage: train, encode the update to integers, add the pairwise masks (and the self-mask
@@ -469,6 +485,7 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
         raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
     pairs, participants, t = _checked_mask_plan(cfg, spec, name, r)
+    _mask_once(context, name, r, run_tag)
     # 1. the training function returns the float update
     res_msg = call_next(msg, context)
     if res_msg.has_error():

@@ -256,8 +256,48 @@ def test_a_master_tags_a_pair_once_and_a_slave_checks_a_nonce_once(make_stores, 
     mask = {"pairs": ["C1-C2"], "participants": ["C1", "C2"], "levels": 100, "position": 1,
             **{f"{k}.C1-C2": keys1[f"{k}.C1-C2"] for k in ("refs", "reftag")}, "tag.C1-C2": tag}
     assert "masked" in send("C2", "mask", **mask).content.array_records  # the honest refs pass
+    with pytest.raises(SecureAggregationError, match="mask a second upload in this round"):
+        send("C2", "mask", **mask)  # the same message again: one upload per round (review s32)
+    from labqfl.fl.flower.client import STATE_MASKED
+
+    del ctx["C2"].state[STATE_MASKED]  # and were that marker lost, the nonce was used
     with pytest.raises(SecureAggregationError, match="holds no nonce"):
-        send("C2", "mask", **mask)  # the same message again: the nonce was used
+        send("C2", "mask", **mask)
+
+
+def test_a_master_masks_one_upload_per_round(make_stores, mnist_dir) -> None:
+    """Review s32 (second look): a malicious server sent a master a second mask message in the same round, with
+    another participant set; the master masked a second upload with the same pair words and the server recovered
+    its quantised update exactly (y1b − (y2b − y2a) = v1 in a 3-client round). The second one is refused."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from labqfl.fl.flower.client import labqfl_secagg_mod
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    spec = _spec(mnist_dir, make_stores(["C1", "C2"], 4096), clients=2)
+    ctx = Context(run_id=1, node_id=7, state=RecordDict(), run_config={}, node_config={"labqfl-client": "C1"})
+    n = spec.model().n_params
+
+    def train(msg: Message, context: Any) -> Message:
+        return Message(RecordDict({"update": ArrayRecord({"update": Array(np.full(n, 0.1))}),
+                                   "metrics": MetricRecord({"num_examples": 10})}), reply_to=msg)
+
+    def send(stage: str, r: int = 1, run: str = "t", **fields: Any) -> Message:
+        d = dict(spec.to_config(), stage=stage, round=r, n_params=n, run_tag=run, **fields)
+        msg = Message(RecordDict({"labqfl": ConfigRecord(d)}), dst_node_id=7, message_type="train", group_id="1")
+        return labqfl_secagg_mod(msg, ctx, train)
+
+    send("keys", master_pairs=["C1-C2"])
+    send("refs", pairs=["C1-C2"], **{"nonce.C1-C2": bytes(range(16)).hex()})
+    mask = {"pairs": ["C1-C2"], "participants": ["C1", "C2"], "levels": 100, "position": 0}
+    first = send("mask", **mask).content.array_records["masked"]["masked"].numpy()
+    assert first.size == n
+    with pytest.raises(SecureAggregationError, match="C1 was asked to mask a second upload in this round"):
+        send("mask", **mask)
+    send("keys", r=2, master_pairs=["C1-C2"])  # the next round masks again, with its own keys
+    send("refs", r=2, pairs=["C1-C2"], **{"nonce.C1-C2": bytes(range(16, 32)).hex()})
+    assert send("mask", r=2, **mask).content.array_records["masked"]["masked"].numpy().size == n
 
 
 @pytest.mark.xfail(strict=True, reason="residual of the UNSIGNED path only (a simulation without node keys; "
