@@ -1207,6 +1207,7 @@ class ClientNode(Node):
         from labqfl.keystore.preshare import (
             FINGERPRINT_FIELD,
             find_earlier_load,
+            min_preshared_bits,
             secret_fingerprint,
             shred_secret_file,
         )
@@ -1223,6 +1224,10 @@ class ClientNode(Node):
                 raise NodeError(f"{f}: pre-shared block IDs start with {PRESHARED_PREFIX!r}")
             if not isinstance(simulated, bool):
                 raise NodeError(f"{f}: 'simulated' must be true or false, got {simulated!r}")
+            if 8 * len(raw) < (need := min_preshared_bits()):  # as `labqfl keys preshare` (review s32, second look:
+                # a 248-bit secret got no fingerprint and loaded twice)
+                raise NodeError(f"{f}: the secret holds {8 * len(raw)} bits; at least {need} are needed to "
+                                "authenticate a first block (and to be recognised if it is delivered again)")
             if not self.store.has_block(bid):
                 bits = np.unpackbits(np.frombuffer(raw, np.uint8))
                 meta: dict[str, Any] = {"kind": "preshared-auth", "simulated": simulated, "nbits": int(bits.size)}
