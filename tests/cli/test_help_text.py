@@ -56,3 +56,16 @@ def test_the_console_prints_units_in_tables_and_messages() -> None:
     out = cap.get()
     for unit in ("[dB]", "[bit/s]", "[s]", "[bit]"):
         assert unit in out
+
+
+def test_positional_arguments_show_their_help() -> None:
+    """Review s32 L1: with click 8.5 (and the typer flwr allows) `labqfl distill -h` listed RECORDING without its
+    text, as every command's positional arguments; pyproject keeps click < 8.5."""
+    from typer.testing import CliRunner
+
+    from labqfl.cli import app
+
+    for argv, text in ((["distill", "--help"], "HDF5 recording (from labqfl acquire --out)"),
+                       (["keys", "import", "--help"], "Export file")):
+        r = CliRunner().invoke(app, argv, env={"COLUMNS": "200"})
+        assert r.exit_code == 0 and text in r.output, (argv, r.output)
