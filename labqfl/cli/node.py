@@ -11,8 +11,18 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import JSON_OPTION, check_duration, console, emit, fail, handle_errors
-from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, ENGINES
+from labqfl.cli.common import (
+    EC_ENGINE_HELP,
+    JSON_OPTION,
+    check_duration,
+    console,
+    emit,
+    fail,
+    handle_errors,
+    judge_key,
+    key_verdict_exit,
+)
+from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
 
 STATION = typer.Option(None, "--config", "-c", "--station",
                        help="Station TOML file, as --config in every other command (default: the embedded 4-client "
@@ -107,7 +117,7 @@ def _add_client(node_app: typer.Typer) -> None:
         peer: list[str] = typer.Option(None, "--peer", help="NAME=HOST:PORT of a partner client (repeatable)."),
         block_bits: int = BLOCK_BITS,
         block_slots: int = typer.Option(None, "--block-slots", help="Slots of the pair per block (overrides --block-bits)."),
-        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
+        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=EC_ENGINE_HELP),
         min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         pair_block_slots: list[str] = typer.Option(None, "--pair-block-slots",
@@ -292,7 +302,7 @@ def _add_up(node_app: typer.Typer) -> None:
         station: Path = STATION,
         duration: float = typer.Option(DEFAULT_DURATION_S, "--duration", help="Acquisition length [simulated s]."),
         block_bits: int = BLOCK_BITS,
-        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=f"Reconciliation: {' or '.join(ENGINES)}."),
+        engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=EC_ENGINE_HELP),
         min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
@@ -589,31 +599,13 @@ def _clear_secret_files(out: Path, pairs: list[tuple[str, str]], force: bool) ->
             raise fail(f"--force: {problem}")
 
 
-def _why_no_key(d: dict[str, Any]) -> str:
-    """One line: why a pair's acquisition gave it no key (its failure, else its first abort reason)."""
-    reasons = list(d.get("abort_reasons") or [])
-    why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or f"no block distilled " \
-        f"({int(d.get('sifted_bits') or 0):,} sifted bits)"
-    more = len(reasons) - (0 if d.get("failed") else 1)
-    return " ".join(why.split()) + (f" (+{more} more block(s) aborted)" if more > 0 else "")
-
-
 def _report(out: dict[str, Any], as_json: bool, plan: Any = None) -> None:
-    """Emit an acquisition's summary (``node acquire``, ``node up``) and judge it: no pair with key → the
-    JSON's ``error`` and exit 1 with ``error: no pair produced key: <pair: reason; …>``; some pairs
-    without key → the JSON's ``warning`` and a ``warning:`` line naming them on stderr, exit 0."""
-    pairs = out["pairs"]
-    none = {p: _why_no_key(d) for p, d in pairs.items() if not d["final_key_bits"]}
-    listed = "; ".join(f"{p}: {why}" for p, why in none.items())
-    if none and len(none) == len(pairs):
-        out["error"] = f"no pair produced key: {listed}"
-    elif none:
-        out["warning"] = f"no key from {len(none)} of {len(pairs)} pairs: {listed}"
+    """Emit an acquisition's summary (``node acquire``, ``node up``) and judge it (:func:`judge_key`): no pair
+    with key → the JSON's ``error`` and exit 1 with ``error: no pair produced key: <pair: reason; …>``; some
+    pairs without key → the JSON's ``warning`` and a ``warning:`` line naming them on stderr, exit 0."""
+    judge_key(out)
     emit(out, as_json, lambda con: _render(con, out, plan))
-    if "warning" in out:
-        console.print(f"warning: {out['warning']}", soft_wrap=True)
-    if "error" in out:
-        raise fail(out["error"])
+    key_verdict_exit(out)
 
 
 def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:
