@@ -3,7 +3,9 @@ and node state it handles) and key-store fixtures."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,6 +16,8 @@ import pytest
 from flwr.app import Context, Error, Message, RecordDict
 
 from labqfl.fl.masks import mask_graph
+
+sys.path.insert(0, os.path.dirname(__file__))  # this folder's helper modules (flower_helpers), as tests/qkd/pipeline
 
 
 class LocalGrid:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography import x509
-from flwr.app import Message
+from flower_helpers import MeddlingGrid
 
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.flower.client import make_client_app
@@ -62,41 +62,6 @@ def _keys_of(certs: dict[str, Path], names: list[str], *, ca: bool = True) -> di
 
 def _signer(certs: dict[str, Path], who: str, folder: str = "net") -> ReplySigner:
     return ReplySigner((certs[folder] / f"node-{who}.pem").read_bytes(), (certs[folder] / f"node-{who}.key").read_bytes())
-
-
-class MeddlingGrid:
-    """A malicious server's network (as in test_refs_auth.py): ``meddle(node, stage, round, cfg)``
-    may change a message's config before delivery, or return False to withhold it."""
-
-    def __init__(self, grid: Any, meddle: Any = None) -> None:
-        self.grid, self.meddle = grid, meddle or (lambda *a: True)
-        self.replies: list[tuple[str, str, int, Message]] = []
-        self.mask_cfgs: dict[tuple[str, int], dict[str, Any]] = {}
-
-    def get_node_ids(self) -> Any:
-        return self.grid.get_node_ids()
-
-    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
-        out: list[Message] = []
-        for m in messages:
-            node = self.grid.nodes[m.metadata.dst_node_id]
-            cfg = m.content.config_records.get("labqfl")
-            stage, r = (str(cfg["stage"]), int(cfg["round"])) if cfg is not None else ("", 0)
-            if cfg is not None and stage == "mask":
-                self.mask_cfgs[(node, r)] = dict(cfg)
-            if cfg is not None and self.meddle(node, stage, r, cfg) is False:
-                continue
-            for rep in self.grid.send_and_receive([m], timeout=timeout):
-                self.replies.append((node, stage, r, rep))
-                out.append(rep)
-        return out
-
-    def reply(self, node: str, stage: str, r: int) -> Message:
-        return next(rep for n, s, rr, rep in self.replies if (n, s, rr) == (node, stage, r))
-
-    def error_of(self, node: str, stage: str, r: int) -> str:
-        errs = [rep.error.reason for n, s, rr, rep in self.replies if (n, s, rr) == (node, stage, r) and rep.has_error()]
-        return errs[0] if errs else ""
 
 
 def _spec(mnist_dir: str, kdir: Any = "", **kw: Any) -> FlowerSpec:
