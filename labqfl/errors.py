@@ -109,3 +109,17 @@ class StationError(LabqflError):
 class CalibrationError(LabqflError):
     """A calibration procedure could not produce a trustworthy value (no light, saturated
     detector, no fringe, failed fit) or was aborted; instruments were put in their safe state."""
+
+
+def interrupt_inside(exc: BaseException) -> bool:
+    """Whether ``exc`` is or wraps a :class:`KeyboardInterrupt` (through ``__cause__``/``__context__``):
+    CPython reports one raised inside a callback of C code (a Numba dispatcher, an h5py weakref callback) as
+    "SystemError: … returned a result with an exception set", the interrupt as its cause."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False

@@ -49,7 +49,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
-from labqfl.errors import ConfigError, StationError
+from labqfl.errors import ConfigError, StationError, interrupt_inside
 from labqfl.instruments.base import Instrument
 from labqfl.instruments.interfaces import (
     IntensityModulator,
@@ -395,19 +395,6 @@ class Termination:
             raise KeyboardInterrupt("SIGTERM")
 
 
-def _interrupt_inside(exc: BaseException) -> bool:
-    """Whether ``exc`` is or wraps a :class:`KeyboardInterrupt` (CPython reports one raised inside a C
-    callback as ``SystemError``, the interrupt as its cause)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
-
-
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[Termination]:
     """While inside, SIGTERM stops the process the way Ctrl-C does: :class:`KeyboardInterrupt` with
@@ -442,7 +429,7 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
     try:
         yield term
     except BaseException as exc:
-        if term.requested and _interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
+        if term.requested and interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
                                                               and exc.args == ("SIGTERM",)):
             raise KeyboardInterrupt("SIGTERM") from exc
         raise

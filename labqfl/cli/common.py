@@ -29,7 +29,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from labqfl.errors import LabqflError
+from labqfl.errors import LabqflError, interrupt_inside
 from labqfl.serialize import to_jsonable
 
 #: All human-facing output goes to stderr, so stdout carries only JSON.
@@ -136,19 +136,6 @@ def _safe_state_note() -> str:
     return "; instruments were put in their safe state" if station is not None and station.guard_was_used() else ""
 
 
-def _interrupted_inside(exc: BaseException) -> bool:
-    """Whether ``exc`` wraps a ``KeyboardInterrupt`` (CPython reports one raised inside a callback of
-    C code as "SystemError: … returned a result with an exception set", the interrupt as its cause)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return False
-
-
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
 
@@ -161,7 +148,7 @@ def handle_errors(fn: F) -> F:
         except LabqflError as exc:
             raise fail(str(exc)) from None
         except (KeyboardInterrupt, SystemError) as exc:  # SystemError: Ctrl-C inside a C callback (Numba)
-            if not _interrupted_inside(exc):
+            if not interrupt_inside(exc):
                 raise
             if exc.args == ("SIGTERM",):  # labqfl.nodes.runjob.terminate_as_interrupt: stopped, not Ctrl-C
                 raise fail("terminated (SIGTERM)" + _safe_state_note(), EXIT_TERMINATED) from None
