@@ -100,8 +100,9 @@ def test_bad_settings_and_missing_logs():
 
 
 def test_cli_distills_a_recording_into_the_key_stores(tmp_path):
-    path = record_small_station(tmp_path)
-    res = CliRunner().invoke(app, ["distill", str(path), "--json", "--block-bits", "5000",
+    # one block of the whole recording gives key (a run without key exits 1 since review s32)
+    path = record_small_station(tmp_path, DUR)
+    res = CliRunner().invoke(app, ["distill", str(path), "--json", "--block-bits", "1000000",
                                    "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "runs")])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
