@@ -7,11 +7,11 @@ session on a ``NodeServer``), each certificate carries its node identity and onl
 from __future__ import annotations
 
 import ipaddress
-import json
 import stat
 from pathlib import Path
 
 import pytest
+from cli_helpers import error_line, json_doc
 from cryptography import x509
 from typer.testing import CliRunner
 
@@ -27,16 +27,6 @@ def _run(*args: str):
     return runner.invoke(app, ["node", "certs", *args])
 
 
-def _json(res) -> dict:
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)  # the whole of stdout: one document
-
-
-def _error_line(res) -> str:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    return lines[0]
 
 
 def _cert(d: Path, name: str) -> x509.Certificate:
@@ -70,7 +60,7 @@ def _session_peer(d: Path, server: str, client: str, service: str) -> str:
 
 def test_issued_certificates_are_accepted_by_the_nodes(tmp_path: Path) -> None:
     d = tmp_path / "certs"
-    out = _json(_run(str(d), "--node", "C1=c1.lab,10.1.2.3", "--node", "C2", "--node", "ctl",
+    out = json_doc(_run(str(d), "--node", "C1=c1.lab,10.1.2.3", "--node", "C2", "--node", "ctl",
                      "--node", "server=fl.lab,127.0.0.1", "--days", "30", "--json"))
     assert set(out["nodes"]) == {"C1", "C2", "ctl", "server"} and out["ca"]["new"] is True
     for n in ("C1", "C2", "ctl", "server"):
@@ -107,21 +97,21 @@ def _stderr_of_adding_optics(d: Path) -> str:
 
 def test_a_ca_in_the_folder_issues_later_certificates(tmp_path: Path) -> None:
     d = tmp_path / "certs"
-    _json(_run(str(d), "--node", "C1", "--json"))
+    json_doc(_run(str(d), "--node", "C1", "--json"))
     ca = (d / "ca.pem").read_bytes()
-    out = _json(_run(str(d), "--node", "detector=det.lab", "--json"))
+    out = json_doc(_run(str(d), "--node", "detector=det.lab", "--json"))
     assert out["ca"]["new"] is False and (d / "ca.pem").read_bytes() == ca
     assert _session_peer(d, "detector", "C1", "ann") == "C1"
 
 
 def test_existing_files_are_refused_without_force(tmp_path: Path) -> None:
     d = tmp_path / "certs"
-    _json(_run(str(d), "--node", "C1", "--node", "C2", "--json"))
+    json_doc(_run(str(d), "--node", "C1", "--node", "C2", "--json"))
     before = {p.name: p.read_bytes() for p in d.iterdir()}
-    line = _error_line(_run(str(d), "--node", "C3", "--node", "C1=c1.lab"))
+    line = error_line(_run(str(d), "--node", "C3", "--node", "C1=c1.lab"))
     assert "node-C1.pem" in line and "--force" in line
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # not even C3 was issued
-    out = _json(_run(str(d), "--node", "C1=c1.lab", "--force", "--json"))
+    out = json_doc(_run(str(d), "--node", "C1=c1.lab", "--force", "--json"))
     assert (d / "node-C1.pem").read_bytes() != before["node-C1.pem"]
     assert (d / "ca.pem").read_bytes() == before["ca.pem"] and out["ca"]["new"] is False  # the same CA re-issues
     assert _sans(_cert(d, "C1"))[0] == ["C1", "c1.lab"]
@@ -138,27 +128,27 @@ def test_existing_files_are_refused_without_force(tmp_path: Path) -> None:
 ])
 def test_a_bad_node_name_or_host_is_one_error_and_writes_nothing(tmp_path: Path, spec: str, words: str) -> None:
     d = tmp_path / "certs"
-    line = _error_line(_run(str(d), "--node", "C2", "--node", spec, "--json"))
+    line = error_line(_run(str(d), "--node", "C2", "--node", spec, "--json"))
     assert words in line and "--node" in line, line
     assert not d.exists()
 
 
 def test_a_node_given_twice_is_refused(tmp_path: Path) -> None:
     d = tmp_path / "certs"
-    assert "given twice" in _error_line(_run(str(d), "--node", "C1=a.lab", "--node", "C1=b.lab"))
+    assert "given twice" in error_line(_run(str(d), "--node", "C1=a.lab", "--node", "C1=b.lab"))
     assert not d.exists()
 
 
 def test_drop_ca_key_and_a_folder_whose_ca_cannot_issue(tmp_path: Path) -> None:
     d = tmp_path / "certs"
-    out = _json(_run(str(d), "--node", "C1", "--node", "C2", "--drop-ca-key", "--json"))
+    out = json_doc(_run(str(d), "--node", "C1", "--node", "C2", "--drop-ca-key", "--json"))
     assert not (d / "ca.key").exists() and out["ca"]["key"] is None and out["ca"]["key_dropped"] is True
     assert not any("offline" in w for w in out["warnings"])
     NodeCredentials.load(d, "C1")
     before = {p.name: p.read_bytes() for p in d.iterdir()}
-    line = _error_line(_run(str(d), "--node", "C3"))
+    line = error_line(_run(str(d), "--node", "C3"))
     assert "ca.key" in line and "--force" in line
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
-    out = _json(_run(str(d), "--node", "C3", "--force", "--json"))  # a new CA: the others are left behind
+    out = json_doc(_run(str(d), "--node", "C3", "--force", "--json"))  # a new CA: the others are left behind
     assert out["ca"]["new"] is True and (d / "ca.pem").read_bytes() != before["ca.pem"]
     assert any("node-C1.pem, node-C2.pem" in w for w in out["warnings"]), out["warnings"]

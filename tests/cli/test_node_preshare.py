@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import error_line, json_doc
 from typer.testing import CliRunner
 
 from labqfl.cli import app
@@ -26,16 +27,6 @@ def _run(*args: str):
     return runner.invoke(app, ["node", "preshare", *args])
 
 
-def _json(res) -> dict:
-    assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)  # the whole of stdout: one document
-
-
-def _error_line(res) -> str:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    return lines[0]
 
 
 def _import(data: Path, name: str) -> KeyStore:
@@ -46,7 +37,7 @@ def _import(data: Path, name: str) -> KeyStore:
 
 
 def test_a_client_node_imports_the_secret_at_both_ends(tmp_path: Path) -> None:
-    out = _json(_run("--out", str(tmp_path / "ps"), "--pair", "C1-C2", "--bits", "1024", "--json"))
+    out = json_doc(_run("--out", str(tmp_path / "ps"), "--pair", "C1-C2", "--bits", "1024", "--json"))
     d = out["pairs"]["C1-C2"]
     files = {n: Path(f) for n, f in d["files"].items()}
     assert files == {n: tmp_path / "ps" / n / "nodes" / n / "preshared" / "C1-C2.json" for n in ("C1", "C2")}
@@ -70,7 +61,7 @@ def test_a_client_node_imports_the_secret_at_both_ends(tmp_path: Path) -> None:
 
 
 def test_every_scheduled_pair_by_default_each_its_own_secret(tmp_path: Path) -> None:
-    out = _json(_run("--out", str(tmp_path / "ps"), "--json"))
+    out = json_doc(_run("--out", str(tmp_path / "ps"), "--json"))
     assert list(out["pairs"]) == ["C1-C2", "C1-C3", "C1-C4", "C2-C3", "C2-C4", "C3-C4"]
     assert out["bits"] == 65536 and out["simulated"] is True
     secrets = {json.loads(Path(f).read_text())["bits_hex"] for d in out["pairs"].values() for f in d["files"].values()}
@@ -80,12 +71,12 @@ def test_every_scheduled_pair_by_default_each_its_own_secret(tmp_path: Path) -> 
 
 def test_existing_secret_files_are_refused_without_force(tmp_path: Path) -> None:
     ps = tmp_path / "ps"
-    _json(_run("--out", str(ps), "--pair", "C1-C2", "--json"))
+    json_doc(_run("--out", str(ps), "--pair", "C1-C2", "--json"))
     before = {p: p.read_bytes() for p in ps.rglob("*.json")}
-    line = _error_line(_run("--out", str(ps), "--pair", "C3-C4", "--pair", "C1-C2"))
+    line = error_line(_run("--out", str(ps), "--pair", "C3-C4", "--pair", "C1-C2"))
     assert "C1-C2.json" in line and "--force" in line
     assert {p: p.read_bytes() for p in ps.rglob("*.json")} == before  # not even C3-C4 was written
-    out = _json(_run("--out", str(ps), "--pair", "C1-C2", "--force", "--json"))
+    out = json_doc(_run("--out", str(ps), "--pair", "C1-C2", "--force", "--json"))
     assert all(p.read_bytes() != before[p] for p in before)
     assert json.loads(Path(out["pairs"]["C1-C2"]["files"]["C1"]).read_text())["block_id"] == \
         out["pairs"]["C1-C2"]["block_id"]
@@ -100,6 +91,6 @@ def test_existing_secret_files_are_refused_without_force(tmp_path: Path) -> None
     (["--bits", "1001"], "multiple of 8"),
 ])
 def test_a_bad_pair_or_size_is_one_error_and_writes_nothing(tmp_path: Path, args: list[str], words: str) -> None:
-    line = _error_line(_run("--out", str(tmp_path / "ps"), *args, "--json"))
+    line = error_line(_run("--out", str(tmp_path / "ps"), *args, "--json"))
     assert words in line, line
     assert not (tmp_path / "ps").exists()
