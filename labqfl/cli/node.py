@@ -524,34 +524,34 @@ def _add_preshare(node_app: typer.Typer) -> None:
         of its data folder at its start, then destroys (docs/nodes.md, "Pre-shared authentication secrets").
         Key bits are never printed."""
         from labqfl.config import load_station_config
-        from labqfl.nodes.preshared import write_pair_secret
+        from labqfl.nodes.preshared import SECRET_RANDOMNESS, write_pair_secret
 
         pairs = _preshare_pairs(pair, station, bits)
         if out_dir.exists() and not out_dir.is_dir():
             raise fail(f"--out {out_dir}: exists and is not a folder; expected a folder for the secret files")
         _clear_secret_files(out_dir, pairs, force)
         out: dict[str, Any] = {"dir": str(out_dir), "station": load_station_config(station).name, "bits": bits,
-                               "simulated": True, "pairs": {}}
+                               "simulated": False, "randomness": SECRET_RANDOMNESS, "pairs": {}}
         for a, b in pairs:
             p = f"{a}-{b}"
-            bid = write_pair_secret(p, out_dir / a, out_dir / b, bits)
+            bid = write_pair_secret(p, out_dir / a, out_dir / b, bits, simulated=False)
             out["pairs"][p] = {"block_id": bid, "files": {n: str(_secret_file(out_dir, n, p)) for n in (a, b)}}
+        out["security"] = ("each secret is fresh from this machine's OS CSPRNG (secrets.token_bytes, os.urandom), "
+                           "written with \"simulated\": false and \"randomness\": \"csprng\", which the client nodes "
+                           "record in the block's provenance: its secrecy rests on that generator, on the channel "
+                           "each file is copied over and on every other copy being destroyed")
         out["next"] = (f"copy {out_dir}/Ci/nodes/Ci/preshared/*.json into <Ci's data>/nodes/Ci/preshared/ on Ci's "
                        "host with mode 0600 (install -m 600), over a channel you trust, then destroy these copies "
                        f"(shred -u, or rm -rf {out_dir}): each secret may be loaded once, at its two ends")
-        out["warnings"] = ["the keys' provenance records these secrets as simulated deliveries (the files carry no "
-                           "\"simulated\" field); set \"simulated\": false in both copies of a pair only when they "
-                           "really were delivered out of band"]
 
         def render(con: Any) -> None:
             for p, d in out["pairs"].items():
                 con.print(f"pair {p}: {bits} bits, block {d['block_id']}: " + ", ".join(d["files"].values()),
                           soft_wrap=True)
+            con.print(out["security"], soft_wrap=True)
             con.print(out["next"], soft_wrap=True)
 
         emit(out, as_json, render)
-        for w in out["warnings"]:
-            console.print(f"warning: {w}", soft_wrap=True)
 
 
 def _secret_file(out: Path, node: str, pair: str) -> Path:
@@ -609,15 +609,18 @@ def _report(out: dict[str, Any], as_json: bool, plan: Any = None) -> None:
 
 
 def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:
+    """The acquisition's table: QBER as a percentage and "—" for no value, as ``acquire``, ``distill`` and
+    ``run`` show them (CLI review s32 L2: 0.0056 and "-" here); the JSON keeps fractions."""
+    from labqfl.cli.acquire import _pct as pct  # the one QBER cell format of acquire/distill
+
     if plan is not None:
         con.print(plan.summary())
-    t = Table("pair", "final key [bit]", "blocks", "aborted", "key rate [bit/s]", "QBER (key)",
+    t = Table("pair", "final key [bit]", "blocks", "aborted", "key rate [bit/s]", "QBER X (key)",
               title=f"acquisition {out['acquisition']}: {out['duration_s']} s simulated in {out['wall_s']} s wall")
     for p, d in out["pairs"].items():
         rate = d["secure_key_rate_bps"]
-        q = d["error_rate_X_key"]
         t.add_row(p, f"{d['final_key_bits']:,}", str(d["blocks"]), str(d["aborted_blocks"]),
-                  f"{rate:,.0f}" if rate is not None else "-", f"{q:.4f}" if q is not None else "-")
+                  "—" if rate is None else f"{rate:,.0f}", pct(d["error_rate_X_key"]))
     con.print(t)
     for p, d in out["pairs"].items():
         if d["abort_reasons"] or d["failed"]:

@@ -117,7 +117,7 @@ from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import transcript_word_cap
 from labqfl.qkd.estimation import epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
-from labqfl.qkd.messaging import Channel, Message, MessageError
+from labqfl.qkd.messaging import Channel, Message, MessageError, field_problem
 from labqfl.qkd.pipeline import (
     _BLOCK_NAMESPACE,
     _MIN_BLOCK_BITS,
@@ -131,7 +131,7 @@ from labqfl.qkd.pipeline import (
     block_slots_for,
 )
 from labqfl.qkd.sifting import ClientSetup
-from labqfl.qkd.twoparty import BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.twoparty import CI_MESSAGES, BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
 
 log = get_logger(__name__)
 
@@ -487,7 +487,9 @@ class _JServed:
 
     def handle(self, req: Message) -> Message:
         k = req.kind
-        if k == "ann/confirm":
+        if field_problem(req, CI_MESSAGES, "Ci"):
+            pass  # malformed: no feeding on its word; the end refuses it (PairEndJ.handle)
+        elif k == "ann/confirm":
             self.jp.feed.until(self.end, int(req.get("lo")), int(req.get("hi")))
         elif k == "block/open":
             self.jp.feed.until_hi(self.end, int(req.get("end")))
@@ -1098,6 +1100,23 @@ class _Announced:
         raise MessageError(f"ann: unexpected {req.kind!r}")
 
 
+def _check_secret_claims(f: Path, simulated: Any, randomness: Any) -> None:
+    """Refuse (one line) a pre-shared secret file whose provenance fields are malformed or contradict each
+    other: ``simulated`` true or false; ``randomness`` (absent: no claim) one of
+    :data:`~labqfl.provenance.RANDOMNESS_SOURCES`; a secret from ``seeded`` randomness (derived from a seed, not
+    secret) is never imported as a real out-of-band secret (``"simulated": false``)."""
+    from labqfl.provenance import RANDOMNESS_SOURCES
+
+    if not isinstance(simulated, bool):
+        raise NodeError(f"{f}: 'simulated' must be true or false, got {simulated!r}")
+    if randomness is not None and randomness not in RANDOMNESS_SOURCES:
+        raise NodeError(f"{f}: 'randomness' must be one of {', '.join(RANDOMNESS_SOURCES)}, got {randomness!r}")
+    if randomness == "seeded" and not simulated:
+        raise NodeError(f"{f}: the secret claims seeded randomness (derived from a seed, not secret) and "
+                        "\"simulated\": false; a seeded secret is imported only as a simulated one (\"simulated\": "
+                        "true), or issue a fresh one (labqfl node preshare)")
+
+
 class ClientNode(Node):
     """``labqfl node client`` (module docstring)."""
 
@@ -1216,14 +1235,13 @@ class ClientNode(Node):
             try:
                 rec = json.loads(f.read_text())
                 bid, pair, raw = str(rec["block_id"]), str(rec["pair"]), bytes.fromhex(rec["bits_hex"])
-                simulated = rec.get("simulated", True)
+                simulated, randomness = rec.get("simulated", True), rec.get("randomness")
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise NodeError(f"{f}: not a pre-shared secret file ({type(exc).__name__}: {exc}); expected JSON "
-                                '{"pair", "block_id", "bits_hex"[, "simulated"]}') from None
+                                '{"pair", "block_id", "bits_hex"[, "simulated", "randomness"]}') from None
             if not bid.startswith(PRESHARED_PREFIX):
                 raise NodeError(f"{f}: pre-shared block IDs start with {PRESHARED_PREFIX!r}")
-            if not isinstance(simulated, bool):
-                raise NodeError(f"{f}: 'simulated' must be true or false, got {simulated!r}")
+            _check_secret_claims(f, simulated, randomness)
             if 8 * len(raw) < (need := min_preshared_bits()):  # as `labqfl keys preshare` (review s32, second look:
                 # a 248-bit secret got no fingerprint and loaded twice)
                 raise NodeError(f"{f}: the secret holds {8 * len(raw)} bits; at least {need} are needed to "
@@ -1231,6 +1249,8 @@ class ClientNode(Node):
             if not self.store.has_block(bid):
                 bits = np.unpackbits(np.frombuffer(raw, np.uint8))
                 meta: dict[str, Any] = {"kind": "preshared-auth", "simulated": simulated, "nbits": int(bits.size)}
+                if randomness is not None:  # where its bits came from, as the file says (checked above)
+                    meta["randomness"] = randomness
                 # one secret, one block: loaded again under another block ID (a file copied for a second pair)
                 # its one-time pads would authenticate two blocks (review s32; `labqfl keys preshare` refuses alike)
                 if (fp := secret_fingerprint(bits)) is not None:

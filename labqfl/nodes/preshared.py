@@ -4,7 +4,10 @@ secrets after a crash").
 
 The launcher (:class:`~labqfl.nodes.launch.LocalNetwork`, ``labqfl run`` over nodes) writes the same
 secret file ``<data>/nodes/<Ci>/preshared/<pair>.json`` into both clients' folders; each client imports
-its copy into its store's ``auth`` pool at start and destroys the file. A client killed before its
+its copy into its store's ``auth`` pool at start and destroys the file. (``labqfl node preshare`` writes the
+same files for nodes on separate hosts, marked ``"simulated": false``: an operator carries them out of band.)
+Every file names its secret's randomness, ``"randomness": "csprng"`` (:data:`SECRET_RANDOMNESS`: the OS
+CSPRNG through :func:`secrets.token_bytes`). A client killed before its
 import leaves the secret at the other end only. Before new secrets are issued, :func:`reconcile_pair`
 looks at both stores and both files of a pair:
 
@@ -34,10 +37,17 @@ from labqfl.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["PairAuth", "reconcile_pair", "secret_path", "shared_auth_bits", "write_pair_secret"]
+__all__ = ["SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "reconcile_pair", "secret_path", "shared_auth_bits",
+           "write_pair_secret"]
 
 #: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
 AUTH_POOLS = ("auth", "general")
+#: the randomness of the secrets :func:`write_pair_secret` draws (:data:`labqfl.provenance.RANDOMNESS_SOURCES`):
+#: the OS CSPRNG (``secrets.token_bytes`` reads ``os.urandom``), never a seeded generator
+SECRET_RANDOMNESS = "csprng"
+#: the fields of a secret file: the first three required; ``simulated`` (default true: a file that does not
+#: say so is taken for a simulated delivery) and ``randomness`` (qrng | csprng | seeded; absent: no claim)
+SECRET_FIELDS = ("pair", "block_id", "bits_hex", "simulated", "randomness")
 
 
 def secret_path(data: Path, node: str, pair: str) -> Path:
@@ -147,8 +157,14 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
     return st
 
 
-def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int) -> str:
+def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int, *, simulated: bool = True) -> str:
     """A fresh secret of ``nbits`` bits for ``pair``, delivered into both ends' folders; its block ID.
+
+    The file records where the secret came from (:data:`SECRET_FIELDS`): ``"randomness": "csprng"`` (the
+    bytes are :func:`secrets.token_bytes`, i.e. this machine's OS CSPRNG, ``os.urandom``) and ``simulated``:
+    True (default) for a launcher's own delivery into folders on one machine (a simulated out-of-band
+    delivery, as the distiller's bootstrap), False for files an operator carries to each node's host
+    (``labqfl node preshare``). The client node records both in the block's metadata.
 
     Each copy is written and flushed under a temporary name, then linked to ``<pair>.json``; an existing
     file there is never overwritten (:class:`FileExistsError`: reconcile first). A crash between the two
@@ -157,7 +173,8 @@ def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int) -> str:
 
     a, b = pair.split("-")
     rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}",
-           "bits_hex": secrets.token_bytes(nbits // 8).hex()}
+           "bits_hex": secrets.token_bytes(nbits // 8).hex(), "simulated": bool(simulated),
+           "randomness": SECRET_RANDOMNESS}
     data = json.dumps(rec).encode()
     for node, folder in ((a, data_a), (b, data_b)):
         final = secret_path(folder, node, pair)

@@ -28,7 +28,6 @@ def _run(*args: str):
 
 
 
-
 def _import(data: Path, name: str) -> KeyStore:
     """What client node ``name`` with data folder ``data`` does with its delivered secrets at start."""
     node = types.SimpleNamespace(private=data / "nodes" / name, store=KeyStore.for_node(name, data), name=name)
@@ -60,10 +59,30 @@ def test_a_client_node_imports_the_secret_at_both_ends(tmp_path: Path) -> None:
         s2.close()
 
 
+def test_the_files_say_where_the_secret_came_from_and_the_store_records_it(tmp_path: Path) -> None:
+    """CLI review s32 M3: the files carried no "simulated" field, so a secret an operator carried to each host was
+    recorded as a simulated delivery, and nothing said what randomness made it. Now each file says
+    "simulated": false and "randomness": "csprng" (the OS CSPRNG), and the client node's store records both."""
+    out = json_doc(_run("--out", str(tmp_path / "ps"), "--pair", "C1-C2", "--bits", "1024", "--json"))
+    assert out["simulated"] is False and out["randomness"] == "csprng" and "os.urandom" in out["security"]
+    for f in out["pairs"]["C1-C2"]["files"].values():
+        rec = json.loads(Path(f).read_text())
+        assert rec["simulated"] is False and rec["randomness"] == "csprng"
+    for n in ("C1", "C2"):
+        st = _import(tmp_path / "ps" / n, n)
+        try:
+            meta = st.blocks("C1-C2")[0]["meta"]
+            assert meta["kind"] == "preshared-auth" and meta["simulated"] is False and meta["randomness"] == "csprng"
+        finally:
+            st.close()
+    r = _run("--out", str(tmp_path / "ps2"), "--pair", "C1-C2")  # humans: the same statement, no warning
+    assert r.exit_code == 0 and "OS CSPRNG" in r.stderr and "warning" not in r.stderr
+
+
 def test_every_scheduled_pair_by_default_each_its_own_secret(tmp_path: Path) -> None:
     out = json_doc(_run("--out", str(tmp_path / "ps"), "--json"))
     assert list(out["pairs"]) == ["C1-C2", "C1-C3", "C1-C4", "C2-C3", "C2-C4", "C3-C4"]
-    assert out["bits"] == 65536 and out["simulated"] is True
+    assert out["bits"] == 65536 and out["simulated"] is False and out["randomness"] == "csprng"
     secrets = {json.loads(Path(f).read_text())["bits_hex"] for d in out["pairs"].values() for f in d["files"].values()}
     assert len(secrets) == 6
     assert len(list((tmp_path / "ps" / "C3" / "nodes" / "C3" / "preshared").glob("*.json"))) == 3

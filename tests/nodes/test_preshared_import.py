@@ -32,7 +32,9 @@ def _file(node: types.SimpleNamespace, **fields: object) -> Path:
     return f
 
 
-@pytest.mark.parametrize(("fields", "simulated"), [({}, True), ({"simulated": False}, False)])
+@pytest.mark.parametrize(("fields", "simulated"), [({}, True), ({"simulated": False}, False),
+                                                   ({"simulated": False, "randomness": "csprng"}, False),
+                                                   ({"randomness": "seeded"}, True)])
 def test_the_secret_is_loaded_and_its_file_overwritten_before_it_is_deleted(tmp_path, fields, simulated) -> None:
     node = _node(tmp_path)
     f = _file(node, **fields)
@@ -43,7 +45,8 @@ def test_the_secret_is_loaded_and_its_file_overwritten_before_it_is_deleted(tmp_
     assert other_name.read_bytes() == b"\0" * other_name.stat().st_size
     km = node.store.take("C1-C2", 8 * len(SECRET), "auth")
     assert np.array_equal(km.bits, np.unpackbits(np.frombuffer(SECRET, np.uint8)))
-    assert node.store.blocks("C1-C2")[0]["meta"]["simulated"] is simulated
+    meta = node.store.blocks("C1-C2")[0]["meta"]
+    assert meta["simulated"] is simulated and meta.get("randomness") == fields.get("randomness")  # absent: no claim
     node.store.close()
 
 
@@ -54,6 +57,11 @@ def test_the_secret_is_loaded_and_its_file_overwritten_before_it_is_deleted(tmp_
     (json.dumps({"pair": "C1-C2", "block_id": "other-1", "bits_hex": SECRET.hex()}), "block IDs start with"),
     (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": SECRET.hex(), "simulated": "no"}),
      "'simulated' must be true or false"),
+    # CLI review s32 M3: the file's provenance is checked; a seeded secret is never taken for a real delivery
+    (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": SECRET.hex(), "randomness": "urandom"}),
+     "'randomness' must be one of qrng, csprng, seeded, got 'urandom'"),
+    (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": SECRET.hex(), "randomness": "seeded",
+                 "simulated": False}), "claims seeded randomness"),
     # review s32 (second look): 248 bits got no fingerprint and could be loaded for two pairs
     (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": bytes(range(31)).hex()}),
      "the secret holds 248 bits; at least 384 are needed"),
@@ -107,3 +115,16 @@ def test_one_secret_delivered_for_two_blocks_is_loaded_once(tmp_path) -> None:
         ClientNode._import_preshared(node)  # type: ignore[arg-type]
     assert node.store.accounting() == before and copy.exists()
     node.store.close()
+
+
+@pytest.mark.parametrize("simulated", [True, False])
+def test_a_written_pair_secret_names_its_randomness_and_delivery(tmp_path, simulated: bool) -> None:
+    """``write_pair_secret`` (the launcher's, default: a simulated delivery; ``node preshare``'s: not simulated)
+    writes both provenance fields; before, neither was written and every file read as simulated."""
+    from labqfl.nodes.preshared import secret_path, write_pair_secret
+
+    kw = {} if simulated else {"simulated": False}
+    bid = write_pair_secret("C1-C2", tmp_path / "a", tmp_path / "b", 512, **kw)
+    for folder, node in ((tmp_path / "a", "C1"), (tmp_path / "b", "C2")):
+        rec = json.loads(secret_path(folder, node, "C1-C2").read_text())
+        assert rec["block_id"] == bid and rec["simulated"] is simulated and rec["randomness"] == "csprng"
