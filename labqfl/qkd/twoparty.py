@@ -86,7 +86,14 @@ from labqfl.log import get_logger
 from labqfl.qkd.authentication import DEFAULT_AUTH_LANES, AuthKeySupply, TranscriptAuthenticator
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
 from labqfl.qkd.first_qber import key_qber_from_tests
-from labqfl.qkd.messaging import Channel, Message, MessageError, _encoded_size
+from labqfl.qkd.messaging import (
+    Channel,
+    Message,
+    MessageError,
+    MessageSchema,
+    _encoded_size,
+    field_problem,
+)
 from labqfl.qkd.sifting import (
     ClientSetup,
     announcement_digest,
@@ -106,7 +113,8 @@ from labqfl.qkd.verification import hash_tag, verification_tag_length
 log = get_logger(__name__)
 
 __all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
-           "UNABSORBED_KINDS", "REFUSED", "STOPPED_BY_USER", "announcement_entry", "announcement_problem"]
+           "UNABSORBED_KINDS", "REFUSED", "STOPPED_BY_USER",
+           "CI_MESSAGES", "CJ_MESSAGES", "announcement_entry", "announcement_problem"]
 
 #: Cj's answer to any message of a block it has refused (fields: ``reason``).
 REFUSED = "block/refused"
@@ -116,6 +124,61 @@ STOPPED_BY_USER = "stopped by user"
 UNABSORBED_KINDS = frozenset({"block/confirm", "block/confirmed", "block/accept", "block/accepted", "block/drop",
                               "block/dropped", REFUSED})
 
+
+def _schema(required: str = "", optional: str = "") -> MessageSchema:
+    """A :class:`MessageSchema` from ``"name:type name:type"`` lists."""
+    def spec(text: str) -> dict[str, str]:
+        return dict(item.split(":") for item in text.split())
+    return MessageSchema(spec(required), spec(optional))
+
+
+#: Every message Ci sends (Cj checks each one against it before any handler reads it, in
+#: :meth:`PairEndJ.handle`): the kinds of docs/protocol.md §2.1, and Alice's answers in reconciliation
+#: (:class:`~labqfl.qkd.cascade.CascadeAlice`, :class:`~labqfl.qkd.ldpc.LdpcAlice`). A message of another
+#: kind, with a field not listed, without a required one or with one of another type refuses the block
+#: (review s32, finite-key F1: a field no handler reads rode along into the transcript).
+CI_MESSAGES: dict[str, MessageSchema] = {
+    "ann/confirm": _schema("lo:int hi:int n:int n_slots:int digest:bytes"),
+    "sift/flags": _schema("lo:int flags:bytes"),
+    "test/bases": _schema("lo:int kb:bytes"),
+    "test/bits": _schema("lo:int bits:bytes"),
+    "block/open": _schema("block:str start:int end:int n_slots:int n_ann:int n:int"),
+    "ec/start": _schema("engine:str qber:float n:int"),
+    "cascade/ok": _schema(optional="disclosed:int"),
+    "cascade/block-parities": _schema(),
+    "cascade/parities": _schema(),
+    "ldpc/ok": _schema(optional="disclosed:int"),
+    "ldpc/syndromes": _schema("m:int"),
+    "ldpc/filler": _schema(),
+    "verify/request": _schema("t:int seed:bytes"),
+    "pa/seed": _schema("out_len:int seed:bytes"),
+    "block/confirm": _schema("tag:bytes"),
+    "block/accept": _schema("ok:int reason:str"),
+    "block/drop": _schema(),
+}
+#: Every message Cj sends (Ci checks each one, :meth:`PairEndI._request`): its answers, and Bob's
+#: requests in reconciliation (:class:`~labqfl.qkd.cascade.CascadeBob`, :class:`~labqfl.qkd.ldpc.LdpcBob`).
+CJ_MESSAGES: dict[str, MessageSchema] = {
+    "ann/ok": _schema(),
+    "sift/flags": _schema("flags:bytes"),
+    "test/bases": _schema("kb:bytes"),
+    "test/bits": _schema("bits:bytes"),
+    "block/ok": _schema(),
+    "cascade/init": _schema("n:int frames:array seeds:array schedule:array"),
+    "cascade/round": _schema("open:array query:array"),
+    "cascade/done": _schema(),
+    "ldpc/init": _schema("N:int code_n:int rate:float code_seed:int z:int d:int max_reveal:int"),
+    "ldpc/syndromes": _schema("frames:array"),
+    "ldpc/reveal": _schema("frames:array start:int count:int"),
+    "ldpc/done": _schema("ok:array"),
+    "ec/done": _schema("errors:int leaked:int success:int"),
+    "verify/result": _schema("ok:int"),
+    "pa/done": _schema("ok:int out_len:int"),
+    "block/confirmed": _schema("tag:bytes"),
+    "block/accepted": _schema("ok:int", "reason:str"),
+    "block/dropped": _schema(),
+    REFUSED: _schema("reason:str"),
+}
 
 @dataclass(frozen=True)
 class ProtocolSettings:
@@ -494,8 +557,15 @@ class PairEndI(_PairEnd):
         the held-back transcript entries (:meth:`TranscriptEnd.held_bytes`)."""
         return sum(p.nbytes for p, _ in self._blk.bits) + self.tx.held_bytes()
 
-    def _ask(self, ch: Channel, msg: Message, expect: str) -> Message:
+    def _request(self, ch: Channel, msg: Message) -> Message:
+        """Send ``msg`` to Cj; its answer, checked against :data:`CJ_MESSAGES` (any other refuses the block)."""
         rep = ch.request(msg)
+        if why := field_problem(rep, CJ_MESSAGES, "Cj"):
+            raise _Refused(why)
+        return rep
+
+    def _ask(self, ch: Channel, msg: Message, expect: str) -> Message:
+        rep = self._request(ch, msg)
         if rep.kind == REFUSED:
             raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
         if rep.kind != expect:
@@ -610,8 +680,8 @@ class PairEndI(_PairEnd):
         t = time.perf_counter()
         try:
             self._confirm(ch, out)
-        except _Refused as e:
-            out.reason = str(e)
+        except _Refused as e:  # Cj refused the tags (or the block): its reason, then Ci's own if any
+            out.reason = str(e) + (f" (before that, Ci refused: {out.reason})" if out.reason not in ("", str(e)) else "")
             final = None
         except (LabqflError, ValueError) as e:
             out.reason = f"tag exchange failed: {e}" + (f" (before that: {out.reason})" if out.reason else "")
@@ -630,14 +700,14 @@ class PairEndI(_PairEnd):
         t = time.perf_counter()
         alice = _alice(s.engine, bits)
         leak = 0
-        rep = ch.request(Message("ec/start", {"engine": s.engine, "qber": out.qber_estimate, "n": n}))
+        rep = self._request(ch, Message("ec/start", {"engine": s.engine, "qber": out.qber_estimate, "n": n}))
         while rep.kind not in ("ec/done", REFUSED):
             if stop is not None and stop():  # Bob's request stays unanswered; the tag exchange ends his thread
                 out.times["reconciliation"] = time.perf_counter() - t
                 raise _Stopped()
             ans = alice.handle(rep)
             leak += ans.leaked_bits
-            rep = ch.request(ans)
+            rep = self._request(ch, ans)
         out.times["reconciliation"] = time.perf_counter() - t
         if rep.kind == REFUSED:
             raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
@@ -693,12 +763,16 @@ class PairEndI(_PairEnd):
             raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
         if rep.kind != "block/confirmed":
             raise _Refused(f"Cj answered {rep.kind!r} to block/confirm")
+        # Cj spent two pads (its check and its tag): a malformed answer still spends Ci's check pad
+        why = field_problem(rep, CJ_MESSAGES, "Cj")
         try:
-            self.auth.check_final(rep.get("tag"))
+            self.auth.check_final(b"" if why else rep.get("tag"))
         except AuthenticationError as e:
-            out.reason = str(e) + (f" (before that, Ci refused: {out.reason})" if out.reason else "")
+            out.reason = (why or str(e)) + (f" (before that, Ci refused: {out.reason})" if out.reason else "")
         ok = not out.reason
         rep = ch.request(Message("block/accept", {"ok": int(ok), "reason": out.reason}))
+        if ok and (why := field_problem(rep, CJ_MESSAGES, "Cj")):
+            raise _Refused(why)
         if ok and not (rep.kind == "block/accepted" and rep.get("ok")):
             raise _Refused(str(rep.fields.get("reason", "")) or "Cj did not accept the block")
 
@@ -802,11 +876,14 @@ class PairEndJ(_PairEnd):
         with self._lock:
             b = self._blk
             kind = request.kind
+            why = field_problem(request, CI_MESSAGES, "Ci")
             try:
                 if kind in ("block/confirm", "block/accept", "block/drop"):
-                    return getattr(self, "_on_" + kind.split("/")[1])(b, request)
+                    return self._closing(b, request, why)
                 if b.refused:
                     return Message(REFUSED, {"reason": b.refused})
+                if why:
+                    raise _Refused(why)
                 if b.relay is not None and not b.ec_done:
                     return self._ec_step(b, request)
                 handler = _J_HANDLERS.get(kind)
@@ -817,6 +894,19 @@ class PairEndJ(_PairEnd):
                 self._stop_bob(b)
                 b.refused = str(e) if isinstance(e, _Refused) else f"protocol error at {kind!r}: {e}"
                 return Message(REFUSED, {"reason": b.refused})
+
+    def _closing(self, b: _JBlock, req: Message, why: str) -> Message:
+        """``block/confirm``, ``block/accept`` or ``block/drop``; one that does not match its schema
+        (``why``) still ends the block as the well-formed one would, refused: a confirm spends this
+        end's check pad (as at Ci, whose tag pad is spent), an accept declines, a drop drops."""
+        if why:
+            b.refused = b.refused or why
+            log.warning("pair %s: %s", self.pair, why)
+            if req.kind == "block/confirm":
+                req = Message(req.kind, {"tag": b""})
+            elif req.kind == "block/accept":
+                req = Message(req.kind, {"ok": 0, "reason": why})
+        return getattr(self, "_on_" + req.kind.split("/")[1])(b, req)
 
     def on_session_end(self, error: BaseException | None) -> None:
         """The channel to Ci ended (network deployment): a block in progress is refused."""
