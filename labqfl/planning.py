@@ -171,10 +171,22 @@ class Plan:
 
 
 def _loss_db(cfg: StationConfig, a: str, b: str) -> float:
+    """Loss of the pair's two arms together [dB], finite however lossy the loop: beyond ~3000 dB an arm's
+    transmission underflows to 0, so the loop is then evaluated with every loss in dB scaled down and
+    the result scaled back up (dB add; CLI review s32 L7: a 10^6 km loop showed 'inf dB')."""
     from labqfl.contracts.channel_model import transmittances
 
     e_cw, e_ccw = transmittances(cfg, a, b)
-    return -10.0 * math.log10(e_cw * e_ccw) if e_cw > 0 and e_ccw > 0 else math.inf
+    if e_cw > 0 and e_ccw > 0:
+        return -10.0 * (math.log10(e_cw) + math.log10(e_ccw))
+    L = cfg.loop
+    total_db = L.fiber_loss_db_per_km * sum(L.segments_km) + sum(c.insertion_loss_db for c in cfg.clients) + L.node_loss_db
+    f = 100.0 / total_db  # > 0 here; each arm then loses at most 100 dB
+    small = cfg.model_copy(update={
+        "loop": L.model_copy(update={"fiber_loss_db_per_km": L.fiber_loss_db_per_km * f, "node_loss_db": L.node_loss_db * f}),
+        "clients": [c.model_copy(update={"insertion_loss_db": c.insertion_loss_db * f}) for c in cfg.clients]})
+    e_cw, e_ccw = transmittances(small, a, b)
+    return -10.0 * (math.log10(e_cw) + math.log10(e_ccw)) / f
 
 
 def _delivered(key_bits: float, first: bool) -> float:
@@ -767,6 +779,8 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
     cfg = parse_station_config(cfg.model_dump(mode="json", exclude_none=True), "<labqfl station make>")
     W = sum(frames)
     losses = [_loss_db(cfg, a, b) for a, b in pairs]
+    if max(rates) <= 0:  # asymptotic (infinite-block) rates: no key at any block size on any pair
+        raise ConfigError(_no_key_station(names, pairs, losses, loop_km=loop_km, insertion_loss_db=insertion_loss_db))
     bal = [r * w / W for r, w in zip(rates, frames, strict=True)]
     eq = [r / len(pairs) for r in rates]
     pos = [x for x in bal if x > 0] or [0.0]
@@ -780,6 +794,33 @@ def make_station(n_clients: int, *, loop_km: float = 10.0, graph: str = "all", k
             "unbalanced_pairs": [f"{a}-{b}" for (a, b), r, w in zip(pairs, rates, frames, strict=True)
                                  if r > 0 and w == 1 and r < max(rates)]}
     return cfg, info
+
+
+def _no_key_station(names: list[str], pairs: list[tuple[str, str]], losses: list[float], *, loop_km: float,
+                    insertion_loss_db: float) -> str:
+    """Why :func:`make_station` refuses a station whose every pair is beyond key: the pairs' loss and the
+    longest loop on which the least lossy pairs would still make key (bisection on the loop length)."""
+    from labqfl.config import parse_station_config
+    from labqfl.contracts.channel_model import pair_channel
+    from labqfl.qkd.keyrate import ideal_decoy_asymptotic_rate
+
+    least = [p for p, x in zip(pairs, losses, strict=True) if x <= min(losses) * (1 + 1e-9)]
+    least = least[:: max(1, len(least) // 8)]  # the least lossy pairs, balanced and not, at most ~8
+
+    def has_key(km: float) -> bool:
+        d = _station_dict(names, least, loop_km=km, graph="all", k=0, insertion_loss_db=insertion_loss_db)
+        cfg = parse_station_config(d, "<labqfl station make>")
+        return any(ideal_decoy_asymptotic_rate(pair_channel(cfg, a, b)) > 0 for a, b in least)
+
+    head = (f"no pair of the station makes key at any block size: pair loss {min(losses):,.1f}–{max(losses):,.1f} dB "
+            f"on a {loop_km:g} km loop, {insertion_loss_db:g} dB per client")
+    if not has_key(0.0):
+        return f"{head}; not even a 0 km loop gives key: lower --insertion-loss-db or --clients (nothing written)"
+    lo, hi = 0.0, loop_km
+    while hi - lo > 0.005 * hi:
+        lo, hi = ((lo + hi) / 2, hi) if has_key((lo + hi) / 2) else (lo, (lo + hi) / 2)
+    return (f"{head}; with {len(names)} clients the key-rate model gives key on loops up to about {lo:.3g} km: "
+            "use a shorter --loop-km (nothing written)")
 
 
 def _check_station_args(n_clients: int, loop_km: float, insertion_loss_db: float, balance: str) -> None:

@@ -29,7 +29,15 @@ from rich.table import Table
 
 from labqfl.app.acquire import AcquireOptions
 from labqfl.app.acquire import acquire as acquire_use_case
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    check_output_file,
+    emit,
+    fail,
+    handle_errors,
+    progress_bar,
+)
 from labqfl.config import load_station_config
 from labqfl.errors import ConfigError
 
@@ -49,6 +57,8 @@ def acquire(
         options = AcquireOptions(duration_s=duration, block_s=block, out=out, data_dir=data_dir)
     except ConfigError as exc:
         raise fail(f"--{exc}") from None
+    if out is not None:  # an unwritable --out: refused before the station opens (CLI review s32 L10)
+        check_output_file(out, "--out")
     cfg = load_station_config(config)
     with progress_bar(not as_json) as prog:  # SIGTERM stops the use case as Ctrl-C does (exit 143)
         task = prog.add_task(f"acquire {duration:g} s", total=options.n_blocks(cfg))

@@ -25,6 +25,7 @@ from rich.table import Table
 from labqfl.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    check_runs_dir,
     emit,
     fail,
     handle_errors,
@@ -60,6 +61,7 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
 
     if write_config is not None and not force:
         refuse_existing(write_config, "--write-config")  # before any instrument is opened or run folder made
+    check_runs_dir(out)  # a file or unwritable: refused before the instruments (CLI review s32 L10)
     cfg = load_station_config(config)
     _check_names(cfg, kw.get("clients"), kw.get("pair"))
     base_dir = config.resolve().parent if config else None
@@ -128,12 +130,17 @@ def _check_names(cfg: Any, clients: list[str] | None, pair: tuple[str, str] | No
 def detector_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, out: Path | None = OUT_OPTION,
                  seed: int | None = SEED_OPTION, write_config: Path | None = WRITE_OPTION, quick: bool = QUICK_OPTION,
                  plots: bool = PLOTS_OPTION, force: bool = FORCE_OPTION,
-                 detector: list[str] = typer.Option(["D0", "D1"], "--detector", "-d", help="Detector(s) to calibrate.")) -> None:
+                 detector: list[str] | None = typer.Option(
+                     None, "--detector", help="Detector to calibrate, D0 or D1; repeat for both (default: both)."),
+                 detector_short: list[str] | None = typer.Option(None, "-d", hidden=True,
+                                                                 help="Old short name of --detector.")) -> None:
     """Dead time, afterpulsing, dark counts (vs bias), gate delay, jitter and efficiency."""
-    bad = [d for d in detector if d not in ("D0", "D1")]
+    # -d is --duration in acquire/distill; here it stays accepted for old scripts, but unlisted (CLI review s32 L2)
+    chosen = list(dict.fromkeys([*(detector or []), *(detector_short or [])])) or ["D0", "D1"]
+    bad = [d for d in chosen if d not in ("D0", "D1")]
     if bad:
-        raise ValueError(f"--detector must be D0 or D1, got {bad}")
-    _run("detector", config, as_json, out, seed, write_config, quick, plots, force, detectors=tuple(detector))
+        raise fail(f"--detector must be D0 or D1, got {', '.join(bad)}")
+    _run("detector", config, as_json, out, seed, write_config, quick, plots, force, detectors=tuple(chosen))
 
 
 @calibrate_app.command("delays")
@@ -178,19 +185,27 @@ def all_cmd(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION, ou
 @calibrate_app.command("apply")
 @handle_errors
 def apply_cmd(calibration: Path = typer.Argument(..., help="calibration.json of an earlier run.", dir_okay=False),
-              output: Path = typer.Option(..., "--output", "-o", help="Station TOML to write (an existing file is "
-                                          "refused unless --force).", dir_okay=False),
+              out: Path | None = typer.Option(None, "--out", "-o", help="Station TOML to write (required; an "
+                                              "existing file is refused unless --force).", dir_okay=False),
+              output: Path | None = typer.Option(None, "--output", hidden=True, dir_okay=False,
+                                                 help="Old name of --out."),
               config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION,
-              force: bool = typer.Option(False, "--force", help="Overwrite the --output file if it exists.")) -> None:
-    """Apply a calibration file to a station file and write the updated station TOML.
+              force: bool = typer.Option(False, "--force", help="Overwrite the --out file if it exists.")) -> None:
+    """Apply a calibration file to a station file and write the updated station TOML (--out FILE).
 
     A quantity the station has no field for, a client or detector it lacks, or a value outside its
     allowed range (beyond its uncertainties) refuses the file; nothing is written then."""
     from labqfl.app.calibrate import apply_calibration_file
     from labqfl.serialize import refuse_existing
 
+    # --out as every other written file (CLI review s32 L2); --output, its old name, still works
+    if out is not None and output is not None and out != output:
+        raise fail(f"--out {out} and --output {output} name two files; give --out only (--output is its old name)")
+    option, output = ("--out", out) if out is not None else ("--output", output)
+    if output is None:
+        raise fail("missing --out FILE: the station TOML to write")
     if not force:
-        refuse_existing(output, "--output")
+        refuse_existing(output, option)
     data = apply_calibration_file(load_station_config(config), calibration, output, overwrite=force)
     emit(data, as_json, lambda con: _render_applied(con, data))
 

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -127,6 +128,51 @@ def check_duration(value: float, option: str = "--duration") -> None:
 
     if (problem := duration_problem(value)) is not None:
         raise fail(f"{option} {problem}")
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether parameter ``name`` was typed on the command line (not its default, nor its environment
+    variable): an option read from ``$LABQFL_DATA_DIR`` is the default data dir, not a user's choice."""
+    from click.core import ParameterSource
+
+    return ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why nothing can be written under ``folder`` (created if missing), or None: its nearest existing
+    ancestor is a file, or a temporary file cannot be made there (removed at once; nothing is left)."""
+    import tempfile
+
+    anc = folder.absolute()
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        return f"{anc} is a file, not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=anc):
+            pass
+    except OSError as exc:
+        return f"cannot write in {anc} ({exc.strerror or exc})"
+    return None
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Refuse an output file that cannot be written, before any instrument is opened or acquisition
+    made (CLI review s32 L10: ``acquire --out /proc/a.h5`` refused after acquiring)."""
+    if (problem := _unwritable(path.parent)) is not None:
+        raise fail(f"{option} {path}: {problem}; expected a file in a writable folder")
+
+
+def check_runs_dir(out: Path | None) -> None:
+    """Refuse a runs folder (``--out``, else ``$LABQFL_RUNS_DIR`` or ./runs) that is a file or cannot be
+    written, before any instrument is opened (:meth:`labqfl.runs.RunRecord.create` refuses it too,
+    but only after the measurement)."""
+    from labqfl.runs import default_runs_dir
+
+    base = out if out is not None else default_runs_dir()
+    problem = "a file, not a folder" if base.exists() and not base.is_dir() else _unwritable(base)
+    if problem is not None:
+        raise fail(f"runs folder {base}: {problem}; expected a folder for run folders (--out, or $LABQFL_RUNS_DIR)")
 
 
 def _safe_state_note() -> str:

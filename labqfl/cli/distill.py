@@ -21,6 +21,7 @@ from labqfl.cli.common import (
     EC_ENGINE_HELP,
     JSON_OPTION,
     check_duration,
+    check_runs_dir,
     console,
     emit,
     fail,
@@ -46,7 +47,7 @@ def distill(
              "key-rate model: as few blocks as the data allow, each expected to give key with a margin)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
                                          help="Key store directory (default: the key store's data dir)."),
-    out: Path | None = typer.Option(None, "--out", help="Runs directory for the run folder (default ./runs)."),
+    out: Path | None = typer.Option(None, "--out", help="Runs directory for the run folder (default $LABQFL_RUNS_DIR or ./runs)."),
     no_auth_bootstrap: bool = typer.Option(
         False, "--no-auth-bootstrap",
         help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
@@ -66,6 +67,7 @@ def distill(
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
     if live:
         check_duration(duration)
+    check_runs_dir(out)  # before a live acquisition, not after it (CLI review s32 L10)
     try:
         options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
     except ConfigError as exc:

@@ -19,6 +19,7 @@ from labqfl.cli.common import (
     console,
     emit,
     fail,
+    given_on_command_line,
     handle_errors,
 )
 
@@ -35,6 +36,7 @@ def _no_display() -> bool:
 
 @handle_errors
 def gui(
+    ctx: typer.Context,
     config: Path | None = CONFIG_OPTION,
     screenshot: Path | None = typer.Option(None, "--screenshot", dir_okay=False,
                                            help="Headless: run, save a PNG of the main window to this file, exit."),
@@ -43,8 +45,9 @@ def gui(
                                    help="Tab(s) to capture: station, live, calibration, training, nodes, log, a comma "
                                         "list, or 'all' (several tabs: FILE_TAB.png each). Default: live, or nodes "
                                         "with --nodes/--connect."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", file_okay=False,
-                                         help="Key store directory (default: the key store's; a temporary one with --screenshot)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False,
+                                         help="Key store directory (default: the per-user data dir; with --screenshot a "
+                                              "temporary one unless --data-dir is on the command line)."),
     out: Path | None = typer.Option(None, "--out", file_okay=False, help="Runs directory for calibration/distillation run folders."),
     rounds: int = typer.Option(12, "--rounds", min=1, help="Training rounds shown in a training screenshot."),
     nodes: str | None = typer.Option(None, "--nodes", metavar="local",
@@ -61,6 +64,8 @@ def gui(
 ) -> None:
     """Operate the Sagnac testbed from a window (station, live plots, calibration, training, nodes, log)."""
     node_mode = _node_mode(nodes, connect, certs, duration)
+    if screenshot is not None and not given_on_command_line(ctx, "data_dir"):
+        data_dir = None  # a screenshot's simulated keys stay out of $LABQFL_DATA_DIR's stores
     if tab is None:
         tab = "nodes" if node_mode else "live"
     if screenshot is None:

@@ -146,9 +146,15 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
     emit(data, as_json, render)
 
 
+#: Largest --block-size [slots per pair]: 10^7 s (the longest acquisition any command takes) of a 1 GHz laser.
+#: Beyond it the finite-key rates equal the asymptotic ones to the table's digits (CLI review s32 L8: -n 1e300).
+MAX_BLOCK_SLOTS = 1e16
+
+
 def _check_block_size(block_size: float) -> None:
-    if not (block_size >= 1 and math.isfinite(block_size)):
-        raise fail(f"--block-size must be a finite number of slots >= 1, got {block_size}")
+    if not (1 <= block_size <= MAX_BLOCK_SLOTS):  # NaN fails too
+        hint = " (for the infinite-block limit, read the table's asymptotic column)" if block_size > 1 else ""
+        raise fail(f"--block-size must be a number of slots in [1, {MAX_BLOCK_SLOTS:.0e}], got {block_size:g}{hint}")
 
 
 def _check_write_config(optimize: bool, write_config: Path, block_size: float, force: bool) -> None:
@@ -220,7 +226,7 @@ def register(app: typer.Typer) -> None:
     def keyrate(
         config: Path | None = CONFIG_OPTION,
         pair: str | None = typer.Option(None, "--pair", help="Only this pair, e.g. C1-C4 (default: all scheduled pairs)."),
-        block_size: float = typer.Option(1e10, "--block-size", "-n", help="Block size N in slots of the pair (finite-key analysis): acquisition s × rep rate / scheduled pairs. "
+        block_size: float = typer.Option(1e10, "--block-size", "-n", help="Block size N in slots of the pair, 1 to 1e16 (finite-key analysis): acquisition s × rep rate / scheduled pairs. "
                  "The default 1e10 is 600 s on the default station; a 10 s `labqfl run` there distils blocks of "
                  "1.67e8 (-n 1.67e8 predicts its rates)."),
         loss_db: str | None = typer.Option(

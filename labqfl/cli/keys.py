@@ -267,8 +267,8 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
 
 
 def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:
-    """``pair`` split into (Ci, Cj) after checking it is a scheduled pair of the station, named in
-    the station's order (the pipeline's pair names: Ci before Cj on the loop)."""
+    """``pair`` split into (Ci, Cj) after checking it is a scheduled pair of the station, in the
+    station's order (the pipeline's pair names: Ci before Cj on the loop): ``C2-C1`` gives (C1, C2)."""
     from labqfl.config import load_station_config
 
     cfg = load_station_config(config)
@@ -282,16 +282,15 @@ def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:
                             f"key stores this command loads); clients are {', '.join(cfg.client_names)}")
     names = [f"{i}-{j}" for i, j in cfg.pairs()]
     if pair not in names:
-        if f"{b}-{a}" in names:
-            raise KeyStoreError(f"pair {pair}: {where} names this pair {b}-{a} (first client first on the loop); "
-                                f"use --pair {b}-{a}")
+        if f"{b}-{a}" in names:  # C2-C1 is C1-C2, as keyrate and calibrate read it (CLI review s32 L2)
+            return b, a
         raise KeyStoreError(f"pair {pair} is not scheduled on {where}; its pairs are {', '.join(names)}")
     return a, b
 
 
 @keys_app.command("preshare")
 @handle_errors
-def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2 (as the station names it)."),
+def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2 (C2-C1 names the same pair)."),
              file: Path = typer.Option(..., "--file", "-f",
                                        help="The pair's pre-shared secret: raw bytes, each 8 key bits (MSB first), "
                                             "delivered out of band. At least 48 bytes; at most 1 MiB; loaded once only."),
@@ -303,7 +302,7 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
 
     The distiller authenticates a pair's first block with this key (then refills the pool from
     each block's own key); use with `labqfl distill --no-auth-bootstrap`. The pair must be one
-    of the station's (--config) pairs, as it names them. A secret may be used only once: after a
+    of the station's (--config) pairs, named in either order. A secret may be used only once: after a
     successful load the file is overwritten with zeros and deleted (unless --keep-file), and a
     secret that any store of the data dir already loaded (for any pair) is refused. Key bits are
     never printed.
@@ -317,6 +316,7 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     )
 
     a, b = _station_pair(pair, config)
+    pair = f"{a}-{b}"
     bits = read_secret_file(file)
     ddir = data_dir or default_data_dir()
     try:

@@ -42,7 +42,7 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                                                           -p.acquisition_s_per_round, p.pair))
     for p in slowest[:max_rows]:
         name = p.pair
-        t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", f"{p.block_slots:.3g}" if p.block_slots else "-",
+        t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", f"{p.block_slots:.3g}" if p.block_slots else "—",
                   _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
                   _s(p.acquisition_s_per_round), Text("yes", style="yellow") if p.starving else "")
     con.print(t)
@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
         rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
         graph: str = typer.Option("all", "--graph", help="Mask graph: all, or ring-k with --k K, or ring-K (e.g. ring-8)."),
         k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
-        self_masks: bool = typer.Option(False, "--self-masks", help="Add the share pads of Shamir self-masks."),
+        self_masks: bool = typer.Option(False, "--self-masks/--no-self-masks",
+                                        help="As labqfl run: add the share pads of Shamir self-masks."),
         duration: float | None = typer.Option(
             None, "--duration", help="Acquisition of the run [s] (labqfl run --duration; fixes the block size). "
             "Default: the duration the plan predicts."),

@@ -19,6 +19,7 @@ from labqfl.cli.common import (
     console,
     emit,
     fail,
+    given_on_command_line,
     handle_errors,
     print_path,
     progress_bar,
@@ -28,10 +29,16 @@ MNIST_DIR_OPTION = typer.Option(
     None, "--mnist-dir", file_okay=False, metavar="DIR",
     help="Folder with full MNIST (the four IDX files or mnist.npz); default: the embedded 5k subset.")
 DATA_DIR_OPTION = typer.Option(
-    None, "--data-dir", file_okay=False, metavar="DIR",
+    None, "--data-dir", envvar="LABQFL_DATA_DIR", file_okay=False, metavar="DIR",
     help="Data folder holding keystore/NODE.sqlite for --keys qkd, as in every other command (default: "
-         "$LABQFL_DATA_DIR, else the per-user data dir). It used to name the MNIST folder: a folder holding "
+         "the per-user data dir). It used to name the MNIST folder: a folder holding "
          "MNIST files and no keystore/ is still read as one, with a warning (use --mnist-dir).")
+SELF_MASKS_OPTION = typer.Option(
+    False, "--self-masks/--no-self-masks",
+    help="Shamir-shared self-masks: a dropped client's late upload stays hidden (costs 2(q+1) key bits per parameter per pair more).")
+ENGINE_OPTION = typer.Option(
+    "local", "--engine", help="Federated-learning engine (not the error correction of run/distill's --engine): local "
+    "(in-process) or flower (Flower simulation on Ray, one SuperNode per client).")
 WAIT_FOR_KEY_OPTION = typer.Option(
     0.0, "--wait-for-key", "--wait-for-keys", min=0.0, metavar="SECONDS",
     help="Seconds a round may wait for QKD key that another process (labqfl distill, nodes) adds to the stores; "
@@ -97,6 +104,7 @@ def _resolve_dirs(mnist_dir: Path | None, data_dir: Path | None, keystore: Path 
 
 @handle_errors
 def train(
+    ctx: typer.Context,
     task: str = typer.Option("mnist-qnn", "--task", help="mnist-qnn | ntangled | magic | mnist-lenet5"),
     clients: int = typer.Option(4, "--clients", min=2, help="Number of clients C1..CN (at least 2: secure aggregation of one client "
                                  "would reveal its update)."),
@@ -121,9 +129,7 @@ def train(
     wait_for_keys: float = WAIT_FOR_KEY_OPTION,
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0: torch default)."),
     out: Path | None = typer.Option(None, "--out", help="Runs directory (default $LABQFL_RUNS_DIR or ./runs)."),
-    self_masks: bool = typer.Option(
-        False, "--self-masks/--no-self-masks",
-        help="Shamir-shared self-masks: a dropped client's late upload stays hidden (costs 2(q+1) key bits per parameter per pair more)."),
+    self_masks: bool = SELF_MASKS_OPTION,
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
     dp_epsilon: float | None = typer.Option(
@@ -132,7 +138,7 @@ def train(
     dp_honest: int = typer.Option(1, "--dp-honest", min=1,
                                   help="Honest clients H the DP guarantee assumes (server colludes with the other N−H)."),
     dp_clip: float | None = typer.Option(None, "--dp-clip", help="L2 clip of each update for DP (default: the task's --clip)."),
-    engine: str = typer.Option("local", "--engine", help="local (in-process) or flower (Flower simulation on Ray, one SuperNode per client)."),
+    engine: str = ENGINE_OPTION,
     noise: str | None = typer.Option(
         None, "--noise", help="QNN tasks: per-gate noise 'depolarizing=p,amplitude_damping=g,readout=r' (any subset; "
                               "density-matrix simulation, see labqfl.fl.models.noisy)."),
@@ -145,7 +151,9 @@ def train(
     from labqfl.app.training import TrainingSettings, TrainingSetup
     from labqfl.runs import RunRecord
 
-    mnist_dir, keystore_dir = _resolve_dirs(mnist_dir, data_dir, keystore, keys)
+    # $LABQFL_DATA_DIR is the stores' default data dir, not a --data-dir to warn about or read as MNIST
+    mnist_dir, keystore_dir = _resolve_dirs(mnist_dir, data_dir if given_on_command_line(ctx, "data_dir") else None,
+                                            keystore, keys)
     if threads:
         import torch
 

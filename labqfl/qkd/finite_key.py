@@ -70,7 +70,10 @@ def kato_a(n: float, eps: float, prediction: np.ndarray | float, sign: float) ->
     L = -math.log(eps) / 2.0
     A = 1.0 + L * kappa * kappa
     s = np.clip(2.0 * np.asarray(prediction, dtype=float) / n - 1.0, -1.0, 1.0)
-    a = (-s * np.sqrt(L / (A - s * s)) - sign * L * kappa) / A
+    # A − s² ≥ 0 is 0 where |s| = 1 and A rounds to 1 (n ≳ 1e17): a → ∓∞ there, which the clip below
+    # bounds (a limit, not an error: no RuntimeWarning on stderr; CLI review s32 L8)
+    with np.errstate(divide="ignore"):
+        a = (-s * np.sqrt(L / (A - s * s)) - sign * L * kappa) / A
     # any data-independent a is allowed (b ≥ |a| holds by construction of b(a)); clipping to
     # |a| ≤ 0.45√n keeps 1 ± 4a/(3√n) and 1 − 2a/√n (count_upper_bound) positive
     lim = 0.45 * math.sqrt(n)

@@ -90,7 +90,6 @@ def test_human_output_names_the_block_and_pools(tmp_path):
     (lambda p: p.write_bytes(os.urandom(64)), "C1", "not of the form 'Ci-Cj'"),
     (lambda p: p.write_bytes(os.urandom(64)), "C1-C1", "not of the form 'Ci-Cj'"),
     (lambda p: p.write_bytes(os.urandom(64)), "C1-C9", "node(s) C9 are not clients of station"),
-    (lambda p: p.write_bytes(os.urandom(64)), "C2-C1", "use --pair C1-C2"),
 ])
 def test_bad_inputs_fail_with_one_line_and_load_nothing(tmp_path, make, pair, needle):
     f = tmp_path / "secret.bin"
