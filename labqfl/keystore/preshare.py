@@ -12,10 +12,22 @@ Bit convention: each byte of the secret is 8 key bits, most significant bit firs
 the store holds the secret byte for byte.
 
 A secret may be used only once: loaded twice (same pair or another), its bits would sit in two
-blocks and Wegman–Carter would reuse one-time key. Each load therefore records a fingerprint of the
-secret in the block's metadata (:func:`secret_fingerprint`, field ``secret_fingerprint``) and a
-load whose fingerprint a store already holds is refused (:func:`check_secret_unused` over every
-store of a data dir, and :func:`load_preshared_auth` over its two stores).
+blocks and Wegman–Carter would reuse one-time key. Each load therefore records fingerprints of the
+secret in the block's metadata and a load that shares a substantial part with one a store already
+holds is refused (:func:`find_earlier_load`; :func:`check_secret_unused` over every store of a data
+dir, :func:`load_preshared_auth` over its two stores, and a client node's import):
+
+* ``secret_fingerprint`` (:func:`secret_fingerprint`): the whole secret — an exact copy;
+* ``secret_windows`` (:func:`secret_windows`, since review s32's second look, F3: the same secret
+  with one byte appended was a new secret to the whole-secret fingerprint): the fingerprints of its
+  32-byte windows every 16 bytes. A new secret is compared at *every bit offset*
+  (:func:`_every_window`), so one that shares a run of at least 47 bytes with an earlier one — the
+  same secret with bytes appended or prepended, a prefix or suffix of it of a loadable length (at
+  least :func:`min_preshared_bits`, 48 bytes), one that contains it, or either shifted by any number
+  of bits — is refused.
+
+Stores written before the windows existed keep working: their blocks' whole-secret fingerprints are
+still checked (exact copies), and a new load records both kinds.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +54,14 @@ FINGERPRINT_FIELD = "secret_fingerprint"
 #: Shortest secret given a fingerprint [bits]: a hash of fewer random bits could be inverted by search.
 FINGERPRINT_MIN_BITS = 256
 _FINGERPRINT_DOMAIN = b"labqfl preshared-auth secret fingerprint v1\x00"
+#: Block-metadata field of a pre-shared block holding its secret's window fingerprints (:func:`secret_windows`):
+#: 16 hex digits per window, concatenated. Not exported either (``KeyStore.export_segments``).
+WINDOWS_FIELD = "secret_windows"
+#: Bytes of one fingerprinted window of a secret, and the step between the windows a load records.
+WINDOW_BYTES, WINDOW_STRIDE = 32, 16
+#: Hex digits kept of each window's SHA-256 (64 bits; :func:`secret_windows` says why truncated).
+_WINDOW_HEX = 16
+_WINDOW_DOMAIN = b"labqfl preshared-auth window fingerprint v1\x00"
 
 
 def min_preshared_bits(auth_lanes: int | None = None) -> int:
@@ -127,26 +147,120 @@ def secret_fingerprint(bits: np.ndarray) -> str | None:
         packed[:] = 0
 
 
-def find_earlier_load(stores: Iterable[KeyStore], fingerprint: str) -> dict[str, str] | None:
-    """The first pre-shared block of ``stores`` recorded with ``fingerprint`` — ``{"node", "store",
-    "block_id", "pair"}`` — or None. A block withdrawn by a failed load's rollback (its bits were
-    never used; key ID ``rollback-<block ID>``) does not count."""
+def _window_hashes(packed: np.ndarray, starts: Iterable[int]) -> list[str]:
+    """The truncated domain-separated SHA-256 of the :data:`WINDOW_BYTES` bytes of ``packed`` from each start."""
+    view = packed.data
+    out = []
+    for at in starts:
+        h = hashlib.sha256(_WINDOW_DOMAIN)
+        h.update(view[at:at + WINDOW_BYTES])
+        out.append(h.hexdigest()[:_WINDOW_HEX])
+    return out
+
+
+def secret_windows(bits: np.ndarray) -> str | None:
+    """What a load records of a secret's parts: the fingerprints of its :data:`WINDOW_BYTES`-byte windows
+    starting at every multiple of :data:`WINDOW_STRIDE` bytes, and of its last window (its whole bytes, MSB
+    first as stored), each the first 64 bits of a domain-separated SHA-256, concatenated in hex; None below
+    :data:`FINGERPRINT_MIN_BITS`.
+
+    The rule: a run of ``WINDOW_BYTES + WINDOW_STRIDE − 1`` = 47 bytes of this secret holds one of these
+    windows whole, so a later secret that shares such a run with it, at any bit offset, is refused
+    (:func:`_every_window` hashes the later one's windows at every bit offset).
+
+    False positives: two different windows share a fingerprint with probability 2^-64; a secret of
+    ``n`` bytes is compared with every window recorded so far (``M`` of them, ≈ n'/16 per earlier load of
+    ``n'`` bytes), so an independent fresh secret is refused by mistake with probability at most
+    ``8·n·M / 2^64`` (two 32-byte windows of independent uniform secrets equal each other with
+    probability 2^-256, which adds nothing visible): 3.6·10⁻⁹ for an 8 KiB secret against 2000 earlier
+    8 KiB loads; a refusal asks for a fresh secret, nothing else.
+
+    Why storing them is safe, beyond :func:`secret_fingerprint`'s reasons: each window is 256 random bits
+    and its record 64, so one record leaves ≥ 2^192 candidate windows; all of a secret's records
+    together are ``64·(n/16 + 1)`` bits, about half of its ``8·n`` bits, so they never determine it even
+    for an unbounded adversary, and computing any window from them is a SHA-256 preimage search over
+    2^256 candidates per window. Truncating to 64 bits is what keeps the records below the secret's
+    own length (full 256-bit hashes at this stride would, in information, pin it down)."""
+    arr = np.asarray(bits, dtype=np.uint8)
+    if arr.size < FINGERPRINT_MIN_BITS:
+        return None
+    packed = np.packbits(arr[:arr.size - arr.size % 8])
+    try:
+        n = int(packed.size)
+        starts = list(range(0, n - WINDOW_BYTES + 1, WINDOW_STRIDE))
+        if starts[-1] != n - WINDOW_BYTES:
+            starts.append(n - WINDOW_BYTES)
+        return "".join(_window_hashes(packed, starts))
+    finally:
+        packed[:] = 0
+
+
+def _every_window(bits: np.ndarray) -> Iterator[str]:
+    """The fingerprints of every :data:`WINDOW_BYTES`-byte window of ``bits`` at every *bit* offset (8·n of
+    them for n bytes), one at a time: what a new secret is compared with (:func:`secret_windows` holds the
+    rule). About 0.1 s for an 8 KiB secret, 20 s for the largest accepted (:data:`PRESHARED_MAX_BYTES`)."""
+    arr = np.asarray(bits, dtype=np.uint8)
+    for shift in range(8):
+        usable = (arr.size - shift) // 8 * 8
+        if usable < 8 * WINDOW_BYTES:
+            return
+        packed = np.packbits(arr[shift:shift + usable])
+        try:
+            for at in range(int(packed.size) - WINDOW_BYTES + 1):
+                yield from _window_hashes(packed, (at,))
+        finally:
+            packed[:] = 0
+
+
+def _recorded_windows(meta: dict[str, Any]) -> list[str]:
+    w = meta.get(WINDOWS_FIELD)
+    if not isinstance(w, str):
+        return []
+    return [w[i:i + _WINDOW_HEX] for i in range(0, len(w), _WINDOW_HEX)]
+
+
+def find_earlier_load(stores: Iterable[KeyStore], secret: str | np.ndarray) -> dict[str, str] | None:
+    """A pre-shared block of ``stores`` that holds ``secret`` or part of it — ``{"node", "store", "block_id",
+    "pair"}`` — or None. ``secret``: the secret's bits (uint8 0/1): a block recorded with the same
+    whole-secret fingerprint, else one sharing a window fingerprint (module docstring; the rule and its
+    false-positive probability: :func:`secret_windows`); or a :func:`secret_fingerprint` string: exact
+    copies only. A block withdrawn by a failed load's rollback (its bits were never used; key ID
+    ``rollback-<block ID>``) does not count."""
+    exact = isinstance(secret, str)
+    fingerprint = secret if isinstance(secret, str) else secret_fingerprint(secret) or ""
+    recorded: dict[str, dict[str, str]] = {}  # window fingerprint -> the block that recorded it
     for st in stores:
         for blk in st.blocks():
             meta = blk["meta"]
-            if (isinstance(meta, dict) and meta.get("kind") == PRESHARED_KIND
-                    and meta.get(FINGERPRINT_FIELD) == fingerprint
-                    and st.delivery(_rollback_key_id(blk["block_id"])) is None):
-                return {"node": str(st.node), "store": str(st.path), "block_id": str(blk["block_id"]),
-                        "pair": str(blk["pair"])}
+            if (not isinstance(meta, dict) or meta.get("kind") != PRESHARED_KIND
+                    or st.delivery(_rollback_key_id(blk["block_id"])) is not None):
+                continue
+            found = {"node": str(st.node), "store": str(st.path), "block_id": str(blk["block_id"]),
+                     "pair": str(blk["pair"])}
+            if fingerprint and meta.get(FINGERPRINT_FIELD) == fingerprint:
+                return found
+            for w in [] if exact else _recorded_windows(meta):
+                recorded.setdefault(w, found)
+    if recorded and not isinstance(secret, str):
+        for w in _every_window(secret):
+            if w in recorded:
+                return recorded[w]
     return None
+
+
+def secret_marks(bits: np.ndarray) -> dict[str, str]:
+    """The metadata fields a load records of its secret (:data:`FINGERPRINT_FIELD`, :data:`WINDOWS_FIELD`);
+    none below :data:`FINGERPRINT_MIN_BITS`."""
+    fp, windows = secret_fingerprint(bits), secret_windows(bits)
+    return {} if fp is None or windows is None else {FINGERPRINT_FIELD: fp, WINDOWS_FIELD: windows}
 
 
 def _reuse_error(found: dict[str, str], source: str) -> KeyStoreError:
     what = f"secret file {source}: " if source else ""
     return KeyStoreError(f"{what}this secret was already loaded as block {found['block_id']} of pair {found['pair']} "
-                         f"on node {found['node']} ({found['store']}); a pre-shared secret may be used only once (its "
-                         "one-time key would be reused): use a fresh secret. Nothing was loaded")
+                         f"on node {found['node']} ({found['store']}), whole or in part; a pre-shared secret may be "
+                         "used only once, and no part of it again (its one-time key would be reused): use a fresh "
+                         "secret. Nothing was loaded")
 
 
 def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "") -> None:
@@ -156,13 +270,12 @@ def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "") -
     since it might hold the earlier load. Writes nothing."""
     import sqlite3
 
-    fp = secret_fingerprint(bits)
-    if fp is None:
+    if secret_fingerprint(bits) is None:
         return
     for node in list_node_stores(data_dir):
         try:
             with KeyStore.for_node(node, data_dir, create=False) as st:
-                found = find_earlier_load([st], fp)
+                found = find_earlier_load([st], bits)
         except (KeyStoreError, sqlite3.Error, OSError) as exc:
             why = str(exc) if isinstance(exc, KeyStoreError) else f"key store {node_store_path(node, data_dir)}: {exc}"
             raise KeyStoreError(f"{why}; it cannot be checked for an earlier load of this secret, so nothing was "
@@ -227,12 +340,11 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
     for st in (store_i, store_j):
         _check_writable(st)
     fp = secret_fingerprint(arr)
-    if fp is not None and (found := find_earlier_load((store_i, store_j), fp)) is not None:
+    if fp is not None and (found := find_earlier_load((store_i, store_j), arr)) is not None:
         raise _reuse_error(found, source)
     block_id = f"{PRESHARED_PREFIX}{uuid.uuid4()}"
-    meta: dict[str, Any] = {"kind": PRESHARED_KIND, "simulated": False, "source": source, "nbits": int(arr.size)}
-    if fp is not None:
-        meta[FINGERPRINT_FIELD] = fp
+    meta: dict[str, Any] = {"kind": PRESHARED_KIND, "simulated": False, "source": source, "nbits": int(arr.size),
+                            **secret_marks(arr)}
     store_i.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)
     try:
         store_j.add_block(pair, arr, block_id=block_id, purpose="auth", meta=meta)

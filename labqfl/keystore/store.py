@@ -145,10 +145,10 @@ CREATE TABLE import_tickets (
 }
 
 
-#: Block-metadata fields never written to an export file: a pre-shared secret's fingerprint
-#: (labqfl.keystore.preshare.secret_fingerprint) beside only part of the block's bits could narrow
-#: down the bits that stay here.
-_UNEXPORTED_META = ("secret_fingerprint",)
+#: Block-metadata fields never written to an export file: a pre-shared secret's fingerprints
+#: (labqfl.keystore.preshare.secret_fingerprint and secret_windows) beside only part of the block's bits
+#: could narrow down the bits that stay here.
+_UNEXPORTED_META = ("secret_fingerprint", "secret_windows")
 
 
 def default_data_dir() -> Path:

@@ -1224,10 +1224,9 @@ class ClientNode(Node):
         if not d.is_dir():
             return
         from labqfl.keystore.preshare import (
-            FINGERPRINT_FIELD,
             find_earlier_load,
             min_preshared_bits,
-            secret_fingerprint,
+            secret_marks,
             shred_secret_file,
         )
 
@@ -1253,13 +1252,13 @@ class ClientNode(Node):
                     meta["randomness"] = randomness
                 # one secret, one block: loaded again under another block ID (a file copied for a second pair)
                 # its one-time pads would authenticate two blocks (review s32; `labqfl keys preshare` refuses alike)
-                if (fp := secret_fingerprint(bits)) is not None:
-                    if (earlier := find_earlier_load([self.store], fp)) is not None:
-                        bits[:] = 0
-                        raise NodeError(f"{f}: this secret was already loaded as block {earlier['block_id']} of pair "
-                                        f"{earlier['pair']} on node {self.name}; a pre-shared secret may be used once "
-                                        "(issue a fresh one per pair)")
-                    meta[FINGERPRINT_FIELD] = fp
+                # (or any 47-byte run of it: labqfl.keystore.preshare.secret_windows; review s32 second look F3)
+                if (earlier := find_earlier_load([self.store], bits)) is not None:
+                    bits[:] = 0
+                    raise NodeError(f"{f}: this secret was already loaded as block {earlier['block_id']} of pair "
+                                    f"{earlier['pair']} on node {self.name}; a pre-shared secret may be used once, "
+                                    "and no part of it again (issue a fresh one per pair)")
+                meta.update(secret_marks(bits))
                 # simulated unless the file says otherwise: the launcher's own secrets are generated on
                 # one machine (simulated out-of-band delivery); an operator's real one says "simulated": false
                 self.store.add_block(pair, bits, block_id=bid, purpose="auth", meta=meta)
