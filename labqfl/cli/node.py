@@ -1,5 +1,6 @@
 """``labqfl node ...``: run one node of the network per process (client, detector, optics), start
-a whole network on loopback (``up``), or run an acquisition across running nodes (``acquire``).
+a whole network on loopback (``up``), run an acquisition across running nodes (``acquire``), or train
+over a running server node and SuperNodes (``train``, :mod:`labqfl.cli.node_train`).
 docs/nodes.md has the per-host commands."""
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def build(node_app: typer.Typer) -> None:
     _add_up(node_app)
     _add_certs(node_app)
     _add_preshare(node_app)
+    from labqfl.cli.node_train import add_train  # it reuses this module's options
+
+    add_train(node_app)
 
 
 def _add_client(node_app: typer.Typer) -> None:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +74,29 @@ def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str
 
 
 def train_on_server(server: str, certs: Path, config: Mapping[str, Any], *, timeout_s: float,
-                    server_name: str = SERVER, init_params: Sequence[float] | None = None) -> dict[str, Any]:
+                    server_name: str = SERVER, init_params: Sequence[float] | None = None,
+                    on_session: Callable[[], None] | None = None) -> dict[str, Any]:
     """The operator's ``ctl/train`` to a running server node at ``server`` (its ``ctl`` address):
     ``config`` is a :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`; ``init_params``: the global
-    parameters a segment of rounds (``spec.first_round`` > 1) starts from. Returns the ServerApp's
-    metrics (``FederatedResult.summary()`` + ``flower`` + ``final_params``) and ``wall_s``."""
+    parameters a segment of rounds (``spec.first_round`` > 1) starts from; ``on_session``: called once the
+    session is open (the server node reached, both certificates accepted), before the run is asked for
+    (``labqfl node train`` makes its run folder there). Returns the ServerApp's metrics
+    (``FederatedResult.summary()`` + ``flower`` + ``final_params``), ``wall_s`` and ``server_run`` (the
+    server node's ID of the run: its ``<data>/nodes/<server>/results/<ID>.json`` and ``flower/flwr-run-<ID>.log``)."""
     creds = NodeCredentials.load(certs, CTL)
     ch = open_session(server, creds, server_name, "ctl", timeout_s=timeout_s + 60)
     fields: dict[str, Any] = {"config": json.dumps(dict(config)), "timeout": float(timeout_s)}
     if init_params is not None:
         fields["init_params"] = json.dumps([float(x) for x in init_params])
     try:
+        if on_session is not None:
+            on_session()
         rep = request(ch, Message("ctl/train", fields), "ctl/trained")
     finally:
         ch.close()
     out: dict[str, Any] = json.loads(str(rep.get("result")))
     out["wall_s"] = float(rep.get("wall_s"))
+    out["server_run"] = str(rep.fields.get("run", ""))
     return out
 
 
