@@ -36,6 +36,7 @@ from labqfl.cli.common import (
     emit,
     fail,
     handle_errors,
+    pct_cell,
     progress_bar,
 )
 from labqfl.config import load_station_config
@@ -82,16 +83,12 @@ def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # 
     for p, r in data["pairs"].items():
         er = r.get("error_rate", {})
         t.add_row(p, f"{r['clicks']:,}", f"{r['detector_clicks']['D0']:,}", f"{r['detector_clicks']['D1']:,}",
-                  f"{r['double_clicks']:,}", *[_pct(er.get(k)) for k in ("X_key", "X_test", "Y_test")])
+                  f"{r['double_clicks']:,}", *[pct_cell(er.get(k)) for k in ("X_key", "X_test", "Y_test")])
     con.print(t)
     if data["pairs"]:
         con.print("QBER: error rates on equal bases and equal intensities (X key: both at the key intensity; tests: "
                   "equal non-zero intensities), the cells of `labqfl distill`; slotted with the simulator's true delays "
                   "(a quick look, not the pipeline's)")
-
-
-def _pct(v: float | None) -> str:
-    return "—" if v is None else f"{100 * v:.2f} %"
 
 
 def register(app: typer.Typer) -> None:

@@ -121,6 +121,12 @@ def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
+def pct_cell(v: float | None) -> str:
+    """A rate (a fraction) as a table cell: a percentage, "—" for no value — the one format of the QBER
+    columns of acquire, distill and the node tables (their JSON keeps fractions)."""
+    return "—" if v is None else f"{100 * v:.2f} %"
+
+
 def check_duration(value: float, option: str = "--duration") -> None:
     """Refuse an acquisition length ``option`` outside (0, MAX_DURATION_S] in one line
     (:func:`labqfl.contracts.types.duration_problem`)."""

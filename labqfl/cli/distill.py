@@ -28,6 +28,7 @@ from labqfl.cli.common import (
     handle_errors,
     judge_key,
     key_verdict_exit,
+    pct_cell,
     print_path,
 )
 from labqfl.contracts.types import DEFAULT_ENGINE
@@ -215,13 +216,10 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
               box=box.SIMPLE_HEAD, pad_edge=False)
     reasons: dict[str, list[str]] = {}
 
-    def pct(v: Any) -> str:
-        return "—" if v is None else f"{100 * v:.2f} %"
-
     for k, r in data["pairs"].items():
         er = r["error_rate"]
         rate = r["secure_key_rate_bps"]
-        t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct(er["X_key"]), pct(er["Y_test"]),
+        t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct_cell(er["X_key"]), pct_cell(er["Y_test"]),
                   "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
                   "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")

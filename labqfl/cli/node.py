@@ -615,7 +615,7 @@ def _report(out: dict[str, Any], as_json: bool, plan: Any = None) -> None:
 def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:
     """The acquisition's table: QBER as a percentage and "—" for no value, as ``acquire``, ``distill`` and
     ``run`` show them (CLI review s32 L2: 0.0056 and "-" here); the JSON keeps fractions."""
-    from labqfl.cli.acquire import _pct as pct  # the one QBER cell format of acquire/distill
+    from labqfl.cli.common import pct_cell as pct
 
     if plan is not None:
         con.print(plan.summary())

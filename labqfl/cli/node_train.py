@@ -84,7 +84,7 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
-    from labqfl.cli.train import _plot
+    from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
     from labqfl.nodes.runjob import flower_spec_for
@@ -109,7 +109,7 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
         summary = training_summary(setup, res, server, server_name)
         if rec:
             summary["run_dir"] = str(rec[0].path)
-            summary["plots"] = _plot(rec[0], summary, f"{settings.task} over nodes, N={len(names)}, q={settings.q}, "
+            summary["plots"] = plot_training(rec[0], summary, f"{settings.task} over nodes, N={len(names)}, q={settings.q}, "
                                                       f"keys={summary['key_source']}")
             rec[0].write_metrics(summary)
     except ConfigError as exc:  # the operator's certificate folder
@@ -191,9 +191,9 @@ def mask_security(keys: str) -> str:
 
 def render(con: Any, summary: dict[str, Any]) -> None:
     """``labqfl train``'s report, then the network's part: the server node, its run, the Flower rounds."""
-    from labqfl.cli.train import _render
+    from labqfl.cli.train import render_training
 
-    _render(con, summary)
+    render_training(con, summary)
     fl = summary.get("flower") or []
     dropped = [f"round {r['round']}: {', '.join([*r['dropped_before_masking'], *r['dropped_after_masking']])}"
                for r in fl if r["dropped_before_masking"] or r["dropped_after_masking"]]

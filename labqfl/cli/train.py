@@ -46,7 +46,7 @@ WAIT_FOR_KEY_OPTION = typer.Option(
          "not labqfl run's --wait-for-key/--no-wait-for-key switch (run tops its stores up while it waits).")
 
 
-def _plot(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
+def plot_training(rec: Any, summary: dict[str, Any], title: str) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,15 +177,15 @@ def train(
                 result = setup.run(progress=on_round)
             summary = setup.summary(result)
             summary["run_dir"] = str(rec.path)
-            summary["plots"] = _plot(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
+            summary["plots"] = plot_training(rec, summary, f"{task}, N={clients}, q={q}, keys={summary['key_source']}")
             rec.write_metrics(summary)
         finally:
             rec.close()
 
-    emit(summary, as_json, lambda con: _render(con, summary))
+    emit(summary, as_json, lambda con: render_training(con, summary))
 
 
-def _render(con: Any, summary: dict[str, Any]) -> None:
+def render_training(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
     con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
               f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})", markup=True)
