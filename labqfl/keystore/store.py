@@ -186,6 +186,13 @@ def open_node_stores(nodes: Iterable[str], data_dir: Path | None = None) -> dict
     return {n: KeyStore.for_node(n, data_dir) for n in nodes}
 
 
+def _delivery_record(key_id: str, row: Sequence[Any]) -> dict[str, Any]:
+    """:meth:`KeyStore.delivery`'s record from a row (pair, purpose, kind, state, nbits, refs, info, created, updated)."""
+    return {"key_id": key_id, "pair": row[0], "purpose": row[1], "kind": row[2], "state": row[3],
+            "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
+            "created": row[7], "updated": row[8]}
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -1106,11 +1113,7 @@ class KeyStore:
         with self._read() as conn:
             row = conn.execute("SELECT pair, purpose, kind, state, nbits, refs, info, created, updated FROM deliveries "
                                "WHERE key_id = ?", (str(key_id),)).fetchone()
-        if row is None:
-            return None
-        return {"key_id": str(key_id), "pair": row[0], "purpose": row[1], "kind": row[2], "state": row[3],
-                "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
-                "created": row[7], "updated": row[8]}
+        return None if row is None else _delivery_record(str(key_id), row)
 
     def release(self, key_id: str, *, spend: Iterable[Sequence[Any]] = (), reason: str = "") -> int:
         """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits.
@@ -1212,15 +1215,16 @@ class KeyStore:
                  refs_nbits(refs), reason)
         return refs
 
-    def finished(self, pair: str, *, limit: int = 16) -> list[dict[str, Any]]:
-        """The ``limit`` most recently finished keys of ``pair`` that left this store spent (delivered
-        or voided, not released), newest first, as :meth:`delivery` records."""
+    def finished(self, pair: str, *, limit: int | None = 16) -> list[dict[str, Any]]:
+        """The ``limit`` (None: all) most recently finished keys of ``pair`` that left this store spent
+        (delivered or voided, not released), newest first, as :meth:`delivery` records (one query)."""
         _check_pair(pair)
         with self._read() as conn:
-            rows = conn.execute("SELECT key_id FROM deliveries WHERE pair = ? AND state IN ('delivered', 'voided') "
-                                "ORDER BY updated DESC, key_id LIMIT ?", (pair, int(limit))).fetchall()
-        out = [self.delivery(str(r[0])) for r in rows]
-        return [d for d in out if d is not None]
+            rows = conn.execute("SELECT key_id, pair, purpose, kind, state, nbits, refs, info, created, updated "
+                                "FROM deliveries WHERE pair = ? AND state IN ('delivered', 'voided') "
+                                "ORDER BY updated DESC, key_id LIMIT ?",
+                                (pair, -1 if limit is None else int(limit))).fetchall()
+        return [_delivery_record(str(r[0]), r[1:]) for r in rows]
 
     def discard_exact(self, pair: str, refs: Iterable[Sequence[Any]], reason: str) -> int:
         """Discard the bits of ``refs`` that are still free here (any pool): marked consumed and

@@ -340,7 +340,7 @@ def _reserve_master_keys(context: Context, spec: FlowerSpec, name: str, r: int, 
         ks.void_stranded(run_tag, r)  # what a killed round left reserved (never released: it may be in use)
         try:
             for p in masters:
-                if spent := ks.spent_refs(p):
+                if spent := ks.spent_refs(p, r):
                     void[p] = spent
                     out[f"void.{p}"] = json.dumps(spent)  # the slave discards what it still holds free
                 kid = _key_id(run_tag, r, p)

@@ -181,6 +181,35 @@ def refs_forgery_probability(statement: bytes) -> float:
     return forgery_probability(-(-len(statement) // 8) + 1, REFS_TAG_LANES)
 
 
+#: merged ranges per page of a void announcement (:meth:`NodeKeyStore.spent_refs`): 2 pages ≈ 8 KB of JSON
+VOID_PAGE_RANGES = 64
+
+
+def merge_spent(deliveries: list[list[Any]]) -> list[tuple[str, int, int]]:
+    """The refs of ``deliveries`` (each a refs list ``[[block_id, offset, length], ...]``, newest
+    delivery first) as disjoint ``(block_id, offset, length)`` ranges: overlapping or adjacent refs of a
+    block merged, never a bit that no ref names; ordered by the newest delivery each range holds, then
+    by block and offset."""
+    seen: dict[str, list[tuple[int, int, int]]] = {}  # block -> (start, end, recency) per ref
+    for rank, refs in enumerate(deliveries):
+        for block_id, start, length in refs:
+            if int(length) > 0:
+                seen.setdefault(str(block_id), []).append((int(start), int(start) + int(length), rank))
+    out: list[tuple[int, str, int, int]] = []
+    for block_id, spans in seen.items():
+        spans.sort()
+        lo, hi, rank = spans[0]
+        for s, e, k in spans[1:]:
+            if s <= hi:
+                hi, rank = max(hi, e), min(rank, k)
+            else:
+                out.append((rank, block_id, lo, hi))
+                lo, hi, rank = s, e, k
+        out.append((rank, block_id, lo, hi))
+    out.sort()
+    return [(b, lo, hi - lo) for _, b, lo, hi in out]
+
+
 # -------------------------------------------------------------------------------------- qkd
 class NodeKeyStore:
     """One node's own key store (``labqfl.keystore.KeyStore``) used for its mask pairs.
@@ -283,15 +312,31 @@ class NodeKeyStore:
                     " — a node's key store serves one FL run at a time; run one after the other") from None
             raise
 
-    def spent_refs(self, pair: str) -> list[list[Any]]:
-        """The refs of this master's most recent spent mask reservations of ``pair`` (consumed or
-        voided), announced to the slave at every keys stage: a slave that never reserved them (its
-        process died, the round was interrupted before it got the refs, it was lost after masking)
-        still holds them free, and :meth:`discard` there brings the two stores back in step.  The
-        slave's discard is idempotent and skips what it consumed itself, so a slave that missed one
-        announcement gets the next."""
-        return [list(r) for d in self.store.finished(pair) if d["info"].get("use") == USE
-                and d["info"].get("end") == "master" for r in d["refs"]]
+    def spent_refs(self, pair: str, round_index: int = 0) -> list[list[Any]]:
+        """The void announcement of ``pair`` for round ``round_index``: refs of the bits this master spent
+        in mask reservations (consumed or voided), announced to the slave at every keys stage. A slave
+        that never reserved them (its process died, the round was interrupted before it got the refs, it
+        was lost after the refs stage, a server withheld its mask message) still holds them free, and
+        :meth:`discard` there brings the two stores back in step; it is idempotent and skips what the
+        slave consumed itself.
+
+        Every spent reservation is covered, however many rounds the slave missed (second review s32, F2:
+        only the 16 most recent deliveries were, so a slave that missed more than 8 rounds after the refs
+        stage kept the oldest bits free for good): their refs merged into disjoint ranges per key block
+        (:func:`merge_spent`; the master allocates a pair's FL bits from the lowest free ones, so they
+        merge into about one range per block used), newest first, cut into pages of
+        :data:`VOID_PAGE_RANGES`. An announcement holds the newest page and, when there are more, one
+        older page in turn (page ``1 + round_index mod (pages − 1)``): bounded, and a slave present in
+        ``pages − 1`` consecutive rounds has seen every range. The slave acts on it only after the refs
+        tag (and, deployed, the master's signature) over the same void refs checked out
+        (:func:`refs_statement`): the server's word alone discards nothing."""
+        spent = [d["refs"] for d in self.store.finished(pair, limit=None) if d["info"].get("use") == USE
+                 and d["info"].get("end") == "master"]
+        ranges = merge_spent(spent)
+        pages = [ranges[i:i + VOID_PAGE_RANGES] for i in range(0, len(ranges), VOID_PAGE_RANGES)]
+        if len(pages) > 2:
+            pages = [pages[0], pages[1 + int(round_index) % (len(pages) - 1)]]
+        return [list(r) for page in pages for r in page]
 
     def discard(self, pair: str, refs: Any) -> int:
         """Slave end: discard the bits the master voided (those still free here)."""

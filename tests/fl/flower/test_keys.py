@@ -165,7 +165,7 @@ def test_reservations_a_killed_round_left_are_voided_at_both_ends_and_never_rele
         with pytest.raises(KeyStoreError):
             m.store.release("m2")  # voided: never back in the pool
         announced = m.spent_refs("C1-C2")
-        assert sorted(map(tuple, announced)) == [(bid, 0, 32), (bid, 32, 32)]
+        assert sorted(map(tuple, announced)) == [(bid, 0, 64)]  # both voided reservations, merged (merge_spent)
         assert s.discard("C1-C2", announced) == 32 and s.discard("C1-C2", announced) == 0  # idempotent
         s.reserve_slave("C1-C2", live, 16, "s3", round_index=1, run_tag="new")
         acc_m, acc_s = m.store.accounting()["C1-C2"], s.store.accounting()["C1-C2"]
