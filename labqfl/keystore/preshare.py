@@ -175,12 +175,17 @@ def secret_windows(bits: np.ndarray) -> str | None:
     probability 2^-256, which adds nothing visible): 3.6·10⁻⁹ for an 8 KiB secret against 2000 earlier
     8 KiB loads; a refusal asks for a fresh secret, nothing else.
 
-    Why storing them is safe, beyond :func:`secret_fingerprint`'s reasons: each window is 256 random bits
-    and its record 64, so one record leaves ≥ 2^192 candidate windows; all of a secret's records
-    together are ``64·(n/16 + 1)`` bits, about half of its ``8·n`` bits, so they never determine it even
-    for an unbounded adversary, and computing any window from them is a SHA-256 preimage search over
-    2^256 candidates per window. Truncating to 64 bits is what keeps the records below the secret's
-    own length (full 256-bit hashes at this stride would, in information, pin it down)."""
+    Why storing them is safe: :func:`secret_fingerprint`'s reasons (1)–(2) hold alike (the store holds
+    the bits themselves while they are usable), and recovering anything from a record is a SHA-256
+    preimage search: each window is 256 random bits and its record 64, so one record alone leaves
+    ≈ 2^192 candidate windows, and telling the true one apart means searching all 2^256.
+    Truncation also keeps the records short in information: ``64·(n/16 + 1)`` bits, half of the
+    secret's ``8·n`` (with the whole-secret fingerprint's 256 bits, below ``8·n`` from 80 bytes on) —
+    full 256-bit hashes at this stride would be twice the secret's length. For the shortest secrets
+    (48 bytes) the records with the whole-secret fingerprint (384 bits) could in principle pin the
+    secret down for an unbounded adversary, as the whole-secret fingerprint alone nearly does: there,
+    as before, the protection is computational (a one-byte record size would be no better: it would
+    refuse fresh secrets by mistake)."""
     arr = np.asarray(bits, dtype=np.uint8)
     if arr.size < FINGERPRINT_MIN_BITS:
         return None
