@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,17 @@ def _timeline_points(pairs: Mapping[str, Any], last_snap: dict[str, tuple[int, i
     return out
 
 
+def _training_settings(cfg: StationConfig, s: JobSettings, data_dir: Path) -> Any:
+    """:meth:`MainJob.training_settings` of a job with ``cfg``, settings ``s`` and key stores in ``data_dir``."""
+    from labqfl.app.training import TrainingSettings
+
+    return TrainingSettings(task=s.task, names=tuple(cfg.client_names), q=s.q, rounds=s.rounds, keys="qkd",
+                            seed=s.seed, graph=s.graph, k=s.k, self_masks=s.self_masks, threshold=s.threshold,
+                            keystore_dir=data_dir, preflight=False,
+                            # over nodes the rounds run on the Flower engine (each master's refs tag key too)
+                            engine="flower" if s.nodes else "local")
+
+
 def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str, dict[str, Any]]:
     """``distill.pairs`` of metrics.json: each :class:`~labqfl.qkd.pipeline.PairResult` as
     ``labqfl distill --json`` writes it, plus ``status`` and ``qber_x`` (docs/metrics.md)."""
@@ -195,12 +207,30 @@ class MainJob:
     def create(cls, cfg: StationConfig, settings: JobSettings, runs_dir: Path | str | None = None, *,
                base_dir: Path | None = None, progress: ProgressFn | None = None) -> MainJob:
         settings.validate()
+        cls.preflight(cfg, settings)  # before the run folder: a refusal leaves nothing behind
         run = RunRecord.create("run", cfg, runs_dir)
         state = {"schema": SCHEMA, "created_utc": _now(), "settings": asdict(settings),
                  "phases": dict.fromkeys(PHASES, "pending"), "attempts": 0, "acquisitions": []}
         job = cls(run, cfg, settings, state, base_dir=base_dir, progress=progress)
         job._save_state()
         return job
+
+    @staticmethod
+    def preflight(cfg: StationConfig, settings: JobSettings) -> None:
+        """The cheap preconditions of a new job, checked before its run folder is made or its plan
+        printed (they were refused after both, in the middle of the acquire phase): every client's key
+        store that exists in the data directory opens (a corrupt one is refused, never reset:
+        :class:`~labqfl.keystore.KeyStoreError` naming it; a missing one is made by the acquisition),
+        and the training settings can work (:meth:`check_training`)."""
+        from labqfl.app.training import TrainingSetup
+        from labqfl.keystore import KeyStore, default_data_dir, node_store_path
+
+        data_dir = Path(settings.data_dir) if settings.data_dir else default_data_dir()
+        for n in cfg.client_names:
+            p = node_store_path(n, data_dir)
+            if p.exists() and not (p.is_file() and p.stat().st_size == 0):  # an empty file is made a store
+                KeyStore(p, node=n, create=False).close()
+        TrainingSetup(_training_settings(cfg, settings, data_dir)).close()
 
     def check_training(self) -> None:
         """Refuse training settings that cannot work (bit budget, self-mask threshold) before the
@@ -257,36 +287,51 @@ class MainJob:
             log.info("run %s is complete: nothing to do", self.run_record.name)
             self.run_record.close()
             return self.run_record.read_metrics()
+        from labqfl.errors import interrupt_inside
+        from labqfl.station import sigterm_as_interrupt
+
         clock = PhaseClock()
         self.state["attempts"] += 1
         self.state["status"] = "running"
         self._save_state()
-        try:
-            with clock.phase("setup"):
-                if self.state["phases"]["train"] != "done":
-                    self.check_training()  # before the acquisition spends station time
-                if "plan" not in self.state:
-                    self.key_plan()
-            if self.state["phases"]["acquire"] != "done":
-                with clock.phase("acquire"):
-                    self._acquire_and_distil()
+        # SIGTERM stops the job as Ctrl-C does, in every phase and on either path (it died with state.json
+        # saying "running" in process): a station open in process goes to its safe state first (its guard
+        # chains to this handler), node processes are stopped, the folder is left interrupted and resumable
+        with sigterm_as_interrupt() as term:
+            try:
+                metrics = self._run_phases(clock)
+                term.check()  # a SIGTERM whose interrupt CPython lost in a callback: a stop, not a success
+            except BaseException as exc:
+                if term.requested or (isinstance(exc, KeyboardInterrupt) and exc.args == ("SIGTERM",)):
+                    self._interrupted("terminated (SIGTERM)")
+                elif interrupt_inside(exc):
+                    self._interrupted("interrupted by user (Ctrl-C)")
+                else:
+                    self._interrupted(f"{type(exc).__name__}: {exc}")
+                raise
+            finally:
+                self.run_record.close()
+        return metrics
+
+    def _run_phases(self, clock: PhaseClock) -> dict[str, Any]:
+        """The phases not done yet, each timed by ``clock``; the metrics."""
+        with clock.phase("setup"):
             if self.state["phases"]["train"] != "done":
-                with clock.phase("train"):
-                    self._train()
-            with clock.phase("report"):
-                metrics = self._report()
-            # this call's wall seconds per phase (metrics.json is written before the report: added after it)
-            metrics["phases_s"] = clock.as_dict()
-            metrics["phases"] = dict(self.state["phases"])  # the report phase is done now (it said "pending")
-            self.run_record.update_metrics(phases_s=metrics["phases_s"], phases=metrics["phases"])
-        except KeyboardInterrupt as exc:
-            self._interrupted("terminated (SIGTERM)" if exc.args == ("SIGTERM",) else "interrupted by user (Ctrl-C)")
-            raise
-        except BaseException as exc:
-            self._interrupted(f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self.run_record.close()
+                self.check_training()  # before the acquisition spends station time
+            if "plan" not in self.state:
+                self.key_plan()
+        if self.state["phases"]["acquire"] != "done":
+            with clock.phase("acquire"):
+                self._acquire_and_distil()
+        if self.state["phases"]["train"] != "done":
+            with clock.phase("train"):
+                self._train()
+        with clock.phase("report"):
+            metrics = self._report()
+        # this call's wall seconds per phase (metrics.json is written before the report: added after it)
+        metrics["phases_s"] = clock.as_dict()
+        metrics["phases"] = dict(self.state["phases"])  # the report phase is done now (it said "pending")
+        self.run_record.update_metrics(phases_s=metrics["phases_s"], phases=metrics["phases"])
         return metrics
 
     def _interrupted(self, why: str) -> None:
@@ -313,67 +358,118 @@ class MainJob:
         return plan
 
     def _acquire_and_distil(self) -> None:
+        """Phase 1: ``pending`` → ``running`` (the acquisition under way) → ``distilled`` (every pair's key
+        in the stores and this acquisition's record in ``state.json``: the node processes' stop and the
+        bookkeeping are what is left) → ``done``. A job resumed at ``distilled`` finishes the phase from
+        the record and does not acquire again; one resumed at ``running`` discards that acquisition
+        and makes a new one (what of it reached the stores stays there, spent once)."""
         s = self.settings
-        self._phase("acquire", "running")
-        self.state["acquire"] = self._acquire(s.duration_s, what="--duration",
-                                              hint="use a longer --duration or force a block size with --block-bits")
+        if self.state["phases"]["acquire"] == "distilled" and (self.state.get("acquire") or {}).get("pairs"):
+            self._adopt_distilled(self.state["acquire"])
+        else:
+            self._phase("acquire", "running")
+
+            def distilled(record: dict[str, Any]) -> None:
+                self.state["acquire"] = record
+                self._phase("acquire", "distilled")
+
+            self.state["acquire"] = self._acquire(
+                s.duration_s, what="--duration", hint="use a longer --duration or force a block size with --block-bits",
+                on_distilled=distilled)
         self._phase("acquire", "done")
         for name, pd in self.state["acquire"]["pairs"].items():
             log.info("pair %s: %d sifted bits, final key %d bits (%s)", name, pd["sifted_bits"], pd["final_key_bits"], pd["status"])
 
-    def _acquire(self, duration_s: float, *, what: str, hint: str, top_up: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _adopt_distilled(self, record: dict[str, Any]) -> None:
+        """Finish an acquisition the job had distilled into the stores when it was interrupted: its
+        record as it was, the stores' accounting now as its ``stores_after``; not acquired again."""
+        from labqfl.keystore import KeyStore
+
+        log.info("acquisition %s was distilled into the key stores before the interruption: not acquired again",
+                 record["acquisition_id"])
+        self.progress("acquire", 1, 1, f"acquisition {record['acquisition_id']} already distilled: not acquired again")
+        after = {}
+        for n in self.cfg.client_names:
+            with KeyStore.for_node(n, self.data_dir) as st:
+                after[n] = st.accounting()
+        record.setdefault("stores_after", after)
+        for a in self.state["acquisitions"]:
+            if a["acquisition_id"] == record["acquisition_id"]:
+                a.update(complete=True, finished_utc=_now())
+
+    def _acquire(self, duration_s: float, *, what: str, hint: str, top_up: dict[str, Any] | None = None,
+                 on_distilled: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """One acquisition of ``duration_s`` seconds of station time distilled into the node key stores:
         the job's first (``top_up`` None: the instrument snapshot and the block rule recorded) or a top-up
         a starving round waits for (``top_up``: what to record with it in ``state.json``). With ``--nodes``
         (the default) over node processes started for it (:meth:`_acquire_over_nodes`), else in process
         on a freshly opened station; either way a new acquisition ID. Returns its record
-        (``state.json`` → ``acquire``)."""
-        from labqfl.app.acquire import Acquisition
+        (``state.json`` → ``acquire``). Once every pair's key is in the stores (before the station is
+        closed or the nodes are stopped) its entry in ``acquisitions`` says ``distilled: true`` and
+        ``on_distilled(record)`` is called (the record then lacks ``stores_after``; it is the same dict,
+        completed afterwards); ``complete`` once the station is closed or the nodes have stopped."""
         from labqfl.app.distill import DistillOptions, DistillSession
-        from labqfl.app.station import config_for_acquisition, open_station
 
-        s, cfg = self.settings, self.cfg
+        s = self.settings
         # the block-size rule unless --block-bits: as few blocks as the acquisition allows (one for a
         # minute), all expected to give key; too short a duration is refused before anything opens
         opts = DistillOptions(engine=s.engine, block_bits=s.block_bits, eps_sec=s.eps_sec,
                               bootstrap_auth=s.bootstrap_auth)
-        with DistillSession.open(cfg, opts, duration_s, data_dir=self.data_dir, run_id=self.run_record.name,
+        with DistillSession.open(self.cfg, opts, duration_s, data_dir=self.data_dir, run_id=self.run_record.name,
                                  what=what, hint=hint) as session:
             if session.plan is not None:
                 if top_up is None:
                     self.state["block_rule"] = session.plan.as_dict()
                 log.info("%s", session.plan.summary())
             session.check_auth()  # without bootstrap: refuse before any instrument is touched
-            before = session.accounting()
+            record: dict[str, Any] = {"duration_s": duration_s, "stores_before": session.accounting()}
             t_wall = time.perf_counter()
-            path: dict[str, Any] = {"path": "in-process"}
+
+            def distilled(acq_id: str | None, pairs: dict[str, Any], series: dict[str, Any],
+                          timeline: list[dict[str, Any]], path: dict[str, Any]) -> None:
+                wall = time.perf_counter() - t_wall
+                record.update(acquisition_id=acq_id, wall_s=wall, acquisition=path, count_rate_series=series,
+                              timeline=timeline, pairs=pairs, speed_x_real_time=duration_s / wall if wall > 0 else None)
+                self.state["acquisitions"][-1].update(distilled=True, distilled_utc=_now())
+                if on_distilled is not None:
+                    on_distilled(record)
+                self._save_state()
+
             if s.nodes:  # every client, the detector and the optics in their own process
-                nodes = self._acquire_over_nodes(session.settings, duration_s, top_up)
-                pairs, series, timeline, acq_id = nodes.pairs, nodes.count_rate_series, nodes.timeline, nodes.acquisition_id
-                path = nodes.path_metrics()
+                nodes = self._acquire_over_nodes(session.settings, duration_s, top_up, on_distilled=lambda n: distilled(
+                    n.acquisition_id, n.pairs, n.count_rate_series, n.timeline, n.path_metrics()))
+                record["acquisition"] = nodes.path_metrics()  # with the nodes' exit codes and stop time
             else:
-                # a pinned QRNG epoch base moves on per acquisition of the run: every one a new ID
-                with open_station(config_for_acquisition(cfg, len(self.state["acquisitions"])),
-                                  base_dir=self.base_dir) as station:
-                    if top_up is None:
-                        self.run_record.write_snapshot(station.snapshot())
-                    with Acquisition(station) as acq:  # every role armed; safe state after, whatever happens
-                        results, series, timeline = self._stream_and_distil(acq, session, duration_s, top_up)
-                    path["modulation"] = acq.modulation  # each streaming client's frames played and lost
+                record["acquisition"] = self._acquire_in_process(session, duration_s, top_up, distilled)
+            wall = time.perf_counter() - t_wall
+            record.update(wall_s=wall, speed_x_real_time=duration_s / wall if wall > 0 else None,
+                          stores_after=session.accounting())
+        self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
+        return record
+
+    def _acquire_in_process(self, session: Any, duration_s: float, top_up: dict[str, Any] | None,
+                            distilled: Callable[..., None]) -> dict[str, Any]:
+        """:meth:`_acquire` in process: a freshly opened station (a pinned QRNG epoch base moves on per
+        acquisition of the run: every one a new ID), streamed into ``session``; ``distilled(...)`` once
+        the keys are in the stores. Returns the ``acquisition`` entry of its record."""
+        from labqfl.app.acquire import Acquisition
+        from labqfl.app.station import config_for_acquisition, open_station
+
+        path: dict[str, Any] = {"path": "in-process"}
+        with open_station(config_for_acquisition(self.cfg, len(self.state["acquisitions"])),
+                          base_dir=self.base_dir) as station:
+            if top_up is None:
+                self.run_record.write_snapshot(station.snapshot())
+            with Acquisition(station) as acq:  # every role armed; safe state after, whatever happens
+                results, series, timeline = self._stream_and_distil(acq, session, duration_s, top_up)
                 # the slotting counters, dropped slots by cause among them (report.html "Dropped slots")
                 path["slotting"] = dict(vars(session.distiller.slotter.stats))
-                pairs, acq_id = distill_pair_metrics(results, duration_s), session.acquisition_id
-            wall = time.perf_counter() - t_wall
-            after = session.accounting()
-        self.state["acquisitions"][-1].update(complete=True, finished_utc=_now())
-        return {
-            "acquisition_id": acq_id, "duration_s": duration_s, "wall_s": wall, "acquisition": path,
-            "speed_x_real_time": duration_s / wall if wall > 0 else None,
-            "count_rate_series": series, "timeline": timeline, "pairs": pairs,
-            "stores_before": before, "stores_after": after,
-        }
+                distilled(session.acquisition_id, distill_pair_metrics(results, duration_s), series, timeline, path)
+            path["modulation"] = acq.modulation  # each streaming client's frames played and lost
+        return path
 
-    def _acquire_over_nodes(self, settings: Any, duration_s: float, top_up: dict[str, Any] | None = None) -> Any:
+    def _acquire_over_nodes(self, settings: Any, duration_s: float, top_up: dict[str, Any] | None = None,
+                            on_distilled: Callable[[Any], None] | None = None) -> Any:
         """``--nodes``: :func:`labqfl.nodes.runjob.acquire_over_nodes` of ``duration_s`` into this job's
         data directory (the acquisition is recorded in ``state.json`` before it starts, as in process;
         a top-up's node logs go to ``nodes/top-up-<n>/``)."""
@@ -389,7 +485,7 @@ class MainJob:
         return acquire_over_nodes(self.cfg, settings, duration_s, data_dir=self.data_dir,
                                   channel_names=channel_names(self.cfg), run_id=self.run_record.name,
                                   bootstrap_auth=self.settings.bootstrap_auth, progress=self.progress,
-                                  on_start=started, log_dir=logs, base_dir=self.base_dir)
+                                  on_start=started, log_dir=logs, base_dir=self.base_dir, on_distilled=on_distilled)
 
     def _stream_and_distil(self, acq: Any, session: Any, duration_s: float,
                            top_up: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
@@ -436,14 +532,7 @@ class MainJob:
         """The training phase's :class:`~labqfl.app.training.TrainingSettings`: the station's clients,
         keys from the node stores this job distilled into, a round short of key fails (no pre-flight:
         the rounds that have key run and are checkpointed, and the run can be resumed with more key)."""
-        from labqfl.app.training import TrainingSettings
-
-        s = self.settings
-        return TrainingSettings(task=s.task, names=tuple(self.cfg.client_names), q=s.q, rounds=s.rounds, keys="qkd",
-                                seed=s.seed, graph=s.graph, k=s.k, self_masks=s.self_masks, threshold=s.threshold,
-                                keystore_dir=self.data_dir, preflight=False,
-                                # over nodes the rounds run on the Flower engine (each master's refs tag key too)
-                                engine="flower" if s.nodes else "local")
+        return _training_settings(self.cfg, self.settings, self.data_dir)
 
     def _train(self) -> None:
         from labqfl.app.training import TrainingSetup
@@ -558,17 +647,25 @@ class MainJob:
                                    "plan": plan.as_dict()}
             acq = self._acquire(plan.duration_s, what=f"the top-up acquisition of {plan.duration_s:g} s",
                                 hint="the top-up planner chose too short an acquisition for the block-size rule",
-                                top_up={"round": round_index, "top_up": n})
-            rec.update(acquisition_id=acq["acquisition_id"], duration_s=acq["duration_s"], wall_s=acq["wall_s"],
-                       pairs={p: {k: pd[k] for k in ("sifted_bits", "final_key_bits", "delivered_bits", "status")}
-                              for p, pd in acq["pairs"].items()})
-            tstate["key_waits"].append(rec)
-            rw["station_s"] += acq["duration_s"]
-            rw["top_ups"] += 1
+                                top_up={"round": round_index, "top_up": n},
+                                on_distilled=partial(self._top_up_distilled, tstate, rw, rec))
+            rec["wall_s"] = acq["wall_s"]
             short = setup.key_shortfall(1)
             rw["wait_s"] = waited_before + time.perf_counter() - t0
             self._save_state()
         self.progress("wait", 1, 1, f"round {round_index}: key ready after {rw['wait_s']:.1f} s")
+
+    @staticmethod
+    def _top_up_distilled(tstate: dict[str, Any], rw: dict[str, Any], rec: dict[str, Any], acq: Mapping[str, Any]) -> None:
+        """A top-up's key is in the stores: recorded at once (``train.key_waits``, the round's wait), so a
+        job interrupted from here on neither loses its key from the run's accounting nor acquires it again
+        (the resumed round finds the key in the stores). The caller saves ``state.json``."""
+        rec.update(acquisition_id=acq["acquisition_id"], duration_s=acq["duration_s"], wall_s=acq["wall_s"],
+                   pairs={p: {k: pd[k] for k in ("sifted_bits", "final_key_bits", "delivered_bits", "status")}
+                          for p, pd in acq["pairs"].items()})
+        tstate["key_waits"].append(rec)
+        rw["station_s"] += acq["duration_s"]
+        rw["top_ups"] += 1
 
     def _check_top_up_cap(self, tstate: dict[str, Any], round_index: int, short: Mapping[str, tuple[int, int]]) -> None:
         """Raise one :class:`~labqfl.errors.KeyStarvationError` line when the run's top-ups are spent."""

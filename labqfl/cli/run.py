@@ -120,9 +120,10 @@ def run(
 
 
 def _show_start(job: Any) -> None:
-    """The run folder and, before any acquisition, the job's key-aware plan."""
+    """The run folder and, before any acquisition, the job's key-aware plan (not for a resumed job whose
+    acquisition was distilled: it goes on with training)."""
     print_path(console, "run folder", job.path)
-    if job.state.get("phases", {}).get("acquire") != "done":
+    if job.state.get("phases", {}).get("acquire") not in ("done", "distilled"):
         from labqfl.cli.plan import render_plan
 
         render_plan(console, job.key_plan())

@@ -230,13 +230,9 @@ def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration
             "rates_hz": {name: [counts.get(abs(ch), 0) / duration_s] for ch, name in channel_names.items()}}
 
 
-def _checked_outcome(codes: Mapping[str, int | None], res: Mapping[str, Any], logs: Path,
-                     data_dir: Path) -> dict[str, dict[str, Any]]:
-    """The pairs' metrics of a finished acquisition over nodes, or :class:`NodeError` naming what went
-    wrong: a node that did not stop cleanly, a failed pair, a pair whose ends share no authentication key."""
-    bad = {n: c for n, c in codes.items() if c != 0}
-    if bad:
-        raise NodeError(f"node processes did not stop cleanly after SIGTERM (exit codes {bad}); logs in {logs}")
+def _checked_pairs(res: Mapping[str, Any], data_dir: Path) -> dict[str, dict[str, Any]]:
+    """The pairs' metrics of a finished acquisition over nodes (the nodes still up), or :class:`NodeError`
+    naming what went wrong: a failed pair, a pair whose ends share no authentication key."""
     pairs = _pair_metrics(res["pairs"])
     failed = {p: d["failed"] for p, d in pairs.items() if d.get("failed") or not d.get("done", True)}
     if failed:
@@ -249,11 +245,30 @@ def _checked_outcome(codes: Mapping[str, int | None], res: Mapping[str, Any], lo
     return pairs
 
 
+def _distilled(acq: str, res: Mapping[str, Any], data_dir: Path, channel_names: Mapping[int, str],
+               duration_s: float, startup: dict[str, Any]) -> NodesAcquisition:
+    """The result of a finished acquisition over nodes (:func:`_checked_pairs`), the nodes still up."""
+    pairs = _checked_pairs(res, data_dir)
+    return NodesAcquisition(
+        acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
+        timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,
+        detector=dict(res["detector"]),
+        modulation={c: d["modulation"] for c, d in res["clients"].items() if d.get("modulation")})
+
+
+def _check_stopped(codes: Mapping[str, int | None], logs: Path) -> None:
+    """:class:`NodeError` when a node did not exit with 0 after SIGTERM."""
+    bad = {n: c for n, c in codes.items() if c != 0}
+    if bad:
+        raise NodeError(f"node processes did not stop cleanly after SIGTERM (exit codes {bad}); logs in {logs}")
+
+
 @_sigterm_stops_nodes
 def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, data_dir: Path,
                        channel_names: Mapping[int, str], run_id: str = "", bootstrap_auth: bool = True, progress: ProgressFn | None = None,
                        on_start: Callable[[str], None] | None = None, log_dir: Path | None = None,
-                       timeout_s: float = 900.0, base_dir: Path | None = None) -> NodesAcquisition:
+                       timeout_s: float = 900.0, base_dir: Path | None = None,
+                       on_distilled: Callable[[NodesAcquisition], None] | None = None) -> NodesAcquisition:
     """Start the nodes, acquire ``duration_s`` seconds and distil into ``data_dir``'s stores, stop them.
 
     ``settings``: the pipeline's :class:`~labqfl.qkd.pipeline.DistillSettings` (block sizes from
@@ -264,7 +279,10 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
     (:func:`labqfl.app.station.channel_names`). ``on_start(acquisition_id)`` is called before the acquisition
     starts (the job records it, so an interrupted one is never distilled again). ``log_dir``:
     where the nodes' logs are copied (they hold no key bit and no choice: tests/nodes). ``base_dir``: the
-    station file's folder (relative pyvisa-sim paths, :func:`station_for_nodes`). Raises
+    station file's folder (relative pyvisa-sim paths, :func:`station_for_nodes`). ``on_distilled(result)``
+    is called once every pair's key is in the stores, before the nodes are stopped (the job records the
+    acquisition as distilled, so a resume after an interruption from there on does not acquire again;
+    ``exit_codes`` and ``stop_s`` are not known yet). Raises
     :class:`~labqfl.nodes.common.NodeError` when a node fails to start, a pair failed, or a node
     did not exit with 0 after SIGTERM.
     """
@@ -300,6 +318,9 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
                                   clients={c: a[c] for c in cfg.client_names}, duration=duration_s,
                                   timeout=timeout_s, acq=acq, run_id=run_id)
             report("acquire", duration_s, duration_s, "keys distilled into the clients' key stores")
+            result = _distilled(acq, res, data_dir, channel_names, duration_s, startup)
+            if on_distilled is not None:
+                on_distilled(result)
             t_stop = time.perf_counter()
             codes = net.stop()
             stopped = True
@@ -315,12 +336,9 @@ def acquire_over_nodes(cfg: StationConfig, settings: Any, duration_s: float, *, 
                 for p in net.nodes.values():
                     if p.log_path.is_file():
                         shutil.copyfile(p.log_path, log_dir / p.log_path.name)
-        pairs = _checked_outcome(codes, res, log_dir or work / "logs", data_dir)
-        return NodesAcquisition(
-            acquisition_id=acq, pairs=pairs, count_rate_series=_series(channel_names, res["detector"], duration_s),
-            timeline=_timeline(pairs, duration_s), wall_s=float(res["wall_s"]), startup_s=startup,
-            exit_codes=codes, detector=dict(res["detector"]), stop_s=stop_s,
-            modulation={c: d["modulation"] for c, d in res["clients"].items() if d.get("modulation")})
+        _check_stopped(codes, log_dir or work / "logs")
+        result.exit_codes, result.stop_s = codes, stop_s
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)  # throwaway certificates (and the CA key) go with it
 
