@@ -252,18 +252,36 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
 @handle_errors
 def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Export file."),
             node: str | None = typer.Option(None, "--node", "-n", help="Target node (default: the file's target node)."),
+            keep_file: bool = typer.Option(False, "--keep-file",
+                                           help="Do not overwrite and delete the export file after importing it."),
             data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Add an export file's bits to the store it is bound to (once; any other store refuses it)."""
-    from labqfl.keystore import KeyStore
-    from labqfl.keystore.transfer import import_keys, read_export
+    """Add an export file's bits to the store it is bound to (once; any other store refuses it).
 
-    header, _ = read_export(file)
-    target = node or header["target_node"]
-    _nodes_or_all([target], data_dir)  # an existing store only: a new one could never be the bound target
-    with KeyStore.for_node(target, data_dir) as st:
-        summary = import_keys(st, file)
+    The file is read once: the bits imported are the bits its MAC was checked on. After a successful
+    import the file (key bits in clear, refused by every store from now on) is overwritten with zeros
+    and deleted, as `keys preshare` does with its secret (unless --keep-file)."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.preshare import shred_secret_file
+    from labqfl.keystore.transfer import import_keys, load_export
+
+    exp = load_export(file)  # one read (review s33 F2: a header, a MAC and the bits from three reads)
+    try:
+        target = node or exp.header["target_node"]
+        _nodes_or_all([target], data_dir)  # an existing store only: a new one could never be the bound target
+        with KeyStore.for_node(target, data_dir) as st:
+            summary = import_keys(st, exp)
+    finally:
+        exp.wipe()
+    problem = None if keep_file else shred_secret_file(file)
+    summary["export_file"] = "kept" if keep_file else ("destroyed" if problem is None else "NOT destroyed")
+    if problem is not None:
+        summary["warning"] = problem.replace("secret file", "export file")
+    fate = {"kept": "The export file was kept (--keep-file): it holds key bits in clear; delete it.",
+            "destroyed": "The export file was overwritten and deleted.",
+            "NOT destroyed": f"WARNING: {summary.get('warning')}; it holds key bits in clear."}[summary["export_file"]]
     emit(summary, as_json, lambda con: con.print(
-        f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} ({summary['store']})"))
+        f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} ({summary['store']}). "
+        + fate))
 
 
 def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:

@@ -45,10 +45,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
 import os
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -56,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.errors import DataFormatError, KeyStoreError
-from labqfl.keystore.store import ExportBinding, ExportedSegment, ImportTicket, KeyStore
+from labqfl.keystore.store import PURPOSES, ExportBinding, ExportedSegment, ImportTicket, KeyStore
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -148,22 +151,152 @@ def read_ticket(path: Path) -> ImportTicket:
 # ---------------------------------------------------------------------- export / import
 
 
+def _export_size_bound(store: KeyStore, pair: str, nbits: int | None, purpose: str | None) -> int:
+    """An upper bound on the size in bytes of the export file of ``nbits`` (None: all) free bits of
+    ``pair`` (pool ``purpose`` or every pool), from the store's free ranges and block metadata before
+    any bit moves: the file is preallocated at this size, so a disk too full for it refuses the export
+    before the store gives anything up (review s33 F1).  Margins cover a concurrent take splitting a
+    free range into more segments."""
+    pools = list(PURPOSES) if purpose is None else [purpose]
+    ranges = store.free_ranges(pair, pools)
+    info = {b["block_id"]: b for b in store.blocks(pair)}
+    total = sum(e - s for rr in ranges.values() for s, e in rr)
+    want = total if nbits is None else min(int(nbits), total)
+    per_seg = [256 + len(bid) + len(str(info.get(bid, {}).get("run_id", "")))
+               + len(json.dumps(info.get(bid, {}).get("meta", {}))) for bid, rr in ranges.items() for _ in rr]
+    nseg = len(per_seg) + 16
+    b64 = 4 * ((want + 7) // 8 // 3 + 2 * nseg)
+    return int(1.25 * (4096 + sum(per_seg) + 16 * max(per_seg, default=256) + b64)) + 65536
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give ``fd`` ``size`` bytes of disk now (``posix_fallocate``, else zeros written and synced)."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+        return
+    except AttributeError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    chunk = b"\0" * (1 << 20)
+    left = size
+    while left > 0:
+        left -= os.write(fd, chunk[:min(left, len(chunk))])
+    os.fsync(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the file itself is synced
+    finally:
+        os.close(dfd)
+
+
+def _write_exact(fd: int, data: bytes | bytearray) -> None:
+    """Write ``data`` at offset 0 of ``fd``, cut the file there and sync it."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.ftruncate(fd, len(data))
+    os.fsync(fd)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Give the complete, synced ``tmp`` its final name ``out`` without overwriting anything there."""
+    try:
+        os.link(tmp, out)  # fails if out exists
+    except FileExistsError:
+        raise
+    except OSError:  # a filesystem without hard links (FAT, exFAT): rename, having checked out is free
+        if out.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(out)) from None
+        os.rename(tmp, out)
+    else:
+        tmp.unlink()
+    _fsync_dir(out.parent)
+
+
+def _rescue_path(store: KeyStore, export_id: str) -> Path:
+    return store.path.parent / f"{store.path.stem}.export-{export_id}.json"
+
+
+def _write_after_commit(store: KeyStore, fd: int, tmp: Path, out: Path, data: bytearray, export_id: str) -> Path:
+    """Write the export file once its bits left the store: ``data`` into the preallocated ``tmp``,
+    synced, then renamed to ``out``; returns where the export is.  If that fails, ``tmp`` is
+    removed (no partial file with key bits in clear is left) and the complete file is written
+    next to the store instead (its bits must not be lost); only if that fails too are they lost,
+    and the error says so."""
+    try:
+        try:
+            _write_exact(fd, data)
+        finally:
+            os.close(fd)
+        _publish(tmp, out)
+        return out
+    except OSError as exc:
+        first = f"{exc.strerror or exc}" + (" (disk full)" if exc.errno == errno.ENOSPC else "")
+        tmp.unlink(missing_ok=True)
+    rescue = _rescue_path(store, export_id)
+    try:
+        rfd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _write_exact(rfd, data)
+        finally:
+            os.close(rfd)
+        _fsync_dir(rescue.parent)
+    except OSError as exc:
+        rescue.unlink(missing_ok=True)
+        raise KeyStoreError(f"export file {out}: writing it failed ({first}) after export {export_id} had taken its "
+                            f"bits out of key store {store.path}, and writing them next to the store failed too "
+                            f"({exc.strerror or exc}): those bits are lost at this node") from None
+    log.error("export %s: writing %s failed (%s); the export was written to %s instead", export_id, out, first, rescue)
+    raise KeyStoreError(f"export file {out}: writing it failed ({first}); the bits of export {export_id} had already "
+                        f"left key store {store.path} and were written to {rescue} instead: that file is the export "
+                        "(import it with `labqfl keys import`), key material in clear; nothing was lost")
+
+
 def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, nbits: int | None = None,
                 purpose: str | None = None) -> dict[str, Any]:
     """Move ``nbits`` (default: all) free bits of ``pair`` (pool ``purpose``, or every pool) from
     ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
-    summary (no key material)."""
+    summary (no key material).
+
+    Order (review s33 F1): a hidden temporary file ``.NAME.*.part`` is created in ``out``'s folder
+    and given the disk space the file will need (an upper bound), before any bit moves, so a full
+    disk or an unwritable folder refuses the export with the store unchanged; then the store's one
+    transaction moves the bits (:meth:`KeyStore.export_segments`); then the file is written into
+    that space, synced, and renamed to ``out``.  A write that still fails removes the temporary
+    file and writes the export next to the store (:func:`_write_after_commit`)."""
     out = Path(out)
     a, sep, b = pair.partition("-")
     if sep and store.node and store.node not in (a, b):  # else the store's refusal would talk of "C1's copy"
         raise KeyStoreError(f"node {store.node} is not a member of pair {pair}: its store holds no key of that pair "
                             f"(export from the store of node {a} or {b})")
-    fd = _create_new(out, "export file")  # before any bit moves: a path that cannot be written loses nothing
+    if out.exists():
+        raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
+    size = _export_size_bound(store, pair, nbits, purpose)
+    fd = _create_new(tmp, "export file")  # before any bit moves: a path that cannot be written loses nothing
+    try:
+        _preallocate(fd, size)
+    except OSError as exc:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
+                              f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
     try:
         binding, segs = store.export_segments(pair, nbits, purpose, ticket=ticket)
     except BaseException:
         os.close(fd)
-        out.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     doc: dict[str, Any] = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
@@ -175,26 +308,81 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
                       "bits": base64.b64encode(np.packbits(s.bits).tobytes()).decode("ascii")} for s in segs],
     }
     doc[MAC_FIELD] = _mac(ticket.secret, doc)
+    data = bytearray(json.dumps(doc).encode("ascii"))
     try:
-        _write_fd(fd, doc)
+        where = _write_after_commit(store, fd, tmp, out, data, binding.export_id)
     finally:
         for s in segs:
             s.bits[:] = 0
         doc.clear()
+        data[:] = bytes(len(data))
     log.info("exported %d bits of pair %s from %s to %s (export %s, bound to node %s, store %s)",
-             sum(s.bits.size for s in segs), pair, store.path.name, out, binding.export_id, binding.target_node,
+             sum(s.bits.size for s in segs), pair, store.path.name, where, binding.export_id, binding.target_node,
              binding.target_store)
     return {"export_id": binding.export_id, "pair": pair, "nbits": int(sum(s.bits.size for s in segs)),
-            "segments": len(segs), "file": str(out), "source_node": binding.source_node,
+            "segments": len(segs), "file": str(where), "source_node": binding.source_node,
             "source_store": binding.source_store, "target_node": binding.target_node,
             "target_store": binding.target_store, "ticket_id": binding.ticket_id}
+
+
+#: The largest export file read (bytes): far above any real export (a 2^30-bit export is ~180 MB).
+MAX_EXPORT_FILE_BYTES = 1 << 30
+
+
+@dataclass
+class ExportFile:
+    """An export file read once (review s33 F2): its parsed document, header and segments all come
+    from the same bytes, so the MAC checked on import covers exactly the bits imported."""
+
+    path: Path
+    doc: dict[str, Any] = field(repr=False)
+    header: dict[str, Any]
+    segments: list[ExportedSegment] = field(repr=False)
+
+    def wipe(self) -> None:
+        for s in self.segments:
+            s.bits[:] = 0
+        self.doc.clear()
+
+
+def _read_once(path: Path, what: str) -> dict[str, Any]:
+    """``path`` read in one pass (one open, one read loop) and parsed as a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            raw = bytearray(fh.read(MAX_EXPORT_FILE_BYTES + 1))
+    except OSError as exc:
+        raise DataFormatError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        if len(raw) > MAX_EXPORT_FILE_BYTES:
+            raise DataFormatError(f"{what} {path}: larger than {MAX_EXPORT_FILE_BYTES} bytes; not an export file")
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise DataFormatError(f"{what} {path}: not readable JSON ({exc})") from None
+    finally:
+        raw[:] = bytes(len(raw))
+    if not isinstance(doc, dict):
+        raise DataFormatError(f"{what} {path}: expected a JSON object")
+    return doc
+
+
+def load_export(path: Path) -> ExportFile:
+    """Read export file ``path`` once and parse it (:func:`read_export`'s checks); pass the result to
+    :func:`import_keys`, which authenticates and imports these very bytes."""
+    path = Path(path)
+    doc = _read_once(path, "export file")
+    header, segs = _parse_export(doc, path)
+    return ExportFile(path, doc, header, segs)
 
 
 def read_export(path: Path) -> tuple[dict[str, Any], list[ExportedSegment]]:
     """Parse an export file; returns (header: binding fields, created, pair, nbits; segments).
     The MAC is checked on import, with the target store's ticket secret."""
-    path = Path(path)
-    doc = _read_json(path, "export file")
+    exp = load_export(path)
+    return exp.header, exp.segments
+
+
+def _parse_export(doc: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[ExportedSegment]]:
     if doc.get("format") != EXPORT_FORMAT:
         raise DataFormatError(f"export file {path}: not a labqfl key export (format {EXPORT_FORMAT!r} expected)")
     if doc.get("version") != EXPORT_VERSION:
@@ -216,18 +404,21 @@ def read_export(path: Path) -> tuple[dict[str, Any], list[ExportedSegment]]:
         if sum(s.bits.size for s in segs) != int(doc["nbits"]):
             raise ValueError("segment lengths do not add up to nbits")
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        for s in segs:
+            s.bits[:] = 0
         raise DataFormatError(f"export file {path}: malformed segment ({exc})") from None
     header = {k: doc[k] for k in (*_BINDING_FIELDS, "created", "pair", "nbits")}
     return header, segs
 
 
-def import_keys(store: KeyStore, path: Path) -> dict[str, Any]:
-    """Add the bits of export file ``path`` to ``store``, which must be the store the export is
-    bound to; refused (nothing changed) otherwise, or when already imported, or when the file
-    fails authentication with the store's ticket."""
-    path = Path(path)
-    header, segs = read_export(path)
-    doc = _read_json(path, "export file")
+def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
+    """Add the bits of an export file (a path, read once here, or :func:`load_export`'s result) to
+    ``store``, which must be the store the export is bound to; refused (nothing changed) otherwise,
+    or when already imported, or when the file fails authentication with the store's ticket.  The
+    MAC is checked over the same parsed document whose segments are imported (review s33 F2: a file
+    read twice could be swapped between the reads)."""
+    exp = source if isinstance(source, ExportFile) else load_export(Path(source))
+    doc, header, segs = exp.doc, exp.header, exp.segments
     binding = ExportBinding(*(str(header[f]) for f in _BINDING_FIELDS))
     tag = str(doc[MAC_FIELD])
 
@@ -237,11 +428,9 @@ def import_keys(store: KeyStore, path: Path) -> dict[str, Any]:
     try:
         n = store.import_segments(binding, segs, authenticate=authenticate)
     finally:
-        for s in segs:
-            s.bits[:] = 0
-        doc.clear()
+        exp.wipe()
     return {**header, "imported_bits": n, "store": str(store.path)}
 
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "export_keys", "import_keys", "read_export",
-           "read_ticket", "write_ticket"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "ExportFile", "export_keys", "import_keys",
+           "load_export", "read_export", "read_ticket", "write_ticket"]

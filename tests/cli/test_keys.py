@@ -57,9 +57,10 @@ def test_certs_status_export_import(tmp_path, kh):
                "--out", str(out), "--json", data=data)
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["nbits"] == 1000
-    res = runner.invoke(app, ["keys", "import", str(out), "--json"], env={"LABQFL_DATA_DIR": str(other)})
+    res = runner.invoke(app, ["keys", "import", str(out), "--json", "--keep-file"], env={"LABQFL_DATA_DIR": str(other)})
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["imported_bits"] == 1000
+    assert json.loads(res.stdout)["export_file"] == "kept" and out.exists()
     res = runner.invoke(app, ["keys", "import", str(out)], env={"LABQFL_DATA_DIR": str(other)})
     assert res.exit_code == 1 and "already imported" in res.output
     assert _run("keys", "export", "--node", "C9", "--pair", PAIR, "--ticket", str(ticket), "--out",

@@ -159,7 +159,7 @@ def test_cli_export_import_refuses_the_second_store_and_the_exporting_store(tmp_
     assert res.exit_code == 1 and "bound to node C2" in res.output, res.output
     res = run("src", "keys", "import", str(out), "--node", "C2")
     assert res.exit_code == 1 and "made by this store" in res.output, res.output
-    res = run("target", "keys", "import", str(out), "--json")
+    res = run("target", "keys", "import", str(out), "--json", "--keep-file")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["imported_bits"] == 4096
     res = run("target", "keys", "import", str(out))
