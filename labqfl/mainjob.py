@@ -14,11 +14,14 @@ Phases, each recorded in ``state.json`` of the run folder so a run can be resume
    of the global parameters after every round.
 3. **report** — ``metrics.json`` (schema ``labqfl.run/1``, docs/metrics.md) and ``report.html``.
 
-Interrupt and resume (Ctrl-C, a crash, a killed process): keys already delivered stay in the
+Interrupt and resume (Ctrl-C, SIGTERM, a crash, a killed process): keys already delivered stay in the
 stores and are never handed out twice (the stores are consume-once); an unfinished acquisition is
 discarded and, on resume, a *new* acquisition is made (fresh QRNG epoch — the same raw data is
-never distilled twice: block IDs derive from the acquisition); an interrupted training round is
-re-run from the last checkpoint with fresh keys (the keys it had drawn are spent, not reused).
+never distilled twice: block IDs derive from the acquisition); one whose keys were all in the
+stores (phase ``acquire`` = ``distilled``) is not acquired again: the resume trains on its keys; an
+interrupted training round is re-run from the last checkpoint with fresh keys (the keys it had drawn
+are spent, not reused). SIGTERM stops the job as Ctrl-C does (:func:`labqfl.station.sigterm_as_interrupt`).
+Cheap preconditions (:meth:`MainJob.preflight`) are refused before the run folder is made.
 """
 
 from __future__ import annotations
