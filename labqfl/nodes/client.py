@@ -117,7 +117,7 @@ from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import transcript_word_cap
 from labqfl.qkd.estimation import epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
-from labqfl.qkd.messaging import Channel, Message, MessageError, field_problem
+from labqfl.qkd.messaging import Channel, Message, MessageError, MessageSchema, field_problem
 from labqfl.qkd.pipeline import (
     _BLOCK_NAMESPACE,
     _MIN_BLOCK_BITS,
@@ -508,6 +508,21 @@ def _auth_refs(req: Message) -> list[tuple[str, int, int]]:
                            "[[block_id, start, length], ...]") from None
 
 
+#: Every message Ci sends on ``qkd/pairctl`` and its fields: :meth:`_JCtl.handle` refuses another kind, an
+#: unknown, missing or mistyped field before reading any (as the pair protocol's messages,
+#: :data:`labqfl.qkd.twoparty.CI_MESSAGES`; finite-key review s32 F1).
+PAIRCTL_MESSAGES: dict[str, MessageSchema] = {
+    "pending/list": MessageSchema(),
+    "pending/resolve": MessageSchema({"held": "str"}),
+    "block/prepare": MessageSchema({"block": "str", "start": "int", "end": "int", "need": "int", "refs": "str",
+                                    "key": "str"}),
+    "auth/void": MessageSchema({"key": "str", "refs": "str"}),
+    "frames/lost": MessageSchema({"lo": "int", "hi": "int", "frames": "str"}),
+    "block/skip": MessageSchema({"end": "int"}),
+    "block/commit": MessageSchema({"block": "str", "held": "str"}),
+}
+
+
 class _JCtl:
     """Cj's responder on ``qkd/pairctl`` (module docstring)."""
 
@@ -516,6 +531,8 @@ class _JCtl:
 
     def handle(self, req: Message) -> Message:
         jp, node, k = self.jp, self.jp.node, req.kind
+        if why := field_problem(req, PAIRCTL_MESSAGES, f"{jp.ci} on qkd/pairctl"):
+            return refuse(why)  # nothing read, claimed or spent here
         try:
             if k == "pending/list":
                 return ok("pending/ids", ids=json.dumps(node.pending_ids(jp.pair)))

@@ -10,7 +10,7 @@ import types
 
 import pytest
 
-from labqfl.nodes.client import _JServed
+from labqfl.nodes.client import _JCtl, _JServed
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.twoparty import REFUSED
 
@@ -60,3 +60,28 @@ def test_well_formed_messages_still_feed_the_announcements_they_refer_to() -> No
     served.handle(Message("ann/confirm", OK_CONFIRM))
     served.handle(Message("block/open", OK_OPEN))
     assert feed.calls == [("until", 0, 10), ("until_hi", 10)]
+
+
+class _Untouchable:
+    """A node, store and feed in one that fail the test if anything is read or changed."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"{name} touched by a malformed qkd/pairctl message")
+
+
+PREPARE = {"block": "b", "start": 0, "end": 10, "need": 384, "refs": "[]", "key": "auth-key-1"}
+
+
+@pytest.mark.parametrize(("kind", "fields", "words"), [
+    ("block/prepare", {**PREPARE, "junk": "x" * 100}, "carries unknown field 'junk'"),
+    ("block/prepare", {k: v for k, v in PREPARE.items() if k != "need"}, "lacks field 'need'"),
+    ("auth/void", {"key": "auth-key-1", "refs": [1, 2]}, "field 'refs' is a list, expected str"),
+    ("block/commit", {"block": "b", "held": "[]", "extra": 1}, "carries unknown field 'extra'"),
+    ("block/skip", {"end": "10"}, "field 'end' is a str, expected int"),
+    ("pending/list", {"ids": "[]"}, "carries unknown field 'ids'"),
+    ("no/such", {}, "unexpected message 'no/such' from C1 on qkd/pairctl")])
+def test_a_malformed_pairctl_message_is_refused_before_anything_is_read(kind, fields, words) -> None:
+    jp = types.SimpleNamespace(ci="C1", pair="C1-C2", node=_Untouchable(), feed=_Untouchable(), end=None,
+                               acq=_Untouchable(), supply=_Untouchable())
+    rep = _JCtl(jp).handle(Message(kind, fields))  # type: ignore[arg-type]
+    assert rep.kind == "node/refused" and words in str(rep.fields["reason"]), rep.fields
