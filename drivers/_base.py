@@ -6,13 +6,14 @@ link under the SCPI commands of their :class:`~labqfl.instruments.settings.Setti
 from __future__ import annotations
 
 import math
+import re
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, NamedTuple
 
 import numpy as np
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from pymeasure.adapters import Adapter
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig, validate_options
@@ -114,6 +115,31 @@ class SerialOptions(DriverOptions):
     baud_rate: int = Field(115200, ge=300, le=4_000_000, description="serial line rate [baud]")
 
 
+class Identity(NamedTuple):
+    """What a driver expects its instrument to answer to ``*IDN?`` (IEEE 488.2 §10.14: manufacturer,
+    model, serial number, firmware, comma-separated): ``expected`` in words (for the refusal) and
+    ``pattern``, a regular expression searched in the reply, case-insensitively."""
+
+    expected: str
+    pattern: str
+
+
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression ({exc})") from None
+    return value
+
+
+#: The ``identity_pattern`` option: a regular expression the instrument's ``*IDN?`` reply must contain
+#: (searched, case-insensitive) for a driver that names no model or whose reply is not documented.
+IdentityPattern = Annotated[str | None, AfterValidator(_regex),
+                            Field(min_length=1, description="regular expression the instrument's *IDN? reply must "
+                                  "contain (searched, case-insensitive); checked on open, before anything is written")]
+
+
 class MessageDriver(DriverDeclaration, Instrument):
     """Mixin for drivers talking SCPI-like text over one :class:`Link`.
 
@@ -126,6 +152,9 @@ class MessageDriver(DriverDeclaration, Instrument):
     WRITE_TERMINATION = "\n"
     ERROR_QUERY: str | None = "SYST:ERR?"
     SERIAL: dict[str, Any] = {}
+    #: The instrument this driver is for, checked against ``*IDN?`` on every open (``None``: a
+    #: protocol-level driver naming no model; its ``options.identity_pattern``, if set, is checked).
+    IDENTITY: ClassVar[Identity | None] = None
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         super().__init__(name, config.resource or "")
@@ -181,12 +210,34 @@ class MessageDriver(DriverDeclaration, Instrument):
 
     def _on_open(self) -> None:
         """Hook run after the session opened (read identity, select channel, clear errors)."""
-        self._identity = self.link.query("*IDN?")
+        self._read_identity()
+
+    def expected_identity(self) -> Identity | None:
+        """What ``*IDN?`` must answer on this role: the class's :attr:`IDENTITY`, or for a driver that
+        names no model the role's ``options.identity_pattern`` (``None``: not checked)."""
+        pattern = getattr(getattr(self, "opts", None), "identity_pattern", None)
+        if pattern:
+            return Identity(f"an instrument whose *IDN? matches options.identity_pattern {pattern!r}", pattern)
+        return self.IDENTITY
+
+    def _read_identity(self, reply: str | None = None) -> str:
+        """Query ``*IDN?`` (or take ``reply``, already read), keep it, and refuse an instrument that is not
+        the one this driver is for — before any setting is written to it."""
+        ident = self.link.query("*IDN?") if reply is None else reply.strip()
+        self._identity = ident
+        expected = self.expected_identity()
+        if expected is not None and not re.search(expected.pattern, ident, re.IGNORECASE):
+            shown = " ".join(p.strip() for p in ident.split(",")[:2] if p.strip()) or ident
+            raise InstrumentError(
+                f"instrument at {self.resource} identifies as {shown} ({ident!r}); expected {expected.expected} "
+                f"(check the address: nothing was written to it)", instrument=self.name, resource=self.resource,
+                command="*IDN?")
+        return ident
 
     def identity(self) -> str:
         with self.lock:
             if self._identity is None:
-                self._identity = self.link.query("*IDN?")
+                return self._read_identity()
             return self._identity
 
     def status(self) -> dict[str, Any]:

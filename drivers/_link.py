@@ -261,7 +261,8 @@ class Link:
                 if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
                     raise InstrumentTimeout(
                         f"no reply within {self.config.timeout_ms} ms (instrument off or busy, wrong address, "
-                        f"or wrong termination: expecting replies ending in {self.read_termination!r})",
+                        f"or wrong termination: expecting replies ending in {self.read_termination!r})"
+                        f"{self._queue_after_timeout(command)}",
                         instrument=self.owner.name, resource=self.resource, command=command,
                     ) from exc
                 raise InstrumentError(f"VISA I/O error: {exc.description}", instrument=self.owner.name,
@@ -285,6 +286,26 @@ class Link:
             except (OSError, ConnectionError) as exc:
                 raise InstrumentError(f"I/O failed: {_describe(exc)}", instrument=self.owner.name,
                                       resource=self.resource, command=command) from exc
+
+    def _queue_after_timeout(self, command: str) -> str:
+        """After ``command`` timed out on an instrument that has answered before, drain its error queue
+        and return the entries as a tail of the timeout's message: an unknown query leaves its error
+        (-113 "Undefined header") in the queue, and is reported here against the command that caused it
+        rather than against the next write. Nothing is drained for an instrument never heard (an absent
+        one would only time out again) or when the error query itself timed out; a failing drain is
+        logged and leaves the timeout as it is."""
+        if self.error_query is None or command == self.error_query or not self.heard:
+            return ""
+        entries: list[str] = []
+        try:
+            for _ in range(_MAX_QUEUE):
+                reply = self.query(self.error_query)
+                if int(float(reply.split(",", 1)[0].strip())) == 0:
+                    break
+                entries.append(reply)
+        except (InstrumentError, ValueError) as exc:
+            self.owner.log.warning("draining the error queue after a timeout of %r failed: %s", command, exc)
+        return f"; the instrument's error queue then held {'; '.join(entries)}" if entries else ""
 
     def write(self, command: str, *, check: bool = True) -> None:
         """Send ``command``; then drain the error queue (``check``) and raise on any entry."""

@@ -51,7 +51,7 @@ from labqfl.errors import InstrumentError
 from labqfl.instruments.interfaces import PhaseModulator
 from labqfl.instruments.settings import Setting, in_range
 
-from ._base import Limit, MessageDriver, check_range
+from ._base import IdentityPattern, Limit, MessageDriver, check_range
 
 GAIN_DB = (0.0, 40.0)
 V_PI_V = (0.5, 20.0)
@@ -77,6 +77,8 @@ class GenericBitDrivenPhaseModulatorOptions(DriverOptions):
     rf_gain_db: float | None = Field(None, ge=GAIN_DB[0], le=GAIN_DB[1],
                                      description="RF amplifier gain written on open [dB] (default: the ideal gain, "
                                                  "G·w0 = Vπ/2)")
+    #: this driver names no model: set it to your box's *IDN? so that a wrong address is refused on open
+    identity_pattern: IdentityPattern = None
 
     @field_validator("bit_levels_v")
     @classmethod

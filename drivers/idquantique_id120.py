@@ -67,7 +67,17 @@ from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PhotonDetector
 from labqfl.instruments.settings import Setting, in_range
 
-from ._base import FreeRunning, Limit, MessageDriver, check_range, off_anyway, ramp_points, run_ramp
+from ._base import (
+    FreeRunning,
+    Identity,
+    IdentityPattern,
+    Limit,
+    MessageDriver,
+    check_range,
+    off_anyway,
+    ramp_points,
+    run_ramp,
+)
 
 BIAS_UV = (0, 250_000_000, 80_000)
 THRESHOLD_UV = (0, 1_047_000, 500)
@@ -83,6 +93,7 @@ class IDQuantiqueID120Options(DriverOptions):
     threshold_mv: float = Field(25.0, ge=0.0, le=THRESHOLD_UV[1] / 1e3, description="discriminator threshold [mV]")
     bias_ramp_v_per_s: float = Field(50.0, gt=0.0, le=10_000.0, description="average bias ramp rate [V/s]")
     bias_step_v: float = Field(5.0, gt=0.0, le=250.0, description="largest bias step of a ramp [V]")
+    identity_pattern: IdentityPattern = None
 
 
 def _snap(value: float, lo: int, hi: int, step: int) -> int:
@@ -99,6 +110,9 @@ class IDQuantiqueID120(FreeRunning, MessageDriver, PhotonDetector):
     WRITE_TERMINATION = "\r\n"  # pyvisa's default, as in the source driver (it sets only the read termination)
     ERROR_QUERY = None
     Options = IDQuantiqueID120Options
+    #: the model name is public, the exact *IDN? reply is not (no vendor manual): the reply must name the
+    #: ID120; ``options.identity_pattern`` replaces this check for a unit that answers otherwise
+    IDENTITY = Identity("an ID Quantique ID120", r"\bID\s*120\b")
     SPECTRAL_RANGE_NM = SPECTRAL_RANGE_NM
 
     max_bias = BIAS_UV[1] / 1e6

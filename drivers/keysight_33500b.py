@@ -65,7 +65,7 @@ from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import PHASE_ALPHABET_RAD, PhaseModulator
 
-from ._base import Limit, MessageDriver, check_range
+from ._base import Identity, Limit, MessageDriver, check_range
 
 AMPLITUDE_VPP = (0.01, 10.0)
 MAX_ABS_V = 5.0
@@ -110,6 +110,9 @@ class Keysight33500B(MessageDriver, PhaseModulator):
     """A 33500B channel as a :class:`PhaseModulator` (PyMeasure ``Agilent33500`` underneath)."""
 
     Options = Keysight33500BOptions
+    #: ``*IDN?`` (guide, IEEE-488 common commands): "Keysight Technologies,33522B,<serial>,<firmware>" (earlier
+    #: units: "Agilent Technologies"); any 33500B-series model, 33509B … 33522B
+    IDENTITY = Identity("a Keysight/Agilent 33500B-series generator", r"^\s*(Keysight|Agilent)( Technologies)?\s*,\s*335\d\dB\b")
     CHANNELS = (1, 2)  # two roles (two clients' modulators) may share one two-channel generator
 
     @classmethod
@@ -137,7 +140,7 @@ class Keysight33500B(MessageDriver, PhaseModulator):
         if not ident:
             raise InstrumentReplyError("empty reply", instrument=self.name, resource=self.resource, command="*IDN?")
         self.link.heard = True
-        self._identity = ident
+        self._read_identity(ident)
         # binary blocks least-significant byte first; a filter that keeps each slot flat
         self.link.write("FORM:BORD SWAP")
         self._set(f"SOUR{self.channel}:FUNC:ARB:FILT {self.arb_filter}",

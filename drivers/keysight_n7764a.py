@@ -15,6 +15,7 @@ Commands (Keysight N77xx programming guide, ``:INPut`` / ``:OUTPut`` subsystems)
     :INP<ch>:WAV <m>           calibration wavelength [m]         :INP<ch>:WAV?  → m
     :OUTP<ch>:STAT <0|1>       output (shutter) open = 1          :OUTP<ch>:STAT? → 0/1
     SYST:ERR?                  error queue, ``<code>,"<message>"``
+    *IDN?                      identity, checked on open: ``Keysight Technologies,N7764A,…``
 
 The attenuation limit is ``min(config.max_attenuation_db, options.max_db)`` with
 ``options.max_db`` = 45 dB by default (set it to your unit's specified range). The options are
@@ -33,7 +34,7 @@ from pymeasure.adapters import Adapter
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.instruments.interfaces import VariableAttenuator
 
-from ._base import MessageDriver
+from ._base import Identity, MessageDriver
 
 WAVELENGTH_NM = (1260.0, 1640.0)
 DEFAULT_MAX_DB = 45.0
@@ -52,6 +53,9 @@ class KeysightN7764A(MessageDriver, VariableAttenuator):
 
     Options = KeysightN7764AOptions
     SPECTRAL_RANGE_NM = WAVELENGTH_NM
+    #: ``*IDN?`` (IEEE 488.2 common command, N77xx programming guide): "Keysight Technologies,N7764A,<serial>,
+    #: <firmware>" (units sold before 2014 answer "Agilent Technologies")
+    IDENTITY = Identity("a Keysight N7764A", r"^\s*(Keysight|Agilent)( Technologies)?\s*,\s*N7764A\b")
     CHANNELS = CHANNELS
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:

@@ -54,7 +54,7 @@ from labqfl.errors import InstrumentError
 from labqfl.instruments.interfaces import IntensityModulator, ModulatorBiasController
 from labqfl.instruments.settings import Rejected, Setting, rule
 
-from ._base import Limit, MessageDriver
+from ._base import IdentityPattern, Limit, MessageDriver
 
 V_PI = (1.0, 15.0)
 MODES = {"null": "NULL", "peak": "PEAK", "quad+": "QUADP", "quad-": "QUADN", "manual": "MAN"}
@@ -83,6 +83,8 @@ class GenericMZIntensityModulatorOptions(DriverOptions):
     extinction_db: float = Field(30.0, ge=10.0, le=60.0, description="extinction ratio of the modulator [dB]")
     bias_mode: str = Field("null", pattern=r"^(null|peak|quad\+|quad-|manual)$",
                            description="lock point written on open: null (decoys need it), peak, quad+, quad-, manual")
+    #: this driver names no model: set it to your controller's *IDN? so that a wrong address is refused on open
+    identity_pattern: IdentityPattern = None
 
 
 class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBiasController):

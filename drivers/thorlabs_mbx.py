@@ -60,7 +60,7 @@ from labqfl.config import InstrumentConfig
 from labqfl.errors import InstrumentReplyError
 from labqfl.instruments.interfaces import ModulatorBiasController
 
-from ._base import SerialOptions
+from ._base import Identity, SerialOptions
 from .mz_intensity_modulator import GenericMZIntensityModulator, GenericMZIntensityModulatorOptions
 
 #: ``MZM:MODE`` numbers (PyMeasure's ``MzmMode``) of the lock points labqfl uses.
@@ -85,6 +85,9 @@ class ThorlabsMBX(GenericMZIntensityModulator):
     """Thorlabs MBX bias controller + the client's Mach–Zehnder intensity modulator (module docstring)."""
 
     Options = ThorlabsMBXOptions
+    #: the guide gives no *IDN? example: the reply must name Thorlabs and an MBX/MX unit
+    #: ("Thorlabs,MBX,<serial>,<firmware>" assumed); ``options.identity_pattern`` replaces this check
+    IDENTITY = Identity("a Thorlabs MBX/MX bias controller", r"^\s*Thorlabs\s*,\s*M(BX|X)")
     READ_TERMINATION = "\n"
     WRITE_TERMINATION = "\n"
     ERROR_QUERY = None  # the guide documents no error queue: every set command is acknowledged instead

@@ -9,8 +9,12 @@ Averaging uses ``SENS:AVER:COUN`` (samples, 1 … 10000); power is ``MEAS:POW?``
 (``SENSe:POWer[:DC]:UNIT W|DBM``, "Sets the power unit W or dBm": Thorlabs' PM100 SCPI command table as
 transcribed in clade/ThorlabsPM100, ``ThorlabsPM100.py``, ``SensePowerDc.unit``; the short form leaves
 out the optional DC node) and checks ``SENS:POW:UNIT?`` = W (again in :meth:`status`). A head whose
-flags say it is not a power sensor (an energy head) is refused at open. Negative readings and the
-SCPI overflow value 9.9E+37 are refused.
+flags say it is not a power sensor (an energy head) is refused at open. ``*IDN?`` must name a Thorlabs
+PM100-family console (checked first). The head's largest power range ``SENS:POW:RANG:UPP? MAX``
+(``SENSe:POWer[:DC]:RANGe[:UPPer]``, same table and short form) is read at open: a ``MEAS:POW?`` reading
+must be one number from the head's negative floor (photodiode heads −1 µW, thermal −1 mW) up to that
+range (+10 %); a two-value reply, a reading above the range (wrong unit) and the SCPI overflow value
+9.9E+37 are refused.
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ from labqfl.config import InstrumentConfig
 from labqfl.errors import InstrumentError, InstrumentReplyError
 from labqfl.instruments.interfaces import PowerMeter
 
-from ._base import MessageDriver
+from ._base import Identity, MessageDriver
 
 #: Plausible wavelength replies of any PM100 head [nm] (widest Thorlabs head ranges lie inside).
 WAVELENGTH_NM = (100.0, 30_000.0)
+#: Plausible replies to ``SENS:POW:RANG:UPP? MAX`` [W] (Thorlabs' largest thermal heads measure kW).
+MAX_HEAD_RANGE_W = 1e4
+#: A reading may exceed the selected range a little before the console reports overrange; above this
+#: factor times the head's largest range it is not a power this head measured.
+OVERRANGE = 1.1
+#: Most negative reading of a photodiode head (sensor type 1) [W]: its zero offset is nW; thermal and
+#: pyroelectric heads drift by up to tens of µW after zeroing, allowed down to ``NEGATIVE_FLOOR_W``.
+PHOTODIODE_FLOOR_W = -1e-6
 
 
 class ThorlabsPM100USB(MessageDriver, PowerMeter):
@@ -36,11 +48,16 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
 
     Takes no options; its wavelength range is the sensor head's, read at open (not declared)."""
 
+    #: ``*IDN?`` of a PM100-family console, "Thorlabs,PM100USB,<serial>,<firmware>" (PM100D/PM100USB manuals,
+    #: SCPI common commands); checked before the sensor head is queried
+    IDENTITY = Identity("a Thorlabs PM100-family power meter (PM100USB, PM100D, PM100A)", r"^\s*Thorlabs\s*,\s*PM1\d\d")
+
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         super().__init__(name, config, adapter=adapter)
 
     def _on_open(self) -> None:
         assert self.link.adapter is not None
+        self._read_identity()  # the right instrument before anything else is sent
 
         def build() -> _PM100USB:
             with warnings.catch_warnings():  # PyMeasure's "SCPI support unknown" FutureWarning
@@ -57,13 +74,14 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
                                   f"{sum(b << i for i, b in enumerate(self.pm.flags))}); expected a photodiode or "
                                   f"thermal power head", instrument=self.name, resource=self.resource,
                                   command="SYST:SENSOR:IDN?")
-        self._identity = self.link.query("*IDN?")
         self._wl_range = (
             self.link.call_float("SENS:CORR:WAV? MIN", lambda: self.pm.wavelength_min, *WAVELENGTH_NM, "nm"),
             self.link.call_float("SENS:CORR:WAV? MAX", lambda: self.pm.wavelength_max, *WAVELENGTH_NM, "nm"),
         )
         # PyMeasure caches the range on first use; hand it the values already read.
         self.pm._wavelength_min, self.pm._wavelength_max = self._wl_range
+        # the head's largest power range: readings above it are not this head's
+        self.max_power_w = self.link.query_float("SENS:POW:RANG:UPP? MAX", 1e-9, MAX_HEAD_RANGE_W, "W")
         # MEAS:POW? answers in the selected unit: select watts and check the meter took it
         self.link.write("SENS:POW:UNIT W")
         self.check_power_unit()
@@ -100,10 +118,21 @@ class ThorlabsPM100USB(MessageDriver, PowerMeter):
     #: reading below −1 mW means a wrong zero or a wrong unit, and is refused
     NEGATIVE_FLOOR_W = -1e-3
 
+    def power_floor_w(self) -> float:
+        """Most negative reading accepted for this head [W]: :data:`PHOTODIODE_FLOOR_W` for a photodiode head
+        (``SYST:SENSOR:IDN?`` type 1, PM100D manual §6.4), :data:`NEGATIVE_FLOOR_W` for thermal/pyro heads."""
+        try:
+            photodiode = float(self.pm.sensor_type) == 1
+        except (TypeError, ValueError):
+            photodiode = False
+        return PHOTODIODE_FLOOR_W if photodiode else self.NEGATIVE_FLOOR_W
+
     def power_w(self) -> float:
-        """Measured optical power [W]; zero-offset noise may be slightly negative (down to
-        :data:`NEGATIVE_FLOOR_W`), anything below it or the SCPI overflow 9.9E+37 is refused."""
-        return self.link.call_float("MEAS:POW?", lambda: self.pm.power, self.NEGATIVE_FLOOR_W, None, "W")
+        """Measured optical power [W]: one number (``MEAS:POW?``), from the head's zero-offset floor
+        (:meth:`power_floor_w`) to its largest range (``SENS:POW:RANG:UPP? MAX``, read at open) times
+        :data:`OVERRANGE`; anything else (two values, a reading in another unit or above the head's range,
+        the SCPI overflow 9.9E+37) is one :class:`InstrumentReplyError` naming the reply and the range."""
+        return self.link.query_float("MEAS:POW?", self.power_floor_w(), self.max_power_w * OVERRANGE, "W")
 
     def status(self) -> dict[str, Any]:
         st = super().status()

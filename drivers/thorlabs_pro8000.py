@@ -54,7 +54,7 @@ from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentReplyError
 from labqfl.instruments.interfaces import PulsedLaser
 
-from ._base import Limit, MessageDriver, off_anyway, ramp_points, run_ramp
+from ._base import Identity, Limit, MessageDriver, off_anyway, ramp_points, run_ramp
 
 REP_RATE_HZ = (1.0, 10e9)
 SLOTS = (1, 8)
@@ -99,6 +99,9 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
     ERROR_QUERY = ":SYST:ERR?"
     Options = ThorlabsPRO8000Options
+    #: ``*IDN?`` of a PRO8000/PRO800 mainframe: "PROFILE,PRO8000,<serial>,<firmware>" (PROFILE, the maker
+    #: Thorlabs bought, as the PRO8000 manual's *IDN? example shows; later firmware may say Thorlabs)
+    IDENTITY = Identity("a Thorlabs (PROFILE) PRO8000/PRO800 mainframe", r"^\s*(PROFILE|Thorlabs)\s*,\s*PRO\s*80{2,3}\b")
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
@@ -125,9 +128,9 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                 warnings.simplefilter("ignore", FutureWarning)
                 return ThorlabsPro8000(self.link.adapter)  # writes :SYST:ANSW VALUE
 
+        self._read_identity()  # the right instrument before anything is written to it
         self.pm = self.link.call(":SYST:ANSW VALUE", build)
         self.link.check_errors(":SYST:ANSW VALUE")
-        self._identity = self.link.query("*IDN?")
         # the LDC's software current limit: the module itself refuses a set point above max_current_ma
         self._set(self.ld_slot, ":LIMC:SET", "LDCCurrentLimit", round(self.max_current_ma * 1e-3, 9))
 

@@ -368,10 +368,35 @@ class Setting(Generic[T]):
                                                instrument=_instrument_name(inst),
                                                resource=str(getattr(inst, "resource", "")), command=command)
                 reply = reverse[reply]
-            return self.get_process(reply) if self.get_process is not None else reply
+            value = self.get_process(reply) if self.get_process is not None else reply
+            self._check_reading(inst, command, reply, value)
+            return value
         if self.store is not None:
             return getattr(inst, self.store)
         raise NotImplementedError(f"{type(inst).__name__} does not implement the setting {self.name!r}")
+
+    def _check_reading(self, inst: Any, command: str, reply: Any, value: Any) -> None:
+        """A numeric read-back must lie in the setting's own range (the range its writes obey,
+        within a rounding margin of 1e-9 of the larger bound): a reply in another unit (nm for m) or
+        out of the instrument's range is one :class:`InstrumentReplyError` naming the instrument, the
+        command, the reply and the expected range, never a value passed on to a calibration."""
+        rng = self.validator
+        if not isinstance(rng, InRange) or isinstance(value, bool | np.bool_):
+            return
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            return  # not a number: the cast already refused or accepted it as text
+        lo, hi = rng.bounds(inst)
+        tol = 1e-9 * max(abs(lo), abs(hi), 1.0)
+        inside = math.isfinite(v) and (v > lo if rng.lo_open else v >= lo - tol) and v <= hi + tol
+        if not inside:
+            unit = rng.unit(inst) if callable(rng.unit) else rng.unit
+            shown = f"{v:g}{f' {unit}' if unit else ''}"
+            raise InstrumentReplyError(
+                f"reply {reply!r} reads as {self.name} = {shown}, outside the setting's range; expected "
+                f"{rng.expected(inst)} (wrong unit, or the instrument is out of range)",
+                instrument=_instrument_name(inst), resource=str(getattr(inst, "resource", "")), command=command)
 
     def __set__(self, inst: Any, value: T) -> None:
         if not self.writable:

@@ -39,8 +39,9 @@ def test_absent_instrument_names_role_resource_and_connection(sim_library, cls, 
 
 
 def test_silent_instrument_is_a_failed_connection_not_a_command_fault(sim_library) -> None:  # type: ignore[no-untyped-def]
-    """A defined resource that answers nothing (here: its error query is unknown to the device)."""
-    lib = sim_library("thorlabs_pro8000.yaml", lambda t: t.replace('- q: ":SYST:ERR?"', '- q: ":SYST:ERRX?"'))
+    """A defined resource that answers nothing (here: its identity and error queries are unknown to the device)."""
+    lib = sim_library("thorlabs_pro8000.yaml", lambda t: t.replace('- q: ":SYST:ERR?"', '- q: ":SYST:ERRX?"')
+                      .replace('- q: "*IDN?"', '- q: "*IDNX?"'))
     cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR", visa_library=lib, timeout_ms=100)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

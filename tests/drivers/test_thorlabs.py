@@ -101,7 +101,7 @@ def test_pro8000_exact_protocol_with_current_ramps() -> None:
     ok = (b":SYST:ERR?", b'0,"No error"')
     on, off = (b":SLOT 3", None), (b":SLOT 3", None)
     with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
-        (b":SYST:ANSW VALUE", None), ok, (b"*IDN?", b"PROFILE,PRO8000,1,3"),
+        (b"*IDN?", b"PROFILE,PRO8000,1,3"), (b":SYST:ANSW VALUE", None), ok,
         (b":SLOT 3", None), (b":LIMC:SET 0.1", None), ok,  # software current limit = max_current_ma
         # power 2 mW with the LDC off: the set point is written directly (no current flows)
         (b":SLOT 3", None), (b":LASER?", b"OFF"),
@@ -163,8 +163,9 @@ def test_pm100usb_exact_protocol_and_missing_head() -> None:
     ok = (b"SYST:ERR?", b'+0,"No error"')
     head = (b"SYST:SENSOR:IDN?", b"S122C,123,07-Sep-2015,1,18,289")
     with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a), [
-        head, (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"),
-        (b"SENS:CORR:WAV? MIN", b"700"), (b"SENS:CORR:WAV? MAX", b"1800"), *PM_UNIT_W,
+        (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"), head,
+        (b"SENS:CORR:WAV? MIN", b"700"), (b"SENS:CORR:WAV? MAX", b"1800"),
+        (b"SENS:POW:RANG:UPP? MAX", b"4.000000E-02"), *PM_UNIT_W,
         (b"SENSE:CORR:WAV 1310.0", None), ok,
         (b"SENS:AVER:COUN 50", None), ok,
         (b"MEAS:POW?", b"1.25E-04"),
@@ -174,12 +175,13 @@ def test_pm100usb_exact_protocol_and_missing_head() -> None:
         d.close()
     with pytest.raises(InstrumentError, match="no sensor"):
         with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a),
-                               [(b"SYST:SENSOR:IDN?", b"no sensor,0,0,0,0,0")]):
+                               [(b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"),
+                                (b"SYST:SENSOR:IDN?", b"no sensor,0,0,0,0,0")]):
             pass
 
 
 # -- review s31: safe state, set-point and TEC checks, replies (PRO8000); unit, head and readings (PM100) ----
-PRO_OPEN = [(b":SYST:ANSW VALUE", None), (b":SYST:ERR?", b'0,"No error"'), (b"*IDN?", b"PROFILE,PRO8000,1,3"),
+PRO_OPEN = [(b"*IDN?", b"PROFILE,PRO8000,1,3"), (b":SYST:ANSW VALUE", None), (b":SYST:ERR?", b'0,"No error"'),
             (b":SLOT 1", None), (b":LIMC:SET 0.1", None), (b":SYST:ERR?", b'0,"No error"')]
 PRO_OK = (b":SYST:ERR?", b'0,"No error"')
 PRO_CFG = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
@@ -287,12 +289,12 @@ def test_pro8000_snapshot_says_where_the_wavelength_comes_from(laser: ThorlabsPR
 
 
 PM_HEAD = (b"SYST:SENSOR:IDN?", b"S122C,123,07-Sep-2015,1,18,289")
-PM_OPEN = [PM_HEAD, (b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"), (b"SENS:CORR:WAV? MIN", b"700"),
-           (b"SENS:CORR:WAV? MAX", b"1800"), *PM_UNIT_W]
+PM_OPEN = [(b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"), PM_HEAD, (b"SENS:CORR:WAV? MIN", b"700"),
+           (b"SENS:CORR:WAV? MAX", b"1800"), (b"SENS:POW:RANG:UPP? MAX", b"4.000000E-02"), *PM_UNIT_W]
 
 
 @pytest.mark.parametrize("reply,match", [
-    (b"-2.0E-03", r"reply -0.002 is out of range; expected at least -0.001 W"),
+    (b"-2.0E-03", r"reply '-2.0E-03' is out of range; expected -1e-06 to 0.044 W"),
     (b"9.9E+37", "SCPI overflow"),
     (b"abc", "unexpected reply 'abc'; expected a number"),
 ])
@@ -320,5 +322,6 @@ def test_pm100_refuses_a_dbm_unit_and_an_energy_head_at_open() -> None:
             pass
     with pytest.raises(InstrumentError, match="ES120C is not a power sensor"):
         with expected_protocol(lambda a: ThorlabsPM100USB("pm", cfg, adapter=a),
-                               [(b"SYST:SENSOR:IDN?", b"ES120C,7,01-Jan-2020,2,1,2")]):
+                               [(b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"),
+                                (b"SYST:SENSOR:IDN?", b"ES120C,7,01-Jan-2020,2,1,2")]):
             pass

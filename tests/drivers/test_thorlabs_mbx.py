@@ -82,7 +82,7 @@ def test_exact_protocol() -> None:
 
 
 def test_against_its_simulated_counterpart(mbx: ThorlabsMBX) -> None:
-    assert "MBX-SIM" in mbx.identity()
+    assert "Thorlabs,MBX" in mbx.identity()
     assert mbx.output_enabled is False and mbx.mode == "null" and mbx.locked is True
     mbx.output_enabled = True
     assert mbx.output_enabled is True and mbx.mode == "null" and mbx.bias_voltage_v == pytest.approx(-1.234)
