@@ -36,13 +36,16 @@ import asyncio
 import base64
 import json
 import math
+import os
 import re
 import socket
+import sqlite3
 import ssl
 import threading
 import time
 import tomllib
 import uuid
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -224,6 +227,113 @@ def _echo(value: Any) -> Any:
     return f"a JSON {'array' if isinstance(value, list | tuple) else 'object'}"
 
 
+#: Folder, next to the node stores, of the lock files of the running KME instances (:class:`KmeInstance`).
+INSTANCE_DIR = ".kme-instances"
+#: The member of a reservation's info that names the KME instance whose request made it.
+INSTANCE_INFO = "kme_instance"
+
+
+def _close_instance(fds: list[int], paths: list[Path]) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class KmeInstance:
+    """One running KME (a :class:`KeyDeliveryService`): a random ID written into the info of every
+    reservation its requests make, and a lock file ``<store folder>/.kme-instances/<ID>.lock`` per
+    store folder, locked (``flock``, exclusive) for as long as the instance lives.  The kernel drops
+    the lock when its process dies, however it dies (SIGKILL, a crash); a power cut leaves no lock at
+    all.  So another KME can tell, at once and without waiting, whether the instance that made a
+    reservation can still finish it (:meth:`alive`): two live KMEs on one data dir never release
+    each other's requests in flight, and a dead one's half-done requests are released at once (review
+    s33 F3: a KME restarted within ``resync_settled_s`` of a SIGKILL left them reserved for good).
+
+    ``id`` is None when no lock can be made (no ``fcntl``, an unwritable folder): the reservations
+    then carry no owner and fall under the age rule (``resync_settled_s``) as before."""
+
+    def __init__(self, folders: Sequence[Path]):
+        self.id: str | None = None
+        fds: list[int] = []
+        paths: list[Path] = []
+        try:
+            import fcntl
+
+            iid = str(uuid.uuid4())
+            for folder in dict.fromkeys(Path(f) for f in folders):
+                d = folder / INSTANCE_DIR
+                d.mkdir(mode=0o700, exist_ok=True)
+                tmp = d / f".{iid}.tmp"  # locked before it gets the name others look for
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                fds.append(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.write(fd, f"pid {os.getpid()} started {datetime.now(UTC).isoformat(timespec='seconds')}\n".encode())
+                os.rename(tmp, d / f"{iid}.lock")
+                paths.append(d / f"{iid}.lock")
+            self.id = iid
+        except (ImportError, OSError) as exc:
+            _close_instance(fds, paths)
+            fds, paths = [], []
+            log.warning("KME: cannot make an instance lock next to the key stores (%s); interrupted requests are "
+                        "released only once older than resync_settled_s", exc)
+        self._finalizer = weakref.finalize(self, _close_instance, fds, paths)
+
+    def close(self) -> None:
+        """Drop the lock (the instance is gone: its reservations may be released by any KME)."""
+        self._finalizer()
+
+    @staticmethod
+    def alive(folder: Path, instance_id: str) -> bool:
+        """Whether KME instance ``instance_id`` (with a lock in ``folder``) is still running.  Unsure
+        (a lock file that cannot be opened or locked for another reason): True, so nothing is released."""
+        try:
+            import fcntl
+
+            uuid.UUID(instance_id)
+        except (ImportError, ValueError):
+            return True
+        path = Path(folder) / INSTANCE_DIR / f"{instance_id}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False  # never made here, or removed by a clean stop or an earlier check
+        except OSError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: a live process holds it
+            return True
+        else:
+            path.unlink(missing_ok=True)  # dead: its lock file goes (we hold its lock while removing it)
+            return False
+        finally:
+            os.close(fd)
+
+
+_STORAGE_FAILURES = (("disk is full", "disk full"), ("disk i/o error", "disk I/O error"),
+                     ("readonly", "read-only file system or store"), ("read-only", "read-only file system or store"),
+                     ("unable to open database file", "the store file cannot be opened"))
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` (a :class:`KeyStoreError` or ``sqlite3`` error) is a failed write
+    to the disk (full, I/O error, read-only), not a refusal of the bits; None otherwise."""
+    text = str(exc).lower()
+    return next((why for needle, why in _STORAGE_FAILURES if needle in text), None)
+
+
+def _kept_note(kept: Sequence[str], where: str = "") -> str:
+    """The end of a 503 message when reservations could not be released."""
+    if not kept:
+        return ""
+    return (f" (but {len(kept)} reservation(s){' ' + where if where else ''} could not be released yet; this KME "
+            "releases them as soon as the store can be written)")
+
+
 class KeyDeliveryService:
     """The KME logic, independent of HTTP: ``status``, ``enc_keys``, ``dec_keys``.
 
@@ -238,7 +348,32 @@ class KeyDeliveryService:
         self.settings = settings
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._recovery_lock = threading.Lock()
+        #: reservations this instance could not release (a full disk, a busy store): {node: {key ID}},
+        #: released again before each enc_keys (review s33 F5: they stayed until a restart)
+        self._unreleased: dict[str, set[str]] = {}
+        self.instance = KmeInstance([Path(st.path).parent for st in self.stores.values()])
         self.recover_interrupted_requests()
+
+    @property
+    def instance_id(self) -> str | None:
+        """This KME's instance ID (:class:`KmeInstance`), written into its reservations' info."""
+        return self.instance.id
+
+    def close(self) -> None:
+        """Drop this instance's lock: a KME started later treats its reservations as abandoned."""
+        self.instance.close()
+
+    def _abandoned(self, store: KeyStore, d: dict[str, Any], cutoff: str) -> bool:
+        """Whether the request that made reservation ``d`` can no longer finish it: its KME instance
+        is not running (:meth:`KmeInstance.alive`) — or, for a reservation that names no instance
+        (made by a KME before review s33, or one without an instance lock), it is older than ``cutoff``."""
+        owner = d["info"].get(INSTANCE_INFO)
+        if not isinstance(owner, str):
+            return str(d["created"]) <= cutoff
+        if owner == self.instance_id:
+            return False  # this KME's own request, maybe in flight (failed releases: _retry_unreleased)
+        return not KmeInstance.alive(Path(store.path).parent, owner)
 
     def recover_interrupted_requests(self, min_age_s: float | None = None) -> list[str]:
         """Release the reservations of enc_keys requests that a stopped KME (SIGKILL, a crash, a
@@ -250,37 +385,50 @@ class KeyDeliveryService:
         but its reservations stayed: the master's bits reserved at the master only, so every request
         with the *slave's* node as master picked them first and was refused there — that direction
         answered 503 for good.  Such reservations — master end still reserved and unread, slave end
-        reserved or never made — are released at both ends.  A slave reservation whose master end
-        was taken is a delivered key waiting for its dec_keys and stays.  Only reservations older
-        than ``min_age_s`` (default ``resync_settled_s``) are touched: another KME process serving
-        the same stores may have a request in flight."""
+        reserved or never made — are released at both ends.  A slave reservation whose master end was
+        taken is a delivered key waiting for its dec_keys and stays.  Only reservations of a request
+        that can no longer finish are touched (:meth:`_abandoned`): one whose KME instance is gone
+        (review s33 F3: at once, whatever its age), or, naming no instance, one older than
+        ``min_age_s`` (default ``resync_settled_s``).  Run when the KME starts and whenever a
+        slave's store refuses the bits the master's holds next (:meth:`_take_at_both`)."""
         age = float(self.settings.resync_settled_s if min_age_s is None else min_age_s)
         cutoff = (datetime.now(UTC) - timedelta(seconds=age)).isoformat(timespec="microseconds")
         released: list[str] = []
-        for node, store in self.stores.items():
-            for d in store.pending_reservations(ETSI_PURPOSE):
-                if d["kind"] != "reserve" or str(d["created"]) > cutoff:
-                    continue  # read (a key handed out), or maybe in flight
-                master = self.settings.saes.get(str(d["info"].get("master_SAE_ID")))
-                other = [n for n in str(d["pair"]).split("-") if n != node]
-                partner = self.stores.get(other[0]) if other else None
-                if master is None or partner is None:
-                    continue  # an SAE no longer configured, or the partner's store not here: left as it is
-                kid = str(d["key_id"])
-                peer = partner.delivery(kid)
-                if master != node:  # a slave end: a delivered key waits for dec_keys, unless its master end is gone
-                    if peer is None or peer["state"] == "released":
-                        self._release(node, [([], kid)])
-                        released.append(kid)
-                    continue
-                if peer is not None and peer["state"] == "reserved":
-                    self._release(other[0], [([], kid)])
-                self._release(node, [([], kid)])
-                released.append(kid)
+        with self._recovery_lock:
+            self._retry_unreleased()
+            for node, store in self.stores.items():
+                for d in store.pending_reservations(ETSI_PURPOSE):
+                    if d["kind"] == "reserve" and self._abandoned(store, d, cutoff):  # unread: no key handed out
+                        released += self._recover_one(node, d)
         if released:
             log.warning("KME: released %d reservation(s) of enc_keys requests a stopped KME left half-done (no key "
                         "was handed out for them): %s", len(released), ", ".join(released))
         return released
+
+    def _recover_one(self, node: str, d: dict[str, Any]) -> list[str]:
+        """Release abandoned reservation ``d`` at ``node`` (and its master end's partner); the key IDs released."""
+        master = self.settings.saes.get(str(d["info"].get("master_SAE_ID")))
+        other = [n for n in str(d["pair"]).split("-") if n != node]
+        partner = self.stores.get(other[0]) if other else None
+        if master is None or partner is None:
+            return []  # an SAE no longer configured, or the partner's store not here: left as it is
+        kid = str(d["key_id"])
+        peer = partner.delivery(kid)
+        if master != node:  # a slave end: a delivered key waits for dec_keys, unless its master end is gone
+            if peer is None or peer["state"] == "released":
+                return [] if self._release(node, [([], kid)]) else [kid]
+            return []
+        if peer is not None and peer["state"] == "reserved":
+            self._release(other[0], [([], kid)])
+        return [] if self._release(node, [([], kid)]) else [kid]
+
+    def _retry_unreleased(self) -> None:
+        """Release again the reservations this instance failed to release before (a full disk)."""
+        for node, kids in list(self._unreleased.items()):
+            for kid in sorted(kids):
+                kids.discard(kid)
+                if self.stores[node].reservation(kid) is not None:
+                    self._release(node, [([], kid)])
 
     # -- helpers
 
@@ -332,13 +480,25 @@ class KeyDeliveryService:
             raise EtsiError(503, "not enough key material for this request", [{"reason": str(exc)}]) from None
         except KeyStoreBusyError as exc:
             raise self._busy(m, exc) from None
-        except KeyStoreError as exc:
+        except (KeyStoreError, sqlite3.Error) as exc:
+            why = storage_failure(exc)
+            if why:
+                raise self._unwritable(m, why, exc, "no key was handed out") from None
             raise EtsiError(503, "key store error at the master's KME; no key was handed out",
                             [{"reason": str(exc)}]) from None
         return list(zip(refs, kids, strict=True))
 
+    @staticmethod
+    def _unwritable(node: str, why: str, exc: BaseException, consumed: str) -> EtsiError:
+        """503 for a store that cannot be written (review s33 F5: a full disk answered "out of step")."""
+        log.error("KME: key store of node %s cannot be written (%s): %s; %s", node, why, exc, consumed)
+        return EtsiError(503, f"key store of node {node} cannot be written ({why}); {consumed}",
+                         [{"node": node, "reason": str(exc)}])
+
     def _release(self, node: str, items: Sequence[tuple[list[Ref], str]]) -> list[str]:
-        """Release the reservations ``items`` at ``node``'s store; returns the key IDs that stay reserved."""
+        """Release the reservations ``items`` at ``node``'s store; returns the key IDs that stay reserved.
+        Those kept because the store could not be written (busy, disk full) are released again before
+        the next enc_keys (:meth:`_retry_unreleased`)."""
         kept: list[str] = []
         for i, (_, kid) in enumerate(items):
             try:
@@ -346,13 +506,17 @@ class KeyDeliveryService:
             except KeyStoreBusyError as exc:  # the next ones would each wait the busy timeout too
                 rest = [k for _, k in items[i:]]
                 log.error("KME: could not release %d reservation(s) at node %s (%s); their bits stay reserved and "
-                          "unused: %s", len(rest), node, exc, ", ".join(rest))
+                          "unused until the store can be written: %s", len(rest), node, exc, ", ".join(rest))
                 kept += rest
+                self._unreleased.setdefault(node, set()).update(rest)
                 break
-            except KeyStoreError as exc:
+            except (KeyStoreError, sqlite3.Error) as exc:
+                why = storage_failure(exc)
                 log.error("KME: could not release reservation %s at node %s (%s); its bits stay reserved and "
-                          "unused", kid, node, exc)
+                          "unused%s", kid, node, exc, " until the store can be written" if why else "")
                 kept.append(kid)
+                if why:
+                    self._unreleased.setdefault(node, set()).add(kid)
         return kept
 
     def _resync(self, pair: str, m: str, s: str, items: Sequence[tuple[list[Ref], str]]) -> int:
@@ -383,8 +547,10 @@ class KeyDeliveryService:
         consume the master's: a refusal at either end consumes nothing, and no bit is read before
         both ends hold it for the key (caller holds the pair lock).  When the slave's store refused
         because some of those bits were already spent there for good, they are spent at the master
-        too (:meth:`_resync`) and the request is tried again with the following bits (at most
-        :data:`RESYNC_ATTEMPTS` tries: a spent range that does not end where a request does takes two)."""
+        too (:meth:`_resync`), or because a stopped KME left them reserved, they are released
+        (:meth:`recover_interrupted_requests`), and the request is tried again with the following
+        bits (at most :data:`RESYNC_ATTEMPTS` tries: a spent range that does not end where a request
+        does takes two)."""
         for attempt in range(RESYNC_ATTEMPTS):
             items = self._reserve_at_master(pair, m, sizes, info)
             try:
@@ -392,34 +558,40 @@ class KeyDeliveryService:
                 break
             except KeyStoreBusyError as exc:
                 kept = self._release(m, items)
-                raise self._busy(s, exc, "no key was consumed" + (f" (but {len(kept)} reservation(s) at the "
-                                         "master could not be released)" if kept else "")) from None
-            except KeyStoreError as exc:
+                raise self._busy(s, exc, "no key was consumed" + _kept_note(kept, "at the master")) from None
+            except (KeyStoreError, sqlite3.Error) as exc:
                 kept = self._release(m, items)
-                if not kept and self._resync(pair, m, s, items) and attempt < RESYNC_ATTEMPTS - 1:
+                why = storage_failure(exc)
+                if why:
+                    raise self._unwritable(s, why, exc, "no key was consumed" + _kept_note(kept, "at the master")) \
+                        from None
+                if not kept and attempt < RESYNC_ATTEMPTS - 1 and (self._resync(pair, m, s, items)
+                                                                   or self.recover_interrupted_requests()):
                     continue
                 log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
                           s, len(items), pair, exc)
                 raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's "
                                      "store cannot reserve the bits the master's store holds next; no key was "
-                                     "consumed" + (f" (but {len(kept)} reservation(s) at the master could not be "
-                                                   "released)" if kept else ""),
+                                     "consumed" + _kept_note(kept, "at the master"),
                                 [{"pair": pair, "reason": str(exc)}]) from None
         busy: KeyStoreBusyError | None = None
+        err: BaseException
         try:
             return self.stores[m].take_exact_many(pair, items, ETSI_PURPOSE)
         except KeyStoreBusyError as exc:
-            busy, reason = exc, str(exc)
-        except KeyStoreError as exc:
-            reason = str(exc)
+            busy, err = exc, exc
+        except (KeyStoreError, sqlite3.Error) as exc:
+            err = exc
+        reason = str(err)
         # take_exact_many is one transaction: refused means nothing was read or consumed at the master
         kept = self._release(s, items)
         kept += self._release(m, [it for it in items if it[1] not in kept])
         if busy is not None:
-            raise self._busy(m, busy, "no key was consumed" + (f" ({len(kept)} reservation(s) could not be "
-                                                                "released)" if kept else ""))
-        raise EtsiError(503, "key store error at the master's KME; no key was consumed" +
-                        (f" ({len(kept)} reservation(s) could not be released)" if kept else ""),
+            raise self._busy(m, busy, "no key was consumed" + _kept_note(kept))
+        why = storage_failure(err)
+        if why:
+            raise self._unwritable(m, why, err, "no key was consumed" + _kept_note(kept))
+        raise EtsiError(503, "key store error at the master's KME; no key was consumed" + _kept_note(kept),
                         [{"pair": pair, "reason": reason}])
 
     def _held_for_another_sae(self, kid: str, slave_sae: str) -> bool:
@@ -479,7 +651,12 @@ class KeyDeliveryService:
                             [{"extension_mandatory_unsupported": names}])
         m, s = self._node(master_sae, "master_SAE_ID"), self._node(slave_sae, "slave_SAE_ID")
         pair = self._pair(m, s)
-        info = {"master_SAE_ID": master_sae, "slave_SAE_ID": slave_sae}
+        info: dict[str, Any] = {"master_SAE_ID": master_sae, "slave_SAE_ID": slave_sae}
+        if self.instance_id is not None:
+            info[INSTANCE_INFO] = self.instance_id
+        if any(self._unreleased.values()):
+            with self._recovery_lock:
+                self._retry_unreleased()
         with self._lock(pair):
             available = self._stored_keys(pair, m, s, size)
             if available < number:
@@ -538,7 +715,10 @@ class KeyDeliveryService:
                     mats = store.take_exact_many(pair, items, ETSI_PURPOSE)
                 except KeyStoreBusyError as exc:
                     raise self._busy(s, exc, "no key was retrieved; the key IDs stay valid") from None
-                except KeyStoreError as exc:
+                except (KeyStoreError, sqlite3.Error) as exc:
+                    why = storage_failure(exc)
+                    if why:
+                        raise self._unwritable(s, why, exc, "no key was retrieved; the key IDs stay valid") from None
                     raise EtsiError(400, "key_ID could not be retrieved", [{"reason": str(exc)}]) from None
             try:
                 for k in mats:
@@ -612,9 +792,13 @@ def _caller(service: KeyDeliveryService, request: Request) -> str:
     """The SAE named by the request's TLS client certificate (401 if none is known to this KME)."""
     tls = request.scope.get("extensions", {}).get("tls") or {}
     names = peer_names(tls.get("peercert"))
-    for name in names:
-        if name in service.settings.saes:
-            return name
+    known = list(dict.fromkeys(n for n in names if n in service.settings.saes))
+    if len(known) > 1:  # review s33 F7: its holder could act as either SAE, by the order of its names
+        raise EtsiError(401, "unauthorized: the client certificate names more than one SAE known to this KME ("
+                             + ", ".join(repr(n[:64]) for n in known[:4]) + "); expected a certificate naming one SAE "
+                             "(CN and subjectAltNames)", [{"certificate_names": names[:4]}])
+    if known:
+        return known[0]
     raise EtsiError(401, "unauthorized: the client certificate does not name an SAE known to this KME",
                     [{"certificate_names": names[:4]}])
 
@@ -643,9 +827,40 @@ def _no_repeated_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-async def _json_body(request: Request, fields: Sequence[str]) -> dict[str, Any]:
-    """The request body as a JSON object ({} when empty) holding only ``fields``; 400 otherwise."""
-    raw = await request.body()
+#: Bytes allowed per key ID in a dec_keys body (§6.4 item ``{"key_ID": "<36-char UUID>", "key_ID_extension":
+#: {...}}``, with whitespace and a modest extension), and for the rest of any request body.
+BODY_BYTES_PER_KEY_ID = 1024
+BODY_BYTES_BASE = 16384
+
+
+def max_body_bytes(settings: KmeSettings) -> int:
+    """The largest request body the KME reads: the largest legal one (a dec_keys of
+    ``max_key_per_request`` key IDs; an enc_keys Key request is far smaller) with margin.  With the
+    defaults (128 key IDs) 144 KiB; a body beyond it gets 413 (review s33 F8: no limit, 300 MiB read)."""
+    return BODY_BYTES_BASE + settings.max_key_per_request * BODY_BYTES_PER_KEY_ID
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 beyond ``limit`` bytes: at once on a larger Content-Length,
+    else as soon as the bytes received pass it (never read or buffered in full)."""
+    too_big = EtsiError(413, f"request body larger than {limit} bytes; the largest legal request (ETSI GS QKD 014 "
+                             f"§6.2, §6.4, with max_key_per_request key IDs) is far smaller",
+                        [{"max_body_bytes": limit}])
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+        raise too_big
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise too_big
+    return bytes(buf)
+
+
+async def _json_body(request: Request, fields: Sequence[str], limit: int) -> dict[str, Any]:
+    """The request body (at most ``limit`` bytes) as a JSON object ({} when empty) holding only
+    ``fields``; 400 otherwise, 413 beyond the limit."""
+    raw = await _read_body(request, limit)
     if not raw.strip():
         return {}
     try:
@@ -680,6 +895,40 @@ def _only_query(request: Request, allowed: Sequence[str]) -> None:
         raise EtsiError(400, f"unknown query parameter(s) {', '.join(repr(k[:64]) for k in unknown[:8])}; expected "
                              + (", ".join(allowed) if allowed else "none"),
                         [{"parameter": k[:64]} for k in unknown[:8]])
+
+
+def _no_query_on_post(request: Request) -> None:
+    """400 for a POST with query parameters: ETSI GS QKD 014 §5.2/§5.3 (and §6.2/§6.4) carry a POST's
+    parameters in its JSON body; a query was ignored and fresh key spent (review s33 F6:
+    ``POST …/enc_keys?number=5&size=64`` returned one 256-bit key, ``?additional_slave_SAE_IDs=`` a key)."""
+    names = list(dict.fromkeys(request.query_params.keys()))
+    if names or request.url.query:
+        raise EtsiError(400, "query parameters on a POST request (" + (", ".join(repr(k[:64]) for k in names[:8])
+                             or repr(request.url.query[:64])) + "); a POST carries its parameters in the JSON body "
+                             "(ETSI GS QKD 014 §5.2, §5.3), or use the GET form with query parameters",
+                        [{"parameter": k[:64]} for k in names[:8]])
+
+
+#: The members of a dec_keys ``key_IDs`` item (ETSI GS QKD 014 §6.4).
+KEY_ID_ITEM_FIELDS = ("key_ID", "key_ID_extension")
+
+
+def _key_id_items(body: Mapping[str, Any]) -> list[Any]:
+    """The key IDs of a dec_keys body's ``key_IDs`` array; 400 unless it is a non-empty array of
+    objects with a ``key_ID`` and no member outside §6.4 (``key_ID``, ``key_ID_extension``)."""
+    items = body.get("key_IDs")
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "key_ID" in i for i in items):
+        raise EtsiError(400, "key_IDs must be a non-empty array of {\"key_ID\": ...} objects")
+    unknown = list(dict.fromkeys(k for i in items for k in i if k not in KEY_ID_ITEM_FIELDS))
+    if unknown:
+        raise EtsiError(400, f"unknown member(s) {', '.join(repr(k[:64]) for k in unknown[:8])} in a key_IDs item; "
+                             "expected key_ID and optionally key_ID_extension (ETSI GS QKD 014 §6.4)",
+                        [{"parameter": k[:64]} for k in unknown[:8]])
+    ext = [i["key_ID_extension"] for i in items if "key_ID_extension" in i]
+    if not all(isinstance(e, dict) for e in ext):
+        raise EtsiError(400, "key_ID_extension must be an object (ETSI GS QKD 014 §6.4)",
+                        [{"parameter": "key_ID_extension"}])
+    return [i["key_ID"] for i in items]
 
 
 def _objects(body: Mapping[str, Any], name: str) -> list[Any] | None:
@@ -722,10 +971,13 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
                                       _int_query(request, "size"))
         return JSONResponse(out)
 
+    limit = max_body_bytes(service.settings)
+
     @app.post(API_PREFIX + "/{slave_SAE_ID}/enc_keys")
     async def post_enc_keys(slave_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
-        body = await _json_body(request, ENC_KEYS_FIELDS)
+        _no_query_on_post(request)
+        body = await _json_body(request, ENC_KEYS_FIELDS, limit)
         extra = body.get("additional_slave_SAE_IDs")
         if extra is not None and (not isinstance(extra, list) or not all(isinstance(x, str) for x in extra)):
             raise EtsiError(400, "additional_slave_SAE_IDs must be an array of strings")
@@ -745,11 +997,10 @@ def _add_routes(app: FastAPI, service: KeyDeliveryService) -> None:
     @app.post(API_PREFIX + "/{master_SAE_ID}/dec_keys")
     async def post_dec_keys(master_SAE_ID: str, request: Request) -> JSONResponse:  # noqa: N803
         me = _caller(service, request)
-        body = await _json_body(request, DEC_KEYS_FIELDS)
-        items = body.get("key_IDs")
-        if not isinstance(items, list) or not items or not all(isinstance(i, dict) and "key_ID" in i for i in items):
-            raise EtsiError(400, "key_IDs must be a non-empty array of {\"key_ID\": ...} objects")
-        return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, [i["key_ID"] for i in items]))
+        _no_query_on_post(request)
+        body = await _json_body(request, DEC_KEYS_FIELDS, limit)
+        ids = _key_id_items(body)
+        return JSONResponse(await run_in_threadpool(service.dec_keys, me, master_SAE_ID, ids))
 
 
 def _mtls_protocol_class() -> type:
