@@ -27,7 +27,11 @@ could not be checked here:
   ``options.arb_filter`` = ``"STEP"`` or ``"OFF"``, never NORMal);
 * operating point — ``ROSCillator:SOURce EXTernal|INTernal`` (ROSCillator subsystem) from
   ``[sync] pattern_generator_reference`` (the modulation path locks to the station's shared 10 MHz
-  reference, as the pattern generators do), and the trigger delay ``TRIG<ch>:DELay``;
+  reference, as the pattern generators do), the trigger delay ``TRIG<ch>:DELay``, output off, and the
+  output load ``OUTPut<ch>:LOAD 50`` read back with ``OUTPut<ch>:LOAD?`` (the guide's "Output
+  Termination": 1 Ω … 10 kΩ or INFinity, default 50 Ω, the query answering 9.9E+37 for INFinity; the
+  drive voltages below are volts into the modulator's 50 Ω input, which a channel left at High-Z would
+  halve);
 * pattern — ``SOUR<ch>:DATA:ARBitrary:DAC <name>, #<n><bytes><int16 …>`` (DATA subsystem: an IEEE 488.2
   definite-length binary block of DAC codes −32767 … +32767 = −1 … +1 of the amplitude), then
   ``FUNC ARB``, ``FUNC:ARB <name>``, ``FUNC:ARB:SRAT``, amplitude/offset, a triggered burst of one cycle
@@ -78,6 +82,10 @@ MIN_POINTS = 8  # the guide's minimum arbitrary waveform (33500 Series)
 STANDARD_POINTS: Literal[1_000_000] = 1_000_000  # standard memory per waveform (the guide's tutorial)
 OPTION_MEM_POINTS = 16_000_000  # with the memory option (data sheet; not checked here)
 DAC_FULL_SCALE = 32767  # DATA:ARB:DAC codes -32767 … +32767
+#: The load the drive levels assume: the modulator's 50 Ω RF input. ``OUTPut[1|2]:LOAD`` tells the generator
+#: that load (guide, "Output Termination": 1 Ω … 10 kΩ or INFinity, default 50 Ω; the query answers the value
+#: or 9.9E+37 for INFinity); a channel left at INF drives a 50 Ω modulator with half the programmed voltage.
+LOAD_OHM = 50.0
 ARB_NAME = "LABQFL"
 
 
@@ -156,6 +164,25 @@ class Keysight33500B(MessageDriver, PhaseModulator):
             self.reference = source
             self.gate_delay_ps = float(getattr(self.config, "gate_delay_ps", 0.0))
             self.output_enabled = False
+            self.set_output_load()
+
+    def set_output_load(self) -> None:
+        """Write ``OUTP<ch>:LOAD 50`` and read it back: the drive levels this driver computes are volts into
+        the modulator's 50 Ω input (:data:`LOAD_OHM`); any other read-back (INFinity = High-Z: 9.9E+37) is
+        one :class:`InstrumentReplyError` (written with the output off, as the operating point is)."""
+        query = f"OUTP{self.channel}:LOAD?"
+        with self.lock:
+            self.link.write(f"OUTP{self.channel}:LOAD {LOAD_OHM:g}")
+            reply = self.link.query(query)
+            try:
+                ohm = float(reply)
+            except ValueError:
+                ohm = math.nan
+            if not abs(ohm - LOAD_OHM) <= 1e-6 * LOAD_OHM:
+                shown = "INFinity (High-Z)" if ohm >= 9.9e37 else repr(reply)
+                raise InstrumentReplyError(
+                    f"output load reads {shown}; expected {LOAD_OHM:g} Ω (the drive voltages assume the modulator's "
+                    f"50 Ω input)", instrument=self.name, resource=self.resource, command=query)
 
     # -- helpers --------------------------------------------------------------------------------
     def _set(self, label: str, fn: Any) -> None:

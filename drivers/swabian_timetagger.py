@@ -116,7 +116,7 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
 
     def __init__(self, name: str, config: InstrumentConfig, *, sdk: ModuleType | None = None) -> None:
         opts = self.parse_options(name, config)
-        super().__init__(name, config.resource or opts.serial or "TimeTagger")
+        super().__init__(name, config.resource or opts.serial or "(the SDK's first Time Tagger)")
         self.config = config
         self.sdk = sdk if sdk is not None else load_sdk()
         tag_type = getattr(self.sdk, "TagType", None)

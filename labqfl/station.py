@@ -459,6 +459,15 @@ def open_recording(path: str | Path, *, allow_incomplete: bool = False) -> Any:
     return recording.read_recording(path, allow_incomplete=allow_incomplete)
 
 
+def _where(ic: InstrumentConfig) -> str:
+    """Where a role's instrument is, for messages: its resource, or for an SDK driver without one the
+    serial number it asks for, or the SDK's first device (never "at None")."""
+    if ic.resource:
+        return f"at {ic.resource!r}"
+    serial = ic.options.get("serial") if isinstance(ic.options, dict) else None
+    return f"serial {serial!r}" if serial else "on the SDK's first device"
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
@@ -597,7 +606,7 @@ class Station:
                 self._follow_driver(role)
             except Exception as exc:
                 if not tolerant:
-                    raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}) failed to open: {_one_line(exc)}") from exc
+                    raise StationError(f"role {role!r} ({ic.driver} {_where(ic)}) failed to open: {_one_line(exc)}") from exc
                 self.failures[role] = _one_line(exc)
                 log.info("role %s failed to open: %s", role, exc)
 
@@ -615,7 +624,7 @@ class Station:
                 apply(self.config)
             except Exception as exc:
                 if not tolerant:
-                    raise StationError(f"role {role!r} ({ic.driver} at {ic.resource!r}): the station file's operating "
+                    raise StationError(f"role {role!r} ({ic.driver} {_where(ic)}): the station file's operating "
                                        f"point could not be applied: {_one_line(exc)}") from exc
                 self.failures[role] = f"operating point not applied: {_one_line(exc)}"
                 log.info("role %s: operating point not applied: %s", role, exc)
