@@ -4,7 +4,7 @@ uvicorn with HTTPS and mutual TLS.
 Model (docs/keystore.md, "ETSI mapping"): one process plays the KME of every node whose store it
 holds (``KME-<node>``).  Each SAE is attached to one node (``[saes]`` in the KME config; by
 default SAE ID = node name) and is identified by its client certificate (CN or a DNS/URI
-subjectAltName equal to the SAE ID).  For a master SAE at node *m* asking for keys shared with a
+subjectAltName equal to the SAE ID; a certificate naming two configured SAEs is refused).  For a master SAE at node *m* asking for keys shared with a
 slave SAE at node *s*, the KME
 
 1. reserves ``number × size`` bits of the pair's ``etsi`` pool (then ``general``) in *m*'s store,
@@ -22,8 +22,11 @@ slave SAE at node *s*, the KME
 
 Endpoints (section 5 of the spec): ``GET /api/v1/keys/{slave_SAE_ID}/status``,
 ``GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys``, ``GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys``.
-Errors are ``{"message": ..., "details": [...]}`` with 400 (bad request), 401 (unauthorised)
-and 503 (server side, including "not enough key").  Keys are base64 of the bits packed MSB-first.
+Errors are ``{"message": ..., "details": [...]}`` with 400 (bad request), 401 (unauthorised),
+413 (a body beyond :func:`max_body_bytes`) and 503 (server side, including "not enough key" and a
+store that cannot be written).  A POST carries its parameters in its body only (spec §5.2, §5.3):
+one with a query string gets 400.  Reservations name the KME instance that made them
+(:class:`KmeInstance`), so a dead KME's half-done requests are released at once.  Keys are base64 of the bits packed MSB-first.
 Multicast (``additional_slave_SAE_IDs``) is not supported: ``max_SAE_ID_count`` is 0 and a
 request naming additional slaves gets 400.  ``status`` fills the spec's optional
 ``status_extension`` object (section 6.1) with the vendor-prefixed ``labqfl_provenance``: where
@@ -287,16 +290,32 @@ class KmeInstance:
         self._finalizer()
 
     @staticmethod
-    def alive(folder: Path, instance_id: str) -> bool:
-        """Whether KME instance ``instance_id`` (with a lock in ``folder``) is still running.  Unsure
-        (a lock file that cannot be opened or locked for another reason): True, so nothing is released."""
+    def sweep(folder: Path) -> None:
+        """Remove the lock files of dead instances in ``folder`` (those no reservation named, so
+        :meth:`alive` never met them), and temporary ones a start killed before its rename left."""
+        d = Path(folder) / INSTANCE_DIR
+        try:
+            names = [p.name for p in d.iterdir()]
+        except OSError:
+            return
+        for name in names:
+            if name.endswith(".lock"):
+                KmeInstance.alive(folder, name[:-len(".lock")])
+            elif name.startswith(".") and name.endswith(".tmp"):
+                KmeInstance.alive(folder, name[1:-len(".tmp")], suffix=".tmp", prefix=".")
+
+    @staticmethod
+    def alive(folder: Path, instance_id: str, *, suffix: str = ".lock", prefix: str = "") -> bool:
+        """Whether KME instance ``instance_id`` (with a lock in ``folder``) is still running; a dead
+        one's lock file is removed.  Unsure (a lock file that cannot be opened or locked for another
+        reason): True, so nothing is released."""
         try:
             import fcntl
 
             uuid.UUID(instance_id)
         except (ImportError, ValueError):
             return True
-        path = Path(folder) / INSTANCE_DIR / f"{instance_id}.lock"
+        path = Path(folder) / INSTANCE_DIR / f"{prefix}{instance_id}{suffix}"
         try:
             fd = os.open(path, os.O_RDWR)
         except FileNotFoundError:
@@ -352,7 +371,10 @@ class KeyDeliveryService:
         #: reservations this instance could not release (a full disk, a busy store): {node: {key ID}},
         #: released again before each enc_keys (review s33 F5: they stayed until a restart)
         self._unreleased: dict[str, set[str]] = {}
-        self.instance = KmeInstance([Path(st.path).parent for st in self.stores.values()])
+        folders = list(dict.fromkeys(Path(st.path).parent for st in self.stores.values()))
+        for folder in folders:
+            KmeInstance.sweep(folder)
+        self.instance = KmeInstance(folders)
         self.recover_interrupted_requests()
 
     @property

@@ -10,9 +10,11 @@ a second store and back into its own, both then handing out the same bits):
        {"format": "labqfl-import-ticket", "version": 1, "ticket_id": "<uuid4>",
         "target_node": "C2", "target_store": "<uuid4>", "secret": "<base64 of 32 bytes>"}
 
-2. The source exports with that ticket: one transaction marks the bits ``exported``, zeroes
-   them and records the export (ID, refs, target node and store, ticket) in its ``exports``
-   table; then the export file is written (JSON, 0600, never overwritten)::
+2. The source exports with that ticket: the file's disk space is reserved first (a temporary
+   file in the target folder, :func:`export_keys`), then one transaction marks the bits
+   ``exported``, zeroes them and records the export (ID, refs, target node and store, ticket) in
+   its ``exports`` table; then the export file is written into that space, synced and renamed to
+   its name (JSON, 0600, never overwritten)::
 
        {"format": "labqfl-key-export", "version": 2, "export_id": "<uuid4>", "created": "...",
         "source_node": "C2", "source_store": "<uuid4>", "target_node": "C2",
@@ -37,7 +39,8 @@ everywhere: the target has recorded the import and spent the ticket, every other
 itself not named (or, if the name is edited, a ticket it never issued, or a MAC that fails).
 Whoever holds a file holds the key bits in clear anyway, so this guards the key stores' one-use
 bookkeeping against mistakes and edited files, not a reader of the file: carry tickets and files
-over a trusted channel and delete the export file after import.  Version 1 (unbound) export files
+over a trusted channel and destroy the export file after import (``labqfl keys import`` does).
+An import reads the file once and authenticates the very bytes it imports (:class:`ExportFile`).  Version 1 (unbound) export files
 are refused.
 """
 
