@@ -46,8 +46,11 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
     try:
         with KeyStore.for_node(node, ddir, create=False) as st:  # a read: never creates or initialises a store
             acc = st.accounting()
+            # export files written next to the store because the target could not be written (transfer.export_keys)
+            waiting = sorted(str(p) for p in path.parent.glob(f"{node}.export-*.json"))
             return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
-                    "scrub": st.scrub(), "provenance": {p: store_pair_provenance(st, p) for p in acc}}
+                    "export_files_here": waiting, "scrub": st.scrub(),
+                    "provenance": {p: store_pair_provenance(st, p) for p in acc}}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
         return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}"}
 
@@ -76,6 +79,9 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
         state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
                  f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
         con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
+        for f in info.get("export_files_here", []):
+            con.print(f"  export file {f}: written next to the store because its target could not be written; it "
+                      "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
         for p, prov in info["provenance"].items():
             blocks = ", ".join(f"{k} {v}" for k, v in prov["blocks"].items()) or "none with a record"
             extra = "".join(f", {v} {k}" for k, v in (("pre-shared", prov["preshared_blocks"]),

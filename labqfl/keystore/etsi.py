@@ -371,6 +371,7 @@ class KeyDeliveryService:
         #: reservations this instance could not release (a full disk, a busy store): {node: {key ID}},
         #: released again before each enc_keys (review s33 F5: they stayed until a restart)
         self._unreleased: dict[str, set[str]] = {}
+        self._unreleased_lock = threading.Lock()
         folders = list(dict.fromkeys(Path(st.path).parent for st in self.stores.values()))
         for folder in folders:
             KmeInstance.sweep(folder)
@@ -445,12 +446,19 @@ class KeyDeliveryService:
         return [] if self._release(node, [([], kid)]) else [kid]
 
     def _retry_unreleased(self) -> None:
-        """Release again the reservations this instance failed to release before (a full disk)."""
-        for node, kids in list(self._unreleased.items()):
-            for kid in sorted(kids):
-                kids.discard(kid)
+        """Release again the reservations this instance failed to release before (a full disk); those
+        that fail again are kept for the next try (:meth:`_release`)."""
+        with self._unreleased_lock:
+            todo = {node: sorted(kids) for node, kids in self._unreleased.items() if kids}
+            self._unreleased.clear()
+        for node, kids in todo.items():
+            for kid in kids:
                 if self.stores[node].reservation(kid) is not None:
                     self._release(node, [([], kid)])
+
+    def _keep_unreleased(self, node: str, kids: Sequence[str]) -> None:
+        with self._unreleased_lock:
+            self._unreleased.setdefault(node, set()).update(kids)
 
     # -- helpers
 
@@ -530,7 +538,7 @@ class KeyDeliveryService:
                 log.error("KME: could not release %d reservation(s) at node %s (%s); their bits stay reserved and "
                           "unused until the store can be written: %s", len(rest), node, exc, ", ".join(rest))
                 kept += rest
-                self._unreleased.setdefault(node, set()).update(rest)
+                self._keep_unreleased(node, rest)
                 break
             except (KeyStoreError, sqlite3.Error) as exc:
                 why = storage_failure(exc)
@@ -538,7 +546,7 @@ class KeyDeliveryService:
                           "unused%s", kid, node, exc, " until the store can be written" if why else "")
                 kept.append(kid)
                 if why:
-                    self._unreleased.setdefault(node, set()).add(kid)
+                    self._keep_unreleased(node, [kid])
         return kept
 
     def _resync(self, pair: str, m: str, s: str, items: Sequence[tuple[list[Ref], str]]) -> int:

@@ -144,6 +144,8 @@ def test_a_write_failing_after_the_bits_left_the_store_puts_the_whole_export_nex
     (rec,) = src.exports()
     rescue = src.path.parent / f"{src.path.stem}.export-{rec['export_id']}.json"
     assert str(rescue) in msg and oct(rescue.stat().st_mode & 0o777) == "0o600"
+    res = CliRunner().invoke(app, ["keys", "status", "--node", "C2", "--json"], env={"LABQFL_DATA_DIR": str(tmp_path)})
+    assert json.loads(res.stdout)["nodes"]["C2"]["export_files_here"] == [str(rescue)]  # keys status points to it
     assert import_keys(target, rescue)["imported_bits"] == 3000  # the bits were not lost
     k = stores["C1"].take(PAIR, 3000, "general")
     got = target.take_exact(PAIR, k.refs, "general").bits
