@@ -204,6 +204,8 @@ class MainJob:
         self.state = state
         self.base_dir = base_dir
         self.progress = progress or (lambda *a: None)
+        #: raises the interrupt of a SIGTERM CPython lost in a callback (:meth:`run` sets it; checked per block)
+        self._stop_if_terminated: Callable[[], None] = lambda: None
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -302,10 +304,12 @@ class MainJob:
         # chains to this handler), node processes are stopped, the folder is left interrupted and resumable
         with sigterm_as_interrupt() as term:
             try:
+                self._stop_if_terminated = term.check
                 metrics = self._run_phases(clock)
                 term.check()  # a SIGTERM whose interrupt CPython lost in a callback: a stop, not a success
             except BaseException as exc:
                 if term.requested or (isinstance(exc, KeyboardInterrupt) and exc.args == ("SIGTERM",)):
+                    term.requested = True  # one the node path's handler took: another SIGTERM is ignored now
                     self._interrupted("terminated (SIGTERM)")
                 elif interrupt_inside(exc):
                     self._interrupted("interrupted by user (Ctrl-C)")
@@ -515,6 +519,7 @@ class MainJob:
         t_next = [s.timeline_interval_s]
 
         def on_block(k: int, _closed: list[Any]) -> None:
+            self._stop_if_terminated()  # as labqfl acquire does before each block
             t_sim = acq.t_s  # min(k·bd, duration_s)
             if t_sim + 1e-12 >= t_next[0] or k == n_blocks:
                 span, clicks = acq.take_window()  # since the previous point of the series

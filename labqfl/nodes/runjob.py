@@ -28,9 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import signal
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -91,20 +89,15 @@ class NodesAcquisition:
 def terminate_as_interrupt() -> Iterator[None]:
     """While the nodes run, SIGTERM to the job's process raises :class:`KeyboardInterrupt` (as
     Ctrl-C does), so the job stops every node it started and records itself interrupted instead
-    of dying with its nodes left running. Only in the main thread (where Python delivers signals);
-    the previous handler is restored afterwards."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    of dying with its nodes left running: :func:`labqfl.station.sigterm_as_interrupt`, so only the
+    first SIGTERM raises and another one while the nodes are being stopped is logged and ignored (a
+    second SIGTERM used to break off the stop before the optics node got its own, which was left
+    running). Only in the main thread (where Python delivers signals); the previous handler is
+    restored afterwards."""
+    from labqfl.station import sigterm_as_interrupt
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt("SIGTERM")
-
-    prev = signal.signal(signal.SIGTERM, on_term)
-    try:
+    with sigterm_as_interrupt():
         yield
-    finally:
-        signal.signal(signal.SIGTERM, prev)
 
 
 P = ParamSpec("P")

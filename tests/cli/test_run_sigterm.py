@@ -11,6 +11,7 @@ import importlib.util
 import json
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ def _state(runs: Path) -> dict:
 
 
 def _terminated_run(small_station_file: Path, tmp_path: Path, path: str, duration: str,
-                    ready: object) -> tuple[subprocess.Popen[str], str, Path]:
+                    ready: object, again_s: float | None = None) -> tuple[subprocess.Popen[str], str, Path]:
     """Start ``labqfl run`` (``path``: --in-process or --nodes), SIGTERM it once ``ready(proc)`` holds while
-    it acquires; (the ended process, its stderr, its run folder)."""
+    it acquires (and once more ``again_s`` later, as an impatient scheduler does); (the ended process, its
+    stderr, its run folder)."""
     runs = tmp_path / "runs"
     cmd = [str(LABQFL), "run", "--config", str(small_station_file), "--duration", duration, "--rounds", "2",
            "--eps-sec", "1e-4", path, "--data-dir", str(tmp_path / "data"), "--out", str(runs)]
@@ -46,6 +48,9 @@ def _terminated_run(small_station_file: Path, tmp_path: Path, path: str, duratio
                       "the acquisition to start", proc, timeout=240)
         assert _state(runs)["phases"]["acquire"] == "running"
         proc.send_signal(signal.SIGTERM)
+        if again_s is not None:
+            time.sleep(again_s)
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=240)
     [folder] = list(runs.iterdir())
     return proc, err, folder
@@ -70,14 +75,18 @@ def test_sigterm_during_the_in_process_acquisition_stops_the_run_cleanly(small_s
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to look for leftover node processes")
-def test_sigterm_during_the_acquisition_over_nodes_stops_every_node(small_station_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("again_s", [None, 0.02])
+def test_sigterm_during_the_acquisition_over_nodes_stops_every_node(small_station_file: Path, tmp_path: Path,
+                                                                    again_s: float | None) -> None:
+    """A second SIGTERM while the job stops its nodes is ignored: it broke off the stop before the optics
+    node had its own, and the optics node was left running."""
     nodes: dict[int, str] = {}
 
     def all_up(proc: subprocess.Popen[str]) -> bool:
         nodes.update(kill.node_children(proc.pid))
         return len(nodes) == 4  # optics, detector, C1, C2
 
-    proc, err, folder = _terminated_run(small_station_file, tmp_path, "--nodes", "3", all_up)
+    proc, err, folder = _terminated_run(small_station_file, tmp_path, "--nodes", "3", all_up, again_s)
     # the job's process holds no instrument (the nodes do, and go safe on their own SIGTERM)
     _assert_interrupted(proc, err, folder, "error: terminated (SIGTERM)")
     left = {pid: name for pid, name in nodes.items() if Path(f"/proc/{pid}").exists()}
