@@ -13,7 +13,8 @@ counts, dead time, afterpulsing, jitter, gate delay; phase-modulator Vπ and bia
 ``time_tagger.cable_delays_ps`` (what the slotting uses as the calibrated propagation delay);
 ``loop.visibility``. :func:`check_quantities` refuses, before anything is written, a file whose
 quantity has no station field (a misspelt name), names a client the station lacks, or lies outside
-its allowed range (:data:`QUANTITY_RANGES`) by more than its uncertainties allow; within them the
+its allowed range (:func:`quantity_range`) by more than its uncertainties allow, whose uncertainty is
+too large to say anything, or whose unit is not the field's (:data:`FIELD_UNITS`); within them the
 value is clipped to the range and reported (``labqfl calibrate apply``).
 """
 
@@ -31,6 +32,7 @@ from labqfl.calibration.core import ProcedureResult, Quantity, wrap_phase
 
 from labqfl.config import StationConfig, station_to_toml_dict
 from labqfl.errors import ConfigError, DataFormatError
+from labqfl.physics import loop_delay_ps
 from labqfl.serialize import dump_toml, to_jsonable
 
 SCHEMA_VERSION = 1
@@ -49,26 +51,88 @@ class QuantityRange:
     hi: float = math.inf
     text: str = "any finite value"
     sigmas: float = 3.0
+    #: largest uncertainty that still says something (``None``: a quarter of the range, ``hi − lo``: a
+    #: ±2σ interval as wide as the whole range carries no information about the value)
+    max_sigma: float | None = None
+    #: the uncertainty may be at most this fraction of the value (Vπ: its ±2σ interval must not reach 0 V)
+    rel_sigma: float | None = None
+    #: whether a value just below ``lo`` may be clipped onto it (not where ``lo`` only stands for "> 0":
+    #: an efficiency or visibility consistent with 0 is no calibration, and 1e-6 is no value to apply)
+    clip_lo: bool = True
 
     def clip(self, value: float) -> float:
         return float(min(max(value, self.lo), self.hi))
 
+    def sigma_limit(self, value: float) -> tuple[float, str] | None:
+        """The largest meaningful uncertainty for ``value`` and why (``None``: no limit)."""
+        if self.rel_sigma is not None:
+            return self.rel_sigma * abs(value), f"{self.rel_sigma:g} × the value (its ±2σ interval reaches 0)"
+        if self.max_sigma is not None:
+            return self.max_sigma, ""
+        if math.isfinite(self.hi - self.lo):
+            return (self.hi - self.lo) / 4.0, f"a quarter of the allowed range {self.text} (±2σ spans all of it)"
+        return None
 
-#: Allowed range of each quantity by its field (the part after ``Dk.`` / ``Ck.`` / ``loop.``).
+
+#: The unit of each field (what a calibration file's ``unit`` must say; "" = dimensionless). A quantity in
+#: another unit is refused, not converted: the field's name carries its unit (``jitter_ps``), and a file
+#: that contradicts it is not trusted to have converted its value either. A quantity stating no unit ("")
+#: is taken in its field's unit (the procedures always state one; hand-written files may not).
+FIELD_UNITS: dict[str, str] = {
+    "efficiency": "", "dark_count_rate_hz": "Hz", "dead_time_ns": "ns", "afterpulse_prob": "", "jitter_ps": "ps",
+    "gate_delay_ps": "ps", "cable_delay_ps": "ps", "v_pi_v": "V", "bias_phase_rad": "rad", "rf_gain_db": "dB",
+    "visibility": "",
+}
+#: Highest dark-count rate [Hz]: above the count rate of any single-photon detector (SNSPD dead times are
+#: ≥ 10 ns, i.e. ≤ 100 MHz; the dark-count procedure reports a saturated detector well before).
+MAX_DARK_COUNT_RATE_HZ = 1e8
+#: Longest dead time [ns], 1 ms: hold-offs of InGaAs SPADs are set up to ~100 µs (a 1 ms one would cap
+#: the count rate at 1 kHz); the dead-time procedure measures tens of ns … µs.
+MAX_DEAD_TIME_NS = 1e6
+
+#: Allowed range of each quantity by its field (the part after ``Dk.`` / ``Ck.`` / ``loop.``); the timing
+#: fields depend on the station (:func:`quantity_range`).
 QUANTITY_RANGES: dict[str, QuantityRange] = {
-    "efficiency": QuantityRange(1e-6, 1.0, "0 < value ≤ 1"),
-    "dark_count_rate_hz": QuantityRange(0.0, text="a value ≥ 0 Hz"),
-    "dead_time_ns": QuantityRange(0.0, text="a value ≥ 0 ns"),
+    "efficiency": QuantityRange(1e-6, 1.0, "0 < value ≤ 1", clip_lo=False),
+    "dark_count_rate_hz": QuantityRange(0.0, MAX_DARK_COUNT_RATE_HZ, "a value ≥ 0 Hz and ≤ 1e8 Hz (no detector "
+                                        "counts faster)"),
+    "dead_time_ns": QuantityRange(0.0, MAX_DEAD_TIME_NS, "a value ≥ 0 ns and ≤ 1e6 ns (1 ms: no detector's hold-off "
+                                  "is longer)"),
     "afterpulse_prob": QuantityRange(0.0, 0.999, "0 ≤ value ≤ 0.999"),
     "jitter_ps": QuantityRange(0.0, text="a value ≥ 0 ps"),
     "gate_delay_ps": QuantityRange(),
     "cable_delay_ps": QuantityRange(),
     "dark_log_slope": QuantityRange(),
-    "v_pi_v": QuantityRange(1e-9, text="a value > 0 V", sigmas=0.0),
-    "bias_phase_rad": QuantityRange(),
+    "v_pi_v": QuantityRange(1e-9, text="a value > 0 V", sigmas=0.0, rel_sigma=0.5),
+    "bias_phase_rad": QuantityRange(max_sigma=math.pi / 2),  # wrapped into (−π, π]: a quarter of the circle
     "rf_gain_db": QuantityRange(0.0, 40.0, "0 dB ≤ value ≤ 40 dB"),
-    "visibility": QuantityRange(1e-6, 1.0, "0 < value ≤ 1"),
+    "visibility": QuantityRange(1e-6, 1.0, "0 < value ≤ 1", clip_lo=False),
 }
+
+
+def quantity_range(config: StationConfig, key: str) -> QuantityRange:
+    """The allowed range of field ``key`` on this station: :data:`QUANTITY_RANGES`, with the timing fields
+    bounded by the station's clock (T = the laser's pulse period):
+
+    * ``cable_delay_ps``: |delay| ≤ max(the loop's propagation time n·ΣL/c, 4 sync periods): a detector
+      cable delay longer than the whole fibre loop or a few sync periods is not a cable; ±2σ must stay
+      within one pulse period (σ ≤ T/4), else the slot it assigns is unknown;
+    * ``gate_delay_ps``: 0 ≤ value ≤ T (the gate procedure folds its scan modulo T), σ ≤ T/4;
+    * ``jitter_ps``: 0 ≤ value ≤ T/√12, the rms of clicks spread uniformly over one period: a wider
+      spread is no peak (the jitter fit folds modulo T).
+    """
+    period = 1e12 / config.laser.rep_rate_hz
+    if key == "cable_delay_ps":
+        sync = period * config.time_tagger.sync_divider
+        bound = max(loop_delay_ps(config.loop), 4 * sync)
+        return QuantityRange(-bound, bound, f"|value| ≤ {bound:.4g} ps (the loop's propagation time or 4 sync periods, "
+                             f"the longer)", max_sigma=period / 4)
+    if key == "gate_delay_ps":
+        return QuantityRange(0.0, period, f"0 ps ≤ value ≤ {period:.4g} ps (one pulse period)", max_sigma=period / 4)
+    if key == "jitter_ps":
+        hi = period / math.sqrt(12.0)
+        return QuantityRange(0.0, hi, f"0 ps ≤ value ≤ {hi:.4g} ps (T/√12: clicks spread over a whole pulse period)")
+    return QUANTITY_RANGES[key]
 #: Detector fields written under ``detectors.Dk`` (the channel delay goes to the time tagger).
 DETECTOR_FIELDS = ("efficiency", "dark_count_rate_hz", "dead_time_ns", "afterpulse_prob", "jitter_ps", "gate_delay_ps")
 #: The quantities a calibration file may hold, per detector (``D0``, ``D1``), per client, of the loop.
@@ -120,7 +184,9 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
     for name, q in qs.items():
         if not isinstance(q, dict) or not all(k in q for k in ("value", "uncertainty", "unit")):
             raise DataFormatError(f"{p}: quantity {name!r} lacks value/uncertainty/unit")
-        if not (isinstance(q["value"], int | float) and math.isfinite(q["value"])):
+        if not isinstance(q["value"], int | float) or isinstance(q["value"], bool):
+            raise DataFormatError(f"{p}: quantity {name!r} has value {q['value']!r}; expected a number")
+        if not math.isfinite(q["value"]):
             raise DataFormatError(f"{p}: quantity {name!r} has a non-finite value")
         if not isinstance(q["uncertainty"], int | float) or isinstance(q["uncertainty"], bool):
             raise DataFormatError(f"{p}: quantity {name!r} has uncertainty {q['uncertainty']!r}; expected a number")
@@ -152,13 +218,13 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
 
         for key in DETECTOR_FIELDS:
             if f"{d}.{key}" in qs:
-                dd[key] = QUANTITY_RANGES[key].clip(qs[f"{d}.{key}"].value)
+                dd[key] = quantity_range(config, key).clip(qs[f"{d}.{key}"].value)
         det[d] = dd
     tt = data.setdefault("time_tagger", {})
     cable = dict(tt.get("cable_delays_ps", {}))
     for d in ("D0", "D1"):
         if f"{d}.cable_delay_ps" in qs:
-            cable[d] = float(qs[f"{d}.cable_delay_ps"].value)
+            cable[d] = quantity_range(config, "cable_delay_ps").clip(qs[f"{d}.cable_delay_ps"].value)
     tt["cable_delays_ps"] = cable
     if "loop.visibility" in qs:
         data["loop"]["visibility"] = QUANTITY_RANGES["visibility"].clip(qs["loop.visibility"].value)
@@ -227,6 +293,9 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
     range by more than its uncertainties allow (:data:`QUANTITY_RANGES`), a Vπ that would push a
     simulated modulator's ``v_pi_error`` beyond ±0.5, a bias phase without its reference client.
     Otherwise says which quantities are applied, which not (and why), and which are clipped."""
+    if not quantities:
+        raise DataFormatError(f"{source}: holds no calibrated quantity (every procedure of that session failed?); "
+                              f"nothing written")
     check = CalibrationCheck()
     refused: list[str] = []
     for name, q in quantities.items():
@@ -236,7 +305,8 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
             if reason:
                 check.not_applied[name] = reason
                 continue
-            clipped = _check_range(q, QUANTITY_RANGES[key])
+            _check_unit(q, key)
+            clipped = _check_range(q, quantity_range(config, key))
             if key == "v_pi_v":
                 _check_vpi(config, q, owner)
         except _Refused as exc:
@@ -251,11 +321,27 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
     return check
 
 
+def _check_unit(q: Quantity, key: str) -> None:
+    """Refuse a quantity whose stated unit is not its field's (:data:`FIELD_UNITS`). An empty unit states
+    none (hand-written files) and is taken as the field's: the field's name carries its unit."""
+    want = FIELD_UNITS.get(key)
+    if want is not None and q.unit.strip() and q.unit.strip() != want:
+        raise _Refused(f"quantity {q.name!r} = {q.value:g} has unit {q.unit!r}, expected {want!r} (the field "
+                       f"{key} is in {want or 'no unit'}; a value in another unit is not converted)")
+
+
 def _check_range(q: Quantity, rng: QuantityRange) -> dict[str, Any] | None:
     """``None`` when ``q`` lies in ``rng``; what is written instead when it lies outside by no more than
-    ``rng.sigmas`` of its uncertainty; else refused."""
+    ``rng.sigmas`` of its uncertainty (and the bound is a value, :attr:`QuantityRange.clip_lo`); refused
+    otherwise, and whenever its uncertainty is too large to say anything (:meth:`QuantityRange.sigma_limit`)."""
+    u = f" {q.unit}" if q.unit else ""
     if not (math.isfinite(q.uncertainty) and q.uncertainty >= 0):
         raise _Refused(f"quantity {q.name!r} has uncertainty {q.uncertainty!r}, expected a finite number ≥ 0")
+    limit = rng.sigma_limit(q.value)
+    if limit is not None and q.uncertainty > limit[0]:
+        why = f" = {limit[1]}" if limit[1] else ""
+        raise _Refused(f"quantity {q.name!r} = {q.value:g} ± {q.uncertainty:.3g}{u}: the uncertainty is too large to "
+                       f"say anything, expected at most {limit[0]:.3g}{u}{why}")
     if rng.lo <= q.value <= rng.hi:
         return None
     outside = rng.lo - q.value if q.value < rng.lo else q.value - rng.hi
@@ -263,6 +349,9 @@ def _check_range(q: Quantity, rng: QuantityRange) -> dict[str, Any] | None:
         beyond = f" (± {q.uncertainty:.3g}: more than {rng.sigmas:g}σ outside)" if rng.sigmas else ""
         raise _Refused(f"quantity {q.name!r} = {q.value:g}{' ' + q.unit if q.unit else ''}{beyond}, "
                        f"expected {rng.text}")
+    if q.value < rng.lo and not rng.clip_lo:
+        raise _Refused(f"quantity {q.name!r} = {q.value:g} ± {q.uncertainty:.3g}{u} is consistent with 0, expected "
+                       f"{rng.text} (not clipped: {rng.lo:g} would be no calibration)")
     return {"value": q.value, "uncertainty": q.uncertainty, "written": rng.clip(q.value), "allowed": rng.text}
 
 

@@ -51,15 +51,25 @@ def _jitter_duration(ctx: CalContext, detectors: tuple[str, ...], rates: dict[st
     return float(min(max(target_clicks / max(min(kept), 1e-9), min_duration_s), max_duration_s))
 
 
+def _too_few_clicks(d: str, kept: int, duration_s: float, rate_hz: float, gap_ps: float, gated: bool) -> str:
+    """What was seen when fewer than 200 clicks passed the recovered-gap cut: a detector that clicks at a
+    high rate but never recovers (saturated by dark counts or afterpulses), or one that hardly clicks."""
+    seen = f"{d}: only {kept} of its clicks in {duration_s:g} s came ≥ {gap_ps / 1e3:.4g} ns after the previous one"
+    if rate_hz * duration_s >= 200:
+        return (f"{seen}, while it clicks at {rate_hz:.3g} Hz with the light dimmed: the detector never recovers "
+                f"(saturated by dark counts or afterpulses; check its dark-count rate, bias and dead time)")
+    hint = "; is the gate delay calibrated (run gate_delay first)?" if gated else ""
+    return f"{seen} (it clicks at {rate_hz:.3g} Hz): no light reaches the detector{hint}"
+
+
 def _click_sync_peak(ctx: CalContext, d: str, ph: np.ndarray, T: float, s_nom: float, bin_ps: float | None,
-                     duration_s: float) -> tuple[float, np.ndarray, np.ndarray, FitResult]:
+                     duration_s: float, rate_hz: float, gap_ps: float) -> tuple[float, np.ndarray, np.ndarray, FitResult]:
     """Histogram of ``d``'s folded click phases [ps] around their peak and its Gaussian + background fit.
 
     Returns (bin width [ps], bin centres, counts, fit)."""
     gated = bool(ctx.station.detector(d).gated)
     if ph.size < 200:
-        hint = "; is the gate delay calibrated (run gate_delay first)?" if gated else ""
-        raise CalibrationError(f"{d}: only {ph.size} clicks in {duration_s:g} s; no light reaches the detector{hint}")
+        raise CalibrationError(_too_few_clicks(d, int(ph.size), duration_s, rate_hz, gap_ps, gated))
     bw = float(bin_ps) if bin_ps is not None else float(max(2, int(round(s_nom / 8.0))))
     peak, _, _ = circular_peak(ph, T, max(20.0, bw))
     x = centred_window(ph, peak, T)
@@ -74,6 +84,28 @@ def _click_sync_peak(ctx: CalContext, d: str, ph: np.ndarray, T: float, s_nom: f
     return bw, c, n, fit
 
 
+#: Below this many σ of the subtraction σ_sys² − σ_ref² from 0 the detector's term is not resolved (the
+#: reference width comes from the station file, not measured: a few-% error in it moves a small difference
+#: by more than its statistical error): an upper bound is reported instead of a value.
+RESOLVED_SIGMAS = 3.0
+
+
+def detector_sigma(s_sys: float, e_sys: float, ref2: float) -> tuple[float, float, float | None]:
+    """(value, uncertainty, upper bound or ``None``) of σ_det = √(σ_sys² − σ_ref²) from the fitted σ_sys ± e_sys.
+
+    Resolved (the difference v = σ_sys² − σ_ref² at least :data:`RESOLVED_SIGMAS` times its error
+    2·σ_sys·e_sys above 0): √v ± σ_sys·e_sys/√v (linear propagation). Otherwise the linear error is
+    not honest near 0 (review s33 L2: a true 0 came out 3.5 ± 0.7 ps): the bound U = √(max(v, 0) + 2·err_v)
+    is reported as the interval [0, U], i.e. U/2 ± U/2, with U in ``upper``."""
+    var = s_sys**2 - ref2
+    err_v = 2.0 * s_sys * e_sys
+    if var > RESOLVED_SIGMAS * err_v and var > 0:
+        val = math.sqrt(var)
+        return val, s_sys * e_sys / val, None
+    upper = math.sqrt(max(var, 0.0) + 2.0 * err_v)
+    return upper / 2.0, upper / 2.0, upper
+
+
 def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, duration_s: float | None = None,
                   bin_ps: float | None = None, target_clicks: int = 50_000, max_duration_s: float = 5.0,
                   min_duration_s: float = 0.02) -> ProcedureResult:
@@ -81,7 +113,8 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
 
     σ_sys from a Gaussian + background fit (Poisson errors, the Gaussian integrated over each bin);
     σ_det = √(σ_sys² − σ_laser² − (FWHM_pulse/2.355)² − res²/12), the laser's timing jitter and
-    pulse width taken from the station file (the laser data sheet) as the reference.
+    pulse width taken from the station file (the laser data sheet) as the reference; a detector term
+    not resolved from that reference is reported as the interval [0, U] (:func:`detector_sigma`).
 
     Adapted to the detector: only clicks from a recovered detector with no afterpulse pending are
     used (:func:`recovered_gap_ps`: no click of the same detector in the τ_d + 10·τ_ap before); the
@@ -115,18 +148,13 @@ def timing_jitter(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, durat
         for d in detectors:
             ph = phases[d]
             s_nom = math.sqrt(ctx.value(f"{d}.jitter_ps", cfg.detectors[d].jitter_ps) ** 2 + ref2)
-            bw, c, n, fit = _click_sync_peak(ctx, d, ph, T, s_nom, bin_ps, duration_s)
+            bw, c, n, fit = _click_sync_peak(ctx, d, ph, T, s_nom, bin_ps, duration_s, rates[d], gaps[d])
             s_sys, e_sys = fit["sigma"], fit.err("sigma")
-            var = s_sys**2 - ref2
-            if var <= 0:
-                val, err = 0.0, e_sys
-            else:
-                val = math.sqrt(var)
-                err = s_sys * e_sys / val
+            val, err, upper = detector_sigma(s_sys, e_sys, ref2)
             quantities.append(Quantity(f"{d}.jitter_ps", val, err, "ps", "timing_jitter",
                                        true=sim_truth(ctx.station, (d, "laser"), lambda c, d=d: c.detectors[d].jitter_ps),
                                        details={"system_sigma_ps": s_sys, "system_sigma_err_ps": e_sys,
-                                                "reference_sigma_ps": math.sqrt(ref2),
+                                                "reference_sigma_ps": math.sqrt(ref2), "upper_bound_ps": upper,
                                                 "system_fwhm_ps": 2.3548 * s_sys, "min_gap_ps": gaps[d]}))
             raw[d] = {"clicks": int(ph.size), "duration_s": duration_s, "rate_hz": rates[d], "min_gap_ps": gaps[d],
                       "peak_ps": fit["mu"], "fit": fit.summary(), "bin_ps": bw}

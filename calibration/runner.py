@@ -206,7 +206,9 @@ def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None 
 
     A failing procedure does not stop the session: the files hold every procedure that succeeded
     and ``calibration.json`` lists the failures (``"failures": {procedure: reason}``), as does
-    :attr:`CalibrationReport.failures`."""
+    :attr:`CalibrationReport.failures`. When every procedure failed no calibrated station file is
+    written (``files`` has no ``station_toml``; ``calibration.json`` records the failures, with no
+    quantity, and ``calibrate apply`` refuses it)."""
     if seed is not None:
         sim = config.simulation.model_copy(update={"seed": int(seed)})
         config = config.model_copy(update={"simulation": sim})
@@ -224,13 +226,13 @@ def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None 
                 doc["procedures"][r.procedure]["plots"] = [str(Path(p).relative_to(rec.path)) for p in r.plots]
             doc["failures"] = {f.procedure: f.message for f in failures}
             cal_path = write_calibration(rec.path / CALIBRATION_FILE, doc)
+            files = {"run": str(rec.path), "calibration": str(cal_path)}
             new_cfg = apply_calibration(config, ctx.known)
-            toml_path = write_station_toml(new_cfg, rec.path / CALIBRATED_STATION_FILE)
+            if results:  # every procedure failed: the station is not calibrated, no "calibrated" file of it
+                files["station_toml"] = str(write_station_toml(new_cfg, rec.path / CALIBRATED_STATION_FILE))
             rec.write_metrics({"calibration": str(cal_path.name), "quantities": doc["quantities"],
                                "failures": doc["failures"]})
-            return CalibrationReport(st.name, results, doc, new_cfg,
-                                     {"run": str(rec.path), "calibration": str(cal_path), "station_toml": str(toml_path)},
-                                     failures)
+            return CalibrationReport(st.name, results, doc, new_cfg, files, failures)
         finally:
             rec.close()
     finally:

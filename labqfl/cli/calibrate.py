@@ -7,7 +7,9 @@ calibration applied; ``--write-config FILE`` writes it elsewhere too, never over
 unless ``--force``). See docs/calibration.md.
 
 A procedure that fails does not stop the others: the table shows every result, one line per
-failure follows, the files hold what succeeded, and the command exits with status 1.
+failure follows, the files hold what succeeded, and the command exits with status 1. When every
+procedure failed, nothing was calibrated: one error line, no calibrated station file (none in the run
+folder, no ``--write-config`` file), status 1.
 
 Argument parsing and rendering only: the recipe is :func:`labqfl.app.calibrate.run_calibration`
 (and :func:`~labqfl.app.calibrate.apply_calibration_file` for ``apply``).
@@ -79,14 +81,30 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
                 prog.console.print(f"{time.strftime('%H:%M:%S')} {msg}", soft_wrap=True)
 
         outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
-                                  make_plots=plots, base_dir=base_dir, write_config=write_config,
-                                  overwrite_config=force, **kw)
+                                  make_plots=plots, base_dir=base_dir, **kw)
         prog.update(task, description=f"calibrate {group}: done")
+    if not outcome.report.results:  # every procedure failed: no calibrated station file (review s33 L8)
+        reasons = "; ".join(f"{name}: {msg}" for name, msg in outcome.failures.items())
+        raise fail(f"calibration {group}: all {len(outcome.failures)} procedure(s) failed ({reasons}); nothing "
+                   f"calibrated, no station file written")
+    if write_config is not None:  # the run folder's calibrated station file, copied (written only on success)
+        outcome.files["written_config"] = _copy_station_file(Path(outcome.files["station_toml"]), write_config, force)
     data = outcome.as_dict()
     emit(data, as_json, lambda con: _render(con, outcome.station, data))
     summary = outcome.failure_summary()
     if summary is not None:
         raise fail(summary)
+
+
+def _copy_station_file(src: Path, dst: Path, force: bool) -> str:
+    """Copy the calibrated station file ``src`` to ``--write-config`` ``dst`` (an existing one only with
+    ``--force``)."""
+    try:
+        with dst.open("wb" if force else "xb") as f:
+            f.write(src.read_bytes())
+    except FileExistsError:
+        raise ConfigError(f"{dst}: file exists; not overwritten (--force replaces it)") from None
+    return str(dst)
 
 
 def _render(con: Any, station: str, data: dict[str, Any]) -> None:
@@ -97,7 +115,8 @@ def _render(con: Any, station: str, data: dict[str, Any]) -> None:
         t.add_row(n, *_fmt(q))
     con.print(t)
     print_path(con, "run folder", files["run"])
-    print_path(con, "calibrated station file", files["station_toml"])
+    if "station_toml" in files:
+        print_path(con, "calibrated station file", files["station_toml"])
     if "written_config" in files:
         print_path(con, "written", files["written_config"])
     for name, msg in data["failures"].items():
