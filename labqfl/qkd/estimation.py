@@ -294,6 +294,12 @@ def _decoy_bounds(counts: PairCounts, g_lo: np.ndarray, g_hi: np.ndarray, p: Sec
     )
 
 
+#: a key error rate above this (with :data:`SWAPPED_MIN_BITS` bits or more, so over 5 standard deviations
+#: above 1/2) means inverted bits, not noise: the abort reason names the likely cause
+SWAPPED_QBER = 0.75
+SWAPPED_MIN_BITS = 100
+
+
 def _abort_reason(
     n_key_bits: int, qber_key: float, feasible: bool, e_ph: float, ell: float, p: SecurityParameters
 ) -> str:
@@ -301,7 +307,10 @@ def _abort_reason(
     if n_key_bits == 0:
         return "empty sifted key"
     if qber_key > p.max_qber:
-        return f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}"
+        hint = ""
+        if qber_key > SWAPPED_QBER and n_key_bits >= SWAPPED_MIN_BITS:
+            hint = "; bits inverted: D0/D1 swapped? check time_tagger.detector_channels (or a π bias-phase offset)"
+        return f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}{hint}"
     if not feasible:
         return "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"
     if e_ph > p.max_phase_error:

@@ -8,7 +8,7 @@ Same rules and the same output as the two stages run one after the other on a wh
 the squashed double clicks) — which stay the reference (tests compare the two on random streams
 with drift, dropped syncs, frame markers, lost-data intervals, dark counts and multi-click slots).
 
-What is shared with the slotter, unchanged: the anchors (syncs: ``_anchor_syncs``; frame markers:
+What is shared with the slotter, unchanged: the anchors (syncs: ``_SyncChain``/``_anchor_syncs``; frame markers:
 ``Slotter._anchor_markers``, the frames numbered from slot 0 = the first sync tag), the period of every
 interval, the dropped ranges (frames that are not kept or lie before the first marker, lost-data intervals widened by the detectors' delays and windows). What is fused into
 one pass over the tags (:func:`_fused_kernel`): per block of tags, each tag's delay correction,
@@ -47,9 +47,11 @@ from labqfl.qkd.slotting import (
     SlotRanges,
     Slotter,
     SlottingParams,
+    SlottingStats,
     _anchor_step,
-    _anchor_syncs,
     _interval_periods,
+    _SyncChain,
+    block_lost_intervals,
 )
 
 __all__ = ["DenseLog", "SlotSiftResult", "slot_sift"]
@@ -824,15 +826,16 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
         before_first = sl.dropped_sync.ranges
         fallback = sl._period_est
     else:
+        chain = _SyncChain(p)  # the slotter's sync anchors, all decided at once (the whole stream)
         sync_t = _channel_times(ts, ch, p.sync_channel, p.sync_delay_ps)
-        anchor_t, anchor_k, _, _, _, fallback, _, _ = _anchor_syncs(
-            sync_t, False, np.int64(0), np.int64(0), float(p.period_ps), p.sync_divider, float(p.period_ps),
-            float(p.gap_tolerance))
+        anchor_t, anchor_k = chain.anchor(sync_t, 0, True, SlottingStats())
+        chain.check_final(int(sync_t.size), "slot_sift")
+        fallback = chain.period_est
         anchor_ok = np.ones(anchor_t.size, dtype=bool)
     per = _interval_periods(anchor_t, anchor_k, step, float(fallback))
     dropped = SlotRanges()
     n_a = anchor_t.size
-    lost = block.lost_intervals_ps
+    lost = block_lost_intervals(block, None)  # a block flagged overflow without intervals: all of it
     if n_a and lost.size:
         finite_w = [min(w, p.period_ps) for w in p.window_ps]
         reach = int(math.ceil(max(abs(o) for o in p.window_offset_ps) + max(finite_w) / 2.0))

@@ -7,12 +7,25 @@ Model of the tags (docs/postprocessing.md, "Slotting"). The laser emits pulse ``
 calibrated propagation delay plus the tagger's software input delay); slotting subtracts it
 (rounded to whole ps) to get the *corrected* time.
 
-Sync anchors. The first sync seen gets index ``k = round(t / (D·T))`` (acquisition starts at
-slot 0 at time 0). Each later sync is placed ``g = round(Δt / (D·T̂))`` sync periods after the
-previous anchor, ``T̂`` being the period measured on the previous sync interval; ``g > 1`` means
-``g − 1`` sync tags were dropped, ``g < 1`` or a gap ``|Δt/(D·T̂) − g| > gap_tolerance`` marks a
-spurious sync, which is ignored. Every interval between two anchors gets its own period
-``P = Δt / (Δk·D)`` — re-anchoring on every sync tracks clock drift.
+Sync anchors (no frame markers). Slot 0 is the first sync tag of the stream (the master clock's first
+pulse; the tagger records before it starts), never "tagger time 0", so the work and the slot numbers
+do not depend on where the tagger's clock stands. Each later sync is placed ``g = round(Δt/(D·T̂))``
+sync periods after the last anchor (``T̂``: the period of the last accepted interval, bound to the
+nominal ``T`` within ``clock_tolerance_ppm``) and is *on the grid* if ``g >= 1`` and it lies within
+``sync_tolerance_slots`` slots of that grid point (plus ``clock_tolerance_ppm`` of the gap while no
+interval has been measured, and then ``g <= MAX_FIRST_GAP``; never more than ``gap_tolerance`` sync
+periods). Of the syncs within that tolerance of one grid point the nearest to it is the anchor (a
+sync waits for the next block while a nearer one could still come); ``g > 1`` means ``g − 1``
+dropped syncs. Every other sync is spurious (counted, ignored): a stray pulse between two syncs, a
+sync displaced off its time, a double pulse — none of them moves the chain, so no later slot index
+shifts. The last spurious sync is kept as a candidate: if the next sync lies on *its* grid and not
+on the chain's, the chain re-locks on their grid (``sync_relocks``; the candidate's index counted
+from the last anchor), which recovers from a first sync that was a stray (the chain then starts at
+the candidate, slot 0) and from a gap too long for the period estimate. The first sync is an anchor
+once the next one confirms it (at the end of a stream it stands alone if none did); a stream whose
+``MIN_UNCHAINED_SYNCS`` or more syncs never form a chain (nominal period wrong, noise on the sync
+input) is one error naming the nominal sync period. Every interval between two anchors gets its
+own period ``P = Δt / (Δk·D)`` — re-anchoring on every sync tracks clock drift.
 
 Detections. A detector tag at corrected time ``t`` in the interval starting at anchor ``(t_a, k_a)``
 belongs to slot ``k_a·D + ⌊(t − t_a − o)/P + 1/2⌋`` where ``o`` is the detector's window centre
@@ -62,7 +75,10 @@ lost at one client (no marker from its pattern generator) drops only the pairs i
 
 Lost data. ``TagBlock.lost_intervals_ps`` (overflow, missed events, error records of the tagger)
 drop every slot whose detection window, shifted by either detector's delay, overlaps a lost
-interval (``dropped_slots_lost_data``). Dropped slots are never announced, and
+interval (``dropped_slots_lost_data``). A block flagged ``overflow`` without any interval (its
+OverflowBegin/OverflowEnd records missing) lost tags somewhere between the previous block's last tag
+and its own last tag (an empty one: up to the next tag): that whole stretch is lost
+(:func:`block_lost_intervals`). Dropped slots are never announced, and
 :meth:`Slotter.dropped_slots_of_pair` gives their count per pair (reported; they stay in the
 pair's slot count N as sent without a click, docs/protocol.md §5.1).
 
@@ -124,6 +140,9 @@ class SlottingParams:
     burst_period_slots: int = 0
     burst_on_slots: int = 0
     gap_tolerance: float = 0.25
+    #: a sync is on the chain's grid within this many slots (plus ``clock_tolerance_ppm`` of the gap
+    #: before the period is measured; at most ``gap_tolerance`` sync periods)
+    sync_tolerance_slots: float = 0.25
     marker_channel: int | None = None
     frame_slots: int = 0
     marker_delay_ps: int = 0
@@ -146,6 +165,10 @@ class SlottingParams:
             raise QKDInputError("slotting: need 0 <= burst_on_slots <= burst_period_slots")
         if not 0 < self.gap_tolerance < 0.5:
             raise QKDInputError(f"slotting: gap_tolerance must be in (0, 0.5), got {self.gap_tolerance}")
+        if not 0 < self.sync_tolerance_slots < 0.5:
+            raise QKDInputError(f"slotting: sync_tolerance_slots must be in (0, 0.5) slots, got {self.sync_tolerance_slots}")
+        if not 0 <= self.clock_tolerance_ppm < 1e4:
+            raise QKDInputError(f"slotting: clock_tolerance_ppm must be in [0, 1e4), got {self.clock_tolerance_ppm}")
         if self.marker_channel is not None:
             if self.frame_slots < 1:
                 raise QKDInputError(f"slotting: frame_slots must be >= 1 with a marker channel, got {self.frame_slots}")
@@ -155,8 +178,6 @@ class SlottingParams:
             if not 0 < self.marker_tolerance_slots < 0.5:
                 raise QKDInputError("slotting: marker_tolerance_slots must be in (0, 0.5) slots, got "
                                     f"{self.marker_tolerance_slots}")
-            if not 0 <= self.clock_tolerance_ppm < 1e4:
-                raise QKDInputError(f"slotting: clock_tolerance_ppm must be in [0, 1e4), got {self.clock_tolerance_ppm}")
         if self.client_markers:
             chans = [ch for _, ch, _ in self.client_markers]
             names = [c for c, _, _ in self.client_markers]
@@ -246,6 +267,8 @@ class SlottingStats:
     sync_tags: int = 0
     dropped_syncs: int = 0
     spurious_syncs: int = 0
+    #: the sync chain moved to the grid of an off-grid sync that the next one confirmed (module docstring)
+    sync_relocks: int = 0
     detector_tags: int = 0
     other_tags: int = 0
     outside_window: int = 0
@@ -272,36 +295,111 @@ class SlottingStats:
 # Numba kernels
 
 
+#: sync chain state, int64 (:class:`_SyncChain`): chain started, first anchor confirmed, last anchor (time,
+#: index), an off-grid sync kept as re-lock candidate (flag, time)
+_STARTED, _CONFIRMED, _PREV_T, _PREV_K, _HAVE_CAND, _CAND_T = range(6)
+#: before the period is measured a sync is placed at most this many sync periods on: with a nominal period
+#: off by more than the tolerance, some far multiple of it would fit a later sync by chance
+MAX_FIRST_GAP = 16
+
+
 @numba.njit(cache=True, nogil=True)
-def _anchor_syncs(sync_t, have_prev, prev_t, prev_k, period_est, divider, period_nominal, tol):  # type: ignore[no-untyped-def]
-    """Sequential sync → anchor assignment. Returns (anchor_t, anchor_k, state..., counters)."""
+def _sync_tol(p_est, measured, g, divider, tol_slots, gap_tol, ppm):  # type: ignore[no-untyped-def]
+    """How far [ps] a sync may lie from the grid point ``g`` sync periods after an anchor: ``tol_slots``
+    slots, plus ``ppm`` of the gap while the period is not measured, at most ``gap_tol`` sync periods."""
+    w = divider * p_est
+    return min(tol_slots * p_est + (0.0 if measured else ppm * 1e-6 * max(float(g), 1.0) * w), gap_tol * w)
+
+
+@numba.njit(cache=True, nogil=True)
+def _sync_fit(dt, p_est, measured, divider, tol_slots, gap_tol, ppm):  # type: ignore[no-untyped-def]
+    """A sync ``dt`` ps after an anchor: (sync periods ``g`` to its nearest grid point, its distance from
+    that point [ps], whether it lies on the grid: ``g >= 1`` (at most :data:`MAX_FIRST_GAP` while the
+    period is not measured) and within :func:`_sync_tol`)."""
+    g = np.int64(math.floor(dt / (divider * p_est) + 0.5))
+    res = abs(dt - g * (divider * p_est))
+    on = g >= 1 and (measured or g <= MAX_FIRST_GAP)
+    return g, res, on and res <= _sync_tol(p_est, measured, g, divider, tol_slots, gap_tol, ppm)
+
+
+@numba.njit(cache=True, nogil=True)
+def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slots, gap_tol, ppm):  # type: ignore[no-untyped-def]
+    """Sync tags (corrected times, in order) → anchors, by the rules of the module docstring. ``st``/``fs``:
+    the chain's state (int64 ``_STARTED … _CAND_T``; float64 [period estimate, measured]), updated in
+    place. A sync whose grid point's tolerance reaches ``t_end`` (the earliest time a later sync can
+    have) waits unless ``final``. Returns (anchor times, anchor indices, syncs used, dropped, spurious,
+    relocks); the syncs from "used" on are to be given again, before the next ones. Times enter only
+    as differences (exact in int64 anywhere in the tagger's range)."""
     n = sync_t.shape[0]
-    out_t = np.empty(n, dtype=np.int64)
-    out_k = np.empty(n, dtype=np.int64)
+    out_t = np.empty(2 * n + 2, dtype=np.int64)
+    out_k = np.empty(2 * n + 2, dtype=np.int64)
     m = 0
     dropped = 0
     spurious = 0
-    for idx in range(n):
+    relocks = 0
+    p_lo = period_nominal * (1.0 - ppm * 1e-6)
+    p_hi = period_nominal * (1.0 + ppm * 1e-6)
+    idx = 0
+    while idx < n:
         t = sync_t[idx]
-        if not have_prev:
-            k = np.int64(math.floor(t / (divider * period_nominal) + 0.5))
-            have_prev = True
-        else:
-            gap = t - prev_t
-            g = gap / (divider * period_est)
-            gi = math.floor(g + 0.5)
-            if gi < 1 or abs(g - gi) > tol:
-                spurious += 1
+        if st[_STARTED] == 0:  # slot 0: the first sync tag (an anchor once the next one confirms it)
+            st[_STARTED], st[_CONFIRMED], st[_PREV_T], st[_PREV_K], st[_HAVE_CAND] = 1, 0, t, 0, 0
+            idx += 1
+            continue
+        p_est, measured = fs[0], fs[1] != 0.0
+        prev_t, prev_k = st[_PREV_T], st[_PREV_K]
+        g, res, on = _sync_fit(float(t - prev_t), p_est, measured, divider, tol_slots, gap_tol, ppm)
+        if on:
+            # of the syncs within the tolerance of this grid point, the nearest to it is the anchor
+            w_end = g * (divider * p_est) + _sync_tol(p_est, measured, g, divider, tol_slots, gap_tol, ppm)
+            best, best_res = idx, res
+            j = idx + 1
+            while j < n and float(sync_t[j] - prev_t) <= w_end:
+                gj, rj, onj = _sync_fit(float(sync_t[j] - prev_t), p_est, measured, divider, tol_slots, gap_tol, ppm)
+                if onj and gj == g and rj < best_res:
+                    best, best_res = j, rj
+                j += 1
+            if j == n and not final and (t_end <= prev_t or float(t_end - prev_t) <= w_end):
+                break  # a later block may hold a nearer sync: decide then
+            spurious += j - idx - 1
+            if st[_CONFIRMED] == 0:
+                out_t[m], out_k[m] = prev_t, prev_k
+                m += 1
+                st[_CONFIRMED] = 1
+            tb = sync_t[best]
+            out_t[m], out_k[m] = tb, prev_k + g
+            m += 1
+            dropped += g - 1
+            fs[0], fs[1] = min(max((tb - prev_t) / (g * divider), p_lo), p_hi), 1.0
+            st[_PREV_T], st[_PREV_K], st[_HAVE_CAND] = tb, prev_k + g, 0
+            idx = j
+            continue
+        if st[_HAVE_CAND]:
+            ct = st[_CAND_T]
+            gc, _, onc = _sync_fit(float(t - ct), p_est, measured, divider, tol_slots, gap_tol, ppm)
+            # an unconfirmed first sync was a stray: the chain restarts at the candidate (slot 0)
+            kc = prev_k + np.int64(math.floor((ct - prev_t) / (divider * p_est) + 0.5)) if st[_CONFIRMED] else prev_k
+            if onc and (kc > prev_k or st[_CONFIRMED] == 0):
+                # this sync confirms the earlier off-grid one, not the chain: the chain re-locks on their grid
+                if st[_CONFIRMED]:
+                    dropped += kc - prev_k - 1
+                    spurious -= 1  # the candidate is an anchor after all (a first sync replaced: spurious instead)
+                out_t[m], out_k[m] = ct, kc
+                out_t[m + 1], out_k[m + 1] = t, kc + gc
+                m += 2
+                dropped += gc - 1
+                relocks += 1
+                fs[0], fs[1] = min(max((t - ct) / (gc * divider), p_lo), p_hi), 1.0
+                st[_PREV_T], st[_PREV_K], st[_HAVE_CAND], st[_CONFIRMED] = t, kc + gc, 0, 1
+                idx += 1
                 continue
-            k = prev_k + np.int64(gi)
-            dropped += gi - 1
-            period_est = gap / (gi * divider)
-        out_t[m] = t
-        out_k[m] = k
+        st[_HAVE_CAND], st[_CAND_T] = 1, t
+        spurious += 1
+        idx += 1
+    if final and st[_STARTED] and st[_CONFIRMED] == 0:  # one sync (or none on its grid): the only anchor
+        out_t[m], out_k[m] = st[_PREV_T], st[_PREV_K]
         m += 1
-        prev_t = t
-        prev_k = k
-    return out_t[:m], out_k[:m], have_prev, prev_t, prev_k, period_est, dropped, spurious
+    return out_t[:m].copy(), out_k[:m].copy(), idx, dropped, spurious, relocks
 
 
 @numba.njit(cache=True, nogil=True)
@@ -503,6 +601,72 @@ def _anchor_step(p: SlottingParams) -> int:
     return p.frame_slots if p.marker_channel is not None else p.sync_divider
 
 
+class _SyncChain:
+    """The sync anchors of one stream, fed in order (:func:`_anchor_syncs`, module docstring); the syncs it
+    cannot decide yet (a nearer one may follow in the next block) wait in :attr:`pending`."""
+
+    def __init__(self, p: SlottingParams) -> None:
+        self.p = p
+        self.st = np.zeros(6, dtype=np.int64)
+        self.fs = np.array([p.period_ps, 0.0], dtype=np.float64)
+        self.pending = np.empty(0, dtype=np.int64)
+
+    @property
+    def period_est(self) -> float:
+        """The period of the last accepted interval (bound to the nominal one within ``clock_tolerance_ppm``)."""
+        return float(self.fs[0])
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether two syncs on one grid were seen (the chain has anchors)."""
+        return bool(self.st[_CONFIRMED])
+
+    def check_final(self, n_sync: int, who: str) -> None:
+        """At the end of a stream: one clear error if its syncs never formed a chain (no two of
+        :data:`MIN_UNCHAINED_SYNCS` or more on one grid of the nominal sync period)."""
+        if not self.confirmed and n_sync >= MIN_UNCHAINED_SYNCS:
+            raise QKDInputError(f"{who}: {_off_grid(self.p, n_sync)}")
+
+    def anchor(self, sync_t: np.ndarray, t_end: int, final: bool, stats: SlottingStats) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors (times, sync indices) of the waiting syncs and ``sync_t`` that are decided now: with
+        ``final`` all; else those whose tolerance window ends before ``t_end`` (no later sync can be
+        earlier). Counts dropped, spurious and re-locked syncs in ``stats``."""
+        p = self.p
+        s = np.concatenate([self.pending, sync_t]) if self.pending.size else np.ascontiguousarray(sync_t, np.int64)
+        a_t, a_k, used, dropped, spurious, relocks = _anchor_syncs(
+            s, np.int64(t_end), bool(final), self.st, self.fs, np.int64(p.sync_divider), float(p.period_ps),
+            float(p.sync_tolerance_slots), float(p.gap_tolerance), float(p.clock_tolerance_ppm))
+        self.pending = s[int(used):].copy()
+        stats.dropped_syncs += int(dropped)
+        stats.spurious_syncs += int(spurious)
+        stats.sync_relocks += int(relocks)
+        return a_t, a_k
+
+
+#: this many sync tags or more with no two on one grid of the nominal period: an error, not a stray
+MIN_UNCHAINED_SYNCS = 16
+
+
+def _off_grid(p: SlottingParams, n_sync: int) -> str:
+    return (f"{n_sync} sync tags on channel {p.sync_channel}, no two of them on the grid of the nominal sync period "
+            f"{p.sync_divider * p.period_ps:.0f} ps (sync_divider × 1/rep_rate) within {p.sync_tolerance_slots:g} slot "
+            f"+ {p.clock_tolerance_ppm:g} ppm; check laser.rep_rate_hz, time_tagger.sync_divider and the sync input "
+            "(noise on it?)")
+
+
+def block_lost_intervals(block: TagBlock, prev_last: int | None) -> np.ndarray:
+    """The block's lost-data intervals (raw times). A block flagged ``overflow`` without any interval
+    (an overflow whose OverflowBegin/OverflowEnd records did not come with it) lost tags somewhere
+    between the previous block's last tag (``prev_last``; the block's first tag if none) and its own
+    last tag: that whole stretch is lost (an empty block: none here, see :class:`Slotter`)."""
+    lost = block.lost_intervals_ps
+    ts = block.timestamps
+    if block.overflow and not lost.size and ts.size:
+        lo = int(ts[0]) if prev_last is None else min(int(prev_last), int(ts[0]))
+        return np.array([[lo, int(ts[-1])]], dtype=np.int64)
+    return lost
+
+
 class SlotRanges:
     """A set of slots as sorted, disjoint half-open ranges ``[start, end)`` (int64, shape (k, 2))."""
 
@@ -602,6 +766,8 @@ class Slotter(_SlotProgress):
         self._period_measured = False
         self._period_prev = float(params.period_ps)
         self._cand: tuple[int, int] | None = None  # last off-grid marker (time, frame index guess)
+        self._sync = _SyncChain(params)
+        self._overflow_open = False  # an empty block flagged overflow: tags lost up to the next tag
         self._anchor_t = np.empty(0, dtype=np.int64)
         self._anchor_k = np.empty(0, dtype=np.int64)
         self._anchor_ok = np.empty(0, dtype=bool)
@@ -658,7 +824,13 @@ class Slotter(_SlotProgress):
             raise QKDInputError("slotting: TagBlock starts before the end of the previous block (blocks out of order)")
         if block.overflow:
             self.stats.overflow_blocks += 1
-        lost = block.lost_intervals_ps
+        lost = block_lost_intervals(block, self._last_raw)
+        if self._overflow_open and ts.size:
+            first = int(ts[0])
+            lost = np.concatenate([lost, [[first if self._last_raw is None else self._last_raw, first]]]).astype(np.int64)
+            self._overflow_open = False
+        elif block.overflow and not ts.size and not lost.size:
+            self._overflow_open = True
         if lost.size:
             self.stats.lost_intervals += int(lost.shape[0])
             corr = np.stack([lost[:, 0] - self._max_delay - self._lost_reach,
@@ -679,11 +851,11 @@ class Slotter(_SlotProgress):
                 self._pend_markers = marker_t[:0]
             anchor_t, anchor_k, anchor_ok = self._anchor_markers(marker_t)
         else:
-            a_t, a_k, self._have_prev, self._prev_t, self._prev_k, self._period_est, dropped, spurious = _anchor_syncs(
-                sync_t, self._have_prev, np.int64(self._prev_t), np.int64(self._prev_k), float(self._period_est),
-                p.sync_divider, float(p.period_ps), float(p.gap_tolerance))
-            self.stats.dropped_syncs += int(dropped)
-            self.stats.spurious_syncs += int(spurious)
+            # no sync before the block's last tag (less the sync delay) can come later
+            t_end = int(ts[-1]) - p.sync_delay_ps if ts.size else \
+                (self._last_raw - p.sync_delay_ps if self._last_raw is not None else int(np.iinfo(np.int64).min))
+            a_t, a_k = self._sync.anchor(sync_t, t_end, False, self.stats)
+            self._period_est = self._sync.period_est
             anchor_t = np.concatenate([self._anchor_t, a_t])
             anchor_k = np.concatenate([self._anchor_k, a_k])
             anchor_ok = np.ones(anchor_t.size, dtype=bool)
@@ -801,9 +973,14 @@ class Slotter(_SlotProgress):
                                 f"but no sync tag on channel {self.p.sync_channel}: slot 0 (the first sync tag) is "
                                 "unknown, so the frames cannot be numbered; check time_tagger.sync_channel and the "
                                 "sync cable")
-        out = self._process(self._anchor_t, self._anchor_k, self._anchor_ok, self._pend_t, self._pend_id,
-                            last_raw=None, flush=True)
-        return out
+        anchor_t, anchor_k, anchor_ok = self._anchor_t, self._anchor_k, self._anchor_ok
+        if not self._markers:  # the syncs still undecided
+            a_t, a_k = self._sync.anchor(np.empty(0, np.int64), 0, True, self.stats)
+            self._sync.check_final(self.stats.sync_tags, "slotting")
+            self._period_est = self._sync.period_est
+            anchor_t, anchor_k = np.concatenate([anchor_t, a_t]), np.concatenate([anchor_k, a_k])
+            anchor_ok = np.ones(anchor_t.size, dtype=bool)
+        return self._process(anchor_t, anchor_k, anchor_ok, self._pend_t, self._pend_id, last_raw=None, flush=True)
 
     def _slot_position(self, t: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray) -> np.ndarray:
         """Fractional slot index of corrected times ``t`` (extrapolated from the nearest anchor)."""
@@ -826,6 +1003,9 @@ class Slotter(_SlotProgress):
             if self._pend_markers.size:
                 what = f"sync tag on channel {p.sync_channel} (slot 0, which numbers the frame markers)"
                 fix = "time_tagger.sync_channel and the sync cable"
+            elif not self._markers and self.stats.sync_tags > 1 and not self._sync.confirmed:
+                raise QKDInputError(f"slotting: {pend_t.size} detector tags without a sync anchor: "
+                                    f"{_off_grid(p, self.stats.sync_tags)}")
             raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
         pend_lost = self._drop_lost_intervals(anchor_t, anchor_k, per, flush)
         self._drop_unkept_frames(anchor_k, anchor_ok)
@@ -1177,27 +1357,64 @@ def slot_tags(timestamps: np.ndarray, channels: np.ndarray, params: SlottingPara
     return SlotEvents(np.concatenate([a.slots, b.slots]), np.concatenate([a.outcomes, b.outcomes]))
 
 
+def _reference_sync_anchors(sync_times: list[int], p: SlottingParams) -> tuple[list[tuple[int, int]], float]:
+    """Pure-Python sync anchoring of a whole stream (the rules of the module docstring): (anchors as
+    (time, sync index), the last period estimate)."""
+    D, Tn, c = p.sync_divider, p.period_ps, p.clock_tolerance_ppm * 1e-6
+    est, measured = Tn, False
+
+    def tol(g: int) -> float:
+        w = D * est
+        return min(p.sync_tolerance_slots * est + (0.0 if measured else c * float(max(g, 1)) * w), p.gap_tolerance * w)
+
+    def fit(dt: int) -> tuple[int, float, bool]:
+        g = math.floor(dt / (D * est) + 0.5)
+        res = abs(dt - g * (D * est))
+        return g, res, g >= 1 and (measured or g <= MAX_FIRST_GAP) and res <= tol(g)
+
+    if not sync_times:
+        return [], est
+    chain: list[tuple[int, int]] = [(sync_times[0], 0)]  # slot 0: the first sync tag
+    confirmed = False
+    cand: int | None = None
+    i = 1
+    while i < len(sync_times):
+        t = sync_times[i]
+        pt, pk = chain[-1]
+        g, res, on = fit(t - pt)
+        if on:
+            g_end = g * (D * est) + tol(g)
+            window = [j for j in range(i, len(sync_times)) if sync_times[j] - pt <= g_end]
+            fits = [(fit(sync_times[j] - pt), j) for j in window]
+            best = min((r, j) for (gj, r, onj), j in fits if onj and gj == g)[1]
+            est, measured = min(max((sync_times[best] - pt) / (g * D), Tn * (1 - c)), Tn * (1 + c)), True
+            chain.append((sync_times[best], pk + g))
+            confirmed, cand = True, None
+            i = window[-1] + 1
+            continue
+        if cand is not None:
+            gc, _, onc = fit(t - cand)
+            kc = pk + math.floor((cand - pt) / (D * est) + 0.5) if confirmed else pk
+            if onc and (kc > pk or not confirmed):
+                if not confirmed:
+                    chain = []
+                chain += [(cand, kc), (t, kc + gc)]
+                est, measured = min(max((t - cand) / (gc * D), Tn * (1 - c)), Tn * (1 + c)), True
+                confirmed, cand = True, None
+                i += 1
+                continue
+        cand = t
+        i += 1
+    return chain, est
+
+
 def slot_tags_reference(timestamps: np.ndarray, channels: np.ndarray, params: SlottingParams) -> SlotEvents:
     """Slow pure-Python reference of the same rules on a whole stream (for tests)."""
     p = params
-    D, Tn = p.sync_divider, p.period_ps
-    anchors: list[tuple[int, int]] = []
-    est = Tn
-    for t_raw, c in zip(timestamps.tolist(), channels.tolist(), strict=True):
-        if c != p.sync_channel:
-            continue
-        t = t_raw - p.sync_delay_ps
-        if not anchors:
-            anchors.append((t, math.floor(t / (D * Tn) + 0.5)))
-            continue
-        pt, pk = anchors[-1]
-        gap = t - pt
-        g = gap / (D * est)
-        gi = math.floor(g + 0.5)
-        if gi < 1 or abs(g - gi) > p.gap_tolerance:
-            continue
-        est = gap / (gi * D)
-        anchors.append((t, pk + gi))
+    D = p.sync_divider
+    anchors, est = _reference_sync_anchors(
+        [t - p.sync_delay_ps for t, c in zip(timestamps.tolist(), channels.tolist(), strict=True) if c == p.sync_channel],
+        p)
     if not anchors:
         return SlotEvents(np.empty(0, np.int64), np.empty(0, np.uint8))
     periods = []
