@@ -40,16 +40,18 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
     import sqlite3
 
     from labqfl.keystore import KeyStore, node_store_path
+    from labqfl.keystore.transfer import recover_exports
     from labqfl.provenance import store_pair_provenance
 
     path = node_store_path(node, ddir)
     try:
-        with KeyStore.for_node(node, ddir, create=False) as st:  # a read: never creates or initialises a store
+        with KeyStore.for_node(node, ddir, create=False) as st:  # never creates or initialises a store
+            recovered = recover_exports(st)  # exports a crash interrupted: finished or undone (review s33 F1)
             acc = st.accounting()
             # export files written next to the store because the target could not be written (transfer.export_keys)
             waiting = sorted(str(p) for p in path.parent.glob(f"{node}.export-*.json"))
             return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
-                    "export_files_here": waiting, "scrub": st.scrub(),
+                    "recovered": recovered, "export_files_here": waiting, "scrub": st.scrub(),
                     "provenance": {p: store_pair_provenance(st, p) for p in acc}}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
         return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}"}
@@ -57,19 +59,19 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
 
 def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> None:
     con.print(f"key stores under {ddir}" if nodes else f"no key stores in {ddir / 'keystore'} (the folder is empty)")
-    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exported", "added")
+    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exporting", "exported", "added")
 
     def fmt(d: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
 
     for n, info in nodes.items():
         if "error" in info:
-            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "")
+            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "", "")
         elif not info["pairs"]:
-            t.add_row(n, "—", "0", "0", "0", "0", "0", "0")
+            t.add_row(n, "—", "0", "0", "0", "0", "0", "0", "0")
         for p, a in info.get("pairs", {}).items():
             t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
-                      fmt(a["exported"]), str(a["added"]))
+                      fmt(a["exporting"]), fmt(a["exported"]), str(a["added"]))
     if nodes:
         con.print(t)
     for n, info in nodes.items():
@@ -79,6 +81,7 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
         state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
                  f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
         con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
+        _print_recovered(con, info.get("recovered", []))
         for f in info.get("export_files_here", []):
             con.print(f"  export file {f}: written next to the store because its target could not be written; it "
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
@@ -89,11 +92,17 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
             con.print(f"  {p} provenance (blocks by physical layer/randomness: {blocks}{extra}): {prov['security']}")
 
 
+def _print_recovered(con: Any, notes: list[dict[str, str]]) -> None:
+    """The notes of :func:`labqfl.keystore.transfer.recover_exports` (interrupted exports)."""
+    for note in notes:
+        con.print(f"  {'WARNING: ' if note['action'] == 'held' else ''}{note['message']}", soft_wrap=True)
+
+
 @keys_app.command("status")
 @handle_errors
 def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to show (default: every store)."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Key accounting per node and pair: available, reserved, consumed (bits, by purpose); the
+    """Key accounting per node and pair: available, reserved, consumed, exporting, exported (bits, by purpose); the
     store's ID (for export binding), its exports, whether overwritten key material is still
     waiting for a WAL checkpoint (a reader holds an old snapshot), and per pair the provenance of
     its key blocks (physical layer, clients' randomness) with what their security rests on.
@@ -101,7 +110,8 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
     A data dir without a keystore/ folder is an error (a wrong --data-dir is not "no keys"); an
     empty keystore/ folder is an empty status. A store that cannot be read is reported as an error
     in its row (JSON: its entry's "error"), the others are still shown, and the exit status is 1;
-    the unreadable file is never modified.
+    the unreadable file is never modified. An export that a crash interrupted is finished or undone
+    first, and said so (the rule: docs/keystore.md, "Interrupted exports").
     """
     from labqfl.keystore import default_data_dir
 
@@ -248,10 +258,32 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
     _nodes_or_all([node], data_dir)
     with KeyStore.for_node(node, data_dir, create=False) as st:  # the source holds key: never made here
         summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=None if purpose == "all" else purpose)
+    def render(con: Any) -> None:
+        _print_recovered(con, summary.get("recovered", []))
+        con.print(f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export "
+                  f"{summary['export_id']}), importable only by node {summary['target_node']}, store "
+                  f"{summary['target_store']}; they are no longer in the source store. The file is key material in "
+                  "clear: move it securely, import it, then delete it.")
+
+    emit(summary, as_json, render)
+
+
+@keys_app.command("abort-export")
+@handle_errors
+def abort_export(export_id: str = typer.Argument(..., help="Export ID (`labqfl keys status` names it)."),
+                 node: str = typer.Option(..., "--node", "-n", help="Node whose store made the export."),
+                 data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Give back the bits of an interrupted export that `keys status` holds (another or an unreadable
+    file at its path). Only when no copy of the export file exists anywhere: one would hold bits that
+    are free again. Its temporary file is removed; the file at its name is never touched."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.transfer import abort_pending_export
+
+    _nodes_or_all([node], data_dir)
+    with KeyStore.for_node(node, data_dir, create=False) as st:
+        summary = abort_pending_export(st, export_id)
     emit(summary, as_json, lambda con: con.print(
-        f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export {summary['export_id']}), "
-        f"importable only by node {summary['target_node']}, store {summary['target_store']}; they are no longer in "
-        "the source store. The file is key material in clear: move it securely, import it, then delete it."))
+        f"export {export_id} aborted: {summary['freed_bits']} bits are free in node {node}'s store again"))
 
 
 @keys_app.command("import")
@@ -285,9 +317,12 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     fate = {"kept": "The export file was kept (--keep-file): it holds key bits in clear; delete it.",
             "destroyed": "The export file was overwritten and deleted.",
             "NOT destroyed": f"WARNING: {summary.get('warning')}; it holds key bits in clear."}[summary["export_file"]]
-    emit(summary, as_json, lambda con: con.print(
-        f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} ({summary['store']}). "
-        + fate))
+    def render(con: Any) -> None:
+        _print_recovered(con, summary.get("recovered", []))
+        con.print(f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} "
+                  f"({summary['store']}). " + fate)
+
+    emit(summary, as_json, render)
 
 
 def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:

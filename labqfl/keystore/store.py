@@ -8,13 +8,19 @@ Layout and invariants (docs/keystore.md has the full argument):
 * ``segments``: a partition of every block's bit range ``[0, nbits)`` into contiguous
   segments, each with a pool (``purpose``) and a state: ``free`` (available), ``reserved``
   (promised to one key ID, e.g. the slave side of an ETSI delivery), ``consumed`` (handed out;
-  the material is overwritten with zeros in the same transaction), ``exported`` (moved to an
-  export file, ``key_id`` = the export ID; also zeroed) or ``absent`` (never held here: parts of
-  a block not imported).
+  the material is overwritten with zeros in the same transaction), ``exporting`` (schema 3: taken
+  by an export whose file is being written, ``key_id`` = the export ID; not zeroed yet, never
+  handed out, not spent either), ``exported`` (moved to an export file, ``key_id`` = the export
+  ID; zeroed) or ``absent`` (never held here: parts of a block not imported).
 * ``deliveries``: one row per handed-out or reserved key: key ID, pair, purpose, refs.
 * ``exports`` / ``imports`` / ``import_tickets`` (schema 2): the exports this store made (bound
   to one target store), the exports it imported, and the one-time import tickets it issued;
-  ``meta.store_id`` is the store's random identity (see :mod:`labqfl.keystore.transfer`).
+  ``meta.store_id`` is the store's random identity (see :mod:`labqfl.keystore.transfer`).  Schema 3
+  (review s33 F1): an export has a ``state`` (``exporting`` → ``written`` → ``done``, or
+  ``aborted``), the ``file`` it goes to, its temporary ``part`` file and the ``digest`` (SHA-256)
+  of its bytes, so that an export interrupted by a crash is finished or undone
+  (:func:`labqfl.keystore.transfer.recover_exports`); a ticket is used by one export that was not
+  aborted.
 
 Every operation that hands out bits is one ``BEGIN IMMEDIATE`` transaction that checks the
 segments are free, marks them, zeroes the material and commits before any bit leaves this
@@ -69,7 +75,7 @@ GENERAL = "general"
 
 #: SQLite ``application_id`` of a labqfl key store: ASCII "LQKS".
 APPLICATION_ID = 0x4C514B53
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 FORMAT_NAME = "labqfl-keystore"
 DATA_DIR_ENV = "LABQFL_DATA_DIR"
 
@@ -118,7 +124,10 @@ CREATE TABLE imports (export_id TEXT PRIMARY KEY, imported TEXT NOT NULL, nbits 
 #: store is created at version 1 (``_SCHEMA``) and migrated in the same transaction, so new and
 #: migrated stores have the same layout.  Version 2 (issue 19, item 3): a store identity
 #: (``meta.store_id``, a random UUID), the exports this store made (``exports``) and the import
-#: tickets it issued (``import_tickets``), and the binding of every import (``imports``).
+#: tickets it issued (``import_tickets``), and the binding of every import (``imports``).  Version 3
+#: (review s33 F1): segment state ``exporting``; an export's ``state``, ``file``, ``part``,
+#: ``digest`` and ``updated`` (old exports become ``done``); a ticket is unique among the exports
+#: not aborted (the tables are rebuilt: SQLite cannot change a CHECK or drop a UNIQUE in place).
 _MIGRATIONS: dict[int, str] = {
     1: """
 ALTER TABLE imports ADD COLUMN source_node TEXT NOT NULL DEFAULT '';
@@ -141,6 +150,44 @@ CREATE TABLE import_tickets (
   used TEXT,
   export_id TEXT
 );
+""",
+    2: """
+CREATE TABLE segments_v3 (
+  block_seq INTEGER NOT NULL REFERENCES blocks (seq),
+  start INTEGER NOT NULL CHECK (start >= 0),
+  length INTEGER NOT NULL CHECK (length > 0),
+  pair TEXT NOT NULL,
+  purpose TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('free', 'reserved', 'consumed', 'exporting', 'exported', 'absent')),
+  key_id TEXT,
+  PRIMARY KEY (block_seq, start)
+) WITHOUT ROWID;
+INSERT INTO segments_v3 (block_seq, start, length, pair, purpose, state, key_id)
+  SELECT block_seq, start, length, pair, purpose, state, key_id FROM segments;
+DROP TABLE segments;
+ALTER TABLE segments_v3 RENAME TO segments;
+CREATE INDEX segments_free ON segments (pair, purpose, block_seq, start) WHERE state = 'free';
+CREATE TABLE exports_v3 (
+  export_id TEXT PRIMARY KEY,
+  pair TEXT NOT NULL,
+  nbits INTEGER NOT NULL,
+  refs TEXT NOT NULL,
+  target_node TEXT NOT NULL,
+  target_store TEXT NOT NULL,
+  ticket_id TEXT NOT NULL,
+  created TEXT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'done' CHECK (state IN ('exporting', 'written', 'done', 'aborted')),
+  file TEXT NOT NULL DEFAULT '',
+  part TEXT NOT NULL DEFAULT '',
+  digest TEXT NOT NULL DEFAULT '',
+  updated TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO exports_v3 (export_id, pair, nbits, refs, target_node, target_store, ticket_id, created, state, updated)
+  SELECT export_id, pair, nbits, refs, target_node, target_store, ticket_id, created, 'done', created FROM exports;
+DROP TABLE exports;
+ALTER TABLE exports_v3 RENAME TO exports;
+CREATE UNIQUE INDEX exports_ticket ON exports (ticket_id) WHERE state <> 'aborted';
+CREATE INDEX exports_pending ON exports (state) WHERE state IN ('exporting', 'written');
 """,
 }
 
@@ -191,6 +238,44 @@ def _delivery_record(key_id: str, row: Sequence[Any]) -> dict[str, Any]:
     return {"key_id": key_id, "pair": row[0], "purpose": row[1], "kind": row[2], "state": row[3],
             "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
             "created": row[7], "updated": row[8]}
+
+
+#: SQLite primary result codes that say the file's content is damaged or not a database at all
+#: (SQLITE_CORRUPT 11, SQLITE_NOTADB 26); every other failure to open is about the file system.
+_CORRUPTION_CODES = (11, 26)
+_NOT_CORRUPT = ("; this says nothing of the store's content (no integrity check failed): fix the file system "
+                "(free space, a read-only mount, permissions) and retry. Do not restore a backup of a key store: it "
+                "would hand out key already used")
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _CORRUPTION_CODES
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def _open_failure(exc: sqlite3.Error) -> str:
+    """What an SQLite error while opening a store means (review s33 F4): "corrupt" only for damaged
+    content or a file that is no database; a full disk, a read-only file system, a file that cannot
+    be opened or an I/O error is named as such, never as corruption (that word invites restoring a
+    backup, the one action that reuses key)."""
+    if _is_corruption(exc):
+        return f"corrupt or not an SQLite database ({exc}); refusing to reset it"
+    text = str(exc).lower()
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    if "full" in text or name == "SQLITE_FULL":
+        why = "the disk is full"
+    elif "readonly" in text or "read-only" in text or name.startswith("SQLITE_READONLY"):
+        why = "the file or its folder is read-only (a read-only file system or mount?)"
+    elif "unable to open" in text or name.startswith("SQLITE_CANTOPEN"):
+        why = "it cannot be opened (a read-only file system, missing permissions, or a missing folder?)"
+    elif "i/o error" in text or name.startswith("SQLITE_IOERR"):
+        why = "a disk I/O error (a full disk, a read-only file system or a failing device?)"
+    else:
+        why = "the database could not be read or written"
+    return f"cannot open or write it: {why} ({exc}){_NOT_CORRUPT}"
 
 
 def _now() -> str:
@@ -393,6 +478,12 @@ class KeyStore:
         conn.execute("PRAGMA foreign_keys = ON")
 
     def _open(self) -> sqlite3.Connection:
+        try:
+            return self._open_file()
+        except OSError as exc:  # mkdir, create, stat, chmod: the filesystem, never the store's content
+            raise self._fail(f"cannot open or write it ({exc.strerror or exc}){_NOT_CORRUPT}") from None
+
+    def _open_file(self) -> sqlite3.Connection:
         path = self.path
         if not path.exists():
             if not self._create:
@@ -429,7 +520,7 @@ class KeyStore:
             raise
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise self._fail(f"corrupt or not an SQLite database ({exc}); refusing to reset it") from None
+            raise self._fail(_open_failure(exc)) from None
         for suffix in ("-wal", "-shm"):
             side = Path(str(path) + suffix)
             if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
@@ -462,7 +553,9 @@ class KeyStore:
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as exc:
-            raise self._fail(f"labqfl application_id but no readable meta table ({exc}); corrupt") from None
+            if _is_corruption(exc):
+                raise self._fail(f"labqfl application_id but no readable meta table ({exc}); corrupt") from None
+            raise self._fail(_open_failure(exc)) from None
         if meta.get("format") != FORMAT_NAME:
             raise self._fail(f"meta format {meta.get('format')!r}, expected {FORMAT_NAME!r}")
         version = meta.get("schema_version")
@@ -835,6 +928,7 @@ class KeyStore:
                 return None
             return "are reserved for another key" if s.key_id != key_id else f"are reserved for purpose {s.purpose!r}"
         return {"consumed": "were already consumed", "exported": "were exported from this store",
+                "exporting": "are being exported (an export not finished: `labqfl keys status` finishes or undoes it)",
                 "absent": "are not held by this store"}.get(s.state, f"are in state {s.state!r}")
 
     def _mark_reserved(self, conn: sqlite3.Connection, pair: str, seq: int, block_id: str, start: int, length: int,
@@ -1272,7 +1366,8 @@ class KeyStore:
 
     def spent_refs(self, pair: str, refs: Iterable[Sequence[Any]], *, settled_s: float = 0.0) -> list[Ref]:
         """The parts of ``refs`` this store can never hand out: bits consumed, exported or absent
-        here.  Reads only.  Left out: free and reserved bits (a reservation is a live key), bits of
+        here.  Reads only.  Left out: free and reserved bits (a reservation is a live key), bits
+        being exported (an export not finished may still be undone, giving them back), bits of
         a block this store does not hold (its add may still be on its way), and bits consumed by a
         key recorded here less than ``settled_s`` seconds ago (the partner's :meth:`take_exact` of
         a key this store allocated may still be on its way).  For the ETSI KME, which spends at
@@ -1320,21 +1415,7 @@ class KeyStore:
         log.info("key store %s: issued import ticket %s", self.path.name, ticket.ticket_id)
         return ticket
 
-    def export_segments(self, pair: str, nbits: int | None, purpose: str | None, *,
-                        ticket: ImportTicket) -> tuple[ExportBinding, list[ExportedSegment]]:
-        """Move free bits of ``pair`` out of the store (all, or the first ``nbits``; pool
-        ``purpose`` only, or every pool when None), bound to the store that issued ``ticket``.
-
-        One transaction marks them ``exported`` (segment ``key_id`` = the export ID), zeroes them
-        and records the export (target node, target store, ticket, refs) in ``exports``; the
-        caller writes the returned segments to an export file.  ``exported`` bits are never free
-        here again (:meth:`take` allocates only ``free`` bits, :meth:`take_exact` refuses
-        ``exported`` ones), unless an export from *another* store bound to this one brings them
-        back.  A crash after the commit and before the file is written loses those bits; it never
-        duplicates them.  Refused: a ticket issued by this store (an export to itself) and a
-        ticket already used for an export here."""
-        _check_pair(pair)
-        pools = list(PURPOSES) if purpose is None else [_check_purpose(purpose)]
+    def _check_export_ticket(self, pair: str, ticket: ImportTicket) -> None:
         if not isinstance(ticket, ImportTicket):
             raise KeyStoreError(f"export needs an ImportTicket from the target store, got {type(ticket).__name__}")
         if ticket.target_store == self.store_id:
@@ -1346,11 +1427,33 @@ class KeyStore:
             raise self._fail(f"import ticket {ticket.ticket_id} is for node {ticket.target_node}; this store holds "
                              f"node {self.node}'s copy of pair {pair}'s key, which may only move to another store of "
                              f"node {self.node} (ask that store for a ticket: labqfl keys ticket --node {self.node})")
+
+    def begin_export(self, pair: str, nbits: int | None, purpose: str | None, *, ticket: ImportTicket,
+                     file: str | Path = "", part: str | Path = "",
+                     digest_of: Callable[[ExportBinding, list[ExportedSegment]], str] | None = None,
+                     ) -> tuple[ExportBinding, list[ExportedSegment]]:
+        """First step of an export: take free bits of ``pair`` (all, or the first ``nbits``; pool
+        ``purpose`` only, or every pool when None) for an export bound to the store that issued
+        ``ticket``, and return them.  One transaction marks them ``exporting`` (segment ``key_id``
+        = the export ID) *without* zeroing them and records the export (state ``exporting``, the
+        target ``file`` and temporary ``part`` file it will be written to, target node and store,
+        ticket, refs).  ``digest_of(binding, segments)``, called inside that transaction, returns
+        the SHA-256 (hex) of the bytes the caller will write; it is recorded, so that a crash
+        recovery knows a complete file from a partial one.  ``exporting`` bits are never handed
+        out (every allocator takes only ``free`` bits; :meth:`take_exact` and imports refuse
+        them) and are not spent (:meth:`spent_refs`): :meth:`finish_export` moves them out for
+        good, :meth:`abort_export` gives them back.  Refused: a ticket issued by this store (an
+        export to itself), one for another node, and one already used by an export here that
+        was not aborted."""
+        _check_pair(pair)
+        pools = list(PURPOSES) if purpose is None else [_check_purpose(purpose)]
+        self._check_export_ticket(pair, ticket)
         binding = ExportBinding(str(uuid.uuid4()), self.node or "", self.store_id, ticket.target_node,
                                 ticket.target_store, ticket.ticket_id)
         out: list[ExportedSegment] = []
         with self._write() as conn:
-            used = conn.execute("SELECT export_id FROM exports WHERE ticket_id = ?", (ticket.ticket_id,)).fetchone()
+            used = conn.execute("SELECT export_id FROM exports WHERE ticket_id = ? AND state <> 'aborted'",
+                                (ticket.ticket_id,)).fetchone()
             if used is not None:
                 raise self._fail(f"import ticket {ticket.ticket_id} was already used for export {used[0]}; ask the "
                                  f"target store (node {ticket.target_node}) for a new ticket")
@@ -1364,20 +1467,118 @@ class KeyStore:
             for seq, block_id, start, length in pieces:
                 row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
                 seg = self._segments(conn, seq, start, start + 1)[0]
-                self._mark(conn, pair, seq, block_id, start, length, new_state="exported", purpose=seg.purpose,
+                self._mark(conn, pair, seq, block_id, start, length, new_state="exporting", purpose=seg.purpose,
                            key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
-                bits = self._io_bits(conn, seq, start, length, zero=True)
+                bits = self._io_bits(conn, seq, start, length)
                 meta = {k: v for k, v in json.loads(row[2]).items() if k not in _UNEXPORTED_META}
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]), meta, bits))
+            digest = "" if digest_of is None else str(digest_of(binding, out))
+            now = _now()
             conn.execute("INSERT INTO exports (export_id, pair, nbits, refs, target_node, target_store, ticket_id, "
-                         "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         "created, state, file, part, digest, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'exporting', "
+                         "?, ?, ?, ?)",
                          (binding.export_id, pair, int(nbits), json.dumps([[s.block_id, s.offset, int(s.bits.size)]
                                                                             for s in out]),
-                          binding.target_node, binding.target_store, binding.ticket_id, _now()))
-        self._scrub()
-        log.info("key store %s: exported %d bits of pair %s in %d segment(s) as export %s, bound to node %s, store %s",
-                 self.path.name, nbits, pair, len(out), binding.export_id, binding.target_node, binding.target_store)
+                          binding.target_node, binding.target_store, binding.ticket_id, now, str(file), str(part),
+                          digest, now))
+        log.info("key store %s: export %s of %d bits of pair %s in %d segment(s) begun, bound to node %s, store %s",
+                 self.path.name, binding.export_id, nbits, pair, len(out), binding.target_node, binding.target_store)
         return binding, out
+
+    def _export_row(self, conn: sqlite3.Connection, export_id: str) -> tuple[str, str, str]:
+        row = conn.execute("SELECT state, pair, digest FROM exports WHERE export_id = ?", (str(export_id),)).fetchone()
+        if row is None:
+            raise self._fail(f"no export {export_id} was made here")
+        return str(row[0]), str(row[1]), str(row[2])
+
+    def _exporting_segments(self, conn: sqlite3.Connection, export_id: str) -> list[tuple[int, str, int, int, str]]:
+        """``(seq, block_id, start, length, purpose)`` of the bits ``exporting`` for ``export_id``."""
+        rows = conn.execute("SELECT s.block_seq, b.block_id, s.start, s.length, s.purpose FROM segments s "
+                            "JOIN blocks b ON b.seq = s.block_seq WHERE s.state = 'exporting' AND s.key_id = ? "
+                            "ORDER BY s.block_seq, s.start", (str(export_id),)).fetchall()
+        return [(int(r[0]), str(r[1]), int(r[2]), int(r[3]), str(r[4])) for r in rows]
+
+    def finish_export(self, export_id: str, digest: str) -> None:
+        """Second step: the export file is complete and synced (its SHA-256 is ``digest``, the one
+        :meth:`begin_export` recorded): its bits are marked ``exported`` and zeroed, and the export
+        becomes ``written`` (its file may still have its temporary name, :meth:`export_published`
+        ends it).  Refused for an export not ``exporting`` (aborted meanwhile: the file must then
+        not be published) or another digest."""
+        with self._write() as conn:
+            state, pair, recorded = self._export_row(conn, export_id)
+            if state != "exporting":
+                raise self._fail(f"export {export_id} is {state}, not exporting; its bits were not taken out")
+            if recorded and recorded != str(digest):
+                raise self._fail(f"export {export_id}: its file's digest differs from the one recorded when it began")
+            for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
+                self._mark(conn, pair, seq, block_id, start, length, new_state="exported", purpose=purpose,
+                           key_id=str(export_id), allow=lambda s: None)
+                self._io_bits(conn, seq, start, length, zero=True)
+            conn.execute("UPDATE exports SET state = 'written', digest = ?, updated = ? WHERE export_id = ?",
+                         (str(digest), _now(), str(export_id)))
+        self._scrub()
+        log.info("key store %s: export %s finished (its bits left the store)", self.path.name, export_id)
+
+    def export_published(self, export_id: str) -> None:
+        """Last step: the finished export's file has its final name (state ``done``)."""
+        with self._write() as conn:
+            state, _, _ = self._export_row(conn, export_id)
+            if state not in ("written", "done"):
+                raise self._fail(f"export {export_id} is {state}; only a finished export is published")
+            conn.execute("UPDATE exports SET state = 'done', updated = ? WHERE export_id = ?", (_now(), str(export_id)))
+
+    def abort_export(self, export_id: str, reason: str = "") -> int:
+        """Undo an export that is still ``exporting`` (no complete file of it exists): its bits go
+        back to ``free`` in their own pools, the export becomes ``aborted`` and its ticket may be
+        used again.  Returns the number of bits given back; 0 when it was aborted already.  Refused
+        for a finished export (its bits are in its file)."""
+        with self._write() as conn:
+            state, pair, _ = self._export_row(conn, export_id)
+            if state == "aborted":
+                return 0
+            if state != "exporting":
+                raise self._fail(f"export {export_id} is {state}: its bits are in its file, not in this store; it "
+                                 "cannot be undone here")
+            n = 0
+            for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
+                self._mark(conn, pair, seq, block_id, start, length, new_state="free", purpose=purpose, key_id=None,
+                           allow=lambda s: None)
+                n += length
+            conn.execute("UPDATE exports SET state = 'aborted', updated = ? WHERE export_id = ?",
+                         (_now(), str(export_id)))
+        log.warning("key store %s: export %s aborted, its %d bits are free again%s", self.path.name, export_id, n,
+                    f": {reason}" if reason else "")
+        return n
+
+    def pending_exports(self) -> list[dict[str, Any]]:
+        """The exports not finished (``exporting``) or not published (``written``), oldest first, as
+        :meth:`exports` records."""
+        return [e for e in self.exports() if e["state"] in ("exporting", "written")]
+
+    def exporting_bits(self, export_id: str) -> list[ExportedSegment]:
+        """The bits an ``exporting`` export took (read, not zeroed; in block and bit order), with the
+        fields :meth:`begin_export` returned, to compare an export file with."""
+        out: list[ExportedSegment] = []
+        with self._read() as conn:
+            state, pair, _ = self._export_row(conn, export_id)
+            if state != "exporting":
+                raise self._fail(f"export {export_id} is {state}, not exporting")
+            for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
+                row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
+                meta = {k: v for k, v in json.loads(row[2]).items() if k not in _UNEXPORTED_META}
+                out.append(ExportedSegment(pair, block_id, int(row[0]), start, purpose, str(row[1]), meta,
+                                           self._io_bits(conn, seq, start, length)))
+        return out
+
+    def export_segments(self, pair: str, nbits: int | None, purpose: str | None, *,
+                        ticket: ImportTicket) -> tuple[ExportBinding, list[ExportedSegment]]:
+        """:meth:`begin_export`, :meth:`finish_export` and :meth:`export_published` at once: the bits
+        are ``exported`` and zeroed when this returns, before the caller writes them anywhere (a
+        crash then loses them).  :func:`labqfl.keystore.transfer.export_keys` uses the three steps."""
+        binding, segs = self.begin_export(pair, nbits, purpose, ticket=ticket)
+        self.finish_export(binding.export_id, "")
+        self.export_published(binding.export_id)
+        return binding, segs
 
     def import_segments(self, binding: ExportBinding, segments: Sequence[ExportedSegment], *,
                         authenticate: Callable[[bytes], bool]) -> int:
@@ -1453,12 +1654,15 @@ class KeyStore:
 
     def exports(self) -> list[dict[str, Any]]:
         """The exports this store made (no material): export_id, pair, nbits, refs, target_node,
-        target_store, ticket_id, created."""
+        target_store, ticket_id, created, state (exporting, written, done, aborted), file, part,
+        digest, updated, source_node, source_store."""
         with self._read() as conn:
-            rows = conn.execute("SELECT export_id, pair, nbits, refs, target_node, target_store, ticket_id, created "
-                                "FROM exports ORDER BY created").fetchall()
+            rows = conn.execute("SELECT export_id, pair, nbits, refs, target_node, target_store, ticket_id, created, "
+                                "state, file, part, digest, updated FROM exports ORDER BY created, export_id").fetchall()
         return [{"export_id": r[0], "pair": r[1], "nbits": r[2], "refs": [tuple(x) for x in json.loads(r[3])],
-                 "target_node": r[4], "target_store": r[5], "ticket_id": r[6], "created": r[7]} for r in rows]
+                 "target_node": r[4], "target_store": r[5], "ticket_id": r[6], "created": r[7], "state": r[8],
+                 "file": r[9], "part": r[10], "digest": r[11], "updated": r[12], "source_node": self.node or "",
+                 "source_store": self.store_id} for r in rows]
 
     # ------------------------------------------------------------------ queries
 
@@ -1562,12 +1766,13 @@ class KeyStore:
 
     def accounting(self) -> dict[str, dict[str, Any]]:
         """Per pair: ``{"available": {pool: bits}, "reserved": {purpose: bits}, "consumed":
-        {purpose: bits}, "exported": {pool: bits}, "added": bits, "blocks": n}``."""
+        {purpose: bits}, "exporting": {pool: bits}, "exported": {pool: bits}, "added": bits, "blocks":
+        n}`` (``exporting``: taken by an export not finished, see :meth:`begin_export`)."""
         out: dict[str, dict[str, Any]] = {}
         with self._read() as conn:
             for pair, nblocks in conn.execute("SELECT pair, COUNT(*) FROM blocks GROUP BY pair ORDER BY pair"):
-                out[pair] = {"available": {}, "reserved": {}, "consumed": {}, "exported": {}, "added": 0,
-                             "blocks": int(nblocks)}
+                out[pair] = {"available": {}, "reserved": {}, "consumed": {}, "exporting": {}, "exported": {},
+                             "added": 0, "blocks": int(nblocks)}
             for pair, state, purpose, n in conn.execute(
                     "SELECT pair, state, purpose, SUM(length) FROM segments GROUP BY pair, state, purpose"):
                 if state == "absent":

@@ -12,9 +12,11 @@ a second store and back into its own, both then handing out the same bits):
 
 2. The source exports with that ticket: the file's disk space is reserved first (a temporary
    file in the target folder, :func:`export_keys`), then one transaction marks the bits
-   ``exported``, zeroes them and records the export (ID, refs, target node and store, ticket) in
-   its ``exports`` table; then the export file is written into that space, synced and renamed to
-   its name (JSON, 0600, never overwritten)::
+   ``exporting`` (not zeroed) and records the export (ID, refs, target node and store, ticket,
+   file paths, digest) in its ``exports`` table; then the export file is written into that space
+   and synced, a second transaction marks the bits ``exported`` and zeroes them, and the file is
+   renamed to its name (JSON, 0600, never overwritten).  A crash anywhere is finished or undone by
+   :func:`recover_exports` (review s33 F1)::
 
        {"format": "labqfl-key-export", "version": 2, "export_id": "<uuid4>", "created": "...",
         "source_node": "C2", "source_store": "<uuid4>", "target_node": "C2",
@@ -49,6 +51,7 @@ from __future__ import annotations
 import base64
 import binascii
 import errno
+import fcntl
 import hashlib
 import hmac
 import json
@@ -223,84 +226,32 @@ def _publish(tmp: Path, out: Path) -> None:
             raise FileExistsError(errno.EEXIST, "file exists", str(out)) from None
         os.rename(tmp, out)
     else:
+        _crash_point("linked")
         tmp.unlink()
     _fsync_dir(out.parent)
 
 
-def _rescue_path(store: KeyStore, export_id: str) -> Path:
-    return store.path.parent / f"{store.path.stem}.export-{export_id}.json"
+def _crash_point(where: str) -> None:
+    """Called at each step of :func:`export_keys` (``begun``, ``half-written``, ``written``,
+    ``finished``, ``linked``, ``published``); does nothing.  The crash tests replace it in a child
+    process with a SIGKILL at one step."""
 
 
-def _write_after_commit(store: KeyStore, fd: int, tmp: Path, out: Path, data: bytearray, export_id: str) -> Path:
-    """Write the export file once its bits left the store: ``data`` into the preallocated ``tmp``,
-    synced, then renamed to ``out``; returns where the export is.  If that fails, ``tmp`` is
-    removed (no partial file with key bits in clear is left) and the complete file is written
-    next to the store instead (its bits must not be lost); only if that fails too are they lost,
-    and the error says so."""
+def _shred(path: Path) -> None:
+    """Overwrite ``path`` (a partial export file of ours: key bits in clear) with zeros, sync, delete."""
     try:
+        fd = os.open(path, os.O_WRONLY)
         try:
-            _write_exact(fd, data)
+            _write_exact(fd, bytes(os.fstat(fd).st_size))
         finally:
             os.close(fd)
-        _publish(tmp, out)
-        return out
-    except OSError as exc:
-        first = f"{exc.strerror or exc}" + (" (disk full)" if exc.errno == errno.ENOSPC else "")
-        tmp.unlink(missing_ok=True)
-    rescue = _rescue_path(store, export_id)
-    try:
-        rfd = os.open(rescue, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            _write_exact(rfd, data)
-        finally:
-            os.close(rfd)
-        _fsync_dir(rescue.parent)
-    except OSError as exc:
-        rescue.unlink(missing_ok=True)
-        raise KeyStoreError(f"export file {out}: writing it failed ({first}) after export {export_id} had taken its "
-                            f"bits out of key store {store.path}, and writing them next to the store failed too "
-                            f"({exc.strerror or exc}): those bits are lost at this node") from None
-    log.error("export %s: writing %s failed (%s); the export was written to %s instead", export_id, out, first, rescue)
-    raise KeyStoreError(f"export file {out}: writing it failed ({first}); the bits of export {export_id} had already "
-                        f"left key store {store.path} and were written to {rescue} instead: that file is the export "
-                        "(import it with `labqfl keys import`), key material in clear; nothing was lost")
+    except OSError:
+        pass
+    path.unlink(missing_ok=True)
 
 
-def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, nbits: int | None = None,
-                purpose: str | None = None) -> dict[str, Any]:
-    """Move ``nbits`` (default: all) free bits of ``pair`` (pool ``purpose``, or every pool) from
-    ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
-    summary (no key material).
-
-    Order (review s33 F1): a hidden temporary file ``.NAME.*.part`` is created in ``out``'s folder
-    and given the disk space the file will need (an upper bound), before any bit moves, so a full
-    disk or an unwritable folder refuses the export with the store unchanged; then the store's one
-    transaction moves the bits (:meth:`KeyStore.export_segments`); then the file is written into
-    that space, synced, and renamed to ``out``.  A write that still fails removes the temporary
-    file and writes the export next to the store (:func:`_write_after_commit`)."""
-    out = Path(out)
-    a, sep, b = pair.partition("-")
-    if sep and store.node and store.node not in (a, b):  # else the store's refusal would talk of "C1's copy"
-        raise KeyStoreError(f"node {store.node} is not a member of pair {pair}: its store holds no key of that pair "
-                            f"(export from the store of node {a} or {b})")
-    if out.exists():
-        raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
-    size = _export_size_bound(store, pair, nbits, purpose)
-    fd = _create_new(tmp, "export file")  # before any bit moves: a path that cannot be written loses nothing
-    try:
-        _preallocate(fd, size)
-    except OSError as exc:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
-                              f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
-    try:
-        binding, segs = store.export_segments(pair, nbits, purpose, ticket=ticket)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
+def _render(binding: ExportBinding, segs: list[ExportedSegment], pair: str, secret: bytes) -> bytearray:
+    """The export file's bytes (JSON with the MAC); the caller zeroes them after use."""
     doc: dict[str, Any] = {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -310,22 +261,353 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
                       "length": int(s.bits.size), "purpose": s.purpose, "run_id": s.run_id, "meta": s.meta,
                       "bits": base64.b64encode(np.packbits(s.bits).tobytes()).decode("ascii")} for s in segs],
     }
-    doc[MAC_FIELD] = _mac(ticket.secret, doc)
-    data = bytearray(json.dumps(doc).encode("ascii"))
+    doc[MAC_FIELD] = _mac(secret, doc)
     try:
-        where = _write_after_commit(store, fd, tmp, out, data, binding.export_id)
+        return bytearray(json.dumps(doc).encode("ascii"))
+    finally:
+        doc.clear()
+
+
+def _undo_export(store: KeyStore, export_id: str, tmp: Path, why: str) -> str:
+    """Remove our partial file, then give the export's bits back (this order: a crash in between
+    leaves no file, which recovery undoes too); what became of the bits, for the error."""
+    _shred(tmp)
+    try:
+        n = store.abort_export(export_id, why)
+    except KeyStoreError as exc:
+        return (f"giving its bits back failed too ({exc}): they stay reserved for export {export_id}, unusable but "
+                "not lost, until `labqfl keys status` gives them back")
+    return f"export {export_id} was undone: its {n} bits are back in the store, no file was left; the ticket is good"
+
+
+def _write_and_finish(store: KeyStore, fd: int, tmp: Path, out: Path, data: bytearray, binding: ExportBinding,
+                      digest: str) -> None:
+    """Phase 3 of :func:`export_keys`: write ``data`` into the reserved ``tmp``, sync it, finish the
+    export in the store (bits zeroed), then give the file its name.  A failure before the store's
+    finish undoes the export; after it, the complete file stays at ``tmp`` (nothing is lost)."""
+    eid = binding.export_id
+    try:
+        _crash_point("begun")
+        half = len(data) // 2
+        os.lseek(fd, 0, os.SEEK_SET)
+        view = memoryview(data)[:half]
+        while view:
+            view = view[os.write(fd, view):]
+        _crash_point("half-written")
+        _write_exact(fd, data)
+        _crash_point("written")
+        store.finish_export(eid, digest)
+    except BaseException as exc:
+        if _export_state(store, eid) == "written":  # the finish did commit: go on publishing
+            pass
+        else:
+            why = f"{exc.strerror or exc}" + (" (disk full)" if exc.errno == errno.ENOSPC else "") \
+                if isinstance(exc, OSError) else str(exc) or type(exc).__name__
+            fate = _undo_export(store, eid, tmp, f"writing {out} failed: {why}")
+            if not isinstance(exc, Exception):
+                raise
+            raise KeyStoreError(f"export file {out}: writing it failed ({why}); {fate}") from None
+    _crash_point("finished")
+    try:
+        _publish(tmp, out)
+    except OSError as exc:
+        raise KeyStoreError(f"export file {out}: export {eid} is complete in {tmp} (its bits have left key store "
+                            f"{store.path}; nothing was lost) but could not be given its name ({exc.strerror or exc}): "
+                            f"free {out} and run `labqfl keys status`, which renames it, or import {tmp} itself") from None
+    _crash_point("published")
+    try:
+        store.export_published(eid)
+    except KeyStoreError as exc:  # the file is in place; recovery marks it done later
+        log.warning("export %s: written to %s, but recording that failed (%s)", eid, out, exc)
+
+
+def _export_state(store: KeyStore, export_id: str) -> str:
+    try:
+        return next((e["state"] for e in store.exports() if e["export_id"] == export_id), "")
+    except KeyStoreError:
+        return ""
+
+
+def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, nbits: int | None = None,
+                purpose: str | None = None) -> dict[str, Any]:
+    """Move ``nbits`` (default: all) free bits of ``pair`` (pool ``purpose``, or every pool) from
+    ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
+    summary (no key material).
+
+    Three phases (review s33 F1), so that neither a full disk nor a crash loses or doubles a bit:
+
+    1. a hidden temporary file ``.NAME.*.part`` is created in ``out``'s folder, locked (``flock``:
+       a recovery in another process leaves it alone while this one runs) and given the disk space
+       the file will need (an upper bound), before any bit moves: a full disk or an unwritable
+       folder refuses the export with the store unchanged;
+    2. the store marks the bits ``exporting`` (not zeroed) and records the export with both file
+       names and the SHA-256 of the bytes to be written (:meth:`KeyStore.begin_export`);
+    3. the file is written into the reserved space and synced; the store marks the bits
+       ``exported`` and zeroes them (:meth:`KeyStore.finish_export`); the file is linked/renamed
+       to ``out`` (never overwriting) and the export recorded ``done``.  A write that fails undoes
+       the export (file removed, bits free again, ticket good).
+
+    A crash leaves an export ``exporting`` or ``written``; :func:`recover_exports`, run by every
+    export, import and ``keys status`` on the store, finishes or undoes it.  Its notes are in the
+    summary's ``recovered``."""
+    out = Path(out)
+    a, sep, b = pair.partition("-")
+    if sep and store.node and store.node not in (a, b):  # else the store's refusal would talk of "C1's copy"
+        raise KeyStoreError(f"node {store.node} is not a member of pair {pair}: its store holds no key of that pair "
+                            f"(export from the store of node {a} or {b})")
+    recovered = recover_exports(store)
+    if out.exists():
+        raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
+    size = _export_size_bound(store, pair, nbits, purpose)
+    fd = _create_new(tmp, "export file")  # before any bit moves: a path that cannot be written loses nothing
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _preallocate(fd, size)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
+                                  f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
+        return {**_export_locked(store, pair, out, tmp, fd, ticket, nbits, purpose), "recovered": recovered}
+    finally:
+        os.close(fd)
+
+
+def _export_locked(store: KeyStore, pair: str, out: Path, tmp: Path, fd: int, ticket: ImportTicket,
+                   nbits: int | None, purpose: str | None) -> dict[str, Any]:
+    """Phases 2 and 3 of :func:`export_keys`, with ``tmp`` created, reserved and locked as ``fd``."""
+    rendered: list[bytearray] = []
+
+    def digest_of(binding: ExportBinding, segs: list[ExportedSegment]) -> str:
+        for old in rendered:
+            old[:] = bytes(len(old))
+        rendered[:] = [_render(binding, segs, pair, ticket.secret)]
+        return hashlib.sha256(rendered[0]).hexdigest()
+
+    try:
+        binding, segs = store.begin_export(pair, nbits, purpose, ticket=ticket, file=os.path.abspath(out),
+                                           part=os.path.abspath(tmp), digest_of=digest_of)
+    except BaseException:
+        for old in rendered:
+            old[:] = bytes(len(old))
+        tmp.unlink(missing_ok=True)
+        raise
+    data = rendered[0]
+    try:
+        _write_and_finish(store, fd, tmp, out, data, binding, hashlib.sha256(data).hexdigest())
     finally:
         for s in segs:
             s.bits[:] = 0
-        doc.clear()
         data[:] = bytes(len(data))
-    log.info("exported %d bits of pair %s from %s to %s (export %s, bound to node %s, store %s)",
-             sum(s.bits.size for s in segs), pair, store.path.name, where, binding.export_id, binding.target_node,
-             binding.target_store)
-    return {"export_id": binding.export_id, "pair": pair, "nbits": int(sum(s.bits.size for s in segs)),
-            "segments": len(segs), "file": str(where), "source_node": binding.source_node,
-            "source_store": binding.source_store, "target_node": binding.target_node,
-            "target_store": binding.target_store, "ticket_id": binding.ticket_id}
+    n = int(sum(s.bits.size for s in segs))
+    log.info("exported %d bits of pair %s from %s to %s (export %s, bound to node %s, store %s)", n, pair,
+             store.path.name, out, binding.export_id, binding.target_node, binding.target_store)
+    return {"export_id": binding.export_id, "pair": pair, "nbits": n, "segments": len(segs), "file": str(out),
+            "source_node": binding.source_node, "source_store": binding.source_store,
+            "target_node": binding.target_node, "target_store": binding.target_store, "ticket_id": binding.ticket_id}
+
+
+# ---------------------------------------------------------------------- recovery of interrupted exports
+
+
+class _InUse(Exception):
+    """The export's temporary file is locked: the export is running in another process."""
+
+
+def _lock_part(part: Path | None) -> int | None:
+    """An open, ``flock``-ed descriptor of ``part``; None when it does not exist.  Raises
+    :class:`_InUse` when another process holds it, OSError when it cannot be opened."""
+    if part is None:
+        return None
+    try:
+        fd = os.open(part, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _InUse() from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _probe(path: Path, rec: dict[str, Any], bits: list[ExportedSegment] | None) -> tuple[str, str]:
+    """Whether ``path`` holds this export, complete: ``("complete", digest)``; ``("missing", "")``;
+    ``("other", "")`` (readable, not a complete copy); ``("unreadable", reason)`` (it, or its
+    folder, cannot be read: an unmounted drive, permissions).  Complete: its SHA-256 is the one
+    recorded when the export began (the MAC included: those are the bytes this store rendered),
+    and, for an ``exporting`` export (``bits``), it parses as this export (ID, binding) and carries
+    exactly the bits the store holds for it."""
+    if not path.parent.is_dir():
+        return "unreadable", f"its folder {path.parent} is not there (a drive not mounted?)"
+    if not path.exists() and not path.is_symlink():
+        return "missing", ""
+    try:
+        with open(path, "rb") as fh:
+            raw = bytearray(fh.read(MAX_EXPORT_FILE_BYTES + 1))
+    except FileNotFoundError:
+        return "missing", ""
+    except OSError as exc:
+        return "unreadable", str(exc.strerror or exc)
+    try:
+        digest = hashlib.sha256(raw).hexdigest()
+        if rec["digest"] and digest != rec["digest"]:
+            return "other", ""
+        if bits is None:
+            return ("complete", digest) if rec["digest"] else ("other", "")
+        try:
+            exp = json.loads(raw.decode("utf-8"))
+            header, segs = _parse_export(exp, path) if isinstance(exp, dict) else ({}, [])
+        except (DataFormatError, ValueError):
+            return "other", ""
+    finally:
+        raw[:] = bytes(len(raw))
+    if not header:
+        return "other", ""
+    try:
+        same = (header["export_id"] == rec["export_id"] and header["source_store"] == rec["source_store"]
+                and header["ticket_id"] == rec["ticket_id"] and len(segs) == len(bits)
+                and all((s.block_id, s.offset) == (t.block_id, t.offset) and np.array_equal(s.bits, t.bits)
+                        for s, t in zip(segs, bits, strict=True)))
+    finally:
+        for s in segs:
+            s.bits[:] = 0
+    if isinstance(exp, dict):
+        exp.clear()
+    return ("complete", digest) if same else ("other", "")
+
+
+def _recover_exporting(store: KeyStore, rec: dict[str, Any], out: Path, part: Path | None) -> dict[str, str]:
+    """An export interrupted before the store's finish: finish it if a complete copy is at ``out``
+    or ``part``; undo it if there is none and nothing else is at ``out``; else hold it."""
+    eid = rec["export_id"]
+    bits = store.exporting_bits(eid)
+    try:
+        at_out = _probe(out, rec, bits)
+        at_part = _probe(part, rec, bits) if part is not None else ("missing", "")
+    finally:
+        for s in bits:
+            s.bits[:] = 0
+    if "complete" in (at_out[0], at_part[0]):
+        store.finish_export(eid, at_out[1] if at_out[0] == "complete" else at_part[1])
+        return _recover_written(store, {**rec, "state": "written"}, out, part, done_here=True)
+    if at_out[0] == "missing" and at_part[0] in ("missing", "other"):
+        if part is not None and at_part[0] == "other":
+            _shred(part)  # ours (its random name), partial: key bits in clear
+        n = store.abort_export(eid, "interrupted before its file was complete (recovery)")
+        return {"action": "aborted", "message": f"export {eid} was interrupted before its file {out} was complete: "
+                f"undone, its {n} bits are free in the store again and the partial file was removed; export again "
+                "(the same ticket is good)"}
+    what = (f"{out} holds another file" if at_out[0] == "other"
+            else f"{out} cannot be read ({at_out[1]})" if at_out[0] == "unreadable"
+            else f"its temporary file {part} cannot be read ({at_part[1]})")
+    return {"action": "held", "message": f"export {eid} was interrupted, and {what}: nothing was touched; its "
+            f"{rec['nbits']} bits stay reserved for it (unusable, not lost). Make the file readable, or move the "
+            f"other file away, and run `labqfl keys status`; if you are sure no copy of the export exists, give the "
+            f"bits back with `labqfl keys abort-export --node {store.node} {eid}`"}
+
+
+def _recover_written(store: KeyStore, rec: dict[str, Any], out: Path, part: Path | None, *,
+                     done_here: bool = False) -> dict[str, str]:
+    """An export whose bits left the store (its file complete) but whose file may lack its name."""
+    eid = rec["export_id"]
+    at_out = _probe(out, rec, None)
+    at_part = _probe(part, rec, None) if part is not None else ("missing", "")
+    finished = f"export {eid} was interrupted after its file was complete; finished: " if done_here else         f"export {eid}: "
+    if at_out[0] == "complete":
+        if part is not None and at_part[0] == "complete":
+            part.unlink(missing_ok=True)  # the same file under its temporary name
+        store.export_published(eid)
+        return {"action": "finished", "message": finished + f"its bits are in {out}"}
+    if at_part[0] == "complete" and at_out[0] == "missing" and part is not None:
+        _publish(part, out)
+        store.export_published(eid)
+        return {"action": "finished", "message": finished + f"its bits are in {out}"}
+    if at_part[0] == "complete":
+        return {"action": "held", "message": finished + f"complete in {part}, but {out} holds another file or "
+                "cannot be written: move it away and run `labqfl keys status`, or import the temporary file itself"}
+    if at_out[0] == "missing" and at_part[0] == "missing":
+        store.export_published(eid)
+        return {"action": "finished", "message": finished + f"its file is no longer at {out} (moved?); its bits "
+                "left this store when the file was complete"}
+    return {"action": "held", "message": finished + f"its file is not found complete at {out} nor {part} "
+            f"({at_out[1] or at_part[1] or 'another file is there'}); its bits left this store when the file was "
+            "complete: find the file and run `labqfl keys status`"}
+
+
+def recover_exports(store: KeyStore) -> list[dict[str, str]]:
+    """Finish or undo the exports of ``store`` that a crash interrupted; one note per export
+    handled, ``{"export_id", "action": finished|aborted|held, "message"}``, also logged.
+
+    The rule, for an export still ``exporting`` (its bits not zeroed): if its file ``out`` or
+    its temporary file holds it complete (the SHA-256 recorded when it began, the same export
+    ID and binding, exactly the bits the store holds for it), the export is finished (bits
+    zeroed) and the file given its name; if no complete copy is at either path and nothing
+    else is at ``out``, the partial temporary file (ours) is removed and the export undone
+    (bits free again); if another or an unreadable file is at ``out``, or the temporary file or
+    a folder cannot be read, nothing is touched and the bits stay reserved (unusable, not lost)
+    until that is resolved or ``labqfl keys abort-export``.  A ``written`` export (bits zeroed)
+    gets its name.  An export whose temporary file another process holds locked is running,
+    and left alone.  The rule assumes that nobody copied the hidden temporary file elsewhere
+    before recovery ran: the copy of an undone export would hold bits that are free again."""
+    notes: list[dict[str, str]] = []
+    for rec in store.pending_exports():
+        out, part = Path(rec["file"]), (Path(rec["part"]) if rec["part"] else None)
+        if not rec["file"]:
+            continue  # begun by a caller of the store's own API, not by export_keys: nothing to look at
+        try:
+            fd = _lock_part(part)
+        except _InUse:
+            continue
+        except OSError as exc:
+            fd, note = None, {"action": "held", "message": f"export {rec['export_id']}: its temporary file {part} "
+                              f"cannot be opened ({exc.strerror or exc}); nothing was touched, its bits stay "
+                              "reserved for it (unusable, not lost)"}
+        else:
+            try:
+                note = (_recover_exporting if rec["state"] == "exporting" else _recover_written)(store, rec, out, part)
+            except (KeyStoreError, OSError) as exc:
+                note = {"action": "held", "message": f"export {rec['export_id']}: recovering it failed ({exc}); "
+                        "nothing was lost, it is tried again by the next export, import or keys status"}
+        finally:
+            if fd is not None:
+                os.close(fd)
+        notes.append({"export_id": rec["export_id"], **note})
+        (log.info if note["action"] == "finished" else log.warning)("key store %s: %s", store.path.name,
+                                                                     note["message"])
+    return notes
+
+
+def abort_pending_export(store: KeyStore, export_id: str) -> dict[str, Any]:
+    """Give back the bits of an export still ``exporting`` that recovery holds (another or an
+    unreadable file at its path): the user says no copy of it exists.  Its temporary file (ours)
+    is removed if it is there; the file at its name is never touched.  Refused for an export that
+    is running, or whose bits already left the store."""
+    rec = next((e for e in store.exports() if e["export_id"] == export_id), None)
+    if rec is None:
+        raise KeyStoreError(f"key store {store.path}: no export {export_id} was made here")
+    if rec["state"] != "exporting":
+        raise KeyStoreError(f"key store {store.path}: export {export_id} is {rec['state']}"
+                            + (": its bits are in its file, not in this store" if rec["state"] != "aborted" else ""))
+    part = Path(rec["part"]) if rec["part"] else None
+    try:
+        fd = _lock_part(part)
+    except _InUse:
+        raise KeyStoreError(f"export {export_id} is running in another process; nothing was changed") from None
+    except OSError:
+        fd = None
+    try:
+        if part is not None and fd is not None:
+            _shred(part)
+        n = store.abort_export(export_id, "aborted by the user (keys abort-export)")
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return {"export_id": export_id, "freed_bits": n, "store": str(store.path)}
 
 
 #: The largest export file read (bytes): far above any real export (a 2^30-bit export is ~180 MB).
@@ -420,6 +702,7 @@ def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
     or when already imported, or when the file fails authentication with the store's ticket.  The
     MAC is checked over the same parsed document whose segments are imported (review s33 F2: a file
     read twice could be swapped between the reads)."""
+    recovered = recover_exports(store)
     exp = source if isinstance(source, ExportFile) else load_export(Path(source))
     doc, header, segs = exp.doc, exp.header, exp.segments
     binding = ExportBinding(*(str(header[f]) for f in _BINDING_FIELDS))
@@ -432,8 +715,8 @@ def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
         n = store.import_segments(binding, segs, authenticate=authenticate)
     finally:
         exp.wipe()
-    return {**header, "imported_bits": n, "store": str(store.path)}
+    return {**header, "imported_bits": n, "store": str(store.path), "recovered": recovered}
 
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "ExportFile", "export_keys", "import_keys",
-           "load_export", "read_export", "read_ticket", "write_ticket"]
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "ExportFile", "abort_pending_export", "export_keys",
+           "import_keys", "load_export", "read_export", "read_ticket", "recover_exports", "write_ticket"]

@@ -214,7 +214,7 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_keys(tmp_path: Pat
     s.close()
     con = sqlite3.connect(path)
     meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-    assert meta["schema_version"] == str(SCHEMA_VERSION) == "2"
+    assert meta["schema_version"] == str(SCHEMA_VERSION) == "3"
     assert con.execute("SELECT export_id, source_store FROM imports").fetchall() == [("old-export", "")]
     con.close()
     with KeyStore.for_node("C2", tmp_path) as again:  # idempotent: the identity stays

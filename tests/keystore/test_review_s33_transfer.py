@@ -127,26 +127,31 @@ def test_an_export_to_a_full_disk_moves_no_bit_and_leaves_no_file(tmp_path: Path
     target.close()
 
 
-def test_a_write_failing_after_the_bits_left_the_store_puts_the_whole_export_next_to_the_store(
-        tmp_path: Path, two_stores, monkeypatch: pytest.MonkeyPatch):
+def test_a_write_failing_after_the_bits_were_taken_undoes_the_export(tmp_path: Path, two_stores,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """The bits are zeroed only once the file is complete and synced (KeyStore.finish_export): a write
+    that fails after the store took them gives them back, with no file anywhere (the previous code
+    had zeroed them already and wrote a rescue copy next to the store)."""
     stores, blocks = two_stores
     src = stores["C2"]
     target = KeyStore.for_node("C2", tmp_path / "target")
+    ticket = target.issue_import_ticket()
     stick = tmp_path / "stick"
     stick.mkdir()
+    before = src.accounting()
     with monkeypatch.context() as m:  # space is granted, then the device fails every write (EIO)
         _FullDisk(m, stick, free=0, err=errno.EIO, allocate_ok=True)
         with pytest.raises((OSError, KeyStoreError)) as err:  # OSError: what the old code raised
-            export_keys(src, PAIR, stick / "x.json", ticket=target.issue_import_ticket(), nbits=3000)
+            export_keys(src, PAIR, stick / "x.json", ticket=ticket, nbits=3000)
     msg = str(err.value)
-    assert "Input/output error" in msg and "nothing was lost" in msg
+    assert "Input/output error" in msg and "bits are back in the store" in msg
     assert _files(stick) == []  # the partial file (key in clear) was removed
-    (rec,) = src.exports()
-    rescue = src.path.parent / f"{src.path.stem}.export-{rec['export_id']}.json"
-    assert str(rescue) in msg and oct(rescue.stat().st_mode & 0o777) == "0o600"
-    res = CliRunner().invoke(app, ["keys", "status", "--node", "C2", "--json"], env={"LABQFL_DATA_DIR": str(tmp_path)})
-    assert json.loads(res.stdout)["nodes"]["C2"]["export_files_here"] == [str(rescue)]  # keys status points to it
-    assert import_keys(target, rescue)["imported_bits"] == 3000  # the bits were not lost
+    assert src.accounting() == before  # every bit free again, in its own pool
+    assert [e["state"] for e in src.exports()] == ["aborted"]
+    assert list(src.path.parent.glob("*.export-*.json")) == []  # nothing written next to the store
+    out = tmp_path / "x.json"  # the same ticket works for the export that follows
+    assert export_keys(src, PAIR, out, ticket=ticket, nbits=3000)["nbits"] == 3000
+    assert import_keys(target, out)["imported_bits"] == 3000
     k = stores["C1"].take(PAIR, 3000, "general")
     got = target.take_exact(PAIR, k.refs, "general").bits
     assert np.array_equal(got, np.concatenate([blocks[b][o:o + n] for b, o, n in k.refs]))
