@@ -22,7 +22,8 @@ shifts. The last spurious sync is kept as a candidate: if the next sync lies on 
 on the chain's, the chain re-locks on their grid (``sync_relocks``; the candidate's index counted
 from the last anchor), which recovers from a first sync that was a stray (the chain then starts at
 the candidate, slot 0) and from a gap too long for the period estimate. The first sync is an anchor
-once the next one confirms it (at the end of a stream it stands alone if none did); a stream whose
+once the next one confirms it (at the end of a stream it stands alone if none did); if the candidate
+is a near-duplicate of it that the confirming sync fits better, the candidate is slot 0; a stream whose
 ``MIN_UNCHAINED_SYNCS`` or more syncs never form a chain (nominal period wrong, noise on the sync
 input) is one error naming the nominal sync period. Every interval between two anchors gets its
 own period ``P = Δt / (Δk·D)`` — re-anchoring on every sync tracks clock drift.
@@ -349,6 +350,12 @@ def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slo
         p_est, measured = fs[0], fs[1] != 0.0
         prev_t, prev_k = st[_PREV_T], st[_PREV_K]
         g, res, on = _sync_fit(float(t - prev_t), p_est, measured, divider, tol_slots, gap_tol, ppm)
+        if on and st[_CONFIRMED] == 0 and st[_HAVE_CAND]:
+            # a near-duplicate of the unconfirmed first sync that this one fits better is slot 0 instead
+            gc, rc, onc = _sync_fit(float(t - st[_CAND_T]), p_est, measured, divider, tol_slots, gap_tol, ppm)
+            if onc and gc == g and rc < res:
+                prev_t, res = st[_CAND_T], rc
+                st[_PREV_T] = prev_t
         if on:
             # of the syncs within the tolerance of this grid point, the nearest to it is the anchor
             w_end = g * (divider * p_est) + _sync_tol(p_est, measured, g, divider, tol_slots, gap_tol, ppm)
@@ -1382,6 +1389,10 @@ def _reference_sync_anchors(sync_times: list[int], p: SlottingParams) -> tuple[l
         t = sync_times[i]
         pt, pk = chain[-1]
         g, res, on = fit(t - pt)
+        if on and not confirmed and cand is not None:
+            gc, rc, onc = fit(t - cand)
+            if onc and gc == g and rc < res:  # a near-duplicate of the first sync that fits better is slot 0
+                chain, pt = [(cand, pk)], cand
         if on:
             g_end = g * (D * est) + tol(g)
             window = [j for j in range(i, len(sync_times)) if sync_times[j] - pt <= g_end]
