@@ -369,6 +369,7 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     from labqfl.keystore import KeyStore, default_data_dir
     from labqfl.keystore.preshare import (
         check_secret_unused,
+        half_load_in,
         load_preshared_auth,
         read_secret_file,
         shred_secret_file,
@@ -379,7 +380,9 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     bits = read_secret_file(file)
     ddir = data_dir or default_data_dir()
     try:
-        check_secret_unused(ddir, bits, source=file.name)  # every store of the data dir, before any is created
+        # every store of the data dir, before any is created; a load of this secret that a crash left at one
+        # of the pair's stores only is completed, not refused (review s33 F10)
+        check_secret_unused(ddir, bits, source=file.name, resume=half_load_in(ddir, pair, bits))
         with KeyStore.for_node(a, ddir) as si, KeyStore.for_node(b, ddir) as sj:
             summary = load_preshared_auth(si, sj, pair, bits, source=file.name)
     finally:
@@ -391,8 +394,10 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     fate = {"kept": "The secret file was kept (--keep-file): destroy it, it must not be loaded again.",
             "destroyed": "The secret file was overwritten and deleted.",
             "NOT destroyed": f"WARNING: {problem}: it must not be loaded again."}[summary["secret_file"]]
+    done = (f"completed an interrupted load: added block {summary['block_id']} (held by one store only) to node "
+            f"{summary['completed']}; " if summary.get("completed") else "")
     emit(summary, as_json, lambda con: con.print(
-        f"loaded {summary['nbits']} pre-shared bits of {pair} from {file.name} into the auth pools of "
+        done + f"loaded {summary['nbits']} pre-shared bits of {pair} from {file.name} into the auth pools of "
         f"{a} ({summary['stores'][a]}) and {b} ({summary['stores'][b]}) as block {summary['block_id']}; "
         f"auth pool now {a} {summary['auth_available_bits'][a]} bits, {b} {summary['auth_available_bits'][b]} bits. "
         + fate))

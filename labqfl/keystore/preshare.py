@@ -28,6 +28,15 @@ dir, :func:`load_preshared_auth` over its two stores, and a client node's import
 
 Stores written before the windows existed keep working: their blocks' whole-secret fingerprints are
 still checked (exact copies), and a new load records both kinds.
+
+A load interrupted between its two stores' writes (a kill, a power cut: review s33 F10) leaves the block
+at Ci only. Loading the *same* secret for the same pair again completes it (:func:`find_half_load`)
+instead of refusing: the block Ci holds — same whole-secret fingerprint, same pair, pool ``auth``, not
+one bit of it used or withdrawn — is added to Cj under the same block ID with the same metadata, which
+is exactly what the load would have left. Nothing is used twice: no bit of it was used at Ci, and
+Cj had none of it. Still refused: a secret both stores hold (a second load), a block that one store
+holds and has used part of, and a *different* secret that shares a window with it (its fingerprint
+differs, so the window check refuses it).
 """
 
 from __future__ import annotations
@@ -43,6 +52,9 @@ import numpy as np
 
 from labqfl.errors import KeyStoreError
 from labqfl.keystore.store import KeyStore, list_node_stores, node_store_path
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
 
 #: Largest secret accepted [bytes] (8 Mbit; the distiller's own bootstrap is 64 kbit).
 PRESHARED_MAX_BYTES = 1 << 20
@@ -224,13 +236,15 @@ def _recorded_windows(meta: dict[str, Any]) -> list[str]:
     return [w[i:i + _WINDOW_HEX] for i in range(0, len(w), _WINDOW_HEX)]
 
 
-def find_earlier_load(stores: Iterable[KeyStore], secret: str | np.ndarray) -> dict[str, str] | None:
+def find_earlier_load(stores: Iterable[KeyStore], secret: str | np.ndarray, *,
+                      resume: dict[str, str] | None = None) -> dict[str, str] | None:
     """A pre-shared block of ``stores`` that holds ``secret`` or part of it — ``{"node", "store", "block_id",
     "pair"}`` — or None. ``secret``: the secret's bits (uint8 0/1): a block recorded with the same
     whole-secret fingerprint, else one sharing a window fingerprint (module docstring; the rule and its
     false-positive probability: :func:`secret_windows`); or a :func:`secret_fingerprint` string: exact
     copies only. A block withdrawn by a failed load's rollback (its bits were never used; key ID
-    ``rollback-<block ID>``) does not count."""
+    ``rollback-<block ID>``) does not count, nor the half-done load ``resume`` (:func:`find_half_load`:
+    ``{"store", "block_id"}``) that this load completes."""
     exact = isinstance(secret, str)
     fingerprint = secret if isinstance(secret, str) else secret_fingerprint(secret) or ""
     recorded: dict[str, dict[str, str]] = {}  # window fingerprint -> the block that recorded it
@@ -239,6 +253,8 @@ def find_earlier_load(stores: Iterable[KeyStore], secret: str | np.ndarray) -> d
             meta = blk["meta"]
             if (not isinstance(meta, dict) or meta.get("kind") != PRESHARED_KIND
                     or st.delivery(_rollback_key_id(blk["block_id"])) is not None):
+                continue
+            if resume is not None and (resume["store"], resume["block_id"]) == (str(st.path), str(blk["block_id"])):
                 continue
             found = {"node": str(st.node), "store": str(st.path), "block_id": str(blk["block_id"]),
                      "pair": str(blk["pair"])}
@@ -268,11 +284,57 @@ def _reuse_error(found: dict[str, str], source: str) -> KeyStoreError:
                          "secret. Nothing was loaded")
 
 
-def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "") -> None:
+def find_half_load(store_i: KeyStore, store_j: KeyStore, pair: str, bits: np.ndarray) -> dict[str, Any] | None:
+    """The block of a load of this very secret into ``pair`` that was interrupted between its two
+    stores' writes (module docstring), or None: ``{"node", "store", "block_id", "pair", "meta",
+    "holder": the store that has it, "missing": the one that does not}``. Found only when exactly
+    one of the two stores holds a pre-shared block with the secret's whole-secret fingerprint, of
+    ``pair``, every bit of it free in pool ``auth`` there (never used, not withdrawn), and the
+    other store holds no block of that ID."""
+    fp = secret_fingerprint(bits)
+    if fp is None:
+        return None
+    found = []
+    for holder, other in ((store_i, store_j), (store_j, store_i)):
+        for blk in holder.blocks(pair):
+            meta = blk["meta"]
+            if isinstance(meta, dict) and meta.get("kind") == PRESHARED_KIND and meta.get(FINGERPRINT_FIELD) == fp:
+                found.append((holder, other, blk))
+    if len(found) != 1:
+        return None
+    holder, other, blk = found[0]
+    bid, n = str(blk["block_id"]), int(blk["nbits"])
+    if (other.has_block(bid) or holder.delivery(_rollback_key_id(bid)) is not None
+            or holder.free_ranges(pair, ["auth"]).get(bid) != [(0, n)] or n != int(np.asarray(bits).size)):
+        return None
+    return {"node": str(holder.node), "store": str(holder.path), "block_id": bid, "pair": pair,
+            "meta": dict(blk["meta"]), "holder": holder, "missing": other}
+
+
+def half_load_in(data_dir: Path, pair: str, bits: np.ndarray) -> dict[str, str] | None:
+    """:func:`find_half_load` over the stores of ``pair``'s nodes under ``data_dir`` (opened with
+    ``create=False``; None if either is missing or cannot be read): ``{"store", "block_id"}``, for
+    :func:`check_secret_unused`'s ``resume``."""
+    import sqlite3
+
+    a, _, b = pair.partition("-")
+    if not all(node_store_path(n, data_dir).exists() for n in (a, b)):
+        return None
+    try:
+        with KeyStore.for_node(a, data_dir, create=False) as si, KeyStore.for_node(b, data_dir, create=False) as sj:
+            half = find_half_load(si, sj, pair, bits)
+    except (KeyStoreError, sqlite3.Error, OSError):
+        return None  # check_secret_unused reports a store that cannot be read
+    return None if half is None else {"store": half["store"], "block_id": half["block_id"]}
+
+
+def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "",
+                        resume: dict[str, str] | None = None) -> None:
     """Refuse (:class:`KeyStoreError`, one line naming the earlier block, pair and node) a secret
     that any key store under ``data_dir`` already loaded (:func:`find_earlier_load`). Every store is
     opened read-only in intent (``create=False``); one that cannot be opened or read is refused too,
-    since it might hold the earlier load. Writes nothing."""
+    since it might hold the earlier load. ``resume``: the half-done load this one completes
+    (:func:`half_load_in`), not counted. Writes nothing."""
     import sqlite3
 
     if secret_fingerprint(bits) is None:
@@ -280,7 +342,7 @@ def check_secret_unused(data_dir: Path, bits: np.ndarray, *, source: str = "") -
     for node in list_node_stores(data_dir):
         try:
             with KeyStore.for_node(node, data_dir, create=False) as st:
-                found = find_earlier_load([st], bits)
+                found = find_earlier_load([st], bits, resume=resume)
         except (KeyStoreError, sqlite3.Error, OSError) as exc:
             why = str(exc) if isinstance(exc, KeyStoreError) else f"key store {node_store_path(node, data_dir)}: {exc}"
             raise KeyStoreError(f"{why}; it cannot be checked for an earlier load of this secret, so nothing was "
@@ -319,6 +381,19 @@ def _check_writable(store: KeyStore) -> None:
             raise KeyStoreError(f"key store {store.path}: {p} is not writable; nothing was loaded")
 
 
+def _complete_half_load(half: dict[str, Any], pair: str, arr: np.ndarray, source: str,
+                        stores: dict[str, KeyStore]) -> dict[str, Any]:
+    """Add the block of an interrupted load (:func:`find_half_load`) to the store that lacks it."""
+    bid, missing = half["block_id"], half["missing"]
+    missing.add_block(pair, arr, block_id=bid, purpose="auth", meta=half["meta"])
+    log.warning("pre-shared block %s of pair %s was at node %s only (a load interrupted between the two stores); "
+                "completed it at node %s", bid, pair, half["node"], missing.node)
+    return {"pair": pair, "nbits": int(arr.size), "block_id": bid, "source": source, "completed": str(missing.node),
+            "stores": {n: str(st.path) for n, st in stores.items()},
+            "auth_available_bits": {n: int(st.accounting().get(pair, {}).get("available", {}).get("auth", 0))
+                                    for n, st in stores.items()}}
+
+
 def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: np.ndarray, *,
                         source: str = "") -> dict[str, Any]:
     """Add the pre-shared secret ``bits`` (uint8 0/1) of ``pair`` to both ends' ``auth`` pools.
@@ -328,7 +403,9 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
     (open and valid, writable, neither holds this secret already: :func:`find_earlier_load`); then
     the block, with the secret's fingerprint in its metadata, is added to Ci's store and to Cj's.
     Other stores are not looked at here: the CLI checks the whole data dir first
-    (:func:`check_secret_unused`). If the second add fails, the block just added at Ci is withdrawn (consumed
+    (:func:`check_secret_unused`). A load of this secret interrupted between the two adds (the block at one
+    store only, unused) is completed instead (:func:`find_half_load`; the summary's ``completed`` names
+    the node it was added to). If the second add fails, the block just added at Ci is withdrawn (consumed
     under key ID ``rollback-<block ID>``, material zeroed, so neither end can use it; the same secret
     may be loaded again) and the error names both stores. Returns a
     summary without key material: pair, nbits, block_id, stores, auth pool bits per node.
@@ -344,6 +421,8 @@ def load_preshared_auth(store_i: KeyStore, store_j: KeyStore, pair: str, bits: n
         raise KeyStoreError("pre-shared bits must be a non-empty 1-D uint8 array of 0/1")
     for st in (store_i, store_j):
         _check_writable(st)
+    if (half := find_half_load(store_i, store_j, pair, arr)) is not None:
+        return _complete_half_load(half, pair, arr, source, {a: store_i, b: store_j})
     fp = secret_fingerprint(arr)
     if fp is not None and (found := find_earlier_load((store_i, store_j), arr)) is not None:
         raise _reuse_error(found, source)
