@@ -365,6 +365,7 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _preallocate(fd, size)
+            _fsync_dir(tmp.parent)  # its name survives a power cut: after the store's finish it may be the export
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
@@ -559,17 +560,23 @@ def recover_exports(store: KeyStore) -> list[dict[str, str]]:
         out, part = Path(rec["file"]), (Path(rec["part"]) if rec["part"] else None)
         if not rec["file"]:
             continue  # begun by a caller of the store's own API, not by export_keys: nothing to look at
+        fd: int | None = None
         try:
             fd = _lock_part(part)
         except _InUse:
             continue
         except OSError as exc:
-            fd, note = None, {"action": "held", "message": f"export {rec['export_id']}: its temporary file {part} "
+            note = {"action": "held", "message": f"export {rec['export_id']}: its temporary file {part} "
                               f"cannot be opened ({exc.strerror or exc}); nothing was touched, its bits stay "
                               "reserved for it (unusable, not lost)"}
         else:
             try:
-                note = (_recover_exporting if rec["state"] == "exporting" else _recover_written)(store, rec, out, part)
+                # read again under the lock: another recovery may have finished it meanwhile
+                now = [e for e in store.pending_exports() if e["export_id"] == rec["export_id"]]
+                if not now:
+                    continue
+                note = (_recover_exporting if now[0]["state"] == "exporting" else _recover_written)(store, now[0], out,
+                                                                                                     part)
             except (KeyStoreError, OSError) as exc:
                 note = {"action": "held", "message": f"export {rec['export_id']}: recovering it failed ({exc}); "
                         "nothing was lost, it is tried again by the next export, import or keys status"}

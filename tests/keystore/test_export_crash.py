@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +260,54 @@ def test_a_version_2_store_is_migrated_and_its_exports_stay_done(tmp_path: Path)
     assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("3",)
     assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     con.close()
+
+
+_PAUSING_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore import transfer
+
+    data, ticket, out, flag = sys.argv[1:5]
+
+    def pause(where):
+        if where == "half-written":
+            Path(flag + ".paused").touch()
+            while not Path(flag + ".go").exists():
+                time.sleep(0.05)
+
+    transfer._crash_point = pause
+    st = KeyStore.for_node("C2", Path(data), create=False)
+    transfer.export_keys(st, "C1-C2", Path(out), ticket=transfer.read_ticket(Path(ticket)), nbits=3000)
+""")
+
+
+def test_a_recovery_leaves_an_export_running_in_another_process_alone(tmp_path: Path):
+    data, blocks, ticket = _setup(tmp_path)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    flag = tmp_path / "flag"
+    child = subprocess.Popen([sys.executable, "-c", _PAUSING_CHILD, str(data), str(ticket), str(stick / "x.json"),
+                              str(flag)], cwd=tmp_path)
+    try:
+        for _ in range(600):
+            if Path(f"{flag}.paused").exists() or child.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert Path(f"{flag}.paused").exists()
+        shown = CliRunner().invoke(app, ["keys", "status", "--node", "C2", "--json"],
+                                   env={"LABQFL_DATA_DIR": str(data)})
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["nodes"]["C2"]["recovered"] == []  # its .part is locked: running
+        with KeyStore.for_node("C2", data) as st:
+            assert recover_exports(st) == []
+            assert [e["state"] for e in st.pending_exports()] == ["exporting"]
+        Path(f"{flag}.go").touch()
+        assert child.wait(60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with KeyStore.for_node("C2", data) as st:
+        assert [e["state"] for e in st.exports()] == ["done"]
+    with KeyStore.for_node("C2", tmp_path / "target") as target:
+        assert import_keys(target, stick / "x.json")["imported_bits"] == NBITS
