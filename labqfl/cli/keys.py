@@ -1,4 +1,4 @@
-"""``labqfl keys status|serve|certs|ticket|export|import|preshare``: the node key stores, ETSI 014 delivery,
+"""``labqfl keys status|serve|certs|ticket|export|abort-export|import|preshare``: the node key stores, ETSI 014 delivery,
 pre-shared authentication secrets."""
 
 from __future__ import annotations

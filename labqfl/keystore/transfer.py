@@ -242,7 +242,10 @@ def _shred(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
-            _write_exact(fd, bytes(os.fstat(fd).st_size))
+            left, zeros = os.fstat(fd).st_size, bytes(1 << 20)
+            while left > 0:
+                left -= os.write(fd, zeros[:min(left, len(zeros))])
+            os.fsync(fd)
         finally:
             os.close(fd)
     except OSError:
