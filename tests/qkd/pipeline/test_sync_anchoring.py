@@ -268,3 +268,26 @@ def test_detector_tags_only_are_unaffected():
     ch = np.where(np.arange(1000) % 2 == 0, D0, D1).astype(np.int16)
     ev, s = _slot(make_params(divider=16), [TagBlock(ts, ch)])
     assert ev.slots.size == 0 and s.stats.before_first_slot == 1000
+
+
+@pytest.mark.xfail(strict=True, reason="twoparty.PairEndI.drop_block tells Cj (block/drop) only when an announcement "
+                   "was exchanged, but PairEndJ.receive counts the slots of every empty chunk: a block without any click "
+                   "is forgotten by Ci only, and Cj's next block carries its slots (the +1 s file's refusal of review "
+                   "s33 M4). Owned by the twoparty/pipeline helper: remove this mark with the fix.")
+def test_key_blocks_without_any_click_are_forgotten_at_both_ends(small_acquisition):  # type: ignore[no-untyped-def]
+    """No light for four whole key blocks (slots 2·10^6 … 6·10^6), the next block lit: no block is refused
+    for "Ci counts … Cj counts" (Cj counted the dark blocks' slots into the next one: refused)."""
+    from labqfl.qkd.estimation import SecurityParameters
+    from labqfl.qkd.pipeline import DistillSettings, MemorySink, distill_stream
+
+    cfg, blocks, logs, _ = small_acquisition
+    sync = cfg.time_tagger.sync_channel
+    dark = []
+    for b in blocks:
+        keep = (b.channels == sync) | (b.timestamps < 20 * 10**9) | (b.timestamps >= 60 * 10**9 + 20 * 10**6)
+        dark.append(TagBlock(b.timestamps[keep], b.channels[keep]))
+    settings = DistillSettings(block_slots=1_000_000, params=SecurityParameters(eps_sec=1e-4))
+    res, _ = distill_stream(cfg, dark, logs, MemorySink(), settings)
+    reasons = [b.abort_reason for r in res.values() for b in r.blocks]
+    assert len(reasons) >= 4
+    assert not [r for r in reasons if "Cj (" in r], reasons
