@@ -289,6 +289,7 @@ def _write_and_finish(store: KeyStore, fd: int, tmp: Path, out: Path, data: byte
     export in the store (bits zeroed), then give the file its name.  A failure before the store's
     finish undoes the export; after it, the complete file stays at ``tmp`` (nothing is lost)."""
     eid = binding.export_id
+    step = "writing it"
     try:
         _crash_point("begun")
         half = len(data) // 2
@@ -299,6 +300,7 @@ def _write_and_finish(store: KeyStore, fd: int, tmp: Path, out: Path, data: byte
         _crash_point("half-written")
         _write_exact(fd, data)
         _crash_point("written")
+        step = "recording it complete in the store"
         store.finish_export(eid, digest)
     except BaseException as exc:
         if _export_state(store, eid) == "written":  # the finish did commit: go on publishing
@@ -306,10 +308,10 @@ def _write_and_finish(store: KeyStore, fd: int, tmp: Path, out: Path, data: byte
         else:
             why = f"{exc.strerror or exc}" + (" (disk full)" if exc.errno == errno.ENOSPC else "") \
                 if isinstance(exc, OSError) else str(exc) or type(exc).__name__
-            fate = _undo_export(store, eid, tmp, f"writing {out} failed: {why}")
+            fate = _undo_export(store, eid, tmp, f"export file {out}: {step} failed: {why}")
             if not isinstance(exc, Exception):
                 raise
-            raise KeyStoreError(f"export file {out}: writing it failed ({why}); {fate}") from None
+            raise KeyStoreError(f"export file {out}: {step} failed ({why}); {fate}") from None
     _crash_point("finished")
     try:
         _publish(tmp, out)

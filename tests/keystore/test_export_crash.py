@@ -311,3 +311,28 @@ def test_a_recovery_leaves_an_export_running_in_another_process_alone(tmp_path: 
         assert [e["state"] for e in st.exports()] == ["done"]
     with KeyStore.for_node("C2", tmp_path / "target") as target:
         assert import_keys(target, stick / "x.json")["imported_bits"] == NBITS
+
+
+def test_a_store_that_cannot_record_the_finish_gets_its_bits_back_and_no_file_is_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The file is complete but the store's second transaction fails (its own disk full): the export is
+    undone, so the bits are free at the source and no complete file of them exists."""
+    data, blocks, ticket = _setup(tmp_path)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+
+    def refuse(self: KeyStore, export_id: str, digest: str) -> None:
+        raise KeyStoreError(f"key store {self.path}: commit failed (database or disk is full)")
+
+    from labqfl.keystore.transfer import read_ticket
+
+    with KeyStore.for_node("C2", data) as st:
+        before = st.accounting()[PAIR]
+        monkeypatch.setattr(KeyStore, "finish_export", refuse)
+        with pytest.raises(KeyStoreError) as err:
+            export_keys(st, PAIR, stick / "x.json", ticket=read_ticket(ticket), nbits=NBITS)
+        monkeypatch.undo()
+        assert "recording it complete in the store failed" in str(err.value)
+        assert "bits are back in the store" in str(err.value)
+        assert st.accounting()[PAIR] == before and [e["state"] for e in st.exports()] == ["aborted"]
+    assert list(stick.iterdir()) == []
