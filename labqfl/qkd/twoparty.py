@@ -638,11 +638,14 @@ class PairEndI(_PairEnd):
         return float(min(max(q, s.qber_floor), 0.25))
 
     def drop_block(self, ch: Channel) -> None:
-        """End the current block unused (too few sifted bits): both ends forget it."""
+        """End the current block unused (too few sifted bits): both ends forget it. Cj is told also when
+        no message of the block was exchanged but its slots were counted (chunks without any click):
+        Cj counted them too, from its own announcements, and would carry them into its next block
+        ("Ci counts … Cj counts …", lab review s33 M4: four dark key blocks refused the next one)."""
         b = self._blk
         self._blk = _IBlock()
         self.tx.reset()
-        if b.exchanged:
+        if b.exchanged or b.counts is not None:
             ch.request(Message("block/drop", {}))
 
     # -- one block -----------------------------------------------------------------------------

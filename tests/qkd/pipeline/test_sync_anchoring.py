@@ -270,10 +270,6 @@ def test_detector_tags_only_are_unaffected():
     assert ev.slots.size == 0 and s.stats.before_first_slot == 1000
 
 
-@pytest.mark.xfail(strict=True, reason="twoparty.PairEndI.drop_block tells Cj (block/drop) only when an announcement "
-                   "was exchanged, but PairEndJ.receive counts the slots of every empty chunk: a block without any click "
-                   "is forgotten by Ci only, and Cj's next block carries its slots (the +1 s file's refusal of review "
-                   "s33 M4). Owned by the twoparty/pipeline helper: remove this mark with the fix.")
 def test_key_blocks_without_any_click_are_forgotten_at_both_ends(small_acquisition):  # type: ignore[no-untyped-def]
     """No light for four whole key blocks (slots 2·10^6 … 6·10^6), the next block lit: no block is refused
     for "Ci counts … Cj counts" (Cj counted the dark blocks' slots into the next one: refused)."""
