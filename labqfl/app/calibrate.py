@@ -108,7 +108,8 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
     overrides ``simulation.seed`` and seeds the bootstrap; ``quick``: shorter acquisitions;
     ``make_plots``: a PNG of every fit. The run folder goes under ``runs_dir`` (default
     ``$LABQFL_RUNS_DIR`` or ``./runs``); ``write_config`` also writes the calibrated station TOML
-    there, refusing an existing file before anything runs unless ``overwrite_config``. ``progress(message)`` before each step; an exception it raises ends the session (a
+    there (only when at least one procedure succeeded: lab review s33 L8), refusing an existing file before
+    anything runs unless ``overwrite_config``. ``progress(message)`` before each step; an exception it raises ends the session (a
     cancel). ``procedure_options``: ``detectors`` (detector), ``clients`` (vpi), ``pair`` (visibility).
     A failing procedure does not raise: see :attr:`CalibrationOutcome.failures`."""
     from labqfl.calibration import calibrate, write_station_toml
@@ -119,7 +120,7 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
                        make_plots=make_plots, base_dir=base_dir, station=station, segments=acquisition_segment,
                        **procedure_options)
     files = dict(report.files)
-    if write_config is not None:
+    if write_config is not None and report.results:  # every procedure failed: nothing calibrated, nothing written
         files["written_config"] = str(write_station_toml(report.calibrated_config, write_config,
                                                          overwrite=overwrite_config))
     return CalibrationOutcome(report, group, files)

@@ -122,6 +122,19 @@ def test_a_calibration_where_every_procedure_failed_writes_no_station_file(tmp_p
     assert not (tmp_path / "new.toml").exists() and not list((tmp_path / "runs").rglob("calibrated_station.toml"))
 
 
+def test_the_library_writes_no_station_file_when_every_procedure_failed(tmp_path: Path, calh) -> None:  # type: ignore[no-untyped-def]
+    """:func:`labqfl.app.calibrate.run_calibration` (the GUI's path) as the CLI: ``write_config`` is left
+    unwritten when nothing was calibrated."""
+    from labqfl.app.calibrate import run_calibration
+
+    def novis(data: dict) -> None:
+        data["loop"]["visibility"] = 1e-4
+    out = run_calibration(calh.make_config(novis, seed=3), "vpi", runs_dir=tmp_path / "runs", quick=True,
+                          make_plots=False, clients=["C1"], write_config=tmp_path / "new.toml")
+    assert out.failures and not out.report.results
+    assert "written_config" not in out.files and not (tmp_path / "new.toml").exists()
+
+
 # -- L3: a saturated detector's jitter failure says what was seen ------------------------------------------
 def test_a_detector_saturated_by_dark_counts_is_named_so(station_factory, calh) -> None:  # type: ignore[no-untyped-def]
     def saturated(data: dict) -> None:
