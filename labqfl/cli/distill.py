@@ -209,7 +209,9 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     if sl.get("marker_tags"):
         line += (f"; frame markers {sl['marker_tags']:,} ({sl['missing_markers']:,} missing, "
                  f"{sl['spurious_markers']:,} spurious)")
-    dropped = sl.get("dropped_slots_sync", 0) + sl.get("dropped_slots_lost_data", 0)
+    if relocks := sl.get("sync_relocks", 0):  # the chain moved to another grid: check the sync input
+        line += f"; sync chain re-locked {relocks:,} time(s)"
+    dropped = sl.get("dropped_slots_sync", 0) + sl.get("dropped_slots_lost_data", 0) + relocks
     line += f"; slots dropped: {sl.get('dropped_slots_sync', 0):,} (sync/markers), {sl.get('dropped_slots_lost_data', 0):,} (lost data)"
     con.print(line if not dropped else f"[yellow]{escape(line)}[/]", markup=bool(dropped))
     t = Table("pair", "slots", "dropped", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",

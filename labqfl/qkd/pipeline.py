@@ -866,7 +866,7 @@ class Distiller:
                     self._close_block(st, final_slots, out)
                 elif st.n_bits:
                     self._drop_block(st, final_slots)
-                elif st.end_i.exchanged:  # announcements without a sifted bit: forget them at both ends
+                else:  # announcements or slots without a sifted bit: forget them at both ends (drop_block)
                     st.end_i.drop_block(st.channel)
         if self.stopped:
             self.abandon()

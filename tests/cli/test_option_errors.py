@@ -235,3 +235,28 @@ def test_a_distillation_that_makes_no_key_at_all_exits_1_after_its_summary(small
     assert doc["error"].startswith("no pair produced key: C1-C2: ") and "threshold" in doc["error"]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]  # (a fresh install also says it compiles)
     assert errors == [f"error: {doc['error']}"] and r.stderr.splitlines()[-1] == errors[0]
+
+
+def test_the_distill_summary_names_a_re_locked_sync_chain(small_station_file, tmp_path) -> None:
+    """Lab review s33 H1: a sync chain that re-locked on another grid (``slotting.sync_relocks``) is said in the
+    slotting line, in yellow, beside the dropped and spurious syncs (it was only in the JSON)."""
+    import io
+    import json
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from labqfl.cli.distill import _render
+
+    r = runner.invoke(app, ["distill", "--live", "--duration", "0.02", "--block-bits", "1000", "--config",
+                            str(small_station_file), "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "runs"),
+                            "--json"])
+    doc = json.loads(r.stdout)
+    lines = {}
+    for relocks in (0, 2):
+        doc["slotting"]["sync_relocks"] = relocks
+        con = Console(file=io.StringIO(), width=400, force_terminal=True, highlight=False)
+        _render(con, doc, None, SimpleNamespace(block_bits=1000))
+        lines[relocks] = next(ln for ln in con.file.getvalue().splitlines() if "slotting:" in ln)
+    assert "re-locked" not in lines[0] and "sync chain re-locked 2 time(s)" in lines[2]
+    assert "\x1b[33m" in lines[2]  # yellow, as dropped slots
