@@ -372,7 +372,7 @@ class KeyDeliveryService:
         #: released again before each enc_keys (review s33 F5: they stayed until a restart)
         self._unreleased: dict[str, set[str]] = {}
         self._unreleased_lock = threading.Lock()
-        folders = list(dict.fromkeys(Path(st.path).parent for st in self.stores.values()))
+        folders = list(dict.fromkeys(Path(st.path).resolve().parent for st in self.stores.values()))
         for folder in folders:
             KmeInstance.sweep(folder)
         self.instance = KmeInstance(folders)
@@ -396,7 +396,7 @@ class KeyDeliveryService:
             return str(d["created"]) <= cutoff
         if owner == self.instance_id:
             return False  # this KME's own request, maybe in flight (failed releases: _retry_unreleased)
-        return not KmeInstance.alive(Path(store.path).parent, owner)
+        return not KmeInstance.alive(Path(store.path).resolve().parent, owner)
 
     def recover_interrupted_requests(self, min_age_s: float | None = None) -> list[str]:
         """Release the reservations of enc_keys requests that a stopped KME (SIGKILL, a crash, a

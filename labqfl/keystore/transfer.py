@@ -237,8 +237,9 @@ def _crash_point(where: str) -> None:
     process with a SIGKILL at one step."""
 
 
-def _shred(path: Path) -> None:
-    """Overwrite ``path`` (a partial export file of ours: key bits in clear) with zeros, sync, delete."""
+def _shred(path: Path, *, unlink: bool = True) -> None:
+    """Overwrite ``path`` (a partial export file of ours: key bits in clear) with zeros, sync, and
+    delete it (``unlink``; kept, zeroed, otherwise: recovery reads it as partial and undoes the export)."""
     try:
         fd = os.open(path, os.O_WRONLY)
         try:
@@ -250,7 +251,8 @@ def _shred(path: Path) -> None:
             os.close(fd)
     except OSError:
         pass
-    path.unlink(missing_ok=True)
+    if unlink:
+        path.unlink(missing_ok=True)
 
 
 def _render(binding: ExportBinding, segs: list[ExportedSegment], pair: str, secret: bytes) -> bytearray:
@@ -272,14 +274,17 @@ def _render(binding: ExportBinding, segs: list[ExportedSegment], pair: str, secr
 
 
 def _undo_export(store: KeyStore, export_id: str, tmp: Path, why: str) -> str:
-    """Remove our partial file, then give the export's bits back (this order: a crash in between
-    leaves no file, which recovery undoes too); what became of the bits, for the error."""
-    _shred(tmp)
+    """Zero our partial file, give the export's bits back, then remove the file (this order: a crash
+    in between leaves the zeroed file, which recovery reads as partial and undoes; a missing file is
+    never taken for a partial one — it may have been imported: second review s33 H1); what became of
+    the bits, for the error."""
+    _shred(tmp, unlink=False)
     try:
         n = store.abort_export(export_id, why)
     except KeyStoreError as exc:
         return (f"giving its bits back failed too ({exc}): they stay reserved for export {export_id}, unusable but "
                 "not lost, until `labqfl keys status` gives them back")
+    tmp.unlink(missing_ok=True)
     return f"export {export_id} was undone: its {n} bits are back in the store, no file was left; the ticket is good"
 
 
@@ -501,13 +506,23 @@ def _recover_exporting(store: KeyStore, rec: dict[str, Any], out: Path, part: Pa
     if "complete" in (at_out[0], at_part[0]):
         store.finish_export(eid, at_out[1] if at_out[0] == "complete" else at_part[1])
         return _recover_written(store, {**rec, "state": "written"}, out, part, done_here=True)
-    if at_out[0] == "missing" and at_part[0] in ("missing", "other"):
-        if part is not None and at_part[0] == "other":
-            _shred(part)  # ours (its random name), partial: key bits in clear
+    if at_out[0] == "missing" and at_part[0] == "other" and part is not None:
+        # ours (its random name, made and synced before any bit moved) and shown partial: zeroed, then the
+        # bits given back, then removed (a crash in between leaves the zeroed file: undone again next time)
+        _shred(part, unlink=False)
         n = store.abort_export(eid, "interrupted before its file was complete (recovery)")
+        part.unlink(missing_ok=True)
         return {"action": "aborted", "message": f"export {eid} was interrupted before its file {out} was complete: "
                 f"undone, its {n} bits are free in the store again and the partial file was removed; export again "
                 "(the same ticket is good)"}
+    if at_out[0] == "missing" and at_part[0] == "missing":
+        # a crash always leaves the temporary file: with neither file there, a complete copy may have been
+        # imported (an import destroys its file) or moved — undoing would put the same bits in two stores
+        # (second review s33 H1: the complete .part imported at the target, then recovery freed the bits)
+        return {"action": "held", "message": f"export {eid} was interrupted, and neither its file {out} nor its "
+                f"temporary file {part} is there: nothing was touched; its {rec['nbits']} bits stay reserved for it "
+                "(unusable, not lost). If either file was imported into a store or copied, leave it so; if you are "
+                f"sure no copy exists, give the bits back with `labqfl keys abort-export --node {store.node} {eid}`"}
     what = (f"{out} holds another file" if at_out[0] == "other"
             else f"{out} cannot be read ({at_out[1]})" if at_out[0] == "unreadable"
             else f"its temporary file {part} cannot be read ({at_part[1]})")
@@ -552,9 +567,10 @@ def recover_exports(store: KeyStore) -> list[dict[str, str]]:
     The rule, for an export still ``exporting`` (its bits not zeroed): if its file ``out`` or
     its temporary file holds it complete (the SHA-256 recorded when it began, the same export
     ID and binding, exactly the bits the store holds for it), the export is finished (bits
-    zeroed) and the file given its name; if no complete copy is at either path and nothing
-    else is at ``out``, the partial temporary file (ours) is removed and the export undone
-    (bits free again); if another or an unreadable file is at ``out``, or the temporary file or
+    zeroed) and the file given its name; if the temporary file (ours) is there and shown partial
+    and nothing is at ``out``, it is removed and the export undone (bits free again); if neither
+    file is there (a complete copy may have been imported, which destroys its file, or moved:
+    second review s33 H1), another or an unreadable file is at ``out``, or the temporary file or
     a folder cannot be read, nothing is touched and the bits stay reserved (unusable, not lost)
     until that is resolved or ``labqfl keys abort-export``.  A ``written`` export (bits zeroed)
     gets its name.  An export whose temporary file another process holds locked is running,

@@ -336,3 +336,27 @@ def test_a_store_that_cannot_record_the_finish_gets_its_bits_back_and_no_file_is
         assert "bits are back in the store" in str(err.value)
         assert st.accounting()[PAIR] == before and [e["state"] for e in st.exports()] == ["aborted"]
     assert list(stick.iterdir()) == []
+
+
+def test_a_complete_temporary_file_imported_before_recovery_keeps_the_bits_out_of_the_store(tmp_path: Path):
+    """Second review s33 H1: an export killed once its temporary file was complete (step ``written``); the
+    user imports that ``.part`` at the target (the import destroys the file), then `keys status` runs the
+    source's recovery. It found neither file and undid the export: the same 3000 bits free at the source
+    and imported at the target (one pad in two stores). With neither file there it now holds them."""
+    data, blocks, ticket = _setup(tmp_path)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    assert _kill_export_at("written", data, ticket, stick / "x.json").returncode == -signal.SIGKILL
+    [part] = list(stick.iterdir())
+    with KeyStore.for_node("C2", tmp_path / "target") as target:
+        assert import_keys(target, part)["imported_bits"] == NBITS
+    part.unlink(missing_ok=True)  # as `keys import` does (it shreds the file it imported)
+    shown = CliRunner().invoke(app, ["keys", "status", "--node", "C2", "--json"], env={"LABQFL_DATA_DIR": str(data)})
+    assert shown.exit_code == 0, shown.output
+    notes = json.loads(shown.stdout)["nodes"]["C2"]["recovered"]
+    assert [n["action"] for n in notes] == ["held"] and "abort-export" in notes[0]["message"]
+    with KeyStore.for_node("C2", data) as st:
+        acc = st.accounting()[PAIR]
+        assert acc["exporting"] == {"general": NBITS} and acc["available"] == {"general": 8000 - NBITS}
+        with pytest.raises(KeyStoreError, match="are being exported"):
+            st.take_exact(PAIR, st.exports()[0]["refs"], "general")

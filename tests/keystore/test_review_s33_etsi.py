@@ -90,6 +90,27 @@ def test_a_live_kme_s_reservations_are_kept_until_it_dies(tmp_path, stores):
     assert _pending(stores) == 0
 
 
+def test_a_live_kme_s_reservations_are_kept_by_a_kme_opening_its_stores_through_symlinks(tmp_path, stores):
+    """Second review s33 L1: a KME whose data dir holds symlinks to another KME's store files looked for the
+    owner's lock next to the symlinks, found none, and released the live KME's reservations."""
+    proc = _half_done(tmp_path, "hang")
+    other = tmp_path / "other"
+    (other / "keystore").mkdir(parents=True)
+    for n in ("C1", "C3"):
+        (other / "keystore" / f"{n}.sqlite").symlink_to(Path(stores[n].path).resolve())
+    linked = open_node_stores(["C1", "C3"], other)
+    try:
+        assert _pending(linked) == 2  # the same stores, through the links
+        kme = _kme(linked, settled_s=0)
+        assert kme.recover_interrupted_requests() == []
+        assert _pending(stores) == 2
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        for s in linked.values():
+            s.close()
+
+
 # ------------------------------------------------------------------ F5: a store that cannot be written
 
 
