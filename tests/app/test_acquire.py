@@ -187,8 +187,8 @@ def test_gui_acquisition_thread_streams_through_the_application_layer() -> None:
 
 def test_labqfl_run_acquires_in_process_through_the_application_layer() -> None:
     tree = ast.parse((ROOT / "labqfl/mainjob.py").read_text(encoding="utf-8"))
-    assert "Acquisition" in _names(_function(tree, "_acquire"))
-    for fn in ("_acquire", "_stream_and_distil"):
+    assert "Acquisition" in _names(_function(tree, "_acquire_in_process"))  # _acquire's in-process path (4aaa4ee)
+    for fn in ("_acquire", "_acquire_in_process", "_stream_and_distil"):
         names = _names(_function(tree, fn))
         assert not names & {"time_tagger", "arm", "channel_counts", "channel_names", "safe_state"}, fn
 
