@@ -4,13 +4,14 @@ package and exposes ``register(app)``; add the module name to ``COMMAND_MODULES`
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 import click
 import typer
 
 from labqfl import __version__
-from labqfl.cli.common import EXIT_INTERRUPTED
+from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED
 from labqfl.log import set_verbosity
 
 #: Modules under ``labqfl.cli`` that register commands, in help order.
@@ -81,4 +82,10 @@ def main() -> None:
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
+    if code == EXIT_TERMINATED:  # on its way out after a SIGTERM, its state saved and its line printed: another
+        signal.signal(signal.SIGTERM, _ignore)  # SIGTERM during the interpreter's teardown must not end it with -15
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _ignore(signum: int, frame: object) -> None:
+    """A SIGTERM while the process exits after the first one (Python-level: not inherited like SIG_IGN)."""

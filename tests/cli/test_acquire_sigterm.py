@@ -53,3 +53,34 @@ def test_sigterm_during_acquire_closes_the_recording_as_incomplete(small_station
         assert sum(len(b) for b in rec.blocks()) == rec.n_tags > 0
     finally:
         rec.close()
+
+
+_TWICE = """
+import atexit, os, signal, sys, threading, time
+from labqfl.cli import main
+
+def again():  # a second SIGTERM while the process exits (a scheduler repeating its signal)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)
+
+atexit.register(again)
+out = sys.argv[-1]
+def first():
+    while not (os.path.exists(out) and os.path.getsize(out) > 1_000_000):
+        time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGTERM)
+threading.Thread(target=first, daemon=True).start()
+sys.argv = ["labqfl", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_second_sigterm_while_the_process_exits_keeps_exit_status_143(small_station_file: Path, tmp_path: Path) -> None:
+    """After the first SIGTERM's orderly stop (error line printed), a second one during the interpreter's teardown
+    ended the process with -15 (s33 run helper's note): the CLI's entry point ignores it then."""
+    out = tmp_path / "twice.h5"
+    proc = subprocess.run([sys.executable, "-c", _TWICE, "acquire", "--config", str(small_station_file), "--duration",
+                           "600", "--data-dir", str(tmp_path / "data"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [TERMINATED], proc.stderr[-3000:]
