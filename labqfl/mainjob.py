@@ -816,7 +816,7 @@ class MainJob:
     # -- phase 3 ---------------------------------------------------------------------------
     def _write_metrics(self, status: str) -> dict[str, Any]:
         from labqfl.keystore import KeyStore
-        from labqfl.provenance import summarize_blocks
+        from labqfl.provenance import run_provenance
 
         acq = self.state.get("acquire") or {}
         train = (self.state.get("train") or {}).get("summary")
@@ -853,8 +853,8 @@ class MainJob:
                     "auth_available_bits": avail.get("auth", 0),
                     "auth_consumed_bits": used.get("auth", 0),
                     # where this run's key blocks came from and what their security rests on
-                    "provenance": summarize_blocks(b for b in stores[a].blocks(name)
-                                                   if b["run_id"] == self.run_record.name),
+                    # (and the pair's pre-shared blocks: where its authentication started)
+                    "provenance": run_provenance(stores[a], name, self.run_record.name),
                 }
             for st in stores.values():
                 st.close()

@@ -252,6 +252,24 @@ class DistillSession:
             raise ConfigError("distillation not started: call start() or start_from_station() first")
         return self.distiller
 
+    def provenance(self) -> dict[str, Any]:
+        """What the key blocks this run stored (their ``run_id``) rest on: per pair
+        :func:`labqfl.provenance.run_provenance` (as ``labqfl run``'s metrics; the pair's pre-shared
+        blocks included: where its authentication started), the blocks by physical layer/randomness
+        over all pairs, and the weakest storing pair's statement (``keys status``'s functions)."""
+        from labqfl.provenance import run_provenance, weakest_summary
+
+        pairs = {f"{a}-{b}": run_provenance(self.stores[a], f"{a}-{b}", self.run_id) for a, b in self.cfg.pairs()}
+        stored = [p for p in pairs.values() if p["blocks"] or p["unrecorded_blocks"]]
+        blocks: dict[str, int] = {}
+        for p in stored:
+            for label, n in p["blocks"].items():
+                blocks[label] = blocks.get(label, 0) + n
+        w = weakest_summary(stored)
+        return {"pairs": pairs, "blocks": dict(sorted(blocks.items())),
+                "security": w["security"] if w is not None else "no key block stored: nothing is claimed",
+                "information_theoretic": bool(stored) and all(p["information_theoretic"] for p in stored)}
+
     def accounting(self) -> dict[str, Any]:
         """Each node store's accounting (bits available and consumed per pair and purpose)."""
         return {n: st.accounting() for n, st in self.stores.items()}

@@ -21,9 +21,11 @@ from typing import Any
 
 from labqfl.errors import ConfigError, KeyStarvationError, SecureAggregationError
 
-#: statement added to a run's security line when self-masks are on
-SELF_MASK_SECURITY = ("; self-masks: Shamir sharing over GF(p) and one-time-pad share transport (information-theoretic "
-                      "given the pair keys), self-mask words from the OS CSPRNG (as strong as the OS generator)")
+#: statement added to a run's security line when self-masks are on; the share transport is only as secret as the
+#: pair keys its pads come from (the statement before it says what those rest on; review s33 L2)
+SELF_MASK_SECURITY = ("; self-masks: Shamir sharing over GF(p) (fewer shares than the threshold reveal nothing), "
+                      "shares carried under pads of the pair keys (as secret as those keys, stated above), "
+                      "self-mask words from the OS CSPRNG (as strong as the OS generator)")
 
 
 def parse_digits(text: str) -> tuple[int, int]:

@@ -32,7 +32,8 @@ COMMAND_MODULES: list[str] = [
 
 app = typer.Typer(
     name="labqfl",
-    help="Quantum-secure federated learning over a QKD network testbed (Sagnac loop).",
+    help="Federated learning with secure aggregation masked by QKD keys, over a QKD network testbed (Sagnac loop); "
+         "what each key's security rests on is stated with it (`labqfl keys status`).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -86,6 +86,7 @@ def distill(
                     results = session.run(tags)
                 assert results is not None  # no stop condition: the run always finishes
                 wall = time.perf_counter() - t0
+                provenance = session.provenance()  # what the stored blocks rest on (review s33 M4)
             except BaseException:
                 run.close()
                 raise
@@ -97,7 +98,7 @@ def distill(
         "block_slots": settings.block_slots, "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
         "slotting": vars(session.distiller.slotter.stats), "modulation": src.modulation(), "run": str(run.path),
-        "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
+        "pairs": {k: r.as_dict(duration_s) for k, r in results.items()}, "provenance": provenance,
     }
     judge_key(data)  # no pair with key: exit 1 after the summary (review s32 M2(b)); some without: a warning
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
@@ -234,6 +235,10 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     if skipped:
         con.print("skipped, distilled by an earlier run of this recording (its key is in the stores, or its raw "
                   "bits were spent): " + ", ".join(f"{k} {n} block(s)" for k, n in skipped.items()))
+    pv = data["provenance"]
+    blocks = ", ".join(f"{k} {n}" for k, n in pv["blocks"].items()) or "none"
+    con.print(f"key provenance (blocks stored, by physical layer/randomness: {blocks}): {pv['security']}",
+              markup=False)
     if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
         con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
                   "block-size rule choose (labqfl.qkd.blocksize).")

@@ -185,6 +185,12 @@ def train(
     emit(summary, as_json, lambda con: render_training(con, summary))
 
 
+def print_security(con: Any, statement: str | None, indent: str = "") -> None:
+    """The masks' security statement of a training summary (``summary["security"]``, the same text as its
+    --json and metrics.json; review s33 M3) on one line, as printed (no markup)."""
+    con.print(f"{indent}security: {statement or 'not stated (an older run)'}", markup=False, soft_wrap=True)
+
+
 def render_training(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
     con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
@@ -207,6 +213,7 @@ def render_training(con: Any, summary: dict[str, Any]) -> None:
         con.print(f"noise: depolarizing {nz['depolarizing']:g}, amplitude damping {nz['amplitude_damping']:g}, "
                   f"readout {nz['readout']:g}, shots {nz['shots'] or 'exact'}"
                   + (f" ({nz['shot_grad']}, {nz['shots_used']:,} shots used)" if nz["shots"] else ""))
+    print_security(con, summary.get("security"))
     print_path(con, "run folder", summary["run_dir"])
 
 
