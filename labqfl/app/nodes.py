@@ -412,8 +412,8 @@ class NodeSet:
         from labqfl.provenance import (
             Provenance,
             pair_provenance,
+            provenance_of_block_ids,
             security_statement,
-            summarize_blocks,
         )
 
         a, _, b = pair.partition("-")
@@ -425,13 +425,13 @@ class NodeSet:
             ids |= {x + AUTH_REFILL_SUFFIX for x in ids}
             try:
                 store = KeyStore(node_store_path(a, self.network.data_of(a)), node=a, create=False)
-                try:
-                    rows = [r for r in store.blocks(pair) if r["block_id"] in ids]
+                try:  # with the pair's pre-shared blocks: where its authentication started (auth_secret_caveat)
+                    held = {r["block_id"] for r in store.blocks(pair)} & ids  # a block without refill: none
+                    sm = provenance_of_block_ids(store, pair, held)
                 finally:
                     store.close()
             except (LabqflError, OSError, sqlite3.Error) as e:
                 return f"provenance not readable from {a}'s store: {_one_line(e)}", False, "", "blocks"
-            sm = summarize_blocks(rows)
             w = sm["weakest"]
             return sm["security"], bool(sm["information_theoretic"]), Provenance.from_dict(w).label if w else "", "blocks"
         eps = d.get("eps_total_per_block")

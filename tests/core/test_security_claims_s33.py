@@ -135,3 +135,23 @@ def test_the_self_mask_text_has_no_information_theoretic_wording() -> None:
 
     assert not IT_WORDS.search(SELF_MASK_SECURITY)
     assert "as secret as those keys" in SELF_MASK_SECURITY
+
+
+def test_a_node_sets_key_security_names_the_pairs_authentication_origin(tmp_path: Path) -> None:
+    """M5 over nodes (``labqfl.app.nodes.NodeSet._security``, the GUI's Nodes panel): only the accepted blocks and
+    their refills were summarised, so a node set's pair never showed its bootstrapped authentication secret."""
+    import numpy as np
+
+    from labqfl.app.nodes import NodeSet
+    from labqfl.keystore import KeyStore, node_store_path
+
+    bits = np.zeros(4096, dtype=np.uint8)
+    with KeyStore(node_store_path("C1", tmp_path), node="C1") as st:
+        st.add_block("C1-C2", bits, block_id="preshared-x", purpose="auth",
+                     meta={"kind": "preshared-auth", "simulated": True})
+        st.add_block("C1-C2", bits, block_id="acc-1", run_id="r1",
+                     meta={"provenance": Provenance("hardware", "qrng", eps_sec=1e-10, eps_cor=1e-15, eps_auth=1e-14,
+                                                    eps_total=1e-10).as_dict()})
+    ns = SimpleNamespace(network=SimpleNamespace(data_of=lambda node: tmp_path), cfg=None)
+    text, it, label, source = NodeSet._security(ns, "C1-C2", {"accepted_blocks": ["acc-1"]})  # type: ignore[arg-type]
+    assert source == "blocks" and it is False and BOOTSTRAP_REASON in text and IT_PHRASE not in text
