@@ -104,14 +104,14 @@ def _open_nodes(win: Any, config_path: Path | None, nodes: str, addresses: Path 
     from PySide6.QtCore import QTimer
 
     panel = win.nodes_panel
-    if duration is not None:
-        panel.duration.setValue(duration)
     if nodes == "local":
-        panel.set_local(config_path)
+        panel.set_local(config_path)  # proposes the block-size rule's duration for that station
     elif nodes == "connect" and addresses is not None and certs is not None:
         panel.set_connect(addresses, certs)
     else:
         raise ValueError(f"nodes must be 'local' or 'connect' (with addresses and certs), got {nodes!r}")
+    if duration is not None:
+        panel.duration.setValue(duration)
     win.show_tab("nodes")
     QTimer.singleShot(0, panel.open_set)
 

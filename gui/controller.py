@@ -44,6 +44,7 @@ class Controller(QObject):
     countRates = Signal(object)           # [(t_s, {D0: Hz, D1: Hz, sync: Hz}), ...] new points since last tick
     pairMetrics = Signal(object)          # {t_s, pairs: {pair: {qber_x, qber_y, key_rate_bps, ...}}}
     keyPools = Signal(object)             # {pair: {pool: bits}}
+    keyProvenance = Signal(object)        # {pair: labqfl.provenance.store_pair_provenance(...)} of the stored blocks
     acquisitionStatus = Signal(object)    # {t_s, tags, blocks, wall_s}
     calibrationResult = Signal(object)
     trainingStarted = Signal(object)
@@ -179,7 +180,7 @@ class Controller(QObject):
                 rates.append((d["t_s"], d["rates_hz"]))
             elif k == "log":
                 logs.append(d)
-            elif k in ("pairs", "pools", "acq_status", "settings"):
+            elif k in ("pairs", "pools", "pool_provenance", "acq_status", "settings"):
                 if k == "pairs" and d.get("final"):
                     ordered.append((k, d))  # a final snapshot is never coalesced away
                 else:
@@ -201,6 +202,8 @@ class Controller(QObject):
             self.pairMetrics.emit(latest["pairs"])
         if "pools" in latest:
             self.keyPools.emit(latest["pools"])
+        if "pool_provenance" in latest:
+            self.keyProvenance.emit(latest["pool_provenance"])
         if "acq_status" in latest:
             self.acquisitionStatus.emit(latest["acq_status"])
         if logs:

@@ -20,7 +20,8 @@ distill_available, distill_reason} · ``disconnected`` {} · ``settings`` {role:
 · ``setting_applied`` (role, name, value) · ``setting_rejected`` (role, name, message) ·
 ``rates`` {t_s, rates_hz: {D0, D1, sync}} (acquired time t_s [s], rates [Hz]) · ``pairs``
 {t_s, pairs: {pair: metrics}, acquisition: ID of the acquisition being distilled, dropped: the
-slotting's dropped-slot counters by cause} · ``pools`` {pair: {pool: bits}} · ``acq_status`` {t_s,
+slotting's dropped-slot counters by cause} · ``pools`` {pair: {pool: bits}} · ``pool_provenance``
+{pair: provenance of the blocks in Ci's store (:func:`labqfl.provenance.store_pair_provenance`)} · ``acq_status`` {t_s,
 tags, wall_s, blocks, frames_lost: {client: frames it did not play}} · ``calibrations`` [procedure
 descriptions] · ``calibration_result`` {...} ·
 ``train_started`` / ``train_round`` / ``train_finished`` {...} · ``log`` {time, level, name,

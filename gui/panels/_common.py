@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
@@ -26,6 +28,18 @@ def fmt_bits(n: float | None) -> str:
         if abs(n) >= f:
             return f"{n / f:.3g} {unit}"
     return f"{n:.0f} bit"
+
+
+def fmt_kbps(bps: float | None) -> str:
+    """A key rate in kbit/s with three significant digits and thousands separators, one notation
+    for every value (``6.51 kbit/s``, ``11.0 kbit/s``, ``1,234 kbit/s``; ``0 kbit/s``)."""
+    if bps is None:
+        return "—"
+    k = float(bps) / 1e3
+    if k == 0:
+        return "0 kbit/s"
+    digits = max(0, 2 - math.floor(math.log10(abs(k))))
+    return f"{k:,.{digits}f} kbit/s"
 
 
 def fmt_pct(x: float | None, digits: int = 2) -> str:

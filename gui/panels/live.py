@@ -14,6 +14,7 @@ from labqfl.gui.panels._common import (
     ERR_COLOUR,
     OK_COLOUR,
     fmt_bits,
+    fmt_kbps,
     fmt_pct,
     read_only_table,
     table_item,
@@ -52,6 +53,48 @@ def key_provenance_text(cfg: Any) -> str:
     return f"Keys distilled here ({w.label}): {security_statement(w)}"
 
 
+def _short_statement(label: str) -> str:
+    """The first words of :func:`labqfl.provenance.security_statement` for a block label such as
+    ``"simulated/seeded"`` ("not secret", "no physical security", "computational", …)."""
+    from labqfl.provenance import Provenance, security_statement
+
+    layer, _, randomness = label.partition("/")
+    return security_statement(Provenance(layer, randomness)).partition(":")[0].partition(" under ")[0]
+
+
+def pool_provenance_text(cfg: Any, provenance: dict[str, dict[str, Any]] | None) -> str:
+    """What the key pools shown rest on: per pair the blocks Ci's key store holds (spent ones
+    included) counted by provenance, then each distinct statement once with its pairs — the
+    :func:`labqfl.provenance.store_pair_provenance` summaries ``labqfl keys status`` prints.
+    Before any block is stored (or before the stores were read): what keys distilled here will
+    rest on, from the station config (:func:`key_provenance_text`)."""
+    held = {p: sm for p, sm in (provenance or {}).items() if sm.get("blocks") or sm.get("unrecorded_blocks")}
+    if not held:
+        return "Key pools: no key block in the key stores yet. " + key_provenance_text(cfg)
+    rows = []
+    statements: dict[str, list[str]] = {}
+    for pair, sm in sorted(held.items()):
+        parts = [f"{n} block{'' if n == 1 else 's'} {label} ({_short_statement(label)})"
+                 for label, n in sm["blocks"].items()]
+        if sm.get("unrecorded_blocks"):
+            parts.append(f"{sm['unrecorded_blocks']} without a provenance record (nothing claimed)")
+        if sm.get("preshared_blocks"):
+            parts.append(f"{sm['preshared_blocks']} pre-shared auth")
+        rows.append(f"{pair}: {', '.join(parts)}")
+        statements.setdefault(str(sm["security"]), []).append(pair)
+    head = "Key pools by the provenance of their stored blocks (as `labqfl keys status`): " + " · ".join(rows)
+    return "\n".join([head, *(f"{', '.join(pairs)}: {st}" for st, pairs in statements.items())])
+
+
+def pool_not_secret(provenance: dict[str, dict[str, Any]] | None) -> bool:
+    """A pool holds a block whose key is not secret (seeded randomness) or one without a record."""
+    for sm in (provenance or {}).values():
+        w = sm.get("weakest") or {}
+        if w.get("randomness") == "seeded" or sm.get("unrecorded_blocks"):
+            return True
+    return False
+
+
 def first_key_text(pairs: dict[str, dict[str, Any]]) -> str:
     """The Distillation status while it runs: how much more data the first key on every pair needs,
     "first block being distilled" once that data is in but no pair without key has its block done
@@ -85,6 +128,8 @@ class LivePanel(QWidget):
         self.pairs = [f"{a}-{b}" for a, b in cfg.pairs()]
         self.detectors = list(cfg.detectors)
         self._pools: dict[str, dict[str, int]] = {}
+        #: per pair, the provenance of the blocks in Ci's key store (None until the stores are read)
+        self._pool_provenance: dict[str, dict[str, Any]] | None = None
         self._pairs_data: dict[str, dict[str, Any]] = {}
         self._dropped: dict[str, int] = {}  # the distiller's slotting counters by cause (dropped_counts)
         self._frames_lost: dict[str, int] | None = None  # per streaming client, frames it did not play
@@ -109,6 +154,7 @@ class LivePanel(QWidget):
         ctl.countRates.connect(self._on_rates)
         ctl.pairMetrics.connect(self._on_pairs)
         ctl.keyPools.connect(self._on_pools)
+        ctl.keyProvenance.connect(self._on_pool_provenance)
         ctl.acquisitionStatus.connect(self._on_acq_status)
         ctl.busyChanged.connect(self._update_buttons)
         ctl.connectedChanged.connect(self._update_buttons)
@@ -255,8 +301,9 @@ class LivePanel(QWidget):
                        for i, p in enumerate(self.pairs)}
         self.rate_key_plot = plots.make_plot("Secure key rate per pair", "rate", "bit/s", legend=False)
         self.rate_key_plot.getPlotItem().setYRange(0, 1)
-        self.rate_zero = pg.TextItem("", color="#777", anchor=(0.5, 0.5))
+        self.rate_zero = pg.TextItem("no block distilled yet", color="#777", anchor=(0.5, 0.5))
         self.rate_key_plot.addItem(self.rate_zero)
+        self.rate_zero.setPos(0.5, 0.5)
         self.key_rate = {p: plots.Series(self.rate_key_plot.plot(name=p, pen=plots.pen(i))) for i, p in enumerate(self.pairs)}
         self.pool_plot = plots.make_plot("Key pools (free bits in the key stores)", "free key", "bit",
                                          bottom="", bottom_units=None, legend=True, legend_right=True)
@@ -270,12 +317,13 @@ class LivePanel(QWidget):
         self.pool_empty.setPos((len(self.pairs) - 1) / 2, 0.5)
         self.pool_plot.getPlotItem().setYRange(0, 1)
         self.pool_plot.getPlotItem().vb.sigResized.connect(self._fit_pool_range)
-        #: what the keys this station distils rest on (labqfl.provenance; from the config, no I/O)
-        self.provenance_label = QLabel(key_provenance_text(self.ctl.config))
+        #: what the pooled keys rest on: the stored blocks' provenance (labqfl.provenance), read with the pools
+        self.provenance_label = QLabel(pool_provenance_text(self.ctl.config, None))
         self.provenance_label.setWordWrap(True)
         self.provenance_label.setToolTip("Physical layer (simulated/hardware) and the clients' randomness "
-                                         "(qrng/csprng/seeded) of the keys distilled here, recorded in every key "
-                                         "block; `labqfl keys status` shows the stored blocks.")
+                                         "(qrng/csprng/seeded) recorded in every key block of the pools, counted "
+                                         "per pair from Ci's key store (every block it holds or held), and what "
+                                         "the weakest rests on; `labqfl keys status` shows the same.")
 
         grid = QGridLayout()
         grid.addWidget(self.rate_plot, 0, 0)
@@ -300,8 +348,17 @@ class LivePanel(QWidget):
     def _start_distillation(self) -> None:
         self.ctl.start_distillation(self.block_bits.value() or None, self.engine.currentText())
 
+    def _on_pool_provenance(self, provenance: dict[str, dict[str, Any]]) -> None:
+        self._pool_provenance = provenance
+        self._show_provenance()
+
+    def _show_provenance(self) -> None:
+        self.provenance_label.setText(pool_provenance_text(self.ctl.config, self._pool_provenance))
+        self.provenance_label.setStyleSheet(f"color: {ERR_COLOUR.name()}" if pool_not_secret(self._pool_provenance)
+                                            else "")
+
     def _on_info(self, info: dict[str, Any]) -> None:
-        self.provenance_label.setText(key_provenance_text(self.ctl.config))
+        self._show_provenance()
         self._distill_ok = bool(info.get("distill_available", True))
         self._distill_why = info.get("distill_reason", "")
         self._update_buttons()
@@ -371,7 +428,7 @@ class LivePanel(QWidget):
             self.key_rate[p].append(t, m["key_rate_bps"])
             vals = [f"{m['sifted_bits']:,}", f"{100 * m['block_fill']:.0f} %", fmt_pct(m["qber_x"]),
                     fmt_pct(m["qber_y"]), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
-                    fmt_bits(m["final_key_bits"]), f"{m['key_rate_bps']:.4g} bit/s",
+                    fmt_bits(m["final_key_bits"]), fmt_kbps(m["key_rate_bps"]),
                     fmt_bits(sum(self._pools.get(p, {}).values())), f"{m.get('dropped_slots', 0):,}",
                     ("aborted: " + m["last_abort"]) if m["last_abort"] else ("key delivered" if m["blocks"] else "—")]
             for c, v in enumerate(vals, start=1):
@@ -392,13 +449,18 @@ class LivePanel(QWidget):
         t_max = max((s.t[-1] for s in self.key_rate.values() if s.t), default=1.0)
         item = self.rate_key_plot.getPlotItem()
         item.setYRange(0, top * 1.15 if top > 0 else 1.0, padding=0)
-        if top <= 0 and any(len(s) for s in self.key_rate.values()):
-            self.rate_zero.setText("no secret key yet: every block so far was too small for a\n"
-                                   "positive finite-key length (see 'Last block' below)")
-            self.rate_zero.setPos(t_max / 2, 0.5)
-            self.rate_zero.setVisible(True)
-        else:
-            self.rate_zero.setVisible(False)
+        self.rate_zero.setText(self.key_rate_note(top))
+        self.rate_zero.setPos(t_max / 2, 0.5)
+        self.rate_zero.setVisible(bool(self.rate_zero.toPlainText()))
+
+    def key_rate_note(self, top: float) -> str:
+        """The key-rate plot's note while it shows no key: none distilled yet, or every block too small."""
+        if top > 0:
+            return ""
+        if not any(m.get("blocks") for m in self._pairs_data.values()):
+            return "no block distilled yet"
+        return ("no secret key yet: every block so far was too small for a\n"
+                "positive finite-key length (see 'Last block' below)")
 
     def _fit_pool_range(self, *_: Any) -> None:
         """The key-pool bars' y range with room above the tallest bar for the legend (its height in

@@ -18,6 +18,7 @@ interrupted from here).
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -32,6 +33,7 @@ from labqfl.gui.panels._common import (
     MUTED,
     OK_COLOUR,
     fmt_bits,
+    fmt_kbps,
     fmt_pct,
     heading,
     read_only_table,
@@ -64,8 +66,33 @@ log = get_logger("labqfl.gui")
 
 #: Drain interval of the panel's event queue [ms].
 TICK_MS = 100
-#: Default acquisition length [s of simulated (or real) time].
-DEFAULT_DURATION_S = 0.5
+#: Acquisition length [s] the panel proposes when the block-size rule gives none (a station whose
+#: model gives no key at any block size, or a station file that cannot be read).
+FALLBACK_DURATION_S = 1.0
+#: The proposed duration is the block-size rule's minimum times this, rounded up (see :func:`default_duration_s`).
+DURATION_MARGIN = 1.25
+
+
+def default_duration_s(station: str | Path | StationConfig | None) -> float:
+    """The acquisition length the panel proposes for ``station``: the block-size rule's minimum
+    (:attr:`labqfl.qkd.blocksize.BlockPlan.needed_duration_s`, the "needs ≥ … s of data" of the
+    refusal that ``labqfl node up --duration`` and a local set apply) times :data:`DURATION_MARGIN`,
+    rounded up to two significant digits and to the field's 0.01 s; :data:`FALLBACK_DURATION_S`
+    when the rule gives none."""
+    from labqfl.config import load_station_config
+    from labqfl.qkd.blocksize import plan_blocks
+
+    try:
+        cfg = station if isinstance(station, StationConfig) else load_station_config(station)
+        need = plan_blocks(cfg, None).needed_duration_s
+    except (LabqflError, OSError, ValueError) as e:
+        log.warning("Nodes panel: no default duration from the block-size rule: %s", e)
+        return FALLBACK_DURATION_S
+    if not math.isfinite(need) or need <= 0:
+        return FALLBACK_DURATION_S
+    x = need * DURATION_MARGIN
+    step = max(0.01, 10.0 ** (math.floor(math.log10(x)) - 1))  # never finer than the field's 0.01 s
+    return min(3600.0, round(math.ceil(x / step - 1e-9) * step, 2))
 #: Longest wait for a command in progress when the window closes [s] (a local set is stopped at once).
 CLOSE_WAIT_S = 600.0
 
@@ -338,6 +365,7 @@ class NodesPanel(QWidget):
         row.addWidget(self.close_btn)
         f.addRow(row)
         self.mode_local.toggled.connect(self._update_controls)
+        self.station_edit.editingFinished.connect(self._propose_duration)
         self.open_btn.clicked.connect(self.open_set)
         self.close_btn.clicked.connect(self.close_set)
         v.addWidget(box)
@@ -348,9 +376,12 @@ class NodesPanel(QWidget):
         self.duration.setDecimals(2)
         self.duration.setRange(0.01, 3600.0)
         self.duration.setSingleStep(0.1)
-        self.duration.setValue(DEFAULT_DURATION_S)
+        self._default_duration = default_duration_s(self.ctl.config)
+        self.duration.setValue(self._default_duration)
         self.duration.setSuffix(" s")
-        self.duration.setToolTip("Acquisition length (simulated seconds with a simulated optical layer)")
+        self.duration.setToolTip("Acquisition length (simulated seconds with a simulated optical layer). Proposed: "
+                                 "the block-size rule's minimum for a key block on every pair of the station, "
+                                 f"× {DURATION_MARGIN:g}; a shorter one is refused")
         self.acquire_btn = QPushButton("▶ Acquire")
         a.addRow("Duration", self.duration)
         a.addRow(self.acquire_btn)
@@ -400,6 +431,15 @@ class NodesPanel(QWidget):
         self.mode_local.setChecked(True)
         self.station_file = station_file
         self.station_edit.setText(str(station_file) if station_file else "")
+        self._propose_duration()
+
+    def _propose_duration(self) -> None:
+        """The duration field follows the block-size rule of the chosen station
+        (:func:`default_duration_s`) while it holds the previous proposal (never a value typed in)."""
+        proposed = default_duration_s(self._station())
+        if abs(self.duration.value() - self._default_duration) < 0.005:
+            self.duration.setValue(proposed)
+        self._default_duration = proposed
 
     def set_connect(self, addresses: Path, certs: Path) -> None:
         """Choose 'connect' to the nodes of ``addresses`` with the certificates in ``certs``."""
@@ -574,7 +614,7 @@ class NodesPanel(QWidget):
             why = "; ".join(o.reasons)
             status = table_item(o.status + (f": {why}" if why and o.status != "key" else ""), tooltip=why)
             status.setForeground(QBrush(OK_COLOUR if o.status == "key" else ERR_COLOUR))
-            rate = "—" if o.key_rate_bps is None else f"{fmt_bits(o.key_rate_bps)}/s"
+            rate = fmt_kbps(o.key_rate_bps)
             src = "from the stored blocks" if o.provenance_source == "blocks" else "declared by the station file"
             sec = f"{o.provenance or '—'}: {o.security}"
             cells = [table_item(p), status, table_item(fmt_bits(o.sifted_bits), True), table_item(fmt_pct(o.qber), True),

@@ -47,24 +47,56 @@ class TrainingPanel(QWidget):
         self._last_avail: dict[str, int] = {}
         #: free key bits per pair and pool in the key stores (None until the controller reports them)
         self._pools: dict[str, dict[str, int]] | None = None
+        #: per pair, the provenance of the blocks in the key stores (the Live tab's, None until read)
+        self._pool_provenance: dict[str, dict[str, Any]] | None = None
+        #: the statement of the run shown (None: no run yet; the mask keys chosen are described instead)
+        self._run_security: str | None = None
         ctl.trainingStarted.connect(self._on_started)
         ctl.trainingRound.connect(self._on_round)
         ctl.trainingFinished.connect(self._on_finished)
         ctl.busyChanged.connect(self._update)
         ctl.progress.connect(self._on_progress)
         ctl.keyPools.connect(self._on_pools)
+        ctl.keyProvenance.connect(self._on_pool_provenance)
         self.keys.currentTextChanged.connect(self._on_keys_changed)
         self.clients.valueChanged.connect(self._update)
         self._update()
+        self._show_security()
 
     def _on_keys_changed(self, keys: str) -> None:
         if keys == "qkd":
             self.ctl.refresh_pools()  # read on the core's station thread; keyPools calls _update
+        self._run_security = None  # describe the keys now chosen
+        self._show_security()
         self._update()
 
     def _on_pools(self, pools: dict[str, dict[str, int]]) -> None:
         self._pools = pools
         self._update()
+
+    def _on_pool_provenance(self, provenance: dict[str, dict[str, Any]]) -> None:
+        self._pool_provenance = provenance
+        self._show_security()
+
+    def security_text(self) -> str:
+        """What the masks rest on: a run's ``security`` statement (:meth:`labqfl.app.training.TrainingSetup.summary`,
+        as ``labqfl train --json``; at its start, over the keys it may draw from) once one started, else
+        what the mask keys chosen would rest on."""
+        if self._run_security is not None:
+            return f"Masks of this run: {self._run_security}"
+        from labqfl.provenance import CSPRNG_MASKS, weakest_summary
+
+        if self.keys.currentText() != "qkd":
+            return f"Masks with the keys chosen: {CSPRNG_MASKS}"
+        w = weakest_summary(sm for sm in (self._pool_provenance or {}).values()
+                            if sm.get("blocks") or sm.get("unrecorded_blocks"))
+        if w is None:
+            return "Masks with the keys chosen: one-time pads with QKD keys from the key stores, which hold no key block yet"
+        return ("Masks with the keys chosen: one-time pads with QKD keys from the key stores; the weakest pair's "
+                f"stored blocks: {w['security']}")
+
+    def _show_security(self) -> None:
+        self.security.setText(self.security_text())
 
     def missing_keys(self) -> list[str]:
         """The pairs of the training's clients with no free key in the key stores (empty while the
@@ -127,9 +159,14 @@ class TrainingPanel(QWidget):
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setStyleSheet("color: #333")
+        self.security = QLabel("")
+        self.security.setWordWrap(True)
+        self.security.setToolTip("What the secure-aggregation masks rest on: the `security` statement of "
+                                 "`labqfl train --json` (labqfl.provenance)")
         left = QVBoxLayout()
         left.addWidget(box)
         left.addWidget(self.summary)
+        left.addWidget(self.security)
         left.addStretch(1)
         left_w = QWidget()
         left_w.setLayout(left)
@@ -140,6 +177,7 @@ class TrainingPanel(QWidget):
         """Accuracy, loss and key-consumption plots and the clients table."""
         self.acc_plot = plots.make_plot("Test accuracy per round", "accuracy", "%", bottom="round", bottom_units=None, legend=False)
         self.acc_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
+        self.acc_plot.getPlotItem().setYRange(0, 100, padding=0.02)  # accuracy in %, empty or not
         self.acc_curve = plots.MarkedCurve(self.acc_plot, plots.pen(0), plots.colour(0), size=6)
         self.loss_plot = plots.make_plot("Loss per round", "loss", None, bottom="round", bottom_units=None)
         self.loss_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
@@ -214,6 +252,8 @@ class TrainingPanel(QWidget):
         self.key_bars.setOpts(x=[], height=[])
         self.summary.setText(f"<b>{info['task']}</b> · model {info['model']} ({info['n_params']} parameters) · "
                              f"q = {info['q']} · keys: {info['keys']} · {len(info['pairs'])} key pairs")
+        self._run_security = info.get("security")
+        self._show_security()
         cl = info["clients"]
         self.clients_table.setRowCount(len(cl))
         for r, (c, v) in enumerate(cl.items()):
@@ -250,6 +290,9 @@ class TrainingPanel(QWidget):
                             f"{fmt_bits(m['key_bits_per_pair'])} per pair{extra}")
 
     def _on_finished(self, s: dict[str, Any]) -> None:
+        if s.get("security"):
+            self._run_security = str(s["security"])
+            self._show_security()
         if s.get("stopped"):
             self.status.setText("stopped by the user" + (f" after round {self._rounds[-1]['round']}" if self._rounds else ""))
             return

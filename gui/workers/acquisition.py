@@ -85,22 +85,34 @@ def dropped_counts(distiller: Any) -> dict[str, int]:
 def key_pools(config: StationConfig, data_dir: Path | None) -> dict[str, dict[str, int]]:
     """Free key bits per pair and pool from the key stores under ``data_dir`` (pair "Ci-Cj" read
     from Ci's store; stores that do not exist yet count as empty and are not created)."""
+    return read_key_stores(config, data_dir)[0]
+
+
+def read_key_stores(config: StationConfig, data_dir: Path | None
+                    ) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, Any]]]:
+    """(:func:`key_pools`, per pair the provenance of the blocks Ci's store holds for it), the
+    latter :func:`labqfl.provenance.store_pair_provenance` as ``labqfl keys status`` reads it
+    (every block, spent ones included: a pool is never described as stronger than a block it held;
+    a pair without a store: no entry)."""
     from labqfl.keystore import KeyStore, list_node_stores, node_store_path
+    from labqfl.provenance import store_pair_provenance
 
     have = set(list_node_stores(data_dir))
     out: dict[str, dict[str, int]] = {f"{a}-{b}": {} for a, b in config.pairs()}
+    prov: dict[str, dict[str, Any]] = {}
     for a in config.client_names:
         if a not in have:
             continue
         store = KeyStore(node_store_path(a, data_dir), node=a, create=False)
         try:
             acc = store.accounting()
+            for pair, entry in acc.items():
+                if pair.split("-")[0] == a and pair in out:
+                    out[pair] = {k: int(v) for k, v in entry.get("available", {}).items()}
+                    prov[pair] = store_pair_provenance(store, pair)
         finally:
             store.close()
-        for pair, entry in acc.items():
-            if pair.split("-")[0] == a and pair in out:
-                out[pair] = {k: int(v) for k, v in entry.get("available", {}).items()}
-    return out
+    return out, prov
 
 
 class QueueFeed:
@@ -427,7 +439,9 @@ class AcquisitionTask:
 
     def post_pools(self) -> None:
         try:
-            self.core.post("pools", key_pools(self.core.config, self.core.data_dir))
+            pools, provenance = read_key_stores(self.core.config, self.core.data_dir)
+            self.core.post("pools", pools)
+            self.core.post("pool_provenance", provenance)
         except Exception as exc:
             log.warning("key pools unavailable: %s", one_line(exc))
 

@@ -93,9 +93,13 @@ class TrainingTask:
             key_source = setup.key_source
             sizes = data.sizes()
             pairs = [p if isinstance(p, str) else "-".join(p) for p in secagg.pairs(names)]
+            from labqfl.provenance import mask_key_security
+
+            # before any key is used: what the masks will rest on (QKD keys: every block the stores hold)
             self.core.post("train_started", {"task": opts.task, "model": model.name, "n_params": model.n_params,
                                         "clients": {c: {"samples": int(n)} for c, n in sizes.items()},
-                                        "keys": opts.keys, "rounds": opts.rounds, "q": opts.q, "pairs": pairs})
+                                        "keys": opts.keys, "rounds": opts.rounds, "q": opts.q, "pairs": pairs,
+                                        "security": mask_key_security(key_source)})
             per_client: dict[str, dict[str, Any]] = {}
 
             def observed_round(updates: Any, weights: Any, cfg: Any, ks: Any, **kw: Any) -> Any:
@@ -135,15 +139,7 @@ class TrainingTask:
                     raise Cancelled("training stopped by the user")
 
             self.core.post("progress", ("training", 0.0, f"{opts.task}: {opts.clients} clients, keys={opts.keys}"))
-            try:
-                result = setup.run(progress=progress, secure_round_fn=observed_round)
-                summary = result.summary()
-                summary["stopped"] = False
-            except Cancelled:
-                summary = {"stopped": True}
-                log.info("training stopped by the user")
-            finally:
-                setup.close()
+            summary = run_to_summary(setup, progress, observed_round)
             # the progress event first: the summary that train_finished shows must stay the last word
             self.core.post("progress", ("training", 1.0, "training stopped" if summary.get("stopped") else "training finished"))
             self.core.post("train_finished", summary)
@@ -156,6 +152,25 @@ class TrainingTask:
             if opts.keys == "qkd":
                 self._post_pools()
             self.core._set_busy("training", False)
+
+
+def run_to_summary(setup: Any, progress: Any, observed_round: Any) -> dict[str, Any]:
+    """Run ``setup`` (:class:`~labqfl.app.training.TrainingSetup`) and close it; the summary
+    ``labqfl train --json`` prints (:meth:`~labqfl.app.training.TrainingSetup.summary`, with its
+    ``security`` statement over the keys the masks consumed), or for a run stopped by the user
+    ``{"stopped": True, "security": …}`` (its rounds used masks too)."""
+    from labqfl.provenance import mask_key_security
+
+    try:
+        result = setup.run(progress=progress, secure_round_fn=observed_round)
+        summary: dict[str, Any] = setup.summary(result)
+        summary["stopped"] = False
+    except Cancelled:
+        summary = {"stopped": True, "security": mask_key_security(setup.key_source)}
+        log.info("training stopped by the user")
+    finally:
+        setup.close()
+    return summary
 
 
 def missing_key_stores(names: list[str], data_dir: Path | None) -> list[str]:

@@ -32,6 +32,7 @@ PAYLOADS: dict[str, list[tuple[Any, ...]]] = {
     "countRates": [([(0.1, {"D0": 1.0e5, "D1": 1.0e5, "sync": 1.0e8})],)],
     "pairMetrics": [({"t_s": 1.0, "pairs": {"C1-C2": {"qber_x": None, "blocks": 0}}, "final": True},)],
     "keyPools": [({"C1-C2": {"auth": 4096, "general": 0}},)],
+    "keyProvenance": [({"C1-C2": {"blocks": {"simulated/csprng": 1}, "information_theoretic": False}},)],
     "acquisitionStatus": [({"t_s": 1.0, "tags": 10, "blocks": 1, "wall_s": 1.0},)],
     "calibrationResult": [({"procedure": "vpi", "quantities": [], "plots": []},)],
     "trainingStarted": [({"task": "mnist-qnn", "keys": "csprng", "rounds": 2},)],
