@@ -29,7 +29,7 @@ def _q(name: str, value: float, unc: float, unit: str) -> dict[str, Quantity]:
 
 
 @pytest.mark.parametrize(("name", "value", "unc", "unit", "match"), [
-    # the reviewer's files (/tmp/rev_s33_lab/apply/): σ spanning the allowed range says nothing
+    # the reviewer's files: σ spanning the allowed range says nothing
     ("D0.efficiency", -0.2, 1.0, "", r"-0.2 ± 1: the uncertainty is too large to say anything, expected at most 0.25"),
     ("D0.efficiency", 0.5, 1e308, "", "too large to say anything"),
     ("loop.visibility", 0.0, 0.5, "", "too large to say anything"),

@@ -1,4 +1,4 @@
-"""CLI review s32, low findings L2, L7, L8 and L10 (/work/notes/review_s32_cli.md).
+"""CLI review s32, low findings L2, L7, L8 and L10.
 
 L2: one name per idea (``calibrate apply --out``, ``-d`` only for ``--duration``, ``plan
 --self-masks/--no-self-masks``, ``keys preshare --pair C2-C1`` as keyrate reads it, ``$LABQFL_DATA_DIR``
