@@ -124,11 +124,36 @@ class RecordingWriter:
         self._last_t = np.iinfo(np.int64).min
 
     def append(self, block: TagBlock) -> None:
+        """Append one tag block: its tags, lost intervals and block end, or — on any exception while writing,
+        a SIGTERM/Ctrl-C interrupt among them — nothing (the datasets are cut back to the last whole block,
+        so a recording closed as incomplete after an interrupt reads; review s32 H1's test once caught the
+        tags written and their block end not)."""
         n = len(block)
+        if n and block.timestamps[0] < self._last_t:
+            raise DataFormatError(f"{self.path}: blocks must be appended in time order")
+        g = self._f["tags"]
+        before = (self._n, self._blocks, g["lost_intervals"].shape[0])
+        try:
+            self._append(block, n)
+        except BaseException:
+            self._cut_back(*before)
+            raise
         if n:
-            if block.timestamps[0] < self._last_t:
-                raise DataFormatError(f"{self.path}: blocks must be appended in time order")
             self._last_t = int(block.timestamps[-1])
+
+    def _cut_back(self, n_tags: int, n_blocks: int, n_lost: int) -> None:
+        """Resize every tag dataset to ``n_tags`` tags, ``n_blocks`` blocks and ``n_lost`` lost intervals."""
+        g = self._f["tags"]
+        for name in ("timestamps", "channels"):
+            g[name].resize((n_tags,))
+        for name in ("block_end", "block_overflow"):
+            g[name].resize((n_blocks,))
+        g["lost_intervals"].resize((n_lost, 3))
+        self._n, self._blocks = n_tags, n_blocks
+        self._f.attrs["n_tags"] = n_tags
+        self._f.attrs["n_blocks"] = n_blocks
+
+    def _append(self, block: TagBlock, n: int) -> None:
         g = self._f["tags"]
         for name, arr in (("timestamps", block.timestamps), ("channels", block.channels)):
             ds = g[name]

@@ -179,3 +179,37 @@ def test_a_duration_that_disagrees_with_the_tags_is_refused(tmp_path, rec_path, 
     with pytest.raises(DataFormatError, match=r"duration_s = .*(tags span|expected a finite number)"):
         read_recording(bad)
     read_recording(p).close()  # the untouched one still opens
+
+
+@pytest.mark.parametrize("dataset", ["channels", "lost_intervals", "block_end", "block_overflow"])
+def test_an_interrupt_inside_an_append_leaves_the_recording_at_its_last_whole_block(tmp_path, monkeypatch, dataset):
+    """SIGTERM (an interrupt) between an append's writes left the tags of a block without its block end: the
+    recording, closed as incomplete, was unreadable even with allow_incomplete ("/tags/block_end does not match
+    the number of tags (2034822 vs 2543941)", the clean-clone CI of s33). The append is cut back instead."""
+    import dataclasses
+
+    import h5py as h5
+    from labqfl.sim_backends import RecordingWriter
+
+    cfg = pinned_config()
+    blocks = list(SagnacTestbed(cfg).stream(0.003, 0.001))
+    blocks[1] = dataclasses.replace(blocks[1], lost_intervals_ps=np.array([[100, 200]], dtype=np.int64))
+    w = RecordingWriter(tmp_path / "i.h5", cfg, epoch=0, client_logs=[])
+    w.append(blocks[0])
+    real = h5.Dataset.__setitem__
+
+    def interrupted(self, key, value):  # the interrupt arrives while this dataset is written
+        if self.name == f"/tags/{dataset}":
+            raise KeyboardInterrupt("SIGTERM")
+        return real(self, key, value)
+
+    with monkeypatch.context() as m:
+        m.setattr(h5.Dataset, "__setitem__", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            w.append(blocks[1])
+    w.close(duration_s=0.001, complete=False)
+    with read_recording(tmp_path / "i.h5", allow_incomplete=True) as rec:
+        assert not rec.complete and rec.n_tags == len(blocks[0]) and len(rec.block_end) == 1
+        [got] = list(rec.blocks())
+        np.testing.assert_array_equal(got.timestamps, blocks[0].timestamps)
+        assert got.lost_intervals_ps.size == 0
