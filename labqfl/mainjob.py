@@ -226,7 +226,10 @@ class MainJob:
         printed (they were refused after both, in the middle of the acquire phase): every client's key
         store that exists in the data directory opens (a corrupt one is refused, never reset:
         :class:`~labqfl.keystore.KeyStoreError` naming it; a missing one is made by the acquisition),
-        and the training settings can work (:meth:`check_training`)."""
+        and the training settings can work (:meth:`check_training`). Without the bootstrap
+        (``--no-auth-bootstrap``) every pair's two stores must share a first block's authentication key
+        now (:func:`labqfl.nodes.runjob.refuse_unshared_auth`, read only): it was checked only in the
+        acquire phase, after the run folder was made."""
         from labqfl.app.training import TrainingSetup
         from labqfl.keystore import KeyStore, default_data_dir, node_store_path
 
@@ -235,6 +238,12 @@ class MainJob:
             p = node_store_path(n, data_dir)
             if p.exists() and not (p.is_file() and p.stat().st_size == 0):  # an empty file is made a store
                 KeyStore(p, node=n, create=False).close()
+        if not settings.bootstrap_auth:
+            from labqfl.keystore.preshare import min_preshared_bits
+            from labqfl.nodes.runjob import refuse_unshared_auth
+
+            # over nodes a client imports a pre-shared delivery under way at its start: it counts there only
+            refuse_unshared_auth(cfg, data_dir, deliveries=settings.nodes, need=min_preshared_bits())
         TrainingSetup(_training_settings(cfg, settings, data_dir)).close()
 
     def check_training(self) -> None:

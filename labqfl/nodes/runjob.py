@@ -44,7 +44,7 @@ from labqfl.nodes.common import NodeError
 log = get_logger(__name__)
 
 __all__ = ["NodesAcquisition", "NodesTraining", "acquire_over_nodes", "auth_starved_pairs", "check_pairs_authenticated",
-           "pairs_needing_preshare", "station_for_nodes",
+           "pairs_needing_preshare", "refuse_unshared_auth", "shared_auth_bits_now", "station_for_nodes",
            "train_over_nodes"]
 
 #: progress(phase, done, total, message), as :data:`labqfl.mainjob.ProgressFn`
@@ -165,19 +165,74 @@ def pairs_needing_preshare(cfg: StationConfig, data_dir: Path, settings: Any) ->
             if not st.pending and not st.malformed and st.shared_bits < need]
 
 
+def _unshared_auth(short: Mapping[str, tuple[int, str]], need: int) -> str:
+    """The refusal of a run without the bootstrap: per pair (shared bits, what reconciling found)."""
+    return ("; ".join(f"pair {p}: its two key stores share {bits} authentication bits, a first block needs {need}"
+                      + (f" ({what})" if what else "") for p, (bits, what) in short.items())
+            + " — load a pre-shared secret into both stores (labqfl keys preshare) or drop --no-auth-bootstrap")
+
+
 def check_pairs_authenticated(cfg: StationConfig, data_dir: Path, settings: Any) -> None:
     """Without the bootstrap (``--no-auth-bootstrap``): every pair's stores must share the bits of a first
     block's authentication; else one :class:`NodeError` naming each such pair, before any node starts."""
     from labqfl.qkd.pipeline import _auth_bits_per_block
 
     need = _auth_bits_per_block(settings.auth_lanes, first=True)
-    short = {p: st for p, st in _reconcile_pairs(cfg, data_dir, settings).items() if st.shared_bits < need}
+    short = {p: (st.shared_bits, st.describe()) for p, st in _reconcile_pairs(cfg, data_dir, settings).items()
+             if st.shared_bits < need}
     if short:
-        raise NodeError("; ".join(f"pair {p}: its two key stores share {st.shared_bits} authentication bits, a first "
-                                  f"block needs {need}" + (f" ({st.describe()})" if st.describe() else "")
-                                  for p, st in short.items())
-                        + " — load a pre-shared secret into both stores (labqfl keys preshare) or drop "
-                          "--no-auth-bootstrap")
+        raise NodeError(_unshared_auth(short, need))
+
+
+def _pair_auth_bits(pair: str, stores: Mapping[str, Any], data_dir: Path, deliveries: bool) -> int:
+    """:func:`shared_auth_bits_now` of one pair (``stores``: node → open store, or None where it has none)."""
+    from labqfl.nodes.preshared import _file_block, _free_ranges, secret_path, shared_auth_bits
+
+    a, b = pair.split("-")
+    if stores[a] is not None and stores[b] is not None:
+        total = shared_auth_bits(stores[a], stores[b], pair)
+    else:
+        total = 0
+    if deliveries:  # reconcile_pair's "delivery under way": n's secret file names a block the other end holds
+        for n, o in ((a, b), (b, a)):
+            x = _file_block(secret_path(data_dir, n, pair))
+            if not x or stores[o] is None or not stores[o].has_block(x):
+                continue
+            if stores[n] is None or not stores[n].has_block(x):
+                total += sum(e - s for s, e in _free_ranges(stores[o], pair).get(x, []))
+    return total
+
+
+def shared_auth_bits_now(cfg: StationConfig, data_dir: Path, *, deliveries: bool) -> dict[str, int]:
+    """Per pair: the authentication bits its two key stores in ``data_dir`` share now (free at both ends,
+    :func:`~labqfl.nodes.preshared.shared_auth_bits`), read only: no store is made (a missing or empty one
+    holds none), no block retired, no secret file destroyed — what :func:`check_pairs_authenticated`
+    counts, before a run folder exists (:meth:`labqfl.mainjob.MainJob.preflight`). ``deliveries`` (over
+    nodes, whose clients import their secret file at start): a pre-shared delivery under way counts, as
+    :func:`~labqfl.nodes.preshared.reconcile_pair` counts it. A one-sided block counts for nothing (it is
+    retired before a block is authenticated)."""
+    from labqfl.keystore import KeyStore, node_store_path
+
+    stores: dict[str, Any] = {}
+    try:
+        for n in cfg.client_names:
+            p = node_store_path(n, data_dir)
+            has = p.is_file() and p.stat().st_size > 0
+            stores[n] = KeyStore(p, node=n, create=False) if has else None
+        return {f"{a}-{b}": _pair_auth_bits(f"{a}-{b}", stores, data_dir, deliveries) for a, b in cfg.pairs()}
+    finally:
+        for st in stores.values():
+            if st is not None:
+                st.close()
+
+
+def refuse_unshared_auth(cfg: StationConfig, data_dir: Path, *, deliveries: bool, need: int) -> None:
+    """Without the bootstrap (``--no-auth-bootstrap``): one :class:`NodeError` naming each pair whose stores
+    share fewer than ``need`` authentication bits now (:func:`shared_auth_bits_now`), with nothing made."""
+    short = {p: (bits, "") for p, bits in shared_auth_bits_now(cfg, data_dir, deliveries=deliveries).items()
+             if bits < need}
+    if short:
+        raise NodeError(_unshared_auth(short, need))
 
 
 def auth_starved_pairs(pairs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
