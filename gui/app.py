@@ -171,6 +171,9 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     ``addresses`` and ``certs``), runs one acquisition of ``duration`` s and waits for its
     results, and the picture is taken once ``after_s`` s have passed since the window opened (or
     right after the results, if later); only that tab wanted: the in-process station is not connected.
+    If the Nodes panel's run fails, every tab's picture is still saved (the Nodes tab with the panel's error)
+    and the report's ``nodes_error`` holds the failure in one line (``nodes`` is then None): the caller
+    reports it and fails (``labqfl gui`` exits 1). It was raised before any picture was taken, so none was.
     """
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     from labqfl.gui.main_window import TABS
@@ -194,6 +197,7 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     t0 = time.monotonic()
     shots: list[str] = []
     node_run: dict[str, Any] | None = None
+    nodes_error: str | None = None
     calibrated = None
     try:
         if [t for t in tabs if t != "nodes"]:
@@ -202,7 +206,10 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
             _start_jobs(ctl, win, tabs, training_rounds)
             _pump(app, after_s)
         if "nodes" in tabs:
-            node_run = _run_nodes(app, win, config_path, nodes or "local", addresses, certs, duration)
+            try:
+                node_run = _run_nodes(app, win, config_path, nodes or "local", addresses, certs, duration)
+            except RuntimeError as exc:  # every tab is still saved (the Nodes tab shows the failure); the caller reports it
+                nodes_error = str(exc)
             _pump(app, after_s - (time.monotonic() - t0))  # --after: at least after_s s of running, nodes too
         if "training" in tabs:  # the first round needs torch and the data: wait for a few rounds
             _pump(app, 180.0, lambda: win.training_panel.rounds_shown >= min(training_rounds, 5)
@@ -225,7 +232,7 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     return {"screenshots": shots, "tabs": tabs, "after_s": after_s, "station": cfg.name,
             "calibration": calibrated, "errors": [{"title": t, "message": m} for t, m in errors],
             "distillation": distilled, "training_rounds": rounds_shown, "nodes": node_run,
-            "wall_s": time.monotonic() - t0}
+            "nodes_error": nodes_error, "wall_s": time.monotonic() - t0}
 
 
 def _run_nodes(app: Any, win: Any, config_path: Path | None, nodes: str, addresses: Path | None,

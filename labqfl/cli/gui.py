@@ -96,13 +96,19 @@ def gui(
     except RuntimeError as exc:
         raise fail(str(exc)) from None
 
+    failed = report.get("nodes_error")
+
     def render(con) -> None:  # type: ignore[no-untyped-def]
         for p in report["screenshots"]:
             con.print(f"saved {p}")
         for e in report["errors"]:
+            if failed and e["title"] == "Nodes" and e["message"] in failed:
+                continue  # the error line below says it
             con.print(f"[yellow]error shown during the run:[/] {escape(e['title'])}: {escape(e['message'])}", markup=True)
 
     emit(report, as_json, render)
+    if failed:  # the other tabs' pictures were saved; the Nodes run failed: one line, exit 1
+        raise fail(str(failed))
 
 
 def _node_mode(nodes: str | None, connect: Path | None, certs: Path | None, duration: float | None) -> str | None:
