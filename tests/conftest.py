@@ -55,22 +55,38 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
         monkeypatch.setenv("LABQFL_DATA_DIR", str(tmp_path_factory.mktemp("labqfl-data")))
 
 
-@pytest.fixture
-def small_station_file(tmp_path: Path) -> Path:
-    """Two clients on a short loop with balanced choices: 0.2 s of acquisition gives a key at
-    ε_sec = 1e-4 (the full default station needs ~60 s for finite-key key). Used by the main-job
-    and application-layer tests."""
+def write_small_station(folder: Path, *, name: str = "small-test-station", file: str = "small_station.toml",
+                        **client: Any) -> Path:
+    """Write the small station into ``folder/file``: two clients on a short loop with balanced choices (0.2 s of
+    acquisition gives a key at ε_sec = 1e-4; the full default station needs ~60 s for finite-key key). ``client``:
+    further settings of both clients (e.g. ``randomness="seeded"``). A plain function, for fixtures of any scope
+    (:func:`small_station_file`; a module-scoped fixture asks for :func:`small_station_writer`)."""
     d = load_station_config().model_dump(mode="json", exclude_none=True)
-    d["name"] = "small-test-station"
+    d["name"] = name
     d["clients"] = d["clients"][:2]
     d["loop"]["segments_km"] = [0.2, 0.2, 0.2]
     for c in d["clients"]:
         c["insertion_loss_db"] = 0.2
         c["intensity_probs"] = [0.6, 0.2, 0.2]
         c["basis_x_prob"] = 0.7
-    p = tmp_path / "small_station.toml"
+        c.update(client)
+    p = folder / file
     p.write_text(dump_toml(d), encoding="utf-8")
     return p
+
+
+@pytest.fixture
+def small_station_file(tmp_path: Path) -> Path:
+    """The small station (:func:`write_small_station`) in ``tmp_path``. Used by the main-job and
+    application-layer tests."""
+    return write_small_station(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def small_station_writer() -> Any:
+    """:func:`write_small_station`, for fixtures wider than a function (they cannot ask for ``small_station_file``;
+    under ``--import-mode=importlib`` a test module cannot import this conftest)."""
+    return write_small_station
 
 
 def _one_pair_station() -> StationConfig:

@@ -13,9 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.config import load_station_config
 from labqfl.provenance import IT_PHRASE
-from labqfl.serialize import dump_toml
 
 runner = CliRunner()
 BOOTSTRAP_REASON = "authentication bootstrapped from a secret labqfl generated on this machine; both stores hold it"
@@ -47,29 +45,14 @@ def test_run_summary_prints_the_training_security_statement() -> None:
     assert f"security: {statement}" in " ".join(con.file.getvalue().split())
 
 
-def _seeded_small_station(folder: Path) -> Path:
-    """The small two-client station (tests/conftest.py small_station_file) with seeded clients: 0.2 s gives key."""
-    d = load_station_config().model_dump(mode="json", exclude_none=True)
-    d["name"] = "small-seeded-station"
-    d["clients"] = d["clients"][:2]
-    d["loop"]["segments_km"] = [0.2, 0.2, 0.2]
-    for c in d["clients"]:
-        c["insertion_loss_db"] = 0.2
-        c["intensity_probs"] = [0.6, 0.2, 0.2]
-        c["basis_x_prob"] = 0.7
-        c["randomness"] = "seeded"
-    p = folder / "seeded.toml"
-    p.write_text(dump_toml(d), encoding="utf-8")
-    return p
-
-
 @pytest.fixture(scope="module")
-def seeded_distill(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], Path, Any]:
-    """``labqfl distill --live --duration 0.2 --json`` on the seeded small station: (its arguments without --json,
-    the data dir, the result)."""
+def seeded_distill(tmp_path_factory: pytest.TempPathFactory, small_station_writer: Any) -> tuple[list[str], Path, Any]:
+    """``labqfl distill --live --duration 0.2 --json`` on the small station (tests/conftest.py) with seeded
+    clients (0.2 s gives key): (its arguments without --json, the data dir, the result)."""
     tmp = tmp_path_factory.mktemp("seeded-distill")
     data = tmp / "d"
-    base = ["distill", "--live", "--duration", "0.2", "--config", str(_seeded_small_station(tmp)), "--data-dir",
+    station = small_station_writer(tmp, name="small-seeded-station", file="seeded.toml", randomness="seeded")
+    base = ["distill", "--live", "--duration", "0.2", "--config", str(station), "--data-dir",
             str(data), "--out", str(tmp / "runs")]
     return base, data, runner.invoke(app, [*base, "--json"])
 

@@ -69,6 +69,30 @@ class EventLog:
 
 
 @pytest.fixture
+def make_win(qtbot, tmp_path):  # type: ignore[no-untyped-def]
+    """``make_win(cfg=None)`` → a main window on a new controller of ``cfg`` (default: the default simulated
+    station) with its key stores and run folders in ``tmp_path``; every controller is shut down afterwards."""
+    from labqfl.gui.controller import Controller
+    from labqfl.gui.main_window import MainWindow
+
+    from labqfl.config import load_station_config
+
+    made: list[Controller] = []
+
+    def make(cfg: StationConfig | None = None) -> MainWindow:
+        ctl = Controller(cfg if cfg is not None else load_station_config(None), data_dir=tmp_path / "data",
+                         runs_dir=tmp_path / "runs")
+        made.append(ctl)
+        w = MainWindow(ctl)
+        qtbot.addWidget(w)
+        return w
+
+    yield make
+    for ctl in made:
+        ctl.shutdown(20.0)
+
+
+@pytest.fixture
 def events(core: TestbedCore) -> EventLog:
     return EventLog(core)
 

@@ -17,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from labqfl.gui.controller import Controller
-from labqfl.gui.main_window import MainWindow
 
 from labqfl.app.nodes import NodeSet, NodeSetError, local_settings
 from labqfl.config import load_station_config
@@ -28,23 +26,6 @@ from labqfl.provenance import CSPRNG_MASKS, IT_PHRASE, Provenance
 from labqfl.qkd.blocksize import plan_blocks
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "gui.md"
-
-
-@pytest.fixture
-def make_win(qtbot, tmp_path):  # type: ignore[no-untyped-def]
-    made: list[Controller] = []
-
-    def make(cfg: Any = None) -> MainWindow:
-        ctl = Controller(cfg if cfg is not None else load_station_config(None), data_dir=tmp_path / "data",
-                         runs_dir=tmp_path / "runs")
-        made.append(ctl)
-        w = MainWindow(ctl)
-        qtbot.addWidget(w)
-        return w
-
-    yield make
-    for ctl in made:
-        ctl.shutdown(20.0)
 
 
 # -- M1 ------------------------------------------------------------------------------------------------

@@ -7,10 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
-from labqfl.gui.controller import Controller
 from labqfl.gui.core import TrainingOptions, key_pools
-from labqfl.gui.main_window import MainWindow
 from PySide6.QtCore import Qt
 
 from labqfl.keystore import KeyStore
@@ -24,30 +21,14 @@ def _fill(data_dir, pair: str = "C1-C2", nbits: int = 20_000) -> None:  # type: 
         sb.add_block(pair, bits, block_id=bid, purpose="general", run_id="test", meta={"eps_sec": 1e-10})
 
 
-@pytest.fixture
-def make_win(qtbot, small_config, tmp_path):  # type: ignore[no-untyped-def]
-    made: list[Controller] = []
-
-    def make() -> MainWindow:
-        ctl = Controller(small_config, data_dir=tmp_path / "data", runs_dir=tmp_path / "runs")
-        made.append(ctl)
-        w = MainWindow(ctl)
-        qtbot.addWidget(w)
-        return w
-
-    yield make
-    for ctl in made:
-        ctl.shutdown(20.0)
-
-
 def _total(pools: dict, pair: str = "C1-C2") -> int:
     return sum(pools.get(pair, {}).values())
 
 
-def test_qkd_training_refreshes_the_live_pools_and_keeps_its_summary(qtbot, make_win, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_qkd_training_refreshes_the_live_pools_and_keeps_its_summary(qtbot, make_win, small_config, tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
     _fill(data)
-    w = make_win()
+    w = make_win(small_config)
     tp, lp = w.training_panel, w.live_panel
     tp.keys.setCurrentText("qkd")  # asks for the pools
     qtbot.waitUntil(lambda: _total(lp._pools) == 20_000, timeout=10_000)
@@ -67,8 +48,8 @@ def test_qkd_training_refreshes_the_live_pools_and_keeps_its_summary(qtbot, make
     assert text.startswith("finished: accuracy") and "key used" in text and "key left (min over pairs)" in text
 
 
-def test_qkd_training_without_keys(qtbot, make_win) -> None:  # type: ignore[no-untyped-def]
-    w = make_win()
+def test_qkd_training_without_keys(qtbot, make_win, small_config) -> None:  # type: ignore[no-untyped-def]
+    w = make_win(small_config)
     tp = w.training_panel
     tp.clients.setValue(2)
     assert tp.start_btn.isEnabled()  # csprng masks need no key
