@@ -75,7 +75,7 @@ class JobSettings:
     data_dir: str | None = None
     eps_sec: float = 1e-10
     #: False: never write a simulated pre-shared authentication key; every pair's stores must hold
-    #: authentication key already (``labqfl keys preshare``), checked before the station is opened
+    #: authentication key already (``labqfl keys preshare``), checked before the run folder is made (preflight)
     bootstrap_auth: bool = True
     #: Shamir-shared self-masks (issue 21, :mod:`labqfl.fl.selfmask`) and their threshold t (None: a majority)
     self_masks: bool = False

@@ -70,7 +70,7 @@ def run(
     no_auth_bootstrap: bool = typer.Option(
         False, "--no-auth-bootstrap",
         help="Never write a simulated pre-shared authentication key: every pair's key stores must already hold "
-             "authentication key (`labqfl keys preshare`); else fail before the station is opened."),
+             "authentication key (`labqfl keys preshare`); else refused before a run folder is made."),
     nodes: bool = typer.Option(
         True, "--nodes/--in-process",
         help="Default --nodes: acquire and distil across node processes on loopback (optics, detector, one process "
