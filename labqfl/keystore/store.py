@@ -20,7 +20,9 @@ Layout and invariants (docs/keystore.md has the full argument):
   ``aborted``), the ``file`` it goes to, its temporary ``part`` file and the ``digest`` (SHA-256)
   of its bytes, so that an export interrupted by a crash is finished or undone
   (:func:`labqfl.keystore.transfer.recover_exports`); a ticket is used by one export that was not
-  aborted.
+  aborted.  An export's temporary file is noted (``meta`` key ``export_part:<path>``,
+  :meth:`KeyStore.note_export_part`) before it is created and until the export's record names it,
+  so that recovery can remove the empty file a crash in between leaves.
 
 Every operation that hands out bits is one ``BEGIN IMMEDIATE`` transaction that checks the
 segments are free, marks them, zeroes the material and commits before any bit leaves this
@@ -76,6 +78,8 @@ GENERAL = "general"
 #: SQLite ``application_id`` of a labqfl key store: ASCII "LQKS".
 APPLICATION_ID = 0x4C514B53
 SCHEMA_VERSION = 3
+#: ``meta`` key prefix of an export's temporary file noted before it is created (:meth:`KeyStore.note_export_part`)
+EXPORT_PART_KEY = "export_part:"
 FORMAT_NAME = "labqfl-keystore"
 DATA_DIR_ENV = "LABQFL_DATA_DIR"
 
@@ -1481,6 +1485,8 @@ class KeyStore:
                                                                             for s in out]),
                           binding.target_node, binding.target_store, binding.ticket_id, now, str(file), str(part),
                           digest, now))
+            if part:  # the export's record now names its temporary file: the reservation is superseded
+                conn.execute("DELETE FROM meta WHERE key = ?", (EXPORT_PART_KEY + str(part),))
         log.info("key store %s: export %s of %d bits of pair %s in %d segment(s) begun, bound to node %s, store %s",
                  self.path.name, binding.export_id, nbits, pair, len(out), binding.target_node, binding.target_store)
         return binding, out
@@ -1549,6 +1555,28 @@ class KeyStore:
         log.warning("key store %s: export %s aborted, its %d bits are free again%s", self.path.name, export_id, n,
                     f": {reason}" if reason else "")
         return n
+
+    def note_export_part(self, part: str | Path) -> None:
+        """Record that an export is about to create its temporary file ``part`` (an absolute path),
+        before the file exists and before any bit moves (``meta`` key :data:`EXPORT_PART_KEY` + path,
+        so the schema is unchanged).  :meth:`begin_export` drops it in the transaction that records
+        the export under that ``part``; until then it is the only trace of the file, by which
+        :func:`labqfl.keystore.transfer.recover_exports` finds a file left by a crash in between."""
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (EXPORT_PART_KEY + str(part), _now()))
+
+    def drop_export_part(self, part: str | Path) -> None:
+        """Forget a temporary file noted by :meth:`note_export_part` (removed, or never created)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (EXPORT_PART_KEY + str(part),))
+
+    def export_parts(self) -> list[str]:
+        """The temporary files noted by :meth:`note_export_part` and not yet named by an export
+        record nor dropped, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ? ORDER BY value, key",
+                                (len(EXPORT_PART_KEY), EXPORT_PART_KEY)).fetchall()
+        return [str(r[0])[len(EXPORT_PART_KEY):] for r in rows]
 
     def pending_exports(self) -> list[dict[str, Any]]:
         """The exports not finished (``exporting``) or not published (``written``), oldest first, as

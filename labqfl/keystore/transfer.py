@@ -11,7 +11,7 @@ a second store and back into its own, both then handing out the same bits):
         "target_node": "C2", "target_store": "<uuid4>", "secret": "<base64 of 32 bytes>"}
 
 2. The source exports with that ticket: the file's disk space is reserved first (a temporary
-   file in the target folder, :func:`export_keys`), then one transaction marks the bits
+   file in the target folder, noted in the store before it is created, :func:`export_keys`), then one transaction marks the bits
    ``exporting`` (not zeroed) and records the export (ID, refs, target node and store, ticket,
    file paths, digest) in its ``exports`` table; then the export file is written into that space
    and synced, a second transaction marks the bits ``exported`` and zeroes them, and the file is
@@ -56,6 +56,8 @@ import hashlib
 import hmac
 import json
 import os
+import stat
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -232,7 +234,7 @@ def _publish(tmp: Path, out: Path) -> None:
 
 
 def _crash_point(where: str) -> None:
-    """Called at each step of :func:`export_keys` (``begun``, ``half-written``, ``written``,
+    """Called at each step of :func:`export_keys` (``created``, ``begun``, ``half-written``, ``written``,
     ``finished``, ``linked``, ``published``); does nothing.  The crash tests replace it in a child
     process with a SIGKILL at one step."""
 
@@ -331,6 +333,14 @@ def _write_and_finish(store: KeyStore, fd: int, tmp: Path, out: Path, data: byte
         log.warning("export %s: written to %s, but recording that failed (%s)", eid, out, exc)
 
 
+def _named_by_export(store: KeyStore, part: Path) -> bool:
+    """Whether an export record of ``store`` names ``part`` as its temporary file (True if unknown)."""
+    try:
+        return any(e["part"] == os.path.abspath(part) for e in store.exports())
+    except KeyStoreError:
+        return True
+
+
 def _export_state(store: KeyStore, export_id: str) -> str:
     try:
         return next((e["state"] for e in store.exports() if e["export_id"] == export_id), "")
@@ -346,10 +356,11 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
 
     Three phases (review s33 F1), so that neither a full disk nor a crash loses or doubles a bit:
 
-    1. a hidden temporary file ``.NAME.*.part`` is created in ``out``'s folder, locked (``flock``:
-       a recovery in another process leaves it alone while this one runs) and given the disk space
-       the file will need (an upper bound), before any bit moves: a full disk or an unwritable
-       folder refuses the export with the store unchanged;
+    1. a hidden temporary file ``.NAME.*.part`` is noted in the store, then created in ``out``'s
+       folder (:func:`_create_part`), locked (``flock``: a recovery in another process leaves it
+       alone while this one runs) and given the disk space the file will need (an upper bound),
+       before any bit moves: a full disk or an unwritable folder refuses the export with the store
+       unchanged, and a crash leaves a zero-filled file that recovery removes (:func:`_recover_parts`);
     2. the store marks the bits ``exporting`` (not zeroed) and records the export with both file
        names and the SHA-256 of the bytes to be written (:meth:`KeyStore.begin_export`);
     3. the file is written into the reserved space and synced; the store marks the bits
@@ -368,21 +379,120 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
     recovered = recover_exports(store)
     if out.exists():
         raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
     size = _export_size_bound(store, pair, nbits, purpose)
-    fd = _create_new(tmp, "export file")  # before any bit moves: a path that cannot be written loses nothing
+    tmp, fd = _create_part(store, out)  # before any bit moves: a path that cannot be written loses nothing
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             _preallocate(fd, size)
             _fsync_dir(tmp.parent)  # its name survives a power cut: after the store's finish it may be the export
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            _discard_part(store, tmp, fd)
             raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
                                   f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
         return {**_export_locked(store, pair, out, tmp, fd, ticket, nbits, purpose), "recovered": recovered}
     finally:
         os.close(fd)
+
+
+#: longest wait of an export for its store folder's lock (:func:`_parts_lock`), which another process holds
+#: only while it creates a temporary file or its recovery checks leftover ones [s]
+PARTS_LOCK_WAIT_S = 60.0
+
+
+def _parts_lock(store: KeyStore, *, wait: bool) -> int | None:
+    """An ``flock``-ed descriptor of the folder of ``store``'s file (resolved: one lock however the
+    store is reached).  An export holds it from noting its temporary file in the store until the file
+    is created and locked itself (:func:`_create_part`); a recovery holds it while it removes the
+    temporary files left by a crash in between (:func:`_recover_parts`).  None: this file system
+    cannot lock.  Raises BlockingIOError when another process holds it (at once, or after
+    :data:`PARTS_LOCK_WAIT_S` when ``wait``)."""
+    try:
+        dfd = os.open(store.path.resolve().parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return None
+    deadline = time.monotonic() + (PARTS_LOCK_WAIT_S if wait else 0.0)
+    while True:
+        try:
+            fcntl.flock(dfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return dfd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(dfd)
+                raise
+            time.sleep(0.02)
+        except OSError:
+            os.close(dfd)
+            return None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` (not followed if a link) is the file open as ``fd``."""
+    try:
+        a, b = os.fstat(fd), os.lstat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _create_part(store: KeyStore, out: Path) -> tuple[Path, int]:
+    """Create the hidden temporary file ``.NAME.<random>.part`` of an export to ``out`` and lock it
+    (``flock``); returns its path and descriptor.  Under the store folder's lock
+    (:func:`_parts_lock`), the store notes the file (:meth:`KeyStore.note_export_part`) before it is
+    created, so that a crash before :meth:`KeyStore.begin_export` names it in the export's record
+    leaves a trace by which recovery removes it, and no recovery can see the note without the file
+    or the file without its lock while this runs.  The file is checked to be still at its name once
+    locked (a file removed meanwhile would take the export with it)."""
+    try:
+        lock = _parts_lock(store, wait=True)
+    except BlockingIOError:
+        raise KeyStoreError(f"key store {store.path}: another labqfl process has held the export lock of its folder for "
+                            f"{PARTS_LOCK_WAIT_S:.0f} s; nothing was exported, try again") from None
+    try:
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:12]}.part")
+        store.note_export_part(os.path.abspath(tmp))
+        try:
+            fd = _create_new(tmp, "export file")
+        except BaseException:
+            _forget_part(store, tmp)  # nothing of ours at that name (an existing file is refused, not opened)
+            raise
+        try:
+            _crash_point("created")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _same_file(fd, tmp):
+                raise OSError(errno.ESTALE, "it was removed or replaced while it was being created")
+        except BaseException as exc:
+            _discard_part(store, tmp, fd)
+            os.close(fd)
+            if not isinstance(exc, OSError):
+                raise
+            raise DataFormatError(f"export file {out}: cannot create and lock its temporary file {tmp} "
+                                  f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
+        return tmp, fd
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _forget_part(store: KeyStore, tmp: Path) -> None:
+    try:
+        store.drop_export_part(os.path.abspath(tmp))
+    except KeyStoreError as exc:  # the note stays; a later recovery finds the file gone and drops it
+        log.warning("export: could not forget temporary file %s in key store %s (%s)", tmp, store.path.name, exc)
+
+
+def _discard_part(store: KeyStore, tmp: Path, fd: int) -> None:
+    """Remove our temporary file ``tmp`` (open as ``fd``; no key in it yet: no export record names it)
+    and forget it in the store.  A file at that name that is not ``fd``'s is left alone; one that
+    cannot be removed stays noted, for a later recovery."""
+    if _same_file(fd, tmp):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("export: could not remove its temporary file %s (%s); it holds no key", tmp, exc)
+            return
+    _forget_part(store, tmp)
 
 
 def _export_locked(store: KeyStore, pair: str, out: Path, tmp: Path, fd: int, ticket: ImportTicket,
@@ -402,7 +512,8 @@ def _export_locked(store: KeyStore, pair: str, out: Path, tmp: Path, fd: int, ti
     except BaseException:
         for old in rendered:
             old[:] = bytes(len(old))
-        tmp.unlink(missing_ok=True)
+        if not _named_by_export(store, tmp):  # a record naming it (begun, then interrupted): recovery's to undo
+            _discard_part(store, tmp, fd)
         raise
     data = rendered[0]
     try:
@@ -562,7 +673,9 @@ def _recover_written(store: KeyStore, rec: dict[str, Any], out: Path, part: Path
 
 def recover_exports(store: KeyStore) -> list[dict[str, str]]:
     """Finish or undo the exports of ``store`` that a crash interrupted; one note per export
-    handled, ``{"export_id", "action": finished|aborted|held, "message"}``, also logged.
+    handled, ``{"export_id", "action": finished|aborted|held, "message"}``, also logged; then
+    remove the empty temporary files of exports a crash stopped before they began in the store
+    (:func:`_recover_parts`: ``removed``, or ``held`` when left, with ``export_id`` "").
 
     The rule, for an export still ``exporting`` (its bits not zeroed): if its file ``out`` or
     its temporary file holds it complete (the SHA-256 recorded when it began, the same export
@@ -607,7 +720,120 @@ def recover_exports(store: KeyStore) -> list[dict[str, str]]:
         notes.append({"export_id": rec["export_id"], **note})
         (log.info if note["action"] == "finished" else log.warning)("key store %s: %s", store.path.name,
                                                                      note["message"])
-    return notes
+    try:
+        parts = _recover_parts(store)
+    except (KeyStoreError, OSError) as exc:
+        parts = [{"export_id": "", "action": "held", "message": f"removing leftover temporary export files failed "
+                  f"({exc}); they hold no key, it is tried again by the next export, import or keys status"}]
+    for note in parts:
+        (log.info if note["action"] == "removed" else log.warning)("key store %s: %s", store.path.name, note["message"])
+    return notes + parts
+
+
+def _all_zero(fd: int) -> bool:
+    """Whether every byte of the file open as ``fd`` is zero (read from its start, 1 MiB at a time)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
+
+
+def _recover_parts(store: KeyStore) -> list[dict[str, str]]:
+    """Remove the temporary files that exports of ``store`` created but never recorded: a crash
+    after :func:`_create_part` and before :meth:`KeyStore.begin_export` leaves an empty or
+    zero-filled hidden ``.NAME.<random>.part`` (no bit had moved: nothing to undo in the store).
+    One note per file removed (``removed``) or left (``held``).  A file is removed only when all of
+    these hold, each for a reason:
+
+    * the store noted it before creating it (:meth:`KeyStore.note_export_part`) and no export
+      record names it: it is this store's, and no export of it ever began (a record means bits
+      moved, and :func:`recover_exports`'s rule for that export decides).  Files are never looked
+      for by their name pattern: another store exporting into the same folder has files of the
+      same pattern whose export this store cannot see;
+    * the store folder's lock is held (:func:`_parts_lock`; else nothing is done this time): an
+      export of this store holds it from noting its file until the file exists and is locked, so a
+      note whose file is missing is a creation that died (the note is dropped) and not one about to
+      happen, and the file cannot be taken before its own export has locked it;
+    * the file's own lock is free (``flock``): an export that is running holds it throughout; and,
+      under that lock, the note is still there and still no record names the file (the export may
+      have begun just before it ended);
+    * it is a regular file, still the one opened (not followed through a link, not replaced), and
+      every byte of it is zero, read here: no key was ever written into it.  A file with any other
+      byte is not one this store made (its content is written only after its export is recorded):
+      it is left in place, reported once, and forgotten, whatever it holds;
+    * it can be removed: on a read-only folder it is left, reported, and tried again next time.
+
+    A note whose folder is not there (a drive not mounted) is kept for a later recovery."""
+    if not store.export_parts():
+        return []
+    try:
+        lock = _parts_lock(store, wait=False)
+    except BlockingIOError:
+        return []  # an export of this store is creating its file now: next time
+    if lock is None:
+        log.warning("key store %s: its folder cannot be locked; leftover temporary export files are not removed",
+                    store.path.name)
+        return []
+    try:
+        notes = []
+        for key in store.export_parts():
+            note = _recover_part(store, Path(key))
+            if note is not None:
+                notes.append({"export_id": "", "file": key, **note})
+        return notes
+    finally:
+        os.close(lock)
+
+
+def _recover_part(store: KeyStore, part: Path) -> dict[str, str] | None:
+    """One temporary file noted by :meth:`KeyStore.note_export_part` (see :func:`_recover_parts`)."""
+    if _named_by_export(store, part):
+        store.drop_export_part(str(part))  # its export's record covers it (a note kept by an interrupted drop)
+        return None
+    if not part.parent.is_dir():
+        return None  # its drive is not mounted: the file may be there later
+    try:
+        fd = os.open(part, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        store.drop_export_part(str(part))  # never created, or removed by an earlier recovery
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link: this store never made one
+            store.drop_export_part(str(part))
+            return {"action": "held", "message": f"the temporary export file {part} (no export of this store was "
+                    "recorded for it) is a link, which this store never made: left in place, untouched, and forgotten"}
+        return {"action": "held", "message": f"the temporary export file {part} (no export of this store was recorded "
+                f"for it: no key moved) cannot be opened ({exc.strerror or exc}): left in place; the next export, "
+                "import or keys status tries again"}
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: its export is running
+            return None
+        if str(part) not in store.export_parts() or _named_by_export(store, part):
+            return None  # its export began meanwhile, or another recovery handled it
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _same_file(fd, part) or not _all_zero(fd):
+            store.drop_export_part(str(part))
+            return {"action": "held", "message": f"the temporary export file {part} was noted by this store, but no "
+                    "export of it was recorded and it holds data this store never wrote (not all zero bytes): it may "
+                    "be another store's export or another file; left in place, untouched, and forgotten here"}
+        try:
+            part.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            return {"action": "held", "message": f"the temporary file {part} of an export that was interrupted before "
+                    f"any key moved holds no key (all zero bytes) but cannot be removed ({exc.strerror or exc}; a "
+                    "read-only folder?); remove it, or make the folder writable: the next export, import or keys "
+                    "status removes it"}
+        _fsync_dir(part.parent)
+        store.drop_export_part(str(part))
+        return {"action": "removed", "message": f"the temporary file {part} of an export that was interrupted before any "
+                f"key moved was removed ({st.st_size} bytes, all zero: no key was in it; the store was unchanged)"}
+    finally:
+        os.close(fd)
 
 
 def abort_pending_export(store: KeyStore, export_id: str) -> dict[str, Any]:
