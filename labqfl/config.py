@@ -142,7 +142,7 @@ class TimeTaggerConfig(InstrumentConfig):
     trigger_level_v: float = Field(0.5, description="input trigger level [V]")
     marker_channel: int | None = Field(
         None, ge=1, description="channel of the frame-start marker from the pattern generators (None = no markers: "
-        "slotting counts slots from the first sync, tagger time 0 = slot 0)")
+        "slot 0 is the first sync tag seen, or tagger time 0 with time_zero_is_pulse_zero)")
     marker_channels: dict[str, int] = Field(
         default_factory=dict, description="one frame-start marker input per client (client name -> channel), instead "
         "of marker_channel: each client's frames are kept or dropped on its own marker, so a frame lost at one client "
@@ -158,6 +158,12 @@ class TimeTaggerConfig(InstrumentConfig):
         default_factory=list, description="channel names whose tags open the conditional filter (e.g. ['D0','D1'])")
     conditional_filter_filtered: list[str] = Field(
         default_factory=list, description="channel names passed only after a trigger tag (e.g. ['sync'])")
+    time_zero_is_pulse_zero: bool = Field(
+        False, description="the tagger's time 0 is the laser's pulse 0 (the master clock starts the tagger, as in the "
+        "simulator): slots are numbered from tagger time 0 (corrected for the input's delay), so lost first sync tags "
+        "or frame markers shift no slot; the first sync (first marker) must then lie within a quarter sync period "
+        "(frame) of that grid. False (unknown; e.g. a tagger started before the clock): slot 0 is the first sync tag seen, and without frame "
+        "markers a lost first sync shifts every slot by sync_divider (every block then aborts at QBER ~ 1/2)")
 
     def marker_inputs(self) -> dict[str, int]:
         """Frame-marker inputs by channel name: ``{"marker": ch}`` with ``marker_channel``,
@@ -380,7 +386,9 @@ class FaultsConfig(_Model):
     visibility_after_collapse: float = Field(0.5, gt=0, le=1)
     detector_dies: str | None = Field(None, description="'D0' or 'D1' stops clicking at detector_dies_at_s")
     detector_dies_at_s: float = Field(0.0, ge=0)
-    sync_drop_prob: float = Field(0.0, ge=0, lt=1, description="probability that a sync tag is lost")
+    sync_drop_prob: float = Field(
+        0.0, ge=0, lt=1, description="probability that each (divided) sync tag is lost, independently, the first "
+        "one too (simulated tagger)")
 
 
 class SimulationConfig(_Model):

@@ -298,6 +298,11 @@ def _decoy_bounds(counts: PairCounts, g_lo: np.ndarray, g_hi: np.ndarray, p: Sec
 #: above 1/2) means inverted bits, not noise: the abort reason names the likely cause
 SWAPPED_QBER = 0.75
 SWAPPED_MIN_BITS = 100
+#: a key error rate within :data:`HALF_SIGMAS` standard deviations (σ = 1/(2√n), the binomial spread of n
+#: unrelated bits) of 1/2, over :data:`HALF_MIN_BITS` bits or more (so within ±0.05 at most, clear of any
+#: noisy but working link), means Ci's and Cj's bits are unrelated: the abort reason names the likely causes
+HALF_SIGMAS = 5.0
+HALF_MIN_BITS = 2500
 
 
 def _abort_reason(
@@ -310,6 +315,11 @@ def _abort_reason(
         hint = ""
         if qber_key > SWAPPED_QBER and n_key_bits >= SWAPPED_MIN_BITS:
             hint = "; bits inverted: D0/D1 swapped? check time_tagger.detector_channels (or a π bias-phase offset)"
+        elif n_key_bits >= HALF_MIN_BITS and abs(qber_key - 0.5) <= HALF_SIGMAS * 0.5 / math.sqrt(n_key_bits):
+            hint = (f"; bits unrelated (error rate within {HALF_SIGMAS:g}σ of 1/2): slot numbers off? (a lost first "
+                    "sync tag without frame markers shifts every slot: set time_tagger.time_zero_is_pulse_zero where "
+                    "the tagger's time 0 is pulse 0, or use frame markers), clients' patterns not aligned to the "
+                    "slots, or no interference (bias phase π/2 off)")
         return f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}{hint}"
     if not feasible:
         return "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"

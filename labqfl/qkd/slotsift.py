@@ -815,7 +815,7 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
     if p.marker_channel is not None:
         sl = Slotter(p)
         marker_t = _channel_times(ts, ch, p.marker_channel, p.marker_delay_ps)
-        if p.slot0_from_sync:  # slot 0 is the first sync tag: it numbers the frames (as in Slotter.push)
+        if p.slot0_from_sync and not p.time_zero_is_pulse_zero:  # slot 0 is the first sync tag (as in Slotter.push)
             sync_t = _channel_times(ts, ch, p.sync_channel, p.sync_delay_ps)
             if not sync_t.size and marker_t.size:
                 raise QKDInputError(f"slot_sift: {marker_t.size} frame markers on channel {p.marker_channel} but no "

@@ -9,7 +9,12 @@ calibrated propagation delay plus the tagger's software input delay); slotting s
 
 Sync anchors (no frame markers). Slot 0 is the first sync tag of the stream (the master clock's first
 pulse; the tagger records before it starts), never "tagger time 0", so the work and the slot numbers
-do not depend on where the tagger's clock stands. Each later sync is placed ``g = round(Δt/(D·T̂))``
+do not depend on where the tagger's clock stands; a lost first sync tag therefore shifts every slot by
+``D`` (every key block then aborts at an error rate near 1/2). With ``time_zero_is_pulse_zero`` (the
+station says the tagger's time 0 is the laser's pulse 0: a tagger started by the master clock, the
+simulator) the first anchor at corrected time ``t`` is sync ``round(t/(D·T))`` instead (and so is the
+first sync of a re-lock before the chain is confirmed), so lost first syncs shift nothing; that anchor
+must lie within a quarter sync period of its grid point, else one error names the setting. Each later sync is placed ``g = round(Δt/(D·T̂))``
 sync periods after the last anchor (``T̂``: the period of the last accepted interval, bound to the
 nominal ``T`` within ``clock_tolerance_ppm``) and is *on the grid* if ``g >= 1`` and it lies within
 ``sync_tolerance_slots`` slots of that grid point (plus ``clock_tolerance_ppm`` of the gap while no
@@ -44,7 +49,9 @@ after slot 0, accepted within a quarter frame of that grid (``_first_frame``), a
 ``0 … k−1`` had no marker: dropped and counted (``missing_markers``), so a lost first marker never
 renumbers the frames after it. Markers wait for the first sync tag. With the syncs thinned by the
 tagger's conditional filter (``slot0_from_sync`` False) the first marker recorded is frame 0 (a
-lost frame-0 marker then renumbers: documented limit). Slot indices inside a frame come from its
+lost frame-0 marker then renumbers: documented limit). With ``time_zero_is_pulse_zero`` slot 0 is
+tagger time 0 instead (filter or not): the first marker is frame ``round(t/(F·T))``; if the first
+:data:`MIN_UNCHAINED_SYNCS` markers all lie off that grid, one error names the setting. Slot indices inside a frame come from its
 markers, not from "tagger time 0 is slot 0": a detection at corrected time ``t`` in
 the frame that starts at marker ``(t_m, f)`` belongs to slot ``f·F + ⌊(t − t_m − o)/P + 1/2⌋``,
 ``P = Δt/F`` measured between that marker and the next (clock drift is tracked frame by frame;
@@ -69,7 +76,8 @@ A frame is therefore final only once the marker after the next one is in.
 
 One marker input per client (``time_tagger.marker_channels``, :class:`PairSlotter`). Each client's
 markers form their own chain by the rules above, numbered from slot 0 (the first sync tag; without
-``slot0_from_sync`` from the earliest marker on any client's input): each client's first marker is
+``slot0_from_sync`` from the earliest marker on any client's input; tagger time 0 with
+``time_zero_is_pulse_zero``): each client's first marker is
 placed a whole number of frames after it (its frames before that are missing markers). A pair's clicks take their slots from its first client's
 chain, and a slot of the pair is dropped when either of its two clients' chains drops it: a frame
 lost at one client (no marker from its pattern generator) drops only the pairs involving it.
@@ -154,6 +162,10 @@ class SlottingParams:
     #: with markers: the first sync tag is slot 0 (the master clock's first pulse) and numbers the frames;
     #: False (syncs thinned by the tagger's conditional filter): the earliest marker is frame 0
     slot0_from_sync: bool = True
+    #: the tagger's time 0 is the laser's pulse 0 (``time_tagger.time_zero_is_pulse_zero``): slot 0 lies at
+    #: corrected time 0, so the first sync seen is sync ``round(t/(D·T))`` and the first marker frame
+    #: ``round(t/(F·T))`` (a lost first sync or marker shifts nothing); False: slot 0 is the first sync seen
+    time_zero_is_pulse_zero: bool = False
 
     def __post_init__(self) -> None:
         if not (self.period_ps > 0 and math.isfinite(self.period_ps)):
@@ -228,6 +240,7 @@ class SlottingParams:
             frame_slots=tt.frame_slots if tt.marker_inputs() else 0,
             marker_delay_ps=delay("marker"),
             slot0_from_sync="sync" not in tt.conditional_filter_filtered,
+            time_zero_is_pulse_zero=tt.time_zero_is_pulse_zero,
             period_ps=period,
             sync_divider=tt.sync_divider,
             sync_channel=tt.sync_channel,
@@ -324,13 +337,21 @@ def _sync_fit(dt, p_est, measured, divider, tol_slots, gap_tol, ppm):  # type: i
 
 
 @numba.njit(cache=True, nogil=True)
-def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slots, gap_tol, ppm):  # type: ignore[no-untyped-def]
+def _first_sync_index(t, divider, period_nominal, abs_grid):  # type: ignore[no-untyped-def]
+    """Sync index of the first anchor at corrected time ``t``: ``round(t/(D·T))`` when the tagger's time 0 is
+    pulse 0 (``abs_grid``), else 0 (slot 0 is the first sync tag)."""
+    return np.int64(math.floor(t / (divider * period_nominal) + 0.5)) if abs_grid else np.int64(0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slots, gap_tol, ppm, abs_grid):  # type: ignore[no-untyped-def]
     """Sync tags (corrected times, in order) → anchors, by the rules of the module docstring. ``st``/``fs``:
     the chain's state (int64 ``_STARTED … _CAND_T``; float64 [period estimate, measured]), updated in
     place. A sync whose grid point's tolerance reaches ``t_end`` (the earliest time a later sync can
     have) waits unless ``final``. Returns (anchor times, anchor indices, syncs used, dropped, spurious,
     relocks); the syncs from "used" on are to be given again, before the next ones. Times enter only
-    as differences (exact in int64 anywhere in the tagger's range)."""
+    as differences (exact in int64 anywhere in the tagger's range), except the first anchor's index with
+    ``abs_grid`` (:func:`_first_sync_index`)."""
     n = sync_t.shape[0]
     out_t = np.empty(2 * n + 2, dtype=np.int64)
     out_k = np.empty(2 * n + 2, dtype=np.int64)
@@ -344,7 +365,8 @@ def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slo
     while idx < n:
         t = sync_t[idx]
         if st[_STARTED] == 0:  # slot 0: the first sync tag (an anchor once the next one confirms it)
-            st[_STARTED], st[_CONFIRMED], st[_PREV_T], st[_PREV_K], st[_HAVE_CAND] = 1, 0, t, 0, 0
+            k0 = _first_sync_index(t, divider, period_nominal, abs_grid)
+            st[_STARTED], st[_CONFIRMED], st[_PREV_T], st[_PREV_K], st[_HAVE_CAND] = 1, 0, t, k0, 0
             idx += 1
             continue
         p_est, measured = fs[0], fs[1] != 0.0
@@ -385,7 +407,8 @@ def _anchor_syncs(sync_t, t_end, final, st, fs, divider, period_nominal, tol_slo
             ct = st[_CAND_T]
             gc, _, onc = _sync_fit(float(t - ct), p_est, measured, divider, tol_slots, gap_tol, ppm)
             # an unconfirmed first sync was a stray: the chain restarts at the candidate (slot 0)
-            kc = prev_k + np.int64(math.floor((ct - prev_t) / (divider * p_est) + 0.5)) if st[_CONFIRMED] else prev_k
+            kc = prev_k + np.int64(math.floor((ct - prev_t) / (divider * p_est) + 0.5)) if st[_CONFIRMED] else \
+                _first_sync_index(ct, divider, period_nominal, abs_grid)
             if onc and (kc > prev_k or st[_CONFIRMED] == 0):
                 # this sync confirms the earlier off-grid one, not the chain: the chain re-locks on their grid
                 if st[_CONFIRMED]:
@@ -617,6 +640,7 @@ class _SyncChain:
         self.st = np.zeros(6, dtype=np.int64)
         self.fs = np.array([p.period_ps, 0.0], dtype=np.float64)
         self.pending = np.empty(0, dtype=np.int64)
+        self._first_checked = False
 
     @property
     def period_est(self) -> float:
@@ -642,7 +666,11 @@ class _SyncChain:
         s = np.concatenate([self.pending, sync_t]) if self.pending.size else np.ascontiguousarray(sync_t, np.int64)
         a_t, a_k, used, dropped, spurious, relocks = _anchor_syncs(
             s, np.int64(t_end), bool(final), self.st, self.fs, np.int64(p.sync_divider), float(p.period_ps),
-            float(p.sync_tolerance_slots), float(p.gap_tolerance), float(p.clock_tolerance_ppm))
+            float(p.sync_tolerance_slots), float(p.gap_tolerance), float(p.clock_tolerance_ppm),
+            bool(p.time_zero_is_pulse_zero))
+        if p.time_zero_is_pulse_zero and not self._first_checked and a_t.size:
+            self._first_checked = True
+            _check_first_on_time_grid(p, int(a_t[0]), int(a_k[0]))
         self.pending = s[int(used):].copy()
         stats.dropped_syncs += int(dropped)
         stats.spurious_syncs += int(spurious)
@@ -654,11 +682,35 @@ class _SyncChain:
 MIN_UNCHAINED_SYNCS = 16
 
 
+def _check_first_on_time_grid(p: SlottingParams, t: int, k: int) -> None:
+    """With ``time_zero_is_pulse_zero``: the first anchor (sync ``k`` at corrected time ``t``) must lie within a
+    quarter sync period (``gap_tolerance``) of ``k·D·T``, and not before pulse 0; else the setting is wrong for
+    this tagger (one error naming it). No allowance for clock drift: where drift since time 0 reaches a quarter
+    sync period, the index from the time is not sure either (the simulator and a tagger on the station's
+    shared reference have none)."""
+    step = p.sync_divider * p.period_ps
+    off = t - k * step
+    tol = p.gap_tolerance * step
+    if k < 0 or abs(off) > tol:
+        raise QKDInputError(
+            f"slotting: time_tagger.time_zero_is_pulse_zero is set, but the first sync tag (corrected time {t} ps) "
+            f"lies {off:+.0f} ps from the grid of pulse 0 (sync period {step:.0f} ps; tolerance {tol:.0f} ps)"
+            f"{' before pulse 0' if k < 0 else ''}: this tagger's time 0 is not the laser's pulse 0; unset "
+            "time_zero_is_pulse_zero (slot 0 is then the first sync tag) or check the sync delay")
+
+
 def _off_grid(p: SlottingParams, n_sync: int) -> str:
     return (f"{n_sync} sync tags on channel {p.sync_channel}, no two of them on the grid of the nominal sync period "
             f"{p.sync_divider * p.period_ps:.0f} ps (sync_divider × 1/rep_rate) within {p.sync_tolerance_slots:g} slot "
             f"+ {p.clock_tolerance_ppm:g} ppm; check laser.rep_rate_hz, time_tagger.sync_divider and the sync input "
             "(noise on it?)")
+
+
+def _markers_off_time_grid(p: SlottingParams, n: int) -> str:
+    return (f"slotting: time_tagger.time_zero_is_pulse_zero is set, but the first {n} frame markers on channel "
+            f"{p.marker_channel} all lie more than a quarter frame from the frame grid of pulse 0 (frame "
+            f"{p.frame_slots} slots of {p.period_ps:.0f} ps): this tagger's time 0 is not the laser's pulse 0; unset "
+            "time_zero_is_pulse_zero (frames are then numbered from the first sync tag) or check the marker delay")
 
 
 def block_lost_intervals(block: TagBlock, prev_last: int | None) -> np.ndarray:
@@ -760,9 +812,11 @@ class Slotter(_SlotProgress):
         self.stats = SlottingStats()
         #: False: clicks in dropped slots are emitted too (a :class:`PairSlotter` drops them per pair)
         self.apply_drops = apply_drops
-        #: corrected time [ps] of slot 0 (frame 0's start): the first sync tag's with ``slot0_from_sync``;
-        #: None without it (a :class:`PairSlotter` may set it): the first marker recorded is frame 0
-        self.marker_origin: int | None = None
+        #: corrected time [ps] of slot 0 (frame 0's start): 0 with ``time_zero_is_pulse_zero``, else the first
+        #: sync tag's with ``slot0_from_sync``; None without either (a :class:`PairSlotter` may set it): the
+        #: first marker recorded is frame 0
+        self.marker_origin: int | None = 0 if params.time_zero_is_pulse_zero else None
+        self._off_origin = 0  # markers off the origin's frame grid before the first one on it
         self._pend_markers = np.empty(0, dtype=np.int64)  # markers waiting for slot 0 (the first sync tag)
         self._markers = params.marker_channel is not None
         self._step = _anchor_step(params)
@@ -891,7 +945,7 @@ class Slotter(_SlotProgress):
             if not self._have_prev:
                 k0 = self._first_frame(t)
                 if k0 is None:  # off the origin's frame grid: cannot start the chain
-                    self.stats.spurious_markers += 1
+                    self._marker_off_origin()
                     continue
                 self._have_prev = True
                 at.append(t)
@@ -951,6 +1005,14 @@ class Slotter(_SlotProgress):
             ak.append(ak[-1] + gi)
             ok.append(True)
         return np.array(at, dtype=np.int64), np.array(ak, dtype=np.int64), np.array(ok, dtype=bool)
+
+    def _marker_off_origin(self) -> None:
+        """A marker before the chain starts, off the origin's frame grid: spurious; with
+        ``time_zero_is_pulse_zero`` :data:`MIN_UNCHAINED_SYNCS` of them are one error naming the setting."""
+        self.stats.spurious_markers += 1
+        self._off_origin += 1
+        if self.p.time_zero_is_pulse_zero and self._off_origin >= MIN_UNCHAINED_SYNCS:
+            raise QKDInputError(_markers_off_time_grid(self.p, self._off_origin))
 
     def _first_frame(self, t: int) -> int | None:
         """Frame index of the first marker: its whole number of frames after :attr:`marker_origin` (slot 0),
@@ -1225,7 +1287,7 @@ class PairSlotter(_SlotProgress):
         self._held = [(np.empty(0, np.int64), np.empty(0, np.uint8)) for _ in self._pairs]
         self._trailing = {c: SlotRanges() for c in clients}  # frames after a client's last marker, at finish
         self.stats = SlottingStats()
-        self._origin_set = False
+        self._origin_set = params.time_zero_is_pulse_zero  # slot 0 at tagger time 0: every client's origin is 0
         self._final_upto = 0
         self._last_emitted = -1
         self._finished = False
@@ -1379,9 +1441,12 @@ def _reference_sync_anchors(sync_times: list[int], p: SlottingParams) -> tuple[l
         res = abs(dt - g * (D * est))
         return g, res, g >= 1 and (measured or g <= MAX_FIRST_GAP) and res <= tol(g)
 
+    def first_index(t: int) -> int:  # slot 0: the first sync tag, or tagger time 0 (time_zero_is_pulse_zero)
+        return math.floor(t / (D * Tn) + 0.5) if p.time_zero_is_pulse_zero else 0
+
     if not sync_times:
         return [], est
-    chain: list[tuple[int, int]] = [(sync_times[0], 0)]  # slot 0: the first sync tag
+    chain: list[tuple[int, int]] = [(sync_times[0], first_index(sync_times[0]))]
     confirmed = False
     cand: int | None = None
     i = 1
@@ -1405,7 +1470,7 @@ def _reference_sync_anchors(sync_times: list[int], p: SlottingParams) -> tuple[l
             continue
         if cand is not None:
             gc, _, onc = fit(t - cand)
-            kc = pk + math.floor((cand - pt) / (D * est) + 0.5) if confirmed else pk
+            kc = pk + math.floor((cand - pt) / (D * est) + 0.5) if confirmed else first_index(cand)
             if onc and (kc > pk or not confirmed):
                 if not confirmed:
                     chain = []

@@ -201,6 +201,8 @@ def test_a_recording_far_from_tagger_time_0_distils_like_the_original(small_acqu
     from labqfl.qkd.pipeline import DistillSettings, MemorySink, distill_stream
 
     cfg, blocks, logs, _ = small_acquisition
+    cfg = cfg.model_copy(deep=True)  # a tagger whose time 0 is not the laser's pulse 0: slot 0 = first sync tag
+    cfg.time_tagger.time_zero_is_pulse_zero = False
     settings = DistillSettings(block_bits=1_000_000, params=SecurityParameters(eps_sec=1e-4))
     moved = [TagBlock(b.timestamps + np.int64(offset), b.channels, b.overflow, b.lost_intervals_ps + np.int64(offset))
              for b in blocks]
