@@ -67,6 +67,11 @@ or withhold a block, never change a key — docs/nodes.md, "Messages", says exac
   neither (up to a crash inside the commit, resolved by ``pending/*`` at the end of Ci's run of the
   pair or at the next session). A block Cj holds neither pending nor stored is refused
   (``out_of_step``): Ci retires its copy (never used) and the pair stops.
+
+Each end checks what it receives on ``qkd/pairctl`` against its schema before reading a field (Cj:
+:data:`PAIRCTL_MESSAGES`, refused; Ci: :data:`PAIRCTL_REPLIES` per request, one :class:`MessageError` on which Ci
+acts in no part, through the call's failure path), and so does each end of ``ann`` (:data:`ANN_MESSAGES`,
+:data:`labqfl.nodes.detector.ANN_REPLIES`).
 """
 
 from __future__ import annotations
@@ -108,11 +113,10 @@ from labqfl.nodes.common import (
     ok,
     open_session,
     refuse,
-    request,
     simulated_light,
 )
 from labqfl.nodes.optics import answer_codes
-from labqfl.nodes.wire import decode_gaps
+from labqfl.nodes.wire import decode_gaps, gap_fields
 from labqfl.provenance import pair_provenance
 from labqfl.qkd.authentication import transcript_word_cap
 from labqfl.qkd.estimation import epsilon_total
@@ -234,16 +238,30 @@ def _array_field(msg: Message, name: str, dtype: Any) -> np.ndarray:
     try:
         if isinstance(v, str | bytes):
             raise TypeError(type(v).__name__)
+        if isinstance(v, np.ndarray) and not np.can_cast(v.dtype, dtype, "safe"):  # no silent truncation or wrap
+            raise MessageError(f"{msg.kind}: field {name!r} is a 1-D array of {v.dtype} (expected an array of "
+                               f"{np.dtype(dtype)} or a narrower integer type)")
         return np.asarray(v, dtype)
     except (TypeError, ValueError, OverflowError):
         raise MessageError(f"{msg.kind}: field {name!r} is {str(v)[:40]!r} (expected an array of integers)") from None
+
+
+#: Every message the detector sends a client on ``ann`` and its fields (:mod:`labqfl.nodes.detector`): :class:`_Announced`
+#: refuses another kind, an unknown, missing or mistyped field before reading any. The announced slots travel as
+#: the gap fields of prefix ``slot_`` (:func:`labqfl.nodes.wire.gap_fields`).
+ANN_MESSAGES: dict[str, MessageSchema] = {
+    "ann/chunks": MessageSchema({"lo": "int", "hi": "int", "pairs": "str", "dropped": "array", "offsets": "array",
+                                 "outcomes": "array", **gap_fields("slot_")}),
+    "ann/end": MessageSchema({"final": "int"}),
+}
 
 
 def split_chunks(msg: Message) -> list[_Chunk]:
     """The per-pair chunks of one ``ann/chunks`` message (:mod:`labqfl.nodes.detector`), in its
     order: pair ``k`` gets ``slots``/``outcomes`` ``[offsets[k], offsets[k+1])`` and ``dropped[k]``,
     the chunk a per-pair ``ann/chunk`` carried before; ``slots`` are the ``slot_*`` gaps from ``lo``
-    (:func:`labqfl.nodes.wire.decode_gaps`; a plain int64 ``slots`` field is read as it is). Checked
+    (:func:`labqfl.nodes.wire.decode_gaps`; a plain int64 ``slots`` field is read as it is, though the ``ann``
+    service refuses it: :data:`ANN_MESSAGES`). Checked
     whole before anything is used: a message whose gaps, offsets, counts or pair names do not add up
     raises :class:`MessageError`."""
     lo, hi = _int_field(msg, "lo"), _int_field(msg, "hi")
@@ -522,6 +540,47 @@ PAIRCTL_MESSAGES: dict[str, MessageSchema] = {
     "block/commit": MessageSchema({"block": "str", "held": "str"}),
 }
 
+#: Cj's refusal on ``qkd/pairctl`` (:func:`labqfl.nodes.common.refuse`, or :meth:`_JCtl.handle`'s own).
+_CTL_REFUSED = MessageSchema({"reason": "str"})
+#: Per request kind Ci sends on ``qkd/pairctl``, the replies Cj may give and their fields: Ci checks each reply
+#: (:meth:`_IPair._ctl_request`) before reading any field, so an unexpected kind or an unknown, missing or mistyped
+#: field is one :class:`MessageError` naming Cj, the kind and the field, and Ci acts on no part of it.
+PAIRCTL_REPLIES: dict[str, dict[str, MessageSchema]] = {
+    "pending/list": {"pending/ids": MessageSchema({"ids": "str"}), "node/refused": _CTL_REFUSED},
+    "pending/resolve": {"pending/resolved": MessageSchema(), "node/refused": _CTL_REFUSED},
+    "block/prepare": {"block/prepared": MessageSchema(),
+                      "node/refused": MessageSchema({"reason": "str"}, {"missing": "str", "spent": "str"})},
+    "auth/void": {"auth/voided": MessageSchema({"taken": "int", "spent": "str", "bits": "int"}),
+                  "node/refused": _CTL_REFUSED},
+    "frames/lost": {"frames/lost": MessageSchema({"frames": "str"}), "node/refused": _CTL_REFUSED},
+    "block/skip": {"block/skipped": MessageSchema(), "node/refused": _CTL_REFUSED},
+    "block/commit": {"block/committed": MessageSchema(),
+                     "node/refused": MessageSchema({"reason": "str"}, {"out_of_step": "str"})},
+}
+
+
+def _json_list(msg: Message, name: str, item: type | tuple[type, ...], what: str) -> list[Any]:
+    """Field ``name`` of ``msg`` (a str, checked by its schema) as a JSON list of ``item`` (bool is no int);
+    :class:`MessageError` naming the kind and the field if it is none."""
+    raw = str(msg.get(name))
+    try:
+        v = json.loads(raw)
+    except ValueError:
+        v = None
+    if not isinstance(v, list) or any(isinstance(x, bool) or not isinstance(x, item) for x in v):
+        raise MessageError(f"{msg.kind}: field {name!r} is {raw[:80]!r} (expected a JSON list of {what})")
+    return v
+
+
+def _json_refs(msg: Message, name: str) -> list[list[Any]]:
+    """Field ``name`` of ``msg`` as key references ``[[block_id, start, length], ...]`` (may be empty)."""
+    v = _json_list(msg, name, list, "key references [block_id, start, length]")
+    try:
+        return [list(r) for r in normalize_refs(v)] if v else []
+    except ValueError as e:
+        raise MessageError(f"{msg.kind}: field {name!r}: {e} (expected key references "
+                           "[[block_id, start, length], ...])") from None
+
 
 class _JCtl:
     """Cj's responder on ``qkd/pairctl`` (module docstring)."""
@@ -665,11 +724,32 @@ class _IPair:
             raise NodeError(f"no address for peer {self.cj}")
         fields = {"pair": self.pair, "acq": self.acq.acq}
         self.ctl = open_session(addr, self.node.creds, self.cj, "qkd/pairctl", fields=fields)
-        ids = json.loads(str(request(self.ctl, Message("pending/list", {}), "pending/ids").get("ids")))
-        held = [b for b in ids if self.node.store.has_block(b)]
-        request(self.ctl, Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+        self._resolve_pending()
         self._void_stale_auth()
         self.ch = open_session(addr, self.node.creds, self.cj, "qkd/pair", fields=fields, authenticator=self.end.tx)
+
+    def _ctl_request(self, msg: Message, expect: str | None) -> Message:
+        """``msg`` to Cj on ``qkd/pairctl``, its reply checked against :data:`PAIRCTL_REPLIES` before any field
+        is read (:class:`MessageError` naming Cj, the reply's kind and the field). ``expect``: the reply kind
+        wanted, a refusal then raises :class:`NodeError` with its reason; None: the caller reads a refusal."""
+        assert self.ctl is not None
+        rep = self.ctl.request(msg)
+        if why := field_problem(rep, PAIRCTL_REPLIES[msg.kind], f"{self.cj} (qkd/pairctl reply to {msg.kind!r})"):
+            raise MessageError(why)
+        if expect is not None and rep.kind != expect:
+            raise NodeError(str(rep.get("reason")))
+        return rep
+
+    def _resolve_pending(self, if_any: bool = False) -> tuple[int, int]:
+        """``pending/list``, then ``pending/resolve`` with the IDs this end holds (module docstring; only if Cj
+        named any, with ``if_any``): Cj stores the pending blocks held here and destroys the others. Returns
+        (pending at Cj, held here)."""
+        ids = _json_list(self._ctl_request(Message("pending/list", {}), "pending/ids"), "ids", str, "block IDs")
+        if if_any and not ids:
+            return 0, 0
+        held = [b for b in ids if self.node.store.has_block(b)]
+        self._ctl_request(Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+        return len(ids), len(held)
 
     def _void_stale_auth(self) -> None:
         """Authentication bits this end reserved for a block and never finished (a Ci stopped between its
@@ -683,14 +763,17 @@ class _IPair:
             kid = str(r["key_id"])
             if r["pair"] != self.pair or not kid.startswith(AUTH_KEY_PREFIX) or kid in self.node.auth_inflight:
                 continue
-            rep = request(self.ctl, Message("auth/void", {"key": kid, "refs": json.dumps([list(x) for x in r["refs"]])}),
-                          "auth/voided")
-            if int(rep.get("taken")) == 1:
+            rep = self._ctl_request(Message("auth/void", {"key": kid, "refs": json.dumps([list(x) for x in r["refs"]])}),
+                                    "auth/voided")
+            taken, spent = int(rep.get("taken")), _json_refs(rep, "spent")
+            if taken not in (0, 1):
+                raise MessageError(f"auth/voided: field 'taken' is {taken} (expected 1: {self.cj} took reservation "
+                                   f"{kid}, or 0: it never did)")
+            if taken == 1:
                 st.void(kid, f"block authentication key reserved by a Ci that stopped before its block started "
                              f"({self.cj} had taken it); spent at both ends, never used")
                 what = "voided at both ends"
             else:
-                spent = json.loads(str(rep.fields.get("spent") or "[]"))
                 st.release(kid, spend=spent, reason=f"authentication bits {self.cj} spent already: discarded, never used")
                 what = f"released at both ends ({self.cj} never took them)"
             log.warning("node %s: pair %s: %d authentication bits reserved for a block that never started (%s) %s",
@@ -700,8 +783,10 @@ class _IPair:
         """This block's authentication key at both ends, or at neither: Ci reserves ``need`` bits, Cj takes
         exactly those (``block/prepare``), then Ci takes its reservation. A Cj that refuses spends nothing
         and Ci releases its reservation; blocks Cj does not hold (a pre-shared secret only this end
-        imported) are retired here (never used), bits Cj spent already are discarded here. Raises
-        :class:`NodeError` (the block does not start)."""
+        imported) are retired here (never used), bits Cj spent already are discarded here. A reply that does not
+        match its schema (:data:`PAIRCTL_REPLIES`) is acted on in no part: whether Cj took the bits is unknown, so
+        Ci asks at once (``auth/void``, :meth:`_void_stale_auth`; else at the pair's next session). Raises
+        :class:`NodeError` or :class:`MessageError` (the block does not start)."""
         assert self.ctl is not None
         node, st = self.node, self.node.store
         kid = f"{AUTH_KEY_PREFIX}{uuid.uuid4()}"
@@ -711,12 +796,12 @@ class _IPair:
             raise NodeError(f"{AUTH_STARVED} {self.cj}: {e}") from None
         node.auth_inflight.add(kid)
         try:
-            rep = self.ctl.request(Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
-                                                             "need": need, "refs": json.dumps(refs), "key": kid}))
+            rep = self._ctl_request(Message("block/prepare", {"block": block_id, "start": int(start), "end": int(end),
+                                                              "need": need, "refs": json.dumps(refs), "key": kid}), None)
             if rep.kind == "node/refused":
-                reason = str(rep.fields.get("reason", f"answered {rep.kind!r}"))
-                missing = json.loads(str(rep.fields.get("missing") or "[]"))
-                spent = json.loads(str(rep.fields.get("spent") or "[]"))
+                reason = str(rep.get("reason"))
+                missing = _json_list(rep, "missing", str, "block IDs") if "missing" in rep.fields else []
+                spent = _json_refs(rep, "spent") if "spent" in rep.fields else []
                 # Cj spent nothing but what it names as spent: only those parts of this reservation are
                 # discarded here (in the release's transaction), the rest is free again at both ends
                 st.release(kid, spend=spent, reason=f"authentication bits {self.cj} spent already: discarded, never used")
@@ -725,12 +810,24 @@ class _IPair:
                     done = "; ".join(x for x in (done, f"the authentication bits {self.cj} had spent already (of "
                                                        "this block's reservation only) discarded here") if x)
                 raise NodeError(reason + (f"; {done}" if done else ""))
-            if rep.kind != "block/prepared":  # whether Cj took the bits is unknown: voided at the next session
-                raise MessageError(f"answered {rep.kind!r} to 'block/prepare'; expected 'block/prepared'")
             km = st.take_exact(self.pair, refs, "auth", key_id=kid)
+        except MessageError:  # nothing of the reply acted on: the reservation is settled as a stale one, now
+            node.auth_inflight.discard(kid)
+            self._settle_unknown(kid)
+            raise
         finally:
             node.auth_inflight.discard(kid)
         self.supply.load(np.asarray(km.bits, dtype=np.uint8))
+
+    def _settle_unknown(self, kid: str) -> None:
+        """Reservation ``kid`` after a ``block/prepare`` reply this end could not read: Cj says whether it took
+        the bits (``auth/void``): voided here (spent at both ends) or released. If that fails too, the
+        reservation stays (no block draws it) until the pair's next session asks again."""
+        try:
+            self._void_stale_auth()
+        except (LabqflError, OSError) as e:
+            log.warning("node %s: pair %s: authentication reservation %s stays reserved until the pair's next "
+                        "session (auth/void failed: %s)", self.node.name, self.pair, kid, e)
 
     def _retire(self, missing: list[str]) -> str:
         """Authentication blocks Cj does not hold (``missing``, among those this block's reservation drew
@@ -808,12 +905,10 @@ class _IPair:
                         pass
                     self.ctl = open_session(self.acq.peers[self.cj], self.node.creds, self.cj, "qkd/pairctl",
                                             fields={"pair": self.pair, "acq": self.acq.acq}, timeout_s=60.0)
-                ids = json.loads(str(request(self.ctl, Message("pending/list", {}), "pending/ids").get("ids")))
-                if ids:
-                    held = [b for b in ids if self.node.store.has_block(b)]
-                    request(self.ctl, Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
+                n, held = self._resolve_pending(if_any=True)
+                if n:
                     log.info("node %s: pair %s: %d block(s) pending at %s resolved at the end (%d held here)",
-                             self.node.name, self.pair, len(ids), self.cj, len(held))
+                             self.node.name, self.pair, n, self.cj, held)
                 return
             except (LabqflError, OSError) as e:
                 err = e
@@ -831,9 +926,9 @@ class _IPair:
             return c
         assert self.ctl is not None
         mine = self.acq.unplayed(c.lo, c.hi)
-        rep = request(self.ctl, Message("frames/lost", {"lo": int(c.lo), "hi": int(c.hi), "frames": json.dumps(mine)}),
-                      "frames/lost")
-        frames = sorted(set(mine) | {int(f) for f in json.loads(str(rep.get("frames")))})
+        rep = self._ctl_request(Message("frames/lost", {"lo": int(c.lo), "hi": int(c.hi), "frames": json.dumps(mine)}),
+                                "frames/lost")
+        frames = sorted(set(mine) | set(_json_list(rep, "frames", int, "frame indices")))
         if not frames:
             return c
         f_slots, sch = node.frame_slots, node.schedule
@@ -900,7 +995,7 @@ class _IPair:
         assert self.ch is not None and self.ctl is not None
         self.result.dropped_bits += self.end.n_bits
         self.end.drop_block(self.ch)
-        request(self.ctl, Message("block/skip", {"end": int(end)}), "block/skipped")
+        self._ctl_request(Message("block/skip", {"end": int(end)}), "block/skipped")
         self.block_index += 1
         self.block_start = end
 
@@ -925,7 +1020,7 @@ class _IPair:
             self._draw_auth(block_id, start, end, need)
         except LabqflError as e:  # nothing of the block was disclosed: forget it at both ends
             self.end.drop_block(self.ch)
-            request(self.ctl, Message("block/skip", {"end": int(end)}), "block/skipped")
+            self._ctl_request(Message("block/skip", {"end": int(end)}), "block/skipped")
             self._record(block_id, start, end, n_slots, None, times, f"block not started: {e}", 0, 0)
             return
         used_before = self.end.auth.key_bits_used
@@ -946,7 +1041,7 @@ class _IPair:
         exit_hook("block/stored")
         try:
             self._commit(block_id, held)
-        except NodeError as e:
+        except (NodeError, MessageError) as e:  # the block is recorded aborted; the pair stops
             self._record(block_id, start, end, n_slots, oi, times, str(e), auth_bits, eps_auth)
             raise
         times["delivery"] = time.perf_counter() - t
@@ -957,22 +1052,22 @@ class _IPair:
     def _commit(self, block_id: str, held: list[str]) -> None:
         """``block/commit``: Cj moves its pending copy into its store. A Cj that holds the block neither pending
         nor stored (``out_of_step``) leaves it at this end only: retired here (never used), and the pair stops
-        with one error, out of step. Another refusal leaves Cj's copy pending (resolved at the end of the run)."""
+        with one error, out of step. Another refusal, or a reply that does not match its schema
+        (:data:`PAIRCTL_REPLIES`: nothing of it is acted on, nothing retired), leaves Cj's copy pending (resolved at
+        the end of the run: stored there, as this end holds it)."""
         assert self.ctl is not None
-        rep = self.ctl.request(Message("block/commit", {"block": block_id, "held": json.dumps(held)}))
+        rep = self._ctl_request(Message("block/commit", {"block": block_id, "held": json.dumps(held)}), None)
         if rep.kind == "block/committed":
             return
-        reason = str(rep.fields.get("reason", f"answered {rep.kind!r} to 'block/commit'; expected 'block/committed'"))
-        if rep.kind == "node/refused" and rep.fields.get("out_of_step") == block_id:
+        reason = str(rep.get("reason"))
+        if rep.fields.get("out_of_step") == block_id:
             st = self.node.store
             sizes = {str(b["block_id"]): int(b["nbits"]) for b in st.blocks(self.pair)}
             n = sum(st.discard_exact(self.pair, [(b, 0, sizes[b])], f"block {self.cj} does not hold (it refused "
                                      "block/commit): retired at this end, never used") for b in held if b in sizes)
             raise NodeError(f"pair {self.pair} out of step: {reason}; the block's {n} bits stored at "
                             f"{self.node.name} retired there, never used")
-        if rep.kind == "node/refused":
-            raise NodeError(reason)
-        raise MessageError(reason)
+        raise NodeError(reason)
 
     def _record(self, block_id: str, start: int, end: int, n_slots: int, oi: BlockOutcome | None,
                 times: dict[str, float], reason: str, auth_bits: int, eps_auth: float, final: int = 0,
@@ -1085,6 +1180,8 @@ class _Announced:
                                f"(expected at most {b[1]})")
 
     def handle(self, req: Message) -> Message:
+        if why := field_problem(req, ANN_MESSAGES, f"detector {self.detector} on ann"):
+            raise MessageError(why)  # nothing read or handed on: the session ends, failing the pairs it fed
         if req.kind == "ann/chunks":
             chunks = split_chunks(req)
             acq = self.acq

@@ -22,6 +22,11 @@ every pair, each over its own session to that client (service ``ann`` on the cli
   carried until 2026-12-04 (one request/reply round trip per pair instead of per client);
 * ``ann/end {final}`` — the acquisition's last slot (exclusive).
 
+Each client checks these against their schemas before reading a field
+(:data:`labqfl.nodes.client.ANN_MESSAGES`: an unknown, missing or mistyped field ends the session with one
+error naming this node and the field), and this node checks each reply likewise (:data:`ANN_REPLIES`:
+``ann/ok``, no field).
+
 These sessions are protected by TLS only: the detector is untrusted anyway. What each client
 received is absorbed into its pair transcripts as a local entry (:mod:`labqfl.qkd.twoparty`),
 so a detector that tells the two clients different things gets the block refused.
@@ -75,12 +80,11 @@ from labqfl.nodes.common import (
     check_node_station,
     ok,
     open_session,
-    request,
     simulated_light,
 )
 from labqfl.nodes.optics import block_of
 from labqfl.nodes.wire import encode_gaps
-from labqfl.qkd.messaging import Message
+from labqfl.qkd.messaging import Message, MessageError, MessageSchema, field_problem
 from labqfl.qkd.slotting import (
     PairSlotter,
     SlotEvents,
@@ -100,7 +104,22 @@ TAGS_AHEAD = 1
 #: ``DistillSettings.sift_batch_slots``); the last one covers what is left.
 ANN_BATCH_S = 0.5
 
-__all__ = ["DetectorNode", "chunks_message"]
+__all__ = ["ANN_REPLIES", "DetectorNode", "announce_to", "chunks_message"]
+
+#: The replies a client gives on ``ann`` (:class:`labqfl.nodes.client._Announced`): the detector checks each one
+#: (:func:`announce_to`) and reads no field of one that does not match.
+ANN_REPLIES: dict[str, MessageSchema] = {"ann/ok": MessageSchema(), "node/refused": MessageSchema({"reason": "str"})}
+
+
+def announce_to(ch: Any, msg: Message, client: str) -> None:
+    """``msg`` (``ann/chunks`` or ``ann/end``) to ``client``; its reply must be ``ann/ok`` as :data:`ANN_REPLIES`
+    has it: another kind, or an unknown field, raises :class:`MessageError` naming the client and the field; a
+    refusal raises :class:`NodeError` with its reason."""
+    rep = ch.request(msg)
+    if why := field_problem(rep, ANN_REPLIES, f"client {client} (ann reply to {msg.kind!r})"):
+        raise MessageError(why)
+    if rep.kind != "ann/ok":
+        raise NodeError(f"client {client} refused {msg.kind}: {rep.get('reason')}")
 
 
 class DetectorNode(Node):
@@ -233,8 +252,8 @@ class DetectorNode(Node):
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
             self._announce(chans, slotter, SlotEvents.joined([*held, events]), prev, final)
-            for ch in chans.values():
-                request(ch, Message("ann/end", {"final": final}), "ann/ok")
+            for c, ch in chans.items():
+                announce_to(ch, Message("ann/end", {"final": final}), c)
         finally:
             close = getattr(blocks, "close", None)
             if close is not None:
@@ -319,7 +338,7 @@ class DetectorNode(Node):
         out = {c: chunks_message(lo, hi, p) for c, p in parts.items() if p}
 
         def send(c: str) -> None:  # one message per client and announcement; the clients in parallel
-            request(chans[c], out[c], "ann/ok")
+            announce_to(chans[c], out[c], c)
 
         for f in [self._pool.submit(send, c) for c in out]:
             f.result()

@@ -28,8 +28,8 @@ import numpy as np
 from labqfl.bitops import cttz64, popcount64
 from labqfl.qkd.messaging import Message, MessageError
 
-__all__ = ["decode_channels", "decode_gaps", "decode_slot_bits", "encode_channels", "encode_gaps", "slot_bits",
-           "slot_bits_fields", "warm_codec"]
+__all__ = ["decode_channels", "decode_gaps", "decode_slot_bits", "encode_channels", "encode_gaps", "gap_fields",
+           "slot_bits", "slot_bits_fields", "warm_codec"]
 
 #: The widths a difference may travel in, narrowest first.
 GAP_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.uint32))
@@ -138,6 +138,12 @@ def encode_gaps(values: np.ndarray, *, base: int = 0, prefix: str = "",
     big_at, big = np.empty(escaped, np.int64), np.empty(escaped, np.int64)
     _fill_gaps(v, b, np.uint64(np.iinfo(t).max), gaps, big_at, big)
     return {f"{prefix}gaps": gaps, f"{prefix}big_at": big_at, f"{prefix}big": big}
+
+
+def gap_fields(prefix: str = "") -> dict[str, str]:
+    """The fields :func:`encode_gaps` writes with ``prefix``, as a message schema declares them
+    (:class:`~labqfl.qkd.messaging.MessageSchema`): each a 1-D array."""
+    return {f"{prefix}gaps": "array", f"{prefix}big_at": "array", f"{prefix}big": "array"}
 
 
 def decode_gaps(msg: Message, *, base: int = 0, prefix: str = "", plain: str | None = None) -> np.ndarray:

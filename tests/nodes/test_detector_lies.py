@@ -106,9 +106,10 @@ def test_an_end_beyond_the_acquisition_is_refused(c2) -> None:
 
 def test_a_malformed_field_is_named(c2) -> None:
     m = _chunk(0, 10)
-    with pytest.raises(MessageError, match=r"ann/chunks: field 'lo' is '1e3' \(expected an integer\)"):
+    with pytest.raises(MessageError, match=r"message 'ann/chunks' from detector detector on ann: field 'lo' is a str, "
+                                           r"expected int"):
         c2.ch.request(Message(m.kind, {**m.fields, "lo": "1e3"}))
-    _failed_at_once(c2, "ann/chunks: field 'lo' is '1e3'")
+    _failed_at_once(c2, "message 'ann/chunks' from detector detector on ann: field 'lo' is a str")
 
 
 @pytest.mark.parametrize("how", ["abort", "close"])
