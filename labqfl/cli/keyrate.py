@@ -15,7 +15,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, progress_bar
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    emit,
+    fail,
+    handle_errors,
+    pct_cell,
+    progress_bar,
+)
 from labqfl.config import StationConfig, load_station_config
 from labqfl.contracts.types import split_pair
 
@@ -209,7 +217,7 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
         t.add_row(
             r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
             f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
-            f"{r['qber_key']:.3f}", f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
+            pct_cell(r['qber_key']), f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
             f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
         )
     con.print(t)

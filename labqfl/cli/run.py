@@ -17,6 +17,7 @@ from labqfl.cli.common import (
     emit,
     fail,
     handle_errors,
+    pct_cell,
     print_path,
     progress_bar,
 )
@@ -168,7 +169,7 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
             for c, m in mod.items()))
     for name, p in (metrics.get("distill") or {}).get("pairs", {}).items():
         dropped = p.get("dropped_slots")
-        con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {100 * (p['qber_x'] or 0):.2f} %, "
+        con.print(f"  {name}: sifted {p['sifted_bits']:,} bits, QBER {pct_cell(p.get('qber_x'))}, "
                   f"final key {p['final_key_bits']:,} bits ({(p['secure_key_rate_bps'] or 0) / 1e3:.1f} kbit/s)"
                   + ("" if dropped is None else f", {dropped:,} slots dropped") + f" {p['status']}")
     t = metrics.get("train") or {}
