@@ -124,16 +124,34 @@ GUIDE = 1024
 _Q_STEP = 0.005  # thinning rates are rounded up to a 0.5 % grid so geometric-gap tables can be cached
 
 
+#: The largest geometric gap stored as an integer (2^62 slots, 1.5 years at 10 GHz): every segment is
+#: far shorter, so a gap this long means "no candidate in the segment" (:func:`_next_gap` returns
+#: ``seg_end`` for it). A float gap is clamped to it *before* the int64 cast: for q ≲ 7.5·10⁻¹⁹
+#: ⌊ln u / ln(1−q)⌋ exceeds 2^63, and the cast of such a float is undefined (x86 gives INT64_MIN, a
+#: negative gap: candidates back to back, accepted with p/p_max ≈ 1 — "light" from a 300 dB loss).
+GAP_MAX = np.int64(1) << np.int64(62)
+_GAP_MAX_F = float(1 << 62)
+
+
+@nb.njit(inline="always")
+def _gap_int(gf: float) -> np.int64:
+    """⌊gf⌋ of a geometric gap gf ≥ 0 as int64, clamped to :data:`GAP_MAX` (also +inf)."""
+    if gf >= _GAP_MAX_F:
+        return GAP_MAX
+    return np.int64(math.floor(gf))
+
+
 @nb.njit(cache=True, nogil=True)
 def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
     """Geometric gaps g = ⌊ln u / ln(1−q)⌋ for u in bin i = (i/G, (i+1)/G]: bounds [glo, ghi].
-    Where they agree the gap is known without a logarithm."""
+    Where they agree the gap is known without a logarithm. Gaps beyond :data:`GAP_MAX` are stored as
+    it (:func:`_gap_int`), so a negligible q gives no candidates."""
     l1q = math.log1p(-q)
     ghi[0] = INT64_MAX
-    glo[0] = np.int64(math.floor(math.log(1.0 / GUIDE) / l1q))
+    glo[0] = _gap_int(math.log(1.0 / GUIDE) / l1q)
     for i in range(1, GUIDE):
-        glo[i] = np.int64(math.floor(math.log((i + 1.0) / GUIDE) / l1q))
-        ghi[i] = np.int64(math.floor(math.log(i / GUIDE) / l1q))
+        glo[i] = _gap_int(math.log((i + 1.0) / GUIDE) / l1q)
+        ghi[i] = _gap_int(math.log(i / GUIDE) / l1q)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -344,7 +362,7 @@ def _next_gap(s: np.int64, rng: np.uint64, seg_end: np.int64, q: float, l1q: flo
     g = glo[b]
     if g != ghi[b]:
         gf = math.log(_u01_open(x)) / l1q
-        if gf >= seg_end - s:
+        if gf >= seg_end - s:  # compared as floats: no int64 cast of a gap beyond 2^63
             return seg_end, rng
         g = np.int64(gf)
     elif g >= seg_end - s:
