@@ -25,11 +25,22 @@ station_app = typer.Typer(help="Inspect and check the station (instruments by ro
 
 #: Columns of the ``station show`` tables as (label, unit); "" = dimensionless or not a quantity.
 CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("client", ""), ("seed", ""), ("intensities", "photons/pulse"), ("probabilities", ""), ("P(X basis)", ""),
-    ("Vπ", "V"))
+    ("client", ""), ("randomness", ""), ("seed", ""), ("intensities", "photons/pulse"), ("probabilities", ""),
+    ("P(X basis)", ""), ("Vπ", "V"))
 DETECTOR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("detector", ""), ("kind", ""), ("efficiency", ""), ("dark counts", "Hz"), ("dead time", "ns"),
     ("afterpulse", ""), ("jitter", "ps"))
+#: Below the clients' table: what the two columns about their randomness mean (docs/simulator.md,
+#: "Clients' randomness": a CSPRNG client's choices are AES-256-CTR under a fresh OS key per acquisition,
+#: and neither its seed nor the epoch enters them; a seeded client's are a function of (seed, epoch)).
+RANDOMNESS_NOTE = ("randomness: csprng = a fresh OS key per acquisition (the seed is not used for its choices: '—'); "
+                   "seeded = choices reproducible from the seed and the acquisition epoch, hence predictable by "
+                   "anyone with this file (tests and benchmarks only, never a secret key)")
+
+
+def seed_cell(randomness: str, seed: int) -> str:
+    """The ``seed`` cell of a client: its seed where it enters the choices (``seeded``), else ``—``."""
+    return str(seed) if randomness == "seeded" else "—"
 
 
 def column_header(label: str, unit: str) -> str:
@@ -63,9 +74,11 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
                        + _drift_text(L)))
         t = _table(CLIENT_COLUMNS)
         for c in cfg.clients:
-            t.add_row(c.name, str(c.seed), Text(str(c.intensities)), Text(str(c.intensity_probs)),
+            t.add_row(c.name, Text(c.randomness, style="bold red" if c.randomness == "seeded" else ""),
+                      seed_cell(c.randomness, c.seed), Text(str(c.intensities)), Text(str(c.intensity_probs)),
                       f"{c.basis_x_prob:g}", f"{c.phase_modulator.v_pi_v:g}")
         con.print(t)
+        con.print(Text(RANDOMNESS_NOTE), soft_wrap=True)
         t = _table(DETECTOR_COLUMNS)
         for n, d in cfg.detectors.items():
             t.add_row(n, d.kind, f"{d.efficiency:g}", f"{d.dark_count_rate_hz:g}", f"{d.dead_time_ns:g}",

@@ -75,3 +75,23 @@ def test_station_check_bad_visa_resource_is_one_line_without_warnings(tmp_path: 
     err_lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(err_lines) == 1
     assert "laser" in err_lines[0] and "GPIB0::12::INSTR" in err_lines[0] and "cannot connect" in err_lines[0]
+
+
+def test_station_show_names_each_clients_randomness_and_a_seed_only_where_it_is_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s34 M2: the clients' table showed every client's seed and not its randomness, so a seeded
+    (predictable) client looked like a CSPRNG one; a CSPRNG client's choices do not depend on its seed."""
+    from labqfl.cli.common import console
+    from labqfl.config import default_station_text
+
+    monkeypatch.setattr(console, "width", 250)
+    text = default_station_text()
+    assert text.count("seed = 1001\n") == 1 and "randomness" not in text
+    p = tmp_path / "seeded.toml"
+    p.write_text(text.replace("seed = 1001\n", 'seed = 1001\nrandomness = "seeded"\n', 1), encoding="utf-8")
+    res = CliRunner().invoke(app, ["station", "show", "--config", str(p)])
+    assert res.exit_code == 0, res.output
+    rows = {ln.split("│")[1].strip(): [c.strip() for c in ln.split("│")[2:4]]
+            for ln in res.stderr.splitlines() if ln.startswith("│ C") and "." not in ln.split("│")[1]}
+    assert rows == {"C1": ["seeded", "1001"], "C2": ["csprng", "—"], "C3": ["csprng", "—"], "C4": ["csprng", "—"]}
+    assert "1002" not in res.stderr and "predictable by anyone with this file" in res.stderr
