@@ -48,7 +48,14 @@ is the plan's.
 
 The server sees sample counts, masked vectors, refs (names of key bits, not bits), nonces and refs
 tags (one-time-padded: nothing about the tag key) or public keys,
-and — after a dropout only — keys of pairs whose other end dropped. It never sees an unmasked update.
+and — after a dropout only — keys of pairs whose other end dropped. With each masked upload the
+client also sends its training loss and clipped-value count in clear; under DP the server does not
+use them (the accountant does not cover them: the round's train loss is NaN, its clipped count 0).
+
+A malformed mask reply (an upload of the wrong length or dtype, a missing self-mask share, without
+DP no finite train loss) makes that client lost after masking, exactly like a client whose reply
+never came: the reason is logged and kept in :attr:`FlowerRound.dropped_reasons`, the reply is
+dropped, and the round completes for the others if enough survive (review s34 F6).
 
 Client identity (a deployment: ``identity`` = a :class:`~labqfl.fl.flower.identity.ReplyVerifier`
 of the network's CA): every message carries the run ID and a fresh nonce, and every reply must be
@@ -81,8 +88,10 @@ from labqfl.fl.selfmask import (
     check_threshold,
     choose_share_holders,
     default_threshold,
+    holders_of,
     shamir_reconstruct,
     share_bits,
+    share_dtype,
 )
 from labqfl.log import get_logger
 
@@ -114,6 +123,9 @@ class FlowerRound:
     #: qkd: key bits per pair of the refs tag (:data:`~labqfl.fl.flower.keys.REFS_TAG_BITS`),
     #: included in ``key_bits_per_pair``; 0 with csprng keys
     tag_bits_per_pair: int = 0
+    #: why each dropped client (before or after masking) was lost: no reply, an error, a refused
+    #: signature, a malformed masked upload, ...
+    dropped_reasons: dict[str, str] = field(default_factory=dict)
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
@@ -370,6 +382,7 @@ class LabqflServer:
         state["lost"].update(post_drop)
         for c in post_drop:
             log.warning("round %d: client %s lost after masking (%s)", r, c, fail2.get(c))
+        state["reasons"] = {c: why for c, why in {**fail, **fail2}.items() if c in pre_drop or c in post_drop}
         if (short := cfg.too_few_survivors(len(survivors))) is not None:
             raise SecureAggregationError(
                 f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, {short}; "
@@ -395,8 +408,10 @@ class LabqflServer:
             self._end_round(grid, r, n, nodes, survivors, timing)
         else:
             self._unfinished = (r, n, survivors)
-        return self._round_record(r, n, ok2, weights, part, pre_drop, post_drop, survivors, pairs, need, counters,
-                                  timing, agg, t_share, n_shares, eps_spent)
+        fr = self._round_record(r, n, ok2, weights, part, pre_drop, post_drop, survivors, pairs, need, counters,
+                                timing, agg, t_share, n_shares, eps_spent)
+        fr.dropped_reasons = state["reasons"]
+        return fr
 
     def _refs_stage(self, grid: Any, r: int, n: int, nodes: dict[str, int], pairs: list[str], info: dict[str, Any],
                     counters: dict[str, list[int]], timing: dict[str, float]) -> dict[str, str]:
@@ -489,8 +504,9 @@ class LabqflServer:
                     counters: dict[str, list[int]], timing: dict[str, float],
                     state: dict[str, Any],
                     ) -> tuple[dict[str, Message], dict[str, str], dict[str, np.ndarray]]:
-        """Send the mask messages (with the global model); return (replies, failures, masked uploads)."""
-        q = self.cfg.q
+        """Send the mask messages (with the global model); return (replies, failures, masked uploads).
+        A malformed reply (:meth:`_checked_upload`) moves to the failures: that client is lost after
+        masking, as one that did not answer, and the round goes on without it if enough survive."""
         t0 = time.perf_counter()
         msgs = {}
         for pos, c in enumerate(part):
@@ -501,11 +517,60 @@ class LabqflServer:
         ok2, fail2 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters)
         timing["mask"] = time.perf_counter() - t0
         uploads: dict[str, np.ndarray] = {}
-        for c, rep in ok2.items():
-            uploads[c] = uint_array(rep.content.array_records["masked"]["masked"].numpy(), q)
-            if uploads[c].size != n:
-                raise SecureAggregationError(f"round {r}: masked upload of {c} has {uploads[c].size} values, expected {n}")
+        for c, rep in list(ok2.items()):
+            try:
+                uploads[c] = self._checked_upload(rep, c, n, pairs, part)
+            except SecureAggregationError as exc:
+                # lost after masking, as a dropout: its partners reveal (or, with self-masks, the
+                # survivors unmask without its self-mask); its reply is not kept
+                fail2[c] = f"malformed masked upload: {exc}"
+                del ok2[c]
+                log.warning("round %d: the masked upload of client %s is malformed (%s); %s is treated as lost "
+                            "after masking", r, c, exc, c)
         return ok2, fail2, uploads
+
+    def _checked_upload(self, rep: Message, c: str, n: int, pairs: list[str], part: list[str]) -> np.ndarray:
+        """Client ``c``'s masked upload from its mask reply, after checking everything the later stages
+        read of that reply: ``n`` words of ``uint{q}``; with self-masks a ciphertext of ``n`` share
+        words for each of its share holders; without DP a finite ``train_loss`` and a non-negative
+        ``clipped_values``. Raises :class:`SecureAggregationError` naming what is wrong."""
+        q = self.cfg.q
+        try:
+            rec = rep.content.array_records.get("masked")
+            if rec is None or "masked" not in rec:
+                raise SecureAggregationError("the reply holds no masked upload")
+            up = uint_array(rec["masked"].numpy(), q)
+            if up.size != n:
+                raise SecureAggregationError(f"masked upload has {up.size} values, expected {n}")
+            if self.cfg.self_masks:
+                cts = rep.content.array_records.get("shares", ArrayRecord())
+                for h in holders_of(c, part, pairs):
+                    if h == c:
+                        continue
+                    if h not in cts:
+                        raise SecureAggregationError(f"no self-mask share for its holder {h}")
+                    ct = np.asarray(cts[h].numpy())
+                    if ct.dtype != share_dtype(q) or ct.size != n:
+                        raise SecureAggregationError(f"self-mask share for {h} has {ct.size} values of {ct.dtype}, "
+                                                     f"expected {n} of {share_dtype(q)}")
+            if self.dp is None:  # under DP the server does not read the clients' metrics (F9, docs §9)
+                self._check_metrics(rep)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SecureAggregationError(f"unreadable mask reply ({type(exc).__name__}: {exc})") from None
+        return up
+
+    @staticmethod
+    def _check_metrics(rep: Message) -> None:
+        """The mask reply's ``metrics`` record: a finite ``train_loss`` and ``clipped_values`` ≥ 0."""
+        mets = rep.content.metric_records.get("metrics")
+        if mets is None or "train_loss" not in mets:
+            raise SecureAggregationError("the reply holds no train_loss metric")
+        loss = mets["train_loss"]
+        if isinstance(loss, list) or not np.isfinite(float(loss)):
+            raise SecureAggregationError(f"train_loss {loss!r} is not a finite number")
+        clipped = mets.get("clipped_values", 0)
+        if isinstance(clipped, list) or float(clipped) != int(clipped) or int(clipped) < 0:
+            raise SecureAggregationError(f"clipped_values {clipped!r} is not a count")
 
     def _reveal_stage(self, grid: Any, r: int, n: int, nodes: dict[str, int], info: dict[str, Any],
                       pairs: list[str], survivors: list[str], post_drop: list[str], counters: dict[str, list[int]],
@@ -583,17 +648,24 @@ class LabqflServer:
                       pre_drop: list[str], post_drop: list[str], survivors: list[str], pairs: list[str],
                       need: list[str], counters: dict[str, list[int]], timing: dict[str, float], agg: np.ndarray,
                       t_share: int, n_shares: int, eps_spent: float | None) -> FlowerRound:
-        """The round's :class:`FlowerRound` (accounting; no key material, no unmasked data)."""
+        """The round's :class:`FlowerRound` (accounting; no key material, no unmasked data).
+
+        The clients' training losses and clipped-value counts travel in clear next to their masked
+        uploads (docs/secure_aggregation.md §9). Under DP they are outside the accountant, so the
+        server does not use them: the round's train loss is NaN and its clipped count 0."""
         cfg, q = self.cfg, self.cfg.q
-        mets = {c: ok2[c].content.metric_records["metrics"] for c in survivors}
-        tl = float(np.average([float(mets[c]["train_loss"]) for c in survivors],  # type: ignore[arg-type]
-                              weights=[weights[c] for c in survivors]))
+        tl, n_clipped = float("nan"), 0
+        if self.dp is None:
+            mets = {c: ok2[c].content.metric_records["metrics"] for c in survivors}
+            tl = float(np.average([float(mets[c]["train_loss"]) for c in survivors],  # type: ignore[arg-type]
+                                  weights=[weights[c] for c in survivors]))
+            n_clipped = sum(int(mets[c].get("clipped_values", 0)) for c in survivors)  # type: ignore[arg-type, misc]
         up = [counters[c][0] for c in part]
         down = [counters[c][1] for c in part]
         tag_bits = REFS_TAG_BITS if self.spec.keys == "qkd" else 0  # the refs tag key of each pair
         return FlowerRound(r, part, pre_drop, post_drop, len(pairs), cfg.key_bits_per_pair(n) + tag_bits,
                            q * n * len(need), float(np.mean(up)), float(np.mean(down)), timing,
-                           sum(int(mets[c].get("clipped_values", 0)) for c in survivors), tl, agg,  # type: ignore[arg-type, misc]
+                           n_clipped, tl, agg,
                            cfg.self_masks, t_share, share_bits(q) * n * n_shares if cfg.self_masks else 0,
                            eps_spent, tag_bits)
 
@@ -704,5 +776,5 @@ def flower_summary(rounds: Iterable[FlowerRound]) -> list[dict[str, Any]]:
              "upload_bytes_per_client": f.upload_bytes_per_client,
              "download_bytes_per_client": f.download_bytes_per_client, "stage_seconds": f.stage_seconds,
              "key_bits_per_pair": f.key_bits_per_pair, "tag_bits_per_pair": f.tag_bits_per_pair,
-             "privacy_epsilon_spent": f.privacy_epsilon_spent}
+             "privacy_epsilon_spent": f.privacy_epsilon_spent, "dropped_reasons": f.dropped_reasons}
             for f in rounds]
