@@ -55,23 +55,66 @@ def _plot_count_rates(run: RunRecord, m: dict[str, Any], plots: dict[str, Path])
         plots["Count rates"] = _fig(run.plot_path("count_rates.png"), draw_rates)
 
 
-def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
-    """QBER and sifted/secure key rate per pair over the acquisition. Adds to ``plots`` what the metrics allow."""
+#: Fewest test clicks a timeline point of the test-data error rate is drawn from: below it its binomial
+#: standard error √(e(1−e)/n) is 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review
+#: s34 F4). :data:`labqfl.cli.distill.MIN_TEST_CLICKS` is the same.
+MIN_TEST_CLICKS = 100
+
+#: Title (and section heading) of the plot of the test-data error rate beside the key QBER (``qber.png``).
+ERROR_RATE_PLOT = "Test-data error rate and key QBER per pair"
+
+
+def _key_qber(pd: dict[str, Any] | None) -> float | None:
+    """A pair's key-cell QBER over the acquisition (``qber_x``, else ``error_rate.X_key``); None: none."""
+    if not pd:
+        return None
+    v = pd.get("qber_x")
+    return v if v is not None else (pd.get("error_rate") or {}).get("X_key")
+
+
+def _error_rate_caption(pairs: list[str], sparse: dict[str, int], keyless: list[str]) -> str:
+    """The note under :data:`ERROR_RATE_PLOT`: what the two kinds of line are and what was left out."""
+    text = (f"Solid: the error rate of the test data (both clients in the same basis at equal non-zero intensities, "
+            f"the key cell left out) per timeline interval; points from fewer than {MIN_TEST_CLICKS} test clicks are "
+            "left out. Dashed: each pair's key QBER (both clients in X at the signal intensity) over the acquisition. "
+            "The test rate is not the key QBER: where two clients' signal intensities differ only their decoy pulses "
+            "are matched, and equal pulses leaving two clients arrive unequal over unequal paths, which lowers the "
+            "fringe contrast 2√(AB)/(A+B).")
+    if sparse:
+        text += " Left out (fewer clicks): " + ", ".join(f"{p} {n} point(s)" for p, n in sorted(sparse.items())) + "."
+    if keyless:
+        text += " No key QBER (no block processed): " + ", ".join(keyless) + "."
+    return text
+
+
+def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path],
+                       captions: dict[str, str] | None = None) -> None:
+    """Test-data error rate beside the key QBER, and sifted/secure key rate, per pair over the acquisition.
+    Adds to ``plots`` (and their notes to ``captions``) what the metrics allow."""
     dist = m.get("distill") or {}
     timeline = dist.get("timeline") or []
     if timeline:
         pairs = sorted({e["pair"] for e in timeline})
 
         final = (m.get("distill") or {}).get("pairs") or {}
+        sparse: dict[str, int] = {}
 
         def draw_qber(ax: Any) -> None:
             for p in pairs:
                 ev = [e for e in timeline if e["pair"] == p and e.get("qber") is not None]
-                ax.plot([e["t_s"] for e in ev], [100 * e["qber"] for e in ev], "o-", ms=3, label=p)
+                # the nodes' path reports no count (qber_events None): its one point is the whole acquisition's
+                shown = [e for e in ev if e.get("qber_events") is None or e["qber_events"] >= MIN_TEST_CLICKS]
+                if len(shown) < len(ev):
+                    sparse[p] = len(ev) - len(shown)
+                line = ax.plot([e["t_s"] for e in shown], [100 * e["qber"] for e in shown], "o-", ms=3,
+                               label=f"{p} test")
+                key = _key_qber(final.get(p))
+                if key is not None:
+                    ax.axhline(100 * key, color=line[0].get_color(), ls="--", lw=1, label=f"{p} key {100 * key:.2f} %")
             ax.set_xlabel("acquisition time [s]")
-            ax.set_ylabel("QBER [%]")
-            ax.set_title("QBER per pair (test data: equal bases, equal intensities)")
-            ax.legend(ncol=3, fontsize=8)
+            ax.set_ylabel("error rate [%]")
+            ax.set_title("Test-data error rate (solid, equal bases and intensities) and key QBER (dashed)")
+            ax.legend(ncol=3, fontsize=7)
 
         def draw_rate(ax: Any) -> None:
             for k, p in enumerate(pairs):
@@ -88,7 +131,10 @@ def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]
             ax.set_title("Sifted key rate per pair (solid) and final secure key rate (dashed)")
             ax.legend(ncol=2, fontsize=7)
 
-        plots["QBER per pair"] = _fig(run.plot_path("qber.png"), draw_qber)
+        plots[ERROR_RATE_PLOT] = _fig(run.plot_path("qber.png"), draw_qber)
+        if captions is not None:
+            captions[ERROR_RATE_PLOT] = _error_rate_caption(pairs, sparse, [p for p in pairs
+                                                                            if _key_qber(final.get(p)) is None])
         plots["Key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate, figsize=(7.0, 4.2))
 
 
@@ -131,11 +177,12 @@ def _plot_training(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) ->
         plots["Training"] = _fig(run.plot_path("training.png"), draw_train)
 
 
-def make_plots(run: RunRecord, m: dict[str, Any]) -> dict[str, Path]:
-    """Draw every plot the metrics allow; returns {title: png path}."""
+def make_plots(run: RunRecord, m: dict[str, Any], captions: dict[str, str] | None = None) -> dict[str, Path]:
+    """Draw every plot the metrics allow; returns {title: png path}. A plot's note, if any, goes to
+    ``captions`` under its title."""
     plots: dict[str, Path] = {}
     _plot_count_rates(run, m, plots)
-    _plot_distillation(run, m, plots)
+    _plot_distillation(run, m, plots, captions)
     _plot_key_pools(run, m, plots)
     _plot_training(run, m, plots)
     return plots
@@ -271,7 +318,8 @@ def _dropped_section(m: dict[str, Any]) -> list[str]:
 def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
     m = metrics if metrics is not None else run.read_metrics()
-    plots = make_plots(run, m)
+    captions: dict[str, str] = {}
+    plots = make_plots(run, m, captions)
     parts = [f"<h1>labqfl run {html.escape(run.name)}</h1>"]
     status = m.get("status", "unknown")
     parts.append(
@@ -289,7 +337,7 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     if dist:
         rows = [{"pair": p, **v} for p, v in sorted(dist.items())]
         parts.append("<h2>Key distillation</h2>")
-        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted bits"), ("qber_x", "QBER X"),
+        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted bits"), ("qber_x", "QBER X (key)"),
                                    ("phase_error_bound", "phase-error bound"), ("leaked_ec_bits", "leaked (EC)"),
                                    ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
                                    ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
@@ -316,6 +364,8 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     for title, path in plots.items():
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f"<h2>{html.escape(title)}</h2><img alt='{html.escape(title)}' src='data:image/png;base64,{b64}'>")
+        if title in captions:
+            parts.append(f"<p class='muted'>{html.escape(captions[title])}</p>")
     parts.append("<p class='muted'>Generated by labqfl from metrics.json; schema in docs/metrics.md.</p>")
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>labqfl {html.escape(run.name)}</title><style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
     out = run.path / "report.html"

@@ -34,6 +34,39 @@ from labqfl.cli.common import (
 from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError
 
+#: Fewest clicks a test error rate is shown from: below it its binomial standard error √(e(1−e)/n) is
+#: 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review s34 F4: "0.00 %" from 5 clicks).
+#: :data:`labqfl.report.MIN_TEST_CLICKS` is the same.
+MIN_TEST_CLICKS = 100
+
+
+def error_rate_counts(r: Any) -> dict[str, int]:
+    """The events each rate of a :class:`~labqfl.qkd.pipeline.PairResult`'s ``error_rate`` is over (the
+    ``error_rate_counts`` of ``--json``): ``X_key`` the key-cell bits error correction compared (processed
+    bits), ``X_test``/``Y_test`` the clicks of the matched test cells (both clients in that basis at equal
+    non-zero intensities, the key cell left out: :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`)."""
+    return {"X_key": int(r.processed_bits), "X_test": int(r.test_clicks.get("X", 0)),
+            "Y_test": int(r.test_clicks.get("Y", 0))}
+
+
+def rate_clicks_cell(rate: float | None, clicks: int | None) -> str:
+    """A test error rate as a table cell with its click count: "1.56 % (12,345)"; "n/a (5 clicks)" below
+    :data:`MIN_TEST_CLICKS`; the bare rate where the count is unknown (a summary without counts)."""
+    if clicks is None:
+        return pct_cell(rate)
+    if clicks < MIN_TEST_CLICKS:
+        return f"n/a ({clicks:,} clicks)"
+    return f"{pct_cell(rate)} ({clicks:,})"
+
+
+#: The note under ``distill``'s table: what the two error-rate columns are (physics review s34 F4).
+RATE_NOTE = (
+    "QBER X key: error rate of the key cell (both clients in X at the signal intensity) over the bits error "
+    "correction compared. Y test: error rate of the Y-basis test data (both clients in Y at equal non-zero "
+    "intensities: decoy-decoy only where the clients' signal intensities differ), with its clicks; n/a below "
+    f"{MIN_TEST_CLICKS} clicks. A test rate is not the key QBER: equal pulses leaving two clients arrive unequal "
+    "over unequal paths, which lowers the fringe contrast. Counts: error_rate_counts in --json.")
+
 
 @handle_errors
 def distill(
@@ -98,7 +131,8 @@ def distill(
         "block_slots": settings.block_slots, "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
         "slotting": vars(session.distiller.slotter.stats), "modulation": src.modulation(), "run": str(run.path),
-        "pairs": {k: r.as_dict(duration_s) for k, r in results.items()}, "provenance": provenance,
+        "pairs": {k: {**r.as_dict(duration_s), "error_rate_counts": error_rate_counts(r)} for k, r in results.items()},
+        "provenance": provenance,
     }
     judge_key(data)  # no pair with key: exit 1 after the summary (review s32 M2(b)); some without: a warning
     (run.path / "metrics.json").write_text(json.dumps(to_jsonable(data), indent=2), encoding="utf-8")
@@ -215,20 +249,22 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     dropped = sl.get("dropped_slots_sync", 0) + sl.get("dropped_slots_lost_data", 0) + relocks
     line += f"; slots dropped: {sl.get('dropped_slots_sync', 0):,} (sync/markers), {sl.get('dropped_slots_lost_data', 0):,} (lost data)"
     con.print(line if not dropped else f"[yellow]{escape(line)}[/]", markup=bool(dropped))
-    t = Table("pair", "slots", "dropped", "sifted", "QBER X", "QBER Y", "e_ph ≤", "f", "final", "kbit/s", "aborted",
+    t = Table("pair", "slots", "dropped", "sifted", "QBER X key", "Y test (clicks)", "e_ph ≤", "f", "final", "kbit/s", "aborted",
               box=box.SIMPLE_HEAD, pad_edge=False)
     reasons: dict[str, list[str]] = {}
 
     for k, r in data["pairs"].items():
         er = r["error_rate"]
         rate = r["secure_key_rate_bps"]
-        t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct_cell(er["X_key"]), pct_cell(er["Y_test"]),
+        y_test = rate_clicks_cell(er["Y_test"], (r.get("error_rate_counts") or {}).get("Y_test"))
+        t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct_cell(er["X_key"]), y_test,
                   "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
                   "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
         for reason in r["abort_reasons"]:
             reasons.setdefault(reason, []).append(k)
     con.print(t)
+    con.print(RATE_NOTE, markup=False, highlight=False)
     for reason, pairs in reasons.items():
         con.print(f"[yellow]aborted[/] ({escape(', '.join(pairs))}): {escape(reason)}", markup=True)
     skipped = {k: r["skipped_blocks"] for k, r in data["pairs"].items() if r.get("skipped_blocks")}
