@@ -375,7 +375,29 @@ def mask_key_security(key_source: Any) -> str:
     return f"one-time-pad masks with QKD keys from the node key stores; the keys: {w['security']}"
 
 
-__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+#: the sentence that ends a training run's security line, per engine (review s34 F8): who holds every
+#: client's update and pad, so that the masks protect nothing against them
+LOCAL_ENGINE_TRUST = ("In-process engine: one process computes every client's update and reads every pad, so the "
+                      "masks protect nothing against that process's operator.")
+SIMULATION_TRUST = ("Flower simulation: one command runs every client's update and pad (its Ray worker processes, "
+                    "one OS user, every client's key store), so the masks protect nothing against its operator")
+#: the unsigned simulation's refs: the documented residual of docs/secure_aggregation.md §9
+SIMULATION_REFS_TAG_ONLY = ("; the masters' refs are checked by the refs tag alone, with no node signature "
+                            "(docs/secure_aggregation.md §9)")
+
+
+def engine_trust(engine: str, keys: str) -> str:
+    """The last sentence of the security line of a ``labqfl train`` run on ``engine`` (``local`` or the
+    ``flower`` simulation) with ``keys`` (``qkd``: the refs need the tag; ``csprng``: no refs)."""
+    if engine == "local":
+        return LOCAL_ENGINE_TRUST
+    if engine == "flower":
+        return SIMULATION_TRUST + (SIMULATION_REFS_TAG_ONLY if keys == "qkd" else "") + "."
+    raise ValueError(f"engine {engine!r}: expected local or flower")
+
+
+__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "SIMULATION_REFS_TAG_ONLY",
+           "SIMULATION_TRUST", "engine_trust", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

@@ -345,9 +345,10 @@ class TrainingSetup:
 
     def summary(self, result: Any) -> dict[str, Any]:
         """``result.summary()`` with what the setup knows: key cost, self-masks, local and secagg
-        settings, data, noise, and the provenance and security of the keys the masks consumed."""
+        settings, data, noise, and the provenance and security of the keys the masks consumed; the
+        security line ends with what the engine leaves the masks (:func:`~labqfl.provenance.engine_trust`)."""
         from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, share_prime
-        from labqfl.provenance import mask_key_provenance, mask_key_security
+        from labqfl.provenance import engine_trust, mask_key_provenance, mask_key_security
 
         s = self.settings
         out: dict[str, Any] = result.summary()
@@ -362,7 +363,8 @@ class TrainingSetup:
             noise=({**self.noise_model.as_dict(), "shots_used": getattr(self.model, "shots_used", 0)}
                    if self.noise_model is not None else None),
             key_provenance=mask_key_provenance(self.key_source),
-            security=mask_key_security(self.key_source) + (SELF_MASK_SECURITY if s.self_masks else ""),
+            security=(mask_key_security(self.key_source) + (SELF_MASK_SECURITY if s.self_masks else "") + ". "
+                      + engine_trust(s.engine, s.keys)),
         )
         return out
 

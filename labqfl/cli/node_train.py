@@ -159,7 +159,6 @@ def _one_line(message: str, server_name: str) -> str:
 def training_summary(setup: Any, res: dict[str, Any], server: str, server_name: str) -> dict[str, Any]:
     """``labqfl train``'s summary of a run the server node's ServerApp reported (``res``), with what the
     setup knows (key cost, self-masks, local and secagg settings) and the network's part."""
-    from labqfl.app.training import SELF_MASK_SECURITY
     from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, share_prime
 
     s = setup.settings
@@ -173,20 +172,40 @@ def training_summary(setup: Any, res: dict[str, Any], server: str, server_name: 
         local={"epochs": setup.local.epochs, "lr": setup.local.lr, "batch_size": setup.local.batch_size,
                "optimizer": "adam"},
         secagg=setup.secagg.as_dict(), noise=None, server=server, server_name=server_name,
-        security=mask_security(s.keys) + (SELF_MASK_SECURITY if s.self_masks else ""))
+        security=mask_security(s.keys, s.self_masks))
     return out
 
 
-def mask_security(keys: str) -> str:
-    """What the masks of a run over nodes rest on. The operator opens no key store, so for ``qkd`` it can name
-    where each key's provenance is recorded, not the provenance itself."""
+#: the last sentence of a node run's security line: what the operator's report can and cannot vouch for
+#: (review s34 F8; the nodes do not report the key mode or mask settings they used)
+NODE_RUN_TRUST = ("The key mode and the mask settings (graph, self-masks, DP) reach the nodes in the server node's "
+                  "messages, not signed by this operator, and no node reports what it used; each SuperNode {}.")
+
+
+def mask_security(keys: str, self_masks: bool = False) -> str:
+    """What the masks of a run over nodes rest on, for the key mode this operator asked for, and (its last
+    sentence, :data:`NODE_RUN_TRUST`) where that rests on the nodes. The operator opens no key store, so for
+    ``qkd`` it can name where each key's provenance is recorded, not the provenance itself."""
+    from labqfl.app.training import SELF_MASK_SECURITY
+
     if keys == "qkd":
-        return ("one-time-pad masks with QKD keys each client's SuperNode drew from its own key store (this "
-                "operator opens none); what those keys rest on (simulated or hardware physical layer; QRNG, CSPRNG "
-                "or seeded client randomness) is recorded per block in each client's store: labqfl keys status "
-                "--data-dir <its data folder> on its host")
-    return ("computational: per-round X25519 key agreement (OS randomness) expanded with AES-256-CTR into the "
-            "masks, no QKD key; an honest-but-curious server is assumed (it relays the public keys)")
+        head = ("asked for qkd: one-time-pad masks with QKD keys each client's SuperNode draws from its own key store "
+                "(this operator opens none; what those keys rest on, simulated or hardware physical layer and QRNG, "
+                "CSPRNG or seeded client randomness, is recorded per block in each client's store: labqfl keys status "
+                "--data-dir <its data folder> on its host)")
+        node = "masks with keys from its own key store and refuses another key mode"
+    else:
+        head = ("asked for csprng: computational: per-round X25519 key agreement (OS randomness) expanded with "
+                "AES-256-CTR into the masks, no QKD key; an honest-but-curious server is assumed (it relays the "
+                "public keys)")
+        node = "refuses a key mode other than its own"
+    return head + (SELF_MASK_SECURITY if self_masks else "") + ". " + NODE_RUN_TRUST.format(node)
+
+
+def _dropped(client: str, reasons: dict[str, str]) -> str:
+    """A dropped client, with the server's reason (a malformed upload, no reply, ...) where the round has it."""
+    why = reasons.get(client)
+    return f"{client} ({why})" if why else client
 
 
 def render(con: Any, summary: dict[str, Any]) -> None:
@@ -195,7 +214,8 @@ def render(con: Any, summary: dict[str, Any]) -> None:
 
     render_training(con, summary)
     fl = summary.get("flower") or []
-    dropped = [f"round {r['round']}: {', '.join([*r['dropped_before_masking'], *r['dropped_after_masking']])}"
+    dropped = [f"round {r['round']}: " + ", ".join(_dropped(c, r.get("dropped_reasons") or {})
+                                                   for c in [*r["dropped_before_masking"], *r["dropped_after_masking"]])
                for r in fl if r["dropped_before_masking"] or r["dropped_after_masking"]]
     con.print(f"over the server node {summary['server_name']} at {summary['server']} (its run {summary['server_run']}): "
               f"{summary['rounds_run']} round(s) in {summary['wall_s']:.1f} s wall; clients dropped: "

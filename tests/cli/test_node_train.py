@@ -80,7 +80,9 @@ def test_node_train_over_a_running_server_node_and_supernodes(tmp_path: Path, sm
     assert doc["clients"] == 2 and doc["client_names"] == ["C1", "C2"] and doc["server"] == net.server_address
     assert doc["key_bits_per_pair_per_round"] == per_round and doc["key_bits_total"] == 2 * per_round
     assert doc["key_cost_per_round"]["pairs"] == 1 and "final_params" not in doc
-    assert doc["security"].startswith("one-time-pad masks with QKD keys each client's SuperNode drew")
+    assert doc["security"].startswith("asked for qkd: one-time-pad masks with QKD keys each client's SuperNode draws")
+    assert doc["security"].endswith("each SuperNode masks with keys from its own key store and refuses another key "
+                                    "mode.")  # review s34 F8: the server's messages carry the settings
     assert all(not f["dropped_before_masking"] and not f["dropped_after_masking"] for f in doc["flower"])
     run_dir = Path(doc["run_dir"])
     assert run_dir.parent == tmp_path / "runs" and json.loads((run_dir / "metrics.json").read_text()) == doc

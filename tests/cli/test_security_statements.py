@@ -13,7 +13,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from labqfl.cli import app
-from labqfl.provenance import IT_PHRASE
+from labqfl.provenance import IT_PHRASE, LOCAL_ENGINE_TRUST
 
 runner = CliRunner()
 BOOTSTRAP_REASON = "authentication bootstrapped from a secret labqfl generated on this machine; both stores hold it"
@@ -28,6 +28,7 @@ def test_train_prints_the_masks_security_statement(tmp_path: Path) -> None:
     run = sorted(p for p in tmp_path.iterdir() if p.is_dir())[-1]
     security = json.loads((run / "metrics.json").read_text())["security"]
     assert security.startswith("computational")
+    assert security.endswith(LOCAL_ENGINE_TRUST)  # review s34 F8: one process holds every update and pad
     assert f"security: {security}" in " ".join(r.stderr.split())
 
 

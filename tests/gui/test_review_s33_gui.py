@@ -22,7 +22,7 @@ from labqfl.app.nodes import NodeSet, NodeSetError, local_settings
 from labqfl.config import load_station_config
 from labqfl.keystore import KeyStore
 from labqfl.planning import station_toml
-from labqfl.provenance import CSPRNG_MASKS, IT_PHRASE, Provenance
+from labqfl.provenance import CSPRNG_MASKS, IT_PHRASE, LOCAL_ENGINE_TRUST, Provenance
 from labqfl.qkd.blocksize import plan_blocks
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "gui.md"
@@ -138,6 +138,7 @@ def test_the_training_tab_shows_the_runs_security_statement(qtbot, make_win, sma
     assert not w.errors and not finished[0].get("stopped")
     sec = finished[0]["security"]  # TrainingSetup.summary's, as `labqfl train --json`
     assert sec.startswith("one-time-pad masks with QKD keys") and "not secret" in sec
+    assert sec.endswith(LOCAL_ENGINE_TRUST)  # review s34 F8: the GUI trains in process
     assert tp.security.text() == f"Masks of this run: {sec}"
 
 
