@@ -38,16 +38,22 @@ DEFAULT_ENGINE = ENGINES[0]
 #: 73-101 kbit/s, and the whole job takes about three times as long on two cores (docs/nodes.md).
 DEFAULT_DURATION_S = 10.0
 
-#: Longest acquisition (and block) any front end or node accepts [s], about 116 days: what the
+#: Longest acquisition (and block) any front end or node accepts [s], about 11.6 days: what the
 #: simulator streams at most. Before this bound a 1e9 s ``labqfl run`` failed with "DEADLINE_EXCEEDED"
 #: (its session deadlines, 150 wall s per simulated s, overflowed gRPC's clock; see
 #: :data:`labqfl.net.transport.MAX_DEADLINE_S`) and ``labqfl acquire`` named the simulator's argument.
-MAX_DURATION_S = 1e7
+#: Time tags are int64 picoseconds, which end at 2^63 ps ≈ 9.2·10^6 s: the bound was 10^7 s, past
+#: which tags overflowed (physics review s34); 10^6 s leaves 8·10^6 s for a time tagger's clock that
+#: did not start at 0 (:data:`TAG_TIME_HEADROOM_S`).
+MAX_DURATION_S = 1e6
+#: Time a tagger's clock may already show at the first tag of a MAX_DURATION_S acquisition without its
+#: int64 picosecond timestamps overflowing [s]
+TAG_TIME_HEADROOM_S = (2**63 - 1) / 1e12 - MAX_DURATION_S
 
 
 def duration_problem(value: float) -> str | None:
     """Why ``value`` is not a usable acquisition or block length [s] (``None``: it is): one phrase,
-    "must be a number of seconds in (0, 1e+07], got …", for the caller to prefix with the option
+    "must be a number of seconds in (0, 1e+06], got …", for the caller to prefix with the option
     or field it came from."""
     try:
         v = float(value)

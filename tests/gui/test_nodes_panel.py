@@ -215,7 +215,7 @@ def test_read_addresses_names_the_file_and_line_of_a_bad_entry(tmp_path) -> None
     (["--nodes", "local", "--connect", "{addr}", "--certs", "{tmp}"], "exclude each other"),
     (["--connect", "{bad}", "--certs", "{tmp}"], "is not NAME=HOST:PORT"),
     (["--connect", "{addr}", "--certs", "{tmp}"], "ca.pem: CA certificate"),
-    (["--nodes", "local", "--duration", "0"], "--duration must be a number of seconds in (0, 1e+07], got 0.0"),
+    (["--nodes", "local", "--duration", "0"], "--duration must be a number of seconds in (0, 1e+06], got 0.0"),
 ])
 def test_bad_node_options_of_labqfl_gui_give_one_error_line(tmp_path, args, says) -> None:  # type: ignore[no-untyped-def]
     addr, bad = tmp_path / "nodes.txt", tmp_path / "bad.txt"
