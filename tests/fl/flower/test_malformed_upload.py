@@ -50,12 +50,14 @@ def _spoil(reply: Message, how: str) -> None:
 
 
 def _round(local_grid: Any, self_masks: bool, spoil: dict[str, str] | None = None,
-           crash: dict[str, int] | None = None, dp_epsilon: float = 0.0) -> tuple[LabqflServer, Any]:
+           crash: dict[str, int] | None = None, dp_epsilon: float = 0.0,
+           keystore: str = "") -> tuple[LabqflServer, Any]:
     """Round 1 of five clients with fixed updates (csprng keys, all pairs); ``spoil``: client → how
     its mask reply is made malformed; ``crash``: the LocalGrid's lost-after-masking clients."""
     rng = np.random.default_rng(11)
     updates = {c: rng.normal(0, 0.3, N_WORDS) for c in NAMES}
-    spec = FlowerSpec(task="mnist-qnn", clients=5, q=32 if dp_epsilon else 16, rounds=1, keys="csprng", clip=1.0,
+    spec = FlowerSpec(task="mnist-qnn", clients=5, q=32 if dp_epsilon else 16, rounds=1,
+                      keys="qkd" if keystore else "csprng", keystore_dir=keystore, clip=1.0,
                       rounding="nearest", self_masks=self_masks, dp_epsilon=dp_epsilon)
     app = _app(updates)
 
@@ -67,7 +69,8 @@ def _round(local_grid: Any, self_masks: bool, spoil: dict[str, str] | None = Non
             _spoil(rep, how)
         return rep
 
-    grid = local_grid(client_app, NAMES, crash=crash)
+    grid = local_grid(client_app, NAMES, crash=crash,
+                      node_config={c: {"labqfl-keystore": keystore} for c in NAMES} if keystore else None)
     srv = LabqflServer(spec)
     fr = srv.round(grid, 1, np.zeros(N_WORDS), {c: nid for nid, c in grid.nodes.items()}, dict.fromkeys(NAMES, 100.0))
     return srv, (fr, updates)
@@ -118,3 +121,23 @@ def test_under_dp_the_server_uses_no_per_client_metric(local_grid) -> None:
     _, (fr, _) = _round(local_grid, False, spoil={"C4": "no loss"}, dp_epsilon=8.0)
     assert fr.dropped_after_masking == [] and fr.privacy_epsilon_spent is not None
     assert np.isnan(fr.train_loss) and fr.clipped_values == 0
+
+
+def test_with_qkd_keys_the_partners_reveal_and_both_ends_of_every_pair_stay_in_step(local_grid, make_stores) -> None:
+    """The reviewer's case (qkd): C4's upload one word short. The round completes for C1, C2, C3, C5, its
+    partners reveal the keys of C4's pairs, and no bit of any pair's round key is left free at either end
+    (C4 itself, sent no end message, finishes its reservations at its next message)."""
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
+    from labqfl.fl.masks import mask_graph
+    from labqfl.keystore import KeyStore
+
+    kdir = make_stores(NAMES, 16 * N_WORDS + REFS_TAG_BITS)  # one round's key per pair
+    _, (fr, updates) = _round(local_grid, False, spoil={"C4": "short"}, keystore=str(kdir))
+    assert fr.dropped_after_masking == ["C4"] and "has 23 values, expected 24" in fr.dropped_reasons["C4"]
+    assert fr.reveal_bits == 4 * 16 * N_WORDS
+    expected = np.mean([updates[c] for c in NAMES if c != "C4"], axis=0)
+    assert np.max(np.abs(fr.aggregate - expected)) < 1e-3
+    for p in mask_graph(NAMES):
+        for node in p.split("-"):
+            with KeyStore.for_node(node, kdir) as st:
+                assert st.available_bits(p, "fl") == 0, (p, node)
