@@ -8,7 +8,10 @@ client, one data folder: a SuperNode is never given another client's folder, and
 holds the stores of the clients of one machine only (docs/nodes.md).
 
 It starts ``flower-supernode`` (:meth:`~labqfl.fl.flower.deploy.LocalFederation.start_supernode`,
-trusting the network CA for the SuperLink's certificate) and a :class:`~labqfl.nodes.tunnel.TunnelEnd`
+trusting the network CA for the SuperLink's certificate; its ClientApps, forked from the warm zygote
+or started cold, run behind labqfl's FAB guard, :mod:`labqfl.fl.flower.fabguard`, and refuse any
+App the server ships that is not labqfl's own: the FAB's code never runs beside Ci's key store and
+certificate key) and a :class:`~labqfl.nodes.tunnel.TunnelEnd`
 that carries its connection to the server node's mutual-TLS front with Ci's node certificate.
 Its ClientApps sign every reply with Ci's certificate key (node config ``labqfl-cert`` /
 ``labqfl-key``: the paths of ``node-<Ci>.pem/.key``; the key never leaves the files or the

@@ -10,12 +10,16 @@ and the training code (~1.9 s) — two or three messages per client and round, b
 :func:`start_warm_clientapps` adds a *zygote* to a :class:`~labqfl.fl.flower.deploy.LocalFederation`
 of one client (``python -m labqfl.nodes.warmapp zygote SOCKET``): it imports all of that once,
 opens no file, key store or connection, listens on a Unix socket in a private 0700 folder and, per
-request, forks a child that runs Flower's own ``flwr-clientapp`` entry point with the request's
-arguments and standard streams. The SuperExec finds :data:`SHIM` (a few lines of stdlib Python,
+request, forks a child that runs ``flwr-clientapp`` behind labqfl's FAB guard
+(:func:`labqfl.fl.flower.fabguard.main`: Flower's own entry point, refusing any FAB that is not
+labqfl's App before installing or importing anything from it) with the request's arguments and
+standard streams. The SuperExec finds :data:`SHIM` (a few lines of stdlib Python,
 ``-SE``) under the name ``flwr-clientapp`` first on its ``PATH``; the shim hands its arguments and
 stdin/stdout/stderr to the zygote (``SCM_RIGHTS``), forwards SIGTERM/SIGINT to the child, and exits
 with the child's exit code. If the zygote is not listening (still importing, or gone), the shim
-``exec``\\ s the real ``flwr-clientapp``: behaviour is Flower's, only slower.
+``exec``\\ s the guard's ``flwr-clientapp`` script (:meth:`LocalFederation.node_bin`, which is also
+next on the node's ``PATH``): the same guard, only slower. With ``LABQFL_WARM_CLIENTAPPS=0`` the
+SuperExec finds that script itself.
 
 What stays as in Flower: every message runs in its own process, which exits after the reply, so
 nothing (no key word, reservation or secret) survives from one message to the next except what
@@ -161,8 +165,8 @@ class WarmFederation(LocalFederation):
     #: the environment variable the shim reads the zygote's socket from
     socket_env: str = SOCKET_ENV
 
-    def env(self) -> dict[str, str]:
-        e = super().env()
+    def env(self, node: bool = False) -> dict[str, str]:
+        e = super().env(node)
         e["FLWR_TELEMETRY_ENABLED"] = "0"
         e["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         if self.warm_dir is not None:
@@ -170,15 +174,15 @@ class WarmFederation(LocalFederation):
             e[self.socket_env] = str(self.warm_dir / "zygote.sock")
         return e
 
-    def _start(self, name: str, cmd: list[str]) -> None:
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         if self.warm_dir is not None and name.startswith("supernode-") and cmd and cmd[0] == _bin("flower-supernode"):
             # the shim: forked from the zygote when it listens (wait_zygote first), else SUPERNODE_REAL
             cmd = [str(self.warm_dir / "bin" / "flower-supernode"), *cmd[1:]]
         # as LocalFederation._start, and SIGTERM when this node dies (labqfl.nodes.pdeath): a SuperLink whose
         # node was killed ends (and its SuperExec, which watches it, with it) instead of serving on, orphaned
         log_f = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen(die_with_parent(cmd), stdout=log_f, stderr=subprocess.STDOUT, env=self.env(),
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(die_with_parent(cmd), stdout=log_f, stderr=subprocess.STDOUT,
+                                            env=self.env() if env is None else env, start_new_session=True)
 
     def wait_zygote(self, timeout_s: float = 120.0) -> bool:
         """Block until the zygote listens (True), has exited or ``timeout_s`` passed (False: the
@@ -249,11 +253,14 @@ def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
         return WarmFederation(workdir, fleet, **kw)
     warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
     fed = WarmFederation(workdir, fleet, warm_dir=warm, **kw)
-    write_shim(warm / "bin", _bin("flwr-clientapp"))
+    # cold path: labqfl's FAB guard (labqfl.fl.flower.fabguard), never Flower's bare flwr-clientapp
+    write_shim(warm / "bin", str(fed.node_bin() / "flwr-clientapp"))
     write_shim(warm / "bin", _bin("flower-superexec"), "flower-superexec")
     write_shim(warm / "bin", SUPERNODE_REAL, "flower-supernode")
+    # the node's environment: the SuperNode and SuperExec forked from the zygote inherit it (the guard
+    # folder on PATH, after the shims)
     fed._start("warm-clientapps", [sys.executable, "-m", "labqfl.nodes.warmapp", "zygote",
-                                   str(warm / "zygote.sock"), str(os.getpid())])
+                                   str(warm / "zygote.sock"), str(os.getpid())], env=fed.env(node=True))
     return fed
 
 
@@ -275,24 +282,26 @@ def start_warm_serverapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
 # ------------------------------------------------------------------------------------ the zygote
 def _preload() -> dict[str, Any]:
     """Import what a ClientApp process needs and what the SuperNode and its SuperExec run; return
-    the entry point of each program a child may run: ``flwr-clientapp`` (one per message),
+    the entry point of each program a child may run: ``flwr-clientapp`` (one per message, behind
+    labqfl's FAB guard, :func:`labqfl.fl.flower.fabguard.main`),
     ``flower-supernode`` (:func:`supernode_main`) and ``flower-superexec`` (once per node). The
     SuperNode and the SuperExec are forked from here too so that a client's node does not import
     Flower three times at its start (measured: ~1.6 and ~1.2 s of CPU each on the 2-core
     development machine, docs/nodes.md)."""
     from flwr.supercore.cli import flower_superexec
     from flwr.supernode.cli.flower_supernode import flower_supernode  # noqa: F401 - its imports, for the fork
-    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp  # noqa: F401 - the guard runs it
 
     import labqfl.fl.datasets.tasks  # noqa: F401 - task data (torch via the measures)
     import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:client_app``)
     import labqfl.fl.training  # noqa: F401 - local training (torch, the QNN kernels)
+    from labqfl.fl.flower.fabguard import main as guarded_clientapp
     from labqfl.fl.flower.latency import quick_object_pulls, warm_kernels
 
     quick_object_pulls()  # the child's pull of its message from the SuperNode (inherited by every fork)
     warm_kernels()  # Numba's machine code loaded once here, not in every training ClientApp
 
-    return {"flwr-clientapp": flwr_clientapp, "flower-superexec": flower_superexec,
+    return {"flwr-clientapp": guarded_clientapp, "flower-superexec": flower_superexec,
             "flower-supernode": lambda: supernode_main(sys.argv[1:])}
 
 

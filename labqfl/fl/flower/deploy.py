@@ -59,6 +59,12 @@ clientapp = "labqfl.fl.flower.app:client_app"
 {config}
 """
 
+#: the App's one module (its components live in the installed labqfl package), byte for byte: a
+#: SuperNode refuses a FAB whose module differs (:mod:`labqfl.fl.flower.fabguard`)
+APP_STUB_NAME = "labqfl_flower_app.py"
+APP_STUB = (b'"""labqfl Flower App: the components live in labqfl.fl.flower.app."""\n'
+            b"from labqfl.fl.flower.app import client_app, server_app  # noqa: F401\n")
+
 
 def _toml_value(v: Any) -> str:
     if isinstance(v, bool):
@@ -75,6 +81,9 @@ def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None 
     ``ca``: the network CA certificate on the server's host (run config ``labqfl-ca``): the
     ServerApp then refuses every client reply not signed by the claimed client's certificate key.
     The labqfl package itself must be installed on every machine (the FAB carries only the config).
+    Write nothing else into ``app_dir``: a labqfl SuperNode refuses a FAB with any other file, a
+    changed stub module, or a ``pyproject.toml`` that differs from :data:`APP_PYPROJECT` outside
+    its run config (:mod:`labqfl.fl.flower.fabguard`).
     """
     app_dir.mkdir(parents=True, exist_ok=True)
     cfg = dict(spec.to_config())
@@ -84,9 +93,7 @@ def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None 
     cfg["labqfl-init"] = str(Path(init_params).resolve()) if init_params is not None else ""
     lines = "\n".join(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items())
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
-    (app_dir / "labqfl_flower_app.py").write_text(
-        '"""labqfl Flower App: the components live in labqfl.fl.flower.app."""\n'
-        "from labqfl.fl.flower.app import client_app, server_app  # noqa: F401\n", encoding="utf-8")
+    (app_dir / APP_STUB_NAME).write_bytes(APP_STUB)
     return app_dir
 
 
@@ -142,11 +149,16 @@ class LocalFederation:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     tls: TlsFiles | None = None
 
-    def env(self) -> dict[str, str]:
+    def env(self, node: bool = False) -> dict[str, str]:
+        """The environment of the processes started here. ``node``: a SuperNode's (and its
+        SuperExec's): :meth:`node_bin` first on ``PATH``, so that its ClientApps run behind labqfl's
+        FAB guard and it starts no other kind of Flower task (:mod:`labqfl.fl.flower.fabguard`)."""
         e = dict(os.environ)
         e["FLWR_HOME"] = str(self.workdir / "flwr_home")
         # SuperLink / SuperNode start flower-superexec by name: the venv's bin must be on PATH
         e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
+        if node:
+            e["PATH"] = str(self.node_bin()) + os.pathsep + e["PATH"]
         # SuperExec looks for new tasks every 1 s by default; on loopback 0.2 s costs nothing
         e.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         # a lab network does not report to Flower's telemetry service nor look for updates (set either
@@ -155,10 +167,18 @@ class LocalFederation:
         e.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
         return e
 
-    def _start(self, name: str, cmd: list[str]) -> None:
+    def node_bin(self) -> Path:
+        """``workdir/node-bin``, written by :func:`labqfl.fl.flower.fabguard.write_node_bin`: the
+        guard under the name ``flwr-clientapp`` and a refusing program under each other Flower task
+        program's name. Every SuperNode started here has it first on its ``PATH``."""
+        from labqfl.fl.flower.fabguard import write_node_bin
+
+        return write_node_bin(self.workdir / "node-bin")
+
+    def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                            env=self.env() if env is None else env, start_new_session=True)
 
     def wait_port(self, address: str, timeout_s: float = 60.0) -> None:
         """Block until ``host:port`` accepts TCP connections (the process is up)."""
@@ -191,7 +211,9 @@ class LocalFederation:
 
     def start_supernode(self, name: str, node_config: Mapping[str, Any], *, root_certificates: Path | None = None,
                         max_retries: int | None = None) -> None:
-        """Start ``flower-supernode`` (log ``supernode-<name>.log``).
+        """Start ``flower-supernode`` (log ``supernode-<name>.log``) with :meth:`node_bin` first on
+        its ``PATH``: its ClientApps refuse any FAB that is not labqfl's own App
+        (:mod:`labqfl.fl.flower.fabguard`).
 
         With TLS it trusts ``root_certificates`` (default: this federation's CA; another CA's
         ``ca.pem`` gives a node that must fail the handshake). ``max_retries``: give up after that
@@ -206,7 +228,8 @@ class LocalFederation:
             sec = ["--insecure"]
         retry = [] if max_retries is None else ["--max-retries", str(max_retries)]
         self._start(f"supernode-{name}", [_bin("flower-supernode"), *sec, "--superlink", self.fleet, *retry,
-                                          "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", nc])
+                                          "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", nc],
+                    env=self.env(node=True))
 
     def write_cli_config(self) -> Path:
         """``$FLWR_HOME/config.toml`` with the connection ``labqfl-local`` to this SuperLink's Control

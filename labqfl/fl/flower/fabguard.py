@@ -1,0 +1,316 @@
+"""Only labqfl's own Flower App runs in a labqfl SuperNode's ClientApp processes.
+
+A Flower SuperNode does not hold the code it runs: for every message its SuperExec starts a
+``flwr-clientapp`` process, which pulls the message, the run and the run's FAB (Flower App Bundle,
+a zip) from the SuperNode, installs the FAB (``flwr.cli.install.install_from_fab``) and imports the
+FAB's ``[tool.flwr.app.components] clientapp`` with the FAB's folder first on ``sys.path``
+(flwr 1.42, ``flwr/supernode/runtime/run_clientapp.py``, ``run_clientapp``; the loader is
+``flwr.clientapp.utils.get_load_client_app_fn``). The FAB is the SuperLink's, i.e. the server's,
+choice: any Python it ships would run as the client, with the client's ``node_config``
+(``labqfl-keystore``: its QKD key store; ``labqfl-key``: its certificate key). Flower's own defence,
+``flower-supernode --trusted-entities``, needs FABs carrying Flower-platform license verifications
+(``flwr/supernode/start_client_internal.py``, ``_verify_fab``), which an offline lab network does
+not have.
+
+:func:`main` is ``flwr-clientapp`` with two of ``run_clientapp``'s module globals replaced, before
+anything is read from the FAB:
+
+* ``install_from_fab``: :func:`check_fab` first checks the FAB's bytes (in memory: nothing is
+  written or imported before the check) and raises :class:`ForeignFabError` for any FAB that is not
+  labqfl's own; only then does Flower's own installer run. Flower turns that exception into an error
+  reply (``CLIENT_APP_RAISED_EXCEPTION``, the reason names what was wrong), so the server gets an
+  error and no data, and the node logs one ``labqfl FAB guard: refusing ...`` error line (then
+  Flower's own "ClientApp raised an exception" with the traceback). Nothing of the node's key
+  store, certificate key or files has been opened at that point: the ClientApp has not been loaded.
+* ``get_load_client_app_fn``: the loader returns ``labqfl.fl.flower.app:client_app`` from the
+  installed labqfl package, and only after this process has checked its FAB. It never puts the
+  FAB's folder on ``sys.path`` and ignores the run's FAB id/version/hash (which the SuperLink
+  states separately from the FAB's bytes), so neither a folder installed earlier under the same
+  name nor a FAB module named ``labqfl`` can shadow the package. With only the two known files
+  allowed (below), the FAB could not shadow it anyway: ``labqfl_flower_app.py`` is not ``labqfl``.
+
+What a FAB may hold (labqfl's FAB is written by
+:func:`labqfl.fl.flower.deploy.write_app_project` and built by ``flwr run``'s
+``flwr.cli.build.build_fab_from_files``):
+
+* exactly three zip members, each once: ``pyproject.toml``, ``labqfl_flower_app.py`` and Flower's
+  manifest ``.info/CONTENT`` (``flwr build`` adds nothing else; it re-serialises the
+  ``pyproject.toml`` with ``tomli_w``, so that file is compared as parsed TOML, not as bytes);
+* ``labqfl_flower_app.py`` byte for byte :data:`~labqfl.fl.flower.deploy.APP_STUB`;
+* a ``pyproject.toml`` equal to :data:`~labqfl.fl.flower.deploy.APP_PYPROJECT` in everything but
+  the ``[tool.flwr.app.config]`` table (the run config: data, which the ClientApp checks itself):
+  in particular components ``clientapp = "labqfl.fl.flower.app:client_app"`` and ``serverapp =
+  "labqfl.fl.flower.app:server_app"`` and no dependencies (runtime dependency installation would
+  run the packages' build code);
+* a manifest that lists exactly those two files with their SHA-256.
+
+A SuperNode that labqfl starts (:meth:`labqfl.fl.flower.deploy.LocalFederation.start_supernode`,
+``labqfl node supernode``) finds :func:`write_node_bin`'s folder first on its ``PATH``: there
+``flwr-clientapp`` is this guard, and every other program a Flower SuperExec may start for a task
+(``flwr-agentapp``, ``flwr-serverapp``, ...: a server-chosen run type such as an AgentApp run would
+otherwise start one of those with the same FAB) exits at once with an error. The warm ClientApp
+zygote (:mod:`labqfl.nodes.warmapp`) runs :func:`main` in each child, and its shim's cold path
+``exec``\\ s this folder's ``flwr-clientapp``. A hand-started ``flower-supernode`` gets the same with
+``python -m labqfl.fl.flower.fabguard write-bin DIR`` and ``PATH=DIR:$PATH`` (docs/flower.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import sys
+import tomllib
+import zipfile
+from collections.abc import Callable
+from logging import ERROR
+from pathlib import Path
+from typing import Any
+
+from labqfl.fl.flower.deploy import APP_PYPROJECT, APP_STUB, APP_STUB_NAME
+
+__all__ = ["ALLOWED_FILES", "ForeignFabError", "check_fab", "install", "main", "write_node_bin"]
+
+#: the FAB's configuration file and Flower's manifest of the FAB's files (``flwr.cli.build``)
+FAB_CONFIG = "pyproject.toml"
+FAB_MANIFEST = ".info/CONTENT"
+#: every member a FAB of labqfl's App has, and may have
+ALLOWED_FILES = frozenset({FAB_CONFIG, APP_STUB_NAME, FAB_MANIFEST})
+#: labqfl's components (``[tool.flwr.app.components]``)
+CLIENT_APP_REF = "labqfl.fl.flower.app:client_app"
+SERVER_APP_REF = "labqfl.fl.flower.app:server_app"
+#: largest member read [bytes] (labqfl's pyproject with a full run config is ~2 KB)
+MAX_MEMBER_BYTES = 1 << 20
+#: Flower task programs a SuperExec starts by name (flwr 1.42 ``TASK_TYPE_TO_COMMAND``) other than
+#: ``flwr-clientapp``: a labqfl SuperNode runs none of them
+OTHER_TASK_PROGRAMS = ("flwr-agentapp", "flwr-connector", "flwr-model", "flwr-serverapp", "flwr-simulation")
+
+
+class ForeignFabError(ValueError):
+    """The FAB the SuperLink sent is not labqfl's App; nothing of it was installed or imported."""
+
+
+def check_fab(content: bytes) -> str:
+    """Raise :class:`ForeignFabError` naming what is wrong unless ``content`` is a FAB of labqfl's
+    App (module docstring); returns its SHA-256 (hex). Reads only the bytes given."""
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        _check_fab(content)
+    except ForeignFabError as exc:
+        raise ForeignFabError(f"refusing the Flower App the SuperLink sent (FAB sha256 {digest[:16]}...): {exc}; "
+                              "a labqfl SuperNode runs only labqfl's own App (labqfl.fl.flower.fabguard)") from None
+    return digest
+
+
+def _check_fab(content: bytes) -> None:
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(content))
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise ForeignFabError(f"it is not a zip archive ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        extra = sorted(set(names) - ALLOWED_FILES)
+        if extra:
+            raise ForeignFabError(f"it carries {extra}; labqfl's FAB holds only {sorted(ALLOWED_FILES)}")
+        missing = sorted(ALLOWED_FILES - set(names))
+        if missing:
+            raise ForeignFabError(f"it lacks {missing}; labqfl's FAB holds exactly {sorted(ALLOWED_FILES)}")
+        dups = sorted({n for n in names if names.count(n) > 1})
+        if dups:
+            raise ForeignFabError(f"it holds {dups} more than once")
+        big = [i.filename for i in infos if i.file_size > MAX_MEMBER_BYTES]
+        if big:
+            raise ForeignFabError(f"{big} larger than {MAX_MEMBER_BYTES} bytes")
+        try:
+            files = {n: zf.read(n) for n in sorted(ALLOWED_FILES)}
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise ForeignFabError(f"a member cannot be read ({exc})") from None
+    if files[APP_STUB_NAME] != APP_STUB:
+        raise ForeignFabError(f"its {APP_STUB_NAME} differs from labqfl's stub module "
+                              f"(sha256 {hashlib.sha256(files[APP_STUB_NAME]).hexdigest()[:16]}..., "
+                              f"expected {hashlib.sha256(APP_STUB).hexdigest()[:16]}...)")
+    check_pyproject(files[FAB_CONFIG])
+    _check_manifest(files[FAB_MANIFEST], files)
+
+
+def check_pyproject(raw: bytes) -> None:
+    """Raise :class:`ForeignFabError` unless ``raw`` parses to labqfl's ``APP_PYPROJECT`` except
+    for the ``[tool.flwr.app.config]`` table (the run config)."""
+    try:
+        got = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ForeignFabError(f"its {FAB_CONFIG} is not UTF-8 TOML ({exc})") from None
+    want = tomllib.loads(APP_PYPROJECT.format(config=""))
+    app = _table(got, "tool", "flwr", "app")
+    comps = app.get("components")
+    want_comps = {"clientapp": CLIENT_APP_REF, "serverapp": SERVER_APP_REF}
+    if comps != want_comps:
+        raise ForeignFabError(f"its [tool.flwr.app.components] are {comps!r}; labqfl's App has exactly {want_comps!r}")
+    project = _table(got, "project")
+    deps = {k: project[k] for k in ("dependencies", "optional-dependencies") if project.get(k)}
+    deps.update({k: got[k] for k in ("dependency-groups",) if got.get(k)})
+    if deps:
+        raise ForeignFabError(f"it declares dependencies {deps!r}; labqfl's App declares none")
+    config = app.get("config", {})
+    if not isinstance(config, dict):
+        raise ForeignFabError("its [tool.flwr.app] config is not a table")
+    rest = {**got, "tool": {**got.get("tool", {}), "flwr": {**_table(got, "tool", "flwr"),
+                                                            "app": {k: v for k, v in app.items() if k != "config"}}}}
+    want["tool"]["flwr"]["app"].pop("config", None)
+    diff = _differences(rest, want)
+    if diff:
+        raise ForeignFabError(f"its {FAB_CONFIG} differs from labqfl's App in {diff} (only the "
+                              "[tool.flwr.app.config] table, the run config, may differ)")
+
+
+def _table(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """``doc[k1][k2]...`` if every step is a table, else {}."""
+    node: Any = doc
+    for k in keys:
+        node = node.get(k) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def _differences(got: Any, want: Any, path: str = "") -> list[str]:
+    """Dotted keys where ``got`` and ``want`` differ (at most 8)."""
+    if isinstance(got, dict) and isinstance(want, dict):
+        out: list[str] = []
+        for k in sorted(set(got) | set(want), key=str):
+            out += _differences(got.get(k, _MISSING), want.get(k, _MISSING), f"{path}.{k}" if path else str(k))
+        return out[:8]
+    return [] if got == want else [path or "<document>"]
+
+
+_MISSING = object()
+
+
+def _check_manifest(raw: bytes, files: dict[str, bytes]) -> None:
+    """Flower's ``.info/CONTENT`` (``path,sha256,size in bits`` per line) must list exactly the
+    two files with their hashes."""
+    try:
+        lines = raw.decode("utf-8").strip().split("\n")
+        rows = [line.split(",") for line in lines]
+        listed = {r[0]: r[1] for r in rows if len(r) == 3}
+    except UnicodeDecodeError:
+        rows, listed = [], {}
+    expected = {n: hashlib.sha256(files[n]).hexdigest() for n in (FAB_CONFIG, APP_STUB_NAME)}
+    if len(rows) != 2 or listed != expected:
+        raise ForeignFabError(f"its {FAB_MANIFEST} does not list exactly {sorted(expected)} with their SHA-256")
+
+
+# ------------------------------------------------------------------ the hooks in flwr-clientapp
+#: SHA-256 of the FAB this process checked (the loader loads nothing before a check passed)
+_CHECKED: list[str] = []
+
+
+def _log_error(text: str) -> None:
+    from flwr.supercore import log
+
+    log(ERROR, "labqfl FAB guard: %s", text)
+
+
+def _guarded_install(real: Callable[..., Path]) -> Callable[..., Path]:
+    """Flower's ``install_from_fab`` behind :func:`check_fab`."""
+
+    def install_from_fab(fab_file: Path | bytes, install_dir: Path | None = None, skip_prompt: bool = False) -> Path:
+        if not isinstance(fab_file, bytes):
+            raise ForeignFabError(f"labqfl's FAB guard checks a FAB's bytes, got {type(fab_file).__name__}")
+        try:
+            digest = check_fab(fab_file)
+        except ForeignFabError as exc:
+            _log_error(str(exc))
+            raise
+        _CHECKED.append(digest)
+        return real(fab_file, install_dir=install_dir, skip_prompt=skip_prompt)
+
+    install_from_fab.labqfl_guard = True  # type: ignore[attr-defined]
+    return install_from_fab
+
+
+def _pinned_loader(default_app_ref: str, app_path: str | None, multi_app: bool) -> Callable[[str, str, str], Any]:
+    """Stands for ``flwr.clientapp.utils.get_load_client_app_fn``: the loader it returns gives
+    labqfl's ClientApp, from the installed package, once this process checked its FAB."""
+    del default_app_ref, app_path, multi_app
+
+    def load(fab_id: str, fab_version: str, fab_hash: str) -> Any:
+        from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+
+        if not _CHECKED:
+            raise LoadClientAppError(f"labqfl FAB guard: no FAB of run {fab_id} {fab_version} was checked in "
+                                     "this process; refusing to load a ClientApp")
+        from labqfl.fl.flower.app import client_app
+
+        if not isinstance(client_app, ClientApp):
+            raise LoadClientAppError(f"{CLIENT_APP_REF} is not a ClientApp")
+        return client_app
+
+    return load
+
+
+def install() -> None:
+    """Replace ``install_from_fab`` and ``get_load_client_app_fn`` in flwr's ``run_clientapp``
+    module (idempotent). A Flower without them is refused (RuntimeError): no ClientApp runs."""
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    missing = [n for n in ("install_from_fab", "get_load_client_app_fn", "run_clientapp") if not hasattr(rc, n)]
+    if missing:
+        raise RuntimeError(f"flwr's {rc.__name__} has no {missing}: labqfl's FAB guard was written for flwr 1.42's; "
+                           "refusing to run any ClientApp")
+    if not getattr(rc.install_from_fab, "labqfl_guard", False):
+        rc.install_from_fab = _guarded_install(rc.install_from_fab)  # type: ignore[assignment]
+    rc.get_load_client_app_fn = _pinned_loader  # type: ignore[assignment]
+
+
+def main() -> int:
+    """``flwr-clientapp`` (arguments in ``sys.argv``) behind the guard; returns its exit code."""
+    try:
+        install()
+    except RuntimeError as exc:
+        _log_error(str(exc))
+        return 1
+    from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    flwr_clientapp()
+    return 0
+
+
+# ------------------------------------------------------------------ the SuperNode's PATH
+GUARD_SCRIPT = """#!{python}
+# labqfl FAB guard (labqfl/fl/flower/fabguard.py): Flower's flwr-clientapp, refusing every FAB
+# that is not labqfl's own App before installing or importing anything from it.
+import sys
+from labqfl.fl.flower.fabguard import main
+sys.exit(main())
+"""
+
+REFUSE_SCRIPT = """#!{python} -SE
+# labqfl (labqfl/fl/flower/fabguard.py): a labqfl SuperNode runs only labqfl's ClientApp.
+import sys
+sys.stderr.write("labqfl SuperNode: refusing to start {prog} {{}}: a labqfl SuperNode runs only labqfl's "
+                 "ClientApp (flwr-clientapp); the SuperLink asked for another kind of task\\n".format(sys.argv[1:2]))
+sys.exit(1)
+"""
+
+
+def write_node_bin(bin_dir: Path) -> Path:
+    """Write ``bin_dir/flwr-clientapp`` (this guard) and a refusing program for every name in
+    :data:`OTHER_TASK_PROGRAMS` (0700 each); put ``bin_dir`` first on a SuperNode's ``PATH``.
+    Returns ``bin_dir``."""
+    bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scripts = {"flwr-clientapp": GUARD_SCRIPT.format(python=sys.executable)}
+    scripts.update({p: REFUSE_SCRIPT.format(python=sys.executable, prog=p) for p in OTHER_TASK_PROGRAMS})
+    for name, text in scripts.items():
+        path = bin_dir / name
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            tmp = bin_dir / f".{name}.tmp"
+            tmp.write_text(text, encoding="utf-8")
+            tmp.chmod(0o700)
+            tmp.replace(path)  # atomic: a SuperExec starting the program never sees half a file
+    return bin_dir
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "write-bin":
+        print(write_node_bin(Path(sys.argv[2]).expanduser().resolve()))
+        sys.exit(0)
+    sys.exit("usage: python -m labqfl.fl.flower.fabguard write-bin DIR  (then PATH=DIR:$PATH flower-supernode ...)")
