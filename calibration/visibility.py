@@ -5,13 +5,20 @@ frame of pair (Ci, Cj) the mean photon number reaching D0 is
 
     m0(δ) = c_A + c_B + 2V·√(c_A·c_B)·cos δ,      c_A = η_D0·t·A,  c_B = η_D0·(1 − t)·B,
 
-(D1 likewise with 1 − t ↔ t and −cos δ). Measuring c_A (only Ci open) and c_B (only Cj open) in
-the pair's frames and the fringe amplitude a of m0 vs the voltage on Ci's modulator (both
-modulators at DC, other clients dark) gives V = |a|/(2√(c_A·c_B)) independently of the detector
-efficiency, the splitter ratio and the intensity balance. Mean photon numbers per pulse come from
-click probabilities per slot of the pair's frames, m = −ln[(1 − p)/(1 − p_dc)] with p
-dead-time- and afterpulse-corrected. Clicks are assigned to slots (hence frames) with the
-station's delays, as the pipeline does (acquisition starts at slot 0).
+(D1 likewise with 1 − t ↔ t and −cos δ), i.e. m0 = (c_A + c_B)·(1 + V·2√(c_A·c_B)/(c_A + c_B)·cos δ).
+Measuring c_A (only Ci open) and c_B (only Cj open) in the pair's frames and the fringe's mean M and
+amplitude a of m0 vs the voltage on Ci's modulator (both modulators at DC, other clients dark) gives
+
+    V = (|a|/M)·(c_A + c_B)/(2√(c_A·c_B)),
+
+independently of the detector efficiency, the splitter ratio, the intensity balance and of a level
+common to both clients that differs between the separate acquisitions (only c_A/c_B enters; see
+:func:`_detector_visibilities`). Mean photon numbers per pulse come from click probabilities per
+slot of the pair's frames, m = −ln[(1 − p)/(1 − p_dc)] with p dead-time- and afterpulse-corrected
+(the number of pulses blinded after a click checked on the clicks' own spacings:
+:func:`~labqfl.calibration.core.blocked_pulses_from_clicks`). Clicks are assigned to slots (hence
+frames) with the station's delays, as the pipeline does (acquisition starts at slot 0). An estimate
+above 1 within its uncertainty is reported unclipped and flagged (:func:`_above_one`).
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ from typing import Any
 import numpy as np
 from labqfl.calibration.acquire import collect_tags, save_plot
 from labqfl.calibration.core import (
+    BlockedPulses,
     CalContext,
     ProcedureResult,
     Quantity,
     SettingsGuard,
+    blocked_pulses_from_clicks,
     gates_to_optimum,
     guarded,
     pulsed_dead_time_correction,
@@ -54,8 +63,9 @@ from labqfl.physics import loop_delay_ps
 DETECTORS = ("D0", "D1")
 
 
-def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
-    """Mean photon number per pulse (m, σ_m, clicks) at each detector in the frames of ``pair``."""
+def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) -> dict[str, tuple[float, float, int, int]]:
+    """Mean photon number per pulse (m, σ_m, clicks, pulses blinded after a click) at each detector in the
+    frames of ``pair``."""
     tt = ctx.config.time_tagger
     n_slots = int(round(duration_s * float(ctx.station.laser.rep_rate_hz)))
     return _photons_from_tags(ctx, collect_tags(ctx.station.time_tagger, duration_s,
@@ -63,7 +73,7 @@ def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) ->
 
 
 def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
-                      pair: tuple[str, str]) -> dict[str, tuple[float, float, int]]:
+                      pair: tuple[str, str]) -> dict[str, tuple[float, float, int, int]]:
     """:func:`_frame_photons` of an acquisition in which the clients' pattern generators play ``codes``
     (:func:`~labqfl.calibration.pg_fringe.constant_code_tags`)."""
     seg = constant_code_tags(ctx, duration_s, codes)
@@ -71,9 +81,9 @@ def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
 
 
 def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: int, pair: tuple[str, str],
-                       played: dict[str, set[int]] | None = None) -> dict[str, tuple[float, float, int]]:
-    """Mean photon number per pulse (m, σ_m, clicks) at each detector in the frames of ``pair`` from the
-    detectors' tags of an acquisition of ``n_slots`` slots (``played``: the frames each client's pattern
+                       played: dict[str, set[int]] | None = None) -> dict[str, tuple[float, float, int, int]]:
+    """Mean photon number per pulse (m, σ_m, clicks, pulses blinded after a click) at each detector in the
+    frames of ``pair`` from the detectors' tags of an acquisition of ``n_slots`` slots (``played``: the frames each client's pattern
     generator played; only frames both played count, :func:`~labqfl.calibration.pg_fringe.played_pair_slots`)."""
     cfg = ctx.config
     tt = cfg.time_tagger
@@ -109,9 +119,10 @@ def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: in
             ok = (slots >= 0) & (slots < n_seen)
             k = int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx))
         p_m = k / n_pair
-        tau_ps = ctx.value(f"{d}.dead_time_ns", cfg.detectors[d].dead_time_ns) * 1e3
+        nb = _blocked(ctx, d, tags[ch], T)
         p_ap = min(max(ctx.value(f"{d}.afterpulse_prob", cfg.detectors[d].afterpulse_prob), 0.0), 0.9)
-        p = pulsed_dead_time_correction(p_m, tau_ps, T) * (1.0 - p_ap)
+        tau_ps = ctx.value(f"{d}.dead_time_ns", cfg.detectors[d].dead_time_ns) * 1e3
+        p = pulsed_dead_time_correction(p_m, tau_ps, T, nb.n) * (1.0 - p_ap)
         dcr = ctx.value(f"{d}.dark_count_rate_hz", cfg.detectors[d].dark_count_rate_hz)
         det = st.detector(d)
         window_ps = min(float(det.gate_width_ns) * 1e3, T) if det.gated else T  # dark counts only inside a gate
@@ -120,8 +131,22 @@ def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: in
             raise CalibrationError(f"{d}: detector saturated ({p:.2f} clicks per pulse); increase the attenuation")
         m = max(-math.log((1.0 - p) / (1.0 - p_dc)), 0.0)
         sm = math.sqrt(max(k, 1)) / n_pair / (1.0 - p) * (p / p_m if p_m > 0 else 1.0)
-        out[d] = (m, sm, k)
+        if nb.ambiguous and 1.0 - nb.hi * p_m > 0.5:  # too few clicks to tell n_b: the candidates' spread is an error
+            p_lo, p_hi = (pulsed_dead_time_correction(p_m, tau_ps, T, n) * (1.0 - p_ap) for n in (nb.lo, nb.hi))
+            sm = math.hypot(sm, 0.5 * (p_hi - p_lo) / (1.0 - p))
+        out[d] = (m, sm, k, nb.n)
     return out
+
+
+def _blocked(ctx: CalContext, d: str, times_ps: np.ndarray, period_ps: float) -> BlockedPulses:
+    """Pulses a click of ``d`` blinds it to, from the calibrated dead time and, when that lies near a multiple
+    of the pulse period, from the clicks' own spacings (:func:`~labqfl.calibration.core.blocked_pulses_from_clicks`)."""
+    cfg = ctx.config
+    q_tau = ctx.known.get(f"{d}.dead_time_ns")
+    tau_ps = ctx.value(f"{d}.dead_time_ns", cfg.detectors[d].dead_time_ns) * 1e3
+    tau_err_ps = float(q_tau.uncertainty) * 1e3 if q_tau is not None else 0.0
+    pair_jitter_ps = math.sqrt(2.0) * ctx.value(f"{d}.jitter_ps", cfg.detectors[d].jitter_ps)
+    return blocked_pulses_from_clicks(times_ps, tau_ps, tau_err_ps, period_ps, pair_jitter_ps)
 
 
 def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str, pg: bool) -> tuple[dict[str, Any], Any, Any]:
@@ -225,20 +250,51 @@ def _fringe_scan(ctx: CalContext, pm_i: Any, i: str, j: str, n_points: int, poin
 
 def _detector_visibilities(fit: Any, scales: tuple[float, float], only_a: dict[str, Any], only_b: dict[str, Any],
                            i: str, j: str, raw: dict[str, Any]) -> list[tuple[float, float]]:
-    """V ± σ on each detector: fringe amplitude over 2·√(c_A·c_B). Fills ``raw``."""
+    """V ± σ on each detector from the fringe's own contrast and the single-client balance. Fills ``raw``.
+
+    The fringe is m(δ) = M·(1 + C·cos δ) with M = c_A + c_B and C = V·2√(c_A·c_B)/(c_A + c_B)
+    (module docstring), so
+
+        V = (|a|/M)·(c_A + c_B)/(2√(c_A·c_B)),
+
+    a and M the fitted amplitude and mean of the fringe, c_A and c_B the single-client levels.
+    The separate single-client acquisitions enter only through their ratio r = c_A/c_B, as
+    g(r) = (1 + r)/(2√r), which is stationary at r = 1 (g − 1 ≈ (r − 1)²/8): a level common to both
+    that differs between them and the fringe (laser power drift, a dead-time correction that is off)
+    cancels. The former estimator |a|/(2√(c_A·c_B)) took the fringe's absolute level from the other
+    acquisitions; its bias is that level mismatch M/(c_A + c_B) − 1 (review s34 F1: +0.5 % on average,
+    V up to 1.0096 reported). The mismatch is kept in ``raw`` as a check; as the part of it that may
+    belong to one client alone it is propagated into r (harmless near balance, where g′(r) ≈ 0)."""
     per_det = []
     for q, d in enumerate(DETECTORS):
         sc = scales[q]
-        a, ea = abs(fit[("a0", "a1")[q]]) / sc, fit.err(("a0", "a1")[q]) / sc
+        ka, km = ("a0", "a1")[q], ("m0", "m1")[q]
+        a, ea = abs(fit[ka]) / sc, fit.err(ka) / sc
+        mean, em = fit[km] / sc, fit.err(km) / sc
+        cov_am = float(fit.cov[fit.names.index(ka), fit.names.index(km)]) / sc**2 * math.copysign(1.0, fit[ka])
         ca, ea_ = only_a[d][0], only_a[d][1]
         cb, eb_ = only_b[d][0], only_b[d][1]
         if ca <= 0 or cb <= 0 or only_a[d][2] < 20 or only_b[d][2] < 20:
             raise CalibrationError(f"{d}: no light from {i if only_a[d][2] < 20 else j} alone; cannot normalise the fringe")
-        v = a / (2.0 * math.sqrt(ca * cb))
-        ev = v * math.sqrt((ea / a) ** 2 + 0.25 * (ea_ / ca) ** 2 + 0.25 * (eb_ / cb) ** 2)
+        if mean <= 0:
+            raise CalibrationError(f"{d}: fitted fringe mean {mean:.3g} photons per pulse is not positive")
+        r = ca / cb
+        g = (ca + cb) / (2.0 * math.sqrt(ca * cb))
+        contrast = a / mean
+        v = contrast * g
+        mismatch = mean / (ca + cb) - 1.0
+        e_mismatch = (1.0 + mismatch) * math.hypot(em / mean, math.hypot(ea_, eb_) / (ca + cb))
+        # r's error: the two acquisitions' statistics and the level mismatch as if one client alone drifted
+        sr = r * math.hypot(math.hypot(ea_ / ca, eb_ / cb), abs(mismatch) * (ca + cb) / min(ca, cb))
+        dg = (r - 1.0) / (4.0 * r**1.5)
+        rel2 = max((ea / a) ** 2 + (em / mean) ** 2 - 2.0 * cov_am / (a * mean), 0.0)
+        ev = math.sqrt(v**2 * rel2 + (contrast * dg * sr) ** 2)
         per_det.append((v, ev))
         raw[d] = {"c_A": ca, "c_A_err": ea_, "c_B": cb, "c_B_err": eb_, "fringe_amplitude": a,
-                  "fringe_amplitude_err": ea, "fringe_mean": fit[("m0", "m1")[q]] / sc, "visibility": v, "err": ev}
+                  "fringe_amplitude_err": ea, "fringe_mean": mean, "fringe_mean_err": em, "balance_factor": g,
+                  "level_mismatch": mismatch, "level_mismatch_err": e_mismatch,
+                  "visibility_from_single_levels": a / (2.0 * math.sqrt(ca * cb)),
+                  "blocked_pulses": {"alone_A": only_a[d][3], "alone_B": only_b[d][3]}, "visibility": v, "err": ev}
     return per_det
 
 
@@ -255,6 +311,20 @@ def _combined_visibility(per_det: list[tuple[float, float]]) -> tuple[float, flo
         raise CalibrationError(f"visibility {vis:.3f} ± {err:.3f} above 1; the single-client normalisation is off "
                                "(check the delays/schedule, or light leaking past a closed shutter)")
     return vis, err
+
+
+def _above_one(ctx: CalContext, vis: float, err: float) -> dict[str, Any]:
+    """What a visibility estimate above 1 (but within 3σ of it; beyond, :func:`_combined_visibility` refuses)
+    is reported with. The estimate itself is kept: it is unbiased, and a value clipped onto the bound
+    would bias every average and coverage study low; V > 1 is unphysical, so the physical statement is
+    the one-sided interval V ∈ [V̂ − 1.645σ, 1] (95 %), and the calibrated station file takes 1
+    (:mod:`labqfl.calibration.files` clips onto the allowed range 0 < V ≤ 1)."""
+    lower = min(vis - 1.645 * err, 1.0)
+    ctx.step(f"visibility: estimate {vis:.4f} ± {err:.4f} is above the physical limit 1 (within "
+             f"{(vis - 1.0) / err:.1f}σ); the station file gets 1, the 95 % one-sided interval is [{lower:.4f}, 1]")
+    return {"above_physical_limit": True, "station_file_value": 1.0, "one_sided_95": [lower, 1.0],
+            "note": "estimate above 1 within its uncertainty: kept unclipped (unbiased); V <= 1 physically, "
+                    "so the one-sided 95 % interval is [value - 1.645 sigma, 1] and the station file gets 1"}
 
 
 def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_points: int = 24,
@@ -286,12 +356,14 @@ def loop_visibility(ctx: CalContext, pair: tuple[str, str] | None = None, n_poin
         fit = fit_fringe(volts, m[0] * s0, m[1] * s1, vpi_nom, f"{i}–{j} visibility fringe")
         per_det = _detector_visibilities(fit, (s0, s1), only_a, only_b, i, j, raw)
         vis, err = _combined_visibility(per_det)
+        details = {"pair": f"{i}-{j}", "D0": per_det[0], "D1": per_det[1], "qber_floor_estimate": max((1 - vis) / 2, 0.0)}
+        if vis > 1.0:
+            details.update(_above_one(ctx, vis, err))
         quantities.append(Quantity("loop.visibility", vis, err, "", "visibility",
                                    true=cfg.loop.visibility if pg and loop_truth(ctx, (i, j)) else
                                    sim_truth(st, ("D0", "D1", "laser", f"{i}.phase_modulator", f"{j}.phase_modulator"),
                                              lambda c: c.loop.visibility),
-                                   details={"pair": f"{i}-{j}", "D0": per_det[0], "D1": per_det[1],
-                                            "qber_floor_estimate": (1 - vis) / 2}))
+                                   details=details))
         raw["scan"] = {"voltages_v": volts, "m_D0": m[0], "m_D1": m[1], "fit": fit.summary(),
                        "point_duration_s": point_duration_s}
         p = save_plot(ctx.plot_path("visibility.png"),
