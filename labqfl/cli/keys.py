@@ -367,8 +367,9 @@ def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:
 @handle_errors
 def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C2 (C2-C1 names the same pair)."),
              file: Path = typer.Option(..., "--file", "-f",
-                                       help="The pair's pre-shared secret: raw bytes, each 8 key bits (MSB first), "
-                                            "delivered out of band. At least 48 bytes; at most 1 MiB; loaded once only."),
+                                       help="The pair's pre-shared secret: raw random bytes, each 8 key bits (MSB first), "
+                                            "delivered out of band. At least 48 bytes; at most 1 MiB; loaded once only; "
+                                            "a text file (JSON, TOML, …) is refused and left as it is."),
              keep_file: bool = typer.Option(False, "--keep-file",
                                             help="Do not overwrite and delete the secret file after loading it."),
              config: Path | None = CONFIG_OPTION, data_dir: Path | None = DATA_DIR_OPTION,

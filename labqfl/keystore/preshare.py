@@ -42,6 +42,7 @@ differs, so the window check refuses it).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import uuid
 from collections.abc import Iterable, Iterator
@@ -89,8 +90,14 @@ def read_secret_file(path: Path, *, min_bits: int | None = None, max_bytes: int 
     """The secret in ``path`` as key bits (uint8 0/1, shape (8·bytes,), MSB first per byte).
 
     Raises :class:`KeyStoreError` naming the file for a missing/unreadable/empty file, one shorter
-    than ``min_bits`` (default: :func:`min_preshared_bits`) or longer than ``max_bytes``, or one
-    whose bytes are all equal (a zero-filled or placeholder file, not a secret).
+    than ``min_bits`` (default: :func:`min_preshared_bits`) or longer than ``max_bytes``, one
+    whose bytes are all equal (a zero-filled or placeholder file, not a secret), one that is a
+    shorter part repeated, one that is text (:func:`is_text`: a JSON or TOML document given by
+    mistake) or one with a byte value far more frequent than a uniform secret has it
+    (:func:`frequent_byte`). The file is only read: a refused file is left as it is (review s34 M3:
+    a public JSON document was loaded as the pair's authentication root, then zeroed and deleted).
+    A uniformly random secret is refused by the last two with probability below 10⁻¹⁰ (their
+    docstrings give the bounds).
     """
     need = min_preshared_bits() if min_bits is None else int(min_bits)
     path = Path(path)
@@ -118,7 +125,75 @@ def read_secret_file(path: Path, *, min_bits: int | None = None, max_bytes: int 
         raise KeyStoreError(f"secret file {path} is its first {period} bytes repeated {len(data) // period} times "
                             "(e.g. two identical halves); that is not a random secret, and its repeated bits would "
                             "reuse one-time key")
+    if is_text(data):
+        raise KeyStoreError(f"secret file {path} is text ({len(data)} bytes, all printable UTF-8/ASCII: a document such as "
+                            "JSON or TOML?), not a random secret — a uniformly random secret is text with probability "
+                            "below 1e-16; expected the raw secret bytes; nothing was loaded and the file was left as it is")
+    if (freq := frequent_byte(data)) is not None:
+        value, count, limit = freq
+        raise KeyStoreError(f"secret file {path} holds byte {value:#04x} {count} times in {len(data)} bytes (a uniformly "
+                            f"random secret holds any byte value at most {limit - 1} times but with probability below "
+                            "1e-10): not a random secret; expected the raw secret bytes; nothing was loaded and the file "
+                            "was left as it is")
     return np.unpackbits(np.frombuffer(data, np.uint8))
+
+
+#: Characters besides the printable ones (:meth:`str.isprintable`) that a text file holds: tab, newlines,
+#: vertical tab, form feed, and a byte-order mark.
+_TEXT_EXTRA = frozenset("\t\n\r\x0b\x0c\ufeff")
+
+
+def is_text(data: bytes) -> bool:
+    """True if ``data`` is valid UTF-8 (strict; ASCII is a part of it) whose every character is printable
+    (:meth:`str.isprintable`) or one of tab, LF, CR, VT, FF, U+FEFF: a text document, not a secret.
+
+    False-refusal probability, exactly: a valid UTF-8 string splits into characters in one way only, so
+    the n-byte strings this accepts number ``a(n) = A·a(n−1) + B·a(n−2) + C·a(n−3) + D·a(n−4)`` (``a(0) =
+    1``), with A, B, C, D the allowed characters of 1, 2, 3, 4 bytes (Unicode 14.0 of Python 3.11: 100,
+    1820, 53 592, 89 010); a uniformly random n-byte secret is text with probability ``P(n) = a(n)/256^n``:
+    P(48) = 9.4·10⁻¹⁷ (printable ASCII alone would be (95/256)^48 ≈ 2·10⁻²¹; the multi-byte characters
+    make it larger). P(n) ≤ P(48) for every n ≥ 48: P(48) > P(49) > P(50) > P(51), and since
+    A/256 + B/256² + C/256³ + D/256⁴ < 1, each P(n) is below the largest of the four before it.
+    tests/cli/test_preshare_refuses_text.py recomputes the counts and the bound with the running Python's
+    Unicode tables (a newer Unicode assigns more characters: the bound is checked, not assumed)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in _TEXT_EXTRA for c in text)
+
+
+#: Largest probability that :func:`frequent_byte` refuses a uniformly random secret (any length).
+FREQUENT_BYTE_FALSE_REFUSAL = 1e-10
+
+
+def frequent_byte_limit(n: int, p_false: float = FREQUENT_BYTE_FALSE_REFUSAL) -> int:
+    """The least count ``k`` > n/256 with ``256·exp(−n·D(k/n ‖ 1/256)) ≤ p_false``, D the binary
+    relative entropy: by the Chernoff–Hoeffding bound (W. Hoeffding, J. Am. Stat. Assoc. 58 (1963)
+    13–30, Thm. 1, eq. 2.1) one byte value occurs ≥ k times among n uniform bytes with probability at
+    most exp(−n·D(k/n ‖ 1/256)), and by the union bound over the 256 values some value does with
+    probability at most 256 times that ≤ ``p_false``. 48 bytes: 10; 8 KiB: 84; 1 MiB: 4589 (mean 4096)."""
+    p = 1.0 / 256
+    k = n // 256 + 1
+    while True:
+        q = k / n
+        div = q * math.log(q / p) + ((1 - q) * math.log((1 - q) / (1 - p)) if q < 1 else 0.0)
+        if 256 * math.exp(-n * div) <= p_false or k >= n:
+            return k
+        k += 1
+
+
+def frequent_byte(data: bytes) -> tuple[int, int, int] | None:
+    """``(byte value, its count, the limit)`` for the most frequent byte value of ``data`` if it occurs at
+    least :func:`frequent_byte_limit` times (a sparse, zero-padded or structured binary file, e.g. a
+    database or UTF-16 text), else None. A uniformly random secret of any length is refused with
+    probability below :data:`FREQUENT_BYTE_FALSE_REFUSAL` (:func:`frequent_byte_limit`). Chosen over a
+    chi-square test of the byte frequencies because this bound holds exactly at every length, where the
+    chi-square distribution is only an approximation for a 48-byte secret spread over 256 values."""
+    counts = np.bincount(np.frombuffer(data, np.uint8), minlength=256)
+    value = int(np.argmax(counts))
+    limit = frequent_byte_limit(len(data))
+    return (value, int(counts[value]), limit) if counts[value] >= limit else None
 
 
 def _repeat_period(data: bytes) -> int | None:
