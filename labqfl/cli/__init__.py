@@ -52,7 +52,10 @@ def _version(value: bool) -> None:
 def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
-    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log output on stderr (-v info, -vv debug)."),
+    # metavar "" and no default: typer's help would show a count as "INTEGER [default: 0]", which reads as
+    # `labqfl -v 2` (review s34 L6); it is a repeated flag
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, metavar="", show_default=False,
+                                help="More log output on stderr: -v info, -vv debug (repeat the flag; it takes no value)."),
 ) -> None:
     set_verbosity(["WARNING", "INFO", "DEBUG"][min(verbose, 2)])
     from labqfl.cli.compiling import KERNEL_COMMANDS, watch
