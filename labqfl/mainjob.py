@@ -809,18 +809,20 @@ class MainJob:
         their key-store metadata) and ``security``: what the masks' secrecy rests on — the weakest
         pair's statement (:func:`labqfl.provenance.summarize_blocks`)."""
         from labqfl.keystore import KeyStore
-        from labqfl.provenance import provenance_of_block_ids, weakest_summary
+        from labqfl.provenance import provenance_of_block_ids, run_engine_trust, weakest_summary
 
         per_pair: dict[str, Any] = {}
         for pair, ids in sorted(used.items()):
             with KeyStore.for_node(pair.split("-")[0], self.data_dir) as st:
                 per_pair[pair] = provenance_of_block_ids(st, pair, ids)
+        trust = run_engine_trust(bool(self.settings.nodes))  # who holds every update and pad (review s34 F8)
         if not per_pair:
-            return {"key_provenance": {}, "security": "no QKD key consumed"}
+            return {"key_provenance": {}, "security": f"no QKD key consumed. {trust}"}
         weakest = weakest_summary(per_pair.values())
         assert weakest is not None
         return {"key_provenance": per_pair,
-                "security": f"one-time-pad masks with QKD keys from the node key stores; the keys: {weakest['security']}"}
+                "security": f"one-time-pad masks with QKD keys from the node key stores; the keys: {weakest['security']}. "
+                            f"{trust}"}
 
     # -- phase 3 ---------------------------------------------------------------------------
     def _write_metrics(self, status: str) -> dict[str, Any]:

@@ -386,6 +386,17 @@ SIMULATION_REFS_TAG_ONLY = ("; the masters' refs are checked by the refs tag alo
                             "(docs/secure_aggregation.md §9)")
 
 
+#: ``labqfl run`` over nodes on one machine (review s34 FL note): separate processes, one OS user, one data folder
+LOCAL_NODES_TRUST = ("Nodes on one machine: the FL server node and every client's SuperNode are separate processes of "
+                     "one OS user sharing one data folder, so the masks protect nothing against that user.")
+
+
+def run_engine_trust(nodes: bool) -> str:
+    """The last sentence of ``labqfl run``'s training security line: over local node processes
+    (:data:`LOCAL_NODES_TRUST`) or in process (:data:`LOCAL_ENGINE_TRUST`)."""
+    return LOCAL_NODES_TRUST if nodes else LOCAL_ENGINE_TRUST
+
+
 def engine_trust(engine: str, keys: str) -> str:
     """The last sentence of the security line of a ``labqfl train`` run on ``engine`` (``local`` or the
     ``flower`` simulation) with ``keys`` (``qkd``: the refs need the tag; ``csprng``: no refs)."""
@@ -396,8 +407,8 @@ def engine_trust(engine: str, keys: str) -> str:
     raise ValueError(f"engine {engine!r}: expected local or flower")
 
 
-__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "SIMULATION_REFS_TAG_ONLY",
-           "SIMULATION_TRUST", "engine_trust", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_REFS_TAG_ONLY",
+           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

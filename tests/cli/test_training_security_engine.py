@@ -77,3 +77,17 @@ def test_the_node_run_report_names_why_a_client_was_dropped() -> None:
     why = "malformed masked upload: masked upload has 23 values, expected 24"
     assert _dropped("C4", {"C4": why}) == f"C4 ({why})"
     assert _dropped("C3", {"C4": why}) == "C3"  # a round record of an older server: no reason
+
+
+@pytest.mark.parametrize("nodes", [True, False])
+def test_labqfl_runs_security_line_ends_with_who_holds_every_pad(nodes: bool) -> None:
+    """``labqfl run`` built its own training security line (labqfl/mainjob.py) without the engine's sentence:
+    over nodes on one machine every process is one OS user's with one data folder; in process one process
+    holds every update and pad."""
+    from labqfl.mainjob import JobSettings, MainJob
+    from labqfl.provenance import LOCAL_ENGINE_TRUST, LOCAL_NODES_TRUST
+
+    job = MainJob.__new__(MainJob)
+    job.settings = JobSettings(nodes=nodes)
+    line = job._training_key_security({})["security"]  # no block used: no key store is opened
+    assert line.endswith(LOCAL_NODES_TRUST if nodes else LOCAL_ENGINE_TRUST)

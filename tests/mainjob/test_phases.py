@@ -15,6 +15,7 @@ from labqfl.cli import app
 from labqfl.config import load_station_config
 from labqfl.keystore import KeyStore
 from labqfl.mainjob import JobSettings, MainJob
+from labqfl.provenance import LOCAL_ENGINE_TRUST
 
 runner = CliRunner()
 SMALL = dict(duration_s=0.2, rounds=2, eps_sec=1e-4)
@@ -76,6 +77,7 @@ def test_run_end_to_end_report_matches_component_commands(small_station_file, tm
     prov = kp["provenance"]
     assert prov["weakest"]["physical_layer"] == "simulated" and prov["information_theoretic"] is False
     assert prov["security"] in t["security"]  # the masks rest on the keys they consumed (this run's blocks)
+    assert t["security"].endswith(LOCAL_ENGINE_TRUST)  # review s34 F8: --in-process: one process holds every pad
     assert set(t["key_provenance"]) == {"C1-C2"} and t["key_provenance"]["C1-C2"]["blocks"]
     for out in (r.stdout, html, (run_dir / "metrics.json").read_text(), ks.stdout):
         assert "information-theoretically secure" not in out and "information-theoretic one-time pad" not in out
