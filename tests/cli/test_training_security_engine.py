@@ -91,3 +91,24 @@ def test_labqfl_runs_security_line_ends_with_who_holds_every_pad(nodes: bool) ->
     job.settings = JobSettings(nodes=nodes)
     line = job._training_key_security({})["security"]  # no block used: no key store is opened
     assert line.endswith(LOCAL_NODES_TRUST if nodes else LOCAL_ENGINE_TRUST)
+
+
+def test_the_guis_statement_for_a_stopped_run_ends_with_the_engines_sentence() -> None:
+    """The GUI's Training tab (gui/workers/training.py) stated a stopped run's masks without saying that its
+    in-process engine holds every update and pad (review s34 F8 follow-up)."""
+    from labqfl.gui.workers.training import Cancelled, run_to_summary
+
+    from labqfl.provenance import LOCAL_ENGINE_TRUST
+
+    class Setup:
+        key_source, settings, closed = "csprng", TrainingSettings(), False
+
+        def run(self, **kw: object) -> None:
+            raise Cancelled()
+
+        def close(self) -> None:
+            self.closed = True
+
+    setup = Setup()
+    out = run_to_summary(setup, None, None)
+    assert out["stopped"] and out["security"].endswith(LOCAL_ENGINE_TRUST) and setup.closed
