@@ -83,12 +83,13 @@ def _resolve_dirs(mnist_dir: Path | None, data_dir: Path | None, keystore: Path 
     ``--keystore``. ``--data-dir`` is the key-store data dir, as in ``run``, ``distill`` and ``keys``;
     it used to be the MNIST folder, so an old command line keeps working, with a warning: ``--data-dir``
     beside ``--keystore``, or naming a folder that holds MNIST files and no ``keystore/``, without
-    ``--mnist-dir``, is read as the MNIST folder."""
+    ``--mnist-dir``, is read as the MNIST folder — never one that holds ``keystore/`` (a key-store data dir:
+    beside ``--keystore`` that is two key-store dirs, refused in one line, review s34 L19)."""
     if keystore is not None:
         console.print("warning: --keystore is deprecated; it is --data-dir now, as in every other command",
                       soft_wrap=True)
-    if data_dir is not None and mnist_dir is None and (
-            keystore is not None or (_holds_mnist(data_dir) and not (data_dir / "keystore").is_dir())):
+    if data_dir is not None and mnist_dir is None and not (data_dir / "keystore").is_dir() and (
+            keystore is not None or _holds_mnist(data_dir)):
         console.print(f"warning: --data-dir {data_dir} read as the MNIST folder (its old meaning); use --mnist-dir "
                       "for MNIST; --data-dir is the key-store data dir now", soft_wrap=True)
         return data_dir, keystore

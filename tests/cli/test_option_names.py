@@ -113,6 +113,16 @@ def test_train_refuses_two_different_key_store_dirs(tmp_path: Path, settings_see
     assert r.exit_code == 1 and "two key-store data dirs" in r.output and not settings_seen
 
 
+def test_train_refuses_keystore_beside_a_data_dir_that_is_a_key_store_dir(tmp_path: Path,
+                                                                          settings_seen: list[Any]) -> None:
+    """Review s34 L19: ``--keystore A --data-dir B`` with B a key-store data dir read B as the MNIST folder
+    (its old meaning) and failed on "no mnist.npz"; it is two key-store dirs: one line."""
+    (tmp_path / "b" / "keystore").mkdir(parents=True)
+    r = _train(["--keys", "qkd", "--keystore", str(tmp_path / "a"), "--data-dir", str(tmp_path / "b")])
+    assert r.exit_code == 1 and "two key-store data dirs" in r.output and not settings_seen
+    assert "read as the MNIST folder" not in r.output
+
+
 def test_train_data_dir_with_csprng_keys_says_it_is_unused(tmp_path: Path, settings_seen: list[Any]) -> None:
     r = _train(["--keys", "csprng", "--data-dir", str(tmp_path / "nothing")])
     assert settings_seen[-1].data_dir is None
