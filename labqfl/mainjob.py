@@ -636,11 +636,11 @@ class MainJob:
         its key draw). Raises :class:`~labqfl.errors.KeyStarvationError` (one line) when a short pair
         makes no key in the model at any acquisition length, or after ``max_top_ups`` top-ups."""
         s = self.settings
-        if not s.wait_for_key:
-            return
         short = setup.key_shortfall(1)
         if not short:
             return
+        if not s.wait_for_key:
+            raise self._starved_error(short, round_index)
         from labqfl.planning import plan_top_up
 
         t0 = time.perf_counter()
@@ -737,7 +737,6 @@ class MainJob:
         for their accounting only (bit counts, no key bit; the pads are drawn by each client's
         SuperNode) and closes them before the segment starts. Without ``wait_for_key`` a round the
         stores hold no key for stops the run here with one :class:`~labqfl.errors.KeyStarvationError` line."""
-        from labqfl.errors import KeyStarvationError
 
         s = self.settings
         setup.open_keys()
@@ -745,15 +744,24 @@ class MainJob:
             self._wait_for_key(setup, tstate, round_index)
             n = setup.rounds_of_key(s.rounds - round_index + 1)
             if n == 0:
-                p, (have, need) = next(iter(setup.key_shortfall(1).items()))
-                raise KeyStarvationError(
-                    f"key starvation: pair {p} needs {need} key bits for round {round_index}, its stores hold {have} "
-                    f"(--no-wait-for-key: no top-up acquisition); rounds 1-{round_index - 1} are checkpointed, resume "
-                    "with `labqfl run --resume` once the stores hold more key", pair=p, needed_bits=need, available_bits=have)
+                raise self._starved_error(setup.key_shortfall(1), round_index)
         finally:
             setup.close()
             setup.key_source = None
         return round_index + n - 1
+
+    @staticmethod
+    def _starved_error(short: Mapping[str, tuple[int, int]], round_index: int) -> Exception:
+        """The one line of a round the stores hold no key for without ``wait_for_key`` (in process and over
+        nodes alike; the in-process line said only "this round", review s34 L20)."""
+        from labqfl.errors import KeyStarvationError
+
+        p, (have, need) = next(iter(short.items()))
+        done = f"rounds 1-{round_index - 1} are checkpointed, resume" if round_index > 1 else "resume"
+        return KeyStarvationError(
+            f"key starvation: pair {p} needs {need} key bits for round {round_index}, its stores hold {have} "
+            f"(--no-wait-for-key: no top-up acquisition); {done} with `labqfl run --resume` once the stores hold more "
+            "key", pair=p, needed_bits=need, available_bits=have)
 
     def _train_over_nodes(self, setup: Any, tstate: dict[str, Any]) -> None:
         """``--nodes``: the rounds not done yet over the FL server node and a SuperNode per client

@@ -118,10 +118,14 @@ def test_no_wait_for_key_keeps_the_fail_fast_round(small_station_file, tmp_path)
                                  "--q", "32", "--eps-sec", "1e-4", "--in-process", "--no-wait-for-key",
                                  "--data-dir", str(tmp_path / "keys"), "--out", str(tmp_path / "runs")])
     assert r.exit_code != 0
-    assert "key starvation: pair C1-C2 needs 768 key bits for this round" in r.output
     state = json.loads(next((tmp_path / "runs").glob("*/state.json")).read_text())
     assert state["status"] == "interrupted" and len(state["acquisitions"]) == 1  # no top-up
-    assert 1 <= state["train"]["rounds_done"] < 3 and state["train"]["key_waits"] == []
+    done = state["train"]["rounds_done"]
+    assert 1 <= done < 3 and state["train"]["key_waits"] == []
+    # the round and what is checkpointed, as over nodes (review s34 L20: it said "this round")
+    line = " ".join(r.output.split())
+    assert f"key starvation: pair C1-C2 needs 768 key bits for round {done + 1}, its stores hold" in line
+    assert f"rounds 1-{done} are checkpointed, resume with `labqfl run --resume`" in line
 
 
 class _ShortSetup:
