@@ -114,8 +114,9 @@ class SecAggConfig:
         object.__setattr__(self, "k", k)
         if self.value_bits is not None and not 1 <= self.value_bits <= self.q:
             raise ValueError(f"SecAggConfig.value_bits must lie in [1, q={self.q}], got {self.value_bits}")
-        if self.min_survivors < 1:
-            raise ValueError(f"SecAggConfig.min_survivors must be >= 1, got {self.min_survivors}")
+        if self.min_survivors < 2:  # review s34 F2: the "sum" of one survivor is its update, in the clear
+            raise ValueError(f"SecAggConfig.min_survivors must be >= 2 (an aggregate of one client is that "
+                             f"client's update), got {self.min_survivors}")
         if self.threshold is not None and (not self.self_masks or self.threshold < 1):
             raise ValueError(f"SecAggConfig.threshold={self.threshold} needs self_masks=True and t >= 1")
 

@@ -337,7 +337,7 @@ def _labqfl_round(updates: dict[str, np.ndarray], k: int, q: int, dropped: set[s
     weights = dict.fromkeys(names, 100.0)
     for r in range(1, rounds + 1):
         lose = _loses("labqfl", "mask", dropped if r == rounds else set())
-        grid = InProcessGrid(_labqfl_app(updates), names, {"labqfl-keystore": str(folder)}, lose)
+        grid = InProcessGrid(_labqfl_app(updates), names, {"labqfl-keystore": str(folder), "labqfl-keys": keys}, lose)
         nodes = {c: nid for nid, c in grid.names.items()}
         t0 = time.perf_counter()
         try:

@@ -7,8 +7,10 @@ the stage's fields):
 - ``train`` with ``stage`` in ``keys | mask | reveal | end | abort``: handled by
   :func:`labqfl_secagg_mod`, a Flower *mod* wrapped around the training function:
 
-  * ``keys``: the node first ends its previous round (its reservations consumed, its secrets
-    wiped: between two rounds of a run the server sends no ``end``, the next ``keys`` carries it);
+  * ``keys``: the node first ends its previous round (its secrets wiped, its reservations consumed
+    where they were tagged or read and released where never: between two rounds of a run the
+    server sends no ``end``, the next ``keys`` carries it), and pins the message's run tag with its
+    new reservations: every later stage of the round must carry it;
     then for each pair it masters it reserves q·P bits of its own key store (no bit is read) and
     a separate 256-bit refs tag key, and answers the refs (``refs.<pair>``, ``reftag.<pair>``,
     ``void.<pair>``); for each pair it is the slave of (``slave_pairs``) it draws a fresh 128-bit
@@ -60,7 +62,16 @@ IDs and pair names of the node's reservations (``labqfl.resv``, with the void re
 its slave nonces (``labqfl.nonce``) — the bits stay reserved in the node's key store between stages
 and are read only inside the call that uses them; for ``csprng``
 the round's ephemeral X25519 private key (``labqfl.secret``, not QKD material; see
-``docs/flower.md``). Leftovers of an unfinished round are consumed at the node's next message.
+``docs/flower.md``). Leftovers of an unfinished round are finished at the node's next message
+(consumed if tagged or read, else released).
+
+What the node holds itself, not from the message (review s34): its key mode (node config
+``labqfl-keys``, ``qkd`` wherever a key store is configured), the run tag of its round (pinned at
+``keys``), which reservations it already masked with (never twice), the floors of a mask plan
+(≥ 2 participants, ≥ 1 pair), and the upload length and DP plan it computes from the spec. The
+spec itself (graph, thresholds, DP ε) still comes with every message from the server until it is
+operator-signed: the checks against it stop a message that departs from the run's settings, not a
+server that changes the settings as a whole.
 """
 
 from __future__ import annotations
@@ -135,6 +146,10 @@ TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
 NODE_NAME = "labqfl-client"
 NODE_KEYSTORE = "labqfl-keystore"
+#: the node's key mode (qkd | csprng); default qkd where a key store is configured (review s34 F3)
+NODE_KEYS = "labqfl-keys"
+#: hard floors no message can lower (review s34 F2): a round's participants, a node's pairs
+MIN_PARTICIPANTS = 2
 NODE_DROP_ROUND = "labqfl-crash-in-round"  # tests: the ClientApp process dies after masking, before upload
 
 
@@ -165,22 +180,26 @@ def _reply(msg: Message, **records: Any) -> Message:
 
 # ------------------------------------------------------------ node state (no key material)
 def _reservations(context: Context) -> dict[str, Any] | None:
-    """This node's qkd reservations of its current round: ``{"round", "kids": {pair: key ID},
-    "read": [pairs], "void": {pair: refs}}`` (key IDs, pair names and the void refs the node
-    announced as master — no key bits), or None. A name in ``read`` is never released: its bits
-    were read, or (a master's mask and pad after the refs stage) its refs were authenticated."""
+    """This node's qkd reservations of its current round: ``{"round", "run", "kids": {pair: key ID},
+    "read": [pairs], "masked": [pairs], "void": {pair: refs}}`` (key IDs, pair names and the void
+    refs the node announced as master — no key bits), or None. ``run`` is the run tag of the keys
+    stage that made them: every later stage of the round must carry it (review s34 F1). A name in
+    ``read`` is never released: its bits were read, or (a master's mask and pad after the refs
+    stage) its refs were authenticated. A name in ``masked`` was read for a mask (or share pad) and
+    is never read for a mask again, whatever the run tag or participants of a later message."""
     st = context.state
     if STATE_RESV not in st:
         return None
     rec = st.config_records[STATE_RESV]
-    return {"round": int(rec["round"]), "kids": json.loads(str(rec["kids"])),  # type: ignore[arg-type]
-            "read": list(json.loads(str(rec["read"]))), "void": json.loads(str(rec.get("void", "{}")))}
+    return {"round": int(rec["round"]), "run": str(rec.get("run", "")),  # type: ignore[arg-type]
+            "kids": json.loads(str(rec["kids"])), "read": list(json.loads(str(rec["read"]))),
+            "masked": list(json.loads(str(rec.get("masked", "[]")))), "void": json.loads(str(rec.get("void", "{}")))}
 
 
 def _save_reservations(context: Context, r: int, kids: dict[str, str], read: list[str],
-                       void: dict[str, Any] | None = None) -> None:
-    context.state[STATE_RESV] = ConfigRecord({"round": r, "kids": json.dumps(kids), "read": json.dumps(read),
-                                              "void": json.dumps(void or {})})
+                       void: dict[str, Any] | None = None, *, run: str, masked: list[str]) -> None:
+    context.state[STATE_RESV] = ConfigRecord({"round": r, "run": run, "kids": json.dumps(kids), "read": json.dumps(read),
+                                              "masked": json.dumps(masked), "void": json.dumps(void or {})})
 
 
 def _save_nonces(context: Context, r: int, nonces: dict[str, str]) -> None:
@@ -221,7 +240,8 @@ def _finish_reservations(context: Context, spec: FlowerSpec, name: str, *, relea
                 ks.finish(kid, release=release_unread and p not in res["read"])
     if left:
         _save_reservations(context, res["round"], left, [p for p in res["read"] if p in left],
-                           {p: v for p, v in res["void"].items() if p in left})
+                           {p: v for p, v in res["void"].items() if p in left}, run=res["run"],
+                           masked=[p for p in res["masked"] if p in left])
     else:
         del context.state[STATE_RESV]
 
@@ -265,7 +285,11 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     r = _cfg_int(cfg, "round")
     n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
+    _check_key_mode(context, spec, name, r)
+    _check_n_params(spec, name, r, n)
     _clear_stale_round_state(context, spec, name, r)
+    if stage != "keys":
+        _check_run_tag(context, name, r, run_tag, stage)
 
     if stage == "keys":
         return _keys_stage(msg, context, spec, name, r, n, run_tag)
@@ -282,6 +306,53 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
 
 
+def _check_key_mode(context: Context, spec: FlowerSpec, name: str, r: int) -> None:
+    """The key mode is the node's, not the message's (review s34 F3: a server that sends
+    ``keys=csprng`` to a QKD node relays its own X25519 keys as every peer's and unmasks every
+    upload). Node config ``labqfl-keys`` (qkd | csprng) names it; a node with a key store
+    (``labqfl-keystore``: ``labqfl node supernode``) and no ``labqfl-keys`` is a ``qkd`` node. A
+    message whose spec names another mode is refused before anything is reserved or drawn."""
+    nc = context.node_config
+    mode = str(nc.get(NODE_KEYS, "") or ("qkd" if nc.get(NODE_KEYSTORE) else ""))
+    if mode not in ("", "qkd", "csprng"):
+        raise SecureAggregationError(f"{name}: node config {NODE_KEYS!r} is {mode!r}; expected 'qkd' or 'csprng'")
+    if mode and spec.keys != mode:
+        why = f"node config {NODE_KEYS}={mode!r}" if NODE_KEYS in nc else f"it has a key store ({NODE_KEYSTORE!r})"
+        raise SecureAggregationError(
+            f"round {r}: the server's message asks {name} to mask with keys={spec.keys!r}, but this node uses "
+            f"keys={mode!r} ({why}): refused (the key mode is the node operator's, not the server's; its "
+            f"SuperNode's node config {NODE_KEYS}='{spec.keys}' would allow it)")
+
+
+def _check_n_params(spec: FlowerSpec, name: str, r: int, n: int) -> None:
+    """``n_params`` may not exceed the words per upload of the spec's model: its parameter count, or
+    the DP plan's padded length d' (review s34 F7: a larger n at ``keys`` made a master reserve, and
+    the next keys stage spend, q·n bits per pair, its whole pool). A smaller n reserves less and
+    masks nothing: at ``mask`` the node's own update must have exactly n words
+    (:func:`_encode_update`), so an upper bound suffices (and tests may mask short synthetic updates)."""
+    want = spec.upload_words()
+    if not 1 <= n <= want:
+        raise SecureAggregationError(f"round {r}: the message gives {name} n_params={n}; the run's model "
+                                     f"{spec.task!r} uploads {want} words (at most that many are reserved)")
+
+
+def _check_run_tag(context: Context, name: str, r: int, run_tag: str, stage: str) -> None:
+    """Every stage after ``keys`` must carry the run tag the node's keys stage of the round was made
+    for (pinned in ``labqfl.resv``, or with ``csprng`` next to the X25519 secret). Review s34 F1: a
+    server that changed the run tag got a second mask of the round with the same reserved pair words
+    and recovered the update exactly."""
+    st = context.state
+    res = _reservations(context)
+    pinned: str | None = None
+    if res is not None and res["round"] == r:
+        pinned = res["run"]
+    elif STATE_SECRET in st and _cfg_int(st.config_records[STATE_SECRET], "round") == r:
+        pinned = str(st.config_records[STATE_SECRET].get("run", ""))
+    if pinned is not None and pinned != run_tag:
+        raise SecureAggregationError(f"round {r}: the {stage} message to {name} carries run tag {run_tag!r}, but "
+                                     f"its keys stage of this round was for run tag {pinned!r}: refused")
+
+
 def _clear_stale_round_state(context: Context, spec: FlowerSpec, name: str, r: int) -> None:
     """Drop what an earlier round (e.g. an aborted one) left in the node state before round ``r``."""
     st = context.state
@@ -289,7 +360,8 @@ def _clear_stale_round_state(context: Context, spec: FlowerSpec, name: str, r: i
         _clear_secret(context)  # a previous round's leftovers (e.g. an aborted round)
     old = _reservations(context)
     if old is not None and old["round"] != r:
-        _finish_reservations(context, spec, name)  # an unfinished earlier round: its bits are spent
+        # an unfinished earlier round: what was tagged or read is spent, the rest goes back (_keys_stage)
+        _finish_reservations(context, spec, name, release_unread=True)
     if STATE_OWNSHARE + ".round" in st and _cfg_int(st.config_records[STATE_OWNSHARE + ".round"], "round") != r:
         _clear_selfmask_state(context)
     if STATE_NONCE in st and _cfg_int(st.config_records[STATE_NONCE], "round") != r:
@@ -305,7 +377,11 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     _clear_secret(context)
     _clear_selfmask_state(context)
     _clear_nonces(context)
-    _finish_reservations(context, spec, name)
+    # the previous round's reservations: consumed if tagged or read (the slave may have masked with
+    # them), released if never (no slave accepts untagged refs: the rule of abort with mask_sent
+    # False, here from the node's own state; review s34 F7 — consuming them let two keys messages
+    # burn the pool)
+    _finish_reservations(context, spec, name, release_unread=True)
     masters = _cfg_strs(cfg, "master_pairs")
     out = ConfigRecord()
     if spec.keys == "qkd":
@@ -318,10 +394,10 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
             out[f"nonce.{p}"] = v
         _save_nonces(context, r, nonces)
         kids, void = _reserve_master_keys(context, spec, name, r, n, run_tag, masters, out)
-        _save_reservations(context, r, kids, [], void)
+        _save_reservations(context, r, kids, [], void, run=run_tag, masked=[])  # the run tag pinned (F1)
     else:
         priv, pub = new_ecdh_key()
-        context.state[STATE_SECRET] = ConfigRecord({"round": r, "sk": priv})
+        context.state[STATE_SECRET] = ConfigRecord({"round": r, "run": run_tag, "sk": priv})
         out["pk"] = pub
     return _reply(msg, labqfl=out)
 
@@ -391,7 +467,8 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
         if len(nonces[p]) != REFS_NONCE_BYTES:
             raise SecureAggregationError(f"round {r}: no {8 * REFS_NONCE_BYTES}-bit slave nonce for pair {p}")
     read += [x for p in want for x in (p, p + PAD, p + TAG) if x in kids and x not in read]
-    _save_reservations(context, r, kids, read, res["void"])  # before any tag key is read
+    _save_reservations(context, r, kids, read, res["void"], run=res["run"],
+                       masked=res["masked"])  # before any tag key is read
     out = ConfigRecord()
     signer = _refs_signer(context)
     if signer is not None and want:
@@ -508,6 +585,8 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
                 if spec.self_masks:
                     pads[p] = ecdh_pad_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, share_bits(q),  # type: ignore[arg-type]
                                              0 if a == name else 1, round_index=r, run_tag=run_tag)
+        if not words:  # never reached after _checked_mask_plan; the last line before an unmasked upload
+            raise SecureAggregationError(f"round {r}: {name} holds no pair words to mask with; nothing uploaded")
         y = mask_update(name, v, words, q)
         cts = ArrayRecord()
         if spec.self_masks:
@@ -531,19 +610,24 @@ def _checked_mask_plan(cfg: Any, spec: FlowerSpec, name: str, r: int) -> tuple[l
     the run's spec before this node masks anything.
 
     The server only chooses *who* takes part (the clients that answered the keys stage); everything
-    else follows from the spec, which this node holds itself: its pairs are its edges of the spec's
+    else follows from the spec (still the one in the server's message until specs are
+    operator-signed, review s34; so the node adds floors no message can lower: ≥ 2 participants and
+    ≥ 1 pair for this node): its pairs are its edges of the spec's
     mask graph among the participants, the participants must be enough for a round
     (``SecAggConfig.survivors_needed``) and connected in that graph, and the threshold is the spec's
     (or the default rule's for those participants). Without these checks a server could send no
     pairs (the upload would go out unmasked) or a threshold of 1 with the node as its only holder (its
     self-mask would then be given away by the node's own share)."""
     pairs, participants = _cfg_strs(cfg, "pairs"), _cfg_strs(cfg, "participants")
-    sa = spec.secagg()
     ordered = [c for c in spec.names if c in set(participants)]
     if name not in participants or participants != ordered:
         raise SecureAggregationError(
             f"round {r}: the mask message's participants {participants} are not clients of this run in loop "
             f"order including {name} (expected a subsequence of {spec.names})")
+    if len(participants) < MIN_PARTICIPANTS:  # a floor of the node's, whatever the message's spec says
+        raise SecureAggregationError(f"round {r}: the mask message names {len(participants)} participant(s), at "
+                                     f"least {MIN_PARTICIPANTS} needed (an aggregate of one client is its update)")
+    sa = spec.secagg()
     if (short := sa.too_few_survivors(len(participants))) is not None:
         raise SecureAggregationError(f"round {r}: the mask message names {len(participants)} participant(s), {short}")
     among = _graph_pairs(tuple(spec.names), sa.graph, sa.k, tuple(participants))
@@ -554,6 +638,9 @@ def _checked_mask_plan(cfg: Any, spec: FlowerSpec, name: str, r: int) -> tuple[l
     if pairs != mine:
         raise SecureAggregationError(f"round {r}: the mask message gives {name} the pairs {pairs}; the mask "
                                      f"graph among the round's participants gives {mine}")
+    if not pairs:  # a floor of the node's: never an upload without a pair mask
+        raise SecureAggregationError(f"round {r}: the mask message gives {name} no pair to mask with; refused "
+                                     "(its upload would go out unmasked)")
     if not spec.self_masks:
         return pairs, participants, 0
     t = _cfg_int(cfg, "threshold")
@@ -579,7 +666,7 @@ def _encode_update(res_msg: Message, cfg: Any, spec: FlowerSpec, name: str, r: i
     DP clip, rotate, round and add noise. Returns (integer vector, clipped-value count)."""
     q = spec.q
     update = as_float64(res_msg.content.array_records["update"]["update"].numpy())
-    plan = _dp_plan_of(cfg, q, n)
+    plan = _dp_plan_of(cfg, spec, n)
     n_model = plan.n_params if plan is not None else n  # with DP an upload has d' ≥ P words
     if update.size != n_model:
         raise SecureAggregationError(f"update of {name} has {update.size} parameters, expected {n_model}")
@@ -605,16 +692,21 @@ def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str
     ends, then read each pair's mask words (and share pad) into ``words``/``pads`` — filled in
     place, so that the caller wipes whatever was read on any error."""
     q, w = spec.q, share_bits(spec.q)
+    if again := [p for p in pairs if p in res["masked"] or p + PAD in res["masked"]]:
+        # review s34 F1: a second mask read of one reservation is a two-time pad (pair key or share pad)
+        raise SecureAggregationError(f"round {r}: {name} already masked an upload with the keys of pair(s) {again} "
+                                     "in this round; refused (a pair key masks one upload, a share pad one share)")
     keep = tuple(x for p in pairs for x in (p, p + PAD, p + TAG))
     # pairs this node masters that left the round before masking: released if their refs were never
     # tagged (the slave cannot have them), consumed otherwise
     _finish_reservations(context, spec, name, release_unread=True, keep=keep)
     kids = {p: k for p, k in res["kids"].items() if p in keep}
     read = [x for x in res["read"] if x in kids]
+    masked = [x for x in res["masked"] if x in kids]
     with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
         for p in pairs:  # every slave pair is authenticated before any mask bit is reserved
             if pair_sign(name, p) < 0:
-                _check_refs_tag(context, cfg, spec, ks, name, r, run_tag, p, kids, read)
+                _check_refs_tag(context, cfg, spec, ks, name, r, run_tag, p, kids, read, masked)
         for p in pairs:
             if pair_sign(name, p) > 0:
                 if p not in kids:
@@ -630,15 +722,16 @@ def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str
                                  round_index=r, run_tag=run_tag)
             elif spec.self_masks and p + PAD not in kids:
                 raise SecureAggregationError(f"round {r}: {name} holds no pad reservation for pair {p}")
-            _save_reservations(context, r, kids, read + [p, p + PAD])  # before any bit is read
+            read.extend((p, p + PAD))
+            masked.extend((p, p + PAD))
+            _save_reservations(context, r, kids, read, run=run_tag, masked=masked)  # before any bit is read
             words[p] = ks.words(kids[p], n, q)
             if spec.self_masks:
                 pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
-            read.extend((p, p + PAD))
 
 
 def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeyStore, name: str, r: int,
-                    run_tag: str, pair: str, kids: dict[str, str], read: list[str]) -> None:
+                    run_tag: str, pair: str, kids: dict[str, str], read: list[str], masked: list[str]) -> None:
     """Slave end of ``pair``: check that the refs relayed by the server are its master's, made for
     this node's nonce of this round, before any of them is used (Wegman & Carter 1981, as
     :mod:`labqfl.qkd.authentication`). Pops the nonce (used at most once; missing: refused),
@@ -675,7 +768,7 @@ def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeySto
                                      f"{name}'s store ({exc}): its key references are refused") from None
     kids[pair + TAG] = kid
     read.append(pair + TAG)
-    _save_reservations(context, r, kids, read)  # before the tag key is read
+    _save_reservations(context, r, kids, read, run=run_tag, masked=masked)  # before the tag key is read
     if not ks.refs_tag_matches(kids[pair + TAG], statement, tag):
         raise SecureAggregationError(
             f"round {r}: key references for pair {pair} not authenticated by its master {master}: altered, "
@@ -731,19 +824,35 @@ def _end_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, stag
     return _reply(msg, labqfl=ConfigRecord({"ok": True}))
 
 
-def _dp_plan_of(cfg: Any, q: int, n: int) -> DPPlan | None:
-    """The DP plan the server sent with the mask stage (``dp_plan``, JSON), or None without DP;
-    refuses a plan whose modulus or padded length does not match the stage's."""
+def _dp_plan_of(cfg: Any, spec: FlowerSpec, n: int) -> DPPlan | None:
+    """The DP plan the server sent with the mask stage (``dp_plan``, JSON), or None without DP.
+
+    Refused (review s34 F5: σ, or DP at all, was the server's choice): no plan while the spec has
+    DP on (``dp_epsilon`` > 0), a plan while it has DP off, and a plan that differs in any field
+    (σ, γ, d', Δ₂, …) from :meth:`~labqfl.fl.flower.spec.FlowerSpec.dp_plan`, which this node
+    computes itself, or whose padded length is not the stage's. NOTE: the spec those checks use
+    still comes from the server's message until it is operator-signed; they stop a plan that
+    departs from the run's settings, not settings that a server changed as a whole."""
     raw = cfg.get("dp_plan", "")
+    want = spec.dp_plan()
     if not raw:
+        if want is not None:
+            raise SecureAggregationError(f"the mask message has no DP plan, but the run has DP on "
+                                         f"(dp_epsilon={spec.dp_epsilon}): refused (no upload without its noise)")
         return None
     try:
         plan = DPPlan.from_dict(json.loads(str(raw)))
     except (ValueError, TypeError) as exc:
         raise SecureAggregationError(f"malformed DP plan in the mask message: {exc}") from None
-    if plan.q != q or plan.d_pad != n:
+    if want is None:
+        raise SecureAggregationError("the mask message carries a DP plan, but the run has DP off (dp_epsilon=0)")
+    if plan != want:
+        bad = {k: (v, want.as_dict()[k]) for k, v in plan.as_dict().items() if v != want.as_dict()[k]}
+        raise SecureAggregationError("the mask message's DP plan differs from the run's (field: sent, expected): "
+                                     + ", ".join(f"{k}: {a!r}, {b!r}" for k, (a, b) in bad.items()))
+    if plan.q != spec.q or plan.d_pad != n:
         raise SecureAggregationError(
-            f"DP plan for q={plan.q} and {plan.d_pad} words, but the round uses q={q} and {n} words")
+            f"DP plan for q={plan.q} and {plan.d_pad} words, but the round uses q={spec.q} and {n} words")
     return plan
 
 

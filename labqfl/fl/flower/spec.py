@@ -169,6 +169,12 @@ class FlowerSpec:
         return _dp_plan(self.dp_epsilon, self.dp_delta, self.dp_honest, self.dp_clip or self.clip,
                         int(self.model().n_params), self.clients, self.q, self.rounds)
 
+    def upload_words(self) -> int:
+        """Words per masked upload: the DP plan's padded length d', or the model's parameter count
+        (the node's own count from the task's model, cached per process)."""
+        plan = self.dp_plan()
+        return int(plan.d_pad) if plan is not None else int(_model(self.task).n_params)
+
     def local(self) -> Any:
         from labqfl.fl.recipe import local_config
 

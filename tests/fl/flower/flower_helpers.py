@@ -42,3 +42,65 @@ class MeddlingGrid:
 
     def reply(self, node: str, stage: str, r: int) -> Message:
         return next(rep for n, s, rr, rep in self.replies if (n, s, rr) == (node, stage, r))
+
+
+class ModNodes:
+    """Client nodes driven directly through :func:`~labqfl.fl.flower.client.labqfl_secagg_mod`, as a
+    malicious server would (it writes every field of its messages itself): one node state per client of
+    ``spec``, each training function answering a fixed update of the model's size. ``node_config``:
+    client → extra node config (``labqfl-keystore``, ``labqfl-keys``, …)."""
+
+    def __init__(self, spec: Any, node_config: dict[str, dict[str, Any]] | None = None) -> None:
+        import numpy as np
+        from flwr.app import Context, RecordDict
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.spec, self.n = spec, int(spec.model().n_params)
+        self.ctx = {c: Context(run_id=1, node_id=7, state=RecordDict(), run_config={},
+                               node_config={"labqfl-client": c, **(node_config or {}).get(c, {})}) for c in spec.names}
+        self.upd = {c: np.random.default_rng(100 + i).uniform(-0.05, 0.05, self.n) for i, c in enumerate(spec.names)}
+
+    def send(self, c: str, stage: str, r: int = 1, run: str = "t", spec: Any = None, **fields: Any) -> Message:
+        """Deliver one stage's message to client ``c`` (``spec`` replaces the run's in the message)."""
+        from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+        from labqfl.fl.flower.client import labqfl_secagg_mod
+
+        def train(msg: Message, context: Any) -> Message:
+            return Message(RecordDict({"update": ArrayRecord({"update": Array(self.upd[c].copy())}),
+                                       "metrics": MetricRecord({"num_examples": 10})}), reply_to=msg)
+
+        d = dict((spec or self.spec).to_config(), stage=stage, round=r, n_params=fields.pop("n_params", self.n),
+                 run_tag=run, **fields)
+        msg = Message(RecordDict({"labqfl": ConfigRecord(d)}), dst_node_id=7, message_type="train", group_id=str(r))
+        return labqfl_secagg_mod(msg, self.ctx[c], train)
+
+    def answer(self, c: str, stage: str, **kw: Any) -> Any:
+        """The ``labqfl`` config of client ``c``'s answer to one stage."""
+        return self.send(c, stage, **kw).content.config_records["labqfl"]
+
+    def masked(self, c: str, **kw: Any) -> Any:
+        """Client ``c``'s masked upload for a mask message."""
+        return self.send(c, "mask", **kw).content.array_records["masked"]["masked"].numpy()
+
+    def qkd_keys_and_refs(self, r: int = 1, run: str = "t") -> dict[str, dict[str, Any]]:
+        """An honest qkd keys and refs stage over every pair of the run's graph: per slave, the relayed
+        fields of its mask message (``refs``/``reftag``/``refpad``/``void``, the master's ``tag``)."""
+        from labqfl.fl.masks import split_pair
+
+        pairs = self.spec.secagg().pairs(self.spec.names)
+        keys = {c: self.answer(c, "keys", r=r, run=run, master_pairs=[p for p in pairs if split_pair(p)[0] == c],
+                               slave_pairs=[p for p in pairs if split_pair(p)[1] == c]) for c in self.spec.names}
+        relay: dict[str, dict[str, Any]] = {c: {} for c in self.spec.names}
+        for m in self.spec.names:
+            mine = [p for p in pairs if split_pair(p)[0] == m]
+            if not mine:
+                continue
+            tags = self.answer(m, "refs", r=r, run=run, pairs=mine,
+                               **{f"nonce.{p}": keys[split_pair(p)[1]][f"nonce.{p}"] for p in mine})
+            for p in mine:
+                got = {f"{k}.{p}": keys[m][f"{k}.{p}"] for k in ("refs", "reftag", "refpad", "void")
+                       if f"{k}.{p}" in keys[m]}
+                relay[split_pair(p)[1]].update(got, **{f"tag.{p}": tags[f"tag.{p}"]})
+        return relay

@@ -39,7 +39,7 @@ from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.quantize import quantize, weight_ranges
 from labqfl.net import make_node_certs
 
-N_WORDS = 512
+N_WORDS = 512  # the specs use mnist-lenet5: a node refuses n_params above its model's (review s34 F7)
 NAMES = ["C1", "C2", "C3"]
 
 
@@ -187,7 +187,7 @@ def _grid(app: ClientApp, names: list[str], certs: dict[str, Path], cert_of: lis
 
 
 def _spec() -> FlowerSpec:
-    return FlowerSpec(task="mnist-qnn", clients=3, q=8, rounds=2, keys="csprng", clip=1.0, rounding="nearest",
+    return FlowerSpec(task="mnist-lenet5", clients=3, q=8, rounds=2, keys="csprng", clip=1.0, rounding="nearest",
                       node_wait_s=5.0)
 
 
@@ -251,7 +251,7 @@ def test_when_a_refused_reply_leaves_too_few_clients_the_round_fails_clearly(cer
             rep.content.config_records[SIG]["sig"] = b"\x00" * 70
         return rep
 
-    spec = FlowerSpec(task="mnist-qnn", clients=2, q=8, rounds=1, keys="csprng", clip=1.0, rounding="nearest")
+    spec = FlowerSpec(task="mnist-lenet5", clients=2, q=8, rounds=1, keys="csprng", clip=1.0, rounding="nearest")
     grid = _Tampering(_grid(_app(_updates()), NAMES[:2], certs, NAMES[:2]), flip)
     srv = LabqflServer(spec, identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     nodes, weights = srv.connect(grid)

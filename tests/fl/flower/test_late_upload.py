@@ -39,7 +39,8 @@ def _late_view(self_masks: bool, keystore: str) -> tuple[np.ndarray, np.ndarray,
     names = [f"C{i}" for i in range(1, 6)]
     rng = np.random.default_rng(3)
     updates = {c: rng.normal(0, 0.3, N_WORDS) for c in names}
-    spec = FlowerSpec(task="mnist-qnn", clients=5, q=8, rounds=1, keys="qkd", keystore_dir=keystore, clip=1.0,
+    # mnist-lenet5: a model of >= N_WORDS parameters (a node refuses n_params above its model's, review s34 F7)
+    spec = FlowerSpec(task="mnist-lenet5", clients=5, q=8, rounds=1, keys="qkd", keystore_dir=keystore, clip=1.0,
                       rounding="nearest", self_masks=self_masks)
     srv = LabqflServer(spec)
 

@@ -226,9 +226,16 @@ def test_a_master_tags_a_pair_once_and_a_slave_checks_a_nonce_once(make_stores, 
     assert "masked" in send("C2", "mask", **mask).content.array_records  # the honest refs pass
     with pytest.raises(SecureAggregationError, match="mask a second upload in this round"):
         send("C2", "mask", **mask)  # the same message again: one upload per round (review s32)
-    from labqfl.fl.flower.client import STATE_MASKED
+    from flwr.app import ConfigRecord as Rec
 
-    del ctx["C2"].state[STATE_MASKED]  # and were that marker lost, the nonce was used
+    from labqfl.fl.flower.client import STATE_MASKED, STATE_RESV
+
+    del ctx["C2"].state[STATE_MASKED]  # were that marker lost, the reservation is marked as masked with
+    with pytest.raises(SecureAggregationError, match=r"already masked an upload with the keys of pair\(s\) \['C1-C2'\]"):
+        send("C2", "mask", **mask)
+    resv = dict(ctx["C2"].state.config_records[STATE_RESV])
+    ctx["C2"].state[STATE_RESV] = Rec({**resv, "masked": "[]"})  # and were both marks lost, the nonce was used
+    del ctx["C2"].state[STATE_MASKED]
     with pytest.raises(SecureAggregationError, match="holds no nonce"):
         send("C2", "mask", **mask)
 

@@ -91,11 +91,11 @@ def test_flower_client_mod_refuses_both_kinds_of_secret_about_one_peer() -> None
     # two requests of one round: first C2's share (C2 "survived"), then the key with C2 ("dropped")
     sk, _ = new_ecdh_key()
     _, pk2 = new_ecdh_key()
-    ctx.state[STATE_SECRET] = ConfigRecord({"round": 1, "sk": sk})
+    ctx.state[STATE_SECRET] = ConfigRecord({"round": 1, "run": "t", "sk": sk})  # as its keys stage (run tag pinned)
     rep = call(_unmask_msg(spec, 4, pairs=[], share_owners=["C2"], dropped=[], survivors=["C1", "C2", "C3"],
                            **{"pk.C2": pk2}, cts=ArrayRecord({"C2": Array(np.zeros(4, dtype=np.uint32))})))
     assert list(rep.content.array_records["shares"].keys()) == ["C2"]
-    ctx.state[STATE_SECRET] = ConfigRecord({"round": 1, "sk": sk})
+    ctx.state[STATE_SECRET] = ConfigRecord({"round": 1, "run": "t", "sk": sk})
     with pytest.raises(SecureAggregationError, match="already revealed its self-mask share of C2"):
         call(_unmask_msg(spec, 4, pairs=["C1-C2"], share_owners=[], dropped=["C2"], survivors=["C1", "C3"],
                          **{"pk.C2": pk2}))
