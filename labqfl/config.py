@@ -493,7 +493,7 @@ def validate_options(model: type[OptionsT], options: dict[str, Any], *, source: 
         key = ".".join(str(p) for p in e["loc"])
         loc = ".".join(p for p in (field, "options", key) if p)
         who = f" (role {role})" if role else ""
-        more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+        more = _also(err.errors(), ".".join(p for p in (field, "options") if p))
         if e["type"] == "extra_forbidden":
             names = list(model.model_fields)
             expected = f"expected one of: {', '.join(names)}" if names else "expected no options (it takes none)"
@@ -680,16 +680,33 @@ class StationConfig(_Model):
         return all(r.simulated for r in self.roles().values())
 
 
+#: Further problems of a file named after the first one, each message cut to this many characters.
+_ALSO_SHOWN, _ALSO_CHARS = 4, 80
+
+
+def _also(errors: list[Any], prefix: str = "") -> str:
+    """The problems after the first, compactly on the same line (review s34 L12: "(+1 more problems)" named
+    none): ``; also: 'clients': Field required; 'detectors.D0.efficiency': Input should be …``, at most
+    :data:`_ALSO_SHOWN` of them, then ``; +N more``. ``prefix``: prepended to each field path."""
+    parts = []
+    for e in errors[1:_ALSO_SHOWN + 1]:
+        loc = ".".join(p for p in (prefix, ".".join(str(x) for x in e["loc"])) if p) or "(top level)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else " ".join(_strip_value_error(e["msg"]).split())
+        msg = msg if len(msg) <= _ALSO_CHARS else msg[:_ALSO_CHARS - 1] + "…"
+        parts.append(f"'{loc}': {msg}")
+    rest = len(errors) - 1 - len(parts)
+    return (f"; also: {'; '.join(parts)}" if parts else "") + (f"; +{rest} more" if rest > 0 else "")
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
     msg = _strip_value_error(e["msg"])
     got = e.get("input")
     got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f"; got {got!r}"
-    more = f" (+{len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
     if e["type"] == "extra_forbidden":
         msg = "unknown field (check spelling; see `labqfl station show` for valid fields)"
-    return f"{source}: field '{loc}': {msg}{got_s}{more}"
+    return f"{source}: field '{loc}': {msg}{got_s}{_also(err.errors())}"
 
 
 def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> StationConfig:
