@@ -63,7 +63,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreBusyError, KeyStoreError
 from labqfl.keystore.material import KeyMaterial, Ref
-from labqfl.keystore.store import KeyStore, check_node_name
+from labqfl.keystore.store import GENERAL, KeyStore, check_node_name
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -551,12 +551,17 @@ class KeyDeliveryService:
 
     def _resync(self, pair: str, m: str, s: str, items: Sequence[tuple[list[Ref], str]]) -> int:
         """After the slave's store refused the master's next bits (``items``, released again at the
-        master): spend at the master, without handing them out, those the slave's store already
+        master): spend at the master, without handing them out, the bits the slave's store already
         spent for good — consumed (longer ago than ``resync_settled_s``), exported or absent there
         (:meth:`KeyStore.spent_refs`; never bits reserved there: a live key) — so the next
         reservation moves past them (:meth:`KeyStore.discard_exact`, recorded ``discarded``).
-        Returns the bits discarded at the master."""
-        refs = [r for rr, _ in items for r in rr]
+        Looked for in every bit the master's store holds free in the pools an enc_keys draws
+        (``etsi``, then ``general``), not only in the refused request's: a range spent at the slave
+        that is longer than a few requests (an export of 4096 bits from the slave's store, requests
+        of 512) made the first request after it fail with 503 once its tries ran out (docs review
+        s34 L17). Returns the bits discarded at the master."""
+        free = self.stores[m].free_ranges(pair, [ETSI_PURPOSE, GENERAL])  # items were released: in here
+        refs: list[Ref] = [(bid, a, b - a) for bid, ranges in free.items() for a, b in ranges]
         try:
             spent = self.stores[s].spent_refs(pair, refs, settled_s=self.settings.resync_settled_s)
             if not spent:
