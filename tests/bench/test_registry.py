@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from labqfl.bench import machine_info, registry
 from labqfl.cli import app
+from labqfl.cli.bench import QUICK_NOTE
 
 
 def test_registry_has_station_startup_and_machine_info():
@@ -25,3 +26,5 @@ def test_bench_json_shape_quick():
     assert res["figure"] > 0 and res["baseline_figure"] > 0
     assert abs(res["ratio"] - res["figure"] / res["baseline_figure"]) < 1e-9
     assert data["machine"]["usable_cores"] >= 1
+    # docs review s34 L16: the description names full sizes; under --quick it says the sizes are smaller
+    assert res["description"].endswith(QUICK_NOTE) and data["quick"] is True
