@@ -42,6 +42,13 @@ class KeyMaterialFilter(logging.Filter):
         return not any(isinstance(a, bytes | bytearray | memoryview) for a in args)
 
 
+class _PlainFormatter(logging.Formatter):
+    """``warning: message`` / ``error: message``: the CLI's own line format, for the default console level."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def set_verbosity(level: int | str = "WARNING", *, stream=None, logfile: Path | None = None) -> None:  # type: ignore[no-untyped-def]
     """Configure all ``labqfl`` loggers: console on stderr at ``level``; optional file at DEBUG."""
     root = logging.getLogger(ROOT)
@@ -53,7 +60,10 @@ def set_verbosity(level: int | str = "WARNING", *, stream=None, logfile: Path | 
         if getattr(h, "_labqfl_console", False):
             root.removeHandler(h)
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    # at the default level the console shows warnings and errors as the CLI's own lines ("warning: …"), not
+    # timestamped records beside its "error: …" line (docs review s34 L15); -v/-vv (and the node processes,
+    # which log at INFO into their own files) keep the timestamped records
+    handler.setFormatter(_PlainFormatter() if level >= logging.WARNING else logging.Formatter(_FORMAT))
     handler.setLevel(level)
     handler.addFilter(KeyMaterialFilter())
     handler._labqfl_console = True  # type: ignore[attr-defined]

@@ -31,3 +31,23 @@ def test_bytes_arguments_are_filtered():
         assert "took 128 bits" in out and "xde" not in out
     finally:
         set_verbosity("WARNING")
+
+
+def test_default_console_level_prints_the_clis_own_line_format():
+    """Docs review s34 L15: without -v a warning reached the terminal as a timestamped record
+    ("2026-12-06 23:39:23,737 WARNING labqfl.station: …") beside the CLI's own "error: …" line."""
+    buf = io.StringIO()
+    set_verbosity("WARNING", stream=buf)
+    try:
+        logging.getLogger("labqfl.station").warning("putting %s in its safe state", "D0")
+        logging.getLogger("labqfl.station").info("hidden at WARNING")
+        assert buf.getvalue() == "warning: putting D0 in its safe state\n"
+    finally:
+        set_verbosity("WARNING")
+    buf = io.StringIO()
+    set_verbosity("INFO", stream=buf)  # -v (and the node processes' own log files): timestamped records
+    try:
+        logging.getLogger("labqfl.station").warning("w")
+        assert "WARNING labqfl.station: w" in buf.getvalue()
+    finally:
+        set_verbosity("WARNING")
