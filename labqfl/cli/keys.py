@@ -9,7 +9,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from labqfl.cli.common import CONFIG_OPTION, EXIT_ERROR, JSON_OPTION, emit, fail, handle_errors
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    EXIT_ERROR,
+    JSON_OPTION,
+    console,
+    emit,
+    fail,
+    handle_errors,
+)
 from labqfl.errors import KeyStoreError
 
 keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import "
@@ -158,14 +166,24 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
           config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Make a development CA plus KME (server) and SAE (client) certificates for local use."""
     from labqfl.config import load_station_config
-    from labqfl.keystore.certs import DEFAULT_HOSTS, kme_uri, make_dev_certs, spki_pin
+    from labqfl.keystore.certs import (
+        DEFAULT_HOSTS,
+        ca_key_warning,
+        kme_uri,
+        make_dev_certs,
+        spki_pin,
+    )
 
     saes = sae or [c.name for c in load_station_config(config).clients]
     kmes = kme or ["kme"]
     files = make_dev_certs(out_dir, kmes=kmes, saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days, force=force)
     # what an SAE checks to know it talks to this KME, not to another server of the same CA (docs/keystore.md)
     ids = {n: {"identity": kme_uri(n), "pin": spki_pin(files[f"kme-{n}"])} for n in kmes}
-    data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}, "kmes": ids}
+    # the CA key left in the folder: the warning node certs gives too (review s34 L10), in the JSON and on stderr
+    warnings = [ca_key_warning(files["ca.key"], "every KME and SAE that trusts this ca.pem", "KME/SAE",
+                               "shred it; a later `labqfl keys certs` into this folder then makes a new CA, whose ca.pem "
+                               "replaces this one")]
+    data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}, "kmes": ids, "warnings": warnings}
 
     def render(con: Any) -> None:
         con.print(f"wrote {len(files)} files to {out_dir}: " + ", ".join(sorted(p.name for p in files.values())))
@@ -174,6 +192,8 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
                       f"(curl --pinnedpubkey): {v['pin']}", soft_wrap=True)
 
     emit(data, as_json, render)
+    for w in warnings:
+        console.print(f"warning: {w}", soft_wrap=True)
 
 
 @keys_app.command("serve")

@@ -477,6 +477,8 @@ def _cert_warnings(out: Path, hosts: dict[str, list[str]], stale: list[str], dro
                    issued: dict[str, Any]) -> list[str]:
     """``node certs``'s warnings: the CA's key, certificates a new CA leaves behind, the FL server's loopback
     host, node certificates valid longer than their CA."""
+    from labqfl.keystore.certs import ca_key_warning
+
     ws = []
     ca_end = issued["ca"]["not_after"]
     longer = [n for n, d in issued["nodes"].items() if d["not_after"] > ca_end]
@@ -484,9 +486,7 @@ def _cert_warnings(out: Path, hosts: dict[str, list[str]], stale: list[str], dro
         ws.append(f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(longer)} are refused "
                   "from then on, before their own end (a shorter --days, or a new CA in another folder)")
     if not drop:
-        ws.append(f"{out / 'ca.key'} is the CA's private key: whoever holds it can issue certificates every node of this "
-                  "network accepts. Keep it offline (never on a node's host, never copied with the node files) and "
-                  "destroy it once every certificate is issued (--drop-ca-key, or shred it)")
+        ws.append(ca_key_warning(out / "ca.key", "every node of this network", "node", "--drop-ca-key, or shred it"))
     if stale:
         ws.append(f"a new CA was made in {out}: {', '.join(stale)} there were issued by the old one and are refused by "
                   "nodes that trust the new ca.pem; re-issue them (--node NAME --force)")

@@ -105,6 +105,15 @@ def check_private_key_file(path: Path, what: str = "private key") -> None:
                           "new key and certificate")
 
 
+def ca_key_warning(ca_key: Path, accepted_by: str, copied_with: str, destroy: str) -> str:
+    """The warning ``labqfl keys certs`` and ``labqfl node certs`` give about the CA key they leave in their
+    folder (one text for both; review s34 L10: keys certs wrote it silently): who would accept what its
+    holder issues (``accepted_by``), the files it must not travel with, and how to destroy it."""
+    return (f"{ca_key} is the CA's private key: whoever holds it can issue certificates {accepted_by} accepts. Keep it "
+            f"offline (never on a node's host, never copied with the {copied_with} files) and destroy it once every "
+            f"certificate is issued ({destroy})")
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
