@@ -38,6 +38,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from labqfl.cli.common import MIN_TEST_CLICKS, rate_clicks_cell
 from labqfl.contracts.types import ENGINES
 
 
@@ -111,6 +112,18 @@ def first_key_text(pairs: dict[str, dict[str, Any]]) -> str:
     return "running · first block being distilled (error correction, privacy amplification)…"
 
 
+#: Title of the Live tab's error-rate plot: the key QBER and the Y test data are different things (physics review s34 F4).
+ERROR_RATE_TITLE = f"X key QBER (solid) · Y test data, ≥ {MIN_TEST_CLICKS} clicks (dashed)"
+
+#: The note in the Live tab's control column: what the two error-rate columns are (physics review s34 F4).
+LIVE_NOTE = (
+    "Count rates are per second of acquired data. QBER X (key) is measured by error correction on each key "
+    "block. Y test is the error rate of the Y-basis test data so far (both clients in Y at equal non-zero "
+    "intensities: decoy-decoy only where their signal intensities differ), with its clicks; n/a below "
+    f"{MIN_TEST_CLICKS} clicks. A test rate is not the key QBER: equal pulses leaving two clients arrive "
+    "unequal over unequal paths, which lowers the fringe contrast. Key pools are the free bits in the nodes' "
+    "key stores.")
+
 #: Width of the Live tab's control column [px] (a scroll bar is added beside it when the window is short).
 LEFT_WIDTH = 280
 
@@ -118,7 +131,7 @@ LEFT_WIDTH = 280
 class LivePanel(QWidget):
     """Acquisition and distillation controls, four live plots and a per-pair table."""
 
-    PAIR_COLS = ["Pair", "Sifted", "Next block", "QBER X (key)", "QBER Y (test)", "Blocks", "Final key",
+    PAIR_COLS = ["Pair", "Sifted", "Next block", "QBER X (key)", "Y test (clicks)", "Blocks", "Final key",
                  "Key rate", "Key pool", "Dropped slots", "Last block"]
 
     def __init__(self, ctl: Controller) -> None:
@@ -256,9 +269,7 @@ class LivePanel(QWidget):
         acq = self._build_acquisition_box()
         dist = self._build_distillation_box()
         dropped = self._build_dropped_box()
-        note = QLabel("Count rates are per second of acquired data. QBER X is measured by error correction on each "
-                      "key block; QBER Y is the Y-basis test error so far. Key pools are the free bits in the "
-                      "nodes' key stores.")
+        note = QLabel(LIVE_NOTE)
         note.setWordWrap(True)
         note.setStyleSheet("color: #555")
 
@@ -293,7 +304,7 @@ class LivePanel(QWidget):
         """The four live plots (count rates, QBER, key rate, key pools) and the key-provenance line."""
         self.rate_plot = plots.make_plot("Count rate per detector", "rate", "Hz")
         self.rate_series = {d: plots.Series(self.rate_plot.plot(name=d, pen=plots.pen(i))) for i, d in enumerate(self.detectors)}
-        self.qber_plot = plots.make_plot("QBER  (solid: X key · dashed: Y test)", "QBER", "%", legend=False)
+        self.qber_plot = plots.make_plot(ERROR_RATE_TITLE, "error rate", "%", legend=False)
         self.qber_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
         self.qber_x = {p: plots.Series(plots.MarkedCurve(self.qber_plot, plots.pen(i), plots.colour(i), name=p))
                        for i, p in enumerate(self.pairs)}
@@ -424,10 +435,12 @@ class LivePanel(QWidget):
             if m["qber_x"] is not None and m["blocks"] and (not sx.t or m["blocks"] > getattr(sx, "_blocks", 0) or t < sx.t[-1]):
                 sx.append(t, 100 * m["qber_x"])
                 sx._blocks = m["blocks"]  # type: ignore[attr-defined]
-            self.qber_y[p].append(t, None if m["qber_y"] is None else 100 * m["qber_y"])
+            y_clicks = m.get("qber_y_clicks")  # a Y test point from fewer than MIN_TEST_CLICKS clicks: a gap
+            self.qber_y[p].append(t, None if m["qber_y"] is None or (y_clicks is not None and y_clicks < MIN_TEST_CLICKS)
+                                  else 100 * m["qber_y"])
             self.key_rate[p].append(t, m["key_rate_bps"])
             vals = [f"{m['sifted_bits']:,}", f"{100 * m['block_fill']:.0f} %", fmt_pct(m["qber_x"]),
-                    fmt_pct(m["qber_y"]), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
+                    rate_clicks_cell(m["qber_y"], y_clicks), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
                     fmt_bits(m["final_key_bits"]), fmt_kbps(m["key_rate_bps"]),
                     fmt_bits(sum(self._pools.get(p, {}).values())), f"{m.get('dropped_slots', 0):,}",
                     ("aborted: " + m["last_abort"]) if m["last_abort"] else ("key delivered" if m["blocks"] else "—")]

@@ -37,7 +37,10 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
 
     ``qber_x``: error rate of the last reconciled key block (X basis, exact after error
     correction); ``qber_y``: Y-basis test error rate so far (public test data, updated every tag
-    block); ``key_rate_bps``: final (secret) key bits so far / acquired time ``t_s``;
+    block: both clients in Y at equal non-zero intensities, decoy–decoy only where their signal
+    intensities differ — not the key QBER), over ``qber_y_clicks`` clicks (physics review s34 F4:
+    the Live tab shows it with its count, n/a below :data:`labqfl.cli.common.MIN_TEST_CLICKS`);
+    ``key_rate_bps``: final (secret) key bits so far / acquired time ``t_s``;
     ``block_fill``: sifted bits waiting for the next block / block size; ``first_key_eta_s``:
     seconds of data until the pair's next block closes (blocks are a fixed number of the pair's
     slots; 0 once the pair has key).
@@ -54,6 +57,7 @@ def pair_metrics(distiller: Any, t_s: float) -> dict[str, dict[str, Any]]:
             "block_fill": min(1.0, st.n_bits / block_bits) if block_bits else 0.0,
             "qber_x": float(last.qber_key) if last is not None else None,
             "qber_y": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
+            "qber_y_clicks": int(tc.get("Y", 0)),
             "blocks": r.n_blocks,
             "aborted_blocks": r.aborted_blocks,
             "last_abort": last.abort_reason if last is not None and last.abort else "",

@@ -377,6 +377,8 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
     ``X_key`` (both clients in X at the key intensity: the key cell), ``X_test`` and ``Y_test`` (both in
     X, resp. Y, at equal non-zero intensities, the key cell left out:
     :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`); ``None`` where a cell has no click.
+    ``error_rate_counts``: the clicks each of those rates is over (physics review s34 F4: a test rate from
+    the handful of decoy–decoy clicks two clients with unequal signal intensities share was shown bare).
     ``by_basis_pair``'s ``error_rate`` counts every intensity pair, also signal against decoy, whose wrong
     port carries η(μ_i + μ_j − 2V√(μ_i μ_j))/2 (:mod:`labqfl.contracts.channel_model`): far above the QBER.
 
@@ -406,8 +408,9 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
         key = (int(clicks[k0, k0, b0, b0]), int(errors_x2[k0, k0, b0, b0]))
         x_test = counts.matched_test_counts(bases=(b0,))
         y_test = counts.matched_test_counts(bases=(1 - b0,))
-        entry["error_rate"] = {k: (e / 2 / n if n else None)
-                               for k, (n, e) in (("X_key", key), ("X_test", x_test), ("Y_test", y_test))}
+        cells = (("X_key", key), ("X_test", x_test), ("Y_test", y_test))
+        entry["error_rate"] = {k: (e / 2 / n if n else None) for k, (n, e) in cells}
+        entry["error_rate_counts"] = {k: int(n) for k, (n, _e) in cells}  # the clicks each rate is over
     return out
 
 

@@ -32,12 +32,13 @@ from labqfl.app.acquire import acquire as acquire_use_case
 from labqfl.cli.common import (
     CONFIG_OPTION,
     JSON_OPTION,
+    MIN_TEST_CLICKS,
     check_output_file,
     emit,
     fail,
     handle_errors,
-    pct_cell,
     progress_bar,
+    rate_clicks_cell,
 )
 from labqfl.config import load_station_config
 from labqfl.errors import ConfigError
@@ -79,16 +80,24 @@ def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # 
         con.print("frames played/frames (lost): " + ", ".join(
             f"{c} {m['played']}/{m['frames']} ({m['lost']})" + (f" [red]{escape(m['error'])}[/]" if m.get("error") else "")
             for c, m in data["modulation"].items()), markup=True)
-    t = Table("pair", "clicks", "D0", "D1", "double", "QBER X key", "QBER X test", "QBER Y test")
+    t = Table("pair", "clicks", "D0", "D1", "double", "QBER X key (clicks)", "X test (clicks)", "Y test (clicks)")
     for p, r in data["pairs"].items():
-        er = r.get("error_rate", {})
+        er, n = r.get("error_rate", {}), r.get("error_rate_counts", {})
         t.add_row(p, f"{r['clicks']:,}", f"{r['detector_clicks']['D0']:,}", f"{r['detector_clicks']['D1']:,}",
-                  f"{r['double_clicks']:,}", *[pct_cell(er.get(k)) for k in ("X_key", "X_test", "Y_test")])
+                  f"{r['double_clicks']:,}", *[rate_clicks_cell(er.get(k), n.get(k)) for k in ("X_key", "X_test", "Y_test")])
     con.print(t)
     if data["pairs"]:
-        con.print("QBER: error rates on equal bases and equal intensities (X key: both at the key intensity; tests: "
-                  "equal non-zero intensities), the cells of `labqfl distill`; slotted with the simulator's true delays "
-                  "(a quick look, not the pipeline's)")
+        con.print(RATE_NOTE, markup=False, highlight=False)
+
+
+#: The note under ``acquire``'s table: what its three error-rate columns are (physics review s34 F4).
+RATE_NOTE = (
+    "Error rates on equal bases and equal intensities, the cells of `labqfl distill`, with the clicks each is "
+    f"over; n/a below {MIN_TEST_CLICKS} clicks. QBER X key: both clients in X at the key intensity. X test, Y "
+    "test: both in X, resp. Y, at equal non-zero intensities, the key cell left out (decoy-decoy only where the "
+    "clients' signal intensities differ). A test rate is not the key QBER: equal pulses leaving two clients "
+    "arrive unequal over unequal paths, which lowers the fringe contrast. Slotted with the simulator's true "
+    "delays (a quick look, not the pipeline's). Counts: error_rate_counts in --json.")
 
 
 def register(app: typer.Typer) -> None:

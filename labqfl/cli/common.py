@@ -127,6 +127,23 @@ def pct_cell(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
+#: Fewest clicks an error rate of test data is shown from: below it its binomial standard error √(e(1−e)/n)
+#: is 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review s34 F4: "0.00 %" from 5
+#: decoy–decoy clicks). :data:`labqfl.report.MIN_TEST_CLICKS` is the same.
+MIN_TEST_CLICKS = 100
+
+
+def rate_clicks_cell(rate: float | None, clicks: int | None) -> str:
+    """An error rate as a table cell with the clicks it is over: "1.56 % (12,345)"; "n/a (5 clicks)" ("n/a (1 click)")
+    below :data:`MIN_TEST_CLICKS`; the bare rate (:func:`pct_cell`) where the count is unknown (a summary without
+    counts). The one format of the test-data error rates of acquire, distill and the GUI's Live tab."""
+    if clicks is None:
+        return pct_cell(rate)
+    if clicks < MIN_TEST_CLICKS:
+        return f"n/a ({clicks:,} click{'' if clicks == 1 else 's'})"
+    return f"{pct_cell(rate)} ({clicks:,})"
+
+
 def check_duration(value: float, option: str = "--duration") -> None:
     """Refuse an acquisition length ``option`` outside (0, MAX_DURATION_S] in one line
     (:func:`labqfl.contracts.types.duration_problem`)."""

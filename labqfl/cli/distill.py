@@ -20,6 +20,7 @@ from labqfl.cli.common import (
     CONFIG_OPTION,
     EC_ENGINE_HELP,
     JSON_OPTION,
+    MIN_TEST_CLICKS,
     check_duration,
     check_runs_dir,
     console,
@@ -30,34 +31,10 @@ from labqfl.cli.common import (
     key_verdict_exit,
     pct_cell,
     print_path,
+    rate_clicks_cell,
 )
 from labqfl.contracts.types import DEFAULT_ENGINE
 from labqfl.errors import ConfigError
-
-#: Fewest clicks a test error rate is shown from: below it its binomial standard error √(e(1−e)/n) is
-#: 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review s34 F4: "0.00 %" from 5 clicks).
-#: :data:`labqfl.report.MIN_TEST_CLICKS` is the same.
-MIN_TEST_CLICKS = 100
-
-
-def error_rate_counts(r: Any) -> dict[str, int]:
-    """The events each rate of a :class:`~labqfl.qkd.pipeline.PairResult`'s ``error_rate`` is over (the
-    ``error_rate_counts`` of ``--json``): ``X_key`` the key-cell bits error correction compared (processed
-    bits), ``X_test``/``Y_test`` the clicks of the matched test cells (both clients in that basis at equal
-    non-zero intensities, the key cell left out: :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`)."""
-    return {"X_key": int(r.processed_bits), "X_test": int(r.test_clicks.get("X", 0)),
-            "Y_test": int(r.test_clicks.get("Y", 0))}
-
-
-def rate_clicks_cell(rate: float | None, clicks: int | None) -> str:
-    """A test error rate as a table cell with its click count: "1.56 % (12,345)"; "n/a (5 clicks)" below
-    :data:`MIN_TEST_CLICKS`; the bare rate where the count is unknown (a summary without counts)."""
-    if clicks is None:
-        return pct_cell(rate)
-    if clicks < MIN_TEST_CLICKS:
-        return f"n/a ({clicks:,} clicks)"
-    return f"{pct_cell(rate)} ({clicks:,})"
-
 
 #: The note under ``distill``'s table: what the two error-rate columns are (physics review s34 F4).
 RATE_NOTE = (
@@ -131,7 +108,7 @@ def distill(
         "block_slots": settings.block_slots, "block_rule": plan.as_dict() if plan is not None else None,
         "wall_s": wall, "real_time_factor": duration_s / wall if wall > 0 else None,
         "slotting": vars(session.distiller.slotter.stats), "modulation": src.modulation(), "run": str(run.path),
-        "pairs": {k: {**r.as_dict(duration_s), "error_rate_counts": error_rate_counts(r)} for k, r in results.items()},
+        "pairs": {k: r.as_dict(duration_s) for k, r in results.items()},
         "provenance": provenance,
     }
     judge_key(data)  # no pair with key: exit 1 after the summary (review s32 M2(b)); some without: a warning

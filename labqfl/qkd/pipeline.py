@@ -345,6 +345,10 @@ class PairResult:
                 "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X") else None,
                 "Y_test": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
             },
+            # what each rate is over (physics review s34 F4): X_key the bits error correction compared, the
+            # tests their matched cells' clicks (PairCounts.matched_test_counts); a rate is None where its count is 0
+            "error_rate_counts": {"X_key": int(self.processed_bits), "X_test": int(tc.get("X", 0)),
+                                  "Y_test": int(tc.get("Y", 0))},
             "phase_error_bound": pe_max,
             "leaked_ec_bits": self.leaked_ec_bits,
             "verification_bits": self.verification_bits,

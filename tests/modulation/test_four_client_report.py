@@ -21,6 +21,7 @@ from labqfl.app.acquire import Acquisition, pair_summary
 from labqfl.app.distill import TagSource
 from labqfl.cli import acquire as acquire_cli
 from labqfl.cli import distill as distill_cli
+from labqfl.cli.common import rate_clicks_cell
 from labqfl.config import load_station_config
 from labqfl.instruments.interfaces import PlayedFrames
 from labqfl.modulation import PlayedChoiceLog
@@ -57,6 +58,8 @@ def test_acquire_reports_the_qber_on_distills_cells_not_over_every_intensity_pai
     assert er["X_test"] == pytest.approx(5 / 100)
     assert er["Y_test"] == pytest.approx(2 / 20)
     assert out["C1-C4"]["error_rate"] == {"X_key": None, "X_test": None, "Y_test": pytest.approx(2 / 41)}
+    assert out["C1-C2"]["error_rate_counts"] == {"X_key": 1000, "X_test": 100, "Y_test": 20}
+    assert out["C1-C4"]["error_rate_counts"] == {"X_key": 0, "X_test": 0, "Y_test": 41}
     # the old column: every intensity pair of XX, the signal-decoy clicks counted as errors
     assert out["C1-C2"]["by_basis_pair"]["XX"]["error_rate"] > 0.3
     assert out["C3-C4"]["error_rate"] == {"X_key": None, "X_test": None, "Y_test": None}
@@ -67,7 +70,15 @@ def test_acquire_reports_the_qber_on_distills_cells_not_over_every_intensity_pai
             "modulation": {"C1": {"frames": 77, "played": 76, "lost": 1, "late": 1, "error": None}}}
     acquire_cli._render(Console(file=text, width=200), cfg.name, data, None)
     s = text.getvalue()
-    assert "QBER X key" in s and "1.00 %" in s and "5.00 %" in s and "10.00 %" in s
+    assert "QBER X key (clicks)" in s and "X test (clicks)" in s and "Y test (clicks)" in s
+    # each rate with the clicks it is over; the Y test rate of C1-C2 (2 errors in 20 decoy-decoy clicks) and
+    # of C1-C4 (41 clicks) are too few clicks to read: n/a with the count, not "10.00 %" (physics review s34 F4)
+    row = next(ln for ln in s.splitlines() if " C1-C2 " in ln)
+    assert "1.00 % (1,000)" in row and "5.00 % (100)" in row and "n/a (20 clicks)" in row and "10.00 %" not in row
+    row = next(ln for ln in s.splitlines() if " C1-C4 " in ln)
+    assert "n/a (41 clicks)" in row and "4.88 %" not in row and row.count("n/a (0 clicks)") == 2
+    assert rate_clicks_cell(0.0, 1) == "n/a (1 click)"
+    assert "n/a below 100 clicks" in " ".join(s.split()) and "not the key QBER" in " ".join(s.split())
     assert "115,935 tags" in s and "C1 76/77 (1)" in s and "marker.C1 1,540 /s" in s
 
 
