@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from labqfl.drivers.keysight_33500b import Keysight33500B
 from labqfl.drivers.keysight_n7764a import KeysightN7764A
 from labqfl.drivers.thorlabs_mbx import ThorlabsMBX
