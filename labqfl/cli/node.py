@@ -310,8 +310,8 @@ def _add_up(node_app: typer.Typer) -> None:
         min_final_bits: int = MIN_FINAL_BITS,
         eps_sec: float = EPS_SEC,
         workdir: Path = typer.Option(None, "--workdir", help="Folder for certificates, node data and logs "
-                                     "(default: a temporary folder, removed after); run again in the same folder, "
-                                     "the certificates it holds are used again."),
+                                     "(default: a temporary folder, removed after: the JSON's workdir is then null); "
+                                     "run again in the same folder, the certificates it holds are used again."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Start optics + detector + every client as separate processes on loopback (throwaway
@@ -324,6 +324,9 @@ def _add_up(node_app: typer.Typer) -> None:
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
                 out = run_up(station, duration, Path(tmp), settings=s)
+            # the folder went with the command: no path to a folder that no longer exists (review s34 L4); the key
+            # stays, null, so a script reads "nothing kept" the same way every time
+            out["workdir"] = None
         else:
             out = run_up(station, duration, workdir, settings=s)
         out["block_rule"] = plan.as_dict() if plan is not None else None

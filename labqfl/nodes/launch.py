@@ -473,6 +473,22 @@ class LocalNetwork:
         self.stop()
 
 
+#: Fields of the detector's ``ctl/ran`` reply that travel as JSON text (a message's fields are flat).
+DETECTOR_JSON_FIELDS = ("channel_counts", "slotting")
+
+
+def detector_summary(fields: dict[str, Any]) -> dict[str, Any]:
+    """The detector's ``ctl/ran`` reply as ``node up``/``node acquire`` show it: ``channel_counts`` (tags per
+    time-tagger channel, keyed by channel number) and ``slotting`` (the slotter's counters by cause, what
+    ``labqfl run --json`` shows as ``acquisition.slotting``) as JSON objects, not the JSON text they travel
+    as (review s34 L4: they were strings inside the JSON); the other fields as they are."""
+    out = dict(fields)
+    for k in DETECTOR_JSON_FIELDS:
+        if isinstance(out.get(k), str):
+            out[k] = json.loads(out[k]) if out[k] else {}
+    return out
+
+
 def summarize(result: dict[str, Any]) -> dict[str, Any]:
     """Per pair: final key bits, blocks, aborts, rates; and simulated seconds per wall second."""
     dur = float(result["duration_s"])
@@ -487,7 +503,7 @@ def summarize(result: dict[str, Any]) -> dict[str, Any]:
     return {"acquisition": result["acquisition"], "duration_s": dur, "wall_s": round(result["wall_s"], 3),
             "acquisition_wall_s": round(result["acquisition_wall_s"], 3),
             "sim_s_per_wall_s": dur / result["wall_s"] if result["wall_s"] > 0 else None,
-            "detector": result["detector"], "pairs": pairs,
+            "detector": detector_summary(result["detector"]), "pairs": pairs,
             "total_final_key_bits": int(np.sum([v["final_key_bits"] for v in pairs.values()]))}
 
 

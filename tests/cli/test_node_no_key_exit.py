@@ -111,3 +111,35 @@ def test_node_supernode_with_a_data_folder_without_the_store_warns(monkeypatch, 
     r = runner.invoke(app, ["node", "supernode", "--name", "C2", "--data", str(tmp_path), "--certs", str(tmp_path),
                             "--server", "127.0.0.1:9"])
     assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_node_up_json_has_the_detectors_counts_as_objects_and_no_removed_workdir(
+        monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    """Review s34 L4: detector.channel_counts and detector.slotting were JSON text inside the JSON, and workdir
+    named the temporary folder, gone once the command returned."""
+    from pathlib import Path
+
+    from labqfl.nodes.launch import summarize, up
+
+    res = _result({p: 30_000 for p in PAIRS})
+    slotting = {"slots": 1000, "dropped_no_sync": 0, "dropped_late": 2}
+    res["detector"] = {"slots": 1000, "tags": 40, "dropped": 2, "channel_counts": json.dumps({1: 25, 2: 15}),
+                       "slotting": json.dumps(slotting)}
+    given: list[Path] = []
+
+    def fake_up(station, duration, workdir, **kw):  # type: ignore[no-untyped-def]
+        given.append(Path(workdir))
+        assert Path(workdir).is_dir()
+        return {**summarize(res), "workdir": str(workdir)}
+
+    assert up.__name__ == "up"
+    monkeypatch.setattr("labqfl.nodes.launch.up", fake_up)
+    r = runner.invoke(app, ["node", "up", "--duration", "1", "--json"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    doc = json.loads(r.stdout)
+    assert doc["detector"]["channel_counts"] == {"1": 25, "2": 15}
+    assert doc["detector"]["slotting"] == slotting and doc["detector"]["slots"] == 1000
+    assert doc["workdir"] is None and not given[0].exists()
+    kept = runner.invoke(app, ["node", "up", "--duration", "1", "--workdir", str(tmp_path), "--json"])
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.stdout)["workdir"] == str(tmp_path)  # a folder it keeps: named
