@@ -264,10 +264,12 @@ def _pair_metrics(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _timeline(pairs: dict[str, dict[str, Any]], duration_s: float) -> list[dict[str, Any]]:
-    """One entry per pair over the whole acquisition: sifted rate and the X-basis test QBER (Ci's
-    totals; the nodes report no finer time resolution)."""
+    """One entry per pair over the whole acquisition: sifted rate and the X-basis test QBER with the test
+    clicks it is over (Ci's totals, ``error_rate_counts``; the nodes report no finer time resolution), so the
+    report applies its minimum-clicks rule here too."""
     return [{"pair": name, "t_s": duration_s, "sifted_rate_bps": pd["sifted_bits"] / duration_s,
-             "qber": pd["error_rate"].get("X_test"), "qber_events": None} for name, pd in pairs.items()]
+             "qber": pd["error_rate"].get("X_test"),
+             "qber_events": (pd.get("error_rate_counts") or {}).get("X_test")} for name, pd in pairs.items()]
 
 
 def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration_s: float) -> dict[str, Any]:

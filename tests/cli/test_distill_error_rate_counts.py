@@ -68,7 +68,7 @@ def test_table_shows_the_y_test_rate_with_its_clicks(distilled: dict[str, Any]) 
     assert " ".join(RATE_NOTE.split()) in " ".join(out.split())
     for pair, r in distilled["pairs"].items():
         n = r["error_rate_counts"]["Y_test"]
-        want = (f"n/a ({n:,} clicks)" if n < MIN_TEST_CLICKS else f"{100 * r['error_rate']['Y_test']:.2f} % ({n:,})")
+        want = rate_clicks_cell(r["error_rate"]["Y_test"], n)  # the one format (a single click reads "1 click")
         assert want in _row(out, pair), (want, _row(out, pair))
 
 

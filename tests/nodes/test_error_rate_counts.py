@@ -22,7 +22,7 @@ from labqfl.contracts.types import Announcements, PairCounts
 from labqfl.mainjob import distill_pair_metrics
 from labqfl.net import make_node_certs
 from labqfl.nodes.client import ClientNode, _Acq, _IPair, _JPair
-from labqfl.nodes.runjob import _pair_metrics
+from labqfl.nodes.runjob import _pair_metrics, _timeline
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.pipeline import PairResult
 
@@ -84,6 +84,9 @@ def test_the_nodes_runs_metrics_carry_them_from_ci_s_results(c1: Any) -> None:
     assert set(pairs) == set(c1.a.i_pairs) and "C1-C2" in pairs
     _check(pairs["C1-C2"])
     assert pairs["C1-C3"]["error_rate_counts"] == {"X_key": 0, "X_test": 0, "Y_test": 0}
+    # the report's timeline over nodes carries the X test clicks too (its minimum-clicks rule; it was None)
+    tl = {e["pair"]: e for e in _timeline(pairs, 1.0)}
+    assert tl["C1-C2"]["qber_events"] == pairs["C1-C2"]["error_rate_counts"]["X_test"]
 
 
 def test_ci_s_pair_thread_counts_the_test_clicks_its_sifting_matched() -> None:
