@@ -227,6 +227,9 @@ def _add_supernode(node_app: typer.Typer) -> None:
                                    "(default: the station's [fl_server] host and port)."),
         server_name: str = typer.Option(None, "--server-name", help="The server node's certificate name "
                                         "(default: the station's [fl_server] name, else 'server')."),
+        keys: str = typer.Option("qkd", "--keys", help="The masks' key mode this node accepts: qkd (pads from its "
+                                 "key store) or csprng (X25519 agreement); the node refuses a run that asks for the "
+                                 "other (the server's messages do not choose it)."),
         station: Path = STATION, certs: Path = CERTS, as_json: bool = NODE_JSON,
     ) -> None:
         """Client Ci's Flower SuperNode beside its client node: its ClientApp uses Ci's key store only."""
@@ -236,6 +239,8 @@ def _add_supernode(node_app: typer.Typer) -> None:
         from labqfl.errors import ConfigError
         from labqfl.nodes.supernode import main
 
+        if keys not in ("qkd", "csprng"):
+            raise ConfigError(f"--keys must be qkd or csprng, got {keys!r}")
         _check_client_data(name, data)
         fs = load_station_config(station).fl_server
         front = server or (f"{fs.host}:{fs.port}" if fs and fs.port else None)
@@ -243,7 +248,7 @@ def _add_supernode(node_app: typer.Typer) -> None:
             raise ConfigError("labqfl node supernode needs --server HOST:PORT (or host and a port in the station's "
                               "[fl_server] section)")
         sys.exit(main(name, data, front, certs, server_name=server_name or (fs.name if fs else "server"),
-                      as_json=as_json))
+                      keys=keys, as_json=as_json))
 
 
 def _check_client_data(name: str, data: Path) -> None:

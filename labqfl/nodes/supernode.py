@@ -44,12 +44,18 @@ from labqfl.nodes.warmapp import WarmFederation, start_warm_clientapps
 
 log = get_logger(__name__)
 
+#: node config naming the masks' key mode the node accepts: :data:`labqfl.fl.flower.client.NODE_KEYS` (not
+#: imported from there: the ClientApp's module costs the SuperNode's start ~0.9 s more; a test keeps them equal)
+NODE_KEYS = "labqfl-keys"
+
 __all__ = ["main"]
 
 
 def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_name: str = "server",
-         as_json: bool = False) -> int:
-    """Run Ci's SuperNode until SIGTERM/SIGINT; returns the exit code (0: stopped on request)."""
+         keys: str = "qkd", as_json: bool = False) -> int:
+    """Run Ci's SuperNode until SIGTERM/SIGINT; returns the exit code (0: stopped on request). ``keys``: the
+    masks' key mode this node accepts (node config ``labqfl-keys``; its ClientApp refuses a run asking for
+    the other, :mod:`labqfl.fl.flower.client`)."""
     split_address(server, "--server")
     certs = Path(certs).expanduser().resolve()
     NodeCredentials.load(certs, name)  # the certificate must be Ci's (CN), from the network's CA folder
@@ -76,7 +82,7 @@ def main(name: str, data: str | Path, server: str, certs: str | Path, *, server_
             fed.wait_zygote()
         # its ClientApps sign every reply with Ci's certificate key (labqfl.fl.flower.identity), sign
         # the refs of the pairs Ci masters, and require its masters' refs signatures under the CA
-        fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data),
+        fed.start_supernode(name, {"labqfl-client": name, "labqfl-keystore": str(data), NODE_KEYS: keys,
                                    NODE_CERT: str(tls.cert), NODE_KEY: str(tls.key), NODE_CA: str(tls.ca)})
         info = {"node": name, "role": "supernode", "address": local, "server": server}
         (private / "address.json").write_text(json.dumps(info))
