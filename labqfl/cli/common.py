@@ -87,8 +87,11 @@ EC_ENGINE_HELP = ("Error correction: cascade (default; leaks f ≈ 1.03–1.07 �
 def _why_no_key(d: dict[str, Any]) -> str:
     """One line: why a pair gave no key (its failure, else its first abort reason)."""
     reasons = list(d.get("abort_reasons") or [])
+    skipped = int(d.get("skipped_blocks") or 0)  # a recording distilled again (docs review s34 L3: the line said no more)
+    again = (f"; {skipped} block(s) skipped: already distilled by an earlier run of this recording into these "
+             "stores (its key is there, or its raw bits were spent)") if skipped else ""
     why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or f"no block distilled " \
-        f"({int(d.get('sifted_bits') or 0):,} sifted bits)"
+        f"({int(d.get('sifted_bits') or 0):,} sifted bits{again})"
     more = len(reasons) - (0 if d.get("failed") else 1)
     return " ".join(why.split()) + (f" (+{more} more block(s) aborted)" if more > 0 else "")
 
