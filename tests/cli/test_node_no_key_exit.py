@@ -6,6 +6,7 @@ exit 0, no warning. Before, every one of these exited 0 without a word beyond th
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,31 @@ def test_node_up_json_has_the_detectors_counts_as_objects_and_no_removed_workdir
     kept = runner.invoke(app, ["node", "up", "--duration", "1", "--workdir", str(tmp_path), "--json"])
     assert kept.exit_code == 0, kept.output
     assert json.loads(kept.stdout)["workdir"] == str(tmp_path)  # a folder it keeps: named
+
+
+def test_node_up_reports_its_start_run_and_stop_times_and_their_sum(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    """Docs review s34 L4: ``wall_s`` (acquisition + distillation) read as the command's time (6.2 s of 43.9);
+    ``up`` now also gives the nodes' stop (``stop_s``) and ``total_wall_s`` = start + run + stop."""
+    from labqfl.nodes import launch
+
+    res = _result({})
+    ticks = iter([0.0, 2.0, 5.0, 6.5])  # t0, after start, before stop, after stop
+
+    class Net:
+        def __init__(self, *a: Any, **k: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def acquire(self, duration: float) -> dict[str, Any]:
+            return res
+
+        def stop(self) -> dict[str, int]:
+            return {"C1": 0}
+
+    monkeypatch.setattr(launch, "LocalNetwork", Net)
+    monkeypatch.setattr(launch.time, "perf_counter", lambda: next(ticks))
+    out = launch.up(None, 1.0, tmp_path)
+    assert (out["startup_s"], out["stop_s"], out["total_wall_s"]) == (2.0, 1.5, 6.5)
