@@ -11,30 +11,19 @@ Real client node C2 over mutual TLS (the fixtures of test_detector_lies)."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from node_helpers import sibling
 
 from labqfl.nodes.client import split_chunks
 from labqfl.nodes.common import NodeError
 from labqfl.nodes.detector import announce_to
 from labqfl.qkd.messaging import Message, MessageError
 
-
-def _sibling(name: str) -> Any:
-    """A test module of this folder, loaded by path (the suite runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(f"_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_lies, _per_client = _sibling("test_detector_lies"), _sibling("test_ann_per_client")
+_lies, _per_client = sibling("test_detector_lies", __file__), sibling("test_ann_per_client", __file__)
 #: a real client node C2 armed for an acquisition, with an ``ann`` session opened by the detector
 c2 = _lies.c2
 WHO = "from detector detector on ann"

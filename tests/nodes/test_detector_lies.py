@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from labqfl.sim_backends.qrng import new_client_log
+from node_helpers import armed_client, disarm
 
 from labqfl.contracts.types import Announcements
-from labqfl.net import NodeCredentials, make_node_certs
-from labqfl.nodes.client import ClientNode, _Acq, _IPair, _JPair
+from labqfl.net import NodeCredentials
+from labqfl.nodes.client import ClientNode, _Acq
 from labqfl.nodes.common import NodeError, open_session
 from labqfl.nodes.detector import chunks_message
 from labqfl.qkd.messaging import Message, MessageError
@@ -35,27 +35,12 @@ ACQ = "nodes/00000000-0000-4000-8000-0000000000f5"
 def c2(tmp_path: Path) -> Any:
     """A real client node C2 armed for ``ACQ`` with 10 000 slots (as ``ctl/arm`` with a duration leaves it: its
     pair threads waiting), and an ``ann`` session opened with the detector's certificate."""
-    certs = tmp_path / "certs"
-    make_node_certs(certs, ["C2", "detector", "ctl"])
-    node = ClientNode("C2", station=None, data_dir=tmp_path / "data", listen="127.0.0.1:0", certs=certs)
-    node.server.start()
-    a = _Acq(ACQ, new_client_log(node.cfg.client("C2"), 1 << 20), {})
-    a.n_slots, a.rep_rate_hz = 10_000, float(node.cfg.laser.rep_rate_hz)
-    for p, ci in node.j_of.items():
-        a.j_pairs[p] = _JPair(node, a, p, ci)
-    for p, cj in node.i_of.items():
-        a.i_pairs[p] = _IPair(node, a, p, cj)
-    node.acqs[ACQ] = a
-    for ip in a.i_pairs.values():
-        ip.thread.start()
-    ch = open_session(node.server.address, NodeCredentials.load(certs, "detector"), "C2", "ann",
+    c = armed_client(tmp_path, "C2", ACQ, certs_for=("detector", "ctl"), serve=True)
+    ch = open_session(c.node.server.address, NodeCredentials.load(c.certs, "detector"), "C2", "ann",
                       fields={"acq": ACQ}, timeout_s=30)
-    yield types.SimpleNamespace(node=node, a=a, ch=ch)
-    for ip in a.i_pairs.values():
-        ip.inbox.put(-1)
+    yield types.SimpleNamespace(node=c.node, a=c.a, ch=ch)
     ch.close()
-    node.server.stop(0)
-    node.store.close()
+    disarm(c, served=True)
 
 
 def _chunk(lo: int, hi: int) -> Message:

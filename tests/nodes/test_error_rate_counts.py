@@ -16,12 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from labqfl.sim_backends.qrng import new_client_log
+from node_helpers import armed_client, disarm
 
 from labqfl.contracts.types import Announcements, PairCounts
 from labqfl.mainjob import distill_pair_metrics
-from labqfl.net import make_node_certs
-from labqfl.nodes.client import ClientNode, _Acq, _IPair, _JPair
+from labqfl.nodes.client import _IPair
 from labqfl.nodes.runjob import _pair_metrics, _timeline
 from labqfl.qkd.messaging import Message
 from labqfl.qkd.pipeline import PairResult
@@ -57,22 +56,9 @@ def test_the_in_process_runs_metrics_carry_them() -> None:
 @pytest.fixture()
 def c1(tmp_path: Path) -> Any:
     """A real client node C1 armed for ``ACQ`` (its pair threads as Ci waiting for announcements)."""
-    certs = tmp_path / "certs"
-    make_node_certs(certs, ["C1", "ctl"])
-    node = ClientNode("C1", station=None, data_dir=tmp_path / "data", listen="127.0.0.1:0", certs=certs)
-    a = _Acq(ACQ, new_client_log(node.cfg.client("C1"), 1 << 20), {})
-    a.n_slots, a.rep_rate_hz = 10_000, float(node.cfg.laser.rep_rate_hz)
-    for p, ci in node.j_of.items():
-        a.j_pairs[p] = _JPair(node, a, p, ci)
-    for p, cj in node.i_of.items():
-        a.i_pairs[p] = _IPair(node, a, p, cj)
-    node.acqs[ACQ] = a
-    for ip in a.i_pairs.values():
-        ip.thread.start()
-    yield types.SimpleNamespace(node=node, a=a)
-    for ip in a.i_pairs.values():
-        ip.inbox.put(-1)
-    node.store.close()
+    c = armed_client(tmp_path, "C1", ACQ)
+    yield c
+    disarm(c)
 
 
 def test_the_nodes_runs_metrics_carry_them_from_ci_s_results(c1: Any) -> None:

@@ -10,33 +10,22 @@ authentication bit spent at one end only."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
 import types
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from node_helpers import sibling
 
 import labqfl.nodes.client as client
 from labqfl.net import NodeCredentials
 from labqfl.nodes.client import AUTH_KEY_PREFIX, PAIRCTL_MESSAGES, PAIRCTL_REPLIES, block_id_for
 from labqfl.qkd.messaging import Message, MessageError
 
-
-def _sibling(name: str) -> Any:
-    """A test module of this folder, loaded by path (the suite runs with --import-mode=importlib)."""
-    spec = importlib.util.spec_from_file_location(f"_{name}", Path(__file__).with_name(f"{name}.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_hostile = _sibling("test_pairctl_hostile")
+_hostile = sibling("test_pairctl_hostile", __file__)
 #: the fixture (real node C2, C1's store, a qkd/pairctl session with C1's certificate) and helpers reused
 c2 = _hostile.c2
 ACQ, PAIR, RNG, _free, _ipair = _hostile.ACQ, _hostile.PAIR, _hostile.RNG, _hostile._free, _hostile._ipair
