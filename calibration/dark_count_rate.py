@@ -1,6 +1,8 @@
 """Detector dark-count rate, vs bias and with the temperature (laser off; docs/calibration.md).
 
-DCR = R_m/(1 − R_m·τ_d)·(1 − P_ap) (each click triggers on average P_ap/(1 − P_ap) afterpulses);
+DCR = R_m/(1 − R_m·τ_d)·(1 − P_ap) (each click triggers on average P_ap/(1 − P_ap) afterpulses; P_ap
+the registered probability, :func:`~labqfl.calibration.detector.afterpulse_probability`: for a gated
+detector only the share w/T of the station file's P falls in a gate);
 gated detectors: the free-running equivalent −ln(1 − P_dc)/w_gate.
 """
 

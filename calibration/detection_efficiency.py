@@ -187,7 +187,7 @@ def _detector_efficiency(ctx: CalContext, d: str, src: str, nm: int, nb_: int, w
     s_plus_b = pulsed_dead_time_correction(p_lit, tau_ps, T_ps)
     b_true = pulsed_dead_time_correction(nb_ / n_slots, tau_ps, T_ps)
     corr = s_plus_b / p_lit if p_lit > 0 else 1.0
-    p_ap = afterpulse_probability(ctx, d)
+    p_ap = afterpulse_probability(ctx, d)  # registered: P·w/T of a gated detector's station P (review s34 F5)
     p_det = (s_plus_b - b_true) * (1.0 - p_ap)
     if p_det >= 0.5:
         raise CalibrationError(f"{d}: detector saturated ({p_det:.2f} clicks per pulse); increase the attenuation")

@@ -69,12 +69,50 @@ def detector_dead_time_s(ctx: CalContext, d: str) -> float:
     return ctx.value(f"{d}.dead_time_ns", ctx.config.detectors[d].dead_time_ns) * 1e-9
 
 
+def afterpulse_gate_fraction(gated: bool, gate_width_ns: float, rep_rate_hz: float) -> float:
+    """Fraction g of a detector's afterpulses that register: min(1, w/T) for a gated detector (gate
+    width w, pulse period T = 1/rep_rate), 1 for a free-running one (review s34 F5).
+
+    The station file's ``detectors.Dk.afterpulse_prob`` is the un-gated P: the probability that a click
+    schedules an afterpulse at t + τ_d + Exp(τ_ap), whether or not a gate is open then. So the simulator
+    reads it (``sim_backends/_kernels.detector_kernel``: P per accepted click; an afterpulse that falls
+    outside a gate is dropped) and so does the analytical model (``labqfl.contracts.channel_model``,
+    "Afterpulsing": a_d = P·g_d·r_d per slot with g_d = gate/T for a gated detector). What a measurement
+    sees is the registered probability P_reg = P·g: the dead-time procedure's excess of short intervals
+    (``dead_time.dead_time_afterpulsing``, whose simulator truth is P·min(1, w/T)) and the clicks that
+    the (1 − P_ap) corrections of the dark-count, efficiency and visibility procedures remove.
+
+    g = w/T is exact when the afterpulses spread over many periods, τ_ap ≫ T (the model asks for
+    τ_ap ≥ ``channel_model.GATED_AFTERPULSE_MIN_DECAY_SLOTS``·T = 10·T; its ``model_limits`` warns
+    below): their phase in the period is then uniform. With τ_ap ≲ T the share that lands in a gate
+    depends on τ_d mod T and the gate's position (with τ_ap ≪ T nearly all of them register when a
+    click's t + τ_d falls in a gate, nearly none when it falls between gates); P = P_reg/g then still makes the model
+    reproduce the measured registered rate (a_d = P·g·r = P_reg·r), but a simulated twin of the station
+    registers a different share."""
+    if not gated:
+        return 1.0
+    return float(min(1.0, max(gate_width_ns, 0.0) * 1e-9 * rep_rate_hz))
+
+
 def afterpulse_probability(ctx: CalContext, d: str) -> float:
-    """Afterpulse probability for the corrections: the calibrated value as measured, negative
-    included. Clipping a noisy estimate at 0 (as this did) biases every correction that uses it:
-    for gated InGaAs SPADs (P_ap in the gates ≈ 0.005 ± 0.01) the efficiency came out low by
-    0.6σ on average. The error of P_ap is propagated where it is used."""
-    return min(max(ctx.value(f"{d}.afterpulse_prob", ctx.config.detectors[d].afterpulse_prob), -0.5), 0.9)
+    """Registered afterpulse probability per click P_reg, for the corrections: afterpulse clicks are a
+    fraction P_reg/(1 − P_reg) of the primaries (hence the (1 − P_ap) factors of the procedures).
+
+    The session's calibrated value (``Dk.afterpulse_prob`` of the dead-time procedure: a registered
+    probability) as measured, negative included: clipping a noisy estimate at 0 (as this did) biases
+    every correction that uses it (gated InGaAs SPADs: P_reg ≈ 0.005 ± 0.01, efficiency low by 0.6σ on
+    average); its error is propagated where it is used. Without one, the station file's un-gated P
+    times the gate fraction :func:`afterpulse_gate_fraction` of the detector as set now: subtracting
+    the whole P for a gated detector (as this did) put the efficiency of gated InGaAs SPADs 3 % low
+    (P = 0.03, gate 1 ns at 100 MHz: −1.3σ over 14 values; review s34 F5)."""
+    q = ctx.known.get(f"{d}.afterpulse_prob")
+    if q is not None:
+        p = float(q.value)
+    else:
+        det = ctx.station.detector(d)
+        p = ctx.config.detectors[d].afterpulse_prob * afterpulse_gate_fraction(
+            bool(det.gated), float(det.gate_width_ns), float(ctx.station.laser.rep_rate_hz))
+    return min(max(p, -0.5), 0.9)
 
 
 def detector_counts(ctx: CalContext, integration_s: float) -> dict[str, int]:

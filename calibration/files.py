@@ -16,6 +16,14 @@ quantity has no station field (a misspelt name), names a client the station lack
 its allowed range (:func:`quantity_range`) by more than its uncertainties allow, whose uncertainty is
 too large to say anything, or whose unit is not the field's (:data:`FIELD_UNITS`); within them the
 value is clipped to the range and reported (``labqfl calibrate apply``).
+
+Afterpulsing has one meaning in the station file: ``detectors.Dk.afterpulse_prob`` is the un-gated
+probability P per click that the simulator and the key-rate model read, while the quantity
+``Dk.afterpulse_prob`` of a calibration file is the registered probability P_reg that the dead-time
+procedure measures (for a gated detector the afterpulses that fall in a gate, P·w/T). The station
+value is P = P_reg/g with g = min(1, w/T) (:func:`station_quantity`,
+:func:`~labqfl.calibration.detector.afterpulse_gate_fraction`, which says why and when it holds);
+the range check applies to P (review s34 F5).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.calibration.core import ProcedureResult, Quantity, wrap_phase
+from labqfl.calibration.detector import afterpulse_gate_fraction
 
 from labqfl.config import StationConfig, station_to_toml_dict
 from labqfl.errors import ConfigError, DataFormatError
@@ -142,6 +151,27 @@ LOOP_QUANTITIES = ("visibility",)
 DETECTORS = ("D0", "D1")
 
 
+def station_quantity(config: StationConfig, q: Quantity) -> Quantity:
+    """``q`` as its station field holds it: a gated detector's ``Dk.afterpulse_prob`` (the registered
+    probability P_reg the dead-time procedure measures) becomes the un-gated P = P_reg/g, uncertainty
+    and truth alike, g = min(1, w/T) the detector's gate fraction on ``config``
+    (:func:`~labqfl.calibration.detector.afterpulse_gate_fraction`: the simulator drops the afterpulses
+    outside a gate and the model ``contracts.channel_model`` multiplies P by g, so writing P_reg there
+    understated afterpulsing T/w-fold, 10× for a 1 ns gate at 100 MHz: review s34 F5). ``details``
+    keeps the registered value and g. Every other quantity (a free-running detector's too) is ``q``."""
+    owner, _, key = q.name.partition(".")
+    if key != "afterpulse_prob" or owner not in config.detectors:
+        return q
+    det = config.detectors[owner]
+    g = afterpulse_gate_fraction(det.gated, det.gate_width_ns, config.laser.rep_rate_hz)
+    if g >= 1.0 or g <= 0.0:
+        return q
+    return Quantity(q.name, q.value / g, q.uncertainty / g, q.unit, q.procedure,
+                    None if q.true is None else q.true / g,
+                    {**(q.details or {}), "registered": q.value, "registered_uncertainty": q.uncertainty,
+                     "gate_fraction": g})
+
+
 def calibration_document(station_name: str, results: list[ProcedureResult], *, simulated: bool,
                          seed: int | None = None) -> dict[str, Any]:
     """The JSON document of a calibration session (see module docstring)."""
@@ -206,7 +236,8 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
     ``v_pi_v`` and ``bias_phase_rad`` (the compensation the driver applies) are written; for a modulator fed
     by its pattern generator's bits (``GenericBitDrivenPhaseModulator``) also ``options.rf_gain_db`` (the
     ideal gain for the measured Vπ), with ``v_pi_error`` kept as the emulated loop's truth. Bias
-    phases are relative to the reference client, whose setting is kept (the gauge).
+    phases are relative to the reference client, whose setting is kept (the gauge). A gated detector's
+    afterpulse probability is written un-gated, P = P_reg/g (:func:`station_quantity`).
     """
     qs: dict[str, Quantity] = {}
     for n, q in quantities.items():
@@ -218,7 +249,7 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
 
         for key in DETECTOR_FIELDS:
             if f"{d}.{key}" in qs:
-                dd[key] = quantity_range(config, key).clip(qs[f"{d}.{key}"].value)
+                dd[key] = quantity_range(config, key).clip(station_quantity(config, qs[f"{d}.{key}"]).value)
         det[d] = dd
     tt = data.setdefault("time_tagger", {})
     cable = dict(tt.get("cable_delays_ps", {}))
@@ -275,7 +306,8 @@ def apply_calibration(config: StationConfig, quantities: dict[str, Quantity] | d
 class CalibrationCheck:
     """What :func:`apply_calibration` makes of a calibration file's quantities: ``applied`` (names written
     into the station), ``not_applied`` (name → why no station field takes it) and ``clipped`` (name →
-    value, uncertainty, the bound written and the allowed range; within its uncertainties of the range)."""
+    value, uncertainty, the bound written and the allowed range; within its uncertainties of the range;
+    a gated detector's afterpulse probability as the un-gated P, with ``registered`` and ``gate_fraction``)."""
 
     applied: list[str] = field(default_factory=list)
     not_applied: dict[str, str] = field(default_factory=dict)
@@ -299,6 +331,7 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
     check = CalibrationCheck()
     refused: list[str] = []
     for name, q in quantities.items():
+        sq = q  # the value the station field takes (station_quantity)
         try:
             owner, key = _quantity_target(config, name)
             reason = _not_applied_reason(config, quantities, owner, key)
@@ -306,12 +339,15 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
                 check.not_applied[name] = reason
                 continue
             _check_unit(q, key)
-            clipped = _check_range(q, quantity_range(config, key))
+            sq = station_quantity(config, q)
+            clipped = _check_range(sq, quantity_range(config, key))
             if key == "v_pi_v":
                 _check_vpi(config, q, owner)
         except _Refused as exc:
-            refused.append(str(exc))
+            refused.append(str(exc) + _converted_note(q, sq))
             continue
+        if clipped is not None and sq is not q:
+            clipped.update(registered=q.value, gate_fraction=sq.details["gate_fraction"])
         if clipped is not None:
             check.clipped[name] = clipped
         check.applied.append(name)
@@ -319,6 +355,14 @@ def check_quantities(config: StationConfig, quantities: dict[str, Quantity], sou
         what = f"{len(refused)} quantities refused: " if len(refused) > 1 else ""
         raise DataFormatError(f"{source}: {what}{'; '.join(refused)}; nothing written")
     return check
+
+
+def _converted_note(q: Quantity, sq: Quantity) -> str:
+    """What a refusal of an afterpulse probability adds when the value checked is the un-gated one."""
+    if sq is q:
+        return ""
+    return (f" (the un-gated P = P_reg/g of gated detector {q.name.partition('.')[0]}: registered P_reg = "
+            f"{q.value:g} ± {q.uncertainty:.3g}, gate fraction g = w/T = {sq.details['gate_fraction']:g})")
 
 
 def _check_unit(q: Quantity, key: str) -> None:
