@@ -41,7 +41,7 @@ from labqfl.calibration.core import (
     restore_dc,
     sim_truth,
 )
-from labqfl.calibration.detector import detector_dead_time_s, dim_for_rate
+from labqfl.calibration.detector import afterpulse_probability, detector_dead_time_s, dim_for_rate
 from labqfl.calibration.pg_fringe import (
     constant_code_tags,
     loop_truth,
@@ -120,7 +120,9 @@ def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: in
             k = int(np.count_nonzero(sched.pair_index(slots[ok]) == p_idx))
         p_m = k / n_pair
         nb = _blocked(ctx, d, tags[ch], T)
-        p_ap = min(max(ctx.value(f"{d}.afterpulse_prob", cfg.detectors[d].afterpulse_prob), 0.0), 0.9)
+        # registered afterpulses per click (a gated detector registers P·gate/T of the station file's P;
+        # the session's measured value unclipped): the one rule of the other procedures (review s34 F5)
+        p_ap = min(afterpulse_probability(ctx, d), 0.9)
         tau_ps = ctx.value(f"{d}.dead_time_ns", cfg.detectors[d].dead_time_ns) * 1e3
         p = pulsed_dead_time_correction(p_m, tau_ps, T, nb.n) * (1.0 - p_ap)
         dcr = ctx.value(f"{d}.dark_count_rate_hz", cfg.detectors[d].dark_count_rate_hz)

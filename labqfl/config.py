@@ -113,8 +113,11 @@ class DetectorConfig(InstrumentConfig):
     efficiency: float = Field(0.8, gt=0, le=1, description="detection efficiency (incl. coupling)")
     dark_count_rate_hz: float = Field(50.0, ge=0, description="dark-count rate, free-running [Hz]")
     dead_time_ns: float = Field(30.0, ge=0, description="non-paralysable dead time [ns]")
-    afterpulse_prob: float = Field(0.0, ge=0, lt=1, description="total afterpulse probability per detection")
-    afterpulse_decay_ns: float = Field(100.0, gt=0, description="exponential decay time of afterpulsing [ns]")
+    afterpulse_prob: float = Field(0.0, ge=0, lt=1, description="total afterpulse probability per detection, "
+                                   "un-gated (a gated detector registers about P·gate width/period of it)")
+    # ≤ 1 s: the simulator draws an afterpulse's delay in int64 ps (overflow past ~2.5e14 ns; review s34)
+    afterpulse_decay_ns: float = Field(100.0, gt=0, le=1e9,
+                                       description="exponential decay time of afterpulsing [ns], at most 1 s")
     jitter_ps: float = Field(50.0, ge=0, description="rms timing jitter [ps]")
     gated: bool = Field(False, description="gated (SPAD) instead of free-running")
     gate_width_ns: float = Field(1.0, gt=0, description="gate width when gated [ns]")

@@ -104,3 +104,40 @@ def test_apply_resimulate_recalibrate_recovers_the_afterpulse_probability(calh) 
         sigma = (first.uncertainty**2 + second.uncertainty**2) ** 0.5
         assert abs(second.value - first.value) < 3 * sigma, (d, first, second)
         assert second.true == pytest.approx(first.value)  # the twin's truth: the written P times g
+
+
+def test_the_visibility_procedure_takes_the_registered_afterpulse_probability(station_factory, calh,
+                                                                              monkeypatch) -> None:
+    """The loop-visibility procedure's single-client levels subtracted the station file's un-gated P for a
+    gated detector (and clipped the session's value at 0), unlike the other procedures: it now asks the one
+    rule, :func:`labqfl.calibration.detector.afterpulse_probability` (review s34 F5 follow-up)."""
+    import labqfl.calibration.visibility as vis
+    import numpy as np
+
+    asked: list[str] = []
+
+    def registered(ctx, d):  # type: ignore[no-untyped-def]
+        asked.append(d)
+        return 0.0
+
+    monkeypatch.setattr(vis, "afterpulse_probability", registered)
+    st = station_factory(None, seed=5)
+    ctx = calh.ctx_for(st, 0)
+    tt = ctx.config.time_tagger
+    n = 1_000_000
+    tags = {ch: np.sort(np.random.default_rng(ch).integers(0, n, 2000)).astype(np.int64) * 10_000
+            for ch in tt.detector_channels.values()}
+    vis._photons_from_tags(ctx, tags, n, ("C1", "C2"))
+    assert sorted(asked) == ["D0", "D1"]
+
+
+def test_an_afterpulse_decay_the_simulator_cannot_draw_is_refused_naming_the_field() -> None:
+    """The simulator draws an afterpulse's delay in int64 picoseconds, which overflow past ~2.5e14 ns; the
+    field took any positive value (physics-fix helper s34)."""
+    import pydantic
+
+    from labqfl.config import DetectorConfig
+
+    assert DetectorConfig(afterpulse_decay_ns=1e9).afterpulse_decay_ns == 1e9
+    with pytest.raises(pydantic.ValidationError, match="afterpulse_decay_ns"):
+        DetectorConfig(afterpulse_decay_ns=3e14)
