@@ -100,7 +100,7 @@ def gui(
 
     def render(con) -> None:  # type: ignore[no-untyped-def]
         for p in report["screenshots"]:
-            con.print(f"saved {p}")
+            con.print(f"saved {p}", soft_wrap=True)  # a path broken over two lines can be neither copied nor read
         for e in report["errors"]:
             if failed and e["title"] == "Nodes" and e["message"] in failed:
                 continue  # the error line below says it

@@ -15,10 +15,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 TABS = ("station", "nodes", "log")
 
 
+#: a folder name that makes every "saved PATH" line longer than 80 columns (xdist's popen-gwN folders did
+#: in CI): the paths must not be broken over two lines
+LONG = "screenshots-of-a-failed-nodes-run-" * 2
+
+
 def _invoke(tmp_path, *extra: str):  # type: ignore[no-untyped-def]
-    return CliRunner().invoke(app, ["gui", "--screenshot", str(tmp_path / "shot.png"), "--after", "0.5", "--tab",
-                                    ",".join(TABS), "--duration", "0.01", "--data-dir", str(tmp_path / "data"),
-                                    "--out", str(tmp_path / "runs"), *extra])
+    return CliRunner().invoke(app, ["gui", "--screenshot", str(tmp_path / LONG / "shot.png"), "--after", "0.5",
+                                    "--tab", ",".join(TABS), "--duration", "0.01", "--data-dir",
+                                    str(tmp_path / "data"), "--out", str(tmp_path / "runs"), *extra],
+                              env={"COLUMNS": "80"})
 
 
 def test_a_failed_nodes_run_still_saves_every_tab_and_fails_in_one_line(qtbot, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -29,7 +35,7 @@ def test_a_failed_nodes_run_still_saves_every_tab_and_fails_in_one_line(qtbot, t
     assert errors[0].startswith("error: Nodes panel: start local set: the acquisition (0.01 s) is too short"), errors
     assert "error shown during the run: Nodes" not in res.output  # said once, in the error line
     for tab in TABS:
-        p = tmp_path / f"shot_{tab}.png"
+        p = tmp_path / LONG / f"shot_{tab}.png"
         assert f"saved {p}" in res.output
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 10_000
 
@@ -39,5 +45,5 @@ def test_the_json_report_names_the_nodes_failure(qtbot, tmp_path) -> None:  # ty
     assert res.exit_code == 1, res.output
     doc = json.loads(res.stdout)
     assert doc["nodes"] is None and doc["nodes_error"].startswith("Nodes panel: start local set: the acquisition")
-    assert doc["screenshots"] == [str(tmp_path / f"shot_{t}.png") for t in TABS]
-    assert all((tmp_path / f"shot_{t}.png").read_bytes()[:8] == PNG for t in TABS)
+    assert doc["screenshots"] == [str(tmp_path / LONG / f"shot_{t}.png") for t in TABS]
+    assert all((tmp_path / LONG / f"shot_{t}.png").read_bytes()[:8] == PNG for t in TABS)

@@ -37,7 +37,7 @@ def test_keyrate_table_shows_qber_in_percent() -> None:
     """keyrate printed the QBER as a three-decimal fraction (0.0057 as "0.006") in a column every other
     command fills with percent."""
     args = ["keyrate", "--pair", "C1-C2", "--block-size", "1e9"]
-    r = runner.invoke(app, args)
+    r = runner.invoke(app, args, env={"COLUMNS": "240"})  # a table cell wider than its column wraps at 80
     assert r.exit_code == 0, r.output
     qber = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     q = next(v for k, v in _flat(qber) if k == "qber_key")
