@@ -149,7 +149,7 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
         for name, c in clients.items():
             con.print(f"{name}: intensities {[round(x, 4) for x in c['intensities']]}, probabilities "
                       f"{[round(x, 4) for x in c['intensity_probs']]}, P(X) {c['basis_x_prob']:.4f}")
-        con.print(f"station written to {out}")
+        con.print(f"station written to {out}", soft_wrap=True)  # a path on one line
 
     emit(data, as_json, render)
 
@@ -225,7 +225,7 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
         if r["abort"]:
             con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")
     if plot is not None:
-        con.print(f"plot written to {plot}")
+        con.print(f"plot written to {plot}", soft_wrap=True)  # a path on one line
 
 
 def register(app: typer.Typer) -> None:
