@@ -532,8 +532,10 @@ class LabqflServer:
     def _checked_upload(self, rep: Message, c: str, n: int, pairs: list[str], part: list[str]) -> np.ndarray:
         """Client ``c``'s masked upload from its mask reply, after checking everything the later stages
         read of that reply: ``n`` words of ``uint{q}``; with self-masks a ciphertext of ``n`` share
-        words for each of its share holders; without DP a finite ``train_loss`` and a non-negative
-        ``clipped_values``. Raises :class:`SecureAggregationError` naming what is wrong."""
+        words for each of its share holders. Raises :class:`SecureAggregationError` naming what is wrong.
+        The clear metrics are not checked here: a bad one (a loss that went to inf beside a finite update)
+        must never lose the client after masking — its partners would then reveal its pair keys to a server
+        that holds its masked upload (second review s34 F1); :meth:`_metrics_of` leaves it out instead."""
         q = self.cfg.q
         try:
             rec = rep.content.array_records.get("masked")
@@ -553,24 +555,27 @@ class LabqflServer:
                     if ct.dtype != share_dtype(q) or ct.size != n:
                         raise SecureAggregationError(f"self-mask share for {h} has {ct.size} values of {ct.dtype}, "
                                                      f"expected {n} of {share_dtype(q)}")
-            if self.dp is None:  # under DP the server does not read the clients' metrics (F9, docs §9)
-                self._check_metrics(rep)
         except (KeyError, TypeError, ValueError) as exc:
             raise SecureAggregationError(f"unreadable mask reply ({type(exc).__name__}: {exc})") from None
         return up
 
     @staticmethod
-    def _check_metrics(rep: Message) -> None:
-        """The mask reply's ``metrics`` record: a finite ``train_loss`` and ``clipped_values`` ≥ 0."""
-        mets = rep.content.metric_records.get("metrics")
-        if mets is None or "train_loss" not in mets:
-            raise SecureAggregationError("the reply holds no train_loss metric")
-        loss = mets["train_loss"]
-        if isinstance(loss, list) or not np.isfinite(float(loss)):
-            raise SecureAggregationError(f"train_loss {loss!r} is not a finite number")
-        clipped = mets.get("clipped_values", 0)
-        if isinstance(clipped, list) or float(clipped) != int(clipped) or int(clipped) < 0:
-            raise SecureAggregationError(f"clipped_values {clipped!r} is not a count")
+    def _metrics_of(rep: Message) -> tuple[float, int] | None:
+        """``(train_loss, clipped_values)`` of a mask reply's clear ``metrics`` record, or None when it has
+        none, or a loss that is not a finite number, or a clipped count that is not a count: then the round's
+        loss and clipped count leave that client out (with a warning), and nothing else follows from it."""
+        try:
+            mets = rep.content.metric_records.get("metrics")
+            if mets is None or "train_loss" not in mets:
+                return None
+            loss, clipped = mets["train_loss"], mets.get("clipped_values", 0)
+            if isinstance(loss, list) or isinstance(clipped, list) or not np.isfinite(float(loss)):
+                return None
+            if float(clipped) != int(clipped) or int(clipped) < 0:
+                return None
+            return float(loss), int(clipped)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return None
 
     def _reveal_stage(self, grid: Any, r: int, n: int, nodes: dict[str, int], info: dict[str, Any],
                       pairs: list[str], survivors: list[str], post_drop: list[str], counters: dict[str, list[int]],
@@ -656,10 +661,14 @@ class LabqflServer:
         cfg, q = self.cfg, self.cfg.q
         tl, n_clipped = float("nan"), 0
         if self.dp is None:
-            mets = {c: ok2[c].content.metric_records["metrics"] for c in survivors}
-            tl = float(np.average([float(mets[c]["train_loss"]) for c in survivors],  # type: ignore[arg-type]
-                                  weights=[weights[c] for c in survivors]))
-            n_clipped = sum(int(mets[c].get("clipped_values", 0)) for c in survivors)  # type: ignore[arg-type, misc]
+            mets = {c: self._metrics_of(ok2[c]) for c in survivors}
+            for c in (c for c, m in mets.items() if m is None):
+                log.warning("round %d: client %s sent no usable training metrics (a loss that is not a finite "
+                            "number, or no clipped count); left out of the round's loss (its upload is kept)", r, c)
+            good = {c: m for c, m in mets.items() if m is not None}
+            if good:
+                tl = float(np.average([m[0] for m in good.values()], weights=[weights[c] for c in good]))
+            n_clipped = sum(m[1] for m in good.values())
         up = [counters[c][0] for c in part]
         down = [counters[c][1] for c in part]
         tag_bits = REFS_TAG_BITS if self.spec.keys == "qkd" else 0  # the refs tag key of each pair

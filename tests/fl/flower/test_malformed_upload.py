@@ -47,6 +47,8 @@ def _spoil(reply: Message, how: str) -> None:
         del shares[next(iter(shares))]
     elif how == "no loss":
         reply.content.metric_records["metrics"] = MetricRecord({"num_examples": 100})
+    elif how == "inf loss":
+        reply.content.metric_records["metrics"] = MetricRecord({"num_examples": 100, "train_loss": float("inf")})
 
 
 def _round(local_grid: Any, self_masks: bool, spoil: dict[str, str] | None = None,
@@ -79,7 +81,6 @@ def _round(local_grid: Any, self_masks: bool, spoil: dict[str, str] | None = Non
 @pytest.mark.parametrize(("self_masks", "how", "reason"), [
     (False, "short", "has 23 values, expected 24"),
     (False, "dtype", "dtype int64, expected uint16"),
-    (False, "no loss", "no train_loss"),
     (True, "short", "has 23 values, expected 24"),
     (True, "no share", "no self-mask share for its holder"),
 ])
@@ -107,6 +108,18 @@ def test_a_round_that_too_few_clients_survive_still_ends_with_one_error_naming_w
     with pytest.raises(SecureAggregationError, match=r"1 survivor\(s\).*C2: malformed masked upload: masked upload "
                                                      r"has 23 values, expected 24"):
         _round(local_grid, False, spoil=spoil)
+
+
+@pytest.mark.parametrize("how", ["no loss", "inf loss"])
+def test_a_bad_clear_metric_never_loses_the_client_nor_reveals_its_pair_keys(local_grid, how: str) -> None:
+    """Second review s34 F1: a reply with a correct upload but no or a non-finite train loss was treated as
+    lost after masking, so its partners revealed its pair keys to a server holding its masked upload: an
+    honest client's update recovered exactly. The metrics are now left out of the round's loss, and the
+    client's upload counts like every other."""
+    srv, (fr, updates) = _round(local_grid, False, spoil={"C4": how})
+    assert fr.dropped_after_masking == [] and fr.reveal_bits == 0
+    assert np.max(np.abs(fr.aggregate - np.mean([updates[c] for c in NAMES], axis=0))) < 1e-3
+    assert fr.train_loss == 0.5  # the other four clients' loss
 
 
 def test_without_dp_the_round_reports_the_clients_mean_train_loss(local_grid) -> None:
