@@ -72,6 +72,25 @@ API_PREFIX = "/api/v1/keys"
 ETSI_PURPOSE = "etsi"
 #: vendor key inside the status response's ``status_extension`` (spec 6.1: an optional object)
 PROVENANCE_EXTENSION = "labqfl_provenance"
+def _union(refs: Sequence[Ref]) -> list[Ref]:
+    """``refs`` as disjoint, merged ranges per block (overlapping or adjacent ones joined)."""
+    by_block: dict[str, list[tuple[int, int]]] = {}
+    for b, o, n in refs:
+        by_block.setdefault(b, []).append((o, o + n))
+    out: list[Ref] = []
+    for b, spans in by_block.items():
+        spans.sort()
+        lo, hi = spans[0]
+        for x, y in spans[1:]:
+            if x <= hi:
+                hi = max(hi, y)
+            else:
+                out.append((b, lo, hi - lo))
+                lo, hi = x, y
+        out.append((b, lo, hi - lo))
+    return out
+
+
 #: tries of one enc_keys when the slave's store refuses bits it already spent (KeyDeliveryService._take_at_both)
 RESYNC_ATTEMPTS = 4
 
@@ -555,15 +574,25 @@ class KeyDeliveryService:
         spent for good — consumed (longer ago than ``resync_settled_s``), exported or absent there
         (:meth:`KeyStore.spent_refs`; never bits reserved there: a live key) — so the next
         reservation moves past them (:meth:`KeyStore.discard_exact`, recorded ``discarded``).
-        Looked for in every bit the master's store holds free in the pools an enc_keys draws
-        (``etsi``, then ``general``), not only in the refused request's: a range spent at the slave
-        that is longer than a few requests (an export of 4096 bits from the slave's store, requests
-        of 512) made the first request after it fail with 503 once its tries ran out (docs review
-        s34 L17). Returns the bits discarded at the master."""
-        free = self.stores[m].free_ranges(pair, [ETSI_PURPOSE, GENERAL])  # items were released: in here
-        refs: list[Ref] = [(bid, a, b - a) for bid, ranges in free.items() for a, b in ranges]
+        Returns the bits discarded at the master.
+
+        Looked for in the refused request's bits and then on along the master's free bits in the order
+        an enc_keys draws them (pool ``etsi``, then ``general``), up to the first bit the slave has not
+        spent: one try passes over a whole spent range at the head (after an export of 4096 bits from the
+        slave's store, each try of a request of 512-bit keys passed over only its own bits and the request
+        answered 503; docs review s34 L17), and nothing beyond that head is touched (a first version
+        looked in every free bit and discarded spent bits far beyond it, e.g. a parked export's that an
+        import could still return; second review s34 F4)."""
+        own = [r for rr, _ in items for r in rr]
+        head: list[Ref] = []
+        for pool in (ETSI_PURPOSE, GENERAL):
+            ranges = [(bid, a, b - a) for bid, rs in self.stores[m].free_ranges(pair, [pool]).items() for a, b in rs]
+            run, whole = self._spent_head(pair, s, ranges)
+            head += run
+            if not whole:
+                break
         try:
-            spent = self.stores[s].spent_refs(pair, refs, settled_s=self.settings.resync_settled_s)
+            spent = _union(self.stores[s].spent_refs(pair, own, settled_s=self.settings.resync_settled_s) + head)
             if not spent:
                 return 0
             n = self.stores[m].discard_exact(pair, spent, f"ETSI KME: already spent at the slave's store ({s}); "
@@ -576,6 +605,31 @@ class KeyDeliveryService:
                         "slave's store %s (consumed, exported or absent there); discarded them at %s too, never handed "
                         "out", pair, n, m, s, m)
         return n
+
+    def _spent_head(self, pair: str, s: str, ranges: list[Ref]) -> tuple[list[Ref], bool]:
+        """The leading run of ``ranges`` (the master's free bits of one pool, in draw order) that the slave's
+        store spent for good, and whether it covers them all."""
+        try:
+            spent = self.stores[s].spent_refs(pair, ranges, settled_s=self.settings.resync_settled_s)
+        except KeyStoreError:
+            return [], False
+        by_block: dict[str, list[tuple[int, int]]] = {}
+        for b, o, n in spent:
+            by_block.setdefault(b, []).append((o, o + n))
+        run: list[Ref] = []
+        for bid, a, length in ranges:
+            pos = a
+            for lo, hi in sorted(by_block.get(bid, [])):
+                if hi <= pos or lo >= a + length:
+                    continue
+                if lo > pos:
+                    break
+                pos = min(hi, a + length)
+            if pos > a:
+                run.append((bid, a, pos - a))
+            if pos < a + length:
+                return run, False
+        return run, True
 
     def _take_at_both(self, pair: str, m: str, s: str, sizes: list[int], info: dict[str, Any]) -> list[KeyMaterial]:
         """Reserve the keys' bits at the master's store, the same bits at the slave's, and only then

@@ -150,3 +150,22 @@ def test_a_spent_range_longer_than_a_requests_tries_is_passed_over_at_once(svc, 
     assert base64.b64decode(out["keys"][0]["key"]) == np.packbits(kh.expected_bits(svc.blocks, rec["refs"])).tobytes()
     assert c1.available_bits(PAIR) == c3.available_bits(PAIR) == 2 * 4096 - 3000 - 256
     assert c1.accounting()[PAIR] == c3.accounting()[PAIR]
+
+
+def test_spent_bits_beyond_the_head_of_the_masters_pools_are_left_alone(svc, tmp_path):
+    """Second review s34 F4: the first wide window looked in every free bit of the master's etsi and general
+    pools, so one enc_keys after a 256-bit desync also discarded a parked export of the slave's far beyond it
+    (4352 bits in all), which an import could still return to the slave. Now only the head of the master's
+    pools that the slave spent is passed over: here the 256 bits, not the export after the free gap."""
+    from labqfl.keystore import KeyStore
+
+    c1, c3 = svc.stores["C1"], svc.stores["C3"]
+    c3.take(PAIR, 256, "etsi")  # the 256-bit desync, at the head of the pools
+    c3.reserve(PAIR, 512, "etsi", "gap")  # keeps [256, 768) out of the export, then free again
+    with KeyStore.for_node("C3", tmp_path / "other") as other:  # 4096 bits parked in another store of C3
+        c3.export_segments(PAIR, 4096, "etsi", ticket=other.issue_import_ticket())
+    c3.release("gap")
+    before = c1.available_bits(PAIR)
+    kid = svc.enc_keys("C1", "C3", number=1, size=256)["keys"][0]["key_ID"]
+    svc.dec_keys("C3", "C1", [kid])
+    assert before - c1.available_bits(PAIR) == 256 + 256  # the desync's bits discarded, the key delivered
