@@ -5,7 +5,10 @@ anything is touched: one ``error:`` line naming the file, the file left as it is
 
 from __future__ import annotations
 
+import gzip
+import io
 import math
+import zipfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.keystore.preshare import (
+    CONTAINER_MAGIC,
     FREQUENT_BYTE_FALSE_REFUSAL,
     frequent_byte,
     frequent_byte_limit,
@@ -35,6 +39,13 @@ def _station_json() -> bytes:
     return res.stdout.encode("utf-8")
 
 
+def _zipped(content: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("README.md", content)
+    return buf.getvalue()
+
+
 def _sparse() -> bytes:
     """A binary file with 12 zero bytes among 52 random non-zero ones (a padded structure, not a secret)."""
     rng = np.random.default_rng(11)
@@ -50,6 +61,9 @@ def _sparse() -> bytes:
     ("notes.txt", lambda: "\ufeffthe secret?\tC1-C2\r\nwhere\x0cis\x0bit, asked the operator\n".encode(), "is text"),
     ("utf16.txt", lambda: "a UTF-16 document, not a secret key".encode("utf-16-le"), "holds byte 0x00"),
     ("padded.bin", _sparse, "holds byte 0x00 12 times in 64 bytes"),
+    # second review s34 F5: a compressed public document passed the text and frequency checks
+    ("readme.gz", lambda: gzip.compress(Path(__file__).read_bytes(), mtime=0), "starts as a gzip file does"),
+    ("readme.zip", lambda: _zipped(Path(__file__).read_bytes()), "starts as a zip file does"),
 ])
 def test_a_document_is_refused_and_left_as_it_is(tmp_path: Path, name: str, make, needle: str) -> None:  # type: ignore[no-untyped-def]
     f = tmp_path / name
@@ -121,3 +135,9 @@ def test_read_secret_file_reads_only(tmp_path: Path) -> None:
         read_secret_file(f)
     after = f.stat()
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+
+
+def test_a_uniform_secret_starts_as_a_container_file_with_probability_below_1e_6() -> None:
+    """The container check's false refusal of a uniformly random secret: Σ 256^-len over the magics."""
+    assert sum(Fraction(1, 256 ** len(m)) for m, _ in CONTAINER_MAGIC) < Fraction(1, 10**6)
+    assert all(len(m) >= 3 for m, _ in CONTAINER_MAGIC)
