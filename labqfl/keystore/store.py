@@ -1171,18 +1171,34 @@ class KeyStore:
                   sum(ns), pair, purpose)
         return out
 
-    def read_reserved(self, key_id: str) -> KeyMaterial:
+    # Delivery kinds of a pending reservation (free text in ``deliveries.kind``, no CHECK: no migration):
+    # ``reserve`` (never read nor tagged: :meth:`release` may free it), ``reserve-tagged``
+    # (:meth:`mark_tagged`: its refs were authenticated to the partner, who may use the bits),
+    # ``reserve-read`` (:meth:`read_reserved`) and ``reserve-masked`` (:meth:`read_reserved` ``for_mask``:
+    # read for a one-time pad, never for one again). Only ``reserve`` goes back to the pool; a kind
+    # never moves back towards it.
+
+    def read_reserved(self, key_id: str, *, for_mask: bool = False) -> KeyMaterial:
         """The bits reserved for ``key_id``, which *stay reserved*: no other take can hand them out
         and, once read, :meth:`release` refuses them (they may be in use), so the holder finishes
         them with :meth:`take_exact` (same ``key_id``), which overwrites them.  For a protocol that
         must use the same bits in two steps (a mask, then possibly its reveal after a dropout)
-        without keeping them outside the store in between."""
+        without keeping them outside the store in between.
+
+        ``for_mask``: the bits are read to mask (one-time pad) something: the reservation becomes
+        ``reserve-masked`` in the same transaction as the read, and a second ``for_mask`` read of it
+        is refused (:class:`KeyStoreError`) — one pad, one message, whatever the caller's own records
+        say (review s34 second look, F3: those were lost with a crash after the reply). A plain read
+        (a reveal, the other half of a share pad) never downgrades ``reserve-masked``."""
         kid = str(key_id)
         with self._write() as conn:
-            row = conn.execute("SELECT pair, refs, purpose FROM deliveries WHERE key_id = ? AND state = 'reserved'",
-                               (kid,)).fetchone()
+            row = conn.execute("SELECT pair, refs, purpose, kind FROM deliveries WHERE key_id = ? AND "
+                               "state = 'reserved'", (kid,)).fetchone()
             if row is None:
                 raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
+            if for_mask and row[3] == "reserve-masked":
+                raise KeyStoreError(f"reservation {kid} in key store {self.path} was already read for a mask: a "
+                                    "one-time pad masks one message; a second mask read is refused")
             pair, purpose = str(row[0]), str(row[2])
             refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
             chunks = []
@@ -1193,9 +1209,30 @@ class KeyStore:
                         raise KeyStoreError(f"pair {pair}: bits of block {block_id} reserved for key ID {kid} "
                                             f"are {s.state}")
                 chunks.append(self._io_bits(conn, seq, start, length))
-            conn.execute("UPDATE deliveries SET kind = 'reserve-read', updated = ? WHERE key_id = ?", (_now(), kid))
-        log.debug("key store %s: read reservation %s (pair %s, %d bits)", self.path.name, kid, pair, refs_nbits(refs))
+            kind = "reserve-masked" if for_mask or row[3] == "reserve-masked" else "reserve-read"
+            conn.execute("UPDATE deliveries SET kind = ?, updated = ? WHERE key_id = ?", (kind, _now(), kid))
+        log.debug("key store %s: read reservation %s (pair %s, %d bits%s)", self.path.name, kid, pair,
+                  refs_nbits(refs), ", for a mask" if for_mask else "")
         return KeyMaterial(np.concatenate(chunks), refs, kid, pair, purpose)
+
+    def mark_tagged(self, key_id: str) -> str:
+        """Record that the refs of the pending reservation ``key_id`` were (or are about to be)
+        authenticated to the partner, who may then use the bits: a ``reserve`` becomes
+        ``reserve-tagged`` (no bit is read) and :meth:`release` refuses it from now on; a
+        reservation already read keeps its kind.  Returns the kind it has now.  A master calls it
+        before it computes or sends any tag over the refs, so that a crash after the tag left
+        cannot put those bits back in the pool (review s34 second look, F2)."""
+        kid = str(key_id)
+        with self._write() as conn:
+            row = conn.execute("SELECT kind FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                               (kid,)).fetchone()
+            if row is None:
+                raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
+            kind = str(row[0])
+            if kind == "reserve":
+                kind = "reserve-tagged"
+                conn.execute("UPDATE deliveries SET kind = ?, updated = ? WHERE key_id = ?", (kind, _now(), kid))
+        return kind
 
     def reservation(self, key_id: str) -> tuple[str, list[Ref], str, dict[str, Any]] | None:
         """``(pair, refs, purpose, info)`` of a pending reservation, or None."""
@@ -1228,8 +1265,9 @@ class KeyStore:
                                "state = 'reserved'", (str(key_id),)).fetchone()
             if row is None:
                 raise KeyStoreError(f"no pending reservation for key ID {key_id} in key store {self.path}")
-            if row[3] == "reserve-read":
-                raise KeyStoreError(f"reservation {key_id} in key store {self.path} was read (read_reserved): its "
+            if row[3] != "reserve":  # reserve-read, -masked, -tagged: the bits may be in use
+                how = {"reserve-tagged": "tagged (mark_tagged)"}.get(str(row[3]), "read (read_reserved)")
+                raise KeyStoreError(f"reservation {key_id} in key store {self.path} was {how}: its "
                                     "bits may be in use, so they cannot return to the pool; consume them with take_exact")
             pair, purpose = str(row[0]), str(row[2])
             refs = [tuple(r) for r in json.loads(row[1])]

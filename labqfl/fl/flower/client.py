@@ -186,7 +186,11 @@ def _reservations(context: Context) -> dict[str, Any] | None:
     stage that made them: every later stage of the round must carry it (review s34 F1). A name in
     ``read`` is never released: its bits were read, or (a master's mask and pad after the refs
     stage) its refs were authenticated. A name in ``masked`` was read for a mask (or share pad) and
-    is never read for a mask again, whatever the run tag or participants of a later message."""
+    is never read for a mask again, whatever the run tag or participants of a later message. The
+    key store keeps the same facts as delivery kinds (``reserve-tagged``, ``reserve-masked``, review
+    s34 second look F2/F3): this state reaches the SuperNode only after the reply, and a crash in
+    between loses it, so the store's refusals are the ones that hold; these marks add early, clear
+    errors."""
     st = context.state
     if STATE_RESV not in st:
         return None
@@ -446,7 +450,9 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     taken from this node's store and state, never from the message. Each pair is tagged at most
     once per round (one tag per tag key: two tags under one pad would let the server forge), and
     its mask and pad reservations count as read from now on: tagged refs may reach the slave, so
-    those bits are never released, only consumed."""
+    those bits are never released, only consumed. Both rules hold in the key store itself (the mask
+    and pad reservations marked ``reserve-tagged`` before any tag key is read; a tag key read once is
+    refused a second tag), so a node state lost after the reply changes neither."""
     cfg = msg.content.config_records[CFG]
     res = _reservations(context)
     want = _cfg_strs(cfg, "pairs")
@@ -467,8 +473,6 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
         if len(nonces[p]) != REFS_NONCE_BYTES:
             raise SecureAggregationError(f"round {r}: no {8 * REFS_NONCE_BYTES}-bit slave nonce for pair {p}")
     read += [x for p in want for x in (p, p + PAD, p + TAG) if x in kids and x not in read]
-    _save_reservations(context, r, kids, read, res["void"], run=res["run"],
-                       masked=res["masked"])  # before any tag key is read
     out = ConfigRecord()
     signer = _refs_signer(context)
     if signer is not None and want:
@@ -478,6 +482,14 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
             if not ks.reserved_refs(kids[p]):
                 raise SecureAggregationError(f"round {r}: {name}'s reservation for pair {p} is no longer pending in "
                                              "its key store: nothing to tag")
+        # tagged, in the store, before any tag key is read (review s34 second look, F2): the node state
+        # saved below reaches the SuperNode only after the reply, so a crash in between must not leave
+        # tagged bits releasable at the next keys stage
+        for x in (x for p in want for x in (p, p + PAD) if x in kids):
+            ks.mark_tagged(kids[x])
+        _save_reservations(context, r, kids, read, res["void"], run=res["run"],
+                           masked=res["masked"])  # before any tag key is read
+        for p in want:
             statement = refs_statement(run_tag, r, p, nonces[p], refs=ks.reserved_refs(kids[p]),
                                        tag_refs=ks.reserved_refs(kids[p + TAG]),
                                        pad_refs=ks.reserved_refs(kids[p + PAD]) if p + PAD in kids else [],
@@ -725,9 +737,10 @@ def _read_qkd_pair_words(context: Context, cfg: Any, spec: FlowerSpec, name: str
             read.extend((p, p + PAD))
             masked.extend((p, p + PAD))
             _save_reservations(context, r, kids, read, run=run_tag, masked=masked)  # before any bit is read
-            words[p] = ks.words(kids[p], n, q)
+            # for_mask: the store refuses a second mask read of the reservation even if this state is lost
+            words[p] = ks.words(kids[p], n, q, for_mask=True)
             if spec.self_masks:
-                pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1)
+                pads[p] = ks.pad_words(kids[p + PAD], n, w, 0 if pair_sign(name, p) > 0 else 1, for_mask=True)
 
 
 def _check_refs_tag(context: Context, cfg: Any, spec: FlowerSpec, ks: NodeKeyStore, name: str, r: int,
@@ -928,7 +941,8 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
                 p = by_peer.get(o, "")
                 if p + PAD not in kids:
                     raise SecureAggregationError(f"round {r}: {name} holds no share pad for a pair with {o}")
-                pad = ks.pad_words(kids[p + PAD], n, w, 0 if split_pair(p)[0] == o else 1)
+                pad = ks.pad_words(kids[p + PAD], n, w, 0 if split_pair(p)[0] == o else 1,
+                                   for_mask=False)  # the partner's half: a decryption, not a mask
             else:
                 sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
                 a, b = (o, name) if spec.index_of(o) < spec.index_of(name) else (name, o)

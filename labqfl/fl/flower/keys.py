@@ -220,8 +220,11 @@ class NodeKeyStore:
 
     * the master :meth:`reserve_master` — the store picks the bits (those ``take`` would pick)
       and reserves them without reading them; the refs go to the slave through the server;
+    * before it tags the refs the master marks the mask and pad reservations tagged in the store
+      (:meth:`mark_tagged`): never released from then on;
     * at the mask stage both ends read the reserved bits (:meth:`words`; the slave first
-      :meth:`reserve_slave` by the master's refs) and use them at once; the bits stay reserved;
+      :meth:`reserve_slave` by the master's refs) and use them at once; the bits stay reserved,
+      marked masked in the store (a second mask read is refused there);
     * after a dropout a survivor consumes the pair's bits and reveals them (:meth:`take_words`);
     * at the end of the round every reservation is consumed (:meth:`finish`, which overwrites
       the bits in the store) — or, only if the bits were never read at either end, released.
@@ -297,15 +300,20 @@ class NodeKeyStore:
                 "time)", self.name, n)
         return n
 
-    def _reserved(self, key_id: str) -> Any:
-        """:meth:`KeyStore.read_reserved`, with one clear error when another FL run's keys stage voided the
-        reservation (two FL runs on one node store at a time)."""
+    def _reserved(self, key_id: str, *, for_mask: bool = False) -> Any:
+        """:meth:`KeyStore.read_reserved` (``for_mask``: a mask read, refused on a reservation already read
+        for a mask), with one clear error when another FL run's keys stage voided the reservation (two FL
+        runs on one node store at a time) or when the reservation already masked an upload."""
         from labqfl.errors import KeyStoreError, SecureAggregationError
 
         try:
-            return self.store.read_reserved(key_id)
+            return self.store.read_reserved(key_id, for_mask=for_mask)
         except KeyStoreError:
             d = self.store.delivery(key_id)
+            if for_mask and d is not None and d["state"] == "reserved" and d["kind"] == "reserve-masked":
+                raise SecureAggregationError(
+                    f"node {self.name}: its key {key_id} for pair {d['pair']} already masked an upload (its key store "
+                    "says so); refused: a one-time pad masks one message") from None
             if d is not None and d["state"] == "voided":
                 raise SecureAggregationError(
                     f"node {self.name}: its key for pair {d['pair']} was taken away: {d['info'].get('voided', 'voided')}"
@@ -375,10 +383,24 @@ class NodeKeyStore:
         finally:
             km.wipe()
 
+    def mark_tagged(self, key_id: str) -> None:
+        """Master end: record in the store that the refs of reservation ``key_id`` (a mask or pad key)
+        are being authenticated to the slave (:meth:`KeyStore.mark_tagged`), before any tag is
+        computed: from then on :meth:`finish` consumes it, never releases it, whatever the node state
+        says (review s34 second look, F2: that state is lost when a process dies after its reply)."""
+        self.store.mark_tagged(key_id)
+
     def tag_refs(self, key_id: str, statement: bytes) -> bytes:
         """Master end: the Wegman–Carter tag (16 bytes) of a :func:`refs_statement` under the tag
-        key reserved for ``key_id``. Call it once per reservation: a second tag under the same key
-        would give the server two tags under one pad (the caller's node state enforces it)."""
+        key reserved for ``key_id``. Once per reservation: a second tag under the same key would give
+        the server two tags under one pad, so a tag key the store says was read already is refused
+        (:class:`~labqfl.errors.SecureAggregationError`), besides the caller's node state."""
+        from labqfl.errors import SecureAggregationError
+
+        d = self.store.delivery(key_id)
+        if d is not None and d["state"] == "reserved" and d["kind"] != "reserve":
+            raise SecureAggregationError(f"node {self.name}: refs tag key {key_id} of pair {d['pair']} was used "
+                                         "already (its key store says so); refused: one tag per tag key")
         return self._refs_authenticator(key_id).tag(statement)
 
     def refs_tag_matches(self, key_id: str, statement: bytes, tag: bytes) -> bool:
@@ -392,22 +414,26 @@ class NodeKeyStore:
             return False
         return True
 
-    def words(self, key_id: str, n_words: int, q: int) -> np.ndarray:
+    def words(self, key_id: str, n_words: int, q: int, *, for_mask: bool = True) -> np.ndarray:
         """The q-bit words (``uint{q}``, shape (n_words,)) of the bits reserved for ``key_id``; the
-        bits stay reserved in the store (and can no longer be released, only consumed)."""
-        km = self._reserved(key_id)
+        bits stay reserved in the store (and can no longer be released, only consumed). ``for_mask``
+        (the mask stage's read): the store marks the reservation masked in the same transaction and
+        refuses a second mask read of it (:meth:`KeyStore.read_reserved`)."""
+        km = self._reserved(key_id, for_mask=for_mask)
         try:
             return self._to_words(km, n_words, q)
         finally:
             km.wipe()
 
-    def pad_words(self, key_id: str, n_words: int, w: int, part: int) -> np.ndarray:
+    def pad_words(self, key_id: str, n_words: int, w: int, part: int, *, for_mask: bool) -> np.ndarray:
         """Self-mask share pads from the 2·w·n_words bits reserved for ``key_id``: ``part`` 0 is the
         first half (master → slave shares), 1 the second (slave → master); w-bit words, MSB first.
-        The bits stay reserved (consumed at the end of the round)."""
+        The bits stay reserved (consumed at the end of the round). ``for_mask``: the mask stage's read
+        of this node's own half (a second one refused by the store, as :meth:`words`); False for the
+        unmask stage's read of the partner's half."""
         from labqfl.fl.selfmask import pad_words_from_bits
 
-        km = self._reserved(key_id)
+        km = self._reserved(key_id, for_mask=for_mask)
         try:
             if km.nbits != 2 * w * n_words:
                 raise KeyStarvationError(
@@ -431,7 +457,8 @@ class NodeKeyStore:
 
     def finish(self, key_id: str, *, release: bool = False) -> str:
         """End the reservation ``key_id``: consume it (bits overwritten, spent unused) or, with
-        ``release`` and only if it was never read, return its bits to the pool. Returns
+        ``release`` and only if the store says it was never read nor tagged (kind ``reserve``; not
+        ``reserve-tagged``, ``-read`` or ``-masked``), return its bits to the pool. Returns
         ``"consumed"``, ``"released"`` or ``"none"`` (no pending reservation: already finished)."""
         res = self.store.reservation(key_id)
         if res is None:
