@@ -88,7 +88,23 @@ def main() -> None:
         sys.exit(exc.exit_code)
     if code == EXIT_TERMINATED:  # on its way out after a SIGTERM, its state saved and its line printed: another
         signal.signal(signal.SIGTERM, _ignore)  # SIGTERM during the interpreter's teardown must not end it with -15
+    if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):  # objects an interrupt left half-built are collected at exit
+        _quiet_half_built_objects()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_half_built_objects() -> None:
+    """After an interrupt, the garbage collector's complaint about an llvmlite object the interrupt stopped
+    in its constructor is not printed (:func:`labqfl.station.half_built_by_interrupt`); anything else is."""
+    from labqfl.station import half_built_by_interrupt
+
+    prev = sys.unraisablehook
+
+    def hook(info: object) -> None:
+        if not half_built_by_interrupt(info):
+            prev(info)  # type: ignore[arg-type]
+
+    sys.unraisablehook = hook
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -33,16 +33,22 @@ def test_run_summary_shows_no_qber_for_a_pair_without_a_block() -> None:
     assert "C1-C2: sifted 120,000 bits, QBER 0.57 %," in out
 
 
-def test_keyrate_table_shows_qber_in_percent() -> None:
+def test_keyrate_table_shows_qber_in_percent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """keyrate printed the QBER as a three-decimal fraction (0.0057 as "0.006") in a column every other
     command fills with percent."""
+    import labqfl.cli.common as common
+
     args = ["keyrate", "--pair", "C1-C2", "--block-size", "1e9"]
-    r = runner.invoke(app, args, env={"COLUMNS": "240"})  # a table cell wider than its column wraps at 80
-    assert r.exit_code == 0, r.output
     qber = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     q = next(v for k, v in _flat(qber) if k == "qber_key")
-    assert f"{100 * q:.2f} %" in r.output
-    assert not re.search(rf"\b{q:.3f}\b", r.output)
+    # a console wide enough for the whole table, whatever width an earlier test or the terminal left the CLI's
+    buf = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=buf, width=240, force_terminal=False))
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    out = buf.getvalue()
+    assert f"{100 * q:.2f} %" in out
+    assert not re.search(rf"\b{q:.3f}\b", out)
 
 
 def _flat(doc: Any, key: str = "") -> list[tuple[str, Any]]:
