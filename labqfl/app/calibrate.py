@@ -142,7 +142,7 @@ def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path, 
         read_calibration,
         write_station_toml,
     )
-    from labqfl.calibration.files import check_quantities
+    from labqfl.calibration.files import check_quantities, station_quantity
 
     if not overwrite:
         refuse_existing(output)
@@ -151,8 +151,18 @@ def apply_calibration_file(cfg: StationConfig, calibration: Path, output: Path, 
     check = check_quantities(cfg, quantities, str(calibration))
     new = apply_calibration(cfg, quantities)
     path = write_station_toml(new, output, overwrite=overwrite)
+    # quantities written in another form than measured: a gated detector's afterpulse probability, measured
+    # as registered (P·g) and written un-gated (P = P_reg/g) — say so, or calibration.json and the station
+    # file seem to disagree 10-fold (F5 helper's note, review s34)
+    converted = {}
+    for n in check.applied:
+        q = station_quantity(cfg, quantities[n])
+        if q is not quantities[n] and q.details:
+            converted[n] = {"measured": quantities[n].value, "written": q.value,
+                            "gate_fraction": q.details.get("gate_fraction"), "why": "registered P·g → un-gated P"}
     return {"station": new.name, "calibration": str(calibration), "written": str(path),
-            "applied": sorted(check.applied), "not_applied": check.not_applied, "clipped": check.clipped}
+            "applied": sorted(check.applied), "not_applied": check.not_applied, "clipped": check.clipped,
+            "converted": converted}
 
 
 __all__ = ["CalibrationOutcome", "acquisition_segment", "apply_calibration_file", "groups", "run_calibration"]

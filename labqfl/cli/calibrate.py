@@ -237,6 +237,9 @@ def _render_applied(con: Any, data: dict[str, Any]) -> None:
     for name, c in data["clipped"].items():
         con.print(f"clipped: {name} = {c['value']:g} ± {c['uncertainty']:.2g} written as {c['written']:g} "
                   f"(allowed: {c['allowed']})", soft_wrap=True)
+    for name, c in (data.get("converted") or {}).items():
+        con.print(f"converted: {name} measured {c['measured']:.3g} (registered in the gate) written as {c['written']:.3g} "
+                  f"(un-gated: ÷ gate fraction {c['gate_fraction']:.3g})", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

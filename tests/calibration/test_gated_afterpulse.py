@@ -141,3 +141,21 @@ def test_an_afterpulse_decay_the_simulator_cannot_draw_is_refused_naming_the_fie
     assert DetectorConfig(afterpulse_decay_ns=1e9).afterpulse_decay_ns == 1e9
     with pytest.raises(pydantic.ValidationError, match="afterpulse_decay_ns"):
         DetectorConfig(afterpulse_decay_ns=3e14)
+
+
+def test_calibrate_apply_says_it_converted_the_gated_afterpulse_probability(calh, tmp_path) -> None:
+    """calibration.json holds the registered P_reg, the station file the un-gated P: ``calibrate apply`` said
+    nothing of the conversion, so the two files seemed to disagree tenfold (F5 helper's note)."""
+    from labqfl.calibration.core import ProcedureResult
+    from labqfl.calibration.files import calibration_document, write_calibration
+
+    from labqfl.app.calibrate import apply_calibration_file
+
+    cfg = calh.make_config(_gated(0.03, 20_000.0))
+    q = Quantity("D0.afterpulse_prob", 0.003, 0.001, "", "dead_time_afterpulsing")
+    doc = calibration_document(cfg.name, [ProcedureResult("dead_time_afterpulsing", [q])], simulated=True)
+    cal = write_calibration(tmp_path / "calibration.json", doc)
+    out = apply_calibration_file(cfg, cal, tmp_path / "calibrated.toml")
+    c = out["converted"]["D0.afterpulse_prob"]
+    assert c["measured"] == pytest.approx(0.003) and c["written"] == pytest.approx(0.03)
+    assert c["gate_fraction"] == pytest.approx(GATE_FRACTION)
