@@ -817,7 +817,12 @@ class MainJob:
         their key-store metadata) and ``security``: what the masks' secrecy rests on — the weakest
         pair's statement (:func:`labqfl.provenance.summarize_blocks`)."""
         from labqfl.keystore import KeyStore
-        from labqfl.provenance import provenance_of_block_ids, run_engine_trust, weakest_summary
+        from labqfl.provenance import (
+            provenance_of_block_ids,
+            qkd_masks_statement,
+            run_engine_trust,
+            weakest_summary,
+        )
 
         per_pair: dict[str, Any] = {}
         for pair, ids in sorted(used.items()):
@@ -829,8 +834,7 @@ class MainJob:
         weakest = weakest_summary(per_pair.values())
         assert weakest is not None
         return {"key_provenance": per_pair,
-                "security": f"one-time-pad masks with QKD keys from the node key stores; the keys: {weakest['security']}. "
-                            f"{trust}"}
+                "security": f"{qkd_masks_statement(weakest)}. {trust}"}
 
     # -- phase 3 ---------------------------------------------------------------------------
     def _write_metrics(self, status: str) -> dict[str, Any]:

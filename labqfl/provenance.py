@@ -372,7 +372,12 @@ def mask_key_security(key_source: Any) -> str:
     w = weakest_summary(per_pair.values())
     if w is None:
         return "one-time-pad masks with QKD keys; no key consumed"
-    return f"one-time-pad masks with QKD keys from the node key stores; the keys: {w['security']}"
+    return qkd_masks_statement(w)
+
+
+def qkd_masks_statement(weakest: Mapping[str, Any]) -> str:
+    """What QKD-key masks rest on, from the weakest pair's summary (:func:`weakest_summary`)."""
+    return f"one-time-pad masks with QKD keys from the node key stores; the keys: {weakest['security']}"
 
 
 #: the sentence that ends a training run's security line, per engine (review s34 F8): who holds every
@@ -408,7 +413,7 @@ def engine_trust(engine: str, keys: str) -> str:
 
 
 __all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_REFS_TAG_ONLY",
-           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

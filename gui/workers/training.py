@@ -93,15 +93,12 @@ class TrainingTask:
             key_source = setup.key_source
             sizes = data.sizes()
             pairs = [p if isinstance(p, str) else "-".join(p) for p in secagg.pairs(names)]
-            from labqfl.provenance import engine_trust, mask_key_security
-
             # before any key is used: what the masks will rest on (QKD keys: every block the stores hold), and
             # who holds every update and pad on this engine (review s34 F8)
             self.core.post("train_started", {"task": opts.task, "model": model.name, "n_params": model.n_params,
                                         "clients": {c: {"samples": int(n)} for c, n in sizes.items()},
                                         "keys": opts.keys, "rounds": opts.rounds, "q": opts.q, "pairs": pairs,
-                                        "security": f"{mask_key_security(key_source)}. "
-                                                    f"{engine_trust(settings.engine, settings.keys)}"})
+                                        "security": setup.security()})
             per_client: dict[str, dict[str, Any]] = {}
 
             def observed_round(updates: Any, weights: Any, cfg: Any, ks: Any, **kw: Any) -> Any:
@@ -161,15 +158,12 @@ def run_to_summary(setup: Any, progress: Any, observed_round: Any) -> dict[str, 
     ``labqfl train --json`` prints (:meth:`~labqfl.app.training.TrainingSetup.summary`, with its
     ``security`` statement over the keys the masks consumed), or for a run stopped by the user
     ``{"stopped": True, "security": …}`` (its rounds used masks too)."""
-    from labqfl.provenance import engine_trust, mask_key_security
-
     try:
         result = setup.run(progress=progress, secure_round_fn=observed_round)
         summary: dict[str, Any] = setup.summary(result)
         summary["stopped"] = False
     except Cancelled:
-        summary = {"stopped": True, "security": f"{mask_key_security(setup.key_source)}. "
-                                                f"{engine_trust(setup.settings.engine, setup.settings.keys)}"}
+        summary = {"stopped": True, "security": setup.security()}
         log.info("training stopped by the user")
     finally:
         setup.close()

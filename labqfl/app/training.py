@@ -348,7 +348,7 @@ class TrainingSetup:
         settings, data, noise, and the provenance and security of the keys the masks consumed; the
         security line ends with what the engine leaves the masks (:func:`~labqfl.provenance.engine_trust`)."""
         from labqfl.fl.selfmask import SELF_MASK_RANDOMNESS, share_prime
-        from labqfl.provenance import engine_trust, mask_key_provenance, mask_key_security
+        from labqfl.provenance import mask_key_provenance
 
         s = self.settings
         out: dict[str, Any] = result.summary()
@@ -363,10 +363,18 @@ class TrainingSetup:
             noise=({**self.noise_model.as_dict(), "shots_used": getattr(self.model, "shots_used", 0)}
                    if self.noise_model is not None else None),
             key_provenance=mask_key_provenance(self.key_source),
-            security=(mask_key_security(self.key_source) + (SELF_MASK_SECURITY if s.self_masks else "") + ". "
-                      + engine_trust(s.engine, s.keys)),
+            security=self.security(),
         )
         return out
+
+    def security(self) -> str:
+        """What this run's masks rest on and who holds every update and pad on its engine: the security line
+        of ``labqfl train`` and of the GUI's Training tab (at a run's start, its end, or when stopped)."""
+        from labqfl.provenance import engine_trust, mask_key_security
+
+        s = self.settings
+        return (mask_key_security(self.key_source) + (SELF_MASK_SECURITY if s.self_masks else "") + ". "
+                + engine_trust(s.engine, s.keys))
 
     def close(self) -> None:
         """Close the key stores the key source opened (idempotent)."""

@@ -62,7 +62,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labqfl.errors import ConfigError, InsufficientKeyError, KeyStoreBusyError, KeyStoreError
-from labqfl.keystore.material import KeyMaterial, Ref
+from labqfl.keystore.material import KeyMaterial, Ref, merge_refs
 from labqfl.keystore.store import GENERAL, KeyStore, check_node_name
 from labqfl.log import get_logger
 
@@ -72,25 +72,6 @@ API_PREFIX = "/api/v1/keys"
 ETSI_PURPOSE = "etsi"
 #: vendor key inside the status response's ``status_extension`` (spec 6.1: an optional object)
 PROVENANCE_EXTENSION = "labqfl_provenance"
-def _union(refs: Sequence[Ref]) -> list[Ref]:
-    """``refs`` as disjoint, merged ranges per block (overlapping or adjacent ones joined)."""
-    by_block: dict[str, list[tuple[int, int]]] = {}
-    for b, o, n in refs:
-        by_block.setdefault(b, []).append((o, o + n))
-    out: list[Ref] = []
-    for b, spans in by_block.items():
-        spans.sort()
-        lo, hi = spans[0]
-        for x, y in spans[1:]:
-            if x <= hi:
-                hi = max(hi, y)
-            else:
-                out.append((b, lo, hi - lo))
-                lo, hi = x, y
-        out.append((b, lo, hi - lo))
-    return out
-
-
 #: tries of one enc_keys when the slave's store refuses bits it already spent (KeyDeliveryService._take_at_both)
 RESYNC_ATTEMPTS = 4
 
@@ -592,7 +573,7 @@ class KeyDeliveryService:
             if not whole:
                 break
         try:
-            spent = _union(self.stores[s].spent_refs(pair, own, settled_s=self.settings.resync_settled_s) + head)
+            spent = merge_refs([self.stores[s].spent_refs(pair, own, settled_s=self.settings.resync_settled_s), head])
             if not spent:
                 return 0
             n = self.stores[m].discard_exact(pair, spent, f"ETSI KME: already spent at the slave's store ({s}); "

@@ -18,6 +18,30 @@ import numpy as np
 Ref = tuple[str, int, int]
 
 
+def merge_refs(groups: Sequence[Iterable[Sequence[Any]]]) -> list[Ref]:
+    """The refs of ``groups`` (each an iterable of ``(block_id, offset, length)``, most important first:
+    e.g. deliveries newest first) as disjoint ranges: overlapping or adjacent refs of a block merged, never
+    a bit that no ref names; ordered by the first group each range holds, then by block and offset."""
+    seen: dict[str, list[tuple[int, int, int]]] = {}  # block -> (start, end, group) per ref
+    for rank, refs in enumerate(groups):
+        for block_id, start, length in refs:
+            if int(length) > 0:
+                seen.setdefault(str(block_id), []).append((int(start), int(start) + int(length), rank))
+    out: list[tuple[int, str, int, int]] = []
+    for block_id, spans in seen.items():
+        spans.sort()
+        lo, hi, rank = spans[0]
+        for s, e, k in spans[1:]:
+            if s <= hi:
+                hi, rank = max(hi, e), min(rank, k)
+            else:
+                out.append((rank, block_id, lo, hi))
+                lo, hi, rank = s, e, k
+        out.append((rank, block_id, lo, hi))
+    out.sort()
+    return [(b, lo, hi - lo) for _, b, lo, hi in out]
+
+
 def normalize_refs(refs: Iterable[Sequence[Any]]) -> list[Ref]:
     """Validate ``refs`` (an iterable of 3-sequences, e.g. from JSON) into a list of :data:`Ref`."""
     out: list[Ref] = []

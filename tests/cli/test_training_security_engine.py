@@ -102,6 +102,7 @@ def test_the_guis_statement_for_a_stopped_run_ends_with_the_engines_sentence() -
 
     class Setup:
         key_source, settings, closed = "csprng", TrainingSettings(), False
+        security = TrainingSetup.security  # the real line, over this stub's key source and settings
 
         def run(self, **kw: object) -> None:
             raise Cancelled()

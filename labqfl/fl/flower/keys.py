@@ -58,6 +58,7 @@ from labqfl.errors import KeyStarvationError
 from labqfl.fl.keysource import KEY_PURPOSE
 from labqfl.fl.masks import words_from_bits
 from labqfl.fl.quantize import uint_dtype
+from labqfl.keystore.material import merge_refs
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import BitPool, WegmanCarterAuthenticator, forgery_probability
 
@@ -189,25 +190,8 @@ def merge_spent(deliveries: list[list[Any]]) -> list[tuple[str, int, int]]:
     """The refs of ``deliveries`` (each a refs list ``[[block_id, offset, length], ...]``, newest
     delivery first) as disjoint ``(block_id, offset, length)`` ranges: overlapping or adjacent refs of a
     block merged, never a bit that no ref names; ordered by the newest delivery each range holds, then
-    by block and offset."""
-    seen: dict[str, list[tuple[int, int, int]]] = {}  # block -> (start, end, recency) per ref
-    for rank, refs in enumerate(deliveries):
-        for block_id, start, length in refs:
-            if int(length) > 0:
-                seen.setdefault(str(block_id), []).append((int(start), int(start) + int(length), rank))
-    out: list[tuple[int, str, int, int]] = []
-    for block_id, spans in seen.items():
-        spans.sort()
-        lo, hi, rank = spans[0]
-        for s, e, k in spans[1:]:
-            if s <= hi:
-                hi, rank = max(hi, e), min(rank, k)
-            else:
-                out.append((rank, block_id, lo, hi))
-                lo, hi, rank = s, e, k
-        out.append((rank, block_id, lo, hi))
-    out.sort()
-    return [(b, lo, hi - lo) for _, b, lo, hi in out]
+    by block and offset (:func:`labqfl.keystore.material.merge_refs`)."""
+    return merge_refs(deliveries)
 
 
 # -------------------------------------------------------------------------------------- qkd
