@@ -37,7 +37,7 @@ from labqfl.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "reconcile_pair", "secret_path", "shared_auth_bits",
+__all__ = ["SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "reconcile_pair", "secret_path", "shared_auth_bits",
            "write_pair_secret"]
 
 #: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
@@ -58,6 +58,13 @@ def secret_path(data: Path, node: str, pair: str) -> Path:
 def _free_ranges(store: Any, pair: str) -> dict[str, list[tuple[int, int]]]:
     """Block ID → free ``[start, end)`` ranges of ``pair`` in the pools an authentication draw uses."""
     return dict(store.free_ranges(pair, AUTH_POOLS))
+
+
+def delivery_bits(holder: Any, pair: str, block_id: str) -> int:
+    """Authentication bits of a pre-shared delivery under way (block ``block_id`` held at one end, its secret
+    file waiting at the other): the bits of the block free in ``holder``'s store, which both ends share once
+    the other end imports its file."""
+    return sum(e - s for s, e in _free_ranges(holder, pair).get(block_id, []))
 
 
 def shared_auth_bits(store_a: Any, store_b: Any, pair: str) -> int:
@@ -150,8 +157,7 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
     st.shared_bits = shared_auth_bits(store_a, store_b, pair)
     for x in sorted(pending):
         holder = a if ends[a][0].has_block(x) else b
-        fr = _free_ranges(ends[holder][0], pair).get(x, [])
-        st.shared_bits += sum(e - s for s, e in fr)
+        st.shared_bits += delivery_bits(ends[holder][0], pair, x)
     if st.describe():
         log.warning("%s", st.describe())
     return st

@@ -186,7 +186,7 @@ def check_pairs_authenticated(cfg: StationConfig, data_dir: Path, settings: Any)
 
 def _pair_auth_bits(pair: str, stores: Mapping[str, Any], data_dir: Path, deliveries: bool) -> int:
     """:func:`shared_auth_bits_now` of one pair (``stores``: node → open store, or None where it has none)."""
-    from labqfl.nodes.preshared import _file_block, _free_ranges, secret_path, shared_auth_bits
+    from labqfl.nodes.preshared import _file_block, delivery_bits, secret_path, shared_auth_bits
 
     a, b = pair.split("-")
     if stores[a] is not None and stores[b] is not None:
@@ -199,7 +199,7 @@ def _pair_auth_bits(pair: str, stores: Mapping[str, Any], data_dir: Path, delive
             if not x or stores[o] is None or not stores[o].has_block(x):
                 continue
             if stores[n] is None or not stores[n].has_block(x):
-                total += sum(e - s for s, e in _free_ranges(stores[o], pair).get(x, []))
+                total += delivery_bits(stores[o], pair, x)
     return total
 
 
