@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from labqfl.contracts.types import MIN_TEST_CLICKS as _MIN_TEST_CLICKS  # noqa: E402
 from labqfl.runs import RunRecord  # noqa: E402
 
 _STYLE = """
@@ -55,10 +56,8 @@ def _plot_count_rates(run: RunRecord, m: dict[str, Any], plots: dict[str, Path])
         plots["Count rates"] = _fig(run.plot_path("count_rates.png"), draw_rates)
 
 
-#: Fewest test clicks a timeline point of the test-data error rate is drawn from: below it its binomial
-#: standard error √(e(1−e)/n) is 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review
-#: s34 F4). :data:`labqfl.cli.distill.MIN_TEST_CLICKS` is the same.
-MIN_TEST_CLICKS = 100
+#: Fewest test clicks a timeline point of the test-data error rate is drawn from (the tables' rule)
+MIN_TEST_CLICKS = _MIN_TEST_CLICKS
 
 #: Title (and section heading) of the plot of the test-data error rate beside the key QBER (``qber.png``).
 ERROR_RATE_PLOT = "Test-data error rate and key QBER per pair"

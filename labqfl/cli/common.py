@@ -30,6 +30,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from labqfl.contracts.types import MIN_TEST_CLICKS
 from labqfl.errors import LabqflError, interrupt_inside
 from labqfl.serialize import to_jsonable
 
@@ -130,10 +131,6 @@ def pct_cell(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
-#: Fewest clicks an error rate of test data is shown from: below it its binomial standard error √(e(1−e)/n)
-#: is 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review s34 F4: "0.00 %" from 5
-#: decoy–decoy clicks). :data:`labqfl.report.MIN_TEST_CLICKS` is the same.
-MIN_TEST_CLICKS = 100
 
 
 def rate_clicks_cell(rate: float | None, clicks: int | None) -> str:

@@ -38,6 +38,11 @@ DEFAULT_ENGINE = ENGINES[0]
 #: 73-101 kbit/s, and the whole job takes about three times as long on two cores (docs/nodes.md).
 DEFAULT_DURATION_S = 10.0
 
+#: Fewest clicks an error rate of test data is shown from (tables, GUI, report plot): below it its binomial
+#: standard error √(e(1−e)/n) is 1 percentage point or more at e ≈ 1 %, as large as the rate (physics review
+#: s34 F4: "0.00 %" from 5 decoy–decoy clicks).
+MIN_TEST_CLICKS = 100
+
 #: Longest acquisition (and block) any front end or node accepts [s], about 11.6 days: what the
 #: simulator streams at most. Before this bound a 1e9 s ``labqfl run`` failed with "DEADLINE_EXCEEDED"
 #: (its session deadlines, 150 wall s per simulated s, overflowed gRPC's clock; see
