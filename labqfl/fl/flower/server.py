@@ -52,8 +52,8 @@ and — after a dropout only — keys of pairs whose other end dropped. With eac
 client also sends its training loss and clipped-value count in clear; under DP the server does not
 use them (the accountant does not cover them: the round's train loss is NaN, its clipped count 0).
 
-A malformed mask reply (an upload of the wrong length or dtype, a missing self-mask share, without
-DP no finite train loss) makes that client lost after masking, exactly like a client whose reply
+A malformed mask reply (an upload of the wrong length or dtype, a missing self-mask share; never its
+clear metrics, second review s34 F1) makes that client lost after masking, exactly like a client whose reply
 never came: the reason is logged and kept in :attr:`FlowerRound.dropped_reasons`, the reply is
 dropped, and the round completes for the others if enough survive (review s34 F6).
 
