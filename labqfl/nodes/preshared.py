@@ -17,7 +17,11 @@ looks at both stores and both files of a pair:
   writes) is destroyed (:func:`~labqfl.keystore.preshare.shred_secret_file`);
 * a pre-shared block held at one end only with no such file at the other is retired at the end that
   holds it: its free bits are marked consumed and overwritten (``discard_exact``, recorded in the
-  store's deliveries with the reason), never used. Its secret is never issued again.
+  store's deliveries with the reason), never used. Its secret is never issued again; no block of a pair
+  is retired while one of its files names no block the launcher can read (it may be such a delivery).
+
+The launcher reads only a file's header, the fields before its secret (:func:`read_secret_header`): the
+secret's bits are read by the client that imports the file, never by the launcher.
 
 A new secret is written to a temporary file and linked into place at each end (``os.link`` refuses an
 existing name), so no file of either end is ever overwritten.
@@ -37,8 +41,8 @@ from labqfl.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "reconcile_pair", "secret_path", "shared_auth_bits",
-           "write_pair_secret"]
+__all__ = ["HEADER_FIELDS", "SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "read_secret_header",
+           "reconcile_pair", "secret_path", "shared_auth_bits", "write_pair_secret"]
 
 #: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
 AUTH_POOLS = ("auth", "general")
@@ -48,6 +52,11 @@ SECRET_RANDOMNESS = "csprng"
 #: the fields of a secret file: the first three required; ``simulated`` (default true: a file that does not
 #: say so is taken for a simulated delivery) and ``randomness`` (qrng | csprng | seeded; absent: no claim)
 SECRET_FIELDS = ("pair", "block_id", "bits_hex", "simulated", "randomness")
+#: the fields a launcher reads (:func:`read_secret_header`), which :func:`write_pair_secret` writes before
+#: ``bits_hex``: a launcher learns a file's block ID without reading its secret
+HEADER_FIELDS = ("pair", "block_id")
+#: the most bytes :func:`read_secret_header` reads looking for the ``"bits_hex"`` key (a header is ~70 bytes)
+HEADER_MAX_BYTES = 4096
 
 
 def secret_path(data: Path, node: str, pair: str) -> Path:
@@ -78,12 +87,46 @@ def shared_auth_bits(store_a: Any, store_b: Any, pair: str) -> int:
     return total
 
 
+def read_secret_header(path: Path) -> dict[str, Any]:
+    """The fields of secret file ``path`` that come before its secret (:data:`HEADER_FIELDS`), read without
+    reading one byte of the secret: a launcher needs a file's block ID, never its bits, which only the
+    client that imports the file may read.
+
+    The file is read one byte at a time (unbuffered ``os.read``) up to and including the ``:`` after the
+    ``"bits_hex"`` key, or to its end if it has none; the fields read are parsed as the JSON object they
+    begin. :class:`ValueError` for a file that is not such an object or whose first
+    :data:`HEADER_MAX_BYTES` bytes hold no ``"bits_hex"`` key; :class:`OSError` as ``os.open``/``os.read``."""
+    key = b'"bits_hex"'
+    buf = bytearray()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            c = os.read(fd, 1)
+            if not c:
+                head = bytes(buf)
+                break
+            buf += c
+            if c == b":" and bytes(buf[:-1]).rstrip().endswith(key):
+                head = bytes(buf[:-1]).rstrip()[:-len(key)].rstrip()
+                head = (head[:-1] if head.endswith(b",") else head) + b"}"
+                break
+            if len(buf) >= HEADER_MAX_BYTES:
+                raise ValueError(f"no \"bits_hex\" key in the first {HEADER_MAX_BYTES} bytes")
+    finally:
+        os.close(fd)
+    rec = json.loads(head)
+    if not isinstance(rec, dict):
+        raise ValueError("not a JSON object")
+    return rec
+
+
 def _file_block(path: Path) -> str | None:
-    """The block ID a secret file names; "" for a file that is not one (the node refuses it in one line)."""
+    """The block ID a secret file names (:func:`read_secret_header`: its secret is not read); "" for a file
+    that is not one or names its block only after its secret (kept: the node imports or refuses it)."""
     if not path.is_file():
         return None
     try:
-        return str(json.loads(path.read_text())["block_id"])
+        return str(read_secret_header(path)["block_id"])
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
@@ -109,6 +152,8 @@ class PairAuth:
                  for n, b, k in self.retired]
         parts += [f"secret file {f} of a delivery the other end never got: destroyed" for f in self.shredded]
         parts += [f"pre-shared block {b} held at one end: the other end imports it at its start" for b in self.pending]
+        parts += [f"secret file {f} names no block before its secret (or is no secret file): kept, no block of "
+                  "the pair retired" for f in self.malformed]
         return f"pair {self.pair}: " + "; ".join(parts) if parts else ""
 
 
@@ -149,7 +194,8 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
         st.shredded.append(str(path))
         ids[n] = None
     pending = set(st.pending)
-    if retire:  # no node runs now: no store of this pair can be half-way through an add
+    if retire and not st.malformed:  # no node runs now: no store of this pair can be half-way through an add;
+        # a file whose block is not known here may be the delivery of a block one end holds
         done = retire_one_sided_blocks({a: store_a, b: store_b}, [pair], min_age_s=0.0,
                                        only=lambda bid: bid.startswith(PRESHARED_PREFIX) and bid not in pending,
                                        why="a pre-shared secret whose delivery stopped before")
@@ -178,7 +224,7 @@ def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int, *, simu
     from labqfl.qkd.pipeline import PRESHARED_PREFIX
 
     a, b = pair.split("-")
-    rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}",
+    rec = {"pair": pair, "block_id": f"{PRESHARED_PREFIX}{uuid.uuid4()}",  # HEADER_FIELDS before the secret
            "bits_hex": secrets.token_bytes(nbits // 8).hex(), "simulated": bool(simulated),
            "randomness": SECRET_RANDOMNESS}
     data = json.dumps(rec).encode()
