@@ -12,6 +12,7 @@ import typer
 
 from labqfl import __version__
 from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED
+from labqfl.cli.helpfmt import install as _install_help_layout
 from labqfl.log import set_verbosity
 
 #: Modules under ``labqfl.cli`` that register commands, in help order.
@@ -29,6 +30,8 @@ COMMAND_MODULES: list[str] = [
     "calibrate",
     "node",
 ]
+
+_install_help_layout()  # every --help readable at 80 columns: no option name or help word cut with "…"
 
 app = typer.Typer(
     name="labqfl",

@@ -16,7 +16,7 @@ def test_root_help_shows_verbose_as_a_flag_without_a_value() -> None:
     r = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     [row] = [ln for ln in r.output.splitlines() if "--verbose" in ln]
-    assert re.search(r"--verbose\s+-v\s+More log output", row), row
+    assert re.search(r"--verbose,?\s+-v\s+More log output", row), row  # two-column help (helpfmt): "--verbose, -v"
     assert "INTEGER" not in r.output and "[default: 0]" not in r.output
     assert "-vv debug" in row
 
