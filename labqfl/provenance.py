@@ -389,6 +389,9 @@ SIMULATION_TRUST = ("Flower simulation: one command runs every client's update a
 #: the unsigned simulation's refs: the documented residual of docs/secure_aggregation.md §9
 SIMULATION_REFS_TAG_ONLY = ("; the masters' refs are checked by the refs tag alone, with no node signature "
                             "(docs/secure_aggregation.md §9)")
+#: the unsigned simulation's csprng keys: relayed by the server with no node signature (docs/secure_aggregation.md §9)
+SIMULATION_PK_UNSIGNED = ("; the clients' X25519 public keys are relayed unsigned, so the server could substitute "
+                          "them and unmask (docs/secure_aggregation.md §9)")
 
 
 #: ``labqfl run`` over nodes on one machine (review s34 FL note): separate processes, one OS user, one data folder
@@ -404,15 +407,16 @@ def run_engine_trust(nodes: bool) -> str:
 
 def engine_trust(engine: str, keys: str) -> str:
     """The last sentence of the security line of a ``labqfl train`` run on ``engine`` (``local`` or the
-    ``flower`` simulation) with ``keys`` (``qkd``: the refs need the tag; ``csprng``: no refs)."""
+    ``flower`` simulation) with ``keys`` (``qkd``: the refs need the tag; ``csprng``: the public keys go
+    unsigned, as the simulation's nodes have no certificates)."""
     if engine == "local":
         return LOCAL_ENGINE_TRUST
     if engine == "flower":
-        return SIMULATION_TRUST + (SIMULATION_REFS_TAG_ONLY if keys == "qkd" else "") + "."
+        return SIMULATION_TRUST + (SIMULATION_REFS_TAG_ONLY if keys == "qkd" else SIMULATION_PK_UNSIGNED) + "."
     raise ValueError(f"engine {engine!r}: expected local or flower")
 
 
-__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_REFS_TAG_ONLY",
+__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_PK_UNSIGNED", "SIMULATION_REFS_TAG_ONLY",
            "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",

@@ -196,8 +196,9 @@ def mask_security(keys: str, self_masks: bool = False) -> str:
         node = "masks with keys from its own key store and refuses another key mode"
     else:
         head = ("asked for csprng: computational: per-round X25519 key agreement (OS randomness) expanded with "
-                "AES-256-CTR into the masks, no QKD key; an honest-but-curious server is assumed (it relays the "
-                "public keys)")
+                "AES-256-CTR into the masks, no QKD key; each SuperNode signs its public key with its node "
+                "certificate and derives nothing from a partner's key not signed by that partner under the network "
+                "CA, so the server relays the keys but cannot substitute them")
         node = "refuses a key mode other than its own"
     return head + (SELF_MASK_SECURITY if self_masks else "") + ". " + NODE_RUN_TRUST.format(node)
 

@@ -15,6 +15,7 @@ from labqfl.cli.node_train import mask_security, training_summary
 from labqfl.provenance import (
     CSPRNG_MASKS,
     LOCAL_ENGINE_TRUST,
+    SIMULATION_PK_UNSIGNED,
     SIMULATION_REFS_TAG_ONLY,
     SIMULATION_TRUST,
     engine_trust,
@@ -39,7 +40,8 @@ def test_the_in_process_engine_says_one_process_holds_every_update_and_pad(self_
 
 def test_the_flower_simulation_says_one_operator_holds_every_pad_and_with_qkd_the_refs_tag_alone() -> None:
     sec = _summary_security("flower")
-    assert sec == f"{CSPRNG_MASKS}. {SIMULATION_TRUST}."  # csprng: no refs, so no refs-tag sentence
+    assert sec == f"{CSPRNG_MASKS}. {SIMULATION_TRUST}{SIMULATION_PK_UNSIGNED}."  # csprng: unsigned public keys
+    assert "X25519 public keys are relayed unsigned, so the server could substitute them" in sec
     assert "one command runs every client's update and pad" in sec and "protect nothing against its operator" in sec
     qkd = engine_trust("flower", "qkd")
     assert qkd == SIMULATION_TRUST + SIMULATION_REFS_TAG_ONLY + "."
@@ -59,7 +61,7 @@ def test_a_node_run_names_the_key_mode_asked_for_and_that_the_servers_messages_c
         assert "its own key store" in sec and "labqfl keys status --data-dir" in sec
         assert sec.endswith("each SuperNode masks with keys from its own key store and refuses another key mode.")
     else:
-        assert "no QKD key" in sec and "honest-but-curious server" in sec
+        assert "no QKD key" in sec and "the server relays the keys but cannot substitute them" in sec
         assert sec.endswith("each SuperNode refuses a key mode other than its own.")
     assert (SELF_MASK_SECURITY in sec) == self_masks
     assert sec.count(". ") <= 1 and sec.endswith(".")  # two sentences at most

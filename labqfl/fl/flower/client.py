@@ -15,7 +15,11 @@ the stage's fields):
     a separate 256-bit refs tag key, and answers the refs (``refs.<pair>``, ``reftag.<pair>``,
     ``void.<pair>``); for each pair it is the slave of (``slave_pairs``) it draws a fresh 128-bit
     nonce, keeps it in the node state (``labqfl.nonce``) and answers it (``nonce.<pair>``)
-    (``qkd``); or it answers a fresh X25519 public key (``csprng``);
+    (``qkd``); or it answers a fresh X25519 public key (``csprng``), with signing keys in the node
+    config (a deployment) also ``pksig``, its certificate key's signature over the key, the run and
+    the round, and ``pkcert``, its certificate; a node that derives words or pads from a partner's
+    relayed key (mask, reveal, unmask) first checks it (:func:`_peer_public_keys`: with signing keys
+    or a CA configured the partner's signature is required);
   * ``refs`` (``qkd`` only): a master answers, per pair asked, ``tag.<pair>``: the Wegman–Carter
     tag (:meth:`~labqfl.fl.flower.keys.NodeKeyStore.tag_refs`) of
     :func:`~labqfl.fl.flower.keys.refs_statement` over the run, round, pair, the slave's nonce and
@@ -403,6 +407,9 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
         priv, pub = new_ecdh_key()
         context.state[STATE_SECRET] = ConfigRecord({"round": r, "run": run_tag, "sk": priv})
         out["pk"] = pub
+        if (signer := _node_signer(context)) is not None:  # a deployment: its peers require the signature
+            out["pksig"] = signer.sign_pk(run=run_tag, round_index=r, name=name, public_key=pub)
+            out["pkcert"] = signer.cert_pem
     return _reply(msg, labqfl=out)
 
 
@@ -474,7 +481,7 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
             raise SecureAggregationError(f"round {r}: no {8 * REFS_NONCE_BYTES}-bit slave nonce for pair {p}")
     read += [x for p in want for x in (p, p + PAD, p + TAG) if x in kids and x not in read]
     out = ConfigRecord()
-    signer = _refs_signer(context)
+    signer = _node_signer(context)
     if signer is not None and want:
         out["refcert"] = signer.cert_pem  # the slave checks it chains to the network CA, CN = this node
     with NodeKeyStore(name, _keystore_dir(context, spec)) as ks:
@@ -500,9 +507,10 @@ def _refs_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     return _reply(msg, labqfl=out)
 
 
-def _refs_signer(context: Context) -> Any:
+def _node_signer(context: Context) -> Any:
     """This node's :class:`~labqfl.fl.flower.identity.ReplySigner` when it has signing keys
-    (node config ``labqfl-cert``/``labqfl-key``: a deployment), else None (a simulation)."""
+    (node config ``labqfl-cert``/``labqfl-key``: a deployment), else None (a simulation). It signs
+    the refs of the pairs this node masters (qkd) or its X25519 public key of the round (csprng)."""
     from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY, signer_from_files
 
     nc = context.node_config
@@ -511,11 +519,12 @@ def _refs_signer(context: Context) -> Any:
     return signer_from_files(str(nc[NODE_CERT]), str(nc.get(NODE_KEY, "")))
 
 
-def _refs_verifier(context: Context, name: str, r: int) -> Any:
-    """The check of masters' refs signatures this node must apply: a
-    :class:`~labqfl.fl.flower.identity.ReplyVerifier` of the network CA (node config ``labqfl-ca``)
-    when the node has signing keys or a CA configured (a deployment: the signature is then
-    required), None without either (a simulation: the Wegman–Carter tag alone)."""
+def _peer_verifier(context: Context, name: str, r: int) -> Any:
+    """The check of its peers' signatures this node must apply (masters' refs with qkd keys, peers'
+    X25519 public keys with csprng keys): a :class:`~labqfl.fl.flower.identity.ReplyVerifier` of the
+    network CA (node config ``labqfl-ca``) when the node has signing keys or a CA configured (a
+    deployment: the signature is then required), None without either (a simulation: qkd refs have
+    the Wegman–Carter tag alone, csprng keys nothing — the server could substitute them)."""
     from labqfl.fl.flower.identity import NODE_CA, NODE_CERT, verifier_from_file
 
     nc = context.node_config
@@ -523,7 +532,7 @@ def _refs_verifier(context: Context, name: str, r: int) -> Any:
         return None
     if not str(nc.get(NODE_CA, "")):
         raise SecureAggregationError(f"round {r}: {name} has a signing key ({NODE_CERT!r}) but no network CA "
-                                     f"(node config {NODE_CA!r}) to check its masters' refs signatures: it masks "
+                                     f"(node config {NODE_CA!r}) to check its peers' signatures (refs, X25519 keys): it masks "
                                      "nothing (start it with labqfl node supernode)")
     try:
         return verifier_from_file(str(nc[NODE_CA]))
@@ -539,7 +548,7 @@ def _check_refs_signature(context: Context, cfg: Any, name: str, r: int, pair: s
     the pair is reserved or read. A simulation without node keys has only the Wegman–Carter tag."""
     from labqfl.fl.flower.identity import ReplyRefused
 
-    verifier = _refs_verifier(context, name, r)
+    verifier = _peer_verifier(context, name, r)
     if verifier is None:
         return
     master = split_pair(pair)[0]
@@ -548,6 +557,37 @@ def _check_refs_signature(context: Context, cfg: Any, name: str, r: int, pair: s
     except ReplyRefused as exc:
         raise SecureAggregationError(f"round {r}: key references for pair {pair} not signed by its master {master}: "
                                      f"{exc}; {name} masks nothing with them") from None
+
+
+def _peer_public_keys(context: Context, cfg: Any, name: str, r: int, run_tag: str,
+                      peers: Any) -> dict[str, bytes]:
+    """csprng keys: the X25519 public key of each peer in ``peers`` as the server relayed it
+    (``pk.<peer>``), checked before anything is derived from it. Where the node has signing keys or
+    a CA configured (a deployment, :func:`_peer_verifier`) the key must come with the peer's
+    signature over it, this run and this round (``pksig.<peer>``) under a node certificate of the
+    network CA whose CN is the peer (``pkcert.<peer>``,
+    :meth:`~labqfl.fl.flower.identity.ReplyVerifier.verify_pk`): a key the server substituted (a man
+    in the middle), one signed by another node or CA, one replayed from another round or run, or one
+    with no signature is refused with one reason. A simulation without node keys takes the relayed
+    key as it comes (an honest-but-curious server; docs/secure_aggregation.md §9)."""
+    from labqfl.fl.flower.identity import X25519_PUBLIC_BYTES, ReplyRefused
+
+    verifier = _peer_verifier(context, name, r)
+    out: dict[str, bytes] = {}
+    for peer in sorted(set(peers)):
+        raw = cfg.get(f"pk.{peer}")
+        if not isinstance(raw, bytes) or len(raw) != X25519_PUBLIC_BYTES:
+            raise SecureAggregationError(f"round {r}: the message to {name} holds no {X25519_PUBLIC_BYTES}-byte "
+                                         f"X25519 public key of {peer} (pk.{peer}); it derives no mask")
+        if verifier is not None:
+            try:
+                verifier.verify_pk(cfg.get(f"pkcert.{peer}", ""), cfg.get(f"pksig.{peer}"), run=run_tag,
+                                   round_index=r, peer=peer, public_key=raw)
+            except ReplyRefused as exc:
+                raise SecureAggregationError(f"round {r}: the X25519 public key of {peer} relayed to {name} is not "
+                                             f"signed by {peer}: {exc}; {name} derives nothing from it") from None
+        out[peer] = raw
+    return out
 
 
 def _mask_once(context: Context, name: str, r: int, run_tag: str) -> None:
@@ -574,6 +614,9 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     if (spec.keys == "qkd" and res is None) or (spec.keys == "csprng" and STATE_SECRET not in st):
         raise SecureAggregationError(f"round {r}: mask stage at {name} without a keys stage")
     pairs, participants, t = _checked_mask_plan(cfg, spec, name, r)
+    # csprng: every partner's public key checked (deployment: its signature) before training or any mask
+    pks = _peer_public_keys(context, cfg, name, r, run_tag, (_peer(name, p) for p in pairs)) \
+        if spec.keys == "csprng" else {}
     _mask_once(context, name, r, run_tag)
     # 1. the training function returns the float update
     res_msg = call_next(msg, context)
@@ -593,10 +636,10 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
             for p in pairs:
                 a, b = split_pair(p)
                 peer = b if a == name else a
-                words[p] = ecdh_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, q, round_index=r, run_tag=run_tag)  # type: ignore[arg-type]
+                words[p] = ecdh_words(sk, pks[peer], p, n, q, round_index=r, run_tag=run_tag)
                 if spec.self_masks:
-                    pads[p] = ecdh_pad_words(sk, bytes(cfg[f"pk.{peer}"]), p, n, share_bits(q),  # type: ignore[arg-type]
-                                             0 if a == name else 1, round_index=r, run_tag=run_tag)
+                    pads[p] = ecdh_pad_words(sk, pks[peer], p, n, share_bits(q), 0 if a == name else 1,
+                                             round_index=r, run_tag=run_tag)
         if not words:  # never reached after _checked_mask_plan; the last line before an unmasked upload
             raise SecureAggregationError(f"round {r}: {name} holds no pair words to mask with; nothing uploaded")
         y = mask_update(name, v, words, q)
@@ -814,12 +857,10 @@ def _reveal_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r
                 out_rec[p] = Array(ks.take_words(kids[p], n, q))
         _finish_reservations(context, spec, name)
     else:
+        pks = _peer_public_keys(context, cfg, name, r, run_tag, (_peer(name, p) for p in want))
         sk = bytes(context.state.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
         for p in want:
-            a, b = split_pair(p)
-            peer = b if a == name else a
-            pk = bytes(cfg[f"pk.{peer}"])  # type: ignore[arg-type]
-            out_rec[p] = Array(ecdh_words(sk, pk, p, n, q, round_index=r, run_tag=run_tag))
+            out_rec[p] = Array(ecdh_words(sk, pks[_peer(name, p)], p, n, q, round_index=r, run_tag=run_tag))
         _clear_secret(context)
     return _reply(msg, revealed=out_rec)
 
@@ -915,6 +956,9 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
     res = _reservations(context) if spec.keys == "qkd" else None
     kids = res["kids"] if res is not None else {}
     by_peer = {_peer(name, p): p for p in kids if not p.endswith((PAD, TAG))} if spec.keys == "qkd" else {}
+    pks = _peer_public_keys(context, cfg, name, r, run_tag, [*(_peer(name, p) for p in want),
+                                                             *(o for o in owners if o != name)]) \
+        if spec.keys == "csprng" else {}
     ks = NodeKeyStore(name, _keystore_dir(context, spec)) if spec.keys == "qkd" else None
     try:
         for p in want:
@@ -925,8 +969,7 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
                 keys_out[p] = Array(ks.take_words(kids[p], n, q))  # consumed now: spent either way
             else:
                 sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
-                keys_out[p] = Array(ecdh_words(sk, bytes(cfg[f"pk.{_peer(name, p)}"]), p, n, q,  # type: ignore[arg-type]
-                                               round_index=r, run_tag=run_tag))
+                keys_out[p] = Array(ecdh_words(sk, pks[_peer(name, p)], p, n, q, round_index=r, run_tag=run_tag))
         for o in owners:
             if o == name:
                 if STATE_OWNSHARE not in st:
@@ -946,8 +989,8 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
             else:
                 sk = bytes(st.config_records[STATE_SECRET]["sk"])  # type: ignore[arg-type]
                 a, b = (o, name) if spec.index_of(o) < spec.index_of(name) else (name, o)
-                pad = ecdh_pad_words(sk, bytes(cfg[f"pk.{o}"]), f"{a}-{b}", n, w, 0 if a == o else 1,  # type: ignore[arg-type]
-                                     round_index=r, run_tag=run_tag)
+                pad = ecdh_pad_words(sk, pks[o], f"{a}-{b}", n, w, 0 if a == o else 1, round_index=r,
+                                     run_tag=run_tag)
             shares_out[o] = Array(encrypt_share(ct, pad))
             pad[:] = 0
     finally:

@@ -31,6 +31,15 @@ The slave checks it with :meth:`ReplyVerifier.verify_refs` against the network C
 config (:data:`NODE_CA`): chain, node certificate, CN = the pair's master, signature over the
 statement rebuilt with its own nonce.
 
+**X25519 key signatures** (csprng keys, docs/secure_aggregation.md §9): in the keys stage a node
+signs its fresh per-round X25519 public key with the same certificate key, over
+``"labqfl-fl-x25519-sig/1" ‖ run ID ‖ round ‖ its client name ‖ the 32-byte public key``
+(:func:`pk_signed_bytes`; a domain of its own again). The server relays signature and certificate
+with the key; a receiving node checks them with :meth:`ReplyVerifier.verify_pk` (chain to
+:data:`NODE_CA`, node certificate, CN = the peer the key is claimed for, signature over the key as
+received, this run and this round) before it derives anything from the key: a server that
+substitutes its own key (a man in the middle between two nodes) cannot sign it as that peer.
+
 Signature: ECDSA with SHA-256 for the EC keys that :func:`labqfl.net.make_node_certs` issues
 (P-256; FIPS 186-5, SEC 1 v2 §4.1, DER-encoded (r, s)); an Ed25519 key (RFC 8032) is accepted too.
 Chain check: ``cryptography``'s X.509 path validation (RFC 5280, client-certificate profile:
@@ -66,9 +75,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.net.pki import node_cert_problem
 
-__all__ = ["DOMAIN", "NODE_CA", "NODE_CERT", "NODE_KEY", "NONCE", "REFS_SIG_DOMAIN", "SIG", "ReplyRefused",
-           "ReplySigner", "ReplyVerifier", "content_digest", "refs_signed_bytes", "reply_statement",
-           "signer_from_files", "verifier_from_file"]
+__all__ = ["DOMAIN", "NODE_CA", "NODE_CERT", "NODE_KEY", "NONCE", "PK_SIG_DOMAIN", "REFS_SIG_DOMAIN", "SIG",
+           "ReplyRefused", "ReplySigner", "ReplyVerifier", "content_digest", "pk_signed_bytes", "refs_signed_bytes",
+           "reply_statement", "signer_from_files", "verifier_from_file"]
 
 #: RecordDict key of a reply's signature record (a ConfigRecord ``{cert: PEM str, sig: bytes}``)
 SIG = "labqfl.sig"
@@ -83,6 +92,10 @@ NONCE = "reply_nonce"
 DOMAIN = b"labqfl-fl-reply/1"
 #: domain separation of a master's signature over its refs statement (never a reply signature)
 REFS_SIG_DOMAIN = b"labqfl-fl-refs-sig/1"
+#: domain separation of a node's signature over its per-round X25519 public key (csprng keys)
+PK_SIG_DOMAIN = b"labqfl-fl-x25519-sig/1"
+#: bytes of a raw X25519 public key (RFC 7748 §5)
+X25519_PUBLIC_BYTES = 32
 
 
 class ReplyRefused(SecureAggregationError):
@@ -158,6 +171,16 @@ def refs_signed_bytes(statement: bytes) -> bytes:
     return _field(REFS_SIG_DOMAIN) + _field(bytes(statement))
 
 
+def pk_signed_bytes(*, run: str, round_index: int, name: str, public_key: bytes) -> bytes:
+    """What node ``name`` signs for its X25519 public key of run ``run``, round ``round_index``:
+    :data:`PK_SIG_DOMAIN` ‖ run ‖ round ‖ name ‖ the raw 32-byte key, each length-prefixed. Neither
+    a reply signature nor a refs signature (other domains) passes for it, nor it for them."""
+    if len(public_key) != X25519_PUBLIC_BYTES:
+        raise ValueError(f"an X25519 public key has {X25519_PUBLIC_BYTES} bytes, got {len(public_key)}")
+    parts = (PK_SIG_DOMAIN, run.encode(), str(int(round_index)).encode(), name.encode(), bytes(public_key))
+    return b"".join(_field(p) for p in parts)
+
+
 def _cn(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else ""
@@ -200,6 +223,10 @@ class ReplySigner:
     def sign_refs(self, statement: bytes) -> bytes:
         """This node's signature over a refs statement it is the master of (:func:`refs_signed_bytes`)."""
         return self.signature(refs_signed_bytes(statement))
+
+    def sign_pk(self, *, run: str, round_index: int, name: str, public_key: bytes) -> bytes:
+        """This node's signature over its X25519 public key of one run and round (:func:`pk_signed_bytes`)."""
+        return self.signature(pk_signed_bytes(run=run, round_index=round_index, name=name, public_key=public_key))
 
     def sign(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
         """Add :data:`SIG` to ``reply`` (a Flower ``Message``): this certificate and the signature
@@ -294,14 +321,37 @@ class ReplyVerifier:
         slave from the refs as received and *its own* nonce): the certificate chains to the network's
         CA, is a node certificate whose CN is ``master``, and the signature verifies over
         :func:`refs_signed_bytes`; :class:`ReplyRefused` with one reason otherwise."""
+        self._verify_detached(cert_pem, sig, refs_signed_bytes(statement), master, them="them",
+                              signed_by="they are signed", whose="the pair's master",
+                              covers="these refs, this round and this node's nonce (altered, forged or replayed)")
+
+    def verify_pk(self, cert_pem: Any, sig: Any, *, run: str, round_index: int, peer: str, public_key: bytes) -> None:
+        """Accept ``public_key`` as node ``peer``'s X25519 public key of run ``run``, round
+        ``round_index``: ``sig`` is its signature over :func:`pk_signed_bytes` of the key as received,
+        under a node certificate of the network's CA whose CN is ``peer``; :class:`ReplyRefused` with
+        one reason otherwise (a key the server substituted, a signature by another node or another
+        CA, or one replayed from another round or run)."""
+        try:
+            data = pk_signed_bytes(run=run, round_index=round_index, name=peer, public_key=bytes(public_key))
+        except ValueError as exc:
+            raise ReplyRefused(str(exc)) from None
+        self._verify_detached(cert_pem, sig, data, peer, them="it", signed_by="it is signed", whose="",
+                              covers=f"this key of {peer!r}, this run and round {int(round_index)} (substituted, "
+                                     "or replayed from another round or run)")
+
+    def _verify_detached(self, cert_pem: Any, sig: Any, data: bytes, owner: str, *, them: str, signed_by: str,
+                         whose: str, covers: str) -> None:
+        """The one check of a signature that travels apart from its signer's reply (refs, X25519
+        keys): present, a node certificate of the network's CA (:meth:`_certified_name`), CN =
+        ``owner``, signature over ``data``; the other arguments only word the reason."""
         if not cert_pem or not isinstance(sig, bytes) or not sig:
-            raise ReplyRefused("no signature or certificate came with them")
+            raise ReplyRefused(f"no signature or certificate came with {them}")
         cert, cn = self._certified_name(cert_pem)
-        if cn != master:
-            raise ReplyRefused(f"they are signed with the certificate of {cn!r}, not of the pair's master {master!r}")
-        if not _signature_ok(cert, sig, refs_signed_bytes(statement)):
-            raise ReplyRefused(f"the signature (certificate {cn!r}) does not cover these refs, this round and this "
-                               "node's nonce (altered, forged or replayed)")
+        if cn != owner:
+            raise ReplyRefused(f"{signed_by} with the certificate of {cn!r}, not of {whose + ' ' if whose else ''}"
+                               f"{owner!r}")
+        if not _signature_ok(cert, sig, data):
+            raise ReplyRefused(f"the signature (certificate {cn!r}) does not cover {covers}")
 
 
 def _signature_ok(cert: x509.Certificate, sig: bytes, data: bytes) -> bool:

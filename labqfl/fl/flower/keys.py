@@ -16,9 +16,12 @@ objects do not apply. Each node derives the words of its pairs itself:
   AES-256-CTR keystream as big-endian q-bit words (the same bits → words convention as
   ``words_from_bits``). This is the key agreement that ``docs/secure_aggregation.md`` §4 says a
   deployed csprng run needs; masks are computationally secure only. The server relays the
-  public keys: like Flower's SecAgg+, the scheme assumes an honest-but-curious server (an
-  active server could substitute public keys; QKD refs have no such weakness since the bits
-  never travel).
+  public keys; an active server could substitute them (a man in the middle). Where the nodes have
+  signing keys (a deployment) each node signs its key, run and round with its node certificate and
+  every partner requires that signature before deriving anything
+  (:meth:`labqfl.fl.flower.identity.ReplyVerifier.verify_pk`, ``tests/fl/flower/test_pk_signed.py``);
+  a simulation without node certificates relays them unsigned and, like Flower's SecAgg+ without
+  its PKI, assumes an honest-but-curious server there.
 
 **Authenticated refs** (``qkd``): the slave cannot tell the master's refs from the server's, so
 every pair and round the master also reserves :data:`REFS_TAG_BITS` bits (a separate reservation)

@@ -4,7 +4,9 @@ Per round r (see :mod:`labqfl.fl.flower.client` for the client side):
 
 1. ``keys`` — every participant answers refs for the pairs it masters, with a separate 256-bit
    refs tag key per pair, and a fresh 128-bit nonce per pair it is the slave of (qkd), or an
-   X25519 public key (csprng). A client that does not answer is dropped *before masking* (the
+   X25519 public key (csprng; in a deployment with its node certificate key's signature over the
+   key, run and round, and its certificate, which the server relays with the key to every partner
+   and each partner requires: docs/secure_aggregation.md §9). A client that does not answer is dropped *before masking* (the
    pairs with it are left out of the round; key bits its partners reserved for them go back).
 2. ``refs`` (qkd only) — each master is sent the nonces of its participating slaves and answers
    per pair a Wegman–Carter tag of its refs and that nonce (:func:`~labqfl.fl.flower.keys.refs_statement`);
@@ -496,7 +498,7 @@ class LabqflServer:
                     if cfg.self_masks:
                         d[f"refpad.{p}"] = info[a][f"refpad.{p}"]
             else:
-                d[f"pk.{peer}"] = info[peer]["pk"]
+                d.update(_pk_fields(info, peer))
         return d
 
     def _mask_stage(self, grid: Any, r: int, n: int, params: np.ndarray, nodes: dict[str, int], pairs: list[str],
@@ -599,7 +601,7 @@ class LabqflServer:
                 a, bb = split_pair(p)
                 peer = bb if a == c else a
                 if self.spec.keys == "csprng":
-                    d[f"pk.{peer}"] = info[peer]["pk"]
+                    d.update(_pk_fields(info, peer))
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
         ok3, fail3 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters)
         timing["reveal"] = time.perf_counter() - t0
@@ -711,7 +713,7 @@ class LabqflServer:
             if spec.keys == "csprng":
                 for peer in {*(split_pair(p)[1] if split_pair(p)[0] == c else split_pair(p)[0] for p in mine),
                              *(o for o in owners if o != c)}:
-                    d[f"pk.{peer}"] = info[peer]["pk"]
+                    d.update(_pk_fields(info, peer))
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d), "cts": rec}, r)
         ok3, fail3 = self._exchange(grid, msgs, spec.stage_timeout_s, counters)
         timing["unmask"] = time.perf_counter() - t0
@@ -776,6 +778,16 @@ class LabqflServer:
         if self.dp is not None:
             result.privacy = self.dp.privacy()
         return result
+
+
+def _pk_fields(info: dict[str, Any], peer: str) -> dict[str, Any]:
+    """csprng: the fields that carry ``peer``'s X25519 public key of the round to a partner: the key
+    (``pk.<peer>``) and, in a deployment, the peer's signature over it and its certificate
+    (``pksig.<peer>``, ``pkcert.<peer>``), which the partner requires before deriving anything."""
+    out = {f"pk.{peer}": info[peer]["pk"]}
+    if "pksig" in info[peer]:
+        out.update({f"pksig.{peer}": info[peer]["pksig"], f"pkcert.{peer}": str(info[peer].get("pkcert", ""))})
+    return out
 
 
 def flower_summary(rounds: Iterable[FlowerRound]) -> list[dict[str, Any]]:

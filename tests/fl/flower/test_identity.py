@@ -24,6 +24,7 @@ from flwr.clientapp import ClientApp
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.flower.client import CFG, labqfl_identity_mod, labqfl_secagg_mod, node_name
 from labqfl.fl.flower.identity import (
+    NODE_CA,
     NODE_CERT,
     NODE_KEY,
     NONCE,
@@ -53,7 +54,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _node_config(folder: Path, cert_of: str) -> dict[str, str]:
-    return {NODE_CERT: str(folder / f"node-{cert_of}.pem"), NODE_KEY: str(folder / f"node-{cert_of}.key")}
+    """A deployed node's signing keys and (since csprng keys are signed too) the network CA its peers' keys chain to."""
+    return {NODE_CERT: str(folder / f"node-{cert_of}.pem"), NODE_KEY: str(folder / f"node-{cert_of}.key"),
+            NODE_CA: str(folder / "ca.pem")}
 
 
 def _request(stage: str = "mask", r: int = 1, run: str = "run-a", nonce: str = "n" * 32) -> Message:
