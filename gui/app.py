@@ -248,8 +248,23 @@ def _run_nodes(app: Any, win: Any, config_path: Path | None, nodes: str, address
     panel.acquire()
     if not _pump(app, NODES_TIMEOUT_S, lambda: panel.results is not None or bool(panel.errors)) or panel.errors:
         raise RuntimeError(f"Nodes panel: {panel.errors[-1] if panel.errors else 'no result in time'}")
-    return {"nodes": panel.node_rows(), "pairs": {p: o.as_dict() for p, o in panel.results.pairs.items()},
-            "acquisition": panel.results.acquisition, "duration_s": panel.results.duration_s}
+    return _nodes_json(panel)
+
+
+#: a pair's fields in the report (:class:`~labqfl.app.nodes.PairOutcome`) under the names ``labqfl node up --json``
+#: and metrics.json give the same quantities (docs/gui.md, "Screenshots"); the other fields keep their names
+PAIR_JSON_NAMES = {"qber": "error_rate_X_key", "key_rate_bps": "secure_key_rate_bps"}
+
+
+def _nodes_json(panel: Any) -> dict[str, Any]:
+    """The report's ``nodes``: the node table as a node's own ``address.json`` names it (``node``, ``role``,
+    ``address``) with its ``state`` and ``detail``, per node; each pair's outcome (:data:`PAIR_JSON_NAMES`); the
+    acquisition. Stable snake_case keys, not the table's column titles."""
+    res = panel.results
+    return {"nodes": {s.name: {"node": s.name, "role": s.role, "address": s.address, "state": s.state,
+                               "detail": s.detail} for s in panel.node_statuses},
+            "pairs": {p: {PAIR_JSON_NAMES.get(k, k): v for k, v in o.as_dict().items()} for p, o in res.pairs.items()},
+            "acquisition": res.acquisition, "duration_s": res.duration_s}
 
 
 def _connect(app: Any, ctl: Any, errors: list[tuple[str, str]]) -> None:

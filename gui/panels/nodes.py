@@ -282,6 +282,8 @@ class NodesPanel(QWidget):
         self.runner = runner or NodesRunner()
         self.station_file: Path | None = None
         self.results: NodeAcquisition | None = None
+        #: the nodes the node table shows (``labqfl gui --screenshot --json`` reports them, :func:`labqfl.gui.app._nodes_json`)
+        self.node_statuses: list[NodeStatus] = []
         self.errors: list[str] = []
         self.shut_down = False
         self._busy = ""
@@ -584,6 +586,7 @@ class NodesPanel(QWidget):
 
     # -- tables ------------------------------------------------------------------------------------
     def _show_nodes(self, nodes: list[NodeStatus]) -> None:
+        self.node_statuses = list(nodes)
         t = self.node_table
         t.setRowCount(len(nodes))
         colours = {"answering": OK_COLOUR, "not answering": ERR_COLOUR, "stopped": MUTED, "left running": MUTED}
