@@ -155,20 +155,22 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
 
 @keys_app.command("certs")
 @handle_errors
-def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for ca.pem, kme-*.pem/.key, sae-*.pem/.key."),
+def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for ca.pem/ca.key, kme-NAME.pem/.key, sae-NAME.pem/.key."),
           kme: list[str] = typer.Option(None, "--kme", help="KME server certificate name(s) (default: kme)."),
           sae: list[str] = typer.Option(None, "--sae", help="SAE client certificate name(s) = SAE IDs "
                                         "(default: the station's clients, C1..CK)."),
           host: list[str] = typer.Option(None, "--host", help="Host names/IPs in the KME certificate "
                                          "(default: localhost, 127.0.0.1, ::1)."),
           days: int = typer.Option(825, "--days", min=1, max=36500, help="Validity [days], 1 to 36500."),
-          force: bool = typer.Option(False, "--force", help="Overwrite existing files and make a new CA."),
+          force: bool = typer.Option(False, "--force", help="Overwrite existing files and make a new CA (also "
+                                     "where the folder's CA can issue no more: ca.key or ca.pem gone)."),
           config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Make a development CA plus KME (server) and SAE (client) certificates for local use."""
     from labqfl.config import load_station_config
     from labqfl.keystore.certs import (
         DEFAULT_HOSTS,
         ca_key_warning,
+        issued_certs,
         kme_uri,
         make_dev_certs,
         spki_pin,
@@ -176,13 +178,18 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
 
     saes = sae or [c.name for c in load_station_config(config).clients]
     kmes = kme or ["kme"]
+    before = issued_certs(out_dir) if force and out_dir.is_dir() else []
     files = make_dev_certs(out_dir, kmes=kmes, saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days, force=force)
     # what an SAE checks to know it talks to this KME, not to another server of the same CA (docs/keystore.md)
     ids = {n: {"identity": kme_uri(n), "pin": spki_pin(files[f"kme-{n}"])} for n in kmes}
     # the CA key left in the folder: the warning node certs gives too (review s34 L10), in the JSON and on stderr
     warnings = [ca_key_warning(files["ca.key"], "every KME and SAE that trusts this ca.pem", "KME/SAE",
-                               "shred it; a later `labqfl keys certs` into this folder then makes a new CA, whose ca.pem "
-                               "replaces this one")]
+                               "shred it; a later `labqfl keys certs` into this folder then refuses, unless given "
+                               "--force: that makes a new CA, whose ca.pem replaces this one")]
+    stale = [n for n in before if n not in {p.name for p in files.values()}]
+    if stale:  # --force made a new CA: what the old one issued stays in the folder, trusted by no ca.pem here
+        warnings.append(f"--force made a new CA in {out_dir}: {', '.join(stale)} there were issued by the old CA, "
+                        "which the new ca.pem does not trust; re-issue them (--kme/--sae) or remove them")
     data = {"dir": str(out_dir), "files": {k: str(v) for k, v in files.items()}, "kmes": ids, "warnings": warnings}
 
     def render(con: Any) -> None:

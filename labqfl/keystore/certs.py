@@ -138,6 +138,41 @@ def _load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] |
     return cert, key
 
 
+#: the certificates a CA's folder may hold besides ca.pem (keys certs: kme-, sae-; node certs: node-)
+ISSUED_PATTERNS = ("kme-*.pem", "sae-*.pem", "node-*.pem")
+
+
+def issued_certs(out: Path) -> list[str]:
+    """Names of the certificate files of ``out`` other than the CA's own (:data:`ISSUED_PATTERNS`)."""
+    return sorted(p.name for pat in ISSUED_PATTERNS for p in Path(out).glob(pat))
+
+
+def _existing_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None:
+    """The CA of ``out`` that issues the new certificates; None for a folder with no CA and no certificate (a new CA
+    is made). :class:`ConfigError`, one line, for a folder whose CA cannot issue (``ca.key`` or ``ca.pem`` gone,
+    or not a pair) or that holds certificates without a CA: a new CA there would leave the lab with two CAs,
+    whose certificates each other's holders refuse; ``--force`` makes one deliberately."""
+    pem, key = out / "ca.pem", out / "ca.key"
+    issued = issued_certs(out)
+    if pem.exists() and key.exists():
+        ca = _load_ca(out)
+        if ca is not None and ca[1].public_key() == ca[0].public_key():
+            return ca
+        problem = f"{key} is not the private key of {pem}"
+    elif not pem.exists() and not key.exists():
+        if not issued:
+            return None
+        problem = "ca.pem and ca.key are missing"
+    else:
+        problem = (f"{pem.name if pem.exists() else key.name} is there but {key.name if pem.exists() else pem.name} "
+                   "is missing (destroyed, or kept elsewhere)")
+    held = f"; it holds {', '.join(issued[:4])}{', …' if len(issued) > 4 else ''}" if issued else ""
+    raise ConfigError(f"{out}: {problem}{held}: its CA can issue no more certificates, and a new CA here would not "
+                      "be trusted by whoever trusts the old ca.pem; put the CA's files back, issue into another "
+                      "folder, or pass --force to make a new CA here (every KME and SAE then needs the new ca.pem "
+                      "and a certificate it issued)")
+
+
 def _make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -197,7 +232,10 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
     """Write a development CA plus KME and SAE certificates into ``out_dir``.
 
     An existing CA (``ca.pem`` + ``ca.key``) is reused so certificates can be added later;
-    existing KME/SAE files are never overwritten unless ``force`` (which also makes a new CA).
+    existing KME/SAE files are never overwritten unless ``force`` (which also makes a new CA). A folder
+    whose CA cannot issue (one of its two files gone, or not a pair) or that holds certificates without
+    a CA is refused in one line unless ``force`` (:func:`_existing_ca`): a new CA there would be a second
+    CA for the same lab.
     Returns ``{"ca": path, "kme-<name>": cert, "kme-<name>.key": key, "sae-<name>": ..., ...}``.
     """
     out = Path(out_dir)
@@ -218,7 +256,7 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
         clash = [f"{s}{ext}" for s in stems for ext in (".pem", ".key") if (out / f"{s}{ext}").exists()]
         if clash:
             raise ConfigError(f"{out} already has {clash[:4]}; use --force to overwrite (this also makes a new CA)")
-    ca = None if force else _load_ca(out)
+    ca = None if force else _existing_ca(out)
     if ca is None:
         ca = _make_ca(out, days)
     files: dict[str, Path] = {"ca": out / "ca.pem", "ca.key": out / "ca.key"}
