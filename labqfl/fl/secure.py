@@ -79,9 +79,9 @@ class SecAggConfig:
     graph: "all" (every pair, as in the paper) or "ring-k" (Harary graph, k neighbours, k even).
     k: neighbours per client for "ring-k".
     value_bits: explicit bits per value b; ``None`` → b = q − ⌈log2 N⌉ (the largest safe b).
-    min_survivors: a round with fewer surviving clients is aborted (an "aggregate" of one
-        client would be that client's update); with ``dp`` also one with fewer than the plan's H
-        honest clients (:attr:`survivors_needed`).
+    min_survivors: a round with fewer participating or surviving clients is aborted (an
+        "aggregate" of one client would be that client's update); with ``dp`` and H > 1 honest
+        clients assumed, one without all of the plan's N clients (:attr:`survivors_needed`).
     self_masks: add a Shamir-shared self-mask per client (:mod:`labqfl.fl.selfmask`), so that a
         dropped client's late upload stays hidden after its partners reveal their keys.
     threshold: Shamir threshold t for the self-mask shares (``None``: a majority of the smallest
@@ -122,18 +122,29 @@ class SecAggConfig:
 
     @property
     def survivors_needed(self) -> int:
-        """Fewest clients whose uploads must reach a round's sum: ``min_survivors``, and with DP at
-        least the H honest clients the noise is sized for (fewer survivors carry less noise than
-        the plan's σ assumes, so the reported ε would understate the release)."""
-        return max(self.min_survivors, self.dp.honest if self.dp is not None else 0)
+        """Fewest clients that must take part in a round (before masking) and whose uploads must reach
+        its sum (after): ``min_survivors``; with DP and H > 1 honest clients assumed, every one of the
+        plan's N clients (review s35 F1). σ is sized so that H honest clients' noise alone gives the
+        guarantee, and the N − H colluders know their own noise; any client missing from the sum may be
+        an honest one, leaving H − d honest noises with d missing, so the reported ε would understate
+        the release. With H = 1 a missing client is fine: if the lone honest client is missing, nothing
+        of its own is in the sum to protect."""
+        if self.dp is not None and self.dp.honest > 1:
+            return max(self.min_survivors, self.dp.n_clients)
+        return self.min_survivors
 
     def too_few_survivors(self, n: int) -> str | None:
-        """Why ``n`` surviving clients cannot make a round (``None`` if they can)."""
+        """Why ``n`` clients (taking part, or surviving masking) cannot make a round (``None`` if they can)."""
         if n >= self.survivors_needed:
             return None
-        if self.dp is not None and n < self.dp.honest:
-            return (f"at least {self.survivors_needed} needed (the DP noise is sized for "
-                    f"H = {self.dp.honest} honest clients' noise in the sum)")
+        if self.dp is not None and self.dp.honest > 1:
+            h, n_plan = self.dp.honest, self.dp.n_clients
+            return (f"all {n_plan} clients of the DP plan needed: its noise is sized for H = {h} honest clients' "
+                    f"noise in the sum, and a missing client may be one of them (then only H − {n_plan - n} "
+                    f"honest clients' noise is in it and the reported ε understates the release). With "
+                    f"--dp-honest > 1 a DP round cannot lose a client; use --dp-honest 1 (each client's own "
+                    f"noise, dropouts allowed) or a federation without dropouts; --self-masks does not help "
+                    f"(it hides a late upload, it does not bring back the lost noise)")
         return f"at least {self.survivors_needed} needed"
 
     def share_threshold(self, clients: list[str]) -> int:
@@ -288,7 +299,7 @@ def secure_round(
     from ``key_source``. Every pair of the mask graph consumes q·n_params key bits.
 
     Raises :class:`BitBudgetError` (sum could wrap), :class:`SecureAggregationError` (fewer than
-    ``cfg.survivors_needed`` survivors — with DP at least its H honest clients — or survivors
+    ``cfg.survivors_needed`` clients or survivors — with DP and H > 1 all of the plan's N — or survivors
     split into several groups by the dropouts — unmasking would then reveal partial sums),
     ``KeyStarvationError`` (a pair lacks key).
 
@@ -301,7 +312,7 @@ def secure_round(
     never reconstructed, so its late upload stays a one-time pad (``debug=True`` records it in
     ``server_view["late_uploads"]``).
     """
-    shape = _check_round_inputs(updates, weights, cfg, dropped)
+    shape = _check_round_inputs(updates, weights, cfg, dropped, round_index)
     clients = shape.clients
     pairs = cfg.pairs(clients)
     drop = set(dropped)
@@ -354,8 +365,9 @@ class _RoundShape:
 
 
 def _check_round_inputs(updates: Mapping[str, np.ndarray], weights: Mapping[str, float], cfg: SecAggConfig,
-                        dropped: Collection[str]) -> _RoundShape:
-    """Check the clients, weights, dropouts, bit budget and update shapes of one round."""
+                        dropped: Collection[str], round_index: int) -> _RoundShape:
+    """Check the clients (enough of them, :meth:`SecAggConfig.too_few_survivors`), weights, dropouts,
+    bit budget and update shapes of one round, before anything is masked or any key spent."""
     if not updates:
         raise SecureAggregationError("secure_round needs at least one client update")
     clients = order_clients(updates.keys())
@@ -366,6 +378,9 @@ def _check_round_inputs(updates: Mapping[str, np.ndarray], weights: Mapping[str,
     if unknown:
         raise SecureAggregationError(f"dropped client(s) {unknown} are not among the clients {clients}")
     n_clients = len(clients)
+    if (short := cfg.too_few_survivors(n_clients)) is not None:
+        raise SecureAggregationError(f"round {round_index} aborted before masking: {n_clients} client(s) take "
+                                     f"part, {short}")
     b = cfg.check_bit_budget(n_clients) if cfg.dp is None else 0
     if cfg.dp is not None and n_clients > cfg.dp.n_clients:
         raise BitBudgetError(f"the DP plan's bit budget was sized for {cfg.dp.n_clients} clients, got {n_clients}")

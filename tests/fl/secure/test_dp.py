@@ -94,16 +94,19 @@ def test_dp_round_is_exact_through_masks_self_masks_and_a_dropout() -> None:
 
 
 def test_a_dp_round_with_fewer_survivors_than_the_honest_clients_assumed_is_aborted() -> None:
-    """σ is sized so that H clients' noise is in the sum: with fewer survivors the release would carry
-    less noise than the reported ε assumes (N = 4, H = 3: one dropout is fine, two abort the round)."""
+    """σ is sized so that H clients' noise is in the sum: with a client missing the release could carry
+    less honest noise than the reported ε assumes (N = 4, H = 3: since review s35 F1 one dropout aborts
+    the round too, as any missing client may be an honest one; tests/fl/secure/test_dp_honest_dropouts.py)."""
     n, clients = 32, [f"C{i}" for i in range(1, 5)]
     ups = {c: np.full(n, 0.01 * i) for i, c in enumerate(clients)}
     plan = plan_dp(DPConfig(epsilon=8.0, honest=3), n_params=n, n_clients=4, q=32, rounds=5)
     cfg = SecAggConfig(q=32, dp=plan)
-    assert cfg.survivors_needed == 3 and SecAggConfig(q=32).survivors_needed == 2
+    assert cfg.survivors_needed == 4 and SecAggConfig(q=32).survivors_needed == 2
     kwargs = {"cfg": cfg, "key_source": CsprngKeySource(), "round_index": 1}
-    r = secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0), dropped=["C4"])
-    assert r.survivors == ("C1", "C2", "C3")
-    with pytest.raises(SecureAggregationError, match=r"round 1 aborted: 2 survivor\(s\) after dropouts \['C3', 'C4'\], "
-                                                     r"at least 3 needed \(the DP noise is sized for H = 3"):
-        secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0), dropped=["C3", "C4"])
+    r = secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0))
+    assert r.survivors == tuple(clients)
+    for drop in (["C4"], ["C3", "C4"]):
+        with pytest.raises(SecureAggregationError, match=rf"round 1 aborted: {4 - len(drop)} survivor\(s\) after "
+                                                         r"dropouts \[.*\], all 4 clients of the DP plan needed: its "
+                                                         r"noise is sized for H = 3"):
+            secure_round(ups, dict.fromkeys(clients, 1.0), **kwargs, rng=np.random.default_rng(0), dropped=drop)
