@@ -182,7 +182,11 @@ def evaluate(model: FLModel, params: np.ndarray, x: np.ndarray, y: np.ndarray, b
 # --------------------------------------------------------------------------------------------
 @dataclass
 class RoundMetrics:
-    """One round's results. Bits are per round; key bits are those consumed by the mask graph."""
+    """One round's results. Bits are per round; key bits are those consumed by the mask graph.
+
+    ``train_loss`` (the clients' sample-weighted last-epoch training loss) and ``clipped_values`` are
+    statistics of private data outside the DP accountant: under DP they are NaN and 0 (not published).
+    """
 
     round: int
     test_accuracy: float
@@ -248,6 +252,18 @@ class FederatedResult:
 ProgressFn = Callable[[RoundMetrics], None]
 
 
+def _published_client_stats(dp_plan: Any, train_losses: Mapping[str, float], weights: Mapping[str, float],
+                            res: Any) -> tuple[float, int]:
+    """The round's training loss (sample-weighted mean of the clients' last-epoch losses) and clipped-value
+    count as published in the metrics. Under DP neither is: both are statistics of the clients' private
+    data outside the accountant, so the round's loss is NaN and its clipped count 0, as on the Flower
+    engine (review s35 F2; docs/metrics.md)."""
+    if dp_plan is not None:
+        return float("nan"), 0
+    tl = float(np.average([train_losses[c] for c in weights], weights=list(weights.values())))
+    return tl, int(getattr(res, "clipped_values", 0))
+
+
 def run_federated(model: FLModel, data: Any, *, rounds: int, local: LocalTrainConfig, secagg: Any,
                   key_source: Any, seed: int = 0, progress: ProgressFn | None = None,
                   secure_round_fn: Callable[..., Any] | None = None,
@@ -292,10 +308,10 @@ def run_federated(model: FLModel, data: Any, *, rounds: int, local: LocalTrainCo
         per_pair = res.key_bits_per_pair
         pair_bits = max(per_pair.values()) if isinstance(per_pair, Mapping) and per_pair else int(per_pair or 0)
         n_pairs = len(per_pair) if isinstance(per_pair, Mapping) else 0
-        tl = float(np.average(list(train_losses.values()), weights=list(weights.values())))
+        tl, n_clipped = _published_client_stats(dp_plan, train_losses, weights, res)
         m = RoundMetrics(r, acc, loss, tl, pair_bits, int(res.key_bits_total), n_pairs,
                          int(res.upload_bits_per_client), int(res.baseline_upload_bits_per_client),
-                         int(getattr(res, "clipped_values", 0)), time.perf_counter() - t0)
+                         n_clipped, time.perf_counter() - t0)
         if dp_plan is not None:
             from labqfl.fl.dp import accounted_epsilon
 
