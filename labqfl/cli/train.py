@@ -192,6 +192,13 @@ def print_security(con: Any, statement: str | None, indent: str = "") -> None:
     con.print(f"{indent}security: {statement or 'not stated (an older run)'}", markup=False, soft_wrap=True)
 
 
+def saving_text(saving: float) -> str:
+    """The upload's change against float32 as printed: "−75 %" (smaller), "+33 %" (larger: DP pads to d'),
+    "±0 %" (review s35 F5: a negative saving printed as "−-33 %")."""
+    pct = round(100 * saving)
+    return f"−{pct} %" if pct > 0 else f"+{-pct} %" if pct < 0 else "±0 %"
+
+
 def render_training(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
     con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
@@ -199,7 +206,7 @@ def render_training(con: Any, summary: dict[str, Any]) -> None:
     con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
               f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
               f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
-              f"−{100 * summary['communication_saving']:.0f} %)")
+              f"{saving_text(summary['communication_saving'])})")
     kc = summary["key_cost_per_round"]
     con.print(f"key per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
               + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if summary["self_masks"]["enabled"] else "")

@@ -193,6 +193,13 @@ class SecAggConfig:
                 "dp": self.dp.as_dict() if self.dp is not None else None}
 
 
+def communication_saving(upload_bits: int, baseline_bits: int) -> float:
+    """1 − upload/baseline: the share of the float32 upload a client saves (1 − q/32 without DP; with DP
+    the upload is q·d' words against 32·n_params, so the saving is negative when q = 32 or d' > n·32/q).
+    The one definition of the round's, the run summary's and the CLI's figure (review s35 F5)."""
+    return 1.0 - upload_bits / baseline_bits if baseline_bits else 0.0
+
+
 @dataclass
 class RoundResult:
     """Outcome and accounting of one secure-aggregation round (no key material inside).
@@ -200,7 +207,9 @@ class RoundResult:
     aggregate: float64, the updates' shape — weighted average of the surviving clients' clipped
         and quantised updates (effective weights M_i/ΣM, see :mod:`labqfl.fl.quantize`).
     key_bits_per_pair: key bits consumed by each pair of the mask graph this round (q·n_params).
-    upload_bits_per_client: q·n_params; baseline_upload_bits_per_client: 32·n_params (float32).
+    upload_bits_per_client: q·n_params (DP: q·d'); baseline_upload_bits_per_client: 32·n_params
+    (float32); communication_saving: :func:`communication_saving` of the two (negative when DP's
+    padding to d' makes the upload larger than float32).
     plain_quantized_sum: the unmasked integer sum — only with ``debug=True`` (tests), else None.
     """
 
@@ -581,7 +590,7 @@ def _round_result(agg: np.ndarray, shape: _RoundShape, cfg: SecAggConfig, key_so
         key_bits_total=sum(key_bits_per_pair.values()),
         upload_bits_per_client=q * n_words,
         baseline_upload_bits_per_client=32 * n_params,
-        communication_saving=1.0 - q / 32.0,
+        communication_saving=communication_saving(q * n_words, 32 * n_params),
         key_source=str(key_source.name),
         dropped=tuple(c for c in shape.clients if c in drop),
         survivors=tuple(survivors),

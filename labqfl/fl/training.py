@@ -224,6 +224,8 @@ class FederatedResult:
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready metrics (no parameters, no key material)."""
+        from labqfl.fl.secure import communication_saving
+
         r = self.rounds
         return {
             "task": self.task,
@@ -243,7 +245,8 @@ class FederatedResult:
             "pairs": r[-1].pairs if r else 0,
             "upload_bits_per_client_per_round": r[-1].upload_bits_per_client if r else 0,
             "baseline_upload_bits_per_client_per_round": r[-1].baseline_upload_bits_per_client if r else 0,
-            "communication_saving": (1 - r[-1].upload_bits_per_client / r[-1].baseline_upload_bits_per_client) if r else 0.0,
+            "communication_saving": (communication_saving(r[-1].upload_bits_per_client,
+                                                          r[-1].baseline_upload_bits_per_client) if r else 0.0),
             "rounds": [asdict(x) for x in r],
             "privacy": self.privacy,
         }
