@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.errors import ConfigError, KeyStarvationError, SecureAggregationError
+from labqfl.log import get_logger
+
+log = get_logger(__name__)
 
 #: statement added to a run's security line when self-masks are on; the share transport is only as secret as the
 #: pair keys its pads come from (the statement before it says what those rest on; review s33 L2)
@@ -179,6 +182,8 @@ class TrainingSetup:
                 raise ConfigError(f"--threshold: {exc}") from None
         self.key_source: Any = None
         self.data: Any = None
+        #: the quantisation plan of the loaded data (:meth:`SecAggConfig.quantization`; None with DP)
+        self.quantization: dict[str, Any] | None = None
 
     @classmethod
     def prepare(cls, settings: TrainingSettings) -> TrainingSetup:
@@ -305,7 +310,16 @@ class TrainingSetup:
         # (FlowerSpec.client_names): the masks are keyed on these names, so every update must carry one
         parts = list(data.clients.values())
         self.data = dataclasses.replace(data, clients=dict(zip(self.names, parts, strict=True)))
+        self._plan_quantization()
         return self.data
+
+    def _plan_quantization(self) -> None:
+        """Each client's quantisation levels from its sample count (:meth:`SecAggConfig.quantization`, in the
+        summary as ``quantization``); warn, before any round, about clients that get none (review s35 F4)."""
+        weights = {c: float(len(y)) for c, (_, y) in self.data.clients.items()}
+        self.quantization = self.secagg.quantization(weights)
+        if (problem := self.secagg.zero_levels_problem(self.quantization)) is not None:
+            log.warning("%s.", problem)
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self, *, progress: Any = None, **kw: Any) -> Any:
@@ -364,6 +378,7 @@ class TrainingSetup:
                    if self.noise_model is not None else None),
             key_provenance=mask_key_provenance(self.key_source),
             security=self.security(),
+            quantization=self.quantization,
         )
         return out
 

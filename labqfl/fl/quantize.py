@@ -19,13 +19,31 @@ public metadata the FedAvg server knows anyway) sets the size of its integer ran
 Because v_i ∈ [0, M_i], the modular sum S = Σ v_i never wraps, whatever the inputs (a hard bound,
 not a probabilistic one). The server decodes
 
-    Σ_i (M_i / Σ_j M_j) · x̂_i  =  2c · S / Σ_j M_j  −  c,
+    2c · S / Σ_j M_j  −  c  =  Σ_i (M_i / Σ_j M_j) · x_i  +  (2c / Σ_j M_j) · Σ_i e_i,
 
-i.e. the weighted average of the dequantised updates with *effective* weights M_i / ΣM, which
-differ from w_i / Σw by at most 1/(N·L) each. With dropouts the sums run over the survivors
-(renormalised weighted average of the survivors). The server learns S — the weighted sum — and
-nothing about an individual v_i beyond what the sum reveals. The per-value resolution is 2c/M_i,
-the error of the decoded average is at most c/L (nearest) per coordinate.
+the weighted average of the clipped updates x_i with *effective* weights M_i / ΣM, plus the
+rounding errors e_i = v_i − M_i·(x_i + c)/(2c) of the clients (in levels). With dropouts the sums
+run over the N_s survivors s (renormalised weighted average of the survivors). The server learns
+S — the weighted sum — and nothing about an individual v_i beyond what the sum reveals.
+
+**Error bounds** (review s35 F3/F4; elementary, from the two displays above). Write p_i = w_i/Σw,
+M_i = N·L·p_i − f_i with 0 ≤ f_i < 1 (the floor), and ΣM_s, N_s over the clients summed.
+
+* Quantisation: nearest rounding has |e_i| ≤ ½, so the decoded average is within
+  **N_s·c/ΣM_s** per coordinate of the effective-weight average (:func:`decode_error_bound`);
+  stochastic rounding has |e_i| < 1 (twice that) and E[e_i] = 0. Without dropouts ΣM = N·L − F with
+  F = Σ f_i an integer ≤ N − 1, so the bound is N·c/(N·L − N + 1) ≈ c/L; with dropouts of heavy
+  clients ΣM_s ≪ N_s·L and it grows (weights 10, 10, 1000, 1000 at q = 16, the two heavy clients
+  lost: 43.8·c/L measured, bound 50.6·c/L).
+* Effective weights: M_i/ΣM_s − w_i/Σ_s w = (F_s·p^s_i − f_i)/ΣM_s with p^s_i = w_i/Σ_s w and
+  F_s = Σ_s f_j < N_s, so each is within **N_s/ΣM_s** of the survivors' FedAvg weight
+  (:func:`effective_weight_bound`); without dropouts within max(1, (N − 1)·p_i)/(N·L − N + 1) ≤
+  (N − 1)/(N·L − N + 1) ≈ (N − 1)/(N·L) (not 1/(N·L): w = (0.9883, 0.0039, 0.0039, 0.0039) at N = 4,
+  L = 63 gives M = (249, 0, 0, 0), an error of 0.0117 against 3/249 = 0.0120). The trimming of a
+  floating-point overshoot moves one M_i by one more level.
+* A client with p_i < 1/(N·L) gets M_i = 0: its update is in no aggregate (nothing wraps, nothing is
+  revealed, but it does not count). ``SecAggConfig.quantization`` lists such clients and
+  ``labqfl train`` warns about them at planning; a larger q gives them levels.
 
 All functions are pure, over numpy arrays with explicit dtypes; updates are float arrays of any
 shape, integers come back as ``uint{q}`` (the modulus is the dtype's wrap-around).
@@ -95,6 +113,27 @@ def weight_ranges(weights: Sequence[float] | np.ndarray, b: int) -> np.ndarray:
     while int(m.sum()) > cap:  # at most a few iterations (float overshoot only)
         m[int(np.argmax(m))] -= 1
     return m
+
+
+def decode_error_bound(levels: Sequence[int] | np.ndarray, clip: float, rounding: Rounding = "nearest") -> float:
+    """Largest error per coordinate of the decoded average against the effective-weight average of the
+    clipped updates, for the clients whose levels M_i are summed (the survivors): N_s·c/ΣM_s with nearest
+    rounding (each client errs by ≤ ½ level of 2c/ΣM_s), 2·N_s·c/ΣM_s with stochastic rounding (< 1 level;
+    unbiased). Derivation in the module docstring."""
+    m = np.asarray(levels, dtype=np.int64)
+    total = int(m.sum())
+    if total <= 0:
+        raise ValueError("the summed clients' levels are all zero; nothing is decoded")
+    return (1.0 if rounding == "nearest" else 2.0) * m.size * float(clip) / total
+
+
+def effective_weight_bound(levels: Sequence[int] | np.ndarray) -> float:
+    """Bound on |M_i/ΣM_s − w_i/Σ_s w| over the clients summed: N_s/ΣM_s (module docstring)."""
+    m = np.asarray(levels, dtype=np.int64)
+    total = int(m.sum())
+    if total <= 0:
+        raise ValueError("the summed clients' levels are all zero; no effective weights")
+    return m.size / total
 
 
 def quantize(

@@ -38,7 +38,9 @@ from labqfl.fl.masks import (
 from labqfl.fl.quantize import (
     SUPPORTED_Q,
     ceil_log2,
+    decode_error_bound,
     dequantize_sum,
+    effective_weight_bound,
     quantize,
     uint_dtype,
     weight_ranges,
@@ -182,6 +184,39 @@ class SecAggConfig:
                 f"value (b = q - ceil(log2 N)); at least 2 are needed. {_larger_q(n_clients)}")
         return b
 
+    def quantization(self, weights: Mapping[str, float]) -> dict[str, Any] | None:
+        """The quantisation plan for these clients' FedAvg weights (all of them, no dropouts; ``None``
+        with DP, whose weights are equal): bits per value, each client's levels M_i, its FedAvg and
+        effective weight, the largest weight error, the bounds of :mod:`labqfl.fl.quantize` and the
+        clients with M_i = 0, whose updates are in no aggregate (review s35 F4)."""
+        if self.dp is not None:
+            return None
+        clients = list(weights)
+        b = self.check_bit_budget(len(clients))
+        w = np.asarray([float(weights[c]) for c in clients])
+        m = weight_ranges(w, b)
+        eff, fed = m / int(m.sum()), w / w.sum()
+        return {"value_bits": b, "levels_cap": len(clients) * ((1 << b) - 1),
+                "levels": dict(zip(clients, (int(x) for x in m), strict=True)),
+                "fedavg_weights": dict(zip(clients, (float(x) for x in fed), strict=True)),
+                "effective_weights": dict(zip(clients, (float(x) for x in eff), strict=True)),
+                "max_weight_error": float(np.max(np.abs(eff - fed))),
+                "weight_error_bound": effective_weight_bound(m),
+                "error_bound_per_coordinate": decode_error_bound(m, self.clip, self.rounding),
+                "zero_level_clients": [c for c, x in zip(clients, m, strict=True) if x == 0]}
+
+    def zero_levels_problem(self, plan: Mapping[str, Any] | None) -> str | None:
+        """What to tell the user when :meth:`quantization` gave some client no level (``None``: none)."""
+        if not plan or not plan["zero_level_clients"]:
+            return None
+        zero = plan["zero_level_clients"]
+        shares = ", ".join(f"{c} {plan['fedavg_weights'][c]:.2g}" for c in zero)
+        return (f"client(s) {', '.join(zero)} get 0 quantisation levels at q = {self.q} (b = {plan['value_bits']} bits; "
+                f"FedAvg weight share {shares} < 1/(N·L) = 1/{plan['levels_cap']}): their updates are in no "
+                f"round's aggregate. " + (f"A larger q ({' or '.join(map(str, larger))}) gives them levels"
+                                          if (larger := [x for x in SUPPORTED_Q if x > self.q]) else
+                                          "No larger q exists: give them more weight or leave them out"))
+
     def pairs(self, clients: list[str]) -> list[str]:
         """The mask graph's pairs over ``clients`` (in loop order)."""
         return mask_graph(clients, self.graph, self.k)
@@ -275,6 +310,7 @@ class RoundResult:
             "reveal_bits_total": self.reveal_bits_total,
             "dropped": list(self.dropped),
             "clipped_values": self.clipped_values,
+            "effective_weights": dict(self.effective_weights),
             "self_masks": self.self_masks,
             "threshold": self.threshold if self.self_masks else None,
             "share_key_bits_total": self.share_key_bits_total,
@@ -342,6 +378,9 @@ def secure_round(
                                                   per_pair_bits, round_index)
     try:
         view = _drop_lost_uploads(uploads, drop, survivors, pairs, cfg, round_index, plain_values, debug)
+        if not any(m_of[c] for c in survivors):  # before any reveal (review s35 F4)
+            raise SecureAggregationError(f"round {round_index} aborted before any key reveal: the surviving "
+                                         f"clients {survivors} all have 0 quantisation levels; nothing to average")
         if chosen_error is not None:
             raise SecureAggregationError(f"round {round_index}: {chosen_error}")
 
