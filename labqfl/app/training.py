@@ -220,6 +220,25 @@ class TrainingSetup:
                                n_params=self.model.n_params, n_clients=len(self.names), q=s.q, rounds=s.rounds,
                                what="--dp-*")
         self.secagg = dataclasses.replace(self.secagg, dp=self.dp_plan)
+        if s.dp_clip is None:
+            log.warning("%s.", self.dp_clip_caveat())
+
+    def dp_clip_caveat(self) -> str | None:
+        """What the DP L2 clip is when ``--dp-clip`` was not given (``None`` when it was, or without DP): the
+        task's per-value ``--clip`` number reused as a bound on the whole update's L2 norm (review s35 F7).
+
+        The default is kept (every entry point, ``labqfl train``, ``labqfl node train`` and a Flower spec,
+        builds the same plan from it) and said, at planning and in the summary's ``privacy.l2_clip_source``.
+        A warning when every client is clipped in a round would itself publish a statistic of the clients'
+        private data outside the accountant (review s35 F2), so none is given."""
+        s = self.settings
+        if self.dp_plan is None or s.dp_clip is not None:
+            return None
+        n = self.model.n_params
+        return (f"--dp-clip not given: each update's L2 norm is clipped to {self.dp_plan.l2_clip:g}, the task's "
+                f"per-value --clip reused as an L2 bound over all {n:,} parameters (the per-value clip without DP "
+                f"allows an L2 norm up to {self.dp_plan.l2_clip * math.sqrt(n):.3g}), so a DP and a no-DP run clip "
+                f"differently; give --dp-clip near the update norms you expect")
 
     @property
     def keystore_dir(self) -> Path:
@@ -380,6 +399,9 @@ class TrainingSetup:
             security=self.security(),
             quantization=self.quantization,
         )
+        if out.get("privacy") is not None:
+            out["privacy"] = {**out["privacy"], "l2_clip_source": (
+                "--dp-clip" if s.dp_clip is not None else "default: the task's per-value --clip, as an L2 bound")}
         return out
 
     def security(self) -> str:

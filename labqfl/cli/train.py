@@ -39,6 +39,9 @@ SELF_MASKS_OPTION = typer.Option(
 ENGINE_OPTION = typer.Option(
     "local", "--engine", help="Federated-learning engine (not the error correction of run/distill's --engine): local "
     "(in-process) or flower (Flower simulation on Ray, one SuperNode per client).")
+DP_CLIP_OPTION = typer.Option(
+    None, "--dp-clip", help="L2-norm clip of each whole update for DP (default: the task's per-value --clip number "
+                            "used as an L2 bound, much tighter; a warning says so).")
 WAIT_FOR_KEY_OPTION = typer.Option(
     0.0, "--wait-for-key", "--wait-for-keys", min=0.0, metavar="SECONDS",
     help="Seconds a round may wait for QKD key that another process (labqfl distill, nodes) adds to the stores; "
@@ -138,7 +141,7 @@ def train(
     dp_delta: float = typer.Option(1e-5, "--dp-delta", help="DP δ for --dp-epsilon."),
     dp_honest: int = typer.Option(1, "--dp-honest", min=1,
                                   help="Honest clients H the DP guarantee assumes (server colludes with the other N−H)."),
-    dp_clip: float | None = typer.Option(None, "--dp-clip", help="L2 clip of each update for DP (default: the task's --clip)."),
+    dp_clip: float | None = DP_CLIP_OPTION,
     engine: str = ENGINE_OPTION,
     noise: str | None = typer.Option(
         None, "--noise", help="QNN tasks: per-gate noise 'depolarizing=p,amplitude_damping=g,readout=r' (any subset; "
