@@ -158,10 +158,11 @@ def blocked_pulses(dead_time_ps: float, period_ps: float) -> int:
 @dataclass(frozen=True)
 class BlockedPulses:
     """The number of pulses a click blinds the detector to, as :func:`blocked_pulses_from_clicks` found it:
-    ``n`` (used), the range ``lo``..``hi`` the dead time's uncertainty allows, and whether the clicks
-    themselves decided between them (``from_clicks``)."""
+    ``n`` (used; a mean, fractional where a pulse is live only part of the time), the range ``lo``..``hi``
+    the dead time's uncertainty allows, and whether the clicks themselves decided between them
+    (``from_clicks``)."""
 
-    n: int
+    n: float
     lo: int
     hi: int
     from_clicks: bool
@@ -184,12 +185,16 @@ def blocked_pulses_from_clicks(times_ps: np.ndarray, dead_time_ps: float, dead_t
     loop visibility came out +1σ high on average). Whether pulse k after a click is live is directly
     observable: a live pulse k puts a peak of consecutive-click spacings at k·T (width √2·jitter),
     a blind one leaves only the continuum of dark counts and afterpulses there. For every candidate
-    n in [lo, hi) (the range of n_b over τ_d ± 4σ, σ including the pair jitter: a real detector's
-    recovery is no sharp step) the peak at (n + 1)·T, minus the continuum half a period later, is
-    compared with the peak at (hi + 1)·T (certainly live): the smallest n whose next pulse shows more
-    than half the reference peak is n_b. When the reference peak holds fewer than ``min_events``
-    spacings (too few clicks, e.g. at a fringe minimum, where the correction hardly matters) the
-    value from τ_d is used and :attr:`BlockedPulses.ambiguous` says so."""
+    pulse k in (lo, hi] (the range of n_b over τ_d ± 4σ, σ including the pair jitter: a real detector's
+    recovery is no sharp step) the peak at k·T, minus the continuum half a period later, over the peak
+    at (hi + 1)·T (certainly live) is the fraction of clicks after which pulse k is live (1 or 0 where it
+    is within 4σ of either, else clipped to [0, 1]); n_b = lo + Σ_k (1 − that fraction), the mean number
+    of pulses blinded. Near τ_d = k·T the pulse is live part of the time (the photons' arrival spread,
+    docs/simulator.md "Dead time near a multiple of the period": half the time at τ_d = 3T exactly,
+    n_b = 2.5), so n_b is not rounded.
+    When the reference peak holds fewer than ``min_events`` spacings (too few clicks, e.g. at a fringe
+    minimum, where the correction hardly matters) the value from τ_d is used and
+    :attr:`BlockedPulses.ambiguous` says so."""
     err = math.hypot(max(dead_time_err_ps, 0.0), pair_jitter_ps)
     nominal = blocked_pulses(dead_time_ps, period_ps)
     lo = blocked_pulses(max(dead_time_ps - 4.0 * err, 0.0), period_ps)
@@ -199,22 +204,28 @@ def blocked_pulses_from_clicks(times_ps: np.ndarray, dead_time_ps: float, dead_t
     gaps = np.sort(np.diff(np.sort(np.asarray(times_ps, dtype=np.float64))))
     w = min(max(3.0 * pair_jitter_ps, 100.0), period_ps / 4.0)
 
-    def peak(k: int) -> float:
-        def n_in(c: float) -> int:
-            return int(np.searchsorted(gaps, c + w) - np.searchsorted(gaps, c - w))
-        return float(n_in(k * period_ps) - n_in((k + 0.5) * period_ps))
+    def n_in(c: float) -> int:
+        return int(np.searchsorted(gaps, c + w) - np.searchsorted(gaps, c - w))
 
-    ref = peak(hi + 1)
+    def peak(k: int) -> tuple[float, float]:  # spacings at k·T above the continuum, and their variance
+        a, b = n_in(k * period_ps), n_in((k + 0.5) * period_ps)
+        return float(a - b), float(a + b)
+
+    ref, var_ref = peak(hi + 1)
     if ref < min_events:
         return BlockedPulses(nominal, lo, hi, False)
-    for n in range(lo, hi):
-        if peak(n + 1) > 0.5 * ref:
-            return BlockedPulses(n, lo, hi, True)
-    return BlockedPulses(hi, lo, hi, True)
+
+    def live(k: int) -> float:  # pulse k's live fraction: 0 or 1 where the clicks cannot tell it from either
+        pk, var_k = peak(k)
+        f = pk / ref
+        sf = math.sqrt(var_k + f * f * var_ref) / ref
+        return 1.0 if abs(f - 1.0) < 4.0 * sf else 0.0 if abs(f) < 4.0 * sf else min(max(f, 0.0), 1.0)
+
+    return BlockedPulses(lo + sum(1.0 - live(k) for k in range(lo + 1, hi + 1)), lo, hi, True)
 
 
 def pulsed_dead_time_correction(p_measured: float, dead_time_ps: float, period_ps: float,
-                                blocked: int | None = None) -> float:
+                                blocked: float | None = None) -> float:
     """Per-pulse click probability before dead time from the measured one.
 
     A non-paralysable detector blinded for ``n_b`` pulses after each click measures
@@ -225,7 +236,7 @@ def pulsed_dead_time_correction(p_measured: float, dead_time_ps: float, period_p
     den = 1.0 - nb_ * p_measured
     if den <= 0.5:  # beyond half dead time the correction amplifies every error: refuse
         raise CalibrationError(
-            f"detector saturated: {p_measured:.3g} clicks per pulse with {nb_} pulses dead after each click; "
+            f"detector saturated: {p_measured:.3g} clicks per pulse with {nb_:g} pulses dead after each click; "
             "reduce the light level (increase the attenuation)")
     return p_measured / den
 

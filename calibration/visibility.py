@@ -63,7 +63,7 @@ from labqfl.physics import loop_delay_ps
 DETECTORS = ("D0", "D1")
 
 
-def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) -> dict[str, tuple[float, float, int, int]]:
+def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) -> dict[str, tuple[float, float, int, float]]:
     """Mean photon number per pulse (m, σ_m, clicks, pulses blinded after a click) at each detector in the
     frames of ``pair``."""
     tt = ctx.config.time_tagger
@@ -73,7 +73,7 @@ def _frame_photons(ctx: CalContext, duration_s: float, pair: tuple[str, str]) ->
 
 
 def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
-                      pair: tuple[str, str]) -> dict[str, tuple[float, float, int, int]]:
+                      pair: tuple[str, str]) -> dict[str, tuple[float, float, int, float]]:
     """:func:`_frame_photons` of an acquisition in which the clients' pattern generators play ``codes``
     (:func:`~labqfl.calibration.pg_fringe.constant_code_tags`)."""
     seg = constant_code_tags(ctx, duration_s, codes)
@@ -81,7 +81,7 @@ def _pg_frame_photons(ctx: CalContext, duration_s: float, codes: dict[str, int],
 
 
 def _photons_from_tags(ctx: CalContext, tags: dict[int, np.ndarray], n_slots: int, pair: tuple[str, str],
-                       played: dict[str, set[int]] | None = None) -> dict[str, tuple[float, float, int, int]]:
+                       played: dict[str, set[int]] | None = None) -> dict[str, tuple[float, float, int, float]]:
     """Mean photon number per pulse (m, σ_m, clicks, pulses blinded after a click) at each detector in the
     frames of ``pair`` from the detectors' tags of an acquisition of ``n_slots`` slots (``played``: the frames each client's pattern
     generator played; only frames both played count, :func:`~labqfl.calibration.pg_fringe.played_pair_slots`)."""

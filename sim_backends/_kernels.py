@@ -960,6 +960,16 @@ def _emit_ps(s: np.int64, period_ps: float, period_int: np.int64) -> np.int64:
     return np.int64(math.floor(s * period_ps + 0.5))
 
 
+@nb.njit(inline="always")
+def _arrival_part(g: float, sigma_sig: float, sigma_det: float, z: float) -> np.int64:
+    """The photon's arrival offset a [ps] within a total jitter g = a + r (a ~ N(0, σ_arr²) the pulse's
+    width and timing jitter, r ~ N(0, σ_det²) the detector's own, independent; σ_sig² = σ_arr² + σ_det²):
+    a drawn from its law given g, N(g·σ_arr²/σ_sig², (σ_arr·σ_det/σ_sig)²), with the standard normal z.
+    So g, the recorded jitter, keeps its law and its draw, and a and g − a are independent."""
+    v_arr = sigma_sig * sigma_sig - sigma_det * sigma_det
+    return np.int64(round(g * v_arr / (sigma_sig * sigma_sig) + math.sqrt(v_arr) * sigma_det / sigma_sig * z))
+
+
 @nb.njit(cache=True, nogil=True)
 def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarray, bit: np.uint8,
                     period_ps: float, period_int: np.int64, t_loop: np.int64,
@@ -974,11 +984,18 @@ def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarra
     Photon arrivals: the slots of rows ``sig_slot[r, :sig_n[r]]`` (chunks in time order) whose
     outcome has ``bit`` set arrive at round(s·T) + ``t_loop``. ``dark``: sorted dark-count times
     [ps]. ``pend``: pending afterpulse times (sorted, first ``state[1]`` valid) carried across
-    windows; ``state`` = [dead_until, n_pending]. An accepted click at t makes the detector blind
-    until t + τ_dead; with probability ``p_ap`` it schedules an afterpulse at
-    t + τ_dead + Exp(τ_ap). Measured time = t + delay + σ·N(0,1) (σ includes laser/pulse jitter
-    for photon clicks), floored to the tagger resolution. Writes the measured times (not yet
-    sorted: jitter can swap neighbours) and returns their number, −1 if ``out_meas`` is full.
+    windows; ``state`` = [dead_until, n_pending]. A photon of slot s reaches the detector at
+    t_a = round(s·T) + ``t_loop`` + a, a ~ N(0, σ_arr²) its arrival spread (the pulse's width and
+    the laser's timing jitter: σ_arr² = ``sigma_sig``² − ``sigma_other``²); a dark count or
+    afterpulse at its own t_a = t. Dead time runs from t_a: an event with t_a before
+    ``dead_until`` is lost, an accepted one makes the detector blind until t_a + τ_dead (so a pulse
+    k·T after a click is blocked with probability Φ((τ_dead − k·T)/(√2·σ_arr)); docs/simulator.md)
+    and with probability ``p_ap`` schedules an afterpulse at t_a + τ_dead + Exp(τ_ap). Measured
+    time = t + delay + σ·N(0,1) (σ = ``sigma_sig`` for photon clicks, ``sigma_other`` = the
+    detector's jitter otherwise; the arrival part a is the share of this draw that the photon's
+    arrival explains, :func:`_arrival_part`, so the recorded times are as without it), floored to
+    the tagger resolution. Writes the measured times (not yet sorted: jitter can swap neighbours)
+    and returns their number, −1 if ``out_meas`` is full.
     """
     cap = out_meas.shape[0]
     dead_until = state[0]
@@ -1038,14 +1055,20 @@ def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarra
             x = (t - gate_delay_ps) - math.floor((t - gate_delay_ps) / period_ps) * period_ps
             if x >= gate_width_ps:
                 continue
-        if t < dead_until:
-            continue
-        dead_until = t + dead_ps
-        if n >= cap:
-            return -1
+        # jitter drawn per true time t (the same whether or not the click is blocked): g in total,
+        # of which the photon's arrival spread (pulse width, laser jitter) decides the dead time
         h = mix64(key_jit + np.uint64(t) * _G)
         sigma = sigma_sig if src == 0 else sigma_other
-        m = t + delay_ps + np.int64(round(sigma * gtable[np.int64(h >> _U48)]))
+        g = sigma * gtable[np.int64(h >> _U48)]
+        ta = t
+        if src == 0 and sigma_sig > sigma_other:
+            ta = t + _arrival_part(g, sigma_sig, sigma_other, gtable[np.int64(mix64(h ^ _G2) >> _U48)])
+        if ta < dead_until:
+            continue
+        dead_until = ta + dead_ps
+        if n >= cap:
+            return -1
+        m = t + delay_ps + np.int64(round(g))
         if res_ps > 1:
             m = (m // res_ps) * res_ps
         out_meas[n] = m
@@ -1054,7 +1077,7 @@ def detector_kernel(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarra
             h2 = mix64(key_ap + np.uint64(t) * _G)
             if float(h2 >> _U11) * _INV53 < p_ap:
                 u = _u01_open(mix64(h2 ^ _G2))
-                tap = t + dead_ps + np.int64(-math.log(u) * ap_decay_ps)
+                tap = ta + dead_ps + np.int64(-math.log(u) * ap_decay_ps)
                 if npend < pend.shape[0]:
                     q = npend
                     while q > 0 and pend[q - 1] > tap:

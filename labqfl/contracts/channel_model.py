@@ -29,16 +29,28 @@ windows as the slotting, :meth:`labqfl.qkd.slotting.SlottingParams.from_config`)
 :meth:`PairChannel.outcome_probabilities` then applies the detectors' dead time and afterpulsing,
 as the simulator's detector kernel does (``sim_backends/_kernels.detector_kernel``):
 
-* **Dead time** (non-paralysable, τ): a click at t blinds the detector until t + τ, so a click
-  blocks the next n_b = ⌈τ/T⌉ − 1 slots (the slots k ≥ 1 with k·T < τ; the kernel decides on the
-  true arrival time, before jitter, so jitter does not blur the boundary). The settings of the
-  slots are independent, so detector d is live in a fraction L_d = 1/(1 + n_b·c̄_d) of the
-  slots (renewal), c̄_d its mean per-slot click probability over the pair's settings while
+* **Dead time** (non-paralysable, τ): a detection blinds the detector for τ from the photon's
+  arrival. A photon's arrival spreads around its pulse's time by the pulse's width and the laser's
+  timing jitter (σ_a² = σ_laser² + (FWHM_pulse/2.3548)²), so the photon of the k-th slot after a
+  click is blocked with probability P(k·T + Δ < τ) = Φ((τ − k·T)/σ_Δ), Δ the difference of the
+  two arrivals, σ_Δ = √2·σ_a (:func:`arrival_jitter_s`). The detector's own timing jitter
+  (read-out noise, the signal's path along the nanowire) shifts the recorded time, not the
+  recovery, and does not enter; the simulator draws both this way
+  (``sim_backends/_kernels.detector_kernel``; docs/simulator.md "Dead time near a multiple of the
+  period"). A click then
+  blocks on average n_b = Σ_{k≥1} Φ((τ − k·T)/σ_Δ) later slots (:func:`blocked_slots`):
+  ⌈τ/T⌉ − 1 away from the edges and smooth across τ = k·T (2.5 at 30.00 ns and 100 MHz, 2.63 at
+  30.01 ns; the step it replaces jumped from 2 to 3 there, and a calibrated τ a hair above 30 ns
+  cost ≈ 2 % of the key, review s34). The settings of the slots are independent, so detector d is
+  live in a fraction L_d = 1/(1 + n_b·c̄_d) of the slots (renewal: after a click n_b slots are
+  dead on average, then the detector is live; exact in the mean when at most one slot is partly
+  blocked, σ_Δ ≪ T), c̄_d its mean per-slot click probability over the pair's settings while
   live, and in a cell P(D0 only) = p₀L₀(1 − p₁L₁), P(both) = p₀L₀·p₁L₁, … (the detectors are
-  independent). Checked against the simulator per cell at 100 MHz and at 1 GHz (n_b = 2 and 29
-  with τ = 30 ns; tests/contracts/test_channel_model_detectors.py). Dark counts fall anywhere in
-  the window, so a dark count's n_b is off by at most one slot: negligible at the stations'
-  dark rates.
+  independent). Checked against the simulator per cell at 100 MHz and at 1 GHz (n_b = 2.5 and
+  29.5 with τ = 30 ns), and the partly blocked slot's live fraction at τ = 29.9 … 30.1 ns
+  (tests/contracts/test_channel_model_detectors.py, test_dead_time_edge.py). Dark counts fall
+  anywhere in the window, so a dark count's n_b is off by at most one slot: negligible at the
+  stations' dark rates.
 * **Afterpulsing** (probability P per click, at t + τ + Exp(τ_ap)): an approximation. Afterpulses
   land in later slots whose settings are independent of the parent click's, so they act as an
   extra dark count of a_d = P·g_d·r_d per slot on detector d (r_d its clicks per slot, afterpulses
@@ -94,10 +106,10 @@ class PairChannel:
     intensity_probs_j: tuple[float, ...]
     basis_x_prob_i: float
     basis_x_prob_j: float
-    # detector memory (module docstring): slots a click blocks, afterpulse probability per click
-    # and the fraction of afterpulses that land in the detector's window
-    blocked_slots_d0: int = 0
-    blocked_slots_d1: int = 0
+    # detector memory (module docstring): slots a click blocks (on average, :func:`blocked_slots`),
+    # afterpulse probability per click and the fraction of afterpulses that land in the detector's window
+    blocked_slots_d0: float = 0.0
+    blocked_slots_d1: float = 0.0
     afterpulse_d0: float = 0.0
     afterpulse_d1: float = 0.0
     afterpulse_window_d0: float = 1.0
@@ -184,12 +196,29 @@ def transmittances(cfg: StationConfig, i: str, j: str) -> tuple[float, float]:
     return _db(cw_db), _db(ccw_db)
 
 
-def blocked_slots(dead_time_s: float, period_s: float) -> int:
-    """Slots after a click's slot that the dead time blocks: the k ≥ 1 with k·T < τ, ⌈τ/T⌉ − 1
-    (the simulator blinds a detector for arrivals t' < t + τ; 2 at 100 MHz, 29 at 1 GHz for 30 ns)."""
+def blocked_slots(dead_time_s: float, period_s: float, jitter_s: float = 0.0) -> float:
+    """Mean number of slots after a click's slot that the dead time τ blocks: Σ_{k≥1} P(k·T + Δ < τ)
+    with Δ ~ N(0, ``jitter_s``²) the difference of the two photons' arrival offsets (module docstring;
+    √2·:func:`arrival_jitter_s`). Without jitter the step #{k ≥ 1 : k·T < τ} = ⌈τ/T⌉ − 1 (a pulse
+    arriving exactly when the detector recovers is detected); with it the slot at the edge counts
+    with Φ((τ − k·T)/σ_Δ), 2.5 at τ = 3T."""
     if dead_time_s <= 0:
-        return 0
-    return max(math.ceil(dead_time_s / period_s - 1e-9) - 1, 0)
+        return 0.0
+    if jitter_s <= 0:
+        return float(max(math.ceil(dead_time_s / period_s - 1e-9) - 1, 0))
+    # slots further than 10 σ_Δ from τ count 1 (k·T < τ) or 0: Φ(±10) differs from 1, 0 by < 1e-23
+    k_lo = max(math.floor((dead_time_s - 10.0 * jitter_s) / period_s), 0)  # every k ≤ k_lo is blocked
+    k_hi = math.ceil((dead_time_s + 10.0 * jitter_s) / period_s)
+    edge = sum(0.5 * math.erfc(-(dead_time_s - k * period_s) / (jitter_s * math.sqrt(2.0)))
+               for k in range(k_lo + 1, k_hi + 1))
+    return float(k_lo) + edge
+
+
+def arrival_jitter_s(cfg: StationConfig) -> float:
+    """RMS spread of a photon's arrival time around its pulse's [s]: the laser's timing jitter and the
+    pulse's width (FWHM/2.3548 for a Gaussian pulse) in quadrature, as the simulator draws it
+    (``sim_backends.testbed.SagnacTestbed._detector_params``, ``_kernels._arrival_part``)."""
+    return math.hypot(cfg.laser.timing_jitter_ps, cfg.laser.pulse_width_ps / 2.3548) * 1e-12
 
 
 def detector_window_s(cfg: StationConfig, detector: str, window_s: float | None = None) -> float:
@@ -231,6 +260,7 @@ def pair_channel(cfg: StationConfig, i: str, j: str, window_s: float | None = No
     eta_cw, eta_ccw = transmittances(cfg, i, j)
     d0, d1 = cfg.detectors["D0"], cfg.detectors["D1"]
     ci, cj = cfg.client(i), cfg.client(j)
+    sig_delta = math.sqrt(2.0) * arrival_jitter_s(cfg)  # the two arrivals' difference (module docstring)
     return PairChannel(
         pair=(i, j), eta_cw=eta_cw, eta_ccw=eta_ccw, eta_d0=d0.efficiency, eta_d1=d1.efficiency,
         p_dark_d0=-math.expm1(-d0.dark_count_rate_hz * w0), p_dark_d1=-math.expm1(-d1.dark_count_rate_hz * w1),
@@ -238,8 +268,8 @@ def pair_channel(cfg: StationConfig, i: str, j: str, window_s: float | None = No
         intensities_i=tuple(ci.intensities), intensities_j=tuple(cj.intensities),
         intensity_probs_i=tuple(ci.intensity_probs), intensity_probs_j=tuple(cj.intensity_probs),
         basis_x_prob_i=ci.basis_x_prob, basis_x_prob_j=cj.basis_x_prob,
-        blocked_slots_d0=blocked_slots(d0.dead_time_ns * 1e-9, period),
-        blocked_slots_d1=blocked_slots(d1.dead_time_ns * 1e-9, period),
+        blocked_slots_d0=blocked_slots(d0.dead_time_ns * 1e-9, period, sig_delta),
+        blocked_slots_d1=blocked_slots(d1.dead_time_ns * 1e-9, period, sig_delta),
         afterpulse_d0=d0.afterpulse_prob, afterpulse_d1=d1.afterpulse_prob,
         afterpulse_window_d0=min(w0 / period, 1.0), afterpulse_window_d1=min(w1 / period, 1.0),
     )

@@ -55,13 +55,14 @@ def test_blocked_pulses_follow_the_clicks_when_the_dead_time_straddles_a_period(
     times = _pulsed_clicks(400_000, 0.02, true_blocked, 55.0, 2e4, seed=11 + true_blocked)
     assert blocked_pulses(tau_hat_ps, T_PS) != true_blocked  # the value from τ_d alone is wrong here
     nb = blocked_pulses_from_clicks(times, tau_hat_ps, tau_err_ps, T_PS, math.sqrt(2) * 55.0)
-    assert (nb.n, nb.from_clicks, nb.ambiguous) == (true_blocked, True, False)
+    assert (nb.from_clicks, nb.ambiguous) == (True, False)
+    assert nb.n == pytest.approx(true_blocked, abs=0.1)  # a mean over the candidates: a sharp step gives ≈ an integer
 
 
 def test_blocked_pulses_away_from_a_period_and_with_too_few_clicks() -> None:
     times = _pulsed_clicks(400_000, 0.02, 2, 55.0, 2e4, seed=3)
     far = blocked_pulses_from_clicks(times, 25_000.0, 100.0, T_PS, 78.0)  # 25 ± 0.1 ns: 2 either way
-    assert (far.n, far.lo, far.hi, far.from_clicks, far.ambiguous) == (2, 2, 2, False, False)
+    assert (far.n, far.lo, far.hi, far.from_clicks, far.ambiguous) == (2, 2, 2, False, False)  # no candidate
     sparse = _pulsed_clicks(20_000, 0.01, 2, 55.0, 0.0, seed=4)  # ~200 clicks: ~2 spacings at 4T
     few = blocked_pulses_from_clicks(sparse, 30_160.0, 160.0, T_PS, 78.0)
     assert (few.n, few.lo, few.hi, few.ambiguous) == (3, 2, 3, True)  # τ_d's value, and said to be undecided
@@ -110,7 +111,9 @@ def test_visibility_cancels_a_level_common_to_the_single_client_acquisitions(c_a
 def test_visibility_not_biased_by_a_dead_time_calibrated_just_above_three_periods(station_factory, calh) -> None:
     """The review's case in the procedure: default station (τ_d = 30 ns = 3T), the dead time known as
     30.2 ± 0.16 ns (as ~70 % of the quick calibrations had it). The old code used 3 blinded pulses and V
-    came out ≈ +0.007 high (review: pull +1.4 with its old error); now the clicks show 2."""
+    came out ≈ +0.007 high (review: pull +1.4 with its old error); now the clicks show the third pulse
+    after a click live half the time (τ_d = 3T exactly and the photons' arrival spread: n_b = 2.5, session
+    35; before, the simulator blinded on the pulses' nominal times and the clicks showed 2)."""
     pulls, values, blocked = [], [], []
     for seed in range(3):
         st = station_factory(None, seed=610 + seed)
@@ -126,7 +129,8 @@ def test_visibility_not_biased_by_a_dead_time_calibrated_just_above_three_period
         st.close()
     assert abs(float(np.mean(values)) - 0.99) < 0.002, values
     assert max(abs(p) for p in pulls) < 3.5, pulls
-    assert blocked == [{"alone_A": 2, "alone_B": 2}] * 6
+    nbs = np.array([[b["alone_A"], b["alone_B"]] for b in blocked])
+    assert np.all(np.abs(nbs - 2.5) < 0.2) and abs(float(nbs.mean()) - 2.5) < 0.06, nbs
 
 
 def test_a_visibility_above_one_is_flagged_not_clipped(station_factory, calh) -> None:

@@ -102,8 +102,8 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
      "(start a new run to use other settings)"),
     # plan predicted a 26 s run where `run --rounds 3 --duration 0.5` refuses: now the same refusal
     (["plan", "--rounds", "3", "--duration", "0.5"],
-     "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.818 s "
-     "of data (limiting pair C1-C4: 1.36e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
+     "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.854 s "
+     "of data (limiting pair C1-C4: 1.42e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
     # review s32: "ValueError: eps_sec and eps_cor must lie in (0, 1), got 0.0, 1e-15" after 3.5 s
     (["plan", "--eps-sec", "0"], "--eps-sec must be in (0, 1), got 0.0"),
 ])

@@ -19,10 +19,11 @@ from labqfl.keystore import KeyStore
 from labqfl.mainjob import JobSettings, MainJob, run_job
 from labqfl.planning import KEY_MARGIN, plan_top_up
 
-# q = 32: 32·24 = 768 key bits per round on the one pair; 0.0175 s of the small station (just above the
-# block-size rule's 0.0170 s with the detectors' dead time; 0.015 s above 0.0143 s before the model had it)
+# q = 32: 32·24 = 768 key bits per round on the one pair; 0.0185 s of the small station (just above the
+# block-size rule's 0.0178 s with the detectors' dead time and its smooth edge; 0.0175 s above 0.0170 s with
+# the dead time as a step; 0.015 s above 0.0143 s before the model had it)
 # delivers ~1 700 bits, so round 2 or 3 starves and needs a top-up
-STARVING = dict(duration_s=0.0175, rounds=3, q=32, eps_sec=1e-4, timeline_interval_s=1.0)
+STARVING = dict(duration_s=0.0185, rounds=3, q=32, eps_sec=1e-4, timeline_interval_s=1.0)
 
 
 def _disjoint(refs: list) -> None:
@@ -114,7 +115,7 @@ def test_a_starving_run_waits_for_key_and_completes_every_round(small_station_fi
 
 
 def test_no_wait_for_key_keeps_the_fail_fast_round(small_station_file, tmp_path):
-    r = CliRunner().invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.0175", "--rounds", "3",
+    r = CliRunner().invoke(app, ["run", "--config", str(small_station_file), "--duration", "0.0185", "--rounds", "3",
                                  "--q", "32", "--eps-sec", "1e-4", "--in-process", "--no-wait-for-key",
                                  "--data-dir", str(tmp_path / "keys"), "--out", str(tmp_path / "runs")])
     assert r.exit_code != 0

@@ -129,7 +129,7 @@ def test_top_up_interrupted_after_distilling_is_recorded_and_its_key_counted(sma
 
     data = tmp_path / "data"
     cfg = load_station_config(small_station_file)
-    job = MainJob.create(cfg, JobSettings(duration_s=0.0175, rounds=3, q=32, eps_sec=1e-4, data_dir=str(data)),
+    job = MainJob.create(cfg, JobSettings(duration_s=0.0185, rounds=3, q=32, eps_sec=1e-4, data_dir=str(data)),
                          tmp_path / "runs")
     tstate = {"rounds_done": 1, "rounds": [], "interrupted_rounds": 0, "key_waits": [], "round_waits": {}}
     job.state["train"] = tstate

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 
-# q = 32: 768 key bits per round on the one pair; 0.0175 s of the small station delivers ~1 000 bits,
+# q = 32: 768 key bits per round on the one pair; 0.0185 s of the small station delivers ~1 000 bits,
 # so a later round waits for a top-up (tests/mainjob/test_key_wait.py)
-ARGS = ["--duration", "0.0175", "--rounds", "3", "--q", "32", "--eps-sec", "1e-4", "--in-process"]
+ARGS = ["--duration", "0.0185", "--rounds", "3", "--q", "32", "--eps-sec", "1e-4", "--in-process"]
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ from labqfl.cli import app
 from labqfl.config import load_station_config
 from labqfl.planning import TRAIN_ROUND_COST, compare, make_plan
 
-# q = 32 on the small 2-client station: 768 key bits per round; 0.0175 s (just above the block-size
-# rule's 0.0170 s, detector dead time included) holds ~2 rounds of it
+# q = 32 on the small 2-client station: 768 key bits per round; 0.0185 s (just above the block-size
+# rule's 0.0178 s, detector dead time with its smooth edge included) holds ~2 rounds of it
 ROUNDS = 6
 
 
@@ -24,16 +24,16 @@ def test_total_wall_time_of_a_starving_run_counts_its_top_ups(small_station_file
     the predicted top-ups), not of R × the acquisition per round (a continuous key supply the run
     never has: a top-up comes in whole blocks)."""
     cfg = load_station_config(small_station_file)
-    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, duration_s=0.0175, eps_sec=1e-4)
+    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, duration_s=0.0185, eps_sec=1e-4)
     assert plan.rounds_sustained is not None and plan.rounds_sustained < ROUNDS and plan.top_ups
     assert plan.stops_at_round is None
-    station = 0.0175 + sum(t["duration_s"] for t in plan.top_ups)
+    station = 0.0185 + sum(t["duration_s"] for t in plan.top_ups)
     assert plan.station_s == pytest.approx(station)
     # here R × the acquisition per round differs from the station time by more than 10 %
     assert abs(plan.acquisition_s / plan.station_s - 1) > 0.1
     # distillation ∝ station time: the same sifted bits per station second as a run that needs no top-up
-    enough = make_plan(cfg, "mnist-qnn", 32, 1, duration_s=0.0175, eps_sec=1e-4)
-    assert enough.top_ups == [] and enough.station_s == pytest.approx(0.0175)
+    enough = make_plan(cfg, "mnist-qnn", 32, 1, duration_s=0.0185, eps_sec=1e-4)
+    assert enough.top_ups == [] and enough.station_s == pytest.approx(0.0185)
     assert plan.distill_s / plan.station_s == pytest.approx(enough.distill_s / enough.station_s, rel=1e-9)
     assert plan.train_s == pytest.approx(ROUNDS * TRAIN_ROUND_COST["mnist-qnn"][0])
     assert plan.total_wall_s == pytest.approx(plan.station_s + plan.distill_s + plan.train_s)
@@ -44,13 +44,13 @@ def test_total_wall_time_of_a_starving_run_counts_its_top_ups(small_station_file
 
 def test_without_waiting_the_plan_says_where_the_run_stops(small_station_file):
     cfg = load_station_config(small_station_file)
-    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, wait_for_key=False, duration_s=0.0175, eps_sec=1e-4)
+    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, wait_for_key=False, duration_s=0.0185, eps_sec=1e-4)
     n = plan.rounds_sustained
     assert n is not None and 0 < n < ROUNDS
     assert plan.top_ups == [] and plan.stops_at_round == n + 1
-    assert plan.station_s == pytest.approx(0.0175)  # no top-up: the one acquisition
+    assert plan.station_s == pytest.approx(0.0185)  # no top-up: the one acquisition
     assert plan.train_s == pytest.approx(n * TRAIN_ROUND_COST["mnist-qnn"][0])  # only the rounds before the stop
-    assert plan.total_wall_s == pytest.approx(0.0175 + plan.distill_s + plan.train_s)
+    assert plan.total_wall_s == pytest.approx(0.0185 + plan.distill_s + plan.train_s)
     d = plan.as_dict()
     assert d["stops_at_round"] == n + 1 and json.loads(json.dumps(d))["top_ups"] == []
 
@@ -58,7 +58,7 @@ def test_without_waiting_the_plan_says_where_the_run_stops(small_station_file):
 def test_plan_text_names_the_top_ups_and_the_station_time(small_station_file):
     """What `labqfl plan` prints, and `labqfl run` before its acquisition (cli.plan.render_plan)."""
     runner = CliRunner()
-    args = ["plan", "--config", str(small_station_file), "--q", "32", "--rounds", str(ROUNDS), "--duration", "0.0175",
+    args = ["plan", "--config", str(small_station_file), "--q", "32", "--rounds", str(ROUNDS), "--duration", "0.0185",
             "--eps-sec", "1e-4"]
     r = runner.invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
@@ -85,7 +85,7 @@ def test_labqfl_run_plans_with_its_own_wait_setting(small_station_file, tmp_path
 
     cfg = load_station_config(small_station_file)
     for wait in (True, False):
-        job = MainJob.create(cfg, JobSettings(duration_s=0.0175, rounds=ROUNDS, q=32, eps_sec=1e-4, wait_for_key=wait,
+        job = MainJob.create(cfg, JobSettings(duration_s=0.0185, rounds=ROUNDS, q=32, eps_sec=1e-4, wait_for_key=wait,
                                               data_dir=str(tmp_path / "keys")), tmp_path / f"runs-{wait}")
         plan = job.key_plan()
         assert plan.rounds_sustained is not None and plan.rounds_sustained < ROUNDS
@@ -103,8 +103,8 @@ def test_a_pair_no_top_up_can_feed_stops_the_run_at_once_in_the_plan(small_stati
     for c in d["clients"]:
         c["insertion_loss_db"] = 30.0  # 60 dB and more on the pair: beyond break-even at any block size
     cfg = parse_station_config(d, "<beyond break-even>")
-    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, duration_s=0.0175, eps_sec=1e-4)
+    plan = make_plan(cfg, "mnist-qnn", 32, ROUNDS, duration_s=0.0185, eps_sec=1e-4)
     assert plan.rounds_sustained == 0 and plan.stops_at_round == 1
     assert [t["duration_s"] for t in plan.top_ups] == [None] and plan.top_ups[0]["no_key_pairs"] == ["C1-C2"]
-    assert plan.station_s == pytest.approx(0.0175) and plan.train_s == 0.0
+    assert plan.station_s == pytest.approx(0.0185) and plan.train_s == 0.0
     assert math.isfinite(plan.total_wall_s)

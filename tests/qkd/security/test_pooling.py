@@ -66,7 +66,8 @@ def test_vacuum_pooling_tightens_the_bound_and_the_key_of_issue_18() -> None:
                    for bi in (0, 1) for bj in (0, 1)) / (n * 0.05 * 0.05)
     true = _uniform_phase_gains(exp)[2, 2]
     assert rep.gains_upper[2, 2] - true < (hi_cells - true) / 5
-    # issue 18: C1-C4 at N = 1e10, phase-error bound 0.177 per cell, 0.139 pooled, +34 % key
+    # issue 18: C1-C4 at N = 1e10, phase-error bound 0.177 per cell, 0.139 pooled, +34 % key (the model of
+    # then); with the detectors' dead time in the model (its edge smooth since session 35) 68.4 kbit/s, +30 %
     pred = predict_pair(ch, n, 6, cfg.laser.rep_rate_hz, with_asymptotic=False)
     assert pred.phase_error_upper < 0.14
-    assert pred.bits_per_second > 1.3 * 52.6e3
+    assert pred.bits_per_second > 1.28 * 52.6e3
