@@ -385,7 +385,8 @@ def qkd_masks_statement(weakest: Mapping[str, Any]) -> str:
 LOCAL_ENGINE_TRUST = ("In-process engine: one process computes every client's update and reads every pad, so the "
                       "masks protect nothing against that process's operator.")
 SIMULATION_TRUST = ("Flower simulation: one command runs every client's update and pad (its Ray worker processes, "
-                    "one OS user, every client's key store), so the masks protect nothing against its operator")
+                    "one OS user, every client's key store), so the masks protect nothing against its operator; its "
+                    "nodes follow the settings in the server's messages, with no operator-signed spec")
 #: the unsigned simulation's refs: the documented residual of docs/secure_aggregation.md §9
 SIMULATION_REFS_TAG_ONLY = ("; the masters' refs are checked by the refs tag alone, with no node signature "
                             "(docs/secure_aggregation.md §9)")

@@ -1,6 +1,7 @@
 """``labqfl node ...``: run one node of the network per process (client, detector, optics), start
 a whole network on loopback (``up``), run an acquisition across running nodes (``acquire``), or train
-over a running server node and SuperNodes (``train``, :mod:`labqfl.cli.node_train`).
+over a running server node and SuperNodes (``train``; ``sign-spec``: the operator signs a run's training spec;
+:mod:`labqfl.cli.node_train`).
 docs/nodes.md has the per-host commands."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``labqfl node train``: the operator trains a federated model over a running node network — a
+"""``labqfl node train`` (and ``labqfl node sign-spec``: the run's training spec signed beforehand by the operator,
+:mod:`labqfl.fl.flower.specsig`): the operator trains a federated model over a running node network — a
 ``labqfl node server`` and one ``labqfl node supernode`` per client of the station, on any hosts —
 with the certificate ``ctl`` (``labqfl node certs DIR --node ctl``), as ``labqfl run`` does over the
 nodes it starts itself (:func:`labqfl.nodes.fl.train_on_server`). The training options are those of
@@ -31,6 +32,12 @@ MNIST_DIR = typer.Option(None, "--mnist-dir", metavar="DIR", help="MNIST folder 
                          "at this path on the server's host and every SuperNode's host; default: the embedded 5k subset.")
 TIMEOUT = typer.Option(3600.0, "--timeout", min=1.0, metavar="SECONDS",
                        help="Longest wait for the whole Flower run on the server node [s].")
+SIGNED_SPEC = typer.Option(None, "--signed-spec", metavar="FILE", dir_okay=False,
+                           help="A spec signed beforehand with `labqfl node sign-spec` (the training options must "
+                                "match it); default: node train signs the run's spec itself with node-ctl.key.")
+VALID_HOURS = typer.Option(24.0, "--valid-hours", min=0.001, help="How long the signed spec is valid [h]: the nodes "
+                           "refuse it afterwards, also in the middle of a run.")
+SPEC_OUT = typer.Option(..., "--out", "-o", metavar="FILE", dir_okay=False, help="Where to write the signed spec (JSON).")
 
 
 def add_train(node_app: typer.Typer) -> None:
@@ -53,47 +60,133 @@ def add_train(node_app: typer.Typer) -> None:
         self_masks: bool = TRAIN["self_masks"], threshold: int | None = TRAIN["threshold"],
         dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
         dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"],
-        timeout: float = TIMEOUT, out: Path | None = TRAIN["out"], as_json: bool = JSON_OPTION,
+        timeout: float = TIMEOUT, out: Path | None = TRAIN["out"], signed_spec: Path | None = SIGNED_SPEC,
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): train over a running server node and the clients' SuperNodes;
         report and run folder as `labqfl train` (docs/nodes.md, "Separate hosts")."""
-        from labqfl.app.training import TrainingSettings
         from labqfl.config import load_station_config
         from labqfl.nodes.common import check_address
 
         check_address(server, "--server")
         cfg = load_station_config(station)
-        settings = TrainingSettings(
-            task=task, names=tuple(cfg.client_names), q=q, rounds=rounds, keys=keys, seed=seed,
-            local_epochs=local_epochs, lr=lr, batch_size=batch_size, clip=clip, graph=graph, k=k,
-            self_masks=self_masks, threshold=threshold, dp_epsilon=dp_epsilon, dp_delta=dp_delta, dp_honest=dp_honest,
-            dp_clip=dp_clip, engine="flower", preflight=False, non_iid=non_iid, alpha=alpha, digits=digits,
-            samples_per_client=samples_per_client, test_size=test_size)
+        settings = _settings(**{n: v for n, v in locals().items() if n in _SETTINGS}, names=tuple(cfg.client_names))
         fs = cfg.fl_server
         summary = run_training(settings, server, certs, server_name or (fs.name if fs else "server"),
-                               mnist_dir=mnist_dir, timeout_s=timeout, runs_dir=out, quiet=as_json)
+                               mnist_dir=mnist_dir, timeout_s=timeout, runs_dir=out, quiet=as_json,
+                               signed_spec=signed_spec)
         emit(summary, as_json, lambda con: render(con, summary))
 
+    @node_app.command("sign-spec")
+    @handle_errors
+    def sign_spec_command(
+        certs: Path = typer.Option(..., "--certs", help="Folder with ca.pem and the operator's node-ctl.pem/.key "
+                                   "(`labqfl node certs DIR --node ctl`)."),
+        out: Path = SPEC_OUT, valid_hours: float = VALID_HOURS, station: Path = STATION,
+        task: str = TRAIN["task"], q: int = TRAIN["q"], rounds: int = TRAIN["rounds"], keys: str = KEYS,
+        local_epochs: int | None = TRAIN["local_epochs"], lr: float | None = TRAIN["lr"],
+        batch_size: int | None = TRAIN["batch_size"], clip: float | None = TRAIN["clip"], seed: int = TRAIN["seed"],
+        non_iid: bool = TRAIN["non_iid"], alpha: float = TRAIN["alpha"], graph: str = TRAIN["graph"],
+        k: int = TRAIN["k"], mnist_dir: Path | None = MNIST_DIR, digits: str = TRAIN["digits"],
+        samples_per_client: int = TRAIN["samples_per_client"], test_size: int = TRAIN["test_size"],
+        self_masks: bool = TRAIN["self_masks"], threshold: int | None = TRAIN["threshold"],
+        dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
+        dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"], as_json: bool = JSON_OPTION,
+    ) -> None:
+        """As the operator (certificate 'ctl'): sign a training spec (participants, graph, self-masks, threshold,
+        DP, rounds, task, q, key mode) for `labqfl node train --signed-spec`; every SuperNode follows no other
+        settings (docs/secure_aggregation.md §9)."""
+        from labqfl.config import load_station_config
 
-def run_training(settings: Any, server: str, certs: Path, server_name: str, *, mnist_dir: Path | None,
-                 timeout_s: float, runs_dir: Path | None, quiet: bool) -> dict[str, Any]:
-    """Check ``settings`` (a :class:`~labqfl.app.training.TrainingSettings`) as ``labqfl train`` does, make the
-    Flower spec as ``labqfl run`` over nodes does, load the operator's credentials, open the session to the
-    server node, then (the server reached) make the run folder and train; the summary, written as the run
-    folder's ``metrics.json`` with ``labqfl train``'s plots."""
+        cfg = load_station_config(station)
+        settings = _settings(**{n: v for n, v in locals().items() if n in _SETTINGS}, names=tuple(cfg.client_names))
+        doc = sign_training_spec(settings, certs, mnist_dir=mnist_dir, valid_s=valid_hours * 3600.0, out=out)
+        emit(doc, as_json, lambda con: con.print(
+            f"signed spec {doc['spec_id']} (operator ctl), valid until {doc['expires']}: {doc['file']}\n"
+            + ", ".join(f"{k_}={v!r}" for k_, v in doc["settings"].items()), soft_wrap=True))
+
+
+#: the training options both commands turn into :class:`~labqfl.app.training.TrainingSettings`
+_SETTINGS = ("task", "q", "rounds", "keys", "seed", "local_epochs", "lr", "batch_size", "clip", "graph", "k",
+             "self_masks", "threshold", "dp_epsilon", "dp_delta", "dp_honest", "dp_clip", "non_iid", "alpha",
+             "digits", "samples_per_client", "test_size")
+
+
+def _settings(**kw: Any) -> Any:
+    """``labqfl train``'s settings of a run over nodes (the Flower engine, no preflight: the operator opens no store)."""
+    from labqfl.app.training import TrainingSettings
+
+    return TrainingSettings(**kw, engine="flower", preflight=False)
+
+
+def _node_spec(settings: Any, mnist_dir: Path | None) -> tuple[Any, Any]:
+    """(the checked :class:`~labqfl.app.training.TrainingSetup`, the Flower spec a run over nodes sends) of
+    ``settings``, as ``labqfl run`` over nodes makes it; a spec the ServerApp would refuse fails here."""
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
+    from labqfl.nodes.runjob import flower_spec_for
+
+    setup = TrainingSetup(settings)  # validates; opens no key store, loads no data
+    spec = dataclasses.replace(flower_spec_for(setup, settings.client_names, data_dir=str(mnist_dir or "")),
+                               keys=settings.keys)
+    spec.secagg()
+    return setup, spec
+
+
+def sign_training_spec(settings: Any, certs: Path, *, mnist_dir: Path | None, valid_s: float,
+                       out: Path) -> dict[str, Any]:
+    """Sign the Flower spec of ``settings`` with the operator's ``node-ctl`` key of ``certs`` and write it to
+    ``out`` (:mod:`labqfl.fl.flower.specsig`); returns what was signed (ID, expiry, settings, file)."""
+    from labqfl.errors import ConfigError
+    from labqfl.nodes.fl import operator_signed_spec
+
+    _, spec = _node_spec(settings, mnist_dir)
+    try:
+        signed = operator_signed_spec(certs, spec.to_config(), valid_s)
+    except ConfigError as exc:
+        raise fail(_credentials_hint(str(exc))) from None
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(signed.to_json() + "\n", encoding="utf-8")
+    return {"spec_id": signed.spec_id, "expires": f"{signed.expires:%Y-%m-%d %H:%M:%S} UTC", "file": str(out),
+            "settings": signed.settings}
+
+
+def _load_signed(path: Path, spec: Any) -> Any:
+    """The signed spec of ``--signed-spec`` (:meth:`~labqfl.fl.flower.specsig.SignedSpec.from_file`), after
+    checking that it is not expired and that the training options give exactly its settings."""
+    import datetime
+
+    from labqfl.errors import ConfigError
+    from labqfl.fl.flower.specsig import SignedSpec, spec_departures
+
+    signed = SignedSpec.from_file(path)
+    if signed.expires < datetime.datetime.now(datetime.UTC):
+        raise ConfigError(f"--signed-spec {path}: spec {signed.spec_id} expired at {signed.expires:%Y-%m-%d %H:%M:%S} "
+                          "UTC; sign a new one (labqfl node sign-spec)")
+    if bad := spec_departures(signed, spec):
+        raise ConfigError(f"--signed-spec {path}: the training options depart from signed spec {signed.spec_id} "
+                          "(field: options, signed): " + "; ".join(f"{k}: {a!r}, {b!r}" for k, (a, b) in bad.items()))
+    return signed
+
+
+def run_training(settings: Any, server: str, certs: Path, server_name: str, *, mnist_dir: Path | None,
+                 timeout_s: float, runs_dir: Path | None, quiet: bool, signed_spec: Path | None = None) -> dict[str, Any]:
+    """Check ``settings`` (a :class:`~labqfl.app.training.TrainingSettings`) as ``labqfl train`` does, make the
+    Flower spec as ``labqfl run`` over nodes does, load the operator's credentials, open the session to the
+    server node, then (the server reached) make the run folder and train; the summary, written as the run
+    folder's ``metrics.json`` with ``labqfl train``'s plots. The spec goes out signed by the operator:
+    ``signed_spec`` (a file of ``labqfl node sign-spec``, whose settings the options must give), else signed
+    here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`)."""
     from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
-    from labqfl.nodes.runjob import flower_spec_for
     from labqfl.runs import RunRecord
 
-    setup = TrainingSetup(settings)  # validates; opens no key store, loads no data
+    setup, spec = _node_spec(settings, mnist_dir)  # a spec the ServerApp would refuse fails here
     names = settings.client_names
-    spec = dataclasses.replace(flower_spec_for(setup, names, data_dir=str(mnist_dir or "")), keys=settings.keys)
-    spec.secagg()  # a spec the ServerApp would refuse fails here, before the server is asked
+    signed = _load_signed(signed_spec, spec) if signed_spec is not None else None
     rec: list[Any] = []
 
     def opened() -> None:
@@ -105,7 +198,7 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
 
     try:
         res = train_on_server(server, certs, spec.to_config(), timeout_s=timeout_s, server_name=server_name,
-                              on_session=opened)
+                              on_session=opened, signed_spec=signed)
         summary = training_summary(setup, res, server, server_name)
         if rec:
             summary["run_dir"] = str(rec[0].path)
@@ -177,9 +270,13 @@ def training_summary(setup: Any, res: dict[str, Any], server: str, server_name: 
 
 
 #: the last sentence of a node run's security line: what the operator's report can and cannot vouch for
-#: (review s34 F8; the nodes do not report the key mode or mask settings they used)
-NODE_RUN_TRUST = ("The key mode and the mask settings (graph, self-masks, DP) reach the nodes in the server node's "
-                  "messages, not signed by this operator, and no node reports what it used; each SuperNode {}.")
+#: (review s34 F8; the nodes do not report the key mode or mask settings they used). Since s35 the settings are
+#: signed by this operator (labqfl.fl.flower.specsig) and every SuperNode started by `labqfl node supernode`
+#: (the network CA configured) refuses any message that departs from them
+NODE_RUN_TRUST = ("The key mode and the mask settings (participants, graph, self-masks and threshold, DP, rounds) "
+                  "reach the nodes in a spec signed by this operator (certificate ctl), and every SuperNode with the "
+                  "network CA refuses any server message that departs from it or an expired one, but no node reports "
+                  "what it used; each SuperNode {}.")
 
 
 def mask_security(keys: str, self_masks: bool = False) -> str:

@@ -37,7 +37,7 @@ from labqfl.qkd.messaging import Message
 
 log = get_logger(__name__)
 
-__all__ = ["FlNetwork", "train_on_server"]
+__all__ = ["FlNetwork", "operator_signed_spec", "train_on_server"]
 
 SERVER = "server"
 
@@ -73,19 +73,44 @@ def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str
     return got["node"], got.get("fleet", "")
 
 
+#: how long after a run's own timeout the spec signed for it stays valid [s]
+SPEC_VALID_MARGIN_S = 3600.0
+
+
+def operator_signed_spec(certs: Path, config: Mapping[str, Any], valid_s: float) -> Any:
+    """The operator's signature (certificate ``ctl`` of ``certs``) over the settings of ``config`` (a
+    :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`), valid ``valid_s`` seconds
+    (:func:`labqfl.fl.flower.specsig.sign_spec`)."""
+    from labqfl.fl.flower.identity import ReplySigner
+    from labqfl.fl.flower.spec import FlowerSpec
+    from labqfl.fl.flower.specsig import sign_spec
+
+    creds = NodeCredentials.load(certs, CTL)
+    signer = ReplySigner(creds.cert_pem, creds.key_pem, source=str(Path(certs) / f"node-{CTL}.key"))
+    return sign_spec(FlowerSpec.from_config(config), signer, valid_s=valid_s)
+
+
 def train_on_server(server: str, certs: Path, config: Mapping[str, Any], *, timeout_s: float,
                     server_name: str = SERVER, init_params: Sequence[float] | None = None,
-                    on_session: Callable[[], None] | None = None) -> dict[str, Any]:
+                    on_session: Callable[[], None] | None = None, signed_spec: Any = None) -> dict[str, Any]:
     """The operator's ``ctl/train`` to a running server node at ``server`` (its ``ctl`` address):
     ``config`` is a :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config`; ``init_params``: the global
     parameters a segment of rounds (``spec.first_round`` > 1) starts from; ``on_session``: called once the
     session is open (the server node reached, both certificates accepted), before the run is asked for
     (``labqfl node train`` makes its run folder there). Returns the ServerApp's metrics
     (``FederatedResult.summary()`` + ``flower`` + ``final_params``), ``wall_s`` and ``server_run`` (the
-    server node's ID of the run: its ``<data>/nodes/<server>/results/<ID>.json`` and ``flower/flwr-run-<ID>.log``)."""
+    server node's ID of the run: its ``<data>/nodes/<server>/results/<ID>.json`` and ``flower/flwr-run-<ID>.log``).
+
+    The run's settings go out signed by the operator (``signed_spec``: a
+    :class:`~labqfl.fl.flower.specsig.SignedSpec`, e.g. ``labqfl node sign-spec``'s; default: signed here with
+    ``certs``' ``ctl`` key, valid for the run's timeout plus :data:`SPEC_VALID_MARGIN_S`): every SuperNode with
+    the network CA follows no other settings (docs/secure_aggregation.md §9)."""
     creds = NodeCredentials.load(certs, CTL)
+    if signed_spec is None:
+        signed_spec = operator_signed_spec(certs, config, timeout_s + SPEC_VALID_MARGIN_S)
     ch = open_session(server, creds, server_name, "ctl", timeout_s=timeout_s + 60)
-    fields: dict[str, Any] = {"config": json.dumps(dict(config)), "timeout": float(timeout_s)}
+    fields: dict[str, Any] = {"config": json.dumps(dict(config)), "timeout": float(timeout_s),
+                              "signed_spec": signed_spec.to_json()}
     if init_params is not None:
         fields["init_params"] = json.dumps([float(x) for x in init_params])
     try:

@@ -21,9 +21,11 @@ front's address), ``flower/`` (SuperLink log, ``flwr_home``), ``apps/<id>/`` (th
 project of each training) and ``results/<id>.json`` (the ServerApp's metrics: accuracies, key
 bits per pair, Flower accounting, the final global parameters).
 
-Control (operator ``ctl``): ``ctl/train {config, timeout[, init_params]}`` submits one run with
-``config`` the :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config` JSON (``flwr run`` against its
-own SuperLink) and answers ``ctl/trained {result, wall_s}``. A run of rounds ``first_round`` > 1
+Control (operator ``ctl``): ``ctl/train {config, timeout[, init_params][, signed_spec]}`` submits one
+run with ``config`` the :meth:`~labqfl.fl.flower.spec.FlowerSpec.to_config` JSON (``flwr run`` against its
+own SuperLink) and answers ``ctl/trained {result, wall_s}``. ``signed_spec``: the operator's signature over
+the run's settings (:mod:`labqfl.fl.flower.specsig`; the config must not depart from it), which the
+ServerApp sends with every message and which every SuperNode requires. A run of rounds ``first_round`` > 1
 (a segment of a run that waited for key between segments, ``labqfl run``) needs ``init_params``,
 the global parameters after round ``first_round - 1`` as a JSON list (written to the run's app
 folder as ``init_params.npy``, the ServerApp's run config ``labqfl-init``); the global model is
@@ -106,6 +108,18 @@ class ServerNode(Node):
         from labqfl.fl.flower.spec import FlowerSpec
 
         spec = FlowerSpec.from_config(json.loads(str(req.get("config"))))
+        signed = str(req.fields.get("signed_spec") or "")
+        if signed:  # the operator's signed settings must be the config's: else every node refuses every message
+            from labqfl.errors import SecureAggregationError
+            from labqfl.fl.flower.specsig import SignedSpec, spec_departures
+
+            try:
+                bad = spec_departures(SignedSpec.from_json(signed), spec)
+            except SecureAggregationError as exc:
+                raise NodeError(f"ctl/train: {exc}") from None
+            if bad:
+                raise NodeError(f"ctl/train: the config departs from the operator-signed spec (field: config, "
+                                f"signed): {bad}")
         if spec.keystore_dir:
             raise NodeError("ctl/train: the spec names a key-store folder; in a deployment every client "
                             "node uses its own (labqfl-keystore of its SuperNode), so keystore_dir must be empty")
@@ -125,7 +139,8 @@ class ServerNode(Node):
             init_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             np.save(init_path, np.asarray(init, dtype=np.float64))
         # the ServerApp checks every client reply against the network's CA (labqfl.fl.flower.identity)
-        app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca, init_params=init_path)
+        app = write_app_project(self.private / "apps" / run, spec, out_json=out, ca=self.tls.ca, init_params=init_path,
+                                signed_spec=signed)
         t0 = time.perf_counter()
         if isinstance(self.fed, WarmFederation):  # the ServerApp forked pre-imported, not started cold
             self.fed.wait_zygote()  # (it imports while the SuperNodes start; at once after the first run)

@@ -20,7 +20,9 @@ ClientApp's memory), which the ServerApp checks against the claimed name
 masters and require, before using any ref, its master's signature under a node certificate of the
 network CA (node config ``labqfl-ca``: ``ca.pem`` of the certificate folder; docs/secure_aggregation.md
 §9); with csprng keys they sign Ci's X25519 public key of each round and require each partner's key to
-be signed by that partner's certificate under the same CA. Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
+be signed by that partner's certificate under the same CA; and they follow only the training spec the
+network's operator signed (certificate ``ctl`` of the same CA, :mod:`labqfl.fl.flower.specsig`), refusing any
+server message that carries none or departs from it. Prints ``NODE <Ci> <tunnel address>`` once started and writes ``<data>/nodes/<Ci>/fl/address.json``;
 its Flower log is ``<data>/nodes/<Ci>/fl/supernode-<Ci>.log``. SIGTERM or Ctrl-C stops the
 SuperNode (and its ClientApp processes) and the tunnel, and the process exits with 0; if the
 SuperNode dies on its own, with 1.

@@ -43,6 +43,7 @@ def test_the_flower_simulation_says_one_operator_holds_every_pad_and_with_qkd_th
     assert sec == f"{CSPRNG_MASKS}. {SIMULATION_TRUST}{SIMULATION_PK_UNSIGNED}."  # csprng: unsigned public keys
     assert "X25519 public keys are relayed unsigned, so the server could substitute them" in sec
     assert "one command runs every client's update and pad" in sec and "protect nothing against its operator" in sec
+    assert "no operator-signed spec" in sec
     qkd = engine_trust("flower", "qkd")
     assert qkd == SIMULATION_TRUST + SIMULATION_REFS_TAG_ONLY + "."
     assert "refs tag alone, with no node signature" in qkd and "§9" in qkd
@@ -55,8 +56,10 @@ def test_a_node_run_names_the_key_mode_asked_for_and_that_the_servers_messages_c
         keys: str, self_masks: bool) -> None:
     sec = mask_security(keys, self_masks)
     assert sec.startswith(f"asked for {keys}: ")
-    assert ("The key mode and the mask settings (graph, self-masks, DP) reach the nodes in the server node's "
-            "messages, not signed by this operator, and no node reports what it used; each SuperNode ") in sec
+    assert ("The key mode and the mask settings (participants, graph, self-masks and threshold, DP, rounds) reach "
+            "the nodes in a spec signed by this operator (certificate ctl), and every SuperNode with the network CA "
+            "refuses any server message that departs from it or an expired one, but no node reports what it used; "
+            "each SuperNode ") in sec  # s35: the operator signs the spec
     if keys == "qkd":
         assert "its own key store" in sec and "labqfl keys status --data-dir" in sec
         assert sec.endswith("each SuperNode masks with keys from its own key store and refuses another key mode.")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from labqfl.fl.flower.deploy import LocalFederation, TlsFiles
-from labqfl.fl.flower.identity import NODE_CERT, NODE_KEY
+from labqfl.fl.flower.identity import NODE_CA, NODE_CERT, NODE_KEY
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.nodes.common import NodeError
 from labqfl.nodes.tunnel import TunnelEnd
@@ -40,7 +40,10 @@ def test_a_supernode_with_c2s_certificate_claiming_c1_is_refused_by_the_server_n
     tunnel = TunnelEnd(ca=c2.ca, cert=c2.cert, key=c2.key, server=net.fleet_address)  # the front admits C2
     fed = LocalFederation(impostor_dir, tunnel.start(), tls=c2)
     try:
-        fed.start_supernode("C1", {"labqfl-client": "C1", NODE_CERT: str(c2.cert), NODE_KEY: str(c2.key)})
+        # with the network CA, as a real node has it (without, its ClientApp refuses the run itself: it could
+        # check neither its peers' signatures nor the operator's signed spec)
+        fed.start_supernode("C1", {"labqfl-client": "C1", NODE_CERT: str(c2.cert), NODE_KEY: str(c2.key),
+                                   NODE_CA: str(c2.ca)})
         spec = FlowerSpec.for_task("mnist-qnn", clients=2, rounds=1, keys="csprng", node_wait_s=5.0,
                                    stage_timeout_s=120.0, data_dir=_mnist_cache(tmp_path))
         with pytest.raises(NodeError, match="the Flower run failed"):

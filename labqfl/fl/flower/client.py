@@ -73,9 +73,11 @@ What the node holds itself, not from the message (review s34): its key mode (nod
 ``labqfl-keys``, ``qkd`` wherever a key store is configured), the run tag of its round (pinned at
 ``keys``), which reservations it already masked with (never twice), the floors of a mask plan
 (≥ 2 participants, ≥ 1 pair), and the upload length and DP plan it computes from the spec. The
-spec itself (graph, thresholds, DP ε) still comes with every message from the server until it is
-operator-signed: the checks against it stop a message that departs from the run's settings, not a
-server that changes the settings as a whole.
+spec itself (participants, graph, thresholds, DP ε, rounds, ...) comes with every message from the
+server; a node with the network CA configured (a deployment) follows it only where it is exactly
+the operator-signed spec the message also carries (:func:`_check_signed_spec`,
+:mod:`labqfl.fl.flower.specsig`; s35), so the server can no longer change the run's settings as a
+whole. A simulation without node keys follows the server's spec (stated in its security line).
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ STATE_GUARD = "labqfl.guard"
 STATE_NONCE = "labqfl.nonce"
 #: the round this node already answered a mask message for: its pair keys mask one upload per round
 STATE_MASKED = "labqfl.masked"
+#: the operator-signed spec this node follows for a run tag (``run``, ``spec_id``): one signed spec per run
+STATE_SPEC = "labqfl.spec"
 PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
 TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
@@ -293,6 +297,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     r = _cfg_int(cfg, "round")
     n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
+    _check_signed_spec(context, cfg, spec, name, r, run_tag, stage)  # deployment: the operator's settings only
     _check_key_mode(context, spec, name, r)
     _check_n_params(spec, name, r, n)
     _clear_stale_round_state(context, spec, name, r)
@@ -312,6 +317,68 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     if stage in ("end", "abort"):
         return _end_stage(msg, context, spec, name, stage)
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
+
+
+def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, r: int, run_tag: str,
+                       stage: str) -> None:
+    """Deployment (signing keys or a CA in the node config, :func:`_peer_verifier`): the message must
+    carry the operator-signed spec (:mod:`labqfl.fl.flower.specsig`, field ``signed_spec``), signed by
+    the network operator's certificate ``ctl`` of the network CA, not expired, and the message's own
+    settings (``spec.*``: participants, graph, k, self-masks, threshold, min_survivors, DP ε/δ, rounds,
+    task, q, key mode, ...) must be exactly the signed ones, its round within the signed rounds, and
+    one run tag follows one signed spec (pinned in the node state at its first message). Otherwise
+    one :class:`SecureAggregationError` naming what departs, before anything is reserved, drawn or
+    trained. A simulation without node keys follows the spec of the server's messages (stated in its
+    security line)."""
+    from labqfl.fl.flower import identity
+    from labqfl.fl.flower.specsig import OPERATOR, SIGNED_SPEC, spec_departures
+
+    verifier = _peer_verifier(context, name, r)
+    if verifier is None:
+        return
+    raw = str(cfg.get(SIGNED_SPEC, "") or "")
+    if not raw:
+        raise SecureAggregationError(
+            f"round {r}: the server's {stage} message to {name} carries no spec signed by the network operator "
+            f"({OPERATOR!r}); this node (network CA configured) follows only the operator's settings: refused")
+    try:
+        signed = _verified_spec(verifier, raw)
+    except SecureAggregationError as exc:
+        raise SecureAggregationError(f"round {r}: the operator-signed spec in the server's {stage} message to "
+                                     f"{name} is refused: {exc}") from None
+    if (now := identity._now()) > signed.expires:
+        raise SecureAggregationError(f"round {r}: the operator-signed spec {signed.spec_id} expired at "
+                                     f"{signed.expires:%Y-%m-%d %H:%M:%S} UTC (now {now:%Y-%m-%d %H:%M:%S} UTC); "
+                                     f"{name} follows no expired spec: refused")
+    if bad := spec_departures(signed, spec):
+        raise SecureAggregationError(
+            f"round {r}: the server's {stage} message to {name} departs from the operator-signed spec "
+            f"{signed.spec_id} (field: sent, signed): " + "; ".join(f"{k}: {a!r}, {b!r}" for k, (a, b) in bad.items())
+            + ": refused")
+    if stage == "setup":
+        return
+    if not 1 <= r <= spec.rounds:
+        raise SecureAggregationError(f"round {r}: outside the {spec.rounds} round(s) of the operator-signed spec "
+                                     f"{signed.spec_id}: refused")
+    st = context.state
+    if STATE_SPEC in st and str(st.config_records[STATE_SPEC]["run"]) == run_tag \
+            and (pinned := str(st.config_records[STATE_SPEC]["spec_id"])) != signed.spec_id:
+        raise SecureAggregationError(f"round {r}: the {stage} message to {name} carries the operator-signed spec "
+                                     f"{signed.spec_id}, but its run {run_tag!r} follows spec {pinned}: refused "
+                                     "(one signed spec per run)")
+    st[STATE_SPEC] = ConfigRecord({"run": run_tag, "spec_id": signed.spec_id})
+
+
+@functools.lru_cache(maxsize=8)
+def _verified_spec(verifier: Any, raw: str) -> Any:
+    """The :class:`~labqfl.fl.flower.specsig.SignedSpec` of ``raw`` once its signature checked out
+    (:meth:`~labqfl.fl.flower.identity.ReplyVerifier.verify_operator`; cached: every message of a run
+    carries the same one). Raises :class:`SecureAggregationError` (or its ``ReplyRefused``)."""
+    from labqfl.fl.flower.specsig import OPERATOR, SignedSpec, spec_signed_bytes
+
+    signed = SignedSpec.from_json(raw)
+    verifier.verify_operator(signed.cert_pem, signed.sig, spec_signed_bytes(signed.body), operator=OPERATOR)
+    return signed
 
 
 def _check_key_mode(context: Context, spec: FlowerSpec, name: str, r: int) -> None:
@@ -665,9 +732,9 @@ def _checked_mask_plan(cfg: Any, spec: FlowerSpec, name: str, r: int) -> tuple[l
     the run's spec before this node masks anything.
 
     The server only chooses *who* takes part (the clients that answered the keys stage); everything
-    else follows from the spec (still the one in the server's message until specs are
-    operator-signed, review s34; so the node adds floors no message can lower: ≥ 2 participants and
-    ≥ 1 pair for this node): its pairs are its edges of the spec's
+    else follows from the spec (in a deployment the operator-signed one, :func:`_check_signed_spec`;
+    in a simulation the server's, review s34; so the node adds floors no message can lower: ≥ 2
+    participants and ≥ 1 pair for this node): its pairs are its edges of the spec's
     mask graph among the participants, the participants must be enough for a round
     (``SecAggConfig.survivors_needed``) and connected in that graph, and the threshold is the spec's
     (or the default rule's for those participants). Without these checks a server could send no
@@ -884,9 +951,9 @@ def _dp_plan_of(cfg: Any, spec: FlowerSpec, n: int) -> DPPlan | None:
     Refused (review s34 F5: σ, or DP at all, was the server's choice): no plan while the spec has
     DP on (``dp_epsilon`` > 0), a plan while it has DP off, and a plan that differs in any field
     (σ, γ, d', Δ₂, …) from :meth:`~labqfl.fl.flower.spec.FlowerSpec.dp_plan`, which this node
-    computes itself, or whose padded length is not the stage's. NOTE: the spec those checks use
-    still comes from the server's message until it is operator-signed; they stop a plan that
-    departs from the run's settings, not settings that a server changed as a whole."""
+    computes itself, or whose padded length is not the stage's. The spec those checks use is, in a
+    deployment, the operator-signed one (:func:`_check_signed_spec`: DP ε/δ, DP on or off, rounds);
+    in a simulation without node keys it is the server's."""
     raw = cfg.get("dp_plan", "")
     want = spec.dp_plan()
     if not raw:
@@ -1046,6 +1113,16 @@ def labqfl_identity_mod(msg: Message, context: Context, call_next: Any) -> Messa
     return rep
 
 
+def setup_request(msg: Message, context: Context) -> tuple[FlowerSpec, str]:
+    """The setup query's spec and this node's name, once the message passed the signed-spec check
+    (:func:`_check_signed_spec`: a deployed node answers no server whose settings are not the operator's)."""
+    cfg = msg.content.config_records[CFG]
+    spec = FlowerSpec.from_config(cfg)
+    name = node_name(context, spec)
+    _check_signed_spec(context, cfg, spec, name, 0, str(cfg.get("run_tag", "")), "setup")
+    return spec, name
+
+
 def make_client_app() -> ClientApp:
     """The labqfl ClientApp: setup query, training function wrapped by :func:`labqfl_secagg_mod`,
     every reply signed by :func:`labqfl_identity_mod` (deployment)."""
@@ -1053,8 +1130,7 @@ def make_client_app() -> ClientApp:
 
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
-        spec = FlowerSpec.from_config(msg.content.config_records[CFG])
-        name = node_name(context, spec)
+        spec, name = setup_request(msg, context)
         _, y = spec.client_data(name)
         return _reply(msg, labqfl=ConfigRecord({"name": name, "num_examples": len(y), "pid": os.getpid()}))
 

@@ -75,11 +75,13 @@ def _toml_value(v: Any) -> str:
 
 
 def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None = None,
-                      ca: Path | None = None, init_params: Path | None = None) -> Path:
+                      ca: Path | None = None, init_params: Path | None = None, signed_spec: str = "") -> Path:
     """Write a Flower App project (pyproject.toml + a stub module) whose components are labqfl's apps.
 
     ``ca``: the network CA certificate on the server's host (run config ``labqfl-ca``): the
     ServerApp then refuses every client reply not signed by the claimed client's certificate key.
+    ``signed_spec``: the operator-signed spec (:meth:`~labqfl.fl.flower.specsig.SignedSpec.to_json`,
+    run config ``labqfl-signed-spec``) the ServerApp sends with every message.
     The labqfl package itself must be installed on every machine (the FAB carries only the config).
     Write nothing else into ``app_dir``: a labqfl SuperNode refuses a FAB with any other file, a
     changed stub module, or a ``pyproject.toml`` that differs from :data:`APP_PYPROJECT` outside
@@ -91,6 +93,7 @@ def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None 
     cfg["labqfl-ca"] = str(Path(ca).resolve()) if ca is not None else ""
     # the ServerApp's initial parameters (.npy on the server's host; "": the model's seeded start)
     cfg["labqfl-init"] = str(Path(init_params).resolve()) if init_params is not None else ""
+    cfg["labqfl-signed-spec"] = signed_spec
     lines = "\n".join(f'"{k}" = {_toml_value(v)}' for k, v in cfg.items())
     (app_dir / "pyproject.toml").write_text(APP_PYPROJECT.format(config=lines), encoding="utf-8")
     (app_dir / APP_STUB_NAME).write_bytes(APP_STUB)

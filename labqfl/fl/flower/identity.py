@@ -69,7 +69,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from labqfl.errors import ConfigError, SecureAggregationError
@@ -338,6 +338,23 @@ class ReplyVerifier:
         self._verify_detached(cert_pem, sig, data, peer, them="it", signed_by="it is signed", whose="",
                               covers=f"this key of {peer!r}, this run and round {int(round_index)} (substituted, "
                                      "or replayed from another round or run)")
+
+    def verify_operator(self, cert_pem: Any, sig: Any, data: bytes, *, operator: str) -> None:
+        """Accept ``sig`` as the network operator's signature over ``data`` (a training spec,
+        :mod:`labqfl.fl.flower.specsig`): a node certificate of the network's CA whose CN is
+        ``operator`` and which is client-only (no serverAuth: the operator's profile in
+        :func:`labqfl.net.make_node_certs`), and the signature verifies; :class:`ReplyRefused` with one
+        reason otherwise (a client's or the server's certificate, another CA, an altered spec)."""
+        self._verify_detached(cert_pem, sig, data, operator, them="it", signed_by="it is signed",
+                              whose="the network operator", covers="this spec (altered or forged)")
+        cert = x509.load_pem_x509_certificate(str(cert_pem).encode())
+        try:
+            ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        except x509.ExtensionNotFound:
+            ekus = None
+        if ekus is None or ExtendedKeyUsageOID.SERVER_AUTH in ekus:
+            raise ReplyRefused(f"its certificate {operator!r} is not the operator's client-only certificate "
+                               "(it may serve TLS, or names no usage)")
 
     def _verify_detached(self, cert_pem: Any, sig: Any, data: bytes, owner: str, *, them: str, signed_by: str,
                          whose: str, covers: str) -> None:

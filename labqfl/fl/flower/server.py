@@ -64,6 +64,11 @@ of the network's CA): every message carries the run ID and a fresh nonce, and ev
 signed by the certificate key of the client it claims to be; a reply that is not is logged with its
 reason and counts as that client's loss (setup: the node is never asked again; keys/mask: a
 dropout, recovered as above; reveal/unmask: the round fails).
+
+Operator-signed spec (a deployment: ``signed_spec``, :mod:`labqfl.fl.flower.specsig`): every message
+also carries the run's settings as the operator signed them (``signed_spec``); the server refuses to
+start with a spec that departs from them, and each node with the network CA refuses any message that
+carries none or departs from it.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ from labqfl.fl.flower.client import CFG, uint_array
 from labqfl.fl.flower.identity import NONCE, ReplyRefused, ReplyVerifier
 from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.flower.spec import FlowerSpec
+from labqfl.fl.flower.specsig import SIGNED_SPEC, SignedSpec, spec_departures
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
 from labqfl.fl.quantize import dequantize_sum, weight_ranges
 from labqfl.fl.selfmask import (
@@ -170,8 +176,15 @@ class LabqflServer:
     """Runs a :class:`FlowerSpec` on a ``Grid``; ``on_round(FlowerRound, params)`` after each round."""
 
     def __init__(self, spec: FlowerSpec, on_round: Callable[[FlowerRound, np.ndarray], None] | None = None,
-                 progress: Callable[[Any], None] | None = None, identity: ReplyVerifier | None = None) -> None:
+                 progress: Callable[[Any], None] | None = None, identity: ReplyVerifier | None = None,
+                 signed_spec: SignedSpec | None = None) -> None:
         self.spec = spec
+        #: the operator-signed spec sent with every message (deployed nodes require it,
+        #: :mod:`labqfl.fl.flower.specsig`); its settings must be ``spec``'s
+        self.signed_spec = signed_spec
+        if signed_spec is not None and (bad := spec_departures(signed_spec, spec)):
+            raise SecureAggregationError(f"the run's spec departs from the operator-signed spec {signed_spec.spec_id} "
+                                         f"(field: run, signed): {bad}; the nodes would refuse every message")
         #: with a verifier, every reply must be signed by the claimed client's certificate key
         #: (:mod:`labqfl.fl.flower.identity`); a reply that is not is refused (that client is lost)
         self.identity = identity
@@ -188,8 +201,11 @@ class LabqflServer:
     # ---------------------------------------------------------------------------- messaging
     def _base(self, stage: str, r: int, n: int) -> dict[str, Any]:
         d = self.spec.to_config()
-        d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag)
+        d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag, **self._signed())
         return d
+
+    def _signed(self) -> dict[str, Any]:
+        return {SIGNED_SPEC: self.signed_spec.to_json()} if self.signed_spec is not None else {}
 
     def _refusal(self, rep: Message, name: str, sent: Message) -> str:
         """Why ``rep`` is not client ``name``'s signed answer to ``sent`` ("" when it is, or when
@@ -272,7 +288,7 @@ class LabqflServer:
         ones (error, unknown name, failed identity check) into ``refused`` (node id → reason)."""
         sent: dict[int, Message] = {}
         for nid in nids:
-            cfg = dict(self.spec.to_config(), stage="setup", round=0, run_tag=self.run_tag)
+            cfg = dict(self.spec.to_config(), stage="setup", round=0, run_tag=self.run_tag, **self._signed())
             sent[nid] = self._msg(grid, nid, {CFG: ConfigRecord(cfg)}, 0, "query.labqfl_setup")
         for rep in send_and_receive(grid, list(sent.values()), self.spec.stage_timeout_s):
             nid = rep.metadata.src_node_id

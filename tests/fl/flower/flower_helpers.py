@@ -8,6 +8,20 @@ from typing import Any
 from flwr.app import Message
 
 
+def signed_server(cert_dir: Any, spec: Any, **kw: Any) -> Any:
+    """A :class:`~labqfl.fl.flower.server.LabqflServer` for ``spec`` that sends the operator-signed spec
+    (certificate ``node-ctl`` of ``cert_dir``) with every message, as nodes with the network CA require."""
+    from pathlib import Path
+
+    from labqfl.fl.flower.identity import ReplySigner
+    from labqfl.fl.flower.server import LabqflServer
+    from labqfl.fl.flower.specsig import OPERATOR, sign_spec
+
+    d = Path(cert_dir)
+    op = ReplySigner((d / f"node-{OPERATOR}.pem").read_bytes(), (d / f"node-{OPERATOR}.key").read_bytes())
+    return LabqflServer(spec, signed_spec=sign_spec(spec, op, valid_s=3600), **kw)
+
+
 class MeddlingGrid:
     """A malicious server's network: wraps a LocalGrid; ``meddle(node, stage, round, cfg)`` may
     change a message's config in place before delivery, or return False to withhold it (no reply).

@@ -21,12 +21,13 @@ def _section(text: str, start: str, end: str) -> str:
 def test_the_threat_model_says_the_spec_is_the_servers_and_names_the_floors() -> None:
     s9 = _section(DOC.read_text(encoding="utf-8"), "## 9. Threat model", "## 10. Performance")
     assert "against the run's spec" not in s9
-    assert "not yet signed by the operator" in s9
+    assert "**In deployments it is signed by the network's operator**" in s9  # s35: operator-signed spec
+    assert "**What the signature does not fix:**" in s9 and "**Unsigned simulations**" in s9
     for floor in ("fewer than 2 participants", "a mask with no pair for it", "`min_survivors` below 2",
                   "a key mode other than its own", "a run tag other than the one of its keys stage",
                   "a second mask with one reservation", "a DP plan that is not the one it computes"):
         assert floor in s9, floor
-    assert "Within those floors a malicious server chooses the spec" in s9
+    assert "In an unsigned simulation, within those floors a malicious server chooses the spec" in s9
     assert "A SuperNode runs only labqfl's ClientApp" in s9
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from flower_helpers import signed_server
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -48,7 +49,7 @@ NAMES = ["C1", "C2", "C3"]
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The network's CA with C1..C3, and another CA that also issued a "C1"."""
     d = tmp_path_factory.mktemp("certs")
-    make_node_certs(d / "net", NAMES)
+    make_node_certs(d / "net", [*NAMES, "ctl"])  # ctl: the operator signs the spec
     make_node_certs(d / "other", ["C1"])
     return {"net": d / "net", "other": d / "other"}
 
@@ -206,7 +207,7 @@ def _expected_sum(updates: dict[str, np.ndarray], survivors: list[str], srv: Lab
 def test_a_supernode_with_c2s_certificate_claiming_c1_is_refused_and_the_real_c1_trains(certs, caplog) -> None:
     updates = _updates()
     grid = _grid(_app(updates), ["C1", "C2", "C3", "C1"], certs, ["C2", "C2", "C3", "C1"])  # node 1000: impostor
-    srv = LabqflServer(_spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
+    srv = signed_server(certs["net"], _spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     with caplog.at_level(logging.WARNING):
         nodes, weights = srv.connect(grid)
     assert nodes == {"C1": 1003, "C2": 1001, "C3": 1002}
@@ -217,7 +218,8 @@ def test_a_supernode_with_c2s_certificate_claiming_c1_is_refused_and_the_real_c1
 
 def test_an_impostor_alone_leaves_its_name_missing_and_the_run_fails_naming_the_refusal(certs) -> None:
     grid = _grid(_app(_updates()), ["C1", "C2", "C3"], certs, ["C2", "C2", "C3"])
-    srv = LabqflServer(dataclasses.replace(_spec(), node_wait_s=0.5), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
+    srv = signed_server(certs["net"], dataclasses.replace(_spec(), node_wait_s=0.5),
+                        identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     with pytest.raises(SecureAggregationError, match=r"no SuperNode answered as client\(s\) \['C1'\].*refused.*"
                                                      r"signed with the certificate of 'C2'"):
         srv.connect(grid)
@@ -234,7 +236,7 @@ def test_an_upload_altered_in_transit_is_dropped_and_the_others_still_sum_exactl
         return rep
 
     grid = _Tampering(_grid(_app(updates), NAMES, certs, NAMES), flip)
-    srv = LabqflServer(_spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
+    srv = signed_server(certs["net"], _spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     nodes, weights = srv.connect(grid)
     with caplog.at_level(logging.WARNING):
         fr = srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
@@ -256,7 +258,7 @@ def test_when_a_refused_reply_leaves_too_few_clients_the_round_fails_clearly(cer
 
     spec = FlowerSpec(task="mnist-lenet5", clients=2, q=8, rounds=1, keys="csprng", clip=1.0, rounding="nearest")
     grid = _Tampering(_grid(_app(_updates()), NAMES[:2], certs, NAMES[:2]), flip)
-    srv = LabqflServer(spec, identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
+    srv = signed_server(certs["net"], spec, identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     nodes, weights = srv.connect(grid)
     with pytest.raises(SecureAggregationError, match=r"round 1 aborted: 1 survivor\(s\).*C2: reply refused"):
         srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
@@ -276,7 +278,7 @@ def test_a_keys_answer_replayed_from_round_1_in_round_2_is_refused(certs) -> Non
         return kept["r1"]  # round 2: C1's signed round-1 answer instead of the new one
 
     grid = _Tampering(_grid(_app(updates), NAMES, certs, NAMES), replay)
-    srv = LabqflServer(_spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
+    srv = signed_server(certs["net"], _spec(), identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     nodes, weights = srv.connect(grid)
     assert not srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights).dropped_before_masking
     fr = srv.round(grid, 2, np.zeros(N_WORDS), nodes, weights)

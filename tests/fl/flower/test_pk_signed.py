@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography import x509
-from flower_helpers import MeddlingGrid
+from flower_helpers import MeddlingGrid, signed_server
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -53,7 +53,7 @@ NOT_SIGNED = "the X25519 public key of C1 relayed to C2 is not signed by C1"
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The network's CA with C1..C3, and another CA that also issued a "C1"."""
     d = tmp_path_factory.mktemp("certs")
-    make_node_certs(d / "net", NAMES)
+    make_node_certs(d / "net", [*NAMES, "ctl"])  # ctl: the operator signs the spec
     make_node_certs(d / "other", ["C1"])
     return {"net": d / "net", "other": d / "other"}
 
@@ -140,7 +140,7 @@ def test_a_peer_key_substituted_by_the_server_is_refused_before_any_mask_is_deri
     one reason, derives nothing from that key, uploads nothing; the round completes without C2."""
     updates = _updates()
     bad_sk, bad_pk = new_ecdh_key()
-    srv = LabqflServer(_spec())
+    srv = signed_server(certs["net"], _spec())
     grid: MeddlingGrid
 
     def meddle(node: str, stage: str, r: int, cfg: Any) -> bool:
@@ -210,7 +210,7 @@ def test_honest_signed_csprng_rounds_relay_each_peers_signature_and_sum_exactly(
     aggs = {}
     for signed in (True, False):
         grid = MeddlingGrid(local_grid(_app(updates), NAMES, node_config=_signed(certs) if signed else None))
-        srv = LabqflServer(_spec(self_masks=True))
+        srv = signed_server(certs["net"], _spec(self_masks=True)) if signed else LabqflServer(_spec(self_masks=True))
         nodes, weights = srv.connect(grid)
         aggs[signed] = [srv.round(grid, r, np.zeros(N_WORDS), nodes, weights, end=r == 2).aggregate for r in (1, 2)]
         assert not any(rep.has_error() for *_, rep in grid.replies)
@@ -245,7 +245,7 @@ def test_a_signed_node_refuses_a_reveal_request_with_a_substituted_key(local_gri
         return True
 
     grid = MeddlingGrid(local_grid(_app(updates), NAMES, node_config=_signed(certs)), meddle)
-    srv = LabqflServer(_spec(rounds=1))
+    srv = signed_server(certs["net"], _spec(rounds=1))
     nodes, weights = srv.connect(grid)
     with pytest.raises(Exception, match="survivors failed to reveal keys"):
         srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography import x509
-from flower_helpers import MeddlingGrid
+from flower_helpers import MeddlingGrid, signed_server
 
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.flower.client import make_client_app
@@ -34,7 +34,6 @@ from labqfl.fl.flower.identity import (
     refs_signed_bytes,
 )
 from labqfl.fl.flower.keys import REFS_TAG_BITS, REFS_TAG_LANES, NodeKeyStore, refs_statement
-from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import mask_graph
 from labqfl.keystore import KeyStore
@@ -49,7 +48,7 @@ NOT_SIGNED = "key references for pair C1-C2 not signed by its master C1"
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The network's CA with C1..C4, and another CA that also issued a "C1"."""
     d = tmp_path_factory.mktemp("certs")
-    make_node_certs(d / "net", ["C1", "C2", "C3", "C4"])
+    make_node_certs(d / "net", ["C1", "C2", "C3", "C4", "ctl"])  # ctl: the operator signs the spec
     make_node_certs(d / "other", ["C1"])
     return {"net": d / "net", "other": d / "other"}
 
@@ -105,7 +104,7 @@ def test_a_tag_key_made_of_bits_revealed_after_a_dropout_lie_is_refused_when_ref
     qn = spec.q * spec.model().n_params
     assert qn >= REFS_TAG_BITS
     kdir = make_stores(NAMES, 3 * (qn + REFS_TAG_BITS))
-    srv = LabqflServer(_spec(mnist_dir, kdir))
+    srv = signed_server(certs["net"], _spec(mnist_dir, kdir))
     grid: MeddlingGrid
     seen: dict[str, Any] = {}
 
@@ -174,7 +173,7 @@ def test_the_whole_of_round_1s_signed_refs_replayed_into_round_2_is_refused_even
         return True
 
     grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES)), meddle)
-    srv = LabqflServer(_spec(mnist_dir, kdir, q=8))
+    srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8))
     srv.run(grid)
     assert srv.rounds[0].dropped_after_masking == ["C2"]
     err = grid.error_of("C2", "mask", 2)
@@ -197,7 +196,7 @@ def test_a_signature_stripped_from_honest_refs_is_refused_when_the_slave_has_key
         return True
 
     grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES)), strip)
-    srv = LabqflServer(_spec(mnist_dir, kdir, q=8, rounds=1))
+    srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8, rounds=1))
     srv.run(grid)
     err = grid.error_of("C2", "mask", 1)
     assert err.endswith(f"{NOT_SIGNED}: no signature or certificate came with them; C2 masks nothing with them"), err
@@ -210,10 +209,11 @@ def test_a_node_with_a_signing_key_but_no_network_ca_masks_nothing(make_stores, 
     cfgs = _keys_of(certs, NAMES[:2])
     del cfgs["C2"][NODE_CA]
     grid = MeddlingGrid(local_grid(make_client_app(), NAMES[:2], node_config=cfgs))
-    with pytest.raises(SecureAggregationError, match="aborted"):
-        LabqflServer(_spec(mnist_dir, kdir, q=8, rounds=1, clients=2)).run(grid)
+    # it refuses the run's first message already (the setup: it cannot check the operator's signed spec either)
+    with pytest.raises(SecureAggregationError, match=r"no SuperNode answered as client\(s\) \['C2'\]"):
+        signed_server(certs["net"], _spec(mnist_dir, kdir, q=8, rounds=1, clients=2, node_wait_s=1.0)).run(grid)
     assert "C2 has a signing key ('labqfl-cert') but no network CA (node config 'labqfl-ca')" in \
-        grid.error_of("C2", "mask", 1)
+        grid.error_of("C2", "setup", 0)
 
 
 @pytest.mark.parametrize("self_masks", [False, True], ids=["masks", "self-masks"])
@@ -225,7 +225,7 @@ def test_honest_signed_rounds_pass_and_leave_both_ends_of_every_pair_in_step(
     per_round = spec0.secagg().key_bits_per_pair(spec0.model().n_params) + REFS_TAG_BITS
     kdir = make_stores(spec0.names, 2 * per_round + 40)
     grid = MeddlingGrid(local_grid(make_client_app(), spec0.names, node_config=_keys_of(certs, spec0.names)))
-    srv = LabqflServer(_spec(mnist_dir, kdir, q=8, clients=4, self_masks=self_masks))
+    srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8, clients=4, self_masks=self_masks))
     srv.run(grid)
     assert not any(rep.has_error() for *_, rep in grid.replies)
     for fr in srv.rounds:

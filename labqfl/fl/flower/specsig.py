@@ -1,0 +1,169 @@
+"""The operator-signed training spec of a Flower run (docs/secure_aggregation.md §9).
+
+Every server message carries the run's :class:`~labqfl.fl.flower.spec.FlowerSpec` (``spec.*``
+fields), and a node checks each message against that spec (mask graph, threshold, DP plan, ...).
+Without a signature the spec is the server's word: a malicious server could choose a sparser
+graph, threshold 1, DP off, other participants, for the whole run. Here the network's **operator**
+signs it, and each deployed node refuses any message whose settings depart from what the operator
+signed.
+
+Who signs: the operator's certificate ``ctl`` (``labqfl keys certs`` / ``labqfl node certs``:
+:func:`labqfl.net.make_node_certs` issues it from the network CA as a client-only certificate,
+EKU clientAuth, URI ``urn:labqfl:node:ctl``), not the CA key itself. The CA key's one job is to
+issue certificates (``labqfl run`` destroys its throwaway CA key once the certificates are issued),
+it never signs data, so no CA signature over data can ever be mistaken for a certificate and the
+CA key can stay offline; the operator's key is the one ``labqfl node train`` already holds to
+submit a run (mutual TLS as ``ctl``), and a node checks it like every other node signature: the
+chain to its network CA (node config ``labqfl-ca``), a node certificate whose CN is the operator
+``ctl``, which no client or server certificate of the network carries, and client-only usage (a
+``ctl`` certificate that could serve TLS was not issued as the operator's).
+
+What is signed: :data:`SPEC_SIG_DOMAIN` ‖ the canonical JSON (sorted keys, no spaces) of
+``{"version": 1, "spec_id", "issued", "expires", "spec": {every FlowerSpec field but the
+server's logistics}}`` — the participants (``clients``, ``client_names``), graph and ``k``,
+``self_masks`` and ``threshold``, ``min_survivors``, DP ε/δ/H/clip (so the DP plan, which each node
+computes from them), ``rounds``, the task, its data and local training, ``q``, ``clip``,
+``rounding``, the key mode (``keys``), the noise model. Left to the server (:data:`UNSIGNED_FIELDS`):
+timeouts, the key-wait time, a simulation's key-store folder, and which rounds of the signed
+``rounds`` one Flower run trains (``first_round``/``last_round``: ``labqfl run`` trains in segments);
+a node still refuses a round number outside 1..``rounds``. Signature: ECDSA P-256 with SHA-256 (or
+Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import functools
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from labqfl.errors import ConfigError, SecureAggregationError
+from labqfl.fl.flower.spec import FlowerSpec
+
+__all__ = ["OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS", "SignedSpec", "sign_spec",
+           "spec_departures", "spec_settings", "spec_signed_bytes"]
+
+#: domain separation of the operator's signature over a training spec (never a reply, refs or key signature)
+SPEC_SIG_DOMAIN = b"labqfl-fl-spec-sig/1"
+#: the operator's certificate name (:data:`labqfl.net.pki.CLIENT_ONLY`, :data:`labqfl.nodes.common.CTL`)
+OPERATOR = "ctl"
+#: field of the server's ``labqfl`` ConfigRecord (and the ServerApp's run config) carrying the signed spec
+SIGNED_SPEC = "signed_spec"
+#: the ServerApp's run config key of the signed spec (:func:`labqfl.fl.flower.deploy.write_app_project`)
+SIGNED_SPEC_RUN_CONFIG = "labqfl-signed-spec"
+#: FlowerSpec fields the server may set per run: logistics, not the run's settings (module docstring)
+UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s",
+                   "first_round", "last_round")
+_VERSION = 1
+
+
+def spec_settings(spec: FlowerSpec) -> dict[str, Any]:
+    """The fields of ``spec`` the operator signs (every field but :data:`UNSIGNED_FIELDS`)."""
+    return {k: v for k, v in asdict(spec).items() if k not in UNSIGNED_FIELDS}
+
+
+def spec_signed_bytes(body: str) -> bytes:
+    """What the operator signs: :data:`SPEC_SIG_DOMAIN` ‖ the canonical body, each length-prefixed."""
+    return b"".join(len(p).to_bytes(8, "big") + p for p in (SPEC_SIG_DOMAIN, body.encode()))
+
+
+def _iso(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(s: str) -> datetime.datetime:
+    return datetime.datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+
+
+@dataclass(frozen=True)
+class SignedSpec:
+    """A training spec signed by the operator: the canonical ``body`` (JSON), the signature and the
+    signer's certificate (PEM). Parsing checks the form only; :func:`checked` checks the signature."""
+
+    body: str
+    sig: bytes
+    cert_pem: str
+
+    @functools.cached_property
+    def content(self) -> dict[str, Any]:  # parsed once per object (every message of a run carries the same)
+        try:
+            d = json.loads(self.body)
+            if not isinstance(d, dict) or d.get("version") != _VERSION or not isinstance(d.get("spec"), dict):
+                raise ValueError(f"expected a version-{_VERSION} object with a spec")
+            _parse_iso(str(d["expires"]))
+            _parse_iso(str(d["issued"]))
+            str(d["spec_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SecureAggregationError(f"the signed spec's body is malformed ({exc})") from None
+        return d
+
+    @property
+    def spec_id(self) -> str:
+        return str(self.content["spec_id"])
+
+    @property
+    def expires(self) -> datetime.datetime:
+        return _parse_iso(str(self.content["expires"]))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.content["spec"])
+
+    def to_json(self) -> str:
+        """One JSON line: ``{"body", "sig" (base64), "cert"}`` (a message field, a run-config value, a file)."""
+        return json.dumps({"body": self.body, "sig": base64.b64encode(self.sig).decode(), "cert": self.cert_pem},
+                          sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "the signed spec") -> SignedSpec:
+        try:
+            d = json.loads(text)
+            out = cls(str(d["body"]), base64.b64decode(str(d["sig"]), validate=True), str(d["cert"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SecureAggregationError(f"{source} is not a signed spec ({type(exc).__name__}: {exc}); expected "
+                                         "the JSON object that labqfl node sign-spec writes") from None
+        out.content  # noqa: B018 - the body's form checked here, once
+        return out
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SignedSpec:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: signed spec not found (labqfl node sign-spec writes one)")
+        try:
+            return cls.from_json(p.read_text(encoding="utf-8"), source=str(p))
+        except SecureAggregationError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def spec(self, **unsigned: Any) -> FlowerSpec:
+        """The FlowerSpec of the signed settings, with the server's logistics ``unsigned`` (default: FlowerSpec's)."""
+        bad = [k for k in unsigned if k not in UNSIGNED_FIELDS]
+        if bad:
+            raise ConfigError(f"{bad}: signed settings, not the server's to set")
+        return FlowerSpec(**self.settings, **unsigned)
+
+
+def sign_spec(spec: FlowerSpec, signer: Any, *, valid_s: float, spec_id: str = "",
+              now: datetime.datetime | None = None) -> SignedSpec:
+    """The operator's signature over ``spec``'s settings, valid ``valid_s`` seconds from ``now``.
+    ``signer``: the operator's :class:`~labqfl.fl.flower.identity.ReplySigner` (certificate ``ctl``)."""
+    if getattr(signer, "name", "") != OPERATOR:
+        raise ConfigError(f"a training spec is signed with the operator's certificate {OPERATOR!r} (node-ctl.pem), "
+                          f"not with {getattr(signer, 'name', '?')!r}'s")
+    if valid_s <= 0:
+        raise ConfigError(f"a signed spec must be valid for more than 0 s, got {valid_s}")
+    t = (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0)
+    body = json.dumps({"version": _VERSION, "spec_id": spec_id or secrets.token_hex(8), "issued": _iso(t),
+                       "expires": _iso(t + datetime.timedelta(seconds=float(valid_s))),
+                       "spec": spec_settings(spec)}, sort_keys=True, separators=(",", ":"))
+    return SignedSpec(body, signer.signature(spec_signed_bytes(body)), signer.cert_pem)
+
+
+def spec_departures(signed: SignedSpec, spec: FlowerSpec) -> dict[str, tuple[Any, Any]]:
+    """The signed settings ``spec`` departs from: field → (the message's value, the signed value)."""
+    want, got = signed.settings, spec_settings(spec)
+    return {k: (got.get(k), want.get(k)) for k in sorted(set(want) | set(got)) if got.get(k) != want.get(k)}
