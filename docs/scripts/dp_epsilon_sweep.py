@@ -5,7 +5,9 @@ Each setting is what ``labqfl train --task mnist-lenet5 --clients N --q 32 --rou
 data, model, local training, :func:`labqfl.fl.dp.plan_dp`, :func:`labqfl.fl.secure.secure_round`),
 plus dropouts: in every round a fresh random set of ⌈drop·N⌉ clients (seeded by the round) masks
 its update and is lost before upload; its surviving partners reveal the pair keys, and the server
-averages the survivors. The script loads the data once and loops over the settings (``labqfl
+averages the survivors. Rows with H > 1 honest clients run without dropouts: labqfl refuses a DP
+round with H > 1 that lacks any of the plan's N clients (a missing client may be an honest one whose
+noise the plan counts on; docs/secure_aggregation.md §12). The script loads the data once and loops over the settings (``labqfl
 train`` would reload the embedded MNIST set per run).
 
 The ``no DP`` row uses the task's per-value clip and quantisation at the same q, graph and
@@ -140,7 +142,11 @@ def main() -> None:
     for eps, h in settings:
         plan = plan_dp(DPConfig(epsilon=eps, delta=a.delta, honest=h, l2_clip=a.dp_clip), n_params=model.n_params,
                        n_clients=a.clients, q=32, rounds=a.rounds)
-        results.append(run_setting(model, data, local, dataclasses.replace(base, dp=plan), a, f"ε = {eps:g}, H = {h}"))
+        # A DP round with H > 1 honest clients needs every one of the plan's N clients (docs §12,
+        # "Dropouts under DP"): such rows run without dropouts, and their label says so.
+        a_h = a if h == 1 or a.drop == 0 else argparse.Namespace(**{**vars(a), "drop": 0.0})
+        label = f"ε = {eps:g}, H = {h}" + ("" if a_h is a else " (no dropouts: refused with H > 1)")
+        results.append(run_setting(model, data, local, dataclasses.replace(base, dp=plan), a_h, label))
 
     stem = DOCS / "secure_aggregation_dp_lenet5"
     Path(f"{stem}.json").write_text(json.dumps({"command": cmd, "args": vars(a), "results": results}, indent=1),
