@@ -743,13 +743,19 @@ class _IPair:
     def _resolve_pending(self, if_any: bool = False) -> tuple[int, int]:
         """``pending/list``, then ``pending/resolve`` with the IDs this end holds (module docstring; only if Cj
         named any, with ``if_any``): Cj stores the pending blocks held here and destroys the others. Returns
-        (pending at Cj, held here)."""
+        (pending at Cj, held here).
+
+        ``held`` names every part of a pending block this end stored, its key ``<id>`` and its authentication
+        refill ``<id>-auth`` (:meth:`ClientNode.store_block`), as ``block/commit`` does: Cj's pending IDs are
+        key IDs only, and naming only those left the refill at this end alone, and destroyed at Cj a block whose
+        final key all went to the refill (review s35 chaos F1)."""
         ids = _json_list(self._ctl_request(Message("pending/list", {}), "pending/ids"), "ids", str, "block IDs")
         if if_any and not ids:
             return 0, 0
-        held = [b for b in ids if self.node.store.has_block(b)]
+        st = self.node.store
+        held = [x for b in ids for x in (b + AUTH_REFILL_SUFFIX, b) if st.has_block(x)]
         self._ctl_request(Message("pending/resolve", {"held": json.dumps(held)}), "pending/resolved")
-        return len(ids), len(held)
+        return len(ids), len({h.removesuffix(AUTH_REFILL_SUFFIX) for h in held})
 
     def _void_stale_auth(self) -> None:
         """Authentication bits this end reserved for a block and never finished (a Ci stopped between its
