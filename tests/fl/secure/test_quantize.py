@@ -62,7 +62,10 @@ def test_weight_ranges_never_let_the_sum_wrap(n: int, q: int, seed: int) -> None
     m = weight_ranges(w, b)
     assert m.min() >= 0
     assert int(m.sum()) <= n * ((1 << b) - 1) < (1 << q)
-    # effective weights within 1/(N L) of the requested ones (up to the trimming of a few units)
+    # M_i/(N·L) is within 1/(N·L) of w_i/Σw (M_i = N·L·p_i − f_i, 0 ≤ f_i < 1; a trimmed floating-point
+    # overshoot moves one M_i one level more), asserted loosely below. The effective weights M_i/ΣM are
+    # not within 1/(N·L): they are within N/ΣM of w_i/Σw, ≈ (N − 1)/(N·L) without dropouts
+    # (labqfl/fl/quantize.py docstring, effective_weight_bound)
     assert np.all(np.abs(m / (n * ((1 << b) - 1)) - w / w.sum()) <= 2.0 / ((1 << b) - 1))
 
 
