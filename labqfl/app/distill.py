@@ -17,7 +17,10 @@ Distiller or finish it themselves (``tests/app/test_front_end_free.py``).
 Block IDs derive from the acquisition ID (:func:`labqfl.contracts.types.acquisition_id`), so the same
 raw data is never distilled into a store twice (ARCHITECTURE.md "Keys"); every block's
 provenance (physical layer, the clients' randomness, protocol, ε) is stamped by the Distiller
-from the logs the Station hands out (:mod:`labqfl.provenance`).
+from the logs the Station hands out (:mod:`labqfl.provenance`). A recording's keys rest on the station that
+acquired it: a station file given for its distillation must agree with the recording's own on the physical
+layer and every client's randomness (:func:`check_recording_station`), or a simulated acquisition would be
+stamped, stored and served as "hardware" (review s35 F1).
 """
 
 from __future__ import annotations
@@ -88,12 +91,34 @@ def distill_settings(cfg: StationConfig, options: DistillOptions, duration_s: fl
     return plan.distill_settings(engine=options.engine, bootstrap_auth=options.bootstrap_auth, **kw), plan
 
 
+def check_recording_station(recording: Any, cfg: StationConfig) -> None:
+    """Refuse ``cfg`` for distilling ``recording`` when the provenance its keys would be stamped with
+    (:func:`labqfl.provenance.station_physical_layer`, each client's randomness) differs from what the
+    recording's own station says: the key's physical layer is the one the acquisition ran on, whatever
+    file is given later. ConfigError names the first difference."""
+    from labqfl.provenance import station_physical_layer
+
+    own, given = station_physical_layer(recording.config), station_physical_layer(cfg)
+    tail = ("; a recording's keys rest on the station that acquired it: leave out the station file (the recording's "
+            "own is used) or give one with the same instrument roles and client randomness")
+    if own != given:
+        raise ConfigError(f"the station file's physical layer is {given!r} but recording {recording.path} was acquired "
+                          f"on a {own} station{tail}")
+    recorded = set(recording.client_names)
+    for c in cfg.client_names:
+        if c in recorded and (want := recording.client_randomness(c)) != (got := cfg.client(c).randomness):
+            raise ConfigError(f"the station file gives client {c} randomness {got!r} but recording {recording.path} "
+                              f"holds its {want} choices{tail}")
+
+
 def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) -> tuple[dict[str, Any], str | None]:
     """(each client's modulation log, the acquisition ID) of a recording (:func:`labqfl.station.open_recording`):
     seeded clients' logs from the recording, CSPRNG clients' private logs from their folders under
-    ``data_dir`` (``FileNotFoundError`` when one is not on this machine)."""
+    ``data_dir`` (``FileNotFoundError`` when one is not on this machine). ``cfg`` is checked against the
+    recording's own station first (:func:`check_recording_station`)."""
     from labqfl.contracts.types import acquisition_id
 
+    check_recording_station(recording, cfg)
     logs = {c: recording.client_log(c, data_dir) for c in cfg.client_names}
     acq = acquisition_id(recording.config, recording.epoch) if recording.epoch >= 0 else None
     return logs, acq
@@ -285,4 +310,5 @@ class DistillSession:
         self.close()
 
 
-__all__ = ["DistillOptions", "DistillSession", "TagSource", "distill_settings", "recording_inputs"]
+__all__ = ["DistillOptions", "DistillSession", "TagSource", "check_recording_station", "distill_settings",
+           "recording_inputs"]

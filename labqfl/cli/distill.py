@@ -17,7 +17,6 @@ import typer
 from rich.markup import escape
 
 from labqfl.cli.common import (
-    CONFIG_OPTION,
     EC_ENGINE_HELP,
     JSON_OPTION,
     MIN_TEST_CLICKS,
@@ -50,7 +49,11 @@ def distill(
     recording: Path | None = typer.Argument(None, help="HDF5 recording (from `labqfl acquire --out`)", dir_okay=False),
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
     duration: float = typer.Option(1.0, "--duration", "-d", help="Live acquisition time [s]."),
-    config: Path | None = CONFIG_OPTION,
+    config: Path | None = typer.Option(
+        None, "--config", "-c", dir_okay=False,
+        help="Station TOML file (a recording: default the station it was acquired on, and a file whose physical layer "
+             "or client randomness differs is refused, since the keys rest on the acquisition's; --live: default the "
+             "embedded simulated 4-client station)."),
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(
         None, "--block-bits", min=1000,
@@ -126,7 +129,7 @@ class _Source:
 
     def __init__(self, recording: Path | None, live: bool, duration: float, config: Path | None,
                  data_dir: Path | None, options: Any, *, allow_incomplete: bool = False) -> None:
-        from labqfl.app.distill import TagSource, distill_settings
+        from labqfl.app.distill import TagSource, check_recording_station, distill_settings
         from labqfl.config import load_station_config
         from labqfl.station import open_recording
 
@@ -139,6 +142,11 @@ class _Source:
             self.rec = open_recording(recording, allow_incomplete=allow_incomplete)
             try:
                 self.cfg = self.rec.config if config is None else load_station_config(config)
+                if config is not None:  # the keys' provenance is the recording's (review s35 F1)
+                    try:
+                        check_recording_station(self.rec, self.cfg)
+                    except ConfigError as exc:
+                        raise ConfigError(f"--config {config}: {exc}") from None
                 self.duration_s = float(self.rec.duration_s)
                 self.settings, self.plan = distill_settings(
                     self.cfg, options, self.duration_s, what=f"recording {recording}",
