@@ -267,19 +267,31 @@ def _open_failure(exc: sqlite3.Error) -> str:
     backup, the one action that reuses key)."""
     if _is_corruption(exc):
         return f"corrupt or not an SQLite database ({exc}); refusing to reset it"
+    return f"cannot open or write it: {_fs_cause(exc)} ({exc}){_NOT_CORRUPT}"
+
+
+def _write_failure(exc: sqlite3.Error) -> str:
+    """What an SQLite error inside a write transaction means (review s35 chaos F2: a store that could not be
+    written, e.g. an immutable file, let ``sqlite3.OperationalError`` escape as a traceback): the same causes as
+    :func:`_open_failure`; the transaction was rolled back."""
+    return f"cannot be written: {_fs_cause(exc)} ({exc}); nothing was changed{_NOT_CORRUPT}"
+
+
+def _fs_cause(exc: sqlite3.Error) -> str:
+    """The file-system cause an SQLite error names (full disk, read-only file, cannot open, I/O error)."""
     text = str(exc).lower()
     name = str(getattr(exc, "sqlite_errorname", "") or "")
     if "full" in text or name == "SQLITE_FULL":
         why = "the disk is full"
     elif "readonly" in text or "read-only" in text or name.startswith("SQLITE_READONLY"):
-        why = "the file or its folder is read-only (a read-only file system or mount?)"
+        why = "the file or its folder is read-only (a read-only file system or mount, an immutable file?)"
     elif "unable to open" in text or name.startswith("SQLITE_CANTOPEN"):
         why = "it cannot be opened (a read-only file system, missing permissions, or a missing folder?)"
     elif "i/o error" in text or name.startswith("SQLITE_IOERR"):
         why = "a disk I/O error (a full disk, a read-only file system or a failing device?)"
     else:
         why = "the database could not be read or written"
-    return f"cannot open or write it: {why} ({exc}){_NOT_CORRUPT}"
+    return why
 
 
 def _now() -> str:
@@ -644,11 +656,13 @@ class KeyStore:
             self._wrote = True
             try:
                 yield conn
-            except BaseException:
+            except BaseException as exc:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
+                if isinstance(exc, sqlite3.OperationalError):  # read-only file, full disk, I/O error: one line
+                    raise self._fail(_write_failure(exc)) from None
                 raise
             try:
                 conn.execute("COMMIT")

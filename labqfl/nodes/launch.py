@@ -95,9 +95,28 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
     t.join(timeout)
     if not got:
         code = np_.proc.poll()
-        tail = np_.log_path.read_text()[-2000:] if np_.log_path.is_file() else ""
-        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (exit code {code}); log tail:\n{tail}")
+        if not t.is_alive():  # its stdout ended without a NODE line: the process exited (or is exiting)
+            try:
+                code = np_.proc.wait(10.0)
+            except subprocess.TimeoutExpired:
+                pass
+        tail = np_.log_path.read_text(errors="replace")[-8000:] if np_.log_path.is_file() else ""
+        if code is not None:  # review s35 chaos F2: not "did not start within 120 s", and its own error line
+            raise NodeError(f"node {np_.name} exited with code {code} before it started: "
+                            f"{_node_error(tail, np_.log_path)}")
+        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (still running); log tail:\n"
+                        f"{tail[-2000:]}")
     return got[0]
+
+
+def _node_error(tail: str, log_path: Path) -> str:
+    """The node's own one-line error (``error: ...``, :func:`labqfl.cli.common.handle_errors`) from the end of
+    its log; else the last line of its log, naming the log."""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    if errors:
+        return errors[-1].removeprefix("error:").strip()
+    return f"{lines[-1]} (the last line of its log {log_path})" if lines else f"its log {log_path} is empty"
 
 
 #: Wall seconds per simulated second of acquisition the operator waits at least before it gives up
