@@ -138,8 +138,11 @@ class PairAuth:
     pair: str
     #: authentication bits free at both ends once the deliveries under way are imported
     shared_bits: int = 0
-    #: block IDs of secret files kept for the other end to import (a delivery under way)
+    #: block IDs of secret files kept for import (a delivery under way), each once
     pending: list[str] = field(default_factory=list)
+    #: block ID of a delivery under way → the ends whose file waits for their import (one end: the other holds
+    #: the block; both: neither has imported it yet)
+    importing: dict[str, list[str]] = field(default_factory=dict)
     #: (node, block ID, bits discarded): pre-shared blocks held at one end only, retired there
     retired: list[tuple[str, str, int]] = field(default_factory=list)
     #: secret files destroyed because the other end never got that secret
@@ -151,10 +154,20 @@ class PairAuth:
         parts = [f"pre-shared block {b} was held at {n} only; retired there ({k} free bits discarded, never used)"
                  for n, b, k in self.retired]
         parts += [f"secret file {f} of a delivery the other end never got: destroyed" for f in self.shredded]
-        parts += [f"pre-shared block {b} held at one end: the other end imports it at its start" for b in self.pending]
+        parts += [self._delivery(b) for b in self.pending]
         parts += [f"secret file {f} names no block before its secret (or is no secret file): kept, no block of "
                   "the pair retired" for f in self.malformed]
         return f"pair {self.pair}: " + "; ".join(parts) if parts else ""
+
+    def _delivery(self, block: str) -> str:
+        """One delivery under way, as it stands (review s35 chaos F3: the same block was named once per end,
+        "held at one end" also when neither end held it)."""
+        ends = self.importing.get(block, [])
+        if len(ends) == 1:
+            holder = next(n for n in self.pair.split("-") if n != ends[0])
+            return f"pre-shared block {block} held at {holder} only: {ends[0]} imports it at its start"
+        return (f"pre-shared block {block}: delivery under way at both ends (neither has imported it yet): each "
+                "imports it at its start")
 
 
 def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: Path, *,
@@ -186,7 +199,9 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
             continue
         if ends[o][0].has_block(x) or ids[o] == x:
             if not ends[n][0].has_block(x):
-                st.pending.append(x)
+                if x not in st.pending:
+                    st.pending.append(x)
+                st.importing.setdefault(x, []).append(n)
             continue
         problem = shred_secret_file(path)
         if problem is not None:
