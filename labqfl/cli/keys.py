@@ -270,9 +270,13 @@ def ticket(node: str = typer.Option(..., "--node", "-n", help="Target node: the 
            out: Path = typer.Option(..., "--out", "-o", dir_okay=False, help="Ticket file to create (never overwritten)."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Issue a one-time import ticket from a node's store (created if missing), for `keys export --ticket`."""
-    from labqfl.keystore import KeyStore
+    from labqfl.keystore import KeyStore, default_data_dir
+    from labqfl.keystore.certs import make_private_dirs
     from labqfl.keystore.transfer import write_ticket
 
+    # the folders this makes hold a store and a secret: 0700 whatever the umask (review s35 F3)
+    make_private_dirs(data_dir or default_data_dir())
+    make_private_dirs(out.parent)
     with KeyStore.for_node(node, data_dir) as st:
         summary = write_ticket(st, out)
     emit(summary, as_json, lambda con: con.print(
@@ -295,10 +299,12 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
     """Move free key bits of a pair out of a node's store into an authenticated file bound to the ticket's store."""
     from labqfl.keystore import KeyStore
+    from labqfl.keystore.certs import make_private_dirs
     from labqfl.keystore.transfer import export_keys, read_ticket
 
     tk = read_ticket(ticket_file)
     _nodes_or_all([node], data_dir)
+    make_private_dirs(out.parent)  # for key bits in clear: 0700 whatever the umask (review s35 F3)
     with KeyStore.for_node(node, data_dir, create=False) as st:  # the source holds key: never made here
         summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=None if purpose == "all" else purpose)
     def render(con: Any) -> None:
@@ -411,6 +417,7 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     never printed.
     """
     from labqfl.keystore import KeyStore, default_data_dir
+    from labqfl.keystore.certs import make_private_dirs
     from labqfl.keystore.preshare import (
         check_secret_unused,
         half_load_in,
@@ -423,6 +430,7 @@ def preshare(pair: str = typer.Option(..., "--pair", "-p", help="Pair, e.g. C1-C
     pair = f"{a}-{b}"
     bits = read_secret_file(file)
     ddir = data_dir or default_data_dir()
+    make_private_dirs(ddir)  # a new data dir: 0700 whatever the umask (review s35 F3)
     try:
         # every store of the data dir, before any is created; a load of this secret that a crash left at one
         # of the pair's stores only is completed, not refused (review s33 F10)

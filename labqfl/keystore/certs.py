@@ -1,6 +1,8 @@
 """Development PKI for the ETSI 014 KME: a CA, KME (server) and SAE (client) certificates,
 made with ``cryptography``.  For local use and tests only: keys are unencrypted PEM files
-(permissions 0600) and the CA key sits next to the certificates.
+(permissions 0600) and the CA key sits next to the certificates. Whatever the umask, the folders made for
+them are 0700 and the certificates 0644 (:func:`make_private_dirs`), and no file is written through a link
+(:func:`_write_file`).
 
 Files written into the output folder::
 
@@ -34,6 +36,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import secrets
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,11 +61,61 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _DNS_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
+def make_private_dirs(path: Path) -> Path:
+    """Create the folder ``path`` and every missing folder above it with mode 0700 (owner only), whatever the
+    umask (review s35 F3: under umask 000 ``mkdir(parents=True)`` made the certificate and secret-delivery
+    folders 0777, where another user could replace ``ca.pem`` or rename a key). Folders already there are left
+    as they are; ``FileExistsError`` when ``path`` is a file. Returns ``path``."""
+    path = Path(path)
+    missing: list[Path] = []
+    d = path
+    while not os.path.lexists(d) and d != d.parent:
+        missing.append(d)
+        d = d.parent
+    for m in reversed(missing):
+        try:
+            m.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by someone else: not ours to change
+            continue
+        os.chmod(m, 0o700)  # exactly, whatever the umask
+    if not path.is_dir():
+        raise FileExistsError(f"{path}: exists and is not a folder")
+    return path
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
+    """Write ``data`` to ``path`` with exactly ``mode``, opened ``O_CREAT | O_EXCL | O_NOFOLLOW``: no link is
+    followed and no file already there is written into (review s35 F3: the key went through a link planted at
+    its name, outside the folder). A new file is made at ``path`` itself (anything there, a dangling link too:
+    ConfigError); ``replace`` (--force) writes a fresh temporary name in the folder and renames it over
+    ``path``, which replaces a link there rather than following it."""
+    target = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp") if replace else path
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except FileExistsError:
+        raise ConfigError(f"{path} already exists (a file or a link); nothing was written through it: remove it, "
+                          "issue into another folder, or pass --force to replace it") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # exactly ``mode``, whatever the umask
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(target, path)
+    finally:
+        if replace and os.path.lexists(target):
+            target.unlink()
+
+
+def _write_private(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """A private key file: 0600 (:func:`_write_file`)."""
+    _write_file(path, data, 0o600, replace=replace)
+
+
+def _write_public(path: Path, data: bytes, *, replace: bool = False) -> None:
+    """A certificate: 0644, writable by its owner only whatever the umask (:func:`_write_file`)."""
+    _write_file(path, data, 0o644, replace=replace)
 
 
 def kme_uri(name: str) -> str:
@@ -173,7 +226,7 @@ def _existing_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
                       "and a certificate it issued)")
 
 
-def _make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def _make_ca(out: Path, days: int, *, replace: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -186,14 +239,14 @@ def _make_ca(out: Path, days: int) -> tuple[x509.Certificate, ec.EllipticCurvePr
                                          crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256()))
-    _write_private(out / "ca.key", _key_pem(key))
-    (out / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(out / "ca.key", _key_pem(key), replace=replace)
+    _write_public(out / "ca.pem", cert.public_bytes(serialization.Encoding.PEM), replace=replace)
     return cert, key
 
 
 def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: bool,
            ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int,
-           ekus: list[x509.ObjectIdentifier] | None = None) -> tuple[Path, Path]:
+           ekus: list[x509.ObjectIdentifier] | None = None, *, replace: bool = False) -> tuple[Path, Path]:
     ca_cert, ca_key = ca
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -213,8 +266,8 @@ def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: 
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
             .sign(ca_key, hashes.SHA256()))
     cert_p, key_p = out / f"{stem}.pem", out / f"{stem}.key"
-    _write_private(key_p, _key_pem(key))
-    cert_p.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_p, _key_pem(key), replace=replace)
+    _write_public(cert_p, cert.public_bytes(serialization.Encoding.PEM), replace=replace)
     return cert_p, key_p
 
 
@@ -250,23 +303,24 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
                           f"{', '.join(RESERVED_SAE_IDS)}); expected another SAE ID")
     if not kmes and not saes:
         raise ConfigError("nothing to make: give at least one --kme or --sae name")
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(out)  # it holds ca.key and the keys (review s35 F3)
     stems = [f"kme-{n}" for n in kmes] + [f"sae-{n}" for n in saes]
-    if not force:
-        clash = [f"{s}{ext}" for s in stems for ext in (".pem", ".key") if (out / f"{s}{ext}").exists()]
+    if not force:  # a link counts, dangling or not: nothing is written through one
+        clash = [f"{s}{ext}" for s in stems for ext in (".pem", ".key") if os.path.lexists(out / f"{s}{ext}")]
         if clash:
             raise ConfigError(f"{out} already has {clash[:4]}; use --force to overwrite (this also makes a new CA)")
     ca = None if force else _existing_ca(out)
     if ca is None:
-        ca = _make_ca(out, days)
+        ca = _make_ca(out, days, replace=force)
     files: dict[str, Path] = {"ca": out / "ca.pem", "ca.key": out / "ca.key"}
     host_sans = [_host_san(h) for h in hosts]
     for n in kmes:
-        c, k = _issue(out, f"kme-{n}", n, [*host_sans, x509.UniformResourceIdentifier(kme_uri(n))], True, ca, days)
+        c, k = _issue(out, f"kme-{n}", n, [*host_sans, x509.UniformResourceIdentifier(kme_uri(n))], True, ca, days,
+                      replace=force)
         files[f"kme-{n}"], files[f"kme-{n}.key"] = c, k
     for n in saes:
         san: x509.GeneralName = x509.DNSName(n) if _DNS_RE.match(n) else x509.UniformResourceIdentifier(f"urn:labqfl:sae:{n}")
-        c, k = _issue(out, f"sae-{n}", n, [san], False, ca, days)
+        c, k = _issue(out, f"sae-{n}", n, [san], False, ca, days, replace=force)
         files[f"sae-{n}"], files[f"sae-{n}.key"] = c, k
     log.info("wrote development certificates to %s: %s", out, sorted(files))
     return files

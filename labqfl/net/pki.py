@@ -30,6 +30,7 @@ top (:mod:`labqfl.qkd.authentication`), never from TLS.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,24 +120,24 @@ def make_node_certs(out_dir: Path, nodes: Sequence[str], *, hosts: Sequence[str]
     if not nodes:
         raise ConfigError("nothing to make: give at least one node name")
     sans_of = {n: [_certs._host_san(h) for h in (node_hosts or {}).get(n, hosts)] for n in nodes}  # before any write
-    out.mkdir(parents=True, exist_ok=True)
-    if not force:
-        clash = [f"node-{n}{ext}" for n in nodes for ext in (".pem", ".key") if (out / f"node-{n}{ext}").exists()]
+    _certs.make_private_dirs(out)  # it holds ca.key and the nodes' keys (review s35 F3)
+    if not force:  # a link counts, dangling or not: nothing is written through one
+        clash = [f"node-{n}{ext}" for n in nodes for ext in (".pem", ".key") if os.path.lexists(out / f"node-{n}{ext}")]
         if clash:
             raise ConfigError(f"{out} already has {clash[:4]}; use force to overwrite (this also makes a new CA)")
     ca = None if (force if new_ca is None else new_ca) else _certs._load_ca(out)
     if ca is None:
-        ca = _certs._make_ca(out, days)
+        ca = _certs._make_ca(out, days, replace=force)
     files: dict[str, Path] = {"ca": out / "ca.pem"}
     for n in nodes:
         host_sans = sans_of[n]
         if n in client_only:
             c, k = _certs._issue(out, f"node-{n}", n, [x509.DNSName(n), x509.UniformResourceIdentifier(node_uri(n))],
-                                 False, ca, days, ekus=[ExtendedKeyUsageOID.CLIENT_AUTH])
+                                 False, ca, days, ekus=[ExtendedKeyUsageOID.CLIENT_AUTH], replace=force)
         else:
             sans = [x509.DNSName(n), *host_sans, x509.UniformResourceIdentifier(node_uri(n))]
             c, k = _certs._issue(out, f"node-{n}", n, sans, True, ca, days,
-                                 ekus=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+                                 ekus=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH], replace=force)
         files[n], files[f"{n}.key"] = c, k
     return files
 

@@ -236,6 +236,7 @@ def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int, *, simu
     Each copy is written and flushed under a temporary name, then linked to ``<pair>.json``; an existing
     file there is never overwritten (:class:`FileExistsError`: reconcile first). A crash between the two
     ends leaves the first end's file only, which :func:`reconcile_pair` destroys before the next issue."""
+    from labqfl.keystore.certs import make_private_dirs
     from labqfl.qkd.pipeline import PRESHARED_PREFIX
 
     a, b = pair.split("-")
@@ -245,7 +246,7 @@ def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int, *, simu
     data = json.dumps(rec).encode()
     for node, folder in ((a, data_a), (b, data_b)):
         final = secret_path(folder, node, pair)
-        final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dirs(final.parent)  # every level it makes 0700, whatever the umask (review s35 F3)
         if final.exists():
             raise FileExistsError(f"{final}: a secret file of pair {pair} is already there; not overwritten")
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
