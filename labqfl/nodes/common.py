@@ -449,7 +449,40 @@ class LauncherWatch:
 
 #: Test hook: a folder where every node appends every message of the sessions it opens, both
 #: ways (``<node>.wire``: u32 length + :func:`encode_message` bytes), for the isolation tests.
+#: The messages hold a client's choices (the optics link's ``mod/applied`` codes: every raw key bit of
+#: its pairs), so each file is private: 0600, in a folder made 0700 (review s35 leak F6).
 WIRE_LOG_ENV = "LABQFL_NODE_WIRE_LOG"
+#: wire-log folders this process has warned about (one warning per folder)
+_WIRE_WARNED: set[Path] = set()
+
+
+def _open_wire_log(path: Path) -> int:
+    """A file descriptor appending to the wire log ``path``, owner-only (:data:`WIRE_LOG_ENV`): the folder is
+    made 0700 if missing, the file created 0600 (an existing one tightened to 0600); a link in its place or a
+    file of another user is refused (:class:`NodeError`): the log would then be written where someone else
+    chose, or read."""
+    folder = path.parent
+    if not folder.is_dir():
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise NodeError(f"wire log {path} ({WIRE_LOG_ENV}, a test hook): cannot open it ({e.strerror or e}); "
+                        "expected a regular file of this user, or none") from None
+    st = os.fstat(fd)
+    if st.st_uid != os.getuid() or not (st.st_mode & 0o170000 == 0o100000):
+        os.close(fd)
+        raise NodeError(f"wire log {path} ({WIRE_LOG_ENV}, a test hook): not a regular file of this user; refused "
+                        "(it receives every client choice this node sends)")
+    if st.st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    if folder not in _WIRE_WARNED:
+        _WIRE_WARNED.add(folder)
+        mode = folder.stat().st_mode & 0o777
+        log.warning("test hook %s is set: every message of this node's sessions (a client's choices, i.e. its raw "
+                    "key, on the optics link) is appended to %s (0600, folder %o); unset it outside tests",
+                    WIRE_LOG_ENV, path, mode)
+    return fd
 
 
 class RecordedChannel(Channel):
@@ -468,7 +501,7 @@ class RecordedChannel(Channel):
         if self._path is None:
             return
         raw = encode_message(msg)
-        with self._lock, self._path.open("ab") as f:
+        with self._lock, os.fdopen(_open_wire_log(self._path), "ab") as f:
             f.write(len(raw).to_bytes(4, "little") + raw)
 
     def request(self, msg: Message) -> Message:
