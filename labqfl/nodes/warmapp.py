@@ -255,7 +255,8 @@ def start_warm_clientapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
     fed = WarmFederation(workdir, fleet, warm_dir=warm, **kw)
     # cold path: labqfl's FAB guard (labqfl.fl.flower.fabguard), never Flower's bare flwr-clientapp
     write_shim(warm / "bin", str(fed.node_bin() / "flwr-clientapp"))
-    write_shim(warm / "bin", _bin("flower-superexec"), "flower-superexec")
+    # the SuperExec: labqfl's (fabguard.superexec_main), which hands each ClientApp its runtime token on stdin
+    write_shim(warm / "bin", str(fed.node_bin() / "flower-superexec"), "flower-superexec")
     write_shim(warm / "bin", SUPERNODE_REAL, "flower-supernode")
     # the node's environment: the SuperNode and SuperExec forked from the zygote inherit it (the guard
     # folder on PATH, after the shims)
@@ -284,11 +285,13 @@ def _preload() -> dict[str, Any]:
     """Import what a ClientApp process needs and what the SuperNode and its SuperExec run; return
     the entry point of each program a child may run: ``flwr-clientapp`` (one per message, behind
     labqfl's FAB guard, :func:`labqfl.fl.flower.fabguard.main`),
-    ``flower-supernode`` (:func:`supernode_main`) and ``flower-superexec`` (once per node). The
+    ``flower-supernode`` (:func:`supernode_main`) and ``flower-superexec`` (once per node, labqfl's:
+:func:`labqfl.fl.flower.fabguard.superexec_main`, which gives each ClientApp its runtime token on
+standard input, never on its command line). The
     SuperNode and the SuperExec are forked from here too so that a client's node does not import
     Flower three times at its start (measured: ~1.6 and ~1.2 s of CPU each on the 2-core
     development machine, docs/nodes.md)."""
-    from flwr.supercore.cli import flower_superexec
+    from flwr.supercore.cli import flower_superexec  # noqa: F401 - its imports, for the fork
     from flwr.supernode.cli.flower_supernode import flower_supernode  # noqa: F401 - its imports, for the fork
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp  # noqa: F401 - the guard runs it
 
@@ -296,12 +299,13 @@ def _preload() -> dict[str, Any]:
     import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:client_app``)
     import labqfl.fl.training  # noqa: F401 - local training (torch, the QNN kernels)
     from labqfl.fl.flower.fabguard import main as guarded_clientapp
+    from labqfl.fl.flower.fabguard import superexec_main
     from labqfl.fl.flower.latency import quick_object_pulls, warm_kernels
 
     quick_object_pulls()  # the child's pull of its message from the SuperNode (inherited by every fork)
     warm_kernels()  # Numba's machine code loaded once here, not in every training ClientApp
 
-    return {"flwr-clientapp": guarded_clientapp, "flower-superexec": flower_superexec,
+    return {"flwr-clientapp": guarded_clientapp, "flower-superexec": superexec_main,
             "flower-supernode": lambda: supernode_main(sys.argv[1:])}
 
 

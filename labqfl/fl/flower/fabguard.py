@@ -52,12 +52,22 @@ otherwise start one of those with the same FAB) exits at once with an error. The
 zygote (:mod:`labqfl.nodes.warmapp`) runs :func:`main` in each child, and its shim's cold path
 ``exec``\\ s this folder's ``flwr-clientapp``. A hand-started ``flower-supernode`` gets the same with
 ``python -m labqfl.fl.flower.fabguard write-bin DIR`` and ``PATH=DIR:$PATH`` (docs/flower.md).
+
+That folder's ``flower-superexec`` (:func:`superexec_main`; the warm zygote runs it too) keeps
+Flower's runtime token off the ClientApps' command lines: flwr 1.42's ``SubprocessExecutor``
+starts ``flwr-clientapp ... --token TOKEN``, readable by every local user in
+``/proc/PID/cmdline``, and the token alone lets a process pull the ClientApp's task (its Context)
+from the SuperNode's runtime API and make the real ClientApp fail (review s35 F5). Here the
+command line says :data:`TOKEN_STDIN` and the token goes down a pipe on the ClientApp's standard
+input, where :func:`main` reads it (:func:`token_from_stdin`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
 import sys
 import tomllib
 import zipfile
@@ -68,7 +78,8 @@ from typing import Any
 
 from labqfl.fl.flower.deploy import APP_PYPROJECT, APP_STUB, APP_STUB_NAME
 
-__all__ = ["ALLOWED_FILES", "ForeignFabError", "check_fab", "install", "main", "write_node_bin"]
+__all__ = ["ALLOWED_FILES", "TOKEN_STDIN", "ForeignFabError", "check_fab", "install", "install_superexec", "main",
+           "superexec_main", "token_from_stdin", "write_node_bin"]
 
 #: the FAB's configuration file and Flower's manifest of the FAB's files (``flwr.cli.build``)
 FAB_CONFIG = "pyproject.toml"
@@ -262,15 +273,108 @@ def install() -> None:
 
 
 def main() -> int:
-    """``flwr-clientapp`` (arguments in ``sys.argv``) behind the guard; returns its exit code."""
+    """``flwr-clientapp`` (arguments in ``sys.argv``) behind the guard; returns its exit code.
+    With :data:`TOKEN_STDIN` the runtime token comes on standard input (:func:`token_from_stdin`)."""
     try:
         install()
-    except RuntimeError as exc:
+        sys.argv = token_from_stdin(sys.argv)
+    except (RuntimeError, ValueError) as exc:
         _log_error(str(exc))
         return 1
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
 
     flwr_clientapp()
+    return 0
+
+
+# ------------------------------------------------------------------ the runtime token off the command line
+#: ``flwr-clientapp`` option of a labqfl SuperNode's ClientApps: the runtime token is the first line of
+#: standard input (Flower's own ``--token-stdin`` convention for its other workers, flwr/common/args.py)
+TOKEN_STDIN = "--token-stdin"
+
+
+def token_from_stdin(argv: list[str]) -> list[str]:
+    """``argv`` with :data:`TOKEN_STDIN` replaced by ``--token TOKEN``, the token read from file
+    descriptor 0 (one line of hex, flwr's ``secrets.token_hex(FLWR_TASK_TOKEN_LENGTH)``); ``argv``
+    unchanged without that option. Only this process's ``sys.argv`` gets the token: the kernel's
+    copy of the command line (``/proc/PID/cmdline``, which every local user can read) never does.
+    Raises ValueError unless standard input holds exactly one such token."""
+    if TOKEN_STDIN not in argv[1:]:
+        return argv
+    from flwr.common.constant import FLWR_TASK_TOKEN_LENGTH
+
+    want = 2 * FLWR_TASK_TOKEN_LENGTH
+    data = b""
+    while b"\n" not in data and len(data) < want + 2:
+        chunk = os.read(0, want + 2 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    token = data.decode("ascii", errors="replace").removesuffix("\n")
+    if len(token) != want or any(c not in "0123456789abcdef" for c in token):
+        raise ValueError(f"{TOKEN_STDIN}: standard input does not hold one runtime token ({want} hex digits "
+                         f"and a newline; got {len(data)} bytes)")
+    i = argv.index(TOKEN_STDIN, 1)
+    return [*argv[:i], "--token", token, *argv[i + 1:]]
+
+
+class _TokenOnStdin:
+    """The ``subprocess`` module as flwr's ``SubprocessExecutor.launch`` sees it in a labqfl
+    SuperNode's SuperExec (:func:`install_superexec`): a ``flwr-clientapp`` command line's
+    ``--token TOKEN`` becomes :data:`TOKEN_STDIN` and the token goes down a pipe on the process's
+    standard input. Every other command, and everything else of the module, is the real one."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802 - stands for subprocess.Popen
+        argv = [str(a) for a in args]
+        if not argv or Path(argv[0]).name != "flwr-clientapp" or "--token" not in argv[:-1] or "stdin" in kwargs:
+            return subprocess.Popen(args, **kwargs)  # noqa: S603 - flwr's own command, unchanged
+        i = argv.index("--token")
+        token = argv[i + 1]
+        argv[i:i + 2] = [TOKEN_STDIN]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, **kwargs)  # noqa: S603 - flwr's command, token moved
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(token.encode("ascii") + b"\n")  # < PIPE_BUF: never blocks on a fresh pipe
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the process already exited; flwr's executor learns that as for any failed ClientApp
+        return proc
+
+
+def install_superexec() -> None:
+    """Make flwr's ``SubprocessExecutor`` (this process: a labqfl SuperNode's ``flower-superexec``)
+    start ``flwr-clientapp`` with the runtime token on standard input, not in argv (flwr 1.42's
+    ``launch`` puts ``--token TOKEN`` on the command line, readable by every local user in
+    ``/proc/PID/cmdline``; with it any local process could pull the ClientApp's task, its Context,
+    and make the real ClientApp fail). A Flower without that module layout is refused
+    (RuntimeError): no ClientApp starts with its token exposed."""
+    from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
+    from flwr.supercore.superexec.executor import subprocess_executor as se
+
+    current = getattr(se, "subprocess", None)
+    if TASK_TYPE_TO_COMMAND.get(TaskType.CLIENT_APP) != "flwr-clientapp" or not (
+            current is subprocess or isinstance(current, _TokenOnStdin)):
+        raise RuntimeError(f"flwr's {se.__name__} does not start flwr-clientapp through subprocess.Popen as flwr "
+                           "1.42's does: labqfl cannot keep the runtime token off its command line; refusing to "
+                           "start a SuperExec")
+    se.subprocess = _TokenOnStdin()  # type: ignore[assignment]
+
+
+def superexec_main() -> int:
+    """``flower-superexec`` (arguments in ``sys.argv``) of a labqfl SuperNode, after
+    :func:`install_superexec`; returns its exit code."""
+    try:
+        install_superexec()
+    except RuntimeError as exc:
+        _log_error(str(exc))
+        return 1
+    from flwr.supercore.cli import flower_superexec
+
+    flower_superexec()
     return 0
 
 
@@ -292,12 +396,23 @@ sys.exit(1)
 """
 
 
+SUPEREXEC_SCRIPT = """#!{python}
+# labqfl (labqfl/fl/flower/fabguard.py): Flower's flower-superexec, starting every flwr-clientapp
+# with its runtime token on standard input instead of on its command line.
+import sys
+from labqfl.fl.flower.fabguard import superexec_main
+sys.exit(superexec_main())
+"""
+
+
 def write_node_bin(bin_dir: Path) -> Path:
-    """Write ``bin_dir/flwr-clientapp`` (this guard) and a refusing program for every name in
-    :data:`OTHER_TASK_PROGRAMS` (0700 each); put ``bin_dir`` first on a SuperNode's ``PATH``.
-    Returns ``bin_dir``."""
+    """Write ``bin_dir/flwr-clientapp`` (this guard), ``bin_dir/flower-superexec``
+    (:func:`superexec_main`: the runtime token on the ClientApp's stdin) and a refusing program for
+    every name in :data:`OTHER_TASK_PROGRAMS` (0700 each); put ``bin_dir`` first on a SuperNode's
+    ``PATH``. Returns ``bin_dir``."""
     bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scripts = {"flwr-clientapp": GUARD_SCRIPT.format(python=sys.executable)}
+    scripts = {"flwr-clientapp": GUARD_SCRIPT.format(python=sys.executable),
+               "flower-superexec": SUPEREXEC_SCRIPT.format(python=sys.executable)}
     scripts.update({p: REFUSE_SCRIPT.format(python=sys.executable, prog=p) for p in OTHER_TASK_PROGRAMS})
     for name, text in scripts.items():
         path = bin_dir / name
