@@ -48,7 +48,7 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 __all__ = ["NODE_STATES", "NodeAcquisition", "NodeSet", "NodeSetError", "NodeStatus", "PairOutcome",
-           "local_settings", "operator_credentials", "read_addresses"]
+           "local_settings", "operator_credentials", "pair_security", "read_addresses"]
 
 #: What :attr:`NodeStatus.state` can say.
 NODE_STATES = ("starting", "answering", "not answering", "stopped", "left running")
@@ -170,6 +170,55 @@ class NodeAcquisition:
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
+
+
+def pair_security(cfg: StationConfig, pair: str, d: Mapping[str, Any], data: Path | None = None, *,
+                  acquisition: str | None = None) -> dict[str, Any]:
+    """What ``pair``'s key from one acquisition rests on: ``{"security": statement, "information_theoretic",
+    "provenance": label, "source"}``, the one home of the wording for every output about node keys (the GUI's
+    Nodes panel, ``labqfl node up`` / ``node acquire``; issue 16 item 5, review s35 F4).
+
+    ``data``: the pair's first client's data folder, on this machine (a local set): the statement is read from
+    its stored blocks of this acquisition (``source`` ``"blocks"``: the blocks ``d["accepted_blocks"]`` names
+    with their refills, else those whose metadata records ``acquisition``) with the pair's pre-shared blocks
+    (:func:`labqfl.provenance.provenance_of_block_ids`). None (the stores are on other hosts): from the
+    public station file the nodes run with (``source`` ``"station"``)."""
+    from labqfl.provenance import (
+        Provenance,
+        pair_provenance,
+        provenance_of_block_ids,
+        security_statement,
+    )
+
+    a, _, b = pair.partition("-")
+    if data is not None:
+        from labqfl.keystore import KeyStore, node_store_path
+        from labqfl.qkd.pipeline import AUTH_REFILL_SUFFIX
+
+        try:
+            store = KeyStore(node_store_path(a, data), node=a, create=False)
+            try:  # with the pair's pre-shared blocks: where its authentication started (auth_secret_caveat)
+                rows = store.blocks(pair)
+                if acquisition is not None and "accepted_blocks" not in d:
+                    held = {r["block_id"] for r in rows
+                            if isinstance(r["meta"], Mapping) and r["meta"].get("acquisition") == acquisition}
+                else:
+                    ids = {str(x) for x in d.get("accepted_blocks", [])}
+                    ids |= {x + AUTH_REFILL_SUFFIX for x in ids}
+                    held = {r["block_id"] for r in rows} & ids  # a block without refill: none
+                sm = provenance_of_block_ids(store, pair, held)
+            finally:
+                store.close()
+        except (LabqflError, OSError, sqlite3.Error) as e:
+            return {"security": f"provenance not readable from {a}'s store: {_one_line(e)}",
+                    "information_theoretic": False, "provenance": "", "source": "blocks"}
+        w = sm["weakest"]
+        return {"security": sm["security"], "information_theoretic": bool(sm["information_theoretic"]),
+                "provenance": Provenance.from_dict(w).label if w else "", "source": "blocks"}
+    eps = d.get("eps_total_per_block")
+    prov = pair_provenance(cfg, (a, b), eps_total=float(eps) if eps is not None else None)
+    return {"security": security_statement(prov), "information_theoretic": False, "provenance": prov.label,
+            "source": "station"}
 
 
 # -- the set ----------------------------------------------------------------------------------------
@@ -408,35 +457,10 @@ class NodeSet:
                            reasons)
 
     def _security(self, pair: str, d: Mapping[str, Any]) -> tuple[str, bool, str, str]:
-        """(statement, information-theoretic?, provenance label, source) of ``pair``'s key (module docstring)."""
-        from labqfl.provenance import (
-            Provenance,
-            pair_provenance,
-            provenance_of_block_ids,
-            security_statement,
-        )
-
-        a, _, b = pair.partition("-")
-        if self.network is not None:
-            from labqfl.keystore import KeyStore, node_store_path
-            from labqfl.qkd.pipeline import AUTH_REFILL_SUFFIX
-
-            ids = {str(x) for x in d.get("accepted_blocks", [])}
-            ids |= {x + AUTH_REFILL_SUFFIX for x in ids}
-            try:
-                store = KeyStore(node_store_path(a, self.network.data_of(a)), node=a, create=False)
-                try:  # with the pair's pre-shared blocks: where its authentication started (auth_secret_caveat)
-                    held = {r["block_id"] for r in store.blocks(pair)} & ids  # a block without refill: none
-                    sm = provenance_of_block_ids(store, pair, held)
-                finally:
-                    store.close()
-            except (LabqflError, OSError, sqlite3.Error) as e:
-                return f"provenance not readable from {a}'s store: {_one_line(e)}", False, "", "blocks"
-            w = sm["weakest"]
-            return sm["security"], bool(sm["information_theoretic"]), Provenance.from_dict(w).label if w else "", "blocks"
-        eps = d.get("eps_total_per_block")
-        prov = pair_provenance(self.cfg, (a, b), eps_total=float(eps) if eps is not None else None)
-        return security_statement(prov), False, prov.label, "station"
+        """(statement, information-theoretic?, provenance label, source) of ``pair``'s key (:func:`pair_security`)."""
+        first = pair.partition("-")[0]
+        sec = pair_security(self.cfg, pair, d, self.network.data_of(first) if self.network is not None else None)
+        return sec["security"], sec["information_theoretic"], sec["provenance"], sec["source"]
 
     # -- closing --------------------------------------------------------------------------------------
     def close(self, timeout_s: float = 60.0) -> dict[str, int | None]:

@@ -302,6 +302,7 @@ def _add_acquire(node_app: typer.Typer) -> None:
         res = run_acquisition(cfg.client_names, certs, detector=detector, optics=optics, clients=clients,
                               duration=duration)
         out = summarize(res)
+        _add_security(out, cfg, None)  # the stores are on the clients' hosts: from the station file
         _report(out, as_json)
 
 
@@ -322,19 +323,23 @@ def _add_up(node_app: typer.Typer) -> None:
     ) -> None:
         """Start optics + detector + every client as separate processes on loopback (throwaway
         certificates), run one acquisition → distillation, stop them; per-pair key bits and rates."""
+        from labqfl.config import load_station_config
         from labqfl.nodes.launch import up as run_up
 
         check_duration(duration)
         s, plan = _settings(station, block_bits, engine, min_final_bits, None, eps_sec, duration=duration,
                             what="--duration")
+        cfg = load_station_config(station)
         if workdir is None:
             with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
                 out = run_up(station, duration, Path(tmp), settings=s)
+                _add_security(out, cfg, Path(tmp))  # from the stored blocks, before the folder goes
             # the folder went with the command: no path to a folder that no longer exists (review s34 L4); the key
             # stays, null, so a script reads "nothing kept" the same way every time
             out["workdir"] = None
         else:
             out = run_up(station, duration, workdir, settings=s)
+            _add_security(out, cfg, workdir)
         out["block_rule"] = plan.as_dict() if plan is not None else None
         _report(out, as_json, plan)
 
@@ -612,6 +617,37 @@ def _clear_secret_files(out: Path, pairs: list[tuple[str, str]], force: bool) ->
             raise fail(f"--force: {problem}")
 
 
+def _add_security(out: dict[str, Any], cfg: Any, workdir: Path | None) -> None:
+    """Per pair, what its key rests on (issue 16 item 5, review s35 F4), in the one wording of
+    :func:`labqfl.app.nodes.pair_security`: ``security``, ``information_theoretic`` and ``provenance`` (label);
+    ``security_source`` for the run: ``"blocks"`` (``node up``: this acquisition's blocks in each pair's first
+    client's store, ``<workdir>/nodes/<Ci>`` as :meth:`labqfl.nodes.launch.LocalNetwork.data_of` lays them out)
+    or ``"station"`` (``node acquire``: the stores are on the clients' hosts, so the station file)."""
+    from labqfl.app.nodes import pair_security
+
+    sources = set()
+    for p, d in out["pairs"].items():
+        data = workdir / "nodes" / p.partition("-")[0] if workdir is not None else None
+        sec = pair_security(cfg, p, d, data, acquisition=out["acquisition"])
+        sources.add(sec.pop("source"))
+        d.update(sec)
+    out["security_source"] = sources.pop() if len(sources) == 1 else None
+
+
+def _security_lines(out: dict[str, Any]) -> list[str]:
+    """The text form of :func:`_add_security`: one line for the run when every pair's statement is the same,
+    else one per pair."""
+    where = {"blocks": "from the stored blocks", "station": "from the station file; each client's `labqfl keys "
+             "status` gives what its stored blocks record"}.get(out.get("security_source") or "", "")
+    stated = {p: d["security"] for p, d in out["pairs"].items() if d.get("security")}
+    if not stated:
+        return []
+    tail = f" ({where})" if where else ""
+    if len(set(stated.values())) == 1:
+        return [f"key security, every pair{tail}: {next(iter(stated.values()))}"]
+    return [f"key security{tail}:"] + [f"  {p}: {text}" for p, text in stated.items()]
+
+
 def _report(out: dict[str, Any], as_json: bool, plan: Any = None) -> None:
     """Emit an acquisition's summary (``node acquire``, ``node up``) and judge it (:func:`judge_key`): no pair
     with key → the JSON's ``error`` and exit 1 with ``error: no pair produced key: <pair: reason; …>``; some
@@ -635,6 +671,8 @@ def _render(con: Any, out: dict[str, Any], plan: Any = None) -> None:
         t.add_row(p, f"{d['final_key_bits']:,}", str(d["blocks"]), str(d["aborted_blocks"]),
                   "—" if rate is None else f"{rate:,.0f}", pct(d["error_rate_X_key"]))
     con.print(t)
+    for line in _security_lines(out):
+        con.print(line, markup=False, highlight=False)
     for p, d in out["pairs"].items():
         if d["abort_reasons"] or d["failed"]:
             con.print(f"{p}: {'; '.join(d['abort_reasons'])} {d['failed']}".strip())
