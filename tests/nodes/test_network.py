@@ -3,7 +3,8 @@
 One network of 4 client processes + detector + optics runs one acquisition → distillation
 (module fixture); the tests check identical keys at both ends of every pair (each node's own
 store, opened read-only after the nodes exited), isolation (no other client's key-slot choices
-or key bits in any node's folder, log or in any message that crossed the wire), refusal of a
+or key bits in any node's folder, log or in any message that crossed the wire, but for the one named
+exception: each client's modulator link to the optics node, the simulated optical layer), refusal of a
 node with another CA's certificate. A second, one-pair network has its Cj killed (SIGKILL) right
 after the second block's ``ec/start``: no key of that block at either end, the first intact.
 """
@@ -174,8 +175,49 @@ def test_four_client_processes_hold_identical_keys_at_both_ends_of_every_pair(fo
         assert 0 < info["answered_slots"] < 0.2 * n_slots, (c, info)
 
 
+def _modulator_link_needles(msgs: list[Any], log: Any, n_windows: int = 8, width: int = 48) -> list[bytes]:
+    """Byte strings that WOULD match a client's choices where the optics asks for them: the drive codes k·4 + a
+    (uint8, the form of ``mod/applied``) of ``width`` consecutive asked slots, in ``n_windows`` of the client's
+    ``mod/query`` questions spread over the acquisition, computed from the client's private log."""
+    from labqfl.contracts.types import drive_codes
+    from labqfl.nodes.optics import query_slots
+
+    queries = [m for m in msgs if m.kind == "mod/query"]
+    picked = [queries[i] for i in np.linspace(0, len(queries) - 1, min(n_windows, len(queries))).astype(int)]
+    out = []
+    for q in picked:
+        slots = query_slots(q)
+        if slots.size >= width:
+            mid = slots.size // 2
+            out.append(drive_codes(log, slots[mid:mid + width]).astype(np.uint8).tobytes())
+    return out
+
+
+def _choice_leaks(needles: dict[str, list[bytes]], msgs: dict[str, list[Any]]) -> list[str]:
+    """Where a client's choices (``needles[c]``) appear on the wire but on its own modulator link: every message
+    of every wire log except the ``mod/applied`` that client ``c`` itself sent the optics (``<c>.wire``), the one
+    exception — the optics node is the simulated optical layer, which must know each pulse's modulation to
+    simulate it (the simulator sees every photon: docs/decisions/0004, docs/nodes.md's node table)."""
+    from labqfl.qkd.messaging import encode_message
+
+    found = []
+    for c, ns in needles.items():
+        for wire_name, ms in msgs.items():
+            for i, m in enumerate(ms):
+                if wire_name == f"{c}.wire" and m.kind == "mod/applied":
+                    continue
+                raw = encode_message(m)
+                if any(n in raw for n in ns):
+                    found.append(f"{c}'s choices in {wire_name} message {i} ({m.kind})")
+    return found
+
+
 @pytest.mark.slow
 def test_no_node_folder_log_or_wire_message_holds_another_clients_key_slot_choices_or_key_bits(four):
+    """Isolation (issue 16), with its one exception named: the client→optics modulator link carries the client's
+    drive codes at every slot the optics' Monte-Carlo asks about (every clicked slot among them, so every raw key
+    bit: review s35 F2). Those codes are searched for, found there (positive control) and nowhere else: no other
+    message of any wire log, no node's folder or log (the optics' included: it keeps none)."""
     from labqfl.sim_backends.qrng import load_private_log
 
     net, res, wire = four["net"], four["res"], four["wire"]
@@ -194,6 +236,18 @@ def test_no_node_folder_log_or_wire_message_holds_another_clients_key_slot_choic
         return b"".join(p.read_bytes() for p in folders[node].rglob("*") if p.is_file())
 
     blobs = {n: files_of(n) + node_logs[n] for n in folders}
+    # the modulator link: each client's codes at the asked slots, found in what it sent the optics, nowhere else
+    link = {c: _modulator_link_needles(msgs[f"{c}.wire"], logs[c]) for c in CLIENTS}
+    for c, ns in link.items():
+        assert len(ns) >= 4, c
+        sent = b"".join(m.fields["codes"].tobytes() for m in msgs[f"{c}.wire"] if m.kind == "mod/applied")
+        assert all(n in sent for n in ns), f"positive control: {c}'s codes not found on its modulator link"
+        for other, blob in blobs.items():
+            assert other == c or not any(n in blob for n in ns), f"{c}'s choices found in {other}'s folder or log"
+    assert _choice_leaks(link, msgs) == []
+    # mutation: the same codes in any other message (here a pair-link message of C2's) are caught
+    planted = {**msgs, "C2.wire": [*msgs["C2.wire"], Message("pair/x", {"codes": np.frombuffer(link["C1"][0], np.uint8)})]}
+    assert _choice_leaks(link, planted) == [f"C1's choices in C2.wire message {len(msgs['C2.wire'])} (pair/x)"]
     checked = 0
     for pair in res["pairs"]:
         ci, cj = pair.split("-")
