@@ -227,6 +227,9 @@ def _existing_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKe
 
 
 def _make_ca(out: Path, days: int, *, replace: bool = False) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not replace and (there := [n for n in ("ca.key", "ca.pem") if os.path.lexists(out / n)]):
+        raise ConfigError(f"{out} already has {' and '.join(there)} (a file or a link) but no CA that can issue; "
+                          "nothing was written: put the CA's two files back, or pass --force to make a new CA")
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())

@@ -103,3 +103,18 @@ def test_node_certs_never_writes_a_key_through_a_link(tmp_path: Path) -> None:
     res = runner.invoke(app, ["node", "certs", str(out), "--node", "C1"])
     assert res.exit_code == 1, res.output
     assert "node-C1.key" in res.output and not bait.exists()
+
+
+def test_make_node_certs_never_replaces_half_a_ca_unasked(tmp_path: Path) -> None:
+    """A folder with ca.pem but no ca.key (dropped): without force nothing is written — not a new CA over the
+    old ca.pem (the old code's silent second CA), nor a new ca.key beside it (this fix's first version)."""
+    from labqfl.errors import ConfigError
+    from labqfl.net.pki import make_node_certs
+
+    make_node_certs(tmp_path, ["C1"])
+    (tmp_path / "ca.key").unlink()
+    pem = (tmp_path / "ca.pem").read_bytes()
+    with pytest.raises(ConfigError, match="already has ca.pem .* nothing was written"):
+        make_node_certs(tmp_path, ["C2"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem", "node-C1.key", "node-C1.pem"]
+    assert (tmp_path / "ca.pem").read_bytes() == pem
