@@ -326,12 +326,14 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
     the network operator's certificate ``ctl`` of the network CA, not expired, and the message's own
     settings (``spec.*``: participants, graph, k, self-masks, threshold, min_survivors, DP ε/δ, rounds,
     task, q, key mode, ...) must be exactly the signed ones, its round within the signed rounds, and
-    one run tag follows one signed spec (pinned in the node state at its first message). Otherwise
+    one run tag follows one signed spec (pinned in the node state at its first message), and each round of
+    a signed spec is trained once on this node (:func:`~labqfl.fl.flower.specsig.claim_round`, recorded in
+    its data folder at the keys stage: a second run of the same spec is refused). Otherwise
     one :class:`SecureAggregationError` naming what departs, before anything is reserved, drawn or
     trained. A simulation without node keys follows the spec of the server's messages (stated in its
     security line)."""
     from labqfl.fl.flower import identity
-    from labqfl.fl.flower.specsig import OPERATOR, SIGNED_SPEC, spec_departures
+    from labqfl.fl.flower.specsig import OPERATOR, SIGNED_SPEC, claim_round, spec_departures
 
     verifier = _peer_verifier(context, name, r)
     if verifier is None:
@@ -367,6 +369,19 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
                                      f"{signed.spec_id}, but its run {run_tag!r} follows spec {pinned}: refused "
                                      "(one signed spec per run)")
     st[STATE_SPEC] = ConfigRecord({"run": run_tag, "spec_id": signed.spec_id})
+    if stage == "keys":  # before anything of the round is reserved or drawn: each signed round once (specsig)
+        claim_round(_spec_record(context, name), signed, r, run_tag)
+
+
+def _spec_record(context: Context, name: str) -> Any:
+    """This node's record of the signed rounds it trained (:func:`~labqfl.fl.flower.specsig.spec_record_path`)
+    in its own data folder: node config ``labqfl-keystore`` (``labqfl node supernode``: ``--data``), else
+    labqfl's data folder of this process (``$LABQFL_DATA_DIR``); never the server's ``spec.keystore_dir``."""
+    from labqfl.fl.flower.specsig import spec_record_path
+    from labqfl.keystore.store import default_data_dir
+
+    data = str(context.node_config.get(NODE_KEYSTORE, "") or "") or str(default_data_dir())
+    return spec_record_path(data, name)
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,14 +28,22 @@ timeouts, the key-wait time, a simulation's key-store folder, and which rounds o
 ``rounds`` one Flower run trains (``first_round``/``last_round``: ``labqfl run`` trains in segments);
 a node still refuses a round number outside 1..``rounds``. Signature: ECDSA P-256 with SHA-256 (or
 Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
+
+Replays: the server may start further runs of a signed spec until it expires, and the DP plan is per
+run. So each node records, in its own data folder, which run tag trained which round of which spec
+ID, and trains each round of a signed spec once (:func:`claim_round`): a second run of the same spec
+is refused where it reaches a round already trained; the same run coming back, or a later segment's
+rounds, go on.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import fcntl
 import functools
 import json
+import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,8 +52,9 @@ from typing import Any
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.spec import FlowerSpec
 
-__all__ = ["OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS", "SignedSpec", "sign_spec",
-           "spec_departures", "spec_settings", "spec_signed_bytes"]
+__all__ = ["OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_RECORD", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS",
+           "SignedSpec", "claim_round", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
+           "spec_signed_bytes"]
 
 #: domain separation of the operator's signature over a training spec (never a reply, refs or key signature)
 SPEC_SIG_DOMAIN = b"labqfl-fl-spec-sig/1"
@@ -167,3 +176,93 @@ def spec_departures(signed: SignedSpec, spec: FlowerSpec) -> dict[str, tuple[Any
     """The signed settings ``spec`` departs from: field → (the message's value, the signed value)."""
     want, got = signed.settings, spec_settings(spec)
     return {k: (got.get(k), want.get(k)) for k in sorted(set(want) | set(got)) if got.get(k) != want.get(k)}
+
+
+# ------------------------------------------------------------------ a node's record of the signed rounds it trained
+#: file (in the node's own data folder, :func:`spec_record_path`) recording, per signed spec ID, which run
+#: tag trained each of its rounds on this node
+SPEC_RECORD = "signed_specs.json"
+#: an expired spec's entry is dropped this long after its expiry (a node refuses an expired spec anyway;
+#: the margin covers clock steps)
+_RECORD_KEEP_S = 7 * 86400.0
+
+
+def spec_record_path(data_dir: str | Path, node: str) -> Path:
+    """``<data_dir>/nodes/<node>/fl/signed_specs.json``: beside the node's SuperNode files (0700 folder)."""
+    return Path(data_dir) / "nodes" / node / "fl" / SPEC_RECORD
+
+
+def claim_round(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
+                now: datetime.datetime | None = None) -> None:
+    """Record in ``path`` that this node trains round ``round_index`` of ``signed`` under ``run_tag``, or
+    raise :class:`SecureAggregationError` if another run tag already trained that round of that spec.
+
+    Why: the signature lets the server start runs of the operator's settings until the spec expires, and
+    the DP plan (ε for the signed ``rounds``) is per run, so a second run of the same signed spec would
+    spend the clients' budget again (review s35). Each round of a signed spec is trained once on a node:
+    the same run tag may come back to a round (a new ClientApp process, a restarted SuperNode), a later
+    segment of the same spec under another run tag trains its own rounds (``first_round``..), but a
+    run tag that reaches a round another run tag already trained is refused before anything is reserved
+    or drawn. The file is read and rewritten under an exclusive lock (two ClientApp processes of the
+    node cannot both claim a round) and replaced atomically (write, fsync, rename, fsync of the
+    folder): a crash leaves the old or the new record, never half of one. An unreadable record is
+    refused (the node cannot tell which rounds it trained), with the path to inspect."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        record = _read_record(path)
+        entry = record["specs"].setdefault(signed.spec_id, {"expires": _iso(signed.expires), "rounds": {}})
+        earlier = entry["rounds"].get(str(round_index))
+        if earlier is not None and earlier != run_tag:
+            runs = sorted(set(entry["rounds"].values()))
+            raise SecureAggregationError(
+                f"round {round_index} of the operator-signed spec {signed.spec_id} was already trained on this node "
+                f"by run {earlier!r} (this node's record {path}: the spec's rounds {_ranges(entry['rounds'])} "
+                f"under run(s) {runs}); run {run_tag!r} would train it again and spend the DP budget and keys a "
+                "second time: refused (each round of a signed spec is trained once; the operator signs a new "
+                "spec for another run)")
+        if earlier is None:
+            entry["rounds"][str(round_index)] = run_tag
+            t = now or datetime.datetime.now(datetime.UTC)
+            record["specs"] = {k: v for k, v in record["specs"].items()
+                               if (t - _parse_iso(str(v["expires"]))).total_seconds() < _RECORD_KEEP_S}
+            _write_record(path, record)
+    finally:
+        os.close(lock_fd)  # releases the lock
+
+
+def _ranges(rounds: dict[str, str]) -> str:
+    return ", ".join(sorted(rounds, key=int))
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"version": 1, "specs": {}}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("version") != 1 or not isinstance(record.get("specs"), dict):
+            raise ValueError("expected {\"version\": 1, \"specs\": {...}}")
+        for sid, v in record["specs"].items():
+            if not isinstance(v, dict) or not isinstance(v.get("rounds"), dict):
+                raise ValueError(f"spec {sid!r} has no rounds table")
+            _parse_iso(str(v.get("expires")))
+    except (OSError, ValueError) as exc:
+        raise SecureAggregationError(f"this node's record of the signed specs it trained under, {path}, cannot be "
+                                     f"read ({exc}); refusing to train under any signed spec until it is restored "
+                                     "(it tells which rounds of which spec were trained already)") from None
+    return record
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(json.dumps(record, sort_keys=True, indent=1).encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
