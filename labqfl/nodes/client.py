@@ -117,7 +117,14 @@ from labqfl.nodes.common import (
 )
 from labqfl.nodes.optics import answer_codes
 from labqfl.nodes.wire import decode_gaps, gap_fields
-from labqfl.provenance import pair_provenance
+from labqfl.provenance import (
+    PHYSICAL_LAYERS,
+    RANDOMNESS_SOURCES,
+    Provenance,
+    client_randomness,
+    station_physical_layer,
+    weakest_randomness,
+)
 from labqfl.qkd.authentication import transcript_word_cap
 from labqfl.qkd.estimation import epsilon_total
 from labqfl.qkd.finite_key import binary_entropy
@@ -135,7 +142,14 @@ from labqfl.qkd.pipeline import (
     block_slots_for,
 )
 from labqfl.qkd.sifting import ClientSetup
-from labqfl.qkd.twoparty import CI_MESSAGES, BlockOutcome, PairEndI, PairEndJ, ProtocolSettings
+from labqfl.qkd.twoparty import (
+    CI_MESSAGES,
+    ORIGIN_FIELDS,
+    BlockOutcome,
+    PairEndI,
+    PairEndJ,
+    ProtocolSettings,
+)
 
 log = get_logger(__name__)
 
@@ -465,6 +479,13 @@ class _Feed:
                 self.pieces.popleft()
 
 
+def node_origin(cfg: Any, name: str, log: Any) -> dict[str, str]:
+    """Client ``name``'s own claim for its blocks (:data:`~labqfl.qkd.twoparty.ORIGIN_FIELDS`): the randomness of
+    its generator ``log`` in this acquisition and the physical layer its station file ``cfg`` describes. Sent to
+    the partner in the block's tagged transcript; never this node's guess of the partner's (review s35 leak F7)."""
+    return {"randomness": client_randomness(cfg, name, log), "physical_layer": station_physical_layer(cfg)}
+
+
 class _JPair:
     """Cj's state of one pair in one acquisition: the current :class:`PairEndJ` (one per session
     from Ci), the announcement feed, the authentication supply."""
@@ -483,6 +504,7 @@ class _JPair:
                        ClientSetup.from_config(n.cfg.client(cj)), n.proto, self.supply,
                        np.random.default_rng(secrets.randbits(128)), schedule=n.schedule)
         end.auth.max_words = transcript_word_cap(n.block_slots[self.pair])  # fixed before any data (review s32)
+        end.origin = node_origin(n.cfg, n.name, self.acq.log)  # this end's claim, in block/ok (review s35 leak F7)
         end.on_outcome = self._outcome
         self.end = end
         return end
@@ -701,6 +723,7 @@ class _IPair:
         # the transcript length cap of every block of the pair, fixed with its size before any data: Cj sets the
         # same from the same settings, each end refuses a longer transcript, eps_auth is the cap's (review s32)
         self.end.auth.max_words = transcript_word_cap(node.block_slots[pair])
+        self.end.origin = node_origin(node.cfg, ci, acq.log)  # this end's claim, in block/open (review s35 leak F7)
         #: the detector's chunks, then the acquisition's final slot (-1: this node stops; None: see ``lost``)
         self.inbox: queue.Queue[_Chunk | int | None] = queue.Queue()
         #: why the detector's announcements for this pair are lost ("" while they are not; :meth:`lose`)
@@ -1402,18 +1425,41 @@ class ClientNode(Node):
                             "(<data>/nodes/%s/preshared/%s.json, docs/nodes.md)", self.name, pair, have, need,
                             self.name, pair)
 
+    def _partner_origin(self, pair: str, got: dict[str, str]) -> dict[str, str]:
+        """The partner's claim as it came (authenticated with the block), a missing or unknown value read as the
+        weakest (seeded, simulated): a claim no end made is never credited. Both ends map alike."""
+        out = {"randomness": got.get("randomness", ""), "physical_layer": got.get("physical_layer", "")}
+        if out["randomness"] not in RANDOMNESS_SOURCES or out["physical_layer"] not in PHYSICAL_LAYERS:
+            log.warning("%s: pair %s: the partner's block claimed randomness %r, physical layer %r (expected one of "
+                        "%s and of %s): recorded as seeded, simulated", self.name, pair, got.get("randomness"),
+                        got.get("physical_layer"), RANDOMNESS_SOURCES, PHYSICAL_LAYERS)
+            out = {"randomness": "seeded", "physical_layer": "simulated"}
+        return out
+
+    def block_provenance(self, pair: str, acq: _Acq, o: BlockOutcome, *, eps_sec: float, eps_cor: float,
+                         eps_auth: float, eps_total: float) -> tuple[Provenance, dict[str, Any]]:
+        """The block's provenance, the weakest of the two ends' own claims (this end's, and the partner's from
+        ``o.peer_origin``), and the claims by client: both ends of a block compute the same (review s35 leak F7:
+        each used to take the partner's randomness from its own copy of the station file)."""
+        partner = next(c for c in pair.split("-") if c != self.name)
+        mine, theirs = node_origin(self.cfg, self.name, acq.log), self._partner_origin(pair, o.peer_origin)
+        layers = {mine["physical_layer"], theirs["physical_layer"]}
+        prov = Provenance(physical_layer="simulated" if "simulated" in layers else "hardware",
+                          randomness=weakest_randomness(mine["randomness"], theirs["randomness"]), eps_sec=eps_sec,
+                          eps_cor=eps_cor, eps_auth=eps_auth, eps_total=eps_total)
+        return prov, {c: {k: claim[k] for k in sorted(ORIGIN_FIELDS)}
+                      for c, claim in sorted(((self.name, mine), (partner, theirs)))}
+
     def block_meta(self, pair: str, acq: _Acq, o: BlockOutcome, eps_auth: float, extra: dict[str, Any]) -> dict[str, Any]:
         s = self.settings
-        a, b = pair.split("-")
         eps_t = epsilon_total(s.params, eps_auth)
+        prov, origins = self.block_provenance(pair, acq, o, eps_sec=s.params.eps_sec, eps_cor=s.params.eps_cor,
+                                              eps_auth=eps_auth, eps_total=eps_t)
         return {"engine": s.engine, "sifted_bits": o.n, "qber": o.qber, "leaked_ec_bits": o.leak,
                 "final_key_bits": int(o.final.size) if o.final is not None else 0, "eps_sec": s.params.eps_sec,
                 "eps_cor": s.params.eps_cor, "eps_auth": eps_auth, "eps_total": eps_t, "acquisition": acq.acq,
                 "slots": [int(extra.get("start", 0)), int(extra.get("end", 0))], "node": self.name,
-                "run_id": acq.run_id,
-                "provenance": pair_provenance(self.cfg, (a, b), {self.name: acq.log}, eps_sec=s.params.eps_sec,
-                                              eps_cor=s.params.eps_cor, eps_auth=eps_auth,
-                                              eps_total=eps_t).as_dict()}
+                "run_id": acq.run_id, "provenance": prov.as_dict(), "origins": origins}
 
     def store_block(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> list[str]:
         """Store an accepted block: its first ``refill`` bits refill the ``auth`` pool, the rest is key."""

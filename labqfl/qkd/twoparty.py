@@ -114,12 +114,18 @@ log = get_logger(__name__)
 
 __all__ = ["ProtocolSettings", "TranscriptEnd", "PairEndI", "PairEndJ", "BlockOutcome", "ChunkResult",
            "UNABSORBED_KINDS", "REFUSED", "STOPPED_BY_USER",
-           "CI_MESSAGES", "CJ_MESSAGES", "announcement_entry", "announcement_problem"]
+           "CI_MESSAGES", "CJ_MESSAGES", "ORIGIN_FIELDS", "announcement_entry", "announcement_problem"]
 
 #: Cj's answer to any message of a block it has refused (fields: ``reason``).
 REFUSED = "block/refused"
 #: The reason of a block Ci abandoned because its owner asked it to stop (:meth:`PairEndI.run_block`).
 STOPPED_BY_USER = "stopped by user"
+#: An end's own claim of what its key rests on (its client's randomness source, its view of the physical layer),
+#: optional fields of ``block/open`` (Ci) and ``block/ok`` (Cj): absorbed into the block's transcript like every
+#: field of 1-8, so the two tags match only if each end got the other's claim as it was sent. A network node
+#: sends its own (:attr:`_PairEnd.origin`) and records the weaker of the two (review s35 leak F7); the in-process
+#: pipeline, which sees both clients' logs, sends none.
+ORIGIN_FIELDS = ("randomness", "physical_layer")
 #: Messages that carry or follow the transcript tags and are therefore not absorbed into them.
 UNABSORBED_KINDS = frozenset({"block/confirm", "block/confirmed", "block/accept", "block/accepted", "block/drop",
                               "block/dropped", REFUSED})
@@ -142,7 +148,7 @@ CI_MESSAGES: dict[str, MessageSchema] = {
     "sift/flags": _schema("lo:int flags:bytes"),
     "test/bases": _schema("lo:int kb:bytes"),
     "test/bits": _schema("lo:int bits:bytes"),
-    "block/open": _schema("block:str start:int end:int n_slots:int n_ann:int n:int"),
+    "block/open": _schema("block:str start:int end:int n_slots:int n_ann:int n:int", "randomness:str physical_layer:str"),
     "ec/start": _schema("engine:str qber:float n:int"),
     "cascade/ok": _schema(optional="disclosed:int"),
     "cascade/block-parities": _schema(),
@@ -163,7 +169,7 @@ CJ_MESSAGES: dict[str, MessageSchema] = {
     "sift/flags": _schema("flags:bytes"),
     "test/bases": _schema("kb:bytes"),
     "test/bits": _schema("bits:bytes"),
-    "block/ok": _schema(),
+    "block/ok": _schema(optional="randomness:str physical_layer:str"),
     "cascade/init": _schema("n:int frames:array seeds:array schedule:array"),
     "cascade/round": _schema("open:array query:array"),
     "cascade/done": _schema(),
@@ -343,10 +349,18 @@ class BlockOutcome:
     report: KeyLengthReport | None = None
     final: np.ndarray | None = field(default=None, repr=False)
     times: dict[str, float] = field(default_factory=dict)
+    #: the other end's :data:`ORIGIN_FIELDS` as its ``block/open``/``block/ok`` carried them (authenticated with the
+    #: block's transcript); empty when it sent none
+    peer_origin: dict[str, str] = field(default_factory=dict)
 
     @property
     def qber(self) -> float:
         return self.errors / self.n if self.n else 0.0
+
+
+def _origin(msg: Message) -> dict[str, str]:
+    """The :data:`ORIGIN_FIELDS` a ``block/open``/``block/ok`` carries (its schema made them strings)."""
+    return {k: str(msg.fields[k]) for k in ORIGIN_FIELDS if k in msg.fields}
 
 
 class _Refused(LabqflError):
@@ -479,6 +493,8 @@ class _PairEnd:
         self.schedule = schedule
         #: end (exclusive) of the slots whose announcements this end has taken: a chunk may not reach back
         self.announced_hi = 0
+        #: this end's claim (:data:`ORIGIN_FIELDS` → value) sent with every block; empty: none sent
+        self.origin: dict[str, str] = {}
 
     def _check_announced(self, ann: Announcements, lo: int, hi: int) -> str:
         """:func:`announcement_problem` for this end; a chunk it takes moves :attr:`announced_hi` on."""
@@ -672,8 +688,10 @@ class PairEndI(_PairEnd):
             if b.refused:
                 raise _Refused(b.refused)
             _check_stop(stop)
-            self._ask(ch, Message("block/open", {"block": block_id, "start": int(start), "end": int(end),
-                                                 "n_slots": int(counts.n_slots), "n_ann": b.n_ann, "n": n}), "block/ok")
+            rep = self._ask(ch, Message("block/open", {"block": block_id, "start": int(start), "end": int(end),
+                                                       "n_slots": int(counts.n_slots), "n_ann": b.n_ann, "n": n,
+                                                       **self.origin}), "block/ok")
+            out.peer_origin = _origin(rep)
             final = self._distil(ch, bits, counts, out, stop)
         except _Refused as e:
             out.reason = out.reason or str(e)
@@ -810,6 +828,7 @@ class _JBlock:
         self.refused = ""
         self.block_id = ""
         self.opened = False
+        self.peer_origin: dict[str, str] = {}  # Ci's claim, from its block/open
         self.key: np.ndarray | None = None  # the block's sifted key once opened
         self.relay: _BobRelay | None = None
         self.thread: threading.Thread | None = None
@@ -982,6 +1001,7 @@ class PairEndJ(_PairEnd):
             raise _Refused("block/open: a block is already open")
         b.block_id = str(req.get("block"))
         b.opened = True
+        b.peer_origin = _origin(req)
         if b.pending or b.cur:
             raise _Refused("block/open: announcements of this block were never confirmed by Ci")
         mine = (b.n_slots, b.n_ann, b.n_bits)
@@ -991,7 +1011,7 @@ class PairEndJ(_PairEnd):
                            f"Cj {mine}; block refused")
         b.key = _joined(b.bits)
         b.bits = []
-        return Message("block/ok", {})
+        return Message("block/ok", dict(self.origin))
 
     def _ec_start(self, b: _JBlock, req: Message) -> Message:
         if not b.opened or b.key is None:
@@ -1112,7 +1132,7 @@ class PairEndJ(_PairEnd):
         out = BlockOutcome(b.block_id, accepted=accepted, reason=reason, n=n, errors=b.errors, leak=b.leak,
                            ec_success=b.ec_done and not reason.startswith("error correction failed"),
                            verified=b.verified, ell=b.ell or 0, report=b.report,
-                           final=b.final if accepted else None)
+                           final=b.final if accepted else None, peer_origin=b.peer_origin)
         self._blk = _JBlock()
         self.outcomes.append(out)
         if self.on_outcome is not None:
