@@ -405,6 +405,12 @@ class LabqflServer:
             raise SecureAggregationError(
                 f"round {r} aborted: {len(survivors)} survivor(s) after dropouts {post_drop}, {short}; "
                 + "; ".join(f"{c}: {fail2.get(c, 'no upload')}" for c in post_drop))
+        if self.dp is None and not any(levels[c] for c in survivors):
+            # as secure_round (labqfl.fl.secure): nothing to average, so no partner reveals a key for it
+            raise SecureAggregationError(
+                f"round {r} aborted before any key reveal: the surviving clients {survivors} all have 0 "
+                f"quantisation levels (FedAvg weight share < 1/(N·L) at q = {cfg.q}; lost after masking: "
+                f"{post_drop}); nothing to average")
 
         # 4. reveal (dropout recovery) — or, with self-masks, unmask (always)
         revealed: dict[str, np.ndarray] = {}
