@@ -858,8 +858,14 @@ class MainJob:
                 a = name.split("-")[0]
                 acc = stores[a].accounting().get(name, {})
                 avail, used = acc.get("available", {}), acc.get("consumed", {})
-                was = ((acq.get("stores_before") or {}).get(a, {}).get(name) or {}).get("available", {})
+                before = (acq.get("stores_before") or {}).get(a, {}).get(name) or {}
+                was, was_used = before.get("available", {}), before.get("consumed", {})
                 remaining = sum(v for k, v in avail.items() if k != "auth") - sum(v for k, v in was.items() if k != "auth")
+                masks = (train or {}).get("key_bits_per_pair_total", 0) if train and name in graph else 0
+                # key of the store spent during this run other than by the finished training's masks and
+                # the authentication: pads an interrupted training attempt drew and burnt (never reused,
+                # review s35 chaos F7), or another consumer of the same store (an ETSI KME)
+                spent = sum(v for k, v in used.items() if k != "auth") - sum(v for k, v in was_used.items() if k != "auth")
                 # the "auth" pool/purpose is the pipeline's own authentication key (pre-shared
                 # bootstrap + per-block refills, spent on classical-channel tags): reported apart
                 keys["pairs"][name] = {
@@ -867,9 +873,10 @@ class MainJob:
                     "distilled_bits": pd["delivered_bits"] + topped.get(name, 0),
                     "distilled_bits_top_ups": topped.get(name, 0),
                     # the masks' key: spent by graph pairs only
-                    "consumed_bits": (train or {}).get("key_bits_per_pair_total", 0) if train and name in graph else 0,
+                    "consumed_bits": masks,
+                    "spent_other_bits": max(spent - masks, 0),
                     # this run's key left in the store: available now − available before the acquisition
-                    # (ledger: consumed = distilled − remaining)
+                    # (ledger: consumed + spent_other = distilled − remaining)
                     "remaining_bits": remaining,
                     "store_available_bits": sum(v for k, v in avail.items() if k != "auth"),
                     "store_consumed_bits": sum(v for k, v in used.items() if k != "auth"),

@@ -132,6 +132,10 @@ def test_interrupted_training_resumes_with_fresh_keys(small_station_file, tmp_pa
     _assert_disjoint(handed)
     acc = KeyStore.for_node("C1", data).accounting()["C1-C2"]
     assert sum(v for k, v in acc["consumed"].items() if k != "auth") == 3 * per_round
+    # the ledger of metrics.json counts the interrupted attempt's burnt pads (review s35 chaos F7)
+    kp = m["keys"]["pairs"]["C1-C2"]
+    assert kp["consumed_bits"] == 2 * per_round and kp["spent_other_bits"] == per_round
+    assert kp["consumed_bits"] + kp["spent_other_bits"] == kp["distilled_bits"] - kp["remaining_bits"]
     on_disk = json.loads((job.path / "metrics.json").read_text())
     assert on_disk["phases"]["report"] == "done"  # it said "pending" while status said complete
     # a resume of the complete run leaves it as it is: it recounted it against the stores of the day,
