@@ -1020,24 +1020,39 @@ class KeyStore:
         pipeline passes the *same* ID to both nodes of the pair so refs name the same bits.
         ``meta``: JSON metadata (ε values, QBER, …), stored with the block.
         """
-        _check_pair(pair)
-        _check_purpose(purpose)
-        arr = _check_bits(bits)
         block_id = str(block_id) if block_id is not None else str(uuid.uuid4())
-        if not block_id or len(block_id) > 128:
-            raise KeyStoreError(f"block_id {block_id!r} must be a non-empty string of at most 128 characters")
-        meta_s = _json(meta, "block metadata")
+        return self.add_blocks(pair, [(block_id, bits, purpose, meta)], run_id=run_id)[0]
+
+    def add_blocks(self, pair: str, blocks: Sequence[tuple[str, np.ndarray, str, dict[str, Any] | None]], *,
+                   run_id: str = "") -> list[str]:
+        """Append several blocks of ``pair``, ``(block_id, bits, purpose, meta)`` each as :meth:`add_block`, in
+        one transaction: all of them or none (an accepted key block and its authentication refill: stored in
+        two transactions, a failure or crash between them left the refill at one end only, review s35 chaos
+        F5). Returns their block IDs."""
+        _check_pair(pair)
+        rows = []
+        for block_id, bits, purpose, meta in blocks:
+            _check_purpose(purpose)
+            arr = _check_bits(bits)
+            block_id = str(block_id)
+            if not block_id or len(block_id) > 128:
+                raise KeyStoreError(f"block_id {block_id!r} must be a non-empty string of at most 128 characters")
+            rows.append((block_id, arr, purpose, _json(meta, "block metadata")))
+        if len({r[0] for r in rows}) != len(rows):
+            raise KeyStoreError(f"block IDs {[r[0] for r in rows]} are not distinct; refusing to add them")
         with self._write() as conn:
-            if self._block(conn, block_id) is not None:
-                raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
-            cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (block_id, pair, int(arr.size), str(run_id), meta_s, _now(), np.packbits(arr).tobytes()))
-            conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) VALUES (?, 0, ?, ?, ?, 'free')",
-                         (cur.lastrowid, int(arr.size), pair, purpose))
-        log.info("key store %s: added block %s to pair %s, pool %s: %d bits", self.path.name, block_id, pair,
-                 purpose, arr.size)
-        return block_id
+            for block_id, arr, purpose, meta_s in rows:
+                if self._block(conn, block_id) is not None:
+                    raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
+                cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
+                                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (block_id, pair, int(arr.size), str(run_id), meta_s,
+                                                                    _now(), np.packbits(arr).tobytes()))
+                conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) "
+                             "VALUES (?, 0, ?, ?, ?, 'free')", (cur.lastrowid, int(arr.size), pair, purpose))
+        for block_id, arr, purpose, _ in rows:
+            log.info("key store %s: added block %s to pair %s, pool %s: %d bits", self.path.name, block_id, pair,
+                     purpose, arr.size)
+        return [r[0] for r in rows]
 
     # ------------------------------------------------------------------ public API: consuming
 

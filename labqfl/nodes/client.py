@@ -479,6 +479,19 @@ class _Feed:
                 self.pieces.popleft()
 
 
+def _block_parts(block_id: str, final: np.ndarray, refill: int,
+                 meta: dict[str, Any]) -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
+    """An accepted block as the blocks a store holds (:meth:`~labqfl.keystore.KeyStore.add_blocks`): its first
+    ``refill`` bits the ``auth`` refill ``<id>-auth``, the rest (if any) the key ``<id>``."""
+    parts: list[tuple[str, np.ndarray, str, dict[str, Any] | None]] = []
+    if refill:
+        parts.append((block_id + AUTH_REFILL_SUFFIX, final[:refill], "auth",
+                      {**meta, "kind": "auth-refill", "key_block": block_id}))
+    if final.size > refill:
+        parts.append((block_id, final[refill:], "general", meta))
+    return parts
+
+
 def node_origin(cfg: Any, name: str, log: Any) -> dict[str, str]:
     """Client ``name``'s own claim for its blocks (:data:`~labqfl.qkd.twoparty.ORIGIN_FIELDS`): the randomness of
     its generator ``log`` in this acquisition and the physical layer its station file ``cfg`` describes. Sent to
@@ -1066,7 +1079,12 @@ class _IPair:
         final = oi.final
         refill = min(need, int(final.size))
         meta = node.block_meta(self.pair, self.acq, oi, eps_auth, {"start": start, "end": end, "n_slots": n_slots})
-        held = node.store_block(self.pair, block_id, final, refill, meta)
+        try:
+            held = node.store_block(self.pair, block_id, final, refill, meta)
+        except LabqflError as e:  # nothing of it stored here (one transaction): Cj's pending copy is destroyed
+            self._record(block_id, start, end, n_slots, oi, times, f"not stored at {node.name}: {e}", auth_bits,
+                         eps_auth)
+            raise
         exit_hook("block/stored")
         try:
             self._commit(block_id, held)
@@ -1462,18 +1480,10 @@ class ClientNode(Node):
                 "run_id": acq.run_id, "provenance": prov.as_dict(), "origins": origins}
 
     def store_block(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> list[str]:
-        """Store an accepted block: its first ``refill`` bits refill the ``auth`` pool, the rest is key."""
-        held = []
-        if refill:
-            self.store.add_block(pair, final[:refill], block_id=block_id + AUTH_REFILL_SUFFIX, purpose="auth",
-                                 run_id=str(meta.get("run_id", "")),
-                                 meta={**meta, "kind": "auth-refill", "key_block": block_id})
-            held.append(block_id + AUTH_REFILL_SUFFIX)
-        if final.size > refill:
-            self.store.add_block(pair, final[refill:], block_id=block_id, purpose="general",
-                                 run_id=str(meta.get("run_id", "")), meta=meta)
-            held.append(block_id)
-        return held
+        """Store an accepted block: its first ``refill`` bits refill the ``auth`` pool, the rest is key; both
+        parts in one transaction (all or nothing: review s35 chaos F5). Returns the IDs stored."""
+        return self.store.add_blocks(pair, _block_parts(block_id, final, refill, meta),
+                                     run_id=str(meta.get("run_id", "")))
 
     def _pending_path(self, block_id: str) -> Path:
         return self.pending / f"{hashlib.sha256(block_id.encode()).hexdigest()[:32]}.json"
@@ -1521,13 +1531,9 @@ class ClientNode(Node):
             bid = rec["block_id"]
             bits = np.unpackbits(np.frombuffer(bytes.fromhex(rec["bits_hex"]), np.uint8), count=int(rec["nbits"]))
             refill, meta = int(rec["refill"]), rec["meta"]
-            if refill and bid + AUTH_REFILL_SUFFIX in held and not self.store.has_block(bid + AUTH_REFILL_SUFFIX):
-                self.store.add_block(pair, bits[:refill], block_id=bid + AUTH_REFILL_SUFFIX, purpose="auth",
-                                     run_id=str(meta.get("run_id", "")),
-                                     meta={**meta, "kind": "auth-refill", "key_block": bid})
-            if bits.size > refill and bid in held and not self.store.has_block(bid):
-                self.store.add_block(pair, bits[refill:], block_id=bid, purpose="general",
-                                     run_id=str(meta.get("run_id", "")), meta=meta)
+            parts = [p for p in _block_parts(bid, bits, refill, meta) if p[0] in held and not self.store.has_block(p[0])]
+            if parts:  # the parts Ci holds, in one transaction (review s35 chaos F5)
+                self.store.add_blocks(pair, parts, run_id=str(meta.get("run_id", "")))
             bits[:] = 0
             # overwritten and fsynced before the unlink (as pre-shared secrets are): key bits neither end will
             # use (or a copy of those now in the store) are not left on freed disk blocks
