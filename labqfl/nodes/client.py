@@ -479,6 +479,10 @@ class _Feed:
                 self.pieces.popleft()
 
 
+class _OutOfStep(NodeError):
+    """Cj holds a committed block neither pending nor stored: Ci retired its copy (:meth:`_IPair._commit`)."""
+
+
 def _block_parts(block_id: str, final: np.ndarray, refill: int,
                  meta: dict[str, Any]) -> list[tuple[str, np.ndarray, str, dict[str, Any] | None]]:
     """An accepted block as the blocks a store holds (:meth:`~labqfl.keystore.KeyStore.add_blocks`): its first
@@ -1088,9 +1092,15 @@ class _IPair:
         exit_hook("block/stored")
         try:
             self._commit(block_id, held)
-        except (NodeError, MessageError) as e:  # the block is recorded aborted; the pair stops
+        except _OutOfStep as e:  # retired here: no key of the block at either end; the pair stops
             self._record(block_id, start, end, n_slots, oi, times, str(e), auth_bits, eps_auth)
             raise
+        except (NodeError, MessageError, OSError) as e:  # stored here, Cj's copy still pending (review s35 chaos F6)
+            why = (f"stored at {node.name}, pending at {self.cj} ({e}): {self.cj} stores it at the end "
+                   f"of this run or at the pair's next session; until then its {final.size} bits are at {node.name} "
+                   "only")
+            self._record(block_id, start, end, n_slots, oi, times, why, auth_bits, eps_auth, final=int(final.size))
+            raise NodeError(f"pair {self.pair}: block {block_id} {why}") from None
         times["delivery"] = time.perf_counter() - t
         self.accepted_ids.append(block_id)
         self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),
@@ -1112,8 +1122,8 @@ class _IPair:
             sizes = {str(b["block_id"]): int(b["nbits"]) for b in st.blocks(self.pair)}
             n = sum(st.discard_exact(self.pair, [(b, 0, sizes[b])], f"block {self.cj} does not hold (it refused "
                                      "block/commit): retired at this end, never used") for b in held if b in sizes)
-            raise NodeError(f"pair {self.pair} out of step: {reason}; the block's {n} bits stored at "
-                            f"{self.node.name} retired there, never used")
+            raise _OutOfStep(f"pair {self.pair} out of step: {reason}; the block's {n} bits stored at "
+                             f"{self.node.name} retired there, never used")
         raise NodeError(reason)
 
     def _record(self, block_id: str, start: int, end: int, n_slots: int, oi: BlockOutcome | None,
