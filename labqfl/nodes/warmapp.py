@@ -274,7 +274,8 @@ def start_warm_serverapps(workdir: Path, fleet: str, **kw: Any) -> WarmFederatio
         return WarmFederation(workdir, fleet, **kw)
     warm = Path(tempfile.mkdtemp(prefix="labqfl-warm-"))
     fed = WarmFederation(workdir, fleet, warm_dir=warm, socket_env=SERVER_SOCKET_ENV, **kw)
-    write_shim(warm / "bin", _bin("flwr-serverapp"), "flwr-serverapp", SERVER_SOCKET_ENV)
+    # cold path: labqfl's flwr-serverapp (its runtime token on stdin, fabguard.serverapp_main)
+    write_shim(warm / "bin", str(fed.server_bin() / "flwr-serverapp"), "flwr-serverapp", SERVER_SOCKET_ENV)
     fed._start("warm-serverapps", [sys.executable, "-m", "labqfl.nodes.warmapp", "zygote-serverapp",
                                    str(warm / "zygote.sock"), str(os.getpid())])
     return fed
@@ -312,7 +313,7 @@ standard input, never on its command line). The
 def _preload_serverapp() -> dict[str, Any]:
     """Import what a ServerApp process needs; return Flower's ``flwr-serverapp`` entry point (as
     :func:`_preload`: program name → entry point)."""
-    from flwr.superlink.cli import flwr_serverapp
+    from flwr.superlink.cli import flwr_serverapp  # noqa: F401 - its imports, for the fork
 
     import labqfl.fl.datasets.tasks  # noqa: F401 - the test set
     import labqfl.fl.flower.app  # noqa: F401 - the app Flower loads (``labqfl.fl.flower.app:server_app``)
@@ -321,7 +322,9 @@ def _preload_serverapp() -> dict[str, Any]:
 
     quick_object_pulls()
     warm_kernels()
-    return {"flwr-serverapp": flwr_serverapp}
+    from labqfl.fl.flower.fabguard import serverapp_main
+
+    return {"flwr-serverapp": serverapp_main}  # Flower's, its runtime token on stdin
 
 
 def _threads() -> int:

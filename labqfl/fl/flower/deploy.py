@@ -155,13 +155,15 @@ class LocalFederation:
     def env(self, node: bool = False) -> dict[str, str]:
         """The environment of the processes started here. ``node``: a SuperNode's (and its
         SuperExec's): :meth:`node_bin` first on ``PATH``, so that its ClientApps run behind labqfl's
-        FAB guard and it starts no other kind of Flower task (:mod:`labqfl.fl.flower.fabguard`)."""
+        FAB guard and it starts no other kind of Flower task (:mod:`labqfl.fl.flower.fabguard`);
+        otherwise (the SuperLink, the ``flwr`` CLI) :meth:`server_bin` first."""
         e = dict(os.environ)
         e["FLWR_HOME"] = str(self.workdir / "flwr_home")
         # SuperLink / SuperNode start flower-superexec by name: the venv's bin must be on PATH
         e["PATH"] = str(Path(sys.executable).parent) + os.pathsep + e.get("PATH", "")
-        if node:
-            e["PATH"] = str(self.node_bin()) + os.pathsep + e["PATH"]
+        # a SuperNode: the FAB guard and labqfl's SuperExec; a SuperLink: labqfl's SuperExec and flwr-serverapp
+        # (either way each app's runtime token on its stdin, never on a command line: fabguard.install_superexec)
+        e["PATH"] = str(self.node_bin() if node else self.server_bin()) + os.pathsep + e["PATH"]
         # SuperExec looks for new tasks every 1 s by default; on loopback 0.2 s costs nothing
         e.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
         # a lab network does not report to Flower's telemetry service nor look for updates (set either
@@ -177,6 +179,14 @@ class LocalFederation:
         from labqfl.fl.flower.fabguard import write_node_bin
 
         return write_node_bin(self.workdir / "node-bin")
+
+    def server_bin(self) -> Path:
+        """``workdir/server-bin``, written by :func:`labqfl.fl.flower.fabguard.write_server_bin`: labqfl's
+        ``flower-superexec`` and ``flwr-serverapp``, which pass each ServerApp its runtime token on
+        standard input. The SuperLink started here has it first on its ``PATH``."""
+        from labqfl.fl.flower.fabguard import write_server_bin
+
+        return write_server_bin(self.workdir / "server-bin")
 
     def _start(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process

@@ -59,7 +59,9 @@ starts ``flwr-clientapp ... --token TOKEN``, readable by every local user in
 ``/proc/PID/cmdline``, and the token alone lets a process pull the ClientApp's task (its Context)
 from the SuperNode's runtime API and make the real ClientApp fail (review s35 F5). Here the
 command line says :data:`TOKEN_STDIN` and the token goes down a pipe on the ClientApp's standard
-input, where :func:`main` reads it (:func:`token_from_stdin`).
+input, where :func:`main` reads it (:func:`token_from_stdin`). A SuperLink labqfl starts finds
+:func:`write_server_bin`'s folder first on its ``PATH``: the same SuperExec, and a ``flwr-serverapp``
+that reads its token from stdin (:func:`serverapp_main`).
 """
 
 from __future__ import annotations
@@ -78,8 +80,9 @@ from typing import Any
 
 from labqfl.fl.flower.deploy import APP_PYPROJECT, APP_STUB, APP_STUB_NAME
 
-__all__ = ["ALLOWED_FILES", "TOKEN_STDIN", "ForeignFabError", "check_fab", "install", "install_superexec", "main",
-           "superexec_main", "token_from_stdin", "write_node_bin"]
+__all__ = ["ALLOWED_FILES", "TOKEN_STDIN", "TOKEN_STDIN_PROGRAMS", "ForeignFabError", "check_fab", "install",
+           "install_superexec", "main", "serverapp_main", "superexec_main", "token_from_stdin", "write_node_bin",
+           "write_server_bin"]
 
 #: the FAB's configuration file and Flower's manifest of the FAB's files (``flwr.cli.build``)
 FAB_CONFIG = "pyproject.toml"
@@ -288,9 +291,12 @@ def main() -> int:
 
 
 # ------------------------------------------------------------------ the runtime token off the command line
-#: ``flwr-clientapp`` option of a labqfl SuperNode's ClientApps: the runtime token is the first line of
+#: option of labqfl's ``flwr-clientapp`` and ``flwr-serverapp``: the runtime token is the first line of
 #: standard input (Flower's own ``--token-stdin`` convention for its other workers, flwr/common/args.py)
 TOKEN_STDIN = "--token-stdin"
+#: the programs labqfl's SuperExec (:func:`install_superexec`) starts with :data:`TOKEN_STDIN`: a SuperNode's
+#: ClientApps (this guard) and a server node's ServerApps (:func:`serverapp_main`)
+TOKEN_STDIN_PROGRAMS = ("flwr-clientapp", "flwr-serverapp")
 
 
 def token_from_stdin(argv: list[str]) -> list[str]:
@@ -319,10 +325,10 @@ def token_from_stdin(argv: list[str]) -> list[str]:
 
 
 class _TokenOnStdin:
-    """The ``subprocess`` module as flwr's ``SubprocessExecutor.launch`` sees it in a labqfl
-    SuperNode's SuperExec (:func:`install_superexec`): a ``flwr-clientapp`` command line's
-    ``--token TOKEN`` becomes :data:`TOKEN_STDIN` and the token goes down a pipe on the process's
-    standard input. Every other command, and everything else of the module, is the real one."""
+    """The ``subprocess`` module as flwr's ``SubprocessExecutor.launch`` sees it in labqfl's SuperExec
+    (:func:`install_superexec`): a :data:`TOKEN_STDIN_PROGRAMS` command line's ``--token TOKEN``
+    becomes :data:`TOKEN_STDIN` and the token goes down a pipe on the process's standard input.
+    Every other command, and everything else of the module, is the real one."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)
@@ -330,7 +336,8 @@ class _TokenOnStdin:
     @staticmethod
     def Popen(args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802 - stands for subprocess.Popen
         argv = [str(a) for a in args]
-        if not argv or Path(argv[0]).name != "flwr-clientapp" or "--token" not in argv[:-1] or "stdin" in kwargs:
+        if (not argv or Path(argv[0]).name not in TOKEN_STDIN_PROGRAMS or "--token" not in argv[:-1]
+                or "stdin" in kwargs):
             return subprocess.Popen(args, **kwargs)  # noqa: S603 - flwr's own command, unchanged
         i = argv.index("--token")
         token = argv[i + 1]
@@ -346,26 +353,26 @@ class _TokenOnStdin:
 
 
 def install_superexec() -> None:
-    """Make flwr's ``SubprocessExecutor`` (this process: a labqfl SuperNode's ``flower-superexec``)
-    start ``flwr-clientapp`` with the runtime token on standard input, not in argv (flwr 1.42's
-    ``launch`` puts ``--token TOKEN`` on the command line, readable by every local user in
-    ``/proc/PID/cmdline``; with it any local process could pull the ClientApp's task, its Context,
-    and make the real ClientApp fail). A Flower without that module layout is refused
-    (RuntimeError): no ClientApp starts with its token exposed."""
+    """Make flwr's ``SubprocessExecutor`` (this process: the ``flower-superexec`` of a labqfl SuperNode
+    or server node) start ``flwr-clientapp`` and ``flwr-serverapp`` with the runtime token on standard
+    input, not in argv (flwr 1.42's ``launch`` puts ``--token TOKEN`` on the command line, readable by
+    every local user in ``/proc/PID/cmdline``; with it any local process could pull the app's task,
+    a ClientApp's Context, and make the real app fail). A Flower without that module layout is
+    refused (RuntimeError): no app starts with its token exposed."""
     from flwr.supercore.constant import TASK_TYPE_TO_COMMAND, TaskType
     from flwr.supercore.superexec.executor import subprocess_executor as se
 
     current = getattr(se, "subprocess", None)
-    if TASK_TYPE_TO_COMMAND.get(TaskType.CLIENT_APP) != "flwr-clientapp" or not (
-            current is subprocess or isinstance(current, _TokenOnStdin)):
-        raise RuntimeError(f"flwr's {se.__name__} does not start flwr-clientapp through subprocess.Popen as flwr "
+    named = (TASK_TYPE_TO_COMMAND.get(TaskType.CLIENT_APP), TASK_TYPE_TO_COMMAND.get(TaskType.SERVER_APP))
+    if named != TOKEN_STDIN_PROGRAMS or not (current is subprocess or isinstance(current, _TokenOnStdin)):
+        raise RuntimeError(f"flwr's {se.__name__} does not start {TOKEN_STDIN_PROGRAMS} through subprocess.Popen as flwr "
                            "1.42's does: labqfl cannot keep the runtime token off its command line; refusing to "
                            "start a SuperExec")
     se.subprocess = _TokenOnStdin()  # type: ignore[assignment]
 
 
 def superexec_main() -> int:
-    """``flower-superexec`` (arguments in ``sys.argv``) of a labqfl SuperNode, after
+    """``flower-superexec`` (arguments in ``sys.argv``) of a labqfl SuperNode or server node, after
     :func:`install_superexec`; returns its exit code."""
     try:
         install_superexec()
@@ -375,6 +382,20 @@ def superexec_main() -> int:
     from flwr.supercore.cli import flower_superexec
 
     flower_superexec()
+    return 0
+
+
+def serverapp_main() -> int:
+    """Flower's ``flwr-serverapp`` (arguments in ``sys.argv``) taking its runtime token from standard
+    input with :data:`TOKEN_STDIN` (:func:`token_from_stdin`); returns its exit code."""
+    try:
+        sys.argv = token_from_stdin(sys.argv)
+    except ValueError as exc:
+        _log_error(str(exc))
+        return 1
+    from flwr.superlink.cli.flwr_serverapp import flwr_serverapp
+
+    flwr_serverapp()
     return 0
 
 
@@ -397,23 +418,24 @@ sys.exit(1)
 
 
 SUPEREXEC_SCRIPT = """#!{python}
-# labqfl (labqfl/fl/flower/fabguard.py): Flower's flower-superexec, starting every flwr-clientapp
-# with its runtime token on standard input instead of on its command line.
+# labqfl (labqfl/fl/flower/fabguard.py): Flower's flower-superexec, starting every flwr-clientapp and
+# flwr-serverapp with its runtime token on standard input instead of on its command line.
 import sys
 from labqfl.fl.flower.fabguard import superexec_main
 sys.exit(superexec_main())
 """
 
 
-def write_node_bin(bin_dir: Path) -> Path:
-    """Write ``bin_dir/flwr-clientapp`` (this guard), ``bin_dir/flower-superexec``
-    (:func:`superexec_main`: the runtime token on the ClientApp's stdin) and a refusing program for
-    every name in :data:`OTHER_TASK_PROGRAMS` (0700 each); put ``bin_dir`` first on a SuperNode's
-    ``PATH``. Returns ``bin_dir``."""
+SERVERAPP_SCRIPT = """#!{python}
+# labqfl (labqfl/fl/flower/fabguard.py): Flower's flwr-serverapp, its runtime token on standard input.
+import sys
+from labqfl.fl.flower.fabguard import serverapp_main
+sys.exit(serverapp_main())
+"""
+
+
+def _write_scripts(bin_dir: Path, scripts: dict[str, str]) -> Path:
     bin_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scripts = {"flwr-clientapp": GUARD_SCRIPT.format(python=sys.executable),
-               "flower-superexec": SUPEREXEC_SCRIPT.format(python=sys.executable)}
-    scripts.update({p: REFUSE_SCRIPT.format(python=sys.executable, prog=p) for p in OTHER_TASK_PROGRAMS})
     for name, text in scripts.items():
         path = bin_dir / name
         if not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -424,8 +446,29 @@ def write_node_bin(bin_dir: Path) -> Path:
     return bin_dir
 
 
+def write_server_bin(bin_dir: Path) -> Path:
+    """Write ``bin_dir/flower-superexec`` (:func:`superexec_main`) and ``bin_dir/flwr-serverapp``
+    (:func:`serverapp_main`), 0700 each; put ``bin_dir`` first on a SuperLink's ``PATH`` so that its
+    ServerApps get their runtime token on standard input. Returns ``bin_dir``."""
+    return _write_scripts(bin_dir, {"flower-superexec": SUPEREXEC_SCRIPT.format(python=sys.executable),
+                                    "flwr-serverapp": SERVERAPP_SCRIPT.format(python=sys.executable)})
+
+
+def write_node_bin(bin_dir: Path) -> Path:
+    """Write ``bin_dir/flwr-clientapp`` (this guard), ``bin_dir/flower-superexec``
+    (:func:`superexec_main`: the runtime token on the ClientApp's stdin) and a refusing program for
+    every name in :data:`OTHER_TASK_PROGRAMS` (0700 each); put ``bin_dir`` first on a SuperNode's
+    ``PATH``. Returns ``bin_dir``."""
+    scripts = {"flwr-clientapp": GUARD_SCRIPT.format(python=sys.executable),
+               "flower-superexec": SUPEREXEC_SCRIPT.format(python=sys.executable)}
+    scripts.update({p: REFUSE_SCRIPT.format(python=sys.executable, prog=p) for p in OTHER_TASK_PROGRAMS})
+    return _write_scripts(bin_dir, scripts)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "write-bin":
-        print(write_node_bin(Path(sys.argv[2]).expanduser().resolve()))
+    if len(sys.argv) == 3 and sys.argv[1] in ("write-bin", "write-server-bin"):
+        write = write_node_bin if sys.argv[1] == "write-bin" else write_server_bin
+        print(write(Path(sys.argv[2]).expanduser().resolve()))
         sys.exit(0)
-    sys.exit("usage: python -m labqfl.fl.flower.fabguard write-bin DIR  (then PATH=DIR:$PATH flower-supernode ...)")
+    sys.exit("usage: python -m labqfl.fl.flower.fabguard write-bin DIR  (then PATH=DIR:$PATH flower-supernode ...)\n"
+             "       python -m labqfl.fl.flower.fabguard write-server-bin DIR  (then PATH=DIR:$PATH flower-superlink ...)")

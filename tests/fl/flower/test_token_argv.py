@@ -7,9 +7,12 @@ and make the real ClientApp fail (412). A labqfl SuperNode's SuperExec
 (:func:`labqfl.fl.flower.fabguard.superexec_main`) now sends the token down a pipe on the ClientApp's
 standard input (``--token-stdin``), which labqfl's guard reads (:func:`~labqfl.fl.flower.fabguard.token_from_stdin`).
 
-The end-to-end check runs a real labqfl round over loopback (one SuperNode with the warm zygote, one
-with ``LABQFL_WARM_CLIENTAPPS=0``) while polling the command line and environment of every process
-below the SuperNodes: before, the ClientApps' argv held ``--token`` and a 256-hex-digit token.
+The same for the SuperLink's ``flwr-serverapp`` (``server-bin``: :func:`~labqfl.fl.flower.fabguard.serverapp_main`).
+
+The end-to-end check runs a real labqfl round over loopback (the SuperLink with the warm ServerApp
+zygote, as ``labqfl node server`` starts it; one SuperNode with the warm zygote, one with
+``LABQFL_WARM_CLIENTAPPS=0``) while polling the command line and environment of every process below
+them: before, the ClientApps' and the ServerApp's argv held ``--token`` and a 256-hex-digit token.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from pathlib import Path
 import pytest
 
 from labqfl.fl.flower import fabguard
-from labqfl.fl.flower.deploy import local_federation, write_app_project
+from labqfl.fl.flower.deploy import free_port, write_app_project
 from labqfl.fl.flower.spec import FlowerSpec
-from labqfl.nodes.warmapp import start_warm_clientapps
+from labqfl.nodes.warmapp import start_warm_clientapps, start_warm_serverapps
 
 TOKEN = "ab" * 128  # flwr: secrets.token_hex(FLWR_TASK_TOKEN_LENGTH = 128)
 HEX_TOKEN = re.compile(rb"[0-9a-f]{64,}")
@@ -105,6 +108,23 @@ def test_the_supernodes_path_and_the_warm_shim_lead_to_labqfls_superexec(tmp_pat
         shutil.rmtree(fed.warm_dir or tmp_path / "none", ignore_errors=True)
 
 
+def test_the_server_bin_leads_the_superlink_to_labqfls_superexec_and_serverapp(tmp_path: Path) -> None:
+    import shutil
+
+    from labqfl.fl.flower.deploy import LocalFederation
+
+    fed = LocalFederation(tmp_path, "127.0.0.1:9092")
+    path = fed.env()["PATH"]
+    for prog, entry in (("flower-superexec", "superexec_main"), ("flwr-serverapp", "serverapp_main")):
+        found = shutil.which(prog, path=path)
+        assert found == str(tmp_path / "server-bin" / prog)
+        assert f"from labqfl.fl.flower.fabguard import {entry}" in Path(found).read_text()
+    # the ServerApp refuses to run without a token on its stdin (one line naming what was wrong)
+    run = subprocess.run([str(tmp_path / "server-bin" / "flwr-serverapp"), "--runtime-api-address", "127.0.0.1:1",
+                          "--token-stdin", "--insecure"], input=b"", capture_output=True, timeout=120, check=False)
+    assert run.returncode == 1 and b"standard input does not hold one runtime token" in run.stdout + run.stderr
+
+
 def _below(roots: set[int]) -> dict[int, tuple[bytes, bytes]]:
     """(cmdline, environ) of every process below ``roots`` (Linux /proc)."""
     parent: dict[int, int] = {}
@@ -130,7 +150,7 @@ def _below(roots: set[int]) -> dict[int, tuple[bytes, bytes]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_no_clientapp_of_a_real_round_has_the_token_on_its_command_line(
+def test_no_app_process_of_a_real_round_has_the_token_on_its_command_line(
         tmp_path: Path, mnist_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=2, q=16, rounds=1, keys="csprng", seed=3,
                                stage_timeout_s=120.0, node_wait_s=120.0)
@@ -146,29 +166,38 @@ def test_no_clientapp_of_a_real_round_has_the_token_on_its_command_line(
             time.sleep(0.02)
 
     feds = []
-    with local_federation(tmp_path / "fed") as fed:
-        try:
-            for c, warm in (("C1", "1"), ("C2", "0")):  # C1: the zygote and its shim; C2: cold flwr-clientapp
-                monkeypatch.setenv("LABQFL_WARM_CLIENTAPPS", warm)
-                (tmp_path / c).mkdir()
-                cfed = start_warm_clientapps(tmp_path / c, fed.fleet)
-                feds.append(cfed)
-                assert (cfed.warm_dir is not None) == (warm == "1") and (warm == "0" or cfed.wait_zygote())
-                cfed.start_supernode(c, {"labqfl-client": c})
-                roots.update(p.pid for p in cfed.procs.values())
-            poller = threading.Thread(target=poll, daemon=True)
-            poller.start()
-            run = fed.run_app(app, timeout_s=300)
-        finally:
-            stop.set()
-            for cfed in feds:
-                cfed.stop()
+    # the server as labqfl node server starts it: its ServerApp forked from the warm zygote
+    monkeypatch.setenv("LABQFL_WARM_CLIENTAPPS", "1")
+    (tmp_path / "srv").mkdir()
+    fed = start_warm_serverapps(tmp_path / "srv", f"127.0.0.1:{free_port()}")
+    feds.append(fed)
+    try:
+        assert fed.wait_zygote()
+        fed.start_superlink()
+        roots.update(p.pid for p in fed.procs.values())
+        for c, warm in (("C1", "1"), ("C2", "0")):  # C1: the zygote and its shim; C2: cold flwr-clientapp
+            monkeypatch.setenv("LABQFL_WARM_CLIENTAPPS", warm)
+            (tmp_path / c).mkdir()
+            cfed = start_warm_clientapps(tmp_path / c, fed.fleet)
+            feds.append(cfed)
+            assert (cfed.warm_dir is not None) == (warm == "1") and (warm == "0" or cfed.wait_zygote())
+            cfed.start_supernode(c, {"labqfl-client": c})
+            roots.update(p.pid for p in cfed.procs.values())
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        run = fed.run_app(app, timeout_s=300)
+    finally:
+        stop.set()
+        for f in feds[::-1]:
+            f.stop()
     logs = "".join(f"== {f}\n{f.read_text(errors='replace')[-1500:]}" for f in sorted(tmp_path.glob("*/*.log")))
     assert run.returncode == 0 and out.exists(), run.stdout[-2000:] + run.stderr[-2000:] + logs
-    apps = {pid: c for pid, c in seen.items() if b"flwr-clientapp" in c[0]}
-    # both ClientApp paths were seen: the warm shim (C1) and the guard script started cold (C2)
-    assert any(b"labqfl-warm-" in c[0] for c in apps.values()), sorted(c[0] for c in seen.values())
-    assert any(b"node-bin/flwr-clientapp" in c[0] for c in apps.values()), sorted(c[0] for c in seen.values())
+    apps = {pid: c for pid, c in seen.items() if b"flwr-clientapp" in c[0] or b"flwr-serverapp" in c[0]}
+    every = sorted(c[0] for c in seen.values())
+    # the ServerApp's warm shim, and both ClientApp paths: the warm shim (C1) and the guard script started cold (C2)
+    assert any(re.search(rb"labqfl-warm-[^/]+/bin/flwr-serverapp", c[0]) for c in apps.values()), every
+    assert any(re.search(rb"labqfl-warm-[^/]+/bin/flwr-clientapp", c[0]) for c in apps.values()), every
+    assert any(b"node-bin/flwr-clientapp" in c[0] for c in apps.values()), every
     for pid, (cmdline, environ) in seen.items():
         argv = cmdline.split(b"\0")
         assert b"--token" not in argv, (pid, cmdline)
