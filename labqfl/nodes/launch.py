@@ -43,7 +43,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from labqfl.config import StationConfig, load_station_config
-from labqfl.errors import ConfigError
+from labqfl.errors import ConfigError, LabqflError
 from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
 from labqfl.nodes.common import (
@@ -322,6 +322,8 @@ class LocalNetwork:
         self.warm_jit_s = 0.0
         self.certs = self.workdir / "certs"
         self.nodes: dict[str, NodeProcess] = {}
+        #: after :meth:`stop`: the blocks left pending at a client (:meth:`pending_blocks`), one line each
+        self.pending: list[str] = []
 
     # -- life cycle ------------------------------------------------------------------------------
     def data_of(self, name: str) -> Path:
@@ -466,7 +468,41 @@ class LocalNetwork:
         last = [n for n, p in self.nodes.items() if p.role == "optics"]
         for group in ([n for n in self.nodes if n not in last], last):
             codes.update(self._stop_group(group, time.monotonic() + timeout))
+        if self.nodes:
+            self.pending = self.pending_blocks()
+            for what in self.pending:
+                log.warning("%s", what)
         return {n: codes[n] for n in self.nodes}
+
+    def pending_blocks(self) -> list[str]:
+        """After the nodes stopped: each block a client holds only as a pending file (Cj's copy of a block whose
+        ``block/commit`` never reached it: Ci was killed, or the commit failed), said in one line with what Ci's
+        store holds of it (review s35 chaos F4: nothing told the operator that Ci's key bits of such a block are
+        at one end until the pair's next session). Reads each pending file's header only (pair, block ID), never
+        its key bits, and Ci's store by block ID; resolving stays the pair's (its next session)."""
+        from labqfl.keystore import KeyStore
+        from labqfl.nodes.preshared import read_secret_header
+        from labqfl.qkd.pipeline import AUTH_REFILL_SUFFIX
+
+        out: list[str] = []
+        for cj in self.cfg.client_names:
+            folder = self.data_of(cj) / "nodes" / cj / "pending"
+            for f in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+                try:
+                    head = read_secret_header(f)
+                    pair, bid = str(head["pair"]), str(head["block_id"])
+                    ci = pair.split("-")[0]
+                    with KeyStore.for_node(ci, self.data_of(ci), create=False) as st:
+                        held = [b for b in (bid + AUTH_REFILL_SUFFIX, bid) if st.has_block(b)]
+                except (OSError, ValueError, KeyError, TypeError, LabqflError) as e:
+                    out.append(f"pending block file {f} at {cj}: not read ({e}); {cj} resolves it at its pair's next "
+                               "session")
+                    continue
+                where = (f"stored at {ci} ({', '.join(held)}), pending at {cj}: its bits are at {ci} only until {cj} "
+                         f"stores it at the pair's next session (a draw of them before is refused at {cj})") if held \
+                    else f"pending at {cj} only ({ci} never stored it): destroyed there at the pair's next session"
+                out.append(f"pair {pair}: block {bid} {where}")
+        return out
 
     def _stop_group(self, names: list[str], t_end: float) -> dict[str, int | None]:
         for n in names:
