@@ -124,5 +124,5 @@ def test_a_starving_plan_predicts_the_top_ups_and_the_station_time_of_the_run(sm
     # every predicted top-up feeds the rounds after it, until all are fed
     key = plan.pairs["C1-C2"].key_rate_bps * 0.015 + sum(t["predicted_key_bits"]["C1-C2"] for t in plan.top_ups)
     assert key >= 6 * need
-    enough = make_plan(cfg, "mnist-qnn", 32, 1, duration_s=0.015, eps_sec=1e-4)
+    enough = make_plan(cfg, "mnist-qnn", 32, 1, duration_s=0.02, eps_sec=1e-4)
     assert enough.top_ups == [] and enough.station_s == enough.acquisition_s

@@ -237,7 +237,7 @@ def test_kill_term_of_labqfl_acquire_leaves_every_emulated_instrument_safe(kill:
 @needs_pyvisa_py
 @pytest.mark.slow
 def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(kill: Any, bench: Bench, tmp_path: Path) -> None:
-    """Issue 17's acceptance on ``labqfl run --in-process --duration 40000`` (the block-size rule's
+    """Issue 17's acceptance on ``labqfl run --in-process --duration 60000`` (the block-size rule's
     minimum on this station; killed long before): simulated tagger, emulated hardware drivers, C1
     streaming its frames to an emulated Pulse Streamer, an emulated master clock. Killed with SIGTERM
     once it is acquiring and C1's stream plays: laser off (ramped), detector bias down, modulator
@@ -271,7 +271,7 @@ def test_kill_term_of_labqfl_run_leaves_every_emulated_instrument_safe(kill: Any
         bench.laser.ask(":SLOT 1")
         bench.laser.ask(":ILD:SET 0.03")
         bench.laser.ask(":LASER ON")
-        with kill.running([str(LABQFL), "run", "--in-process", "--duration", "40000", "--rounds", "1", "--config",
+        with kill.running([str(LABQFL), "run", "--in-process", "--duration", "60000", "--rounds", "1", "--config",
                            str(station_file), "--out", str(runs), "--data-dir", str(tmp_path / "data")]) as proc:
             kill.wait_for(acquiring, "the run acquiring with C1's frames playing", proc)
             assert bench.laser.ask(":LASER?") == "ON" and bench.snspd.state()["enabled"] is True  # armed
