@@ -83,6 +83,17 @@ def make_private_dirs(path: Path) -> Path:
     return path
 
 
+def warn_if_others_can_write(folder: Path) -> None:
+    """Warn (one line) when ``folder``, which is to hold private keys and the CA's ``ca.pem``, already exists
+    writable by its group or by others: whoever can write it can replace the trust anchor or a node's
+    certificate, or rename a key (review s35 second look F8). The folder is not changed: it is the user's."""
+    mode = stat.S_IMODE(os.stat(folder).st_mode)
+    if mode & 0o022:
+        who = " and ".join(w for w, bit in (("its group", 0o020), ("others", 0o002)) if mode & bit)
+        log.warning("%s: the folder is writable by %s (mode %04o): anyone who can write it can replace ca.pem or "
+                    "a certificate, or rename a key; expected 0700 (chmod 700 %s)", folder, who, mode, folder)
+
+
 def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
     """Write ``data`` to ``path`` with exactly ``mode``, opened ``O_CREAT | O_EXCL | O_NOFOLLOW``: no link is
     followed and no file already there is written into (review s35 F3: the key went through a link planted at
@@ -307,6 +318,7 @@ def make_dev_certs(out_dir: Path, *, kmes: Sequence[str] = ("kme",), saes: Seque
     if not kmes and not saes:
         raise ConfigError("nothing to make: give at least one --kme or --sae name")
     make_private_dirs(out)  # it holds ca.key and the keys (review s35 F3)
+    warn_if_others_can_write(out)
     stems = [f"kme-{n}" for n in kmes] + [f"sae-{n}" for n in saes]
     if not force:  # a link counts, dangling or not: nothing is written through one
         clash = [f"{s}{ext}" for s in stems for ext in (".pem", ".key") if os.path.lexists(out / f"{s}{ext}")]

@@ -121,6 +121,7 @@ def make_node_certs(out_dir: Path, nodes: Sequence[str], *, hosts: Sequence[str]
         raise ConfigError("nothing to make: give at least one node name")
     sans_of = {n: [_certs._host_san(h) for h in (node_hosts or {}).get(n, hosts)] for n in nodes}  # before any write
     _certs.make_private_dirs(out)  # it holds ca.key and the nodes' keys (review s35 F3)
+    _certs.warn_if_others_can_write(out)
     if not force:  # a link counts, dangling or not: nothing is written through one
         clash = [f"node-{n}{ext}" for n in nodes for ext in (".pem", ".key") if os.path.lexists(out / f"node-{n}{ext}")]
         if clash:

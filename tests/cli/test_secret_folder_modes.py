@@ -118,3 +118,22 @@ def test_make_node_certs_never_replaces_half_a_ca_unasked(tmp_path: Path) -> Non
         make_node_certs(tmp_path, ["C2"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.pem", "node-C1.key", "node-C1.pem"]
     assert (tmp_path / "ca.pem").read_bytes() == pem
+
+
+@pytest.mark.parametrize("command", [["keys", "certs"], ["node", "certs", "--node", "C1"]])
+def test_an_existing_certificate_folder_others_can_write_is_warned_about(tmp_path: Path, umask_000: None,
+                                                                          command: list[str]) -> None:
+    """A folder that is already there is the user's and is left as it is, but one that others can write is
+    named in a warning: whoever writes it can replace ca.pem (review s35 second look F8)."""
+    out = tmp_path / "pki"
+    out.mkdir()
+    os.chmod(out, 0o777)
+    res = runner.invoke(app, [*command, str(out)])
+    assert res.exit_code == 0, res.output
+    assert "writable by its group and others (mode 0777)" in res.output and "chmod 700" in res.output
+    assert _mode(out) == 0o777
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(private, 0o700)
+    res = runner.invoke(app, [*command, str(private)])
+    assert res.exit_code == 0 and "writable by" not in res.output, res.output
