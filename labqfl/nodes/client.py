@@ -116,6 +116,7 @@ from labqfl.nodes.common import (
     simulated_light,
 )
 from labqfl.nodes.optics import answer_codes
+from labqfl.nodes.preshared import unique_keys
 from labqfl.nodes.wire import decode_gaps, gap_fields
 from labqfl.provenance import (
     PHYSICAL_LAYERS,
@@ -1403,7 +1404,7 @@ class ClientNode(Node):
 
         for f in sorted(d.glob("*.json")):
             try:
-                rec = json.loads(f.read_text())
+                rec = json.loads(f.read_text(), object_pairs_hook=unique_keys)
                 bid, pair, raw = str(rec["block_id"]), str(rec["pair"]), bytes.fromhex(rec["bits_hex"])
                 simulated, randomness = rec.get("simulated", True), rec.get("randomness")
             except (OSError, ValueError, KeyError, TypeError) as exc:

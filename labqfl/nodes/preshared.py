@@ -87,6 +87,18 @@ def shared_auth_bits(store_a: Any, store_b: Any, pair: str) -> int:
     return total
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for a secret file: :class:`ValueError` on a key given twice. ``json`` keeps the
+    last of two equal keys, and the launcher's header read (:func:`read_secret_header`) sees only those before
+    the secret: a file naming ``block_id`` twice made the two disagree (review s35 second look F6)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"key {k!r} appears twice")
+        out[k] = v
+    return out
+
+
 def read_secret_header(path: Path) -> dict[str, Any]:
     """The fields of secret file ``path`` that come before its secret (:data:`HEADER_FIELDS`), read without
     reading one byte of the secret: a launcher needs a file's block ID, never its bits, which only the
@@ -114,7 +126,7 @@ def read_secret_header(path: Path) -> dict[str, Any]:
                 raise ValueError(f"no \"bits_hex\" key in the first {HEADER_MAX_BYTES} bytes")
     finally:
         os.close(fd)
-    rec = json.loads(head)
+    rec = json.loads(head, object_pairs_hook=unique_keys)
     if not isinstance(rec, dict):
         raise ValueError("not a JSON object")
     return rec

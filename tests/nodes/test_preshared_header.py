@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from labqfl.keystore import KeyStore
-from labqfl.nodes.preshared import reconcile_pair, secret_path, write_pair_secret
+from labqfl.nodes.preshared import (
+    _file_block,
+    read_secret_header,
+    reconcile_pair,
+    secret_path,
+    write_pair_secret,
+)
 from labqfl.nodes.runjob import shared_auth_bits_now
 
 PAIR = "C1-C2"
@@ -118,3 +124,13 @@ def test_a_file_naming_its_block_after_its_secret_is_kept_and_retires_nothing(tm
         assert c1.has_block(BLOCK) and free > 0
     assert f"secret file {f} names no block before its secret" in st.describe()
     assert f.is_file()
+
+
+def test_a_header_naming_a_key_twice_is_malformed(tmp_path: Path) -> None:
+    """json keeps the last of two equal keys: a header with two block IDs is refused, not read as one of them
+    (review s35 second look F6; the importer refuses such a file too, test_preshared_import)."""
+    f = tmp_path / "C1-C2.json"
+    f.write_bytes(b'{"pair": "C1-C2", "block_id": "preshared-1", "block_id": "preshared-2", "bits_hex": "00"}')
+    with pytest.raises(ValueError, match="'block_id' appears twice"):
+        read_secret_header(f)
+    assert _file_block(f) == ""  # malformed: kept, retires nothing

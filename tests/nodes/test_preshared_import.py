@@ -62,6 +62,10 @@ def test_the_secret_is_loaded_and_its_file_overwritten_before_it_is_deleted(tmp_
      "'randomness' must be one of qrng, csprng, seeded, got 'urandom'"),
     (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": SECRET.hex(), "randomness": "seeded",
                  "simulated": False}), "claims seeded randomness"),
+    # review s35 second look F6: a key given twice (the launcher's header read saw the first block_id, the
+    # importer the last)
+    ('{"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": "' + SECRET.hex() + '", "block_id": "preshared-2"}',
+     "key 'block_id' appears twice"),
     # review s32 (second look): 248 bits got no fingerprint and could be loaded for two pairs
     (json.dumps({"pair": "C1-C2", "block_id": "preshared-1", "bits_hex": bytes(range(31)).hex()}),
      "the secret holds 248 bits; at least 384 are needed"),
