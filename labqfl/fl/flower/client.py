@@ -297,7 +297,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     r = _cfg_int(cfg, "round")
     n = _cfg_int(cfg, "n_params")
     run_tag = str(cfg["run_tag"])
-    _check_signed_spec(context, cfg, spec, name, r, run_tag, stage)  # deployment: the operator's settings only
+    signed = _check_signed_spec(context, cfg, spec, name, r, run_tag, stage)  # deployment: operator's settings
     _check_key_mode(context, spec, name, r)
     _check_n_params(spec, name, r, n)
     _clear_stale_round_state(context, spec, name, r)
@@ -309,7 +309,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
     if stage == "refs":
         return _refs_stage(msg, context, spec, name, r, run_tag)
     if stage == "mask":
-        return _mask_stage(msg, context, call_next, spec, name, r, n, run_tag)
+        return _mask_stage(msg, context, call_next, spec, name, r, n, run_tag, signed)
     if stage == "reveal":
         return _reveal_stage(msg, context, spec, name, r, n, run_tag)
     if stage == "unmask":
@@ -320,7 +320,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
 
 
 def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, r: int, run_tag: str,
-                       stage: str) -> None:
+                       stage: str) -> Any:
     """Deployment (signing keys or a CA in the node config, :func:`_peer_verifier`): the message must
     carry the operator-signed spec (:mod:`labqfl.fl.flower.specsig`, field ``signed_spec``), signed by
     the network operator's certificate ``ctl`` of the network CA, not expired, and the message's own
@@ -328,16 +328,17 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
     task, q, key mode, ...) must be exactly the signed ones, its round within the signed rounds, and
     one run tag follows one signed spec (pinned in the node state at its first message), and each round of
     a signed spec is trained once on this node (:func:`~labqfl.fl.flower.specsig.claim_round`, recorded in
-    its data folder at the keys stage: a second run of the same spec is refused). Otherwise
-    one :class:`SecureAggregationError` naming what departs, before anything is reserved, drawn or
-    trained. A simulation without node keys follows the spec of the server's messages (stated in its
-    security line)."""
+    its data folder at the keys stage: a second run of the same spec is refused; the mask stage records its
+    one upload per round, :func:`_claim_mask`). Otherwise one :class:`SecureAggregationError` naming what
+    departs, before anything is reserved, drawn or trained. Returns the verified
+    :class:`~labqfl.fl.flower.specsig.SignedSpec`, or ``None`` on a node without a CA or keys: a simulation
+    follows the spec of the server's messages (stated in its security line)."""
     from labqfl.fl.flower import identity
     from labqfl.fl.flower.specsig import OPERATOR, SIGNED_SPEC, claim_round, spec_departures
 
     verifier = _peer_verifier(context, name, r)
     if verifier is None:
-        return
+        return None
     raw = str(cfg.get(SIGNED_SPEC, "") or "")
     if not raw:
         raise SecureAggregationError(
@@ -358,7 +359,7 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
             f"{signed.spec_id} (field: sent, signed): " + "; ".join(f"{k}: {a!r}, {b!r}" for k, (a, b) in bad.items())
             + ": refused")
     if stage == "setup":
-        return
+        return signed
     if not 1 <= r <= spec.rounds:
         raise SecureAggregationError(f"round {r}: outside the {spec.rounds} round(s) of the operator-signed spec "
                                      f"{signed.spec_id}: refused")
@@ -371,6 +372,21 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
     st[STATE_SPEC] = ConfigRecord({"run": run_tag, "spec_id": signed.spec_id})
     if stage == "keys":  # before anything of the round is reserved or drawn: each signed round once (specsig)
         claim_round(_spec_record(context, name), signed, r, run_tag)
+    return signed
+
+
+def _claim_mask(context: Context, signed: Any, name: str, r: int, run_tag: str) -> None:
+    """Deployment: record in the node's own data folder that it masks its one upload of round ``r`` of the
+    operator-signed spec, before any mask word is read (:func:`~labqfl.fl.flower.specsig.claim_mask`: a
+    round masked already, or one below the highest masked, is refused whatever the run tag; review s35
+    second look F2). ``signed`` is ``None`` on a node without a CA (a simulation: the server's word)."""
+    from labqfl.fl.flower.specsig import claim_mask
+
+    if signed is not None:
+        try:
+            claim_mask(_spec_record(context, name), signed, r, run_tag)
+        except SecureAggregationError as exc:
+            raise SecureAggregationError(f"{name}: {exc}") from None
 
 
 def _spec_record(context: Context, name: str) -> Any:
@@ -687,7 +703,7 @@ def _mask_once(context: Context, name: str, r: int, run_tag: str) -> None:
 
 
 def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec, name: str, r: int, n: int,
-                run_tag: str) -> Message:
+                run_tag: str, signed: Any = None) -> Message:
     """Mask stage: train, encode the update to integers, add the pairwise masks (and the self-mask
     with its encrypted shares) and answer the masked upload; key words are wiped before returning."""
     cfg = msg.content.config_records[CFG]
@@ -700,6 +716,7 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     pks = _peer_public_keys(context, cfg, name, r, run_tag, (_peer(name, p) for p in pairs)) \
         if spec.keys == "csprng" else {}
     _mask_once(context, name, r, run_tag)
+    _claim_mask(context, signed, name, r, run_tag)  # persistent: one upload per round of a signed spec
     # 1. the training function returns the float update
     res_msg = call_next(msg, context)
     if res_msg.has_error():

@@ -32,8 +32,10 @@ Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
 Replays: the server may start further runs of a signed spec until it expires, and the DP plan is per
 run. So each node records, in its own data folder, which run tag trained which round of which spec
 ID, and trains each round of a signed spec once (:func:`claim_round`): a second run of the same spec
-is refused where it reaches a round already trained; the same run coming back, or a later segment's
-rounds, go on.
+is refused where it reaches a round already trained; a later segment's rounds go on. And it records
+which rounds it masked an upload for (:func:`claim_mask`, before any mask word is read): one upload
+per round of a signed spec, in rising round order, whatever the run tag (a round re-run after a later
+one, or by a run that reuses a run tag, is refused).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.spec import FlowerSpec
 
 __all__ = ["OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_RECORD", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS",
-           "SignedSpec", "claim_round", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
+           "SignedSpec", "claim_mask", "claim_round", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
            "spec_signed_bytes"]
 
 #: domain separation of the operator's signature over a training spec (never a reply, refs or key signature)
@@ -194,25 +196,21 @@ def spec_record_path(data_dir: str | Path, node: str) -> Path:
 
 def claim_round(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
                 now: datetime.datetime | None = None) -> None:
-    """Record in ``path`` that this node trains round ``round_index`` of ``signed`` under ``run_tag``, or
-    raise :class:`SecureAggregationError` if another run tag already trained that round of that spec.
+    """Record in ``path`` that this node trains round ``round_index`` of ``signed`` under ``run_tag`` (its
+    keys stage), or raise :class:`SecureAggregationError` if another run tag already trained that round of
+    that spec, or if this node already masked that round or a later one of the spec (:func:`claim_mask`).
 
     Why: the signature lets the server start runs of the operator's settings until the spec expires, and
     the DP plan (ε for the signed ``rounds``) is per run, so a second run of the same signed spec would
     spend the clients' budget again (review s35). Each round of a signed spec is trained once on a node:
-    the same run tag may come back to a round (a new ClientApp process, a restarted SuperNode), a later
-    segment of the same spec under another run tag trains its own rounds (``first_round``..), but a
-    run tag that reaches a round another run tag already trained is refused before anything is reserved
-    or drawn. The file is read and rewritten under an exclusive lock (two ClientApp processes of the
-    node cannot both claim a round) and replaced atomically (write, fsync, rename, fsync of the
-    folder): a crash leaves the old or the new record, never half of one. An unreadable record is
-    refused (the node cannot tell which rounds it trained), with the path to inspect."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        record = _read_record(path)
-        entry = record["specs"].setdefault(signed.spec_id, {"expires": _iso(signed.expires), "rounds": {}})
+    the same run tag may come back to a round whose upload it did not mask yet (a keys stage repeated
+    after a restart), a later segment of the same spec under another run tag trains its own rounds
+    (``first_round``..), but a run tag that reaches a round another run tag already trained is refused
+    before anything is reserved or drawn. The file is read and rewritten under an exclusive lock (two
+    ClientApp processes of the node cannot both claim a round) and replaced atomically (write, fsync,
+    rename, fsync of the folder): a crash leaves the old or the new record, never half of one. An
+    unreadable record is refused (the node cannot tell which rounds it trained), with the path to inspect."""
+    def claim(entry: dict[str, Any]) -> bool:
         earlier = entry["rounds"].get(str(round_index))
         if earlier is not None and earlier != run_tag:
             runs = sorted(set(entry["rounds"].values()))
@@ -222,8 +220,65 @@ def claim_round(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
                 f"under run(s) {runs}); run {run_tag!r} would train it again and spend the DP budget and keys a "
                 "second time: refused (each round of a signed spec is trained once; the operator signs a new "
                 "spec for another run)")
-        if earlier is None:
-            entry["rounds"][str(round_index)] = run_tag
+        _refuse_masked(path, signed, entry, round_index, run_tag, "train")
+        if earlier is not None:
+            return False
+        entry["rounds"][str(round_index)] = run_tag
+        return True
+
+    _update_record(path, signed, claim, now)
+
+
+def claim_mask(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
+               now: datetime.datetime | None = None) -> None:
+    """Record in ``path``, before this node reads any mask word of the round, that it masks its one upload
+    of round ``round_index`` of ``signed``; or raise :class:`SecureAggregationError` if it masked that round
+    of that spec already, or a later one, whatever the run tag (review s35 second look, F2).
+
+    Why: training is deterministic in (parameters, round), so a server that has a node mask round r of a
+    spec twice (re-running it after round r+1 under the same run tag, or in a second Flower run that
+    reuses the tag) differences the replays: without DP, three replays of round 1 with one client
+    withheld each time gave C1's exact update; with DP, k replays average the fresh noise down by √k.
+    The record is the node's own (its data folder: a fresh Flower Context or a restarted SuperNode keeps
+    it), so each node masks at most one upload per (signed spec, round), ``rounds`` uploads per signed
+    spec, in rising round order. ``labqfl run`` trains its segments upward, each under its own signature
+    (a resumed run retrains an interrupted round under a new signed spec)."""
+    def claim(entry: dict[str, Any]) -> bool:
+        _refuse_masked(path, signed, entry, round_index, run_tag, "mask an upload for")
+        entry.setdefault("masked", {})[str(round_index)] = run_tag
+        return True
+
+    _update_record(path, signed, claim, now)
+
+
+def _refuse_masked(path: Path, signed: SignedSpec, entry: dict[str, Any], round_index: int, run_tag: str,
+                   what: str) -> None:
+    masked = entry.get("masked", {})
+    if not masked:
+        return
+    top = max(int(k) for k in masked)
+    if round_index > top:
+        return
+    again = str(round_index) in masked
+    why = (f"this node already masked its upload of round {round_index} (run {masked[str(round_index)]!r})"
+           if again else f"this node already masked round {top}, a later round (rounds go upward)")
+    raise SecureAggregationError(
+        f"round {round_index} of the operator-signed spec {signed.spec_id}: {why} (this node's record {path}: "
+        f"masked rounds {_ranges(masked)}); run {run_tag!r} asks it to {what} that round again: refused (a node "
+        "masks one upload per round of a signed spec: a second one of the same round lets the server difference "
+        "them; the operator signs a new spec to train again)")
+
+
+def _update_record(path: Path, signed: SignedSpec, claim: Any, now: datetime.datetime | None) -> None:
+    """Apply ``claim(entry)`` (refuses by raising; ``True``: write) to ``signed``'s entry of the record at
+    ``path``, under the record's lock, written atomically; expired entries are pruned when it writes."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        record = _read_record(path)
+        entry = record["specs"].setdefault(signed.spec_id, {"expires": _iso(signed.expires), "rounds": {}})
+        if claim(entry):
             t = now or datetime.datetime.now(datetime.UTC)
             record["specs"] = {k: v for k, v in record["specs"].items()
                                if (t - _parse_iso(str(v["expires"]))).total_seconds() < _RECORD_KEEP_S}
@@ -244,7 +299,8 @@ def _read_record(path: Path) -> dict[str, Any]:
         if not isinstance(record, dict) or record.get("version") != 1 or not isinstance(record.get("specs"), dict):
             raise ValueError("expected {\"version\": 1, \"specs\": {...}}")
         for sid, v in record["specs"].items():
-            if not isinstance(v, dict) or not isinstance(v.get("rounds"), dict):
+            if not isinstance(v, dict) or not isinstance(v.get("rounds"), dict) \
+                    or not isinstance(v.get("masked", {}), dict):
                 raise ValueError(f"spec {sid!r} has no rounds table")
             _parse_iso(str(v.get("expires")))
     except (OSError, ValueError) as exc:
