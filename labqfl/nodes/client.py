@@ -1101,7 +1101,7 @@ class _IPair:
                    f"of this run or at the pair's next session; until then its {final.size} bits are at {node.name} "
                    "only")
             self._record(block_id, start, end, n_slots, oi, times, why, auth_bits, eps_auth, final=int(final.size))
-            raise NodeError(f"pair {self.pair}: block {block_id} {why}") from None
+            raise NodeError(f"block {block_id} {why}") from None  # the pair names itself (_run)
         times["delivery"] = time.perf_counter() - t
         self.accepted_ids.append(block_id)
         self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),

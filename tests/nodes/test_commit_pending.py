@@ -59,7 +59,7 @@ def test_a_commit_cj_could_not_store_is_recorded_as_stored_here_and_pending_ther
         bid = block_id_for(ACQ, PAIR, 0, 1000)
         assert st.has_block(bid) and st.available_bits(PAIR, "general") == 4791  # kept here: Cj's copy is pending
         msg = str(ei.value)
-        assert msg.startswith(f"pair {PAIR}: block {bid} stored at C1, pending at C2 ({reason})")
+        assert msg.startswith(f"block {bid} stored at C1, pending at C2 ({reason})")  # _run adds "pair C1-C2: "
         assert "until then its 5047 bits are at C1 only" in msg
         (b,) = ip.result.blocks
         assert b.final_key_bits == 5047 and b.delivered_bits == 0 and b.abort  # not "0 final bits"
