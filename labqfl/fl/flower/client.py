@@ -715,6 +715,8 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
     # csprng: every partner's public key checked (deployment: its signature) before training or any mask
     pks = _peer_public_keys(context, cfg, name, r, run_tag, (_peer(name, p) for p in pairs)) \
         if spec.keys == "csprng" else {}
+    if signed is not None:  # deployment: the levels follow from the signed spec, not the server's word
+        _check_levels(cfg, spec, name, r, participants)
     _mask_once(context, name, r, run_tag)
     _claim_mask(context, signed, name, r, run_tag)  # persistent: one upload per round of a signed spec
     # 1. the training function returns the float update
@@ -804,6 +806,31 @@ def _checked_mask_plan(cfg: Any, spec: FlowerSpec, name: str, r: int) -> tuple[l
                                      f"rule gives {expected} for the round's participants")
     check_threshold(participants, among, t, spec.q)
     return pairs, participants, t
+
+
+def _check_levels(cfg: Any, spec: FlowerSpec, name: str, r: int, participants: list[str]) -> None:
+    """Deployment, no DP: the mask message's quantisation ``levels`` for this node must be the weighted-FedAvg
+    levels M_i of the round's participants (:meth:`~labqfl.fl.secure.SecAggConfig.quantization`, the rule
+    the honest server uses, docs/secure_aggregation.md §2) from their sample counts, which every node
+    computes itself from the operator-signed spec: the task data's deterministic partition
+    (:meth:`~labqfl.fl.flower.spec.FlowerSpec.client_data`, the count each node reports at setup).
+
+    Review s35 second look F1: the server chose each client's levels, and levels 0 for C2 and C3 made
+    the honestly unmasked sum C1's quantised update exactly. Each honest node refusing any levels but its
+    own fair value defeats that; a server colluding with all the other participants learns the victim's
+    update from the sum anyway (secure aggregation's limit). With DP the plan's equal weights replace the
+    levels (:func:`_encode_update`), so nothing is checked."""
+    sa = spec.secagg()
+    plan = sa.quantization({c: float(len(spec.client_data(c)[1])) for c in participants})
+    if plan is None:
+        return
+    got, want = _cfg_int(cfg, "levels"), int(plan["levels"][name])
+    if got != want:
+        raise SecureAggregationError(
+            f"round {r}: the mask message gives {name} quantisation levels {got}; the weighted-FedAvg rule over the "
+            f"round's participants {participants} (sample counts {[len(spec.client_data(c)[1]) for c in participants]} "
+            f"from the operator-signed spec's data partition) gives {want}: refused (the server does not choose "
+            "a client's share of the sum's range)")
 
 
 @functools.lru_cache(maxsize=8)

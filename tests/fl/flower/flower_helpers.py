@@ -118,3 +118,20 @@ class ModNodes:
                        if f"{k}.{p}" in keys[m]}
                 relay[split_pair(p)[1]].update(got, **{f"tag.{p}": tags[f"tag.{p}"]})
         return relay
+
+
+def spec_examples(msg: Message, name: str) -> int:
+    """The sample count client ``name`` reports at setup, as the real ClientApp does: its partition of the
+    spec's task data (a deployed node checks its quantisation levels against these counts, review s35
+    second look F1)."""
+    from labqfl.fl.flower.client import CFG
+    from labqfl.fl.flower.spec import FlowerSpec
+
+    return len(FlowerSpec.from_config(msg.content.config_records[CFG]).client_data(name)[1])
+
+
+def fair_levels(spec: Any) -> dict[str, int]:
+    """Each client's weighted-FedAvg levels M_i when all of ``spec``'s clients take part, from the sample
+    counts of :func:`spec_examples` (what the server sends and a deployed node checks)."""
+    counts = {c: float(len(spec.client_data(c)[1])) for c in spec.names}
+    return {c: int(m) for c, m in spec.secagg().quantization(counts)["levels"].items()}

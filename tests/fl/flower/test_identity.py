@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flower_helpers import signed_server
+from flower_helpers import fair_levels, signed_server, spec_examples
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -38,7 +38,7 @@ from labqfl.fl.flower.identity import (
 from labqfl.fl.flower.inprocess import InProcessGrid
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
-from labqfl.fl.quantize import quantize, weight_ranges
+from labqfl.fl.quantize import quantize
 from labqfl.net import make_node_certs
 
 N_WORDS = 512  # the specs use mnist-lenet5: a node refuses n_params above its model's (review s34 F7)
@@ -157,7 +157,8 @@ def _app(updates: dict[str, np.ndarray]) -> ClientApp:
 
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({CFG: ConfigRecord({"name": node_name(context), "num_examples": 100})}),
+        return Message(RecordDict({CFG: ConfigRecord({"name": node_name(context),
+                                                      "num_examples": spec_examples(msg, node_name(context))})}),
                        reply_to=msg)
 
     @app.train(mods=[labqfl_secagg_mod])
@@ -197,10 +198,10 @@ def _spec() -> FlowerSpec:
 
 def _expected_sum(updates: dict[str, np.ndarray], survivors: list[str], srv: LabqflServer) -> np.ndarray:
     """The exact integer sum of the survivors' quantised updates (levels of the round's participants)."""
-    levels = int(weight_ranges([100.0] * 3, srv.cfg.check_bit_budget(3))[0])
+    levels = fair_levels(srv.spec)
     total = np.zeros(N_WORDS, dtype=np.uint8)
     for c in survivors:
-        total += quantize(updates[c], clip=1.0, levels=levels, q=8, rounding="nearest")[0]
+        total += quantize(updates[c], clip=1.0, levels=levels[c], q=8, rounding="nearest")[0]
     return total
 
 
@@ -242,11 +243,10 @@ def test_an_upload_altered_in_transit_is_dropped_and_the_others_still_sum_exactl
         fr = srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
     assert fr.dropped_after_masking == ["C3"]  # refused, then recovered like a client lost after masking
     assert "refused the reply of node 1002 as client C3" in caplog.text and "altered or replayed" in caplog.text
-    b = srv.cfg.check_bit_budget(3)
     from labqfl.fl.quantize import dequantize_sum
 
-    want = dequantize_sum(_expected_sum(updates, ["C1", "C2"], srv), clip=1.0,
-                          total_levels=2 * int(weight_ranges([100.0] * 3, b)[0]))
+    lv = fair_levels(srv.spec)
+    want = dequantize_sum(_expected_sum(updates, ["C1", "C2"], srv), clip=1.0, total_levels=lv["C1"] + lv["C2"])
     assert np.array_equal(fr.aggregate, want)
 
 

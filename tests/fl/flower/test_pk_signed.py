@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 from cryptography import x509
-from flower_helpers import MeddlingGrid, signed_server
+from flower_helpers import MeddlingGrid, fair_levels, signed_server, spec_examples
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -41,7 +41,7 @@ from labqfl.fl.flower.keys import ecdh_words, new_ecdh_key
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.spec import FlowerSpec
 from labqfl.fl.masks import pair_mask
-from labqfl.fl.quantize import dequantize_sum, quantize, uint_dtype, weight_ranges
+from labqfl.fl.quantize import dequantize_sum, quantize, uint_dtype
 from labqfl.net import make_node_certs
 
 N_WORDS = 512
@@ -79,7 +79,8 @@ def _app(updates: dict[str, np.ndarray]) -> ClientApp:
 
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({CFG: ConfigRecord({"name": node_name(context), "num_examples": 100})}),
+        return Message(RecordDict({CFG: ConfigRecord({"name": node_name(context),
+                                                      "num_examples": spec_examples(msg, node_name(context))})}),
                        reply_to=msg)
 
     @app.train(mods=[labqfl_secagg_mod])
@@ -98,8 +99,7 @@ def _spec(**kw: Any) -> FlowerSpec:
 
 
 def _quantized(updates: dict[str, np.ndarray], c: str) -> np.ndarray:
-    levels = int(weight_ranges([100.0] * 3, _spec().secagg().check_bit_budget(3))[0])
-    return quantize(updates[c], clip=1.0, levels=levels, q=8, rounding="nearest")[0]
+    return quantize(updates[c], clip=1.0, levels=fair_levels(_spec())[c], q=8, rounding="nearest")[0]
 
 
 @pytest.fixture
@@ -175,9 +175,9 @@ def test_a_peer_key_substituted_by_the_server_is_refused_before_any_mask_is_deri
     assert err.endswith("C2 derives nothing from it"), err
     assert seen["bad"] not in derived  # no pair word, no pad from the substituted key, at any node
     assert fr.dropped_after_masking == ["C2"] and fr.participants == NAMES  # no upload from C2
-    levels = int(weight_ranges([100.0] * 3, srv.cfg.check_bit_budget(3))[0])
+    lv = fair_levels(_spec())
     total = (_quantized(updates, "C1") + _quantized(updates, "C3")).astype(uint_dtype(8))
-    assert np.array_equal(fr.aggregate, dequantize_sum(total, clip=1.0, total_levels=2 * levels))
+    assert np.array_equal(fr.aggregate, dequantize_sum(total, clip=1.0, total_levels=lv["C1"] + lv["C3"]))
 
 
 def test_unsigned_simulation_residual_a_server_that_substitutes_the_keys_unmasks_the_upload(local_grid) -> None:
@@ -224,9 +224,8 @@ def test_honest_signed_csprng_rounds_relay_each_peers_signature_and_sum_exactly(
                 ReplyVerifier.from_file(certs["net"] / "ca.pem").verify_pk(
                     cfg[f"pkcert.{peer}"], cfg[f"pksig.{peer}"], run=srv.run_tag, round_index=r, peer=peer,
                     public_key=bytes(cfg[f"pk.{peer}"]))  # type: ignore[arg-type]
-    levels = int(weight_ranges([100.0] * 3, _spec().secagg().check_bit_budget(3))[0])
     total = sum((_quantized(updates, c) for c in NAMES), np.zeros(N_WORDS, dtype=uint_dtype(8)))
-    want = dequantize_sum(total.astype(uint_dtype(8)), clip=1.0, total_levels=3 * levels)
+    want = dequantize_sum(total.astype(uint_dtype(8)), clip=1.0, total_levels=sum(fair_levels(_spec()).values()))
     for a, b in zip(aggs[True], aggs[False], strict=True):
         assert np.array_equal(a, want) and np.array_equal(b, want)
 

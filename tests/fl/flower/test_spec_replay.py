@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flower_helpers import MeddlingGrid
+from flower_helpers import MeddlingGrid, spec_examples
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -62,7 +62,7 @@ def _app() -> ClientApp:
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
         _, name = setup_request(msg, context)
-        return Message(RecordDict({CFG: ConfigRecord({"name": name, "num_examples": 100})}), reply_to=msg)
+        return Message(RecordDict({CFG: ConfigRecord({"name": name, "num_examples": spec_examples(msg, name)})}), reply_to=msg)
 
     @app.train(mods=[labqfl_secagg_mod])
     def train(msg: Message, context: Context) -> Message:

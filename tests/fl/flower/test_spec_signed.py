@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flower_helpers import MeddlingGrid
+from flower_helpers import MeddlingGrid, fair_levels, spec_examples
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -53,7 +53,7 @@ from labqfl.fl.flower.specsig import (
     spec_settings,
     spec_signed_bytes,
 )
-from labqfl.fl.quantize import dequantize_sum, quantize, uint_dtype, weight_ranges
+from labqfl.fl.quantize import dequantize_sum, quantize, uint_dtype
 from labqfl.net import make_node_certs
 
 N_WORDS = 512
@@ -89,7 +89,7 @@ def _app(updates: dict[str, np.ndarray]) -> ClientApp:
     @app.query("labqfl_setup")
     def setup(msg: Message, context: Context) -> Message:
         _, name = setup_request(msg, context)  # the ClientApp's own setup check
-        return Message(RecordDict({CFG: ConfigRecord({"name": name, "num_examples": 100})}), reply_to=msg)
+        return Message(RecordDict({CFG: ConfigRecord({"name": name, "num_examples": spec_examples(msg, name)})}), reply_to=msg)
 
     @app.train(mods=[labqfl_secagg_mod])
     def train(msg: Message, context: Context) -> Message:
@@ -248,10 +248,10 @@ def test_honest_signed_rounds_pass_and_sum_exactly(local_grid, certs) -> None:
     grid = MeddlingGrid(local_grid(_app(updates), NAMES, node_config=_deployed(certs)))
     srv = LabqflServer(_spec(), signed_spec=signed, identity=ReplyVerifier.from_file(certs["net"] / "ca.pem"))
     nodes, weights = srv.connect(grid)
-    levels = int(weight_ranges([100.0] * 3, srv.cfg.check_bit_budget(3))[0])
-    want = dequantize_sum(sum((quantize(updates[c], clip=1.0, levels=levels, q=8, rounding="nearest")[0]
+    lv = fair_levels(_spec())
+    want = dequantize_sum(sum((quantize(updates[c], clip=1.0, levels=lv[c], q=8, rounding="nearest")[0]
                                for c in NAMES), np.zeros(N_WORDS, dtype=uint_dtype(8))), clip=1.0,
-                          total_levels=3 * levels)
+                          total_levels=sum(lv.values()))
     for r in (1, 2):
         fr = srv.round(grid, r, np.zeros(N_WORDS), nodes, weights, end=r == 2)
         assert not fr.dropped_before_masking and not fr.dropped_after_masking
