@@ -964,6 +964,7 @@ def _reveal_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r
     cfg = msg.content.config_records[CFG]
     q = spec.q
     dropped = set(_cfg_strs(cfg, "dropped"))
+    _check_dp_dropouts(spec, name, r, "reveal", sorted(dropped), None)
     want = _cfg_strs(cfg, "pairs")
     out_rec = ArrayRecord()
     for p in want:
@@ -989,6 +990,27 @@ def _reveal_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r
             out_rec[p] = Array(ecdh_words(sk, pks[_peer(name, p)], p, n, q, round_index=r, run_tag=run_tag))
         _clear_secret(context)
     return _reply(msg, revealed=out_rec)
+
+
+def _check_dp_dropouts(spec: FlowerSpec, name: str, r: int, stage: str, dropped: list[str],
+                       survivors: list[str] | None) -> None:
+    """DP with H > 1 honest clients: the noise is sized for H honest noises in the sum, so no DP round can
+    lose a client (:meth:`~labqfl.fl.secure.SecAggConfig.too_few_survivors`). The mask stage checks the
+    participants; here a reveal or unmask message that names any dropped client, or fewer survivors than the
+    plan's clients, is refused before anything is revealed (review s35 second look F3: a server that claimed
+    a dropout after masking got the others' unmask answers, and a sum carrying H − 1 honest noises). With
+    H = 1 (each client's own noise) or no DP nothing changes."""
+    sa = spec.secagg()
+    if sa.dp is None or sa.dp.honest <= 1:
+        return
+    n = spec.clients - len(set(dropped))
+    if survivors is not None:
+        n = min(n, len(set(survivors)))
+    if (short := sa.too_few_survivors(n)) is not None:
+        raise SecureAggregationError(
+            f"round {r}: the {stage} message to {name} names dropped client(s) {sorted(set(dropped))} "
+            f"({n} of {spec.clients} surviving) under a DP plan with H = {sa.dp.honest}: {short}; {name} "
+            "reveals nothing: refused")
 
 
 def _end_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, stage: str) -> Message:
@@ -1069,6 +1091,7 @@ def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int,
     st = context.state
     dropped = _cfg_strs(cfg, "dropped")
     survivors = _cfg_strs(cfg, "survivors")
+    _check_dp_dropouts(spec, name, r, "unmask", dropped, survivors)
     want = _cfg_strs(cfg, "pairs")
     owners = _cfg_strs(cfg, "share_owners")
     for p in want:
