@@ -175,7 +175,21 @@ def node_name(context: Context, spec: FlowerSpec | None = None) -> str:
 
 
 def _keystore_dir(context: Context, spec: FlowerSpec) -> str:
-    d = str(context.node_config.get(NODE_KEYSTORE, "") or spec.keystore_dir)
+    """The node's key store folder: node config ``labqfl-keystore``; a simulation (no CA, no signing key in
+    the node config) may take the spec's ``keystore_dir``. A deployed node never does: that field is the
+    server's unsigned word (review s35 second look F5: a node without ``labqfl-keystore`` opened a store in
+    a folder the server named)."""
+    from labqfl.fl.flower.identity import NODE_CA, NODE_CERT
+
+    nc = context.node_config
+    own = str(nc.get(NODE_KEYSTORE, "") or "")
+    if not own and spec.keystore_dir and (NODE_CA in nc or NODE_CERT in nc):
+        raise SecureAggregationError(
+            f"keys qkd: the server's message names the key store folder {spec.keystore_dir!r}, but this node has "
+            f"the network CA or a signing key (a deployment) and no {NODE_KEYSTORE!r} of its own: refused (a deployed "
+            f"node opens only the key store its operator configured; start it with --node-config "
+            f"\"{NODE_KEYSTORE}='DIR'\" or with labqfl node supernode)")
+    d = own or spec.keystore_dir
     if not d:
         raise SecureAggregationError(
             f"keys qkd: node has no key store folder (node_config {NODE_KEYSTORE!r} or the spec's keystore_dir)")
