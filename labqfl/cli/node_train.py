@@ -36,7 +36,7 @@ SIGNED_SPEC = typer.Option(None, "--signed-spec", metavar="FILE", dir_okay=False
                            help="A spec signed beforehand with `labqfl node sign-spec` (the training options must "
                                 "match it); default: node train signs the run's spec itself with node-ctl.key.")
 VALID_HOURS = typer.Option(24.0, "--valid-hours", min=0.001, help="How long the signed spec is valid [h]: the nodes "
-                           "refuse it afterwards, also in the middle of a run.")
+                           "refuse it afterwards, also in the middle of a run (at most 720 h, 30 days).")
 SPEC_OUT = typer.Option(..., "--out", "-o", metavar="FILE", dir_okay=False, help="Where to write the signed spec (JSON).")
 
 

@@ -54,7 +54,7 @@ from typing import Any
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.spec import FlowerSpec
 
-__all__ = ["OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_RECORD", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS",
+__all__ = ["MAX_VALID_S", "OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_RECORD", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS",
            "SignedSpec", "claim_mask", "claim_round", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
            "spec_signed_bytes"]
 
@@ -70,6 +70,10 @@ SIGNED_SPEC_RUN_CONFIG = "labqfl-signed-spec"
 UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s",
                    "first_round", "last_round")
 _VERSION = 1
+#: the longest a signed spec may be valid [s]: 30 days. A node follows a signed spec until it expires
+#: (each round once, :func:`claim_round`), so the window bounds how long the operator's settings can be
+#: started again; ``labqfl node train`` signs for its run's timeout + 1 h, ``sign-spec`` for 24 h by default
+MAX_VALID_S = 30 * 86400.0
 
 
 def spec_settings(spec: FlowerSpec) -> dict[str, Any]:
@@ -165,8 +169,10 @@ def sign_spec(spec: FlowerSpec, signer: Any, *, valid_s: float, spec_id: str = "
     if getattr(signer, "name", "") != OPERATOR:
         raise ConfigError(f"a training spec is signed with the operator's certificate {OPERATOR!r} (node-ctl.pem), "
                           f"not with {getattr(signer, 'name', '?')!r}'s")
-    if valid_s <= 0:
-        raise ConfigError(f"a signed spec must be valid for more than 0 s, got {valid_s}")
+    if not 0 < valid_s <= MAX_VALID_S:  # NaN fails too
+        raise ConfigError(f"a signed spec's validity must be more than 0 s and at most {MAX_VALID_S / 3600:.0f} h "
+                          f"({MAX_VALID_S / 86400:.0f} days), got {valid_s / 3600:g} h: a node accepts a signed spec "
+                          "until it expires, so sign one per run or campaign (review s35 second look F9)")
     t = (now or datetime.datetime.now(datetime.UTC)).replace(microsecond=0)
     body = json.dumps({"version": _VERSION, "spec_id": spec_id or secrets.token_hex(8), "issued": _iso(t),
                        "expires": _iso(t + datetime.timedelta(seconds=float(valid_s))),
