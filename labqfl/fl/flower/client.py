@@ -1215,8 +1215,25 @@ def setup_request(msg: Message, context: Context) -> tuple[FlowerSpec, str]:
     cfg = msg.content.config_records[CFG]
     spec = FlowerSpec.from_config(cfg)
     name = node_name(context, spec)
-    _check_signed_spec(context, cfg, spec, name, 0, str(cfg.get("run_tag", "")), "setup")
+    if _check_signed_spec(context, cfg, spec, name, 0, str(cfg.get("run_tag", "")), "setup") is None:
+        _warn_unprotected(context, name)
     return spec, name
+
+
+def _warn_unprotected(context: Context, name: str) -> None:
+    """A deployed SuperNode (its ClientApps behind labqfl's FAB guard) with no network CA and no signing key
+    in its node config enforces no operator-signed spec and no peer signatures: it follows the server's
+    settings as an unsigned simulation does. One warning line at each run's first message (setup), so a
+    hand-started SuperNode (docs/flower.md, Deployment step 2) says so (review s35 second look F10)."""
+    from labqfl.fl.flower import fabguard
+    from labqfl.fl.flower.identity import NODE_CA, NODE_CERT, NODE_KEY
+
+    if fabguard.installed():
+        log.warning("%s: this SuperNode has no network CA (node config %r) and no signing key (%r/%r): it enforces "
+                    "no operator-signed spec and no peer signatures and follows the server's settings; start it "
+                    "with labqfl node supernode, or give it those three node config keys", name, NODE_CA,
+                    NODE_CERT, NODE_KEY)
+
 
 
 def make_client_app() -> ClientApp:

@@ -275,6 +275,13 @@ def install() -> None:
     rc.get_load_client_app_fn = _pinned_loader  # type: ignore[assignment]
 
 
+def installed() -> bool:
+    """Whether this process runs behind the guard (:func:`install` ran: a ClientApp of a deployed SuperNode
+    started with labqfl's bin folder on its ``PATH``), without importing Flower's runtime if it did not."""
+    rc = sys.modules.get("flwr.supernode.runtime.run_clientapp")
+    return rc is not None and bool(getattr(getattr(rc, "install_from_fab", None), "labqfl_guard", False))
+
+
 def main() -> int:
     """``flwr-clientapp`` (arguments in ``sys.argv``) behind the guard; returns its exit code.
     With :data:`TOKEN_STDIN` the runtime token comes on standard input (:func:`token_from_stdin`)."""
