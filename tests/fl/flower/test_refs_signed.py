@@ -22,7 +22,7 @@ from cryptography import x509
 from flower_helpers import MeddlingGrid, signed_server
 
 from labqfl.errors import SecureAggregationError
-from labqfl.fl.flower.client import make_client_app
+from labqfl.fl.flower.client import NODE_KEYSTORE, make_client_app
 from labqfl.fl.flower.identity import (
     DOMAIN,
     NODE_CA,
@@ -53,10 +53,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"net": d / "net", "other": d / "other"}
 
 
-def _keys_of(certs: dict[str, Path], names: list[str], *, ca: bool = True) -> dict[str, dict[str, str]]:
-    """Node configs of a deployment: each node's certificate and key, and the network CA."""
+def _keys_of(certs: dict[str, Path], names: list[str], kdir: Any, *, ca: bool = True) -> dict[str, dict[str, str]]:
+    """Node configs of a deployment: each node's certificate and key, the network CA, and its own key-store
+    folder (a deployed node never opens the one the server's message names, fc9c4d6)."""
     return {c: {NODE_CERT: str(certs["net"] / f"node-{c}.pem"), NODE_KEY: str(certs["net"] / f"node-{c}.key"),
-                **({NODE_CA: str(certs["net"] / "ca.pem")} if ca else {})} for c in names}
+                NODE_KEYSTORE: str(kdir), **({NODE_CA: str(certs["net"] / "ca.pem")} if ca else {})} for c in names}
 
 
 def _signer(certs: dict[str, Path], who: str, folder: str = "net") -> ReplySigner:
@@ -137,7 +138,7 @@ def test_a_tag_key_made_of_bits_revealed_after_a_dropout_lie_is_refused_when_ref
             cfg["refsig.C1-C2"], cfg["refcert.C1-C2"] = s.sign_refs(statement), s.cert_pem
         return True
 
-    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES)), meddle)
+    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES, kdir)), meddle)
     srv.run(grid)
     assert srv.rounds[0].dropped_after_masking == ["C2"]
     err = grid.error_of("C2", "mask", 2)
@@ -172,7 +173,7 @@ def test_the_whole_of_round_1s_signed_refs_replayed_into_round_2_is_refused_even
             del cfg["void.C1-C2"]
         return True
 
-    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES)), meddle)
+    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES, kdir)), meddle)
     srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8))
     srv.run(grid)
     assert srv.rounds[0].dropped_after_masking == ["C2"]
@@ -195,7 +196,7 @@ def test_a_signature_stripped_from_honest_refs_is_refused_when_the_slave_has_key
             del cfg["refsig.C1-C2"], cfg["refcert.C1-C2"]
         return True
 
-    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES)), strip)
+    grid = MeddlingGrid(local_grid(make_client_app(), NAMES, node_config=_keys_of(certs, NAMES, kdir)), strip)
     srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8, rounds=1))
     srv.run(grid)
     err = grid.error_of("C2", "mask", 1)
@@ -206,7 +207,7 @@ def test_a_signature_stripped_from_honest_refs_is_refused_when_the_slave_has_key
 def test_a_node_with_a_signing_key_but_no_network_ca_masks_nothing(make_stores, local_grid, mnist_dir, certs) -> None:
     spec = _spec(mnist_dir, q=8, rounds=1, clients=2)
     kdir = make_stores(NAMES[:2], spec.q * spec.model().n_params + REFS_TAG_BITS)
-    cfgs = _keys_of(certs, NAMES[:2])
+    cfgs = _keys_of(certs, NAMES[:2], kdir)
     del cfgs["C2"][NODE_CA]
     grid = MeddlingGrid(local_grid(make_client_app(), NAMES[:2], node_config=cfgs))
     # it refuses the run's first message already (the setup: it cannot check the operator's signed spec either)
@@ -224,7 +225,7 @@ def test_honest_signed_rounds_pass_and_leave_both_ends_of_every_pair_in_step(
     spec0 = _spec(mnist_dir, q=8, clients=4, self_masks=self_masks)
     per_round = spec0.secagg().key_bits_per_pair(spec0.model().n_params) + REFS_TAG_BITS
     kdir = make_stores(spec0.names, 2 * per_round + 40)
-    grid = MeddlingGrid(local_grid(make_client_app(), spec0.names, node_config=_keys_of(certs, spec0.names)))
+    grid = MeddlingGrid(local_grid(make_client_app(), spec0.names, node_config=_keys_of(certs, spec0.names, kdir)))
     srv = signed_server(certs["net"], _spec(mnist_dir, kdir, q=8, clients=4, self_masks=self_masks))
     srv.run(grid)
     assert not any(rep.has_error() for *_, rep in grid.replies)
