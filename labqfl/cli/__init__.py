@@ -12,6 +12,7 @@ import typer
 
 from labqfl import __version__
 from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED
+from labqfl.cli.common import quiet_half_built_objects as _quiet_half_built_objects
 from labqfl.cli.helpfmt import install as _install_help_layout
 from labqfl.log import set_verbosity
 
@@ -94,20 +95,6 @@ def main() -> None:
     if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):  # objects an interrupt left half-built are collected at exit
         _quiet_half_built_objects()
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def _quiet_half_built_objects() -> None:
-    """After an interrupt, the garbage collector's complaint about an llvmlite object the interrupt stopped
-    in its constructor is not printed (:func:`labqfl.station.half_built_by_interrupt`); anything else is."""
-    from labqfl.station import half_built_by_interrupt
-
-    prev = sys.unraisablehook
-
-    def hook(info: object) -> None:
-        if not half_built_by_interrupt(info):
-            prev(info)  # type: ignore[arg-type]
-
-    sys.unraisablehook = hook
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -205,6 +205,26 @@ def _safe_state_note() -> str:
     return "; instruments were put in their safe state" if station is not None and station.guard_was_used() else ""
 
 
+def quiet_half_built_objects() -> None:
+    """After an interrupt, the garbage collector's complaint about an llvmlite object the interrupt stopped
+    in its constructor is not printed (:func:`labqfl.station.half_built_by_interrupt`); anything else is.
+    Installed once, as soon as the interrupt is known (:func:`handle_errors`, before the one error line is
+    printed: a collection while printing it showed a ``PipelineTuningOptions`` complaint, clean-clone CI of
+    session 35) and again at the CLI's exit."""
+    from labqfl.station import half_built_by_interrupt
+
+    prev = sys.unraisablehook
+    if getattr(prev, "labqfl_quiet", False):
+        return
+
+    def hook(info: Any) -> None:
+        if not half_built_by_interrupt(info):
+            prev(info)
+
+    hook.labqfl_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
 
@@ -219,6 +239,7 @@ def handle_errors(fn: F) -> F:
         except (KeyboardInterrupt, SystemError) as exc:  # SystemError: Ctrl-C inside a C callback (Numba)
             if not interrupt_inside(exc):
                 raise
+            quiet_half_built_objects()  # before the line is printed: objects the interrupt left half-built
             if exc.args == ("SIGTERM",):  # labqfl.nodes.runjob.terminate_as_interrupt: stopped, not Ctrl-C
                 raise fail("terminated (SIGTERM)" + _safe_state_note(), EXIT_TERMINATED) from None
             raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 import pytest
+import typer
 
 from labqfl.cli import _quiet_half_built_objects
 from labqfl.station import half_built_by_interrupt
@@ -41,3 +42,31 @@ def test_only_the_half_built_llvmlite_objects_complaint_is_dropped(monkeypatch: 
     del x
     gc.collect()
     assert len(shown) == 1 and not half_built_by_interrupt(shown[0])  # anything else is still printed
+
+
+def test_the_complaint_is_dropped_from_the_moment_the_interrupt_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Clean-clone CI of session 35: a half-built ``PipelineTuningOptions`` was collected while the command printed
+    its one error line, after the interrupt but before the CLI's exit installed the quiet hook. The command's
+    error handler installs it as soon as it knows of the interrupt."""
+    from llvmlite.binding.ffi import ObjectRef
+
+    from labqfl.cli.common import handle_errors
+
+    shown: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", shown.append)
+
+    @handle_errors
+    def command() -> None:
+        raise KeyboardInterrupt("SIGTERM")
+
+    with pytest.raises(typer.Exit) as exc:
+        command()
+    assert exc.value.exit_code == 143
+    o = ObjectRef.__new__(ObjectRef)  # stopped before __init__: no _as_parameter_
+    del o
+    gc.collect()
+    assert shown == []
+    x = _Other()
+    del x
+    gc.collect()
+    assert len(shown) == 1 and not half_built_by_interrupt(shown[0])
