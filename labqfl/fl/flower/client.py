@@ -363,6 +363,8 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
     except SecureAggregationError as exc:
         raise SecureAggregationError(f"round {r}: the operator-signed spec in the server's {stage} message to "
                                      f"{name} is refused: {exc}") from None
+    if why := signed.validity_problem():
+        raise SecureAggregationError(f"round {r}: the operator-signed spec {signed.spec_id} is {why}: refused")
     if (now := identity._now()) > signed.expires:
         raise SecureAggregationError(f"round {r}: the operator-signed spec {signed.spec_id} expired at "
                                      f"{signed.expires:%Y-%m-%d %H:%M:%S} UTC (now {now:%Y-%m-%d %H:%M:%S} UTC); "
@@ -374,8 +376,9 @@ def _check_signed_spec(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
             + ": refused")
     if stage == "setup":
         return signed
-    if not 1 <= r <= spec.rounds:
-        raise SecureAggregationError(f"round {r}: outside the {spec.rounds} round(s) of the operator-signed spec "
+    first, last = spec.first_round, spec.last_round or spec.rounds  # signed: equal to the spec's (departures)
+    if not first <= r <= last:  # a segment's spec authorises its own rounds only (review s35 third look T1)
+        raise SecureAggregationError(f"round {r}: outside rounds {first}..{last} of the operator-signed spec "
                                      f"{signed.spec_id}: refused")
     st = context.state
     if STATE_SPEC in st and str(st.config_records[STATE_SPEC]["run"]) == run_tag \

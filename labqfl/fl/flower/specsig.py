@@ -23,11 +23,13 @@ What is signed: :data:`SPEC_SIG_DOMAIN` ‖ the canonical JSON (sorted keys, no 
 server's logistics}}`` — the participants (``clients``, ``client_names``), graph and ``k``,
 ``self_masks`` and ``threshold``, ``min_survivors``, DP ε/δ/H/clip (so the DP plan, which each node
 computes from them), ``rounds``, the task, its data and local training, ``q``, ``clip``,
-``rounding``, the key mode (``keys``), the noise model. Left to the server (:data:`UNSIGNED_FIELDS`):
-timeouts, the key-wait time, a simulation's key-store folder, and which rounds of the signed
-``rounds`` one Flower run trains (``first_round``/``last_round``: ``labqfl run`` trains in segments);
-a node still refuses a round number outside 1..``rounds``. Signature: ECDSA P-256 with SHA-256 (or
-Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
+``rounding``, the key mode (``keys``), the noise model, and the rounds this spec authorises
+(``first_round``..``last_round``: ``labqfl run`` trains in segments and signs one spec per segment; a node
+refuses a round outside them — review s35 third look T1: with the range unsigned, a later segment's spec
+authorised every round, and the server re-ran an earlier, masked round under it with another client set).
+Left to the server (:data:`UNSIGNED_FIELDS`): timeouts, the key-wait time, a simulation's key-store
+folder. A node also refuses a validity period over :data:`MAX_VALID_S` (:meth:`SignedSpec.validity_problem`).
+Signature: ECDSA P-256 with SHA-256 (or Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
 
 Replays: the server may start further runs of a signed spec until it expires, and the DP plan is per
 run. So each node records, in its own data folder, which run tag trained which round of which spec
@@ -67,8 +69,7 @@ SIGNED_SPEC = "signed_spec"
 #: the ServerApp's run config key of the signed spec (:func:`labqfl.fl.flower.deploy.write_app_project`)
 SIGNED_SPEC_RUN_CONFIG = "labqfl-signed-spec"
 #: FlowerSpec fields the server may set per run: logistics, not the run's settings (module docstring)
-UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s",
-                   "first_round", "last_round")
+UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s")
 _VERSION = 1
 #: the longest a signed spec may be valid [s]: 30 days. A node follows a signed spec until it expires
 #: (each round once, :func:`claim_round`), so the window bounds how long the operator's settings can be
@@ -123,6 +124,20 @@ class SignedSpec:
     @property
     def expires(self) -> datetime.datetime:
         return _parse_iso(str(self.content["expires"]))
+
+    @property
+    def issued(self) -> datetime.datetime:
+        return _parse_iso(str(self.content["issued"]))
+
+    def validity_problem(self) -> str:
+        """Why a node refuses this spec's validity period ("" if it does not): longer than
+        :data:`MAX_VALID_S`, or ending before it begins. The signer refuses those (:func:`sign_spec`); a node
+        checks them too, as it trusts no signer's tooling (review s35 third look T4)."""
+        span = (self.expires - self.issued).total_seconds()
+        if not 0 < span <= MAX_VALID_S:
+            return (f"valid {span / 3600:g} h from {self.issued:%Y-%m-%d %H:%M:%S} UTC; a node accepts at most "
+                    f"{MAX_VALID_S / 3600:.0f} h")
+        return ""
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -79,9 +79,9 @@ def _spec(**kw: Any) -> FlowerSpec:
     return FlowerSpec(**base)
 
 
-def _signed(certs: Path) -> SignedSpec:
+def _signed(certs: Path, **kw: Any) -> SignedSpec:
     op = ReplySigner((certs / f"node-{OPERATOR}.pem").read_bytes(), (certs / f"node-{OPERATOR}.key").read_bytes())
-    return sign_spec(_spec(), op, valid_s=600)
+    return sign_spec(_spec(**kw), op, valid_s=600)
 
 
 def _grid(local_grid: Any, certs: Path, data: Path) -> MeddlingGrid:
@@ -129,17 +129,30 @@ def test_a_run_resumed_under_its_run_tag_after_a_restart_and_a_later_segment_go_
     resumed.run_tag = srv.run_tag
     _train(resumed, _grid(local_grid, certs, tmp_path), range(2, 3))
 
-    # segments of one signed spec, each its own Flower run (labqfl run's segments: new run tags)
+    # segments, each its own Flower run under its own signed spec naming its rounds (labqfl run's segments)
     seg_data = tmp_path / "segments"
-    signed2 = _signed(certs)
-    _train(LabqflServer(_spec(first_round=1, last_round=1), signed_spec=signed2),
-           _grid(local_grid, certs, seg_data), range(1, 2))
+    signed1, signed2 = _signed(certs, first_round=1, last_round=1), _signed(certs, first_round=2, last_round=2)
+    seg1 = LabqflServer(_spec(first_round=1, last_round=1), signed_spec=signed1)
+    _train(seg1, _grid(local_grid, certs, seg_data), range(1, 2))
+    # segment 2's spec does not reach segment 1's round (review s35 third look T1: every segment's spec
+    # authorised every round, so the server re-ran round 1, masked already under segment 1's spec, under
+    # segment 2's with another client set, before round 2, and differenced the two sums)
+    back = LabqflServer(_spec(first_round=2, last_round=2), signed_spec=signed2)
+    grid = _grid(local_grid, certs, seg_data)
+    nodes, weights = back.connect(grid)
+    with pytest.raises(SecureAggregationError, match="round 1 aborted"):
+        back.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
+    for c in NAMES:
+        assert f"round 1: outside rounds 2..2 of the operator-signed spec {signed2.spec_id}" in grid.error_of(c, "keys", 1)
+    # a server that widens the range departs from the signature (the honest server refuses to, the nodes too)
+    with pytest.raises(SecureAggregationError, match="first_round"):
+        LabqflServer(_spec(first_round=1, last_round=2), signed_spec=signed2)
     seg2 = LabqflServer(_spec(first_round=2, last_round=2), signed_spec=signed2)
     _train(seg2, _grid(local_grid, certs, seg_data), range(2, 3))
     rec = json.loads(spec_record_path(seg_data / "C1", "C1").read_text())
-    assert set(rec["specs"][signed2.spec_id]["rounds"]) == {"1", "2"}
+    assert set(rec["specs"][signed2.spec_id]["rounds"]) == {"2"}
     assert rec["specs"][signed2.spec_id]["rounds"]["2"] == seg2.run_tag
-    # ... and a third run of that spec trains neither round again
+    # ... and a third run of segment 2's spec trains its round again nowhere
     third = LabqflServer(_spec(first_round=2, last_round=2), signed_spec=signed2)
     grid = _grid(local_grid, certs, seg_data)
     nodes, weights = third.connect(grid)

@@ -27,7 +27,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from labqfl.errors import ConfigError, SecureAggregationError
-from labqfl.fl.flower import identity
+from labqfl.fl.flower import identity, specsig
 from labqfl.fl.flower.client import (
     CFG,
     labqfl_identity_mod,
@@ -239,7 +239,20 @@ def test_a_stripped_spec_a_swapped_spec_and_an_extra_round_are_refused(local_gri
     srv.signed_spec = a
     with pytest.raises(SecureAggregationError, match="round 3 aborted"):
         srv.round(grid, 3, np.zeros(N_WORDS), nodes, weights)
-    assert f"round 3: outside the 2 round(s) of the operator-signed spec {a.spec_id}" in grid.error_of("C1", "keys", 3)
+    assert f"round 3: outside rounds 1..2 of the operator-signed spec {a.spec_id}" in grid.error_of("C1", "keys", 3)
+
+
+def test_a_spec_signed_for_longer_than_a_node_accepts_is_refused(local_grid, certs, monkeypatch) -> None:
+    """The signer refuses a validity over MAX_VALID_S, and so does every node: it trusts no signer's tooling
+    (review s35 third look T4: a spec signed for 100 000 h elsewhere was accepted)."""
+    monkeypatch.setattr(specsig, "MAX_VALID_S", 1e9)  # a signer without the bound
+    long = sign_spec(_spec(), _signer(certs, OPERATOR), valid_s=1e5 * 3600)
+    monkeypatch.undo()
+    grid = MeddlingGrid(local_grid(_app(_updates()), NAMES, node_config=_deployed(certs)))
+    with pytest.raises(SecureAggregationError, match="no SuperNode answered"):
+        _malicious(_spec(), long).connect(grid)
+    for err in _setup_refusals(grid).values():
+        assert f"the operator-signed spec {long.spec_id} is valid 100000 h from" in err and "at most 720 h" in err, err
 
 
 def test_honest_signed_rounds_pass_and_sum_exactly(local_grid, certs) -> None:
