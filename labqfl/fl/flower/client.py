@@ -837,15 +837,15 @@ def _check_levels(cfg: Any, spec: FlowerSpec, name: str, r: int, participants: l
     own fair value defeats that; a server colluding with all the other participants learns the victim's
     update from the sum anyway (secure aggregation's limit). With DP the plan's equal weights replace the
     levels (:func:`_encode_update`), so nothing is checked."""
-    sa = spec.secagg()
-    plan = sa.quantization({c: float(len(spec.client_data(c)[1])) for c in participants})
+    counts = {c: len(spec.client_data(c)[1]) for c in participants}
+    plan = spec.secagg().quantization({c: float(n) for c, n in counts.items()})
     if plan is None:
         return
     got, want = _cfg_int(cfg, "levels"), int(plan["levels"][name])
     if got != want:
         raise SecureAggregationError(
             f"round {r}: the mask message gives {name} quantisation levels {got}; the weighted-FedAvg rule over the "
-            f"round's participants {participants} (sample counts {[len(spec.client_data(c)[1]) for c in participants]} "
+            f"round's participants {participants} (sample counts {list(counts.values())} "
             f"from the operator-signed spec's data partition) gives {want}: refused (the server does not choose "
             "a client's share of the sum's range)")
 
