@@ -42,7 +42,7 @@ from labqfl.log import get_logger
 log = get_logger(__name__)
 
 __all__ = ["HEADER_FIELDS", "SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "read_secret_header",
-           "reconcile_pair", "secret_path", "shared_auth_bits", "write_pair_secret"]
+           "reconcile_pair", "secret_file_block", "secret_path", "shared_auth_bits", "write_pair_secret"]
 
 #: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
 AUTH_POOLS = ("auth", "general")
@@ -132,7 +132,7 @@ def read_secret_header(path: Path) -> dict[str, Any]:
     return rec
 
 
-def _file_block(path: Path) -> str | None:
+def secret_file_block(path: Path) -> str | None:
     """The block ID a secret file names (:func:`read_secret_header`: its secret is not read); "" for a file
     that is not one or names its block only after its secret (kept: the node imports or refuses it)."""
     if not path.is_file():
@@ -200,7 +200,7 @@ def reconcile_pair(pair: str, store_a: Any, store_b: Any, data_a: Path, data_b: 
             if (problem := shred_secret_file(tmp)) is not None:
                 raise OSError(problem)
             st.shredded.append(str(tmp))
-    ids = {n: _file_block(p) for n, (_, p) in ends.items()}
+    ids = {n: secret_file_block(p) for n, (_, p) in ends.items()}
     for n, (_, path) in ends.items():
         o = b if n == a else a
         x = ids[n]

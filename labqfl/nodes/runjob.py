@@ -186,7 +186,12 @@ def check_pairs_authenticated(cfg: StationConfig, data_dir: Path, settings: Any)
 
 def _pair_auth_bits(pair: str, stores: Mapping[str, Any], data_dir: Path, deliveries: bool) -> int:
     """:func:`shared_auth_bits_now` of one pair (``stores``: node → open store, or None where it has none)."""
-    from labqfl.nodes.preshared import _file_block, delivery_bits, secret_path, shared_auth_bits
+    from labqfl.nodes.preshared import (
+        delivery_bits,
+        secret_file_block,
+        secret_path,
+        shared_auth_bits,
+    )
 
     a, b = pair.split("-")
     if stores[a] is not None and stores[b] is not None:
@@ -195,7 +200,7 @@ def _pair_auth_bits(pair: str, stores: Mapping[str, Any], data_dir: Path, delive
         total = 0
     if deliveries:  # reconcile_pair's "delivery under way": n's secret file names a block the other end holds
         for n, o in ((a, b), (b, a)):
-            x = _file_block(secret_path(data_dir, n, pair))
+            x = secret_file_block(secret_path(data_dir, n, pair))
             if not x or stores[o] is None or not stores[o].has_block(x):
                 continue
             if stores[n] is None or not stores[n].has_block(x):

@@ -14,9 +14,9 @@ import pytest
 
 from labqfl.keystore import KeyStore
 from labqfl.nodes.preshared import (
-    _file_block,
     read_secret_header,
     reconcile_pair,
+    secret_file_block,
     secret_path,
     write_pair_secret,
 )
@@ -133,4 +133,4 @@ def test_a_header_naming_a_key_twice_is_malformed(tmp_path: Path) -> None:
     f.write_bytes(b'{"pair": "C1-C2", "block_id": "preshared-1", "block_id": "preshared-2", "bits_hex": "00"}')
     with pytest.raises(ValueError, match="'block_id' appears twice"):
         read_secret_header(f)
-    assert _file_block(f) == ""  # malformed: kept, retires nothing
+    assert secret_file_block(f) == ""  # malformed: kept, retires nothing
