@@ -335,7 +335,11 @@ class _TokenOnStdin:
     """The ``subprocess`` module as flwr's ``SubprocessExecutor.launch`` sees it in labqfl's SuperExec
     (:func:`install_superexec`): a :data:`TOKEN_STDIN_PROGRAMS` command line's ``--token TOKEN``
     becomes :data:`TOKEN_STDIN` and the token goes down a pipe on the process's standard input.
-    Every other command, and everything else of the module, is the real one."""
+    Every other command, and everything else of the module, is the real one.
+
+    Such a command with a standard input of the caller's own (``stdin`` not None) is refused
+    (ValueError, naming the program), never started with the token on its command line (issue 19:
+    it was passed on unchanged); so is one with the token as ``--token=TOKEN``."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(subprocess, name)
@@ -343,10 +347,19 @@ class _TokenOnStdin:
     @staticmethod
     def Popen(args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:  # noqa: N802 - stands for subprocess.Popen
         argv = [str(a) for a in args]
-        if (not argv or Path(argv[0]).name not in TOKEN_STDIN_PROGRAMS or "--token" not in argv[:-1]
-                or "stdin" in kwargs):
+        if not argv or Path(argv[0]).name not in TOKEN_STDIN_PROGRAMS or not any(
+                a == "--token" or a.startswith("--token=") for a in argv[1:]):
             return subprocess.Popen(args, **kwargs)  # noqa: S603 - flwr's own command, unchanged
-        i = argv.index("--token")
+        prog = Path(argv[0]).name
+        inline = any(a.startswith("--token=") for a in argv[1:])
+        if kwargs.get("stdin") is not None or inline or "--token" not in argv[1:-1]:
+            what = ("its caller passed its own standard input" if kwargs.get("stdin") is not None
+                    else "its token is not given as '--token TOKEN'")
+            raise ValueError(f"refusing to start {prog}: {what}, so its runtime token could only go on its command "
+                             f"line (readable by every local user in /proc/PID/cmdline); labqfl's SuperExec sends "
+                             f"it on standard input ({TOKEN_STDIN}) and expects '--token TOKEN' and no stdin")
+        kwargs.pop("stdin", None)
+        i = argv.index("--token", 1)
         token = argv[i + 1]
         argv[i:i + 2] = [TOKEN_STDIN]
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, **kwargs)  # noqa: S603 - flwr's command, token moved
