@@ -31,7 +31,7 @@ from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
 from labqfl.nodes.common import CTL, NodeError, launcher_env, open_session, request
 from labqfl.nodes.flserver import FLEET_LINE
-from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess, drop_ca_key
+from labqfl.nodes.launch import START_TIMEOUT_S, NodeProcess, drop_ca_key, start_failure
 from labqfl.nodes.pdeath import die_with_parent
 from labqfl.qkd.messaging import Message
 
@@ -66,10 +66,12 @@ def _read_lines(np_: NodeProcess, timeout: float, want_fleet: bool) -> tuple[str
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     t.join(timeout)
-    if "node" not in got or (want_fleet and "fleet" not in got):
-        code = np_.proc.poll()
-        tail = np_.log_path.read_text()[-2000:] if np_.log_path.is_file() else ""
-        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (exit code {code}); log tail:\n{tail}")
+    if "node" not in got:  # exited (its own error line), or still starting: as the launcher words it
+        raise start_failure(np_, timeout, ended=not t.is_alive())
+    if want_fleet and "fleet" not in got:
+        tail = np_.log_path.read_text(errors="replace")[-2000:] if np_.log_path.is_file() else ""
+        raise NodeError(f"node {np_.name} gave its address but not its {FLEET_LINE} line (the mutual-TLS front's "
+                        f"address); log tail:\n{tail}")
     return got["node"], got.get("fleet", "")
 
 

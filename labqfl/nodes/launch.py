@@ -61,7 +61,7 @@ from labqfl.qkd.pipeline import DistillSettings
 
 log = get_logger(__name__)
 
-__all__ = ["LocalNetwork", "NodeProcess", "node_certs", "run_acquisition", "warm_in_process_pipeline"]
+__all__ = ["LocalNetwork", "NodeProcess", "node_certs", "run_acquisition", "start_failure", "warm_in_process_pipeline"]
 
 START_TIMEOUT_S = 120.0
 
@@ -94,19 +94,26 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
     t.start()
     t.join(timeout)
     if not got:
-        code = np_.proc.poll()
-        if not t.is_alive():  # its stdout ended without a NODE line: the process exited (or is exiting)
-            try:
-                code = np_.proc.wait(10.0)
-            except subprocess.TimeoutExpired:
-                pass
-        tail = np_.log_path.read_text(errors="replace")[-8000:] if np_.log_path.is_file() else ""
-        if code is not None:  # review s35 chaos F2: not "did not start within 120 s", and its own error line
-            raise NodeError(f"node {np_.name} exited with code {code} before it started: "
-                            f"{_node_error(tail, np_.log_path)}")
-        raise NodeError(f"node {np_.name} did not start within {timeout:.0f} s (still running); log tail:\n"
-                        f"{tail[-2000:]}")
+        raise start_failure(np_, timeout, ended=not t.is_alive())
     return got[0]
+
+
+def start_failure(np_: NodeProcess, timeout: float, *, ended: bool) -> NodeError:
+    """The error of a node that gave no address: ``ended`` (its stdout ended: it exited, or is exiting) or
+    ``timeout`` seconds passed. An exited node is said so, with its own error line (review s35 chaos F2: not
+    "did not start within 120 s" and a log tail); one still running, with its log's tail."""
+    code = np_.proc.poll()
+    if ended:
+        try:
+            code = np_.proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            pass
+    tail = np_.log_path.read_text(errors="replace")[-8000:] if np_.log_path.is_file() else ""
+    if code is not None:
+        return NodeError(f"node {np_.name} exited with code {code} before it started: "
+                         f"{_node_error(tail, np_.log_path)}")
+    return NodeError(f"node {np_.name} did not start within {timeout:.0f} s (still running); log tail:\n"
+                     f"{tail[-2000:]}")
 
 
 def _node_error(tail: str, log_path: Path) -> str:
