@@ -23,8 +23,10 @@ from labqfl.cli.common import (
     handle_errors,
     judge_key,
     key_verdict_exit,
+    print_json,
 )
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
+from labqfl.errors import LabqflError
 
 STATION = typer.Option(None, "--config", "-c", "--station",
                        help="Station TOML file, as --config in every other command (default: the embedded 4-client "
@@ -330,18 +332,37 @@ def _add_up(node_app: typer.Typer) -> None:
         s, plan = _settings(station, block_bits, engine, min_final_bits, None, eps_sec, duration=duration,
                             what="--duration")
         cfg = load_station_config(station)
-        if workdir is None:
-            with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
-                out = run_up(station, duration, Path(tmp), settings=s)
-                _add_security(out, cfg, Path(tmp))  # from the stored blocks, before the folder goes
-            # the folder went with the command: no path to a folder that no longer exists (review s34 L4); the key
-            # stays, null, so a script reads "nothing kept" the same way every time
-            out["workdir"] = None
-        else:
-            out = run_up(station, duration, workdir, settings=s)
-            _add_security(out, cfg, workdir)
+        try:
+            if workdir is None:
+                with tempfile.TemporaryDirectory(prefix="labqfl-nodes-") as tmp:
+                    out = run_up(station, duration, Path(tmp), settings=s)
+                    _add_security(out, cfg, Path(tmp))  # from the stored blocks, before the folder goes
+                # the folder went with the command: no path to a folder that no longer exists (review s34 L4); the
+                # key stays, null, so a script reads "nothing kept" the same way every time
+                out["workdir"] = None
+            else:
+                out = run_up(station, duration, workdir, settings=s)
+                _add_security(out, cfg, workdir)
+        except (LabqflError, OSError, ValueError) as exc:
+            if as_json:  # a script reading stdout gets the failure too; handle_errors prints the one line
+                print_json(_up_failure(exc, workdir))
+            raise
         out["block_rule"] = plan.as_dict() if plan is not None else None
         _report(out, as_json, plan)
+
+
+def _up_failure(exc: BaseException, workdir: Path | None) -> dict[str, Any]:
+    """``node up --json``'s object for a run that failed (issue 16): ``error``, the line
+    :func:`~labqfl.cli.common.handle_errors` prints on stderr (without ``error:``), as ``node acquire`` and
+    ``labqfl station`` put a failure in their JSON's ``error``; ``node``, ``exit_code`` and ``node_error``: the node
+    that did not start (:class:`~labqfl.nodes.launch.NodeStartError`: its name, its exit code, null while it was
+    still starting, and its own error line), else null; ``workdir`` as on success."""
+    from labqfl.nodes.launch import NodeStartError
+
+    start = exc if isinstance(exc, NodeStartError) else None
+    return {"error": str(exc) if isinstance(exc, LabqflError) else f"{exc.__class__.__name__}: {exc}",
+            "node": start.node if start else None, "exit_code": start.exit_code if start else None,
+            "node_error": start.reason if start else None, "workdir": str(workdir) if workdir is not None else None}
 
 
 def _add_certs(node_app: typer.Typer) -> None:

@@ -61,7 +61,7 @@ from labqfl.qkd.pipeline import DistillSettings
 
 log = get_logger(__name__)
 
-__all__ = ["LocalNetwork", "NodeProcess", "node_certs", "run_acquisition", "start_failure", "warm_in_process_pipeline"]
+__all__ = ["LocalNetwork", "NodeProcess", "NodeStartError", "node_certs", "run_acquisition", "start_failure", "warm_in_process_pipeline"]
 
 START_TIMEOUT_S = 120.0
 
@@ -98,7 +98,17 @@ def _read_address(np_: NodeProcess, timeout: float) -> str:
     return got[0]
 
 
-def start_failure(np_: NodeProcess, timeout: float, *, ended: bool) -> NodeError:
+class NodeStartError(NodeError):
+    """A node that gave no address (:func:`start_failure`): ``node`` (its name), ``exit_code`` (None: still
+    running when the launcher gave up) and ``reason`` (its own error line, or that it did not start in time), for
+    a caller that reports them apart (``labqfl node up --json``)."""
+
+    def __init__(self, message: str, *, node: str, exit_code: int | None, reason: str) -> None:
+        super().__init__(message)
+        self.node, self.exit_code, self.reason = node, exit_code, reason
+
+
+def start_failure(np_: NodeProcess, timeout: float, *, ended: bool) -> NodeStartError:
     """The error of a node that gave no address: ``ended`` (its stdout ended: it exited, or is exiting) or
     ``timeout`` seconds passed. An exited node is said so, with its own error line (review s35 chaos F2: not
     "did not start within 120 s" and a log tail); one still running, with its log's tail."""
@@ -110,10 +120,12 @@ def start_failure(np_: NodeProcess, timeout: float, *, ended: bool) -> NodeError
             pass
     tail = np_.log_path.read_text(errors="replace")[-8000:] if np_.log_path.is_file() else ""
     if code is not None:
-        return NodeError(f"node {np_.name} exited with code {code} before it started: "
-                         f"{_node_error(tail, np_.log_path)}")
-    return NodeError(f"node {np_.name} did not start within {timeout:.0f} s (still running); log tail:\n"
-                     f"{tail[-2000:]}")
+        why = _node_error(tail, np_.log_path)
+        return NodeStartError(f"node {np_.name} exited with code {code} before it started: {why}", node=np_.name,
+                              exit_code=code, reason=why)
+    why = f"did not start within {timeout:.0f} s (still running)"
+    return NodeStartError(f"node {np_.name} {why}; log tail:\n{tail[-2000:]}", node=np_.name, exit_code=None,
+                          reason=why)
 
 
 def _node_error(tail: str, log_path: Path) -> str:
