@@ -113,7 +113,8 @@ def _plot(path: Path, results: list[dict[str, Any]], sweep: str, block: float, t
 
 
 def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size: float, ec_efficiency: float,
-                             out: Path, max_evaluations: int, as_json: bool) -> None:
+                             out: Path, max_evaluations: int, as_json: bool,
+                             floors: tuple[float, float] = (0.0, 0.0)) -> None:
     """``--optimize --write-config``: station-wide optimisation, TOML written and re-loaded."""
     from labqfl.qkd.keyrate import optimize_station
     from labqfl.runs import dump_toml
@@ -121,10 +122,12 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
     with progress_bar(enabled=not as_json) as prog:
         task = prog.add_task("optimising the station", total=max_evaluations)
         res = optimize_station(cfg, block_size, ec_efficiency=ec_efficiency, max_evaluations=max_evaluations,
-                               progress=lambda n, m: prog.update(task, completed=n))
+                               progress=lambda n, m: prog.update(task, completed=n),
+                               min_decoy_prob=floors[0], min_y_prob=floors[1])
     src = str(source) if source is not None else "the embedded default station"
+    floor_note = (f", decoy probability >= {floors[0]:g}, P(Y) >= {floors[1]:g}" if any(floors) else "")
     header = (f"# Station optimised by `labqfl keyrate --optimize --write-config` from {src}\n"
-              f"# for blocks of {block_size:.3g} slots per pair (ec_efficiency {ec_efficiency:g}): smallest predicted "
+              f"# for blocks of {block_size:.3g} slots per pair (ec_efficiency {ec_efficiency:g}{floor_note}): smallest predicted "
               f"pair key rate {res.min_bits_per_second_before / 1e3:.1f} -> {res.min_bits_per_second_after / 1e3:.1f} "
               "kbit/s (docs/station.md).\n")
     out.write_text(header + dump_toml(res.config.model_dump(mode="json", exclude_none=True)), encoding="utf-8")
@@ -136,7 +139,7 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
         for c in res.config.clients}
     data = {
         "station": cfg.name, "block_size": block_size, "ec_efficiency": ec_efficiency, "written": str(out),
-        "evaluations": res.evaluations, "pairs": rows, "clients": clients,
+        "min_decoy_prob": floors[0], "min_y_prob": floors[1], "evaluations": res.evaluations, "pairs": rows, "clients": clients,
     }
 
     def render(con) -> None:  # type: ignore[no-untyped-def]
@@ -163,6 +166,17 @@ def _check_block_size(block_size: float) -> None:
     if not (1 <= block_size <= MAX_BLOCK_SLOTS):  # NaN fails too
         hint = " (for the infinite-block limit, read the table's asymptotic column)" if block_size > 1 else ""
         raise fail(f"--block-size must be a number of slots in [1, {MAX_BLOCK_SLOTS:.0e}], got {block_size:g}{hint}")
+
+
+def _check_floors(write_config: Path | None, min_decoy_prob: float, min_y_prob: float) -> None:
+    """``--min-decoy-prob`` in [0, 1) and ``--min-y-prob`` in [0, 0.5), and only with ``--write-config``
+    (the per-pair optimiser has no floors)."""
+    if not 0.0 <= min_decoy_prob < 1.0:  # NaN fails too
+        raise fail(f"--min-decoy-prob must lie in [0, 1), got {min_decoy_prob:g}")
+    if not 0.0 <= min_y_prob < 0.5:
+        raise fail(f"--min-y-prob must lie in [0, 0.5) (P(X) stays the larger), got {min_y_prob:g}")
+    if write_config is None and (min_decoy_prob or min_y_prob):
+        raise fail("--min-decoy-prob and --min-y-prob need --optimize --write-config (the station optimiser)")
 
 
 def _check_write_config(optimize: bool, write_config: Path, block_size: float, force: bool) -> None:
@@ -250,14 +264,20 @@ def register(app: typer.Typer) -> None:
                  "serving all its pairs; maximises the smallest pair's key rate) and write the station TOML here."),
         max_evaluations: int = typer.Option(200, "--max-evaluations", min=10,
                                             help="Model evaluations of the station optimiser (--write-config)."),
+        min_decoy_prob: float = typer.Option(0.0, "--min-decoy-prob",
+                                             help="With --write-config: send the decoy at least this often "
+                                                  "(0: free; short blocks then drop it)."),
+        min_y_prob: float = typer.Option(0.0, "--min-y-prob",
+                                         help="With --write-config: P(Y basis) at least this (0: free)."),
         force: bool = typer.Option(False, "--force", help="Overwrite the --write-config or --plot file if it exists."),
         as_json: bool = JSON_OPTION,
     ) -> None:
         """Predicted secure key rate per pair (gains, QBER, phase-error bound, bits/pulse, bit/s)."""
+        _check_floors(write_config, min_decoy_prob, min_y_prob)
         if write_config is not None:
             _check_write_config(optimize, write_config, block_size, force)
             _write_optimized_station(load_station_config(config), config, block_size, ec_efficiency, write_config,
-                                     max_evaluations, as_json)
+                                     max_evaluations, as_json, (min_decoy_prob, min_y_prob))
             return
 
         _check_block_size(block_size)

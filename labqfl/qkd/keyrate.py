@@ -447,15 +447,70 @@ def station_with_operating_point(
     return StationConfig.model_validate(out.model_dump())
 
 
-def _station_decoy_candidates(x_given: np.ndarray, nc: int) -> list[np.ndarray]:
+@dataclass(frozen=True)
+class _StationProbs:
+    """The shared probabilities of :func:`optimize_station` as unconstrained variables, with floors.
+
+    (p_signal, p_decoy, p_vacuum) and P(X) map to three reals (a, b, x): with F = 1 − d_min,
+    p_signal = F·σ(a), p_vacuum = (F − p_signal)·σ(b), p_decoy = 1 − p_signal − p_vacuum ≥ d_min,
+    and P(X) = (1 − y_min)·σ(x). Every real triple gives p_decoy ≥ d_min and P(Y) = 1 − P(X) ≥ y_min,
+    so Nelder–Mead searches the constrained set without penalties; with floors 0 the map is the
+    one used before the floors existed (p_signal = σ(a), p_vacuum = (1 − σ(a))σ(b), P(X) = σ(x)).
+    """
+
+    min_decoy_prob: float = 0.0
+    min_y_prob: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.min_decoy_prob < 1.0 and 0.0 <= self.min_y_prob < 0.5):  # NaN fails too
+            raise ValueError(f"need 0 <= min_decoy_prob < 1 and 0 <= min_y_prob < 0.5, got "
+                             f"{self.min_decoy_prob}, {self.min_y_prob}")
+
+    def feasible(self, cfg: StationConfig) -> StationConfig:
+        """``cfg`` if every client honours the floors, else ``cfg`` with the first client's
+        probabilities and P(X) projected onto them (:meth:`project`) for all clients."""
+        if all(self.honours(c.intensity_probs, c.basis_x_prob) for c in cfg.clients):
+            return cfg
+        c0 = cfg.clients[0]
+        return station_with_operating_point(cfg, {c.name: c.intensities[0] for c in cfg.clients}, c0.intensities[1],
+                                            *self.project(c0.intensity_probs, c0.basis_x_prob))
+
+    def decode(self, a: float, b: float, x: float) -> tuple[tuple[float, float, float], float]:
+        free = 1.0 - self.min_decoy_prob
+        ps = free * _sigmoid(a)
+        pv = (free - ps) * _sigmoid(b)
+        return (ps, 1.0 - ps - pv, pv), (1.0 - self.min_y_prob) * _sigmoid(x)
+
+    def project(self, probs: Sequence[float], basis_x_prob: float) -> tuple[tuple[float, float, float], float]:
+        """The nearest point honouring the floors: a decoy probability below its floor is raised to it
+        at the expense of the signal (then the vacuum), P(X) lowered to 1 − y_min."""
+        ps, pd, pv = (float(v) for v in probs)
+        short = max(self.min_decoy_prob - pd, 0.0)
+        take = min(short, ps)
+        ps, pd, pv = ps - take, pd + take, pv - (short - take)
+        return (ps, pd, pv), min(float(basis_x_prob), 1.0 - self.min_y_prob)
+
+    def encode(self, probs: Sequence[float], basis_x_prob: float) -> tuple[float, float, float]:
+        (ps, _pd, pv), px = self.project(probs, basis_x_prob)
+        free = 1.0 - self.min_decoy_prob
+        return (_logit(ps / free) if free > 0 else 0.0, _logit(pv / max(free - ps, 1e-9)),
+                _logit(px / (1.0 - self.min_y_prob)))
+
+    def honours(self, probs: Sequence[float], basis_x_prob: float) -> bool:
+        return probs[1] >= self.min_decoy_prob and 1.0 - basis_x_prob >= self.min_y_prob
+
+
+def _station_decoy_candidates(x_given: np.ndarray, nc: int, floors: _StationProbs, basis_x_prob: float) -> list[np.ndarray]:
     """Start points of :func:`optimize_station` besides the given one: decoy settings for the
-    block size (with few slots a weak, rarely sent decoy bounds nothing)."""
+    block size (with few slots a weak, rarely sent decoy bounds nothing). With a floor on the decoy
+    probability also a weak decoy ν = 0.05: where the decoy LP bounds no yield (short blocks) a
+    decoy sent anyway costs least when weak (fewer clicks, less dead time after it)."""
     cands = []
-    for nu, (pd, pv) in itertools.product((0.2, 0.4), ((0.015, 0.14), (0.03, 0.1))):
+    nus = (0.05, 0.2, 0.4) if floors.min_decoy_prob > 0 else (0.2, 0.4)
+    for nu, (pd, pv) in itertools.product(nus, ((0.015, 0.14), (0.03, 0.1))):
         x = x_given.copy()
         x[nc] = math.log(nu)
-        ps = 1 - pd - pv
-        x[nc + 1], x[nc + 2] = _logit(ps), _logit(pv / (1 - ps))
+        x[nc + 1], x[nc + 2], x[nc + 3] = floors.encode((1 - pd - pv, pd, pv), basis_x_prob)
         cands.append(x)
     return cands
 
@@ -467,6 +522,8 @@ def optimize_station(
     ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
     max_evaluations: int = 200,
     progress: Any = None,
+    min_decoy_prob: float = 0.0,
+    min_y_prob: float = 0.0,
 ) -> OptimizedStation:
     """Maximise the *smallest* predicted finite-block key rate over the station's scheduled pairs.
 
@@ -477,7 +534,14 @@ def optimize_station(
     Starts from the given point and a small grid of decoy settings, then Nelder–Mead on
     unconstrained transforms (log, logit); the result is never worse than the start.
     ``progress``: optional callable(evaluations_done, max_evaluations).
+
+    ``min_decoy_prob`` / ``min_y_prob``: floors on the decoy probability and on P(Y) = 1 − P(X)
+    (default 0: unconstrained). For short blocks the unconstrained optimum sends practically no
+    decoy and no Y-basis rounds (docs/station.md, "The main job's 10 s"); the floors keep both in
+    use. A given point below a floor is first projected onto it (:meth:`_StationProbs.project`):
+    the result honours the floors and is never worse than that projected start.
     """
+    floors = _StationProbs(float(min_decoy_prob), float(min_y_prob))
     p = params or SecurityParameters()
     names = cfg.client_names
     for c in cfg.clients:
@@ -489,17 +553,14 @@ def optimize_station(
 
     def unpack(x: np.ndarray) -> StationConfig:
         sig = {n: min(math.exp(x[i]), 1.0) for i, n in enumerate(names)}
-        ps = _sigmoid(x[nc + 1])
-        pv = (1 - ps) * _sigmoid(x[nc + 2])
-        return station_with_operating_point(cfg, sig, min(math.exp(x[nc]), 1.0), (ps, 1 - ps - pv, pv),
-                                            _sigmoid(x[nc + 3]))
+        probs, px = floors.decode(x[nc + 1], x[nc + 2], x[nc + 3])
+        return station_with_operating_point(cfg, sig, min(math.exp(x[nc]), 1.0), probs, px)
 
     def encode(c: StationConfig) -> np.ndarray:
         c0 = c.clients[0]
-        ps, pv = c0.intensity_probs[0], c0.intensity_probs[2]
         return np.array([math.log(max(cl.intensities[0], 1e-4)) for cl in c.clients]
-                        + [math.log(max(c0.intensities[1], 1e-4)), _logit(ps), _logit(pv / max(1 - ps, 1e-9)),
-                           _logit(c0.basis_x_prob)])
+                        + [math.log(max(c0.intensities[1], 1e-4)),
+                           *floors.encode(c0.intensity_probs, c0.basis_x_prob)])
 
     n_eval = 0
 
@@ -520,16 +581,17 @@ def optimize_station(
             progress(n_eval, max_evaluations)
         return -min_rate(unpack(x))
 
-    start = min_rate(cfg)
-    x_given = encode(cfg)
-    cands = [x_given] + _station_decoy_candidates(x_given, nc)
+    start_cfg = floors.feasible(cfg)
+    start = min_rate(start_cfg)
+    x_given = encode(start_cfg)
+    cands = [x_given] + _station_decoy_candidates(x_given, nc, floors, start_cfg.clients[0].basis_x_prob)
     vals = [obj(x) for x in cands]
     x0 = cands[int(np.argmin(vals))]
     best_val = min(vals)
     budget = max_evaluations - n_eval
     if best_val < 0 and budget > 0:
         x0, best_val = _nelder_mead_refine(obj, x0, best_val, budget, 0.2)
-    best = unpack(x0) if -best_val > start else cfg
+    best = unpack(x0) if -best_val > start else start_cfg
     before = predict_station(cfg, n_slots, params=p, ec_efficiency=ec_efficiency)
     after = predict_station(best, n_slots, params=p, ec_efficiency=ec_efficiency)
     return OptimizedStation(config=best, before=before, after=after, evaluations=n_eval)
