@@ -85,6 +85,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -1100,12 +1101,13 @@ class _IPair:
             why = (f"stored at {node.name}, pending at {self.cj} ({e}): {self.cj} stores it at the end "
                    f"of this run or at the pair's next session; until then its {final.size} bits are at {node.name} "
                    "only")
-            self._record(block_id, start, end, n_slots, oi, times, why, auth_bits, eps_auth, final=int(final.size))
+            self._record(block_id, start, end, n_slots, oi, times, why, auth_bits, eps_auth, final=int(final.size),
+                         provenance=meta["provenance"])
             raise NodeError(f"block {block_id} {why}") from None  # the pair names itself (_run)
         times["delivery"] = time.perf_counter() - t
         self.accepted_ids.append(block_id)
         self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),
-                     delivered=int(final.size) - refill)
+                     delivered=int(final.size) - refill, provenance=meta["provenance"])
 
     def _commit(self, block_id: str, held: list[str]) -> None:
         """``block/commit``: Cj moves its pending copy into its store. A Cj that holds the block neither pending
@@ -1129,7 +1131,9 @@ class _IPair:
 
     def _record(self, block_id: str, start: int, end: int, n_slots: int, oi: BlockOutcome | None,
                 times: dict[str, float], reason: str, auth_bits: int, eps_auth: float, final: int = 0,
-                delivered: int = 0) -> None:
+                delivered: int = 0, provenance: Mapping[str, Any] | None = None) -> None:
+        """Add the block to the pair's result and log its line; ``provenance``: the stored block's (its meta's),
+        named in that line (physical layer, randomness: what its key rests on; never a key bit)."""
         s = self.node.settings
         n = oi.n if oi is not None else self.end.n_bits
         qber = oi.qber if oi is not None else 0.0
@@ -1156,8 +1160,10 @@ class _IPair:
         r.key_errors += int(round(qber * n))
         for k, v in times.items():
             r.times_s[k] += v
-        log.info("node %s: block %s of %s: slots [%d, %d), %d sifted bits, final %d bits%s", self.node.name,
-                 block_id[:8], self.pair, start, end, n, final, f" (abort: {reason})" if reason else "")
+        stored = (f" stored (provenance: physical layer {provenance.get('physical_layer')}, randomness "
+                  f"{provenance.get('randomness')})") if provenance else ""
+        log.info("node %s: block %s of %s: slots [%d, %d), %d sifted bits, final %d bits%s%s", self.node.name,
+                 block_id[:8], self.pair, start, end, n, final, stored, f" (abort: {reason})" if reason else "")
 
 
 class _Acq:
@@ -1545,6 +1551,10 @@ class ClientNode(Node):
             parts = [p for p in _block_parts(bid, bits, refill, meta) if p[0] in held and not self.store.has_block(p[0])]
             if parts:  # the parts Ci holds, in one transaction (review s35 chaos F5)
                 self.store.add_blocks(pair, parts, run_id=str(meta.get("run_id", "")))
+                prov = meta.get("provenance") or {}
+                log.info("node %s: block %s of %s: %d bits stored (provenance: physical layer %s, randomness %s)",
+                         self.name, bid[:8], pair, sum(int(p[1].size) for p in parts), prov.get("physical_layer"),
+                         prov.get("randomness"))
             bits[:] = 0
             # overwritten and fsynced before the unlink (as pre-shared secrets are): key bits neither end will
             # use (or a copy of those now in the store) are not left on freed disk blocks
