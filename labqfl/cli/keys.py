@@ -43,15 +43,19 @@ def _nodes_or_all(nodes: list[str] | None, data_dir: Path | None) -> list[str]:
 
 
 def _node_status(node: str, ddir: Path) -> dict[str, Any]:
-    """One node's entry of ``keys status``: accounting, store ID, exports, scrub state, provenance;
-    for a store that cannot be opened or read, ``{"store", "error"}`` (the file is left as it is)."""
+    """One node's entry of ``keys status``: accounting, store ID, exports, scrub state, provenance, and its
+    ``pending`` blocks (:func:`labqfl.nodes.preshared.pending_blocks`: accepted here as Cj, waiting for Ci's
+    commit; read from the files' headers, never a key bit); for a store that cannot be opened or read,
+    ``{"store", "error"}`` (the file is left as it is), with ``pending`` where blocks are pending there."""
     import sqlite3
 
     from labqfl.keystore import KeyStore, node_store_path
     from labqfl.keystore.transfer import recover_exports
+    from labqfl.nodes.preshared import pending_blocks
     from labqfl.provenance import store_pair_provenance
 
     path = node_store_path(node, ddir)
+    pending = pending_blocks(ddir, node)  # <data>/nodes/<node>/pending, as the client node writes them
     try:
         with KeyStore.for_node(node, ddir, create=False) as st:  # never creates or initialises a store
             recovered = recover_exports(st)  # exports a crash interrupted: finished or undone (review s33 F1)
@@ -60,30 +64,40 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
             waiting = sorted(str(p) for p in path.parent.glob(f"{node}.export-*.json"))
             return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
                     "recovered": recovered, "export_files_here": waiting, "scrub": st.scrub(),
-                    "provenance": {p: store_pair_provenance(st, p) for p in acc}}
+                    "provenance": {p: store_pair_provenance(st, p) for p in acc}, "pending": pending}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
-        return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}"}
+        return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}",
+                **({"pending": pending} if pending["pairs"] or pending["unreadable"] else {})}
 
 
 def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> None:
     con.print(f"key stores under {ddir}" if nodes else f"no key stores in {ddir / 'keystore'} (the folder is empty)")
-    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exporting", "exported", "added")
+    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exporting", "exported", "added",
+              "pending")
 
     def fmt(d: dict[str, int]) -> str:
         return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
 
+    def pend(n: str, p: str) -> str:
+        d = nodes[n].get("pending", {}).get("pairs", {}).get(p)
+        return f"{d['blocks']} ({d['bits']:,} bits)" if d else "0"
+
     for n, info in nodes.items():
+        pending_only = [p for p in info.get("pending", {}).get("pairs", {}) if p not in info.get("pairs", {})]
         if "error" in info:
-            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "", "")
-        elif not info["pairs"]:
-            t.add_row(n, "—", "0", "0", "0", "0", "0", "0", "0")
+            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "", "", "")
+        elif not info["pairs"] and not pending_only:
+            t.add_row(n, "—", "0", "0", "0", "0", "0", "0", "0", "0")
         for p, a in info.get("pairs", {}).items():
             t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
-                      fmt(a["exporting"]), fmt(a["exported"]), str(a["added"]))
+                      fmt(a["exporting"]), fmt(a["exported"]), str(a["added"]), pend(n, p))
+        for p in pending_only:  # blocks of a pair pending here, none of it in the store yet
+            t.add_row(n, p, "0", "0", "0", "0", "0", "0", "0", pend(n, p))
     if nodes:
         con.print(t)
     for n, info in nodes.items():
         if "error" in info:
+            _print_pending(con, n, info.get("pending", {}))
             continue
         sc = info["scrub"]
         state = ("WAL checkpoint PENDING: a reader holds an old snapshot, so overwritten key material is still "
@@ -95,6 +109,18 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
         for p, prov in info["provenance"].items():
             _print_provenance(con, p, prov)
+        _print_pending(con, n, info.get("pending", {}))
+
+
+def _print_pending(con: Any, node: str, pending: dict[str, Any]) -> None:
+    """A node's pending blocks (:func:`_node_status`), one line per pair, and its unreadable pending files."""
+    for p, d in pending.get("pairs", {}).items():
+        ci = p.split("-")[0]
+        con.print(f"  {p}: {d['blocks']} block(s) pending at {node} ({d['bits']:,} bits, not in its store: a draw "
+                  f"of them is refused): accepted there, waiting for {ci}'s commit; at the pair's next session "
+                  f"stored at {node} if {ci} holds them, else destroyed", soft_wrap=True)
+    for what in pending.get("unreadable", []):
+        con.print(f"  pending block file of {node} not read: {what}", soft_wrap=True)
 
 
 def _print_provenance(con: Any, pair: str, prov: dict[str, Any]) -> None:
@@ -129,7 +155,9 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
     """Key accounting per node and pair: available, reserved, consumed, exporting, exported (bits, by purpose); the
     store's ID (for export binding), its exports, whether overwritten key material is still
     waiting for a WAL checkpoint (a reader holds an old snapshot), and per pair the provenance of
-    its key blocks (physical layer, clients' randomness) with what their security rests on.
+    its key blocks (physical layer, clients' randomness) with what their security rests on; per node and pair,
+    its pending blocks (accepted there as the pair's second client, waiting for the first one's commit; JSON:
+    each node's "pending").
 
     A data dir without a keystore/ folder is an error (a wrong --data-dir is not "no keys"); an
     empty keystore/ folder is an empty status. A store that cannot be read is reported as an error

@@ -41,7 +41,7 @@ from labqfl.log import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["HEADER_FIELDS", "SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "read_secret_header",
+__all__ = ["HEADER_FIELDS", "SECRET_FIELDS", "SECRET_RANDOMNESS", "PairAuth", "delivery_bits", "pending_blocks", "read_secret_header",
            "reconcile_pair", "secret_file_block", "secret_path", "shared_auth_bits", "write_pair_secret"]
 
 #: the pools a block's authentication key is drawn from (``KeyStore.take(pair, n, "auth")``)
@@ -62,6 +62,37 @@ HEADER_MAX_BYTES = 4096
 def secret_path(data: Path, node: str, pair: str) -> Path:
     """Where a launcher delivers ``pair``'s secret for ``node`` whose data folder is ``data``."""
     return Path(data) / "nodes" / node / "preshared" / f"{pair}.json"
+
+
+def pending_blocks(data: Path, node: str) -> dict[str, Any]:
+    """Client ``node``'s pending blocks (``<data>/nodes/<node>/pending/*.json``, written by
+    :meth:`labqfl.nodes.client.ClientNode.write_pending`: blocks it accepted as Cj, waiting for Ci's
+    ``block/commit``; resolved at the pair's next session), from each file's header only (pair, block ID, bits;
+    :func:`read_secret_header`: never a key bit): ``{"pairs": {pair: {"blocks", "bits", "block_ids"}},
+    "unreadable": ["<file>: <why>", ...]}``; no folder, none."""
+    folder = Path(data) / "nodes" / node / "pending"
+    pairs: dict[str, dict[str, Any]] = {}
+    bad: list[str] = []
+    if not folder.is_dir():
+        return {"pairs": {}, "unreadable": []}
+    try:  # not glob: it says nothing of a folder it may not list
+        files = sorted(folder / n for n in os.listdir(folder) if n.endswith(".json"))
+    except OSError as e:
+        return {"pairs": {}, "unreadable": [f"{folder}: cannot be listed ({e.strerror or e})"]}
+    for f in files:
+        try:
+            head = read_secret_header(f)
+            pair, bid, nbits = head["pair"], head["block_id"], head["nbits"]
+            if not (isinstance(pair, str) and isinstance(bid, str) and isinstance(nbits, int) and nbits >= 0):
+                raise ValueError("pair, block_id or nbits of the wrong type")
+        except (OSError, ValueError, KeyError) as e:
+            bad.append(f"{f}: {e}")
+            continue
+        d = pairs.setdefault(pair, {"blocks": 0, "bits": 0, "block_ids": []})
+        d["blocks"] += 1
+        d["bits"] += nbits
+        d["block_ids"].append(bid)
+    return {"pairs": dict(sorted(pairs.items())), "unreadable": bad}
 
 
 def _free_ranges(store: Any, pair: str) -> dict[str, list[tuple[int, int]]]:
