@@ -6,7 +6,7 @@ printed by real instruments and published with the code or documentation that qu
 pattern tightened past what real units answer (for example "Keysight" only, while 33500B units sold
 before the Keysight split and later firmware still answer "Agilent Technologies", the format the
 33500 Series Operating and Service Guide gives under ``*IDN?``) fails here. No public reply was
-found for the N7764A, the PRO8000 or the MBX, so they are not listed.
+found for the N7764A or the MBX, so they are not listed.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ PUBLIC_REPLIES = [
      "Instrumental (mabuchilab) docs, 'VISA Driver Example', *IDN? of a PM100D"),
     ("Thorlabs,PM100USB,P2004525,1.4.0", ThorlabsPM100USB, "the PM100 emulator of the COMET instrument framework (its IDENTITY)"),
     ("Thorlabs,PM100A,P1003352,2.4.0", ThorlabsPM100USB, "a MATLAB PM100 script's comment listing unit replies"),
+    ("PROFILE, PRO8000, 0, Ver.4.28-1.22", ThorlabsPRO8000,
+     "GitHub TanguyBoulard/Lumibird-Characterization-Bench, PRO8000.py (commit 2c300ab): Initialize() compares "
+     "the unit's *IDN? with this string (PRO8000 over RS-232, with :TEMP:SET/:TEC ON/:ILD:SET/:LASER ON)"),
 ]
 #: a reply of an instrument none of these drivers is for (same Instrumental docs page)
 FOREIGN = "TEKTRONIX,TDS 1001B,C101689,CF:91.1CT FV:v22.11"
