@@ -29,8 +29,8 @@ Every SDK call below is spelled as in the wrapper's docstrings of swabian-timeta
 * ``TimeTagStream(tagger, n_max_events, channels)`` with ``startFor(capture_duration)``,
   ``isRunning()``, ``stop()`` and ``getData()`` → ``TimeTagStreamBuffer`` with
   ``getTimestamps()`` (int64 ps), ``getChannels()``, ``getEventTypes()`` (``TagType``: TimeTag 0,
-  Error 1, OverflowBegin 2, OverflowEnd 3, MissedEvents 4), ``getMissedEvents()`` and
-  ``hasOverflows``; ``Countrate(tagger, channels)``, ``Histogram(tagger, click_channel,
+  Error 1, OverflowBegin 2, OverflowEnd 3, MissedEvents 4), ``getMissedEvents()``,
+  ``hasOverflows``, ``size`` and ``tGetData``; ``Countrate(tagger, channels)``, ``Histogram(tagger, click_channel,
   start_channel, binwidth, n_bins)`` with ``startFor``/``waitUntilFinished``/``getData``.
 
 Event types. Only ``TimeTag`` records become tags of a :class:`TagBlock`. An overflow (from its
@@ -39,6 +39,17 @@ OverflowBegin to its OverflowEnd record, across polls if need be) and MissedEven
 record ("invalidating the global time base") ends the acquisition with an
 :class:`~labqfl.errors.InstrumentError` after the data before it: slot indices cannot be carried
 across a time-base reset.
+
+A full host buffer. ``TimeTagStream`` keeps at most ``n_max_events`` records between two
+``getData()`` calls (:data:`STREAM_BUFFER_EVENTS`); the SDK's ``TimeTagStreamBuffer.size`` says "If
+the size equals the maximum size of the buffer set in TimeTagStream via n_max_events, events have
+likely been discarded", and ``hasOverflows`` "is independent of an overflow of the internal buffer
+of TimeTagStream" (``getData``: "Data loss may occur if getData() is not called frequently enough
+with respect to n_max_events"). The buffer fills from its start, so what was discarded lies after
+its last record: a full buffer opens a lost interval at that record, closed at the first record of
+the next buffer (or at the full buffer's ``tGetData``, "the data-stream time position of the call
+to getData()", when the stream ends with it). Each full buffer is counted in
+:attr:`SwabianTimeTagger.last_stream_buffer_full`; the first one of a stream logs a warning.
 
 Configuration (station ``[time_tagger]``): channels ``sync_channel``, ``detector_channels`` and
 ``marker_channel``; at open the driver applies ``trigger_level_v`` to every channel,
@@ -71,6 +82,7 @@ INPUT_CHANNELS = tuple(c for c in range(-18, 19) if c != 0)
 EVENT_DIVIDER = (1, 65_535)
 #: setDeadtime: minimum 2 ns (Ultra) / 1.333 ns (X) / 6 ns (TT20); maximum 2147 µs (Ultra).
 DEAD_TIME_PS = (1_333, 2_147_000_000)
+#: n_max_events of TimeTagStream: the host buffer between two getData() calls (4.5 s at 2.2 M tags/s).
 STREAM_BUFFER_EVENTS = 10_000_000
 #: Reference-clock time constant passed to setReferenceClock [s] (the SDK's default, 1 ms).
 REFERENCE_TIME_CONSTANT_S = 1e-3
@@ -136,6 +148,7 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         self._reference: dict[str, Any] = {"channel": None}
         self.last_stream_overflows = 0
         self.last_stream_missed_events = 0
+        self.last_stream_buffer_full = 0
         self.tagger: Any = None
         self._open()
 
@@ -392,7 +405,7 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         s = self._sdk_call("TimeTagStream", self.sdk.TimeTagStream, self.tagger, STREAM_BUFFER_EVENTS, self._channels)
         with self.lock:
             self._running.append(s)
-        state = _EventState()
+        state = _EventState(STREAM_BUFFER_EVENTS)
         try:
             self._sdk_call("TimeTagStream.startFor", s.startFor, int(round(duration * 1e12)))
             if on_recording is not None:
@@ -401,7 +414,10 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                 running = bool(self._sdk_call("TimeTagStream.isRunning", s.isRunning))
                 if running:
                     time.sleep(poll)
-                block, error_at = self._block(self._sdk_call("TimeTagStream.getData", s.getData), state)
+                buf = self._sdk_call("TimeTagStream.getData", s.getData)
+                block, error_at = self._block(buf, state)
+                if not running and state.full_since is not None and error_at is None:
+                    block = self._close_full_at_end(block, buf, state)
                 if len(block) or block.lost_intervals_ps.size:
                     yield block
                 if error_at is not None:
@@ -419,6 +435,7 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
             if self.tagger is not None:
                 self.last_stream_overflows = self.overflows()
             self.last_stream_missed_events = state.missed
+            self.last_stream_buffer_full = state.buffer_full
             if self.last_stream_overflows or state.missed:
                 self.log.warning("stream lost data: %d overflows, %d missed events (their slots are dropped)",
                                  self.last_stream_overflows, state.missed)
@@ -461,8 +478,13 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
             else:
                 raise InstrumentError(f"unknown event type {ty} in the tag stream; expected {sorted(self._types.values())}",
                                       instrument=self.name, resource=self.resource, command="TimeTagStream.getData")
+        if state.full_since is not None and ts.size:
+            # the previous buffer was full: what it discarded ends at this buffer's first record
+            lost.append((state.full_since, max(int(ts[0]), state.full_since)))
+            state.full_since = None
         if ts.size:
             state.last_t = int(ts[cut - 1]) if cut > 0 else state.last_t
+        self._check_full(buf, ts, state)
         if state.open_since is not None and error_at is None:
             # overflow still open at the end of this poll: lost up to here, and on from here
             end = state.last_t if state.last_t is not None else state.open_since
@@ -471,7 +493,32 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         keep = is_tag.copy()
         keep[cut:] = False
         intervals = np.array(lost, dtype=np.int64).reshape(-1, 2)
-        return TagBlock(ts[keep], ch[keep], overflow or bool(lost), lost_intervals_ps=intervals), error_at
+        full = state.full_since is not None
+        return TagBlock(ts[keep], ch[keep], overflow or bool(lost) or full, lost_intervals_ps=intervals), error_at
+
+    def _check_full(self, buf: Any, ts: np.ndarray, state: _EventState) -> None:
+        """A buffer of ``n_max_events`` records "has likely discarded events" (SDK, TimeTagStreamBuffer.size):
+        open a lost interval at its last record (module docstring, "A full host buffer")."""
+        size = int(getattr(buf, "size", ts.size))
+        if size < state.n_max_events or not ts.size:
+            return
+        state.buffer_full += 1
+        state.full_since = int(ts[-1])
+        if state.buffer_full == 1:
+            self.log.warning("the tagger's stream buffer filled (n_max_events = %d records): getData() called too "
+                             "rarely; tags after %d ps were discarded until the next poll (recorded as lost)",
+                             state.n_max_events, state.full_since)
+
+    @staticmethod
+    def _close_full_at_end(block: TagBlock, buf: Any, state: _EventState) -> TagBlock:
+        """The stream ended on a full buffer: its loss runs to that buffer's ``tGetData`` (SDK: "the
+        data-stream time position of the call to getData()"), or is marked at its last record."""
+        since = int(state.full_since) if state.full_since is not None else 0
+        end = getattr(buf, "tGetData", None)
+        end = max(int(end), since) if isinstance(end, (int, np.integer)) else since
+        state.full_since = None
+        lost = np.vstack([block.lost_intervals_ps, np.array([[since, end]], dtype=np.int64)])
+        return TagBlock(block.timestamps, block.channels, True, lost_intervals_ps=lost)
 
     def count_rates(self, integration_s: float = 0.1) -> dict[int, float]:
         t = check_range("integration_s", integration_s, 1e-6, 3600.0, "s")
@@ -492,9 +539,12 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
 class _EventState:
     """What one stream carries from poll to poll: an open overflow, the end of the last one (the
     MissedEvents records that follow it at that time are its counts), the last record's time, the
-    missed-event count."""
+    missed-event count, and a full host buffer (the time of its last record, the count of full buffers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, n_max_events: int) -> None:
+        self.n_max_events = int(n_max_events)
+        self.full_since: int | None = None
+        self.buffer_full = 0
         self.open_since: int | None = None
         self.overflow_end: int | None = None
         self.last_t: int | None = None

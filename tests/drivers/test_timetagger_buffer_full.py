@@ -1,0 +1,63 @@
+"""A full ``TimeTagStream`` host buffer is lost data (review s36 M1).
+
+SDK reference (swabian-timetagger 2.22.6, ``Swabian/TimeTagger/__init__.py``):
+``TimeTagStream(tagger, n_max_events, channels)`` — "n_max_events: Buffer size for storing time tags";
+``TimeTagStream.getData()`` — "Data loss may occur if getData() is not called frequently enough with
+respect to n_max_events"; ``TimeTagStreamBuffer.size`` — "If the size equals the maximum size of the
+buffer set in TimeTagStream via n_max_events, events have likely been discarded"; ``hasOverflows`` —
+"this is independent of an overflow of the internal buffer of TimeTagStream"; ``tGetData`` — "the
+data-stream time position of the call to TimeTagStream::getData()".
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from labqfl.drivers import swabian_timetagger as st
+
+from labqfl.config import TimeTaggerConfig
+
+
+@pytest.fixture
+def small_buffer(monkeypatch: pytest.MonkeyPatch, fake_sdk):  # type: ignore[no-untyped-def]
+    """A tagger whose stream buffer holds 4 records, so a poll of 4 records is a full buffer."""
+    monkeypatch.setattr(st, "STREAM_BUFFER_EVENTS", 4)
+    cfg = TimeTaggerConfig(driver="SwabianTimeTagger", options={"serial": "X"}, sync_divider=1024)
+    t = st.SwabianTimeTagger("time_tagger", cfg, sdk=fake_sdk)
+    yield t, fake_sdk.created[0]
+    t.close()
+
+
+def _b(cls, ts: list[int], t_get_data: int | None = None):  # type: ignore[no-untyped-def]
+    b = cls(np.array(ts, np.int64), np.array([1] * len(ts), np.int32))
+    if t_get_data is not None:
+        b.tGetData = t_get_data
+    return b
+
+
+def test_full_stream_buffer_becomes_a_lost_interval_counted_and_warned_once(small_buffer, swabian_fakes,  # type: ignore[no-untyped-def]
+                                                                              caplog: pytest.LogCaptureFixture) -> None:
+    tagger, dev = small_buffer
+    buf = swabian_fakes.Buffer
+    dev.script = [_b(buf, [100, 200, 300, 400]),  # full: what came after 400 ps until getData was discarded
+                  _b(buf, [9_000_000, 9_000_100, 9_000_200, 9_000_300]),  # full again
+                  _b(buf, [20_000_000, 20_000_100]),  # not full
+                  _b(buf, [30_000_000])]
+    with caplog.at_level(logging.WARNING):
+        blocks = list(tagger.stream(1e-3, 1e-4))
+    assert ("TimeTagStream", (4, [1, 2, 3]), {}) in dev.calls  # n_max_events as compared
+    assert [b.lost_intervals_ps.tolist() for b in blocks] == [[], [[400, 9_000_000]], [[9_000_300, 20_000_000]], []]
+    assert [b.overflow for b in blocks] == [True, True, True, False]
+    assert tagger.last_stream_buffer_full == 2
+    warnings = [r.getMessage() for r in caplog.records if "stream buffer filled" in r.getMessage()]
+    assert len(warnings) == 1 and "getData() called too rarely" in warnings[0] and "n_max_events = 4" in warnings[0]
+
+
+def test_stream_ending_on_a_full_buffer_loses_up_to_its_get_data_time(small_buffer, swabian_fakes) -> None:  # type: ignore[no-untyped-def]
+    tagger, dev = small_buffer
+    dev.script = [_b(swabian_fakes.Buffer, [10, 20]), _b(swabian_fakes.Buffer, [100, 200, 300, 400], t_get_data=5_000)]
+    blocks = list(tagger.stream(1e-3, 1e-4))
+    assert blocks[-1].lost_intervals_ps.tolist() == [[400, 5_000]] and blocks[-1].overflow
+    assert blocks[0].lost_intervals_ps.tolist() == [] and tagger.last_stream_buffer_full == 1
