@@ -362,6 +362,23 @@ def choose_share_holders(survivors: Sequence[str], clients: Sequence[str], pairs
 # -- the client-side rule: one kind of secret per peer -------------------------------------------
 
 
+def consistency_need(n_clients: int, t: int, min_survivors: int) -> int:
+    """Signatures a deployed node requires over one (survivors, dropped) story before it unmasks (and the
+    fewest survivors a deployed self-mask round may have): ``max(t, min_survivors, ⌊N/2⌋ + 1)`` with N the
+    signed spec's number of clients (Bonawitz, Ivanov, Kreuter et al., "Practical Secure Aggregation for
+    Privacy-Preserving Machine Learning", CCS 2017, round 3 *ConsistencyCheck*, with the honest-majority
+    bound made explicit).
+
+    Each honest node signs one story per (job, round) (:func:`labqfl.fl.flower.specsig.pin_survivors`).
+    Two different stories each need ``need`` signers among N clients, so they share at least
+    ``2·need − N`` ≥ 1 signers: without collusion one of them is honest and signed only one, so at most
+    one story is ever unmasked. With c clients colluding with the server (they sign anything) the bound
+    holds while ``2·need > N + c``: the operator raises the signed ``min_survivors`` for that. Liveness
+    cost: a deployed self-mask round needs a majority of the run's clients (and ≥ t, ≥ min_survivors) to
+    survive and sign; fewer survivors abort the round before anything is unmasked."""
+    return max(int(t), int(min_survivors), n_clients // 2 + 1)
+
+
 class UnmaskGuard:
     """One client's record, per round, of what it revealed about each peer.
 

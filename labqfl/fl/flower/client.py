@@ -45,6 +45,13 @@ the stage's fields):
     its shares of surviving clients' self-masks, after its :class:`~labqfl.fl.selfmask.UnmaskGuard`
     (state ``labqfl.guard``: peer → kind revealed this round) has refused any request for both
     kinds about one peer;
+  * ``consistency`` (self-masks, a deployment: signing keys and the network CA; Bonawitz et al., CCS 2017,
+    round 3 *ConsistencyCheck*): the server names the round's survivors S and dropped D; the node checks
+    them against the participants of its own mask stage (:data:`STATE_PLAN`), records (S, D) for
+    (job, round) in its own data folder (one pair per job and round, ever) and answers its certificate
+    key's signature over them (:func:`_consistency_stage`); at ``unmask`` such a node requires its own
+    record of the message's (S, D) and ``max(t, min_survivors, N/2 + 1)`` survivors' signatures over it
+    before anything is read (:func:`_check_consistency`);
   * with distributed DP (``spec.dp_epsilon`` > 0, :mod:`labqfl.fl.dp`): the mask message carries
     the server's :class:`~labqfl.fl.dp.DPPlan` (public: γ, σ, Δ₂, d'); at ``mask`` the node
     L2-clips, rotates, rounds and adds its own discrete Gaussian noise N_Z(0, σ²) per word
@@ -111,6 +118,7 @@ from labqfl.fl.quantize import quantize, uint_dtype
 from labqfl.fl.selfmask import (
     UnmaskGuard,
     check_threshold,
+    consistency_need,
     default_threshold,
     draw_self_mask,
     encrypt_share,
@@ -149,6 +157,9 @@ STATE_NONCE = "labqfl.nonce"
 STATE_MASKED = "labqfl.masked"
 #: the operator-signed spec this node follows for a run tag (``run``, ``spec_id``): one signed spec per run
 STATE_SPEC = "labqfl.spec"
+#: self-masks: the round's participants and threshold as this node's mask stage checked them (``round``,
+#: ``run``, ``participants``, ``t``): the consistency and unmask stages check the survivor set against them
+STATE_PLAN = "labqfl.plan"
 PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
 TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
@@ -278,7 +289,7 @@ def _clear_secret(context: Context) -> None:
 
 
 def _clear_selfmask_state(context: Context) -> None:
-    for k in (STATE_OWNSHARE, STATE_OWNSHARE + ".round", STATE_GUARD):
+    for k in (STATE_OWNSHARE, STATE_OWNSHARE + ".round", STATE_GUARD, STATE_PLAN):
         if k in context.state:
             del context.state[k]
 
@@ -326,8 +337,10 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         return _mask_stage(msg, context, call_next, spec, name, r, n, run_tag, signed)
     if stage == "reveal":
         return _reveal_stage(msg, context, spec, name, r, n, run_tag)
+    if stage == "consistency":
+        return _consistency_stage(msg, context, spec, name, r, run_tag, signed)
     if stage == "unmask":
-        return _unmask(msg, context, spec, name, r, n, run_tag)
+        return _unmask(msg, context, spec, name, r, n, run_tag, signed)
     if stage in ("end", "abort"):
         return _end_stage(msg, context, spec, name, stage)
     raise SecureAggregationError(f"unknown labqfl stage {stage!r}")
@@ -736,6 +749,8 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
         _check_levels(cfg, spec, name, r, participants)
     _mask_once(context, name, r, run_tag)
     _claim_mask(context, signed, name, r, run_tag)  # persistent: one upload per round of a signed spec
+    if spec.self_masks:  # the consistency and unmask stages check the survivor set against these
+        st[STATE_PLAN] = ConfigRecord({"round": r, "run": run_tag, "participants": json.dumps(participants), "t": t})
     # 1. the training function returns the float update
     res_msg = call_next(msg, context)
     if res_msg.has_error():
@@ -1100,14 +1115,117 @@ def _self_mask(name: str, y: np.ndarray, pairs: list[str], participants: list[st
     return cts
 
 
-def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str) -> Message:
+def _round_plan(context: Context, name: str, r: int, run_tag: str, stage: str) -> tuple[list[str], int]:
+    """(participants, threshold) this node's mask stage of round ``r`` checked and kept (:data:`STATE_PLAN`);
+    refused when it holds none for this round and run tag (it masked nothing in it)."""
+    st = context.state
+    if STATE_PLAN in st:
+        rec = st.config_records[STATE_PLAN]
+        if _cfg_int(rec, "round") == r and str(rec.get("run", "")) == run_tag:
+            return [str(x) for x in json.loads(str(rec["participants"]))], _cfg_int(rec, "t")
+    raise SecureAggregationError(f"round {r}: {stage} message to {name}, which holds no mask stage of this round "
+                                 "(participants, threshold) under this run tag: refused")
+
+
+def _consistency_ctx(context: Context, spec: FlowerSpec, name: str, signed: Any) -> tuple[str, Any]:
+    """(job ID, this node's record of the survivor sets it signed): the signed spec's ``job_id``, else its
+    spec ID; the record beside :func:`_spec_record`'s (:func:`~labqfl.fl.flower.specsig.pin_survivors`)."""
+    from labqfl.fl.flower.specsig import CONSISTENCY_RECORD
+
+    return spec.job_id or signed.spec_id, _spec_record(context, name).with_name(CONSISTENCY_RECORD)
+
+
+def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, run_tag: str,
+                       signed: Any) -> Message:
+    """Stage ``consistency`` (self-masks, a deployment; Bonawitz et al., CCS 2017, round 3 *ConsistencyCheck*):
+    the server names the round's survivors S and dropped D. The node checks S ∩ D = ∅, S ∪ D = the participants
+    of its own mask stage, itself ∈ S, |S| ≥ need (:func:`~labqfl.fl.selfmask.consistency_need`), records (S, D)
+    for (job, round) in its own data folder (:func:`~labqfl.fl.flower.specsig.pin_survivors`: never a second,
+    different pair) and only then answers its certificate key's signature over them
+    (:func:`~labqfl.fl.flower.identity.consistency_signed_bytes`) and its certificate."""
+    from labqfl.fl.flower.specsig import pin_survivors
+
+    cfg = msg.content.config_records[CFG]
+    signer = _node_signer(context)
+    if signed is None or signer is None or not spec.self_masks:
+        raise SecureAggregationError(f"round {r}: consistency stage at {name}, which has no signing key and network "
+                                     "CA (a simulation) or runs without self-masks: nothing to sign")
+    participants, t = _round_plan(context, name, r, run_tag, "consistency")
+    surv, dropped = _cfg_strs(cfg, "survivors"), _cfg_strs(cfg, "dropped")
+    need = consistency_need(spec.clients, t, spec.min_survivors)
+    why = ("a name repeats" if len(set(surv)) != len(surv) or len(set(dropped)) != len(dropped)
+           else "a client is in both" if set(surv) & set(dropped)
+           else f"together they are not this round's participants {participants}"
+           if set(surv) | set(dropped) != set(participants)
+           else f"{name} is not a survivor" if name not in surv
+           else f"{len(surv)} survivor(s), at least {need} needed (max(t, min_survivors, N/2 + 1))"
+           if len(surv) < need else "")
+    if why:
+        raise SecureAggregationError(f"round {r}: the consistency message to {name} names survivors {surv} and "
+                                     f"dropped {dropped}: {why}; {name} signs nothing: refused")
+    _check_dp_dropouts(spec, name, r, "consistency", dropped, surv)
+    job, path = _consistency_ctx(context, spec, name, signed)
+    try:
+        pin_survivors(path, job, r, surv, dropped)  # persistent, before the signature leaves the node
+    except SecureAggregationError as exc:
+        raise SecureAggregationError(f"{name}: {exc}") from None
+    sig = signer.sign_consistency(run=run_tag, spec_id=signed.spec_id, job=job, round_index=r, survivors=surv,
+                                  dropped=dropped, name=name)
+    return _reply(msg, labqfl=ConfigRecord({"conssig": sig, "conscert": signer.cert_pem}))
+
+
+def _check_consistency(context: Context, cfg: Any, spec: FlowerSpec, name: str, r: int, run_tag: str, signed: Any,
+                       survivors: list[str], dropped: list[str]) -> None:
+    """A deployed node (network CA configured) unmasks only a story (S, D) that it signed itself for this
+    (job, round) and that ``need`` distinct survivors signed (``conssig.<c>``/``conscert.<c>``, relayed by the
+    server; each checked: chain to the network CA, CN = c, c ∈ S, the statement of this run, signed spec, job,
+    round, S and D). Anything short raises one :class:`SecureAggregationError` before any key word, pad or
+    share is read. A node without a CA (an unsigned simulation) follows the server (docs §9)."""
+    from labqfl.fl.flower.identity import ReplyRefused
+    from labqfl.fl.flower.specsig import pinned_survivors
+
+    verifier = _peer_verifier(context, name, r)
+    if verifier is None:
+        return
+    head = f"round {r}: the unmask message to {name} (survivors {sorted(survivors)}, dropped {sorted(dropped)})"
+    _, t = _round_plan(context, name, r, run_tag, "unmask")
+    need = consistency_need(spec.clients, t, spec.min_survivors)
+    job, path = _consistency_ctx(context, spec, name, signed)
+    pinned = pinned_survivors(path, job, r)
+    if pinned != (sorted(survivors), sorted(dropped)):
+        mine = f"survivors {pinned[0]}, dropped {pinned[1]}" if pinned is not None else "no survivor set"
+        raise SecureAggregationError(f"{head}: {name} signed {mine} for this round of job {job!r}: "
+                                     f"{name} reveals nothing: refused")
+    signers = sorted(k[len("conssig."):] for k in cfg.keys() if str(k).startswith("conssig."))
+    if not signers:
+        raise SecureAggregationError(f"{head} carries no consistency signatures; {name} (network CA configured) "
+                                     "unmasks only a survivor set that the survivors signed: refused")
+    for c in signers:
+        try:
+            if c not in survivors:
+                raise ReplyRefused(f"{c!r} is not a survivor")
+            verifier.verify_consistency(cfg.get(f"conscert.{c}", ""), cfg.get(f"conssig.{c}"), signer=c, run=run_tag,
+                                        spec_id=signed.spec_id, job=job, round_index=r, survivors=survivors,
+                                        dropped=dropped)
+        except ReplyRefused as exc:
+            raise SecureAggregationError(f"{head}: the consistency signature of {c} is refused: {exc}; {name} "
+                                         "reveals nothing: refused") from None
+    if len(signers) < need:
+        raise SecureAggregationError(f"{head} carries {len(signers)} consistency signature(s) ({signers}), at least "
+                                     f"{need} needed (max(t, min_survivors, N/2 + 1)); {name} reveals nothing: refused")
+
+
+def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str,
+            signed: Any = None) -> Message:
     """Stage ``unmask`` (self-masks): the keys of dropped partners and the shares of surviving
-    clients' self-masks, one kind per peer (the guard refuses anything else)."""
+    clients' self-masks, one kind per peer (the guard refuses anything else). A deployed node first
+    requires the consistency signatures over the message's survivor set (:func:`_check_consistency`)."""
     cfg = msg.content.config_records[CFG]
     q, w = spec.q, share_bits(spec.q)
     st = context.state
     dropped = _cfg_strs(cfg, "dropped")
     survivors = _cfg_strs(cfg, "survivors")
+    _check_consistency(context, cfg, spec, name, r, run_tag, signed, survivors, dropped)
     _check_dp_dropouts(spec, name, r, "unmask", dropped, survivors)
     want = _cfg_strs(cfg, "pairs")
     owners = _cfg_strs(cfg, "share_owners")

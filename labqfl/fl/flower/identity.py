@@ -40,6 +40,14 @@ with the key; a receiving node checks them with :meth:`ReplyVerifier.verify_pk` 
 received, this run and this round) before it derives anything from the key: a server that
 substitutes its own key (a man in the middle between two nodes) cannot sign it as that peer.
 
+**Consistency signatures** (self-masks in a deployment, docs/secure_aggregation.md §9; Bonawitz,
+Ivanov, Kreuter et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS
+2017, round 3 *ConsistencyCheck*): before the unmask stage every survivor signs, with the same key,
+``"labqfl-fl-consistency/1" ‖ run ID ‖ signed spec ID ‖ job ID ‖ round ‖ sorted survivors ‖ sorted
+dropped ‖ its client name`` (:func:`consistency_signed_bytes`); the server relays every signature and
+certificate with the unmask message, and each node checks them with
+:meth:`ReplyVerifier.verify_consistency` before it reveals anything.
+
 Signature: ECDSA with SHA-256 for the EC keys that :func:`labqfl.net.make_node_certs` issues
 (P-256; FIPS 186-5, SEC 1 v2 §4.1, DER-encoded (r, s)); an Ed25519 key (RFC 8032) is accepted too.
 Chain check: ``cryptography``'s X.509 path validation (RFC 5280, client-certificate profile:
@@ -61,6 +69,7 @@ from __future__ import annotations
 import datetime
 import functools
 import hashlib
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -75,8 +84,8 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.net.pki import node_cert_problem
 
-__all__ = ["DOMAIN", "NODE_CA", "NODE_CERT", "NODE_KEY", "NONCE", "PK_SIG_DOMAIN", "REFS_SIG_DOMAIN", "SIG",
-           "ReplyRefused", "ReplySigner", "ReplyVerifier", "content_digest", "pk_signed_bytes", "refs_signed_bytes",
+__all__ = ["CONSISTENCY_DOMAIN", "DOMAIN", "NODE_CA", "NODE_CERT", "NODE_KEY", "NONCE", "PK_SIG_DOMAIN", "REFS_SIG_DOMAIN", "SIG",
+           "ReplyRefused", "ReplySigner", "ReplyVerifier", "consistency_signed_bytes", "content_digest", "pk_signed_bytes", "refs_signed_bytes",
            "reply_statement", "signer_from_files", "verifier_from_file"]
 
 #: RecordDict key of a reply's signature record (a ConfigRecord ``{cert: PEM str, sig: bytes}``)
@@ -94,6 +103,8 @@ DOMAIN = b"labqfl-fl-reply/1"
 REFS_SIG_DOMAIN = b"labqfl-fl-refs-sig/1"
 #: domain separation of a node's signature over its per-round X25519 public key (csprng keys)
 PK_SIG_DOMAIN = b"labqfl-fl-x25519-sig/1"
+#: domain separation of a survivor's signature over the round's survivor and dropped sets (self-masks)
+CONSISTENCY_DOMAIN = b"labqfl-fl-consistency/1"
 #: bytes of a raw X25519 public key (RFC 7748 §5)
 X25519_PUBLIC_BYTES = 32
 
@@ -181,6 +192,18 @@ def pk_signed_bytes(*, run: str, round_index: int, name: str, public_key: bytes)
     return b"".join(_field(p) for p in parts)
 
 
+def consistency_signed_bytes(*, run: str, spec_id: str, job: str, round_index: int, survivors: Any,
+                             dropped: Any, name: str) -> bytes:
+    """What survivor ``name`` signs before the unmask stage of round ``round_index`` (self-masks, a
+    deployment): :data:`CONSISTENCY_DOMAIN` ‖ run ‖ signed spec ID ‖ job ID ‖ round ‖ the sorted survivor
+    set ‖ the sorted dropped set ‖ name, each length-prefixed (the sets as JSON lists). No reply, refs,
+    key or spec signature passes for it (other domains), nor it for them."""
+    parts = (CONSISTENCY_DOMAIN, run.encode(), spec_id.encode(), job.encode(), str(int(round_index)).encode(),
+             json.dumps(sorted(str(c) for c in survivors)).encode(), json.dumps(sorted(str(c) for c in dropped)).encode(),
+             name.encode())
+    return b"".join(_field(p) for p in parts)
+
+
 def _cn(cert: x509.Certificate) -> str:
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else ""
@@ -227,6 +250,10 @@ class ReplySigner:
     def sign_pk(self, *, run: str, round_index: int, name: str, public_key: bytes) -> bytes:
         """This node's signature over its X25519 public key of one run and round (:func:`pk_signed_bytes`)."""
         return self.signature(pk_signed_bytes(run=run, round_index=round_index, name=name, public_key=public_key))
+
+    def sign_consistency(self, **statement: Any) -> bytes:
+        """This node's signature over the round's survivor and dropped sets (:func:`consistency_signed_bytes`)."""
+        return self.signature(consistency_signed_bytes(**statement))
 
     def sign(self, reply: Any, *, run: str, nonce: str, stage: str, round_index: int, name: str) -> None:
         """Add :data:`SIG` to ``reply`` (a Flower ``Message``): this certificate and the signature
@@ -338,6 +365,18 @@ class ReplyVerifier:
         self._verify_detached(cert_pem, sig, data, peer, them="it", signed_by="it is signed", whose="",
                               covers=f"this key of {peer!r}, this run and round {int(round_index)} (substituted, "
                                      "or replayed from another round or run)")
+
+    def verify_consistency(self, cert_pem: Any, sig: Any, *, signer: str, run: str, spec_id: str, job: str,
+                           round_index: int, survivors: Any, dropped: Any) -> None:
+        """Accept ``sig`` as survivor ``signer``'s signature over :func:`consistency_signed_bytes` of this
+        run, signed spec, job, round and these survivor and dropped sets, under a node certificate of the
+        network's CA whose CN is ``signer``; :class:`ReplyRefused` with one reason otherwise (forged, by
+        another node or CA, or over another set, round, job or run)."""
+        data = consistency_signed_bytes(run=run, spec_id=spec_id, job=job, round_index=round_index,
+                                        survivors=survivors, dropped=dropped, name=signer)
+        self._verify_detached(cert_pem, sig, data, signer, them="it", signed_by="it is signed", whose="",
+                              covers=f"survivors {sorted(survivors)}, dropped {sorted(dropped)} of round "
+                                     f"{int(round_index)} of job {job!r} in this run")
 
     def verify_operator(self, cert_pem: Any, sig: Any, data: bytes, *, operator: str) -> None:
         """Accept ``sig`` as the network operator's signature over ``data`` (a training spec,

@@ -38,7 +38,13 @@ its partners under one-time pads; stage 4 becomes ``unmask`` and always runs: af
 plus "every survivor keeps ≥ t surviving share holders", each survivor is asked for the keys of its
 dropped partners and its shares (relayed ciphertexts) of surviving clients' self-masks — never
 both kinds about one peer, which each client enforces itself — and the server subtracts the
-reconstructed self-masks. A dropped client's self-mask is never asked for.
+reconstructed self-masks. A dropped client's self-mask is never asked for. In a deployment (client
+identities or an operator-signed spec) a ``consistency`` stage runs between mask and unmask (Bonawitz,
+Ivanov, Kreuter et al., CCS 2017, round 3 *ConsistencyCheck*; :meth:`LabqflServer._consistency`): every
+survivor signs the round's survivor and dropped sets, recording them for (job, round) in its own data
+folder, and each unmask message relays every signature; a node unmasks only the set it signed itself
+and that ``max(t, min_survivors, N/2 + 1)`` survivors signed, so different stories to different clients
+are refused. A survivor that does not sign, or fewer survivors than that, abort the round before unmask.
 
 With distributed DP (``spec.dp_epsilon`` > 0) the server plans the mechanism once
 (:meth:`~labqfl.fl.flower.spec.FlowerSpec.dp_plan`, the in-process engine's
@@ -95,6 +101,7 @@ from labqfl.fl.quantize import dequantize_sum, weight_ranges
 from labqfl.fl.selfmask import (
     check_threshold,
     choose_share_holders,
+    consistency_need,
     default_threshold,
     holders_of,
     shamir_reconstruct,
@@ -719,13 +726,16 @@ class LabqflServer:
             raise SecureAggregationError(f"round {r}: {exc}") from None
         need = dangling_pairs(pairs, survivors, post_drop) if post_drop else []
         cts = {c: ok2[c].content.array_records.get("shares", ArrayRecord()) for c in survivors}
+        # deployment: every survivor signs the survivor set first (Bonawitz et al. 2017, ConsistencyCheck)
+        cons = self._consistency(grid, r, n, nodes, survivors, post_drop, t, counters, timing) \
+            if self.identity is not None or self.signed_spec is not None else {}
         t0 = time.perf_counter()
         msgs = {}
         for c in survivors:
             mine = [p for p in need if c in split_pair(p)]
             owners = [i for i in survivors if c in chosen[i]]
             d = self._base("unmask", r, n)
-            d.update(pairs=mine, share_owners=owners, dropped=post_drop, survivors=survivors)
+            d.update(pairs=mine, share_owners=owners, dropped=post_drop, survivors=survivors, **cons)
             rec = ArrayRecord()
             for o in owners:
                 if o != c:
@@ -757,6 +767,53 @@ class LabqflServer:
                 raise SecureAggregationError(f"round {r}: no share of {i}'s self-mask from {missing}")
             total -= shamir_reconstruct([pos[h] for h in hs], np.stack([got[i][h] for h in hs]), q)
         return total, need, sum(len(v) for v in got.values())
+
+    def _consistency(self, grid: Any, r: int, n: int, nodes: dict[str, int], survivors: list[str],
+                     post_drop: list[str], t: int, counters: dict[str, list[int]],
+                     timing: dict[str, float]) -> dict[str, Any]:
+        """Self-masks in a deployment: the ``consistency`` stage (Bonawitz, Ivanov, Kreuter et al., "Practical
+        Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017, round 3 *ConsistencyCheck*).
+        Every survivor is sent the survivor set S and the dropped set D and answers its signature over them
+        (:func:`~labqfl.fl.flower.identity.consistency_signed_bytes`) and its certificate; returns the fields
+        (``conssig.<c>``, ``conscert.<c>``) every unmask message relays, so that each node sees the others
+        signed the story it signed. Fewer than ``need`` survivors
+        (:func:`~labqfl.fl.selfmask.consistency_need`), or any survivor that does not sign, aborts the round
+        before any unmask (reservations consumed: the mask message was sent)."""
+        spec = self.spec
+        need = consistency_need(spec.clients, t, spec.min_survivors)
+        if len(survivors) < need:
+            raise SecureAggregationError(
+                f"round {r} aborted before any unmask: {len(survivors)} survivor(s) {survivors} (lost after masking: "
+                f"{post_drop}); a deployed self-mask round needs {need} = max(t, min_survivors, N/2 + 1) survivors to "
+                "sign its survivor set")
+        t0 = time.perf_counter()
+        msgs = {}
+        for c in survivors:
+            d = self._base("consistency", r, n)
+            d.update(survivors=survivors, dropped=post_drop)
+            msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
+        ok, fail = self._exchange(grid, msgs, spec.stage_timeout_s, counters)
+        timing["consistency"] = time.perf_counter() - t0
+        out: dict[str, Any] = {}
+        for c, rep in ok.items():
+            got = rep.content.config_records[CFG]
+            sig, cert = got.get("conssig"), str(got.get("conscert", ""))
+            try:
+                if not isinstance(sig, bytes) or not cert:
+                    raise ReplyRefused("no signature or certificate in its reply")
+                if self.identity is not None and self.signed_spec is not None:
+                    self.identity.verify_consistency(cert, sig, signer=c, run=self.run_tag,
+                                                     spec_id=self.signed_spec.spec_id,
+                                                     job=spec.job_id or self.signed_spec.spec_id, round_index=r,
+                                                     survivors=survivors, dropped=post_drop)
+            except ReplyRefused as exc:
+                fail[c] = f"consistency signature refused: {exc}"
+                continue
+            out[f"conssig.{c}"], out[f"conscert.{c}"] = sig, cert
+        if fail:
+            raise SecureAggregationError(f"round {r} aborted before any unmask: survivor(s) did not sign the survivor "
+                                         f"set {survivors} (dropped {post_drop}): {fail}")
+        return out
 
     # --------------------------------------------------------------------------------- run
     def run(self, grid: Any, init_params: np.ndarray | None = None) -> Any:

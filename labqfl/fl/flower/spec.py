@@ -18,6 +18,7 @@ from labqfl.errors import ConfigError
 from labqfl.fl.tasks import make_model
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
+_JOB_RE = re.compile(r"[A-Za-z0-9_.:-]{0,80}")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class FlowerSpec:
     #: run config ``labqfl-init``)
     first_round: int = 1
     last_round: int = 0
+    #: the training job this run belongs to ("": the signed spec's ID): one job across ``labqfl run``'s
+    #: segments and resumes, each under its own signed spec. Signed; a deployed node signs one survivor set
+    #: per (job, round) in the self-mask consistency stage (docs/secure_aggregation.md §9)
+    job_id: str = ""
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -105,6 +110,8 @@ class FlowerSpec:
             if bad or len(set(names)) != len(names) or len(names) != self.clients:
                 raise ConfigError(f"client_names {self.client_names!r}: expected {self.clients} distinct names of "
                                   f"letters, digits and '_' (no '-': it separates a pair's names), comma-separated")
+        if not _JOB_RE.fullmatch(self.job_id):
+            raise ConfigError(f"job_id {self.job_id!r}: expected at most 80 letters, digits and '_.:-'")
         if self.shots < 0:
             raise ConfigError(f"shots must be ≥ 0 (0: exact expectation values), got {self.shots}")
         self.noise_model()  # a bad noise text fails here, with the item named

@@ -43,12 +43,14 @@ one, or by a run that reuses a run tag, is refused).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import fcntl
 import functools
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,8 @@ from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.spec import FlowerSpec
 
 __all__ = ["MAX_VALID_S", "OPERATOR", "SIGNED_SPEC", "SIGNED_SPEC_RUN_CONFIG", "SPEC_RECORD", "SPEC_SIG_DOMAIN", "UNSIGNED_FIELDS",
-           "SignedSpec", "claim_mask", "claim_round", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
+           "CONSISTENCY_RECORD", "SignedSpec", "claim_mask", "claim_round", "consistency_record_path", "pin_survivors",
+           "pinned_survivors", "sign_spec", "spec_departures", "spec_record_path", "spec_settings",
            "spec_signed_bytes"]
 
 #: domain separation of the operator's signature over a training spec (never a reply, refs or key signature)
@@ -293,10 +296,7 @@ def _refuse_masked(path: Path, signed: SignedSpec, entry: dict[str, Any], round_
 def _update_record(path: Path, signed: SignedSpec, claim: Any, now: datetime.datetime | None) -> None:
     """Apply ``claim(entry)`` (refuses by raising; ``True``: write) to ``signed``'s entry of the record at
     ``path``, under the record's lock, written atomically; expired entries are pruned when it writes."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with _locked(path):
         record = _read_record(path)
         entry = record["specs"].setdefault(signed.spec_id, {"expires": _iso(signed.expires), "rounds": {}})
         if claim(entry):
@@ -304,6 +304,17 @@ def _update_record(path: Path, signed: SignedSpec, claim: Any, now: datetime.dat
             record["specs"] = {k: v for k, v in record["specs"].items()
                                if (t - _parse_iso(str(v["expires"]))).total_seconds() < _RECORD_KEEP_S}
             _write_record(path, record)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the record at ``path`` (its ``.lock`` file beside it, in a 0700 folder), held
+    for the block: two ClientApp processes of one node read and rewrite it one after the other."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    lock_fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(lock_fd)  # releases the lock
 
@@ -343,3 +354,69 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+# ------------------------------------------------------- a node's record of the survivor sets it signed (self-masks)
+#: file beside :data:`SPEC_RECORD` recording, per training job and round, the survivor and dropped sets this
+#: node signed in the consistency stage (:func:`pin_survivors`)
+CONSISTENCY_RECORD = "consistency.json"
+
+
+def consistency_record_path(data_dir: str | Path, node: str) -> Path:
+    """``<data_dir>/nodes/<node>/fl/consistency.json``: beside :func:`spec_record_path`'s record."""
+    return spec_record_path(data_dir, node).with_name(CONSISTENCY_RECORD)
+
+
+def pin_survivors(path: Path, job: str, round_index: int, survivors: list[str], dropped: list[str]) -> None:
+    """Record in ``path``, before this node signs them, that round ``round_index`` of training job ``job`` has
+    these survivor and dropped sets; or raise :class:`SecureAggregationError` naming both sets if it signed
+    other ones for that (job, round) already (the same sets again are fine).
+
+    Why (Bonawitz et al., CCS 2017, round 3 *ConsistencyCheck*; docs/secure_aggregation.md §9): an honest node
+    signs one (survivors, dropped) per (job, round), under every signed spec and run tag of the job (a resumed
+    job retrains an interrupted round under a new signature), so with ``need`` > N/2 signatures required at
+    unmask two different stories can never both be unmasked. Same lock and atomic write as
+    :func:`claim_round`; entries are kept (a few hundred bytes per round: a pin must outlive every resume)."""
+    s, d = sorted(survivors), sorted(dropped)
+    with _locked(path):
+        record = _read_consistency(path)
+        rounds = record["jobs"].setdefault(job, {})
+        earlier = rounds.get(str(int(round_index)))
+        if earlier is not None:
+            if (earlier["survivors"], earlier["dropped"]) != (s, d):
+                raise SecureAggregationError(
+                    f"round {round_index} of job {job!r}: this node already signed survivors {earlier['survivors']}, "
+                    f"dropped {earlier['dropped']} (its record {path}); asked to sign survivors {s}, dropped {d}: "
+                    "refused (one survivor set per round of a job: two would let the server unmask two different "
+                    "stories)")
+            return
+        rounds[str(int(round_index))] = {"survivors": s, "dropped": d}
+        _write_record(path, record)
+
+
+def pinned_survivors(path: Path, job: str, round_index: int) -> tuple[list[str], list[str]] | None:
+    """The (survivors, dropped) this node signed for round ``round_index`` of job ``job``, or None."""
+    with _locked(path):
+        got = _read_consistency(path)["jobs"].get(job, {}).get(str(int(round_index)))
+    return None if got is None else (list(got["survivors"]), list(got["dropped"]))
+
+
+def _read_consistency(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {"version": 1, "jobs": {}}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or record.get("version") != 1 or not isinstance(record.get("jobs"), dict):
+            raise ValueError("expected {\"version\": 1, \"jobs\": {...}}")
+        for job, rounds in record["jobs"].items():
+            if not isinstance(rounds, dict):
+                raise ValueError(f"job {job!r} has no rounds table")
+            for r, v in rounds.items():
+                int(r)
+                if not isinstance(v, dict) or not all(isinstance(v.get(k), list) for k in ("survivors", "dropped")):
+                    raise ValueError(f"job {job!r} round {r!r} has no survivors and dropped lists")
+    except (OSError, ValueError) as exc:
+        raise SecureAggregationError(f"this node's record of the survivor sets it signed, {path}, cannot be read "
+                                     f"({exc}); refusing to sign or unmask until it is restored (it tells which "
+                                     "survivor set each round was signed for)") from None
+    return record
