@@ -204,6 +204,9 @@ def pair_provenance(cfg: Any, pair: tuple[str, str], logs: Mapping[str, Any] | N
 
 # -- summaries over key-store blocks ---------------------------------------------------------------
 PRESHARED_KIND = "preshared-auth"
+#: ``meta.kind`` of the auth-pool row a distilled block's authentication refill is stored as (one per
+#: distilled block, block ID ``<key block>-auth``; labqfl.qkd.pipeline.AUTH_REFILL_SUFFIX): not a block of its own
+AUTH_REFILL_KIND = "auth-refill"
 #: the caveat of a pair whose authentication started from a secret labqfl generated itself (module docstring)
 AUTH_BOOTSTRAP = ("authentication bootstrapped from a secret labqfl generated on this machine; both stores hold it "
                   "(simulated out-of-band delivery: whoever read it could have forged the first block's tags, "
@@ -240,9 +243,12 @@ def block_provenance(meta: Mapping[str, Any]) -> Provenance | None:
 def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Provenance of a pair's key blocks (``KeyStore.blocks(pair)`` rows, or their ``meta`` dicts).
 
-    Returns ``{"blocks": {label: count}, "preshared_blocks": n, "preshared_generated_by_labqfl": n,
-    "unrecorded_blocks": n, "auth_secret": caveat | None, "weakest": Provenance dict | None,
-    "security": statement, "information_theoretic": bool}``.
+    Returns ``{"blocks": {label: count}, "auth_refill_blocks": n, "preshared_blocks": n,
+    "preshared_generated_by_labqfl": n, "unrecorded_blocks": n, "auth_secret": caveat | None,
+    "weakest": Provenance dict | None, "security": statement, "information_theoretic": bool}``.
+    ``blocks`` counts distilled blocks: the key store keeps a distilled block's authentication refill as a
+    second row (``meta.kind = "auth-refill"``, :data:`AUTH_REFILL_KIND`), counted in ``auth_refill_blocks``
+    and not in ``blocks`` (its provenance, the same distillation's, still enters the weakest).
     Pre-shared authentication secrets (``meta.kind = "preshared-auth"``, auth pool only, never
     delivered) are counted apart, and their origin is the caveat ``auth_secret`` (:func:`auth_secret_caveat`:
     a pair whose authentication started from a secret labqfl made is never information-theoretic); a block without a provenance record (distilled before labqfl
@@ -251,13 +257,18 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     counts: dict[str, int] = {}
     provs: list[Provenance] = []
     pre_metas: list[Mapping[str, Any]] = []
-    unrecorded = 0
+    unrecorded = refills = 0
     for row in blocks:
         meta = _meta(row)
         if meta.get("kind") == PRESHARED_KIND:
             pre_metas.append(meta)
             continue
         p = block_provenance(meta)
+        if meta.get("kind") == AUTH_REFILL_KIND:
+            refills += 1
+            if p is not None:
+                provs.append(p)
+            continue
         if p is None:
             unrecorded += 1
             continue
@@ -274,7 +285,7 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     if unrecorded and w is not None:
         statement += (f"; {unrecorded} block(s) carry no provenance record (distilled before labqfl recorded it, "
                       "or imported): nothing is claimed for them")
-    return {"blocks": dict(sorted(counts.items())), "preshared_blocks": len(pre_metas),
+    return {"blocks": dict(sorted(counts.items())), "auth_refill_blocks": refills, "preshared_blocks": len(pre_metas),
             "preshared_generated_by_labqfl": sum(m.get("simulated", True) is not False for m in pre_metas),
             "unrecorded_blocks": unrecorded, "auth_secret": caveat,
             # the weakest block's own record, its derived fields under the authentication caveat
@@ -417,7 +428,7 @@ def engine_trust(engine: str, keys: str) -> str:
     raise ValueError(f"engine {engine!r}: expected local or flower")
 
 
-__all__ = ["AUTH_BOOTSTRAP", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_PK_UNSIGNED", "SIMULATION_REFS_TAG_ONLY",
+__all__ = ["AUTH_BOOTSTRAP", "AUTH_REFILL_KIND", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_PK_UNSIGNED", "SIMULATION_REFS_TAG_ONLY",
            "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",

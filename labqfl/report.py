@@ -314,6 +314,15 @@ def _dropped_section(m: dict[str, Any]) -> list[str]:
     return out
 
 
+def auth_key_text(prov: dict[str, Any]) -> str:
+    """A pair's authentication-key rows of a :func:`labqfl.provenance.summarize_blocks` summary in words:
+    its pre-shared secret(s) and the refills taken from distilled blocks (neither is a distilled block)."""
+    pre, refills = prov.get("preshared_blocks", 0), prov.get("auth_refill_blocks", 0)
+    parts = [text for text, n in ((f"{pre} pre-shared", pre), (f"{refills} refill(s) from distilled blocks", refills))
+             if n]
+    return ", ".join(parts) or "none"
+
+
 def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
     m = metrics if metrics is not None else run.read_metrics()
@@ -343,13 +352,16 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     parts.extend(_dropped_section(m))
     kp = (m.get("keys") or {}).get("pairs") or {}
     prov_rows = [{"pair": p, "blocks": ", ".join(f"{k}: {n}" for k, n in v["provenance"]["blocks"].items())
-                  or "none with a provenance record", "security": v["provenance"]["security"]}
+                  or "none with a provenance record", "auth": auth_key_text(v["provenance"]),
+                  "security": v["provenance"]["security"]}
                  for p, v in sorted(kp.items()) if isinstance(v.get("provenance"), dict)]
     if prov_rows:
-        parts.append("<h2>Key provenance</h2><p class='muted'>Per pair, this run's key blocks by physical layer / "
-                     "clients' randomness, and what their security rests on (docs/metrics.md).</p>")
-        parts.append(_table(prov_rows, [("pair", "pair"), ("blocks", "blocks (physical layer/randomness)"),
-                                        ("security", "security rests on")]))
+        parts.append("<h2>Key provenance</h2><p class='muted'>Per pair, the key blocks this run distilled by physical "
+                     "layer / clients' randomness, the authentication key's rows in the store (the pre-shared "
+                     "secret, and one refill from each distilled block), and what the keys' security rests on "
+                     "(docs/metrics.md).</p>")
+        parts.append(_table(prov_rows, [("pair", "pair"), ("blocks", "distilled blocks (physical layer/randomness)"),
+                                        ("auth", "authentication key"), ("security", "security rests on")]))
     train = m.get("train") or {}
     if train:
         parts.append("<h2>Federated training</h2>")

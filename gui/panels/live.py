@@ -79,11 +79,14 @@ def pool_provenance_text(cfg: Any, provenance: dict[str, dict[str, Any]] | None)
                  for label, n in sm["blocks"].items()]
         if sm.get("unrecorded_blocks"):
             parts.append(f"{sm['unrecorded_blocks']} without a provenance record (nothing claimed)")
-        if sm.get("preshared_blocks"):
-            parts.append(f"{sm['preshared_blocks']} pre-shared auth")
+        auth = [f"{sm[k]} {what}" for k, what in (("preshared_blocks", "pre-shared"),
+                                                   ("auth_refill_blocks", "refill(s)")) if sm.get(k)]
+        if auth:
+            parts.append(f"authentication key: {' + '.join(auth)}")
         rows.append(f"{pair}: {', '.join(parts)}")
         statements.setdefault(str(sm["security"]), []).append(pair)
-    head = "Key pools by the provenance of their stored blocks (as `labqfl keys status`): " + " · ".join(rows)
+    head = ("Key pools by the provenance of their stored distilled blocks (as `labqfl keys status`, when the "
+            "stores were last read): " + " · ".join(rows))
     return "\n".join([head, *(f"{', '.join(pairs)}: {st}" for st, pairs in statements.items())])
 
 

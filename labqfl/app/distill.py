@@ -280,8 +280,8 @@ class DistillSession:
     def provenance(self) -> dict[str, Any]:
         """What the key blocks this run stored (their ``run_id``) rest on: per pair
         :func:`labqfl.provenance.run_provenance` (as ``labqfl run``'s metrics; the pair's pre-shared
-        blocks included: where its authentication started), the blocks by physical layer/randomness
-        over all pairs, and the weakest storing pair's statement (``keys status``'s functions)."""
+        blocks included: where its authentication started), the distilled blocks by physical layer/randomness
+        over all pairs, the authentication refills stored with them (``auth_refill_blocks``, one per block), and the weakest storing pair's statement (``keys status``'s functions)."""
         from labqfl.provenance import run_provenance, weakest_summary
 
         pairs = {f"{a}-{b}": run_provenance(self.stores[a], f"{a}-{b}", self.run_id) for a, b in self.cfg.pairs()}
@@ -292,6 +292,7 @@ class DistillSession:
                 blocks[label] = blocks.get(label, 0) + n
         w = weakest_summary(stored)
         return {"pairs": pairs, "blocks": dict(sorted(blocks.items())),
+                "auth_refill_blocks": sum(p.get("auth_refill_blocks", 0) for p in pairs.values()),
                 "security": w["security"] if w is not None else "no key block stored: nothing is claimed",
                 "information_theoretic": bool(stored) and all(p["information_theoretic"] for p in stored)}
 

@@ -258,8 +258,10 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
                   "bits were spent): " + ", ".join(f"{k} {n} block(s)" for k, n in skipped.items()))
     if (pv := data.get("provenance")) is not None:  # (a summary written before review s33 has none)
         blocks = ", ".join(f"{k} {n}" for k, n in pv["blocks"].items()) or "none"
-        con.print(f"key provenance (blocks stored, by physical layer/randomness: {blocks}): {pv['security']}",
-                  markup=False)
+        refills = pv.get("auth_refill_blocks")
+        auth = f"; with them {refills} authentication-key refill(s), not blocks of their own" if refills else ""
+        con.print(f"key provenance (distilled blocks stored, by physical layer/randomness: {blocks}{auth}): "
+                  f"{pv['security']}", markup=False)
     if plan is None and reasons and any("phase-error" in x or "finite-size" in x for x in reasons):
         con.print("hint: these blocks are too small for finite-key key; leave out --block-bits to let the "
                   "block-size rule choose (labqfl.qkd.blocksize).")

@@ -80,7 +80,7 @@ def test_distill_human_output_states_what_the_stored_keys_rest_on(seeded_distill
     human = runner.invoke(app, base)  # a second run: its own blocks, the same pre-shared secret
     assert human.exit_code == 0, human.output
     text = " ".join(human.stderr.split())
-    assert "key provenance (blocks stored, by physical layer/randomness: simulated/seeded" in text
+    assert "key provenance (distilled blocks stored, by physical layer/randomness: simulated/seeded" in text
     assert "not secret" in text and BOOTSTRAP_REASON in text
 
 
