@@ -41,17 +41,31 @@ def _fig(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] =
     return path
 
 
+def _one_point(ax: Any, t: list[float]) -> None:
+    """An axis whose series have one point each (the whole acquisition's mean, at its end): the time axis from
+    0, so the point reads as "over 0..t" rather than sitting alone on a 1-s window around t."""
+    if t:
+        ax.set_xlim(0.0, 1.05 * max(t))
+
+
 def _plot_count_rates(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
-    """Detector count rates over the acquisition. Adds to ``plots`` what the metrics allow."""
+    """Detector count rates over the acquisition. Adds to ``plots`` what the metrics allow. A series of one
+    point (labqfl run over nodes: one mean over the acquisition) is drawn as a marker, not an invisible line."""
     acq = m.get("acquire") or {}
     series = acq.get("count_rate_series")
     if series and series.get("t_s"):
+        single = len(series["t_s"]) < 2
+
         def draw_rates(ax: Any) -> None:
             for ch, rates in series["rates_hz"].items():
-                ax.plot(series["t_s"], [r / 1e6 for r in rates], label=ch)
+                ax.plot(series["t_s"], [r / 1e6 for r in rates], "o" if single else "-", ms=6, label=ch)
             ax.set_xlabel("time [s]")
             ax.set_ylabel("count rate [MHz]")
-            ax.set_title("Detector count rates")
+            if single:
+                _one_point(ax, series["t_s"])
+                ax.set_title(f"Detector count rates, mean over the {series['t_s'][0]:g} s acquisition (one point)")
+            else:
+                ax.set_title("Detector count rates")
             ax.legend()
         plots["Count rates"] = _fig(run.plot_path("count_rates.png"), draw_rates)
 
@@ -71,10 +85,13 @@ def _key_qber(pd: dict[str, Any] | None) -> float | None:
     return v if v is not None else (pd.get("error_rate") or {}).get("X_key")
 
 
-def _error_rate_caption(pairs: list[str], sparse: dict[str, int], keyless: list[str]) -> str:
+def _error_rate_caption(pairs: list[str], sparse: dict[str, int], keyless: list[str], single: bool = False) -> str:
     """The note under :data:`ERROR_RATE_PLOT`: what the two kinds of line are and what was left out."""
-    text = (f"Solid: the error rate of the test data (both clients in the same basis at equal non-zero intensities, "
-            f"the key cell left out) per timeline interval; points from fewer than {MIN_TEST_CLICKS} test clicks are "
+    where = ("Dots: the error rate of the test data (one point per pair: the whole acquisition, the path reports no "
+             "timeline)" if single else "Solid: the error rate of the test data")
+    text = (f"{where} (both clients in the same basis at equal non-zero intensities, "
+            f"the key cell left out){'' if single else ' per timeline interval'}; points from fewer than "
+            f"{MIN_TEST_CLICKS} test clicks are "
             "left out. Dashed: each pair's key QBER (both clients in X at the signal intensity) over the acquisition. "
             "The test rate is not the key QBER: where two clients' signal intensities differ only their decoy pulses "
             "are matched, and equal pulses leaving two clients arrive unequal over unequal paths, which lowers the "
@@ -97,6 +114,8 @@ def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]
 
         final = (m.get("distill") or {}).get("pairs") or {}
         sparse: dict[str, int] = {}
+        # one timeline point per pair (the nodes' path: the whole acquisition): dots, and titles that say so
+        single = max(sum(e["pair"] == p for e in timeline) for p in pairs) < 2
 
         def draw_qber(ax: Any) -> None:
             for p in pairs:
@@ -105,20 +124,23 @@ def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]
                 shown = [e for e in ev if e.get("qber_events") is None or e["qber_events"] >= MIN_TEST_CLICKS]
                 if len(shown) < len(ev):
                     sparse[p] = len(ev) - len(shown)
-                line = ax.plot([e["t_s"] for e in shown], [100 * e["qber"] for e in shown], "o-", ms=3,
+                line = ax.plot([e["t_s"] for e in shown], [100 * e["qber"] for e in shown], "o-", ms=5 if single else 3,
                                label=f"{p} test")
                 key = _key_qber(final.get(p))
                 if key is not None:
                     ax.axhline(100 * key, color=line[0].get_color(), ls="--", lw=1, label=f"{p} key {100 * key:.2f} %")
             ax.set_xlabel("acquisition time [s]")
             ax.set_ylabel("error rate [%]")
-            ax.set_title("Test-data error rate (solid, equal bases and intensities) and key QBER (dashed)")
+            if single:
+                _one_point(ax, [e["t_s"] for e in timeline])
+            ax.set_title(f"Test-data error rate ({'dots: over the acquisition' if single else 'solid'}, equal bases and "
+                         "intensities) and key QBER (dashed)", fontsize=9)
             ax.legend(ncol=3, fontsize=7)
 
         def draw_rate(ax: Any) -> None:
             for k, p in enumerate(pairs):
                 ev = [e for e in timeline if e["pair"] == p]
-                line = ax.plot([e["t_s"] for e in ev], [e.get("sifted_rate_bps", 0) / 1e3 for e in ev], "o-", ms=3,
+                line = ax.plot([e["t_s"] for e in ev], [e.get("sifted_rate_bps", 0) / 1e3 for e in ev], "o-", ms=5 if single else 3,
                                label=f"{p} sifted")
                 sk = (final.get(p) or {}).get("secure_key_rate_bps")
                 if sk is not None and ev:
@@ -127,13 +149,17 @@ def _plot_distillation(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]
             ax.set_xlabel("acquisition time [s]")
             ax.set_ylabel("key rate [kbit/s]")
             ax.set_yscale("log")
-            ax.set_title("Sifted key rate per pair (solid) and final secure key rate (dashed)")
+            if single:
+                _one_point(ax, [e["t_s"] for e in timeline])
+            ax.set_title(f"Sifted key rate per pair ({'dots: over the acquisition' if single else 'solid'}) and final "
+                         "secure key rate (dashed)", fontsize=9)
             ax.legend(ncol=2, fontsize=7)
 
         plots[ERROR_RATE_PLOT] = _fig(run.plot_path("qber.png"), draw_qber)
         if captions is not None:
             captions[ERROR_RATE_PLOT] = _error_rate_caption(pairs, sparse, [p for p in pairs
-                                                                            if _key_qber(final.get(p)) is None])
+                                                                            if _key_qber(final.get(p)) is None],
+                                                            single)
         plots["Key rate per pair"] = _fig(run.plot_path("key_rate.png"), draw_rate, figsize=(7.0, 4.2))
 
 
