@@ -34,7 +34,9 @@ temperature ``:TEMP:ACT?`` (``pro8.c`` ``Pro8_TecGetTemp``; not in PyMeasure 0.1
 **Safety checks.** On open ``:LIMC:SET`` is written with ``max_current_ma``, so the LDC itself refuses
 more. ``apply_operating_point`` switches the TEC on (``:TEC ON``). Before ``:LASER ON`` the driver
 requires a set point read back within 0 … ``max_current_ma``, the TEC on and ``|:TEMP:ACT? −
-:TEMP:SET?|`` ≤ ``options.temp_tolerance_k`` (0.5 K), and refuses otherwise. The safe state does not
+:TEMP:SET?|`` ≤ ``options.temp_tolerance_k`` (0.5 K), and refuses otherwise; after ``:LASER ON`` it reads
+``:LASER?`` back and refuses (``:LASER OFF`` sent) when the LDC stayed off (interlock open), before any
+current is ramped. The safe state does not
 depend on read-backs: if ``:LASER?`` or ``:ILD:SET?`` answers garbage, or a ramp write fails,
 ``:LASER OFF`` and ``:ILD:SET 0`` are sent at once and the first failure is raised after them.
 ``wavelength_nm`` is computed from the TEC *set* temperature; :meth:`snapshot` says so and adds the
@@ -186,7 +188,22 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self._require_tec_ready()
         self._write_current(0.0)
         self._set_ldc(True)
+        self._require_emission(target)
         self._ramp_to(target, start=0.0)
+
+    def _require_emission(self, target_ma: float) -> None:
+        """``:LASER?`` read back after ``:LASER ON`` (PyMeasure ``LDCStatus``; ``pro8.c``
+        ``Pro8_LdcGetLdOutput``, which writes ``:LASER?`` and reads ON or OFF): an LDC that accepted the
+        command without error but stays off (for example an open interlock or a protection trip) is refused before any current is ramped, with ``:LASER OFF`` sent and the set point put back."""
+        if self._get_output_enabled():
+            return
+        try:
+            self._set_ldc(False)
+        finally:
+            self._write_current(target_ma)
+        raise InstrumentError(f"{self.name}: :LASER ON accepted but :LASER? reads OFF — interlock open? "
+                              f"(emission stays off; set point kept at {target_ma:g} mA)", instrument=self.name,
+                              resource=self.resource, command=":LASER?")
 
     def _switch_off(self) -> None:
         """Down to 0 mA stepwise, LDC off, set point back. A failed read or write on the way still ends

@@ -49,7 +49,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
-from labqfl.errors import ConfigError, StationError, interrupt_inside
+from labqfl.errors import ConfigError, InstrumentError, StationError, interrupt_inside
 from labqfl.instruments.base import Instrument
 from labqfl.instruments.interfaces import (
     IntensityModulator,
@@ -162,12 +162,47 @@ def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
     """Put every instrument of ``instruments`` (by role) in its operating state for acquisition
     (:func:`arming_settings`). Instruments already there are left alone. Returns what was changed, as
     ``"role.attr=value"``. Used by a Station's roles (:func:`labqfl.app.station.arm`) and a node
-    process's own roles (:class:`labqfl.nodes.common.NodeInstruments`)."""
+    process's own roles (:class:`labqfl.nodes.common.NodeInstruments`).
+
+    Each setting written is read back (review s36 M2): an instrument that accepted the write without error
+    but reads back something else (a laser whose interlock is open stays off after ``:LASER ON``, a shutter
+    that stays closed) is refused with one :class:`~labqfl.errors.InstrumentError` naming the role, the
+    command and what it read. On any failure every instrument of ``instruments`` is put in its safe state
+    (reverse order; their own failures are logged) before the error goes on, so nothing is left armed."""
     changed: list[str] = []
-    for role, inst, attr, value in arming_settings(instruments):
-        setattr(inst, attr, value)
-        changed.append(f"{role}.{attr}={value}")
+    try:
+        for role, inst, attr, value in arming_settings(instruments):
+            setattr(inst, attr, value)
+            now = getattr(inst, attr)
+            if now != value:
+                written, query = _arm_commands(inst, attr, value)
+                raise InstrumentError(f"{role}: {written} accepted but {query} reads {attr}={now!r}; expected "
+                                      f"{value!r} (every instrument put back in its safe state)",
+                                      instrument=role, resource=str(getattr(inst, "resource", "")), command=query)
+            changed.append(f"{role}.{attr}={value}")
+    except BaseException:
+        for role in reversed(list(instruments)):
+            try:
+                instruments[role].safe_state()
+            except Exception as exc:  # keep going: the others must be safe too
+                log.error("arming failed; role %s: safe state failed too: %s", role, exc)
+        raise
     return changed
+
+
+def _arm_commands(inst: Instrument, attr: str, value: Any) -> tuple[str, str]:
+    """(the write, the read-back) of setting ``attr`` to ``value`` on ``inst``, as SCPI strings where the
+    setting is a plain SCPI one, else as ``attr = value`` / ``attr?``, for :func:`arm_instruments`' error."""
+    from labqfl.instruments.settings import Setting, _Fields
+
+    setting = getattr(type(inst), attr, None)
+    if isinstance(setting, Setting) and setting.get_command and setting.set_command:
+        wire = setting.values[value] if setting.values is not None else value
+        if setting.set_process is not None:
+            wire = setting.set_process(wire)
+        return (setting.set_command.format_map(_Fields(inst, value=wire)),
+                setting.get_command.format_map(_Fields(inst)))
+    return f"{attr} = {value!r}", f"{attr}?"
 
 
 def expected_interfaces(role: str) -> tuple[type[Instrument], ...]:

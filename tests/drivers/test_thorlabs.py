@@ -112,6 +112,7 @@ def test_pro8000_exact_protocol_with_current_ramps() -> None:
         (b":SLOT 4", None), (b":TEMP:ACT?", b"2.530000E+01"),
         (b":SLOT 3", None), (b":ILD:SET 0", None), ok,
         (b":SLOT 3", None), (b":LASER ON", None), ok,
+        (b":SLOT 3", None), (b":LASER?", b"ON"),  # read back before any current flows (review s36 M2)
         (b":SLOT 3", None), (b":ILD:SET 0.015", None), ok,
         (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
         (b":SLOT 4", None), (b":TEMP:SET 30", None), ok,
@@ -262,6 +263,23 @@ def test_pro8000_laser_on_needs_the_tec_on_and_settled(tec: list, match: str) ->
         *PRO_OPEN, S1, (b":LASER?", b"OFF"), S1, (b":ILD:SET?", b"0.03"), S2, *tec, *CLOSED_OFF,
     ]) as d:
         with pytest.raises(InstrumentError, match=match):
+            d.output_enabled = True
+        d.close()
+
+
+def test_pro8000_laser_on_that_reads_back_off_is_refused_before_any_current() -> None:
+    """Review s36 M2: ``:LASER ON`` accepted (no error) but ``:LASER?`` reads OFF (an open interlock): one
+    line naming the laser, the command and what it read; ``:LASER OFF`` sent, the set point put back, no
+    ramp step written. ``:LASER?`` → ON/OFF: ``pro8.c`` ``Pro8_LdcGetLdOutput``; PyMeasure ``LDCStatus``."""
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", PRO_CFG, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"OFF"), S1, (b":ILD:SET?", b"0.03"),
+        S2, (b":TEC?", b"ON"), S2, (b":TEMP:SET?", b"25"), S2, (b":TEMP:ACT?", b"25.1"),
+        S1, (b":ILD:SET 0", None), PRO_OK, S1, (b":LASER ON", None), PRO_OK,
+        S1, (b":LASER?", b"OFF"),
+        S1, (b":LASER OFF", None), PRO_OK, S1, (b":ILD:SET 0.03", None), PRO_OK, *CLOSED_OFF,
+    ]) as d:
+        with pytest.raises(InstrumentError, match=r"^laser: :LASER ON accepted but :LASER\? reads OFF — interlock "
+                                                  r"open\? \(emission stays off; set point kept at 30 mA\)"):
             d.output_enabled = True
         d.close()
 
