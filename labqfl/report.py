@@ -195,6 +195,7 @@ def _plot_training(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) ->
             ax.plot(r, [100 * e["test_accuracy"] for e in rounds], "o-", color="tab:blue", label="test accuracy")
             ax.set_xlabel("round")
             ax.set_ylabel("test accuracy [%]", color="tab:blue")
+            ax.set_ylim(0, 100)  # the whole scale, as the GUI (docs/gui.md): a 1-point wobble is not a trend
             ax2 = ax.twinx()
             ax2.plot(r, [e["test_loss"] for e in rounds], "s--", color="tab:red", label="test loss")
             ax2.set_ylabel("test loss", color="tab:red")
