@@ -19,7 +19,9 @@ external pattern generator that gates the diode, so:
   ``options.ramp_step_ma`` (1 mA) per step and ``options.ramp_ma_per_s`` (20 mA/s) on average.
   Switching on sets 0 mA, turns the LDC on and ramps up to the set point; switching off (and the
   safe state, also on SIGTERM/SIGINT through the Station) ramps down to 0 mA, turns the LDC off and
-  puts the set point back, so the operating point survives. With emission off a set point is
+  puts the set point back, so the operating point survives. The ramp-down lasts at most
+  ``options.safe_ramp_max_s`` (30 s): a longer one (up to 4000 mA at 20 mA/s is 200 s, past systemd's 90 s
+  stop timeout) is cut there with ``:LASER OFF`` at once, logged as a warning. With emission off a set point is
   written directly (no current flows);
 * on open the station's operating point is written (:meth:`apply_operating_point`): TEC set
   temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off.
@@ -79,6 +81,8 @@ class ThorlabsPRO8000Options(DriverOptions):
     ramp_step_ma: float = Field(1.0, gt=0.0, le=100.0, description="largest current step of a ramp [mA]")
     temp_tolerance_k: float = Field(0.5, gt=0.0, le=10.0, description="largest |actual − set| TEC temperature "
                                     "at which the laser may be switched on [K]")
+    safe_ramp_max_s: float = Field(30.0, ge=0.0, le=3600.0, description="longest ramp-down when switching off "
+                                   "(safe state, SIGTERM) [s]; a longer one is cut there by :LASER OFF at once")
 
     @model_validator(mode="after")
     def _consistent(self) -> ThorlabsPRO8000Options:
@@ -117,6 +121,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.temp_range_c = (o.temp_min_c, o.temp_max_c)
         self.ramp_ma_per_s, self.ramp_step_ma = o.ramp_ma_per_s, o.ramp_step_ma
         self.temp_tolerance_k = o.temp_tolerance_k
+        self.safe_ramp_max_s = o.safe_ramp_max_s
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
         self.name = name  # for the setting's error before the session opens
         self._rep_rate = ThorlabsPRO8000.rep_rate_hz.validate(self, getattr(config, "rep_rate_hz", 100e6))
@@ -215,7 +220,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                 state["on"] = False
                 return
             state["target"] = self.current_ma
-            self._ramp_to(0.0, start=state["target"])
+            self._ramp_down_capped(state["target"])
             state["ramped"] = True
 
         def off() -> None:
@@ -231,6 +236,25 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             self._write_current(state["target"])
 
         off_anyway(self, approach, off, "the laser (:LASER OFF)")
+
+    def _ramp_down_capped(self, i0_ma: float) -> None:
+        """From ``i0_ma`` towards 0 mA at ``ramp_ma_per_s``, for at most ``options.safe_ramp_max_s``: a ramp
+        that would take longer (a high-current diode at a slow rate outlasts systemd's 90 s stop timeout and
+        is SIGKILLed with emission on, review s36 L4) is cut there, logged; the caller then sends ``:LASER
+        OFF`` at the current reached."""
+        if i0_ma < 1e-9:
+            return
+        points = ramp_points(i0_ma, 0.0, self.ramp_step_ma)
+        pause = self.ramp_step_ma / self.ramp_ma_per_s
+        fit = int(self.safe_ramp_max_s / pause + 1e-9) + 1  # writes within the cap (the first one waits for none)
+        if len(points) > fit:
+            self.log.warning("ramp-down from %g mA at %g mA/s would take %.1f s, more than options.safe_ramp_max_s "
+                             "= %g s: ramping for %g s, then :LASER OFF at once at %g mA", i0_ma,
+                             self.ramp_ma_per_s, (len(points) - 1) * pause, self.safe_ramp_max_s,
+                             (fit - 1) * pause, points[fit - 1])
+            points = points[:fit]
+        with self.lock:
+            run_ramp(points, self.ramp_ma_per_s, self.ramp_step_ma, self._write_current)
 
     def _require_tec_ready(self) -> None:
         """The TEC output on and the diode at its set temperature (within ``options.temp_tolerance_k``)."""

@@ -231,10 +231,10 @@ def test_pro8000_safe_state_interrupted_by_ctrl_c_still_sends_laser_off() -> Non
         def interrupted(*args: object, **kw: object) -> None:
             raise KeyboardInterrupt
 
-        d._ramp_to = interrupted  # type: ignore[method-assign]
+        d._ramp_down_capped = interrupted  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
             d.safe_state()
-        del d._ramp_to
+        del d._ramp_down_capped
         d.close()
 
 
@@ -281,6 +281,30 @@ def test_pro8000_laser_on_that_reads_back_off_is_refused_before_any_current() ->
         with pytest.raises(InstrumentError, match=r"^laser: :LASER ON accepted but :LASER\? reads OFF — interlock "
                                                   r"open\? \(emission stays off; set point kept at 30 mA\)"):
             d.output_enabled = True
+        d.close()
+
+
+def test_pro8000_safe_state_ramp_is_cut_at_safe_ramp_max_s_by_laser_off(caplog: pytest.LogCaptureFixture) -> None:
+    """Review s36 L4: a ramp-down longer than ``options.safe_ramp_max_s`` (here 100 mA at 100 mA/s in 50 mA
+    steps: 50 mA at once, 0 mA 0.5 s later; cap 0.4 s: the first step fits) stops there; ``:LASER OFF`` (``pro8.c`` ``Pro8_LdcSetLdOutput``;
+    PyMeasure ``LDCStatus``) is sent at the current reached, then the set point is put back; a warning says
+    so. Before, the driver ramped to 0 mA whatever it took (200 s from 4000 mA at the default 20 mA/s)."""
+    import logging
+    import time
+
+    cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
+                      options={"ramp_step_ma": 50.0, "ramp_ma_per_s": 100.0, "safe_ramp_max_s": 0.4})
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"ON"), S1, (b":ILD:SET?", b"0.1"),
+        S1, (b":ILD:SET 0.05", None), PRO_OK,  # the one step that fits in 0.4 s
+        S1, (b":LASER OFF", None), PRO_OK, S1, (b":ILD:SET 0.1", None), PRO_OK, *CLOSED_OFF,
+    ]) as d:
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            d.safe_state()
+        assert time.monotonic() - t0 < 0.4
+        assert "would take 0.5 s, more than options.safe_ramp_max_s = 0.4 s" in caplog.text
+        assert "then :LASER OFF at once at 50 mA" in caplog.text
         d.close()
 
 
