@@ -341,6 +341,55 @@ def _dropped_section(m: dict[str, Any]) -> list[str]:
     return out
 
 
+def _fmt_s(v: Any) -> str | None:
+    return None if v is None else f"{float(v):.1f} s"
+
+
+def _summary_section(m: dict[str, Any]) -> list[str]:
+    """"Run summary": what a reader needs to interpret the numbers below it (review s36 F12): the acquisition's
+    station time, block size and ε_sec, the training settings, wall time per phase, when and by which labqfl
+    version the report was written. A value the metrics lack shows as n/a."""
+    from labqfl import __version__
+
+    st = m.get("settings") or {}
+    acq = m.get("acquire") or {}
+    pred = (m.get("plan") or {}).get("predicted") or {}
+    phases = m.get("phases_s") or {}
+    block = (f"{pred['block_slots']:.3g} slots per pair (block-size rule)" if pred.get("block_slots")
+             else f"{st['block_bits']:,} sifted bits (--block-bits)" if st.get("block_bits") else None)
+    eps = st.get("eps_sec")
+    train = m.get("train") or {}
+    rows = [("acquisition (station time)", _fmt_s(acq.get("station_s_total", acq.get("duration_s",
+                                                                                     st.get("duration_s"))))),
+            ("block size", block),
+            ("ε_sec (security parameter per block)", None if eps is None else f"{float(eps):.0e}"),
+            ("error correction", st.get("engine")),
+            ("training", (f"{train.get('task', st.get('task', '?'))}, {train.get('rounds_run', st.get('rounds'))} "
+                          f"rounds, {train.get('clients', '?')} clients, q = {train.get('q', st.get('q'))} bits, "
+                          f"seed {st.get('seed')}") if train or st.get("task") else None),
+            ("wall time", (f"{float(phases['total_s']):.1f} s (" + ", ".join(
+                f"{k} {float(v):.1f} s" for k, v in phases.items() if k != "total_s") + ")")
+             if phases.get("total_s") is not None else None),
+            ("written", m.get("written_utc")),
+            ("labqfl version", __version__)]
+    items = "".join(f"<li>{html.escape(k)}: {html.escape(NOT_AVAILABLE if v is None else str(v))}</li>"
+                    for k, v in rows)
+    return ["<h2>Run summary</h2>", f"<ul>{items}</ul>"]
+
+
+#: What the key-distillation table's columns mean (docs/protocol.md (P6), §6; docs/metrics.md).
+DISTILL_LEGEND = ("QBER X: error rate of the key bits (both clients in X at the signal intensity) that error "
+                  "correction compared; phase-error bound: the upper bound on the phase-error rate from the decoy "
+                  "estimates (docs/protocol.md (P6)); leaked (EC): bits error correction disclosed, subtracted from "
+                  "the key; f: error-correction efficiency, leaked / (n·h(QBER)) — 1 is the Shannon limit, Cascade "
+                  "reaches 1.04–1.05 (docs/protocol.md §6); final key: bits stored per pair after privacy "
+                  "amplification; key rate: final bits / acquisition time.")
+
+
+def _pct(v: Any) -> float | None:
+    return None if v is None else 100.0 * float(v)
+
+
 def auth_key_text(prov: dict[str, Any]) -> str:
     """A pair's authentication-key rows of a :func:`labqfl.provenance.summarize_blocks` summary in words:
     its pre-shared secret(s) and the refills taken from distilled blocks (neither is a distilled block)."""
@@ -363,19 +412,25 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
         f"<span class='badge'>key source: {html.escape(str(m.get('key_source', '?')))}</span>"
         f"<span class='badge'>acquisition: {html.escape(str((m.get('acquisition') or {}).get('path', '?')))}</span></p>"
     )
+    parts.extend(_summary_section(m))
     nodes = m.get("acquisition") or {}
     if nodes.get("path") == "nodes":  # labqfl run --nodes: each node's start-up (spawn → listening)
+        codes = sorted(set(nodes["exit_codes"].values()), key=str)
         parts.append("<p>Node processes, start-up [s]: " + html.escape(", ".join(
             f"{n} {t:.1f}" for n, t in sorted(nodes["startup_s"]["nodes"].items()))) +
-            f"; all exited with {html.escape(str(sorted(set(nodes['exit_codes'].values()))))}</p>")
+            html.escape(f"; all exited with code {codes[0]}" if len(codes) == 1 else
+                        f"; exit codes {', '.join(str(c) for c in codes)}") + "</p>")
     dist = (m.get("distill") or {}).get("pairs") or {}
     if dist:
-        rows = [{"pair": p, **v} for p, v in sorted(dist.items())]
+        rows = [{"pair": p, **v, "qber_pct": _pct(v.get("qber_x")), "phase_pct": _pct(v.get("phase_error_bound")),
+                 "kbps": None if v.get("secure_key_rate_bps") is None else float(v["secure_key_rate_bps"]) / 1e3}
+                for p, v in sorted(dist.items())]
         parts.append("<h2>Key distillation</h2>")
-        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted bits"), ("qber_x", "QBER X (key)"),
-                                   ("phase_error_bound", "phase-error bound"), ("leaked_ec_bits", "leaked (EC)"),
-                                   ("efficiency_f", "f"), ("final_key_bits", "final key bits"),
-                                   ("secure_key_rate_bps", "key rate [bit/s]"), ("status", "status")]))
+        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted [bits]"), ("qber_pct", "QBER X (key) [%]"),
+                                   ("phase_pct", "phase-error bound [%]"), ("leaked_ec_bits", "leaked (EC) [bits]"),
+                                   ("efficiency_f", "f (EC efficiency)"), ("final_key_bits", "final key [bits]"),
+                                   ("kbps", "key rate [kbit/s]"), ("status", "status")]))
+        parts.append(f"<p class='muted'>{html.escape(DISTILL_LEGEND)}</p>")
     parts.extend(_dropped_section(m))
     kp = (m.get("keys") or {}).get("pairs") or {}
     prov_rows = [{"pair": p, "blocks": ", ".join(f"{k}: {n}" for k, n in v["provenance"]["blocks"].items())
@@ -392,10 +447,11 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
     train = m.get("train") or {}
     if train:
         parts.append("<h2>Federated training</h2>")
-        parts.append(_table([train], [("task", "task"), ("clients", "clients"), ("q", "q [bits]"),
-                                      ("rounds_run", "rounds"), ("final_test_accuracy", "final test accuracy"),
-                                      ("key_bits_total", "key bits used"), ("upload_bits_per_client", "upload bits/client/round"),
-                                      ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
+        parts.append(_table([{**train, "acc_pct": _pct(train.get("final_test_accuracy"))}], [
+            ("task", "task"), ("clients", "clients"), ("q", "q [bits]"), ("rounds_run", "rounds"),
+            ("acc_pct", "final test accuracy [%]"), ("key_bits_total", "key bits used"),
+            ("upload_bits_per_client", "upload bits/client/round"),
+            ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
         if train.get("security"):
             parts.append(f"<p>Mask security: {html.escape(str(train['security']))}</p>")
         parts.extend(_key_wait_section(train, (m.get("plan") or {}).get("comparison") or {}))

@@ -78,7 +78,7 @@ def test_report_fills_every_cell_of_a_run_with_key(tmp_path: Path) -> None:
     assert not empty, f"empty cells at {empty}: {cells}"
     assert NOT_AVAILABLE not in cells and "None" not in cells, cells
     # the two columns that used to be blank show the pipeline's numbers
-    assert f"{rep['phase_error_upper']:.4g}" in cells
+    assert f"{100 * rep['phase_error_upper']:.4g}" in cells  # in % (review s36 F12)
     assert "600000" in cells
 
 
