@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -780,6 +781,10 @@ class MainJob:
             raise DataFormatError(f"{ckpt}: checkpoint of round {start - 1} missing; cannot resume training")
         tstate["interrupted_rounds"] += int(tstate.get("in_round", False))
         since = tstate.setdefault("nodes_since", datetime.now(UTC).isoformat(timespec="microseconds"))
+        # one training job across segments and resumes (signed with every segment's spec): each node signs one
+        # survivor set per (job, round), so a round retrained after a resume is unmasked over the same set or
+        # not at all (docs/secure_aggregation.md §9)
+        job_id = self.state.setdefault("fl_job_id", f"run-{secrets.token_hex(8)}")
         self._save_state()
 
         def before(r: int) -> int:
@@ -805,7 +810,8 @@ class MainJob:
 
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
-                               init_params=init, before_segment=before, on_segment=done, since=since)
+                               init_params=init, before_segment=before, on_segment=done, since=since,
+                               job_id=job_id)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))

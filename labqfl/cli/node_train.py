@@ -37,6 +37,10 @@ SIGNED_SPEC = typer.Option(None, "--signed-spec", metavar="FILE", dir_okay=False
                                 "match it); default: node train signs the run's spec itself with node-ctl.key.")
 VALID_HOURS = typer.Option(24.0, "--valid-hours", min=0.001, help="How long the signed spec is valid [h]: the nodes "
                            "refuse it afterwards, also in the middle of a run (at most 720 h, 30 days).")
+JOB_ID = typer.Option(None, "--job-id", metavar="ID", help="The training job this spec belongs to (signed; letters, "
+                      "digits, '_.:-'): with self-masks each SuperNode signs one survivor set per job and round, "
+                      "under every spec of the job. Default: a fresh random ID (each command its own job); "
+                      "node train --signed-spec: the signed spec's.")
 SPEC_OUT = typer.Option(..., "--out", "-o", metavar="FILE", dir_okay=False, help="Where to write the signed spec (JSON).")
 
 
@@ -61,7 +65,7 @@ def add_train(node_app: typer.Typer) -> None:
         dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
         dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"],
         timeout: float = TIMEOUT, out: Path | None = TRAIN["out"], signed_spec: Path | None = SIGNED_SPEC,
-        as_json: bool = JSON_OPTION,
+        job_id: str | None = JOB_ID, as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): train over a running server node and the clients' SuperNodes;
         report and run folder as `labqfl train` (docs/nodes.md, "Separate hosts")."""
@@ -74,7 +78,7 @@ def add_train(node_app: typer.Typer) -> None:
         fs = cfg.fl_server
         summary = run_training(settings, server, certs, server_name or (fs.name if fs else "server"),
                                mnist_dir=mnist_dir, timeout_s=timeout, runs_dir=out, quiet=as_json,
-                               signed_spec=signed_spec)
+                               signed_spec=signed_spec, job_id=job_id)
         emit(summary, as_json, lambda con: render(con, summary))
 
     @node_app.command("sign-spec")
@@ -91,7 +95,8 @@ def add_train(node_app: typer.Typer) -> None:
         samples_per_client: int = TRAIN["samples_per_client"], test_size: int = TRAIN["test_size"],
         self_masks: bool = TRAIN["self_masks"], threshold: int | None = TRAIN["threshold"],
         dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
-        dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"], as_json: bool = JSON_OPTION,
+        dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"], job_id: str | None = JOB_ID,
+        as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): sign a training spec (participants, graph, self-masks, threshold,
         DP, rounds, task, q, key mode) for `labqfl node train --signed-spec`; every SuperNode follows no other
@@ -100,7 +105,8 @@ def add_train(node_app: typer.Typer) -> None:
 
         cfg = load_station_config(station)
         settings = _settings(**{n: v for n, v in locals().items() if n in _SETTINGS}, names=tuple(cfg.client_names))
-        doc = sign_training_spec(settings, certs, mnist_dir=mnist_dir, valid_s=valid_hours * 3600.0, out=out)
+        doc = sign_training_spec(settings, certs, mnist_dir=mnist_dir, valid_s=valid_hours * 3600.0, out=out,
+                                 job_id=job_id)
         emit(doc, as_json, lambda con: con.print(
             f"signed spec {doc['spec_id']} (operator ctl), valid until {doc['expires']}: {doc['file']}\n"
             + ", ".join(f"{k_}={v!r}" for k_, v in doc["settings"].items()), soft_wrap=True))
@@ -119,9 +125,17 @@ def _settings(**kw: Any) -> Any:
     return TrainingSettings(**kw, engine="flower", preflight=False)
 
 
-def _node_spec(settings: Any, mnist_dir: Path | None) -> tuple[Any, Any]:
+def new_job_id() -> str:
+    """A fresh training-job ID (``spec.job_id``): ``job-`` and 64 random bits."""
+    import secrets
+
+    return f"job-{secrets.token_hex(8)}"
+
+
+def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "") -> tuple[Any, Any]:
     """(the checked :class:`~labqfl.app.training.TrainingSetup`, the Flower spec a run over nodes sends) of
-    ``settings``, as ``labqfl run`` over nodes makes it; a spec the ServerApp would refuse fails here."""
+    ``settings``, as ``labqfl run`` over nodes makes it, for training job ``job_id``; a spec the ServerApp
+    would refuse fails here."""
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
@@ -129,19 +143,20 @@ def _node_spec(settings: Any, mnist_dir: Path | None) -> tuple[Any, Any]:
 
     setup = TrainingSetup(settings)  # validates; opens no key store, loads no data
     spec = dataclasses.replace(flower_spec_for(setup, settings.client_names, data_dir=str(mnist_dir or "")),
-                               keys=settings.keys)
+                               keys=settings.keys, job_id=job_id)
     spec.secagg()
     return setup, spec
 
 
 def sign_training_spec(settings: Any, certs: Path, *, mnist_dir: Path | None, valid_s: float,
-                       out: Path) -> dict[str, Any]:
-    """Sign the Flower spec of ``settings`` with the operator's ``node-ctl`` key of ``certs`` and write it to
-    ``out`` (:mod:`labqfl.fl.flower.specsig`); returns what was signed (ID, expiry, settings, file)."""
+                       out: Path, job_id: str | None = None) -> dict[str, Any]:
+    """Sign the Flower spec of ``settings`` for training job ``job_id`` (default: a fresh one) with the
+    operator's ``node-ctl`` key of ``certs`` and write it to ``out`` (:mod:`labqfl.fl.flower.specsig`); returns
+    what was signed (ID, expiry, settings, file)."""
     from labqfl.errors import ConfigError
     from labqfl.nodes.fl import operator_signed_spec
 
-    _, spec = _node_spec(settings, mnist_dir)
+    _, spec = _node_spec(settings, mnist_dir, job_id or new_job_id())
     try:
         signed = operator_signed_spec(certs, spec.to_config(), valid_s)
     except ConfigError as exc:
@@ -172,19 +187,25 @@ def _load_signed(path: Path, spec: Any) -> Any:
 
 
 def run_training(settings: Any, server: str, certs: Path, server_name: str, *, mnist_dir: Path | None,
-                 timeout_s: float, runs_dir: Path | None, quiet: bool, signed_spec: Path | None = None) -> dict[str, Any]:
+                 timeout_s: float, runs_dir: Path | None, quiet: bool, signed_spec: Path | None = None,
+                 job_id: str | None = None) -> dict[str, Any]:
     """Check ``settings`` (a :class:`~labqfl.app.training.TrainingSettings`) as ``labqfl train`` does, make the
     Flower spec as ``labqfl run`` over nodes does, load the operator's credentials, open the session to the
     server node, then (the server reached) make the run folder and train; the summary, written as the run
     folder's ``metrics.json`` with ``labqfl train``'s plots. The spec goes out signed by the operator:
     ``signed_spec`` (a file of ``labqfl node sign-spec``, whose settings the options must give), else signed
-    here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`)."""
+    here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`). ``job_id``: the training
+    job (``spec.job_id``); default the signed spec's, else a fresh one (each command its own job)."""
     from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
     from labqfl.runs import RunRecord
 
-    setup, spec = _node_spec(settings, mnist_dir)  # a spec the ServerApp would refuse fails here
+    if not job_id and signed_spec is not None:
+        from labqfl.fl.flower.specsig import SignedSpec
+
+        job_id = str(SignedSpec.from_file(signed_spec).settings.get("job_id", ""))
+    setup, spec = _node_spec(settings, mnist_dir, job_id or new_job_id())  # one the ServerApp would refuse fails here
     names = settings.client_names
     signed = _load_signed(signed_spec, spec) if signed_spec is not None else None
     rec: list[Any] = []

@@ -424,12 +424,12 @@ class NodesTraining:
                 "segments": self.segments}
 
 
-def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
+def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id: str = "") -> Any:
     """The :class:`~labqfl.fl.flower.spec.FlowerSpec` of a :class:`~labqfl.app.training.TrainingSetup`
     (the same local training, quantisation, graph, DP plan, noise model and seeds as in process;
     ``keys="qkd"`` with no key-store folder: every SuperNode uses its own client's). ``names``: the
     station's clients in loop order (any names; the i-th trains data partition i with seed index
-    i and the pairs are named in loop order, as the stores name them)."""
+    i and the pairs are named in loop order, as the stores name them); ``job_id``: the training job (signed)."""
     from labqfl.errors import ConfigError
     from labqfl.fl.flower.spec import FlowerSpec
 
@@ -448,7 +448,7 @@ def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "") -> Any:
                       dp_clip=float(s.dp_clip or 0.0),
                       noise=_noise_text(nm) if nm is not None else "",
                       shots=int(nm.shots or 0) if nm is not None else 0,
-                      shot_grad=nm.shot_grad if nm is not None else "parameter-shift")
+                      shot_grad=nm.shot_grad if nm is not None else "parameter-shift", job_id=job_id)
     plan = spec.dp_plan()
     if (plan.as_dict() if plan is not None else None) != (setup.dp_plan.as_dict() if setup.dp_plan is not None else None):
         raise ConfigError("training over nodes: the Flower run's DP plan differs from the in-process one "
@@ -545,7 +545,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
                      log_dir: Path | None = None, progress: ProgressFn | None = None,
                      timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
                      before_segment: SegmentFn | None = None,
-                     on_segment: SegmentDoneFn | None = None, since: str | None = None) -> NodesTraining:
+                     on_segment: SegmentDoneFn | None = None, since: str | None = None,
+                     job_id: str = "") -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
@@ -562,7 +563,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
 
     ``blocks_used``: the block IDs of the mask pads reserved since ``since`` (UTC ISO time with
     microseconds, as the stores write it; default: now). A resumed job passes the start of its first
-    training over nodes, so the rounds trained before the interruption keep their blocks."""
+    training over nodes, so the rounds trained before the interruption keep their blocks. ``job_id``: the
+    training job, signed with each segment's spec (a resumed job passes the same: ``spec.job_id``)."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork
@@ -572,7 +574,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     names = list(cfg.client_names)
     work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
     try:
-        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work))
+        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work), job_id=job_id)
         spec.secagg()  # a spec the nodes would refuse fails here, before any process starts
         station = work / "station.toml"
         station.write_text(station_toml(cfg), encoding="utf-8")

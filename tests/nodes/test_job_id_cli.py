@@ -1,0 +1,62 @@
+"""``labqfl node sign-spec --job-id`` / ``node train --job-id``: the signed training-job ID (``FlowerSpec.job_id``)
+under which each SuperNode signs one survivor set per round with self-masks (docs/secure_aggregation.md §9). The
+default is a fresh ID per command (each its own job); ``node train --signed-spec`` takes the signed spec's."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.fl.flower.spec import FlowerSpec
+from labqfl.fl.flower.specsig import OPERATOR, SignedSpec, spec_departures, spec_settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+from cli_helpers import error_line  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from labqfl.net import make_node_certs
+
+    d = tmp_path_factory.mktemp("certs")
+    make_node_certs(d, ["server", "C1", "C2", "C3", "C4", OPERATOR])
+    return d
+
+
+def _sign(certs: Path, out: Path, *extra: str) -> SignedSpec:
+    r = runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--rounds", "2", "--self-masks",
+                            "--out", str(out), *extra])
+    assert r.exit_code == 0, r.output
+    return SignedSpec.from_file(out)
+
+
+def test_the_job_id_is_signed_and_each_command_is_its_own_job_by_default(certs: Path, tmp_path: Path) -> None:
+    named = _sign(certs, tmp_path / "a.json", "--job-id", "campaign-7")
+    assert named.settings["job_id"] == "campaign-7"
+    one, two = _sign(certs, tmp_path / "b.json"), _sign(certs, tmp_path / "c.json")
+    assert one.settings["job_id"].startswith("job-") and one.settings["job_id"] != two.settings["job_id"]
+    spec = named.spec()
+    assert "job_id" in spec_settings(spec) and spec.to_config()["spec.job_id"] == "campaign-7"
+    assert FlowerSpec.from_config(spec.to_config()).job_id == "campaign-7"  # travels with every message
+    assert spec_departures(named, dataclasses.replace(spec, job_id="other")) == {"job_id": ("other", "campaign-7")}
+
+
+def test_node_train_takes_the_signed_job_and_refuses_another(certs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    _sign(certs, out, "--job-id", "campaign-7")
+    base = ["node", "train", "--server", "127.0.0.1:1", "--certs", str(certs), "--signed-spec", str(out),
+            "--rounds", "2", "--self-masks"]
+    line = error_line(runner.invoke(app, base))
+    assert line.startswith("error: node server at 127.0.0.1:1 unreachable"), line  # the signed job: no departure
+    line = error_line(runner.invoke(app, [*base, "--job-id", "campaign-8"]))
+    assert "the training options depart from signed spec" in line and "job_id: 'campaign-8', 'campaign-7'" in line
+    line = error_line(runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--out", str(tmp_path / "x"),
+                                          "--job-id", "no spaces"]))
+    assert "job_id 'no spaces'" in line, line
