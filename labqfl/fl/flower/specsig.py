@@ -334,6 +334,9 @@ def _read_record(path: Path) -> dict[str, Any]:
             if not isinstance(v, dict) or not isinstance(v.get("rounds"), dict) \
                     or not isinstance(v.get("masked", {}), dict):
                 raise ValueError(f"spec {sid!r} has no rounds table")
+            for table in ("rounds", "masked"):  # round numbers (review s35 third look T5: a bare ValueError later)
+                if bad := [k for k in v.get(table, {}) if not str(k).isdigit()]:
+                    raise ValueError(f"spec {sid!r} has {table} keys {bad} that are not round numbers")
             _parse_iso(str(v.get("expires")))
     except (OSError, ValueError) as exc:
         raise SecureAggregationError(f"this node's record of the signed specs it trained under, {path}, cannot be "

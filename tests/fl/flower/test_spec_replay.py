@@ -178,3 +178,23 @@ def test_the_record_is_private_atomic_and_an_unreadable_one_refuses(
     err = grid.error_of("C3", "keys", 1)
     assert f"this node's record of the signed specs it trained under, {path}, cannot be read" in err, err
     assert path.read_text() == "{not json"  # left as it was, for the operator to inspect
+
+
+def test_a_record_whose_round_keys_are_not_numbers_is_refused_with_its_path(certs: Path, tmp_path: Path) -> None:
+    """Review s35 third look T5: a ``masked`` key that is not a round number passed the record check and failed
+    later with a bare ValueError in the masked-round rule; now it is the one unreadable-record error."""
+    from labqfl.fl.flower.specsig import claim_mask, claim_round
+
+    signed = _signed(certs)
+    path = spec_record_path(tmp_path, "C1")
+    for table in ("masked", "rounds"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {"version": 1, "specs": {signed.spec_id: {"expires": "2099-01-01T00:00:00Z", "rounds": {},
+                                                         table: {"one": "t"}}}}
+        path.write_text(json.dumps(body))
+        for claim in (claim_mask, claim_round):
+            with pytest.raises(SecureAggregationError) as err:
+                claim(path, signed, 1, "t")
+            assert f"this node's record of the signed specs it trained under, {path}, cannot be read" in str(err.value)
+            assert f"{table} keys ['one'] that are not round numbers" in str(err.value)
+        assert json.loads(path.read_text()) == body  # left as it was, for the operator to inspect
