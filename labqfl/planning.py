@@ -19,10 +19,10 @@ Everything follows from the station file, the task's model and the secure-aggreg
   a given duration, the plan chooses the shortest acquisition whose blocks (as large as that
   data allows) hold all R rounds' key, × :data:`KEY_MARGIN`, on every graph pair
   (:func:`_duration_for_rounds`).
-* **Distillation time** — the pipeline's post-processing throughput on this machine: sifted bits
+* **Distillation time** — the pipeline's post-processing throughput on the development machine: sifted bits
   to correct over :data:`DISTILL_SIFTED_BITS_PER_S` (measured, docs/scaling.md; override
   ``distill_bps``).
-* **Training time** — R rounds × the task's seconds per round on this machine (× N for the
+* **Training time** — R rounds × the task's seconds per round on the development machine (× N for the
   quantum-data tasks, whose clients each hold their own samples; :data:`TRAIN_ROUND_COST`,
   measured, docs/scaling.md; override ``train_s_per_round``).
 * **Starvation** — a graph pair whose acquisition time per round exceeds the median pair's by
@@ -601,6 +601,23 @@ def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_b
     return sifted / distill_bps if math.isfinite(acq_total) else math.inf
 
 
+#: Where the plan's time constants come from: measured once on the development machine, not on the one running
+#: the plan (review s36 F10); a run prints its own wall time next to the plan's (:func:`wall_comparison`).
+DEV_MACHINE = "measured on the development machine, docs/scaling.md; not on this one"
+
+
+def wall_comparison(metrics: dict[str, Any]) -> dict[str, float] | None:
+    """The run's whole wall time against the plan's (``phases_s.total_s`` of a finished run's metrics against
+    ``plan.predicted.total_wall_s``): ``{"measured_s", "predicted_s", "ratio"}`` (ratio = measured / predicted),
+    None where either is missing or the plan predicts no finite time."""
+    measured = (metrics.get("phases_s") or {}).get("total_s")
+    predicted = ((metrics.get("plan") or {}).get("predicted") or {}).get("total_wall_s")
+    if measured is None or predicted is None or not math.isfinite(float(predicted)) or float(predicted) <= 0:
+        return None
+    return {"measured_s": float(measured), "predicted_s": float(predicted),
+            "ratio": float(measured) / float(predicted)}
+
+
 def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool,
                     nodes: bool = False) -> dict[str, str]:
     """How each of the plan's figures is estimated (printed with the plan)."""
@@ -611,18 +628,17 @@ def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool
                        "block-size rule needs before any key exists (the given --duration, or the one chosen: it "
                        f"holds {KEY_MARGIN:g}x all rounds' key in the model)",
         "distill": f"sifted bits of the acquisition / {distill_bps:.3g} sifted bits/s (post-processing "
-                   "throughput measured on this machine, docs/scaling.md)",
+                   f"throughput {DEV_MACHINE})",
         "train": (f"rounds x clients x {cost:g} s per client and round" if per_client else
                   f"rounds x {cost:g} s per round (the training set is split among the clients)")
-                 + f" for {task}, measured on this machine (docs/scaling.md)",
+                 + f" for {task}, {DEV_MACHINE}",
     }
     if nodes:
         est["distill"] = (f"over node processes: sifted bits of the acquisition / {NODE_STREAM_SIFTED_BITS_PER_S:.3g} "
-                          "sifted bits/s for the streamed acquisition + distillation (measured on this machine, "
-                          "docs/scaling.md), minus the station time")
+                          f"sifted bits/s for the streamed acquisition + distillation ({DEV_MACHINE}), minus the "
+                          "station time")
         est["train"] += f", plus {NODE_ROUND_OVERHEAD_S:g} s per round over the Flower nodes"
-        est["nodes"] = (f"starting and stopping the QKD and FL node processes: {NODE_PROCESSES_S:g} s (measured on "
-                        "this machine, docs/scaling.md)")
+        est["nodes"] = f"starting and stopping the QKD and FL node processes: {NODE_PROCESSES_S:g} s ({DEV_MACHINE})"
     return est
 
 
@@ -633,7 +649,8 @@ def compare(plan: Plan | dict[str, Any], metrics: dict[str, Any]) -> dict[str, A
     Per graph pair: key used per round (``train.rounds[*].key_bits_per_pair``) against the plan's
     need, and the measured key rate (delivered bits / acquisition duration) with the acquisition
     time per round it implies (measured use / measured rate) against the predicted one.
-    ``*_ratio`` = measured / predicted; ``worst_*`` = the ratio furthest from 1.
+    ``*_ratio`` = measured / predicted; ``worst_*`` = the ratio furthest from 1 over the pairs, for each metric
+    on its own (the largest deviation over pairs; not one "worst pair": each may be another pair).
     """
     p = plan.as_dict() if isinstance(plan, Plan) else plan
     acq = metrics.get("acquire") or {}

@@ -47,8 +47,10 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                   _s(p.acquisition_s_per_round), Text("yes", style="yellow") if p.starving else "")
     con.print(t)
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
-                   f"the run (blocks {_blocks(plan)} slots per pair); distillation ≈ {_s(plan.distill_s)} s; "
-                   f"training ≈ {_s(plan.train_s)} s; "
+                   f"the run (blocks {_blocks(plan)} slots per pair); "
+                   + (f"distillation ≈ {_s(plan.distill_s)} s; " if plan.distill_s > 0 else
+                      "distillation: streamed with the acquisition; ")
+                   + f"training ≈ {_s(plan.train_s)} s; "
                    + (f"node processes' start-ups and stops ≈ {_s(plan.nodes_s)} s; " if plan.nodes_s else "")
                    + f"total wall ≈ {_s(plan.total_wall_s)} s"))
     if plan.rounds_sustained is not None and plan.rounds_sustained < plan.rounds:

@@ -188,8 +188,14 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     if cmp_:
         f = {k: "—" if cmp_[k] is None else f"{cmp_[k]:.3f}"
              for k in ("worst_key_use_ratio", "worst_key_rate_ratio", "worst_acquisition_ratio")}
-        con.print(f"  plan vs run (measured/predicted, worst pair): key use {f['worst_key_use_ratio']}, key rate "
-                  f"{f['worst_key_rate_ratio']}, acquisition per round {f['worst_acquisition_ratio']}")
+        from labqfl.planning import wall_comparison
+
+        wall = wall_comparison(metrics)
+        wall_text = ("" if wall is None else f"; wall {wall['measured_s']:.1f} s measured / {wall['predicted_s']:.0f} s "
+                     f"planned (×{wall['ratio']:.2f}; the plan's times are the development machine's, docs/scaling.md)")
+        con.print(f"  plan vs run (measured/predicted, largest deviation over pairs): key use "
+                  f"{f['worst_key_use_ratio']}, key rate {f['worst_key_rate_ratio']}, acquisition per round "
+                  f"{f['worst_acquisition_ratio']}{wall_text}")
         kw = cmp_.get("key_waits") or {}
         if kw.get("rounds_waited") or kw.get("predicted_first_wait_round") is not None:
             first = kw.get("predicted_first_wait_round")

@@ -39,7 +39,7 @@ def test_run_prints_the_plan_first_and_the_plan_against_the_run_last(small_stati
     assert text.index(f"total wall ≈ {plan['total_wall_s']:.3g} s") > start
 
     # at the end: the plan against the run, from the comparison in metrics.json
-    end = text.index("plan vs run (measured/predicted, worst pair): key use 1.000, key rate "
+    end = text.index("plan vs run (measured/predicted, largest deviation over pairs): key use 1.000, key rate "
                      f"{cmp_['worst_key_rate_ratio']:.3f}, acquisition per round {cmp_['worst_acquisition_ratio']:.3f}")
     assert end > start
     assert m["train"]["key_waits"]["rounds_waited"] >= 1
