@@ -44,11 +44,17 @@ or twice; every frame not played by then is reported lost. The slot-streaming se
 from the vendor client's code, not from a manual section (the v2.1 manual was not available here);
 they are tested against :class:`labqfl.sim_backends.pulse_streamer.PulseStreamerEmulator` only.
 
-**Bandwidth (stated, not emulated).** Each step is 9 bytes on the wire; random levels need about one
-step per slot, so fresh patterns need ~9 bytes per slot: 0.9 GB/s at 100 MHz, far above gigabit
-Ethernet (~0.12 GB/s). Continuous fresh modulation is therefore possible only up to ~10 M slots/s;
-at higher rates the streamer interleaves dark frames (``ModulationStreamer(dark_frames_between=…)``,
-a dark frame is one step) so the average upload fits the link, e.g. 1 fresh in 10 at 100 MHz.
+**Bandwidth (checked at station load, not emulated).** Each step is 9 bytes on the wire (the vendor
+client packs ``'<' + n*'IBhh'``: duration, digital mask, a0, a1; ``PulseStreamerBase.enc_binary``,
+pulsestreamer 2.1.2); random levels need up to one step per slot, so fresh patterns need ~9 bytes
+per slot: 0.9 GB/s at 100 MHz, far above gigabit Ethernet (~0.12 GB/s raw). Continuous fresh
+modulation is therefore possible only up to ~10 M slots/s; at higher rates the streamer interleaves
+dark frames (``options.dark_frames_between = n``: ``n`` dark frames, one step each, after every fresh
+one; :class:`labqfl.modulation.ClientStreams` passes it to ``ModulationStreamer``) so the average
+upload fits the link. :func:`link_load_bytes_per_s` is that average; a station whose load exceeds
+``options.link_bytes_per_s`` (default 10^8 B/s, gigabit Ethernet less overhead) is refused when it
+is loaded, naming the ``dark_frames_between`` it needs (9 at 100 MHz with 65536-slot frames). Dark
+frames carry no marker and are recorded lost by the client, so they are never key slots.
 
 **Clock and trigger.** ``selectClock(ClockSource.EXT_10MHZ)`` locks the instrument to the station's
 shared 10 MHz reference (``[sync] pattern_generator_reference = "external"``; ``INTERNAL``
@@ -93,6 +99,10 @@ DIGITAL_CHANNELS = tuple(range(8))
 MAX_UPLOAD_STEPS = 1_000_000
 #: Largest step duration on the wire (``<I`` ticks).
 MAX_STEP_NS = 0xFFFFFFFF
+#: Bytes of one step on the wire: ``struct.calcsize('<IBhh')`` (``PulseStreamerBase.enc_binary``).
+STEP_BYTES = 9
+#: Default link budget [B/s]: gigabit Ethernet (1.25e8 B/s raw) less protocol overhead.
+LINK_BYTES_PER_S = 1e8
 SDK_HINT = ("the Pulse Streamer client 'pulsestreamer' is not installed; install it with "
             "pip install 'labqfl[hardware]' (or pip install pulsestreamer)")
 
@@ -103,6 +113,26 @@ def load_client() -> ModuleType:
         return importlib.import_module("pulsestreamer")
     except ImportError:
         raise LabqflError(SDK_HINT) from None
+
+
+def link_load_bytes_per_s(slot_rate_hz: float, frame_slots: int, dark_frames_between: int) -> float:
+    """Average bytes per second a client's uploads need (module docstring, "Bandwidth"): per cycle of one
+    fresh frame (up to one :data:`STEP_BYTES` step per slot) and ``dark_frames_between`` dark frames (one
+    step each), over the cycle's ``(n + 1)·frame_slots`` slots."""
+    f, n = int(frame_slots), int(dark_frames_between)
+    return float(slot_rate_hz) * STEP_BYTES * (f + n) / ((n + 1) * f)
+
+
+def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: float) -> int | None:
+    """The smallest ``dark_frames_between`` whose :func:`link_load_bytes_per_s` fits the link; None when
+    none does (one dark step per frame alone exceeds it)."""
+    f, rate, budget = int(frame_slots), float(slot_rate_hz), float(link_bytes_per_s)
+    if budget * f <= STEP_BYTES * rate:
+        return None
+    n = max(0, int(np.ceil(f * (STEP_BYTES * rate - budget) / (budget * f - STEP_BYTES * rate))))
+    while link_load_bytes_per_s(rate, f, n) > budget:  # floating-point guard
+        n += 1
+    return n
 
 
 class _PulseStreamerCommon(DriverDeclaration):
@@ -189,6 +219,10 @@ class SwabianPulseStreamerOptions(DriverOptions):
     frames_per_upload: int = Field(4, ge=1, le=1024, description="frames per upload (the unit of double buffering)")
     trigger: Literal["immediate", "hardware"] = Field(
         "immediate", description="start playback on the first upload, or on a rising edge at the trigger input")
+    dark_frames_between: int = Field(0, ge=0, le=1_000_000, description="dark frames played after every fresh one (a "
+                                     "duty cycle so the uploads fit the link; their slots are not key slots)")
+    link_bytes_per_s: float = Field(LINK_BYTES_PER_S, gt=0, description="bytes per second the link to the "
+                                    "instrument carries (station load refuses a stream above it)")
 
     @model_validator(mode="after")
     def _distinct(self) -> SwabianPulseStreamerOptions:
@@ -203,6 +237,21 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
 
     Options = SwabianPulseStreamerOptions
 
+    @classmethod
+    def station_load_error(cls, options: SwabianPulseStreamerOptions, station: StationConfig) -> str | None:
+        """Why the station's fresh frames cannot reach this generator over its link (field and the value it
+        needs), or None when the average upload fits ``options.link_bytes_per_s`` (module docstring)."""
+        rate, f = station.laser.rep_rate_hz, station.time_tagger.frame_slots
+        load = link_load_bytes_per_s(rate, f, options.dark_frames_between)
+        if load <= options.link_bytes_per_s:
+            return None
+        need = dark_frames_needed(rate, f, options.link_bytes_per_s)
+        fix = (f"expected dark_frames_between >= {need} (1 fresh frame in {need + 1})" if need is not None else
+               "no duty cycle fits; expected a faster link or a lower slot rate")
+        return (f"the uploads at {rate:g} slots/s need {load:.3g} B/s ({STEP_BYTES} B per step, up to one step per "
+                f"fresh slot) but options.link_bytes_per_s is {options.link_bytes_per_s:.3g} B/s; {fix}; "
+                f"got {options.dark_frames_between}")
+
     def __init__(self, name: str, config: InstrumentConfig, *, client: ModuleType | None = None) -> None:
         PatternGenerator.__init__(self, name, config.resource or "")
         self.config = config
@@ -210,6 +259,7 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
         self._slot_ns = 10
         self._frame_slots = 65_536
         self._n_levels = 2 ** len(self.opts.intensity_channels) - 1
+        self.dark_frames_between = self.opts.dark_frames_between
         self._enabled = False
         self._reset_stream(0)
         self._connect(config, client)

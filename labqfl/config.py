@@ -737,7 +737,28 @@ def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> Statio
         from labqfl.station import validate_driver_roles
 
         validate_driver_roles(cfg, source)
+        check_link_loads(cfg, source)
     return cfg
+
+
+def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
+    """Refuse a station whose clients' fresh frames cannot reach their pattern generators: a driver that
+    declares ``station_load_error(options, station)`` (the Pulse Streamer: slot rate x 9 B per step x
+    fresh fraction against ``options.link_bytes_per_s``) names the ``options.dark_frames_between`` it
+    needs. Emulated generators are checked too: they stand for the instrument on its link."""
+    from labqfl.drivers import DRIVERS
+
+    for k, c in enumerate(cfg.clients):
+        pg = c.pattern_generator
+        cls = None if pg is None or pg.simulated else DRIVERS.get(pg.driver)
+        check = getattr(cls, "station_load_error", None)
+        if pg is None or cls is None or check is None:
+            continue
+        role = f"{c.name}.pattern_generator"
+        why = check(cls.parse_options(role, pg), cfg)
+        if why:
+            raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' "
+                              f"(role {role}): {why}")
 
 
 def require_pattern_generators(cfg: StationConfig, source: str = "station") -> None:

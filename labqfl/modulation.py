@@ -391,7 +391,10 @@ class ClientStreams:
         for c, g in generators.items():
             f = g.frame_slots
             n_frames = None if self.n_slots is None else -(-self.n_slots // f)
+            # the generator's duty cycle (station: pattern_generator.options.dark_frames_between): its link
+            # carries only that share of fresh frames; the dark ones are recorded lost, never key slots
             self.streamers[c] = ModulationStreamer(g, FrameSource(logs[c], f), n_frames=n_frames,
+                                                   dark_frames_between=int(getattr(g, "dark_frames_between", 0)),
                                                    max_wait_s=max_wait_s, poll_interval_s=poll_interval_s)
         self.records: dict[str, PlayedFrames] = {}
 
@@ -451,19 +454,23 @@ class ClientStreams:
             self.records[c] = st.stop()
         if first:
             for c, m in self.summary().items():
-                log.info("client %s: %d of %d frames played, %d lost (%d late)%s", c, m["played"], m["frames"],
-                         m["lost"], m["late"], f"; {m['error']}" if m["error"] else "")
+                log.info("client %s: %d of %d frames played, %d lost (%d late, %d dark by the duty cycle)%s", c,
+                         m["played"], m["frames"], m["lost"], m["late"], m.get("dark", 0),
+                         f"; {m['error']}" if m["error"] else "")
         return dict(self.records)
 
     def summary(self) -> dict[str, dict[str, Any]]:
         """Per client, over the acquisition's frames (not the dark padding of the last upload): frames,
-        played, lost (late, underflow or cut off), late (played dark) and the stream's error."""
+        played, lost (late, underflow, cut off, or dark by the duty cycle), late (played dark), the stream's error and, with a duty cycle
+        (``dark_frames_between`` > 0), dark: frames it left dark (no key slots, by design; counted in lost)."""
         out: dict[str, dict[str, Any]] = {}
         for c, st in self.streamers.items():
             end = st.requested_end if st.requested_end is not None else st.first_frame + len(st.record)
             played = sum(1 for f in st.record.played if f < end)
             out[c] = {"frames": end - st.first_frame, "played": played, "lost": end - st.first_frame - played,
                       "late": st.late_frames, "error": st.error}
+            if st.dark_frames_between:  # only with a duty cycle, so the summary's keys stay as they were
+                out[c]["dark"] = sum(1 for f in range(st.first_frame, end) if st.scheduled_dark(f))
         return out
 
     def played_logs(self, logs: dict[str, Any]) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def stream_c1(d: dict[str, Any], pg_resource: str, *, frame_slots: int = 1000,
     if clock_resource is not None:
         d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": clock_resource}
     d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": pg_resource,
-                                            "options": {"frames_per_upload": 1}}
+                                            "options": {"frames_per_upload": 1, "link_bytes_per_s": 1e9}}  # loopback
     d["time_tagger"]["frame_slots"] = frame_slots
     return d
 

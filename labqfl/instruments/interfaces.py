@@ -364,6 +364,10 @@ class PatternGenerator(Instrument):
                                               writable=False)
     reference_clock: Setting[str] = Setting("", "clock source: 'internal' or 'external' (the shared 10 MHz)",
                                             validator=one_of(REFERENCE_CLOCKS))
+    #: Dark frames to play after every fresh one (a duty cycle for a generator whose link cannot carry
+    #: fresh frames at the slot rate; :class:`labqfl.modulation.ClientStreams` passes it to its
+    #: streamer). 0: every frame fresh. A driver sets it from its options.
+    dark_frames_between: int = 0
 
     @abstractmethod
     def start(self, first_frame: int = 0) -> None:

@@ -308,11 +308,12 @@ def test_with_a_real_tagger_and_markers_a_generator_must_start_on_the_clock() ->
 
     d = tomllib.loads(default_station_text())
     d["time_tagger"].update(driver="SwabianTimeTagger", options={"serial": "X"}, marker_channel=4)
-    d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": "127.0.17.1"}
+    d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": "127.0.17.1",
+                                            "options": {"link_bytes_per_s": 1e9}}  # every frame fresh: a link above 9e8 B/s
     with pytest.raises(ConfigError, match=r"^st\.toml: field 'clients\.0\.pattern_generator\.options\.trigger': "
                        r"'immediate'; .*expected \"hardware\""):
         require_pattern_generators(parse_station_config(d, "st.toml"), "st.toml")
-    d["clients"][0]["pattern_generator"]["options"] = {"trigger": "hardware"}
+    d["clients"][0]["pattern_generator"]["options"] = {"trigger": "hardware", "link_bytes_per_s": 1e9}
     require_pattern_generators(parse_station_config(d, "st.toml"), "st.toml")
 
 
@@ -339,7 +340,8 @@ def test_station_roles_typed_and_real_only(emulator: PulseStreamerEmulator) -> N
     with pytest.raises(ConfigError, match="expected a PulseGenerator driver"):
         load({"master_clock": {"driver": "SwabianPulseStreamer", "resource": emulator.ip}})
     cfg = load({"master_clock": {"driver": "SwabianPulseStreamerClock", "resource": emulator.ip}},
-               {"pattern_generator": {"driver": "SwabianPulseStreamer", "resource": emulator.ip}})
+               {"pattern_generator": {"driver": "SwabianPulseStreamer", "resource": emulator.ip,
+                                      "options": {"link_bytes_per_s": 1e9}}})  # the emulator on loopback
     roles = cfg.roles()  # type: ignore[attr-defined]
     assert list(roles)[:2] == ["master_clock", "laser"] and "C1.pattern_generator" in roles
     assert "C2.pattern_generator" not in roles and base["clients"][1].get("pattern_generator") is None
@@ -355,7 +357,8 @@ def test_station_opens_applies_and_safes_the_new_roles(emulator: PulseStreamerEm
     try:
         d = tomllib.loads(default_station_text())
         d["master_clock"] = {"driver": "SwabianPulseStreamerClock", "resource": clock_em.ip}
-        d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": emulator.ip}
+        d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": emulator.ip,
+                                                "options": {"link_bytes_per_s": 1e9}}  # the emulator on loopback
         d["clients"][0]["attenuator"] = {"driver": "GenericMZIntensityModulator", "resource": "ASRL7::INSTR",
                                          "visa_library": sim_library("mz_bias_controller.yaml"), "timeout_ms": 200}
         cfg = parse_station_config(d, "station.toml")

@@ -103,6 +103,8 @@ def emulated_pair_station(tmp_path: Path, n_clients: int = 2, per_client_markers
         c["intensity_probs"] = [0.6, 0.2, 0.2]
         c["basis_x_prob"] = 0.7
         c["pattern_generator"]["resource"] = f"{net}.{k + 1}"
+        # the emulators sit on loopback in this process, not behind gigabit Ethernet: every frame fresh
+        c["pattern_generator"]["options"].update(dark_frames_between=0, link_bytes_per_s=1e9)
     ideal_detectors(d)
     parse_station_config(d, "emulated-pair")  # valid before it is written
     p = tmp_path / "emulated_pair.toml"

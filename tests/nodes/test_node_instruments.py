@@ -80,7 +80,7 @@ class Bench:
                                                  max_attenuation_db=45.0, options={"channel": ch})
         if self.pg is not None:
             d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": self.pg.ip,
-                                                    "options": {"frames_per_upload": 1}}
+                                                    "options": {"frames_per_upload": 1, "link_bytes_per_s": 1e9}}
             d["time_tagger"]["frame_slots"] = 1000
         return d
 
