@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from labqfl.bench import machine_info, registry
-from labqfl.cli.common import JSON_OPTION, emit, fail, handle_errors, progress_bar
+from labqfl.cli.common import JSON_OPTION, emit, fail, handle_errors, print_table, progress_bar
 
 #: appended to a benchmark's description under --quick, whose sizes are smaller than it names
 QUICK_NOTE = " [--quick: smaller sizes than named here, see details; figures not representative]"
@@ -70,13 +70,13 @@ def bench(
             met = {True: Text("yes", style="green"), False: Text("no", style="red"), None: Text("—")}[r["passed"]]
             t.add_row(n, f"{r['figure']:.4g} {r['unit']}", f"{r['baseline']}: {r['baseline_figure']:.4g} {r['unit']}",
                       f"{r['ratio']:.3g}×", r["target"], met)
-        con.print(t)
+        print_table(con, t)  # whole at any width: one record per benchmark where it does not fit
         for n, r in results.items():  # extra tables a benchmark reports (details["tables"])
             for tab in r["details"].get("tables", []):
                 extra = Table(*tab["columns"], title=f"{n}: {tab['title']}")
                 for row in tab["rows"]:
                     extra.add_row(*(str(v) for v in row))
-                con.print(extra)
+                print_table(con, extra)
 
     emit(data, as_json, render)
 

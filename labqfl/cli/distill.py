@@ -30,6 +30,7 @@ from labqfl.cli.common import (
     key_verdict_exit,
     pct_cell,
     print_path,
+    print_table,
     rate_clicks_cell,
 )
 from labqfl.contracts.types import DEFAULT_ENGINE
@@ -248,7 +249,7 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
         for reason in r["abort_reasons"]:
             reasons.setdefault(reason, []).append(k)
-    con.print(t)
+    print_table(con, t)  # whole at any width: one record per pair where the table does not fit
     con.print(RATE_NOTE, markup=False, highlight=False)
     for reason, pairs in reasons.items():
         con.print(f"[yellow]aborted[/] ({escape(', '.join(pairs))}): {escape(reason)}", markup=True)

@@ -22,6 +22,7 @@ from labqfl.cli.common import (
     fail,
     handle_errors,
     pct_cell,
+    print_table,
     progress_bar,
 )
 from labqfl.config import StationConfig, load_station_config
@@ -148,7 +149,7 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
         for r in rows:
             t.add_row(r["pair"], f"{r['bits_per_second_before'] / 1e3:.1f}", f"{r['bits_per_second_after'] / 1e3:.1f}",
                       f"{r['phase_error_upper_after']:.3f}")
-        con.print(t)
+        print_table(con, t)  # whole at any width (review s36 F11)
         for name, c in clients.items():
             con.print(f"{name}: intensities {[round(x, 4) for x in c['intensities']]}, probabilities "
                       f"{[round(x, 4) for x in c['intensity_probs']]}, P(X) {c['basis_x_prob']:.4f}")
@@ -226,7 +227,7 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
     con.print(f"[bold]{escape(cfg.name)}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
               f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)", markup=True)
     t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
-              "asym.", title="secure key rate per pair (bit/s include the 1/P time share)")
+              "asymptotic kbit/s", title="secure key rate per pair (bit/s include the 1/P time share)")
     for r in main:
         t.add_row(
             r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
@@ -234,7 +235,7 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
             pct_cell(r['qber_key']), f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
             f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
         )
-    con.print(t)
+    print_table(con, t, key_columns=2)  # whole at any width: one record per pair and loss where the table does not fit (review s36 F11)
     for r in main:
         if r["abort"]:
             con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")

@@ -17,6 +17,7 @@ from labqfl.cli.common import (
     emit,
     fail,
     handle_errors,
+    print_table,
 )
 from labqfl.errors import KeyStoreError
 
@@ -99,7 +100,7 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
         for p in pending_only:  # blocks of a pair pending here, none of it in the store yet
             t.add_row(n, p, "0", "0", "0", "0", "0", "0", "0", pend(n, p))
     if nodes:
-        con.print(t)
+        print_table(con, t, key_columns=2)  # whole at any width: one record per node and pair where it does not fit
     for n, info in nodes.items():
         if "error" in info:
             _print_pending(con, n, info.get("pending", {}))

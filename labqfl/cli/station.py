@@ -10,7 +10,15 @@ import typer
 from rich.table import Column, Table
 from rich.text import Text
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, emit, fail, handle_errors, print_json
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    emit,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+)
 from labqfl.config import (
     MAX_CLIENTS,
     StationConfig,
@@ -43,6 +51,13 @@ def seed_cell(randomness: str, seed: int) -> str:
     return str(seed) if randomness == "seeded" else "—"
 
 
+def intensities_cell(values: list[float]) -> str:
+    """A client's intensities as a cell that names them (index 0 is the signal, labqfl.config.ClientConfig):
+    "signal 0.0294; decoys 0.442, 0" (review s36 F11: "[0.0294, 0.442, 0.0]" said not which was which)."""
+    decoys = ", ".join(f"{v:g}" for v in values[1:])
+    return f"signal {values[0]:g}" + (f"; decoys {decoys}" if decoys else "")
+
+
 def column_header(label: str, unit: str) -> str:
     """``label [unit]`` as plain text (the caller wraps it in :class:`rich.text.Text`, never markup:
     rich would take a lower-case ``[ns]`` for a style tag and drop it)."""
@@ -67,7 +82,7 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
         t = Table("role", "driver", "resource", title="instruments by role")
         for r, ic in cfg.roles().items():
             t.add_row(Text(r), Text(ic.driver), Text(ic.resource or "—"))
-        con.print(t)
+        print_table(con, t)  # whole at any width (review s36 F11)
         L = cfg.loop
         con.print(Text(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm; "
                        f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}, "
@@ -75,15 +90,15 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
         t = _table(CLIENT_COLUMNS)
         for c in cfg.clients:
             t.add_row(c.name, Text(c.randomness, style="bold red" if c.randomness == "seeded" else ""),
-                      seed_cell(c.randomness, c.seed), Text(str(c.intensities)), Text(str(c.intensity_probs)),
+                      seed_cell(c.randomness, c.seed), Text(intensities_cell(c.intensities)), Text(str(c.intensity_probs)),
                       f"{c.basis_x_prob:g}", f"{c.phase_modulator.v_pi_v:g}")
-        con.print(t)
-        con.print(Text(RANDOMNESS_NOTE), soft_wrap=True)
+        print_table(con, t)  # whole at any width (review s36 F11)
+        con.print(Text(RANDOMNESS_NOTE))  # wrapped at words, as every other line
         t = _table(DETECTOR_COLUMNS)
         for n, d in cfg.detectors.items():
             t.add_row(n, d.kind, f"{d.efficiency:g}", f"{d.dark_count_rate_hz:g}", f"{d.dead_time_ns:g}",
                       f"{d.afterpulse_prob:g}", f"{d.jitter_ps:g}")
-        con.print(t)
+        print_table(con, t)  # whole at any width (review s36 F11)
         con.print(Text(f"pairs (time-division, {cfg.schedule.slots_per_frame} slots per frame): "
                        + ", ".join(f"{a}-{b}" for a, b in cfg.pairs())))
 
@@ -121,7 +136,7 @@ def check(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> N
             t.add_row(Text(role), Text(r["driver"]), Text(r["resource"] or "—"),
                       Text("ok", style="green") if r["ok"] else Text("FAILED", style="red"),
                       Text(str(r["identity"] if r["ok"] else r.get("error", ""))))
-        con.print(t)
+        print_table(con, t)  # whole at any width (review s36 F11)
 
     emit(report, as_json, render)
     if not report["ok"]:
