@@ -199,8 +199,9 @@ def sign_spec(spec: FlowerSpec, signer: Any, *, valid_s: float, spec_id: str = "
 
 
 def spec_departures(signed: SignedSpec, spec: FlowerSpec) -> dict[str, tuple[Any, Any]]:
-    """The signed settings ``spec`` departs from: field → (the message's value, the signed value)."""
-    want, got = signed.settings, spec_settings(spec)
+    """The signed settings ``spec`` departs from: field → (the message's value, the signed value). A spec
+    signed before ``job_id`` existed names no job: the empty one (the nodes key its rounds by its spec ID)."""
+    want, got = {"job_id": "", **signed.settings}, spec_settings(spec)
     return {k: (got.get(k), want.get(k)) for k in sorted(set(want) | set(got)) if got.get(k) != want.get(k)}
 
 

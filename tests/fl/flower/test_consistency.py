@@ -351,3 +351,24 @@ def test_the_statement_binds_every_field() -> None:
                  ("dropped", []), ("name", "C2")):
         assert consistency_signed_bytes(**{**base, k: v}) != ref, k  # type: ignore[arg-type]
     assert ref.startswith(len(b"labqfl-fl-consistency/1").to_bytes(8, "big") + b"labqfl-fl-consistency/1")
+
+
+def test_a_spec_signed_before_the_job_id_existed_is_its_own_job(certs: dict[str, Path]) -> None:
+    import dataclasses
+
+    from labqfl.fl.flower.specsig import (
+        SignedSpec,
+        spec_departures,
+        spec_settings,
+        spec_signed_bytes,
+    )
+
+    op = _signer(certs, OPERATOR)
+    new = sign_spec(_spec(job_id=""), op, valid_s=600)
+    body = json.loads(new.body)
+    del body["spec"]["job_id"]  # what an older labqfl signed
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    old = SignedSpec(text, op.signature(spec_signed_bytes(text)), op.cert_pem)
+    assert spec_departures(old, old.spec()) == {} and old.spec().job_id == ""
+    assert spec_departures(old, dataclasses.replace(old.spec(), job_id="x")) == {"job_id": ("x", "")}
+    assert "job_id" in spec_settings(_spec())
