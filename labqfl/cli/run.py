@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from labqfl.cli.common import (
     CONFIG_OPTION,
@@ -176,9 +177,8 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     if t:
         con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
                   f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
-        from labqfl.cli.train import print_security
-
-        print_security(con, t.get("security"), "  ")
+        # wrapped at words as every other line (review s36 F16: the ~600-character statement ran past the terminal)
+        con.print(Text(f"  security: {t.get('security') or 'not stated (an older run)'}"))
         w = t.get("key_waits") or {}
         if w.get("rounds_waited"):
             con.print(f"  waited for key before {w['rounds_waited']} round(s) (first: round {w['first_wait_round']}): "
