@@ -82,7 +82,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.UsageError as exc:  # one line, as every other failure (not click's boxed usage)
         where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
-        click.echo(f"error: {exc.format_message()}{where}", err=True)
+        click.echo(f"error: {_usage_text(exc)}{where}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:  # Ctrl-C at a prompt or before a command's own handler runs
         click.echo("error: interrupted by user (Ctrl-C)", err=True)
@@ -95,6 +95,15 @@ def main() -> None:
     if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):  # objects an interrupt left half-built are collected at exit
         _quiet_half_built_objects()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_text(exc: click.UsageError) -> str:
+    """The message of a usage error, a suggestion said once: for a mistyped command typer writes its "Did you
+    mean …?" into the message and click ≥ 8.2 appends its own from the same possibilities (``NoSuchCommand``),
+    so ``labqfl staton`` printed "Did you mean 'station'? Did you mean 'station'?" (review s36 F19)."""
+    if "Did you mean" in exc.message and getattr(exc, "possibilities", None):
+        return exc.message
+    return exc.format_message()
 
 
 def _ignore(signum: int, frame: object) -> None:
