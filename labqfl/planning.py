@@ -155,6 +155,9 @@ class Plan:
     stops_at_round: int | None = None
     #: over node processes: their start-ups and stops (:data:`NODE_PROCESSES_S`), in ``total_wall_s``
     nodes_s: float = 0.0
+    #: of ``key_bits_per_pair_per_round``, the master's refs tag key over nodes (:data:`REFS_TAG_BITS
+    #: <labqfl.fl.flower.keys.REFS_TAG_BITS>`; 0 in process): the rest are the masks (review s36 F9)
+    refs_tag_bits_per_pair_per_round: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -313,6 +316,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
         rounds_sustained=sustained,
         estimates=_plan_estimates(task, distill_bps, cost, per_client, nodes),
         top_ups=top_ups, station_s=station, stops_at_round=stops_at, nodes_s=nodes_s,
+        refs_tag_bits_per_pair_per_round=need - int(secagg.key_bits_per_pair(n_params)),
     )
 
 

@@ -385,8 +385,11 @@ class TrainingSetup:
 
         s = self.settings
         out: dict[str, Any] = result.summary()
+        masks = int(self.secagg.key_bits_per_pair(self.n_words))
         out.update(
             key_cost_per_round=self.key_cost_per_round(),
+            # where a pair's bits of a round go (review s36 F9): the masks, and the refs tag key on the Flower engine
+            key_bits_per_pair_per_round_parts={"masks": masks, "refs_tag": self.key_bits_per_pair_per_round - masks},
             self_masks=({"enabled": True, "threshold": self.share_threshold, "share_field_prime": share_prime(s.q),
                          "randomness": SELF_MASK_RANDOMNESS} if s.self_masks else {"enabled": False}),
             clients=len(self.names), q=s.q, rounds_requested=s.rounds, seed=s.seed, loss=self.model.loss_name,

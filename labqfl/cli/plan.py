@@ -34,8 +34,9 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
     con.print(Text(f"plan: {plan.task} ({plan.n_params} parameters), {plan.clients} clients, q = {plan.q}, "
                    f"{plan.rounds} rounds, graph {plan.graph}{f' k={plan.k}' if plan.graph == 'ring-k' else ''}"
                    f"{', self-masks' if plan.self_masks else ''} on {plan.station}", style="bold"))
-    con.print(Text(f"key per graph pair and round: {plan.key_bits_per_pair_per_round:,} bits; per round, all "
-                   f"{len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
+    con.print(Text(f"key per graph pair and round: {plan.key_bits_per_pair_per_round:,} bits "
+                   f"({key_breakdown(plan.key_bits_per_pair_per_round, plan.refs_tag_bits_per_pair_per_round)}); "
+                   f"per round, all {len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
     t = Table("pair", "share", "loss [dB]", "block [slots]", "key rate [bit/s]", "need/round [bit]",
               "acquisition/round [s]", "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
     slowest = sorted(plan.pairs.values(), key=lambda p: (math.isfinite(p.acquisition_s_per_round),
@@ -67,6 +68,15 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                        "acquisition the rounds need", style="yellow"))
     for what, how in plan.estimates.items():
         con.print(Text(f"  {what}: {how}", style="dim"))
+
+
+def key_breakdown(per_pair: int, refs_tag: int) -> str:
+    """Where a pair's key bits of a round go (review s36 F9: ``train`` and ``run`` spent 192 and 448 for one
+    task): "192 masks + 256 refs tag key over nodes (docs/secure_aggregation.md §9)", or "masks only" where
+    the engine spends no refs tag key (in process)."""
+    if not refs_tag:
+        return "masks only: in process, no refs tag key"
+    return (f"{per_pair - refs_tag:,} masks + {refs_tag:,} refs tag key over nodes, docs/secure_aggregation.md §9")
 
 
 def _render_waits(con: Any, plan: Any) -> None:

@@ -157,6 +157,21 @@ def _checked_station(config: Path | None, duration: float, engine: str, block_bi
     return cfg
 
 
+def _key_use_parts(train: dict[str, Any]) -> str:
+    """Where a pair's key of a round went (review s36 F9: ``train`` said 192 bits, ``run`` 448, for one task):
+    "; per pair and round 192 masks + 256 refs tag key" over nodes (the Flower rounds' ``tag_bits_per_pair``),
+    "; per pair and round 192, masks only" in process; "" where the metrics do not say."""
+    rounds = train.get("rounds") or []
+    per_pair = rounds[-1].get("key_bits_per_pair") if rounds else None
+    if not isinstance(per_pair, int):
+        return ""
+    tags = [r.get("tag_bits_per_pair") for r in (train.get("nodes") or {}).get("flower") or []]
+    tag = tags[-1] if tags and isinstance(tags[-1], int) else 0
+    if tag:
+        return f"; per pair and round {per_pair - tag:,} masks + {tag:,} refs tag key, docs/secure_aggregation.md §9"
+    return f"; per pair and round {per_pair:,}, masks only"
+
+
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     con.print(f"[bold]labqfl run[/] {escape(str(metrics['run']))} — {escape(str(metrics['status']))}", markup=True)
     acq = metrics.get("acquisition") or {}
@@ -176,7 +191,8 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
     t = metrics.get("train") or {}
     if t:
         con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
-                  f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']})")
+                  f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']}"
+                  f"{_key_use_parts(t)})")
         # wrapped at words as every other line (review s36 F16: the ~600-character statement ran past the terminal)
         con.print(Text(f"  security: {t.get('security') or 'not stated (an older run)'}"))
         w = t.get("key_waits") or {}

@@ -202,11 +202,28 @@ def saving_text(saving: float) -> str:
     return f"−{pct} %" if pct > 0 else f"+{-pct} %" if pct < 0 else "±0 %"
 
 
+def _parts_text(summary: dict[str, Any]) -> str:
+    """Where a pair's bits of a round go (review s36 F9: ``train`` spent 192 where ``run`` spent 448 for one task):
+    " (masks 192 + refs tag key 256 …)" on the Flower engine with QKD keys, " (masks only: …)" else."""
+    parts = summary.get("key_bits_per_pair_per_round_parts")
+    if not parts:
+        return ""
+    if parts["refs_tag"]:
+        return (f" ({parts['masks']:,} masks + {parts['refs_tag']:,} refs tag key, docs/secure_aggregation.md "
+                "§9)")
+    if summary["key_source"] != "qkd":
+        return ""
+    from labqfl.fl.flower.keys import REFS_TAG_BITS
+
+    return (" (masks only: the local engine spends no refs tag key; over nodes, as labqfl run, each pair adds "
+            f"{REFS_TAG_BITS} per round)")
+
+
 def render_training(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
     con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
               f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})", markup=True)
-    con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}; "
+    con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}{_parts_text(summary)}; "
               f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
               f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
               f"{saving_text(summary['communication_saving'])})")
