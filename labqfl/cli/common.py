@@ -160,25 +160,40 @@ EC_ENGINE_HELP = ("Error correction: cascade (default; leaks f ≈ 1.03–1.07 �
                   "22–50 % less key, and 1.13–1.22 at 1–8 %).")
 
 
+#: Why a pair gave no key when every block of it was skipped: the recording was distilled into these stores before
+ALREADY_DISTILLED = ("already distilled into these stores by an earlier run of this recording: its key is there "
+                     "(`labqfl keys status`), or its raw bits were spent; nothing new to store")
+
+
 def _why_no_key(d: dict[str, Any]) -> str:
-    """One line: why a pair gave no key (its failure, else its first abort reason)."""
+    """One line: why a pair gave no key (its failure, else its first abort reason, else its skipped blocks). No
+    count of the pair's own is in it where all its blocks were skipped, so that pairs with one reason group."""
     reasons = list(d.get("abort_reasons") or [])
     skipped = int(d.get("skipped_blocks") or 0)  # a recording distilled again (docs review s34 L3: the line said no more)
-    again = (f"; {skipped} block(s) skipped: already distilled by an earlier run of this recording into these "
-             "stores (its key is there, or its raw bits were spent)") if skipped else ""
-    why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or f"no block distilled " \
-        f"({int(d.get('sifted_bits') or 0):,} sifted bits{again})"
+    why = str(d.get("failed") or "") or (reasons[0] if reasons else "") or (
+        ALREADY_DISTILLED if skipped else f"no block distilled ({int(d.get('sifted_bits') or 0):,} sifted bits)")
     more = len(reasons) - (0 if d.get("failed") else 1)
     return " ".join(why.split()) + (f" (+{more} more block(s) aborted)" if more > 0 else "")
 
 
+def _grouped(why: dict[str, str], n_pairs: int) -> str:
+    """``pair: reason`` items, the pairs of one reason named once before it ("C1-C2, C1-C3: …"; "all 6 pairs
+    (C1-C2, …): …"); review s36 F21: a second ``distill`` of a recording repeated one 200-character reason 6×."""
+    groups: dict[str, list[str]] = {}
+    for pair, reason in why.items():
+        groups.setdefault(reason, []).append(pair)
+    return "; ".join((f"all {n_pairs} pairs ({', '.join(pairs)})" if len(pairs) == n_pairs > 1 else ", ".join(pairs))
+                     + f": {reason}" for reason, pairs in groups.items())
+
+
 def judge_key(out: dict[str, Any]) -> None:
     """Judge a distillation's summary ``out`` (its ``pairs``: name → ``final_key_bits``, ``abort_reasons``,
-    ``failed``): no pair with key → ``out["error"] = "no pair produced key: <pair: reason; …>"``; some pairs
-    without → ``out["warning"]``. The caller emits ``out`` and then calls :func:`key_verdict_exit`."""
+    ``failed``): no pair with key → ``out["error"] = "no pair produced key: <pairs: reason; …>"``; some pairs
+    without → ``out["warning"]``. The pairs of one reason are named together, the reason once. The caller emits
+    ``out`` and then calls :func:`key_verdict_exit`."""
     pairs = out["pairs"]
     none = {p: _why_no_key(d) for p, d in pairs.items() if not d["final_key_bits"]}
-    listed = "; ".join(f"{p}: {why}" for p, why in none.items())
+    listed = _grouped(none, len(pairs))
     if none and len(none) == len(pairs):
         out["error"] = f"no pair produced key: {listed}"
     elif none:

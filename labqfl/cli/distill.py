@@ -257,6 +257,11 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     if skipped:
         con.print("skipped, distilled by an earlier run of this recording (its key is in the stores, or its raw "
                   "bits were spent): " + ", ".join(f"{k} {n} block(s)" for k, n in skipped.items()))
+    if (stored := data.get("provenance")) is not None and not stored["blocks"]:
+        # review s36 F21: "key provenance (blocks stored …: none): no key block stored: nothing is claimed" was cryptic
+        con.print("key provenance: this run stored no key block, so it makes no claim about any key (what the keys "
+                  "already in the stores rest on: `labqfl keys status`)", markup=False)
+        data = {**data, "provenance": None}  # nothing more to state
     if (pv := data.get("provenance")) is not None:  # (a summary written before review s33 has none)
         blocks = ", ".join(f"{k} {n}" for k, n in pv["blocks"].items()) or "none"
         refills = pv.get("auth_refill_blocks")

@@ -11,9 +11,9 @@ def test_a_recording_distilled_again_names_the_earlier_run() -> None:
     out = {"pairs": {"C1-C2": {"final_key_bits": 0, "abort_reasons": [], "sifted_bits": 457_611,
                                "skipped_blocks": 3}}}
     judge_key(out)
-    assert out["error"] == ("no pair produced key: C1-C2: no block distilled (457,611 sifted bits; 3 block(s) "
-                            "skipped: already distilled by an earlier run of this recording into these stores (its "
-                            "key is there, or its raw bits were spent))")
+    assert out["error"] == ("no pair produced key: C1-C2: already distilled into these stores by an earlier run of "
+                            "this recording: its key is there (`labqfl keys status`), or its raw bits were spent; "
+                            "nothing new to store")
 
 
 def test_a_pair_without_skipped_blocks_reads_as_before() -> None:
