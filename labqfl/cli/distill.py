@@ -47,7 +47,7 @@ RATE_NOTE = (
 
 @handle_errors
 def distill(
-    recording: Path | None = typer.Argument(None, help="HDF5 recording (from `labqfl acquire --out`)", dir_okay=False),
+    recording: Path | None = typer.Argument(None, help="HDF5 recording (from `labqfl acquire --out`)"),
     live: bool = typer.Option(False, "--live", help="Acquire live from the station (simulated by default)."),
     duration: float = typer.Option(1.0, "--duration", "-d", help="Live acquisition time [s]."),
     config: Path | None = typer.Option(
@@ -82,6 +82,8 @@ def distill(
         raise fail("give either a RECORDING.h5 or --live (not both, not neither)")
     if live:
         check_duration(duration)
+    else:
+        _check_not_a_run_output(recording)
     check_runs_dir(out)  # before a live acquisition, not after it (CLI review s32 L10)
     try:
         options = DistillOptions(engine=engine, block_bits=block_bits, bootstrap_auth=not no_auth_bootstrap)
@@ -120,6 +122,31 @@ def distill(
     run.close()
     emit(data, as_json, lambda con: _render(con, data, plan, settings))
     key_verdict_exit(data)
+
+
+def _check_not_a_run_output(path: Path | None) -> None:
+    """Refuse a folder (a run folder) or a file that is not HDF5 and not named as a recording (a run's
+    ``metrics.json``) in one line saying what ``distill`` reads and, where the folder holds one, which recording
+    to give (review s36 F20: click said only "is a directory", and a metrics.json "file signature not found").
+    A ``.h5`` file that is not HDF5 is left to :func:`labqfl.station.open_recording`'s "corrupt or truncated"."""
+    if path is None or not path.exists():
+        return
+    wants = "distill reads an HDF5 recording written by `labqfl acquire --out FILE.h5`"
+    folder = path if path.is_dir() else path.parent
+    found = sorted(folder.glob("*.h5")) + sorted(folder.glob("*.hdf5"))
+    run_folder = (folder / "metrics.json").is_file()
+    here = (f"; this folder holds {'one' if len(found) == 1 else len(found)}: `labqfl distill {found[0]}`"
+            + (" …" if len(found) > 1 else "")) if found else \
+        " (a run folder holds no recording: the keys of `labqfl run` are in the stores already, see `labqfl keys " \
+        "status`)" if run_folder else ""
+    if path.is_dir():
+        raise fail(f"{path} is a folder, not a recording; {wants}{here}")
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        import h5py
+
+        if not h5py.is_hdf5(str(path)):
+            what = "a run's summary" if path.name == "metrics.json" else "not an HDF5 file"
+            raise fail(f"{path} is not a recording ({what}); {wants}{here}")
 
 
 class _Source:
