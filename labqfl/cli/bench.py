@@ -28,7 +28,9 @@ def bench(
     if list_only:
         def render_list(con):  # type: ignore[no-untyped-def]
             for n, e in reg.items():
-                con.print(f"[bold]{escape(n)}[/]: {escape(e.description)}  [dim]{escape(e.target)}[/]", markup=True)
+                # the target on a line of its own, named (review s36 F27: it ran on from the description)
+                con.print(f"[bold]{escape(n)}[/]: {escape(e.description)}", markup=True)
+                con.print(Text(f"  target: {e.target}"))
 
         emit({"benchmarks": {n: {"description": e.description, "target": e.target} for n, e in reg.items()}},
              as_json, render_list)
