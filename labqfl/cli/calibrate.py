@@ -53,7 +53,30 @@ def _fmt(q: dict[str, Any]) -> tuple[str, str, str, str]:
     v, e = q["value"], q["uncertainty"]
     true = q.get("true")
     pull = "" if true is None or not e > 0 else f"{(v - true) / e:+.1f}σ"
-    return f"{v:.6g}", f"{e:.2g}", q["unit"] or "—", ("—" if true is None else f"{true:.6g}  ({pull})")
+    d = _decimals(e)
+    sigma = f"{e:.2g}" if d is None else f"{e:.{d}f}"  # "0.0090", not "0.009", beside a value to 4 decimals
+    return rounded_to(v, e), sigma, q["unit"] or "—", ("—" if true is None else f"{true:.6g}  ({pull})")
+
+
+def _decimals(sigma: float) -> int | None:
+    """The decimals of an uncertainty at two significant digits (0 from 10 on), None if it is not finite and
+    positive."""
+    import math
+
+    if not (math.isfinite(sigma) and sigma > 0):
+        return None
+    return max(0, 1 - math.floor(math.log10(float(f"{sigma:.2g}"))))
+
+
+def rounded_to(value: float, sigma: float) -> str:
+    """``value`` to the last decimal of its 1σ uncertainty at two significant digits, as the σ column shows it
+    (the GUM's convention, JCGM 100:2008 §7.2.6): -0.0158694 ± 0.0077 → "-0.0159", 49.7713 ± 4.4 → "49.8",
+    29.9878 ± 0.010 → "29.988" (review s36 F22: six digits beside a two-digit σ); an uncertainty of 10 or more
+    rounds to the unit; no finite positive uncertainty: six significant digits."""
+    import math
+
+    d = _decimals(sigma)
+    return f"{value:.6g}" if d is None or not math.isfinite(value) else f"{value:.{d}f}"
 
 
 def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
@@ -72,7 +95,7 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
 
     # each step's line stays on screen only with -v (info); without it the spinner shows the current step
     step_lines = not as_json and logging.getLogger("labqfl").isEnabledFor(logging.INFO)
-    with progress_bar(True) as prog:
+    with progress_bar(True, percent=True) as prog:  # no total: no "0/?" count (review s36 F22), the bar pulses
         task = prog.add_task(f"calibrate {group}", total=None)
 
         def progress(msg: str) -> None:
@@ -82,7 +105,7 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
 
         outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
                                   make_plots=plots, base_dir=base_dir, **kw)
-        prog.update(task, description=f"calibrate {group}: done")
+        prog.update(task, description=f"calibrate {group}: done", total=1, completed=1)
     if not outcome.report.results:  # every procedure failed: no calibrated station file (review s33 L8)
         reasons = "; ".join(f"{name}: {msg}" for name, msg in outcome.failures.items())
         raise fail(f"calibration {group}: all {len(outcome.failures)} procedure(s) failed ({reasons}); nothing "
