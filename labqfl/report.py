@@ -449,7 +449,10 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
         parts.append("<h2>Federated training</h2>")
         parts.append(_table([{**train, "acc_pct": _pct(train.get("final_test_accuracy"))}], [
             ("task", "task"), ("clients", "clients"), ("q", "q [bits]"), ("rounds_run", "rounds"),
-            ("acc_pct", "final test accuracy [%]"), ("key_bits_total", "key bits used"),
+            ("acc_pct", "final test accuracy [%]"),
+            # CSPRNG masks use no QKD key (review s36 F18)
+            ("key_bits_total", "key bits used" if train.get("key_source", "qkd") == "qkd"
+             else "mask bits (CSPRNG, no QKD key used)"),
             ("upload_bits_per_client", "upload bits/client/round"),
             ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
         if train.get("security"):

@@ -29,6 +29,22 @@ from PySide6.QtWidgets import (
 )
 
 
+def key_plot_title(keys: str) -> str:
+    """The key plot's title for mask keys ``keys``: CSPRNG masks use no QKD key (review s36 F18)."""
+    return ("Key consumption (QKD mask key, all pairs)" if keys == "qkd"
+            else "Mask bits drawn (CSPRNG masks, no QKD key used; all pairs)")
+
+
+def bits_text(keys: str, bits: int) -> str:
+    """``bits`` of a round as the status line says them: QKD key, or CSPRNG mask bits (review s36 F18)."""
+    return f"{fmt_bits(bits)} {'key' if keys == 'qkd' else 'CSPRNG mask bits'}"
+
+
+def used_text(keys: str, bits: int) -> str:
+    """A finished run's bits: "key used …" with QKD keys; CSPRNG masks say no QKD key was used (review s36 F18)."""
+    return f"key used {fmt_bits(bits)}" if keys == "qkd" else f"CSPRNG mask bits {fmt_bits(bits)} (no QKD key used)"
+
+
 class TrainingPanel(QWidget):
     """Federated training: options, accuracy and loss per round, key consumption, clients."""
 
@@ -51,6 +67,8 @@ class TrainingPanel(QWidget):
         self._pool_provenance: dict[str, dict[str, Any]] | None = None
         #: the statement of the run shown (None: no run yet; the mask keys chosen are described instead)
         self._run_security: str | None = None
+        #: the mask keys of the run shown ("qkd" | "csprng"): what its bits are called (review s36 F18)
+        self._run_keys = self.keys.currentText()
         ctl.trainingStarted.connect(self._on_started)
         ctl.trainingRound.connect(self._on_round)
         ctl.trainingFinished.connect(self._on_finished)
@@ -183,7 +201,7 @@ class TrainingPanel(QWidget):
         self.loss_plot.getPlotItem().getAxis("left").enableAutoSIPrefix(False)
         self.test_loss_curve = plots.MarkedCurve(self.loss_plot, plots.pen(1), plots.colour(1), size=6, name="test")
         self.train_loss_curve = self.loss_plot.plot(name="train (clients' mean)", pen=plots.pen(2, dashed=True))
-        self.key_plot = plots.make_plot("Key consumption (mask key, all pairs)", "key", "bit", bottom="round",
+        self.key_plot = plots.make_plot(key_plot_title(self.keys.currentText()), "key", "bit", bottom="round",
                                         bottom_units=None)
         self.key_bars = pg.BarGraphItem(x=[], height=[], width=0.6, brush=plots.colour(4), pen=None, name="per round")
         self.key_plot.addItem(self.key_bars)
@@ -250,6 +268,10 @@ class TrainingPanel(QWidget):
         self.train_loss_curve.setData([], [])
         self.key_cum.setData([], [])
         self.key_bars.setOpts(x=[], height=[])
+        self._run_keys = str(info["keys"])
+        self.key_plot.getPlotItem().setTitle(
+            f"<span style='font-size:11pt; font-weight:600'>{key_plot_title(self._run_keys)}</span>")
+        self.key_plot.getPlotItem().setLabel("left", "key" if self._run_keys == "qkd" else "mask bits", units="bit")
         self.summary.setText(f"<b>{info['task']}</b> · model {info['model']} ({info['n_params']} parameters) · "
                              f"q = {info['q']} · keys: {info['keys']} · {len(info['pairs'])} key pairs")
         self._run_security = info.get("security")
@@ -287,7 +309,7 @@ class TrainingPanel(QWidget):
         self._last_avail = dict(avail)
         extra = f" · key left (min over pairs) {fmt_bits(min(avail.values()))}" if avail else ""
         self.status.setText(f"round {m['round']}: accuracy {100 * m['test_accuracy']:.1f} %, test loss {m['test_loss']:.4f}, "
-                            f"{fmt_bits(m['key_bits_per_pair'])} per pair{extra}")
+                            f"{bits_text(self._run_keys, m['key_bits_per_pair'])} per pair{extra}")
 
     def _on_finished(self, s: dict[str, Any]) -> None:
         if s.get("security"):
@@ -299,7 +321,7 @@ class TrainingPanel(QWidget):
         left = (f" · key left (min over pairs) {fmt_bits(min(self._last_avail.values()))}"
                 if self._last_avail else "")
         self.status.setText(f"finished: accuracy {100 * s['final_test_accuracy']:.1f} % "
-                            f"(from {100 * s['initial_test_accuracy']:.1f} %), key used {fmt_bits(s['key_bits_total'])}"
+                            f"(from {100 * s['initial_test_accuracy']:.1f} %), {used_text(self._run_keys, s['key_bits_total'])}"
                             + left)
 
     @property

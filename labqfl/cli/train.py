@@ -202,6 +202,10 @@ def saving_text(saving: float) -> str:
     return f"−{pct} %" if pct > 0 else f"+{-pct} %" if pct < 0 else "±0 %"
 
 
+#: What a CSPRNG-mask run's bits are (review s36 F18: they were called "key bits" though no QKD key is used).
+CSPRNG_NO_KEY = "CSPRNG masks, no QKD key used"
+
+
 def _parts_text(summary: dict[str, Any]) -> str:
     """Where a pair's bits of a round go (review s36 F9: ``train`` spent 192 where ``run`` spent 448 for one task):
     " (masks 192 + refs tag key 256 …)" on the Flower engine with QKD keys, " (masks only: …)" else."""
@@ -223,12 +227,14 @@ def render_training(con: Any, summary: dict[str, Any]) -> None:
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
     con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
               f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})", markup=True)
-    con.print(f"key bits per pair per round {summary['key_bits_per_pair_per_round']:,}{_parts_text(summary)}; "
+    qkd = summary["key_source"] == "qkd"
+    bits = "key bits" if qkd else f"mask bits ({CSPRNG_NO_KEY})"  # review s36 F18: no QKD key is used then
+    con.print(f"{bits} per pair per round {summary['key_bits_per_pair_per_round']:,}{_parts_text(summary)}; "
               f"total {summary['key_bits_total']:,}; upload {summary['upload_bits_per_client_per_round']:,} bits/client/round "
               f"(float32 {summary['baseline_upload_bits_per_client_per_round']:,}, "
               f"{saving_text(summary['communication_saving'])})")
     kc = summary["key_cost_per_round"]
-    con.print(f"key per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
+    con.print(f"{'key' if qkd else 'mask bits'} per round {kc['key_bits_total']:,} bits ({kc['pairs']} pairs"
               + (f", self-mask share pads {kc['share_pad_key_bits']:,}" if summary["self_masks"]["enabled"] else "")
               + f"); the paper's all-pairs scheme: {kc['paper_all_pairs_key_bits']:,} bits "
               f"(×{kc['ratio_to_paper_all_pairs']:.2f})")
