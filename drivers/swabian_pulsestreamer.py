@@ -51,10 +51,11 @@ per slot: 0.9 GB/s at 100 MHz, far above gigabit Ethernet (~0.12 GB/s raw). Cont
 modulation is therefore possible only up to ~10 M slots/s; at higher rates the streamer interleaves
 dark frames (``options.dark_frames_between = n``: ``n`` dark frames, one step each, after every fresh
 one; :class:`labqfl.modulation.ClientStreams` passes it to ``ModulationStreamer``) so the average
-upload fits the link. :func:`link_load_bytes_per_s` is that average; a station whose load exceeds
-``options.link_bytes_per_s`` (default 10^8 B/s, gigabit Ethernet less overhead) is refused when it
-is loaded, naming the ``dark_frames_between`` it needs (9 at 100 MHz with 65536-slot frames). Dark
-frames carry no marker and are recorded lost by the client, so they are never key slots.
+upload fits the link. :func:`labqfl.config.link_load_bytes_per_s` is that average; a station whose
+load exceeds ``options.link_bytes_per_s`` (default 10^8 B/s, gigabit Ethernet less overhead) is refused
+when it is loaded (:func:`labqfl.config.check_link_loads`), naming the ``dark_frames_between`` it needs
+(9 at 100 MHz with 65536-slot frames). Dark frames carry no marker and are recorded lost by the
+client, so they are never key slots.
 
 **Clock and trigger.** ``selectClock(ClockSource.EXT_10MHZ)`` locks the instrument to the station's
 shared 10 MHz reference (``[sync] pattern_generator_reference = "external"``; ``INTERNAL``
@@ -84,7 +85,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
+from labqfl.config import (
+    LINK_BYTES_PER_S,
+    STREAMED_STEP_BYTES,
+    DriverOptions,
+    InstrumentConfig,
+    StationConfig,
+)
 from labqfl.errors import InstrumentError, LabqflError
 from labqfl.instruments.interfaces import ModulationFrame, PatternGenerator, PulseGenerator
 from labqfl.instruments.settings import Rejected, rule
@@ -100,9 +107,7 @@ MAX_UPLOAD_STEPS = 1_000_000
 #: Largest step duration on the wire (``<I`` ticks).
 MAX_STEP_NS = 0xFFFFFFFF
 #: Bytes of one step on the wire: ``struct.calcsize('<IBhh')`` (``PulseStreamerBase.enc_binary``).
-STEP_BYTES = 9
-#: Default link budget [B/s]: gigabit Ethernet (1.25e8 B/s raw) less protocol overhead.
-LINK_BYTES_PER_S = 1e8
+STEP_BYTES = STREAMED_STEP_BYTES["SwabianPulseStreamer"]
 SDK_HINT = ("the Pulse Streamer client 'pulsestreamer' is not installed; install it with "
             "pip install 'labqfl[hardware]' (or pip install pulsestreamer)")
 
@@ -113,26 +118,6 @@ def load_client() -> ModuleType:
         return importlib.import_module("pulsestreamer")
     except ImportError:
         raise LabqflError(SDK_HINT) from None
-
-
-def link_load_bytes_per_s(slot_rate_hz: float, frame_slots: int, dark_frames_between: int) -> float:
-    """Average bytes per second a client's uploads need (module docstring, "Bandwidth"): per cycle of one
-    fresh frame (up to one :data:`STEP_BYTES` step per slot) and ``dark_frames_between`` dark frames (one
-    step each), over the cycle's ``(n + 1)·frame_slots`` slots."""
-    f, n = int(frame_slots), int(dark_frames_between)
-    return float(slot_rate_hz) * STEP_BYTES * (f + n) / ((n + 1) * f)
-
-
-def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: float) -> int | None:
-    """The smallest ``dark_frames_between`` whose :func:`link_load_bytes_per_s` fits the link; None when
-    none does (one dark step per frame alone exceeds it)."""
-    f, rate, budget = int(frame_slots), float(slot_rate_hz), float(link_bytes_per_s)
-    if budget * f <= STEP_BYTES * rate:
-        return None
-    n = max(0, int(np.ceil(f * (STEP_BYTES * rate - budget) / (budget * f - STEP_BYTES * rate))))
-    while link_load_bytes_per_s(rate, f, n) > budget:  # floating-point guard
-        n += 1
-    return n
 
 
 class _PulseStreamerCommon(DriverDeclaration):
@@ -236,21 +221,6 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
     """A client's pattern generator on a Pulse Streamer 8/2 (see the module docstring)."""
 
     Options = SwabianPulseStreamerOptions
-
-    @classmethod
-    def station_load_error(cls, options: SwabianPulseStreamerOptions, station: StationConfig) -> str | None:
-        """Why the station's fresh frames cannot reach this generator over its link (field and the value it
-        needs), or None when the average upload fits ``options.link_bytes_per_s`` (module docstring)."""
-        rate, f = station.laser.rep_rate_hz, station.time_tagger.frame_slots
-        load = link_load_bytes_per_s(rate, f, options.dark_frames_between)
-        if load <= options.link_bytes_per_s:
-            return None
-        need = dark_frames_needed(rate, f, options.link_bytes_per_s)
-        fix = (f"expected dark_frames_between >= {need} (1 fresh frame in {need + 1})" if need is not None else
-               "no duty cycle fits; expected a faster link or a lower slot rate")
-        return (f"the uploads at {rate:g} slots/s need {load:.3g} B/s ({STEP_BYTES} B per step, up to one step per "
-                f"fresh slot) but options.link_bytes_per_s is {options.link_bytes_per_s:.3g} B/s; {fix}; "
-                f"got {options.dark_frames_between}")
 
     def __init__(self, name: str, config: InstrumentConfig, *, client: ModuleType | None = None) -> None:
         PatternGenerator.__init__(self, name, config.resource or "")

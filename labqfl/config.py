@@ -79,6 +79,12 @@ _RESOURCELESS_DRIVERS = {"SwabianTimeTagger"}
 # their client needs a pattern_generator role to carry its per-slot randomness.
 _PHASE_DRIVERS_NEEDING_A_GENERATOR = {"Keysight33500B": "replays one fixed waveform",
                                       "GenericBitDrivenPhaseModulator": "takes its phase bits from a pattern generator"}
+#: Bytes per sequence step on the wire, per pattern-generator driver fed run-length encoded steps over a
+#: network link: the Pulse Streamer's vendor client packs '<' + n*'IBhh' (duration, digital mask, a0, a1;
+#: PulseStreamerBase.enc_binary, pulsestreamer 2.1.2). Used by :func:`check_link_loads`.
+STREAMED_STEP_BYTES = {"SwabianPulseStreamer": 9}
+#: Default link budget [B/s] of such a generator: gigabit Ethernet (1.25e8 B/s raw) less protocol overhead.
+LINK_BYTES_PER_S = 1e8
 
 
 class LaserConfig(InstrumentConfig):
@@ -741,24 +747,52 @@ def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> Statio
     return cfg
 
 
-def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
-    """Refuse a station whose clients' fresh frames cannot reach their pattern generators: a driver that
-    declares ``station_load_error(options, station)`` (the Pulse Streamer: slot rate x 9 B per step x
-    fresh fraction against ``options.link_bytes_per_s``) names the ``options.dark_frames_between`` it
-    needs. Emulated generators are checked too: they stand for the instrument on its link."""
-    from labqfl.drivers import DRIVERS
+def link_load_bytes_per_s(slot_rate_hz: float, frame_slots: int, dark_frames_between: int,
+                          step_bytes: int = 9) -> float:
+    """Average bytes per second a client's uploads need: per cycle of one fresh frame (up to one step of
+    ``step_bytes`` per slot: random levels change nearly every slot) and ``dark_frames_between`` dark frames
+    (one step each), over the cycle's ``(n + 1)·frame_slots`` slots."""
+    f, n = int(frame_slots), int(dark_frames_between)
+    return float(slot_rate_hz) * step_bytes * (f + n) / ((n + 1) * f)
 
+
+def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: float, step_bytes: int = 9) -> int | None:
+    """The smallest ``dark_frames_between`` whose :func:`link_load_bytes_per_s` fits the link; None when none
+    does (one dark step per frame alone exceeds it)."""
+    f, rate, budget = int(frame_slots), float(slot_rate_hz), float(link_bytes_per_s)
+    if budget * f <= step_bytes * rate:
+        return None
+    n = max(0, math.ceil(f * (step_bytes * rate - budget) / (budget * f - step_bytes * rate)))
+    while link_load_bytes_per_s(rate, f, n, step_bytes) > budget:  # floating-point guard
+        n += 1
+    return n
+
+
+def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
+    """Refuse a station whose clients' fresh frames cannot reach their pattern generators: for a generator
+    fed run-length encoded steps over a network link (:data:`STREAMED_STEP_BYTES`), slot rate x bytes per
+    step x fresh fraction (+ one step per dark frame) must fit ``options.link_bytes_per_s`` (default
+    :data:`LINK_BYTES_PER_S`); the one-line error names ``options.dark_frames_between`` and the value it
+    needs. Emulated generators are checked too: they stand for the instrument on its link. Called after the
+    driver validated the options (:func:`parse_station_config`)."""
+    rate, f = cfg.laser.rep_rate_hz, cfg.time_tagger.frame_slots
     for k, c in enumerate(cfg.clients):
         pg = c.pattern_generator
-        cls = None if pg is None or pg.simulated else DRIVERS.get(pg.driver)
-        check = getattr(cls, "station_load_error", None)
-        if pg is None or cls is None or check is None:
+        step = None if pg is None or pg.simulated else STREAMED_STEP_BYTES.get(pg.driver)
+        if pg is None or step is None:
             continue
-        role = f"{c.name}.pattern_generator"
-        why = check(cls.parse_options(role, pg), cfg)
-        if why:
-            raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' "
-                              f"(role {role}): {why}")
+        n = int(pg.options.get("dark_frames_between", 0))
+        budget = float(pg.options.get("link_bytes_per_s", LINK_BYTES_PER_S))
+        load = link_load_bytes_per_s(rate, f, n, step)
+        if load <= budget:
+            continue
+        need = dark_frames_needed(rate, f, budget, step)
+        fix = (f"expected dark_frames_between >= {need} (1 fresh frame in {need + 1})" if need is not None else
+               "no duty cycle fits; expected a faster link or a lower slot rate")
+        raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role "
+                          f"{c.name}.pattern_generator): the uploads at {rate:g} slots/s need {load:.3g} B/s ({step} B "
+                          f"per step, up to one step per fresh slot) but options.link_bytes_per_s is {budget:.3g} B/s; "
+                          f"{fix}; got {n}")
 
 
 def require_pattern_generators(cfg: StationConfig, source: str = "station") -> None:
