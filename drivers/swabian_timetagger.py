@@ -52,7 +52,8 @@ to getData()", when the stream ends with it). Each full buffer is counted in
 :attr:`SwabianTimeTagger.last_stream_buffer_full`; the first one of a stream logs a warning.
 
 Configuration (station ``[time_tagger]``): channels ``sync_channel``, ``detector_channels`` and
-``marker_channel``; at open the driver applies ``trigger_level_v`` to every channel,
+``marker_channel``; at open the driver applies ``trigger_levels_v`` per channel name (the others
+``trigger_level_v``; each inside the model's trigger level range, :data:`TRIGGER_LEVEL_RANGE_V`),
 ``input_delays_ps``, ``sync_divider``, the reference clock, ``dead_times_ps`` and the conditional
 filter (channel names ``sync``, ``D0``, ``D1``, ``marker``). ``options.serial`` picks one tagger.
 """
@@ -82,6 +83,9 @@ INPUT_CHANNELS = tuple(c for c in range(-18, 19) if c != 0)
 EVENT_DIVIDER = (1, 65_535)
 #: setDeadtime: minimum 2 ns (Ultra) / 1.333 ns (X) / 6 ns (TT20); maximum 2147 µs (Ultra).
 DEAD_TIME_PS = (1_333, 2_147_000_000)
+#: Trigger level range [V] per model, matched on the start of getModel() (Time Tagger user manual,
+#: "Hardware", "Electrical characteristics": Time Tagger 20 0.0 to 2.5 V, Ultra -2.5 to 2.5 V, X -1 to 1 V).
+TRIGGER_LEVEL_RANGE_V = {"Time Tagger 20": (0.0, 2.5), "Time Tagger Ultra": (-2.5, 2.5), "Time Tagger X": (-1.0, 1.0)}
 #: n_max_events of TimeTagStream: the host buffer between two getData() calls (4.5 s at 2.2 M tags/s).
 STREAM_BUFFER_EVENTS = 10_000_000
 #: Reference-clock time constant passed to setReferenceClock [s] (the SDK's default, 1 ms).
@@ -122,7 +126,8 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
-        return {"trigger_level_v": cls.trigger_levels_v.limits(), "input_delays_ps": cls.input_delays_ps.limits(),
+        return {"trigger_level_v": cls.trigger_levels_v.limits(), "trigger_levels_v": cls.trigger_levels_v.limits(),
+                "input_delays_ps": cls.input_delays_ps.limits(),
                 "sync_divider": cls.event_dividers.limits(), "reference_clock_divider": cls.event_dividers.limits(),
                 "dead_times_ps": cls.dead_times_ps.limits()}
 
@@ -179,12 +184,11 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
     def _apply_config(self) -> None:
         """Write the station's tagger settings (see the module docstring, "Configuration")."""
         cfg = self.config
-        level = float(getattr(cfg, "trigger_level_v", 0.5))
         names = dict(self.channel_names)
         ref_ch = getattr(cfg, "reference_clock_channel", None)
         trig = [self._named("conditional_filter_trigger", n) for n in getattr(cfg, "conditional_filter_trigger", [])]
         filt = [self._named("conditional_filter_filtered", n) for n in getattr(cfg, "conditional_filter_filtered", [])]
-        self.trigger_levels_v = dict.fromkeys(self._channels, level)
+        self.trigger_levels_v = self._trigger_levels(names)
         delays = dict(getattr(cfg, "input_delays_ps", {}))
         unknown = set(delays) - set(names)
         if unknown:
@@ -201,6 +205,28 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
                                       int(getattr(cfg, "reference_clock_divider", 1)))
         dead = dict(getattr(cfg, "dead_times_ps", {}))
         self.dead_times_ps = {self._named("dead_times_ps", k): int(round(v)) for k, v in dead.items()}
+
+    def _trigger_levels(self, names: dict[str, int]) -> dict[int, float]:
+        """Per enabled channel, ``time_tagger.trigger_levels_v[name]`` or ``trigger_level_v``, checked against
+        the model's trigger level range (:data:`TRIGGER_LEVEL_RANGE_V`; ``getModel()``)."""
+        default = float(getattr(self.config, "trigger_level_v", 0.5))
+        per_name = {str(k): float(v) for k, v in dict(getattr(self.config, "trigger_levels_v", {})).items()}
+        unknown = sorted(set(per_name) - set(names))
+        if unknown:
+            raise ValueError(f"time_tagger.trigger_levels_v names unknown channel {unknown[0]!r}; expected one of "
+                             f"{sorted(names)}")
+        model = str(self._sdk_call("getModel", getattr(self.tagger, "getModel", lambda: "")))
+        lo, hi = next((r for m, r in TRIGGER_LEVEL_RANGE_V.items() if model.startswith(m)), (-2.5, 2.5))
+        levels = dict.fromkeys(self._channels, default)
+        for name, ch in names.items():
+            v = per_name.get(name, default)
+            if not lo <= v <= hi:
+                field = f"trigger_levels_v.{name}" if name in per_name else f"trigger_level_v (channel {name!r})"
+                raise ValueError(f"time_tagger.{field} = {v:g} V is outside the trigger level range of this "
+                                 f"{model or 'Time Tagger'}; expected {lo:g} to {hi:g} V (Time Tagger manual, Hardware, "
+                                 "Electrical characteristics)")
+            levels[ch] = v
+        return levels
 
     def _named(self, field: str, name: str) -> int:
         if name not in self.channel_names:

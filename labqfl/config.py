@@ -148,7 +148,12 @@ class TimeTaggerConfig(InstrumentConfig):
         default_factory=lambda: {"sync": 0.0, "D0": 3_150.0, "D1": 3_420.0},
         description="true propagation delay of each signal to the tagger [ps] (sim truth)",
     )
-    trigger_level_v: float = Field(0.5, description="input trigger level [V]")
+    trigger_level_v: float = Field(0.5, description="input trigger level [V] of every channel not in trigger_levels_v")
+    trigger_levels_v: dict[str, float] = Field(
+        default_factory=dict, description="trigger level per channel name ('sync', 'D0', 'D1', 'marker', "
+        "'marker.<client>') [V], e.g. a negative level for a falling-edge SNSPD readout, ~1 V for TTL markers; channels "
+        "not named take trigger_level_v. Range per tagger model (checked when it opens): Time Tagger 20 0 to 2.5 V, "
+        "Ultra -2.5 to 2.5 V, X -1 to 1 V")
     marker_channel: int | None = Field(
         None, ge=1, description="channel of the frame-start marker from the pattern generators (None = no markers: "
         "slot 0 is the first sync tag seen, or tagger time 0 with time_zero_is_pulse_zero)")
@@ -190,7 +195,8 @@ class TimeTaggerConfig(InstrumentConfig):
         if bad:
             raise ValueError(f"time_tagger.marker_channels: channels must be integers >= 1, got {bad}")
         names = {"sync", *self.detector_channels, *self.marker_inputs()}
-        for field_name in ("dead_times_ps", "conditional_filter_trigger", "conditional_filter_filtered"):
+        for field_name in ("dead_times_ps", "trigger_levels_v", "conditional_filter_trigger",
+                           "conditional_filter_filtered"):
             unknown = sorted(set(getattr(self, field_name)) - names)
             if unknown:
                 raise ValueError(f"time_tagger.{field_name} names unknown channels {unknown}; expected names from "
