@@ -127,6 +127,13 @@ LIVE_NOTE = (
     "unequal over unequal paths, which lowers the fringe contrast. Key pools are the free bits in the nodes' "
     "key stores.")
 
+#: The line under the Live tab's key-rate plot (review s36 user F7: the tab showed 7.6–11.5 kbit/s per pair against
+#: the README's 54–82 with no word why): its rates are those of its own blocks, the first-key rule's smallest ones.
+BLOCK_RATE_NOTE = (
+    "Key rates are those of this tab's blocks: “auto” takes the smallest block that gives key (about a second of "
+    "data), whose finite-key cost makes the rate several times lower than for the 10 s blocks of `labqfl run` "
+    "(README); a larger Block size gives more key per second.")
+
 #: Width of the Live tab's control column [px] (a scroll bar is added beside it when the window is short).
 LEFT_WIDTH = 280
 
@@ -344,7 +351,11 @@ class LivePanel(QWidget):
         grid.addWidget(self.qber_plot, 0, 1)
         grid.addWidget(self.rate_key_plot, 1, 0)
         grid.addWidget(self.pool_plot, 1, 1)
-        grid.addWidget(self.provenance_label, 2, 0, 1, 2)
+        self.block_note = QLabel(BLOCK_RATE_NOTE)
+        self.block_note.setWordWrap(True)
+        self.block_note.setStyleSheet("color: #555")
+        grid.addWidget(self.block_note, 2, 0, 1, 2)
+        grid.addWidget(self.provenance_label, 3, 0, 1, 2)
         plots_w = QWidget()
         plots_w.setLayout(grid)
         return plots_w
