@@ -189,6 +189,7 @@ def screenshot(out: Path, *, config_path: Path | None = None, after_s: float = 1
     app = _app()
     ctl, win = build(cfg, base_dir=config_path.resolve().parent if config_path else None,
                      data_dir=data_dir, runs_dir=runs_dir)
+    win.calibration_panel.runs_temporary = runs_dir.parent == Path(tmp.name)  # deleted with tmp (review s36 F23)
     win.resize(*size)
     win.show()
     errors: list[tuple[str, str]] = []

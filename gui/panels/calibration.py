@@ -4,6 +4,7 @@ Built from a :class:`~labqfl.gui.controller.Controller`; no panel touches an ins
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from labqfl.gui.controller import Controller
@@ -12,6 +13,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QCheckBox,
+    QFileDialog,
     QFrame,
     QGridLayout,
     QHBoxLayout,
@@ -43,6 +45,10 @@ class CalibrationPanel(QWidget):
         lay.addWidget(left_w)
         lay.addLayout(right, 1)
 
+        #: the run folders are in a temporary folder deleted when the window closes (``labqfl gui --screenshot``
+        #: without --runs-dir): the station file is then offered only through "Save station file…"
+        self.runs_temporary = False
+        self._station_toml = ""
         ctl.calibrationResult.connect(self.show_result)
         ctl.busyChanged.connect(self._update)
         ctl.connectedChanged.connect(self._update)
@@ -129,9 +135,54 @@ class CalibrationPanel(QWidget):
         right.addWidget(scroll, 1)
         self.no_plots = QWidget()  # keeps the run record at the bottom while the plot area is hidden
         right.addWidget(self.no_plots, 1)
-        right.addWidget(self.run_label)
+        # review s36 user F23: the file was offered only where it lay, a temporary folder in screenshot mode
+        self.save_btn = QPushButton("Save station file…")
+        self.save_btn.setToolTip("Copy the calibrated station file to a file you choose (proposed: the labqfl data "
+                                 "folder); use it with --config")
+        self.save_btn.setEnabled(False)
+        self.save_btn.clicked.connect(self._ask_save)
+        record = QHBoxLayout()
+        record.addWidget(self.run_label, 1)
+        record.addWidget(self.save_btn, 0, Qt.AlignmentFlag.AlignTop)
+        right.addLayout(record)
         scroll.setVisible(False)
         return right
+
+    def save_default(self) -> Path:
+        """Where "Save station file…" proposes to save: ``calibrated_station.toml`` in the data folder (the one the
+        window was given, else the labqfl data folder, :func:`labqfl.keystore.store.default_data_dir`; never a
+        temporary one), with a number added if that name is taken."""
+        from labqfl.keystore.store import default_data_dir
+
+        given = self.ctl.core.data_dir
+        folder = Path(given) if given is not None and not self.runs_temporary else default_data_dir()
+        path, n = folder / "calibrated_station.toml", 1
+        while path.exists():
+            n += 1
+            path = folder / f"calibrated_station-{n}.toml"
+        return path
+
+    def _ask_save(self) -> None:
+        proposed = self.save_default()
+        name, _ = QFileDialog.getSaveFileName(self, "Save the calibrated station file", str(proposed),
+                                              "Station TOML (*.toml)")
+        if name:
+            self.save_station_file(Path(name))
+
+    def save_station_file(self, path: Path) -> Path | None:
+        """Copy the shown result's calibrated station file to ``path`` (its folder made; a file there is replaced:
+        the dialog asked first) and say so under the result; None, with the reason shown, if it cannot be."""
+        try:
+            if not self._station_toml:
+                raise OSError("no calibrated station file to save")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(Path(self._station_toml).read_bytes())
+        except OSError as exc:
+            self.run_label.setText(f"{self.run_label.text()}   ·   not saved to {path}: {exc}")
+            self.run_label.setStyleSheet(f"color: {ERR_COLOUR.name()}")
+            return None
+        self.run_label.setText(f"{self.run_label.text()}   ·   saved: {path} (use it with --config)")
+        return path
 
     def _on_select(self, *_: Any) -> None:
         it = self.list.currentItem()
@@ -223,6 +274,10 @@ class CalibrationPanel(QWidget):
         self.plot_scroll.setVisible(bool(paths))
         self.no_plots.setVisible(not paths)
         run, toml = res.get("run", ""), res.get("station_toml", "")
+        self._station_toml = toml if status != "cancelled" and qs else ""
+        self.save_btn.setEnabled(bool(self._station_toml))
+        use = ("in a temporary folder deleted when this window closes: “Save station file…” keeps a copy"
+               if self.runs_temporary else "use it with --config")
         if status == "cancelled":
             text = "cancelled: nothing calibrated; settings restored, instruments in their safe state"
         elif not qs or not toml:
@@ -230,8 +285,8 @@ class CalibrationPanel(QWidget):
         elif status == "partial":
             n_ok = res.get("succeeded", 0)
             text = (f"run folder: {run}   ·   calibrated station file (only the {n_ok} procedure(s) that succeeded): "
-                    f"{toml} (use it with --config)")
+                    f"{toml} ({use})")
         else:
-            text = f"run folder: {run}   ·   calibrated station file: {toml} (use it with --config)"
+            text = f"run folder: {run}   ·   calibrated station file: {toml} ({use})"
         self.run_label.setText(text)
         self.run_label.setStyleSheet("color: #555" if qs and toml else f"color: {ERR_COLOUR.name()}")
