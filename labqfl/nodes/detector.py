@@ -33,7 +33,8 @@ so a detector that tells the two clients different things gets the block refused
 
 Control: ``ctl/run {acq, duration, block_duration, optics, clients}`` runs one acquisition
 (``optics``: address of the optics node, ``clients``: JSON ``{name: address}``) and answers
-``ctl/ran`` with its public statistics: slots, tags, clicks, blocks, dropped slots, tags per channel,
+``ctl/ran`` with its public statistics: slots, tags, clicks, blocks, dropped slots, tags per channel (and per
+channel and :data:`COUNT_BIN_S` of acquisition time, ``channel_counts_series``: the run's count-rate series),
 ``slotting`` (JSON: the slotter's counters by cause, :class:`~labqfl.qkd.slotting.SlottingStats`, as the
 in-process path reports them) and, with the real driver, the tagger's overflows and missed events.
 
@@ -103,6 +104,30 @@ TAGS_AHEAD = 1
 #: tag blocks go to each client in one message (a client sifts batches of about this span anyway,
 #: ``DistillSettings.sift_batch_slots``); the last one covers what is left.
 ANN_BATCH_S = 0.5
+#: Acquisition time per bin of ``ctl/ran``'s ``channel_counts_series`` (tags per channel per bin, by the tags'
+#: timestamps) [s]: ``labqfl run``'s count-rate series over nodes (review s36 F2: it had one point per run).
+COUNT_BIN_S = 1.0
+
+
+def _by_channel(per_bin: dict[int, dict[int, int]]) -> dict[int, list[int]]:
+    """{channel: tags per bin 0, 1, …, last bin} from :func:`count_bins`'s {bin: {channel: tags}}."""
+    n = max(per_bin, default=-1) + 1
+    chans = sorted({ch for d in per_bin.values() for ch in d})
+    return {ch: [per_bin.get(k, {}).get(ch, 0) for k in range(n)] for ch in chans}
+
+
+def count_bins(block: TagBlock, bins: dict[int, dict[int, int]]) -> None:
+    """Add ``block``'s tags per channel (:meth:`TagBlock.channel_counts`, the one definition) to ``bins``
+    ({bin: {channel: tags}}, bin ``k`` the timestamps in [k, k + 1)·:data:`COUNT_BIN_S`); the timestamps are
+    non-decreasing, so the block is cut at the bin edges it spans (usually none: a block is ~50 ms)."""
+    if not len(block):
+        return
+    width = int(round(COUNT_BIN_S * 1e12))
+    first, last = int(block.timestamps[0]) // width, int(block.timestamps[-1]) // width
+    edges = np.searchsorted(block.timestamps, np.arange(first + 1, last + 1, dtype=np.int64) * width).tolist()
+    for k, (a, b) in enumerate(zip([0, *edges], [*edges, len(block)], strict=True)):
+        if b > a:
+            TagBlock(block.timestamps[a:b], block.channels[a:b]).channel_counts(bins.setdefault(first + k, {}))
 
 __all__ = ["ANN_REPLIES", "DetectorNode", "announce_to", "chunks_message"]
 
@@ -227,6 +252,7 @@ class DetectorNode(Node):
             blocks = light
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
+        per_bin: dict[int, dict[int, int]] = {}  # the same per COUNT_BIN_S of acquisition time (count-rate series)
         prev = 0
         held: list[SlotEvents] = []  # slotted clicks of [prev, final) not yet announced
         batch_slots = max(1, int(round(ANN_BATCH_S * self.cfg.laser.rep_rate_hz)))
@@ -239,6 +265,7 @@ class DetectorNode(Node):
                     feed(block)
                 n_tags += int(block.timestamps.size)
                 block.channel_counts(per_channel)
+                count_bins(block, per_bin)
                 n_blocks += 1
                 events = slotter.push(block)
                 n_clicks += int(events.slots.size)
@@ -270,6 +297,7 @@ class DetectorNode(Node):
                  "" if tagger is None else f"; tagger ({type(tagger).__name__}): {lost}")
         return ok("ctl/ran", slots=int(final), tags=n_tags, clicks=n_clicks, blocks=n_blocks, wall_s=wall,
                   dropped=int(slotter.dropped.count(0, final)), channel_counts=json.dumps(per_channel),
+                  channel_counts_series=json.dumps({"bin_s": COUNT_BIN_S, "counts": _by_channel(per_bin)}),
                   slotting=json.dumps(vars(slotter.stats)), **lost)
 
     def _optics_blocks(self, optics: str, acq: str, duration: float, bd: float,

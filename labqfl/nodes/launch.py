@@ -548,7 +548,7 @@ class LocalNetwork:
 
 
 #: Fields of the detector's ``ctl/ran`` reply that travel as JSON text (a message's fields are flat).
-DETECTOR_JSON_FIELDS = ("channel_counts", "slotting")
+DETECTOR_JSON_FIELDS = ("channel_counts", "slotting", "channel_counts_series")
 
 
 def detector_summary(fields: dict[str, Any]) -> dict[str, Any]:

@@ -18,15 +18,17 @@ run, each store is written by its own client process only.
 What the result holds is what the in-process phase gives ``metrics.json`` (per pair
 :class:`~labqfl.qkd.pipeline.PairResult` as a dict with ``status``/``qber_x``, the count-rate
 series, the per-pair timeline) plus the path and the nodes' start-up times. Granularity differs
-where the nodes expose less: the count-rate series has one point (the detector's per-channel tag
-totals over the acquisition) and the timeline one entry per pair (Ci's totals: sifted rate, X test
-QBER), where the in-process path samples both every ``timeline_interval_s``.
+where the nodes expose less: the count-rate series has a point per second of acquisition (the detector's
+per-channel tag counts per :data:`~labqfl.nodes.detector.COUNT_BIN_S`, not per ``timeline_interval_s``) and
+the timeline one entry per pair (Ci's totals: sifted rate, X test QBER), where the in-process path samples
+both every ``timeline_interval_s``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -278,8 +280,27 @@ def _timeline(pairs: dict[str, dict[str, Any]], duration_s: float) -> list[dict[
 
 
 def _series(channel_names: Mapping[int, str], detector: dict[str, Any], duration_s: float) -> dict[str, Any]:
-    """The count-rate series of metrics.json with one point: each channel's tags over the
-    acquisition (the detector's ``channel_counts``) per second."""
+    """The count-rate series of metrics.json: a point per :data:`~labqfl.nodes.detector.COUNT_BIN_S` of
+    acquisition (the detector's ``channel_counts_series``; the last bin may be shorter), each channel's tags
+    in the bin per second, at the bin's end; one point over the whole acquisition (``channel_counts``) from a
+    detector that reports no series."""
+    series = json.loads(str(detector.get("channel_counts_series") or "{}"))
+    if series.get("counts") and series.get("bin_s"):
+        width = float(series["bin_s"])
+        n = max(1, math.ceil(duration_s / width - 1e-9))
+        if n > 1 and duration_s - (n - 1) * width < 0.1 * width:  # a sliver of a last bin joins the one before
+            n -= 1
+        ends = [(i + 1) * width for i in range(n - 1)] + [duration_s]
+        spans = [e - (ends[i - 1] if i else 0.0) for i, e in enumerate(ends)]
+        bins = {int(k): [int(x) for x in v] for k, v in series["counts"].items()}
+
+        def rates(ch: int) -> list[float]:
+            got = bins.get(abs(ch), [])
+            # a tag stamped at (or a hair after) the end falls in the bin past it: count it in the last one
+            counts = [sum(got[i:]) if i == n - 1 else (got[i] if i < len(got) else 0) for i in range(n)]
+            return [c / sp for c, sp in zip(counts, spans, strict=True)]
+
+        return {"t_s": ends, "rates_hz": {name: rates(ch) for ch, name in channel_names.items()}}
     counts = {int(k): int(v) for k, v in json.loads(str(detector.get("channel_counts") or "{}")).items()}
     return {"t_s": [duration_s],
             "rates_hz": {name: [counts.get(abs(ch), 0) / duration_s] for ch, name in channel_names.items()}}
