@@ -161,7 +161,7 @@ def test_a_timed_out_query_owns_its_queue_error_and_the_safe_state_still_succeed
         return text.replace('q: ":INP1:ATT?"', 'q: ":INP1:ATTX?"')
     voa = _voa(sim_library, unknown_att, timeout_ms=300)
     try:
-        voa.shutter_closed = False
+        voa.link.write(":OUTP1:STAT 1")  # opened outside the driver (which reads :INP1:ATT? before opening)
         with pytest.raises(InstrumentTimeout, match=r"no reply within 300 ms.*error queue then held -100,\"Command "
                                                     r"error\".*command ':INP1:ATT\?'"):
             _ = voa.attenuation_db

@@ -77,7 +77,7 @@ class Bench:
                                                   options={"channel": 1, "sample_rate_hz": 100e6})
         for k, ch in ((0, 1), (1, 3)):
             d["clients"][k]["attenuator"].update(driver="KeysightN7764A", resource=self.voa.resource, **PY,
-                                                 max_attenuation_db=45.0, options={"channel": ch})
+                                                 max_attenuation_db=45.0, options={"channel": ch, "attenuation_db": 20.0})
         if self.pg is not None:
             d["clients"][0]["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": self.pg.ip,
                                                     "options": {"frames_per_upload": 1, "link_bytes_per_s": 1e9}}

@@ -23,7 +23,8 @@ def _drivers_conftest():  # type: ignore[no-untyped-def]
 def _voa_role(channel: int, resource: str = "TCPIP0::10.0.0.21::inst0::INSTR") -> str:
     return (f'resource = "{resource}"   # one 4-channel VOA serves all four clients\n'
             'visa_library = "@sim:keysight_n7764a.yaml"\nmax_attenuation_db = 45.0\n'
-            f'options = {{ channel = {channel} }}')
+            f'options = {{ channel = {channel}, attenuation_db = 37.0 }}   '
+            '# attenuation for μ = intensities[0]: see the note above [laser]')
 
 
 @pytest.fixture
