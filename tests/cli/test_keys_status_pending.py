@@ -14,6 +14,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from labqfl.cli import app
@@ -59,7 +60,11 @@ def test_json_counts_each_node_s_pending_blocks_per_pair(tmp_path: Path) -> None
     assert sorted((p.name, p.read_bytes()) for p in (ddir / "nodes" / "C2" / "pending").iterdir()) == before
 
 
-def test_the_table_shows_them_per_node_and_pair(tmp_path: Path) -> None:
+def test_the_table_shows_them_per_node_and_pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labqfl.cli.common import console
+
+    # a terminal wide enough for the table (at 80 columns, as pytest-xdist's workers set, it is one record per row)
+    monkeypatch.setattr(console, "_width", 200)
     ddir, _, hexes = _data(tmp_path)
     r = CliRunner().invoke(app, ["keys", "status", "--data-dir", str(ddir)])
     assert r.exit_code == 0, r.output
