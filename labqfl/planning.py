@@ -253,10 +253,9 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     --no-wait-for-key``) the run stops before round ``rounds_sustained`` + 1 (``stops_at_round``),
     and only the rounds before it are trained.
 
-    ``nodes``: the run goes over node processes (``labqfl run``'s default): the streamed acquisition
-    and distillation at :data:`NODE_STREAM_SIFTED_BITS_PER_S` (``distill_s`` is what that phase takes
-    beyond the station time) and every round :data:`NODE_ROUND_OVERHEAD_S` longer.
-    """
+    ``nodes``: the run goes over node processes (``labqfl run``'s default): the streamed acquisition and
+    distillation at :data:`NODE_STREAM_SIFTED_BITS_PER_S` (``distill_s`` is what that phase takes beyond the
+    station time) and every round :data:`NODE_ROUND_OVERHEAD_S` longer."""
     from labqfl.contracts.schedule import PairSchedule
     from labqfl.fl.secure import SecAggConfig
     from labqfl.fl.tasks import make_model

@@ -251,8 +251,9 @@ def test_the_plan_over_nodes_streams_the_distillation_and_pays_the_flower_rounds
     assert "node" not in here.estimates["distill"]
     # and the refs tag key each pair's master reserves per round on the Flower engine (+REFS_TAG_BITS)
     assert over.key_bits_per_pair_per_round == here.key_bits_per_pair_per_round + REFS_TAG_BITS
+    assert (over.refs_tag_bits_per_pair_per_round, here.refs_tag_bits_per_pair_per_round) == (REFS_TAG_BITS, 0)
     differ = ("distill_s", "train_s", "total_wall_s", "estimates", "nodes_s", "key_bits_per_pair_per_round",
-              "key_bits_per_round", "pairs", "rounds_sustained", "acquisition_s_per_round", "acquisition_s",
+              "key_bits_per_round", "refs_tag_bits_per_pair_per_round", "pairs", "rounds_sustained", "acquisition_s_per_round", "acquisition_s",
               "limiting_pairs", "starving_pairs", "top_ups")
     assert {k: v for k, v in over.as_dict().items() if k not in differ} \
         == {k: v for k, v in here.as_dict().items() if k not in differ}
