@@ -219,6 +219,15 @@ def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], floa
     return results
 
 
+#: Under the key-rate table: what its short headers mean (review s36 user F11; labqfl.qkd.keyrate.PairPrediction,
+#: docs/station.md for η).
+KEYRATE_LEGEND = (
+    "+dB: loss added to the pair (--loss-db); η cw/ccw: transmittance Ci → node / Cj → node; μ i/j: the two "
+    "clients' signal intensities [photons/pulse]; Q_X: click probability per key-setting slot; QBER: of the key "
+    "bits; e_ph^U: upper bound on the phase-error rate of the block; bit/pulse: secure key bits per laser pulse; "
+    "kbit/s: secure key rate with the pair's time share; asymptotic: the same for an infinite block.")
+
+
 def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[dict[str, Any]],
                     plot: Path | None) -> None:
     """The key-rate table of ``labqfl keyrate`` (one row per pair and extra loss), aborts and the plot's path."""
@@ -236,6 +245,7 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
             f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
         )
     print_table(con, t, key_columns=2)  # whole at any width: one record per pair and loss where the table does not fit (review s36 F11)
+    con.print(KEYRATE_LEGEND, markup=False)
     for r in main:
         if r["abort"]:
             con.print(f"{r['pair']} +{r['extra_loss_db']:g} dB: no key: {r['abort_reason']}")

@@ -150,3 +150,12 @@ def test_print_table_records_keep_a_word_longer_than_the_terminal(monkeypatch: p
     text = con.file.getvalue()
     assert "…" not in text and "bits: 1,234,567" in text
     assert path in re.sub(r"\n\s*", "", text.split("store: ", 1)[1])
+
+
+def test_keyrate_explains_its_short_headers_under_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """F11: "μ i/j", "η cw/ccw", "Q_X", "e_ph^U" are explained under the table, whatever its layout."""
+    text = _flat(_invoke(["keyrate"], 80, monkeypatch).stderr)
+    for words in ("η cw/ccw: transmittance Ci → node / Cj → node", "μ i/j: the two clients' signal intensities "
+                  "[photons/pulse]", "Q_X: click probability per key-setting slot", "e_ph^U: upper bound on the "
+                  "phase-error rate", "bit/pulse: secure key bits per laser pulse"):
+        assert words in text, words
