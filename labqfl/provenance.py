@@ -25,6 +25,11 @@ The order of strength (weakest first) used to summarise many blocks (:func:`weak
 3. ``hardware`` with ``csprng``: computational (the CSPRNG must be unpredictable);
 4. ``hardware`` with ``qrng``: information-theoretic under the assumptions of docs/protocol.md §7.
 
+The intensities (review s36 H1). The decoy-state bounds take each client's mean photon numbers μ_k from
+the station file as exact, and labqfl neither sets a VOA to reach them nor measures them on hardware yet:
+every ``hardware`` statement ends with :data:`INTENSITY_CAVEAT` (derived, not stored: the stored
+provenance is unchanged, and old blocks read with the caveat too).
+
 The authentication secret (review s33 M5). A pair's first block is authenticated (Wegman–Carter) with a
 pre-shared secret, every later one with key refilled from earlier blocks, so every key of the pair rests on
 that first secret too. A pair's pre-shared blocks (``meta.kind = "preshared-auth"``) say where it came from:
@@ -51,6 +56,12 @@ PROTOCOL = "four-phase TF-type, decoy, finite-key (labqfl docs/protocol.md)"
 CSPRNG_DESCRIPTION = "AES-256-CTR keyed with 256 bits from the OS CSPRNG"
 #: the phrase reserved for hardware + QRNG keys; tests grep every other output for it
 IT_PHRASE = "information-theoretically secure"
+#: What every hardware key's statement adds until labqfl sets and measures the intensities on hardware (review
+#: s36 H1): the decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md §7),
+#: and no labqfl procedure sets a VOA to reach them or measures them at a client's output. Derived from
+#: ``physical_layer``, never stored: blocks distilled before (and after) read the same.
+INTENSITY_CAVEAT = ("the mean photon numbers μ_k were not verified by labqfl: the decoy-state analysis takes them "
+                    "from the station file as exact (docs/protocol.md §7)")
 
 _RANDOMNESS_RANK = {"seeded": 0, "csprng": 1, "qrng": 2}
 _EPS_FIELDS = ("eps_sec", "eps_cor", "eps_auth", "eps_total")
@@ -111,18 +122,24 @@ def _eps(prov: Provenance) -> str:
 
 
 def security_statement(prov: Provenance) -> str:
-    """One line: what the security of keys with this provenance rests on (module docstring)."""
+    """One line: what the security of keys with this provenance rests on (module docstring); a hardware
+    key's line ends with :data:`INTENSITY_CAVEAT`."""
     if prov.randomness == "seeded":
         channel = "; the quantum channel was simulated too" if prov.physical_layer == "simulated" else ""
         return ("not secret: the clients' choices derive from the public seed (station file and acquisition "
-                f"epoch), so anyone can predict the key{channel}; for tests and benchmarks only")
+                f"epoch), so anyone can predict the key{channel}; for tests and benchmarks only{_intensities(prov)}")
     if prov.physical_layer == "simulated":
         return ("no physical security: the quantum channel was simulated (the simulator sees every photon); "
                 f"keys are for testing ({prov.randomness} client randomness)")
     if prov.randomness == "csprng":
         return (f"computational: rests on the clients' CSPRNG ({CSPRNG_DESCRIPTION}) being unpredictable, "
-                f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}")
-    return f"{IT_PHRASE} under the assumptions of docs/protocol.md §7{_eps(prov)}"
+                f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}{_intensities(prov)}")
+    return f"{IT_PHRASE} under the assumptions of docs/protocol.md §7{_eps(prov)}{_intensities(prov)}"
+
+
+def _intensities(prov: Provenance) -> str:
+    """``"; " + INTENSITY_CAVEAT`` for a hardware physical layer, else nothing."""
+    return f"; {INTENSITY_CAVEAT}" if prov.physical_layer == "hardware" else ""
 
 
 def _rank(prov: Provenance) -> int:
@@ -303,7 +320,7 @@ def _caveated_statement(w: Provenance, caveat: str | None) -> str:
         return security_statement(w)
     if is_information_theoretic(w):
         return (f"rests on the authentication secret: {caveat}; the key itself: hardware physical layer, QRNG "
-                f"randomness, {w.protocol} under the assumptions of docs/protocol.md §7{_eps(w)}")
+                f"randomness, {w.protocol} under the assumptions of docs/protocol.md §7{_eps(w)}{_intensities(w)}")
     return f"{security_statement(w)}; {caveat}"
 
 
