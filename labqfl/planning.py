@@ -634,7 +634,7 @@ def _plan_estimates(task: str, distill_bps: float, cost: float, per_client: bool
                    f"throughput {DEV_MACHINE})",
         "train": (f"rounds x clients x {cost:g} s per client and round" if per_client else
                   f"rounds x {cost:g} s per round (the training set is split among the clients)")
-                 + f" for {task}, {DEV_MACHINE}",
+                 + f" for {task} ({DEV_MACHINE})",
     }
     if nodes:
         est["distill"] = (f"over node processes: sifted bits of the acquisition / {NODE_STREAM_SIFTED_BITS_PER_S:.3g} "
