@@ -90,6 +90,10 @@ class CalContext:
     known: dict[str, Quantity] = field(default_factory=dict)
     make_plots: bool = True
     segments: Callable[[Station, float], Iterable[Any]] | None = None
+    #: ``confirm_placement(position)``: asks the operator to move the power-meter head to ``position``
+    #: ("laser" or a client) and returns True once they confirm (:meth:`PowerMeter.place_at`); None: no
+    #: operator (a real meter's placement is then refused).
+    confirm_placement: Callable[[str], bool] | None = None
 
     def tags(self, duration_s: float) -> Iterable[Any]:
         """The tag blocks of ``duration_s`` seconds of acquisition (``segments``, or the tagger's stream)."""

@@ -42,8 +42,40 @@ from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import CalibrationError
 from labqfl.physics import photon_energy_j
 
+#: A reading at a client's output above the laser's power x the modelled transmission to that output x
+#: this factor is refused (the head is not where it should be): 3 dB for the laser's power read-back,
+#: the head's calibration and the loss fields of the station file together.
+PLAUSIBILITY_FACTOR = 2.0
+
 
 # -- efficiency ------------------------------------------------------------------------------------
+def laser_to_output_transmittance(cfg: StationConfig, client: str) -> float:
+    """Upper bound of the modelled transmittance from the laser to ``client``'s output, before its
+    attenuator: the larger of the clockwise path (segments before the client, insertion losses of the
+    clients before it) and the counter-clockwise one (segments and clients after it), the loop's fibre
+    loss from the station file (the same fields :func:`labqfl.contracts.channel_model.transmittances`
+    uses). The modulator, the client's own insertion loss and the node only lower it."""
+    names = cfg.client_names
+    k = names.index(client) + 1  # 1-based position on the loop
+    seg, a = cfg.loop.segments_km, cfg.loop.fiber_loss_db_per_km
+    il = [c.insertion_loss_db for c in cfg.clients]
+    cw_db = a * sum(seg[:k]) + sum(il[: k - 1])
+    ccw_db = a * sum(seg[k:]) + sum(il[k:])
+    return 10.0 ** (-min(cw_db, ccw_db) / 10.0)
+
+
+def _check_plausible(ctx: CalContext, src: str, p_mean: float, att_ref: float) -> None:
+    """Refuse a reading at ``src``'s output that the laser cannot deliver there (:data:`PLAUSIBILITY_FACTOR`):
+    the head sits elsewhere (the laser tap, another client) or a loss field of the station is wrong."""
+    p_laser = float(ctx.station.laser.power_mw) * 1e-3
+    t = laser_to_output_transmittance(ctx.config, src)
+    bound = p_laser * t * 10.0 ** (-att_ref / 10.0)
+    if p_mean > PLAUSIBILITY_FACTOR * bound:
+        raise CalibrationError(f"power at {src}'s output {p_mean:.3g} W exceeds {PLAUSIBILITY_FACTOR:g} x what the laser "
+                               f"can deliver there ({p_laser:.3g} W x modelled transmission {t:.3g} x attenuation "
+                               f"{att_ref:g} dB = {bound:.3g} W); is the power-meter head at {src}'s output?")
+
+
 def _source_weights(cfg: StationConfig, source: str, n_slots: int) -> list[tuple[float, float, float]]:
     """(slot fraction, D0 factor, D1 factor) per scheduled pair containing ``source``: the factor is
     the station model's transmittance from the source's output to that detector (fibre, insertion
@@ -136,16 +168,16 @@ def _power_reference(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, 
     wl = float(st.laser.wavelength_nm)
     guard.set(meter, "wavelength_nm", wl)
     guard.set(meter, "averaging", 100)
-    meter.place_at(src)
+    meter.place_at(src, confirm=ctx.confirm_placement)  # a real head: only once the operator confirms it moved
     guard.set(att, "attenuation_db", att_ref)
     readings = np.array([meter.power_w() for _ in range(max(2, power_readings))])
     guard.set(att, "attenuation_db", att_meas)
-    meter.place_at("laser")
     p_mean = float(readings.mean())
     p_sem = float(readings.std(ddof=1) / math.sqrt(readings.size))
     if not p_mean > 5 * max(p_sem, 1e-30):
         raise CalibrationError(f"no light at the power meter ({p_mean:.3g} ± {p_sem:.2g} W at {src}'s output); "
                                "is the laser on and the fibre connected?")
+    _check_plausible(ctx, src, p_mean, att_ref)
     return readings, p_mean, p_sem, wl
 
 

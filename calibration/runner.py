@@ -199,10 +199,12 @@ def run_group(ctx: CalContext, group: str, *, quick: bool = False, detectors: tu
 def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None = None, seed: int | None = None,
               progress: Callable[[str], None] | None = None, quick: bool = False, make_plots: bool = True,
               base_dir: Path | None = None, station: Station | None = None,
-              segments: Callable[[Station, float], Any] | None = None, **kw: Any) -> CalibrationReport:
+              segments: Callable[[Station, float], Any] | None = None,
+              confirm_placement: Callable[[str], bool] | None = None, **kw: Any) -> CalibrationReport:
     """Open the station, run ``group``, write ``calibration.json``, the plots and the calibrated
     station file into a new run folder, close the station. ``seed`` overrides
-    ``simulation.seed`` (simulated instruments) and seeds the bootstrap.
+    ``simulation.seed`` (simulated instruments) and seeds the bootstrap. ``confirm_placement``:
+    :attr:`CalContext.confirm_placement` (the operator's confirmation that a real power-meter head moved).
 
     A failing procedure does not stop the session: the files hold every procedure that succeeded
     and ``calibration.json`` lists the failures (``"failures": {procedure: reason}``), as does
@@ -218,7 +220,7 @@ def calibrate(config: StationConfig, group: str, *, runs_dir: str | Path | None 
         rec = RunRecord.create(f"calibrate-{group}", config, runs_dir, snapshot=st.snapshot())
         try:
             ctx = CalContext(st, record=rec, progress=progress, seed=config.simulation.seed if seed is None else int(seed),
-                             make_plots=make_plots, segments=segments)
+                             make_plots=make_plots, segments=segments, confirm_placement=confirm_placement)
             failures: list[ProcedureFailure] = []
             results = run_group(ctx, group, quick=quick, failures=failures, **kw)
             doc = calibration_document(st.name, results, simulated=st.config.all_simulated, seed=ctx.seed)

@@ -346,8 +346,8 @@ class SimulatedPowerMeter(_SimMixin, PowerMeter):
     tap: Setting[str] = Setting("", "which calibration tap the head sits on", store="_tap",
                                 validator=one_of(lambda s: ["laser", *s.testbed.config.client_names]))
 
-    def place_at(self, position: str) -> None:
-        """Switch the simulated head to a calibration tap (see :attr:`tap`)."""
+    def place_at(self, position: str, confirm: Callable[[str], bool] | None = None) -> None:
+        """Switch the simulated head to a calibration tap (see :attr:`tap`); no operator, no ``confirm``."""
         self.tap = position
 
     def true_power_w(self) -> float:

@@ -100,7 +100,8 @@ def acquisition_segment(station: Any, duration_s: float) -> Any:
 def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = None, seed: int | None = None,
                     quick: bool = False, make_plots: bool = True, base_dir: Path | None = None,
                     station: Any = None, write_config: Path | None = None, overwrite_config: bool = False,
-                    progress: Callable[[str], None] | None = None, **procedure_options: Any) -> CalibrationOutcome:
+                    progress: Callable[[str], None] | None = None,
+                    confirm_placement: Callable[[str], bool] | None = None, **procedure_options: Any) -> CalibrationOutcome:
     """Run calibration ``group`` (:func:`groups`) on the station of ``cfg``.
 
     ``station``: an open Station to use (the GUI's; left open); ``None``: the station is opened
@@ -110,7 +111,9 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
     ``$LABQFL_RUNS_DIR`` or ``./runs``); ``write_config`` also writes the calibrated station TOML
     there (only when at least one procedure succeeded: lab review s33 L8), refusing an existing file before
     anything runs unless ``overwrite_config``. ``progress(message)`` before each step; an exception it raises ends the session (a
-    cancel). ``procedure_options``: ``detectors`` (detector), ``clients`` (vpi), ``pair`` (visibility).
+    cancel). ``confirm_placement(position)``: asks the operator to move a real power-meter head and returns True
+    once they confirm (efficiency; None: a real meter's placement is refused, the procedure fails).
+    ``procedure_options``: ``detectors`` (detector), ``clients`` (vpi), ``pair`` (visibility).
     A failing procedure does not raise: see :attr:`CalibrationOutcome.failures`."""
     from labqfl.calibration import calibrate, write_station_toml
 
@@ -118,7 +121,7 @@ def run_calibration(cfg: StationConfig, group: str, *, runs_dir: Path | None = N
         refuse_existing(write_config)
     report = calibrate(cfg, group, runs_dir=runs_dir, seed=seed, progress=progress, quick=quick,
                        make_plots=make_plots, base_dir=base_dir, station=station, segments=acquisition_segment,
-                       **procedure_options)
+                       confirm_placement=confirm_placement, **procedure_options)
     files = dict(report.files)
     if write_config is not None and report.results:  # every procedure failed: nothing calibrated, nothing written
         files["written_config"] = str(write_station_toml(report.calibrated_config, write_config,

@@ -11,12 +11,18 @@ failure follows, the files hold what succeeded, and the command exits with statu
 procedure failed, nothing was calibrated: one error line, no calibrated station file (none in the run
 folder, no ``--write-config`` file), status 1.
 
+The detection efficiency (groups ``detector`` and ``all``) with a real power meter needs the operator
+to move its head to a client's output: the command asks to confirm (``typer.confirm``) before any
+reading there; without a terminal, or with ``--json``, it refuses before opening anything. A simulated
+meter needs no one.
+
 Argument parsing and rendering only: the recipe is :func:`labqfl.app.calibrate.run_calibration`
 (and :func:`~labqfl.app.calibrate.apply_calibration_file` for ``apply``).
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +85,28 @@ def rounded_to(value: float, sigma: float) -> str:
     return f"{value:.6g}" if d is None or not math.isfinite(value) else f"{value:.{d}f}"
 
 
+#: Groups that run the detection efficiency (its power-meter reference needs the head at a client's output).
+EFFICIENCY_GROUPS = ("detector", "all")
+
+
+def _interactive(as_json: bool) -> bool:
+    """An operator can answer a prompt: a terminal on stdin, and no --json (whose stdout is a document)."""
+    return not as_json and sys.stdin.isatty()
+
+
+def _refuse_unattended_head(cfg: Any, group: str, as_json: bool) -> bool:
+    """Whether the efficiency will ask the operator to move a real power-meter head; refused (one line,
+    before anything opens) when nobody can answer."""
+    if group not in EFFICIENCY_GROUPS or cfg.power_meter.simulated:
+        return False
+    if not _interactive(as_json):
+        how = "--json" if as_json else "no terminal on stdin"
+        raise fail(f"calibrate {group}: efficiency needs the operator to move the power-meter head "
+                   f"({cfg.power_meter.driver}) to a client's output and confirm ({how}); run it interactively "
+                   "in a terminal without --json, or calibrate the other groups (delays, vpi, visibility)")
+    return True
+
+
 def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed: int | None, write_config: Path | None,
          quick: bool, plots: bool, force: bool = False, **kw: Any) -> None:
     from labqfl.app.calibrate import run_calibration
@@ -89,6 +117,7 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
     check_runs_dir(out)  # a file or unwritable: refused before the instruments (CLI review s32 L10)
     cfg = load_station_config(config)
     _check_names(cfg, kw.get("clients"), kw.get("pair"))
+    operator = _refuse_unattended_head(cfg, group, as_json)
     base_dir = config.resolve().parent if config else None
     import logging
     import time
@@ -103,8 +132,18 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
             if step_lines:
                 prog.console.print(f"{time.strftime('%H:%M:%S')} {msg}", soft_wrap=True)
 
+        def confirm(position: str) -> bool:
+            where = "the laser's monitor tap" if position == "laser" else f"{position}'s output (towards the node)"
+            prog.stop()  # the prompt on a quiet terminal
+            try:
+                return typer.confirm(f"Move the power-meter head to {where}. Is it there now?", default=False,
+                                     err=True)
+            finally:
+                prog.start()
+
         outcome = run_calibration(cfg, group, runs_dir=out, seed=seed, progress=progress, quick=quick,
-                                  make_plots=plots, base_dir=base_dir, **kw)
+                                  make_plots=plots, base_dir=base_dir, confirm_placement=confirm if operator else None,
+                                  **kw)
         prog.update(task, description=f"calibrate {group}: done", total=1, completed=1)
     if not outcome.report.results:  # every procedure failed: no calibrated station file (review s33 L8)
         reasons = "; ".join(f"{name}: {msg}" for name, msg in outcome.failures.items())

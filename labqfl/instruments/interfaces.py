@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from labqfl.errors import CalibrationError
 from labqfl.instruments.base import Instrument, TagBlock
 from labqfl.instruments.settings import (
     Rejected,
@@ -213,14 +214,23 @@ class PowerMeter(Instrument):
     def power_w(self) -> float:
         """Measured optical power [W]."""
 
-    def place_at(self, position: str) -> None:
+    def place_at(self, position: str, confirm: Callable[[str], bool] | None = None) -> None:
         """Have the head measure at ``position``: ``"laser"`` (the laser's monitor tap) or a client
         name (that client's output towards the node). Used by the efficiency calibration.
 
-        A real head cannot move itself: the default logs the request for the operator (who moves
-        the fibre before confirming); simulated meters switch their tap.
+        A real head cannot move itself: the default asks the operator to move the fibre and returns
+        only once ``confirm(position)`` (a CLI prompt, a GUI dialog) says it was moved. Without
+        ``confirm``, or when the operator does not confirm, it raises :class:`CalibrationError`:
+        readings taken wherever the head happens to be would give any η (review s36 H2).
+        Simulated meters switch their tap and need no confirmation.
         """
-        self.log.warning("place the power-meter head at %r (calibration reference point)", position)
+        where = "the laser's monitor tap" if position == "laser" else f"{position}'s output"
+        self.log.warning("place the power-meter head at %s (calibration reference point)", where)
+        if confirm is None:
+            raise CalibrationError(f"efficiency needs the operator to move the power-meter head ({self.name}) to {where}; "
+                                   "run `labqfl calibrate` interactively (a terminal, without --json): it asks to confirm")
+        if not confirm(position):
+            raise CalibrationError(f"the power-meter head was not confirmed at {where}; nothing was measured there")
 
     def safe_state(self) -> None:
         """A power meter has no hazardous state."""
