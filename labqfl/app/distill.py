@@ -25,6 +25,7 @@ stamped, stored and served as "hardware" (review s35 F1).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,28 @@ def check_recording_station(recording: Any, cfg: StationConfig) -> None:
         if c in recorded and (want := recording.client_randomness(c)) != (got := cfg.client(c).randomness):
             raise ConfigError(f"the station file gives client {c} randomness {got!r} but recording {recording.path} "
                               f"holds its {want} choices{tail}")
+        if c in recorded:
+            _check_recorded_encoding(recording, cfg, c)
+
+
+def _check_recorded_encoding(recording: Any, cfg: StationConfig, c: str) -> None:
+    """Refuse a station file whose client ``c`` has other intensities, intensity probabilities or basis_x_prob
+    than the recording says were sent (its ``/clients/<c>`` attributes, which ``Recording.open`` checked against
+    its own config): the decoy-state bound (labqfl.qkd.estimation) takes the μ and their probabilities from the
+    file given, so a key would be stamped with an ε_sec resting on intensities never sent (review s36 input F3)."""
+    own = recording.config.client(c) if c in recording.config.client_names else None
+    if own is None:
+        return
+    given = cfg.client(c)
+    for field in ("intensities", "intensity_probs", "basis_x_prob"):
+        want, got = getattr(own, field), getattr(given, field)
+        w = list(want) if isinstance(want, list | tuple) else [want]
+        g = list(got) if isinstance(got, list | tuple) else [got]
+        if len(w) != len(g) or not all(math.isclose(x, y, rel_tol=1e-12, abs_tol=0.0) for x, y in zip(w, g, strict=True)):
+            raise ConfigError(f"the station file gives client {c} {field} = {got!r} but recording {recording.path} "
+                              f"was acquired with {want!r}; the decoy-state bound must use what was sent: leave out the "
+                              "station file (the recording's own is used) or give one with the recorded intensities, "
+                              "intensity_probs and basis_x_prob")
 
 
 def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) -> tuple[dict[str, Any], str | None]:

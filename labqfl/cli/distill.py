@@ -53,7 +53,8 @@ def distill(
     config: Path | None = typer.Option(
         None, "--config", "-c", dir_okay=False,
         help="Station TOML file (a recording: default the station it was acquired on, and a file whose physical layer "
-             "or client randomness differs is refused, since the keys rest on the acquisition's; --live: default the "
+             "or client randomness, intensities, intensity_probs or basis_x_prob differ is refused, since the keys rest "
+             "on the acquisition's; --live: default the "
              "embedded simulated 4-client station)."),
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", "-e", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(
