@@ -24,7 +24,7 @@ import re
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,7 +34,32 @@ DEFAULT_STATION_NAME = "default_station.toml"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no station quantity is legitimately infinite or NaN (optional ones are None when
+    # absent); before, inf/nan were accepted and crashed later with OverflowError or gave a silently dead
+    # station (review s36 input F2/F4).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# Upper bounds of the station's physical quantities (review s36 input F2/F4/F6: values up to 1e308 were accepted
+# and crashed the simulator or the model with an OverflowError, or hung it, F1). Each is far outside any lab:
+#: Longest time any station delay, jitter or pulse width may take [ps]: 1 s, i.e. 200 000 km of fibre (five
+#: times round the Earth); every time is converted to int64 ps downstream (overflow past ~9.2e18 ps).
+MAX_TIME_PS = 1e12
+#: Largest loss or attenuation of one element [dB]: 300 dB leaves no photon from any laser (1 W at 1550 nm is
+#: ~1e19 photons/s; 300 dB takes that to 1e-11/s); VOAs reach 60-100 dB.
+MAX_LOSS_DB = 300.0
+#: Largest (absolute) static phase [rad]: the phase is 2π-periodic, ±1000 rad (~160 turns) is a typo, not a setting.
+MAX_PHASE_RAD = 1e3
+#: Highest time-tagger input number: taggers have 2-64 inputs.
+MAX_TAGGER_CHANNEL = 1024
+#: A delay of one tagger input [ps]: finite and within ±MAX_TIME_PS (pydantic names the channel's key).
+DelayPs = Annotated[float, Field(ge=-MAX_TIME_PS, le=MAX_TIME_PS)]
+#: A tagger channel number (negative: the falling edge on Swabian taggers).
+TaggerChannel = Annotated[int, Field(ge=-MAX_TAGGER_CHANNEL, le=MAX_TAGGER_CHANNEL)]
+#: A trigger level [V]: tagger inputs take ±1 to ±2.5 V (and are damaged past ~±5 V).
+TriggerLevelV = Annotated[float, Field(ge=-100, le=100)]
+#: Most slots in one frame: 2**40 slots are 3 hours at 100 MHz (frames are ~65 536 slots, < 1 ms).
+MAX_FRAME_SLOTS = 2**40
 
 
 class DriverOptions(BaseModel):
@@ -59,7 +84,8 @@ class InstrumentConfig(_Model):
     visa_library: str | None = Field(
         None, description="pyvisa backend, e.g. '@py' or 'path/to/device.yaml@sim' for pyvisa-sim"
     )
-    timeout_ms: int = Field(2000, gt=0, description="I/O timeout per command [ms]")
+    # ≤ 1 h: an instrument that takes longer than an hour to answer one command is dead, not slow
+    timeout_ms: int = Field(2000, gt=0, le=3_600_000, description="I/O timeout per command [ms], at most 1 h")
     options: dict[str, Any] = Field(default_factory=dict, description="driver-specific options")
 
     @model_validator(mode="after")
@@ -91,25 +117,32 @@ class LaserConfig(InstrumentConfig):
     """Pulsed laser of the central node."""
 
     rep_rate_hz: float = Field(100e6, gt=0, le=10e9, description="pulse repetition rate [Hz]")
-    wavelength_nm: float = Field(1550.0, gt=0, description="centre wavelength [nm]")
-    pulse_width_ps: float = Field(50.0, gt=0, description="optical pulse FWHM [ps]")
-    timing_jitter_ps: float = Field(2.0, ge=0, description="rms pulse timing jitter [ps]")
-    power_mw: float = Field(1.0, gt=0, description="average output power into the loop [mW]")
+    # ≤ 100 µm: fibre QKD runs at 0.4-2 µm; beyond the far infrared is a typo
+    wavelength_nm: float = Field(1550.0, gt=0, le=1e5, description="centre wavelength [nm]")
+    # ≤ 1 µs: pulsed QKD sources emit ps-ns pulses; a µs pulse fills a 1 MHz slot (review s36 input F1: 1e30 hung
+    # keyrate)
+    pulse_width_ps: float = Field(50.0, gt=0, le=1e6, description="optical pulse FWHM [ps], at most 1e6 (1 µs)")
+    timing_jitter_ps: float = Field(2.0, ge=0, le=1e6, description="rms pulse timing jitter [ps], at most 1e6 (1 µs)")
+    # ≤ 100 W: no fibre loop survives more (fibre fuse, damage threshold of connectors ~1-10 W)
+    power_mw: float = Field(1.0, gt=0, le=1e5, description="average output power into the loop [mW]")
 
 
 class PhaseModulatorConfig(InstrumentConfig):
     """Client phase modulator driven by an AWG/DAC (four-phase alphabet 0, π/2, π, 3π/2)."""
 
-    v_pi_v: float = Field(4.0, gt=0, description="half-wave voltage Vπ [V]")
+    # ≤ 10 kV: LiNbO3 waveguide modulators have Vπ of 3-10 V, bulk Pockels cells a few hundred V to kV
+    v_pi_v: float = Field(4.0, gt=0, le=1e4, description="half-wave voltage Vπ [V]")
     v_pi_error: float = Field(0.0, ge=-0.5, le=0.5, description="relative error of the Vπ used to compute drive voltages (sim truth)")
-    bias_phase_rad: float = Field(0.0, description="static bias phase φ0 of the modulator [rad]")
-    gate_delay_ps: float = Field(0.0, description="AWG trigger delay so the gate hits this client's pulse [ps]")
+    bias_phase_rad: float = Field(0.0, ge=-MAX_PHASE_RAD, le=MAX_PHASE_RAD,
+                                  description="static bias phase φ0 of the modulator [rad]")
+    gate_delay_ps: float = Field(0.0, ge=-MAX_TIME_PS, le=MAX_TIME_PS,
+                                 description="AWG trigger delay so the gate hits this client's pulse [ps]")
 
 
 class AttenuatorConfig(InstrumentConfig):
     """Client intensity modulator or variable attenuator setting the decoy levels."""
 
-    max_attenuation_db: float = Field(60.0, gt=0, description="attenuation range [dB]")
+    max_attenuation_db: float = Field(60.0, gt=0, le=MAX_LOSS_DB, description="attenuation range [dB]")
 
 
 class DetectorConfig(InstrumentConfig):
@@ -117,39 +150,48 @@ class DetectorConfig(InstrumentConfig):
 
     kind: Literal["snspd", "spad"] = "snspd"
     efficiency: float = Field(0.8, gt=0, le=1, description="detection efficiency (incl. coupling)")
-    dark_count_rate_hz: float = Field(50.0, ge=0, description="dark-count rate, free-running [Hz]")
-    dead_time_ns: float = Field(30.0, ge=0, description="non-paralysable dead time [ns]")
+    # ≤ 1e9 /s: above any single-photon detector's maximum count rate (SNSPD ~1e8-1e9 /s, SPAD ~1e7 /s)
+    dark_count_rate_hz: float = Field(50.0, ge=0, le=1e9, description="dark-count rate, free-running [Hz]")
+    # ≤ 10 ms: SNSPDs recover in 10-100 ns, free-running InGaAs SPADs hold off at most ~100 µs
+    dead_time_ns: float = Field(30.0, ge=0, le=1e7, description="non-paralysable dead time [ns]")
     afterpulse_prob: float = Field(0.0, ge=0, lt=1, description="total afterpulse probability per detection, "
                                    "un-gated (a gated detector registers about P·gate width/period of it)")
     # ≤ 1 s: the simulator draws an afterpulse's delay in int64 ps (overflow past ~2.5e14 ns; review s34)
     afterpulse_decay_ns: float = Field(100.0, gt=0, le=1e9,
                                        description="exponential decay time of afterpulsing [ns], at most 1 s")
-    jitter_ps: float = Field(50.0, ge=0, description="rms timing jitter [ps]")
+    # ≤ 1 µs: SNSPDs have ~10-50 ps of jitter, SPADs ~100-500 ps
+    jitter_ps: float = Field(50.0, ge=0, le=1e6, description="rms timing jitter [ps]")
     gated: bool = Field(False, description="gated (SPAD) instead of free-running")
-    gate_width_ns: float = Field(1.0, gt=0, description="gate width when gated [ns]")
-    gate_delay_ps: float = Field(0.0, description="gate delay relative to the laser trigger [ps]")
-    temperature_k: float = Field(2.5, gt=0, description="operating temperature [K]")
-    bias_current_ua: float = Field(10.0, ge=0, description="bias (current for SNSPD [µA], voltage for SPAD [V])")
+    # ≤ 1 ms: gated SPADs open for ~1-100 ns
+    gate_width_ns: float = Field(1.0, gt=0, le=1e6, description="gate width when gated [ns]")
+    gate_delay_ps: float = Field(0.0, ge=-MAX_TIME_PS, le=MAX_TIME_PS,
+                                 description="gate delay relative to the laser trigger [ps]")
+    # ≤ 1000 K: SNSPDs run at 0.8-4 K, SPADs at 200-300 K
+    temperature_k: float = Field(2.5, gt=0, le=1e3, description="operating temperature [K]")
+    # ≤ 1e4: SNSPD bias currents are 1-100 µA, SPAD bias voltages 30-500 V
+    bias_current_ua: float = Field(10.0, ge=0, le=1e4, description="bias (current for SNSPD [µA], voltage for SPAD [V])")
 
 
 class TimeTaggerConfig(InstrumentConfig):
     """Time tagger: sync channel from the laser, one channel per detector."""
 
-    resolution_ps: float = Field(1.0, gt=0, description="timestamp bin [ps]")
-    sync_channel: int = Field(1, ge=1, description="channel number of the laser sync")
-    detector_channels: dict[str, int] = Field(
+    resolution_ps: float = Field(1.0, gt=0, le=1e6, description="timestamp bin [ps]")  # taggers: 1-100 ps
+    # ≤ 1024: time taggers have 2-64 inputs (Swabian Time Tagger X: 20, PicoQuant MultiHarp 160: 64)
+    sync_channel: int = Field(1, ge=1, le=MAX_TAGGER_CHANNEL, description="channel number of the laser sync")
+    detector_channels: dict[str, TaggerChannel] = Field(
         default_factory=lambda: {"D0": 2, "D1": 3}, description="tagger channel per detector"
     )
-    sync_divider: int = Field(1024, ge=1, description="one sync tag every N laser pulses")
-    input_delays_ps: dict[str, float] = Field(
+    # ≤ 2**24: Swabian's event divider is 16-bit (65 535); any tagger's divider is far below
+    sync_divider: int = Field(1024, ge=1, le=2**24, description="one sync tag every N laser pulses")
+    input_delays_ps: dict[str, DelayPs] = Field(
         default_factory=dict, description="software input delay per channel name ('sync','D0','D1') [ps]"
     )
-    cable_delays_ps: dict[str, float] = Field(
+    cable_delays_ps: dict[str, DelayPs] = Field(
         default_factory=lambda: {"sync": 0.0, "D0": 3_150.0, "D1": 3_420.0},
         description="true propagation delay of each signal to the tagger [ps] (sim truth)",
     )
-    trigger_level_v: float = Field(0.5, description="input trigger level [V] of every channel not in trigger_levels_v")
-    trigger_levels_v: dict[str, float] = Field(
+    trigger_level_v: TriggerLevelV = Field(0.5, description="input trigger level [V] of every channel not in trigger_levels_v")
+    trigger_levels_v: dict[str, TriggerLevelV] = Field(
         default_factory=dict, description="trigger level per channel name ('sync', 'D0', 'D1', 'marker', "
         "'marker.<client>') [V], e.g. a negative level for a falling-edge SNSPD readout, ~1 V for TTL markers; channels "
         "not named take trigger_level_v. Range per tagger model (checked when it opens): Time Tagger 20 0 to 2.5 V, "
@@ -161,12 +203,13 @@ class TimeTaggerConfig(InstrumentConfig):
         default_factory=dict, description="one frame-start marker input per client (client name -> channel), instead "
         "of marker_channel: each client's frames are kept or dropped on its own marker, so a frame lost at one client "
         "drops only the pairs involving it (delay names 'marker.<client>')")
-    frame_slots: int = Field(65_536, ge=1, description="slots per frame: one marker at the start of every frame")
+    frame_slots: int = Field(65_536, ge=1, le=MAX_FRAME_SLOTS,
+                             description="slots per frame: one marker at the start of every frame")
     reference_clock_channel: int | None = Field(
         None, ge=1, description="channel carrying the shared 10 MHz reference (None = the tagger's own clock)")
-    reference_clock_hz: float = Field(10e6, gt=0, description="frequency of the reference at the input [Hz]")
-    reference_clock_divider: int = Field(1, ge=1, description="event divider on the reference channel")
-    dead_times_ps: dict[str, float] = Field(
+    reference_clock_hz: float = Field(10e6, gt=0, le=1e10, description="frequency of the reference at the input [Hz]")
+    reference_clock_divider: int = Field(1, ge=1, le=2**24, description="event divider on the reference channel")
+    dead_times_ps: dict[str, DelayPs] = Field(
         default_factory=dict, description="tagger dead time per channel name ('sync','D0','D1','marker') [ps]")
     conditional_filter_trigger: list[str] = Field(
         default_factory=list, description="channel names whose tags open the conditional filter (e.g. ['D0','D1'])")
@@ -217,7 +260,7 @@ class TimeTaggerConfig(InstrumentConfig):
 class SyncConfig(_Model):
     """Shared timing of the station: the 10 MHz reference distributed to the instruments."""
 
-    reference_hz: float = Field(10e6, gt=0, description="frequency of the station's shared reference clock [Hz]")
+    reference_hz: float = Field(10e6, gt=0, le=1e10, description="frequency of the station's shared reference clock [Hz]")
     pattern_generator_reference: Literal["external", "internal"] = Field(
         "external", description="clock source of the clients' pattern generators: the shared reference ('external') "
         "or their own oscillator ('internal')")
@@ -256,7 +299,7 @@ class MasterClockConfig(InstrumentConfig):
 class PowerMeterConfig(InstrumentConfig):
     """Optical power meter used as the reference in efficiency calibration."""
 
-    wavelength_nm: float = Field(1550.0, gt=0)
+    wavelength_nm: float = Field(1550.0, gt=0, le=1e5)  # as laser.wavelength_nm
     relative_uncertainty: float = Field(0.02, ge=0, lt=1, description="calibration uncertainty of the head")
 
 
@@ -280,7 +323,7 @@ class ClientConfig(_Model):
     )
     intensity_probs: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
     basis_x_prob: float = Field(0.9, gt=0, lt=1, description="probability of basis X = {0, π}; Y = {π/2, 3π/2} otherwise")
-    insertion_loss_db: float = Field(1.0, ge=0, description="insertion loss of the client's modulators [dB]")
+    insertion_loss_db: float = Field(1.0, ge=0, le=MAX_LOSS_DB, description="insertion loss of the client's modulators [dB]")
     phase_modulator: PhaseModulatorConfig = Field(default_factory=PhaseModulatorConfig)
     attenuator: AttenuatorConfig = Field(default_factory=AttenuatorConfig)
     pattern_generator: PatternGeneratorConfig | None = Field(
@@ -316,25 +359,28 @@ class LoopConfig(_Model):
         default_factory=lambda: [2.0, 2.0, 2.0, 2.0, 2.0],
         description="fibre lengths node→C1, C1→C2, …, CK→node [km]; K+1 entries",
     )
-    fiber_loss_db_per_km: float = Field(0.2, ge=0, description="fibre attenuation [dB/km]")
-    node_loss_db: float = Field(1.0, ge=0, description="loss from the loop back to the splitter (circulator, connectors) [dB]")
+    # ≤ 1000 dB/km: telecom fibre 0.15-0.35 dB/km, even plastic fibre ~100-200 dB/km
+    fiber_loss_db_per_km: float = Field(0.2, ge=0, le=1e3, description="fibre attenuation [dB/km]")
+    node_loss_db: float = Field(1.0, ge=0, le=MAX_LOSS_DB,
+                                description="loss from the loop back to the splitter (circulator, connectors) [dB]")
     beam_splitter_ratio: float = Field(0.5, gt=0, lt=1, description="splitter transmission (0.5 = 50:50)")
     visibility: float = Field(0.99, gt=0, le=1, description="interference visibility V")
     phase_drift_rad_per_sqrt_s: float = Field(
-        0.01, ge=0, description="random-walk strength of the loop's residual phase drift [rad/√s]"
+        0.01, ge=0, le=1e4, description="random-walk strength of the loop's residual phase drift [rad/√s]"
     )
     phase_drift_correlation_s: float | None = Field(
         None, gt=0, le=1e9,
         description="correlation time τ of that drift [s]: the phase relaxes towards 0 (Ornstein–Uhlenbeck, "
                     "stationary rms σ·√(τ/2)); absent: an unbounded random walk, whose QBER grows ∝ time",
     )
-    fiber_refractive_index: float = Field(1.468, gt=1)
+    fiber_refractive_index: float = Field(1.468, gt=1, le=4)  # silica 1.44-1.47; no transparent medium above 4
 
     @field_validator("segments_km")
     @classmethod
     def _segments(cls, v: list[float]) -> list[float]:
-        if any((not math.isfinite(x)) or x < 0 for x in v):
-            raise ValueError("segment lengths must be finite and >= 0 km")
+        # ≤ 100 000 km a segment: 2.5 times round the Earth, and 20 000 dB at 0.2 dB/km
+        if any((not math.isfinite(x)) or not 0 <= x <= 1e5 for x in v):
+            raise ValueError("segment lengths must be finite, >= 0 and <= 100000 km")
         return v
 
 
@@ -350,7 +396,7 @@ MAX_CLIENTS = 256
 class ScheduleConfig(_Model):
     """Time-division schedule: pairs take turns on the loop in frames of consecutive slots."""
 
-    slots_per_frame: int = Field(65536, ge=1, description="consecutive pulse slots given to one pair")
+    slots_per_frame: int = Field(65536, ge=1, le=MAX_FRAME_SLOTS, description="consecutive pulse slots given to one pair")
     pairs: list[tuple[str, str]] | Literal["all"] = Field("all", description="'all' or a list of [Ci, Cj]")
     weights: dict[str, int] | None = Field(
         None, description="frames per schedule cycle of each scheduled pair, keyed 'Ci-Cj' (earlier client first); "
@@ -419,7 +465,7 @@ class SimulationConfig(_Model):
             "runs with the same value). CSPRNG clients draw a fresh key per acquisition whatever the epoch."
         ),
     )
-    block_duration_s: float = Field(0.05, gt=0, description="station time per streamed tag block [s] (the simulator's "
+    block_duration_s: float = Field(0.05, gt=0, le=1e6, description="station time per streamed tag block [s] (the simulator's "
                                     "window, the nodes' tag block; 50 ms: over nodes every block costs messages, and "
                                     "10 ms blocks made the networked acquisition 1.3x slower, docs/nodes.md)")
     emulate_pattern_generators: bool = Field(

@@ -316,7 +316,8 @@ def quiet_half_built_objects() -> None:
 
 
 def handle_errors(fn: F) -> F:
-    """Decorator for command functions: LabqflError / OSError / Ctrl-C → one line, non-zero exit."""
+    """Decorator for command functions: LabqflError / OSError / ValueError / OverflowError / Ctrl-C → one line,
+    non-zero exit."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -335,6 +336,9 @@ def handle_errors(fn: F) -> F:
             raise fail("interrupted by user (Ctrl-C)" + _safe_state_note(), EXIT_INTERRUPTED) from None
         except (OSError, ValueError) as exc:
             raise fail(f"{exc.__class__.__name__}: {exc}") from None
+        except OverflowError as exc:  # from a value no check caught (review s36 input F2); other bugs keep a traceback
+            raise fail(f"{exc.__class__.__name__}: {exc} (a value in the input is out of range; check the "
+                       "station file with `labqfl station show`)") from None
 
     return wrapper  # type: ignore[return-value]
 
