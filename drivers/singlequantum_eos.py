@@ -42,6 +42,18 @@ False) and its dead time and efficiency are properties of the nanowire and its r
 settings of this interface: they are the station file's nominal values. On open the operating
 point is written: the trigger level (``options.trigger_level_mv``, if given) and this channel at
 0 µA until armed.
+
+**Latching** (review s36 M3). A nanowire biased too close to its switching current, or hit by a bright
+pulse, latches: it stays resistive, biased but counting nothing, until its bias is taken away. After
+arming, and whenever :meth:`count_rate_hz` reads a low rate at the operating bias (the station file's
+``bias_current_ua``) or above, the channel's count rate is read over ``options.latch_window_s`` from the
+counts port ([W ``SQCounts.run``], period set with ``SetMeasurementPeriod`` [W ``set_measurement_periode``]);
+below ``options.latch_threshold_hz`` (default: the station file's ``dark_count_rate_hz`` / 10; window 1 /
+threshold, 0.1 … 10 s, so about 10 dark counts are expected and a working channel reads 0 with
+probability e⁻¹⁰) it is latched: its bias is ramped to 0 µA and back once (``SetAllBiasCurrents``
+[W ``set_bias_current``], each step confirmed), and if it still counts below the threshold the bias is
+ramped to 0 µA and the channel refused in one line naming it. ``options.latch_check = false`` turns
+this off (a controller whose counts port cannot be reached).
 """
 
 from __future__ import annotations
@@ -79,6 +91,13 @@ class SingleQuantumEosOptions(DriverOptions):
                                            description="counter trigger level written on open [mV] (None: keep)")
     bias_ramp_ua_per_s: float = Field(10.0, gt=0.0, le=10_000.0, description="average bias ramp rate [µA/s]")
     bias_step_ua: float = Field(0.5, gt=0.0, le=BIAS_UA[1], description="largest bias step of a ramp [µA]")
+    latch_check: bool = Field(True, description="check for a latched nanowire after arming and when counts are read "
+                              "at the operating bias (False: a controller whose counts port cannot be reached)")
+    latch_threshold_hz: float | None = Field(None, gt=0.0, description="a biased channel counting below this is "
+                                             "latched [Hz] (None: the station file's dark_count_rate_hz / 10)")
+    latch_window_s: float | None = Field(None, ge=MIN_PERIOD_MS / 1e3, le=MAX_PERIOD_MS / 1e3,
+                                         description="window of the latch check [s] (None: 1 / threshold, within "
+                                         "0.1 ... 10 s: about 10 dark counts)")
 
 
 class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
@@ -106,6 +125,8 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         self.bias_ramp_ua_per_s, self.bias_step_ua = o.bias_ramp_ua_per_s, o.bias_step_ua
         self.name = name  # for the setting's error before the session opens
         self._bias_setpoint = SingleQuantumEos.bias.validate(self, getattr(config, "bias_current_ua", 0.0))
+        self._operating_bias = self._bias_setpoint  # the station file's bias: the latch check's reference
+        self._dark_hz = float(getattr(config, "dark_count_rate_hz", 50.0))
         self._nominal = {"efficiency": float(getattr(config, "efficiency", 0.8)),
                          "dead_time_ns": float(getattr(config, "dead_time_ns", 30.0))}
         self.n_detectors = 0
@@ -294,6 +315,9 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             if not self._labels("DetectorEnable")["DetectorEnable"]:
                 self._command("DetectorEnable", "DetectorEnable", True)
             self._ramp_bias(self._bias_setpoint)
+            with self.lock:
+                if self._latch_params() is not None and self._bias_setpoint >= self._operating_bias - 1e-6:
+                    self._latch_check_keeping_period()
         else:
             with self.lock:
                 self._disarm()
@@ -375,10 +399,81 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         """This channel's bias ramped down to 0 µA; bias supply off once every channel is at 0 µA."""
         self.enabled = False
 
+    # -- latching ---------------------------------------------------------------------------------
+    def _latch_params(self) -> tuple[float, float] | None:
+        """(threshold [Hz], window [s]) of the latch check; None: no check (off, or no dark rate to refer to)."""
+        o = self.opts
+        if not o.latch_check:
+            return None
+        threshold = o.latch_threshold_hz if o.latch_threshold_hz is not None else self._dark_hz / 10.0
+        if threshold <= 0:
+            return None
+        window = o.latch_window_s if o.latch_window_s is not None else min(MAX_PERIOD_MS / 1e3,
+                                                                           max(0.1, 1.0 / threshold))
+        return threshold, window
+
+    def _latch_check_keeping_period(self) -> None:
+        """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
+        stream reports per line, to every listener) put back as it was."""
+        period = self._labels("InptMeasurementPeriod")["InptMeasurementPeriod"]
+        try:
+            self._recover_if_latched(None)
+        finally:
+            if isinstance(period, int) and not isinstance(period, bool) and period >= MIN_PERIOD_MS:
+                try:
+                    self._command("SetMeasurementPeriod", "InptMeasurementPeriod", period)
+                except Exception as exc:  # the check's own result (or refusal) matters more
+                    self.log.warning("measurement period not put back to %d ms: %s", period, exc)
+
+    def _recover_if_latched(self, rate: float | None) -> None:
+        """A biased nanowire counting below the threshold over the latch window is latched (a real one stays
+        resistive, counting nothing, until its bias is taken away): its bias is ramped to 0 µA and back once
+        (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed); still latched, the bias is
+        ramped to 0 µA and the channel refused in one line. ``rate``: a rate just read over the window."""
+        params = self._latch_params()
+        assert params is not None
+        threshold, window = params
+        rate = self._read_rate(window) if rate is None else rate
+        if rate >= threshold:
+            return
+        bias = self.bias_now_ua
+        self.log.warning("channel %d counts %g /s over %g s at %g µA, below %g /s: latched; bias ramped to 0 µA and "
+                         "back once", self.channel, rate, window, bias, threshold)
+        self._ramp_bias(0.0)
+        self._ramp_bias(bias)
+        rate = self._read_rate(window)
+        if rate >= threshold:
+            self.log.info("channel %d counts again after the bias reset: %g /s", self.channel, rate)
+            return
+        self._disarm()
+        raise InstrumentError(f"{self.name}: channel {self.channel} latched: {rate:g} counts/s over {window:g} s at "
+                              f"{bias:g} µA after its bias was ramped to 0 µA and back (expected at least {threshold:g}"
+                              f"/s: options.latch_threshold_hz, default dark_count_rate_hz / 10); bias left at 0 µA",
+                              instrument=self.name, resource=self.resource, command="counts")
+
     # -- measurements -----------------------------------------------------------------------------
     def count_rate_hz(self, integration_s: float = 0.1) -> float:
         """Counts per second of this channel over one measurement period (10 ms … 10 s) from the
-        counts port."""
+        counts port. At the operating bias or above (armed), a rate below the latch threshold is checked
+        over the latch window and, if the channel is latched, its bias reset once (refused if it stays
+        latched: :meth:`_recover_if_latched`); the rate is then read again."""
+        rate = self._read_rate(integration_s)
+        params = self._latch_params()
+        if params is None or rate >= params[0]:
+            return rate
+        with self.lock:
+            if not self._labels("DetectorEnable")["DetectorEnable"] or self.bias_now_ua < self._operating_bias - 1e-6:
+                return rate  # not biased at its operating point: a low rate says nothing of a latch
+            threshold, window = params
+            if abs(window - integration_s) > 1e-9:
+                rate = self._read_rate(window)
+                if rate >= threshold:
+                    return self._read_rate(integration_s)
+            self._recover_if_latched(rate)
+            return self._read_rate(integration_s)
+
+    def _read_rate(self, integration_s: float) -> float:
+        """One measurement period's counts of this channel from the counts port, per second."""
         s = check_range("integration_s", integration_s, MIN_PERIOD_MS / 1e3, MAX_PERIOD_MS / 1e3, "s")
         ms = round(s * 1e3)
         host = self.resource.split("::")[1]

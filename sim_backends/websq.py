@@ -27,6 +27,13 @@ with no recent blocks it reports its dark counts at the controller's bias (the s
 :func:`~labqfl.sim_backends.testbed.dark_count_rate_at`, Poisson-drawn). A disabled channel (``DetectorEnable``
 off or its bias ≤ 0 µA) counts 0 either way, as a real controller's would.
 
+**Latching** (review s36 M3). A real nanowire biased above its switching current, or hit by a bright pulse near
+it, stays in its resistive state: biased, but counting nothing, until its bias is taken away. The emulator
+models that: a channel whose bias is set above ``switching_current_ua`` (None: never on its own) while
+``DetectorEnable`` is on, or one latched on demand (:meth:`WebSQEmulator.latch`, for tests), counts 0 on
+the counts port (and its detector in the simulated loop clicks no more) until its bias is set to 0 µA or
+``DetectorEnable`` is switched off. :attr:`WebSQEmulator.latched` holds each channel's state.
+
 The emulator keeps the state a test reads back (:attr:`bias_ua`, :attr:`enabled`,
 :attr:`bias_history` — every bias vector the controller accepted, so a ramp is visible step by step)
 in the process that runs it, so a test can kill the client process and then read what the
@@ -73,10 +80,14 @@ class WebSQEmulator:
 
     def __init__(self, n_detectors: int = 2, *, control_port: int = 0, counts_port: int = 0,
                  rate_hz_per_ua: float = 100.0, counts: CountSource | None = None,
-                 on_change: Callable[[WebSQEmulator], None] | None = None, temperature_k: float = 2.51) -> None:
+                 on_change: Callable[[WebSQEmulator], None] | None = None, temperature_k: float = 2.51,
+                 switching_current_ua: float | None = None) -> None:
         self.n = int(n_detectors)
         self.lock = threading.RLock()
         self.bias_ua = [0.0] * self.n
+        #: per channel: latched (biased, counting 0) until its bias is reset (module docstring)
+        self.latched = [False] * self.n
+        self.switching_current_ua = switching_current_ua
         self.trigger_mv = [25.0] * self.n
         self.enabled = False
         self.period_ms = 100
@@ -109,7 +120,26 @@ class WebSQEmulator:
     def state(self) -> dict[str, Any]:
         with self.lock:
             return {"bias_ua": list(self.bias_ua), "enabled": self.enabled, "trigger_mv": list(self.trigger_mv),
-                    "period_ms": self.period_ms, "bias_history": [list(b) for b in self.bias_history]}
+                    "period_ms": self.period_ms, "bias_history": [list(b) for b in self.bias_history],
+                    "latched": list(self.latched)}
+
+    def latch(self, channel: int) -> None:
+        """Latch ``channel`` (1-based) now, as a bright pulse would: it counts 0 until its bias is reset."""
+        if not 1 <= channel <= self.n:
+            raise ValueError(f"channel must be 1 to {self.n}, got {channel!r}")
+        with self.lock:
+            self.latched[channel - 1] = True
+        if self.on_change is not None:
+            self.on_change(self)
+
+    def _update_latches(self) -> None:
+        """After a bias or enable change: a channel without bias is free again; one biased above the switching
+        current latches."""
+        for i, b in enumerate(self.bias_ua):
+            if not self.enabled or b <= 0:
+                self.latched[i] = False
+            elif self.switching_current_ua is not None and abs(b) > self.switching_current_ua:
+                self.latched[i] = True
 
     def _label_values(self) -> dict[str, Any]:
         return {"NumberOfDetectors": self.n, "BiasCurrent": list(self.bias_ua), "TriggerLevel": list(self.trigger_mv),
@@ -141,6 +171,7 @@ class WebSQEmulator:
                 else:
                     self.bias_ua = [float(v) for v in value]
                     self.bias_history.append(list(self.bias_ua))
+                    self._update_latches()
             elif command == "SetAllTriggerLevels":
                 if not isinstance(value, list) or len(value) != self.n:
                     error = f"SetAllTriggerLevels: expected {self.n} levels, got {value!r}"
@@ -151,6 +182,7 @@ class WebSQEmulator:
                     error = f"DetectorEnable: expected true or false, got {value!r}"
                 else:
                     self.enabled = value
+                    self._update_latches()
             elif command == "SetMeasurementPeriod":
                 if not isinstance(value, int) or value < MIN_PERIOD_MS:
                     error = f"SetMeasurementPeriod: expected an integer >= {MIN_PERIOD_MS} ms, got {value!r}"
@@ -232,6 +264,8 @@ class WebSQEmulator:
             if counts is None:
                 self._stop.wait(period)
                 continue
+            with self.lock:  # a latched nanowire counts nothing
+                counts = [0 if i < self.n and self.latched[i] else c for i, c in enumerate(counts)]
             line = (",".join([f"{time.time():.3f}"] + [str(c) for c in counts]) + "\n").encode()
             for c in clients:
                 try:
@@ -398,11 +432,11 @@ class EmulatedDetectors:
             tb = self.testbed
             assert tb is not None
             with emu.lock:
-                state = [(role, emu.enabled, emu.bias_ua[ch - 1]) for role, ch in roles]
+                state = [(role, emu.enabled and not emu.latched[ch - 1], emu.bias_ua[ch - 1]) for role, ch in roles]
             with tb.lock:
                 for role, enabled, bias in state:
                     d = tb.live.detectors[role]
-                    d.enabled = bool(enabled and bias > 0)
+                    d.enabled = bool(enabled and bias > 0)  # a latched nanowire clicks no more
                     d.bias = float(bias)
                 tb.touch()
         return follow

@@ -47,7 +47,9 @@ def test_eos_exact_protocol_arm_and_safe_state() -> None:
     en_off = b'{"command": "DetectorEnable", "label": "DetectorEnable", "value": false}'
     set_half = b'{"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [0.0, 0.5]}'
     set_zero = b'{"command": "SetAllBiasCurrents", "label": "BiasCurrent", "value": [0.0, 0.0]}'
-    with expected_protocol(lambda a: SingleQuantumEos("D1", cfg(), adapter=a), [
+    # no latch check here: it reads the counts port, a second connection expected_protocol does not model
+    # (the check is tested against the emulator below)
+    with expected_protocol(lambda a: SingleQuantumEos("D1", cfg(latch_check=False), adapter=a), [
         *opening([0.0, 0.0], False),
         # arm: DetectorEnable on (confirmed), bias of channel 2 ramped 0 -> 0.5 µA
         (LP, dump([0.0, 0.0], False)), (en_on, None),
@@ -162,3 +164,43 @@ def test_eos_detector_enable_must_be_a_json_boolean() -> None:
     ]) as d:
         with pytest.raises(InstrumentReplyError, match="unexpected DetectorEnable = 'false'; expected a JSON boolean"):
             _ = d.enabled
+
+
+# -- review s36 M3: a latched nanowire (biased, counting nothing) is reset once, then refused -----------------
+@needs_pyvisa_py
+def test_eos_latched_channel_is_reset_once_and_refused_if_it_stays_latched() -> None:
+    """After arming, the channel's counts are read over the latch window from the counts port ([W] ``SQCounts.run``;
+    period [W] ``set_measurement_periode``): a biased channel below dark_count_rate_hz / 10 is latched, its bias
+    ramped to 0 µA and back ([W] ``set_bias_current``). The emulator latches a channel biased above its switching
+    current (here 2.5 µA: D1 at 3 µA latches again on every ramp up) or on demand, and frees it at 0 µA."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2, switching_current_ua=2.5) as emu:
+        def make(role: str, ch: int, bias: float) -> SingleQuantumEos:
+            return SingleQuantumEos(role, DetectorConfig(
+                driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000,
+                bias_current_ua=bias, dark_count_rate_hz=50.0,
+                options={"channel": ch, "counts_port": emu.counts_port, "bias_step_ua": 1.0,
+                         "bias_ramp_ua_per_s": 10_000.0}))
+        d0, d1 = make("D0", 1, 2.0), make("D1", 2, 3.0)
+        try:
+            d0.enabled = True  # 200 counts/s (the emulator's 100 /s per µA): not latched
+            assert emu.period_ms == 100  # the check's 0.2 s window put back to the controller's period
+            assert emu.latched == [False, False] and d0.count_rate_hz(0.02) == pytest.approx(200.0)
+            # latched while armed (a bright pulse): the next reading resets it once and counts again
+            emu.latch(1)
+            assert d0.count_rate_hz(0.02) == pytest.approx(200.0)
+            assert emu.latched == [False, False] and [0.0, 0.0] in emu.bias_history
+            # above its switching current: latched after the reset too -> refused in one line, bias at 0 µA
+            with pytest.raises(InstrumentError) as err:
+                d1.enabled = True
+            line = str(err.value)
+            assert "\n" not in line
+            assert line.startswith("D1: channel 2 latched: 0 counts/s over 0.2 s at 3 µA after its bias was ramped "
+                                   "to 0 µA and back (expected at least 5/s"), line
+            assert emu.bias_ua == [2.0, 0.0] and emu.latched == [False, False]
+            ups = [b for b in emu.bias_history if b[1] == 3.0]
+            assert len(ups) == 2  # armed once, reset once, then left at 0
+        finally:
+            d0.close()
+            d1.close()
