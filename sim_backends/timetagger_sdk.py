@@ -374,7 +374,8 @@ class _Processor:
 
 class EmulatedStream:
     """``TimeTagStream(tagger, n_max_events, channels)``: runs while the feed has blocks; each
-    ``getData`` returns what was pulled since the previous one."""
+    ``getData`` returns what was pulled since the previous one, at most ``n_max_events`` records (the rest
+    discarded, as the SDK's host buffer does when getData is called too rarely)."""
 
     def __init__(self, tagger: EmulatedTagger, n_max_events: int, channels: Iterable[int]) -> None:
         self.tagger = tagger
@@ -419,8 +420,19 @@ class EmulatedStream:
         if not parts:
             return _EMPTY
         if len(parts) == 1:
-            return parts[0]
-        return StreamBuffer(*(np.concatenate([getattr(p, a) for p in parts]) for a in ("_ts", "_ch", "_types", "_missed")))
+            return self._capped(parts[0])
+        return self._capped(StreamBuffer(*(np.concatenate([getattr(p, a) for p in parts])
+                                           for a in ("_ts", "_ch", "_types", "_missed"))))
+
+    def _capped(self, buf: StreamBuffer) -> StreamBuffer:
+        """The host buffer holds ``n_max_events`` records between two ``getData`` calls; what came after is
+        discarded, and the buffer's ``size`` then equals ``n_max_events`` (SDK, ``TimeTagStreamBuffer.size``:
+        "If the size equals the maximum size of the buffer set in TimeTagStream via n_max_events, events
+        have likely been discarded")."""
+        n = self.n_max_events
+        if buf.size <= n:
+            return buf
+        return StreamBuffer(buf._ts[:n], buf._ch[:n], buf._types[:n], buf._missed[:n])
 
     def stop(self) -> None:
         self._stopped = True

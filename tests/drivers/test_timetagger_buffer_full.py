@@ -61,3 +61,28 @@ def test_stream_ending_on_a_full_buffer_loses_up_to_its_get_data_time(small_buff
     blocks = list(tagger.stream(1e-3, 1e-4))
     assert blocks[-1].lost_intervals_ps.tolist() == [[400, 5_000]] and blocks[-1].overflow
     assert blocks[0].lost_intervals_ps.tolist() == [] and tagger.last_stream_buffer_full == 1
+
+
+def test_the_emulated_sdk_discards_past_n_max_events_and_the_driver_records_the_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulated SDK (labqfl.sim_backends.timetagger_sdk) fills its host buffer as the SDK does: a poll of
+    more than n_max_events records keeps the first n_max_events; the driver marks the rest lost."""
+    from labqfl.sim_backends.timetagger_sdk import EmulatedTimeTaggerSDK, LightSettings
+
+    from labqfl.config import load_station_config
+    from labqfl.instruments.base import TagBlock
+
+    cfg = load_station_config()
+    cfg.time_tagger = cfg.time_tagger.model_copy(update={"driver": "SwabianTimeTagger"})
+    cfg.simulation.emulate_time_tagger = True
+    feed = [TagBlock(np.array([0, 100, 200, 300, 400, 500], np.int64), np.array([2, 3, 2, 3, 2, 3], np.int16)),
+            TagBlock(np.array([9_000, 9_100], np.int64), np.array([2, 3], np.int16))]
+    sdk = EmulatedTimeTaggerSDK(LightSettings.from_config(cfg), lambda capture_s: iter(feed))
+    monkeypatch.setattr(st, "STREAM_BUFFER_EVENTS", 4)
+    drv = st.SwabianTimeTagger("time_tagger", cfg.time_tagger, sdk=sdk)
+    try:
+        blocks = [b for b in drv.stream(1e-3, 1e-6) if len(b) or b.lost_intervals_ps.size]
+    finally:
+        drv.close()
+    assert [b.timestamps.tolist() for b in blocks] == [[0, 100, 200, 300], [9_000, 9_100]]  # 400, 500 discarded
+    assert blocks[1].lost_intervals_ps.tolist() == [[300, 9_000]] and drv.last_stream_buffer_full == 1
