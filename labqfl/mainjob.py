@@ -149,6 +149,46 @@ class PhaseClock:
         return {**{k: round(v, 3) for k, v in self.seconds.items()}, "total_s": round(time.perf_counter() - self.t0, 3)}
 
 
+#: Settings every state.json has held since the first version (a missing one: not a saved JobSettings).
+_STATE_SETTINGS_REQUIRED = ("duration_s", "task", "rounds")
+
+
+def _checked_state(p: Path, state: Any) -> JobSettings:
+    """The :class:`JobSettings` of a ``state.json`` read for a resume, after checking its shape: an object with
+    ``schema``, a ``settings`` object (valid :meth:`JobSettings.validate`), ``phases`` (each of :data:`PHASES` a
+    string), ``attempts`` (an integer >= 0) and ``acquisitions`` (a list of objects). Valid JSON of another shape
+    (an array, null, no or empty settings) gave AttributeError/KeyError tracebacks, ``settings: {}`` after printing
+    a plan (review s36 input F5); now one :class:`DataFormatError` names the file and what was expected."""
+    def bad(what: str) -> DataFormatError:
+        return DataFormatError(f"{p}: {what}; expected the state a `labqfl run` wrote (the file was edited or is "
+                               "corrupt)")
+
+    if not isinstance(state, dict):
+        raise bad(f"holds a JSON {type(state).__name__ if state is not None else 'null'}, not an object")
+    if state.get("schema") != SCHEMA:
+        raise DataFormatError(f"{p}: schema {state.get('schema')!r}, expected {SCHEMA!r}")
+    st = state.get("settings")
+    if not isinstance(st, dict) or not st:
+        raise bad(f"'settings' is {st!r}, not an object of the run's settings")
+    if missing := [k for k in _STATE_SETTINGS_REQUIRED if k not in st]:
+        raise bad(f"'settings' lacks {', '.join(repr(k) for k in missing)}")
+    phases = state.get("phases")
+    if not isinstance(phases, dict) or any(not isinstance(phases.get(ph), str) for ph in PHASES):
+        raise bad(f"'phases' is {phases!r}, not an object giving each of {', '.join(PHASES)} a status")
+    attempts = state.get("attempts")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise bad(f"'attempts' is {attempts!r}, not an integer >= 0")
+    acqs = state.get("acquisitions")
+    if not isinstance(acqs, list) or any(not isinstance(a, dict) for a in acqs):
+        raise bad(f"'acquisitions' is {acqs!r:.80}, not a list of objects")
+    try:
+        settings = JobSettings.from_dict(st)
+        settings.validate()
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise bad(f"settings: {exc}") from None
+    return settings
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -264,10 +304,8 @@ class MainJob:
             raise DataFormatError(f"{p}: missing; {run.path} is not a `labqfl run` folder") from None
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{p}: corrupt JSON ({exc})") from None
-        if state.get("schema") != SCHEMA:
-            raise DataFormatError(f"{p}: schema {state.get('schema')!r}, expected {SCHEMA!r}")
+        settings = _checked_state(p, state)
         cfg = run.read_config()
-        settings = JobSettings.from_dict(state["settings"])
         from labqfl.log import add_file_handler
 
         run._log_handler = add_file_handler(run.path / "run.log")
