@@ -23,6 +23,7 @@ class _StuckStream:
         self.record = PlayedFrames(100)
         self.late_frames = 0
         self.error = None
+        self.dark_frames_between = 0  # no duty cycle (ClientStreams.summary reads it since 0d7445f)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._stop.wait, daemon=True)
         self.thread.start()
