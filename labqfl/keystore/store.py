@@ -294,6 +294,20 @@ def _fs_cause(exc: sqlite3.Error) -> str:
     return why
 
 
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder (a file created or linked in it survives a power cut); a no-op where the filesystem cannot."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems cannot sync a directory; the file itself is synced
+    finally:
+        os.close(dfd)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -505,10 +519,7 @@ class KeyStore:
             if not self._create:
                 raise self._fail("no such file")
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-            except FileExistsError:
-                pass
+            self._publish_new_store(path)
         elif not path.is_file():
             raise self._fail("not a regular file")
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -524,12 +535,13 @@ class KeyStore:
             if app_id != APPLICATION_ID and (app_id != 0 or tables):
                 raise self._fail(f"not a labqfl key store (SQLite application_id {app_id:#x}, tables "
                                  f"{sorted(tables)[:5]}); refusing to use or modify it")
-            if app_id == 0 and not self._create:
+            if app_id == 0:  # a new store is only ever published initialised (_publish_new_store)
                 raise self._fail(f"empty ({path.stat().st_size} bytes, no tables): not an initialised key store "
-                                 "(truncated?); refusing to create one here")
+                                 "(truncated?); refusing to create one here" + (
+                                     "; move it aside (keep it: it is the evidence, and the partner nodes' stores "
+                                     "still hold the pairs' blocks) to start a new, empty store" if self._create
+                                     else ""))
             self._configure(conn)
-            if app_id == 0:
-                self._init_schema(conn)
             self._check_schema(conn)
         except KeyStoreError:
             conn.close()
@@ -542,6 +554,35 @@ class KeyStore:
             if side.exists() and stat.S_IMODE(side.stat().st_mode) & 0o077:
                 os.chmod(side, 0o600)
         return conn
+
+    def _publish_new_store(self, path: Path) -> None:
+        """Create the store at ``path`` (absent) initialised, never as an empty file: the schema is written to a
+        private temporary file beside it, synced, and hard-linked into place (``link`` fails if ``path`` appeared
+        meanwhile: another process's store is then used, ours dropped). So an existing empty file is always a
+        truncated store and is refused, never re-initialised: ``keys ticket``, ``distill`` and every other
+        creating opener wrote a fresh store, with a new store ID, over a 0-byte file (review s36 input F8)."""
+        tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{secrets.token_hex(4)}")
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        try:
+            conn = sqlite3.connect(str(tmp), isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+                self._init_schema(conn)
+            finally:
+                conn.close()
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process published its store first: that one is used
+            _fsync_dir(path.parent)
+        finally:
+            for leftover in (tmp, Path(str(tmp) + "-journal")):
+                leftover.unlink(missing_ok=True)
 
     def _init_schema(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")

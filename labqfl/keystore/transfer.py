@@ -68,6 +68,7 @@ import numpy as np
 
 from labqfl.errors import DataFormatError, KeyStoreError
 from labqfl.keystore.store import PURPOSES, ExportBinding, ExportedSegment, ImportTicket, KeyStore
+from labqfl.keystore.store import _fsync_dir as _fsync_dir
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -192,19 +193,6 @@ def _preallocate(fd: int, size: int) -> None:
     while left > 0:
         left -= os.write(fd, chunk[:min(left, len(chunk))])
     os.fsync(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some filesystems cannot sync a directory; the file itself is synced
-    finally:
-        os.close(dfd)
 
 
 def _write_exact(fd: int, data: bytes | bytearray) -> None:
