@@ -405,6 +405,11 @@ def pinned_survivors(path: Path, job: str, round_index: int) -> tuple[list[str],
     return None if got is None else (list(got["survivors"]), list(got["dropped"]))
 
 
+def _name_list(v: Any) -> bool:
+    """``v`` is what :func:`pin_survivors` writes: a sorted list of distinct strings."""
+    return isinstance(v, list) and all(isinstance(x, str) for x in v) and v == sorted(set(v))
+
+
 def _read_consistency(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"version": 1, "jobs": {}}
@@ -416,9 +421,11 @@ def _read_consistency(path: Path) -> dict[str, Any]:
             if not isinstance(rounds, dict):
                 raise ValueError(f"job {job!r} has no rounds table")
             for r, v in rounds.items():
-                int(r)
-                if not isinstance(v, dict) or not all(isinstance(v.get(k), list) for k in ("survivors", "dropped")):
-                    raise ValueError(f"job {job!r} round {r!r} has no survivors and dropped lists")
+                if not (isinstance(r, str) and r.isascii() and r.isdigit() and str(int(r)) == r):
+                    raise ValueError(f"job {job!r} has a round key {r!r} that is not a round number (0, 1, 2, ...)")
+                if not isinstance(v, dict) or not all(_name_list(v.get(k)) for k in ("survivors", "dropped")):
+                    raise ValueError(f"job {job!r} round {r!r}: expected sorted lists of distinct client names "
+                                     "'survivors' and 'dropped'")
     except (OSError, ValueError) as exc:
         raise SecureAggregationError(f"this node's record of the survivor sets it signed, {path}, cannot be read "
                                      f"({exc}); refusing to sign or unmask until it is restored (it tells which "
