@@ -300,6 +300,32 @@ def _check_root_attrs(p: Path, a: Any, cfg: StationConfig) -> None:
                                   f"give {want_id!r}; the file was edited (station name, seeds or epoch) or is corrupt")
 
 
+def _attr_number(p: Path, a: Any, name: str, kind: type, default: Any) -> Any:
+    """Root attribute ``name`` as ``kind`` (int or float), or DataFormatError naming it and what it holds: a
+    string or missing attribute said only "invalid literal for int() with base 10: 'garbage'" or h5py's "can't
+    locate attribute" (review s36 input F7)."""
+    if name not in a:
+        if default is not None:
+            return default
+        raise DataFormatError(f"{p}: attribute {name} is missing; the file is truncated, edited or not a labqfl "
+                              "recording")
+    v = a[name]
+    ok = (np.integer, int) if kind is int else (np.integer, np.floating, int, float)
+    if isinstance(v, bool | np.bool_) or not isinstance(v, ok):
+        want = "an integer" if kind is int else "a number"
+        shown = v.item() if isinstance(v, np.generic) else v
+        raise DataFormatError(f"{p}: attribute {name} = {shown!r}; expected {want} (the file was edited or is corrupt)")
+    return kind(v)
+
+
+def _attr_int(p: Path, a: Any, name: str, default: int | None = None) -> int:
+    return int(_attr_number(p, a, name, int, default))
+
+
+def _attr_float(p: Path, a: Any, name: str) -> float:
+    return float(_attr_number(p, a, name, float, None))
+
+
 def _same_floats(got: Any, want: Any) -> bool:
     try:
         g = np.asarray(got, dtype=np.float64).reshape(-1)
@@ -398,7 +424,7 @@ class Recording:
             a = f.attrs
             if a.get("format") != FORMAT:
                 raise DataFormatError(f"{p}: not a labqfl tag recording (attribute format={a.get('format')!r}, expected {FORMAT!r})")
-            if int(a.get("format_version", -1)) not in _READABLE_VERSIONS:
+            if _attr_int(p, a, "format_version", -1) not in _READABLE_VERSIONS:
                 raise DataFormatError(f"{p}: unsupported recording format_version {a.get('format_version')!r}; "
                                       f"expected one of {list(_READABLE_VERSIONS)}")
             for name in ("config_toml", "tags/timestamps", "tags/channels", "tags/block_end", "tags/block_overflow", "clients"):
@@ -418,12 +444,13 @@ class Recording:
             be = f["tags/block_end"][...]
             if be.size and (np.any(np.diff(be) < 0) or be[-1] != ts.shape[0]):
                 raise DataFormatError(f"{p}: /tags/block_end does not match the number of tags ({be[-1] if be.size else 0} vs {ts.shape[0]}); the file is truncated or corrupt")
-            _check_duration(p, float(a["duration_s"]), ts, be.size)
+            _check_duration(p, _attr_float(p, a, "duration_s"), ts, be.size)
+            epoch = _attr_int(p, a, "epoch")
             text = f["config_toml"][()]
             text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
             cfg = _parse_config_text(text, p)
             _check_root_attrs(p, a, cfg)
-            _check_clients(p, f["clients"], cfg, int(a["epoch"]))
+            _check_clients(p, f["clients"], cfg, epoch)
             _check_lost_intervals(p, f, be.size)
             rec = cls(p, f, cfg)
         except DataFormatError:
