@@ -41,6 +41,10 @@ JOB_ID = typer.Option(None, "--job-id", metavar="ID", help="The training job thi
                       "digits, '_.:-'): with self-masks each SuperNode signs one survivor set per job and round, "
                       "under every spec of the job. Default: a fresh random ID (each command its own job); "
                       "node train --signed-spec: the signed spec's.")
+COLLUDERS = typer.Option(None, "--colluders", min=0, metavar="C", help="With --self-masks: how many clients colluding "
+                         "with the server the consistency stage tolerates (signed): each node unmasks only a survivor "
+                         "set that max(t, min_survivors, floor((N + C)/2) + 1) survivors signed. Default: t - 1 (the "
+                         "threshold's assumption); 0 tolerates more dropouts (N = 3: one) but no colluder.")
 SPEC_OUT = typer.Option(..., "--out", "-o", metavar="FILE", dir_okay=False, help="Where to write the signed spec (JSON).")
 
 
@@ -65,7 +69,7 @@ def add_train(node_app: typer.Typer) -> None:
         dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
         dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"],
         timeout: float = TIMEOUT, out: Path | None = TRAIN["out"], signed_spec: Path | None = SIGNED_SPEC,
-        job_id: str | None = JOB_ID, as_json: bool = JSON_OPTION,
+        job_id: str | None = JOB_ID, colluders: int | None = COLLUDERS, as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): train over a running server node and the clients' SuperNodes;
         report and run folder as `labqfl train` (docs/nodes.md, "Separate hosts")."""
@@ -78,7 +82,7 @@ def add_train(node_app: typer.Typer) -> None:
         fs = cfg.fl_server
         summary = run_training(settings, server, certs, server_name or (fs.name if fs else "server"),
                                mnist_dir=mnist_dir, timeout_s=timeout, runs_dir=out, quiet=as_json,
-                               signed_spec=signed_spec, job_id=job_id)
+                               signed_spec=signed_spec, job_id=job_id, colluders=colluders)
         emit(summary, as_json, lambda con: render(con, summary))
 
     @node_app.command("sign-spec")
@@ -96,7 +100,7 @@ def add_train(node_app: typer.Typer) -> None:
         self_masks: bool = TRAIN["self_masks"], threshold: int | None = TRAIN["threshold"],
         dp_epsilon: float | None = TRAIN["dp_epsilon"], dp_delta: float = TRAIN["dp_delta"],
         dp_honest: int = TRAIN["dp_honest"], dp_clip: float | None = TRAIN["dp_clip"], job_id: str | None = JOB_ID,
-        as_json: bool = JSON_OPTION,
+        colluders: int | None = COLLUDERS, as_json: bool = JSON_OPTION,
     ) -> None:
         """As the operator (certificate 'ctl'): sign a training spec (participants, graph, self-masks, threshold,
         DP, rounds, task, q, key mode) for `labqfl node train --signed-spec`; every SuperNode follows no other
@@ -106,10 +110,10 @@ def add_train(node_app: typer.Typer) -> None:
         cfg = load_station_config(station)
         settings = _settings(**{n: v for n, v in locals().items() if n in _SETTINGS}, names=tuple(cfg.client_names))
         doc = sign_training_spec(settings, certs, mnist_dir=mnist_dir, valid_s=valid_hours * 3600.0, out=out,
-                                 job_id=job_id)
+                                 job_id=job_id, colluders=colluders)
         emit(doc, as_json, lambda con: con.print(
             f"signed spec {doc['spec_id']} (operator ctl), valid until {doc['expires']}: {doc['file']}\n"
-            + ", ".join(f"{k_}={v!r}" for k_, v in doc["settings"].items()), soft_wrap=True))
+            + (f"{doc['consistency']}\n" if doc.get("consistency") else "") + ", ".join(f"{k_}={v!r}" for k_, v in doc["settings"].items()), soft_wrap=True))
 
 
 #: the training options both commands turn into :class:`~labqfl.app.training.TrainingSettings`
@@ -125,6 +129,18 @@ def _settings(**kw: Any) -> Any:
     return TrainingSettings(**kw, engine="flower", preflight=False)
 
 
+def consistency_line(spec: Any) -> str:
+    """With self-masks: the tolerated colluders c and the signatures (survivors) ``need`` of the consistency
+    stage (:meth:`~labqfl.fl.flower.spec.FlowerSpec.consistency_need`), in words; "" without self-masks."""
+    if not spec.self_masks:
+        return ""
+    c, t, need = spec.tolerated_colluders(), spec.full_threshold(), spec.consistency_need()
+    why = "default t - 1" if spec.colluders < 0 else "--colluders"
+    return (f"self-masks: t = {t}, {c} colluding client(s) tolerated ({why}), so every round needs {need} of "
+            f"{spec.clients} clients to survive and sign its survivor set ({spec.clients - need} dropout(s) "
+            "tolerated)")
+
+
 def new_job_id() -> str:
     """A fresh training-job ID (``spec.job_id``): ``job-`` and 64 random bits."""
     import secrets
@@ -132,10 +148,11 @@ def new_job_id() -> str:
     return f"job-{secrets.token_hex(8)}"
 
 
-def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "") -> tuple[Any, Any]:
+def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "",
+               colluders: int | None = None) -> tuple[Any, Any]:
     """(the checked :class:`~labqfl.app.training.TrainingSetup`, the Flower spec a run over nodes sends) of
-    ``settings``, as ``labqfl run`` over nodes makes it, for training job ``job_id``; a spec the ServerApp
-    would refuse fails here."""
+    ``settings``, as ``labqfl run`` over nodes makes it, for training job ``job_id`` tolerating ``colluders``
+    (None: t − 1); a spec the ServerApp would refuse fails here."""
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
@@ -143,20 +160,21 @@ def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "") -> tuple
 
     setup = TrainingSetup(settings)  # validates; opens no key store, loads no data
     spec = dataclasses.replace(flower_spec_for(setup, settings.client_names, data_dir=str(mnist_dir or "")),
-                               keys=settings.keys, job_id=job_id)
+                               keys=settings.keys, job_id=job_id, colluders=-1 if colluders is None else colluders)
     spec.secagg()
     return setup, spec
 
 
 def sign_training_spec(settings: Any, certs: Path, *, mnist_dir: Path | None, valid_s: float,
-                       out: Path, job_id: str | None = None) -> dict[str, Any]:
-    """Sign the Flower spec of ``settings`` for training job ``job_id`` (default: a fresh one) with the
+                       out: Path, job_id: str | None = None, colluders: int | None = None) -> dict[str, Any]:
+    """Sign the Flower spec of ``settings`` for training job ``job_id`` (default: a fresh one), tolerating
+    ``colluders`` (default t − 1) with the
     operator's ``node-ctl`` key of ``certs`` and write it to ``out`` (:mod:`labqfl.fl.flower.specsig`); returns
     what was signed (ID, expiry, settings, file)."""
     from labqfl.errors import ConfigError
     from labqfl.nodes.fl import operator_signed_spec
 
-    _, spec = _node_spec(settings, mnist_dir, job_id or new_job_id())
+    _, spec = _node_spec(settings, mnist_dir, job_id or new_job_id(), colluders)
     try:
         signed = operator_signed_spec(certs, spec.to_config(), valid_s)
     except ConfigError as exc:
@@ -165,7 +183,7 @@ def sign_training_spec(settings: Any, certs: Path, *, mnist_dir: Path | None, va
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(signed.to_json() + "\n", encoding="utf-8")
     return {"spec_id": signed.spec_id, "expires": f"{signed.expires:%Y-%m-%d %H:%M:%S} UTC", "file": str(out),
-            "settings": signed.settings}
+            "settings": signed.settings, "consistency": consistency_line(spec)}
 
 
 def _load_signed(path: Path, spec: Any) -> Any:
@@ -188,24 +206,27 @@ def _load_signed(path: Path, spec: Any) -> Any:
 
 def run_training(settings: Any, server: str, certs: Path, server_name: str, *, mnist_dir: Path | None,
                  timeout_s: float, runs_dir: Path | None, quiet: bool, signed_spec: Path | None = None,
-                 job_id: str | None = None) -> dict[str, Any]:
+                 job_id: str | None = None, colluders: int | None = None) -> dict[str, Any]:
     """Check ``settings`` (a :class:`~labqfl.app.training.TrainingSettings`) as ``labqfl train`` does, make the
     Flower spec as ``labqfl run`` over nodes does, load the operator's credentials, open the session to the
     server node, then (the server reached) make the run folder and train; the summary, written as the run
     folder's ``metrics.json`` with ``labqfl train``'s plots. The spec goes out signed by the operator:
     ``signed_spec`` (a file of ``labqfl node sign-spec``, whose settings the options must give), else signed
     here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`). ``job_id``: the training
-    job (``spec.job_id``); default the signed spec's, else a fresh one (each command its own job)."""
+    job (``spec.job_id``) and ``colluders``: default the signed spec's, else a fresh job (each command its own)
+    and t − 1."""
     from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
     from labqfl.runs import RunRecord
 
-    if not job_id and signed_spec is not None:
+    if signed_spec is not None:
         from labqfl.fl.flower.specsig import SignedSpec
 
-        job_id = str(SignedSpec.from_file(signed_spec).settings.get("job_id", ""))
-    setup, spec = _node_spec(settings, mnist_dir, job_id or new_job_id())  # one the ServerApp would refuse fails here
+        given = SignedSpec.from_file(signed_spec).settings
+        job_id = job_id or str(given.get("job_id", ""))
+        colluders = int(given.get("colluders", -1)) if colluders is None else colluders
+    setup, spec = _node_spec(settings, mnist_dir, job_id or new_job_id(), colluders)  # one the ServerApp would refuse fails here
     names = settings.client_names
     signed = _load_signed(signed_spec, spec) if signed_spec is not None else None
     rec: list[Any] = []
@@ -216,6 +237,8 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
             console.print(f"training {settings.task} over the server node {server_name} at {server}: "
                           f"{len(names)} SuperNodes ({', '.join(names)}), {settings.rounds} round(s), q={settings.q}, "
                           f"keys={settings.keys}", soft_wrap=True)
+            if line := consistency_line(spec):
+                console.print(line, soft_wrap=True)
 
     try:
         res = train_on_server(server, certs, spec.to_config(), timeout_s=timeout_s, server_name=server_name,

@@ -362,21 +362,25 @@ def choose_share_holders(survivors: Sequence[str], clients: Sequence[str], pairs
 # -- the client-side rule: one kind of secret per peer -------------------------------------------
 
 
-def consistency_need(n_clients: int, t: int, min_survivors: int) -> int:
-    """Signatures a deployed node requires over one (survivors, dropped) story before it unmasks (and the
-    fewest survivors a deployed self-mask round may have): ``max(t, min_survivors, ⌊N/2⌋ + 1)`` with N the
-    signed spec's number of clients (Bonawitz, Ivanov, Kreuter et al., "Practical Secure Aggregation for
-    Privacy-Preserving Machine Learning", CCS 2017, round 3 *ConsistencyCheck*, with the honest-majority
-    bound made explicit).
+def consistency_need(n_clients: int, t: int, min_survivors: int, colluders: int) -> int:
+    """Signatures a deployed node requires over one (survivors, dropped) story before it unmasks (and the fewest
+    survivors a deployed self-mask round may have): ``max(t, min_survivors, ⌊(N + c)/2⌋ + 1)`` with N the signed
+    spec's number of clients and c the clients colluding with the server that the run tolerates (signed
+    ``colluders``; by default t − 1, :meth:`~labqfl.fl.flower.spec.FlowerSpec.tolerated_colluders`). Bonawitz,
+    Ivanov, Kreuter et al., "Practical Secure Aggregation for Privacy-Preserving Machine Learning", CCS 2017,
+    round 3 *ConsistencyCheck*, with the bound made explicit.
 
-    Each honest node signs one story per (job, round) (:func:`labqfl.fl.flower.specsig.pin_survivors`).
-    Two different stories each need ``need`` signers among N clients, so they share at least
-    ``2·need − N`` ≥ 1 signers: without collusion one of them is honest and signed only one, so at most
-    one story is ever unmasked. With c clients colluding with the server (they sign anything) the bound
-    holds while ``2·need > N + c``: the operator raises the signed ``min_survivors`` for that. Liveness
-    cost: a deployed self-mask round needs a majority of the run's clients (and ≥ t, ≥ min_survivors) to
-    survive and sign; fewer survivors abort the round before anything is unmasked."""
-    return max(int(t), int(min_survivors), n_clients // 2 + 1)
+    Each honest node signs one story per (job, round) (:func:`labqfl.fl.flower.specsig.pin_survivors`); the c
+    colluders sign anything. Two different stories each need ``need`` signers, at most N + c signatures exist
+    (honest nodes once, colluders twice), so both can be unmasked only if 2·need ≤ N + c: need =
+    ⌊(N + c)/2⌋ + 1 is the smallest with 2·need > N + c (review s36 F1: with the former ⌊N/2⌋ + 1, one
+    colluder in a 5-client ring gave two stories and a client's update). No further ``c + 2`` term (a story
+    must keep two honest inputs, or its sum less the colluders' inputs is one client's update) is needed:
+    for c ≤ N − 2 (:class:`~labqfl.fl.flower.spec.FlowerSpec` refuses more) ⌊(N + c)/2⌋ + 1 ≥ ⌊(2c + 2)/2⌋ + 1
+    = c + 2 already. Liveness cost: ``need`` survivors must sign; N = 3, t = 2 (c = 1) gives need = 3, no
+    dropout tolerated unless the operator signs ``colluders`` 0 (need 2)."""
+    c = max(0, int(colluders))
+    return max(int(t), int(min_survivors), (int(n_clients) + c) // 2 + 1)
 
 
 class UnmaskGuard:

@@ -60,3 +60,23 @@ def test_node_train_takes_the_signed_job_and_refuses_another(certs: Path, tmp_pa
     line = error_line(runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--out", str(tmp_path / "x"),
                                           "--job-id", "no spaces"]))
     assert "job_id 'no spaces'" in line, line
+
+
+def test_sign_spec_signs_the_colluders_and_says_what_they_cost(certs: Path, tmp_path: Path) -> None:
+    """Review s36 F1: the tolerated colluders are signed (default -1: t - 1) and sign-spec prints the need."""
+    r = runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--rounds", "2", "--self-masks",
+                            "--out", str(tmp_path / "a.json")], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert SignedSpec.from_file(tmp_path / "a.json").settings["colluders"] == -1
+    out = " ".join(r.output.split())
+    # N = 4, graph all: t = 3, c = 2, need = max(3, 2, floor(6/2) + 1) = 4: no dropout unless colluders is lowered
+    assert "t = 3, 2 colluding client(s) tolerated (default t - 1), so every round needs 4 of 4 clients" in out, out
+    assert "(0 dropout(s) tolerated)" in out, out
+    r = runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--rounds", "2", "--self-masks",
+                            "--colluders", "0", "--out", str(tmp_path / "b.json")], env={"COLUMNS": "250"})
+    assert r.exit_code == 0, r.output
+    assert SignedSpec.from_file(tmp_path / "b.json").settings["colluders"] == 0
+    assert "0 colluding client(s) tolerated (--colluders), so every round needs 3 of 4" in " ".join(r.output.split())
+    line = error_line(runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--self-masks", "--colluders", "3",
+                                          "--out", str(tmp_path / "c.json")]))
+    assert "colluders 3: expected -1 (t − 1) or 0 ... 2" in line, line

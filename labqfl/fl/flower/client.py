@@ -118,7 +118,6 @@ from labqfl.fl.quantize import quantize, uint_dtype
 from labqfl.fl.selfmask import (
     UnmaskGuard,
     check_threshold,
-    consistency_need,
     default_threshold,
     draw_self_mask,
     encrypt_share,
@@ -1152,13 +1151,14 @@ def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: s
                                      "CA (a simulation) or runs without self-masks: nothing to sign")
     participants, t = _round_plan(context, name, r, run_tag, "consistency")
     surv, dropped = _cfg_strs(cfg, "survivors"), _cfg_strs(cfg, "dropped")
-    need = consistency_need(spec.clients, t, spec.min_survivors)
+    need = spec.consistency_need(t)
     why = ("a name repeats" if len(set(surv)) != len(surv) or len(set(dropped)) != len(dropped)
            else "a client is in both" if set(surv) & set(dropped)
            else f"together they are not this round's participants {participants}"
            if set(surv) | set(dropped) != set(participants)
            else f"{name} is not a survivor" if name not in surv
-           else f"{len(surv)} survivor(s), at least {need} needed (max(t, min_survivors, N/2 + 1))"
+           else f"{len(surv)} survivor(s), at least {need} needed (max(t, min_survivors, ⌊(N + c)/2⌋ + 1), "
+                f"c = {spec.tolerated_colluders()} colluders tolerated)"
            if len(surv) < need else "")
     if why:
         raise SecureAggregationError(f"round {r}: the consistency message to {name} names survivors {surv} and "
@@ -1189,7 +1189,7 @@ def _check_consistency(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
         return
     head = f"round {r}: the unmask message to {name} (survivors {sorted(survivors)}, dropped {sorted(dropped)})"
     _, t = _round_plan(context, name, r, run_tag, "unmask")
-    need = consistency_need(spec.clients, t, spec.min_survivors)
+    need = spec.consistency_need(t)
     job, path = _consistency_ctx(context, spec, name, signed)
     pinned = pinned_survivors(path, job, r)
     if pinned != (sorted(survivors), sorted(dropped)):
@@ -1212,7 +1212,8 @@ def _check_consistency(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
                                          "reveals nothing: refused") from None
     if len(signers) < need:
         raise SecureAggregationError(f"{head} carries {len(signers)} consistency signature(s) ({signers}), at least "
-                                     f"{need} needed (max(t, min_survivors, N/2 + 1)); {name} reveals nothing: refused")
+                                     f"{need} needed (max(t, min_survivors, ⌊(N + c)/2⌋ + 1), c = "
+                                     f"{spec.tolerated_colluders()}); {name} reveals nothing: refused")
 
 
 def _unmask(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int, run_tag: str,

@@ -101,7 +101,6 @@ from labqfl.fl.quantize import dequantize_sum, weight_ranges
 from labqfl.fl.selfmask import (
     check_threshold,
     choose_share_holders,
-    consistency_need,
     default_threshold,
     holders_of,
     shamir_reconstruct,
@@ -780,12 +779,13 @@ class LabqflServer:
         (:func:`~labqfl.fl.selfmask.consistency_need`), or any survivor that does not sign, aborts the round
         before any unmask (reservations consumed: the mask message was sent)."""
         spec = self.spec
-        need = consistency_need(spec.clients, t, spec.min_survivors)
+        need = spec.consistency_need(t)
         if len(survivors) < need:
             raise SecureAggregationError(
                 f"round {r} aborted before any unmask: {len(survivors)} survivor(s) {survivors} (lost after masking: "
-                f"{post_drop}); a deployed self-mask round needs {need} = max(t, min_survivors, N/2 + 1) survivors to "
-                "sign its survivor set")
+                f"{post_drop}); a deployed self-mask round needs {need} = max(t, min_survivors, ⌊(N + c)/2⌋ + 1) "
+                f"survivors to sign its survivor set (c = {spec.tolerated_colluders()} colluding clients tolerated, "
+                "signed 'colluders')")
         t0 = time.perf_counter()
         msgs = {}
         for c in survivors:
@@ -830,6 +830,9 @@ class LabqflServer:
                                          f"clients, the run has {spec.rounds} and {spec.clients}")
         n_words = self.words(model.n_params)
         nodes, weights = self.connect(grid)
+        if spec.self_masks and (self.identity is not None or self.signed_spec is not None):
+            log.info("self-mask consistency stage: %d colluding client(s) tolerated, each round needs %d of %d "
+                     "clients to survive and sign", spec.tolerated_colluders(), spec.consistency_need(), spec.clients)
         params = model.init_params(spec.seed) if init_params is None else np.asarray(init_params, dtype=np.float64)
         loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
         result = FederatedResult(data.task, model.name, model.n_params, spec.keys, acc0, loss0)

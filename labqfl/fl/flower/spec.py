@@ -87,6 +87,11 @@ class FlowerSpec:
     #: segments and resumes, each under its own signed spec. Signed; a deployed node signs one survivor set
     #: per (job, round) in the self-mask consistency stage (docs/secure_aggregation.md §9)
     job_id: str = ""
+    #: self-masks in a deployment: how many clients colluding with the server the consistency stage
+    #: tolerates (signed; -1: t − 1 with t the Shamir threshold over all ``clients``, the threshold's own
+    #: assumption; 0 ... ``clients`` − 2 the operator's choice). It sets the signatures a node requires before
+    #: it unmasks, :meth:`consistency_need` (docs/secure_aggregation.md §9)
+    colluders: int = -1
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -112,6 +117,9 @@ class FlowerSpec:
                                   f"letters, digits and '_' (no '-': it separates a pair's names), comma-separated")
         if not _JOB_RE.fullmatch(self.job_id):
             raise ConfigError(f"job_id {self.job_id!r}: expected at most 80 letters, digits and '_.:-'")
+        if not -1 <= self.colluders <= self.clients - 2:
+            raise ConfigError(f"colluders {self.colluders}: expected -1 (t − 1) or 0 ... {self.clients - 2} (clients − 2: "
+                              "against more colluders no aggregate of the others' updates hides an honest client's)")
         if self.shots < 0:
             raise ConfigError(f"shots must be ≥ 0 (0: exact expectation values), got {self.shots}")
         self.noise_model()  # a bad noise text fails here, with the item named
@@ -158,6 +166,33 @@ class FlowerSpec:
     def client_data(self, name: str) -> Any:
         """(x, y) of client ``name``: the task data's partition at its position in :attr:`names`."""
         return self.data().clients[f"C{self.index_of(name) + 1}"]
+
+    def tolerated_colluders(self, t: int | None = None) -> int:
+        """c, the clients colluding with the server the consistency stage tolerates: ``colluders``, or for -1
+        t − 1 with ``t`` (default: the Shamir threshold over all ``clients``, :meth:`full_threshold`)."""
+        if self.colluders >= 0:
+            return self.colluders
+        return max(0, (self.full_threshold() if t is None else int(t)) - 1)
+
+    def full_threshold(self) -> int:
+        """The self-mask threshold t of a round in which all ``clients`` take part (``threshold``, or
+        :func:`~labqfl.fl.selfmask.default_threshold` over the mask graph of all clients)."""
+        from labqfl.fl.masks import mask_graph
+        from labqfl.fl.selfmask import default_threshold
+
+        return self.threshold or default_threshold(self.names, mask_graph(self.names, self.graph, self.k))
+
+    def consistency_need(self, t: int | None = None) -> int:
+        """Signatures over one survivor set a deployed node requires before it unmasks (and the fewest
+        survivors a deployed self-mask round may have) at round threshold ``t`` (default
+        :meth:`full_threshold`): :func:`~labqfl.fl.selfmask.consistency_need` with c =
+        :meth:`tolerated_colluders` (of the full threshold, whatever the round's t: a server that drops
+        clients before masking lowers the round's t but not the c the operator's settings assume)."""
+        from labqfl.fl.selfmask import consistency_need
+
+        full = self.full_threshold()
+        return consistency_need(self.clients, full if t is None else int(t), self.min_survivors,
+                                self.tolerated_colluders(full))
 
     def secagg(self) -> Any:
         """The secure-aggregation config (:func:`labqfl.fl.recipe.secagg_config`, as in process)."""

@@ -68,7 +68,8 @@ class _NoSurvivorCheck:
 @pytest.mark.parametrize("self_masks", [True, False])
 def test_a_dropout_claimed_after_masking_under_dp_with_h2_is_refused_before_anything_is_revealed(
         local_grid: Any, certs: Path, tmp_path: Path, self_masks: bool) -> None:
-    sp = _spec(dp_epsilon=1.0, q=32, rounds=1, dp_honest=2, self_masks=self_masks)
+    # colluders 0: need 2 of 3, so the one dropout reaches the DP check (the default t - 1 needs all 3)
+    sp = _spec(dp_epsilon=1.0, q=32, rounds=1, dp_honest=2, self_masks=self_masks, colluders=0)
     assert sp.secagg().survivors_needed == 3
     op = ReplySigner((certs / f"node-{OPERATOR}.pem").read_bytes(), (certs / f"node-{OPERATOR}.key").read_bytes())
     srv = LabqflServer(sp, signed_spec=sign_spec(sp, op, valid_s=600))
@@ -90,7 +91,7 @@ def test_a_dropout_claimed_after_masking_under_dp_with_h2_is_refused_before_anyt
 
 
 def test_with_h1_a_dropout_after_masking_still_recovers(local_grid: Any, certs: Path, tmp_path: Path) -> None:
-    sp = _spec(dp_epsilon=1.0, q=32, rounds=1, dp_honest=1, self_masks=True)
+    sp = _spec(dp_epsilon=1.0, q=32, rounds=1, dp_honest=1, self_masks=True, colluders=0)  # need 2 of 3
     op = ReplySigner((certs / f"node-{OPERATOR}.pem").read_bytes(), (certs / f"node-{OPERATOR}.key").read_bytes())
     srv = LabqflServer(sp, signed_spec=sign_spec(sp, op, valid_s=600))
     grid = MeddlingGrid(local_grid(_app(int(sp.model().n_params)), NAMES, node_config=_deployed(certs, tmp_path),

@@ -147,7 +147,7 @@ def test_a_server_that_changes_the_signed_settings_is_refused_by_every_node(loca
 def test_a_server_that_departs_in_one_mask_message_is_refused_at_that_node(local_grid, certs) -> None:
     """Honest until round 1's mask message to C2, which lowers the Shamir threshold (and the spec's):
     C2 refuses before training or masking; the round goes on without it."""
-    signed = sign_spec(_spec(threshold=2), _signer(certs, OPERATOR), valid_s=600)
+    signed = sign_spec(_spec(threshold=2, colluders=0), _signer(certs, OPERATOR), valid_s=600)  # need 2 of 3
 
     def meddle(node: str, stage: str, r: int, cfg: Any) -> bool:
         if (node, stage) == ("C2", "mask"):
@@ -155,7 +155,7 @@ def test_a_server_that_departs_in_one_mask_message_is_refused_at_that_node(local
         return True
 
     grid = MeddlingGrid(local_grid(_app(_updates()), NAMES, node_config=_deployed(certs)), meddle)
-    srv = LabqflServer(_spec(threshold=2), signed_spec=signed)
+    srv = LabqflServer(_spec(threshold=2, colluders=0), signed_spec=signed)
     nodes, weights = srv.connect(grid)
     fr = srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
     assert "departs from the operator-signed spec" in grid.error_of("C2", "mask", 1)
