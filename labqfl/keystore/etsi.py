@@ -76,6 +76,12 @@ PROVENANCE_EXTENSION = "labqfl_provenance"
 RESYNC_ATTEMPTS = 4
 
 
+#: Largest max_key_per_request a KME config may set: the request-body cap (max_body_bytes, the 413 protection)
+#: grows by 1 KiB per key ID, so 1024 keys allow ~1 MiB bodies, and 1024 keys of the largest size are 1 MiB of key
+#: per request; 10**12 (review s36 input F9) lifted the cap to ~1 PB.
+MAX_KEY_PER_REQUEST_LIMIT = 1024
+
+
 @dataclass
 class KmeSettings:
     """KME configuration: SAE → node map and the limits reported by ``status``.
@@ -107,10 +113,18 @@ class KmeSettings:
             if not isinstance(sae, str) or not sae or len(sae) > 128:
                 raise ConfigError(f"KME config: SAE ID {sae!r} must be a non-empty string")
             check_node_name(node)
+        if not isinstance(self.nodes, list) or not all(isinstance(n, str) for n in self.nodes) \
+                or len(set(self.nodes)) != len(self.nodes):
+            raise ConfigError(f"KME config: nodes = {self.nodes!r}; expected a list of distinct node names in loop "
+                              "order, e.g. [\"C1\", \"C2\"]")
         if not self.nodes:
             self.nodes = sorted(set(self.saes.values()))
         for node in self.nodes:
             check_node_name(node)
+        if not isinstance(self.kme_id_prefix, str) or len(self.kme_id_prefix) > 64 \
+                or not self.kme_id_prefix.isprintable():
+            raise ConfigError(f"KME config: kme_id_prefix = {self.kme_id_prefix!r}; expected a string of at most 64 "
+                              "printable characters (the KME ID is the prefix and the node name)")
         outside = {sae: node for sae, node in self.saes.items() if node not in self.nodes}
         if outside:
             raise ConfigError("KME config: " + "; ".join(f"SAE {sae!r} is attached to node {node!r}"
@@ -122,8 +136,10 @@ class KmeSettings:
                 raise ConfigError(f"KME config: {name} = {v!r}; expected a positive multiple of 8 (bits)")
         if not self.min_key_size <= self.key_size <= self.max_key_size:
             raise ConfigError("KME config: expected min_key_size <= key_size <= max_key_size")
-        if self.max_key_per_request <= 0 or self.max_key_count <= 0:
-            raise ConfigError("KME config: max_key_per_request and max_key_count must be positive")
+        for name, top in (("max_key_per_request", MAX_KEY_PER_REQUEST_LIMIT), ("max_key_count", 10**9)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+                raise ConfigError(f"KME config: {name} = {v!r}; expected an integer from 1 to {top}")
         if isinstance(self.resync_settled_s, bool) or not isinstance(self.resync_settled_s, int | float) \
                 or not 0 <= self.resync_settled_s < math.inf:
             raise ConfigError(f"KME config: resync_settled_s = {self.resync_settled_s!r}; expected seconds >= 0")
@@ -754,7 +770,7 @@ class KeyDeliveryService:
                     raise ValueError
                 uuid.UUID(kid)
             except ValueError:
-                raise EtsiError(400, "key_ID is not a UUID", [{"key_ID": str(kid)[:64]}]) from None
+                raise EtsiError(400, "key_ID is not a UUID", [{"key_ID": _echo_json_value(kid)}]) from None
         if len(set(key_ids)) != len(key_ids):
             raise EtsiError(400, "a key_ID appears more than once", [{"parameter": "key_IDs"}])
         s, m = self._node(slave_sae, "slave_SAE_ID"), self._node(master_sae, "master_SAE_ID")
@@ -901,6 +917,17 @@ def _no_repeated_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 #: {...}}``, with whitespace and a modest extension), and for the rest of any request body.
 BODY_BYTES_PER_KEY_ID = 1024
 BODY_BYTES_BASE = 16384
+
+
+def _echo_json_value(v: Any) -> Any:
+    """A request value as the error details echo it: as JSON had it (a null stays null, not the string "None" of
+    Python's str(); review s36 input F11), a string cut to 64 characters, a list, object or float by its JSON
+    type name only."""
+    if isinstance(v, str):
+        return v[:64]
+    if v is None or isinstance(v, bool) or (isinstance(v, int) and abs(v) < 2**53):
+        return v
+    return "(an array)" if isinstance(v, list) else "(an object)" if isinstance(v, dict) else "(a number)"
 
 
 def max_body_bytes(settings: KmeSettings) -> int:
