@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -821,8 +820,11 @@ class MainJob:
         since = tstate.setdefault("nodes_since", datetime.now(UTC).isoformat(timespec="microseconds"))
         # one training job across segments and resumes (signed with every segment's spec): each node signs one
         # survivor set per (job, round), so a round retrained after a resume is unmasked over the same set or
-        # not at all (docs/secure_aggregation.md §9)
-        job_id = self.state.setdefault("fl_job_id", f"run-{secrets.token_hex(8)}")
+        # not at all (docs/secure_aggregation.md §9). "": the job the training settings give
+        # (FlowerSpec.derived_job_id), so another run folder with the same settings is the same job too (a new
+        # folder's round r would otherwise give the server a second sum of the same updates, review s36 F2); a
+        # folder made before that keeps the ID it recorded
+        job_id = self.state.setdefault("fl_job_id", "")
         self._save_state()
 
         def before(r: int) -> int:

@@ -39,8 +39,10 @@ VALID_HOURS = typer.Option(24.0, "--valid-hours", min=0.001, help="How long the 
                            "refuse it afterwards, also in the middle of a run (at most 720 h, 30 days).")
 JOB_ID = typer.Option(None, "--job-id", metavar="ID", help="The training job this spec belongs to (signed; letters, "
                       "digits, '_.:-'): with self-masks each SuperNode signs one survivor set per job and round, "
-                      "under every spec of the job. Default: a fresh random ID (each command its own job); "
-                      "node train --signed-spec: the signed spec's.")
+                      "under every spec of the job. Default: derived from the signed settings that determine local "
+                      "training (the same settings, the same job: a retry is the same job); node train "
+                      "--signed-spec: the signed spec's. A new ID for the same settings lets the server difference "
+                      "two jobs' sums of one round (docs/secure_aggregation.md §9).")
 COLLUDERS = typer.Option(None, "--colluders", min=0, metavar="C", help="With --self-masks: how many clients colluding "
                          "with the server the consistency stage tolerates (signed): each node unmasks only a survivor "
                          "set that max(t, min_survivors, floor((N + C)/2) + 1) survivors signed. Default: t - 1 (the "
@@ -138,21 +140,16 @@ def consistency_line(spec: Any) -> str:
     why = "default t - 1" if spec.colluders < 0 else "--colluders"
     return (f"self-masks: t = {t}, {c} colluding client(s) tolerated ({why}), so every round needs {need} of "
             f"{spec.clients} clients to survive and sign its survivor set ({spec.clients - need} dropout(s) "
-            "tolerated)")
+            f"tolerated); job {spec.job()}")
 
 
-def new_job_id() -> str:
-    """A fresh training-job ID (``spec.job_id``): ``job-`` and 64 random bits."""
-    import secrets
-
-    return f"job-{secrets.token_hex(8)}"
-
-
-def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "",
+def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str | None = None,
                colluders: int | None = None) -> tuple[Any, Any]:
     """(the checked :class:`~labqfl.app.training.TrainingSetup`, the Flower spec a run over nodes sends) of
-    ``settings``, as ``labqfl run`` over nodes makes it, for training job ``job_id`` tolerating ``colluders``
-    (None: t − 1); a spec the ServerApp would refuse fails here."""
+    ``settings``, as ``labqfl run`` over nodes makes it, for training job ``job_id`` (None: the job its
+    settings give, :meth:`~labqfl.fl.flower.spec.FlowerSpec.derived_job_id`; "" stays "", as a spec signed
+    before job IDs existed) tolerating ``colluders`` (None: t − 1); a spec the ServerApp would refuse fails
+    here."""
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
@@ -160,21 +157,22 @@ def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str = "",
 
     setup = TrainingSetup(settings)  # validates; opens no key store, loads no data
     spec = dataclasses.replace(flower_spec_for(setup, settings.client_names, data_dir=str(mnist_dir or "")),
-                               keys=settings.keys, job_id=job_id, colluders=-1 if colluders is None else colluders)
+                               keys=settings.keys, job_id="", colluders=-1 if colluders is None else colluders)
+    spec = dataclasses.replace(spec, job_id=spec.derived_job_id() if job_id is None else job_id)
     spec.secagg()
     return setup, spec
 
 
 def sign_training_spec(settings: Any, certs: Path, *, mnist_dir: Path | None, valid_s: float,
                        out: Path, job_id: str | None = None, colluders: int | None = None) -> dict[str, Any]:
-    """Sign the Flower spec of ``settings`` for training job ``job_id`` (default: a fresh one), tolerating
-    ``colluders`` (default t − 1) with the
+    """Sign the Flower spec of ``settings`` for training job ``job_id`` (default: the one its settings give,
+    :meth:`~labqfl.fl.flower.spec.FlowerSpec.derived_job_id`), tolerating ``colluders`` (default t − 1) with the
     operator's ``node-ctl`` key of ``certs`` and write it to ``out`` (:mod:`labqfl.fl.flower.specsig`); returns
     what was signed (ID, expiry, settings, file)."""
     from labqfl.errors import ConfigError
     from labqfl.nodes.fl import operator_signed_spec
 
-    _, spec = _node_spec(settings, mnist_dir, job_id or new_job_id(), colluders)
+    _, spec = _node_spec(settings, mnist_dir, job_id or None, colluders)
     try:
         signed = operator_signed_spec(certs, spec.to_config(), valid_s)
     except ConfigError as exc:
@@ -213,8 +211,8 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
     folder's ``metrics.json`` with ``labqfl train``'s plots. The spec goes out signed by the operator:
     ``signed_spec`` (a file of ``labqfl node sign-spec``, whose settings the options must give), else signed
     here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`). ``job_id``: the training
-    job (``spec.job_id``) and ``colluders``: default the signed spec's, else a fresh job (each command its own)
-    and t − 1."""
+    job (``spec.job_id``) and ``colluders``: default the signed spec's, else the job the settings give and
+    t − 1."""
     from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
@@ -224,9 +222,9 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
         from labqfl.fl.flower.specsig import SignedSpec
 
         given = SignedSpec.from_file(signed_spec).settings
-        job_id = job_id or str(given.get("job_id", ""))
+        job_id = job_id or str(given.get("job_id", "")) or None
         colluders = int(given.get("colluders", -1)) if colluders is None else colluders
-    setup, spec = _node_spec(settings, mnist_dir, job_id or new_job_id(), colluders)  # one the ServerApp would refuse fails here
+    setup, spec = _node_spec(settings, mnist_dir, job_id, colluders)  # one the ServerApp would refuse fails here
     names = settings.client_names
     signed = _load_signed(signed_spec, spec) if signed_spec is not None else None
     rec: list[Any] = []

@@ -1,6 +1,8 @@
 """``labqfl node sign-spec --job-id`` / ``node train --job-id``: the signed training-job ID (``FlowerSpec.job_id``)
 under which each SuperNode signs one survivor set per round with self-masks (docs/secure_aggregation.md §9). The
-default is a fresh ID per command (each its own job); ``node train --signed-spec`` takes the signed spec's."""
+default is the job the training settings give (``FlowerSpec.derived_job_id``: the same settings, the same job;
+review s36 F2); ``node train --signed-spec`` takes the signed spec's, also the empty one of a spec signed before
+job IDs existed (review s36 F4). ``--colluders`` (review s36 F1) is signed and the need it gives is printed."""
 
 from __future__ import annotations
 
@@ -37,11 +39,14 @@ def _sign(certs: Path, out: Path, *extra: str) -> SignedSpec:
     return SignedSpec.from_file(out)
 
 
-def test_the_job_id_is_signed_and_each_command_is_its_own_job_by_default(certs: Path, tmp_path: Path) -> None:
+def test_the_job_id_is_signed_and_the_same_settings_are_the_same_job_by_default(certs: Path, tmp_path: Path) -> None:
     named = _sign(certs, tmp_path / "a.json", "--job-id", "campaign-7")
     assert named.settings["job_id"] == "campaign-7"
-    one, two = _sign(certs, tmp_path / "b.json"), _sign(certs, tmp_path / "c.json")
-    assert one.settings["job_id"].startswith("job-") and one.settings["job_id"] != two.settings["job_id"]
+    one, two = _sign(certs, tmp_path / "b.json"), _sign(certs, tmp_path / "c.json", "--rounds", "3")
+    assert one.settings["job_id"].startswith("job-") and one.settings["job_id"] == two.settings["job_id"]
+    assert one.settings["job_id"] == dataclasses.replace(one.spec(), job_id="").derived_job_id()
+    other = _sign(certs, tmp_path / "d.json", "--seed", "9")  # other local training: another job
+    assert other.settings["job_id"].startswith("job-") and other.settings["job_id"] != one.settings["job_id"]
     spec = named.spec()
     assert "job_id" in spec_settings(spec) and spec.to_config()["spec.job_id"] == "campaign-7"
     assert FlowerSpec.from_config(spec.to_config()).job_id == "campaign-7"  # travels with every message

@@ -1127,11 +1127,11 @@ def _round_plan(context: Context, name: str, r: int, run_tag: str, stage: str) -
 
 
 def _consistency_ctx(context: Context, spec: FlowerSpec, name: str, signed: Any) -> tuple[str, Any]:
-    """(job ID, this node's record of the survivor sets it signed): the signed spec's ``job_id``, else its
-    spec ID; the record beside :func:`_spec_record`'s (:func:`~labqfl.fl.flower.specsig.pin_survivors`)."""
+    """(job ID, this node's record of the survivor sets it signed): the signed spec's ``job_id``, else the one
+    its settings give (:meth:`~labqfl.fl.flower.spec.FlowerSpec.derived_job_id`); the record beside :func:`_spec_record`'s (:func:`~labqfl.fl.flower.specsig.pin_survivors`)."""
     from labqfl.fl.flower.specsig import CONSISTENCY_RECORD
 
-    return spec.job_id or signed.spec_id, _spec_record(context, name).with_name(CONSISTENCY_RECORD)
+    return spec.job(), _spec_record(context, name).with_name(CONSISTENCY_RECORD)
 
 
 def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, run_tag: str,

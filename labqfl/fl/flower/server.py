@@ -804,7 +804,7 @@ class LabqflServer:
                 if self.identity is not None and self.signed_spec is not None:
                     self.identity.verify_consistency(cert, sig, signer=c, run=self.run_tag,
                                                      spec_id=self.signed_spec.spec_id,
-                                                     job=spec.job_id or self.signed_spec.spec_id, round_index=r,
+                                                     job=spec.job(), round_index=r,
                                                      survivors=survivors, dropped=post_drop)
             except ReplyRefused as exc:
                 fail[c] = f"consistency signature refused: {exc}"
@@ -831,8 +831,9 @@ class LabqflServer:
         n_words = self.words(model.n_params)
         nodes, weights = self.connect(grid)
         if spec.self_masks and (self.identity is not None or self.signed_spec is not None):
-            log.info("self-mask consistency stage: %d colluding client(s) tolerated, each round needs %d of %d "
-                     "clients to survive and sign", spec.tolerated_colluders(), spec.consistency_need(), spec.clients)
+            log.info("self-mask consistency stage: job %s, %d colluding client(s) tolerated, each round needs %d of "
+                     "%d clients to survive and sign", spec.job(), spec.tolerated_colluders(), spec.consistency_need(),
+                     spec.clients)
         params = model.init_params(spec.seed) if init_params is None else np.asarray(init_params, dtype=np.float64)
         loss0, acc0 = evaluate(model, params, data.x_test, data.y_test)
         result = FederatedResult(data.task, model.name, model.n_params, spec.keys, acc0, loss0)

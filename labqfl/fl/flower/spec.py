@@ -19,6 +19,10 @@ from labqfl.fl.tasks import make_model
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_]{1,63}")
 _JOB_RE = re.compile(r"[A-Za-z0-9_.:-]{0,80}")
+#: fields left out of :meth:`FlowerSpec.derived_job_id` (they do not determine a client's local update)
+JOB_ID_LEFT_OUT = frozenset({"job_id", "rounds", "first_round", "last_round", "keys", "graph", "k", "self_masks",
+                             "threshold", "min_survivors", "colluders", "data_dir", "test_size", "keystore_dir",
+                             "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s"})
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,36 @@ class FlowerSpec:
         full = self.full_threshold()
         return consistency_need(self.clients, full if t is None else int(t), self.min_survivors,
                                 self.tolerated_colluders(full))
+
+    def derived_job_id(self) -> str:
+        """The training job a spec with an empty ``job_id`` belongs to: ``job-`` and the first 16 hex digits
+        of SHA-256 over the canonical JSON of the signed settings that determine a client's local update,
+        without those at their default value (an upgrade that adds a field keeps the job).
+
+        Why (review s36 F2): a node signs one survivor set per (job, round). Local training is a function of
+        the parameters the server sends, the round and these settings (seeds ``[seed, r, i]``), so two jobs
+        whose settings agree here give the same round-r update for the same parameters, and a server that
+        unmasks round r of both over different survivor sets learns a client's update by differencing. Runs
+        whose settings agree here must therefore be one job. Left out (:data:`JOB_ID_LEFT_OUT`): the job ID
+        itself; ``rounds``, ``first_round``, ``last_round`` (segments and resumes of one job; with DP
+        ``rounds`` changes σ, left out on the safe side); ``keys``, ``graph``, ``k``, ``self_masks``,
+        ``threshold``, ``min_survivors``, ``colluders`` (how the updates are masked, not what they are);
+        ``data_dir``, ``test_size`` and the server's logistics (:data:`~labqfl.fl.flower.specsig.UNSIGNED_FIELDS`:
+        timeouts, key waits, a simulation's key-store folder). The rule errs one way only: a field left out
+        that does change the updates only merges two jobs (liveness: their rounds share pins); a field hashed
+        that does not change them would split one job in two and reopen the differencing."""
+        import hashlib
+        import json
+
+        base = FlowerSpec()
+        keep = {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in JOB_ID_LEFT_OUT and getattr(self, f.name) != getattr(base, f.name)}
+        body = json.dumps(keep, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return "job-" + hashlib.sha256(b"labqfl-fl-job/1\x00" + body.encode()).hexdigest()[:16]
+
+    def job(self) -> str:
+        """The training job: ``job_id``, else :meth:`derived_job_id`."""
+        return self.job_id or self.derived_job_id()
 
     def secagg(self) -> Any:
         """The secure-aggregation config (:func:`labqfl.fl.recipe.secagg_config`, as in process)."""

@@ -200,8 +200,9 @@ def sign_spec(spec: FlowerSpec, signer: Any, *, valid_s: float, spec_id: str = "
 
 def spec_departures(signed: SignedSpec, spec: FlowerSpec) -> dict[str, tuple[Any, Any]]:
     """The signed settings ``spec`` departs from: field → (the message's value, the signed value). A spec
-    signed before ``job_id`` existed names no job: the empty one (the nodes key its rounds by its spec ID); one
-    signed before ``colluders`` existed tolerates the default, t − 1 (-1)."""
+    signed before ``job_id`` existed names no job: the empty one (the nodes key its rounds by the job its
+    settings give, :meth:`~labqfl.fl.flower.spec.FlowerSpec.derived_job_id`); one signed before ``colluders``
+    existed tolerates the default, t − 1 (-1)."""
     want, got = {"job_id": "", "colluders": -1, **signed.settings}, spec_settings(spec)
     return {k: (got.get(k), want.get(k)) for k in sorted(set(want) | set(got)) if got.get(k) != want.get(k)}
 
