@@ -624,7 +624,9 @@ class KeyStore:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
         check = conn.execute("PRAGMA quick_check").fetchall()
         if check != [("ok",)]:
-            raise self._fail(f"integrity check failed: {'; '.join(str(r[0]) for r in check[:3])}")
+            # one line: SQLite's rows hold newlines ("*** in database main ***\nPage 33 ...", review s36 input F11)
+            found = "; ".join(ln.strip() for r in check[:3] for ln in str(r[0]).splitlines() if ln.strip())
+            raise self._fail(f"integrity check failed: {found}")
         stored_node = meta.get("node") or None
         if self._requested_node and stored_node and stored_node != self._requested_node:
             raise self._fail(f"belongs to node {stored_node!r}, not {self._requested_node!r}")
