@@ -211,8 +211,8 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
     folder's ``metrics.json`` with ``labqfl train``'s plots. The spec goes out signed by the operator:
     ``signed_spec`` (a file of ``labqfl node sign-spec``, whose settings the options must give), else signed
     here with ``certs``' ``node-ctl`` key (:func:`labqfl.nodes.fl.train_on_server`). ``job_id``: the training
-    job (``spec.job_id``) and ``colluders``: default the signed spec's, else the job the settings give and
-    t − 1."""
+    job (``spec.job_id``) and ``colluders``: default the signed spec's (verbatim: "" for a spec signed before job
+    IDs existed), else the job the settings give and t − 1."""
     from labqfl.cli.train import plot_training
     from labqfl.errors import ConfigError, LabqflError
     from labqfl.nodes.fl import train_on_server
@@ -222,7 +222,7 @@ def run_training(settings: Any, server: str, certs: Path, server_name: str, *, m
         from labqfl.fl.flower.specsig import SignedSpec
 
         given = SignedSpec.from_file(signed_spec).settings
-        job_id = job_id or str(given.get("job_id", "")) or None
+        job_id = str(given.get("job_id", "")) if job_id is None else job_id
         colluders = int(given.get("colluders", -1)) if colluders is None else colluders
     setup, spec = _node_spec(settings, mnist_dir, job_id, colluders)  # one the ServerApp would refuse fails here
     names = settings.client_names

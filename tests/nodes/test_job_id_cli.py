@@ -67,6 +67,25 @@ def test_node_train_takes_the_signed_job_and_refuses_another(certs: Path, tmp_pa
     assert "job_id 'no spaces'" in line, line
 
 
+def test_node_train_takes_a_spec_signed_before_job_ids_existed(certs: Path, tmp_path: Path) -> None:
+    """Review s36 F4: the CLI replaced the empty signed job ID by a fresh one and refused the file."""
+    import json
+
+    from labqfl.fl.flower.identity import ReplySigner
+    from labqfl.fl.flower.specsig import spec_signed_bytes
+
+    new = _sign(certs, tmp_path / "new.json")
+    body = json.loads(new.body)
+    del body["spec"]["job_id"], body["spec"]["colluders"]  # what labqfl before the job ID signed
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    op = ReplySigner((certs / f"node-{OPERATOR}.pem").read_bytes(), (certs / f"node-{OPERATOR}.key").read_bytes())
+    old = tmp_path / "old.json"
+    old.write_text(SignedSpec(text, op.signature(spec_signed_bytes(text)), op.cert_pem).to_json(), encoding="utf-8")
+    line = error_line(runner.invoke(app, ["node", "train", "--server", "127.0.0.1:1", "--certs", str(certs),
+                                          "--signed-spec", str(old), "--rounds", "2", "--self-masks"]))
+    assert line.startswith("error: node server at 127.0.0.1:1 unreachable"), line  # no departure
+
+
 def test_sign_spec_signs_the_colluders_and_says_what_they_cost(certs: Path, tmp_path: Path) -> None:
     """Review s36 F1: the tolerated colluders are signed (default -1: t - 1) and sign-spec prints the need."""
     r = runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--rounds", "2", "--self-masks",
