@@ -746,6 +746,8 @@ def _mask_stage(msg: Message, context: Context, call_next: Any, spec: FlowerSpec
         if spec.keys == "csprng" else {}
     if signed is not None:  # deployment: the levels follow from the signed spec, not the server's word
         _check_levels(cfg, spec, name, r, participants)
+    if spec.self_masks and signed is not None:  # a pinned round that cannot complete spends no key
+        _check_pin_at_mask(context, spec, name, r, participants, signed)
     _mask_once(context, name, r, run_tag)
     _claim_mask(context, signed, name, r, run_tag)  # persistent: one upload per round of a signed spec
     if spec.self_masks:  # the consistency and unmask stages check the survivor set against these
@@ -1132,6 +1134,28 @@ def _consistency_ctx(context: Context, spec: FlowerSpec, name: str, signed: Any)
     from labqfl.fl.flower.specsig import CONSISTENCY_RECORD
 
     return spec.job(), _spec_record(context, name).with_name(CONSISTENCY_RECORD)
+
+
+def _check_pin_at_mask(context: Context, spec: FlowerSpec, name: str, r: int, participants: list[str],
+                       signed: Any) -> None:
+    """Mask stage, self-masks under a signed spec (review s36 F3): if this node signed a survivor set for
+    round ``r`` of this job already (:func:`~labqfl.fl.flower.specsig.pinned_survivors`), the round can only
+    be unmasked over that same (S, D), so this round's participants must be exactly S ∪ D (the consistency
+    stage checks S ∪ D against them and the pin against (S, D)). Otherwise the round is refused here, before
+    any key word is read or any update is trained, instead of after the mask stage spent its key."""
+    from labqfl.fl.flower.specsig import pinned_survivors
+
+    job, path = _consistency_ctx(context, spec, name, signed)
+    pinned = pinned_survivors(path, job, r)
+    if pinned is None or set(pinned[0]) | set(pinned[1]) == set(participants):
+        return
+    raise SecureAggregationError(
+        f"round {r} of job {job!r}: {name} already signed survivors {pinned[0]}, dropped {pinned[1]} for this round "
+        f"(its record {path}), and this round's participants are {sorted(participants)}: the round can be unmasked "
+        f"over that set only, so {name} masks nothing and reads no key: refused. To go on, bring back the clients of "
+        f"that set, or train under a new job ID (--job-id, or other signed training settings); a new job ID lets a "
+        "server that unmasks this round in both jobs over different sets difference the sums (with the same "
+        "settings and parameters the updates are the same): only with a new seed are they not")
 
 
 def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, run_tag: str,

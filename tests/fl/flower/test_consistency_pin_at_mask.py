@@ -1,0 +1,45 @@
+"""Review s36 F3: a round of a job that a node pinned for a survivor set that this round's participants cannot form
+(a survivor gone for good) is refused at the mask stage, before the node trains or reads any key, with the way on
+in the error; before, every retry spent the mask stage's key and was refused at the consistency stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_consistency import N_WORDS, _grid, _server
+
+from labqfl.errors import SecureAggregationError
+from labqfl.fl.flower.specsig import OPERATOR
+from labqfl.net import make_node_certs
+
+RING = ["C1", "C2", "C3", "C4", "C5"]
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("certs36")
+    make_node_certs(d / "net", [*RING, OPERATOR])
+    return {"net": d / "net"}
+
+
+def test_a_pinned_round_that_cannot_be_formed_is_refused_at_the_mask_stage(local_grid: Any, certs: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    first = _server(certs, colluders=0)  # round 1 of job-1 pinned over all three
+    grid = _grid(local_grid, certs, tmp_path, lambda n, s, r, cfg: not (s == "unmask" and n == "C3"))
+    nodes, weights = first.connect(grid)
+    with pytest.raises(SecureAggregationError):
+        first.round(grid, 1, np.zeros(N_WORDS), nodes, weights)  # C3 gone after signing
+    again = _server(certs, colluders=0)  # the job resumed without C3
+    grid = _grid(local_grid, certs, tmp_path, lambda n, s, r, cfg: not (n == "C3" and s != "setup"))
+    nodes, weights = again.connect(grid)
+    with pytest.raises(SecureAggregationError):
+        again.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
+    for c in ("C1", "C2"):
+        err = grid.error_of(c, "mask", 1)
+        assert ("round 1 of job 'job-1': " + c + " already signed survivors ['C1', 'C2', 'C3'], dropped []") in err, err
+        assert "masks nothing and reads no key: refused" in err and "new job ID" in err, err
+        assert "difference the sums" in err, err
+    assert not [1 for n, s, r, rep in grid.replies if s == "consistency"]
