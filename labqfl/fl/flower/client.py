@@ -1212,7 +1212,10 @@ def _check_consistency(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
     if verifier is None:
         return
     head = f"round {r}: the unmask message to {name} (survivors {sorted(survivors)}, dropped {sorted(dropped)})"
-    _, t = _round_plan(context, name, r, run_tag, "unmask")
+    participants, t = _round_plan(context, name, r, run_tag, "unmask")
+    if set(survivors) | set(dropped) != set(participants) or set(survivors) & set(dropped):
+        raise SecureAggregationError(f"{head}: together these are not this round's participants {participants} (as "
+                                     f"{name}'s mask stage checked them): {name} reveals nothing: refused")
     need = spec.consistency_need(t)
     job, path = _consistency_ctx(context, spec, name, signed)
     pinned = pinned_survivors(path, job, r)
