@@ -25,7 +25,7 @@ def test_a_corrupt_store_is_refused_in_one_line(tmp_path: Path, kh) -> None:  # 
     b = bytearray(p.read_bytes())
     page = int.from_bytes(b[16:18], "big")
     # every b-tree page claims 200 fragmented free bytes (header byte 7, sqlite.org/fileformat.html §1.6), which
-    # quick_check reports as "*** in database main ***\nFragmentation of ... reported as 200 on page N" rows
+    # quick_check reports in one row of several lines ("*** in database main ***\nPage 9: free space corruption")
     for off in range(page, len(b), page):
         if b[off] in (2, 5, 10, 13):
             b[off + 7] = 200
