@@ -342,6 +342,30 @@ def warm_cascade() -> None:
     CascadeBob(b, 0.02, frame_bits=PIPELINE_FRAME_BITS, seed=0).run(LocalChannel(CascadeAlice(a), None))
 
 
+#: Fields of a pending block record (ClientNode.write_pending) and their JSON types.
+_PENDING_FIELDS: dict[str, type | tuple[type, ...]] = {"pair": str, "block_id": str, "nbits": int, "refill": int,
+                                                       "bits_hex": str, "meta": dict}
+
+
+def _read_pending_record(f: Path) -> dict[str, Any]:
+    """A ``pending/*.json`` record, or a LabqflError naming the file and what is wrong (never its content: it
+    holds key bits). A corrupt file was refused with the bare JSONDecodeError text (no file name) and a record
+    without ``pair`` raised a KeyError the pairctl handler did not catch (review s36 input F12)."""
+    try:
+        rec = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        why = f"not valid JSON ({exc.__class__.__name__} at {getattr(exc, 'pos', '?')})"
+    else:
+        bad = ([] if isinstance(rec, dict) else ["(not an object)"]) or [
+            k for k, t in _PENDING_FIELDS.items() if not isinstance(rec.get(k), t) or isinstance(rec.get(k), bool)]
+        if not bad:
+            return dict(rec)
+        why = f"missing or mistyped {', '.join(bad)}"
+    raise LabqflError(f"pending block record {f}: {why}; expected a JSON object with "
+                      f"{', '.join(_PENDING_FIELDS)} as write_pending writes it (the file was edited or the disk "
+                      "corrupted it; it holds key bits: move it aside, shred it once the pair is resolved)")
+
+
 def warm_answers(probs: tuple[float, ...], basis_x_prob: float) -> None:
     """Load the kernels of :meth:`CsprngChoiceLog.codes` and :meth:`~CsprngChoiceLog.codes_of_bitmap` for this
     client's number of choice categories (a throwaway log with its own fresh key, asked about a few slots),
@@ -1528,7 +1552,7 @@ class ClientNode(Node):
         for f in files:
             if not f.is_file():
                 continue
-            rec = json.loads(f.read_text())
+            rec = _read_pending_record(f)
             if rec["pair"] == pair and (only is None or rec["block_id"] == only):
                 out.append((f, rec))
         return out
