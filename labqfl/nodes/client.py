@@ -1126,12 +1126,12 @@ class _IPair:
                    f"of this run or at the pair's next session; until then its {final.size} bits are at {node.name} "
                    "only")
             self._record(block_id, start, end, n_slots, oi, times, why, auth_bits, eps_auth, final=int(final.size),
-                         provenance=meta["provenance"])
+                         provenance=meta.get("provenance"))
             raise NodeError(f"block {block_id} {why}") from None  # the pair names itself (_run)
         times["delivery"] = time.perf_counter() - t
         self.accepted_ids.append(block_id)
         self._record(block_id, start, end, n_slots, oi, times, "", auth_bits, eps_auth, final=int(final.size),
-                     delivered=int(final.size) - refill, provenance=meta["provenance"])
+                     delivered=int(final.size) - refill, provenance=meta.get("provenance"))
 
     def _commit(self, block_id: str, held: list[str]) -> None:
         """``block/commit``: Cj moves its pending copy into its store. A Cj that holds the block neither pending
