@@ -12,7 +12,15 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from labqfl.cli.common import CONFIG_OPTION, JSON_OPTION, check_duration, emit, fail, handle_errors
+from labqfl.cli.common import (
+    CONFIG_OPTION,
+    JSON_OPTION,
+    check_duration,
+    emit,
+    fail,
+    handle_errors,
+    print_table,
+)
 from labqfl.planning import STARVATION_FACTOR
 
 
@@ -46,7 +54,7 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
         t.add_row(name, f"{p.share:.3g}", f"{p.loss_db:.1f}", f"{p.block_slots:.3g}" if p.block_slots else "—",
                   _s(p.key_rate_bps), f"{p.need_bits_per_round:,}",
                   _s(p.acquisition_s_per_round), Text("yes", style="yellow") if p.starving else "")
-    con.print(t)
+    print_table(con, t)
     con.print(Text(f"acquisition: {_s(plan.acquisition_s_per_round)} s per round, {_s(plan.acquisition_s)} s for "
                    f"the run (blocks {_blocks(plan)} slots per pair); "
                    + (f"distillation ≈ {_s(plan.distill_s)} s; " if plan.distill_s > 0 else
