@@ -55,6 +55,14 @@ def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
         monkeypatch.setenv("LABQFL_DATA_DIR", str(tmp_path_factory.mktemp("labqfl-data")))
 
 
+#: The clients' intensities [signal, decoy, vacuum] of the small test stations: the 10^9-slot operating point the
+#: embedded station had until 2026-12-07 (docs/station.md), with its bright decoy. The test stations keep it, so
+#: the durations, block sizes and key lengths their tests were tuned to do not follow the embedded point (whose
+#: decoy is 0.05 since then, optimised for the 10 s main job).
+TEST_STATION_INTENSITIES = {"C1": [0.0294, 0.442, 0.0], "C2": [0.0216, 0.442, 0.0], "C3": [0.0203, 0.442, 0.0],
+                            "C4": [0.0294, 0.442, 0.0]}
+
+
 def write_small_station(folder: Path, *, name: str = "small-test-station", file: str = "small_station.toml",
                         **client: Any) -> Path:
     """Write the small station into ``folder/file``: two clients on a short loop with balanced choices (0.2 s of
@@ -67,6 +75,7 @@ def write_small_station(folder: Path, *, name: str = "small-test-station", file:
     d["loop"]["segments_km"] = [0.2, 0.2, 0.2]
     for c in d["clients"]:
         c["insertion_loss_db"] = 0.2
+        c["intensities"] = list(TEST_STATION_INTENSITIES[c["name"]])
         c["intensity_probs"] = [0.6, 0.2, 0.2]
         c["basis_x_prob"] = 0.7
         c.update(client)
@@ -99,6 +108,7 @@ def _one_pair_station() -> StationConfig:
     cfg.loop.segments_km = [0.2] * 5
     for c in cfg.clients:
         c.insertion_loss_db = 0.2
+        c.intensities = list(TEST_STATION_INTENSITIES[c.name])
         c.intensity_probs = [0.6, 0.2, 0.2]
         c.basis_x_prob = 0.7
     return cfg

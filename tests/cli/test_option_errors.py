@@ -100,10 +100,11 @@ def test_the_nodes_refuse_an_unusable_duration_from_the_network() -> None:
     (["run", "--resume", "somerun", "--rounds", "6", "--duration", "9"],
      "--resume continues the run with the settings in its folder; --rounds, --duration cannot change them "
      "(start a new run to use other settings)"),
-    # plan predicted a 26 s run where `run --rounds 3 --duration 0.5` refuses: now the same refusal
-    (["plan", "--rounds", "3", "--duration", "0.5"],
-     "--duration (0.5 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.854 s "
-     "of data (limiting pair C1-C4: 1.42e+07 of its slots at 16.7 % of the laser's); use a longer --duration"),
+    # plan predicted a 26 s run where `run --rounds 3 --duration 0.5` refuses: now the same refusal (0.3 s since the
+    # station's 10 s operating point needs 0.508 s, 1.6 % above 0.5 s)
+    (["plan", "--rounds", "3", "--duration", "0.3"],
+     "--duration (0.3 s) is too short for the block-size rule: a positive-key block on every pair needs ≥ 0.508 s "
+     "of data (limiting pair C1-C4: 8.46e+06 of its slots at 16.7 % of the laser's); use a longer --duration"),
     # review s32: "ValueError: eps_sec and eps_cor must lie in (0, 1), got 0.0, 1e-15" after 3.5 s
     (["plan", "--eps-sec", "0"], "--eps-sec must be in (0, 1), got 0.0"),
 ])

@@ -51,7 +51,7 @@ def test_forced_block_sizes_and_rest_floor_are_kept() -> None:
 
 def test_node_up_refuses_a_duration_too_short_for_the_rule_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"--duration \(0.2 s\) is too short for the block-size rule: .*"
-                                          r"needs ≥ 0.854 s .*--block-bits"):
+                                          r"needs ≥ 0.508 s .*--block-bits"):
         _settings(None, None, "cascade", None, None, 1e-10, duration=0.2, what="--duration")
     r = CliRunner().invoke(app, ["node", "up", "--duration", "0.2"])
     assert r.exit_code != 0 and "is too short for the block-size rule" in r.output

@@ -59,13 +59,13 @@ def test_dim_bound_is_the_largest_dim_click_probability_over_every_phase():
         assert worst >= lo * (1 - 1e-3)  # the bound is reached at cos δ = ±1
 
 
-def test_the_default_station_takes_the_two_rate_path():
-    """On the default decoy station the bright level is the decoy and the two rates save most of
-    the candidates, so the physics tests run the two-rate path."""
-    cfg = load_station_config()
+def _two_rate_pairs(cfg) -> list[bool]:  # type: ignore[no-untyped-def]
+    """Per scheduled pair: does the window take the two-rate path (bright level = the decoy, and
+    the two rates save most of the candidates: the kernel's BRIGHT_MIN_GAIN rule)?"""
     tb = SagnacTestbed(cfg)
     ca, pa, dets, *_ = tb._window_inputs()
     table = np.empty((K.K_MAX * K.K_MAX * K.N_PHASE * K.N_PHASE, 3))
+    out = []
     for p in range(pa["ci"].size):
         ci, cj = int(pa["ci"][p]), int(pa["cj"][p])
         args = (float(pa["eta_cw"][p]), float(pa["eta_ccw"][p]))
@@ -74,8 +74,28 @@ def test_the_default_station_takes_the_two_rate_path():
                               dets[1].efficiency, 0.0)
         top_i, top_j, lo = K._bright_levels(ci, cj, ca["mu"], ca["cnk"], *args, cfg.loop.beam_splitter_ratio,
                                             cfg.loop.visibility, dets[0].efficiency, dets[1].efficiency)
-        assert (top_i, top_j) == (1, 1)
-        assert pmax - lo * 1.01 >= K.BRIGHT_MIN_GAIN and lo < 0.2 * pmax
+        assert (top_i, top_j) == (1, 1)  # the decoy is the brightest level
+        out.append(bool(pmax - lo * 1.01 >= K.BRIGHT_MIN_GAIN and lo < 0.2 * pmax))
+    return out
+
+
+def test_a_bright_decoy_station_takes_the_two_rate_path():
+    """With the bright decoy of the 10^9-slot operating point (ν = 0.442, embedded until 2026-12-07
+    and kept by the small test stations, tests/conftest.py) the two rates save most of the
+    candidates, so the physics tests on those stations run the two-rate path."""
+    cfg = load_station_config()
+    bright = {"C1": [0.0294, 0.442, 0.0], "C2": [0.0216, 0.442, 0.0], "C3": [0.0203, 0.442, 0.0],
+              "C4": [0.0294, 0.442, 0.0]}
+    for c in cfg.clients:
+        c.intensities = bright[c.name]
+    assert all(_two_rate_pairs(cfg))
+
+
+def test_the_embedded_station_takes_the_single_rate_path():
+    """The embedded station's decoy is weak since 2026-12-07 (ν = 0.05, docs/station.md): p_max is
+    3.1–3.8 % of a pair's slots, less than BRIGHT_MIN_GAIN above the dim bound, so every pair's
+    window takes the single-rate path."""
+    assert not any(_two_rate_pairs(load_station_config()))
 
 
 def _u(key: int, s: int) -> int:

@@ -201,8 +201,9 @@ def test_the_slots_a_client_is_asked_about_do_not_depend_on_any_clients_choices(
     acquisitions with the same channel seeds, once with C2 (and C3) drawing other choices: every
     client is asked about exactly the same slots, while the clicks differ. (A design that asked only
     where some client sent its bright level — built and reverted on 2026-12-04 — fails this: C1
-    would be asked about its partners' decoy slots.)"""
-    cfg = load_station_config()
+    would be asked about its partners' decoy slots.) On a station with a bright decoy (the two-rate
+    path, where bright slots are drawn apart): the embedded station's decoy is weak since 2026-12-07."""
+    cfg = _bright_decoy()
 
     def fresh(name: str) -> CsprngChoiceLog:
         c = cfg.client(name)
@@ -267,6 +268,17 @@ class _BitsRecorder(_AskRecorder):
         return self.ask(slots)
 
 
+def _bright_decoy() -> Any:
+    """The embedded station with the bright decoy of the 10^9-slot operating point it had until 2026-12-07
+    (ν = 0.442, docs/station.md): every pair's window takes the two-rate path (test_bright_thinning.py)."""
+    cfg = load_station_config()
+    bright = {"C1": [0.0294, 0.442, 0.0], "C2": [0.0216, 0.442, 0.0], "C3": [0.0203, 0.442, 0.0],
+              "C4": [0.0294, 0.442, 0.0]}
+    for c in cfg.clients:
+        c.intensities = bright[c.name]
+    return cfg
+
+
 def _single_rate_misaligned_frames() -> Any:
     """The embedded station with a dim decoy (one thinning rate, ``_segment``) and frames of 1000 slots
     (runs that begin and end inside a 64-slot word of the bitmap)."""
@@ -277,13 +289,16 @@ def _single_rate_misaligned_frames() -> Any:
     return cfg
 
 
-@pytest.mark.parametrize("station", ["embedded", "single rate, 1000-slot frames"])
+@pytest.mark.parametrize("station", ["two rates (bright decoy)", "embedded (single rate)", "single rate, 1000-slot frames"])
 def test_links_asked_with_the_candidate_bitmap_are_asked_the_same_slots_and_give_the_same_tags(station):
     """The optics asks a link that has ``ask_bits`` with the first pass's candidate bitmap over the runs of
     the client's frames instead of the grouped slots: every client is asked about exactly the slots the
-    grouping gives (in the same order), and the tags are those of the drive patterns, on the embedded station
-    (two rates) and on one with a single rate and frames that do not fill whole 64-slot words."""
-    cfg = load_station_config() if station == "embedded" else _single_rate_misaligned_frames()
+    grouping gives (in the same order), and the tags are those of the drive patterns, on a station with a bright
+    decoy (two rates), on the embedded station (weak decoy, a single rate: fewer candidates, so a longer
+    duration) and on one with a single rate and frames that do not fill whole 64-slot words."""
+    cfg = {"two rates (bright decoy)": _bright_decoy, "embedded (single rate)": load_station_config,
+           "single rate, 1000-slot frames": _single_rate_misaligned_frames}[station]()
+    duration = 0.008 if station.startswith("embedded") else 0.003
     logs = {c.name: CsprngChoiceLog(client=c.name, intensity_probs=tuple(c.intensity_probs),
                                     basis_x_prob=c.basis_x_prob) for c in cfg.clients}
     runs = {}
@@ -291,7 +306,7 @@ def test_links_asked_with_the_candidate_bitmap_are_asked_the_same_slots_and_give
         tb = SagnacTestbed(cfg, threads=2)
         tb.modulation_on_demand = kind != "patterns"
         links = {n: kind(lg) for n, lg in logs.items()} if kind != "patterns" else logs
-        blocks = list(tb.stream_with(dict(links), 0.003, 0.001))
+        blocks = list(tb.stream_with(dict(links), duration, 0.001))
         asked = {n: np.concatenate(lk.asked) for n, lk in links.items()} if kind != "patterns" else {}
         runs[kind] = (np.concatenate([b.timestamps for b in blocks]), np.concatenate([b.channels for b in blocks]), asked)
     (tp, cp, _), (ts, cs, asked_s), (tb_, cb, asked_b) = runs.values()

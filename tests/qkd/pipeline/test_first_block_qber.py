@@ -1,7 +1,9 @@
 """The first block's QBER estimate (labqfl.qkd.twoparty.PairEndI.qber_estimate without a previous
 block): the key cell's QBER predicted from the public test cells through the channel model, not the
-decoy–decoy cell's error rate as it is, which on the default station's C1-C2 and C3-C4 is 2.7–3× the
-key cell's (equal decoys leaving the clients arrive unequal at the splitter; docs/postprocessing.md §3)."""
+decoy–decoy cell's error rate as it is, which with a bright decoy (ν = 0.442, the 10^9-slot operating point
+the default station had until 2026-12-07) on C1-C2 and C3-C4 is 2.7–3× the key cell's (equal decoys
+leaving the clients arrive unequal at the splitter; docs/postprocessing.md §3). The default station's
+decoy is weak since then (ν = 0.05, docs/station.md): the estimate is checked on it too."""
 
 from __future__ import annotations
 
@@ -71,9 +73,34 @@ def _first_block_estimate(cfg, pair: str, counts: PairCounts | None, settings: P
     return end.qber_estimate()
 
 
+#: The 10^9-slot operating point's intensities (docs/station.md), the station this module was written about.
+BRIGHT_DECOY = {"C1": [0.0294, 0.442, 0.0], "C2": [0.0216, 0.442, 0.0], "C3": [0.0203, 0.442, 0.0],
+                "C4": [0.0294, 0.442, 0.0]}
+
+
 @pytest.fixture(scope="module")
 def cfg():
-    return load_station_config()
+    """The default station with the bright decoy of the 10^9-slot point (its probabilities 0.891/0.024/0.085,
+    P(X) 0.967), where the decoy cell is no proxy for the key cell."""
+    c = load_station_config()
+    for cl in c.clients:
+        cl.intensities = list(BRIGHT_DECOY[cl.name])
+        cl.intensity_probs = [0.891, 0.024, 0.085]
+        cl.basis_x_prob = 0.967
+    return c
+
+
+@pytest.mark.parametrize("pair", ["C1-C2", "C1-C3", "C1-C4"])
+def test_first_block_estimate_on_the_embedded_station_is_the_key_cells_qber(pair):
+    """The embedded station (weak decoy since 2026-12-07; C1-C2's key signals arrive at 0.79 of each
+    other at the splitter, C1-C4's balanced): the model's estimate from 10^9 slots is the key cell's QBER."""
+    emb = load_station_config()
+    ch = dataclasses.replace(pair_channel(emb, *pair.split("-")), visibility=0.97)
+    counts = _model_counts(ch, pair, 10**9)
+    q_key = _key_qber(ch)
+    est = _first_block_estimate(emb, pair, counts, ProtocolSettings(engine="ldpc"))
+    assert est == pytest.approx(q_key, rel=0.2)
+    assert key_qber_from_tests(counts, sigmas=0) == pytest.approx(q_key, rel=0.02)
 
 
 # C1-C2: equal decoys arrive with A/B = 0.66 at the splitter; C1-C4: balanced (control)
