@@ -160,10 +160,10 @@ def test_pair_loss_is_finite_when_the_transmission_underflows() -> None:
     from labqfl.planning import _loss_db, _station_dict
 
     names = ["C1", "C2", "C3", "C4"]
-    cfg = parse_station_config(_station_dict(names, [("C1", "C2")], loop_km=1e6, graph="all", k=0,
+    cfg = parse_station_config(_station_dict(names, [("C1", "C2")], loop_km=5e5, graph="all", k=0,
                                              insertion_loss_db=0.5), "test")
-    # C1-C2: CW 4 segments of 2e5 km + C2..C4 + node, CCW 2 segments + C1 + node, at 0.2 dB/km
-    expected = 0.2 * 6 * 2e5 + 0.5 * 4 + 2 * cfg.loop.node_loss_db
+    # C1-C2: CW 4 segments of 1e5 km (the station file's longest segment) + C2..C4 + node, CCW 2 segments + C1 + node, at 0.2 dB/km
+    expected = 0.2 * 6 * 1e5 + 0.5 * 4 + 2 * cfg.loop.node_loss_db
     assert _loss_db(cfg, "C1", "C2") == pytest.approx(expected, rel=1e-12)
     near = parse_station_config(_station_dict(names, [("C1", "C2")], loop_km=10.0, graph="all", k=0,
                                               insertion_loss_db=0.5), "test")
@@ -172,8 +172,8 @@ def test_pair_loss_is_finite_when_the_transmission_underflows() -> None:
 
 def test_station_make_refuses_a_loop_where_no_pair_makes_key(tmp_path: Path) -> None:
     out = tmp_path / "far.toml"
-    line = error_line(runner.invoke(app, ["station", "make", "--clients", "4", "--loop-km", "1e6", "-o", str(out)]))
-    assert "no pair of the station makes key at any block size" in line and "240,004.0" in line, line
+    line = error_line(runner.invoke(app, ["station", "make", "--clients", "4", "--loop-km", "5e5", "-o", str(out)]))
+    assert "no pair of the station makes key at any block size" in line and "120,004.0" in line, line
     assert "inf" not in line and "loops up to about" in line and "nothing written" in line
     limit = float(line.split("up to about ")[1].split(" km")[0])
     assert 150 < limit < 400 and not out.exists()
