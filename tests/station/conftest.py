@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "station_pyvisa_sim.toml"
+#: the example's VOA attenuation per N7764A channel (its note above [laser]: μ 0.0263 for C1/C4, 0.022 for C2/C3)
+VOA_DB = {1: 42.7, 3: 43.5, 5: 43.5, 7: 42.7}
 
 
 def _drivers_conftest():  # type: ignore[no-untyped-def]
@@ -23,7 +25,7 @@ def _drivers_conftest():  # type: ignore[no-untyped-def]
 def _voa_role(channel: int, resource: str = "TCPIP0::10.0.0.21::inst0::INSTR") -> str:
     return (f'resource = "{resource}"   # one 4-channel VOA serves all four clients\n'
             'visa_library = "@sim:keysight_n7764a.yaml"\nmax_attenuation_db = 45.0\n'
-            f'options = {{ channel = {channel}, attenuation_db = 37.0 }}   '
+            f'options = {{ channel = {channel}, attenuation_db = {VOA_DB[channel]} }}   '
             '# attenuation for μ = intensities[0]: see the note above [laser]')
 
 
