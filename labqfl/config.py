@@ -820,6 +820,27 @@ def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: 
     return n
 
 
+def fresh_frames_cycle(cfg: StationConfig) -> int:
+    """Frames per duty cycle of the station's slowest client: ``n + 1`` for a real pattern generator with
+    ``options.dark_frames_between = n`` (1 fresh frame, then ``n`` dark ones, recorded lost and never key
+    slots: :class:`labqfl.modulation.ModulationStreamer`), the largest over the clients since a pair's slot
+    carries key only when both of its clients modulated it; 1 without a duty cycle."""
+    cycle = 1
+    for c in cfg.clients:
+        pg = c.pattern_generator
+        if pg is not None and not pg.simulated:
+            cycle = max(cycle, int(pg.options.get("dark_frames_between", 0)) + 1)
+    return cycle
+
+
+def fresh_slot_rate_hz(cfg: StationConfig) -> float:
+    """Key-carrying (fresh) slots per second of the station: ``laser.rep_rate_hz`` x the fresh fraction
+    1/:func:`fresh_frames_cycle` (the minimum over the clients); ``rep_rate_hz`` itself without a duty cycle.
+    The key-rate model's slots-to-seconds conversions use it (:mod:`labqfl.qkd.blocksize`,
+    :mod:`labqfl.planning`, :mod:`labqfl.qkd.keyrate`)."""
+    return float(cfg.laser.rep_rate_hz) / fresh_frames_cycle(cfg)
+
+
 def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
     """Refuse a station whose clients' fresh frames cannot reach their pattern generators: for a generator
     fed run-length encoded steps over a network link (:data:`STREAMED_STEP_BYTES`), slot rate x bytes per

@@ -11,7 +11,9 @@ Everything follows from the station file, the task's model and the secure-aggreg
   rule :func:`labqfl.qkd.blocksize.plan_blocks` that ``labqfl run`` uses for the same duration):
   ℓ(B_p)/B_p secure bits per slot of the pair at the pair's own block size B_p (the rule at the
   pair's share), times the pair's slots per second, share_p · rep_rate (share_p = w_p/W of the
-  schedule, :class:`labqfl.contracts.schedule.PairSchedule`), less the authentication key each block
+  schedule, :class:`labqfl.contracts.schedule.PairSchedule`; rep_rate: the station's key-carrying slot
+  rate, :func:`labqfl.config.fresh_slot_rate_hz`, 1/(n + 1) of the laser's with a Pulse Streamer duty
+  cycle of n dark frames after each fresh one), less the authentication key each block
   refills (64·(3 or 2) bits; the measured rate is delivered key).
 * **Acquisition time** — per pair and round: need / rate; per round: the slowest graph pair (all
   pairs acquire at once, in turns of the schedule); for the run: R rounds of it, but never less
@@ -45,7 +47,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from labqfl.config import MAX_CLIENTS, StationConfig
+from labqfl.config import MAX_CLIENTS, StationConfig, fresh_slot_rate_hz
 from labqfl.errors import ConfigError
 
 #: Sifted bits per second through the whole post-processing (slotting, two-party sifting,
@@ -222,7 +224,7 @@ def _cut_into_blocks(cfg: StationConfig, pair: tuple[str, str], bp: Any, n_slots
     key = sum(_delivered(bp.expected_key_bits, first=i == 0) for i in range(min(full, 2)))
     key += max(full - 2, 0) * _delivered(bp.expected_key_bits, first=False)
     if rest >= 1000 and rest * bp.sifted_per_slot >= bp.min_final_bits:
-        pred = predict_pair(pair_channel(cfg, *pair), rest, 1, float(cfg.laser.rep_rate_hz), params,
+        pred = predict_pair(pair_channel(cfg, *pair), rest, 1, fresh_slot_rate_hz(cfg), params,
                             with_asymptotic=False)
         key += _delivered(max(pred.report.key_length_bits, 0), first=full == 0)
     return key / n_slots if n_slots > 0 else 0.0
@@ -385,8 +387,9 @@ def _pair_plans(cfg: StationConfig, pair_blocks: Mapping[str, Any], duration_s: 
                 sched: Any, params: Any, need: int) -> dict[str, PairPlan]:
     """Every graph pair's plan at the block-size rule's blocks ``pair_blocks`` (per pair,
     :class:`labqfl.qkd.blocksize.PairBlockPlan`, for ``duration_s`` of data; None: open-ended): key
-    per slot, key rate, and the acquisition time one round's ``need`` of key takes."""
-    rep = float(cfg.laser.rep_rate_hz)
+    per slot, key rate, and the acquisition time one round's ``need`` of key takes (slots: fresh ones, at
+    the station's fresh slot rate)."""
+    rep = fresh_slot_rate_hz(cfg)
     out: dict[str, PairPlan] = {}
     for name in graph_pairs:
         a, b = name.split("-")
@@ -421,12 +424,23 @@ def _plan_blocks_and_pairs(cfg: StationConfig, duration_s: float | None, rounds:
         # every pair must fill one block of its own rule size, at its own schedule share, before any key
         # exists, and the data must hold every round's key on every graph pair at the blocks of that data
         d = _duration_for_rounds(cfg, block.pairs, graph_pairs, sched, params, KEY_MARGIN * need * rounds,
-                                 start_s=float(block.needed_duration_s))
+                                 start_s=_first_block_s(cfg, block, sched))
         if math.isfinite(d) and d > 0:
             block = plan_blocks(cfg, d, params=params)
             pairs = _pair_plans(cfg, block.pairs, block.duration_s, graph_pairs, sched, params, need)
             acq_round = max(p.acquisition_s_per_round for p in pairs.values())
     return block, pairs, acq_round
+
+
+def _first_block_s(cfg: StationConfig, block: Any, sched: Any) -> float:
+    """Seconds of data in which every scheduled pair's own slots fill its rule block (``block``: the
+    rule for an open-ended stream): the schedule hands a pair its slots frame by frame, so
+    ``needed_duration_s`` = N_rule / (share · rate) can end inside another pair's frame, short of the
+    block, and the rule then refuses that duration (as :func:`plan_top_up` counts it)."""
+    rate = fresh_slot_rate_hz(cfg)
+    ends = [sched.slot_end(n, math.ceil(pp.rule_slots)) / rate for n, pp in block.pairs.items()
+            if math.isfinite(pp.rule_slots)]
+    return max([float(block.needed_duration_s), *ends])
 
 
 def _key_of_slots(ch: Any, n_slots: float, bp: Any, params: Any) -> float:
@@ -460,7 +474,7 @@ def _duration_for_rounds(cfg: StationConfig, pair_blocks: Mapping[str, Any], gra
     62 s from the rule-size rate against 9 s needed, docs/scaling.md)."""
     from labqfl.qkd.keyrate import station_pair_channel
 
-    rep = float(cfg.laser.rep_rate_hz)
+    rep = fresh_slot_rate_hz(cfg)  # the pairs' fresh slots per second
     d = float(start_s)
     for name in graph_pairs:
         bp = pair_blocks.get(name) if name in sched.names else None
@@ -538,7 +552,7 @@ def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec:
     short = {p: int(b) for p, b in deficit_bits.items() if b > 0}
     params = SecurityParameters(eps_sec=eps_sec)
     sched = PairSchedule.from_config(cfg)
-    rep = float(cfg.laser.rep_rate_hz)
+    rep = fresh_slot_rate_hz(cfg)  # the rule's slots are fresh slots
     # the rule for an open-ended stream, short pairs only (a pair's rule depends on nothing but its own data)
     bps = plan_pair_blocks(cfg, [p for p in short if p in sched.names], None, params=params, schedule=sched)
     no_key = sorted(p for p in short if p not in bps or bps[p].block_slots <= 0)
@@ -592,7 +606,7 @@ def _distill_seconds(cfg: StationConfig, sched: Any, acq_total: float, distill_b
     from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
 
     k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
-    rep = float(cfg.laser.rep_rate_hz)
+    rep = fresh_slot_rate_hz(cfg)  # only fresh slots give sifted bits
     sifted = 0.0
     if math.isfinite(acq_total):
         from labqfl.contracts.channel_model import pair_channel

@@ -25,7 +25,7 @@ from labqfl.cli.common import (
     print_table,
     progress_bar,
 )
-from labqfl.config import StationConfig, load_station_config
+from labqfl.config import StationConfig, fresh_slot_rate_hz, load_station_config
 from labqfl.contracts.types import split_pair
 
 #: Block sizes [slots per pair] of the key-rate-versus-block-size plot.
@@ -204,7 +204,7 @@ def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], floa
     )
 
     n_pairs = len(cfg.pairs())
-    rep = cfg.laser.rep_rate_hz
+    rep = fresh_slot_rate_hz(cfg)  # key-carrying slots per second (a duty cycle's dark frames carry none)
     results: list[dict[str, Any]] = []
     with progress_bar(enabled=not as_json and len(points) > 1) as prog:
         task = prog.add_task("key rate", total=len(points))
@@ -234,7 +234,8 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
     n_pairs = len(cfg.pairs())
     rep = cfg.laser.rep_rate_hz
     con.print(f"[bold]{escape(cfg.name)}[/]: {n_pairs} scheduled pairs share {rep / 1e6:g} MHz; block N = "
-              f"{block_size:.3g} slots per pair (= {block_size * n_pairs / rep:.3g} s of acquisition)", markup=True)
+              f"{block_size:.3g} slots per pair (= {block_size * n_pairs / fresh_slot_rate_hz(cfg):.3g} s of acquisition)",
+              markup=True)
     t = Table("pair", "+dB", "η cw/ccw", "μ i/j", "Q_X", "QBER", "e_ph^U", "bit/pulse", "kbit/s",
               "asymptotic kbit/s", title="secure key rate per pair (bit/s include the 1/P time share)")
     for r in main:

@@ -31,7 +31,12 @@ Units. The pipeline closes a pair's block after a fixed number of the pair's slo
 pair gets its own: a pair owns the share w_p/W of the laser's slots (time-division schedule,
 :mod:`labqfl.contracts.schedule`; ``labqfl station make`` weights pairs by their key rate), so N slots
 of pair p take N/(share_p·rep_rate) seconds and T seconds of data hold T·share_p·rep_rate of its
-slots (exactly: :meth:`~labqfl.contracts.schedule.PairSchedule.slots_of_pair`). With known data each
+slots (exactly: :meth:`~labqfl.contracts.schedule.PairSchedule.slots_of_pair`). With a duty cycle
+(``pattern_generator.options.dark_frames_between = n``: 1 fresh frame in n + 1, the dark ones recorded
+lost) only fresh slots carry key: the rule counts fresh slots and converts them to seconds at the
+fresh slot rate rep_rate/(n + 1) (:func:`labqfl.config.fresh_slot_rate_hz`), and the pipeline, which
+counts every slot of the pair (the dark ones as dropped, sent without a click), gets blocks of
+(n + 1)·N slots so that each holds the N fresh ones (:meth:`BlockPlan.distill_settings`). With known data each
 pair's slots are cut into its own k_p equal blocks; open-ended, each pair closes blocks of its own
 N_rule,p. The last, shorter block of a stream is distilled only with at least the pair's
 ``min_final_bits`` = s_p·N_rule,p sifted bits (s_p: the model's sifted bits per slot; a smaller
@@ -48,7 +53,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from labqfl.config import StationConfig
+from labqfl.config import StationConfig, fresh_frames_cycle, fresh_slot_rate_hz
 from labqfl.contracts.channel_model import PairChannel, model_limits
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX
@@ -200,6 +205,9 @@ class BlockPlan:
     needed_duration_s: float
     limiting_pair: str
     first_key_s: float
+    #: frames per duty cycle (n + 1; 1: every frame fresh): the plan's slots are fresh slots, the
+    #: pipeline's blocks count every slot (:func:`labqfl.config.fresh_frames_cycle`)
+    fresh_cycle: int = 1
 
     def distill_settings(self, **kw: Any) -> Any:
         """:class:`~labqfl.qkd.pipeline.DistillSettings` with this plan's block sizes, per pair
@@ -207,9 +215,10 @@ class BlockPlan:
         from labqfl.qkd.pipeline import DistillSettings
 
         keyed = {n: pp for n, pp in self.pairs.items() if pp.block_slots > 0}
-        return DistillSettings(block_slots=max(self.block_slots, 1000), block_bits=max(self.block_bits, 1000),
+        c = int(self.fresh_cycle)  # the pipeline counts the dark slots too: c x the fresh ones
+        return DistillSettings(block_slots=max(self.block_slots * c, 1000), block_bits=max(self.block_bits, 1000),
                                min_final_block_bits=self.min_block_bits,
-                               pair_block_slots={n: int(pp.block_slots) for n, pp in keyed.items()},
+                               pair_block_slots={n: int(pp.block_slots) * c for n, pp in keyed.items()},
                                pair_min_final_block_bits={n: pp.min_final_bits for n, pp in keyed.items()}, **kw)
 
     def shortfall(self, what: str = "the data") -> str:
@@ -219,8 +228,12 @@ class BlockPlan:
         needs = "no block size gives key on this station" if not math.isfinite(need) else (
             f"a positive-key block on every pair needs ≥ {need:.3g} s of data "
             f"(limiting pair {self.limiting_pair}: {self.pairs[self.limiting_pair].rule_slots:.3g} of its slots at "
-            f"{100 * self.pairs[self.limiting_pair].share:.3g} % of the laser's)")
+            f"{100 * self.pairs[self.limiting_pair].share:.3g} % of the laser's{self._fresh_note()})")
         return f"{what} ({have}) is too short for the block-size rule: {needs}"
+
+    def _fresh_note(self) -> str:
+        c = int(self.fresh_cycle)
+        return "" if c == 1 else f", fresh slots only: 1 frame in {c} by the duty cycle"
 
     def summary(self) -> str:
         """One line for logs and the CLI."""
@@ -234,7 +247,7 @@ class BlockPlan:
         return f"block-size rule: {self.n_blocks} block(s) per pair of {blk} ({self.duration_s:g} s of data)"
 
     def as_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "pairs"}
+        d = {k: v for k, v in self.__dict__.items() if k != "pairs" and (k != "fresh_cycle" or v != 1)}
         d["pairs"] = {k: v.as_dict() for k, v in self.pairs.items()}
         for k in ("needed_duration_s", "first_key_s"):
             if not math.isfinite(d[k]):
@@ -284,7 +297,7 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
         station=cfg.name, n_pairs=n_pairs, rep_rate_hz=rep, margin=margin, duration_s=duration_s, pairs=out,
         block_slots=block_slots, block_bits=int(block_bits), min_block_bits=int(max(min_bits_all, 1000)),
         n_blocks=n_blocks, sufficient=sufficient,
-        needed_duration_s=needed_s, limiting_pair=limiting, first_key_s=first,
+        needed_duration_s=needed_s, limiting_pair=limiting, first_key_s=first, fresh_cycle=fresh_frames_cycle(cfg),
     )
     if len(_CACHE) > 64:
         _CACHE.clear()
@@ -327,9 +340,9 @@ def plan_pair_blocks(cfg: StationConfig, pairs: Any, duration_s: float | None = 
     _check_rule_args(duration_s, margin)
     p = params or SecurityParameters()
     sched = schedule if schedule is not None else PairSchedule.from_config(cfg)
-    rep = float(cfg.laser.rep_rate_hz)
-    # slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
-    total = None if duration_s is None else int(round(duration_s * rep))
+    rate = fresh_slot_rate_hz(cfg)
+    # fresh slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
+    total = None if duration_s is None else int(round(duration_s * rate))
     index = {name: i for i, name in enumerate(sched.names)}
     out: dict[str, PairBlockPlan] = {}
     for name in pairs:
@@ -342,9 +355,10 @@ def plan_pair_blocks(cfg: StationConfig, pairs: Any, duration_s: float | None = 
 
 def _pair_block_plan(cfg: StationConfig, sched: PairSchedule, i: int, total: int | None, p: SecurityParameters,
                      ec_efficiency: float, margin: float, max_block_bits: int) -> PairBlockPlan:
-    """The rule for the schedule's ``i``-th pair, with ``total`` laser slots of data (None: open-ended)."""
+    """The rule for the schedule's ``i``-th pair, with ``total`` fresh laser slots of data (None: open-ended);
+    seconds at the station's fresh slot rate (:func:`labqfl.config.fresh_slot_rate_hz`)."""
     k0, b0 = KEY_INTENSITY_INDEX, KEY_BASIS
-    rep = float(cfg.laser.rep_rate_hz)
+    rep = fresh_slot_rate_hz(cfg)
     pr, name = sched.pairs[i], sched.names[i]
     ch = station_pair_channel(cfg, pr)
     share = sched.share(name)

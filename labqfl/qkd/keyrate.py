@@ -10,7 +10,10 @@ default 1.1: Cascade/LDPC reach f ≈ 1.04–1.16, see docs/protocol.md §6).
 
 Rates: ``bits_per_slot`` = ℓ/N per slot of the pair; a pair owns 1/P of the laser's slots (time
 division among P scheduled pairs), so ``bits_per_second`` = ℓ/N · rep_rate / P and
-``bits_per_pulse`` = ℓ/N / P per laser pulse.
+``bits_per_pulse`` = ℓ/N / P per laser pulse. For a station, rep_rate is its key-carrying slot rate
+(:func:`labqfl.config.fresh_slot_rate_hz`): with a Pulse Streamer duty cycle (1 fresh frame in n + 1,
+``dark_frames_between = n``) the dark frames carry no key, so N counts fresh slots and the pair's key
+rate is (n + 1) times lower than at the laser's rate; the laser's rate without a duty cycle.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 
-from labqfl.config import StationConfig
+from labqfl.config import StationConfig, fresh_slot_rate_hz
 from labqfl.contracts.channel_model import PairChannel, model_limits, pair_channel
 from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts, pair_name
 from labqfl.qkd.decoy import detector_fock_yields, ideal_fock_yields, phase_error_probability_bound
@@ -159,7 +162,8 @@ def predict_pair(
     """Predicted finite-block (and asymptotic) key rate of one pair from the analytical model.
 
     ``n_slots``: block size in slots of this pair; ``n_pairs``: P (time share 1/P);
-    ``rep_rate_hz``: laser repetition rate.
+    ``rep_rate_hz``: key-carrying slots per second (the laser repetition rate without a duty cycle;
+    a station's: :func:`labqfl.config.fresh_slot_rate_hz`).
     """
     if n_slots < 1 or n_pairs < 1 or rep_rate_hz <= 0:
         raise ValueError(f"need n_slots >= 1, n_pairs >= 1, rep_rate_hz > 0; got {n_slots}, {n_pairs}, {rep_rate_hz}")
@@ -279,7 +283,7 @@ def predict_station(
     n_pairs = len(scheduled)
     sel = scheduled if pairs is None else list(pairs)
     return [
-        predict_pair(station_pair_channel(cfg, pr, extra_loss_db), n_slots, n_pairs, cfg.laser.rep_rate_hz,
+        predict_pair(station_pair_channel(cfg, pr, extra_loss_db), n_slots, n_pairs, fresh_slot_rate_hz(cfg),
                      params, ec_efficiency)
         for pr in sel
     ]
