@@ -20,6 +20,16 @@ from labqfl.fl.masks import mask_graph
 sys.path.insert(0, os.path.dirname(__file__))  # this folder's helper modules (flower_helpers), as tests/qkd/pipeline
 
 
+@pytest.fixture(autouse=True)
+def _own_node_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test here gets its own ``LABQFL_DATA_DIR``, even under ``.ci/run``, which sets one per xdist worker
+    (tests/conftest.py): a deployed node keeps its signed-spec and consistency records under it
+    (``nodes/<Ci>/fl/``), and since the default job ID is derived from the training settings (review s36 cons F2)
+    two tests of the same settings in one worker were one job, so a dropout test's pinned survivor set refused
+    the next test's honest round (clean-clone CI, 3 failures in test_spec_signed.py)."""
+    monkeypatch.setenv("LABQFL_DATA_DIR", str(tmp_path / "labqfl-data"))
+
+
 class LocalGrid:
     """A Grid that delivers messages to ClientApps in this process (no Ray, no network).
 
