@@ -30,6 +30,18 @@ def _own_node_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABQFL_DATA_DIR", str(tmp_path / "labqfl-data"))
 
 
+@pytest.fixture(scope="module")
+def ring_certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The network's CA with a five-client ring's C1..C5 (``test_consistency.RING``) and the operator ctl: the
+    certificates of the consistency follow-up tests (test_consistency_*.py)."""
+    from labqfl.fl.flower.specsig import OPERATOR
+    from labqfl.net import make_node_certs
+
+    d = tmp_path_factory.mktemp("certs36")
+    make_node_certs(d / "net", [f"C{i}" for i in range(1, 6)] + [OPERATOR])
+    return {"net": d / "net"}
+
+
 class LocalGrid:
     """A Grid that delivers messages to ClientApps in this process (no Ray, no network).
 

@@ -58,6 +58,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"net": d / "net", "other": d / "other"}
 
 
+#: the five-client ring of the consistency follow-up tests (test_consistency_*.py)
+RING = ["C1", "C2", "C3", "C4", "C5"]
+
+
 def _signer(certs: dict[str, Path], who: str, folder: str = "net") -> ReplySigner:
     return ReplySigner((certs[folder] / f"node-{who}.pem").read_bytes(), (certs[folder] / f"node-{who}.key").read_bytes())
 

@@ -13,23 +13,13 @@ import numpy as np
 import pytest
 from flower_helpers import MeddlingGrid
 from flwr.app import Array, ArrayRecord
-from test_consistency import N_WORDS, UPDATES, _app, _deployed, _signer, _spec
+from test_consistency import N_WORDS, RING, UPDATES, _app, _deployed, _signer, _spec
 
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.client import CFG
 from labqfl.fl.flower.server import LabqflServer
 from labqfl.fl.flower.specsig import OPERATOR, sign_spec
 from labqfl.fl.selfmask import consistency_need
-from labqfl.net import make_node_certs
-
-RING = ["C1", "C2", "C3", "C4", "C5"]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("certs36")
-    make_node_certs(d / "net", [*RING, OPERATOR])
-    return {"net": d / "net"}
 
 
 def test_need_counts_the_tolerated_colluders() -> None:
@@ -94,15 +84,15 @@ class OneColluder(MeddlingGrid):
         return super().send_and_receive(keep, timeout=timeout)
 
 
-def test_one_colluder_cannot_get_two_stories_unmasked_at_the_defaults(local_grid: Any, certs: dict[str, Path],
+def test_one_colluder_cannot_get_two_stories_unmasked_at_the_defaults(local_grid: Any, ring_certs: dict[str, Path],
                                                                       tmp_path: Path, monkeypatch: Any) -> None:
     rng = np.random.default_rng(7)
     monkeypatch.setitem(UPDATES, "C4", rng.normal(0, 0.3, N_WORDS))
     monkeypatch.setitem(UPDATES, "C5", rng.normal(0, 0.3, N_WORDS))
     spec = _spec(clients=5, graph="ring-k", k=2)
-    srv = LabqflServer(spec, signed_spec=sign_spec(spec, _signer(certs, OPERATOR), valid_s=600))
-    grid = OneColluder(local_grid(_app(), RING, node_config=_deployed(certs, tmp_path, RING)))
-    grid.srv, grid.colluder = srv, _signer(certs, "C3")
+    srv = LabqflServer(spec, signed_spec=sign_spec(spec, _signer(ring_certs, OPERATOR), valid_s=600))
+    grid = OneColluder(local_grid(_app(), RING, node_config=_deployed(ring_certs, tmp_path, RING)))
+    grid.srv, grid.colluder = srv, _signer(ring_certs, "C3")
     nodes, weights = srv.connect(grid)
     with pytest.raises(SecureAggregationError):
         srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)

@@ -14,17 +14,6 @@ import pytest
 from test_consistency import N_WORDS, _grid, _server, _spec
 
 from labqfl.errors import SecureAggregationError
-from labqfl.fl.flower.specsig import OPERATOR
-from labqfl.net import make_node_certs
-
-RING = ["C1", "C2", "C3", "C4", "C5"]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("certs36")
-    make_node_certs(d / "net", [*RING, OPERATOR])
-    return {"net": d / "net"}
 
 
 def test_the_default_job_is_the_training_settings() -> None:
@@ -41,18 +30,18 @@ def test_the_default_job_is_the_training_settings() -> None:
     assert dataclasses.replace(base, job_id="campaign-7").job() == "campaign-7"
 
 
-def test_a_retry_under_a_new_spec_without_job_id_is_the_same_job(local_grid: Any, certs: dict[str, Path],
+def test_a_retry_under_a_new_spec_without_job_id_is_the_same_job(local_grid: Any, ring_certs: dict[str, Path],
                                                                   tmp_path: Path) -> None:
     """Review s36 F2: job A trains round 1 over everyone; the operator's retry (a new signed spec, no job ID,
     another number of rounds) had a job of its own, so the server could withhold C3 after masking there and
     difference the two sums of round 1. Now both are the job the settings give, and the set is refused."""
-    first = _server(certs, job_id="", colluders=0)
-    grid = _grid(local_grid, certs, tmp_path)
+    first = _server(ring_certs, job_id="", colluders=0)
+    grid = _grid(local_grid, ring_certs, tmp_path)
     nodes, weights = first.connect(grid)
     first.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
-    retry = _server(certs, job_id="", colluders=0, rounds=3)
+    retry = _server(ring_certs, job_id="", colluders=0, rounds=3)
     assert retry.signed_spec.spec_id != first.signed_spec.spec_id  # type: ignore[union-attr]
-    grid = _grid(local_grid, certs, tmp_path, crash={"C3": 1})
+    grid = _grid(local_grid, ring_certs, tmp_path, crash={"C3": 1})
     nodes, weights = retry.connect(grid)
     with pytest.raises(SecureAggregationError, match="round 1 aborted before any unmask"):
         retry.round(grid, 1, np.zeros(N_WORDS), nodes, weights)

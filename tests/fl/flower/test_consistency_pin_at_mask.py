@@ -12,28 +12,17 @@ import pytest
 from test_consistency import N_WORDS, _grid, _server
 
 from labqfl.errors import SecureAggregationError
-from labqfl.fl.flower.specsig import OPERATOR
-from labqfl.net import make_node_certs
-
-RING = ["C1", "C2", "C3", "C4", "C5"]
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("certs36")
-    make_node_certs(d / "net", [*RING, OPERATOR])
-    return {"net": d / "net"}
-
-
-def test_a_pinned_round_that_cannot_be_formed_is_refused_at_the_mask_stage(local_grid: Any, certs: dict[str, Path],
+def test_a_pinned_round_that_cannot_be_formed_is_refused_at_the_mask_stage(local_grid: Any, ring_certs: dict[str, Path],
                                                                           tmp_path: Path) -> None:
-    first = _server(certs, colluders=0)  # round 1 of job-1 pinned over all three
-    grid = _grid(local_grid, certs, tmp_path, lambda n, s, r, cfg: not (s == "unmask" and n == "C3"))
+    first = _server(ring_certs, colluders=0)  # round 1 of job-1 pinned over all three
+    grid = _grid(local_grid, ring_certs, tmp_path, lambda n, s, r, cfg: not (s == "unmask" and n == "C3"))
     nodes, weights = first.connect(grid)
     with pytest.raises(SecureAggregationError):
         first.round(grid, 1, np.zeros(N_WORDS), nodes, weights)  # C3 gone after signing
-    again = _server(certs, colluders=0)  # the job resumed without C3
-    grid = _grid(local_grid, certs, tmp_path, lambda n, s, r, cfg: not (n == "C3" and s != "setup"))
+    again = _server(ring_certs, colluders=0)  # the job resumed without C3
+    grid = _grid(local_grid, ring_certs, tmp_path, lambda n, s, r, cfg: not (n == "C3" and s != "setup"))
     nodes, weights = again.connect(grid)
     with pytest.raises(SecureAggregationError):
         again.round(grid, 1, np.zeros(N_WORDS), nodes, weights)

@@ -13,24 +13,14 @@ from test_consistency import _deployed, _signer, _spec
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.flower.client import STATE_PLAN, _check_consistency
 from labqfl.fl.flower.specsig import OPERATOR, consistency_record_path, pin_survivors, sign_spec
-from labqfl.net import make_node_certs
-
-RING = ["C1", "C2", "C3", "C4", "C5"]
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("certs36")
-    make_node_certs(d / "net", [*RING, OPERATOR])
-    return {"net": d / "net"}
-
-
-def test_unmask_rechecks_the_sets_against_this_rounds_participants(certs: dict[str, Path], tmp_path: Path) -> None:
+def test_unmask_rechecks_the_sets_against_this_rounds_participants(ring_certs: dict[str, Path], tmp_path: Path) -> None:
     """A pin {C1, C2} / {C3} from an earlier spec of the job, and this run's mask stage had only C1 and C2: an
     unmask message naming the pinned sets is refused for the participants, before the signatures are looked at."""
     spec = _spec()
-    signed = sign_spec(spec, _signer(certs, OPERATOR), valid_s=600)
-    cfg = _deployed(certs, tmp_path)["C1"]
+    signed = sign_spec(spec, _signer(ring_certs, OPERATOR), valid_s=600)
+    cfg = _deployed(ring_certs, tmp_path)["C1"]
     state = RecordDict({STATE_PLAN: ConfigRecord({"round": 1, "run": "run-x", "participants": json.dumps(["C1", "C2"]),
                                                   "t": 2})})
     ctx = Context(run_id=1, node_id=1, node_config=cfg, state=state, run_config={})
