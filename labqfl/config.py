@@ -808,16 +808,38 @@ def link_load_bytes_per_s(slot_rate_hz: float, frame_slots: int, dark_frames_bet
     return float(slot_rate_hz) * step_bytes * (f + n) / ((n + 1) * f)
 
 
-def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: float, step_bytes: int = 9) -> int | None:
-    """The smallest ``dark_frames_between`` whose :func:`link_load_bytes_per_s` fits the link; None when none
-    does (one dark step per frame alone exceeds it)."""
+def dark_frames_needed(slot_rate_hz: float, frame_slots: int, link_bytes_per_s: float, step_bytes: int = 9,
+                       cycle_frames: int = 1) -> int | None:
+    """The smallest ``dark_frames_between`` whose :func:`link_load_bytes_per_s` fits the link and whose
+    ``n + 1`` is coprime to the pair schedule's ``cycle_frames`` (:func:`duty_cycle_aliases`); None when no
+    ``n`` fits (one dark step per frame alone exceeds the link)."""
     f, rate, budget = int(frame_slots), float(slot_rate_hz), float(link_bytes_per_s)
     if budget * f <= step_bytes * rate:
         return None
     n = max(0, math.ceil(f * (step_bytes * rate - budget) / (budget * f - step_bytes * rate)))
-    while link_load_bytes_per_s(rate, f, n, step_bytes) > budget:  # floating-point guard
-        n += 1
+    while link_load_bytes_per_s(rate, f, n, step_bytes) > budget or duty_cycle_aliases(n, cycle_frames):
+        n += 1  # floating-point guard, then the next n whose fresh frames reach every pair
     return n
+
+
+def duty_cycle_aliases(dark_frames_between: int, cycle_frames: int) -> bool:
+    """True when a duty cycle of ``n`` dark frames after each fresh one starves some pairs: fresh frames are
+    ``k·(n + 1)`` and frame ``f`` belongs to the pair at schedule position ``f mod W``
+    (:meth:`labqfl.contracts.schedule.PairSchedule.pair_index`, ``W = cycle_frames``), so fresh frames reach
+    only the positions that are multiples of ``gcd(n + 1, W)``. With ``gcd = 1`` every position gets 1 fresh
+    frame in ``n + 1`` (the share :func:`fresh_slot_rate_hz` assumes)."""
+    n = int(dark_frames_between)
+    return n > 0 and math.gcd(n + 1, int(cycle_frames)) != 1
+
+
+def nearest_duty_cycle(n: int, need: int, cycle_frames: int) -> int:
+    """The ``dark_frames_between`` nearest ``n`` that fits the link (``>= need``, the link load falls with n)
+    and does not alias with the schedule (:func:`duty_cycle_aliases`); the smaller one on a tie."""
+    for d in range(0, int(cycle_frames) + max(n, need) + 2):
+        for m in (n - d, n + d):
+            if m >= need and not duty_cycle_aliases(m, cycle_frames):
+                return m
+    raise AssertionError("unreachable: n + 1 = a multiple of W plus 1 is coprime to W")
 
 
 def fresh_frames_cycle(cfg: StationConfig) -> int:
@@ -847,7 +869,8 @@ def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
     step x fresh fraction (+ one step per dark frame) must fit ``options.link_bytes_per_s`` (default
     :data:`LINK_BYTES_PER_S`); the one-line error names ``options.dark_frames_between`` and the value it
     needs. Emulated generators are checked too: they stand for the instrument on its link. Called after the
-    driver validated the options (:func:`parse_station_config`)."""
+    driver validated the options (:func:`parse_station_config`). The duty cycle must also reach every
+    scheduled pair (:func:`_check_duty_cycle`)."""
     rate, f = cfg.laser.rep_rate_hz, cfg.time_tagger.frame_slots
     for k, c in enumerate(cfg.clients):
         pg = c.pattern_generator
@@ -859,13 +882,49 @@ def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
         load = link_load_bytes_per_s(rate, f, n, step)
         if load <= budget:
             continue
-        need = dark_frames_needed(rate, f, budget, step)
+        need = dark_frames_needed(rate, f, budget, step, sum(cfg.pair_frames()))
         fix = (f"expected dark_frames_between >= {need} (1 fresh frame in {need + 1})" if need is not None else
                "no duty cycle fits; expected a faster link or a lower slot rate")
         raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role "
                           f"{c.name}.pattern_generator): the uploads at {rate:g} slots/s need {load:.3g} B/s ({step} B "
                           f"per step, up to one step per fresh slot) but options.link_bytes_per_s is {budget:.3g} B/s; "
                           f"{fix}; got {n}")
+    _check_duty_cycle(cfg, source)
+
+
+def _check_duty_cycle(cfg: StationConfig, source: str) -> None:
+    """Refuse a duty cycle that misses pairs or that the key-rate model misreads (review s36 lab2 H1):
+    frame ``f`` is fresh iff ``f mod (n + 1) = 0`` (:meth:`labqfl.modulation.ModulationStreamer.scheduled_dark`)
+    and belongs to the pair at schedule position ``f mod W`` (``W = Σ schedule weights``); with
+    ``gcd(n + 1, W) > 1`` some positions never get a fresh frame (:func:`duty_cycle_aliases`). Clients with a
+    duty cycle must share one ``n`` (:func:`fresh_frames_cycle` assumes one; with ``n = 2`` and ``9`` a pair's
+    frames are fresh on both clients 1 in lcm(3, 10) = 30); ``n = 0`` (every frame fresh) mixes with any ``n``.
+    The duty frame must be the schedule frame (``time_tagger.frame_slots = schedule.slots_per_frame``)."""
+    w = sum(cfg.pair_frames())
+    first: tuple[str, int] | None = None
+    for k, c in enumerate(cfg.clients):
+        pg = c.pattern_generator
+        if pg is None or pg.simulated or int(pg.options.get("dark_frames_between", 0)) == 0:
+            continue
+        n = int(pg.options["dark_frames_between"])
+        field = f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role {c.name}.pattern_generator)"
+        if cfg.time_tagger.frame_slots != cfg.schedule.slots_per_frame:
+            raise ConfigError(f"{field}: a duty cycle plays whole frames of time_tagger.frame_slots = "
+                              f"{cfg.time_tagger.frame_slots} slots but the pairs take turns in frames of "
+                              f"schedule.slots_per_frame = {cfg.schedule.slots_per_frame}; expected them equal; got {n}")
+        if first is not None and n != first[1]:
+            raise ConfigError(f"{field}: the clients' duty cycles differ ({first[0]} has {first[1]}), so a pair's "
+                              f"frames are fresh on both clients only 1 in lcm({first[1] + 1}, {n + 1}); expected "
+                              f"{first[1]} or 0 (every frame fresh); got {n}")
+        first = first or (c.name, n)
+        if duty_cycle_aliases(n, w):
+            budget = float(pg.options.get("link_bytes_per_s", LINK_BYTES_PER_S))
+            step = STREAMED_STEP_BYTES.get(pg.driver, 9)
+            need = dark_frames_needed(cfg.laser.rep_rate_hz, cfg.time_tagger.frame_slots, budget, step) or 0
+            m = nearest_duty_cycle(n, need, w)
+            raise ConfigError(f"{field}: 1 fresh frame in {n + 1} shares the factor {math.gcd(n + 1, w)} with the "
+                              f"pair schedule's {w}-frame cycle, so some pairs never get a fresh frame; expected n + 1 "
+                              f"coprime to {w}, e.g. dark_frames_between = {m} (1 fresh frame in {m + 1}); got {n}")
 
 
 def require_pattern_generators(cfg: StationConfig, source: str = "station") -> None:

@@ -183,7 +183,7 @@ def test_33500b_without_pattern_generator_is_refused_with_a_real_tagger() -> Non
         Acquisition(SimpleNamespace(config=cfg))
     for k, c in enumerate(data["clients"]):
         c["pattern_generator"] = {"driver": "SwabianPulseStreamer", "resource": f"127.0.17.{k + 1}",
-                                  "options": {"dark_frames_between": 9}}  # the link budget at 100 MHz
+                                  "options": {"dark_frames_between": 10}}  # the link budget at 100 MHz, coprime to 6 frames
     require_pattern_generators(parse_station_config(data, "ex.toml"), "ex.toml")
     bit = copy.deepcopy(data)  # the bit-driven phase modulator: its bits come from a generator too
     del bit["clients"][1]["pattern_generator"]

@@ -31,17 +31,17 @@ F, SLOT_NS, PER = 500, 10, 2
 
 def test_station_load_refuses_fresh_frames_the_link_cannot_carry() -> None:
     d = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
-    assert all(c["pattern_generator"]["options"]["dark_frames_between"] == 9 for c in d["clients"])
-    cfg = parse_station_config(d, "example")  # as shipped: 1 fresh frame in 10 fits
+    assert all(c["pattern_generator"]["options"]["dark_frames_between"] == 10 for c in d["clients"])
+    cfg = parse_station_config(d, "example")  # as shipped: 1 fresh frame in 11 fits
     f, rate = cfg.time_tagger.frame_slots, cfg.laser.rep_rate_hz  # 65536 slots, 100 MHz
-    assert rate * 9 * (f + 9) / (10 * f) <= 1e8 < rate * 9 * (f + 8) / (9 * f)  # 9 dark frames fit, 8 do not
+    assert rate * 9 * (f + 9) / (10 * f) <= 1e8 < rate * 9 * (f + 8) / (9 * f)  # 9 dark frames fit, 8 do not (9 aliases with the 6-frame schedule: test_duty_cycle_pairs)
     d["clients"][1]["pattern_generator"]["options"]["dark_frames_between"] = 0
     with pytest.raises(ConfigError) as err:
         parse_station_config(d, "example")
     msg = str(err.value)
     assert "\n" not in msg
     assert "field 'clients.1.pattern_generator.options.dark_frames_between' (role C2.pattern_generator)" in msg
-    assert "need 9e+08 B/s" in msg and "expected dark_frames_between >= 9" in msg and msg.endswith("got 0")
+    assert "need 9e+08 B/s" in msg and "expected dark_frames_between >= 10 (1 fresh frame in 11)" in msg and msg.endswith("got 0")
     d["clients"][1]["pattern_generator"]["options"].update(dark_frames_between=0, link_bytes_per_s=1e9)
     parse_station_config(d, "example")  # a faster link carries every frame fresh
 

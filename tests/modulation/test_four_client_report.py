@@ -141,6 +141,6 @@ def test_run_refuses_a_too_short_duration_before_making_a_run_folder(tmp_path: P
     r = CliRunner().invoke(app, ["run", "--config", str(EXAMPLE), "--duration", "0.05", "--rounds", "1",
                                  "--out", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data")])
     assert r.exit_code != 0
-    assert "--duration (0.05 s) is too short" in r.output and "needs ≥ 8.54 s of data" in r.output and "limiting pair C1-C4" in r.output
+    assert "--duration (0.05 s) is too short" in r.output and "needs ≥ 9.4 s of data" in r.output and "limiting pair C1-C4" in r.output
     assert "plan:" not in r.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -31,7 +31,7 @@ from labqfl.qkd.keyrate import predict_station
 pytest.importorskip("pulsestreamer")
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "station_emulated_hardware.toml"
-N_DARK = 9
+N_DARK = 10
 
 
 def _example(dark: int | None = None) -> StationConfig:
@@ -81,5 +81,5 @@ def test_plan_duration_gives_first_key(stations: tuple[StationConfig, StationCon
     duty, _ = stations
     p = make_plan(duty, "mnist-qnn", 8, 10)
     assert p.first_key_s is not None and math.isfinite(p.first_key_s)
-    assert p.acquisition_s == pytest.approx(8.547, rel=1e-3)
+    assert p.acquisition_s == pytest.approx(9.402, rel=1e-3)
     assert plan_blocks(duty, p.acquisition_s).sufficient
