@@ -48,7 +48,9 @@ of TimeTagStream" (``getData``: "Data loss may occur if getData() is not called 
 with respect to n_max_events"). The buffer fills from its start, so what was discarded lies after
 its last record: a full buffer opens a lost interval at that record, closed at the first record of
 the next buffer (or at the full buffer's ``tGetData``, "the data-stream time position of the call
-to getData()", when the stream ends with it). Each full buffer is counted in
+to getData()", when the stream ends with it). The full buffer's own block is not flagged ``overflow``
+for it: its records are whole, and a flag without an interval would make slotting drop all of them
+(:func:`labqfl.qkd.slotting.block_lost_intervals`). Each full buffer is counted in
 :attr:`SwabianTimeTagger.last_stream_buffer_full`; the first one of a stream logs a warning.
 
 Configuration (station ``[time_tagger]``): channels ``sync_channel``, ``detector_channels`` and
@@ -519,8 +521,10 @@ class SwabianTimeTagger(DriverDeclaration, TimeTagger):
         keep = is_tag.copy()
         keep[cut:] = False
         intervals = np.array(lost, dtype=np.int64).reshape(-1, 2)
-        full = state.full_since is not None
-        return TagBlock(ts[keep], ch[keep], overflow or bool(lost) or full, lost_intervals_ps=intervals), error_at
+        # a full buffer's own records are whole: its loss is the explicit interval from its last record to the
+        # next buffer's first (above) or to tGetData (_close_full_at_end). Flagging it overflow without an
+        # interval made slotting drop the whole buffer (block_lost_intervals' fallback; review s36 lab2 M1)
+        return TagBlock(ts[keep], ch[keep], overflow or bool(lost), lost_intervals_ps=intervals), error_at
 
     def _check_full(self, buf: Any, ts: np.ndarray, state: _EventState) -> None:
         """A buffer of ``n_max_events`` records "has likely discarded events" (SDK, TimeTagStreamBuffer.size):

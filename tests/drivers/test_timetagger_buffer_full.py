@@ -1,4 +1,4 @@
-"""A full ``TimeTagStream`` host buffer is lost data (review s36 M1).
+"""A full ``TimeTagStream`` host buffer is lost data after its last record (review s36 M1, s36 lab2 M1).
 
 SDK reference (swabian-timetagger 2.22.6, ``Swabian/TimeTagger/__init__.py``):
 ``TimeTagStream(tagger, n_max_events, channels)`` — "n_max_events: Buffer size for storing time tags";
@@ -49,7 +49,8 @@ def test_full_stream_buffer_becomes_a_lost_interval_counted_and_warned_once(smal
         blocks = list(tagger.stream(1e-3, 1e-4))
     assert ("TimeTagStream", (4, [1, 2, 3]), {}) in dev.calls  # n_max_events as compared
     assert [b.lost_intervals_ps.tolist() for b in blocks] == [[], [[400, 9_000_000]], [[9_000_300, 20_000_000]], []]
-    assert [b.overflow for b in blocks] == [True, True, True, False]
+    # the full buffers' own records are whole: only the gaps after them are lost (review s36 lab2 M1)
+    assert [b.overflow for b in blocks] == [False, True, True, False]
     assert tagger.last_stream_buffer_full == 2
     warnings = [r.getMessage() for r in caplog.records if "stream buffer filled" in r.getMessage()]
     assert len(warnings) == 1 and "getData() called too rarely" in warnings[0] and "n_max_events = 4" in warnings[0]
@@ -86,3 +87,37 @@ def test_the_emulated_sdk_discards_past_n_max_events_and_the_driver_records_the_
         drv.close()
     assert [b.timestamps.tolist() for b in blocks] == [[0, 100, 200, 300], [9_000, 9_100]]  # 400, 500 discarded
     assert blocks[1].lost_intervals_ps.tolist() == [[300, 9_000]] and drv.last_stream_buffer_full == 1
+
+
+def test_slotting_keeps_a_full_buffers_own_slots_and_drops_only_the_gap_after_it(  # type: ignore[no-untyped-def]
+        monkeypatch: pytest.MonkeyPatch, fake_sdk, swabian_fakes) -> None:
+    """Through the Slotter: a full buffer used to come out as ``overflow=True`` with no interval, and
+    ``block_lost_intervals`` then dropped all of its slots (up to 10^7 good records), not only the gap."""
+    from labqfl.instruments.base import TagBlock
+    from labqfl.qkd.slotting import Slotter, SlottingParams
+
+    sync, d0 = 1, 2
+    monkeypatch.setattr(st, "STREAM_BUFFER_EVENTS", 40)
+    cfg = TimeTaggerConfig(driver="SwabianTimeTagger", options={"serial": "X"}, sync_divider=1024)
+    tagger = st.SwabianTimeTagger("time_tagger", cfg, sdk=fake_sdk)
+    dev = fake_sdk.created[0]
+
+    def buf(syncs: list[int]):  # type: ignore[no-untyped-def]  # a sync every 4 slots, a D0 click 1 slot after each
+        ts = sorted([*syncs, *(t + 1000 for t in syncs)])
+        return swabian_fakes.Buffer(np.array(ts, np.int64), np.array([sync if t in syncs else d0 for t in ts], np.int32))
+
+    dev.script = [buf(list(range(0, 80_000, 4000))),  # 40 records: full, its last one the click at 77 000 ps
+                  buf(list(range(200_000, 240_000, 4000)))]  # 20 records
+    try:
+        blocks: list[TagBlock] = list(tagger.stream(1e-3, 1e-4))
+    finally:
+        tagger.close()
+    assert [b.lost_intervals_ps.tolist() for b in blocks] == [[], [[77_000, 200_000]]]
+    p = SlottingParams(period_ps=1000.0, sync_divider=4, sync_channel=sync, detector_channels=(d0, 3),
+                       sync_delay_ps=0, delays_ps=(0, 0), window_ps=(1000.0, 1000.0))
+    s = Slotter(p)
+    slots = np.concatenate([e.slots for e in s.run(blocks)]).tolist()
+    first = [k for k in slots if k < 77]
+    assert first == list(range(1, 77, 4))  # the full buffer's clicks are key slots, not dropped
+    assert [k for k in slots if k > 200] == list(range(201, 238, 4))
+    assert 77 not in slots and s.stats.dropped_slots_lost_data == 200 - 77 + 1  # slots 77..200: the gap only
