@@ -157,9 +157,26 @@ def _isolate_source(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str,
     return st.attenuator(src)
 
 
+def _safe_for_the_operator(ctx: CalContext, guard: SettingsGuard, att: Any) -> None:
+    """Every detector un-biased (``enabled = False``, each driver's safe state) and ``att``'s shutter closed
+    before the operator opens a fibre joint: room light into a connector on the loop side latches an SNSPD
+    or blinds a biased APD (review s36 lab2 H2). The laser stays on so its power does not drift between the
+    power reference and the clicks; the guard re-arms nothing by itself."""
+    for d in DETECTORS:
+        guard.set(ctx.station.detector(d), "enabled", False)
+    guard.set(att, "shutter_closed", True)
+
+
 def _power_reference(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, att_meas: float, att_ref: float,
                      power_readings: int) -> tuple[np.ndarray, float, float, float]:
     """Power-meter readings at ``src``'s output with the attenuation lowered to ``att_ref``.
+
+    A real head means unplugging ``src``'s output from the loop: the detectors are made safe and the
+    shutter closed before the operator is asked (:meth:`PowerMeter.place_at`), the shutter is open only
+    for the readings, and the head goes back to the laser's monitor tap (the operator reconnects the
+    fibre to the loop, second confirmation) with the shutter closed again. A refusal at either prompt
+    raises; :func:`guarded` then puts every instrument in its safe state. The caller re-arms the
+    detectors only after this returns.
 
     Returns (readings [W], mean [W], standard error of the mean [W], wavelength [nm])."""
     st = ctx.station
@@ -168,10 +185,15 @@ def _power_reference(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, 
     wl = float(st.laser.wavelength_nm)
     guard.set(meter, "wavelength_nm", wl)
     guard.set(meter, "averaging", 100)
+    _safe_for_the_operator(ctx, guard, att)
     meter.place_at(src, confirm=ctx.confirm_placement)  # a real head: only once the operator confirms it moved
     guard.set(att, "attenuation_db", att_ref)
+    guard.set(att, "shutter_closed", False)
     readings = np.array([meter.power_w() for _ in range(max(2, power_readings))])
+    guard.set(att, "shutter_closed", True)
     guard.set(att, "attenuation_db", att_meas)
+    # the fibre back on the loop before any click is counted (the removed place_at("laser") of 9c14bf5)
+    meter.place_at("laser", confirm=ctx.confirm_placement)
     p_mean = float(readings.mean())
     p_sem = float(readings.std(ddof=1) / math.sqrt(readings.size))
     if not p_mean > 5 * max(p_sem, 1e-30):
@@ -179,6 +201,12 @@ def _power_reference(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, 
                                "is the laser on and the fibre connected?")
     _check_plausible(ctx, src, p_mean, att_ref)
     return readings, p_mean, p_sem, wl
+
+
+def _rearm(ctx: CalContext, guard: SettingsGuard, att: Any, detectors: tuple[str, ...]) -> None:
+    """The detectors biased again in the dark (``att``'s shutter still closed), then the shutter opened."""
+    enable_detectors(ctx, guard, detectors)
+    guard.set(att, "shutter_closed", False)
 
 
 def _count_on_off(ctx: CalContext, guard: SettingsGuard, att: Any, src: str, detectors: tuple[str, ...],
@@ -258,7 +286,10 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
        level (every pulse at its signal intensity).
     2. The power meter at the client's output reads P with the attenuation lowered by ΔA
        (``reference_attenuation_delta_db``) so the reading is far above the meter's floor; then
-       μ = P·10^(−ΔA/10)/(hν·f_rep) photons per pulse at the measurement setting.
+       μ = P·10^(−ΔA/10)/(hν·f_rep) photons per pulse at the measurement setting. With a real head
+       the detectors are un-biased and the shutter closed while the operator moves it, and the
+       operator confirms the fibre is back on the loop before the detectors are re-armed
+       (:func:`_power_reference`).
     3. Clicks with the source open and closed (background: dark counts, stray light) give the
        per-pulse click probability in the source's frames, dead-time and afterpulse corrected.
     4. η solves Σ_p w_p·[1 − e^{−η·g_p·μ}] = P_det − P_dc (the gated formula
@@ -288,6 +319,7 @@ def efficiency(ctx: CalContext, detectors: tuple[str, ...] = DETECTORS, source_c
         delta = att_meas - att_ref
         # power-meter reference
         readings, p_mean, p_sem, wl = _power_reference(ctx, guard, att, src, att_meas, att_ref, power_readings)
+        _rearm(ctx, guard, att, detectors)  # only after the operator reconnected the fibre
         f_rep = float(st.laser.rep_rate_hz)
         h_nu = photon_energy_j(wl)
         mu = p_mean * 10 ** (-delta / 10.0) / (h_nu * f_rep)

@@ -132,12 +132,20 @@ def _run(group: str, config: Path | None, as_json: bool, out: Path | None, seed:
             if step_lines:
                 prog.console.print(f"{time.strftime('%H:%M:%S')} {msg}", soft_wrap=True)
 
+        placed: list[str] = []
+
         def confirm(position: str) -> bool:
-            where = "the laser's monitor tap" if position == "laser" else f"{position}'s output (towards the node)"
+            if position == "laser":  # after the readings at a client's output: the loop closed again
+                client = f"{placed[-1]}'s" if placed else "the client's"
+                question = (f"Reconnect {client} output fibre to the loop and put the power-meter head back on the "
+                            "laser's monitor tap (detectors are off, shutter closed). Done?")
+            else:
+                placed.append(position)
+                question = (f"Move the power-meter head to {position}'s output (towards the node; detectors are off, "
+                            "shutter closed). Is it there now?")
             prog.stop()  # the prompt on a quiet terminal
             try:
-                return typer.confirm(f"Move the power-meter head to {where}. Is it there now?", default=False,
-                                     err=True)
+                return typer.confirm(question, default=False, err=True)
             finally:
                 prog.start()
 
