@@ -25,10 +25,14 @@ The order of strength (weakest first) used to summarise many blocks (:func:`weak
 3. ``hardware`` with ``csprng``: computational (the CSPRNG must be unpredictable);
 4. ``hardware`` with ``qrng``: information-theoretic under the assumptions of docs/protocol.md §7.
 
-The intensities (review s36 H1). The decoy-state bounds take each client's mean photon numbers μ_k from
-the station file as exact, and labqfl neither sets a VOA to reach them nor measures them on hardware yet:
-every ``hardware`` statement ends with :data:`INTENSITY_CAVEAT` (derived, not stored: the stored
-provenance is unchanged, and old blocks read with the caveat too).
+The intensities (review s36 H1, s36 lab2 M4). The decoy-state bounds take each client's mean photon numbers
+μ_k from the station file as exact; labqfl at most sets a client's VOA to the attenuation the station file
+gives (the N7764A driver writes and reads back ``options.attenuation_db``) and measures no μ_k on hardware.
+So the hardware/QRNG claim is conditional, "information-theoretically secure if :data:`IT_CONDITION`",
+every ``hardware`` statement ends with :data:`INTENSITY_CAVEAT`, and next to the machine-readable
+``information_theoretic`` flag (kept as it was) ``information_theoretic_condition`` gives that condition
+(None when the flag is false). All derived, not stored: the stored provenance is unchanged, and old blocks
+read with the condition too.
 
 The authentication secret (review s33 M5). A pair's first block is authenticated (Wegman–Carter) with a
 pre-shared secret, every later one with key refilled from earlier blocks, so every key of the pair rests on
@@ -56,12 +60,17 @@ PROTOCOL = "four-phase TF-type, decoy, finite-key (labqfl docs/protocol.md)"
 CSPRNG_DESCRIPTION = "AES-256-CTR keyed with 256 bits from the OS CSPRNG"
 #: the phrase reserved for hardware + QRNG keys; tests grep every other output for it
 IT_PHRASE = "information-theoretically secure"
-#: What every hardware key's statement adds until labqfl sets and measures the intensities on hardware (review
-#: s36 H1): the decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md §7),
-#: and no labqfl procedure sets a VOA to reach them or measures them at a client's output. Derived from
+#: The condition of the information-theoretic claim while labqfl does not measure the intensities (review s36
+#: lab2 M4); ``information_theoretic_condition`` of :meth:`Provenance.as_dict` and :func:`summarize_blocks`.
+IT_CONDITION = "the declared mean photon numbers μ_k hold"
+#: What every hardware key's statement adds until labqfl measures the intensities on hardware (review s36 H1,
+#: lab2 M4): the decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md
+#: §7); labqfl at most sets a VOA to the attenuation the station file gives (drivers/keysight_n7764a.py:
+#: ``options.attenuation_db``, written and read back) and measures no μ_k at a client's output. Derived from
 #: ``physical_layer``, never stored: blocks distilled before (and after) read the same.
-INTENSITY_CAVEAT = ("the mean photon numbers μ_k were not verified by labqfl: the decoy-state analysis takes them "
-                    "from the station file as exact (docs/protocol.md §7)")
+INTENSITY_CAVEAT = ("μ_k are not measured by labqfl: it at most sets a client's VOA to the attenuation the station "
+                    "file gives (the N7764A driver: options.attenuation_db, read back), and the decoy-state analysis "
+                    "takes the station file's μ_k as exact (docs/protocol.md §7)")
 
 _RANDOMNESS_RANK = {"seeded": 0, "csprng": 1, "qrng": 2}
 _EPS_FIELDS = ("eps_sec", "eps_cor", "eps_auth", "eps_total")
@@ -90,9 +99,10 @@ class Provenance:
                 raise ValueError(f"provenance {name} must be a probability in [0, 1] or None, got {v!r}")
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON form, with the statement and the information-theoretic flag alongside."""
-        return {**asdict(self), "security": security_statement(self),
-                "information_theoretic": is_information_theoretic(self)}
+        """JSON form, with the statement, the information-theoretic flag and its condition alongside."""
+        it = is_information_theoretic(self)
+        return {**asdict(self), "security": security_statement(self), "information_theoretic": it,
+                "information_theoretic_condition": IT_CONDITION if it else None}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
@@ -123,7 +133,8 @@ def _eps(prov: Provenance) -> str:
 
 def security_statement(prov: Provenance) -> str:
     """One line: what the security of keys with this provenance rests on (module docstring); a hardware
-    key's line ends with :data:`INTENSITY_CAVEAT`."""
+    key's line ends with :data:`INTENSITY_CAVEAT`, and the information-theoretic claim holds only if
+    :data:`IT_CONDITION`."""
     if prov.randomness == "seeded":
         channel = "; the quantum channel was simulated too" if prov.physical_layer == "simulated" else ""
         return ("not secret: the clients' choices derive from the public seed (station file and acquisition "
@@ -134,7 +145,7 @@ def security_statement(prov: Provenance) -> str:
     if prov.randomness == "csprng":
         return (f"computational: rests on the clients' CSPRNG ({CSPRNG_DESCRIPTION}) being unpredictable, "
                 f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}{_intensities(prov)}")
-    return f"{IT_PHRASE} under the assumptions of docs/protocol.md §7{_eps(prov)}{_intensities(prov)}"
+    return f"{IT_PHRASE} if {IT_CONDITION}, under the assumptions of docs/protocol.md §7{_eps(prov)}{_intensities(prov)}"
 
 
 def _intensities(prov: Provenance) -> str:
@@ -262,7 +273,8 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns ``{"blocks": {label: count}, "auth_refill_blocks": n, "preshared_blocks": n,
     "preshared_generated_by_labqfl": n, "unrecorded_blocks": n, "auth_secret": caveat | None,
-    "weakest": Provenance dict | None, "security": statement, "information_theoretic": bool}``.
+    "weakest": Provenance dict | None, "security": statement, "information_theoretic": bool,
+    "information_theoretic_condition": IT_CONDITION | None}``.
     ``blocks`` counts distilled blocks: the key store keeps a distilled block's authentication refill as a
     second row (``meta.kind = "auth-refill"``, :data:`AUTH_REFILL_KIND`), counted in ``auth_refill_blocks``
     and not in ``blocks`` (its provenance, the same distillation's, still enters the weakest).
@@ -293,6 +305,8 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         counts[p.label] = counts.get(p.label, 0) + 1
     w = weakest(provs)
     caveat = auth_secret_caveat(pre_metas)
+    weakest_it = w is not None and caveat is None and is_information_theoretic(w)
+    all_it = weakest_it and unrecorded == 0
     if w is None:
         statement = "no key blocks with a provenance record: nothing is claimed for them" if unrecorded else "no key blocks"
     else:
@@ -307,10 +321,10 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             "unrecorded_blocks": unrecorded, "auth_secret": caveat,
             # the weakest block's own record, its derived fields under the authentication caveat
             "weakest": ({**w.as_dict(), "security": _caveated_statement(w, caveat),
-                         "information_theoretic": caveat is None and is_information_theoretic(w)}
+                         "information_theoretic": weakest_it,
+                         "information_theoretic_condition": IT_CONDITION if weakest_it else None}
                         if w is not None else None), "security": statement,
-            "information_theoretic": (w is not None and unrecorded == 0 and caveat is None
-                                      and is_information_theoretic(w))}
+            "information_theoretic": all_it, "information_theoretic_condition": IT_CONDITION if all_it else None}
 
 
 def _caveated_statement(w: Provenance, caveat: str | None) -> str:
@@ -446,7 +460,7 @@ def engine_trust(engine: str, keys: str) -> str:
 
 
 __all__ = ["AUTH_BOOTSTRAP", "AUTH_REFILL_KIND", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_PK_UNSIGNED", "SIMULATION_REFS_TAG_ONLY",
-           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "IT_CONDITION", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]
