@@ -214,6 +214,7 @@ def pair_security(cfg: StationConfig, pair: str, d: Mapping[str, Any], data: Pat
                     "information_theoretic": False, "provenance": "", "source": "blocks"}
         w = sm["weakest"]
         return {"security": sm["security"], "information_theoretic": bool(sm["information_theoretic"]),
+                "information_theoretic_condition": sm.get("information_theoretic_condition"),
                 "provenance": Provenance.from_dict(w).label if w else "", "source": "blocks"}
     eps = d.get("eps_total_per_block")
     prov = pair_provenance(cfg, (a, b), eps_total=float(eps) if eps is not None else None)

@@ -48,7 +48,7 @@ def test_node_up_json_states_each_pairs_security_from_its_stored_blocks(up_doc: 
     for pair, d in up_doc["pairs"].items():
         assert d["final_key_bits"] > 0, pair
         assert d["provenance"] == "simulated/csprng", (pair, d)  # this acquisition's blocks: found by their record
-        assert d["information_theoretic"] is False
+        assert d["information_theoretic"] is False and d["information_theoretic_condition"] is None
         assert d["security"].startswith("no physical security: the quantum channel was simulated"), d["security"]
         assert "authentication bootstrapped from a secret labqfl generated" in d["security"]  # the store's caveat
         assert IT_PHRASE not in d["security"]

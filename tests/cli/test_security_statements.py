@@ -67,6 +67,8 @@ def test_distill_json_and_metrics_state_what_the_stored_keys_rest_on(seeded_dist
     pv = doc["provenance"]
     assert pv["security"].startswith("not secret") and BOOTSTRAP_REASON in pv["security"]
     assert pv["information_theoretic"] is False and pv["blocks"].get("simulated/seeded", 0) >= 1
+    # the condition a hardware/QRNG claim rests on stands beside the flag, as in keys status (ac4be77): none here
+    assert "information_theoretic_condition" in pv and pv["information_theoretic_condition"] is None
     assert pv["pairs"]["C1-C2"]["preshared_generated_by_labqfl"] == 1
     metrics = json.loads((Path(doc["run"]) / "metrics.json").read_text())
     assert metrics["provenance"]["security"] == pv["security"]
