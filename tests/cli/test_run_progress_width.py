@@ -15,7 +15,7 @@ from rich.console import Console
 
 from labqfl.cli import common as cli_common
 
-PATH = "/tmp/rev_s36_user/runs/20261207T050059.017454Z-run/report.html"
+PATH = "/home/alice/lab/qkd-testbed/runs/20261207T050059.017454Z-run/report.html"  # a long run-folder path
 
 
 @pytest.mark.parametrize("width", [80, 200])
