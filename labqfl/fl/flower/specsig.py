@@ -237,7 +237,7 @@ def claim_round(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
     ClientApp processes of the node cannot both claim a round) and replaced atomically (write, fsync,
     rename, fsync of the folder): a crash leaves the old or the new record, never half of one. An
     unreadable record is refused (the node cannot tell which rounds it trained), with the path to inspect."""
-    def claim(entry: dict[str, Any]) -> bool:
+    def claim(entry: dict[str, Any], record: dict[str, Any]) -> bool:
         earlier = entry["rounds"].get(str(round_index))
         if earlier is not None and earlier != run_tag:
             runs = sorted(set(entry["rounds"].values()))
@@ -269,9 +269,29 @@ def claim_mask(path: Path, signed: SignedSpec, round_index: int, run_tag: str,
     The record is the node's own (its data folder: a fresh Flower Context or a restarted SuperNode keeps
     it), so each node masks at most one upload per (signed spec, round), ``rounds`` uploads per signed
     spec, in rising round order. ``labqfl run`` trains its segments upward, each under its own signature
-    (a resumed run retrains an interrupted round under a new signed spec)."""
-    def claim(entry: dict[str, Any]) -> bool:
+    (a resumed run retrains an interrupted round under a new signed spec).
+
+    Under DP the record also keeps, per training job (:meth:`~labqfl.fl.flower.spec.FlowerSpec.job`: one
+    across the specs of a job's segments and resumes), the rounds this node masked an upload for, and refuses
+    a round of the job masked already under another signed spec: each masked round may be unmasked, and a
+    second noisy release of the same round (fresh noise, the same updates) would average the noise down where
+    the accountant counts one release (review s36 cons, "DP on resume")."""
+    dp_job = signed.spec().job() if float(signed.settings.get("dp_epsilon") or 0.0) > 0 else None
+
+    def claim(entry: dict[str, Any], record: dict[str, Any]) -> bool:
         _refuse_masked(path, signed, entry, round_index, run_tag, "mask an upload for")
+        if dp_job is not None:
+            released = record.setdefault("dp_jobs", {}).setdefault(dp_job, {})
+            earlier = released.get(str(round_index))
+            if earlier is not None and earlier != signed.spec_id:
+                raise SecureAggregationError(
+                    f"round {round_index} of DP training job {dp_job!r}: this node masked its upload of that round "
+                    f"already, under the signed spec {earlier} (its record {path}); the signed spec "
+                    f"{signed.spec_id} asks for it again: refused (under DP each masked round may have been "
+                    "released, and a second release of the same round with fresh noise would average the noise "
+                    "down beyond what the accountant counts). Go on from the next round, or train another job "
+                    "(another seed, or --job-id)")
+            released[str(round_index)] = signed.spec_id
         entry.setdefault("masked", {})[str(round_index)] = run_tag
         return True
 
@@ -297,12 +317,12 @@ def _refuse_masked(path: Path, signed: SignedSpec, entry: dict[str, Any], round_
 
 
 def _update_record(path: Path, signed: SignedSpec, claim: Any, now: datetime.datetime | None) -> None:
-    """Apply ``claim(entry)`` (refuses by raising; ``True``: write) to ``signed``'s entry of the record at
+    """Apply ``claim(entry, record)`` (refuses by raising; ``True``: write) to ``signed``'s entry of the record at
     ``path``, under the record's lock, written atomically; expired entries are pruned when it writes."""
     with _locked(path):
         record = _read_record(path)
         entry = record["specs"].setdefault(signed.spec_id, {"expires": _iso(signed.expires), "rounds": {}})
-        if claim(entry):
+        if claim(entry, record):
             t = now or datetime.datetime.now(datetime.UTC)
             record["specs"] = {k: v for k, v in record["specs"].items()
                                if (t - _parse_iso(str(v["expires"]))).total_seconds() < _RECORD_KEEP_S}
@@ -341,6 +361,10 @@ def _read_record(path: Path) -> dict[str, Any]:
                 if bad := [k for k in v.get(table, {}) if not str(k).isdigit()]:
                     raise ValueError(f"spec {sid!r} has {table} keys {bad} that are not round numbers")
             _parse_iso(str(v.get("expires")))
+        jobs = record.get("dp_jobs", {})
+        if not isinstance(jobs, dict) or not all(isinstance(t, dict) and all(str(k).isdigit() for k in t)
+                                                 for t in jobs.values()):
+            raise ValueError("dp_jobs is not a table of jobs, each a table of round numbers")
     except (OSError, ValueError) as exc:
         raise SecureAggregationError(f"this node's record of the signed specs it trained under, {path}, cannot be "
                                      f"read ({exc}); refusing to train under any signed spec until it is restored "
