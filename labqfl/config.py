@@ -842,17 +842,22 @@ def nearest_duty_cycle(n: int, need: int, cycle_frames: int) -> int:
     raise AssertionError("unreachable: n + 1 = a multiple of W plus 1 is coprime to W")
 
 
+def _dark_frames(pg: Any) -> int:
+    """``options.dark_frames_between`` of a real pattern generator (its duty cycle); 0 for none or a simulated one."""
+    return 0 if pg is None or pg.simulated else int(pg.options.get("dark_frames_between", 0))
+
+
+def _dark_frames_field(source: str, k: int, c: Any) -> str:
+    """The one-line errors' name of client ``k``'s duty-cycle field."""
+    return f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role {c.name}.pattern_generator)"
+
+
 def fresh_frames_cycle(cfg: StationConfig) -> int:
     """Frames per duty cycle of the station's slowest client: ``n + 1`` for a real pattern generator with
     ``options.dark_frames_between = n`` (1 fresh frame, then ``n`` dark ones, recorded lost and never key
     slots: :class:`labqfl.modulation.ModulationStreamer`), the largest over the clients since a pair's slot
     carries key only when both of its clients modulated it; 1 without a duty cycle."""
-    cycle = 1
-    for c in cfg.clients:
-        pg = c.pattern_generator
-        if pg is not None and not pg.simulated:
-            cycle = max(cycle, int(pg.options.get("dark_frames_between", 0)) + 1)
-    return cycle
+    return max(_dark_frames(c.pattern_generator) + 1 for c in cfg.clients) if cfg.clients else 1
 
 
 def fresh_slot_rate_hz(cfg: StationConfig) -> float:
@@ -877,7 +882,7 @@ def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
         step = None if pg is None or pg.simulated else STREAMED_STEP_BYTES.get(pg.driver)
         if pg is None or step is None:
             continue
-        n = int(pg.options.get("dark_frames_between", 0))
+        n = _dark_frames(pg)
         budget = float(pg.options.get("link_bytes_per_s", LINK_BYTES_PER_S))
         load = link_load_bytes_per_s(rate, f, n, step)
         if load <= budget:
@@ -885,8 +890,7 @@ def check_link_loads(cfg: StationConfig, source: str = "station") -> None:
         need = dark_frames_needed(rate, f, budget, step, sum(cfg.pair_frames()))
         fix = (f"expected dark_frames_between >= {need} (1 fresh frame in {need + 1})" if need is not None else
                "no duty cycle fits; expected a faster link or a lower slot rate")
-        raise ConfigError(f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role "
-                          f"{c.name}.pattern_generator): the uploads at {rate:g} slots/s need {load:.3g} B/s ({step} B "
+        raise ConfigError(f"{_dark_frames_field(source, k, c)}: the uploads at {rate:g} slots/s need {load:.3g} B/s ({step} B "
                           f"per step, up to one step per fresh slot) but options.link_bytes_per_s is {budget:.3g} B/s; "
                           f"{fix}; got {n}")
     _check_duty_cycle(cfg, source)
@@ -903,11 +907,10 @@ def _check_duty_cycle(cfg: StationConfig, source: str) -> None:
     w = sum(cfg.pair_frames())
     first: tuple[str, int] | None = None
     for k, c in enumerate(cfg.clients):
-        pg = c.pattern_generator
-        if pg is None or pg.simulated or int(pg.options.get("dark_frames_between", 0)) == 0:
+        pg, n = c.pattern_generator, _dark_frames(c.pattern_generator)
+        if pg is None or n == 0:
             continue
-        n = int(pg.options["dark_frames_between"])
-        field = f"{source}: field 'clients.{k}.pattern_generator.options.dark_frames_between' (role {c.name}.pattern_generator)"
+        field = _dark_frames_field(source, k, c)
         if cfg.time_tagger.frame_slots != cfg.schedule.slots_per_frame:
             raise ConfigError(f"{field}: a duty cycle plays whole frames of time_tagger.frame_slots = "
                               f"{cfg.time_tagger.frame_slots} slots but the pairs take turns in frames of "
