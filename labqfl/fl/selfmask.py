@@ -362,6 +362,10 @@ def choose_share_holders(survivors: Sequence[str], clients: Sequence[str], pairs
 # -- the client-side rule: one kind of secret per peer -------------------------------------------
 
 
+#: :func:`consistency_need` as the one-line errors of the consistency stage state it
+CONSISTENCY_NEED_RULE = "max(t, min_survivors, ⌊(N + c)/2⌋ + 1)"
+
+
 def consistency_need(n_clients: int, t: int, min_survivors: int, colluders: int) -> int:
     """Signatures a deployed node requires over one (survivors, dropped) story before it unmasks (and the fewest
     survivors a deployed self-mask round may have): ``max(t, min_survivors, ⌊(N + c)/2⌋ + 1)`` with N the signed

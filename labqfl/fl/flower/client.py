@@ -116,6 +116,7 @@ from labqfl.fl.flower.spec import FlowerSpec, as_float64
 from labqfl.fl.masks import components, mask_graph, mask_update, pair_sign, split_pair
 from labqfl.fl.quantize import quantize, uint_dtype
 from labqfl.fl.selfmask import (
+    CONSISTENCY_NEED_RULE,
     UnmaskGuard,
     check_threshold,
     default_threshold,
@@ -1181,7 +1182,7 @@ def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: s
            else f"together they are not this round's participants {participants}"
            if set(surv) | set(dropped) != set(participants)
            else f"{name} is not a survivor" if name not in surv
-           else f"{len(surv)} survivor(s), at least {need} needed (max(t, min_survivors, ⌊(N + c)/2⌋ + 1), "
+           else f"{len(surv)} survivor(s), at least {need} needed ({CONSISTENCY_NEED_RULE}, "
                 f"c = {spec.tolerated_colluders()} colluders tolerated)"
            if len(surv) < need else "")
     if why:
@@ -1239,7 +1240,7 @@ def _check_consistency(context: Context, cfg: Any, spec: FlowerSpec, name: str, 
                                          "reveals nothing: refused") from None
     if len(signers) < need:
         raise SecureAggregationError(f"{head} carries {len(signers)} consistency signature(s) ({signers}), at least "
-                                     f"{need} needed (max(t, min_survivors, ⌊(N + c)/2⌋ + 1), c = "
+                                     f"{need} needed ({CONSISTENCY_NEED_RULE}, c = "
                                      f"{spec.tolerated_colluders()}); {name} reveals nothing: refused")
 
 

@@ -99,6 +99,7 @@ from labqfl.fl.flower.specsig import SIGNED_SPEC, SignedSpec, spec_departures
 from labqfl.fl.masks import aggregate, components, dangling_pairs, split_pair
 from labqfl.fl.quantize import dequantize_sum, weight_ranges
 from labqfl.fl.selfmask import (
+    CONSISTENCY_NEED_RULE,
     check_threshold,
     choose_share_holders,
     default_threshold,
@@ -783,7 +784,7 @@ class LabqflServer:
         if len(survivors) < need:
             raise SecureAggregationError(
                 f"round {r} aborted before any unmask: {len(survivors)} survivor(s) {survivors} (lost after masking: "
-                f"{post_drop}); a deployed self-mask round needs {need} = max(t, min_survivors, ⌊(N + c)/2⌋ + 1) "
+                f"{post_drop}); a deployed self-mask round needs {need} = {CONSISTENCY_NEED_RULE} "
                 f"survivors to sign its survivor set (c = {spec.tolerated_colluders()} colluding clients tolerated, "
                 "signed 'colluders')")
         t0 = time.perf_counter()
