@@ -4,6 +4,7 @@ import ast
 import functools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +37,28 @@ def parse_source() -> Callable[[Path], ast.Module]:
     function-length and the one-definition checks each walk every module of the five source folders
     (read the trees, never change them)."""
     return functools.cache(_parse)
+
+
+@pytest.fixture()
+def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    """The axes each plot of :func:`labqfl.report.make_plots` was drawn on, by file name (instead of writing PNGs),
+    and under ``"run"`` a run folder stand-in to pass it (the report tests)."""
+    import matplotlib.pyplot as plt
+
+    import labqfl.report as report
+
+    axes: dict[str, Any] = {}
+
+    def fig(path: Path, draw: Any, figsize: tuple[float, float] = (7.0, 3.6)) -> Path:
+        f, ax = plt.subplots(figsize=figsize)
+        draw(ax)
+        axes[path.name] = ax
+        return path
+
+    class Run:
+        def plot_path(self, name: str) -> Path:
+            return tmp_path / name
+
+    monkeypatch.setattr(report, "_fig", fig)
+    axes["run"] = Run()
+    return axes

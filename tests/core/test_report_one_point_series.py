@@ -5,11 +5,9 @@ drawn with a marker now, the time axis starts at 0 and the titles say what is dr
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import pytest
 
 import labqfl.report as report
 
@@ -22,26 +20,6 @@ def _metrics(points: list[float]) -> dict[str, Any]:
             "distill": {"timeline": [{"pair": p, "t_s": t, "sifted_rate_bps": 2.2e5, "qber": 0.015,
                                       "qber_events": None} for p in PAIRS for t in points],
                         "pairs": {p: {"qber_x": 0.0058, "secure_key_rate_bps": 8.1e4} for p in PAIRS}}}
-
-
-@pytest.fixture()
-def drawn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
-    """The axes each plot was drawn on, by file name (instead of writing PNGs)."""
-    axes: dict[str, Any] = {}
-
-    def fig(path: Path, draw: Any, figsize: tuple[float, float] = (7.0, 3.6)) -> Path:
-        f, ax = plt.subplots(figsize=figsize)
-        draw(ax)
-        axes[path.name] = ax
-        return path
-
-    class Run:
-        def plot_path(self, name: str) -> Path:
-            return tmp_path / name
-
-    monkeypatch.setattr(report, "_fig", fig)
-    axes["run"] = Run()
-    return axes
 
 
 def _data_lines(ax: Any) -> list[Any]:
