@@ -65,6 +65,13 @@ starts on a rising edge at the trigger input; the trigger-to-data delay is 61–
 one 8 ns period of the 125 MHz clock ("Hardware: Trigger Input") — the frame markers, recorded by
 the tagger, measure where frames really start.
 
+**Read-back.** ``output_enabled`` (generator and master clock) is the instrument's ``isStreaming()``
+(pulsestreamer 2.1.2 ``jrpc.PulseStreamer.isStreaming``), asked each time: arming refuses a master clock
+that accepted ``stream()`` but does not play, the restart after the tagger records reads it back too, and a
+generator started on its first upload (``trigger = "immediate"``) is refused when it does not play it.
+A generator with ``trigger = "hardware"`` waits for the master clock's first pulse, so it is not read back
+at start; frames it never plays are reported lost.
+
 The **safe state** (close, SIGTERM/SIGINT through the Station) is ``forceFinal()`` then
 ``constant(OutputState.ZERO())``: every output at 0 V, i.e. no marker, phase bits 0 and intensity
 code 0 (dark).
@@ -127,6 +134,7 @@ class _PulseStreamerCommon(DriverDeclaration):
     resource: str
     lock: Any
     log: Any
+    _enabled: bool
 
     def _connect(self, config: InstrumentConfig, client: ModuleType | None) -> None:
         self.ps_module = client if client is not None else load_client()
@@ -190,6 +198,23 @@ class _PulseStreamerCommon(DriverDeclaration):
     def _dark(self) -> None:
         self._call("forceFinal")
         self._call("constant", self.ps_module.OutputState.ZERO())
+
+    def _streaming(self) -> bool:
+        """The instrument's answer to ``isStreaming()`` (pulsestreamer 2.1.2, ``jrpc/pulse_streamer_jrpc.py``
+        ``PulseStreamer.isStreaming``; the gRPC client has the same call), read every time: the read-back of
+        ``output_enabled`` (review s36 lab2 M2: it returned labqfl's own cache, so arming could not see a
+        stream that was accepted but does not play)."""
+        return bool(self._call("isStreaming"))
+
+    def _require_streaming(self, written: str) -> None:
+        """After ``written`` started playback: refuse, outputs dark, when ``isStreaming()`` reads False."""
+        if self._streaming():
+            return
+        self._dark()
+        self._enabled = False
+        raise InstrumentError(f"{written} accepted but isStreaming() reads False: the instrument does not play "
+                              "(external 10 MHz reference missing? trigger not armed?); outputs put dark",
+                              instrument=self.name, resource=self.resource, command="isStreaming")
 
 
 class SwabianPulseStreamerOptions(DriverOptions):
@@ -279,7 +304,9 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
     frames_per_upload = PatternGenerator.frames_per_upload.getter(lambda s: s.opts.frames_per_upload)
 
     def _get_output_enabled(self) -> bool:
-        return self._enabled
+        """Playing: the instrument's own ``isStreaming()`` (see :meth:`_PulseStreamerCommon._streaming`), not
+        what labqfl last wrote."""
+        return self._streaming()
 
     def _set_output_enabled(self, on: bool) -> None:
         if not on:
@@ -397,6 +424,13 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
             self._next_index += len(frames)
             if len(self._uploads) == 1:
                 self._call("start", 0, self.ps_module.PulseStreamer.REPEAT_INFINITELY)
+                if self.opts.trigger == "immediate":  # "hardware": it waits for the master clock's first pulse
+                    try:
+                        self._require_streaming("upload + start(0, REPEAT_INFINITELY)")
+                    except InstrumentError as exc:
+                        self._failed = str(exc)
+                        self._verdicts(len(self._uploads), False)
+                        raise
 
     def _verdicts(self, upto: int, played: bool) -> list[tuple[int, bool]]:
         out: list[tuple[int, bool]] = []
@@ -541,8 +575,12 @@ class SwabianPulseStreamerClock(_PulseStreamerCommon, PulseGenerator):
         self._call("setTrigger", self.ps_module.TriggerStart.IMMEDIATE, self.ps_module.TriggerRearm.AUTO)
         self._call("stream", seq, self.ps_module.PulseStreamer.REPEAT_INFINITELY, self.ps_module.OutputState.ZERO())
 
+    #: What :func:`labqfl.station.arm_instruments` names when the read-back differs (write, read).
+    READBACK_COMMANDS = {"output_enabled": ("stream(trigger, REPEAT_INFINITELY)", "isStreaming()")}
+
     def _get_output_enabled(self) -> bool:
-        return self._enabled
+        """Trigger running: the instrument's ``isStreaming()`` (:meth:`_PulseStreamerCommon._streaming`)."""
+        return self._streaming()
 
     def _set_output_enabled(self, on: bool) -> None:
         if on:

@@ -128,6 +128,11 @@ def hold_master_clocks(instruments: Iterable[Instrument]) -> Callable[[], None] 
     def restart() -> None:
         for clk in clocks:
             clk.output_enabled = True
+            if not clk.output_enabled:  # read back from the instrument (review s36 lab2 M2)
+                written, query = _arm_commands(clk, "output_enabled", True)
+                raise InstrumentError(f"{clk.name}: {written} accepted but {query} reads output_enabled=False: the "
+                                      "laser trigger does not run, so the laser stays dark; the acquisition stops",
+                                      instrument=clk.name, resource=str(getattr(clk, "resource", "")), command=query)
         log.info("master clock started: the tagger records slot 0")
 
     return restart
@@ -195,6 +200,9 @@ def _arm_commands(inst: Instrument, attr: str, value: Any) -> tuple[str, str]:
     setting is a plain SCPI one, else as ``attr = value`` / ``attr?``, for :func:`arm_instruments`' error."""
     from labqfl.instruments.settings import Setting, _Fields
 
+    named = getattr(inst, "READBACK_COMMANDS", {}).get(attr)  # a driver that is not SCPI names its own calls
+    if named is not None:
+        return str(named[0]), str(named[1])
     setting = getattr(type(inst), attr, None)
     if isinstance(setting, Setting) and setting.get_command and setting.set_command:
         wire = setting.values[value] if setting.values is not None else value
