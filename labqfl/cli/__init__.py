@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
+from typing import NoReturn
 
 import click
 import typer
 
 from labqfl import __version__
-from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED
+from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, JSON_SENT, print_failure_json
 from labqfl.cli.common import quiet_half_built_objects as _quiet_half_built_objects
 from labqfl.cli.helpfmt import install as _install_help_layout
 from labqfl.log import set_verbosity
@@ -76,25 +77,35 @@ def main() -> None:
     from labqfl.station import guard_stations
 
     guard_stations()  # a killed command leaves every instrument safe (SIGTERM/SIGINT/atexit)
+    args = sys.argv[1:]
     try:
-        code = app(standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:  # `labqfl` or `labqfl keys` alone: typer printed the help
         sys.exit(exc.exit_code)
     except click.exceptions.UsageError as exc:  # one line, as every other failure (not click's boxed usage)
         where = f" (see '{exc.ctx.command_path} -h')" if exc.ctx is not None else ""
-        click.echo(f"error: {_usage_text(exc)}{where}", err=True)
-        sys.exit(exc.exit_code)
+        _fail_outside_command(f"{_usage_text(exc)}{where}", exc.exit_code, args, exc.ctx)
     except click.exceptions.Abort:  # Ctrl-C at a prompt or before a command's own handler runs
-        click.echo("error: interrupted by user (Ctrl-C)", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _fail_outside_command("interrupted by user (Ctrl-C)", EXIT_INTERRUPTED, args, None)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail_outside_command(exc.format_message(), exc.exit_code, args, None)
     if code == EXIT_TERMINATED:  # on its way out after a SIGTERM, its state saved and its line printed: another
         signal.signal(signal.SIGTERM, _ignore)  # SIGTERM during the interpreter's teardown must not end it with -15
     if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):  # objects an interrupt left half-built are collected at exit
         _quiet_half_built_objects()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail_outside_command(message: str, code: int, args: list[str], ctx: click.Context | None) -> NoReturn:
+    """A failure that no command's handler saw (a usage error, an Abort): the one ``error:`` line on stderr and,
+    where ``--json`` is on the command line (options end at ``--``), the failure as one JSON document on stdout, as
+    :func:`labqfl.cli.common.fail` gives inside a command (issue 19: a bad option value with ``--json`` gave an
+    empty stdout); then exit ``code``."""
+    click.echo(f"error: {message}", err=True)
+    options = args[:args.index("--")] if "--" in args else args
+    if "--json" in options and not (ctx is not None and ctx.meta.get(JSON_SENT)):
+        print_failure_json(message, code, ctx.command_path if ctx is not None else app.info.name)
+    sys.exit(code)
 
 
 def _usage_text(exc: click.UsageError) -> str:

@@ -2,7 +2,10 @@
 
 * ``--json``: machine-readable output on **stdout** (one JSON document), nothing else on stdout.
 * Humans get rich text and progress bars on **stderr**.
-* A failure exits non-zero with one clear line on stderr: ``error: <what was wrong>``.
+* A failure exits non-zero with one clear line on stderr: ``error: <what was wrong>``; with ``--json`` stdout holds
+  one JSON object with ``error`` (:func:`fail`): ``{"error", "exit_code", "command"}``, or the command's own
+  document with its ``error`` when it wrote one first (:func:`mark_json_sent`). A node role serving with ``--json``
+  (``labqfl node client``…) writes its listening line as one JSON line first; a failure after it is a second line.
 """
 
 from __future__ import annotations
@@ -138,8 +141,37 @@ def print_table(con: Console, table: Table, *, key_columns: int = 1) -> None:
         con.print(table.caption)
 
 
+#: ``click.Context.meta`` key (shared by a command's whole context chain, fresh for each invocation): a JSON
+#: document went to stdout already, so a failure adds none (:func:`fail`)
+JSON_SENT = "labqfl.json_sent"
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
+    mark_json_sent()
+
+
+def mark_json_sent() -> None:
+    """Note that this invocation wrote its JSON document on stdout (:func:`print_json` does; a command that
+    writes its own, ``keys serve``'s listening line, calls this), so that :func:`fail` adds no second one."""
+    import click
+
+    if (ctx := click.get_current_context(silent=True)) is not None:
+        ctx.meta[JSON_SENT] = True
+
+
+def json_requested(ctx: Any) -> bool:
+    """Whether the command of click context ``ctx`` was given ``--json`` (its parameter whose option is
+    ``--json``, whatever its name), as parsed so far."""
+    return any("--json" in getattr(p, "opts", ()) and bool(ctx.params.get(p.name)) for p in ctx.command.params)
+
+
+def print_failure_json(message: str, code: int, command: str | None) -> None:
+    """A failure as the one JSON document on stdout: ``{"error": message, "exit_code": code, "command":
+    "labqfl keys status"}`` (issue 19, review s36 input F10: a script reading ``--json`` output got an empty
+    stdout on every failure before processing)."""
+    sys.stdout.write(json.dumps({"error": message, "exit_code": code, "command": command}, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -210,8 +242,16 @@ def key_verdict_exit(out: dict[str, Any]) -> None:
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
-    """Print one clear error line and return the Exit to raise: ``raise fail("...")``."""
+    """Print one clear error line and return the Exit to raise: ``raise fail("...")``. With ``--json`` the
+    failure is on stdout too, as one JSON document (:func:`print_failure_json`), unless the command wrote its
+    own already (``distill``, ``run`` and others put an ``error`` in their JSON; :func:`mark_json_sent`)."""
+    import click
+
     console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)  # text, not markup
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and json_requested(ctx) and not ctx.meta.get(JSON_SENT):
+        print_failure_json(message, code, ctx.command_path)
+        ctx.meta[JSON_SENT] = True
     return typer.Exit(code)
 
 

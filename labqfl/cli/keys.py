@@ -182,8 +182,11 @@ def status(node: list[str] = typer.Option(None, "--node", "-n", help="Node(s) to
         raise fail(f"no key stores under {ddir} (no keystore/ folder); the folder {what}: give the data dir that "
                    "`labqfl distill`/`labqfl run` wrote to (--data-dir or $LABQFL_DATA_DIR)")
     nodes = {n: _node_status(n, ddir) for n in _nodes_or_all(node, ddir)}
-    emit({"data_dir": str(ddir), "nodes": nodes}, as_json, lambda con: _render_status(con, ddir, nodes))
     bad = [n for n, info in nodes.items() if "error" in info]
+    doc: dict[str, Any] = {"data_dir": str(ddir), "nodes": nodes}
+    if bad:  # at the top as every failing command's JSON has it (issue 19); each store's own stays in its entry
+        doc["error"] = "; ".join(f"node {n}: {nodes[n]['error']}" for n in bad)
+    emit(doc, as_json, lambda con: _render_status(con, ddir, nodes))
     for n in bad:
         fail(f"node {n}: {nodes[n]['error']}")
     if bad:
@@ -286,7 +289,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
     server = build_server(KeyDeliveryService(stores, settings), host=host, port=port, certfile=cert, keyfile=key,
                           cafile=ca)
     sock = bind_socket(host, port)
-    from labqfl.cli.common import console
+    from labqfl.cli.common import console, mark_json_sent
 
     real_port = sock.getsockname()[1]
     if as_json:
@@ -296,6 +299,7 @@ def serve(host: str = typer.Option("127.0.0.1", "--host", help="Address to liste
         sys.stdout.write(json.dumps({"url": f"https://{host}:{real_port}/api/v1/keys/", "host": host, "port": real_port,
                                      "saes": settings.saes, "ca": str(ca), "mutual_tls": True}) + "\n")
         sys.stdout.flush()
+        mark_json_sent()  # a failure after it is the error line on stderr only: stdout keeps one document
     console.print(f"KME serving ETSI GS QKD 014 on https://{host}:{real_port}/api/v1/keys/ (mutual TLS, CA {ca}); "
                   f"SAEs: {', '.join(f'{s}→{n}' for s, n in settings.saes.items())}. Ctrl-C to stop.")
     server.run(sockets=[sock])

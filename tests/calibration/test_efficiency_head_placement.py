@@ -11,6 +11,7 @@ is refused.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,8 @@ def test_calibrate_refuses_a_real_meter_without_an_operator() -> None:
     station = str(ROOT / "examples" / "station_pyvisa_sim.toml")
     r = CliRunner().invoke(app, ["calibrate", "detector", "--quick", "--config", station, "--json"])
     assert r.exit_code == 1
-    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert json.loads(r.stdout)["error"] == lines[0].removeprefix("error: ")  # issue 19
     assert len(lines) == 1 and "efficiency needs the operator to move the power-meter head (ThorlabsPM100USB)" in lines[0]
     assert "--json" in lines[0]
 

@@ -13,8 +13,11 @@ def json_doc(res: Any) -> dict:
 
 
 def error_line(res: Any) -> str:
-    """A failed invocation's one output line, ``error: …`` (exit 1)."""
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    """A failed invocation's one stderr line, ``error: …`` (exit 1). Its stdout is empty, or with ``--json`` one
+    JSON document whose ``error`` is that line's text (issue 19)."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.exit_code == 1, res.output
     assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    if res.stdout.strip():
+        assert json.loads(res.stdout)["error"] == lines[0].removeprefix("error: "), res.output
     return lines[0]

@@ -32,7 +32,7 @@ def test_station_show_bad_file_one_line_nonzero(tmp_path):
     p.write_text('name = "x"\n[[clients]]\nname = "C1"\nseed = -4\n')
     r = runner.invoke(app, ["station", "show", "--config", str(p), "--json"])
     assert r.exit_code == 1
-    assert r.stdout == ""
+    assert json.loads(r.stdout)["error"] == r.stderr.strip().removeprefix("error: ")  # issue 19
     err = r.stderr.strip()
     assert err.startswith("error:") and "clients.0.seed" in err and "got -4" in err
     assert len(err.splitlines()) == 1

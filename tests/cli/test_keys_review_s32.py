@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import error_line
 from typer.testing import CliRunner
 
 from labqfl.cli import app
@@ -31,10 +32,7 @@ def _secret(path: Path, nbytes: int = 64, seed: int = 3) -> bytes:
 
 
 def _error_line(res) -> str:
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert res.exit_code == 1, res.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    return lines[0]
+    return error_line(res)  # with --json, the failure's JSON on stdout (issue 19)
 
 
 def _snapshot(data: Path) -> dict[str, object]:
@@ -124,7 +122,7 @@ def test_status_of_a_data_dir_without_a_keystore_folder_is_an_error(tmp_path, ma
         res = _run("keys", "status", "--data-dir", str(d), *extra, data=tmp_path / "env")
         line = _error_line(res)
         assert line.startswith(f"error: no key stores under {d} (no keystore/ folder);"), line
-        assert res.stdout == ""
+        assert (json.loads(res.stdout)["error"] if extra else res.stdout) == (line[7:] if extra else "")  # issue 19
 
 
 def test_status_of_an_empty_keystore_folder_is_an_empty_status(tmp_path):

@@ -129,7 +129,7 @@ def test_plan_cli_json(tmp_path):
     assert d["q"] == 16 and d["key_bits_per_pair_per_round"] == 16 * d["n_params"] + REFS_TAG_BITS
     assert set(d["pairs"]) == set(mask_graph([f"C{i}" for i in range(1, 5)], "all"))
     r = runner.invoke(app, ["plan", "--clients", "5", "--json"])
-    assert r.exit_code == 1 and r.stdout == "" and "--clients 5" in r.stderr
+    assert r.exit_code == 1 and "--clients 5" in json.loads(r.stdout)["error"] and "--clients 5" in r.stderr
 
 
 

@@ -39,10 +39,10 @@ def test_no_auth_bootstrap_on_empty_stores_fails_cleanly_then_runs_on_the_presha
     path, toml = recording
     res = _distill(path, tmp_path, "--no-auth-bootstrap", "--json")
     assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: pair C1-C2: "), res.output
     assert "holds 0 bits, 384 needed" in lines[0] and "labqfl keys preshare --pair C1-C2" in lines[0]
-    assert not res.stdout.strip()  # no JSON document on stdout
+    assert json.loads(res.stdout)["error"] == lines[0].removeprefix("error: ")  # the failure's JSON only (issue 19)
     assert not (tmp_path / "runs").exists()  # no run folder
     for n in ("C1", "C2"):
         with KeyStore.for_node(n, tmp_path / "data") as st:
