@@ -53,6 +53,7 @@ reads them except through the drive patterns).
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import threading
@@ -107,6 +108,10 @@ WINDOW_SLOTS = 64 * CHUNK_SLOTS
 #: drive patterns, only the candidates): one window, hence one question per client over a node's
 #: modulator link, per 50 ms tag block at 100 MHz instead of two.
 WINDOW_SLOTS_ON_DEMAND = 128 * CHUNK_SLOTS
+#: :attr:`SagnacTestbed.modulation_on_demand` = None takes the on-demand path when the largest
+#: candidate rate of the active pairs (:meth:`SagnacTestbed.candidate_rate`) is at most this: its cost
+#: grows with the candidates, the drive patterns' with the slots (docs/simulator.md, "Performance").
+ON_DEMAND_MAX_RATE = 0.1
 _INTERNAL_EPOCH_BASE = 1 << 32
 _I64_MAX = int(np.iinfo(np.int64).max)
 
@@ -223,6 +228,7 @@ class _Acq:
     carry_c: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
     buffers: dict[str, np.ndarray] = field(default_factory=dict)
     windows_started: int = 0  # on-demand windows begun: two in flight use alternate candidate buffers
+    on_demand: bool = False  # this acquisition's path (SagnacTestbed.on_demand_for)
 
     def buffer(self, name: str, shape: tuple[int, int], dtype: type) -> np.ndarray:
         """A scratch array of exactly ``shape``, C-contiguous, its memory reused across windows (a view of
@@ -280,8 +286,11 @@ class SagnacTestbed:
     #: False: each window reads the clients' drive patterns over all its slots (in process);
     #: True: it draws the candidate slots first and asks each client's log for its choices in
     #: those slots only (``choices(slots)``), as the optical layer of separate client nodes does
-    #: (:mod:`labqfl.nodes.optics`); the tags are the same either way.
-    modulation_on_demand = False
+    #: (:mod:`labqfl.nodes.optics`); the tags are the same either way. None (the default): chosen
+    #: per acquisition by :meth:`on_demand_for` — on demand where the candidates are at most
+    #: :data:`ON_DEMAND_MAX_RATE` of the slots (the cheaper path there), drive patterns elsewhere
+    #: and always with emulated pattern generators.
+    modulation_on_demand: bool | None = None
 
     def __init__(self, config: StationConfig, threads: int | None = None) -> None:
         self.config = config.model_copy(deep=True)
@@ -622,7 +631,7 @@ class SagnacTestbed:
         return codes
 
     def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
-                        frame: int, bits: tuple[np.ndarray, int, int] | None = None
+                        frame: int, bits: tuple[np.ndarray, int, int] | None = None, threads: int = 1
                         ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
@@ -638,7 +647,11 @@ class SagnacTestbed:
         ``ask_bits(runs, words, n)`` (a remote client's modulator link) is asked with the words of that
         bitmap over the runs of its frames instead (:func:`_kernels.client_bits`; one bit per slot of its
         frames, against a byte per asked slot as gaps), so nothing is copied or encoded per candidate
-        for it: the same slots, ascending."""
+        for it: the same slots, ascending.
+
+        Clients in this process (logs without ``ask``/``ask_bits``) answer when the returned call is made,
+        one task per client on up to ``threads`` threads (:mod:`._parallel`; their kernels and AES release
+        the GIL); each client's answer is its own, so the codes do not depend on the thread count."""
         rows = cand_n.size
         width = max(int(cand_n.max()) if rows else 0, 1)
         n_clients = len(acq.logs)
@@ -649,20 +662,33 @@ class SagnacTestbed:
         bounds = offsets.tolist()
         client_runs = self._client_runs(bits[1], bits[2], pa, frame) if bits is not None and any(by_bits) else {}
         answers: list[tuple[int, Callable[[], Any]]] = []
+        local: list[tuple[int, Callable[[], Any]]] = []  # clients of this process: answered in parallel
         for c in range(n_clients):  # every client asked before any answer is awaited (remote clients: in parallel)
             lo, hi = bounds[c], bounds[c + 1]
             if hi <= lo:
                 continue
+            log = acq.logs[c]
             if by_bits[c]:
                 assert bits is not None
                 rs = np.array(client_runs[c], dtype=np.int64)
-                answers.append((c, acq.logs[c].ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1] >> 6), rs), hi - lo)))
+                answers.append((c, log.ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1] >> 6), rs), hi - lo)))
+            elif getattr(log, "ask", None) is None:
+                local.append((c, functools.partial(drive_codes, log, slots[lo:hi])))
             else:
-                answers.append((c, self._ask(acq.logs[c], slots[lo:hi])))
+                answers.append((c, self._ask(log, slots[lo:hi])))
 
         def scattered() -> tuple[np.ndarray, np.ndarray]:
-            for c, answer in answers:
-                K.scatter_codes(np.int64(c), np.asarray(answer(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
+            got: dict[int, np.ndarray] = {}
+
+            def answer(task: int, slot: int) -> None:
+                c, codes_of = local[task]
+                got[c] = np.asarray(codes_of(), np.uint8)
+
+            _parallel.run(len(local), answer, threads)
+            for c, _ in local:
+                K.scatter_codes(np.int64(c), got[c], runs, pa["ci"], pa["cj"], out_i, out_j)
+            for c, wait in answers:
+                K.scatter_codes(np.int64(c), np.asarray(wait(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
             return out_i, out_j
 
         return scattered
@@ -775,7 +801,7 @@ class SagnacTestbed:
 
         # the first pass's candidates also as a bitmap of the window (the modulator links' questions)
         bits_w0 = s0 >> 6
-        cand_bits = np.empty(((s1 - 1) >> 6) - bits_w0 + 1 if self.modulation_on_demand else 1, dtype=np.uint64)
+        cand_bits = np.empty(((s1 - 1) >> 6) - bits_w0 + 1 if acq.on_demand else 1, dtype=np.uint64)
 
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
@@ -784,7 +810,7 @@ class SagnacTestbed:
                             sig_slot, sig_outc, sig_n, how, *cand[:4], acq.keys["gap_bright"], cand[4],
                             codes.view(np.uint64) if how == 0 else no_words, cand_bits, np.int64(bits_w0))
 
-        if self.modulation_on_demand:
+        if acq.on_demand:
             # the candidate slots first (independent of the choices), then the clients' codes
             # in those slots only (ModulationLog.choices), then the clicks of those candidates
             # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
@@ -793,7 +819,7 @@ class SagnacTestbed:
             cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name,
                                                    bits=cand_bits)
             cand_n = sig_n.copy()
-            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, s0, s1))
+            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, s0, s1), threads)
 
             def clicked() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 cand_i, cand_j = codes_of()
@@ -893,6 +919,33 @@ class SagnacTestbed:
                               float(fl.sync_drop_prob), acq.keys["sync"]) if chs in enabled else _EMPTY_T]
         return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
 
+    def candidate_rate(self) -> float:
+        """The largest thinning candidate rate per slot of the active pairs with the live settings: p_max,
+        the largest any-click probability of a pair's combinations (:func:`_kernels._build_table`, loop phase
+        0), which is also the rate of C_lo ∪ E where two rates are used. 0 with the laser off."""
+        ca, pa, dets, laser_on, _, _ = self._window_inputs()
+        if not laser_on:
+            return 0.0
+        cfg = self.config
+        table = np.empty((K.K_MAX * K.K_MAX * K.N_PHASE * K.N_PHASE, 3))
+        return max((float(K._build_table(table, int(ci), int(cj), float(ecw), float(eccw), ca["mu"], ca["cnk"],
+                                         ca["phase"], ca["pmode"], cfg.loop.beam_splitter_ratio, cfg.loop.visibility,
+                                         dets[0].efficiency, dets[1].efficiency, 0.0))
+                    for ci, cj, ecw, eccw in zip(pa["ci"], pa["cj"], pa["eta_cw"], pa["eta_ccw"], strict=True)),
+                   default=0.0)
+
+    def on_demand_for(self, logs: dict[str, Any], hardware: EmulatedModulators | None = None) -> bool:
+        """The path of an acquisition from ``logs`` (:attr:`modulation_on_demand`): as set, else on demand
+        unless emulated pattern generators play (``hardware``), on demand where a log cannot write drive
+        patterns (no ``fill_codes``), else where :meth:`candidate_rate` ≤ :data:`ON_DEMAND_MAX_RATE`."""
+        if self.modulation_on_demand is not None:
+            return bool(self.modulation_on_demand)
+        if hardware is not None:
+            return False
+        if any(getattr(lg, "fill_codes", None) is None for lg in logs.values()):
+            return True
+        return self.candidate_rate() <= ON_DEMAND_MAX_RATE
+
     def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None,
                  logs: dict[str, ChoiceLog] | dict[str, Any], hardware: EmulatedModulators | None = None
                  ) -> Iterator[TagBlock]:
@@ -906,20 +959,21 @@ class SagnacTestbed:
         n_slots = max(1, int(round(duration_s * rep)))
         b_slots = max(1, int(round(bd * rep)))
         acq = self._new_acq(epoch, n_slots, logs)
+        acq.on_demand = self.on_demand_for(logs, hardware)
         t_end = _round_ps(n_slots * acq.period_ps)
         tt = self.config.time_tagger
         with self.lock:
             markers = {n: c for n, c in tt.marker_inputs().items() if c in self.live.enabled_channels}
         if hardware is not None:
             hardware.begin()
-        window = WINDOW_SLOTS_ON_DEMAND if self.modulation_on_demand else WINDOW_SLOTS
+        window = WINDOW_SLOTS_ON_DEMAND if acq.on_demand else WINDOW_SLOTS
         # windows of at most `window` slots (the tags do not depend on how slots are cut), blocks of b_slots
         cuts = ((s0, w0, min(w0 + window, s0 + b_slots, n_slots)) for s0 in range(0, n_slots, b_slots)
                 for w0 in range(s0, min(s0 + b_slots, n_slots), window))
         # On the on-demand path (no emulated generators) the next window is begun before this one is
         # finished: its clients are asked while this window's clicks, detectors and merge run (and while
         # whoever takes the block works on it), instead of the Monte-Carlo waiting for their answers.
-        ahead = self.modulation_on_demand and hardware is None
+        ahead = acq.on_demand and hardware is None
         started: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
         parts_t: list[np.ndarray] = []
         parts_c: list[np.ndarray] = []
