@@ -80,6 +80,9 @@ class JobSettings:
     #: Shamir-shared self-masks (issue 21, :mod:`labqfl.fl.selfmask`) and their threshold t (None: a majority)
     self_masks: bool = False
     threshold: int | None = None
+    #: over nodes with self-masks: the clients colluding with the server that the consistency stage tolerates
+    #: (the signed spec's ``colluders``; None: t − 1), 0 ≤ c < t (:func:`check_colluders`; ``--colluders``)
+    colluders: int | None = None
     #: acquire+distil across node processes on loopback (:mod:`labqfl.nodes.runjob`), not in process
     nodes: bool = False
     #: a round whose key the stores lack waits for a further acquisition + distillation (a top-up);
@@ -109,6 +112,9 @@ class JobSettings:
             raise ConfigError(f"--task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
         if self.threshold is not None and not self.self_masks:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
+        if self.colluders is not None and not (self.self_masks and self.nodes and self.colluders >= 0):
+            raise ConfigError(f"--colluders {self.colluders}: expected a number >= 0 with --self-masks over nodes "
+                              "(it sets the signatures the nodes' consistency stage needs; --in-process has none)")
         from labqfl.fl.masks import parse_graph
 
         try:  # before any run folder or plan: it was refused after both, naming no option
@@ -186,6 +192,27 @@ def _checked_state(p: Path, state: Any) -> JobSettings:
     except (ConfigError, TypeError, ValueError) as exc:
         raise bad(f"settings: {exc}") from None
     return settings
+
+
+def consistency_spec(cfg: StationConfig, setup: Any, colluders: int | None) -> Any:
+    """The Flower spec (unsigned; :func:`labqfl.nodes.runjob.flower_spec_for`) a job over nodes with training
+    ``setup`` trains under, tolerating ``colluders`` (None: t − 1): what its consistency stage needs
+    (:meth:`~labqfl.fl.flower.spec.FlowerSpec.consistency_need`)."""
+    from labqfl.nodes.runjob import flower_spec_for
+
+    return flower_spec_for(setup, list(cfg.client_names), colluders=-1 if colluders is None else int(colluders))
+
+
+def check_colluders(spec: Any, colluders: int) -> None:
+    """Refuse a signed ``colluders`` c outside 0 ≤ c < t and c ≤ N − 2 (of ``spec``, a job's Flower spec: t its
+    self-mask threshold with every client, :meth:`~labqfl.fl.flower.spec.FlowerSpec.full_threshold`, N its
+    clients): t colluders hold t shares of an honest client's self-mask seed and unmask its update alone, and
+    against N − 1 no aggregate hides the one honest client's (FlowerSpec's own bound); docs/secure_aggregation.md §9."""
+    t, n = spec.full_threshold(), spec.clients
+    if not 0 <= colluders <= min(t - 1, n - 2):
+        raise ConfigError(f"--colluders {colluders}: expected 0 ... {min(t - 1, n - 2)} (below the self-mask "
+                          f"threshold t = {t}, whose t colluders hold t shares of an honest client's self-mask seed, "
+                          f"and at most N − 2 = {n - 2} of the {n} clients)")
 
 
 def _now() -> str:
@@ -284,7 +311,12 @@ class MainJob:
 
             # over nodes a client imports a pre-shared delivery under way at its start: it counts there only
             refuse_unshared_auth(cfg, data_dir, deliveries=settings.nodes, need=min_preshared_bits())
-        TrainingSetup(_training_settings(cfg, settings, data_dir)).close()
+        setup = TrainingSetup(_training_settings(cfg, settings, data_dir))
+        try:
+            if settings.colluders is not None:
+                check_colluders(consistency_spec(cfg, setup, None), settings.colluders)
+        finally:
+            setup.close()
 
     def check_training(self) -> None:
         """Refuse training settings that cannot work (bit budget, self-mask threshold) before the
@@ -851,7 +883,7 @@ class MainJob:
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
                                init_params=init, before_segment=before, on_segment=done, since=since,
-                               job_id=job_id)
+                               job_id=job_id, colluders=-1 if self.settings.colluders is None else self.settings.colluders)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))

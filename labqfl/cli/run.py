@@ -25,6 +25,16 @@ from labqfl.cli.common import (
 from labqfl.config import load_station_config
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
 
+#: ``--colluders`` (issue 16): the signed ``colluders`` of the specs a run over nodes trains under, as ``labqfl node
+#: sign-spec``/``node train --colluders`` (:data:`labqfl.cli.node_train.COLLUDERS`); checked by the job's preflight
+COLLUDERS_OPTION = typer.Option(
+    None, "--colluders", metavar="C",
+    help="With --self-masks over nodes: how many clients colluding with the server the consistency stage "
+         "tolerates (signed in the spec; 0 <= C < t): each node unmasks only a survivor set that max(t, "
+         "min_survivors, floor((N + C)/2) + 1) survivors signed. Default t - 1 (the threshold's assumption); "
+         "0 tolerates more dropouts (N = 3 or 4: one instead of none) but no colluder. "
+         "docs/secure_aggregation.md §9.")
+
 
 def _refuse_options_with_resume() -> None:
     """``--resume`` continues a run with the settings in its folder: a setting given beside it was silently
@@ -60,6 +70,7 @@ def run(
              "parameter per pair more; the plan and the key check count it)."),
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
+    colluders: int | None = COLLUDERS_OPTION,
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
@@ -110,6 +121,7 @@ def run(
             assert cfg is not None
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
+                                   colluders=colluders,
                                    data_dir=str(data_dir) if data_dir else None,
                                    bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
@@ -129,6 +141,26 @@ def _show_start(job: Any) -> None:
         from labqfl.cli.plan import render_plan
 
         render_plan(console, job.key_plan())
+    if line := _consistency_line(job):
+        console.print(line, soft_wrap=True)
+
+
+def _consistency_line(job: Any) -> str:
+    """With self-masks over nodes: the colluders c the signed spec tolerates and the survivors each round needs
+    (:func:`labqfl.cli.node_train.consistency_line`: "self-masks: t = 2, 1 colluding client(s) tolerated (default
+    t - 1), so every round needs 3 of 3 clients …"); "" otherwise (in process there is no consistency stage)."""
+    s = job.settings
+    if not (s.self_masks and s.nodes):
+        return ""
+    from labqfl.app.training import TrainingSetup
+    from labqfl.cli.node_train import consistency_line
+    from labqfl.mainjob import consistency_spec
+
+    setup = TrainingSetup(job.training_settings())
+    try:
+        return consistency_line(consistency_spec(job.cfg, setup, s.colluders))
+    finally:
+        setup.close()
 
 
 def _checked_station(config: Path | None, duration: float, engine: str, block_bits: int | None,

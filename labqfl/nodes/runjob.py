@@ -445,12 +445,14 @@ class NodesTraining:
                 "segments": self.segments}
 
 
-def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id: str = "") -> Any:
+def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id: str = "", colluders: int = -1) -> Any:
     """The :class:`~labqfl.fl.flower.spec.FlowerSpec` of a :class:`~labqfl.app.training.TrainingSetup`
     (the same local training, quantisation, graph, DP plan, noise model and seeds as in process;
     ``keys="qkd"`` with no key-store folder: every SuperNode uses its own client's). ``names``: the
     station's clients in loop order (any names; the i-th trains data partition i with seed index
-    i and the pairs are named in loop order, as the stores name them); ``job_id``: the training job (signed)."""
+    i and the pairs are named in loop order, as the stores name them); ``job_id``: the training job (signed);
+    ``colluders``: the clients colluding with the server that the self-mask consistency stage tolerates (signed;
+    -1: t − 1, :attr:`~labqfl.fl.flower.spec.FlowerSpec.colluders`; ``labqfl run --colluders``)."""
     from labqfl.errors import ConfigError
     from labqfl.fl.flower.spec import FlowerSpec
 
@@ -469,7 +471,8 @@ def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id:
                       dp_clip=float(s.dp_clip or 0.0),
                       noise=_noise_text(nm) if nm is not None else "",
                       shots=int(nm.shots or 0) if nm is not None else 0,
-                      shot_grad=nm.shot_grad if nm is not None else "parameter-shift", job_id=job_id)
+                      shot_grad=nm.shot_grad if nm is not None else "parameter-shift", job_id=job_id,
+                      colluders=colluders)
     plan = spec.dp_plan()
     if (plan.as_dict() if plan is not None else None) != (setup.dp_plan.as_dict() if setup.dp_plan is not None else None):
         raise ConfigError("training over nodes: the Flower run's DP plan differs from the in-process one "
@@ -567,7 +570,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
                      timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
                      before_segment: SegmentFn | None = None,
                      on_segment: SegmentDoneFn | None = None, since: str | None = None,
-                     job_id: str = "") -> NodesTraining:
+                     job_id: str = "", colluders: int = -1) -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
@@ -585,7 +588,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     ``blocks_used``: the block IDs of the mask pads reserved since ``since`` (UTC ISO time with
     microseconds, as the stores write it; default: now). A resumed job passes the start of its first
     training over nodes, so the rounds trained before the interruption keep their blocks. ``job_id``: the
-    training job, signed with each segment's spec (a resumed job passes the same: ``spec.job_id``)."""
+    training job, signed with each segment's spec (a resumed job passes the same: ``spec.job_id``), as is
+    ``colluders`` (:func:`flower_spec_for`)."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork
@@ -595,7 +599,8 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     names = list(cfg.client_names)
     work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
     try:
-        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work), job_id=job_id)
+        spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work), job_id=job_id,
+                               colluders=colluders)
         spec.secagg()  # a spec the nodes would refuse fails here, before any process starts
         station = work / "station.toml"
         station.write_text(station_toml(cfg), encoding="utf-8")
