@@ -770,7 +770,8 @@ class KeyDeliveryService:
                     raise ValueError
                 uuid.UUID(kid)
             except ValueError:
-                raise EtsiError(400, "key_ID is not a UUID", [{"key_ID": _echo_json_value(kid)}]) from None
+                what = "key_ID is null; expected a UUID string" if kid is None else "key_ID is not a UUID"  # s36 F11
+                raise EtsiError(400, what, [{"key_ID": _echo_json_value(kid)}]) from None
         if len(set(key_ids)) != len(key_ids):
             raise EtsiError(400, "a key_ID appears more than once", [{"parameter": "key_IDs"}])
         s, m = self._node(slave_sae, "slave_SAE_ID"), self._node(master_sae, "master_SAE_ID")

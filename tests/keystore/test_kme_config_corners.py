@@ -46,6 +46,6 @@ def test_a_null_key_id_is_echoed_as_null(kme, kh):  # type: ignore[no-untyped-de
     with httpx.Client(base_url=kme.url, verify=kh.client_context(kme.certs, "C1"), timeout=30) as c:
         r = c.post("/api/v1/keys/C2/dec_keys", json={"key_IDs": [{"key_ID": None}]})
         assert r.status_code == 400
-        assert r.json() == {"message": "key_ID is not a UUID", "details": [{"key_ID": None}]}
+        assert r.json() == {"message": "key_ID is null; expected a UUID string", "details": [{"key_ID": None}]}
         r = c.post("/api/v1/keys/C2/dec_keys", json={"key_IDs": [{"key_ID": [1, 2]}]})
         assert r.status_code == 400 and r.json()["details"] == [{"key_ID": "(an array)"}]
