@@ -281,14 +281,16 @@ def _next_clicked(bm, sa, sb, wmask):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
-               key_bj, ob, wcnt, kcnt):
+def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
+               key_bj, o, ko):
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
-    bin ``hist[pair, k_i, k_j, a_i, a_j, outcome]``, the announcement, and the key slot and bits
-    (from :data:`_KEY_LUT`; written without a branch, kept if the key count moves on; 2|bit marks
-    Cj's double click).
-    The slots' bits are cleared. Returns (wcnt, kcnt, status)."""
+    bin ``hist[hb + code]`` with code = (k_i·nk + k_j)·64 + 16·a_i + 4·a_j + outcome, the
+    announcement at ``o``, and the key slot and key byte from ``klut[code]`` (:func:`_key_lut`,
+    key only in cell k_i = k_j = 0) at ``ko`` — written without a branch, kept if the key
+    position moves on. The key bytes are split into the two clients' bits at the end (2|bit marks
+    Cj's double click). The slots' bits are cleared. Returns (o, ko, status)."""
+    ko0 = ko
     for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
         mask = _word_mask(wi, sa, sb)
         w = bm[U(wi & wmask)]
@@ -297,10 +299,11 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
             continue
         bm[U(wi & wmask)] = w & ~mask
         mm = (v | (v >> U(1))) & _ODD
+        w0 = wi << 5
         while mm != 0:
             pz = trailing_zeros(mm)
             mm &= mm - U(1)
-            sl = (wi << 5) + np.int64(pz >> U(1))
+            sl = w0 + np.int64(pz >> U(1))
             b = np.int64((v >> pz) & U(3))
             su = U(sl)
             x = np.int64(lki[su])
@@ -308,21 +311,22 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_
             ai = np.int64(lai[su])
             aj = np.int64(laj[su])
             if ((x - ni) & (y - nj) & ((ai | aj) - 4)) >= 0:  # one test: valid iff all three < 0
-                return wcnt, kcnt, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
-            low = (ai * 4 + aj) * 4 + b
-            hi = x * nk + y
-            hist[U(hb + (hi << 6) + low)] += 1
-            o = U(ob + wcnt)
-            out_s[o] = sl
-            out_o[o] = b
-            wcnt += 1
-            kb = np.int64(_KEY_LUT[U(low)])
-            o = U(ob + kcnt)
-            key_s[o] = sl
-            key_bi[o] = kb & 1
-            key_bj[o] = (kb >> 1) & 3
-            kcnt += (kb >> 3) & (hi == 0)
-    return wcnt, kcnt, OK
+                return o, ko, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
+            h = (((x * nk + y) * 4 + ai) * 4 + aj) * 4 + b
+            hist[U(hb + h)] += 1
+            out_s[U(o)] = sl
+            out_o[U(o)] = b
+            o += 1
+            kb = klut[U(h)]
+            key_s[U(ko)] = sl
+            key_bi[U(ko)] = kb
+            ko += np.int64(kb >> np.uint8(3))
+    for k in range(ko - ko0):
+        u = U(ko0 + k)
+        kb = key_bi[u]
+        key_bj[u] = (kb >> np.uint8(1)) & np.uint8(3)
+        key_bi[u] = kb & np.uint8(1)
+    return o, ko, OK
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -369,6 +373,9 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     wmask = (W >> 5) - 1
     bm = np.zeros(W >> 5, dtype=np.uint64)
     codes = np.empty(_BLOCK, dtype=np.float64)
+    klut = np.empty(nk * nk * 64, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
+    for h in range(nk * nk * 64):
+        klut[h] = _KEY_LUT[h & 63] if h < 64 else _KEY_LUT[h & 63] & 7
     big = np.iinfo(np.int64).max
     hstride = nk * nk * 64
     if na == 0:  # nothing can be placed: only the order check
@@ -502,8 +509,10 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     break
                 thr = min(fend, dlo, nlog)
             sb = min(send, thr, sa + _CHUNK)
-            wcnt, kcnt, status = _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, out_s, out_o,
-                                            key_s, key_bi, key_bj, ob, wcnt, kcnt)
+            o, ko, status = _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o,
+                                       key_s, key_bi, key_bj, ob + wcnt, ob + kcnt)
+            wcnt = o - ob
+            kcnt = ko - ob
             if status != OK:
                 break
             sa = sb
