@@ -59,13 +59,20 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numba
 import numpy as np
 
-from labqfl.qkd.ldpc_qc import qc_aminstar_frames, qc_minsum_frames, qc_shifts
+from labqfl.qkd.ldpc_qc import (
+    qc_aminstar_frames,
+    qc_attempt_frames,
+    qc_minsum_frames,
+    qc_shifts,
+    qc_unsatisfied_frames,
+)
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
 from labqfl.qkd.reconciliation import (
     ReconciliationInputError,
@@ -554,7 +561,11 @@ class LdpcPlan:
     ``start_revealed``: reveal-order values disclosed before the first decoding attempt.
     ``step``: values revealed per retry.  ``max_reveal``: reveal-order length (filler first, then
     key positions); a frame still failing after that is a frame error.  ``first_iter`` /
-    ``retry_iter``: decoder iterations for the first attempt / each warm-started retry.
+    ``retry_iter``: decoder iterations for the first attempt / each warm-started retry (at most).
+    ``stall_every`` / ``stall_ratio`` (quasi-cyclic decoders; 0: off): every ``stall_every`` sweeps
+    of an attempt Bob counts the checks his hard decision leaves unsatisfied, and ends the attempt
+    (asks for the next values) once that count is above ``stall_ratio`` × the count
+    ``stall_every`` sweeps before — from sweep max(2·stall_every, 3) on.
     """
 
     code_n: int
@@ -566,6 +577,8 @@ class LdpcPlan:
     max_reveal: int = -1
     first_iter: int = 60
     retry_iter: int = 20
+    stall_every: int = 0
+    stall_ratio: float = 0.0
     z: int = 0
     decoder: str = "bp"
 
@@ -607,6 +620,11 @@ _MS_F_START = 1.08
 _MS_F_START_LOW_Q = 6.0  # + (0.02 − Q)·6 below Q = 2 %, as the fast preset
 _MS_F_STEP = 0.01
 _MS_F_EXTRA = 0.12
+# sweeps of the first attempt / each retry (at most), and the stall test (every 3 sweeps, ≥ 5 % fewer
+# unsatisfied checks to go on): against fixed 30 / 10-sweep attempts, 120 frames per QBER at 1–8 %
+# (docs/reconciliation.md, 2026-12-07), f 0.007–0.017 lower and 13–34 % fewer sweeps, same frame errors
+_MS_ITER = (100, 30)
+_MS_STALL = (3, 0.95)
 _LAST_CHANCE_ITER = 60
 """Sum-product sweeps of a quasi-cyclic frame's last attempt (everything allowed revealed)."""
 # preset "fast": start where nearly every frame decodes at once, fewer sweeps per attempt
@@ -614,9 +632,11 @@ _FAST_F_START = 1.14
 _FAST_F_START_LOW_Q = 6.0  # + (0.02 − Q)·6 below Q = 2 %
 _FAST_F_STEP = 0.02
 _FAST_ITER = (30, 10)
+_FAST_STALL = (0, 0.0)
 PRESETS = ("efficient", "fast")
 """Design-point presets of :func:`plan_ldpc` for the quasi-cyclic decoders: ``efficient`` starts at
-1.08·h(Q) in steps of 0.01·h(Q) (lowest f, several short attempts); ``fast`` starts at 1.14·h(Q)
+1.08·h(Q) in steps of 0.01·h(Q) (lowest f, several attempts of up to 100 / 30 sweeps, each ended
+early once the decoder stalls: :class:`LdpcPlan`); ``fast`` starts at 1.14·h(Q)
 in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, ≈ 3× fewer sweeps); both start 6·(0.02 − Q)·h(Q)
 higher below Q = 2 %."""
 
@@ -646,7 +666,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
               code_seed: int = 0,
               f_start: float | None = None, f_step: float | None = None, f_mother: float | None = None,
               f_min: float | None = None, f_extra: float | None = None, z: int | None = None,
-              first_iter: int | None = None, retry_iter: int | None = None) -> LdpcPlan:
+              first_iter: int | None = None, retry_iter: int | None = None, stall_every: int | None = None,
+              stall_ratio: float | None = None) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
@@ -655,6 +676,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     up to m + f_extra·h(Q)·(n − d) (filler first, then key positions).  ``decoder`` picks the
     code family and its design points (:data:`DECODERS`), ``preset`` the trade-off between f and
     speed (:data:`PRESETS`, quasi-cyclic decoders only); any design point may be overridden.
+    ``stall_every`` / ``stall_ratio``: Bob's stall test (:class:`LdpcPlan`; 0 turns it off).
     """
     if decoder not in DECODERS:
         raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
@@ -664,14 +686,16 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     if decoder in ("amin", "minsum") and preset == "fast":
         n0, z0, fm, fml, fmin, fx = _MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN, _MS_F_EXTRA
         fs = _FAST_F_START + _FAST_F_START_LOW_Q * max(0.0, 0.02 - qber)
-        fst, (it1, it2) = _FAST_F_STEP, _FAST_ITER
+        fst, (it1, it2), (se, sr) = _FAST_F_STEP, _FAST_ITER, _FAST_STALL
     elif decoder in ("amin", "minsum"):
-        n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (_MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN,
-                                                        _MS_F_START, _MS_F_STEP, _MS_F_EXTRA, 30, 10)
+        n0, z0, fm, fml, fmin, fs, fst, fx = (_MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN,
+                                              _MS_F_START, _MS_F_STEP, _MS_F_EXTRA)
+        (it1, it2), (se, sr) = _MS_ITER, _MS_STALL
         fs += _MS_F_START_LOW_Q * max(0.0, 0.02 - qber)
     else:
         n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (16384, 0, _F_MOTHER, _F_MOTHER_LOW_Q, _F_MIN,
                                                         _F_START, _F_STEP, _F_EXTRA, 50, 15)
+        se, sr = 0, 0.0
     code_n = n0 if code_n is None else code_n
     z = z0 if z is None else z
     if f_mother is None:
@@ -691,7 +715,9 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     return LdpcPlan(code_n, R, code_seed, d, start, step, max_reveal=min(n, d + extra),
                     first_iter=it1 if first_iter is None else first_iter,
                     retry_iter=it2 if retry_iter is None else retry_iter, z=z,
-                    decoder=decoder if z else "bp")
+                    decoder=decoder if z else "bp",
+                    stall_every=(se if stall_every is None else int(stall_every)) if z else 0,
+                    stall_ratio=sr if stall_ratio is None else float(stall_ratio))
 
 
 # ----------------------------------------------------------------------------------- parties
@@ -869,25 +895,19 @@ class LdpcBob:
         pending = np.arange(nf, dtype=np.int64)
         budget = self.first_iter
         qc = code.quasi_cyclic and pl.decoder in ("amin", "minsum")
-        if qc:
-            assert code.base_ptr is not None and code.base_col is not None and code.base_shift is not None
-            bptr, bcol, bsh = code.base_ptr, code.base_col, code.base_shift
-            weight = (minsum_weights(code) if pl.decoder == "minsum"
-                      else minsum_weights(code, AMIN_ALPHA, {}, AMIN_GAMMA_HIGH))
-            kernel = qc_minsum_frames if pl.decoder == "minsum" else qc_aminstar_frames
+        attempt = self._qc_decoder(code, synd, L, R) if qc else None
         last = False
         while True:
-            if qc and not last and self.device is not None:
-                res = self._decode_on_device(pl.decoder, bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
-            elif qc and not last:
-                res = kernel(bptr, bcol, bsh, code.z, synd, L, R, pending, weight, budget)
+            if attempt is not None and not last:
+                res, used = attempt(pending, budget)
             else:
                 res = _decode_frames(code.check_ptr, code.check_var, synd, L, R, pending, budget, _PHI)
+                used = np.where(res > 0, res, budget)
             attempts[pending] += 1
             done = res > 0
             ok[pending[done]] = True
             leak_at[pending[done]] = revealed
-            iters[pending] += np.where(done, res, budget)
+            iters[pending] += used
             pending = pending[~done]
             if pending.size == 0 or revealed >= limit:
                 break
@@ -919,6 +939,73 @@ class LdpcBob:
                      "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
                      "decoder_backend": self.backend or "numba-cpu", "decoder_backend_note": self.backend_note,
                      "payload_bytes": st.payload_bytes})
+
+    def _qc_decoder(self, code: LdpcCode, synd: np.ndarray, L: np.ndarray, R: np.ndarray
+                    ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:
+        """The quasi-cyclic decoder's attempt on (synd, L, R): frames, sweeps → (sweeps to success or
+        −1, sweeps spent) per frame (:meth:`_qc_attempt`), on the CPU or ``self.device``."""
+        pl = self.plan
+        assert code.base_ptr is not None and code.base_col is not None and code.base_shift is not None
+        bptr, bcol, bsh = code.base_ptr, code.base_col, code.base_shift
+        weight = (minsum_weights(code) if pl.decoder == "minsum"
+                  else minsum_weights(code, AMIN_ALPHA, {}, AMIN_GAMMA_HIGH))
+        kernel = qc_minsum_frames if pl.decoder == "minsum" else qc_aminstar_frames
+
+        def decode(frames: np.ndarray, sweeps: int) -> np.ndarray:
+            if self.device is not None:
+                return self._decode_on_device(pl.decoder, bptr, bcol, bsh, code.z, synd, L, R, frames, weight, sweeps)
+            return kernel(bptr, bcol, bsh, code.z, synd, L, R, frames, weight, sweeps)
+
+        def unsatisfied(frames: np.ndarray) -> np.ndarray:
+            return qc_unsatisfied_frames(bptr, bcol, bsh, code.z, synd, L, frames)
+
+        def cpu_attempt(frames: np.ndarray, sweeps: int) -> tuple[np.ndarray, np.ndarray]:
+            return qc_attempt_frames(pl.decoder == "amin", bptr, bcol, bsh, code.z, synd, L, R, frames, weight,
+                                     sweeps, pl.stall_every, pl.stall_ratio)
+
+        def attempt(frames: np.ndarray, sweeps: int) -> tuple[np.ndarray, np.ndarray]:
+            return self._qc_attempt(decode, unsatisfied, frames, sweeps, cpu_attempt if self.device is None else None)
+        return attempt
+
+    def _qc_attempt(self, decode: Callable[[np.ndarray, int], np.ndarray],
+                    unsatisfied: Callable[[np.ndarray], np.ndarray], pending: np.ndarray, budget: int,
+                    cpu_attempt: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """One attempt of the quasi-cyclic decoder on the frames ``pending``: at most ``budget``
+        sweeps, run ``plan.stall_every`` at a time with the stall test in between (:class:`LdpcPlan`;
+        chunks continue the same decoder state, so the sweeps are those of one call).  Returns, per
+        frame, (sweeps to success or −1, sweeps spent).  ``cpu_attempt``: the same attempt in one
+        Numba call (:func:`~labqfl.qkd.ldpc_qc.qc_attempt_frames`, frame after frame, so each
+        frame's messages stay in cache); the chunked loop here serves the device backends."""
+        every, ratio = self.plan.stall_every, self.plan.stall_ratio
+        if every <= 0:
+            res = decode(pending, budget)
+            return res, np.where(res > 0, res, budget)
+        if cpu_attempt is not None:
+            return cpu_attempt(pending, budget)
+        res = np.full(pending.size, -1, np.int64)
+        used = np.zeros(pending.size, np.int64)
+        act = np.arange(pending.size)
+        prev: np.ndarray | None = None
+        j = 0
+        while act.size and j < budget:
+            step = min(every, budget - j)
+            r = decode(pending[act], step)
+            conv = r > 0
+            res[act[conv]] = j + r[conv]
+            used[act] = j + np.where(conv, r, step)
+            j += step
+            act = act[~conv]
+            if prev is not None:
+                prev = prev[~conv]
+            if not act.size or j >= budget:
+                break
+            cnt = unsatisfied(pending[act])
+            if prev is not None and j >= max(2 * every, 3):
+                go = cnt <= ratio * prev  # still falling fast enough: go on
+                act, cnt = act[go], cnt[go]
+            prev = cnt
+        return res, used
 
     def _decode_on_device(self, rule: str, bptr: np.ndarray, bcol: np.ndarray, bsh: np.ndarray, z: int,
                           synd: np.ndarray, L: np.ndarray, R: np.ndarray, pending: np.ndarray, weight: np.ndarray,

@@ -42,7 +42,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["qc_aminstar", "qc_aminstar_frames", "qc_decode_reference", "qc_minsum", "qc_minsum_frames", "qc_shifts"]
+__all__ = ["qc_aminstar", "qc_aminstar_frames", "qc_decode_reference", "qc_minsum", "qc_minsum_frames", "qc_shifts",
+           "qc_attempt_frames", "qc_unsatisfied_frames"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -120,6 +121,46 @@ def _syndrome_ok(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: i
             if par[i]:
                 return False
     return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _unsatisfied(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, synd: np.ndarray,
+                 L: np.ndarray, par: np.ndarray) -> int:
+    """Checks whose hard-decision parity (L < 0 → 1) differs from ``synd`` (vectorised as
+    :func:`_syndrome_ok`); ``par``: uint8 scratch of Z."""
+    zero = np.float32(0.0)
+    cnt = 0
+    for r in range(row_ptr.size - 1):
+        sy = synd[r * Z:(r + 1) * Z]
+        for i in range(Z):
+            par[i] = sy[i]
+        for k in range(row_ptr[r], row_ptr[r + 1]):
+            base = bcol[k] * Z
+            s = bshift[k]
+            La = L[base + s:base + Z]
+            pa = par[0:Z - s]
+            for i in range(Z - s):
+                pa[i] = pa[i] ^ (La[i] < zero)
+            Lb = L[base:base + s]
+            pb = par[Z - s:Z]
+            for i in range(s):
+                pb[i] = pb[i] ^ (Lb[i] < zero)
+        for i in range(Z):
+            cnt += par[i]
+    return cnt
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def qc_unsatisfied_frames(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, synd: np.ndarray,
+                          L: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """Per frame in ``frames`` (rows of ``synd`` (F, m) and ``L`` (F, n)): the number of checks the
+    hard decision L < 0 → 1 leaves unsatisfied.  The blind protocol's stall test
+    (:class:`labqfl.qkd.ldpc.LdpcBob`) ends an attempt when this count stops falling."""
+    out = np.empty(frames.size, np.int64)
+    for i in numba.prange(frames.size):
+        par = np.empty(Z, np.uint8)
+        out[i] = _unsatisfied(row_ptr, bcol, bshift, Z, synd[frames[i]], L[frames[i]], par)
+    return out
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -403,6 +444,53 @@ def qc_minsum_frames(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, 
         scratch = np.empty((2, 4, Z), np.float32)
         out[i] = qc_minsum(row_ptr, bcol, bshift, Z, synd[f], L[f], R[f], weight, max_iter, scratch)
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def qc_attempt_frames(amin: bool, row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int,
+                      synd: np.ndarray, L: np.ndarray, R: np.ndarray, frames: np.ndarray, weight: np.ndarray,
+                      max_iter: int, every: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """One attempt of the blind protocol on rows ``frames``: :func:`qc_aminstar` (``amin``) or
+    :func:`qc_minsum`, at most ``max_iter`` sweeps, run ``every`` at a time; after each chunk the
+    checks left unsatisfied are counted, and from sweep max(2·every, 3) on the attempt ends once the
+    count is above ``ratio`` × the count one chunk before (the decoder has stalled: more sweeps at
+    this rate rarely help, more revealed values do).  ``every`` ≤ 0: one call of ``max_iter``.
+    Returns per frame (sweeps to convergence or −1, sweeps spent).  Frame after frame, chunks
+    inside, so a frame's messages stay in cache; the same arithmetic as chunked calls of the kernel
+    (the decoder state lives in L and R), tested against such calls."""
+    res = np.empty(frames.size, np.int64)
+    used = np.empty(frames.size, np.int64)
+    for i in numba.prange(frames.size):
+        f = frames[i]
+        sy = synd[f]
+        Lf = L[f]
+        Rf = R[f]
+        scratch = np.empty((2, 5, Z), np.float32)
+        par = np.empty(Z, np.uint8)
+        step = max_iter if every <= 0 else every
+        j = 0
+        prev = -1
+        out = -1
+        while j < max_iter:
+            k = min(step, max_iter - j)
+            if amin:
+                r = qc_aminstar(row_ptr, bcol, bshift, Z, sy, Lf, Rf, weight, k, scratch)
+            else:
+                r = qc_minsum(row_ptr, bcol, bshift, Z, sy, Lf, Rf, weight, k, scratch)
+            if r > 0:
+                out = j + r
+                j += r
+                break
+            j += k
+            if j >= max_iter:
+                break
+            cnt = _unsatisfied(row_ptr, bcol, bshift, Z, sy, Lf, par)
+            if prev >= 0 and j >= max(2 * step, 3) and cnt > ratio * prev:
+                break
+            prev = cnt
+        res[i] = out
+        used[i] = j
+    return res, used
 
 
 def _bpx_reference(x: np.float32, y: np.float32) -> np.float32:
