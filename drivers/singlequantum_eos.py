@@ -415,9 +415,32 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
     def _latch_check_keeping_period(self) -> None:
         """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
         stream reports per line, to every listener) put back as it was."""
+        self._keeping_period(lambda: self._recover_if_latched(None))
+
+    def acquisition_fault(self) -> str | None:
+        """After an acquisition (:func:`labqfl.station.acquisition_faults`, review s36 lab H1): why this armed
+        channel's tags are not good, or None. A channel at its operating bias that counts below the latch threshold
+        over the latch window latched during the acquisition (a latched nanowire stays at 0 until its bias is
+        taken away). Read only: nothing is reset (the recording is refused instead); the light is still on."""
+        params = self._latch_params()
+        if params is None:
+            return None
+        threshold, window = params
+        with self.lock:
+            bias = self.bias_now_ua
+            if bias < self._operating_bias - 1e-6:
+                return None  # not at its operating point: arming_settings' read-back names it
+            rate = self._keeping_period(lambda: self._read_rate(window))
+        if rate >= threshold:
+            return None
+        return (f"channel {self.channel} counts {rate:g}/s over {window:g} s at {bias:g} µA, below {threshold:g}/s: "
+                "latched during the acquisition")
+
+    def _keeping_period(self, read: Any) -> Any:
+        """``read()`` with the controller's measurement period put back as it was afterwards."""
         period = self._labels("InptMeasurementPeriod")["InptMeasurementPeriod"]
         try:
-            self._recover_if_latched(None)
+            return read()
         finally:
             if isinstance(period, int) and not isinstance(period, bool) and period >= MIN_PERIOD_MS:
                 try:
@@ -439,8 +462,13 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         bias = self.bias_now_ua
         self.log.warning("channel %d counts %g /s over %g s at %g µA, below %g /s: latched; bias ramped to 0 µA and "
                          "back once", self.channel, rate, window, bias, threshold)
-        self._ramp_bias(0.0)
-        self._ramp_bias(bias)
+        restore = self.light_off() if self.light_off is not None else None  # the station's shutters/clock
+        try:
+            self._ramp_bias(0.0)
+            self._ramp_bias(bias)  # back up in the dark, not under the flux that latched it
+        finally:
+            if restore is not None:
+                restore()
         rate = self._read_rate(window)
         if rate >= threshold:
             self.log.info("channel %d counts again after the bias reset: %g /s", self.channel, rate)

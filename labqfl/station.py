@@ -138,6 +138,46 @@ def hold_master_clocks(instruments: Iterable[Instrument]) -> Callable[[], None] 
     return restart
 
 
+def light_off_switch(instruments: Mapping[str, Instrument]) -> Callable[[], Callable[[], None]]:
+    """What a detector calls (:attr:`PhotonDetector.light_off`) before its bias is reset (a latched SNSPD:
+    ramped to 0 and back up): it closes every open attenuator shutter among ``instruments`` and holds every
+    running master clock (:func:`hold_master_clocks`: a pulsed laser emits nothing without its trigger), and
+    returns the call that opens them again and restarts the clocks, each read back (review s36 lab2 L2: the
+    bias went back up under the flux that had latched the nanowire). A detection node owns the master clock
+    but not the clients' shutters; without either the reset is logged as done in the light."""
+    def off() -> Callable[[], None]:
+        shutters = [(role, a) for role, a in instruments.items()
+                    if isinstance(a, VariableAttenuator) and not a.shutter_closed]
+        for _, a in shutters:
+            a.shutter_closed = True
+        restart = hold_master_clocks(instruments.values())
+        if not shutters and restart is None and any(isinstance(i, PulsedLaser) and i.output_enabled
+                                                    for i in instruments.values()):
+            log.warning("a detector's bias is reset with the laser on: no open shutter or running master clock "
+                        "among %s to take the light off", ", ".join(instruments))
+
+        def back() -> None:
+            if restart is not None:
+                restart()
+            for role, a in shutters:
+                a.shutter_closed = False
+                if a.shutter_closed:
+                    written, query = _arm_commands(a, "shutter_closed", False)
+                    raise InstrumentError(f"{role}: {written} accepted but {query} reads shutter_closed=True after "
+                                          "a detector's bias reset", instrument=role,
+                                          resource=str(getattr(a, "resource", "")), command=query)
+        return back
+    return off
+
+
+def give_detectors_light_off(instruments: Mapping[str, Instrument]) -> None:
+    """Every detector among ``instruments`` gets :func:`light_off_switch` of them (:attr:`PhotonDetector.light_off`)."""
+    switch = light_off_switch(instruments)
+    for inst in instruments.values():
+        if isinstance(inst, PhotonDetector):
+            inst.light_off = switch
+
+
 def arming_settings(instruments: Mapping[str, Instrument],
                     detectors: Container[str] | None = None) -> list[tuple[str, Instrument, str, bool]]:
     """``(role, instrument, attribute, value)`` of every setting that puts ``instruments`` (by role) in
@@ -145,25 +185,55 @@ def arming_settings(instruments: Mapping[str, Instrument],
     pulsed laser without its trigger emits nothing), lasers on, detectors armed (only the roles in
     ``detectors`` when given), phase and intensity modulators on, attenuator shutters open. The one
     arming rule, applied by :func:`arm_instruments` and by calibration procedures that need light
-    (:func:`labqfl.calibration.delays.light_path_on`, through their settings guard)."""
-    out: list[tuple[str, Instrument, str, bool]] = []
+    (:func:`labqfl.calibration.delays.light_path_on`, through their settings guard).
+
+    In this order (review s36 lab2 L2): the detectors first, biased (and checked for a latch) while the
+    laser is off and the shutters closed; then the master clock, the laser and the modulators; the shutters
+    last, so light reaches the loop only once every detector is biased."""
+    out: list[tuple[int, str, Instrument, str, bool]] = []
     for role, inst in instruments.items():
         if isinstance(inst, PulsedLaser | PulseGenerator | PhaseModulator | IntensityModulator):
-            attr, value = "output_enabled", True
+            stage, attr, value = 1, "output_enabled", True
         elif isinstance(inst, PhotonDetector):
             if detectors is not None and role not in detectors:
                 continue
-            attr, value = "enabled", True
+            stage, attr, value = 0, "enabled", True
         elif isinstance(inst, VariableAttenuator):
-            attr, value = "shutter_closed", False
+            stage, attr, value = 2, "shutter_closed", False
         else:
             continue
         if getattr(inst, attr) != value:
-            out.append((role, inst, attr, value))
-    return out
+            out.append((stage, role, inst, attr, value))
+    out.sort(key=lambda item: item[0])  # stable: the roles' order within a stage
+    return [(role, inst, attr, value) for _, role, inst, attr, value in out]
 
 
-def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
+def acquisition_faults(instruments: Mapping[str, Instrument]) -> list[str]:
+    """What went wrong during an acquisition, read from the instruments after its last block (review s36 lab H1,
+    M2): every setting of :func:`arming_settings` that is no longer in its operating state (the laser's
+    ``:LASER?`` OFF after an interlock trip, a master clock no longer streaming, a detector's bias supply off, a
+    shutter closed), then each instrument's own ``acquisition_fault()`` where it has one (an SNSPD that latched:
+    :meth:`labqfl.drivers.singlequantum_eos.SingleQuantumEos.acquisition_fault`). One ``"role: what"`` per
+    fault; empty when the tags were taken with everything as armed. Nothing is switched or reset here."""
+    faults = [f"{role}: {attr} reads {not value!r}, expected {value!r}"
+              for role, _, attr, value in arming_settings(instruments)]
+    for role, inst in instruments.items():
+        check = getattr(inst, "acquisition_fault", None)
+        if callable(check) and not any(f.startswith(f"{role}: ") for f in faults):
+            why = check()
+            if why:
+                faults.append(f"{role}: {why}")
+    return faults
+
+
+def refuse_faulty_acquisition(faults: list[str], what: str) -> None:
+    """Raise one :class:`InstrumentError` naming every fault of :func:`acquisition_faults` (nothing when none)."""
+    if faults:
+        raise InstrumentError(f"{what}: at its end the instruments no longer read as armed: {'; '.join(faults)}; "
+                              "the tags may have been taken without light or without a working detector")
+
+
+def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: bool = True) -> list[str]:
     """Put every instrument of ``instruments`` (by role) in its operating state for acquisition
     (:func:`arming_settings`). Instruments already there are left alone. Returns what was changed, as
     ``"role.attr=value"``. Used by a Station's roles (:func:`labqfl.app.station.arm`) and a node
@@ -173,8 +243,11 @@ def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
     but reads back something else (a laser whose interlock is open stays off after ``:LASER ON``, a shutter
     that stays closed) is refused with one :class:`~labqfl.errors.InstrumentError` naming the role, the
     command and what it read. On any failure every instrument of ``instruments`` is put in its safe state
-    (reverse order; their own failures are logged) before the error goes on, so nothing is left armed."""
+    (reverse order; their own failures are logged) before the error goes on, so nothing is left armed;
+    ``safe_on_failure=False`` (another acquisition holds them armed: :meth:`labqfl.nodes.common.NodeInstruments.arm`)
+    leaves them as they are."""
     changed: list[str] = []
+    give_detectors_light_off(instruments)
     try:
         for role, inst, attr, value in arming_settings(instruments):
             setattr(inst, attr, value)
@@ -186,6 +259,8 @@ def arm_instruments(instruments: Mapping[str, Instrument]) -> list[str]:
                                       instrument=role, resource=str(getattr(inst, "resource", "")), command=query)
             changed.append(f"{role}.{attr}={value}")
     except BaseException:
+        if not safe_on_failure:
+            raise
         for role in reversed(list(instruments)):
             try:
                 instruments[role].safe_state()
@@ -685,6 +760,7 @@ class Station:
                                        f"point could not be applied: {_one_line(exc)}") from exc
                 self.failures[role] = f"operating point not applied: {_one_line(exc)}"
                 log.info("role %s: operating point not applied: %s", role, exc)
+        give_detectors_light_off(self.instruments)  # a bias reset (latch) in any procedure: light off first
 
     def _add(self, role: str, inst: Instrument) -> None:
         want = expected_interfaces(role)
@@ -973,5 +1049,6 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "arm_instruments", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
-           "hold_master_clocks", "open_driver", "sigterm_as_interrupt", "Termination", "validate_driver_roles"]
+__all__ = ["Station", "acquisition_faults", "arm_instruments", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
+           "hold_master_clocks", "open_driver", "refuse_faulty_acquisition", "sigterm_as_interrupt", "Termination",
+           "validate_driver_roles"]

@@ -32,7 +32,12 @@ from labqfl.config import StationConfig, require_pattern_generators
 from labqfl.contracts.types import duration_problem
 from labqfl.errors import ConfigError
 from labqfl.log import get_logger
-from labqfl.station import hold_master_clocks, sigterm_as_interrupt
+from labqfl.station import (
+    acquisition_faults,
+    hold_master_clocks,
+    refuse_faulty_acquisition,
+    sigterm_as_interrupt,
+)
 
 log = get_logger(__name__)
 
@@ -106,6 +111,7 @@ class Blocks:
             blk = next(self._it)
         except StopIteration:
             self._acq.finish_streams()  # the last upload has played out: every frame has its verdict
+            self._acq.check_instruments()  # the laser still on, the detectors still armed and not latched
             raise
         self._acq._count(blk)
         return blk
@@ -156,6 +162,7 @@ class Acquisition:
         self._window: dict[int, int] = {}
         self._window_t0 = 0.0
         self.streams: Any = None  # the current segment's ClientStreams (None: no client has a pattern generator)
+        self._armed_here = False  # arm() ran: its segments' ends are checked (check_instruments)
 
     def __enter__(self) -> Acquisition:
         if self.wants_arm:
@@ -168,6 +175,7 @@ class Acquisition:
     def arm(self) -> list[str]:
         """Every role in its operating state (:func:`labqfl.app.station.arm`); what was changed."""
         self.armed = arm_roles(self.station)
+        self._armed_here = True
         if self.armed:
             log.info("armed for acquisition: %s", ", ".join(self.armed))
         return self.armed
@@ -217,6 +225,15 @@ class Acquisition:
         self.streams = start_client_streams(self.station, self.station.client_logs(), duration_s)
         if self.streams is not None:
             self.station.attach_played_frames(self.streams.played)
+
+    def check_instruments(self) -> None:
+        """After a segment's last block, on an acquisition that armed the station: refuse it
+        (:class:`~labqfl.errors.InstrumentError` naming each fault) when an instrument no longer reads as armed or
+        a detector latched (:func:`labqfl.station.acquisition_faults`, review s36 lab H1). ``labqfl acquire``
+        then closes its recording as incomplete."""
+        if self._armed_here:
+            refuse_faulty_acquisition(acquisition_faults(self.station.instruments),
+                                      "the acquisition (a recording of it is closed as incomplete)")
 
     def finish_streams(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Let the current segment's client streams play out (at most ``timeout_s`` each) and stop them;

@@ -146,6 +146,10 @@ class PhotonDetector(Instrument):
     gate_delay_ps: Setting[float] = Setting("ps", "gate delay relative to the trigger",
                                             validator=in_range(-1e9, 1e9, "ps"))
     temperature_k: Setting[float] = Setting("K", "sensor temperature", writable=False)
+    #: Takes the light off this detector and returns the call that puts it back; set by the station
+    #: (:func:`labqfl.station.light_off_switch`) for a bias reset of a latched nanowire, which must not ramp
+    #: the bias up again under the flux that latched it (review s36 lab2 L2). None: nothing to switch.
+    light_off: Callable[[], Callable[[], None]] | None = None
 
     @abstractmethod
     def count_rate_hz(self, integration_s: float = 0.1) -> float:

@@ -205,6 +205,7 @@ class NodeInstruments:
         self.instruments: dict[str, Instrument] = {}
         self._lock = threading.RLock()
         self._armed = 0
+        self._faults: list[str] = []  # arming failures while other acquisitions held the instruments armed
         self._stopping = False
         self._closed = False
 
@@ -254,11 +255,30 @@ class NodeInstruments:
         with self._lock:
             if self._stopping or self._closed:
                 raise NodeError(f"node {self.node} is stopping: its instruments stay in their safe state")
-            changed = arm_instruments(self.instruments)
+            running = self._armed
+            try:
+                # with another acquisition running, a failure leaves the instruments as they are: a safe state
+                # now would take its light and detectors away with no notice (review s36 lab2 L3)
+                changed = arm_instruments(self.instruments, safe_on_failure=running == 0)
+            except BaseException as exc:
+                if running:
+                    why = f"arming another acquisition failed meanwhile: {_one_line(exc)}"
+                    self._faults.append(why)
+                    log.error("node %s: %s; the %d running acquisition(s) keep the instruments and are refused at "
+                              "their end", self.node, why, running)
+                raise
             self._armed += 1
         if changed:
             log.info("node %s: armed for acquisition: %s", self.node, ", ".join(changed))
         return changed
+
+    def acquisition_faults(self) -> list[str]:
+        """Before an armed acquisition is reported good: :func:`labqfl.station.acquisition_faults` of the
+        instruments (laser off, detectors un-biased or latched …) and any arming that failed while it ran."""
+        from labqfl.station import acquisition_faults
+
+        with self._lock:
+            return [*self._faults, *(acquisition_faults(self.instruments) if self._armed else [])]
 
     def disarm(self) -> dict[str, str]:
         """An armed acquisition ended: the safe state once no other one is armed; the roles whose safe state
@@ -267,6 +287,7 @@ class NodeInstruments:
             self._armed = max(0, self._armed - 1)
             if self._armed or self._closed:
                 return {}
+            self._faults.clear()  # told to the acquisitions that ran meanwhile
             return self.safe_state()
 
     def safe_state(self) -> dict[str, str]:

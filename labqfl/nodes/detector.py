@@ -94,7 +94,7 @@ from labqfl.qkd.slotting import (
     announcements_by_pair,
     make_slotter,
 )
-from labqfl.station import emulated_detectors, hold_master_clocks
+from labqfl.station import emulated_detectors, hold_master_clocks, refuse_faulty_acquisition
 
 log = get_logger(__name__)
 
@@ -278,6 +278,8 @@ class DetectorNode(Node):
             events = slotter.finish()
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
+            # the laser still on, the detectors still armed and not latched, before the clients hear the end
+            refuse_faulty_acquisition(self.instruments.acquisition_faults(), f"acquisition {acq}")
             self._announce(chans, slotter, SlotEvents.joined([*held, events]), prev, final)
             for c, ch in chans.items():
                 announce_to(ch, Message("ann/end", {"final": final}), c)

@@ -244,8 +244,9 @@ def test_arming_is_counted_and_a_stopping_node_arms_nothing(bench_factory: Any, 
     try:
         assert b.laser.ask(":LASER?") == "OFF" and b.snspd.state()["enabled"] is False  # open: outputs off
         assert b.clock.playing is None  # open: the laser trigger off
-        assert det.arm() == ["master_clock.output_enabled=True", "laser.output_enabled=True", "D0.enabled=True",
-                             "D1.enabled=True"]
+        # the detectors first, biased in the dark (review s36 lab2 L2), then the trigger and the laser
+        assert det.arm() == ["D0.enabled=True", "D1.enabled=True", "master_clock.output_enabled=True",
+                             "laser.output_enabled=True"]
         assert b.clock.playing is not None  # armed: the master clock triggers the laser
         assert det.arm() == []  # a second acquisition armed meanwhile: nothing to change
         det.disarm()
@@ -421,7 +422,7 @@ def test_labqfl_run_over_nodes_on_the_emulated_pair_station_gives_identical_keys
     assert "node detector: opened master_clock (SwabianPulseStreamerClock" in text["detector"]
     assert "time_tagger (SwabianTimeTagger" in text["detector"]  # the real driver, on the emulated SDK
     assert "tagger (SwabianTimeTagger): {'tagger_overflows': 0, 'tagger_missed_events': 0}" in text["detector"]
-    assert "laser.output_enabled=True, D0.enabled=True, D1.enabled=True" in text["detector"]
+    assert "D0.enabled=True, D1.enabled=True, master_clock.output_enabled=True, laser.output_enabled=True" in text["detector"]
     for c in ("C1", "C2"):  # each client node opened its own modulators (pyvisa-sim devices in its process)
         assert f"node {c}: opened {c}.phase_modulator (GenericBitDrivenPhaseModulator" in text[c]
         assert f"{c}.attenuator (ThorlabsMBX" in text[c] and f"{c}.attenuator.output_enabled=True" in text[c]
