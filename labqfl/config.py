@@ -322,6 +322,15 @@ class ClientConfig(_Model):
         description="mean photon numbers per pulse leaving the client towards the node; index 0 = signal",
     )
     intensity_probs: list[float] = Field(default_factory=lambda: [0.8, 0.1, 0.1])
+    intensity_rel_uncertainty: float | None = Field(
+        None, ge=0, lt=1,
+        description=(
+            "relative calibration uncertainty δ of this client's declared mean photon numbers (e.g. 0.05: every "
+            "true μ lies within ±5 % of `intensities`, power-meter and attenuator calibration and drift together). "
+            "The key-length analysis then holds for any μ in that band (docs/protocol.md (P10)). Not set: the "
+            "declared μ are taken as exact (δ = 0; true of the simulator), and a hardware key is not called "
+            "information-theoretically secure (labqfl.provenance)"),
+    )
     basis_x_prob: float = Field(0.9, gt=0, lt=1, description="probability of basis X = {0, π}; Y = {π/2, 3π/2} otherwise")
     insertion_loss_db: float = Field(1.0, ge=0, le=MAX_LOSS_DB, description="insertion loss of the client's modulators [dB]")
     phase_modulator: PhaseModulatorConfig = Field(default_factory=PhaseModulatorConfig)
@@ -687,6 +696,11 @@ class StationConfig(_Model):
             if c.name == name:
                 return c
         raise ConfigError(f"no client {name!r} in station {self.name!r}; clients are {self.client_names}")
+
+    def intensity_rel_uncertainty(self) -> float:
+        """δ the key-length analysis uses for every pair: the largest ``intensity_rel_uncertainty`` any
+        client declares (one δ for the whole station, conservative for the others), 0 where none does."""
+        return max((c.intensity_rel_uncertainty or 0.0 for c in self.clients), default=0.0)
 
     def pairs(self) -> list[tuple[str, str]]:
         """Scheduled pairs (i, j) with i before j on the loop, in schedule order."""

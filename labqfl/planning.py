@@ -273,7 +273,7 @@ def make_plan(cfg: StationConfig, task: str, q: int, rounds: int, *, graph: str 
     n_params = int(make_model(task).n_params)
     need = key_bits_per_pair_per_round(secagg, n_params, nodes)
     sched = PairSchedule.from_config(cfg)
-    params = SecurityParameters(eps_sec=eps_sec)
+    params = SecurityParameters(eps_sec=eps_sec).with_intensity_rel_uncertainty(cfg.intensity_rel_uncertainty())
     rep = float(cfg.laser.rep_rate_hz)
 
     block, pairs, acq_round = _plan_blocks_and_pairs(cfg, duration_s, rounds, graph_pairs, sched, params, need)
@@ -550,7 +550,7 @@ def plan_top_up(cfg: StationConfig, deficit_bits: Mapping[str, int], *, eps_sec:
     from labqfl.qkd.estimation import SecurityParameters
 
     short = {p: int(b) for p, b in deficit_bits.items() if b > 0}
-    params = SecurityParameters(eps_sec=eps_sec)
+    params = SecurityParameters(eps_sec=eps_sec).with_intensity_rel_uncertainty(cfg.intensity_rel_uncertainty())
     sched = PairSchedule.from_config(cfg)
     rep = fresh_slot_rate_hz(cfg)  # the rule's slots are fresh slots
     # the rule for an open-ended stream, short pairs only (a pair's rule depends on nothing but its own data)

@@ -201,8 +201,10 @@ def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], floa
         optimize_pair,
         predict_pair,
         station_pair_channel,
+        station_params,
     )
 
+    params = station_params(cfg)  # with the station's intensity uncertainty δ, as the distiller analyses
     n_pairs = len(cfg.pairs())
     rep = fresh_slot_rate_hz(cfg)  # key-carrying slots per second (a duty cycle's dark frames carry none)
     results: list[dict[str, Any]] = []
@@ -211,9 +213,9 @@ def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], floa
         for pr, L, n in points:
             ch = station_pair_channel(cfg, pr, L)
             if optimize:
-                pred = optimize_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency).prediction
+                pred = optimize_pair(ch, n, n_pairs, rep, params, ec_efficiency=ec_efficiency).prediction
             else:
-                pred = predict_pair(ch, n, n_pairs, rep, ec_efficiency=ec_efficiency)
+                pred = predict_pair(ch, n, n_pairs, rep, params, ec_efficiency=ec_efficiency)
             results.append(_row(pred, L, optimize))
             prog.advance(task)
     return results

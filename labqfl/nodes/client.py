@@ -1334,7 +1334,9 @@ class ClientNode(Node):
         self.optics, self.optics_name, self.peers = optics, optics_name, dict(peers or {})
         self.settings = settings or DistillSettings()
         s = self.settings
-        self.proto = ProtocolSettings(engine=s.engine, params=s.params, auth_lanes=s.auth_lanes,
+        self.proto = ProtocolSettings(engine=s.engine,  # the station's δ too (docs/protocol.md (P10))
+                                      params=s.params.with_intensity_rel_uncertainty(self.cfg.intensity_rel_uncertainty()),
+                                      auth_lanes=s.auth_lanes,
                                       qber_floor=s.qber_floor, qber_default=s.qber_default)
         self.schedule = PairSchedule.from_config(self.cfg)
         self.block_slots: dict[str, int] = {}

@@ -143,35 +143,99 @@ def _envelope_tangents(T: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.nd
     return sg, g - sg * y0, sh, h - sh * y0
 
 
+def _level_band(mu: float, rel: float, n_phases: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(P, T) of :func:`pseudo_fock` (``n_phases``) at the two ends μ(1 − δ), μ(1 + δ) of the band."""
+    return pseudo_fock(mu * (1.0 - rel), n_phases), pseudo_fock(mu * (1.0 + rel), n_phases)
+
+
+def level_state_bounds(mu: float, pooled: bool = False, rel_uncertainty: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P_min, P_max, T_max), each shape (4,): the pseudo-Fock weights P_r and slacks T_r of one client's
+    level as the decoy LP uses them, over every mean photon number in the band [μ(1 − δ), μ(1 + δ)]
+    (δ = ``rel_uncertainty``; docs/protocol.md §4.2–§4.3, (P3), (P3'), (P10)).
+
+    ``pooled`` False: the four-phase average (P3), P_r(μ) = Σ_{n≡r (mod 4)} p_n(μ), T_r = 1 − p_r/P_r.
+    ``pooled`` True: the level's cells are pooled across this client's basis (:func:`basis_pools`), so the
+    state behind the pooled count is the p_X-weighted mix of the two bases' bit-averaged states; each basis
+    alone is a coherent state averaged over two opposite phases, whose decomposition is the two-phase one
+    (Cao, Zhang, Lo, Ma, NJP 17, 053014 (2015) with N = 2; the even/odd cat states of CAL19 §Methods,
+    arXiv:1807.07667v2 Eqs. (12)–(13)): P_r = Σ_{n≡r (mod 2)} p_n (r = 0, 1; 0 for r = 2, 3) and
+    T_r = 1 − p_r/P_r, i.e. T_0 = 1 − 1/cosh μ ≈ μ²/2, T_1 = 1 − μ/sinh μ ≈ μ²/6, the same for both bases
+    (the Y basis' states are the X basis' rotated by e^(iπn̂/2), which keeps every |⟨n|·⟩|²). Exact
+    vacuum: P = (1, 0, 0, 0), T = 0 either way.
+
+    The band (intensity calibration uncertainty, Wang, Yang, Peng, Pan, arXiv:0902.4660 (2009); for this
+    protocol family Lu et al., arXiv:1901.04264 (2019)): T_r(μ) increases with μ (p_r/P_r = 1/(1 + Σ_{j≥1}
+    μ^(Nj) r!/(r+Nj)!)), so T_max = T(μ(1 + δ)). P_r is monotone in μ when μ(1 + δ) ≤ 1 (dP_r/dμ = P_{r−1} − P_r,
+    cyclic, and P_0 > P_1 > … > P_{N−1} term by term there), so its extremes lie at the band's ends; above
+    that they are taken on a grid of spacing h with the Lipschitz margin h/2 (|dP_r/dμ| ≤ 1). δ = 0 gives
+    P_min = P_max = P(μ), T_max = T(μ) exactly (the same arrays).
+    """
+    n_ph = 2 if pooled else N_PHASES
+    if rel_uncertainty <= 0.0 or mu <= 0.0:
+        P, T = pseudo_fock(mu, n_ph)
+        p_lo = p_hi = P
+    else:
+        (P_lo, _), (P_hi, T) = _level_band(mu, rel_uncertainty, n_ph)
+        p_lo, p_hi = np.minimum(P_lo, P_hi), np.maximum(P_lo, P_hi)
+        top = mu * (1.0 + rel_uncertainty)
+        if top > 1.0:
+            grid = np.linspace(mu * (1.0 - rel_uncertainty), top, 1001)
+            Ps = np.array([pseudo_fock(float(m), n_ph)[0] for m in grid])
+            half = (grid[1] - grid[0]) / 2.0
+            p_lo = np.clip(Ps.min(axis=0) - half, 0.0, 1.0)
+            p_hi = np.clip(Ps.max(axis=0) + half, 0.0, 1.0)
+    if n_ph < N_PHASES:
+        pad = np.zeros(N_PHASES - n_ph)
+        p_lo, p_hi, T = (np.concatenate([a, pad]) for a in (p_lo, p_hi, T))
+    return p_lo, p_hi, T
+
+
+def _pair_geometry(
+    mk: float, ml: float, pk: bool, pl: bool, rel: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows (WU, CU, WL, CL) of one intensity pair: Σ WU·Y + CU ≤ Q̄ ≤ Σ WL·Y + CL, one per variant
+    (the constant slack T + 2√T, then the tangents at the yield guesses). With an intensity band the
+    lower rows take the smallest weights P_min·P_min and the upper ones the largest (⟨ψ|M|ψ⟩ ≥ 0), both
+    the largest slack (g_T decreases and h_T increases with T): valid for every μ in the band (P10)."""
+    R = N_PHASES
+    Pi_lo, Pi_hi, Ti = level_state_bounds(mk, pk, rel)
+    Pj_lo, Pj_hi, Tj = level_state_bounds(ml, pl, rel)
+    Wlo = np.outer(Pi_lo, Pj_lo).ravel()  # P_r(μ_k) P_s(μ_l), smallest over the band
+    Whi = Wlo if Pi_hi is Pi_lo and Pj_hi is Pj_lo else np.outer(Pi_hi, Pj_hi).ravel()
+    T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
+    exact = bool(np.all(T <= 0.0))
+    # each variant: Σ W·(su·Y + cu) ≤ Q̄ ≤ Σ W·(sl·Y + cl); first the constant slack T + 2√T
+    # (valid since Y ≤ 1), then tangents of the exact envelopes at the yield guesses
+    slack = T + 2.0 * np.sqrt(T)
+    variants: list[tuple[np.ndarray, float, np.ndarray, float]] = [
+        (Wlo, -float(np.sum(Wlo * slack)), Whi, float(np.sum(Whi * slack)))]
+    if not exact:
+        for gv in SLACK_GUESSES_VACUUM:
+            for go in SLACK_GUESSES_OTHER:
+                y0 = np.full(R * R, go)
+                y0[0] = gv
+                sg, cg, sh, ch = _envelope_tangents(T, y0)
+                variants.append((Wlo * sg, float(np.sum(Wlo * cg)), Whi * sh, float(np.sum(Whi * ch))))
+    return (np.array([v[0] for v in variants]), np.array([v[1] for v in variants]),
+            np.array([v[2] for v in variants]), np.array([v[3] for v in variants]))
+
+
 @functools.lru_cache(maxsize=64)
-def _constraint_geometry(mu_i: tuple[float, ...], mu_j: tuple[float, ...]) -> tuple[tuple[np.ndarray, ...], ...]:
+def _constraint_geometry(
+    mu_i: tuple[float, ...], mu_j: tuple[float, ...], pooled_i: tuple[bool, ...] | None = None,
+    pooled_j: tuple[bool, ...] | None = None, rel_uncertainty: float = 0.0,
+) -> tuple[tuple[np.ndarray, ...], ...]:
     """The gain-independent part of :func:`_constraint_rows`, per intensity pair (k, l) in
     k-major order: arrays (WU, CU, WL, CL), one row per variant — Σ WU·Y + CU ≤ Q̄ ≤ Σ WL·Y + CL
-    (first the constant slack T + 2√T, then the tangents at the yield guesses). Depends only on
-    the intensities, so it is computed once per pair of intensity tuples and reused by every
-    block (the arrays are read-only)."""
-    R = N_PHASES
+    (:func:`_pair_geometry`). ``pooled_*``: which levels are pooled across that client's basis
+    (:func:`level_state_bounds`; None: none); ``rel_uncertainty``: δ of the intensity band. Depends only on
+    these, so it is computed once per combination and reused by every block (the arrays are read-only)."""
+    pi = pooled_i or (False,) * len(mu_i)
+    pj = pooled_j or (False,) * len(mu_j)
     out: list[tuple[np.ndarray, ...]] = []
-    for mk in mu_i:
-        Pi, Ti = pseudo_fock(mk)
-        for ml in mu_j:
-            Pj, Tj = pseudo_fock(ml)
-            W = np.outer(Pi, Pj).ravel()  # P_r(μ_k) P_s(μ_l)
-            T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
-            exact = bool(np.all(T <= 0.0))
-            # each variant: Σ W·(su·Y + cu) ≤ Q̄ ≤ Σ W·(sl·Y + cl); first the constant slack T + 2√T
-            # (valid since Y ≤ 1), then tangents of the exact envelopes at the yield guesses
-            const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
-            variants: list[tuple[np.ndarray, float, np.ndarray, float]] = [(W, -const0, W, const0)]
-            if not exact:
-                for gv in SLACK_GUESSES_VACUUM:
-                    for go in SLACK_GUESSES_OTHER:
-                        y0 = np.full(R * R, go)
-                        y0[0] = gv
-                        sg, cg, sh, ch = _envelope_tangents(T, y0)
-                        variants.append((W * sg, float(np.sum(W * cg)), W * sh, float(np.sum(W * ch))))
-            arrs = (np.array([v[0] for v in variants]), np.array([v[1] for v in variants]),
-                    np.array([v[2] for v in variants]), np.array([v[3] for v in variants]))
+    for mk, pk in zip(mu_i, pi, strict=True):
+        for ml, pl in zip(mu_j, pj, strict=True):
+            arrs = _pair_geometry(mk, ml, pk, pl, rel_uncertainty)
             for a in arrs:
                 a.setflags(write=False)
             out.append(arrs)
@@ -180,13 +244,16 @@ def _constraint_geometry(mu_i: tuple[float, ...], mu_j: tuple[float, ...]) -> tu
 
 def _constraint_rows(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+    pooled_i: Sequence[bool] | None = None, pooled_j: Sequence[bool] | None = None, rel_uncertainty: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Linear constraints A·y ≤ b on y = vec(Ȳ_rs) (16 entries) from the gain bounds: per
     intensity pair (k, l) and variant of :func:`_constraint_geometry`, the rows
     Σ W g(Y) ≤ Q̄ ≤ qU and Σ W h(Y) ≥ Q̄ ≥ qL, interleaved, each normalised by 1/qU so that
     the LP tolerance is relative. The same floating-point operations, in the same order, as
     :func:`_constraint_rows_reference` (equal bit for bit)."""
-    geo = _constraint_geometry(tuple(float(m) for m in mu_i), tuple(float(m) for m in mu_j))
+    geo = _constraint_geometry(tuple(float(m) for m in mu_i), tuple(float(m) for m in mu_j),
+                               None if pooled_i is None else tuple(bool(x) for x in pooled_i),
+                               None if pooled_j is None else tuple(bool(x) for x in pooled_j), float(rel_uncertainty))
     R = N_PHASES
     nrow = 2 * sum(g[0].shape[0] for g in geo)
     A = np.empty((nrow, R * R))
@@ -208,31 +275,35 @@ def _constraint_rows(
 
 def _constraint_rows_reference(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
+    pooled_i: Sequence[bool] | None = None, pooled_j: Sequence[bool] | None = None, rel_uncertainty: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_constraint_rows` as first written (everything recomputed per call, row by row);
     kept to test the cached version against."""
     rows: list[np.ndarray] = []
     rhs: list[float] = []
     R = N_PHASES
+    pi = list(pooled_i) if pooled_i is not None else [False] * len(mu_i)
+    pj = list(pooled_j) if pooled_j is not None else [False] * len(mu_j)
     for k, mk in enumerate(mu_i):
-        Pi, Ti = pseudo_fock(mk)
+        Pi_lo, Pi_hi, Ti = level_state_bounds(float(mk), bool(pi[k]), float(rel_uncertainty))
         for l_, ml in enumerate(mu_j):
-            Pj, Tj = pseudo_fock(ml)
-            W = np.outer(Pi, Pj).ravel()
+            Pj_lo, Pj_hi, Tj = level_state_bounds(float(ml), bool(pj[l_]), float(rel_uncertainty))
+            Wlo = np.outer(Pi_lo, Pj_lo).ravel()
+            Whi = np.outer(Pi_hi, Pj_hi).ravel()
             T = (1.0 - np.outer(1.0 - Ti, 1.0 - Tj)).ravel()
             qL, qU = float(gain_lower[k, l_]), float(gain_upper[k, l_])
             scale = 1.0 / max(qU, 1e-12)
             exact = bool(np.all(T <= 0.0))
             variants: list[tuple[np.ndarray, float, np.ndarray, float]] = []
-            const0 = float(np.sum(W * (T + 2.0 * np.sqrt(T))))
-            variants.append((W, -const0, W, const0))
+            variants.append((Wlo, -float(np.sum(Wlo * (T + 2.0 * np.sqrt(T)))),
+                             Whi, float(np.sum(Whi * (T + 2.0 * np.sqrt(T))))))
             if not exact:
                 for gv in SLACK_GUESSES_VACUUM:
                     for go in SLACK_GUESSES_OTHER:
                         y0 = np.full(R * R, go)
                         y0[0] = gv
                         sg, cg, sh, ch = _envelope_tangents(T, y0)
-                        variants.append((W * sg, float(np.sum(W * cg)), W * sh, float(np.sum(W * ch))))
+                        variants.append((Wlo * sg, float(np.sum(Wlo * cg)), Whi * sh, float(np.sum(Whi * ch))))
             for wu, cu, wl, cl in variants:
                 rows.append(wu * scale)
                 rhs.append((qU - cu) * scale)
@@ -244,7 +315,8 @@ def _constraint_rows_reference(
 
 def decoy_yield_bounds(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
-    targets: Sequence[tuple[int, int]] | None = None, lower: bool = True,
+    targets: Sequence[tuple[int, int]] | None = None, lower: bool = True, *,
+    pooled_i: Sequence[bool] | None = None, pooled_j: Sequence[bool] | None = None, rel_uncertainty: float = 0.0,
 ) -> DecoyBounds:
     """Bound the Fock yields Ȳ_rs (r, s ≤ 3) from bounds on the slot-averaged gains.
 
@@ -255,6 +327,10 @@ def decoy_yield_bounds(
         given intensities (k, l) and phases uniformly random over the four values.
     targets: (r, s) pairs to bound (default: all 16); others get [0, 1].
     lower: also compute lower bounds (else ``y_lower`` is all zeros).
+    pooled_i, pooled_j: per level, True where its gain bounds come from cells pooled across that
+        client's basis (:func:`basis_pools`): the two-phase states of :func:`level_state_bounds`; None: none.
+    rel_uncertainty: δ, the relative calibration uncertainty of every μ: each constraint holds for every
+        mean photon number in [μ(1 − δ), μ(1 + δ)] (:func:`level_state_bounds`, docs/protocol.md (P10)).
 
     One linear program per bound (HiGHS, warm-started from bound to bound), each bound certified by LP
     duality (:class:`_YieldLp`); a small relative margin (1e-7) is added on top, against rounding.
@@ -268,13 +344,15 @@ def decoy_yield_bounds(
     gl = np.ascontiguousarray(gain_lower, dtype=float)
     gu = np.ascontiguousarray(gain_upper, dtype=float)
     key = (tuple(float(m) for m in mu_i), tuple(float(m) for m in mu_j), gl.shape, gl.tobytes(), gu.shape,
-           gu.tobytes(), None if targets is None else tuple((int(r), int(s)) for r, s in targets), bool(lower))
+           gu.tobytes(), None if targets is None else tuple((int(r), int(s)) for r, s in targets), bool(lower),
+           None if pooled_i is None else tuple(bool(x) for x in pooled_i),
+           None if pooled_j is None else tuple(bool(x) for x in pooled_j), float(rel_uncertainty))
     with _BOUNDS_LOCK:
         hit = _BOUNDS_MEMO.get(key)
         if hit is not None:
             _BOUNDS_MEMO.move_to_end(key)
     if hit is None:
-        hit = _decoy_yield_bounds(mu_i, mu_j, gl, gu, targets, lower)
+        hit = _decoy_yield_bounds(mu_i, mu_j, gl, gu, targets, lower, pooled_i, pooled_j, rel_uncertainty)
         with _BOUNDS_LOCK:
             _BOUNDS_MEMO[key] = hit
             while len(_BOUNDS_MEMO) > _BOUNDS_MEMO_SIZE:
@@ -405,12 +483,13 @@ _RESOLVES: tuple[tuple[bool, float, int], ...] = ((False, _YieldLp.TOLERANCE, _Y
 
 def _decoy_yield_bounds(
     mu_i: Sequence[float], mu_j: Sequence[float], gain_lower: np.ndarray, gain_upper: np.ndarray,
-    targets: Sequence[tuple[int, int]] | None, lower: bool,
+    targets: Sequence[tuple[int, int]] | None, lower: bool, pooled_i: Sequence[bool] | None = None,
+    pooled_j: Sequence[bool] | None = None, rel_uncertainty: float = 0.0,
 ) -> DecoyBounds:
     """:func:`decoy_yield_bounds` without the memo: the LPs solved, each bound certified
     (:class:`_YieldLp`)."""
     R = N_PHASES
-    A, b = _constraint_rows(mu_i, mu_j, gain_lower, gain_upper)
+    A, b = _constraint_rows(mu_i, mu_j, gain_lower, gain_upper, pooled_i, pooled_j, rel_uncertainty)
     up = np.ones((R, R))
     lo = np.zeros((R, R))
     tgt = [(r, s) for r in range(R) for s in range(R)] if targets is None else list(targets)
@@ -425,36 +504,61 @@ def _decoy_yield_bounds(
     return DecoyBounds(up, lo, True)
 
 
+def pooled_levels(mu: Sequence[float]) -> tuple[bool, ...]:
+    """Which of a client's levels :func:`basis_pools` pools across that client's basis: every exact vacuum
+    (μ = 0) and the client's **vacuum-role level**, its weakest test level (index ≥ 1) when it lies strictly
+    below all its other levels (docs/protocol.md §4.2).
+
+    Pooling a level with μ > 0 is sound whatever μ: its pooled count is bounded as the two-phase states of
+    :func:`level_state_bounds`, whose slack T_0 = 1 − 1/cosh μ ≈ μ²/2 the LP charges exactly, so the
+    choice is one of tightness only and limits itself (a bright level pooled gives a weak constraint, never
+    a wrong one). The weakest level is the one that pins the vacuum yields Y_0s, where pooling's gain (one
+    Kato bound on the whole count instead of a 1/(4 p_Y²)-weighted rare cell) is largest and its slack
+    smallest; the key is then continuous in it at μ = 0 (an extinction floor of 10⁻¹² instead of an exact 0
+    changes nothing measurable; before, any μ > 0 lost the pooling and with P(X) = 0.98 all the key)."""
+    vals = [float(m) for m in mu]
+    out = [m == 0.0 for m in vals]
+    if len(vals) >= 2:
+        k = min(range(1, len(vals)), key=vals.__getitem__)
+        if all(vals[k] < m for j, m in enumerate(vals) if j != k):
+            out[k] = True
+    return tuple(out)
+
+
 def basis_pools(
     mu_i: Sequence[float], mu_j: Sequence[float], basis_x_prob_i: float, basis_x_prob_j: float,
+    pooled_i: Sequence[bool] | None = None, pooled_j: Sequence[bool] | None = None,
 ) -> list[tuple[int, int, tuple[tuple[int, int], ...], float]]:
-    """Groups of announced cells (k, l, b_i, b_j) that send the *same quantum state*, each with the
-    weight w that turns the group's click sum into its share of the four-phase-averaged gain sum:
-    Σ_groups of (k, l) w·S_group = N p_k p_l Q̄_kl in expectation (docs/protocol.md §4).
+    """Groups of announced cells (k, l, b_i, b_j) whose click counts are bounded as ONE count (one Kato
+    bound, no 1/(2p_b) reweighting of a rare basis' small count), each with the weight w that turns the
+    group's click sum into its share of the gain sum: Σ_groups of (k, l) w·S_group = N p_k p_l Q̄_kl in
+    expectation (docs/protocol.md §4.2).
 
-    A client that sends vacuum (μ = 0) sends the same state whatever its basis, so the click
-    probability of such a round cannot depend on that basis (the node sees only the state, and
-    the basis of the current round is independent of the past): the cells that differ only in that
-    basis are draws from one distribution and are bounded as ONE count (one Kato bound, no
-    1/(2p_b) reweighting of a rare basis' small count):
+    A level of a client is pooled across that client's basis where ``pooled_*`` says so (default
+    :func:`pooled_levels`: exact vacua and the vacuum-role level). For an exact vacuum the state is the
+    same whatever the basis, so Q̄_kl is the four-phase average; for a pooled level with μ > 0 the count
+    estimates the click probability of the p_X-weighted mix of the two bases' states, which the LP
+    describes by the two-phase decomposition of :func:`level_state_bounds` (so the LP needs the same flags):
 
-    * both vacuum: the four basis cells pooled, w = 1;
-    * only Ci vacuum: per b_j the two b_i cells pooled, w = 1/(2 p_bj) (uniform over Cj's bases);
-    * only Cj vacuum: per b_i, w = 1/(2 p_bi);
+    * both pooled: the four basis cells pooled, w = 1;
+    * only Ci pooled: per b_j the two b_i cells pooled, w = 1/(2 p_bj) (uniform over Cj's bases);
+    * only Cj pooled: per b_i, w = 1/(2 p_bi);
     * otherwise: each cell alone, w = 1/(4 p_bi p_bj) (uniform over both clients' four phases).
 
     Returns [(k, l, cells, w)]; p_b = (P(X), P(Y)).
     """
     pb_i = (basis_x_prob_i, 1.0 - basis_x_prob_i)
     pb_j = (basis_x_prob_j, 1.0 - basis_x_prob_j)
+    pi = tuple(pooled_i) if pooled_i is not None else pooled_levels(mu_i)
+    pj = tuple(pooled_j) if pooled_j is not None else pooled_levels(mu_j)
     out: list[tuple[int, int, tuple[tuple[int, int], ...], float]] = []
-    for k, mk in enumerate(mu_i):
-        for l_, ml in enumerate(mu_j):
-            if mk == 0.0 and ml == 0.0:
+    for k in range(len(mu_i)):
+        for l_ in range(len(mu_j)):
+            if pi[k] and pj[l_]:
                 out.append((k, l_, ((0, 0), (0, 1), (1, 0), (1, 1)), 1.0))
-            elif mk == 0.0:
+            elif pi[k]:
                 out += [(k, l_, ((0, bj), (1, bj)), 1.0 / (2.0 * pb_j[bj])) for bj in (0, 1) if pb_j[bj] > 0]
-            elif ml == 0.0:
+            elif pj[l_]:
                 out += [(k, l_, ((bi, 0), (bi, 1)), 1.0 / (2.0 * pb_i[bi])) for bi in (0, 1) if pb_i[bi] > 0]
             else:
                 out += [(k, l_, ((bi, bj),), 1.0 / (4.0 * pb_i[bi] * pb_j[bj]))
@@ -468,14 +572,36 @@ PHASE_ERROR_TARGETS: tuple[tuple[int, int], ...] = tuple(
 )
 
 
-def phase_error_probability_bound(mu_i: float, mu_j: float, y_upper: np.ndarray) -> float:
+def poisson_pmf_max(mu: float, rel_uncertainty: float, n_max: int) -> np.ndarray:
+    """max of p_n(μ') over μ' ∈ [μ(1 − δ), μ(1 + δ)], n = 0..n_max: p_n is unimodal in μ' with its
+    maximum at μ' = n, so the maximum over the band is p_n at n clipped into it. δ = 0: :func:`poisson_pmf`."""
+    if rel_uncertainty <= 0.0 or mu <= 0.0:
+        return poisson_pmf(mu, n_max)
+    lo, hi = mu * (1.0 - rel_uncertainty), mu * (1.0 + rel_uncertainty)
+    n = np.arange(n_max + 1, dtype=float)
+    m = np.clip(n, lo, hi)
+    lg = np.array([math.lgamma(k + 1.0) for k in range(n_max + 1)])
+    with np.errstate(divide="ignore"):
+        logp = -m + n * np.log(m) - lg
+    return np.where(m > 0, np.exp(logp), (n == 0).astype(float))
+
+
+def phase_error_probability_bound(mu_i: float, mu_j: float, y_upper: np.ndarray, rel_uncertainty: float = 0.0) -> float:
     """Upper bound on Pr[click ∧ phase error] per key-setting slot (CAL19 Eqs. (20)–(21), see module doc).
 
     ``y_upper``: square array of upper bounds on Ȳ_nm (n, m < y_upper.shape[0], usually 4 from
     the decoy LPs; a larger exact matrix gives the ideal-decoy value); yields beyond it are
-    bounded by 1. Poisson sums run to n = :func:`fock_cutoff` (μ).
+    bounded by 1. Poisson sums run to n = :func:`fock_cutoff` (μ(1 + δ)).
+
+    ``rel_uncertainty`` δ > 0: the key states' mean photon numbers are only known to lie in
+    [μ(1 − δ), μ(1 + δ)]; every term √(p_n p_m Y_nm) of (P5) is non-negative, so replacing each p_n by its
+    largest value over the band (:func:`poisson_pmf_max`) bounds (P5) for every μ in it, and keeps it
+    concave in Y (docs/protocol.md (P10); Lu et al., arXiv:1901.04264, treat intensity fluctuations of this
+    protocol the same way, by the band's worst case).
     """
-    pi, pj = poisson_pmf(mu_i, fock_cutoff(mu_i)), poisson_pmf(mu_j, fock_cutoff(mu_j))
+    top_i, top_j = mu_i * (1.0 + max(rel_uncertainty, 0.0)), mu_j * (1.0 + max(rel_uncertainty, 0.0))
+    pi = poisson_pmf_max(mu_i, rel_uncertainty, fock_cutoff(top_i))
+    pj = poisson_pmf_max(mu_j, rel_uncertainty, fock_cutoff(top_j))
     Y = np.ones((pi.size, pj.size))
     R = min(y_upper.shape[0], pi.size)
     Y[:R, :R] = np.clip(np.asarray(y_upper, dtype=float)[:R, :R], 0.0, 1.0)

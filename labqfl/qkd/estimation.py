@@ -37,7 +37,7 @@ keeps both choices on the conservative side.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from labqfl.qkd.decoy import (
     basis_pools,
     decoy_yield_bounds,
     phase_error_probability_bound,
+    pooled_levels,
 )
 from labqfl.qkd.finite_key import binary_entropy, conditional_sum_bounds, count_upper_bound
 
@@ -67,6 +68,10 @@ class SecurityParameters:
     finite_size: False → asymptotic analysis (no Kato deviations, no ε terms), used to check
         that the finite-key rate tends to the asymptotic one.
     yield_lower_bounds: also compute (report-only) lower bounds on the yields (8 more LPs).
+    intensity_rel_uncertainty: δ, the relative calibration uncertainty of every declared mean photon
+        number: the analysis holds for any true μ in [μ(1 − δ), μ(1 + δ)] (decoy LP coefficients at the
+        band's worst case per constraint, (P5) with each p_n at its largest over the band; docs/protocol.md
+        (P10)). 0: the declared μ are taken as exact (what labqfl did before, and true of the simulator).
     """
 
     eps_sec: float = 1e-10
@@ -76,6 +81,7 @@ class SecurityParameters:
     max_phase_error: float = 0.45
     finite_size: bool = True
     yield_lower_bounds: bool = False
+    intensity_rel_uncertainty: float = 0.0
 
     def __post_init__(self) -> None:
         if not (0 < self.eps_sec < 1 and 0 < self.eps_cor < 1):
@@ -84,6 +90,16 @@ class SecurityParameters:
             raise ValueError(f"eps_pa_fraction must lie in (0, 1), got {self.eps_pa_fraction}")
         if not (0 < self.max_qber <= 0.5 and 0 < self.max_phase_error <= 0.5):
             raise ValueError("max_qber and max_phase_error must lie in (0, 0.5]")
+        d = self.intensity_rel_uncertainty
+        if isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 <= d < 1.0:  # NaN fails too
+            raise ValueError(f"intensity_rel_uncertainty must be a relative uncertainty in [0, 1), got {d!r}")
+
+    def with_intensity_rel_uncertainty(self, delta: float) -> SecurityParameters:
+        """These parameters with δ raised to ``delta`` (never lowered): a station's declared calibration
+        uncertainty (:meth:`labqfl.config.StationConfig.intensity_rel_uncertainty`) on top of a caller's."""
+        if delta <= self.intensity_rel_uncertainty:
+            return self
+        return replace(self, intensity_rel_uncertainty=float(delta))
 
     @property
     def eps_pa(self) -> float:
@@ -281,16 +297,19 @@ def _pooled_gains(
     return g_obs, g_lo, g_hi
 
 
-def _decoy_bounds(counts: PairCounts, g_lo: np.ndarray, g_hi: np.ndarray, p: SecurityParameters) -> DecoyBounds:
+def _decoy_bounds(counts: PairCounts, g_lo: np.ndarray, g_hi: np.ndarray, p: SecurityParameters,
+                  pooled: tuple[tuple[bool, ...], tuple[bool, ...]]) -> DecoyBounds:
     """Step 3 of :func:`secure_key_length`: the decoy LPs on the gain bounds, over the
-    intensity pairs that were actually sent (probability > 0)."""
+    intensity pairs that were actually sent (probability > 0); ``pooled``: the levels whose gains come
+    from basis-pooled counts (per client, :func:`labqfl.qkd.decoy.pooled_levels`)."""
     mu_i, mu_j = tuple(counts.intensities_i), tuple(counts.intensities_j)
     used_i = [k for k in range(len(mu_i)) if counts.intensity_probs_i[k] > 0]
     used_j = [k for k in range(len(mu_j)) if counts.intensity_probs_j[k] > 0]
     return decoy_yield_bounds(
         [mu_i[k] for k in used_i], [mu_j[k] for k in used_j],
         g_lo[np.ix_(used_i, used_j)], g_hi[np.ix_(used_i, used_j)], targets=PHASE_ERROR_TARGETS,
-        lower=p.yield_lower_bounds,
+        lower=p.yield_lower_bounds, pooled_i=[pooled[0][k] for k in used_i], pooled_j=[pooled[1][k] for k in used_j],
+        rel_uncertainty=p.intensity_rel_uncertainty,
     )
 
 
@@ -360,7 +379,10 @@ def secure_key_length(
     sent = counts.expected_sent()  # N p_c
     pc = sent / N
     pk = np.outer(np.asarray(counts.intensity_probs_i), np.asarray(counts.intensity_probs_j))
-    pools = [g for g in basis_pools(mu_i, mu_j, counts.basis_x_prob_i, counts.basis_x_prob_j) if pk[g[0], g[1]] > 0]
+    # the levels pooled across a client's basis are chosen from the declared intensities alone (before any data)
+    pooled = (pooled_levels(mu_i), pooled_levels(mu_j))
+    pools = [g for g in basis_pools(mu_i, mu_j, counts.basis_x_prob_i, counts.basis_x_prob_j, *pooled)
+             if pk[g[0], g[1]] > 0]
     n_bounds = 2 * len(pools) + 1
     eps_b = p.eps_pe / n_bounds
 
@@ -368,12 +390,12 @@ def secure_key_length(
     g_obs, g_lo, g_hi = _pooled_gains(clicks, pools, pk, N, eps_b, p.finite_size)
 
     # 3. decoy LPs (only intensity pairs that were actually sent)
-    db = _decoy_bounds(counts, g_lo, g_hi, p)
+    db = _decoy_bounds(counts, g_lo, g_hi, p, pooled)
 
     # 4. phase errors
     k0 = KEY_INTENSITY_INDEX
     p_key = float(pc[k0, k0, KEY_BASIS, KEY_BASIS])
-    f_ph = phase_error_probability_bound(mu_i[k0], mu_j[k0], db.y_upper)
+    f_ph = phase_error_probability_bound(mu_i[k0], mu_j[k0], db.y_upper, p.intensity_rel_uncertainty)
     s_ph = N * p_key * f_ph
     n_ph = count_upper_bound(s_ph, N, eps_b) if p.finite_size else s_ph
     n_x = float(n_key_bits)

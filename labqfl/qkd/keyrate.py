@@ -251,6 +251,13 @@ def cal19_asymptotic_rate(eta_arm: float, mu: float, p_dark: float = 0.0, ec_eff
     return max(2.0 * p_xx * (1.0 - ec_efficiency * binary_entropy(e_x) - binary_entropy(e_z)), 0.0)
 
 
+def station_params(cfg: StationConfig, params: SecurityParameters | None = None) -> SecurityParameters:
+    """``params`` (default :class:`SecurityParameters`) with the station's intensity calibration uncertainty δ
+    (:meth:`labqfl.config.StationConfig.intensity_rel_uncertainty`, docs/protocol.md (P10)) where it is larger:
+    what the distiller analyses the station's blocks with, so the prediction uses it too."""
+    return (params or SecurityParameters()).with_intensity_rel_uncertainty(cfg.intensity_rel_uncertainty())
+
+
 def station_pair_channel(cfg: StationConfig, pair: tuple[str, str], extra_loss_db: float = 0.0) -> PairChannel:
     """:class:`PairChannel` of a scheduled pair with ``extra_loss_db`` added to BOTH arms.
 
@@ -274,11 +281,13 @@ def predict_station(
     params: SecurityParameters | None = None,
     ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
 ) -> list[KeyRatePrediction]:
-    """Predictions for the station's scheduled pairs (time share 1/P with P = all scheduled pairs).
+    """Predictions for the station's scheduled pairs (time share 1/P with P = all scheduled pairs), with the
+    station's declared intensity uncertainty δ (:func:`station_params`).
     Warns (:class:`UserWarning`) for a station outside what the model was checked for
     (:func:`labqfl.contracts.channel_model.model_limits`)."""
     for msg in model_limits(cfg):
         warnings.warn(f"key-rate model: {msg}", UserWarning, stacklevel=2)
+    params = station_params(cfg, params)
     scheduled = cfg.pairs()
     n_pairs = len(scheduled)
     sel = scheduled if pairs is None else list(pairs)
@@ -546,7 +555,7 @@ def optimize_station(
     the result honours the floors and is never worse than that projected start.
     """
     floors = _StationProbs(float(min_decoy_prob), float(min_y_prob))
-    p = params or SecurityParameters()
+    p = station_params(cfg, params)
     names = cfg.client_names
     for c in cfg.clients:
         if len(c.intensities) != 3 or c.intensities[2] != 0.0:

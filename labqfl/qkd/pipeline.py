@@ -723,7 +723,9 @@ class Distiller:
         self.progress = progress
         self.pair_channel = pair_channel or local_pair_channel
         s = self.settings
-        proto = ProtocolSettings(engine=s.engine, params=s.params, auth_lanes=s.auth_lanes, qber_floor=s.qber_floor,
+        # the station's declared intensity calibration uncertainty δ enters every block's analysis (docs/protocol.md (P10))
+        params = s.params.with_intensity_rel_uncertainty(cfg.intensity_rel_uncertainty())
+        proto = ProtocolSettings(engine=s.engine, params=params, auth_lanes=s.auth_lanes, qber_floor=s.qber_floor,
                                  qber_default=s.qber_default)
         self.pairs: dict[str, _PairState] = {}
         for name, (a, b) in zip(self.schedule.names, self.schedule.pairs, strict=True):
