@@ -10,11 +10,12 @@ in its key-store metadata (``meta["provenance"]``):
   ``"seeded"``; a pair's block takes the *weakest* of its two clients (:func:`weakest_randomness`);
 * ``protocol``: the protocol and proof the key length was computed with (:data:`PROTOCOL`);
 * ``eps_sec``, ``eps_cor``, ``eps_auth``, ``eps_total``: the block's ε terms (docs/protocol.md
-  §5, (P8)–(P9)).
+  §5, (P8)–(P9));
+* ``intensity_rel_uncertainty``: the δ its analysis allowed every μ_k (None: none declared; below).
 
 :func:`security_statement` says in one line what the key's security rests on, and
 :func:`is_information_theoretic` is true only for a hardware physical layer with QRNG randomness at
-both clients. Every output that describes keys (``labqfl keys status``, ``metrics.json``,
+both clients and a declared intensity calibration uncertainty (below). Every output that describes keys (``labqfl keys status``, ``metrics.json``,
 ``report.html``, the GUI's key-pool panel, the ETSI 014 status extension, training metrics) uses
 these two functions, so no output calls a key information-theoretically secure otherwise.
 
@@ -23,16 +24,21 @@ The order of strength (weakest first) used to summarise many blocks (:func:`weak
 1. ``seeded`` randomness (any physical layer): not secret, the choices derive from the public seed;
 2. ``simulated`` physical layer: no physical security;
 3. ``hardware`` with ``csprng``: computational (the CSPRNG must be unpredictable);
-4. ``hardware`` with ``qrng``: information-theoretic under the assumptions of docs/protocol.md §7.
+4. ``hardware`` with ``qrng``, analysed with the declared μ_k taken as exact (no intensity uncertainty declared);
+5. ``hardware`` with ``qrng`` and a declared intensity uncertainty: information-theoretic under the assumptions of
+   docs/protocol.md §7.
 
-The intensities (review s36 H1, s36 lab2 M4). The decoy-state bounds take each client's mean photon numbers
-μ_k from the station file as exact; labqfl at most sets a client's VOA to the attenuation the station file
-gives (the N7764A driver writes and reads back ``options.attenuation_db``) and measures no μ_k on hardware.
-So the hardware/QRNG claim is conditional, "information-theoretically secure if :data:`IT_CONDITION`",
-every ``hardware`` statement ends with :data:`INTENSITY_CAVEAT`, and next to the machine-readable
-``information_theoretic`` flag (kept as it was) ``information_theoretic_condition`` gives that condition
-(None when the flag is false). All derived, not stored: the stored provenance is unchanged, and old blocks
-read with the condition too.
+The intensities (review s36 H1, s36 lab2 M4, s36 physics F2). The decoy-state bounds take each client's mean
+photon numbers μ_k from the station file; labqfl at most sets a client's VOA to the attenuation the station file
+gives (the N7764A driver writes and reads back ``options.attenuation_db``) and measures no μ_k on hardware. A
+station declares how well it knows them with ``clients.intensity_rel_uncertainty`` δ, and the analysis then
+holds for every μ within ±δ (docs/protocol.md (P10)); the block records the δ it was analysed with
+(``intensity_rel_uncertainty``; None: none declared, μ_k taken as exact). So the machine-readable flag is honest:
+``information_theoretic`` is true only for hardware, QRNG **and** a declared δ, "information-theoretically secure
+if :data:`IT_CONDITION`" (``information_theoretic_condition``, None when the flag is false); a hardware/QRNG block
+without one says the claim is withheld and why (:data:`NO_BAND`). Every ``hardware`` statement ends with
+:data:`INTENSITY_CAVEAT`. A block stored before the field existed reads as none declared: the stored claim was
+never backed by a band, so it is no longer called information-theoretic.
 
 The authentication secret (review s33 M5). A pair's first block is authenticated (Wegman–Carter) with a
 pre-shared secret, every later one with key refilled from earlier blocks, so every key of the pair rests on
@@ -62,7 +68,11 @@ CSPRNG_DESCRIPTION = "AES-256-CTR keyed with 256 bits from the OS CSPRNG"
 IT_PHRASE = "information-theoretically secure"
 #: The condition of the information-theoretic claim while labqfl does not measure the intensities (review s36
 #: lab2 M4); ``information_theoretic_condition`` of :meth:`Provenance.as_dict` and :func:`summarize_blocks`.
-IT_CONDITION = "the declared mean photon numbers μ_k hold"
+IT_CONDITION = ("each true mean photon number lies within the declared calibration uncertainty "
+                "(intensity_rel_uncertainty) of the declared μ_k")
+#: What a hardware/QRNG block analysed with no declared intensity uncertainty says instead of the claim
+NO_BAND = ("claim withheld: the station declares no intensity_rel_uncertainty, so the analysis took the declared μ_k "
+           "as exact (an error in μ goes straight into the key, docs/protocol.md §7 item 5)")
 #: What every hardware key's statement adds until labqfl measures the intensities on hardware (review s36 H1,
 #: lab2 M4): the decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md
 #: §7); labqfl at most sets a VOA to the attenuation the station file gives (drivers/keysight_n7764a.py:
@@ -87,6 +97,8 @@ class Provenance:
     eps_cor: float | None = None
     eps_auth: float | None = None
     eps_total: float | None = None
+    #: δ the block's analysis allowed each μ_k (the station's declared intensity_rel_uncertainty); None: none declared
+    intensity_rel_uncertainty: float | None = None
 
     def __post_init__(self) -> None:
         if self.physical_layer not in PHYSICAL_LAYERS:
@@ -97,6 +109,9 @@ class Provenance:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0.0 <= float(v) <= 1.0):
                 raise ValueError(f"provenance {name} must be a probability in [0, 1] or None, got {v!r}")
+        d = self.intensity_rel_uncertainty
+        if d is not None and (isinstance(d, bool) or not isinstance(d, int | float) or not 0.0 <= float(d) < 1.0):
+            raise ValueError(f"provenance intensity_rel_uncertainty must be in [0, 1) or None, got {d!r}")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, with the statement, the information-theoretic flag and its condition alongside."""
@@ -114,7 +129,7 @@ class Provenance:
             raise ValueError(f"provenance lacks field(s) {missing}; expected physical_layer and randomness")
         return cls(physical_layer=str(d["physical_layer"]), randomness=str(d["randomness"]),
                    protocol=str(d.get("protocol", PROTOCOL)),
-                   **{k: (None if d.get(k) is None else float(d[k])) for k in _EPS_FIELDS})
+                   **{k: (None if d.get(k) is None else float(d[k])) for k in (*_EPS_FIELDS, "intensity_rel_uncertainty")})
 
     @property
     def label(self) -> str:
@@ -123,8 +138,9 @@ class Provenance:
 
 
 def is_information_theoretic(prov: Provenance) -> bool:
-    """True only for a hardware physical layer with QRNG randomness at both clients."""
-    return prov.physical_layer == "hardware" and prov.randomness == "qrng"
+    """True only for a hardware physical layer with QRNG randomness at both clients, analysed with a declared
+    intensity calibration uncertainty (module docstring)."""
+    return prov.physical_layer == "hardware" and prov.randomness == "qrng" and prov.intensity_rel_uncertainty is not None
 
 
 def _eps(prov: Provenance) -> str:
@@ -145,7 +161,11 @@ def security_statement(prov: Provenance) -> str:
     if prov.randomness == "csprng":
         return (f"computational: rests on the clients' CSPRNG ({CSPRNG_DESCRIPTION}) being unpredictable, "
                 f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}{_intensities(prov)}")
-    return f"{IT_PHRASE} if {IT_CONDITION}, under the assumptions of docs/protocol.md §7{_eps(prov)}{_intensities(prov)}"
+    if prov.intensity_rel_uncertainty is None:
+        return (f"{NO_BAND}; hardware physical layer, QRNG randomness, {prov.protocol} under the assumptions of "
+                f"docs/protocol.md §7{_eps(prov)}{_intensities(prov)}")
+    return (f"{IT_PHRASE} if {IT_CONDITION} (±{prov.intensity_rel_uncertainty:.3g}), under the assumptions of "
+            f"docs/protocol.md §7{_eps(prov)}{_intensities(prov)}")
 
 
 def _intensities(prov: Provenance) -> str:
@@ -154,12 +174,13 @@ def _intensities(prov: Provenance) -> str:
 
 
 def _rank(prov: Provenance) -> int:
-    """0 = weakest (seeded) … 3 = information-theoretic (module docstring)."""
+    """0 = weakest (seeded) … 4 = information-theoretic (module docstring); a hardware/QRNG block without a
+    declared intensity uncertainty (3) is weaker than one with it."""
     if prov.randomness == "seeded":
         return 0
     if prov.physical_layer == "simulated":
         return 1
-    return 1 + _RANDOMNESS_RANK[prov.randomness]
+    return 1 + _RANDOMNESS_RANK[prov.randomness] + (prov.randomness == "qrng" and prov.intensity_rel_uncertainty is not None)
 
 
 def weakest_randomness(*sources: str) -> str:
@@ -221,13 +242,19 @@ def client_randomness(cfg: Any, client: str, log: Any = None) -> str:
 def pair_provenance(cfg: Any, pair: tuple[str, str], logs: Mapping[str, Any] | None = None, *,
                     eps_sec: float | None = None, eps_cor: float | None = None, eps_auth: float | None = None,
                     eps_total: float | None = None) -> Provenance:
-    """Provenance of a key block of ``pair`` = (Ci, Cj) from the station config and the clients' logs."""
+    """Provenance of a key block of ``pair`` = (Ci, Cj) from the station config and the clients' logs. Its
+    ``intensity_rel_uncertainty`` is the δ the distiller analyses every pair with (the station's largest declared,
+    :meth:`labqfl.config.StationConfig.intensity_rel_uncertainty`) when both clients of the pair declare one, else
+    None (a client that declares none has its μ_k taken as exact)."""
     logs = logs or {}
     a, b = pair
+    declared = all(getattr(cfg.client(c), "intensity_rel_uncertainty", None) is not None for c in pair)
+    band = float(cfg.intensity_rel_uncertainty()) if declared else None
     return Provenance(physical_layer=station_physical_layer(cfg),
                       randomness=weakest_randomness(client_randomness(cfg, a, logs.get(a)),
                                                     client_randomness(cfg, b, logs.get(b))),
-                      eps_sec=eps_sec, eps_cor=eps_cor, eps_auth=eps_auth, eps_total=eps_total)
+                      eps_sec=eps_sec, eps_cor=eps_cor, eps_auth=eps_auth, eps_total=eps_total,
+                      intensity_rel_uncertainty=band)
 
 
 # -- summaries over key-store blocks ---------------------------------------------------------------
@@ -460,7 +487,7 @@ def engine_trust(engine: str, keys: str) -> str:
 
 
 __all__ = ["AUTH_BOOTSTRAP", "AUTH_REFILL_KIND", "AUTH_CSPRNG", "auth_secret_caveat", "run_provenance", "CSPRNG_DESCRIPTION", "CSPRNG_MASKS", "LOCAL_ENGINE_TRUST", "LOCAL_NODES_TRUST", "SIMULATION_PK_UNSIGNED", "SIMULATION_REFS_TAG_ONLY",
-           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "IT_CONDITION", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
+           "SIMULATION_TRUST", "engine_trust", "run_engine_trust", "mask_key_provenance", "qkd_masks_statement", "mask_key_security", "IT_PHRASE", "IT_CONDITION", "NO_BAND", "PHYSICAL_LAYERS", "PROTOCOL", "RANDOMNESS_SOURCES", "Provenance",
            "block_provenance", "client_randomness", "is_information_theoretic", "pair_provenance",
            "provenance_of_block_ids", "security_statement", "station_physical_layer", "store_pair_provenance",
            "summarize_blocks", "weakest", "weakest_randomness", "weakest_summary"]

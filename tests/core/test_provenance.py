@@ -39,7 +39,8 @@ TRUTH_TABLE = {
 @pytest.mark.parametrize(("layer", "rnd"), sorted(TRUTH_TABLE))
 def test_truth_table_of_security_statements(layer, rnd):
     it, words = TRUTH_TABLE[(layer, rnd)]
-    p = Provenance(layer, rnd, eps_sec=1e-10, eps_cor=1e-15, eps_auth=1e-14, eps_total=1.0011e-10)
+    # a declared intensity uncertainty (review s36 physics F2): without one hardware/qrng makes no IT claim
+    p = Provenance(layer, rnd, eps_sec=1e-10, eps_cor=1e-15, eps_auth=1e-14, eps_total=1.0011e-10, intensity_rel_uncertainty=0.05)
     text = security_statement(p)
     assert is_information_theoretic(p) is it
     assert (IT_PHRASE in text) is it, text
@@ -51,7 +52,7 @@ def test_truth_table_of_security_statements(layer, rnd):
 
 
 def test_hardware_qrng_statement_names_the_epsilon():
-    text = security_statement(Provenance("hardware", "qrng", eps_total=2.5e-10))
+    text = security_statement(Provenance("hardware", "qrng", eps_total=2.5e-10, intensity_rel_uncertainty=0.05))
     assert text.startswith(IT_PHRASE) and "2.5e-10" in text
 
 
@@ -87,14 +88,18 @@ def test_weakest_randomness_and_weakest_provenance():
         assert not is_information_theoretic(w) or (is_information_theoretic(p) and is_information_theoretic(q))
 
 
-def _fake_cfg(simulated: list[bool], randomness: dict[str, str | None]):
+def _fake_cfg(simulated: list[bool], randomness: dict[str, str | None], band: float | None = None):
+    """``band``: every client's declared intensity_rel_uncertainty (None: none declared)."""
     roles = {f"r{i}": SimpleNamespace(simulated=s) for i, s in enumerate(simulated)}
 
     def client(name):
         r = randomness[name]
-        return SimpleNamespace(name=name) if r is None else SimpleNamespace(name=name, randomness=r)
+        c = SimpleNamespace(name=name, intensity_rel_uncertainty=band)
+        if r is not None:
+            c.randomness = r
+        return c
 
-    return SimpleNamespace(roles=lambda: roles, client=client)
+    return SimpleNamespace(roles=lambda: roles, client=client, intensity_rel_uncertainty=lambda: band or 0.0)
 
 
 def test_physical_layer_is_simulated_when_any_role_is():
@@ -141,13 +146,18 @@ def test_pair_randomness_is_the_weaker_client_and_logs_take_precedence():
     # the log's own mark wins over the config field
     logs = {"C1": SimpleNamespace(randomness="qrng"), "C2": SimpleNamespace(randomness="qrng")}
     p = pair_provenance(cfg, ("C1", "C2"), logs, eps_total=1e-10)
-    assert (p.physical_layer, p.randomness) == ("hardware", "qrng") and is_information_theoretic(p)
+    # no intensity uncertainty declared: μ_k taken as exact, no information-theoretic claim (review s36 physics F2)
+    assert (p.physical_layer, p.randomness) == ("hardware", "qrng") and p.intensity_rel_uncertainty is None
+    assert not is_information_theoretic(p)
+    banded = pair_provenance(_fake_cfg([False], {"C1": "qrng", "C2": "csprng", "C3": None}, band=0.05), ("C1", "C2"),
+                             logs, eps_total=1e-10)
+    assert banded.intensity_rel_uncertainty == 0.05 and is_information_theoretic(banded)
     with pytest.raises(ValueError, match="client 'C1'.*unknown randomness"):
         client_randomness(cfg, "C1", SimpleNamespace(randomness="coin"))
 
 
 def test_block_summary_never_claims_more_than_its_weakest_or_unrecorded_blocks():
-    it = Provenance("hardware", "qrng", eps_total=1e-10).as_dict()
+    it = Provenance("hardware", "qrng", eps_total=1e-10, intensity_rel_uncertainty=0.05).as_dict()
     sim = Provenance("simulated", "csprng", eps_total=1e-10).as_dict()
     only_it = summarize_blocks([{"meta": {"provenance": it}}, {"meta": {"provenance": it}}])
     assert only_it["information_theoretic"] and IT_PHRASE in only_it["security"]

@@ -1,12 +1,14 @@
-"""A hardware key says its intensities were not measured by labqfl (review s36 H1 (c), s36 lab2 M4).
+"""A hardware key says its intensities were not measured by labqfl (review s36 H1 (c), s36 lab2 M4), and the
+machine-readable claim is honest about them (review s36 physics F2).
 
-The decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md §7); labqfl at
-most sets a VOA to the station file's attenuation (the N7764A driver) and measures no μ_k on hardware, so every
-statement of what a hardware key rests on carries labqfl.provenance.INTENSITY_CAVEAT; simulated keys do not
-(their μ_k are the simulator's own). The hardware/QRNG claim is conditional ("information-theoretically secure
-if the declared mean photon numbers μ_k hold"), and the JSON flag ``information_theoretic`` (unchanged) has
-``information_theoretic_condition`` beside it. All derived from the stored provenance, so the stored record is
-unchanged and old blocks read with it.
+The decoy-state analysis takes each client's μ_k from the station file (docs/protocol.md §7); labqfl at most sets
+a VOA to the station file's attenuation (the N7764A driver) and measures no μ_k on hardware, so every statement of
+what a hardware key rests on carries labqfl.provenance.INTENSITY_CAVEAT; simulated keys do not (their μ_k are the
+simulator's own). A station declares how well it knows the μ_k (``clients.intensity_rel_uncertainty`` δ), the
+analysis then holds for every μ within ±δ, and the block records δ. ``information_theoretic`` is true only for
+hardware + QRNG **with** a recorded δ, conditional on the band ("information-theoretically secure if each true mean
+photon number lies within the declared calibration uncertainty …"); without one (and for blocks stored before the
+field) the claim is withheld and the statement says why. Before, the flag was true with a contradicting caveat.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import pytest
 from labqfl.provenance import IT_PHRASE, Provenance, security_statement, summarize_blocks
 
 CAVEAT = "μ_k are not measured by labqfl"  # labqfl.provenance.INTENSITY_CAVEAT
-IT_CONDITION = "the declared mean photon numbers μ_k hold"  # labqfl.provenance.IT_CONDITION
+#: labqfl.provenance.IT_CONDITION
+IT_CONDITION = ("each true mean photon number lies within the declared calibration uncertainty "
+                "(intensity_rel_uncertainty) of the declared μ_k")
+WITHHELD = "claim withheld: the station declares no intensity_rel_uncertainty"  # labqfl.provenance.NO_BAND
 
 
-def _block(layer: str, rnd: str) -> dict[str, object]:
-    return {"meta": {"provenance": Provenance(layer, rnd, eps_total=1e-10).as_dict()}}
+def _block(layer: str, rnd: str, band: float | None = 0.05) -> dict[str, object]:
+    return {"meta": {"provenance": Provenance(layer, rnd, eps_total=1e-10, intensity_rel_uncertainty=band).as_dict()}}
 
 
 @pytest.mark.parametrize(("layer", "rnd"), list(itertools.product(("hardware", "simulated"), ("qrng", "csprng", "seeded"))))
@@ -34,35 +39,50 @@ def test_every_hardware_statement_says_the_intensities_were_not_verified(layer: 
     assert (CAVEAT in p.as_dict()["security"]) is (layer == "hardware")
 
 
-def test_the_caveat_is_derived_not_stored() -> None:
-    p = Provenance("hardware", "qrng", eps_total=2.5e-10)
+def test_the_caveat_is_derived_and_an_old_block_makes_no_claim() -> None:
+    p = Provenance("hardware", "qrng", eps_total=2.5e-10, intensity_rel_uncertainty=0.05)
     d = p.as_dict()
-    old = {k: v for k, v in d.items() if k not in ("security", "information_theoretic",
-                                                          "information_theoretic_condition")}  # a block stored earlier
-    assert Provenance.from_dict(old) == p and set(old) == {"physical_layer", "randomness", "protocol", "eps_sec",
-                                                           "eps_cor", "eps_auth", "eps_total"}
-    text = security_statement(Provenance.from_dict(old))
-    assert text.startswith(IT_PHRASE) and CAVEAT in text.split("; ")[-1] and "station file" in text
+    stored = {k: v for k, v in d.items() if k not in ("security", "information_theoretic",
+                                                      "information_theoretic_condition")}
+    assert Provenance.from_dict(stored) == p and set(stored) == {
+        "physical_layer", "randomness", "protocol", "eps_sec", "eps_cor", "eps_auth", "eps_total",
+        "intensity_rel_uncertainty"}
+    text = security_statement(Provenance.from_dict(stored))
+    assert text.startswith(IT_PHRASE) and "(±0.05)" in text and CAVEAT in text.split("; ")[-1] and "station file" in text
     with_auth = summarize_blocks([_block("hardware", "qrng"), {"meta": {"kind": "preshared-auth", "simulated": True}}])
     assert CAVEAT in with_auth["security"].split("; ")[-1]
+    # a block stored before the field existed: its μ_k were taken as exact, so it is no longer called IT
+    old = {k: v for k, v in stored.items() if k != "intensity_rel_uncertainty"}
+    o = Provenance.from_dict(old)
+    assert o.intensity_rel_uncertainty is None and o.as_dict()["information_theoretic"] is False
+    assert security_statement(o).startswith(WITHHELD) and IT_PHRASE not in security_statement(o)
 
 
-def test_the_information_theoretic_claim_is_conditional_on_the_intensities() -> None:
-    """review s36 lab2 M4: "information-theoretically secure …; μ_k were not verified" contradicted itself."""
-    p = Provenance("hardware", "qrng", eps_total=1e-10)
+def test_the_information_theoretic_flag_needs_a_declared_intensity_uncertainty() -> None:
+    """review s36 lab2 M4: "information-theoretically secure …; μ_k were not verified" with the JSON flag true;
+    review s36 physics F2: an error in μ went straight into the key. The flag is now true only when the analysis
+    allowed the declared band."""
+    p = Provenance("hardware", "qrng", eps_total=1e-10, intensity_rel_uncertainty=0.05)
     text = security_statement(p)
-    assert text.startswith(f"{IT_PHRASE} if the declared mean photon numbers μ_k hold, "), text
+    assert text.startswith(f"{IT_PHRASE} if {IT_CONDITION} (±0.05), "), text
     assert "attenuation the station file gives" in text and "options.attenuation_db, read back" in text
-    assert "no labqfl procedure sets a VOA" not in text  # out of date since the N7764A driver sets it
     d = p.as_dict()
     assert d["information_theoretic"] is True and d["information_theoretic_condition"] == IT_CONDITION
+    assert d["intensity_rel_uncertainty"] == 0.05
     s = summarize_blocks([_block("hardware", "qrng")])
     assert s["information_theoretic"] is True and s["information_theoretic_condition"] == IT_CONDITION
     assert s["weakest"]["information_theoretic_condition"] == IT_CONDITION
+    bare = Provenance("hardware", "qrng", eps_total=1e-10)  # none declared
+    assert bare.as_dict()["information_theoretic"] is False and bare.as_dict()["information_theoretic_condition"] is None
+    assert security_statement(bare).startswith(WITHHELD) and IT_PHRASE not in security_statement(bare)
+    mixed = summarize_blocks([_block("hardware", "qrng"), _block("hardware", "qrng", None)])
+    assert mixed["information_theoretic"] is False and mixed["security"].startswith(WITHHELD)  # the weaker block
     for layer, rnd in (("hardware", "csprng"), ("simulated", "qrng"), ("hardware", "seeded")):
-        q = Provenance(layer, rnd, eps_total=1e-10)
+        q = Provenance(layer, rnd, eps_total=1e-10, intensity_rel_uncertainty=0.05)
         assert q.as_dict()["information_theoretic_condition"] is None
         assert summarize_blocks([_block(layer, rnd)])["information_theoretic_condition"] is None
     auth = summarize_blocks([_block("hardware", "qrng"), {"meta": {"kind": "preshared-auth", "simulated": True}}])
     assert auth["information_theoretic"] is False and auth["information_theoretic_condition"] is None
     assert auth["weakest"]["information_theoretic_condition"] is None
+    with pytest.raises(ValueError, match="intensity_rel_uncertainty"):
+        Provenance("hardware", "qrng", intensity_rel_uncertainty=1.5)

@@ -30,7 +30,7 @@ BOOTSTRAP_REASON = "authentication bootstrapped from a secret labqfl generated o
 def _block(layer: str, rnd: str, bid: str = "b1") -> dict[str, Any]:
     return {"block_id": bid, "run_id": "r1",
             "meta": {"provenance": Provenance(layer, rnd, eps_sec=1e-10, eps_cor=1e-15, eps_auth=1e-14,
-                                              eps_total=1e-10).as_dict()}}
+                                              eps_total=1e-10, intensity_rel_uncertainty=0.05).as_dict()}}
 
 
 def _preshared(bid: str = "preshared-x", **meta: Any) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_simulated_blocks_are_marked_and_never_called_information_theoretic(dist
 
 def test_hardware_qrng_blocks_are_information_theoretic_everywhere(tmp_path, store_pair_block, kme_status):
     data = tmp_path / "hw"
-    meta = {"eps_total": 1.2e-10, "provenance": Provenance("hardware", "qrng", eps_sec=1e-10, eps_cor=1e-15,
+    meta = {"eps_total": 1.2e-10, "provenance": Provenance("hardware", "qrng", intensity_rel_uncertainty=0.05, eps_sec=1e-10, eps_cor=1e-15,
                                                            eps_auth=2e-11, eps_total=1.2e-10).as_dict()}
     store_pair_block(data, np.random.default_rng(1).integers(0, 2, 4096, dtype=np.uint8), meta, purpose="etsi")
     r = runner.invoke(app, ["keys", "status", "--data-dir", str(data), "--json"])
@@ -102,7 +102,7 @@ def test_report_states_the_provenance_of_the_run_keys(tmp_path):
     from labqfl.runs import RunRecord
 
     sim = summarize_blocks([{"meta": {"provenance": Provenance("simulated", "csprng", eps_total=1e-10).as_dict()}}])
-    hw = summarize_blocks([{"meta": {"provenance": Provenance("hardware", "qrng", eps_total=1e-10).as_dict()}}])
+    hw = summarize_blocks([{"meta": {"provenance": Provenance("hardware", "qrng", eps_total=1e-10, intensity_rel_uncertainty=0.05).as_dict()}}])
     for prov, it in ((sim, False), (hw, True)):
         run = RunRecord.create("prov", load_station_config(), tmp_path / ("hw" if it else "sim"))
         m = {"status": "complete", "station": "s", "key_source": "qkd",
@@ -127,7 +127,7 @@ def test_train_with_qkd_keys_states_the_provenance_of_the_blocks_it_consumed(tmp
     rng = np.random.default_rng(3)
     ids = {}
     for layer, rnd in (("hardware", "qrng"), ("simulated", "csprng")):
-        meta = {"provenance": Provenance(layer, rnd, eps_total=1e-10).as_dict()}
+        meta = {"provenance": Provenance(layer, rnd, eps_total=1e-10, intensity_rel_uncertainty=0.05).as_dict()}
         ids[layer] = store_pair_block(ks, rng.integers(0, 2, per_round, dtype=np.uint8), meta, purpose="fl")
     args = ["train", "--task", "mnist-qnn", "--clients", "2", "--rounds", "1", "--q", "8", "--keys", "qkd",
             "--keystore", str(ks), "--out", str(tmp_path / "runs"), "--json"]
