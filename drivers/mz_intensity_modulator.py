@@ -30,9 +30,14 @@ with mean photon number ``μ_k`` needs ``V_k = (2 Vπ/π) · arcsin(√(μ_k / �
 the mean photon number leaving the client at full transmission (``options.peak_mean_photons``, a
 calibrated value). :attr:`drive_levels_v` lists the ``V_k``: the levels the pattern generator's
 intensity code ``k + 1`` must produce through its combiner (code 0 = 0 V = extinction = dark). The
-finite extinction ratio (``options.extinction_db``) puts a floor ``μ_peak · 10^(−ER/10)`` under every
-level: a vacuum decoy (μ = 0) is that floor, which :meth:`floor_mean_photons` reports and
-``levels`` refuses to undercut except for an exact 0 (vacuum, played at 0 V).
+finite extinction ratio (``options.extinction_db``) puts a floor f·μ_peak, f = 10^(−ER/10), under every
+level: the transmission of an MZM whose extinction is limited by arm imbalance is ``f + (1 − f)·T(V)``, which
+:meth:`drive_voltage` inverts, so the floor itself is 0 V. A vacuum decoy is that floor, which
+:meth:`floor_mean_photons` reports and ``levels`` refuses to undercut. On a real instrument an exact 0 is refused
+too: the security analysis takes the declared level as the truth, and 0 would claim a vacuum this modulator does
+not make (30 dB below μ_peak = 1 is 10⁻³ photons/pulse, half the key at the default station's operating point;
+review s36 physics F1, docs/lab_setup.md): declare the floor. On a pyvisa-sim device (the emulated station,
+whose light is the simulator's exact levels) an exact 0 is still accepted, played at 0 V.
 
 The per-slot pattern does not pass through this driver: the client's frames reach the modulator
 from its pattern generator (:class:`labqfl.modulation.ModulationStreamer`), so :meth:`load_pattern`
@@ -61,13 +66,18 @@ MODES = {"null": "NULL", "peak": "PEAK", "quad+": "QUADP", "quad-": "QUADN", "ma
 
 
 def _check_levels(inst: GenericMZIntensityModulator, value: object) -> list[float]:
-    """The interface's rule for ``levels``, then this modulator's: at most μ_peak, and either 0
-    (vacuum) or above the extinction floor."""
+    """The interface's rule for ``levels``, then this modulator's: at most μ_peak, and at least the extinction
+    floor (an exact 0 only on a pyvisa-sim device; module docstring)."""
     vals: list[float] = IntensityModulator.levels.validator(inst, value)  # type: ignore[misc]
     floor = inst.floor_mean_photons()
+    lib = str(getattr(inst.config, "visa_library", None) or "")
     for k, mu in enumerate(vals):
         if mu > inst.peak_mean_photons:
             raise Rejected(f"0 to peak_mean_photons = {inst.peak_mean_photons:g} photons/pulse", item=f"[{k}]", value=mu)
+        if mu == 0 and not (lib.startswith("@sim") or lib.endswith("@sim")):
+            raise Rejected(f"the extinction floor {floor:.3g} photons/pulse (μ_peak·10^(−{inst.extinction_db:g}/10)) as "
+                           "the vacuum level: this modulator makes no exact vacuum, and the security analysis uses "
+                           "the declared level (docs/lab_setup.md)", item=f"[{k}]", value=mu)
         if 0 < mu < floor:
             raise Rejected(f"0 (vacuum) or >= {floor:.3g} photons/pulse: {mu:g} lies below the extinction floor "
                            f"({inst.extinction_db:g} dB)", item=f"[{k}]", value=mu)
@@ -131,8 +141,11 @@ class GenericMZIntensityModulator(MessageDriver, IntensityModulator, ModulatorBi
         return self.peak_mean_photons * 10 ** (-self.extinction_db / 10)
 
     def drive_voltage(self, mean_photons: float) -> float:
-        """RF drive [V] giving ``mean_photons`` with the bias at null: (2Vπ/π)·arcsin(√(μ/μ_peak))."""
-        return 2 * self.v_pi_v / math.pi * math.asin(math.sqrt(min(1.0, mean_photons / self.peak_mean_photons)))
+        """RF drive [V] giving ``mean_photons`` with the bias at null: (2Vπ/π)·arcsin(√((μ/μ_peak − f)/(1 − f))),
+        f = 10^(−ER/10) (the floor is 0 V)."""
+        f = 10 ** (-self.extinction_db / 10)
+        t = min(1.0, max(0.0, (mean_photons / self.peak_mean_photons - f) / (1.0 - f)))
+        return 2 * self.v_pi_v / math.pi * math.asin(math.sqrt(t))
 
     def load_pattern(self, level_indices: np.ndarray) -> None:
         raise InstrumentError("this intensity modulator takes its per-slot levels from the client's pattern generator "

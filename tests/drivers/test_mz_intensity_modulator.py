@@ -29,13 +29,14 @@ def im(sim_library):  # type: ignore[no-untyped-def]
 
 
 def test_levels_become_drive_voltages(im: GenericMZIntensityModulator) -> None:
-    """Module docstring, "Levels → decoy intensities": T(V) = sin²(πV/(2Vπ)) with the bias at null, so the drive
-    of level k gives back μ_k = μ_peak·T(V_k); vacuum is 0 V; levels under the extinction floor are refused."""
-    im.levels = [0.5, 0.1, 0.0]
+    """Module docstring, "Levels → decoy intensities": T(V) = sin²(πV/(2Vπ)) with the bias at null and the
+    extinction floor f = 10^(−ER/10) under it, so the drive of level k gives back μ_k = μ_peak·(f + (1 − f)·T(V_k));
+    the floor and (on this pyvisa-sim device) an exact vacuum are 0 V; levels under the floor are refused."""
+    im.levels = [0.5, 0.1, 0.8e-3, 0.0]
     v = im.drive_levels_v
-    assert v[2] == 0.0 and 0 < v[1] < v[0] < im.v_pi_v
-    for mu, volts in zip(im.levels, v, strict=True):
-        assert 0.8 * math.sin(math.pi * volts / (2 * 5.0)) ** 2 == pytest.approx(mu, rel=1e-12)
+    assert v[2] == v[3] == 0.0 and 0 < v[1] < v[0] < im.v_pi_v
+    for mu, volts in zip(im.levels[:3], v, strict=False):
+        assert 0.8 * (1e-3 + (1 - 1e-3) * math.sin(math.pi * volts / (2 * 5.0)) ** 2) == pytest.approx(mu, rel=1e-12)
     assert im.floor_mean_photons() == pytest.approx(0.8e-3)
     with pytest.raises(ValueError, match="below the extinction floor"):
         im.levels = [0.5, 1e-4]
@@ -103,3 +104,17 @@ def test_station_options_typed(sim_library) -> None:  # type: ignore[no-untyped-
     d["clients"][0]["attenuator"]["options"] = {"bias_mode": "middle"}
     with pytest.raises(ConfigError, match="bias_mode"):
         parse_station_config(d, "station.toml")
+
+
+def test_a_real_modulator_refuses_an_exact_vacuum_and_takes_its_floor() -> None:
+    """review s36 physics F1 (b): "0 V = vacuum" was accepted on hardware, where 0 V leaves μ_peak·10^(−ER/10)
+    photons/pulse (10⁻³ at the defaults: half the key of the default operating point once the analysis knows it,
+    an unbacked doubling when it does not). A real device (no pyvisa-sim library) refuses 0 and names the floor."""
+    cfg = AttenuatorConfig(driver="GenericMZIntensityModulator", resource=RES, timeout_ms=150,
+                           options={"v_pi_v": 5.0, "peak_mean_photons": 1.0, "extinction_db": 30.0})
+    with expected_protocol(lambda a: GenericMZIntensityModulator("C1.attenuator", cfg, adapter=a),
+                           [(b"*IDN?", b"labqfl,MZ-BIAS-SIM,X,1")]) as d:
+        with pytest.raises(ValueError, match=r"extinction floor 0\.001 photons/pulse .* as the vacuum level"):
+            d.levels = [0.0263, 0.05, 0.0]
+        d.levels = [0.0263, 0.05, 1e-3]
+        assert d.drive_levels_v[2] == 0.0

@@ -102,10 +102,12 @@ def test_against_its_simulated_counterpart(mbx: ThorlabsMBX) -> None:
 
 
 def test_levels_become_drive_voltages(mbx: ThorlabsMBX) -> None:
-    """The ideal MZM at null: μ_k = μ_peak·sin²(πV_k/(2Vπ)) (drivers/mz_intensity_modulator.py)."""
+    """The MZM at null with its extinction floor f = 10^(−ER/10) (30 dB by default):
+    μ_k = μ_peak·(f + (1 − f)·sin²(πV_k/(2Vπ))) (drivers/mz_intensity_modulator.py); vacuum (pyvisa-sim) at 0 V."""
     mbx.levels = [0.5, 0.1, 0.0]
-    for mu, v in zip(mbx.levels, mbx.drive_levels_v, strict=True):
-        assert 0.8 * math.sin(math.pi * v / 10.0) ** 2 == pytest.approx(mu, rel=1e-12)
+    assert mbx.drive_levels_v[2] == 0.0
+    for mu, v in zip(mbx.levels[:2], mbx.drive_levels_v, strict=False):
+        assert 0.8 * (1e-3 + (1 - 1e-3) * math.sin(math.pi * v / 10.0) ** 2) == pytest.approx(mu, rel=1e-12)
     with pytest.raises(ValueError, match="extinction floor"):
         mbx.levels = [0.5, 1e-4]
 
