@@ -605,6 +605,29 @@ def optimize_station(
     if best_val < 0 and budget > 0:
         x0, best_val = _nelder_mead_refine(obj, x0, best_val, budget, 0.2)
     best = unpack(x0) if -best_val > start else start_cfg
+    note = weak_decoy_note(best)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=2)
     before = predict_station(cfg, n_slots, params=p, ec_efficiency=ec_efficiency)
     after = predict_station(best, n_slots, params=p, ec_efficiency=ec_efficiency)
     return OptimizedStation(config=best, before=before, after=after, evaluations=n_eval)
+
+
+#: A decoy below this fraction of the brightest signal is "a second vacuum" (review s36 physics F4)
+WEAK_DECOY_RATIO = 0.1
+
+
+def weak_decoy_note(cfg: StationConfig) -> str:
+    """A warning when a client's decoy (intensity index 1) is below :data:`WEAK_DECOY_RATIO` × the brightest
+    signal of the station, else "". The station optimiser with ``min_decoy_prob`` keeps the decoy *sent* but not
+    distinguishable: for the 10 s block it returned ν = 0.0017 against μ ≈ 0.026, whose X-basis test rounds
+    click 65–82 times per block (docs/station.md); the floor constrains the probability only."""
+    top = max(c.intensities[0] for c in cfg.clients)
+    weak = sorted({c.name for c in cfg.clients if len(c.intensities) > 1 and c.intensities[1] < WEAK_DECOY_RATIO * top})
+    if not weak:
+        return ""
+    nu = min(cfg.client(n).intensities[1] for n in weak)
+    return (f"decoy intensity {nu:.3g} of {', '.join(weak)} is below {WEAK_DECOY_RATIO:g} x the brightest signal "
+            f"({top:.3g}): a second vacuum rather than a decoy (its test rounds hardly click); --min-decoy-prob "
+            "constrains how often the decoy is sent, not its intensity. Set the decoy by hand if the test rounds "
+            "should measure something (docs/station.md, 'Operating point')")

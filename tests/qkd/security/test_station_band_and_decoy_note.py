@@ -1,0 +1,50 @@
+"""`labqfl keyrate` predicts with the station's declared intensity band (review s36 physics F2), and the
+station optimiser says when the decoy it returns is a second vacuum (review s36 physics F4)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+from typer.testing import CliRunner
+
+from labqfl.cli import app
+from labqfl.config import default_station_text, load_station_config
+from labqfl.qkd.keyrate import optimize_station, station_with_operating_point, weak_decoy_note
+
+
+def test_keyrate_cli_uses_the_declared_band(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = default_station_text().replace("basis_x_prob = 0.98", "basis_x_prob = 0.98\nintensity_rel_uncertainty = 0.05")
+    assert text.count("intensity_rel_uncertainty") == 4
+    f = tmp_path / "banded.toml"
+    f.write_text(text, encoding="utf-8")
+    out = {}
+    for name, args in (("exact", []), ("banded", ["--config", str(f)])):
+        r = CliRunner().invoke(app, ["keyrate", "--pair", "C1-C4", "--block-size", "1.6671e8", "--json", *args])
+        assert r.exit_code == 0, r.output
+        out[name] = json.loads(r.stdout)["results"][0]["bits_per_second"]
+    assert abs(out["exact"] - 58.27e3) < 10  # the embedded station declares none: unchanged
+    assert abs(out["banded"] - 51.72e3) < 10  # docs/station.md, the δ table
+
+
+def _with_decoy(nu: float):  # type: ignore[no-untyped-def]
+    cfg = load_station_config()
+    c0 = cfg.clients[0]
+    return station_with_operating_point(cfg, {c.name: c.intensities[0] for c in cfg.clients}, nu,
+                                        tuple(c0.intensity_probs), c0.basis_x_prob)
+
+
+def test_a_decoy_below_a_tenth_of_the_brightest_signal_is_named() -> None:
+    assert weak_decoy_note(load_station_config()) == ""  # ν = 0.05 against μ ≤ 0.0263
+    note = weak_decoy_note(_with_decoy(0.0017))  # what the floored optimiser returned for the 10 s block
+    assert "decoy intensity 0.0017 of C1, C2, C3, C4 is below 0.1 x the brightest signal (0.0263)" in note
+    assert "--min-decoy-prob" in note
+
+
+def test_the_station_optimiser_warns_when_it_returns_a_second_vacuum() -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = optimize_station(_with_decoy(0.0017), 1.6671e8, max_evaluations=1, min_decoy_prob=0.02, min_y_prob=0.02)
+    said = [str(w.message) for w in caught if "second vacuum" in str(w.message)]
+    # with one evaluation the optimiser keeps the given point, whose decoy of 0.0017 it now names
+    assert res.config.clients[0].intensities[1] < 0.1 * 0.0263 and said == [weak_decoy_note(res.config)]
