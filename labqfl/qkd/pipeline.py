@@ -244,6 +244,11 @@ class BlockResult:
 BLOCKS_KEPT = 256
 #: Distinct abort reasons :class:`EarlierBlocks` keeps.
 REASONS_KEPT = 64
+#: Fewest matched test clicks a test error rate (``X_test``, ``Y_test``) of :meth:`PairResult.as_dict` is given
+#: from; below it the rate is None (no measurement) and only its count is reported: "0.0" from one Y-basis click
+#: read as a measured rate (review s36 physics F7). Tables show "n/a" below the larger
+#: :data:`labqfl.contracts.types.MIN_TEST_CLICKS`.
+MIN_RATE_CLICKS = 10
 
 
 @dataclass
@@ -342,11 +347,12 @@ class PairResult:
             "skipped_blocks": self.skipped_blocks,
             "error_rate": {
                 "X_key": self.key_errors / self.processed_bits if self.processed_bits else None,
-                "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X") else None,
-                "Y_test": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y") else None,
+                "X_test": te.get("X", 0) / 2 / tc["X"] if tc.get("X", 0) >= MIN_RATE_CLICKS else None,
+                "Y_test": te.get("Y", 0) / 2 / tc["Y"] if tc.get("Y", 0) >= MIN_RATE_CLICKS else None,
             },
             # what each rate is over (physics review s34 F4): X_key the bits error correction compared, the
-            # tests their matched cells' clicks (PairCounts.matched_test_counts); a rate is None where its count is 0
+            # tests their matched cells' clicks (PairCounts.matched_test_counts); X_key is None where its count is
+            # 0, a test rate where its count is below MIN_RATE_CLICKS
             "error_rate_counts": {"X_key": int(self.processed_bits), "X_test": int(tc.get("X", 0)),
                                   "Y_test": int(tc.get("Y", 0))},
             "phase_error_bound": pe_max,
