@@ -234,7 +234,7 @@ def test_reciprocal_slot_equals_the_division_at_rounding_edges():
     off = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(-2.0, 2.0, n))
     ts = np.empty(1, np.int64)
     chn = np.array([D1], np.int16)
-    out = np.empty(1)
+    out = np.empty(1, np.int64)  # the slot codes are int64 (2·slot + detector, or _REJECT / _EXACT)
     inf = np.inf
     for t, P, o in zip(dt.tolist(), per.tolist(), off.tolist(), strict=True):
         rel = float(t) - o
