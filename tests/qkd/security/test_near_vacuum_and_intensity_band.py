@@ -233,3 +233,27 @@ def test_the_station_declares_the_band_and_the_prediction_uses_it() -> None:
 def test_a_band_outside_zero_to_one_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="intensity_rel_uncertainty"):
         SecurityParameters(intensity_rel_uncertainty=bad)  # type: ignore[arg-type]
+
+
+def test_an_attack_that_clicks_less_on_the_weak_state_than_on_vacuum() -> None:
+    """Why the floor must be declared (docs/protocol.md §4.2): with P(X) ≠ ½ the pooled near-vacuum mix keeps a
+    |0⟩–|2⟩ coherence ((p_X − p_Y)·ε/√2), and a projector onto cos a|0⟩ − sin a|2⟩ (Cj at vacuum) clicks *less*
+    on it than on vacuum. Declared as an exact 0 the LP then bounds Y₀₀ below its true value (unsound); declared
+    as ε, the two-phase slack (P3') keeps the bound above it."""
+    eps, px, y00 = 1e-3, 0.98, 4e-5
+    d = NC + 1
+    v = np.zeros(d)
+    v[0], v[2] = math.sqrt(y00), -math.sqrt(1 - y00)
+    vac = np.zeros(d)
+    vac[0] = 1.0
+    m_click = np.kron(np.outer(v, v), np.outer(vac, vac))  # a projector: 0 ≤ M ≤ 1
+    w = _phase_weights(True, px)
+    gain = sum(w[a] * _expect(m_click, np.kron(_coherent(1j**a * math.sqrt(eps)), vac)) for a in range(4))
+    assert gain < 0.85 * y00  # the weak state clicks ~20 % less than vacuum
+    g = np.array([[gain]])
+    declared_eps = decoy_yield_bounds([eps], [0.0], g, g, targets=[(0, 0)], lower=False,
+                                      pooled_i=(True,), pooled_j=(True,))
+    declared_zero = decoy_yield_bounds([0.0], [0.0], g, g, targets=[(0, 0)], lower=False,
+                                       pooled_i=(True,), pooled_j=(True,))
+    assert declared_eps.y_upper[0, 0] >= y00
+    assert declared_zero.y_upper[0, 0] < 0.9 * y00  # the exact-vacuum analysis of the same counts: unsound
