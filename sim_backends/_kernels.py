@@ -746,6 +746,23 @@ def group_candidates(cand_slot: np.ndarray, cand_n: np.ndarray, frame_len: np.in
 
 
 @nb.njit(cache=True, nogil=True)
+def client_slots(cand_slot: np.ndarray, runs: np.ndarray, pair_ci: np.ndarray, pair_cj: np.ndarray,
+                 client: np.int64, n: np.int64) -> np.ndarray:
+    """Client ``client``'s candidate slots as :func:`group_candidates` lays them out (its ``n`` slots of
+    ``slots[offsets[c]:offsets[c + 1]]``: the slots of the runs of its pairs, in run order), built from the runs
+    alone, so that each client's copy can be made by its own task (in parallel) instead of all of them
+    before any client is asked."""
+    out = np.empty(n, dtype=np.int64)
+    q = 0
+    for m in range(runs.shape[0]):
+        r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
+        if pair_ci[p] == client or pair_cj[p] == client:
+            out[q:q + k1 - k0] = cand_slot[r, k0:k1]
+            q += k1 - k0
+    return out
+
+
+@nb.njit(cache=True, nogil=True)
 def client_bits(bits: np.ndarray, bits_w0: np.int64, runs: np.ndarray) -> np.ndarray:
     """A client's question as a bitmap: for each run [lo, hi) of ``runs`` (int64 rows, ascending, the
     slots of its frames), the words lo // 64 … (hi − 1) // 64 of the window's candidate bitmap ``bits``

@@ -656,8 +656,11 @@ class SagnacTestbed:
         width = max(int(cand_n.max()) if rows else 0, 1)
         n_clients = len(acq.logs)
         by_bits = [bits is not None and getattr(log, "ask_bits", None) is not None for log in acq.logs]
+        # the slots of every client copied here only for clients asked now with ask(slots); a client of this
+        # process copies its own in its task (_kernels.client_slots), in parallel with the others
+        by_slots = [not b and getattr(log, "ask", None) is not None for b, log in zip(by_bits, acq.logs, strict=True)]
         offsets, slots, runs = K.group_candidates(cand_slot, cand_n, np.int64(frame), pa["frame_pair"],
-                                                  pa["ci"], pa["cj"], np.int64(n_clients), not all(by_bits))
+                                                  pa["ci"], pa["cj"], np.int64(n_clients), any(by_slots))
         out_i, out_j = np.zeros((rows, width), np.uint8), np.zeros((rows, width), np.uint8)
         bounds = offsets.tolist()
         client_runs = self._client_runs(bits[1], bits[2], pa, frame) if bits is not None and any(by_bits) else {}
@@ -672,8 +675,8 @@ class SagnacTestbed:
                 assert bits is not None
                 rs = np.array(client_runs[c], dtype=np.int64)
                 answers.append((c, log.ask_bits(rs, K.client_bits(bits[0], np.int64(bits[1] >> 6), rs), hi - lo)))
-            elif getattr(log, "ask", None) is None:
-                local.append((c, functools.partial(drive_codes, log, slots[lo:hi])))
+            elif not by_slots[c]:
+                local.append((c, functools.partial(self._local_answer, log, cand_slot, runs, pa, c, hi - lo)))
             else:
                 answers.append((c, self._ask(log, slots[lo:hi])))
 
@@ -692,6 +695,13 @@ class SagnacTestbed:
             return out_i, out_j
 
         return scattered
+
+    @staticmethod
+    def _local_answer(log: Any, cand_slot: np.ndarray, runs: np.ndarray, pa: dict[str, np.ndarray], c: int,
+                      n: int) -> np.ndarray:
+        """The drive codes of client ``c`` (``log``, in this process) at its ``n`` candidates of the window
+        (:func:`_kernels.client_slots` of :func:`_kernels.group_candidates`' ``runs``)."""
+        return drive_codes(log, K.client_slots(cand_slot, runs, pa["ci"], pa["cj"], np.int64(c), np.int64(n)))
 
     @staticmethod
     def _ask(log: Any, slots: np.ndarray) -> Callable[[], np.ndarray]:

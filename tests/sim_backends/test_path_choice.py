@@ -176,3 +176,26 @@ def test_clients_of_this_process_answer_on_the_pools_threads_with_the_same_codes
     np.testing.assert_array_equal(got_j, ref_j)
     assert len(seen) == 4
     assert len(set(seen)) == threads
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_client_slots_are_the_grouped_slots_of_each_client(seed):
+    """Each client's task copies its own candidate slots from the runs (``_kernels.client_slots``): exactly its
+    part of ``group_candidates``' slots, in the same order."""
+    from labqfl.sim_backends import _kernels as K
+
+    rng = np.random.default_rng(seed)
+    n_clients, frame = 4, int(rng.integers(20, 200))
+    pa = {"frame_pair": rng.integers(0, 6, int(rng.integers(1, 9))).astype(np.int64),
+          "ci": np.array([0, 0, 0, 1, 1, 2]), "cj": np.array([1, 2, 3, 2, 3, 3])}
+    n_rows = int(rng.integers(1, 6))
+    cand_n = rng.integers(0, 300, n_rows).astype(np.int64)
+    cand_slot = np.full((n_rows, 310), -1, dtype=np.int64)
+    for r in range(n_rows):
+        cand_slot[r, :cand_n[r]] = np.sort(rng.choice(np.arange(r * 1000, r * 1000 + 1000), int(cand_n[r]), replace=False))
+    offsets, slots, runs = K.group_candidates(cand_slot, cand_n, np.int64(frame), pa["frame_pair"], pa["ci"], pa["cj"],
+                                              np.int64(n_clients), True)
+    for c in range(n_clients):
+        lo, hi = int(offsets[c]), int(offsets[c + 1])
+        got = K.client_slots(cand_slot, runs, pa["ci"], pa["cj"], np.int64(c), np.int64(hi - lo))
+        np.testing.assert_array_equal(got, slots[lo:hi])

@@ -1,18 +1,20 @@
 """Benchmark ``simulator``: simulated seconds per wall second of the Sagnac Monte-Carlo.
 
-Figure: the default four-client station on every core this process may use (chunks of slots and
-the two detectors run in parallel; tags streamed block by block, nothing kept), in simulated s per
-wall s. Baseline, measured side by side (runs interleaved, best of ``repeats`` each): the same
+Figure: the default four-client station on every core this process may use (chunks of slots, the
+clients' answers and the two detectors run in parallel; tags streamed block by block, nothing kept),
+in simulated s per wall s, on the path the testbed picks (``modulation_on_demand`` = None: the clients
+asked only at the candidate slots where those are few, as on the default station). Baseline, measured side by side (runs interleaved, best of ``repeats`` each): the same
 simulator on one thread — the tags are identical, so the ratio is the parallel speed-up. Both also
 in simulated s per CPU-second of the whole process (CPU time per simulated second = its inverse;
 on a shared machine the wall figures drop first). Further baselines in the details: real time
 (1 simulated s per wall s, the hardware it imitates) and a naive per-pulse NumPy simulation of the
 same station on a short span (cost ∝ pulses, to show that the thinning simulator's cost grows with
 candidates and detections instead). Details give 8 and 16 clients, the default station with
-10 dB more loss, the default station on the optics node's path (``modulation_on_demand``: the
-candidate slots first, then each client's choices in those slots only, as ``labqfl node optics``
-asks its clients; here the clients' CSPRNG answers are computed in this process), and the load
-average of the machine during the run.
+10 dB more loss, the default station on each path forced — the optics node's (``modulation_on_demand``
+= True: the candidate slots first, then each client's choices in those slots only, as ``labqfl node
+optics`` asks its clients; here the clients' CSPRNG answers are computed in this process) and whole
+drive patterns (False: every client writes its pattern for every slot) — and the load average of
+the machine during the run.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from labqfl.contracts.schedule import PairSchedule
 
 
 def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3,
-           threads: tuple[int | None, ...] = (None,), on_demand: bool = False) -> dict[str, dict[str, Any]]:
+           threads: tuple[int | None, ...] = (None,), on_demand: bool | None = None) -> dict[str, dict[str, Any]]:
     """Best of ``repeats`` acquisitions of ``duration_s`` per thread setting (fresh epochs, same
     station); the settings take turns so that they see the same machine load. ``on_demand``: the
-    optics node's path (candidates first, then the clients' choices there only; same tags)."""
+    path (:attr:`~labqfl.sim_backends.testbed.SagnacTestbed.modulation_on_demand`; None: the testbed's
+    choice; True: the optics node's, candidates first, then the clients' choices there only; False:
+    whole drive patterns; same tags)."""
     from labqfl.sim_backends import SagnacTestbed
 
     tbs = {th: SagnacTestbed(cfg, threads=th) for th in threads}
@@ -60,7 +64,8 @@ def _speed(cfg: StationConfig, duration_s: float, repeats: int = 3,
             "cpu_s": cpu, "sim_s_per_wall_s": duration_s / wall,
             "sim_s_per_cpu_s": duration_s / cpu if cpu > 0 else math.inf,
             "cpu_s_per_sim_s": cpu / duration_s, "tags": n, "tags_per_sim_s": n / duration_s,
-            "cpu_ns_per_tag": cpu / max(n, 1) * 1e9}
+            "cpu_ns_per_tag": cpu / max(n, 1) * 1e9,
+            "path": "on demand" if tbs[th].on_demand_for(tbs[th].client_logs()) else "drive patterns"}
     return out
 
 
@@ -115,6 +120,8 @@ def _simulator(quick: bool) -> BenchResult:
     details["default_plus_10dB_loss"] = _speed(edit_station(extra_loss_db=10.0), dur_other)["all_cores"]
     # the optics node's Monte-Carlo (labqfl node optics), its clients' choices answered in process
     details["default_on_demand_optics_path"] = _speed(base, dur_other, threads=(None,), on_demand=True)["all_cores"]
+    # every client writing its drive pattern for every slot (the path before 2026-12-07 on the default station)
+    details["default_drive_patterns_path"] = _speed(base, dur_other, threads=(None,), on_demand=False)["all_cores"]
     n_naive = 200_000 if quick else 5_000_000
     clicks, cpu = naive_per_pulse(base, n_naive)
     naive_sps = n_naive / base.laser.rep_rate_hz / cpu
