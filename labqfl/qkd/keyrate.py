@@ -450,11 +450,11 @@ class OptimizedStation:
 def station_with_operating_point(
     cfg: StationConfig, signal: dict[str, float], decoy: float, probs: tuple[float, float, float], basis_x_prob: float,
 ) -> StationConfig:
-    """Copy of ``cfg`` with every client at intensities (signal[c], decoy, 0), probabilities
-    ``probs`` (signal, decoy, vacuum) and P(X) = ``basis_x_prob``."""
+    """Copy of ``cfg`` with every client at intensities (signal[c], decoy, its own vacuum level: its third
+    intensity, 0 if it has none), probabilities ``probs`` (signal, decoy, vacuum) and P(X) = ``basis_x_prob``."""
     out = cfg.model_copy(deep=True)
     for c in out.clients:
-        c.intensities = [float(signal[c.name]), float(decoy), 0.0]
+        c.intensities = [float(signal[c.name]), float(decoy), float(c.intensities[2]) if len(c.intensities) > 2 else 0.0]
         c.intensity_probs = [float(x) for x in probs]
         c.basis_x_prob = float(basis_x_prob)
     return StationConfig.model_validate(out.model_dump())
@@ -528,6 +528,15 @@ def _station_decoy_candidates(x_given: np.ndarray, nc: int, floors: _StationProb
     return cands
 
 
+def _check_station_levels(cfg: StationConfig) -> None:
+    """ValueError naming the client unless every client has intensities [signal, decoy, vacuum level below the
+    signal] (:func:`optimize_station`)."""
+    for c in cfg.clients:
+        if len(c.intensities) != 3 or not c.intensities[2] < c.intensities[0]:
+            raise ValueError(f"client {c.name}: the station optimiser handles intensities [signal, decoy, vacuum "
+                             f"level below the signal], got {c.intensities}")
+
+
 def optimize_station(
     cfg: StationConfig,
     n_slots: float,
@@ -543,10 +552,11 @@ def optimize_station(
     A client's settings serve all its pairs (it is Ci in some and Cj in others), so the pairs
     cannot be optimised one by one (:func:`optimize_pair`). Free variables: one signal intensity
     per client, and, shared by all clients, the decoy intensity, the probabilities of signal and
-    vacuum (decoy gets the rest) and P(X). Three intensities per client (signal, decoy, vacuum).
-    Starts from the given point and a small grid of decoy settings, then Nelder–Mead on
-    unconstrained transforms (log, logit); the result is never worse than the start.
-    ``progress``: optional callable(evaluations_done, max_evaluations).
+    vacuum (decoy gets the rest) and P(X). Three intensities per client (signal, decoy, vacuum level:
+    0 or a modulator's declared extinction floor, kept as declared). Starts from the given point and a small
+    grid of decoy settings, then Nelder–Mead on unconstrained transforms (log, logit); the result is never
+    worse than the start, and a decoy below a tenth of the brightest signal is warned about
+    (:func:`weak_decoy_note`). ``progress``: optional callable(evaluations_done, max_evaluations).
 
     ``min_decoy_prob`` / ``min_y_prob``: floors on the decoy probability and on P(Y) = 1 − P(X)
     (default 0: unconstrained). For short blocks the unconstrained optimum sends practically no
@@ -557,10 +567,7 @@ def optimize_station(
     floors = _StationProbs(float(min_decoy_prob), float(min_y_prob))
     p = station_params(cfg, params)
     names = cfg.client_names
-    for c in cfg.clients:
-        if len(c.intensities) != 3 or c.intensities[2] != 0.0:
-            raise ValueError(f"client {c.name}: the station optimiser handles intensities [signal, decoy, 0], "
-                             f"got {c.intensities}")
+    _check_station_levels(cfg)
     pairs = cfg.pairs()
     nc = len(names)
 
@@ -605,8 +612,7 @@ def optimize_station(
     if best_val < 0 and budget > 0:
         x0, best_val = _nelder_mead_refine(obj, x0, best_val, budget, 0.2)
     best = unpack(x0) if -best_val > start else start_cfg
-    note = weak_decoy_note(best)
-    if note:
+    if note := weak_decoy_note(best):
         warnings.warn(note, UserWarning, stacklevel=2)
     before = predict_station(cfg, n_slots, params=p, ec_efficiency=ec_efficiency)
     after = predict_station(best, n_slots, params=p, ec_efficiency=ec_efficiency)

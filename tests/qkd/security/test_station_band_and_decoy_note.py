@@ -48,3 +48,17 @@ def test_the_station_optimiser_warns_when_it_returns_a_second_vacuum() -> None:
     said = [str(w.message) for w in caught if "second vacuum" in str(w.message)]
     # with one evaluation the optimiser keeps the given point, whose decoy of 0.0017 it now names
     assert res.config.clients[0].intensities[1] < 0.1 * 0.0263 and said == [weak_decoy_note(res.config)]
+
+
+def test_the_station_optimiser_keeps_a_declared_extinction_floor() -> None:
+    """A hardware station declares its modulator's floor as the vacuum level (docs/lab_setup.md); the optimiser
+    refused any third intensity but an exact 0, and station_with_operating_point reset it to 0."""
+    cfg = load_station_config()
+    c = cfg.model_copy(deep=True)
+    for cl in c.clients:
+        cl.intensities = [cl.intensities[0], cl.intensities[1], 1e-3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = optimize_station(c, 1.6671e8, max_evaluations=1, min_decoy_prob=0.02, min_y_prob=0.02)
+    assert all(cl.intensities[2] == 1e-3 for cl in res.config.clients)
+    assert 29e3 < min(p.bits_per_second for p in res.after) < 31e3  # C1-C4 29.25 kbit/s (docs/lab_setup.md)
