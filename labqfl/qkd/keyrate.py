@@ -345,7 +345,7 @@ def _pair_grid_channels(ch: PairChannel) -> list[PairChannel]:
     bal = math.sqrt(ch.eta_ccw / ch.eta_cw) if ch.eta_cw > 0 and ch.eta_ccw > 0 else 1.0
     for mu, nu, (ps, pv), px in itertools.product((0.01, 0.02, 0.04), (0.1, 0.2, 0.4), ((0.9, 0.05), (0.7, 0.15)),
                                                   (0.85, 0.7)):
-        out.append(replace(ch, intensities_i=(mu * bal, nu, 0.0), intensities_j=(mu / bal, nu, 0.0),
+        out.append(replace(ch, intensities_i=(mu * bal, nu, ch.intensities_i[2]), intensities_j=(mu / bal, nu, ch.intensities_j[2]),
                            intensity_probs_i=(ps, 1 - ps - pv, pv), intensity_probs_j=(ps, 1 - ps - pv, pv),
                            basis_x_prob_i=px, basis_x_prob_j=px))
     return out
@@ -383,8 +383,8 @@ def optimize_pair(
         pd = 1 - ps - pv
         return replace(
             base,
-            intensities_i=(mu_i, nu_i, 0.0),
-            intensities_j=(mu_j, nu_j, 0.0),
+            intensities_i=(mu_i, nu_i, base.intensities_i[2]),  # the vacuum level as declared (0 or a floor)
+            intensities_j=(mu_j, nu_j, base.intensities_j[2]),
             intensity_probs_i=(ps, pd, pv), intensity_probs_j=(ps, pd, pv),
             basis_x_prob_i=_sigmoid(x[6]), basis_x_prob_j=_sigmoid(x[7]),
         )

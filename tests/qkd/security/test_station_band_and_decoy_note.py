@@ -10,7 +10,13 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 from labqfl.config import default_station_text, load_station_config
-from labqfl.qkd.keyrate import optimize_station, station_with_operating_point, weak_decoy_note
+from labqfl.qkd.keyrate import (
+    optimize_pair,
+    optimize_station,
+    station_pair_channel,
+    station_with_operating_point,
+    weak_decoy_note,
+)
 
 
 def test_keyrate_cli_uses_the_declared_band(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -62,3 +68,13 @@ def test_the_station_optimiser_keeps_a_declared_extinction_floor() -> None:
         res = optimize_station(c, 1.6671e8, max_evaluations=1, min_decoy_prob=0.02, min_y_prob=0.02)
     assert all(cl.intensities[2] == 1e-3 for cl in res.config.clients)
     assert 29e3 < min(p.bits_per_second for p in res.after) < 31e3  # C1-C4 29.25 kbit/s (docs/lab_setup.md)
+
+
+def test_the_pair_optimiser_keeps_a_declared_extinction_floor() -> None:
+    """`labqfl keyrate --optimize` (per pair) replaced the vacuum level by an exact 0: with a declared 10⁻³ floor
+    it predicted the exact-vacuum key, about twice what the floor allows at this point."""
+    cfg = load_station_config()
+    for cl in cfg.clients:
+        cl.intensities = [cl.intensities[0], cl.intensities[1], 1e-3]
+    res = optimize_pair(station_pair_channel(cfg, ("C1", "C4")), 1.6671e8, 6, 1e8, max_evaluations=5)
+    assert res.prediction.intensities_i[2] == res.prediction.intensities_j[2] == 1e-3
