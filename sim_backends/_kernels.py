@@ -84,6 +84,11 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
     """
     ai_lo, ai_hi = (4, 5) if pmode[ci] == 1 else (0, 4)
     aj_lo, aj_hi = (4, 5) if pmode[cj] == 1 else (0, 4)
+    # cos δ of each phase pair once (the same value for every intensity pair: 16 cosines, not 16 per pair)
+    cosd = np.empty(N_PHASE * N_PHASE)
+    for ai in range(ai_lo, ai_hi):
+        for aj in range(aj_lo, aj_hi):
+            cosd[ai * N_PHASE + aj] = math.cos(phase[ci, ai] - phase[cj, aj] + theta)
     pmax = 0.0
     for ki in range(cnk[ci]):
         A = eta_cw * mu[ci, ki]
@@ -92,7 +97,7 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
             amp = 2.0 * vis * math.sqrt(t * (1.0 - t) * A * B)
             for ai in range(ai_lo, ai_hi):
                 for aj in range(aj_lo, aj_hi):
-                    cross = amp * math.cos(phase[ci, ai] - phase[cj, aj] + theta)
+                    cross = amp * cosd[ai * N_PHASE + aj]
                     m0 = eta_d0 * (t * A + (1.0 - t) * B + cross)
                     m1 = eta_d1 * ((1.0 - t) * A + t * B - cross)
                     m0 = max(m0, 0.0)
