@@ -45,15 +45,33 @@ point is written: the trigger level (``options.trigger_level_mv``, if given) and
 
 **Latching** (review s36 M3). A nanowire biased too close to its switching current, or hit by a bright
 pulse, latches: it stays resistive, biased but counting nothing, until its bias is taken away. After
-arming, and whenever :meth:`count_rate_hz` reads a low rate at the operating bias (the station file's
-``bias_current_ua``) or above, the channel's count rate is read over ``options.latch_window_s`` from the
-counts port ([W ``SQCounts.run``], period set with ``SetMeasurementPeriod`` [W ``set_measurement_periode``]);
-below ``options.latch_threshold_hz`` (default: the station file's ``dark_count_rate_hz`` / 10; window 1 /
-threshold, 0.1 … 10 s, so about 10 dark counts are expected and a working channel reads 0 with
-probability e⁻¹⁰) it is latched: its bias is ramped to 0 µA and back once (``SetAllBiasCurrents``
-[W ``set_bias_current``], each step confirmed), and if it still counts below the threshold the bias is
-ramped to 0 µA and the channel refused in one line naming it. ``options.latch_check = false`` turns
-this off (a controller whose counts port cannot be reached).
+arming, and whenever :meth:`count_rate_hz` reads no count at the operating bias (the station file's
+``bias_current_ua``) or above, the channel's counts are read from the counts port ([W ``SQCounts.run``],
+period set with ``SetMeasurementPeriod`` [W ``set_measurement_periode``]). It is latched when it counts
+**nothing** over a screening window W and then nothing over a confirmation window C: its bias is ramped to
+0 µA and back once (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed, with the light
+taken off meanwhile: :attr:`PhotonDetector.light_off`), and if it again counts nothing over W and C the bias
+is ramped to 0 µA and the channel refused in one line naming it. ``options.latch_check = false`` turns this
+off (a controller whose counts port cannot be reached).
+
+*Windows and false alarms* (review s36 lab2 L1). The check runs in the dark at arming (the detectors are
+biased before the light is on), where a working channel counts only its dark counts, a Poisson process of
+rate r. r_min = ``options.latch_threshold_hz`` (default: the station file's ``dark_count_rate_hz`` / 10) is
+the lowest dark rate a working channel is assumed to have: the station file's nominal value may be off by
+that factor (its own comment gives SNSPDs 10–100 /s). W = 1/r_min (``options.latch_window_s``; within
+0.1 … 10 s) and C = ln(1/P) / r_min − W with P = :data:`LATCH_FALSE_ALARM` = 10⁻⁴ (within 0.1 … 10 s). A
+working channel of rate r counts nothing over W + C with probability
+
+    P_false(r) = exp(−r·(W + C)),
+
+so P_false(r_min) = 10⁻⁴ while neither window is clamped, and less for any r > r_min; a refusal needs that
+twice (before and after the reset), P_false². Example: nominal 50 /s, r_min = 5 /s: W = 0.2 s, C = 1.64 s;
+a channel at 5 /s (0.1× nominal) is reset with P = 10⁻⁴ and refused with 10⁻⁸ (before, with one 0.2 s
+window: 0.37 and 0.14). C is read only after W counted nothing, so a working channel at its nominal rate
+costs W (and C with probability e⁻¹⁰). A latched nanowire counts nothing, so it is always found. When C is
+clamped at 10 s (r_min below ≈ 0.9 /s), P_false(r_min) = exp(−r_min·(W + C)) is larger:
+:meth:`latch_false_alarm` gives it for any r. The "dark" assumption is the safe side: with light on, r is
+larger and P_false smaller.
 """
 
 from __future__ import annotations
@@ -80,6 +98,9 @@ MAX_CHANNELS = 8
 MIN_PERIOD_MS = 10
 MAX_PERIOD_MS = 10_000  # labqfl's own limit for one count-rate window
 ETB = "\x17"
+#: Probability that a working channel at the lowest dark rate assumed counts nothing over the latch check's
+#: two windows (module docstring, "Windows and false alarms").
+LATCH_FALSE_ALARM = 1e-4
 
 
 class SingleQuantumEosOptions(DriverOptions):
@@ -93,11 +114,12 @@ class SingleQuantumEosOptions(DriverOptions):
     bias_step_ua: float = Field(0.5, gt=0.0, le=BIAS_UA[1], description="largest bias step of a ramp [µA]")
     latch_check: bool = Field(True, description="check for a latched nanowire after arming and when counts are read "
                               "at the operating bias (False: a controller whose counts port cannot be reached)")
-    latch_threshold_hz: float | None = Field(None, gt=0.0, description="a biased channel counting below this is "
-                                             "latched [Hz] (None: the station file's dark_count_rate_hz / 10)")
+    latch_threshold_hz: float | None = Field(None, gt=0.0, description="lowest dark-count rate a working channel "
+                                             "has [Hz]: it sizes the latch check's windows (None: the station file's "
+                                             "dark_count_rate_hz / 10)")
     latch_window_s: float | None = Field(None, ge=MIN_PERIOD_MS / 1e3, le=MAX_PERIOD_MS / 1e3,
-                                         description="window of the latch check [s] (None: 1 / threshold, within "
-                                         "0.1 ... 10 s: about 10 dark counts)")
+                                         description="screening window of the latch check [s] (None: 1 / "
+                                         "latch_threshold_hz, within 0.1 ... 10 s)")
 
 
 class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
@@ -400,17 +422,39 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         self.enabled = False
 
     # -- latching ---------------------------------------------------------------------------------
-    def _latch_params(self) -> tuple[float, float] | None:
-        """(threshold [Hz], window [s]) of the latch check; None: no check (off, or no dark rate to refer to)."""
+    def _latch_params(self) -> tuple[float, float, float] | None:
+        """(r_min [Hz], screening window W [s], confirmation window C [s]) of the latch check (module docstring,
+        "Windows and false alarms"); None: no check (off, or no dark rate to refer to)."""
         o = self.opts
         if not o.latch_check:
             return None
-        threshold = o.latch_threshold_hz if o.latch_threshold_hz is not None else self._dark_hz / 10.0
-        if threshold <= 0:
+        r_min = o.latch_threshold_hz if o.latch_threshold_hz is not None else self._dark_hz / 10.0
+        if r_min <= 0:
             return None
-        window = o.latch_window_s if o.latch_window_s is not None else min(MAX_PERIOD_MS / 1e3,
-                                                                           max(0.1, 1.0 / threshold))
-        return threshold, window
+        lo, hi = MIN_PERIOD_MS / 1e3 * 10, MAX_PERIOD_MS / 1e3
+        window = o.latch_window_s if o.latch_window_s is not None else min(hi, max(lo, 1.0 / r_min))
+        confirm = min(hi, max(lo, math.log(1.0 / LATCH_FALSE_ALARM) / r_min - window))
+        return r_min, window, confirm
+
+    def latch_false_alarm(self, rate_hz: float) -> float:
+        """Probability that a working channel of dark rate ``rate_hz`` is taken for latched (no count over
+        both windows): exp(−rate·(W + C)); 0 when there is no check."""
+        params = self._latch_params()
+        if params is None:
+            return 0.0
+        _, window, confirm = params
+        return math.exp(-rate_hz * (window + confirm))
+
+    def _counts_nothing(self, first_rate: float | None = None) -> tuple[bool, float]:
+        """(latched, seconds counted): no count over the screening window (``first_rate``: a rate just read over
+        it), then none over the confirmation window."""
+        params = self._latch_params()
+        assert params is not None
+        _, window, confirm = params
+        rate = self._read_rate(window) if first_rate is None else first_rate
+        if rate * window >= 0.5:  # at least one count
+            return False, window
+        return self._read_rate(confirm) * confirm < 0.5, window + confirm
 
     def _latch_check_keeping_period(self) -> None:
         """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
@@ -419,22 +463,19 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
 
     def acquisition_fault(self) -> str | None:
         """After an acquisition (:func:`labqfl.station.acquisition_faults`, review s36 lab H1): why this armed
-        channel's tags are not good, or None. A channel at its operating bias that counts below the latch threshold
-        over the latch window latched during the acquisition (a latched nanowire stays at 0 until its bias is
+        channel's tags are not good, or None. A channel at its operating bias that counts nothing over the latch
+        check's windows latched during the acquisition (a latched nanowire counts nothing until its bias is
         taken away). Read only: nothing is reset (the recording is refused instead); the light is still on."""
-        params = self._latch_params()
-        if params is None:
+        if self._latch_params() is None:
             return None
-        threshold, window = params
         with self.lock:
             bias = self.bias_now_ua
             if bias < self._operating_bias - 1e-6:
                 return None  # not at its operating point: arming_settings' read-back names it
-            rate = self._keeping_period(lambda: self._read_rate(window))
-        if rate >= threshold:
+            latched, seconds = self._keeping_period(self._counts_nothing)
+        if not latched:
             return None
-        return (f"channel {self.channel} counts {rate:g}/s over {window:g} s at {bias:g} µA, below {threshold:g}/s: "
-                "latched during the acquisition")
+        return f"channel {self.channel} counted nothing over {seconds:.3g} s at {bias:g} µA: latched during the acquisition"
 
     def _keeping_period(self, read: Any) -> Any:
         """``read()`` with the controller's measurement period put back as it was afterwards."""
@@ -449,19 +490,17 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                     self.log.warning("measurement period not put back to %d ms: %s", period, exc)
 
     def _recover_if_latched(self, rate: float | None) -> None:
-        """A biased nanowire counting below the threshold over the latch window is latched (a real one stays
-        resistive, counting nothing, until its bias is taken away): its bias is ramped to 0 µA and back once
-        (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed); still latched, the bias is
-        ramped to 0 µA and the channel refused in one line. ``rate``: a rate just read over the window."""
-        params = self._latch_params()
-        assert params is not None
-        threshold, window = params
-        rate = self._read_rate(window) if rate is None else rate
-        if rate >= threshold:
+        """A biased nanowire that counts nothing over the screening and confirmation windows is latched (a real
+        one stays resistive, counting nothing, until its bias is taken away): its bias is ramped to 0 µA and back
+        once (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed), the light off meanwhile;
+        still counting nothing, the bias is ramped to 0 µA and the channel refused in one line. ``rate``: a rate
+        just read over the screening window."""
+        latched, seconds = self._counts_nothing(rate)
+        if not latched:
             return
         bias = self.bias_now_ua
-        self.log.warning("channel %d counts %g /s over %g s at %g µA, below %g /s: latched; bias ramped to 0 µA and "
-                         "back once", self.channel, rate, window, bias, threshold)
+        self.log.warning("channel %d counted nothing over %.3g s at %g µA: latched; bias ramped to 0 µA and back once",
+                         self.channel, seconds, bias)
         restore = self.light_off() if self.light_off is not None else None  # the station's shutters/clock
         try:
             self._ramp_bias(0.0)
@@ -469,35 +508,31 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         finally:
             if restore is not None:
                 restore()
-        rate = self._read_rate(window)
-        if rate >= threshold:
-            self.log.info("channel %d counts again after the bias reset: %g /s", self.channel, rate)
+        latched, seconds = self._counts_nothing()
+        if not latched:
+            self.log.info("channel %d counts again after the bias reset", self.channel)
             return
         self._disarm()
-        raise InstrumentError(f"{self.name}: channel {self.channel} latched: {rate:g} counts/s over {window:g} s at "
-                              f"{bias:g} µA after its bias was ramped to 0 µA and back (expected at least {threshold:g}"
-                              f"/s: options.latch_threshold_hz, default dark_count_rate_hz / 10); bias left at 0 µA",
-                              instrument=self.name, resource=self.resource, command="counts")
+        r_min = self._latch_params()[0]  # type: ignore[index]
+        raise InstrumentError(f"{self.name}: channel {self.channel} latched: no count over {seconds:.3g} s at "
+                              f"{bias:g} µA after its bias was ramped to 0 µA and back (a working channel of at least "
+                              f"{r_min:g} dark counts/s, options.latch_threshold_hz, default dark_count_rate_hz / 10, "
+                              f"counts none there with probability {self.latch_false_alarm(r_min):.0e}); bias left at "
+                              "0 µA", instrument=self.name, resource=self.resource, command="counts")
 
     # -- measurements -----------------------------------------------------------------------------
     def count_rate_hz(self, integration_s: float = 0.1) -> float:
         """Counts per second of this channel over one measurement period (10 ms … 10 s) from the
-        counts port. At the operating bias or above (armed), a rate below the latch threshold is checked
-        over the latch window and, if the channel is latched, its bias reset once (refused if it stays
-        latched: :meth:`_recover_if_latched`); the rate is then read again."""
+        counts port. At the operating bias or above (armed), no count at all starts the latch check (module
+        docstring) and, if the channel is latched, its bias is reset once (refused if it stays latched:
+        :meth:`_recover_if_latched`); the rate is then read again."""
         rate = self._read_rate(integration_s)
-        params = self._latch_params()
-        if params is None or rate >= params[0]:
+        if self._latch_params() is None or rate * integration_s >= 0.5:  # off, or at least one count
             return rate
         with self.lock:
             if not self._labels("DetectorEnable")["DetectorEnable"] or self.bias_now_ua < self._operating_bias - 1e-6:
-                return rate  # not biased at its operating point: a low rate says nothing of a latch
-            threshold, window = params
-            if abs(window - integration_s) > 1e-9:
-                rate = self._read_rate(window)
-                if rate >= threshold:
-                    return self._read_rate(integration_s)
-            self._recover_if_latched(rate)
+                return rate  # not biased at its operating point: no count says nothing of a latch
+            self._recover_if_latched(None)
             return self._read_rate(integration_s)
 
     def _read_rate(self, integration_s: float) -> float:
