@@ -19,9 +19,11 @@ external pattern generator that gates the diode, so:
   ``options.ramp_step_ma`` (1 mA) per step and ``options.ramp_ma_per_s`` (20 mA/s) on average.
   Switching on sets 0 mA, turns the LDC on and ramps up to the set point; switching off (and the
   safe state, also on SIGTERM/SIGINT through the Station) ramps down to 0 mA, turns the LDC off and
-  puts the set point back, so the operating point survives. The ramp-down lasts at most
-  ``options.safe_ramp_max_s`` (30 s): a longer one (up to 4000 mA at 20 mA/s is 200 s, past systemd's 90 s
-  stop timeout) is cut there with ``:LASER OFF`` at once, logged as a warning. With emission off a set point is
+  puts the set point back, so the operating point survives. A normal switch-off ramps all the way at the
+  chosen rate; only an emergency stop (SIGTERM/SIGINT: the Station's and a node's signal handlers) lasts at
+  most ``options.safe_ramp_max_s`` (30 s): a longer one (up to 4000 mA at 20 mA/s is 200 s, past systemd's 90 s
+  stop timeout) is cut there with ``:LASER OFF`` at once, logged as a warning; the options warn when they are
+  loaded if ``max_current_ma / ramp_ma_per_s`` exceeds it (review s36 lab2 L4). With emission off a set point is
   written directly (no current flows);
 * on open the station's operating point is written (:meth:`apply_operating_point`): TEC set
   temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off.
@@ -56,9 +58,13 @@ from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentReplyError
+from labqfl.instruments.base import in_emergency
 from labqfl.instruments.interfaces import PulsedLaser
+from labqfl.log import get_logger
 
 from ._base import Identity, Limit, MessageDriver, off_anyway, ramp_points, run_ramp
+
+_log = get_logger(__name__)
 
 REP_RATE_HZ = (1.0, 10e9)
 SLOTS = (1, 8)
@@ -92,6 +98,14 @@ class ThorlabsPRO8000Options(DriverOptions):
             raise ValueError(f"max_current_ma ({self.max_current_ma:g}) must be above threshold_ma ({self.threshold_ma:g})")
         if self.temp_min_c >= self.temp_max_c:
             raise ValueError(f"temp_min_c ({self.temp_min_c:g}) must be below temp_max_c ({self.temp_max_c:g})")
+        ramp_s = self.max_current_ma / self.ramp_ma_per_s
+        if ramp_s > self.safe_ramp_max_s:  # review s36 lab2 L4: said at load, not at the first stop
+            _log.warning("ThorlabsPRO8000 options: a ramp-down from max_current_ma = %g mA at ramp_ma_per_s = %g mA/s "
+                         "takes %.1f s, more than safe_ramp_max_s = %g s: a normal switch-off ramps all the way, but a "
+                         "stop on SIGTERM/SIGINT is cut at %g s by :LASER OFF at the current reached (up to %.0f mA); "
+                         "raise ramp_ma_per_s or safe_ramp_max_s (and the service's stop timeout above it) to avoid "
+                         "that", self.max_current_ma, self.ramp_ma_per_s, ramp_s, self.safe_ramp_max_s,
+                         self.safe_ramp_max_s, self.max_current_ma - self.ramp_ma_per_s * self.safe_ramp_max_s)
         return self
 
     @property
@@ -238,16 +252,17 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         off_anyway(self, approach, off, "the laser (:LASER OFF)")
 
     def _ramp_down_capped(self, i0_ma: float) -> None:
-        """From ``i0_ma`` towards 0 mA at ``ramp_ma_per_s``, for at most ``options.safe_ramp_max_s``: a ramp
-        that would take longer (a high-current diode at a slow rate outlasts systemd's 90 s stop timeout and
-        is SIGKILLed with emission on, review s36 L4) is cut there, logged; the caller then sends ``:LASER
-        OFF`` at the current reached."""
+        """From ``i0_ma`` to 0 mA at ``ramp_ma_per_s``. In an emergency stop only (SIGTERM/SIGINT:
+        :func:`labqfl.instruments.base.in_emergency`; review s36 lab2 L4: not every switch-off) it lasts at most
+        ``options.safe_ramp_max_s``: a ramp that would take longer (a high-current diode at a slow rate outlasts
+        systemd's 90 s stop timeout and is SIGKILLed with emission on, review s36 L4) is cut there, logged; the
+        caller then sends ``:LASER OFF`` at the current reached. The options warn at load when that can happen."""
         if i0_ma < 1e-9:
             return
         points = ramp_points(i0_ma, 0.0, self.ramp_step_ma)
         pause = self.ramp_step_ma / self.ramp_ma_per_s
         fit = int(self.safe_ramp_max_s / pause + 1e-9) + 1  # writes within the cap (the first one waits for none)
-        if len(points) > fit:
+        if len(points) > fit and in_emergency():  # a normal stop: the lab's chosen ramp, all the way
             self.log.warning("ramp-down from %g mA at %g mA/s would take %.1f s, more than options.safe_ramp_max_s "
                              "= %g s: ramping for %g s, then :LASER OFF at once at %g mA", i0_ma,
                              self.ramp_ma_per_s, (len(points) - 1) * pause, self.safe_ramp_max_s,

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import ConfigError, InstrumentError, StationError, interrupt_inside
-from labqfl.instruments.base import Instrument
+from labqfl.instruments.base import Instrument, emergency
 from labqfl.instruments.interfaces import (
     IntensityModulator,
     ModulatorBiasController,
@@ -484,7 +484,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     try:
         with _GUARD_LOCK:
             prev = _PREVIOUS.get(signum, signal.SIG_DFL)
-        _emergency_close(f"signal {signal.Signals(signum).name}")
+        with emergency(f"signal {signal.Signals(signum).name}"):  # e.g. the PRO8000's capped ramp-down
+            _emergency_close(f"signal {signal.Signals(signum).name}")
         if os.getpid() == _OWNER_PID:
             _restore_handlers()
     except BaseException as exc:  # noqa: BLE001 - never raise from the handler itself

@@ -20,7 +20,34 @@ import numpy as np
 from labqfl.instruments.settings import Setting, declared_settings
 from labqfl.log import instrument_logger
 
-__all__ = ["Instrument", "Setting", "TagBlock"]
+__all__ = ["Instrument", "Setting", "TagBlock", "emergency", "in_emergency"]
+
+_EMERGENCY: list[str] = []  # reasons of the emergency stops now running (a signal handler's safe state)
+_EMERGENCY_LOCK = threading.Lock()
+
+
+class emergency:  # noqa: N801 - used as a context manager, like contextlib's
+    """``with emergency("signal SIGTERM"):`` — the safe states inside are an emergency stop (SIGTERM, SIGINT):
+    a driver may shorten what it does to stay within a service manager's stop timeout (the PRO8000's ramp-down:
+    ``options.safe_ramp_max_s``); outside, every switch-off is the normal one. Nested and thread-safe."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __enter__(self) -> emergency:
+        with _EMERGENCY_LOCK:
+            _EMERGENCY.append(self.reason)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with _EMERGENCY_LOCK:
+            _EMERGENCY.remove(self.reason)
+
+
+def in_emergency() -> str | None:
+    """The reason of the emergency stop running now (:class:`emergency`), or None."""
+    with _EMERGENCY_LOCK:
+        return _EMERGENCY[-1] if _EMERGENCY else None
 
 
 _NO_INTERVALS = np.empty((0, 2), dtype=np.int64)

@@ -306,7 +306,9 @@ class NodeInstruments:
 
     def stop(self) -> None:
         """SIGTERM/SIGINT: the safe state now; no arming from here on."""
-        with self._lock:
+        from labqfl.instruments.base import emergency
+
+        with self._lock, emergency(f"node {self.node} stopping"):
             self._stopping = True
             if not self._closed:
                 self.safe_state()

@@ -18,6 +18,7 @@ from labqfl.errors import (
     InstrumentReplyError,
     InstrumentTimeout,
 )
+from labqfl.instruments.base import emergency
 
 PM_RES = "USB0::0x1313::0x8072::SIMPM0001::INSTR"
 #: Power unit W selected and checked at open: ``SENSe:POWer[:DC]:UNIT W|DBM`` ("Sets the power unit W or dBm",
@@ -300,12 +301,50 @@ def test_pro8000_safe_state_ramp_is_cut_at_safe_ramp_max_s_by_laser_off(caplog: 
         S1, (b":LASER OFF", None), PRO_OK, S1, (b":ILD:SET 0.1", None), PRO_OK, *CLOSED_OFF,
     ]) as d:
         t0 = time.monotonic()
-        with caplog.at_level(logging.WARNING):
+        with caplog.at_level(logging.WARNING), emergency("signal SIGTERM"):  # the signal handlers' safe state
             d.safe_state()
         assert time.monotonic() - t0 < 0.4
         assert "would take 0.5 s, more than options.safe_ramp_max_s = 0.4 s" in caplog.text
         assert "then :LASER OFF at once at 50 mA" in caplog.text
         d.close()
+
+
+def test_pro8000_a_normal_switch_off_ramps_all_the_way_at_the_chosen_rate(caplog: pytest.LogCaptureFixture) -> None:
+    """Review s36 lab2 L4: the cap is for an emergency stop only (SIGTERM/SIGINT). The same options as above, a
+    normal safe state (an acquisition's end, ``close``): 100 -> 50 -> 0 mA at 100 mA/s (0.5 s), then ``:LASER
+    OFF`` at 0 mA, no warning. Before, every switch-off was cut at ``safe_ramp_max_s``."""
+    import logging
+    import time
+
+    cfg = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
+                      options={"ramp_step_ma": 50.0, "ramp_ma_per_s": 100.0, "safe_ramp_max_s": 0.4})
+    with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
+        *PRO_OPEN, S1, (b":LASER?", b"ON"), S1, (b":ILD:SET?", b"0.1"),
+        S1, (b":ILD:SET 0.05", None), PRO_OK, S1, (b":ILD:SET 0", None), PRO_OK,  # the whole ramp
+        S1, (b":LASER OFF", None), PRO_OK, S1, (b":ILD:SET 0.1", None), PRO_OK, *CLOSED_OFF,
+    ]) as d:
+        t0 = time.monotonic()
+        with caplog.at_level(logging.WARNING):
+            d.safe_state()
+        assert time.monotonic() - t0 >= 0.45
+        assert "would take" not in caplog.text  # no cut (the options' load warning is another test's)
+        d.close()
+
+
+def test_pro8000_options_warn_at_load_when_the_ramp_outlasts_the_emergency_cap(caplog: pytest.LogCaptureFixture) -> None:
+    """Review s36 lab2 L4: ``max_current_ma / ramp_ma_per_s`` above ``safe_ramp_max_s`` is said when the options
+    are loaded (station load, ``station show``), naming the three fields, not first at a stop."""
+    import logging
+
+    from labqfl.drivers.thorlabs_pro8000 import ThorlabsPRO8000Options
+
+    with caplog.at_level(logging.WARNING):
+        ThorlabsPRO8000Options(max_current_ma=100.0, ramp_ma_per_s=20.0)  # 5 s: fine
+        assert caplog.text == ""
+        ThorlabsPRO8000Options(max_current_ma=1000.0, ramp_ma_per_s=20.0)  # 50 s against 30 s
+    assert ("a ramp-down from max_current_ma = 1000 mA at ramp_ma_per_s = 20 mA/s takes 50.0 s, more than "
+            "safe_ramp_max_s = 30 s") in caplog.text
+    assert "cut at 30 s by :LASER OFF at the current reached (up to 400 mA)" in caplog.text
 
 
 def test_pro8000_operating_point_switches_the_tec_on() -> None:
