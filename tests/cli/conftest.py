@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,3 +31,15 @@ voa_role = _station.voa_role
 fake_timetagger_sdk = _station.fake_timetagger_sdk
 real_drivers_station_file = _station.real_drivers_station_file
 kh = _conftest("keystore").kh
+
+
+@pytest.fixture(autouse=True)
+def _station_guard_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """:func:`labqfl.cli.main` makes every later station of the process guard itself (``guard_stations``) and the
+    first guarded one makes the Ctrl-C line add "; instruments were put in their safe state": both restored after
+    each test, so a test of that line does not depend on which tests ran before it in the process
+    (test_did_you_mean_once then any acquisition made test_keys_preshare's Ctrl-C test fail)."""
+    import labqfl.station
+
+    for name in ("_GUARD_DEFAULT", "_EVER_GUARDED"):
+        monkeypatch.setattr(labqfl.station, name, getattr(labqfl.station, name))

@@ -33,15 +33,6 @@ def _labqfl(argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
     return int(exc.value.code or 0), doc, [ln for ln in err.splitlines() if ln.startswith("error:")]
 
 
-@pytest.fixture(autouse=True)
-def _station_guard_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A live distillation opens a guarded station, after which this process's error lines say "instruments were
-    put in their safe state" on Ctrl-C: restored after each test, so later tests of that line see a fresh process."""
-    import labqfl.station
-
-    monkeypatch.setattr(labqfl.station, "_EVER_GUARDED", labqfl.station._EVER_GUARDED)
-
-
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
     """A file that is not TOML, a station file with a bad field, a data dir with one corrupt store beside a good

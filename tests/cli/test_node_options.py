@@ -9,6 +9,7 @@ option ``node up`` does not have."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -185,7 +186,8 @@ def test_ctrl_c_during_node_up_is_one_line_stops_every_node_and_the_workdir_runs
             proc.wait()
     assert proc.returncode == 130, err
     assert len(err.splitlines()) == 1 and err.startswith("error: interrupted by user (Ctrl-C)"), err
-    assert out == ""
+    doc = json.loads(out)  # with --json the failure is on stdout too (issue 19)
+    assert doc["exit_code"] == 130 and err.strip() == f"error: {doc['error']}", out
     assert _node_pids(work) == []
     ca = (work / "certs" / "ca.pem").read_bytes()
 
