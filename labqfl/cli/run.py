@@ -126,41 +126,52 @@ def run(
                                    bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
                                  progress=progress)
-        _show_start(job)
+        consistency = _show_start(job)
         metrics = job.run()
 
-    emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html")}, as_json,
+    emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html"), **consistency}, as_json,
          lambda con: _render(con, metrics, job.path))
 
 
-def _show_start(job: Any) -> None:
+def _show_start(job: Any) -> dict[str, Any]:
     """The run folder and, before any acquisition, the job's key-aware plan (not for a resumed job whose
-    acquisition was distilled: it goes on with training)."""
+    acquisition was distilled: it goes on with training); with self-masks over nodes, the consistency stage's
+    line. Returns ``{"consistency": …}`` for the JSON (:func:`_consistency`), or {}."""
     print_path(console, "run folder", job.path)
     if job.state.get("phases", {}).get("acquire") not in ("done", "distilled"):
         from labqfl.cli.plan import render_plan
 
         render_plan(console, job.key_plan())
-    if line := _consistency_line(job):
-        console.print(line, soft_wrap=True)
+    cons = _consistency(job)
+    if cons:
+        console.print(cons["line"], soft_wrap=True)
+    return {"consistency": cons} if cons else {}
 
 
-def _consistency_line(job: Any) -> str:
-    """With self-masks over nodes: the colluders c the signed spec tolerates and the survivors each round needs
+def _consistency(job: Any) -> dict[str, Any] | None:
+    """With self-masks over nodes: the threshold t, the colluders c the signed spec tolerates (issue 16, ``--colluders``;
+    ``colluders_default``: t − 1), the survivors each round needs and the dropouts it tolerates, and their line
     (:func:`labqfl.cli.node_train.consistency_line`: "self-masks: t = 2, 1 colluding client(s) tolerated (default
-    t - 1), so every round needs 3 of 3 clients …"); "" otherwise (in process there is no consistency stage)."""
+    t - 1), so every round needs 3 of 3 clients …"); None otherwise (in process there is no consistency stage)."""
     s = job.settings
     if not (s.self_masks and s.nodes):
-        return ""
+        return None
+    import dataclasses
+
     from labqfl.app.training import TrainingSetup
     from labqfl.cli.node_train import consistency_line
     from labqfl.mainjob import consistency_spec
 
     setup = TrainingSetup(job.training_settings())
-    try:
-        return consistency_line(consistency_spec(job.cfg, setup, s.colluders))
+    try:  # the job its specs are signed for: the folder's (a resumed one may have recorded its own)
+        spec = dataclasses.replace(consistency_spec(job.cfg, setup, s.colluders),
+                                   job_id=str(job.state.get("fl_job_id") or ""))
     finally:
         setup.close()
+    need = spec.consistency_need()
+    return {"threshold": spec.full_threshold(), "colluders": spec.tolerated_colluders(),
+            "colluders_default": s.colluders is None, "need": need, "clients": spec.clients,
+            "dropouts_tolerated": spec.clients - need, "line": consistency_line(spec)}
 
 
 def _checked_station(config: Path | None, duration: float, engine: str, block_bits: int | None,

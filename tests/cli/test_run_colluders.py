@@ -50,6 +50,11 @@ def test_colluders_is_said_with_the_plan_and_kept_in_the_run_folder(
     r = _run(tmp_path, "--self-masks", *extra)
     assert r.exit_code == 0, r.output
     assert line in " ".join(r.stderr.split())
+    c, need = (int(extra[1]), 3) if extra else (2, 4)
+    doc = json.loads(r.stdout)["consistency"]
+    assert doc.pop("line").startswith(line + "; job job-")
+    assert doc == {"threshold": 3, "colluders": c, "colluders_default": not extra, "need": need, "clients": 4,
+                   "dropouts_tolerated": 4 - need}
     (job,) = no_job
     want = int(extra[1]) if extra else None
     assert job.settings.colluders == want
