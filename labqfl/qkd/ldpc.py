@@ -631,13 +631,14 @@ _MS_ITER = (100, 30)
 _MS_STALL = (3, 0.95)
 _LAST_CHANCE_ITER = 60
 """Sum-product sweeps of a quasi-cyclic frame's last-chance attempt (cold, at ``sum_product_from``)."""
-_SP_RETRY_ITER = 15
-"""Sum-product sweeps of each warm retry after the last-chance attempt."""
-_SP_STEP_FACTOR = 3
-"""Those retries reveal this many ``step``s each (sum-product sweeps cost ≈ 5 A-min* sweeps)."""
-# a quasi-cyclic frame still failing after F_EXTRA·h(Q) key values beyond the mother code goes on with
-# sum-product up to F_EXTRA_SP·h(Q): frames with ≈ 2σ more errors than the mean (1 354 and 1 368 where
-# 1 282 are expected at 2 %) failed at the former (2 of 120 frames at 2 %, docs/reconciliation.md)
+_LATE_STEP_FACTOR = 3
+"""Retries after the last chance reveal this many ``step``s each (a cold sum-product costs ≈ 60 × 5
+A-min* sweeps)."""
+# a quasi-cyclic frame still failing after F_EXTRA·h(Q) key values beyond the mother code (the
+# sum-product last chance) goes on, each retry a cold sum-product, up to F_EXTRA_SP·h(Q): frames with
+# ≈ 2σ more errors than the mean (1 354 and 1 368 where 1 282 are expected at 2 %) failed at the
+# former, and a frame trapped a few bits from Alice's word (8–12 wrong after 200 A-min* sweeps at some
+# reveal counts, decoded cold at others) failed in every warm retry (docs/reconciliation.md)
 _MS_F_EXTRA_SP = 0.30
 # preset "fast": start where nearly every frame decodes at once, fewer sweeps per attempt
 _FAST_F_START = 1.14
@@ -914,7 +915,7 @@ class LdpcBob:
         budget = self.first_iter
         qc = code.quasi_cyclic and pl.decoder in ("amin", "minsum")
         attempt = self._qc_decoder(code, synd, L, R) if qc else None
-        last = False
+        last = False  # past the sum-product switch: every attempt a cold sum-product
         while True:
             if attempt is not None and not last:
                 res, used = attempt(pending, budget)
@@ -929,22 +930,21 @@ class LdpcBob:
             pending = pending[~done]
             if pending.size == 0 or revealed >= limit:
                 break
-            cnt = min(pl.step * (_SP_STEP_FACTOR if last else 1), limit - revealed)
+            cnt = min(pl.step * (_LATE_STEP_FACTOR if last else 1), limit - revealed)
             revealed = self._reveal(channel, pending, revealed, cnt, L, prior, order)
             budget = self.retry_iter
             switch = min(pl.sum_product_from, limit) if qc and pl.sum_product_from >= 0 else limit
-            if (not last and revealed >= switch) or not self.warm_start:
+            if revealed >= switch or not self.warm_start:
                 # last chance (or cold mode): restart from the priors with the full budget, so a
-                # decoder trapped in a wrong fixed point gets a clean try; a quasi-cyclic code's last
-                # chance runs sum-product (``bp``) on its sparse rows, and its retries go on with it
+                # decoder trapped in a wrong fixed point (a few bits wrong) gets a clean try; a
+                # quasi-cyclic code's last chance runs sum-product (``bp``) on its sparse rows, and so
+                # does each retry after it, cold again
                 L[pending] = prior[pending]
                 R[pending] = 0
                 budget = self.first_iter
                 if qc and revealed >= switch:
                     last = True
                     budget = _LAST_CHANCE_ITER
-            elif last:
-                budget = _SP_RETRY_ITER
         corrected = self._corrected(ok, L, kpf, keypos)
         channel.request(Message("ldpc/done", {"ok": ok.astype(np.uint8)}))
         st = channel.stats
