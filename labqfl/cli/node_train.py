@@ -160,6 +160,10 @@ def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str | None = None,
                                keys=settings.keys, job_id="", colluders=-1 if colluders is None else colluders)
     spec = dataclasses.replace(spec, job_id=spec.derived_job_id() if job_id is None else job_id)
     spec.secagg()
+    if colluders is not None and colluders >= 0:  # as labqfl run: c colluders must stay below the threshold t
+        from labqfl.mainjob import check_colluders
+
+        check_colluders(spec, colluders)
     return setup, spec
 
 

@@ -104,3 +104,15 @@ def test_sign_spec_signs_the_colluders_and_says_what_they_cost(certs: Path, tmp_
     line = error_line(runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--self-masks", "--colluders", "3",
                                           "--out", str(tmp_path / "c.json")]))
     assert "colluders 3: expected -1 (t − 1) or 0 ... 2" in line, line
+
+
+def test_sign_spec_refuses_colluders_at_or_above_the_threshold(certs: Path, tmp_path: Path) -> None:
+    """As ``labqfl run --colluders``: c ≥ t colluders hold t shares of an honest client's self-mask seed, so a spec
+    claiming to tolerate them is refused when signed (it was signed whenever c ≤ N − 2)."""
+    line = error_line(runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--self-masks", "--threshold",
+                                          "2", "--colluders", "2", "--out", str(tmp_path / "d.json")]))
+    assert "--colluders 2: expected 0 ... 1 (below the self-mask threshold t = 2" in line, line
+    assert not (tmp_path / "d.json").exists()
+    r = runner.invoke(app, ["node", "sign-spec", "--certs", str(certs), "--self-masks", "--threshold", "2",
+                            "--colluders", "1", "--out", str(tmp_path / "e.json")])
+    assert r.exit_code == 0, r.output
