@@ -143,11 +143,6 @@ def _envelope_tangents(T: np.ndarray, y0: np.ndarray) -> tuple[np.ndarray, np.nd
     return sg, g - sg * y0, sh, h - sh * y0
 
 
-def _level_band(mu: float, rel: float, n_phases: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """(P, T) of :func:`pseudo_fock` (``n_phases``) at the two ends μ(1 − δ), μ(1 + δ) of the band."""
-    return pseudo_fock(mu * (1.0 - rel), n_phases), pseudo_fock(mu * (1.0 + rel), n_phases)
-
-
 def level_state_bounds(mu: float, pooled: bool = False, rel_uncertainty: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P_min, P_max, T_max), each shape (4,): the pseudo-Fock weights P_r and slacks T_r of one client's
     level as the decoy LP uses them, over every mean photon number in the band [μ(1 − δ), μ(1 + δ)]
@@ -169,17 +164,25 @@ def level_state_bounds(mu: float, pooled: bool = False, rel_uncertainty: float =
     cyclic, and P_0 > P_1 > … > P_{N−1} term by term there), so its extremes lie at the band's ends; above
     that they are taken on a grid of spacing h with the Lipschitz margin h/2 (|dP_r/dμ| ≤ 1). δ = 0 gives
     P_min = P_max = P(μ), T_max = T(μ) exactly (the same arrays).
+
+    A pooled level with μ > 0 (the vacuum-role level: a modulator's extinction floor) is, with δ > 0, taken
+    anywhere in **[0, μ(1 + δ)]**: the declared floor is a guaranteed maximum, not a value known to ±δ (review
+    s37 physics F1: the floor's error is the extinction ratio's, dB-scale, and at the default operating point
+    the key rests on Y_00, i.e. on that floor). The two-phase P_0 = (1 + e^(−2μ))/2 decreases and
+    P_1 = (1 − e^(−2μ))/2 increases for every μ, and T_r increases, so P_min = (P_0(μ(1 + δ)), 0),
+    P_max = (1, P_1(μ(1 + δ))), T_max = T(μ(1 + δ)): the ends of the interval, no grid.
     """
     n_ph = 2 if pooled else N_PHASES
     if rel_uncertainty <= 0.0 or mu <= 0.0:
         P, T = pseudo_fock(mu, n_ph)
         p_lo = p_hi = P
     else:
-        (P_lo, _), (P_hi, T) = _level_band(mu, rel_uncertainty, n_ph)
+        bottom = 0.0 if pooled else mu * (1.0 - rel_uncertainty)  # a pooled μ > 0: the floor, a maximum
+        (P_lo, _), (P_hi, T) = pseudo_fock(bottom, n_ph), pseudo_fock(mu * (1.0 + rel_uncertainty), n_ph)
         p_lo, p_hi = np.minimum(P_lo, P_hi), np.maximum(P_lo, P_hi)
         top = mu * (1.0 + rel_uncertainty)
-        if top > 1.0:
-            grid = np.linspace(mu * (1.0 - rel_uncertainty), top, 1001)
+        if top > 1.0 and not pooled:
+            grid = np.linspace(bottom, top, 1001)
             Ps = np.array([pseudo_fock(float(m), n_ph)[0] for m in grid])
             half = (grid[1] - grid[0]) / 2.0
             p_lo = np.clip(Ps.min(axis=0) - half, 0.0, 1.0)
