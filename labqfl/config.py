@@ -327,9 +327,12 @@ class ClientConfig(_Model):
         description=(
             "relative calibration uncertainty δ of this client's declared mean photon numbers (e.g. 0.05: every "
             "true μ lies within ±5 % of `intensities`, power-meter and attenuator calibration and drift together). "
-            "The key-length analysis then holds for any μ in that band (docs/protocol.md (P10)). Not set: the "
-            "declared μ are taken as exact (δ = 0; true of the simulator), and a hardware key is not called "
-            "information-theoretically secure (labqfl.provenance)"),
+            "The key-length analysis then holds for any μ in that band (docs/protocol.md (P10)); the vacuum-role "
+            "level (the weakest, e.g. a modulator's extinction floor) is then taken anywhere from 0 to its value "
+            "times (1 + δ), so declare that floor at its guaranteed maximum (the worst extinction). Every pair is "
+            "analysed with the station's largest δ; the declared μ are taken as exact only where no client declares "
+            "δ > 0 (true of the simulator). A hardware key is called information-theoretically secure only when "
+            "both clients of its pair declare δ > 0 (δ = 0 is the exact-μ analysis; labqfl.provenance)"),
     )
     basis_x_prob: float = Field(0.9, gt=0, lt=1, description="probability of basis X = {0, π}; Y = {π/2, 3π/2} otherwise")
     insertion_loss_db: float = Field(1.0, ge=0, le=MAX_LOSS_DB, description="insertion loss of the client's modulators [dB]")

@@ -25,7 +25,7 @@ The order of strength (weakest first) used to summarise many blocks (:func:`weak
 2. ``simulated`` physical layer: no physical security;
 3. ``hardware`` with ``csprng``: computational (the CSPRNG must be unpredictable);
 4. ``hardware`` with ``qrng``, analysed with the declared μ_k taken as exact (no intensity uncertainty declared);
-5. ``hardware`` with ``qrng`` and a declared intensity uncertainty: information-theoretic under the assumptions of
+5. ``hardware`` with ``qrng`` and a declared intensity uncertainty δ > 0: information-theoretic under the assumptions of
    docs/protocol.md §7.
 
 The intensities (review s36 H1, s36 lab2 M4, s36 physics F2). The decoy-state bounds take each client's mean
@@ -33,9 +33,11 @@ photon numbers μ_k from the station file; labqfl at most sets a client's VOA to
 gives (the N7764A driver writes and reads back ``options.attenuation_db``) and measures no μ_k on hardware. A
 station declares how well it knows them with ``clients.intensity_rel_uncertainty`` δ, and the analysis then
 holds for every μ within ±δ (docs/protocol.md (P10)); the block records the δ it was analysed with
-(``intensity_rel_uncertainty``; None: none declared, μ_k taken as exact). So the machine-readable flag is honest:
-``information_theoretic`` is true only for hardware, QRNG **and** a declared δ, "information-theoretically secure
-if :data:`IT_CONDITION`" (``information_theoretic_condition``, None when the flag is false); a hardware/QRNG block
+(``intensity_rel_uncertainty``; None: not both clients of the pair declare δ > 0). So the machine-readable flag is
+honest: ``information_theoretic`` is true only for hardware, QRNG **and** a declared δ > 0 (δ = 0 is the exact-μ
+analysis), "information-theoretically secure if :data:`IT_CONDITION` (±δ)" (``information_theoretic_condition``
+with the block's δ, :func:`it_condition`; None when the flag is false; a summary names its weakest block's, the
+smallest δ among information-theoretic blocks); a hardware/QRNG block
 without one says the claim is withheld and why (:data:`NO_BAND`). Every ``hardware`` statement ends with
 :data:`INTENSITY_CAVEAT`. A block stored before the field existed reads as none declared: the stored claim was
 never backed by a band, so it is no longer called information-theoretic.
@@ -68,11 +70,17 @@ CSPRNG_DESCRIPTION = "AES-256-CTR keyed with 256 bits from the OS CSPRNG"
 IT_PHRASE = "information-theoretically secure"
 #: The condition of the information-theoretic claim while labqfl does not measure the intensities (review s36
 #: lab2 M4); ``information_theoretic_condition`` of :meth:`Provenance.as_dict` and :func:`summarize_blocks`.
+#: :func:`it_condition` adds the block's δ (review s37 physics F3).
 IT_CONDITION = ("each true mean photon number lies within the declared calibration uncertainty "
                 "(intensity_rel_uncertainty) of the declared μ_k")
-#: What a hardware/QRNG block analysed with no declared intensity uncertainty says instead of the claim
-NO_BAND = ("claim withheld: the station declares no intensity_rel_uncertainty, so the analysis took the declared μ_k "
-           "as exact (an error in μ goes straight into the key, docs/protocol.md §7 item 5)")
+#: What a hardware/QRNG block without a band (δ > 0 declared by both clients of its pair) says instead of the
+#: claim. The analysis itself used the station's largest declared δ for every pair (exact μ_k only where no client
+#: declares one, or all declare 0): the claim is withheld because no declaration bounds this pair's μ_k (review
+#: s37 physics F2, F5).
+NO_BAND = ("claim withheld: not both clients of this pair declare an intensity calibration band "
+           "(clients.intensity_rel_uncertainty > 0), so nothing declared bounds their true μ_k (the analysis used the "
+           "station's largest declared δ, and took the declared μ_k as exact where no client declares one above 0: "
+           "an error in μ then goes straight into the key, docs/protocol.md §7 item 5)")
 #: What every hardware key's statement adds until labqfl measures the intensities on hardware (review s36 H1,
 #: lab2 M4): the decoy-state analysis takes each client's μ_k from the station file as exact (docs/protocol.md
 #: §7); labqfl at most sets a VOA to the attenuation the station file gives (drivers/keysight_n7764a.py:
@@ -117,7 +125,7 @@ class Provenance:
         """JSON form, with the statement, the information-theoretic flag and its condition alongside."""
         it = is_information_theoretic(self)
         return {**asdict(self), "security": security_statement(self), "information_theoretic": it,
-                "information_theoretic_condition": IT_CONDITION if it else None}
+                "information_theoretic_condition": it_condition(self)}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
@@ -137,10 +145,24 @@ class Provenance:
         return f"{self.physical_layer}/{self.randomness}"
 
 
+def has_band(prov: Provenance) -> bool:
+    """Whether the block's analysis allowed a declared band δ > 0 around each μ_k. δ = 0 declared is the exact-μ
+    analysis, bit for bit, and earns no more than no declaration (review s37 physics F2)."""
+    return prov.intensity_rel_uncertainty is not None and prov.intensity_rel_uncertainty > 0.0
+
+
 def is_information_theoretic(prov: Provenance) -> bool:
     """True only for a hardware physical layer with QRNG randomness at both clients, analysed with a declared
-    intensity calibration uncertainty (module docstring)."""
-    return prov.physical_layer == "hardware" and prov.randomness == "qrng" and prov.intensity_rel_uncertainty is not None
+    intensity calibration band δ > 0 (module docstring, :func:`has_band`)."""
+    return prov.physical_layer == "hardware" and prov.randomness == "qrng" and has_band(prov)
+
+
+def it_condition(prov: Provenance) -> str | None:
+    """``information_theoretic_condition`` of an information-theoretic block: :data:`IT_CONDITION` with its δ,
+    e.g. "… of the declared μ_k (±0.05)"; None for any other block."""
+    if not is_information_theoretic(prov):
+        return None
+    return f"{IT_CONDITION} (±{prov.intensity_rel_uncertainty:.3g})"
 
 
 def _eps(prov: Provenance) -> str:
@@ -161,10 +183,10 @@ def security_statement(prov: Provenance) -> str:
     if prov.randomness == "csprng":
         return (f"computational: rests on the clients' CSPRNG ({CSPRNG_DESCRIPTION}) being unpredictable, "
                 f"then on the QKD analysis of docs/protocol.md under its §7 assumptions{_eps(prov)}{_intensities(prov)}")
-    if prov.intensity_rel_uncertainty is None:
+    if not has_band(prov):
         return (f"{NO_BAND}; hardware physical layer, QRNG randomness, {prov.protocol} under the assumptions of "
                 f"docs/protocol.md §7{_eps(prov)}{_intensities(prov)}")
-    return (f"{IT_PHRASE} if {IT_CONDITION} (±{prov.intensity_rel_uncertainty:.3g}), under the assumptions of "
+    return (f"{IT_PHRASE} if {it_condition(prov)}, under the assumptions of "
             f"docs/protocol.md §7{_eps(prov)}{_intensities(prov)}")
 
 
@@ -180,7 +202,14 @@ def _rank(prov: Provenance) -> int:
         return 0
     if prov.physical_layer == "simulated":
         return 1
-    return 1 + _RANDOMNESS_RANK[prov.randomness] + (prov.randomness == "qrng" and prov.intensity_rel_uncertainty is not None)
+    return 1 + _RANDOMNESS_RANK[prov.randomness] + (prov.randomness == "qrng" and has_band(prov))
+
+
+def _strength(prov: Provenance) -> tuple[int, float, float]:
+    """Sort key, weakest first: :func:`_rank`; among information-theoretic blocks the **smallest** δ (its claim
+    needs every μ_k within ±δ, the hardest condition to meet: review s37 physics F3); then the largest ε_total."""
+    band = float(prov.intensity_rel_uncertainty or 0.0) if is_information_theoretic(prov) else 0.0
+    return (_rank(prov), band, -(prov.eps_total if prov.eps_total is not None else 1.0))
 
 
 def weakest_randomness(*sources: str) -> str:
@@ -194,15 +223,11 @@ def weakest_randomness(*sources: str) -> str:
 
 
 def weakest(provs: Iterable[Provenance]) -> Provenance | None:
-    """The weakest provenance (lowest rank; among equals the largest ε_total); None if empty."""
+    """The weakest provenance (:func:`_strength`: lowest rank; among information-theoretic blocks the smallest δ;
+    then the largest ε_total); None if empty. The first of equals."""
     best: Provenance | None = None
     for p in provs:
-        if best is None:
-            best = p
-            continue
-        key_p = (_rank(p), -(p.eps_total if p.eps_total is not None else 1.0))
-        key_b = (_rank(best), -(best.eps_total if best.eps_total is not None else 1.0))
-        if key_p < key_b:
+        if best is None or _strength(p) < _strength(best):
             best = p
     return best
 
@@ -244,11 +269,12 @@ def pair_provenance(cfg: Any, pair: tuple[str, str], logs: Mapping[str, Any] | N
                     eps_total: float | None = None) -> Provenance:
     """Provenance of a key block of ``pair`` = (Ci, Cj) from the station config and the clients' logs. Its
     ``intensity_rel_uncertainty`` is the δ the distiller analyses every pair with (the station's largest declared,
-    :meth:`labqfl.config.StationConfig.intensity_rel_uncertainty`) when both clients of the pair declare one, else
-    None (a client that declares none has its μ_k taken as exact)."""
+    :meth:`labqfl.config.StationConfig.intensity_rel_uncertainty`) when both clients of the pair declare one above 0,
+    else None (:data:`NO_BAND`: the analysis still used the station's largest δ, but nothing declared bounds this
+    pair's μ_k)."""
     logs = logs or {}
     a, b = pair
-    declared = all(getattr(cfg.client(c), "intensity_rel_uncertainty", None) is not None for c in pair)
+    declared = all((getattr(cfg.client(c), "intensity_rel_uncertainty", None) or 0.0) > 0.0 for c in pair)
     band = float(cfg.intensity_rel_uncertainty()) if declared else None
     return Provenance(physical_layer=station_physical_layer(cfg),
                       randomness=weakest_randomness(client_randomness(cfg, a, logs.get(a)),
@@ -349,9 +375,9 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             # the weakest block's own record, its derived fields under the authentication caveat
             "weakest": ({**w.as_dict(), "security": _caveated_statement(w, caveat),
                          "information_theoretic": weakest_it,
-                         "information_theoretic_condition": IT_CONDITION if weakest_it else None}
+                         "information_theoretic_condition": it_condition(w) if weakest_it else None}
                         if w is not None else None), "security": statement,
-            "information_theoretic": all_it, "information_theoretic_condition": IT_CONDITION if all_it else None}
+            "information_theoretic": all_it, "information_theoretic_condition": it_condition(w) if all_it and w else None}
 
 
 def _caveated_statement(w: Provenance, caveat: str | None) -> str:
@@ -368,13 +394,13 @@ def _caveated_statement(w: Provenance, caveat: str | None) -> str:
 def weakest_summary(summaries: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
     """The weakest of several :func:`summarize_blocks` results (e.g. one per pair); a summary with
     unrecorded blocks or none at all counts as weaker than any recorded provenance. None if empty."""
-    def rank(sm: Mapping[str, Any]) -> tuple[int, float]:
+    def rank(sm: Mapping[str, Any]) -> tuple[int, float, float]:
         w = sm.get("weakest")
         if w is None or sm.get("unrecorded_blocks"):
-            return (-1, 0.0)
+            return (-1, 0.0, 0.0)
         p = Provenance.from_dict(w)
-        r = min(_rank(p), 2) if sm.get("auth_secret") else _rank(p)  # a caveat: computational at best
-        return (r, -(p.eps_total if p.eps_total is not None else 1.0))
+        r, band, eps = _strength(p)
+        return (min(r, 2), 0.0, eps) if sm.get("auth_secret") else (r, band, eps)  # a caveat: computational at best
 
     return min(summaries, key=rank, default=None)
 

@@ -305,7 +305,7 @@ class DistillSession:
         :func:`labqfl.provenance.run_provenance` (as ``labqfl run``'s metrics; the pair's pre-shared
         blocks included: where its authentication started), the distilled blocks by physical layer/randomness
         over all pairs, the authentication refills stored with them (``auth_refill_blocks``, one per block), and the weakest storing pair's statement (``keys status``'s functions)."""
-        from labqfl.provenance import IT_CONDITION, run_provenance, weakest_summary
+        from labqfl.provenance import run_provenance, weakest_summary
 
         pairs = {f"{a}-{b}": run_provenance(self.stores[a], f"{a}-{b}", self.run_id) for a, b in self.cfg.pairs()}
         stored = [p for p in pairs.values() if p["blocks"] or p["unrecorded_blocks"]]
@@ -318,7 +318,7 @@ class DistillSession:
                 "auth_refill_blocks": sum(p.get("auth_refill_blocks", 0) for p in pairs.values()),
                 "security": w["security"] if w is not None else "no key block stored: nothing is claimed",
                 "information_theoretic": (it := bool(stored) and all(p["information_theoretic"] for p in stored)),
-                "information_theoretic_condition": IT_CONDITION if it else None}
+                "information_theoretic_condition": w.get("information_theoretic_condition") if it and w else None}
 
     def accounting(self) -> dict[str, Any]:
         """Each node store's accounting (bits available and consumed per pair and purpose)."""

@@ -23,7 +23,7 @@ CAVEAT = "μ_k are not measured by labqfl"  # labqfl.provenance.INTENSITY_CAVEAT
 #: labqfl.provenance.IT_CONDITION
 IT_CONDITION = ("each true mean photon number lies within the declared calibration uncertainty "
                 "(intensity_rel_uncertainty) of the declared μ_k")
-WITHHELD = "claim withheld: the station declares no intensity_rel_uncertainty"  # labqfl.provenance.NO_BAND
+WITHHELD = "claim withheld: not both clients of this pair declare an intensity calibration band"  # provenance.NO_BAND
 
 
 def _block(layer: str, rnd: str, band: float | None = 0.05) -> dict[str, object]:
@@ -67,11 +67,11 @@ def test_the_information_theoretic_flag_needs_a_declared_intensity_uncertainty()
     assert text.startswith(f"{IT_PHRASE} if {IT_CONDITION} (±0.05), "), text
     assert "attenuation the station file gives" in text and "options.attenuation_db, read back" in text
     d = p.as_dict()
-    assert d["information_theoretic"] is True and d["information_theoretic_condition"] == IT_CONDITION
+    assert d["information_theoretic"] is True and d["information_theoretic_condition"] == f"{IT_CONDITION} (±0.05)"
     assert d["intensity_rel_uncertainty"] == 0.05
     s = summarize_blocks([_block("hardware", "qrng")])
-    assert s["information_theoretic"] is True and s["information_theoretic_condition"] == IT_CONDITION
-    assert s["weakest"]["information_theoretic_condition"] == IT_CONDITION
+    assert s["information_theoretic"] is True and s["information_theoretic_condition"] == f"{IT_CONDITION} (±0.05)"
+    assert s["weakest"]["information_theoretic_condition"] == f"{IT_CONDITION} (±0.05)"
     bare = Provenance("hardware", "qrng", eps_total=1e-10)  # none declared
     assert bare.as_dict()["information_theoretic"] is False and bare.as_dict()["information_theoretic_condition"] is None
     assert security_statement(bare).startswith(WITHHELD) and IT_PHRASE not in security_statement(bare)
@@ -86,3 +86,50 @@ def test_the_information_theoretic_flag_needs_a_declared_intensity_uncertainty()
     assert auth["weakest"]["information_theoretic_condition"] is None
     with pytest.raises(ValueError, match="intensity_rel_uncertainty"):
         Provenance("hardware", "qrng", intensity_rel_uncertainty=1.5)
+
+
+def test_a_declared_delta_of_zero_earns_no_claim() -> None:
+    """Review s37 physics F2: δ = 0 is the exact-μ analysis bit for bit, which without a declaration gets no
+    claim; declared, it made a hardware/QRNG block information-theoretic "(±0)". Now the flag needs δ > 0."""
+    z = Provenance("hardware", "qrng", eps_total=1e-10, intensity_rel_uncertainty=0.0)
+    d = z.as_dict()
+    assert d["information_theoretic"] is False and d["information_theoretic_condition"] is None
+    assert security_statement(z).startswith(WITHHELD) and IT_PHRASE not in security_statement(z)
+    s = summarize_blocks([_block("hardware", "qrng", 0.0)])
+    assert s["information_theoretic"] is False and IT_PHRASE not in s["security"]
+    mixed = summarize_blocks([_block("hardware", "qrng", 0.05), _block("hardware", "qrng", 0.0)])
+    assert mixed["weakest"]["intensity_rel_uncertainty"] == 0.0 and mixed["information_theoretic"] is False
+
+
+def test_a_summary_states_the_narrowest_band_of_its_blocks_with_the_number() -> None:
+    """Review s37 physics F3: blocks at ±0.05 and ±0.2 were summarised as "±0.2" (weakest() ignored δ), and
+    information_theoretic_condition carried no number. A ±0.05 block is secure only if every μ lies within ±5 %:
+    the harder condition, so it is the weakest, and the condition names it."""
+    a = {"meta": {"provenance": Provenance("hardware", "qrng", eps_total=1e-9, intensity_rel_uncertainty=0.05).as_dict()}}
+    c = {"meta": {"provenance": Provenance("hardware", "qrng", eps_total=2e-9, intensity_rel_uncertainty=0.2).as_dict()}}
+    for blocks in ([a, c], [c, a]):
+        s = summarize_blocks(blocks)
+        assert s["weakest"]["intensity_rel_uncertainty"] == 0.05, blocks
+        assert "(±0.05)" in s["security"] and "±0.2" not in s["security"]
+        assert s["information_theoretic_condition"] == f"{IT_CONDITION} (±0.05)"
+    from labqfl.provenance import weakest_summary
+    sa, sc = summarize_blocks([a]), summarize_blocks([c])
+    assert weakest_summary([sc, sa]) is sa and weakest_summary([sa, sc]) is sa
+
+
+def test_the_withheld_claim_says_what_the_analysis_did() -> None:
+    """Review s37 physics F5: with C1 declaring δ = 0.05 and C2 none, pair C1-C2 was analysed at ±0.05 (the
+    station's largest δ) but the statement said "the analysis took the declared μ_k as exact"."""
+    from labqfl.config import load_station_config
+    from labqfl.provenance import pair_provenance
+
+    cfg = load_station_config()
+    clients = [c.model_copy(update={"intensity_rel_uncertainty": 0.05 if i == 0 else None})
+               for i, c in enumerate(cfg.clients)]
+    cfg = cfg.model_copy(update={"clients": clients})
+    assert cfg.intensity_rel_uncertainty() == 0.05
+    p = pair_provenance(cfg, (clients[0].name, clients[1].name))
+    assert p.intensity_rel_uncertainty is None
+    text = Provenance("hardware", "qrng", intensity_rel_uncertainty=None).as_dict()["security"]
+    assert text.startswith(WITHHELD) and "analysis took the declared μ_k as exact" not in text
+    assert "the analysis used the station's largest declared δ" in text
