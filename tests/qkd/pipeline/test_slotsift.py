@@ -406,3 +406,26 @@ def test_channel_times_equals_the_numpy_mask():
             for c in (7, 2):
                 got = _channel_times(ts, ch, np.int16(c), np.int64(3))
                 np.testing.assert_array_equal(got, ts[ch == c] - 3)
+
+
+@pytest.mark.parametrize("where", ["first", "inside", "after_sync", "last", "far_back"])
+def test_a_timestamp_going_backwards_is_one_error_wherever_it_is(where):  # type: ignore[no-untyped-def]
+    # the fused pass finds a block's end by counting the tags below the next anchor (not by a
+    # search that assumes order); every adjacent pair of tags is still checked once, so a decrease
+    # anywhere (also across a block's end, or far back) is the one "non-decreasing" error
+    p = make_params()
+    sched = PairSchedule([("C1", "C2")], slots_per_frame=64)
+    rng = np.random.default_rng(4)
+    ts, ch, _, _ = synth_stream(rng, p, 20_000, p_click=0.2)
+    ts = ts.copy()
+    det = np.flatnonzero((ch == D0) | (ch == D1))
+    sync = np.flatnonzero(ch == SYNC)
+    k = {"first": int(det[1]), "inside": int(det[det.size // 2]), "last": int(ts.size - 1),
+         "after_sync": int(sync[sync.size // 2]) + 1, "far_back": int(det[det.size // 3])}[where]
+    if where == "far_back":
+        ts[k] = ts[0]  # back to the start of the stream
+    else:
+        ts[k] = ts[k - 1] - 1  # one picosecond before the tag ahead of it
+    assert np.any(ts[1:] < ts[:-1])
+    with pytest.raises(QKDInputError, match="non-decreasing"):
+        slot_sift(TagBlock(ts, ch), p, sched, dense_logs(rng, 20_000), SETUPS, 20_000)
