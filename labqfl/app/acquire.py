@@ -393,7 +393,8 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
     ``error_rate`` on the cells of ``labqfl distill``'s (docs/postprocessing.md), so the two compare:
     ``X_key`` (both clients in X at the key intensity: the key cell), ``X_test`` and ``Y_test`` (both in
     X, resp. Y, at equal non-zero intensities, the key cell left out:
-    :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`); ``None`` where a cell has no click.
+    :meth:`~labqfl.contracts.types.PairCounts.matched_test_counts`); ``None`` where a cell has no click, and a test
+    rate ``None`` below :data:`labqfl.qkd.pipeline.MIN_RATE_CLICKS` clicks, as ``labqfl distill``'s metrics.
     ``error_rate_counts``: the clicks each of those rates is over (physics review s34 F4: a test rate from
     the handful of decoy–decoy clicks two clients with unequal signal intensities share was shown bare).
     ``by_basis_pair``'s ``error_rate`` counts every intensity pair, also signal against decoy, whose wrong
@@ -402,6 +403,7 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
     A slot's error (docs/protocol.md): equal bits and a D1 click, or different bits and a D0 click; a
     double click is half an error."""
     from labqfl.contracts.types import KEY_BASIS, KEY_INTENSITY_INDEX, PairCounts
+    from labqfl.qkd.pipeline import MIN_RATE_CLICKS
 
     out = report.summary()
     for name, entry in out.items():
@@ -426,7 +428,8 @@ def pair_summary(report: Any, cfg: StationConfig) -> dict[str, Any]:
         x_test = counts.matched_test_counts(bases=(b0,))
         y_test = counts.matched_test_counts(bases=(1 - b0,))
         cells = (("X_key", key), ("X_test", x_test), ("Y_test", y_test))
-        entry["error_rate"] = {k: (e / 2 / n if n else None) for k, (n, e) in cells}
+        floor = {"X_key": 1, "X_test": MIN_RATE_CLICKS, "Y_test": MIN_RATE_CLICKS}  # "0.0" from 1 click is no rate
+        entry["error_rate"] = {k: (e / 2 / n if n >= floor[k] else None) for k, (n, e) in cells}
         entry["error_rate_counts"] = {k: int(n) for k, (n, _e) in cells}  # the clicks each rate is over
     return out
 
