@@ -8,7 +8,9 @@ Model (documented in docs/simulator.md):
   modulates the clockwise pulse and client j the counter-clockwise one.
 * **Clients**: each client's generator (:mod:`labqfl.sim_backends.qrng`: CSPRNG or seeded) writes
   its modulator drive pattern (intensity level k and phase index a per slot) for the slots of its
-  pair's frames in every window; the kernels read only those patterns, never a client key. Mean photon
+  pair's frames in every window, or, on the on-demand path (:attr:`SagnacTestbed.modulation_on_demand`;
+  chosen where the thinning candidates are few, as on the default station), answers with those codes
+  at the candidate slots only; the kernels read only these codes, never a client key. Mean photon
   numbers = config ``intensities`` × (laser power / configured power) × 10^(−(att − att_nom)/10)
   (0 with the shutter closed). Applied phase of index a:
   V = clip((aπ/2 − bias_set)·Vπ_set/π, ±amplitude/2), φ = πV/Vπ_true + φ0_true with
@@ -40,8 +42,9 @@ Model (documented in docs/simulator.md):
   power (:meth:`SagnacTestbed.follow_laser`) and a bit-driven modulator's amplifier output, gain and DC bias
   (:meth:`SagnacTestbed.follow_bit_modulator`: φ_a = π·(V_a + V_dc)/Vπ + φ0, one Vπ for both ports).
 
-Parallel: in every block the 65 536-slot chunks of signal clicks, then the two detectors, then the
-two halves of the final merge run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
+Parallel: in every block the 65 536-slot chunks of signal clicks (and the clients' answers on the
+on-demand path, one task per client), then the two detectors, then the two halves of the final merge
+run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
 randomness is counter-based per chunk or per slot/time, so the tags do not depend on the thread count.
 
 Each call of :meth:`SagnacTestbed.stream` is one *acquisition* with its own epoch (0, 1, 2, …),
