@@ -63,6 +63,7 @@ from labqfl.qkd.keyrate import (
     _key_length_from_model,
     expected_counts,
     station_pair_channel,
+    station_params,
 )
 
 __all__ = ["BLOCK_MARGIN", "MIN_KEY_BITS", "MAX_BLOCK_BITS", "PairBlockPlan", "BlockPlan", "break_even_slots",
@@ -266,12 +267,13 @@ def plan_blocks(cfg: StationConfig, duration_s: float | None = None, *, params: 
 
     ``duration_s``: seconds of data to distil (a recording, a timed acquisition), None for an
     open-ended stream. ``params``: the security settings the blocks will be judged with (ε_sec
-    changes the break-even size). Deterministic; cached per (station, arguments) since the search
-    costs ~0.5 s per pair.
+    changes the break-even size), with the station's intensity band δ where it is larger
+    (:func:`labqfl.qkd.keyrate.station_params`: what the distiller judges the blocks with; review s37 physics).
+    Deterministic; cached per (station, arguments) since the search costs ~0.5 s per pair.
     """
     _check_rule_args(duration_s, margin)
     _warn_model_limits(cfg)
-    p = params or SecurityParameters()
+    p = station_params(cfg, params)
     key = (cfg.model_dump_json(), duration_s, p, ec_efficiency, margin, max_block_bits)
     if key in _CACHE:
         return _CACHE[key]
@@ -322,10 +324,10 @@ def rule_slots(cfg: StationConfig, pair: str, *, params: SecurityParameters | No
     """The rule size N_rule = (1 + ``margin``)·N₀ [slots of the pair] of one scheduled pair
     ("Ci-Cj"; ``math.inf``: no key at any block size): the one figure of :func:`plan_blocks` that
     needs only the break-even search (cached per channel, :func:`break_even_slots`), none of the
-    block's own finite-key evaluations."""
+    block's own finite-key evaluations. ``params`` with the station's δ where larger, as :func:`plan_blocks`."""
     _warn_model_limits(cfg)
     a, b = pair.split("-")
-    return (1.0 + margin) * break_even_slots(station_pair_channel(cfg, (a, b)), params or SecurityParameters(),
+    return (1.0 + margin) * break_even_slots(station_pair_channel(cfg, (a, b)), station_params(cfg, params),
                                              ec_efficiency)
 
 
@@ -336,9 +338,10 @@ def plan_pair_blocks(cfg: StationConfig, pairs: Any, duration_s: float | None = 
     """The rule (module docstring) for the scheduled ``pairs`` only ("Ci-Cj" names, each at its own
     schedule share), exactly as :func:`plan_blocks` gives them for the whole station: a pair's plan
     depends only on its own channel, share and slots in the data, so a caller that needs a few pairs
-    (the top-up planner, :func:`labqfl.planning.plan_top_up`) pays for those alone."""
+    (the top-up planner, :func:`labqfl.planning.plan_top_up`) pays for those alone. ``params`` with the
+    station's δ where larger, as :func:`plan_blocks`."""
     _check_rule_args(duration_s, margin)
-    p = params or SecurityParameters()
+    p = station_params(cfg, params)
     sched = schedule if schedule is not None else PairSchedule.from_config(cfg)
     rate = fresh_slot_rate_hz(cfg)
     # fresh slots of each pair in the data: exact for the schedule's cycle (None: open-ended stream)
