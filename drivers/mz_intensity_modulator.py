@@ -90,7 +90,8 @@ class GenericMZIntensityModulatorOptions(DriverOptions):
     v_pi_v: float = Field(4.0, ge=V_PI[0], le=V_PI[1], description="RF half-wave voltage of the modulator [V]")
     peak_mean_photons: float = Field(1.0, gt=0, le=1e6,
                                      description="mean photon number per pulse leaving the client at full transmission")
-    extinction_db: float = Field(30.0, ge=10.0, le=60.0, description="extinction ratio of the modulator [dB]")
+    extinction_db: float = Field(30.0, ge=10.0, le=60.0, description=("the modulator's guaranteed minimum extinction ratio [dB] (lowest over bias lock "
+                                             "and drift, not nominal): the floor it implies is declared as a maximum"))
     bias_mode: str = Field("null", pattern=r"^(null|peak|quad\+|quad-|manual)$",
                            description="lock point written on open: null (decoys need it), peak, quad+, quad-, manual")
     #: this driver names no model: set it to your controller's *IDN? so that a wrong address is refused on open
