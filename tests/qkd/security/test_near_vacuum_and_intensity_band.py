@@ -70,14 +70,17 @@ def _phase_weights(pooled: bool, px: float) -> list[float]:
     return [px / 2, (1 - px) / 2, px / 2, (1 - px) / 2] if pooled else [0.25] * 4
 
 
-def _gains(m_click: np.ndarray, mu_true: list[float], pooled: tuple[bool, ...], px: float) -> np.ndarray:
+def _gains(m_click: np.ndarray, mu_true: list[float], pooled: tuple[bool, ...], px: float,
+           mu_true_j: list[float] | None = None) -> np.ndarray:
+    """Gains of Ci at ``mu_true`` and Cj at ``mu_true_j`` (default the same levels)."""
     k = len(mu_true)
     states = [[_coherent(1j**a * math.sqrt(m)) for a in range(4)] for m in mu_true]
+    states_j = states if mu_true_j is None else [[_coherent(1j**a * math.sqrt(m)) for a in range(4)] for m in mu_true_j]
     g = np.zeros((k, k))
     for a_ in range(k):
         for b_ in range(k):
             wa, wb = _phase_weights(pooled[a_], px), _phase_weights(pooled[b_], px)
-            g[a_, b_] = sum(wa[p] * wb[q] * _expect(m_click, np.kron(states[a_][p], states[b_][q]))
+            g[a_, b_] = sum(wa[p] * wb[q] * _expect(m_click, np.kron(states[a_][p], states_j[b_][q]))
                             for p in range(4) for q in range(4))
     return g
 
@@ -89,11 +92,17 @@ def test_pooled_near_vacuum_and_intensity_band_hold_against_random_attacks(eps: 
     pooled = (False, False, True)  # pooling is sound for any level (0.03 is brighter than the signal here)
     px = 0.9
     d = NC + 1
+
+    def draw() -> list[float]:  # each level anywhere in its band, the floor (a maximum) in [0, ε(1 + δ)]
+        out = [m * (1 + rng.uniform(-delta, delta)) for m in declared]
+        out[2] = eps * (rng.uniform(0.0, 1 + delta) if delta > 0 else 1.0)
+        return out
+
     for trial in range(3):
-        mu_true = [m * (1 + rng.uniform(-delta, delta)) for m in declared]  # each level anywhere in its band
+        mu_true, mu_true_j = draw(), draw()  # each client's own (review s37 physics F4)
         povm = _random_povm(rng, d * d, 3, [1.0, 0.2, 0.02][trial])
         m_click = sum(povm)
-        g = _gains(m_click, mu_true, pooled, px)
+        g = _gains(m_click, mu_true, pooled, px, mu_true_j)
         b = decoy_yield_bounds(declared, declared, g - 1e-11, g + 1e-11, targets=PHASE_ERROR_TARGETS, lower=False,
                                pooled_i=pooled, pooled_j=pooled, rel_uncertainty=delta)
         assert b.feasible
@@ -101,9 +110,10 @@ def test_pooled_near_vacuum_and_intensity_band_hold_against_random_attacks(eps: 
         for r, s in PHASE_ERROR_TARGETS:
             assert y_true[r, s] <= b.y_upper[r, s] + 1e-7, (r, s, y_true[r, s], b.y_upper[r, s])
         # virtual protocol with the TRUE key intensity: phase error = click with equal photon-number parities
-        key = _coherent(math.sqrt(mu_true[0]))
-        par = [np.where(np.arange(d) % 2 == j, key, 0.0) for j in (0, 1)]
-        exact = sum(_expect(m_click, np.kron(par[j], par[j])) for j in (0, 1))
+        key_i, key_j = _coherent(math.sqrt(mu_true[0])), _coherent(math.sqrt(mu_true_j[0]))
+        par_i = [np.where(np.arange(d) % 2 == j, key_i, 0.0) for j in (0, 1)]
+        par_j = [np.where(np.arange(d) % 2 == j, key_j, 0.0) for j in (0, 1)]
+        exact = sum(_expect(m_click, np.kron(par_i[j], par_j[j])) for j in (0, 1))
         assert exact <= phase_error_probability_bound(declared[0], declared[0], b.y_upper, delta) + 1e-12
 
 
