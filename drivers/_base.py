@@ -99,14 +99,37 @@ def ramp_points(start: float, target: float, step: float) -> list[float]:
     return [start + (target - start) * k / n for k in range(1, n + 1)]
 
 
-def run_ramp(points: list[float], rate_per_s: float, step: float, write: Callable[[float], None]) -> None:
+def run_ramp(points: list[float], rate_per_s: float, step: float, write: Callable[[float], None], *,
+             cut: Callable[[], bool] | None = None) -> int:
     """Write each point of a ramp, pausing ``step / rate_per_s`` seconds between two writes (the
-    ramp's pacing: at most ``rate_per_s`` units per second)."""
+    ramp's pacing: at most ``rate_per_s`` units per second); how many points were written. ``cut``
+    (when given) is asked before each write and every :data:`RAMP_POLL_S` of a pause: True ends the
+    ramp there (the PRO8000's emergency stop, which may start while a normal ramp runs: review s37 lab3 M1)."""
     pause = step / rate_per_s if rate_per_s > 0 else 0.0
     for k, v in enumerate(points):
         if k and pause > 0:
-            time.sleep(pause)
+            if cut is None:
+                time.sleep(pause)
+            elif _pause_cut(pause, cut):
+                return k
+        if cut is not None and cut():
+            return k
         write(v)
+    return len(points)
+
+
+def _pause_cut(pause: float, cut: Callable[[], bool]) -> bool:
+    """Sleep ``pause`` seconds in slices of :data:`RAMP_POLL_S`; True as soon as ``cut()`` is."""
+    end = time.monotonic() + pause
+    while (left := end - time.monotonic()) > 0:
+        if cut():
+            return True
+        time.sleep(min(left, RAMP_POLL_S))
+    return False
+
+
+#: How often a ramp's pause asks its ``cut`` (:func:`run_ramp`) [s].
+RAMP_POLL_S = 0.02
 
 
 class SerialOptions(DriverOptions):

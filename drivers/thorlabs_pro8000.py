@@ -49,6 +49,7 @@ actual temperature and the wavelength it gives (``tec``).
 
 from __future__ import annotations
 
+import time
 import warnings
 from typing import Any
 
@@ -58,7 +59,7 @@ from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentReplyError
-from labqfl.instruments.base import in_emergency
+from labqfl.instruments.base import emergency_since, in_emergency
 from labqfl.instruments.interfaces import PulsedLaser
 from labqfl.log import get_logger
 
@@ -256,7 +257,10 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         :func:`labqfl.instruments.base.in_emergency`; review s36 lab2 L4: not every switch-off) it lasts at most
         ``options.safe_ramp_max_s``: a ramp that would take longer (a high-current diode at a slow rate outlasts
         systemd's 90 s stop timeout and is SIGKILLed with emission on, review s36 L4) is cut there, logged; the
-        caller then sends ``:LASER OFF`` at the current reached. The options warn at load when that can happen."""
+        caller then sends ``:LASER OFF`` at the current reached. The options warn at load when that can happen.
+        A normal ramp already running when an emergency begins (another thread's switch-off: the emergency's
+        own safe state waits for this driver's lock) is cut ``safe_ramp_max_s`` after the emergency began, at
+        the latest (re-checked at each step and every 20 ms of a pause; review s37 lab3 M1)."""
         if i0_ma < 1e-9:
             return
         points = ramp_points(i0_ma, 0.0, self.ramp_step_ma)
@@ -268,8 +272,18 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                              self.ramp_ma_per_s, (len(points) - 1) * pause, self.safe_ramp_max_s,
                              (fit - 1) * pause, points[fit - 1])
             points = points[:fit]
+        started = time.monotonic()
+
+        def cut() -> bool:  # an emergency that began after this ramp did: its cap counts from its start
+            since = emergency_since()
+            return since is not None and since > started and time.monotonic() >= since + self.safe_ramp_max_s
+
         with self.lock:
-            run_ramp(points, self.ramp_ma_per_s, self.ramp_step_ma, self._write_current)
+            done = run_ramp(points, self.ramp_ma_per_s, self.ramp_step_ma, self._write_current, cut=cut)
+        if done < len(points):
+            self.log.warning("emergency stop (%s) during a normal ramp-down from %g mA: cut %g s after it began "
+                             "(options.safe_ramp_max_s), :LASER OFF at once at %g mA", in_emergency(), i0_ma,
+                             self.safe_ramp_max_s, points[done - 1] if done else i0_ma)
 
     def _require_tec_ready(self) -> None:
         """The TEC output on and the diode at its set temperature (within ``options.temp_tolerance_k``)."""
@@ -293,13 +307,20 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
     def _ramp_to(self, target_ma: float, *, start: float | None = None) -> None:
         """Move the LD current to ``target_ma`` in steps of at most ``ramp_step_ma``, paced at
-        ``ramp_ma_per_s``."""
+        ``ramp_ma_per_s``. An emergency stop (:func:`~labqfl.instruments.base.emergency_since`) stops it at
+        the next step with :class:`InstrumentError` (the emergency's safe state, waiting for this driver's
+        lock, then ramps down from there)."""
         with self.lock:
             i0 = self.current_ma if start is None else start
             if abs(target_ma - i0) < 1e-9:
                 return
-            run_ramp(ramp_points(i0, target_ma, self.ramp_step_ma), self.ramp_ma_per_s, self.ramp_step_ma,
-                     self._write_current)
+            points = ramp_points(i0, target_ma, self.ramp_step_ma)
+            done = run_ramp(points, self.ramp_ma_per_s, self.ramp_step_ma, self._write_current,
+                            cut=lambda: emergency_since() is not None)
+        if done < len(points):  # an emergency stop began: no current goes up any more (review s37 lab3 M1)
+            raise InstrumentError(f"{self.name}: ramp to {target_ma:g} mA stopped at "
+                                  f"{points[done - 1] if done else i0:g} mA by an emergency stop ({in_emergency()})",
+                                  instrument=self.name, resource=self.resource, command=":ILD:SET")
 
     def safe_state(self) -> None:
         """Current ramped down to 0 mA, then emission off (the set point is kept). A bad read-back or a

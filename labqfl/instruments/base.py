@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,34 +21,45 @@ import numpy as np
 from labqfl.instruments.settings import Setting, declared_settings
 from labqfl.log import instrument_logger
 
-__all__ = ["Instrument", "Setting", "TagBlock", "emergency", "in_emergency"]
+__all__ = ["Instrument", "Setting", "TagBlock", "emergency", "emergency_since", "in_emergency"]
 
-_EMERGENCY: list[str] = []  # reasons of the emergency stops now running (a signal handler's safe state)
-_EMERGENCY_LOCK = threading.Lock()
+#: The emergency stops now running (a signal handler's safe state), oldest first. No lock (review s37 lab3 L4): a
+#: signal handler runs on the main thread between two bytecodes, possibly in the middle of :func:`in_emergency`
+#: on that same thread, so a lock held there would deadlock the handler; ``list.append``, ``list.remove`` and a
+#: slice copy are each one bytecode-level C call, atomic under the GIL and between signal handlers.
+_EMERGENCY: list[emergency] = []
 
 
 class emergency:  # noqa: N801 - used as a context manager, like contextlib's
     """``with emergency("signal SIGTERM"):`` — the safe states inside are an emergency stop (SIGTERM, SIGINT):
     a driver may shorten what it does to stay within a service manager's stop timeout (the PRO8000's ramp-down:
-    ``options.safe_ramp_max_s``); outside, every switch-off is the normal one. Nested and thread-safe."""
+    ``options.safe_ramp_max_s``), also a ramp another thread started before the emergency (it re-checks at each
+    step: :func:`emergency_since`); outside, every switch-off is the normal one. Nested, thread-safe and
+    signal-safe (entered from a signal handler that interrupted :func:`in_emergency` on the same thread)."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self.since = 0.0  # time.monotonic() when entered
 
     def __enter__(self) -> emergency:
-        with _EMERGENCY_LOCK:
-            _EMERGENCY.append(self.reason)
+        self.since = time.monotonic()
+        _EMERGENCY.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        with _EMERGENCY_LOCK:
-            _EMERGENCY.remove(self.reason)
+        _EMERGENCY.remove(self)  # this very object (emergencies compare by identity)
 
 
 def in_emergency() -> str | None:
-    """The reason of the emergency stop running now (:class:`emergency`), or None."""
-    with _EMERGENCY_LOCK:
-        return _EMERGENCY[-1] if _EMERGENCY else None
+    """The reason of the emergency stop running now (:class:`emergency`; the latest one), or None."""
+    running = _EMERGENCY[:]  # one atomic copy: another thread may leave its emergency meanwhile
+    return running[-1].reason if running else None
+
+
+def emergency_since() -> float | None:
+    """``time.monotonic()`` at which the oldest emergency stop still running began, or None."""
+    running = _EMERGENCY[:]
+    return min(e.since for e in running) if running else None
 
 
 _NO_INTERVALS = np.empty((0, 2), dtype=np.int64)

@@ -28,7 +28,7 @@ from typing import Any
 
 from labqfl.config import StationConfig, load_station_config
 from labqfl.errors import ConfigError, LabqflError
-from labqfl.instruments.base import Instrument
+from labqfl.instruments.base import Instrument, emergency
 from labqfl.log import get_logger
 from labqfl.net import NodeChannel, NodeCredentials, NodeServer, ServedSession
 from labqfl.nodes.heap import freeze_startup_objects, keep_freed_memory
@@ -194,7 +194,7 @@ class NodeInstruments:
     :meth:`open` writes the operating point (``apply_operating_point``: ramps included, outputs off);
     :meth:`arm` puts it in its operating state (:func:`labqfl.station.arm_instruments`: laser trigger and laser on,
     detectors armed, modulators on, shutters open) and :meth:`disarm` back to its safe state once the last armed
-    acquisition ended; :meth:`stop` (SIGTERM, SIGINT: :meth:`Node.serve`) puts it in its safe state at once
+    acquisition ended; :meth:`stop` (:meth:`Node.serve`: a signal, an emergency; `ctl/stop`) puts it in its safe state at once
     and refuses any later arming; :meth:`close` (and the ``atexit`` hook registered by :meth:`open`) safe
     state and release. Thread-safe: ``ctl`` verbs arm and disarm from the server's threads."""
 
@@ -304,11 +304,17 @@ class NodeInstruments:
             log.info("node %s: %s in the safe state", self.node, ", ".join(reversed(list(self.instruments))))
         return failed
 
-    def stop(self) -> None:
-        """SIGTERM/SIGINT: the safe state now; no arming from here on."""
+    def stop(self, emergency_reason: str | None = None) -> None:
+        """The node stops: the safe state now; no arming from here on. ``emergency_reason`` (a signal:
+        :meth:`Node.serve`) makes it an emergency stop (:class:`~labqfl.instruments.base.emergency`: the PRO8000's
+        ramp-down cut at ``safe_ramp_max_s``), entered before this object's lock, so that a normal ramp another
+        thread's :meth:`disarm` runs under that lock is cut too (review s37 lab3 M1); without one (``ctl/stop``, a
+        lost launcher) every ramp runs all the way, as a normal switch-off (review s37 lab3 L5)."""
+        from contextlib import nullcontext
+
         from labqfl.instruments.base import emergency
 
-        with self._lock, emergency(f"node {self.node} stopping"):
+        with emergency(emergency_reason) if emergency_reason else nullcontext(), self._lock:
             self._stopping = True
             if not self._closed:
                 self.safe_state()
@@ -403,7 +409,14 @@ class Node:
         so a launcher can read the ephemeral port. The node's instruments (:class:`NodeInstruments`) open
         before it listens; on SIGTERM/SIGINT they go to their safe state before :meth:`shutdown` finishes
         the work in progress, and they are released last."""
+        signalled: list[emergency] = []
+
         def on_signal(signum: int, frame: object) -> None:
+            # an emergency stop from the signal on (signal-safe: labqfl.instruments.base), until the node is
+            # down: it cuts a ramp already running, also an orderly stop's (ctl/stop) or a disarm's in another
+            # thread (review s37 lab3 M1, L5)
+            if not signalled:
+                signalled.append(emergency(f"node {self.name}: signal {signal.Signals(signum).name}").__enter__())
             self.stopping.set()
 
         # A launcher's SIGTERM may arrive while this node is already stopping (after a ``ctl/stop``
@@ -435,7 +448,8 @@ class Node:
         finally:
             log.info("node %s: stopping", self.name)
             try:
-                self.instruments.stop()  # the safe state first, before the block in progress is finished
+                # the safe state first, before the block in progress is finished
+                self.instruments.stop(signalled[0].reason if signalled else None)
                 self.shutdown()
             finally:
                 try:
@@ -444,6 +458,8 @@ class Node:
                     self.instruments.close()
                     for s in (signal.SIGTERM, signal.SIGINT):
                         signal.signal(s, signal.SIG_IGN)
+                    for e in signalled:
+                        e.__exit__(None, None, None)
 
 
 #: Set by a launcher (``labqfl run``, ``labqfl node up``, the GUI's Nodes panel) in every node process it

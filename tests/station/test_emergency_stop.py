@@ -39,6 +39,6 @@ def test_a_nodes_stop_is_an_emergency_and_its_disarm_is_not() -> None:
     ni.instruments = {"laser": rec}  # type: ignore[dict-item]
     ni._armed = 1
     ni.disarm()  # an acquisition's normal end
-    ni.stop()  # SIGTERM/SIGINT (Node.serve)
-    assert rec.seen == [None, "node detector stopping"]
+    ni.stop("node detector: signal SIGTERM")  # SIGTERM/SIGINT (Node.serve; ctl/stop: stop() with no reason)
+    assert rec.seen == [None, "node detector: signal SIGTERM"]
     assert in_emergency() is None
