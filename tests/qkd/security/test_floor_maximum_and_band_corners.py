@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from labqfl.config import load_station_config
 from labqfl.qkd.decoy import (
     PHASE_ERROR_TARGETS,
     decoy_yield_bounds,
     level_state_bounds,
     pseudo_fock,
 )
+from labqfl.qkd.estimation import SecurityParameters, secure_key_length
+from labqfl.qkd.finite_key import binary_entropy
+from labqfl.qkd.keyrate import expected_counts, station_pair_channel
 
-from .test_near_vacuum_and_intensity_band import NC, _gains
+from .test_near_vacuum_and_intensity_band import N_EMBEDDED, NC, _gains
 
 POOLED = (False, False, True)
 
@@ -146,3 +151,27 @@ def test_destructive_interference_on_a_decoy_sized_pooled_level(px: float) -> No
                                pooled_i=POOLED, pooled_j=POOLED, rel_uncertainty=delta)
         assert b.feasible
         assert b.y_upper[0, 0] >= float(m_click[0, 0].real) * (1 - 1e-6), delta
+
+
+def _floor_station(eps: float):
+    cfg = load_station_config().model_copy(deep=True)
+    for cl in cfg.clients:
+        cl.intensities = [cl.intensities[0], cl.intensities[1], eps]
+    return cfg
+
+
+@pytest.mark.parametrize("true_floor", [0.0, 1e-4, 10 ** -3.5])
+def test_a_floor_declared_at_its_maximum_issues_no_more_than_the_true_floor_backs(true_floor: float) -> None:
+    """The default operating point (C1-C4, the 10 s block) with a modulator floor declared at 10^-3.5 (its worst
+    extinction, 35 dB at μ_peak = 1) and δ = 5 %; the counts are made with the true floor at or below it. The key
+    issued (declared floor, δ) never exceeds the key the true floor backs (the true levels, δ = 0)."""
+    declared = expected_counts(station_pair_channel(_floor_station(10 ** -3.5), ("C1", "C4")), N_EMBEDDED)
+    true = expected_counts(station_pair_channel(_floor_station(true_floor), ("C1", "C4")), N_EMBEDDED)
+    counts = replace(true, intensities_i=declared.intensities_i, intensities_j=declared.intensities_j)
+    nx = float(true.clicks[0, 0, 0, 0])
+    q = float(true.errors_x2[0, 0, 0, 0]) / 2 / nx
+    leak = math.ceil(1.1 * nx * binary_entropy(q))
+    issued = secure_key_length(counts, int(nx), q, leak, SecurityParameters(intensity_rel_uncertainty=0.05))
+    backed = secure_key_length(true, int(nx), q, leak)
+    assert issued.key_length_bits > 0
+    assert issued.key_length_bits <= backed.key_length_bits
