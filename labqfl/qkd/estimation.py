@@ -71,7 +71,9 @@ class SecurityParameters:
     intensity_rel_uncertainty: δ, the relative calibration uncertainty of every declared mean photon
         number: the analysis holds for any true μ in [μ(1 − δ), μ(1 + δ)] (decoy LP coefficients at the
         band's worst case per constraint, (P5) with each p_n at its largest over the band; docs/protocol.md
-        (P10)). 0: the declared μ are taken as exact (what labqfl did before, and true of the simulator).
+        (P10)); a client's vacuum-role level (pooled, μ > 0: a modulator's extinction floor) is then taken
+        anywhere in [0, μ(1 + δ)], its declared value a maximum (:func:`labqfl.qkd.decoy.level_state_bounds`).
+        0: the declared μ are taken as exact (what labqfl did before, and true of the simulator).
     """
 
     eps_sec: float = 1e-10
