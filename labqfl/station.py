@@ -226,11 +226,14 @@ def acquisition_faults(instruments: Mapping[str, Instrument]) -> list[str]:
     return faults
 
 
-def refuse_faulty_acquisition(faults: list[str], what: str) -> None:
-    """Raise one :class:`InstrumentError` naming every fault of :func:`acquisition_faults` (nothing when none)."""
+def refuse_faulty_acquisition(faults: list[str], what: str, cost: str = "") -> None:
+    """Raise one :class:`InstrumentError` naming every fault of :func:`acquisition_faults` (nothing when none);
+    ``cost``: what the refusal costs on the caller's path (review s37 lab3 L9: a recording closed as incomplete,
+    or key blocks already stored kept and the rest dropped), said at the end."""
     if faults:
         raise InstrumentError(f"{what}: at its end the instruments no longer read as armed: {'; '.join(faults)}; "
-                              "the tags may have been taken without light or without a working detector")
+                              "the tags may have been taken without light or without a working detector"
+                              + (f". Refused: {cost}" if cost else ""))
 
 
 def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: bool = True) -> list[str]:

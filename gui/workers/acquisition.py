@@ -304,6 +304,7 @@ class AcquisitionTask:
         stream = acq.start()  # the tagger's acquisition begins: the station's logs and ID are this segment's
         feeder: QueueFeed | None = None
         tail: list[Any] = []
+        ended = False  # the segment ended without an error: its end is checked (review s37 lab3 M2)
         try:
             feeder = self._start_distiller(want_distill, acq.station) if want_distill is not None else None
             last_emit = time.perf_counter()
@@ -323,10 +324,13 @@ class AcquisitionTask:
                     break  # distillation stopped: keep acquiring without it
                 if feeder is None and self._distill_request is not None:
                     break  # distillation requested: restart the stream with it
+            ended = True
         finally:
-            stream.close()
-            if feeder is not None:
-                self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed, tail=tail)
+            try:  # the laser still on, detectors armed and not latched: else "Acquisition failed" names the fault
+                stream.close(check=ended)
+            finally:
+                if feeder is not None:
+                    self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed, tail=tail)
 
     def _start_distiller(self, req: dict[str, Any], station: Any) -> QueueFeed | None:
         """A distillation thread for the acquisition the time tagger has just started. The

@@ -102,6 +102,7 @@ class Blocks:
         self._acq = acquisition
         self._blocks = blocks
         self._it: Iterator[Any] = iter(blocks)
+        self._checked = False  # the end-of-acquisition check ran (last block, or close(check=True))
 
     def __iter__(self) -> Blocks:
         return self
@@ -111,19 +112,27 @@ class Blocks:
             blk = next(self._it)
         except StopIteration:
             self._acq.finish_streams()  # the last upload has played out: every frame has its verdict
+            self._checked = True
             self._acq.check_instruments()  # the laser still on, the detectors still armed and not latched
             raise
         self._acq._count(blk)
         return blk
 
-    def close(self) -> None:
-        """End the tagger's stream, then the clients' streams (frames not played by now are lost)."""
+    def close(self, *, check: bool = False) -> None:
+        """End the tagger's stream, then the clients' streams (frames not played by now are lost).
+        ``check``: then the end-of-acquisition check (:meth:`Acquisition.check_instruments`), unless the
+        segment's last block ran it already: for a caller that stops iterating a segment (the GUI's
+        open-ended ones end with ``break``: review s37 lab3 M2) with no error in flight; it raises
+        :class:`~labqfl.errors.InstrumentError` naming each fault, before anything is put in its safe state."""
         try:
             close = getattr(self._blocks, "close", None)
             if close is not None:
                 close()
         finally:
             self._acq.finish_streams(timeout_s=5.0)
+        if check and not self._checked:
+            self._checked = True
+            self._acq.check_instruments()
 
 
 class Acquisition:
@@ -163,6 +172,10 @@ class Acquisition:
         self._window_t0 = 0.0
         self.streams: Any = None  # the current segment's ClientStreams (None: no client has a pattern generator)
         self._armed_here = False  # arm() ran: its segments' ends are checked (check_instruments)
+        #: What a refused end check costs, said in its error (review s37 lab3 L9); the default is a live
+        #: distillation's (labqfl distill, labqfl run --in-process, the GUI)
+        self.end_check_cost = ("key blocks already distilled from this acquisition stay stored; the sifted bits "
+                               "after the last of them are dropped")
 
     def __enter__(self) -> Acquisition:
         if self.wants_arm:
@@ -229,11 +242,12 @@ class Acquisition:
     def check_instruments(self) -> None:
         """After a segment's last block, on an acquisition that armed the station: refuse it
         (:class:`~labqfl.errors.InstrumentError` naming each fault) when an instrument no longer reads as armed or
-        a detector latched (:func:`labqfl.station.acquisition_faults`, review s36 lab H1). ``labqfl acquire``
-        then closes its recording as incomplete."""
+        a detector latched (:func:`labqfl.station.acquisition_faults`, review s36 lab H1). The error ends with
+        :attr:`end_check_cost`, what the refusal costs on this path (``labqfl acquire``: its recording is
+        closed as incomplete; live distillation: key blocks already stored are kept)."""
         if self._armed_here:
-            refuse_faulty_acquisition(acquisition_faults(self.station.instruments),
-                                      "the acquisition (a recording of it is closed as incomplete)")
+            refuse_faulty_acquisition(acquisition_faults(self.station.instruments), "the acquisition",
+                                      self.end_check_cost)
 
     def finish_streams(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Let the current segment's client streams play out (at most ``timeout_s`` each) and stop them;
@@ -359,6 +373,8 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
             stop_if_terminated: Callable[[], None]) -> AcquireResult:
     """The body of :func:`acquire` on an armed station (the clients' streams: :meth:`Acquisition.start`)."""
     station, cfg = acq.station, acq.station.config
+    acq.end_check_cost = ("the whole recording is closed as incomplete: every block and each client's played "
+                          "frames are in it; labqfl distill refuses it unless --allow-incomplete")
     blocks = acq.start(options.duration_s)
     writer: Any = None
     try:
@@ -378,7 +394,8 @@ def _record(acq: Acquisition, options: AcquireOptions, progress: ProgressFn | No
             writer = None
     finally:
         blocks.close()
-        if writer is not None:  # interrupted: the recording says how much it holds (its whole blocks)
+        if writer is not None:  # interrupted or refused: the frames the clients played, then how much it holds
+            _save_played_frames_anyway(acq, writer)
             writer.close(duration_s=min(options.duration_s, writer.n_blocks * options.block_duration_s(cfg)),
                          complete=False)
     return AcquireResult(
@@ -448,6 +465,17 @@ def _pump(blocks: Blocks, writer: Any, report: Any, progress: ProgressFn | None,
         if progress is not None:
             progress(k, total)
     return time.perf_counter() - t0
+
+
+def _save_played_frames_anyway(acq: Acquisition, writer: Any) -> None:
+    """An acquisition that ended early (interrupted, or refused by its end check): each client's played-frames
+    record into the recording all the same (:meth:`Acquisition.finish_streams` returns it again once the streams
+    stopped), so a distillation of it (``--allow-incomplete``) uses the frames the generators played, not the
+    clients' whole logs (review s37 lab3 L1). A failure here is logged: the recording is closed all the same."""
+    try:
+        _save_played_frames(acq.finish_streams(timeout_s=1.0), writer)
+    except Exception as exc:  # noqa: BLE001 - the recording must still be closed
+        log.error("the clients' played frames could not be written to the recording: %s: %s", type(exc).__name__, exc)
 
 
 def _save_played_frames(records: dict[str, Any], writer: Any) -> None:

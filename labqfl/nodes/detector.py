@@ -279,7 +279,9 @@ class DetectorNode(Node):
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
             # the laser still on, the detectors still armed and not latched, before the clients hear the end
-            refuse_faulty_acquisition(self.instruments.acquisition_faults(), f"acquisition {acq}")
+            refuse_faulty_acquisition(self.instruments.acquisition_faults(), f"acquisition {acq}",
+                                      "the clients keep the key blocks they already stored from it; its "
+                                      "remaining slots are not announced and their sifted bits are dropped")
             self._announce(chans, slotter, SlotEvents.joined([*held, events]), prev, final)
             for c, ch in chans.items():
                 announce_to(ch, Message("ann/end", {"final": final}), c)

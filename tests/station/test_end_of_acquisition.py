@@ -60,8 +60,10 @@ def test_a_laser_that_went_off_during_the_acquisition_refuses_it_and_its_recordi
         _acquire_with(tmp_path, monkeypatch, interlock_trips)
     line = str(err.value)
     assert "\n" not in line
-    assert line.startswith("the acquisition (a recording of it is closed as incomplete): at its end the instruments "
+    assert line.startswith("the acquisition: at its end the instruments "
                            "no longer read as armed: laser: output_enabled reads False, expected True; "), line
+    assert line.endswith("Refused: the whole recording is closed as incomplete: every block and each client's played "
+                         "frames are in it; labqfl distill refuses it unless --allow-incomplete"), line
     out = tmp_path / "rec.h5"
     with h5py.File(out, "r") as f:
         assert bool(f.attrs["complete"]) is False
