@@ -260,6 +260,31 @@ def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str
     return pairs
 
 
+def _write_durably(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a crash at any moment leaves the old file or the new one, whole, and the
+    new one is on disk once this returns: a temporary file beside it, flushed and ``fsync``-ed, renamed over
+    ``path`` (``os.replace``: rename(2), atomic), then the folder ``fsync``-ed, since the rename lives in the
+    folder's entry and only an fsync of the folder makes it durable (POSIX fsync(2); Linux fsync(2) man page:
+    "an explicit fsync() on a file descriptor for the directory is also needed"). A filesystem that cannot sync
+    a folder (e.g. some network mounts) still gets the synced file."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
+
+
 class MainJob:
     """One run of the main job in a run folder. Create with :meth:`create`, or :meth:`resume`."""
 
@@ -353,10 +378,9 @@ class MainJob:
         return Path(self.settings.data_dir) if self.settings.data_dir else default_data_dir()
 
     def _save_state(self) -> None:
-        p = self.path / STATE_FILE
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2), encoding="utf-8")
-        os.replace(tmp, p)
+        """``state.json`` written durably (:func:`_write_durably`): before, it was renamed into place unsynced,
+        so a crash or power cut right after could leave it empty or lose the phase just recorded."""
+        _write_durably(self.path / STATE_FILE, json.dumps(self.state, indent=2))
 
     def _phase(self, name: str, status: str) -> None:
         self.state["phases"][name] = status
