@@ -35,6 +35,7 @@ SIGINT handler raises ``KeyboardInterrupt``). :meth:`close` restores the previou
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import importlib
 import os
@@ -208,18 +209,21 @@ def arming_settings(instruments: Mapping[str, Instrument],
     return [(role, inst, attr, value) for _, role, inst, attr, value in out]
 
 
-def acquisition_faults(instruments: Mapping[str, Instrument]) -> list[str]:
+def acquisition_faults(instruments: Mapping[str, Instrument], clicked: Container[str] = ()) -> list[str]:
     """What went wrong during an acquisition, read from the instruments after its last block (review s36 lab H1,
     M2): every setting of :func:`arming_settings` that is no longer in its operating state (the laser's
     ``:LASER?`` OFF after an interlock trip, a master clock no longer streaming, a detector's bias supply off, a
     shutter closed), then each instrument's own ``acquisition_fault()`` where it has one (an SNSPD that latched:
     :meth:`labqfl.drivers.singlequantum_eos.SingleQuantumEos.acquisition_fault`). One ``"role: what"`` per
-    fault; empty when the tags were taken with everything as armed. Nothing is switched or reset here."""
+    fault; empty when the tags were taken with everything as armed. Nothing is switched or reset here.
+    ``clicked``: the detector roles whose channel has tags in the acquisition's last block; their own check is
+    skipped: a latched nanowire clicks no more until its bias is taken away, so one that clicked then did not
+    latch before (no counting window, no false alarm at a low dark rate: review s37 lab3 L2)."""
     faults = [f"{role}: {attr} reads {not value!r}, expected {value!r}"
               for role, _, attr, value in arming_settings(instruments)]
     for role, inst in instruments.items():
         check = getattr(inst, "acquisition_fault", None)
-        if callable(check) and not any(f.startswith(f"{role}: ") for f in faults):
+        if callable(check) and role not in clicked and not any(f.startswith(f"{role}: ") for f in faults):
             why = check()
             if why:
                 faults.append(f"{role}: {why}")
@@ -513,19 +517,73 @@ def half_built_by_interrupt(info: Any) -> bool:
     return isinstance(info.exc_value, AttributeError) and str(where).startswith("llvmlite")
 
 
+#: How soon a SIGTERM's interrupt held back inside Numba's compiler is delivered again [s] (:class:`Termination`).
+REDELIVER_S = 0.05
+
+
+def _inside_llvm() -> bool:
+    """Whether this thread is inside Numba's compiler or holds llvmlite's LLVM lock (the modules are looked up,
+    never imported). An exception a signal handler raises there is not safe (issue 19): llvmlite's lock calls
+    back into Python right after it is taken (``_LLVMLock.__enter__``), so an interrupt raised there leaves it
+    held for good (and is lost when it came in an llvmlite ``__del__``); the simulator's helper thread, compiling
+    under Numba's lock, then waits for it while the main thread waits for Numba's lock: a deadlock. Raised
+    between an LLVM call and the Python object that takes its result, it frees an LLVM object twice (a
+    segmentation fault) or leaves a library half-built ("no compiled object yet" at the next compilation)."""
+    compiler = sys.modules.get("numba.core.compiler_lock")
+    if compiler is not None and compiler.global_compiler_lock.is_locked():
+        return True
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    llvm = getattr(getattr(getattr(ffi, "lib", None), "_lock", None), "_lock", None)  # the RLock of _LLVMLock
+    return bool(llvm is not None and llvm._is_owned())
+
+
 class Termination:
     """What :func:`sigterm_as_interrupt` yields: whether a SIGTERM came (:attr:`requested`), and
     :meth:`check`, to call at every safe point of a long loop (e.g. after each block)."""
 
     def __init__(self) -> None:
         self.requested = False
+        #: the SIGTERM's interrupt is held back: it came inside Numba's compiler or LLVM (:func:`_inside_llvm`);
+        #: the signal is delivered again to the main thread (``_thread.interrupt_main``) until its handler
+        #: raises it where that is safe
+        self.owed = False
+        self._redelivered = False
 
     def check(self) -> None:
-        """Raise ``KeyboardInterrupt("SIGTERM")`` when a SIGTERM came: the handler raises it at once, but
-        CPython loses an exception a signal handler raises while a ``__del__`` or weakref callback runs
-        (h5py's run often), and the process would go on as if nothing had happened."""
+        """Raise ``KeyboardInterrupt("SIGTERM")`` when a SIGTERM came: the handler raises it at once (or once it
+        is safe: :attr:`owed`), but CPython loses an exception a signal handler raises while a ``__del__`` or
+        weakref callback runs (h5py's run often), and the process would go on as if nothing had happened."""
         if self.requested:
+            self.owed = False
             raise KeyboardInterrupt("SIGTERM")
+
+    def redeliver(self) -> None:
+        """The owed SIGTERM to the main thread again: its handler runs at the next bytecode boundary there."""
+        if self.owed:
+            self._redelivered = True
+            _thread.interrupt_main(signal.SIGTERM)
+
+    def redeliver_soon(self) -> None:
+        """:meth:`redeliver` in :data:`REDELIVER_S` seconds, from a timer thread (the main thread is busy inside
+        Numba's compiler: no bytecode boundary outside it comes before the compilation ends)."""
+        timer = threading.Timer(REDELIVER_S, self.redeliver)
+        timer.daemon = True
+        timer.start()
+
+    def on_signal(self) -> None:
+        """The SIGTERM handler's part (:func:`sigterm_as_interrupt`): raise the interrupt, or hold it back."""
+        redelivered, self._redelivered = self._redelivered, False
+        if self.requested and not self.owed:
+            if not redelivered:  # a redelivery that came after the interrupt was raised is no second SIGTERM
+                log.warning("SIGTERM again: ignored while the process closes its files and stops")
+            return
+        self.requested = True
+        if _inside_llvm():
+            self.owed = True
+            self.redeliver_soon()
+            return
+        self.owed = False
+        raise KeyboardInterrupt("SIGTERM")
 
 
 @contextmanager
@@ -536,8 +594,10 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
     recording open for writing was left unreadable). Enter it *before* opening a guarded station: the
     station's handler puts every instrument in its safe state first, then chains to this one.
 
-    Only the first SIGTERM raises; another one while the process winds down is logged and ignored. An
-    interrupt lost in a ``__del__``/weakref callback is not printed as a traceback; call the yielded
+    Only the first SIGTERM raises; another one while the process winds down is logged and ignored. Its
+    interrupt is not raised inside Numba's compiler or llvmlite's LLVM lock (:func:`_inside_llvm`: a deadlock,
+    a segfault or a half-built kernel, issue 19) but as soon as the compilation is over. An interrupt lost in
+    a ``__del__``/weakref callback is not printed as a traceback; call the yielded
     :meth:`Termination.check` at safe points to raise it again there. An interrupt that leaves the block
     (also wrapped in ``SystemError``) after a SIGTERM leaves it as ``KeyboardInterrupt("SIGTERM")``. Only
     in the main thread (where Python delivers signals); the previous handlers are restored on exit."""
@@ -547,11 +607,7 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
         return
 
     def on_term(signum: int, frame: FrameType | None) -> None:
-        if term.requested:
-            log.warning("SIGTERM again: ignored while the process closes its files and stops")
-            return
-        term.requested = True
-        raise KeyboardInterrupt("SIGTERM")
+        term.on_signal()
 
     def unraisable(info: Any) -> None:  # the interrupt lost in a callback: Termination.check raises it again
         if isinstance(info.exc_value, KeyboardInterrupt) and info.exc_value.args == ("SIGTERM",):
@@ -564,12 +620,15 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
     prev_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield term
+        if term.owed:  # held back inside Numba's compiler, and the block ended before it was delivered again
+            term.check()
     except BaseException as exc:
         if term.requested and interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
                                                               and exc.args == ("SIGTERM",)):
             raise KeyboardInterrupt("SIGTERM") from exc
         raise
     finally:
+        term.owed = False  # no redelivery after the block
         sys.unraisablehook = prev_hook
         with _GUARD_LOCK:
             if signal.getsignal(signal.SIGTERM) is not on_term and _PREVIOUS.get(int(signal.SIGTERM)) is on_term:
