@@ -43,6 +43,7 @@ import secrets
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -560,12 +561,12 @@ class Termination:
             self._redelivered = True
             _thread.interrupt_main(signal.SIGTERM)
 
-    def redeliver_soon(self) -> None:
-        """:meth:`redeliver` in :data:`REDELIVER_S` seconds, from a timer thread (the main thread is busy inside
-        Numba's compiler: no bytecode boundary outside it comes before the compilation ends)."""
-        timer = threading.Timer(REDELIVER_S, self.redeliver)
-        timer.daemon = True
-        timer.start()
+    def _redeliver_until_raised(self) -> None:
+        """:meth:`redeliver` every :data:`REDELIVER_S` seconds while the interrupt is owed (the main thread is busy
+        inside Numba's compiler: no bytecode boundary outside it comes before the compilation ends)."""
+        while self.owed:
+            time.sleep(REDELIVER_S)
+            self.redeliver()
 
     def on_signal(self) -> None:
         """The SIGTERM handler's part (:func:`sigterm_as_interrupt`): raise the interrupt, or hold it back."""
@@ -576,8 +577,9 @@ class Termination:
             return
         self.requested = True
         if _inside_llvm():
-            self.owed = True
-            self.redeliver_soon()
+            if not self.owed:  # one thread per held-back interrupt, started here once (not a thread per redelivery)
+                self.owed = True
+                threading.Thread(target=self._redeliver_until_raised, name="labqfl-sigterm", daemon=True).start()
             return
         self.owed = False
         raise KeyboardInterrupt("SIGTERM")
