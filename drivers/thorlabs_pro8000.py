@@ -72,6 +72,14 @@ SLOTS = (1, 8)
 TEC_C = (-50.0, 150.0)
 
 
+class _RampCut(InstrumentError):
+    """A current ramp stopped by an emergency stop (:meth:`ThorlabsPRO8000._ramp_to`) at ``reached_ma``."""
+
+    def __init__(self, message: str, reached_ma: float, **where: Any) -> None:
+        super().__init__(message, **where)
+        self.reached_ma = reached_ma
+
+
 class ThorlabsPRO8000Options(DriverOptions):
     """``options`` of a :class:`ThorlabsPRO8000` role (take the diode values from its test sheet)."""
 
@@ -209,7 +217,14 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self._write_current(0.0)
         self._set_ldc(True)
         self._require_emission(target)
-        self._ramp_to(target, start=0.0)
+        try:
+            self._ramp_to(target, start=0.0)
+        except _RampCut as cut:  # an emergency stop began: back to 0 mA from there, emission off, set point kept
+            self._ramp_down_capped(cut.reached_ma)
+            self._write_current(0.0)  # at 0 mA (again) before the LDC goes off
+            self._set_ldc(False)
+            self._write_current(target)
+            raise
 
     def _require_emission(self, target_ma: float) -> None:
         """``:LASER?`` read back after ``:LASER ON`` (PyMeasure ``LDCStatus``; ``pro8.c``
@@ -308,8 +323,8 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     def _ramp_to(self, target_ma: float, *, start: float | None = None) -> None:
         """Move the LD current to ``target_ma`` in steps of at most ``ramp_step_ma``, paced at
         ``ramp_ma_per_s``. An emergency stop (:func:`~labqfl.instruments.base.emergency_since`) stops it at
-        the next step with :class:`InstrumentError` (the emergency's safe state, waiting for this driver's
-        lock, then ramps down from there)."""
+        the next step with :class:`InstrumentError` (switching on: ramped back down from there, emission off,
+        the set point kept; review s37 lab3 M1)."""
         with self.lock:
             i0 = self.current_ma if start is None else start
             if abs(target_ma - i0) < 1e-9:
@@ -318,9 +333,10 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
             done = run_ramp(points, self.ramp_ma_per_s, self.ramp_step_ma, self._write_current,
                             cut=lambda: emergency_since() is not None)
         if done < len(points):  # an emergency stop began: no current goes up any more (review s37 lab3 M1)
-            raise InstrumentError(f"{self.name}: ramp to {target_ma:g} mA stopped at "
-                                  f"{points[done - 1] if done else i0:g} mA by an emergency stop ({in_emergency()})",
-                                  instrument=self.name, resource=self.resource, command=":ILD:SET")
+            reached = points[done - 1] if done else i0
+            raise _RampCut(f"{self.name}: ramp to {target_ma:g} mA stopped at {reached:g} mA by an emergency stop "
+                           f"({in_emergency()})", reached, instrument=self.name, resource=self.resource,
+                           command=":ILD:SET")
 
     def safe_state(self) -> None:
         """Current ramped down to 0 mA, then emission off (the set point is kept). A bad read-back or a

@@ -101,6 +101,7 @@ def test_a_ramp_up_stops_when_an_emergency_begins(tmp_path: Path) -> None:
         assert len(errors) == 1 and isinstance(errors[0], InstrumentError)
         assert "by an emergency stop (signal SIGTERM)" in str(errors[0])
         assert laser.link.query(":LASER?").strip() in ("OFF", "0")
+        assert laser.current_ma == pytest.approx(160.0)  # back down, emission off, the operating set point kept
     finally:
         laser.close()
 
