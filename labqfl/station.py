@@ -546,6 +546,7 @@ class Termination:
         #: raises it where that is safe
         self.owed = False
         self._redelivered = False
+        self._stop_listening: Callable[[], None] | None = None
 
     def check(self) -> None:
         """Raise ``KeyboardInterrupt("SIGTERM")`` when a SIGTERM came: the handler raises it at once (or once it
@@ -560,6 +561,28 @@ class Termination:
         if self.owed:
             self._redelivered = True
             _thread.interrupt_main(signal.SIGTERM)
+
+    def _listen_for_the_compiler(self) -> None:
+        """:meth:`redeliver` as soon as the main thread has released Numba's compiler lock for good (its
+        "numba:compiler_lock" end event comes after the release; a nested compilation still holds it): the
+        redelivery thread's polling alone missed the gaps between back-to-back compilations, so a stop waited
+        for a whole burst of them. Numba's event API (``numba.core.event``), only when Numba is loaded."""
+        event = sys.modules.get("numba.core.event")
+        if event is None or self._stop_listening is not None:
+            return
+        term = self
+
+        class _Released(event.Listener):  # type: ignore[misc,name-defined]
+            def on_start(self, ev: Any) -> None:
+                pass
+
+            def on_end(self, ev: Any) -> None:
+                if term.owed and threading.current_thread() is threading.main_thread() and not _inside_llvm():
+                    term.redeliver()  # raised here, right after the release (the compiled kernel is in place)
+
+        listener = _Released()
+        event.register("numba:compiler_lock", listener)
+        self._stop_listening = lambda: event.unregister("numba:compiler_lock", listener)
 
     def _redeliver_until_raised(self) -> None:
         """:meth:`redeliver` every :data:`REDELIVER_S` seconds while the interrupt is owed (the main thread is busy
@@ -579,6 +602,7 @@ class Termination:
         if _inside_llvm():
             if not self.owed:  # one thread per held-back interrupt, started here once (not a thread per redelivery)
                 self.owed = True
+                self._listen_for_the_compiler()
                 threading.Thread(target=self._redeliver_until_raised, name="labqfl-sigterm", daemon=True).start()
             return
         self.owed = False
@@ -628,6 +652,8 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
         raise
     finally:
         term.owed = False  # no redelivery after the block
+        if term._stop_listening is not None:
+            term._stop_listening()
         sys.unraisablehook = prev_hook
         with _GUARD_LOCK:
             if signal.getsignal(signal.SIGTERM) is not on_term and _PREVIOUS.get(int(signal.SIGTERM)) is on_term:
