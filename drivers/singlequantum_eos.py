@@ -69,8 +69,13 @@ twice (before and after the reset), P_false². Example: nominal 50 /s, r_min = 5
 a channel at 5 /s (0.1× nominal) is reset with P = 10⁻⁴ and refused with 10⁻⁸ (before, with one 0.2 s
 window: 0.37 and 0.14). C is read only after W counted nothing, so a working channel at its nominal rate
 costs W (and C with probability e⁻¹⁰). A latched nanowire counts nothing, so it is always found. When C is
-clamped at 10 s (r_min below ≈ 0.9 /s), P_false(r_min) = exp(−r_min·(W + C)) is larger:
-:meth:`latch_false_alarm` gives it for any r. The "dark" assumption is the safe side: with light on, r is
+clamped at 10 s (r_min below ≈ 0.92 /s, a nominal dark rate below ≈ 9.2 /s), P_false(r_min) =
+exp(−r_min·(W + C)) is larger: 2.5·10⁻³ at r_min = 0.5 /s, 0.05 at 0.2 /s, 0.135 at 0.1 /s;
+:meth:`latch_false_alarm` gives it for any r and the driver warns at open (review s37 lab3 L2). The
+end-of-acquisition check (:meth:`acquisition_fault`) resets nothing, so a channel that counts nothing there is
+read a second time (W + C again) before it is called latched: P_false² there too (0.018 at r_min = 0.1 /s),
+and the channels that clicked in the acquisition's last block are not read at all
+(:func:`labqfl.station.acquisition_faults`). The "dark" assumption is the safe side: with light on, r is
 larger and P_false smaller.
 """
 
@@ -155,6 +160,22 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         self._dump_size: int | None = None
         self._pending: list[dict[str, Any]] = []
         super().__init__(name, config, adapter=adapter)
+        self._warn_clamped_windows()
+
+    def _warn_clamped_windows(self) -> None:
+        """A warning when a latch window is clamped at 10 s (r_min below ≈ 0.92 /s): a working channel at r_min
+        is then taken for latched with more than :data:`LATCH_FALSE_ALARM` (review s37 lab3 L2)."""
+        params = self._latch_params()
+        if params is None:
+            return
+        r_min, window, confirm = params
+        p = self.latch_false_alarm(r_min)
+        if p > LATCH_FALSE_ALARM * 1.01:
+            self.log.warning("latch check windows clamped (W %g s + C %g s, at most %g s each): a working channel of "
+                             "%g dark counts/s (options.latch_threshold_hz) is reset as latched with probability %.2g, "
+                             "refused at arming with %.2g and at an acquisition's end with %.2g (not %g); raise "
+                             "options.latch_threshold_hz if its channel counts more, or check it with the light on",
+                             window, confirm, MAX_PERIOD_MS / 1e3, r_min, p, p * p, p * p, LATCH_FALSE_ALARM)
 
     # -- wire protocol ------------------------------------------------------------------------------
     def _send(self, message: dict[str, Any]) -> None:
@@ -466,16 +487,33 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         channel's tags are not good, or None. A channel at its operating bias that counts nothing over the latch
         check's windows latched during the acquisition (a latched nanowire counts nothing until its bias is
         taken away). Read only: nothing is reset (the recording is refused instead); the light is still on."""
-        if self._latch_params() is None:
+        params = self._latch_params()
+        if params is None:
             return None
         with self.lock:
             bias = self.bias_now_ua
             if bias < self._operating_bias - 1e-6:
                 return None  # not at its operating point: arming_settings' read-back names it
-            latched, seconds = self._keeping_period(self._counts_nothing)
+            latched, seconds = self._keeping_period(self._end_counts_nothing)
         if not latched:
             return None
-        return f"channel {self.channel} counted nothing over {seconds:.3g} s at {bias:g} µA: latched during the acquisition"
+        return (f"channel {self.channel} counted nothing over {seconds:.3g} s at {bias:g} µA: latched during the "
+                f"acquisition (a working channel of {params[0]:g} counts/s, options.latch_threshold_hz, counts none "
+                f"over that time with probability {self.latch_false_alarm(params[0]) ** 2:.1e})")
+
+    def _end_counts_nothing(self) -> tuple[bool, float]:
+        """The end check's :meth:`_counts_nothing`, read a second time when the first one counted nothing (it
+        resets nothing, so it has no second chance after a reset as arming has): a working channel is taken
+        for latched with probability :meth:`latch_false_alarm` squared, which matters where the windows are
+        clamped (r_min below 0.92 /s: 0.135 once, 0.018 twice at r_min = 0.1 /s; review s37 lab3 L2). A latched
+        channel counts nothing either time."""
+        latched, seconds = self._counts_nothing()
+        if not latched:
+            return False, seconds
+        self.log.info("channel %d counted nothing over %.3g s at the end of the acquisition: read once more",
+                      self.channel, seconds)
+        again, more = self._counts_nothing()
+        return again, seconds + more
 
     def _keeping_period(self, read: Any) -> Any:
         """``read()`` with the controller's measurement period put back as it was afterwards."""

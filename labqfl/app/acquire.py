@@ -172,6 +172,7 @@ class Acquisition:
         self._window_t0 = 0.0
         self.streams: Any = None  # the current segment's ClientStreams (None: no client has a pattern generator)
         self._armed_here = False  # arm() ran: its segments' ends are checked (check_instruments)
+        self._last_clicked: set[str] = set()  # the channels (by name) with tags in the latest block
         #: What a refused end check costs, said in its error (review s37 lab3 L9); the default is a live
         #: distillation's (labqfl distill, labqfl run --in-process, the GUI)
         self.end_check_cost = ("key blocks already distilled from this acquisition stay stored; the sifted bits "
@@ -203,6 +204,7 @@ class Acquisition:
         self._seg_blocks = 0
         self._seg_duration = duration_s
         self._window, self._window_t0 = {}, self.t_s
+        self._last_clicked = set()
         restart = self._stop_running_triggers()
         self.station.prepare_acquisition(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s)
         blocks = self.station.time_tagger.stream(OPEN_ENDED_S if duration_s is None else duration_s, self.block_s,
@@ -246,8 +248,8 @@ class Acquisition:
         :attr:`end_check_cost`, what the refusal costs on this path (``labqfl acquire``: its recording is
         closed as incomplete; live distillation: key blocks already stored are kept)."""
         if self._armed_here:
-            refuse_faulty_acquisition(acquisition_faults(self.station.instruments), "the acquisition",
-                                      self.end_check_cost)
+            refuse_faulty_acquisition(acquisition_faults(self.station.instruments, self._last_clicked),
+                                      "the acquisition", self.end_check_cost)
 
     def finish_streams(self, timeout_s: float = 30.0) -> dict[str, Any]:
         """Let the current segment's client streams play out (at most ``timeout_s`` each) and stop them;
@@ -282,9 +284,11 @@ class Acquisition:
         if self._seg_duration is not None:
             seg_t = min(seg_t, self._seg_duration)
         self.t_s = self._t_before + seg_t
-        for ch, n in blk.channel_counts().items():
+        counts = blk.channel_counts()
+        for ch, n in counts.items():
             self.counts[ch] = self.counts.get(ch, 0) + n
             self._window[ch] = self._window.get(ch, 0) + n
+        self._last_clicked = {self.names[ch] for ch in counts if ch in self.names}
 
     def take_window(self) -> tuple[float, dict[str, int]]:
         """(acquired seconds, tags per channel name: sync and each detector) since the previous

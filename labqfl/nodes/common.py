@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from pathlib import Path
 from typing import Any
 
@@ -272,13 +272,14 @@ class NodeInstruments:
             log.info("node %s: armed for acquisition: %s", self.node, ", ".join(changed))
         return changed
 
-    def acquisition_faults(self) -> list[str]:
+    def acquisition_faults(self, clicked: Container[str] = ()) -> list[str]:
         """Before an armed acquisition is reported good: :func:`labqfl.station.acquisition_faults` of the
-        instruments (laser off, detectors un-biased or latched …) and any arming that failed while it ran."""
+        instruments (laser off, detectors un-biased or latched …; ``clicked``: the detector roles with tags in its
+        last block, not read for a latch) and any arming that failed while it ran."""
         from labqfl.station import acquisition_faults
 
         with self._lock:
-            return [*self._faults, *(acquisition_faults(self.instruments) if self._armed else [])]
+            return [*self._faults, *(acquisition_faults(self.instruments, clicked) if self._armed else [])]
 
     def disarm(self) -> dict[str, str]:
         """An armed acquisition ended: the safe state once no other one is armed; the roles whose safe state

@@ -252,6 +252,7 @@ class DetectorNode(Node):
             blocks = light
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
+        last_counts: dict[int, int] = {}  # the same in the latest block
         per_bin: dict[int, dict[int, int]] = {}  # the same per COUNT_BIN_S of acquisition time (count-rate series)
         prev = 0
         held: list[SlotEvents] = []  # slotted clicks of [prev, final) not yet announced
@@ -264,7 +265,9 @@ class DetectorNode(Node):
                 if feed is not None:  # what the emulated controllers' nanowires see
                     feed(block)
                 n_tags += int(block.timestamps.size)
-                block.channel_counts(per_channel)
+                last_counts = block.channel_counts()  # the end check skips the detectors that clicked last
+                for tch, n in last_counts.items():
+                    per_channel[tch] = per_channel.get(tch, 0) + n
                 count_bins(block, per_bin)
                 n_blocks += 1
                 events = slotter.push(block)
@@ -279,7 +282,8 @@ class DetectorNode(Node):
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
             # the laser still on, the detectors still armed and not latched, before the clients hear the end
-            refuse_faulty_acquisition(self.instruments.acquisition_faults(), f"acquisition {acq}",
+            clicked = {r for r, tch in self.cfg.time_tagger.detector_channels.items() if last_counts.get(tch, 0)}
+            refuse_faulty_acquisition(self.instruments.acquisition_faults(clicked), f"acquisition {acq}",
                                       "the clients keep the key blocks they already stored from it; its "
                                       "remaining slots are not announced and their sifted bits are dropped")
             self._announce(chans, slotter, SlotEvents.joined([*held, events]), prev, final)

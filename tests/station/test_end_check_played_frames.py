@@ -29,7 +29,7 @@ def test_a_recording_refused_at_its_end_keeps_every_clients_played_frames(tmp_pa
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     real = acq_mod.acquisition_faults
     monkeypatch.setattr(acq_mod, "acquisition_faults",
-                        lambda inst: [*real(inst), "D0: channel 1 counted nothing (injected)"])
+                        lambda *a: [*real(*a), "D0: channel 1 counted nothing (injected)"])
     out = tmp_path / "rec.h5"
     with pytest.raises(InstrumentError) as err:
         acquire(load_station_config(EXAMPLE), AcquireOptions(duration_s=0.2, block_s=0.05, out=out,
