@@ -142,8 +142,8 @@ def _isolate_source(ctx: CalContext, guard: SettingsGuard, detectors: tuple[str,
     level. Returns ``src``'s attenuator."""
     cfg = ctx.config
     st = ctx.station
+    enable_detectors(ctx, guard, detectors)  # biased in the dark first, then the light (review s37 lab3 L8)
     guard.set(st.laser, "output_enabled", True)
-    enable_detectors(ctx, guard, detectors)
     gates_to_optimum(ctx, guard, detectors)
     for c in cfg.client_names:
         att = st.attenuator(c)

@@ -212,9 +212,9 @@ def vpi_bias(ctx: CalContext, clients: list[str] | None = None, reference: str |
     plots: list[str] = []
     with guarded(ctx, "vpi") as guard:
         st = ctx.station
-        guard.set(st.laser, "output_enabled", True)
-        for d in ("D0", "D1"):
+        for d in ("D0", "D1"):  # biased in the dark first, then the light: the arming order (review s37 lab3 L8)
             guard.set(st.detector(d), "enabled", True)
+        guard.set(st.laser, "output_enabled", True)
         gates_to_optimum(ctx, guard)
         for k in todo:
             ref = _reference(names, k, reference)

@@ -158,9 +158,9 @@ def _prepare_pair(ctx: CalContext, guard: SettingsGuard, i: str, j: str, pg: boo
     when its generator plays its vacuum level; :mod:`labqfl.calibration.pg_fringe`)."""
     cfg = ctx.config
     st = ctx.station
-    guard.set(st.laser, "output_enabled", True)
-    for d in DETECTORS:
+    for d in DETECTORS:  # biased in the dark first, then the light: the arming order (review s37 lab3 L8)
         guard.set(st.detector(d), "enabled", True)
+    guard.set(st.laser, "output_enabled", True)
     gates_to_optimum(ctx, guard)
     atts = {}
     for c in ([] if pg else cfg.client_names):

@@ -150,9 +150,17 @@ def light_off_switch(instruments: Mapping[str, Instrument]) -> Callable[[], Call
     def off() -> Callable[[], None]:
         shutters = [(role, a) for role, a in instruments.items()
                     if isinstance(a, VariableAttenuator) and not a.shutter_closed]
-        for _, a in shutters:
-            a.shutter_closed = True
-        restart = hold_master_clocks(instruments.values())
+        for role, a in shutters:
+            _light_off_step(role, a, "shutter_closed", True)
+        running = [(role, i) for role, i in instruments.items() if isinstance(i, PulseGenerator) and i.output_enabled]
+        try:
+            restart = hold_master_clocks(instruments.values())
+        except Exception as exc:
+            raise InstrumentError(f"holding the master clock for a detector's bias reset failed: {exc}; the bias is "
+                                  "not cycled (the light may be on)") from exc
+        for role, clk in running:
+            if clk.output_enabled:
+                _light_off_step(role, clk, "output_enabled", False, written=True)
         if not shutters and restart is None and any(isinstance(i, PulsedLaser) and i.output_enabled
                                                     for i in instruments.values()):
             log.warning("a detector's bias is reset with the laser on: no open shutter or running master clock "
@@ -170,6 +178,25 @@ def light_off_switch(instruments: Mapping[str, Instrument]) -> Callable[[], Call
                                           resource=str(getattr(a, "resource", "")), command=query)
         return back
     return off
+
+
+def _light_off_step(role: str, inst: Instrument, attr: str, value: bool, *, written: bool = False) -> None:
+    """One step of :func:`light_off_switch`'s ``off``: ``inst.attr = value`` (unless ``written``) and read back
+    (review s37 lab3 L3: a shutter that accepted the close and stayed open let the bias go back up in the light).
+    One :class:`InstrumentError` naming the role and the bias reset it was for."""
+    written_cmd, query = _arm_commands(inst, attr, value)
+    try:
+        if not written:
+            setattr(inst, attr, value)
+        ok = getattr(inst, attr) == value
+    except Exception as exc:
+        raise InstrumentError(f"{role}: {written_cmd} failed while taking the light off for a detector's bias reset: "
+                              f"{exc}; the bias is not cycled", instrument=role,
+                              resource=str(getattr(inst, "resource", "")), command=written_cmd) from exc
+    if not ok:
+        raise InstrumentError(f"{role}: {written_cmd} accepted but {query} reads {attr}={not value} while taking the "
+                              "light off for a detector's bias reset; the bias is not cycled", instrument=role,
+                              resource=str(getattr(inst, "resource", "")), command=query)
 
 
 def give_detectors_light_off(instruments: Mapping[str, Instrument]) -> None:
