@@ -175,8 +175,8 @@ class Acquisition:
         self._last_clicked: set[str] = set()  # the channels (by name) with tags in the latest block
         #: What a refused end check costs, said in its error (review s37 lab3 L9); the default is a live
         #: distillation's (labqfl distill, labqfl run --in-process, the GUI)
-        self.end_check_cost = ("key blocks already distilled from this acquisition stay stored; the sifted bits "
-                               "after the last of them are dropped")
+        self.end_check_cost = ("any key block already distilled from this acquisition stays stored; its sifted bits "
+                               "after the last such block are dropped")
 
     def __enter__(self) -> Acquisition:
         if self.wants_arm:
