@@ -260,6 +260,41 @@ def distill_pair_metrics(results: dict[str, Any], duration_s: float) -> dict[str
     return pairs
 
 
+#: the Flower round's dropout accounting kept in each round record over nodes (state.json, so a resume keeps
+#: it; :func:`labqfl.fl.flower.server.flower_summary`): participants = the clients that passed the keys stage
+_DROPOUT_FIELDS = ("participants", "dropped_before_masking", "dropped_after_masking", "dropped_reasons", "reveal_bits")
+
+
+def round_dropout_fields(flower: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The dropout fields of one round record from its Flower round summary (none in process)."""
+    return {} if flower is None else {k: flower[k] for k in _DROPOUT_FIELDS if k in flower}
+
+
+def fl_dropouts(rounds: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``train.dropouts``: one entry per client a round lost, with the stage and the reason. A client lost
+    before masking took no part in that round; one lost after masking was masked but its update is not in
+    the aggregate (the survivors revealed their pair keys with it, ``reveal_bits``; its self-mask never
+    reconstructed: docs/secure_aggregation.md §9)."""
+    out: list[dict[str, Any]] = []
+    for r in rounds:
+        reasons = r.get("dropped_reasons") or {}
+        for stage, key in (("before masking", "dropped_before_masking"), ("after masking", "dropped_after_masking")):
+            for c in r.get(key) or []:
+                out.append({"round": int(r["round"]), "client": c, "stage": stage, "in_aggregate": False,
+                            "reason": reasons.get(c, ""),
+                            "reveal_bits": int(r.get("reveal_bits", 0)) if stage == "after masking" else 0})
+    return out
+
+
+def pair_mask_bits(pair: str, rounds: list[Mapping[str, Any]]) -> int:
+    """Mask key bits pair ``pair`` (a mask-graph pair) consumed over ``rounds``: a round's
+    ``key_bits_per_pair`` unless an end of the pair was lost before masking (the server plans the round's
+    pairs between the clients that passed the keys stage, so that pair drew no pad). A client lost after
+    masking has spent its pairs' pads: the survivors consumed theirs and revealed them (review s37 F5)."""
+    ends = set(pair.split("-"))
+    return sum(int(r["key_bits_per_pair"]) for r in rounds if not ends & set(r.get("dropped_before_masking") or []))
+
+
 def _write_durably(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that a crash at any moment leaves the old file or the new one, whole, and the
     new one is on disk once this returns: a temporary file beside it, flushed and ``fsync``-ed, renamed over
@@ -662,6 +697,8 @@ class MainJob:
                     self._train_over_nodes(setup, tstate)
                 else:
                     self._train_rounds(setup, tstate)
+            if s.nodes and "nodes_since" in tstate:
+                self._merge_nodes_blocks(tstate, list(setup.secagg.pairs(list(names))))
         tstate["in_round"] = False
         rounds = tstate["rounds"]
         for r in rounds:  # the wait for key before each round (a state.json of an older run may lack them)
@@ -679,10 +716,24 @@ class MainJob:
             "secagg": setup.secagg.as_dict(), "data": setup.data.meta, "rounds": rounds,
             "interrupted_rounds": tstate["interrupted_rounds"],
             "key_waits": self._key_wait_summary(tstate),
+            "dropouts": fl_dropouts(rounds),
             **self._training_key_security(tstate.get("key_blocks_used", {})),
             **({"nodes": tstate["nodes"]} if "nodes" in tstate else {}),
         }
         self._phase("train", "done")
+
+    def _merge_nodes_blocks(self, tstate: dict[str, Any], pairs: list[str]) -> None:
+        """Over nodes: add to ``key_blocks_used`` the mask pads the masters' stores delivered since the
+        job's first training over nodes (``nodes_since``), read from the stores (block IDs, no key bit;
+        every FL node has stopped). The stores are the truth: a training whose end failed (a node that
+        did not stop cleanly) or was interrupted never returned its block IDs, and a resume that trains
+        nothing must not then state that no QKD key was consumed (review s37 F2)."""
+        from labqfl.nodes.runjob import mask_blocks_used
+
+        used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
+        for pair, ids in mask_blocks_used(self.data_dir, pairs, str(tstate["nodes_since"])).items():
+            used[pair] = sorted(set(used.get(pair, [])) | set(ids))
+        self._save_state()
 
     def _train_rounds(self, setup: Any, tstate: dict[str, Any]) -> None:
         """The rounds not done yet, from the last checkpoint; state and checkpoint after each round."""
@@ -893,8 +944,10 @@ class MainJob:
             tmp = ckpt.with_suffix(".tmp.npy")
             np.save(tmp, np.asarray(res["final_params"], dtype=np.float64))
             os.replace(tmp, ckpt)
+            flower = {int(f["round"]): f for f in res.get("flower") or []}
             for m in res["rounds"]:
-                tstate["rounds"].append({**m, **self._round_wait_fields(tstate, int(m["round"]))})
+                tstate["rounds"].append({**m, **self._round_wait_fields(tstate, int(m["round"])),
+                                         **round_dropout_fields(flower.get(int(m["round"])))})
             tstate["rounds_done"] = int(res["rounds"][-1]["round"])
             tstate["in_round"] = False
             tstate.setdefault("initial_test_accuracy", res["initial_test_accuracy"])
@@ -963,7 +1016,7 @@ class MainJob:
                 before = (acq.get("stores_before") or {}).get(a, {}).get(name) or {}
                 was, was_used = before.get("available", {}), before.get("consumed", {})
                 remaining = sum(v for k, v in avail.items() if k != "auth") - sum(v for k, v in was.items() if k != "auth")
-                masks = (train or {}).get("key_bits_per_pair_total", 0) if train and name in graph else 0
+                masks = pair_mask_bits(name, (train or {}).get("rounds") or []) if train and name in graph else 0
                 # key of the store spent during this run other than by the finished training's masks and
                 # the authentication: pads an interrupted training attempt drew and burnt (never reused,
                 # review s35 chaos F7), or another consumer of the same store (an ETSI KME)

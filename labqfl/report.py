@@ -235,6 +235,21 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _dropout_section(train: dict[str, Any]) -> list[str]:
+    """The clients the rounds lost over nodes (``train.dropouts``): who, in which round, at which stage;
+    none of them is in that round's aggregate (review s37 F3)."""
+    drops = train.get("dropouts") or []
+    if not drops:
+        return []
+    rows = [{**d, "aggregate": "left out", "reveal": d.get("reveal_bits", 0) if d.get("stage") == "after masking" else "none"} for d in drops]
+    return ["<h3>Clients lost during training</h3><p>The aggregate of each round below leaves the client out: "
+            "lost before masking, it took no part in the round; lost after masking, the survivors revealed their "
+            "pair keys with it (bits below) so the server could remove its pair masks, and its update was dropped "
+            "(docs/secure_aggregation.md §9).</p>",
+            _table(rows, [("round", "round"), ("client", "client"), ("stage", "lost"), ("reason", "reason"),
+                          ("aggregate", "aggregate"), ("reveal", "pair-key bits revealed")])]
+
+
 def _key_wait_section(train: dict[str, Any], comparison: dict[str, Any]) -> list[str]:
     """"Waits for key": per round whether it waited, the wall and station seconds of the wait and the
     starved pairs; per top-up acquisition and short pair, the key planned against the key delivered;
@@ -457,6 +472,7 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
             ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
         if train.get("security"):
             parts.append(f"<p>Mask security: {html.escape(str(train['security']))}</p>")
+        parts.extend(_dropout_section(train))
         parts.extend(_key_wait_section(train, (m.get("plan") or {}).get("comparison") or {}))
     for title, path in plots.items():
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
