@@ -1148,15 +1148,21 @@ def _check_pin_at_mask(context: Context, spec: FlowerSpec, name: str, r: int, pa
 
     job, path = _consistency_ctx(context, spec, name, signed)
     pinned = pinned_survivors(path, job, r)
-    if pinned is None or set(pinned[0]) | set(pinned[1]) == set(participants):
+    if pinned is None or (set(pinned[0]) == set(participants) and not pinned[1]):
         return
+    # a pin with dropped clients D ≠ ∅ (review s37 F4): this round can only be unmasked if every client of D is
+    # lost again after masking; an honest server that gets their uploads this time asks to sign S ∪ D with none
+    # dropped, which the consistency stage must refuse, after the round's key is spent. So such a round is
+    # refused here too (only a client of D that fails again would have let it finish)
+    back = f"; the client(s) it dropped, {pinned[1]}, cannot be in its aggregate" if pinned[1] else ""
     raise SecureAggregationError(
         f"round {r} of job {job!r}: {name} already signed survivors {pinned[0]}, dropped {pinned[1]} for this round "
         f"(its record {path}), and this round's participants are {sorted(participants)}: the round can be unmasked "
-        f"over that set only, so {name} masks nothing and reads no key: refused. To go on, bring back the clients of "
-        f"that set, or train under a new job ID (--job-id, or other signed training settings); a new job ID lets a "
-        "server that unmasks this round in both jobs over different sets difference the sums (with the same "
-        "settings and parameters the updates are the same): only with a new seed are they not")
+        f"over that set only{back}, so {name} masks nothing and reads no key: refused. To go on, train under a new "
+        "job ID with a new seed (`labqfl run`: a new run with another --seed; `labqfl node train`: --job-id and "
+        "--seed); a new job ID alone lets a server that unmasks this round in both jobs over different sets "
+        "difference the sums (with the same settings and parameters the updates are the same): only with a new "
+        "seed are they not" + ("" if pinned[1] else "; or bring back the clients of that set"))
 
 
 def _consistency_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, run_tag: str,
