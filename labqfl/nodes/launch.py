@@ -212,13 +212,17 @@ def stream_rule_settings(cfg: StationConfig) -> DistillSettings:
     return plan.distill_settings() if plan.sufficient else DistillSettings()
 
 
-def _throwaway_blocks(cfg: StationConfig, *, on_demand: bool) -> tuple[StationConfig, Any, list[Any]]:
+def _throwaway_blocks(cfg: StationConfig, *, on_demand: bool | None) -> tuple[StationConfig, Any, list[Any]]:
     """2 ms of station ``cfg`` on a throwaway testbed of one thread (fresh CSPRNG clients, nothing written):
     the configuration it ran (emulated pattern generators off — they take their patterns from a station's
-    instruments, or are the optics node's), the testbed and its tag blocks. ``on_demand``: the optics
-    node's path (the clients asked only about candidate slots) instead of whole drive patterns."""
+    instruments, or are the optics node's), the testbed and its tag blocks. ``on_demand``: True the optics
+    node's path (the clients asked only about candidate slots), False whole drive patterns, None the path an
+    in-process acquisition of ``cfg`` takes (:attr:`~labqfl.sim_backends.testbed.SagnacTestbed.modulation_on_demand`
+    None; whole drive patterns where ``cfg`` emulates pattern generators)."""
     from labqfl.sim_backends.testbed import SagnacTestbed
 
+    if on_demand is None and cfg.simulation.emulate_pattern_generators:
+        on_demand = False  # emulated generators play whole patterns; turned off below for the throwaway run
     if cfg.simulation.emulate_pattern_generators:
         cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(
             update={"emulate_pattern_generators": False})})
@@ -229,7 +233,8 @@ def _throwaway_blocks(cfg: StationConfig, *, on_demand: bool) -> tuple[StationCo
 
 def warm_in_process_pipeline(cfg: StationConfig, engine: str) -> None:
     """Load (on an empty Numba cache: compile) what an in-process acquisition with live distillation of
-    station ``cfg`` runs — the simulator on whole drive patterns, the pipeline's slotting, sifting and
+    station ``cfg`` runs — the simulator on the path its acquisition takes (on demand where candidates are
+    few, the default station's; whole drive patterns otherwise), the pipeline's slotting, sifting and
     estimation, the distillation kernels of ``engine`` (:func:`labqfl.nodes.client.warm_distillation`) —
     on 2 ms of a throwaway testbed, keys into a memory sink that is dropped. ≈ 0.5 s on a warm cache,
     ≈ 60 CPU s on an empty one (2-core Intel Xeon). For front ends that acquire in process (the GUI's
@@ -237,7 +242,7 @@ def warm_in_process_pipeline(cfg: StationConfig, engine: str) -> None:
     from labqfl.nodes.client import warm_distillation
     from labqfl.qkd.pipeline import MemorySink, distill_stream
 
-    cfg, tb, blocks = _throwaway_blocks(cfg, on_demand=False)
+    cfg, tb, blocks = _throwaway_blocks(cfg, on_demand=None)
     distill_stream(cfg, blocks, tb.client_logs(), MemorySink(), DistillSettings(min_final_block_bits=1000))
     warm_distillation(engine)
 
