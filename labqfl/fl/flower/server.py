@@ -234,12 +234,22 @@ class LabqflServer:
         if counters is not None:
             for c, m in msgs.items():
                 counters.setdefault(c, [0, 0])[1] += message_bytes(m)
+        t0 = time.monotonic()
         replies = send_and_receive(grid, list(msgs.values()), timeout, self.spec.straggler_timeout_s)
+        by_msg = {m.metadata.message_id: c for c, m in msgs.items()}  # the IDs the push gave them
         ok: dict[str, Message] = {}
         fail: dict[str, str] = {}
+        gone: dict[str, str] = {}
         for rep in replies:
             found = by_node.get(rep.metadata.src_node_id)
             if found is None:
+                # the SuperLink's own error reply for a node it declared gone (NODE_UNAVAILABLE; flwr's
+                # create_message_error_unavailable_res_message: src_node_id is the SuperLink's): the client is
+                # lost, as after a timeout, but with the right reason (review s37 F6). Only ever a failure
+                c_lost = by_msg.get(rep.metadata.reply_to_message_id) if rep.has_error() else None
+                if c_lost is not None:
+                    gone[c_lost] = (f"node unavailable (SuperLink: {rep.error.reason}, error {rep.error.code}), "
+                                    f"reported within {time.monotonic() - t0:.1f} s")
                 continue
             c = found
             if rep.has_error():
@@ -257,7 +267,7 @@ class LabqflServer:
                 counters.setdefault(c, [0, 0])[0] += message_bytes(rep)
         for c in msgs:
             if c not in ok and c not in fail:
-                fail[c] = f"no reply within {timeout} s"
+                fail[c] = gone.get(c, f"no reply within {timeout} s")
         return ok, fail
 
     def _msg(self, grid: Any, node: int, content: dict[str, Any], r: int, message_type: str = "train") -> Message:
