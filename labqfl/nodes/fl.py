@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,21 @@ def train_on_server(server: str, certs: Path, config: Mapping[str, Any], *, time
     return out
 
 
+#: the last line of a Python traceback that raised a labqfl error: its class and message
+_APP_ERROR = re.compile(r"^labqfl\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def flower_failure_line(reason: str) -> str | None:
+    """The one line of a failed Flower run (the server node's ``ctl/train`` refusal "the Flower run failed
+    (flwr run exit code …); its output ends:" + the ServerApp's traceback and Flower's exit-code banner):
+    the labqfl error the ServerApp raised, e.g. "round 2 aborted before any unmask: …" (review s37 F7);
+    None when the output names none (then the whole reason is the error)."""
+    if "the Flower run failed" not in reason or not (hits := _APP_ERROR.findall(reason)):
+        return None
+    kind, text = hits[-1]
+    return f"the Flower run failed: {text.strip()} ({kind})"
+
+
 class FlNetwork:
     """The server node and one SuperNode per client as separate processes on loopback.
 
@@ -194,8 +210,18 @@ class FlNetwork:
         return self
 
     def train(self, config: Mapping[str, Any], timeout_s: float, init_params: Sequence[float] | None = None) -> dict[str, Any]:
-        """One Flower run on this network's server node (:func:`train_on_server`); the nodes stay up."""
-        return train_on_server(self.server_address, self.certs, config, timeout_s=timeout_s, init_params=init_params)
+        """One Flower run on this network's server node (:func:`train_on_server`); the nodes stay up. A
+        ServerApp that failed with a labqfl error fails here with that error's one line
+        (:func:`flower_failure_line`)."""
+        try:
+            return train_on_server(self.server_address, self.certs, config, timeout_s=timeout_s,
+                                   init_params=init_params)
+        except NodeError as exc:
+            line = flower_failure_line(str(exc))
+            if line is None:
+                raise
+            raise NodeError(f"{line} (the ServerApp's whole output: flower/flwr-run-<ID>.log under "
+                            f"{self.server_data})") from None
 
     def stop(self, timeout: float = 60.0) -> dict[str, int | None]:
         """SIGTERM every SuperNode, then the server node; wait for each (SIGKILL after ``timeout``)."""

@@ -176,3 +176,28 @@ def test_mask_key_counts_only_the_rounds_a_pair_masked(small_station_file, tmp_p
 
     assert pair_mask_bits("C1-C2", rounds) == 2 * PAD and pair_mask_bits("C3-C4", rounds) == 3 * PAD
     assert [(d["round"], d["stage"]) for d in fl_dropouts(rounds)] == [(2, "after masking"), (3, "before masking")]
+
+
+def test_a_failed_flower_run_fails_with_the_serverapps_error_line(tmp_path, monkeypatch):
+    """F7: the server node's refusal carries the ServerApp's traceback and Flower's exit-code banner; the
+    run's error is the labqfl error's one line, with where the whole output is."""
+    import labqfl.nodes.fl as fl
+
+    reason = ("ctl/train: the Flower run failed (flwr run exit code 0); its output ends:\n^^^^\n"
+              '  File "server.py", line 785, in _consistency\n    raise SecureAggregationError(\n'
+              "labqfl.errors.SecureAggregationError: round 2 aborted before any unmask: 3 survivor(s) "
+              "['C1', 'C2', 'C4'] (lost after masking: ['C3'])\n\x1b[91mERROR \x1b[0m:     Exit Code: 201\n\n"
+              "An unhandled exception occurred in the ServerApp.\n")
+
+    def refused(*a: Any, **kw: Any) -> Any:
+        raise NodeError(reason)
+
+    monkeypatch.setattr(fl, "train_on_server", refused)
+    net = fl.FlNetwork(tmp_path, None, ["C1", "C2"], tmp_path, server_data=tmp_path / "server")
+    with pytest.raises(NodeError) as err:
+        net.train({}, 1.0)
+    msg = str(err.value)
+    assert msg.startswith("the Flower run failed: round 2 aborted before any unmask: 3 survivor(s) ")
+    assert "(SecureAggregationError)" in msg and "Traceback" not in msg and "Exit Code" not in msg
+    assert "\n" not in msg and str(tmp_path / "server") in msg
+    assert fl.flower_failure_line("ctl/train: the node is busy") is None
