@@ -112,9 +112,13 @@ class JobSettings:
             raise ConfigError(f"--task {self.task!r} unknown; expected one of {', '.join(TASKS)}")
         if self.threshold is not None and not self.self_masks:
             raise ConfigError(f"--threshold {self.threshold} needs --self-masks")
-        if self.colluders is not None and not (self.self_masks and self.nodes and self.colluders >= 0):
-            raise ConfigError(f"--colluders {self.colluders}: expected a number >= 0 with --self-masks over nodes "
-                              "(it sets the signatures the nodes' consistency stage needs; --in-process has none)")
+        if self.colluders is not None:  # one message per cause (review s37 F8: "expected >= 0" for 1 was wrong)
+            why = ("needs --self-masks (it sets the signatures the consistency stage of a run with --self-masks "
+                   "over nodes needs)" if not self.self_masks
+                   else "needs the run over nodes (the nodes' consistency stage; --in-process has none)"
+                   if not self.nodes else "expected a number >= 0" if self.colluders < 0 else "")
+            if why:
+                raise ConfigError(f"--colluders {self.colluders}: {why}")
         from labqfl.fl.masks import parse_graph
 
         try:  # before any run folder or plan: it was refused after both, naming no option
