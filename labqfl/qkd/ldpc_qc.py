@@ -97,26 +97,35 @@ def qc_shifts(mb: int, nb: int, Z: int, ev: np.ndarray, ec: np.ndarray, draws: n
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_mismatch(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, synd: np.ndarray,
+                  L: np.ndarray, par: np.ndarray, r: int) -> None:
+    """``par`` (uint8 of Z) ← the syndrome of layer ``r`` XOR the hard decision's parity (L < 0 → 1) of its
+    checks (vectorised over the layer): 1 where a check is unsatisfied."""
+    zero = np.float32(0.0)
+    sy = synd[r * Z:(r + 1) * Z]
+    for i in range(Z):
+        par[i] = sy[i]
+    for k in range(row_ptr[r], row_ptr[r + 1]):
+        base = bcol[k] * Z
+        s = bshift[k]
+        La = L[base + s:base + Z]
+        pa = par[0:Z - s]
+        for i in range(Z - s):
+            pa[i] = pa[i] ^ (La[i] < zero)
+        Lb = L[base:base + s]
+        pb = par[Z - s:Z]
+        for i in range(s):
+            pb[i] = pb[i] ^ (Lb[i] < zero)
+
+
+@numba.njit(cache=True, nogil=True)
 def _syndrome_ok(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, synd: np.ndarray,
                  L: np.ndarray) -> bool:
-    """Whether the hard decision L < 0 → 1 reproduces ``synd`` (vectorised over each layer)."""
-    zero = np.float32(0.0)
+    """Whether the hard decision L < 0 → 1 reproduces ``synd`` (:func:`_row_mismatch` layer by layer, stopping at
+    the first unsatisfied check's layer)."""
     par = np.empty(Z, np.uint8)
     for r in range(row_ptr.size - 1):
-        sy = synd[r * Z:(r + 1) * Z]
-        for i in range(Z):
-            par[i] = sy[i]
-        for k in range(row_ptr[r], row_ptr[r + 1]):
-            base = bcol[k] * Z
-            s = bshift[k]
-            La = L[base + s:base + Z]
-            pa = par[0:Z - s]
-            for i in range(Z - s):
-                pa[i] = pa[i] ^ (La[i] < zero)
-            Lb = L[base:base + s]
-            pb = par[Z - s:Z]
-            for i in range(s):
-                pb[i] = pb[i] ^ (Lb[i] < zero)
+        _row_mismatch(row_ptr, bcol, bshift, Z, synd, L, par, r)
         for i in range(Z):
             if par[i]:
                 return False
@@ -126,25 +135,11 @@ def _syndrome_ok(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: i
 @numba.njit(cache=True, nogil=True)
 def _unsatisfied(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, synd: np.ndarray,
                  L: np.ndarray, par: np.ndarray) -> int:
-    """Checks whose hard-decision parity (L < 0 → 1) differs from ``synd`` (vectorised as
-    :func:`_syndrome_ok`); ``par``: uint8 scratch of Z."""
-    zero = np.float32(0.0)
+    """Checks whose hard-decision parity (L < 0 → 1) differs from ``synd`` (:func:`_row_mismatch` over every
+    layer); ``par``: uint8 scratch of Z."""
     cnt = 0
     for r in range(row_ptr.size - 1):
-        sy = synd[r * Z:(r + 1) * Z]
-        for i in range(Z):
-            par[i] = sy[i]
-        for k in range(row_ptr[r], row_ptr[r + 1]):
-            base = bcol[k] * Z
-            s = bshift[k]
-            La = L[base + s:base + Z]
-            pa = par[0:Z - s]
-            for i in range(Z - s):
-                pa[i] = pa[i] ^ (La[i] < zero)
-            Lb = L[base:base + s]
-            pb = par[Z - s:Z]
-            for i in range(s):
-                pb[i] = pb[i] ^ (Lb[i] < zero)
+        _row_mismatch(row_ptr, bcol, bshift, Z, synd, L, par, r)
         for i in range(Z):
             cnt += par[i]
     return cnt
