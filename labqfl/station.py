@@ -567,30 +567,37 @@ def _inside_llvm() -> bool:
 
 class Termination:
     """What :func:`sigterm_as_interrupt` yields: whether a SIGTERM came (:attr:`requested`), and
-    :meth:`check`, to call at every safe point of a long loop (e.g. after each block)."""
+    :meth:`check`, to call at every safe point of a long loop (e.g. after each block). For ``signal.SIGINT``
+    (:func:`sigint_as_interrupt`) the same for Ctrl-C: its interrupt is a plain :class:`KeyboardInterrupt`."""
 
-    def __init__(self) -> None:
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
         self.requested = False
-        #: the SIGTERM's interrupt is held back: it came inside Numba's compiler or LLVM (:func:`_inside_llvm`);
+        #: the signal's interrupt is held back: it came inside Numba's compiler or LLVM (:func:`_inside_llvm`);
         #: the signal is delivered again to the main thread (``_thread.interrupt_main``) until its handler
         #: raises it where that is safe
         self.owed = False
         self._redelivered = False
         self._stop_listening: Callable[[], None] | None = None
 
+    def interrupt(self) -> KeyboardInterrupt:
+        """The signal's interrupt: ``KeyboardInterrupt("SIGTERM")`` (the CLI's "terminated (SIGTERM)", exit 143),
+        or a plain one for Ctrl-C (as Python's own handler raises: "interrupted by user (Ctrl-C)", exit 130)."""
+        return KeyboardInterrupt("SIGTERM") if self.signum == signal.SIGTERM else KeyboardInterrupt()
+
     def check(self) -> None:
-        """Raise ``KeyboardInterrupt("SIGTERM")`` when a SIGTERM came: the handler raises it at once (or once it
+        """Raise :meth:`interrupt` when the signal came: the handler raises it at once (or once it
         is safe: :attr:`owed`), but CPython loses an exception a signal handler raises while a ``__del__`` or
         weakref callback runs (h5py's run often), and the process would go on as if nothing had happened."""
         if self.requested:
             self.owed = False
-            raise KeyboardInterrupt("SIGTERM")
+            raise self.interrupt()
 
     def redeliver(self) -> None:
-        """The owed SIGTERM to the main thread again: its handler runs at the next bytecode boundary there."""
+        """The owed signal to the main thread again: its handler runs at the next bytecode boundary there."""
         if self.owed:
             self._redelivered = True
-            _thread.interrupt_main(signal.SIGTERM)
+            _thread.interrupt_main(signal.Signals(self.signum))
 
     def _listen_for_the_compiler(self) -> None:
         """:meth:`redeliver` as soon as the main thread has released Numba's compiler lock for good (its
@@ -622,21 +629,25 @@ class Termination:
             self.redeliver()
 
     def on_signal(self) -> None:
-        """The SIGTERM handler's part (:func:`sigterm_as_interrupt`): raise the interrupt, or hold it back."""
+        """The signal handler's part (:func:`signal_as_interrupt`): raise the interrupt, or hold it back. Another
+        SIGTERM is ignored; another Ctrl-C raises again, as Python's own handler does."""
         redelivered, self._redelivered = self._redelivered, False
         if self.requested and not self.owed:
-            if not redelivered:  # a redelivery that came after the interrupt was raised is no second SIGTERM
+            if redelivered:  # a redelivery that came after the interrupt was raised is no second signal
+                return
+            if self.signum == signal.SIGTERM:
                 log.warning("SIGTERM again: ignored while the process closes its files and stops")
-            return
+                return
         self.requested = True
         if _inside_llvm():
             if not self.owed:  # one thread per held-back interrupt, started here once (not a thread per redelivery)
                 self.owed = True
                 self._listen_for_the_compiler()
-                threading.Thread(target=self._redeliver_until_raised, name="labqfl-sigterm", daemon=True).start()
+                name = f"labqfl-{signal.Signals(self.signum).name.lower()}"
+                threading.Thread(target=self._redeliver_until_raised, name=name, daemon=True).start()
             return
         self.owed = False
-        raise KeyboardInterrupt("SIGTERM")
+        raise self.interrupt()
 
 
 @contextmanager
@@ -654,30 +665,55 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
     :meth:`Termination.check` at safe points to raise it again there. An interrupt that leaves the block
     (also wrapped in ``SystemError``) after a SIGTERM leaves it as ``KeyboardInterrupt("SIGTERM")``. Only
     in the main thread (where Python delivers signals); the previous handlers are restored on exit."""
-    term = Termination()
+    with signal_as_interrupt(signal.SIGTERM) as term:
+        yield term
+
+
+@contextmanager
+def sigint_as_interrupt() -> Iterator[Termination]:
+    """While inside, Ctrl-C raises its :class:`KeyboardInterrupt` as Python's own handler does, except inside
+    Numba's compiler or llvmlite's LLVM lock, where it is held back until the compilation is over, as
+    SIGTERM's (:func:`sigterm_as_interrupt`, issue 19: a Ctrl-C during a first run's compilation left the LLVM
+    lock held and the process deadlocked). Only where SIGINT has Python's own handler
+    (``signal.default_int_handler``): an ignored or otherwise handled SIGINT stays as it is. The CLI's commands
+    run inside it (:func:`labqfl.cli.common.handle_errors`)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield Termination(signal.SIGINT)
+        return
+    with signal_as_interrupt(signal.SIGINT) as term:
+        yield term
+
+
+@contextmanager
+def signal_as_interrupt(signum: int) -> Iterator[Termination]:
+    """The handler of :func:`sigterm_as_interrupt` and :func:`sigint_as_interrupt` for ``signum`` while inside:
+    :meth:`Termination.on_signal` (the interrupt raised, or held back inside Numba's compiler). Only in the main
+    thread (where Python delivers signals); the previous handler is restored on exit."""
+    term = Termination(signum)
     if threading.current_thread() is not threading.main_thread():
         yield term
         return
+    sigterm = signum == signal.SIGTERM
 
-    def on_term(signum: int, frame: FrameType | None) -> None:
+    def on_sig(signum: int, frame: FrameType | None) -> None:
         term.on_signal()
 
     def unraisable(info: Any) -> None:  # the interrupt lost in a callback: Termination.check raises it again
-        if isinstance(info.exc_value, KeyboardInterrupt) and info.exc_value.args == ("SIGTERM",):
+        if sigterm and isinstance(info.exc_value, KeyboardInterrupt) and info.exc_value.args == ("SIGTERM",):
             return
         if term.requested and half_built_by_interrupt(info):
             return
         prev_hook(info)
 
-    prev = signal.signal(signal.SIGTERM, on_term)
+    prev = signal.signal(signum, on_sig)
     prev_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield term
         if term.owed:  # held back inside Numba's compiler, and the block ended before it was delivered again
             term.check()
     except BaseException as exc:
-        if term.requested and interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
-                                                              and exc.args == ("SIGTERM",)):
+        if sigterm and term.requested and interrupt_inside(exc) and not (isinstance(exc, KeyboardInterrupt)
+                                                                         and exc.args == ("SIGTERM",)):
             raise KeyboardInterrupt("SIGTERM") from exc
         raise
     finally:
@@ -686,10 +722,10 @@ def sigterm_as_interrupt() -> Iterator[Termination]:
             term._stop_listening()
         sys.unraisablehook = prev_hook
         with _GUARD_LOCK:
-            if signal.getsignal(signal.SIGTERM) is not on_term and _PREVIOUS.get(int(signal.SIGTERM)) is on_term:
-                _PREVIOUS[int(signal.SIGTERM)] = prev  # a guarded station still open: it chains to ``prev`` now
+            if signal.getsignal(signum) is not on_sig and _PREVIOUS.get(int(signum)) is on_sig:
+                _PREVIOUS[int(signum)] = prev  # a guarded station still open: it chains to ``prev`` now
             else:
-                signal.signal(signal.SIGTERM, prev)
+                signal.signal(signum, prev)
 
 
 def _at_exit() -> None:

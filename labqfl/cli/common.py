@@ -357,12 +357,17 @@ def quiet_half_built_objects() -> None:
 
 def handle_errors(fn: F) -> F:
     """Decorator for command functions: LabqflError / OSError / ValueError / OverflowError / Ctrl-C → one line,
-    non-zero exit."""
+    non-zero exit. The command runs inside :func:`labqfl.station.sigint_as_interrupt`: a Ctrl-C while Numba
+    compiles (a first run after an install) is raised once the compilation is over, not inside it (issue 19: a
+    deadlock on llvmlite's LLVM lock)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from labqfl.station import sigint_as_interrupt
+
         try:
-            return fn(*args, **kwargs)
+            with sigint_as_interrupt():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except LabqflError as exc:
