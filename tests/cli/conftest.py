@@ -36,10 +36,11 @@ kh = _conftest("keystore").kh
 @pytest.fixture(autouse=True)
 def _station_guard_state(monkeypatch: pytest.MonkeyPatch) -> None:
     """:func:`labqfl.cli.main` makes every later station of the process guard itself (``guard_stations``) and the
-    first guarded one makes the Ctrl-C line add "; instruments were put in their safe state": both restored after
-    each test, so a test of that line does not depend on which tests ran before it in the process
-    (test_did_you_mean_once then any acquisition made test_keys_preshare's Ctrl-C test fail)."""
+    first guarded one makes the Ctrl-C line add "; instruments were put in their safe state": both False at the
+    start of each test, as in a fresh process, and restored after it, so a test of that line does not depend on
+    which tests ran before it in the process (test_did_you_mean_once then any acquisition, or
+    tests/station/test_safe_state.py, made test_keys_preshare's Ctrl-C test fail)."""
     import labqfl.station
 
-    for name in ("_GUARD_DEFAULT", "_EVER_GUARDED"):
-        monkeypatch.setattr(labqfl.station, name, getattr(labqfl.station, name))
+    for name in ("_GUARD_DEFAULT", "_EVER_GUARDED"):  # as in a fresh process, whatever ran before in this one
+        monkeypatch.setattr(labqfl.station, name, False)
