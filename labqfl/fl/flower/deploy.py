@@ -100,8 +100,26 @@ def write_app_project(app_dir: Path, spec: FlowerSpec, *, out_json: Path | None 
     return app_dir
 
 
+#: Ports :func:`free_port` draws from: below Linux's default ephemeral range (32768–60999,
+#: ``/proc/sys/net/ipv4/ip_local_port_range``), whose ports the kernel hands to every outgoing connection
+_PORT_RANGE = (20000, 32767)
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
+    """A TCP port on 127.0.0.1 that is free now, drawn at random below the ephemeral range: a port the kernel
+    picked with ``bind(("127.0.0.1", 0))`` is an ephemeral one, which another process's outgoing connection can
+    take between this check and the server's own bind (a SuperNode failed with "address already in use" in a
+    loaded CI run); the ephemeral port is the fallback when no drawn port is free."""
+    import random
+
+    for _ in range(64):
+        port = random.randint(*_PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
