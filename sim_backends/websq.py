@@ -23,7 +23,8 @@ channel over each measurement period. Without a simulated loop in the process (o
 detection node holds the controller, the optics node the loop) the controller counts the tag blocks the
 detection node slots (:meth:`EmulatedDetectors.feed`, :class:`BlockCounts`): while an acquisition runs, each
 enabled channel reports its detector's recent click rate in those blocks × the measurement period (rounded);
-with no recent blocks it reports its dark counts at the controller's bias (the simulated loop's law,
+with no recent blocks (the acquisition's are forgotten when it ends, and a channel's when it is disarmed outside
+one, so a dark re-arm reads dark counts) it reports its dark counts at the controller's bias (the simulated loop's law,
 :func:`~labqfl.sim_backends.testbed.dark_count_rate_at`, Poisson-drawn). A disabled channel (``DetectorEnable``
 off or its bias ≤ 0 µA) counts 0 either way, as a real controller's would.
 
@@ -311,7 +312,10 @@ class BlockCounts:
     the acquisition; a block starting before the previous one ended starts a new acquisition. The rate for a
     measurement period P (:meth:`rates`) is the clicks over the duration of the latest blocks whose durations add
     up to ≥ P (all those kept, up to :data:`KEEP_S`, if fewer). Blocks are recent while an acquisition is open
-    (:meth:`acquisition`, which starts with none) and for ``hold_s`` of wall time after the last one fed."""
+    (:meth:`acquisition`, which starts with none and forgets them all when it ends: its light is gone) and, fed
+    outside one, for ``hold_s`` of wall time after the last one fed. A detector disarmed outside an acquisition
+    (:meth:`forget`: its bias taken away) forgets the blocks fed before, so armed again in the dark it counts only
+    what is fed after (none: dark counts); inside one the blocks stay the light on its nanowire (a latch reset)."""
 
     def __init__(self, channels: dict[str, int], hold_s: float = HOLD_S) -> None:
         if hold_s < 0:
@@ -319,7 +323,11 @@ class BlockCounts:
         self.channels = dict(channels)
         self.hold_s = float(hold_s)
         self._lock = threading.Lock()
-        self._blocks: deque[tuple[float, dict[str, int]]] = deque()  # (simulated s, clicks per detector)
+        #: (sequence number, simulated s, clicks per detector)
+        self._blocks: deque[tuple[int, float, dict[str, int]]] = deque()
+        self._seq = 0
+        #: detector -> the first block it counts (those before were fed before its last disarm: :meth:`forget`)
+        self._from_seq: dict[str, int] = {}
         self._kept_s = 0.0
         self._last_ps = 0
         self._last_fed = -float("inf")
@@ -329,6 +337,7 @@ class BlockCounts:
         self._blocks.clear()
         self._kept_s = 0.0
         self._last_ps = 0
+        self._last_fed = -float("inf")
 
     def feed(self, block: TagBlock) -> None:
         """Count one tag block (empty blocks carry no time: skipped)."""
@@ -343,14 +352,22 @@ class BlockCounts:
             duration = (last - self._last_ps) * 1e-12
             self._last_ps = last
             self._last_fed = time.monotonic()
-            self._blocks.append((duration, clicks))
+            self._blocks.append((self._seq, duration, clicks))
+            self._seq += 1
             self._kept_s += duration
-            while len(self._blocks) > 1 and self._kept_s - self._blocks[0][0] >= KEEP_S:
-                self._kept_s -= self._blocks.popleft()[0]
+            while len(self._blocks) > 1 and self._kept_s - self._blocks[0][1] >= KEEP_S:
+                self._kept_s -= self._blocks.popleft()[1]
+
+    def forget(self, detector: str) -> None:
+        """``detector`` disarmed (class docstring): outside an acquisition it forgets the blocks fed until now."""
+        with self._lock:
+            if self._open == 0:
+                self._from_seq[detector] = self._seq
 
     @contextlib.contextmanager
     def acquisition(self) -> Iterator[None]:
-        """An acquisition runs (its blocks are recent however slowly they come); the earlier blocks are forgotten."""
+        """An acquisition runs (its blocks are recent however slowly they come); the earlier blocks are forgotten,
+        and its own when it ends (class docstring)."""
         with self._lock:
             self._clear()
             self._open += 1
@@ -359,21 +376,27 @@ class BlockCounts:
         finally:
             with self._lock:
                 self._open -= 1
+                self._clear()
 
     def rates(self, period_s: float) -> dict[str, float] | None:
-        """Recent click rate [Hz] of each detector (class docstring); None: no recent blocks."""
+        """Recent click rate [Hz] of each detector with recent blocks (class docstring); None: none recent."""
         with self._lock:
             recent = self._open > 0 or time.monotonic() - self._last_fed <= self.hold_s
             if not recent or not self._blocks:
                 return None
-            duration, clicks = 0.0, dict.fromkeys(self.channels, 0)
-            for d, c in reversed(self._blocks):
-                duration += d
-                for r, n in c.items():
-                    clicks[r] += n
-                if duration >= period_s:
-                    break
-        return {r: n / duration for r, n in clicks.items()} if duration > 0 else None
+            out: dict[str, float] = {}
+            for r in self.channels:
+                first, duration, clicks = self._from_seq.get(r, 0), 0.0, 0
+                for seq, d, c in reversed(self._blocks):
+                    if seq < first:
+                        break
+                    duration += d
+                    clicks += c[r]
+                    if duration >= period_s:
+                        break
+                if duration > 0:
+                    out[r] = clicks / duration
+        return out or None
 
 
 class EmulatedDetectors:
@@ -415,7 +438,7 @@ class EmulatedDetectors:
             for roles in groups.values():
                 emu = WebSQEmulator(max(ch for _, ch in roles),
                                     counts=self._count_source(roles),
-                                    on_change=self._follower(roles) if testbed is not None else None,
+                                    on_change=self._follower(roles) if testbed is not None else self._forgetter(roles),
                                     temperature_k=cfg.detectors[roles[0][0]].temperature_k)
                 self.emulators.append(emu)
                 for role, ch in roles:
@@ -440,6 +463,16 @@ class EmulatedDetectors:
                     d.bias = float(bias)
                 tb.touch()
         return follow
+
+    def _forgetter(self, roles: list[tuple[str, int]]) -> Callable[[WebSQEmulator], None]:
+        """Without a loop: a channel disarmed (``DetectorEnable`` off or bias ≤ 0 µA) forgets the blocks fed until
+        then (:meth:`BlockCounts.forget`), as a nanowire without bias saw none of that light."""
+        def forget(emu: WebSQEmulator) -> None:
+            with emu.lock:
+                disarmed = [role for role, ch in roles if not emu.enabled or emu.bias_ua[ch - 1] <= 0]
+            for role in disarmed:
+                self.blocks.forget(role)
+        return forget
 
     def _count_source(self, roles: list[tuple[str, int]]) -> CountSource:
         rng = np.random.default_rng()  # used by this controller's count loop only
@@ -468,7 +501,7 @@ class EmulatedDetectors:
         for role, ch in roles:
             if not enabled or bias[ch - 1] <= 0:
                 continue
-            if rates is not None:
+            if rates is not None and role in rates:
                 out[ch - 1] = round(rates[role] * period_s)
             else:
                 dcr0, bias0, scale = self._dark[role]

@@ -139,3 +139,58 @@ def test_blocks_stay_recent_for_hold_s_after_the_last_one() -> None:
             d0.close()
     finally:
         emus.close()
+
+
+def test_block_counts_forget_an_ended_acquisition_and_a_disarmed_detector() -> None:
+    """Session 37's CI flake (7d6ba0b): the blocks of an ended acquisition stayed recent for ``hold_s``, so a dark
+    re-arm right after it read the previous acquisition's rate. They are forgotten when it ends, and a detector
+    disarmed outside an acquisition forgets the blocks fed before (its own rate only)."""
+    blocks = _blocks({1: 1e5, 2: 2e4}, 0.2, 0.01)
+    bc = BlockCounts({"D0": 1, "D1": 2}, hold_s=30.0)
+    with bc.acquisition():
+        for b in blocks:
+            bc.feed(b)
+        bc.forget("D0")  # a latch reset inside a run: the run's blocks are still the light on the nanowire
+        r = bc.rates(0.1)
+        assert r is not None and set(r) == {"D0", "D1"}
+    assert bc.rates(0.1) is None  # ended: forgotten at once, not held for 30 s
+    for b in blocks:  # fed outside an acquisition: held
+        bc.feed(b)
+    bc.forget("D0")
+    r = bc.rates(0.1)
+    assert r is not None and set(r) == {"D1"}  # D0 disarmed since: none recent for it; D1 keeps its rate
+    bc.feed(TagBlock(np.array([blocks[-1].timestamps[-1] + 10**10], np.int64), np.array([1], np.int16)))
+    r = bc.rates(10.0)  # D0: only the block fed after its disarm (1 click in 10 ms)
+    assert r is not None and r["D0"] == pytest.approx(100.0)
+
+
+@needs_pyvisa_py
+def test_a_dark_rearm_right_after_an_acquisition_reads_dark_counts() -> None:
+    """Through the real driver, within the default 1 s hold: an acquisition at 10⁶ clicks/s on D0 ends, D0 is
+    disarmed and armed again in the dark (the next ``ctl/run``'s arming, whose latch check reads this stream):
+    it reads its dark counts, not the ended acquisition's rate. Failed before (about 100 000 counts in 0.1 s)."""
+    from labqfl.station import open_driver
+
+    cfg = _eos_cfg()
+    ch0 = cfg.time_tagger.detector_channels["D0"]
+    emus = EmulatedDetectors(cfg)  # HOLD_S
+    try:
+        d0 = open_driver("D0", emus.station_config(cfg).detectors["D0"], None)
+        try:
+            d0.enabled = True
+            with emus.acquisition():
+                for b in _blocks({ch0: 1e6}, 0.3, 0.01):
+                    emus.feed(b)
+                assert abs(d0.count_rate_hz(0.1) - 1e6) * 0.1 < 5 * math.sqrt(1e5)
+            n = d0.count_rate_hz(0.1) * 0.1  # the run over, D0 still armed: dark counts at I₀
+            assert abs(n - DCR0 * 0.1) < 5 * math.sqrt(DCR0 * 0.1), n
+            for b in _blocks({ch0: 1e6}, 0.3, 0.01, seed=2):  # fed outside a run (held for 1 s)...
+                emus.feed(b)
+            d0.enabled = False  # ... then disarmed and armed again in the dark
+            d0.enabled = True
+            n = d0.count_rate_hz(0.1) * 0.1
+            assert abs(n - DCR0 * 0.1) < 5 * math.sqrt(DCR0 * 0.1), n
+        finally:
+            d0.close()
+    finally:
+        emus.close()
