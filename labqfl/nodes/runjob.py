@@ -545,6 +545,27 @@ def _check_fl_stopped(codes: Mapping[str, int | None], gone: Mapping[str, int]) 
         log.warning("FL node(s) had exited before the end of training (a dropout): exit codes %s", dict(gone))
 
 
+def _clients_lost(net: Any, spec: Any, r: int) -> str:
+    """Before the segment from round ``r``: the clients whose SuperNode has exited (lost in an earlier segment),
+    comma-separated — the segment's ``absent`` clients, whom its Flower run neither waits for at its start
+    (``node_wait_s``, 300 s) nor messages. If the rounds cannot complete without them
+    (:func:`~labqfl.fl.flower.server.round_shortfall`), one :class:`NodeError` line names them and what is kept."""
+    from labqfl.fl.flower.server import round_shortfall
+
+    codes = {k.removeprefix("supernode-"): c for k, c in exited_before_stop(net).items()}
+    if not codes:
+        return ""
+    lost = [c for c in spec.names if c in codes]
+    why = round_shortfall(spec, [c for c in spec.names if c not in lost]) if lost else None
+    if why is not None:
+        raise NodeError(
+            f"training over nodes stopped before round {r}: client(s) {', '.join(lost)} lost during training (SuperNode "
+            f"exit code(s) {', '.join(f'{c} {codes[c]}' for c in lost)}), and the rounds cannot go on without them: "
+            f"{why}. Rounds 1-{r - 1} are trained and checkpointed (kept); `labqfl run --resume` continues from round "
+            f"{r} with every client's node started again")
+    return ",".join(lost)
+
+
 #: before_segment(round) -> the last round of the segment starting there; on_segment(the segment's
 #: ServerApp metrics); both called while every FL node is up and idle (no ClientApp draws key)
 SegmentFn = Callable[[int], int]
@@ -565,11 +586,12 @@ def _train_segments(net: Any, spec: Any, *, start_round: int, init_params: Any, 
     params = None if init_params is None else [float(x) for x in init_params]
     r = start_round
     while r <= spec.rounds:
+        _clients_lost(net, spec, r)  # at once, before a wait for key
         last = spec.rounds if before_segment is None else int(before_segment(r))
         if not r <= last <= spec.rounds:
             raise NodeError(f"training over nodes: segment from round {r} to round {last}; expected a last "
                             f"round in {r}..{spec.rounds}")
-        seg = dataclasses.replace(spec, first_round=r, last_round=last)
+        seg = dataclasses.replace(spec, first_round=r, last_round=last, absent=_clients_lost(net, spec, r))
         report("train", r - 1, spec.rounds, f"training round(s) {r}-{last} of {spec.rounds} over the nodes")
         res = net.train(seg.to_config(), timeout_s, init_params=params)
         merged["rounds"].extend(res.get("rounds") or [])

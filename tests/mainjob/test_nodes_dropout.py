@@ -91,6 +91,7 @@ class _Spec:
     rounds: int = 1
     first_round: int = 1
     last_round: int = 1
+    absent: str = ""
 
     def secagg(self) -> None:
         return None
@@ -120,13 +121,14 @@ def test_a_supernode_gone_before_the_stop_is_a_dropout_not_a_failed_stop(tmp_pat
             self.nodes = {"server": SimpleNamespace(proc=Proc(None, 0), log_path=tmp_path / "none", startup_s=1.0),
                           "supernode-C1": SimpleNamespace(proc=Proc(None, -15 if Net.alive_bad else 0),
                                                           log_path=tmp_path / "none", startup_s=1.0),
-                          "supernode-C2": SimpleNamespace(proc=Proc(-9, -9), log_path=tmp_path / "none",
+                          "supernode-C2": SimpleNamespace(proc=Proc(None, -9), log_path=tmp_path / "none",
                                                           startup_s=1.0)}
 
         def start(self) -> Net:
             return self
 
         def train(self, config: Any, timeout_s: float, init_params: Any = None) -> dict[str, Any]:
+            self.nodes["supernode-C2"].proc.code = -9  # killed during the round
             return {"rounds": [_round(1)], "flower": [_flower(1, after=["C2"])], "wall_s": 1.0,
                     "final_params": [0.0] * 24}
 

@@ -177,6 +177,34 @@ def message_bytes(msg: Message) -> int:
 
 #: longest wait [s] for the replies to the end message a run sends when it stops between two rounds
 BEST_EFFORT_END_S = 30.0
+#: the reason recorded for a client of the spec's ``absent`` (lost before this Flower run started)
+LOST_BEFORE_RUN = "lost before this Flower run started (its node had gone in an earlier run of the job)"
+
+
+def round_shortfall(spec: FlowerSpec, part: list[str], *, deployed: bool = True) -> str | None:
+    """Why a round whose participants (the clients that answered its keys stage) are ``part`` cannot
+    complete even if none of them is lost later, or ``None``: fewer than the secure-aggregation settings'
+    survivors (``min_survivors``, a DP plan's clients), a mask graph the missing clients split, and — with
+    self-masks in a deployment — fewer than the survivors that must sign the round's survivor set
+    (:meth:`~labqfl.fl.flower.spec.FlowerSpec.consistency_need` at the round's threshold). Such a round is
+    refused before masking (:meth:`LabqflServer._plan_round`): after the mask stage it would be aborted at the
+    consistency stage with every pad of the round spent; ``labqfl run`` over nodes asks it before a segment
+    whose clients include some lost ones (the spec's ``absent``)."""
+    cfg = spec.secagg()
+    if (short := cfg.too_few_survivors(len(part))) is not None:
+        return f"{len(part)} client(s) {part} can take part, {short}"
+    pairs = [p for p in cfg.pairs(spec.names) if all(x in part for x in split_pair(p))]
+    if len(components(part, pairs)) > 1:
+        return f"the clients missing ({[c for c in spec.names if c not in part]}) split the mask graph"
+    if not (cfg.self_masks and deployed):
+        return None
+    t = cfg.threshold if cfg.threshold is not None else default_threshold(part, pairs)
+    need = spec.consistency_need(t)
+    if len(part) < need:
+        return (f"{len(part)} client(s) {part} can take part; a deployed self-mask round needs {need} = "
+                f"{CONSISTENCY_NEED_RULE} survivors to sign its survivor set (c = {spec.tolerated_colluders()} "
+                "colluding clients tolerated, signed 'colluders')")
+    return None
 
 
 class LabqflServer:
@@ -210,6 +238,10 @@ class LabqflServer:
         d = self.spec.to_config()
         d.update(stage=stage, round=r, n_params=n, run_tag=self.run_tag, **self._signed())
         return d
+
+    def _deployed(self) -> bool:
+        """A deployment (replies checked or the operator's spec sent): self-mask rounds have a consistency stage."""
+        return self.identity is not None or self.signed_spec is not None
 
     def _signed(self) -> dict[str, Any]:
         return {SIGNED_SPEC: self.signed_spec.to_json()} if self.signed_spec is not None else {}
@@ -279,8 +311,12 @@ class LabqflServer:
         """Wait for the nodes and ask each new one its client name and sample count until every
         client of the spec has answered: (name → node id, name → weight). A reply that fails the
         identity check, or an error, is logged and its node never asked again; the run fails
-        after ``node_wait_s`` with the clients still missing and the refusals."""
+        after ``node_wait_s`` with the clients still missing and the refusals. The spec's ``absent``
+        clients (lost before this run: an earlier segment of ``labqfl run`` over nodes) are not waited for
+        and are in the result only if they answered with the others; :meth:`round` counts the others
+        dropped before masking."""
         t0 = time.monotonic()
+        absent = set(self.spec.absent_names)
         asked: set[int] = set()
         names: dict[str, int] = {}
         weights: dict[str, float] = {}
@@ -290,9 +326,10 @@ class LabqflServer:
             if new:
                 asked.update(new)
                 self._setup_nodes(grid, new, names, weights, refused)
-            missing = [c for c in self.spec.names if c not in names]
-            if not missing:
-                return {c: names[c] for c in self.spec.names}, {c: weights[c] for c in self.spec.names}
+            missing = [c for c in self.spec.names if c not in names and c not in absent]
+            if not missing:  # a client lost before the run (``absent``) is not waited for
+                here = [c for c in self.spec.names if c in names]
+                return {c: names[c] for c in here}, {c: weights[c] for c in here}
             if time.monotonic() - t0 > self.spec.node_wait_s:
                 raise SecureAggregationError(
                     f"no SuperNode answered as client(s) {missing} within {self.spec.node_wait_s:.0f} s; got "
@@ -343,7 +380,8 @@ class LabqflServer:
         keys message ends this round at the nodes (:meth:`_end_round`)."""
         spec, cfg = self.spec, self.cfg
         n = self.words(int(params.size))
-        clients = list(nodes)  # loop order C1..CN
+        lost = [c for c in spec.absent_names if c not in nodes]  # lost before this run: never messaged
+        clients = [c for c in spec.names if c in nodes or c in lost] if lost else list(nodes)  # loop order C1..CN
         graph = cfg.pairs(clients)
         counters: dict[str, list[int]] = {}
         timing: dict[str, float] = {}
@@ -352,20 +390,21 @@ class LabqflServer:
         # 1. keys (it also ends the previous round at every node: see _end_round)
         t0 = time.perf_counter()
         msgs = {}
-        for c in clients:
+        for c in (c for c in clients if c not in lost):
             d = self._base("keys", r, n)
             d["master_pairs"] = [p for p in graph if split_pair(p)[0] == c]
             if spec.keys == "qkd":
                 d["slave_pairs"] = [p for p in graph if split_pair(p)[1] == c]
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
         ok, fail = self._exchange(grid, msgs, timeout, counters)
+        fail.update({c: LOST_BEFORE_RUN for c in lost})
         self._unfinished = None  # delivered with the keys messages
         timing["keys"] = time.perf_counter() - t0
         for c, why in fail.items():
             log.warning("round %d: client %s dropped before masking (%s)", r, c, why)
         part = [c for c in clients if c in ok]
         pre_drop = [c for c in clients if c not in ok]
-        state: dict[str, Any] = {"mask_sent": False, "lost": set(pre_drop)}
+        state: dict[str, Any] = {"mask_sent": False, "lost": set(pre_drop), "clients": clients}
         try:
             return self._finish_round(grid, r, params, nodes, weights, graph, ok, fail, part, pre_drop, counters,
                                       timing, state, end)
@@ -405,7 +444,7 @@ class LabqflServer:
                 log.warning("round %d: client %s dropped before masking (refs stage: %s)", r, c, why)
             fail = {**fail, **{c: f"refs stage: {why}" for c, why in failed.items()}}
             part = [c for c in part if c not in failed]
-            pre_drop = [c for c in nodes if c not in part]
+            pre_drop = [c for c in state["clients"] if c not in part]
             ok = {c: ok[c] for c in part}
             pairs, t_share, levels = self._plan_round(r, graph, ok, fail, part, pre_drop, weights)
 
@@ -496,6 +535,9 @@ class LabqflServer:
         if (short := cfg.too_few_survivors(len(part))) is not None:
             raise SecureAggregationError(
                 f"round {r} aborted: {len(part)} client(s) answered the keys stage, {short}; failures: {fail}")
+        if self._deployed() and (short := round_shortfall(self.spec, part)) is not None:
+            # too few to sign a survivor set: refused before any mask word is read (reservations released)
+            raise SecureAggregationError(f"round {r} aborted before masking: {short}; failures: {fail}")
         pairs = [p for p in graph if all(x in ok for x in split_pair(p))]
         if len(components(part, pairs)) > 1:
             raise SecureAggregationError(f"round {r} aborted: the clients lost before masking ({pre_drop}) split the mask graph")

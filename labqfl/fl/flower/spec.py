@@ -22,7 +22,7 @@ _JOB_RE = re.compile(r"[A-Za-z0-9_.:-]{0,80}")
 #: fields left out of :meth:`FlowerSpec.derived_job_id` (they do not determine a client's local update)
 JOB_ID_LEFT_OUT = frozenset({"job_id", "rounds", "first_round", "last_round", "keys", "graph", "k", "self_masks",
                              "threshold", "min_survivors", "colluders", "data_dir", "test_size", "keystore_dir",
-                             "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s"})
+                             "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s", "absent"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,13 @@ class FlowerSpec:
     #: assumption; 0 ... ``clients`` − 2 the operator's choice). It sets the signatures a node requires before
     #: it unmasks, :meth:`consistency_need` (docs/secure_aggregation.md §9)
     colluders: int = -1
+    #: clients lost before this Flower run starts, comma-separated ("": none): ``labqfl run`` over nodes
+    #: names here the clients whose SuperNode exited during an earlier segment of the job. The server does not
+    #: wait for them at its start (``node_wait_s``) and counts them dropped before masking in every round, as
+    #: it counts a client lost during a run (no message is sent to them). The server's logistics (unsigned,
+    #: :data:`~labqfl.fl.flower.specsig.UNSIGNED_FIELDS`): leaving a client out before masking is what any
+    #: server can do, and each round still needs its survivors (:meth:`consistency_need`)
+    absent: str = ""
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -124,6 +131,9 @@ class FlowerSpec:
         if not -1 <= self.colluders <= self.clients - 2:
             raise ConfigError(f"colluders {self.colluders}: expected -1 (t − 1) or 0 ... {self.clients - 2} (clients − 2: "
                               "against more colluders no aggregate of the others' updates hides an honest client's)")
+        if self.absent and (bad := [c for c in self.absent.split(",") if c not in self.names]):
+            raise ConfigError(f"absent {self.absent!r}: {bad} not among the clients {self.names}; expected a "
+                              "comma-separated list of the run's client names")
         if self.shots < 0:
             raise ConfigError(f"shots must be ≥ 0 (0: exact expectation values), got {self.shots}")
         self.noise_model()  # a bad noise text fails here, with the item named
@@ -159,6 +169,12 @@ class FlowerSpec:
         if self.client_names:
             return self.client_names.split(",")
         return [f"C{i + 1}" for i in range(self.clients)]
+
+    @property
+    def absent_names(self) -> list[str]:
+        """The clients of :attr:`absent`, in loop order."""
+        lost = set(self.absent.split(",")) if self.absent else set()
+        return [c for c in self.names if c in lost]
 
     def index_of(self, name: str) -> int:
         """0-based position of client ``name`` in :attr:`names` (its data partition and seed index)."""

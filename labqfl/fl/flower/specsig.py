@@ -28,7 +28,7 @@ computes from them), ``rounds``, the task, its data and local training, ``q``, `
 refuses a round outside them — review s35 third look T1: with the range unsigned, a later segment's spec
 authorised every round, and the server re-ran an earlier, masked round under it with another client set).
 Left to the server (:data:`UNSIGNED_FIELDS`): timeouts, the key-wait time, a simulation's key-store
-folder. A node also refuses a validity period over :data:`MAX_VALID_S` (:meth:`SignedSpec.validity_problem`).
+folder, the clients it knows are lost before a run starts (``absent``: left out before masking, which any server can do). A node also refuses a validity period over :data:`MAX_VALID_S` (:meth:`SignedSpec.validity_problem`).
 Signature: ECDSA P-256 with SHA-256 (or Ed25519), as :class:`~labqfl.fl.flower.identity.ReplySigner`.
 
 Replays: the server may start further runs of a signed spec until it expires, and the DP plan is per
@@ -72,7 +72,8 @@ SIGNED_SPEC = "signed_spec"
 #: the ServerApp's run config key of the signed spec (:func:`labqfl.fl.flower.deploy.write_app_project`)
 SIGNED_SPEC_RUN_CONFIG = "labqfl-signed-spec"
 #: FlowerSpec fields the server may set per run: logistics, not the run's settings (module docstring)
-UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s")
+UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s",
+                   "absent")
 _VERSION = 1
 #: the longest a signed spec may be valid [s]: 30 days. A node follows a signed spec until it expires
 #: (each round once, :func:`claim_round`), so the window bounds how long the operator's settings can be
