@@ -67,6 +67,7 @@ from typing import Any, cast
 import numpy as np
 from labqfl.sim_backends import _kernels as K
 from labqfl.sim_backends import _parallel
+from labqfl.sim_backends._parallel import Flow
 from labqfl.sim_backends.pulse_streamer import (
     EmulatedLevels,
     EmulatedModulators,
@@ -250,10 +251,17 @@ class _Acq:
 _EMPTY_T = np.zeros(0, dtype=np.int64)
 
 
+def _done(value: Any) -> Flow[Any]:
+    """A flow (:func:`_parallel.run_flows`) without a phase that returns ``value``."""
+    return value
+    yield  # a generator
+
+
 def _merge(srcs: list[np.ndarray], carry_c: np.ndarray, ch0: np.int16, ch1: np.int16, chs: np.int16,
-           threads: int) -> tuple[np.ndarray, np.ndarray]:
+           threads: int) -> Flow[tuple[np.ndarray, np.ndarray]]:
     """Merge the sorted streams carry, D0, D1, sync (:func:`_kernels.merge_tags`, ties in that
-    order); with threads > 1 the two halves before and after a split time are merged in parallel."""
+    order); with threads > 1 the two halves before and after a split time are merged in parallel
+    (a flow, :mod:`._parallel`)."""
     n = sum(x.size for x in srcs)
     out_t = np.empty(n, dtype=np.int64)
     out_c = np.empty(n, dtype=np.int16)
@@ -270,7 +278,7 @@ def _merge(srcs: list[np.ndarray], carry_c: np.ndarray, ch0: np.int16, ch1: np.i
         K.merge_tags(srcs[0][lo[0]:hi[0]], carry_c[lo[0]:hi[0]], srcs[1][lo[1]:hi[1]], ch0,
                      srcs[2][lo[2]:hi[2]], ch1, srcs[3][lo[3]:hi[3]], chs, out_t[o:o + m], out_c[o:o + m])
 
-    _parallel.run(len(parts), merge_part, threads)
+    yield len(parts), merge_part
     return out_t, out_c
 
 
@@ -615,8 +623,8 @@ class SagnacTestbed:
                     r.append([lo, hi])
         return runs
 
-    def _drive_patterns(self, acq: _Acq, s0: int, s1: int, pa: dict[str, np.ndarray], frame: int,
-                        threads: int) -> np.ndarray:
+    def _drive_patterns(self, acq: _Acq, s0: int, s1: int, pa: dict[str, np.ndarray],
+                        frame: int) -> Flow[np.ndarray]:
         """Each client's drive pattern (k·4 + a per slot) over the frames of [s0, s1) where its pair
         is scheduled, written by the client's own generator: what the clients stream to their
         modulators. Rows are indexed by s − s0; slots outside a client's frames are not written
@@ -630,12 +638,19 @@ class SagnacTestbed:
             c, lo, hi = work[task]
             acq.logs[c].fill_codes(lo, codes[c, lo - s0:hi - s0])
 
-        _parallel.run(len(work), fill, threads)
+        yield len(work), fill
         return codes
 
     def _ask_candidates(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
                         frame: int, bits: tuple[np.ndarray, int, int] | None = None, threads: int = 1
                         ) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """:meth:`_ask_flow`, whose returned flow the returned call runs on up to ``threads`` threads."""
+        flow = self._ask_flow(acq, cand_slot, cand_n, pa, frame, bits)
+        return lambda: _parallel.drive(flow(), threads)
+
+    def _ask_flow(self, acq: _Acq, cand_slot: np.ndarray, cand_n: np.ndarray, pa: dict[str, np.ndarray],
+                  frame: int, bits: tuple[np.ndarray, int, int] | None = None
+                  ) -> Callable[[], Flow[tuple[np.ndarray, np.ndarray]]]:
         """The codes (k·4 + a) the two clients of each candidate's pair applied in the candidate
         slots (rows and columns as ``cand_slot``): one ``choices(slots)`` call per client and
         window on the client's modulation log (:attr:`modulation_on_demand`), its slots in
@@ -643,7 +658,7 @@ class SagnacTestbed:
         the wait for its answer) is asked for all clients first. Nothing else of a client is read. The candidates are grouped by client
         in runs of one frame each (:func:`_kernels.group_candidates`) and the answers copied back
         run by run (:func:`_kernels.scatter_codes`): no per-candidate sort or fancy indexing. The
-        questions go out now; the returned call waits for the answers and scatters them.
+        questions go out now; the returned flow waits for the answers and scatters them.
 
         ``bits`` = (the window's candidate bitmap of the first pass, its window's s0, s1; word 0 is slots
         64·(s0 // 64) …): a log with
@@ -652,9 +667,10 @@ class SagnacTestbed:
         frames, against a byte per asked slot as gaps), so nothing is copied or encoded per candidate
         for it: the same slots, ascending.
 
-        Clients in this process (logs without ``ask``/``ask_bits``) answer when the returned call is made,
-        one task per client on up to ``threads`` threads (:mod:`._parallel`; their kernels and AES release
-        the GIL); each client's answer is its own, so the codes do not depend on the thread count."""
+        Clients in this process (logs without ``ask``/``ask_bits``) answer in the returned flow, one task per
+        client (:mod:`._parallel`; their kernels and AES release the GIL), each scattering its own codes (a
+        client writes only the places of its own side of its pairs' candidates, so no two tasks write the
+        same byte); each client's answer is its own, so the codes do not depend on the thread count."""
         rows = cand_n.size
         width = max(int(cand_n.max()) if rows else 0, 1)
         n_clients = len(acq.logs)
@@ -683,16 +699,12 @@ class SagnacTestbed:
             else:
                 answers.append((c, self._ask(log, slots[lo:hi])))
 
-        def scattered() -> tuple[np.ndarray, np.ndarray]:
-            got: dict[int, np.ndarray] = {}
-
+        def scattered() -> Flow[tuple[np.ndarray, np.ndarray]]:
             def answer(task: int, slot: int) -> None:
                 c, codes_of = local[task]
-                got[c] = np.asarray(codes_of(), np.uint8)
+                K.scatter_codes(np.int64(c), np.asarray(codes_of(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
 
-            _parallel.run(len(local), answer, threads)
-            for c, _ in local:
-                K.scatter_codes(np.int64(c), got[c], runs, pa["ci"], pa["cj"], out_i, out_j)
+            yield len(local), answer
             for c, wait in answers:
                 K.scatter_codes(np.int64(c), np.asarray(wait(), np.uint8), runs, pa["ci"], pa["cj"], out_i, out_j)
             return out_i, out_j
@@ -736,9 +748,9 @@ class SagnacTestbed:
             dets = [DetectorLive(**vars(live.detectors[d])) for d in ("D0", "D1")]
             return ca, pa, dets, live.laser_on, set(live.enabled_channels), self.config.schedule.slots_per_frame
 
-    def _signal_pass(self, acq: _Acq, run: Callable[..., None], n_tasks: int, threads: int, sig_n: np.ndarray,
+    def _signal_pass(self, acq: _Acq, run: Callable[..., None], n_tasks: int, sig_n: np.ndarray,
                      how: int, codes: np.ndarray, cand: tuple[np.ndarray, ...],
-                     name: str, bits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     name: str, bits: np.ndarray | None = None) -> Flow[tuple[np.ndarray, np.ndarray]]:
         """One pass of the signal kernel over the window's chunks (``run(task, sig_slot, sig_outc,
         codes, cand)`` per task; ``cand`` = (cand_i, cand_j, cand_slot, cand_n) of
         :func:`_kernels.signal_chunks`) into the ``name`` buffers, doubling their capacity until
@@ -756,7 +768,7 @@ class SagnacTestbed:
                             sig_outc: np.ndarray = sig_outc) -> None:
                 run(task, slot, sig_slot, sig_outc, how, codes, cand)
 
-            _parallel.run(n_tasks, signal_task, threads)
+            yield n_tasks, signal_task
             if min(sig_n.tolist()) >= 0:
                 break
             if name == "sig":
@@ -772,11 +784,12 @@ class SagnacTestbed:
 
     def _signal_start(self, acq: _Acq, s0: int, s1: int, ca: dict[str, np.ndarray], pa: dict[str, np.ndarray],
                       dets: list[DetectorLive], frame: int,
-                      threads: int) -> Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel: the returned call gives
-        (clicks per chunk, their slots, their outcomes). On the on-demand path the candidates are drawn
-        and the clients asked now, and the call waits for their answers and clicks the candidates (so
-        the clients answer while the caller finishes the window before); else everything is done now."""
+                      threads: int) -> Flow[Callable[[], Flow[tuple[np.ndarray, np.ndarray, np.ndarray]]]]:
+        """Signal clicks (before dead time) of slots [s0, s1), chunks in parallel (a flow, :mod:`._parallel`):
+        the flow returned gives (clicks per chunk, their slots, their outcomes). On the on-demand path the
+        candidates are drawn and the clients asked now, and the flow returned waits for their answers and
+        clicks the candidates (so remote clients answer while the window before is finished); else
+        everything is done now."""
         cfg = self.config
         sim = cfg.simulation
         fl = sim.faults
@@ -829,21 +842,21 @@ class SagnacTestbed:
             # (and per candidate whether it is in the low-rate set C_lo of _kernels._segment_bright)
             name = f"cand{acq.windows_started % 2}"  # the buffers of a window still being finished stay apart
             acq.windows_started += 1
-            cand_slot, cand_lo = self._signal_pass(acq, run, n_tasks, threads, sig_n, 1, unused, no_cand, name,
-                                                   bits=cand_bits)
+            cand_slot, cand_lo = yield from self._signal_pass(acq, run, n_tasks, sig_n, 1, unused, no_cand, name,
+                                                              bits=cand_bits)
             cand_n = sig_n.copy()
-            codes_of = self._ask_candidates(acq, cand_slot, cand_n, pa, frame, (cand_bits, s0, s1), threads)
+            codes_of = self._ask_flow(acq, cand_slot, cand_n, pa, frame, (cand_bits, s0, s1))
 
-            def clicked() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-                cand_i, cand_j = codes_of()
-                sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 2, unused,
-                                                       (cand_i, cand_j, cand_slot, cand_n, cand_lo), "sig")
+            def clicked() -> Flow[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                cand_i, cand_j = yield from codes_of()
+                sig_slot, sig_outc = yield from self._signal_pass(acq, run, n_tasks, sig_n, 2, unused,
+                                                                  (cand_i, cand_j, cand_slot, cand_n, cand_lo), "sig")
                 return sig_n, sig_slot, sig_outc
 
             return clicked
-        codes = self._drive_patterns(acq, s0, s1, pa, frame, threads)
-        sig_slot, sig_outc = self._signal_pass(acq, run, n_tasks, threads, sig_n, 0, codes, no_cand, "sig")
-        return lambda: (sig_n, sig_slot, sig_outc)
+        codes = yield from self._drive_patterns(acq, s0, s1, pa, frame)
+        sig_slot, sig_outc = yield from self._signal_pass(acq, run, n_tasks, sig_n, 0, codes, no_cand, "sig")
+        return lambda: _done((sig_n, sig_slot, sig_outc))
 
     def _detector_params(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive],
                          t_loop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
@@ -870,9 +883,9 @@ class SagnacTestbed:
             keys[k] = (acq.keys[f"dark_{d}"], acq.keys[f"ap_{d}"], acq.keys[f"jit_{d}"])
         return on, ip, fp, keys, dcap
 
-    def _detector_tags(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive], sig: tuple[np.ndarray, ...],
-                       threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """Both detectors in parallel: dark counts, dead time, afterpulses, jitter, tagger. Returns
+    def _detector_tags(self, acq: _Acq, s0: int, s1: int, dets: list[DetectorLive],
+                       sig: tuple[np.ndarray, ...]) -> Flow[tuple[np.ndarray, np.ndarray]]:
+        """Both detectors in parallel (a flow): dark counts, dead time, afterpulses, jitter, tagger. Returns
         the measured times (one row per detector) and the number of tags in each row."""
         sig_n, sig_slot, sig_outc = sig
         period = acq.period_ps
@@ -895,7 +908,7 @@ class SagnacTestbed:
                                              np.int64(CHUNK_SLOTS), period, np.int64(period_int), np.int64(t_loop),
                                              np.int64(win_end), ip, fp, keys, K.GAUSS_TABLE, pd, st, dark, meas)
 
-            _parallel.run(len(active), detector_task, threads)
+            yield len(active), detector_task
             if min(out_n.tolist()) >= 0:
                 break
             dcap *= 2
@@ -903,26 +916,30 @@ class SagnacTestbed:
         acq.det_state, acq.det_pend = st, pd
         return meas, out_n
 
-    def _window_start(self, acq: _Acq, s0: int, s1: int) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    def _window_start(self, acq: _Acq, s0: int, s1: int) -> Flow[Callable[[], Flow[tuple[np.ndarray, np.ndarray]]]]:
         """Tags of slots [s0, s1) merged with ``acq.carry`` into one sorted stream (times, channels), begun
-        (:meth:`_signal_start`: on the on-demand path the clients are asked now); the returned call
-        finishes it and gives them. Windows are finished in order (the detectors' state and the carry
-        run from one to the next); the next one may be begun before (:meth:`_acquire`)."""
+        (a flow, :mod:`._parallel`; :meth:`_signal_start`: on the on-demand path the clients are asked now);
+        the flow returned finishes it and gives them. Windows are finished in order (the detectors' state and
+        the carry run from one to the next); the next one may be begun before, or while this one is finished
+        (:meth:`_acquire`)."""
         ca, pa, dets, laser_on, enabled, frame = self._window_inputs()
         threads = self._n_threads()
         if laser_on and ca["mu"].any():
-            signal = self._signal_start(acq, s0, s1, ca, pa, dets, frame, threads)
+            signal = yield from self._signal_start(acq, s0, s1, ca, pa, dets, frame, threads)
         else:
             dark = (np.zeros(1, dtype=np.int64), np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.uint8))
-            signal = lambda: dark  # noqa: E731
-        return lambda: self._window_finish(acq, s0, s1, signal(), dets, enabled, threads)
+            signal = lambda: _done(dark)  # noqa: E731
+        return lambda: self._window_finish(acq, s0, s1, signal, dets, enabled, threads)
 
-    def _window_finish(self, acq: _Acq, s0: int, s1: int, sig: tuple[np.ndarray, ...], dets: list[DetectorLive],
-                       enabled: set[int], threads: int) -> tuple[np.ndarray, np.ndarray]:
-        """The detectors, the tagger and the merge of a window whose signal clicks are ``sig``."""
+    def _window_finish(self, acq: _Acq, s0: int, s1: int,
+                       signal: Callable[[], Flow[tuple[np.ndarray, np.ndarray, np.ndarray]]],
+                       dets: list[DetectorLive], enabled: set[int], threads: int) -> Flow[tuple[np.ndarray, np.ndarray]]:
+        """The signal clicks (``signal``, begun by :meth:`_window_start`), the detectors, the tagger and the
+        merge of a window (a flow)."""
         cfg = self.config
         fl = cfg.simulation.faults
-        meas, out_n = self._detector_tags(acq, s0, s1, dets, sig, threads)
+        sig = yield from signal()
+        meas, out_n = yield from self._detector_tags(acq, s0, s1, dets, sig)
         ch0, ch1, chs = acq.channels["D0"], acq.channels["D1"], acq.channels["sync"]
         srcs = [acq.carry_t,
                 meas[0, :out_n[0]] if ch0 in enabled else _EMPTY_T,
@@ -930,7 +947,7 @@ class SagnacTestbed:
                 K.sync_kernel(np.int64(s0), np.int64(s1), np.int64(cfg.time_tagger.sync_divider), acq.period_ps,
                               np.int64(acq.delays["sync"]), np.int64(acq.res_ps),
                               float(fl.sync_drop_prob), acq.keys["sync"]) if chs in enabled else _EMPTY_T]
-        return _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads)
+        return (yield from _merge(srcs, acq.carry_c, np.int16(ch0), np.int16(ch1), np.int16(chs), threads))
 
     def candidate_rate(self) -> float:
         """The largest thinning candidate rate per slot of the active pairs with the live settings: p_max,
@@ -983,11 +1000,13 @@ class SagnacTestbed:
         # windows of at most `window` slots (the tags do not depend on how slots are cut), blocks of b_slots
         cuts = ((s0, w0, min(w0 + window, s0 + b_slots, n_slots)) for s0 in range(0, n_slots, b_slots)
                 for w0 in range(s0, min(s0 + b_slots, n_slots), window))
-        # On the on-demand path (no emulated generators) the next window is begun before this one is
-        # finished: its clients are asked while this window's clicks, detectors and merge run (and while
-        # whoever takes the block works on it), instead of the Monte-Carlo waiting for their answers.
+        # On the on-demand path (no emulated generators) the next window is begun while this one is
+        # finished (two flows on the same threads, _parallel.run_flows: the tasks of one fill the gaps
+        # between the phases of the other): its clients are asked while this window's clicks, detectors
+        # and merge run, instead of the Monte-Carlo waiting for their answers.
         ahead = acq.on_demand and hardware is None
-        started: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
+        threads = self._n_threads()
+        started: Callable[[], Flow[tuple[np.ndarray, np.ndarray]]] | None = None
         parts_t: list[np.ndarray] = []
         parts_c: list[np.ndarray] = []
         nxt = next(cuts, None)
@@ -997,9 +1016,14 @@ class SagnacTestbed:
             if hardware is not None:  # the generators play the window first; the loop reads what came out
                 hardware.release(w0)
                 hardware.play_until(w1)
-            this = started if started is not None else self._window_start(acq, w0, w1)
-            started = self._window_start(acq, nxt[1], nxt[2]) if ahead and nxt is not None else None
-            ts, ch = this()
+            this = started if started is not None else _parallel.drive(self._window_start(acq, w0, w1), threads)
+            if ahead and nxt is not None:  # the next window begun first (remote clients asked before this one
+                # waits for its answers), this window's tasks taken first (the longer chain: answers, clicks, detectors, merge)
+                started, (ts, ch) = _parallel.run_flows([self._window_start(acq, nxt[1], nxt[2]), this()], threads,
+                                                        priority=[1, 0])
+            else:
+                started = None
+                ts, ch = _parallel.drive(this(), threads)
             for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
                 mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
                                    np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))

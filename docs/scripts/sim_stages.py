@@ -9,12 +9,15 @@ per simulated second of every stage. Without ``--on-demand``: the drive-pattern 
 ``_merge``, ``_window_start`` and its finish). With it: the optics node's path with the clients' logs in the same process (the
 clients' choices, the two passes of the signal kernel, grouping and scattering of the candidates'
 codes). Used for the stage tables of
-docs/simulator.md and docs/nodes.md. Process time includes every thread of the process.
+docs/simulator.md and docs/nodes.md. Process time includes every thread of the process. The stages are flows of
+``labqfl.sim_backends._parallel`` (generators of parallel phases): a stage's time runs from its first step to its
+end, phases included, which is its own CPU only with one thread (the default), where flows run one after another.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,42 +29,60 @@ from labqfl.sim_backends import testbed
 from labqfl.config import load_station_config
 
 
+def _timed_flow(add: Callable[[float], None], flow: Any) -> Any:
+    """``flow`` (a generator of phases), timed from its first step to its end."""
+    t = time.process_time()
+    try:
+        return (yield from flow)
+    finally:
+        add(t)
+
+
 def _timed(acc: dict[str, float], obj: Any, name: str, key: Callable[..., str]) -> None:
     f = getattr(obj, name)
 
     def g(*a: Any, **k: Any) -> Any:
+        kk = key(*a, **k)
+
+        def add(t: float) -> None:
+            acc[kk] = acc.get(kk, 0.0) + time.process_time() - t
+
         t = time.process_time()
         try:
-            return f(*a, **k)
+            r = f(*a, **k)
         finally:
-            kk = key(*a, **k)
-            acc[kk] = acc.get(kk, 0.0) + time.process_time() - t
+            add(t)
+        return _timed_flow(add, r) if inspect.isgenerator(r) else r
 
     setattr(obj, name, g)
 
 
 def _timed_begun(acc: dict[str, float], obj: Any, name: str, key: str) -> None:
-    """Time a method that begins a stage and returns the call that finishes it, both under ``key``."""
+    """Time a method that begins a stage and returns the call that finishes it, both under ``key`` (each a
+    flow or a plain call)."""
     f = getattr(obj, name)
 
     def add(t: float) -> None:
         acc[key] = acc.get(key, 0.0) + time.process_time() - t
 
-    def g(*a: Any, **k: Any) -> Any:
+    def timed_call(fn: Callable[[], Any]) -> Any:
         t = time.process_time()
         try:
-            finish = f(*a, **k)
+            r = fn()
         finally:
             add(t)
+        return _timed_flow(add, r) if inspect.isgenerator(r) else r
 
-        def done() -> Any:
-            t1 = time.process_time()
-            try:
-                return finish()
-            finally:
-                add(t1)
+    def g(*a: Any, **k: Any) -> Any:
+        begun = f(*a, **k)
+        if not inspect.isgenerator(begun):
+            return lambda: timed_call(begun)
 
-        return done
+        def flow() -> Any:
+            finish = yield from _timed_flow(add, begun)
+            return lambda: timed_call(finish)
+
+        return flow()
 
     setattr(obj, name, g)
 
@@ -89,7 +110,7 @@ def main() -> None:
             (qrng.CsprngChoiceLog, "choices", lambda *a, **k: "clients: choices"),
         ]
     if args.on_demand:
-        begun.append((T, "_ask_candidates", "candidates' codes (incl. the clients' choices)"))
+        begun.append((T, "_ask_flow", "candidates' codes (incl. the clients' choices)"))
     for obj, name, key in stages:
         _timed(acc, obj, name, key)
     for obj, name, label in begun:
