@@ -143,8 +143,33 @@ def recording_inputs(recording: Any, cfg: StationConfig, data_dir: Path | None) 
 
     check_recording_station(recording, cfg)
     logs = {c: recording.client_log(c, data_dir) for c in cfg.client_names}
+    _check_played_frames(recording, logs)
     acq = acquisition_id(recording.config, recording.epoch) if recording.epoch >= 0 else None
     return logs, acq
+
+
+def _check_played_frames(recording: Any, logs: Mapping[str, Any]) -> None:
+    """Refuse (ConfigError) a recording in which a client its own station puts on a pattern generator has no
+    played-frames record (``/clients/<C>/played_frames``; review s37 lab3 L1). Such a client streamed its log to
+    the generator while the acquisition ran, and a frame the generator did not play in time (an underflow) did not
+    carry the logged states: without the record every frame would be sifted as played, and the key's security
+    analysis (decoy bound, phase-error estimate: docs/protocol.md) assumes each slot it uses carried its logged
+    state. The record cannot be rebuilt afterwards (only the generator knew, while it played)."""
+    from labqfl.modulation import PlayedChoiceLog
+
+    own = recording.config
+    missing = [c for c, lg in logs.items()
+               if c in own.client_names and own.client(c).pattern_generator is not None
+               and not isinstance(lg, PlayedChoiceLog)]
+    if missing:
+        who = f"client{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        raise ConfigError(
+            f"recording {recording.path}: {who} streamed to a pattern generator but the recording holds no "
+            f"played-frames record for {'them' if len(missing) > 1 else 'it'} (/clients/{missing[0]}/played_frames"
+            f"{' …' if len(missing) > 1 else ''}), so frames a generator lost would be sifted with choices that were "
+            "never sent, and the key's security analysis assumes every slot it uses carried its logged state; nothing "
+            "was distilled. The record cannot be rebuilt: acquire again with `labqfl acquire --out` (it stores each "
+            "client's played frames, also when the acquisition is interrupted or refused)")
 
 
 @dataclass
