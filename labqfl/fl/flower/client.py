@@ -330,7 +330,7 @@ def labqfl_secagg_mod(msg: Message, context: Context, call_next: Any) -> Message
         _check_run_tag(context, name, r, run_tag, stage)
 
     if stage == "keys":
-        return _keys_stage(msg, context, spec, name, r, n, run_tag)
+        return _keys_stage(msg, context, spec, name, r, n, run_tag, signed)
     if stage == "refs":
         return _refs_stage(msg, context, spec, name, r, run_tag)
     if stage == "mask":
@@ -505,10 +505,11 @@ def _clear_stale_round_state(context: Context, spec: FlowerSpec, name: str, r: i
 
 
 def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: int, n: int,
-                run_tag: str) -> Message:
+                run_tag: str, signed: Any = None) -> Message:
     """Keys stage: reserve the mask (and pad) key and the refs tag key of every pair this node
     masters, answer the references and a fresh nonce per pair it is the slave of (QKD), or answer
-    a fresh ECDH public key (CSPRNG)."""
+    a fresh ECDH public key (CSPRNG). A round this node pinned with dropped clients is refused here,
+    before it reserves anything (:func:`_check_pin_at_keys`)."""
     cfg = msg.content.config_records[CFG]
     _clear_secret(context)
     _clear_selfmask_state(context)
@@ -518,6 +519,8 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     # False, here from the node's own state; review s34 F7 — consuming them let two keys messages
     # burn the pool)
     _finish_reservations(context, spec, name, release_unread=True)
+    if spec.self_masks and signed is not None:  # a pinned round no participant set can complete: no key reserved
+        _check_pin_at_keys(context, spec, name, r, signed)
     masters = _cfg_strs(cfg, "master_pairs")
     out = ConfigRecord()
     if spec.keys == "qkd":
@@ -1153,11 +1156,32 @@ def _check_pin_at_mask(context: Context, spec: FlowerSpec, name: str, r: int, pa
     # a pin with dropped clients D ≠ ∅ (review s37 F4): this round can only be unmasked if every client of D is
     # lost again after masking; an honest server that gets their uploads this time asks to sign S ∪ D with none
     # dropped, which the consistency stage must refuse, after the round's key is spent. So such a round is
-    # refused here too (only a client of D that fails again would have let it finish)
+    # refused here too (only a client of D that fails again would have let it finish); since session 38 already
+    # at the keys stage (_check_pin_at_keys), so this is reached by a pin with D = ∅ and other participants
+    raise SecureAggregationError(_pin_refusal(job, name, r, pinned, path, f"this round's participants are "
+                                              f"{sorted(participants)}"))
+
+
+def _check_pin_at_keys(context: Context, spec: FlowerSpec, name: str, r: int, signed: Any) -> None:
+    """Keys stage, self-masks under a signed spec: a round ``r`` of this job that this node pinned with dropped
+    clients (S, D ≠ ∅) can never be unmasked again (:func:`_check_pin_at_mask`), whatever the participants. Refused
+    at the round's first message, before this node reserves any key, so that the round is aborted before masking
+    and no client masks — also not a returning client of D, which holds no pin (review s37 F4's remainder: it
+    masked, spending its pads, before the pinned nodes refused at the mask stage)."""
+    from labqfl.fl.flower.specsig import pinned_survivors
+
+    job, path = _consistency_ctx(context, spec, name, signed)
+    pinned = pinned_survivors(path, job, r)
+    if pinned is not None and pinned[1]:
+        raise SecureAggregationError(_pin_refusal(job, name, r, pinned, path, "this round is being trained again"))
+
+
+def _pin_refusal(job: str, name: str, r: int, pinned: tuple[list[str], list[str]], path: Any, now: str) -> str:
+    """The one line of a node refusing a round it pinned with another survivor story, with the way on."""
     back = f"; the client(s) it dropped, {pinned[1]}, cannot be in its aggregate" if pinned[1] else ""
-    raise SecureAggregationError(
+    return (
         f"round {r} of job {job!r}: {name} already signed survivors {pinned[0]}, dropped {pinned[1]} for this round "
-        f"(its record {path}), and this round's participants are {sorted(participants)}: the round can be unmasked "
+        f"(its record {path}), and {now}: the round can be unmasked "
         f"over that set only{back}, so {name} masks nothing and reads no key: refused. To go on, train under a new "
         "job ID with a new seed (`labqfl run`: a new run with another --seed; `labqfl node train`: --job-id and "
         "--seed); a new job ID alone lets a server that unmasks this round in both jobs over different sets "
