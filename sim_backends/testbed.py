@@ -976,6 +976,29 @@ class SagnacTestbed:
             return True
         return self.candidate_rate() <= ON_DEMAND_MAX_RATE
 
+    def _window_tags(self, acq: _Acq, finish: Flow[tuple[np.ndarray, np.ndarray]], w0: int, w1: int, n_slots: int,
+                     markers: dict[str, int], hardware: EmulatedModulators | None
+                     ) -> Flow[tuple[np.ndarray, np.ndarray]]:
+        """A window's tags (``finish``, a flow of :meth:`_window_start`) with the frame markers, cut where no
+        later window's tag can come before (the rest carried to the next window): the tags of the window's
+        part of its block (a flow, so that the cut runs beside the next window's tasks)."""
+        ts, ch = yield from finish
+        tt = self.config.time_tagger
+        for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
+            mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
+                               np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))
+            if hardware is not None:  # only where the generator(s) wired to this input played the marker
+                frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
+                client = name.split(".", 1)[1] if "." in name else None
+                mt = mt[hardware.frame_markers(frames, tt.frame_slots, client=client)]
+            at = np.searchsorted(ts, mt, side="right")
+            ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
+        cut = self._cut(acq, w1) if w1 < n_slots else _round_ps(n_slots * acq.period_ps)
+        k = int(np.searchsorted(ts, cut, side="left"))
+        lo = int(np.searchsorted(ts, 0, side="left"))
+        acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
+        return ts[lo:k], ch[lo:k]
+
     def _acquire(self, epoch: int, duration_s: float, block_duration_s: float | None,
                  logs: dict[str, ChoiceLog] | dict[str, Any], hardware: EmulatedModulators | None = None
                  ) -> Iterator[TagBlock]:
@@ -990,7 +1013,6 @@ class SagnacTestbed:
         b_slots = max(1, int(round(bd * rep)))
         acq = self._new_acq(epoch, n_slots, logs)
         acq.on_demand = self.on_demand_for(logs, hardware)
-        t_end = _round_ps(n_slots * acq.period_ps)
         tt = self.config.time_tagger
         with self.lock:
             markers = {n: c for n, c in tt.marker_inputs().items() if c in self.live.enabled_channels}
@@ -1017,28 +1039,17 @@ class SagnacTestbed:
                 hardware.release(w0)
                 hardware.play_until(w1)
             this = started if started is not None else _parallel.drive(self._window_start(acq, w0, w1), threads)
+            tags = self._window_tags(acq, this(), w0, w1, n_slots, markers, hardware)
             if ahead and nxt is not None:  # the next window begun first (remote clients asked before this one
-                # waits for its answers), this window's tasks taken first (the longer chain: answers, clicks, detectors, merge)
-                started, (ts, ch) = _parallel.run_flows([self._window_start(acq, nxt[1], nxt[2]), this()], threads,
-                                                        priority=[1, 0])
+                # waits for its answers), this window's tasks taken first (the longer chain: answers, clicks,
+                # detectors, merge, the cut)
+                started, (part_t, part_c) = _parallel.run_flows([self._window_start(acq, nxt[1], nxt[2]), tags],
+                                                                threads, priority=[1, 0])
             else:
                 started = None
-                ts, ch = _parallel.drive(this(), threads)
-            for name, marker in markers.items():  # one marker at the start of every frame of frame_slots slots
-                mt = K.sync_kernel(np.int64(w0), np.int64(w1), np.int64(tt.frame_slots), acq.period_ps,
-                                   np.int64(acq.delays[name]), np.int64(acq.res_ps), 0.0, np.uint64(0))
-                if hardware is not None:  # only where the generator(s) wired to this input played the marker
-                    frames = -(-w0 // tt.frame_slots) + np.arange(mt.size, dtype=np.int64)
-                    client = name.split(".", 1)[1] if "." in name else None
-                    mt = mt[hardware.frame_markers(frames, tt.frame_slots, client=client)]
-                at = np.searchsorted(ts, mt, side="right")
-                ts, ch = np.insert(ts, at, mt), np.insert(ch, at, np.int16(marker))
-            cut = self._cut(acq, w1) if w1 < n_slots else t_end
-            k = int(np.searchsorted(ts, cut, side="left"))
-            lo = int(np.searchsorted(ts, 0, side="left"))
-            acq.carry_t, acq.carry_c = ts[k:].copy(), ch[k:].copy()
-            parts_t.append(ts[lo:k])
-            parts_c.append(ch[lo:k])
+                part_t, part_c = _parallel.drive(tags, threads)
+            parts_t.append(part_t)
+            parts_c.append(part_c)
             if nxt is not None and nxt[0] == s0:
                 continue  # the block goes on in the next window
             if hardware is not None and w1 == n_slots:
