@@ -66,6 +66,7 @@ from functools import lru_cache
 import numba
 import numpy as np
 
+from labqfl.qkd.ldpc_batch import LANES, BatchState
 from labqfl.qkd.ldpc_qc import (
     qc_aminstar_frames,
     qc_attempt_frames,
@@ -607,10 +608,13 @@ _F_STEP = 0.02
 _F_EXTRA = 0.12
 
 
-DECODERS = ("amin", "minsum", "bp")
+DECODERS = ("amin", "minsum", "bp", "amin16")
 """``amin`` (default): quasi-cyclic codes, vectorised layered A-min*.  ``minsum``: the same codes,
 vectorised layered 2-D normalised min-sum (faster per sweep, ≈ 0.05 worse in f).  ``bp``: random
-PEG codes, scalar layered sum-product (the previous engine, kept as the benchmark baseline)."""
+PEG codes, scalar layered sum-product (the previous engine, kept as the benchmark baseline).
+``amin16``: the quasi-cyclic A-min* in 16-bit fixed point, several frames interleaved in SIMD lanes
+(:mod:`labqfl.qkd.ldpc_batch`); the same design points as ``amin``."""
+_QC_DECODERS = ("amin", "minsum", "amin16")
 
 # min-sum design points (quasi-cyclic codes, n = 65536, z = 256), measured as in
 # docs/reconciliation.md: mother code F_MOTHER·h(Q) (+ low-QBER term), fully punctured F_MIN·h(Q),
@@ -698,11 +702,11 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     if preset not in PRESETS:
         raise ReconciliationInputError(f"LDPC preset must be one of {PRESETS}, got {preset!r}")
     h = binary_entropy(qber)
-    if decoder in ("amin", "minsum") and preset == "fast":
+    if decoder in _QC_DECODERS and preset == "fast":
         n0, z0, fm, fml, fmin, fx = _MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN, _MS_F_EXTRA
         fs = _FAST_F_START + _FAST_F_START_LOW_Q * max(0.0, 0.02 - qber)
         fst, (it1, it2), (se, sr) = _FAST_F_STEP, _FAST_ITER, _FAST_STALL
-    elif decoder in ("amin", "minsum"):
+    elif decoder in _QC_DECODERS:
         n0, z0, fm, fml, fmin, fs, fst, fx = (_MS_N, _MS_Z, _MS_F_MOTHER, _MS_F_MOTHER_LOW_Q, _MS_F_MIN,
                                               _MS_F_START, _MS_F_STEP, _MS_F_EXTRA)
         (it1, it2), (se, sr) = _MS_ITER, _MS_STALL
@@ -728,7 +732,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     step = max(1, math.ceil(f_step * h * kpf))
     extra = max(step, math.ceil(f_extra * h * kpf))
     sp_from = -1
-    if z and decoder in ("amin", "minsum"):
+    if z and decoder in _QC_DECODERS:
         sp_from = min(n, d + extra)
         extra = max(extra, math.ceil((_MS_F_EXTRA_SP if f_extra_sp is None else f_extra_sp) * h * kpf))
     return LdpcPlan(code_n, R, code_seed, d, start, step, max_reveal=min(n, d + extra), sum_product_from=sp_from,
@@ -864,7 +868,7 @@ class LdpcBob:
     """Bob's side: blind rate-adaptive syndrome decoding over a channel to Alice."""
 
     def __init__(self, bob_bits: np.ndarray, qber: float, *, plan: LdpcPlan | None = None,
-                 max_iter: int | None = None, device: str | None = None) -> None:
+                 max_iter: int | None = None, device: str | None = None, lanes: int = LANES) -> None:
         if not isinstance(bob_bits, np.ndarray) or bob_bits.dtype != np.uint8 or bob_bits.ndim != 1:
             raise ReconciliationInputError("bob_bits must be a 1-D uint8 array of 0/1")
         # device None: the Numba kernels; a torch device: the quasi-cyclic decoders run there
@@ -878,12 +882,15 @@ class LdpcBob:
         self.bits = bob_bits
         self.qber = float(qber)
         self.plan = plan or plan_ldpc(self.qber)
-        if device is not None and not (self.plan.z and self.plan.decoder in ("amin", "minsum")):
+        if device is not None and not (self.plan.z and self.plan.decoder in ("amin", "minsum")):  # not amin16
             raise ReconciliationInputError(f"LDPC device={device!r} needs a quasi-cyclic decoder ('amin' or 'minsum'), "
                                            f"got decoder {self.plan.decoder!r}; use device=None")
         self.first_iter = int(max_iter) if max_iter is not None else self.plan.first_iter
         self.retry_iter = min(self.first_iter, self.plan.retry_iter)
         self.warm_start = True
+        if not isinstance(lanes, (int, np.integer)) or lanes < 1:
+            raise ReconciliationInputError(f"LDPC lanes must be a positive number of frames, got {lanes!r}")
+        self.lanes = int(lanes)  # decoder "amin16": frames per interleaved lane group (labqfl.qkd.ldpc_batch)
 
     def run(self, channel: Channel) -> ReconciliationResult:
         pl = self.plan
@@ -913,8 +920,8 @@ class LdpcBob:
         leak_at = np.zeros(nf, np.int64)  # revealed values when the frame decoded
         pending = np.arange(nf, dtype=np.int64)
         budget = self.first_iter
-        qc = code.quasi_cyclic and pl.decoder in ("amin", "minsum")
-        attempt = self._qc_decoder(code, synd, L, R) if qc else None
+        qc = code.quasi_cyclic and pl.decoder in _QC_DECODERS
+        attempt, batch = self._attempt_for(qc, code, synd, L, R, prior)
         last = False  # past the sum-product switch: every attempt a cold sum-product
         while True:
             if attempt is not None and not last:
@@ -932,6 +939,8 @@ class LdpcBob:
                 break
             cnt = min(pl.step * (_LATE_STEP_FACTOR if last else 1), limit - revealed)
             revealed = self._reveal(channel, pending, revealed, cnt, L, prior, order)
+            if batch is not None:
+                batch.revealed(pending, order[revealed - cnt:revealed])
             budget = self.retry_iter
             switch = min(pl.sum_product_from, limit) if qc and pl.sum_product_from >= 0 else limit
             if revealed >= switch or not self.warm_start:
@@ -941,6 +950,8 @@ class LdpcBob:
                 # does each retry after it, cold again
                 L[pending] = prior[pending]
                 R[pending] = 0
+                if batch is not None:
+                    batch.reset(pending)
                 budget = self.first_iter
                 if qc and revealed >= switch:
                     last = True
@@ -960,6 +971,18 @@ class LdpcBob:
                      "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
                      "decoder_backend": self.backend or "numba-cpu", "decoder_backend_note": self.backend_note,
                      "payload_bytes": st.payload_bytes})
+
+    def _attempt_for(self, qc: bool, code: LdpcCode, synd: np.ndarray, L: np.ndarray, R: np.ndarray,
+                     prior: np.ndarray) -> tuple[Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None,
+                                                 BatchState | None]:
+        """The quasi-cyclic attempt (None: not a quasi-cyclic decoder) and, for ``amin16``, its fixed-point
+        state (which :meth:`run` tells about reveals and cold restarts)."""
+        if not qc:
+            return None, None
+        if self.plan.decoder == "amin16":
+            batch = BatchState(code, synd, prior, L, self.plan.stall_every, self.plan.stall_ratio, self.lanes)
+            return batch, batch
+        return self._qc_decoder(code, synd, L, R), None
 
     def _qc_decoder(self, code: LdpcCode, synd: np.ndarray, L: np.ndarray, R: np.ndarray
                     ) -> Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]:

@@ -2,11 +2,13 @@
 :mod:`labqfl.bench.entries.cascade`).
 
 ``ldpc``: the default engine (quasi-cyclic codes, n = 65536, vectorised layered A-min*) and the
-same with ``preset="fast"``, side by side with the previous engine (random PEG codes, n = 16384,
-scalar layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
+same with ``preset="fast"``, side by side with the frame-batched 16-bit A-min* (``decoder="amin16"``,
+:mod:`labqfl.qkd.ldpc_batch`, both presets) and the previous engine (random PEG codes, n = 16384, scalar
+layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
 Every decoder runs on one thread (``numba.set_num_threads(1)``), so Mbit/s is per core.  Frames
 hold exactly round(Q·n) errors; only whole frames are reconciled (a partial frame pays a whole
-syndrome).  ``ldpc-fer``: the two presets with 120 frames per QBER (several minutes on a loaded 2-core VM).
+syndrome).  ``ldpc-fer``: the two presets and ``amin16`` with 120 frames per QBER (several minutes on a loaded
+2-core VM).
 Frame-error rates come with their one-sided 95 % upper bound (Clopper & Pearson, Biometrika 26, 404
 (1934)): with k errors in N frames, the p at which P(≤ k errors) = 5 %; 0 of 120 gives 2.5 %.
 """
@@ -24,7 +26,7 @@ from labqfl.bench import noisy_frame as _frame
 from labqfl.qkd.ldpc import reconcile_ldpc
 
 QBERS = (0.01, 0.02, 0.04, 0.06, 0.08)
-ENGINES = ("amin", "amin-fast", "bp")
+ENGINES = ("amin", "amin-fast", "amin16", "amin16-fast", "bp")
 """Decoder, optionally with ``-fast`` for ``preset="fast"`` (:data:`labqfl.qkd.ldpc.PRESETS`)."""
 F_TARGET = 1.10
 FER_TARGET = 0.01
@@ -84,12 +86,13 @@ def _table(engines: tuple[str, ...], frames: dict[str, int], qbers: tuple[float,
     return {"per_qber": rows, "summary": summary}
 
 
-@benchmark("ldpc", "Blind rate-adaptive LDPC per QBER 1-8 %: QC A-min* (n=65536; presets efficient, fast) vs "
-           "the previous random-code sum-product (n=16384), one thread each",
+@benchmark("ldpc", "Blind rate-adaptive LDPC per QBER 1-8 %: QC A-min* (n=65536; presets efficient, fast), its "
+           "frame-batched int16 version (amin16) and the previous random-code sum-product (n=16384), one thread each",
            target=f"≥ {MBIT_TARGET:g} Mbit/s per core, f ≤ {F_TARGET}, FER ≤ {FER_TARGET:.0%} at every QBER")
 def _ldpc(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
-    frames = dict.fromkeys(ENGINES, 1) if quick else {"amin": 4, "amin-fast": 4, "bp": 2}
+    frames = dict.fromkeys(ENGINES, 1) if quick else {"amin": 4, "amin-fast": 4, "amin16": 4, "amin16-fast": 4,
+                                                       "bp": 2}
     out = _table(ENGINES, frames, qbers)
     s = out["summary"]
     worst = s["amin"]
@@ -105,12 +108,13 @@ def _ldpc(quick: bool) -> BenchResult:
                          "one numba thread; cpu_mbit_s uses process CPU time (less sensitive to other load)"})
 
 
-@benchmark("ldpc-fer", "LDPC engine (QC A-min*, n=65536, both presets): f and frame-error rate, 120 frames per QBER",
+@benchmark("ldpc-fer", "LDPC engine (QC A-min*, n=65536, both presets; amin16): f and frame-error rate, 120 frames "
+           "per QBER",
            target="FER ≤ 1 %, f ≤ 1.10")
 def _ldpc_fer(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
-    frames = {"amin": 2 if quick else 120, "amin-fast": 2 if quick else 120, "bp": 1}
-    out = _table(("amin", "amin-fast", "bp"), frames, qbers)
+    frames = {"amin": 2 if quick else 120, "amin-fast": 2 if quick else 120, "amin16": 2 if quick else 120, "bp": 1}
+    out = _table(("amin", "amin-fast", "amin16", "bp"), frames, qbers)
     s = out["summary"]
     return BenchResult(
         figure=s["amin"]["mbit_s"], unit="Mbit/s",
