@@ -117,6 +117,15 @@ def register(app: typer.Typer) -> None:
         k: int = typer.Option(0, "--k", help="Neighbours per client for --graph ring-k (even)."),
         self_masks: bool = typer.Option(False, "--self-masks/--no-self-masks",
                                         help="As labqfl run: add the share pads of Shamir self-masks."),
+        threshold: int | None = typer.Option(
+            None, "--threshold", min=1, help="As labqfl run: Shamir threshold t for --self-masks (default: a "
+            "majority of each client's holders)."),
+        colluders: int | None = typer.Option(
+            None, "--colluders", metavar="C",
+            help="As labqfl run: with --self-masks over nodes, the clients colluding with the server the consistency "
+                 "stage tolerates (0 <= C < t; default t - 1). With --self-masks over nodes the plan says t, C, the "
+                 "survivors every round needs, max(t, 2, floor((N + C)/2) + 1), and the dropouts it tolerates "
+                 "(--json: consistency). docs/secure_aggregation.md §9."),
         duration: float | None = typer.Option(
             None, "--duration", help="Acquisition of the run [s] (labqfl run --duration; fixes the block size). "
             "Default: the duration the plan predicts."),
@@ -145,6 +154,29 @@ def register(app: typer.Typer) -> None:
 
             distill_settings(cfg, DistillOptions(eps_sec=eps_sec), duration, what="--duration",
                              hint="use a longer --duration")
+        cons = _consistency(cfg, task, q, rounds, graph, k, self_masks, threshold, colluders, nodes)
         plan = make_plan(cfg, task, q, rounds, graph=graph, k=k, self_masks=self_masks, clients=clients,
                          duration_s=duration, eps_sec=eps_sec, wait_for_key=wait_for_key, nodes=nodes)
-        emit(plan.as_dict(), as_json, lambda con: render_plan(con, plan))
+
+        def show(con: Any) -> None:
+            render_plan(con, plan)
+            if cons:
+                con.print(cons["line"], soft_wrap=True)
+
+        emit({**plan.as_dict(), **({"consistency": cons} if cons else {})}, as_json, show)
+
+
+def _consistency(cfg: Any, task: str, q: int, rounds: int, graph: str, k: int, self_masks: bool,
+                 threshold: int | None, colluders: int | None, nodes: bool) -> dict[str, Any] | None:
+    """With self-masks over nodes, what ``labqfl run`` prints beside its plan: t, the colluders tolerated, the
+    survivors each round needs and the dropouts it tolerates (:func:`labqfl.cli.run.consistency_of`; review s37
+    F10: only visible once a run had started). ``--threshold``/``--colluders`` are refused as ``labqfl run`` refuses
+    them (:meth:`labqfl.mainjob.JobSettings.validate`, the range of ``--colluders``), before any plan is made."""
+    from labqfl.cli.run import consistency_of
+    from labqfl.mainjob import JobSettings
+
+    settings = JobSettings(task=task, q=q, rounds=rounds, graph=graph, k=k, self_masks=self_masks,
+                           threshold=threshold, colluders=colluders, nodes=nodes)
+    if threshold is not None or colluders is not None:
+        settings.validate()
+    return consistency_of(cfg, settings)

@@ -30,10 +30,10 @@ from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE
 COLLUDERS_OPTION = typer.Option(
     None, "--colluders", metavar="C",
     help="With --self-masks over nodes: how many clients colluding with the server the consistency stage "
-         "tolerates (signed in the spec; 0 <= C < t): each node unmasks only a survivor set that max(t, "
-         "min_survivors, floor((N + C)/2) + 1) survivors signed. Default t - 1 (the threshold's assumption); "
-         "0 tolerates more dropouts (N = 3 or 4: one instead of none) but no colluder. "
-         "docs/secure_aggregation.md §9.")
+         "tolerates (signed in the spec; 0 <= C < t): each node unmasks only a survivor set that max(t, 2, "
+         "floor((N + C)/2) + 1) survivors signed. Default t - 1 (the threshold's assumption); "
+         "0 tolerates more dropouts (N = 3 or 4: one instead of none) but no colluder. `labqfl plan --self-masks "
+         "--colluders C` prints the survivors needed and the dropouts tolerated. docs/secure_aggregation.md §9.")
 
 
 def _refuse_options_with_resume() -> None:
@@ -149,28 +149,38 @@ def _show_start(job: Any) -> dict[str, Any]:
 
 
 def _consistency(job: Any) -> dict[str, Any] | None:
-    """With self-masks over nodes: the threshold t, the colluders c the signed spec tolerates (issue 16, ``--colluders``;
-    ``colluders_default``: t − 1), the survivors each round needs and the dropouts it tolerates, and their line
-    (:func:`labqfl.cli.node_train.consistency_line`: "self-masks: t = 2, 1 colluding client(s) tolerated (default
-    t - 1), so every round needs 3 of 3 clients …"); None otherwise (in process there is no consistency stage)."""
-    s = job.settings
-    if not (s.self_masks and s.nodes):
+    """With self-masks over nodes: :func:`consistency_of` the job (the job its specs are signed for: the folder's,
+    as a resumed one may have recorded its own); None otherwise."""
+    return consistency_of(job.cfg, job.settings, job.data_dir, job_id=str(job.state.get("fl_job_id") or ""))
+
+
+def consistency_of(cfg: Any, settings: Any, data_dir: Path | None = None, job_id: str = "") -> dict[str, Any] | None:
+    """With self-masks over nodes: the threshold t, the colluders c the signed spec tolerates (issue 16,
+    ``--colluders``; ``colluders_default``: t − 1), the survivors each round needs and the dropouts it tolerates,
+    and their line (:func:`labqfl.cli.node_train.consistency_line`: "self-masks: t = 2, 1 colluding client(s)
+    tolerated (default t - 1), so every round needs 3 of 3 clients …") of the spec a job with ``settings``
+    (:class:`~labqfl.mainjob.JobSettings`) trains under, for training job ``job_id`` ("": the derived one); None
+    otherwise (in process there is no consistency stage). ``labqfl plan`` prints it too (review s37 F10); a
+    ``colluders`` outside its range is refused (:func:`~labqfl.mainjob.check_colluders`), as by the job's preflight."""
+    if not (settings.self_masks and settings.nodes):
         return None
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
     from labqfl.cli.node_train import consistency_line
-    from labqfl.mainjob import consistency_spec
+    from labqfl.keystore import default_data_dir
+    from labqfl.mainjob import _training_settings, check_colluders, consistency_spec
 
-    setup = TrainingSetup(job.training_settings())
-    try:  # the job its specs are signed for: the folder's (a resumed one may have recorded its own)
-        spec = dataclasses.replace(consistency_spec(job.cfg, setup, s.colluders),
-                                   job_id=str(job.state.get("fl_job_id") or ""))
+    setup = TrainingSetup(_training_settings(cfg, settings, data_dir or default_data_dir()))  # opens no key store
+    try:
+        if settings.colluders is not None:
+            check_colluders(consistency_spec(cfg, setup, None), settings.colluders)
+        spec = dataclasses.replace(consistency_spec(cfg, setup, settings.colluders), job_id=job_id)
     finally:
         setup.close()
     need = spec.consistency_need()
     return {"threshold": spec.full_threshold(), "colluders": spec.tolerated_colluders(),
-            "colluders_default": s.colluders is None, "need": need, "clients": spec.clients,
+            "colluders_default": settings.colluders is None, "need": need, "clients": spec.clients,
             "dropouts_tolerated": spec.clients - need, "line": consistency_line(spec)}
 
 
