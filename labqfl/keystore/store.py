@@ -202,6 +202,33 @@ CREATE INDEX exports_pending ON exports (state) WHERE state IN ('exporting', 'wr
 _UNEXPORTED_META = ("secret_fingerprint", "secret_windows")
 
 
+#: ``meta.kind`` of a distilled block's authentication refill row (labqfl.provenance.AUTH_REFILL_KIND); its
+#: ``meta.key_block`` names the key block of the same distillation
+_AUTH_REFILL_KIND = "auth-refill"
+
+
+def block_origin(block_id: str, meta: Any, *, strict: bool = False) -> tuple[str, int, int, str] | None:
+    """The raw data a distilled block came from, as its record names it (review s38 F4):
+    ``(acquisition, start, end, key_block)`` from ``meta.acquisition`` and ``meta.slots`` = [start, end), and
+    the distillation the block belongs to: the block itself, or for an authentication refill row
+    (``meta.kind = "auth-refill"``) its ``meta.key_block``. None for a block that names no acquisition (a
+    pre-shared secret, a block distilled without an acquisition ID). A record that names an acquisition but
+    no valid slot range is None too, or, when ``strict``, a :class:`KeyStoreError`."""
+    acq = meta.get("acquisition") if isinstance(meta, dict) else None
+    if acq is None or acq == "":
+        return None
+    slots = meta.get("slots")
+    if not (isinstance(acq, str) and isinstance(slots, list) and len(slots) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in slots) and 0 <= slots[0] < slots[1]):
+        if not strict:
+            return None
+        raise KeyStoreError(f"block {block_id}: its record names acquisition {acq!r} with slots {slots!r}; expected "
+                            "an acquisition ID and the slot range [start, end), 0 <= start < end, it was distilled "
+                            "from (an edited or foreign export file?); nothing was imported")
+    key = meta.get("key_block") if meta.get("kind") == _AUTH_REFILL_KIND else None
+    return acq, int(slots[0]), int(slots[1]), str(key or block_id)
+
+
 def default_data_dir() -> Path:
     """``$LABQFL_DATA_DIR`` if set, else ``platformdirs.user_data_dir("labqfl")``."""
     env = os.environ.get(DATA_DIR_ENV)
@@ -1087,6 +1114,13 @@ class KeyStore:
             for block_id, arr, purpose, meta_s in rows:
                 if self._block(conn, block_id) is not None:
                     raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
+                origin = block_origin(block_id, json.loads(meta_s))
+                if origin is not None:  # the distiller claimed its slots already (same block): any other is refused
+                    why = self._origin_refusal(conn, pair, block_id, origin, scan_blocks=False)
+                    if why:
+                        raise KeyStoreError(f"{why}; key distilled twice from the same raw data is not secret "
+                                            "(docs/protocol.md §5.2, (P7)): refusing to add it")
+                    self._claim_origin(conn, pair, origin)
                 cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
                                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (block_id, pair, int(arr.size), str(run_id), meta_s,
                                                                     _now(), np.packbits(arr).tobytes()))
@@ -1759,36 +1793,52 @@ class KeyStore:
                          "VALUES (?, ?, ?, ?, ?, ?)", (b.export_id, now, sum(int(s.bits.size) for s in segments),
                                                        b.source_node, b.source_store, b.ticket_id))
             for s in segments:
-                _check_pair(s.pair)
-                _check_purpose(s.purpose)
-                bits = _check_bits(s.bits)
-                if s.offset < 0 or s.offset + bits.size > s.block_nbits:
-                    raise KeyStoreError(f"segment [{s.offset}, {s.offset + bits.size}) lies outside block {s.block_id} "
-                                        f"of {s.block_nbits} bits")
-                blk = self._block(conn, s.block_id)
-                if blk is None:
-                    cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
-                                       "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))",
-                                       (s.block_id, s.pair, s.block_nbits, s.run_id, _json(s.meta, "block metadata"),
-                                        _now(), (s.block_nbits + 7) // 8))
-                    seq = int(cur.lastrowid or 0)
-                    conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) "
-                                 "VALUES (?, 0, ?, ?, ?, 'absent')", (seq, s.block_nbits, s.pair, s.purpose))
-                else:
-                    seq, bpair, bn = blk
-                    if bpair != s.pair or bn != s.block_nbits:
-                        raise KeyStoreError(f"block {s.block_id} in key store {self.path} is pair {bpair}, {bn} bits; "
-                                            f"the export says pair {s.pair}, {s.block_nbits} bits")
-                # Bits that left this store earlier ("exported") may come back from another store.
-                self._mark(conn, s.pair, seq, s.block_id, s.offset, int(bits.size), new_state="free", purpose=s.purpose,
-                           key_id=None, allow=lambda g: None if g.state in ("absent", "exported")
-                           else f"are already held here ({g.state})")
-                self._io_bits(conn, seq, s.offset, int(bits.size), write=bits)
-                total += int(bits.size)
+                total += self._import_segment(conn, s, b.export_id)
         self._scrub()  # the ticket's secret was overwritten
         log.info("key store %s: imported %d bits from export %s (node %s, store %s)", self.path.name, total,
                  b.export_id, b.source_node, b.source_store)
         return total
+
+    def _import_segment(self, conn: sqlite3.Connection, s: ExportedSegment, export_id: str) -> int:
+        """One segment of :meth:`import_segments` (inside its transaction): its bits become free here, in a
+        block created for it (absent elsewhere) if this store does not hold the block yet. A new block's
+        raw-data origin (:func:`block_origin`) is checked against the slots this store distilled or imported
+        (:meth:`_origin_refusal`, review s38 F4: the same recording distilled into two data dirs with two block
+        sizes, then moved into one store) and recorded in its ledger. Returns the number of bits."""
+        _check_pair(s.pair)
+        _check_purpose(s.purpose)
+        bits = _check_bits(s.bits)
+        if s.offset < 0 or s.offset + bits.size > s.block_nbits:
+            raise KeyStoreError(f"segment [{s.offset}, {s.offset + bits.size}) lies outside block {s.block_id} "
+                                f"of {s.block_nbits} bits")
+        blk = self._block(conn, s.block_id)
+        if blk is None:
+            origin = block_origin(s.block_id, s.meta, strict=True)
+            if origin is not None:
+                why = self._origin_refusal(conn, s.pair, s.block_id, origin, scan_blocks=True)
+                if why:
+                    raise KeyStoreError(f"export {export_id}: {why}; key distilled twice from the same raw data is "
+                                        "not secret (docs/protocol.md §5.2, (P7)): nothing was imported, the export "
+                                        "file is left as it is")
+                self._claim_origin(conn, s.pair, origin)
+            cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
+                               "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))",
+                               (s.block_id, s.pair, s.block_nbits, s.run_id, _json(s.meta, "block metadata"),
+                                _now(), (s.block_nbits + 7) // 8))
+            seq = int(cur.lastrowid or 0)
+            conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) "
+                         "VALUES (?, 0, ?, ?, ?, 'absent')", (seq, s.block_nbits, s.pair, s.purpose))
+        else:
+            seq, bpair, bn = blk
+            if bpair != s.pair or bn != s.block_nbits:
+                raise KeyStoreError(f"block {s.block_id} in key store {self.path} is pair {bpair}, {bn} bits; "
+                                    f"the export says pair {s.pair}, {s.block_nbits} bits")
+        # Bits that left this store earlier ("exported") may come back from another store.
+        self._mark(conn, s.pair, seq, s.block_id, s.offset, int(bits.size), new_state="free", purpose=s.purpose,
+                   key_id=None, allow=lambda g: None if g.state in ("absent", "exported")
+                   else f"are already held here ({g.state})")
+        self._io_bits(conn, seq, s.offset, int(bits.size), write=bits)
+        return int(bits.size)
 
     def exports(self) -> list[dict[str, Any]]:
         """The exports this store made (no material): export_id, pair, nbits, refs, target_node,
@@ -1875,6 +1925,46 @@ class KeyStore:
             rows = conn.execute("SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? "
                                 "ORDER BY start", (pair, acquisition)).fetchall()
         return [(int(a), int(b), str(c)) for a, b, c in rows]
+
+    def _origin_refusal(self, conn: sqlite3.Connection, pair: str, block_id: str,
+                        origin: tuple[str, int, int, str], *, scan_blocks: bool) -> str | None:
+        """Why a block new to this store, distilled from ``origin`` (:func:`block_origin`), must not come in:
+        its slots overlap a range of the same acquisition that this store's ledger records for another
+        distillation (distilled here, or brought in by an import), or, with ``scan_blocks``, one a block held
+        here names (a store older than the ledger), or one this store distilled itself without keeping a block
+        of it (an aborted block). None when it may: no overlap, or only blocks of its own distillation (a key
+        block and its authentication refill)."""
+        acq, start, end, key = origin
+        where = f"slots [{start}, {end}) of acquisition {acq}"
+        held: set[str] = set()
+        if scan_blocks:
+            for bid, meta_s in conn.execute("SELECT block_id, meta FROM blocks WHERE pair = ? AND "
+                                            "json_extract(meta, '$.acquisition') = ?", (pair, acq)).fetchall():
+                o = block_origin(str(bid), json.loads(meta_s))
+                if o is None:
+                    continue
+                held.add(o[3])
+                if o[3] != key and o[1] < end and o[2] > start:
+                    return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots "
+                            f"[{o[1]}, {o[2]}) of block {o[3]} held in key store {self.path}")
+        row = self._slot_overlap(conn, pair, acq, start, end)
+        rows = [] if row is None else conn.execute(
+            "SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? AND start < ? AND "
+            "end > ? ORDER BY start", (pair, acq, end, start)).fetchall()
+        for a, b, bid in rows:
+            if bid != key or (scan_blocks and key not in held):
+                return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots [{a}, {b}) "
+                        f"already distilled into (or imported into) key store {self.path} as block {bid}")
+        return None
+
+    def _claim_origin(self, conn: sqlite3.Connection, pair: str, origin: tuple[str, int, int, str]) -> None:
+        """Record a block's slots in this store's ledger (inside the caller's write transaction, after
+        :meth:`_origin_refusal` found no other distillation over them): a later distillation of the same
+        recording here, or an import of another block over them, is then refused."""
+        acq, start, end, key = origin
+        conn.execute(self._DISTILLED_DDL)
+        conn.execute("INSERT OR IGNORE INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (pair, acq, start, end, key, _now()))
 
     def free_ranges(self, pair: str, pools: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
         """Block ID → the free ``[start, end)`` ranges of ``pair`` in ``pools``, in block and bit order."""
