@@ -69,8 +69,11 @@ the tagger, measure where frames really start.
 (pulsestreamer 2.1.2 ``jrpc.PulseStreamer.isStreaming``), asked each time: arming refuses a master clock
 that accepted ``stream()`` but does not play, the restart after the tagger records reads it back too, and a
 generator started on its first upload (``trigger = "immediate"``) is refused when it does not play it.
-A generator with ``trigger = "hardware"`` waits for the master clock's first pulse, so it is not read back
-at start; frames it never plays are reported lost.
+A generator with ``trigger = "hardware"`` waits for the master clock's first pulse: right after that
+``start()`` it is read back with ``getStreamingState()`` (pulsestreamer 2.1.2
+``jrpc.PulseStreamer.getStreamingState``, ``State`` / ``StateCondition`` of ``enums.py``) and refused unless it
+waits for its trigger (``StateCondition.WAIT_FOR_TRIGGER``) or already plays (``State.STREAMING``); whether the
+trigger then comes is not read back: frames it never plays are reported lost.
 
 The **safe state** (close, SIGTERM/SIGINT through the Station) is ``forceFinal()`` then
 ``constant(OutputState.ZERO())``: every output at 0 V, i.e. no marker, phase bits 0 and intensity
@@ -424,13 +427,31 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
             self._next_index += len(frames)
             if len(self._uploads) == 1:
                 self._call("start", 0, self.ps_module.PulseStreamer.REPEAT_INFINITELY)
-                if self.opts.trigger == "immediate":  # "hardware": it waits for the master clock's first pulse
-                    try:
+                try:
+                    if self.opts.trigger == "immediate":
                         self._require_streaming("upload + start(0, REPEAT_INFINITELY)")
-                    except InstrumentError as exc:
-                        self._failed = str(exc)
-                        self._verdicts(len(self._uploads), False)
-                        raise
+                    else:  # "hardware": it waits for the master clock's first pulse
+                        self._require_armed("upload + start(0, REPEAT_INFINITELY)")
+                except InstrumentError as exc:
+                    self._failed = str(exc)
+                    self._verdicts(len(self._uploads), False)
+                    raise
+
+    def _require_armed(self, written: str) -> None:
+        """A hardware-triggered stream after ``written``: refuse, outputs dark, unless ``getStreamingState()``
+        (pulsestreamer 2.1.2 ``jrpc.PulseStreamer.getStreamingState``: ``State`` and ``StateCondition`` as
+        ``enums.State`` / ``enums.StateCondition``) reads it waiting for its trigger (``WAIT_FOR_TRIGGER``) or
+        already playing (``STREAMING``: the master clock's first pulse came in between). Review s37 lab3 L6."""
+        st = self._call("getStreamingState")
+        m = self.ps_module
+        state, cond = st["State"], st["StateCondition"]
+        if state != m.State.ERROR and (state == m.State.STREAMING or cond == m.StateCondition.WAIT_FOR_TRIGGER):
+            return
+        self._dark()
+        self._enabled = False
+        raise InstrumentError(f"{written} accepted but getStreamingState() reads {state}, {cond}: neither waiting "
+                              "for its hardware trigger nor playing (trigger input not armed?); outputs put dark",
+                              instrument=self.name, resource=self.resource, command="getStreamingState")
 
     def _verdicts(self, upto: int, played: bool) -> list[tuple[int, bool]]:
         out: list[tuple[int, bool]] = []

@@ -452,13 +452,13 @@ class PulseStreamerEmulator:
             if method == "constant":
                 _, digi, a0, a1 = params[0]
                 self._stop_playing((int(digi), int(a0), int(a1)), STATE_IDLING)
-                self.slots = [_Slot(), _Slot()]
+                self.slots, self.armed_slot = [_Slot(), _Slot()], None  # the next stream is armed by its start()
                 self.constants.append((self.now_ns, self.output))
                 return 0
             if method == "forceFinal":
                 final = self.slots[self.playing].idle if self.playing is not None else self.output
                 self._stop_playing(final, STATE_FINISHED)
-                self.slots = [_Slot(), _Slot()]
+                self.slots, self.armed_slot = [_Slot(), _Slot()], None
                 return 0
             if method == "start":
                 slot_nr, to_run = int(params[0]), int(params[1])

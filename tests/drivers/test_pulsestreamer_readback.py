@@ -126,3 +126,90 @@ def test_a_generator_that_does_not_play_its_first_upload_is_refused(emulator: Pu
         assert not pg.output_enabled
     finally:
         pg.close()
+
+
+def _hardware_pg(emulator: PulseStreamerEmulator) -> SwabianPulseStreamer:
+    pg = SwabianPulseStreamer("C1.pattern_generator", InstrumentConfig(
+        driver="SwabianPulseStreamer", resource=emulator.ip, options={"frames_per_upload": 2, "trigger": "hardware"}))
+    pg.configure(slot_period_ns=SLOT_NS, frame_slots=F, n_intensities=3)
+    return pg
+
+
+def test_a_hardware_triggered_generator_is_read_back_as_waiting_for_its_trigger(
+        emulator: PulseStreamerEmulator) -> None:
+    """Review s37 lab3 L6: ``trigger = "hardware"`` (the documented example's setting) was never read back at start.
+    pulsestreamer 2.1.2 ``getStreamingState()`` (``jrpc/pulse_streamer_jrpc.py`` ``PulseStreamer.getStreamingState``
+    → a dict whose ``State`` and ``StateCondition`` are ``enums.State`` / ``enums.StateCondition``, enums.py:36–48:
+    IDLING, BREAKPOINT, STREAMING, FINISHED, ERROR; NONE, WAIT_FOR_TRIGGER, WAIT_FOR_REARM, WAIT_FOR_DATA,
+    WAIT_FOR_START; the gRPC client returns the same keys) tells an armed generator waiting for its trigger
+    (StateCondition.WAIT_FOR_TRIGGER) or one whose trigger already came (State.STREAMING) from one that took
+    ``start()`` and is neither. The fault: an instrument that accepts ``start`` and does not arm (the emulator's
+    ``start`` made a no-op). Before, the upload passed and every frame was later reported lost."""
+    pg = _hardware_pg(emulator)
+    try:
+        pg.start(0)
+        pg.upload(_frames(0, 2))  # armed: waiting for the master clock's first pulse
+        assert [m for m, _ in emulator.requests[-2:]] == ["start", "getStreamingState"]  # read back right after
+        st = emulator._rpc_locked("getStreamingState", [])
+        assert (st["State"], st["StateCondition"]) == (0, 1)  # IDLING, WAIT_FOR_TRIGGER
+        emulator.hardware_trigger()
+        pg.upload(_frames(2, 2))
+        pg.stop()
+        pg.start(4)  # the trigger came between start() and the read-back: STREAMING is armed too
+        real = emulator._rpc_locked
+
+        def start_then_trigger(method: str, params: list) -> object:
+            out = real(method, params)
+            if method == "start":
+                emulator.hardware_trigger()
+            return out
+        emulator._rpc_locked = start_then_trigger  # type: ignore[method-assign]
+        pg.upload(_frames(4, 2))
+        assert pg.failed is None and emulator.playing is not None
+        pg.stop()
+        emulator._rpc_locked = real  # type: ignore[method-assign]
+
+        def start_ignored(method: str, params: list) -> object:
+            return 0 if method == "start" else real(method, params)
+        emulator._rpc_locked = start_ignored  # type: ignore[method-assign]
+        pg.start(6)
+        with pytest.raises(InstrumentError, match=r"upload \+ start\(0, REPEAT_INFINITELY\) accepted but "
+                           r"getStreamingState\(\) reads State.IDLING, StateCondition.NONE: neither waiting for "
+                           r"its hardware trigger nor playing"):
+            pg.upload(_frames(6, 2))
+        assert pg.failed is not None and emulator.output == (0, 0, 0)
+        assert pg.stop() == []  # its frames were reported lost with the refusal
+    finally:
+        pg.close()
+
+
+def test_the_emulator_arms_a_new_stream_only_at_its_start(emulator: PulseStreamerEmulator) -> None:
+    """Emulator fidelity, found by the read-back above: after a stream was stopped (``forceFinal`` +
+    ``constant``), the emulator kept the old stream's armed slot, so a trigger edge between the next stream's
+    first upload and its ``start()`` began playback (the emulated station triggers every generator it reads as
+    armed), and ``start()`` then read IDLING / WAIT_FOR_DATA. On the instrument ``start()`` arms a stream; an edge
+    before it starts nothing. tests/modulation/test_run_emulated.py's second open-ended segment hit it."""
+    pg = _hardware_pg(emulator)
+    try:
+        pg.start(0)
+        pg.upload(_frames(0, 2))
+        emulator.hardware_trigger()
+        assert emulator.playing is not None
+        pg.stop()
+        pg.start(2)
+        real = emulator._rpc_locked
+
+        before_start: list[tuple[bool, bool]] = []
+
+        def edge_before_start(method: str, params: list) -> object:
+            if method == "start":
+                emulator.hardware_trigger()  # the edge comes after the upload, before start()
+                before_start.append((emulator.playing is not None, emulator.armed()))
+            return real(method, params)
+        emulator._rpc_locked = edge_before_start  # type: ignore[method-assign]
+        pg.upload(_frames(2, 2))  # read back: waiting for its trigger
+        emulator._rpc_locked = real  # type: ignore[method-assign]
+        assert before_start == [(False, False)]  # not playing, not armed: the edge started nothing
+        assert pg.failed is None and emulator.armed() and emulator.playing is None
+    finally:
+        pg.close()
