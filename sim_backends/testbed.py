@@ -44,7 +44,8 @@ Model (documented in docs/simulator.md):
 
 Parallel: in every block the 65 536-slot chunks of signal clicks (and the clients' answers on the
 on-demand path, one task per client), then the two detectors, then the two halves of the final merge
-run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`); all
+run on ``threads`` threads (:mod:`labqfl.sim_backends._parallel`; on the on-demand path a window's finish and the
+next window's start run as two flows on the same threads, with no barrier between their phases); all
 randomness is counter-based per chunk or per slot/time, so the tags do not depend on the thread count.
 
 Each call of :meth:`SagnacTestbed.stream` is one *acquisition* with its own epoch (0, 1, 2, …),
