@@ -288,6 +288,9 @@ PRESHARED_KIND = "preshared-auth"
 #: ``meta.kind`` of the auth-pool row a distilled block's authentication refill is stored as (one per
 #: distilled block, block ID ``<key block>-auth``; labqfl.qkd.pipeline.AUTH_REFILL_SUFFIX): not a block of its own
 AUTH_REFILL_KIND = "auth-refill"
+#: block-metadata field of an imported block: the origin of the source store's pre-shared secrets of the pair
+#: (labqfl.keystore.store.AUTH_ORIGIN_FIELD, written by an export), caveated as this store's own (review s38 F1)
+AUTH_ORIGIN_FIELD = "auth_secret_origin"
 #: the caveat of a pair whose authentication started from a secret labqfl generated itself (module docstring)
 AUTH_BOOTSTRAP = ("authentication bootstrapped from a secret labqfl generated on this machine; both stores hold it "
                   "(simulated out-of-band delivery: whoever read it could have forged the first block's tags, "
@@ -333,18 +336,21 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     and not in ``blocks`` (its provenance, the same distillation's, still enters the weakest).
     Pre-shared authentication secrets (``meta.kind = "preshared-auth"``, auth pool only, never
     delivered) are counted apart, and their origin is the caveat ``auth_secret`` (:func:`auth_secret_caveat`:
-    a pair whose authentication started from a secret labqfl made is never information-theoretic); a block without a provenance record (distilled before labqfl
+    a pair whose authentication started from a secret labqfl made is never information-theoretic; an imported block
+    brings the source store's secrets' origin, :data:`AUTH_ORIGIN_FIELD`, and its caveat); a block without a provenance record (distilled before labqfl
     recorded it, or imported) gets no claim, and the pair is then not called information-theoretic.
     """
     counts: dict[str, int] = {}
     provs: list[Provenance] = []
     pre_metas: list[Mapping[str, Any]] = []
+    inherited: list[Mapping[str, Any]] = []  # an imported block's record of the source's secret (review s38 F1)
     unrecorded = refills = 0
     for row in blocks:
         meta = _meta(row)
         if meta.get("kind") == PRESHARED_KIND:
             pre_metas.append(meta)
             continue
+        inherited += [o for o in meta.get(AUTH_ORIGIN_FIELD) or [] if isinstance(o, Mapping)]
         p = block_provenance(meta)
         if meta.get("kind") == AUTH_REFILL_KIND:
             refills += 1
@@ -357,7 +363,7 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         provs.append(p)
         counts[p.label] = counts.get(p.label, 0) + 1
     w = weakest(provs)
-    caveat = auth_secret_caveat(pre_metas)
+    caveat = auth_secret_caveat([*pre_metas, *inherited])
     weakest_it = w is not None and caveat is None and is_information_theoretic(w)
     all_it = weakest_it and unrecorded == 0
     if w is None:

@@ -200,6 +200,13 @@ CREATE INDEX exports_pending ON exports (state) WHERE state IN ('exporting', 'wr
 #: (labqfl.keystore.preshare.secret_fingerprint and secret_windows) beside only part of the block's bits
 #: could narrow down the bits that stay here.
 _UNEXPORTED_META = ("secret_fingerprint", "secret_windows")
+#: ``meta.kind`` of a pre-shared authentication block (labqfl.keystore.preshare.PRESHARED_KIND)
+_PRESHARED_KIND = "preshared-auth"
+#: Block-metadata field an export adds to a block (review s38 F1): where the pair's authentication started at
+#: the source store, ``[{"simulated": bool, "randomness": str}]`` from the source's pre-shared blocks of the
+#: pair (and what the block carried from an earlier import), so that the importing store's statements
+#: (labqfl.provenance.summarize_blocks) keep the source's caveat on the authentication secret.
+AUTH_ORIGIN_FIELD = "auth_secret_origin"
 
 
 #: ``meta.kind`` of a distilled block's authentication refill row (labqfl.provenance.AUTH_REFILL_KIND); its
@@ -1576,6 +1583,26 @@ class KeyStore:
                              f"node {self.node}'s copy of pair {pair}'s key, which may only move to another store of "
                              f"node {self.node} (ask that store for a ticket: labqfl keys ticket --node {self.node})")
 
+    def _export_meta(self, conn: sqlite3.Connection, pair: str, meta_s: str) -> dict[str, Any]:
+        """A block's metadata as an export file carries it: without the pre-shared secret's fingerprints
+        (:data:`_UNEXPORTED_META`) and, for a key block, with :data:`AUTH_ORIGIN_FIELD`: the origin of every
+        pre-shared authentication secret of ``pair`` in this store and those the block brought from an earlier
+        import, so the caveat on the authentication secret travels with the key (review s38 F1)."""
+        meta = {k: v for k, v in json.loads(meta_s).items() if k not in _UNEXPORTED_META}
+        if meta.get("kind") == _PRESHARED_KIND:
+            return meta
+        origins = [o for o in meta.get(AUTH_ORIGIN_FIELD) or [] if isinstance(o, dict)]
+        for (m,) in conn.execute("SELECT meta FROM blocks WHERE pair = ? AND json_extract(meta, '$.kind') = ?",
+                                 (pair, _PRESHARED_KIND)):
+            d = json.loads(m)
+            rec = {"simulated": d.get("simulated", True), **({"randomness": d["randomness"]} if "randomness" in d
+                                                             else {})}
+            if rec not in origins:
+                origins.append(rec)
+        if origins:
+            meta[AUTH_ORIGIN_FIELD] = origins
+        return meta
+
     def begin_export(self, pair: str, nbits: int | None, purpose: str | None, *, ticket: ImportTicket,
                      file: str | Path = "", part: str | Path = "",
                      digest_of: Callable[[ExportBinding, list[ExportedSegment]], str] | None = None,
@@ -1618,7 +1645,7 @@ class KeyStore:
                 self._mark(conn, pair, seq, block_id, start, length, new_state="exporting", purpose=seg.purpose,
                            key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
                 bits = self._io_bits(conn, seq, start, length)
-                meta = {k: v for k, v in json.loads(row[2]).items() if k not in _UNEXPORTED_META}
+                meta = self._export_meta(conn, pair, row[2])
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]), meta, bits))
             digest = "" if digest_of is None else str(digest_of(binding, out))
             now = _now()
@@ -1737,7 +1764,7 @@ class KeyStore:
                 raise self._fail(f"export {export_id} is {state}, not exporting")
             for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
                 row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
-                meta = {k: v for k, v in json.loads(row[2]).items() if k not in _UNEXPORTED_META}
+                meta = self._export_meta(conn, pair, row[2])
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, purpose, str(row[1]), meta,
                                            self._io_bits(conn, seq, start, length)))
         return out
