@@ -14,16 +14,18 @@ the thread count (tested).
 
 Arithmetic
 ----------
-Values are LLRs × :data:`SCALE` (16) in int16.  Posteriors saturate at ±:data:`LMAX`, |t| = |L − R|
+Values are LLRs × :data:`SCALE` (64) in int16.  Posteriors saturate at ±:data:`LMAX`, |t| = |L − R|
 is capped at :data:`AMAX` before the check update (so sums of two stay within int16), and the check
 update is A-min* (Jones, Valles, Smith & Villasenor, IEEE MILCOM 2003) as in
 :func:`labqfl.qkd.ldpc_qc.qc_aminstar`: |x ⊞ y| = min(x, y) + f(x + y) − f(|x − y|), with the same
-piecewise-linear f(u) = max(0.6931 − 0.38·u, 0.445 − 0.132·u, 0) in fixed point:
-16·f(u/16) ≈ max(11 − ⌊3u/8⌋, 7 − ⌊u/8⌋, 0).  Messages are scaled by ``weight``/16 (18/16 = 1.125,
-against the float engine's 1.1).  Signs are carried as 0 / −1 masks (XOR of arithmetic shifts), so
-every operation is a packed 16-bit min, max, add, sub, shift or XOR — every intermediate is cast
-back to int16, otherwise Numba's integer promotion to int64 keeps LLVM from narrowing the vectors
-(why the int16 prototype of 2026-12-07 ran at 3.65 ns per edge).
+piecewise-linear f(u) = max(0.6931 − 0.38·u, 0.445 − 0.132·u, 0) in fixed point (:func:`_f`).
+Messages are scaled by ``weight``/16 (:data:`WEIGHT` = 17: 1.0625, against the float engine's 1.1).
+Signs are carried as 0 / −1 masks (XOR of arithmetic shifts), so every operation is a packed 16-bit
+min, max, add, sub, shift or XOR — every intermediate is cast back to int16 (Numba promotes integer
+arithmetic to int64, and a shift or compare of a wide value keeps LLVM from narrowing the vectors),
+and both candidates of a select are loaded before it (``B if c else A`` on two array elements became a
+per-element gather).  In the x86 assembly of the sweep the inner loops are ``vpminsw`` / ``vpmaxsw`` /
+``vpaddw`` / ``vpsubw`` / ``vpsraw`` / ``vpxor`` on 16 lanes (ymm; Numba's LLVM prefers 256-bit vectors).
 
 Schedule and stopping are those of :func:`labqfl.qkd.ldpc_qc.qc_attempt_frames`: layered sweeps; after
 a sweep in which no check's sign parity disagreed with the syndrome, the lane's hard decision (L < 0
@@ -197,28 +199,35 @@ def _sweep(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B:
 def _unsatisfied_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int,
                        Sb: np.ndarray, Lb: np.ndarray, par: np.ndarray, cnt: np.ndarray) -> None:
     """``cnt[lane]`` ← checks whose hard-decision parity (L < 0 → 1) differs from the syndrome;
-    ``par``: int16 scratch of Z·B."""
+    ``par``: int16 scratch of 2·Z·B (the layer's parities, then the per-(row, lane) counts, summed over
+    layers as int16 — at most the number of layers — and over rows at the end)."""
     ZB = Z * B
-    for lane in range(B):
-        cnt[lane] = 0
+    p = par[:ZB]
+    tally = par[ZB:2 * ZB]
+    for i in range(ZB):
+        tally[i] = 0
     for r in range(row_ptr.size - 1):
         sy = Sb[r * ZB:(r + 1) * ZB]
         for i in range(ZB):
-            par[i] = sy[i]
+            p[i] = sy[i]
         for k in range(row_ptr[r], row_ptr[r + 1]):
             base = bcol[k] * Z
             s = bshift[k]
             La = Lb[(base + s) * B:(base + Z) * B]
-            pa = par[0:(Z - s) * B]
+            pa = p[0:(Z - s) * B]
             for i in range((Z - s) * B):
                 pa[i] = _I16(pa[i] ^ (La[i] >> 15))
             Lc = Lb[base * B:(base + s) * B]
-            pc = par[(Z - s) * B:ZB]
+            pc = p[(Z - s) * B:ZB]
             for i in range(s * B):
                 pc[i] = _I16(pc[i] ^ (Lc[i] >> 15))
-        for z in range(Z):
-            for lane in range(B):
-                cnt[lane] -= par[z * B + lane]
+        for i in range(ZB):
+            tally[i] = _I16(tally[i] - p[i])
+    for lane in range(B):
+        cnt[lane] = 0
+    for z in range(Z):
+        for lane in range(B):
+            cnt[lane] += tally[z * B + lane]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -296,7 +305,7 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
     Sb = np.zeros(synd.shape[1] * B, np.int16)
     scratch = np.empty((2, 5, ZB), np.int16)
     acc = np.empty(ZB, np.int16)
-    par = np.empty(ZB, np.int16)
+    par = np.empty(2 * ZB, np.int16)
     cnt = np.zeros(B, np.int64)
     idx = np.full(B, -1, np.int64)
     bad = np.zeros(B, np.bool_)
@@ -351,16 +360,18 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
 def _attempt_group(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int, synd: np.ndarray,
                    Lq: np.ndarray, Rq: np.ndarray, frames: np.ndarray, weight: np.ndarray, max_iter: int,
                    every: int, ratio: float, res: np.ndarray, used: np.ndarray, lo: int, hi: int) -> None:
-    """Frames ``frames[lo:hi]`` through B lanes, the last few (once fewer than B run) one lane at a time:
-    an idle lane still costs its sweeps.  Fills ``res`` / ``used``."""
+    """Frames ``frames[lo:hi]`` through B lanes; once fewer than B are left running, on through half as many
+    lanes (at most as many as are left), down to one: an idle lane still costs its sweeps.  Fills ``res`` /
+    ``used``."""
     todo = np.arange(lo, hi)
     lj = np.zeros(frames.size, np.int64)
     prev = np.full(frames.size, -1, np.int64)
-    left = _run_lanes(row_ptr, bcol, bshift, Z, B, synd, Lq, Rq, frames, weight, max_iter, every, ratio, res, used,
-                      todo, lj, prev)
-    if left:
-        _run_lanes(row_ptr, bcol, bshift, Z, 1, synd, Lq, Rq, frames, weight, max_iter, every, ratio, res, used,
-                   todo[:left].copy(), lj, prev)
+    b = B
+    left = todo.size
+    while left:
+        left = _run_lanes(row_ptr, bcol, bshift, Z, b, synd, Lq, Rq, frames, weight, max_iter, every, ratio, res,
+                          used, todo[:left], lj, prev)
+        b = max(1, min(b // 2, left))
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)

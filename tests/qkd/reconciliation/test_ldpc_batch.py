@@ -94,7 +94,7 @@ def _reference_attempt(code, synd, Lq, max_iter, every, ratio):
     S = -synd.astype(np.int16)
     sc = np.empty((2, 5, Z), np.int16)
     acc = np.empty(Z, np.int16)
-    par = np.empty(Z, np.int16)
+    par = np.empty(2 * Z, np.int16)
     cnt = np.zeros(1, np.int64)
     prev = -1
     for j in range(1, max_iter + 1):
