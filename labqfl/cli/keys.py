@@ -347,7 +347,8 @@ def export(node: str = typer.Option(..., "--node", "-n", help="Node whose store 
     _nodes_or_all([node], data_dir)
     make_private_dirs(out.parent)  # for key bits in clear: 0700 whatever the umask (review s35 F3)
     with KeyStore.for_node(node, data_dir, create=False) as st:  # the source holds key: never made here
-        summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=None if purpose == "all" else purpose)
+        summary = export_keys(st, pair, out, ticket=tk, nbits=bits, purpose=None if purpose == "all" else purpose,
+                              ticket_file=ticket_file)
     def render(con: Any) -> None:
         _print_recovered(con, summary.get("recovered", []))
         con.print(f"exported {summary['nbits']} bits of {pair} from node {node} to {out} (export "

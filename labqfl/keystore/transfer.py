@@ -157,6 +157,85 @@ def read_ticket(path: Path) -> ImportTicket:
     return ImportTicket(fields[0], fields[1], fields[2], secret)
 
 
+#: Field a ticket file gets when an export begins with it (review s38 F5): the store that uses it.
+TICKET_USED_BY = "used_by"
+
+
+def _ticket_file_fd(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        raise DataFormatError(f"ticket file {path}: cannot open it for writing ({exc.strerror or exc}); an export "
+                              "records in its ticket file which store uses it, before any bit moves, so that no other "
+                              "store exports with the same ticket: make the file writable; nothing was exported") from None
+    fcntl.flock(fd, fcntl.LOCK_EX)  # two exports with one ticket file at once: one after the other
+    return fd
+
+
+def claim_ticket_file(path: Path, store: KeyStore, ticket: ImportTicket) -> bool:
+    """Record in ticket file ``path`` (``ticket``'s file) that ``store`` exports with it (:data:`TICKET_USED_BY`:
+    source store ID, node, time), before any bit moves (review s38 F5: one ticket used by two source stores, both
+    exports zeroed their bits, the target imported one, the other's key was lost). Refused, with nothing changed,
+    when the file records another store: a ticket is good for one export, and only the target knows when it is
+    spent. True when this call wrote the record (:func:`release_ticket_file` may take it back), False when the
+    file already named this store (whose own ``exports`` table then decides, :meth:`KeyStore.begin_export`)."""
+    path = Path(path)
+    fd = _ticket_file_fd(path)
+    try:
+        with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as fh:
+            try:
+                doc = json.loads(fh.read())
+            except ValueError as exc:
+                raise DataFormatError(f"ticket file {path}: not readable JSON ({exc})") from None
+            if not isinstance(doc, dict) or doc.get("ticket_id") != ticket.ticket_id:
+                raise DataFormatError(f"ticket file {path} changed while it was read; nothing was exported")
+            used = doc.get(TICKET_USED_BY)
+            if isinstance(used, dict) and used.get("source_store") == store.store_id:
+                return False
+            if used is not None:
+                who = used if isinstance(used, dict) else {}
+                raise KeyStoreError(
+                    f"import ticket {ticket.ticket_id} ({path}) was already used for an export from another store "
+                    f"(node {who.get('source_node', '?')}, store {who.get('source_store', '?')}, "
+                    f"{who.get('at', '?')}); a ticket is good for one export from one store: ask the target store for "
+                    f"a new ticket (labqfl keys ticket --node {ticket.target_node}); nothing was exported")
+            doc[TICKET_USED_BY] = {"source_store": store.store_id, "source_node": store.node or "",
+                                   "at": datetime.now(UTC).isoformat(timespec="seconds")}
+            _rewrite(fh, doc)
+        return True
+    finally:
+        os.close(fd)
+
+
+def release_ticket_file(path: Path, store: KeyStore) -> None:
+    """Take back :func:`claim_ticket_file`'s record for an export that moved no bit (refused before its record),
+    so that the ticket may serve another store; a record of another store is left as it is."""
+    try:
+        fd = _ticket_file_fd(Path(path))
+    except DataFormatError:
+        return
+    try:
+        with os.fdopen(os.dup(fd), "r+", encoding="utf-8") as fh:
+            doc = json.loads(fh.read())
+            used = doc.get(TICKET_USED_BY) if isinstance(doc, dict) else None
+            if isinstance(used, dict) and used.get("source_store") == store.store_id:
+                del doc[TICKET_USED_BY]
+                _rewrite(fh, doc)
+    except (OSError, ValueError) as exc:
+        log.warning("ticket file %s: could not take back its record of this export (%s)", path, exc)
+    finally:
+        os.close(fd)
+
+
+def _rewrite(fh: Any, doc: dict[str, Any]) -> None:
+    """Write ``doc`` over the open file ``fh`` (same file: its mode stays 0600), cut it there and sync it."""
+    fh.seek(0)
+    json.dump(doc, fh)
+    fh.truncate()
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
 # ---------------------------------------------------------------------- export / import
 
 
@@ -337,7 +416,7 @@ def _export_state(store: KeyStore, export_id: str) -> str:
 
 
 def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, nbits: int | None = None,
-                purpose: str | None = None) -> dict[str, Any]:
+                purpose: str | None = None, ticket_file: Path | None = None) -> dict[str, Any]:
     """Move ``nbits`` (default: all) free bits of ``pair`` (pool ``purpose``, or every pool) from
     ``store`` into a new export file ``out``, bound to the store that issued ``ticket``.  Returns a
     summary (no key material).
@@ -358,7 +437,10 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
 
     A crash leaves an export ``exporting`` or ``written``; :func:`recover_exports`, run by every
     export, import and ``keys status`` on the store, finishes or undoes it.  Its notes are in the
-    summary's ``recovered``."""
+    summary's ``recovered``.
+
+    ``ticket_file``: the file ``ticket`` was read from; before any bit moves it records this store as the one
+    exporting with it, and a file that names another store is refused (:func:`claim_ticket_file`)."""
     out = Path(out)
     a, sep, b = pair.partition("-")
     if sep and store.node and store.node not in (a, b):  # else the store's refusal would talk of "C1's copy"
@@ -368,6 +450,26 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
     if out.exists():
         raise DataFormatError(f"export file {out} already exists; refusing to overwrite it")
     size = _export_size_bound(store, pair, nbits, purpose)
+    claimed = ticket_file is not None and claim_ticket_file(ticket_file, store, ticket)
+    try:
+        return {**_export_to(store, pair, out, ticket, nbits, purpose, size), "recovered": recovered}
+    except BaseException:
+        if claimed and ticket_file is not None and not _ticket_held(store, ticket):
+            release_ticket_file(ticket_file, store)  # no export of ours holds it: the ticket may serve another store
+        raise
+
+
+def _ticket_held(store: KeyStore, ticket: ImportTicket) -> bool:
+    """Whether an export of ``store`` not aborted uses ``ticket`` (True when the store cannot say)."""
+    try:
+        return any(e["ticket_id"] == ticket.ticket_id and e["state"] != "aborted" for e in store.exports())
+    except KeyStoreError:
+        return True
+
+
+def _export_to(store: KeyStore, pair: str, out: Path, ticket: ImportTicket, nbits: int | None, purpose: str | None,
+               size: int) -> dict[str, Any]:
+    """:func:`export_keys` from the temporary file on: create and reserve it, then phases 2 and 3."""
     tmp, fd = _create_part(store, out)  # before any bit moves: a path that cannot be written loses nothing
     try:
         try:
@@ -377,7 +479,7 @@ def export_keys(store: KeyStore, pair: str, out: Path, *, ticket: ImportTicket, 
             _discard_part(store, tmp, fd)
             raise DataFormatError(f"export file {out}: cannot reserve {size} bytes for it in {out.parent} "
                                   f"({exc.strerror or exc}); nothing was exported, the bits stay in the store") from None
-        return {**_export_locked(store, pair, out, tmp, fd, ticket, nbits, purpose), "recovered": recovered}
+        return _export_locked(store, pair, out, tmp, fd, ticket, nbits, purpose)
     finally:
         os.close(fd)
 
@@ -960,5 +1062,6 @@ def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
     return {**header, "imported_bits": n, "store": str(store.path), "recovered": recovered}
 
 
-__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "ExportFile", "abort_pending_export", "export_keys",
+__all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "TICKET_USED_BY", "ExportFile", "abort_pending_export",
+           "claim_ticket_file", "export_keys", "release_ticket_file",
            "import_keys", "load_export", "read_export", "read_ticket", "recover_exports", "write_ticket"]
