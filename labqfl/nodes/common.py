@@ -427,6 +427,18 @@ class Node:
         # cleanly stopped node (exit -15 instead of 0).
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, on_signal)
+        try:
+            self._serve(as_json, signalled)
+        finally:
+            # also when the node never came up (its instruments failed to open, its server to start): the
+            # signal's emergency is left and late signals ignored, as after a served node's shutdown
+            for s in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(s, signal.SIG_IGN)
+            for e in signalled:
+                e.__exit__(None, None, None)
+
+    def _serve(self, as_json: bool, signalled: list[emergency]) -> None:
+        """:meth:`serve` with its signal handlers installed: open, listen, wait for the stop, shut down."""
         launcher = LauncherWatch()
         keep_freed_memory()  # every tag block's arrays from kept pages, not fresh zeroed ones (labqfl.nodes.heap)
         warm_codec()  # the bulk arrays' codec loaded before the first acquisition's messages (labqfl.nodes.wire)
@@ -457,10 +469,6 @@ class Node:
                     self.server.stop(grace_s=2.0)
                 finally:
                     self.instruments.close()
-                    for s in (signal.SIGTERM, signal.SIGINT):
-                        signal.signal(s, signal.SIG_IGN)
-                    for e in signalled:
-                        e.__exit__(None, None, None)
 
 
 #: Set by a launcher (``labqfl run``, ``labqfl node up``, the GUI's Nodes panel) in every node process it
