@@ -83,6 +83,10 @@ class JobSettings:
     #: over nodes with self-masks: the clients colluding with the server that the consistency stage tolerates
     #: (the signed spec's ``colluders``; None: t − 1), 0 ≤ c < t (:func:`check_colluders`; ``--colluders``)
     colluders: int | None = None
+    #: over nodes: a client that has not answered a protocol stage this many seconds after the latest reply is
+    #: dropped (the Flower spec's ``straggler_timeout_s``; 0: off — a lost client is dropped when the SuperLink
+    #: declares its node gone, or after the stage timeout, 600 s, for a hung one; ``--straggler-timeout``)
+    straggler_timeout_s: float = 0.0
     #: acquire+distil across node processes on loopback (:mod:`labqfl.nodes.runjob`), not in process
     nodes: bool = False
     #: a round whose key the stores lack waits for a further acquisition + distillation (a top-up);
@@ -119,6 +123,12 @@ class JobSettings:
                    if not self.nodes else "expected a number >= 0" if self.colluders < 0 else "")
             if why:
                 raise ConfigError(f"--colluders {self.colluders}: {why}")
+        if not (math.isfinite(self.straggler_timeout_s) and self.straggler_timeout_s >= 0):
+            raise ConfigError(f"--straggler-timeout {self.straggler_timeout_s}: expected a number of seconds >= 0 "
+                              "(0: off)")
+        if self.straggler_timeout_s and not self.nodes:
+            raise ConfigError(f"--straggler-timeout {self.straggler_timeout_s:g}: needs the run over nodes (the Flower "
+                              "rounds' stages; --in-process has none)")
         from labqfl.fl.masks import parse_graph
 
         try:  # before any run folder or plan: it was refused after both, naming no option
@@ -139,23 +149,30 @@ class PhaseClock:
     """Wall seconds per phase of one :meth:`MainJob.run` call (``phases_s`` of its metrics):
     :meth:`phase` times a block (a phase entered twice adds up); :meth:`as_dict` gives each
     phase's seconds and ``total_s``, the seconds since the clock was made (so the phases sum to
-    at most ``total_s``; the rest is what ran between them)."""
+    at most ``total_s``; the rest is what ran between them). A phase under way counts its seconds so far:
+    the report, written inside the ``report`` phase, shows every phase (review s38 user F1: it said n/a)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.running: dict[str, float] = {}  # phase under way -> its start
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Time the block as phase ``name``."""
-        t = time.perf_counter()
+        t = self.running[name] = time.perf_counter()
         try:
             yield
         finally:
+            del self.running[name]
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
 
     def as_dict(self) -> dict[str, float]:
-        return {**{k: round(v, 3) for k, v in self.seconds.items()}, "total_s": round(time.perf_counter() - self.t0, 3)}
+        now = time.perf_counter()
+        s = dict(self.seconds)
+        for k, t in self.running.items():
+            s[k] = s.get(k, 0.0) + now - t
+        return {**{k: round(v, 3) for k, v in s.items()}, "total_s": round(now - self.t0, 3)}
 
 
 #: Settings every state.json has held since the first version (a missing one: not a saved JobSettings).
@@ -476,8 +493,8 @@ class MainJob:
             with clock.phase("train"):
                 self._train()
         with clock.phase("report"):
-            metrics = self._report()
-        # this call's wall seconds per phase (metrics.json is written before the report: added after it)
+            metrics = self._report(clock)
+        # this call's wall seconds per phase, the report's whole (the report shows them up to its writing)
         metrics["phases_s"] = clock.as_dict()
         metrics["phases"] = dict(self.state["phases"])  # the report phase is done now (it said "pending")
         self.run_record.update_metrics(phases_s=metrics["phases_s"], phases=metrics["phases"])
@@ -964,7 +981,8 @@ class MainJob:
         res = train_over_nodes(self.cfg, setup, data_dir=self.data_dir, server_dir=self.path / "nodes" / "server",
                                log_dir=self.path / "nodes", progress=self.progress, start_round=start,
                                init_params=init, before_segment=before, on_segment=done, since=since,
-                               job_id=job_id, colluders=-1 if self.settings.colluders is None else self.settings.colluders)
+                               job_id=job_id, colluders=-1 if self.settings.colluders is None else self.settings.colluders,
+                               straggler_timeout_s=self.settings.straggler_timeout_s)
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
         for pair, ids in res.blocks_used.items():  # block IDs (no key bits)
             used[pair] = sorted(set(used.get(pair, [])) | set(ids))
@@ -1068,12 +1086,12 @@ class MainJob:
         self.run_record.write_metrics(metrics)
         return metrics
 
-    def _report(self) -> dict[str, Any]:
+    def _report(self, clock: PhaseClock) -> dict[str, Any]:
         from labqfl.report import write_report
 
         self.progress("report", 0, 1, "writing report")
         metrics = self._write_metrics(status="complete")
-        write_report(self.run_record, metrics)
+        write_report(self.run_record, metrics, phases=clock.as_dict)
         self.progress("report", 1, 1, f"report written: {self.path / 'report.html'}")
         self.state["status"] = "complete"
         self._phase("report", "done")

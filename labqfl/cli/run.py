@@ -35,6 +35,14 @@ COLLUDERS_OPTION = typer.Option(
          "0 tolerates more dropouts (N = 3 or 4: one instead of none) but no colluder. `labqfl plan --self-masks "
          "--colluders C` prints the survivors needed and the dropouts tolerated. docs/secure_aggregation.md §9.")
 
+#: ``--straggler-timeout`` (review s37 F6): the Flower spec's ``straggler_timeout_s`` of a run over nodes
+STRAGGLER_OPTION = typer.Option(
+    0.0, "--straggler-timeout", metavar="S",
+    help="Over nodes: drop a client that has not answered a round's stage S seconds after the latest reply "
+         "(default 0: off; a client whose node died is then dropped when the SuperLink declares it gone, 38-60 s "
+         "with Flower 1.42's heartbeats, a hung one after the 600 s stage timeout). Too short drops slow live "
+         "clients. docs/nodes.md.")
+
 
 def _refuse_options_with_resume() -> None:
     """``--resume`` continues a run with the settings in its folder: a setting given beside it was silently
@@ -71,6 +79,7 @@ def run(
     threshold: int | None = typer.Option(
         None, "--threshold", min=1, help="Shamir threshold t for --self-masks (default: a majority of each client's holders)."),
     colluders: int | None = COLLUDERS_OPTION,
+    straggler_timeout: float = STRAGGLER_OPTION,
     engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help=EC_ENGINE_HELP),
     block_bits: int | None = typer.Option(None, "--block-bits", min=1000,
                                           help="Sifted bits per finite-key block (default: the block-size rule, "
@@ -121,11 +130,10 @@ def run(
             assert cfg is not None
             settings = JobSettings(duration_s=duration, task=task, rounds=rounds, q=q, engine=engine, seed=seed, eps_sec=eps_sec,
                                    block_bits=block_bits, graph=graph, k=k, self_masks=self_masks, threshold=threshold,
-                                   colluders=colluders,
-                                   data_dir=str(data_dir) if data_dir else None,
-                                   bootstrap_auth=not no_auth_bootstrap, nodes=nodes, wait_for_key=wait_for_key)
-            job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None,
-                                 progress=progress)
+                                   colluders=colluders, straggler_timeout_s=straggler_timeout, nodes=nodes,
+                                   data_dir=str(data_dir) if data_dir else None, bootstrap_auth=not no_auth_bootstrap,
+                                   wait_for_key=wait_for_key)
+            job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None, progress=progress)
         consistency = _show_start(job)
         metrics = job.run()
 

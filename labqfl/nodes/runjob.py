@@ -447,7 +447,8 @@ class NodesTraining:
                 "train_wall_s": round(self.wall_s, 3), "flower": self.flower, "segments": self.segments}
 
 
-def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id: str = "", colluders: int = -1) -> Any:
+def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id: str = "", colluders: int = -1,
+                    straggler_timeout_s: float = 0.0) -> Any:
     """The :class:`~labqfl.fl.flower.spec.FlowerSpec` of a :class:`~labqfl.app.training.TrainingSetup`
     (the same local training, quantisation, graph, DP plan, noise model and seeds as in process;
     ``keys="qkd"`` with no key-store folder: every SuperNode uses its own client's). ``names``: the
@@ -468,7 +469,8 @@ def flower_spec_for(setup: Any, names: list[str], *, data_dir: str = "", job_id:
                       data_dir=data_dir or (str(s.data_dir) if s.data_dir else ""),
                       samples_per_client=s.samples_per_client if s.samples_per_client is not None else 100,
                       test_size=s.test_size if s.test_size is not None else 400, keystore_dir="",
-                      stage_timeout_s=600.0, node_wait_s=300.0, client_names=",".join(names),
+                      stage_timeout_s=600.0, straggler_timeout_s=float(straggler_timeout_s), node_wait_s=300.0,
+                      client_names=",".join(names),
                       dp_epsilon=float(s.dp_epsilon or 0.0), dp_delta=float(s.dp_delta), dp_honest=int(s.dp_honest),
                       dp_clip=float(s.dp_clip or 0.0),
                       noise=_noise_text(nm) if nm is not None else "",
@@ -614,7 +616,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
                      timeout_s: float = 3600.0, start_round: int = 1, init_params: Any = None,
                      before_segment: SegmentFn | None = None,
                      on_segment: SegmentDoneFn | None = None, since: str | None = None,
-                     job_id: str = "", colluders: int = -1) -> NodesTraining:
+                     job_id: str = "", colluders: int = -1, straggler_timeout_s: float = 0.0) -> NodesTraining:
     """Federated training of ``setup`` (a :class:`~labqfl.app.training.TrainingSetup` whose key
     source is never opened here) across the server node (data folder ``server_dir``) and one
     SuperNode per client with the job's ``data_dir`` (client Ci's pads from
@@ -633,7 +635,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     microseconds, as the stores write it; default: now). A resumed job passes the start of its first
     training over nodes, so the rounds trained before the interruption keep their blocks. ``job_id``: the
     training job, signed with each segment's spec (a resumed job passes the same: ``spec.job_id``), as is
-    ``colluders`` (:func:`flower_spec_for`)."""
+    ``colluders`` (:func:`flower_spec_for`); ``straggler_timeout_s``: the spec's (``labqfl run --straggler-timeout``)."""
     from datetime import UTC, datetime
 
     from labqfl.nodes.fl import FlNetwork
@@ -644,7 +646,7 @@ def train_over_nodes(cfg: StationConfig, setup: Any, *, data_dir: Path, server_d
     work = Path(tempfile.mkdtemp(prefix="labqfl-fl-"))
     try:
         spec = flower_spec_for(setup, names, data_dir=_mnist_cache(setup.settings.task, work), job_id=job_id,
-                               colluders=colluders)
+                               colluders=colluders, straggler_timeout_s=straggler_timeout_s)
         spec.secagg()  # a spec the nodes would refuse fails here, before any process starts
         station = work / "station.toml"
         station.write_text(station_toml(cfg), encoding="utf-8")
