@@ -414,11 +414,16 @@ def auth_key_text(prov: dict[str, Any]) -> str:
     return ", ".join(parts) or "none"
 
 
-def write_report(run: RunRecord, metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``report.html`` (+ PNGs) for a run; returns the HTML path."""
+def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
+                 phases: Callable[[], dict[str, float]] | None = None) -> Path:
+    """Write ``report.html`` (+ PNGs) for a run; returns the HTML path. ``phases``: the wall seconds per phase
+    (``phases_s``) of the call writing it, asked for once the plots are drawn (``labqfl run`` adds ``phases_s`` to
+    metrics.json after its report phase, so without it the summary said "wall time: n/a", review s38 user F1)."""
     m = metrics if metrics is not None else run.read_metrics()
     captions: dict[str, str] = {}
     plots = make_plots(run, m, captions)
+    if phases is not None:
+        m = {**m, "phases_s": phases()}
     parts = [f"<h1>labqfl run {html.escape(run.name)}</h1>"]
     status = m.get("status", "unknown")
     parts.append(

@@ -25,6 +25,19 @@ def test_phases_are_timed_add_up_and_sum_to_at_most_the_total():
     assert d["setup"] + d["train"] + 0.03 <= d["total_s"] + 1e-3
 
 
+def test_a_phase_under_way_counts_its_seconds_so_far():
+    """The report is written inside the ``report`` phase and shows phases_s (review s38 user F1)."""
+    clock = PhaseClock()
+    with clock.phase("train"):
+        time.sleep(0.01)
+    with clock.phase("report"):
+        time.sleep(0.02)
+        d = clock.as_dict()
+        assert set(d) == {"train", "report", "total_s"} and d["report"] >= 0.02
+        assert d["train"] + d["report"] <= d["total_s"] + 1e-3
+    assert clock.as_dict()["report"] >= d["report"]
+
+
 def test_a_phase_that_raises_is_still_timed():
     clock = PhaseClock()
     with pytest.raises(RuntimeError), clock.phase("acquire"):

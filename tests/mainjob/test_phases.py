@@ -58,6 +58,13 @@ def test_run_end_to_end_report_matches_component_commands(small_station_file, tm
     assert "data:image/png;base64," in html and "C1-C2" in html
     cells = re.findall(r"<td>(.*?)</td>", html, flags=re.S)
     assert cells and all(c.strip() for c in cells) and "n/a" not in cells, f"report.html has empty cells: {cells}"
+    # the "Run summary" of a complete run: every item has its value in metrics.json, none n/a, and the wall time
+    # is this call's phases_s (review s38 user F1: the report was written before phases_s, "wall time: n/a")
+    summary = dict(re.findall(r"<li>([^<:]+): (.*?)</li>", html))
+    assert summary and [k for k, v in summary.items() if "n/a" in v] == [], summary
+    shown = re.fullmatch(r"([\d.]+) s \((.*)\)", summary["wall time"])
+    assert shown and abs(float(shown[1]) - ph["total_s"]) <= 0.2, summary["wall time"]
+    assert [p.split()[0] for p in shown[2].split(", ")] == [k for k in ph if k != "total_s"]
     pair = m["distill"]["pairs"]["C1-C2"]
     assert pair["final_key_bits"] > 0 and pair["delivered_bits"] > 0
     t = m["train"]
