@@ -300,9 +300,9 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
     left to load and a lane falls idle, the still running lanes are written back (L, R, sweep count and
     stall count) and their items moved to the front of ``todo``; returns how many (0: all done)."""
     ZB = Z * B
-    Lb = np.zeros(Lq.shape[1] * B, np.int16)
-    Rb = np.zeros(Rq.shape[1] * B, np.int16)
-    Sb = np.zeros(synd.shape[1] * B, np.int16)
+    Lb = np.empty(Lq.shape[1] * B, np.int16)  # every lane is loaded before a sweep reads it
+    Rb = np.empty(Rq.shape[1] * B, np.int16)
+    Sb = np.empty(synd.shape[1] * B, np.int16)
     scratch = np.empty((2, 5, ZB), np.int16)
     acc = np.empty(ZB, np.int16)
     par = np.empty(2 * ZB, np.int16)
@@ -366,7 +366,7 @@ def _attempt_group(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z:
     todo = np.arange(lo, hi)
     lj = np.zeros(frames.size, np.int64)
     prev = np.full(frames.size, -1, np.int64)
-    b = B
+    b = max(1, min(B, todo.size))
     left = todo.size
     while left:
         left = _run_lanes(row_ptr, bcol, bshift, Z, b, synd, Lq, Rq, frames, weight, max_iter, every, ratio, res,
