@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QTextOption
 
 #: tab10 palette: one colour per pair / client, stable by index.
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -31,14 +32,72 @@ def colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+#: Title row of a plot: pyqtgraph's fixed 30 px (PlotItem.setTitle), more where the title wraps onto more lines.
+TITLE_ROW_PX = 30.0
+
+
+def fit_title(w: pg.PlotWidget, width: float | None = None) -> None:
+    """Wrap the title of plot ``w`` onto more lines where it is wider than the plot's middle column at widget width
+    ``width`` (None: the present one). A title one line long sets the plot's minimum width, and a plot in a narrower
+    grid cell was drawn cut off on the right: title, legend, last bar and tick (review s38 user F2, the Training
+    tab's "Mask bits drawn (CSPRNG masks, no QKD key used; all pairs)")."""
+    item = w.getPlotItem()
+    label = item.titleLabel
+    if not label.isVisible():
+        return
+    text = label.item
+    text.setTextWidth(-1)  # its one-line width
+    axes = sum(item.getAxis(a).width() for a in ("left", "right") if item.getAxis(a).isVisible())
+    room = (w.width() if width is None else width) - axes - 16  # the layout's margins and spacing
+    if text.boundingRect().width() > room:
+        text.setTextWidth(max(room, 80.0))
+        text.document().setDefaultTextOption(QTextOption(Qt.AlignmentFlag.AlignHCenter))
+    row = max(TITLE_ROW_PX, text.boundingRect().height())
+    label.setMaximumHeight(row)
+    item.layout.setRowFixedHeight(0, row)
+    label.updateMin()
+
+
+def set_title(w: pg.PlotWidget, title: str) -> None:
+    """Set the title of plot ``w`` (11 pt, bold), wrapped to the plot's width (:func:`fit_title`)."""
+    w.getPlotItem().setTitle(f"<span style='font-size:11pt; font-weight:600'>{title}</span>")
+    fit_title(w)
+
+
+class PlotWidget(pg.PlotWidget):
+    """A ``pg.PlotWidget`` whose title wraps to its width on every resize (:func:`fit_title`), and whose plot is
+    fitted to it again where it grew wider than the widget afterwards (its axes' labels widened with the data:
+    the plot keeps the width its minimum forced on it until the next resize)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fitting = False
+        self.plotItem.geometryChanged.connect(self._keep_inside)
+
+    def resizeEvent(self, ev: Any) -> None:  # noqa: N802 (Qt's name)
+        if getattr(self, "plotItem", None) is not None:  # pyqtgraph calls it with None while it is being made
+            fit_title(self, None if ev is None else float(ev.size().width()))
+        super().resizeEvent(ev)
+
+    def _keep_inside(self) -> None:
+        if self._fitting or self.plotItem.geometry().width() <= self.width() + 0.5:
+            return
+        self._fitting = True
+        try:
+            fit_title(self)
+            pg.GraphicsView.resizeEvent(self, None)  # the plot to the widget's size again
+        finally:
+            self._fitting = False
+
+
 def make_plot(title: str, left: str, left_units: str | None = None, bottom: str = "acquired time",
               bottom_units: str | None = "s", legend: bool = True, legend_right: bool = True) -> pg.PlotWidget:
-    """A PlotWidget with a title, axis labels (pyqtgraph adds SI prefixes to ``units``), a grid
-    and a legend."""
+    """A PlotWidget with a title (wrapped to its width), axis labels (pyqtgraph adds SI prefixes to ``units``), a
+    grid and a legend."""
     configure()
-    w = pg.PlotWidget()
+    w = PlotWidget()
     item = w.getPlotItem()
-    item.setTitle(f"<span style='font-size:11pt; font-weight:600'>{title}</span>")
+    set_title(w, title)
     item.setLabel("left", left, units=left_units)
     if bottom:
         item.setLabel("bottom", bottom, units=bottom_units)

@@ -269,8 +269,7 @@ class TrainingPanel(QWidget):
         self.key_cum.setData([], [])
         self.key_bars.setOpts(x=[], height=[])
         self._run_keys = str(info["keys"])
-        self.key_plot.getPlotItem().setTitle(
-            f"<span style='font-size:11pt; font-weight:600'>{key_plot_title(self._run_keys)}</span>")
+        plots.set_title(self.key_plot, key_plot_title(self._run_keys))
         self.key_plot.getPlotItem().setLabel("left", "key" if self._run_keys == "qkd" else "mask bits", units="bit")
         self.summary.setText(f"<b>{info['task']}</b> · model {info['model']} ({info['n_params']} parameters) · "
                              f"q = {info['q']} · keys: {info['keys']} · {len(info['pairs'])} key pairs")
