@@ -45,7 +45,7 @@ JOB_ID = typer.Option(None, "--job-id", metavar="ID", help="The training job thi
                       "two jobs' sums of one round (docs/secure_aggregation.md §9).")
 COLLUDERS = typer.Option(None, "--colluders", min=0, metavar="C", help="With --self-masks: how many clients colluding "
                          "with the server the consistency stage tolerates (signed): each node unmasks only a survivor "
-                         "set that max(t, min_survivors, floor((N + C)/2) + 1) survivors signed. Default: t - 1 (the "
+                         "set that max(t, 2, floor((N + C)/2) + 1) survivors signed (2: min_survivors). Default: t - 1 (the "
                          "threshold's assumption); 0 tolerates more dropouts (N = 3: one) but no colluder.")
 SPEC_OUT = typer.Option(..., "--out", "-o", metavar="FILE", dir_okay=False, help="Where to write the signed spec (JSON).")
 

@@ -63,10 +63,10 @@ def test_plan_refuses_what_run_refuses(extra: tuple[str, ...], error: str) -> No
     assert len(r.output.strip().splitlines()) == 1, r.output
 
 
-@pytest.mark.parametrize("command", ["run", "plan"])
-def test_help_gives_the_survivor_rule_with_values(command: str) -> None:
-    r = runner.invoke(app, [command, "--help"], terminal_width=200)
+@pytest.mark.parametrize("command", [["run"], ["plan"], ["node", "train"], ["node", "sign-spec"]])
+def test_help_gives_the_survivor_rule_with_values(command: list[str]) -> None:
+    r = runner.invoke(app, [*command, "--help"], terminal_width=200)
     assert r.exit_code == 0
     text = " ".join(r.output.replace("│", " ").split())
-    assert "min_survivors" not in text
+    assert "max(t, min_survivors" not in text
     assert "max(t, 2, floor((N + C)/2) + 1)" in text
