@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from labqfl.errors import KeyStoreError
-from labqfl.keystore.store import KeyStore, list_node_stores, node_store_path
+from labqfl.keystore.store import IMPORTED_FIELD, KeyStore, list_node_stores, node_store_path
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -240,9 +240,9 @@ def secret_fingerprint(bits: np.ndarray) -> str | None:
     an authentication key *after* its tags were checked forges nothing; (3) recovering the secret
     from the fingerprint means searching ≥ 2^256 candidates (the CLI's secrets have ≥ 384 random
     bits) for a SHA-256 preimage, which no feasible computation does. It reveals nothing usable. It
-    is not exported with the block (an export file holds only part of a block's bits; the
-    fingerprint could narrow down the rest). The domain prefix keeps it from equalling any other
-    hash of the same bytes.
+    is exported only with the whole block (an export file holding only part of a block's bits
+    carries the window fingerprints of its own bits alone, :func:`exported_marks`: the fingerprint
+    could narrow down the rest). The domain prefix keeps it from equalling any other hash of the same bytes.
     """
     arr = np.asarray(bits, dtype=np.uint8)
     if arr.size < FINGERPRINT_MIN_BITS:
@@ -301,13 +301,37 @@ def secret_windows(bits: np.ndarray) -> str | None:
         return None
     packed = np.packbits(arr[:arr.size - arr.size % 8])
     try:
-        n = int(packed.size)
-        starts = list(range(0, n - WINDOW_BYTES + 1, WINDOW_STRIDE))
-        if starts[-1] != n - WINDOW_BYTES:
-            starts.append(n - WINDOW_BYTES)
-        return "".join(_window_hashes(packed, starts))
+        return "".join(_window_hashes(packed, _window_starts(int(packed.size))))
     finally:
         packed[:] = 0
+
+
+def _window_starts(n: int) -> list[int]:
+    """The byte offsets of the windows :func:`secret_windows` records of an ``n``-byte secret (n ≥ WINDOW_BYTES)."""
+    starts = list(range(0, n - WINDOW_BYTES + 1, WINDOW_STRIDE))
+    if starts[-1] != n - WINDOW_BYTES:
+        starts.append(n - WINDOW_BYTES)
+    return starts
+
+
+def exported_marks(meta: dict[str, Any], block_nbits: int, offset: int, length: int) -> dict[str, str]:
+    """The secret marks an export of bits ``[offset, offset + length)`` of a pre-shared block carries, so that the
+    importing store refuses the same secret loaded again (review s38 F6: the imported copy had none, and
+    ``keys preshare`` put the secret into the target's store a second time): the whole block, its whole-secret
+    fingerprint and every window fingerprint; part of it, the fingerprints of the windows lying wholly inside
+    the exported bits (a window of bits that stay in the source, or the whole-secret fingerprint, beside the
+    exported bits could narrow down the bits that stay; a window of exported bits tells nothing the file does
+    not hold in clear). Empty for a block with no marks (a secret under :data:`FINGERPRINT_MIN_BITS`)."""
+    fp, windows = meta.get(FINGERPRINT_FIELD), meta.get(WINDOWS_FIELD)
+    if offset == 0 and length == block_nbits:
+        return {k: v for k, v in ((FINGERPRINT_FIELD, fp), (WINDOWS_FIELD, windows)) if isinstance(v, str)}
+    recorded = _recorded_windows(meta)
+    starts = _window_starts(block_nbits // 8) if block_nbits // 8 >= WINDOW_BYTES else []
+    if not recorded or len(starts) != len(recorded):
+        return {}
+    inside = [w for at, w in zip(starts, recorded, strict=True)
+              if 8 * at >= offset and 8 * (at + WINDOW_BYTES) <= offset + length]
+    return {WINDOWS_FIELD: "".join(inside)} if inside else {}
 
 
 def _every_window(bits: np.ndarray) -> Iterator[str]:
@@ -396,7 +420,8 @@ def find_half_load(store_i: KeyStore, store_j: KeyStore, pair: str, bits: np.nda
     for holder, other in ((store_i, store_j), (store_j, store_i)):
         for blk in holder.blocks(pair):
             meta = blk["meta"]
-            if isinstance(meta, dict) and meta.get("kind") == PRESHARED_KIND and meta.get(FINGERPRINT_FIELD) == fp:
+            if (isinstance(meta, dict) and meta.get("kind") == PRESHARED_KIND and meta.get(FINGERPRINT_FIELD) == fp
+                    and IMPORTED_FIELD not in meta):  # an imported copy was loaded elsewhere: no load to complete
                 found.append((holder, other, blk))
     if len(found) != 1:
         return None

@@ -196,10 +196,14 @@ CREATE INDEX exports_pending ON exports (state) WHERE state IN ('exporting', 'wr
 }
 
 
-#: Block-metadata fields never written to an export file: a pre-shared secret's fingerprints
+#: Block-metadata fields not copied to an export file as they are: a pre-shared secret's fingerprints
 #: (labqfl.keystore.preshare.secret_fingerprint and secret_windows) beside only part of the block's bits
-#: could narrow down the bits that stay here.
+#: could narrow down the bits that stay here; an export carries those of its own bits only
+#: (labqfl.keystore.preshare.exported_marks, review s38 F6).
 _UNEXPORTED_META = ("secret_fingerprint", "secret_windows")
+#: Block-metadata field an import adds to a block it creates: ``{"export_id", "source_node", "source_store"}``
+#: (a pre-shared block so marked was loaded in another store: labqfl.keystore.preshare.find_half_load).
+IMPORTED_FIELD = "imported_from"
 #: ``meta.kind`` of a pre-shared authentication block (labqfl.keystore.preshare.PRESHARED_KIND)
 _PRESHARED_KIND = "preshared-auth"
 #: Block-metadata field an export adds to a block (review s38 F1): where the pair's authentication started at
@@ -1583,14 +1587,19 @@ class KeyStore:
                              f"node {self.node}'s copy of pair {pair}'s key, which may only move to another store of "
                              f"node {self.node} (ask that store for a ticket: labqfl keys ticket --node {self.node})")
 
-    def _export_meta(self, conn: sqlite3.Connection, pair: str, meta_s: str) -> dict[str, Any]:
-        """A block's metadata as an export file carries it: without the pre-shared secret's fingerprints
-        (:data:`_UNEXPORTED_META`) and, for a key block, with :data:`AUTH_ORIGIN_FIELD`: the origin of every
-        pre-shared authentication secret of ``pair`` in this store and those the block brought from an earlier
-        import, so the caveat on the authentication secret travels with the key (review s38 F1)."""
-        meta = {k: v for k, v in json.loads(meta_s).items() if k not in _UNEXPORTED_META}
+    def _export_meta(self, conn: sqlite3.Connection, pair: str, meta_s: str, block_nbits: int, offset: int,
+                     length: int) -> dict[str, Any]:
+        """The metadata of a block whose bits ``[offset, offset + length)`` an export file carries: a pre-shared
+        secret's fingerprints only for those bits (:data:`_UNEXPORTED_META`, review s38 F6) and, for a key block,
+        :data:`AUTH_ORIGIN_FIELD`: the origin of every pre-shared authentication secret of ``pair`` in this store
+        and those the block brought from an earlier import, so the caveat on the authentication secret travels
+        with the key (review s38 F1)."""
+        full = json.loads(meta_s)
+        meta = {k: v for k, v in full.items() if k not in _UNEXPORTED_META}
         if meta.get("kind") == _PRESHARED_KIND:
-            return meta
+            from labqfl.keystore.preshare import exported_marks  # it imports this module
+
+            return {**meta, **exported_marks(full, block_nbits, offset, length)}
         origins = [o for o in meta.get(AUTH_ORIGIN_FIELD) or [] if isinstance(o, dict)]
         for (m,) in conn.execute("SELECT meta FROM blocks WHERE pair = ? AND json_extract(meta, '$.kind') = ?",
                                  (pair, _PRESHARED_KIND)):
@@ -1645,7 +1654,7 @@ class KeyStore:
                 self._mark(conn, pair, seq, block_id, start, length, new_state="exporting", purpose=seg.purpose,
                            key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
                 bits = self._io_bits(conn, seq, start, length)
-                meta = self._export_meta(conn, pair, row[2])
+                meta = self._export_meta(conn, pair, row[2], int(row[0]), start, length)
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]), meta, bits))
             digest = "" if digest_of is None else str(digest_of(binding, out))
             now = _now()
@@ -1764,7 +1773,7 @@ class KeyStore:
                 raise self._fail(f"export {export_id} is {state}, not exporting")
             for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
                 row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
-                meta = self._export_meta(conn, pair, row[2])
+                meta = self._export_meta(conn, pair, row[2], int(row[0]), start, length)
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, purpose, str(row[1]), meta,
                                            self._io_bits(conn, seq, start, length)))
         return out
@@ -1820,13 +1829,14 @@ class KeyStore:
                          "VALUES (?, ?, ?, ?, ?, ?)", (b.export_id, now, sum(int(s.bits.size) for s in segments),
                                                        b.source_node, b.source_store, b.ticket_id))
             for s in segments:
-                total += self._import_segment(conn, s, b.export_id)
+                total += self._import_segment(conn, s, b.export_id, (b.source_node, b.source_store))
         self._scrub()  # the ticket's secret was overwritten
         log.info("key store %s: imported %d bits from export %s (node %s, store %s)", self.path.name, total,
                  b.export_id, b.source_node, b.source_store)
         return total
 
-    def _import_segment(self, conn: sqlite3.Connection, s: ExportedSegment, export_id: str) -> int:
+    def _import_segment(self, conn: sqlite3.Connection, s: ExportedSegment, export_id: str,
+                        source: tuple[str, str]) -> int:
         """One segment of :meth:`import_segments` (inside its transaction): its bits become free here, in a
         block created for it (absent elsewhere) if this store does not hold the block yet. A new block's
         raw-data origin (:func:`block_origin`) is checked against the slots this store distilled or imported
@@ -1848,9 +1858,11 @@ class KeyStore:
                                         "not secret (docs/protocol.md §5.2, (P7)): nothing was imported, the export "
                                         "file is left as it is")
                 self._claim_origin(conn, s.pair, origin)
+            meta = {**s.meta, IMPORTED_FIELD: {"export_id": export_id, "source_node": source[0],
+                                               "source_store": source[1]}}
             cur = conn.execute("INSERT INTO blocks (block_id, pair, nbits, run_id, meta, created, material) "
                                "VALUES (?, ?, ?, ?, ?, ?, zeroblob(?))",
-                               (s.block_id, s.pair, s.block_nbits, s.run_id, _json(s.meta, "block metadata"),
+                               (s.block_id, s.pair, s.block_nbits, s.run_id, _json(meta, "block metadata"),
                                 _now(), (s.block_nbits + 7) // 8))
             seq = int(cur.lastrowid or 0)
             conn.execute("INSERT INTO segments (block_seq, start, length, pair, purpose, state) "

@@ -98,7 +98,10 @@ def test_the_window_fingerprints_do_not_show_the_secret_and_are_not_exported(tmp
         out = tmp_path / "x.exp"
         export_keys(s1, PAIR, out, ticket=other.issue_import_ticket(), nbits=300, purpose="auth")
         text = out.read_text()
-        assert all(WINDOWS_FIELD not in s["meta"] for s in json.loads(text)["segments"]) and w[:16] not in text
+        # review s38 F6: only the window lying wholly inside the 300 exported bits (bytes 0-31) travels, so that
+        # the importing store refuses the secret again; no window over bits that stay, no whole-secret fingerprint
+        assert [s["meta"][WINDOWS_FIELD] for s in json.loads(text)["segments"]] == [w[:16]]
+        assert all(w[i:i + 16] not in text for i in range(16, len(w), 16)) and FINGERPRINT_FIELD not in text
 
 
 def test_a_store_written_before_the_windows_still_refuses_an_exact_copy(tmp_path):
