@@ -743,6 +743,20 @@ class MainJob:
         }
         self._phase("train", "done")
 
+    def _rounds_pinned_with_dropouts(self, setup: Any) -> bool:
+        """Whether a round over nodes may be unmasked without a client (self-masks, need < N: e.g.
+        ``--colluders 0``). Each survivor then pins that round's survivor set with the client dropped, and a
+        retrained round can never be unmasked again (docs/secure_aggregation.md §9), so such a job trains one
+        round per Flower run and checkpoints after each: a resume continues after the last unmasked round instead
+        of retraining a pinned one (review s37 F4; the cost: one Flower run's start per round, ≈ 10 s under load).
+        Tried in session 37 and reverted, as a Flower run's start then waited for every client and failed without
+        the lost one; since the next run names it ``absent`` (:func:`labqfl.nodes.runjob._train_segments`) it no
+        longer does."""
+        if not self.settings.self_masks:
+            return False
+        spec = consistency_spec(self.cfg, setup, self.settings.colluders)
+        return bool(spec.consistency_need() < spec.clients)
+
     def _merge_nodes_blocks(self, tstate: dict[str, Any], pairs: list[str]) -> None:
         """Over nodes: add to ``key_blocks_used`` the mask pads the masters' stores delivered since the
         job's first training over nodes (``nodes_since``), read from the stores (block IDs, no key bit;
@@ -954,9 +968,11 @@ class MainJob:
         # folder made before that keeps the ID it recorded
         job_id = self.state.setdefault("fl_job_id", "")
         self._save_state()
+        one_round = self._rounds_pinned_with_dropouts(setup)
 
         def before(r: int) -> int:
-            last = self._segment_end(setup, tstate, r)
+            last = self._segment_end(setup, tstate, r)  # the wait for key, as ever
+            last = r if one_round else last  # a checkpoint after each round
             tstate["in_round"] = True
             self._save_state()
             return last

@@ -203,3 +203,33 @@ def test_a_failed_flower_run_fails_with_the_serverapps_error_line(tmp_path, monk
     assert "(SecureAggregationError)" in msg and "Traceback" not in msg and "Exit Code" not in msg
     assert "\n" not in msg and str(tmp_path / "server") in msg
     assert fl.flower_failure_line("ctl/train: the node is busy") is None
+
+
+@pytest.mark.parametrize(("extra", "segment_ends"), [({"colluders": 0}, [1]), ({}, [3])])
+def test_a_job_whose_rounds_may_be_pinned_with_a_dropout_checkpoints_after_each_round(
+        tmp_path, monkeypatch, extra: dict[str, Any], segment_ends: list[int]):
+    """F4: with --colluders 0 (N = 4: need 3, one dropout tolerated) a round may be unmasked without a client and
+    pinned so; a resume that retrained it from an older checkpoint could never finish. Such a job trains one round
+    per Flower run (a checkpoint after each, so a resume continues after the last unmasked round); with the
+    default c (need 4 of 4: no round pinned with a dropout) the segment is every round the stores hold key for.
+    903acf7 had this and was reverted (5f55545) because the next Flower run then waited for the lost client at its
+    start and failed; it now names it absent (tests/fl/flower/test_absent_clients.py)."""
+    import labqfl.nodes.runjob as runjob
+    from labqfl.app.training import TrainingSetup
+
+    ends: list[int] = []
+
+    def nodes(cfg: object, setup: object, **kw: Any) -> Any:
+        ends.append(kw["before_segment"](1))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runjob, "train_over_nodes", nodes)
+    monkeypatch.setattr(MainJob, "_segment_end", lambda self, setup, tstate, r: 3)  # the stores hold key for all
+    job = MainJob.create(load_station_config(), JobSettings(duration_s=0.015, rounds=3, q=32, eps_sec=1e-4, nodes=True,
+                                                            self_masks=True, data_dir=str(tmp_path / "keys"), **extra),
+                         tmp_path / "runs")
+    tstate = job.state.setdefault("train", {"rounds_done": 0, "rounds": [], "interrupted_rounds": 0,
+                                            "key_waits": [], "round_waits": {}})
+    with TrainingSetup(job.training_settings()) as setup, pytest.raises(KeyboardInterrupt):
+        job._train_over_nodes(setup, tstate)
+    assert ends == segment_ends
