@@ -95,6 +95,8 @@ def distill(
         with DistillSession(src.cfg, src.settings, data_dir=data_dir, plan=src.plan) as session:
             session.check_auth()  # --no-auth-bootstrap: refused here, before any acquisition or run folder
             tags = src.start()
+            if recording is not None:
+                _refuse_distilled_again(session, tags, src, recording)  # before any work or run folder
             run = RunRecord.create("distill", src.cfg, out)
             session.run_id = run.name
             try:
@@ -123,6 +125,20 @@ def distill(
     run.close()
     emit(data, as_json, lambda con: _render(con, data, plan, settings))
     key_verdict_exit(data)
+
+
+def _refuse_distilled_again(session: Any, tags: Any, src: _Source, recording: Path) -> None:
+    """Refuse a recording every block of which, for every pair, an earlier run distilled into these stores (the
+    slot ledger, :meth:`labqfl.qkd.pipeline.Distiller.distilled_before`): the run would skip every block and store
+    nothing. Review s38 user F6: it slotted and sifted the whole recording (39.6 s), printed the table and left a
+    run folder before saying so."""
+    from labqfl.cli.common import ALREADY_DISTILLED
+
+    total = int(round(src.duration_s * src.cfg.laser.rep_rate_hz))  # as DistillSession.run finishes
+    done = session.start(tags.logs, tags.acquisition_id).distilled_before(total)
+    n = len(src.cfg.pairs())
+    if len(done) == n:
+        raise fail(f"{recording}: {'all ' if n > 1 else ''}{n} pair{'s' if n > 1 else ''} {ALREADY_DISTILLED}")
 
 
 def _check_not_a_run_output(path: Path | None) -> None:

@@ -929,6 +929,35 @@ class Distiller:
         st.block_index += 1
         st.block_start = end
 
+    def block_ranges(self, pair: str, total_slots: int) -> list[tuple[int, int]]:
+        """The slot ranges ``[start, end)`` of the pair's blocks over an acquisition of ``total_slots`` slots, as
+        :meth:`_advance_pair` and :meth:`finish` cut them: block k ends where the pair's (k+1)·N-th slot ends
+        (N: its ``block_slots``), the last at ``total_slots``; a last range holding none of the pair's slots is
+        no block."""
+        n, have = self.block_slots[pair], self.schedule.slots_of_pair(pair, total_slots)
+        out, start, k = [], 0, 0
+        while k * n < have:
+            end = min(_pair_slot_end(self.schedule, pair, (k + 1) * n), total_slots)
+            out.append((start, end))
+            start, k = end, k + 1
+        return out
+
+    def distilled_before(self, total_slots: int) -> list[str]:
+        """The pairs each of whose blocks over an acquisition of ``total_slots`` slots (:meth:`block_ranges`) an
+        earlier run of this acquisition recorded as distilled at both ends; [] without a ledger or an acquisition
+        ID. Asked before any data is slotted: where it names every pair, a run would skip every block
+        (:meth:`_close_block`) and store nothing, so the recording is refused at once (review s38 user F6: after
+        the whole post-processing, leaving a run folder). A block an earlier run dropped (too few sifted bits) is
+        not recorded, so its pair is not named here (the blocks are skipped as before)."""
+        if self.ledger is None or self.acquisition_id is None:
+            return []
+        out = []
+        for pair in self.pairs:
+            ranges = self.block_ranges(pair, total_slots)
+            if ranges and set(ranges) <= self.ledger.distilled_ranges(pair, self.acquisition_id):
+                out.append(pair)
+        return out
+
     def _distilled_before(self, st: _PairState, end: int) -> bool:
         """Whether an earlier run of this acquisition recorded the block ``[st.block_start, end)`` as
         distilled at both ends (its key stored, or its raw bits spent by an abort or an interruption)."""

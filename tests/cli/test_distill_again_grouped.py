@@ -2,10 +2,12 @@
 repeated "1 block(s) skipped: already distilled by an earlier run of this recording into these stores (its key is
 there, or its raw bits were spent)" for each of the 6 pairs (~1,300 characters), and its provenance line read
 "blocks stored …: none): no key block stored: nothing is claimed". Now the pairs of one reason are named once,
-before it, and the provenance line says in plain words that the run stored no key."""
+before it. Since review s38 user F6 the second run is refused before any work: that one line, no table, no run
+folder."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -45,11 +47,21 @@ def distilled_twice(tmp_path_factory: pytest.TempPathFactory, small_station_writ
     base = ["distill", str(tmp / "rec.h5"), "--data-dir", str(tmp / "data"), "--out", str(tmp / "runs")]
     first = runner.invoke(app, [*base, "--json"])
     assert first.exit_code == 0, first.output
-    return runner.invoke(app, base)
+    runs = sorted((tmp / "runs").iterdir())
+    pushed: list[int] = []
+    with pytest.MonkeyPatch.context() as mp:  # review s38 user F6: refused before any tag block is slotted
+        from labqfl.qkd.pipeline import Distiller
+
+        real = Distiller.push
+        mp.setattr(Distiller, "push", lambda self, b: pushed.append(1) or real(self, b))
+        again = runner.invoke(app, base)
+        again_json = runner.invoke(app, [*base, "--json"])
+    assert pushed == [] and sorted((tmp / "runs").iterdir()) == runs, "slotted, or a run folder was left"
+    return again, again_json
 
 
 def test_a_second_distill_names_the_reason_once_in_a_short_line(distilled_twice: Any) -> None:
-    r = distilled_twice
+    r = distilled_twice[0]
     assert r.exit_code == 1, r.output
     error = [ln for ln in r.stderr.split("\n") if ln.startswith("error:")]
     assert len(error) == 1, r.stderr
@@ -58,7 +70,13 @@ def test_a_second_distill_names_the_reason_once_in_a_short_line(distilled_twice:
     assert "nothing new to store" in line
 
 
-def test_a_second_distill_says_in_plain_words_that_it_stored_no_key(distilled_twice: Any) -> None:
-    text = " ".join(distilled_twice.stderr.split())
-    assert "nothing is claimed" not in text
-    assert "key provenance: this run stored no key block, so it makes no claim about any key" in text
+def test_a_second_distill_is_refused_before_any_work(distilled_twice: Any) -> None:
+    """Review s38 user F6: the refusal came after slotting and sifting the whole recording, the per-pair table and
+    a new run folder; now it is the one line, before any of them (the fixture checks no tag block was slotted and
+    no run folder made), and with --json one error object."""
+    r, rj = distilled_twice
+    assert r.stdout.strip() == "" and "QBER" not in r.stderr and "key provenance" not in r.stderr
+    assert " ".join(r.stderr.split()).startswith("error: ") and "rec.h5: 1 pair already distilled" in r.stderr
+    assert rj.exit_code == 1
+    doc = json.loads(rj.stdout)
+    assert doc["exit_code"] == 1 and "already distilled into these stores" in doc["error"] and "pairs" not in doc
