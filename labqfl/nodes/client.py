@@ -1204,6 +1204,8 @@ class _Acq:
         self.i_pairs: dict[str, _IPair] = {}
         self.j_pairs: dict[str, _JPair] = {}
         self.link_error = ""
+        #: what this client's instruments read at the acquisition's end, if not armed (:meth:`ClientNode._end_check`)
+        self.instrument_faults: list[str] = []
         self.link_thread: threading.Thread | None = None
         self.answered_slots = 0
         #: the detector announced the acquisition's end (``ann/end``), or its announcement session ended
@@ -1709,6 +1711,7 @@ class ClientNode(Node):
             except Exception as e:
                 a.link_error = a.link_error or f"stopping the stream failed: {e}"
                 log.error("node %s: stopping the stream failed: %s", self.name, e)
+            self._end_check(a)
             self.instruments.disarm()  # its modulators' safe state after the acquisition, as in process
 
     def _until_ended(self, a: _Acq, bound_s: float) -> None:
@@ -1724,7 +1727,23 @@ class ClientNode(Node):
             a.link_error = f"stopping the stream failed: {e}"
             log.error("node %s: stopping the stream failed: %s", self.name, e)
         finally:
+            self._end_check(a)
             self.instruments.disarm()
+
+    def _end_check(self, a: _Acq) -> None:
+        """At the acquisition's end, before the disarm: this client's instruments read back as armed
+        (:meth:`~labqfl.nodes.common.NodeInstruments.acquisition_faults`: modulators on, shutters open, and any
+        arming of another acquisition that failed meanwhile), as the detection node reads its own. A fault goes
+        into ``ctl/results`` (``instrument_faults``), and the operator refuses the acquisition
+        (:func:`labqfl.nodes.launch.refuse_client_faults`; review s37 lab3 L7: they were logged and dropped)."""
+        try:
+            faults = self.instruments.acquisition_faults()
+        except Exception as e:  # a read-back that fails is a fault too
+            faults = [f"the end-of-acquisition read-back failed: {type(e).__name__}: {e}"]
+        if faults:
+            a.instrument_faults = list(faults)
+            log.error("node %s: acquisition %s: at its end this client's instruments no longer read as armed: %s",
+                      self.name, a.acq, "; ".join(faults))
 
     def ctl_wait(self, req: Message) -> Message:
         """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""
@@ -1737,6 +1756,8 @@ class ClientNode(Node):
         t_end = time.monotonic() + timeout
         for ip in a.i_pairs.values():
             ip.thread.join(max(t_end - time.monotonic(), 0.0))
+        if a.link_thread is not None:  # its end check ran (instrument_faults) before the disarm
+            a.link_thread.join(max(t_end - time.monotonic(), 0.0))
         out = {}
         for name, ip in a.i_pairs.items():
             d = ip.result.as_dict(duration)
@@ -1745,7 +1766,7 @@ class ClientNode(Node):
             out[name] = d
         modulation = a.streams.summary() if a.streams is not None else {}
         return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error,
-                  modulation=json.dumps(modulation))
+                  modulation=json.dumps(modulation), instrument_faults=json.dumps(a.instrument_faults))
 
     def shutdown(self) -> None:
         """SIGTERM/SIGINT: the pattern generator stops at once (frames not played are lost) and goes to

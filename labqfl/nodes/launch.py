@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ from labqfl.qkd.pipeline import DistillSettings
 
 log = get_logger(__name__)
 
-__all__ = ["LocalNetwork", "NodeProcess", "NodeStartError", "node_certs", "run_acquisition", "start_failure", "warm_in_process_pipeline"]
+__all__ = ["LocalNetwork", "NodeProcess", "NodeStartError", "node_certs", "refuse_client_faults", "run_acquisition", "start_failure", "warm_in_process_pipeline"]
 
 START_TIMEOUT_S = 120.0
 
@@ -189,7 +189,9 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
             per_client[c] = {"answered_slots": int(rep.get("answered_slots")),
                              "modulator_link_error": str(rep.get("link_error")),
                              # frames played and lost on its pattern generator ({} without one)
-                             "modulation": json.loads(str(rep.fields.get("modulation") or "{}")).get(c, {})}
+                             "modulation": json.loads(str(rep.fields.get("modulation") or "{}")).get(c, {}),
+                             "instrument_faults": json.loads(str(rep.fields.get("instrument_faults") or "[]"))}
+        refuse_client_faults(acq, per_client)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: end the sessions now, without waiting on the nodes
         for ch in ctl.values():
             ch.abort()
@@ -200,6 +202,19 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
     wall = time.perf_counter() - t0
     return {"acquisition": acq, "duration_s": duration, "wall_s": wall, "acquisition_wall_s": t_acq,
             "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
+
+
+def refuse_client_faults(acq: str, per_client: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse acquisition ``acq`` (:class:`NodeError`, one line) when a client node's instruments no longer read as
+    armed at its end (``ctl/results``' ``instrument_faults``: :meth:`labqfl.nodes.client.ClientNode._end_check`),
+    as the detection node refuses one for its own instruments (review s37 lab3 L7). The clients checked at the end
+    of their stream, when their pairs had distilled what was announced: those key blocks stay stored."""
+    bad = {c: d["instrument_faults"] for c, d in per_client.items() if d.get("instrument_faults")}
+    if bad:
+        faults = "; ".join(f"client {c}: {'; '.join(f)}" for c, f in bad.items())
+        raise NodeError(f"acquisition {acq}: at its end the instruments no longer read as armed: {faults}; the "
+                        "light may have left without this client's modulation or through a closed shutter. Refused: "
+                        "the key blocks the pairs already stored from it are kept (checked once they were distilled)")
 
 
 def stream_rule_settings(cfg: StationConfig) -> DistillSettings:
