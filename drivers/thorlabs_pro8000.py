@@ -49,6 +49,7 @@ actual temperature and the wavelength it gives (``tec``).
 
 from __future__ import annotations
 
+import contextvars
 import time
 import warnings
 from typing import Any
@@ -80,6 +81,10 @@ class _RampCut(InstrumentError):
         self.reached_ma = reached_ma
 
 
+#: True while a :class:`ThorlabsPRO8000` parses its options at open: the station's load said the warning already
+_OPENING: contextvars.ContextVar[bool] = contextvars.ContextVar("pro8000_opening", default=False)
+
+
 class ThorlabsPRO8000Options(DriverOptions):
     """``options`` of a :class:`ThorlabsPRO8000` role (take the diode values from its test sheet)."""
 
@@ -108,7 +113,8 @@ class ThorlabsPRO8000Options(DriverOptions):
         if self.temp_min_c >= self.temp_max_c:
             raise ValueError(f"temp_min_c ({self.temp_min_c:g}) must be below temp_max_c ({self.temp_max_c:g})")
         ramp_s = self.max_current_ma / self.ramp_ma_per_s
-        if ramp_s > self.safe_ramp_max_s:  # review s36 lab2 L4: said at load, not at the first stop
+        # review s36 lab2 L4: said at load, not at the first stop; not again when the driver opens (review s37 lab3)
+        if ramp_s > self.safe_ramp_max_s and not _OPENING.get():
             _log.warning("ThorlabsPRO8000 options: a ramp-down from max_current_ma = %g mA at ramp_ma_per_s = %g mA/s "
                          "takes %.1f s, more than safe_ramp_max_s = %g s: a normal switch-off ramps all the way, but a "
                          "stop on SIGTERM/SIGINT is cut at %g s by :LASER OFF at the current reached (up to %.0f mA); "
@@ -135,6 +141,16 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
         return {"rep_rate_hz": cls.rep_rate_hz.limits(), "power_mw": (0.0, options.max_power_mw, "mW")}
+
+    @classmethod
+    def parse_options(cls, name: str, config: InstrumentConfig) -> Any:
+        """The options, without the load warning of a ramp longer than ``safe_ramp_max_s``: every station load
+        (``validate_driver_roles``) gave it once already (it was logged two more times at open)."""
+        token = _OPENING.set(True)
+        try:
+            return super().parse_options(name, config)
+        finally:
+            _OPENING.reset(token)
 
     def __init__(self, name: str, config: InstrumentConfig, *, adapter: Adapter | None = None) -> None:
         o = self.parse_options(name, config)

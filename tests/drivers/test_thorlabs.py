@@ -4,6 +4,7 @@ The manual and section behind each command string are given in the exact-protoco
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -406,3 +407,26 @@ def test_pm100_refuses_a_dbm_unit_and_an_energy_head_at_open() -> None:
                                [(b"*IDN?", b"Thorlabs,PM100USB,P1,1.7.0"),
                                 (b"SYST:SENSOR:IDN?", b"ES120C,7,01-Jan-2020,2,1,2")]):
             pass
+
+
+def test_pro8000_load_warning_is_logged_once_for_a_station_load_and_its_open(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Review s37 lab3 nit: the load warning of a ramp longer than ``safe_ramp_max_s`` was logged twice, once when
+    the station file loads (``validate_driver_roles``) and again when the driver parsed the same options at open
+    (``parse_options``). The station's load says it; the open does not repeat it."""
+    import logging
+    import tomllib
+
+    from labqfl.config import parse_station_config
+    from labqfl.station import open_driver
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "station_pyvisa_sim.toml"
+    d = tomllib.loads(example.read_text(encoding="utf-8"))
+    d["laser"]["options"].update(max_current_ma=1000.0, ramp_ma_per_s=20.0)  # 50 s against 30 s
+    text = "a ramp-down from max_current_ma = 1000 mA at ramp_ma_per_s = 20 mA/s takes 50.0 s"
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_station_config(d, str(tmp_path / "station.toml"))
+        assert caplog.text.count(text) == 1  # said at load
+        laser = open_driver("laser", cfg.laser, tmp_path)
+        laser.close()
+    assert caplog.text.count(text) == 1, caplog.text
