@@ -51,7 +51,7 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
     import sqlite3
 
     from labqfl.keystore import KeyStore, node_store_path
-    from labqfl.keystore.transfer import recover_exports
+    from labqfl.keystore.transfer import leftover_import_files, recover_exports
     from labqfl.nodes.preshared import pending_blocks
     from labqfl.provenance import store_pair_provenance
 
@@ -69,7 +69,8 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
             # export files written next to the store because the target could not be written (transfer.export_keys)
             waiting = sorted(str(p) for p in path.parent.glob(f"{node}.export-*.json"))
             return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
-                    "recovered": recovered, "export_files_here": waiting, "scrub": st.scrub(),
+                    "recovered": recovered, "export_files_here": waiting,
+                    "imported_files_left": leftover_import_files(st), "scrub": st.scrub(),
                     "provenance": provenance, "pending": pending}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
         return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}",
@@ -110,6 +111,11 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
                  f"in the database files ({sc['wal_bytes']} WAL bytes)") if sc["pending"] else "WAL checkpointed"
         con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
         _print_recovered(con, info.get("recovered", []))
+        for f in info.get("imported_files_left", []):
+            con.print(f"  WARNING: export file {f['file']} (export {f['export_id']}) was imported into this store and "
+                      "is still on disk: it holds key bits in clear that are live here; destroy it (`labqfl keys "
+                      f"import {f['file']}` overwrites and deletes it)"
+                      + (f"; it cannot be read now: {f['unreadable']}" if f.get("unreadable") else ""), soft_wrap=True)
         for f in info.get("export_files_here", []):
             con.print(f"  export file {f}: written next to the store because its target could not be written; it "
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
@@ -389,31 +395,49 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     The file is read once: the bits imported are the bits its MAC was checked on. After a successful
     import the file (key bits in clear, refused by every store from now on) is overwritten with zeros
     and deleted, as `keys preshare` does with its secret (unless --keep-file)."""
+    import os
+
     from labqfl.keystore import KeyStore
     from labqfl.keystore.preshare import shred_secret_file
-    from labqfl.keystore.transfer import import_keys, load_export
+    from labqfl.keystore.transfer import already_imported, import_keys, load_export
 
     exp = load_export(file)  # one read (review s33 F2: a header, a MAC and the bits from three reads)
     try:
         target = node or exp.header["target_node"]
         _nodes_or_all([target], data_dir)  # an existing store only: a new one could never be the bound target
         with KeyStore.for_node(target, data_dir) as st:
-            summary = import_keys(st, exp)
+            # a re-run after an import that died before destroying the file (review s38 F3): it can never be
+            # imported anywhere again, and holds key live here: destroyed now (unless --keep-file)
+            done = already_imported(st, exp.header)
+            summary = import_keys(st, exp) if done is None else {
+                **exp.header, "imported_bits": 0, "store": str(st.path), "recovered": [], "already_imported": done}
     finally:
         exp.wipe()
     problem = None if keep_file else shred_secret_file(file)
+    if not keep_file and problem is None:
+        with KeyStore.for_node(target, data_dir) as st:
+            st.drop_import_file(os.path.abspath(file))
     summary["export_file"] = "kept" if keep_file else ("destroyed" if problem is None else "NOT destroyed")
     if problem is not None:
         summary["warning"] = problem.replace("secret file", "export file")
-    fate = {"kept": "The export file was kept (--keep-file): it holds key bits in clear; delete it.",
+    emit(summary, as_json, lambda con: _render_import(con, summary, target))
+
+
+def _render_import(con: Any, summary: dict[str, Any], target: str) -> None:
+    """``keys import``'s text: what was imported (or that it was already), and what became of the file."""
+    done = summary.get("already_imported")
+    fate = {"kept": "The export file was kept (--keep-file): it holds key bits in clear"
+                    + (", live in that store" if done else "") + "; delete it.",
             "destroyed": "The export file was overwritten and deleted.",
             "NOT destroyed": f"WARNING: {summary.get('warning')}; it holds key bits in clear."}[summary["export_file"]]
-    def render(con: Any) -> None:
-        _print_recovered(con, summary.get("recovered", []))
+    _print_recovered(con, summary.get("recovered", []))
+    if done:
+        con.print(f"export {summary['export_id']} was already imported into node {target} ({summary['store']}) at "
+                  f"{done['imported']}, {done['nbits']} bits (an earlier `keys import` of this file stopped before it "
+                  "destroyed the file?): nothing was imported again. " + fate)
+    else:
         con.print(f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} "
                   f"({summary['store']}). " + fate)
-
-    emit(summary, as_json, render)
 
 
 def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:

@@ -80,6 +80,9 @@ APPLICATION_ID = 0x4C514B53
 SCHEMA_VERSION = 3
 #: ``meta`` key prefix of an export's temporary file noted before it is created (:meth:`KeyStore.note_export_part`)
 EXPORT_PART_KEY = "export_part:"
+#: ``meta`` key prefix of the file an import read (value: its export ID), noted in the import's transaction and
+#: dropped once the file is destroyed (review s38 F3: a crash in between left key in clear, live in this store)
+IMPORT_FILE_KEY = "import_file:"
 FORMAT_NAME = "labqfl-keystore"
 DATA_DIR_ENV = "LABQFL_DATA_DIR"
 
@@ -1789,14 +1792,15 @@ class KeyStore:
         return binding, segs
 
     def import_segments(self, binding: ExportBinding, segments: Sequence[ExportedSegment], *,
-                        authenticate: Callable[[bytes], bool]) -> int:
+                        authenticate: Callable[[bytes], bool], file: str = "") -> int:
         """Add exported segments (another store's :meth:`export_segments`) as free bits, with their
         original block IDs and offsets so refs keep naming the same bits.  One transaction.
 
         Refused, with nothing changed: an export made by this store, one bound to another store
         or node, one already imported here, one whose ticket this store never issued or already
         used, and one that ``authenticate(ticket_secret)`` rejects (the caller checks the file's
-        MAC with the ticket's secret).  On success the ticket is spent and its secret erased.
+        MAC with the ticket's secret).  On success the ticket is spent and its secret erased, and ``file`` (the
+        export file's absolute path, if given) is noted until :meth:`drop_import_file` (:meth:`import_files`).
         Returns the number of bits imported."""
         b = binding
         total = 0
@@ -1830,6 +1834,9 @@ class KeyStore:
                                                        b.source_node, b.source_store, b.ticket_id))
             for s in segments:
                 total += self._import_segment(conn, s, b.export_id, (b.source_node, b.source_store))
+            if file:  # key in clear, live here from this commit on, until the file is destroyed
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (IMPORT_FILE_KEY + file,
+                                                                                        b.export_id))
         self._scrub()  # the ticket's secret was overwritten
         log.info("key store %s: imported %d bits from export %s (node %s, store %s)", self.path.name, total,
                  b.export_id, b.source_node, b.source_store)
@@ -1878,6 +1885,28 @@ class KeyStore:
                    else f"are already held here ({g.state})")
         self._io_bits(conn, seq, s.offset, int(bits.size), write=bits)
         return int(bits.size)
+
+    def imported(self, export_id: str) -> dict[str, Any] | None:
+        """The record of export ``export_id`` if this store imported it: export_id, imported (time), nbits,
+        source_node, source_store, ticket_id; else None."""
+        with self._read() as conn:
+            row = conn.execute("SELECT export_id, imported, nbits, source_node, source_store, ticket_id FROM imports "
+                               "WHERE export_id = ?", (str(export_id),)).fetchone()
+        return None if row is None else dict(zip(("export_id", "imported", "nbits", "source_node", "source_store",
+                                                  "ticket_id"), row, strict=True))
+
+    def import_files(self) -> list[tuple[str, str]]:
+        """``(path, export ID)`` of the export files imported here and not known destroyed (:meth:`import_segments`
+        ``file``), oldest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT key, value FROM meta WHERE substr(key, 1, ?) = ? ORDER BY rowid",
+                                (len(IMPORT_FILE_KEY), IMPORT_FILE_KEY)).fetchall()
+        return [(str(k)[len(IMPORT_FILE_KEY):], str(v)) for k, v in rows]
+
+    def drop_import_file(self, file: str) -> None:
+        """Forget an imported export file (destroyed, or no longer that export)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (IMPORT_FILE_KEY + str(file),))
 
     def exports(self) -> list[dict[str, Any]]:
         """The exports this store made (no material): export_id, pair, nbits, refs, target_node,

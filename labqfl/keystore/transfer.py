@@ -1056,12 +1056,52 @@ def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
         return hmac.compare_digest(_mac(secret, doc), tag)
 
     try:
-        n = store.import_segments(binding, segs, authenticate=authenticate)
+        n = store.import_segments(binding, segs, authenticate=authenticate, file=os.path.abspath(exp.path))
     finally:
         exp.wipe()
     return {**header, "imported_bits": n, "store": str(store.path), "recovered": recovered}
 
 
+def already_imported(store: KeyStore, header: dict[str, Any]) -> dict[str, Any] | None:
+    """The import record of the export whose file has ``header`` (:func:`load_export`) if ``store`` imported that
+    very export: the export ID, bound to this node and store, from the same source store with the same ticket
+    and size. Such a file can never be imported anywhere (this store has it, every other one is not its
+    target), so destroying it loses nothing (review s38 F3: an import killed after its commit left the file,
+    key in clear live here, and a re-run only said "already imported"). None otherwise."""
+    rec = store.imported(str(header.get("export_id", "")))
+    if rec is None or header.get("target_store") != store.store_id or header.get("target_node") != (store.node or ""):
+        return None
+    same = (rec["source_store"], rec["ticket_id"], int(rec["nbits"])) == (
+        header.get("source_store"), header.get("ticket_id"), int(header.get("nbits", -1)))
+    return rec if same else None
+
+
+def leftover_import_files(store: KeyStore) -> list[dict[str, str]]:
+    """The export files ``store`` imported that are still on disk (:meth:`KeyStore.import_files`): ``{"file",
+    "export_id"}`` each; key bits in clear that are live in the store. A noted file that is gone, or now holds
+    something else, is forgotten; one that cannot be read is reported (``"unreadable"``: the reason)."""
+    out = []
+    for path, eid in store.import_files():
+        p = Path(path)
+        if not p.exists():
+            store.drop_import_file(path)
+            continue
+        try:
+            exp = load_export(p)
+        except DataFormatError as exc:
+            if "cannot read it" in str(exc):
+                out.append({"file": path, "export_id": eid, "unreadable": str(exc)})
+            else:
+                store.drop_import_file(path)  # replaced by something that is no export
+            continue
+        exp.wipe()
+        if exp.header["export_id"] != eid:
+            store.drop_import_file(path)
+            continue
+        out.append({"file": path, "export_id": eid})
+    return out
+
+
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "TICKET_USED_BY", "ExportFile", "abort_pending_export",
-           "claim_ticket_file", "export_keys", "release_ticket_file",
+           "already_imported", "claim_ticket_file", "export_keys", "leftover_import_files", "release_ticket_file",
            "import_keys", "load_export", "read_export", "read_ticket", "recover_exports", "write_ticket"]
