@@ -42,7 +42,8 @@ RATE_NOTE = (
     "correction compared. Y test: error rate of the Y-basis test data (both clients in Y at equal non-zero "
     "intensities: decoy-decoy only where the clients' signal intensities differ), with its clicks; n/a below "
     f"{MIN_TEST_CLICKS} clicks. A test rate is not the key QBER: equal pulses leaving two clients arrive unequal "
-    "over unequal paths, which lowers the fringe contrast. Counts: error_rate_counts in --json.")
+    "over unequal paths, which lowers the fringe contrast. e_ph ≤: the upper bound on the phase-error rate from "
+    "the decoy estimates (docs/protocol.md (P6)), in % as the QBER. Counts: error_rate_counts in --json.")
 
 
 @handle_errors
@@ -288,7 +289,7 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
         rate = r["secure_key_rate_bps"]
         y_test = rate_clicks_cell(er["Y_test"], (r.get("error_rate_counts") or {}).get("Y_test"))
         t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct_cell(er["X_key"]), y_test,
-                  "—" if r["phase_error_bound"] is None else f"{r['phase_error_bound']:.3f}",
+                  pct_cell(r["phase_error_bound"]),  # in % as QBER and the report (review s38 user F4)
                   "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
         for reason in r["abort_reasons"]:

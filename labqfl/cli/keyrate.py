@@ -80,6 +80,12 @@ def _row(pred: Any, loss: float, optimized: bool) -> dict[str, Any]:
     return d
 
 
+#: The reference line of ``keyrate --plot``: the key rate per pair the paper reports for its four-client network
+#: (QuNetQFL, arXiv 2501.12709; README). Review s38 user F8: the legend said only "32.8 kbit/s".
+PAPER_RATE_BPS = 32.8e3
+PAPER_RATE_LABEL = "paper (QuNetQFL, arXiv 2501.12709): 32.8 kbit/s per pair"
+
+
 def _plot(path: Path, results: list[dict[str, Any]], sweep: str, block: float, title: str) -> None:
     import matplotlib
 
@@ -103,7 +109,7 @@ def _plot(path: Path, results: list[dict[str, Any]], sweep: str, block: float, t
     else:
         ax.set_xscale("log")
         ax.set_xlabel("block size [slots per pair]")
-    ax.axhline(32.8e3, color="grey", lw=0.8, ls=":", label="32.8 kbit/s")
+    ax.axhline(PAPER_RATE_BPS, color="grey", lw=0.8, ls=":", label=PAPER_RATE_LABEL)
     ax.set_ylabel("secure key rate per pair [bit/s]")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
@@ -148,7 +154,7 @@ def _write_optimized_station(cfg: StationConfig, source: Path | None, block_size
                   title=f"{cfg.name}: blocks of {block_size:.3g} slots per pair")
         for r in rows:
             t.add_row(r["pair"], f"{r['bits_per_second_before'] / 1e3:.1f}", f"{r['bits_per_second_after'] / 1e3:.1f}",
-                      f"{r['phase_error_upper_after']:.3f}")
+                      pct_cell(r['phase_error_upper_after']))
         print_table(con, t)  # whole at any width (review s36 F11)
         for name, c in clients.items():
             con.print(f"{name}: intensities {[round(x, 4) for x in c['intensities']]}, probabilities "
@@ -226,7 +232,7 @@ def _predict_points(cfg: StationConfig, points: list[tuple[tuple[str, str], floa
 KEYRATE_LEGEND = (
     "+dB: loss added to the pair (--loss-db); η cw/ccw: transmittance Ci → node / Cj → node; μ i/j: the two "
     "clients' signal intensities [photons/pulse]; Q_X: click probability per key-setting slot; QBER: of the key "
-    "bits; e_ph^U: upper bound on the phase-error rate of the block; bit/pulse: secure key bits per laser pulse; "
+    "bits; e_ph^U: upper bound on the phase-error rate of the block (as QBER, in %); bit/pulse: secure key bits per laser pulse; "
     "kbit/s: secure key rate with the pair's time share; asymptotic: the same for an infinite block.")
 
 
@@ -242,9 +248,9 @@ def _render_keyrate(con: Any, cfg: StationConfig, block_size: float, main: list[
               "asymptotic kbit/s", title="secure key rate per pair (bit/s include the 1/P time share)")
     for r in main:
         t.add_row(
-            r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
+            r["pair"], f"{r['extra_loss_db']:g}", f"{r['eta_cw']:.3g}/{r['eta_ccw']:.3g}",
             f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
-            pct_cell(r['qber_key']), f"{r['phase_error_upper']:.3f}", f"{r['bits_per_pulse']:.2e}",
+            pct_cell(r['qber_key']), pct_cell(r['phase_error_upper']), f"{r['bits_per_pulse']:.2e}",
             f"{r['bits_per_second'] / 1e3:.1f}", f"{r['asymptotic_bits_per_second'] / 1e3:.1f}",
         )
     print_table(con, t, key_columns=2)  # whole at any width: one record per pair and loss where the table does not fit (review s36 F11)

@@ -341,11 +341,11 @@ def _abort_reason(
                     "sync tag without frame markers shifts every slot: set time_tagger.time_zero_is_pulse_zero where "
                     "the tagger's time 0 is pulse 0, or use frame markers), clients' patterns not aligned to the "
                     "slots, or no interference (bias phase π/2 off)")
-        return f"error rate {qber_key:.4f} above threshold {p.max_qber:.4f}{hint}"
+        return f"error rate {100 * qber_key:.2f} % above threshold {100 * p.max_qber:.2f} %{hint}"  # % as the tables
     if not feasible:
         return "decoy statistics inconsistent with any channel (possible attack or wrong intensities)"
     if e_ph > p.max_phase_error:
-        return f"phase-error bound {e_ph:.4f} above threshold {p.max_phase_error:.4f}"
+        return f"phase-error bound {100 * e_ph:.2f} % above threshold {100 * p.max_phase_error:.2f} %"
     if ell < 1.0:
         return f"finite-size key length not positive ({ell:.0f} bits): block too small or too noisy"
     return ""

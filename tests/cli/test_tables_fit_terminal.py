@@ -78,7 +78,7 @@ def test_distill_table_keeps_every_value_whole(distilled: SimpleNamespace, width
         assert p["final_key_bits"] > 0
         expected += [pair, f"{p['n_slots']:,}", f"{p['sifted_bits']:,}", f"{p['final_key_bits']:,}",
                      f"{p['secure_key_rate_bps'] / 1e3:.1f}", f"{100 * p['error_rate']['X_key']:.2f} %",
-                     f"{p['efficiency_f']:.3f}", f"{p['phase_error_bound']:.3f}"]
+                     f"{p['efficiency_f']:.3f}", f"{100 * p['phase_error_bound']:.2f} %"]
     _whole(text, width, expected)
     for header in ("QBER X key", "Y test (clicks)", "kbit/s", "final", "sifted", "e_ph ≤"):
         assert header in _flat(text), (header, text)
@@ -110,7 +110,7 @@ def test_keyrate_table_keeps_every_value_and_unit_whole(width: int, monkeypatch:
     text = _invoke(["keyrate"], width, monkeypatch).stderr
     expected = []
     for r in rows:
-        expected += [r["pair"], f"{r['eta_cw']:.2f}/{r['eta_ccw']:.2f}",
+        expected += [r["pair"], f"{r['eta_cw']:.3g}/{r['eta_ccw']:.3g}", f"{100 * r['phase_error_upper']:.2f} %",
                      f"{r['intensities_i'][0]:.3g}/{r['intensities_j'][0]:.3g}", f"{r['gain_key']:.2e}",
                      f"{r['bits_per_pulse']:.2e}", f"{r['bits_per_second'] / 1e3:.1f}",
                      f"{r['asymptotic_bits_per_second'] / 1e3:.1f}"]

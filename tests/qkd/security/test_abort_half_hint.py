@@ -40,7 +40,7 @@ def _edge(n: int) -> float:
 ])
 def test_a_key_error_rate_at_one_half_names_slot_numbering_and_alignment(counts, qber, n_bits, hint):  # type: ignore[no-untyped-def]
     rep = secure_key_length(counts, n_bits, qber, int(n_bits * 0.6))
-    assert rep.abort and rep.abort_reason.startswith(f"error rate {qber:.4f} above threshold")
+    assert rep.abort and rep.abort_reason.startswith(f"error rate {100 * qber:.2f} % above threshold")
     assert (HINT in rep.abort_reason) is hint
     assert "\n" not in rep.abort_reason
     if hint:

@@ -29,5 +29,5 @@ def counts(channel_factory: Any):  # type: ignore[no-untyped-def]
 ])
 def test_a_key_error_rate_near_1_names_swapped_detector_channels(counts, qber, n_bits, hint):  # type: ignore[no-untyped-def]
     rep = secure_key_length(counts, n_bits, qber, int(n_bits * 0.6))
-    assert rep.abort and rep.abort_reason.startswith(f"error rate {qber:.4f} above threshold")
+    assert rep.abort and rep.abort_reason.startswith(f"error rate {100 * qber:.2f} % above threshold")
     assert ("D0/D1 swapped? check time_tagger.detector_channels" in rep.abort_reason) is hint
