@@ -654,12 +654,7 @@ class KeyDeliveryService:
                 if not kept and attempt < RESYNC_ATTEMPTS - 1 and (self._resync(pair, m, s, items)
                                                                    or self.recover_interrupted_requests()):
                     continue
-                log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
-                          s, len(items), pair, exc)
-                raise EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's "
-                                     "store cannot reserve the bits the master's store holds next; no key was "
-                                     "consumed" + _kept_note(kept, "at the master"),
-                                [{"pair": pair, "reason": str(exc)}]) from None
+                raise self._slave_refused(pair, s, items, exc, kept) from None
         busy: KeyStoreBusyError | None = None
         err: BaseException
         try:
@@ -679,6 +674,30 @@ class KeyDeliveryService:
             raise self._unwritable(m, why, err, "no key was consumed" + _kept_note(kept))
         raise EtsiError(503, "key store error at the master's KME; no key was consumed" + _kept_note(kept),
                         [{"pair": pair, "reason": reason}])
+
+    def _slave_refused(self, pair: str, s: str, items: Sequence[tuple[list[Ref], str]], exc: BaseException,
+                       kept: list[str]) -> EtsiError:
+        """The 503 for a slave's store that refused the bits the master's holds next, resync and recovery having
+        found nothing to fix. When a pending reservation at the slave holds some of them (review s38 F2: two KMEs
+        on one data dir, enc_keys in opposite directions, each picked the same next bits), the stores are in step
+        and the answer says so: another key's request holds the bits; else they are out of step."""
+        want = [r for rr, _ in items for r in rr]
+        held = sorted({d["key_id"] for d in self.stores[s].pending_reservations() if d["pair"] == pair
+                       and any(b == b2 and o < o2 + n2 and o2 < o + n for b, o, n in d["refs"] for b2, o2, n2 in want)})
+        consumed = "no key was consumed" + _kept_note(kept, "at the master")
+        details: dict[str, Any] = {"pair": pair, "reason": str(exc)}
+        if held:
+            log.warning("KME: slave store %s holds the bits of pair %s the master's store holds next reserved for "
+                        "another key (%s); %s", s, pair, ", ".join(held), consumed)
+            return EtsiError(503, f"the bits of this pair the master's store holds next are reserved at node {s}'s "
+                                  "store for another key: a request being delivered now (by this or another KME on "
+                                  "these stores, e.g. one in the opposite direction), or one a stopped KME left "
+                                  f"(released when it is {self.settings.resync_settled_s:g} s old or a KME restarts); "
+                                  f"the stores are in step: retry; {consumed}", [{**details, "held_by": held}])
+        log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
+                  s, len(items), pair, exc)
+        return EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's store "
+                              f"cannot reserve the bits the master's store holds next; {consumed}", [details])
 
     def _held_for_another_sae(self, kid: str, slave_sae: str) -> bool:
         """Whether some store of this KME (every node's) records key ``kid`` for a slave SAE other

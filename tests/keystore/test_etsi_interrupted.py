@@ -41,8 +41,9 @@ def _killed_after(stores, step: str) -> list[str]:
 @pytest.mark.parametrize("step", ["master", "slave"])
 def test_a_request_stopped_before_the_master_s_take_is_released_at_both_ends(stores, step):
     kids = _killed_after(stores, step)
-    if step == "master":  # reserved at C1 only: every C3 -> C1 request is refused (the slave's
-        with pytest.raises(EtsiError, match="out of step"):  # reservation, by contrast, only strands its bits)
+    if step == "master":  # reserved at C1 only: every C3 -> C1 request is refused, naming the reservation that
+        # holds the bits (review s38 F2: not "out of step"); the slave's reservation, by contrast, only strands its bits
+        with pytest.raises(EtsiError, match="reserved at node C1's store for another key"):
             _kme(stores, settled_s=60).enc_keys("C3", "C1", number=1, size=128)
     kme = _kme(stores)  # a restarted KME
     for node in ("C1", "C3"):

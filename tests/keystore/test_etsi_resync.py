@@ -76,7 +76,8 @@ def test_over_https_three_requests_after_an_out_of_step_range(svc, kh, certs):
 
 
 def test_bits_reserved_at_the_slave_are_never_spent_at_the_master(svc):
-    """A reservation at the slave is a live key: 503 as before, nothing discarded."""
+    """A reservation at the slave is a live key: 503, nothing discarded; the stores are in step, and the 503 says
+    another key holds the bits, not "out of step" (review s38 F2)."""
     c1, c3 = svc.stores["C1"], svc.stores["C3"]
     refs = c1.reserve(PAIR, 256, "etsi", "probe")
     c1.release("probe")
@@ -84,7 +85,8 @@ def test_bits_reserved_at_the_slave_are_never_spent_at_the_master(svc):
     before = c1.accounting()[PAIR]
     with pytest.raises(EtsiError) as exc:
         svc.enc_keys("C1", "C3", number=1)
-    assert exc.value.status == 503 and "out of step" in exc.value.message
+    assert exc.value.status == 503 and "reserved at node C3's store for another key" in exc.value.message
+    assert exc.value.details[0]["held_by"] == ["live-key"] and "out of step" not in exc.value.message
     assert c1.accounting()[PAIR] == before
 
 
