@@ -392,13 +392,30 @@ def _summary_section(m: dict[str, Any]) -> list[str]:
     return ["<h2>Run summary</h2>", f"<ul>{items}</ul>"]
 
 
+#: Cascade's mean efficiency f on test frames of 6·10^4–10^7 bits at 0.5–8 % QBER, as the ``--engine`` help
+#: states it (docs/reconciliation.md, efficiency tables). Review s38 user F3: a block at f = 1.131 stood unflagged
+#: under a legend saying "Cascade reaches 1.04–1.05".
+CASCADE_F_USUAL = (1.03, 1.07)
+#: What follows an f above :data:`CASCADE_F_USUAL` in the report's key-distillation table.
+F_HIGH_MARK = "(above Cascade's usual range)"
+
+
 #: What the key-distillation table's columns mean (docs/protocol.md (P6), §6; docs/metrics.md).
 DISTILL_LEGEND = ("QBER X: error rate of the key bits (both clients in X at the signal intensity) that error "
                   "correction compared; phase-error bound: the upper bound on the phase-error rate from the decoy "
                   "estimates (docs/protocol.md (P6)); leaked (EC): bits error correction disclosed, subtracted from "
-                  "the key; f: error-correction efficiency, leaked / (n·h(QBER)) — 1 is the Shannon limit, Cascade "
-                  "reaches 1.04–1.05 (docs/protocol.md §6); final key: bits stored per pair after privacy "
-                  "amplification; key rate: final bits / acquisition time.")
+                  "the key; f: error-correction efficiency, leaked / (n·h(QBER)) — 1 is the Shannon limit; Cascade's "
+                  f"mean f on test frames is {CASCADE_F_USUAL[0]}–{CASCADE_F_USUAL[1]} (docs/reconciliation.md, "
+                  "the --engine help), a block's f varies about it, and a pair's Cascade f above that range is marked "
+                  f"\"{F_HIGH_MARK}\"; final key: bits stored per pair after privacy amplification; key rate: final "
+                  "bits / acquisition time.")
+
+def f_cell(f: Any, engine: Any) -> Any:
+    """The report's f cell: the value to 4 significant digits, marked where Cascade's is above its usual range."""
+    if f is None:
+        return None
+    high = engine == "cascade" and float(f) > CASCADE_F_USUAL[1]
+    return f"{float(f):.4g}" + (f" {F_HIGH_MARK}" if high else "")
 
 
 def _pct(v: Any) -> float | None:
@@ -442,13 +459,15 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
                         f"; exit codes {', '.join(str(c) for c in codes)}") + "</p>")
     dist = (m.get("distill") or {}).get("pairs") or {}
     if dist:
+        engine = (m.get("settings") or {}).get("engine")
         rows = [{"pair": p, **v, "qber_pct": _pct(v.get("qber_x")), "phase_pct": _pct(v.get("phase_error_bound")),
+                 "f_cell": f_cell(v.get("efficiency_f"), v.get("engine", engine)),
                  "kbps": None if v.get("secure_key_rate_bps") is None else float(v["secure_key_rate_bps"]) / 1e3}
                 for p, v in sorted(dist.items())]
         parts.append("<h2>Key distillation</h2>")
         parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted [bits]"), ("qber_pct", "QBER X (key) [%]"),
                                    ("phase_pct", "phase-error bound [%]"), ("leaked_ec_bits", "leaked (EC) [bits]"),
-                                   ("efficiency_f", "f (EC efficiency)"), ("final_key_bits", "final key [bits]"),
+                                   ("f_cell", "f (EC efficiency)"), ("final_key_bits", "final key [bits]"),
                                    ("kbps", "key rate [kbit/s]"), ("status", "status")]))
         parts.append(f"<p class='muted'>{html.escape(DISTILL_LEGEND)}</p>")
     parts.extend(_dropped_section(m))
