@@ -33,7 +33,7 @@ from typing import Any
 
 from labqfl.config import StationConfig
 from labqfl.contracts.types import DEFAULT_ENGINE
-from labqfl.errors import ConfigError
+from labqfl.errors import ConfigError, InstrumentError
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,13 @@ class TagSource:
         return cls(blocks, station.client_logs(), station.acquisition_id(), duration_s)
 
 
+def _stored_line(stored: Mapping[str, int]) -> str:
+    """What a refused live acquisition left in the key stores: the key blocks stored from it, per pair."""
+    if not stored:
+        return "no key block had been stored from it"
+    return "key blocks stored from it before it ended: " + ", ".join(f"{p} {n}" for p, n in sorted(stored.items()))
+
+
 class DistillSession:
     """The nodes' key stores (one per client, ``<data_dir>/keystore/<node>.sqlite``) and, once
     :meth:`start` ed, the :class:`~labqfl.qkd.pipeline.Distiller` writing into them.
@@ -298,13 +305,20 @@ class DistillSession:
             return False
 
         k = 0
-        for block in source.blocks:
-            if stopped():
-                break
-            closed = self.push(block)
-            k += 1
-            if on_block is not None:
-                on_block(k, closed)
+        stored: dict[str, int] = {}  # key blocks stored per pair, for the end check's error (review s37 lab3 L9)
+        try:
+            for block in source.blocks:
+                if stopped():
+                    break
+                closed = self.push(block)
+                for r in closed:
+                    if r.final_key_bits > 0 and not r.abort:
+                        stored[r.pair] = stored.get(r.pair, 0) + 1
+                k += 1
+                if on_block is not None:
+                    on_block(k, closed)
+        except InstrumentError as exc:  # the acquisition's end check refused it: say what it left stored
+            raise InstrumentError(f"{exc}; {_stored_line(stored)}") from None
         if stopped():
             return None
         if on_finish is not None:
