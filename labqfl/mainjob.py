@@ -1075,6 +1075,8 @@ class MainJob:
                     "store_consumed_bits": sum(v for k, v in used.items() if k != "auth"),
                     "auth_available_bits": avail.get("auth", 0),
                     "auth_consumed_bits": used.get("auth", 0),
+                    # what this run's tags spent of it (the store's total above counts every run: review s38 user F5)
+                    "auth_consumed_run_bits": used.get("auth", 0) - was_used.get("auth", 0),
                     # where this run's key blocks came from and what their security rests on
                     # (and the pair's pre-shared blocks: where its authentication started)
                     "provenance": run_provenance(stores[a], name, self.run_record.name),

@@ -173,10 +173,14 @@ def _plot_key_pools(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -
             x = range(len(names))
             distilled = [keys[p].get("distilled_bits", 0) for p in names]
             masks = [keys[p].get("consumed_bits", 0) for p in names]
-            auth = [keys[p].get("auth_consumed_bits", 0) for p in names]
-            ax.bar([i - 0.27 for i in x], distilled, width=0.27, label="distilled")
-            ax.bar(list(x), masks, width=0.27, label="consumed by FL masks")
-            ax.bar([i + 0.27 for i in x], auth, width=0.27, label="consumed by authentication")
+            # this run's authentication cost beside this run's key (review s38 user F5: the store's lifetime total
+            # stood beside it); metrics written before auth_consumed_run_bits have the lifetime total only: so said
+            run_auth = all("auth_consumed_run_bits" in keys[p] for p in names)
+            auth = [keys[p].get("auth_consumed_run_bits" if run_auth else "auth_consumed_bits", 0) for p in names]
+            ax.bar([i - 0.27 for i in x], distilled, width=0.27, label="distilled (this run)")
+            ax.bar(list(x), masks, width=0.27, label="consumed by FL masks (this run)")
+            ax.bar([i + 0.27 for i in x], auth, width=0.27, label="consumed by authentication " + (
+                "(this run)" if run_auth else "(key store, all runs)"))
             ax.set_xticks(list(x), names)
             ax.set_ylabel("bits")
             ax.set_yscale("log")

@@ -79,6 +79,7 @@ def test_run_end_to_end_report_matches_component_commands(small_station_file, tm
     kp = m["keys"]["pairs"]["C1-C2"]
     assert kp["distilled_bits"] == kp["store_available_bits"] + kp["store_consumed_bits"]
     assert kp["auth_consumed_bits"] == pair["auth_key_bits"] > 0  # classical-channel authentication, from the stores
+    assert kp["auth_consumed_run_bits"] == pair["auth_key_bits"]  # this run's share (fresh stores: all of it)
     assert str(kp["store_available_bits"]) in text and str(kp["store_consumed_bits"]) in text
     # provenance (issue 16 item 5): simulated station -> no output calls the keys information-theoretically secure
     prov = kp["provenance"]
