@@ -160,6 +160,9 @@ STATE_SPEC = "labqfl.spec"
 #: self-masks: the round's participants and threshold as this node's mask stage checked them (``round``,
 #: ``run``, ``participants``, ``t``): the consistency and unmask stages check the survivor set against them
 STATE_PLAN = "labqfl.plan"
+#: keys reply field (self-masks, a deployment): the survivor set S this node signed for the round of this job,
+#: (S, ∅), as JSON; the server keeps the round's participants to S or aborts before masking
+PINNED = "pinned"
 PAD = "#pad"  # reservation name suffix of a pair's self-mask share pads
 TAG = "#tag"  # reservation name suffix of a pair's refs tag key
 #: node_config keys of a deployed SuperNode.
@@ -519,8 +522,7 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
     # False, here from the node's own state; review s34 F7 — consuming them let two keys messages
     # burn the pool)
     _finish_reservations(context, spec, name, release_unread=True)
-    if spec.self_masks and signed is not None:  # a pinned round no participant set can complete: no key reserved
-        _check_pin_at_keys(context, spec, name, r, signed)
+    pinned = _check_pin_at_keys(context, spec, name, r, signed) if spec.self_masks and signed is not None else None
     masters = _cfg_strs(cfg, "master_pairs")
     out = ConfigRecord()
     if spec.keys == "qkd":
@@ -541,6 +543,8 @@ def _keys_stage(msg: Message, context: Context, spec: FlowerSpec, name: str, r: 
         if (signer := _node_signer(context)) is not None:  # a deployment: its peers require the signature
             out["pksig"] = signer.sign_pk(run=run_tag, round_index=r, name=name, public_key=pub)
             out["pkcert"] = signer.cert_pem
+    if pinned is not None:  # the survivor set this node signed for the round: the server keeps to it, or aborts
+        out[PINNED] = json.dumps(pinned)
     return _reply(msg, labqfl=out)
 
 
@@ -1162,18 +1166,21 @@ def _check_pin_at_mask(context: Context, spec: FlowerSpec, name: str, r: int, pa
                                               f"{sorted(participants)}"))
 
 
-def _check_pin_at_keys(context: Context, spec: FlowerSpec, name: str, r: int, signed: Any) -> None:
+def _check_pin_at_keys(context: Context, spec: FlowerSpec, name: str, r: int, signed: Any) -> list[str] | None:
     """Keys stage, self-masks under a signed spec: a round ``r`` of this job that this node pinned with dropped
     clients (S, D ≠ ∅) can never be unmasked again (:func:`_check_pin_at_mask`), whatever the participants. Refused
     at the round's first message, before this node reserves any key, so that the round is aborted before masking
     and no client masks — also not a returning client of D, which holds no pin (review s37 F4's remainder: it
-    masked, spending its pads, before the pinned nodes refused at the mask stage)."""
+    masked, spending its pads, before the pinned nodes refused at the mask stage). A pin (S, ∅) is returned: the
+    keys reply names S (:data:`PINNED`), so that the server keeps the round's participants to S — leaving out
+    before masking a client that was not in it — or aborts before masking when S cannot be formed."""
     from labqfl.fl.flower.specsig import pinned_survivors
 
     job, path = _consistency_ctx(context, spec, name, signed)
     pinned = pinned_survivors(path, job, r)
     if pinned is not None and pinned[1]:
         raise SecureAggregationError(_pin_refusal(job, name, r, pinned, path, "this round is being trained again"))
+    return None if pinned is None else sorted(pinned[0])
 
 
 def _pin_refusal(job: str, name: str, r: int, pinned: tuple[list[str], list[str]], path: Any, now: str) -> str:

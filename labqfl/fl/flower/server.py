@@ -91,7 +91,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from labqfl.errors import SecureAggregationError
 from labqfl.fl.dp import accounted_epsilon, dp_decode
-from labqfl.fl.flower.client import CFG, uint_array
+from labqfl.fl.flower.client import CFG, PINNED, uint_array
 from labqfl.fl.flower.identity import NONCE, ReplyRefused, ReplyVerifier
 from labqfl.fl.flower.keys import REFS_TAG_BITS
 from labqfl.fl.flower.spec import FlowerSpec
@@ -403,14 +403,45 @@ class LabqflServer:
         for c, why in fail.items():
             log.warning("round %d: client %s dropped before masking (%s)", r, c, why)
         part = [c for c in clients if c in ok]
-        pre_drop = [c for c in clients if c not in ok]
-        state: dict[str, Any] = {"mask_sent": False, "lost": set(pre_drop), "clients": clients}
+        state: dict[str, Any] = {"mask_sent": False, "lost": set(), "clients": clients}
         try:
+            ok, fail = self._keep_to_pin(grid, r, n, nodes, ok, fail, part)
+            part = [c for c in clients if c in ok]
+            pre_drop = [c for c in clients if c not in ok]
+            state["lost"] = set(pre_drop)
             return self._finish_round(grid, r, params, nodes, weights, graph, ok, fail, part, pre_drop, counters,
                                       timing, state, end)
         except BaseException:
             self._abort(grid, r, n, nodes, [c for c in part if c not in state["lost"]], bool(state["mask_sent"]))
             raise
+
+    def _keep_to_pin(self, grid: Any, r: int, n: int, nodes: dict[str, int], ok: dict[str, Message],
+                     fail: dict[str, str], part: list[str]) -> tuple[dict[str, Message], dict[str, str]]:
+        """Self-masks in a deployment, after the keys stage: a node that signed a survivor set S (with none dropped)
+        for this round of the job before names it in its keys reply (a node holding one with dropped clients
+        refused the keys stage). Such a round can only be unmasked over S again, so the round keeps to S: a
+        participant outside S (a client back that was absent then) is left out before masking, its reservations
+        released unread; if S cannot be formed (a client of S missing, or nodes naming different sets) the round is
+        aborted before masking. Before, every participant masked — spending its pads — and the nodes of S refused
+        at the mask stage (review s37 F4; session 38: a job resumed after a segment run without an absent client)."""
+        pins = {c: tuple(json.loads(str(ok[c].content.config_records[CFG][PINNED]))) for c in part
+                if PINNED in ok[c].content.config_records[CFG]}
+        if not pins or not self._deployed():
+            return ok, fail
+        sets = sorted(set(pins.values()))
+        if len(sets) > 1 or not set(sets[0]) <= set(part):
+            raise SecureAggregationError(
+                f"round {r} aborted before masking: its nodes signed survivor set(s) {[list(x) for x in sets]} for "
+                f"this round of job {self.spec.job()!r} before (pinned: {pins}), and the clients that answered the "
+                f"keys stage, {part}, cannot form it; the round can be retrained over that set only (bring back its "
+                f"clients, or a new job: `labqfl run` another --seed); failures: {fail}")
+        out = [c for c in part if c not in sets[0]]
+        if out:
+            why = (f"not in the survivor set {list(sets[0])} its nodes signed for round {r} of job {self.spec.job()!r} "
+                   "before: left out before masking")
+            log.warning("round %d: client(s) %s %s", r, out, why)
+            self._abort(grid, r, n, nodes, out, False)  # their reservations released: no partner saw the refs
+        return {c: m for c, m in ok.items() if c not in out}, {**fail, **dict.fromkeys(out, why)} if out else fail
 
     def _abort(self, grid: Any, r: int, n: int, nodes: dict[str, int], clients: list[str], mask_sent: bool) -> None:
         """Tell the round's reachable clients that round r is given up, so they finish their key

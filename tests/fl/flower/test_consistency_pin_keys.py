@@ -81,3 +81,34 @@ def test_a_returning_client_reads_no_key_for_a_round_pinned_without_it(
         else:  # only C3's round-1 reservations, stranded by its crash, are settled: voided (never released)
             assert acc["reserved"] and not now["reserved"], (p, acc, now)
             assert now["consumed"]["fl"] == acc["consumed"].get("fl", 0) + acc["reserved"]["fl"], (p, acc, now)
+
+
+def test_a_round_pinned_without_an_absent_client_is_retrained_over_its_pinned_set(
+        make_stores: Any, local_grid: Any, mnist_dir: str, ring_certs: dict[str, Path]) -> None:
+    """Round 1 ran without C3 (silent from the keys stage on: an absent client) and was unmasked over C1, C2, C4,
+    pinned (S, ∅). Retrained with C3 back (a resume): before, every client masked and the nodes of S refused at the
+    mask stage (C3's pads spent, the round never completing); now their keys replies name S, the server leaves C3
+    out before masking (its reservations released unread) and the round completes over S, as pinned."""
+    spec0 = _spec(mnist_dir)
+    per_round = spec0.secagg().key_bits_per_pair(spec0.model().n_params) + REFS_TAG_BITS
+    kdir = make_stores(NAMES, 3 * per_round)
+    net = ring_certs["net"]
+    first = signed_server(net, _spec(mnist_dir, kdir))
+    grid = _grid(local_grid, net, kdir)
+    grid.meddle = lambda node, stage, r, cfg: not (node == "C3" and stage != "setup")
+    first.run(grid)
+    assert first.rounds[0].dropped_before_masking == ["C3"]
+    before = _status(kdir)
+
+    again = signed_server(net, _spec(mnist_dir, kdir))  # the job's round 1 again, C3 back
+    grid = _grid(local_grid, net, kdir)
+    again.run(grid)
+    fr = again.rounds[0]
+    assert fr.participants == ["C1", "C2", "C4"] and fr.dropped_before_masking == ["C3"]
+    assert not fr.dropped_after_masking and "left out before masking" in fr.dropped_reasons["C3"]
+    assert [s for n, s, r, rep in grid.replies if n == "C3"] == ["setup", "keys", "abort"]
+    assert not [1 for n, s, r, rep in grid.replies if rep.has_error()]  # no node refused anything
+    after = _status(kdir)
+    for p in ("C1-C3", "C2-C3", "C3-C4"):  # no bit of C3's pairs read, reserved or spent, at either end
+        for c in p.split("-"):
+            assert after[(c, p)] == before[(c, p)], (c, p, before[(c, p)], after[(c, p)])
