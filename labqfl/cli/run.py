@@ -40,7 +40,8 @@ STRAGGLER_OPTION = typer.Option(
     0.0, "--straggler-timeout", metavar="S",
     help="Over nodes: drop a client that has not answered a round's stage S seconds after the latest reply "
          "(default 0: off; a client whose node died is then dropped when the SuperLink declares it gone, 38-60 s "
-         "with Flower 1.42's heartbeats, a hung one after the 600 s stage timeout). Too short drops slow live "
+         "with Flower 1.42's heartbeats, or 180 s if it died uploading its reply; a hung one after the 600 s stage "
+         "timeout). Too short drops slow live "
          "clients. docs/nodes.md.")
 
 
