@@ -776,6 +776,45 @@ def _also(errors: list[Any], prefix: str = "") -> str:
     return (f"; also: {'; '.join(parts)}" if parts else "") + (f"; +{rest} more" if rest > 0 else "")
 
 
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The field names of the station model at ``loc`` (a validation error's location without its last part:
+    list indices and dict keys stepped over); [] where it is not a model."""
+    import typing
+
+    model: Any = StationConfig
+    skip = False  # the next part is a list index or a dict key
+    for part in loc:
+        if skip:
+            skip = False
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        ann, model = fields[part].annotation, None
+        stack = [ann]
+        while stack and model is None:  # the first model inside Optional / list / dict
+            t = stack.pop(0)
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                model = t
+            else:
+                if typing.get_origin(t) in (list, dict):
+                    skip = True
+                stack.extend(a for a in typing.get_args(t) if a is not str)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def _unknown_field_text(loc: tuple[Any, ...]) -> str:
+    """Review s38 user F7: the unknown-field error sent the user to `labqfl station show`, whose table names no
+    field; it suggests the closest valid name now, and the --json output that lists them all."""
+    import difflib
+
+    near = difflib.get_close_matches(str(loc[-1]), _fields_at(tuple(loc[:-1])), n=1, cutoff=0.6) if loc else []
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return f"unknown field ({hint}check spelling; `labqfl station show --json` lists the valid fields)"
+
+
 def _format_validation_error(source: str, err: ValidationError) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -783,7 +822,7 @@ def _format_validation_error(source: str, err: ValidationError) -> str:
     got = e.get("input")
     got_s = "" if isinstance(got, dict) or e["type"] == "missing" else f"; got {got!r}"
     if e["type"] == "extra_forbidden":
-        msg = "unknown field (check spelling; see `labqfl station show` for valid fields)"
+        msg = _unknown_field_text(tuple(e["loc"]))
     return f"{source}: field '{loc}': {msg}{got_s}{_also(err.errors())}"
 
 

@@ -34,7 +34,7 @@ station_app = typer.Typer(help="Inspect and check the station (instruments by ro
 #: Columns of the ``station show`` tables as (label, unit); "" = dimensionless or not a quantity.
 CLIENT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("client", ""), ("randomness", ""), ("seed", ""), ("intensities", "photons/pulse"), ("probabilities", ""),
-    ("P(X basis)", ""), ("Vπ", "V"))
+    ("P(X basis)", ""), ("Vπ", "V"), ("insertion loss", "dB"))
 DETECTOR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("detector", ""), ("kind", ""), ("efficiency", ""), ("dark counts", "Hz"), ("dead time", "ns"),
     ("afterpulse", ""), ("jitter", "ps"))
@@ -84,14 +84,14 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
             t.add_row(Text(r), Text(ic.driver), Text(ic.resource or "—"))
         print_table(con, t)  # whole at any width (review s36 F11)
         L = cfg.loop
-        con.print(Text(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm; "
-                       f"loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} dB/km, V = {L.visibility}, "
-                       + _drift_text(L)))
+        con.print(Text(f"laser: {cfg.laser.rep_rate_hz / 1e6:g} MHz, {cfg.laser.wavelength_nm:g} nm, pulses "
+                       f"{cfg.laser.pulse_width_ps:g} ps; loop: segments {L.segments_km} km at {L.fiber_loss_db_per_km} "
+                       f"dB/km, node loss {L.node_loss_db:g} dB, V = {L.visibility}, " + _drift_text(L)))
         t = _table(CLIENT_COLUMNS)
         for c in cfg.clients:
             t.add_row(c.name, Text(c.randomness, style="bold red" if c.randomness == "seeded" else ""),
                       seed_cell(c.randomness, c.seed), Text(intensities_cell(c.intensities)), Text(str(c.intensity_probs)),
-                      f"{c.basis_x_prob:g}", f"{c.phase_modulator.v_pi_v:g}")
+                      f"{c.basis_x_prob:g}", f"{c.phase_modulator.v_pi_v:g}", f"{c.insertion_loss_db:g}")
         print_table(con, t)  # whole at any width (review s36 F11)
         con.print(Text(RANDOMNESS_NOTE))  # wrapped at words, as every other line
         t = _table(DETECTOR_COLUMNS)
@@ -99,8 +99,10 @@ def show(config: Path | None = CONFIG_OPTION, as_json: bool = JSON_OPTION) -> No
             t.add_row(n, d.kind, f"{d.efficiency:g}", f"{d.dark_count_rate_hz:g}", f"{d.dead_time_ns:g}",
                       f"{d.afterpulse_prob:g}", f"{d.jitter_ps:g}")
         print_table(con, t)  # whole at any width (review s36 F11)
+        con.print(Text(_tagger_text(cfg.time_tagger)))
         con.print(Text(f"pairs (time-division, {cfg.schedule.slots_per_frame} slots per frame): "
                        + ", ".join(f"{a}-{b}" for a, b in cfg.pairs())))
+        con.print(Text(FIELDS_NOTE))
 
     emit(data, as_json, render)
 
@@ -203,6 +205,23 @@ def _write_station_file(path: Path, text: str, force: bool) -> None:
             f.write(text)
     except FileExistsError:
         raise ConfigError(f"{path}: file exists; not overwritten (pass --force to replace it)") from None
+
+
+#: The last line of ``station show``: the tables give values; the field names a station file uses are in --json
+#: (review s38 user F7: an unknown-field error pointed here, and no field was named).
+FIELDS_NOTE = ("Field names as the station file writes them (every field, with defaults): "
+               "`labqfl station show --json`; docs/station.md explains each.")
+
+
+def _tagger_text(tt: Any) -> str:
+    """The time tagger in one line (review s38 user F7: ``station show`` left it out): resolution, channels (sync with
+    its divider, detectors, markers), cable delays and frame length (labqfl.config.TimeTaggerConfig)."""
+    chans = ", ".join(f"{d} → {ch}" for d, ch in tt.detector_channels.items())
+    marks = ", ".join(f"{c} → {ch}" for c, ch in tt.marker_channels.items())
+    delays = ", ".join(f"{k} {v:g}" for k, v in tt.cable_delays_ps.items())
+    return (f"time tagger: resolution {tt.resolution_ps:g} ps; channels: sync {tt.sync_channel} (one tag per "
+            f"{tt.sync_divider} pulses), {chans}" + (f", markers {marks}" if marks else "")
+            + (f"; cable delays [ps]: {delays}" if delays else "") + f"; frames of {tt.frame_slots} slots")
 
 
 def _drift_text(loop: Any) -> str:
