@@ -125,7 +125,8 @@ LIVE_NOTE = (
     "intensities: decoy-decoy only where their signal intensities differ), with its clicks; n/a below "
     f"{MIN_TEST_CLICKS} clicks. A test rate is not the key QBER: equal pulses leaving two clients arrive "
     "unequal over unequal paths, which lowers the fringe contrast. Key pools are the free bits in the nodes' "
-    "key stores.")
+    "key stores; the table's Free key is what masks and ETSI delivery can draw, without the authentication pool "
+    "(the plot's 'auth': the pre-shared secret and each block's refill).")
 
 #: The line under the Live tab's key-rate plot (review s36 user F7: the tab showed 7.6–11.5 kbit/s per pair against
 #: the README's 54–82 with no word why): its rates are those of its own blocks, the first-key rule's smallest ones.
@@ -138,11 +139,18 @@ BLOCK_RATE_NOTE = (
 LEFT_WIDTH = 280
 
 
+def free_key_bits(pools: dict[str, int]) -> int:
+    """A pair's free key for masks and ETSI delivery: its pools without ``auth``, the post-processing's own
+    authentication key (the pre-shared secret and the blocks' refills), which nothing else draws. Review s38 user F9:
+    the table's "Key pool" counted it, so a pair showed more key (134 kbit) than it had distilled (72 kbit)."""
+    return sum(v for k, v in pools.items() if k != "auth")
+
+
 class LivePanel(QWidget):
     """Acquisition and distillation controls, four live plots and a per-pair table."""
 
     PAIR_COLS = ["Pair", "Sifted", "Next block", "QBER X (key)", "Y test (clicks)", "Blocks", "Final key",
-                 "Key rate", "Key pool", "Dropped slots", "Last block"]
+                 "Key rate", "Free key", "Dropped slots", "Last block"]
 
     def __init__(self, ctl: Controller) -> None:
         super().__init__()
@@ -456,7 +464,7 @@ class LivePanel(QWidget):
             vals = [f"{m['sifted_bits']:,}", f"{100 * m['block_fill']:.0f} %", fmt_pct(m["qber_x"]),
                     rate_clicks_cell(m["qber_y"], y_clicks), f"{m['blocks']} ({m['aborted_blocks']} aborted)" if m["blocks"] else "0",
                     fmt_bits(m["final_key_bits"]), fmt_kbps(m["key_rate_bps"]),
-                    fmt_bits(sum(self._pools.get(p, {}).values())), f"{m.get('dropped_slots', 0):,}",
+                    fmt_bits(free_key_bits(self._pools.get(p, {}))), f"{m.get('dropped_slots', 0):,}",
                     ("aborted: " + m["last_abort"]) if m["last_abort"] else ("key delivered" if m["blocks"] else "—")]
             for c, v in enumerate(vals, start=1):
                 it = self.table.item(r, c)
@@ -524,5 +532,9 @@ class LivePanel(QWidget):
         self.pool_empty.setVisible(total == 0)
         self._pool_top = float(base.max()) if len(base) else 0.0
         self._fit_pool_range()
+        col = self.PAIR_COLS.index("Free key")
         for r, p in enumerate(self.pairs):
-            self.table.item(r, 8).setText(fmt_bits(sum(pools.get(p, {}).values())))
+            it = self.table.item(r, col)
+            it.setText(fmt_bits(free_key_bits(pools.get(p, {}))))
+            it.setToolTip(f"free key for masks and ETSI delivery; the authentication pool holds "
+                          f"{fmt_bits(pools.get(p, {}).get('auth', 0))} more (the key-pool plot's 'auth')"),
