@@ -10,6 +10,9 @@ a second store and back into its own, both then handing out the same bits):
        {"format": "labqfl-import-ticket", "version": 1, "ticket_id": "<uuid4>",
         "target_node": "C2", "target_store": "<uuid4>", "secret": "<base64 of 32 bytes>"}
 
+   An export with it adds ``"used_by": {"source_store", "source_node", "at"}`` before any bit moves, and an
+   export from another store refuses a file that has one (:func:`claim_ticket_file`, review s38 F5).
+
 2. The source exports with that ticket: the file's disk space is reserved first (a temporary
    file in the target folder, noted in the store before it is created, :func:`export_keys`), then one transaction marks the bits
    ``exporting`` (not zeroed) and records the export (ID, refs, target node and store, ticket,
@@ -29,7 +32,9 @@ a second store and back into its own, both then handing out the same bits):
 
 3. The target imports it only if it names this store and node, was not made by this store, was
    not imported before, names a ticket this store issued and has not used, and its MAC verifies
-   with that ticket's secret; then, in the same transaction, the ticket is spent (secret erased).
+   with that ticket's secret, and no block new to it was distilled from slots it holds for another
+   distillation (review s38 F4, :meth:`KeyStore.import_segments`); then, in the same transaction, the ticket
+   is spent (secret erased) and the file noted until ``labqfl keys import`` destroys it (review s38 F3).
 
 The canonical JSON is ``json.dumps(doc_without_mac, sort_keys=True, separators=(",", ":"),
 ensure_ascii=True)``; the MAC is HMAC (RFC 2104) with SHA-256 (FIPS 180-4) from Python's
