@@ -30,6 +30,22 @@ from PySide6.QtWidgets import (
 )
 
 
+def measured_cells(value: float, uncertainty: float) -> tuple[str, str]:
+    """``value`` and its 1σ ``uncertainty`` as table cells: the uncertainty to 2 significant digits and the value
+    to the same decimal place (GUM, JCGM 100:2008 §7.2.6: the uncertainty with at most two significant digits, the
+    result rounded to match). Review s38 user F11: bias phases read -0.00611983 ± 0.0049 (6 significant digits, up
+    to 9 decimals) beside Vπ at 4. Outside 1e-5…1e6 (or no finite uncertainty): 4 and 2 significant digits."""
+    import math
+
+    u = abs(float(uncertainty))
+    if not (math.isfinite(u) and 1e-5 <= u < 1e6) or not math.isfinite(float(value)):
+        return f"{float(value):.4g}", f"{float(uncertainty):.2g}"
+    dec = max(0, 1 - math.floor(math.log10(u)))  # the uncertainty's second significant digit
+    if round(u, dec) >= 10 ** (2 - dec):  # rounding carried into a third digit (9.96 -> 10.0): one fewer
+        dec = max(0, dec - 1)
+    return f"{float(value):.{dec}f}", f"{u:.{dec}f}"
+
+
 class CalibrationPanel(QWidget):
     """Pick a procedure, run it on the station, see its calibrated quantities and plots."""
 
@@ -252,8 +268,10 @@ class CalibrationPanel(QWidget):
         for r, q in enumerate(qs):
             true = q.get("true")
             pull = q.get("pull")
-            vals = [q["name"], f"{q['value']:.6g}", f"{q['uncertainty']:.3g}", q["unit"],
-                    "—" if true is None else f"{true:.6g}", "—" if pull is None else f"{pull:+.2f}"]
+            value, unc = measured_cells(q["value"], q["uncertainty"])
+            vals = [q["name"], value, unc, q["unit"],
+                    "—" if true is None else measured_cells(true, q["uncertainty"])[0],
+                    "—" if pull is None else f"{pull:+.2f}"]
             for c, v in enumerate(vals):
                 self.qtable.setItem(r, c, table_item(v, align_right=c in (1, 2, 4, 5)))
         while self.plot_grid.count():
