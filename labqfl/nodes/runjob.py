@@ -547,6 +547,12 @@ def _check_fl_stopped(codes: Mapping[str, int | None], gone: Mapping[str, int]) 
         log.warning("FL node(s) had exited before the end of training (a dropout): exit codes %s", dict(gone))
 
 
+#: a segment after the first: its SuperNodes are up, so a client whose setup answer has not come this long after the
+#: Flower run's start has died at that start; the run goes on without it, or stops with one line
+#: (:attr:`~labqfl.fl.flower.spec.FlowerSpec.missing_ok_after_s`; live nodes answer in seconds)
+MISSING_OK_AFTER_S = 60.0
+
+
 def _clients_lost(net: Any, spec: Any, r: int) -> str:
     """Before the segment from round ``r``: the clients whose SuperNode has exited (lost in an earlier segment),
     comma-separated — the segment's ``absent`` clients, whom its Flower run neither waits for at its start
@@ -593,7 +599,8 @@ def _train_segments(net: Any, spec: Any, *, start_round: int, init_params: Any, 
         if not r <= last <= spec.rounds:
             raise NodeError(f"training over nodes: segment from round {r} to round {last}; expected a last "
                             f"round in {r}..{spec.rounds}")
-        seg = dataclasses.replace(spec, first_round=r, last_round=last, absent=_clients_lost(net, spec, r))
+        seg = dataclasses.replace(spec, first_round=r, last_round=last, absent=_clients_lost(net, spec, r),
+                                  missing_ok_after_s=0.0 if r == start_round else MISSING_OK_AFTER_S)
         report("train", r - 1, spec.rounds, f"training round(s) {r}-{last} of {spec.rounds} over the nodes")
         res = net.train(seg.to_config(), timeout_s, init_params=params)
         merged["rounds"].extend(res.get("rounds") or [])

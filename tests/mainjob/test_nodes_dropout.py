@@ -92,6 +92,7 @@ class _Spec:
     first_round: int = 1
     last_round: int = 1
     absent: str = ""
+    missing_ok_after_s: float = 0.0
 
     def secagg(self) -> None:
         return None

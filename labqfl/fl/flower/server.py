@@ -179,6 +179,8 @@ def message_bytes(msg: Message) -> int:
 BEST_EFFORT_END_S = 30.0
 #: the reason recorded for a client of the spec's ``absent`` (lost before this Flower run started)
 LOST_BEFORE_RUN = "lost before this Flower run started (its node had gone in an earlier run of the job)"
+#: the reason recorded for a client that had not answered ``missing_ok_after_s`` into the run's start
+MISSING_AT_START = "its node did not answer at this Flower run's start (missing_ok_after_s)"
 
 
 def round_shortfall(spec: FlowerSpec, part: list[str], *, deployed: bool = True) -> str | None:
@@ -232,6 +234,8 @@ class LabqflServer:
         #: (round, n_words, survivors) of a completed round whose reservations the next round's
         #: ``keys`` message finishes (no separate ``end`` between the rounds of a run)
         self._unfinished: tuple[int, int, list[str]] | None = None
+        #: clients that had not answered ``missing_ok_after_s`` into :meth:`connect`: dropped before masking
+        self.missing_at_start: list[str] = []
 
     # ---------------------------------------------------------------------------- messaging
     def _base(self, stage: str, r: int, n: int) -> dict[str, Any]:
@@ -327,14 +331,31 @@ class LabqflServer:
                 asked.update(new)
                 self._setup_nodes(grid, new, names, weights, refused)
             missing = [c for c in self.spec.names if c not in names and c not in absent]
+            waited = time.monotonic() - t0
+            if missing and 0 < self.spec.missing_ok_after_s < waited:
+                self._go_without(missing, names, waited)
+                missing = []
             if not missing:  # a client lost before the run (``absent``) is not waited for
                 here = [c for c in self.spec.names if c in names]
                 return {c: names[c] for c in here}, {c: weights[c] for c in here}
-            if time.monotonic() - t0 > self.spec.node_wait_s:
+            if waited > self.spec.node_wait_s:
                 raise SecureAggregationError(
                     f"no SuperNode answered as client(s) {missing} within {self.spec.node_wait_s:.0f} s; got "
                     f"{sorted(names)}" + (f"; refused: {refused}" if refused else ""))
             time.sleep(0.2)
+
+    def _go_without(self, missing: list[str], names: dict[str, int], waited: float) -> None:
+        """``missing_ok_after_s``: the clients still missing after it are counted absent (:meth:`round` drops them
+        before masking) if the rounds can complete without them (:func:`round_shortfall`), else one error line."""
+        here = [c for c in self.spec.names if c in names]
+        if (short := round_shortfall(self.spec, here, deployed=self._deployed())) is not None:
+            raise SecureAggregationError(
+                f"no SuperNode answered as client(s) {missing} within {waited:.0f} s of this Flower run's start "
+                f"(its SuperNodes were up before: a node lost at the start), and the rounds cannot go on without "
+                f"them: {short}")
+        log.warning("no SuperNode answered as client(s) %s within %.0f s: starting without them (dropped before "
+                    "masking in every round)", missing, waited)
+        self.missing_at_start = list(missing)
 
     def _setup_nodes(self, grid: Any, nids: list[int], names: dict[str, int], weights: dict[str, float],
                      refused: dict[int, str]) -> None:
@@ -380,7 +401,7 @@ class LabqflServer:
         keys message ends this round at the nodes (:meth:`_end_round`)."""
         spec, cfg = self.spec, self.cfg
         n = self.words(int(params.size))
-        lost = [c for c in spec.absent_names if c not in nodes]  # lost before this run: never messaged
+        lost = [c for c in spec.names if c not in nodes and (c in spec.absent_names or c in self.missing_at_start)]
         clients = [c for c in spec.names if c in nodes or c in lost] if lost else list(nodes)  # loop order C1..CN
         graph = cfg.pairs(clients)
         counters: dict[str, list[int]] = {}
@@ -397,7 +418,7 @@ class LabqflServer:
                 d["slave_pairs"] = [p for p in graph if split_pair(p)[1] == c]
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
         ok, fail = self._exchange(grid, msgs, timeout, counters)
-        fail.update({c: LOST_BEFORE_RUN for c in lost})
+        fail.update({c: LOST_BEFORE_RUN if c in spec.absent_names else MISSING_AT_START for c in lost})  # never messaged
         self._unfinished = None  # delivered with the keys messages
         timing["keys"] = time.perf_counter() - t0
         for c, why in fail.items():

@@ -22,7 +22,8 @@ _JOB_RE = re.compile(r"[A-Za-z0-9_.:-]{0,80}")
 #: fields left out of :meth:`FlowerSpec.derived_job_id` (they do not determine a client's local update)
 JOB_ID_LEFT_OUT = frozenset({"job_id", "rounds", "first_round", "last_round", "keys", "graph", "k", "self_masks",
                              "threshold", "min_survivors", "colluders", "data_dir", "test_size", "keystore_dir",
-                             "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s", "absent"})
+                             "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s", "absent",
+                             "missing_ok_after_s"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,11 @@ class FlowerSpec:
     #: :data:`~labqfl.fl.flower.specsig.UNSIGNED_FIELDS`): leaving a client out before masking is what any
     #: server can do, and each round still needs its survivors (:meth:`consistency_need`)
     absent: str = ""
+    #: > 0: once this many seconds of ``node_wait_s`` have passed, the server starts without the clients still
+    #: missing (counted absent) if the rounds can complete without them, else stops with one line (0: wait the whole
+    #: ``node_wait_s`` for every client). ``labqfl run`` over nodes sets it for a segment after the first, whose
+    #: SuperNodes are up already: one still missing has died at the segment's start. The server's logistics (unsigned)
+    missing_ok_after_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.keys not in ("qkd", "csprng"):
@@ -114,6 +120,8 @@ class FlowerSpec:
         if not 1 <= self.first_round <= (self.last_round or self.rounds) <= self.rounds:
             raise ConfigError(f"first_round {self.first_round} and last_round {self.last_round} must satisfy "
                               f"1 ≤ first_round ≤ last_round (0: rounds) ≤ rounds = {self.rounds}")
+        if not self.missing_ok_after_s >= 0:  # NaN too
+            raise ConfigError(f"missing_ok_after_s must be ≥ 0 (0: off), got {self.missing_ok_after_s}")
         if self.stage_timeout_s <= 0 or self.straggler_timeout_s < 0:
             raise ConfigError(f"stage_timeout_s must be > 0 and straggler_timeout_s ≥ 0, got "
                               f"{self.stage_timeout_s} and {self.straggler_timeout_s}")

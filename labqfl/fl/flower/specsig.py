@@ -73,7 +73,7 @@ SIGNED_SPEC = "signed_spec"
 SIGNED_SPEC_RUN_CONFIG = "labqfl-signed-spec"
 #: FlowerSpec fields the server may set per run: logistics, not the run's settings (module docstring)
 UNSIGNED_FIELDS = ("keystore_dir", "wait_for_keys_s", "stage_timeout_s", "straggler_timeout_s", "node_wait_s",
-                   "absent")
+                   "absent", "missing_ok_after_s")
 _VERSION = 1
 #: the longest a signed spec may be valid [s]: 30 days. A node follows a signed spec until it expires
 #: (each round once, :func:`claim_round`), so the window bounds how long the operator's settings can be

@@ -54,6 +54,27 @@ def test_a_self_mask_round_too_small_to_sign_its_survivor_set_is_refused_before_
     assert [s for n, s, r, rep in grid.replies if n == "C1"] == ["setup", "keys", "abort"]
 
 
+def test_a_client_lost_at_a_later_runs_start_is_left_out_after_missing_ok_after_s(
+        local_grid: Any, ring_certs: dict[str, Path], tmp_path: Path) -> None:
+    """A SuperNode killed right at a segment's start (an e2e run: during the top-up's last second) is not yet known
+    to have exited when the job names the absent clients; the server waited node_wait_s (300 s) for it and failed."""
+    from labqfl.fl.flower.server import MISSING_AT_START
+
+    srv = _server(ring_certs, colluders=0, node_wait_s=30.0, missing_ok_after_s=0.5)
+    grid = _grid(local_grid, ring_certs, tmp_path, names=["C1", "C2"])
+    t0 = time.monotonic()
+    nodes, weights = srv.connect(grid)
+    assert 0.5 < time.monotonic() - t0 < 10.0 and sorted(nodes) == ["C1", "C2"]
+    fr = srv.round(grid, 1, np.zeros(N_WORDS), nodes, weights)
+    assert fr.dropped_before_masking == ["C3"] and fr.dropped_reasons == {"C3": MISSING_AT_START}
+    short = _server(ring_certs, node_wait_s=30.0, missing_ok_after_s=0.5)  # default c: every round needs 3 of 3
+    t0 = time.monotonic()
+    with pytest.raises(SecureAggregationError, match=r"no SuperNode answered as client\(s\) \['C3'\] within \d+ s of "
+                                                     r"this Flower run's start .* cannot go on without them: 2 client"):
+        short.connect(_grid(local_grid, ring_certs, tmp_path, names=["C1", "C2"]))
+    assert time.monotonic() - t0 < 10.0
+
+
 # ------------------------------------------------------------------ labqfl run's segments (the job's side)
 class _Net:
     """The FL nodes of a job: C3's SuperNode is killed during the first segment's Flower run."""
@@ -82,6 +103,7 @@ def test_the_next_segment_goes_on_without_a_client_lost_in_the_one_before() -> N
     res = _train_segments(net, _job_spec(colluders=0), start_round=1, init_params=None, timeout_s=60.0,
                           before_segment=lambda r: next(segments), on_segment=None, report=lambda *a: None)
     assert [c["spec.absent"] for c in net.configs] == ["", "C3"]
+    assert [c["spec.missing_ok_after_s"] for c in net.configs] == [0.0, 60.0]  # the first segment's nodes just started
     assert [r["round"] for r in res["rounds"]] == [1, 2, 3, 4]
     assert FlowerSpec.from_config(net.configs[1]).absent_names == ["C3"]
 
