@@ -40,3 +40,10 @@ def test_the_process_has_one_watch_however_many_commands_it_runs() -> None:
 def test_only_commands_that_run_kernels_import_numba_for_the_watch() -> None:
     assert {"run", "acquire", "distill", "calibrate", "bench"} <= compiling.KERNEL_COMMANDS
     assert not {"keys", "plan", "keyrate", "node"} & compiling.KERNEL_COMMANDS
+
+
+def test_the_notice_does_not_call_every_compilation_a_first_run() -> None:
+    """Review s38 user F12: the GUI, run after four other commands, compiled one kernel none of them had used (1.6 s)
+    and said "the first run after an install or an upgrade"; the notice names both causes now."""
+    assert "first run after an install" not in compiling.NOTICE
+    assert "not yet in Numba's cache" in compiling.NOTICE and "first use" in compiling.NOTICE
