@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
 from labqfl.errors import ConfigError, InstrumentError, StationError, interrupt_inside
-from labqfl.instruments.base import Instrument, emergency
+from labqfl.instruments.base import Instrument, TagBlock, emergency
 from labqfl.instruments.interfaces import (
     IntensityModulator,
     ModulatorBiasController,
@@ -237,6 +237,38 @@ def arming_settings(instruments: Mapping[str, Instrument],
     return [(role, inst, attr, value) for _, role, inst, attr, value in out]
 
 
+#: :func:`clicked_until_end`: the chance that a working detector's clicks in a block leave it as silent at the block's
+#: end as a latched one (it is then read instead of skipped: a counting window, no refusal by itself)
+SILENT_END_FALSE_ALARM = 1e-4
+
+
+def clicked_until_end(block: TagBlock, channels: Mapping[str, int]) -> set[str]:
+    """The names of ``channels`` (name -> tagger channel: the detectors) that clicked in ``block`` until its end:
+    what the end check may skip (:func:`acquisition_faults`' ``clicked``). A nanowire that latched after its last
+    click in the block also has tags there (session 37's notes: that latch went unseen), so a channel's clicks count
+    only if the silence after its last one is plausible for a working detector: given n clicks over the block's
+    span T (first to last tag of any channel), the chance that none falls in the last s is (1 − s/T)ⁿ (n points
+    uniform on T); at or below :data:`SILENT_END_FALSE_ALARM` the channel is not in the set (read instead)."""
+    import math
+
+    ts, ch = block.timestamps, block.channels
+    if not ts.size:
+        return set()
+    t0, t1 = int(ts[0]), int(ts[-1])
+    span = t1 - t0
+    out: set[str] = set()
+    for name, tch in channels.items():
+        mine = ts[ch == tch]
+        n = int(mine.size)
+        if not n:
+            continue
+        silent = t1 - int(mine[-1])
+        if silent and (silent >= span or n * math.log1p(-silent / span) <= math.log(SILENT_END_FALSE_ALARM)):
+            continue  # silent for too long before the block's end: not evidence of a working nanowire
+        out.add(name)
+    return out
+
+
 def acquisition_faults(instruments: Mapping[str, Instrument], clicked: Container[str] = ()) -> list[str]:
     """What went wrong during an acquisition, read from the instruments after its last block (review s36 lab H1,
     M2): every setting of :func:`arming_settings` that is no longer in its operating state (the laser's
@@ -244,9 +276,10 @@ def acquisition_faults(instruments: Mapping[str, Instrument], clicked: Container
     shutter closed), then each instrument's own ``acquisition_fault()`` where it has one (an SNSPD that latched:
     :meth:`labqfl.drivers.singlequantum_eos.SingleQuantumEos.acquisition_fault`). One ``"role: what"`` per
     fault; empty when the tags were taken with everything as armed. Nothing is switched or reset here.
-    ``clicked``: the detector roles whose channel has tags in the acquisition's last block; their own check is
-    skipped: a latched nanowire clicks no more until its bias is taken away, so one that clicked then did not
-    latch before (no counting window, no false alarm at a low dark rate: review s37 lab3 L2)."""
+    ``clicked``: the detector roles whose channel clicked until the end of the acquisition's last block
+    (:func:`clicked_until_end`); their own check is skipped: a latched nanowire clicks no more until its bias is
+    taken away, so one that clicked then did not latch before (no counting window, no false alarm at a low dark
+    rate: review s37 lab3 L2)."""
     faults = [f"{role}: {attr} reads {not value!r}, expected {value!r}"
               for role, _, attr, value in arming_settings(instruments)]
     for role, inst in instruments.items():
@@ -1203,6 +1236,6 @@ class Station:
         return f"<Station {self.name!r}: {len(self.instruments)} roles open, {len(self.failures)} failed>"
 
 
-__all__ = ["Station", "acquisition_faults", "arm_instruments", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
+__all__ = ["Station", "acquisition_faults", "arm_instruments", "clicked_until_end", "emulated_detectors", "emulated_tagger_sdk", "expected_interfaces", "guard_stations",
            "hold_master_clocks", "open_driver", "refuse_faulty_acquisition", "sigterm_as_interrupt", "Termination",
            "validate_driver_roles"]

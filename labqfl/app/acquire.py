@@ -34,6 +34,7 @@ from labqfl.errors import ConfigError
 from labqfl.log import get_logger
 from labqfl.station import (
     acquisition_faults,
+    clicked_until_end,
     hold_master_clocks,
     refuse_faulty_acquisition,
     sigterm_as_interrupt,
@@ -288,7 +289,7 @@ class Acquisition:
         for ch, n in counts.items():
             self.counts[ch] = self.counts.get(ch, 0) + n
             self._window[ch] = self._window.get(ch, 0) + n
-        self._last_clicked = {self.names[ch] for ch in counts if ch in self.names}
+        self._last_clicked = clicked_until_end(blk, {name: ch for ch, name in self.names.items()})
 
     def take_window(self) -> tuple[float, dict[str, int]]:
         """(acquired seconds, tags per channel name: sync and each detector) since the previous

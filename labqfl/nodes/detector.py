@@ -94,7 +94,12 @@ from labqfl.qkd.slotting import (
     announcements_by_pair,
     make_slotter,
 )
-from labqfl.station import emulated_detectors, hold_master_clocks, refuse_faulty_acquisition
+from labqfl.station import (
+    clicked_until_end,
+    emulated_detectors,
+    hold_master_clocks,
+    refuse_faulty_acquisition,
+)
 
 log = get_logger(__name__)
 
@@ -252,7 +257,7 @@ class DetectorNode(Node):
             blocks = light
         n_tags = n_clicks = n_blocks = 0
         per_channel: dict[int, int] = {}  # tags per tagger channel (public: the count rates)
-        last_counts: dict[int, int] = {}  # the same in the latest block
+        clicked: set[str] = set()  # detectors that clicked until the latest block's end: the end check skips them
         per_bin: dict[int, dict[int, int]] = {}  # the same per COUNT_BIN_S of acquisition time (count-rate series)
         prev = 0
         held: list[SlotEvents] = []  # slotted clicks of [prev, final) not yet announced
@@ -265,8 +270,8 @@ class DetectorNode(Node):
                 if feed is not None:  # what the emulated controllers' nanowires see
                     feed(block)
                 n_tags += int(block.timestamps.size)
-                last_counts = block.channel_counts()  # the end check skips the detectors that clicked last
-                for tch, n in last_counts.items():
+                clicked = clicked_until_end(block, self.cfg.time_tagger.detector_channels)
+                for tch, n in block.channel_counts().items():
                     per_channel[tch] = per_channel.get(tch, 0) + n
                 count_bins(block, per_bin)
                 n_blocks += 1
@@ -282,7 +287,6 @@ class DetectorNode(Node):
             final = max(total, slotter.last_emitted + 1)
             n_clicks += int(events.slots.size)
             # the laser still on, the detectors still armed and not latched, before the clients hear the end
-            clicked = {r for r, tch in self.cfg.time_tagger.detector_channels.items() if last_counts.get(tch, 0)}
             refuse_faulty_acquisition(self.instruments.acquisition_faults(clicked), f"acquisition {acq}",
                                       "the clients keep the key blocks they already stored from it; its "
                                       "remaining slots are not announced and their sifted bits are dropped")
