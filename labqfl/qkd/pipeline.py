@@ -948,13 +948,23 @@ class Distiller:
         ID. Asked before any data is slotted: where it names every pair, a run would skip every block
         (:meth:`_close_block`) and store nothing, so the recording is refused at once (review s38 user F6: after
         the whole post-processing, leaving a run folder). A block an earlier run dropped (too few sifted bits) is
-        not recorded, so its pair is not named here (the blocks are skipped as before)."""
+        not recorded, so its pair is not named here (the blocks are skipped as before). A block whose slots overlap
+        a range recorded as another block (another block size) raises the :class:`KeyStoreError` its claim would
+        raise after the block's slotting and sifting."""
         if self.ledger is None or self.acquisition_id is None:
             return []
         out = []
         for pair in self.pairs:
-            ranges = self.block_ranges(pair, total_slots)
-            if ranges and set(ranges) <= self.ledger.distilled_ranges(pair, self.acquisition_id):
+            ranges, done = self.block_ranges(pair, total_slots), self.ledger.distilled_ranges(pair, self.acquisition_id)
+            for start, end in ranges:  # a block over slots distilled before as another block: refused now, not later
+                clash = next(((a, b) for a, b in sorted(done) if a < end and start < b and (a, b) != (start, end)), None)
+                if clash is not None:
+                    raise KeyStoreError(
+                        f"pair {pair}: its block over slots [{start}, {end}) of this acquisition overlaps slots "
+                        f"[{clash[0]}, {clash[1]}) that an earlier run distilled into these stores as another block "
+                        "(another block size?): distilling raw data twice is refused; distil it with the earlier "
+                        "run's block size, which skips what that run distilled")
+            if ranges and set(ranges) <= done:
                 out.append(pair)
         return out
 

@@ -56,8 +56,9 @@ def distilled_twice(tmp_path_factory: pytest.TempPathFactory, small_station_writ
         mp.setattr(Distiller, "push", lambda self, b: pushed.append(1) or real(self, b))
         again = runner.invoke(app, base)
         again_json = runner.invoke(app, [*base, "--json"])
+        other_size = runner.invoke(app, [*base, "--block-bits", "20000"])  # overlapping blocks: refused at once too
     assert pushed == [] and sorted((tmp / "runs").iterdir()) == runs, "slotted, or a run folder was left"
-    return again, again_json
+    return again, again_json, other_size
 
 
 def test_a_second_distill_names_the_reason_once_in_a_short_line(distilled_twice: Any) -> None:
@@ -74,9 +75,10 @@ def test_a_second_distill_is_refused_before_any_work(distilled_twice: Any) -> No
     """Review s38 user F6: the refusal came after slotting and sifting the whole recording, the per-pair table and
     a new run folder; now it is the one line, before any of them (the fixture checks no tag block was slotted and
     no run folder made), and with --json one error object."""
-    r, rj = distilled_twice
+    r, rj, other = distilled_twice
     assert r.stdout.strip() == "" and "QBER" not in r.stderr and "key provenance" not in r.stderr
     assert " ".join(r.stderr.split()).startswith("error: ") and "rec.h5: 1 pair already distilled" in r.stderr
     assert rj.exit_code == 1
     doc = json.loads(rj.stdout)
     assert doc["exit_code"] == 1 and "already distilled into these stores" in doc["error"] and "pairs" not in doc
+    assert other.exit_code == 1 and "overlaps slots" in other.stderr and "another block size" in other.stderr

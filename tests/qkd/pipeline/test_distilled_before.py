@@ -82,3 +82,16 @@ def test_an_interrupted_run_leaves_the_rest_to_distil(recorded: Any, monkeypatch
     assert _asked(path, stores)[0] == []
     assert _run(path, stores).delivered_bits > 0  # the rerun distils the rest
     assert _asked(path, stores)[0] == ["C1-C2"]
+
+
+def test_another_block_size_is_refused_before_any_data(recorded: Any) -> None:
+    """A rerun with another block size would be refused at its first block's claim, after slotting and sifting it
+    (the whole recording for one block): the same refusal comes before any data now."""
+    from labqfl.errors import KeyStoreError
+
+    path, stores = recorded
+    _run(path, stores)
+    d, rec = _distiller(path, stores)
+    d.block_slots["C1-C2"] = d.block_slots["C1-C2"] * 3 // 2  # as --block-bits of another size would give
+    with rec, pytest.raises(KeyStoreError, match=r"overlaps slots \[0, \d+\) that an earlier run distilled"):
+        d.distilled_before(int(DUR * rec.config.laser.rep_rate_hz))
