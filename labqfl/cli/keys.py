@@ -71,6 +71,7 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
             return {"store": str(st.path), "store_id": st.store_id, "pairs": acc, "exports": st.exports(),
                     "recovered": recovered, "export_files_here": waiting,
                     "imported_files_left": leftover_import_files(st), "scrub": st.scrub(),
+                    "overlapping_blocks": st.overlapping_blocks(),  # doubles of an older store (review s38 K1)
                     "provenance": provenance, "pending": pending}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
         return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}",
@@ -117,6 +118,13 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
                       "is still on disk: it holds key bits in clear that are live here; destroy it (`labqfl keys "
                       f"import {f['file']}` overwrites and deletes it)"
                       + (f"; it cannot be read now: {f['unreadable']}" if f.get("unreadable") else ""), soft_wrap=True)
+        for d in info.get("overlapping_blocks", []):
+            (a, b), (sa, sb) = d["blocks"], d["slots"]
+            con.print(f"  WARNING: pair {d['pair']}: blocks {a} (slots [{sa[0]}, {sa[1]})) and {b} (slots [{sb[0]}, "
+                      f"{sb[1]})) were distilled from the same raw slots of acquisition {d['acquisition']} (imported "
+                      "or distilled before the store checked block origins): their keys are not independent "
+                      "(docs/protocol.md §5.2, P7); use only one of them and retire the other (docs/keystore.md)",
+                      soft_wrap=True)
         for f in info.get("export_files_here", []):
             con.print(f"  export file {f}: written next to the store because its target could not be written; it "
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)

@@ -1130,7 +1130,7 @@ class KeyStore:
                     raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
                 origin = block_origin(block_id, json.loads(meta_s))
                 if origin is not None:  # the distiller claimed its slots already (same block): any other is refused
-                    why = self._origin_refusal(conn, pair, block_id, origin, scan_blocks=False)
+                    why = self._origin_refusal(conn, pair, block_id, origin, imported=False)
                     if why:
                         raise KeyStoreError(f"{why}; key distilled twice from the same raw data is not secret "
                                             "(docs/protocol.md §5.2, (P7)): refusing to add it")
@@ -1859,7 +1859,7 @@ class KeyStore:
         if blk is None:
             origin = block_origin(s.block_id, s.meta, strict=True)
             if origin is not None:
-                why = self._origin_refusal(conn, s.pair, s.block_id, origin, scan_blocks=True)
+                why = self._origin_refusal(conn, s.pair, s.block_id, origin, imported=True)
                 if why:
                     raise KeyStoreError(f"export {export_id}: {why}; key distilled twice from the same raw data is "
                                         "not secret (docs/protocol.md §5.2, (P7)): nothing was imported, the export "
@@ -1949,6 +1949,28 @@ class KeyStore:
                             "AND start < ? AND end > ? ORDER BY start LIMIT 1",
                             (pair, acquisition, int(end), int(start))).fetchone()
 
+    @staticmethod
+    def _held_overlap(conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int, *,
+                      except_key: str | None = None) -> tuple[int, int, str] | None:
+        """``(start, end, key block)`` of a block held here whose recorded origin (:func:`block_origin`) overlaps
+        slots ``[start, end)`` of ``acquisition`` and belongs to another distillation than ``except_key``; None if
+        none does. The ledger alone misses blocks imported before it recorded imports (3432abe) and blocks
+        distilled before it existed (review s38 K1), so every check of new slots reads the blocks too."""
+        for bid, meta_s in conn.execute("SELECT block_id, meta FROM blocks WHERE pair = ? AND "
+                                        "json_extract(meta, '$.acquisition') = ?", (pair, acquisition)).fetchall():
+            o = block_origin(str(bid), json.loads(meta_s))
+            if o is not None and o[3] != except_key and o[1] < end and o[2] > start:
+                return o[1], o[2], o[3]
+        return None
+
+    def _slots_taken(self, conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int) -> KeyStoreError | None:
+        """The refusal for slots ``[start, end)`` that the ledger or a held block's record gives to a
+        distillation already (:meth:`_slot_overlap`, :meth:`_held_overlap`), else None."""
+        row = self._slot_overlap(conn, pair, acquisition, start, end)
+        if row is None:
+            row = self._held_overlap(conn, pair, acquisition, start, end)
+        return None if row is None else self._slot_refusal(pair, acquisition, start, end, row)
+
     def _slot_refusal(self, pair: str, acquisition: str, start: int, end: int, row: tuple) -> KeyStoreError:
         return KeyStoreError(f"pair {pair}: slots [{start}, {end}) of acquisition {acquisition} overlap slots "
                              f"[{row[0]}, {row[1]}) already distilled into key store {self.path} (block {row[2]}); "
@@ -1968,18 +1990,18 @@ class KeyStore:
         range already distilled for ``pair`` (:meth:`claim_slots`)."""
         pair, acquisition, start, end = self._check_slot_range(pair, acquisition, start, end)
         with self._read() as conn:
-            row = self._slot_overlap(conn, pair, acquisition, start, end)
-        if row is not None:
-            raise self._slot_refusal(pair, acquisition, start, end, row)
+            refusal = self._slots_taken(conn, pair, acquisition, start, end)
+        if refusal is not None:
+            raise refusal
 
     def claim_slots(self, pair: str, acquisition: str, start: int, end: int, block_id: str) -> None:
         """Record slots ``[start, end)`` of ``acquisition`` as distilled for ``pair`` by block
         ``block_id``, in one transaction that first refuses (recording nothing) any overlap."""
         pair, acquisition, start, end = self._check_slot_range(pair, acquisition, start, end)
         with self._write() as conn:
-            row = self._slot_overlap(conn, pair, acquisition, start, end)
-            if row is not None:
-                raise self._slot_refusal(pair, acquisition, start, end, row)
+            refusal = self._slots_taken(conn, pair, acquisition, start, end)
+            if refusal is not None:
+                raise refusal
             conn.execute(self._DISTILLED_DDL)
             conn.execute("INSERT INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
                          "VALUES (?, ?, ?, ?, ?, ?)", (pair, acquisition, start, end, str(block_id), _now()))
@@ -1994,33 +2016,64 @@ class KeyStore:
                                 "ORDER BY start", (pair, acquisition)).fetchall()
         return [(int(a), int(b), str(c)) for a, b, c in rows]
 
+    def overlapping_blocks(self) -> list[dict[str, Any]]:
+        """Blocks held here from two distillations of the same raw slots (review s38 K1): a store that
+        imported, or distilled, before the origin checks existed may already hold such doubles, whose key is
+        not independent (docs/protocol.md §5.2, (P7)). One entry per pair of distillations: ``pair``,
+        ``acquisition``, ``blocks`` (the two key blocks, earlier-added first) and ``slots`` (their ranges);
+        read from the blocks' records (:func:`block_origin`), never a key bit."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT block_id, pair, meta FROM blocks WHERE json_extract(meta, '$.acquisition') "
+                                "IS NOT NULL ORDER BY seq").fetchall()
+        by: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
+        for bid, pair, meta_s in rows:
+            o = block_origin(str(bid), json.loads(meta_s))
+            if o is not None:
+                by.setdefault((str(pair), o[0]), []).append((o[1], o[2], o[3]))
+        out: list[dict[str, Any]] = []
+        seen: set[tuple[str, str]] = set()
+        for (pair, acq), items in by.items():
+            order = {key: i for i, (_, _, key) in reversed(list(enumerate(items)))}  # first-added position
+            ranges = sorted(items)
+            for i, (a, b, key) in enumerate(ranges):
+                for a2, b2, key2 in ranges[i + 1:]:
+                    if a2 >= b:
+                        break
+                    first, second = sorted(((a, b, key), (a2, b2, key2)), key=lambda r: order[r[2]])
+                    if key2 == key or (first[2], second[2]) in seen:
+                        continue
+                    seen.add((first[2], second[2]))
+                    out.append({"pair": pair, "acquisition": acq, "blocks": [first[2], second[2]],
+                                "slots": [[first[0], first[1]], [second[0], second[1]]]})
+        return out
+
     def _origin_refusal(self, conn: sqlite3.Connection, pair: str, block_id: str,
-                        origin: tuple[str, int, int, str], *, scan_blocks: bool) -> str | None:
+                        origin: tuple[str, int, int, str], *, imported: bool) -> str | None:
         """Why a block new to this store, distilled from ``origin`` (:func:`block_origin`), must not come in:
         its slots overlap a range of the same acquisition that this store's ledger records for another
-        distillation (distilled here, or brought in by an import), or, with ``scan_blocks``, one a block held
-        here names (a store older than the ledger), or one this store distilled itself without keeping a block
-        of it (an aborted block). None when it may: no overlap, or only blocks of its own distillation (a key
-        block and its authentication refill)."""
+        distillation (distilled here, or brought in by an import), or one a block held here names (a store
+        older than the ledger, or a block imported before imports entered it: review s38 K1), or, for an
+        ``imported`` block, one this store distilled itself without keeping a block of it (an aborted block).
+        None when it may: no overlap, or only blocks of its own distillation (a key block and its
+        authentication refill)."""
         acq, start, end, key = origin
         where = f"slots [{start}, {end}) of acquisition {acq}"
         held: set[str] = set()
-        if scan_blocks:
-            for bid, meta_s in conn.execute("SELECT block_id, meta FROM blocks WHERE pair = ? AND "
-                                            "json_extract(meta, '$.acquisition') = ?", (pair, acq)).fetchall():
-                o = block_origin(str(bid), json.loads(meta_s))
-                if o is None:
-                    continue
-                held.add(o[3])
-                if o[3] != key and o[1] < end and o[2] > start:
-                    return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots "
-                            f"[{o[1]}, {o[2]}) of block {o[3]} held in key store {self.path}")
+        for bid, meta_s in conn.execute("SELECT block_id, meta FROM blocks WHERE pair = ? AND "
+                                        "json_extract(meta, '$.acquisition') = ?", (pair, acq)).fetchall():
+            o = block_origin(str(bid), json.loads(meta_s))
+            if o is None:
+                continue
+            held.add(o[3])
+            if o[3] != key and o[1] < end and o[2] > start:
+                return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots "
+                        f"[{o[1]}, {o[2]}) of block {o[3]} held in key store {self.path}")
         row = self._slot_overlap(conn, pair, acq, start, end)
         rows = [] if row is None else conn.execute(
             "SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? AND start < ? AND "
             "end > ? ORDER BY start", (pair, acq, end, start)).fetchall()
         for a, b, bid in rows:
-            if bid != key or (scan_blocks and key not in held):
+            if bid != key or (imported and key not in held):
                 return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots [{a}, {b}) "
                         f"already distilled into (or imported into) key store {self.path} as block {bid}")
         return None
