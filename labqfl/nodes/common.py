@@ -275,11 +275,26 @@ class NodeInstruments:
     def acquisition_faults(self, clicked: Container[str] = ()) -> list[str]:
         """Before an armed acquisition is reported good: :func:`labqfl.station.acquisition_faults` of the
         instruments (laser off, detectors un-biased or latched …; ``clicked``: the detector roles with tags in its
-        last block, not read for a latch) and any arming that failed while it ran."""
+        last block, not read for a latch) and any arming that failed while it ran.
+
+        The read-back runs outside this object's lock, one role at a time, and stops once the node is stopping
+        (review s38 lab4 M1): it can take a VISA timeout per setting, or a detector's counting windows, and
+        :meth:`stop` (a signal's emergency) must not wait behind it. A stop meanwhile is a fault: the acquisition
+        reads as faulty."""
         from labqfl.station import acquisition_faults
 
         with self._lock:
-            return [*self._faults, *(acquisition_faults(self.instruments, clicked) if self._armed else [])]
+            faults, armed, instruments = list(self._faults), self._armed, dict(self.instruments)
+        if not armed:
+            return faults
+        for role, inst in instruments.items():
+            if self._stopping or self._closed:
+                break
+            faults += acquisition_faults({role: inst}, clicked)
+        if self._stopping or self._closed:
+            faults.append(f"node {self.node} stopped during the end-of-acquisition read-back: its instruments were "
+                          "put in their safe state")
+        return faults
 
     def disarm(self) -> dict[str, str]:
         """An armed acquisition ended: the safe state once no other one is armed; the roles whose safe state
