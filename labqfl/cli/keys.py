@@ -439,7 +439,7 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
         with KeyStore.for_node(target, data_dir) as st:
             # a re-run after an import that died before destroying the file (review s38 F3): it can never be
             # imported anywhere again, and holds key live here: destroyed now (unless --keep-file)
-            done = already_imported(st, exp.header)
+            done = already_imported(st, exp)  # that very file (its MAC tag), review s38 K3
             summary = import_keys(st, exp) if done is None else {
                 **exp.header, "imported_bits": 0, "store": str(st.path), "recovered": [], "already_imported": done}
     finally:

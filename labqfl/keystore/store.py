@@ -83,6 +83,10 @@ EXPORT_PART_KEY = "export_part:"
 #: ``meta`` key prefix of the file an import read (value: its export ID), noted in the import's transaction and
 #: dropped once the file is destroyed (review s38 F3: a crash in between left key in clear, live in this store)
 IMPORT_FILE_KEY = "import_file:"
+#: ``meta`` key prefix of the MAC tag of the export file an import read (value: the file's ``hmac_sha256``), so a
+#: re-run's "already imported, destroy the file" is taken only for that very file (review s38 K3). The tag is an
+#: HMAC under the ticket's secret, erased at import: it tells nothing about the bits.
+IMPORT_TAG_KEY = "import_mac:"
 FORMAT_NAME = "labqfl-keystore"
 DATA_DIR_ENV = "LABQFL_DATA_DIR"
 
@@ -1792,7 +1796,7 @@ class KeyStore:
         return binding, segs
 
     def import_segments(self, binding: ExportBinding, segments: Sequence[ExportedSegment], *,
-                        authenticate: Callable[[bytes], bool], file: str = "") -> int:
+                        authenticate: Callable[[bytes], bool], file: str = "", file_tag: str = "") -> int:
         """Add exported segments (another store's :meth:`export_segments`) as free bits, with their
         original block IDs and offsets so refs keep naming the same bits.  One transaction.
 
@@ -1800,7 +1804,8 @@ class KeyStore:
         or node, one already imported here, one whose ticket this store never issued or already
         used, and one that ``authenticate(ticket_secret)`` rejects (the caller checks the file's
         MAC with the ticket's secret).  On success the ticket is spent and its secret erased, and ``file`` (the
-        export file's absolute path, if given) is noted until :meth:`drop_import_file` (:meth:`import_files`).
+        export file's absolute path, if given) is noted until :meth:`drop_import_file` (:meth:`import_files`),
+        and ``file_tag`` (the file's MAC tag, if given) is kept for :meth:`imported`.
         Returns the number of bits imported."""
         b = binding
         total = 0
@@ -1834,6 +1839,9 @@ class KeyStore:
                                                        b.source_node, b.source_store, b.ticket_id))
             for s in segments:
                 total += self._import_segment(conn, s, b.export_id, (b.source_node, b.source_store))
+            if file_tag:  # identifies the very file imported (review s38 K3)
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (IMPORT_TAG_KEY + b.export_id,
+                                                                                        str(file_tag)))
             if file:  # key in clear, live here from this commit on, until the file is destroyed
                 conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (IMPORT_FILE_KEY + file,
                                                                                         b.export_id))
@@ -1888,12 +1896,39 @@ class KeyStore:
 
     def imported(self, export_id: str) -> dict[str, Any] | None:
         """The record of export ``export_id`` if this store imported it: export_id, imported (time), nbits,
-        source_node, source_store, ticket_id; else None."""
+        source_node, source_store, ticket_id, and file_tag (the imported file's MAC tag; None for an import
+        made before it was kept); else None."""
         with self._read() as conn:
             row = conn.execute("SELECT export_id, imported, nbits, source_node, source_store, ticket_id FROM imports "
                                "WHERE export_id = ?", (str(export_id),)).fetchone()
-        return None if row is None else dict(zip(("export_id", "imported", "nbits", "source_node", "source_store",
-                                                  "ticket_id"), row, strict=True))
+            tag = conn.execute("SELECT value FROM meta WHERE key = ?", (IMPORT_TAG_KEY + str(export_id),)).fetchone()
+        return None if row is None else {**dict(zip(("export_id", "imported", "nbits", "source_node", "source_store",
+                                                     "ticket_id"), row, strict=True)), "file_tag": tag and tag[0]}
+
+    def compare_held_bits(self, segments: Sequence[ExportedSegment]) -> tuple[int, int, str | None]:
+        """Compare an export file's segments with this store's copy, for a file that claims an export imported
+        here (review s38 K3): ``(bits compared, bits held here that differ, why the file is no copy)``. Only
+        bits this store still holds (free or reserved) are compared; consumed or exported ones are zeroed here.
+        ``why`` names a segment whose block this store does not hold as the file says. Reads only; nothing is
+        logged."""
+        compared = differ = 0
+        with self._read() as conn:
+            for seg in segments:
+                blk = self._block(conn, seg.block_id)
+                n = int(seg.bits.size)
+                if blk is None or blk[1] != seg.pair or blk[2] != seg.block_nbits or not 0 <= seg.offset <= blk[2] - n:
+                    return compared, differ, (f"its block {seg.block_id} ({seg.pair}, {seg.block_nbits} bits, "
+                                              f"offset {seg.offset}) is not a block this store holds")
+                for g in self._segments(conn, blk[0], seg.offset, seg.offset + n):
+                    a, b = max(g.start, seg.offset), min(g.end, seg.offset + n)
+                    if a >= b or g.state not in ("free", "reserved"):
+                        continue
+                    mine = self._io_bits(conn, blk[0], a, b - a)
+                    theirs = seg.bits[a - seg.offset:b - seg.offset]
+                    compared += b - a
+                    differ += int(np.count_nonzero(mine != theirs))
+                    mine[:] = 0
+        return compared, differ, None
 
     def import_files(self) -> list[tuple[str, str]]:
         """``(path, export ID)`` of the export files imported here and not known destroyed (:meth:`import_segments`

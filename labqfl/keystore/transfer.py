@@ -1061,24 +1061,52 @@ def import_keys(store: KeyStore, source: Path | ExportFile) -> dict[str, Any]:
         return hmac.compare_digest(_mac(secret, doc), tag)
 
     try:
-        n = store.import_segments(binding, segs, authenticate=authenticate, file=os.path.abspath(exp.path))
+        n = store.import_segments(binding, segs, authenticate=authenticate, file=os.path.abspath(exp.path),
+                                  file_tag=tag)
     finally:
         exp.wipe()
     return {**header, "imported_bits": n, "store": str(store.path), "recovered": recovered}
 
 
-def already_imported(store: KeyStore, header: dict[str, Any]) -> dict[str, Any] | None:
-    """The import record of the export whose file has ``header`` (:func:`load_export`) if ``store`` imported that
-    very export: the export ID, bound to this node and store, from the same source store with the same ticket
-    and size. Such a file can never be imported anywhere (this store has it, every other one is not its
-    target), so destroying it loses nothing (review s38 F3: an import killed after its commit left the file,
-    key in clear live here, and a re-run only said "already imported"). None otherwise."""
+def already_imported(store: KeyStore, exp: ExportFile) -> dict[str, Any] | None:
+    """The import record of the export in file ``exp`` (:func:`load_export`) if ``store`` imported that very
+    file: the export ID, bound to this node and store, from the same source store with the same ticket and size,
+    its bits equal to every bit of it this store still holds (:meth:`KeyStore.compare_held_bits`), and the same
+    MAC tag as the file imported, or, for an import made before the tag was kept, every bit of it still held
+    here (review s38 K3: header fields alone took a corrupted or edited copy, or another export's bits under a
+    copied header, for the imported file, and destroyed it). Such a file
+    can never be imported anywhere (this store has its bits, every other one is not its target), so destroying
+    it loses nothing (review s38 F3: an import killed after its commit left the file, key in clear live here).
+    None for an export this store did not import. Raises :class:`DataFormatError`, the file left as it is, when
+    the header names an import here but the file cannot be shown to be the file imported."""
+    header = exp.header
     rec = store.imported(str(header.get("export_id", "")))
     if rec is None or header.get("target_store") != store.store_id or header.get("target_node") != (store.node or ""):
         return None
     same = (rec["source_store"], rec["ticket_id"], int(rec["nbits"])) == (
         header.get("source_store"), header.get("ticket_id"), int(header.get("nbits", -1)))
-    return rec if same else None
+    if not same:
+        return None
+    tag, nbits = exp.doc.get(MAC_FIELD), int(rec["nbits"])
+    compared, differ, why = store.compare_held_bits(exp.segments)
+    where = (f"export file {exp.path}: export {header['export_id']} was imported into key store {store.path} at "
+             f"{rec['imported']}")
+    if why is not None or differ:
+        raise DataFormatError(f"{where}, but this file is not the file imported: "
+                              + (why or f"{differ} of its bits differ from the {compared} this store still holds")
+                              + " (a corrupted or edited copy, or another export's bits); nothing was imported and "
+                              "the file is left as it is")
+    if not rec.get("file_tag") and compared < nbits:
+        raise DataFormatError(f"{where}, before labqfl kept the MAC of the file imported, and {nbits - compared} of "
+                              f"its {nbits} bits are used up here, so this file cannot be shown to be that file; "
+                              "nothing was imported and the file is left as it is. If it is the file you imported "
+                              "(its key is live in, or was used by, this store), destroy it (overwrite it with zeros "
+                              "and delete it); if not, it is not that export")
+    if rec.get("file_tag") and not (isinstance(tag, str) and hmac.compare_digest(tag, str(rec["file_tag"]))):
+        raise DataFormatError(f"{where}, but this file's MAC ({MAC_FIELD}) is not the one of the file imported: "
+                              "it is not that file (a corrupted or edited copy); nothing was imported and the file "
+                              "is left as it is")
+    return {k: v for k, v in rec.items() if k != "file_tag"}
 
 
 def leftover_import_files(store: KeyStore) -> list[dict[str, str]]:
