@@ -141,6 +141,8 @@ class QueueFeed:
         self.end: QueueFeed.END | None = None
         self._closing: QueueFeed.END | None = None
         self._tail: collections.deque[Any] = collections.deque()
+        #: the acquisition's end check refused it: its queued and partial blocks are dropped
+        self.refused = False
 
     def __iter__(self) -> QueueFeed:
         return self
@@ -326,11 +328,17 @@ class AcquisitionTask:
                     break  # distillation requested: restart the stream with it
             ended = True
         finally:
+            refused = True  # the end check refused the segment (or its close failed)
             try:  # the laser still on, detectors armed and not latched: else "Acquisition failed" names the fault
                 stream.close(check=ended)
+                refused = False
             finally:
                 if feeder is not None:
-                    self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed, tail=tail)
+                    if refused:  # as its line says: no key block of it after the refusal (review s38 lab4 M2)
+                        feeder.refused = True
+                        if self._distill_abort is not None:
+                            self._distill_abort.set()  # the key block in progress is abandoned at both ends
+                    self._finish_distiller(feeder, acq.segment_t_s, discard=self.core._closed or refused, tail=tail)
 
     def _start_distiller(self, req: dict[str, Any], station: Any) -> QueueFeed | None:
         """A distillation thread for the acquisition the time tagger has just started. The
@@ -429,6 +437,9 @@ class AcquisitionTask:
                 on_finish=lambda: self.core.post("progress", ("distillation", None, "processing the last partial block…")))
             if results is not None:
                 t_s = feed.end_t_s
+            elif feed.refused:
+                self.core.post("progress", ("distillation", None, "acquisition refused by its end check: its queued "
+                                            "blocks and the key block in progress were dropped (nothing of them stored)"))
             elif abort.is_set() or self.core._closed:
                 self.core.post("progress", ("distillation", None, "distillation stopped by user: a key block in progress "
                                             "was abandoned at both ends (nothing of it stored)"))
