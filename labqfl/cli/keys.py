@@ -19,7 +19,7 @@ from labqfl.cli.common import (
     handle_errors,
     print_table,
 )
-from labqfl.errors import KeyStoreError
+from labqfl.errors import DataFormatError, KeyStoreError
 
 keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import "
                             "(bound by import tickets), "
@@ -114,9 +114,11 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
         con.print(f"{n}: store {info['store_id']}, {len(info['exports'])} export(s); {state}")
         _print_recovered(con, info.get("recovered", []))
         for f in info.get("imported_files_left", []):
+            how = ("overwrite it with zeros and delete it (it was partly overwritten: an import stopped while "
+                   "destroying it, so `labqfl keys import` cannot read it)" if f.get("partly_overwritten") else
+                   f"`labqfl keys import {f['file']}` overwrites and deletes it")
             con.print(f"  WARNING: export file {f['file']} (export {f['export_id']}) was imported into this store and "
-                      "is still on disk: it holds key bits in clear that are live here; destroy it (`labqfl keys "
-                      f"import {f['file']}` overwrites and deletes it)"
+                      f"is still on disk: it holds key bits in clear that are live here; destroy it ({how})"
                       + (f"; it cannot be read now: {f['unreadable']}" if f.get("unreadable") else ""), soft_wrap=True)
         for d in info.get("overlapping_blocks", []):
             (a, b), (sa, sb) = d["blocks"], d["slots"]
@@ -432,7 +434,10 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     from labqfl.keystore.preshare import shred_secret_file
     from labqfl.keystore.transfer import already_imported, import_keys, load_export
 
-    exp = load_export(file)  # one read (review s33 F2: a header, a MAC and the bits from three reads)
+    try:
+        exp = load_export(file)  # one read (review s33 F2: a header, a MAC and the bits from three reads)
+    except DataFormatError as exc:
+        raise _import_remains(file, data_dir, exc) from None
     try:
         target = node or exp.header["target_node"]
         _nodes_or_all([target], data_dir)  # an existing store only: a new one could never be the bound target
@@ -452,6 +457,27 @@ def import_(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     if problem is not None:
         summary["warning"] = problem.replace("secret file", "export file")
     emit(summary, as_json, lambda con: _render_import(con, summary, target))
+
+
+def _import_remains(file: Path, data_dir: Path | None, exc: DataFormatError) -> DataFormatError:
+    """``keys import``'s error for a file that is no readable export: if a store of the data dir notes that it
+    imported this file (an import stopped while it overwrote the file: review s38 K4), say that what is left of
+    it is key in clear, live in that store, and to destroy it; else the read error as it is."""
+    from labqfl.keystore import KeyStore
+    from labqfl.keystore.transfer import noted_import
+
+    for node in _nodes_or_all(None, data_dir):
+        try:
+            with KeyStore.for_node(node, data_dir, create=False) as st:
+                rec = noted_import(st, file)
+        except (KeyStoreError, OSError):
+            continue
+        if rec is not None:
+            return DataFormatError(f"{exc}; this is the file of export {rec['export_id']}, imported into node {node} "
+                                   f"({rec['store']}) by an import that stopped before it finished destroying the "
+                                   "file: what is left of it holds key bits in clear that are live in that store; "
+                                   "nothing was imported: destroy it (overwrite it with zeros and delete it)")
+    return exc
 
 
 def _render_import(con: Any, summary: dict[str, Any], target: str) -> None:

@@ -1109,10 +1109,22 @@ def already_imported(store: KeyStore, exp: ExportFile) -> dict[str, Any] | None:
     return {k: v for k, v in rec.items() if k != "file_tag"}
 
 
+def _partly_overwritten(path: Path) -> bool:
+    """Whether ``path`` looks like an export file the import's shred stopped in (review s38 K4): zero bytes
+    written over part of it, some of it not (a ``"bits"`` field may still hold key in clear). Reads the bytes,
+    never shows them."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return False
+    return b"\0" in raw and raw.count(0) < len(raw)
+
+
 def leftover_import_files(store: KeyStore) -> list[dict[str, str]]:
     """The export files ``store`` imported that are still on disk (:meth:`KeyStore.import_files`): ``{"file",
     "export_id"}`` each; key bits in clear that are live in the store. A noted file that is gone, or now holds
-    something else, is forgotten; one that cannot be read is reported (``"unreadable"``: the reason)."""
+    something else, is forgotten; one that cannot be read is reported (``"unreadable"``: the reason), and so is
+    one the shred stopped in, partly zeroed (``"partly_overwritten"``: review s38 K4, it was forgotten)."""
     out = []
     for path, eid in store.import_files():
         p = Path(path)
@@ -1124,8 +1136,10 @@ def leftover_import_files(store: KeyStore) -> list[dict[str, str]]:
         except DataFormatError as exc:
             if "cannot read it" in str(exc):
                 out.append({"file": path, "export_id": eid, "unreadable": str(exc)})
+            elif _partly_overwritten(p):
+                out.append({"file": path, "export_id": eid, "partly_overwritten": "yes"})
             else:
-                store.drop_import_file(path)  # replaced by something that is no export
+                store.drop_import_file(path)  # replaced by something that is no export, or all zeros
             continue
         exp.wipe()
         if exp.header["export_id"] != eid:
@@ -1135,6 +1149,18 @@ def leftover_import_files(store: KeyStore) -> list[dict[str, str]]:
     return out
 
 
+def noted_import(store: KeyStore, path: Path) -> dict[str, Any] | None:
+    """The import record of the export ``store`` imported from the file at ``path`` (its note, not yet
+    dropped: the file was never destroyed), with ``store``; None if this store notes no import of that file.
+    For a file that no longer reads as an export (review s38 K4: an import stopped while it overwrote it)."""
+    file = os.path.abspath(path)
+    for noted, eid in store.import_files():
+        if noted == file:
+            rec = store.imported(eid) or {"export_id": eid}
+            return {**{k: v for k, v in rec.items() if k != "file_tag"}, "store": str(store.path)}
+    return None
+
+
 __all__ = ["EXPORT_FORMAT", "EXPORT_VERSION", "TICKET_FORMAT", "TICKET_USED_BY", "ExportFile", "abort_pending_export",
            "already_imported", "claim_ticket_file", "export_keys", "leftover_import_files", "release_ticket_file",
-           "import_keys", "load_export", "read_export", "read_ticket", "recover_exports", "write_ticket"]
+           "import_keys", "load_export", "noted_import", "read_export", "read_ticket", "recover_exports", "write_ticket"]
