@@ -1870,8 +1870,10 @@ class KeyStore:
                 why = self._origin_refusal(conn, s.pair, s.block_id, origin, imported=True)
                 if why:
                     raise KeyStoreError(f"export {export_id}: {why}; key distilled twice from the same raw data is "
-                                        "not secret (docs/protocol.md §5.2, (P7)): nothing was imported, the export "
-                                        "file is left as it is")
+                                        "not secret (docs/protocol.md §5.2, (P7)): nothing was imported. The export "
+                                        "file's key bits are unusable: no other store can import them (the file is "
+                                        "bound to this one) and its source cannot take them back (the export is done "
+                                        "there); destroy the file (overwrite it with zeros and delete it)")
                 self._claim_origin(conn, s.pair, origin)
             meta = {**s.meta, IMPORTED_FIELD: {"export_id": export_id, "source_node": source[0],
                                                "source_store": source[1]}}

@@ -62,6 +62,8 @@ def test_a_block_from_the_same_slots_distilled_elsewhere_is_refused(tmp_path: Pa
         assert t.accounting() == before and t.distilled_slots(PAIR, ACQ) == [(0, 2000, "blk-d1")]
     msg = str(err.value)
     assert "blk-d2a" in msg and "blk-d1" in msg and "[0, 2000)" in msg and "nothing was imported" in msg, msg
+    # review s38 K5: the file is key in clear that can go nowhere: the refusal says so and to destroy it
+    assert "key bits are unusable" in msg and "destroy the file" in msg, msg
     assert x.exists()  # left as it is
 
     # the CLI: exit 1, one line naming both blocks
