@@ -32,6 +32,11 @@ class InstrumentError(LabqflError):
         super().__init__(f"{message} ({where})" if where else message)
 
 
+class AcquisitionRefused(InstrumentError):
+    """An acquisition's end check refused it: at its end the instruments no longer read as armed
+    (:func:`labqfl.station.refuse_faulty_acquisition`)."""
+
+
 class InstrumentTimeout(InstrumentError):
     """The instrument did not answer within its timeout."""
 

@@ -51,7 +51,13 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from labqfl.config import InstrumentConfig, StationConfig, validate_options
-from labqfl.errors import ConfigError, InstrumentError, StationError, interrupt_inside
+from labqfl.errors import (
+    AcquisitionRefused,
+    ConfigError,
+    InstrumentError,
+    StationError,
+    interrupt_inside,
+)
 from labqfl.instruments.base import Instrument, TagBlock, emergency
 from labqfl.instruments.interfaces import (
     IntensityModulator,
@@ -296,9 +302,9 @@ def refuse_faulty_acquisition(faults: list[str], what: str, cost: str = "") -> N
     ``cost``: what the refusal costs on the caller's path (review s37 lab3 L9: a recording closed as incomplete,
     or key blocks already stored kept and the rest dropped), said at the end."""
     if faults:
-        raise InstrumentError(f"{what}: at its end the instruments no longer read as armed: {'; '.join(faults)}; "
-                              "the tags may have been taken without light or without a working detector"
-                              + (f". Refused: {cost}" if cost else ""))
+        raise AcquisitionRefused(f"{what}: at its end the instruments no longer read as armed: {'; '.join(faults)}; "
+                                 "the tags may have been taken without light or without a working detector"
+                                 + (f". Refused: {cost}" if cost else ""))
 
 
 def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: bool = True) -> list[str]:

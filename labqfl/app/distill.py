@@ -33,7 +33,7 @@ from typing import Any
 
 from labqfl.config import StationConfig
 from labqfl.contracts.types import DEFAULT_ENGINE
-from labqfl.errors import ConfigError, InstrumentError
+from labqfl.errors import AcquisitionRefused, ConfigError
 
 
 @dataclass(frozen=True)
@@ -317,8 +317,9 @@ class DistillSession:
                 k += 1
                 if on_block is not None:
                     on_block(k, closed)
-        except InstrumentError as exc:  # the acquisition's end check refused it: say what it left stored
-            raise InstrumentError(f"{exc}; {_stored_line(stored)}") from None
+        except AcquisitionRefused as exc:  # the end check refused it: say what it left stored (any other
+            # instrument error goes on as it is, its type, fields and cause kept: review s38 lab4 nit)
+            raise AcquisitionRefused(f"{exc}; {_stored_line(stored)}") from None
         if stopped():
             return None
         if on_finish is not None:
