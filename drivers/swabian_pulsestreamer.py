@@ -431,21 +431,31 @@ class SwabianPulseStreamer(_PulseStreamerCommon, PatternGenerator):
                     if self.opts.trigger == "immediate":
                         self._require_streaming("upload + start(0, REPEAT_INFINITELY)")
                     else:  # "hardware": it waits for the master clock's first pulse
-                        self._require_armed("upload + start(0, REPEAT_INFINITELY)")
+                        self._require_armed("upload + start(0, REPEAT_INFINITELY)", single_shot=last)
                 except InstrumentError as exc:
                     self._failed = str(exc)
                     self._verdicts(len(self._uploads), False)
                     raise
 
-    def _require_armed(self, written: str) -> None:
+    def _require_armed(self, written: str, single_shot: bool = False) -> None:
         """A hardware-triggered stream after ``written``: refuse, outputs dark, unless ``getStreamingState()``
         (pulsestreamer 2.1.2 ``jrpc.PulseStreamer.getStreamingState``: ``State`` and ``StateCondition`` as
         ``enums.State`` / ``enums.StateCondition``) reads it waiting for its trigger (``WAIT_FOR_TRIGGER``) or
-        already playing (``STREAMING``: the master clock's first pulse came in between). Review s37 lab3 L6."""
+        already playing (``STREAMING``: the master clock's first pulse came in between). Review s37 lab3 L6.
+
+        ``single_shot`` (the first upload is also the last, ``NextAction.STOP``): ``FINISHED`` is accepted too, a
+        stream short enough to have played to its end between ``start()`` and the read-back (review s38 lab4 L1;
+        :meth:`poll_played` then reports its frames played). Assumed, not documented by the vendor client (2.1.2
+        only converts the server's integers; ``hasFinished()``/``isStreaming()`` are bare booleans): that
+        ``start()`` clears the previous stream's ``FINISHED``, so that ``FINISHED`` here is this stream's; and
+        that an armed stream reads ``WAIT_FOR_TRIGGER`` (not e.g. ``WAIT_FOR_START``) before its trigger. Check
+        both once on the instrument: upload, ``start()``, ``getStreamingState()`` with no trigger connected, then
+        with the trigger and a single-shot upload."""
         st = self._call("getStreamingState")
         m = self.ps_module
         state, cond = st["State"], st["StateCondition"]
-        if state != m.State.ERROR and (state == m.State.STREAMING or cond == m.StateCondition.WAIT_FOR_TRIGGER):
+        if state != m.State.ERROR and (state == m.State.STREAMING or cond == m.StateCondition.WAIT_FOR_TRIGGER
+                                       or (single_shot and state == m.State.FINISHED)):
             return
         self._dark()
         self._enabled = False

@@ -213,3 +213,41 @@ def test_the_emulator_arms_a_new_stream_only_at_its_start(emulator: PulseStreame
         assert pg.failed is None and emulator.armed() and emulator.playing is None
     finally:
         pg.close()
+
+
+def test_a_single_shot_stream_that_finished_before_the_read_back_is_accepted(
+        emulator: PulseStreamerEmulator) -> None:
+    """Review s38 lab4 L1: a hardware-triggered stream whose first upload is also its last (``NextAction.STOP``),
+    triggered by a master clock already running and played to its end before ``getStreamingState()``, reads
+    ``FINISHED``; it was refused (outputs dark, frames lost) although it played. Now it is accepted and its frames
+    are reported played. A stream with more uploads to come that reads ``FINISHED`` is still refused."""
+    pg = _hardware_pg(emulator)
+    real = emulator._rpc_locked
+
+    def start_then_play_to_the_end(method: str, params: list) -> object:
+        out = real(method, params)
+        if method == "start":
+            emulator.hardware_trigger()
+            emulator.advance(10 * 2 * F * SLOT_NS)  # past its 2 frames
+        return out
+    emulator._rpc_locked = start_then_play_to_the_end  # type: ignore[method-assign]
+    try:
+        pg.start(0)
+        pg.upload(_frames(0, 2), last=True)
+        assert pg.failed is None
+        assert pg.stop() == [(0, True), (1, True)]
+
+
+        def start_then_finished(method: str, params: list) -> object:
+            out = real(method, params)
+            if method == "start":  # a FINISHED that is not this stream playing (the start lost, a stale state)
+                real("forceFinal", [])
+            return out
+        emulator._rpc_locked = start_then_finished  # type: ignore[method-assign]
+        pg.start(2)
+        with pytest.raises(InstrumentError, match=r"getStreamingState\(\) reads State.FINISHED"):
+            pg.upload(_frames(2, 2))  # more uploads to come: FINISHED is not this stream armed
+        assert pg.failed is not None and emulator.output == (0, 0, 0)
+    finally:
+        emulator._rpc_locked = real  # type: ignore[method-assign]
+        pg.close()
