@@ -129,6 +129,10 @@ class JobSettings:
         if self.straggler_timeout_s and not self.nodes:
             raise ConfigError(f"--straggler-timeout {self.straggler_timeout_s:g}: needs the run over nodes (the Flower "
                               "rounds' stages; --in-process has none)")
+        if self.straggler_timeout_s and not self.self_masks:  # review s38 G2
+            from labqfl.fl.flower.spec import STRAGGLER_NEEDS_SELF_MASKS
+
+            raise ConfigError(f"--straggler-timeout {self.straggler_timeout_s:g}: {STRAGGLER_NEEDS_SELF_MASKS}")
         from labqfl.fl.masks import parse_graph
 
         try:  # before any run folder or plan: it was refused after both, naming no option

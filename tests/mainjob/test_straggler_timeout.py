@@ -39,7 +39,7 @@ def no_job(monkeypatch: pytest.MonkeyPatch) -> list[MainJob]:
 
 
 def test_the_option_is_kept_in_the_run_folder(tmp_path: Path, no_job: list[MainJob]) -> None:
-    r = _run(tmp_path, "--straggler-timeout", "20")
+    r = _run(tmp_path, "--self-masks", "--straggler-timeout", "20")
     assert r.exit_code == 0, r.output
     (job,) = no_job
     assert job.settings.straggler_timeout_s == 20.0
@@ -53,6 +53,10 @@ def test_the_option_is_kept_in_the_run_folder(tmp_path: Path, no_job: list[MainJ
     (("--in-process", "--straggler-timeout", "5"), "error: --straggler-timeout 5: needs the run over nodes"),
     (("--straggler-timeout", "-1"), "error: --straggler-timeout -1.0: expected a number of seconds >= 0 (0: off)"),
     (("--straggler-timeout", "nan"), "error: --straggler-timeout nan: expected a number of seconds >= 0 (0: off)"),
+    # review s38 G2: without self-masks a live client cut off after masking would have its update exposed
+    (("--straggler-timeout", "5"), "error: --straggler-timeout 5: needs --self-masks: without them a live client "
+                                   "cut off after masking has its pair keys revealed by its partners, and its late "
+                                   "upload, still sent, can then be read by the server operator"),
 ])
 def test_a_bad_straggler_timeout_is_refused_before_any_run_folder(tmp_path: Path, no_job: list[MainJob],
                                                                  extra: tuple[str, ...], error: str) -> None:
@@ -80,7 +84,7 @@ def test_the_job_trains_over_nodes_with_it(small_station_file: Path, tmp_path: P
 
     monkeypatch.setattr(runjob, "train_over_nodes", nodes)
     job = MainJob.create(load_station_config(small_station_file),
-                         JobSettings(duration_s=0.015, rounds=1, q=32, eps_sec=1e-4, nodes=True,
+                         JobSettings(duration_s=0.015, rounds=1, q=32, eps_sec=1e-4, nodes=True, self_masks=True,
                                      straggler_timeout_s=12.5, data_dir=str(tmp_path / "keys")), tmp_path / "runs")
     with pytest.raises(Stop):
         job._train()
@@ -117,3 +121,14 @@ def test_a_straggler_timeout_ends_a_stage_that_waits_for_a_dead_client() -> None
     t0 = time.monotonic()
     reps = send_and_receive(_PushPullGrid(), msgs, timeout=60.0, straggler_s=0.5, poll_s=0.05)
     assert len(reps) == 1 and 0.4 < time.monotonic() - t0 < 10.0
+
+
+def test_the_flower_spec_refuses_a_straggler_timeout_without_self_masks() -> None:
+    """Review s38 G2: the spec a server runs under refuses it too (not only ``labqfl run``)."""
+    from labqfl.errors import ConfigError
+    from labqfl.fl.flower.spec import FlowerSpec
+
+    with pytest.raises(ConfigError, match=r"straggler_timeout_s 5: needs --self-masks: without them a live client"):
+        FlowerSpec(clients=3, straggler_timeout_s=5.0)
+    assert FlowerSpec(clients=3, self_masks=True, straggler_timeout_s=5.0).straggler_timeout_s == 5.0
+    assert FlowerSpec(clients=3).straggler_timeout_s == 0.0

@@ -26,6 +26,13 @@ JOB_ID_LEFT_OUT = frozenset({"job_id", "rounds", "first_round", "last_round", "k
                              "missing_ok_after_s"})
 
 
+#: why a straggler timeout needs self-masks (review s38 G2; docs/secure_aggregation.md §9): a client it cuts off
+#: after masking may be alive, and its late upload would be exposed
+STRAGGLER_NEEDS_SELF_MASKS = ("needs --self-masks: without them a live client cut off after masking has its pair "
+                              "keys revealed by its partners, and its late upload, still sent, can then be read by "
+                              "the server operator (docs/secure_aggregation.md §9)")
+
+
 @dataclass(frozen=True)
 class FlowerSpec:
     """One federated run on Flower. Same meaning as the ``labqfl train`` options.
@@ -125,6 +132,8 @@ class FlowerSpec:
         if self.stage_timeout_s <= 0 or self.straggler_timeout_s < 0:
             raise ConfigError(f"stage_timeout_s must be > 0 and straggler_timeout_s ≥ 0, got "
                               f"{self.stage_timeout_s} and {self.straggler_timeout_s}")
+        if self.straggler_timeout_s > 0 and not self.self_masks:  # review s38 G2
+            raise ConfigError(f"straggler_timeout_s {self.straggler_timeout_s:g}: {STRAGGLER_NEEDS_SELF_MASKS}")
         if self.dp_epsilon < 0 or self.dp_clip < 0:
             raise ConfigError(f"dp_epsilon and dp_clip must be ≥ 0 (0: off / the update clip), got "
                               f"{self.dp_epsilon} and {self.dp_clip}")

@@ -34,7 +34,8 @@ from labqfl.fl.training import local_updates
 def test_tls_loopback_deployment_survives_a_client_lost_mid_round_and_rejects_a_node_trusting_another_ca(
         tmp_path, mnist_dir) -> None:
     spec = FlowerSpec.for_task("mnist-qnn", data_dir=mnist_dir, clients=3, q=16, rounds=1, keys="csprng", seed=6,
-                               stage_timeout_s=120.0, straggler_timeout_s=10.0, node_wait_s=120.0)
+                               stage_timeout_s=120.0, straggler_timeout_s=10.0, node_wait_s=120.0,
+                               self_masks=True, colluders=0)  # a straggler timeout needs self-masks (s38 G2)
     out = tmp_path / "result.json"
     app_dir = write_app_project(tmp_path / "app", spec, out_json=out)
     wrong = make_superlink_certs(tmp_path / "wrong-ca")
