@@ -1827,7 +1827,11 @@ class KeyStore:
                                  "issued; refusing it")
             if row[1] is not None:
                 raise self._fail(f"import ticket {b.ticket_id} was already used (export {row[2]}); refusing "
-                                 f"export {b.export_id}")
+                                 f"export {b.export_id}. Its key bits are lost: no store can import them (the file "
+                                 "is bound to this store, its ticket spent) and its source cannot take them back; "
+                                 "destroy the file (overwrite it with zeros and delete it). One ticket was used by "
+                                 "two source stores (a copy of the ticket file?): use each ticket file once, from "
+                                 "one store (docs/keystore.md, review s38 K2)")
             if not authenticate(bytes(row[0])):
                 raise self._fail(f"export {b.export_id} failed authentication with its import ticket (the file "
                                  "was modified or corrupted, or not made with this ticket); nothing imported")

@@ -940,8 +940,12 @@ def abort_pending_export(store: KeyStore, export_id: str) -> dict[str, Any]:
     if rec is None:
         raise KeyStoreError(f"key store {store.path}: no export {export_id} was made here")
     if rec["state"] != "exporting":
+        left = (f": its bits left this store for its file {rec['file'] or '(no name recorded)'} and cannot be taken "
+                "back here, since its target may have imported them and a source cannot know; nothing was changed. "
+                "If the target refused that file because its ticket was already used (one ticket used by two source "
+                "stores, review s38 K2), its bits are lost: destroy the file (overwrite it with zeros and delete it)")
         raise KeyStoreError(f"key store {store.path}: export {export_id} is {rec['state']}"
-                            + (": its bits are in its file, not in this store" if rec["state"] != "aborted" else ""))
+                            + ("" if rec["state"] == "aborted" else left))
     part = Path(rec["part"]) if rec["part"] else None
     try:
         fd = _lock_part(part)
