@@ -693,7 +693,10 @@ class KeyDeliveryService:
                                   "store for another key: a request being delivered now (by this or another KME on "
                                   "these stores, e.g. one in the opposite direction), or one a stopped KME left "
                                   f"(released when it is {self.settings.resync_settled_s:g} s old or a KME restarts); "
-                                  f"the stores are in step: retry; {consumed}", [{**details, "held_by": held}])
+                                  f"the stores are in step: retry; {consumed}",
+                             # how many, not their key IDs: those belong to the SAEs of those keys, which need not
+                             # be the caller (review s38 K7); the IDs are in the KME's log above
+                             [{**details, "held_by_requests": len(held)}])
         log.error("KME: slave store %s could not reserve %d key(s) of pair %s (%s); nothing was consumed",
                   s, len(items), pair, exc)
         return EtsiError(503, "the key stores of the two KMEs are out of step for this pair: the slave's store "
