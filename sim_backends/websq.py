@@ -99,6 +99,8 @@ class WebSQEmulator:
         self.bias_history: list[list[float]] = []
         self.received: list[dict[str, Any]] = []
         self._stop = threading.Event()
+        #: set to end the count loop's wait early: a new measurement period, or close()
+        self._wake = threading.Event()
         self._clients: list[socket.socket] = []
         self._count_clients: list[socket.socket] = []
         self._ctl = socket.create_server(("127.0.0.1", control_port))
@@ -189,6 +191,7 @@ class WebSQEmulator:
                     error = f"SetMeasurementPeriod: expected an integer >= {MIN_PERIOD_MS} ms, got {value!r}"
                 else:
                     self.period_ms = value
+                    self._wake.set()  # the measurement restarts with the new period (the next line after it)
             else:
                 error = f"unknown message {msg!r}"
             if error:
@@ -253,8 +256,16 @@ class WebSQEmulator:
                     self._send(c, broadcasts)
         self._drop(conn)
 
+    def _pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (at most), or until the measurement period changes or the emulator closes."""
+        self._wake.wait(max(0.0, seconds))
+        self._wake.clear()
+
     def _count_loop(self) -> None:
+        """One line per measurement period, as the controller sends them [W ``SQCounts.run``]: a period's counts
+        are worked out during it (the time the count source takes is part of the period, not added to it)."""
         while not self._stop.is_set():
+            t0 = time.monotonic()
             with self.lock:
                 period = self.period_ms / 1e3
                 counts: list[int] | None = [round(self.rate_hz_per_ua * b * period) if self.enabled and b > 0 else 0
@@ -263,7 +274,7 @@ class WebSQEmulator:
             if self.counts is not None:
                 counts = self.counts(period) if clients else None  # a read-out only while someone listens
             if counts is None:
-                self._stop.wait(period)
+                self._pause(period - (time.monotonic() - t0))
                 continue
             with self.lock:  # a latched nanowire counts nothing
                 counts = [0 if i < self.n and self.latched[i] else c for i, c in enumerate(counts)]
@@ -273,10 +284,11 @@ class WebSQEmulator:
                     c.sendall(line)
                 except OSError:
                     self._drop(c)
-            self._stop.wait(period)
+            self._pause(period - (time.monotonic() - t0))
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         for s in (self._ctl, self._cnt):
             s.close()
         with self.lock:
@@ -399,6 +411,28 @@ class BlockCounts:
         return out or None
 
 
+#: Simulated time [s] of each read-out of :func:`warm_count_source`.
+WARM_S = 0.002
+
+
+def warm_count_source(testbed: SagnacTestbed) -> None:
+    """Load (on an empty Numba cache: compile) the simulator kernels a controller's count loop runs with a loop
+    behind it (:meth:`~labqfl.sim_backends.testbed.SagnacTestbed.detector_count_rates`), on :data:`WARM_S` of a
+    throwaway copy of ``testbed``'s loop, laser on and detectors armed, on both of the simulator's paths (on demand
+    and drive patterns: which one a read-out takes depends on the live settings), without emulated pattern
+    generators (a read-out plays none). Issue 19: on an empty cache the count loop compiled them on its first
+    line, well past the driver's 2 s timeout, and the first ``labqfl acquire`` of
+    ``examples/station_emulated_hardware.toml`` failed with "no count line … VI_ERROR_TMO"."""
+    from labqfl.sim_backends.testbed import SagnacTestbed
+
+    cfg = testbed.config
+    cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"emulate_pattern_generators": False})})
+    for on_demand in (True, False):
+        tb = SagnacTestbed(cfg, threads=testbed.threads)
+        tb.modulation_on_demand = on_demand
+        tb.detector_count_rates(WARM_S)
+
+
 class EmulatedDetectors:
     """``simulation.emulate_detectors``: the station's detectors D0/D1 (driver ``SingleQuantumEos``) on
     :class:`WebSQEmulator` controllers started here, one per controller resource of the station file (roles
@@ -421,6 +455,8 @@ class EmulatedDetectors:
         #: role -> (DCR₀ [Hz], I₀, scale) of its dark-count law
         self._dark = {r: (cfg.detectors[r].dark_count_rate_hz, cfg.detectors[r].bias_current_ua,
                           dark_bias_scale(cfg.detectors[r])) for r in self.DETECTORS}
+        if testbed is not None:
+            warm_count_source(testbed)  # before any controller listens: its first line comes as a real one's would
         groups: dict[str, list[tuple[str, int]]] = {}
         for role in self.DETECTORS:
             ic = cfg.detectors[role]
@@ -536,4 +572,5 @@ class EmulatedDetectors:
             emu.close()
 
 
-__all__ = ["BIAS_LIMIT_UA", "HOLD_S", "KEEP_S", "MIN_PERIOD_MS", "BlockCounts", "EmulatedDetectors", "WebSQEmulator"]
+__all__ = ["BIAS_LIMIT_UA", "HOLD_S", "KEEP_S", "MIN_PERIOD_MS", "WARM_S", "BlockCounts", "EmulatedDetectors",
+           "WebSQEmulator", "warm_count_source"]
