@@ -202,8 +202,9 @@ def claim_ticket_file(path: Path, store: KeyStore, ticket: ImportTicket) -> bool
                 raise KeyStoreError(
                     f"import ticket {ticket.ticket_id} ({path}) was already used for an export from another store "
                     f"(node {who.get('source_node', '?')}, store {who.get('source_store', '?')}, "
-                    f"{who.get('at', '?')}); a ticket is good for one export from one store: ask the target store for "
-                    f"a new ticket (labqfl keys ticket --node {ticket.target_node}); nothing was exported")
+                    f"{who.get('at', '?')}; or only marked by an export there that stopped before any bit moved: "
+                    "that store may still use it); a ticket is good for one export from one store: ask the target "
+                    f"store for a new ticket (labqfl keys ticket --node {ticket.target_node}); nothing was exported")
             doc[TICKET_USED_BY] = {"source_store": store.store_id, "source_node": store.node or "",
                                    "at": datetime.now(UTC).isoformat(timespec="seconds")}
             _rewrite(fh, doc)

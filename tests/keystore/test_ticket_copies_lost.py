@@ -52,3 +52,25 @@ def test_the_second_copy_of_a_ticket_says_its_key_is_lost(tmp_path: Path) -> Non
     assert rc == 1, text
     assert f"left this store for its file {xc}" in text and "cannot be taken back" in text, text
     assert "its bits are lost: destroy the file" in text and "nothing was changed" in text, text
+
+
+def test_a_mark_left_by_a_killed_export_is_not_called_only_used(tmp_path: Path) -> None:
+    """Review s38 K6: an export killed after marking the ticket file and before its record leaves a mark with no
+    export behind it; another store's refusal says the mark may be only that, and that its store may still use it."""
+    import json
+
+    src_a, src_c, tgt = tmp_path / "srcA", tmp_path / "srcC", tmp_path / "tgt"
+    _fill(src_a, 1)
+    _fill(src_c, 2)
+    ticket = tmp_path / "t.json"
+    assert _keys("ticket", "--node", "C2", "--data-dir", str(tgt), "--out", str(ticket))[0] == 0
+    with KeyStore.for_node("C2", src_a) as st:  # the mark a killed export of srcA left (no export record)
+        doc = json.loads(ticket.read_text())
+        doc["used_by"] = {"source_store": st.store_id, "source_node": "C2", "at": "2026-12-07T12:00:00+00:00"}
+        assert st.exports() == []
+    ticket.write_text(json.dumps(doc))
+    rc, text = _keys("export", "--node", "C2", "--pair", PAIR, "--bits", "256", "--ticket", str(ticket),
+                     "--out", str(tmp_path / "c.json"), "--data-dir", str(src_c))
+    assert rc == 1 and "nothing was exported" in text, text
+    assert "or only marked by an export there that stopped before any bit moved" in text, text
+    assert "that store may still use it" in text, text
