@@ -38,11 +38,13 @@ COLLUDERS_OPTION = typer.Option(
 #: ``--straggler-timeout`` (review s37 F6): the Flower spec's ``straggler_timeout_s`` of a run over nodes
 STRAGGLER_OPTION = typer.Option(
     0.0, "--straggler-timeout", metavar="S",
-    help="Over nodes: drop a client that has not answered a round's stage S seconds after the latest reply "
-         "(default 0: off; a client whose node died is then dropped when the SuperLink declares it gone, 38-60 s "
-         "with Flower 1.42's heartbeats, or 180 s if it died uploading its reply; a hung one after the 600 s stage "
-         "timeout). Too short drops slow live "
-         "clients. docs/nodes.md.")
+    help="Over nodes, with --self-masks (refused without: a live client cut off after masking would have its "
+         "late upload exposed): drop a client that has not answered a round's keys or mask stage S seconds after "
+         "the latest reply (default 0: off; a client whose node died is then dropped when the SuperLink declares "
+         "it gone, 38-60 s with Flower 1.42's heartbeats; a hung one after the 600 s stage timeout). Not applied "
+         "at the consistency and unmask stages (a client lost there stops the round). A client that died while "
+         "uploading its reply is reported after the SuperLink's 180 s object-push session, whatever S. Too short "
+         "drops slow live clients. docs/nodes.md.")
 
 
 def _refuse_options_with_resume() -> None:

@@ -144,11 +144,17 @@ class FlowerRound:
 
 
 def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggler_s: float = 0.0,
-                     poll_s: float = 0.1) -> list[Message]:
+                     poll_s: float = 0.1, ended: list[str] | None = None) -> list[Message]:
     """Push ``messages``, collect replies until all have answered, ``timeout`` seconds have passed
     or — with ``straggler_s`` > 0 — ``straggler_s`` seconds have passed since the latest reply
     (the clients still missing then are treated as lost). Polls every ``poll_s`` seconds. A grid
-    without ``push_messages``/``pull_messages`` falls back to its ``send_and_receive``."""
+    without ``push_messages``/``pull_messages`` falls back to its ``send_and_receive``. ``ended``, if
+    given, gets ``"straggler"`` appended when the straggler timeout ended the wait (review s38 G3: the
+    reason recorded for the clients cut off must say so, not name the stage timeout).
+
+    A reply whose message reached the SuperLink but whose objects did not (its sender died uploading)
+    holds one ``grid.pull_messages`` call until the SuperLink's object-push session expires (flwr
+    ``OBJECT_PUSH_SESSION_TTL_SECONDS``, 180 s): neither limit is checked meanwhile (review s38 G6)."""
     if not (hasattr(grid, "push_messages") and hasattr(grid, "pull_messages")):
         return list(grid.send_and_receive(messages, timeout=timeout))
     ids = set(grid.push_messages(messages))
@@ -162,10 +168,21 @@ def send_and_receive(grid: Any, messages: list[Message], timeout: float, straggl
             out.extend(reps)
             ids.difference_update(m.metadata.reply_to_message_id for m in reps)
             last, got_any = now, True
-        if not ids or now - t0 >= timeout or (straggler_s > 0 and got_any and now - last >= straggler_s):
+        if not ids or now - t0 >= timeout:
+            break
+        if straggler_s > 0 and got_any and now - last >= straggler_s:
+            if ended is not None:
+                ended.append("straggler")
             break
         time.sleep(poll_s)
     return out
+
+
+def _stage_of(msgs: dict[str, Message]) -> str:
+    """The protocol stage ``msgs`` (one stage's messages) carry, "?" if none says."""
+    for m in msgs.values():
+        return str(m.content.config_records[CFG].get("stage", "?"))
+    return "?"
 
 
 def message_bytes(msg: Message) -> int:
@@ -264,14 +281,19 @@ class LabqflServer:
         return ""
 
     def _exchange(self, grid: Any, msgs: dict[str, Message], timeout: float,
-                  counters: dict[str, list[int]] | None = None) -> tuple[dict[str, Message], dict[str, str]]:
-        """Send one message per client, collect replies. Returns (ok replies, failures: name → reason)."""
+                  counters: dict[str, list[int]] | None = None,
+                  straggler: bool = True) -> tuple[dict[str, Message], dict[str, str]]:
+        """Send one message per client, collect replies. Returns (ok replies, failures: name → reason).
+        ``straggler`` False: the spec's straggler timeout is not applied (the consistency, reveal and unmask
+        stages, where any client missing aborts the round: a slow live one is waited for, review s38 G1)."""
         by_node = {m.metadata.dst_node_id: c for c, m in msgs.items()}
         if counters is not None:
             for c, m in msgs.items():
                 counters.setdefault(c, [0, 0])[1] += message_bytes(m)
         t0 = time.monotonic()
-        replies = send_and_receive(grid, list(msgs.values()), timeout, self.spec.straggler_timeout_s)
+        strag = self.spec.straggler_timeout_s if straggler else 0.0
+        ended: list[str] = []
+        replies = send_and_receive(grid, list(msgs.values()), timeout, strag, ended=ended)
         by_msg = {m.metadata.message_id: c for c, m in msgs.items()}  # the IDs the push gave them
         ok: dict[str, Message] = {}
         fail: dict[str, str] = {}
@@ -301,9 +323,12 @@ class LabqflServer:
             ok[c] = rep
             if counters is not None:
                 counters.setdefault(c, [0, 0])[0] += message_bytes(rep)
+        silent = (f"no reply within the straggler timeout {strag:g} s after the last reply "
+                  f"({_stage_of(msgs)} stage, {time.monotonic() - t0:.1f} s in)" if ended
+                  else f"no reply within {timeout} s")
         for c in msgs:
             if c not in ok and c not in fail:
-                fail[c] = gone.get(c, f"no reply within {timeout} s")
+                fail[c] = gone.get(c, silent)
         return ok, fail
 
     def _msg(self, grid: Any, node: int, content: dict[str, Any], r: int, message_type: str = "train") -> Message:
@@ -736,7 +761,7 @@ class LabqflServer:
                 if self.spec.keys == "csprng":
                     d.update(_pk_fields(info, peer))
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
-        ok3, fail3 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters)
+        ok3, fail3 = self._exchange(grid, msgs, self.spec.stage_timeout_s, counters, straggler=False)
         timing["reveal"] = time.perf_counter() - t0
         if fail3:
             raise SecureAggregationError(f"round {r} aborted: survivors failed to reveal keys: {fail3}")
@@ -851,7 +876,7 @@ class LabqflServer:
                              *(o for o in owners if o != c)}:
                     d.update(_pk_fields(info, peer))
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d), "cts": rec}, r)
-        ok3, fail3 = self._exchange(grid, msgs, spec.stage_timeout_s, counters)
+        ok3, fail3 = self._exchange(grid, msgs, spec.stage_timeout_s, counters, straggler=False)
         timing["unmask"] = time.perf_counter() - t0
         if fail3:
             raise SecureAggregationError(f"round {r} aborted: survivors failed to unmask: {fail3}")
@@ -897,7 +922,7 @@ class LabqflServer:
             d = self._base("consistency", r, n)
             d.update(survivors=survivors, dropped=post_drop)
             msgs[c] = self._msg(grid, nodes[c], {CFG: ConfigRecord(d)}, r)
-        ok, fail = self._exchange(grid, msgs, spec.stage_timeout_s, counters)
+        ok, fail = self._exchange(grid, msgs, spec.stage_timeout_s, counters, straggler=False)
         timing["consistency"] = time.perf_counter() - t0
         out: dict[str, Any] = {}
         for c, rep in ok.items():
