@@ -131,6 +131,16 @@ def _settings(**kw: Any) -> Any:
     return TrainingSettings(**kw, engine="flower", preflight=False)
 
 
+#: when a dropout is tolerated (review s38 G1): the server asks every survivor's signature and t chosen share
+#: holders' unmask, so a client lost after its masked upload arrived aborts the round
+DROPOUT_WHEN = ("counting a client lost before its masked upload arrives (one lost after it, at the consistency or unmask "
+                "stage, aborts the round and stops the job)")
+
+
+#: the stages of a round at which a lost client is dropped and the round goes on (``dropouts_tolerated_stages``)
+DROPOUT_STAGES = ("keys", "refs", "mask")
+
+
 def consistency_line(spec: Any) -> str:
     """With self-masks: the tolerated colluders c and the signatures (survivors) ``need`` of the consistency
     stage (:meth:`~labqfl.fl.flower.spec.FlowerSpec.consistency_need`), in words; "" without self-masks."""
@@ -140,7 +150,7 @@ def consistency_line(spec: Any) -> str:
     why = "default t - 1" if spec.colluders < 0 else "--colluders"
     return (f"self-masks: t = {t}, {c} colluding client(s) tolerated ({why}), so every round needs {need} of "
             f"{spec.clients} clients to survive and sign its survivor set ({spec.clients - need} dropout(s) "
-            f"tolerated); job {spec.job()}")
+            f"tolerated), {DROPOUT_WHEN}; job {spec.job()}")
 
 
 def _node_spec(settings: Any, mnist_dir: Path | None, job_id: str | None = None,

@@ -178,7 +178,7 @@ def consistency_of(cfg: Any, settings: Any, data_dir: Path | None = None, job_id
     import dataclasses
 
     from labqfl.app.training import TrainingSetup
-    from labqfl.cli.node_train import consistency_line
+    from labqfl.cli.node_train import DROPOUT_STAGES, consistency_line
     from labqfl.keystore import default_data_dir
     from labqfl.mainjob import _training_settings, check_colluders, consistency_spec
 
@@ -192,7 +192,8 @@ def consistency_of(cfg: Any, settings: Any, data_dir: Path | None = None, job_id
     need = spec.consistency_need()
     return {"threshold": spec.full_threshold(), "colluders": spec.tolerated_colluders(),
             "colluders_default": settings.colluders is None, "need": need, "clients": spec.clients,
-            "dropouts_tolerated": spec.clients - need, "line": consistency_line(spec)}
+            "dropouts_tolerated": spec.clients - need, "dropouts_tolerated_stages": list(DROPOUT_STAGES),
+            "line": consistency_line(spec)}
 
 
 def _checked_station(config: Path | None, duration: float, engine: str, block_bits: int | None,

@@ -14,6 +14,10 @@ from typer.testing import CliRunner
 
 from labqfl.cli import app
 
+#: review s38 G1: the line says when a dropout is tolerated (before the masked upload arrives)
+WHEN = (", counting a client lost before its masked upload arrives (one lost after it, at the consistency or unmask "
+        "stage, aborts the round and stops the job)")
+
 runner = CliRunner()
 
 
@@ -38,9 +42,9 @@ def test_plan_says_the_survivors_each_round_needs_and_the_dropouts_it_tolerates(
     r = _plan("--self-masks", *extra, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)["consistency"]
-    assert doc.pop("line").startswith(line + "; job job-")
+    assert doc.pop("line").startswith(line + WHEN + "; job job-")
     assert doc == {"threshold": t, "colluders": c, "colluders_default": "--colluders" not in extra, "need": need,
-                   "clients": 4, "dropouts_tolerated": 4 - need}
+                   "clients": 4, "dropouts_tolerated": 4 - need, "dropouts_tolerated_stages": ["keys", "refs", "mask"]}
 
 
 def test_plan_without_self_masks_or_in_process_has_no_consistency_stage() -> None:

@@ -17,6 +17,10 @@ from typer.testing import CliRunner
 from labqfl.cli import app
 from labqfl.mainjob import MainJob
 
+#: review s38 G1: the line says when a dropout is tolerated (before the masked upload arrives)
+WHEN = (", counting a client lost before its masked upload arrives (one lost after it, at the consistency or unmask "
+        "stage, aborts the round and stops the job)")
+
 runner = CliRunner()
 
 
@@ -52,9 +56,9 @@ def test_colluders_is_said_with_the_plan_and_kept_in_the_run_folder(
     assert line in " ".join(r.stderr.split())
     c, need = (int(extra[1]), 3) if extra else (2, 4)
     doc = json.loads(r.stdout)["consistency"]
-    assert doc.pop("line").startswith(line + "; job job-")
+    assert doc.pop("line").startswith(line + WHEN + "; job job-")
     assert doc == {"threshold": 3, "colluders": c, "colluders_default": not extra, "need": need, "clients": 4,
-                   "dropouts_tolerated": 4 - need}
+                   "dropouts_tolerated": 4 - need, "dropouts_tolerated_stages": ["keys", "refs", "mask"]}
     (job,) = no_job
     want = int(extra[1]) if extra else None
     assert job.settings.colluders == want
