@@ -211,6 +211,14 @@ def _checked_state(p: Path, state: Any) -> JobSettings:
     acqs = state.get("acquisitions")
     if not isinstance(acqs, list) or any(not isinstance(a, dict) for a in acqs):
         raise bad(f"'acquisitions' is {acqs!r:.80}, not a list of objects")
+    if isinstance(st, dict) and st.get("straggler_timeout_s") and not st.get("self_masks"):
+        # a folder written before review s38 G2 refused this pair: the straggler timeout (unsigned server
+        # logistics, not the job's) is turned off, as `--resume` cannot change it; a dropout then waits for the
+        # SuperLink (38-60 s, 180 s) or the stage timeout instead of exposing a live client cut off after masking
+        log.warning("%s: --straggler-timeout %s without --self-masks is no longer accepted (%s); this run goes on "
+                    "with it off", p, st["straggler_timeout_s"], "a live client cut off after masking would be exposed")
+        st = {**st, "straggler_timeout_s": 0.0}
+        state["settings"] = st
     try:
         settings = JobSettings.from_dict(st)
         settings.validate()

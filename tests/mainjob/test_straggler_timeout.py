@@ -132,3 +132,19 @@ def test_the_flower_spec_refuses_a_straggler_timeout_without_self_masks() -> Non
         FlowerSpec(clients=3, straggler_timeout_s=5.0)
     assert FlowerSpec(clients=3, self_masks=True, straggler_timeout_s=5.0).straggler_timeout_s == 5.0
     assert FlowerSpec(clients=3).straggler_timeout_s == 0.0
+
+
+def test_a_folder_with_it_but_no_self_masks_resumes_with_it_off(tmp_path: Path, no_job: list[MainJob],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Review s38 G2: a folder written before the refusal (``--straggler-timeout`` without ``--self-masks``) can
+    still be resumed — ``--resume`` refuses a changed setting — with the timeout off, and says so."""
+    r = _run(tmp_path, "--self-masks", "--straggler-timeout", "20")
+    assert r.exit_code == 0, r.output
+    (job,) = no_job
+    state = json.loads((job.path / "state.json").read_text())
+    state["settings"]["self_masks"] = False
+    (job.path / "state.json").write_text(json.dumps(state))
+    with caplog.at_level("WARNING"):
+        resumed = MainJob.resume(job.path)
+    assert resumed.settings.straggler_timeout_s == 0.0 and not resumed.settings.self_masks
+    assert "without --self-masks is no longer accepted" in caplog.text and "goes on with it off" in caplog.text
