@@ -77,12 +77,24 @@ read a second time (W + C again) before it is called latched: P_false² there to
 and the channels that clicked in the acquisition's last block are not read at all
 (:func:`labqfl.station.acquisition_faults`). The "dark" assumption is the safe side: with light on, r is
 larger and P_false smaller.
+
+*Emergency stop during a window* (issue 19). The windows (up to 2 × 10 s each, twice at the end check) hold only
+the controller's window lock (:data:`_WINDOW_LOCKS`: one measurement period and one counts port per controller),
+never the driver's lock: the safe state (bias down) needs that one, and an emergency stop runs the safe states in
+the station's reverse opening order, the detectors before the laser, so a window holding it kept the laser on until
+it ended. The driver's lock is taken only to set the period. Arming's check is the exception: it runs inside the
+``enabled`` setting, whose write holds the driver's lock (:class:`labqfl.instruments.settings.Setting`), so an
+emergency there waits for the window's next count line (one period, 10 s at most), not for the whole check.
+A window checks :func:`labqfl.instruments.base.in_emergency` before it starts and at each count line, and an
+emergency met there ends it with an :class:`InstrumentError` ("latch check cut by the emergency stop … no verdict on a latch"); a bias
+written during the windows (a safe state, a disarm from another thread) gives no verdict either, never "latched".
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from typing import Any, cast
 
 import pyvisa
@@ -92,6 +104,7 @@ from pyvisa.resources import MessageBasedResource
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
 from labqfl.errors import InstrumentError, InstrumentQueueError, InstrumentReplyError
+from labqfl.instruments.base import in_emergency
 from labqfl.instruments.interfaces import PhotonDetector
 from labqfl.instruments.settings import Setting, in_range
 
@@ -106,6 +119,12 @@ ETB = "\x17"
 #: Probability that a working channel at the lowest dark rate assumed counts nothing over the latch check's
 #: two windows (module docstring, "Windows and false alarms").
 LATCH_FALSE_ALARM = 1e-4
+
+#: One lock per controller (its control resource) for the counting windows: the measurement period and the counts
+#: port are the controller's, so two windows never overlap, but a window holds only this one, never the driver's
+#: lock that the safe state needs (issue 19).
+_WINDOW_LOCKS: dict[str, threading.RLock] = {}
+_WINDOW_LOCKS_LOCK = threading.Lock()
 
 
 class SingleQuantumEosOptions(DriverOptions):
@@ -141,6 +160,8 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
 
     max_bias = BIAS_UA[1]
     bias_unit = "µA"
+    #: bias writes so far: a counting window over which it changed counted at another bias (:meth:`_counts_nothing`)
+    _bias_writes = 0
 
     @classmethod
     def config_limits(cls, options: Any) -> dict[str, Limit]:
@@ -336,6 +357,7 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
 
     def _write_bias(self, ua: float) -> None:
         with self.lock:
+            self._bias_writes += 1
             currents = self.bias_currents_ua
             currents[self.channel - 1] = round(ua, 4)
             self._command("SetAllBiasCurrents", "BiasCurrent", currents)
@@ -358,8 +380,8 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             if not self._labels("DetectorEnable")["DetectorEnable"]:
                 self._command("DetectorEnable", "DetectorEnable", True)
             self._ramp_bias(self._bias_setpoint)
-            with self.lock:
-                if self._latch_params() is not None and self._bias_setpoint >= self._operating_bias - 1e-6:
+            if self._latch_params() is not None and self._bias_setpoint >= self._operating_bias - 1e-6:
+                with self._window:  # not self.lock: the safe state needs it (issue 19)
                     self._latch_check_keeping_period()
         else:
             with self.lock:
@@ -472,10 +494,16 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         params = self._latch_params()
         assert params is not None
         _, window, confirm = params
+        writes = self._bias_writes
         rate = self._read_rate(window) if first_rate is None else first_rate
         if rate * window >= 0.5:  # at least one count
             return False, window
-        return self._read_rate(confirm) * confirm < 0.5, window + confirm
+        nothing = self._read_rate(confirm) * confirm < 0.5
+        if self._bias_writes != writes:  # the windows hold no driver lock: another thread may have moved it
+            raise InstrumentError(f"{self.name}: channel {self.channel}: latch check cut: the bias was changed during "
+                                  f"its counting windows ({window + confirm:.3g} s) by another caller; no verdict on a "
+                                  "latch", instrument=self.name, resource=self.resource, command="counts")
+        return nothing, window + confirm
 
     def _latch_check_keeping_period(self) -> None:
         """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
@@ -490,7 +518,7 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         params = self._latch_params()
         if params is None:
             return None
-        with self.lock:
+        with self._window:  # not self.lock: an emergency's safe state runs during the windows (issue 19)
             bias = self.bias_now_ua
             if bias < self._operating_bias - 1e-6:
                 return None  # not at its operating point: arming_settings' read-back names it
@@ -567,35 +595,66 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         rate = self._read_rate(integration_s)
         if self._latch_params() is None or rate * integration_s >= 0.5:  # off, or at least one count
             return rate
-        with self.lock:
+        with self._window:  # not self.lock: the safe state needs it (issue 19)
             if not self._labels("DetectorEnable")["DetectorEnable"] or self.bias_now_ua < self._operating_bias - 1e-6:
                 return rate  # not biased at its operating point: no count says nothing of a latch
             self._recover_if_latched(None)
             return self._read_rate(integration_s)
 
+    @property
+    def _window(self) -> Any:
+        """The controller's counting-window lock (:data:`_WINDOW_LOCKS`), shared by its channels."""
+        with _WINDOW_LOCKS_LOCK:
+            return _WINDOW_LOCKS.setdefault(self.resource, threading.RLock())
+
+    def _open_counts(self, res: str, ms: int) -> MessageBasedResource:
+        """The counts port ([W ``SQCounts.run``]) as a VISA socket, one line per measurement period of ``ms``."""
+        try:
+            rm = pyvisa.ResourceManager(self.link.library)
+            return cast(MessageBasedResource, rm.open_resource(
+                res, read_termination="\n", timeout=max(self.config.timeout_ms, 3 * ms)))
+        except Exception as exc:
+            raise InstrumentError(f"cannot open the counts port {res}: {exc}", instrument=self.name,
+                                  resource=self.resource) from exc
+
+    def _not_in_emergency(self, counted_s: float) -> None:
+        """Raise when an emergency stop runs (:func:`~labqfl.instruments.base.in_emergency`): a counting window
+        it meets ends there, with no verdict (its safe state may have ramped the bias down meanwhile: no count
+        then says nothing of a latch)."""
+        reason = in_emergency()
+        if reason is not None:
+            raise InstrumentError(f"{self.name}: channel {self.channel}: latch check cut by the emergency stop "
+                                  f"({reason}) after {counted_s:.3g} s of counting; no verdict on a latch",
+                                  instrument=self.name, resource=self.resource, command="counts")
+
     def _read_rate(self, integration_s: float) -> float:
-        """One measurement period's counts of this channel from the counts port, per second."""
+        """One measurement period's counts of this channel from the counts port, per second. The driver's lock
+        is held only to set the period: the wait for the count lines (up to 2 periods, 10 s each) holds only
+        the controller's window lock, so an emergency's safe state (this channel's bias down, then the laser
+        off: the station's reverse order) never waits for a window (issue 19); an emergency met at a count
+        line ends the window with an error (:meth:`_not_in_emergency`), never a reading."""
         s = check_range("integration_s", integration_s, MIN_PERIOD_MS / 1e3, MAX_PERIOD_MS / 1e3, "s")
         ms = round(s * 1e3)
         host = self.resource.split("::")[1]
         res = f"TCPIP0::{host}::{self.opts.counts_port}::SOCKET"
-        with self.lock:
-            self._command("SetMeasurementPeriod", "InptMeasurementPeriod", ms)
+        with self._window:
+            self._not_in_emergency(0.0)
+            with self.lock:
+                self._command("SetMeasurementPeriod", "InptMeasurementPeriod", ms)
+            counts = self._open_counts(res, ms)
             try:
-                rm = pyvisa.ResourceManager(self.link.library)
-                counts = cast(MessageBasedResource, rm.open_resource(
-                    res, read_termination="\n", timeout=max(self.config.timeout_ms, 3 * ms)))
-            except Exception as exc:
-                raise InstrumentError(f"cannot open the counts port {res}: {exc}", instrument=self.name,
-                                      resource=self.resource) from exc
-            try:
-                counts.read()  # may cover time before the new period: discard
-                fields = str(counts.read()).strip().split(",")
-            except Exception as exc:
-                raise InstrumentError(f"no count line from {res}: {exc}", instrument=self.name,
-                                      resource=self.resource) from exc
+                lines = []
+                for _ in range(2):  # the first may cover time before the new period: discarded
+                    try:
+                        lines.append(str(counts.read()))
+                    except Exception as exc:
+                        self._not_in_emergency(max(0, len(lines) - 1) * s)
+                        raise InstrumentError(f"no count line from {res}: {exc}", instrument=self.name,
+                                              resource=self.resource) from exc
+                    self._not_in_emergency(max(0, len(lines) - 1) * s)  # at each count line
             finally:
                 counts.close()
+        fields = lines[1].strip().split(",")
         try:
             counts_n = float(fields[self.channel])
         except (IndexError, ValueError):

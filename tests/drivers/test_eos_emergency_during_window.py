@@ -1,0 +1,157 @@
+"""Issue 19: the SNSPD end check (:meth:`SingleQuantumEos.acquisition_fault`) held the driver's lock over both
+counting windows (screening + confirmation, up to 2 x 10 s each at low dark rates). An emergency stop runs the
+safe states in reverse opening order (power_meter, time_tagger, D1, D0, laser, master_clock), and D0's safe state
+needs that lock: a SIGTERM during D0's window left the laser on until the window ended. Now a window holds only
+the controller's window lock; the safe state runs at once and the window, at its next count line, ends with an
+error naming the emergency stop (never a false "latched" / "not latched").
+
+The count stream is a fake whose second line blocks until the test releases it: no wall-clock race (the join
+timeouts only bound a failure)."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from typing import Any
+
+import pytest
+from labqfl.drivers.singlequantum_eos import SingleQuantumEos
+
+from labqfl.config import DetectorConfig
+from labqfl.errors import InstrumentError
+from labqfl.instruments.base import emergency
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
+                                reason="pyvisa-py (the 'hardware' extra) is not installed")
+
+
+class _BlockingCounts:
+    """A counts port ([W ``SQCounts.run``]) whose lines give channel 1 no count; the ``block_at``-th read (1-based)
+    waits for ``release``."""
+
+    def __init__(self, block_at: int) -> None:
+        self.block_at, self.reads = block_at, 0
+        self.blocked, self.release = threading.Event(), threading.Event()
+
+    def read(self) -> str:
+        self.reads += 1
+        if self.reads == self.block_at:
+            self.blocked.set()
+            assert self.release.wait(30), "the test never released the count stream"
+        return "1.0,0,0"
+
+    def close(self) -> None:
+        pass
+
+
+class _Laser:
+    """The laser role: its safe state records whether D0's counting window was still blocked when it ran."""
+
+    def __init__(self, counts: _BlockingCounts) -> None:
+        self.counts, self.off_while_blocked = counts, None  # type: bool | None
+
+    def safe_state(self) -> None:
+        self.off_while_blocked = not self.counts.release.is_set()
+
+
+def _armed_d0(emu: Any) -> SingleQuantumEos:
+    d0 = SingleQuantumEos("D0", DetectorConfig(
+        driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000, bias_current_ua=3.0,
+        dark_count_rate_hz=50.0, options={"channel": 1, "counts_port": emu.counts_port, "bias_step_ua": 1.0,
+                                          "bias_ramp_ua_per_s": 10_000.0}))
+    d0.enabled = True  # the arming latch check reads the emulator's own count stream: 300 /s, not latched
+    assert emu.bias_ua[0] == 3.0
+    return d0
+
+
+def _end_check(d0: SingleQuantumEos, out: dict[str, Any]) -> threading.Thread:
+    def run() -> None:
+        try:
+            out["fault"] = d0.acquisition_fault()
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            out["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_emergency_during_the_end_check_window_puts_d0_and_then_the_laser_safe_at_once() -> None:
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = _armed_d0(emu)
+        counts = _BlockingCounts(block_at=2)  # the screening window's counted line
+        d0._open_counts = lambda res, ms: counts  # type: ignore[method-assign,assignment,return-value]
+        laser, out, stop = _Laser(counts), {}, {}  # type: ignore[var-annotated]
+        held, leave = threading.Event(), threading.Event()
+
+        def emergency_stop() -> None:  # a node's SIGTERM: the emergency held until the node is down
+            with emergency("signal SIGTERM"):
+                for inst in (d0, laser):  # the Station's reverse opening order: ..., D1, D0, laser, master_clock
+                    inst.safe_state()
+                held.set()
+                leave.wait(30)
+            stop["done"] = True
+
+        checker = _end_check(d0, out)
+        try:
+            assert counts.blocked.wait(10), "the end check never reached its counting window"
+            stopper = threading.Thread(target=emergency_stop, daemon=True)
+            stopper.start()
+            # before: D0's safe state waited for the driver's lock, held by the end check until its window ended
+            assert held.wait(5), "the emergency's safe states waited for D0's counting window"
+            assert laser.off_while_blocked is True
+            assert emu.bias_ua[0] == 0.0 and emu.enabled is False  # D0 down, bias supply off (D1 was at 0 µA)
+            counts.release.set()
+            checker.join(10)
+            assert not checker.is_alive()
+            assert "fault" not in out, out  # no verdict: neither "latched" nor "not latched"
+            err = out["error"]
+            assert isinstance(err, InstrumentError)
+            assert str(err).startswith("D0: channel 1: latch check cut by the emergency stop (signal SIGTERM) after "
+                                       "0.2 s of counting; no verdict on a latch"), str(err)
+        finally:
+            counts.release.set()
+            leave.set()
+            checker.join(10)
+            d0.close()
+
+
+def test_a_bias_change_during_the_windows_gives_no_verdict() -> None:
+    """An emergency that ended before the count line came (or a plain disarm by another thread): the bias moved
+    during the window, so its zero count says nothing of a latch: an error, not "latched during the acquisition"."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = _armed_d0(emu)
+        counts = _BlockingCounts(block_at=2)
+        d0._open_counts = lambda res, ms: counts  # type: ignore[method-assign,assignment,return-value]
+        out: dict[str, Any] = {}
+        checker = _end_check(d0, out)
+        try:
+            assert counts.blocked.wait(10)
+            done = threading.Thread(target=d0.safe_state, daemon=True)
+            done.start()
+            done.join(5)
+            assert not done.is_alive() and emu.bias_ua[0] == 0.0  # before: waited for the window's lock
+            counts.release.set()
+            checker.join(10)
+            assert "fault" not in out, out
+            assert "latch check cut: the bias was changed during its counting windows" in str(out["error"])
+        finally:
+            counts.release.set()
+            checker.join(10)
+            d0.close()
+
+
+def test_a_window_does_not_start_in_an_emergency() -> None:
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = _armed_d0(emu)
+        try:
+            with emergency("signal SIGINT"), pytest.raises(InstrumentError, match="cut by the emergency stop "
+                                                           r"\(signal SIGINT\) after 0 s of counting"):
+                d0.acquisition_fault()
+        finally:
+            d0.close()
