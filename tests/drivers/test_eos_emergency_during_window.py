@@ -155,3 +155,41 @@ def test_a_window_does_not_start_in_an_emergency() -> None:
                 d0.acquisition_fault()
         finally:
             d0.close()
+
+
+def test_an_emergency_during_the_arming_window_ends_it_at_the_next_count_line() -> None:
+    """Arming's check runs inside the ``enabled`` setting, which holds the driver's lock: it is not lock-free, but
+    an emergency ends its window at the next count line with the emergency's error. Before: the check went on
+    (confirmation window, a bias reset with the emergency running, a second check) and gave a verdict: here
+    "latched", the fake stream counting nothing."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = SingleQuantumEos("D0", DetectorConfig(
+            driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000,
+            bias_current_ua=3.0, dark_count_rate_hz=50.0,
+            options={"channel": 1, "counts_port": emu.counts_port, "bias_step_ua": 1.0,
+                     "bias_ramp_ua_per_s": 10_000.0}))
+        counts = _BlockingCounts(block_at=2)
+        d0._open_counts = lambda res, ms: counts  # type: ignore[method-assign,assignment,return-value]
+        out: dict[str, Any] = {}
+
+        def arm() -> None:
+            try:
+                d0.enabled = True
+            except BaseException as exc:  # noqa: BLE001 - the test reads it
+                out["error"] = exc
+        armer = threading.Thread(target=arm, daemon=True)
+        armer.start()
+        try:
+            assert counts.blocked.wait(10)
+            with emergency("signal SIGTERM"):
+                counts.release.set()
+                armer.join(10)
+                assert not armer.is_alive()
+            assert "latch check cut by the emergency stop (signal SIGTERM) after 0.2 s" in str(out["error"]), out
+            assert counts.reads == 2  # no confirmation window, no bias reset
+        finally:
+            counts.release.set()
+            armer.join(10)
+            d0.close()
