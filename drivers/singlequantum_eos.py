@@ -500,10 +500,14 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             return False, window
         nothing = self._read_rate(confirm) * confirm < 0.5
         if self._bias_writes != writes:  # the windows hold no driver lock: another thread may have moved it
-            raise InstrumentError(f"{self.name}: channel {self.channel}: latch check cut: the bias was changed during "
-                                  f"its counting windows ({window + confirm:.3g} s) by another caller; no verdict on a "
-                                  "latch", instrument=self.name, resource=self.resource, command="counts")
+            raise self._bias_moved(window + confirm)
         return nothing, window + confirm
+
+    def _bias_moved(self, seconds: float) -> InstrumentError:
+        """The latch check's error when the bias was written during it by another caller (a safe state, a disarm)."""
+        return InstrumentError(f"{self.name}: channel {self.channel}: latch check cut: the bias was changed during "
+                               f"its counting windows ({seconds:.3g} s) by another caller; no verdict on a latch",
+                               instrument=self.name, resource=self.resource, command="counts")
 
     def _latch_check_keeping_period(self) -> None:
         """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
@@ -560,25 +564,33 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         one stays resistive, counting nothing, until its bias is taken away): its bias is ramped to 0 µA and back
         once (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed), the light off meanwhile;
         still counting nothing, the bias is ramped to 0 µA and the channel refused in one line. ``rate``: a rate
-        just read over the screening window."""
+        just read over the screening window. The reset holds the driver's lock (a few ramp steps, no window) and
+        starts only if no emergency runs and no one wrote the bias since the check began: a safe state that ran
+        between the windows and the reset is never undone by the ramp back up (issue 19)."""
+        writes = self._bias_writes
         latched, seconds = self._counts_nothing(rate)
         if not latched:
             return
-        bias = self.bias_now_ua
-        self.log.warning("channel %d counted nothing over %.3g s at %g µA: latched; bias ramped to 0 µA and back once",
-                         self.channel, seconds, bias)
-        restore = self.light_off() if self.light_off is not None else None  # the station's shutters/clock
-        try:
-            self._ramp_bias(0.0)
-            self._ramp_bias(bias)  # back up in the dark, not under the flux that latched it
-        finally:
-            if restore is not None:
-                restore()
+        with self.lock:
+            self._not_in_emergency(seconds)
+            if self._bias_writes != writes:
+                raise self._bias_moved(seconds)
+            bias = self.bias_now_ua
+            self.log.warning("channel %d counted nothing over %.3g s at %g µA: latched; bias ramped to 0 µA and back "
+                             "once", self.channel, seconds, bias)
+            restore = self.light_off() if self.light_off is not None else None  # the station's shutters/clock
+            try:
+                self._ramp_bias(0.0)
+                self._ramp_bias(bias)  # back up in the dark, not under the flux that latched it
+            finally:
+                if restore is not None:
+                    restore()
         latched, seconds = self._counts_nothing()
         if not latched:
             self.log.info("channel %d counts again after the bias reset", self.channel)
             return
-        self._disarm()
+        with self.lock:
+            self._disarm()
         r_min = self._latch_params()[0]  # type: ignore[index]
         raise InstrumentError(f"{self.name}: channel {self.channel} latched: no count over {seconds:.3g} s at "
                               f"{bias:g} µA after its bias was ramped to 0 µA and back (a working channel of at least "

@@ -19,7 +19,7 @@ from labqfl.drivers.singlequantum_eos import SingleQuantumEos
 
 from labqfl.config import DetectorConfig
 from labqfl.errors import InstrumentError
-from labqfl.instruments.base import emergency
+from labqfl.instruments.base import _EMERGENCY, emergency
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
                                 reason="pyvisa-py (the 'hardware' extra) is not installed")
@@ -192,4 +192,53 @@ def test_an_emergency_during_the_arming_window_ends_it_at_the_next_count_line() 
         finally:
             counts.release.set()
             armer.join(10)
+            d0.close()
+
+
+def test_a_safe_state_between_the_windows_and_the_bias_reset_is_not_undone() -> None:
+    """count_rate_hz's latch check no longer holds the driver's lock over its windows, so an emergency's safe state
+    can run after the windows found nothing and before the reset: the reset must not run then. Before: it "reset"
+    the bias from the 0 µA the safe state left, found nothing again (unbiased) and refused the channel as latched,
+    a false verdict; had the safe state come just after the reset read the bias, it ramped it back up to 3 µA."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = _armed_d0(emu)
+        found = d0._counts_nothing
+        stop = emergency("signal SIGTERM")  # begins once the windows are over, held until the test ends
+        in_emergency = {"on": True}
+
+        calls = {"n": 0}
+
+        def nothing_then_safe_state(rate: float | None = None) -> tuple[bool, float]:
+            calls["n"] += 1
+            latched, seconds = found(rate)
+            if calls["n"] > 1:  # the check after a reset: as it is
+                return latched, seconds
+            assert not latched  # the emulator's stream counts: the test says "nothing" itself
+            if in_emergency["on"]:
+                stop.__enter__()
+            stopper = threading.Thread(target=d0.safe_state, daemon=True)
+            stopper.start()
+            stopper.join(10)
+            assert not stopper.is_alive()
+            return True, seconds
+        d0._counts_nothing = nothing_then_safe_state  # type: ignore[method-assign]
+        try:
+            with pytest.raises(InstrumentError, match=r"latch check cut by the emergency stop \(signal SIGTERM\)"):
+                d0._recover_if_latched(None)
+            assert emu.bias_ua[0] == 0.0 and emu.enabled is False
+            stop.__exit__(None, None, None)
+            in_emergency["on"] = False
+            # no emergency (a plain disarm from another thread): no reset either, and no verdict
+            d0._counts_nothing = found  # type: ignore[method-assign]
+            d0.enabled = True
+            calls["n"] = 0
+            d0._counts_nothing = nothing_then_safe_state  # type: ignore[method-assign]
+            with pytest.raises(InstrumentError, match="latch check cut: the bias was changed"):
+                d0._recover_if_latched(None)
+            assert emu.bias_ua[0] == 0.0
+        finally:
+            if in_emergency["on"] and stop in _EMERGENCY:
+                stop.__exit__(None, None, None)
             d0.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ class _Offline(SingleQuantumEos):
         self._dark_hz, self.rate_hz, self.rng = dark_hz, rate_hz, rng
         self.log = logging.LoggerAdapter(logging.getLogger("test.eos"), {})
         self.resets = self.seconds_read = 0.0
+        self.lock = threading.RLock()  # the bias reset holds it (issue 19)
 
     @property
     def bias_now_ua(self) -> float:  # type: ignore[override]
