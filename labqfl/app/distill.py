@@ -277,6 +277,12 @@ class DistillSession:
                                    stop=stop)
         return self.distiller
 
+    def distilled_before(self, source: TagSource, total_slots: int) -> list[str]:
+        """The pairs every block of which an earlier run of ``source``'s acquisition distilled into these stores
+        (:meth:`labqfl.qkd.pipeline.Distiller.distilled_before`), asked before any tag is read: a front end
+        refuses such a recording at once (review s38 user F6) without running the distillation itself."""
+        return list(self.start(source.logs, source.acquisition_id).distilled_before(total_slots))
+
     def start_from_station(self, station: Any) -> Any:
         """:meth:`start` with the logs and the ID of the acquisition the Station's time tagger has
         just begun (:meth:`labqfl.station.Station.client_logs`, :meth:`~labqfl.station.Station.acquisition_id`)."""

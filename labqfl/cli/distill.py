@@ -136,7 +136,7 @@ def _refuse_distilled_again(session: Any, tags: Any, src: _Source, recording: Pa
     from labqfl.cli.common import ALREADY_DISTILLED
 
     total = int(round(src.duration_s * src.cfg.laser.rep_rate_hz))  # as DistillSession.run finishes
-    done = session.start(tags.logs, tags.acquisition_id).distilled_before(total)
+    done = session.distilled_before(tags, total)
     n = len(src.cfg.pairs())
     if len(done) == n:
         raise fail(f"{recording}: {'all ' if n > 1 else ''}{n} pair{'s' if n > 1 else ''} {ALREADY_DISTILLED}")

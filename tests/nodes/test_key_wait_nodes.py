@@ -28,6 +28,7 @@ class _Net:
 
     def __init__(self) -> None:
         self.calls: list[tuple[int, int, list[float] | None]] = []
+        self.nodes: dict = {}  # no SuperNode has exited (labqfl.nodes.runjob.exited_before_stop asks before each segment)
 
     def train(self, config: dict, timeout_s: float, init_params: list[float] | None = None) -> dict:
         from labqfl.fl.flower.spec import FlowerSpec
