@@ -177,6 +177,27 @@ def kill() -> Any:
 
 # -- the emulated-hardware pair station (tests/modulation, tests/nodes, tests/calibration) ----------------
 MODULATION = Path(__file__).resolve().parent / "modulation"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def emulated_hardware_example(folder: Path) -> Path:
+    """examples/station_emulated_hardware.toml written to ``folder`` with its Pulse Streamer emulators on loopback
+    addresses of its own: the example binds fixed ports (8050/21328) on 127.0.17.1-4, so two tests opening it at
+    once on parallel workers found them taken (clean-clone CI of session 38: "no free address 127.0.17.1")."""
+    import random
+
+    net = f"127.{random.randint(100, 254)}.{random.randint(0, 255)}."
+    out = folder / "station_emulated_hardware.toml"
+    text = (ROOT / "examples" / "station_emulated_hardware.toml").read_text(encoding="utf-8")
+    assert text.count('"127.0.17.') == 4, "the example's four Pulse Streamer addresses moved"
+    out.write_text(text.replace('"127.0.17.', f'"{net}'), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def emulated_hardware_file() -> Any:
+    """:func:`emulated_hardware_example` (tests cannot import conftest under ``--import-mode=importlib``)."""
+    return emulated_hardware_example
 
 
 @functools.cache

@@ -19,6 +19,7 @@ import importlib.util
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import h5py
 import pytest
@@ -30,14 +31,14 @@ from labqfl.cli import app
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
                                 reason="pyvisa-py (the 'hardware' extra) is not installed")
 runner = CliRunner()
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "station_emulated_hardware.toml"
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+def recorded(tmp_path_factory: pytest.TempPathFactory, emulated_hardware_file: Any) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("rec-played")
     rec, data = tmp / "rec.h5", tmp / "data"
-    r = runner.invoke(app, ["acquire", "--config", str(EXAMPLE), "--duration", "0.2", "--out", str(rec),
+    example = emulated_hardware_file(tmp)  # the example on loopback addresses of its own
+    r = runner.invoke(app, ["acquire", "--config", str(example), "--duration", "0.2", "--out", str(rec),
                             "--data-dir", str(data), "--json"])
     assert r.exit_code == 0, r.output
     with h5py.File(rec, "r") as f:

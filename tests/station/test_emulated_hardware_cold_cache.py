@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,11 @@ LABQFL = Path(sys.executable).with_name("labqfl")
 @pytest.mark.slow
 @pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in ("pyvisa_py", "pulsestreamer")),
                     reason="needs the 'hardware' extra (pyvisa-py, pulsestreamer)")
-def test_first_acquisition_of_the_emulated_hardware_station_on_an_empty_numba_cache(tmp_path: Path) -> None:
+def test_first_acquisition_of_the_emulated_hardware_station_on_an_empty_numba_cache(tmp_path: Path,
+                                                                                  emulated_hardware_file: Any) -> None:
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache")}  # empty: every kernel compiles here
-    cmd = [str(LABQFL), "acquire", "--config", str(ROOT / "examples" / "station_emulated_hardware.toml"),
+    station = emulated_hardware_file(tmp_path)  # its emulators hold their ports while this run compiles (~1-2 min)
+    cmd = [str(LABQFL), "acquire", "--config", str(station),
            "--duration", "0.05", "--json", "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=480, cwd=tmp_path)
     assert "no count line" not in proc.stderr, proc.stderr[-3000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import h5py
 import pytest
@@ -22,18 +23,18 @@ from labqfl.errors import InstrumentError
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
                                 reason="pyvisa-py (the 'hardware' extra) is not installed")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "station_emulated_hardware.toml"
-
 
 def test_a_recording_refused_at_its_end_keeps_every_clients_played_frames(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        emulated_hardware_file: Any) -> None:
+    example = emulated_hardware_file(tmp_path)  # the example on loopback addresses of its own
     real = acq_mod.acquisition_faults
     monkeypatch.setattr(acq_mod, "acquisition_faults",
                         lambda *a: [*real(*a), "D0: channel 1 counted nothing (injected)"])
     out = tmp_path / "rec.h5"
     with pytest.raises(InstrumentError) as err:
-        acquire(load_station_config(EXAMPLE), AcquireOptions(duration_s=0.2, block_s=0.05, out=out,
-                                                             data_dir=tmp_path / "data"), base_dir=EXAMPLE.parent)
+        acquire(load_station_config(example), AcquireOptions(duration_s=0.2, block_s=0.05, out=out,
+                                                             data_dir=tmp_path / "data"), base_dir=example.parent)
     with h5py.File(out, "r") as f:
         assert bool(f.attrs["complete"]) is False
         clients = sorted(f["clients"])
