@@ -134,6 +134,13 @@ class _Flows:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
+    def _fail(self, exc: BaseException) -> None:
+        """A thread's resume or task raised: keep the first error for the caller; the thread stops."""
+        with self._lock:
+            self.error = self.error or exc
+            self.busy -= 1
+            self._changed.notify_all()
+
     def _resume(self, i: int) -> None:
         """Flow i's serial code up to its next phase with tasks (or its end); called with ``busy`` counted."""
         try:
@@ -149,10 +156,7 @@ class _Flows:
                 self._changed.notify_all()
             return
         except BaseException as exc:  # handed to the caller
-            with self._lock:
-                self.error = self.error or exc
-                self.busy -= 1
-                self._changed.notify_all()
+            self._fail(exc)
             return
         with self._lock:
             self.phase[i] = [n, fn, 0, 0]
@@ -190,10 +194,7 @@ class _Flows:
             try:
                 ph[1](task, slot)
             except BaseException as exc:  # handed to the caller
-                with self._lock:
-                    self.error = self.error or exc
-                    self.busy -= 1
-                    self._changed.notify_all()
+                self._fail(exc)
                 return
             with self._lock:
                 ph[3] += 1
