@@ -9,9 +9,16 @@ probability ``2^−t`` over the seed: with ``t = ⌈log2(1/ε_cor)⌉`` the prot
 ``log2(2/ε_cor)`` term of the finite-key formula pays for the ``t`` disclosed bits).
 A block whose tags differ is discarded — it is never amplified or stored.
 
-The tag uses the same matrix convention as privacy amplification (:mod:`labqfl.qkd.toeplitz`);
-because ``t`` ≤ 64 is tiny, a packed-bit Numba kernel computes it directly in
-``O(t·n/64)`` word operations instead of an FFT.
+The tag uses the same matrix convention as privacy amplification (:mod:`labqfl.qkd.toeplitz`).
+Because ``t`` ≤ 64 is tiny it is computed directly, not by an FFT: with that convention tag bit
+``i`` is ``Σ_b seed[(i − b) mod L]·x[b]`` (``L = n + t − 1``), a cyclic convolution, so
+``tag[i] = c[i] ⊕ c[L + i]`` for the linear product ``c = seed·x`` in GF(2)[z]. Where the CPU
+has the carry-less multiply (:data:`~labqfl.qkd.toeplitz.HAS_CLMUL`) the two windows of ``c``
+are read off three carry-less dot products of the packed words (``O(n/64)`` multiplies,
+:func:`_tag_clmul`); elsewhere a shift-and-AND kernel computes each bit's parity
+(``O(t·n/64)`` word operations, :func:`_tag_kernel`, also the fast path's test reference).
+Both give the same tag bit for bit: the hash function, and with it the ``2^−t`` collision bound,
+is unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import numba
 import numpy as np
 
 from labqfl.errors import QKDInputError
-from labqfl.qkd.toeplitz import require_bits, toeplitz_seed
+from labqfl.qkd.toeplitz import HAS_CLMUL, _clmul_dot, _pack_checked, require_bits, toeplitz_seed
 
 __all__ = ["verification_tag_length", "hash_tag", "hash_tag_reference", "VerificationOutcome", "verify_keys"]
 
@@ -76,17 +83,66 @@ def _tag_kernel(Q, X, n_words, m):  # type: ignore[no-untyped-def]
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _diagonal(S, Xr, d):  # type: ignore[no-untyped-def]
+    """``D[d] = XOR_{u+j=d} clmul(S[u], X[j])`` (128 bits as (lo, hi)), ``Xr`` = X's words in
+    reverse order (so the dot product runs forward in both); (0, 0) where no term exists."""
+    kx = Xr.shape[0]
+    u0 = d - (kx - 1)
+    if u0 < 0:
+        u0 = 0
+    u1 = d if d < S.shape[0] - 1 else S.shape[0] - 1
+    if d < 0 or u1 < u0:
+        return np.uint64(0), np.uint64(0)
+    return _clmul_dot(S, u0, Xr, kx - 1 - d + u0, u1 - u0 + 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _tag_clmul(S, X, L, m):  # type: ignore[no-untyped-def]
+    """Tag bits ``c[i] ⊕ c[L + i]`` (i < m ≤ 64) of ``c = S·X`` over GF(2) (module docstring).
+
+    ``S``: the seed's L bits, ``X``: the key's bits, both packed little-endian in 64-bit words
+    (zero above). Word w of ``c`` is ``lo(D[w]) ⊕ hi(D[w − 1])``; ``c[0 … 63]`` is the low word
+    of ``clmul(S[0], X[0])`` alone."""
+    Xr = X[::-1].copy()
+    low, _ = _clmul_dot(S, 0, X, 0, 1)
+    w0 = L >> 6
+    _, h_prev = _diagonal(S, Xr, w0 - 1)
+    l0, h0 = _diagonal(S, Xr, w0)
+    l1, _ = _diagonal(S, Xr, w0 + 1)
+    c0 = l0 ^ h_prev  # bits 64·w0 … 64·w0 + 63 of c
+    c1 = l1 ^ h0
+    r = L & 63
+    out = np.zeros(m, dtype=np.uint8)
+    one = np.uint64(1)
+    for i in range(m):
+        k = r + i
+        hi = (c0 >> np.uint64(k)) if k < 64 else (c1 >> np.uint64(k - 64))
+        out[i] = np.uint8(((low >> np.uint64(i)) ^ hi) & one)
+    return out
+
+
 def hash_tag(bits: np.ndarray, seed_bits: np.ndarray, t: int) -> np.ndarray:
     """``t``-bit Toeplitz tag ``T(seed)·bits mod 2`` (uint8 0/1), same as ``toeplitz_hash``.
 
     ``seed_bits`` has ``n + t − 1`` bits (randextract convention, see :mod:`labqfl.qkd.toeplitz`).
     """
-    require_bits("bits", bits)
+    require_bits("bits", bits, values=not HAS_CLMUL)
     n = int(bits.size)
+    X = _pack_checked("bits", bits, (n + 63) // 64) if HAS_CLMUL and n else None  # checks the 0/1 values on the way
     if not 1 <= t <= max(n, 1) or t > 64:
         raise QKDInputError(f"verification: tag length must be 1..min(64, n={n}), got {t}")
     L = n + t - 1
-    require_bits("seed_bits", seed_bits, L)
+    require_bits("seed_bits", seed_bits, L, values=X is None)
+    if X is not None:
+        return _tag_clmul(_pack_checked("seed_bits", seed_bits, (L + 63) // 64), X, L, t)
+    return _hash_tag_words(bits, seed_bits, t)
+
+
+def _hash_tag_words(bits: np.ndarray, seed_bits: np.ndarray, t: int) -> np.ndarray:
+    """The tag by :func:`_tag_kernel` (any CPU; checked arguments)."""
+    n = int(bits.size)
+    L = n + t - 1
     # Row i of T is the window q[t-1-i : t-1-i+n] of q[s] = seed[(t-1-s) mod L], that is
     # seed[t-1], …, seed[0] and then seed[L-1], …, seed[t]: two reversed slices, no index array.
     q = np.concatenate((seed_bits[t - 1::-1], seed_bits[:t - 1:-1]))
