@@ -225,11 +225,47 @@ AUTH_ORIGIN_FIELD = "auth_secret_origin"
 _AUTH_REFILL_KIND = "auth-refill"
 
 
+#: The recorded origin of block row ``{r}`` (:func:`block_origin`) as SQLite reads it: ``(seq, pair, acquisition,
+#: first slot, end slot)`` for a block whose metadata names an acquisition. A filter only: :func:`block_origin` decides.
+_ORIGIN_OF = ("SELECT {r}seq, {r}pair, json_extract({r}meta, '$.acquisition'), json_extract({r}meta, '$.slots[0]'), "
+              "json_extract({r}meta, '$.slots[1]') {src}WHERE json_valid({r}meta) AND "
+              "json_extract({r}meta, '$.acquisition') IS NOT NULL")
+#: The origins of the blocks held, kept beside them so that the origin checks need not read every block of a
+#: long acquisition (review s38 K1: 2 000 blocks of one recording took 17.1 CPU s, quadratic): one row per block
+#: (:data:`_ORIGIN_OF`, columns with no type, so values stay as the metadata has them), indexed by pair,
+#: acquisition and first slot (the range scan) and by span (the longest, read from the index's end), and kept in
+#: step by triggers (an older labqfl's writes too). Not on ``blocks`` itself: SQLite refuses incremental blob
+#: I/O on a row of a table with an index on an expression (``cannot open indexed column for writing``). Created
+#: and filled by the first write that checks origins (:meth:`KeyStore._origin_schema`), with no schema version;
+#: until then a check reads the blocks (:data:`_HELD_SCAN_SQL`). The ledger gets an index by span too.
+_ORIGIN_SCHEMA = (
+    "CREATE TABLE block_origins (seq INTEGER PRIMARY KEY, pair, acquisition, start, end)",
+    "CREATE INDEX block_origins_start ON block_origins (pair, acquisition, start)",
+    'CREATE INDEX block_origins_span ON block_origins (pair, acquisition, "end" - start)',
+    "CREATE TRIGGER block_origins_add AFTER INSERT ON blocks BEGIN INSERT INTO block_origins "
+    + _ORIGIN_OF.format(r="NEW.", src="") + "; END",
+    "CREATE TRIGGER block_origins_edit AFTER UPDATE OF pair, meta ON blocks BEGIN DELETE FROM block_origins WHERE "
+    "seq = OLD.seq; INSERT INTO block_origins " + _ORIGIN_OF.format(r="NEW.", src="") + "; END",
+    "CREATE TRIGGER block_origins_drop AFTER DELETE ON blocks BEGIN DELETE FROM block_origins WHERE seq = OLD.seq; END",
+    "INSERT INTO block_origins " + _ORIGIN_OF.format(r="", src="FROM blocks "),
+)
+_LEDGER_SPAN_INDEX = 'CREATE INDEX IF NOT EXISTS distilled_slots_span ON distilled_slots (pair, acquisition, "end" - start)'
+#: The longest slot range a block of a pair and acquisition records (parameters: pair, acquisition); None if none.
+_HELD_SPAN_SQL = 'SELECT MAX("end" - start) FROM block_origins WHERE pair = ? AND acquisition = ?'
 #: The blocks of a pair and acquisition whose recorded slots may overlap ``[start, end)`` (parameters: pair,
-#: acquisition, end, start); :func:`block_origin` decides. Filtering in SQL keeps a distillation's check per
-#: block from reading every block of a long acquisition (review s38 K1).
-_HELD_OVERLAP_SQL = ("SELECT block_id, meta FROM blocks WHERE pair = ? AND json_extract(meta, '$.acquisition') = ? "
-                     "AND json_extract(meta, '$.slots[0]') < ? AND json_extract(meta, '$.slots[1]') > ?")
+#: acquisition, end, start - longest span, start), in the order they were added; :func:`block_origin` decides.
+#: A block whose first slot is at most ``start - span`` ends at or before ``start``: the lower bound drops no
+#: overlap, and the check reads O(log n) index entries plus the blocks near ``[start, end)``.
+_HELD_OVERLAP_SQL = ("SELECT b.block_id, b.meta FROM block_origins o JOIN blocks b ON b.seq = o.seq WHERE o.pair = ? "
+                     "AND o.acquisition = ? AND o.start < ? AND o.start > ? AND o.end > ? ORDER BY o.seq")
+#: The same without :data:`_ORIGIN_SCHEMA` (parameters: pair, acquisition, end, start): every block of the pair.
+_HELD_SCAN_SQL = ("SELECT block_id, meta FROM blocks WHERE pair = ? AND json_extract(meta, '$.acquisition') = ? "
+                  "AND json_extract(meta, '$.slots[0]') < ? AND json_extract(meta, '$.slots[1]') > ? ORDER BY seq")
+#: The ledger's rows of a pair and acquisition that overlap ``[start, end)`` (parameters: pair, acquisition, end,
+#: start - longest span, start), by first slot; the same lower bound.
+_LEDGER_SPAN_SQL = 'SELECT MAX("end" - start) FROM distilled_slots WHERE pair = ? AND acquisition = ?'
+_LEDGER_OVERLAP_SQL = ("SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? AND "
+                       "start < ? AND start > ? AND end > ? ORDER BY start")
 
 
 def block_origin(block_id: str, meta: Any, *, strict: bool = False) -> tuple[str, int, int, str] | None:
@@ -1989,22 +2025,52 @@ class KeyStore:
                       "start INTEGER NOT NULL CHECK (start >= 0), end INTEGER NOT NULL CHECK (end > start), "
                       "block_id TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (pair, acquisition, start))")
 
-    @staticmethod
-    def _slot_overlap(conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int) -> tuple | None:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'distilled_slots'").fetchone() is None:
-            return None
-        return conn.execute("SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? "
-                            "AND start < ? AND end > ? ORDER BY start LIMIT 1",
-                            (pair, acquisition, int(end), int(start))).fetchone()
+    @classmethod
+    def _origin_schema(cls, conn: sqlite3.Connection) -> None:
+        """The ledger table and what the origin checks read (:data:`_ORIGIN_SCHEMA`, filled from the blocks held),
+        inside the caller's write transaction; a no-op once they exist."""
+        conn.execute(cls._DISTILLED_DDL)
+        conn.execute(_LEDGER_SPAN_INDEX)
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'block_origins'").fetchone() is None:
+            for stmt in _ORIGIN_SCHEMA:
+                conn.execute(stmt)
 
     @staticmethod
-    def _held_overlap(conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int, *,
+    def _ledger_overlaps(conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int) -> list[tuple]:
+        """The ledger's rows ``(start, end, block_id)`` of ``pair`` and ``acquisition`` that overlap ``[start, end)``,
+        by first slot (:data:`_LEDGER_OVERLAP_SQL`); [] without a ledger."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'distilled_slots'").fetchone() is None:
+            return []
+        span = conn.execute(_LEDGER_SPAN_SQL, (pair, acquisition)).fetchone()[0]
+        if span is None:
+            return []
+        return conn.execute(_LEDGER_OVERLAP_SQL, (pair, acquisition, int(end), int(start) - span, int(start))).fetchall()
+
+    @classmethod
+    def _slot_overlap(cls, conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int) -> tuple | None:
+        rows = cls._ledger_overlaps(conn, pair, acquisition, start, end)
+        return rows[0] if rows else None
+
+    @staticmethod
+    def _held_candidates(conn: sqlite3.Connection, pair: str, acquisition: str, start: int,
+                         end: int) -> list[tuple[str, str]]:
+        """``(block_id, meta)`` of the blocks of ``pair`` and ``acquisition`` whose recorded slots may overlap
+        ``[start, end)``, in the order they were added (:data:`_HELD_OVERLAP_SQL`)."""
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'block_origins'").fetchone() is None:
+            return conn.execute(_HELD_SCAN_SQL, (pair, acquisition, int(end), int(start))).fetchall()
+        span = conn.execute(_HELD_SPAN_SQL, (pair, acquisition)).fetchone()[0]
+        if span is None:
+            return []
+        return conn.execute(_HELD_OVERLAP_SQL, (pair, acquisition, int(end), int(start) - span, int(start))).fetchall()
+
+    @classmethod
+    def _held_overlap(cls, conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int, *,
                       except_key: str | None = None) -> tuple[int, int, str] | None:
         """``(start, end, key block)`` of a block held here whose recorded origin (:func:`block_origin`) overlaps
         slots ``[start, end)`` of ``acquisition`` and belongs to another distillation than ``except_key``; None if
         none does. The ledger alone misses blocks imported before it recorded imports (3432abe) and blocks
         distilled before it existed (review s38 K1), so every check of new slots reads the blocks too."""
-        for bid, meta_s in conn.execute(_HELD_OVERLAP_SQL, (pair, acquisition, int(end), int(start))).fetchall():
+        for bid, meta_s in cls._held_candidates(conn, pair, acquisition, start, end):
             o = block_origin(str(bid), json.loads(meta_s))
             if o is not None and o[3] != except_key and o[1] < end and o[2] > start:
                 return o[1], o[2], o[3]
@@ -2049,7 +2115,7 @@ class KeyStore:
             refusal = self._slots_taken(conn, pair, acquisition, start, end)
             if refusal is not None:
                 raise refusal
-            conn.execute(self._DISTILLED_DDL)
+            self._origin_schema(conn)
             conn.execute("INSERT INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
                          "VALUES (?, ?, ?, ?, ?, ?)", (pair, acquisition, start, end, str(block_id), _now()))
 
@@ -2083,7 +2149,8 @@ class KeyStore:
             order = {key: i for i, (_, _, key) in reversed(list(enumerate(items)))}  # first-added position
             ranges = sorted(items)
             for i, (a, b, key) in enumerate(ranges):
-                for a2, b2, key2 in ranges[i + 1:]:
+                for j in range(i + 1, len(ranges)):  # (no slice: a copy of the rest per block was quadratic)
+                    a2, b2, key2 = ranges[j]
                     if a2 >= b:
                         break
                     first, second = sorted(((a, b, key), (a2, b2, key2)), key=lambda r: order[r[2]])
@@ -2105,8 +2172,9 @@ class KeyStore:
         authentication refill)."""
         acq, start, end, key = origin
         where = f"slots [{start}, {end}) of acquisition {acq}"
+        self._origin_schema(conn)  # (inside the write transaction of add_blocks or import_segments)
         held: set[str] = set()
-        for bid, meta_s in conn.execute(_HELD_OVERLAP_SQL, (pair, acq, end, start)).fetchall():
+        for bid, meta_s in self._held_candidates(conn, pair, acq, start, end):
             o = block_origin(str(bid), json.loads(meta_s))
             if o is None:  # (a block of the ledger row's distillation overlaps [start, end) as that row does)
                 continue
@@ -2114,11 +2182,7 @@ class KeyStore:
             if o[3] != key and o[1] < end and o[2] > start:
                 return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots "
                         f"[{o[1]}, {o[2]}) of block {o[3]} held in key store {self.path}")
-        row = self._slot_overlap(conn, pair, acq, start, end)
-        rows = [] if row is None else conn.execute(
-            "SELECT start, end, block_id FROM distilled_slots WHERE pair = ? AND acquisition = ? AND start < ? AND "
-            "end > ? ORDER BY start", (pair, acq, end, start)).fetchall()
-        for a, b, bid in rows:
+        for a, b, bid in self._ledger_overlaps(conn, pair, acq, start, end):
             if bid != key or (imported and key not in held):
                 return (f"pair {pair}: block {block_id} was distilled from {where}, which overlap slots [{a}, {b}) "
                         f"already distilled into (or imported into) key store {self.path} as block {bid}")
@@ -2129,7 +2193,7 @@ class KeyStore:
         :meth:`_origin_refusal` found no other distillation over them): a later distillation of the same
         recording here, or an import of another block over them, is then refused."""
         acq, start, end, key = origin
-        conn.execute(self._DISTILLED_DDL)
+        self._origin_schema(conn)
         conn.execute("INSERT OR IGNORE INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
                      "VALUES (?, ?, ?, ?, ?, ?)", (pair, acq, start, end, key, _now()))
 
