@@ -82,10 +82,9 @@ larger and P_false smaller.
 the controller's window lock (:data:`_WINDOW_LOCKS`: one measurement period and one counts port per controller),
 never the driver's lock: the safe state (bias down) needs that one, and an emergency stop runs the safe states in
 the station's reverse opening order, the detectors before the laser, so a window holding it kept the laser on until
-it ended. The driver's lock is taken only to set the period. Arming's check is the exception: it runs inside the
-``enabled`` setting, whose write holds the driver's lock (:class:`labqfl.instruments.settings.Setting`), so an
-emergency there waits for the window's next count line (one period, 10 s at most), not for the whole check.
-A window checks :func:`labqfl.instruments.base.in_emergency` before it starts and at each count line, and an
+it ended. The driver's lock is taken only to set the period. Arming's check too runs after the ``enabled``
+setting's write has let go of the driver's lock (:meth:`SingleQuantumEos.setting_changed`; before, it ran inside
+that write and an emergency waited for the window's next count line, up to 10 s). A window checks :func:`labqfl.instruments.base.in_emergency` before it starts and at each count line, and an
 emergency met there ends it with an :class:`InstrumentError` ("latch check cut by the emergency stop … no verdict on a latch"); a bias
 written during the windows (a safe state, a disarm from another thread) gives no verdict either, never "latched".
 """
@@ -180,6 +179,8 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         self.n_detectors = 0
         self._dump_size: int | None = None
         self._pending: list[dict[str, Any]] = []
+        #: threads whose ``enabled = True`` write owes arming's latch check (:meth:`setting_changed`)
+        self._latch_check_due: set[int] = set()
         super().__init__(name, config, adapter=adapter)
         self._warn_clamped_windows()
 
@@ -376,16 +377,35 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             return self._labels("DetectorEnable")["DetectorEnable"] is True and self.bias_now_ua > 0
 
     def _set_enabled(self, on: bool) -> None:
+        """Runs inside the ``enabled`` setting's write, which holds the driver's lock
+        (:class:`~labqfl.instruments.settings.Setting`): the bias supply and the ramp here; arming's latch check
+        after the write, once that lock is let go (:meth:`setting_changed`)."""
+        me = threading.get_ident()
+        self._latch_check_due.discard(me)
         if on:
             if not self._labels("DetectorEnable")["DetectorEnable"]:
                 self._command("DetectorEnable", "DetectorEnable", True)
             self._ramp_bias(self._bias_setpoint)
             if self._latch_params() is not None and self._bias_setpoint >= self._operating_bias - 1e-6:
-                with self._window:  # not self.lock: the safe state needs it (issue 19)
-                    self._latch_check_keeping_period()
+                self._latch_check_due.add(me)
         else:
             with self.lock:
                 self._disarm()
+
+    def setting_changed(self, name: str) -> None:
+        """After a setting's write, outside the lock the write held: arming's latch check (after ``enabled =
+        True`` in this thread), then the change hooks (:meth:`Instrument.setting_changed`; not told of an arming
+        the check refused, as before). The check's windows hold only the controller's window lock: an emergency's
+        safe state (this channel's bias down, then the laser off) runs at once, and the window ends at its next
+        count line with "latch check cut by the emergency stop … no verdict" (issue 19; before, it waited for
+        that line with the driver's lock held, up to one count period of 10 s). A caller that itself holds the
+        driver's lock around the write still holds it here."""
+        me = threading.get_ident()
+        if name == "enabled" and me in self._latch_check_due:
+            self._latch_check_due.discard(me)
+            with self._window:  # not self.lock: the safe state needs it
+                self._latch_check_keeping_period()
+        super().setting_changed(name)
 
     def _disarm(self) -> None:
         """This channel ramped to 0 µA; ``DetectorEnable`` off once every channel is at 0 µA. If a read or

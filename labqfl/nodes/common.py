@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -308,16 +308,20 @@ class NodeInstruments:
 
     def safe_state(self) -> dict[str, str]:
         """Every instrument to its safe state (reverse opening order); ``{role: error}`` of the failures."""
-        failed: dict[str, str] = {}
         with self._lock:
-            for role in reversed(list(self.instruments)):
-                try:
-                    self.instruments[role].safe_state()
-                except Exception as exc:  # keep going: the others must be safe too
-                    failed[role] = _one_line(exc)
-                    log.error("node %s: role %s: safe state failed: %s", self.node, role, exc)
+            failed = self._safe_states(self.instruments)
         if self.instruments:
             log.info("node %s: %s in the safe state", self.node, ", ".join(reversed(list(self.instruments))))
+        return failed
+
+    def _safe_states(self, instruments: Mapping[str, Instrument]) -> dict[str, str]:
+        failed: dict[str, str] = {}
+        for role in reversed(list(instruments)):
+            try:
+                instruments[role].safe_state()
+            except Exception as exc:  # keep going: the others must be safe too
+                failed[role] = _one_line(exc)
+                log.error("node %s: role %s: safe state failed: %s", self.node, role, exc)
         return failed
 
     def stop(self, emergency_reason: str | None = None) -> None:
@@ -325,15 +329,29 @@ class NodeInstruments:
         :meth:`Node.serve`) makes it an emergency stop (:class:`~labqfl.instruments.base.emergency`: the PRO8000's
         ramp-down cut at ``safe_ramp_max_s``), entered before this object's lock, so that a normal ramp another
         thread's :meth:`disarm` runs under that lock is cut too (review s37 lab3 M1); without one (``ctl/stop``, a
-        lost launcher) every ramp runs all the way, as a normal switch-off (review s37 lab3 L5)."""
+        lost launcher) every ramp runs all the way, as a normal switch-off (review s37 lab3 L5).
+
+        When another thread holds this object's lock (an arming: a detector's latch check counts for up to 2 × 10 s
+        with the laser's turn still to come), every instrument goes to its safe state at once without it (each
+        driver's own lock orders its I/O; a latch check ends with no verdict), and again once the lock is free:
+        what that thread wrote meanwhile is undone (issue 19)."""
         from contextlib import nullcontext
 
         from labqfl.instruments.base import emergency
 
-        with emergency(emergency_reason) if emergency_reason else nullcontext(), self._lock:
+        with emergency(emergency_reason) if emergency_reason else nullcontext():
             self._stopping = True
-            if not self._closed:
-                self.safe_state()
+            if not self._lock.acquire(blocking=False):
+                if not self._closed:
+                    log.warning("node %s: stopping while its instruments are being armed or switched: safe state "
+                                "now, and again once that is over", self.node)
+                    self._safe_states(dict(self.instruments))
+                self._lock.acquire()
+            try:
+                if not self._closed:
+                    self.safe_state()
+            finally:
+                self._lock.release()
 
     def close(self) -> None:
         """Safe state and release every instrument (reverse opening order). Idempotent; never raises."""

@@ -158,10 +158,9 @@ def test_a_window_does_not_start_in_an_emergency() -> None:
 
 
 def test_an_emergency_during_the_arming_window_ends_it_at_the_next_count_line() -> None:
-    """Arming's check runs inside the ``enabled`` setting, which holds the driver's lock: it is not lock-free, but
-    an emergency ends its window at the next count line with the emergency's error. Before: the check went on
-    (confirmation window, a bias reset with the emergency running, a second check) and gave a verdict: here
-    "latched", the fake stream counting nothing."""
+    """An emergency ends arming's window at the next count line with the emergency's error. Before 30db9e6: the
+    check went on (confirmation window, a bias reset with the emergency running, a second check) and gave a
+    verdict: here "latched", the fake stream counting nothing."""
     from labqfl.sim_backends.websq import WebSQEmulator
 
     with WebSQEmulator(2) as emu:
@@ -192,6 +191,101 @@ def test_an_emergency_during_the_arming_window_ends_it_at_the_next_count_line() 
         finally:
             counts.release.set()
             armer.join(10)
+            d0.close()
+
+
+def _arming(d0: SingleQuantumEos, out: dict[str, Any]) -> threading.Thread:
+    def arm() -> None:
+        try:
+            d0.enabled = True
+        except BaseException as exc:  # noqa: BLE001 - the test reads it
+            out["error"] = exc
+    t = threading.Thread(target=arm, daemon=True)
+    t.start()
+    return t
+
+
+def test_an_emergency_during_the_arming_window_puts_d0_and_then_the_laser_safe_at_once() -> None:
+    """Arming's latch check ran inside the ``enabled`` setting's write, which holds the driver's lock
+    (closing_s38, issue 19), so D0's safe state, and the laser's after it, waited for the window's next count line
+    (up to one count period, 10 s). Now the check runs once the write let go of that lock: the safe states run
+    while the window is still blocked, and the window ends with the emergency's error, no verdict. Before: the
+    emergency's safe states were still waiting after 5 s."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = SingleQuantumEos("D0", DetectorConfig(
+            driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000,
+            bias_current_ua=3.0, dark_count_rate_hz=50.0,
+            options={"channel": 1, "counts_port": emu.counts_port, "bias_step_ua": 1.0,
+                     "bias_ramp_ua_per_s": 10_000.0}))
+        counts = _BlockingCounts(block_at=2)  # arming's screening window's counted line
+        d0._open_counts = lambda res, ms: counts  # type: ignore[method-assign,assignment,return-value]
+        laser, out = _Laser(counts), {}  # type: ignore[var-annotated]
+        held, leave = threading.Event(), threading.Event()
+
+        def emergency_stop() -> None:
+            with emergency("signal SIGTERM"):
+                for inst in (d0, laser):  # the Station's reverse opening order
+                    inst.safe_state()
+                held.set()
+                leave.wait(30)
+
+        armer = _arming(d0, out)
+        try:
+            assert counts.blocked.wait(10), "arming never reached its latch check's window"
+            assert emu.bias_ua[0] == 3.0 and emu.enabled is True
+            threading.Thread(target=emergency_stop, daemon=True).start()
+            assert held.wait(5), "the emergency's safe states waited for arming's counting window"
+            assert laser.off_while_blocked is True
+            assert emu.bias_ua[0] == 0.0 and emu.enabled is False
+            counts.release.set()
+            armer.join(10)
+            assert not armer.is_alive()
+            err = out["error"]
+            assert isinstance(err, InstrumentError)
+            assert str(err).startswith("D0: channel 1: latch check cut by the emergency stop (signal SIGTERM) after "
+                                       "0.2 s of counting; no verdict on a latch"), str(err)
+            assert counts.reads == 2  # no confirmation window, no bias reset
+            assert emu.bias_ua[0] == 0.0 and emu.enabled is False  # nothing ramped back up
+        finally:
+            counts.release.set()
+            leave.set()
+            armer.join(10)
+            d0.close()
+
+
+def test_arming_still_checks_for_a_latch_and_tells_the_change_hooks_after_the_check() -> None:
+    """The check moved out of the setting's write, not away: a channel whose stream counts nothing is reset once
+    and refused at arming (bias left at 0 µA), and the change hooks hear of the arming only when it passed the
+    check, as before."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    class _Dark:
+        def read(self) -> str:
+            return "1.0,0,0"
+
+        def close(self) -> None:
+            pass
+
+    with WebSQEmulator(2) as emu:
+        d0 = SingleQuantumEos("D0", DetectorConfig(
+            driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000,
+            bias_current_ua=3.0, dark_count_rate_hz=50.0,
+            options={"channel": 1, "counts_port": emu.counts_port, "bias_step_ua": 1.0,
+                     "bias_ramp_ua_per_s": 10_000.0, "latch_window_s": 0.1}))
+        heard: list[tuple[str, float]] = []
+        d0.add_change_hook(lambda inst, name: heard.append((name, emu.bias_ua[0])))
+        try:
+            d0.enabled = True  # the emulator's own stream counts: passes
+            assert heard == [("enabled", 3.0)]
+            d0.enabled = False
+            heard.clear()
+            d0._open_counts = lambda res, ms: _Dark()  # type: ignore[method-assign,assignment,return-value]
+            with pytest.raises(InstrumentError, match="channel 1 latched: no count over"):
+                d0.enabled = True
+            assert heard == [] and emu.bias_ua[0] == 0.0
+        finally:
             d0.close()
 
 
