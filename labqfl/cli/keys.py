@@ -1,5 +1,5 @@
-"""``labqfl keys status|serve|certs|ticket|export|abort-export|import|preshare``: the node key stores, ETSI 014 delivery,
-pre-shared authentication secrets."""
+"""``labqfl keys status|serve|certs|ticket|export|abort-export|import|retire|preshare``: the node key stores, ETSI 014
+delivery, pre-shared authentication secrets."""
 
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
                     "recovered": recovered, "export_files_here": waiting,
                     "imported_files_left": leftover_import_files(st), "scrub": st.scrub(),
                     "overlapping_blocks": st.overlapping_blocks(),  # doubles of an older store (review s38 K1)
+                    "retired_blocks": st.retired_blocks(),  # keys retire
                     "provenance": provenance, "pending": pending}
     except (KeyStoreError, sqlite3.Error, OSError) as exc:
         return {"store": str(path), "error": str(exc) if isinstance(exc, KeyStoreError) else f"key store {path}: {exc}",
@@ -125,8 +126,16 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
             con.print(f"  WARNING: pair {d['pair']}: blocks {a} (slots [{sa[0]}, {sa[1]})) and {b} (slots [{sb[0]}, "
                       f"{sb[1]})) were distilled from the same raw slots of acquisition {d['acquisition']} (imported "
                       "or distilled before the store checked block origins): their keys are not independent "
-                      "(docs/protocol.md §5.2, P7); use only one of them and retire the other (docs/keystore.md)",
-                      soft_wrap=True)
+                      f"(docs/protocol.md §5.2, P7); use only one of them: retire the other at both ends of the pair "
+                      f"(e.g. `labqfl keys retire {b}`)", soft_wrap=True)
+        retired: dict[str, list[dict[str, Any]]] = {}
+        for r in info.get("retired_blocks", []):
+            retired.setdefault(r["key_block"], []).append(r)
+        for rows in retired.values():
+            r = rows[0]
+            con.print(f"  retired: block(s) {', '.join(x['block_id'] for x in rows)} of pair {r['pair']} at "
+                      f"{r['created']} ({r['reason']}): {sum(x['discarded'] for x in rows)} unused bits overwritten, "
+                      "never handed out", soft_wrap=True)
         for f in info.get("export_files_here", []):
             con.print(f"  export file {f}: written next to the store because its target could not be written; it "
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
@@ -495,6 +504,140 @@ def _render_import(con: Any, summary: dict[str, Any], target: str) -> None:
     else:
         con.print(f"imported {summary['imported_bits']} bits of {summary['pair']} into node {target} "
                   f"({summary['store']}). " + fate)
+
+
+#: what a block ID may be (labqfl.keystore.KeyStore.add_blocks: a non-empty string of at most 128 characters;
+#: the IDs labqfl makes are UUIDs, ``preshared-…`` and ``…-auth``)
+_BLOCK_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _check_block_id(block_id: str) -> str:
+    if not 0 < len(block_id) <= 128 or not set(block_id) <= _BLOCK_ID_CHARS:
+        raise KeyStoreError(f"block ID {block_id!r} is not a block ID; expected the ID of one key block as "
+                            "`labqfl keys status` names it (letters, digits, '-', '_', '.', ':'; at most 128 "
+                            "characters), e.g. the one of two overlapping blocks to retire")
+    return block_id
+
+
+def _retire_holders(block_id: str, nodes: list[str], data_dir: Path | None) -> tuple[list[str], dict[str, str]]:
+    """The nodes among ``nodes`` whose store holds ``block_id``, and ``{node: error}`` for stores not read."""
+    from labqfl.keystore import KeyStore
+
+    holders, unread = [], {}
+    for n in nodes:
+        try:
+            with KeyStore.for_node(n, data_dir, create=False) as st:
+                if st.has_block(block_id):
+                    holders.append(n)
+        except KeyStoreError as exc:
+            unread[n] = str(exc)
+    return holders, unread
+
+
+def _unknown_block(block_id: str, nodes: list[str], data_dir: Path | None, unread: dict[str, str]) -> KeyStoreError:
+    """The error for a block no store of ``nodes`` holds: blocks whose ID starts with it named, unread stores too."""
+    from labqfl.keystore import KeyStore, default_data_dir
+
+    like = []
+    for n in nodes:
+        if n not in unread:
+            with KeyStore.for_node(n, data_dir, create=False) as st:
+                like += [b["block_id"] for b in st.blocks() if b["block_id"].startswith(block_id)]
+    hint = (f"; block(s) whose ID begins so: {', '.join(sorted(set(like))[:5])}: give the whole ID" if like else
+            "; `labqfl keys status` names the overlapping blocks, `--json` every block's ID")
+    ddir = data_dir or default_data_dir()
+    if not nodes:
+        return KeyStoreError(f"no block {block_id}: there are no key stores under {ddir} (keystore/ is missing or "
+                             "empty); give the data dir that holds the block (--data-dir or $LABQFL_DATA_DIR)")
+    skipped = "".join(f"; node {n}'s store was not read: {e}" for n, e in unread.items())
+    return KeyStoreError(f"no block {block_id} in the key stores of node(s) {', '.join(nodes)} under {ddir}{hint}"
+                         f"{skipped}; nothing was retired")
+
+
+def _retire_notes(block_id: str, pair: str, holders: list[str], done: dict[str, dict[str, Any]],
+                  data_dir: Path | None) -> list[str]:
+    """What the operator must still do: the pair's other end where it was not retired (a store of another data dir,
+    or one left out by --node), and the stores that imported bits of the block exported from here earlier."""
+    from labqfl.keystore import list_node_stores
+
+    here = list_node_stores(data_dir)
+    ends = [e for e in pair.split("-") if e not in holders]
+    left, _ = _retire_holders(block_id, [e for e in ends if e in here], data_dir)
+    notes = [f"node {e} (the pair's other end) holds the block too and was left as it is (--node): retire it there "
+             f"too (`labqfl keys retire {block_id} --node {e}`), or its copy of the key stays free there" for e in left]
+    notes += [f"node {e} (the pair's other end) has no store under this data dir: retire the block in its store too "
+              f"(`labqfl keys retire {block_id} --node {e} --data-dir` its data dir), or its copy of the key stays "
+              "free there (this end refuses any use of it)" for e in ends if e not in here]
+    for node, r in done.items():
+        for export_id, n in r.get("exported_bits", {}).items():
+            notes.append(f"{n} bits of it left node {node}'s store earlier in export {export_id}: they are free in "
+                         "the store that imported them: retire the block there too")
+    return notes
+
+
+@keys_app.command("retire")
+@handle_errors
+def retire(block_id: str = typer.Argument(..., help="ID of the key block to retire, as `labqfl keys status` names it "
+                                          "(e.g. one of two overlapping blocks)."),
+           node: list[str] = typer.Option(None, "--node", "-n",
+                                          help="Node store(s) to retire it in (default: every store of the data dir "
+                                               "that holds it: both ends of its pair)."),
+           reason: str = typer.Option("retired with `labqfl keys retire`", "--reason",
+                                      help="Why: recorded with the retirement in each store."),
+           force: bool = typer.Option(False, "--force",
+                                      help="Retire it even though keys not finished hold bits of it (a running KME, "
+                                           "training run or node): those keys are voided, lost to whoever holds them."),
+           data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
+    """Retire a key block for good, e.g. one of two blocks distilled from the same raw slots (`keys status` flags
+    them: their keys are not independent). In every store that holds it (both ends of its pair by default), the
+    block and its authentication refill (one distillation) have their unused bits overwritten with zeros and
+    marked spent, in one transaction per store, then the WAL checkpoint; the retirement is recorded, so no import
+    brings them back and their raw slots stay distilled. Refused, with nothing retired anywhere: an unknown ID,
+    bits being exported, and bits reserved for keys not finished (unless --force). Key bits are never printed."""
+    from labqfl.keystore import KeyStore
+
+    _check_block_id(block_id)
+    nodes = _nodes_or_all(node, data_dir)
+    holders, unread = _retire_holders(block_id, nodes, data_dir)
+    if not holders:
+        raise _unknown_block(block_id, nodes, data_dir, unread)
+    plans = {}
+    for n in holders:  # every store's refusals before any store changes
+        with KeyStore.for_node(n, data_dir, create=False) as st:
+            plans[n] = st.retire_block(block_id, reason, force=force, dry_run=True)
+    done: dict[str, dict[str, Any]] = {}
+    for n in holders:
+        with KeyStore.for_node(n, data_dir, create=False) as st:
+            done[n] = st.retire_block(block_id, reason, force=force)
+            if done[n]["scrub"]["pending"]:  # a reader's old snapshot: the retry finishes it once it leaves
+                st.wait_scrubbed(5.0)
+                done[n]["scrub"] = st.scrub_status()
+    pair = plans[holders[0]]["pair"]
+    summary = {"block_id": block_id, "pair": pair, "nodes": done,
+               "notes": _retire_notes(block_id, pair, holders, done, data_dir), "not_read": unread}
+    emit(summary, as_json, lambda con: _render_retire(con, summary))
+
+
+def _render_retire(con: Any, summary: dict[str, Any]) -> None:
+    for n, r in summary["nodes"].items():
+        names = [b["block_id"] for b in r["blocks"]]
+        what = f"block {names[0]}" + (f" (with {', '.join(names[1:])}, of the same distillation)" if names[1:] else "")
+        if r["already_retired"]:
+            con.print(f"node {n}: {what} of pair {r['pair']} was retired before; nothing to do", soft_wrap=True)
+            continue
+        voided = f"; {len(r['voided_keys'])} key(s) voided ({', '.join(r['voided_keys'])})" if r["voided_keys"] else ""
+        con.print(f"node {n}: retired {what} of pair {r['pair']} in {r['store']}: {r['discarded_bits']} unused bits "
+                  f"overwritten with zeros and marked spent{voided}; never handed out, and no import brings them "
+                  "back", soft_wrap=True)
+        if r["scrub"]["pending"]:
+            con.print(f"  WARNING: node {n}: WAL checkpoint PENDING: a reader of the store holds an old snapshot, so "
+                      "the overwritten bits are still in its database files until it leaves (they are removed then, "
+                      "or at the store's next open)", soft_wrap=True)
+    for note in summary["notes"]:
+        con.print(f"  NOTE: {note}", soft_wrap=True)
+    for n, e in summary["not_read"].items():
+        con.print(f"  NOTE: node {n}'s store was not read ({e}): if it holds the block, retire it there once it "
+                  "can be read", soft_wrap=True)
 
 
 def _station_pair(pair: str, config: Path | None) -> tuple[str, str]:

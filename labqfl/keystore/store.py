@@ -1176,6 +1176,9 @@ class KeyStore:
                 if self._block(conn, block_id) is not None:
                     raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
                 origin = block_origin(block_id, json.loads(meta_s))
+                gone = self._retired_refusal(conn, block_id, block_id if origin is None else origin[3])
+                if gone:
+                    raise KeyStoreError(f"{gone}: refusing to add it")
                 if origin is not None:  # the distiller claimed its slots already (same block): any other is refused
                     why = self._origin_refusal(conn, pair, block_id, origin, imported=False)
                     if why:
@@ -1497,26 +1500,31 @@ class KeyStore:
         (:meth:`discard_exact`).  Returns the refs."""
         kid = str(key_id)
         with self._write() as conn:
-            row = conn.execute("SELECT pair, refs, info FROM deliveries WHERE key_id = ? AND state = 'reserved'",
-                               (kid,)).fetchone()
-            if row is None:
-                raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
-            pair = str(row[0])
-            refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
-            for block_id, start, length in refs:
-                seq = self._pair_block(conn, pair, block_id)
-                self._mark(conn, pair, seq, block_id, start, length, new_state="consumed",
-                           purpose=self._segments(conn, seq, start, start + 1)[0].purpose, key_id=None,
-                           allow=lambda s: None if (s.state == "reserved" and s.key_id == kid)
-                           else "are not reserved for this key")
-                self._io_bits(conn, seq, start, length, zero=True)
-            info = dict(json.loads(row[2]), voided=str(reason))
-            conn.execute("UPDATE deliveries SET state = 'voided', info = ?, updated = ? WHERE key_id = ?",
-                         (_json(info, "delivery info"), _now(), kid))
+            pair, refs = self._void_reservation(conn, kid, reason)
         self._scrub()
         log.info("key store %s: voided reservation %s of pair %s (%d bits): %s", self.path.name, kid, pair,
                  refs_nbits(refs), reason)
         return refs
+
+    def _void_reservation(self, conn: sqlite3.Connection, kid: str, reason: str) -> tuple[str, list[Ref]]:
+        """:meth:`void` inside the caller's write transaction: ``(pair, refs)`` of the reservation voided."""
+        row = conn.execute("SELECT pair, refs, info FROM deliveries WHERE key_id = ? AND state = 'reserved'",
+                           (kid,)).fetchone()
+        if row is None:
+            raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
+        pair = str(row[0])
+        refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
+        for block_id, start, length in refs:
+            seq = self._pair_block(conn, pair, block_id)
+            self._mark(conn, pair, seq, block_id, start, length, new_state="consumed",
+                       purpose=self._segments(conn, seq, start, start + 1)[0].purpose, key_id=None,
+                       allow=lambda s: None if (s.state == "reserved" and s.key_id == kid)
+                       else "are not reserved for this key")
+            self._io_bits(conn, seq, start, length, zero=True)
+        info = dict(json.loads(row[2]), voided=str(reason))
+        conn.execute("UPDATE deliveries SET state = 'voided', info = ?, updated = ? WHERE key_id = ?",
+                     (_json(info, "delivery info"), _now(), kid))
+        return pair, refs
 
     def finished(self, pair: str, *, limit: int | None = 16) -> list[dict[str, Any]]:
         """The ``limit`` (None: all) most recently finished keys of ``pair`` that left this store spent
@@ -1910,6 +1918,13 @@ class KeyStore:
         if s.offset < 0 or s.offset + bits.size > s.block_nbits:
             raise KeyStoreError(f"segment [{s.offset}, {s.offset + bits.size}) lies outside block {s.block_id} "
                                 f"of {s.block_nbits} bits")
+        known = block_origin(s.block_id, s.meta)
+        gone = self._retired_refusal(conn, s.block_id, s.block_id if known is None else known[3])
+        if gone:
+            raise KeyStoreError(f"export {export_id}: {gone}; nothing was imported. The export file's key bits are "
+                                "unusable: no other store can import them (the file is bound to this one) and its "
+                                "source cannot take them back (the export is done there); destroy the file "
+                                "(overwrite it with zeros and delete it)")
         blk = self._block(conn, s.block_id)
         if blk is None:
             origin = block_origin(s.block_id, s.meta, strict=True)
@@ -2134,10 +2149,13 @@ class KeyStore:
         imported, or distilled, before the origin checks existed may already hold such doubles, whose key is
         not independent (docs/protocol.md §5.2, (P7)). One entry per pair of distillations: ``pair``,
         ``acquisition``, ``blocks`` (the two key blocks, earlier-added first) and ``slots`` (their ranges);
-        read from the blocks' records (:func:`block_origin`), never a key bit."""
-        with self._read() as conn:
+        read from the blocks' records (:func:`block_origin`), never a key bit. Blocks retired here (:meth:`retire_block`) are
+        left out."""
+        with self._read() as conn:  # a block retired here (retire_block) is no longer one of them
+            retired = ("AND block_id NOT IN (SELECT block_id FROM retired_blocks) "
+                       if self._has_table(conn, "retired_blocks") else "")
             rows = conn.execute("SELECT block_id, pair, meta FROM blocks WHERE json_extract(meta, '$.acquisition') "
-                                "IS NOT NULL ORDER BY seq").fetchall()
+                                f"IS NOT NULL {retired}ORDER BY seq").fetchall()
         by: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
         for bid, pair, meta_s in rows:
             o = block_origin(str(bid), json.loads(meta_s))
@@ -2196,6 +2214,149 @@ class KeyStore:
         self._origin_schema(conn)
         conn.execute("INSERT OR IGNORE INTO distilled_slots (pair, acquisition, start, end, block_id, created) "
                      "VALUES (?, ?, ?, ?, ?, ?)", (pair, acq, start, end, key, _now()))
+
+    # ------------------------------------------------------------------ retired blocks
+    # A block retired by the operator (:meth:`retire_block`, ``labqfl keys retire``): e.g. one of two distillations
+    # of the same raw slots that :meth:`overlapping_blocks` flags. Its own table, created on first use (any schema
+    # version), one row per block retired; never deleted: the block row and its recorded origin stay too, so its
+    # slots stay distilled and nothing brings the block back.
+
+    _RETIRED_DDL = ("CREATE TABLE IF NOT EXISTS retired_blocks (block_id TEXT PRIMARY KEY, pair TEXT NOT NULL, "
+                    "key_block TEXT NOT NULL, nbits INTEGER NOT NULL, discarded INTEGER NOT NULL, "
+                    "voided TEXT NOT NULL, reason TEXT NOT NULL, created TEXT NOT NULL)")
+
+    @staticmethod
+    def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+    def _retired_refusal(self, conn: sqlite3.Connection, block_id: str, key: str) -> str | None:
+        """Why block ``block_id`` of distillation ``key`` (:func:`block_origin`) must not come (back) into this store:
+        it, or its distillation, was retired here (:meth:`retire_block`); None if not."""
+        if not self._has_table(conn, "retired_blocks"):
+            return None
+        row = conn.execute("SELECT block_id, created, reason FROM retired_blocks WHERE block_id IN (?, ?) OR "
+                           "key_block = ? ORDER BY created LIMIT 1", (block_id, key, key)).fetchone()
+        if row is None:
+            return None
+        return (f"block {block_id}: {'it' if row[0] == block_id else f'block {row[0]} of its distillation'} was "
+                f"retired from key store {self.path} at {row[1]} ({row[2]}): its key is never taken back")
+
+    def _distillation(self, conn: sqlite3.Connection, block_id: str) -> tuple[str, str, list[tuple[int, str, int]]]:
+        """``(pair, key block, [(seq, block_id, nbits)])``: block ``block_id`` and the other blocks of its
+        distillation held here (a key block and its authentication refill rows, :func:`block_origin`), in the order
+        added. A block that records no origin stands alone."""
+        row = conn.execute("SELECT pair, meta FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
+        if row is None:
+            raise KeyStoreError(f"no block {block_id} in key store {self.path}")
+        pair = str(row[0])
+        origin = block_origin(block_id, json.loads(row[1]))
+        key = origin[3] if origin is not None else block_id
+        group = []
+        for seq, bid, nbits, meta_s in conn.execute(
+                "SELECT seq, block_id, nbits, meta FROM blocks WHERE pair = ? AND (block_id IN (?, ?) OR "
+                "json_extract(meta, '$.key_block') = ?) ORDER BY seq", (pair, block_id, key, key)):
+            o = block_origin(str(bid), json.loads(meta_s))
+            if bid == block_id or (origin is not None and o is not None and o[3] == key):
+                group.append((int(seq), str(bid), int(nbits)))
+        return pair, key, group
+
+    def _retire_obstacles(self, conn: sqlite3.Connection, pair: str, group: list[tuple[int, str, int]],
+                          force: bool) -> list[str]:
+        """The reservations that hold bits of the blocks of ``group`` (key IDs), after refusing (nothing changed)
+        bits being exported, and reserved bits unless ``force``."""
+        seqs = [g[0] for g in group]
+        rows = conn.execute("SELECT b.block_id, s.start, s.length, s.state, s.key_id FROM segments s JOIN blocks b ON "
+                            f"b.seq = s.block_seq WHERE s.block_seq IN ({','.join('?' * len(seqs))}) AND s.state IN "
+                            "('reserved', 'exporting') ORDER BY s.block_seq, s.start", seqs).fetchall()
+        names = ", ".join(g[1] for g in group)
+        exporting = [r for r in rows if r[3] == "exporting"]
+        if exporting:
+            raise KeyStoreError(
+                f"pair {pair}: {sum(r[2] for r in exporting)} bits of block(s) {names} are being exported (export "
+                f"{exporting[0][4]}, not finished) from key store {self.path}: nothing was retired; let the export "
+                "finish, or finish or undo an interrupted one (`labqfl keys status`, `labqfl keys abort-export`), "
+                "then retire the block")
+        held: dict[str, int] = {}
+        for r in rows:
+            held[str(r[4])] = held.get(str(r[4]), 0) + int(r[2])
+        if held and not force:
+            ids = ", ".join(list(held)[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise KeyStoreError(
+                f"pair {pair}: {sum(held.values())} bits of block(s) {names} are reserved in key store {self.path} "
+                f"for {len(held)} key(s) not finished (key IDs {ids}): a running KME (`labqfl keys serve`), training "
+                "run or node may be using them, and may have read them already. Nothing was retired. Stop what uses "
+                "this store and retry, or retire with --force: those keys are then voided (all their bits, in this "
+                "block and any other, are overwritten and never handed out; the key is lost to whoever holds it)")
+        return list(held)
+
+    def retire_block(self, block_id: str, reason: str, *, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """Retire block ``block_id`` and the other blocks of its distillation held here (:meth:`_distillation`: a
+        key block and its authentication refill), for good: e.g. one of two distillations of the same raw slots
+        (:meth:`overlapping_blocks`, docs/protocol.md §5.2, (P7)). One transaction: every bit still free is marked
+        consumed and the block's whole material is overwritten with zeros (then the WAL checkpoint, as for every
+        overwrite: :meth:`scrub_status`); the retirement is recorded (``retired_blocks``, and a ``retire``
+        delivery row with ``reason``), so no import brings the block or its distillation back, and its recorded
+        slots stay distilled here. Refused with nothing changed: an unknown block, bits being exported, and bits
+        reserved for a key not finished unless ``force`` (those reservations are then voided, :meth:`void`).
+        Idempotent. ``dry_run``: only the refusals, nothing changed (``labqfl keys retire`` asks every store
+        holding the block before it retires it in any). Returns what was done; never a key bit."""
+        bid, why = str(block_id), str(reason).strip() or "retired"
+        with self._write() as conn:
+            pair, key, group = self._distillation(conn, bid)
+            voided = self._retire_obstacles(conn, pair, group, force)
+            if dry_run:
+                return {"node": self.node, "store": str(self.path), "pair": pair, "key_block": key,
+                        "blocks": [{"block_id": g[1], "nbits": g[2]} for g in group], "voided_keys": voided}
+            conn.execute(self._RETIRED_DDL)
+            for kid in voided:
+                self._void_reservation(conn, kid, f"block retired: {why}")
+            before = {str(r[0]) for r in conn.execute(
+                f"SELECT block_id FROM retired_blocks WHERE block_id IN ({','.join('?' * len(group))})",
+                [g[1] for g in group])}
+            done: list[Ref] = []
+            out: list[dict[str, Any]] = []
+            for seq, b, nbits in group:
+                discarded, _ = self._discard_free(conn, pair, [(b, 0, nbits)])
+                self._zero_block(conn, seq)
+                n = refs_nbits(discarded)
+                done += discarded
+                if b not in before:
+                    conn.execute("INSERT INTO retired_blocks (block_id, pair, key_block, nbits, discarded, voided, "
+                                 "reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (b, pair, key, nbits, n, json.dumps(voided), why, _now()))
+                out.append({"block_id": b, "nbits": nbits, "discarded_bits": n, "retired_before": b in before})
+            exported = {str(k): int(n) for k, n in conn.execute(
+                f"SELECT key_id, SUM(length) FROM segments WHERE block_seq IN ({','.join('?' * len(group))}) AND "
+                "state = 'exported' GROUP BY key_id ORDER BY key_id", [g[0] for g in group])}
+            if done or voided or len(before) < len(group):
+                self._record(conn, f"retire-{uuid.uuid4()}", pair, GENERAL, "retire", "discarded", done,
+                             {"reason": why, "blocks": [g[1] for g in group], "voided": voided})
+        self._scrub()
+        again = len(before) == len(group)
+        log.info("key store %s: pair %s: block(s) %s retired%s (%d free bits overwritten and discarded, %d "
+                 "reservation(s) voided): %s", self.path.name, pair, ", ".join(g[1] for g in group),
+                 " before" if again else "", refs_nbits(done), len(voided), why)
+        return {"node": self.node, "store": str(self.path), "pair": pair, "key_block": key, "blocks": out,
+                "already_retired": again, "discarded_bits": refs_nbits(done), "voided_keys": voided,
+                "exported_bits": exported, "reason": why, "scrub": self.scrub_status()}
+
+    def _zero_block(self, conn: sqlite3.Connection, seq: int) -> None:
+        """Overwrite block ``seq``'s whole material with zeros (inside the caller's write transaction; bits
+        consumed, exported or never held here are zero already)."""
+        self._blobs_opened += 1
+        with conn.blobopen("blocks", "material", seq) as blob:
+            blob.write(bytes(len(blob)))
+
+    def retired_blocks(self) -> list[dict[str, Any]]:
+        """The blocks retired here (:meth:`retire_block`), oldest first: block_id, pair, key_block, nbits,
+        discarded (bits overwritten by the retirement), voided (key IDs), reason, created."""
+        with self._read() as conn:
+            if not self._has_table(conn, "retired_blocks"):
+                return []
+            rows = conn.execute("SELECT block_id, pair, key_block, nbits, discarded, voided, reason, created FROM "
+                                "retired_blocks ORDER BY created, block_id").fetchall()
+        return [{"block_id": r[0], "pair": r[1], "key_block": r[2], "nbits": r[3], "discarded": r[4],
+                 "voided": json.loads(r[5]), "reason": r[6], "created": r[7]} for r in rows]
 
     def free_ranges(self, pair: str, pools: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
         """Block ID → the free ``[start, end)`` ranges of ``pair`` in ``pools``, in block and bit order."""
