@@ -787,6 +787,19 @@ class Distiller:
             return []
         return self._after_slotting(self._take_batch(), fs, final=False)
 
+    def sift_held(self) -> list[BlockResult]:
+        """Sift now what was slotted and is held for the next batch, as a full batch would be;
+        the key blocks that closed. The stream goes on: the batch boundaries change no key bit,
+        count or block boundary (tests/qkd/pipeline/test_sift_batches.py), so an owner may call
+        this after any push, e.g. a benchmark that charges the sifting of every pushed tag to the
+        pushes. A stopped or finished Distiller takes nothing."""
+        if self.stopped or self._finished:
+            return []
+        fs = self.slotter.final_slots
+        if not self._batch and fs == self._final_slots:
+            return []
+        return self._after_slotting(self._take_batch(), fs, final=False)
+
     def _take_batch(self, more: SlotEvents | None = None) -> SlotEvents:
         """The held slotted clicks (and ``more``) as one :class:`SlotEvents`, in slot order."""
         parts = self._batch + ([more] if more is not None else [])
