@@ -54,7 +54,7 @@ from labqfl.qkd.slotting import (
     block_lost_intervals,
 )
 
-__all__ = ["DenseLog", "SlotSiftResult", "slot_sift"]
+__all__ = ["DenseLog", "SlotSiftBuffers", "SlotSiftResult", "slot_sift"]
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,6 +94,41 @@ class SlotSiftResult:
     sifted: dict[str, SiftResult]
 
 
+class SlotSiftBuffers:
+    """Output buffers that a caller slotting one acquisition after another keeps between calls of
+    :func:`slot_sift` (``out=``): the announcements' slots and outcomes and the key slots and bits
+    of every pair are then written into pages already mapped by an earlier call, not into fresh
+    ones (first touching fresh pages — the kernel zeroing them — is ~9 ms of the bench's ~60).
+
+    The result of a call is a set of views into these buffers: it stays valid only until the next
+    call with the same buffers, which overwrites it. Take (copy, store, send) every key and
+    announcement out of a result before the next call. Buffers grow as needed and are never
+    shrunk; their unused pages are address space only."""
+
+    def __init__(self) -> None:
+        self._size = 0
+        self._arrays: tuple[np.ndarray, ...] = ()
+
+    def take(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(announced slots int64, outcomes uint8, key slots int64, Ci's key bits uint8, Cj's
+        key bits uint8), each with room for ``size`` entries."""
+        if size > self._size or not self._arrays:
+            self._arrays = _new_outputs(size)
+            self._size = size
+        out_s, out_o, key_s, key_bi, key_bj = self._arrays
+        return out_s, out_o, key_s, key_bi, key_bj
+
+    def __repr__(self) -> str:  # they hold key bits: sizes only
+        return f"SlotSiftBuffers(size={self._size})"
+
+
+def _new_outputs(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fresh output arrays, allocated by numpy (not inside a kernel): numpy asks the kernel for
+    huge pages (madvise), which makes first touching them several times cheaper."""
+    return (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.int64),
+            np.empty(size, dtype=np.uint8), np.empty(size, dtype=np.uint8))
+
+
 # --------------------------------------------------------------------------------------------
 # The kernel
 
@@ -101,7 +136,9 @@ U = np.uint64
 """Index cast in the kernels: indices that are never negative, cast to unsigned, spare Numba's
 negative-index wraparound code (and let LLVM vectorise)."""
 
-_ODD = np.uint64(0x5555555555555555)
+_LOW_BITS = np.uint64(0x0101010101010101)
+_GATHER = np.uint64(0x0102040810204080)
+"""Bit 8k of a word → bit 56 + k of its product by this (:func:`_group_mask`)."""
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 _TOL = 2.0 ** -20
 """Half-width (in slots) of the band around a rounding edge where the reciprocal product is not
@@ -210,9 +247,10 @@ def _exact_code(t_raw, c, c1, delay, off, hw, i, anchor_t, base, per, na, last_s
 
 @numba.njit(cache=True, nogil=True)
 def _ring_fill(codes, j, m, ts, ch, q0, c1, delay, off, hw, i0, i1, anchor_t, base, per, na, last_span,  # type: ignore[no-untyped-def]
-               burst_period, burst_on, E, half, bm, wmask):
-    """Slot codes ``codes[j:m]`` → bits of the ring ``bm`` (two per slot: D0, D1; repeated and
-    double clicks combine by OR, as the slotter's sort + combine does). Returns at the end of the
+               burst_period, burst_on, E, half, bm, smask):
+    """Slot codes ``codes[j:m]`` → the ring ``bm`` (one byte per slot, bit 0 D0, bit 1 D1: repeated
+    and double clicks combine by OR, as the slotter's sort + combine does; consecutive clicks go to
+    different bytes, so their ORs do not wait on each other as ORs into one shared word did). Returns at the end of the
     block or at a click outside ``[E, E + half)`` (the caller moves the horizon): (j, slot, detector,
     outside)."""
     while j < m:
@@ -234,7 +272,7 @@ def _ring_fill(codes, j, m, ts, ch, q0, c1, delay, off, hw, i0, i1, anchor_t, ba
             continue
         if U(s - E) >= U(half):  # below the horizon, or beyond the ring's first half
             return j, s, d, True
-        bm[U((s >> 5) & wmask)] |= U(1) << U(((s & 31) << 1) + d)
+        bm[U(s & smask)] |= np.uint8(1 + d)
         j += 1
     return j, np.int64(0), np.int64(0), False
 
@@ -253,40 +291,50 @@ def _horizon(tau, delay, off, h, nxt, anchor_t, base, per):  # type: ignore[no-u
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _word_mask(wi, sa, sb):  # type: ignore[no-untyped-def]
-    """Bits of ring word ``wi`` that hold slots ``[sa, sb)``."""
-    mask = _ALL
-    if wi == sa >> 5:
-        mask &= _ALL << U((sa & 31) << 1)
-    if wi == (sb - 1) >> 5 and (sb & 31) != 0:
-        mask &= (U(1) << U((sb & 31) << 1)) - U(1)
-    return mask
+def _group_mask(bw, g, gmask, sa, sb):  # type: ignore[no-untyped-def]
+    """The clicked slots of ring group ``g`` (slots ``64g … 64g + 63``) that lie in ``[sa, sb)``,
+    one bit per slot: each of the group's eight ring words (eight slot bytes, values 0–3) → one
+    bit per nonzero byte, gathered into the word's top byte by one multiplication (the products
+    of the eight bits land on distinct bit positions: no carries)."""
+    r = U((g & gmask) << 3)
+    m = U(0)
+    for k in range(8):
+        x = bw[r + U(k)]
+        x = (x | (x >> U(1))) & _LOW_BITS
+        m |= ((x * _GATHER) >> U(56)) << U(8 * k)
+    if g == sa >> 6:
+        m &= _ALL << U(sa & 63)
+    if g == (sb - 1) >> 6 and (sb & 63) != 0:
+        m &= (U(1) << U(sb & 63)) - U(1)
+    return m
 
 
 @numba.njit(cache=True, nogil=True)
-def _clear_range(bm, sa, sb, wmask):  # type: ignore[no-untyped-def]
+def _clear_range(bm, bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
     """Clear slots ``[sa, sb)`` of the ring; returns how many of them were clicked."""
     k = 0
-    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
-        mask = _word_mask(wi, sa, sb)
-        v = bm[U(wi & wmask)]
-        k += np.int64(v & mask != 0)
-        bm[U(wi & wmask)] = v & ~mask
+    for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
+        m = _group_mask(bw, g, gmask, sa, sb)
+        rb = (g & gmask) << 6
+        while m != 0:
+            bm[U(rb + np.int64(trailing_zeros(m)))] = 0
+            m &= m - U(1)
+            k += 1
     return k
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_clicked(bm, sa, sb, wmask):  # type: ignore[no-untyped-def]
+def _next_clicked(bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
     """First clicked slot in ``[sa, sb)``, or ``sb``."""
-    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
-        v = bm[U(wi & wmask)] & _word_mask(wi, sa, sb)
-        if v != 0:
-            return (wi << 5) + np.int64(trailing_zeros(v) >> U(1))
+    for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
+        m = _group_mask(bw, g, gmask, sa, sb)
+        if m != 0:
+            return (g << 6) + np.int64(trailing_zeros(m))
     return sb
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
+def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
                key_bj, o, ko):
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
@@ -294,22 +342,18 @@ def _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut
     announcement at ``o``, and the key slot and key byte from ``klut[code]`` (:func:`_key_lut`,
     key only in cell k_i = k_j = 0) at ``ko`` — written without a branch, kept if the key
     position moves on. The key bytes are split into the two clients' bits at the end (2|bit marks
-    Cj's double click). The slots' bits are cleared. Returns (o, ko, status)."""
+    Cj's double click). The slots' bytes are cleared. Returns (o, ko, status)."""
     ko0 = ko
-    for wi in range(sa >> 5, ((sb - 1) >> 5) + 1):
-        mask = _word_mask(wi, sa, sb)
-        w = bm[U(wi & wmask)]
-        v = w & mask
-        if v == 0:
-            continue
-        bm[U(wi & wmask)] = w & ~mask
-        mm = (v | (v >> U(1))) & _ODD
-        w0 = wi << 5
+    for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
+        mm = _group_mask(bw, g, gmask, sa, sb)
+        rb = (g & gmask) << 6
+        w0 = g << 6
         while mm != 0:
-            pz = trailing_zeros(mm)
+            pz = np.int64(trailing_zeros(mm))
             mm &= mm - U(1)
-            sl = w0 + np.int64(pz >> U(1))
-            b = np.int64((v >> pz) & U(3))
+            sl = w0 + pz
+            b = np.int64(bm[U(rb + pz)])
+            bm[U(rb + pz)] = 0
             su = U(sl)
             x = np.int64(lki[su])
             y = np.int64(lkj[su])
@@ -375,8 +419,10 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     nd = drop.shape[0]
     W = np.int64(1) << wbits
     half = W >> 1
-    wmask = (W >> 5) - 1
-    bm = np.zeros(W >> 5, dtype=np.uint64)
+    smask = W - 1
+    gmask = (W >> 6) - 1
+    bm = np.zeros(W, dtype=np.uint8)
+    bw = bm.view(np.uint64)
     codes = np.empty(_BLOCK, dtype=np.int64)
     klut = np.empty(nk * nk * 64, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
     for h in range(nk * nk * 64):
@@ -464,7 +510,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                         if ch[k] != c0 and ch[k] != c1:
                             codes[k - q] = _REJECT
             j, s, d, out = _ring_fill(codes, j, m, ts, ch, q, c1, delay, off, hw, i0, i1, anchor_t, base, per, na,
-                                      last_span, burst_period, burst_on, E, half, bm, wmask)
+                                      last_span, burst_period, burst_on, E, half, bm, smask)
             if out:
                 break
         if status != OK:
@@ -480,14 +526,14 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
         sa = E
         while sa < send:
             if sa >= thr:  # a new segment: skip to the next click, then drop range, frame, pair, log end
-                sa = _next_clicked(bm, sa, send, wmask)
+                sa = _next_clicked(bw, sa, send, gmask)
                 if sa >= send:
                     break
                 while di < nd and drop[di, 1] <= sa:
                     di += 1
                 if di < nd and drop[di, 0] <= sa:  # dropped slots: never announced
                     sb = min(send, drop[di, 1])
-                    _clear_range(bm, sa, sb, wmask)
+                    _clear_range(bm, bw, sa, sb, gmask)
                     sa = sb
                     continue
                 dlo = drop[di, 0] if di < nd else big
@@ -510,7 +556,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     break
                 thr = min(fend, dlo, nlog)
             sb = min(send, thr, sa + _CHUNK)
-            o, ko, status = _scan_sift(bm, sa, sb, wmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o,
+            o, ko, status = _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o,
                                        key_s, key_bi, key_bj, ob + wcnt, ob + kcnt)
             wcnt = o - ob
             kcnt = ko - ob
@@ -530,7 +576,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
         if s - E >= W:
             status = WINDOW_FULL
             break
-        bm[U((s >> 5) & wmask)] |= U(1) << U(((s & 31) << 1) + d)
+        bm[U(s & smask)] |= np.uint8(1 + d)
         j += 1
     if cur >= 0:
         count[cur] = wcnt
@@ -876,12 +922,12 @@ def _ring_bits(p: SlottingParams, per: np.ndarray) -> int:
     return max(16, math.ceil(math.log2(min(need, 2.0 ** 40))))
 
 
-_MAX_RING_BITS = 28
+_MAX_RING_BITS = 26
 
 
 def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, logs: Mapping[str, DenseLog],
               setups: Mapping[str, ClientSetup], total_slots: int,
-              rng: np.random.Generator | None = None) -> SlotSiftResult:
+              rng: np.random.Generator | None = None, out: SlotSiftBuffers | None = None) -> SlotSiftResult:
     """Slot and sift a whole tag stream in one pass (module docstring).
 
     ``block``: the whole stream (int64 ps timestamps, non-decreasing; lost-data intervals);
@@ -889,7 +935,8 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
     acquisition's length in slots (each pair's ``n_slots`` is its share of it, as the pipeline
     counts it); ``rng``: Cj's squashing bits for double clicks in key slots (OS entropy if None).
     The outputs are views into buffers with room for every tag in every pair (address space
-    only: the pages that are never written are never backed by memory).
+    only: the pages that are never written are never backed by memory): fresh ones, or ``out``'s
+    (:class:`SlotSiftBuffers`: the result is then valid until the next call with ``out``).
     """
     if params.client_markers:
         raise QKDInputError("slot_sift: one frame-marker input per client is slotted pair by pair (PairSlotter); "
@@ -921,13 +968,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
         base = anchor_k * np.int64(mult)
         inv = 1.0 / per
         cap = int(ts.size)
-        # outputs allocated by numpy, not inside the kernel: numpy asks the kernel for huge pages
-        # (madvise), which makes first touching them several times cheaper
-        out_s = np.empty(P * cap, dtype=np.int64)
-        out_o = np.empty(P * cap, dtype=np.uint8)
-        key_s = np.empty(P * cap, dtype=np.int64)
-        key_bi = np.empty(P * cap, dtype=np.uint8)
-        key_bj = np.empty(P * cap, dtype=np.uint8)
+        out_s, out_o, key_s, key_bi, key_bj = out.take(P * cap) if out is not None else _new_outputs(P * cap)
         wbits = _ring_bits(p, per)
         while status == WINDOW_FULL and wbits <= _MAX_RING_BITS:
             count = np.zeros(P, dtype=np.int64)
