@@ -756,14 +756,19 @@ def client_slots(cand_slot: np.ndarray, runs: np.ndarray, pair_ci: np.ndarray, p
     """Client ``client``'s candidate slots as :func:`group_candidates` lays them out (its ``n`` slots of
     ``slots[offsets[c]:offsets[c + 1]]``: the slots of the runs of its pairs, in run order), built from the runs
     alone, so that each client's copy can be made by its own task (in parallel) instead of all of them
-    before any client is asked."""
+    before any client is asked. The copy is an explicit loop on unsigned offsets (no negative-index
+    wraparound per access, as :func:`scatter_codes`): half the time of the slice assignment it replaced
+    (5.3–7.6 against 11.1–13.1 ms per simulated s on the default station's windows, replayed)."""
     out = np.empty(n, dtype=np.int64)
-    q = 0
+    q = np.uint64(0)
     for m in range(runs.shape[0]):
         r, k0, k1, p = runs[m, 0], runs[m, 1], runs[m, 2], runs[m, 3]
         if pair_ci[p] == client or pair_cj[p] == client:
-            out[q:q + k1 - k0] = cand_slot[r, k0:k1]
-            q += k1 - k0
+            row = cand_slot[r]
+            base = np.uint64(k0)
+            for t in range(np.uint64(k1 - k0)):
+                out[q + t] = row[base + t]
+            q += np.uint64(k1 - k0)
     return out
 
 
@@ -1156,38 +1161,55 @@ def merge_tags(carry_t: np.ndarray, carry_c: np.ndarray, d0: np.ndarray, ch0: np
                ch1: np.int16, sync: np.ndarray, chs: np.int16, out_t: np.ndarray, out_c: np.ndarray) -> None:
     """Merge four sorted tag streams (carry with its channels, D0, D1, sync) into ``out_t``/``out_c``
     (their total length); equal times keep that order (the same result as a stable sort of their
-    concatenation)."""
+    concatenation).
+
+    The bulk, D0 against D1, is merged without a branch on which goes first (they interleave at
+    random: a branch on it was mispredicted about every other tag) up to the next carry or sync tag;
+    those few (a sync per 1024 slots, the carry at the window's start) go out one by one. 8.4–8.7
+    against 13.1–13.2 ms per simulated s for the four-way branch per tag it replaced (the default
+    station's windows, replayed)."""
     na, nb_, nc, ns = carry_t.shape[0], d0.shape[0], d1.shape[0], sync.shape[0]
     n = na + nb_ + nc + ns
-    a = b = c = e = 0
-    for k in range(n):
-        best = INT64_MAX
-        src = -1
-        if a < na:
-            best = carry_t[a]
-            src = 0
-        if b < nb_ and (src < 0 or d0[b] < best):
-            best = d0[b]
-            src = 1
-        if c < nc and (src < 0 or d1[c] < best):
-            best = d1[c]
-            src = 2
-        if e < ns and (src < 0 or sync[e] < best):
-            best = sync[e]
-            src = 3
-        out_t[k] = best
-        if src == 0:
-            out_c[k] = carry_c[a]
-            a += 1
-        elif src == 1:
+    a = b = c = e = k = 0
+    while k < n:
+        ha = carry_t[a] if a < na else INT64_MAX
+        he = sync[e] if e < ns else INT64_MAX
+        # D0/D1 tags before the carry's head (a tie: the carry first) and not after the sync's (a tie: D first)
+        while b < nb_ and c < nc:
+            x = d0[b]
+            y = d1[c]
+            one = y < x  # a tie: D0 first
+            v = y if one else x
+            if v >= ha or v > he:
+                break
+            out_t[k] = v
+            out_c[k] = ch1 if one else ch0
+            c += int(one)
+            b += 1 - int(one)
+            k += 1
+        while c >= nc and b < nb_ and d0[b] < ha and d0[b] <= he:  # D1 is exhausted
+            out_t[k] = d0[b]
             out_c[k] = ch0
             b += 1
-        elif src == 2:
+            k += 1
+        while b >= nb_ and c < nc and d1[c] < ha and d1[c] <= he:  # D0 is exhausted
+            out_t[k] = d1[c]
             out_c[k] = ch1
             c += 1
+            k += 1
+        if k >= n:
+            break
+        # the D head (if any) is at or after the carry's head or after the sync's: one carry or sync tag
+        hd = min(d0[b] if b < nb_ else INT64_MAX, d1[c] if c < nc else INT64_MAX)
+        if a < na and ha <= hd and ha <= he:
+            out_t[k] = ha
+            out_c[k] = carry_c[a]
+            a += 1
         else:
+            out_t[k] = he
             out_c[k] = chs
             e += 1
+        k += 1
 
 
 @nb.njit(cache=True, nogil=True)
