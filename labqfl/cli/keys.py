@@ -22,7 +22,7 @@ from labqfl.cli.common import (
 from labqfl.errors import DataFormatError, KeyStoreError
 
 keys_app = typer.Typer(help="Key stores of the nodes, ETSI GS QKD 014 key delivery, certificates, export/import "
-                            "(bound by import tickets), "
+                            "(bound by import tickets), retiring a block, "
                             "pre-shared authentication secrets.",
                        no_args_is_help=True)
 
@@ -588,9 +588,11 @@ def retire(block_id: str = typer.Argument(..., help="ID of the key block to reti
                                       help="Retire it even though keys not finished hold bits of it (a running KME, "
                                            "training run or node): those keys are voided, lost to whoever holds them."),
            data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = JSON_OPTION) -> None:
-    """Retire a key block for good, e.g. one of two blocks distilled from the same raw slots (`keys status` flags
-    them: their keys are not independent). In every store that holds it (both ends of its pair by default), the
-    block and its authentication refill (one distillation) have their unused bits overwritten with zeros and
+    """Retire a key block for good: its unused bits overwritten and never handed out (e.g. one of two blocks
+    distilled from the same raw slots).
+
+    `keys status` flags such blocks: their keys are not independent. In every store that holds it (both ends of
+    its pair by default), the block and its authentication refill (one distillation) have their unused bits overwritten with zeros and
     marked spent, in one transaction per store, then the WAL checkpoint; the retirement is recorded, so no import
     brings them back and their raw slots stay distilled. Refused, with nothing retired anywhere: an unknown ID,
     bits being exported, and bits reserved for keys not finished (unless --force). Key bits are never printed."""
