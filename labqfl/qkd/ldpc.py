@@ -72,6 +72,7 @@ from labqfl.qkd.ldpc_qc import (
     qc_attempt_frames,
     qc_minsum_frames,
     qc_shifts,
+    qc_syndrome,
     qc_unsatisfied_frames,
 )
 from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
@@ -168,7 +169,10 @@ class LdpcCode:
         return self.z > 0
 
     def syndrome(self, bits: np.ndarray) -> np.ndarray:
-        """H·bits over GF(2) (uint8, length m)."""
+        """H·bits over GF(2) (uint8, length m); a quasi-cyclic code's by contiguous segments per base edge
+        (:func:`~labqfl.qkd.ldpc_qc.qc_syndrome`, the same bits)."""
+        if self.z and self.base_ptr is not None and self.base_col is not None and self.base_shift is not None:
+            return qc_syndrome(self.base_ptr, self.base_col, self.base_shift, self.z, np.ascontiguousarray(bits))
         return _syndrome(self.check_ptr, self.check_var, bits)
 
 
@@ -1076,11 +1080,10 @@ class LdpcBob:
         key positions from Bob's bits, a large positive value (a known zero) on the shortened
         padding; the d filler positions stay 0 until revealed."""
         L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
+        keyed = np.full(nf * kpf, _DTYPE(_BIG), _DTYPE)  # padding: shortened zeros
+        keyed[:self.bits.size] = np.where(self.bits == 1, -L0, L0)
         prior = np.zeros((nf, n), _DTYPE)
-        for f in range(nf):
-            chunk = self.bits[f * kpf:(f + 1) * kpf]
-            prior[f, keypos] = _BIG  # padding: shortened zeros
-            prior[f, keypos[:chunk.size]] = np.where(chunk == 1, -L0, L0)
+        prior[:, keypos] = keyed.reshape(nf, kpf)
         return prior
 
     def _corrected(self, ok: np.ndarray, L: np.ndarray, kpf: int, keypos: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ is capped at :data:`AMAX` before the check update (so sums of two stay within in
 update is A-min* (Jones, Valles, Smith & Villasenor, IEEE MILCOM 2003) as in
 :func:`labqfl.qkd.ldpc_qc.qc_aminstar`: |x ⊞ y| = min(x, y) + f(x + y) − f(|x − y|), with the same
 piecewise-linear f(u) = max(0.6931 − 0.38·u, 0.445 − 0.132·u, 0) in fixed point (:func:`_f`).
-Messages are scaled by ``weight``/16 (:data:`WEIGHT` = 17: 1.0625, against the float engine's 1.1).
+Messages are scaled by 1 + ``weight``/32 (:func:`weight_for`: 1.09375 — the float engine's 1.1 to 0.6 % — below
+mother rate 0.85, 1.0625 from it).
 Signs are carried as 0 / −1 masks (XOR of arithmetic shifts), so every operation is a packed 16-bit
 min, max, add, sub, shift or XOR — every intermediate is cast back to int16 (Numba promotes integer
 arithmetic to int64, and a shift or compare of a wide value keeps LLVM from narrowing the vectors),
@@ -40,13 +41,14 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["AMAX", "LMAX", "SCALE", "batch_attempt_frames", "quantise"]
+__all__ = ["AMAX", "LMAX", "SCALE", "batch_attempt_frames", "quantise", "weight_for"]
 
 SCALE = 64
 """Fixed-point scale: an LLR x is stored as round(64·x) (16 was too coarse: a degree-22 check's ⊞ of
 inputs near 3 is below 1/16, and those messages vanished — the decoder did not move)."""
 AMAX = 1800
-"""Cap on |t| = |L − R| entering a check update (≈ 28 in LLR units); w·AMAX/16 ≤ 2 025 for w ≤ 18."""
+"""Cap on |t| = |L − R| entering a check update (≈ 28 in LLR units); a message's magnitude is at most
+max(AMAX, _EMPTY) · (1 + w/32), and w·_EMPTY fits int16 for w ≤ 8."""
 LMAX = 28000
 """Posterior saturation (≈ 437 in LLR units; a revealed value's ±50 is ±3 200): |L ± 2·R| stays in int16."""
 _I16 = np.int16
@@ -55,9 +57,27 @@ _EMPTY = 4095
 x + _EMPTY stays inside int16."""
 
 
+@numba.njit(cache=True, nogil=True)
+def _quantise_flat(x: np.ndarray, out: np.ndarray) -> None:
+    """``out[i]`` ← round-half-even(64·x[i]) saturated at ±LMAX (float64 arithmetic, as numpy's ``rint``)."""
+    hi = np.float64(LMAX)
+    for i in range(x.size):
+        v = np.rint(np.float64(x[i]) * np.float64(SCALE))
+        v = v if v < hi else hi
+        out[i] = np.int16(v if v > -hi else -hi)
+
+
 def quantise(x: np.ndarray) -> np.ndarray:
-    """LLRs (float) → int16 fixed point (× :data:`SCALE`, rounded, saturated at ±:data:`LMAX`)."""
-    return np.clip(np.rint(np.asarray(x, np.float64) * SCALE), -LMAX, LMAX).astype(np.int16)
+    """LLRs (float) → int16 fixed point (× :data:`SCALE`, rounded half to even, saturated at ±:data:`LMAX`);
+    one compiled pass (the numpy chain ``clip(rint(x·64))`` through float64 took half of the time outside the
+    sweeps of a one-attempt reconciliation)."""
+    a = np.asarray(x)
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    a = np.ascontiguousarray(a)
+    out = np.empty(a.shape, np.int16)
+    _quantise_flat(a.reshape(-1), out.reshape(-1))
+    return out
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -124,7 +144,7 @@ def _am1(L: np.ndarray, R: np.ndarray, src: np.ndarray, dst: np.ndarray, i0: int
 @numba.njit(cache=True, nogil=True, inline="always")
 def _am2(L: np.ndarray, R: np.ndarray, st: np.ndarray, i0: int, i1: int, loff: int, roff: int,
          w: np.int16) -> None:
-    """A-min* pass 2: R = sign · (w·mag)/16 (the min edge's mag is the ⊞ of the others, every other
+    """A-min* pass 2: R = sign · (mag + ⌊w·mag/32⌋) (the min edge's mag is the ⊞ of the others, every other
     edge's the ⊞ of all), L = t + R saturated at ±LMAX."""
     Ls = L[loff + i0:loff + i1]
     Rs = R[roff + i0:roff + i1]
@@ -144,7 +164,7 @@ def _am2(L: np.ndarray, R: np.ndarray, st: np.ndarray, i0: int, i1: int, loff: i
         A = sa[i]
         B = sb[i]
         mag = B if a == x1 else A  # load both first: a conditional load becomes a gather
-        m2 = _I16(_I16(mag * w) >> 4)
+        m2 = _I16(mag + _I16(_I16(mag * w) >> 5))
         p = _I16(sp[i] ^ (t >> 15))
         r = _I16((m2 ^ p) - p)
         Rs[i] = r
@@ -393,7 +413,7 @@ def batch_attempt_frames(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarr
     """One attempt of the blind protocol on rows ``frames`` of (``synd`` (F, m) uint8, ``Lq`` (F, n) int16,
     ``Rq`` (F, E) int16), ``B`` frames at a time in interleaved lanes, at most ``max_iter`` sweeps each,
     with the stall test every ``every`` sweeps (≤ 0: none) at ``ratio`` — the semantics of
-    :func:`labqfl.qkd.ldpc_qc.qc_attempt_frames`.  ``weight`` (E_b,) int16: message scale × 16 per base
+    :func:`labqfl.qkd.ldpc_qc.qc_attempt_frames`.  ``weight`` (E_b,) int16: message scale 1 + w/32 per base
     edge.  Returns per frame (sweeps to convergence or −1, sweeps spent); ``Lq`` / ``Rq`` hold the new
     state (a converged frame: its final posteriors in ``Lq``; its ``Rq`` row is not kept up to date).  The frames are split into one contiguous group per
     Numba thread; no result depends on ``B`` or the thread count."""
@@ -409,10 +429,24 @@ LANES = 4
 """Default frames per lane group: on the 2-vCPU Xeon (AVX2 code) 0.65 ns per edge and lane at 4 lanes
 against 1.12 at 1 (the segments' scalar remainders) and 0.69–0.88 at 16–32 (a group's messages, B × 0.8 MB,
 no longer fit the L2 cache); docs/reconciliation.md."""
-WEIGHT = 17
-"""Message scale × 16 (1.0625; the float engine's ``AMIN_ALPHA`` is 1.1).  18 (1.125) made the decoder unstable at
-QBER 8 % (rate 0.54, 8.5 % errors: 2 of 6 frames undecoded in 200 sweeps, where float A-min* and 17 decode all
-in 24–37 sweeps); 16 and 17 decode like the float engine at 1, 4 and 8 %."""
+WEIGHT = 3
+"""Message scale 1 + w/32 (1.09375; the float engine's ``AMIN_ALPHA`` is 1.1) for mother rates below
+:data:`HIGH_RATE`.  Session 38 used 17/16 everywhere (w = 2 here, the same values: ⌊17m/16⌋ = m + ⌊2m/32⌋); 18/16
+(1.125) made the decoder unstable at QBER 8 % (rate 0.54, 8.5 % errors: 2 of 6 frames undecoded in 200 sweeps,
+where float A-min* and 17/16 decode all in 24–37 sweeps; 35/32 decodes all 6 in 28–46, 36/32 leaves one).
+Against ``amin`` frame by frame (96 frames per QBER, same data, efficient preset; frames where amin16 needed
+more / fewer reveals): w = 3 at 2, 4, 6, 8 %: 12/14, 18/11, 14/13, 15/14 (w = 2: 19/17, 22/11, 27/12, 22/11 —
+f 0.001–0.002 above ``amin`` at 4–8 %); docs/reconciliation.md, session 39."""
+WEIGHT_HIGH_RATE = 2
+"""Message scale 1 + w/32 (1.0625) for mother rates ≥ :data:`HIGH_RATE` (QBER ≲ 1.3 %): at 1 % (rate 0.87) amin16
+needed more / fewer reveals than ``amin`` on 6/51 frames with w = 2, 13/41 with w = 3, 9/60 with w = 1, 11/57 with
+w = 0 (f 1.2089, 1.2125, 1.2077, 1.2088 against 1.2164); w = 1 was worse at 2 % (41/15)."""
+HIGH_RATE = 0.85
+
+
+def weight_for(rate: float) -> int:
+    """The message scale w (1 + w/32) for a mother code of rate ``rate`` (:data:`WEIGHT`, :data:`WEIGHT_HIGH_RATE`)."""
+    return WEIGHT_HIGH_RATE if rate >= HIGH_RATE - 1e-9 else WEIGHT
 
 
 class BatchState:
@@ -434,7 +468,7 @@ class BatchState:
         self.prior_q = quantise(prior)
         self.Lq = self.prior_q.copy()
         self.Rq = np.zeros((prior.shape[0], code.edges), np.int16)  # type: ignore[attr-defined]
-        self.weight = np.full(code.base_col.size, WEIGHT, np.int16)  # type: ignore[attr-defined]
+        self.weight = np.full(code.base_col.size, weight_for(code.rate), np.int16)  # type: ignore[attr-defined]
 
     def __call__(self, frames: np.ndarray, sweeps: int) -> tuple[np.ndarray, np.ndarray]:
         c = self.code

@@ -43,7 +43,7 @@ import numba
 import numpy as np
 
 __all__ = ["qc_aminstar", "qc_aminstar_frames", "qc_decode_reference", "qc_minsum", "qc_minsum_frames", "qc_shifts",
-           "qc_attempt_frames", "qc_unsatisfied_frames"]
+           "qc_attempt_frames", "qc_syndrome", "qc_unsatisfied_frames"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -94,6 +94,29 @@ def qc_shifts(mb: int, nb: int, Z: int, ev: np.ndarray, ec: np.ndarray, draws: n
         cols[c1, ccnt[c1]] = r1
         ccnt[c1] += 1
     return out, forced
+
+
+@numba.njit(cache=True, nogil=True)
+def qc_syndrome(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, bits: np.ndarray) -> np.ndarray:
+    """H·bits over GF(2) (uint8, m_b·Z) for a QC code: check r·Z + i is the XOR over base row r's edges of
+    variable col·Z + (i + s) mod Z, so each base edge adds two contiguous XOR segments (what the CSR loop of
+    :meth:`labqfl.qkd.ldpc.LdpcCode.syndrome` does one random read per edge)."""
+    mb = row_ptr.size - 1
+    out = np.zeros(mb * Z, np.uint8)
+    for r in range(mb):
+        par = out[r * Z:(r + 1) * Z]
+        for k in range(row_ptr[r], row_ptr[r + 1]):
+            base = bcol[k] * Z
+            s = bshift[k]
+            va = bits[base + s:base + Z]
+            pa = par[0:Z - s]
+            for i in range(Z - s):
+                pa[i] ^= va[i]
+            vb = bits[base:base + s]
+            pb = par[Z - s:Z]
+            for i in range(s):
+                pb[i] ^= vb[i]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)

@@ -67,7 +67,29 @@ def _run(engine: str, q: float, frames: int, seed: int) -> dict[str, Any]:
             # last-chance sweep, rare, costs ≈ 5 A-min* ones)
             "cpu_ns_per_edge_sweep": round(cpu / max(1, res.iterations) / build_code(plan.code_n, plan.rate,
                                                                                      plan.code_seed, plan.z).edges * 1e9, 3),
-            "iterations_per_frame": round(res.iterations / nfr, 1), "round_trips": res.round_trips}
+            "iterations_per_frame": round(res.iterations / nfr, 1), "round_trips": res.round_trips,
+            "_reveals": np.where(res.details["frame_ok"], res.details["revealed_at_success"], -1),
+            "_corrected": res.corrected}
+
+
+PAIRS = (("amin", "amin16"), ("amin-fast", "amin16-fast"))
+"""Engines compared frame by frame on the same data (:func:`_paired`)."""
+
+
+def _paired(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """``b`` against ``a`` frame by frame: frames where ``b`` needed more / fewer / the same reveals to decode
+    (frames both decoded), frames only one decoded, and whether the two corrected blocks are equal — with the
+    two-sided sign-test p-value of more against fewer (binomial, p = 1/2)."""
+    from scipy.stats import binomtest
+
+    ra, rb = a["_reveals"], b["_reveals"]
+    both = (ra >= 0) & (rb >= 0)
+    more, fewer = int((rb[both] > ra[both]).sum()), int((rb[both] < ra[both]).sum())
+    return {"more_reveals": more, "fewer_reveals": fewer, "same_reveals": int(both.sum()) - more - fewer,
+            "only_first_decoded": int(((ra >= 0) & (rb < 0)).sum()),
+            "only_second_decoded": int(((rb >= 0) & (ra < 0)).sum()),
+            "sign_test_p": round(float(binomtest(more, more + fewer).pvalue), 4) if more + fewer else 1.0,
+            "corrected_equal": bool(np.array_equal(a["_corrected"], b["_corrected"]))}
 
 
 def _table(engines: tuple[str, ...], frames: dict[str, int], qbers: tuple[float, ...]) -> dict[str, Any]:
@@ -76,7 +98,13 @@ def _table(engines: tuple[str, ...], frames: dict[str, int], qbers: tuple[float,
     try:
         rows: dict[str, dict[str, Any]] = {}
         for i, q in enumerate(qbers):
-            rows[f"{q:.2f}"] = {e: _run(e, q, frames[e], 100 + i) for e in engines}
+            row = {e: _run(e, q, frames[e], 100 + i) for e in engines}
+            row.update({f"{b}_vs_{a}": _paired(row[a], row[b]) for a, b in PAIRS
+                        if a in row and b in row and frames[a] == frames[b]})
+            for r in row.values():
+                r.pop("_reveals", None)
+                r.pop("_corrected", None)
+            rows[f"{q:.2f}"] = row
     finally:
         numba.set_num_threads(threads)
     tot = {e: (sum(r[e]["bits"] for r in rows.values()), sum(r[e]["wall_s"] for r in rows.values()),
