@@ -1746,7 +1746,9 @@ class ClientNode(Node):
                       self.name, a.acq, "; ".join(faults))
 
     def ctl_wait(self, req: Message) -> Message:
-        """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results."""
+        """Wait until this client's pairs (as Ci) of acquisition ``acq`` are distilled; their results. With
+        ``stored_blocks`` true also what this client holds from it (:meth:`stored_from`): the operator names them
+        when the detection node refused the acquisition (review s37 lab3 L9 over nodes)."""
         acq = str(req.get("acq"))
         duration = float(req.fields.get("duration", 0.0)) or 1.0
         timeout = float(req.fields.get("timeout", 600.0))
@@ -1765,8 +1767,29 @@ class ClientNode(Node):
                      round_trips=ip.ch.stats.round_trips if ip.ch is not None else 0)
             out[name] = d
         modulation = a.streams.summary() if a.streams is not None else {}
+        extra = {"stored_blocks": json.dumps(self.stored_from(a))} if req.fields.get("stored_blocks") else {}
         return ok("ctl/results", results=json.dumps(out), answered_slots=a.answered_slots, link_error=a.link_error,
-                  modulation=json.dumps(modulation), instrument_faults=json.dumps(a.instrument_faults))
+                  modulation=json.dumps(modulation), instrument_faults=json.dumps(a.instrument_faults), **extra)
+
+    def stored_from(self, a: _Acq) -> dict[str, dict[str, list[str]]]:
+        """Per pair of this client, the key blocks of acquisition ``a`` in this client's own store (``stored``:
+        block IDs, a block's auth refill named by its block, in the order stored) and those it holds only as a
+        pending file (``pending``: Cj's copy of a block Ci stored, until Ci's commit). Block IDs only, never a bit;
+        read from this node's own store and pending files (review s37 lab3 L9: the detection node reads no
+        client's store)."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for pair in sorted({*a.i_pairs, *a.j_pairs}):
+            stored: list[str] = []
+            for b in self.store.blocks(pair):
+                meta = b["meta"] if isinstance(b["meta"], dict) else {}
+                bid = str(meta.get("key_block") or b["block_id"])
+                if meta.get("acquisition") == a.acq and bid not in stored:
+                    stored.append(bid)
+            with self._pending_lock:
+                pending = [str(rec["block_id"]) for _, rec in self._pending_records(pair)
+                           if isinstance(rec.get("meta"), dict) and rec["meta"].get("acquisition") == a.acq]
+            out[pair] = {"stored": stored, "pending": pending}
+        return out
 
     def shutdown(self) -> None:
         """SIGTERM/SIGINT: the pattern generator stops at once (frames not played are lost) and goes to

@@ -55,8 +55,14 @@ def ok(kind: str, **fields: Any) -> Message:
     return Message(kind, dict(fields))
 
 
-def refuse(reason: str) -> Message:
-    return Message("node/refused", {"reason": reason})
+def refuse(reason: str, **fields: Any) -> Message:
+    return Message("node/refused", {"reason": reason, **fields})
+
+
+#: A ``node/refused`` field (``ctl/run``): the detection node's end check refused the acquisition, whose value is the
+#: acquisition; the operator then asks each client which key blocks it stored from it
+#: (:func:`labqfl.nodes.launch.run_acquisition`; review s37 lab3 L9 over nodes).
+END_CHECK_REFUSED = "end_check_refused"
 
 
 _hook_lock = threading.Lock()
@@ -626,9 +632,14 @@ def read_wire(path: Path) -> list[Message]:
 
 def request(ch: Any, msg: Message, expect: str) -> Message:
     """``ch.request(msg)``; a ``node/refused`` answer or another kind raises :class:`NodeError`."""
-    rep = ch.request(msg)
+    return checked_reply(ch.request(msg), msg.kind, expect)
+
+
+def checked_reply(rep: Message, asked: str, expect: str) -> Message:
+    """``rep``, the answer to a ``asked`` request, if of kind ``expect``; a ``node/refused`` answer raises
+    :class:`NodeError` (its reason), another kind :class:`MessageError`."""
     if rep.kind == "node/refused":
         raise NodeError(str(rep.fields.get("reason", "refused")))
     if rep.kind != expect:
-        raise MessageError(f"answered {rep.kind!r} to {msg.kind!r}; expected {expect!r}")
+        raise MessageError(f"answered {rep.kind!r} to {asked!r}; expected {expect!r}")
     return rep

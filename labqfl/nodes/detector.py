@@ -72,15 +72,18 @@ import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements, duration_problem
+from labqfl.errors import AcquisitionRefused
 from labqfl.instruments.base import TagBlock
 from labqfl.log import get_logger
 from labqfl.nodes.common import (
+    END_CHECK_REFUSED,
     Node,
     NodeError,
     RecordedChannel,
     check_node_station,
     ok,
     open_session,
+    refuse,
     simulated_light,
 )
 from labqfl.nodes.optics import block_of
@@ -199,6 +202,9 @@ class DetectorNode(Node):
         try:
             with emus.acquisition() if emus is not None else contextlib.nullcontext():  # their counts: the blocks
                 return self._run(acq, duration, bd, optics, clients)
+        except AcquisitionRefused as e:  # marked: the operator asks the clients what they stored from it
+            log.warning("node %s: ctl/run failed: %s", self.name, e)
+            return refuse(f"ctl/run: {e}", **{END_CHECK_REFUSED: acq})
         finally:
             self.instruments.disarm()  # the safe state after the acquisition, as in process
 

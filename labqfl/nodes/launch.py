@@ -48,8 +48,11 @@ from labqfl.log import get_logger
 from labqfl.net import NodeCredentials, make_node_certs
 from labqfl.nodes.common import (
     CTL,
+    END_CHECK_REFUSED,
     NodeError,
+    _one_line,
     check_node_station,
+    checked_reply,
     launcher_env,
     open_session,
     request,
@@ -174,11 +177,14 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
                                             "duration": float(duration), "peers": json.dumps(clients)}), "ctl/armed")
         dch = open_session(detector, creds, detector_name, "ctl", timeout_s=timeout)
         try:
-            ran = request(dch, Message("ctl/run", {"acq": acq, "duration": float(duration),
-                                                   "block_duration": float(block_duration), "optics": optics,
-                                                   "clients": json.dumps(clients)}), "ctl/ran")
+            rep = dch.request(Message("ctl/run", {"acq": acq, "duration": float(duration),
+                                                  "block_duration": float(block_duration), "optics": optics,
+                                                  "clients": json.dumps(clients)}))
         finally:
             dch.close()
+        if rep.kind == "node/refused" and rep.fields.get(END_CHECK_REFUSED) == acq:
+            raise NodeError(f"{rep.get('reason')}. {stored_from_refused(ctl, acq, duration, timeout)}")
+        ran = checked_reply(rep, "ctl/run", "ctl/ran")
         t_acq = time.perf_counter() - t0
         pairs: dict[str, Any] = {}
         per_client: dict[str, Any] = {}
@@ -202,6 +208,46 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
     wall = time.perf_counter() - t0
     return {"acquisition": acq, "duration_s": duration, "wall_s": wall, "acquisition_wall_s": t_acq,
             "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
+
+
+def stored_from_refused(ctl: Mapping[str, Any], acq: str, duration: float, timeout: float) -> str:
+    """What the clients (their ``ctl`` sessions by name) stored from acquisition ``acq``, which the detection node's
+    end check refused (review s37 lab3 L9 over nodes), as one sentence for the refusal: each client's own report
+    (``ctl/wait`` with ``stored_blocks``: :meth:`labqfl.nodes.client.ClientNode.stored_from`), block IDs per pair,
+    never a bit; no node reads another's store. Every client is waited for first (its pairs as Ci end once the
+    announcements stop, finishing the block in hand), then each is asked, so a Cj's report includes its Ci's last
+    commit. A client that cannot answer is named with why."""
+    fields: dict[str, Any] = {"acq": acq, "duration": float(duration), "timeout": float(timeout)}
+    why: dict[str, str] = {}
+    for c, ch in ctl.items():
+        try:
+            request(ch, Message("ctl/wait", fields), "ctl/results")
+        except (LabqflError, OSError) as e:
+            why[c] = f"{type(e).__name__}: {e}"
+    parts = []
+    for c, ch in ctl.items():
+        try:
+            if c in why:
+                raise NodeError(why[c])
+            rep = request(ch, Message("ctl/wait", {**fields, "stored_blocks": 1}), "ctl/results")
+            held = json.loads(str(rep.get("stored_blocks")))
+            parts.append(f"client {c}: " + _held_line(held))
+        except (LabqflError, OSError, ValueError, TypeError, AttributeError) as e:
+            parts.append(f"client {c}: not known ({_one_line(e)})")
+    return ("Key blocks stored from it, as each client reports from its own store (block IDs): "
+            + "; ".join(parts))
+
+
+def _held_line(held: Mapping[str, Mapping[str, list[str]]]) -> str:
+    """One client's :meth:`~labqfl.nodes.client.ClientNode.stored_from` report in words."""
+    pairs = []
+    for pair, h in sorted(held.items()):
+        stored, pending = [str(b) for b in h.get("stored", [])], [str(b) for b in h.get("pending", [])]
+        text = ", ".join(stored) if stored else "none"
+        if pending:
+            text += f" (pending here until its Ci's commit: {', '.join(pending)})"
+        pairs.append(f"pair {pair}: {text}")
+    return ", ".join(pairs) if pairs else "no pair"
 
 
 def refuse_client_faults(acq: str, per_client: Mapping[str, Mapping[str, Any]]) -> None:
