@@ -139,7 +139,7 @@ def toeplitz_seed(n_in: int, out_len: int) -> np.ndarray:
     """A fresh uniformly random seed (uint8 0/1, length ``n + m − 1``) from the OS CSPRNG."""
     length = toeplitz_seed_length(n_in, out_len)
     raw = np.frombuffer(secrets.token_bytes((length + 7) // 8), dtype=np.uint8)
-    return np.unpackbits(raw)[:length].copy()
+    return np.unpackbits(raw, count=length)  # a new array of exactly ``length`` bits (no slice copy)
 
 
 def _check(bits: np.ndarray, seed_bits: np.ndarray, out_len: int, values: bool = True) -> tuple[int, int]:
