@@ -14,8 +14,8 @@ interval, the dropped ranges (frames that are not kept or lie before the first m
 one pass over the tags (:func:`_fused_kernel`): per block of tags, each tag's delay correction,
 interval, nearest slot (a multiplication by 1/period, bit for bit the slotter's division:
 :func:`_block_slots`) and window/frame/burst tests, vectorised; each accepted click → its
-detector's bit in a ring bitmap (which merges the two detectors and combines clicks of one slot
-into outcome 1/2/3); slots below a horizon no later tag can reach are read back in slot order,
+detector's bit in its slot's byte of a ring (which merges the two detectors and combines clicks of
+one slot into outcome 1/2/3); slots below a horizon no later tag can reach are read back in slot order,
 straight into the pairs' announcements, with both clients' choices looked up in their logs, the
 sifting statistics tallied and the key bits written (:func:`_scan_sift`) — no per-tag or
 per-pair intermediate arrays, no per-pair log queries, no sort. Streams it cannot take in order
@@ -398,7 +398,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                   last_span, drop, frame_pair, spf, pair_ci, pair_cj, n_int, log_k, log_a, nk, wbits, cap, out_s,
                   out_o, key_s, key_bi, key_bj, count, kcount, hist):
     """Tags → per-pair announcements, key slots and bits, and a histogram of the sifting cells in
-    one pass over the tags, with no intermediate array beyond a ring bitmap of ``2^wbits`` slots.
+    one pass over the tags, with no intermediate array beyond a ring of ``2^wbits`` slot bytes.
 
     Tags go in blocks within which both detectors' anchor intervals are fixed: slot codes for the
     block by :func:`_block_slots` (vectorised), then each accepted click → its bit in the ring
