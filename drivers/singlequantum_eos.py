@@ -364,12 +364,30 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             self._command("SetAllBiasCurrents", "BiasCurrent", currents)
 
     def _ramp_bias(self, target_ua: float) -> None:
+        """This channel's bias to ``target_ua`` in steps of at most ``bias_step_ua`` at ``bias_ramp_ua_per_s``. A
+        ramp away from 0 µA (arming: up to 9 s from 0 to 90 µA at the default rate, under the driver's lock the
+        safe state needs) stops at the next step once an emergency stop runs, and raises; a ramp towards 0 µA (a
+        safe state, a disarm) always runs all the way (issue 19)."""
         with self.lock:
             i0 = self.bias_now_ua
             if abs(i0 - target_ua) < 1e-6:
                 return
-            run_ramp(ramp_points(i0, target_ua, self.bias_step_ua), self.bias_ramp_ua_per_s, self.bias_step_ua,
-                     self._write_bias)
+            points = ramp_points(i0, target_ua, self.bias_step_ua)
+            why: list[str] = []
+
+            def cut() -> bool:
+                reason = in_emergency()
+                if reason is not None:
+                    why.append(reason)
+                return reason is not None
+
+            done = run_ramp(points, self.bias_ramp_ua_per_s, self.bias_step_ua, self._write_bias,
+                            cut=cut if abs(target_ua) > abs(i0) else None)
+            if done < len(points):
+                reached = points[done - 1] if done else i0
+                raise InstrumentError(f"{self.name}: channel {self.channel}: bias ramp to {target_ua:g} µA cut by the "
+                                      f"emergency stop ({why[-1]}) at {reached:g} µA", instrument=self.name,
+                                      resource=self.resource, command="SetAllBiasCurrents")
 
     def _get_enabled(self) -> bool:
         """Armed: ``DetectorEnable`` on (a JSON ``true``) and this channel biased."""

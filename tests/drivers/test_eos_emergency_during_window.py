@@ -255,6 +255,55 @@ def test_an_emergency_during_the_arming_window_puts_d0_and_then_the_laser_safe_a
             d0.close()
 
 
+def test_an_emergency_during_arming_s_bias_ramp_stops_it_at_the_next_step() -> None:
+    """Arming's ramp up (0 -> 6 uA in 1 uA steps at 2 uA/s: 2.5 s; at the default 10 uA/s up to 9 s to 90.9 uA) runs
+    inside the ``enabled`` write, under the driver's lock the safe state needs. Once an emergency runs, the ramp goes
+    no further than the step under way, the write raises naming the emergency, and the safe state ramps down from
+    there. Before: the ramp went on to 6 uA (then the latch check and the safe state) with the emergency running."""
+    import time
+
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = SingleQuantumEos("D0", DetectorConfig(
+            driver="SingleQuantumEos", resource=emu.resource, visa_library="@py", timeout_ms=2000,
+            bias_current_ua=6.0, dark_count_rate_hz=50.0,
+            options={"channel": 1, "counts_port": emu.counts_port, "bias_step_ua": 1.0, "bias_ramp_ua_per_s": 2.0}))
+        seen: list[float] = []
+        polling = threading.Event()
+
+        def poll() -> None:
+            while not polling.is_set():
+                seen.append(float(emu.bias_ua[0]))
+                time.sleep(0.002)
+        out: dict[str, Any] = {}
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        armer = _arming(d0, out)
+        try:
+            t_end = time.monotonic() + 10
+            while emu.bias_ua[0] < 1.0 and time.monotonic() < t_end:
+                time.sleep(0.002)
+            with emergency("signal SIGTERM"):
+                at = float(emu.bias_ua[0])
+                n_before = len(seen)
+                assert 1.0 <= at < 6.0, at
+                safe = threading.Thread(target=d0.safe_state, daemon=True)
+                safe.start()
+                safe.join(15)
+                assert not safe.is_alive()
+            armer.join(10)
+            polling.set()
+            poller.join(5)
+            assert max(seen[n_before:]) <= at + 1.0, (at, max(seen[n_before:]))  # before: 6.0
+            assert "channel 1: bias ramp to 6 µA cut by the emergency stop (signal SIGTERM) at " in str(out["error"])
+            assert emu.bias_ua[0] == 0.0 and emu.enabled is False
+        finally:
+            polling.set()
+            armer.join(10)
+            d0.close()
+
+
 def test_arming_still_checks_for_a_latch_and_tells_the_change_hooks_after_the_check() -> None:
     """The check moved out of the setting's write, not away: a channel whose stream counts nothing is reset once
     and refused at arming (bias left at 0 µA), and the change hooks hear of the arming only when it passed the
