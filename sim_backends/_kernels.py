@@ -160,6 +160,88 @@ def _build_guide(q: float, glo: np.ndarray, ghi: np.ndarray) -> None:
         ghi[i] = _gap_int(math.log(i / GUIDE) / l1q)
 
 
+_DRAW_PIECE = 256  # geometric-gap draws hashed at once by _candidates_plain
+
+
+@nb.njit(cache=True, nogil=True)
+def _candidates_plain(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, q: float, glo: np.ndarray,
+                      ghi: np.ndarray, out_slot: np.ndarray, out_outcome: np.ndarray, n: int, bits: np.ndarray,
+                      bits_w0: np.int64) -> tuple[int, np.uint64]:
+    """:func:`_segment`'s ``how`` = 1 for q < 1: the segment's candidates, drawn exactly as :func:`_next_gap`
+    draws them one by one (the same hashes of the same counters, the same gaps, ``rng`` left in the same state),
+    but the hashes of :data:`_DRAW_PIECE` draws computed first in a loop the compiler vectorises (they depend
+    on the counter only, not on the slot reached). ``bits`` of length 0: no candidate bitmap (no client is
+    asked with one). Returns (n, rng); n = −1 if ``out_slot`` is full."""
+    cap = out_slot.shape[0]
+    l1q = math.log1p(-q)
+    use_bits = bits.shape[0] > 0
+    xs = np.empty(_DRAW_PIECE, dtype=np.uint64)
+    s = seg - 1
+    while True:
+        for t in range(np.uint64(_DRAW_PIECE)):
+            xs[t] = mix64(rng + (t + _U1) * _G)
+        for t in range(np.uint64(_DRAW_PIECE)):
+            rng += _G
+            x = xs[t]
+            b = np.int64(x >> _GUIDE_SHIFT)
+            g = glo[b]
+            if g != ghi[b]:
+                gf = math.log(_u01_open(x)) / l1q
+                if gf >= seg_end - s:  # compared as floats: no int64 cast of a gap beyond 2^63
+                    return n, rng
+                g = np.int64(gf)
+            elif g >= seg_end - s:
+                return n, rng
+            s = s + 1 + g
+            if s >= seg_end:  # the gap reached the segment's end exactly
+                return n, rng
+            if s < s0:
+                continue
+            if n >= cap:
+                return -1, rng
+            out_slot[n] = s
+            out_outcome[n] = 0
+            n += 1
+            if use_bits:
+                bits[(s >> 6) - bits_w0] |= _U1 << np.uint64(s & 63)
+
+
+_CLICK_PIECE = 2048  # candidates per piece of _click_plain (its scratch: 2 KiB)
+
+
+@nb.njit(cache=True, nogil=True)
+def _click_plain(seg_end: np.int64, table: np.ndarray, codes_i: np.ndarray, codes_j: np.ndarray,
+                 key_acc: np.uint64, scale: float, out_slot: np.ndarray, out_outcome: np.ndarray, n: int, kc: int,
+                 cand: np.ndarray) -> tuple[int, int]:
+    """:func:`_segment`'s ``how`` = 2 where no mode, fixed level or intercept applies (the default station):
+    the candidates ``cand[kc:]`` before ``seg_end`` with the clients' codes there, accepted and given their
+    outcome by exactly :func:`_segment`'s rule, in pieces: first every candidate's outcome (0: not accepted)
+    in a loop without a branch or a store at a data-dependent place, which the compiler vectorises (the
+    hash, the table look-ups, the compares: 8 candidates per AVX-512 instruction), then the accepted ones
+    appended in order. Returns (n, kc) as :func:`_segment`; n = −1 if the row has no room for every
+    candidate of a piece (the pass is rerun with longer rows: the same clicks)."""
+    cap = out_slot.shape[0]
+    kend = kc + int(np.searchsorted(cand[kc:], seg_end))  # the segment's candidates: ascending slots
+    ua = np.empty(_CLICK_PIECE)
+    for p0 in range(kc, kend, _CLICK_PIECE):
+        m = _CLICK_PIECE if p0 + _CLICK_PIECE <= kend else kend - p0
+        if n + m > cap:
+            return -1, p0
+        b = np.uint64(p0)
+        for t in range(np.uint64(m)):  # the acceptance uniforms, vectorised (4 hashes per AVX2 multiply)
+            ua[t] = float(mix64(key_acc + np.uint64(cand[b + t]) * _G) >> _U11) * _INV53 * scale
+        for t in range(np.uint64(m)):
+            ci_ = np.uint64(codes_i[b + t])
+            cj_ = np.uint64(codes_j[b + t])
+            idx = (((ci_ >> _U2) * np.uint64(K_MAX) + (cj_ >> _U2)) * np.uint64(N_PHASE)
+                   + (ci_ & np.uint64(3))) * np.uint64(N_PHASE) + (cj_ & np.uint64(3))
+            u = ua[t]
+            out_slot[n] = cand[b + t]
+            out_outcome[n] = 1 + np.uint8(u >= table[idx, 0]) + np.uint8(u >= table[idx, 1])
+            n += int(u < table[idx, 2])
+    return n, kend
+
+
 @nb.njit(cache=True, nogil=True)
 def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pmax: float, q: float,
              glo: np.ndarray, ghi: np.ndarray, table: np.ndarray,
@@ -188,6 +270,12 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
     l1q = math.log1p(-q) if q < 1.0 else -math.inf
     scale = q / pmax
     n_cand = cand.shape[0]
+    if how == 2 and mode_i == 0 and mode_j == 0 and not fix_i and not fix_j and eve_side == 0:
+        n, kc = _click_plain(seg_end, table, codes_i, codes_j, key_acc, scale, out_slot, out_outcome, n, kc, cand)
+        return n, rng, kc
+    if how == 1 and q < 1.0:
+        n, rng = _candidates_plain(seg, seg_end, s0, rng, q, glo, ghi, out_slot, out_outcome, n, bits, bits_w0)
+        return n, rng, kc
     s = seg - 1
     while True:
         if how == 2:
@@ -206,7 +294,8 @@ def _segment(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint64, pma
             out_slot[n] = s
             out_outcome[n] = 0
             n += 1
-            bits[(s >> 6) - bits_w0] |= _U1 << np.uint64(s & 63)
+            if bits.shape[0] > 0:
+                bits[(s >> 6) - bits_w0] |= _U1 << np.uint64(s & 63)
             continue
         if how == 2:
             ci_ = np.int64(codes_i[kc])
@@ -607,7 +696,8 @@ def _candidates_lo_e(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uin
         for i in range(k):
             lo = lw[i]
             u = ew[i] | lo
-            bits[np.int64(w0) + i - bits_w0] |= u
+            if bits.shape[0] > 0:
+                bits[np.int64(w0) + i - bits_w0] |= u
             base = np.int64((w0 + np.uint64(i)) << _U6)
             while u != 0:
                 b: np.uint64 = _cttz64(u)  # type: ignore[call-arg]
@@ -873,8 +963,9 @@ def signal_chunks(r_lo: np.int64, r_hi: np.int64, s0: np.int64, s1: np.int64, ch
     ``how`` = 1 pass: 1 where the candidate is in C_lo; ``words`` (``how`` = 0) is ``codes`` viewed
     as uint64 (rows padded to whole words), unused (1×1) otherwise. ``how`` = 1 also sets every candidate
     in ``cand_bits`` (bit s mod 64 of word s // 64 − ``bits_w0``; zeroed by the caller, one word per 64 slots
-    of the window): the modulator links' questions (:meth:`SagnacTestbed._ask_candidates`). Chunks are whole
-    words (the testbed's 65 536 slots), so threads never share one.
+    of the window): the modulator links' questions (:meth:`SagnacTestbed._ask_candidates`); of length 0 it is
+    not written (no client is asked with it). Chunks are whole words (the testbed's 65 536 slots), so threads
+    never share one.
     """
     n_frames = frame_pair.shape[0]  # the schedule's cycle: frame f belongs to pair frame_pair[f mod n_frames]
     c_first = s0 // chunk_slots

@@ -826,9 +826,12 @@ class SagnacTestbed:
 
         guides = (acq.guide_q, acq.guide_lo, acq.guide_hi)  # this window's, even if a later one reallocates them
 
-        # the first pass's candidates also as a bitmap of the window (the modulator links' questions)
+        # the first pass's candidates also as a bitmap of the window (the modulator links' questions), where a
+        # client is asked with one (ask_bits); else none (length 0: the kernels write no bit, 10-20 % of the
+        # first pass on the default station, and nothing is zeroed)
         bits_w0 = s0 >> 6
-        cand_bits = np.empty(((s1 - 1) >> 6) - bits_w0 + 1 if acq.on_demand else 1, dtype=np.uint64)
+        asked_by_bits = acq.on_demand and any(getattr(log, "ask_bits", None) is not None for log in acq.logs)
+        cand_bits = np.empty(((s1 - 1) >> 6) - bits_w0 + 1 if asked_by_bits else 0, dtype=np.uint64)
 
         def run(task: int, slot: int, sig_slot: np.ndarray, sig_outc: np.ndarray, how: int, codes: np.ndarray,
                 cand: tuple[np.ndarray, ...]) -> None:
