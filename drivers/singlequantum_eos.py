@@ -621,7 +621,7 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                 self._ramp_bias(0.0)
                 self._ramp_bias(bias)  # back up in the dark, not under the flux that latched it
             finally:
-                if restore is not None:
+                if restore is not None and in_emergency() is None:  # never the light back on in an emergency
                     restore()
         latched, seconds = self._counts_nothing()
         if not latched:

@@ -19,7 +19,7 @@ from labqfl.drivers.singlequantum_eos import SingleQuantumEos
 
 from labqfl.config import DetectorConfig
 from labqfl.errors import InstrumentError
-from labqfl.instruments.base import _EMERGENCY, emergency
+from labqfl.instruments.base import _EMERGENCY, emergency, in_emergency
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("pyvisa_py") is None,
                                 reason="pyvisa-py (the 'hardware' extra) is not installed")
@@ -301,6 +301,37 @@ def test_an_emergency_during_arming_s_bias_ramp_stops_it_at_the_next_step() -> N
         finally:
             polling.set()
             armer.join(10)
+            d0.close()
+
+
+def test_an_emergency_during_a_latch_reset_leaves_the_light_off() -> None:
+    """A latch reset takes the light off (the station's shutters / master clock: ``light_off``), ramps the bias to
+    0 uA and back and then puts the light back. An emergency that starts during it cuts the ramp back up (above) and
+    the light stays off: the emergency's safe states may already have closed the shutters, and putting them back
+    would let light reach the loop while the node stops. Before: the light was put back whatever happened."""
+    from labqfl.sim_backends.websq import WebSQEmulator
+
+    with WebSQEmulator(2) as emu:
+        d0 = _armed_d0(emu)
+        restored: list[str | None] = []
+        d0.light_off = lambda: (lambda: restored.append(in_emergency()))  # type: ignore[assignment]
+        d0._counts_nothing = lambda rate=None: (True, 1.84)  # type: ignore[method-assign]  # "latched"
+        write = d0._write_bias
+        stop = emergency("signal SIGTERM")
+
+        def write_then_stop(ua: float) -> None:
+            write(ua)
+            if ua == 0.0 and stop not in _EMERGENCY:  # the emergency starts once the bias is down
+                stop.__enter__()
+        d0._write_bias = write_then_stop  # type: ignore[method-assign]
+        try:
+            with pytest.raises(InstrumentError, match=r"bias ramp to 3 µA cut by the emergency stop \(signal SIGTERM\) "
+                                                      r"at 0 µA"):
+                d0._recover_if_latched(None)
+            assert restored == [] and emu.bias_ua[0] == 0.0
+        finally:
+            if stop in _EMERGENCY:
+                stop.__exit__(None, None, None)
             d0.close()
 
 
