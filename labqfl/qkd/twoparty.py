@@ -108,7 +108,7 @@ from labqfl.qkd.sifting import (
 from labqfl.qkd.spool import TranscriptSpool
 from labqfl.qkd.toeplitz import toeplitz_hash, toeplitz_seed
 from labqfl.qkd.transcript_entries import announcement_entry
-from labqfl.qkd.verification import hash_tag, verification_tag_length
+from labqfl.qkd.verification import hash_tag, verification_tag_plan
 
 log = get_logger(__name__)
 
@@ -157,6 +157,7 @@ CI_MESSAGES: dict[str, MessageSchema] = {
     "ldpc/syndromes": _schema("m:int"),
     "ldpc/filler": _schema(),
     "verify/request": _schema("t:int seed:bytes"),
+    "ec/more": _schema("attempt:int"),
     "pa/seed": _schema("out_len:int seed:bytes"),
     "block/confirm": _schema("tag:bytes"),
     "block/accept": _schema("ok:int reason:str"),
@@ -345,6 +346,9 @@ class BlockOutcome:
     ec_success: bool = False
     verified: bool = False
     tlen: int = 0
+    #: verification attempts made (docs/protocol.md §5): 1 when the first passed, more when reconciliation
+    #: continued after a failure (``ec/more``); the bits each further attempt disclosed are in ``leak``
+    attempts: int = 0
     ell: int = 0
     report: KeyLengthReport | None = None
     final: np.ndarray | None = field(default=None, repr=False)
@@ -392,7 +396,17 @@ def _alice(engine: str, bits: np.ndarray) -> Any:
     raise QKDInputError(f"unknown error-correction engine {engine!r}; expected 'cascade' or 'ldpc'")
 
 
-def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
+def tag_plan(engine: str, eps_cor: float, n: int) -> tuple[int, ...]:
+    """Tag bits of each verification attempt of an n-bit block (docs/protocol.md §5): Cascade's
+    :func:`~labqfl.qkd.verification.verification_tag_plan` (reconciliation continues after a failed
+    attempt, ``ec/more``); one attempt for LDPC, or where the block is shorter than the plan's tags."""
+    plan = verification_tag_plan(eps_cor)
+    if engine != "cascade" or n < sum(plan):
+        return (min(plan[0], n),)
+    return plan
+
+
+def _bob(engine: str, bits: np.ndarray, qber: float, attempts: int = 1) -> Any:
     from labqfl.qkd.reconciliation import validate_reconciliation_input
 
     bits, _, q = validate_reconciliation_input(bits, bits, qber)
@@ -402,11 +416,15 @@ def _bob(engine: str, bits: np.ndarray, qber: float) -> Any:
             CascadeBob,
             CascadeSchedule,
             split_frames,
+            verified_halves,
         )
 
-        # interleaved frames; the schedule for few round trips (CascadeSchedule.for_link)
+        # interleaved frames; the schedule for few round trips (CascadeSchedule.for_link), with fewer
+        # confirmations where further verification attempts may follow (verified_halves)
         shortest = int(split_frames(int(bits.size), PIPELINE_FRAME_BITS).min())
-        return CascadeBob(bits, q, frame_bits=PIPELINE_FRAME_BITS, schedule=CascadeSchedule.for_link(q, shortest))
+        confirm, extra = verified_halves(q, shortest, attempts)
+        return CascadeBob(bits, q, frame_bits=PIPELINE_FRAME_BITS,
+                          schedule=CascadeSchedule.for_link(q, shortest, confirm, extra))
     if engine == "ldpc":
         from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
 
@@ -742,13 +760,10 @@ class PairEndI(_PairEnd):
         if not out.ec_success:
             raise _Refused("error correction failed (decoder did not converge)")
         _check_stop(stop)
-        # 2. verification: Ci sends seed + tag, Cj compares
+        # 2. verification: Ci sends seed + tag, Cj compares; reconciliation continues after a failure
         t = time.perf_counter()
-        out.tlen = tlen = min(verification_tag_length(s.params.eps_cor), n)
-        vseed = toeplitz_seed(n, tlen)
-        rep = self._ask(ch, Message("verify/request", {"t": tlen, "seed": _bits_field(vseed)},
-                                    disclosed=hash_tag(bits, vseed, tlen)), "verify/result")
-        out.verified = bool(rep.get("ok"))
+        leak += self._verify(ch, alice, bits, out, stop)
+        out.leak = leak
         out.times["verification"] = time.perf_counter() - t
         _check_stop(stop)
         # 3. secure key length, computed here and (independently) at Cj
@@ -776,6 +791,50 @@ class PairEndI(_PairEnd):
         if reason:
             raise _Refused(reason)
         return final
+
+    def _verify(self, ch: Channel, alice: Any, bits: np.ndarray, out: BlockOutcome,
+                stop: Callable[[], bool] | None) -> int:
+        """Verification attempts (:func:`tag_plan`, docs/protocol.md §5): attempt 0 is Ci's
+        ``t_0``-bit tag under a fresh seed; after a failure Ci asks Cj to continue reconciliation
+        (``ec/more``: Bob's :meth:`~labqfl.qkd.cascade.CascadeBob.more`, answered by the same Alice),
+        then sends ``Δ_i`` fresh tag bits, and Cj passes the block only if every tag so far matches
+        its corrected key.  Sets ``out.verified``, ``out.tlen`` (t_0), ``out.attempts``; returns the
+        bits disclosed after the first failure (the continuations' parities and each Δ_i), which
+        count in the leak."""
+        n = out.n
+        plan = tag_plan(self.settings.engine, self.settings.params.eps_cor, n)
+        out.tlen = plan[0]
+        extra = 0
+        for attempt, tlen in enumerate(plan):
+            if attempt:
+                _check_stop(stop)
+                extra += tlen + self._more(ch, alice, attempt, out)
+            vseed = toeplitz_seed(n, tlen)
+            rep = self._ask(ch, Message("verify/request", {"t": tlen, "seed": _bits_field(vseed)},
+                                        disclosed=hash_tag(bits, vseed, tlen)), "verify/result")
+            out.attempts = attempt + 1
+            out.verified = bool(rep.get("ok"))
+            if out.verified:
+                break
+        return extra
+
+    def _more(self, ch: Channel, alice: Any, attempt: int, out: BlockOutcome) -> int:
+        """``ec/more``: Cj's Bob continues reconciliation, Ci's Alice answers; returns its leak."""
+        leak = 0
+        rep = self._request(ch, Message("ec/more", {"attempt": attempt}))
+        while rep.kind not in ("ec/done", REFUSED):
+            ans = alice.handle(rep)
+            leak += ans.leaked_bits
+            rep = self._request(ch, ans)
+        if rep.kind == REFUSED:
+            raise _Refused(str(rep.fields.get("reason", "refused by Cj")))
+        out.errors = int(rep.get("errors"))
+        if not 0 <= out.errors <= out.n:
+            raise _Refused(f"Cj reports {out.errors} corrected errors in a block of {out.n} bits")
+        if int(rep.get("leaked")) != leak:
+            raise _Refused(f"disclosed-bit counts differ: Ci sent {leak}, Cj received {int(rep.get('leaked'))} "
+                           f"(reconciliation continued, attempt {attempt})")
+        return leak
 
     def _confirm(self, ch: Channel, out: BlockOutcome) -> None:
         self.tx.close()
@@ -832,6 +891,10 @@ class _JBlock:
         self.key: np.ndarray | None = None  # the block's sifted key once opened
         self.relay: _BobRelay | None = None
         self.thread: threading.Thread | None = None
+        self.bob: Any = None  # Bob of this block's reconciliation (ec/more continues it)
+        self.tags: list[tuple[np.ndarray, np.ndarray]] = []  # (seed, Ci's tag) of each verification attempt
+        self.leak_before = 0  # bits disclosed before the current reconciliation run
+        self.mores = 0  # reconciliations continued after a failed verification (ec/more)
         self.corrected: np.ndarray | None = None
         self.errors = 0
         self.leak = 0
@@ -1019,13 +1082,34 @@ class PairEndJ(_PairEnd):
         if str(req.get("engine")) != self.settings.engine or int(req.get("n")) != b.key.size:
             raise _Refused(f"ec/start: Ci asks for {req.get('engine')!r} on {int(req.get('n'))} bits, "
                            f"Cj expects {self.settings.engine!r} on {b.key.size}")
-        bob = _bob(self.settings.engine, b.key, float(req.get("qber")))
+        n = int(b.key.size)
+        b.bob = bob = _bob(self.settings.engine, b.key, float(req.get("qber")),
+                           len(tag_plan(self.settings.engine, self.settings.params.eps_cor, n)))
+        return self._start_bob(b, bob.run)
+
+    def _ec_more(self, b: _JBlock, req: Message) -> Message:
+        """Ci's ``ec/more`` after a failed verification: Bob continues (:meth:`CascadeBob.more`)."""
+        from labqfl.qkd.cascade import RETRY_CONFIRM
+
+        attempt = int(req.get("attempt"))
+        plan = tag_plan(self.settings.engine, self.settings.params.eps_cor, b.key.size if b.key is not None else 0)
+        if b.corrected is None or b.bob is None or b.verified or not b.tags or attempt != len(b.tags) \
+                or attempt >= len(plan):
+            raise _Refused(f"ec/more (attempt {attempt}) out of order: {len(b.tags)} verification attempts made, "
+                           f"verified {b.verified}, at most {len(plan)} attempts")
+        b.leak_before = b.leak + plan[attempt]  # the Δ_i tag bits that the next verify/request discloses
+        b.ec_done = False
+        b.mores += 1
+        bob = b.bob
+        return self._start_bob(b, lambda relay: bob.more(relay, RETRY_CONFIRM))
+
+    def _start_bob(self, b: _JBlock, run_bob: Callable[[Channel], Any]) -> Message:
         relay = _BobRelay()
         b.relay = relay
 
         def run() -> None:
             try:
-                relay.to_ci.put(("done", bob.run(relay)))
+                relay.to_ci.put(("done", run_bob(relay)))
             except BaseException as e:  # handed to the responder thread, which refuses the block
                 relay.to_ci.put(("error", e))
 
@@ -1049,21 +1133,28 @@ class PairEndJ(_PairEnd):
             raise _Refused(f"reconciliation failed at Cj: {v}")
         b.corrected = np.asarray(v.corrected, dtype=np.uint8)
         b.errors = int(np.count_nonzero(b.corrected != b.key))
-        b.leak = int(v.leaked_bits)
+        b.leak = b.leak_before + int(v.leaked_bits)
         success = bool(getattr(v, "success", True))
         if not success:
             b.refused = "error correction failed (decoder did not converge)"
-        return Message("ec/done", {"errors": b.errors, "leaked": b.leak, "success": int(success)})
+        return Message("ec/done", {"errors": b.errors, "leaked": int(v.leaked_bits), "success": int(success)})
 
     def _verify_request(self, b: _JBlock, req: Message) -> Message:
         if b.corrected is None:
             raise _Refused("verify/request before error correction")
         n = int(b.corrected.size)
         t = int(req.get("t"))
-        if t != min(verification_tag_length(self.settings.params.eps_cor), n):
-            raise _Refused(f"verify/request: tag of {t} bits, expected {min(verification_tag_length(self.settings.params.eps_cor), n)}")
+        plan = tag_plan(self.settings.engine, self.settings.params.eps_cor, n)
+        attempt = len(b.tags)
+        if b.verified or attempt >= len(plan) or b.mores != attempt or not b.ec_done:
+            raise _Refused(f"verify/request out of order: verification attempt {attempt + 1} (at most {len(plan)}) "
+                           f"after {b.mores} continued reconciliations, verified {b.verified}")
+        if t != plan[attempt]:
+            raise _Refused(f"verify/request: tag of {t} bits, expected {plan[attempt]} (verification attempt {attempt + 1})")
         seed = _unbits(req.get("seed"), n + t - 1, "verify/request seed")
-        b.verified = bool(np.array_equal(hash_tag(b.corrected, seed, t), req.disclosed))
+        b.tags.append((seed, np.asarray(req.disclosed, dtype=np.uint8)))
+        # every tag so far must match the key as corrected now (docs/protocol.md §5)
+        b.verified = all(np.array_equal(hash_tag(b.corrected, sd, int(tg.size)), tg) for sd, tg in b.tags)
         # this end's own secure key length, from its own copy of the (authenticated) data
         if b.verified:
             assert b.counts is not None
@@ -1131,7 +1222,7 @@ class PairEndJ(_PairEnd):
         n = int(b.key.size) if b.key is not None else b.n_bits
         out = BlockOutcome(b.block_id, accepted=accepted, reason=reason, n=n, errors=b.errors, leak=b.leak,
                            ec_success=b.ec_done and not reason.startswith("error correction failed"),
-                           verified=b.verified, ell=b.ell or 0, report=b.report,
+                           verified=b.verified, attempts=len(b.tags), ell=b.ell or 0, report=b.report,
                            final=b.final if accepted else None, peer_origin=b.peer_origin)
         self._blk = _JBlock()
         self.outcomes.append(out)
@@ -1147,5 +1238,6 @@ _J_HANDLERS: dict[str, Callable[[PairEndJ, _JBlock, Message], Message]] = {
     "block/open": PairEndJ._block_open,
     "ec/start": PairEndJ._ec_start,
     "verify/request": PairEndJ._verify_request,
+    "ec/more": PairEndJ._ec_more,
     "pa/seed": PairEndJ._pa_seed,
 }

@@ -185,3 +185,49 @@ def verify_keys(bits_i: np.ndarray, bits_j: np.ndarray, eps_cor: float,
     tag_i = hash_tag(bits_i, seed, t)
     tag_j = hash_tag(bits_j, seed, t)
     return VerificationOutcome(bool(np.array_equal(tag_i, tag_j)), t, t)
+
+
+MAX_VERIFY_ATTEMPTS = 4
+"""Verification attempts a block may make (:func:`verification_tag_plan`): the first, and up to three
+after a reconciliation continued because the tags differed (docs/protocol.md §5, "Verification")."""
+
+MAX_RETRY_TAG_BITS = 16
+"""A further attempt is planned only if it needs at most this many new tag bits."""
+
+
+def verification_tag_plan(eps_cor: float, attempts: int = MAX_VERIFY_ATTEMPTS) -> tuple[int, ...]:
+    """Tag bits disclosed at each verification attempt of one block: ``(t_0, Δ_1, Δ_2, …)``.
+
+    Attempt 0 is the verification of :func:`verification_tag_length` (``t_0 = ⌈log2(1/ε_cor)⌉``).
+    When its tags differ, reconciliation may continue (more confirmation parities) and the block
+    is verified again: attempt i draws a **fresh** Toeplitz seed of ``Δ_i`` rows, Ci discloses
+    those ``Δ_i`` new tag bits, and Cj accepts only if **every** tag so far (0 … i) matches its
+    corrected key.  The key difference e_i that attempt i tests is a function of the keys and of
+    the reconciliation's own seeds, which are drawn independently of every verification seed, and
+    the seeds of the attempts are independent of each other, so for e_i ≠ 0 all tags collide with
+    probability 2^−(t_0 + Δ_1 + … + Δ_i) (each Toeplitz family is universal₂: Carter & Wegman,
+    JCSS 18, 143 (1979); Krawczyk, CRYPTO '94).  A block is accepted at most once, so the
+    probability of accepting differing keys is at most Σ_i 2^−(t_0 + … + Δ_i), and each Δ_i is the
+    smallest that keeps this sum ≤ ε_cor (exact rational arithmetic).  Since 2^−t_0 ≤ ε_cor <
+    2^(1−t_0), what is left after attempt 0 is < 2^−t_0: every Δ_i ≥ 1.  With ε_cor = 10^−15:
+    (50, 3, 8, 1).  The plan stops early where a further attempt would need more than
+    :data:`MAX_RETRY_TAG_BITS` bits (ε_cor a power of two leaves nothing: ``(t_0,)``).  The
+    ``Δ_i`` bits are disclosed after a failed verification and are counted in the leak λ_EC; ``t_0``
+    is charged by the log2(2/ε_cor) term of the key length, as before.
+    """
+    from fractions import Fraction
+
+    t0 = verification_tag_length(eps_cor)
+    left = Fraction(eps_cor) - Fraction(1, 2 ** t0)
+    plan = [t0]
+    total = t0
+    while len(plan) < attempts and left > 0:
+        e = total + 1
+        while Fraction(1, 2 ** e) > left:
+            e += 1
+        if e - total > MAX_RETRY_TAG_BITS:
+            break
+        plan.append(e - total)
+        left -= Fraction(1, 2 ** e)
+        total = e
+    return tuple(plan)

@@ -4,10 +4,15 @@
 pure-Python reference, plus f per frame size (10^4 … 10^7 bits, :data:`BENCH_GRID_FRAMES`) and
 QBER (1–8 %).  ``cascade-grid``: the same grid with more frames per point
 (:data:`FULL_GRID_FRAMES`, a few minutes).  Every frame holds exactly round(Q·n) errors, so
-f = leaked / (n·h(Q)) has no error-count fluctuation; each point reports the mean f over its
-frames with its standard error, the worst frame, the share of f spent on confirmation
-bipartitions, the frame error rate (frames with any residual error), its bound and what it
-costs in refused blocks, and the residual error bits.  f counts every parity Alice disclosed.
+f = leaked / (n·h(Q)) has no error-count fluctuation.  Each frame is reconciled as a key block of
+the pipeline is — Cascade, then the verification, continued after a failure
+(:func:`~labqfl.qkd.cascade.reconcile_cascade_verified`, docs/protocol.md §5) — and f counts every
+parity Alice disclosed in every run and every tag bit of a verification attempt after the first
+(the first attempt's tag is charged by the key length's log2(2/ε_cor), as for every block).  Each
+point reports the mean f over its frames with its standard error, the worst frame, the shares of f
+spent on confirmation bipartitions and on further attempts, how often a frame needed one, the frames
+left with residual errors and those whose key was lost (no attempt verified), and the residual
+error bits.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 
 from labqfl.bench import BenchResult, benchmark, usable_cores
 from labqfl.bench import noisy_frame as _frame
-from labqfl.qkd.cascade import HALF, cascade_reference, reconcile_cascade
+from labqfl.qkd.cascade import cascade_reference, reconcile_cascade, reconcile_cascade_verified
 from labqfl.qkd.reconciliation import binary_entropy
 
 GRID_QBERS = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08)
@@ -53,24 +58,25 @@ def refused_block_cost(f: float, q: float, fer: float) -> float:
 
 
 def efficiency_grid(frames_per_size: dict[int, int], qbers: tuple[float, ...] = GRID_QBERS) -> dict[str, Any]:
-    """f of the default Cascade per frame size and QBER.
+    """f of the default Cascade, verified as the pipeline verifies a block, per frame size and QBER.
 
     ``frames_per_size``: frame length n (bits) → number of frames (data seeds 1000 + i, Cascade
-    seeds i).  Returns ``per_frame_size``: ``{"n=<n>": {"<Q>": row}}``, row = mean f and its
-    standard error (``f_se``, sample standard deviation / √frames; None for a single frame), worst frame, the share of f
-    spent on the ``confirm`` clean confirmation bipartitions (``f_confirmations``: each disclosed
-    one parity, all counted in f), the measured frame error rate and residual error bits, the
-    bound on the frame error rate (``fer_bound``: every run of bipartitions that starts with
-    errors passes ``confirm`` clean ones with probability 2^-confirm, and a run starts at the
-    first bipartition and after each one that found an error, so FER ≤ E[1 + bipartitions −
-    confirm]·2^-confirm) and what that costs in refused blocks (``f_refused_bound``,
-    :func:`refused_block_cost`), mean round trips and Mbit/s (wall, all frames of the point);
+    seeds i), each reconciled by :func:`~labqfl.qkd.cascade.reconcile_cascade_verified` (ε_cor =
+    10^-15, the default).  Returns ``per_frame_size``: ``{"n=<n>": {"<Q>": row}}``, row = mean f
+    and its standard error (``f_se``, sample standard deviation / √frames; None for a single
+    frame), worst frame, ``confirm``, the share of f spent on the first run's clean confirmation
+    bipartitions (``f_confirmations``) and on everything disclosed after a failed verification
+    (``f_retries``: the continued runs' parities and the further tag bits, all counted in f),
+    ``retry_rate`` (frames whose first verification failed), ``fer`` (frames left with residual
+    errors), ``lost`` (frames no attempt verified: their key is discarded) and what that costs
+    (``f_refused``, :func:`refused_block_cost`), residual error bits, mean round trips (one per
+    verification attempt included) and Mbit/s (wall, all frames of the point);
     ``f_table`` / ``f_se_table``: ``{"n=<n>": [mean f / its standard error per QBER in the
     order of ``qbers``]}``; plus ``worst_f``, ``points_over_target`` (points whose mean f exceeds
     :data:`F_TARGET`), ``points_within_2se`` (mean f ≤ target < mean f + 2·SE: not yet resolved)
     and ``frames``.
     """
-    reconcile_cascade(*_frame(2000, 0.02, 0), 0.02, seed=0)  # load compiled kernels
+    reconcile_cascade_verified(*_frame(2000, 0.02, 0), 0.02, seed=0)  # load compiled kernels
     table: dict[str, Any] = {}
     worst = 0.0
     over: list[str] = []
@@ -81,34 +87,35 @@ def efficiency_grid(frames_per_size: dict[int, int], qbers: tuple[float, ...] = 
         for q in qbers:
             fs: list[float] = []
             conf: list[int] = []
-            halves: list[int] = []
-            bad = resid = rt = 0
+            retry: list[int] = []
+            bad = resid = rt = lost = retried = 0
             wall = 0.0
             confirm = 0
             for i in range(frames):
                 x, y = _frame(n, q, 1000 + i)
                 t0 = time.perf_counter()
-                res = reconcile_cascade(x, y, q, seed=i)
+                res = reconcile_cascade_verified(x, y, q, seed=i)
                 wall += time.perf_counter() - t0
                 e = int(np.count_nonzero(res.corrected != x))
                 fs.append(res.efficiency)
                 confirm = int(res.details["confirm"])
                 conf.append(int(res.details["clean_confirmations"]))
-                halves.append(sum(k == HALF for k in res.details["block_sizes"]))
+                retry.append(int(res.details["retry_leak"]))
+                retried += res.details["attempts"] > 1
+                lost += not res.success
                 bad += e > 0
                 resid += e
                 rt += res.round_trips
             mean_f = float(np.mean(fs))
             se = float(np.std(fs, ddof=1) / np.sqrt(frames)) if frames > 1 else None
             nh = n * binary_entropy(q)
-            fer_bound = float(np.mean([1 + max(0, b - confirm) for b in halves])) * 2.0 ** -confirm if confirm else None
             per_q[f"{q:.2f}"] = {"f": round(mean_f, 4), "f_se": None if se is None else round(se, 4),
-                                 "f_max": round(max(fs), 4),
-                                 "frames": frames, "f_confirmations": round(float(np.mean(conf)) / nh, 4),
-                                 "fer": round(bad / frames, 4), "residual_bits": resid,
-                                 "fer_bound": None if fer_bound is None else float(f"{fer_bound:.2g}"),
-                                 "f_refused_bound": None if fer_bound is None
-                                 else round(refused_block_cost(mean_f, q, fer_bound), 5),
+                                 "f_max": round(max(fs), 4), "frames": frames, "confirm": confirm,
+                                 "f_confirmations": round(float(np.mean(conf)) / nh, 4),
+                                 "f_retries": round(float(np.mean(retry)) / nh, 4),
+                                 "retry_rate": round(retried / frames, 4),
+                                 "fer": round(bad / frames, 4), "lost": lost, "residual_bits": resid,
+                                 "f_refused": round(refused_block_cost(mean_f, q, lost / frames), 5),
                                  "round_trips": round(rt / frames), "mbit_per_s": round(n * frames / wall / 1e6, 2)}
             worst = max(worst, mean_f)
             point = f"n={n} Q={q:.2f}: f={mean_f:.4f}" + ("" if se is None else f" ± {se:.4f}")

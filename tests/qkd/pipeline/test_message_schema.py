@@ -148,7 +148,8 @@ def test_an_unknown_field_added_between_nodes_refuses_the_block_at_both_ends(acq
 def test_every_honest_message_matches_its_schema_and_field_problem_names_what_is_wrong():
     assert not set(CI_MESSAGES) - set(CJ_MESSAGES) - {
         "ann/confirm", "block/open", "ec/start", "cascade/ok", "cascade/block-parities", "cascade/parities",
-        "ldpc/ok", "ldpc/filler", "verify/request", "pa/seed", "block/confirm", "block/accept", "block/drop"}
+        "ldpc/ok", "ldpc/filler", "verify/request", "ec/more", "pa/seed", "block/confirm", "block/accept",
+        "block/drop"}
     s = {"k/x": MessageSchema({"a": "int"}, {"b": "array"})}
     assert field_problem(Message("k/x", {"a": 1}), s) == ""
     assert field_problem(Message("k/x", {"a": 1, "b": np.zeros(2)}), s) == ""

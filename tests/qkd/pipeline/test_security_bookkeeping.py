@@ -189,8 +189,8 @@ def test_a_block_whose_final_keys_differ_is_refused_at_both_ends(acquisition, tm
     real_bob = twoparty_mod._bob
 
     class _NoCorrection:  # Cj runs the real protocol but keeps its uncorrected bits
-        def __init__(self, engine, bits, qber):
-            self.bob, self.bits = real_bob(engine, bits, qber), bits
+        def __init__(self, engine, bits, qber, *rest):
+            self.bob, self.bits = real_bob(engine, bits, qber, *rest), bits
 
         def run(self, channel):
             return dataclasses.replace(self.bob.run(channel), corrected=self.bits.copy())
