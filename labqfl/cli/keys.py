@@ -593,28 +593,32 @@ def retire(block_id: str = typer.Argument(..., help="ID of the key block to reti
 
     `keys status` flags such blocks: their keys are not independent. In every store that holds it (both ends of
     its pair by default), the block and its authentication refill (one distillation) have their unused bits overwritten with zeros and
-    marked spent, in one transaction per store, then the WAL checkpoint; the retirement is recorded, so no import
+    marked spent, in one transaction per store, all stores' write locks held from the first check to the last
+    commit, then the WAL checkpoint; the retirement is recorded, so no import
     brings them back and their raw slots stay distilled. Refused, with nothing retired anywhere: an unknown ID,
     bits being exported, and bits reserved for keys not finished (unless --force). Key bits are never printed."""
     from labqfl.keystore import KeyStore
+    from labqfl.keystore.store import retire_in_stores
 
     _check_block_id(block_id)
     nodes = _nodes_or_all(node, data_dir)
     holders, unread = _retire_holders(block_id, nodes, data_dir)
     if not holders:
         raise _unknown_block(block_id, nodes, data_dir, unread)
-    plans = {}
-    for n in holders:  # every store's refusals before any store changes
-        with KeyStore.for_node(n, data_dir, create=False) as st:
-            plans[n] = st.retire_block(block_id, reason, force=force, dry_run=True)
-    done: dict[str, dict[str, Any]] = {}
-    for n in holders:
-        with KeyStore.for_node(n, data_dir, create=False) as st:
-            done[n] = st.retire_block(block_id, reason, force=force)
-            if done[n]["scrub"]["pending"]:  # a reader's old snapshot: the retry finishes it once it leaves
+    stores: list[KeyStore] = []
+    try:  # every holder's write lock from the first check to the last commit (review s39 K1)
+        for n in holders:
+            stores.append(KeyStore.for_node(n, data_dir, create=False))
+        res = retire_in_stores(stores, block_id, reason, force=force)
+        done = {n: res[n] for n in holders}
+        for st in stores:
+            if done[n := str(st.node)]["scrub"]["pending"]:  # a reader's old snapshot: the retry may finish it
                 st.wait_scrubbed(5.0)
                 done[n]["scrub"] = st.scrub_status()
-    pair = plans[holders[0]]["pair"]
+    finally:
+        for st in stores:
+            st.close()
+    pair = done[holders[0]]["pair"]
     summary = {"block_id": block_id, "pair": pair, "nodes": done,
                "notes": _retire_notes(block_id, pair, holders, done, data_dir), "not_read": unread}
     emit(summary, as_json, lambda con: _render_retire(con, summary))
@@ -631,10 +635,15 @@ def _render_retire(con: Any, summary: dict[str, Any]) -> None:
         con.print(f"node {n}: retired {what} of pair {r['pair']} in {r['store']}: {r['discarded_bits']} unused bits "
                   f"overwritten with zeros and marked spent{voided}; never handed out, and no import brings them "
                   "back", soft_wrap=True)
+        if r.get("handed_out_bits"):
+            con.print(f"  NOTE: {r['handed_out_bits']} bits of it were handed out (or discarded) before: retiring "
+                      "cannot recall keys already delivered from it", soft_wrap=True)
         if r["scrub"]["pending"]:
             con.print(f"  WARNING: node {n}: WAL checkpoint PENDING: a reader of the store holds an old snapshot, so "
-                      "the overwritten bits are still in its database files until it leaves (they are removed then, "
-                      "or at the store's next open)", soft_wrap=True)
+                      "the overwritten bits are still in its database files. They stay there until the reader has "
+                      "left AND a labqfl process next checkpoints the store (its next write, its close, or the "
+                      "next open): once the reader has left, run `labqfl keys status` to remove them and check "
+                      "(it says 'WAL checkpointed')", soft_wrap=True)
     for note in summary["notes"]:
         con.print(f"  NOTE: {note}", soft_wrap=True)
     for n, e in summary["not_read"].items():

@@ -2298,47 +2298,76 @@ class KeyStore:
         delivery row with ``reason``), so no import brings the block or its distillation back, and its recorded
         slots stay distilled here. Refused with nothing changed: an unknown block, bits being exported, and bits
         reserved for a key not finished unless ``force`` (those reservations are then voided, :meth:`void`).
-        Idempotent. ``dry_run``: only the refusals, nothing changed (``labqfl keys retire`` asks every store
-        holding the block before it retires it in any). Returns what was done; never a key bit."""
+        Idempotent. ``dry_run``: only the refusals, nothing changed. Both ends of a pair at once:
+        :func:`retire_in_stores`. Returns what was done; never a key bit."""
         bid, why = str(block_id), str(reason).strip() or "retired"
         with self._write() as conn:
-            pair, key, group = self._distillation(conn, bid)
-            voided = self._retire_obstacles(conn, pair, group, force)
+            plan = self._retire_plan(conn, bid, force)
             if dry_run:
+                pair, key, group, voided = plan
                 return {"node": self.node, "store": str(self.path), "pair": pair, "key_block": key,
                         "blocks": [{"block_id": g[1], "nbits": g[2]} for g in group], "voided_keys": voided}
-            conn.execute(self._RETIRED_DDL)
-            for kid in voided:
-                self._void_reservation(conn, kid, f"block retired: {why}")
-            before = {str(r[0]) for r in conn.execute(
-                f"SELECT block_id FROM retired_blocks WHERE block_id IN ({','.join('?' * len(group))})",
-                [g[1] for g in group])}
-            done: list[Ref] = []
-            out: list[dict[str, Any]] = []
-            for seq, b, nbits in group:
-                discarded, _ = self._discard_free(conn, pair, [(b, 0, nbits)])
-                self._zero_block(conn, seq)
-                n = refs_nbits(discarded)
-                done += discarded
-                if b not in before:
-                    conn.execute("INSERT INTO retired_blocks (block_id, pair, key_block, nbits, discarded, voided, "
-                                 "reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                 (b, pair, key, nbits, n, json.dumps(voided), why, _now()))
-                out.append({"block_id": b, "nbits": nbits, "discarded_bits": n, "retired_before": b in before})
-            exported = {str(k): int(n) for k, n in conn.execute(
-                f"SELECT key_id, SUM(length) FROM segments WHERE block_seq IN ({','.join('?' * len(group))}) AND "
-                "state = 'exported' GROUP BY key_id ORDER BY key_id", [g[0] for g in group])}
-            if done or voided or len(before) < len(group):
-                self._record(conn, f"retire-{uuid.uuid4()}", pair, GENERAL, "retire", "discarded", done,
-                             {"reason": why, "blocks": [g[1] for g in group], "voided": voided})
-        self._scrub()
-        again = len(before) == len(group)
-        log.info("key store %s: pair %s: block(s) %s retired%s (%d free bits overwritten and discarded, %d "
-                 "reservation(s) voided): %s", self.path.name, pair, ", ".join(g[1] for g in group),
-                 " before" if again else "", refs_nbits(done), len(voided), why)
+            out = self._retire_apply(conn, why, *plan)
+        return self._retired(out)
+
+    def _retire_plan(self, conn: sqlite3.Connection, bid: str,
+                     force: bool) -> tuple[str, str, list[tuple[int, str, int]], list[str]]:
+        """``(pair, key block, group, reservations to void)`` for retiring ``bid`` (inside the caller's write
+        transaction), or the refusal (:meth:`_retire_obstacles`), nothing changed."""
+        pair, key, group = self._distillation(conn, bid)
+        return pair, key, group, self._retire_obstacles(conn, pair, group, force)
+
+    def _retire_apply(self, conn: sqlite3.Connection, why: str, pair: str, key: str,
+                      group: list[tuple[int, str, int]], voided: list[str]) -> dict[str, Any]:
+        """The retirement itself (:meth:`retire_block`), inside the caller's write transaction, after
+        :meth:`_retire_plan`; the result without the scrub state."""
+        conn.execute(self._RETIRED_DDL)
+        seqs = [g[0] for g in group]
+        marks = ",".join("?" * len(group))
+        handed = int(conn.execute(f"SELECT COALESCE(SUM(length), 0) FROM segments WHERE block_seq IN ({marks}) AND "
+                                  "state = 'consumed'", seqs).fetchone()[0])  # before this retirement (review s39 K5)
+        for kid in voided:
+            self._void_reservation(conn, kid, f"block retired: {why}")
+        before = {str(r[0]) for r in conn.execute(
+            f"SELECT block_id FROM retired_blocks WHERE block_id IN ({marks})", [g[1] for g in group])}
+        done: list[Ref] = []
+        out: list[dict[str, Any]] = []
+        for seq, b, nbits in group:
+            discarded, _ = self._discard_free(conn, pair, [(b, 0, nbits)])
+            self._zero_block(conn, seq)
+            n = refs_nbits(discarded)
+            done += discarded
+            if b not in before:
+                conn.execute("INSERT INTO retired_blocks (block_id, pair, key_block, nbits, discarded, voided, "
+                             "reason, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (b, pair, key, nbits, n, json.dumps(voided), why, _now()))
+            out.append({"block_id": b, "nbits": nbits, "discarded_bits": n, "retired_before": b in before})
+        exported = {str(k): int(n) for k, n in conn.execute(
+            f"SELECT key_id, SUM(length) FROM segments WHERE block_seq IN ({marks}) AND "
+            "state = 'exported' GROUP BY key_id ORDER BY key_id", seqs)}
+        if done or voided or len(before) < len(group):
+            self._record(conn, f"retire-{uuid.uuid4()}", pair, GENERAL, "retire", "discarded", done,
+                         {"reason": why, "blocks": [g[1] for g in group], "voided": voided})
         return {"node": self.node, "store": str(self.path), "pair": pair, "key_block": key, "blocks": out,
-                "already_retired": again, "discarded_bits": refs_nbits(done), "voided_keys": voided,
-                "exported_bits": exported, "reason": why, "scrub": self.scrub_status()}
+                "already_retired": len(before) == len(group), "discarded_bits": refs_nbits(done),
+                "handed_out_bits": 0 if len(before) == len(group) else handed, "voided_keys": voided,
+                "exported_bits": exported, "reason": why}
+
+    def _retired(self, out: dict[str, Any]) -> dict[str, Any]:
+        """After a retirement's commit: the WAL checkpoint, the log line, and ``out`` with the scrub state."""
+        self._scrub()
+        log.info("key store %s: pair %s: block(s) %s retired%s (%d free bits overwritten and discarded, %d "
+                 "reservation(s) voided): %s", self.path.name, out["pair"], ", ".join(b["block_id"] for b in out["blocks"]),
+                 " before" if out["already_retired"] else "", out["discarded_bits"], len(out["voided_keys"]),
+                 out["reason"])
+        return {**out, "scrub": self.scrub_status()}
+
+    def _commit(self, conn: sqlite3.Connection) -> None:
+        """COMMIT the write transaction :meth:`_begin_immediate` began (:func:`retire_in_stores`)."""
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._fail(f"commit failed ({exc})") from None
 
     def _zero_block(self, conn: sqlite3.Connection, seq: int) -> None:
         """Overwrite block ``seq``'s whole material with zeros (inside the caller's write transaction; bits
@@ -2427,6 +2456,53 @@ class KeyStore:
             return normalize_refs(refs)
         except (ValueError, TypeError) as exc:
             raise KeyStoreError(f"invalid key references: {exc}") from None
+
+
+def retire_in_stores(stores: Sequence[KeyStore], block_id: str, reason: str, *,
+                     force: bool = False) -> dict[str, dict[str, Any]]:
+    """Retire ``block_id`` in every store of ``stores`` (both ends of its pair: ``labqfl keys retire``), each as
+    :meth:`KeyStore.retire_block`, holding every store's write lock from the first check to the last commit
+    (review s39 K1): the write transactions begin in the order of the stores' paths (two retirements never wait
+    on each other), every store's refusals are asked, and only then is anything changed, so a reservation (a
+    KME's) cannot arrive at one end between the checks and the retirement: it waits, and then finds the block's
+    bits spent. A refusal anywhere changes nothing anywhere. Only a commit failing after another store committed
+    (a full disk, an I/O error) or a crash between two commits splits it: the error then names the stores
+    retired and the command that finishes the job (it is idempotent). Returns ``{node: result}``."""
+    bid, why = str(block_id), str(reason).strip() or "retired"
+    order = sorted(stores, key=lambda st: str(st.path))
+    began: list[tuple[KeyStore, sqlite3.Connection]] = []
+    committed: list[KeyStore] = []
+    try:
+        for st in order:
+            began.append((st, st._begin_immediate()))  # returns holding st._lock
+            st._wrote = True
+        plans = [st._retire_plan(conn, bid, force) for st, conn in began]
+        outs = [st._retire_apply(conn, why, *plan) for (st, conn), plan in zip(began, plans, strict=True)]
+        for st, conn in began:
+            st._commit(conn)
+            committed.append(st)
+    except BaseException as exc:
+        for st, conn in began:
+            if st not in committed:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+        if committed and isinstance(exc, Exception):
+            rest = [st for st, _ in began if st not in committed]
+            finish = "; ".join(f"`labqfl keys retire {bid} --node {st.node}`" for st in rest)
+            raise KeyStoreError(
+                f"block {bid}: retired in the key store(s) of node(s) {', '.join(str(st.node) for st in committed)} "
+                f"(committed: its bits there are destroyed), but not in node(s) {', '.join(str(st.node) for st in rest)}"
+                f": {exc}. Finish the job once that is fixed: {finish} (the same --data-dir; --force if keys not "
+                "finished hold its bits there); until then that end's copy of the key stays free there") from None
+        if isinstance(exc, sqlite3.OperationalError):
+            raise KeyStoreError(f"retiring block {bid}: {exc}; nothing was retired") from None
+        raise
+    finally:
+        for st, _ in began:
+            st._lock.release()
+    return {str(st.node): st._retired(out) for st, out in zip(order, outs, strict=True)}
 
 
 def _clip_refs(refs: list[Ref], within: Sequence[Sequence[Any]]) -> list[Ref]:
