@@ -1112,12 +1112,22 @@ def _photon_draws(sig_slot: np.ndarray, sig_outc: np.ndarray, sig_n: np.ndarray,
     ph_g = np.empty(k, dtype=np.float64)
     ph_a = np.empty(k, dtype=np.int64)
     arrival = sigma_sig > sigma_other
-    for m in range(k):
-        t = ph_t[m]
-        h = mix64(key_jit + np.uint64(t) * _G)
-        g = sigma_sig * gtable[np.int64(h >> _U48)]
+    # the hashes first, in loops the compiler vectorises (they depend on t and the key only), then the look-ups
+    h = np.empty(k, dtype=np.uint64)
+    for m in range(np.uint64(k)):
+        h[m] = mix64(key_jit + np.uint64(ph_t[m]) * _G)
+    if not arrival:
+        for m in range(np.uint64(k)):
+            ph_g[m] = sigma_sig * gtable[h[m] >> _U48]
+            ph_a[m] = ph_t[m]
+        return ph_t, ph_g, ph_a
+    h2 = np.empty(k, dtype=np.uint64)
+    for m in range(np.uint64(k)):
+        h2[m] = mix64(h[m] ^ _G2) >> _U48
+    for m in range(np.uint64(k)):
+        g = sigma_sig * gtable[h[m] >> _U48]
         ph_g[m] = g
-        ph_a[m] = t + _arrival_part(g, sigma_sig, sigma_other, gtable[np.int64(mix64(h ^ _G2) >> _U48)]) if arrival else t
+        ph_a[m] = ph_t[m] + _arrival_part(g, sigma_sig, sigma_other, gtable[h2[m]])
     return ph_t, ph_g, ph_a
 
 
