@@ -88,11 +88,11 @@ class InstrumentConfig(_Model):
     timeout_ms: int = Field(2000, gt=0, le=3_600_000, description="I/O timeout per command [ms], at most 1 h")
     options: dict[str, Any] = Field(default_factory=dict, description="driver-specific options")
 
-    @model_validator(mode="after")
-    def _real_needs_resource(self) -> InstrumentConfig:
-        if self.driver != "sim" and not self.resource and self.driver not in _RESOURCELESS_DRIVERS:
-            raise ValueError(f"driver {self.driver!r} needs a 'resource' string (e.g. 'ASRL/dev/ttyUSB0::INSTR')")
-        return self
+    def needs_resource(self) -> bool:
+        """True for a real driver that reaches its instrument by a VISA resource and has none. Checked by
+        :func:`parse_station_config` only after the driver name is known to exist, so a misspelled driver is
+        reported as unknown, not as lacking a resource (review s39 user F6)."""
+        return self.driver != "sim" and not self.resource and self.driver not in _RESOURCELESS_DRIVERS
 
     @property
     def simulated(self) -> bool:
@@ -331,8 +331,11 @@ class ClientConfig(_Model):
             "level (the weakest, e.g. a modulator's extinction floor) is then taken anywhere from 0 to its value "
             "times (1 + δ), so declare that floor at its guaranteed maximum (the worst extinction). Every pair is "
             "analysed with the station's largest δ; the declared μ are taken as exact only where no client declares "
-            "δ > 0 (true of the simulator). A hardware key is called information-theoretically secure only when "
-            "both clients of its pair declare δ > 0 (δ = 0 is the exact-μ analysis; labqfl.provenance)"),
+            "δ > 0 (true of the simulator). A key is called information-theoretically secure only when all three "
+            "hold (labqfl.provenance.is_information_theoretic): a hardware physical layer, QRNG randomness at "
+            "both clients, and δ > 0 declared by both clients of its pair (δ = 0 is the exact-μ analysis). QRNG "
+            "clients are not supported yet (`randomness` is 'csprng' or 'seeded'), so a hardware key rests on the "
+            "clients' CSPRNG and is computationally secure (docs/simulator.md, \"Clients' randomness\")"),
     )
     basis_x_prob: float = Field(0.9, gt=0, lt=1, description="probability of basis X = {0, π}; Y = {π/2, 3π/2} otherwise")
     insertion_loss_db: float = Field(1.0, ge=0, le=MAX_LOSS_DB, description="insertion loss of the client's modulators [dB]")
@@ -850,7 +853,11 @@ def parse_station_config(data: dict[str, Any], source: str = "<dict>") -> Statio
     if real:
         from labqfl.station import validate_driver_roles
 
-        validate_driver_roles(cfg, source)
+        validate_driver_roles(cfg, source)  # first: an unknown driver name is reported as such
+        for role, ic in cfg.roles().items():
+            if ic.needs_resource():
+                raise ConfigError(f"{source}: field '{fields[role]}.resource' (role {role}): driver {ic.driver!r} "
+                                  f"needs a 'resource' string (e.g. 'ASRL/dev/ttyUSB0::INSTR'); got none")
         check_link_loads(cfg, source)
     return cfg
 

@@ -69,7 +69,7 @@ def _edit(data: dict, path: str, value) -> None:
         ({"loop.segments_km": [2.0, 2.0]}, r"segments_km has 2 entries; expected 5"),
         ({"time_tagger.sync_channel": 2}, r"channels must be distinct"),
         ({"detectors.D0.dead_tme_ns": 30.0}, r"field 'detectors\.D0\.dead_tme_ns': unknown field"),
-        ({"detectors.D0.driver": "IDQuantiqueID120"}, r"needs a 'resource'"),
+        ({"detectors.D0.driver": "SingleQuantumEos"}, r"field 'detectors\.D0\.resource'.*needs a 'resource'.*got none"),
         ({"clients.2.seed": "DELETE"}, r"field 'clients\.2\.seed': Field required"),
         # pairs: an empty list loaded and failed at acquire ("schedule needs at least one pair", no file);
         # a pair given twice, in either order, showed twice and collapsed into one
