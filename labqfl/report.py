@@ -178,7 +178,7 @@ def _plot_key_pools(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -
             run_auth = all("auth_consumed_run_bits" in keys[p] for p in names)
             auth = [keys[p].get("auth_consumed_run_bits" if run_auth else "auth_consumed_bits", 0) for p in names]
             ax.bar([i - 0.27 for i in x], distilled, width=0.27, label="distilled (this run)")
-            ax.bar(list(x), masks, width=0.27, label="consumed by FL masks (this run)")
+            ax.bar(list(x), masks, width=0.27, label=fl_consumed_label(m.get("train") or {}))
             ax.bar([i + 0.27 for i in x], auth, width=0.27, label="consumed by authentication " + (
                 "(this run)" if run_auth else "(key store, all runs)"))
             ax.set_xticks(list(x), names)
@@ -187,6 +187,27 @@ def _plot_key_pools(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -
             ax.set_title("Key pools against consumption")
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
         plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools, figsize=(7.0, 4.0))
+
+
+def fl_consumed_label(train: dict[str, Any]) -> str:
+    """The key-pool plot's label for ``keys.pairs.*.consumed_bits``: over nodes a graph pair's round spends its mask
+    bits and 256 bits of refs tag key (docs/secure_aggregation.md §9), so the bar is both, and says so with the
+    split per round where the metrics give it (review s39 user F10: "consumed by FL masks" = 4 480 bits was
+    10 × (192 masks + 256 refs tag))."""
+    parts = train.get("key_bits_per_pair_per_round_parts") or {}
+    mask, tag = parts.get("masks"), parts.get("refs_tag")
+    rounds = train.get("rounds") or []
+    flower = (train.get("nodes") or {}).get("flower") or []
+    if tag is None and flower and isinstance(flower[-1].get("tag_bits_per_pair"), int):
+        tag = flower[-1]["tag_bits_per_pair"]  # over nodes: the Flower rounds' tag key (as the CLI summary reads it)
+        per_pair = rounds[-1].get("key_bits_per_pair") if rounds else None
+        mask = per_pair - tag if isinstance(per_pair, int) else None
+    if isinstance(tag, int) and tag > 0:
+        split = f" ({mask:,} + {tag:,} bits per pair and round)" if isinstance(mask, int) else ""
+        return f"consumed by FL masks + refs tags{split} (this run)"
+    if isinstance(tag, int):
+        return "consumed by FL masks (this run)"
+    return "consumed by FL masks and any refs tags (this run)"
 
 
 def _plot_training(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -> None:
@@ -414,12 +435,40 @@ DISTILL_LEGEND = ("QBER X: error rate of the key bits (both clients in X at the 
                   f"\"{F_HIGH_MARK}\"; final key: bits stored per pair after privacy amplification; key rate: final "
                   "bits / acquisition time.")
 
+def f_is_high(f: Any, engine: Any) -> bool:
+    """Whether an efficiency f gets :data:`F_HIGH_MARK`: Cascade's, above :data:`CASCADE_F_USUAL` (the report's cell
+    and ``labqfl distill``'s table, review s39 user F4)."""
+    return f is not None and engine == "cascade" and float(f) > CASCADE_F_USUAL[1]
+
+
 def f_cell(f: Any, engine: Any) -> Any:
     """The report's f cell: the value to 4 significant digits, marked where Cascade's is above its usual range."""
     if f is None:
         return None
-    high = engine == "cascade" and float(f) > CASCADE_F_USUAL[1]
-    return f"{float(f):.4g}" + (f" {F_HIGH_MARK}" if high else "")
+    return f"{float(f):.4g}" + (f" {F_HIGH_MARK}" if f_is_high(f, engine) else "")
+
+
+def data_text(train: dict[str, Any]) -> str | None:
+    """What a run trained on, in words, from its ``train.data`` (:func:`labqfl.fl.datasets.tasks.load_task`'s
+    metadata) and ``task``: e.g. "MNIST digits 0 vs 1, 200 test images". Review s39 user F5: "final test accuracy
+    97 %" for mnist-qnn read as the 10-class result. None where the metrics lack it (an older run)."""
+    d, task = train.get("data") or {}, train.get("task")
+    n_test = d.get("test_size")
+    if not d or n_test is None:
+        return None
+    digits = list(d.get("digits") or [])
+    if task == "mnist-qnn" and len(digits) == 2:
+        return f"MNIST digits {digits[0]} vs {digits[1]}, {n_test:,} test images"
+    if str(task).startswith("mnist"):
+        return f"MNIST digits {digits[0]}–{digits[-1]} ({len(digits)} classes), {n_test:,} test images" if digits \
+            else f"MNIST, {n_test:,} test images"
+    if task == "ntangled" and d.get("targets"):
+        ce = " vs ".join(f"{float(t):g}" for t in d["targets"])
+        return f"NTangled-style states, concentratable entanglement {ce} ± {d.get('tol')}, {n_test:,} test states"
+    if task == "magic" and d.get("m2_low") is not None:
+        return (f"magic states, stabilizer Rényi entropy M2 ≤ {d['m2_low']:g} vs ≥ {d['m2_high']:g} bits, "
+                f"{n_test:,} test states")
+    return f"{task}, {n_test:,} test samples"
 
 
 def _pct(v: Any) -> float | None:
@@ -490,8 +539,8 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
     train = m.get("train") or {}
     if train:
         parts.append("<h2>Federated training</h2>")
-        parts.append(_table([{**train, "acc_pct": _pct(train.get("final_test_accuracy"))}], [
-            ("task", "task"), ("clients", "clients"), ("q", "q [bits]"), ("rounds_run", "rounds"),
+        parts.append(_table([{**train, "acc_pct": _pct(train.get("final_test_accuracy")), "data_text": data_text(train)}], [
+            ("task", "task"), ("data_text", "data (test set)"), ("clients", "clients"), ("q", "q [bits]"), ("rounds_run", "rounds"),
             ("acc_pct", "final test accuracy [%]"),
             # CSPRNG masks use no QKD key (review s36 F18)
             ("key_bits_total", "key bits used" if train.get("key_source", "qkd") == "qkd"

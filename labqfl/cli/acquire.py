@@ -87,7 +87,15 @@ def _render(con, name: str, data: dict[str, Any], out: Path | None) -> None:  # 
                   f"{r['double_clicks']:,}", *[rate_clicks_cell(er.get(k), n.get(k)) for k in ("X_key", "X_test", "Y_test")])
     con.print(t)
     if data["pairs"]:
+        con.print(CLICKS_NOTE, markup=False, highlight=False)
         con.print(RATE_NOTE, markup=False, highlight=False)
+
+
+#: The note under ``acquire``'s table: what its click columns count (review s39 user F8: "double" was unexplained).
+CLICKS_NOTE = (
+    "clicks: the pair's slots with at least one detector click. D0, D1: slots in which that detector clicked, a "
+    "double click counted in both. double: slots in which D0 and D1 both clicked (outcome 3), counted once in "
+    "clicks; sifting gives such a key slot a uniformly random bit (squashing, docs/protocol.md §2 step 3).")
 
 
 #: The note under ``acquire``'s table: what its three error-rate columns are (physics review s34 F4).

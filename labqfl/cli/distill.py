@@ -259,11 +259,33 @@ class _Source:
             self.station.close()
 
 
+def source_line(data: dict[str, Any]) -> str:
+    """The first line of ``distill``'s summary: where the data came from and how long this command took on it.
+    ``wall_s`` is this command's own time (a live source: acquiring and distilling together), not the
+    recording's acquisition time (review s39 user F8: "30 s of data in 72.24 s" read as either)."""
+    live = str(data["source"]).startswith("live")
+    what = "acquired and distilled" if live else "distilled"
+    return (f"source: {data['source']}; {data['duration_s']:g} s of data, {what} in {data['wall_s']:.2f} s wall "
+            f"(this command); engine {data['engine']}")
+
+
+def f_note() -> str:
+    """The note under ``distill``'s table for its f column, with report.html's range and mark (review s39 user F4:
+    Cascade f of 1.10-1.14 stood bare in this table while the report marked them)."""
+    from labqfl.report import CASCADE_F_USUAL, F_HIGH_MARK  # matplotlib: only when a table is drawn
+
+    return (f"f: error-correction efficiency, leaked / (n·h(QBER)), 1 is the Shannon limit; Cascade's mean f on test "
+            f"frames is {CASCADE_F_USUAL[0]}–{CASCADE_F_USUAL[1]} (the --engine help) and a block's f varies about "
+            f"it; a Cascade f above that range is marked \"{F_HIGH_MARK}\", as in report.html.")
+
+
 def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
     from rich import box
     from rich.table import Table
 
-    con.print(f"source: {data['source']}; {data['duration_s']:g} s of data in {data['wall_s']:.2f} s; engine {data['engine']}")
+    from labqfl.report import F_HIGH_MARK, f_is_high
+
+    con.print(source_line(data))
     con.print(plan.summary() if plan is not None else f"block size: {settings.block_bits:,} sifted bits on average (--block-bits)")
     mod = data.get("modulation") or {}
     if mod:
@@ -290,12 +312,15 @@ def _render(con: Any, data: dict[str, Any], plan: Any, settings: Any) -> None:
         y_test = rate_clicks_cell(er["Y_test"], (r.get("error_rate_counts") or {}).get("Y_test"))
         t.add_row(k, f"{r['n_slots']:,}", f"{r['dropped_slots']:,}", f"{r['sifted_bits']:,}", pct_cell(er["X_key"]), y_test,
                   pct_cell(r["phase_error_bound"]),  # in % as QBER and the report (review s38 user F4)
-                  "—" if r["efficiency_f"] is None else f"{r['efficiency_f']:.3f}", f"{r['final_key_bits']:,}",
+                  "—" if (f := r["efficiency_f"]) is None
+                  else f"{f:.3f}" + (f" {F_HIGH_MARK}" if f_is_high(f, data["engine"]) else ""),  # as report.html
+                  f"{r['final_key_bits']:,}",
                   "—" if rate is None else f"{rate / 1e3:.1f}", f"{r['aborted_blocks']}/{r['blocks']}")
         for reason in r["abort_reasons"]:
             reasons.setdefault(reason, []).append(k)
     print_table(con, t)  # whole at any width: one record per pair where the table does not fit
     con.print(RATE_NOTE, markup=False, highlight=False)
+    con.print(f_note(), markup=False, highlight=False)
     for reason, pairs in reasons.items():
         con.print(f"[yellow]aborted[/] ({escape(', '.join(pairs))}): {escape(reason)}", markup=True)
     skipped = {k: r["skipped_blocks"] for k, r in data["pairs"].items() if r.get("skipped_blocks")}

@@ -238,6 +238,8 @@ def _key_use_parts(train: dict[str, Any]) -> str:
 
 
 def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
+    from labqfl.report import data_text
+
     con.print(f"[bold]labqfl run[/] {escape(str(metrics['run']))} — {escape(str(metrics['status']))}", markup=True)
     acq = metrics.get("acquisition") or {}
     if acq.get("path") == "nodes":
@@ -255,7 +257,8 @@ def _render(con: Any, metrics: dict[str, Any], path: Path) -> None:
                   + ("" if dropped is None else f", {dropped:,} slots dropped") + f" {p['status']}")
     t = metrics.get("train") or {}
     if t:
-        con.print(f"  training {t['task']}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
+        data = data_text(t)  # the task's data and test set, as report.html (review s39 user F5)
+        con.print(f"  training {t['task']}{f' ({data})' if data else ''}: final test accuracy {100 * t['final_test_accuracy']:.1f} % after "
                   f"{t['rounds_run']} rounds, {t['key_bits_total']:,} key bits used (key source: {t['key_source']}"
                   f"{_key_use_parts(t)})")
         # wrapped at words as every other line (review s36 F16: the ~600-character statement ran past the terminal)

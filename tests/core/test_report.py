@@ -57,7 +57,7 @@ def _pair(name: str, report: dict | None, final: int, leak: int, abort_reason: s
 def _metrics(pairs: dict) -> dict:
     train = {"task": "mnist-qnn", "clients": 4, "q": 8, "rounds_run": 2, "final_test_accuracy": 0.9,
              "key_bits_total": 1000, "upload_bits_per_client": 400, "baseline_upload_bits_per_client": 1600,
-             "key_source": "qkd", "rounds": []}
+             "key_source": "qkd", "rounds": [], "data": {"digits": [0, 1], "test_size": 200}}
     return {"status": "complete", "station": "s", "key_source": "qkd", "distill": {"pairs": pairs, "timeline": []},
             "train": train}
 
@@ -73,7 +73,7 @@ def test_report_fills_every_cell_of_a_run_with_key(tmp_path: Path) -> None:
     finally:
         run.close()
     cells = table_cells(html)
-    assert len(cells) == 9 + 9  # distillation row + training row
+    assert len(cells) == 9 + 10  # distillation row + training row (with its data, review s39 user F5)
     empty = [i for i, c in enumerate(cells) if not c]
     assert not empty, f"empty cells at {empty}: {cells}"
     assert NOT_AVAILABLE not in cells and "None" not in cells, cells

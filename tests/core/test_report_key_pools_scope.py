@@ -40,7 +40,7 @@ BASE = {"distilled_bits": 586_242, "consumed_bits": 26_880, "auth_consumed_bits"
 
 def test_the_plot_shows_this_runs_authentication_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bars = _drawn(tmp_path, monkeypatch, {**BASE, "auth_consumed_run_bits": 384})
-    assert bars == {"distilled (this run)": [586_242], "consumed by FL masks (this run)": [26_880],
+    assert bars == {"distilled (this run)": [586_242], "consumed by FL masks and any refs tags (this run)": [26_880],
                     "consumed by authentication (this run)": [384]}
 
 
