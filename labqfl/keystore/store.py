@@ -220,6 +220,10 @@ _PRESHARED_KIND = "preshared-auth"
 AUTH_ORIGIN_FIELD = "auth_secret_origin"
 
 
+#: ``meta`` key recording an overwrite whose WAL checkpoint is still pending (:meth:`KeyStore._scrub`)
+_SCRUB_MARK = "scrub_pending"
+
+
 #: ``meta.kind`` of a distilled block's authentication refill row (labqfl.provenance.AUTH_REFILL_KIND); its
 #: ``meta.key_block`` names the key block of the same distillation
 _AUTH_REFILL_KIND = "auth-refill"
@@ -525,6 +529,7 @@ class KeyStore:
         self._conn: sqlite3.Connection | None = None
         self._pid = -1
         self._wrote = False  # whether this object made a write transaction (a pending checkpoint then matters)
+        self._writes = self._marked_writes = 0  # write transactions begun; their count when the scrub mark was set
         self._abandoned: list[sqlite3.Connection] = []
         self._blobs_opened = 0  # on the current connection; see _BLOBS_PER_CONNECTION
         self._scrub_init()
@@ -785,6 +790,7 @@ class KeyStore:
         conn = self._begin_immediate()  # returns holding self._lock, inside BEGIN IMMEDIATE
         try:
             self._wrote = True
+            self._writes += 1
             try:
                 yield conn
             except BaseException as exc:
@@ -848,13 +854,17 @@ class KeyStore:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
+        mark = None
         with self._lock:
             conn = self._connection()
             conn.execute("BEGIN")
             try:
                 yield conn
+                mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCRUB_MARK,)).fetchone()
             finally:
                 conn.execute("COMMIT")
+        if mark is not None:  # another process's overwrite is not checkpointed yet (review s39 K2): try now
+            self._scrub()
 
     # ------------------------------------------------------------------ scrubbing (WAL checkpoints)
     #
@@ -875,6 +885,11 @@ class KeyStore:
 
     _RETRY_FIRST_S = 0.02
     _RETRY_MAX_S = 1.0
+    # A checkpoint a process could not finish is also recorded in the store (``meta`` key :data:`_SCRUB_MARK`,
+    # review s39 K2): that process's retry thread dies with it, and a reader closing is not the last connection
+    # while another process (a KME between requests) has the store open, so SQLite does not checkpoint then. Every
+    # later transaction of any process that has the store open (:meth:`_read`, :meth:`_scrub`) sees the mark and
+    # checkpoints (retrying in the background while the reader stays); the first that finishes removes the mark.
 
     def _scrub_init(self) -> None:
         self._scrub_cond = threading.Condition(threading.Lock())
@@ -954,8 +969,23 @@ class KeyStore:
         """Checkpoint and truncate the WAL without waiting (see above); True when done, else the
         retry thread finishes it once the readers holding old snapshots have left."""
         with self._lock:
-            res = self._checkpoint(self._connection())
+            conn = self._connection()
+            mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCRUB_MARK,)).fetchone()
+            res = self._checkpoint(conn)
         self._note_scrub(res)
+        try:
+            if res["done"] and mark is not None:  # every overwrite so far is in the main file: the mark goes
+                with self._write() as w:
+                    w.execute("DELETE FROM meta WHERE key = ? AND value = ?", (_SCRUB_MARK, mark[0]))
+                with self._lock:
+                    self._checkpoint(self._connection())  # (the meta page only: no key material)
+            elif not res["done"] and self._wrote and (mark is None or self._marked_writes != self._writes):
+                with self._write() as w:  # so that any process holding the store finishes it (_read); a new value
+                    w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",  # per write (a remover
+                              (_SCRUB_MARK, str(uuid.uuid4())))  # keeps it unless it read this one)
+                self._marked_writes = self._writes
+        except KeyStoreError as exc:  # (a read-only file, a busy store): the mark waits for the next attempt
+            log.debug("key store %s: pending-checkpoint mark not updated: %s", self.path.name, exc)
         if not res["done"]:
             log.debug("key store %s: WAL checkpoint deferred (a reader holds an old snapshot: %d of %d frames "
                       "copied); retrying in the background", self.path.name, res["checkpointed"], res["wal_frames"])
@@ -2475,7 +2505,7 @@ def retire_in_stores(stores: Sequence[KeyStore], block_id: str, reason: str, *,
     try:
         for st in order:
             began.append((st, st._begin_immediate()))  # returns holding st._lock
-            st._wrote = True
+            st._wrote, st._writes = True, st._writes + 1
         plans = [st._retire_plan(conn, bid, force) for st, conn in began]
         outs = [st._retire_apply(conn, why, *plan) for (st, conn), plan in zip(began, plans, strict=True)]
         for st, conn in began:
