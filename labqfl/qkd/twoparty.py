@@ -36,6 +36,10 @@ per block (slots ``[start, end)``):
    next request (``cascade/*``, ``ldpc/*``), Ci sends Alice's answer as its next request, until
    Cj answers ``ec/done`` with the errors it corrected and its count of the disclosed bits;
 7. ``verify/request`` — the 2-universal verification tag of Ci's key and its seed → ``verify/result``;
+   with Cascade, after a failed attempt Ci may send ``ec/more`` {attempt} (Cj's Bob continues
+   reconciliation as after ``ec/start``, until ``ec/done``) and a further ``verify/request`` with a
+   fresh seed and Δ_i tag bits, which passes only if every tag so far matches
+   (:meth:`PairEndI._verify`, :func:`tag_plan`, docs/protocol.md §5 "Verification attempts");
 8. ``pa/seed`` — Ci's secure key length ℓ and the Toeplitz seed. Cj has computed ℓ itself from
    its own authenticated copy of the data (:func:`~labqfl.qkd.estimation.secure_key_length`); a
    different ℓ refuses the block at both ends → ``pa/done``;

@@ -7,7 +7,10 @@ JCSS 18, 143 (1979); Krawczyk, CRYPTO '94), so two different keys give equal tag
 probability ``2^−t`` over the seed: with ``t = ⌈log2(1/ε_cor)⌉`` the protocol is
 ε_cor-correct (Tomamichel, Lim, Gisin, Renner, Nat. Commun. 3, 634 (2012); the
 ``log2(2/ε_cor)`` term of the finite-key formula pays for the ``t`` disclosed bits).
-A block whose tags differ is discarded — it is never amplified or stored.
+A block whose tags differ is never amplified or stored as it is: with Cascade, reconciliation
+continues and the block is verified again with a few fresh tag bits, every earlier tag checked too,
+at most as often as :func:`verification_tag_plan` allows within ε_cor; a block no attempt verifies
+is discarded.
 
 The tag uses the same matrix convention as privacy amplification (:mod:`labqfl.qkd.toeplitz`).
 Because ``t`` ≤ 64 is tiny it is computed directly, not by an FFT: with that convention tag bit
