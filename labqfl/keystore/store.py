@@ -272,6 +272,34 @@ _LEDGER_OVERLAP_SQL = ("SELECT start, end, block_id FROM distilled_slots WHERE p
                        "start < ? AND start > ? AND end > ? ORDER BY start")
 
 
+#: the largest slot number a slot range may end at: SQLite stores 64-bit signed integers (review s39 K3)
+SLOT_MAX = 2**63 - 1
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored as SQLite text (no lone surrogate: review s39 K3)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_origin_values(block_id: str, meta: Any) -> None:
+    """Refuse, with one line naming the field, a block record whose acquisition or slots SQLite cannot store
+    (a lone surrogate; an integer beyond 64 bits), before anything is written (review s39 K3: a bare
+    UnicodeEncodeError or OverflowError)."""
+    if not isinstance(meta, dict):
+        return
+    acq, slots = meta.get("acquisition"), meta.get("slots")
+    if isinstance(acq, str) and not _utf8(acq):
+        raise KeyStoreError(f"block {block_id}: metadata field 'acquisition' {acq!r} is not valid UTF-8 text (a lone "
+                            "surrogate); expected an acquisition ID as text; nothing was stored")
+    if isinstance(slots, list) and any(isinstance(x, int) and not -2**63 <= x <= SLOT_MAX for x in slots):
+        raise KeyStoreError(f"block {block_id}: metadata field 'slots' {slots!r} is out of range; expected the slot "
+                            "range [start, end) with 0 <= start < end <= 2^63 - 1; nothing was stored")
+
+
 def block_origin(block_id: str, meta: Any, *, strict: bool = False) -> tuple[str, int, int, str] | None:
     """The raw data a distilled block came from, as its record names it (review s38 F4):
     ``(acquisition, start, end, key_block)`` from ``meta.acquisition`` and ``meta.slots`` = [start, end), and
@@ -283,13 +311,15 @@ def block_origin(block_id: str, meta: Any, *, strict: bool = False) -> tuple[str
     if acq is None or acq == "":
         return None
     slots = meta.get("slots")
-    if not (isinstance(acq, str) and isinstance(slots, list) and len(slots) == 2
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in slots) and 0 <= slots[0] < slots[1]):
+    if not (isinstance(acq, str) and _utf8(acq) and isinstance(slots, list) and len(slots) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in slots)
+            and 0 <= slots[0] < slots[1] <= SLOT_MAX):
         if not strict:
             return None
         raise KeyStoreError(f"block {block_id}: its record names acquisition {acq!r} with slots {slots!r}; expected "
-                            "an acquisition ID and the slot range [start, end), 0 <= start < end, it was distilled "
-                            "from (an edited or foreign export file?); nothing was imported")
+                            "an acquisition ID and the slot range [start, end), 0 <= start < end <= 2^63 - 1, it was "
+                            "distilled from, the ID in UTF-8 text (an edited or foreign export file?); nothing was "
+                            "imported")
     key = meta.get("key_block") if meta.get("kind") == _AUTH_REFILL_KIND else None
     return acq, int(slots[0]), int(slots[1]), str(key or block_id)
 
@@ -1205,6 +1235,7 @@ class KeyStore:
             for block_id, arr, purpose, meta_s in rows:
                 if self._block(conn, block_id) is not None:
                     raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
+                _check_origin_values(block_id, json.loads(meta_s))
                 origin = block_origin(block_id, json.loads(meta_s))
                 gone = self._retired_refusal(conn, block_id, block_id if origin is None else origin[3])
                 if gone:
@@ -2137,10 +2168,12 @@ class KeyStore:
     @staticmethod
     def _check_slot_range(pair: str, acquisition: str, start: int, end: int) -> tuple[str, str, int, int]:
         _check_pair(pair)
-        if not isinstance(acquisition, str) or not acquisition:
-            raise KeyStoreError(f"acquisition must be a non-empty string, got {acquisition!r}")
-        if not 0 <= int(start) < int(end):
-            raise KeyStoreError(f"slot range [{start}, {end}) must satisfy 0 <= start < end")
+        if not isinstance(acquisition, str) or not acquisition or not _utf8(acquisition):
+            raise KeyStoreError(f"acquisition must be a non-empty string of UTF-8 text, got {acquisition!r}; nothing "
+                                "was stored")
+        if not 0 <= int(start) < int(end) <= SLOT_MAX:
+            raise KeyStoreError(f"slot range [{start}, {end}) of acquisition {acquisition} must satisfy 0 <= start < "
+                                "end <= 2^63 - 1 (SQLite's largest integer); nothing was stored")
         return pair, acquisition, int(start), int(end)
 
     def check_slots_free(self, pair: str, acquisition: str, start: int, end: int) -> None:
