@@ -654,12 +654,17 @@ _FAST_F_START_LOW_Q = 6.0  # + (0.02 − Q)·6 below Q = 2 %
 _FAST_F_STEP = 0.02
 _FAST_ITER = (60, 20)
 _FAST_STALL = (3, 0.95)
-PRESETS = ("efficient", "fast")
+PRESETS = ("efficient", "fast", "long")
 """Design-point presets of :func:`plan_ldpc` for the quasi-cyclic decoders: ``efficient`` starts at
 1.08·h(Q) in steps of 0.01·h(Q) (lowest f, several attempts of up to 100 / 30 sweeps, each ended
 early once the decoder stalls: :class:`LdpcPlan`); ``fast`` starts at 1.14·h(Q)
-in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, ≈ 3× fewer sweeps); both start 6·(0.02 − Q)·h(Q)
-higher below Q = 2 %."""
+in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, ≈ 3× fewer sweeps); all start 6·(0.02 − Q)·h(Q)
+higher below Q = 2 %.  ``long``: ``efficient`` on codes of n = 262 144 (z = 256, 1 024 base columns) in steps
+of 0.005·h(Q) — f 0.01–0.02 lower (1.096 at 4 %, 1.103–1.115 at 2–8 %, amin16, about 40 frames per QBER,
+docs/reconciliation.md session 39) at about half the throughput; a frame holds ≈ 4× the key bits."""
+_LONG_N = 262144
+_LONG_Z = 256
+_LONG_F_STEP = 0.005
 
 
 #: above this wanted mother rate (QBER below ≈ 1.2 %) the rate is taken with a margin, at most the cap:
@@ -715,6 +720,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
                                               _MS_F_START, _MS_F_STEP, _MS_F_EXTRA)
         (it1, it2), (se, sr) = _MS_ITER, _MS_STALL
         fs += _MS_F_START_LOW_Q * max(0.0, 0.02 - qber)
+        if preset == "long":
+            n0, z0, fst = _LONG_N, _LONG_Z, _LONG_F_STEP
     else:
         n0, z0, fm, fml, fmin, fs, fst, fx, it1, it2 = (16384, 0, _F_MOTHER, _F_MOTHER_LOW_Q, _F_MIN,
                                                         _F_START, _F_STEP, _F_EXTRA, 50, 15)

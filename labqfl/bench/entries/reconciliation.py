@@ -3,12 +3,12 @@
 
 ``ldpc``: the default engine (quasi-cyclic codes, n = 65536, vectorised layered A-min*) and the
 same with ``preset="fast"``, side by side with the frame-batched 16-bit A-min* (``decoder="amin16"``,
-:mod:`labqfl.qkd.ldpc_batch`, both presets) and the previous engine (random PEG codes, n = 16384, scalar
+:mod:`labqfl.qkd.ldpc_batch`, both presets, and ``preset="long"``: n = 262 144, steps of 0.005·h(Q)) and the previous engine (random PEG codes, n = 16384, scalar
 layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
 Every decoder runs on one thread (``numba.set_num_threads(1)``), so Mbit/s is per core.  Frames
 hold exactly round(Q·n) errors; only whole frames are reconciled (a partial frame pays a whole
-syndrome).  ``ldpc-fer``: the two presets of ``amin`` and of ``amin16`` with 120 frames per QBER (several minutes
-on a loaded 2-core VM).  Per QBER, ``amin16_vs_amin`` and ``amin16-fast_vs_amin-fast`` compare the two decoders
+syndrome).  ``ldpc-fer``: the two presets of ``amin`` and of ``amin16`` with 120 frames per QBER, ``amin16-long``
+with 48 (as many key bits as ≈ 190 short frames; ten minutes or more on a loaded 2-core VM).  Per QBER, ``amin16_vs_amin`` and ``amin16-fast_vs_amin-fast`` compare the two decoders
 frame by frame on the same data (:func:`_paired`: frames where amin16 needed more / fewer reveals, sign test,
 corrected blocks equal).
 Frame-error rates come with their one-sided 95 % upper bound (Clopper & Pearson, Biometrika 26, 404
@@ -28,8 +28,8 @@ from labqfl.bench import noisy_frame as _frame
 from labqfl.qkd.ldpc import reconcile_ldpc
 
 QBERS = (0.01, 0.02, 0.04, 0.06, 0.08)
-ENGINES = ("amin", "amin-fast", "amin16", "amin16-fast", "bp")
-"""Decoder, optionally with ``-fast`` for ``preset="fast"`` (:data:`labqfl.qkd.ldpc.PRESETS`)."""
+ENGINES = ("amin", "amin-fast", "amin16", "amin16-fast", "amin16-long", "bp")
+"""Decoder, optionally with ``-fast`` / ``-long`` for that preset (:data:`labqfl.qkd.ldpc.PRESETS`; none: efficient)."""
 F_TARGET = 1.10
 FER_TARGET = 0.01
 MBIT_TARGET = 10.0
@@ -48,8 +48,8 @@ def _run(engine: str, q: float, frames: int, seed: int) -> dict[str, Any]:
     """Reconcile ``frames`` whole frames at QBER ``q`` with ``engine`` (see :data:`ENGINES`)."""
     from labqfl.qkd.ldpc import build_code, plan_ldpc
 
-    decoder, _, fast = engine.partition("-")
-    preset = "fast" if fast else "efficient"
+    decoder, _, preset = engine.partition("-")
+    preset = preset or "efficient"
     plan = plan_ldpc(q, decoder=decoder, preset=preset)
     n = frames * plan.key_bits_per_frame
     x, y = _frame(n, q, seed)
@@ -126,7 +126,7 @@ def _table(engines: tuple[str, ...], frames: dict[str, int], qbers: tuple[float,
 def _ldpc(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
     frames = dict.fromkeys(ENGINES, 1) if quick else {"amin": 4, "amin-fast": 4, "amin16": 4, "amin16-fast": 4,
-                                                       "bp": 2}
+                                                       "amin16-long": 1, "bp": 2}
     out = _table(ENGINES, frames, qbers)
     s = out["summary"]
     worst = s["amin"]
@@ -142,12 +142,13 @@ def _ldpc(quick: bool) -> BenchResult:
                          "one numba thread; cpu_mbit_s uses process CPU time (less sensitive to other load)"})
 
 
-@benchmark("ldpc-fer", "LDPC engine (QC A-min*, n=65536) and amin16, both presets: f and frame-error rate, 120 "
-           "frames per QBER",
+@benchmark("ldpc-fer", "LDPC engine (QC A-min*, n=65536) and amin16, both presets (120 frames per QBER), and "
+           "amin16 preset long (n=262144, 48 frames): f and frame-error rate",
            target="FER ≤ 1 %, f ≤ 1.10")
 def _ldpc_fer(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
-    frames = {**dict.fromkeys(("amin", "amin-fast", "amin16", "amin16-fast"), 2 if quick else 120), "bp": 1}
+    frames = {**dict.fromkeys(("amin", "amin-fast", "amin16", "amin16-fast"), 2 if quick else 120),
+              "amin16-long": 1 if quick else 48, "bp": 1}  # a long frame holds ≈ 4 short frames' key bits
     out = _table(ENGINES, frames, qbers)
     s = out["summary"]
     return BenchResult(

@@ -118,3 +118,21 @@ def test_message_scale_is_one_plus_w_over_32():
     state = lb.BatchState(code, np.zeros((1, code.m), np.uint8), np.zeros((1, code.n), np.float32),
                           np.zeros((1, code.n), np.float32), 3, 0.95)
     assert (state.weight == 3).all()
+
+
+def test_long_preset_plans_and_decodes_262144_bit_frames():
+    """``preset="long"``: the efficient design points on n = 262 144 (z = 256) in steps of 0.005·h(Q); the
+    bench's ``amin16-long`` engine decodes a frame at 4 % to Alice's bits."""
+    from labqfl.bench.entries.reconciliation import ENGINES, _run
+    from labqfl.qkd.reconciliation import binary_entropy
+
+    q = 0.04
+    long, eff = plan_ldpc(q, decoder="amin16", preset="long"), plan_ldpc(q, decoder="amin16")
+    assert (long.code_n, long.z, eff.code_n) == (262144, 256, 65536)
+    assert long.rate == eff.rate and long.first_iter == eff.first_iter and long.stall_every == eff.stall_every
+    assert long.step == math.ceil(0.005 * binary_entropy(q) * long.key_bits_per_frame)
+    assert plan_ldpc(q, decoder="bp", preset="long").code_n == 16384  # the random-code engine has no presets
+    assert "amin16-long" in ENGINES
+    r = _run("amin16-long", q, 1, 5)
+    assert r["code_n"] == 262144 and r["frames"] == 1 and r["frame_errors"] == 0 and r["residual_bits"] == 0
+    assert 1.0 < r["f"] < 1.2
