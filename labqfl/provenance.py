@@ -324,7 +324,7 @@ def block_provenance(meta: Mapping[str, Any]) -> Provenance | None:
     return Provenance.from_dict(d) if d is not None else None
 
 
-def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize_blocks(blocks: Iterable[Mapping[str, Any]], *, retired: Iterable[str] = ()) -> dict[str, Any]:
     """Provenance of a pair's key blocks (``KeyStore.blocks(pair)`` rows, or their ``meta`` dicts).
 
     Returns ``{"blocks": {label: count}, "auth_refill_blocks": n, "preshared_blocks": n,
@@ -339,14 +339,25 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     a pair whose authentication started from a secret labqfl made is never information-theoretic; an imported block
     brings the source store's secrets' origin, :data:`AUTH_ORIGIN_FIELD`, and its caveat); a block without a provenance record (distilled before labqfl
     recorded it, or imported) gets no claim, and the pair is then not called information-theoretic.
+    A block whose ID is in ``retired`` (``KeyStore.retired_blocks``, ``labqfl keys retire``) is counted in
+    ``retired_blocks`` only (its refill row in none), not in ``blocks``, ``auth_refill_blocks`` or ``unrecorded_blocks``; its provenance
+    still enters the weakest (conservative, as for spent blocks: it may have handed out key before it was
+    retired).
     """
+    retired = set(retired)
     counts: dict[str, int] = {}
     provs: list[Provenance] = []
     pre_metas: list[Mapping[str, Any]] = []
     inherited: list[Mapping[str, Any]] = []  # an imported block's record of the source's secret (review s38 F1)
-    unrecorded = refills = 0
+    unrecorded = refills = gone = 0
     for row in blocks:
         meta = _meta(row)
+        if isinstance(row, Mapping) and row.get("block_id") in retired and meta.get("kind") != PRESHARED_KIND:
+            gone += meta.get("kind") != AUTH_REFILL_KIND  # distilled blocks, as ``blocks`` counts them
+            inherited += [o for o in meta.get(AUTH_ORIGIN_FIELD) or [] if isinstance(o, Mapping)]
+            if (p := block_provenance(meta)) is not None:
+                provs.append(p)
+            continue
         if meta.get("kind") == PRESHARED_KIND:
             pre_metas.append(meta)
             continue
@@ -377,7 +388,7 @@ def summarize_blocks(blocks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                       "or imported): nothing is claimed for them")
     return {"blocks": dict(sorted(counts.items())), "auth_refill_blocks": refills, "preshared_blocks": len(pre_metas),
             "preshared_generated_by_labqfl": sum(m.get("simulated", True) is not False for m in pre_metas),
-            "unrecorded_blocks": unrecorded, "auth_secret": caveat,
+            "unrecorded_blocks": unrecorded, "retired_blocks": gone, "auth_secret": caveat,
             # the weakest block's own record, its derived fields under the authentication caveat
             "weakest": ({**w.as_dict(), "security": _caveated_statement(w, caveat),
                          "information_theoretic": weakest_it,
@@ -413,8 +424,10 @@ def weakest_summary(summaries: Iterable[Mapping[str, Any]]) -> Mapping[str, Any]
 
 def store_pair_provenance(store: Any, pair: str) -> dict[str, Any]:
     """:func:`summarize_blocks` over every block ``store`` holds for ``pair`` (spent ones included:
-    conservative, a pool is never described as stronger than any block it ever held)."""
-    return summarize_blocks(store.blocks(pair))
+    conservative, a pool is never described as stronger than any block it ever held); the blocks retired there
+    (``labqfl keys retire``) are counted apart (``retired_blocks``), not as blocks of the pool."""
+    retired = [r["block_id"] for r in store.retired_blocks()] if hasattr(store, "retired_blocks") else []
+    return summarize_blocks(store.blocks(pair), retired=retired)
 
 
 def provenance_of_block_ids(store: Any, pair: str, block_ids: Iterable[str]) -> dict[str, Any]:
