@@ -231,9 +231,13 @@ _AUTH_REFILL_KIND = "auth-refill"
 
 #: The recorded origin of block row ``{r}`` (:func:`block_origin`) as SQLite reads it: ``(seq, pair, acquisition,
 #: first slot, end slot)`` for a block whose metadata names an acquisition. A filter only: :func:`block_origin` decides.
-_ORIGIN_OF = ("SELECT {r}seq, {r}pair, json_extract({r}meta, '$.acquisition'), json_extract({r}meta, '$.slots[0]'), "
-              "json_extract({r}meta, '$.slots[1]') {src}WHERE json_valid({r}meta) AND "
-              "json_extract({r}meta, '$.acquisition') IS NOT NULL")
+#: A block whose metadata SQLite cannot read as JSON gets a row too, with a NULL acquisition: a check of its pair then
+#: refuses (:meth:`KeyStore._held_candidates`), as the scan before the index did, instead of leaving it out (review
+#: s39 K4).
+_ORIGIN_OF = ("SELECT {r}seq, {r}pair, CASE WHEN json_valid({r}meta) THEN json_extract({r}meta, '$.acquisition') END, "
+              "CASE WHEN json_valid({r}meta) THEN json_extract({r}meta, '$.slots[0]') END, "
+              "CASE WHEN json_valid({r}meta) THEN json_extract({r}meta, '$.slots[1]') END {src}WHERE CASE WHEN "
+              "json_valid({r}meta) THEN json_extract({r}meta, '$.acquisition') IS NOT NULL ELSE 1 END")
 #: The origins of the blocks held, kept beside them so that the origin checks need not read every block of a
 #: long acquisition (review s38 K1: 2 000 blocks of one recording took 17.1 CPU s, quadratic): one row per block
 #: (:data:`_ORIGIN_OF`, columns with no type, so values stay as the metadata has them), indexed by pair,
@@ -253,6 +257,11 @@ _ORIGIN_SCHEMA = (
     "CREATE TRIGGER block_origins_drop AFTER DELETE ON blocks BEGIN DELETE FROM block_origins WHERE seq = OLD.seq; END",
     "INSERT INTO block_origins " + _ORIGIN_OF.format(r="", src="FROM blocks "),
 )
+#: The triggers of :data:`_ORIGIN_SCHEMA` by name, as sqlite_master keeps their SQL.
+_ORIGIN_TRIGGERS = {stmt.split()[2]: stmt for stmt in _ORIGIN_SCHEMA if stmt.startswith("CREATE TRIGGER")}
+#: A block of a pair whose metadata is not JSON (parameter: pair), see :data:`_ORIGIN_OF`.
+_HELD_UNREADABLE_SQL = ("SELECT b.block_id FROM block_origins o JOIN blocks b ON b.seq = o.seq WHERE o.pair = ? AND "
+                        "o.acquisition IS NULL ORDER BY o.seq LIMIT 1")
 _LEDGER_SPAN_INDEX = 'CREATE INDEX IF NOT EXISTS distilled_slots_span ON distilled_slots (pair, acquisition, "end" - start)'
 #: The longest slot range a block of a pair and acquisition records (parameters: pair, acquisition); None if none.
 _HELD_SPAN_SQL = 'SELECT MAX("end" - start) FROM block_origins WHERE pair = ? AND acquisition = ?'
@@ -757,6 +766,28 @@ class KeyStore:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'node'", (self._requested_node,))
         self.node = self._requested_node or stored_node
         self.store_id = str(meta["store_id"])
+        self._check_origin_triggers(conn)
+
+    def _check_origin_triggers(self, conn: sqlite3.Connection) -> None:
+        """Rebuild the origin index (:data:`_ORIGIN_SCHEMA`) when a trigger that keeps it in step is missing or not
+        this labqfl's (review s39 K4: a migration rebuilding ``blocks`` would drop them silently, and the index
+        would then miss the blocks added afterwards; an older labqfl's index left unreadable metadata out)."""
+        found = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'blocks'"))
+        if all(found.get(n) == sql for n, sql in _ORIGIN_TRIGGERS.items()) or not self._has_table(conn, "block_origins"):
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("DROP TABLE IF EXISTS block_origins")
+            for name in _ORIGIN_TRIGGERS:
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for stmt in _ORIGIN_SCHEMA:
+                conn.execute(stmt)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.warning("key store %s: origin index rebuilt (its triggers were %s)", self.path,
+                    "missing" if not found else "not this labqfl's")
 
     def _upgrade(self, conn: sqlite3.Connection) -> None:
         """Migrate an older store to :data:`SCHEMA_VERSION` in one transaction (all or nothing;
@@ -2134,6 +2165,12 @@ class KeyStore:
         ``[start, end)``, in the order they were added (:data:`_HELD_OVERLAP_SQL`)."""
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'block_origins'").fetchone() is None:
             return conn.execute(_HELD_SCAN_SQL, (pair, acquisition, int(end), int(start))).fetchall()
+        bad = conn.execute(_HELD_UNREADABLE_SQL, (pair,)).fetchone()
+        if bad is not None:
+            raise KeyStoreError(f"pair {pair}: the metadata of block {bad[0]} is not valid JSON (an edited store file?), "
+                                "so the origin checks cannot tell which raw slots it was distilled from; nothing was "
+                                "stored: restore its record (e.g. from a backup) before distilling or importing more "
+                                "key of this pair")
         span = conn.execute(_HELD_SPAN_SQL, (pair, acquisition)).fetchone()[0]
         if span is None:
             return []
