@@ -187,3 +187,14 @@ def test_overlapping_blocks_no_longer_lists_a_retired_block(tmp_path: Path) -> N
         assert st.overlapping_blocks() == []
         with pytest.raises(KeyStoreError, match=r"^no block blk-z in key store"):
             st.retire_block("blk-z", "x")
+
+
+def test_retire_reports_the_bits_handed_out_before_it(tmp_path: Path) -> None:
+    """Review s39 K5: keys delivered from the block before it was retired cannot be recalled; the result says how
+    many of its bits were handed out (or discarded) before, and a second retirement reports none."""
+    with KeyStore.for_node("C2", tmp_path) as st:
+        st.add_blocks("C1-C2", [("blk-k", np.zeros(1024, np.uint8), "general", None)])
+        st.take("C1-C2", 100, "general")
+        first = st.retire_block("blk-k", "test")
+        assert first["handed_out_bits"] == 100 and first["discarded_bits"] == 924
+        assert st.retire_block("blk-k", "again")["handed_out_bits"] == 0
