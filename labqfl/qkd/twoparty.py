@@ -767,6 +767,7 @@ class PairEndI(_PairEnd):
         # 2. verification: Ci sends seed + tag, Cj compares; reconciliation continues after a failure
         t = time.perf_counter()
         leak += self._verify(ch, alice, bits, out, stop)
+        del alice  # Alice's pass tables are not needed past verification (privacy amplification next)
         out.leak = leak
         out.times["verification"] = time.perf_counter() - t
         _check_stop(stop)
@@ -1159,6 +1160,8 @@ class PairEndJ(_PairEnd):
         b.tags.append((seed, np.asarray(req.disclosed, dtype=np.uint8)))
         # every tag so far must match the key as corrected now (docs/protocol.md §5)
         b.verified = all(np.array_equal(hash_tag(b.corrected, sd, int(tg.size)), tg) for sd, tg in b.tags)
+        if b.verified or len(b.tags) >= len(plan):
+            b.bob = None  # no continuation can follow: Bob's state is freed before privacy amplification
         # this end's own secure key length, from its own copy of the (authenticated) data
         if b.verified:
             assert b.counts is not None

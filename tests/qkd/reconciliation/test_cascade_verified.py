@@ -11,8 +11,8 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from conftest import make_frame
 
+from labqfl.bench import noisy_frame as make_frame
 from labqfl.qkd.cascade import (
     FRAME_CONFIRM,
     RETRY_CONFIRM,
