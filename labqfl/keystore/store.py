@@ -924,8 +924,8 @@ class KeyStore:
                 mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCRUB_MARK,)).fetchone()
             finally:
                 conn.execute("COMMIT")
-        if mark is not None:  # another process's overwrite is not checkpointed yet (review s39 K2): try now
-            self._scrub()
+        if mark is not None and self._retry_thread is None:  # an overwrite (another process's?) is not
+            self._scrub()  # checkpointed yet (review s39 K2): try now, unless this process's retry is at it
 
     # ------------------------------------------------------------------ scrubbing (WAL checkpoints)
     #
