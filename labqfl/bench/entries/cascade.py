@@ -149,7 +149,9 @@ def f_table(grid: dict[str, Any]) -> dict[str, Any]:
 def rounds_table(grid: dict[str, Any]) -> dict[str, Any]:
     """The grid's mean round trips per frame (rows: frame size, columns: QBER), next to
     :func:`f_table`: each round trip is one ``cascade/round`` message and its reply, plus
-    ``cascade/init`` and ``cascade/done`` — what a networked pair pays per frame (issue 16 item 8)."""
+    ``cascade/init`` and ``cascade/done`` of every run (the first and any continued after a failed
+    verification) and one per verification attempt — what a networked pair pays per frame (issue 16
+    item 8)."""
     rows = []
     for size, per_q in grid["per_frame_size"].items():
         n = int(size.removeprefix("n="))
