@@ -729,8 +729,9 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
     so that P(s ∈ C_lo ∪ E) = p_max. A dim slot clicks iff it is in C_lo and U(key_acc, s)·q_lo <
     p(choices); a bright slot iff it is in C_lo ∪ E and U(key_acc, s)·p_max < p(choices). So every
     slot clicks with exactly p(choices), independently of the others, as with the single rate p_max
-    of :func:`_segment`, but only C_lo (≈ 2 % of the slots on the default station instead of 27 %)
-    and the bright slots (≈ 5 %) are looked at. ``how`` = 0: :func:`_segment_patterns` (the bright
+    of :func:`_segment`, but only C_lo and the bright slots are looked at (used where that saves at least
+    :data:`BRIGHT_MIN_GAIN` of candidate rate; not on the default station, whose gain p_max − q_lo is
+    1.4–2.1 % per slot: it runs :func:`_segment`). ``how`` = 0: :func:`_segment_patterns` (the bright
     slots found by scanning the drive patterns 8 slots per word); ``how`` = 1 writes C_lo ∪ E (E of
     every slot, :func:`_e_word`: the choices are not known there) with ``out_outcome`` = 1 for C_lo, 0 for
     E only; ``how`` = 2 reads those candidates and flags (``cand``, ``cand_lo``) and the clients'
@@ -745,7 +746,7 @@ def _segment_bright(seg: np.int64, seg_end: np.int64, s0: np.int64, rng: np.uint
                                   bits, bits_w0)
         return n, rng, kc
     # how 2: the candidates of how 1 (C_lo ∪ E) with their C_lo flags, and the clients' codes there
-    # The candidates that can click (bright, or in C_lo: ≈ 12 % of them on the default station) are
+    # The candidates that can click (bright, or in C_lo: ≈ 12 % of them on the earlier default station, p_max 27 %) are
     # picked first, per piece of _PICK, without a branch (a skip decided per candidate was mispredicted
     # in about one of eight), then only those are clicked, in order.
     cap = out_slot.shape[0]
