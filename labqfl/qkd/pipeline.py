@@ -800,11 +800,12 @@ class Distiller:
             return []
         return self._after_slotting(self._take_batch(), fs, final=False)
 
-    def _take_batch(self, more: SlotEvents | None = None) -> SlotEvents:
-        """The held slotted clicks (and ``more``) as one :class:`SlotEvents`, in slot order."""
+    def _take_batch(self, more: SlotEvents | None = None) -> list[SlotEvents]:
+        """The held slotted clicks (and ``more``): the pushes' outputs in slot order, split by pair as one
+        (:func:`~labqfl.qkd.slotting.announcements_by_pair` takes the parts: no joined copy)."""
         parts = self._batch + ([more] if more is not None else [])
         self._batch, self._batch_clicks = [], 0
-        return SlotEvents.joined(parts)
+        return parts
 
     def finish(self, total_slots: int | None = None) -> dict[str, PairResult]:
         """End of stream: flush, process the remaining blocks, return per-pair results (a stopped

@@ -99,7 +99,7 @@ into blocks (tested against :func:`slot_tags_reference` on the whole stream).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numba
@@ -440,16 +440,31 @@ def _split_tags(ts, ch, sync_ch, marker_ch, use_markers, d0_ch, d1_ch, sync_dela
     cable delay and in stream order, the number of tags on none of those channels, and whether the
     timestamps fail to be non-decreasing. A channel that is several of these counts for each, as the
     per-channel masks it replaces did."""
+    none = np.empty(0, np.int64)
+    return _split_tags_after(none, none, ts, ch, sync_ch, marker_ch, use_markers, d0_ch, d1_ch, sync_delay,
+                             marker_delay, d0_delay, d1_delay)
+
+
+@numba.njit(cache=True, nogil=True)
+def _split_tags_after(pend_t, pend_id, ts, ch, sync_ch, marker_ch, use_markers, d0_ch, d1_ch, sync_delay,  # type: ignore[no-untyped-def]
+                      marker_delay, d0_delay, d1_delay):
+    """:func:`_split_tags` with the detector tags ``pend_t``/``pend_id`` (waiting from earlier blocks) put
+    before the block's in the detector outputs: their concatenation without a copy of the block's
+    detector tags (a whole block's 16 bytes per detection)."""
     n = ts.shape[0]
+    npd = pend_t.shape[0]
     # one pass without a branch per tag (the detectors' tags alternate at random, so a branch on the
     # channel was mispredicted about every other tag): every tag is written at each output's cursor,
     # and the cursor moves on only for the tags of that output; the buffers have room for every tag
     # (address space: the pages never written are never backed)
     sync_b = np.empty(n, np.int64)
     marker_b = np.empty(n if use_markers else 0, np.int64)
-    det_t = np.empty(n, np.int64)
-    det_id = np.empty(n, np.int64)
-    ns = nm = nd = 0
+    det_t = np.empty(npd + n, np.int64)
+    det_id = np.empty(npd + n, np.int64)
+    det_t[:npd] = pend_t
+    det_id[:npd] = pend_id
+    ns = nm = 0
+    nd = npd
     other = 0
     descending = False
     prev = ts[0] if n else np.int64(0)
@@ -513,7 +528,7 @@ def _interval_periods(anchor_t: np.ndarray, anchor_k: np.ndarray, divider: int, 
 
 @numba.njit(cache=True, nogil=True)
 def _place_kernel(det_t, det_id, limit, all_ready, held_s, held_b, anchor_t, anchor_k, per, mult, off, half_w,  # type: ignore[no-untyped-def]
-                  burst_period, burst_on, last_span):
+                  burst_period, burst_on, last_span, combine):
     """The held slots and detector bits, then those of the detections whose interval is known, in one pass.
 
     Detections at or after ``limit`` (corrected time; none if ``all_ready``) wait for their anchor: they are
@@ -523,7 +538,13 @@ def _place_kernel(det_t, det_id, limit, all_ready, held_s, held_b, anchor_t, anc
     by the new ones, and ``ordered`` whether they never decrease (the usual case: then no sort is needed).
 
     ``mult``: slots per anchor step (the sync divider, or the frame length with markers);
-    ``last_span`` >= 0: slots after the last anchor that belong to it (a frame), -1: no limit."""
+    ``last_span`` >= 0: slots after the last anchor that belong to it (a frame), -1: no limit.
+
+    ``combine``: while the slots never decrease, a detection in the slot just written ORs its bit into
+    that slot's (:func:`_combine` in the same pass; the held slots are distinct, being combined
+    already); once a slot comes before an earlier one, the rest is written one entry per detection
+    and the caller sorts and combines all (equal slots then merge as before: OR does not depend on
+    the order). False: one entry per detection (:func:`_assign_kernel`)."""
     n = det_t.shape[0]
     nh = held_s.shape[0]
     na = anchor_t.shape[0]
@@ -588,8 +609,12 @@ def _place_kernel(det_t, det_id, limit, all_ready, held_s, held_b, anchor_t, anc
         if burst_period > 0 and s % burst_period >= burst_on:
             n_burst += 1
             continue
+        bit = np.uint8(1) << np.uint8(d)
+        if combine and ordered and m > 0 and s == prev:
+            bits[m - 1] |= bit
+            continue
         slots[m] = s
-        bits[m] = np.uint8(1) << np.uint8(d)
+        bits[m] = bit
         ordered &= s >= prev
         prev = s
         m += 1
@@ -605,20 +630,21 @@ def _assign_kernel(det_t, det_id, anchor_t, anchor_k, per, mult, off, half_w, bu
     none = np.empty(0, dtype=np.int64)
     slots, bits, _, _, n_out, n_neg, n_burst, n_frame, _ = _place_kernel(
         det_t, det_id, np.int64(0), True, none, np.empty(0, dtype=np.uint8), anchor_t, anchor_k, per, mult, off,
-        half_w, burst_period, burst_on, last_span)
+        half_w, burst_period, burst_on, last_span, False)
     return slots, bits, n_out, n_neg, n_burst, n_frame
 
 
 def _place(det_t: np.ndarray, det_id: np.ndarray, limit: int, all_ready: bool, held_s: np.ndarray,
            held_b: np.ndarray, anchor_t: np.ndarray, anchor_k: np.ndarray, per: np.ndarray, p: SlottingParams,
            stats: SlottingStats, last_span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]:
-    """:func:`_place_kernel` with the slotter's parameters; the refusals counted in ``stats``. Returns
-    (held and new slots, their bits, waiting times, waiting ids, ordered)."""
+    """:func:`_place_kernel` with the slotter's parameters, combining; the refusals counted in ``stats``.
+    Returns (held and new slots, their bits, waiting times, waiting ids, ordered): with ``ordered`` the
+    slots are distinct and ascending (combined), else to be sorted and combined."""
     slots, bits, pend_t, pend_id, n_out, n_neg, n_burst, n_frame, ordered = _place_kernel(
         np.ascontiguousarray(det_t), np.ascontiguousarray(det_id), np.int64(limit), bool(all_ready), held_s, held_b,
         anchor_t, anchor_k, per, np.int64(_anchor_step(p)), np.asarray(p.window_offset_ps, dtype=np.float64),
         np.asarray(p.window_ps, dtype=np.float64) / 2.0, np.int64(p.burst_period_slots), np.int64(p.burst_on_slots),
-        np.int64(last_span))
+        np.int64(last_span), True)
     stats.outside_window += int(n_out)
     stats.before_first_slot += int(n_neg)
     stats.outside_burst += int(n_burst)
@@ -874,7 +900,10 @@ class Slotter(_SlotProgress):
             raise QKDInputError(f"slotting: expected a TagBlock, got {type(block).__name__}")
         ts, ch = block.timestamps, block.channels
         p = self.p
-        sync_t, marker_t, det_t_new, det_id_new, other, descending = _split_tags(
+        n_pend = int(self._pend_t.size)
+        # the waiting detector tags first, then the block's (one buffer, no concatenation)
+        sync_t, marker_t, det_t, det_id, other, descending = _split_tags_after(
+            np.ascontiguousarray(self._pend_t, np.int64), np.ascontiguousarray(self._pend_id, np.int64),
             np.ascontiguousarray(ts, np.int64), np.ascontiguousarray(ch), np.int64(p.sync_channel),
             np.int64(p.marker_channel if self._markers and p.marker_channel is not None else 0), bool(self._markers),
             np.int64(p.detector_channels[0]), np.int64(p.detector_channels[1]), np.int64(p.sync_delay_ps),
@@ -899,7 +928,7 @@ class Slotter(_SlotProgress):
             self._pend_lost = np.concatenate([self._pend_lost, corr])
         self.stats.other_tags += int(other)
         self.stats.sync_tags += int(sync_t.size)
-        self.stats.detector_tags += int(det_t_new.size)
+        self.stats.detector_tags += int(det_t.size) - n_pend
 
         if self._markers:
             if p.slot0_from_sync and self.marker_origin is None and sync_t.size:
@@ -920,8 +949,6 @@ class Slotter(_SlotProgress):
             anchor_t = np.concatenate([self._anchor_t, a_t])
             anchor_k = np.concatenate([self._anchor_k, a_k])
             anchor_ok = np.ones(anchor_t.size, dtype=bool)
-        det_t = np.concatenate([self._pend_t, det_t_new])
-        det_id = np.concatenate([self._pend_id, det_id_new])
         if ts.size:
             self._last_raw = int(ts[-1])
         return self._process(anchor_t, anchor_k, anchor_ok, det_t, det_id, last_raw=self._last_raw, flush=False)
@@ -1078,10 +1105,11 @@ class Slotter(_SlotProgress):
             raise QKDInputError(f"slotting: {pend_t.size} detector tags without a {what}; check {fix}")
         pend_lost = self._drop_lost_intervals(anchor_t, anchor_k, per, flush)
         self._drop_unkept_frames(anchor_k, anchor_ok)
-        if not ordered:
+        if ordered:  # combined in _place_kernel's pass
+            slots, outcomes = s_all, b_all
+        else:
             order = np.argsort(s_all, kind="stable")
-            s_all, b_all = s_all[order], b_all[order]
-        slots, outcomes = _combine(s_all, b_all)
+            slots, outcomes = _combine(s_all[order], b_all[order])
         threshold, keep_from = self._emit_threshold(anchor_t, anchor_k, per, pend_lost, last_raw, flush)
         k = int(np.searchsorted(slots, threshold))  # slots ascend: those below the threshold are a prefix
         self._held_s, self._held_b = slots[k:].copy(), outcomes[k:].copy()
@@ -1542,6 +1570,32 @@ def _frame_run(slots, i, slots_per_frame, frame_pair):  # type: ignore[no-untype
 
 
 @numba.njit(cache=True, nogil=True)
+def _count_by_pair(slots, slots_per_frame, frame_pair, counts):  # type: ignore[no-untyped-def]
+    """Add the number of slots of each pair p to ``counts[p + 1]`` (:func:`_split_by_pair`'s first pass)."""
+    n = slots.shape[0]
+    i = 0
+    while i < n:
+        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
+        counts[p + 1] += j - i
+        i = j
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_by_pair(slots, outcomes, slots_per_frame, frame_pair, pos, out_s, out_o):  # type: ignore[no-untyped-def]
+    """Copy each pair p's slots and outcomes, in their order, to ``out_s``/``out_o`` from ``pos[p]`` on,
+    moving ``pos[p]`` past them (:func:`_split_by_pair`'s second pass)."""
+    n = slots.shape[0]
+    i = 0
+    while i < n:
+        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
+        w = pos[p]
+        out_s[w:w + j - i] = slots[i:j]
+        out_o[w:w + j - i] = outcomes[i:j]
+        pos[p] = w + j - i
+        i = j
+
+
+@numba.njit(cache=True, nogil=True)
 def _split_by_pair(slots, outcomes, slots_per_frame, frame_pair, n_pairs):  # type: ignore[no-untyped-def]
     """The clicked slots grouped by the pair scheduled in them, each pair's in their given order:
     (slots, outcomes, offsets), pair p's at [offsets[p], offsets[p + 1]). A slot's pair is
@@ -1551,32 +1605,44 @@ def _split_by_pair(slots, outcomes, slots_per_frame, frame_pair, n_pairs):  # ty
     per slot and a scatter per slot took 6.7 against 2.9 ms for 1.1·10^6 clicks, Intel Xeon)."""
     n = slots.shape[0]
     counts = np.zeros(n_pairs + 1, np.int64)
-    i = 0
-    while i < n:
-        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
-        counts[p + 1] += j - i
-        i = j
+    _count_by_pair(slots, slots_per_frame, frame_pair, counts)
     for q in range(n_pairs):
         counts[q + 1] += counts[q]
     out_s = np.empty(n, np.int64)
     out_o = np.empty(n, np.uint8)
-    pos = counts[:n_pairs].copy()
-    i = 0
-    while i < n:
-        j, p = _frame_run(slots, i, slots_per_frame, frame_pair)
-        w = pos[p]
-        out_s[w:w + j - i] = slots[i:j]
-        out_o[w:w + j - i] = outcomes[i:j]
-        pos[p] = w + j - i
-        i = j
+    _scatter_by_pair(slots, outcomes, slots_per_frame, frame_pair, counts[:n_pairs].copy(), out_s, out_o)
     return out_s, out_o, counts
 
 
-def announcements_by_pair(events: SlotEvents, schedule: PairSchedule) -> dict[str, Announcements]:
-    """Split clicked slots by the pair scheduled in them: the measurement node's announcements."""
-    slots, outcomes, off = _split_by_pair(np.ascontiguousarray(events.slots, np.int64),
-                                          np.ascontiguousarray(events.outcomes, np.uint8),
-                                          np.int64(schedule.slots_per_frame),
-                                          np.ascontiguousarray(schedule.frame_pair, np.int64), len(schedule.names))
+def _split_parts_by_pair(parts: Sequence[SlotEvents], schedule: PairSchedule) -> tuple[np.ndarray, np.ndarray,
+                                                                                       np.ndarray]:
+    """:func:`_split_by_pair` of the parts' concatenation, without building it: each part is counted, then
+    copied straight to its pairs' places (a pair's slots in part order, so the same arrays)."""
+    spf, fp = np.int64(schedule.slots_per_frame), np.ascontiguousarray(schedule.frame_pair, np.int64)
+    n_pairs = len(schedule.names)
+    ss = [np.ascontiguousarray(e.slots, np.int64) for e in parts]
+    oo = [np.ascontiguousarray(e.outcomes, np.uint8) for e in parts]
+    counts = np.zeros(n_pairs + 1, np.int64)
+    for sl in ss:
+        _count_by_pair(sl, spf, fp, counts)
+    np.cumsum(counts, out=counts)
+    n = int(counts[-1])
+    out_s, out_o = np.empty(n, np.int64), np.empty(n, np.uint8)
+    pos = counts[:n_pairs].copy()
+    for sl, o in zip(ss, oo, strict=True):
+        _scatter_by_pair(sl, o, spf, fp, pos, out_s, out_o)
+    return out_s, out_o, counts
+
+
+def announcements_by_pair(events: SlotEvents | Sequence[SlotEvents], schedule: PairSchedule) -> dict[str, Announcements]:
+    """Split clicked slots by the pair scheduled in them: the measurement node's announcements. ``events``
+    may be consecutive pushes' outputs: split as their concatenation (:meth:`SlotEvents.joined`) would be."""
+    if isinstance(events, SlotEvents):
+        slots, outcomes, off = _split_by_pair(np.ascontiguousarray(events.slots, np.int64),
+                                              np.ascontiguousarray(events.outcomes, np.uint8),
+                                              np.int64(schedule.slots_per_frame),
+                                              np.ascontiguousarray(schedule.frame_pair, np.int64), len(schedule.names))
+    else:
+        slots, outcomes, off = _split_parts_by_pair(events, schedule)
     return {name: Announcements(name, slots[off[i]:off[i + 1]], outcomes[off[i]:off[i + 1]])
             for i, name in enumerate(schedule.names)}
