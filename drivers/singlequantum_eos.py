@@ -108,6 +108,7 @@ from labqfl.instruments.interfaces import PhotonDetector
 from labqfl.instruments.settings import Setting, in_range
 
 from ._base import FreeRunning, Limit, MessageDriver, check_range, off_anyway, ramp_points, run_ramp
+from ._link import _registry_key
 
 BIAS_UA = (0.0, 90.9)
 TRIGGER_LEVEL_MV = (-1000.0, 1000.0)
@@ -179,8 +180,9 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         self.n_detectors = 0
         self._dump_size: int | None = None
         self._pending: list[dict[str, Any]] = []
-        #: threads whose ``enabled = True`` write owes arming's latch check (:meth:`setting_changed`)
-        self._latch_check_due: set[int] = set()
+        #: threads whose ``enabled = True`` write owes arming's latch check (:meth:`setting_changed`), with the
+        #: bias-write count at the end of that write: the check's baseline (review s39 LAB1)
+        self._latch_check_due: dict[int, int] = {}
         super().__init__(name, config, adapter=adapter)
         self._warn_clamped_windows()
 
@@ -372,6 +374,9 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             i0 = self.bias_now_ua
             if abs(i0 - target_ua) < 1e-6:
                 return
+            if i0 * target_ua < 0:  # crosses 0 µA (a negative bias read back): down to 0, never cut, then away
+                self._ramp_bias(0.0)  # from it, cut in an emergency (review s39 LAB5)
+                i0 = 0.0
             points = ramp_points(i0, target_ua, self.bias_step_ua)
             why: list[str] = []
 
@@ -399,13 +404,18 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         (:class:`~labqfl.instruments.settings.Setting`): the bias supply and the ramp here; arming's latch check
         after the write, once that lock is let go (:meth:`setting_changed`)."""
         me = threading.get_ident()
-        self._latch_check_due.discard(me)
+        self._latch_check_due.pop(me, None)
         if on:
+            reason = in_emergency()  # before the first write: nothing switched on once an emergency began (LAB5)
+            if reason is not None:
+                raise InstrumentError(f"{self.name}: channel {self.channel}: not armed: the emergency stop "
+                                      f"({reason}) runs; bias supply left as it was", instrument=self.name,
+                                      resource=self.resource, command="DetectorEnable")
             if not self._labels("DetectorEnable")["DetectorEnable"]:
                 self._command("DetectorEnable", "DetectorEnable", True)
             self._ramp_bias(self._bias_setpoint)
             if self._latch_params() is not None and self._bias_setpoint >= self._operating_bias - 1e-6:
-                self._latch_check_due.add(me)
+                self._latch_check_due[me] = self._bias_writes  # the baseline, taken at the write under its lock
         else:
             with self.lock:
                 self._disarm()
@@ -420,9 +430,11 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
         driver's lock around the write still holds it here."""
         me = threading.get_ident()
         if name == "enabled" and me in self._latch_check_due:
-            self._latch_check_due.discard(me)
+            writes = self._latch_check_due.pop(me)
             with self._window:  # not self.lock: the safe state needs it
-                self._latch_check_keeping_period()
+                if self._bias_writes != writes:  # a safe state / disarm / stop since the write: bias not at its
+                    raise self._bias_moved(0.0, "between arming's write and its latch check")  # point (LAB1)
+                self._latch_check_keeping_period(writes)
         super().setting_changed(name)
 
     def _disarm(self) -> None:
@@ -541,16 +553,19 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
             raise self._bias_moved(window + confirm)
         return nothing, window + confirm
 
-    def _bias_moved(self, seconds: float) -> InstrumentError:
-        """The latch check's error when the bias was written during it by another caller (a safe state, a disarm)."""
-        return InstrumentError(f"{self.name}: channel {self.channel}: latch check cut: the bias was changed during "
-                               f"its counting windows ({seconds:.3g} s) by another caller; no verdict on a latch",
+    def _bias_moved(self, seconds: float, when: str = "") -> InstrumentError:
+        """The latch check's error when the bias was written during it by another caller (a safe state, a stop, a
+        disarm). ``when``: where it was seen, if not during the counting windows of ``seconds``."""
+        when = when or f"during its counting windows ({seconds:.3g} s)"
+        return InstrumentError(f"{self.name}: channel {self.channel}: latch check cut: the bias was changed {when} "
+                               "by another caller (a safe state, a stop, a disarm); no verdict on a latch",
                                instrument=self.name, resource=self.resource, command="counts")
 
-    def _latch_check_keeping_period(self) -> None:
-        """:meth:`_recover_if_latched` after arming, with the controller's measurement period (what its count
-        stream reports per line, to every listener) put back as it was."""
-        self._keeping_period(lambda: self._recover_if_latched(None))
+    def _latch_check_keeping_period(self, writes: int) -> None:
+        """:meth:`_recover_if_latched` after arming (``writes``: the bias-write count at arming's write), with the
+        controller's measurement period (what its count stream reports per line, to every listener) put back as
+        it was."""
+        self._keeping_period(lambda: self._recover_if_latched(None, writes))
 
     def acquisition_fault(self) -> str | None:
         """After an acquisition (:func:`labqfl.station.acquisition_faults`, review s36 lab H1): why this armed
@@ -597,16 +612,18 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
                 except Exception as exc:  # the check's own result (or refusal) matters more
                     self.log.warning("measurement period not put back to %d ms: %s", period, exc)
 
-    def _recover_if_latched(self, rate: float | None) -> None:
+    def _recover_if_latched(self, rate: float | None, since: int | None = None) -> None:
         """A biased nanowire that counts nothing over the screening and confirmation windows is latched (a real
         one stays resistive, counting nothing, until its bias is taken away): its bias is ramped to 0 µA and back
         once (``SetAllBiasCurrents`` [W ``set_bias_current``], each step confirmed), the light off meanwhile;
         still counting nothing, the bias is ramped to 0 µA and the channel refused in one line. ``rate``: a rate
         just read over the screening window. The reset holds the driver's lock (a few ramp steps, no window) and
         starts only if no emergency runs and no one wrote the bias since the check began: a safe state that ran
-        between the windows and the reset is never undone by the ramp back up (issue 19)."""
-        writes = self._bias_writes
-        latched, seconds = self._counts_nothing(rate)
+        between the windows and the reset is never undone by the ramp back up (issue 19). ``since``: the bias-write
+        count when the bias was put at its operating point (arming's write: a stop's safe state in between gives no
+        verdict, review s39 LAB1); default: the count now."""
+        writes = self._bias_writes if since is None else since
+        latched, seconds = self._counts_nothing(rate)  # a write since ``writes`` is seen below: no verdict
         if not latched:
             return
         with self.lock:
@@ -655,7 +672,9 @@ class SingleQuantumEos(FreeRunning, MessageDriver, PhotonDetector):
     def _window(self) -> Any:
         """The controller's counting-window lock (:data:`_WINDOW_LOCKS`), shared by its channels."""
         with _WINDOW_LOCKS_LOCK:
-            return _WINDOW_LOCKS.setdefault(self.resource, threading.RLock())
+            # the resource normalised as the session registry keys the shared session (and its I/O lock): one
+            # controller written with another case or spacing is the same controller (review s39 LAB4)
+            return _WINDOW_LOCKS.setdefault(_registry_key("", self.resource)[1], threading.RLock())
 
     def _open_counts(self, res: str, ms: int) -> MessageBasedResource:
         """The counts port ([W ``SQCounts.run``]) as a VISA socket, one line per measurement period of ``ms``."""

@@ -58,7 +58,7 @@ from labqfl.errors import (
     StationError,
     interrupt_inside,
 )
-from labqfl.instruments.base import Instrument, TagBlock, emergency
+from labqfl.instruments.base import Instrument, TagBlock, emergency, in_emergency
 from labqfl.instruments.interfaces import (
     IntensityModulator,
     ModulatorBiasController,
@@ -307,7 +307,17 @@ def refuse_faulty_acquisition(faults: list[str], what: str, cost: str = "") -> N
                                  + (f". Refused: {cost}" if cost else ""))
 
 
-def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: bool = True) -> list[str]:
+def _stop_began(stopping: Callable[[], str | None] | None) -> str | None:
+    """What stops the arming (:func:`arm_instruments`): an emergency stop of this process
+    (:func:`labqfl.instruments.base.in_emergency`) or ``stopping()``'s reason; None: go on."""
+    reason = in_emergency()
+    if reason is not None:
+        return f"the emergency stop ({reason})"
+    return stopping() if stopping is not None else None
+
+
+def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: bool = True,
+                    stopping: Callable[[], str | None] | None = None) -> list[str]:
     """Put every instrument of ``instruments`` (by role) in its operating state for acquisition
     (:func:`arming_settings`). Instruments already there are left alone. Returns what was changed, as
     ``"role.attr=value"``. Used by a Station's roles (:func:`labqfl.app.station.arm`) and a node
@@ -319,19 +329,27 @@ def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: b
     command and what it read. On any failure every instrument of ``instruments`` is put in its safe state
     (reverse order; their own failures are logged) before the error goes on, so nothing is left armed;
     ``safe_on_failure=False`` (another acquisition holds them armed: :meth:`labqfl.nodes.common.NodeInstruments.arm`)
-    leaves them as they are."""
+    leaves them as they are.
+
+    A stop (an emergency of this process, or ``stopping()`` returning its reason: a node's ``ctl/stop``) is asked
+    for before each setting and once all are written: once it began, nothing more is switched on and the arming
+    fails with "arming cut by …" (review s39 LAB2: a stop that put the instruments in their safe state without
+    waiting for the arming must not see the arming switch the laser, clock, modulators or shutters on after it)."""
     changed: list[str] = []
     give_detectors_light_off(instruments)
     try:
         for role, inst, attr, value in arming_settings(instruments):
+            _cut_if_stopping(stopping, f"before {role}.{attr}={value}", changed)
             setattr(inst, attr, value)
             now = getattr(inst, attr)
-            if now != value:
+            if now != value:  # a stop's safe state meanwhile reads back so too: named as the stop, not a fault
+                _cut_if_stopping(stopping, f"during {role}.{attr}={value} (read back {attr}={now!r})", changed)
                 written, query = _arm_commands(inst, attr, value)
                 raise InstrumentError(f"{role}: {written} accepted but {query} reads {attr}={now!r}; expected "
                                       f"{value!r} (every instrument put back in its safe state)",
                                       instrument=role, resource=str(getattr(inst, "resource", "")), command=query)
             changed.append(f"{role}.{attr}={value}")
+        _cut_if_stopping(stopping, "after the last setting", changed)
     except BaseException:
         if not safe_on_failure:
             raise
@@ -342,6 +360,15 @@ def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: b
                 log.error("arming failed; role %s: safe state failed too: %s", role, exc)
         raise
     return changed
+
+
+def _cut_if_stopping(stopping: Callable[[], str | None] | None, where: str, changed: list[str]) -> None:
+    """:func:`arm_instruments`' stop check: raise "arming cut by …" once a stop began (:func:`_stop_began`)."""
+    why = _stop_began(stopping)
+    if why is not None:
+        done = ", ".join(changed) or "nothing"
+        raise InstrumentError(f"arming cut by {why} {where}: nothing more switched on (written before the stop: "
+                              f"{done}; put back in the safe state)", command="arm")
 
 
 def _arm_commands(inst: Instrument, attr: str, value: Any) -> tuple[str, str]:

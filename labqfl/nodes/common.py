@@ -265,7 +265,7 @@ class NodeInstruments:
             try:
                 # with another acquisition running, a failure leaves the instruments as they are: a safe state
                 # now would take its light and detectors away with no notice (review s36 lab2 L3)
-                changed = arm_instruments(self.instruments, safe_on_failure=running == 0)
+                changed = arm_instruments(self.instruments, safe_on_failure=running == 0, stopping=self._stop_reason)
             except BaseException as exc:
                 if running:
                     why = f"arming another acquisition failed meanwhile: {_one_line(exc)}"
@@ -277,6 +277,13 @@ class NodeInstruments:
         if changed:
             log.info("node %s: armed for acquisition: %s", self.node, ", ".join(changed))
         return changed
+
+    def _stop_reason(self) -> str | None:
+        """Why arming must stop now (:func:`labqfl.station.arm_instruments` asks before each setting: review s39
+        LAB2), or None."""
+        if self._stopping or self._closed:
+            return f"the stop of node {self.node} (its instruments were put in their safe state)"
+        return None
 
     def acquisition_faults(self, clicked: Container[str] = ()) -> list[str]:
         """Before an armed acquisition is reported good: :func:`labqfl.station.acquisition_faults` of the
@@ -340,7 +347,9 @@ class NodeInstruments:
         When another thread holds this object's lock (an arming: a detector's latch check counts for up to 2 × 10 s
         with the laser's turn still to come), every instrument goes to its safe state at once without it (each
         driver's own lock orders its I/O; a latch check ends with no verdict), and again once the lock is free:
-        what that thread wrote meanwhile is undone (issue 19)."""
+        what that thread wrote meanwhile is undone (issue 19). The arming asks for the stop before each setting
+        (:meth:`_stop_reason`), so it switches nothing more on once the stop began and fails ("arming cut by …")
+        instead of reporting the node armed (review s39 LAB2)."""
         from contextlib import nullcontext
 
         from labqfl.instruments.base import emergency
