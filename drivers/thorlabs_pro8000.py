@@ -223,6 +223,10 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         and the TEC on and settled."""
         if self.output_enabled:
             return
+        reason = in_emergency()  # before the first write: no :LASER ON, even at 0 mA, in an emergency (s39 LAB5)
+        if reason is not None:
+            raise InstrumentError(f"{self.name}: laser not switched on: the emergency stop ({reason}) runs; left off",
+                                  instrument=self.name, resource=self.resource, command=":LASER ON")
         target = self.current_ma
         if target > self.max_current_ma + 1e-9:
             raise InstrumentReplyError(
