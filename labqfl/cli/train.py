@@ -224,8 +224,11 @@ def _parts_text(summary: dict[str, Any]) -> str:
 
 
 def render_training(con: Any, summary: dict[str, Any]) -> None:
+    from labqfl.report import data_text
+
     task, rounds, clients, q = summary["task"], summary["rounds_requested"], summary["clients"], summary["q"]
-    con.print(f"[bold]{escape(task)}[/]: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
+    data = data_text(summary)  # the task's data and test set, as report.html and labqfl run (review s39 user F5)
+    con.print(f"[bold]{escape(task)}[/]{escape(f' ({data})') if data else ''}: final test accuracy {100 * summary['final_test_accuracy']:.2f} % "
               f"after {rounds} rounds ({clients} clients, q={q}, keys={summary['key_source']})", markup=True)
     qkd = summary["key_source"] == "qkd"
     bits = "key bits" if qkd else f"mask bits ({CSPRNG_NO_KEY})"  # review s36 F18: no QKD key is used then

@@ -64,3 +64,21 @@ def test_an_older_run_without_data_keeps_its_line(tmp_path: Path) -> None:
     con = Console(file=io.StringIO(), width=400, force_terminal=False, highlight=False)
     _render(con, {"run": "r", "status": "complete", "train": train}, tmp_path)
     assert "training mnist-qnn: final test accuracy 97.0 %" in con.file.getvalue()
+
+
+@pytest.mark.parametrize("task", sorted(DATA))
+def test_labqfl_train_names_the_data(task: str) -> None:
+    """``labqfl train``'s first line names the data as ``labqfl run`` and report.html do (it said only the task)."""
+    from labqfl.cli.train import render_training
+
+    summary = {"task": task, "rounds_requested": 3, "clients": 4, "q": 8, "key_source": "csprng",
+               "final_test_accuracy": 0.97, "key_bits_per_pair_per_round": 192, "key_bits_total": 3456,
+               "upload_bits_per_client_per_round": 192, "baseline_upload_bits_per_client_per_round": 768,
+               "communication_saving": 0.75, "self_masks": {"enabled": False}, "privacy": None, "noise": None,
+               "key_cost_per_round": {"key_bits_total": 1152, "pairs": 6, "paper_all_pairs_key_bits": 1152,
+                                      "ratio_to_paper_all_pairs": 1.0},
+               "security": "x", "run_dir": "r", "data": DATA[task][0]}
+    con = Console(file=io.StringIO(), width=400, force_terminal=False, highlight=False)
+    render_training(con, summary)
+    first = con.file.getvalue().splitlines()[0]  # type: ignore[attr-defined]
+    assert first.startswith(f"{task} ({DATA[task][1]}): final test accuracy 97.00 %")
