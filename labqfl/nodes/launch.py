@@ -210,32 +210,59 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
             "detector": {k: v for k, v in ran.fields.items()}, "pairs": pairs, "clients": per_client}
 
 
-def stored_from_refused(ctl: Mapping[str, Any], acq: str, duration: float, timeout: float) -> str:
+#: How long :func:`stored_from_refused` waits for each client's answer to each of its two questions [s] (review s39
+#: LAB3): a hung client (stopped, deadlocked) is named "not known (no answer within … s)" instead of holding the
+#: refusal for up to its session's timeout (2 x timeout + 60 s, 31 min at the default), client after client.
+STORED_ANSWER_S = 10.0
+
+
+def stored_from_refused(ctl: Mapping[str, Any], acq: str, duration: float, timeout: float, *,
+                        answer_s: float | None = None) -> str:
     """What the clients (their ``ctl`` sessions by name) stored from acquisition ``acq``, which the detection node's
     end check refused (review s37 lab3 L9 over nodes), as one sentence for the refusal: each client's own report
     (``ctl/wait`` with ``stored_blocks``: :meth:`labqfl.nodes.client.ClientNode.stored_from`), block IDs per pair,
     never a bit; no node reads another's store. Every client is waited for first (its pairs as Ci end once the
     announcements stop, finishing the block in hand), then each is asked, so a Cj's report includes its Ci's last
-    commit. A client that cannot answer is named with why."""
+    commit. A client that cannot answer is named with why. The clients are asked at the same time, each question
+    waited for at most ``answer_s`` seconds (None: :data:`STORED_ANSWER_S`); a client late for it is named "not known (no answer within … s)" and
+    its session aborted (its waiting request fails; closing it would wait for the answer)."""
     fields: dict[str, Any] = {"acq": acq, "duration": float(duration), "timeout": float(timeout)}
+    answer_s = STORED_ANSWER_S if answer_s is None else answer_s
     why: dict[str, str] = {}
-    for c, ch in ctl.items():
-        try:
-            request(ch, Message("ctl/wait", fields), "ctl/results")
-        except (LabqflError, OSError) as e:
-            why[c] = f"{type(e).__name__}: {e}"
-    parts = []
-    for c, ch in ctl.items():
-        try:
-            if c in why:
-                raise NodeError(why[c])
-            rep = request(ch, Message("ctl/wait", {**fields, "stored_blocks": 1}), "ctl/results")
-            held = json.loads(str(rep.get("stored_blocks")))
-            parts.append(f"client {c}: " + _held_line(held))
-        except (LabqflError, OSError, ValueError, TypeError, AttributeError) as e:
-            parts.append(f"client {c}: not known ({_one_line(e)})")
+    _ask_all(ctl, lambda c, ch: request(ch, Message("ctl/wait", fields), "ctl/results"), why, answer_s)
+    held: dict[str, str] = {}
+
+    def stored(c: str, ch: Any) -> None:
+        rep = request(ch, Message("ctl/wait", {**fields, "stored_blocks": 1}), "ctl/results")
+        held[c] = _held_line(json.loads(str(rep.get("stored_blocks"))))
+    _ask_all({c: ch for c, ch in ctl.items() if c not in why}, stored, why, answer_s)
+    parts = [f"client {c}: " + (f"not known ({why[c]})" if c in why else held[c]) for c in ctl]
     return ("Key blocks stored from it, as each client reports from its own store (block IDs): "
             + "; ".join(parts))
+
+
+def _ask_all(ctl: Mapping[str, Any], ask: Any, why: dict[str, str], answer_s: float) -> None:
+    """``ask(name, session)`` for every client at once, each in its own thread, waited for at most ``answer_s``
+    seconds from the start; a failure is recorded in ``why[name]`` (one line), a late one as "no answer within
+    … s" with its session aborted."""
+    def one(c: str, ch: Any) -> None:
+        try:
+            ask(c, ch)
+        except (LabqflError, OSError, ValueError, TypeError, AttributeError) as e:
+            why.setdefault(c, f"{type(e).__name__}: {_one_line(e)}")
+
+    threads = {c: threading.Thread(target=one, args=(c, ch), name=f"stored-from-{c}", daemon=True)
+               for c, ch in ctl.items()}
+    for t in threads.values():
+        t.start()
+    deadline = time.monotonic() + answer_s
+    for c, t in threads.items():
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            why[c] = f"no answer within {answer_s:g} s"
+            abort = getattr(ctl[c], "abort", None)
+            if abort is not None:
+                abort()
 
 
 def _held_line(held: Mapping[str, Mapping[str, list[str]]]) -> str:
