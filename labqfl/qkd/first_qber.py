@@ -3,7 +3,8 @@ rounds (later blocks take the previous block's measured QBER; :meth:`labqfl.qkd.
 
 Not a security parameter: the key length uses the errors error correction actually found and the
 bits it disclosed (:mod:`labqfl.qkd.estimation`). It sets the code rate (LDPC) or the first block
-size (Cascade), so a high estimate costs disclosed bits and a low one undecoded frames.
+size (Cascade). LDPC: a high estimate costs disclosed bits, a low one undecoded frames. Cascade: a
+high one halves the first-pass block and costs much more than a low one (:data:`CASCADE_FIRST_QBER_SIGMAS`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 from labqfl.contracts.types import PairCounts
 
 #: Fewest clicks in the matched X test cells for the first block to estimate its QBER from them
-#: (fewer: ``ProtocolSettings.qber_default``).
+#: (fewer: ``ProtocolSettings.qber_default``, by default :data:`LDPC_QBER_DEFAULT` or :data:`CASCADE_QBER_DEFAULT`).
 MIN_TEST_CLICKS = 200
 #: Fewest clicks in a one-sided test cell (the other client sent vacuum) for its arrival mean to be used.
 MIN_ONE_SIDED_CLICKS = 100
@@ -21,6 +22,19 @@ MIN_ONE_SIDED_CLICKS = 100
 #: estimate 10–20 % low left LDPC frames undecoded at QBER 2–3.5 % (none down to half the QBER at
 #: 0.5–1 %), one too high costs disclosed bits (f ≈ 1.45 up to 1.2× the QBER, 1.8 at 1.6×, 2.3 at 2.2×).
 FIRST_QBER_SIGMAS = 1.0
+#: LDPC's first block with fewer than :data:`MIN_TEST_CLICKS` matched test clicks (a high guess:
+#: frames decoded at a higher code rate than needed cost bits, undecoded ones the block).
+LDPC_QBER_DEFAULT = 0.02
+#: Cascade's first block takes one standard deviation *below* the model's estimate, and 1 % without
+#: enough test clicks. Cascade's cost is asymmetric in the error of the estimate: its first-pass block
+#: k1 = 2^⌈log2(1/Q̂) − ½⌉ (:meth:`labqfl.qkd.cascade.CascadeSchedule.for_frame`) halves at
+#: Q̂ = 1.105 %, and at a key QBER of 0.5 % k1 = 64 costs f 1.139 on 970 000 bits (1.043 at k1 = 256),
+#: while an estimate far too low costs little (0.5 % assumed: +0.011 at a true 3 %, +0.015 at 5 %,
+#: +0.024 at 8 %; 200 000-bit frames). Parametric bootstrap of twelve real first blocks' test counts
+#: (20 draws each, 240 frames, review s39 F4): f 1.0646 (27.5 % of frames > 1.07) with +1σ and 2 %,
+#: 1.0367 ± 0.0004 (none > 1.07, max 1.064) with −1σ and 1 %; the true QBER would give 1.0351.
+CASCADE_FIRST_QBER_SIGMAS = -1.0
+CASCADE_QBER_DEFAULT = 0.01
 
 
 def _x_error_rate(a: float, b: float, vis: float, dark: float) -> float:
@@ -63,8 +77,9 @@ def key_qber_from_tests(counts: PairCounts, sigmas: float = FIRST_QBER_SIGMAS) -
        (:func:`_x_error_rate`, each cell weighted by its clicks) add up to the observed ones;
     3. the key cell's error rate at the signals' arrival means and that V, plus ``sigmas``
        standard deviations of the matched cells' binomial error count carried through the fit
-       (:data:`FIRST_QBER_SIGMAS`: a conservative estimate; on the default station's 3 s first
-       block it adds 0.0007–0.0016, 13–30 % of the key's QBER, 20 % on average).
+       (:data:`FIRST_QBER_SIGMAS`, LDPC's: a conservative estimate; on the default station's 3 s
+       first block it adds 0.0007–0.0016, 13–30 % of the key's QBER, 20 % on average;
+       :data:`CASCADE_FIRST_QBER_SIGMAS` = −1 subtracts one, the result not below 0).
 
     Without vacuum test cells, or with fewer than :data:`MIN_ONE_SIDED_CLICKS` clicks in one
     that is needed, the matched cells' error rate is taken as it is (high by the imbalance term).
@@ -107,7 +122,7 @@ def _predict_key_qber(weighted: list[tuple[int, float, float]], key: tuple[float
     """Steps 2–3 of :func:`key_qber_from_tests`: the visibility V that makes the matched cells
     (``weighted``: clicks, arrival means a and b) predict ``e`` errors, then the key cell's error rate at
     the signals' arrival means ``key`` and that V, plus ``sigmas`` standard deviations of the error count
-    carried through the fit."""
+    carried through the fit (negative ``sigmas``: minus; not below 0)."""
 
     def predicted(vis: float) -> float:  # the matched cells' errors at visibility ``vis``
         return sum(w * _x_error_rate(a, b, vis, dark) for w, a, b in weighted)
@@ -123,10 +138,10 @@ def _predict_key_qber(weighted: list[tuple[int, float, float]], key: tuple[float
             lo, hi = (mid, hi) if predicted(mid) > e else (lo, mid)
         vis = (lo + hi) / 2
     q = _x_error_rate(*key, vis, dark)
-    if sigmas <= 0:
+    if sigmas == 0:
         return q
     sd_e = math.sqrt(sum(w * r * (1 - r) for w, r in ((w, _x_error_rate(a, b, vis, dark)) for w, a, b in weighted)))
     v0, v1 = max(vis - 1e-3, 0.0), min(vis + 1e-3, 1.0)
     de = predicted(v0) - predicted(v1)  # > 0
     dq = _x_error_rate(*key, v0, dark) - _x_error_rate(*key, v1, dark)
-    return q + sigmas * sd_e * dq / de if de > 0 else q
+    return max(q + sigmas * sd_e * dq / de, 0.0) if de > 0 else q

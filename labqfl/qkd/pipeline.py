@@ -153,7 +153,7 @@ class DistillSettings:
     auth_lanes: int = DEFAULT_AUTH_LANES
     preshared_auth_bits: int = 1 << 16
     qber_floor: float = 0.005
-    qber_default: float = 0.02
+    qber_default: float | None = None  # None: the engine's (twoparty.ProtocolSettings)
     bootstrap_auth: bool = True
     block_slots: int | None = None
     #: per pair (name "Ci-Cj"): its own ``block_slots`` and ``min_final_block_bits``, overriding the

@@ -89,7 +89,13 @@ from labqfl.errors import AuthenticationError, LabqflError, QKDInputError
 from labqfl.log import get_logger
 from labqfl.qkd.authentication import DEFAULT_AUTH_LANES, AuthKeySupply, TranscriptAuthenticator
 from labqfl.qkd.estimation import KeyLengthReport, SecurityParameters, secure_key_length
-from labqfl.qkd.first_qber import key_qber_from_tests
+from labqfl.qkd.first_qber import (
+    CASCADE_FIRST_QBER_SIGMAS,
+    CASCADE_QBER_DEFAULT,
+    FIRST_QBER_SIGMAS,
+    LDPC_QBER_DEFAULT,
+    key_qber_from_tests,
+)
 from labqfl.qkd.messaging import (
     Channel,
     Message,
@@ -199,7 +205,9 @@ class ProtocolSettings:
     params: SecurityParameters = field(default_factory=SecurityParameters)
     auth_lanes: int = DEFAULT_AUTH_LANES
     qber_floor: float = 0.005
-    qber_default: float = 0.02
+    #: the first block's QBER with fewer than ``MIN_TEST_CLICKS`` matched test clicks; None: the
+    #: engine's (:data:`~labqfl.qkd.first_qber.CASCADE_QBER_DEFAULT` 1 %, ``LDPC_QBER_DEFAULT`` 2 %)
+    qber_default: float | None = None
 
 
 def announcement_problem(ann: Announcements, lo: int, hi: int, after: int, schedule: PairSchedule, pair: str) -> str:
@@ -663,16 +671,26 @@ class PairEndI(_PairEnd):
 
     def qber_estimate(self) -> float:
         """QBER assumed for reconciliation: the last block's, else the key cell's QBER predicted
-        from the block's own test rounds (:func:`key_qber_from_tests`), else the default (fewer
-        than :data:`~labqfl.qkd.first_qber.MIN_TEST_CLICKS` matched test clicks); clipped to [floor, 0.25]."""
+        from the block's own test rounds (:func:`key_qber_from_tests`; LDPC +1σ, Cascade −1σ), else
+        the default (fewer than :data:`~labqfl.qkd.first_qber.MIN_TEST_CLICKS` matched test clicks;
+        LDPC 2 %, Cascade 1 %); clipped to [floor, 0.25].
+
+        It only sets the reconciliation schedule (Cascade's block sizes, LDPC's code rate), never the
+        key length, which takes the errors error correction found and every disclosed bit
+        (:meth:`key_length`), nor ε_cor (:func:`tag_plan`: from ε_cor and n). Ci computes it alone from
+        the block's public test-round counts (already disclosed); Cj receives it in ``ec/start``."""
         s = self.settings
         counts = self._blk.counts
+        cascade = s.engine == "cascade"
         if self.last_qber is not None:
             q: float | None = self.last_qber
+        elif counts is not None:
+            q = key_qber_from_tests(counts, CASCADE_FIRST_QBER_SIGMAS if cascade else FIRST_QBER_SIGMAS)
         else:
-            q = key_qber_from_tests(counts) if counts is not None else None
+            q = None
         if q is None:
-            q = s.qber_default
+            q = s.qber_default if s.qber_default is not None else (
+                CASCADE_QBER_DEFAULT if cascade else LDPC_QBER_DEFAULT)
         return float(min(max(q, s.qber_floor), 0.25))
 
     def drop_block(self, ch: Channel) -> None:
@@ -693,9 +711,9 @@ class PairEndI(_PairEnd):
 
         ``stop()`` true, asked before the block is opened, between the stages (error correction,
         verification, key length and privacy amplification) and between the round trips of error
-        correction, abandons the block: Ci refuses it with reason :data:`STOPPED_BY_USER` and, as
-        for any refusal, the tag exchange still runs, so both ends spend the same pads and neither
-        accepts the block. Once privacy amplification is done the block runs to its end."""
+        correction (its first run and any continuation, ``ec/more``), abandons the block: Ci refuses
+        it with reason :data:`STOPPED_BY_USER` and, as for any refusal, the tag exchange still runs,
+        so both ends spend the same pads and neither accepts the block. Once privacy amplification is done the block runs to its end."""
         b = self._blk
         qest = self.qber_estimate()
         self._blk = _IBlock()
@@ -813,7 +831,7 @@ class PairEndI(_PairEnd):
         for attempt, tlen in enumerate(plan):
             if attempt:
                 _check_stop(stop)
-                extra += tlen + self._more(ch, alice, attempt, out)
+                extra += tlen + self._more(ch, alice, attempt, out, stop)
             vseed = toeplitz_seed(n, tlen)
             rep = self._ask(ch, Message("verify/request", {"t": tlen, "seed": _bits_field(vseed)},
                                         disclosed=hash_tag(bits, vseed, tlen)), "verify/result")
@@ -823,11 +841,14 @@ class PairEndI(_PairEnd):
                 break
         return extra
 
-    def _more(self, ch: Channel, alice: Any, attempt: int, out: BlockOutcome) -> int:
-        """``ec/more``: Cj's Bob continues reconciliation, Ci's Alice answers; returns its leak."""
+    def _more(self, ch: Channel, alice: Any, attempt: int, out: BlockOutcome,
+              stop: Callable[[], bool] | None = None) -> int:
+        """``ec/more``: Cj's Bob continues reconciliation, Ci's Alice answers; returns its leak.
+        ``stop()`` is asked between its round trips, as in the first run (:meth:`_distil`)."""
         leak = 0
         rep = self._request(ch, Message("ec/more", {"attempt": attempt}))
         while rep.kind not in ("ec/done", REFUSED):
+            _check_stop(stop)  # Bob's request stays unanswered; the tag exchange ends his thread
             ans = alice.handle(rep)
             leak += ans.leaked_bits
             rep = self._request(ch, ans)
