@@ -336,10 +336,12 @@ def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: b
     fails with "arming cut by …" (review s39 LAB2: a stop that put the instruments in their safe state without
     waiting for the arming must not see the arming switch the laser, clock, modulators or shutters on after it)."""
     changed: list[str] = []
+    step = "before the first setting"
     give_detectors_light_off(instruments)
     try:
         for role, inst, attr, value in arming_settings(instruments):
             _cut_if_stopping(stopping, f"before {role}.{attr}={value}", changed)
+            step = f"during {role}.{attr}={value}"
             setattr(inst, attr, value)
             now = getattr(inst, attr)
             if now != value:  # a stop's safe state meanwhile reads back so too: named as the stop, not a fault
@@ -350,16 +352,34 @@ def arm_instruments(instruments: Mapping[str, Instrument], *, safe_on_failure: b
                                       instrument=role, resource=str(getattr(inst, "resource", "")), command=query)
             changed.append(f"{role}.{attr}={value}")
         _cut_if_stopping(stopping, "after the last setting", changed)
-    except BaseException:
-        if not safe_on_failure:
-            raise
-        for role in reversed(list(instruments)):
-            try:
-                instruments[role].safe_state()
-            except Exception as exc:  # keep going: the others must be safe too
-                log.error("arming failed; role %s: safe state failed too: %s", role, exc)
+    except BaseException as failure:
+        cut = _as_cut(failure, stopping, step, changed)  # a setting failed as the stop's safe state ran
+        if safe_on_failure:
+            for role in reversed(list(instruments)):
+                try:
+                    instruments[role].safe_state()
+                except Exception as exc:  # keep going: the others must be safe too
+                    log.error("arming failed; role %s: safe state failed too: %s", role, exc)
+        if cut is not None:
+            raise cut from failure
         raise
     return changed
+
+
+def _as_cut(failure: BaseException, stopping: Callable[[], str | None] | None, step: str,
+            changed: list[str]) -> InstrumentError | None:
+    """A setting's failure once a stop began (an Eos latch check cut, a ramp cut) as "arming cut by …" with the
+    failure's own line; None when no stop began or it already reads so."""
+    if not isinstance(failure, Exception) or str(failure).startswith("arming cut by "):
+        return None
+    why = _stop_began(stopping)
+    if why is None:
+        return None
+    text = str(failure).strip()
+    line = text.splitlines()[0] if text else type(failure).__name__
+    return InstrumentError(f"arming cut by {why} {step} ({line}); "
+                           f"nothing more switched on (written before: {', '.join(changed) or 'nothing'}; put back "
+                           "in the safe state)", command="arm")
 
 
 def _cut_if_stopping(stopping: Callable[[], str | None] | None, where: str, changed: list[str]) -> None:

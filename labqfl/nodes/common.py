@@ -282,7 +282,7 @@ class NodeInstruments:
         """Why arming must stop now (:func:`labqfl.station.arm_instruments` asks before each setting: review s39
         LAB2), or None."""
         if self._stopping or self._closed:
-            return f"the stop of node {self.node} (its instruments were put in their safe state)"
+            return f"the stop of node {self.node}"
         return None
 
     def acquisition_faults(self, clicked: Container[str] = ()) -> list[str]:

@@ -119,6 +119,7 @@ def test_a_plain_stop_between_arming_write_and_latch_check_gives_no_latch_verdic
             assert "latched" not in err, err  # before: "channel 1 latched: no count over 1.84 s at 0 µA ..."
             assert "latch check cut" in err and "between arming's write and its latch check" in err, out
             assert "no verdict on a latch" in err
+            assert err.startswith("arming cut by the stop of node detector during D0.enabled=True"), err
             assert emu.bias_ua[0] == 0.0 and not emu.enabled
         finally:
             d0.close()

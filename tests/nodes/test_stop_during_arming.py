@@ -95,8 +95,11 @@ def test_an_emergency_stop_during_arming_puts_the_detector_and_then_the_laser_sa
             assert safe_while_blocked == (0.0, False, [(True, "node detector: signal SIGTERM")]), safe_while_blocked
             assert not armer.is_alive() and not stopper.is_alive()
             assert "changed" not in out, out
-            assert str(out["error"]).startswith("D0: channel 1: latch check cut by the emergency stop (node detector: "
-                                                "signal SIGTERM) after 0.2 s of counting; no verdict on a latch")
+            # the driver's line, named by arm_instruments as the stop's cut (review s39 LAB2)
+            assert str(out["error"]).startswith("arming cut by the emergency stop (node detector: signal SIGTERM) "
+                                                "during D0.enabled=True (D0: channel 1: latch check cut by the "
+                                                "emergency stop (node detector: signal SIGTERM) after 0.2 s of "
+                                                "counting; no verdict on a latch"), out
             assert counts.reads == 2  # no confirmation window, no bias reset
             assert emu.bias_ua[0] == 0.0 and emu.enabled is False  # still safe after the second pass
             assert laser.safe[-1][1] == "node detector: signal SIGTERM" and len(laser.safe) >= 2
