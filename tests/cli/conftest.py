@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -44,3 +45,21 @@ def _station_guard_state(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("_GUARD_DEFAULT", "_EVER_GUARDED"):  # as in a fresh process, whatever ran before in this one
         monkeypatch.setattr(labqfl.station, name, False)
+
+
+@pytest.fixture(scope="session")
+def distilled_small_live(tmp_path_factory: pytest.TempPathFactory, small_station_writer: Any) -> dict[str, Any]:
+    """``labqfl distill --live --duration 0.2 --json`` on the small station (tests/conftest.py) with seeded clients,
+    once per test process: the distill table tests (error-rate counts, f marks, legends) read the same document."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from labqfl.cli import app
+
+    tmp = tmp_path_factory.mktemp("distill-small-live")
+    station = small_station_writer(tmp, name="small-live-station", file="small_live.toml", randomness="seeded")
+    r = CliRunner().invoke(app, ["distill", "--live", "--duration", "0.2", "--config", str(station), "--data-dir",
+                                 str(tmp / "d"), "--out", str(tmp / "runs"), "--json"])
+    assert r.exit_code == 0, r.output
+    return dict(json.loads(r.stdout))

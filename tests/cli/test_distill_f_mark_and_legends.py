@@ -15,26 +15,17 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from typer.testing import CliRunner
 
-from labqfl.cli import app
 from labqfl.cli.acquire import CLICKS_NOTE
 from labqfl.cli.acquire import _render as acquire_render
 from labqfl.cli.distill import _render as distill_render
 from labqfl.report import CASCADE_F_USUAL, F_HIGH_MARK
 
-runner = CliRunner()
-
 
 @pytest.fixture(scope="module")
-def distilled(tmp_path_factory: pytest.TempPathFactory, small_station_writer: Any) -> dict[str, Any]:
-    """``labqfl distill --live --duration 0.2 --json`` on the small station (tests/conftest.py)."""
-    tmp = tmp_path_factory.mktemp("distill-fmark")
-    station = small_station_writer(tmp, name="small-fmark-station", file="fmark.toml", randomness="seeded")
-    r = runner.invoke(app, ["distill", "--live", "--duration", "0.2", "--config", str(station), "--data-dir",
-                            str(tmp / "d"), "--out", str(tmp / "runs"), "--json"])
-    assert r.exit_code == 0, r.output
-    return json.loads(r.stdout)
+def distilled(distilled_small_live: dict[str, Any]) -> dict[str, Any]:
+    """``labqfl distill --live --duration 0.2 --json`` on the small station (tests/cli/conftest.py)."""
+    return distilled_small_live
 
 
 def _out(doc: dict[str, Any]) -> str:
