@@ -130,7 +130,6 @@ __all__ = [
     "CascadeInconsistencyError",
     "CascadeSchedule",
     "cascade_reference",
-    "continuation_schedule",
     "reconcile_cascade",
     "reconcile_cascade_verified",
     "verified_confirm",
@@ -2227,17 +2226,6 @@ def reconcile_cascade(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float,
     return bob.run(LocalChannel(alice, channel_authenticator))
 
 
-def continuation_schedule(confirm: int = RETRY_CONFIRM) -> CascadeSchedule:
-    """What Bob runs after a failed verification (:func:`reconcile_cascade_verified`, the pair
-    protocol's ``ec/more``): random bipartitions of his corrected key until ``confirm`` in a row find
-    no odd block (at most ``confirm`` + :data:`FRAME_EXTRA_HALVES`).  A fresh run with its own seed:
-    it knows none of the first run's sub-block parities, so an error it finds costs a whole binary
-    search (≈ log2(n/2) parities), and its first bipartition discloses both blocks' parities (their
-    sum, the key's parity, was already public: one parity counted twice)."""
-    return CascadeSchedule((HALF,) * (confirm + FRAME_EXTRA_HALVES), "continuation", confirm,
-                           defer_from=1, halves_in_turn=True)
-
-
 def reconcile_cascade_verified(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                                eps_cor: float = 1e-15, seed: int | None = None, confirm: int | None = None,
                                retry_confirm: int = RETRY_CONFIRM, frame_bits: int | None = None,
@@ -2249,10 +2237,11 @@ def reconcile_cascade_verified(alice_bits: np.ndarray, bob_bits: np.ndarray, qbe
     Reconciles with :meth:`CascadeSchedule.for_frame` and ``confirm`` confirmations (None:
     :func:`verified_confirm`, or :data:`FRAME_CONFIRM` where ``eps_cor`` allows no further attempt),
     then verifies with the tag plan of :func:`~labqfl.qkd.verification.verification_tag_plan`: Alice's
-    tag under a fresh seed against Bob's.  If they differ, Bob runs :func:`continuation_schedule` on
-    his corrected key and the pair verifies again with Δ_i fresh tag bits (every earlier tag must
-    match too), at most as many times as the plan allows.  ``leaked_bits`` counts every parity of
-    every run **and the Δ_i bits of each further attempt**; the first attempt's t_0 bits are not in
+    tag under a fresh seed against Bob's.  If they differ, Bob continues his run
+    (:meth:`CascadeBob.more`: the schedule's next passes with everything the run learnt, until
+    ``retry_confirm`` clean bipartitions in a row) and the pair verifies again with Δ_i fresh tag
+    bits (every earlier tag must match too), at most as many times as the plan allows.
+    ``leaked_bits`` counts every parity of every run **and the Δ_i bits of each further attempt**; the first attempt's t_0 bits are not in
     it (the key length charges them as log2(2/ε_cor), as for every block).  ``success``: a
     verification passed — if False the key must be discarded.  ``details``: ``attempts`` (1 = the
     first verification passed), ``retry_leak`` (bits disclosed after the first failure),

@@ -845,10 +845,17 @@ class PairEndI(_PairEnd):
               stop: Callable[[], bool] | None = None) -> int:
         """``ec/more``: Cj's Bob continues reconciliation, Ci's Alice answers; returns its leak.
         ``stop()`` is asked between its round trips, as in the first run (:meth:`_distil`)."""
-        leak = 0
+        leak = rounds = 0
         rep = self._request(ch, Message("ec/more", {"attempt": attempt}))
         while rep.kind not in ("ec/done", REFUSED):
             _check_stop(stop)  # Bob's request stays unanswered; the tag exchange ends his thread
+            # Cap: an honest Bob asks a round only while a block is open or a search goes on, so each
+            # round discloses at least one parity; n of them would reveal the whole n-bit key, so a Cj
+            # asking for more round trips than the block has bits is misbehaving (no key would be left).
+            rounds += 1
+            if rounds > out.n:
+                raise _Refused(f"ec/more (attempt {attempt}): Cj asked for more than {out.n} round trips in one "
+                               f"continued reconciliation of a {out.n}-bit block; at most {out.n} expected")
             ans = alice.handle(rep)
             leak += ans.leaked_bits
             rep = self._request(ch, ans)
@@ -1119,10 +1126,13 @@ class PairEndJ(_PairEnd):
 
         attempt = int(req.get("attempt"))
         plan = tag_plan(self.settings.engine, self.settings.params.eps_cor, b.key.size if b.key is not None else 0)
+        # one ec/more per failed verification: a second one for the same attempt (before the next
+        # verify/request) would run Bob again and count Δ_i twice, so it is refused here
         if b.corrected is None or b.bob is None or b.verified or not b.tags or attempt != len(b.tags) \
-                or attempt >= len(plan):
+                or attempt >= len(plan) or b.mores != attempt - 1:
             raise _Refused(f"ec/more (attempt {attempt}) out of order: {len(b.tags)} verification attempts made, "
-                           f"verified {b.verified}, at most {len(plan)} attempts")
+                           f"{b.mores} continued reconciliations, verified {b.verified}, at most {len(plan)} "
+                           f"attempts; expected ec/more only after a failed verify/request")
         b.leak_before = b.leak + plan[attempt]  # the Δ_i tag bits that the next verify/request discloses
         b.ec_done = False
         b.mores += 1
