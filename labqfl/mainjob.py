@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ import numpy as np
 
 from labqfl.config import StationConfig
 from labqfl.contracts.types import DEFAULT_DURATION_S, DEFAULT_ENGINE, duration_problem
+from labqfl.durable import replace_durably
 from labqfl.errors import ConfigError, DataFormatError, LabqflError
 from labqfl.log import get_logger
 from labqfl.planning import MAX_TOP_UPS
@@ -328,31 +328,6 @@ def pair_mask_bits(pair: str, rounds: list[Mapping[str, Any]]) -> int:
     return sum(int(r["key_bits_per_pair"]) for r in rounds if not ends & set(r.get("dropped_before_masking") or []))
 
 
-def _write_durably(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a crash at any moment leaves the old file or the new one, whole, and the
-    new one is on disk once this returns: a temporary file beside it, flushed and ``fsync``-ed, renamed over
-    ``path`` (``os.replace``: rename(2), atomic), then the folder ``fsync``-ed, since the rename lives in the
-    folder's entry and only an fsync of the folder makes it durable (POSIX fsync(2); Linux fsync(2) man page:
-    "an explicit fsync() on a file descriptor for the directory is also needed"). A filesystem that cannot sync
-    a folder (e.g. some network mounts) still gets the synced file."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        folder = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(folder)
-    except OSError:
-        pass
-    finally:
-        os.close(folder)
-
-
 class MainJob:
     """One run of the main job in a run folder. Create with :meth:`create`, or :meth:`resume`."""
 
@@ -446,9 +421,9 @@ class MainJob:
         return Path(self.settings.data_dir) if self.settings.data_dir else default_data_dir()
 
     def _save_state(self) -> None:
-        """``state.json`` written durably (:func:`_write_durably`): before, it was renamed into place unsynced,
+        """``state.json`` written durably (:func:`labqfl.durable.replace_durably`): before, it was renamed into place unsynced,
         so a crash or power cut right after could leave it empty or lose the phase just recorded."""
-        _write_durably(self.path / STATE_FILE, json.dumps(self.state, indent=2))
+        replace_durably(self.path / STATE_FILE, json.dumps(self.state, indent=2))
 
     def _phase(self, name: str, status: str) -> None:
         self.state["phases"][name] = status
@@ -795,9 +770,7 @@ class MainJob:
         used: dict[str, list[str]] = tstate.setdefault("key_blocks_used", {})
 
         def on_round(m: Any, params: np.ndarray) -> None:
-            tmp = ckpt.with_suffix(".tmp.npy")
-            np.save(tmp, params)
-            os.replace(tmp, ckpt)
+            replace_durably(ckpt, lambda f: np.save(f, params))
             for pair, ids in getattr(key_source, "blocks_used", {}).items():  # block IDs (no key bits)
                 used[pair] = sorted(set(used.get(pair, [])) | ids)
             tstate["rounds_done"] = m.round
@@ -990,9 +963,8 @@ class MainJob:
             return last
 
         def done(res: dict[str, Any]) -> None:
-            tmp = ckpt.with_suffix(".tmp.npy")
-            np.save(tmp, np.asarray(res["final_params"], dtype=np.float64))
-            os.replace(tmp, ckpt)
+            final = np.asarray(res["final_params"], dtype=np.float64)
+            replace_durably(ckpt, lambda f: np.save(f, final))
             flower = {int(f["round"]): f for f in res.get("flower") or []}
             for m in res["rounds"]:
                 tstate["rounds"].append({**m, **self._round_wait_fields(tstate, int(m["round"])),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from labqfl.config import StationConfig, parse_station_config
+from labqfl.durable import replace_durably
 from labqfl.errors import DataFormatError
 from labqfl.log import add_file_handler
 from labqfl.serialize import dump_toml, to_jsonable
@@ -143,9 +144,7 @@ class RunRecord:
 
     def _write_json(self, filename: str, data: Any) -> Path:
         p = self.path / filename
-        tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_text(json.dumps(to_jsonable(data), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
+        replace_durably(p, json.dumps(to_jsonable(data), indent=2) + "\n")
         return p
 
     def _read_json(self, filename: str) -> dict[str, Any]:

@@ -51,9 +51,10 @@ def test_state_is_fsynced_then_renamed_then_its_folder_fsynced(job: MainJob, mon
     job._save_state()
     monkeypatch.undo()
 
-    tmp = str(state_path.with_suffix(".tmp"))
+    tmp = events[0][2]  # a temporary file beside state.json (labqfl.durable: its name is unique per writer)
+    assert Path(tmp).parent == job.path and tmp != str(state_path)
     assert [e[:2] for e in events] == [("fsync", "file"), ("replace", tmp), ("fsync", "folder")], events
-    assert events[0][2] == tmp and events[1][2] == str(state_path)
+    assert events[1][2] == str(state_path)
     assert json.loads(events[0][3]) == job.state  # flushed whole before the fsync
     assert json.loads(state_path.read_text())["phases"]["acquire"] == "running"
     assert not Path(tmp).exists()

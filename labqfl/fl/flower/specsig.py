@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from labqfl.durable import replace_durably
 from labqfl.errors import ConfigError, SecureAggregationError
 from labqfl.fl.flower.spec import FlowerSpec
 
@@ -374,17 +375,7 @@ def _read_record(path: Path) -> dict[str, Any]:
 
 
 def _write_record(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-        f.write(json.dumps(record, sort_keys=True, indent=1).encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_durably(path, json.dumps(record, sort_keys=True, indent=1), mode=0o600)
 
 
 # ------------------------------------------------------- a node's record of the survivor sets it signed (self-masks)

@@ -1,0 +1,64 @@
+"""Replace a file so that a crash at any moment leaves the old file or the new one, whole.
+
+:func:`replace_durably` writes the new content to a temporary file beside the target (same folder, so the
+rename stays on one filesystem), flushes and ``fsync``-s it, renames it over the target (``os.replace``:
+rename(2), atomic), then ``fsync``-s the folder, since the rename lives in the folder's entry and only an
+fsync of the folder makes it durable (POSIX fsync(2); the Linux fsync(2) man page: "an explicit fsync() on a
+file descriptor for the directory is also needed"). Once it returns, the new content is on disk. A
+filesystem that cannot sync a folder (some network mounts) still gets the synced file.
+
+The temporary file's name carries the process id and a random part and is created exclusively, so two
+processes replacing the same file never write into one temporary file; a write that fails removes its
+temporary file and leaves the target untouched.
+
+Used for a run's ``state.json`` and training checkpoints (labqfl/mainjob.py), a run folder's JSON files
+(labqfl/runs.py) and a node's record of the signed FL specs it trained under (labqfl/fl/flower/specsig.py).
+Key stores are SQLite databases with their own journal and are not written through this.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["replace_durably"]
+
+
+def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], object], *, mode: int = 0o666) -> None:
+    """Replace ``path`` with ``content`` durably (module doc). ``content``: bytes, text (written as UTF-8) or a
+    function that writes to the open binary file (e.g. ``lambda f: numpy.save(f, a)``). ``mode``: the new
+    file's permission bits before the umask (``0o600`` for a file only its owner may read)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(content, str):
+                f.write(content.encode("utf-8"))
+            elif isinstance(content, bytes | bytearray | memoryview):
+                f.write(content)
+            else:
+                content(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
