@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import secrets
 import threading
@@ -94,6 +93,7 @@ import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements
+from labqfl.durable import replace_durably
 from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.keystore.material import normalize_refs
@@ -1534,17 +1534,12 @@ class ClientNode(Node):
         return self.pending / f"{hashlib.sha256(block_id.encode()).hexdigest()[:32]}.json"
 
     def write_pending(self, pair: str, block_id: str, final: np.ndarray, refill: int, meta: dict[str, Any]) -> None:
-        """Cj's accepted block until Ci confirms it stored it (0600, atomic, fsynced)."""
-        p = self._pending_path(block_id)
-        tmp = p.with_suffix(".tmp")  # one per block: blocks of different pairs never share it
+        """Cj's accepted block until Ci confirms it stored it (0600, atomic; the file and then the pending folder
+        fsynced, :func:`labqfl.durable.replace_durably`: before, the rename was not synced, so a crash right after
+        Cj accepted could lose the only copy Cj kept of a block Ci went on to store)."""
         body = json.dumps({"pair": pair, "block_id": block_id, "nbits": int(final.size), "refill": int(refill),
                            "bits_hex": np.packbits(final).tobytes().hex(), "meta": meta})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        replace_durably(self._pending_path(block_id), body, mode=0o600)
 
     def pending_ids(self, pair: str) -> list[str]:
         with self._pending_lock:

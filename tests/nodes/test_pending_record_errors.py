@@ -53,3 +53,28 @@ def test_a_bad_record_is_one_error_naming_the_file(tmp_path: Path, body: str, ex
     msg = str(ei.value)
     assert msg.startswith(f"pending block record {f}: {expect}"), msg
     assert "ffff" not in msg and "\n" not in msg  # never the key bits
+
+
+def test_a_pending_record_is_durable_before_write_pending_returns(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cj's pending copy of an accepted block survives a crash right after ``write_pending`` returns: the file is
+    fsynced, renamed into place, then the pending folder is fsynced (the rename lives in the folder's entry).
+    Before (session 39), the folder was never synced; the file is 0600 (it holds key bits)."""
+    import os
+    import stat
+
+    ns = _node(tmp_path)
+    events: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        events.append("folder" if os.path.samestat(os.fstat(fd), os.stat(ns.pending)) else "file")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ClientNode.write_pending(ns, "C1-C2", "blk-1", np.ones(16, np.uint8), 0, {"run_id": "r"})  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert events == ["file", "folder"]
+    [(f, _)] = _records(ns, "C1-C2")
+    assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert [p.name for p in ns.pending.iterdir()] == [f.name]  # no temporary left beside it
