@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["replace_durably"]
+__all__ = ["replace_durably", "sync_folder"]
 
 
 def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], object], *, mode: int = 0o666) -> None:
@@ -48,10 +48,11 @@ def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], obje
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _sync_folder(path.parent)
+    sync_folder(path.parent)
 
 
-def _sync_folder(folder: Path) -> None:
+def sync_folder(folder: Path) -> None:
+    """fsync ``folder`` so that a rename or link made in it is durable (ignored where the filesystem cannot)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

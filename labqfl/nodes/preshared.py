@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labqfl.durable import sync_folder
 from labqfl.log import get_logger
 
 log = get_logger(__name__)
@@ -302,6 +303,7 @@ def write_pair_secret(pair: str, data_a: Path, data_b: Path, nbits: int, *, simu
             os.link(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+        sync_folder(final.parent)  # the link lives in the folder's entry: durable only once the folder is synced
     bid = str(rec["block_id"])
     del rec, data
     return bid

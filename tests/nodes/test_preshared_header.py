@@ -134,3 +134,25 @@ def test_a_header_naming_a_key_twice_is_malformed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'block_id' appears twice"):
         read_secret_header(f)
     assert secret_file_block(f) == ""  # malformed: kept, retires nothing
+
+
+def test_each_end_s_secret_file_is_durable_once_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The secret is linked into each end's folder; the link lives in that folder's entry, so each folder is
+    fsynced after its link (before session 40 neither was: a crash could lose an end's only copy of the
+    authentication bootstrap after the launcher went on)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    synced: list[Path] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if target.is_dir():
+            synced.append(target)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    write_pair_secret(PAIR, a, b, 512)
+    monkeypatch.undo()
+    files = sorted(p for p in tmp_path.rglob("*.json"))
+    assert len(files) == 2
+    assert sorted(synced) == sorted(f.parent for f in files)
