@@ -33,7 +33,8 @@ Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, `
 ``:LIMC:SET <A>`` (PyMeasure ``ThorlabsPro8000.LDCCurrentLimit``; Thorlabs' PRO800/8000 VXIpnp driver
 ``pro8.c`` v2.5.3, ``Pro8_LdcSetLdLimit``), the TEC output ``:TEC ON|OFF`` / ``:TEC?`` (PyMeasure
 ``TEDStatus``; ``pro8.c`` ``Pro8_TecSetPtOutput`` / ``Pro8_TecGetPtOutput``) and the actual TEC
-temperature ``:TEMP:ACT?`` (``pro8.c`` ``Pro8_TecGetTemp``; not in PyMeasure 0.16's class).
+temperature ``:TEMP:ACT?`` (``pro8.c`` ``Pro8_TecGetTemp``; not in PyMeasure 0.16's class); the actual LD current
+``:ILD:ACT?`` (``pro8.c`` ``Pro8_LdcGetLdCurrent`` value 3, one number in A; not in PyMeasure 0.16's class).
 
 **Safety checks.** On open ``:LIMC:SET`` is written with ``max_current_ma``, so the LDC itself refuses
 more. ``apply_operating_point`` switches the TEC on (``:TEC ON``). Before ``:LASER ON`` the driver
@@ -43,6 +44,15 @@ requires a set point read back within 0 … ``max_current_ma``, the TEC on and `
 current is ramped. The safe state does not
 depend on read-backs: if ``:LASER?`` or ``:ILD:SET?`` answers garbage, or a ramp write fails,
 ``:LASER OFF`` and ``:ILD:SET 0`` are sent at once and the first failure is raised after them.
+**End of an acquisition** (:meth:`acquisition_fault`, asked by :func:`labqfl.station.acquisition_faults`): the
+actual LD current (``:ILD:ACT?``) must lie within ``options.current_tolerance_ma`` (default 1 mA) of what the LDC
+should drive: the set point (``:ILD:SET?``) with the output on, 0 mA with it off. An open circuit or a current
+clipped by the module's hardware limit (ILIM) reads otherwise and refuses the acquisition in one line naming
+the LDC slot, both currents and the tolerance. The LDC module's accuracy figure could not be read here: set the
+option from your module's data sheet (its laser-current accuracy, plus the reading's) if 1 mA does not fit. The
+check assumes constant-current operation (the driver sets no ``:MODE``; in constant-power mode the current
+follows the monitor diode, not ``:ILD:SET``). A pyvisa-sim session (``…@sim``) gets the Python model of that
+current (:mod:`labqfl.sim_backends.pro8000`) when it opens: its YAML cannot express it.
 ``wavelength_nm`` is computed from the TEC *set* temperature; :meth:`snapshot` says so and adds the
 actual temperature and the wavelength it gives (``tec``).
 """
@@ -55,7 +65,7 @@ import warnings
 from typing import Any
 
 from pydantic import Field, model_validator
-from pymeasure.adapters import Adapter
+from pymeasure.adapters import Adapter, VISAAdapter
 from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
@@ -103,6 +113,9 @@ class ThorlabsPRO8000Options(DriverOptions):
                                     "at which the laser may be switched on [K]")
     safe_ramp_max_s: float = Field(30.0, ge=0.0, le=3600.0, description="longest ramp-down when switching off "
                                    "(safe state, SIGTERM) [s]; a longer one is cut there by :LASER OFF at once")
+    current_tolerance_ma: float = Field(1.0, gt=0.0, le=1000.0, description="largest |actual (:ILD:ACT?) − expected| "
+                                        "LD current at the end of an acquisition (expected: the set point with the "
+                                        "output on, 0 mA off) [mA]; take it from the LDC module's accuracy")
 
     @model_validator(mode="after")
     def _consistent(self) -> ThorlabsPRO8000Options:
@@ -161,6 +174,7 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.ramp_ma_per_s, self.ramp_step_ma = o.ramp_ma_per_s, o.ramp_step_ma
         self.temp_tolerance_k = o.temp_tolerance_k
         self.safe_ramp_max_s = o.safe_ramp_max_s
+        self.current_tolerance_ma = o.current_tolerance_ma
         self.lambda0_nm = float(getattr(config, "wavelength_nm", 1550.0))
         self.name = name  # for the setting's error before the session opens
         self._rep_rate = ThorlabsPRO8000.rep_rate_hz.validate(self, getattr(config, "rep_rate_hz", 100e6))
@@ -174,6 +188,13 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                 warnings.simplefilter("ignore", FutureWarning)
                 return ThorlabsPro8000(self.link.adapter)  # writes :SYST:ANSW VALUE
 
+        if self.link.library.endswith("@sim") and isinstance(self.link.adapter, VISAAdapter):
+            # pyvisa-sim: its YAML cannot make :ILD:ACT? follow the LDC; the Python model answers it
+            from labqfl.sim_backends.pro8000 import emulate_ld_current, is_pro8000, sim_device
+
+            device = sim_device(self.link.adapter)
+            if is_pro8000(device):  # another device is refused by the identity check just below
+                emulate_ld_current(device)
         self._read_identity()  # the right instrument before anything is written to it
         self.pm = self.link.call(":SYST:ANSW VALUE", build)
         self.link.check_errors(":SYST:ANSW VALUE")
@@ -385,6 +406,27 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
     def current_ma(self) -> float:
         """LD current set point [mA] (a negative or non-numeric reply is refused)."""
         return self._get_number(self.ld_slot, ":ILD:SET?", "LDCCurrent", 0.0, None, "A") * 1e3
+
+    @property
+    def current_act_ma(self) -> float:
+        """Actual LD current [mA], as the LDC measures it (``:ILD:ACT?``; a non-numeric reply is refused)."""
+        return self._get_number(self.ld_slot, ":ILD:ACT?", "", None, None, "A") * 1e3
+
+    def acquisition_fault(self) -> str | None:
+        """After an acquisition (:func:`labqfl.station.acquisition_faults`): why the diode did not carry the current
+        it should, or None. Expected: the set point (``:ILD:SET?``) with the output on (``:LASER?``), 0 mA with it
+        off; the actual current (``:ILD:ACT?``) must lie within ``options.current_tolerance_ma`` of it. Read only."""
+        with self.lock:
+            on = self.output_enabled
+            set_ma = self.current_ma
+            act_ma = self.current_act_ma
+        expected = set_ma if on else 0.0
+        if abs(act_ma - expected) <= self.current_tolerance_ma:
+            return None
+        return (f"LDC slot {self.ld_slot}: actual LD current {act_ma:.4g} mA (:ILD:ACT?) differs from the "
+                f"{expected:.4g} mA expected (set point {set_ma:.4g} mA, :ILD:SET?; output {'ON' if on else 'OFF'}) by "
+                f"more than {self.current_tolerance_ma:g} mA (options.current_tolerance_ma): open circuit, or the "
+                "current clipped by the module's limit?")
 
     @property
     def max_power_mw(self) -> float:

@@ -8,6 +8,10 @@ process and exposes it as the VISA resource ``TCPIP0::127.0.0.1::<port>::SOCKET`
 before it is dropped), fed to the device with its own termination, and its replies are sent back
 ending in LF. :meth:`ask` queries the device directly (state read-back); :attr:`received` lists
 every command the client sent.
+
+A PRO8000 device (its ``*IDN?``) gets the Python model of its LDC's actual current
+(:class:`labqfl.sim_backends.pro8000.LDCModel`: ``:ILD:ACT?`` follows ``:ILD:SET`` and ``:LASER``), which its
+YAML cannot express; :attr:`ldc` is that model (None for other devices), where a test sets its faults.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import threading
 from pathlib import Path
 
+from labqfl.sim_backends.pro8000 import LDCModel, emulate_ld_current, is_pro8000
 from pyvisa_sim.parser import get_devices
 
 
@@ -24,11 +29,14 @@ class VisaSimTCPServer:
 
     def __init__(self, yaml_path: str | Path, resource: str, *, port: int = 0) -> None:
         self.device = get_devices(str(yaml_path), False)[resource]
+        #: the LDC's actual-current model of a PRO8000 device (``:ILD:ACT?``); None for any other device
+        self.ldc: LDCModel | None = emulate_ld_current(self.device) if is_pro8000(self.device) else None
         self.lock = threading.Lock()
         self.received: list[str] = []
         self._stop = threading.Event()
         self._server = socket.create_server(("127.0.0.1", port))
         self.port = self._server.getsockname()[1]
+        self._server.settimeout(0.2)  # here, not in the thread: a server closed at once has no socket left there
         self._conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -54,7 +62,6 @@ class VisaSimTCPServer:
         return self._exchange(message).decode()
 
     def _accept(self) -> None:
-        self._server.settimeout(0.2)
         while not self._stop.is_set():
             try:
                 conn, _ = self._server.accept()
