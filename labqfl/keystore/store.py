@@ -368,11 +368,13 @@ def open_node_stores(nodes: Iterable[str], data_dir: Path | None = None) -> dict
     return {n: KeyStore.for_node(n, data_dir) for n in nodes}
 
 
-def _delivery_record(key_id: str, row: Sequence[Any]) -> dict[str, Any]:
-    """:meth:`KeyStore.delivery`'s record from a row (pair, purpose, kind, state, nbits, refs, info, created, updated)."""
+def _delivery_record(path: Path, key_id: str, row: Sequence[Any]) -> dict[str, Any]:
+    """:meth:`KeyStore.delivery`'s record from a row (pair, purpose, kind, state, nbits, refs, info, created, updated)
+    of the store at ``path``."""
+    where = f"delivery {key_id}"
     return {"key_id": key_id, "pair": row[0], "purpose": row[1], "kind": row[2], "state": row[3],
-            "nbits": row[4], "refs": [tuple(r) for r in json.loads(row[5])], "info": json.loads(row[6]),
-            "created": row[7], "updated": row[8]}
+            "nbits": row[4], "refs": [tuple(r) for r in _stored_json(path, row[5], "deliveries", "refs", where)],
+            "info": _stored_json(path, row[6], "deliveries", "info", where), "created": row[7], "updated": row[8]}
 
 
 #: SQLite primary result codes that say the file's content is damaged or not a database at all
@@ -488,6 +490,55 @@ def _json(obj: Any, what: str) -> str:
         raise KeyStoreError(f"{what} must be JSON-serialisable (numbers, strings, lists, dicts): {exc}") from None
 
 
+#: What each column of JSON text holds, for the refusal of one that is not readable (an edited or damaged store):
+#: ``(table, column) -> (check, what is expected)``.
+_STORED_JSON: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
+    ("blocks", "meta"): (lambda v: isinstance(v, dict), "the block's metadata as a JSON object"),
+    ("deliveries", "refs"): (lambda v: _is_refs(v), "the key's refs as a JSON list of [block ID, offset, length]"),
+    ("deliveries", "info"): (lambda v: isinstance(v, dict), "the key's record as a JSON object"),
+    ("exports", "refs"): (lambda v: _is_refs(v), "the export's refs as a JSON list of [block ID, offset, length]"),
+    ("retired_blocks", "voided"): (lambda v: isinstance(v, list), "the voided key IDs as a JSON list"),
+}
+
+
+#: A condition on ``blocks.meta`` (``{}``: an SQL condition with ``json_extract(meta, …)``) that also holds for a
+#: block whose metadata is not a JSON object SQLite reads, so that a query filtering by it selects that block and
+#: :func:`_stored_json` refuses it, instead of SQLite stopping at it ("malformed JSON", inside a write named a
+#: file-system failure) or the filter leaving it out (a pre-shared block, a block of the same distillation).
+#: (``CASE`` evaluates its branches in order: https://www.sqlite.org/lang_expr.html#the_case_expression.)
+_META_OR_UNREADABLE = ("(CASE WHEN NOT json_valid(meta) THEN 1 WHEN json_type(meta) <> 'object' THEN 1 "
+                       "ELSE {} END)")
+
+
+def _is_refs(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in r[1:]) for r in v)
+
+
+def _stored_json(path: Path, raw: Any, table: str, column: str, row: str) -> Any:
+    """The value of column ``table.column`` of ``row`` ("block <ID>", "delivery <key ID>", …) of the store at
+    ``path``, parsed; a value that is not JSON, or not the JSON it must be (:data:`_STORED_JSON`), raises one
+    :class:`KeyStoreError` naming the store, the row, the column and what was expected, instead of a bare
+    ``json.JSONDecodeError`` (review s39 leftover: a hand-edited ``blocks.meta``). The caller changes nothing
+    before it parses (a write transaction is rolled back); the value itself is not shown (a hand edit may have
+    put anything there)."""
+    check, expected = _STORED_JSON[(table, column)]
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        why = f"not JSON: {exc.msg} at character {exc.pos} of {len(raw)}"
+    except (TypeError, ValueError, RecursionError) as exc:
+        why = f"not JSON text ({type(raw).__name__}: {exc.__class__.__name__})"
+    else:
+        if check(value):
+            return value
+        why = f"JSON {type(value).__name__}, not of that form"
+    raise KeyStoreError(f"key store {path}: {row}: its {table}.{column} is {why}; expected {expected}. The store "
+                        "was edited or damaged; nothing was changed: restore that record (a block's metadata is "
+                        "the same in the partner node's store) before using it")
+
+
 @dataclass
 class _Seg:
     start: int
@@ -586,6 +637,19 @@ class KeyStore:
 
     def _fail(self, what: str) -> KeyStoreError:
         return KeyStoreError(f"key store {self.path}: {what}")
+
+    def _json_col(self, raw: Any, table: str, column: str, row: str) -> Any:
+        """:func:`_stored_json` for this store."""
+        return _stored_json(self.path, raw, table, column, row)
+
+    def _unreadable_meta(self, conn: sqlite3.Connection, pair: str | None = None) -> str | None:
+        """The ID of the first block (of ``pair``, or any) whose metadata SQLite cannot read as JSON, else None: a
+        query that filters blocks by ``json_extract`` would stop with SQLite's bare "malformed JSON" there (inside
+        a write transaction, named a file-system failure). Queries that filter by it select such a block too
+        (:data:`_META_OR_UNREADABLE`) and :meth:`_json_col` refuses it."""
+        row = conn.execute("SELECT block_id FROM blocks WHERE NOT json_valid(meta)" + (" AND pair = ?" if pair else "")
+                           + " ORDER BY seq LIMIT 1", (pair,) if pair else ()).fetchone()
+        return None if row is None else str(row[0])
 
     #: blobs opened on one connection before it is replaced (between transactions).  CPython's
     #: ``sqlite3.Connection`` keeps a weak reference (≈ 90 B) to every blob it ever opened until it
@@ -1266,8 +1330,9 @@ class KeyStore:
             for block_id, arr, purpose, meta_s in rows:
                 if self._block(conn, block_id) is not None:
                     raise KeyStoreError(f"block {block_id} is already in key store {self.path}; refusing to add it twice")
-                _check_origin_values(block_id, json.loads(meta_s))
-                origin = block_origin(block_id, json.loads(meta_s))
+                meta = json.loads(meta_s)  # (the caller's, as _json wrote it)
+                _check_origin_values(block_id, meta)
+                origin = block_origin(block_id, meta)
                 gone = self._retired_refusal(conn, block_id, block_id if origin is None else origin[3])
                 if gone:
                     raise KeyStoreError(f"{gone}: refusing to add it")
@@ -1356,7 +1421,7 @@ class KeyStore:
                     if reserved is not None:
                         if reserved[0] != "reserved":
                             raise KeyStoreError(f"key ID {kid} was already {reserved[0]} in key store {self.path}")
-                        if reserved[2] != pair or reserved[3] != purpose or json.loads(reserved[1]) != [list(r) for r in refs]:
+                        if reserved[2] != pair or reserved[3] != purpose or self._json_col(reserved[1], "deliveries", "refs", f"delivery {kid}") != [list(r) for r in refs]:
                             raise KeyStoreError(f"key ID {kid} is reserved in key store {self.path} for other bits "
                                                 f"(pair {reserved[2]}, purpose {reserved[3]})")
                 chunks = []
@@ -1462,7 +1527,8 @@ class KeyStore:
                 raise KeyStoreError(f"reservation {kid} in key store {self.path} was already read for a mask: a "
                                     "one-time pad masks one message; a second mask read is refused")
             pair, purpose = str(row[0]), str(row[2])
-            refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
+            refs: list[Ref] = [(str(b), int(o), int(n))
+                               for b, o, n in self._json_col(row[1], "deliveries", "refs", f"delivery {kid}")]
             chunks = []
             for block_id, start, length in refs:
                 seq = self._pair_block(conn, pair, block_id)
@@ -1503,14 +1569,16 @@ class KeyStore:
                                (str(key_id),)).fetchone()
         if row is None:
             return None
-        return str(row[0]), [tuple(r) for r in json.loads(row[1])], str(row[2]), json.loads(row[3])  # type: ignore[misc]
+        where = f"delivery {key_id}"
+        return (str(row[0]), [tuple(r) for r in self._json_col(row[1], "deliveries", "refs", where)],  # type: ignore[misc]
+                str(row[2]), self._json_col(row[3], "deliveries", "info", where))
 
     def delivery(self, key_id: str) -> dict[str, Any] | None:
         """The delivery record of ``key_id`` (no key material): pair, purpose, kind, state, nbits, refs, info."""
         with self._read() as conn:
             row = conn.execute("SELECT pair, purpose, kind, state, nbits, refs, info, created, updated FROM deliveries "
                                "WHERE key_id = ?", (str(key_id),)).fetchone()
-        return None if row is None else _delivery_record(str(key_id), row)
+        return None if row is None else _delivery_record(self.path, str(key_id), row)
 
     def release(self, key_id: str, *, spend: Iterable[Sequence[Any]] = (), reason: str = "") -> int:
         """Return the bits reserved for ``key_id`` to the free pool; returns the number of bits.
@@ -1532,14 +1600,15 @@ class KeyStore:
                 raise KeyStoreError(f"reservation {key_id} in key store {self.path} was {how}: its "
                                     "bits may be in use, so they cannot return to the pool; consume them with take_exact")
             pair, purpose = str(row[0]), str(row[2])
-            refs = [tuple(r) for r in json.loads(row[1])]
+            refs = [tuple(r) for r in self._json_col(row[1], "deliveries", "refs", f"delivery {key_id}")]
+            info = self._json_col(row[4], "deliveries", "info", f"delivery {key_id}")
             for block_id, start, length in refs:
                 blk = self._block(conn, block_id)
                 assert blk is not None
                 self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=purpose,
                            key_id=None, allow=lambda s: None if (s.state == "reserved" and s.key_id == key_id)
                            else "are not reserved for this key")
-            for block_id, start, length in json.loads(row[4]).get(_FROM_GENERAL, []):  # back to the pool they came from
+            for block_id, start, length in info.get(_FROM_GENERAL, []):  # back to the pool they came from
                 blk = self._block(conn, block_id)
                 assert blk is not None
                 self._mark(conn, pair, blk[0], block_id, int(start), int(length), new_state="free", purpose=GENERAL,
@@ -1605,7 +1674,9 @@ class KeyStore:
         if row is None:
             raise KeyStoreError(f"no pending reservation for key ID {kid} in key store {self.path}")
         pair = str(row[0])
-        refs: list[Ref] = [(str(b), int(o), int(n)) for b, o, n in json.loads(row[1])]
+        refs: list[Ref] = [(str(b), int(o), int(n))
+                           for b, o, n in self._json_col(row[1], "deliveries", "refs", f"delivery {kid}")]
+        info = dict(self._json_col(row[2], "deliveries", "info", f"delivery {kid}"), voided=str(reason))
         for block_id, start, length in refs:
             seq = self._pair_block(conn, pair, block_id)
             self._mark(conn, pair, seq, block_id, start, length, new_state="consumed",
@@ -1613,7 +1684,6 @@ class KeyStore:
                        allow=lambda s: None if (s.state == "reserved" and s.key_id == kid)
                        else "are not reserved for this key")
             self._io_bits(conn, seq, start, length, zero=True)
-        info = dict(json.loads(row[2]), voided=str(reason))
         conn.execute("UPDATE deliveries SET state = 'voided', info = ?, updated = ? WHERE key_id = ?",
                      (_json(info, "delivery info"), _now(), kid))
         return pair, refs
@@ -1627,7 +1697,7 @@ class KeyStore:
                                 "FROM deliveries WHERE pair = ? AND state IN ('delivered', 'voided') "
                                 "ORDER BY updated DESC, key_id LIMIT ?",
                                 (pair, -1 if limit is None else int(limit))).fetchall()
-        return [_delivery_record(str(r[0]), r[1:]) for r in rows]
+        return [_delivery_record(self.path, str(r[0]), r[1:]) for r in rows]
 
     def discard_exact(self, pair: str, refs: Iterable[Sequence[Any]], reason: str) -> int:
         """Discard the bits of ``refs`` that are still free here (any pool): marked consumed and
@@ -1688,9 +1758,9 @@ class KeyStore:
             recent: dict[str, list[tuple[int, int]]] = {}
             if settled_s > 0:
                 cutoff = (datetime.now(UTC) - timedelta(seconds=float(settled_s))).isoformat(timespec="microseconds")
-                for (r,) in conn.execute("SELECT refs FROM deliveries WHERE pair = ? AND updated >= ? AND state NOT IN "
-                                         "('reserved', 'released')", (pair, cutoff)):
-                    for b, o, n in json.loads(r):
+                for kid, r in conn.execute("SELECT key_id, refs FROM deliveries WHERE pair = ? AND updated >= ? AND "
+                                           "state NOT IN ('reserved', 'released')", (pair, cutoff)):
+                    for b, o, n in self._json_col(r, "deliveries", "refs", f"delivery {kid}"):
                         recent.setdefault(str(b), []).append((int(o), int(o) + int(n)))
             for block_id, start, length in norm:
                 blk = self._block(conn, block_id)
@@ -1737,23 +1807,26 @@ class KeyStore:
                              f"node {self.node}'s copy of pair {pair}'s key, which may only move to another store of "
                              f"node {self.node} (ask that store for a ticket: labqfl keys ticket --node {self.node})")
 
-    def _export_meta(self, conn: sqlite3.Connection, pair: str, meta_s: str, block_nbits: int, offset: int,
-                     length: int) -> dict[str, Any]:
+    def _export_meta(self, conn: sqlite3.Connection, pair: str, block_id: str, meta_s: str, block_nbits: int,
+                     offset: int, length: int) -> dict[str, Any]:
         """The metadata of a block whose bits ``[offset, offset + length)`` an export file carries: a pre-shared
         secret's fingerprints only for those bits (:data:`_UNEXPORTED_META`, review s38 F6) and, for a key block,
         :data:`AUTH_ORIGIN_FIELD`: the origin of every pre-shared authentication secret of ``pair`` in this store
         and those the block brought from an earlier import, so the caveat on the authentication secret travels
         with the key (review s38 F1)."""
-        full = json.loads(meta_s)
+        full = self._json_col(meta_s, "blocks", "meta", f"block {block_id}")
         meta = {k: v for k, v in full.items() if k not in _UNEXPORTED_META}
         if meta.get("kind") == _PRESHARED_KIND:
             from labqfl.keystore.preshare import exported_marks  # it imports this module
 
             return {**meta, **exported_marks(full, block_nbits, offset, length)}
         origins = [o for o in meta.get(AUTH_ORIGIN_FIELD) or [] if isinstance(o, dict)]
-        for (m,) in conn.execute("SELECT meta FROM blocks WHERE pair = ? AND json_extract(meta, '$.kind') = ?",
-                                 (pair, _PRESHARED_KIND)):
-            d = json.loads(m)
+        for bid, m in conn.execute("SELECT block_id, meta FROM blocks WHERE pair = ? AND "  # (unreadable: refused, not
+                                   + _META_OR_UNREADABLE.format("json_extract(meta, '$.kind') = ?"),  # left out)
+                                   (pair, _PRESHARED_KIND)):
+            d = self._json_col(m, "blocks", "meta", f"block {bid}")
+            if d.get("kind") != _PRESHARED_KIND:
+                continue
             rec = {"simulated": d.get("simulated", True), **({"randomness": d["randomness"]} if "randomness" in d
                                                              else {})}
             if rec not in origins:
@@ -1804,7 +1877,7 @@ class KeyStore:
                 self._mark(conn, pair, seq, block_id, start, length, new_state="exporting", purpose=seg.purpose,
                            key_id=binding.export_id, allow=lambda s: None if s.state == "free" else f"are {s.state}")
                 bits = self._io_bits(conn, seq, start, length)
-                meta = self._export_meta(conn, pair, row[2], int(row[0]), start, length)
+                meta = self._export_meta(conn, pair, block_id, row[2], int(row[0]), start, length)
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, seg.purpose, str(row[1]), meta, bits))
             digest = "" if digest_of is None else str(digest_of(binding, out))
             now = _now()
@@ -1923,7 +1996,7 @@ class KeyStore:
                 raise self._fail(f"export {export_id} is {state}, not exporting")
             for seq, block_id, start, length, purpose in self._exporting_segments(conn, export_id):
                 row = conn.execute("SELECT nbits, run_id, meta FROM blocks WHERE seq = ?", (seq,)).fetchone()
-                meta = self._export_meta(conn, pair, row[2], int(row[0]), start, length)
+                meta = self._export_meta(conn, pair, block_id, row[2], int(row[0]), start, length)
                 out.append(ExportedSegment(pair, block_id, int(row[0]), start, purpose, str(row[1]), meta,
                                            self._io_bits(conn, seq, start, length)))
         return out
@@ -2106,7 +2179,7 @@ class KeyStore:
         with self._read() as conn:
             rows = conn.execute("SELECT export_id, pair, nbits, refs, target_node, target_store, ticket_id, created, "
                                 "state, file, part, digest, updated FROM exports ORDER BY created, export_id").fetchall()
-        return [{"export_id": r[0], "pair": r[1], "nbits": r[2], "refs": [tuple(x) for x in json.loads(r[3])],
+        return [{"export_id": r[0], "pair": r[1], "nbits": r[2], "refs": [tuple(x) for x in self._json_col(r[3], "exports", "refs", f"export {r[0]}")],
                  "target_node": r[4], "target_store": r[5], "ticket_id": r[6], "created": r[7], "state": r[8],
                  "file": r[9], "part": r[10], "digest": r[11], "updated": r[12], "source_node": self.node or "",
                  "source_store": self.store_id} for r in rows]
@@ -2158,33 +2231,36 @@ class KeyStore:
         rows = cls._ledger_overlaps(conn, pair, acquisition, start, end)
         return rows[0] if rows else None
 
-    @staticmethod
-    def _held_candidates(conn: sqlite3.Connection, pair: str, acquisition: str, start: int,
+    def _held_candidates(self, conn: sqlite3.Connection, pair: str, acquisition: str, start: int,
                          end: int) -> list[tuple[str, str]]:
         """``(block_id, meta)`` of the blocks of ``pair`` and ``acquisition`` whose recorded slots may overlap
         ``[start, end)``, in the order they were added (:data:`_HELD_OVERLAP_SQL`)."""
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'block_origins'").fetchone() is None:
-            return conn.execute(_HELD_SCAN_SQL, (pair, acquisition, int(end), int(start))).fetchall()
-        bad = conn.execute(_HELD_UNREADABLE_SQL, (pair,)).fetchone()
+        indexed = self._has_table(conn, "block_origins")
+        if not indexed:
+            bad = self._unreadable_meta(conn, pair)  # (json_extract would stop at it with "malformed JSON")
+        else:
+            row = conn.execute(_HELD_UNREADABLE_SQL, (pair,)).fetchone()
+            bad = None if row is None else str(row[0])
         if bad is not None:
-            raise KeyStoreError(f"pair {pair}: the metadata of block {bad[0]} is not valid JSON (an edited store file?), "
-                                "so the origin checks cannot tell which raw slots it was distilled from; nothing was "
-                                "stored: restore its record (e.g. from a backup) before distilling or importing more "
-                                "key of this pair")
+            raise self._fail(f"pair {pair}: the metadata of block {bad} is not valid JSON (an edited store file?), "
+                             "so the origin checks cannot tell which raw slots it was distilled from; nothing was "
+                             "stored: restore its record (e.g. from a backup) before distilling or importing more "
+                             "key of this pair")
+        if not indexed:
+            return conn.execute(_HELD_SCAN_SQL, (pair, acquisition, int(end), int(start))).fetchall()
         span = conn.execute(_HELD_SPAN_SQL, (pair, acquisition)).fetchone()[0]
         if span is None:
             return []
         return conn.execute(_HELD_OVERLAP_SQL, (pair, acquisition, int(end), int(start) - span, int(start))).fetchall()
 
-    @classmethod
-    def _held_overlap(cls, conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int, *,
+    def _held_overlap(self, conn: sqlite3.Connection, pair: str, acquisition: str, start: int, end: int, *,
                       except_key: str | None = None) -> tuple[int, int, str] | None:
         """``(start, end, key block)`` of a block held here whose recorded origin (:func:`block_origin`) overlaps
         slots ``[start, end)`` of ``acquisition`` and belongs to another distillation than ``except_key``; None if
         none does. The ledger alone misses blocks imported before it recorded imports (3432abe) and blocks
         distilled before it existed (review s38 K1), so every check of new slots reads the blocks too."""
-        for bid, meta_s in cls._held_candidates(conn, pair, acquisition, start, end):
-            o = block_origin(str(bid), json.loads(meta_s))
+        for bid, meta_s in self._held_candidates(conn, pair, acquisition, start, end):
+            o = block_origin(str(bid), self._json_col(meta_s, "blocks", "meta", f"block {bid}"))
             if o is not None and o[3] != except_key and o[1] < end and o[2] > start:
                 return o[1], o[2], o[3]
         return None
@@ -2254,11 +2330,12 @@ class KeyStore:
         with self._read() as conn:  # a block retired here (retire_block) is no longer one of them
             retired = ("AND block_id NOT IN (SELECT block_id FROM retired_blocks) "
                        if self._has_table(conn, "retired_blocks") else "")
-            rows = conn.execute("SELECT block_id, pair, meta FROM blocks WHERE json_extract(meta, '$.acquisition') "
-                                f"IS NOT NULL {retired}ORDER BY seq").fetchall()
+            rows = conn.execute("SELECT block_id, pair, meta FROM blocks WHERE "  # (unreadable: refused)
+                                + _META_OR_UNREADABLE.format("json_extract(meta, '$.acquisition') IS NOT NULL")
+                                + f" {retired}ORDER BY seq").fetchall()
         by: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
         for bid, pair, meta_s in rows:
-            o = block_origin(str(bid), json.loads(meta_s))
+            o = block_origin(str(bid), self._json_col(meta_s, "blocks", "meta", f"block {bid}"))
             if o is not None:
                 by.setdefault((str(pair), o[0]), []).append((o[1], o[2], o[3]))
         out: list[dict[str, Any]] = []
@@ -2293,7 +2370,7 @@ class KeyStore:
         self._origin_schema(conn)  # (inside the write transaction of add_blocks or import_segments)
         held: set[str] = set()
         for bid, meta_s in self._held_candidates(conn, pair, acq, start, end):
-            o = block_origin(str(bid), json.loads(meta_s))
+            o = block_origin(str(bid), self._json_col(meta_s, "blocks", "meta", f"block {bid}"))
             if o is None:  # (a block of the ledger row's distillation overlaps [start, end) as that row does)
                 continue
             held.add(o[3])
@@ -2349,13 +2426,14 @@ class KeyStore:
         if row is None:
             raise KeyStoreError(f"no block {block_id} in key store {self.path}")
         pair = str(row[0])
-        origin = block_origin(block_id, json.loads(row[1]))
+        origin = block_origin(block_id, self._json_col(row[1], "blocks", "meta", f"block {block_id}"))
         key = origin[3] if origin is not None else block_id
         group = []
-        for seq, bid, nbits, meta_s in conn.execute(
+        for seq, bid, nbits, meta_s in conn.execute(  # (a block whose metadata SQLite cannot read: refused, not left out)
                 "SELECT seq, block_id, nbits, meta FROM blocks WHERE pair = ? AND (block_id IN (?, ?) OR "
-                "json_extract(meta, '$.key_block') = ?) ORDER BY seq", (pair, block_id, key, key)):
-            o = block_origin(str(bid), json.loads(meta_s))
+                + _META_OR_UNREADABLE.format("json_extract(meta, '$.key_block') = ?") + ") ORDER BY seq",
+                (pair, block_id, key, key)):
+            o = block_origin(str(bid), self._json_col(meta_s, "blocks", "meta", f"block {bid}"))
             if bid == block_id or (origin is not None and o is not None and o[3] == key):
                 group.append((int(seq), str(bid), int(nbits)))
         return pair, key, group
@@ -2485,7 +2563,7 @@ class KeyStore:
             rows = conn.execute("SELECT block_id, pair, key_block, nbits, discarded, voided, reason, created FROM "
                                 "retired_blocks ORDER BY created, block_id").fetchall()
         return [{"block_id": r[0], "pair": r[1], "key_block": r[2], "nbits": r[3], "discarded": r[4],
-                 "voided": json.loads(r[5]), "reason": r[6], "created": r[7]} for r in rows]
+                 "voided": self._json_col(r[5], "retired_blocks", "voided", f"retired block {r[0]}"), "reason": r[6], "created": r[7]} for r in rows]
 
     def free_ranges(self, pair: str, pools: Sequence[str]) -> dict[str, list[tuple[int, int]]]:
         """Block ID → the free ``[start, end)`` ranges of ``pair`` in ``pools``, in block and bit order."""
@@ -2539,7 +2617,7 @@ class KeyStore:
             q, args = q + " WHERE pair = ?", (pair,)
         with self._read() as conn:
             rows = conn.execute(q + " ORDER BY seq", args).fetchall()
-        return [{"block_id": r[0], "pair": r[1], "nbits": r[2], "run_id": r[3], "meta": json.loads(r[4]),
+        return [{"block_id": r[0], "pair": r[1], "nbits": r[2], "run_id": r[3], "meta": self._json_col(r[4], "blocks", "meta", f"block {r[0]}"),
                  "created": r[5]} for r in rows]
 
     # ------------------------------------------------------------------ helpers

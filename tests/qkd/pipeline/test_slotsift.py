@@ -222,33 +222,44 @@ def test_bench_entry_runs_quick_and_matches_the_two_stages():
 
 def test_reciprocal_slot_equals_the_division_at_rounding_edges():
     # periods chosen so that t/per + 1/2 lies within a few ulps of an integer: there the product
-    # with 1/per and the slotter's division round differently (the set holds such cases), and the
-    # block kernel must hand every one of them to the exact division
-    from labqfl.qkd.slotsift import _EXACT, _block_slots, _exact_code
+    # with 1/per and the slotter's division round differently (the set holds such cases), and both
+    # block kernels (two intervals; one shared interval) must hand every one of them to the exact
+    # division
+    from labqfl.qkd.slotsift import _EXACT, _MAGIC, _block_slots, _block_slots_one, _exact_code
 
     rng = np.random.default_rng(11)
-    n, disagree = 4000, 0
+    n, disagree, fast_checked = 4000, 0, 0
     dt = rng.integers(1_000, 60_000_000, n)
     k = rng.integers(0, 6000, n)
     per = dt / (k + 0.5) * (1.0 + rng.integers(-3, 4, n) * 2.0**-52)
     off = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(-2.0, 2.0, n))
     ts = np.empty(1, np.int64)
     chn = np.array([D1], np.int16)
-    out = np.empty(1, np.int64)  # the slot codes are int64 (2·slot + detector, or _REJECT / _EXACT)
+    out = np.empty(1, np.float64)  # the slot codes leave the kernels as doubles 2^52 + code
+    code = out.view(np.int64)  # read back as int64 less _MAGIC: 2·slot + detector, or _REJECT / _EXACT
     inf = np.inf
     for t, P, o in zip(dt.tolist(), per.tolist(), off.tolist(), strict=True):
         rel = float(t) - o
         disagree += int(np.floor(rel * (1.0 / P) + 0.5) != np.floor(rel / P + 0.5))
         ts[0] = t
         for hw in (inf, P / 2.0):
-            _block_slots(ts, chn, 0, 1, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), np.int64(0), np.int64(0),
-                         0.0, o, 1.0 / P, 1.0 / P, P, P, inf, hw, 0.0, 0.0, inf, inf, out)
             want = _exact_code(np.int64(t), np.int16(D1), np.int16(D1), np.zeros(2, np.int64), np.array([0.0, o]),
                                np.array([inf, hw]), 0, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([P]), 1,
                                np.int64(-1))
-            if out[0] != _EXACT:
-                assert int(out[0]) == want, (t, P, o, hw)
+            _block_slots(ts, chn, 0, 1, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), np.int64(0), np.int64(0),
+                         0.0, o, 1.0 / P, 1.0 / P, P, P, inf, hw, 0.0, 0.0, inf, inf, out)
+            got = int(code[0] - _MAGIC)
+            if got != _EXACT:
+                assert got == want, (t, P, o, hw)
+            if t / P < 2.0**22:  # (the caller sends a block to the one-interval kernel only within 2^23 slots)
+                _block_slots_one(ts, chn, 0, 1, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), 0.0, o,
+                                 1.0 / P, P, hw, 0.0, out)
+                got = int(code[0] - _MAGIC)
+                if got != _EXACT:
+                    assert got == want, (t, P, o, hw)
+                    fast_checked += 1
     assert disagree > 50  # the edge cases are really there
+    assert fast_checked > n // 2  # and the one-interval kernel's product decided thousands of them
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
