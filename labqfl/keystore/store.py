@@ -55,7 +55,9 @@ import sqlite3
 import stat
 import threading
 import time
+import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -598,6 +600,84 @@ class ExportBinding:
     ticket_id: str
 
 
+# ---------------------------------------------------------------------- the idle watch of pending checkpoints
+#
+# A checkpoint another process could not finish (it ended, or closed, with a reader holding an old snapshot) is
+# recorded in the store (``meta`` key :data:`_SCRUB_MARK`). A process that has the store open and is idle (a KME
+# between requests, the GUI, a node waiting) made no transaction that would see it, and its connection keeps
+# SQLite from checkpointing when the reader's closes, so the overwritten material stayed in the files until that
+# process next used the store (review s39 K2, leftover of session 39). One daemon thread per process looks at every
+# store open here every :data:`_WATCH_S` seconds (:meth:`KeyStore._watch_tick`: a ``stat`` of the ``-wal`` file,
+# and only while it is not empty a read of the mark, never waiting for the store's lock), and starts the store's
+# retry (:meth:`KeyStore._retry_loop`) when the mark is there. It holds the stores weakly, and stops when none is
+# open (the last :meth:`KeyStore.close` waits for it: a process that closed its stores has no thread of ours left).
+
+#: seconds between two looks of the idle watch at a store
+_WATCH_S = 1.0
+_watch_lock = threading.Lock()
+_watched: weakref.WeakSet[KeyStore] = weakref.WeakSet()
+#: the running watch and its stop event; a watch being stopped is no longer named here (a store opened meanwhile
+#: starts a new one, and the close that stops it never waits for a watch that goes on)
+_watch_thread: threading.Thread | None = None
+_watch_stop = threading.Event()
+
+
+def _watch(store: KeyStore) -> None:
+    """Add ``store`` (its connection just opened) to the idle watch; start the watch if it is not running."""
+    global _watch_thread, _watch_stop
+    with _watch_lock:
+        _watched.add(store)
+        if _watch_thread is None:
+            _watch_stop = threading.Event()
+            _watch_thread = threading.Thread(target=_watch_loop, args=(_watch_stop,), daemon=True,
+                                             name="keystore-scrub-watch")
+            _watch_thread.start()
+
+
+def _unwatch(store: KeyStore) -> None:
+    """Drop ``store`` (closed) from the idle watch; the last one closed stops the watch and waits for it (a look
+    never waits for a lock: at most one look of the stores still being collected)."""
+    global _watch_thread
+    with _watch_lock:
+        _watched.discard(store)
+        if _watched or _watch_thread is None:
+            return
+        t, _watch_thread = _watch_thread, None
+        _watch_stop.set()
+    if t is not threading.current_thread():
+        t.join()
+
+
+def _watch_loop(stop: threading.Event) -> None:
+    global _watch_thread
+    while not stop.wait(_WATCH_S):
+        with _watch_lock:
+            stores = list(_watched)
+            if not stores:  # (the stores were collected unclosed)
+                if _watch_thread is threading.current_thread():
+                    _watch_thread = None
+                return
+        _watch_once(stores)
+        del stores  # (no strong reference kept between looks: an unclosed store is still collected)
+
+
+def _watch_once(stores: list[KeyStore]) -> None:
+    for st in stores:
+        try:
+            st._watch_tick()
+        except Exception as exc:  # the watch goes on for the others; the store's next transaction tries itself
+            log.debug("key store %s: idle checkpoint watch failed: %s", st.path, exc)
+
+
+def _watch_after_fork() -> None:
+    """In a forked child: no watch thread exists; the inherited stores reopen (and are watched) when used."""
+    global _watch_lock, _watch_stop, _watched, _watch_thread
+    _watch_lock, _watch_stop, _watched, _watch_thread = threading.Lock(), threading.Event(), weakref.WeakSet(), None
+
+
+os.register_at_fork(after_in_child=_watch_after_fork)
+
+
 class KeyStore:
     """The key store of one node (see the module docstring for the model).
 
@@ -671,6 +751,7 @@ class KeyStore:
         self._conn = self._open()
         self._pid = os.getpid()
         self._retry_stop.clear()  # reopened after close(): retries may run again
+        _watch(self)
         return self._conn
 
     def _renew_connection(self) -> None:
@@ -894,6 +975,7 @@ class KeyStore:
                                 "is opened again", self.path)
                 self._conn.close()
             self._conn = None
+        _unwatch(self)
 
     def __enter__(self) -> KeyStore:
         return self
@@ -1006,7 +1088,9 @@ class KeyStore:
     # connection (20 ms, doubling to at most 1 s) until it does, and every later write, open and
     # close retries too.  Guarantee: once no reader holds a snapshot older than the overwrite, the
     # zeroed pages are in the main file and the WAL is empty within one retry interval (≤ 1 s)
-    # while the store is open, and at the latest at its next open otherwise.
+    # while the store is open, and at the latest at its next open otherwise.  A checkpoint another
+    # process left pending is found by the idle watch (_watch_loop) within _WATCH_S and retried
+    # the same way: ≤ 2 s after the reader left, with no call on the store.
 
     _RETRY_FIRST_S = 0.02
     _RETRY_MAX_S = 1.0
@@ -1014,7 +1098,10 @@ class KeyStore:
     # review s39 K2): that process's retry thread dies with it, and a reader closing is not the last connection
     # while another process (a KME between requests) has the store open, so SQLite does not checkpoint then. Every
     # later transaction of any process that has the store open (:meth:`_read`, :meth:`_scrub`) sees the mark and
-    # checkpoints (retrying in the background while the reader stays); the first that finishes removes the mark.
+    # checkpoints (retrying in the background while the reader stays); the first that finishes removes the mark. A
+    # process that has the store open and makes no transaction finds it too: the idle watch (:meth:`_watch_tick`).
+    # The retry removes the mark it read once its checkpoint finished (as :meth:`_scrub` does), and the store counts
+    # as pending (:meth:`scrub_status`) until it has.
 
     def _scrub_init(self) -> None:
         self._scrub_cond = threading.Condition(threading.Lock())
@@ -1056,6 +1143,50 @@ class KeyStore:
         if res["done"]:
             self._scrub_cond.notify_all()
 
+    def _side_connection(self) -> sqlite3.Connection:
+        """A connection of the retry's own to the store's file (``mode=rw``: a file removed meanwhile is not
+        created again, empty), never waiting for a lock."""
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None, check_same_thread=False)
+
+    def _retry_once(self) -> tuple[dict[str, Any], bool]:
+        """One retry on a connection of its own: the checkpoint's result, and whether the store's mark
+        (:data:`_SCRUB_MARK`) is gone: the mark read before a checkpoint that finished is removed (never a newer
+        one: another process's overwrite after the read sets a new value), and the meta page checkpointed. Never
+        waits: a lock held elsewhere leaves both for the next retry."""
+        busy = {"done": False, "busy": 1, "wal_frames": -1, "checkpointed": -1}
+        try:
+            conn = self._side_connection()
+        except sqlite3.Error as exc:
+            log.debug("WAL checkpoint retry cannot open %s: %s", self.path, exc)
+            return busy, False
+        try:
+            try:
+                mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCRUB_MARK,)).fetchone()
+            except sqlite3.Error as exc:
+                log.debug("WAL checkpoint retry cannot read %s: %s", self.path, exc)
+                return busy, False
+            res = self._checkpoint(conn)
+            if not res["done"] or mark is None:
+                return res, mark is None
+            try:
+                conn.execute("PRAGMA busy_timeout = 0")  # (_checkpoint set the store's back)
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM meta WHERE key = ? AND value = ?", (_SCRUB_MARK, mark[0]))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:  # a write of another connection: the next retry removes it
+                log.debug("key store %s: pending-checkpoint mark not removed yet: %s", self.path.name, exc)
+                return res, False
+            self._checkpoint(conn)  # (the meta page only: no key material)
+            return res, True
+        finally:
+            conn.close()
+
     def _retry_loop(self) -> None:
         delay = self._RETRY_FIRST_S
         while True:
@@ -1065,23 +1196,49 @@ class KeyStore:
                     self._retry_thread = None
                     return
                 gen = self._scrub_gen
-            try:
-                conn = sqlite3.connect(str(self.path), timeout=0, isolation_level=None, check_same_thread=False)
-                try:
-                    res = self._checkpoint(conn)
-                finally:
-                    conn.close()
-            except sqlite3.Error as exc:
-                log.debug("WAL checkpoint retry cannot open %s: %s", self.path, exc)
-                res = {"done": False, "busy": 1, "wal_frames": -1, "checkpointed": -1}
+            res, unmarked = self._retry_once()
             with self._scrub_cond:
-                if gen == self._scrub_gen:  # no write recorded a newer state meanwhile
+                if gen == self._scrub_gen and (unmarked or not res["done"]):  # no write recorded a newer state
                     self._apply_scrub(res)
                     if res["done"]:
                         log.debug("key store %s: deferred WAL checkpoint done", self.path.name)
                         self._retry_thread = None
                         return
             delay = min(2 * delay, self._RETRY_MAX_S)
+
+    def _watch_tick(self) -> None:
+        """One look of the idle watch (:func:`_watch_loop`): when the ``-wal`` file is not empty, read whether a
+        checkpoint is recorded pending (:data:`_SCRUB_MARK`, another process's) and, if so, start the retry.
+        Skipped while a call of this store holds its lock (that call's transaction sees the mark itself, see
+        :meth:`_read`), while a retry runs, and once the store is closed."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            conn = self._conn
+            if conn is None or self._pid != os.getpid() or conn.in_transaction:
+                return
+            try:
+                if os.stat(str(self.path) + "-wal").st_size == 0:
+                    return  # (truncated by the last checkpoint: no overwritten page can be left in the files)
+            except FileNotFoundError:
+                return
+            conn.execute("PRAGMA busy_timeout = 0")  # (never waits holding the store's lock: a close waits for it)
+            try:
+                mark = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCRUB_MARK,)).fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+        finally:
+            self._lock.release()
+        if mark is None:
+            return
+        with self._scrub_cond:
+            if self._retry_thread is not None or self._retry_stop.is_set():  # (closed meanwhile)
+                return
+            self._scrub_pending = True
+            self._retry_thread = threading.Thread(target=self._retry_loop, daemon=True,
+                                                  name=f"keystore-scrub-{self.path.name}")
+            self._retry_thread.start()
+        log.debug("key store %s: a checkpoint left pending by another process is retried", self.path.name)
 
     def _stop_retry(self) -> None:
         with self._scrub_cond:

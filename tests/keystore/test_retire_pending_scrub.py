@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +52,8 @@ def test_the_next_read_of_a_process_holding_the_store_scrubs_once_the_reader_lef
         assert retirer.returncode == 0 and retirer.stdout.strip() == "True", retirer.stderr
         assert _found(d, probes) > len(probes) // 2  # the reader's snapshot still holds them
         reader.execute("COMMIT")
-        reader.close()
-        time.sleep(0.5)
-        assert _found(d, probes) > len(probes) // 2  # nobody checkpointed on the reader's close (the idle process)
-        go.touch()
+        reader.close()  # (SQLite does not checkpoint: the idle process's connection is open; since session 40 its
+        go.touch()  # idle watch does, within about a second: tests/keystore/test_idle_scrub.py)
         assert idle.stdout.readline().strip() == "read"
         assert _found(d, probes) == 0  # before: 63 of 64 until the next open
     finally:
