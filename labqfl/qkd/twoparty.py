@@ -925,6 +925,7 @@ class _JBlock:
         self.relay: _BobRelay | None = None
         self.thread: threading.Thread | None = None
         self.bob: Any = None  # Bob of this block's reconciliation (ec/more continues it)
+        self.asked = ""  # the kind of Bob's last request to Ci (Ci's next message answers it)
         self.tags: list[tuple[np.ndarray, np.ndarray]] = []  # (seed, Ci's tag) of each verification attempt
         self.leak_before = 0  # bits disclosed before the current reconciliation run
         self.mores = 0  # reconciliations continued after a failed verification (ec/more)
@@ -934,6 +935,7 @@ class _JBlock:
         self.ec_done = False
         self.verified = False
         self.ell: int | None = None
+        self.amplified = False  # pa/seed answered
         self.report: KeyLengthReport | None = None
         self.final: np.ndarray | None = None
         self.confirmed = False
@@ -1002,6 +1004,8 @@ class PairEndJ(_PairEnd):
                     return Message(REFUSED, {"reason": b.refused})
                 if why:
                     raise _Refused(why)
+                if out_of_turn := self._out_of_turn(b, kind):
+                    raise _Refused(out_of_turn)
                 if b.relay is not None and not b.ec_done:
                     return self._ec_step(b, request)
                 handler = _J_HANDLERS.get(kind)
@@ -1012,6 +1016,40 @@ class PairEndJ(_PairEnd):
                 self._stop_bob(b)
                 b.refused = str(e) if isinstance(e, _Refused) else f"protocol error at {kind!r}: {e}"
                 return Message(REFUSED, {"reason": b.refused})
+
+    def _out_of_turn(self, b: _JBlock, kind: str) -> str:
+        """Why Ci's message of ``kind`` is not one the block's state expects ('' if it is): one
+        reason naming the message, the block and the state (review s39 ec F7: an ``ec/start`` after
+        error correction had finished started Bob again on the same block). The tag-exchange
+        messages are handled before (:meth:`_closing`); each handler still checks its own fields."""
+        expected: tuple[str, ...]
+        if not b.opened:
+            state, expected = "sifting, no block open", _J_SIFTING
+        elif b.relay is None:
+            state, expected = "block open, error correction not started", ("ec/start",)
+        elif not b.ec_done:
+            state = f"error correction running, Bob asked {b.asked!r}"
+            expected = _ALICE_ANSWERS.get(b.asked, ())
+        elif b.amplified:
+            state, expected = "privacy amplification done", ()
+        else:
+            plan = len(tag_plan(self.settings.engine, self.settings.params.eps_cor,
+                                b.key.size if b.key is not None else 0))
+            tried = len(b.tags)
+            if b.verified:
+                state, expected = f"verification attempt {tried} passed", ("pa/seed",)
+            elif tried >= plan:
+                state, expected = f"verification failed at all {plan} attempts", ("pa/seed",)
+            elif tried == b.mores:
+                state = "error correction done" + (f" (continued {b.mores} times)" if b.mores else "")
+                expected = ("verify/request",)
+            else:
+                state, expected = f"verification attempt {tried} of {plan} failed", ("ec/more",)
+        if kind in expected:
+            return ""
+        block = f"block {b.block_id!r}" if b.opened else "before block/open"
+        want = " or ".join(repr(k) for k in expected) or "only block/confirm"
+        return f"{kind!r} out of turn ({block}, state: {state}); Cj expected {want}"
 
     def _closing(self, b: _JBlock, req: Message, why: str) -> Message:
         """``block/confirm``, ``block/accept`` or ``block/drop``; one that does not match its schema
@@ -1162,6 +1200,7 @@ class PairEndJ(_PairEnd):
         assert b.relay is not None and b.key is not None
         what, v = b.relay.to_ci.get()
         if what == "msg":
+            b.asked = v.kind
             return v
         b.thread = None
         b.ec_done = True
@@ -1213,6 +1252,7 @@ class PairEndJ(_PairEnd):
             n = int(b.corrected.size)
             seed = _unbits(req.get("seed"), n + m - 1, "pa/seed")
             b.final = toeplitz_hash(b.corrected, seed, m)
+        b.amplified = True
         return Message("pa/done", {"ok": 1, "out_len": m})
 
     def _on_confirm(self, b: _JBlock, req: Message) -> Message:
@@ -1267,6 +1307,20 @@ class PairEndJ(_PairEnd):
         if self.on_outcome is not None:
             self.on_outcome(out)
 
+
+#: what Cj accepts from Ci before a block is opened (each handler checks the chunk's order itself)
+_J_SIFTING: tuple[str, ...] = ("ann/confirm", "sift/flags", "test/bases", "test/bits", "block/open")
+#: Alice's answer(s) to each of Bob's requests (:class:`~labqfl.qkd.cascade.CascadeAlice`,
+#: :class:`~labqfl.qkd.ldpc.LdpcAlice`): while reconciliation runs Cj forwards only these to Bob
+_ALICE_ANSWERS: dict[str, tuple[str, ...]] = {
+    "cascade/init": ("cascade/ok",),
+    "cascade/round": ("cascade/block-parities", "cascade/parities"),
+    "cascade/done": ("cascade/ok",),
+    "ldpc/init": ("ldpc/ok",),
+    "ldpc/syndromes": ("ldpc/syndromes",),
+    "ldpc/reveal": ("ldpc/filler",),
+    "ldpc/done": ("ldpc/ok",),
+}
 
 _J_HANDLERS: dict[str, Callable[[PairEndJ, _JBlock, Message], Message]] = {
     "ann/confirm": PairEndJ._ann_confirm,
