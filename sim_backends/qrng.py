@@ -470,6 +470,18 @@ def _finish_dense(out: np.ndarray, pos: np.ndarray, m: int, y: np.ndarray, s0: i
         out[i] = np.uint8(_word_code(slot8.slot_word(y[i], w), thr))
 
 
+def _query_scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's buffers of a :data:`_QUERY_SLOTS` piece of :meth:`CsprngChoiceLog.codes`: counter blocks (two
+    uint64 per slot), their keystream (bytes, room for one block more: ``update_into`` wants it), and for v2 the
+    slots' coarse bytes and the positions (int64) of the ambiguous ones; allocated once per thread instead of
+    2.6 MiB per call."""
+    sc = getattr(_SCRATCH, "query", None)
+    if sc is None:
+        sc = _SCRATCH.query = (np.empty(2 * _QUERY_SLOTS, np.uint64), np.empty(16 * _QUERY_SLOTS + 16, np.uint8),
+                               np.empty(_QUERY_SLOTS, np.int64), np.empty(_QUERY_SLOTS, np.uint8))
+    return sc
+
+
 def _fine_scratch() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """This thread's buffers for a dense v2 piece's ambiguous slots: positions (int64), counter blocks (two
     uint64 each) and their keystream (bytes), room for every slot of a :data:`_RUN_SLOTS` piece; only the first
@@ -608,26 +620,23 @@ class CsprngChoiceLog:
         """The drive codes k·4 + a (uint8) of ``slots`` (int64, any order, repeats allowed): per slot
         its keystream block by ECB of the counter (v1 ``E_K(⌊s/4⌋)``, v2 ``E_K(⌊s/16⌋)``), encrypted once
         per run of slots that share it, and the slot's word (v1) or byte (v2: the ambiguous ones then
-        take their fine words) of it. In pieces of :data:`_QUERY_SLOTS` slots through buffers of the
-        call's own, not zeroed (a 1 MiB piece: 3.8 ns per slot on a window's question against 4.1 for
-        2^14 slots, v1, Zen 3). Equal to :meth:`choices_reference` bit for bit."""
+        take their fine words) of it. In pieces of :data:`_QUERY_SLOTS` slots through this thread's buffers
+        (:func:`_query_scratch`, not zeroed; a 1 MiB piece: 3.8 ns per slot on a window's question against 4.1
+        for 2^14 slots, v1, Zen 3). Equal to :meth:`choices_reference` bit for bit."""
         s = np.ascontiguousarray(slots, dtype=np.int64)
         if s.ndim != 1:
             raise ValueError(f"slots must be a 1-D int64 array, got shape {s.shape}")
         out = np.empty(s.size, dtype=np.uint8)
-        piece = min(s.size, _QUERY_SLOTS)
-        ctr = np.empty(2 * piece, np.uint64)
-        buf = np.empty(16 * piece + 16, np.uint8)  # update_into wants room for one block more
-        y = np.empty(0 if self._v1 else piece, np.uint8)
-        pos = np.empty(0 if self._v1 else piece, np.int64)
+        ctr, buf, pos, y = _query_scratch()
+        v1 = self._v1
         for lo in range(0, s.size, _QUERY_SLOTS):
             part = s[lo:lo + _QUERY_SLOTS]
-            nb_ = int(_counter_blocks(part, ctr, 2 if self._v1 else 4, np.uint64(0)))
+            nb_ = int(_counter_blocks(part, ctr, 2 if v1 else 4, np.uint64(0)))
             if nb_ < 0:
                 raise ValueError("slots must be >= 0")
             done = self._ecb_into(ctr, nb_, buf)
             o = out[lo:lo + _QUERY_SLOTS]
-            if self._v1:
+            if v1:
                 words = ctr.view(np.uint32)[:part.size]  # the counters are spent: their buffer takes the words
                 _block_words(np.frombuffer(buf, dtype="<u4", count=done // 4), part, words)
                 _words_to_codes(words, self._code_thr, o)
