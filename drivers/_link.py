@@ -170,6 +170,7 @@ class Link:
             try:
                 self.adapter = VISAAdapter(self.resource, visa_library=self.library, **kwargs)
                 self._check_simulated_resource(self.adapter)
+                self._attach_simulated_models(self.adapter)
             except Exception as exc:
                 with _OPEN_LOCK:
                     _OPEN.pop(key, None)
@@ -221,6 +222,16 @@ class Link:
                 f"cannot connect: no instrument at this resource in the pyvisa-sim file "
                 f"{Path(self.library[: -len('@sim')]).name}; it defines {', '.join(defined) or 'none'}",
                 instrument=self.owner.name, resource=self.resource)
+
+    def _attach_simulated_models(self, adapter: Adapter) -> None:
+        """pyvisa-sim: attach the Python models its YAML cannot express (:mod:`labqfl.sim_backends.visa_models`,
+        e.g. a PRO8000's actual LD current following its set point) once, when the session opens, so that no
+        driver branches on the simulator."""
+        if not self.library.endswith("@sim"):
+            return
+        from labqfl.sim_backends.visa_models import attach
+
+        attach(adapter)
 
     def close(self) -> None:
         """Leave the session (closing it with its last holder); idempotent."""

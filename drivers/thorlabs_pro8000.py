@@ -52,7 +52,7 @@ the LDC slot, both currents and the tolerance. The LDC module's accuracy figure 
 option from your module's data sheet (its laser-current accuracy, plus the reading's) if 1 mA does not fit. The
 check assumes constant-current operation (the driver sets no ``:MODE``; in constant-power mode the current
 follows the monitor diode, not ``:ILD:SET``). A pyvisa-sim session (``…@sim``) gets the Python model of that
-current (:mod:`labqfl.sim_backends.pro8000`) when it opens: its YAML cannot express it.
+current (:mod:`labqfl.sim_backends.pro8000`, attached by the VISA link when it opens): its YAML cannot express it.
 ``wavelength_nm`` is computed from the TEC *set* temperature; :meth:`snapshot` says so and adds the
 actual temperature and the wavelength it gives (``tec``).
 """
@@ -65,7 +65,7 @@ import warnings
 from typing import Any
 
 from pydantic import Field, model_validator
-from pymeasure.adapters import Adapter, VISAAdapter
+from pymeasure.adapters import Adapter
 from pymeasure.instruments.thorlabs import ThorlabsPro8000
 
 from labqfl.config import DriverOptions, InstrumentConfig, StationConfig
@@ -188,13 +188,6 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                 warnings.simplefilter("ignore", FutureWarning)
                 return ThorlabsPro8000(self.link.adapter)  # writes :SYST:ANSW VALUE
 
-        if self.link.library.endswith("@sim") and isinstance(self.link.adapter, VISAAdapter):
-            # pyvisa-sim: its YAML cannot make :ILD:ACT? follow the LDC; the Python model answers it
-            from labqfl.sim_backends.pro8000 import emulate_ld_current, is_pro8000, sim_device
-
-            device = sim_device(self.link.adapter)
-            if is_pro8000(device):  # another device is refused by the identity check just below
-                emulate_ld_current(device)
         self._read_identity()  # the right instrument before anything is written to it
         self.pm = self.link.call(":SYST:ANSW VALUE", build)
         self.link.check_errors(":SYST:ANSW VALUE")

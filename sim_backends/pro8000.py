@@ -21,8 +21,8 @@ open interlock, reads 0 A too), and two faults a test may set, which make it dif
 The reply is formatted as the YAML's other currents (``{:.6E}``, in A; ``:SYST:ANSW VALUE``: the value only).
 Every other message goes to the device unchanged. Like the YAML's set point, the model is not per slot.
 
-Where it is attached: a ThorlabsPRO8000 driver opening a pyvisa-sim session (``visa_library`` ``…@sim``, in
-process) calls :func:`emulate_ld_current` on its session's device; :class:`~labqfl.sim_backends.visa_tcp.
+Where it is attached: the VISA link opening a pyvisa-sim session (``visa_library`` ``…@sim``, in process) calls
+:func:`labqfl.sim_backends.visa_models.attach`, which calls :func:`emulate_ld_current` on a PRO8000 device; :class:`~labqfl.sim_backends.visa_tcp.
 VisaSimTCPServer` attaches it to a PRO8000 device it serves over loopback (``@py``, another process).
 :func:`ldc_model` finds it for a test (from the device, a pyvisa resource, a PyMeasure adapter or the driver).
 """

@@ -70,6 +70,9 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
     ("labqfl.config", "labqfl.station"):
         "parse_station_config checks real roles against the drivers' declarations, which the Station "
         "owns (lazy import; the Station is the only door to labqfl.drivers)",
+    ("labqfl.drivers._link", "labqfl.sim_backends.visa_models"):
+        "the VISA link opens pyvisa-sim sessions ('…@sim') and attaches the Python device models their YAML "
+        "cannot express (lazy, '@sim' only), so that no driver branches on the simulator",
     ("labqfl.sim_backends.recording", "labqfl.keystore"):
         "a CSPRNG client's private choice log lives in the data dir, whose location the key store defines "
         "(default_data_dir)",
