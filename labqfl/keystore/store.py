@@ -1730,6 +1730,16 @@ class KeyStore:
         return (str(row[0]), [tuple(r) for r in self._json_col(row[1], "deliveries", "refs", where)],  # type: ignore[misc]
                 str(row[2]), self._json_col(row[3], "deliveries", "info", where))
 
+    def deliveries_since(self, pair: str, since: str) -> list[dict[str, Any]]:
+        """The delivery records (no key material) of ``pair`` created at or after ``since`` (UTC ISO time), oldest
+        first, as :meth:`delivery` gives them: a record whose refs or info is not JSON raises one
+        :class:`KeyStoreError` naming it."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT key_id, pair, purpose, kind, state, nbits, refs, info, created, updated FROM "
+                                "deliveries WHERE pair = ? AND created >= ? ORDER BY created, key_id",
+                                (str(pair), str(since))).fetchall()
+        return [_delivery_record(self.path, str(r[0]), r[1:]) for r in rows]
+
     def delivery(self, key_id: str) -> dict[str, Any] | None:
         """The delivery record of ``key_id`` (no key material): pair, purpose, kind, state, nbits, refs, info."""
         with self._read() as conn:

@@ -510,18 +510,15 @@ def _mnist_cache(task: str, folder: Path) -> str:
 def mask_blocks_used(data_dir: Path, pairs: list[str], since: str) -> dict[str, list[str]]:
     """Per pair: the block IDs of the mask pads its master Ci reserved since ``since`` (UTC ISO
     time), from the ``deliveries`` of Ci's store (refs name blocks; no key bit is read). Called
-    only after every node stopped."""
-    import sqlite3
+    only after every node stopped. A delivery record that is not JSON raises one KeyStoreError naming the store,
+    the key ID and the column (before: a bare JSONDecodeError)."""
+    from labqfl.keystore import KeyStore
 
     out: dict[str, list[str]] = {}
     for pair in pairs:
-        path = Path(data_dir) / "keystore" / f"{pair.split('-')[0]}.sqlite"
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            rows = con.execute("SELECT refs, info FROM deliveries WHERE pair = ? AND created >= ?", (pair, since)).fetchall()
-        finally:
-            con.close()
-        ids = {str(r[0]) for refs, info in rows if json.loads(info).get("use") == "fl-mask" for r in json.loads(refs)}
+        with KeyStore(Path(data_dir) / "keystore" / f"{pair.split('-')[0]}.sqlite", create=False) as store:
+            records = store.deliveries_since(pair, since)
+        ids = {str(r[0]) for d in records if d["info"].get("use") == "fl-mask" for r in d["refs"]}
         if ids:
             out[pair] = sorted(ids)
     return out
