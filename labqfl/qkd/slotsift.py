@@ -326,6 +326,29 @@ def _ring_fill(codes, j, m, ts, ch, q0, c1, delay, off, hw, i0, i1, anchor_t, ba
 
 
 @numba.njit(cache=True, nogil=True)
+def _ring_fill_block(codes, m, E, half, bm, smask):  # type: ignore[no-untyped-def]
+    """:func:`_ring_fill` for a whole block in two branch-free passes, if every code of
+    ``codes[:m]`` is ``_REJECT`` or a click in ``[E, E + half)`` (no exact division, no click
+    that stops the block): a vectorised test of that, then each code → ``bm[slot & smask] |=
+    1 + detector``, a rejected tag ORing 0 into byte ``smask`` (no branch per tag: the three
+    data-dependent branches of :func:`_ring_fill` cost ~1 ns per tag even where all predicted).
+    Returns False (nothing written) if some code is not of that kind."""
+    lo = U(2 * E)
+    span = U(2 * half)
+    bad = False
+    for j in range(m):
+        v = codes[U(j)] - _MAGIC
+        bad |= (v != _REJECT) & (U(v) - lo >= span)
+    if bad:
+        return False
+    for j in range(m):
+        v = codes[U(j)] - _MAGIC
+        val = (np.int64(1) + (v & 1)) & ~(v >> 63)  # 0 for _REJECT (-1)
+        bm[U((v >> 1) & smask)] |= np.uint8(val)
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
 def _horizon(tau, delay, off, h, nxt, anchor_t, base, per):  # type: ignore[no-untyped-def]
     """A lower bound on the slot of any later tag of one detector (raw time >= ``tau``): its
     nearest slot at ``tau``, less 2 (slot positions computed from two neighbouring intervals can
@@ -574,6 +597,9 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     for k in range(q, q + m):
                         if ch[k] != c0 and ch[k] != c1:
                             codes[k - q] = _MAGIC + _REJECT
+            if j == 0 and burst_period <= 0 and _ring_fill_block(codes, m, E, half, bm, smask):
+                j = m
+                continue
             j, s, d, out = _ring_fill(codes, j, m, ts, ch, q, c1, delay, off, hw, i0, i1, anchor_t, base, per, na,
                                       last_span, burst_period, burst_on, E, half, bm, smask)
             if out:

@@ -128,3 +128,34 @@ def test_group_mask_marks_the_nonzero_slot_bytes_in_range():
             if sa <= s < sb and ring[s % ring.size]:
                 want |= 1 << k
         assert got == want, (g, sa, sb)
+
+
+def test_branch_free_block_fill_equals_the_tag_by_tag_fill_or_declines():
+    # _ring_fill_block: a block of slot codes (doubles 2^52 + 2·slot + detector, read as int64)
+    # ORed into the ring as _ring_fill would, rejected tags leaving every byte as it was; a block
+    # holding an exact-division code or a click outside [E, E + half) is declined untouched
+    from labqfl.qkd.slotsift import _EXACT, _MAGIC, _REJECT, _ring_fill_block
+
+    rng = np.random.default_rng(61)
+    W, half, E = RING, RING // 2, 5 * RING + 123
+    for trial in range(200):
+        m = int(rng.integers(1, 300))
+        s = E + rng.integers(0, half, m)
+        code = 2 * s + rng.integers(0, 2, m)
+        code[rng.random(m) < 0.1] = _REJECT
+        ring = np.where(rng.random(W) < 0.05, rng.integers(1, 4, W), 0).astype(np.uint8)
+        want = ring.copy()
+        for v in code.tolist():
+            if v >= 0:
+                want[(v >> 1) & (W - 1)] |= 1 + (v & 1)
+        spoil = trial % 3  # 0: a good block; 1: one exact-division code; 2: one click beyond the window
+        if spoil == 1:
+            code[rng.integers(0, m)] = _EXACT
+        elif spoil == 2:
+            code[rng.integers(0, m)] = 2 * (E + half + int(rng.integers(0, 5))) + 1
+        before = ring.copy()
+        ok = _ring_fill_block(code + _MAGIC, np.int64(m), np.int64(E), np.int64(half), ring, np.int64(W - 1))
+        if spoil:
+            assert not ok and np.array_equal(ring, before)
+        else:
+            assert ok and np.array_equal(ring, want)
