@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,38 @@ th{background:#f1f3f8} td:first-child,th:first-child{text-align:left} .muted{col
 """
 
 
+def _legends(fig: Any) -> list[Any]:
+    """Every legend drawn on ``fig`` (its axes', twin axes' included, and its own)."""
+    return [leg for ax in fig.axes if (leg := ax.get_legend()) is not None] + list(fig.legends)
+
+
+def _fit_legends(fig: Any, tries: int = 3) -> None:
+    """Grow ``fig`` until every legend lies inside it, laying it out again each time. Review s40 user MED-1: the
+    key-pools legend was 1000 px wide in a 770 px figure; ``tight_layout`` squeezed the axes into the middle and
+    ``savefig`` cut the legend's ends. A legend already inside the figure (every plot of the default station's run)
+    leaves the figure as it is."""
+    for _ in range(tries):
+        renderer = fig.canvas.get_renderer()
+        fb = fig.bbox
+        out = [leg.get_window_extent(renderer) for leg in _legends(fig)]
+        grow_w = max([0.0] + [max(fb.x0 - b.x0, 0.0) + max(b.x1 - fb.x1, 0.0) for b in out])
+        grow_h = max([0.0] + [max(fb.y0 - b.y0, 0.0) + max(b.y1 - fb.y1, 0.0) for b in out])
+        if grow_w <= 0.5 and grow_h <= 0.5:  # within half a pixel
+            return
+        w, h = fig.get_size_inches()
+        fig.set_size_inches(w + (grow_w + 8) / fig.dpi if grow_w > 0.5 else w,
+                            h + (grow_h + 8) / fig.dpi if grow_h > 0.5 else h)
+        fig.tight_layout()
+
+
 def _fig(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float] = (7.0, 3.6)) -> Path:
     fig, ax = plt.subplots(figsize=figsize, dpi=110)
     draw(ax)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
+    with warnings.catch_warnings():  # a legend wider than the figure: _fit_legends grows it and lays it out again
+        warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+        fig.tight_layout()
+    _fit_legends(fig)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -185,8 +213,9 @@ def _plot_key_pools(run: RunRecord, m: dict[str, Any], plots: dict[str, Path]) -
             ax.set_ylabel("bits")
             ax.set_yscale("log")
             ax.set_title("Key pools against consumption")
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, fontsize=8, frameon=False)
-        plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools, figsize=(7.0, 4.0))
+            # one label a row under the axes: side by side the three were 1000 px wide (review s40 user MED-1)
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=1, fontsize=8, frameon=False)
+        plots["Key pools"] = _fig(run.plot_path("key_pools.png"), draw_pools, figsize=(7.0, 4.8))
 
 
 def fl_consumed_label(train: dict[str, Any]) -> str:
@@ -243,19 +272,33 @@ def make_plots(run: RunRecord, m: dict[str, Any], captions: dict[str, str] | Non
 NOT_AVAILABLE = "n/a"
 
 
-def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
-    """HTML table; a null or missing value shows as :data:`NOT_AVAILABLE`, never as an empty cell."""
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in cols)
+#: Decimals of a float in a column that names none (every column of the report that holds floats names its own).
+DEFAULT_DECIMALS = 2
+
+
+def number_cell(v: Any, decimals: int | None = None) -> str:
+    """A number as a table cell, as the CLI's tables print them: thousands separators ("2,159,122"), and with
+    ``decimals`` the same number of decimals for every value of a column, an integer's too ("82.70", "71.66";
+    review s40 user LOW-1: ``:.4g`` dropped trailing zeros, so one column read "82.7, 71.66, 58.71"). Without
+    ``decimals`` an integer is exact and a float has :data:`DEFAULT_DECIMALS`. Anything else is ``str(v)``."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if decimals is None:
+        return f"{v:,}" if isinstance(v, int) else f"{v:,.{DEFAULT_DECIMALS}f}"
+    return f"{v:,.{decimals}f}"
+
+
+def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str] | tuple[str, str, int]]) -> str:
+    """HTML table; a null or missing value shows as :data:`NOT_AVAILABLE`, never as an empty cell. A column is
+    ``(key, title)`` or ``(key, title, decimals)``: its numbers go through :func:`number_cell`."""
+    head = "".join(f"<th>{html.escape(c[1])}</th>" for c in cols)
     body = ""
     for r in rows:
         cells = []
-        for k, _ in cols:
-            v = r.get(k)
-            if v is None or v == "":
-                v = NOT_AVAILABLE
-            elif isinstance(v, float):
-                v = f"{v:.4g}"
-            cells.append(f"<td>{html.escape(str(v))}</td>")
+        for c in cols:
+            v = r.get(c[0])
+            text = NOT_AVAILABLE if v is None or v == "" else number_cell(v, c[2] if len(c) > 2 else None)
+            cells.append(f"<td>{html.escape(text)}</td>")
         body += "<tr>" + "".join(cells) + "</tr>"
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -292,18 +335,18 @@ def _key_wait_section(train: dict[str, Any], comparison: dict[str, Any]) -> list
     rows = [{"round": r["round"], "waited": "yes" if r["key_waited"] else "no", "wait_s": float(r["key_wait_s"]),
              "station_s": float(r["key_wait_station_s"]), "top_ups": r["key_top_ups"],
              "starved": ", ".join(r["key_starved_pairs"]) or "none"} for r in rounds]
-    out.append(_table(rows, [("round", "round"), ("waited", "waited for key"), ("wait_s", "wait, wall [s]"),
-                             ("station_s", "station time acquired [s]"), ("top_ups", "top-up acquisitions"),
+    out.append(_table(rows, [("round", "round"), ("waited", "waited for key"), ("wait_s", "wait, wall [s]", 1),
+                             ("station_s", "station time acquired [s]", 1), ("top_ups", "top-up acquisitions"),
                              ("starved", "starved pairs")]))
     tops = [{"top_up": t["top_up"], "round": t["round"], "duration_s": float(t["duration_s"]), "pair": q,
              "deficit": v["deficit_bits"], "predicted": float(v["predicted_key_bits"]), "delivered": v["delivered_bits"],
              "ratio": "no key predicted" if v["key_ratio"] is None else float(v["key_ratio"])}
             for t in cw.get("top_ups") or [] for q, v in sorted(t["pairs"].items())]
     if tops:
-        out.append(_table(tops, [("top_up", "top-up"), ("round", "before round"), ("duration_s", "station time [s]"),
+        out.append(_table(tops, [("top_up", "top-up"), ("round", "before round"), ("duration_s", "station time [s]", 1),
                                  ("pair", "short pair"), ("deficit", "key lacking [bit]"),
-                                 ("predicted", "key planned [bit]"), ("delivered", "key delivered [bit]"),
-                                 ("ratio", "delivered / planned")]))
+                                 ("predicted", "key planned [bit]", 0), ("delivered", "key delivered [bit]"),
+                                 ("ratio", "delivered / planned", 2)]))
     if cw:
         first = cw.get("predicted_first_wait_round")
         got = cw.get("measured_first_wait_round")
@@ -315,8 +358,8 @@ def _key_wait_section(train: dict[str, Any], comparison: dict[str, Any]) -> list
             "st_meas": float(cw["measured_station_s"]),
             "st_ratio": float(ratio) if ratio is not None else "no prediction"}],
             [("first_pred", "first wait, planned"), ("first_meas", "first wait, run"),
-             ("st_pred", "station time, planned [s]"), ("st_meas", "station time, run [s]"),
-             ("st_ratio", "run / planned")]))
+             ("st_pred", "station time, planned [s]", 1), ("st_meas", "station time, run [s]", 1),
+             ("st_ratio", "run / planned", 2)]))
     return out
 
 
@@ -349,7 +392,7 @@ def _dropped_section(m: dict[str, Any]) -> list[str]:
     rows = [{"pair": p, "n": _count(v.get("dropped_slots")), "of": _count(v.get("n_slots")),
              "ppm": _ppm(v.get("dropped_slots"), v.get("n_slots"))} for p, v in sorted(dist.items())]
     out.append(_table(rows, [("pair", "pair"), ("n", "dropped slots [slots]"), ("of", "pair's slots [slots]"),
-                             ("ppm", "dropped share [ppm]")]))
+                             ("ppm", "dropped share [ppm]", 2)]))
     st = acq.get("slotting")
     st = st if isinstance(st, dict) else {}
     det = acq.get("detector") or {}
@@ -441,11 +484,16 @@ def f_is_high(f: Any, engine: Any) -> bool:
     return f is not None and engine == "cascade" and float(f) > CASCADE_F_USUAL[1]
 
 
+#: Decimals of an efficiency f in the report (and ``labqfl distill``'s table).
+F_DECIMALS = 3
+
+
 def f_cell(f: Any, engine: Any) -> Any:
-    """The report's f cell: the value to 4 significant digits, marked where Cascade's is above its usual range."""
+    """The report's f cell: the value to 3 decimals (as ``labqfl distill``'s table; review s40 user LOW-1: "1.04"
+    stood beside "1.039"), marked where Cascade's is above its usual range."""
     if f is None:
         return None
-    return f"{float(f):.4g}" + (f" {F_HIGH_MARK}" if f_is_high(f, engine) else "")
+    return f"{float(f):.{F_DECIMALS}f}" + (f" {F_HIGH_MARK}" if f_is_high(f, engine) else "")
 
 
 def data_text(train: dict[str, Any]) -> str | None:
@@ -518,10 +566,10 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
                  "kbps": None if v.get("secure_key_rate_bps") is None else float(v["secure_key_rate_bps"]) / 1e3}
                 for p, v in sorted(dist.items())]
         parts.append("<h2>Key distillation</h2>")
-        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted [bits]"), ("qber_pct", "QBER X (key) [%]"),
-                                   ("phase_pct", "phase-error bound [%]"), ("leaked_ec_bits", "leaked (EC) [bits]"),
+        parts.append(_table(rows, [("pair", "pair"), ("sifted_bits", "sifted [bits]"), ("qber_pct", "QBER X (key) [%]", 2),
+                                   ("phase_pct", "phase-error bound [%]", 2), ("leaked_ec_bits", "leaked (EC) [bits]"),
                                    ("f_cell", "f (EC efficiency)"), ("final_key_bits", "final key [bits]"),
-                                   ("kbps", "key rate [kbit/s]"), ("status", "status")]))
+                                   ("kbps", "key rate [kbit/s]", 1), ("status", "status")]))
         parts.append(f"<p class='muted'>{html.escape(DISTILL_LEGEND)}</p>")
     parts.extend(_dropped_section(m))
     kp = (m.get("keys") or {}).get("pairs") or {}
@@ -541,12 +589,12 @@ def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
         parts.append("<h2>Federated training</h2>")
         parts.append(_table([{**train, "acc_pct": _pct(train.get("final_test_accuracy")), "data_text": data_text(train)}], [
             ("task", "task"), ("data_text", "data (test set)"), ("clients", "clients"), ("q", "q [bits]"), ("rounds_run", "rounds"),
-            ("acc_pct", "final test accuracy [%]"),
+            ("acc_pct", "final test accuracy [%]", 1),
             # CSPRNG masks use no QKD key (review s36 F18)
             ("key_bits_total", "key bits used" if train.get("key_source", "qkd") == "qkd"
              else "mask bits (CSPRNG, no QKD key used)"),
             ("upload_bits_per_client", "upload bits/client/round"),
-            ("baseline_upload_bits_per_client", "float32 baseline"), ("key_source", "key source")]))
+            ("baseline_upload_bits_per_client", "float32 baseline [bits/client/round]"), ("key_source", "key source")]))
         if train.get("security"):
             parts.append(f"<p>Mask security: {html.escape(str(train['security']))}</p>")
         parts.extend(_dropout_section(train))

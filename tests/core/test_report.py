@@ -78,8 +78,8 @@ def test_report_fills_every_cell_of_a_run_with_key(tmp_path: Path) -> None:
     assert not empty, f"empty cells at {empty}: {cells}"
     assert NOT_AVAILABLE not in cells and "None" not in cells, cells
     # the two columns that used to be blank show the pipeline's numbers
-    assert f"{100 * rep['phase_error_upper']:.4g}" in cells  # in % (review s36 F12)
-    assert "600000" in cells
+    assert f"{100 * rep['phase_error_upper']:.2f}" in cells  # in % (review s36 F12), 2 decimals (review s40 LOW-1)
+    assert "600,000" in cells
 
 
 def test_report_marks_missing_numbers_instead_of_leaving_cells_empty(tmp_path: Path) -> None:

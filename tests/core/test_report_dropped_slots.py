@@ -87,15 +87,15 @@ def test_in_process_run_shows_dropped_slots_per_pair_and_by_cause(tmp_path: Path
     tables = _report(tmp_path, acq, {"C1-C2": 132_306 + 6 * 65_536, "C1-C3": 0})
     rows = tables["Dropped slots"]
     per_pair = {r[0]: r[1:] for r in rows if r[0] in ("C1-C2", "C1-C3")}
-    assert per_pair["C1-C2"][:2] == [str(132_306 + 6 * 65_536), "4000000"]
-    assert float(per_pair["C1-C2"][2]) == float(f"{1e6 * (132_306 + 6 * 65_536) / 4_000_000:.4g}")
-    assert per_pair["C1-C3"] == ["0", "4000000", "0"]  # zero is 0, never blank or n/a
+    assert per_pair["C1-C2"][:2] == [f"{132_306 + 6 * 65_536:,}", "4,000,000"]  # separators (review s40 LOW-1)
+    assert per_pair["C1-C2"][2] == f"{1e6 * (132_306 + 6 * 65_536) / 4_000_000:,.2f}"
+    assert per_pair["C1-C3"] == ["0", "4,000,000", "0.00"]  # zero is 0, never blank or n/a
     assert _cause(rows, "tagger overflow / missed-event intervals") == ("3", "intervals")
     assert _cause(rows, "tag blocks flagged overflow") == ("2", "blocks")
-    assert _cause(rows, "slots dropped for lost tagger data") == ("1234", "slots")
+    assert _cause(rows, "slots dropped for lost tagger data") == ("1,234", "slots")
     assert _cause(rows, "missing frame markers") == ("2", "markers")
     assert _cause(rows, "duplicated or stray frame markers") == ("1", "markers")
-    assert _cause(rows, "slots dropped for sync") == ("131072", "slots")
+    assert _cause(rows, "slots dropped for sync") == ("131,072", "slots")
     assert _cause(rows, "frames not played by C1") == ("3", "frames")
     assert _cause(rows, "frames not played by C2") == ("0", "frames")
     cells = [c for r in rows for c in r]
@@ -124,11 +124,11 @@ def test_nodes_run_shows_the_detector_nodes_counters_by_cause_and_the_taggers_ow
     assert acq["slotting"] == vars(stats) and acq["detector"]["tagger_missed_events"] == 4417
     rows = _report(tmp_path, acq, {"C1-C2": 70_557})["Dropped slots"]
     assert _cause(rows, "tagger overflow / missed-event intervals") == ("2", "intervals")
-    assert _cause(rows, "slots dropped for lost tagger data") == ("5021", "slots")
+    assert _cause(rows, "slots dropped for lost tagger data") == ("5,021", "slots")
     assert _cause(rows, "missing frame markers") == ("1", "markers")
-    assert _cause(rows, "slots dropped for sync") == ("65536", "slots")
-    assert _cause(rows, "slots dropped by the detector's slotting") == ("70557", "slots")
+    assert _cause(rows, "slots dropped for sync") == ("65,536", "slots")
+    assert _cause(rows, "slots dropped by the detector's slotting") == ("70,557", "slots")
     assert _cause(rows, "tagger overflows") == ("2", "overflows")
-    assert _cause(rows, "tags the tagger missed") == ("4417", "tags")
+    assert _cause(rows, "tags the tagger missed") == ("4,417", "tags")
     cells = [c for r in rows for c in r]
     assert all(cells) and NOT_AVAILABLE not in cells, cells

@@ -43,8 +43,8 @@ def test_report_has_a_run_summary_and_units(tmp_path: Path) -> None:
     assert "wall time: 100.5 s (setup 0.0 s, acquire 25.0 s, train 72.5 s, report 3.0 s)" in t
     assert f"labqfl version: {__version__}" in t
     # percentages where the CLI gives them, units and a legend for the EC columns
-    assert "QBER X (key) [%]" in t and " 0.5779 " in t and "0.005779" not in t
-    assert "final test accuracy [%]" in t and " 97 " in t
+    assert "QBER X (key) [%]" in t and " 0.58 " in t and "0.005779" not in t
+    assert "final test accuracy [%]" in t and " 97.0 " in t
     assert "leaked (EC) [bits]" in t and "f (EC efficiency)" in t and "1 is the Shannon limit" in t
-    assert "key rate [kbit/s]" in t and " 81.54 " in t
+    assert "key rate [kbit/s]" in t and " 81.5 " in t
     assert "all exited with code 0" in t and "[0]" not in t
