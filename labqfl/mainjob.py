@@ -1094,7 +1094,9 @@ class MainJob:
         self.progress("report", 0, 1, "writing report")
         metrics = self._write_metrics(status="complete")
         write_report(self.run_record, metrics, phases=clock.as_dict)
-        self.progress("report", 1, 1, f"report written: {self.path / 'report.html'}")
+        # the run folder's name, not its whole path: in the progress column a long path folded mid-word (review s40
+        # user LOW-5); the whole path is labqfl run's closing "report: …" line (never broken) and its JSON's "report"
+        self.progress("report", 1, 1, f"report written: {self.path.name}/report.html")
         self.state["status"] = "complete"
         self._phase("report", "done")
         return metrics

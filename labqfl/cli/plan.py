@@ -29,12 +29,19 @@ def _s(x: float | None) -> str:
 
 
 def _blocks(plan: Any) -> str:
-    """The range of the graph pairs' block sizes, e.g. "1.2e+07–3.4e+08"."""
+    """The range of the graph pairs' block sizes, e.g. "1.2e+07–3.4e+08"; one value where both ends print alike
+    (review s40 user LOW-5: "1.67e+08–1.67e+08" for 166,658,048 and 166,709,760 slots)."""
     sizes = [p.block_slots for p in plan.pairs.values() if p.block_slots > 0]
     if not sizes:
         return "no"
-    lo, hi = min(sizes), max(sizes)
-    return f"{hi:.3g}" if lo == hi else f"{lo:.3g}–{hi:.3g}"
+    lo, hi = f"{min(sizes):.3g}", f"{max(sizes):.3g}"
+    return hi if lo == hi else f"{lo}–{hi}"
+
+
+def _pairs_title(shown: int, of: int) -> str:
+    """The title of the plan's table of pairs: "all 6 graph pairs, slowest first" where it holds every pair (review
+    s40 user LOW-5: "the 6 slowest graph pairs" of 6), else "the 12 slowest of 28 graph pairs"."""
+    return f"all {of} graph pairs, slowest first" if shown >= of else f"the {shown} slowest of {of} graph pairs"
 
 
 def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
@@ -46,7 +53,7 @@ def render_plan(con: Any, plan: Any, max_rows: int = 12) -> None:
                    f"({key_breakdown(plan.key_bits_per_pair_per_round, plan.refs_tag_bits_per_pair_per_round)}); "
                    f"per round, all {len(plan.pairs)} pairs: {plan.key_bits_per_round:,} bits"))
     t = Table("pair", "share", "loss [dB]", "block [slots]", "key rate [bit/s]", "need/round [bit]",
-              "acquisition/round [s]", "starving", title=f"the {min(max_rows, len(plan.pairs))} slowest graph pairs")
+              "acquisition/round [s]", "starving", title=_pairs_title(min(max_rows, len(plan.pairs)), len(plan.pairs)))
     slowest = sorted(plan.pairs.values(), key=lambda p: (math.isfinite(p.acquisition_s_per_round),
                                                           -p.acquisition_s_per_round, p.pair))
     for p in slowest[:max_rows]:
