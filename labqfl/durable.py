@@ -18,21 +18,28 @@ Key stores are SQLite databases with their own journal and are not written throu
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["replace_durably", "sync_folder"]
+__all__ = ["TEMP_SUFFIX", "leftover_temporaries", "replace_durably", "sync_folder"]
+
+#: The ending of every temporary file name :func:`replace_durably` makes (``.<name>.<pid>.<random>.tmp``)
+TEMP_SUFFIX = ".tmp"
 
 
-def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], object], *, mode: int = 0o666) -> None:
+def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], object], *, mode: int = 0o666,
+                    secret: bool = False) -> None:
     """Replace ``path`` with ``content`` durably (module doc). ``content``: bytes, text (written as UTF-8) or a
     function that writes to the open binary file (e.g. ``lambda f: numpy.save(f, a)``). ``mode``: the new
-    file's permission bits before the umask (``0o600`` for a file only its owner may read)."""
+    file's permission bits before the umask (``0o600`` for a file only its owner may read). ``secret``: the
+    content is key material: a write that fails overwrites its temporary file with zeros before removing it
+    (a crash leaves it; :func:`leftover_temporaries` finds it for the owner to shred at its next start)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -46,20 +53,50 @@ def replace_durably(path: Path, content: bytes | str | Callable[[BinaryIO], obje
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
+        if secret:
+            _zero(tmp)
         tmp.unlink(missing_ok=True)
         raise
     sync_folder(path.parent)
 
 
+def leftover_temporaries(folder: Path) -> list[Path]:
+    """The temporary files :func:`replace_durably` left in ``folder`` (a process killed between its write and
+    its rename), oldest name first; none while no writer of that folder runs."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob(f".*{TEMP_SUFFIX}") if p.is_file()) if folder.is_dir() else []
+
+
+def _zero(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.write(b"\0" * size)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        pass  # removed next; the write that failed is raised
+
+
+#: errno values meaning "this filesystem cannot sync a folder" (some network and FUSE mounts): ignored. Any other
+#: failure (EIO above all) is raised: the rename may not be on disk.
+_CANNOT_SYNC_FOLDER = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF})
+
+
 def sync_folder(folder: Path) -> None:
-    """fsync ``folder`` so that a rename or link made in it is durable (ignored where the filesystem cannot)."""
+    """fsync ``folder`` so that a rename or link made in it is durable. A folder this process may not open for
+    reading (EACCES, EPERM) or a filesystem that cannot sync folders (:data:`_CANNOT_SYNC_FOLDER`) is skipped;
+    every other error is raised."""
     try:
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as exc:
+        if exc.errno not in _CANNOT_SYNC_FOLDER:
+            raise
     finally:
         os.close(fd)

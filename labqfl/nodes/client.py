@@ -93,7 +93,7 @@ import numpy as np
 
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.contracts.types import Announcements
-from labqfl.durable import replace_durably
+from labqfl.durable import leftover_temporaries, replace_durably
 from labqfl.errors import AuthenticationError, ConfigError, LabqflError
 from labqfl.keystore import KeyStore
 from labqfl.keystore.material import normalize_refs
@@ -1353,6 +1353,7 @@ class ClientNode(Node):
         self.pending = self.private / "pending"
         self.pending.mkdir(mode=0o700, exist_ok=True)
         self._pending_lock = threading.Lock()
+        self._shred_pending_temporaries()
         #: key IDs of block authentication reservations in flight (``_IPair._draw_auth``)
         self.auth_inflight: set[str] = set()
         self._import_preshared()
@@ -1530,6 +1531,18 @@ class ClientNode(Node):
         return self.store.add_blocks(pair, _block_parts(block_id, final, refill, meta),
                                      run_id=str(meta.get("run_id", "")))
 
+    def _shred_pending_temporaries(self) -> None:
+        """A node killed while writing a pending block left its temporary file (key bits, 0600): overwrite each
+        with zeros and delete it at start, before any block is written (:func:`labqfl.durable.leftover_temporaries`,
+        and ``<hash>.tmp`` of labqfl before session 40). The block it was writing was never accepted by this node
+        (the rename never happened), so nothing is lost; a file that cannot be destroyed stops the start."""
+        from labqfl.keystore.preshare import shred_secret_file
+
+        for tmp in sorted(set(leftover_temporaries(self.pending)) | set(self.pending.glob("*.tmp"))):
+            if (problem := shred_secret_file(tmp)) is not None:
+                raise OSError(problem)
+            log.warning("client %s: destroyed a pending block's temporary file a crash left (%s)", self.name, tmp.name)
+
     def _pending_path(self, block_id: str) -> Path:
         return self.pending / f"{hashlib.sha256(block_id.encode()).hexdigest()[:32]}.json"
 
@@ -1539,7 +1552,7 @@ class ClientNode(Node):
         Cj accepted could lose the only copy Cj kept of a block Ci went on to store)."""
         body = json.dumps({"pair": pair, "block_id": block_id, "nbits": int(final.size), "refill": int(refill),
                            "bits_hex": np.packbits(final).tobytes().hex(), "meta": meta})
-        replace_durably(self._pending_path(block_id), body, mode=0o600)
+        replace_durably(self._pending_path(block_id), body, mode=0o600, secret=True)
 
     def pending_ids(self, pair: str) -> list[str]:
         with self._pending_lock:

@@ -92,3 +92,47 @@ def test_concurrent_writers_never_share_a_temporary_file(tmp_path: Path) -> None
     assert not errors
     assert p.read_bytes() in letters
     assert [x.name for x in tmp_path.iterdir()] == ["shared.json"]
+
+
+def test_a_failed_secret_write_zeroes_its_temporary_before_removing_it(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bytes] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.name.endswith(durable.TEMP_SUFFIX):
+            seen.append(self.read_bytes())
+        real_unlink(self, missing_ok=missing_ok)
+
+    def broken(f: io.BufferedWriter) -> None:
+        f.write(b"\xff" * 32)
+        f.flush()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match="disk full"):
+        replace_durably(tmp_path / "pending.json", broken, secret=True)
+    assert seen == [b"\0" * 32]
+    assert durable.leftover_temporaries(tmp_path) == []
+
+
+def test_leftover_temporaries_finds_what_a_killed_writer_left(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text("{}")
+    left = tmp_path / ".a.json.123.cafe0001.tmp"
+    left.write_text("half")
+    assert durable.leftover_temporaries(tmp_path) == [left]
+    assert durable.leftover_temporaries(tmp_path / "absent") == []
+
+
+@pytest.mark.parametrize(("err", "raised"), [(5, True), (22, False), (95, False)])  # EIO, EINVAL, EOPNOTSUPP
+def test_sync_folder_raises_an_io_error_and_skips_a_folder_that_cannot_be_synced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int, raised: bool) -> None:
+    def fsync(fd: int) -> None:
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    if raised:
+        with pytest.raises(OSError):
+            durable.sync_folder(tmp_path)
+    else:
+        durable.sync_folder(tmp_path)

@@ -78,3 +78,32 @@ def test_a_pending_record_is_durable_before_write_pending_returns(tmp_path: Path
     [(f, _)] = _records(ns, "C1-C2")
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert [p.name for p in ns.pending.iterdir()] == [f.name]  # no temporary left beside it
+
+
+def test_temporaries_a_crash_left_are_shredded_at_start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node killed between writing a pending block's temporary file and its rename left the bits in it (0600);
+    the next start overwrites each such file with zeros and deletes it (review s40 keysrev F2: nothing removed
+    them, before or after labqfl.durable). Pending records themselves are kept."""
+    import os
+
+    ns = _node(tmp_path)
+    ns.name = "C2"
+    ClientNode.write_pending(ns, "C1-C2", "blk-1", np.ones(16, np.uint8), 0, {"run_id": "r"})  # type: ignore[arg-type]
+    kept = sorted(p.name for p in ns.pending.iterdir())
+    left = [ns.pending / f".{kept[0]}.4242.deadbeef.tmp", ns.pending / "0123abcd.tmp"]  # new and old naming
+    for p in left:
+        p.write_text('{"bits_hex": "ffff"}')
+    zeroed: list[bytes] = []
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self in left:
+            zeroed.append(self.read_bytes())
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    ClientNode._shred_pending_temporaries(ns)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    assert sorted(p.name for p in ns.pending.iterdir()) == kept
+    assert len(zeroed) == 2 and all(z == b"\0" * len(z) and z for z in zeroed)
+    assert os.path.exists(ns.pending / kept[0])
