@@ -88,6 +88,7 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
     # cos δ of each phase pair once (the same value for every intensity pair: 16 cosines, not 16 per pair)
     cosd = np.empty(N_PHASE * N_PHASE)
     cos_finite = True
+    uniform = np.uint64(0)  # bit ki·K_MAX + kj: an intensity pair whose phase pairs all share their values
     for ai in range(ai_lo, ai_hi):
         for aj in range(aj_lo, aj_hi):
             cosd[ai * N_PHASE + aj] = math.cos(phase[ci, ai] - phase[cj, aj] + theta)
@@ -118,6 +119,7 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
                         table[idx, 2] = e3
                 if e3 > pmax:
                     pmax = e3
+                uniform |= np.uint64(1) << np.uint64(ki * K_MAX + kj)
                 continue
             for ai in range(ai_lo, ai_hi):
                 for aj in range(aj_lo, aj_hi):
@@ -140,6 +142,16 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
     if pmax > 0.0 and normalise:
         for ki in range(cnk[ci]):
             for kj in range(cnk[cj]):
+                if (uniform >> np.uint64(ki * K_MAX + kj)) & np.uint64(1):  # the same values everywhere: divided once
+                    idx = ((ki * K_MAX + kj) * N_PHASE + ai_lo) * N_PHASE + aj_lo
+                    v0, v1, v2 = table[idx, 0] / pmax, table[idx, 1] / pmax, table[idx, 2] / pmax
+                    for ai in range(ai_lo, ai_hi):
+                        for aj in range(aj_lo, aj_hi):
+                            idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
+                            table[idx, 0] = v0
+                            table[idx, 1] = v1
+                            table[idx, 2] = v2
+                    continue
                 for ai in range(ai_lo, ai_hi):
                     for aj in range(aj_lo, aj_hi):
                         idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
