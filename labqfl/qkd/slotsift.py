@@ -35,7 +35,10 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
 from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 from numba.typed import List as NumbaList
 
 from labqfl.contracts.schedule import PairSchedule
@@ -404,9 +407,71 @@ def _next_clicked(bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
     return sb
 
 
+_DENSE_MIN = 8
+"""Clicked slots of a 64-slot ring group from which :func:`_scan_sift` reads the group's log
+bytes as a whole (:func:`_group_codes`) rather than four bytes per clicked slot."""
+_DENSE_NK = 15
+"""Most intensities per client for which a histogram index fits 16 bits (:func:`_group_codes`)."""
+_BAD_CODE = 0xFFFF
+
+
+@intrinsic
+def _popcount(typingctx, m):  # type: ignore[no-untyped-def]
+    """Set bits of a uint64 (LLVM's ``llvm.ctpop``)."""
+    sig = types.int64(m)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        i64 = ir.IntType(64)
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [i64])
+        return builder.call(fn, [args[0]])
+
+    return sig, codegen
+
+
+@intrinsic
+def _group_codes(typingctx, bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc):  # type: ignore[no-untyped-def]
+    """The histogram index ``((k_i·nk + k_j)·4 + a_i)·4 + a_j)·4 + outcome`` of each of the 64
+    slots ``w0 … w0 + 63`` (ring bytes from ``rb``; both clients' logs), or ``_BAD_CODE`` where a
+    log entry is out of range (k_i >= ni, k_j >= nj or a phase index > 3), into ``hc`` (uint16).
+    Written as LLVM IR on 64-lane vectors (LLVM Language Reference: vector ``load``, ``zext``,
+    ``mul``, ``shl``, ``or``, ``icmp``, ``select``, ``store``), which LLVM lowers to the target's
+    vector instructions (AVX2: ~110 per group); Numba's own loop widened every lane to 64 bits.
+    The caller keeps ``w0 + 64`` within the logs, ``rb + 64`` within the ring, ``nk`` <= 15 and
+    ``ni``, ``nj`` <= 255."""
+    sig = types.void(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        a_bm, a_rb, a_x, a_y, a_ai, a_aj, a_w0, a_nk, a_ni, a_nj, a_hc = args
+        t = signature.args
+        i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
+        v8, v16 = ir.VectorType(i8, 64), ir.VectorType(i16, 64)
+
+        def load(k, arg, off):  # type: ignore[no-untyped-def]
+            ary = context.make_array(t[k])(context, builder, arg)
+            return builder.load(builder.bitcast(builder.gep(ary.data, [off]), v8.as_pointer()), align=1)
+
+        def splat(val, vt, et):  # type: ignore[no-untyped-def]
+            u = builder.insert_element(ir.Constant(vt, ir.Undefined), builder.trunc(val, et), ir.Constant(i32, 0))
+            return builder.shuffle_vector(u, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
+
+        b, x, y, ai, aj = load(0, a_bm, a_rb), load(2, a_x, a_w0), load(3, a_y, a_w0), load(4, a_ai, a_w0), load(5, a_aj, a_w0)
+        X, Y, AI, AJ, B = (builder.zext(v, v16) for v in (x, y, ai, aj, b))
+        k = builder.add(builder.mul(X, splat(a_nk, v16, i16)), Y)
+        low = builder.or_(builder.or_(builder.shl(AI, ir.Constant(v16, 4)), builder.shl(AJ, ir.Constant(v16, 2))), B)
+        h = builder.or_(builder.shl(k, ir.Constant(v16, 6)), low)
+        ok = builder.and_(builder.icmp_unsigned("<", x, splat(a_ni, v8, i8)), builder.icmp_unsigned("<", y, splat(a_nj, v8, i8)))
+        ok = builder.and_(ok, builder.icmp_unsigned("<", builder.or_(ai, aj), ir.Constant(v8, 4)))
+        out = context.make_array(t[10])(context, builder, a_hc)
+        builder.store(builder.select(ok, h, ir.Constant(v16, _BAD_CODE)), builder.bitcast(out.data, v16.as_pointer()),
+                      align=2)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
-def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o, key_s, key_bi,  # type: ignore[no-untyped-def]
-               key_bj, o, ko):
+def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s, out_o, key_s,  # type: ignore[no-untyped-def]
+               key_bi, key_bj, o, ko):
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
     bin ``hist[hb + code]`` with code = (k_i·nk + k_j)·64 + 16·a_i + 4·a_j + outcome, the
@@ -415,10 +480,32 @@ def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, 
     position moves on. The key bytes are split into the two clients' bits at the end (2|bit marks
     Cj's double click). The slots' bytes are cleared. Returns (o, ko, status)."""
     ko0 = ko
+    dense = nk <= _DENSE_NK and ni <= 255 and nj <= 255
     for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
         mm = _group_mask(bw, g, gmask, sa, sb)
         rb = (g & gmask) << 6
         w0 = g << 6
+        if dense and w0 + 64 <= nlog and _popcount(mm) >= _DENSE_MIN:
+            _group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+            while mm != 0:
+                pz = np.int64(trailing_zeros(mm))
+                mm &= mm - U(1)
+                h = np.int64(hc[U(pz)])
+                if h == _BAD_CODE:
+                    x = np.int64(lki[U(w0 + pz)])
+                    y = np.int64(lkj[U(w0 + pz)])
+                    return o, ko, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
+                sl = w0 + pz
+                bm[U(rb + pz)] = 0
+                hist[U(hb + h)] += 1
+                out_s[U(o)] = sl
+                out_o[U(o)] = np.uint8(h & 3)
+                o += 1
+                kb = klut[U(h)]
+                key_s[U(ko)] = sl
+                key_bi[U(ko)] = kb
+                ko += np.int64(kb >> np.uint8(3))
+            continue
         while mm != 0:
             pz = np.int64(trailing_zeros(mm))
             mm &= mm - U(1)
@@ -495,6 +582,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     bm = np.zeros(W, dtype=np.uint8)
     bw = bm.view(np.uint64)
     codes = np.empty(_BLOCK, dtype=np.int64)
+    hc = np.empty(64, dtype=np.uint16)  # a ring group's histogram indices (_group_codes)
     codesf = codes.view(np.float64)  # written as doubles 2^52 + code, read as int64 less _MAGIC
     klut = np.empty(nk * nk * 64, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
     for h in range(nk * nk * 64):
@@ -647,8 +735,8 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     break
                 thr = min(fend, dlo, nlog)
             sb = min(send, thr, sa + _CHUNK)
-            o, ko, status = _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, ni, nj, nk, hist, hb, klut, out_s, out_o,
-                                       key_s, key_bi, key_bj, ob + wcnt, ob + kcnt)
+            o, ko, status = _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s,
+                                       out_o, key_s, key_bi, key_bj, ob + wcnt, ob + kcnt)
             wcnt = o - ob
             kcnt = ko - ob
             if status != OK:

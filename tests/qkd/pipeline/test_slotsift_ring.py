@@ -9,8 +9,9 @@ from qkdpp_helpers import D0, D1, SYNC, make_params
 from test_slotsift import SETUPS, add_noise, assert_same, dense_logs, two_stage
 
 from labqfl.contracts.schedule import PairSchedule
+from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.slotsift import SlotSiftBuffers, _group_mask, slot_sift
+from labqfl.qkd.slotsift import DenseLog, SlotSiftBuffers, _group_mask, slot_sift
 
 RING = 1 << 16  # the fused kernel's smallest ring, in slots (slotsift._ring_bits)
 
@@ -159,3 +160,61 @@ def test_branch_free_block_fill_equals_the_tag_by_tag_fill_or_declines():
             assert not ok and np.array_equal(ring, before)
         else:
             assert ok and np.array_equal(ring, want)
+
+
+@pytest.mark.parametrize("nk", [1, 2, 3, 15])
+def test_group_codes_equal_the_per_slot_histogram_index(nk):  # type: ignore[no-untyped-def]
+    # _group_codes (LLVM vector IR) against the per-slot formula of _scan_sift, out-of-range log
+    # entries (intensity >= the client's count, phase > 3) marked _BAD_CODE
+    import numba
+
+    from labqfl.qkd.slotsift import _BAD_CODE, _group_codes
+
+    @numba.njit
+    def codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc):  # type: ignore[no-untyped-def]
+        _group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+
+    rng = np.random.default_rng(62 + nk)
+    hc = np.empty(64, np.uint16)
+    for _ in range(50):
+        ni, nj = int(rng.integers(1, nk + 1)), int(rng.integers(1, nk + 1))
+        n = 64 * 6
+        lk = [np.where(rng.random(n) < 0.05, rng.integers(0, 256, n), rng.integers(0, c, n)).astype(np.uint8)
+              for c in (ni, nj)]
+        la = [np.where(rng.random(n) < 0.05, rng.integers(0, 256, n), rng.integers(0, 4, n)).astype(np.uint8)
+              for _ in range(2)]
+        ring = rng.integers(0, 4, 256).astype(np.uint8)
+        w0, rb = 64 * int(rng.integers(0, 6)), 64 * int(rng.integers(0, 4))
+        codes(ring, np.int64(rb), lk[0], lk[1], la[0], la[1], np.int64(w0), np.int64(nk), np.int64(ni), np.int64(nj), hc)
+        x, y, ai, aj = (a[w0:w0 + 64].astype(np.int64) for a in (*lk, *la))
+        b = ring[rb:rb + 64].astype(np.int64)
+        ok = (x < ni) & (y < nj) & ((ai | aj) < 4)
+        want = np.where(ok, (((x * nk + y) * 4 + ai) * 4 + aj) * 4 + b, _BAD_CODE)
+        assert np.array_equal(hc, want)
+
+
+@pytest.mark.parametrize("bad", ["intensity", "phase", "phase first"])
+def test_a_bad_log_entry_in_a_click_dense_group_is_refused(bad):  # type: ignore[no-untyped-def]
+    # a clicked slot in a ring group with many clicks (its log bytes read per group) whose log
+    # entry is out of range: one clear error, the first such slot in slot order deciding which
+    rng = np.random.default_rng(63)
+    n_slots = 60_000
+    block, p = ring_stream(rng, n_slots, 0.4, n_lost=0)
+    sched = PairSchedule([("C1", "C2"), ("C2", "C3")], slots_per_frame=4096)
+    logs = dense_logs(rng, n_slots + 200)
+    anns, _ = two_stage([block], p, sched, logs, n_slots, 1)
+    slots = anns["C1-C2"].slots
+    per_group = np.bincount(slots >> 6)
+    dense = slots[per_group[slots >> 6] >= 20]
+    assert dense.size > 100
+    s1, s2 = int(dense[dense.size // 3]), int(dense[2 * dense.size // 3])
+    k, a = logs["C2"].intensity_idx.copy(), logs["C2"].phase_idx.copy()
+    if bad == "intensity":
+        k[s1] = 7  # C2 has three intensities
+    elif bad == "phase":
+        a[s1] = 4
+    else:
+        a[s1], k[s2] = 5, 9
+    logs["C2"] = DenseLog("C2", k, a)
+    with pytest.raises(QKDInputError, match="intensity index" if bad == "intensity" else "phase index"):
+        slot_sift(block, p, sched, logs, SETUPS, n_slots, np.random.default_rng(1))
