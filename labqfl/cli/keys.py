@@ -80,32 +80,70 @@ def _node_status(node: str, ddir: Path) -> dict[str, Any]:
                 **({"pending": pending} if pending["pairs"] or pending["unreadable"] else {})}
 
 
-def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> None:
-    con.print(f"key stores under {ddir}" if nodes else f"no key stores in {ddir / 'keystore'} (the folder is empty)")
-    t = Table("node", "pair", "blocks", "available [bits]", "reserved", "consumed", "exporting", "exported", "added",
-              "pending")
+#: The per-purpose columns of ``keys status``'s table that are left out, and named in one line below it, where
+#: every store and pair holds 0 bits in them (review s40 user LOW-3)
+_QUIET_STATES = ("reserved", "exporting", "exported")
 
-    def fmt(d: dict[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"
 
-    def pend(n: str, p: str) -> str:
-        d = nodes[n].get("pending", {}).get("pairs", {}).get(p)
-        return f"{d['blocks']} ({d['bits']:,} bits)" if d else "0"
+def _pools(nodes: dict[str, dict[str, Any]], state: str) -> list[str]:
+    """The pools (purposes) of ``state`` ("available", "consumed"…) that any store's pair holds bits in: "auth"
+    first, then "general", then the others by name."""
+    seen = {k for info in nodes.values() for a in info.get("pairs", {}).values() for k, v in a[state].items() if v}
+    order = {"auth": 0, "general": 1}
+    return sorted(seen, key=lambda k: (order.get(k, 2), k))
+
+
+def _status_table(nodes: dict[str, dict[str, Any]]) -> tuple[Table, list[str]]:
+    """``keys status``'s table: one row per store (node) and pair, one column per pool of available and of consumed
+    bits, with thousands separators (review s40 user LOW-3: 9 lines per store and pair, 108 lines for 4 nodes,
+    numbers without separators); reserved, exporting, exported and pending get a column only where some store
+    holds any, else they are named in the returned note lines ("reserved, exporting, exported, pending: 0 …")."""
+    pending = {n: info.get("pending", {}).get("pairs", {}) for n, info in nodes.items()}
+    avail, used = _pools(nodes, "available"), _pools(nodes, "consumed")
+    quiet = [s for s in _QUIET_STATES if not _pools(nodes, s)]
+    loud = [s for s in _QUIET_STATES if s not in quiet]
+    show_pending = any(pending.values())
+    heads = (["node", "pair", "blocks"] + [f"available {k} [bits]" for k in avail or ["general"]]
+             + [f"consumed {k} [bits]" for k in used] + [f"{s} [bits]" for s in loud] + ["added [bits]"]
+             + (["pending"] if show_pending else []))
+    t = Table(*heads)
+    for col in t.columns[2:]:  # counts of bits and blocks, aligned on their last digit
+        col.justify = "right"
+
+    def by_pool(d: dict[str, int]) -> str:  # a state without a column of its own per pool: "auth 768; fl 4,480"
+        return "; ".join(f"{k} {v:,}" for k, v in sorted(d.items()) if v) or "0"
+
+    def pend(n: str, p: str) -> list[str]:
+        d = pending[n].get(p)
+        return [f"{d['blocks']} ({d['bits']:,} bits)" if d else "0"] if show_pending else []
 
     for n, info in nodes.items():
-        pending_only = [p for p in info.get("pending", {}).get("pairs", {}) if p not in info.get("pairs", {})]
+        pending_only = [p for p in pending[n] if p not in info.get("pairs", {})]
         if "error" in info:
-            t.add_row(n, "—", "ERROR: store unreadable (see below)", "", "", "", "", "", "", "")
+            t.add_row(n, "—", "ERROR: store unreadable (see below)", *[""] * (len(heads) - 3))
         elif not info["pairs"] and not pending_only:
-            t.add_row(n, "—", "0", "0", "0", "0", "0", "0", "0", "0")
+            t.add_row(n, "—", *["0"] * (len(heads) - 2))
         for p, a in info.get("pairs", {}).items():
-            t.add_row(n, p, str(a["blocks"]), fmt(a["available"]), fmt(a["reserved"]), fmt(a["consumed"]),
-                      fmt(a["exporting"]), fmt(a["exported"]), str(a["added"]), pend(n, p))
+            t.add_row(n, p, f"{a['blocks']:,}", *[f"{a['available'].get(k, 0):,}" for k in avail or ["general"]],
+                      *[f"{a['consumed'].get(k, 0):,}" for k in used], *[by_pool(a[s]) for s in loud],
+                      f"{a['added']:,}", *pend(n, p))
         for p in pending_only:  # blocks of a pair pending here, none of it in the store yet
-            t.add_row(n, p, "0", "0", "0", "0", "0", "0", "0", pend(n, p))
+            t.add_row(n, p, *["0"] * (len(heads) - 3 - show_pending), *pend(n, p))
+    zero = quiet + ([] if show_pending else ["pending"])
+    notes = [f"{', '.join(zero)}: 0 bits at every store and pair shown"] if zero and any(
+        "pairs" in info for info in nodes.values()) else []
+    return t, notes
+
+
+def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> None:
+    con.print(f"key stores under {ddir}" if nodes else f"no key stores in {ddir / 'keystore'} (the folder is empty)")
     if nodes:
+        t, notes = _status_table(nodes)
         print_table(con, t, key_columns=2)  # whole at any width: one record per node and pair where it does not fit
+        for line in notes:
+            con.print(line)
     statements: dict[str, dict[str, list[Any]]] = {}  # statement -> its pairs and weakest blocks, printed once
+    provenance: dict[str, list[tuple[str, str]]] = {}  # a provenance line -> the (node, pair)s it is of
     for n, info in nodes.items():
         if "error" in info:
             _print_pending(con, n, info.get("pending", {}))
@@ -141,8 +179,9 @@ def _render_status(con: Any, ddir: Path, nodes: dict[str, dict[str, Any]]) -> No
             con.print(f"  export file {f}: written next to the store because its target could not be written; it "
                       "holds key bits in clear: import it (`labqfl keys import`) or move it to its target", soft_wrap=True)
         for p, prov in info["provenance"].items():
-            _print_provenance(con, p, prov, statements)
+            provenance.setdefault(_provenance_text(p, prov, statements), []).append((n, p))
         _print_pending(con, n, info.get("pending", {}))
+    _print_provenance(con, provenance)
     _print_statements(con, statements)
 
 
@@ -157,12 +196,13 @@ def _print_pending(con: Any, node: str, pending: dict[str, Any]) -> None:
         con.print(f"  pending block file of {node} not read: {what}", soft_wrap=True)
 
 
-def _print_provenance(con: Any, pair: str, prov: dict[str, Any], statements: dict[str, dict[str, list[Any]]]) -> None:
-    """A pair's provenance line (:func:`labqfl.provenance.summarize_blocks`): blocks by physical layer/randomness,
-    pre-shared ones (those labqfl generated named as such), and the number of its security statement in
-    ``statements``, which :func:`_print_statements` prints once with the weakest block's protocol and ε terms (for
+def _provenance_text(pair: str, prov: dict[str, Any], statements: dict[str, dict[str, list[Any]]]) -> str:
+    """A pair's provenance (:func:`labqfl.provenance.summarize_blocks`) in words: blocks by physical
+    layer/randomness, pre-shared ones (those labqfl generated named as such), and the number of its security statement
+    in ``statements``, which :func:`_print_statements` prints once with the weakest block's protocol and ε terms (for
     every kind of block, review s33 L3): the same 5-line statement stood under every pair at both its nodes, 12
-    times for 4 nodes (review s38 user F10)."""
+    times for 4 nodes (review s38 user F10). The pair is not named: :func:`_print_provenance` names the stores and
+    pairs of each line once."""
     blocks = ", ".join(f"{k} {v}" for k, v in prov["blocks"].items()) or "none with a record"
     pre, own = prov["preshared_blocks"], prov.get("preshared_generated_by_labqfl", 0)
     pre_text = f"{pre} pre-shared" + (f" ({own} generated by labqfl: simulated delivery)" if own else "")
@@ -178,8 +218,25 @@ def _print_provenance(con: Any, pair: str, prov: dict[str, Any], statements: dic
     if prov.get("weakest"):
         group["weakest"].append(prov["weakest"])
     k = list(statements).index(str(prov["security"])) + 1
-    con.print(f"  {pair} provenance (distilled blocks by physical layer/randomness: {blocks}{extra}{auth_text}): "
-              f"security statement ({k}) below")
+    return (f"(distilled blocks by physical layer/randomness: {blocks}{extra}{auth_text}): security statement ({k}) "
+            "below")
+
+
+def _print_provenance(con: Any, lines: dict[str, list[tuple[str, str]]]) -> None:
+    """Each distinct provenance line of :func:`_provenance_text` once, with the pairs it is of (review s40 user
+    LOW-3: one line per store and pair, 12 near-identical 200-character lines for 4 nodes): a pair whose every
+    store shown has the line is named alone, else with the stores that have it ("C1-C2 at C1")."""
+    stores: dict[str, list[str]] = {}
+    for rows in lines.values():
+        for n, p in rows:
+            stores.setdefault(p, []).append(n)
+    for text, rows in lines.items():
+        pairs = list(dict.fromkeys(p for _, p in rows))
+        names = [p if len(at := [n for n, q in rows if q == p]) == len(stores[p]) else f"{p} at {'/'.join(at)}"
+                 for p in pairs]
+        which = (f"every pair ({', '.join(pairs)}) at each of its stores shown" if len(lines) == 1 and len(pairs) > 1
+                 else ", ".join(names))
+        con.print(f"provenance of {which} {text}")  # wrapped at words
 
 
 _EPS_TERMS = (("eps_sec", "ε_sec"), ("eps_cor", "ε_cor"), ("eps_auth", "ε_auth"), ("eps_total", "ε_total"))
