@@ -6,10 +6,11 @@ from __future__ import annotations
 import importlib
 import signal
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import typer
+import typer.core
 
 from labqfl import __version__
 from labqfl.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, JSON_SENT, print_failure_json
@@ -20,6 +21,7 @@ from labqfl.log import set_verbosity
 #: Modules under ``labqfl.cli`` that register commands, in help order.
 COMMAND_MODULES: list[str] = [
     "run",
+    "report",
     "station",
     "plan",
     "bench",
@@ -35,7 +37,41 @@ COMMAND_MODULES: list[str] = [
 
 _install_help_layout()  # every --help readable at 80 columns: no option name or help word cut with "…"
 
+#: ``-v``/``--verbose`` after a command (``labqfl keys status -v``) does what it does before it (review s40 user
+#: LOW-2: "No such option '-v'"); hidden from each command's help, which the root's help documents it in
+VERBOSE_NAMES = ("-v", "--verbose")
+
+
+def _verbose_after_command(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """A command's own ``-v``: the verbosity counts the flags given before the command too (``labqfl -v keys
+    status -v`` is ``-vv``)."""
+    if value:
+        before = ctx.find_root().params.get("verbose") or 0
+        set_verbosity(["WARNING", "INFO", "DEBUG"][min(before + value, 2)])
+
+
+def _add_verbose(cmd: click.Command) -> None:
+    """Give ``cmd`` and, for a group, each command under it the hidden ``-v``/``--verbose`` count flag (none that
+    already has an option of those names)."""
+    if not any(set(VERBOSE_NAMES) & set(getattr(p, "opts", ())) for p in cmd.params):
+        cmd.params.append(click.Option(list(VERBOSE_NAMES), count=True, hidden=True, expose_value=False,
+                                       callback=_verbose_after_command, help="As labqfl -v."))
+    if isinstance(cmd, click.Group):
+        for sub in cmd.commands.values():
+            _add_verbose(sub)
+
+
+class _RootGroup(typer.core.TyperGroup):
+    """The ``labqfl`` group: every command under it takes the global ``-v`` after its name too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        for sub in self.commands.values():
+            _add_verbose(sub)
+
+
 app = typer.Typer(
+    cls=_RootGroup,
     name="labqfl",
     help="Federated learning with secure aggregation masked by QKD keys, over a QKD network testbed (Sagnac loop); "
          "what each key's security rests on is stated with it (`labqfl keys status`).",

@@ -139,6 +139,12 @@ def run(
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None, progress=progress)
         consistency = _show_start(job)
         metrics = job.run()
+    # a complete run is left as it is, but a deleted report is written anew (review s40 user LOW-4)
+    if resume is not None and not (job.path / "report.html").exists():
+        from labqfl.cli.report import rebuild_report
+
+        rebuild_report(job.path)
+        print_path(console, "report.html was missing; rebuilt from metrics.json", job.path / "report.html")
 
     emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html"), **consistency}, as_json,
          lambda con: _render(con, metrics, job.path))
