@@ -139,9 +139,6 @@ U = np.uint64
 """Index cast in the kernels: indices that are never negative, cast to unsigned, spare Numba's
 negative-index wraparound code (and let LLVM vectorise)."""
 
-_LOW_BITS = np.uint64(0x0101010101010101)
-_GATHER = np.uint64(0x0102040810204080)
-"""Bit 8k of a word → bit 56 + k of its product by this (:func:`_group_mask`)."""
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
 _TOL = 2.0 ** -20
 """Half-width (in slots) of the band around a rounding edge where the reciprocal product is not
@@ -364,18 +361,28 @@ def _horizon(tau, delay, off, h, nxt, anchor_t, base, per):  # type: ignore[no-u
     return base[U(h)] + np.int64(r) - 2, h
 
 
+@intrinsic
+def _nonzero_bits64(typingctx, arr, start):  # type: ignore[no-untyped-def]
+    """One bit per byte of ``arr[start : start + 64]`` (uint8): bit k set iff byte k is nonzero.
+    LLVM IR's own vector compare and bit cast (LLVM Language Reference: ``icmp`` on vectors,
+    ``bitcast`` of ``<64 x i1>`` to ``i64``), which LLVM lowers to the target's instructions
+    (two ``vpcmpeqb`` + ``vpmovmskb`` with AVX2). The caller keeps ``start + 64`` within ``arr``."""
+    sig = types.uint64(arr, start)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        vty = ir.VectorType(ir.IntType(8), 64)
+        v = builder.load(builder.bitcast(builder.gep(ary.data, [args[1]]), vty.as_pointer()), align=1)
+        return builder.bitcast(builder.icmp_unsigned("!=", v, ir.Constant(vty, None)), ir.IntType(64))
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
-def _group_mask(bw, g, gmask, sa, sb):  # type: ignore[no-untyped-def]
-    """The clicked slots of ring group ``g`` (slots ``64g … 64g + 63``) that lie in ``[sa, sb)``,
-    one bit per slot: each of the group's eight ring words (eight slot bytes, values 0–3) → one
-    bit per nonzero byte, gathered into the word's top byte by one multiplication (the products
-    of the eight bits land on distinct bit positions: no carries)."""
-    r = U((g & gmask) << 3)
-    m = U(0)
-    for k in range(8):
-        x = bw[r + U(k)]
-        x = (x | (x >> U(1))) & _LOW_BITS
-        m |= ((x * _GATHER) >> U(56)) << U(8 * k)
+def _group_mask(bm, g, gmask, sa, sb):  # type: ignore[no-untyped-def]
+    """The clicked slots of ring group ``g`` (slots ``64g … 64g + 63``; ring ``bm``, one byte
+    per slot) that lie in ``[sa, sb)``, one bit per slot (:func:`_nonzero_bits64`)."""
+    m = _nonzero_bits64(bm, (g & gmask) << 6)
     if g == sa >> 6:
         m &= _ALL << U(sa & 63)
     if g == (sb - 1) >> 6 and (sb & 63) != 0:
@@ -384,11 +391,11 @@ def _group_mask(bw, g, gmask, sa, sb):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _clear_range(bm, bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
+def _clear_range(bm, sa, sb, gmask):  # type: ignore[no-untyped-def]
     """Clear slots ``[sa, sb)`` of the ring; returns how many of them were clicked."""
     k = 0
     for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
-        m = _group_mask(bw, g, gmask, sa, sb)
+        m = _group_mask(bm, g, gmask, sa, sb)
         rb = (g & gmask) << 6
         while m != 0:
             bm[U(rb + np.int64(trailing_zeros(m)))] = 0
@@ -398,10 +405,10 @@ def _clear_range(bm, bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_clicked(bw, sa, sb, gmask):  # type: ignore[no-untyped-def]
+def _next_clicked(bm, sa, sb, gmask):  # type: ignore[no-untyped-def]
     """First clicked slot in ``[sa, sb)``, or ``sb``."""
     for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
-        m = _group_mask(bw, g, gmask, sa, sb)
+        m = _group_mask(bm, g, gmask, sa, sb)
         if m != 0:
             return (g << 6) + np.int64(trailing_zeros(m))
     return sb
@@ -470,7 +477,7 @@ def _group_codes(typingctx, bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc):  # 
 
 
 @numba.njit(cache=True, nogil=True)
-def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s, out_o, key_s,  # type: ignore[no-untyped-def]
+def _scan_sift(bm, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s, out_o, key_s,  # type: ignore[no-untyped-def]
                key_bi, key_bj, o, ko):
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
@@ -482,7 +489,7 @@ def _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist
     ko0 = ko
     dense = nk <= _DENSE_NK and ni <= 255 and nj <= 255
     for g in range(sa >> 6, ((sb - 1) >> 6) + 1):
-        mm = _group_mask(bw, g, gmask, sa, sb)
+        mm = _group_mask(bm, g, gmask, sa, sb)
         rb = (g & gmask) << 6
         w0 = g << 6
         if dense and w0 + 64 <= nlog and _popcount(mm) >= _DENSE_MIN:
@@ -580,7 +587,6 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     smask = W - 1
     gmask = (W >> 6) - 1
     bm = np.zeros(W, dtype=np.uint8)
-    bw = bm.view(np.uint64)
     codes = np.empty(_BLOCK, dtype=np.int64)
     hc = np.empty(64, dtype=np.uint16)  # a ring group's histogram indices (_group_codes)
     codesf = codes.view(np.float64)  # written as doubles 2^52 + code, read as int64 less _MAGIC
@@ -705,14 +711,14 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
         sa = E
         while sa < send:
             if sa >= thr:  # a new segment: skip to the next click, then drop range, frame, pair, log end
-                sa = _next_clicked(bw, sa, send, gmask)
+                sa = _next_clicked(bm, sa, send, gmask)
                 if sa >= send:
                     break
                 while di < nd and drop[di, 1] <= sa:
                     di += 1
                 if di < nd and drop[di, 0] <= sa:  # dropped slots: never announced
                     sb = min(send, drop[di, 1])
-                    _clear_range(bm, bw, sa, sb, gmask)
+                    _clear_range(bm, sa, sb, gmask)
                     sa = sb
                     continue
                 dlo = drop[di, 0] if di < nd else big
@@ -735,7 +741,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     break
                 thr = min(fend, dlo, nlog)
             sb = min(send, thr, sa + _CHUNK)
-            o, ko, status = _scan_sift(bm, bw, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s,
+            o, ko, status = _scan_sift(bm, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb, klut, hc, out_s,
                                        out_o, key_s, key_bi, key_bj, ob + wcnt, ob + kcnt)
             wcnt = o - ob
             kcnt = ko - ob
