@@ -485,7 +485,17 @@ def _check_bits(bits: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _check_object(obj: Any, what: str) -> None:
+    """``obj`` (a delivery's ``info``, a block's ``meta``) must be a dict or None: the store reads those columns back
+    as JSON objects only (:data:`_STORED_JSON`), so another JSON value was stored and then refused as "edited or
+    damaged" by every later read of the record (review s40 keysrev F4). Checked before anything is written."""
+    if obj is not None and not isinstance(obj, dict):
+        raise KeyStoreError(f"{what} must be a dict (stored as a JSON object) or None, got {type(obj).__name__}; "
+                            "nothing was stored")
+
+
 def _json(obj: Any, what: str) -> str:
+    _check_object(obj, what)
     try:
         return json.dumps(obj if obj is not None else {}, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -611,6 +621,9 @@ class ExportBinding:
 # and only while it is not empty a read of the mark, never waiting for the store's lock), and starts the store's
 # retry (:meth:`KeyStore._retry_loop`) when the mark is there. It holds the stores weakly, and stops when none is
 # open (the last :meth:`KeyStore.close` waits for it: a process that closed its stores has no thread of ours left).
+# A look and a fork never overlap (:data:`_tick_lock`): a look holds a store's lock (and its ``_scrub_cond`` while
+# it starts the retry), and a child forked meanwhile inherited that lock held by a thread it does not have, so its
+# first call on the inherited store hung forever (review s40 keysrev F1).
 
 #: seconds between two looks of the idle watch at a store
 _WATCH_S = 1.0
@@ -620,6 +633,10 @@ _watched: weakref.WeakSet[KeyStore] = weakref.WeakSet()
 #: starts a new one, and the close that stops it never waits for a watch that goes on)
 _watch_thread: threading.Thread | None = None
 _watch_stop = threading.Event()
+#: held by the watch around each look (:func:`_watch_once`) and by ``os.fork`` from before the fork until after it
+#: (:func:`os.register_at_fork`), so that no fork happens mid-look; a look never waits for a store's lock (nor, with
+#: busy timeout 0, for SQLite's), so a fork waits at most one look (~20 us a store)
+_tick_lock = threading.Lock()
 
 
 def _watch(store: KeyStore) -> None:
@@ -634,17 +651,24 @@ def _watch(store: KeyStore) -> None:
             _watch_thread.start()
 
 
-def _unwatch(store: KeyStore) -> None:
-    """Drop ``store`` (closed) from the idle watch; the last one closed stops the watch and waits for it (a look
-    never waits for a lock: at most one look of the stores still being collected)."""
+def _unwatch(store: KeyStore) -> threading.Thread | None:
+    """Drop ``store`` (closed; the caller holds its lock, so that no call reopens it in between: review s40
+    keysrev F3) from the idle watch; the last one closed stops the watch and returns it, for the caller to wait for
+    with :func:`_join_watch` once it released the store's lock."""
     global _watch_thread
     with _watch_lock:
         _watched.discard(store)
         if _watched or _watch_thread is None:
-            return
+            return None
         t, _watch_thread = _watch_thread, None
         _watch_stop.set()
-    if t is not threading.current_thread():
+    return t
+
+
+def _join_watch(t: threading.Thread | None) -> None:
+    """Wait for a watch :func:`_unwatch` stopped (a look never waits for a lock: at most one look of the stores
+    still being collected)."""
+    if t is not None and t is not threading.current_thread():
         t.join()
 
 
@@ -657,7 +681,8 @@ def _watch_loop(stop: threading.Event) -> None:
                 if _watch_thread is threading.current_thread():
                     _watch_thread = None
                 return
-        _watch_once(stores)
+        with _tick_lock:
+            _watch_once(stores)
         del stores  # (no strong reference kept between looks: an unclosed store is still collected)
 
 
@@ -669,13 +694,23 @@ def _watch_once(stores: list[KeyStore]) -> None:
             log.debug("key store %s: idle checkpoint watch failed: %s", st.path, exc)
 
 
+def _watch_before_fork() -> None:
+    _tick_lock.acquire()  # (the watch finishes its look: no store lock of it is held at the fork)
+
+
+def _watch_after_fork_parent() -> None:
+    _tick_lock.release()
+
+
 def _watch_after_fork() -> None:
     """In a forked child: no watch thread exists; the inherited stores reopen (and are watched) when used."""
-    global _watch_lock, _watch_stop, _watched, _watch_thread
+    global _watch_lock, _watch_stop, _watched, _watch_thread, _tick_lock
     _watch_lock, _watch_stop, _watched, _watch_thread = threading.Lock(), threading.Event(), weakref.WeakSet(), None
+    _tick_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_watch_after_fork)
+os.register_at_fork(before=_watch_before_fork, after_in_parent=_watch_after_fork_parent,
+                    after_in_child=_watch_after_fork)
 
 
 class KeyStore:
@@ -975,7 +1010,8 @@ class KeyStore:
                                 "is opened again", self.path)
                 self._conn.close()
             self._conn = None
-        _unwatch(self)
+            watch = _unwatch(self)  # (under the lock: a call reopening the store now is watched again)
+        _join_watch(watch)
 
     def __enter__(self) -> KeyStore:
         return self
@@ -1480,7 +1516,7 @@ class KeyStore:
             block_id = str(block_id)
             if not block_id or len(block_id) > 128:
                 raise KeyStoreError(f"block_id {block_id!r} must be a non-empty string of at most 128 characters")
-            rows.append((block_id, arr, purpose, _json(meta, "block metadata")))
+            rows.append((block_id, arr, purpose, _json(meta, f"meta of block {block_id}")))
         if len({r[0] for r in rows}) != len(rows):
             raise KeyStoreError(f"block IDs {[r[0] for r in rows]} are not distinct; refusing to add them")
         with self._write() as conn:
@@ -1523,6 +1559,7 @@ class KeyStore:
         """Like :meth:`take` for several keys (``sizes`` in bits) in one transaction."""
         _check_pair(pair)
         _check_purpose(purpose)
+        _check_object(info, "info")
         sizes = [self._check_nbits(n) for n in sizes]
         ids = self._new_key_ids(len(sizes), key_ids)
         out: list[KeyMaterial] = []
@@ -1563,6 +1600,7 @@ class KeyStore:
         """Like :meth:`take_exact` for several keys ``[(refs, key_id or None)]``, all or nothing."""
         _check_pair(pair)
         _check_purpose(purpose)
+        _check_object(info, "info")
         norm = [(self._norm_refs(r), k) for r, k in items]
         out: list[KeyMaterial] = []
         with self._write() as conn:
@@ -1611,6 +1649,7 @@ class KeyStore:
         """Like :meth:`reserve_exact` for several keys, all or nothing."""
         _check_pair(pair)
         _check_purpose(purpose)
+        _check_object(info, "info")
         norm = [(self._norm_refs(r), str(k)) for r, k in items]
         with self._write() as conn:
             for refs, kid in norm:
@@ -1637,6 +1676,7 @@ class KeyStore:
         of each key."""
         _check_pair(pair)
         _check_purpose(purpose)
+        _check_object(info, "info")
         if len(sizes) != len(key_ids):
             raise KeyStoreError(f"reserve_many: {len(sizes)} sizes for {len(key_ids)} key IDs")
         ns = [self._check_nbits(n) for n in sizes]
@@ -1843,7 +1883,13 @@ class KeyStore:
         pair = str(row[0])
         refs: list[Ref] = [(str(b), int(o), int(n))
                            for b, o, n in self._json_col(row[1], "deliveries", "refs", f"delivery {kid}")]
-        info = dict(self._json_col(row[2], "deliveries", "info", f"delivery {kid}"), voided=str(reason))
+        try:
+            old = self._json_col(row[2], "deliveries", "info", f"delivery {kid}")
+        except KeyStoreError:  # (voiding is the safety action, e.g. keys retire --force: not blocked by the record)
+            log.warning("key store %s: reservation %s: its deliveries.info is not a readable JSON object (edited or "
+                        "damaged); voided with a new record (the unreadable one is replaced)", self.path.name, kid)
+            old = {"info_unreadable": True}
+        info = dict(old, voided=str(reason))
         for block_id, start, length in refs:
             seq = self._pair_block(conn, pair, block_id)
             self._mark(conn, pair, seq, block_id, start, length, new_state="consumed",
