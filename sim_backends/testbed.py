@@ -258,7 +258,9 @@ class _Scratch:
     rate only, which the kernels check before using one). Every output is the same with or without it; it
     saves each acquisition the first-touch page faults of ≈ 10 MB of buffers and the tables' logarithms
     (the benchmark's acquisitions last 1 s: ≈ 800 page faults and 6 pairs × threads × 8192 logarithms each).
-    Taken by one acquisition at a time (:meth:`SagnacTestbed._new_acq`): two at once never share one."""
+    Taken by one acquisition at a time (:meth:`SagnacTestbed._new_acq`): two at once never share one. A testbed
+    keeps at most two between acquisitions: ≈ 11 MB each on the default station's on-demand path, ≈ 21 MB where
+    the drive patterns' buffer (a byte per client and slot of a window) is among them."""
 
     buffers: dict[str, np.ndarray]
     cap_sig: int
