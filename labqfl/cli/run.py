@@ -139,15 +139,19 @@ def run(
             job = MainJob.create(cfg, settings, out, base_dir=config.resolve().parent if config else None, progress=progress)
         consistency = _show_start(job)
         metrics = job.run()
-    # a complete run is left as it is, but a deleted report is written anew (review s40 user LOW-4)
-    if resume is not None and not (job.path / "report.html").exists():
-        from labqfl.cli.report import rebuild_report
-
-        rebuild_report(job.path)
-        print_path(console, "report.html was missing; rebuilt from metrics.json", job.path / "report.html")
-
+    _rebuild_missing_report(job.path, resumed=resume is not None)
     emit({**metrics, "run_dir": str(job.path), "report": str(job.path / "report.html"), **consistency}, as_json,
          lambda con: _render(con, metrics, job.path))
+
+
+def _rebuild_missing_report(run_dir: Path, *, resumed: bool) -> None:
+    """A resumed run that was complete is left as it is, but a deleted report is written anew from its
+    metrics.json (review s40 user LOW-4)."""
+    if resumed and not (run_dir / "report.html").exists():
+        from labqfl.cli.report import rebuild_report
+
+        rebuild_report(run_dir)
+        print_path(console, "report.html was missing; rebuilt from metrics.json", run_dir / "report.html")
 
 
 def _show_start(job: Any) -> dict[str, Any]:
