@@ -701,10 +701,10 @@ def _render_retire(con: Any, summary: dict[str, Any]) -> None:
         if r["scrub"]["pending"]:
             con.print(f"  WARNING: node {n}: WAL checkpoint PENDING: a reader of the store holds an old snapshot, so "
                       "the overwritten bits are still in its database files. They stay there until the reader has "
-                      "left AND a labqfl process next uses the store (the store records the pending checkpoint: "
-                      "any read or write of a process that has it open, e.g. a KME's next request, or the next "
-                      "open): once the reader has left, run `labqfl keys status` to remove them and check (it "
-                      "says 'WAL checkpointed')", soft_wrap=True)
+                      "left; then a labqfl process holding the store open finishes the checkpoint within a few "
+                      "seconds, even when idle (keystore-scrub-watch), and otherwise the next process to open it "
+                      "does (the store records the pending checkpoint): once the reader has left, run `labqfl keys "
+                      "status` to check (it says 'WAL checkpointed')", soft_wrap=True)
     for note in summary["notes"]:
         con.print(f"  NOTE: {note}", soft_wrap=True)
     for n, e in summary["not_read"].items():
