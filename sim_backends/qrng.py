@@ -320,20 +320,21 @@ def _counter_blocks(slots: np.ndarray, ctr: np.ndarray, shift: int, hi: np.uint6
     64 bits whose byte-swapped value is ``hi``) per run of consecutive slots that share it, as two uint64
     words each (``ctr``: high word ``hi``, low word the byte-swapped counter; room for 2·len(slots) words).
     v1 takes shift 2, hi 0; v2's coarse stream shift 4, hi 0, its fine stream shift 2, hi
-    :data:`slot8.FINE_HI`. Returns the number of counter blocks, or −1 if a slot is negative (nothing
-    else is checked or written after it)."""
+    :data:`slot8.FINE_HI`. Returns the number of counter blocks, or −1 if a slot is negative (the counters
+    written are then meaningless; none is written past the room of len(slots) blocks). The sign is checked
+    once, on the OR of all slots, not by a branch per slot."""
     nb_ = np.uint64(0)  # unsigned indices: no negative-index wraparound code per access
     prev = np.int64(-1)
+    neg = np.int64(0)
     for n in range(np.uint64(slots.shape[0])):  # branch-free: a slot's counter is written, kept if it is new
         s = slots[n]
-        if s < 0:
-            return np.int64(-1)
+        neg |= s
         b = s >> shift
         ctr[np.uint64(2) * nb_] = hi
         ctr[np.uint64(2) * nb_ + np.uint64(1)] = bswap64(np.uint64(b))  # type: ignore[call-arg]
         nb_ += np.uint64(b != prev)
         prev = b
-    return np.int64(nb_)
+    return np.int64(-1) if neg < 0 else np.int64(nb_)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -77,3 +77,18 @@ def test_coarse_map_built_once_per_thresholds():
     np.testing.assert_array_equal(got[0], fresh[0])
     assert got[1:] == fresh[1:]
     assert not got[0].flags.writeable
+
+
+@pytest.mark.parametrize("generator", ["aes256-ctr-slot8-v2", "aes256-ctr-slot32-v1"])
+@pytest.mark.parametrize("where", ["first", "last", "second piece", "int64 min"])
+def test_a_negative_slot_anywhere_is_refused(generator, where):
+    """``_counter_blocks`` checks the sign once, on the OR of a piece's slots (no branch per slot): a negative
+    slot first, last, in a later piece or at the int64 minimum is still refused with the same error."""
+    from labqfl.sim_backends import qrng
+
+    log = _log(bytes(range(32)), generator)
+    s = np.arange(0, 3 * qrng._QUERY_SLOTS, 2, dtype=np.int64)
+    at = {"first": 0, "last": s.size - 1, "second piece": qrng._QUERY_SLOTS + 5, "int64 min": 17}[where]
+    s[at] = np.iinfo(np.int64).min if where == "int64 min" else -3
+    with pytest.raises(ValueError, match="slots must be >= 0"):
+        log.codes(s)
