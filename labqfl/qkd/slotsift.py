@@ -202,7 +202,7 @@ def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, in
     ``_F_REJECT`` (not a detector, outside the window or frame, before slot 0) or ``_F_EXACT``
     (decide with the exact division: :func:`_exact_code`). The code is formed as a double plus
     2^52, whose bits are 2^52's bits plus the integer code: AVX2 has no vector double → int64
-    conversion, and LLVM converted lane by lane (fused kernel 54.9 → 50.0 ms on the bench stream,
+    conversion, and LLVM converted lane by lane (`slot_sift` 64.3 → 58.5 ms on the bench stream,
     with :func:`_block_slots_one`). Returns True if the timestamps decrease somewhere in
     ``q0−1 … q0+m−1``. Blocks whose two detectors share one interval (nearly all) take
     :func:`_block_slots_one` instead.
