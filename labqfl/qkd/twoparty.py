@@ -1024,12 +1024,14 @@ class PairEndJ(_PairEnd):
         messages are handled before (:meth:`_closing`); each handler still checks its own fields."""
         expected: tuple[str, ...]
         if not b.opened:
-            state, expected = "sifting, no block open", _J_SIFTING
+            state, expected = "sifting", _J_SIFTING
         elif b.relay is None:
             state, expected = "block open, error correction not started", ("ec/start",)
         elif not b.ec_done:
+            if b.asked not in _ALICE_ANSWERS:  # not reached: _next_bob refuses such a request before sending it
+                return _no_answer_known(b.asked)
             state = f"error correction running, Bob asked {b.asked!r}"
-            expected = _ALICE_ANSWERS.get(b.asked, ())
+            expected = _ALICE_ANSWERS[b.asked]
         elif b.amplified:
             state, expected = "privacy amplification done", ()
         else:
@@ -1039,7 +1041,8 @@ class PairEndJ(_PairEnd):
             if b.verified:
                 state, expected = f"verification attempt {tried} passed", ("pa/seed",)
             elif tried >= plan:
-                state, expected = f"verification failed at all {plan} attempts", ("pa/seed",)
+                state = "verification failed " + (f"at all {plan} attempts" if plan > 1 else "at its only attempt")
+                expected = ("pa/seed",)
             elif tried == b.mores:
                 state = "error correction done" + (f" (continued {b.mores} times)" if b.mores else "")
                 expected = ("verify/request",)
@@ -1047,7 +1050,7 @@ class PairEndJ(_PairEnd):
                 state, expected = f"verification attempt {tried} of {plan} failed", ("ec/more",)
         if kind in expected:
             return ""
-        block = f"block {b.block_id!r}" if b.opened else "before block/open"
+        block = f"block {b.block_id!r}" if b.opened else "no block open"
         want = " or ".join(repr(k) for k in expected) or "only block/confirm"
         return f"{kind!r} out of turn ({block}, state: {state}); Cj expected {want}"
 
@@ -1200,6 +1203,10 @@ class PairEndJ(_PairEnd):
         assert b.relay is not None and b.key is not None
         what, v = b.relay.to_ci.get()
         if what == "msg":
+            if v.kind not in _ALICE_ANSWERS:  # a new request kind of Bob's with no entry: an internal error
+                why = _no_answer_known(v.kind) + "; block refused before the request was sent"
+                log.error("pair %s: %s", self.pair, why)
+                raise _Refused(why)
             b.asked = v.kind
             return v
         b.thread = None
@@ -1311,7 +1318,10 @@ class PairEndJ(_PairEnd):
 #: what Cj accepts from Ci before a block is opened (each handler checks the chunk's order itself)
 _J_SIFTING: tuple[str, ...] = ("ann/confirm", "sift/flags", "test/bases", "test/bits", "block/open")
 #: Alice's answer(s) to each of Bob's requests (:class:`~labqfl.qkd.cascade.CascadeAlice`,
-#: :class:`~labqfl.qkd.ldpc.LdpcAlice`): while reconciliation runs Cj forwards only these to Bob
+#: :class:`~labqfl.qkd.ldpc.LdpcAlice`): while reconciliation runs Cj forwards only these to Bob. A copy of
+#: what the engines send, tied to them and to CJ_MESSAGES / CI_MESSAGES by tests/qkd/pipeline/
+#: test_alice_answers_table.py; a request of Bob's with no entry refuses the block as an internal error
+#: naming it (:meth:`PairEndJ._next_bob`), before it is sent (review s40 protorev F1)
 _ALICE_ANSWERS: dict[str, tuple[str, ...]] = {
     "cascade/init": ("cascade/ok",),
     "cascade/round": ("cascade/block-parities", "cascade/parities"),
@@ -1321,6 +1331,12 @@ _ALICE_ANSWERS: dict[str, tuple[str, ...]] = {
     "ldpc/reveal": ("ldpc/filler",),
     "ldpc/done": ("ldpc/ok",),
 }
+
+
+def _no_answer_known(request: str) -> str:
+    return (f"internal error: Bob's request {request!r} has no known answer of Alice's "
+            f"(labqfl.qkd.twoparty._ALICE_ANSWERS, the answers Cj accepts from Ci while reconciliation runs, lacks it)")
+
 
 _J_HANDLERS: dict[str, Callable[[PairEndJ, _JBlock, Message], Message]] = {
     "ann/confirm": PairEndJ._ann_confirm,
