@@ -213,9 +213,10 @@ def run_acquisition(cfg_clients: list[str], certs: Path, *, detector: str, optic
 #: How long :func:`stored_from_refused` waits for each client's answer to each of its two questions [s] (review s39
 #: LAB3): a hung client (stopped, deadlocked) is named "not known (no answer within … s)" instead of holding the
 #: refusal for up to its session's timeout (2 x timeout + 60 s, 31 min at the default), client after client. A client
-#: is told to wait for its pairs' blocks in hand at most half of it (session 40): one still distilling then answers
-#: from its store, naming the pair, instead of being late. On the default station the largest block of the
-#: block-size rule (C1-C4, 9.7·10⁴ sifted bits) takes 0.09–0.23 s from reconciliation to amplification (docs/nodes.md).
+#: is told to wait for its pairs' blocks in hand at most half of it (session 40): one whose pair thread has not
+#: ended then answers from its store, the pair marked on each client's line, instead of being late. On the default
+#: station the largest block of the block-size rule (C1-C4, 9.7·10⁴ sifted bits) takes 0.09–0.23 s from
+#: reconciliation to amplification (docs/nodes.md).
 STORED_ANSWER_S = 10.0
 
 
@@ -232,20 +233,29 @@ def stored_from_refused(ctl: Mapping[str, Any], acq: str, duration: float, timeo
     The answers do not wait on distillation beyond that: the first question tells each client to wait for its pairs
     at most ``answer_s / 2`` (``ctl/wait``'s ``timeout``; before, the acquisition's ``timeout``, so a client whose
     block in hand took longer than ``answer_s`` was "not known"), the second not at all (0 s): a client answers from
-    its store, and a pair of which it is Ci still distilling a block is named so. ``timeout`` is not used here."""
+    its store. A pair whose thread at its Ci had not ended when asked (``ctl/results``' ``done`` false: a block may
+    still be in hand, or the thread still waiting for announcements or on its session) is marked so on the line of
+    every client that reports the pair, its Cj's too: Ci may commit a block after its Cj answered (review s40
+    protorev F4). ``timeout`` is not used here."""
     answer_s = STORED_ANSWER_S if answer_s is None else answer_s
     fields: dict[str, Any] = {"acq": acq, "duration": float(duration), "timeout": answer_s / 2}
     why: dict[str, str] = {}
     _ask_all(ctl, lambda c, ch: request(ch, Message("ctl/wait", fields), "ctl/results"), why, answer_s)
-    held: dict[str, str] = {}
+    held: dict[str, tuple[Mapping[str, Mapping[str, list[str]]], list[str]]] = {}
 
     def stored(c: str, ch: Any) -> None:
         rep = request(ch, Message("ctl/wait", {**fields, "timeout": 0.0, "stored_blocks": 1}), "ctl/results")
         results = json.loads(str(rep.fields.get("results") or "{}"))
-        busy = {p for p, r in results.items() if isinstance(r, dict) and r.get("done") is False}
-        held[c] = _held_line(json.loads(str(rep.get("stored_blocks"))), busy)
+        held[c] = (json.loads(str(rep.get("stored_blocks"))),
+                   [p for p, r in results.items() if isinstance(r, dict) and r.get("done") is False])
     _ask_all({c: ch for c, ch in ctl.items() if c not in why}, stored, why, answer_s)
-    parts = [f"client {c}: " + (f"not known ({why[c]})" if c in why else held[c]) for c in ctl]
+    answered = {c: held[c] for c in ctl if c not in why}  # a late answer (its thread still running) is not read
+    busy: dict[str, list[str]] = {}  # pair: the clients whose thread of it (as Ci) had not ended when asked
+    for c, (_, pairs) in answered.items():
+        for p in pairs:
+            busy.setdefault(p, []).append(c)
+    parts = [f"client {c}: " + (f"not known ({why[c]})" if c in why else _held_line(answered[c][0], busy))
+             for c in ctl]
     return ("Key blocks stored from it, as each client reports from its own store (block IDs): "
             + "; ".join(parts))
 
@@ -274,17 +284,19 @@ def _ask_all(ctl: Mapping[str, Any], ask: Any, why: dict[str, str], answer_s: fl
                 abort()
 
 
-def _held_line(held: Mapping[str, Mapping[str, list[str]]], busy: Collection[str] = ()) -> str:
-    """One client's :meth:`~labqfl.nodes.client.ClientNode.stored_from` report in words; ``busy``: its pairs (as
-    Ci) still distilling a block when it answered."""
+def _held_line(held: Mapping[str, Mapping[str, list[str]]], busy: Mapping[str, Collection[str]] | None = None) -> str:
+    """One client's :meth:`~labqfl.nodes.client.ClientNode.stored_from` report in words; ``busy``: per pair, the
+    clients (its Ci) whose thread of it had not ended when asked."""
+    busy = busy or {}
     pairs = []
     for pair, h in sorted(held.items()):
         stored, pending = [str(b) for b in h.get("stored", [])], [str(b) for b in h.get("pending", [])]
         text = ", ".join(stored) if stored else "none"
         if pending:
             text += f" (pending here until its Ci's commit: {', '.join(pending)})"
-        if pair in busy:
-            text += " (and a block still being distilled when asked, not counted here)"
+        if busy.get(pair):
+            text += (f" (the pair's thread at {', '.join(sorted(busy[pair]))} had not ended when asked: a block "
+                     f"may still be in hand, not counted here)")
         pairs.append(f"pair {pair}: {text}")
     return ", ".join(pairs) if pairs else "no pair"
 
