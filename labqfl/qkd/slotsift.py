@@ -76,6 +76,12 @@ class DenseLog:
             if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 1:
                 raise QKDInputError(f"DenseLog {self.client}: {name} must be a 1-D uint8 array, got "
                                     f"{getattr(a, 'dtype', type(a).__name__)}")
+            # the kernel's vector loads (_group_codes) read 64 consecutive bytes from the data pointer, and its
+            # typed list of logs needs one layout: a strided view (a column of an (n, 2) pattern, a[::2], a[::-1])
+            # is copied into one contiguous array here (review s40 siftrev F1: before, such a view gave other
+            # key bits than the two-stage path, or a false error, or read past the buffer's end)
+            if not a.flags.c_contiguous:
+                object.__setattr__(self, name, np.ascontiguousarray(a))
         if self.intensity_idx.shape != self.phase_idx.shape:
             raise QKDInputError(f"DenseLog {self.client}: intensity_idx has {self.intensity_idx.size} slots, "
                                 f"phase_idx {self.phase_idx.size}")

@@ -440,3 +440,42 @@ def test_a_timestamp_going_backwards_is_one_error_wherever_it_is(where):  # type
     assert np.any(ts[1:] < ts[:-1])
     with pytest.raises(QKDInputError, match="non-decreasing"):
         slot_sift(TagBlock(ts, ch), p, sched, dense_logs(rng, 20_000), SETUPS, 20_000)
+
+
+@pytest.mark.parametrize("layout", ["column", "every_other", "reversed", "mixed"])
+def test_strided_logs_give_the_two_stages_output(layout: str) -> None:
+    """A DenseLog built from strided views (a column of an (n, 2) pattern array, a[::2], a[::-1], or one client
+    strided and another not) sifts exactly as the two stages do. Before the fix (review s40 siftrev F1) the
+    vector loads of _group_codes read 64 consecutive bytes from the data pointer, ignoring the stride: a false
+    "phase index" error, other key bits and counts, or reads past the buffer (reversed); the mixed case was a bare
+    AssertionError from Numba's typed list. Dense clicks, so that most ring groups take the vector path."""
+    rng = np.random.default_rng(7)
+    n, period, divider = 4000, 10_000, 16
+    p = make_params(period=float(period), divider=divider, delays=(0, 0), window=float(period))
+    slots = np.arange(n)
+    sync_t = slots[slots % divider == 0] * period
+    clicked = slots[rng.random(n) < 0.5]
+    ts = np.concatenate([sync_t, clicked * period]).astype(np.int64)
+    ch = np.concatenate([np.full(sync_t.size, SYNC, np.int16), np.full(clicked.size, D0, np.int16)])
+    order = np.argsort(ts, kind="stable")
+    block = TagBlock(ts[order], ch[order])
+    logs = {}
+    for i, c in enumerate(("C1", "C2")):
+        k = rng.integers(0, 3, n + 100).astype(np.uint8)
+        a = rng.integers(0, 4, n + 100).astype(np.uint8)
+        if layout == "column" or (layout == "mixed" and i == 1):
+            pat = np.stack([k, a], axis=1)
+            logs[c] = DenseLog(c, pat[:, 0], pat[:, 1])
+        elif layout == "every_other":
+            k2, a2 = np.zeros(2 * k.size, np.uint8), np.zeros(2 * a.size, np.uint8)
+            k2[::2], a2[::2] = k, a
+            logs[c] = DenseLog(c, k2[::2], a2[::2])
+        elif layout == "reversed":
+            logs[c] = DenseLog(c, k[::-1].copy()[::-1], a[::-1].copy()[::-1])
+        else:
+            logs[c] = DenseLog(c, k, a)
+    sched = PairSchedule([("C1", "C2")], slots_per_frame=100)
+    fused = slot_sift(block, p, sched, logs, SETUPS, n, np.random.default_rng(1))
+    anns, res = two_stage([block], p, sched, logs, n, 1)
+    assert_same(fused, anns, res)
+    assert fused.sifted["C1-C2"].key_slots.size > 20
