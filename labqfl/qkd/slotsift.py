@@ -92,6 +92,13 @@ class DenseLog:
     __str__ = __repr__
 
     def choices(self, slots: np.ndarray) -> ModulationRecord:
+        """The client's choices at ``slots``; a slot outside its log is one QKDInputError, as slot_sift's
+        (before: a bare IndexError, or a negative slot silently read from the log's end)."""
+        n = self.intensity_idx.size
+        if slots.size and (int(slots.min()) < 0 or int(slots.max()) >= n):
+            bad = int(slots.min()) if int(slots.min()) < 0 else int(slots.max())
+            raise QKDInputError(f"DenseLog {self.client}: slot {bad} is outside its modulation log of {n} slots; "
+                                f"expected slots 0..{n - 1}")
         return ModulationRecord(self.client, slots, self.intensity_idx[slots], self.phase_idx[slots])
 
 

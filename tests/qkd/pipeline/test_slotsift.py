@@ -479,3 +479,13 @@ def test_strided_logs_give_the_two_stages_output(layout: str) -> None:
     anns, res = two_stage([block], p, sched, logs, n, 1)
     assert_same(fused, anns, res)
     assert fused.sifted["C1-C2"].key_slots.size > 20
+
+
+def test_dense_log_choices_outside_the_log_is_one_error() -> None:
+    """DenseLog.choices (the two-stage path's log) refuses a slot outside the log as slot_sift does, instead of a
+    bare IndexError or, for a negative slot, a silent read from the log's end (review s40 siftrev)."""
+    log = DenseLog("C1", np.arange(10, dtype=np.uint8), np.zeros(10, np.uint8))
+    assert log.choices(np.array([0, 9])).intensity_idx.tolist() == [0, 9]
+    for slots in ([3, 10], [-1, 2]):
+        with pytest.raises(QKDInputError, match="outside its modulation log of 10 slots"):
+            log.choices(np.array(slots))
