@@ -533,16 +533,18 @@ def auth_key_text(prov: dict[str, Any]) -> str:
 
 
 def write_report(run: RunRecord, metrics: dict[str, Any] | None = None,
-                 phases: Callable[[], dict[str, float]] | None = None) -> Path:
+                 phases: Callable[[], dict[str, float]] | None = None, command: str = "run") -> Path:
     """Write ``report.html`` (+ PNGs) for a run; returns the HTML path. ``phases``: the wall seconds per phase
     (``phases_s``) of the call writing it, asked for once the plots are drawn (``labqfl run`` adds ``phases_s`` to
-    metrics.json after its report phase, so without it the summary said "wall time: n/a", review s38 user F1)."""
+    metrics.json after its report phase, so without it the summary said "wall time: n/a", review s38 user F1).
+    ``command``: the labqfl command whose folder it is, named in the title ("labqfl distill …" for a distill
+    folder that ``labqfl report`` rebuilds)."""
     m = metrics if metrics is not None else run.read_metrics()
     captions: dict[str, str] = {}
     plots = make_plots(run, m, captions)
     if phases is not None:
         m = {**m, "phases_s": phases()}
-    parts = [f"<h1>labqfl run {html.escape(run.name)}</h1>"]
+    parts = [f"<h1>labqfl {html.escape(command)} {html.escape(run.name)}</h1>"]
     status = m.get("status", "unknown")
     parts.append(
         f"<p><span class='badge{' warn' if status != 'complete' else ''}'>status: {html.escape(status)}</span>"

@@ -146,7 +146,7 @@ def rebuild_report(folder: Path) -> dict[str, Any]:
     kind, metrics = _read(folder)
     (folder / "plots").mkdir(exist_ok=True)
     try:
-        out = write_report(RunRecord(folder), metrics)
+        out = write_report(RunRecord(folder), metrics, command=kind)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
         raise fail(f"{folder / 'metrics.json'}: cannot build a report from it ({type(exc).__name__}: {exc}); "
                    "expected the metrics its command wrote (docs/metrics.md)") from None

@@ -86,6 +86,7 @@ def test_distill_folder_gets_a_report_of_what_it_holds(folders: dict[str, Path],
     assert r.exit_code == 0, r.output
     assert "no plots: a distill run folder holds no timeline" in r.stderr
     page = (folder / "report.html").read_text()
+    assert re.findall(r"<h1>([^<]*)</h1>", page) == [f"labqfl distill {folder.name}"]  # not "labqfl run …"
     assert re.findall(r"<h2>([^<]*)</h2>", page) == ["Run summary", "Key distillation", "Dropped slots"]
     summary = dict(re.findall(r"<li>([^<:]+): (.*?)</li>", page))
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -104,6 +105,7 @@ def test_train_folder_gets_a_report(folders: dict[str, Path], tmp_path: Path) ->
     doc = json.loads(r.stdout)
     assert doc["kind"] == "train" and "training.png" in [Path(p).name for p in doc["plots"]]
     page = (folder / "report.html").read_text()
+    assert re.findall(r"<h1>([^<]*)</h1>", page) == [f"labqfl train {folder.name}"]
     assert "<h2>Federated training</h2>" in page and "<h2>Training</h2>" in page
     assert "n/a" not in re.findall(r"<td>(.*?)</td>", page)
 
