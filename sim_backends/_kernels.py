@@ -70,6 +70,28 @@ def drift_phase(chunk: int, state: np.ndarray, sigma_chunk: float, key: np.uint6
     return theta
 
 
+@nb.njit(cache=True, nogil=True, inline="always")
+def _click_cdf(m0, m1):  # type: ignore[no-untyped-def]
+    """Cumulative click probabilities of one slot (D0 only, + D1 only, + both) for mean photon numbers ``m0``,
+    ``m1`` at the two detectors (Poisson: P(click) = 1 − e^−m)."""
+    p0 = -math.expm1(-m0)
+    p1 = -math.expm1(-m1)
+    e1 = p0 * (1.0 - p1)
+    e2 = e1 + (1.0 - p0) * p1
+    return e1, e2, e2 + p0 * p1
+
+
+@nb.njit(cache=True, nogil=True, inline="always")
+def _fill_cell(table, cell, ai_lo, ai_hi, aj_lo, aj_hi, v0, v1, v2):  # type: ignore[no-untyped-def]
+    """Write (v0, v1, v2) for every phase pair of intensity cell ``cell`` (= ki·K_MAX + kj) of ``table``."""
+    for ai in range(ai_lo, ai_hi):
+        for aj in range(aj_lo, aj_hi):
+            idx = (cell * N_PHASE + ai) * N_PHASE + aj
+            table[idx, 0] = v0
+            table[idx, 1] = v1
+            table[idx, 2] = v2
+
+
 @nb.njit(cache=True, nogil=True)
 def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: float, mu: np.ndarray,
                  cnk: np.ndarray, phase: np.ndarray, pmode: np.ndarray, t: float, vis: float,
@@ -104,19 +126,9 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
                 # for the sums x ≥ 0 below (+0.0 for x = 0), so every phase pair has the same three values:
                 # computed once, the same bits as per pair (2 of the 2·16 expm1 where one client sends vacuum,
                 # 5 of the 9 intensity pairs of the default station's clients)
-                m0 = max(eta_d0 * (t * A + (1.0 - t) * B), 0.0)
-                m1 = max(eta_d1 * ((1.0 - t) * A + t * B), 0.0)
-                p0 = -math.expm1(-m0)
-                p1 = -math.expm1(-m1)
-                e1 = p0 * (1.0 - p1)
-                e2 = e1 + (1.0 - p0) * p1
-                e3 = e2 + p0 * p1
-                for ai in range(ai_lo, ai_hi):
-                    for aj in range(aj_lo, aj_hi):
-                        idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
-                        table[idx, 0] = e1
-                        table[idx, 1] = e2
-                        table[idx, 2] = e3
+                e1, e2, e3 = _click_cdf(max(eta_d0 * (t * A + (1.0 - t) * B), 0.0),
+                                        max(eta_d1 * ((1.0 - t) * A + t * B), 0.0))
+                _fill_cell(table, ki * K_MAX + kj, ai_lo, ai_hi, aj_lo, aj_hi, e1, e2, e3)
                 if e3 > pmax:
                     pmax = e3
                 uniform |= np.uint64(1) << np.uint64(ki * K_MAX + kj)
@@ -126,14 +138,8 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
                     cross = amp * cosd[ai * N_PHASE + aj]
                     m0 = eta_d0 * (t * A + (1.0 - t) * B + cross)
                     m1 = eta_d1 * ((1.0 - t) * A + t * B - cross)
-                    m0 = max(m0, 0.0)
-                    m1 = max(m1, 0.0)
-                    p0 = -math.expm1(-m0)
-                    p1 = -math.expm1(-m1)
+                    e1, e2, e3 = _click_cdf(max(m0, 0.0), max(m1, 0.0))
                     idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
-                    e1 = p0 * (1.0 - p1)
-                    e2 = e1 + (1.0 - p0) * p1
-                    e3 = e2 + p0 * p1
                     table[idx, 0] = e1
                     table[idx, 1] = e2
                     table[idx, 2] = e3
@@ -144,13 +150,8 @@ def _build_table(table: np.ndarray, ci: int, cj: int, eta_cw: float, eta_ccw: fl
             for kj in range(cnk[cj]):
                 if (uniform >> np.uint64(ki * K_MAX + kj)) & np.uint64(1):  # the same values everywhere: divided once
                     idx = ((ki * K_MAX + kj) * N_PHASE + ai_lo) * N_PHASE + aj_lo
-                    v0, v1, v2 = table[idx, 0] / pmax, table[idx, 1] / pmax, table[idx, 2] / pmax
-                    for ai in range(ai_lo, ai_hi):
-                        for aj in range(aj_lo, aj_hi):
-                            idx = ((ki * K_MAX + kj) * N_PHASE + ai) * N_PHASE + aj
-                            table[idx, 0] = v0
-                            table[idx, 1] = v1
-                            table[idx, 2] = v2
+                    _fill_cell(table, ki * K_MAX + kj, ai_lo, ai_hi, aj_lo, aj_hi,
+                               table[idx, 0] / pmax, table[idx, 1] / pmax, table[idx, 2] / pmax)
                     continue
                 for ai in range(ai_lo, ai_hi):
                     for aj in range(aj_lo, aj_hi):
