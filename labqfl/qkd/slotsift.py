@@ -204,6 +204,15 @@ _KEY_LUT = _key_lut()
 OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED, DISORDER, WINDOW_FULL = range(7)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _goes_backwards(ts, q0, m):  # type: ignore[no-untyped-def]
+    """Whether a timestamp of the block ``ts[q0 : q0 + m]`` (and its first against the one before) goes backwards."""
+    bad = False
+    for k in range(max(q0, 1), q0 + m):
+        bad |= ts[U(k)] < ts[U(k - 1)]
+    return bad
+
+
 @numba.njit(cache=True, nogil=True)
 def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, inv1, per0, per1, hw0, hw1,  # type: ignore[no-untyped-def]
                  bf0, bf1, lr0, lr1, out):
@@ -250,10 +259,7 @@ def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, in
         keep = (not outside) & (r < (lr1 if is1 else lr0)) & (sf >= 0.0)
         y = (sf + sf) + (_F_D1 if is1 else _F_D0)  # 2^52 + code, exact where kept (0 <= sf < 2^50)
         out[U(j)] = ((y if keep else _F_REJECT) if sure else _F_EXACT) if isd else _F_REJECT
-    bad = False
-    for k in range(max(q0, 1), q0 + m):
-        bad |= ts[U(k)] < ts[U(k - 1)]
-    return bad
+    return _goes_backwards(ts, q0, m)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -282,10 +288,7 @@ def _block_slots_one(ts, ch, q0, m, c0, c1, a0, a1, off0, off1, inv, per, hw, bf
         sf = bf + r
         y = (sf + sf) + (_F_D1 if is1 else _F_D0)
         out[U(j)] = ((_F_REJECT if outside else y) if sure else _F_EXACT) if isd else _F_REJECT
-    bad = False
-    for k in range(max(q0, 1), q0 + m):
-        bad |= ts[U(k)] < ts[U(k - 1)]
-    return bad
+    return _goes_backwards(ts, q0, m)
 
 
 @numba.njit(cache=True, nogil=True)
