@@ -26,7 +26,20 @@ external pattern generator that gates the diode, so:
   loaded if ``max_current_ma / ramp_ma_per_s`` exceeds it (review s36 lab2 L4). With emission off a set point is
   written directly (no current flows);
 * on open the station's operating point is written (:meth:`apply_operating_point`): TEC set
-  temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off.
+  temperature for ``laser.wavelength_nm`` and the LD set point for ``laser.power_mw``, emission off;
+* **operating mode**: the driver sets the diode *current* (``:ILD:SET``), so the LDC must run in constant-current
+  mode. On open it reads ``:MODE?`` (``pro8.c`` v2.5.3 ``Pro8_LdcGetMode``: writes ``:MODE?``, reads one word,
+  ``CC`` constant current or ``CP`` constant power; any other reply is refused). In ``CP`` mode with the output
+  OFF it writes ``:MODE CC`` (``Pro8_LdcSetMode``, which sends ``:MODE CC`` or ``:MODE CP``), reads the mode back
+  and logs a warning; with the output ON it refuses to open, in one line, and writes nothing more. Why switch
+  rather than refuse: with the output off no current flows whatever the mode, and in ``CC`` mode the current
+  is what this driver bounds (the ``:LIMC:SET`` software limit written just before, a set point read back within
+  ``max_current_ma`` before every ``:LASER ON``, ramps), so switching is harmless and leaves the diode under the
+  driver's checks; refusing would only send someone to the front panel. Why not switch with the output ON: the
+  current would jump from what the monitor-diode loop drives to whatever ``:ILD:SET`` holds, unramped; and the
+  driver's ramps act on ``:ILD:SET``, which does not drive a diode in ``CP`` mode, so the lab must switch the
+  output off itself. :attr:`ThorlabsPRO8000.ld_mode` reads the mode; :meth:`status` and :meth:`snapshot` show it
+  with the actual LD current (``:ILD:ACT?``).
 
 Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, ``:ILD:SET <A>``,
 ``:LASER ON|OFF``, ``:TEMP:SET <°C>``, error queue ``:SYST:ERR?``; the LD software current limit
@@ -34,7 +47,9 @@ Commands (PRO8000 manual, via PyMeasure): ``:SYST:ANSW VALUE``, ``:SLOT <n>``, `
 ``pro8.c`` v2.5.3, ``Pro8_LdcSetLdLimit``), the TEC output ``:TEC ON|OFF`` / ``:TEC?`` (PyMeasure
 ``TEDStatus``; ``pro8.c`` ``Pro8_TecSetPtOutput`` / ``Pro8_TecGetPtOutput``) and the actual TEC
 temperature ``:TEMP:ACT?`` (``pro8.c`` ``Pro8_TecGetTemp``; not in PyMeasure 0.16's class); the actual LD current
-``:ILD:ACT?`` (``pro8.c`` ``Pro8_LdcGetLdCurrent`` value 3, one number in A; not in PyMeasure 0.16's class).
+``:ILD:ACT?`` (``pro8.c`` ``Pro8_LdcGetLdCurrent`` value 3, one number in A; not in PyMeasure 0.16's class); the
+LDC operating mode ``:MODE?`` / ``:MODE CC|CP`` (``pro8.c`` ``Pro8_LdcGetMode`` / ``Pro8_LdcSetMode``; not in
+PyMeasure 0.16's class).
 
 **Safety checks.** On open ``:LIMC:SET`` is written with ``max_current_ma``, so the LDC itself refuses
 more. ``apply_operating_point`` switches the TEC on (``:TEC ON``). Before ``:LASER ON`` the driver
@@ -50,8 +65,9 @@ should drive: the set point (``:ILD:SET?``) with the output on, 0 mA with it off
 clipped by the module's hardware limit (ILIM) reads otherwise and refuses the acquisition in one line naming
 the LDC slot, both currents and the tolerance. The LDC module's accuracy figure could not be read here: set the
 option from your module's data sheet (its laser-current accuracy, plus the reading's) if 1 mA does not fit. The
-check assumes constant-current operation (the driver sets no ``:MODE``; in constant-power mode the current
-follows the monitor diode, not ``:ILD:SET``). A pyvisa-sim session (``…@sim``) gets the Python model of that
+check assumes constant-current operation (in constant-power mode the current follows the monitor diode, not
+``:ILD:SET``), which the driver makes sure of at open (``:MODE?``, above); a switch to ``CP`` at the front panel
+during a run is not looked for at the end. A pyvisa-sim session (``…@sim``) gets the Python model of that
 current (:mod:`labqfl.sim_backends.pro8000`, attached by the VISA link when it opens): its YAML cannot express it.
 ``wavelength_nm`` is computed from the TEC *set* temperature; :meth:`snapshot` says so and adds the
 actual temperature and the wavelength it gives (``tec``).
@@ -193,6 +209,37 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         self.link.check_errors(":SYST:ANSW VALUE")
         # the LDC's software current limit: the module itself refuses a set point above max_current_ma
         self._set(self.ld_slot, ":LIMC:SET", "LDCCurrentLimit", round(self.max_current_ma * 1e-3, 9))
+        self._require_constant_current()
+
+    def _require_constant_current(self) -> None:
+        """The LDC in constant-current mode (``:MODE?`` ``CC``): a ``CP`` LDC with its output off is switched to
+        ``CC`` (``:MODE CC``, read back), one with its output on is refused, left as it is (module docstring)."""
+        mode = self.ld_mode
+        if mode == "CC":
+            return
+        where = {"instrument": self.name, "resource": self.resource}
+        if self._get_output_enabled():
+            raise InstrumentError(
+                f"LDC slot {self.ld_slot} runs in constant-power mode (:MODE? reads {mode}) with its output ON; "
+                "expected constant current (CC): left as it is (no mode switch under current); switch the LDC "
+                "output off at the front panel, then open again", command=":MODE?", **where)
+        self._send(self.ld_slot, ":MODE CC")
+        back = self.ld_mode
+        if back != "CC":
+            raise InstrumentError(f"LDC slot {self.ld_slot}: :MODE CC accepted but :MODE? reads {back}; expected CC "
+                                  "(constant current): output left off", command=":MODE?", **where)
+        self.log.warning("LDC slot %d was in constant-power mode (:MODE? %s) with its output off: switched to "
+                         "constant current (:MODE CC), as this driver sets the diode current", self.ld_slot, mode)
+
+    @property
+    def ld_mode(self) -> str:
+        """LDC operating mode: ``CC`` (constant current) or ``CP`` (constant power) (``:MODE?``, ``pro8.c``
+        ``Pro8_LdcGetMode``); any other reply is refused."""
+        reply = self._ask(self.ld_slot, ":MODE?").upper()
+        if reply not in ("CC", "CP"):
+            raise InstrumentReplyError(f"unexpected reply {reply!r}; expected CC (constant current) or CP (constant "
+                                       "power)", instrument=self.name, resource=self.resource, command=":MODE?")
+        return reply
 
     # -- slot-addressed I/O ------------------------------------------------------------------
     def _get(self, slot: int, label: str, attr: str) -> Any:
@@ -202,6 +249,25 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
 
         with self.lock:
             return self.link.call(label, get)
+
+    def _ask(self, slot: int, command: str) -> str:
+        """``command`` (a query PyMeasure's class lacks) to ``slot``; the stripped reply."""
+        def ask() -> Any:
+            self.pm.slot = slot
+            return self.pm.ask(command)
+
+        with self.lock:
+            return str(self.link.call(command, ask)).strip()
+
+    def _send(self, slot: int, command: str) -> None:
+        """``command`` (a command PyMeasure's class lacks) to ``slot``, then the error queue."""
+        def put() -> None:
+            self.pm.slot = slot
+            self.pm.write(command)
+
+        with self.lock:
+            self.link.call(command, put)
+            self.link.check_errors(command)
 
     def _set(self, slot: int, label: str, attr: str, value: Any) -> None:
         def put() -> None:
@@ -482,13 +548,15 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
         with self.lock:
             t_act = self.temperature_act_c
             st.update(output_enabled=self.output_enabled, current_ma=round(self.current_ma, 4),
+                      current_act_ma=round(self.current_act_ma, 4), ld_mode=self.ld_mode,
                       temperature_c=self.temperature_c, temperature_act_c=t_act, tec_on=self.tec_on,
                       wavelength_act_nm=round(self._wavelength_at(t_act), 4))
         return st
 
     def snapshot(self) -> dict[str, Any]:
-        """The settings (``wavelength_nm`` from the TEC *set* temperature), plus what the TEC reports now:
-        ``tec`` = output on/off, actual temperature and the wavelength it gives."""
+        """The settings (``wavelength_nm`` from the TEC *set* temperature), plus what the modules report now:
+        ``tec`` = output on/off, actual temperature and the wavelength it gives; ``ldc`` = the actual LD current
+        (``:ILD:ACT?``) and the operating mode (``:MODE?``)."""
         out = super().snapshot()
         out["wavelength_source"] = "wavelength_nm is from the TEC set temperature (:TEMP:SET?), not the actual one"
         try:
@@ -499,4 +567,10 @@ class ThorlabsPRO8000(MessageDriver, PulsedLaser):
                               "source": "TEC actual temperature (:TEMP:ACT?)"}
         except Exception as exc:
             out["tec"] = f"<error: {exc}>"
+        try:
+            with self.lock:
+                out["ldc"] = {"current_act_ma": round(self.current_act_ma, 4), "mode": self.ld_mode,
+                              "source": "LDC actual current (:ILD:ACT?) and operating mode (:MODE?)"}
+        except Exception as exc:
+            out["ldc"] = f"<error: {exc}>"
         return out

@@ -18,6 +18,10 @@ open interlock, reads 0 A too), and two faults a test may set, which make it dif
   below the set point (the ITC8000 manual §7 "Communication with a PC": ILIM is set with a screwdriver on the
   front panel before programming, and constantly measured by the mainframe).
 
+The model is of constant-current operation (``:MODE?`` ``CC``, the YAML's default), the only mode
+:class:`~labqfl.drivers.thorlabs_pro8000.ThorlabsPRO8000` drives (it switches a ``CP`` LDC to ``CC`` at open, output
+off, or refuses): in constant-power mode a real LDC's current follows its monitor diode, which is not modelled.
+
 The reply is formatted as the YAML's other currents (``{:.6E}``, in A; ``:SYST:ANSW VALUE``: the value only).
 Every other message goes to the device unchanged. Like the YAML's set point, the model is not per slot.
 

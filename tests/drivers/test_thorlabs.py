@@ -105,6 +105,7 @@ def test_pro8000_exact_protocol_with_current_ramps() -> None:
     with expected_protocol(lambda a: ThorlabsPRO8000("laser", cfg, adapter=a), [
         (b"*IDN?", b"PROFILE,PRO8000,1,3"), (b":SYST:ANSW VALUE", None), ok,
         (b":SLOT 3", None), (b":LIMC:SET 0.1", None), ok,  # software current limit = max_current_ma
+        (b":SLOT 3", None), (b":MODE?", b"CC"),  # constant-current mode (pro8.c Pro8_LdcGetMode)
         # power 2 mW with the LDC off: the set point is written directly (no current flows)
         (b":SLOT 3", None), (b":LASER?", b"OFF"),
         (b":SLOT 3", None), (b":ILD:SET 0.03", None), ok,
@@ -185,7 +186,8 @@ def test_pm100usb_exact_protocol_and_missing_head() -> None:
 
 # -- review s31: safe state, set-point and TEC checks, replies (PRO8000); unit, head and readings (PM100) ----
 PRO_OPEN = [(b"*IDN?", b"PROFILE,PRO8000,1,3"), (b":SYST:ANSW VALUE", None), (b":SYST:ERR?", b'0,"No error"'),
-            (b":SLOT 1", None), (b":LIMC:SET 0.1", None), (b":SYST:ERR?", b'0,"No error"')]
+            (b":SLOT 1", None), (b":LIMC:SET 0.1", None), (b":SYST:ERR?", b'0,"No error"'),
+            (b":SLOT 1", None), (b":MODE?", b"CC")]  # constant current (tests/drivers/test_pro8000_ld_mode.py)
 PRO_OK = (b":SYST:ERR?", b'0,"No error"')
 PRO_CFG = LaserConfig(driver="ThorlabsPRO8000", resource="GPIB0::10::INSTR",
                       options={"ramp_step_ma": 50.0, "ramp_ma_per_s": 100_000.0})
