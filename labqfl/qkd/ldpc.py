@@ -75,7 +75,7 @@ from labqfl.qkd.ldpc_qc import (
     qc_syndrome,
     qc_unsatisfied_frames,
 )
-from labqfl.qkd.messaging import Channel, LocalChannel, Message, MessageError
+from labqfl.qkd.messaging import Channel, FieldValue, LocalChannel, Message, MessageError
 from labqfl.qkd.reconciliation import (
     ReconciliationInputError,
     ReconciliationResult,
@@ -158,6 +158,7 @@ class LdpcCode:
     base_ptr: np.ndarray | None = None
     base_col: np.ndarray | None = None
     base_shift: np.ndarray | None = None
+    deg2_forest: bool = False
 
     @property
     def edges(self) -> int:
@@ -215,12 +216,25 @@ def _least_filled(start: int, v: int, excluded: np.ndarray, cap: np.ndarray, ccn
     return best
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _root(parent: np.ndarray, c: int) -> int:
+    """Union-find root of ``c`` (no path compression: the base graphs have ≤ a few hundred checks)."""
+    while parent[c] != c:
+        c = parent[c]
+    return c
+
+
 @numba.njit(cache=True, nogil=True)
-def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray, forest2: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, int]:
     """Greedy depth-1 PEG: returns (edge variable, edge check, edges that closed a 4-cycle).
 
     ``vdeg``: degree per variable, processed in index order.  ``cap``: target degree per check.
     ``offs``: one random scan offset per edge (ties between equally filled checks).
+    ``forest2``: the second edge of a degree-2 variable never joins two checks already connected
+    through degree-2 variables, so those variables form a forest (no cycle of degree-2 variables, i.e.
+    no codeword made of them alone; needs fewer degree-2 variables than checks).  False: the plain PEG,
+    and with True the same edges wherever that rule does not bind.
     """
     n = vdeg.size
     m = cap.size
@@ -242,6 +256,8 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.
     vcnt = np.zeros(n, np.int64)
     mark = np.full(m, -1, np.int64)  # checks within distance 2 of the current variable
     own = np.full(m, -1, np.int64)  # checks already adjacent to the current variable
+    comp = np.arange(m)  # forest2: union-find of checks joined by degree-2 variables
+    same = np.full(m, -1, np.int64)  # forest2: checks in the first check's degree-2 component
     forced = 0
     # histogram of remaining capacities (offset by maxc) so a scan can stop at the global maximum
     hist = np.zeros(2 * maxc + 2, np.int64)
@@ -252,12 +268,23 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.
         top -= 1
     e = 0
     for v in range(n):
-        for _k in range(vdeg[v]):
+        for j in range(vdeg[v]):
+            tree = forest2 and vdeg[v] == 2 and j == 1
+            if tree:
+                r0 = _root(comp, ec[e - 1])
+                for c in range(m):
+                    if _root(comp, c) == r0:
+                        mark[c] = v
+                        same[c] = v
             best = _least_filled(offs[e], v, mark, cap, ccnt, maxc, top)
             if best < 0:  # every check is within distance 2: accept a 4-cycle, avoid parallel edges
-                forced += 1
-                best = _least_filled(offs[e], v, own, cap, ccnt, maxc, 1 << 62)
+                forced += 1  # (and, forest2, a cycle of degree-2 variables while there is another way)
+                best = _least_filled(offs[e], v, same if tree else own, cap, ccnt, maxc, 1 << 62)
+                if best < 0:
+                    best = _least_filled(offs[e], v, own, cap, ccnt, maxc, 1 << 62)
             c = best
+            if tree:
+                comp[_root(comp, ec[e - 1])] = _root(comp, c)
             ev[e] = v
             ec[e] = c
             e += 1
@@ -278,20 +305,30 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray) -> tuple[np.
     return ev, ec, forced
 
 
-@lru_cache(maxsize=24)
-def build_code(n: int, rate: float, seed: int = 0, z: int = 0) -> LdpcCode:
+def build_code(n: int, rate: float, seed: int = 0, z: int = 0, deg2_forest: bool = False) -> LdpcCode:
     """Irregular LDPC code of length ``n`` and mother rate ``rate`` (see module docstring).
 
     ``z`` = 0: random PEG construction.  ``z`` > 0: quasi-cyclic lifting of an n/z-column base
     graph by z × z circulants (:func:`labqfl.qkd.ldpc_qc.qc_shifts`); ``n`` must be a multiple of
-    ``z`` and the base graph needs at least 16 columns.
+    ``z`` and the base graph needs at least 16 columns.  ``deg2_forest`` (quasi-cyclic only): at
+    most m_b − 1 degree-2 base columns (the table's others get degree 3), placed so that they form
+    a forest in the base graph, hence in the lifted graph (the lift of a tree is z trees): no
+    codeword of degree-2 variables alone (:func:`_build_qc`).  False: the construction of before.
     """
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
     if z < 0 or (z and (n % z or n // z < 16)):
         raise ReconciliationInputError(f"LDPC lifting size z={z} must divide n={n} into at least 16 base columns")
+    if deg2_forest and not z:
+        raise ReconciliationInputError("LDPC deg2_forest=True needs a quasi-cyclic code (z > 0), got z=0")
+    return _build_code(n, rate, seed, z, bool(deg2_forest))
+
+
+@lru_cache(maxsize=24)
+def _build_code(n: int, rate: float, seed: int, z: int, deg2_forest: bool) -> LdpcCode:
+    """:func:`build_code` after its checks, cached per (n, rate, seed, z, deg2_forest)."""
     if z:
-        return _build_qc(n, rate, seed, z)
+        return _build_qc(n, rate, seed, z, deg2_forest)
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), 2])
     m = int(round((1.0 - rate) * n))
     counts = _degree_counts(n, rate)
@@ -335,17 +372,29 @@ def _finish_code(n: int, m: int, rate: float, seed: int, vs: np.ndarray, ec: np.
                     np.array(chosen, dtype=np.int64), forced, **qc)  # type: ignore[arg-type]
 
 
-def _build_qc(n: int, rate: float, seed: int, z: int) -> LdpcCode:
-    """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles."""
+def _build_qc(n: int, rate: float, seed: int, z: int, deg2_forest: bool = False) -> LdpcCode:
+    """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles.
+
+    ``deg2_forest``: the table's degree-2 columns above m_b − 1 become degree 3 and the PEG keeps the
+    degree-2 columns a forest (:func:`_peg_edges`).  Without it, the rate-0.9 table's 49 degree-2
+    columns (of 256) outnumber the 15–31 base rows of mother rates 0.88–0.94, the base graph has 19–35
+    independent cycles of them, and the lift short ones: codewords of weight 5–7 at rates 0.92–0.94, 7–12
+    at 0.88–0.90 (docs/reconciliation.md, LDPC round of 2026-12-07, session 41).  A cycle-free set of
+    degree-2 columns is what IRA / accumulator (dual-diagonal) base graphs guarantee by construction
+    (Richardson & Urbanke, Modern Coding Theory (2008), §7; 5G NR base graphs, 3GPP TS 38.212 §5.3.2).
+    """
     nb = n // z
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), z, 3])
     mb = max(1, int(round((1.0 - rate) * nb)))
     counts = _degree_counts(nb, rate)
+    if deg2_forest and counts.get(2, 0) > mb - 1:
+        counts[3] = counts.get(3, 0) + counts[2] - (mb - 1)
+        counts[2] = mb - 1
     vdeg = np.concatenate([np.full(c, min(d, mb), np.int64) for d, c in sorted(counts.items(), reverse=True) if c])
     E = int(vdeg.sum())
     cap = np.full(mb, E // mb, np.int64)
     cap[rng.permutation(mb)[: E - int(cap.sum())]] += 1
-    ev, ec, _ = _peg_edges(vdeg, cap, rng.integers(0, mb, E).astype(np.int64))
+    ev, ec, _ = _peg_edges(vdeg, cap, rng.integers(0, mb, E).astype(np.int64), deg2_forest)
     # base columns in random order, so the high-degree columns are spread over the frame
     perm = rng.permutation(nb).astype(np.int64)
     ev = perm[ev]
@@ -362,7 +411,7 @@ def _build_qc(n: int, rate: float, seed: int, z: int) -> LdpcCode:
         a.setflags(write=False)
     return _finish_code(n, mb * z, rate, seed, var, chk, rng, int(forced) * z, z=z,
                         base_ptr=base_ptr, base_col=np.ascontiguousarray(bcol),
-                        base_shift=np.ascontiguousarray(bshift))
+                        base_shift=np.ascontiguousarray(bshift), deg2_forest=deg2_forest)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -574,6 +623,7 @@ class LdpcPlan:
     ``sum_product_from`` (quasi-cyclic decoders; −1: the reveal limit): once this many values are
     revealed, a frame still failing restarts cold with sum-product (``bp``, the last chance), and
     goes on with warm-started sum-product retries up to the reveal limit.
+    ``deg2_forest``: the quasi-cyclic code's degree-2 columns form a forest (:func:`build_code`).
     """
 
     code_n: int
@@ -590,6 +640,7 @@ class LdpcPlan:
     sum_product_from: int = -1
     z: int = 0
     decoder: str = "bp"
+    deg2_forest: bool = False
 
     @property
     def key_bits_per_frame(self) -> int:
@@ -693,7 +744,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
               f_start: float | None = None, f_step: float | None = None, f_mother: float | None = None,
               f_min: float | None = None, f_extra: float | None = None, z: int | None = None,
               first_iter: int | None = None, retry_iter: int | None = None, stall_every: int | None = None,
-              stall_ratio: float | None = None, f_extra_sp: float | None = None) -> LdpcPlan:
+              stall_ratio: float | None = None, f_extra_sp: float | None = None,
+              deg2_forest: bool = False) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
@@ -704,7 +756,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     speed (:data:`PRESETS`, quasi-cyclic decoders only); any design point may be overridden.
     ``stall_every`` / ``stall_ratio``: Bob's stall test (:class:`LdpcPlan`; 0 turns it off).
     Quasi-cyclic decoders switch to sum-product at f_extra (``sum_product_from``) and may reveal up
-    to m + f_extra_sp·h(Q)·(n − d).
+    to m + f_extra_sp·h(Q)·(n − d).  ``deg2_forest`` (quasi-cyclic decoders): codes whose degree-2
+    columns form a forest (:func:`build_code`).
     """
     if decoder not in DECODERS:
         raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
@@ -735,7 +788,10 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     f_step = fst if f_step is None else f_step
     f_extra = fx if f_extra is None else f_extra
     R = mother_rate(1.0 - f_mother * h)
-    code = build_code(code_n, R, code_seed, z)
+    if deg2_forest and not (z and decoder in _QC_DECODERS):
+        raise ReconciliationInputError(f"LDPC deg2_forest=True needs a quasi-cyclic decoder {_QC_DECODERS} with z > 0, "
+                                       f"got decoder {decoder!r}, z={z}")
+    code = build_code(code_n, R, code_seed, z, bool(deg2_forest))
     m, n = code.m, code.n
     d = int(max(0, min(code.untainted.size, math.floor((m - f_min * h * n) / (1.0 - f_min * h)))))
     kpf = n - d
@@ -751,7 +807,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
                     retry_iter=it2 if retry_iter is None else retry_iter, z=z,
                     decoder=decoder if z else "bp",
                     stall_every=(se if stall_every is None else int(stall_every)) if z else 0,
-                    stall_ratio=sr if stall_ratio is None else float(stall_ratio))
+                    stall_ratio=sr if stall_ratio is None else float(stall_ratio), deg2_forest=bool(deg2_forest))
 
 
 # ----------------------------------------------------------------------------------- parties
@@ -760,11 +816,12 @@ def _frames(N: int, kpf: int) -> int:
 
 
 @lru_cache(maxsize=32)
-def _layout(n: int, rate: float, seed: int, d: int, z: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _layout(n: int, rate: float, seed: int, d: int, z: int = 0, deg2_forest: bool = False
+            ) -> tuple[np.ndarray, np.ndarray]:
     """(key positions, reveal order) of a frame: key bits go to the non-filler positions in index
     order; the reveal order is the d filler positions then the key positions in a public
     pseudo-random order."""
-    code = build_code(n, rate, seed, z)
+    code = build_code(n, rate, seed, z, deg2_forest)
     mask = np.ones(code.n, bool)
     mask[code.untainted[:d]] = False
     keypos = np.flatnonzero(mask)
@@ -813,7 +870,12 @@ class LdpcAlice:
             if N != self._x.size:
                 raise MessageError(f"ldpc/init: Bob has {N} bits, Alice has {self._x.size}")
             z = int(request.get("z")) if "z" in request.fields else 0
-            code = build_code(int(request.get("code_n")), float(request.get("rate")), int(request.get("code_seed")), z)
+            # absent: the construction of before (Bob sends the field only for deg2_forest codes)
+            forest = int(request.get("deg2_forest")) if "deg2_forest" in request.fields else 0
+            if forest not in (0, 1) or (forest and not z):
+                raise MessageError(f"ldpc/init: deg2_forest={forest} must be 0 or 1 (1 only with z > 0)")
+            code = build_code(int(request.get("code_n")), float(request.get("rate")), int(request.get("code_seed")), z,
+                              bool(forest))
             d = int(request.get("d"))
             if not 0 <= d <= code.untainted.size:
                 raise MessageError(f"ldpc/init: d={d} exceeds the code's {code.untainted.size} untainted positions")
@@ -823,7 +885,7 @@ class LdpcAlice:
             self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
             self._filler = _filler_bits(self._nf, d, self._rng)
-            self._order = _layout(code.n, code.rate, code.seed, d, code.z)[1]
+            self._order = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)[1]
             return Message("ldpc/ok")
         code = self._code  # type: ignore[assignment]
         if code is None:
@@ -868,7 +930,7 @@ def _frame_word(code: LdpcCode, d: int, bits: np.ndarray, f: int, filler: np.nda
     ``code.untainted[:d]``."""
     kpf = code.n - d
     word = np.zeros(code.n, np.uint8)
-    keypos = _layout(code.n, code.rate, code.seed, d, code.z)[0]
+    keypos = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)[0]
     chunk = bits[f * kpf:(f + 1) * kpf]
     word[keypos[:chunk.size]] = chunk
     word[code.untainted[:d]] = filler
@@ -906,18 +968,21 @@ class LdpcBob:
     def run(self, channel: Channel) -> ReconciliationResult:
         pl = self.plan
         N = int(self.bits.size)
-        code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z)
+        code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z, pl.deg2_forest)
         d = pl.d
         limit = pl.reveal_limit
         kpf = code.n - d
         nf = _frames(N, kpf)
-        channel.request(Message("ldpc/init", {"N": N, "code_n": code.n, "rate": pl.rate, "code_seed": pl.code_seed,
-                                              "z": code.z, "d": d, "max_reveal": limit}))
+        init: dict[str, FieldValue] = {"N": N, "code_n": code.n, "rate": pl.rate, "code_seed": pl.code_seed, "z": code.z, "d": d,
+                "max_reveal": limit}
+        if code.deg2_forest:  # only then: the init message of every other code is the one of before
+            init["deg2_forest"] = 1
+        channel.request(Message("ldpc/init", init))
         rep = channel.request(Message("ldpc/syndromes", {"frames": np.arange(nf, dtype=np.int64)}))
         if rep.disclosed.size != nf * code.m:
             raise MessageError("ldpc: bad reply to ldpc/syndromes")
         synd = np.ascontiguousarray(rep.disclosed.reshape(nf, code.m))
-        keypos, order = _layout(code.n, code.rate, code.seed, d, code.z)
+        keypos, order = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)
         L = np.zeros((nf, code.n), _DTYPE)
         prior = self._priors(nf, code.n, kpf, keypos)
         L[:] = prior
@@ -1122,7 +1187,7 @@ class LdpcBob:
 def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                    seed: int | None = None, code_n: int | None = None, decoder: str = "amin",
                    preset: str = "efficient", channel_authenticator: object = None,
-                   device: str | None = None) -> ReconciliationResult:
+                   device: str | None = None, deg2_forest: bool = False) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with blind rate-adaptive LDPC (in process).
 
     ``alice_bits``, ``bob_bits``: 1-D uint8 0/1 arrays of equal length N (split into frames of
@@ -1136,10 +1201,11 @@ def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
     device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there — on CUDA
     device 0 as one Numba CUDA kernel (:mod:`labqfl.qkd.ldpc_cuda`), elsewhere through torch
     (:mod:`labqfl.qkd.ldpc_torch`); same results bit for bit (``details["decoder_backend"]``).
+    ``deg2_forest``: quasi-cyclic codes whose degree-2 columns form a forest (:func:`build_code`).
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     rng = np.random.default_rng(seed) if seed is not None else None
-    plan = plan_ldpc(q, decoder=decoder, preset=preset, code_n=code_n)
+    plan = plan_ldpc(q, decoder=decoder, preset=preset, code_n=code_n, deg2_forest=deg2_forest)
     bob = LdpcBob(bob_bits, q, plan=plan, device=device)
     alice = LdpcAlice(alice_bits, filler_rng=rng)
     return bob.run(LocalChannel(alice, channel_authenticator))  # type: ignore[arg-type]
