@@ -434,8 +434,8 @@ _DENSE_MIN = 8
 """Clicked slots of a 64-slot ring group from which :func:`_scan_sift` reads the group's log
 bytes as a whole (:func:`_group_codes`) rather than four bytes per clicked slot."""
 _DENSE_NK = 15
-"""Most intensities per client for which a histogram index fits 16 bits (:func:`_group_codes`)."""
-_BAD_CODE = 0xFFFF
+"""Most intensities per client for which :func:`_group_codes` applies: the intensity index fits 4
+bits and the cell k_i·nk + k_j one byte."""
 
 
 @intrinsic
@@ -453,41 +453,48 @@ def _popcount(typingctx, m):  # type: ignore[no-untyped-def]
 
 @intrinsic
 def _group_codes(typingctx, bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc):  # type: ignore[no-untyped-def]
-    """The histogram index ``((k_i·nk + k_j)·4 + a_i)·4 + a_j)·4 + outcome`` of each of the 64
-    slots ``w0 … w0 + 63`` (ring bytes from ``rb``; both clients' logs), or ``_BAD_CODE`` where a
-    log entry is out of range (k_i >= ni, k_j >= nj or a phase index > 3), into ``hc`` (uint16).
-    Written as LLVM IR on 64-lane vectors (LLVM Language Reference: vector ``load``, ``zext``,
-    ``mul``, ``shl``, ``or``, ``icmp``, ``select``, ``store``), which LLVM lowers to the target's
-    vector instructions (AVX2: ~110 per group); Numba's own loop widened every lane to 64 bits.
-    The caller keeps ``w0 + 64`` within the logs, ``rb + 64`` within the ring, ``nk`` <= 15 and
-    ``ni``, ``nj`` <= 255."""
-    sig = types.void(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+    """The histogram index ``(k_i·nk + k_j)·256 + 16·a_i + 4·a_j + outcome`` of each of the 64
+    slots ``w0 … w0 + 63`` (ring bytes from ``rb``; both clients' logs) into ``hc`` (uint16); returns
+    a mask with bit k set iff slot ``w0 + k``'s log entries are in range (k_i < ni, k_j < nj, both
+    phase indices <= 3; elsewhere the index is meaningless). Written as LLVM IR on 64-lane byte
+    vectors (LLVM Language Reference: vector ``load``, ``and``, ``mul``, ``shl``, ``or``, ``icmp``,
+    ``shufflevector``, ``bitcast``, ``store``), which LLVM lowers to the target's vector instructions:
+    the cell k_i·nk + k_j and the low byte 16·a_i + 4·a_j + outcome are each one byte per slot
+    (k_i is masked to 4 bits and multiplied in 16-bit lanes, two slots per lane: k_i·nk <= 225
+    carries nothing into the neighbouring byte), and the two bytes are interleaved into the 16-bit
+    index. The caller keeps ``w0 + 64`` within the logs, ``rb + 64`` within the ring, ``nk`` <= 15
+    and ``ni``, ``nj`` <= 255."""
+    sig = types.uint64(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
 
     def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
         a_bm, a_rb, a_x, a_y, a_ai, a_aj, a_w0, a_nk, a_ni, a_nj, a_hc = args
         t = signature.args
-        i8, i16, i32 = ir.IntType(8), ir.IntType(16), ir.IntType(32)
-        v8, v16 = ir.VectorType(i8, 64), ir.VectorType(i16, 64)
+        i8, i16, i32, i64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+        v8, v16 = ir.VectorType(i8, 64), ir.VectorType(i16, 32)
 
         def load(k, arg, off):  # type: ignore[no-untyped-def]
             ary = context.make_array(t[k])(context, builder, arg)
             return builder.load(builder.bitcast(builder.gep(ary.data, [off]), v8.as_pointer()), align=1)
 
-        def splat(val, vt, et):  # type: ignore[no-untyped-def]
+        def splat(val, vt, et, n):  # type: ignore[no-untyped-def]
             u = builder.insert_element(ir.Constant(vt, ir.Undefined), builder.trunc(val, et), ir.Constant(i32, 0))
-            return builder.shuffle_vector(u, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
+            return builder.shuffle_vector(u, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(i32, n), None))
+
+        def c8(v):  # type: ignore[no-untyped-def]
+            return ir.Constant(v8, v)
 
         b, x, y, ai, aj = load(0, a_bm, a_rb), load(2, a_x, a_w0), load(3, a_y, a_w0), load(4, a_ai, a_w0), load(5, a_aj, a_w0)
-        X, Y, AI, AJ, B = (builder.zext(v, v16) for v in (x, y, ai, aj, b))
-        k = builder.add(builder.mul(X, splat(a_nk, v16, i16)), Y)
-        low = builder.or_(builder.or_(builder.shl(AI, ir.Constant(v16, 4)), builder.shl(AJ, ir.Constant(v16, 2))), B)
-        h = builder.or_(builder.shl(k, ir.Constant(v16, 6)), low)
-        ok = builder.and_(builder.icmp_unsigned("<", x, splat(a_ni, v8, i8)), builder.icmp_unsigned("<", y, splat(a_nj, v8, i8)))
-        ok = builder.and_(ok, builder.icmp_unsigned("<", builder.or_(ai, aj), ir.Constant(v8, 4)))
+        xk = builder.bitcast(builder.mul(builder.bitcast(builder.and_(x, c8(15)), v16), splat(a_nk, v16, i16, 32)), v8)
+        k = builder.add(xk, y)  # (k_i·nk + k_j, exact for entries in range)
+        t2 = builder.or_(builder.shl(builder.and_(ai, c8(3)), c8(2)), builder.and_(aj, c8(3)))
+        low = builder.or_(builder.shl(t2, c8(2)), b)
+        h = builder.shuffle_vector(low, k, ir.Constant(ir.VectorType(i32, 128), [v for j in range(64) for v in (j, 64 + j)]))
         out = context.make_array(t[10])(context, builder, a_hc)
-        builder.store(builder.select(ok, h, ir.Constant(v16, _BAD_CODE)), builder.bitcast(out.data, v16.as_pointer()),
-                      align=2)
-        return context.get_dummy_value()
+        builder.store(h, builder.bitcast(out.data, ir.VectorType(i8, 128).as_pointer()), align=2)
+        ok = builder.and_(builder.icmp_unsigned("<", x, splat(a_ni, v8, i8, 64)),
+                          builder.icmp_unsigned("<", y, splat(a_nj, v8, i8, 64)))
+        ok = builder.and_(ok, builder.icmp_unsigned("<", builder.or_(ai, aj), c8(4)))
+        return builder.bitcast(ok, i64)
 
     return sig, codegen
 
@@ -497,7 +504,7 @@ def _scan_sift(bm, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb
                key_bi, key_bj, o, ko):
     """Announce the clicked slots ``[sa, sb)`` of the ring (one pair, no frame end, no dropped
     range, inside the logs), in slot order, and sift them: both clients' choices, the histogram
-    bin ``hist[hb + code]`` with code = (k_i·nk + k_j)·64 + 16·a_i + 4·a_j + outcome, the
+    bin ``hist[hb + code]`` with code = (k_i·nk + k_j)·256 + 16·a_i + 4·a_j + outcome, the
     announcement at ``o``, and the key slot and key byte from ``klut[code]`` (:func:`_key_lut`,
     key only in cell k_i = k_j = 0) at ``ko`` — written without a branch, kept if the key
     position moves on. The key bytes are split into the two clients' bits at the end (2|bit marks
@@ -509,15 +516,14 @@ def _scan_sift(bm, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb
         rb = (g & gmask) << 6
         w0 = g << 6
         if dense and w0 + 64 <= nlog and _popcount(mm) >= _DENSE_MIN:
-            _group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+            bad = mm & ~_group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+            if bad != 0:  # the first clicked slot with a log entry out of range
+                su = U(w0 + np.int64(trailing_zeros(bad)))
+                return o, ko, BAD_INTENSITY if (lki[su] >= ni) | (lkj[su] >= nj) else BAD_PHASE
             while mm != 0:
                 pz = np.int64(trailing_zeros(mm))
                 mm &= mm - U(1)
                 h = np.int64(hc[U(pz)])
-                if h == _BAD_CODE:
-                    x = np.int64(lki[U(w0 + pz)])
-                    y = np.int64(lkj[U(w0 + pz)])
-                    return o, ko, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
                 sl = w0 + pz
                 bm[U(rb + pz)] = 0
                 hist[U(hb + h)] += 1
@@ -542,7 +548,7 @@ def _scan_sift(bm, sa, sb, gmask, lki, lkj, lai, laj, nlog, ni, nj, nk, hist, hb
             aj = np.int64(laj[su])
             if ((x - ni) & (y - nj) & ((ai | aj) - 4)) >= 0:  # one test: valid iff all three < 0
                 return o, ko, BAD_INTENSITY if (x >= ni) | (y >= nj) else BAD_PHASE
-            h = (((x * nk + y) * 4 + ai) * 4 + aj) * 4 + b
+            h = ((x * nk + y) << 8) | (ai << 4) | (aj << 2) | b
             hist[U(hb + h)] += 1
             out_s[U(o)] = sl
             out_o[U(o)] = b
@@ -606,11 +612,12 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     codes = np.empty(_BLOCK, dtype=np.int64)
     hc = np.empty(64, dtype=np.uint16)  # a ring group's histogram indices (_group_codes)
     codesf = codes.view(np.float64)  # written as doubles 2^52 + code, read as int64 less _MAGIC
-    klut = np.empty(nk * nk * 64, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
-    for h in range(nk * nk * 64):
-        klut[h] = _KEY_LUT[h & 63] if h < 64 else _KEY_LUT[h & 63] & 7
+    klut = np.zeros(nk * nk * 256, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
+    for h in range(nk * nk * 256):
+        if h & 255 < 64:
+            klut[h] = _KEY_LUT[h & 63] if h < 256 else _KEY_LUT[h & 63] & 7
     big = np.iinfo(np.int64).max
-    hstride = nk * nk * 64
+    hstride = nk * nk * 256
     if na == 0:  # nothing can be placed: only the order check
         for i in range(1, n):
             if ts[i] < ts[i - 1]:
@@ -1029,11 +1036,11 @@ def _channel_times(ts, ch, c, delay):  # type: ignore[no-untyped-def]
 
 @numba.njit(cache=True, nogil=True)
 def _cells(hist, P, nk):  # type: ignore[no-untyped-def]
-    """``hist[pair, k_i, k_j, a_i, a_j, outcome]`` → (clicks, errors_x2, doubles) per pair and
+    """``hist[pair, k_i, k_j, 16·a_i + 4·a_j + outcome]`` (256 bins per cell, the upper 192 unused) → (clicks, errors_x2, doubles) per pair and
     cell (k_i, k_j, basis_i, basis_j), with the rules of ``sifting._counts_kernel``: a double
     click counts ½ error, D0 with different bits or D1 with equal bits 1 error, for equal bases
     outside the key cell (2·errors kept integer)."""
-    h = hist.reshape((P, nk, nk, 4, 4, 4))
+    h = hist.reshape((P, nk, nk, 256))
     clicks = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     errors_x2 = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
     doubles = np.zeros((P, nk, nk, 2, 2), dtype=np.int64)
@@ -1047,7 +1054,7 @@ def _cells(hist, P, nk):  # type: ignore[no-untyped-def]
                         differ = (ai >> 1) != (aj >> 1)
                         counted = ba == bb and not (x == 0 and y == 0 and ba == 0)
                         for b in range(1, 4):
-                            v = h[q, x, y, ai, aj, b]
+                            v = h[q, x, y, 16 * ai + 4 * aj + b]
                             clicks[q, x, y, ba, bb] += v
                             if b == 3:
                                 doubles[q, x, y, ba, bb] += v
@@ -1174,7 +1181,7 @@ def slot_sift(block: TagBlock, params: SlottingParams, schedule: PairSchedule, l
         while status == WINDOW_FULL and wbits <= _MAX_RING_BITS:
             count = np.zeros(P, dtype=np.int64)
             kcount = np.zeros(P, dtype=np.int64)
-            hist = np.zeros(P * nk * nk * 64, dtype=np.int64)
+            hist = np.zeros(P * nk * nk * 256, dtype=np.int64)
             status = _fused_kernel(
                 ts, ch, c0, c1, np.array([d0, d1], dtype=np.int64), np.asarray(p.window_offset_ps, dtype=np.float64),
                 np.asarray(p.window_ps, dtype=np.float64) / 2.0, anchor_t, nxt, base, per, inv,

@@ -163,15 +163,16 @@ def test_branch_free_block_fill_equals_the_tag_by_tag_fill_or_declines():
 
 @pytest.mark.parametrize("nk", [1, 2, 3, 15])
 def test_group_codes_equal_the_per_slot_histogram_index(nk):  # type: ignore[no-untyped-def]
-    # _group_codes (LLVM vector IR) against the per-slot formula of _scan_sift, out-of-range log
-    # entries (intensity >= the client's count, phase > 3) marked _BAD_CODE
+    # _group_codes (LLVM vector IR, byte lanes) against the per-slot formula of _scan_sift; its mask
+    # marks the slots whose log entries are in range (intensity < the client's count, phase <= 3),
+    # and an out-of-range entry (any byte value) leaves its neighbours' indices alone
     import numba
 
-    from labqfl.qkd.slotsift import _BAD_CODE, _group_codes
+    from labqfl.qkd.slotsift import _group_codes
 
     @numba.njit
     def codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc):  # type: ignore[no-untyped-def]
-        _group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
+        return _group_codes(bm, rb, lki, lkj, lai, laj, w0, nk, ni, nj, hc)
 
     rng = np.random.default_rng(62 + nk)
     hc = np.empty(64, np.uint16)
@@ -184,12 +185,14 @@ def test_group_codes_equal_the_per_slot_histogram_index(nk):  # type: ignore[no-
               for _ in range(2)]
         ring = rng.integers(0, 4, 256).astype(np.uint8)
         w0, rb = 64 * int(rng.integers(0, 6)), 64 * int(rng.integers(0, 4))
-        codes(ring, np.int64(rb), lk[0], lk[1], la[0], la[1], np.int64(w0), np.int64(nk), np.int64(ni), np.int64(nj), hc)
+        mask = codes(ring, np.int64(rb), lk[0], lk[1], la[0], la[1], np.int64(w0), np.int64(nk), np.int64(ni),
+                     np.int64(nj), hc)
         x, y, ai, aj = (a[w0:w0 + 64].astype(np.int64) for a in (*lk, *la))
         b = ring[rb:rb + 64].astype(np.int64)
         ok = (x < ni) & (y < nj) & ((ai | aj) < 4)
-        want = np.where(ok, (((x * nk + y) * 4 + ai) * 4 + aj) * 4 + b, _BAD_CODE)
-        assert np.array_equal(hc, want)
+        assert int(mask) == int(np.sum(ok.astype(np.uint64) << np.arange(64, dtype=np.uint64)))
+        want = ((x * nk + y) << 8) | (ai << 4) | (aj << 2) | b
+        assert np.array_equal(hc[ok], want[ok])
 
 
 @pytest.mark.parametrize("bad", ["intensity", "phase", "phase first"])
