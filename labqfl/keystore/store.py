@@ -694,17 +694,67 @@ def _watch_once(stores: list[KeyStore]) -> None:
             log.debug("key store %s: idle checkpoint watch failed: %s", st.path, exc)
 
 
+# Every other thread is guarded the standard way (pthread_atfork's prepare/parent/child, POSIX.1-2017
+# pthread_atfork(3p) RATIONALE; :func:`os.register_at_fork`): a thread of the parent that holds a store's lock (a
+# take, a write, a read) or its ``_scrub_cond`` (the checkpoint retry around each attempt's bookkeeping,
+# :meth:`KeyStore._note_scrub` while it starts the retry) at the fork left it held in the child, by a thread the child
+# does not have, and the child's first call that took it hung forever (review of session 40, after keysrev F1). The
+# fork now takes, after ``_tick_lock``, :data:`_stores_lock` and then every live store's lock and ``_scrub_cond``
+# (in the order the stores were made), waiting for a thread that holds one to finish its critical section, and
+# releases them all on both sides after it. No code of the store holds two stores' locks, or takes
+# ``_stores_lock`` while it holds a store's lock; a store's lock is taken before its ``_scrub_cond`` (``close``), never
+# after it. The child keeps the stores' key material single-use as before: its first call on an inherited store
+# abandons the parent's connection (never used or closed here), opens its own and starts with no retry thread
+# (:meth:`KeyStore._connection`), and every handout is a ``BEGIN IMMEDIATE`` transaction on the shared file.
+
+#: every KeyStore object alive in this process (weakly), for the fork guard; guarded by :data:`_stores_lock`
+_stores: weakref.WeakSet[KeyStore] = weakref.WeakSet()
+_stores_lock = threading.Lock()
+_store_seq = iter(range(1, 1 << 62))
+#: the locks :func:`_watch_before_fork` took, in the order taken (released in reverse after the fork)
+_fork_held: list[Any] = []
+
+
+def _register_store(store: KeyStore) -> None:
+    with _stores_lock:
+        store._fork_seq = next(_store_seq)
+        _stores.add(store)
+
+
 def _watch_before_fork() -> None:
     _tick_lock.acquire()  # (the watch finishes its look: no store lock of it is held at the fork)
+    _stores_lock.acquire()  # (held across the fork: no store is made, its lock held, between the look and the fork)
+    held: list[Any] = []
+    try:
+        for st in sorted(_stores, key=lambda s: s._fork_seq):
+            st._lock.acquire()
+            held.append(st._lock)
+            cond = st._scrub_cond  # (read under the store's lock: _connection replaces it only under that lock)
+            cond.acquire()
+            held.append(cond)
+    finally:  # (interrupted, the fork still happens: the after hooks release what was taken)
+        _fork_held[:] = held
+
+
+def _release_fork_held(held: list[Any]) -> None:
+    for lk in reversed(held):
+        lk.release()
 
 
 def _watch_after_fork_parent() -> None:
+    held, _fork_held[:] = list(_fork_held), []
+    _release_fork_held(held)
+    _stores_lock.release()
     _tick_lock.release()
 
 
 def _watch_after_fork() -> None:
-    """In a forked child: no watch thread exists; the inherited stores reopen (and are watched) when used."""
+    """In a forked child: the stores' locks the fork took are released (this thread took them: the others' threads
+    are gone, none holds one); no watch thread exists; the inherited stores reopen (and are watched) when used."""
     global _watch_lock, _watch_stop, _watched, _watch_thread, _tick_lock
+    held, _fork_held[:] = list(_fork_held), []
+    _release_fork_held(held)
+    _stores_lock.release()
     _watch_lock, _watch_stop, _watched, _watch_thread = threading.Lock(), threading.Event(), weakref.WeakSet(), None
     _tick_lock = threading.Lock()
 
@@ -738,6 +788,8 @@ class KeyStore:
         self._abandoned: list[sqlite3.Connection] = []
         self._blobs_opened = 0  # on the current connection; see _BLOBS_PER_CONNECTION
         self._scrub_init()
+        self._fork_seq = 0
+        _register_store(self)  # (the fork guard takes its locks from now on)
         with self._lock:
             self._connection()
         self._scrub()  # finish what a process that died with a pending checkpoint left behind
@@ -782,7 +834,7 @@ class KeyStore:
             # Inherited across fork: never use or close it here (SQLite forbids both).
             self._abandoned.append(self._conn)
             self._conn = None
-            self._scrub_init()  # the parent's retry thread does not exist here; its lock may be held
+            self._scrub_init()  # the parent's retry thread does not exist here (its state is the parent's)
         self._conn = self._open()
         self._pid = os.getpid()
         self._retry_stop.clear()  # reopened after close(): retries may run again
