@@ -391,7 +391,7 @@ def _add_certs(node_app: typer.Typer) -> None:
         new_ca, stale = _cert_folder_check(out_dir, list(hosts), force)
         files = make_node_certs(out_dir, list(hosts), days=days, force=force, node_hosts=hosts, new_ca=new_ca)
         out = _describe_certs(out_dir, files, hosts, new_ca)
-        warnings = _cert_warnings(out_dir, hosts, stale, drop_ca_key, out)
+        warnings = _cert_warnings(out_dir, hosts, stale, drop_ca_key, out, days)
         if drop_ca_key:
             from labqfl.keystore.preshare import shred_secret_file
 
@@ -509,17 +509,22 @@ def _describe_certs(out: Path, files: dict[str, Path], hosts: dict[str, list[str
 
 
 def _cert_warnings(out: Path, hosts: dict[str, list[str]], stale: list[str], drop: bool,
-                   issued: dict[str, Any]) -> list[str]:
+                   issued: dict[str, Any], days: int) -> list[str]:
     """``node certs``'s warnings: the CA's key, certificates a new CA leaves behind, the FL server's loopback
-    host, node certificates valid longer than their CA."""
-    from labqfl.keystore.certs import ca_key_warning
+    host, node certificates cut to the end of an older CA, before the ``days`` asked for."""
+    import datetime as dt
+
+    from labqfl.keystore.certs import BACKDATE, ca_key_warning
 
     ws = []
     ca_end = issued["ca"]["not_after"]
-    longer = [n for n, d in issued["nodes"].items() if d["not_after"] > ca_end]
-    if longer:
-        ws.append(f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(longer)} are refused "
-                  "from then on, before their own end (a shorter --days, or a new CA in another folder)")
+    asked = BACKDATE + dt.timedelta(days=days)  # (a new CA has the same --days: its certificates end with it)
+    cut = [n for n, d in issued["nodes"].items() if not issued["ca"]["new"]
+           and dt.datetime.fromisoformat(d["not_after"]) < dt.datetime.fromisoformat(d["not_before"]) + asked]
+    if cut:
+        ws.append(f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(cut)} end then too, "
+                  f"before the {days} days asked for (a certificate never outlives its CA; a new CA in another "
+                  "folder for longer ones)")
     if not drop:
         ws.append(ca_key_warning(out / "ca.key", "every node of this network", "node", "--drop-ca-key, or shred it"))
     if stale:

@@ -246,7 +246,7 @@ def _make_ca(out: Path, days: int, *, replace: bool = False) -> tuple[x509.Certi
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (x509.CertificateBuilder().subject_name(_name("labqfl development CA")).issuer_name(_name("labqfl development CA"))
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(now - BACKDATE).not_valid_after(now + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
@@ -258,18 +258,41 @@ def _make_ca(out: Path, days: int, *, replace: bool = False) -> tuple[x509.Certi
     return cert, key
 
 
+#: how far before its making a certificate's validity starts (hosts whose clocks run a little behind accept it)
+BACKDATE = dt.timedelta(minutes=5)
+
+
+def issued_validity(ca_cert: x509.Certificate, now: dt.datetime, days: int) -> tuple[dt.datetime, dt.datetime]:
+    """``(not_before, not_after)`` of a certificate ``ca_cert`` issues at ``now`` for ``days`` days: from
+    ``now - BACKDATE`` to ``now + days``, cut to the CA's own validity. A relying party refuses a certificate
+    outside its issuer's validity (RFC 5280 section 6.1.3 (a)(2): every certificate of the path must be valid at
+    the time checked), so a longer one only claims an end it never reaches; and a CA made a moment before with
+    the same ``days`` (``node certs``, ``keys certs`` in a new folder) ends up to a second before ``now + days``
+    when the two makings straddle a second boundary (X.509 times have whole seconds), which made ``node certs``
+    warn that the node certificates outlive their CA (CI of session 40)."""
+    not_before = max(now - BACKDATE, ca_cert.not_valid_before_utc)
+    not_after = min(now + dt.timedelta(days=days), ca_cert.not_valid_after_utc)
+    return not_before, not_after
+
+
 def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: bool,
            ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int,
            ekus: list[x509.ObjectIdentifier] | None = None, *, replace: bool = False) -> tuple[Path, Path]:
     ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    not_before, not_after = issued_validity(ca_cert, now, days)
+    if not_after <= not_before:
+        raise ConfigError(f"{out / 'ca.pem'}: the CA is valid only from {ca_cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} "
+                          f"to {ca_cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC, and it is now "
+                          f"{now:%Y-%m-%d %H:%M:%S} UTC: a certificate it issued would never be accepted; expected a CA "
+                          "valid now: issue into another folder (a new CA is made there)")
+    key = ec.generate_private_key(ec.SECP256R1())
     if ekus is None:
         ekus = [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_before(not_before).not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=False,
