@@ -327,6 +327,7 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
     saes = sae or [c.name for c in load_station_config(config).clients]
     kmes = kme or ["kme"]
     before = issued_certs(out_dir) if force and out_dir.is_dir() else []
+    old_ca = not force and (out_dir / "ca.pem").is_file()  # make_dev_certs reuses it (else it makes a new one)
     files = make_dev_certs(out_dir, kmes=kmes, saes=saes, hosts=host or list(DEFAULT_HOSTS), days=days, force=force)
     # what an SAE checks to know it talks to this KME, not to another server of the same CA (docs/keystore.md)
     ids = {n: {"identity": kme_uri(n), "pin": spki_pin(files[f"kme-{n}"])} for n in kmes}
@@ -334,6 +335,11 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
     warnings = [ca_key_warning(files["ca.key"], "every KME and SAE that trusts this ca.pem", "KME/SAE",
                                "shred it; a later `labqfl keys certs` into this folder then refuses, unless given "
                                "--force: that makes a new CA, whose ca.pem replaces this one")]
+    cut = _cut_by_ca(files, days) if old_ca else []
+    if cut:  # the folder's older CA ends first: what it issued now ends with it (as node certs warns)
+        warnings.append(f"the CA in {out_dir} is valid only to {cut[0]}: the certificates of {', '.join(cut[1:])} "
+                        f"end then too, before the {days} days asked for (a certificate never outlives its CA; "
+                        "--force makes a new CA, in another folder for longer ones)")
     stale = [n for n in before if n not in {p.name for p in files.values()}]
     if stale:  # --force made a new CA: what the old one issued stays in the folder, trusted by no ca.pem here
         warnings.append(f"--force made a new CA in {out_dir}: {', '.join(stale)} there were issued by the old CA, "
@@ -349,6 +355,27 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
     emit(data, as_json, render)
     for w in warnings:
         console.print(f"warning: {w}", soft_wrap=True)
+
+
+def _cut_by_ca(files: dict[str, Path], days: int) -> list[str]:
+    """``[CA end, names…]`` of the certificates ``keys certs`` just issued that end before the ``days`` asked for
+    because the reused CA ends first (``keystore.certs.issued_validity``); ``[]`` when none is."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    from labqfl.keystore.certs import BACKDATE
+
+    ca_end = x509.load_pem_x509_certificate(files["ca"].read_bytes()).not_valid_after_utc
+    asked = BACKDATE + dt.timedelta(days=days)
+    cut = []
+    for name, path in files.items():
+        if name in ("ca", "ca.key") or path.suffix != ".pem":
+            continue
+        c = x509.load_pem_x509_certificate(path.read_bytes())
+        if c.not_valid_after_utc < c.not_valid_before_utc + asked:
+            cut.append(name)
+    return [f"{ca_end:%Y-%m-%d %H:%M:%S} UTC", *cut] if cut else []
 
 
 @keys_app.command("serve")

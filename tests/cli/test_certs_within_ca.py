@@ -135,3 +135,25 @@ def test_an_expired_ca_issues_nothing_one_line(tmp_path: Path, monkeypatch: pyte
     assert not (d / "sae-C2.pem").exists() and not (d / "sae-C2.key").exists()
     with pytest.raises(ConfigError, match="would never be accepted"):
         make_node_certs(tmp_path / "k", ["C1"], days=5)
+
+
+def test_keys_certs_into_a_folder_with_a_shorter_ca_warns_like_node_certs(tmp_path: Path) -> None:
+    """``labqfl keys certs`` reuses the folder's CA too: certificates it cuts to an older, shorter CA are named in
+    the same warning ``node certs`` gives (JSON ``warnings`` and stderr); a new CA, or certificates that fit in the
+    reused one, give none."""
+    d = tmp_path / "k"
+    first = runner.invoke(app, ["keys", "certs", str(d), "--sae", "C1", "--days", "10", "--json"])
+    assert first.exit_code == 0, first.output
+    assert [w for w in json.loads(first.stdout)["warnings"] if "valid only to" in w] == []
+    res = runner.invoke(app, ["keys", "certs", str(d), "--kme", "kme2", "--sae", "C2", "--days", "40", "--json"])
+    assert res.exit_code == 0, res.output
+    ca = _cert(d / "ca.pem")
+    for stem in ("kme-kme2", "sae-C2"):
+        assert _cert(d / f"{stem}.pem").not_valid_after_utc == ca.not_valid_after_utc, stem
+    [w] = [w for w in json.loads(res.stdout)["warnings"] if "valid only to" in w]
+    assert w.startswith(f"the CA in {d} is valid only to {ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC: the "
+                        "certificates of kme-kme2, sae-C2 end then too, before the 40 days asked for"), w
+    assert f"warning: {w}" in res.stderr
+    fits = runner.invoke(app, ["keys", "certs", str(d), "--kme", "kme3", "--sae", "C3", "--days", "3", "--json"])
+    assert fits.exit_code == 0, fits.output
+    assert [w for w in json.loads(fits.stdout)["warnings"] if "valid only to" in w] == []
