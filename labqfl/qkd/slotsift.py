@@ -262,24 +262,44 @@ def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, in
     return _goes_backwards(ts, q0, m)
 
 
+@intrinsic
+def _as_double(typingctx, v):  # type: ignore[no-untyped-def]
+    """The double whose bits are the int64 ``v`` (LLVM IR ``bitcast``)."""
+    sig = types.float64(v)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+_M_INT = np.int64(0x4338000000000000)
+"""Bits of the double 1.5·2^52: ``_as_double(d + _M_INT)`` is exactly 1.5·2^52 + d for |d| < 2^51."""
+_F_M = 1.5 * 2.0 ** 52
+
+
 @numba.njit(cache=True, nogil=True)
-def _block_slots_one(ts, ch, q0, m, c0, c1, a0, a1, off0, off1, inv, per, hw, bf, out):  # type: ignore[no-untyped-def]
+def _block_slots_one(ts, ch, q0, m, c0, c1, A, K0, K1, inv, per, hw, bf, out):  # type: ignore[no-untyped-def]
     """:func:`_block_slots` for a block in which both detectors' tags lie in one anchor interval
     (``inv``, ``per``, first slot ``bf``), with one window half-width ``hw``, not the last
     interval of a frame-marked stream, and whose every tag is known (by the caller, from the
     block's first and last timestamps) to lie within 2^31 ps and ``_FAST_X`` slots of the anchor,
-    whose first slot ``bf`` is at least that far above 0 (no tag before slot 0): ``a0``/``a1`` =
-    anchor time + detector delay. The same codes, bit for bit: the same
-    operations on the same values, less the per-tag tests that cannot fail here and the per-tag
-    choice between the two detectors' interval constants (AVX2 blends: ~14 per 4 tags in
-    :func:`_block_slots`, 2 here, and fewer constants kept in registers)."""
+    whose first slot ``bf`` is at least that far above 0 (no tag before slot 0), both detectors'
+    window offsets being whole picoseconds. The same codes, bit for bit: the same operations on the
+    same values, less the per-tag tests that cannot fail here and the per-tag choice between the two
+    detectors' interval constants (AVX2 blends: ~14 per 4 tags in :func:`_block_slots`, 2 here).
+
+    ``rel = t − a_d − off_d`` (``a_d``: anchor time + detector d's delay) is formed from the int64
+    ``t − A`` (``A = a_0 − bits(1.5·2^52)``), read as the double 1.5·2^52 + (t − a_0) (exact for
+    |t − a_0| < 2^51), less the double ``K_d = 1.5·2^52 + (a_d − a_0) + off_d`` (a whole number below
+    2^53: exact): one rounding of the same real number as the slotter's ``float(t − a_d) − off_d``,
+    with no int64 → double conversion (AVX2 has none; LLVM packed to int32 and converted those)."""
     for j in range(m):
         u = U(q0 + j)
         c = ch[u]
         is1 = c == c1
         isd = is1 | (c == c0)
-        dt = ts[u] - (a1 if is1 else a0)
-        rel = float(np.int32(dt)) - (off1 if is1 else off0)
+        rel = _as_double(ts[u] - A) - (K1 if is1 else K0)
         x = rel * inv + 0.5
         r = np.floor(x)
         f = x - r
@@ -623,6 +643,12 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
             if ts[i] < ts[i - 1]:
                 return NOT_SORTED
         return OK
+    # _block_slots_one: both window offsets whole ps (and small), K_d = 1.5·2^52 + (a_d − a_0) + off_d exact
+    dd = delay[1] - delay[0]
+    koff = (off[0] == np.floor(off[0]) and off[1] == np.floor(off[1]) and abs(off[0]) < 2.0 ** 40
+            and abs(off[1]) < 2.0 ** 40 and abs(dd) < np.int64(1) << 40)
+    K0 = _F_M + off[0] if koff else 0.0
+    K1 = _F_M + (float(dd) + off[1]) if koff else 0.0
     i0 = np.int64(0)  # anchor pointers of the two detectors (they only move forward)
     i1 = np.int64(0)
     h0 = np.int64(0)  # and of the horizon
@@ -683,7 +709,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                 if base[i0] < _BASE_MAX and base[i1] < _BASE_MAX and base[i0] > -_BASE_MAX and base[i1] > -_BASE_MAX:
                     lr0 = float(last_span) if last_span >= 0 and i0 == na - 1 else np.inf
                     lr1 = float(last_span) if last_span >= 0 and i1 == na - 1 else np.inf
-                    if i0 == i1 and hw[0] == hw[1] and lr0 == np.inf:  # one interval: the bounds per block
+                    if i0 == i1 and hw[0] == hw[1] and lr0 == np.inf and koff:  # one interval: the bounds per block
                         a0 = delay[0] + anchor_t[i0]
                         a1 = delay[1] + anchor_t[i0]
                         dmin = ts[q] - max(a0, a1)  # (the tags are non-decreasing, or the block fails below)
@@ -695,7 +721,7 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     else:
                         fast = False
                     if fast:
-                        bad = _block_slots_one(ts, ch, q, m, c0, c1, a0, a1, off[0], off[1], inv[i0], per[i0], hw[0],
+                        bad = _block_slots_one(ts, ch, q, m, c0, c1, a0 - _M_INT, K0, K1, inv[i0], per[i0], hw[0],
                                                float(base[i0]), codesf)
                     else:
                         bad = _block_slots(ts, ch, q, m, c0, c1, delay[0], delay[1], anchor_t[i0], anchor_t[i1],

@@ -225,7 +225,15 @@ def test_reciprocal_slot_equals_the_division_at_rounding_edges():
     # with 1/per and the slotter's division round differently (the set holds such cases), and both
     # block kernels (two intervals; one shared interval) must hand every one of them to the exact
     # division
-    from labqfl.qkd.slotsift import _EXACT, _MAGIC, _block_slots, _block_slots_one, _exact_code
+    from labqfl.qkd.slotsift import (
+        _EXACT,
+        _F_M,
+        _M_INT,
+        _MAGIC,
+        _block_slots,
+        _block_slots_one,
+        _exact_code,
+    )
 
     rng = np.random.default_rng(11)
     n, disagree, fast_checked = 4000, 0, 0
@@ -251,12 +259,18 @@ def test_reciprocal_slot_equals_the_division_at_rounding_edges():
             got = int(code[0] - _MAGIC)
             if got != _EXACT:
                 assert got == want, (t, P, o, hw)
-            if t / P < 2.0**22:  # (the caller sends a block to the one-interval kernel only within 2^23 slots)
-                _block_slots_one(ts, chn, 0, 1, np.int16(D0), np.int16(D1), np.int64(0), np.int64(0), 0.0, o,
+            # (the caller sends a block to the one-interval kernel only within 2^23 slots, with whole-ps window
+            # offsets: here the offset rounded; anchor 0, both delays 0: A = -bits(1.5·2^52), K_d = 1.5·2^52 + off_d)
+            if t / P < 2.0**22:
+                oi = float(round(o))
+                want = _exact_code(np.int64(t), np.int16(D1), np.int16(D1), np.zeros(2, np.int64), np.array([0.0, oi]),
+                                   np.array([inf, hw]), 0, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([P]),
+                                   1, np.int64(-1))
+                _block_slots_one(ts, chn, 0, 1, np.int16(D0), np.int16(D1), -_M_INT, _F_M, _F_M + oi,
                                  1.0 / P, P, hw, 0.0, out)
                 got = int(code[0] - _MAGIC)
                 if got != _EXACT:
-                    assert got == want, (t, P, o, hw)
+                    assert got == want, (t, P, oi, hw)
                     fast_checked += 1
     assert disagree > 50  # the edge cases are really there
     assert fast_checked > n // 2  # and the one-interval kernel's product decided thousands of them
