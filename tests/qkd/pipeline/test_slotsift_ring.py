@@ -154,7 +154,8 @@ def test_branch_free_block_fill_equals_the_tag_by_tag_fill_or_declines():
         elif spoil == 2:
             code[rng.integers(0, m)] = 2 * (E + half + int(rng.integers(0, 5))) + 1
         before = ring.copy()
-        ok = _ring_fill_block(code + _MAGIC, np.int64(m), np.int64(E), np.int64(half), ring, np.int64(W - 1))
+        ok = _ring_fill_block(code + _MAGIC, np.int64(m), np.int64(E), np.int64(half), ring, np.int64(W - 1),
+                              np.empty(m, np.uint64))
         if spoil:
             assert not ok and np.array_equal(ring, before)
         else:
