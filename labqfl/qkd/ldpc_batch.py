@@ -107,24 +107,18 @@ def _bpx(x: np.int16, y: np.int16) -> np.int16:
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _am1(L: np.ndarray, R: np.ndarray, src: np.ndarray, dst: np.ndarray, i0: int, i1: int, loff: int,
-         roff: int) -> None:
-    """A-min* pass 1 on one contiguous segment: rows of ``src`` → ``dst`` (double-buffered, as in
-    :mod:`labqfl.qkd.ldpc_qc`): min |t|, ⊞ of all, ⊞ of all but the min, sign parity of t, of L."""
-    Ls = L[loff + i0:loff + i1]
-    Rs = R[roff + i0:roff + i1]
-    s1 = src[0, i0:i1]
-    sa = src[1, i0:i1]
-    sb = src[2, i0:i1]
-    sp = src[3, i0:i1]
-    sl = src[4, i0:i1]
-    d1 = dst[0, i0:i1]
-    da = dst[1, i0:i1]
-    db = dst[2, i0:i1]
-    dp = dst[3, i0:i1]
-    dl = dst[4, i0:i1]
+def _am1(Ls: np.ndarray, Rs: np.ndarray, st: np.ndarray) -> None:
+    """A-min* pass 1 of one base edge over its Z·B checks (``Ls``: the edge's posteriors in check order,
+    ``Rs`` its messages), in place on the check state ``st`` (5, Z·B): min |t|, ⊞ of all, ⊞ of all but the
+    min, sign parity of t, of L.  Every store is unconditional (min, mask select, XOR), so updating in place
+    costs no masked store."""
+    s1 = st[0]
+    sa = st[1]
+    sb = st[2]
+    sp = st[3]
+    sl = st[4]
     amax = _I16(AMAX)
-    for i in range(i1 - i0):
+    for i in range(Ls.size):
         lv = Ls[i]
         t = _I16(lv - Rs[i])
         mt = _I16(-t)
@@ -139,28 +133,25 @@ def _am1(L: np.ndarray, R: np.ndarray, src: np.ndarray, dst: np.ndarray, i0: int
         # a − x1 fits int16), not ``A if a < x1 else Bn``: Numba's branch let LLVM 22 sink the load of sb and the
         # ⊞ into it, a conditional int16 load has no AVX2 form, and the loop stayed scalar (13 ns per edge on Zen 3)
         m = _I16(_I16(a - x1) >> 15)
-        db[i] = _I16(Bn ^ (_I16(A ^ Bn) & m))
-        da[i] = An
-        d1[i] = a if a < x1 else x1
-        dp[i] = _I16(sp[i] ^ (t >> 15))
-        dl[i] = _I16(sl[i] ^ (lv >> 15))
+        sb[i] = _I16(Bn ^ (_I16(A ^ Bn) & m))
+        sa[i] = An
+        s1[i] = a if a < x1 else x1
+        sp[i] = _I16(sp[i] ^ (t >> 15))
+        sl[i] = _I16(sl[i] ^ (lv >> 15))
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _am2(L: np.ndarray, R: np.ndarray, st: np.ndarray, i0: int, i1: int, loff: int, roff: int,
-         w: np.int16) -> None:
-    """A-min* pass 2: R = sign · (mag + ⌊w·mag/32⌋) (the min edge's mag is the ⊞ of the others, every other
-    edge's the ⊞ of all), L = t + R saturated at ±LMAX."""
-    Ls = L[loff + i0:loff + i1]
-    Rs = R[roff + i0:roff + i1]
-    s1 = st[0, i0:i1]
-    sa = st[1, i0:i1]
-    sb = st[2, i0:i1]
-    sp = st[3, i0:i1]
+def _am2(Ls: np.ndarray, Rs: np.ndarray, st: np.ndarray, w: np.int16) -> None:
+    """A-min* pass 2 of one base edge, in place on ``Ls`` / ``Rs``: R = sign · (mag + ⌊w·mag/32⌋) (the min
+    edge's mag is the ⊞ of the others, every other edge's the ⊞ of all), L = t + R saturated at ±LMAX."""
+    s1 = st[0]
+    sa = st[1]
+    sb = st[2]
+    sp = st[3]
     amax = _I16(AMAX)
     lmax = _I16(LMAX)
     lmin = _I16(-LMAX)
-    for i in range(i1 - i0):
+    for i in range(Ls.size):
         t = _I16(Ls[i] - Rs[i])
         mt = _I16(-t)
         a0 = t if t > mt else mt
@@ -178,46 +169,63 @@ def _am2(L: np.ndarray, R: np.ndarray, st: np.ndarray, i0: int, i1: int, loff: i
         Ls[i] = v if v > lmin else lmin
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _copy(dst: np.ndarray, src: np.ndarray) -> None:
+    for i in range(dst.size):
+        dst[i] = src[i]
+
+
 @numba.njit(cache=True, nogil=True)
 def _sweep(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int, Sb: np.ndarray,
            Lb: np.ndarray, Rb: np.ndarray, weight: np.ndarray, scratch: np.ndarray, acc: np.ndarray) -> None:
     """One layered A-min* sweep over all B lanes; ``acc`` (Z·B) ← OR over layers of the checks'
-    "unsatisfied" masks (sign parity of L XOR syndrome, −1 where they disagree)."""
+    "unsatisfied" masks (sign parity of L XOR syndrome, −1 where they disagree).  ``scratch``: int16 of
+    (2, 5, Z·B) or more (``scratch[0]`` holds the check state).
+
+    A base edge of shift s connects check i to variable (i + s) mod Z: its posteriors are copied once per layer
+    into check order (two contiguous pieces, split at the wrap), pass 1 and pass 2 each run as one loop over
+    the Z·B values, and pass 2's posteriors are copied back.  One loop per edge and pass, not one per piece:
+    each loop pays LLVM's run-time overlap checks of its arrays and a scalar remainder (< 16 values, the
+    expensive part of a piece of ≈ Z·B/2 values at one lane)."""
     ZB = Z * B
     big = _I16(_EMPTY)
+    deg = 0
+    for r in range(row_ptr.size - 1):
+        deg = max(deg, row_ptr[r + 1] - row_ptr[r])
+    Lrot = np.empty((deg, ZB), np.int16)
+    st = scratch[0]
+    s1 = st[0]
+    sa = st[1]
+    sb = st[2]
+    sp = st[3]
+    sl = st[4]
     for i in range(ZB):
         acc[i] = 0
     for r in range(row_ptr.size - 1):
-        st = scratch[0]
         sy = Sb[r * ZB:(r + 1) * ZB]
-        s1 = st[0]
-        sa = st[1]
-        sb = st[2]
-        sp = st[3]
-        sl = st[4]
         for i in range(ZB):
             s1[i] = big
             sa[i] = big
             sb[i] = big
             sp[i] = sy[i]
             sl[i] = sy[i]
-        p = 0
-        for k in range(row_ptr[r], row_ptr[r + 1]):
+        k0 = row_ptr[r]
+        for k in range(k0, row_ptr[r + 1]):
             base = bcol[k] * Z
             s = bshift[k]
-            _am1(Lb, Rb, scratch[p], scratch[1 - p], 0, (Z - s) * B, (base + s) * B, k * ZB)
-            _am1(Lb, Rb, scratch[p], scratch[1 - p], (Z - s) * B, ZB, (base + s - Z) * B, k * ZB)
-            p = 1 - p
-        st = scratch[p]
-        sl = st[4]
+            Lr = Lrot[k - k0]
+            _copy(Lr[:(Z - s) * B], Lb[(base + s) * B:(base + Z) * B])
+            _copy(Lr[(Z - s) * B:], Lb[base * B:(base + s) * B])
+            _am1(Lr, Rb[k * ZB:(k + 1) * ZB], st)
         for i in range(ZB):
             acc[i] = _I16(acc[i] | sl[i])
-        for k in range(row_ptr[r], row_ptr[r + 1]):
+        for k in range(k0, row_ptr[r + 1]):
             base = bcol[k] * Z
             s = bshift[k]
-            w = weight[k]
-            _am2(Lb, Rb, st, 0, (Z - s) * B, (base + s) * B, k * ZB, w)
-            _am2(Lb, Rb, st, (Z - s) * B, ZB, (base + s - Z) * B, k * ZB, w)
+            Lr = Lrot[k - k0]
+            _am2(Lr, Rb[k * ZB:(k + 1) * ZB], st, weight[k])
+            _copy(Lb[(base + s) * B:(base + Z) * B], Lr[:(Z - s) * B])
+            _copy(Lb[base * B:(base + s) * B], Lr[(Z - s) * B:])
 
 
 @numba.njit(cache=True, nogil=True)

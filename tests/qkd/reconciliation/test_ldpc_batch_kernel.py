@@ -113,13 +113,13 @@ def test_sweep_equals_the_numpy_reference(code, B, seed):
 
 
 @numba.njit
-def _pass1(L, R, sc, n):
-    lb._am1(L, R, sc[0], sc[1], 0, n, 0, 0)
+def _pass1(L, R, st):
+    lb._am1(L, R, st)
 
 
 @numba.njit
-def _pass2(L, R, sc, n, w):
-    lb._am2(L, R, sc[0], 0, n, 0, 0, w)
+def _pass2(L, R, st, w):
+    lb._am2(L, R, st, w)
 
 
 def test_both_passes_compile_to_int16_vector_code():
@@ -128,9 +128,9 @@ def test_both_passes_compile_to_int16_vector_code():
     second candidate and its ⊞ into it, and a conditional 16-bit load has no AVX2 form, so the vectoriser's
     cost model kept the loop scalar (13 ns per edge and lane on an AMD EPYC Zen 3, 0.7 after)."""
     L = np.zeros(64, np.int16)
-    sc = np.zeros((2, 5, 64), np.int16)
-    _pass1(L, L.copy(), sc, 64)
-    _pass2(L, L.copy(), sc, 64, np.int16(3))
+    st = np.zeros((5, 64), np.int16)
+    _pass1(L, L.copy(), st)
+    _pass2(L, L.copy(), st, np.int16(3))
     for fn in (_pass1, _pass2):
         ir = fn.inspect_llvm(fn.signatures[0])
         assert re.search(r"@llvm\.smin\.v\d+i16", ir), fn
