@@ -293,7 +293,11 @@ def _block_slots_one(ts, ch, q0, m, c0, c1, A, K0, K1, inv, per, hw, bf, out):  
     ``t − A`` (``A = a_0 − bits(1.5·2^52)``), read as the double 1.5·2^52 + (t − a_0) (exact for
     |t − a_0| < 2^51), less the double ``K_d = 1.5·2^52 + (a_d − a_0) + off_d`` (a whole number below
     2^53: exact): one rounding of the same real number as the slotter's ``float(t − a_d) − off_d``,
-    with no int64 → double conversion (AVX2 has none; LLVM packed to int32 and converted those)."""
+    with no int64 → double conversion (AVX2 has none; LLVM packed to int32 and converted those).
+    The code 2^52 + 2·(bf + r) + d is formed as 2r + G_d, G_d = 2^52 + 2·bf + d (all whole numbers
+    below 2^53: every step exact), one constant and one addition fewer in the loop."""
+    G0 = (bf + bf) + _F_D0
+    G1 = (bf + bf) + _F_D1
     for j in range(m):
         u = U(q0 + j)
         c = ch[u]
@@ -305,8 +309,7 @@ def _block_slots_one(ts, ch, q0, m, c0, c1, A, K0, K1, inv, per, hw, bf, out):  
         f = x - r
         sure = (f >= _TOL) & (f <= 1.0 - _TOL)
         outside = abs(rel - r * per) > hw
-        sf = bf + r
-        y = (sf + sf) + (_F_D1 if is1 else _F_D0)
+        y = (r + r) + (G1 if is1 else G0)  # = 2·(bf + r) + 2^52 + d, every step exact
         out[U(j)] = ((_F_REJECT if outside else y) if sure else _F_EXACT) if isd else _F_REJECT
     return _goes_backwards(ts, q0, m)
 
