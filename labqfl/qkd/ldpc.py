@@ -84,6 +84,7 @@ from labqfl.qkd.reconciliation import (
 )
 
 __all__ = [
+    "CONSTRUCTIONS",
     "DECODERS",
     "DEGREE_DISTRIBUTIONS",
     "MOTHER_RATES",
@@ -158,7 +159,7 @@ class LdpcCode:
     base_ptr: np.ndarray | None = None
     base_col: np.ndarray | None = None
     base_shift: np.ndarray | None = None
-    deg2_forest: bool = False
+    construction: int = 0
 
     @property
     def edges(self) -> int:
@@ -305,30 +306,45 @@ def _peg_edges(vdeg: np.ndarray, cap: np.ndarray, offs: np.ndarray, forest2: boo
     return ev, ec, forced
 
 
-def build_code(n: int, rate: float, seed: int = 0, z: int = 0, deg2_forest: bool = False) -> LdpcCode:
+def build_code(n: int, rate: float, seed: int = 0, z: int = 0, construction: int = 0) -> LdpcCode:
     """Irregular LDPC code of length ``n`` and mother rate ``rate`` (see module docstring).
 
     ``z`` = 0: random PEG construction.  ``z`` > 0: quasi-cyclic lifting of an n/z-column base
     graph by z × z circulants (:func:`labqfl.qkd.ldpc_qc.qc_shifts`); ``n`` must be a multiple of
-    ``z`` and the base graph needs at least 16 columns.  ``deg2_forest`` (quasi-cyclic only): at
-    most m_b − 1 degree-2 base columns (the table's others get degree 3), placed so that they form
-    a forest in the base graph, hence in the lifted graph (the lift of a tree is z trees): no
-    codeword of degree-2 variables alone (:func:`_build_qc`).  False: the construction of before.
+    ``z`` and the base graph needs at least 16 columns.  ``construction`` (:data:`CONSTRUCTIONS`): 0,
+    the default, the codes of before; 1 (quasi-cyclic only) changes the codes above rate 0.875: the
+    rate-0.85 degree table instead of the rate-0.9 one, at most m_b − 1 degree-2 base columns (the
+    table's others get degree 3), placed so that they form a forest in the base graph, hence in the
+    lifted graph (the lift of a tree is z trees) — no codeword of degree-2 variables alone
+    (:func:`_build_qc`).  At and below 0.875 construction 1 is construction 0 (the same code object,
+    ``construction`` 0).
     """
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
     if z < 0 or (z and (n % z or n // z < 16)):
         raise ReconciliationInputError(f"LDPC lifting size z={z} must divide n={n} into at least 16 base columns")
-    if deg2_forest and not z:
-        raise ReconciliationInputError("LDPC deg2_forest=True needs a quasi-cyclic code (z > 0), got z=0")
-    return _build_code(n, rate, seed, z, bool(deg2_forest))
+    if construction not in CONSTRUCTIONS or (construction and not z):
+        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (1 only for a quasi-cyclic "
+                                       f"code, z > 0), got construction={construction!r}, z={z}")
+    if rate <= _C1_ABOVE:
+        construction = 0  # the same code
+    return _build_code(n, rate, seed, z, int(construction))
+
+
+CONSTRUCTIONS = (0, 1)
+"""Code constructions of :func:`build_code`: 0 (default) the codes of before; 1 above mother rate 0.875
+quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest (opt-in since
+2026-12-07, docs/reconciliation.md session 41)."""
+_C1_ABOVE = 0.875
+"""Construction 1 changes the codes of mother rates above this only.  Below, at 0.80–0.82 (QBER ≈ 2.5–3 %),
+the degree-2 forest cost f ≈ +0.01 (1.1113 → 1.1207, 1.1114 → 1.1212 at 2.5 and 3 %, 48 frames each)."""
 
 
 @lru_cache(maxsize=24)
-def _build_code(n: int, rate: float, seed: int, z: int, deg2_forest: bool) -> LdpcCode:
-    """:func:`build_code` after its checks, cached per (n, rate, seed, z, deg2_forest)."""
+def _build_code(n: int, rate: float, seed: int, z: int, construction: int) -> LdpcCode:
+    """:func:`build_code` after its checks, cached per (n, rate, seed, z, construction)."""
     if z:
-        return _build_qc(n, rate, seed, z, deg2_forest)
+        return _build_qc(n, rate, seed, z, construction)
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), 2])
     m = int(round((1.0 - rate) * n))
     counts = _degree_counts(n, rate)
@@ -372,21 +388,24 @@ def _finish_code(n: int, m: int, rate: float, seed: int, vs: np.ndarray, ec: np.
                     np.array(chosen, dtype=np.int64), forced, **qc)  # type: ignore[arg-type]
 
 
-def _build_qc(n: int, rate: float, seed: int, z: int, deg2_forest: bool = False) -> LdpcCode:
+def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> LdpcCode:
     """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles.
 
-    ``deg2_forest``: the table's degree-2 columns above m_b − 1 become degree 3 and the PEG keeps the
-    degree-2 columns a forest (:func:`_peg_edges`).  Without it, the rate-0.9 table's 49 degree-2
-    columns (of 256) outnumber the 15–31 base rows of mother rates 0.88–0.94, the base graph has 19–35
-    independent cycles of them, and the lift short ones: codewords of weight 5–7 at rates 0.92–0.94, 7–12
-    at 0.88–0.90 (docs/reconciliation.md, LDPC round of 2026-12-07, session 41).  A cycle-free set of
+    ``construction`` 1 (:func:`build_code` passes it above rate 0.875 only): the rate-0.85 table, whose
+    degree-2 columns above m_b − 1 become degree 3, and the PEG keeps the degree-2 columns a forest
+    (:func:`_peg_edges`).  Construction 0's
+    rate-0.9 table gives 49 degree-2 columns (of 256), more than the 15–31 base rows of mother rates
+    0.88–0.94: the base graph has 19–35 independent cycles of them, and the lift short ones — codewords of
+    weight 5 at rates 0.92 and 0.94, 7–8 at 0.88–0.90 (docs/reconciliation.md, LDPC round of 2026-12-07,
+    session 41).  A cycle-free set of
     degree-2 columns is what IRA / accumulator (dual-diagonal) base graphs guarantee by construction
     (Richardson & Urbanke, Modern Coding Theory (2008), §7; 5G NR base graphs, 3GPP TS 38.212 §5.3.2).
     """
     nb = n // z
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), z, 3])
     mb = max(1, int(round((1.0 - rate) * nb)))
-    counts = _degree_counts(nb, rate)
+    deg2_forest = construction >= 1
+    counts = _degree_counts(nb, 0.85 if deg2_forest else rate)
     if deg2_forest and counts.get(2, 0) > mb - 1:
         counts[3] = counts.get(3, 0) + counts[2] - (mb - 1)
         counts[2] = mb - 1
@@ -411,7 +430,7 @@ def _build_qc(n: int, rate: float, seed: int, z: int, deg2_forest: bool = False)
         a.setflags(write=False)
     return _finish_code(n, mb * z, rate, seed, var, chk, rng, int(forced) * z, z=z,
                         base_ptr=base_ptr, base_col=np.ascontiguousarray(bcol),
-                        base_shift=np.ascontiguousarray(bshift), deg2_forest=deg2_forest)
+                        base_shift=np.ascontiguousarray(bshift), construction=construction)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -623,7 +642,7 @@ class LdpcPlan:
     ``sum_product_from`` (quasi-cyclic decoders; −1: the reveal limit): once this many values are
     revealed, a frame still failing restarts cold with sum-product (``bp``, the last chance), and
     goes on with warm-started sum-product retries up to the reveal limit.
-    ``deg2_forest``: the quasi-cyclic code's degree-2 columns form a forest (:func:`build_code`).
+    ``construction``: the code construction (:data:`CONSTRUCTIONS`, :func:`build_code`).
     """
 
     code_n: int
@@ -640,7 +659,7 @@ class LdpcPlan:
     sum_product_from: int = -1
     z: int = 0
     decoder: str = "bp"
-    deg2_forest: bool = False
+    construction: int = 0
 
     @property
     def key_bits_per_frame(self) -> int:
@@ -726,16 +745,20 @@ _LONG_F_STEP = 0.005
 _HIGH_RATE = 0.88
 _HIGH_RATE_MARGIN = 0.03
 _MAX_MOTHER_RATE = 0.91
+#: construction 1 (degree-2 forest, rate-0.85 table above 0.875) needs no margin: the largest grid rate not
+#: above the wanted one (docs/reconciliation.md, session 41)
+_C1_HIGH_RATE_MARGIN = 0.0
 
 
-def mother_rate(want: float) -> float:
+def mother_rate(want: float, construction: int = 0) -> float:
     """The mother code's rate for a wanted rate ``want`` = 1 − f_mother·h(Q): the nearest on the
     :data:`MOTHER_RATES` grid, except above :data:`_HIGH_RATE` (low QBER), where it is the largest at
-    least :data:`_HIGH_RATE_MARGIN` below ``want`` and at most :data:`_MAX_MOTHER_RATE` (the codes'
-    frame errors there, see the constants)."""
+    least :data:`_HIGH_RATE_MARGIN` below ``want`` (construction 1: at most ``want``, :data:`_C1_HIGH_RATE_MARGIN`)
+    and at most :data:`_MAX_MOTHER_RATE` (the codes' frame errors there, see the constants)."""
     if want <= _HIGH_RATE:
         return min(MOTHER_RATES, key=lambda r: abs(r - want))
-    ok = [r for r in MOTHER_RATES if r <= min(want - _HIGH_RATE_MARGIN, _MAX_MOTHER_RATE) + 1e-9]
+    margin = _C1_HIGH_RATE_MARGIN if construction else _HIGH_RATE_MARGIN
+    ok = [r for r in MOTHER_RATES if r <= min(want - margin, _MAX_MOTHER_RATE) + 1e-9]
     return max(ok) if ok else MOTHER_RATES[0]
 
 
@@ -745,7 +768,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
               f_min: float | None = None, f_extra: float | None = None, z: int | None = None,
               first_iter: int | None = None, retry_iter: int | None = None, stall_every: int | None = None,
               stall_ratio: float | None = None, f_extra_sp: float | None = None,
-              deg2_forest: bool = False) -> LdpcPlan:
+              construction: int = 0) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
@@ -756,8 +779,8 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     speed (:data:`PRESETS`, quasi-cyclic decoders only); any design point may be overridden.
     ``stall_every`` / ``stall_ratio``: Bob's stall test (:class:`LdpcPlan`; 0 turns it off).
     Quasi-cyclic decoders switch to sum-product at f_extra (``sum_product_from``) and may reveal up
-    to m + f_extra_sp·h(Q)·(n − d).  ``deg2_forest`` (quasi-cyclic decoders): codes whose degree-2
-    columns form a forest (:func:`build_code`).
+    to m + f_extra_sp·h(Q)·(n − d).  ``construction`` (quasi-cyclic decoders): the code
+    construction (:data:`CONSTRUCTIONS`; 1 also takes the mother rate by :func:`mother_rate`'s rule for it).
     """
     if decoder not in DECODERS:
         raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
@@ -787,11 +810,12 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     f_start = fs if f_start is None else f_start
     f_step = fst if f_step is None else f_step
     f_extra = fx if f_extra is None else f_extra
-    R = mother_rate(1.0 - f_mother * h)
-    if deg2_forest and not (z and decoder in _QC_DECODERS):
-        raise ReconciliationInputError(f"LDPC deg2_forest=True needs a quasi-cyclic decoder {_QC_DECODERS} with z > 0, "
-                                       f"got decoder {decoder!r}, z={z}")
-    code = build_code(code_n, R, code_seed, z, bool(deg2_forest))
+    if construction not in CONSTRUCTIONS or (construction and not (z and decoder in _QC_DECODERS)):
+        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (1 only with a quasi-cyclic "
+                                       f"decoder {_QC_DECODERS} and z > 0), got construction={construction!r}, "
+                                       f"decoder {decoder!r}, z={z}")
+    R = mother_rate(1.0 - f_mother * h, construction)
+    code = build_code(code_n, R, code_seed, z, construction)
     m, n = code.m, code.n
     d = int(max(0, min(code.untainted.size, math.floor((m - f_min * h * n) / (1.0 - f_min * h)))))
     kpf = n - d
@@ -807,7 +831,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
                     retry_iter=it2 if retry_iter is None else retry_iter, z=z,
                     decoder=decoder if z else "bp",
                     stall_every=(se if stall_every is None else int(stall_every)) if z else 0,
-                    stall_ratio=sr if stall_ratio is None else float(stall_ratio), deg2_forest=bool(deg2_forest))
+                    stall_ratio=sr if stall_ratio is None else float(stall_ratio), construction=construction)
 
 
 # ----------------------------------------------------------------------------------- parties
@@ -816,12 +840,12 @@ def _frames(N: int, kpf: int) -> int:
 
 
 @lru_cache(maxsize=32)
-def _layout(n: int, rate: float, seed: int, d: int, z: int = 0, deg2_forest: bool = False
+def _layout(n: int, rate: float, seed: int, d: int, z: int = 0, construction: int = 0
             ) -> tuple[np.ndarray, np.ndarray]:
     """(key positions, reveal order) of a frame: key bits go to the non-filler positions in index
     order; the reveal order is the d filler positions then the key positions in a public
     pseudo-random order."""
-    code = build_code(n, rate, seed, z, deg2_forest)
+    code = build_code(n, rate, seed, z, construction)
     mask = np.ones(code.n, bool)
     mask[code.untainted[:d]] = False
     keypos = np.flatnonzero(mask)
@@ -870,12 +894,12 @@ class LdpcAlice:
             if N != self._x.size:
                 raise MessageError(f"ldpc/init: Bob has {N} bits, Alice has {self._x.size}")
             z = int(request.get("z")) if "z" in request.fields else 0
-            # absent: the construction of before (Bob sends the field only for deg2_forest codes)
-            forest = int(request.get("deg2_forest")) if "deg2_forest" in request.fields else 0
-            if forest not in (0, 1) or (forest and not z):
-                raise MessageError(f"ldpc/init: deg2_forest={forest} must be 0 or 1 (1 only with z > 0)")
+            # absent: construction 0, the codes of before (Bob sends the field only for another construction)
+            cons = int(request.get("construction")) if "construction" in request.fields else 0
+            if cons not in CONSTRUCTIONS or (cons and not z):
+                raise MessageError(f"ldpc/init: construction={cons} must be one of {CONSTRUCTIONS} (not 0 only with z > 0)")
             code = build_code(int(request.get("code_n")), float(request.get("rate")), int(request.get("code_seed")), z,
-                              bool(forest))
+                              cons)
             d = int(request.get("d"))
             if not 0 <= d <= code.untainted.size:
                 raise MessageError(f"ldpc/init: d={d} exceeds the code's {code.untainted.size} untainted positions")
@@ -885,7 +909,7 @@ class LdpcAlice:
             self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
             self._filler = _filler_bits(self._nf, d, self._rng)
-            self._order = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)[1]
+            self._order = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)[1]
             return Message("ldpc/ok")
         code = self._code  # type: ignore[assignment]
         if code is None:
@@ -930,7 +954,7 @@ def _frame_word(code: LdpcCode, d: int, bits: np.ndarray, f: int, filler: np.nda
     ``code.untainted[:d]``."""
     kpf = code.n - d
     word = np.zeros(code.n, np.uint8)
-    keypos = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)[0]
+    keypos = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)[0]
     chunk = bits[f * kpf:(f + 1) * kpf]
     word[keypos[:chunk.size]] = chunk
     word[code.untainted[:d]] = filler
@@ -968,21 +992,21 @@ class LdpcBob:
     def run(self, channel: Channel) -> ReconciliationResult:
         pl = self.plan
         N = int(self.bits.size)
-        code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z, pl.deg2_forest)
+        code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z, pl.construction)
         d = pl.d
         limit = pl.reveal_limit
         kpf = code.n - d
         nf = _frames(N, kpf)
         init: dict[str, FieldValue] = {"N": N, "code_n": code.n, "rate": pl.rate, "code_seed": pl.code_seed, "z": code.z, "d": d,
                 "max_reveal": limit}
-        if code.deg2_forest:  # only then: the init message of every other code is the one of before
-            init["deg2_forest"] = 1
+        if code.construction:  # only then: construction 0's init message is the one of before
+            init["construction"] = code.construction
         channel.request(Message("ldpc/init", init))
         rep = channel.request(Message("ldpc/syndromes", {"frames": np.arange(nf, dtype=np.int64)}))
         if rep.disclosed.size != nf * code.m:
             raise MessageError("ldpc: bad reply to ldpc/syndromes")
         synd = np.ascontiguousarray(rep.disclosed.reshape(nf, code.m))
-        keypos, order = _layout(code.n, code.rate, code.seed, d, code.z, code.deg2_forest)
+        keypos, order = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)
         L = np.zeros((nf, code.n), _DTYPE)
         prior = self._priors(nf, code.n, kpf, keypos)
         L[:] = prior
@@ -1187,7 +1211,7 @@ class LdpcBob:
 def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
                    seed: int | None = None, code_n: int | None = None, decoder: str = "amin",
                    preset: str = "efficient", channel_authenticator: object = None,
-                   device: str | None = None, deg2_forest: bool = False) -> ReconciliationResult:
+                   device: str | None = None, construction: int = 0) -> ReconciliationResult:
     """Correct ``bob_bits`` towards ``alice_bits`` with blind rate-adaptive LDPC (in process).
 
     ``alice_bits``, ``bob_bits``: 1-D uint8 0/1 arrays of equal length N (split into frames of
@@ -1201,11 +1225,11 @@ def reconcile_ldpc(alice_bits: np.ndarray, bob_bits: np.ndarray, qber: float, *,
     device (``"cpu"``, ``"cuda"``, ``"cuda:N"``) runs the quasi-cyclic decoders there — on CUDA
     device 0 as one Numba CUDA kernel (:mod:`labqfl.qkd.ldpc_cuda`), elsewhere through torch
     (:mod:`labqfl.qkd.ldpc_torch`); same results bit for bit (``details["decoder_backend"]``).
-    ``deg2_forest``: quasi-cyclic codes whose degree-2 columns form a forest (:func:`build_code`).
+    ``construction``: the code construction (:data:`CONSTRUCTIONS`, :func:`build_code`; 0 the default).
     """
     alice_bits, bob_bits, q = validate_reconciliation_input(alice_bits, bob_bits, qber)
     rng = np.random.default_rng(seed) if seed is not None else None
-    plan = plan_ldpc(q, decoder=decoder, preset=preset, code_n=code_n, deg2_forest=deg2_forest)
+    plan = plan_ldpc(q, decoder=decoder, preset=preset, code_n=code_n, construction=construction)
     bob = LdpcBob(bob_bits, q, plan=plan, device=device)
     alice = LdpcAlice(alice_bits, filler_rng=rng)
     return bob.run(LocalChannel(alice, channel_authenticator))  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""LDPC quasi-cyclic codes whose degree-2 variables form a forest (``build_code(..., deg2_forest=True)``).
+"""LDPC construction 1: quasi-cyclic codes whose degree-2 variables form a forest (``build_code(..., construction=1)``).
 
 The default construction's high-rate codes take the rate-0.9 degree table's 49 degree-2 base columns (of 256)
 whatever the number of base rows (15–31 at mother rates 0.88–0.94), so the degree-2 variables close cycles in
@@ -87,21 +87,21 @@ def _forest(code) -> bool:
 def test_default_high_rate_code_has_a_low_weight_codeword_of_degree_2_variables():
     """The default rate-0.92 code (n = 65 536, z = 256): a cycle of degree-2 variables, i.e. a codeword of
     weight ≤ 12 (5 here) — the frame a decoder may settle on with a matching
-    syndrome and wrong bits.  ``deg2_forest=True`` leaves no such cycle."""
+    syndrome and wrong bits.  ``construction=1`` leaves no such cycle."""
     old = build_code(65536, 0.92, 0, 256)
     word = np.zeros(old.n, np.uint8)
     cyc = _deg2_cycle(old)
     assert cyc is not None and cyc.size <= 12
     word[cyc] = 1
     assert not old.syndrome(word).any()  # a codeword
-    new = build_code(65536, 0.92, 0, 256, deg2_forest=True)
-    assert new.deg2_forest and _deg2_cycle(new) is None and _forest(new)
+    new = build_code(65536, 0.92, 0, 256, construction=1)
+    assert new.construction == 1 and _deg2_cycle(new) is None and _forest(new)
 
 
-@pytest.mark.parametrize("rate", [0.54, 0.87, 0.88, 0.9, 0.94])
-def test_deg2_forest_codes_have_no_cycle_of_degree_2_variables(rate):
-    code = build_code(65536, rate, 0, 256, deg2_forest=True)
-    assert _forest(code)
+@pytest.mark.parametrize("rate", [0.88, 0.9, 0.91, 0.94])
+def test_construction_1_codes_have_no_cycle_of_degree_2_variables(rate):
+    code = build_code(65536, rate, 0, 256, construction=1)
+    assert code.construction == 1 and _forest(code)
     nb, mb = code.n // code.z, code.m // code.z
     deg = np.bincount(code.base_col, minlength=nb)
     assert (deg == 2).sum() <= mb - 1
@@ -111,17 +111,17 @@ def test_deg2_forest_codes_have_no_cycle_of_degree_2_variables(rate):
     assert (code.m, code.n) == (old.m, old.n)
 
 
-def test_deg2_forest_leaves_codes_alone_where_the_rule_does_not_bind():
-    """At the mother rates of QBER 2–6 % (0.84, 0.72, 0.62) the default PEG already keeps the degree-2
-    columns a forest: the same code bit for bit."""
-    for rate in (0.62, 0.72, 0.84):
-        a, b = build_code(65536, rate, 0, 256), build_code(65536, rate, 0, 256, deg2_forest=True)
-        assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.untainted, b.untainted)
-        assert np.array_equal(a.base_shift, b.base_shift)
+def test_construction_1_is_construction_0_up_to_rate_0875():
+    """At and below mother rate 0.875 (QBER above ≈ 1.2 %) construction 1 builds construction 0's code — the
+    same object, so the init message carries no construction field and Alice builds it too.  (A degree-2
+    forest there cost f ≈ +0.01 at QBER 2.5–3 %, docs/reconciliation.md session 41.)"""
+    for rate in (0.54, 0.81, 0.87):
+        a, b = build_code(65536, rate, 0, 256), build_code(65536, rate, 0, 256, construction=1)
+        assert a is b and b.construction == 0
 
 
 def test_default_codes_are_those_of_before():
-    """``deg2_forest`` off (the default) builds the codes of before bit for bit (sha-256 of the parity-check
+    """Construction 0 (the default) builds the codes of before bit for bit (sha-256 of the parity-check
     matrix and the untainted positions, taken at 66b8680)."""
     pinned = {
         (65536, 0.54, 256): "f35f51195b31c4e6a1911f2fda6f9cd51414b3a1a0b90214fbe8c6fa112745db",
@@ -137,10 +137,10 @@ def test_default_codes_are_those_of_before():
         assert h.hexdigest() == want, (n, rate, z)
 
 
-def test_deg2_forest_travels_in_ldpc_init_and_alice_builds_the_same_code():
+def test_construction_travels_in_ldpc_init_and_alice_builds_the_same_code():
     q = 0.01
-    plan = plan_ldpc(q, deg2_forest=True)
-    assert plan.deg2_forest
+    plan = plan_ldpc(q, construction=1)
+    assert plan.construction == 1 and plan.rate == 0.9  # no low-QBER margin (0.87 with construction 0)
     rng = np.random.default_rng(5)
     x = rng.integers(0, 2, 3 * plan.key_bits_per_frame, dtype=np.uint8)
     y = x.copy()
@@ -154,23 +154,81 @@ def test_deg2_forest_travels_in_ldpc_init_and_alice_builds_the_same_code():
             return super().request(msg)
 
     res = LdpcBob(y, q, plan=plan).run(Spy(alice))
-    assert sent[0].kind == "ldpc/init" and sent[0].fields["deg2_forest"] == 1
-    assert alice._code is build_code(plan.code_n, plan.rate, plan.code_seed, plan.z, True)
+    assert sent[0].kind == "ldpc/init" and sent[0].fields["construction"] == 1
+    assert alice._code is build_code(plan.code_n, plan.rate, plan.code_seed, plan.z, 1)
     assert res.success and np.array_equal(res.corrected, x)
-    # the default plan's init message is the one of before: no deg2_forest field
+    # the default plan's init message is the one of before: no construction field
     sent.clear()
     LdpcBob(y, q).run(Spy(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
-    assert "deg2_forest" not in sent[0].fields
-    res2 = reconcile_ldpc(x, y, q, seed=1, deg2_forest=True)
+    assert "construction" not in sent[0].fields
+    res2 = reconcile_ldpc(x, y, q, seed=1, construction=1)
     assert res2.success and np.array_equal(res2.corrected, x)
 
 
-def test_deg2_forest_bad_input_is_refused():
-    with pytest.raises(ReconciliationInputError, match="deg2_forest"):
-        build_code(16384, 0.9, 0, 0, deg2_forest=True)
-    with pytest.raises(ReconciliationInputError, match="deg2_forest"):
-        plan_ldpc(0.02, decoder="bp", deg2_forest=True)
+def test_construction_bad_input_is_refused():
+    with pytest.raises(ReconciliationInputError, match="construction"):
+        build_code(16384, 0.9, 0, 0, construction=1)
+    with pytest.raises(ReconciliationInputError, match="construction"):
+        build_code(65536, 0.9, 0, 256, construction=2)
+    with pytest.raises(ReconciliationInputError, match="construction"):
+        plan_ldpc(0.02, decoder="bp", construction=1)
     alice = LdpcAlice(np.zeros(1000, np.uint8))
-    with pytest.raises(MessageError, match="deg2_forest"):
+    with pytest.raises(MessageError, match="construction"):
         alice.handle(Message("ldpc/init", {"N": 1000, "code_n": 65536, "rate": 0.9, "code_seed": 0, "z": 256, "d": 0,
-                                           "max_reveal": 10, "deg2_forest": 2}))
+                                           "max_reveal": 10, "construction": 2}))
+
+
+def test_construction_1_takes_the_rate_085_table_above_0875_and_no_rate_margin():
+    from labqfl.qkd.ldpc import _degree_counts, mother_rate
+
+    code = build_code(65536, 0.9, 0, 256, construction=1)
+    degs = set(np.bincount(code.base_col).tolist())
+    assert {4, 6, 7, 21} <= degs  # rate-0.85 table degrees (the rate-0.9 table has 2, 3, 5, 9, 12, 21)
+    assert set(_degree_counts(256, 0.85)) - {2} <= degs | {3}
+    assert mother_rate(0.9030, 1) == 0.9 and mother_rate(0.9107, 1) == 0.91 and mother_rate(0.99, 1) == 0.91
+    assert mother_rate(0.8956, 1) == 0.89 and mother_rate(0.837, 1) == 0.84  # nearest at and below 0.88
+    assert mother_rate(0.9030) == 0.87  # construction 0 keeps its margin
+
+
+def test_construction_1_decodes_low_qber_frames_at_the_rate_it_picks():
+    """QBER 0.6 %: construction 1 takes mother rate 0.91 (at most the wanted 0.936) and decodes every frame;
+    construction 0 at the same rate had f 1.43 at 0.5 % (docs/reconciliation.md, session 41)."""
+    q = 0.006
+    plan = plan_ldpc(q, construction=1)
+    assert plan.rate == 0.91
+    rng = np.random.default_rng(61)
+    x = rng.integers(0, 2, 6 * plan.key_bits_per_frame, dtype=np.uint8)
+    y = x.copy()
+    y[rng.choice(x.size, int(round(q * x.size)), replace=False)] ^= 1
+    res = reconcile_ldpc(x, y, q, seed=2, construction=1)
+    assert res.success and np.array_equal(res.corrected, x)
+    assert res.efficiency < 1.36
+
+
+def test_construction_0_settles_on_a_degree_2_codeword_silently_and_construction_1_does_not():
+    """Replay of a frame measured in session 41 (`labqfl.bench.noisy_frame(48·kpf, 0.008, 380)`, frame 41, filler
+    row 41 of ``default_rng(300)``): with construction 0 (mother rate 0.88) Bob's word matches every syndrome
+    bit yet differs from Alice's by a weight-7 codeword of degree-2 variables — ``success`` with wrong key
+    bits, caught only by verification.  Construction 1 (mother rate 0.90, no such codewords) decodes it."""
+    from labqfl.bench import noisy_frame
+
+    q, f = 0.008, 41
+    plan = plan_ldpc(q)
+    kpf = plan.key_bits_per_frame
+    x, y = noisy_frame(48 * kpf, q, 380)
+    xf, yf = x[f * kpf:(f + 1) * kpf], y[f * kpf:(f + 1) * kpf]
+    filler = np.random.default_rng(300).integers(0, 2, (48, plan.d), dtype=np.uint8)[f]
+
+    class Row:  # the block's filler generator, as seen by this one frame
+        def integers(self, lo, hi, shape, dtype):
+            return filler.reshape(shape)
+
+    res = LdpcBob(yf, q, plan=plan).run(LocalChannel(LdpcAlice(xf, filler_rng=Row())))  # type: ignore[arg-type]
+    assert res.success and res.frame_errors == 0  # every syndrome matched ...
+    wrong = np.flatnonzero(res.corrected != xf)
+    assert 0 < wrong.size <= 7  # ... with wrong key bits: Alice's word XOR a low-weight codeword
+    code = build_code(plan.code_n, plan.rate, plan.code_seed, plan.z)
+    keypos = np.flatnonzero(~np.isin(np.arange(code.n), code.untainted[:plan.d]))
+    assert (np.diff(code.var_ptr)[keypos[wrong]] == 2).all()
+    res1 = reconcile_ldpc(xf, yf, q, seed=3, construction=1)
+    assert res1.success and np.array_equal(res1.corrected, xf)
