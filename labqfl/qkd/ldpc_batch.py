@@ -265,9 +265,19 @@ def _unsatisfied_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray
 
 @numba.njit(cache=True, nogil=True)
 def _put_lane(dst: np.ndarray, src: np.ndarray, lane: int, B: int) -> None:
-    """``dst[k·B + lane] = src[k]``.  With 4 lanes each k is one int64 word of ``dst``, so the copy is a
-    contiguous read-modify-write loop that vectorises (the strided int16 store does not)."""
-    if B == 4:
+    """``dst[k·B + lane] = src[k]``.  With 1 lane a copy; with 2 or 4 lanes each k is one int32 / int64 word of
+    ``dst``, so the copy is a contiguous read-modify-write loop that vectorises (the strided int16 store does not:
+    0.27 ms per frame of the 4 % code at 1, 2 or 8 lanes, 0.10 at 4)."""
+    if B == 1:
+        for k in range(src.size):
+            dst[k] = src[k]
+    elif B == 2:
+        d32 = dst.view(np.int32)
+        sh = 16 * lane
+        keep32 = ~(np.int32(0xFFFF) << sh)
+        for k in range(src.size):
+            d32[k] = (d32[k] & keep32) | ((np.int32(src[k]) & np.int32(0xFFFF)) << sh)
+    elif B == 4:
         d64 = dst.view(np.int64)
         sh = 16 * lane
         keep = ~(np.int64(0xFFFF) << sh)
@@ -281,7 +291,15 @@ def _put_lane(dst: np.ndarray, src: np.ndarray, lane: int, B: int) -> None:
 @numba.njit(cache=True, nogil=True)
 def _get_lane(dst: np.ndarray, src: np.ndarray, lane: int, B: int) -> None:
     """``dst[k] = src[k·B + lane]`` (the inverse of :func:`_put_lane`)."""
-    if B == 4:
+    if B == 1:
+        for k in range(dst.size):
+            dst[k] = src[k]
+    elif B == 2:
+        s32 = src.view(np.int32)
+        sh = 16 * lane
+        for k in range(dst.size):
+            dst[k] = np.int16(s32[k] >> sh)
+    elif B == 4:
         s64 = src.view(np.int64)
         sh = 16 * lane
         for k in range(dst.size):

@@ -135,3 +135,21 @@ def test_both_passes_compile_to_int16_vector_code():
         ir = fn.inspect_llvm(fn.signatures[0])
         assert re.search(r"@llvm\.smin\.v\d+i16", ir), fn
         assert re.search(r"@llvm\.smax\.v\d+i16", ir), fn
+
+
+@pytest.mark.parametrize("B", [1, 2, 3, 4, 5, 8])
+def test_lane_copies_equal_strided_numpy(B):
+    """_put_lane / _get_lane (a copy at 1 lane, int32 / int64 words at 2 / 4 lanes, strided int16 otherwise)
+    write and read exactly ``dst[lane::B]``, leaving the other lanes as they were (values across the int16 range)."""
+    rng = np.random.default_rng(B)
+    n = 1000
+    inter = rng.integers(-(2**15), 2**15, n * B).astype(np.int16)
+    for lane in range(B):
+        src = rng.integers(-(2**15), 2**15, n).astype(np.int16)
+        want = inter.copy()
+        want[lane::B] = src
+        lb._put_lane(inter, src, lane, B)
+        np.testing.assert_array_equal(inter, want)
+        out = np.empty(n, np.int16)
+        lb._get_lane(out, inter, (lane + 1) % B, B)
+        np.testing.assert_array_equal(out, inter[(lane + 1) % B::B])
