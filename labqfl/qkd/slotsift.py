@@ -1086,6 +1086,51 @@ def _channel_times(ts, ch, c, delay):  # type: ignore[no-untyped-def]
     return out
 
 
+@intrinsic
+def _at_least_bits64(typingctx, arr, start, c):  # type: ignore[no-untyped-def]
+    """One bit per byte of ``arr[start : start + 64]`` (uint8): bit k set iff byte k >= ``c`` (unsigned; the
+    caller keeps ``c`` in 0..255). LLVM IR's vector compare and bit cast, as :func:`_nonzero_bits64`."""
+    sig = types.uint64(arr, start, c)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        vty = ir.VectorType(i8, 64)
+        v = builder.load(builder.bitcast(builder.gep(ary.data, [args[1]]), vty.as_pointer()), align=1)
+        u = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.trunc(args[2], i8), ir.Constant(i32, 0))
+        cv = builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
+        return builder.bitcast(builder.icmp_unsigned(">=", v, cv), ir.IntType(64))
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _double_clicks_at(bj):  # type: ignore[no-untyped-def]
+    """Positions, in order, of the entries >= 2 of ``bj`` (Cj's key bytes: 2|bit marks a double click):
+    a count, then the positions, each pass one vector compare per 64 bytes (:func:`_at_least_bits64`) —
+    numpy's ``bj >= 2``, count and masked assignment took ~0.12 ms per pair on the bench stream."""
+    n = bj.shape[0]
+    e = n - n % 64
+    k = 0
+    for i0 in range(0, e, 64):
+        k += _popcount(_at_least_bits64(bj, i0, 2))
+    for i in range(e, n):
+        k += bj[i] >= 2
+    pos = np.empty(k, dtype=np.int64)
+    k = 0
+    for i0 in range(0, e, 64):
+        mk = _at_least_bits64(bj, i0, 2)
+        while mk != 0:
+            pos[U(k)] = i0 + np.int64(trailing_zeros(mk))
+            k += 1
+            mk &= mk - U(1)
+    for i in range(e, n):
+        if bj[i] >= 2:
+            pos[U(k)] = i
+            k += 1
+    return pos
+
+
 @numba.njit(cache=True, nogil=True)
 def _cells(hist, P, nk):  # type: ignore[no-untyped-def]
     """``hist[pair, k_i, k_j, 16·a_i + 4·a_j + outcome]`` (256 bins per cell, the upper 192 unused) → (clicks, errors_x2, doubles) per pair and
@@ -1301,10 +1346,9 @@ def _package(schedule: PairSchedule, setups: Mapping[str, ClientSetup], total_sl
         ann = Announcements(name, out_s[lo:hi], out_o[lo:hi])
         klo, khi = lo, int(start[q] + kcount[q])
         bj = key_bj[klo:khi]  # 2|bit marks a double click: Cj squashes it to a random bit
-        both = bj >= 2
-        nb = int(np.count_nonzero(both))
-        if nb:
-            bj[both] = squash_bits(rng, nb)
+        both = _double_clicks_at(bj)
+        if both.size:
+            bj[both] = squash_bits(rng, both.size)
         si, sj = setups[ci], setups[cj]
         ni, nj = len(si.intensities), len(sj.intensities)
         counts = PairCounts(name, schedule.slots_of_pair(name, total_slots), si.intensities, sj.intensities,
