@@ -207,10 +207,10 @@ OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED, DISORDER, WINDOW_FULL = ra
 @numba.njit(cache=True, nogil=True, inline="always")
 def _goes_backwards(ts, q0, m):  # type: ignore[no-untyped-def]
     """Whether a timestamp of the block ``ts[q0 : q0 + m]`` (and its first against the one before) goes backwards."""
-    bad = False
+    bad = np.int64(0)  # (64-bit lanes: a bool accumulator made LLVM narrow every compare's mask)
     for k in range(max(q0, 1), q0 + m):
-        bad |= ts[U(k)] < ts[U(k - 1)]
-    return bad
+        bad |= np.int64(ts[U(k)] < ts[U(k - 1)])
+    return bad != 0
 
 
 @numba.njit(cache=True, nogil=True)
