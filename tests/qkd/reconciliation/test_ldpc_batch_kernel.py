@@ -153,3 +153,18 @@ def test_lane_copies_equal_strided_numpy(B):
         out = np.empty(n, np.int16)
         lb._get_lane(out, inter, (lane + 1) % B, B)
         np.testing.assert_array_equal(out, inter[(lane + 1) % B::B])
+
+
+@numba.njit
+def _f_all(u):
+    out = np.empty(u.size, np.int16)
+    for i in range(u.size):
+        out[i] = lb._f(u[i])
+    return out
+
+
+def test_boxplus_correction_equals_the_documented_formula_for_every_u():
+    """lb._f(u) = max(⌊(359 − 3c)/8⌋, ⌊(3709 − 17c)/128⌋, 0) with c = min(u, 255), for every u ≥ 0 of int16
+    (the kernel caps at 218 and drops the max with 0: the same values)."""
+    u = np.arange(0, 2**15, dtype=np.int16)
+    np.testing.assert_array_equal(_f_all(u), _f(u.astype(np.int64)))
