@@ -5,10 +5,10 @@ Layout
 ``B`` frames of one code (same rate, QBER and plan) share one set of *lanes*: posteriors are stored
 as ``Lb[v·B + lane]``, check messages as ``Rb[(k·Z + i)·B + lane]`` (base edge k, circulant row i),
 the syndrome as ``Sb[c·B + lane]``.  A base edge's Z checks touch a cyclic shift of Z consecutive
-variables, so every step of a layer (the two segments of each base edge, split at the wrap) is one
-contiguous loop over ``(Z − s)·B`` and ``s·B`` int16 values — the quasi-cyclic "intra-frame" layout
-of :mod:`labqfl.qkd.ldpc_qc` with the frames interleaved inside it (Le Gal & Jego, IEEE TPDS 27, 1373
-(2016) compare intra- and inter-frame SIMD layouts).  Each lane is its own frame: a lane's arithmetic
+variables: its posteriors are copied into check order (two contiguous pieces, split at the wrap), and each
+pass of a layer is one contiguous loop over the edge's Z·B int16 values (:func:`_sweep`) — the
+quasi-cyclic "intra-frame" layout of :mod:`labqfl.qkd.ldpc_qc` with the frames interleaved inside it (Le
+Gal & Jego, IEEE TPDS 27, 1373 (2016) compare intra- and inter-frame SIMD layouts).  Each lane is its own frame: a lane's arithmetic
 never reads another lane, so the results do not depend on ``B``, on which lane a frame gets, or on
 the thread count (tested).
 
