@@ -204,15 +204,6 @@ _KEY_LUT = _key_lut()
 OK, BEYOND_LOG, BAD_INTENSITY, BAD_PHASE, NOT_SORTED, DISORDER, WINDOW_FULL = range(7)
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _goes_backwards(ts, q0, m):  # type: ignore[no-untyped-def]
-    """Whether a timestamp of the block ``ts[q0 : q0 + m]`` (and its first against the one before) goes backwards."""
-    bad = np.int64(0)  # (64-bit lanes: a bool accumulator made LLVM narrow every compare's mask)
-    for k in range(max(q0, 1), q0 + m):
-        bad |= np.int64(ts[U(k)] < ts[U(k - 1)])
-    return bad != 0
-
-
 @numba.njit(cache=True, nogil=True)
 def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, inv1, per0, per1, hw0, hw1,  # type: ignore[no-untyped-def]
                  bf0, bf1, lr0, lr1, out):
@@ -225,8 +216,8 @@ def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, in
     (decide with the exact division: :func:`_exact_code`). The code is formed as a double plus
     2^52, whose bits are 2^52's bits plus the integer code: AVX2 has no vector double → int64
     conversion, and LLVM converted lane by lane (`slot_sift` 64.3 → 58.5 ms on the bench stream,
-    with :func:`_block_slots_one`). Returns True if the timestamps decrease somewhere in
-    ``q0−1 … q0+m−1``. Blocks whose two detectors share one interval (nearly all) take
+    with :func:`_block_slots_one`). (The caller tests the timestamps' order while it finds the
+    block's end.) Blocks whose two detectors share one interval (nearly all) take
     :func:`_block_slots_one` instead.
 
     Same slot as the slotter's ``floor(rel / per + 0.5)``, with one multiplication by ``inv``
@@ -259,7 +250,7 @@ def _block_slots(ts, ch, q0, m, c0, c1, dl0, dl1, ta0, ta1, off0, off1, inv0, in
         keep = (not outside) & (r < (lr1 if is1 else lr0)) & (sf >= 0.0)
         y = (sf + sf) + (_F_D1 if is1 else _F_D0)  # 2^52 + code, exact where kept (0 <= sf < 2^50)
         out[U(j)] = ((y if keep else _F_REJECT) if sure else _F_EXACT) if isd else _F_REJECT
-    return _goes_backwards(ts, q0, m)
+    return
 
 
 @intrinsic
@@ -311,7 +302,7 @@ def _block_slots_one(ts, ch, q0, m, c0, c1, A, K0, K1, inv, per, hw, bf, out):  
         outside = abs(rel - r * per) > hw
         y = (r + r) + (G1 if is1 else G0)  # = 2·(bf + r) + 2^52 + d, every step exact
         out[U(j)] = ((_F_REJECT if outside else y) if sure else _F_EXACT) if isd else _F_REJECT
-    return _goes_backwards(ts, q0, m)
+    return
 
 
 @numba.njit(cache=True, nogil=True)
@@ -637,8 +628,8 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
     bm = np.zeros(W, dtype=np.uint8)
     codes = np.empty(_BLOCK, dtype=np.int64)
     hc = np.empty(64, dtype=np.uint16)  # a ring group's histogram indices (_group_codes)
-    codesf = codes.view(np.float64)
-    pk = np.empty(_BLOCK, dtype=np.uint64)  # a block's ring bytes and values (_ring_fill_block)  # written as doubles 2^52 + code, read as int64 less _MAGIC
+    codesf = codes.view(np.float64)  # written as doubles 2^52 + code, read as int64 less _MAGIC
+    pk = np.empty(_BLOCK, dtype=np.uint64)  # a block's ring bytes and values (_ring_fill_block)
     klut = np.zeros(nk * nk * 256, dtype=np.uint8)  # _KEY_LUT by the whole histogram index: key only in cell (0, 0)
     for h in range(nk * nk * 256):
         if h & 255 < 64:
@@ -702,16 +693,21 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                 lim1 = nxt[i1] + delay[1] if nxt[i1] != big else big
                 lim = min(lim0, lim1)  # the tags before it keep both intervals
                 e = min(q + _BLOCK, n)
-                ga = q + 1  # the block ends at the first tag at or after lim: the tags below it counted,
+                back = np.int64(q > 0 and ts[q] < ts[q - 1])  # a timestamp going backwards: counted with the
+                ga = q + 1  # block end: it ends at the first tag at or after lim: the tags below it counted,
                 while ga < e:  # _GALLOP at a time from q (vectorised; no branch on the data but the exit)
                     gb = min(ga + _GALLOP, e)
                     below = np.int64(0)
                     for k in range(ga, gb):
                         below += np.int64(ts[U(k)] < lim)
+                        back |= np.int64(ts[U(k)] < ts[U(k - 1)])
                     if below < gb - ga:
                         e = ga + below
                         break
                     ga = gb
+                if back:  # (tags up to the end of the last counted step: the block and maybe a few after it)
+                    status = NOT_SORTED
+                    break
                 m = e - q
                 if base[i0] < _BASE_MAX and base[i1] < _BASE_MAX and base[i0] > -_BASE_MAX and base[i1] > -_BASE_MAX:
                     lr0 = float(last_span) if last_span >= 0 and i0 == na - 1 else np.inf
@@ -728,22 +724,14 @@ def _fused_kernel(ts, ch, c0, c1, delay, off, hw, anchor_t, nxt, base, per, inv,
                     else:
                         fast = False
                     if fast:
-                        bad = _block_slots_one(ts, ch, q, m, c0, c1, a0 - _M_INT, K0, K1, inv[i0], per[i0], hw[0],
+                        _block_slots_one(ts, ch, q, m, c0, c1, a0 - _M_INT, K0, K1, inv[i0], per[i0], hw[0],
                                                float(base[i0]), codesf)
                     else:
-                        bad = _block_slots(ts, ch, q, m, c0, c1, delay[0], delay[1], anchor_t[i0], anchor_t[i1],
+                        _block_slots(ts, ch, q, m, c0, c1, delay[0], delay[1], anchor_t[i0], anchor_t[i1],
                                            off[0], off[1], inv[i0], inv[i1], per[i0], per[i1], hw[0], hw[1],
                                            float(base[i0]), float(base[i1]), lr0, lr1, codesf)
-                    if bad:
-                        status = NOT_SORTED
-                        break
                 else:
                     codes[:m] = _MAGIC + _EXACT
-                    for k in range(q, q + m):
-                        if k > 0 and ts[k] < ts[k - 1]:
-                            status = NOT_SORTED
-                    if status != OK:
-                        break
                     for k in range(q, q + m):
                         if ch[k] != c0 and ch[k] != c1:
                             codes[k - q] = _MAGIC + _REJECT
