@@ -317,27 +317,29 @@ def build_code(n: int, rate: float, seed: int = 0, z: int = 0, construction: int
     table's others get degree 3), placed so that they form a forest in the base graph, hence in the
     lifted graph (the lift of a tree is z trees) — no codeword of degree-2 variables alone
     (:func:`_build_qc`).  At and below 0.875 construction 1 is construction 0 (the same code object,
-    ``construction`` 0).
+    ``construction`` 0).  2: construction 1, and the degree-2 forest at every rate (with the rate's own
+    table at and below 0.875).
     """
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
     if z < 0 or (z and (n % z or n // z < 16)):
         raise ReconciliationInputError(f"LDPC lifting size z={z} must divide n={n} into at least 16 base columns")
     if construction not in CONSTRUCTIONS or (construction and not z):
-        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (1 only for a quasi-cyclic "
-                                       f"code, z > 0), got construction={construction!r}, z={z}")
-    if rate <= _C1_ABOVE:
+        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (other than 0 only for a "
+                                       f"quasi-cyclic code, z > 0), got construction={construction!r}, z={z}")
+    if construction == 1 and rate <= _C1_ABOVE:
         construction = 0  # the same code
     return _build_code(n, rate, seed, z, int(construction))
 
 
-CONSTRUCTIONS = (0, 1)
+CONSTRUCTIONS = (0, 1, 2)
 """Code constructions of :func:`build_code`: 0 (default) the codes of before; 1 above mother rate 0.875
-quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest (opt-in since
-2026-12-07, docs/reconciliation.md session 41)."""
+quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest; 2 as 1 and the
+degree-2 forest at every rate (opt-in since 2026-12-07, docs/reconciliation.md session 41)."""
 _C1_ABOVE = 0.875
-"""Construction 1 changes the codes of mother rates above this only.  Below, at 0.80–0.82 (QBER ≈ 2.5–3 %),
-the degree-2 forest cost f ≈ +0.01 (1.1113 → 1.1207, 1.1114 → 1.1212 at 2.5 and 3 %, 48 frames each)."""
+"""Construction 1 changes the codes of mother rates above this only.  Below, the degree-2 forest (construction
+2) removes the frame errors of rates 0.80–0.82 (QBER ≈ 2.2–2.6 %: 6 of 576 frames undecoded, 4–7 bits from
+Alice's word, against 0) but costs f ≈ +0.007–0.01 at 0.78–0.80 (docs/reconciliation.md, session 41)."""
 
 
 @lru_cache(maxsize=24)
@@ -391,9 +393,9 @@ def _finish_code(n: int, m: int, rate: float, seed: int, vs: np.ndarray, ec: np.
 def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> LdpcCode:
     """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles.
 
-    ``construction`` 1 (:func:`build_code` passes it above rate 0.875 only): the rate-0.85 table, whose
-    degree-2 columns above m_b − 1 become degree 3, and the PEG keeps the degree-2 columns a forest
-    (:func:`_peg_edges`).  Construction 0's
+    ``construction`` 1 (:func:`build_code` passes it above rate 0.875 only) or 2: above rate 0.875 the
+    rate-0.85 table; the table's degree-2 columns above m_b − 1 become degree 3 and the PEG keeps the
+    degree-2 columns a forest (:func:`_peg_edges`).  Construction 0's
     rate-0.9 table gives 49 degree-2 columns (of 256), more than the 15–31 base rows of mother rates
     0.88–0.94: the base graph has 19–35 independent cycles of them, and the lift short ones — codewords of
     weight 5 at rates 0.92 and 0.94, 7–8 at 0.88–0.90 (docs/reconciliation.md, LDPC round of 2026-12-07,
@@ -405,7 +407,7 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), z, 3])
     mb = max(1, int(round((1.0 - rate) * nb)))
     deg2_forest = construction >= 1
-    counts = _degree_counts(nb, 0.85 if deg2_forest else rate)
+    counts = _degree_counts(nb, 0.85 if deg2_forest and rate > _C1_ABOVE else rate)
     if deg2_forest and counts.get(2, 0) > mb - 1:
         counts[3] = counts.get(3, 0) + counts[2] - (mb - 1)
         counts[2] = mb - 1
@@ -745,7 +747,7 @@ _LONG_F_STEP = 0.005
 _HIGH_RATE = 0.88
 _HIGH_RATE_MARGIN = 0.03
 _MAX_MOTHER_RATE = 0.91
-#: construction 1 (degree-2 forest, rate-0.85 table above 0.875) needs no margin: the largest grid rate not
+#: constructions 1 and 2 (degree-2 forest, rate-0.85 table above 0.875) need no margin: the largest grid rate not
 #: above the wanted one (docs/reconciliation.md, session 41)
 _C1_HIGH_RATE_MARGIN = 0.0
 
@@ -753,7 +755,7 @@ _C1_HIGH_RATE_MARGIN = 0.0
 def mother_rate(want: float, construction: int = 0) -> float:
     """The mother code's rate for a wanted rate ``want`` = 1 − f_mother·h(Q): the nearest on the
     :data:`MOTHER_RATES` grid, except above :data:`_HIGH_RATE` (low QBER), where it is the largest at
-    least :data:`_HIGH_RATE_MARGIN` below ``want`` (construction 1: at most ``want``, :data:`_C1_HIGH_RATE_MARGIN`)
+    least :data:`_HIGH_RATE_MARGIN` below ``want`` (constructions 1, 2: at most ``want``, :data:`_C1_HIGH_RATE_MARGIN`)
     and at most :data:`_MAX_MOTHER_RATE` (the codes' frame errors there, see the constants)."""
     if want <= _HIGH_RATE:
         return min(MOTHER_RATES, key=lambda r: abs(r - want))
@@ -780,7 +782,7 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     ``stall_every`` / ``stall_ratio``: Bob's stall test (:class:`LdpcPlan`; 0 turns it off).
     Quasi-cyclic decoders switch to sum-product at f_extra (``sum_product_from``) and may reveal up
     to m + f_extra_sp·h(Q)·(n − d).  ``construction`` (quasi-cyclic decoders): the code
-    construction (:data:`CONSTRUCTIONS`; 1 also takes the mother rate by :func:`mother_rate`'s rule for it).
+    construction (:data:`CONSTRUCTIONS`; 1 and 2 also take the mother rate by :func:`mother_rate`'s rule for them).
     """
     if decoder not in DECODERS:
         raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
@@ -811,9 +813,9 @@ def plan_ldpc(qber: float, *, decoder: str = "amin", preset: str = "efficient", 
     f_step = fst if f_step is None else f_step
     f_extra = fx if f_extra is None else f_extra
     if construction not in CONSTRUCTIONS or (construction and not (z and decoder in _QC_DECODERS)):
-        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (1 only with a quasi-cyclic "
-                                       f"decoder {_QC_DECODERS} and z > 0), got construction={construction!r}, "
-                                       f"decoder {decoder!r}, z={z}")
+        raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (other than 0 only with a "
+                                       f"quasi-cyclic decoder {_QC_DECODERS} and z > 0), got "
+                                       f"construction={construction!r}, decoder {decoder!r}, z={z}")
     R = mother_rate(1.0 - f_mother * h, construction)
     code = build_code(code_n, R, code_seed, z, construction)
     m, n = code.m, code.n

@@ -169,13 +169,13 @@ def test_construction_bad_input_is_refused():
     with pytest.raises(ReconciliationInputError, match="construction"):
         build_code(16384, 0.9, 0, 0, construction=1)
     with pytest.raises(ReconciliationInputError, match="construction"):
-        build_code(65536, 0.9, 0, 256, construction=2)
+        build_code(65536, 0.9, 0, 256, construction=3)
     with pytest.raises(ReconciliationInputError, match="construction"):
         plan_ldpc(0.02, decoder="bp", construction=1)
     alice = LdpcAlice(np.zeros(1000, np.uint8))
     with pytest.raises(MessageError, match="construction"):
         alice.handle(Message("ldpc/init", {"N": 1000, "code_n": 65536, "rate": 0.9, "code_seed": 0, "z": 256, "d": 0,
-                                           "max_reveal": 10, "construction": 2}))
+                                           "max_reveal": 10, "construction": 3}))
 
 
 def test_construction_1_takes_the_rate_085_table_above_0875_and_no_rate_margin():
@@ -232,3 +232,27 @@ def test_construction_0_settles_on_a_degree_2_codeword_silently_and_construction
     assert (np.diff(code.var_ptr)[keypos[wrong]] == 2).all()
     res1 = reconcile_ldpc(xf, yf, q, seed=3, construction=1)
     assert res1.success and np.array_equal(res1.corrected, xf)
+
+
+def test_construction_2_adds_the_forest_at_every_rate():
+    """Construction 2: construction 1 above rate 0.875 (the same arrays), and below it the rate's own table
+    with its degree-2 columns a forest — at 0.82 (QBER ≈ 2.2 %) construction 0's weight-7 degree-2 cycles left
+    frames 6–7 bits from Alice's word (docs/reconciliation.md, session 41); where the forest does not bind
+    (0.84) the same code as construction 0."""
+    c2 = build_code(65536, 0.82, 0, 256, construction=2)
+    c0 = build_code(65536, 0.82, 0, 256)
+    assert c2.construction == 2 and _forest(c2) and not _forest(c0)
+    assert (c2.m, c2.n) == (c0.m, c0.n)
+    assert set(np.bincount(c2.base_col).tolist()) <= set(np.bincount(c0.base_col).tolist()) | {0}
+    a, b = build_code(65536, 0.9, 0, 256, construction=1), build_code(65536, 0.9, 0, 256, construction=2)
+    assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.untainted, b.untainted)
+    a, b = build_code(65536, 0.84, 0, 256), build_code(65536, 0.84, 0, 256, construction=2)
+    assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.base_shift, b.base_shift)
+    plan = plan_ldpc(0.0225, construction=2)
+    assert plan.rate == 0.82 and plan.construction == 2
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 2, 2 * plan.key_bits_per_frame, dtype=np.uint8)
+    y = x.copy()
+    y[rng.choice(x.size, int(round(0.0225 * x.size)), replace=False)] ^= 1
+    res = reconcile_ldpc(x, y, 0.0225, seed=4, construction=2)
+    assert res.success and np.array_equal(res.corrected, x)
