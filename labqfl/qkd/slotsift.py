@@ -1215,13 +1215,20 @@ def _geometry(block: TagBlock, p: SlottingParams) -> tuple[np.ndarray, np.ndarra
     return anchor_t, anchor_k, per, dropped.ranges
 
 
+_RING_MIN_BITS = 18
+"""log2 of the smallest ring (256 kB of slot bytes, half of a Zen 3 core's L2): the horizon moves
+once per half ring, and each move sends the block holding its click tag by tag through
+:func:`_ring_fill`; 2^18 against 2^16 slots: `slot_sift` 33.7 → 33.3 and 34.4 → 34.0 ms on the
+bench stream (CPU, min of 13–15 alternated; 2-vCPU AMD EPYC, session 41)."""
+
+
 def _ring_bits(p: SlottingParams, per: np.ndarray) -> int:
-    """log2 of the fused kernel's ring (in slots): at least 2^16 and 8× the largest distance, in
+    """log2 of the fused kernel's ring (in slots): at least ``_RING_MIN_BITS`` and 8× the largest distance, in
     slots, between the two detectors' views of one instant (their delays and window offsets)."""
     spread = abs((p.delays_ps[1] + p.window_offset_ps[1]) - (p.delays_ps[0] + p.window_offset_ps[0]))
     pmin = float(per.min()) if per.size else p.period_ps
     need = 8.0 * (spread / pmin + 64.0) if pmin > 0 and math.isfinite(pmin) else 2.0 ** 40
-    return max(16, math.ceil(math.log2(min(need, 2.0 ** 40))))
+    return max(_RING_MIN_BITS, math.ceil(math.log2(min(need, 2.0 ** 40))))
 
 
 _MAX_RING_BITS = 26

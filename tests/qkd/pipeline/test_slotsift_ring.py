@@ -11,9 +11,9 @@ from test_slotsift import SETUPS, add_noise, assert_same, dense_logs, two_stage
 from labqfl.contracts.schedule import PairSchedule
 from labqfl.errors import QKDInputError
 from labqfl.instruments.base import TagBlock
-from labqfl.qkd.slotsift import DenseLog, SlotSiftBuffers, _group_mask, slot_sift
+from labqfl.qkd.slotsift import _RING_MIN_BITS, DenseLog, SlotSiftBuffers, _group_mask, slot_sift
 
-RING = 1 << 16  # the fused kernel's smallest ring, in slots (slotsift._ring_bits)
+RING = 1 << _RING_MIN_BITS  # the fused kernel's smallest ring, in slots (slotsift._ring_bits)
 
 
 def ring_stream(rng: np.random.Generator, n_slots: int, p_click: float, channels: tuple[int, ...] = (D0, D1),
@@ -55,7 +55,7 @@ def test_fused_matches_two_stages_over_many_ring_wraps(seed):  # type: ignore[no
     # ~4.6 wraps of the smallest ring, dense clicks, frames of an odd length (segments start and
     # end inside ring groups), clicks on every group and ring edge
     rng = np.random.default_rng(seed)
-    n_slots = 300_000
+    n_slots = RING * 46 // 10
     block, p = ring_stream(rng, n_slots, 0.25)
     sched = PairSchedule([("C1", "C2"), ("C2", "C3"), ("C1", "C3")], slots_per_frame=97, frames=[1, 2, 1])
     logs = dense_logs(rng, n_slots + 200)
