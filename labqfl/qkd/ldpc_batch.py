@@ -177,11 +177,29 @@ def _copy(dst: np.ndarray, src: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
+def _max_degree(row_ptr: np.ndarray) -> int:
+    deg = 0
+    for r in range(row_ptr.size - 1):
+        deg = max(deg, row_ptr[r + 1] - row_ptr[r])
+    return deg
+
+
+@numba.njit(cache=True, nogil=True)
 def _sweep(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int, Sb: np.ndarray,
            Lb: np.ndarray, Rb: np.ndarray, weight: np.ndarray, scratch: np.ndarray, acc: np.ndarray) -> None:
+    """:func:`_sweep_into` with its rotated copies allocated here."""
+    _sweep_into(row_ptr, bcol, bshift, Z, B, Sb, Lb, Rb, weight, scratch, acc,
+                np.empty((_max_degree(row_ptr), Z * B), np.int16))
+
+
+@numba.njit(cache=True, nogil=True)
+def _sweep_into(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int, Sb: np.ndarray,
+                Lb: np.ndarray, Rb: np.ndarray, weight: np.ndarray, scratch: np.ndarray, acc: np.ndarray,
+                Lrot: np.ndarray) -> None:
     """One layered A-min* sweep over all B lanes; ``acc`` (Z·B) ← OR over layers of the checks'
     "unsatisfied" masks (sign parity of L XOR syndrome, −1 where they disagree).  ``scratch``: int16 of
-    (2, 5, Z·B) or more (``scratch[0]`` holds the check state).
+    (2, 5, Z·B) or more (``scratch[0]`` holds the check state); ``Lrot``: int16 of (largest layer degree, Z·B),
+    the layer's posteriors in check order.
 
     A base edge of shift s connects check i to variable (i + s) mod Z: its posteriors are copied once per layer
     into check order (two contiguous pieces, split at the wrap), pass 1 and pass 2 each run as one loop over
@@ -190,10 +208,6 @@ def _sweep(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B:
     expensive part of a piece of ≈ Z·B/2 values at one lane)."""
     ZB = Z * B
     big = _I16(_EMPTY)
-    deg = 0
-    for r in range(row_ptr.size - 1):
-        deg = max(deg, row_ptr[r + 1] - row_ptr[r])
-    Lrot = np.empty((deg, ZB), np.int16)
     st = scratch[0]
     s1 = st[0]
     sa = st[1]
@@ -232,29 +246,42 @@ def _sweep(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B:
 @numba.njit(cache=True, nogil=True)
 def _unsatisfied_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int,
                        Sb: np.ndarray, Lb: np.ndarray, par: np.ndarray, cnt: np.ndarray) -> None:
-    """``cnt[lane]`` ← checks whose hard-decision parity (L < 0 → 1) differs from the syndrome;
-    ``par``: int16 scratch of 2·Z·B (the layer's parities, then the per-(row, lane) counts, summed over
-    layers as int16 — at most the number of layers — and over rows at the end)."""
+    """``cnt[lane]`` ← checks whose hard-decision parity (L < 0 → 1) differs from the syndrome
+    (:func:`_unsatisfied_into` with its sign copy allocated here; ``par``: int16 scratch of Z·B or more)."""
     ZB = Z * B
-    p = par[:ZB]
-    tally = par[ZB:2 * ZB]
+    _unsatisfied_into(row_ptr, bcol, bshift, Z, B, Sb, Lb, np.empty(2 * Lb.size, np.int8), np.empty(ZB, np.int8),
+                      par[:ZB], cnt)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unsatisfied_into(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int, B: int, Sb: np.ndarray,
+                      Lb: np.ndarray, sg: np.ndarray, p: np.ndarray, tally: np.ndarray, cnt: np.ndarray) -> None:
+    """``cnt[lane]`` ← checks whose hard-decision parity (L < 0 → 1) differs from the syndrome.  ``sg``: int8
+    of 2·n·B, ← each base column's sign masks (L >> 15: 0 / −1) twice in a row, so the Z·B signs of a base edge
+    in check order are one slice (one XOR loop per edge, on 32 int8 per ymm, instead of two int16 pieces split at
+    the wrap); ``p``: int8 of Z·B (the layer's parities); ``tally``: int16 of Z·B (the per-(row, lane) counts,
+    summed over layers — at most the number of layers — and over rows at the end).  The same counts as the
+    int16 form of before: only the sign of each value is read, and XOR of 0 / −1 masks is exact in int8."""
+    ZB = Z * B
+    for c in range(Lb.size // ZB):
+        src = Lb[c * ZB:(c + 1) * ZB]
+        d1 = sg[2 * c * ZB:(2 * c + 1) * ZB]
+        for i in range(ZB):
+            d1[i] = np.int8(_I16(src[i] >> 15))
+        d2 = sg[(2 * c + 1) * ZB:(2 * c + 2) * ZB]
+        for i in range(ZB):
+            d2[i] = d1[i]
     for i in range(ZB):
         tally[i] = 0
     for r in range(row_ptr.size - 1):
         sy = Sb[r * ZB:(r + 1) * ZB]
         for i in range(ZB):
-            p[i] = sy[i]
+            p[i] = np.int8(sy[i])
         for k in range(row_ptr[r], row_ptr[r + 1]):
-            base = bcol[k] * Z
-            s = bshift[k]
-            La = Lb[(base + s) * B:(base + Z) * B]
-            pa = p[0:(Z - s) * B]
-            for i in range((Z - s) * B):
-                pa[i] = _I16(pa[i] ^ (La[i] >> 15))
-            Lc = Lb[base * B:(base + s) * B]
-            pc = p[(Z - s) * B:ZB]
-            for i in range(s * B):
-                pc[i] = _I16(pc[i] ^ (Lc[i] >> 15))
+            o = (2 * bcol[k] * Z + bshift[k]) * B
+            sk = sg[o:o + ZB]
+            for i in range(ZB):
+                p[i] = np.int8(p[i] ^ sk[i])
         for i in range(ZB):
             tally[i] = _I16(tally[i] - p[i])
     for lane in range(B):
@@ -330,6 +357,56 @@ def _scatter(Lq: np.ndarray, Rq: np.ndarray, f: int, lane: int, B: int, Lb: np.n
 
 
 @numba.njit(cache=True, nogil=True)
+def _swap_lane(buf: np.ndarray, new: np.ndarray, old: np.ndarray, lane: int, B: int, keep_old: bool) -> None:
+    """``old[k] = buf[k·B + lane]`` (when ``keep_old``), then ``buf[k·B + lane] = new[k]``: a frame's write-back
+    and the next frame's load in one pass over the interleaved ``buf`` (words of 2 / 4 lanes as in
+    :func:`_put_lane`); ``old`` and ``new`` are rows of different frames."""
+    if B == 2:
+        b32 = buf.view(np.int32)
+        sh = 16 * lane
+        keep32 = ~(np.int32(0xFFFF) << sh)
+        if keep_old:
+            for k in range(new.size):
+                w = b32[k]
+                old[k] = np.int16(w >> sh)
+                b32[k] = (w & keep32) | ((np.int32(new[k]) & np.int32(0xFFFF)) << sh)
+        else:
+            for k in range(new.size):
+                b32[k] = (b32[k] & keep32) | ((np.int32(new[k]) & np.int32(0xFFFF)) << sh)
+    elif B == 4:
+        b64 = buf.view(np.int64)
+        sh = 16 * lane
+        keep = ~(np.int64(0xFFFF) << sh)
+        if keep_old:
+            for k in range(new.size):
+                w = b64[k]
+                old[k] = np.int16(w >> sh)
+                b64[k] = (w & keep) | ((np.int64(new[k]) & np.int64(0xFFFF)) << sh)
+        else:
+            for k in range(new.size):
+                b64[k] = (b64[k] & keep) | ((np.int64(new[k]) & np.int64(0xFFFF)) << sh)
+    else:
+        if keep_old:
+            _get_lane(old, buf, lane, B)
+        _put_lane(buf, new, lane, B)
+
+
+@numba.njit(cache=True, nogil=True)
+def _refill(synd: np.ndarray, Lq: np.ndarray, Rq: np.ndarray, f_old: int, f_new: int, lane: int, B: int,
+            Sb: np.ndarray, Lb: np.ndarray, Rb: np.ndarray, with_r: bool) -> None:
+    """:func:`_scatter` of frame ``f_old`` then :func:`_gather` of frame ``f_new`` in ``lane``, each array
+    passed once (the same values: ``f_old`` ≠ ``f_new``, so the frame read is not the one written)."""
+    if f_old == f_new:
+        _scatter(Lq, Rq, f_old, lane, B, Lb, Rb, with_r)
+        _gather(synd, Lq, Rq, f_new, lane, B, Sb, Lb, Rb)
+        return
+    for c in range(synd.shape[1]):
+        Sb[c * B + lane] = -_I16(synd[f_new, c])
+    _swap_lane(Lb, Lq[f_new], Lq[f_old], lane, B, True)
+    _swap_lane(Rb, Rq[f_new], Rq[f_old], lane, B, with_r)
+
+
+@numba.njit(cache=True, nogil=True)
 def _lane_verdict(j: int, bad: bool, cnt: int, prev: int, max_iter: int, every: int, gate: int,
                   ratio: float) -> int:
     """After sweep ``j`` of a lane's attempt: 1 converged, −1 ended (out of sweeps, or stalled), 0 go on."""
@@ -357,7 +434,10 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
     Sb = np.empty(synd.shape[1] * B, np.int16)
     scratch = np.empty((2, 5, ZB), np.int16)
     acc = np.empty(ZB, np.int16)
-    par = np.empty(2 * ZB, np.int16)
+    Lrot = np.empty((_max_degree(row_ptr), ZB), np.int16)
+    sg = np.empty(2 * Lb.size, np.int8)
+    p8 = np.empty(ZB, np.int8)
+    tally = np.empty(ZB, np.int16)
     cnt = np.zeros(B, np.int64)
     idx = np.full(B, -1, np.int64)
     bad = np.zeros(B, np.bool_)
@@ -377,7 +457,7 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
                     todo[left] = idx[lane]
                     left += 1
             return left
-        _sweep(row_ptr, bcol, bshift, Z, B, Sb, Lb, Rb, weight, scratch, acc)
+        _sweep_into(row_ptr, bcol, bshift, Z, B, Sb, Lb, Rb, weight, scratch, acc, Lrot)
         count = False
         for lane in range(B):
             bad[lane] = False
@@ -387,7 +467,7 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
                 lj[idx[lane]] += 1
                 count |= (not bad[lane]) or (every > 0 and lj[idx[lane]] % every == 0)
         if count:
-            _unsatisfied_lanes(row_ptr, bcol, bshift, Z, B, Sb, Lb, par, cnt)
+            _unsatisfied_into(row_ptr, bcol, bshift, Z, B, Sb, Lb, sg, p8, tally, cnt)
         for lane in range(B):
             i = idx[lane]
             if i < 0:
@@ -399,12 +479,13 @@ def _run_lanes(row_ptr: np.ndarray, bcol: np.ndarray, bshift: np.ndarray, Z: int
                 continue
             res[i] = lj[i] if v > 0 else -1
             used[i] = lj[i]
-            _scatter(Lq, Rq, frames[i], lane, B, Lb, Rb, v < 0)
             idx[lane] = -1
             if nxt < todo.size:
-                _gather(synd, Lq, Rq, frames[todo[nxt]], lane, B, Sb, Lb, Rb)
+                _refill(synd, Lq, Rq, frames[i], frames[todo[nxt]], lane, B, Sb, Lb, Rb, v < 0)
                 idx[lane] = todo[nxt]
                 nxt += 1
+            else:
+                _scatter(Lq, Rq, frames[i], lane, B, Lb, Rb, v < 0)
     return 0
 
 
