@@ -70,6 +70,7 @@ from labqfl.qkd.ldpc_batch import LANES, BatchState
 from labqfl.qkd.ldpc_qc import (
     qc_aminstar_frames,
     qc_attempt_frames,
+    qc_deg2_long_cycles,
     qc_minsum_frames,
     qc_shifts,
     qc_syndrome,
@@ -317,8 +318,9 @@ def build_code(n: int, rate: float, seed: int = 0, z: int = 0, construction: int
     table's others get degree 3), placed so that they form a forest in the base graph, hence in the
     lifted graph (the lift of a tree is z trees) — no codeword of degree-2 variables alone
     (:func:`_build_qc`).  At and below 0.875 construction 1 is construction 0 (the same code object,
-    ``construction`` 0).  2: construction 1, and the degree-2 forest at every rate (with the rate's own
-    table at and below 0.875).
+    ``construction`` 0).  2: construction 1 above 0.875; at and below it the default base graph with the
+    shifts of its degree-2 columns re-picked so that their cycles in the lift are long (weight 14–16 instead of
+    7–8 at rates 0.80–0.82; :func:`~labqfl.qkd.ldpc_qc.qc_deg2_long_cycles`).
     """
     if n < 64 or not 0.05 <= rate <= 0.95:
         raise ReconciliationInputError(f"LDPC code needs n >= 64 and rate in [0.05, 0.95], got n={n}, rate={rate}")
@@ -334,12 +336,14 @@ def build_code(n: int, rate: float, seed: int = 0, z: int = 0, construction: int
 
 CONSTRUCTIONS = (0, 1, 2)
 """Code constructions of :func:`build_code`: 0 (default) the codes of before; 1 above mother rate 0.875
-quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest; 2 as 1 and the
-degree-2 forest at every rate (opt-in since 2026-12-07, docs/reconciliation.md session 41)."""
+quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest; 2 as 1, and at
+and below 0.875 long lifted cycles of degree-2 variables (opt-in since 2026-12-07, docs/reconciliation.md
+session 41)."""
 _C1_ABOVE = 0.875
-"""Construction 1 changes the codes of mother rates above this only.  Below, the degree-2 forest (construction
-2) removes the frame errors of rates 0.80–0.82 (QBER ≈ 2.2–2.6 %: 6 of 576 frames undecoded, 4–7 bits from
-Alice's word, against 0) but costs f ≈ +0.007–0.01 at 0.78–0.80 (docs/reconciliation.md, session 41)."""
+"""Constructions 1 and 2 take the rate-0.85 table and the degree-2 forest above this mother rate only.
+Below, the forest removed the frame errors of rates 0.80–0.82 (QBER ≈ 2.2–2.6 %: 6 of 576 frames left 4–7
+bits from Alice's word, against 0) but cost f ≈ +0.007–0.01 at 0.78–0.80 (docs/reconciliation.md, session 41);
+construction 2 lengthens those cycles instead."""
 
 
 @lru_cache(maxsize=24)
@@ -393,9 +397,11 @@ def _finish_code(n: int, m: int, rate: float, seed: int, vs: np.ndarray, ec: np.
 def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> LdpcCode:
     """Quasi-cyclic code: PEG base graph with the table's degrees, shifts free of 4-cycles.
 
-    ``construction`` 1 (:func:`build_code` passes it above rate 0.875 only) or 2: above rate 0.875 the
-    rate-0.85 table; the table's degree-2 columns above m_b − 1 become degree 3 and the PEG keeps the
-    degree-2 columns a forest (:func:`_peg_edges`).  Construction 0's
+    ``construction`` 1 (:func:`build_code` passes it above rate 0.875 only), and 2 above 0.875: the
+    rate-0.85 table; its degree-2 columns above m_b − 1 become degree 3 and the PEG keeps the degree-2
+    columns a forest (:func:`_peg_edges`).  ``construction`` 2 at and below 0.875: the rate's own table and
+    PEG, and the shifts of the degree-2 columns that close base cycles re-picked for long lifted cycles
+    (:func:`~labqfl.qkd.ldpc_qc.qc_deg2_long_cycles`).  Construction 0's
     rate-0.9 table gives 49 degree-2 columns (of 256), more than the 15–31 base rows of mother rates
     0.88–0.94: the base graph has 19–35 independent cycles of them, and the lift short ones — codewords of
     weight 5 at rates 0.92 and 0.94, 7–8 at 0.88–0.90 (docs/reconciliation.md, LDPC round of 2026-12-07,
@@ -406,8 +412,9 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     nb = n // z
     rng = np.random.default_rng([seed, n, int(round(rate * 10000)), z, 3])
     mb = max(1, int(round((1.0 - rate) * nb)))
-    deg2_forest = construction >= 1
-    counts = _degree_counts(nb, 0.85 if deg2_forest and rate > _C1_ABOVE else rate)
+    high = construction >= 1 and rate > _C1_ABOVE
+    deg2_forest = high or construction == 1
+    counts = _degree_counts(nb, 0.85 if high else rate)
     if deg2_forest and counts.get(2, 0) > mb - 1:
         counts[3] = counts.get(3, 0) + counts[2] - (mb - 1)
         counts[2] = mb - 1
@@ -419,7 +426,10 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     # base columns in random order, so the high-degree columns are spread over the frame
     perm = rng.permutation(nb).astype(np.int64)
     ev = perm[ev]
-    shifts, forced = qc_shifts(mb, nb, z, ev, ec, rng.integers(0, z, E).astype(np.int64))
+    draws = rng.integers(0, z, E).astype(np.int64)
+    shifts, forced = qc_shifts(mb, nb, z, ev, ec, draws)
+    if construction == 2:  # long lifted cycles of degree-2 variables (a no-op on a forest)
+        shifts, _ = qc_deg2_long_cycles(mb, nb, z, ev, ec, shifts, draws[::-1].copy())
     order = np.lexsort((ev, ec))
     bcol, brow, bshift = ev[order], ec[order], shifts[order]
     base_ptr = np.zeros(mb + 1, np.int64)

@@ -234,20 +234,43 @@ def test_construction_0_settles_on_a_degree_2_codeword_silently_and_construction
     assert res1.success and np.array_equal(res1.corrected, xf)
 
 
-def test_construction_2_adds_the_forest_at_every_rate():
-    """Construction 2: construction 1 above rate 0.875 (the same arrays), and below it the rate's own table
-    with its degree-2 columns a forest — at 0.82 (QBER ≈ 2.2 %) construction 0's weight-7 degree-2 cycles left
-    frames 6–7 bits from Alice's word (docs/reconciliation.md, session 41); where the forest does not bind
-    (0.84) the same code as construction 0."""
+def _no_4_cycles(code) -> bool:
+    """Fossorier's condition on the base graph: no rows r1, r2 and columns c1, c2 with
+    s(r1,c1) − s(r1,c2) + s(r2,c2) − s(r2,c1) ≡ 0 mod z."""
+    mb, nb, z = code.m // code.z, code.n // code.z, code.z
+    S = np.full((mb, nb), -1, np.int64)
+    rows = np.repeat(np.arange(mb), np.diff(code.base_ptr))
+    S[rows, code.base_col] = code.base_shift
+    for r1 in range(mb):
+        for r2 in range(r1 + 1, mb):
+            cs = np.flatnonzero((S[r1] >= 0) & (S[r2] >= 0))
+            d = (S[r1, cs] - S[r2, cs]) % z
+            if np.unique(d).size < d.size:
+                return False
+    return True
+
+
+def test_construction_2_lengthens_the_degree_2_cycles_below_0875():
+    """Construction 2: construction 1 above rate 0.875 (the same arrays); at and below it construction 0's base
+    graph with the shifts of the degree-2 columns that close base cycles re-picked — at rate 0.82 the shortest
+    cycle of lifted degree-2 variables (a codeword) goes from 7 to 14, still without 4-cycles; where the degree-2
+    columns close no base cycle (0.62, 0.72, 0.84: QBER 6, 4, 2 %) the same code as construction 0."""
     c2 = build_code(65536, 0.82, 0, 256, construction=2)
     c0 = build_code(65536, 0.82, 0, 256)
-    assert c2.construction == 2 and _forest(c2) and not _forest(c0)
-    assert (c2.m, c2.n) == (c0.m, c0.n)
-    assert set(np.bincount(c2.base_col).tolist()) <= set(np.bincount(c0.base_col).tolist()) | {0}
+    assert c2.construction == 2 and (c2.m, c2.n) == (c0.m, c0.n)
+    assert np.array_equal(c2.base_col, c0.base_col) and not np.array_equal(c2.base_shift, c0.base_shift)
+    assert _deg2_cycle(c0).size <= 12  # (the shortest has 7, session 41's search from every check)
+    cyc = _deg2_cycle(c2)
+    assert cyc is not None and cyc.size >= 14  # every cycle: the shortest has 14 (same search)
+    word = np.zeros(c2.n, np.uint8)
+    word[cyc] = 1
+    assert not c2.syndrome(word).any()
+    assert _no_4_cycles(c2) and _no_4_cycles(c0)
     a, b = build_code(65536, 0.9, 0, 256, construction=1), build_code(65536, 0.9, 0, 256, construction=2)
     assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.untainted, b.untainted)
-    a, b = build_code(65536, 0.84, 0, 256), build_code(65536, 0.84, 0, 256, construction=2)
-    assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.base_shift, b.base_shift)
+    for rate in (0.62, 0.72, 0.84):  # no base cycle of degree-2 columns there: the same code
+        a, b = build_code(65536, rate, 0, 256), build_code(65536, rate, 0, 256, construction=2)
+        assert np.array_equal(a.check_var, b.check_var) and np.array_equal(a.base_shift, b.base_shift)
     plan = plan_ldpc(0.0225, construction=2)
     assert plan.rate == 0.82 and plan.construction == 2
     rng = np.random.default_rng(9)
@@ -256,3 +279,19 @@ def test_construction_2_adds_the_forest_at_every_rate():
     y[rng.choice(x.size, int(round(0.0225 * x.size)), replace=False)] ^= 1
     res = reconcile_ldpc(x, y, 0.0225, seed=4, construction=2)
     assert res.success and np.array_equal(res.corrected, x)
+
+
+def test_deg2_long_cycles_on_the_default_rate_080_base_graph():
+    """qc_deg2_long_cycles on construction 0's rate-0.80 base graph (lifted degree-2 girth 8): every cycle it
+    closes is longer than 8 (≥ 14), and only second edges of degree-2 columns move."""
+    from labqfl.qkd.ldpc_qc import qc_deg2_long_cycles
+
+    code = build_code(65536, 0.8, 0, 256)
+    mb, z = code.m // code.z, code.z
+    rows = np.repeat(np.arange(mb), np.diff(code.base_ptr)).astype(np.int64)
+    draws = np.zeros(rows.size, np.int64)
+    new, worst = qc_deg2_long_cycles(mb, code.n // z, z, code.base_col.copy(), rows, code.base_shift.copy(), draws)
+    assert 14 <= worst < 1 << 29 and new.shape == code.base_shift.shape
+    deg = np.bincount(code.base_col)
+    moved = np.flatnonzero(new != code.base_shift)
+    assert moved.size and (deg[code.base_col[moved]] == 2).all()
