@@ -184,7 +184,9 @@ CJ_MESSAGES: dict[str, MessageSchema] = {
     "cascade/init": _schema("n:int frames:array seeds:array schedule:array"),
     "cascade/round": _schema("open:array query:array"),
     "cascade/done": _schema(),
-    "ldpc/init": _schema("N:int code_n:int rate:float code_seed:int z:int d:int max_reveal:int"),
+    # construction: sent only for a code construction other than 0 (labqfl.qkd.ldpc.build_code); Alice refuses
+    # an unknown one (LdpcAlice.handle)
+    "ldpc/init": _schema("N:int code_n:int rate:float code_seed:int z:int d:int max_reveal:int", "construction:int"),
     "ldpc/syndromes": _schema("frames:array"),
     "ldpc/reveal": _schema("frames:array start:int count:int"),
     "ldpc/done": _schema("ok:array"),
