@@ -68,7 +68,8 @@ def _run(engine: str, q: float, frames: int, seed: int) -> dict[str, Any]:
             # CPU time of the whole reconciliation per decoder sweep and edge of one frame (a sum-product
             # last-chance sweep, rare, costs ≈ 5 A-min* ones)
             "cpu_ns_per_edge_sweep": round(cpu / max(1, res.iterations) / build_code(plan.code_n, plan.rate,
-                                                                                     plan.code_seed, plan.z).edges * 1e9, 3),
+                                                                                     plan.code_seed, plan.z,
+                                                                                     plan.construction).edges * 1e9, 3),
             "iterations_per_frame": round(res.iterations / nfr, 1), "round_trips": res.round_trips,
             "_reveals": np.where(res.details["frame_ok"], res.details["revealed_at_success"], -1),
             "_corrected": res.corrected}

@@ -157,9 +157,9 @@ def test_construction_travels_in_ldpc_init_and_alice_builds_the_same_code():
     assert sent[0].kind == "ldpc/init" and sent[0].fields["construction"] == 1
     assert alice._code is build_code(plan.code_n, plan.rate, plan.code_seed, plan.z, 1)
     assert res.success and np.array_equal(res.corrected, x)
-    # the default plan's init message is the one of before: no construction field
+    # a construction-0 plan's init message is the one of before: no construction field
     sent.clear()
-    LdpcBob(y, q).run(Spy(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
+    LdpcBob(y, q, plan=plan_ldpc(q, construction=0)).run(Spy(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
     assert "construction" not in sent[0].fields
     res2 = reconcile_ldpc(x, y, q, seed=1, construction=1)
     assert res2.success and np.array_equal(res2.corrected, x)
@@ -213,7 +213,7 @@ def test_construction_0_settles_on_a_degree_2_codeword_silently_and_construction
     from labqfl.bench import noisy_frame
 
     q, f = 0.008, 41
-    plan = plan_ldpc(q)
+    plan = plan_ldpc(q, construction=0)
     kpf = plan.key_bits_per_frame
     x, y = noisy_frame(48 * kpf, q, 380)
     xf, yf = x[f * kpf:(f + 1) * kpf], y[f * kpf:(f + 1) * kpf]
@@ -232,6 +232,32 @@ def test_construction_0_settles_on_a_degree_2_codeword_silently_and_construction
     assert (np.diff(code.var_ptr)[keypos[wrong]] == 2).all()
     res1 = reconcile_ldpc(xf, yf, q, seed=3, construction=1)
     assert res1.success and np.array_equal(res1.corrected, xf)
+
+
+def test_the_default_plan_decodes_the_replayed_frame_construction_0_got_wrong():
+    """The frame of the test above, Bob with the default plan as the pipeline's Bob takes it (``plan_ldpc(q)``:
+    construction 2 since session 41, mother rate 0.91) and Alice's filler drawn as in that replay (row 41 of
+    ``default_rng(300)``'s (48, d) draw — the replay's exact filler when the plan is construction 0's, as before
+    session 41, where this test fails): decoded to Alice's bits."""
+    from labqfl.bench import noisy_frame
+    from labqfl.qkd.ldpc import DEFAULT_CONSTRUCTION
+
+    q, f = 0.008, 41
+    kpf = plan_ldpc(q, construction=0).key_bits_per_frame
+    x, y = noisy_frame(48 * kpf, q, 380)
+    xf, yf = x[f * kpf:(f + 1) * kpf], y[f * kpf:(f + 1) * kpf]
+    plan = plan_ldpc(q)
+    assert DEFAULT_CONSTRUCTION == 2 and plan.construction == 2 and plan.rate == 0.91
+    filler = np.random.default_rng(300).integers(0, 2, (48, plan.d), dtype=np.uint8)[f]
+
+    class Row:  # the block's filler generator, as seen by this one frame
+        def integers(self, lo, hi, shape, dtype):
+            return np.resize(filler, shape).astype(dtype)
+
+    res = LdpcBob(yf, q).run(LocalChannel(LdpcAlice(xf, filler_rng=Row())))  # type: ignore[arg-type]
+    assert res.success and np.array_equal(res.corrected, xf)
+    res2 = reconcile_ldpc(xf, yf, q, seed=3)
+    assert res2.success and np.array_equal(res2.corrected, xf)
 
 
 def _no_4_cycles(code) -> bool:
