@@ -565,6 +565,19 @@ def weight_for(rate: float) -> int:
     return WEIGHT_HIGH_RATE if rate >= HIGH_RATE - 1e-9 else WEIGHT
 
 
+@numba.njit(cache=True, nogil=True)
+def _posteriors_to_float(Lq: np.ndarray, L: np.ndarray, done: np.ndarray) -> None:
+    """``L[f] = float32(Lq[f]) / SCALE`` for the rows ``done``, in one pass and no temporaries (numpy's
+    fancy-indexed copy, cast, divide and fancy-indexed store: 0.79 ms for 24 frames of n = 65 536 on the 2-vCPU
+    EPYC, this 0.19).  Exact in float32 (an int16 times a power of two), so the same values as that chain."""
+    inv = np.float32(1.0 / SCALE)
+    for j in range(done.size):
+        src = Lq[done[j]]
+        dst = L[done[j]]
+        for i in range(src.size):
+            dst[i] = np.float32(src[i]) * inv
+
+
 class BatchState:
     """Bob's fixed-point decoder state for the blind protocol (:class:`labqfl.qkd.ldpc.LdpcBob` with
     ``decoder="amin16"``): int16 posteriors and messages per frame, kept in step with the float priors
@@ -591,8 +604,7 @@ class BatchState:
         res, used = batch_attempt_frames(c.base_ptr, c.base_col, c.base_shift, c.z,  # type: ignore[attr-defined]
                                          self.lanes, self.synd, self.Lq, self.Rq, frames, self.weight, sweeps,
                                          self.every, self.ratio)
-        done = frames[res > 0]
-        self.L[done] = self.Lq[done].astype(np.float32) / np.float32(SCALE)
+        _posteriors_to_float(self.Lq, self.L, np.ascontiguousarray(frames[res > 0], np.int64))
         return res, used
 
     def revealed(self, frames: np.ndarray, cols: np.ndarray) -> None:

@@ -80,3 +80,18 @@ def test_refill_equals_scatter_then_gather(B, with_r):
     lb._refill(synd, Lq, Rq, 3, 3, 0, B, Sb, Lb, Rb, with_r)
     for got, exp in zip((Lq, Rq, Sb, Lb, Rb), want, strict=True):
         np.testing.assert_array_equal(got, exp)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_posteriors_to_float_equal_numpy(dtype):
+    """The converged frames' posteriors written back to the float L: numpy's Lq[done] / 64 in float32, bit for
+    bit (every int16, both float widths of L); rows not in ``done`` untouched."""
+    rng = np.random.default_rng(3)
+    Lq = rng.integers(-32768, 32768, (6, 500)).astype(np.int16)
+    Lq[0, :4] = [-32768, 32767, 0, -1]
+    L = rng.normal(size=(6, 500)).astype(dtype)
+    want = L.copy()
+    done = np.array([4, 0, 2], np.int64)
+    want[done] = Lq[done].astype(np.float32) / np.float32(lb.SCALE)
+    lb._posteriors_to_float(Lq, L, done)
+    np.testing.assert_array_equal(L.view(np.uint8), want.view(np.uint8))
