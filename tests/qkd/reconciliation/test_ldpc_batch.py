@@ -140,12 +140,15 @@ def test_amin16_reconciles_like_the_float_engine(q):
     assert res.leaked_bits > 0 and res.details["frames"] == 2
 
 
-def test_amin16_rejects_a_device_and_bad_lanes():
+def test_amin16_takes_a_device_as_amin_and_rejects_bad_lanes():
+    """A device runs the float kernels only: since amin16 became the default (session 41) an amin16 plan with a
+    device runs as amin there, saying so (test_ldpc_cuda.py); before, it was refused."""
     from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
     from labqfl.qkd.reconciliation import ReconciliationInputError
 
     bits = np.zeros(100, np.uint8)
+    assert LdpcBob(bits, 0.04, plan=plan_ldpc(0.04, decoder="amin16"), device="cpu").plan.decoder == "amin16"
     with pytest.raises(ReconciliationInputError, match="quasi-cyclic decoder"):
-        LdpcBob(bits, 0.04, plan=plan_ldpc(0.04, decoder="amin16"), device="cpu")
+        LdpcBob(bits, 0.04, plan=plan_ldpc(0.04, decoder="bp"), device="cpu")
     with pytest.raises(ReconciliationInputError, match="lanes"):
         LdpcBob(bits, 0.04, plan=plan_ldpc(0.04, decoder="amin16"), lanes=0)

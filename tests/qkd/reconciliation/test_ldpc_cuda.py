@@ -55,10 +55,15 @@ def test_the_result_names_the_decoder_that_ran():
     from labqfl.qkd.ldpc import reconcile_ldpc
 
     x, y = noisy_frame(6000, 0.03, 4)
-    cpu = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192)
+    cpu = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192, decoder="amin")
     on_torch = reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192, device="cpu")
     assert cpu.details["decoder_backend"] == "numba-cpu" and on_torch.details["decoder_backend"] == "torch"
     assert np.array_equal(cpu.corrected, on_torch.corrected) and cpu.leaked_bits == on_torch.leaked_bits
+    # the default decoder (amin16, 16-bit, CPU only) runs as amin on a device, and the result says so
+    assert cpu.details["decoder"] == on_torch.details["decoder"] == "amin"
+    assert cpu.details["decoder_backend_note"] is None
+    assert on_torch.details["decoder_backend_note"] == "decoder 'amin16' (16-bit, CPU only) ran as 'amin' (float) on device 'cpu'"
+    assert reconcile_ldpc(x, y, 0.03, seed=1, code_n=8192).details["decoder"] == "amin16"
 
 
 def test_a_cuda_target_that_cannot_compile_is_named_and_the_torch_path_runs(monkeypatch):
@@ -89,7 +94,7 @@ def test_a_cuda_target_that_cannot_compile_is_named_and_the_torch_path_runs(monk
 
     monkeypatch.setattr(ldpc_torch, "qc_decode_frames_torch", on_cpu)
     x, y = noisy_frame(6000, 0.03, 4)
-    bob = LdpcBob(y, 0.03, plan=plan_ldpc(0.03, code_n=8192))
+    bob = LdpcBob(y, 0.03, plan=plan_ldpc(0.03, code_n=8192, decoder="amin"))
     bob.device = "cuda"  # as if torch saw a GPU (the device check ran in __init__)
     res = bob.run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(1))))
     assert res.details["decoder_backend"] == "torch" and res.details["decoder_backend_note"] == problem

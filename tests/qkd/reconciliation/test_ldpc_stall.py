@@ -151,7 +151,7 @@ def test_a_frame_failing_at_the_sum_product_switch_goes_on_to_the_wider_reveal_l
     import labqfl.qkd.ldpc as ldpc_mod
 
     q = 0.02
-    plan = plan_ldpc(q, preset=preset)
+    plan = plan_ldpc(q, preset=preset, decoder="amin")  # the frames were found with amin (the default before)
     assert plan.decoder == "amin" and plan.d < plan.sum_product_from < plan.reveal_limit
     kpf = plan.key_bits_per_frame
     x, y = frame(24 * kpf, q, data_seed)
@@ -166,7 +166,7 @@ def test_a_frame_failing_at_the_sum_product_switch_goes_on_to_the_wider_reveal_l
 
     monkeypatch.setattr(ldpc_mod, "_decode_frames", spy)
     out = {}
-    for name, pl in (("before", plan_ldpc(q, preset=preset, f_extra_sp=0.12)), ("now", plan)):
+    for name, pl in (("before", plan_ldpc(q, preset=preset, f_extra_sp=0.12, decoder="amin")), ("now", plan)):
         budgets.clear()
         alice = LdpcAlice(x, filler_rng=_Rows(filler_seed, 24, plan.d, row))  # type: ignore[arg-type]
         res = LdpcBob(y, q, plan=pl).run(LocalChannel(alice))
