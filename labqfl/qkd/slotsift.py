@@ -1033,23 +1033,30 @@ def _sorted_kernel(ts, ch, c0, c1, delay0, delay1, anchor_t, anchor_k, per, mult
     return start, count, kcount, out_s, out_o, key_s, key_bi, key_bj, clicks, errors_x2, doubles, error
 
 
+def _compare_bits64(width: int, op: str, *, signed: bool):  # type: ignore[no-untyped-def]
+    """The code generator of a "one bit per element" intrinsic: ``arr[start : start + 64]`` (``width``-bit
+    integers) compared by ``op`` with the scalar third argument (truncated to ``width`` bits and splat over the 64
+    elements), the ``<64 x i1>`` result bit cast to ``i64`` — as :func:`_nonzero_bits64`, with a scalar operand."""
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        it, i32 = ir.IntType(width), ir.IntType(32)
+        vty = ir.VectorType(it, 64)
+        v = builder.load(builder.bitcast(builder.gep(ary.data, [args[1]]), vty.as_pointer()), align=width // 8)
+        u = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.trunc(args[2], it), ir.Constant(i32, 0))
+        cv = builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
+        cmp = builder.icmp_signed if signed else builder.icmp_unsigned
+        return builder.bitcast(cmp(op, v, cv), ir.IntType(64))
+
+    return codegen
+
+
 @intrinsic
 def _equal_bits64(typingctx, arr, start, c):  # type: ignore[no-untyped-def]
     """One bit per element of ``arr[start : start + 64]`` (int16): bit k set iff element k equals ``c``
     (taken as int16: the caller keeps it in range). LLVM IR's vector compare and bit cast (as
     :func:`_nonzero_bits64`; AVX2: four ``vpcmpeqw``, two ``vpacksswb``, two ``vpmovmskb``)."""
-    sig = types.uint64(arr, start, c)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        i16, i32 = ir.IntType(16), ir.IntType(32)
-        vty = ir.VectorType(i16, 64)
-        v = builder.load(builder.bitcast(builder.gep(ary.data, [args[1]]), vty.as_pointer()), align=2)
-        u = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.trunc(args[2], i16), ir.Constant(i32, 0))
-        cv = builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
-        return builder.bitcast(builder.icmp_signed("==", v, cv), ir.IntType(64))
-
-    return sig, codegen
+    return types.uint64(arr, start, c), _compare_bits64(16, "==", signed=True)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1087,18 +1094,7 @@ def _channel_times(ts, ch, c, delay):  # type: ignore[no-untyped-def]
 def _at_least_bits64(typingctx, arr, start, c):  # type: ignore[no-untyped-def]
     """One bit per byte of ``arr[start : start + 64]`` (uint8): bit k set iff byte k >= ``c`` (unsigned; the
     caller keeps ``c`` in 0..255). LLVM IR's vector compare and bit cast, as :func:`_nonzero_bits64`."""
-    sig = types.uint64(arr, start, c)
-
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        i8, i32 = ir.IntType(8), ir.IntType(32)
-        vty = ir.VectorType(i8, 64)
-        v = builder.load(builder.bitcast(builder.gep(ary.data, [args[1]]), vty.as_pointer()), align=1)
-        u = builder.insert_element(ir.Constant(vty, ir.Undefined), builder.trunc(args[2], i8), ir.Constant(i32, 0))
-        cv = builder.shuffle_vector(u, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, 64), None))
-        return builder.bitcast(builder.icmp_unsigned(">=", v, cv), ir.IntType(64))
-
-    return sig, codegen
+    return types.uint64(arr, start, c), _compare_bits64(8, ">=", signed=False)
 
 
 @numba.njit(cache=True, nogil=True)
