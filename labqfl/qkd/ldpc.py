@@ -895,6 +895,74 @@ def _filler_bits(frames: int, d: int, rng: np.random.Generator | None) -> np.nda
     return np.unpackbits(raw)[:n].reshape(frames, d)
 
 
+@numba.njit(cache=True, nogil=True)
+def _fill_word(word: np.ndarray, bits: np.ndarray, f: int, kpf: int, keypos: np.ndarray, filler_pos: np.ndarray,
+               filler: np.ndarray) -> None:
+    """Frame ``f`` of ``bits`` into the codeword buffer ``word``: key bits on ``keypos`` (zero past the block's
+    end), ``filler`` on ``filler_pos`` — every position written, as ``keypos`` and ``filler_pos`` partition
+    the frame (:func:`_layout`), so the buffer is reused without clearing."""
+    base = f * kpf
+    cnt = min(kpf, bits.size - base)
+    for j in range(cnt):
+        word[keypos[j]] = bits[base + j]
+    for j in range(cnt, kpf):
+        word[keypos[j]] = 0
+    for j in range(filler_pos.size):
+        word[filler_pos[j]] = filler[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_priors(bits: np.ndarray, L0: np.float32, big: np.float32, keypos: np.ndarray, nf: int, n: int,
+                 kpf: int) -> np.ndarray:
+    """Bob's ``(nf, n)`` float32 priors (:meth:`LdpcBob._priors`) in one pass: −L0 / +L0 for his bit 1 / 0 on
+    the key positions, ``big`` on the last frame's padding, 0 on the filler."""
+    prior = np.zeros((nf, n), np.float32)
+    tab = np.empty(2, np.float32)  # indexed by (bit == 1): no branch on random bits
+    tab[0] = L0
+    tab[1] = -L0
+    N = bits.size
+    for f in range(nf):
+        row = prior[f]
+        base = f * kpf
+        cnt = min(kpf, N - base)
+        for j in range(cnt):
+            row[keypos[j]] = tab[np.intp(bits[base + j] == 1)]
+        for j in range(cnt, kpf):
+            row[keypos[j]] = big
+    return prior
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply_reveal(L: np.ndarray, prior: np.ndarray, frames: np.ndarray, pos: np.ndarray, vals: np.ndarray,
+                  big: np.float32) -> None:
+    """Revealed values ``vals`` (frames × len(pos), uint8) become priors ±``big`` on ``pos`` of ``frames``; the
+    posteriors ``L`` move by the same step, ``L += new − prior`` in float32 (warm start)."""
+    tab = np.empty(2, np.float32)  # indexed by (value == 1), as in _fill_priors
+    tab[0] = big
+    tab[1] = -big
+    for i in range(frames.size):
+        f = frames[i]
+        Lf = L[f]
+        pf = prior[f]
+        for j in range(pos.size):
+            c = pos[j]
+            new = tab[np.intp(vals[i, j] == 1)]
+            Lf[c] += new - pf[c]
+            pf[c] = new
+
+
+@numba.njit(cache=True, nogil=True)
+def _hard_decisions(out: np.ndarray, frames: np.ndarray, L: np.ndarray, kpf: int, keypos: np.ndarray) -> None:
+    """``out``'s bits of each of ``frames`` ← the hard decisions (L < 0) on the frame's key positions."""
+    N = out.size
+    for i in range(frames.size):
+        f = frames[i]
+        row = L[f]
+        base = f * kpf
+        for j in range(min(kpf, N - base)):
+            out[base + j] = np.uint8(row[keypos[j]] < 0)
+
+
 class LdpcAlice:
     """Alice's side (a Responder).  Messages: ``ldpc/init`` {N, code_n, rate, code_seed, d,
     max_reveal} → ``ldpc/ok``; ``ldpc/syndromes`` {frames} → syndromes (disclosed, credit d per
@@ -938,15 +1006,28 @@ class LdpcAlice:
             self._code, self._d, self._max_reveal = code, d, max_reveal
             self._nf = _frames(N, code.n - d)
             self._filler = _filler_bits(self._nf, d, self._rng)
-            self._order = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)[1]
+            keypos, order = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)
+            self._keypos, self._order = keypos, order
+            # reveal-order index d + j holds key bit _key_at[j] of its frame (order[d + j] = keypos[_key_at[j]]);
+            # the block's bits zero-padded to whole frames, so a reveal is one gather (the padding's values are
+            # the zeros that _fill_word puts there)
+            where = np.empty(code.n, np.int64)
+            where[keypos] = np.arange(keypos.size)
+            self._key_at = where[order[d:]]
+            self._padded = np.zeros(self._nf * (code.n - d), np.uint8)
+            self._padded[:N] = self._x
             return Message("ldpc/ok")
         code = self._code  # type: ignore[assignment]
         if code is None:
             raise MessageError("ldpc: request before ldpc/init")
         if kind == "ldpc/syndromes":
             frames = self._frame_list(request)
-            out = (np.concatenate([code.syndrome(self._word(int(f))) for f in frames])
-                   if frames.size else np.zeros(0, np.uint8))
+            out = np.empty(frames.size * code.m, np.uint8)
+            word = np.empty(code.n, np.uint8)  # one buffer, rewritten whole per frame (_fill_word)
+            unt = code.untainted[:self._d]
+            for i, f in enumerate(frames.tolist()):
+                _fill_word(word, self._x, f, code.n - self._d, self._keypos, unt, self._filler[f])
+                out[i * code.m:(i + 1) * code.m] = code.syndrome(word)
             self.disclosed_bits += out.size - self._d * frames.size
             return Message("ldpc/syndromes", {"m": code.m}, out, credit=self._d * int(frames.size))
         if kind == "ldpc/reveal":
@@ -955,10 +1036,15 @@ class LdpcAlice:
             count = int(request.get("count"))
             if start < 0 or count < 0 or start + count > self._max_reveal:
                 raise MessageError("ldpc/reveal: reveal range out of bounds")
-            pos = self._order[start:start + count]
+            # reveal-order positions [start, start + count): the filler ones (index < d) from the filler, the
+            # key ones from the padded block — the values of the frame's codeword there (_fill_word)
             out = np.empty((frames.size, count), np.uint8)
-            for i, f in enumerate(frames):
-                out[i] = self._word(int(f))[pos]
+            nfill = max(0, min(self._d, start + count) - start)
+            if nfill:
+                out[:, :nfill] = self._filler[frames, start:start + nfill]
+            if count > nfill:
+                kat = self._key_at[start + nfill - self._d:start + count - self._d]
+                out[:, nfill:] = self._padded[frames[:, None] * (code.n - self._d) + kat[None, :]]
             out = out.reshape(-1)
             self.disclosed_bits += out.size
             return Message("ldpc/filler", {}, np.ascontiguousarray(out))
@@ -971,23 +1057,6 @@ class LdpcAlice:
         if frames.ndim != 1 or (frames.size and (frames.min() < 0 or frames.max() >= self._nf)):
             raise MessageError(f"{request.kind}: frame index out of range")
         return frames
-
-    def _word(self, f: int) -> np.ndarray:
-        code = self._code
-        assert code is not None
-        return _frame_word(code, self._d, self._x, f, self._filler[f])
-
-
-def _frame_word(code: LdpcCode, d: int, bits: np.ndarray, f: int, filler: np.ndarray) -> np.ndarray:
-    """Codeword-length frame: key bits on the non-filler positions (zero padded), filler on
-    ``code.untainted[:d]``."""
-    kpf = code.n - d
-    word = np.zeros(code.n, np.uint8)
-    keypos = _layout(code.n, code.rate, code.seed, d, code.z, code.construction)[0]
-    chunk = bits[f * kpf:(f + 1) * kpf]
-    word[keypos[:chunk.size]] = chunk
-    word[code.untainted[:d]] = filler
-    return word
 
 
 class LdpcBob:
@@ -1214,19 +1283,12 @@ class LdpcBob:
         key positions from Bob's bits, a large positive value (a known zero) on the shortened
         padding; the d filler positions stay 0 until revealed."""
         L0 = _DTYPE(math.log((1 - self.qber) / self.qber))
-        keyed = np.full(nf * kpf, _DTYPE(_BIG), _DTYPE)  # padding: shortened zeros
-        keyed[:self.bits.size] = np.where(self.bits == 1, -L0, L0)
-        prior = np.zeros((nf, n), _DTYPE)
-        prior[:, keypos] = keyed.reshape(nf, kpf)
-        return prior
+        return _fill_priors(self.bits, L0, _DTYPE(_BIG), keypos, nf, n, kpf)  # padding: _BIG, shortened zeros
 
     def _corrected(self, ok: np.ndarray, L: np.ndarray, kpf: int, keypos: np.ndarray) -> np.ndarray:
         """Bob's bits with each decoded frame's key positions replaced by the decoder's hard decisions."""
-        N = int(self.bits.size)
         corrected = self.bits.copy()
-        for f in np.flatnonzero(ok).tolist():
-            n_f = min(kpf, N - f * kpf)
-            corrected[f * kpf:f * kpf + n_f] = (L[f, keypos[:n_f]] < 0).astype(np.uint8)
+        _hard_decisions(corrected, np.flatnonzero(ok), L, kpf, keypos)
         return corrected
 
     @staticmethod
@@ -1236,13 +1298,8 @@ class LdpcBob:
         if rep.disclosed.size != frames.size * count:
             raise MessageError("ldpc: bad reply to ldpc/reveal")
         vals = rep.disclosed.reshape(frames.size, count)
-        pos = order[start:start + count]
-        new = np.where(vals == 1, _DTYPE(-_BIG), _DTYPE(_BIG))
-        rows = frames[:, None]
-        cols = pos[None, :]
         # warm start: L = prior + Σ messages, so swap the prior in place and keep the messages
-        L[rows, cols] += new - prior[rows, cols]
-        prior[rows, cols] = new
+        _apply_reveal(L, prior, frames.astype(np.int64, copy=False), order[start:start + count], vals, _DTYPE(_BIG))
         return start + count
 
 
