@@ -1120,13 +1120,17 @@ class LdpcBob:
             raise ReconciliationInputError(f"LDPC lanes must be a positive number of frames, got {lanes!r}")
         self.lanes = int(lanes)  # decoder "amin16": frames per interleaved lane group (labqfl.qkd.ldpc_batch)
 
-    def run(self, channel: Channel) -> ReconciliationResult:
+    def _plan_for_device(self) -> None:
+        """On a device, ``amin16`` runs as ``amin``: the device kernels are float only, and ``amin`` is amin16's float
+        original (the same design points, so the same plan otherwise; the same frames decoded, docs/
+        reconciliation.md session 39); :attr:`decoder_note` says so."""
         if self.device is not None and self.plan.decoder == "amin16":
-            # the device kernels are float only: amin, amin16's float original (the same design points, so the same
-            # plan otherwise; the same frames decoded, docs/reconciliation.md session 39)
             self.plan = replace(self.plan, decoder="amin")
             self.decoder_note = (f"decoder 'amin16' (16-bit, CPU only) ran as 'amin' (float) on device "
                                  f"{self.device!r}")
+
+    def run(self, channel: Channel) -> ReconciliationResult:
+        self._plan_for_device()
         pl = self.plan
         N = int(self.bits.size)
         code = build_code(pl.code_n, pl.rate, pl.code_seed, pl.z, pl.construction)
@@ -1196,6 +1200,12 @@ class LdpcBob:
                     budget = _LAST_CHANCE_ITER
         corrected = self._corrected(ok, L, kpf, keypos)
         channel.request(Message("ldpc/done", {"ok": ok.astype(np.uint8)}))
+        return self._result(channel, code, corrected, ok, iters, attempts, leak_at)
+
+    def _result(self, channel: Channel, code: LdpcCode, corrected: np.ndarray, ok: np.ndarray, iters: np.ndarray,
+                attempts: np.ndarray, leak_at: np.ndarray) -> ReconciliationResult:
+        """:meth:`run`'s result: the corrected bits, the channel's counts and the per-frame details."""
+        pl = self.plan
         st = channel.stats
         frame_errors = int((~ok).sum())
         return ReconciliationResult(
@@ -1203,10 +1213,10 @@ class LdpcBob:
             method="ldpc-blind", success=frame_errors == 0, frame_errors=frame_errors,
             iterations=int(iters.sum()), round_trips=st.round_trips, messages=st.messages,
             tag_bytes=st.tag_bytes, corrected_errors=int((corrected != self.bits).sum()),
-            details={"frames": nf, "frame_ok": ok, "decode_attempts": attempts.tolist(),
+            details={"frames": int(ok.size), "frame_ok": ok, "decode_attempts": attempts.tolist(),
                      "revealed_at_success": leak_at.tolist(),
-                     "code_n": code.n, "mother_rate": pl.rate, "filler": d,
-                     "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": limit,
+                     "code_n": code.n, "mother_rate": pl.rate, "filler": pl.d,
+                     "start_revealed": pl.start_revealed, "step": pl.step, "max_reveal": pl.reveal_limit,
                      "decoder": pl.decoder, "construction": code.construction,
                      "decoder_backend": self.backend or "numba-cpu",
                      "decoder_backend_note": "; ".join(n for n in (self.decoder_note, self.backend_note) if n) or None,
