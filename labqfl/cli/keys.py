@@ -317,6 +317,7 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
     from labqfl.config import load_station_config
     from labqfl.keystore.certs import (
         DEFAULT_HOSTS,
+        ca_cut_warning,
         ca_key_warning,
         issued_certs,
         kme_uri,
@@ -337,9 +338,8 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
                                "--force: that makes a new CA, whose ca.pem replaces this one")]
     cut = _cut_by_ca(files, days) if old_ca else []
     if cut:  # the folder's older CA ends first: what it issued now ends with it (as node certs warns)
-        warnings.append(f"the CA in {out_dir} is valid only to {cut[0]}: the certificates of {', '.join(cut[1:])} "
-                        f"end then too, before the {days} days asked for (a certificate never outlives its CA; "
-                        "--force makes a new CA, in another folder for longer ones)")
+        warnings.append(ca_cut_warning(out_dir, cut[0], cut[1:], days,
+                                       "--force makes a new CA, in another folder for longer ones"))
     stale = [n for n in before if n not in {p.name for p in files.values()}]
     if stale:  # --force made a new CA: what the old one issued stays in the folder, trusted by no ca.pem here
         warnings.append(f"--force made a new CA in {out_dir}: {', '.join(stale)} there were issued by the old CA, "
@@ -360,20 +360,17 @@ def certs(out_dir: Path = typer.Argument(..., file_okay=False, help="Folder for 
 def _cut_by_ca(files: dict[str, Path], days: int) -> list[str]:
     """``[CA end, names…]`` of the certificates ``keys certs`` just issued that end before the ``days`` asked for
     because the reused CA ends first (``keystore.certs.issued_validity``); ``[]`` when none is."""
-    import datetime as dt
-
     from cryptography import x509
 
-    from labqfl.keystore.certs import BACKDATE
+    from labqfl.keystore.certs import cut_short
 
     ca_end = x509.load_pem_x509_certificate(files["ca"].read_bytes()).not_valid_after_utc
-    asked = BACKDATE + dt.timedelta(days=days)
     cut = []
     for name, path in files.items():
         if name in ("ca", "ca.key") or path.suffix != ".pem":
             continue
         c = x509.load_pem_x509_certificate(path.read_bytes())
-        if c.not_valid_after_utc < c.not_valid_before_utc + asked:
+        if cut_short(c.not_valid_before_utc, c.not_valid_after_utc, days):
             cut.append(name)
     return [f"{ca_end:%Y-%m-%d %H:%M:%S} UTC", *cut] if cut else []
 

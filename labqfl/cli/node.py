@@ -514,17 +514,14 @@ def _cert_warnings(out: Path, hosts: dict[str, list[str]], stale: list[str], dro
     host, node certificates cut to the end of an older CA, before the ``days`` asked for."""
     import datetime as dt
 
-    from labqfl.keystore.certs import BACKDATE, ca_key_warning
+    from labqfl.keystore.certs import ca_cut_warning, ca_key_warning, cut_short
 
     ws = []
-    ca_end = issued["ca"]["not_after"]
-    asked = BACKDATE + dt.timedelta(days=days)  # (a new CA has the same --days: its certificates end with it)
+    # (a new CA has the same --days: its certificates end with it)
     cut = [n for n, d in issued["nodes"].items() if not issued["ca"]["new"]
-           and dt.datetime.fromisoformat(d["not_after"]) < dt.datetime.fromisoformat(d["not_before"]) + asked]
+           and cut_short(dt.datetime.fromisoformat(d["not_before"]), dt.datetime.fromisoformat(d["not_after"]), days)]
     if cut:
-        ws.append(f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(cut)} end then too, "
-                  f"before the {days} days asked for (a certificate never outlives its CA; a new CA in another "
-                  "folder for longer ones)")
+        ws.append(ca_cut_warning(out, issued["ca"]["not_after"], cut, days, "a new CA in another folder for longer ones"))
     if not drop:
         ws.append(ca_key_warning(out / "ca.key", "every node of this network", "node", "--drop-ca-key, or shred it"))
     if stale:

@@ -275,6 +275,18 @@ def issued_validity(ca_cert: x509.Certificate, now: dt.datetime, days: int) -> t
     return not_before, not_after
 
 
+def cut_short(not_before: dt.datetime, not_after: dt.datetime, days: int) -> bool:
+    """Whether a certificate issued for ``days`` days ends before that (:func:`issued_validity` cut it to its CA)."""
+    return not_after < not_before + BACKDATE + dt.timedelta(days=days)
+
+
+def ca_cut_warning(out: Path, ca_end: str, names: list[str], days: int, remedy: str) -> str:
+    """The warning of ``keys certs`` and ``node certs`` when a reused CA cut the certificates ``names`` short of the
+    ``days`` asked for; ``remedy`` says how to get longer ones."""
+    return (f"the CA in {out} is valid only to {ca_end}: the certificates of {', '.join(names)} end then too, before "
+            f"the {days} days asked for (a certificate never outlives its CA; {remedy})")
+
+
 def _issue(out: Path, stem: str, cn: str, sans: list[x509.GeneralName], server: bool,
            ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey], days: int,
            ekus: list[x509.ObjectIdentifier] | None = None, *, replace: bool = False) -> tuple[Path, Path]:

@@ -16,6 +16,7 @@ import json
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -62,6 +63,11 @@ def _cert(p: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(p.read_bytes())
 
 
+def _cut_warnings(result: Any) -> list[str]:
+    """The "valid only to" warnings of a ``--json`` run of ``keys certs`` / ``node certs``."""
+    return [w for w in json.loads(result.stdout)["warnings"] if "valid only to" in w]
+
+
 def test_node_certs_of_a_new_ca_never_outlive_it_across_a_second_boundary(tmp_path: Path, straddling: dt.datetime) \
         -> None:
     d = tmp_path / "n"
@@ -101,7 +107,7 @@ def test_a_certificate_of_a_shorter_ca_is_cut_to_it_and_the_warning_says_so(tmp_
     d = tmp_path / "n"
     first = runner.invoke(app, ["node", "certs", str(d), "--node", "C1", "--days", "10", "--json"])
     assert first.exit_code == 0, first.output
-    assert [w for w in json.loads(first.stdout)["warnings"] if "valid only to" in w] == []
+    assert _cut_warnings(first) == []
     res = runner.invoke(app, ["node", "certs", str(d), "--node", "C2", "--node", "C3=c3.lab", "--days", "40", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -116,7 +122,7 @@ def test_a_certificate_of_a_shorter_ca_is_cut_to_it_and_the_warning_says_so(tmp_
     assert f"warning: {w}" in res.stderr
     shorter = runner.invoke(app, ["node", "certs", str(d), "--node", "C4", "--days", "3", "--json"])
     assert shorter.exit_code == 0, shorter.output
-    assert [w for w in json.loads(shorter.stdout)["warnings"] if "valid only to" in w] == []
+    assert _cut_warnings(shorter) == []
     assert _cert(d / "node-C4.pem").not_valid_after_utc < ca.not_valid_after_utc
 
 
@@ -144,16 +150,16 @@ def test_keys_certs_into_a_folder_with_a_shorter_ca_warns_like_node_certs(tmp_pa
     d = tmp_path / "k"
     first = runner.invoke(app, ["keys", "certs", str(d), "--sae", "C1", "--days", "10", "--json"])
     assert first.exit_code == 0, first.output
-    assert [w for w in json.loads(first.stdout)["warnings"] if "valid only to" in w] == []
+    assert _cut_warnings(first) == []
     res = runner.invoke(app, ["keys", "certs", str(d), "--kme", "kme2", "--sae", "C2", "--days", "40", "--json"])
     assert res.exit_code == 0, res.output
     ca = _cert(d / "ca.pem")
     for stem in ("kme-kme2", "sae-C2"):
         assert _cert(d / f"{stem}.pem").not_valid_after_utc == ca.not_valid_after_utc, stem
-    [w] = [w for w in json.loads(res.stdout)["warnings"] if "valid only to" in w]
+    [w] = _cut_warnings(res)
     assert w.startswith(f"the CA in {d} is valid only to {ca.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC: the "
                         "certificates of kme-kme2, sae-C2 end then too, before the 40 days asked for"), w
     assert f"warning: {w}" in res.stderr
     fits = runner.invoke(app, ["keys", "certs", str(d), "--kme", "kme3", "--sae", "C3", "--days", "3", "--json"])
     assert fits.exit_code == 0, fits.output
-    assert [w for w in json.loads(fits.stdout)["warnings"] if "valid only to" in w] == []
+    assert _cut_warnings(fits) == []
