@@ -112,10 +112,16 @@ class MainWindow(QMainWindow):
         self._shut_down: set[str] = set()  # "station", "nodes": what has finished shutting down
         controller.errorOccurred.connect(self.show_error)
         controller.busyChanged.connect(self._show_busy)
-        controller.connectedChanged.connect(lambda _c: self._show_busy("station", controller.busy.get("station", False)))
+        controller.connectedChanged.connect(self._on_connected_changed)
         controller.progress.connect(self._on_progress)
         controller.shutdownFinished.connect(self._on_station_shutdown)  # bound methods: gone with the window
         self.nodes_panel.shutdownFinished.connect(self._on_nodes_shutdown)
+        # Every slot on the controller's signals is a bound method of this window: Qt disconnects those when the
+        # window is destroyed. A lambda stays connected and, once the window is gone, raises "Internal C++ object
+        # (MainWindow) already deleted" on the controller's next queued signal (tests/gui/test_window_slots_gone.py).
+
+    def _on_connected_changed(self, _connected: bool) -> None:
+        self._show_busy("station", self.ctl.busy.get("station", False))
 
     # -- navigation --------------------------------------------------------------------------------
     def show_tab(self, key: str) -> None:
