@@ -419,15 +419,18 @@ def warm_count_source(testbed: SagnacTestbed) -> None:
     """Load (on an empty Numba cache: compile) the simulator kernels a controller's count loop runs with a loop
     behind it (:meth:`~labqfl.sim_backends.testbed.SagnacTestbed.detector_count_rates`), on :data:`WARM_S` of a
     throwaway copy of ``testbed``'s loop, laser on and detectors armed, on both of the simulator's paths (on demand
-    and drive patterns: which one a read-out takes depends on the live settings), without emulated pattern
+    and drive patterns: which one a read-out takes depends on the live settings) and through the rule that picks
+    the path (:meth:`~labqfl.sim_backends.testbed.SagnacTestbed.candidate_rate`), without emulated pattern
     generators (a read-out plays none). Issue 19: on an empty cache the count loop compiled them on its first
     line, well past the driver's 2 s timeout, and the first ``labqfl acquire`` of
-    ``examples/station_emulated_hardware.toml`` failed with "no count line … VI_ERROR_TMO"."""
+    ``examples/station_emulated_hardware.toml`` failed with "no count line … VI_ERROR_TMO". The rule's kernel was
+    missing until CI at cb09aed: a read-out during ``labqfl run --in-process`` compiled it, 3 s under load, and
+    the run stopped on the same error (``tests/station/test_count_source_warm.py``)."""
     from labqfl.sim_backends.testbed import SagnacTestbed
 
     cfg = testbed.config
     cfg = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"emulate_pattern_generators": False})})
-    for on_demand in (True, False):
+    for on_demand in (True, False, None):  # None: as set live, the path rule decides (candidate_rate)
         tb = SagnacTestbed(cfg, threads=testbed.threads)
         tb.modulation_on_demand = on_demand
         tb.detector_count_rates(WARM_S)
