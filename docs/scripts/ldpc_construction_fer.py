@@ -8,6 +8,9 @@ block), residual wrong bits, sweeps per frame and CPU seconds (one Numba thread)
 
     .venv/bin/python docs/scripts/ldpc_construction_fer.py --q 0.006 0.008 0.01 --construction 0 1 2 \
         --frames 48 --seed 300
+
+``--weight W`` runs amin16 with message scale 1 + W/32 at every mother rate instead of its table
+(``labqfl.qkd.ldpc_batch.WEIGHTS``; session 42's scan).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import numba
 import numpy as np
 
+import labqfl.qkd.ldpc_batch as ldpc_batch
 from labqfl.bench import noisy_frame
 from labqfl.qkd.ldpc import LdpcAlice, LdpcBob, plan_ldpc
 from labqfl.qkd.messaging import LocalChannel
@@ -51,11 +55,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=300)
     ap.add_argument("--preset", default="efficient")
     ap.add_argument("--decoder", default="amin")
+    ap.add_argument("--weight", type=int, choices=range(0, 5), default=None,
+                    help="amin16's message scale 1 + W/32 at every rate (default: its per-rate table)")
     a = ap.parse_args()
     numba.set_num_threads(1)
+    if a.weight is not None:
+        ldpc_batch.weight_for = lambda rate: a.weight
     for q in a.q:
         for c in a.construction:
-            print(json.dumps(point(q, c, a.frames, a.seed, a.preset, a.decoder)), flush=True)
+            row = point(q, c, a.frames, a.seed, a.preset, a.decoder)
+            if a.weight is not None and a.decoder == "amin16":
+                row["weight"] = a.weight
+            print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ is capped at :data:`AMAX` before the check update (so sums of two stay within in
 update is A-min* (Jones, Valles, Smith & Villasenor, IEEE MILCOM 2003) as in
 :func:`labqfl.qkd.ldpc_qc.qc_aminstar`: |x ⊞ y| = min(x, y) + f(x + y) − f(|x − y|), with the same
 piecewise-linear f(u) = max(0.6931 − 0.38·u, 0.445 − 0.132·u, 0) in fixed point (:func:`_f`).
-Messages are scaled by 1 + ``weight``/32 (:func:`weight_for`: 1.09375 — the float engine's 1.1 to 0.6 % — below
-mother rate 0.85, 1.0625 from it).
+Messages are scaled by 1 + ``weight``/32, w = 1 … 3 per mother rate (:data:`WEIGHTS`; 1.09375 — the float engine's
+1.1 to 0.6 % — below rate 0.73).
 Signs are carried as 0 / −1 masks (XOR of arithmetic shifts), so every operation is a packed 16-bit
 min, max, add, sub, shift or XOR — every intermediate is cast back to int16 (Numba promotes integer
 arithmetic to int64, and a shift or compare of a wide value keeps LLVM from narrowing the vectors),
@@ -545,24 +545,24 @@ no longer fit the L2 cache).  On the 2-vCPU AMD EPYC (Zen 3), after session 41's
 0.63–0.71 / 0.67–0.74 / 0.70–0.74 ns at 1 / 2 / 4 / 8 / 16 lanes for the sweep alone, and inside the protocol (24
 frames, presets efficient and fast, QBER 2 / 4 / 8 %) 4 lanes the cheapest or within 3 % of it at every point;
 docs/reconciliation.md."""
-WEIGHT = 3
-"""Message scale 1 + w/32 (1.09375; the float engine's ``AMIN_ALPHA`` is 1.1) for mother rates below
-:data:`HIGH_RATE`.  Session 38 used 17/16 everywhere (w = 2 here, the same values: ⌊17m/16⌋ = m + ⌊2m/32⌋); 18/16
-(1.125) made the decoder unstable at QBER 8 % (rate 0.54, 8.5 % errors: 2 of 6 frames undecoded in 200 sweeps,
-where float A-min* and 17/16 decode all in 24–37 sweeps; 35/32 decodes all 6 in 28–46, 36/32 leaves one).
-Against ``amin`` frame by frame (96 frames per QBER, same data, efficient preset; frames where amin16 needed
-more / fewer reveals): w = 3 at 2, 4, 6, 8 %: 12/14, 18/11, 14/13, 15/14 (w = 2: 19/17, 22/11, 27/12, 22/11 —
-f 0.001–0.002 above ``amin`` at 4–8 %); docs/reconciliation.md, session 39."""
-WEIGHT_HIGH_RATE = 2
-"""Message scale 1 + w/32 (1.0625) for mother rates ≥ :data:`HIGH_RATE` (QBER ≲ 1.3 %): at 1 % (rate 0.87) amin16
-needed more / fewer reveals than ``amin`` on 6/51 frames with w = 2, 13/41 with w = 3, 9/60 with w = 1, 11/57 with
-w = 0 (f 1.2089, 1.2125, 1.2077, 1.2088 against 1.2164); w = 1 was worse at 2 % (41/15)."""
-HIGH_RATE = 0.85
+WEIGHTS = ((0.88, 1), (0.83, 2), (0.78, 1), (0.73, 2), (0.0, 3))
+"""amin16's message scale 1 + w/32 per mother rate, as (lowest rate, w) from the highest: w = 1 (1.03125) from 0.88,
+w = 2 (1.0625) at 0.83–0.87, w = 1 at 0.78–0.82, w = 2 at 0.73–0.77, w = 3 (1.09375; the float engine's
+``AMIN_ALPHA`` is 1.1) below 0.73 — the optimum follows the degree table a rate is built from (0.85's above 0.825,
+0.80's at 0.78–0.82, 0.75's at 0.73–0.77, :func:`labqfl.qkd.ldpc._distribution`).  Chosen on construction 2 (session
+42, docs/reconciliation.md): the same 96 frames per QBER for float ``amin`` and w = 1, 2, 3 (w = 0 too at 24 of
+them) at 38 QBERs from 0.5 to 10 %, efficient preset.  At rates 0.78–0.82, w = 1 gives f 0.004–0.027 below w = 3
+(2.5 %: 1.1050 against 1.1258, ``amin`` 1.1144); at 0.73–0.77 w = 2 is best (3.35 %: 1.1087, w = 1 1.1115, w = 3
+1.1189 with one frame undecoded); at 0.83–0.87 w = 1, 2, 3 lie within 0.004 (w = 2 within 0.0015 of the best at
+every point); at 0.88–0.91 w = 1 is at most 0.0006 above w = 2 and up to 0.014 below it (0.5–0.6 %); below 0.73
+w = 3 is within 0.002 of w = 2 at 0.71–0.72 and 0.0002–0.006 below it from 0.70 down (session 39 chose it there on
+construction 0, frame by frame against ``amin``).
+w = 4 (1.125) left 1 of 6 frames undecoded at rate 0.54 (8.5 % errors, session 39)."""
 
 
 def weight_for(rate: float) -> int:
-    """The message scale w (1 + w/32) for a mother code of rate ``rate`` (:data:`WEIGHT`, :data:`WEIGHT_HIGH_RATE`)."""
-    return WEIGHT_HIGH_RATE if rate >= HIGH_RATE - 1e-9 else WEIGHT
+    """The message scale w (1 + w/32) for a mother code of rate ``rate`` (:data:`WEIGHTS`)."""
+    return next(w for lowest, w in WEIGHTS if rate >= lowest - 1e-9)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -36,7 +36,7 @@ def _frames(code, q: float, F: int, seed: int):
 def _attempt(code, B, synd, Lq, frames, max_iter, every=3, ratio=0.95):
     Lq = Lq.copy()
     Rq = np.zeros((Lq.shape[0], code.edges), np.int16)
-    w = np.full(code.base_col.size, lb.WEIGHT, np.int16)
+    w = np.full(code.base_col.size, lb.weight_for(code.rate), np.int16)
     res, used = lb.batch_attempt_frames(code.base_ptr, code.base_col, code.base_shift, code.z, B, synd, Lq, Rq,
                                         frames, w, max_iter, every, ratio)
     return res, used, Lq, Rq
@@ -98,7 +98,7 @@ def _reference_attempt(code, synd, Lq, max_iter, every, ratio):
     cnt = np.zeros(1, np.int64)
     prev = -1
     for j in range(1, max_iter + 1):
-        lb._sweep(code.base_ptr, code.base_col, code.base_shift, Z, 1, S, L, Rq, np.full(code.base_col.size, lb.WEIGHT,
+        lb._sweep(code.base_ptr, code.base_col, code.base_shift, Z, 1, S, L, Rq, np.full(code.base_col.size, lb.weight_for(code.rate),
                   np.int16), sc, acc)
         lb._unsatisfied_lanes(code.base_ptr, code.base_col, code.base_shift, Z, 1, S, L, par, cnt)
         if not acc.any() and cnt[0] == 0:

@@ -103,18 +103,20 @@ def _first_layer_messages(code, L0, w):
 
 def test_message_scale_is_one_plus_w_over_32():
     """Pass 2 writes sign · (m + ⌊w·m/32⌋) for the A-min* magnitude m (w = 0: m itself), so w = 2 is
-    session 38's ⌊17·m/16⌋; mother rates from 0.85 take w = 2, lower ones w = 3 (1.09375 ≈ the float 1.1)."""
+    session 38's ⌊17·m/16⌋; the scale per mother rate is session 42's table ``ldpc_batch.WEIGHTS`` (w = 3,
+    1.09375 ≈ the float 1.1, below 0.73)."""
     code = build_code(4096, 0.7, 3, 64)
     rng = np.random.default_rng(9)
     L0 = lb.quantise(rng.normal(8.0, 3.0, code.n))
     m0 = _first_layer_messages(code, L0, 0)
     assert (m0 != 0).sum() > m0.size // 2
     mag, sgn = np.abs(m0.astype(np.int64)), np.sign(m0)
-    for w in (2, 3):
+    for w in (1, 2, 3):
         mw = _first_layer_messages(code, L0, w)
         np.testing.assert_array_equal(mw, sgn * (mag + (w * mag) // 32))
     np.testing.assert_array_equal(_first_layer_messages(code, L0, 2), sgn * ((17 * mag) // 16))
-    assert [lb.weight_for(r) for r in (0.5, 0.72, 0.84, 0.85, 0.87, 0.91)] == [3, 3, 3, 2, 2, 2]
+    rates = (0.5, 0.72, 0.73, 0.77, 0.78, 0.82, 0.83, 0.87, 0.88, 0.91)
+    assert [lb.weight_for(r) for r in rates] == [3, 3, 2, 2, 1, 1, 2, 2, 1, 1]
     state = lb.BatchState(code, np.zeros((1, code.m), np.uint8), np.zeros((1, code.n), np.float32),
                           np.zeros((1, code.n), np.float32), 3, 0.95)
     assert (state.weight == 3).all()
