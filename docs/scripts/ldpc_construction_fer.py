@@ -10,7 +10,8 @@ block), residual wrong bits, sweeps per frame and CPU seconds (one Numba thread)
         --frames 48 --seed 300
 
 ``--weight W`` runs amin16 with message scale 1 + W/32 at every mother rate instead of its table
-(``labqfl.qkd.ldpc_batch.WEIGHTS``; session 42's scan).
+(``labqfl.qkd.ldpc_batch.WEIGHTS``; session 42's scan).  ``--rate R`` forces mother rate R (``plan_ldpc``'s
+``f_mother`` = (1 − R)/h(Q)) instead of the planner's choice (session 42's mother-rate scan).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import numpy as np
 
 import labqfl.qkd.ldpc_batch as ldpc_batch
 from labqfl.bench import noisy_frame
+from labqfl.qkd.finite_key import binary_entropy
 from labqfl.qkd.ldpc import LdpcAlice, LdpcBob, plan_ldpc
 from labqfl.qkd.messaging import LocalChannel
 
 
-def point(q: float, construction: int, frames: int, seed: int, preset: str, decoder: str) -> dict[str, object]:
-    plan = plan_ldpc(q, preset=preset, construction=construction, decoder=decoder)
+def point(q: float, construction: int, frames: int, seed: int, preset: str, decoder: str,
+          rate: float | None = None) -> dict[str, object]:
+    f_mother = None if rate is None else (1.0 - rate) / binary_entropy(q)
+    plan = plan_ldpc(q, preset=preset, construction=construction, decoder=decoder, f_mother=f_mother)
     kpf = plan.key_bits_per_frame
     x, y = noisy_frame(frames * kpf, q, seed + int(round(q * 10000)))
     alice = LdpcAlice(x, filler_rng=np.random.default_rng(seed))
@@ -57,13 +61,14 @@ def main() -> None:
     ap.add_argument("--decoder", default="amin")
     ap.add_argument("--weight", type=int, choices=range(0, 5), default=None,
                     help="amin16's message scale 1 + W/32 at every rate (default: its per-rate table)")
+    ap.add_argument("--rate", type=float, default=None, help="force this mother rate (default: the planner's)")
     a = ap.parse_args()
     numba.set_num_threads(1)
     if a.weight is not None:
         ldpc_batch.weight_for = lambda rate: a.weight
     for q in a.q:
         for c in a.construction:
-            row = point(q, c, a.frames, a.seed, a.preset, a.decoder)
+            row = point(q, c, a.frames, a.seed, a.preset, a.decoder, a.rate)
             if a.weight is not None and a.decoder == "amin16":
                 row["weight"] = a.weight
             print(json.dumps(row), flush=True)

@@ -820,6 +820,28 @@ def mother_rate(want: float, construction: int = 0) -> float:
     return max(ok) if ok else MOTHER_RATES[0]
 
 
+_C2_RATE_Q0 = 0.0475
+_C2_RATE_DQ = 0.0025
+_C2_RATES = (0.66, 0.65, 0.64, 0.63, 0.62, 0.62, 0.61, 0.60, 0.57, 0.57, 0.57, 0.56, 0.55, 0.52, 0.52, 0.52, 0.51)
+"""Mother rate of construction 2's n = 65 536 codes at QBER 4.75 %, 5 %, … 8.75 % (:data:`_C2_RATE_Q0` + k ·
+:data:`_C2_RATE_DQ`); a QBER from 4.625 % to 8.875 % takes its nearest grid point's (:func:`c2_mother_rate`), and
+:func:`plan_ldpc` the lower of it and the f_mother rule's rate.  Each is the rate of lowest f among the rule's rate
+and the two below it, measured on the same 96 frames per grid point (amin16, efficient preset, session 42,
+docs/reconciliation.md).  The rule took rates 0.63–0.68, 0.58–0.59 and 0.53–0.54 at the high-QBER end of their range,
+where these codes decode 0.01–0.06 above a rate or two lower; on fresh frames between the grid points the table
+gives f 0.006–0.057 lower at 4.65–5.9 %, 6.65–6.95 % and 8.15 %, within 0.003 at 6.15, 6.4 and 7.9 %.  Below 4.6 %
+the grid (steps of 0.25 % QBER against rates every ≈ 0.15 % there) picked rates too low between its points (f up to
+0.016 higher at 1.15 %), so the rule stays; the one exception measured is rate 0.84 at 2 % (next round)."""
+
+
+def c2_mother_rate(qber: float) -> float | None:
+    """The mother rate :data:`_C2_RATES` gives for ``qber`` (nearest grid point), None outside 4.625–8.875 %."""
+    k = round((qber - _C2_RATE_Q0) / _C2_RATE_DQ)
+    if not -0.5 <= (qber - _C2_RATE_Q0) / _C2_RATE_DQ < len(_C2_RATES) - 0.5:
+        return None
+    return _C2_RATES[int(k)]
+
+
 def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "efficient", code_n: int | None = None,
               code_seed: int = 0,
               f_start: float | None = None, f_step: float | None = None, f_mother: float | None = None,
@@ -829,7 +851,8 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
               construction: int | None = None) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
-    Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks);
+    Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks; construction 2's
+    n = 65 536 codes at QBER 4.6–8.9 % without an explicit ``f_mother``: no higher than :func:`c2_mother_rate`);
     d filler symbols so that the fully punctured frame discloses (m − d) ≈ f_min·h(Q)·(n − d);
     the first attempt discloses f_start·h(Q)·(n − d) bits, each retry f_step·h(Q)·(n − d) more,
     up to m + f_extra·h(Q)·(n − d) (filler first, then key positions).  ``decoder`` picks the
@@ -863,6 +886,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
         se, sr = 0, 0.0
     code_n = n0 if code_n is None else code_n
     z = z0 if z is None else z
+    explicit_f_mother = f_mother is not None
     if f_mother is None:
         f_mother = fm + fml * max(0.0, 0.02 - qber)
     f_min = fmin if f_min is None else f_min
@@ -876,6 +900,9 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
                                        f"quasi-cyclic decoder {_QC_DECODERS} and z > 0), got "
                                        f"construction={construction!r}, decoder {decoder!r}, z={z}")
     R = mother_rate(1.0 - f_mother * h, construction)
+    table_rate = c2_mother_rate(qber) if (construction == 2 and code_n == _MS_N and not explicit_f_mother) else None
+    if table_rate is not None:
+        R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
     code = build_code(code_n, R, code_seed, z, construction)
     m, n = code.m, code.n
     d = int(max(0, min(code.untainted.size, math.floor((m - f_min * h * n) / (1.0 - f_min * h)))))
