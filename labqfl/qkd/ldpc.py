@@ -831,11 +831,23 @@ docs/reconciliation.md).  The rule took rates 0.63–0.68, 0.58–0.59 and 0.53�
 where these codes decode 0.01–0.06 above a rate or two lower; on fresh frames between the grid points the table
 gives f 0.006–0.057 lower at 4.65–5.9 %, 6.65–6.95 % and 8.15 %, within 0.003 at 6.15, 6.4 and 7.9 %.  Below 4.6 %
 the grid (steps of 0.25 % QBER against rates every ≈ 0.15 % there) picked rates too low between its points (f up to
-0.016 higher at 1.15 %), so the rule stays; the one exception measured is rate 0.84 at 2 % (next round)."""
+0.016 higher at 1.15 %), so the rule stays, except at 1.9–2.05 % (:data:`_C2_RATE_CAPS`)."""
+
+
+_C2_RATE_CAPS = ((0.019, 0.0205, 0.83),)
+"""(from QBER, below QBER, rate) for construction 2's n = 65 536 codes outside the grid of :data:`_C2_RATES`: the f_mother
+rule takes rate 0.84 up to 2.01 %, where it decodes worse than 0.83 (session 42, the same 96 frames per point, seeds
+970 and 971, rate 0.84 against 0.83): at 2 % efficient preset f 1.1424 against 1.1336, fast 1.1622 against 1.1499
+with CPU 1.78 → 1.13 s; at 1.95 % 1.1324 / 1.1322 (fast 1.1559 / 1.1534); at 1.9 % 1.1360 / 1.1368 with 1 of 96
+frames undecoded at 0.84 in each preset, none at 0.83; at 1.88 % rate 0.84 is better (1.1247 against 1.1362)."""
 
 
 def c2_mother_rate(qber: float) -> float | None:
-    """The mother rate :data:`_C2_RATES` gives for ``qber`` (nearest grid point), None outside 4.625–8.875 %."""
+    """The mother rate :data:`_C2_RATE_CAPS` or :data:`_C2_RATES` (nearest grid point) give for ``qber``; None outside
+    their QBERs (1.9–2.05 %, 4.625–8.875 %)."""
+    for lo, hi, rate in _C2_RATE_CAPS:
+        if lo <= qber < hi:
+            return rate
     k = round((qber - _C2_RATE_Q0) / _C2_RATE_DQ)
     if not -0.5 <= (qber - _C2_RATE_Q0) / _C2_RATE_DQ < len(_C2_RATES) - 0.5:
         return None
@@ -852,7 +864,8 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
     """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks; construction 2's
-    n = 65 536 codes at QBER 4.6–8.9 % without an explicit ``f_mother``: no higher than :func:`c2_mother_rate`);
+    n = 65 536 codes at QBER 1.9–2.05 % and 4.6–8.9 % without an explicit ``f_mother``: no higher than
+    :func:`c2_mother_rate`);
     d filler symbols so that the fully punctured frame discloses (m − d) ≈ f_min·h(Q)·(n − d);
     the first attempt discloses f_start·h(Q)·(n − d) bits, each retry f_step·h(Q)·(n − d) more,
     up to m + f_extra·h(Q)·(n − d) (filler first, then key positions).  ``decoder`` picks the

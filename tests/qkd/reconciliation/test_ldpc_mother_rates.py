@@ -1,4 +1,5 @@
-"""Session 42: the mother rate of construction 2's default codes by a measured table (``ldpc._C2_RATES``), no higher
+"""Session 42: the mother rate of construction 2's default codes by measured tables (``ldpc._C2_RATES``,
+``ldpc._C2_RATE_CAPS``), no higher
 than the f_mother rule's.  The rule took rate 0.66 at QBER 5.25 %, at the high-QBER end of its range, and 48 frames
 decoded at f 1.147; rate 0.64 decodes them at 1.121 (docs/reconciliation.md, session 42)."""
 
@@ -26,14 +27,27 @@ def test_default_plan_at_5_25_percent_takes_rate_0_64_and_leaks_less() -> None:
     assert res.efficiency < 1.13, res.efficiency  # 1.1206 at rate 0.64; 1.147 at the rule's 0.66
 
 
+def test_fast_preset_at_2_percent_takes_rate_0_83_and_leaks_less() -> None:
+    """The bench's 2 % point: the rule's rate 0.84 gave the fast preset f 1.1676 on these 48 frames (1.1517 at 0.83)."""
+    q, seed, frames = 0.02, 970, 48
+    plan = plan_ldpc(q, preset="fast")
+    assert (plan.rate, _rule_rate(q, preset="fast")) == (0.83, 0.84)
+    x, y = noisy_frame(frames * plan.key_bits_per_frame, q, seed + 200)  # as docs/scripts/ldpc_construction_fer.py
+    res = LdpcBob(y, q, plan=plan).run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(seed))))
+    assert res.frame_errors == 0
+    np.testing.assert_array_equal(res.corrected, x)
+    assert res.efficiency < 1.16, res.efficiency
+
+
 def test_the_table_never_raises_the_rate_and_keeps_to_construction_2_default_codes() -> None:
     for q in np.arange(0.008, 0.092, 0.001):
         assert plan_ldpc(float(q)).rate <= _rule_rate(float(q))
-    for q in (0.0488, 0.0525, 0.08):  # where the table lowers the rate
+    for q in (0.02, 0.0488, 0.0525, 0.08):  # where the tables lower the rate
         assert plan_ldpc(q).rate < _rule_rate(q)
         for kw in ({"construction": 0}, {"preset": "long"}, {"code_n": 16384}):  # not measured: the rule
             assert plan_ldpc(q, **kw).rate == _rule_rate(q, **kw)  # type: ignore[arg-type]
-    assert c2_mother_rate(0.0462) is None and c2_mother_rate(0.0888) is None and c2_mother_rate(0.02) is None
+    assert c2_mother_rate(0.0462) is None and c2_mother_rate(0.0888) is None and c2_mother_rate(0.0189) is None
     assert c2_mother_rate(0.0463) == 0.66 and c2_mother_rate(0.0525) == 0.64 and c2_mother_rate(0.08) == 0.52
-    assert plan_ldpc(0.02).rate == _rule_rate(0.02) == 0.84  # below 4.6 %: the rule
+    assert plan_ldpc(0.0188).rate == _rule_rate(0.0188) == 0.84  # below 1.9 %: the rule
+    assert c2_mother_rate(0.019) == c2_mother_rate(0.0204) == 0.83 and c2_mother_rate(0.0205) is None
     assert plan_ldpc(0.0525, f_mother=1.15).rate == 0.66  # an explicit f_mother keeps the rule

@@ -125,7 +125,8 @@ RECORDED = {(0.02, 2, None): (0, 30380, 119, 22, [5, 8, 1], [1089, 1362, 725], "
 def test_reconcile_outputs_as_recorded_before(q, seed, code_n, monkeypatch):
     """Whole runs on 2.5 frames of ``labqfl.bench.noisy_frame``, field by field as recorded with 5ef1215
     (with the last chance's stall test off, as then; with it on: test_ldpc_last_chance_stall.py; and with amin16's
-    message scale of then, w = 2 from mother rate 0.85 and 3 below: session 42 changed it per rate)."""
+    message scale of then, w = 2 from mother rate 0.85 and 3 below, and its mother rate at 2 %, 0.84: session 42
+    changed both)."""
     import hashlib
 
     import labqfl.qkd.ldpc as ldpc_mod
@@ -134,6 +135,7 @@ def test_reconcile_outputs_as_recorded_before(q, seed, code_n, monkeypatch):
 
     monkeypatch.setattr(ldpc_mod, "_LAST_CHANCE_STALL", (0, 0, 0.0))
     monkeypatch.setattr(lb, "weight_for", lambda rate: 2 if rate >= 0.85 - 1e-9 else 3)
+    monkeypatch.setattr(ldpc_mod, "c2_mother_rate", lambda qber: None)
 
     plan = plan_ldpc(q, code_n=code_n)
     x, y = noisy_frame(int(2.5 * plan.key_bits_per_frame), q, seed)
