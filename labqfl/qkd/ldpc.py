@@ -848,10 +848,8 @@ def c2_mother_rate(qber: float) -> float | None:
     for lo, hi, rate in _C2_RATE_CAPS:
         if lo <= qber < hi:
             return rate
-    k = round((qber - _C2_RATE_Q0) / _C2_RATE_DQ)
-    if not -0.5 <= (qber - _C2_RATE_Q0) / _C2_RATE_DQ < len(_C2_RATES) - 0.5:
-        return None
-    return _C2_RATES[int(k)]
+    x = (qber - _C2_RATE_Q0) / _C2_RATE_DQ  # grid position
+    return _C2_RATES[round(x)] if -0.5 <= x < len(_C2_RATES) - 0.5 else None
 
 
 def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "efficient", code_n: int | None = None,

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
+import labqfl.qkd.ldpc as ldpc
 from labqfl.bench import noisy_frame
 from labqfl.qkd.ldpc import LdpcAlice, LdpcBob, c2_mother_rate, plan_ldpc
 from labqfl.qkd.messaging import LocalChannel
 
 
 def _rule_rate(q: float, **kw: object) -> float:
-    return plan_ldpc(q, f_mother=1.15 + 5.0 * max(0.0, 0.02 - q), **kw).rate  # type: ignore[arg-type]
+    """The f_mother rule's rate: the planner's own f_mother, passed explicitly (which turns the tables off)."""
+    f_mother = ldpc._MS_F_MOTHER + ldpc._MS_F_MOTHER_LOW_Q * max(0.0, 0.02 - q)
+    return plan_ldpc(q, f_mother=f_mother, **kw).rate  # type: ignore[arg-type]
 
 
 def test_default_plan_at_5_25_percent_takes_rate_0_64_and_leaks_less() -> None:
