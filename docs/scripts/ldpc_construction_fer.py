@@ -54,7 +54,7 @@ def point(q: float, construction: int, frames: int, seed: int, preset: str, deco
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--q", type=float, nargs="+", required=True, help="QBERs, e.g. 0.008 0.0225")
-    ap.add_argument("--construction", type=int, nargs="+", default=[0, 2], help="code constructions (0, 1, 2)")
+    ap.add_argument("--construction", type=int, nargs="+", default=[0, 2], help="code constructions (0, 1, 2, 3)")
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--seed", type=int, default=300)
     ap.add_argument("--preset", default="efficient")

@@ -17,7 +17,8 @@ every mother rate up to 0.93 (``LdpcCode.forced_4cycles`` counts the exceptions;
 PEG routine build an n/z-column base graph that is lifted by z × z circulants whose shifts close
 no 4-cycle (quasi-cyclic codes, :mod:`labqfl.qkd.ldpc_qc`; the default for the ``amin16``, ``amin`` and
 ``minsum`` decoders is n = 65536, z = 256).  Codes are cached per (n, R, seed, z, construction); new plans of
-the quasi-cyclic decoders take construction 2 (:data:`DEFAULT_CONSTRUCTION`, since 2026-12-07).
+the quasi-cyclic decoders take construction 3 (:data:`DEFAULT_CONSTRUCTION`; construction 2 from 2026-12-07,
+3 — heavier high-rate codes — since session 43).
 
 Protocol (blind reconciliation, Martinez-Mateo, Elkouss & Martin, QIC 12, 791 (2012); Kiktenko
 et al., arXiv:1612.03673; untainted puncturing, Elkouss et al., IEEE WCL 1, 585 (2012))
@@ -333,20 +334,45 @@ def build_code(n: int, rate: float, seed: int = 0, z: int = 0, construction: int
                                        f"quasi-cyclic code, z > 0), got construction={construction!r}, z={z}")
     if construction == 1 and rate <= _C1_ABOVE:
         construction = 0  # the same code
+    if construction == 3 and _c3_heavier(rate) == 0:
+        construction = 2  # the same code
     return _build_code(n, rate, seed, z, int(construction))
 
 
-CONSTRUCTIONS = (0, 1, 2)
+CONSTRUCTIONS = (0, 1, 2, 3)
 """Code constructions of :func:`build_code`: 0 (:func:`build_code`'s default) the codes of before; 1 above mother
 rate 0.875 quasi-cyclic codes from the rate-0.85 degree table whose degree-2 variables form a forest; 2 as 1, and
-at and below 0.875 long lifted cycles of degree-2 variables (docs/reconciliation.md session 41).  New plans of the
-quasi-cyclic decoders take :data:`DEFAULT_CONSTRUCTION` (since 2026-12-07)."""
-DEFAULT_CONSTRUCTION = 2
+at and below 0.875 long lifted cycles of degree-2 variables (docs/reconciliation.md session 41); 3 as 2, with
+heavier variable degrees above 0.875 (:data:`_C3_HEAVIER`; session 43).  New plans of the quasi-cyclic decoders
+take :data:`DEFAULT_CONSTRUCTION`."""
+DEFAULT_CONSTRUCTION = 3
 """The construction :func:`plan_ldpc` / :func:`reconcile_ldpc` take for a quasi-cyclic decoder when none is given
-(random PEG codes, ``decoder="bp"`` or z = 0: 0, the only one).  Measured against construction 0 on the same
-frames (docs/reconciliation.md, session 41): at QBER 0.5–1.4 % f 1.15–1.30 instead of 1.18–1.43 and no frame
-decoded to a wrong codeword (construction 0: 3); at 2.25 / 2.6 % 0 of 288 frames undecoded each (4 and 2);
-1.5–3.5 % f within ±0.008; at 2, 4, 6 % the same codes; 8 % within noise."""
+(random PEG codes, ``decoder="bp"`` or z = 0: 0, the only one).  3 since session 43 (2026-12-08): construction 2's
+codes at and below mother rate 0.875 (QBER above ≈ 1.35 %), heavier ones above (:data:`_C3_HEAVIER`).  Construction
+2 (the default from session 41) against construction 0 on the same frames (docs/reconciliation.md, session 41): at
+QBER 0.5–1.4 % f 1.15–1.30 instead of 1.18–1.43 and no frame decoded to a wrong codeword (construction 0: 3); at
+2.25 / 2.6 % 0 of 288 frames undecoded each (4 and 2); 1.5–3.5 % f within ±0.008; at 2, 4, 6 % the same codes;
+8 % within noise."""
+_C3_HEAVIER = ((0.895, 8), (0.875, 4))
+"""Construction 3 above mother rate 0.875, as (lowest rate, k): per 256 base columns, k degree-3 columns become
+degree 21 and k more become degree 6, and there are 25 degree-2 columns (:data:`_C3_DEG2`; construction 2: the
+table's 35 less what the forest's cap of m_b − 1 moves to degree 3) — the rate-0.85 table made heavier: k = 8 at
+rates 0.90–0.91 (QBER below ≈ 1 %), 4 at 0.88–0.89.  Chosen on the blind protocol's f (amin16, efficient preset, 48
+frames per point, frame seeds 300–800; about 30 count tables at QBER 0.4–1.35 %, docs/reconciliation.md, session
+43): lighter tables (more degree 3, as the rate-0.9 table) decoded worse everywhere; heavier ones better where the
+plan punctures much (low QBER for the rate) and worse near the top of a rate's QBER range (frames left undecoded at
+0.9 % on rate 0.91 and at 1.35 % on 0.88 with k = 12–16).  On fresh frames (seed 700, 96 per point), construction
+2 → 3: f 1.2827 → 1.2237, 1.2727 → 1.2055, 1.2502 → 1.1897, 1.2105 → 1.1717, 1.1835 → 1.1732, 1.1802 → 1.1634 at
+0.5, 0.6, 0.7, 0.8, 0.9, 1.0 %, no frame undecoded in either, 35–50 % fewer sweeps below 0.9 %."""
+_C3_DEG2 = 25
+"""Construction 3's degree-2 base columns per 256 above rate 0.875 (:data:`_C3_HEAVIER`), before the forest's cap."""
+
+
+def _c3_heavier(rate: float) -> int:
+    """k of :data:`_C3_HEAVIER` for mother rate ``rate`` (0 at and below 0.875: construction 2's code)."""
+    if rate <= _C1_ABOVE:
+        return 0
+    return next((k for lowest, k in _C3_HEAVIER if rate >= lowest - 1e-9), 0)
 _C1_ABOVE = 0.875
 """Constructions 1 and 2 take the rate-0.85 table and the degree-2 forest above this mother rate only.
 Below, the forest removed the frame errors of rates 0.80–0.82 (QBER ≈ 2.2–2.6 %: 6 of 576 frames left 4–7
@@ -423,6 +449,8 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     high = construction >= 1 and rate > _C1_ABOVE
     deg2_forest = high or construction == 1
     counts = _degree_counts(nb, 0.85 if high else rate)
+    if construction == 3 and high:
+        counts = _c3_counts(counts, nb, rate)
     if deg2_forest and counts.get(2, 0) > mb - 1:
         counts[3] = counts.get(3, 0) + counts[2] - (mb - 1)
         counts[2] = mb - 1
@@ -436,7 +464,7 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     ev = perm[ev]
     draws = rng.integers(0, z, E).astype(np.int64)
     shifts, forced = qc_shifts(mb, nb, z, ev, ec, draws)
-    if construction == 2:  # long lifted cycles of degree-2 variables (a no-op on a forest)
+    if construction >= 2:  # long lifted cycles of degree-2 variables (a no-op on a forest)
         shifts, _ = qc_deg2_long_cycles(mb, nb, z, ev, ec, shifts, draws[::-1].copy())
     order = np.lexsort((ev, ec))
     bcol, brow, bshift = ev[order], ec[order], shifts[order]
@@ -451,6 +479,19 @@ def _build_qc(n: int, rate: float, seed: int, z: int, construction: int = 0) -> 
     return _finish_code(n, mb * z, rate, seed, var, chk, rng, int(forced) * z, z=z,
                         base_ptr=base_ptr, base_col=np.ascontiguousarray(bcol),
                         base_shift=np.ascontiguousarray(bshift), construction=construction)
+
+
+def _c3_counts(counts: dict[int, int], nb: int, rate: float) -> dict[int, int]:
+    """Construction 3's base-column counts above rate 0.875 from the rate-0.85 table's ``counts`` for ``nb``
+    columns (:data:`_C3_HEAVIER`, :data:`_C3_DEG2`; both scaled by nb/256)."""
+    out = dict(counts)
+    k = int(round(_c3_heavier(rate) * nb / 256))
+    two = min(out.get(2, 0), int(round(_C3_DEG2 * nb / 256)))
+    out[3] = out.get(3, 0) + out.get(2, 0) - two - 2 * k
+    out[2] = two
+    out[6] = out.get(6, 0) + k
+    out[21] = out.get(21, 0) + k
+    return out
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -823,7 +864,7 @@ def mother_rate(want: float, construction: int = 0) -> float:
 _C2_RATE_Q0 = 0.0475
 _C2_RATE_DQ = 0.0025
 _C2_RATES = (0.66, 0.65, 0.64, 0.63, 0.62, 0.62, 0.61, 0.60, 0.57, 0.57, 0.57, 0.56, 0.55, 0.52, 0.52, 0.52, 0.51)
-"""Mother rate of construction 2's n = 65 536 codes at QBER 4.75 %, 5 %, … 8.75 % (:data:`_C2_RATE_Q0` + k ·
+"""Mother rate of construction 2's (and 3's, the same codes there) n = 65 536 codes at QBER 4.75 %, 5 %, … 8.75 % (:data:`_C2_RATE_Q0` + k ·
 :data:`_C2_RATE_DQ`); a QBER from 4.625 % to 8.875 % takes its nearest grid point's (:func:`c2_mother_rate`), and
 :func:`plan_ldpc` the lower of it and the f_mother rule's rate.  Each is the rate of lowest f among the rule's rate
 and the two below it, measured on the same 96 frames per grid point (amin16, efficient preset, session 42,
@@ -861,7 +902,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
               construction: int | None = None) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
-    Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks; construction 2's
+    Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks; constructions 2 and 3's
     n = 65 536 codes at QBER 1.9–2.05 % and 4.6–8.9 % without an explicit ``f_mother``: no higher than
     :func:`c2_mother_rate`);
     d filler symbols so that the fully punctured frame discloses (m − d) ≈ f_min·h(Q)·(n − d);
@@ -872,7 +913,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
     ``stall_every`` / ``stall_ratio``: Bob's stall test (:class:`LdpcPlan`; 0 turns it off).
     Quasi-cyclic decoders switch to sum-product at f_extra (``sum_product_from``) and may reveal up
     to m + f_extra_sp·h(Q)·(n − d).  ``construction`` (quasi-cyclic decoders): the code
-    construction (:data:`CONSTRUCTIONS`; 1 and 2 also take the mother rate by :func:`mother_rate`'s rule for them);
+    construction (:data:`CONSTRUCTIONS`; 1, 2 and 3 also take the mother rate by :func:`mother_rate`'s rule for them);
     None: :data:`DEFAULT_CONSTRUCTION` for a quasi-cyclic decoder with z > 0, else 0.
     """
     if decoder not in DECODERS:
@@ -911,7 +952,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
                                        f"quasi-cyclic decoder {_QC_DECODERS} and z > 0), got "
                                        f"construction={construction!r}, decoder {decoder!r}, z={z}")
     R = mother_rate(1.0 - f_mother * h, construction)
-    table_rate = c2_mother_rate(qber) if (construction == 2 and code_n == _MS_N and not explicit_f_mother) else None
+    table_rate = c2_mother_rate(qber) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother) else None
     if table_rate is not None:
         R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
     code = build_code(code_n, R, code_seed, z, construction)

@@ -29,9 +29,9 @@ class _Recorder(LocalChannel):
         return super()._transfer(msg, sender, receiver)
 
 
-@pytest.mark.parametrize("construction", [1, 2])
-def test_a_block_of_a_construction_1_or_2_plan_goes_through(acquisition, construction, monkeypatch):
-    """The small station's block has QBER ≈ 0.6 % (below 1.2 %: constructions 1 and 2 build their own
+@pytest.mark.parametrize("construction", [1, 2, 3])
+def test_a_block_of_a_construction_1_2_or_3_plan_goes_through(acquisition, construction, monkeypatch):
+    """The small station's block has QBER ≈ 0.6 % (below 1.2 %: constructions 1, 2 and 3 build their own
     high-rate code, mother rate 0.91 instead of construction 0's 0.88)."""
     plan = ldpc.plan_ldpc
     monkeypatch.setattr(ldpc, "plan_ldpc", lambda q, **kw: plan(q, **{**kw, "construction": construction}))
@@ -50,15 +50,15 @@ def test_a_block_of_a_construction_1_or_2_plan_goes_through(acquisition, constru
     assert r.delivered_bits > 0 and sink.keys
     init = [m for m in chans[0].sent if m.kind == "ldpc/init"]
     assert len(init) == 1 and init[0].fields["construction"] == construction
-    assert init[0].fields["rate"] > 0.875  # the code only constructions 1 and 2 build there
+    assert init[0].fields["rate"] > 0.875  # the code only constructions 1, 2 and 3 build there
     for bits_i, bits_j in sink.keys[test_twoparty.PAIR]:  # the same key at both ends
         assert bits_i.size > 0 and np.array_equal(bits_i, bits_j)
 
 
 def test_an_unknown_construction_refuses_the_block_naming_it(acquisition):
-    r, d, sink, outcomes = _run(acquisition, "j", "ldpc/init", lambda m: _with(m, construction=3), in_transit=False,
+    r, d, sink, outcomes = _run(acquisition, "j", "ldpc/init", lambda m: _with(m, construction=4), in_transit=False,
                                 engine="ldpc")
-    _assert_refused(r, d, sink, outcomes, "ldpc/init: construction=3 must be one of (0, 1, 2)")
+    _assert_refused(r, d, sink, outcomes, "ldpc/init: construction=4 must be one of (0, 1, 2, 3)")
 
 
 def test_a_construction_of_another_type_refuses_the_block_naming_it(acquisition):

@@ -169,13 +169,13 @@ def test_construction_bad_input_is_refused():
     with pytest.raises(ReconciliationInputError, match="construction"):
         build_code(16384, 0.9, 0, 0, construction=1)
     with pytest.raises(ReconciliationInputError, match="construction"):
-        build_code(65536, 0.9, 0, 256, construction=3)
+        build_code(65536, 0.9, 0, 256, construction=4)
     with pytest.raises(ReconciliationInputError, match="construction"):
         plan_ldpc(0.02, decoder="bp", construction=1)
     alice = LdpcAlice(np.zeros(1000, np.uint8))
     with pytest.raises(MessageError, match="construction"):
         alice.handle(Message("ldpc/init", {"N": 1000, "code_n": 65536, "rate": 0.9, "code_seed": 0, "z": 256, "d": 0,
-                                           "max_reveal": 10, "construction": 3}))
+                                           "max_reveal": 10, "construction": 4}))
 
 
 def test_construction_1_takes_the_rate_085_table_above_0875_and_no_rate_margin():
@@ -247,7 +247,7 @@ def test_the_default_plan_decodes_the_replayed_frame_construction_0_got_wrong():
     x, y = noisy_frame(48 * kpf, q, 380)
     xf, yf = x[f * kpf:(f + 1) * kpf], y[f * kpf:(f + 1) * kpf]
     plan = plan_ldpc(q)
-    assert DEFAULT_CONSTRUCTION == 2 and plan.construction == 2 and plan.rate == 0.91
+    assert DEFAULT_CONSTRUCTION == 3 and plan.construction == 3 and plan.rate == 0.91
     filler = np.random.default_rng(300).integers(0, 2, (48, plan.d), dtype=np.uint8)[f]
 
     class Row:  # the block's filler generator, as seen by this one frame
@@ -321,3 +321,49 @@ def test_deg2_long_cycles_on_the_default_rate_080_base_graph():
     deg = np.bincount(code.base_col)
     moved = np.flatnonzero(new != code.base_shift)
     assert moved.size and (deg[code.base_col[moved]] == 2).all()
+
+
+@pytest.mark.parametrize(("rate", "k"), [(0.88, 4), (0.89, 4), (0.9, 8), (0.91, 8)])
+def test_construction_3_is_construction_2_made_heavier_above_0875(rate, k):
+    """Construction 3 (the default since session 43) above mother rate 0.875: construction 2's rate-0.85 table
+    with 25 degree-2 base columns (at most m_b − 1, still a forest) and k degree-3 columns moved to each of
+    degrees 21 and 6 (``ldpc._C3_HEAVIER``); no 4-cycle."""
+    c2, c3 = build_code(65536, rate, 0, 256, construction=2), build_code(65536, rate, 0, 256, construction=3)
+    assert c3.construction == 3 and (c3.m, c3.n) == (c2.m, c2.n)
+    mb = c3.m // c3.z
+    h2 = np.bincount(np.bincount(c2.base_col, minlength=256), minlength=22)
+    h3 = np.bincount(np.bincount(c3.base_col, minlength=256), minlength=22)
+    assert h3[2] == min(25, mb - 1) and h3[21] - h2[21] == k and h3[6] - h2[6] == k
+    assert h3[3] == h2[3] + (h2[2] - h3[2]) - 2 * k
+    assert all(h3[d] == h2[d] for d in (4, 5, 7, 9))
+    assert _forest(c3) and c3.forced_4cycles == 0 and _no_4_cycles(c3)
+
+
+def test_construction_3_is_construction_2_at_and_below_0875():
+    """At and below rate 0.875 (QBER above ≈ 1.35 %) construction 3 is construction 2's code — the same object, so
+    ``ldpc/init`` says construction 2 and a block there is what it was before session 43."""
+    for rate in (0.54, 0.82, 0.87):
+        c3 = build_code(65536, rate, 0, 256, construction=3)
+        assert c3 is build_code(65536, rate, 0, 256, construction=2) and c3.construction == 2
+    plan = plan_ldpc(0.02)
+    assert plan.construction == 3 and plan.rate == 0.83
+    assert build_code(plan.code_n, plan.rate, plan.code_seed, plan.z, plan.construction).construction == 2
+
+
+def test_construction_3_leaks_less_at_the_default_station_qber():
+    """QBER 0.6 % (the default station runs at 0.5–0.86 %), 24 frames: construction 2's rate-0.91 code needs f 1.2739
+    (108 sweeps per frame), construction 3's 1.2063 (58) — both decode every frame to Alice's bits (session 43,
+    docs/reconciliation.md)."""
+    from labqfl.bench import noisy_frame
+
+    q, seed, frames = 0.006, 710, 24
+    f = {}
+    for c in (2, 3):
+        plan = plan_ldpc(q, construction=c)
+        assert plan.rate == 0.91
+        x, y = noisy_frame(frames * plan.key_bits_per_frame, q, seed)
+        res = LdpcBob(y, q, plan=plan).run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(seed))))
+        assert res.frame_errors == 0
+        np.testing.assert_array_equal(res.corrected, x)
+        f[c] = res.efficiency
+    assert f[3] < 1.23 < 1.25 < f[2], f
