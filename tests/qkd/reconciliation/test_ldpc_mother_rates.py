@@ -54,3 +54,12 @@ def test_the_table_never_raises_the_rate_and_keeps_to_construction_2_default_cod
     assert plan_ldpc(0.0188).rate == _rule_rate(0.0188) == 0.84  # below 1.9 %: the rule
     assert c2_mother_rate(0.019) == c2_mother_rate(0.0204) == 0.83 and c2_mother_rate(0.0205) is None
     assert plan_ldpc(0.0525, f_mother=1.15).rate == 0.66  # an explicit f_mother keeps the rule
+
+
+def test_construction_3_takes_rate_0_87_at_1_35_to_1_4_percent() -> None:
+    """Construction 3's heavier rate-0.88 code left 1 of 96 frames undecoded at 1.39 % (f 1.1756; rate 0.87: 1.1438,
+    session 43): there the default plan takes 0.87; construction 2 keeps the rule's 0.88, and below 1.35 % both do."""
+    for q in (0.0135, 0.0139):
+        assert plan_ldpc(q).rate == 0.87 and plan_ldpc(q, construction=2).rate == _rule_rate(q) == 0.88
+    assert plan_ldpc(0.0134).rate == 0.88
+    assert c2_mother_rate(0.0139) is None and c2_mother_rate(0.0139, 3) == 0.87
