@@ -3,9 +3,9 @@
 
 ``ldpc``: the default engine (:data:`DEFAULT_ENGINE`: ``reconcile_ldpc``'s defaults since 2026-12-07 — the
 frame-batched 16-bit A-min* ``decoder="amin16"``, :mod:`labqfl.qkd.ldpc_batch`, on quasi-cyclic codes of
-construction 2, n = 65536, preset efficient; its figure is the headline) and the same with ``preset="fast"`` and
+construction 3 since session 43 (2 before; :data:`labqfl.qkd.ldpc.DEFAULT_CONSTRUCTION`), n = 65536, preset efficient; its figure is the headline) and the same with ``preset="fast"`` and
 ``preset="long"`` (n = 262 144, steps of 0.005·h(Q)), side by side with the float A-min* (``decoder="amin"``, the
-default before, both presets; the same construction 2 codes) and the previous engine (random PEG codes,
+default before, both presets; the same codes) and the previous engine (random PEG codes,
 n = 16384, scalar layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
 Every decoder runs on one thread (``numba.set_num_threads(1)``), so Mbit/s is per core.  Frames
 hold exactly round(Q·n) errors; only whole frames are reconciled (a partial frame pays a whole
@@ -36,7 +36,7 @@ Every engine takes its plan's default construction (:data:`labqfl.qkd.ldpc.DEFAU
 quasi-cyclic decoders)."""
 DEFAULT_ENGINE = DEFAULT_DECODER
 """The engine of :func:`labqfl.qkd.ldpc.reconcile_ldpc`'s defaults (decoder amin16, preset efficient,
-construction 2): the benchmarks' headline figure."""
+construction :data:`labqfl.qkd.ldpc.DEFAULT_CONSTRUCTION`): the benchmarks' headline figure."""
 _DEFAULT_LABEL = (f"decoder={DEFAULT_DECODER!r}, preset='efficient', construction={DEFAULT_CONSTRUCTION}, "
                   "n=65536, z=256")
 F_TARGET = 1.10
@@ -132,8 +132,8 @@ def _table(engines: tuple[str, ...], frames: dict[str, int], qbers: tuple[float,
 
 
 @benchmark("ldpc", "Blind rate-adaptive LDPC per QBER 1-8 %: the default engine (frame-batched int16 A-min* amin16, "
-           "QC codes of construction 2, n=65536; presets efficient = headline, fast, long), the float A-min* (amin; "
-           "efficient, fast) and the previous random-code sum-product (n=16384), one thread each",
+           f"QC codes of construction {DEFAULT_CONSTRUCTION}, n=65536; presets efficient = headline, fast, long), the "
+           "float A-min* (amin; efficient, fast) and the previous random-code sum-product (n=16384), one thread each",
            target=f"≥ {MBIT_TARGET:g} Mbit/s per core, f ≤ {F_TARGET}, FER ≤ {FER_TARGET:.0%} at every QBER")
 def _ldpc(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
@@ -155,7 +155,7 @@ def _ldpc(quick: bool) -> BenchResult:
                          "uses process CPU time (less sensitive to other load)"})
 
 
-@benchmark("ldpc-fer", "LDPC default engine (amin16, QC codes of construction 2, n=65536) and amin, both presets "
+@benchmark("ldpc-fer", f"LDPC default engine (amin16, QC codes of construction {DEFAULT_CONSTRUCTION}, n=65536) and amin, both presets "
            "(120 frames per QBER), and amin16 preset long (n=262144, 48 frames): f and frame-error rate",
            target="FER ≤ 1 %, f ≤ 1.10")
 def _ldpc_fer(quick: bool) -> BenchResult:
