@@ -353,17 +353,19 @@ codes at and below mother rate 0.875 (QBER above ≈ 1.35 %), heavier ones above
 QBER 0.5–1.4 % f 1.15–1.30 instead of 1.18–1.43 and no frame decoded to a wrong codeword (construction 0: 3); at
 2.25 / 2.6 % 0 of 288 frames undecoded each (4 and 2); 1.5–3.5 % f within ±0.008; at 2, 4, 6 % the same codes;
 8 % within noise."""
-_C3_HEAVIER = ((0.895, 8), (0.875, 4))
+_C3_HEAVIER = ((0.925, 16), (0.915, 12), (0.895, 8), (0.875, 4))
 """Construction 3 above mother rate 0.875, as (lowest rate, k): per 256 base columns, k degree-3 columns become
 degree 21 and k more become degree 6, and there are 25 degree-2 columns (:data:`_C3_DEG2`; construction 2: the
-table's 35 less what the forest's cap of m_b − 1 moves to degree 3) — the rate-0.85 table made heavier: k = 8 at
-rates 0.90–0.91 (QBER below ≈ 1 %), 4 at 0.88–0.89.  Chosen on the blind protocol's f (amin16, efficient preset, 48
+table's 35 less what the forest's cap of m_b − 1 moves to degree 3) — the rate-0.85 table made heavier: k = 16 at
+rates 0.93–0.94, 12 at 0.92 (QBER below 0.65 %, :func:`c3_highest_rate`), 8 at 0.90–0.91, 4 at 0.88–0.89.  Chosen on the blind protocol's f (amin16, efficient preset, 48
 frames per point, frame seeds 300–800; about 30 count tables at QBER 0.4–1.35 %, docs/reconciliation.md, session
 43): lighter tables (more degree 3, as the rate-0.9 table) decoded worse everywhere; heavier ones better where the
 plan punctures much (low QBER for the rate) and worse near the top of a rate's QBER range (frames left undecoded at
 0.9 % on rate 0.91 and at 1.35 % on 0.88 with k = 12–16).  On fresh frames (seed 700, 96 per point), construction
 2 → 3: f 1.2827 → 1.2237, 1.2727 → 1.2055, 1.2502 → 1.1897, 1.2105 → 1.1717, 1.1835 → 1.1732, 1.1802 → 1.1634 at
-0.5, 0.6, 0.7, 0.8, 0.9, 1.0 %, no frame undecoded in either, 35–50 % fewer sweeps below 0.9 %."""
+0.5, 0.6, 0.7, 0.8, 0.9, 1.0 %, no frame undecoded in either, 35–50 % fewer sweeps below 0.9 %.  At rates 0.92–0.94
+k = 8 / 12 / 16 gave f 1.2217 / 1.2063 / 1.2083 at 0.5 % on rate 0.92 and 1.242 / 1.2271 / 1.222 at 0.4 % on 0.93
+(seed 760)."""
 _C3_DEG2 = 25
 """Construction 3's degree-2 base columns per 256 above rate 0.875 (:data:`_C3_HEAVIER`), before the forest's cap."""
 
@@ -849,16 +851,32 @@ _MAX_MOTHER_RATE = 0.91
 _C1_HIGH_RATE_MARGIN = 0.0
 
 
-def mother_rate(want: float, construction: int = 0) -> float:
+def mother_rate(want: float, construction: int = 0, highest: float = _MAX_MOTHER_RATE) -> float:
     """The mother code's rate for a wanted rate ``want`` = 1 − f_mother·h(Q): the nearest on the
     :data:`MOTHER_RATES` grid, except above :data:`_HIGH_RATE` (low QBER), where it is the largest at
-    least :data:`_HIGH_RATE_MARGIN` below ``want`` (constructions 1, 2: at most ``want``, :data:`_C1_HIGH_RATE_MARGIN`)
-    and at most :data:`_MAX_MOTHER_RATE` (the codes' frame errors there, see the constants)."""
+    least :data:`_HIGH_RATE_MARGIN` below ``want`` (constructions 1–3: at most ``want``, :data:`_C1_HIGH_RATE_MARGIN`)
+    and at most ``highest`` (:data:`_MAX_MOTHER_RATE`: the codes' frame errors above it, see the constants;
+    construction 3 goes higher at low QBER, :func:`c3_highest_rate`)."""
     if want <= _HIGH_RATE:
         return min(MOTHER_RATES, key=lambda r: abs(r - want))
     margin = _C1_HIGH_RATE_MARGIN if construction else _HIGH_RATE_MARGIN
-    ok = [r for r in MOTHER_RATES if r <= min(want - margin, _MAX_MOTHER_RATE) + 1e-9]
+    ok = [r for r in MOTHER_RATES if r <= min(want - margin, highest) + 1e-9]
     return max(ok) if ok else MOTHER_RATES[0]
+
+
+_C3_HIGHEST = ((0.0035, 0.94), (0.0045, 0.93), (0.0065, 0.92))
+"""(below QBER, highest mother rate) for construction 3: its heavier codes at rates 0.92–0.94 (:data:`_C3_HEAVIER`)
+decode where construction 2's did not (:data:`_MAX_MOTHER_RATE`).  Measured (session 43, 48 frames per point, frame
+seed 770, amin16 efficient; f of rate 0.91 / 0.92 / 0.93 / 0.94, frames undecoded in brackets): 0.3 % 1.7854 / 1.5473 /
+1.3846 / **1.2616**; 0.35 % 1.5658 / 1.3571 / **1.2515** / 1.2526; 0.4 % 1.3995 / 1.2399 / **1.2243** / 1.2330; 0.45 %
+1.2752 / **1.2092** / 1.2118 / 1.2156; 0.5 % 1.2101 / 1.2107 / 1.2123 / 1.2226 (1); 0.55 % 1.2259 / 1.2063 / 1.1965 /
+1.2843 (10); 0.6 % 1.1991 / **1.1894** / 1.1946 / 1.3495 (34); 0.7 % 1.1888 / 1.1781 / 1.3079 (12) / 1.274 (48).  Each
+rate is taken a QBER step or more below where it starts to leave frames undecoded."""
+
+
+def c3_highest_rate(qber: float) -> float:
+    """The highest mother rate construction 3's plan may take at ``qber`` (:data:`_C3_HIGHEST`; else 0.91)."""
+    return next((r for below, r in _C3_HIGHEST if qber < below), _MAX_MOTHER_RATE)
 
 
 _C2_RATE_Q0 = 0.0475
@@ -959,7 +977,10 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
         raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (other than 0 only with a "
                                        f"quasi-cyclic decoder {_QC_DECODERS} and z > 0), got "
                                        f"construction={construction!r}, decoder {decoder!r}, z={z}")
-    R = mother_rate(1.0 - f_mother * h, construction)
+    highest = _MAX_MOTHER_RATE
+    if construction == 3:  # an explicit f_mother may take any of its codes
+        highest = max(MOTHER_RATES) if explicit_f_mother else c3_highest_rate(qber)
+    R = mother_rate(1.0 - f_mother * h, construction, highest)
     table_rate = c2_mother_rate(qber, construction) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother) else None
     if table_rate is not None:
         R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more

@@ -323,17 +323,18 @@ def test_deg2_long_cycles_on_the_default_rate_080_base_graph():
     assert moved.size and (deg[code.base_col[moved]] == 2).all()
 
 
-@pytest.mark.parametrize(("rate", "k"), [(0.88, 4), (0.89, 4), (0.9, 8), (0.91, 8)])
+@pytest.mark.parametrize(("rate", "k"), [(0.88, 4), (0.89, 4), (0.9, 8), (0.91, 8), (0.92, 12), (0.93, 16), (0.94, 16)])
 def test_construction_3_is_construction_2_made_heavier_above_0875(rate, k):
     """Construction 3 (the default since session 43) above mother rate 0.875: construction 2's rate-0.85 table
     with 25 degree-2 base columns (at most m_b − 1, still a forest) and k degree-3 columns moved to each of
-    degrees 21 and 6 (``ldpc._C3_HEAVIER``); no 4-cycle."""
+    degrees 21 (at most m_b: every row at rate 0.94) and 6 (``ldpc._C3_HEAVIER``); no 4-cycle."""
     c2, c3 = build_code(65536, rate, 0, 256, construction=2), build_code(65536, rate, 0, 256, construction=3)
     assert c3.construction == 3 and (c3.m, c3.n) == (c2.m, c2.n)
     mb = c3.m // c3.z
+    top = min(21, mb)
     h2 = np.bincount(np.bincount(c2.base_col, minlength=256), minlength=22)
     h3 = np.bincount(np.bincount(c3.base_col, minlength=256), minlength=22)
-    assert h3[2] == min(25, mb - 1) and h3[21] - h2[21] == k and h3[6] - h2[6] == k
+    assert h3[2] == min(25, mb - 1) and h3[top] - h2[top] == k and h3[6] - h2[6] == k
     assert h3[3] == h2[3] + (h2[2] - h3[2]) - 2 * k
     assert all(h3[d] == h2[d] for d in (4, 5, 7, 9))
     assert _forest(c3) and c3.forced_4cycles == 0 and _no_4_cycles(c3)
@@ -350,20 +351,34 @@ def test_construction_3_is_construction_2_at_and_below_0875():
     assert build_code(plan.code_n, plan.rate, plan.code_seed, plan.z, plan.construction).construction == 2
 
 
-def test_construction_3_leaks_less_at_the_default_station_qber():
+@pytest.mark.parametrize(("q", "seed", "frames", "rates", "f2_above", "f3_below"),
+                         [(0.006, 710, 24, (0.91, 0.92), 1.25, 1.21), (0.003, 790, 16, (0.91, 0.94), 1.7, 1.3)])
+def test_construction_3_leaks_less_at_low_qber(q, seed, frames, rates, f2_above, f3_below):
     """QBER 0.6 % (the default station runs at 0.5–0.86 %), 24 frames: construction 2's rate-0.91 code needs f 1.2739
-    (108 sweeps per frame), construction 3's 1.2063 (58) — both decode every frame to Alice's bits (session 43,
-    docs/reconciliation.md)."""
+    (108 sweeps per frame), construction 3's rate-0.92 code 1.1844 (40; its rate-0.91 code 1.2063).  QBER 0.3 %, 16
+    frames: construction 2 (at most rate 0.91, every frame decoded at the first attempt) 1.7808, construction 3 (rate
+    0.94) 1.2574.  Both decode every frame to Alice's bits (session 43, docs/reconciliation.md)."""
     from labqfl.bench import noisy_frame
 
-    q, seed, frames = 0.006, 710, 24
     f = {}
-    for c in (2, 3):
+    for c, rate in zip((2, 3), rates, strict=True):
         plan = plan_ldpc(q, construction=c)
-        assert plan.rate == 0.91
+        assert plan.rate == rate
         x, y = noisy_frame(frames * plan.key_bits_per_frame, q, seed)
         res = LdpcBob(y, q, plan=plan).run(LocalChannel(LdpcAlice(x, filler_rng=np.random.default_rng(seed))))
         assert res.frame_errors == 0
         np.testing.assert_array_equal(res.corrected, x)
         f[c] = res.efficiency
-    assert f[3] < 1.23 < 1.25 < f[2], f
+    assert f[3] < f3_below < f2_above < f[2], f
+
+
+def test_construction_3_takes_mother_rates_up_to_0_94_below_0_65_percent():
+    """``ldpc._C3_HIGHEST``: rate 0.94 below QBER 0.35 %, 0.93 below 0.45 %, 0.92 below 0.65 %, then at most 0.91 as
+    constructions 1 and 2 (whose rate-0.92–0.94 codes left most frames undecoded); an explicit f_mother may take any."""
+    from labqfl.qkd.finite_key import binary_entropy
+
+    qs = (0.002, 0.0034, 0.0035, 0.0044, 0.0045, 0.0064, 0.0065, 0.009)
+    assert [plan_ldpc(q).rate for q in qs] == [0.94, 0.94, 0.93, 0.93, 0.92, 0.92, 0.91, 0.91]
+    assert {plan_ldpc(q, construction=c).rate for q in qs for c in (1, 2)} == {0.91}
+    assert plan_ldpc(0.006, f_mother=0.07 / binary_entropy(0.006)).rate == 0.93
+    assert plan_ldpc(0.006, f_mother=0.07 / binary_entropy(0.006), construction=2).rate == 0.91
