@@ -357,8 +357,8 @@ _C3_HEAVIER = ((0.925, 16), (0.915, 12), (0.895, 8), (0.875, 4))
 """Construction 3 above mother rate 0.875, as (lowest rate, k): per 256 base columns, k degree-3 columns become
 degree 21 and k more become degree 6, and there are 25 degree-2 columns (:data:`_C3_DEG2`; construction 2: the
 table's 35 less what the forest's cap of m_b − 1 moves to degree 3) — the rate-0.85 table made heavier: k = 16 at
-rates 0.93–0.94, 12 at 0.92 (QBER below 0.55 %, :func:`c3_highest_rate`), 8 at 0.90–0.91, 4 at 0.88–0.89.  Chosen on the blind protocol's f (amin16, efficient preset, 48
-frames per point, frame seeds 300–800; about 30 count tables at QBER 0.4–1.35 %, docs/reconciliation.md, session
+rates 0.93–0.94, 12 at 0.92 (QBER below 0.55 %, :func:`c3_highest_rate`), 8 at 0.90–0.91, 4 at 0.88–0.89.  Chosen on
+the blind protocol's f (amin16, efficient preset, 48 frames per point, frame seeds 300–800; about 30 count tables at QBER 0.4–1.35 %, docs/reconciliation.md, session
 43): lighter tables (more degree 3, as the rate-0.9 table) decoded worse everywhere; heavier ones better where the
 plan punctures much (low QBER for the rate) and worse near the top of a rate's QBER range (frames left undecoded at
 0.9 % on rate 0.91 and at 1.35 % on 0.88 with k = 12–16).  On fresh frames (seed 700, 96 per point), construction
@@ -375,6 +375,8 @@ def _c3_heavier(rate: float) -> int:
     if rate <= _C1_ABOVE:
         return 0
     return next((k for lowest, k in _C3_HEAVIER if rate >= lowest - 1e-9), 0)
+
+
 _C1_ABOVE = 0.875
 """Constructions 1 and 2 take the rate-0.85 table and the degree-2 forest above this mother rate only.
 Below, the forest removed the frame errors of rates 0.80–0.82 (QBER ≈ 2.2–2.6 %: 6 of 576 frames left 4–7
@@ -886,8 +888,8 @@ def c3_highest_rate(qber: float) -> float:
 _C2_RATE_Q0 = 0.0475
 _C2_RATE_DQ = 0.0025
 _C2_RATES = (0.66, 0.65, 0.64, 0.63, 0.62, 0.62, 0.61, 0.60, 0.57, 0.57, 0.57, 0.56, 0.55, 0.52, 0.52, 0.52, 0.51)
-"""Mother rate of construction 2's (and 3's, the same codes there) n = 65 536 codes at QBER 4.75 %, 5 %, … 8.75 % (:data:`_C2_RATE_Q0` + k ·
-:data:`_C2_RATE_DQ`); a QBER from 4.625 % to 8.875 % takes its nearest grid point's (:func:`c2_mother_rate`), and
+"""Mother rate of construction 2's (and 3's, the same codes there) n = 65 536 codes at QBER 4.75 %, 5 %, … 8.75 %
+(:data:`_C2_RATE_Q0` + k · :data:`_C2_RATE_DQ`); a QBER from 4.625 % to 8.875 % takes its nearest grid point's (:func:`c2_mother_rate`), and
 :func:`plan_ldpc` the lower of it and the f_mother rule's rate.  Each is the rate of lowest f among the rule's rate
 and the two below it, measured on the same 96 frames per grid point (amin16, efficient preset, session 42,
 docs/reconciliation.md).  The rule took rates 0.63–0.68, 0.58–0.59 and 0.53–0.54 at the high-QBER end of their range,
@@ -985,7 +987,8 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
     if construction == 3:  # an explicit f_mother may take any of its codes
         highest = max(MOTHER_RATES) if explicit_f_mother else c3_highest_rate(qber)
     R = mother_rate(1.0 - f_mother * h, construction, highest)
-    table_rate = c2_mother_rate(qber, construction) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother) else None
+    table_rate = (c2_mother_rate(qber, construction) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother)
+                  else None)
     if table_rate is not None:
         R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
     code = build_code(code_n, R, code_seed, z, construction)

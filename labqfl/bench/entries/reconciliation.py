@@ -3,10 +3,10 @@
 
 ``ldpc``: the default engine (:data:`DEFAULT_ENGINE`: ``reconcile_ldpc``'s defaults since 2026-12-07 — the
 frame-batched 16-bit A-min* ``decoder="amin16"``, :mod:`labqfl.qkd.ldpc_batch`, on quasi-cyclic codes of
-construction 3 since session 43 (2 before; :data:`labqfl.qkd.ldpc.DEFAULT_CONSTRUCTION`), n = 65536, preset efficient; its figure is the headline) and the same with ``preset="fast"`` and
-``preset="long"`` (n = 262 144, steps of 0.005·h(Q)), side by side with the float A-min* (``decoder="amin"``, the
-default before, both presets; the same codes) and the previous engine (random PEG codes,
-n = 16384, scalar layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
+construction 3 since session 43 (2 before; :data:`labqfl.qkd.ldpc.DEFAULT_CONSTRUCTION`), n = 65536, preset efficient;
+its figure is the headline) and the same with ``preset="fast"`` and ``preset="long"`` (n = 262 144, steps of
+0.005·h(Q)), side by side with the float A-min* (``decoder="amin"``, the default before, both presets; the same codes)
+and the previous engine (random PEG codes, n = 16384, scalar layered sum-product: ``plan_ldpc(q, decoder="bp")``) on the same data, QBER 1, 2, 4, 6, 8 %.
 Every decoder runs on one thread (``numba.set_num_threads(1)``), so Mbit/s is per core.  Frames
 hold exactly round(Q·n) errors; only whole frames are reconciled (a partial frame pays a whole
 syndrome).  ``ldpc-fer``: the two presets of ``amin`` and of ``amin16`` with 120 frames per QBER, ``amin16-long``
@@ -155,8 +155,8 @@ def _ldpc(quick: bool) -> BenchResult:
                          "uses process CPU time (less sensitive to other load)"})
 
 
-@benchmark("ldpc-fer", f"LDPC default engine (amin16, QC codes of construction {DEFAULT_CONSTRUCTION}, n=65536) and amin, both presets "
-           "(120 frames per QBER), and amin16 preset long (n=262144, 48 frames): f and frame-error rate",
+@benchmark("ldpc-fer", f"LDPC default engine (amin16, QC codes of construction {DEFAULT_CONSTRUCTION}, n=65536) and "
+           "amin, both presets (120 frames per QBER), and amin16 preset long (n=262144, 48 frames): f and frame-error rate",
            target="FER ≤ 1 %, f ≤ 1.10")
 def _ldpc_fer(quick: bool) -> BenchResult:
     qbers = (0.04,) if quick else QBERS
