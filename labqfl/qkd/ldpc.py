@@ -835,6 +835,10 @@ in steps of 0.02·h(Q) (f ≈ 0.02–0.03 higher, ≈ 3× fewer sweeps); all sta
 higher below Q = 2 %.  ``long``: ``efficient`` on codes of n = 262 144 (z = 256, 1 024 base columns) in steps
 of 0.005·h(Q) — f 0.01–0.02 lower (1.096 at 4 %, 1.103–1.115 at 2–8 %, amin16, about 40 frames per QBER,
 docs/reconciliation.md session 39) at about half the throughput; a frame holds ≈ 4× the key bits."""
+_RANGE_STEPS = 6
+"""With ``qber_low`` (:func:`plan_ldpc`), the step is at least 1/6 of the way from the first attempt at ``qber_low`` to
+where one at ``qber`` would start: a frame at the top of the range needs about six more attempts, not
+(f_start/f_step)·(1 − h(qber_low)/h(qber)) — 30 at the efficient preset's 0.01 for a range of 30 %."""
 _LONG_N = 262144
 _LONG_Z = 256
 _LONG_F_STEP = 0.005
@@ -931,7 +935,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
               f_min: float | None = None, f_extra: float | None = None, z: int | None = None,
               first_iter: int | None = None, retry_iter: int | None = None, stall_every: int | None = None,
               stall_ratio: float | None = None, f_extra_sp: float | None = None,
-              construction: int | None = None) -> LdpcPlan:
+              construction: int | None = None, qber_low: float | None = None) -> LdpcPlan:
     """Pick the code, filler count, starting point and step for ``qber``.
 
     Mother rate R = 1 − f_mother·h(Q) on the :data:`MOTHER_RATES` grid (m = (1−R)·n checks; constructions 2 and 3's
@@ -993,10 +997,11 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
         R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
     code = build_code(code_n, R, code_seed, z, construction)
     m, n = code.m, code.n
-    d = int(max(0, min(code.untainted.size, math.floor((m - f_min * h * n) / (1.0 - f_min * h)))))
+    hl = h if qber_low is None else binary_entropy(min(max(float(qber_low), 0.0), qber))
+    d = int(max(0, min(code.untainted.size, math.floor((m - f_min * hl * n) / (1.0 - f_min * hl)))))
     kpf = n - d
-    start = int(min(d, max(0, math.ceil(f_start * h * kpf - (m - d)))))
-    step = max(1, math.ceil(f_step * h * kpf))
+    start = int(min(d, max(0, math.ceil(f_start * hl * kpf - (m - d)))))
+    step = max(1, math.ceil(f_step * h * kpf), math.ceil(f_start * (h - hl) * kpf / _RANGE_STEPS))
     extra = max(step, math.ceil(f_extra * h * kpf))
     sp_from = -1
     if z and decoder in _QC_DECODERS:

@@ -98,6 +98,7 @@ from labqfl.qkd.first_qber import (
 )
 from labqfl.qkd.messaging import (
     Channel,
+    FieldValue,
     Message,
     MessageError,
     MessageSchema,
@@ -159,7 +160,8 @@ CI_MESSAGES: dict[str, MessageSchema] = {
     "test/bases": _schema("lo:int kb:bytes"),
     "test/bits": _schema("lo:int bits:bytes"),
     "block/open": _schema("block:str start:int end:int n_slots:int n_ann:int n:int", "randomness:str physical_layer:str"),
-    "ec/start": _schema("engine:str qber:float n:int"),
+    # qber_low: the first LDPC block's low end of its QBER estimate (PairEndI.qber_low); absent otherwise
+    "ec/start": _schema("engine:str qber:float n:int", "qber_low:float"),
     "cascade/ok": _schema(optional="disclosed:int"),
     "cascade/block-parities": _schema(),
     "cascade/parities": _schema(),
@@ -355,6 +357,7 @@ class BlockOutcome:
     reason: str = ""
     n: int = 0
     qber_estimate: float = 0.0
+    qber_low: float | None = None
     errors: int = 0
     leak: int = 0
     ec_success: bool = False
@@ -420,7 +423,7 @@ def tag_plan(engine: str, eps_cor: float, n: int) -> tuple[int, ...]:
     return plan
 
 
-def _bob(engine: str, bits: np.ndarray, qber: float, attempts: int = 1) -> Any:
+def _bob(engine: str, bits: np.ndarray, qber: float, attempts: int = 1, qber_low: float | None = None) -> Any:
     from labqfl.qkd.reconciliation import validate_reconciliation_input
 
     bits, _, q = validate_reconciliation_input(bits, bits, qber)
@@ -442,7 +445,7 @@ def _bob(engine: str, bits: np.ndarray, qber: float, attempts: int = 1) -> Any:
     if engine == "ldpc":
         from labqfl.qkd.ldpc import LdpcBob, plan_ldpc
 
-        return LdpcBob(bits, q, plan=plan_ldpc(q))
+        return LdpcBob(bits, q, plan=plan_ldpc(q, qber_low=qber_low))
     raise QKDInputError(f"unknown error-correction engine {engine!r}; expected 'cascade' or 'ldpc'")
 
 
@@ -695,6 +698,21 @@ class PairEndI(_PairEnd):
                 CASCADE_QBER_DEFAULT if cascade else LDPC_QBER_DEFAULT)
         return float(min(max(q, s.qber_floor), 0.25))
 
+    def qber_low(self, q: float) -> float | None:
+        """The low end of the QBER range the first LDPC block plans for (:func:`~labqfl.qkd.ldpc.plan_ldpc`'s
+        ``qber_low``): the key cell's QBER predicted from the block's test rounds *minus* one standard deviation,
+        between half the floor and ``q`` (:meth:`qber_estimate`, plus one).  The mother code stays the one for
+        ``q``; the filler count and the first attempt follow the low end, so an estimate that came out high (few
+        test clicks: on the default station's 3 s blocks 1.4–2× the key's QBER, session 43) costs reveals instead
+        of a syndrome sized for it.  None for Cascade, a block after the first (the previous block's measured
+        QBER) or too few test clicks."""
+        s = self.settings
+        counts = self._blk.counts
+        if s.engine != "ldpc" or self.last_qber is not None or counts is None:
+            return None
+        low = key_qber_from_tests(counts, -FIRST_QBER_SIGMAS)
+        return None if low is None else float(min(max(low, s.qber_floor / 2), q))
+
     def drop_block(self, ch: Channel) -> None:
         """End the current block unused (too few sifted bits): both ends forget it. Cj is told also when
         no message of the block was exchanged but its slots were counted (chunks without any click):
@@ -718,11 +736,12 @@ class PairEndI(_PairEnd):
         so both ends spend the same pads and neither accepts the block. Once privacy amplification is done the block runs to its end."""
         b = self._blk
         qest = self.qber_estimate()
+        qlow = self.qber_low(qest)
         self._blk = _IBlock()
         counts = b.counts if b.counts is not None else self._empty_counts(0)
         bits = _joined(b.bits)
         n = int(bits.size)
-        out = BlockOutcome(block_id, n=n, qber_estimate=qest)
+        out = BlockOutcome(block_id, n=n, qber_estimate=qest, qber_low=qlow)
         out.times = {"reconciliation": 0.0, "verification": 0.0, "estimation": 0.0, "amplification": 0.0}
         self.tx.start()
         final: np.ndarray | None = None
@@ -763,7 +782,10 @@ class PairEndI(_PairEnd):
         t = time.perf_counter()
         alice = _alice(s.engine, bits)
         leak = 0
-        rep = self._request(ch, Message("ec/start", {"engine": s.engine, "qber": out.qber_estimate, "n": n}))
+        start: dict[str, FieldValue] = {"engine": s.engine, "qber": out.qber_estimate, "n": n}
+        if out.qber_low is not None:
+            start["qber_low"] = out.qber_low
+        rep = self._request(ch, Message("ec/start", start))
         while rep.kind not in ("ec/done", REFUSED):
             if stop is not None and stop():  # Bob's request stays unanswered; the tag exchange ends his thread
                 out.times["reconciliation"] = time.perf_counter() - t
@@ -1159,8 +1181,12 @@ class PairEndJ(_PairEnd):
             raise _Refused(f"ec/start: Ci asks for {req.get('engine')!r} on {int(req.get('n'))} bits, "
                            f"Cj expects {self.settings.engine!r} on {b.key.size}")
         n = int(b.key.size)
-        b.bob = bob = _bob(self.settings.engine, b.key, float(req.get("qber")),
-                           len(tag_plan(self.settings.engine, self.settings.params.eps_cor, n)))
+        q = float(req.get("qber"))
+        low = float(req.get("qber_low")) if "qber_low" in req.fields else None
+        if low is not None and not (self.settings.engine == "ldpc" and 0.0 <= low <= q):
+            raise _Refused(f"ec/start: qber_low={low} must lie in [0, qber={q}] and come only with engine 'ldpc'")
+        b.bob = bob = _bob(self.settings.engine, b.key, q,
+                           len(tag_plan(self.settings.engine, self.settings.params.eps_cor, n)), low)
         return self._start_bob(b, bob.run)
 
     def _ec_more(self, b: _JBlock, req: Message) -> Message:
