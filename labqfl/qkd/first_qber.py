@@ -3,7 +3,9 @@ rounds (later blocks take the previous block's measured QBER; :meth:`labqfl.qkd.
 
 Not a security parameter: the key length uses the errors error correction actually found and the
 bits it disclosed (:mod:`labqfl.qkd.estimation`). It sets the code rate (LDPC) or the first block
-size (Cascade). LDPC: a high estimate costs disclosed bits, a low one undecoded frames. Cascade: a
+size (Cascade). LDPC: a high estimate costs disclosed bits, a low one undecoded frames; since session 43 the
+first LDPC block plans for the range from this prediction minus one standard deviation to plus one
+(:meth:`labqfl.qkd.twoparty.PairEndI.qber_low`, ``plan_ldpc(q, qber_low=…)``). Cascade: a
 high one halves the first-pass block and costs much more than a low one (:data:`CASCADE_FIRST_QBER_SIGMAS`).
 """
 

@@ -950,7 +950,10 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
     Quasi-cyclic decoders switch to sum-product at f_extra (``sum_product_from``) and may reveal up
     to m + f_extra_sp·h(Q)·(n − d).  ``construction`` (quasi-cyclic decoders): the code
     construction (:data:`CONSTRUCTIONS`; 1, 2 and 3 also take the mother rate by :func:`mother_rate`'s rule for them);
-    None: :data:`DEFAULT_CONSTRUCTION` for a quasi-cyclic decoder with z > 0, else 0.
+    None: :data:`DEFAULT_CONSTRUCTION` for a quasi-cyclic decoder with z > 0, else 0.  ``qber_low`` (below
+    ``qber``; the pipeline's first block, whose estimate is uncertain): plan for a QBER in [qber_low, qber] — the
+    mother code, the most disclosed and the sum-product switch of ``qber``, the filler count and the first attempt of
+    ``qber_low``, steps at least 1/:data:`_RANGE_STEPS` of the way between the two first attempts.
     """
     if decoder not in DECODERS:
         raise ReconciliationInputError(f"LDPC decoder must be one of {DECODERS}, got {decoder!r}")
