@@ -10,23 +10,13 @@ import math
 import numpy as np
 import pytest
 import test_twoparty
+from test_ldpc_construction_pair import _Recorder
 from test_message_schema import _assert_refused, _run, _with
 from test_twoparty import _distil
 
 import labqfl.qkd.ldpc as ldpc
-from labqfl.qkd.messaging import LocalChannel
 
 acquisition = test_twoparty.acquisition
-
-
-class _Recorder(LocalChannel):
-    def __init__(self, ei, ej) -> None:
-        super().__init__(ej, ei.tx, ej.tx)
-        self.sent: list = []
-
-    def _transfer(self, msg, sender, receiver):
-        self.sent.append(msg)
-        return super()._transfer(msg, sender, receiver)
 
 
 def _starts(acquisition, engine):
