@@ -188,9 +188,9 @@ def emit(data: Any, as_json: bool, render: Callable[[Console], None] | None = No
 #: Help of every ``--engine`` that picks the error correction (distill, run, node): what each costs in key
 #: (docs/reconciliation.md, measured; CLI review s32 L12: ldpc looked like an equal choice and lost 22–50 % of the key)
 EC_ENGINE_HELP = ("Error correction: cascade (default; leaks f ≈ 1.03–1.07 × the Shannon limit) or ldpc (blind "
-                  "rate-adaptive LDPC, few round trips; f 1.3–2.6 on the default station's 3-s blocks at 0.5–0.9 % "
-                  "QBER, where the first block's QBER is estimated from its test cells, 1.2–1.3 there with the QBER "
-                  "known, 1.11–1.19 at 1–8 %).")
+                  "rate-adaptive LDPC, few round trips; f 1.24–1.8 on the default station's 3-s blocks at 0.5–0.9 % "
+                  "QBER, where the first block's QBER is estimated from its test cells, 1.17–1.22 there with the QBER "
+                  "known, 1.11–1.16 at 1–8 %).")
 
 
 #: Why a pair gave no key when every block of it was skipped: the recording was distilled into these stores before
