@@ -990,14 +990,7 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
         raise ReconciliationInputError(f"LDPC construction must be one of {CONSTRUCTIONS} (other than 0 only with a "
                                        f"quasi-cyclic decoder {_QC_DECODERS} and z > 0), got "
                                        f"construction={construction!r}, decoder {decoder!r}, z={z}")
-    highest = _MAX_MOTHER_RATE
-    if construction == 3:  # an explicit f_mother may take any of its codes
-        highest = max(MOTHER_RATES) if explicit_f_mother else c3_highest_rate(qber)
-    R = mother_rate(1.0 - f_mother * h, construction, highest)
-    table_rate = (c2_mother_rate(qber, construction) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother)
-                  else None)
-    if table_rate is not None:
-        R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
+    R = _planned_rate(qber, 1.0 - f_mother * h, construction, code_n, explicit_f_mother)
     code = build_code(code_n, R, code_seed, z, construction)
     m, n = code.m, code.n
     hl = h if qber_low is None else binary_entropy(min(max(float(qber_low), 0.0), qber))
@@ -1016,6 +1009,21 @@ def plan_ldpc(qber: float, *, decoder: str = DEFAULT_DECODER, preset: str = "eff
                     decoder=decoder if z else "bp",
                     stall_every=(se if stall_every is None else int(stall_every)) if z else 0,
                     stall_ratio=sr if stall_ratio is None else float(stall_ratio), construction=construction)
+
+
+def _planned_rate(qber: float, want: float, construction: int, code_n: int, explicit_f_mother: bool) -> float:
+    """:func:`plan_ldpc`'s mother rate for the wanted rate ``want`` = 1 − f_mother·h(Q): :func:`mother_rate` (up to
+    :func:`c3_highest_rate` for construction 3, any grid rate with an explicit f_mother), then for constructions 2
+    and 3's n = 65 536 codes without an explicit f_mother no higher than :func:`c2_mother_rate`."""
+    highest = _MAX_MOTHER_RATE
+    if construction == 3:  # an explicit f_mother may take any of its codes
+        highest = max(MOTHER_RATES) if explicit_f_mother else c3_highest_rate(qber)
+    R = mother_rate(want, construction, highest)
+    table_rate = (c2_mother_rate(qber, construction) if (construction >= 2 and code_n == _MS_N and not explicit_f_mother)
+                  else None)
+    if table_rate is not None:
+        R = min(R, table_rate)  # never above the f_mother rule's rate: frames fail there, not merely leak more
+    return R
 
 
 # ----------------------------------------------------------------------------------- parties

@@ -343,9 +343,10 @@ def test_low_qber_frames_decode(frame, q):
     """At the default station's QBER (0.5–0.9 %) the planner picked the nearest mother rate, 0.92–0.94,
     and the decoder converged to another codeword in most frames (measured, 96 frames: 53, 93, 61 of
     96 undecoded at 0.5, 0.6, 0.8 %; 10 at 1.1 %): `labqfl distill --engine ldpc` aborted whole
-    blocks. Above the wanted rate 0.88 the rate now keeps a margin (labqfl.qkd.ldpc.mother_rate)."""
+    blocks. Above the wanted rate 0.88 the rate now keeps a margin (labqfl.qkd.ldpc.mother_rate); construction 3
+    (the default since session 43) takes its heavier rate-0.92 code below 0.55 % (ldpc._C3_HIGHEST)."""
     plan = plan_ldpc(q)
-    assert plan.rate <= 0.91
+    assert plan.rate <= (0.92 if q < 0.0055 else 0.91)
     x, y = frame(24 * plan.key_bits_per_frame, q, 40 + int(1000 * q))
     res = reconcile_ldpc(x, y, q, seed=1)
     assert res.success and res.frame_errors == 0 and np.array_equal(res.corrected, x)

@@ -135,7 +135,7 @@ def test_reconcile_outputs_as_recorded_before(q, seed, code_n, monkeypatch):
 
     monkeypatch.setattr(ldpc_mod, "_LAST_CHANCE_STALL", (0, 0, 0.0))
     monkeypatch.setattr(lb, "weight_for", lambda rate: 2 if rate >= 0.85 - 1e-9 else 3)
-    monkeypatch.setattr(ldpc_mod, "c2_mother_rate", lambda qber: None)
+    monkeypatch.setattr(ldpc_mod, "c2_mother_rate", lambda qber, construction=2: None)
 
     plan = plan_ldpc(q, code_n=code_n)
     x, y = noisy_frame(int(2.5 * plan.key_bits_per_frame), q, seed)

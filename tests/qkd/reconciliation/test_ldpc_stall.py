@@ -153,7 +153,7 @@ def test_a_frame_failing_at_the_sum_product_switch_goes_on_to_the_wider_reveal_l
     q = 0.02
     # the frames were found with amin (the default before) on the f_mother rule's mother rate 0.84 (since session 42
     # construction 2 takes 0.83 at 1.9-2.05 %: ldpc._C2_RATE_CAPS)
-    monkeypatch.setattr(ldpc_mod, "c2_mother_rate", lambda qber: None)
+    monkeypatch.setattr(ldpc_mod, "c2_mother_rate", lambda qber, construction=2: None)
     plan = plan_ldpc(q, preset=preset, decoder="amin")
     assert plan.rate == 0.84
     assert plan.decoder == "amin" and plan.d < plan.sum_product_from < plan.reveal_limit
