@@ -703,7 +703,7 @@ class PairEndI(_PairEnd):
         ``qber_low``): the key cell's QBER predicted from the block's test rounds *minus* one standard deviation,
         between half the floor and ``q`` (:meth:`qber_estimate`, plus one).  The mother code stays the one for
         ``q``; the filler count and the first attempt follow the low end, so an estimate that came out high (few
-        test clicks: on the default station's 3 s blocks 1.4–2× the key's QBER, session 43) costs reveals instead
+        test clicks: on the default station's 3 s blocks 1.4–2.5× the key's QBER, session 43) costs reveals instead
         of a syndrome sized for it.  None for Cascade, a block after the first (the previous block's measured
         QBER) or too few test clicks."""
         s = self.settings
